@@ -1,0 +1,31 @@
+# The two set-up commands: each installs what is missing, then does its job.
+#   make demo   the main job on the embedded platform
+#   make test   the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml worker/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./worker
+	$(BIN)/transcription-worker assemble-model
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	bash scripts/demo.sh
+
+test: install
+	$(BIN)/python -m pytest tests
+
+bench: install
+	for b in tests/benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	-$(BIN)/opsctl local down --purge
+	rm -rf $(VENV) .pytest_cache

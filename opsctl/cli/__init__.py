@@ -1,0 +1,115 @@
+"""The Typer front door: parses, calls a core function, renders. No logic of its own.
+
+Errors from the core become one line on stderr and an exit code here, in `OpsGroup.main`,
+so the console script and Typer's CliRunner behave the same.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from opsctl.cli import common
+from opsctl.cli.common import click_errors
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"opsctl: error: {message}\n")
+    return code
+
+
+class OpsGroup(TyperGroup):
+    """Maps every failure to DESIGN.md's exit codes: one line, never a traceback."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        from opsctl.errors import OpsError
+
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv
+        try:
+            rv = super().main(args=argv, prog_name=prog_name or "opsctl", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except OpsError as exc:
+            if debug:
+                traceback.print_exc()
+            code = _fail(str(exc), exc.exit_code)
+        except click_errors.NoSuchOption as exc:
+            cmd = exc.ctx.command_path if exc.ctx else "opsctl"
+            code = _fail(f"{exc.format_message()} (see '{cmd} --help')", 2)
+        except click_errors.UsageError as exc:
+            cmd = exc.ctx.command_path if exc.ctx else "opsctl"
+            code = _fail(f"{exc.format_message()} (see '{cmd} --help')", 2)
+        except click_errors.ClickException as exc:
+            code = _fail(exc.format_message(), exc.exit_code)
+        except (typer.Abort, KeyboardInterrupt):
+            code = _fail("interrupted", 130)
+        except Exception as exc:  # an opsctl bug: still one line, the traceback behind --debug
+            if debug:
+                traceback.print_exc()
+            code = _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    name="opsctl",
+    cls=OpsGroup,
+    help="Operate the speech-transcription platform: infra, deploys, backups, health, load tests, runbooks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    root: Annotated[str | None, typer.Option("--root", envvar="OPSCTL_ROOT",
+                                             help="Ops root holding opsctl.yaml (default: found walking up).")] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="Logs on stderr: text or json.")] = "text",
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    from opsctl.errors import UsageError
+    from opsctl.output import setup_logging
+
+    if log_format not in ("text", "json"):
+        raise UsageError(f"--log-format must be 'text' or 'json', not '{log_format}'")
+    ctx.obj = common.Globals(root=root, log_format=log_format, debug=debug)
+    setup_logging(log_format, debug)
+
+
+def _register() -> None:
+    from opsctl.cli import basics
+
+    basics.register(app)
+    for name, issue, text in (
+        ("infra", 10, "Provision the cloud environment with Pulumi."),
+        ("deploy", 5, "Deploy a worker release (blue-green or rolling)."),
+        ("promote", 5, "Switch traffic to the waiting color."),
+        ("rollback", 5, "Return traffic to the previous release."),
+        ("status", 5, "Active color, versions and recent deploys."),
+        ("render", 5, "Print manifests, CI pipelines and monitoring config."),
+        ("backup", 6, "Create, list, verify and prune backups."),
+        ("restore", 6, "Restore PostgreSQL, Redis and files from a backup."),
+        ("health", 7, "Health sweeps: once, continuous or scheduled, with alerts."),
+        ("loadtest", 8, "Locust load tests with SLO gates."),
+        ("runbook", 9, "Versioned runbooks: list, show, validate, run, history."),
+        ("local", 4, "The embedded platform on this machine: up, down, status, logs."),
+    ):
+        common.not_built(app, name, issue, text)
+
+
+_register()
+
+
+def main() -> None:
+    app()

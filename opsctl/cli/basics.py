@@ -1,0 +1,86 @@
+"""Commands about opsctl itself: version, doctor, init."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from opsctl.cli.common import EnvOpt, JsonOpt
+
+
+def version(as_json: JsonOpt = False) -> None:
+    """Show opsctl's version, Python's and the key libraries'."""
+    from opsctl.about import versions
+    from opsctl.output import emit
+
+    info = versions()
+
+    def render(console):
+        from rich.table import Table
+
+        console.print(f"opsctl {info['opsctl']} (Python {info['python']}, {info['platform']})")
+        table = Table("library", "version", box=None)
+        for name, ver in info["libraries"].items():
+            table.add_row(name, ver or "[dim]not installed[/dim]")
+        console.print(table)
+
+    emit(info, as_json, render)
+
+
+def doctor(as_json: JsonOpt = False) -> None:
+    """Check everything the other commands need, with a fix for each missing piece."""
+    from opsctl.doctor import run_checks
+    from opsctl.output import emit
+
+    report = run_checks()
+
+    def render(console):
+        from rich.table import Table
+
+        table = Table("check", "", "detail", "fix")
+        for c in report.checks:
+            mark = "[green]ok[/green]" if c.ok else ("[red]missing[/red]" if c.required else "[yellow]optional[/yellow]")
+            table.add_row(c.name, mark, c.detail, c.fix)
+        console.print(table)
+
+    emit({"ok": report.ok, "checks": report.checks}, as_json, render)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def init(
+    path: Annotated[Path, typer.Argument(help="Folder to make an ops root.")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing opsctl.yaml.")] = False,
+) -> None:
+    """Write a commented starter opsctl.yaml."""
+    from opsctl.output import stdout
+    from opsctl.starter import write_starter
+
+    written = write_starter(path, force=force)
+    stdout.print(f"wrote {written}; edit it, then run 'opsctl doctor'")
+
+
+config_app = typer.Typer(help="Show the configuration opsctl resolved from opsctl.yaml.", no_args_is_help=True)
+
+
+@config_app.command("show")
+def config_show(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+    """Print one environment as opsctl sees it, defaults filled in."""
+    import yaml
+
+    from opsctl.cli.common import environment
+    from opsctl.output import emit, to_jsonable
+
+    project, environ = environment(env)
+    doc = to_jsonable(environ)
+    emit(doc, as_json, lambda console: console.print(
+        f"# {project.root / 'opsctl.yaml'}\n" + yaml.safe_dump(doc, sort_keys=False)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("version")(version)
+    app.command("doctor")(doctor)
+    app.command("init")(init)
+    app.add_typer(config_app, name="config")

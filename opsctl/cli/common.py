@@ -1,0 +1,81 @@
+"""What every command shares: the common options, the ops root, and approvals.
+
+Kept free of heavy imports so that `opsctl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+try:  # typer 0.2x vendors click as typer._click; older releases use click itself
+    from typer._click import exceptions as click_errors
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+    from click import get_current_context  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from opsctl.config import Environment, Project
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+EnvOpt = Annotated[
+    str, typer.Option("--env", "-e", envvar="OPSCTL_ENV", help="Environment from opsctl.yaml.")
+]
+YesOpt = Annotated[
+    bool, typer.Option("--yes", "-y", help="Approve without a prompt (needed in CI).")
+]
+
+
+@dataclass
+class Globals:
+    root: str | None = None
+    log_format: str = "text"
+    debug: bool = False
+
+
+def globals_() -> Globals:
+    ctx = get_current_context(silent=True)
+    obj = ctx.find_object(Globals) if ctx else None
+    return obj or Globals()
+
+
+def project() -> "Project":
+    from opsctl.config import load_project
+
+    return load_project(globals_().root)
+
+
+def environment(name: str) -> tuple["Project", "Environment"]:
+    proj = project()
+    return proj, proj.env(name)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask a person; in CI (or without a TTY) only `--yes` approves."""
+    from opsctl import output
+    from opsctl.errors import UsageError
+
+    if yes:
+        return
+    if not output.is_interactive():
+        raise UsageError(f"{question} needs approval: no terminal to ask on, pass --yes")
+    if not typer.confirm(question, default=False, err=True):
+        raise UsageError(f"{question} not approved; nothing was changed")
+
+
+def not_built(app: typer.Typer, name: str, issue: int, help_text: str) -> None:
+    """Register a command whose capability does not exist yet: it says so, exit 2."""
+
+    @app.command(
+        name,
+        help=f"{help_text} [not built yet: issue #{issue}]",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )
+    def _not_built() -> None:
+        from opsctl.errors import UsageError
+
+        raise UsageError(f"'opsctl {name}' is not built yet (issue #{issue}); 'opsctl --help' lists what works")

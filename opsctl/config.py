@@ -1,0 +1,219 @@
+"""The ops root and its `opsctl.yaml`: where opsctl finds what environments exist.
+
+The ops root is found like git finds a repository (walk up from the current directory),
+so every command works from any subfolder, and `--root`/`OPSCTL_ROOT` point elsewhere.
+Settings that hold secrets only ever name an environment variable: the file is committed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from opsctl.errors import UsageError
+
+CONFIG_NAME = "opsctl.yaml"
+STATE_DIR = ".opsctl"
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo in a threshold must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class AwsSettings(_Model):
+    region: str = "us-east-1"
+    profile: str | None = None
+    endpoint_url: str | None = Field(None, description="an S3/AWS endpoint other than AWS's own")
+
+
+class PulumiSettings(_Model):
+    stack: str | None = None
+    program: str = "stacks"
+
+
+class KubernetesSettings(_Model):
+    context: str | None = None
+    namespace: str = "transcribe"
+    kubeconfig: str | None = None
+
+
+class DatabaseSettings(_Model):
+    url_env: str = Field("OPSCTL_DATABASE_URL", description="env var holding the PostgreSQL URL")
+    name: str = "transcribe"
+    user: str = "transcribe"
+    rds_instance: str | None = None
+
+
+class RedisSettings(_Model):
+    url_env: str = "OPSCTL_REDIS_URL"
+    replication_group: str | None = None
+
+
+class Buckets(_Model):
+    audio: str = "transcribe-audio"
+    backups: str = "transcribe-backups"
+
+
+class WorkerSettings(_Model):
+    image: str = "transcription-worker:latest"
+    replicas: int = Field(1, ge=1)
+    model: str = "base"
+    device: Literal["cpu", "cuda"] = "cpu"
+    compute_type: str = "int8"
+    concurrency: int = Field(1, ge=1)
+    gpu: bool = False
+
+
+class DeploySettings(_Model):
+    """Timeouts are Kamal-like (30 s) and every one of them is a setting."""
+
+    strategy: Literal["blue-green", "rolling"] = "blue-green"
+    ready_timeout: float = Field(120.0, gt=0)
+    drain_timeout: float = Field(30.0, ge=0)
+    scale_down_delay: float = Field(30.0, ge=0)
+    analysis_window: float = Field(30.0, ge=0)
+    auto_promote: bool = True
+    keep_versions: int = Field(5, ge=1)
+    max_error_rate_percent: float = Field(5.0, ge=0, le=100)
+    max_p95_ms: float = Field(2000.0, gt=0)
+
+
+class Retention(_Model):
+    keep_last: int | None = Field(None, ge=1)
+    keep_daily: int | None = Field(None, ge=0)
+    keep_weekly: int | None = Field(None, ge=0)
+    keep_monthly: int | None = Field(None, ge=0)
+
+
+class BackupSettings(_Model):
+    repository: str | None = Field(None, description="s3://bucket/prefix or file:///path")
+    key_env: str = "OPSCTL_BACKUP_KEY"
+    key_file: str | None = None
+    compress_level: int = Field(3, ge=1, le=22)
+    retention: Retention = Retention()
+
+
+class Thresholds(_Model):
+    """One source of truth for `opsctl health` and the rendered alert rules."""
+
+    cpu_percent: float = 80.0
+    memory_percent: float = 85.0
+    disk_percent: float = 90.0
+    response_time_ms: float = 2000.0
+    error_rate_percent: float = 5.0
+    queue_depth: int = 1000
+    backup_age_hours: float = 26.0
+
+
+class Environment(_Model):
+    name: str = ""
+    platform: Literal["local", "kubernetes"] = "kubernetes"
+    description: str = ""
+    protected: bool = Field(False, description="destructive operations ask for the name typed")
+    router_url: str | None = None
+    aws: AwsSettings = AwsSettings()
+    pulumi: PulumiSettings = PulumiSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    buckets: Buckets = Buckets()
+    worker: WorkerSettings = WorkerSettings()
+    deploy: DeploySettings = DeploySettings()
+    backup: BackupSettings = BackupSettings()
+    thresholds: Thresholds = Thresholds()
+    health: dict = Field(default_factory=dict, description="extra checks and alert sinks")
+
+
+class OpsConfig(_Model):
+    version: Literal[1] = 1
+    project: str = "transcribe"
+    environments: dict[str, Environment] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _local_always_present(self) -> "OpsConfig":
+        self.environments.setdefault("local", Environment(platform="local"))
+        for name, env in self.environments.items():
+            env.name = name
+        return self
+
+
+class Project:
+    """An ops root: its folder and its parsed `opsctl.yaml`."""
+
+    def __init__(self, root: Path, config: OpsConfig):
+        self.root = root
+        self.config = config
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def env(self, name: str) -> Environment:
+        try:
+            return self.config.environments[name]
+        except KeyError:
+            known = ", ".join(sorted(self.config.environments))
+            raise UsageError(
+                f"unknown environment '{name}' in {self.root / CONFIG_NAME}; known: {known}"
+            ) from None
+
+
+def find_root(start: Path | None = None, override: str | Path | None = None) -> Path | None:
+    """The folder holding opsctl.yaml: the override, else the first one walking up."""
+    explicit = override or os.environ.get("OPSCTL_ROOT")
+    if explicit:
+        root = Path(explicit).expanduser().resolve()
+        if not (root / CONFIG_NAME).is_file():
+            raise UsageError(f"{root} holds no {CONFIG_NAME}; run 'opsctl init {root}' to create one")
+        return root
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    return None
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling against 'opsctl init' output)"
+    elif "input" in first and not isinstance(first["input"], (dict, list)):
+        msg = f"{msg} (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    return f"{key}: {msg}" + (f" (and {more} more)" if more else "")
+
+
+def parse_config(path: Path) -> OpsConfig:
+    """Read and validate one opsctl.yaml; any problem is one UsageError line naming the key."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise UsageError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected a mapping with 'environments', got {type(raw).__name__}")
+    try:
+        return OpsConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UsageError(f"{path}: {_describe(exc)}") from None
+
+
+def load_project(override: str | Path | None = None, start: Path | None = None) -> Project:
+    """The ops root around the current directory, or a built-in one with only `local`.
+
+    Without an opsctl.yaml anywhere, opsctl still works on a laptop: the current folder
+    becomes the root of a project whose only environment is the embedded `local`.
+    """
+    root = find_root(start, override)
+    if root is None:
+        return Project((start or Path.cwd()).resolve(), OpsConfig())
+    return Project(root, parse_config(root / CONFIG_NAME))

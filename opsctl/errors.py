@@ -1,0 +1,25 @@
+"""The two ways an operation can fail, mapped to the exit codes of DESIGN.md.
+
+Core functions raise these; only the CLI layer turns them into a line on stderr and an
+exit code, so a runbook step calling the same function sees a plain exception.
+"""
+
+from __future__ import annotations
+
+
+class OpsError(Exception):
+    """Base of every error opsctl reports as one line instead of a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(OpsError):
+    """Bad usage, configuration or input: the user has to change something (exit 2)."""
+
+    exit_code = 2
+
+
+class OperationFailed(OpsError):
+    """The operation ran and failed, or a gate said no (exit 1)."""
+
+    exit_code = 1

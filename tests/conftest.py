@@ -1,0 +1,112 @@
+"""Session-scoped real components: each is started once per test run and stopped at the end.
+
+They are the same starters `opsctl local up` uses (opsctl.local.*), so the tests exercise
+the code that runs the embedded platform.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from opsctl.local import postgres as pg
+from opsctl.local import procs
+from opsctl.local import redis as rd
+from opsctl.local import s3 as s3mod
+
+REPO = Path(__file__).resolve().parent.parent
+
+os.environ.update(s3mod.CREDENTIALS)
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+
+
+@dataclass
+class Postgres:
+    port: int
+    pid: int
+    data: Path
+
+    @property
+    def url(self) -> str:
+        return pg.url(self.port)
+
+    def make_database(self, name: str | None = None, owner: str = "postgres") -> str:
+        """A fresh database for one test module; returns its URL."""
+        return pg.ensure_database(self.port, name or f"t_{uuid.uuid4().hex[:10]}", owner)
+
+
+@dataclass
+class Redis:
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return rd.url(self.port)
+
+
+@dataclass
+class S3:
+    port: int
+    pid: int
+    buckets: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint_url(self) -> str:
+        return s3mod.endpoint(self.port)
+
+    def client(self):
+        return s3mod.client(self.endpoint_url)
+
+    def make_bucket(self, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory) -> Postgres:
+    base = tmp_path_factory.mktemp("postgres")
+    port = procs.free_port()
+    pid = pg.start(base / "data", port, base / "log" / "postgres.log")
+    yield Postgres(port, pid, base / "data")
+    pg.stop(pid)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Redis:
+    base = tmp_path_factory.mktemp("redis")
+    port = procs.free_port()
+    pid = rd.start(base / "data", port, base / "redis.log")
+    yield Redis(port, pid)
+    rd.stop(pid, port)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> S3:
+    base = tmp_path_factory.mktemp("moto")
+    port = procs.free_port()
+    pid = s3mod.start(port, base / "moto.log")
+    yield S3(port, pid)
+    procs.stop(pid)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def ops_root(tmp_path, monkeypatch) -> Path:
+    """An empty ops root with the starter opsctl.yaml, as the current directory."""
+    from opsctl.starter import starter_text
+
+    (tmp_path / "opsctl.yaml").write_text(starter_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    return tmp_path
