@@ -87,25 +87,39 @@ def _root(
     setup_logging(log_format, debug)
 
 
+# Every command group, the module that implements it, and the issue that builds it. A module
+# that exists is registered (it exposes `register(app)` and imports nothing heavy at module
+# level, so `opsctl --help` stays fast); a missing one becomes a command that says so.
+GROUPS: dict[str, tuple[str, int, str]] = {
+    "infra": ("opsctl.cli.infra", 10, "Provision the cloud environment with Pulumi."),
+    "deploy": ("opsctl.cli.deploy", 5, "Deploy a worker release (blue-green or rolling)."),
+    "promote": ("opsctl.cli.deploy", 5, "Switch traffic to the waiting color."),
+    "rollback": ("opsctl.cli.deploy", 5, "Return traffic to the previous release."),
+    "status": ("opsctl.cli.deploy", 5, "Active color, versions and recent deploys."),
+    "render": ("opsctl.cli.render", 5, "Print manifests, CI pipelines and monitoring config."),
+    "backup": ("opsctl.cli.backup", 6, "Create, list, verify and prune backups."),
+    "restore": ("opsctl.cli.backup", 6, "Restore PostgreSQL, Redis and files from a backup."),
+    "health": ("opsctl.cli.health", 7, "Health sweeps: once, continuous or scheduled, with alerts."),
+    "loadtest": ("opsctl.cli.loadtest", 8, "Locust load tests with SLO gates."),
+    "runbook": ("opsctl.cli.runbook", 9, "Versioned runbooks: list, show, validate, run, history."),
+    "local": ("opsctl.cli.local", 4, "The embedded platform on this machine: up, down, status, logs."),
+}
+
+
 def _register() -> None:
+    import importlib
+    import importlib.util
+
     from opsctl.cli import basics
 
     basics.register(app)
-    for name, issue, text in (
-        ("infra", 10, "Provision the cloud environment with Pulumi."),
-        ("deploy", 5, "Deploy a worker release (blue-green or rolling)."),
-        ("promote", 5, "Switch traffic to the waiting color."),
-        ("rollback", 5, "Return traffic to the previous release."),
-        ("status", 5, "Active color, versions and recent deploys."),
-        ("render", 5, "Print manifests, CI pipelines and monitoring config."),
-        ("backup", 6, "Create, list, verify and prune backups."),
-        ("restore", 6, "Restore PostgreSQL, Redis and files from a backup."),
-        ("health", 7, "Health sweeps: once, continuous or scheduled, with alerts."),
-        ("loadtest", 8, "Locust load tests with SLO gates."),
-        ("runbook", 9, "Versioned runbooks: list, show, validate, run, history."),
-        ("local", 4, "The embedded platform on this machine: up, down, status, logs."),
-    ):
-        common.not_built(app, name, issue, text)
+    done: set[str] = set()
+    for name, (module, issue, text) in GROUPS.items():
+        if importlib.util.find_spec(module) is None:
+            common.not_built(app, name, issue, text)
+        elif module not in done:
+            importlib.import_module(module).register(app)
+            done.add(module)
 
 
 _register()
