@@ -1,0 +1,109 @@
+"""`opsctl local`: the embedded platform's front door. Parses, calls opsctl.local, renders."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from opsctl.cli.common import JsonOpt, YesOpt, confirm, project
+
+app = typer.Typer(help="The embedded platform on this machine: up, down, status, logs.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def up(as_json: JsonOpt = False) -> None:
+    """Start (or repair) PostgreSQL, Redis, S3, the worker and the router on 127.0.0.1."""
+    from rich.live import Live
+    from rich.table import Table
+
+    from opsctl.local import platform
+    from opsctl.output import emit, stderr
+
+    steps: dict[str, str] = {}
+
+    def table() -> Table:
+        t = Table("component", "state", box=None)
+        for name in platform.ORDER:
+            t.add_row(name, steps.get(name, "[dim]waiting[/dim]"))
+        return t
+
+    styles = {"checking": "[cyan]checking…[/cyan]", "starting": "[yellow]starting…[/yellow]",
+              "ok": "[green]started[/green]", "kept": "[green]running (kept)[/green]"}
+    with Live(table(), console=stderr, transient=as_json, refresh_per_second=8) as live:
+        def progress(component: str, state: str) -> None:
+            steps[component] = styles[state]
+            live.update(table())
+
+        result = platform.up(project(), progress=progress)
+    emit(result, as_json, lambda c: c.print(f"platform up: router on [bold]{result.router_url}[/bold] "
+                                            f"(started: {', '.join(result.started) or 'nothing'})"))
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Each component: PID, port, health, version. Exit 1 when one is unhealthy."""
+    from opsctl.local import platform
+    from opsctl.output import emit
+
+    rows = platform.status(project())
+
+    def render(console):
+        from rich.table import Table
+
+        t = Table("component", "pid", "port", "healthy", "version", "note")
+        for r in rows:
+            t.add_row(r.name, str(r.pid or "-"), str(r.port or "-"),
+                      "[green]yes[/green]" if r.healthy else "[red]no[/red]", r.version or "-", r.note)
+        console.print(t)
+
+    emit({"healthy": all(r.healthy for r in rows), "components": rows}, as_json, render)
+    if not all(r.healthy for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    component: Annotated[str, typer.Argument(help="postgres, redis, s3, router, worker (active), worker-blue…")] = "worker",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
+) -> None:
+    """Print a component's log."""
+    import itertools
+
+    from opsctl.local import platform, procs
+
+    path = platform.log_path(project(), component)
+    if not path.exists():
+        from opsctl.errors import UsageError
+
+        raise UsageError(f"no log yet at {path}; run 'opsctl local up' first")
+    source = platform.follow(path, lines) if follow else iter(procs.tail(path, lines).splitlines())
+    try:
+        for line in itertools.chain(source):
+            typer.echo(line)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def down(
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete all data (databases, objects, logs).")] = False,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop the processes `up` started (gracefully, then forcefully); keep the data."""
+    from opsctl.local import platform
+    from opsctl.output import emit
+
+    if purge:
+        confirm("delete all local platform data", yes)
+    stopped = platform.down(project(), purge=purge)
+    emit({"stopped": stopped, "purged": purge}, as_json,
+         lambda c: c.print(f"stopped: {', '.join(stopped) or 'nothing was running'}"
+                           + ("; data deleted" if purge else "; data kept")))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="local")

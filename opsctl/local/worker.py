@@ -1,0 +1,107 @@
+"""The transcription worker as a supervised local process, one per color.
+
+Its settings are WORKER_* environment variables (the worker's own contract); `--set
+KEY=VALUE` on a deploy lands here as `settings`, so a deploy can change the model, compute
+type or concurrency for real, and a broken value really breaks the new color.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from opsctl import binaries
+from opsctl.errors import OperationFailed
+from opsctl.local import procs
+from opsctl.local import s3 as s3mod
+from opsctl.local.state import Component, LocalState
+
+
+def name(color: str) -> str:
+    return f"worker-{color}"
+
+
+def base_url(port: int) -> str:
+    return f"http://{procs.HOST}:{port}"
+
+
+def environment(state: LocalState, env_cfg, color: str, version: str, settings: dict) -> dict:
+    comps = state.components
+    db = env_cfg.database
+    env = {
+        **s3mod.CREDENTIALS,
+        "WORKER_DATABASE_URL": f"postgresql://{db.user}@{procs.HOST}:{comps['postgres'].port}/{db.name}",
+        "WORKER_REDIS_URL": f"redis://{procs.HOST}:{comps['redis'].port}/0",
+        "WORKER_S3_ENDPOINT_URL": s3mod.endpoint(comps["s3"].port),
+        "WORKER_S3_BUCKET": env_cfg.buckets.audio,
+        "WORKER_COLOR": color,
+        "WORKER_VERSION": version,
+        "WORKER_COMPUTE_TYPE": env_cfg.worker.compute_type,
+        "WORKER_CONCURRENCY": str(env_cfg.worker.concurrency),
+        "WORKER_LOG_FORMAT": "json",
+    }
+    env.update({f"WORKER_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def migrate(env: dict) -> None:
+    import subprocess
+
+    exe = _exe()
+    result = subprocess.run([exe, "migrate"], env={**__import__("os").environ, **env},
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise OperationFailed(f"worker migrations failed: {result.stderr.strip()}")
+
+
+def assemble_model() -> str:
+    import subprocess
+
+    result = subprocess.run([_exe(), "assemble-model"], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise OperationFailed(f"could not assemble the Whisper model: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def _exe() -> str:
+    exe = binaries.script("transcription-worker")
+    if exe is None:
+        raise OperationFailed("transcription-worker not installed; pip install -e worker")
+    return str(exe)
+
+
+def start(state: LocalState, env_cfg, color: str, version: str, settings: dict,
+          timeout: float) -> Component:
+    """Start the color's process on its kept port and wait until /readyz answers 200."""
+    key = name(color)
+    comp = state.components.get(key) or Component(port=procs.free_port())
+    comp.settings = dict(settings)
+    log = state.log(key)
+    env = environment(state, env_cfg, color, version, settings)
+    comp.pid = procs.spawn([_exe(), "serve", "--host", procs.HOST, "--port", str(comp.port)], log, env=env)
+    comp.version = version
+    state.components[key] = comp
+    procs.wait_until(lambda: ready(comp.port), timeout, f"{key} (version {version})", log, comp.pid,
+                     interval=0.25)
+    return comp
+
+
+def ready(port: int) -> bool:
+    try:
+        return httpx.get(f"{base_url(port)}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def version_info(port: int) -> dict | None:
+    try:
+        resp = httpx.get(f"{base_url(port)}/version", timeout=2)
+        return resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def stop(comp: Component | None, timeout: float = 30.0) -> bool:
+    """SIGTERM: uvicorn stops accepting and finishes in-flight transcriptions first."""
+    if comp is None:
+        return False
+    return procs.stop(comp.pid, timeout, "transcription-worker")
