@@ -1,0 +1,84 @@
+"""Where an environment's services answer: one resolver for every capability.
+
+Backup, restore, health and load tests all need the same URLs. For `platform: local` they
+come from the embedded platform's state file (ports chosen at first `opsctl local up`);
+for kubernetes environments from opsctl.yaml and the environment variables it names, so
+secrets never pass through opsctl.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from opsctl.config import Environment, Project
+from opsctl.errors import UsageError
+
+
+@dataclass
+class Endpoints:
+    env: str
+    platform: str
+    database_url: str | None
+    redis_url: str | None
+    s3_endpoint_url: str | None
+    audio_bucket: str
+    backup_bucket: str
+    router_url: str | None
+    workers: dict[str, str] = field(default_factory=dict)  # color -> base URL
+    active_color: str | None = None
+    aws_region: str = "us-east-1"
+    aws_profile: str | None = None
+    # credentials for the embedded S3 only; cloud environments use the AWS credential chain
+    aws_credentials: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def s3_client(self):
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.Session(profile_name=self.aws_profile) if self.aws_profile else boto3.Session()
+        kwargs = {}
+        if self.aws_credentials:
+            kwargs = {"aws_access_key_id": self.aws_credentials["AWS_ACCESS_KEY_ID"],
+                      "aws_secret_access_key": self.aws_credentials["AWS_SECRET_ACCESS_KEY"]}
+        return session.client("s3", endpoint_url=self.s3_endpoint_url, region_name=self.aws_region,
+                              config=Config(retries={"max_attempts": 8, "mode": "adaptive"}), **kwargs)
+
+
+def resolve(project: Project, env: Environment) -> Endpoints:
+    if env.platform == "local":
+        return _local(project, env)
+    return Endpoints(
+        env=env.name, platform=env.platform,
+        database_url=os.environ.get(env.database.url_env),
+        redis_url=os.environ.get(env.redis.url_env),
+        s3_endpoint_url=env.aws.endpoint_url,
+        audio_bucket=env.buckets.audio, backup_bucket=env.buckets.backups,
+        router_url=env.router_url, aws_region=env.aws.region, aws_profile=env.aws.profile,
+    )
+
+
+def _local(project: Project, env: Environment) -> Endpoints:
+    from opsctl.local import procs
+    from opsctl.local import s3 as s3mod
+    from opsctl.local import state as st
+    from opsctl.local import worker as wk
+
+    state = st.load(st.folder_for(project.root))
+    comps = state.components
+    if not {"postgres", "redis", "s3", "router"} <= set(comps):
+        raise UsageError(f"the local platform of {project.root} was never started; run 'opsctl local up'")
+    host = procs.HOST
+    workers = {c: wk.base_url(comps[wk.name(c)].port) for c in st.COLORS
+               if wk.name(c) in comps and procs.alive(comps[wk.name(c)].pid)}
+    return Endpoints(
+        env=env.name, platform="local",
+        database_url=f"postgresql://postgres@{host}:{comps['postgres'].port}/{env.database.name}",
+        redis_url=f"redis://{host}:{comps['redis'].port}/0",
+        s3_endpoint_url=s3mod.endpoint(comps["s3"].port),
+        audio_bucket=env.buckets.audio, backup_bucket=env.buckets.backups,
+        router_url=f"http://{host}:{comps['router'].port}",
+        workers=workers, active_color=state.active_color,
+        aws_region=s3mod.CREDENTIALS["AWS_DEFAULT_REGION"],
+        aws_credentials={k: v for k, v in s3mod.CREDENTIALS.items() if k.startswith("AWS_") and "REGION" not in k},
+    )
