@@ -110,3 +110,43 @@ def ops_root(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPSCTL_ROOT", raising=False)
     return tmp_path
+
+
+@dataclass
+class LocalPlatform:
+    root: Path
+
+    def project(self):
+        from opsctl.config import load_project
+
+        return load_project(self.root)
+
+    def endpoints(self):
+        from opsctl.endpoints import resolve
+
+        proj = self.project()
+        return resolve(proj, proj.env("local"))
+
+    def up(self):
+        """Repair whatever a test stopped; a no-op when all is healthy."""
+        from opsctl.local import platform
+
+        return platform.up(self.project())
+
+
+@pytest.fixture(scope="session")
+def local_platform(tmp_path_factory) -> LocalPlatform:
+    """One embedded platform (`opsctl local up`) shared by the whole session.
+
+    Its ops root is a temporary folder with the starter opsctl.yaml; tests that break a
+    component call `.up()` afterwards so the next test finds it healthy.
+    """
+    from opsctl.local import platform
+    from opsctl.starter import starter_text
+
+    root = tmp_path_factory.mktemp("platform")
+    (root / "opsctl.yaml").write_text(starter_text())
+    lp = LocalPlatform(root)
+    platform.up(lp.project())
+    yield lp
+    platform.down(lp.project(), purge=True)
