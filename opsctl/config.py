@@ -81,6 +81,7 @@ class DeploySettings(_Model):
     keep_versions: int = Field(5, ge=1)
     max_error_rate_percent: float = Field(5.0, ge=0, le=100)
     max_p95_ms: float = Field(2000.0, gt=0)
+    api_key_env: str = Field("OPSCTL_WORKER_API_KEY", description="env var with a worker API key for analysis")
 
 
 class Retention(_Model):

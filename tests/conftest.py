@@ -145,7 +145,10 @@ def local_platform(tmp_path_factory) -> LocalPlatform:
     from opsctl.starter import starter_text
 
     root = tmp_path_factory.mktemp("platform")
-    (root / "opsctl.yaml").write_text(starter_text())
+    # short deploy windows so blue-green tests take seconds, not minutes
+    (root / "opsctl.yaml").write_text(starter_text().replace(
+        "    platform: local\n",
+        "    platform: local\n    deploy: {scale_down_delay: 2, analysis_window: 3, drain_timeout: 10}\n", 1))
     lp = LocalPlatform(root)
     platform.up(lp.project())
     yield lp

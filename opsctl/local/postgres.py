@@ -110,12 +110,9 @@ def stop(pid: int | None, timeout: float = 30.0) -> bool:
         return False
     import psutil
 
-    proc = psutil.Process(pid)
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        proc.kill()
+    psutil.Process(pid).send_signal(signal.SIGINT)
+    if not procs._wait_gone(pid, timeout):
+        procs.stop(pid, 5)
     return True
 
 

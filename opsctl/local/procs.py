@@ -74,17 +74,37 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path |
     raise OperationFailed(f"{what} not ready after {timeout:.0f}s{hint}")
 
 
+def _reap(pid: int) -> None:
+    """Collect the exit status if the process is our child, so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return not alive(pid)
+
+
 def stop(pid: int | None, timeout: float = 15.0, cmd_hint: str | None = None) -> bool:
-    """SIGTERM, then SIGKILL after `timeout`: the graceful-then-forceful stop. True if stopped."""
+    """SIGTERM, then SIGKILL after `timeout`: the graceful-then-forceful stop. True if stopped.
+
+    A zombie counts as stopped: the process that started a server (a test run, say) may not
+    be the one stopping it, and only a parent can reap.
+    """
     if not alive(pid, cmd_hint):
         return False
-    proc = psutil.Process(pid)
     try:
-        proc.terminate()
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+        psutil.Process(pid).terminate()
+        if not _wait_gone(pid, timeout):
+            psutil.Process(pid).kill()
+            _wait_gone(pid, 10)
     except psutil.NoSuchProcess:
         pass
     return True

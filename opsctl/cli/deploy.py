@@ -1,0 +1,164 @@
+"""`opsctl deploy | promote | rollback | status`: parse, call opsctl.deploy, render."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Annotated, Iterator
+
+import typer
+
+from opsctl.cli.common import EnvOpt, JsonOpt, environment
+
+STYLE = {"running": "[yellow]…[/yellow]", "ok": "[green]ok[/green]", "failed": "[red]failed[/red]",
+         "skipped": "[dim]skipped[/dim]"}
+
+
+@contextmanager
+def _live_steps(title: str, quiet: bool) -> Iterator:
+    """A live table of the steps on stderr, shown from the first step on (so an input error
+    before any step stays one line); yields the notify callback the core calls."""
+    from rich.live import Live
+    from rich.table import Table
+
+    from opsctl.output import stderr
+
+    steps: list = []
+    live: list[Live] = []
+
+    def table() -> Table:
+        t = Table(title=title, box=None, title_justify="left")
+        t.add_column("step")
+        t.add_column("")
+        t.add_column("time", justify="right")
+        t.add_column("detail", overflow="fold")
+        for s in steps:
+            t.add_row(s.name, STYLE.get(s.status, s.status), f"{s.seconds:.1f}s" if s.seconds else "", s.detail)
+        return t
+
+    def notify(step) -> None:
+        if step not in steps:
+            steps.append(step)
+        if not live:
+            live.append(Live(table(), console=stderr, transient=quiet, refresh_per_second=4))
+            live[0].start()
+        live[0].update(table())
+
+    try:
+        yield notify
+    finally:
+        if live:
+            live[0].stop()
+
+
+def _driver(env_name: str):
+    from opsctl.deploy.drivers import driver_for
+
+    project, env = environment(env_name)
+    return driver_for(project, env), env
+
+
+def _render_record(record) -> None:
+    from opsctl.output import stdout
+
+    color = "green" if record.outcome in ("promoted", "awaiting-promotion") else "red"
+    stdout.print(f"[{color}]{record.outcome}[/{color}]: {record.version} on {record.to_color} — {record.reason}")
+
+
+def deploy(
+    env: EnvOpt = "local",
+    image: Annotated[str, typer.Option("--image", help="Release to deploy, NAME:TAG (the tag is the version).")] = "",
+    strategy: Annotated[str, typer.Option("--strategy", help="blue-green (default) or rolling.")] = "",
+    set_: Annotated[list[str], typer.Option("--set", help="Worker setting KEY=VALUE (repeatable).")] = [],
+    auto_promote: Annotated[bool, typer.Option("--auto-promote/--no-auto-promote",
+                                               help="Switch as soon as analysis passes, or wait for 'opsctl promote'.")] = True,
+    analysis: Annotated[bool, typer.Option("--analysis/--no-analysis", help="Pre- and post-promotion analysis.")] = True,
+    backup: Annotated[bool, typer.Option("--backup", help="Take a database backup before deploying.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait out the scale-down delay, then stop the old color.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and manifests; change nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy a worker release: blue-green with health-gated promotion and automatic rollback."""
+    from opsctl.deploy import bluegreen, plan
+    from opsctl.deploy.model import Release
+    from opsctl.errors import UsageError
+    from opsctl.output import emit
+
+    if not image:
+        raise UsageError("--image is required, e.g. --image worker:1.4.0")
+    release = Release.parse(image, set_)
+    driver, envcfg = _driver(env)
+    strategy = strategy or envcfg.deploy.strategy
+    if dry_run:
+        doc = plan.plan(driver, envcfg, release, strategy, auto_promote)
+        emit(doc, as_json, lambda c: plan.render(c, doc))
+        return
+    hook = None
+    if backup:
+        hook = plan.backup_hook(env)
+    with _live_steps(f"deploy {release.version} to {env}", as_json) as notify:
+        opts = bluegreen.Options(strategy=strategy, auto_promote=auto_promote, analysis=analysis,
+                                 backup=hook, notify=notify)
+        record = bluegreen.deploy(driver, envcfg, release, opts)
+    emit(record, as_json, lambda c: _render_record(record))
+    if wait and record.standby_until:
+        bluegreen.finish_scale_down(driver, record)
+
+
+def promote(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+    """Switch traffic to the color a --no-auto-promote deploy left waiting."""
+    from opsctl.deploy import bluegreen
+    from opsctl.output import emit
+
+    driver, envcfg = _driver(env)
+    with _live_steps(f"promote on {env}", as_json) as notify:
+        record = bluegreen.promote(driver, envcfg, bluegreen.Options(notify=notify))
+    emit(record, as_json, lambda c: _render_record(record))
+
+
+def rollback(
+    env: EnvOpt = "local",
+    to: Annotated[str | None, typer.Option("--to", help="Version to return to (default: the previous one).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait out the scale-down delay, then stop the other color.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Return traffic to the previous release: instant while its color is warm."""
+    from opsctl.deploy import bluegreen, rollback as rb
+    from opsctl.output import emit
+
+    driver, envcfg = _driver(env)
+    with _live_steps(f"rollback on {env}", as_json) as notify:
+        record = rb.rollback(driver, envcfg, to, bluegreen.Options(notify=notify))
+    emit(record, as_json, lambda c: _render_record(record))
+    if wait and record.standby_until:
+        bluegreen.finish_scale_down(driver, record)
+
+
+def status(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+    """Active color, each color's version and readiness, and the last deploys."""
+    from opsctl.deploy import rollback as rb
+    from opsctl.output import emit
+
+    driver, _ = _driver(env)
+    doc = rb.status(driver)
+
+    def render(console) -> None:
+        from rich.table import Table
+
+        console.print(f"active color: [bold]{doc['active_color']}[/bold] (driver {doc['driver']})")
+        colors = Table("color", "version", "running", "ready", "url")
+        for c in doc["colors"].values():
+            colors.add_row(c.color, c.version or "-", str(c.running), str(c.ready), c.url or "-")
+        console.print(colors)
+        deploys = Table("started", "version", "color", "strategy", "outcome", "reason", title="last deploys")
+        for d in doc["deploys"]:
+            deploys.add_row(d["started_at"], d["version"], d["to_color"], d["strategy"], d["outcome"], d["reason"])
+        console.print(deploys)
+
+    emit(doc, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)
+    app.command("promote")(promote)
+    app.command("rollback")(rollback)
+    app.command("status")(status)

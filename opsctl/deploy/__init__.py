@@ -1,0 +1,1 @@
+"""Deploying the worker: one blue-green algorithm above small platform drivers."""

@@ -1,0 +1,147 @@
+"""Pre- and post-promotion analysis: is the new color really serving transcriptions?
+
+Pre-promotion runs on the preview color directly (readiness, then a real transcription of
+the bundled sample checked for its words), on the very first deploy too. Post-promotion
+watches the promoted color's own /metrics over the analysis window while canary
+transcriptions go through the router, and judges error rate and p95 on that window only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import httpx
+
+MAX_WORD_ERROR = 0.3
+TRANSCRIBE = "/v1/audio/transcriptions"
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    detail: str
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def word_error(expected: str, heard: str) -> float:
+    """Share of the expected words not matched in order: a WER close enough for a gate."""
+    ref, hyp = _words(expected), _words(heard)
+    matched = sum(b.size for b in difflib.SequenceMatcher(a=ref, b=hyp).get_matching_blocks())
+    return 1.0 - matched / max(len(ref), 1)
+
+
+def sample() -> tuple[bytes, str]:
+    files = resources.files("opsctl.deploy")
+    return files.joinpath("sample.wav").read_bytes(), files.joinpath("sample.txt").read_text().strip()
+
+
+def auth_headers(api_key_env: str) -> dict:
+    """The probes' API key, read from the variable opsctl.yaml names (never logged)."""
+    key = os.environ.get(api_key_env, "")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Verdict:
+    audio, expected = sample()
+    try:
+        resp = httpx.post(f"{base_url}{TRANSCRIBE}", files={"file": ("sample.wav", audio, "audio/wav")},
+                          data={"model": "whisper-1", "language": "en"}, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return Verdict(False, f"transcription request failed: {exc}")
+    if resp.status_code != 200:
+        return Verdict(False, f"transcription answered {resp.status_code}: {resp.text[:200]}")
+    heard = resp.json().get("text", "")
+    wer = word_error(expected, heard)
+    ok = wer < MAX_WORD_ERROR
+    return Verdict(ok, f"word error {wer:.2f} (limit {MAX_WORD_ERROR}): heard {heard.strip()!r}")
+
+
+def ready_check(base_url: str) -> Verdict:
+    try:
+        resp = httpx.get(f"{base_url}/readyz", timeout=5)
+    except httpx.HTTPError as exc:
+        return Verdict(False, f"/readyz unreachable: {exc}")
+    return Verdict(resp.status_code == 200, f"/readyz {resp.status_code}")
+
+
+def pre_promotion(base_url: str, headers: dict) -> Verdict:
+    ready = ready_check(base_url)
+    if not ready.ok:
+        return ready
+    return transcribe_check(base_url, headers)
+
+
+@dataclass
+class Snapshot:
+    total: float
+    errors: float
+    buckets: dict[float, float]  # cumulative counts by upper bound, transcription route
+
+
+def scrape(base_url: str, headers: dict) -> Snapshot:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics", headers=headers, timeout=5).text
+    total = errors = 0.0
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "worker_requests_total" and s.labels.get("route", "").startswith("/v1/"):
+                total += s.value
+                if s.labels.get("status", "").startswith("5"):
+                    errors += s.value
+            elif s.name == "worker_request_duration_seconds_bucket" and s.labels.get("route") == TRANSCRIBE:
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+    return Snapshot(total, errors, buckets)
+
+
+def p95_ms(before: Snapshot, after: Snapshot) -> float | None:
+    """The window's 95th percentile, interpolated in its bucket as histogram_quantile does."""
+    deltas = sorted((le, after.buckets.get(le, 0) - before.buckets.get(le, 0)) for le in after.buckets)
+    count = deltas[-1][1] if deltas else 0
+    if count <= 0:
+        return None
+    rank = 0.95 * count
+    lower, below = 0.0, 0.0
+    for le, cumulative in deltas:
+        if cumulative >= rank:
+            if le == float("inf"):
+                return lower * 1000
+            share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+            return (lower + (le - lower) * share) * 1000
+        lower, below = le, cumulative
+    return None
+
+
+def post_promotion(color_url: str, router_url: str | None, window: float, max_error_pct: float,
+                   max_p95_ms: float, headers: dict, probe_every: float = 1.0) -> Verdict:
+    """Watch the window; canary transcriptions through the router give it traffic to judge."""
+    before = scrape(color_url, headers)
+    deadline = time.monotonic() + window
+    probes = failed_probes = 0
+    while time.monotonic() < deadline:
+        if router_url:
+            probes += 1
+            if not transcribe_check(router_url, headers, timeout=max(window, 30)).ok:
+                failed_probes += 1
+        if not ready_check(color_url).ok:
+            return Verdict(False, "promoted color stopped being ready during the analysis window")
+        time.sleep(min(probe_every, max(0.0, deadline - time.monotonic())))
+    after = scrape(color_url, headers)
+    requests = after.total - before.total
+    error_pct = 100.0 * (after.errors - before.errors) / requests if requests else 0.0
+    p95 = p95_ms(before, after)
+    detail = (f"{requests:.0f} requests, error rate {error_pct:.1f}% (max {max_error_pct}%), "
+              f"p95 {'n/a' if p95 is None else f'{p95:.0f} ms'} (max {max_p95_ms:.0f} ms), "
+              f"canaries failed {failed_probes}/{probes}")
+    ok = error_pct <= max_error_pct and (p95 is None or p95 <= max_p95_ms) and failed_probes == 0
+    return Verdict(ok, detail)

@@ -1,0 +1,15 @@
+"""Pick the platform driver an environment needs."""
+
+from __future__ import annotations
+
+from opsctl.config import Environment, Project
+
+
+def driver_for(project: Project, env: Environment):
+    if env.platform == "local":
+        from opsctl.deploy.drivers.local import LocalDriver
+
+        return LocalDriver(project, env)
+    from opsctl.deploy.drivers.kubernetes import KubernetesDriver
+
+    return KubernetesDriver(project, env)

@@ -1,0 +1,128 @@
+"""The local driver: a color is a worker process, the switch is Caddy's admin API.
+
+History lives beside the platform's state (`.opsctl/local/deploys.json`), the deploy lock
+is a file lock the OS releases when the deploying process dies, so a killed deploy never
+blocks the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
+
+from opsctl.config import Environment, Project
+from opsctl.deploy.model import ColorState, DeployRecord, Release
+from opsctl.errors import OperationFailed, UsageError
+from opsctl.local import caddy, procs
+from opsctl.local import state as st
+from opsctl.local import worker as wk
+
+
+class LocalDriver:
+    name = "local"
+
+    def __init__(self, project: Project, env: Environment):
+        self.env = env
+        self.folder = st.folder_for(project.root)
+        state = st.load(self.folder)
+        if "router" not in state.components:
+            raise UsageError(f"the local platform of {project.root} is not up; run 'opsctl local up'")
+
+    @property
+    def _history_path(self) -> Path:
+        return self.folder / "deploys.json"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        lock = FileLock(str(self.folder / "deploy.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise OperationFailed("another deploy is running on env 'local' (deploy.lock is held); "
+                                  "wait for it or check 'opsctl status'") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _state(self) -> st.LocalState:
+        return st.load(self.folder)
+
+    def active_color(self) -> str | None:
+        return self._state().active_color
+
+    def colors(self) -> dict[str, ColorState]:
+        state = self._state()
+        out = {}
+        for color in st.COLORS:
+            comp = state.components.get(wk.name(color))
+            running = bool(comp) and procs.alive(comp.pid, "transcription-worker")
+            out[color] = ColorState(color, comp.version if comp else None, running,
+                                    running and wk.ready(comp.port), wk.base_url(comp.port) if comp else None)
+        return out
+
+    def bring_up(self, color: str, release: Release, timeout: float) -> None:
+        """A fresh process for the color; the active color's process is never touched."""
+        with st.locked(self.folder):
+            state = self._state()
+            if color == state.active_color:
+                raise OperationFailed(f"refusing to replace the active color {color}")
+            wk.stop(state.components.get(wk.name(color)))
+            wk.migrate(wk.environment(state, self.env, color, release.version, release.settings))
+            try:
+                wk.start(state, self.env, color, release.version, release.settings, timeout)
+            finally:
+                state.save()
+
+    def wait_ready(self, color: str, timeout: float) -> None:
+        comp = self._state().components[wk.name(color)]
+        procs.wait_until(lambda: wk.ready(comp.port), timeout, f"worker-{color}", None, comp.pid)
+
+    def switch(self, color: str) -> None:
+        with st.locked(self.folder):
+            state = self._state()
+            comp = state.components[wk.name(color)]
+            router = state.components["router"]
+            caddy.switch(router.admin_port, comp.port, color)
+            state.active_color = color
+            state.save()
+
+    def scale_down(self, color: str) -> None:
+        with st.locked(self.folder):
+            state = self._state()
+            if color == state.active_color:
+                raise OperationFailed(f"refusing to stop the active color {color}")
+            wk.stop(state.components.get(wk.name(color)), timeout=self.env.deploy.drain_timeout or 30)
+
+    def url(self, color: str) -> str | None:
+        comp = self._state().components.get(wk.name(color))
+        return wk.base_url(comp.port) if comp else None
+
+    def router_url(self) -> str | None:
+        return f"http://{procs.HOST}:{self._state().components['router'].port}"
+
+    def history(self) -> list[DeployRecord]:
+        if not self._history_path.exists():
+            return []
+        return [DeployRecord.from_dict(d) for d in json.loads(self._history_path.read_text())]
+
+    def save(self, record: DeployRecord) -> None:
+        records = [r for r in self.history() if r.id != record.id] + [record]
+        records = records[-100:]
+        tmp = self._history_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([r.to_dict() for r in records], indent=1))
+        os.replace(tmp, self._history_path)
+
+    def render(self, release: Release, color: str) -> str:
+        """The process the local driver would start, as a person would read it."""
+        state = self._state()
+        env = wk.environment(state, self.env, color, release.version, release.settings)
+        lines = [f"# local worker process for color {color}"]
+        lines += [f"{k}={v}" for k, v in sorted(env.items()) if "SECRET" not in k and "KEY" not in k]
+        lines.append(f"transcription-worker serve --host {procs.HOST} --port <kept port of worker-{color}>")
+        return "\n".join(lines)

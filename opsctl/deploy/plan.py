@@ -1,0 +1,45 @@
+"""`deploy --dry-run`: the steps and the manifests a deploy would apply, with no change made."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from opsctl.config import Environment
+from opsctl.deploy.model import Driver, Release, other
+
+
+def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto_promote: bool) -> dict:
+    active = driver.active_color()
+    colors = driver.colors()
+    serving = bool(active and colors[active].running)
+    target = other(active) if serving else (active or "blue")
+    d = env.deploy
+    steps = ["validate", "lock", f"bring up {target} with {release.version} (active {active} untouched)",
+             f"wait ready (timeout {d.ready_timeout:.0f}s)"]
+    if strategy == "blue-green":
+        steps.append("pre-promotion analysis on the preview color: /readyz and a sample transcription")
+        steps.append(f"switch the router to {target}" if auto_promote else "wait for 'opsctl promote'")
+        steps.append(f"post-promotion analysis for {d.analysis_window:.0f}s: error rate ≤ "
+                     f"{d.max_error_rate_percent}%, p95 ≤ {d.max_p95_ms:.0f} ms; switch back on failure")
+        if serving:
+            steps.append(f"keep {active} warm {d.scale_down_delay:.0f}s for instant rollback, then stop it")
+    else:
+        steps += [f"switch the router to {target}", f"stop {active}" if serving else "nothing to stop"]
+    return {"env": env.name, "driver": driver.name, "strategy": strategy, "version": release.version,
+            "image": release.image, "settings": release.settings, "active_color": active,
+            "target_color": target, "steps": steps, "manifests": driver.render(release, target)}
+
+
+def render(console, doc: dict) -> None:
+    console.print(f"[bold]plan[/bold]: deploy {doc['version']} to {doc['env']} ({doc['strategy']}, "
+                  f"driver {doc['driver']}); nothing will be changed")
+    for n, step in enumerate(doc["steps"], 1):
+        console.print(f"  {n}. {step}")
+    console.print(doc["manifests"], markup=False, highlight=False)
+
+
+def backup_hook(env_name: str) -> Callable[[], str]:
+    """The pre-deploy backup: a database backup through the backup capability's core."""
+    from opsctl.errors import UsageError
+
+    raise UsageError("--backup needs the backup capability, which is not built yet (issue #6)")
