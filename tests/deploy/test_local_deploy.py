@@ -17,7 +17,7 @@ from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
 
-SAMPLE = (Path(__file__).parent.parent / "worker" / "data" / "hello.wav").read_bytes()
+from tests.samples import variant
 
 
 class LoadLoop:
@@ -36,8 +36,9 @@ class LoadLoop:
         with httpx.Client(timeout=60) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
+                    audio = variant("hello", self.ok + len(self.failures))  # a real transcription each time
                     resp = client.post(f"{self.url}/v1/audio/transcriptions",
-                                       files={"file": ("hello.wav", SAMPLE, "audio/wav")},
+                                       files={"file": ("hello.wav", audio, "audio/wav")},
                                        data={"model": "whisper-1"})
                     if resp.status_code == 200 and "hello" in resp.json()["text"].lower():
                         self.ok += 1
