@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml worker/pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./worker
 	$(BIN)/transcription-worker assemble-model
+	@# promtool (Debian's prometheus package) checks the rendered monitoring config
+	command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+	  >/dev/null; } || echo "promtool not installed: the promtool checks will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

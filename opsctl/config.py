@@ -111,6 +111,18 @@ class Thresholds(_Model):
     backup_age_hours: float = 26.0
 
 
+class MonitoringSettings(_Model):
+    """What `opsctl render monitoring` needs beyond the thresholds (which it shares with health)."""
+
+    scrape_interval: str = "15s"
+    # exporters the environment runs, by kind (node, postgres, redis): host:port targets
+    exporters: dict[Literal["node", "postgres", "redis"], str] = Field(default_factory=dict)
+    runbook_url: str = Field("runbooks", description="base of the runbook links in alerts")
+    # where `opsctl health --mode continuous --metrics-port` serves its check results
+    health_exporter: str | None = None
+    worker_cores: int | None = Field(None, ge=1, description="CPU cores per worker (default: this host's)")
+
+
 class Environment(_Model):
     name: str = ""
     platform: Literal["local", "kubernetes"] = "kubernetes"
@@ -127,6 +139,7 @@ class Environment(_Model):
     deploy: DeploySettings = DeploySettings()
     backup: BackupSettings = BackupSettings()
     thresholds: Thresholds = Thresholds()
+    monitoring: MonitoringSettings = MonitoringSettings()
     health: dict = Field(default_factory=dict, description="extra checks and alert sinks")
 
 

@@ -1,0 +1,110 @@
+"""`opsctl render monitoring`: Prometheus scrape config, alert rules and Grafana dashboards.
+
+Rendered from the templates in `templates/monitoring/` with the environment's thresholds,
+the very values `opsctl health` judges with, so an alert and a sweep never disagree about
+what "too slow" means. Every file is parsed before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from opsctl.config import Environment, Project
+from opsctl.errors import UsageError
+from opsctl.templating import render
+
+COLOR_LABEL = "app_kubernetes_io_color"  # app.kubernetes.io/color, as Prometheus sanitizes it
+
+
+def _values(project: Project, env: Environment) -> dict:
+    mon = env.monitoring
+    values = {
+        "env": env.name, "platform": env.platform, "t": env.thresholds,
+        "scrape_interval": mon.scrape_interval, "exporters": dict(mon.exporters),
+        "runbook_url": mon.runbook_url.rstrip("/"), "health_target": mon.health_exporter,
+        "worker_cores": mon.worker_cores or os.cpu_count() or 1,
+        "namespace": env.kubernetes.namespace, "color_label": COLOR_LABEL,
+        "workers": [], "router_admin": None,
+    }
+    if env.platform == "local":
+        from opsctl.local import procs
+        from opsctl.local import state as st
+        from opsctl.local import worker as wk
+
+        comps = st.load(st.folder_for(project.root)).components
+        if "router" not in comps:
+            raise UsageError(f"the local platform of {project.root} was never started; run 'opsctl local up' "
+                             "so the scrape config can name its ports")
+        values["workers"] = [{"color": c, "target": f"{procs.HOST}:{comps[wk.name(c)].port}"}
+                             for c in st.COLORS if wk.name(c) in comps]
+        values["router_admin"] = f"{procs.HOST}:{comps['router'].admin_port}"
+    return values
+
+
+def render_all(project: Project, env: Environment) -> dict[str, str]:
+    """Every file, by relative path; each one parsed, so a broken template fails here."""
+    values = _values(project, env)
+    root = project.root
+    files = {
+        "prometheus.yml": render("monitoring/prometheus.yml.j2", root, **values),
+        "alert-rules.yml": render("monitoring/alert-rules.yml.j2", root, **values),
+        "dashboards/transcription-worker.json": render("monitoring/dashboard-worker.json.j2", root, **values),
+    }
+    for name, text in files.items():
+        try:
+            json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise UsageError(f"rendered {name} does not parse ({exc}); fix its template") from None
+    if env.platform == "kubernetes":
+        rules = yaml.safe_load(files["alert-rules.yml"])
+        spec = "\n".join("  " + line for line in yaml.safe_dump(rules, sort_keys=False).splitlines())
+        files["kubernetes/monitoring.yaml"] = render(
+            "monitoring/prometheusrule.yaml.j2", root, **values, rules_spec=spec,
+            dashboard=files["dashboards/transcription-worker.json"])
+        list(yaml.safe_load_all(files["kubernetes/monitoring.yaml"]))
+    return files
+
+
+def write(files: dict[str, str], out: Path) -> list[Path]:
+    """Write all files or none: into a temporary folder first, then moved in place."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".render-", dir=out))
+    try:
+        for name, text in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_text(text)
+        written = []
+        for name in files:
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, target)
+            written.append(target)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_NOT_METRICS = {"sum", "rate", "by", "le", "histogram_quantile", "clamp_min", "max", "avg", "changes",
+                "up", "without", "on", "ignoring", "count", "min", "irate", "increase", "printf"}
+
+
+def metric_names(files: dict[str, str]) -> set[str]:
+    """The metric names the rules and dashboards query (for checking they are exported)."""
+    exprs = [r["expr"] for g in yaml.safe_load(files["alert-rules.yml"])["groups"] for r in g["rules"]]
+    board = json.loads(files["dashboards/transcription-worker.json"])
+    exprs += [t["expr"] for p in board["panels"] for t in p["targets"]]
+    names = set()
+    for expr in exprs:
+        expr = re.sub(r'\{[^}]*\}', "", expr)  # label matchers
+        expr = re.sub(r'"[^"]*"', "", expr)
+        for word in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+            if word not in _NOT_METRICS and "_" in word:
+                names.add(re.sub(r"_(bucket|sum|count)$", "", word) if word.endswith("_bucket") else word)
+    return names
