@@ -29,6 +29,20 @@ def is_interactive() -> bool:
     return sys.stdin.isatty()
 
 
+def confirm(question: str, yes: bool) -> None:
+    """Approval for a change: `--yes`, or a person's answer on a terminal; never a CI prompt."""
+    from opsctl.errors import UsageError
+
+    if yes:
+        return
+    if not is_interactive():
+        raise UsageError(f"{question}: needs approval and there is no terminal to ask on; pass --yes")
+    import typer
+
+    if not typer.confirm(question, default=False, err=True):
+        raise UsageError(f"{question}: not approved; nothing was changed")
+
+
 def to_jsonable(value: Any) -> Any:
     """Turn results (dataclasses, pydantic models, paths, enums, datetimes) into JSON types."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

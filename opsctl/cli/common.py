@@ -55,15 +55,9 @@ def environment(name: str) -> tuple["Project", "Environment"]:
 
 def confirm(question: str, yes: bool) -> None:
     """Ask a person; in CI (or without a TTY) only `--yes` approves."""
-    from opsctl import output
-    from opsctl.errors import UsageError
+    from opsctl.output import confirm as ask
 
-    if yes:
-        return
-    if not output.is_interactive():
-        raise UsageError(f"{question} needs approval: no terminal to ask on, pass --yes")
-    if not typer.confirm(question, default=False, err=True):
-        raise UsageError(f"{question} not approved; nothing was changed")
+    ask(question, yes)
 
 
 def not_built(app: typer.Typer, name: str, issue: int, help_text: str) -> None:

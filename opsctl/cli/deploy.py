@@ -2,52 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Annotated, Iterator
+from typing import Annotated
 
 import typer
 
 from opsctl.cli.common import EnvOpt, JsonOpt, environment
 
-STYLE = {"running": "[yellow]…[/yellow]", "ok": "[green]ok[/green]", "failed": "[red]failed[/red]",
-         "skipped": "[dim]skipped[/dim]"}
+def _live_steps(title: str, quiet: bool):
+    from opsctl.cli.live import status, steps_view
 
-
-@contextmanager
-def _live_steps(title: str, quiet: bool) -> Iterator:
-    """A live table of the steps on stderr, shown from the first step on (so an input error
-    before any step stays one line); yields the notify callback the core calls."""
-    from rich.live import Live
-    from rich.table import Table
-
-    from opsctl.output import stderr
-
-    steps: list = []
-    live: list[Live] = []
-
-    def table() -> Table:
-        t = Table(title=title, box=None, title_justify="left")
-        t.add_column("step")
-        t.add_column("")
-        t.add_column("time", justify="right")
-        t.add_column("detail", overflow="fold")
-        for s in steps:
-            t.add_row(s.name, STYLE.get(s.status, s.status), f"{s.seconds:.1f}s" if s.seconds else "", s.detail)
-        return t
-
-    def notify(step) -> None:
-        if step not in steps:
-            steps.append(step)
-        if not live:
-            live.append(Live(table(), console=stderr, transient=quiet, refresh_per_second=4))
-            live[0].start()
-        live[0].update(table())
-
-    try:
-        yield notify
-    finally:
-        if live:
-            live[0].stop()
+    return steps_view(title, quiet, lambda s: (s.name, status(s.status),
+                                               f"{s.seconds:.1f}s" if s.seconds else "", s.detail))
 
 
 def _driver(env_name: str):

@@ -1,0 +1,161 @@
+"""`opsctl runbook list | show | validate | publish | run | history`: parse, call, render."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, environment, project
+
+app = typer.Typer(help="Versioned runbooks: list, show, validate, publish, run, history.", no_args_is_help=True)
+
+def _actions() -> set[str]:
+    from opsctl.runbook.actions import ACTIONS
+
+    return set(ACTIONS)
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """Every runbook with its versions and which are published."""
+    from opsctl.output import emit
+    from opsctl.runbook import catalog
+
+    root = project().root
+    pins = catalog.lock(root)
+    rows = [{"name": n, "versions": list(catalog.versions(root, n)),
+             "published": [int(k.split("@")[1]) for k in pins if k.split("@")[0] == n]}
+            for n in catalog.names(root)]
+
+    def render(console):
+        from rich.table import Table
+
+        t = Table("runbook", "versions", "published")
+        for r in rows:
+            t.add_row(r["name"], ", ".join(map(str, r["versions"])), ", ".join(map(str, sorted(r["published"]))))
+        console.print(t)
+
+    emit(rows, as_json, render)
+
+
+@app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME (latest) or NAME@VERSION.")],
+    diff: Annotated[str | None, typer.Option("--diff", help="Show the change between versions, e.g. 1..2.")] = None,
+) -> None:
+    """Print a runbook, or the diff between two of its versions."""
+    from opsctl.output import stdout
+    from opsctl.runbook import catalog
+
+    root = project().root
+    if diff:
+        stdout.print(catalog.diff(root, ref.split("@")[0], diff) or "(no change)", markup=False, highlight=False)
+        return
+    path = catalog.locate(root, ref)
+    stdout.print(f"# {path.relative_to(root)}", markup=False)
+    stdout.print(path.read_text(), markup=False, highlight=False)
+
+
+@app.command()
+def validate(
+    refs: Annotated[list[str] | None, typer.Argument(help="Runbooks to check (default: all versions of all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check runbooks against the schema, their meaning and the lock; exit 2 on any problem."""
+    from opsctl.output import emit
+    from opsctl.runbook import catalog
+
+    root = project().root
+    paths = ([catalog.locate(root, r) for r in refs] if refs else
+             [p for n in catalog.names(root) for p in catalog.versions(root, n).values()])
+    problems = [p for path in paths for p in catalog.validate(path, root, _actions())]
+    emit({"checked": [str(p.relative_to(root)) for p in paths], "problems": [str(p) for p in problems]}, as_json,
+         lambda c: c.print("\n".join(str(p) for p in problems) if problems else f"{len(paths)} runbook files valid",
+                           markup=False))
+    if problems:
+        raise typer.Exit(2)
+
+
+@app.command()
+def publish(ref: Annotated[str, typer.Argument(help="NAME@VERSION to pin in runbooks/lock.json.")]) -> None:
+    """Pin a version's content hash: from now on that version can never change."""
+    from opsctl.output import stdout
+    from opsctl.runbook import catalog
+
+    name, digest = catalog.publish(project().root, ref, _actions())
+    stdout.print(f"published {name} ({digest[:19]}…)")
+
+
+@app.command()
+def run(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")],
+    env: EnvOpt = "local",
+    param: Annotated[list[str], typer.Option("--param", "-p", help="Parameter KEY=VALUE (repeatable).")] = [],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve every template, print the plan, change nothing.")] = False,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue an earlier run from where it stopped.")] = None,
+    from_step: Annotated[str | None, typer.Option("--from-step", help="With --resume: start again at this step.")] = None,
+    junit: Annotated[str | None, typer.Option("--junit", help="Write the steps as a JUnit XML report.")] = None,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a runbook step by step with a journal; exit 1 when a step fails."""
+    from opsctl.cli.live import status, steps_view
+    from opsctl.errors import UsageError
+    from opsctl.output import emit
+    from opsctl.runbook import catalog, engine, report
+    from opsctl.runbook.model import resolve_params
+
+    proj, envcfg = environment(env)
+    book = catalog.load(proj.root, ref, _actions())
+    given = dict(p.split("=", 1) if "=" in p else (p, None) for p in param)
+    if None in given.values():
+        raise UsageError(f"-p {next(k for k, v in given.items() if v is None)}: use KEY=VALUE")
+    if from_step and not resume:
+        raise UsageError("--from-step goes with --resume RUN_ID")
+    params = None if resume else resolve_params(book, given)
+    title = f"{book.ref} on {env}" + (" (dry run)" if dry_run else "")
+    row = lambda s: (s.id, status(s.status), f"{s.seconds:.1f}s" if s.seconds else "", s.detail)  # noqa: E731
+    with steps_view(title, as_json, row) as notify:
+        if resume:
+            result = engine.resume(proj, envcfg, book, resume, yes, notify, from_step, given)
+        else:
+            result = engine.Runner(proj, envcfg, book, params, yes, notify, dry_run).execute()
+    if junit:
+        report.write_junit(result, junit)
+    emit(result, as_json, lambda c: c.print(f"{result.runbook}: [bold]{result.status}[/bold]"
+                                            + (f" (run {result.run_id})" if result.run_id else "")))
+    if result.status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def history(
+    name: Annotated[str | None, typer.Argument(help="Only runs of this runbook.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Every journal record of one run.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past runs from the journals under .opsctl/runs/."""
+    from opsctl.output import emit
+    from opsctl.runbook import journal
+
+    root = project().root
+    if run_id:
+        records = journal.read(root, run_id)
+        emit(records, as_json, lambda c: [c.print(r, markup=False) for r in records])
+        return
+    rows = journal.summaries(root, name)
+
+    def render(console):
+        from rich.table import Table
+
+        t = Table("run", "runbook", "env", "started", "status")
+        for r in rows:
+            t.add_row(r["run_id"], f"{r['runbook']}@{r['version']}", r["env"], r["started_at"], r["status"])
+        console.print(t)
+
+    emit(rows, as_json, render)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="runbook")

@@ -1,0 +1,122 @@
+"""The runbooks of an ops root: their versions, and the lock that makes published ones immutable.
+
+`runbooks/lock.json` pins the SHA-256 of every published version. Editing a published
+file changes its hash and fails validation: the fix is a new version, never a silent edit
+of a procedure someone already ran.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from opsctl.errors import UsageError
+from opsctl.runbook.model import Problem, Runbook, check, parse
+
+FILE = re.compile(r"^v(\d+)\.ya?ml$")
+
+
+def folder(root: Path) -> Path:
+    return root / "runbooks"
+
+
+def versions(root: Path, name: str) -> dict[int, Path]:
+    base = folder(root) / name
+    found = {}
+    for path in base.glob("v*.y*ml") if base.is_dir() else []:
+        match = FILE.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def names(root: Path) -> list[str]:
+    base = folder(root)
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and versions(root, p.name)) if base.is_dir() else []
+
+
+def digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lock(root: Path) -> dict[str, str]:
+    path = folder(root) / "lock.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_lock(root: Path, pins: dict[str, str]) -> None:
+    path = folder(root) / "lock.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(pins.items())), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def locate(root: Path, ref: str) -> Path:
+    """NAME (latest version) or NAME@N to a file."""
+    name, _, ver = ref.partition("@")
+    found = versions(root, name)
+    if not found:
+        known = ", ".join(names(root)) or "none"
+        raise UsageError(f"no runbook '{name}' in {folder(root)}; known: {known}")
+    if not ver:
+        return found[max(found)]
+    if not ver.isdigit() or int(ver) not in found:
+        raise UsageError(f"runbook {name} has no version {ver}; versions: {', '.join(map(str, found))}")
+    return found[int(ver)]
+
+
+def load(root: Path, ref: str, actions: set[str]) -> Runbook:
+    """A runbook that is valid in every way, or one UsageError with file:line."""
+    problems = validate(locate(root, ref), root, actions)
+    if problems:
+        more = f" (and {len(problems) - 1} more: run 'opsctl runbook validate')" if len(problems) > 1 else ""
+        raise UsageError(f"{problems[0]}{more}")
+    return parse(locate(root, ref))
+
+
+def validate(path: Path, root: Path, actions: set[str]) -> list[Problem]:
+    try:
+        book = parse(path)
+    except UsageError as exc:
+        where, _, reason = str(exc).partition(": ")
+        file, _, line = where.rpartition(":")
+        return [Problem(Path(file), int(line) if line.isdigit() else 1, reason)]
+    problems = check(book, actions)
+    match = FILE.match(path.name)
+    if path.parent.name != book.name or not match or int(match.group(1)) != book.version:
+        problems.append(Problem(path, book.line("name"),
+                                f"file must be runbooks/{book.name}/v{book.version}.yaml to match its name and version"))
+    pinned = lock(root).get(book.ref)
+    if pinned and pinned != digest(path):
+        problems.append(Problem(path, 1, f"{book.ref} is published and was changed (lock pins {pinned[:19]}…); "
+                                         f"revert it and publish the change as v{_next(root, book.name)}"))
+    return problems
+
+
+def _next(root: Path, name: str) -> int:
+    return max(versions(root, name), default=0) + 1
+
+
+def publish(root: Path, ref: str, actions: set[str]) -> tuple[str, str]:
+    path = locate(root, ref)
+    book = load(root, ref, actions)
+    pins = lock(root)
+    if book.ref in pins:
+        raise UsageError(f"{book.ref} is already published; publish changes as v{_next(root, book.name)}")
+    pins[book.ref] = digest(path)
+    _write_lock(root, pins)
+    return book.ref, pins[book.ref]
+
+
+def diff(root: Path, name: str, spec: str) -> str:
+    """`--diff 1..2`: the unified diff between two versions."""
+    first, sep, second = spec.partition("..")
+    if not sep or not first.isdigit() or not second.isdigit():
+        raise UsageError(f"--diff {spec}: use A..B with version numbers, e.g. 1..2")
+    a, b = locate(root, f"{name}@{first}"), locate(root, f"{name}@{second}")
+    return "".join(difflib.unified_diff(a.read_text().splitlines(True), b.read_text().splitlines(True),
+                                        f"{name}@{first}", f"{name}@{second}"))

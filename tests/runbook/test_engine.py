@@ -1,0 +1,218 @@
+"""The runbook engine on small runbooks of shell steps: routing, retries, resume, dry run, lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+
+from opsctl.cli import app
+
+
+def _write(root: Path, name: str, version: int, text: str) -> Path:
+    path = root / "runbooks" / name / f"v{version}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dedent(text))
+    return path
+
+
+@pytest.fixture
+def root(ops_root) -> Path:
+    return ops_root
+
+
+FLOW = """\
+    name: flow
+    version: 1
+    description: counts what ran in files, so the test sees every side effect
+    parameters:
+      marker: {type: string, default: ran}
+      fail_at: {type: string, default: none}
+    steps:
+      - id: first
+        action: shell
+        with: {command: "echo {{ params.marker }} >> first.txt && echo one"}
+      - id: second
+        action: shell
+        with: {command: "echo x >> second.txt; test '{{ params.fail_at }}' != second"}
+        on_failure: [undo]
+      - id: third
+        action: shell
+        with: {command: "echo {{ steps.first.outputs.stdout }} >> third.txt"}
+      - id: undo
+        action: shell
+        with: {command: "echo undone >> undo.txt"}
+    """
+
+
+def test_success_runs_every_step_in_order_and_journals_it(runner, root):
+    _write(root, "flow", 1, FLOW)
+    result = runner.invoke(app, ["runbook", "run", "flow", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "succeeded"
+    assert [s["id"] for s in doc["steps"]] == ["first", "second", "third"]  # the handler did not run
+    assert (root / "third.txt").read_text() == "one\n"  # an earlier step's output reached a template
+    assert not (root / "undo.txt").exists()
+    records = [json.loads(l) for l in (root / ".opsctl" / "runs" / f"{doc['run_id']}.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in records] == ["run", "step", "step", "step", "end"]
+    assert records[0]["hash"].startswith("sha256:") and records[0]["params"] == {"marker": "ran", "fail_at": "none"}
+    history = json.loads(runner.invoke(app, ["runbook", "history", "--json"]).stdout)
+    assert history[0]["run_id"] == doc["run_id"] and history[0]["status"] == "succeeded"
+
+
+def test_failing_step_runs_its_on_failure_steps_and_exits_1(runner, root):
+    _write(root, "flow", 1, FLOW)
+    result = runner.invoke(app, ["runbook", "run", "flow", "-p", "fail_at=second", "--json"])
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert [(s["id"], s["status"]) for s in doc["steps"]] == [("first", "ok"), ("second", "failed"), ("undo", "ok")]
+    assert (root / "undo.txt").read_text() == "undone\n" and not (root / "third.txt").exists()
+
+
+def test_retry_that_succeeds_on_second_attempt_is_recorded(runner, root):
+    _write(root, "retry", 1, """\
+        name: retry
+        version: 1
+        steps:
+          - id: flaky
+            action: shell
+            with: {command: "echo x >> tries.txt; test $(wc -l < tries.txt) -ge 2"}
+            retries: {count: 3, backoff: 0.01}
+        """)
+    result = runner.invoke(app, ["runbook", "run", "retry", "--json"])
+    assert result.exit_code == 0, result.output
+    step = json.loads(result.stdout)["steps"][0]
+    assert step["status"] == "ok" and step["attempts"] == 2 and "attempt 2" in step["detail"]
+    assert (root / "tries.txt").read_text().count("x") == 2
+
+
+def test_timeout_fails_the_step(runner, root):
+    _write(root, "slow", 1, """\
+        name: slow
+        version: 1
+        steps:
+          - id: sleepy
+            action: wait
+            with: {seconds: 5}
+            timeout: 0.2
+        """)
+    result = runner.invoke(app, ["runbook", "run", "slow", "--json"])
+    assert result.exit_code == 1
+    assert "timed out after 0.2s" in json.loads(result.stdout)["steps"][0]["detail"]
+
+
+def test_killed_run_resumes_at_the_failed_step_without_repeating(root):
+    _write(root, "long", 1, """\
+        name: long
+        version: 1
+        steps:
+          - id: one
+            action: shell
+            with: {command: "echo x >> one.txt"}
+          - id: two
+            action: shell
+            with: {command: "test -f go.txt || sleep 60; echo x >> two.txt"}
+          - id: three
+            action: shell
+            with: {command: "echo x >> three.txt"}
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "runbook", "run", "long"], cwd=root,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = root / ".opsctl" / "runs"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (runs.is_dir() and any(
+            '"id": "one"' in p.read_text() for p in runs.glob("*.jsonl"))):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its shell step, mid-way through step two
+    proc.wait()
+    run_id = next(runs.glob("*.jsonl")).stem
+    (root / "go.txt").write_text("")
+    resumed = subprocess.run([sys.executable, "-m", "opsctl", "runbook", "run", "long", "--resume", run_id, "--json"],
+                             cwd=root, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    assert [(s["id"], s["status"]) for s in doc["steps"]] == [("one", "done-before"), ("two", "ok"), ("three", "ok")]
+    assert (root / "one.txt").read_text() == "x\n"  # not repeated
+    assert (root / "two.txt").read_text() == "x\n" and (root / "three.txt").read_text() == "x\n"
+    assert doc["run_id"] == run_id
+
+
+def test_dry_run_resolves_templates_and_changes_nothing(runner, root):
+    _write(root, "flow", 1, FLOW)
+    before = sorted(p.name for p in root.rglob("*"))
+    result = runner.invoke(app, ["runbook", "run", "flow", "-p", "marker=hello", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "planned" and doc["run_id"] is None
+    details = {s["id"]: s["detail"] for s in doc["steps"]}
+    assert "echo hello >> first.txt" in details["first"]
+    assert "<steps.first.outputs.stdout>" in details["third"]
+    assert sorted(p.name for p in root.rglob("*")) == before  # no journal, no side effect
+
+
+def test_approval_is_refused_in_ci_without_yes(runner, root, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    _write(root, "gated", 1, """\
+        name: gated
+        version: 1
+        steps:
+          - id: gate
+            action: shell
+            with: {command: "echo x > approved.txt"}
+            approval: {message: "really?"}
+        """)
+    refused = runner.invoke(app, ["runbook", "run", "gated"])
+    assert refused.exit_code == 2 and "pass --yes" in refused.output
+    assert not (root / "approved.txt").exists()
+    assert runner.invoke(app, ["runbook", "run", "gated", "--yes"]).exit_code == 0
+    assert (root / "approved.txt").exists()
+
+
+@pytest.mark.parametrize("body, line, reason", [
+    ("steps:\n  - id: a\n    action: teleport\n", 5, "unknown action 'teleport'"),
+    ("steps:\n  - id: a\n    action: shell\n    with: {command: \"echo {{ params.nope }}\"}\n", 6,
+     "undeclared parameter 'nope'"),
+    ("steps:\n  - id: a\n    action: shell\n    with: {command: \"echo {{ params.x \"}\n", 6, "bad template"),
+    ("steps:\n  - id: a\n    action: shell\n    on_failure: [ghost]\n", 6, "unknown step 'ghost'"),
+    ("steps:\n  - id: a\n    action: shell\n    on_failure: [b]\n  - id: b\n    action: shell\n"
+     "    on_failure: [a]\n", 6, "on_failure cycle: a -> b -> a"),
+    ("steps:\n  - id: a\n    action: shell\n    retries: {count: many}\n", 6, "'many' is not of type 'integer'"),
+])
+def test_malformed_runbook_fails_validate_with_file_line_reason(runner, root, body, line, reason):
+    path = _write(root, "bad", 1, "name: bad\nversion: 1\n" + body)
+    result = runner.invoke(app, ["runbook", "validate", "bad"])
+    assert result.exit_code == 2
+    assert f"{path}:{line}:" in result.output and reason in result.output, result.output
+    run = runner.invoke(app, ["runbook", "run", "bad"])
+    assert run.exit_code == 2 and reason in run.output
+
+
+def test_missing_required_parameter(runner, root):
+    _write(root, "needs", 1, "name: needs\nversion: 1\nparameters:\n  image: {required: true}\n"
+                             "steps:\n  - id: a\n    action: shell\n    with: {command: 'echo {{ params.image }}'}\n")
+    result = runner.invoke(app, ["runbook", "run", "needs"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "opsctl: error: needs@1: parameter 'image' is required; pass -p image=VALUE"
+
+
+def test_published_version_is_immutable(runner, root):
+    path = _write(root, "flow", 1, FLOW)
+    assert runner.invoke(app, ["runbook", "publish", "flow@1"]).exit_code == 0
+    assert runner.invoke(app, ["runbook", "validate"]).exit_code == 0
+    path.write_text(path.read_text().replace("counts what ran", "counts what ran (edited)"))
+    result = runner.invoke(app, ["runbook", "validate"])
+    assert result.exit_code == 2
+    assert "flow@1 is published and was changed" in result.output and "publish the change as v2" in result.output
+    _write(root, "flow", 2, FLOW.replace("version: 1", "version: 2"))
+    diff = runner.invoke(app, ["runbook", "show", "flow", "--diff", "1..2"])
+    assert "-version: 1" in diff.output and "+version: 2" in diff.output
+    latest = runner.invoke(app, ["runbook", "show", "flow"])
+    assert "runbooks/flow/v2.yaml" in latest.output
