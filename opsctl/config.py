@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from opsctl.errors import UsageError
+from opsctl.health.settings import HealthSettings
 
 CONFIG_NAME = "opsctl.yaml"
 STATE_DIR = ".opsctl"
@@ -34,6 +35,7 @@ class AwsSettings(_Model):
 class PulumiSettings(_Model):
     stack: str | None = None
     program: str = "stacks"
+    backend: str | None = Field(None, description="state backend (PULUMI_BACKEND_URL), e.g. s3://bucket/pulumi")
 
 
 class KubernetesSettings(_Model):
@@ -109,6 +111,10 @@ class Thresholds(_Model):
     error_rate_percent: float = 5.0
     queue_depth: int = 1000
     backup_age_hours: float = 26.0
+    connections_percent: float = 80.0  # PostgreSQL connections against max_connections
+    long_query_seconds: float = 300.0
+    locks_waiting: int = 10
+    replication_lag_seconds: float = 30.0
 
 
 class MonitoringSettings(_Model):
@@ -140,7 +146,7 @@ class Environment(_Model):
     backup: BackupSettings = BackupSettings()
     thresholds: Thresholds = Thresholds()
     monitoring: MonitoringSettings = MonitoringSettings()
-    health: dict = Field(default_factory=dict, description="extra checks and alert sinks")
+    health: HealthSettings = Field(default_factory=HealthSettings, description="extra checks and alert sinks")
 
 
 class OpsConfig(_Model):

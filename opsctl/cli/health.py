@@ -1,0 +1,178 @@
+"""`opsctl health`: the health sweep's front door. Parses, calls opsctl.health, renders.
+
+Exit codes follow the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
+for the sweep's verdict. Bad usage still exits 2 with one `opsctl: error:` line on stderr,
+as everywhere in opsctl: a monitoring system can tell the two apart by that line (and by
+`--json`, whose document only exists when a sweep ran).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from opsctl.cli.common import EnvOpt, JsonOpt, environment
+
+
+class Mode(str, enum.Enum):
+    once = "once"
+    continuous = "continuous"
+    scheduled = "scheduled"
+
+
+_STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN": "magenta"}
+
+
+def _table(result, title: str | None = None):
+    from rich.table import Table
+
+    table = Table("check", "status", "value", "message", "ms", title=title, title_justify="left")
+    for r in result.results:
+        value = "-" if r.value is None else f"{r.value:g} {r.unit}".strip()
+        style = _STYLE[r.status.name]
+        table.add_row(r.name, f"[{style}]{r.status.name}[/{style}]", value, r.message, f"{r.duration_ms:.0f}")
+    return table
+
+
+def _title(result) -> str:
+    style = _STYLE[result.status.name]
+    return (f"{result.env}: [{style}]{result.status.name}[/{style}] "
+            f"({len(result.results)} checks in {result.duration_ms:.0f} ms, {result.started_at:%H:%M:%S} UTC)")
+
+
+def health(
+    env: EnvOpt = "local",
+    mode: Annotated[Mode, typer.Option("--mode", help="once: one sweep; continuous: every --interval; "
+                                                      "scheduled: on --cron, with a JSONL history.")] = Mode.once,
+    interval: Annotated[Optional[float], typer.Option("--interval", help="Seconds between sweeps (continuous; default health.interval).")] = None,
+    cron: Annotated[Optional[str], typer.Option("--cron", help="Cron expression (scheduled; default health.cron).")] = None,
+    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Stop after N sweeps (continuous, scheduled).")] = None,
+    check: Annotated[Optional[list[str]], typer.Option("--check", help="Only these checks (name or kind, glob; repeatable).")] = None,
+    skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out these checks (name or kind, glob; repeatable).")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write the (last) sweep as JUnit XML.")] = None,
+    history: Annotated[Optional[Path], typer.Option("--history", help="Append each sweep to this JSONL file (scheduled: default health.history).")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve check results as Prometheus metrics on 127.0.0.1:PORT.")] = None,
+    beat: Annotated[Optional[str], typer.Option("--beat", help="Record a beat of heartbeat NAME (end of a nightly job) and exit.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Health sweeps: every check at once, each with a timeout. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    from opsctl.errors import UsageError
+
+    project, envcfg = environment(env)
+    if beat is not None:
+        return _beat(project, envcfg, beat, as_json)
+    if junit is not None:
+        from opsctl.health import junit as junit_mod
+
+        junit_mod.check_writable(junit)
+    if mode is Mode.once:
+        for flag, value in (("--interval", interval), ("--cron", cron), ("--iterations", iterations),
+                            ("--metrics-port", metrics_port)):
+            if value is not None:
+                raise UsageError(f"{flag} goes with --mode continuous or scheduled, not once")
+        return _once(project, envcfg, check, skip, junit, history, as_json)
+    if iterations is not None and iterations < 1:
+        raise UsageError(f"--iterations must be 1 or more, not {iterations}")
+    if mode is Mode.continuous:
+        if cron is not None:
+            raise UsageError("--cron goes with --mode scheduled; continuous mode takes --interval")
+        interval = envcfg.health.interval if interval is None else interval
+        if interval <= 0:
+            raise UsageError(f"--interval must be a positive number of seconds, not {interval:g}")
+    else:
+        if interval is not None:
+            raise UsageError("--interval goes with --mode continuous; scheduled mode takes --cron")
+        cron = cron or envcfg.health.cron
+        if not cron:
+            raise UsageError("--mode scheduled needs --cron '*/5 * * * *' (or health.cron in opsctl.yaml)")
+        history = history or Path(envcfg.health.history)
+    if history is not None and not history.is_absolute():
+        history = project.root / history
+    _watch(project, envcfg, interval if mode is Mode.continuous else None, cron if mode is Mode.scheduled else None,
+           iterations, check, skip, junit, history, metrics_port, as_json)
+
+
+def _once(project, envcfg, check, skip, junit, history, as_json) -> None:
+    from opsctl.health import monitor
+    from opsctl.output import emit
+
+    result = monitor.once(project, envcfg, check, skip)
+    if junit is not None:
+        from opsctl.health import junit as junit_mod
+
+        junit_mod.write(junit, result)
+    if history is not None:
+        from opsctl.health.schedule import append_history
+
+        append_history(project.root / history if not history.is_absolute() else history, result, [])
+    emit(result.to_dict(), as_json, lambda c: c.print(_table(result, _title(result))))
+    raise typer.Exit(int(result.status))
+
+
+def _watch(project, envcfg, interval, cron, iterations, check, skip, junit, history, metrics_port, as_json) -> None:
+    import json
+    import sys
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from opsctl.health import monitor
+    from opsctl.output import stderr, stdout
+
+    live = Live(console=stdout, auto_refresh=False) if stdout.is_terminal and not as_json else None
+
+    def on_sweep(result, alerts, next_at) -> None:
+        if junit is not None:
+            from opsctl.health import junit as junit_mod
+
+            junit_mod.write(junit, result)
+        sent = ", ".join(f"{a.event} {a.check}" for a in alerts)
+        if as_json:
+            doc = result.to_dict()
+            doc["alerts"] = [{"event": a.event, "check": a.check, "status": a.status} for a in alerts]
+            sys.stdout.write(json.dumps(doc) + "\n")
+            sys.stdout.flush()
+        elif live is not None:
+            footer = f"next sweep at {time.strftime('%H:%M:%S', time.localtime(next_at))}" + (f"; alerts: {sent}" if sent else "")
+            live.update(Group(_table(result, _title(result)), footer), refresh=True)
+        else:
+            stdout.print(_table(result, _title(result)))
+        if alerts and not as_json:
+            stderr.print(f"alerts queued: {sent}")
+
+    outcome = None
+    try:
+        if live is not None:
+            live.start()
+        outcome = monitor.watch(project, envcfg, interval=interval, cron=cron, iterations=iterations, only=check,
+                                skip=skip, history=history, metrics_port=metrics_port, on_sweep=on_sweep)
+    except KeyboardInterrupt:
+        stderr.print("stopped")
+    finally:
+        if live is not None:
+            live.stop()
+    failed = [d for d in (outcome.deliveries if outcome else []) if not d["ok"]]
+    if failed:
+        stderr.print(f"{len(failed)} alert deliveries failed (see the log above)")
+    raise typer.Exit(int(outcome.last.status) if outcome and outcome.last else 0)
+
+
+def _beat(project, envcfg, name: str, as_json: bool) -> None:
+    from opsctl.errors import UsageError
+    from opsctl.health.checks import heartbeat
+    from opsctl.output import emit
+
+    pushed = [h.name for h in envcfg.health.heartbeats if h.source == "push"]
+    if name not in pushed:
+        raise UsageError(f"no push heartbeat '{name}' in environments.{envcfg.name}.health.heartbeats "
+                         f"(configured: {', '.join(pushed) or 'none'}); add it to opsctl.yaml first")
+    when = heartbeat.record(project.state_dir, name)
+    emit({"heartbeat": name, "at": when.isoformat()}, as_json, lambda c: c.print(f"beat recorded: {name} at {when:%Y-%m-%d %H:%M:%S} UTC"))
+
+
+def register(root: typer.Typer) -> None:
+    root.command("health", help=health.__doc__)(health)

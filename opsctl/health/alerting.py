@@ -1,0 +1,113 @@
+"""Flap protection and alert state, Gatus's way: fire after N failures, resolve after M successes.
+
+Per check: consecutive failures and successes are counted; an alert fires once when the
+failures reach `failure_threshold`, is repeated as a reminder every `reminder_minutes`
+while the check stays down (gatus#379), and resolves once after `success_threshold`
+successes. A check that flaps below the threshold never fires. UNKNOWN counts as neither:
+"cannot tell" must not resolve an outage nor start one. Sending is not done here: alerts go
+to a Dispatcher whose sinks run on their own threads (gatus#786).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from opsctl.health.model import CheckResult, Status, SweepResult
+
+
+@dataclass
+class Alert:
+    event: str  # "trigger" | "reminder" | "resolve"
+    env: str
+    check: str
+    kind: str
+    status: str
+    message: str
+    value: float | None
+    unit: str
+    started_at: str
+    at: str
+    failures: int
+
+    @property
+    def dedup_key(self) -> str:
+        """Stable across trigger, reminders and resolve: PagerDuty and Alertmanager group on it."""
+        return f"opsctl/{self.env}/{self.check}"
+
+    @property
+    def firing(self) -> bool:
+        return self.event != "resolve"
+
+    def summary(self) -> str:
+        verb = {"trigger": "FIRING", "reminder": "STILL FIRING", "resolve": "RESOLVED"}[self.event]
+        return f"[{verb}] {self.env}: {self.check} is {self.status}: {self.message}"
+
+
+@dataclass
+class _Track:
+    failures: int = 0
+    successes: int = 0
+    firing: bool = False
+    since: str = ""
+    last_sent: float = 0.0
+
+
+@dataclass
+class Alerter:
+    failure_threshold: int = 3
+    success_threshold: int = 2
+    send_resolved: bool = True
+    reminder_minutes: float | None = 60.0
+    fail_on: Status = Status.CRITICAL
+    clock: Callable[[], float] = time.monotonic
+    tracks: dict[str, _Track] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, s, clock: Callable[[], float] = time.monotonic) -> "Alerter":
+        return cls(s.failure_threshold, s.success_threshold, s.send_resolved, s.reminder_minutes,
+                   Status.WARNING if s.fail_on == "warning" else Status.CRITICAL, clock)
+
+    def _failed(self, status: Status) -> bool | None:
+        if status == Status.UNKNOWN:
+            return None
+        return status.severity >= self.fail_on.severity
+
+    def observe(self, sweep: SweepResult) -> list[Alert]:
+        """Update every check's counters from one sweep; return the alerts to send now."""
+        alerts = []
+        for result in sweep.results:
+            alert = self._observe(sweep.env, result)
+            if alert:
+                alerts.append(alert)
+        return alerts
+
+    def _observe(self, env: str, r: CheckResult) -> Alert | None:
+        track = self.tracks.setdefault(r.name, _Track())
+        failed = self._failed(r.status)
+        if failed is None:
+            return None
+        now = self.clock()
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat()
+        if failed:
+            track.failures, track.successes = track.failures + 1, 0
+            if not track.firing and track.failures >= self.failure_threshold:
+                track.firing, track.since, track.last_sent = True, stamp, now
+                return self._alert("trigger", env, r, track, stamp)
+            if track.firing and self.reminder_minutes and now - track.last_sent >= self.reminder_minutes * 60:
+                track.last_sent = now
+                return self._alert("reminder", env, r, track, stamp)
+            return None
+        track.successes, track.failures = track.successes + 1, 0
+        if track.firing and track.successes >= self.success_threshold:
+            track.firing = False
+            if self.send_resolved:
+                return self._alert("resolve", env, r, track, stamp)
+        return None
+
+    @staticmethod
+    def _alert(event: str, env: str, r: CheckResult, track: _Track, stamp: str) -> Alert:
+        return Alert(event, env, r.name, r.kind, r.status.name, r.message, r.value, r.unit,
+                     track.since, stamp, track.failures)

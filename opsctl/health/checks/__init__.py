@@ -1,0 +1,108 @@
+"""Which checks an environment gets, each bound to its endpoint, thresholds and timeout.
+
+| check                  | kind       | CRITICAL when                         | WARNING when (thresholds.*)          |
+|------------------------|------------|---------------------------------------|--------------------------------------|
+| router, worker-<color> | http       | no answer, not 200/ready, conditions  | slower than response_time_ms         |
+| postgres               | postgres   | cannot query                          | latency, connections_percent, long   |
+|                        |            |                                       | queries, locks_waiting, lag          |
+| redis                  | redis      | cannot ping                           | latency, memory_percent, failed save |
+| s3                     | s3         | a bucket or the canary fails          | canary slower than response_time_ms  |
+| metrics-<color>        | metrics    | error_rate_percent exceeded           | p95 transcription, queue_depth       |
+| kubernetes             | kubernetes | no pod ready, no GPU allocatable      | some pods not ready, recent restarts |
+| host (local only)      | host       | disk_percent exceeded                 | cpu_percent, memory_percent          |
+| backup age             | backup     | older than backup_age_hours           |                                      |
+| heartbeat <name>       | heartbeat  | the expected event did not happen     |                                      |
+
+Extra http checks come from `health.http` in opsctl.yaml. A check whose endpoint is not
+configured is UNKNOWN, saying which setting is missing, rather than silently left out.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+from opsctl.errors import UsageError
+from opsctl.health.model import CheckResult, Status
+
+
+@dataclass
+class Check:
+    name: str
+    kind: str
+    timeout: float
+    run: Callable[[float], CheckResult]
+
+
+def _missing(what: str) -> Callable[[float], CheckResult]:
+    return lambda _timeout: CheckResult("", "", Status.UNKNOWN, f"not configured: {what}")
+
+
+def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult], float | None]]:
+    from opsctl.health.checks import backup, datastores, heartbeat, host, http, kubernetes, metrics, s3
+
+    t, hs = env.thresholds, env.health
+    slow = t.response_time_ms
+    out: list = []
+    router = f"{ep.router_url.rstrip('/')}/readyz" if ep.router_url else None
+    out.append(("router", "http", functools.partial(http.probe, router, http.READY, slow_ms=slow)
+                if router else _missing("router_url"), None))
+    for color, base in sorted(ep.workers.items()):
+        out.append((f"worker-{color}", "http", functools.partial(http.probe, f"{base}/readyz", http.READY, slow_ms=slow), None))
+    for check in hs.http:
+        failing = Status.CRITICAL if check.severity == "critical" else Status.WARNING
+        out.append((check.name, "http", functools.partial(http.probe, check.url, check.conditions, slow_ms=slow,
+                                                          method=check.method, failing=failing), check.timeout))
+    out.append(("postgres", "postgres", (lambda to: datastores.postgres(ep.database_url, to, t))
+                if ep.database_url else _missing(f"${env.database.url_env}"), None))
+    out.append(("redis", "redis", (lambda to: datastores.redis(ep.redis_url, to, t))
+                if ep.redis_url else _missing(f"${env.redis.url_env}"), None))
+    out.append(("s3", "s3", lambda to: s3.s3(ep, to, slow), None))
+    samples = project.state_dir / "health" / "samples"
+    for color, base in sorted(ep.workers.items()):
+        out.append((f"metrics-{color}", "metrics",
+                    functools.partial(metrics.worker_metrics, base, t=t, samples_dir=samples), None))
+    if env.platform == "kubernetes":
+        out.append(("kubernetes", "kubernetes",
+                    lambda to: kubernetes.kubernetes(env.kubernetes, env.worker.gpu, to), None))
+    else:
+        out.append(("host", "host", lambda to: host.host(project.root, to, t), None))
+    # the backup capability's default repository when opsctl.yaml names none
+    repository = env.backup.repository or f"s3://{ep.backup_bucket}/opsctl"
+    out.append(("backup age", "backup", lambda _to: backup.backup_age(repository, project.root, ep,
+                                                                       t.backup_age_hours), None))
+    for hb in hs.heartbeats:
+        if hb.source == "backup":
+            last = lambda _hb=hb: backup.newest_backup(repository, project.root, ep)[0]
+        else:
+            last = lambda _hb=hb: heartbeat.last_beat(project.state_dir, _hb.name)
+        out.append((f"heartbeat {hb.name}", "heartbeat",
+                    lambda _to, _hb=hb, _last=last: heartbeat.judge(_hb.name, _hb.cron, _hb.grace_minutes, _last()), None))
+    return out
+
+
+def plan(project, env, endpoints, only: list[str] | None = None, skip: list[str] | None = None) -> list[Check]:
+    """The environment's checks, filtered by name or kind patterns (`--check`, `--skip`)."""
+    hs = env.health
+    candidates = _all(project, env, endpoints)
+
+    def matches(pattern: str, name: str, kind: str) -> bool:
+        return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(kind, pattern)
+
+    known = ", ".join(f"'{n}'" for n, *_ in candidates)
+    for flag, patterns in (("--check", only or []), ("--skip", skip or [])):
+        for pattern in patterns:
+            if not any(matches(pattern, n, k) for n, k, *_ in candidates):
+                raise UsageError(f"{flag} {pattern!r} matches no check of '{env.name}'; checks: {known}")
+    chosen = []
+    for name, kind, run, own_timeout in candidates:
+        if only and not any(matches(p, name, kind) for p in only):
+            continue
+        if any(matches(p, name, kind) for p in [*(skip or []), *hs.skip]):
+            continue
+        timeout = own_timeout or hs.timeouts.get(name) or hs.timeouts.get(kind) or hs.timeout
+        chosen.append(Check(name, kind, timeout, run))
+    return chosen
+

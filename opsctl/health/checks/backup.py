@@ -1,0 +1,116 @@
+"""The age of the newest complete backup in the environment's backup repository.
+
+The backup capability writes a backup's manifest last, so a manifest means a complete
+backup (DESIGN.md). When `opsctl.backup` is installed its catalog answers (the same listing
+`opsctl backup list` shows); when it is not, or its interface is not the one expected, the
+manifests are read here directly and defensively (file:// or s3://), so the check works
+whichever version wrote them. With neither a manifest nor a backup capability the answer
+is UNKNOWN. The details say which source answered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from opsctl.health.model import CheckResult, Status
+
+_TIME_KEYS = ("completed_at", "finished_at", "finished", "created_at", "created", "time", "timestamp")
+_DONE = {"complete", "completed", "ok", "success", "succeeded", "done"}
+
+
+def _when(doc: dict, fallback: dt.datetime) -> dt.datetime | None:
+    if doc.get("complete") is False or str(doc.get("status", "complete")).lower() not in _DONE:
+        return None
+    for key in _TIME_KEYS:
+        value = doc.get(key)
+        try:
+            if isinstance(value, (int, float)):
+                return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+            if isinstance(value, str):
+                when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            continue
+    return fallback
+
+
+def _is_manifest(key: str) -> bool:
+    name = key.rsplit("/", 1)[-1]
+    return key.endswith(".json") and ("manifest" in name or "manifests/" in f"/{key}")
+
+
+def _from_catalog(repository: str, root: Path, endpoints) -> dt.datetime | None:
+    """Through the backup capability's own catalog; ImportError/AttributeError if unusable."""
+    from opsctl.backup import catalog
+    from opsctl.backup.repository import open_repository
+
+    repo = open_repository(repository, SimpleNamespace(root=root), endpoints)
+    done = [e.manifest.finished_at for e in catalog.entries(repo) if e.complete and e.manifest]
+    return max((d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc) for d in done), default=None)
+
+
+def newest_backup(repository: str, root: Path, endpoints) -> tuple[dt.datetime | None, str]:
+    """(completion time of the newest complete backup or None, which source answered)."""
+    if importlib.util.find_spec("opsctl.backup") is not None:
+        try:
+            return _from_catalog(repository, root, endpoints), "opsctl.backup catalog"
+        except (ImportError, AttributeError, TypeError):
+            pass  # a different backup capability than this check knows: read the manifests
+    return _read_manifests(repository, root, endpoints), "manifests read directly"
+
+
+def _read_manifests(repository: str, root: Path, endpoints) -> dt.datetime | None:
+    found: list[dt.datetime] = []
+    if repository.startswith("file://"):
+        base = Path(repository[len("file://"):])
+        base = base if base.is_absolute() else root / base
+        for path in base.rglob("*.json") if base.is_dir() else []:
+            if _is_manifest(str(path.relative_to(base))):
+                mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
+                try:
+                    when = _when(json.loads(path.read_text()), mtime)
+                except (OSError, ValueError):
+                    continue
+                if when:
+                    found.append(when)
+    elif repository.startswith("s3://"):
+        bucket, _, prefix = repository[len("s3://"):].partition("/")
+        from opsctl.health.checks.s3 import _client
+
+        creds = endpoints.aws_credentials
+        client = _client(endpoints.s3_endpoint_url, endpoints.aws_region, endpoints.aws_profile, 10.0,
+                         creds.get("AWS_ACCESS_KEY_ID"), creds.get("AWS_SECRET_ACCESS_KEY"))
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if _is_manifest(obj["Key"][len(prefix):].lstrip("/")):
+                    try:
+                        doc = json.loads(client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+                    except ValueError:
+                        continue
+                    when = _when(doc, obj["LastModified"]) if isinstance(doc, dict) else None
+                    if when:
+                        found.append(when)
+    else:
+        raise ValueError(f"backup.repository {repository!r} is neither s3:// nor file://")
+    return max(found, default=None)
+
+
+def backup_age(repository: str, root: Path, endpoints, max_hours: float) -> CheckResult:
+    try:
+        newest, source = newest_backup(repository, root, endpoints)
+    except Exception as exc:  # botocore errors, permissions, a bad URL: say what, do not crash the sweep
+        return CheckResult("", "backup", Status.CRITICAL, f"cannot read {repository}: {type(exc).__name__}: {exc}")
+    if newest is None:
+        if importlib.util.find_spec("opsctl.backup") is None:
+            return CheckResult("", "backup", Status.UNKNOWN,
+                               f"no backup capability (opsctl.backup) and no manifest in {repository}")
+        return CheckResult("", "backup", Status.CRITICAL, f"no complete backup in {repository}")
+    hours = (dt.datetime.now(dt.timezone.utc) - newest).total_seconds() / 3600
+    status = Status.CRITICAL if hours > max_hours else Status.OK
+    text = f"newest complete backup {hours:.1f} h old" + (f", above {max_hours:g} h" if status else "")
+    return CheckResult("", "backup", status, text, round(hours, 2), "h",
+                       details={"newest": newest.isoformat(), "repository": repository, "source": source})

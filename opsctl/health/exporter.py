@@ -1,0 +1,46 @@
+"""`--metrics-port`: the latest sweep as Prometheus gauges, for the rendered alert rules.
+
+`opsctl render monitoring` scrapes this (monitoring.health_exporter) and alerts on
+`opsctl_check_status == 2` and `opsctl_check_value{check="backup age"}`, so a team with a
+Prometheus gets the sweep's verdicts in its own alerting. Bound to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+from opsctl.health.model import SweepResult
+
+
+class Exporter:
+    def __init__(self, port: int, host: str = "127.0.0.1"):
+        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+        self.registry = CollectorRegistry()
+        labels = ["env", "check", "kind"]
+        self.status = Gauge("opsctl_check_status", "Nagios status of a check (0 OK, 1 WARNING, 2 CRITICAL, "
+                            "3 UNKNOWN)", labels, registry=self.registry)
+        self.value = Gauge("opsctl_check_value", "The value a check measured, in its unit", labels,
+                           registry=self.registry)
+        self.duration = Gauge("opsctl_check_duration_seconds", "How long a check took", labels,
+                              registry=self.registry)
+        self.sweep = Gauge("opsctl_sweep_duration_seconds", "How long the last sweep took", ["env"],
+                           registry=self.registry)
+        try:
+            self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            from opsctl.errors import UsageError
+
+            raise UsageError(f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                             "pick a free port") from None
+
+    def update(self, result: SweepResult) -> None:
+        for r in result.results:
+            key = (result.env, r.name, r.kind)
+            self.status.labels(*key).set(int(r.status))
+            self.duration.labels(*key).set(r.duration_ms / 1000)
+            if r.value is not None:
+                self.value.labels(*key).set(r.value)
+        self.sweep.labels(result.env).set(result.duration_ms / 1000)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

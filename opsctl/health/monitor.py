@@ -1,0 +1,89 @@
+"""The entry points the CLI and runbook steps call: one sweep, or a loop with alerting.
+
+Everything that is bad input (an unknown check pattern, a bad cron, a sink whose secret is
+not exported, an exporter port in use) is raised as UsageError before the first sweep, so
+a misconfigured monitor fails at start-up, in front of the person starting it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from opsctl.errors import OpsError
+from opsctl.health import checks as checks_mod
+from opsctl.health import sweep as sweep_mod
+from opsctl.health.alerting import Alert, Alerter
+from opsctl.health.model import SweepResult
+
+log = logging.getLogger("opsctl.health")
+
+
+def _checks(project, env, only, skip):
+    from opsctl.endpoints import resolve
+
+    return checks_mod.plan(project, env, resolve(project, env), only, skip)
+
+
+def once(project, env, only: list[str] | None = None, skip: list[str] | None = None) -> SweepResult:
+    return sweep_mod.run(env.name, _checks(project, env, only, skip))
+
+
+@dataclass
+class WatchResult:
+    last: SweepResult | None
+    sweeps: int = 0
+    alerts: list[dict] = field(default_factory=list)
+    deliveries: list[dict] = field(default_factory=list)
+
+
+def watch(project, env, *, interval: float | None = None, cron: str | None = None,
+          iterations: int | None = None, only: list[str] | None = None, skip: list[str] | None = None,
+          history: Path | None = None, metrics_port: int | None = None,
+          on_sweep: Callable[[SweepResult, list[Alert], float], None] | None = None,
+          stop: threading.Event | None = None) -> WatchResult:
+    """Continuous (`interval`) or scheduled (`cron`) sweeps, alerting through the env's sinks."""
+    from opsctl.health import schedule, sinks
+    from opsctl.health.dispatch import Dispatcher
+
+    if cron is not None:
+        schedule.validate_cron(cron)
+    checks = [_checks(project, env, only, skip)]  # fails here, before the loop, on bad input
+    senders = [sinks.build(s) for s in env.health.sinks]
+    exporter = None
+    if metrics_port is not None:
+        from opsctl.health.exporter import Exporter
+
+        exporter = Exporter(metrics_port)
+    dispatcher = Dispatcher(senders)
+    alerter = Alerter.from_settings(env.health.alerts)
+    result = WatchResult(None)
+
+    def sweep() -> SweepResult:
+        # re-planned each time: a blue-green switch changes which worker colors exist
+        try:
+            checks[0] = _checks(project, env, only, skip)
+        except (OpsError, OSError, ValueError) as exc:  # e.g. the state file mid-change: keep the last plan
+            log.warning("could not re-plan the checks (%s); using the previous plan", exc)
+        return sweep_mod.run(env.name, checks[0])
+
+    def observed(res: SweepResult, alerts: list[Alert], next_at: float) -> None:
+        result.sweeps += 1
+        result.alerts.extend({"event": a.event, "check": a.check, "status": a.status, "at": a.at} for a in alerts)
+        if exporter:
+            exporter.update(res)
+        if on_sweep:
+            on_sweep(res, alerts, next_at)
+
+    try:
+        result.last = schedule.loop(sweep, alerter, dispatcher.submit, interval=interval, cron=cron,
+                                    iterations=iterations, history=history, on_sweep=observed, stop=stop)
+    finally:
+        dispatcher.close()
+        if exporter:
+            exporter.close()
+    result.deliveries = [vars(o) for o in dispatcher.outcomes]
+    return result

@@ -1,0 +1,73 @@
+"""The two loops: continuous (`--interval` seconds) and scheduled (a cron expression).
+
+Both run the same cycle: sweep, let the alerter judge it, hand alerts to the dispatcher,
+append to the JSONL history if one is kept, tell the caller (the live dashboard). Sweeps
+start on a fixed rate (a slow sweep does not shift the schedule; a missed slot is skipped,
+not run twice). `iterations` bounds the loop for tests and for CI; `stop` ends it early.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from opsctl.errors import UsageError
+from opsctl.health.alerting import Alert, Alerter
+from opsctl.health.model import SweepResult
+
+
+def validate_cron(cron: str) -> str:
+    from croniter import croniter
+
+    if not croniter.is_valid(cron):
+        raise UsageError(f"--cron {cron!r} is not a cron expression; use five fields, e.g. '*/5 * * * *'")
+    return cron
+
+
+def next_cron(cron: str, after: float) -> float:
+    from croniter import croniter
+
+    return croniter(cron, after).get_next(float)
+
+
+def append_history(path: Path, result: SweepResult, alerts: list[Alert]) -> None:
+    """One JSON document per line, appended and flushed: readable while the loop runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = result.to_dict()
+    doc["alerts"] = [{"event": a.event, "check": a.check, "status": a.status} for a in alerts]
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+
+
+def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[list[Alert]], None], *,
+         interval: float | None = None, cron: str | None = None, iterations: int | None = None,
+         history: Path | None = None, on_sweep: Callable[[SweepResult, list[Alert], float], None] | None = None,
+         stop: threading.Event | None = None) -> SweepResult | None:
+    """Run sweeps until `iterations` are done or `stop` is set; return the last one."""
+    if (interval is None) == (cron is None):
+        raise ValueError("give exactly one of interval and cron")
+    stop = stop or threading.Event()
+    last = None
+    done = 0
+    next_at = time.time() if interval is not None else next_cron(cron, time.time())
+    while not stop.is_set() and (iterations is None or done < iterations):
+        if stop.wait(max(0.0, next_at - time.time())):
+            break
+        last = sweep()
+        alerts = alerter.observe(last)
+        submit(alerts)
+        if history is not None:
+            append_history(history, last, alerts)
+        done += 1
+        if interval is not None:
+            next_at += interval
+            while next_at < time.time():  # the sweep overran its slot: skip it, do not bunch up
+                next_at += interval
+        else:
+            next_at = next_cron(cron, time.time())
+        if on_sweep:
+            on_sweep(last, alerts, next_at)
+    return last

@@ -1,0 +1,120 @@
+"""`environments.<name>.health` in opsctl.yaml: extra checks, alert sinks, flap protection.
+
+Thresholds are not here: they live in `environments.<name>.thresholds`, shared with the
+rendered Prometheus alert rules, so a sweep and an alert never disagree. Sink secrets are
+only named (`url_env`, `routing_key_env`, `password_env`): opsctl.yaml is committed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpCheck(_Model):
+    """An HTTP endpoint judged by Gatus-style conditions."""
+
+    name: str = Field(min_length=1)
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    conditions: list[str] = Field(default_factory=lambda: ["[STATUS] == 200"], min_length=1)
+    timeout: float | None = Field(None, gt=0, description="seconds; default: health.timeout")
+    severity: Literal["warning", "critical"] = "critical"
+
+    @field_validator("conditions")
+    @classmethod
+    def _parse(cls, conditions: list[str]) -> list[str]:
+        from opsctl.health.conditions import parse
+
+        for text in conditions:
+            parse(text)  # ValueError -> pydantic error naming the key
+        return conditions
+
+
+class Heartbeat(_Model):
+    """An event that must happen on a schedule, e.g. the nightly backup.
+
+    `source: push` counts `opsctl health --beat NAME` calls; `source: backup` counts the
+    newest complete backup. CRITICAL when the last one is older than the latest time the
+    cron expression says it should have happened, plus `grace_minutes`.
+    """
+
+    name: str = Field(min_length=1)
+    cron: str = Field(description="when the event is expected, e.g. '0 2 * * *'")
+    grace_minutes: float = Field(60.0, ge=0)
+    source: Literal["push", "backup"] = "push"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, cron: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(cron):
+            raise ValueError(f"{cron!r} is not a cron expression like '0 2 * * *'")
+        return cron
+
+
+class Sink(_Model):
+    """Where alerts go. Secrets are read from the named environment variables at send time."""
+
+    type: Literal["slack", "pagerduty", "webhook", "email"]
+    name: str = ""
+    url_env: str | None = Field(None, description="env var holding the webhook URL")
+    url: str | None = Field(None, description="a URL with no secret in it (PagerDuty: events endpoint)")
+    routing_key_env: str | None = Field(None, description="PagerDuty: env var with the integration key")
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    starttls: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+    sender: str = "opsctl@localhost"
+    to: list[str] = Field(default_factory=list)
+    send_resolved: bool = True
+    timeout: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Sink":
+        if self.type in ("slack", "webhook") and not (self.url_env or self.url):
+            raise ValueError(f"a {self.type} sink needs url_env (the env var holding its URL)")
+        if self.type == "pagerduty" and not self.routing_key_env:
+            raise ValueError("a pagerduty sink needs routing_key_env (the env var holding the integration key)")
+        if self.type == "email" and not self.to:
+            raise ValueError("an email sink needs 'to: [address, ...]'")
+        self.name = self.name or self.type
+        return self
+
+
+class AlertSettings(_Model):
+    """Gatus's defaults: 3 failures to fire, 2 successes to resolve, resolves sent."""
+
+    failure_threshold: int = Field(3, ge=1)
+    success_threshold: int = Field(2, ge=1)
+    send_resolved: bool = True
+    reminder_minutes: float | None = Field(60.0, gt=0, description="repeat while down; null: never")
+    fail_on: Literal["critical", "warning"] = Field("critical", description="lowest status that counts as a failure")
+
+
+class HealthSettings(_Model):
+    timeout: float = Field(5.0, gt=0, description="seconds each check may take")
+    timeouts: dict[str, float] = Field(default_factory=dict, description="per check name or kind")
+    interval: float = Field(30.0, gt=0, description="continuous mode: seconds between sweeps")
+    cron: str | None = Field(None, description="scheduled mode's default schedule")
+    history: str = Field(".opsctl/health/history.jsonl", description="scheduled mode's JSONL, from the ops root")
+    skip: list[str] = Field(default_factory=list, description="built-in checks to leave out (names or kinds)")
+    http: list[HttpCheck] = Field(default_factory=list)
+    heartbeats: list[Heartbeat] = Field(default_factory=list)
+    sinks: list[Sink] = Field(default_factory=list)
+    alerts: AlertSettings = AlertSettings()
+
+    @field_validator("timeouts")
+    @classmethod
+    def _positive(cls, timeouts: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in timeouts.items() if v <= 0]
+        if bad:
+            raise ValueError(f"timeouts must be positive seconds (check {', '.join(bad)})")
+        return timeouts

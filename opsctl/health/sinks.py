@@ -1,0 +1,123 @@
+"""Alert sinks: Slack incoming webhook, PagerDuty Events API v2, Alertmanager-format webhook, SMTP.
+
+Each sink turns an Alert into its service's own format and sends it with its own timeout.
+Secrets (webhook URLs, the PagerDuty routing key, SMTP passwords) are read from the
+environment variables opsctl.yaml names, when the sink is built, and never appear in what
+`describe()` or an error message says: URLs are redacted and exception texts scrubbed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from opsctl.errors import UsageError
+from opsctl.health.alerting import Alert
+from opsctl.health.redact import redact, scrub
+
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+_PD_SEVERITY = {"CRITICAL": "critical", "WARNING": "warning", "UNKNOWN": "error", "OK": "info"}
+
+
+def _env(var: str, sink: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        raise UsageError(f"alert sink '{sink}' needs ${var}; export it (opsctl.yaml only names it)")
+    return value
+
+
+@dataclass
+class Sender:
+    name: str
+    type: str
+    target: str  # secret-bearing: never printed
+    settings: object
+    secret: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.type} {self.name} -> {redact(self.target) if '://' in self.target else self.target}"
+
+    def scrub(self, text: str) -> str:
+        return scrub(text, self.target, self.secret)
+
+    def send(self, alert: Alert) -> None:
+        if alert.event == "resolve" and not self.settings.send_resolved:
+            return
+        if self.type == "email":
+            return self._email(alert)
+        import httpx
+
+        body = {"slack": slack_payload, "pagerduty": pagerduty_payload,
+                "webhook": alertmanager_payload}[self.type](alert, self)
+        resp = httpx.post(self.target, json=body, timeout=self.settings.timeout)
+        if resp.status_code >= 300:
+            raise RuntimeError(f"HTTP {resp.status_code}")
+
+    def _email(self, alert: Alert) -> None:
+        import smtplib
+        from email.message import EmailMessage
+
+        s = self.settings
+        msg = EmailMessage()
+        msg["Subject"], msg["From"], msg["To"] = alert.summary()[:200], s.sender, ", ".join(s.to)
+        msg.set_content(f"{alert.summary()}\n\ncheck: {alert.check} ({alert.kind})\nvalue: {alert.value} {alert.unit}\n"
+                        f"failing since: {alert.started_at}\nat: {alert.at}\ndedup key: {alert.dedup_key}\n")
+        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout) as smtp:
+            if s.starttls:
+                smtp.starttls()
+            if s.username_env:
+                smtp.login(_env(s.username_env, self.name), _env(s.password_env or "", self.name))
+            smtp.send_message(msg)
+
+
+def build(settings) -> Sender:
+    """A ready sender; a missing secret is a UsageError now, not a failed alert at 2 a.m."""
+    if settings.type == "pagerduty":
+        key = _env(settings.routing_key_env, settings.name)
+        return Sender(settings.name, "pagerduty", settings.url or PAGERDUTY_URL, settings, key)
+    if settings.type == "email":
+        if settings.username_env:
+            _env(settings.username_env, settings.name)
+            _env(settings.password_env or "", settings.name)
+        return Sender(settings.name, "email", f"{settings.smtp_host}:{settings.smtp_port}", settings)
+    url = _env(settings.url_env, settings.name) if settings.url_env else settings.url
+    return Sender(settings.name, settings.type, url, settings)
+
+
+def slack_payload(alert: Alert, _sender: Sender) -> dict:
+    color = "good" if alert.event == "resolve" else ("danger" if alert.status == "CRITICAL" else "warning")
+    return {"text": alert.summary(),
+            "attachments": [{"color": color, "fields": [
+                {"title": "check", "value": alert.check, "short": True},
+                {"title": "value", "value": f"{alert.value} {alert.unit}".strip(), "short": True},
+                {"title": "since", "value": alert.started_at, "short": True}]}]}
+
+
+def pagerduty_payload(alert: Alert, sender: Sender) -> dict:
+    doc = {"routing_key": sender.secret, "dedup_key": alert.dedup_key,
+           "event_action": "resolve" if alert.event == "resolve" else "trigger"}
+    if alert.event != "resolve":
+        doc["payload"] = {"summary": alert.summary()[:1024], "source": f"opsctl {alert.env}",
+                          "severity": _PD_SEVERITY[alert.status], "component": alert.check,
+                          "group": alert.env, "class": alert.kind,
+                          "custom_details": {"value": alert.value, "unit": alert.unit, "message": alert.message,
+                                             "failing_since": alert.started_at, "failures": alert.failures}}
+    return doc
+
+
+def alertmanager_payload(alert: Alert, sender: Sender) -> dict:
+    """Alertmanager's webhook_config body (version 4), one alert per message."""
+    status = "resolved" if alert.event == "resolve" else "firing"
+    labels = {"alertname": "OpsctlHealthCheck", "env": alert.env, "check": alert.check, "kind": alert.kind,
+              "severity": alert.status.lower() if status == "firing" else "none"}
+    annotations = {"summary": alert.summary(), "description": alert.message}
+    fingerprint = hashlib.sha256(alert.dedup_key.encode()).hexdigest()[:16]
+    return {"version": "4", "groupKey": f'{{}}:{{alertname="OpsctlHealthCheck", check="{alert.check}"}}',
+            "truncatedAlerts": 0, "status": status, "receiver": sender.name,
+            "groupLabels": {"alertname": "OpsctlHealthCheck", "check": alert.check},
+            "commonLabels": labels, "commonAnnotations": annotations, "externalURL": "",
+            "alerts": [{"status": status, "labels": labels, "annotations": annotations,
+                        "startsAt": alert.started_at,
+                        "endsAt": alert.at if status == "resolved" else "0001-01-01T00:00:00Z",
+                        "generatorURL": "", "fingerprint": fingerprint}]}

@@ -1,0 +1,129 @@
+"""Continuous and scheduled modes against real local HTTP servers: the alert receiver gets
+exactly what Gatus's rules promise (one alert after the threshold, one resolve, nothing for
+a flap), in each sink's own format, and secrets in sink URLs never reach the output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from opsctl.cli import app
+from opsctl.config import load_project
+from opsctl.health import monitor
+from tests.health.servers import Receiver, ScriptedServer
+
+pytestmark = pytest.mark.integration
+
+# 1-2 fail then pass, twice (a flap below the count), 4 failures (fires on the 3rd), recovery.
+SCRIPT = [500, 500, 200, 500, 500, 200, 500, 500, 500, 500, 200, 200, 200]
+SECRET = "T000-s3cr3t-webhook-token"
+
+
+@pytest.fixture
+def servers():
+    target, receiver = ScriptedServer(SCRIPT), Receiver()
+    yield target, receiver
+    target.close()
+    receiver.close()
+
+
+def ops_root(tmp_path: Path, target_url: str, receiver_url: str, **alerts) -> Path:
+    cfg = {"version": 1, "environments": {"ci": {"platform": "kubernetes", "health": {
+        "http": [{"name": "target", "url": f"{target_url}/readyz",
+                  "conditions": ["[STATUS] == 200", "[BODY].status == ready"]}],
+        "alerts": alerts,
+        "sinks": [
+            {"type": "webhook", "name": "alertmanager", "url": f"{receiver_url}/am"},
+            {"type": "slack", "url_env": "TEST_SLACK_URL"},
+            {"type": "pagerduty", "routing_key_env": "TEST_PD_KEY", "url": f"{receiver_url}/pd"},
+            {"type": "webhook", "name": "broken", "url_env": "TEST_BROKEN_URL"},
+        ]}}}}
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+@pytest.fixture
+def sink_env(monkeypatch, servers):
+    _, receiver = servers
+    monkeypatch.setenv("TEST_SLACK_URL", f"{receiver.url}/slack")
+    monkeypatch.setenv("TEST_PD_KEY", "pd-routing-key-123")
+    monkeypatch.setenv("TEST_BROKEN_URL", f"{receiver.url}/fail/{SECRET}")
+
+
+def test_one_alert_after_threshold_one_resolve_none_for_a_flap(tmp_path, runner, servers, sink_env):
+    target, receiver = servers
+    root = ops_root(tmp_path, target.url, receiver.url)
+    result = runner.invoke(app, ["--root", str(root), "health", "--env", "ci", "--mode", "continuous",
+                                 "--interval", "0.05", "--iterations", str(len(SCRIPT)), "--check", "target",
+                                 "--json"])
+    sweeps = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(sweeps) == len(SCRIPT) == target.served
+    assert result.exit_code == 0  # the last sweep was OK
+    events = [(i + 1, a["event"]) for i, s in enumerate(sweeps) for a in s["alerts"]]
+    assert events == [(9, "trigger"), (12, "resolve")]  # nothing at sweeps 1-6 (the flap)
+
+    am = receiver.at("/am")
+    assert [d["status"] for d in am] == ["firing", "resolved"]
+    assert am[0]["alerts"][0]["labels"] == {"alertname": "OpsctlHealthCheck", "env": "ci", "check": "target",
+                                            "kind": "http", "severity": "critical"}
+    assert am[1]["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
+    pd = receiver.at("/pd")
+    assert [d["event_action"] for d in pd] == ["trigger", "resolve"]
+    assert pd[0]["dedup_key"] == pd[1]["dedup_key"] == "opsctl/ci/target"
+    assert pd[0]["routing_key"] == "pd-routing-key-123" and pd[0]["payload"]["severity"] == "critical"
+    slack = receiver.at("/slack")
+    assert [d["text"].split("]")[0] for d in slack] == ["[FIRING", "[RESOLVED"]
+
+    # the failing sink was tried for both, logged, and its secret URL never printed
+    assert len([p for p, _ in receiver.posts if p.startswith("/fail/")]) == 2
+    assert "not sent" in result.stderr and "HTTP 500" in result.stderr
+    assert SECRET not in result.output and SECRET not in result.stderr
+
+
+def test_reminders_repeat_while_down(tmp_path, servers, sink_env):
+    target, receiver = servers
+    target.statuses = [500]
+    root = ops_root(tmp_path, target.url, receiver.url, failure_threshold=2, reminder_minutes=0.001)
+    project = load_project(root)
+    out = monitor.watch(project, project.env("ci"), interval=0.1, iterations=4, only=["target"])
+    assert [a["event"] for a in out.alerts] == ["trigger", "reminder", "reminder"]
+    assert [d["event_action"] for d in receiver.at("/pd")] == ["trigger"] * 3  # same dedup key: one incident
+    assert all(d["ok"] for d in out.deliveries if d["sink"] != "broken")
+
+
+def test_scheduled_mode_appends_history_and_serves_metrics(tmp_path, servers, sink_env):
+    target, receiver = servers
+    target.statuses = [200]
+    root = ops_root(tmp_path, target.url, receiver.url)
+    project = load_project(root)
+    history = tmp_path / "history.jsonl"
+    from opsctl.local.procs import free_port
+
+    port = free_port()
+    scraped = []
+
+    def scrape(result, alerts, next_at):
+        scraped.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+
+    out = monitor.watch(project, project.env("ci"), cron="* * * * * *", iterations=2, only=["target"],
+                        history=history, metrics_port=port, on_sweep=scrape)
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    assert out.sweeps == 2 and [d["status"] for d in lines] == ["OK", "OK"]
+    assert lines[0]["checks"][0]["name"] == "target" and lines[1]["started_at"] > lines[0]["started_at"]
+    assert 'opsctl_check_status{check="target",env="ci",kind="http"} 0.0' in scraped[-1]
+    assert receiver.posts == []
+
+
+def test_scheduled_mode_through_the_cli_writes_the_default_history(tmp_path, runner, servers, sink_env):
+    target, receiver = servers
+    target.statuses = [503]
+    root = ops_root(tmp_path, target.url, receiver.url)
+    result = runner.invoke(app, ["--root", str(root), "health", "--env", "ci", "--mode", "scheduled",
+                                 "--cron", "* * * * * *", "--iterations", "1", "--check", "target"])
+    assert result.exit_code == 2, result.output
+    doc = json.loads((root / ".opsctl" / "health" / "history.jsonl").read_text())
+    assert doc["checks"][0]["status"] == "CRITICAL" and "[STATUS] (503) == 200" in doc["checks"][0]["message"]

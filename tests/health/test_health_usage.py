@@ -1,0 +1,84 @@
+"""Bad usage and configuration: one line, exit 2, nothing run, nothing written. And the
+heartbeat push that a nightly job ends with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from opsctl.cli import app
+
+
+def root_with(tmp_path: Path, health: dict) -> Path:
+    cfg = {"version": 1, "environments": {"ci": {"platform": "kubernetes", "health": health}}}
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def invoke(runner, root: Path, *args: str):
+    return runner.invoke(app, ["--root", str(root), "health", "--env", "ci", *args])
+
+
+def one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("opsctl: error:"), result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--mode", "sometimes"], ["--mode", "once"]),
+    (["--mode", "continuous", "--interval", "0"], ["--interval", "positive"]),
+    (["--mode", "scheduled"], ["--cron"]),
+    (["--mode", "scheduled", "--cron", "every night"], ["cron expression"]),
+    (["--interval", "5"], ["--interval", "continuous"]),
+    (["--mode", "continuous", "--iterations", "0"], ["--iterations"]),
+    (["--check", "nosuch"], ["'nosuch'", "matches no check", "'router'"]),
+    (["--junit", "/nonexistent-dir/health.xml"], ["does not exist"]),
+    (["--beat", "nightly"], ["no push heartbeat 'nightly'"]),
+])
+def test_bad_usage_is_one_line_and_exit_2(tmp_path, runner, args, words):
+    one_line_error(invoke(runner, root_with(tmp_path, {}), *args), *words)
+    assert not (tmp_path / ".opsctl").exists()
+
+
+@pytest.mark.parametrize("health, words", [
+    ({"http": [{"name": "x", "url": "http://127.0.0.1:1/", "conditions": ["STATUS == 200"]}]}, ["conditions", "[STATUS]"]),
+    ({"sinks": [{"type": "pagerduty"}]}, ["routing_key_env"]),
+    ({"heartbeats": [{"name": "n", "cron": "nightly"}]}, ["cron"]),
+    ({"alerts": {"failure_threshold": 0}}, ["failure_threshold"]),
+    ({"timout": 3}, ["timout", "unknown key"]),
+])
+def test_bad_health_settings_name_the_key(tmp_path, runner, health, words):
+    one_line_error(invoke(runner, root_with(tmp_path, health)), "opsctl.yaml", *words)
+
+
+def test_a_sink_whose_secret_is_not_exported_stops_the_monitor_before_it_starts(tmp_path, runner, monkeypatch):
+    monkeypatch.delenv("NOT_EXPORTED_SLACK_URL", raising=False)
+    root = root_with(tmp_path, {"sinks": [{"type": "slack", "url_env": "NOT_EXPORTED_SLACK_URL"}]})
+    one_line_error(invoke(runner, root, "--mode", "continuous", "--iterations", "1"), "$NOT_EXPORTED_SLACK_URL")
+
+
+def test_beat_then_the_heartbeat_check_is_ok(tmp_path, runner):
+    root = root_with(tmp_path, {"heartbeats": [{"name": "nightly", "cron": "0 2 * * *", "grace_minutes": 60}]})
+    before = invoke(runner, root, "--check", "heartbeat*", "--json")
+    assert before.exit_code == 2 and json.loads(before.stdout)["checks"][0]["status"] == "CRITICAL"
+    beat = invoke(runner, root, "--beat", "nightly", "--json")
+    assert beat.exit_code == 0 and json.loads(beat.stdout)["heartbeat"] == "nightly"
+    after = invoke(runner, root, "--check", "heartbeat*", "--json")
+    check = json.loads(after.stdout)["checks"][0]
+    assert after.exit_code == 0 and check["name"] == "heartbeat nightly" and check["status"] == "OK"
+
+
+def test_unconfigured_endpoints_are_unknown_not_silently_left_out(tmp_path, runner, monkeypatch):
+    monkeypatch.delenv("OPSCTL_DATABASE_URL", raising=False)
+    result = invoke(runner, root_with(tmp_path, {}), "--check", "postgres", "--check", "router", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert result.exit_code == 3
+    assert checks["postgres"]["message"] == "not configured: $OPSCTL_DATABASE_URL"
+    assert checks["router"]["status"] == "UNKNOWN"
