@@ -115,6 +115,7 @@ def deploy(driver: Driver, env: Environment, release: Release, opts: Options) ->
                 with run.step("pre-promotion analysis") as s:
                     verdict = analysis.pre_promotion(driver.url(target), analysis.auth_headers(env.deploy.api_key_env))
                     s.detail = verdict.detail
+                    s.status = "skipped" if verdict.skipped else s.status
                     if not verdict.ok:
                         raise OperationFailed(f"pre-promotion analysis failed: {verdict.detail}")
         except BaseException as exc:
@@ -152,6 +153,7 @@ def _promote(driver: Driver, env: Environment, run: _Run, opts: Options) -> Depl
                     env.deploy.max_error_rate_percent, env.deploy.max_p95_ms,
                     analysis.auth_headers(env.deploy.api_key_env))
                 s.detail = verdict.detail
+                s.status = "skipped" if verdict.skipped else s.status
                 if not verdict.ok:
                     raise OperationFailed(verdict.detail)
         except OperationFailed as exc:

@@ -117,3 +117,30 @@ def test_threshold_in_opsctl_yaml_reaches_the_rendered_rule(tmp_path):
     assert by_name["HighErrorRate"]["expr"].endswith("> 2.5")
     assert by_name["SlowResponses"]["expr"].endswith("> 0.75")
     assert by_name["QueueBacklog"]["expr"] == "sum(worker_queue_depth) > 40"
+
+
+@pytest.mark.integration
+def test_one_threshold_drives_both_the_alert_rule_and_the_health_sweep(local_platform, runner, tmp_path):
+    """response_time_ms set in opsctl.yaml: the rendered SlowResponses rule and the health
+    sweep's router check both judge with it."""
+    from opsctl.cli import app
+
+    cfg = yaml.safe_load((local_platform.root / "opsctl.yaml").read_text())
+    cfg["environments"]["local"]["thresholds"] = {"response_time_ms": 0.01}
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / ".opsctl").mkdir()
+    (tmp_path / ".opsctl" / "local").symlink_to(local_platform.root / ".opsctl" / "local")
+    local_platform.up()
+
+    result = runner.invoke(app, ["--root", str(tmp_path), "render", "monitoring", "--env", "local",
+                                 "--out", str(tmp_path / "monitoring")])
+    assert result.exit_code == 0, result.output
+    rules = yaml.safe_load((tmp_path / "monitoring" / "alert-rules.yml").read_text())
+    slow = next(r for g in rules["groups"] for r in g["rules"] if r["alert"] == "SlowResponses")
+    assert slow["expr"].endswith("> 1e-05")
+
+    sweep = runner.invoke(app, ["--root", str(tmp_path), "health", "--json", "--check", "router"])
+    router = next(c for c in json.loads(sweep.stdout)["checks"] if c["name"] == "router")
+    assert router["status"] in ("WARNING", "CRITICAL") and "0.01" in router["message"], router
+    normal = runner.invoke(app, ["--root", str(local_platform.root), "health", "--json", "--check", "router"])
+    assert next(c for c in json.loads(normal.stdout)["checks"] if c["name"] == "router")["status"] == "OK"

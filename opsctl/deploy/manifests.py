@@ -1,0 +1,169 @@
+"""The worker's Kubernetes manifests, rendered from `templates/kubernetes/` without a cluster.
+
+Rendering is offline on purpose: `opsctl render` (GitOps users commit its output) and
+`deploy --dry-run` must work on a laptop with no kubeconfig. The Kubernetes driver applies
+the very same documents, so what a person reviews is what the cluster receives.
+
+Blue-green uses one Deployment per color, so bringing up the preview is a separate object
+from what serves traffic and can never rescale it (argo-rollouts#4552), plus two Services:
+`transcription-worker` (active, where the router sends traffic) and
+`transcription-worker-preview` (what analysis probes); each selects one color.
+
+Secrets never appear here: database and Redis URLs come from the Secret
+`transcription-worker` (keys database-url, redis-url, api-key-hashes) that the stack creates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from opsctl.config import Environment, Project
+from opsctl.deploy.model import Release
+from opsctl.templating import render
+
+APP = "transcription-worker"
+COLOR_LABEL = "app.kubernetes.io/color"  # the label monitoring's scrape config reads too
+VERSION_ANNOTATION = "opsctl.io/version"  # the exact version (labels cannot hold every tag)
+SETTINGS_ANNOTATION = "opsctl.io/settings"
+ROLE_ANNOTATION = "opsctl.io/role"
+ACTIVE_SERVICE = APP
+PREVIEW_SERVICE = f"{APP}-preview"
+SECRET = APP
+SERVICE_ACCOUNT = APP  # created by the Pulumi stack (IRSA for S3)
+PORT = 8000
+GPU_RESOURCE = "nvidia.com/gpu"
+# The GPU node group carries this label and the taint below (EKS GPU nodes, NVIDIA device plugin).
+GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+SPREAD_KEYS = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+# (worker variable, secret key, optional): only the URLs with credentials come from the Secret
+SECRET_ENV = (("WORKER_DATABASE_URL", "database-url", False), ("WORKER_REDIS_URL", "redis-url", False),
+              ("WORKER_API_KEY_HASHES", "api-key-hashes", True))
+
+
+def deployment_name(color: str | None) -> str:
+    return f"{APP}-{color}" if color else APP
+
+
+def selector(color: str | None) -> dict[str, str]:
+    return {"app.kubernetes.io/name": APP, **({COLOR_LABEL: color} if color else {})}
+
+
+def label_value(text: str) -> str:
+    """A Kubernetes label value: 63 characters of [A-Za-z0-9_.-], alphanumeric at both ends."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:63].strip("_.-") or "unknown"
+
+
+def labels(color: str | None, version: str | None) -> dict[str, str]:
+    out = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": deployment_name(color),
+           "app.kubernetes.io/component": "worker", "app.kubernetes.io/part-of": "transcribe",
+           "app.kubernetes.io/managed-by": "opsctl"}
+    if version:
+        out["app.kubernetes.io/version"] = label_value(version)
+    if color:
+        out[COLOR_LABEL] = color
+    return out
+
+
+def worker_env(env: Environment, release: Release, color: str | None) -> list[dict]:
+    """The WORKER_* variables: opsctl.yaml's worker settings, then the release's `--set`s."""
+    plain = {
+        "WORKER_COLOR": color or "none",
+        "WORKER_VERSION": release.version,
+        "WORKER_DEVICE": env.worker.device,
+        "WORKER_COMPUTE_TYPE": env.worker.compute_type,
+        "WORKER_CONCURRENCY": str(env.worker.concurrency),
+        "WORKER_MODEL_NAME": env.worker.model,
+        "WORKER_S3_BUCKET": env.buckets.audio,
+        "WORKER_LOG_FORMAT": "json",
+    }
+    if env.aws.endpoint_url:
+        plain["WORKER_S3_ENDPOINT_URL"] = env.aws.endpoint_url
+    plain.update({f"WORKER_{k.upper()}": str(v) for k, v in release.settings.items()})
+    items = [{"name": k, "value": v} for k, v in plain.items()]
+    for name, key, optional in SECRET_ENV:
+        if name not in plain:
+            ref = {"name": SECRET, "key": key, **({"optional": True} if optional else {})}
+            items.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
+    return items
+
+
+def resources(env: Environment) -> dict:
+    if env.worker.gpu:  # one GPU per pod; requests default to the limits for extended resources
+        return {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "12Gi", GPU_RESOURCE: 1}}
+    cores = str(max(1, env.worker.concurrency))
+    return {"requests": {"cpu": cores, "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+
+
+def deployment(project: Project, env: Environment, release: Release, color: str | None,
+               replicas: int | None = None) -> str:
+    """One color's Deployment (or, with color None, the single rolling-update Deployment)."""
+    notes = {VERSION_ANNOTATION: release.version, SETTINGS_ANNOTATION: json.dumps(release.settings, sort_keys=True)}
+    return render(
+        "kubernetes/worker-deployment.yaml.j2", project.root,
+        resource_name=deployment_name(color), namespace=env.kubernetes.namespace,
+        labels=labels(color, release.version), annotations=notes, selector=selector(color),
+        replicas=env.worker.replicas if replicas is None else replicas, rolling=color is None,
+        image=release.image, env=worker_env(env, release, color), resources=resources(env),
+        service_account=SERVICE_ACCOUNT, grace_seconds=int(env.deploy.drain_timeout) + 10, port=PORT,
+        node_selector=GPU_NODE_SELECTOR if env.worker.gpu else {},
+        tolerations=[GPU_TOLERATION] if env.worker.gpu else [], spread_keys=SPREAD_KEYS)
+
+
+def service(project: Project, env: Environment, role: str, color: str | None) -> str:
+    """The active or the preview Service, selecting `color`."""
+    name = ACTIVE_SERVICE if role == "active" else PREVIEW_SERVICE
+    return render("kubernetes/worker-service.yaml.j2", project.root, resource_name=name,
+                  namespace=env.kubernetes.namespace, labels=labels(None, None),
+                  annotations={ROLE_ANNOTATION: role}, selector=selector(color))
+
+
+def service_url(env: Environment, name: str) -> str:
+    """The in-cluster DNS address of a Service (port 80)."""
+    return f"http://{name}.{env.kubernetes.namespace}.svc.cluster.local"
+
+
+def render_all(project: Project, env: Environment, release: Release, color: str | None,
+               strategy: str = "blue-green") -> str:
+    """Every manifest of a release, as one multi-document YAML stream for a person or GitOps."""
+    if strategy == "rolling":
+        docs = [deployment(project, env, release, None), service(project, env, "active", None)]
+    else:
+        color = color or "blue"
+        docs = [deployment(project, env, release, color), service(project, env, "preview", color),
+                service(project, env, "active", color)]
+    text = "---\n".join(d if d.endswith("\n") else d + "\n" for d in docs)
+    parse(text)  # a template that renders broken YAML fails here, not in the cluster
+    return text
+
+
+def parse(text: str) -> list[dict]:
+    from opsctl.errors import UsageError
+
+    try:
+        return [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as exc:
+        raise UsageError(f"a template in {Path('templates/kubernetes')} renders invalid YAML ({exc}); fix it") from None
+
+
+def render_env(project: Project, env: Environment, image: str | None = None, color: str | None = None,
+               strategy: str | None = None) -> str:
+    """`opsctl render manifests`: what a deploy of `image` (default: opsctl.yaml's worker.image)
+    applies, offline; for `local`, the local driver's description of the process it starts."""
+    from opsctl.errors import UsageError
+
+    strategy = strategy or env.deploy.strategy
+    if strategy not in ("blue-green", "rolling"):
+        raise UsageError(f"--strategy {strategy}: use blue-green or rolling")
+    if color not in (None, "blue", "green"):
+        raise UsageError(f"--color {color}: use blue or green")
+    release = Release.parse(image or env.worker.image, [])
+    if env.platform == "local":
+        from opsctl.deploy.drivers.local import LocalDriver
+
+        return LocalDriver(project, env).render(release, color or "blue")
+    return render_all(project, env, release, color, strategy)

@@ -1,0 +1,334 @@
+"""The Kubernetes driver against kmock's KubernetesEmulator, through the real `kubernetes` client.
+
+Only the API server is emulated. The test plays the Deployment controller: it reports the
+replicas of the latest generation ready, except for images listed as broken. Deploys run
+through the CLI (`opsctl deploy`) in a thread, since the client is blocking and kmock serves
+from this test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import threading
+import time
+
+import kmock
+import pytest
+import pytest_asyncio
+import yaml
+from typer.testing import CliRunner
+
+from opsctl.cli import app
+
+NS = "transcribe"
+DEPLOYMENTS, SERVICES = "apps/v1/deployments", "v1/services"
+CONFIGMAPS, LEASES = "v1/configmaps", "coordination.k8s.io/v1/leases"
+IMAGE = "registry.example.com/transcription-worker"
+
+OPSCTL_YAML = """
+version: 1
+environments:
+  prod:
+    platform: kubernetes
+    kubernetes: {kubeconfig: kubeconfig.yaml, context: kmock, namespace: transcribe}
+    buckets: {audio: prod-audio}
+    worker: {image: "registry.example.com/transcription-worker:1.0.0", replicas: 3, device: cuda,
+             compute_type: float16, concurrency: 2, gpu: true}
+    deploy: {ready_timeout: 3, scale_down_delay: 600, analysis_window: 0, drain_timeout: 20}
+"""
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """kmock's emulator plus two API-server behaviours the driver relies on and kmock leaves
+    out: server-side apply creates a missing object, and metadata.generation counts changes
+    of the spec (which is what observedGeneration is compared with)."""
+
+    async def _handle(self, request):
+        if request.resource is not None and request.name and request.method == kmock.method.PATCH \
+                and isinstance(request.data, dict):
+            key = (request.resource, request.namespace, request.name)
+            async with self._lock:
+                if "apply-patch" in request.headers.get("Content-Type", ""):
+                    if key not in self.objects:
+                        self.objects[key] = {}
+                    elif self.objects[key].deleted:
+                        self.objects[key].create({})
+                if key in self.objects and not self.objects[key].deleted and "spec" in request.data:
+                    old = plain(self.objects[key].raw)
+                    probe = kmock.Object(old)
+                    probe.patch(request.data)
+                    if plain(probe.raw).get("spec") != old.get("spec"):
+                        generation = old.get("metadata", {}).get("generation", 0) + 1
+                        request.data.setdefault("metadata", {})["generation"] = generation
+        return await super()._handle(request)
+
+
+def plain(obj) -> dict:
+    return json.loads(json.dumps(obj, default=dict))
+
+
+class Controller:
+    """Plays the Deployment controller: every replica of the latest generation becomes ready,
+    unless its image is in `broken` (those pods never pass their readiness probe)."""
+
+    def __init__(self, server: ApiServer):
+        self.server, self.broken, self.paused = server, set(), False
+
+    async def run(self) -> None:
+        while True:
+            for (resource, _, _), obj in list(self.server.objects.items()):
+                if self.paused or resource.plural != "deployments" or obj.deleted:
+                    continue
+                raw = plain(obj.raw)
+                spec = raw.get("spec", {})
+                want = spec.get("replicas", 1)
+                ready = 0 if spec["template"]["spec"]["containers"][0]["image"] in self.broken else want
+                status = {"observedGeneration": raw["metadata"].get("generation", 1), "replicas": want,
+                          "updatedReplicas": want, "readyReplicas": ready, "availableReplicas": ready}
+                if raw.get("status") != status:
+                    obj.patch({"status": status})
+            await asyncio.sleep(0.05)
+
+
+class Cluster:
+    def __init__(self, server: ApiServer, controller: Controller, root):
+        self.server, self.controller, self.root = server, controller, root
+        self.runner = CliRunner()
+
+    def obj(self, resource: str, name: str) -> dict | None:
+        try:
+            obj = self.server.objects[resource, NS, name]
+        except KeyError:
+            return None
+        return None if obj.deleted else plain(obj.raw)
+
+    def versions(self, resource: str, name: str) -> list[dict]:
+        return [plain(v) for v in self.server.objects[resource, NS, name].history if v]
+
+    def selector_color(self, service: str) -> str | None:
+        return self.obj(SERVICES, service)["spec"]["selector"].get("app.kubernetes.io/color")
+
+    def history(self) -> list[dict]:
+        return json.loads(self.obj(CONFIGMAPS, "opsctl-deploy-history")["data"]["history.json"])
+
+    def requests_to(self, path_part: str, method: str = "PATCH") -> list:
+        return [r for r in list(self.server) if path_part in str(r.url) and r.method == method]
+
+    async def opsctl(self, *args: str):
+        return await asyncio.to_thread(self.runner.invoke, app, [*args, "--env", "prod"])
+
+    def driver(self, **kwargs):
+        from opsctl.config import load_project
+        from opsctl.deploy.drivers.kubernetes import KubernetesDriver
+
+        project = load_project(self.root)
+        return KubernetesDriver(project, project.env("prod"), **kwargs)
+
+
+@pytest_asyncio.fixture
+async def cluster(kmock, tmp_path, monkeypatch):
+    (tmp_path / "kubeconfig.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester", "namespace": NS}}]}))
+    (tmp_path / "opsctl.yaml").write_text(OPSCTL_YAML)
+    monkeypatch.chdir(tmp_path)
+    for var in ("OPSCTL_ROOT", "OPSCTL_ENV", "KUBERNETES_SERVICE_HOST", "KUBECONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    controller = Controller(kmock)
+    task = asyncio.create_task(controller.run())
+    yield Cluster(kmock, controller, tmp_path)
+    task.cancel()
+
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.kmock(cls=ApiServer)]
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+async def test_first_deploy_applies_the_rendered_objects(cluster):
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0", "--set", "beam_size=3")
+    assert result.exit_code == 0, result.output
+
+    dep = cluster.obj(DEPLOYMENTS, "transcription-worker-blue")
+    assert dep["spec"]["replicas"] == 3 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "transcription-worker",
+                                                      "app.kubernetes.io/color": "blue"}
+    assert dep["metadata"]["annotations"]["opsctl.io/version"] == "1.0.0"
+    pod = dep["spec"]["template"]
+    assert pod["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "transcription-worker", "app.kubernetes.io/instance": "transcription-worker-blue",
+        "app.kubernetes.io/component": "worker", "app.kubernetes.io/part-of": "transcribe",
+        "app.kubernetes.io/managed-by": "opsctl", "app.kubernetes.io/version": "1.0.0",
+        "app.kubernetes.io/color": "blue"}
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "transcription-worker"
+    assert spec["terminationGracePeriodSeconds"] == 30  # drain_timeout 20 + the preStop margin
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    spread = spec["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    assert all(c["maxSkew"] == 1 and c["labelSelector"]["matchLabels"]["app.kubernetes.io/color"] == "blue"
+               for c in spread)
+    (worker,) = spec["containers"]
+    assert worker["image"] == f"{IMAGE}:1.0.0"
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert worker["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    env = _env(worker)
+    assert (env["WORKER_COLOR"], env["WORKER_VERSION"], env["WORKER_DEVICE"]) == ("blue", "1.0.0", "cuda")
+    assert (env["WORKER_COMPUTE_TYPE"], env["WORKER_CONCURRENCY"], env["WORKER_BEAM_SIZE"]) == ("float16", "2", "3")
+    assert env["WORKER_S3_BUCKET"] == "prod-audio"
+    assert env["WORKER_DATABASE_URL"] == {"secretKeyRef": {"name": "transcription-worker", "key": "database-url"}}
+    assert _env(spec["initContainers"][0]) == env  # the migration sees the same settings
+
+    # server-side apply, owned by the "opsctl" field manager
+    applies = cluster.requests_to("/deployments/transcription-worker-blue")
+    assert applies and all(r.headers["Content-Type"] == "application/apply-patch+yaml"
+                           and r.params["fieldManager"] == "opsctl" for r in applies)
+    assert cluster.selector_color("transcription-worker") == "blue"
+    assert cluster.selector_color("transcription-worker-preview") == "blue"
+
+    (record,) = cluster.history()
+    assert (record["outcome"], record["version"], record["to_color"]) == ("promoted", "1.0.0", "blue")
+    steps = {s["name"]: s["status"] for s in record["steps"]}
+    assert steps["wait ready"] == "ok"
+    assert steps["pre-promotion analysis"] == "skipped"  # no HTTP path to the preview from outside
+    assert cluster.obj(LEASES, "opsctl-deploy")["spec"]["holderIdentity"] == ""  # released
+
+
+async def test_switch_keeps_the_old_color_warm_and_rollback_returns_to_it(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    blue_before = cluster.obj(DEPLOYMENTS, "transcription-worker-blue")["spec"]
+    blue_writes = len(cluster.requests_to("/deployments/transcription-worker-blue"))
+
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert cluster.selector_color("transcription-worker") == "green"
+    green = cluster.obj(DEPLOYMENTS, "transcription-worker-green")
+    assert green["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE}:1.1.0"
+    # bringing up the preview never touched the active color: no write, same spec, 3 replicas
+    assert len(cluster.requests_to("/deployments/transcription-worker-blue")) == blue_writes
+    assert cluster.obj(DEPLOYMENTS, "transcription-worker-blue")["spec"] == blue_before
+    # the active Service's selector went blue → green and nothing else changed in it
+    selectors = [v["spec"]["selector"] for v in cluster.versions(SERVICES, "transcription-worker")]
+    assert [s["app.kubernetes.io/color"] for s in selectors] == ["blue", "green"]
+
+    status = await cluster.opsctl("status", "--json")
+    doc = json.loads(status.stdout)
+    assert doc["active_color"] == "green"
+    assert doc["colors"]["blue"]["version"] == "1.0.0" and doc["colors"]["blue"]["ready"] is True
+
+    result = await cluster.opsctl("rollback", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert cluster.selector_color("transcription-worker") == "blue"
+    assert cluster.obj(DEPLOYMENTS, "transcription-worker-green")["spec"]["replicas"] == 3  # warm in turn
+    history = cluster.history()
+    assert [(r["strategy"], r["version"], r["outcome"]) for r in history] == [
+        ("blue-green", "1.0.0", "promoted"), ("blue-green", "1.1.0", "promoted"), ("rollback", "1.0.0", "promoted")]
+    assert "instant rollback to warm blue" in history[-1]["reason"]
+
+
+async def test_a_color_that_never_becomes_ready_leaves_traffic_where_it_was(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    cluster.controller.broken.add(f"{IMAGE}:2.0.0")
+
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:2.0.0")
+    assert result.exit_code == 1
+    assert "not ready after 3s (0/3 ready)" in result.stderr and "traffic stays on blue" in result.stderr
+    # the active Service never selected green, and the failed color was scaled away
+    assert [v["spec"]["selector"]["app.kubernetes.io/color"]
+            for v in cluster.versions(SERVICES, "transcription-worker")] == ["blue"]
+    assert cluster.obj(DEPLOYMENTS, "transcription-worker-green")["spec"]["replicas"] == 0
+    assert cluster.obj(DEPLOYMENTS, "transcription-worker-blue")["spec"]["replicas"] == 3
+    last = cluster.history()[-1]
+    assert (last["version"], last["outcome"]) == ("2.0.0", "failed")
+
+
+async def test_a_second_deploy_is_refused_while_the_lease_is_held(cluster):
+    held, release = threading.Event(), threading.Event()
+
+    def first_deploy_holding_the_lock() -> None:
+        with cluster.driver().lock():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=first_deploy_holding_the_lock)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(held.wait, 10)
+        result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")
+        assert result.exit_code == 1
+        assert "another deploy is running on env 'prod'" in result.stderr
+        assert cluster.obj(DEPLOYMENTS, "transcription-worker-blue") is None  # nothing was applied
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+
+
+async def test_an_expired_lease_is_taken_over(cluster):
+    from opsctl.deploy.lease import micro_time
+
+    stale = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)
+    cluster.server.objects[LEASES, NS, "opsctl-deploy"] = {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "opsctl-deploy", "namespace": NS},
+        "spec": {"holderIdentity": "ci@runner-gone/pid-7/abc", "leaseDurationSeconds": 60,
+                 "acquireTime": micro_time(stale), "renewTime": micro_time(stale), "leaseTransitions": 4}}
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")
+    assert result.exit_code == 0, result.output
+    taken = [v["spec"] for v in cluster.versions(LEASES, "opsctl-deploy")]
+    assert taken[0]["holderIdentity"] == "ci@runner-gone/pid-7/abc"
+    assert f"/pid-{os.getpid()}/" in taken[1]["holderIdentity"] and taken[1]["leaseTransitions"] == 5
+    assert taken[-1]["holderIdentity"] == ""
+
+
+async def test_the_holder_renews_the_lease(cluster):
+    driver = cluster.driver(lease_seconds=3)  # renewed every second
+
+    def hold() -> None:
+        with driver.lock():
+            time.sleep(2.5)
+
+    await asyncio.to_thread(hold)
+    renewals = [v["spec"]["renewTime"] for v in cluster.versions(LEASES, "opsctl-deploy")
+                if v["spec"]["holderIdentity"]]
+    assert len(set(renewals)) >= 3  # acquired, then renewed at least twice
+
+
+async def test_wait_ready_waits_for_the_controller_to_observe_the_new_spec(cluster):
+    from opsctl.deploy.model import Release
+    from opsctl.errors import OperationFailed
+
+    cluster.controller.paused = True
+    driver = cluster.driver()
+    await asyncio.to_thread(driver.bring_up, "blue", Release(f"{IMAGE}:1.0.0"), 3)
+    obj = cluster.server.objects[DEPLOYMENTS, NS, "transcription-worker-blue"]
+    generation = plain(obj.raw)["metadata"]["generation"]
+    # stale status: every replica ready, but of an older spec
+    obj.patch({"status": {"observedGeneration": generation - 1, "replicas": 3, "readyReplicas": 3}})
+    with pytest.raises(OperationFailed, match="not observed generation"):
+        await asyncio.to_thread(driver.wait_ready, "blue", 0.5)
+    obj.patch({"status": {"observedGeneration": generation}})
+    await asyncio.to_thread(driver.wait_ready, "blue", 2)
+
+
+async def test_analysis_urls_exist_only_inside_the_cluster(cluster, monkeypatch):
+    from opsctl.deploy.model import Release
+
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    driver = cluster.driver()
+    await asyncio.to_thread(driver.bring_up, "green", Release(f"{IMAGE}:1.1.0"), 3)
+    assert await asyncio.to_thread(driver.url, "green") is None  # from a laptop or CI runner
+    assert driver.router_url() is None
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # as in a pod
+    assert await asyncio.to_thread(driver.url, "green") == "http://transcription-worker-preview.transcribe.svc.cluster.local"
+    assert await asyncio.to_thread(driver.url, "blue") is None  # active: judged through the router
+    assert driver.router_url() == "http://transcription-worker.transcribe.svc.cluster.local"

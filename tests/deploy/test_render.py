@@ -1,0 +1,95 @@
+"""`opsctl render`: the manifests GitOps users commit, from this repository's opsctl.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from opsctl.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def repo_root(monkeypatch) -> Path:
+    monkeypatch.chdir(REPO)
+    for var in ("OPSCTL_ROOT", "OPSCTL_ENV"):
+        monkeypatch.delenv(var, raising=False)
+    return REPO
+
+
+def _render(runner, *args: str) -> list[dict]:
+    result = runner.invoke(app, ["render", *args])
+    assert result.exit_code == 0, result.output
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def _by_kind(docs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def test_render_staging_prints_parseable_manifests(runner, repo_root):
+    docs = _by_kind(_render(runner, "--env", "staging"))
+    assert sorted(docs) == ["Deployment", "Service"]
+    (dep,) = docs["Deployment"]
+    assert dep["metadata"]["name"] == "transcription-worker-blue"
+    assert dep["metadata"]["namespace"] == "transcribe"
+    assert dep["spec"]["replicas"] == 1
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/example/transcription-worker:latest"  # worker.image of staging
+    assert {s["metadata"]["name"] for s in docs["Service"]} == {"transcription-worker", "transcription-worker-preview"}
+    assert all(s["spec"]["selector"]["app.kubernetes.io/color"] == "blue" for s in docs["Service"])
+
+
+def test_render_production_has_three_gpu_replicas(runner, repo_root):
+    docs = _by_kind(_render(runner, "--env", "production"))
+    (dep,) = docs["Deployment"]
+    assert dep["spec"]["replicas"] == 3
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert (env["WORKER_DEVICE"], env["WORKER_COMPUTE_TYPE"]) == ("cuda", "float16")
+
+
+def test_render_manifests_takes_image_and_color(runner, repo_root):
+    docs = _by_kind(_render(runner, "manifests", "--env", "staging", "--image", "reg/worker:1.4.0", "--color", "green"))
+    (dep,) = docs["Deployment"]
+    assert dep["metadata"]["name"] == "transcription-worker-green"
+    assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == "1.4.0"
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "reg/worker:1.4.0"
+    assert {"name": "WORKER_VERSION", "value": "1.4.0"} in container["env"]
+
+
+def test_render_rolling_is_one_deployment_with_a_rolling_update(runner, repo_root):
+    docs = _by_kind(_render(runner, "--env", "production", "--strategy", "rolling"))
+    (dep,) = docs["Deployment"]
+    assert dep["metadata"]["name"] == "transcription-worker"
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert "app.kubernetes.io/color" not in dep["spec"]["selector"]["matchLabels"]
+    (svc,) = docs["Service"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_render_json_is_one_document(runner, repo_root):
+    result = runner.invoke(app, ["render", "manifests", "--env", "staging", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [d["kind"] for d in json.loads(result.stdout)] == ["Deployment", "Service", "Service"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "staging", "--color", "red"], "--color red: use blue or green"),
+    (["--env", "staging", "--strategy", "canary"], "--strategy canary: use blue-green or rolling"),
+    (["--env", "nowhere"], "unknown environment 'nowhere'"),
+])
+def test_render_bad_input_is_one_line_and_exit_2(runner, repo_root, args, message):
+    result = runner.invoke(app, ["render", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1
