@@ -129,6 +129,13 @@ class MonitoringSettings(_Model):
     worker_cores: int | None = Field(None, ge=1, description="CPU cores per worker (default: this host's)")
 
 
+class LoadtestSettings(_Model):
+    """SLO gates differ per environment (a CPU laptop is not a GPU cluster): this overrides
+    the profile's `slo` in loadtests/profiles.yaml; `--slo` overrides both."""
+
+    slo: str | None = Field(None, description='gates, e.g. "p95<2000ms,error_rate<5%,rps>=10"')
+
+
 class Environment(_Model):
     name: str = ""
     platform: Literal["local", "kubernetes"] = "kubernetes"
@@ -147,6 +154,7 @@ class Environment(_Model):
     thresholds: Thresholds = Thresholds()
     monitoring: MonitoringSettings = MonitoringSettings()
     health: HealthSettings = Field(default_factory=HealthSettings, description="extra checks and alert sinks")
+    loadtest: LoadtestSettings = LoadtestSettings()
 
 
 class OpsConfig(_Model):

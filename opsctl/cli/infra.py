@@ -1,0 +1,179 @@
+"""`opsctl infra`: the environment's Pulumi stack (parses, calls opsctl.infra, renders)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt
+
+infra_app = typer.Typer(help="Provision the cloud environment with Pulumi (the program in stacks/).",
+                        no_args_is_help=True)
+
+ConfirmEnvOpt = Annotated[str | None, typer.Option(
+    "--confirm-env", metavar="NAME", help="The environment's name, to destroy a protected one without a prompt.")]
+
+
+def _summary_line(result) -> str:
+    verbs = {"preview": "would change", "up": "changed", "destroy": "destroyed", "refresh": "refreshed"}
+    parts = [f"{n} {op}" for op, n in sorted(result.changes.items()) if op != "same"]
+    same = result.changes.get("same", 0)
+    body = ", ".join(parts) if parts else "no changes"
+    return (f"{result.environment} (stack {result.stack}): pulumi {result.operation} {verbs[result.operation]} "
+            f"{body}{f'; {same} unchanged' if same else ''} in {result.duration_seconds:.1f}s")
+
+
+def _render_result(result):
+    def render(console):
+        from rich.table import Table
+
+        console.print(_summary_line(result), markup=False, highlight=False)
+        if result.steps:
+            table = Table("op", "type", "name", "status", box=None)
+            for step in result.steps:
+                table.add_row(step["op"], step["type"], step["name"], step["status"])
+            console.print(table)
+        if result.outputs:
+            _outputs_table(console, result.outputs)
+        for key in result.generated_config:
+            console.print(f"generated {key} (stored encrypted in the stack config: commit it)", markup=False)
+    return render
+
+
+def _outputs_table(console, values: dict) -> None:
+    from rich.table import Table
+
+    table = Table("output", "value", box=None)
+    for key, value in values.items():
+        text = str(value)
+        if len(text) > 80:
+            text = f"{text[:60]}… ({len(text)} chars; --json shows it whole)"
+        table.add_row(key, text)
+    console.print(table)
+
+
+def _operate(env: str, operation: str, as_json: bool):
+    from opsctl import infra
+    from opsctl.cli.common import environment
+    from opsctl.infra.events import LiveView
+
+    project, environ = environment(env)
+    with LiveView(f"pulumi {operation} · {environ.name}") as view:
+        return infra.run(project, environ, operation, on_event=view.update)
+
+
+def _approve(operation: str, env: str, yes: bool, confirm_env: str | None, question: str) -> None:
+    from opsctl import infra, output
+    from opsctl.cli.common import environment
+
+    _, environ = environment(env)
+    infra.approve(operation, environ, yes=yes, confirm_env=confirm_env, interactive=output.is_interactive(),
+                  question=question,
+                  ask_yes_no=lambda q: typer.confirm(q, default=False, err=True),
+                  ask_text=lambda q: typer.prompt(q, err=True, default="", show_default=False))
+
+
+@infra_app.command("preview")
+def preview(env: EnvOpt, as_json: JsonOpt = False) -> None:
+    """Show what `up` would change; runs the policy checks first."""
+    from opsctl.output import emit
+
+    result = _operate(env, "preview", as_json)
+    emit(result, as_json, _render_result(result))
+
+
+@infra_app.command("up")
+def up(env: EnvOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Create or update the environment. At a terminal without --yes: preview, then ask."""
+    from opsctl import output
+    from opsctl.infra.target import target
+    from opsctl.cli.common import environment
+
+    project, environ = environment(env)
+    target(project, environ)  # a local environment or a missing program fails before any prompt
+    if not yes and output.is_interactive():
+        planned = _operate(env, "preview", as_json)
+        _render_result(planned)(output.stderr)
+        if not planned.changed:
+            output.emit(planned, as_json, lambda console: None)
+            return
+        question = f"apply these {planned.changed} changes to '{environ.name}'?"
+    else:
+        question = f"update '{environ.name}' (stack {environ.pulumi.stack or environ.name})"
+    _approve("up", env, yes, None, question)
+    result = _operate(env, "up", as_json)
+    output.emit(result, as_json, _render_result(result))
+
+
+@infra_app.command("destroy")
+def destroy(env: EnvOpt, yes: YesOpt = False, confirm_env: ConfirmEnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete every resource of the environment. Protected ones need their name typed
+    (or --confirm-env NAME with --yes in CI); production's database and cluster also keep
+    AWS deletion protection, which must be turned off in the program first."""
+    from opsctl.output import emit
+    from opsctl.infra.target import target
+    from opsctl.cli.common import environment
+
+    project, environ = environment(env)
+    target(project, environ)
+    _approve("destroy", env, yes, confirm_env, f"destroy every resource of '{environ.name}'?")
+    result = _operate(env, "destroy", as_json)
+    emit(result, as_json, _render_result(result))
+
+
+@infra_app.command("refresh")
+def refresh(env: EnvOpt, as_json: JsonOpt = False) -> None:
+    """Update the stack's state from what exists in AWS (changes no resource)."""
+    from opsctl.output import emit
+
+    result = _operate(env, "refresh", as_json)
+    emit(result, as_json, _render_result(result))
+
+
+@infra_app.command("outputs")
+def outputs(env: EnvOpt, as_json: JsonOpt = False) -> None:
+    """The stack's outputs other commands read (secret values masked)."""
+    from opsctl import infra
+    from opsctl.cli.common import environment
+    from opsctl.output import emit
+
+    project, environ = environment(env)
+    result = infra.outputs(project, environ)
+
+    def render(console):
+        console.print(f"{result.environment} (stack {result.stack})", markup=False)
+        _outputs_table(console, result.outputs)
+        if result.missing:
+            console.print(f"not exported yet: {', '.join(result.missing)} (run 'opsctl infra up --env {env}')",
+                          markup=False)
+
+    emit(result, as_json, render)
+
+
+@infra_app.command("policy")
+def policy(env: EnvOpt, as_json: JsonOpt = False) -> None:
+    """Check the program's resources against the platform's rules, offline (no cloud, no CLI)."""
+    from dataclasses import asdict
+
+    from opsctl import infra
+    from opsctl.cli.common import environment
+    from opsctl.output import emit
+
+    project, environ = environment(env)
+    result = infra.check_policy(project, environ)
+
+    def render(console):
+        if result.ok:
+            console.print(f"{result.environment} (stack {result.stack}): {result.resources} resources, "
+                          "every policy passes", markup=False)
+        for violation in result.violations:
+            console.print(violation, markup=False, highlight=False)
+
+    emit({"ok": result.ok, **asdict(result)}, as_json, render)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(infra_app, name="infra")

@@ -1,0 +1,231 @@
+"""preview, up, destroy, refresh, outputs and policy for one environment: the core functions.
+
+The CLI and runbook steps call these; they print nothing themselves (the caller passes an
+`on_event` listener to show progress) and raise UsageError / OperationFailed, never exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from opsctl.config import Environment, Project
+from opsctl.errors import OperationFailed, UsageError
+from opsctl.infra import target as tg
+from opsctl.infra.events import Tracker
+
+log = logging.getLogger("opsctl.infra")
+
+OPERATIONS = ("preview", "up", "destroy", "refresh")
+# The stack outputs other opsctl commands read; the program must export every one of them.
+OUTPUTS = ("region", "databaseEndpoint", "databaseSecretArn", "redisEndpoint", "redisAuthSecretArn",
+           "audioBucket", "backupsBucket", "clusterName", "kubeconfig", "workerNamespace",
+           "workerServiceAccount", "workerRoleArn")
+GENERATED_SECRETS = {"transcribe:redisAuthToken": lambda: secrets.token_hex(32)}
+SECRET_MASK = "[secret]"
+
+
+@dataclass
+class InfraResult:
+    environment: str
+    stack: str
+    operation: str
+    changes: dict[str, int]  # operation (create, update, delete, replace, same...) -> resources
+    steps: list[dict[str, str]]  # every resource that changed: type, name, op, status
+    outputs: dict[str, Any] = field(default_factory=dict)  # after up; secrets masked
+    duration_seconds: float = 0.0
+    generated_config: list[str] = field(default_factory=list)  # secrets created in the stack config
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return sum(n for op, n in self.changes.items() if op != "same")
+
+
+@dataclass
+class OutputsResult:
+    environment: str
+    stack: str
+    outputs: dict[str, Any]  # secrets masked
+    missing: list[str]  # outputs opsctl reads that the stack does not (yet) export
+
+
+@dataclass
+class StackOutputs:
+    """What other commands read: the environment's endpoints and names. Holds no secret value."""
+
+    region: str
+    database_endpoint: str
+    database_secret_arn: str
+    redis_endpoint: str
+    redis_auth_secret_arn: str
+    audio_bucket: str
+    backups_bucket: str
+    cluster_name: str
+    kubeconfig: str
+    worker_namespace: str
+    worker_service_account: str
+    worker_role_arn: str
+
+
+@dataclass
+class PolicyResult:
+    environment: str
+    stack: str
+    resources: int
+    violations: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def _prepare(project: Project, env: Environment) -> tg.Target:
+    t = tg.target(project, env)
+    tg.check_consistency(t, env)
+    return t
+
+
+def _program_modules(program_dir: Path):
+    """Import the program's own offline harness and policy from `program_dir`."""
+    for name in [m for m in sys.modules if m == "transcribe_infra" or m.startswith("transcribe_infra.")]:
+        origin = getattr(sys.modules[name], "__file__", "") or ""
+        if not Path(origin).resolve().is_relative_to(program_dir):
+            del sys.modules[name]  # another copy of the program was imported before: forget it
+    if str(program_dir) not in sys.path:
+        sys.path.insert(0, str(program_dir))
+    try:
+        return importlib.import_module("transcribe_infra.offline"), importlib.import_module("transcribe_infra.policy")
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"{program_dir} has no transcribe_infra package ({exc}); "
+                         "the policy checks need the program in this repository's stacks/") from None
+
+
+def check_policy(project: Project, env: Environment) -> PolicyResult:
+    """Run the program against Pulumi's mocks and check every resource it declares. No cloud."""
+    t = _prepare(project, env)
+    offline, policy = _program_modules(t.program_dir)
+    run_ = offline.run_stack(t.program_dir, t.stack)
+    production = str(tg.stack_config(t).get(f"{tg.PROJECT_NS}:production", False)).lower() == "true"
+    found = policy.check(run_, production=production)
+    return PolicyResult(env.name, t.stack, len(run_.resources), [str(v) for v in found])
+
+
+def _ensure_generated_config(stack) -> list[str]:
+    """Secrets the program needs that nobody should have to invent: generated once, stored encrypted."""
+    from pulumi import automation as auto
+
+    present = stack.get_all_config()
+    made = []
+    for key, make in GENERATED_SECRETS.items():
+        if key not in present:
+            stack.set_config(key, auto.ConfigValue(value=make(), secret=True))
+            made.append(key)
+    return made
+
+
+def _mask(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (SECRET_MASK if getattr(v, "secret", False) else getattr(v, "value", v)) for k, v in values.items()}
+
+
+def run(project: Project, env: Environment, operation: str,
+        on_event: Callable[[Tracker], None] | None = None, policy: bool = True) -> InfraResult:
+    """One Pulumi operation on the environment's stack, after the offline policy checks."""
+    if operation not in OPERATIONS:
+        raise UsageError(f"unknown infra operation '{operation}'; one of {', '.join(OPERATIONS)}")
+    t = _prepare(project, env)
+    cli = tg.require_cli()
+    if policy and operation in ("preview", "up"):
+        verdict = check_policy(project, env)
+        if not verdict.ok:
+            raise OperationFailed(f"{len(verdict.violations)} policy violation(s), nothing was changed; first: "
+                                  f"{verdict.violations[0]} (all: 'opsctl infra policy --env {env.name}')")
+    from pulumi import automation as auto
+
+    stack = tg.open_stack(t, env, cli, create=operation in ("preview", "up"))
+    generated = _ensure_generated_config(stack) if operation in ("preview", "up") else []
+    for key in generated:
+        log.info("generated %s and stored it encrypted in %s: commit that file", key, t.stack_file.name)
+    tracker = Tracker(listener=on_event)
+    started = time.monotonic()
+    common = {"on_event": tracker, "color": "never"}
+    outputs: dict[str, Any] = {}
+    try:
+        if operation == "preview":
+            changes = stack.preview(**common).change_summary
+        elif operation == "up":
+            result = stack.up(**common)
+            changes, outputs = result.summary.resource_changes, _mask(result.outputs)
+        elif operation == "refresh":
+            changes = stack.refresh(**common).summary.resource_changes
+        else:
+            changes = stack.destroy(**common).summary.resource_changes
+    except auto.CommandError as exc:
+        reason = tracker.errors[-1] if tracker.errors else tg.last_line(str(exc))
+        raise OperationFailed(f"pulumi {operation} of stack '{t.stack}' failed: {reason}") from None
+    return InfraResult(
+        environment=env.name, stack=t.stack, operation=operation,
+        changes={getattr(k, "value", str(k)): v for k, v in (changes or tracker.summary).items() if v},
+        steps=[{"type": s.type, "name": s.name, "op": s.op, "status": s.status} for s in tracker.snapshot()],
+        outputs=outputs, duration_seconds=round(time.monotonic() - started, 1),
+        generated_config=generated, warnings=tracker.warnings)
+
+
+def _raw_outputs(project: Project, env: Environment) -> tuple[tg.Target, dict[str, Any]]:
+    t = _prepare(project, env)
+    stack = tg.open_stack(t, env, tg.require_cli(), create=False)
+    return t, stack.outputs()
+
+
+def outputs(project: Project, env: Environment) -> OutputsResult:
+    """The stack's outputs for people: secret values masked, missing ones named."""
+    t, values = _raw_outputs(project, env)
+    return OutputsResult(env.name, t.stack, _mask(values), [k for k in OUTPUTS if k not in values])
+
+
+def read_outputs(project: Project, env: Environment) -> StackOutputs:
+    """The outputs for other commands (deploy, backup, health): never printed by this function."""
+    t, values = _raw_outputs(project, env)
+    missing = [k for k in OUTPUTS if k not in values]
+    if missing:
+        raise UsageError(f"stack '{t.stack}' does not export {', '.join(missing)}; "
+                         f"run 'opsctl infra up --env {env.name}' first")
+    return StackOutputs(**{field_name(k): values[k].value for k in OUTPUTS})
+
+
+def field_name(output: str) -> str:
+    """databaseSecretArn -> database_secret_arn: a stack output's StackOutputs field."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in output)
+
+
+def approve(operation: str, env: Environment, *, yes: bool, confirm_env: str | None, interactive: bool,
+            ask_yes_no: Callable[[str], bool], ask_text: Callable[[str], str], question: str) -> None:
+    """Who may run `up` and `destroy`.
+
+    up, and destroy of an unprotected environment: `--yes`, or a yes at a terminal.
+    destroy of a protected environment: the environment's name, typed at the terminal or given
+    as `--confirm-env NAME` (CI: `--yes --confirm-env NAME`); `--yes` alone is never enough.
+    """
+    if operation == "destroy" and env.protected:
+        if confirm_env is None:
+            if not interactive:
+                raise UsageError(f"'{env.name}' is protected: destroying it without a terminal needs "
+                                 f"--yes --confirm-env {env.name}")
+            typed = ask_text(f"'{env.name}' is protected. Type its name to destroy it").strip()
+            if typed != env.name:
+                raise UsageError(f"typed '{typed}', not '{env.name}'; nothing was destroyed")
+            return
+        if confirm_env != env.name:
+            raise UsageError(f"--confirm-env '{confirm_env}' is not '{env.name}'; nothing was destroyed")
+    if yes:
+        return
+    if not interactive:
+        raise UsageError(f"{question} needs approval: no terminal to ask on, pass --yes")
+    if not ask_yes_no(question):
+        raise UsageError(f"{question} not approved; nothing was changed")

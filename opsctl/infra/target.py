@@ -1,0 +1,142 @@
+"""Which Pulumi program and stack an environment uses, and whether it is safe to run them.
+
+opsctl.yaml and `stacks/Pulumi.<stack>.yaml` both name the environment's region, buckets,
+database and cache. They must agree: a stack that creates `x-audio` while opsctl backs up to
+`y-audio` fails silently months later, so opsctl refuses to run until they match.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opsctl.config import CONFIG_NAME, Environment, Project
+from opsctl.errors import UsageError
+
+INSTALL_URL = "https://www.pulumi.com/docs/install/"
+PROJECT_NS = "transcribe"
+
+
+@dataclass(frozen=True)
+class Target:
+    environment: str
+    stack: str
+    program_dir: Path
+    protected: bool
+
+    @property
+    def stack_file(self) -> Path:
+        return self.program_dir / f"Pulumi.{self.stack}.yaml"
+
+
+def target(project: Project, env: Environment) -> Target:
+    """The stack and program of a kubernetes environment; a one-line error for anything else."""
+    if env.platform != "kubernetes":
+        raise UsageError(f"'{env.name}' is a {env.platform} environment: opsctl infra is for kubernetes "
+                         "environments (the embedded platform comes up with 'opsctl local up')")
+    program_dir = (project.root / env.pulumi.program).resolve()
+    stack = env.pulumi.stack or env.name
+    if not (program_dir / "Pulumi.yaml").is_file():
+        raise UsageError(f"{program_dir} holds no Pulumi.yaml; point environments.{env.name}.pulumi.program "
+                         f"in {project.root / CONFIG_NAME} at the Pulumi program's folder")
+    found = Target(env.name, stack, program_dir, env.protected)
+    if not found.stack_file.is_file():
+        raise UsageError(f"no {found.stack_file.name} in {program_dir}: create the stack's config there "
+                         f"(copy Pulumi.staging.yaml) or fix environments.{env.name}.pulumi.stack")
+    return found
+
+
+def stack_config(t: Target) -> dict[str, Any]:
+    return (yaml.safe_load(t.stack_file.read_text()) or {}).get("config", {}) or {}
+
+
+def check_consistency(t: Target, env: Environment) -> None:
+    """Refuse to run when opsctl.yaml and the stack config name different things."""
+    config = stack_config(t)
+    pairs = [
+        ("aws:region", env.aws.region, "aws.region"),
+        (f"{PROJECT_NS}:audioBucket", env.buckets.audio, "buckets.audio"),
+        (f"{PROJECT_NS}:backupsBucket", env.buckets.backups, "buckets.backups"),
+        (f"{PROJECT_NS}:namespace", env.kubernetes.namespace, "kubernetes.namespace"),
+        (f"{PROJECT_NS}:dbIdentifier", env.database.rds_instance, "database.rds_instance"),
+        (f"{PROJECT_NS}:cacheReplicationGroupId", env.redis.replication_group, "redis.replication_group"),
+        (f"{PROJECT_NS}:production", env.protected, "protected"),
+    ]
+    for key, ours, where in pairs:
+        if ours is None:  # opsctl.yaml does not say: the stack decides
+            continue
+        theirs = config.get(key)
+        if isinstance(ours, bool):
+            theirs = str(theirs).lower() == "true"
+        if theirs != ours:
+            raise UsageError(f"{t.stack_file.name} sets {key}={theirs!r} but opsctl.yaml has "
+                             f"environments.{env.name}.{where}={ours!r}; make them the same")
+
+
+def find_cli() -> Path | None:
+    """The pulumi CLI: on PATH, or where get.pulumi.com installs it (~/.pulumi/bin)."""
+    found = shutil.which("pulumi")
+    if found:
+        return Path(found)
+    home = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
+    candidate = home / "bin" / "pulumi"
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def require_cli() -> Path:
+    cli = find_cli()
+    if cli is None:
+        raise UsageError(f"the pulumi CLI is not installed (opsctl infra runs it through Pulumi's Automation API); "
+                         f"install it from {INSTALL_URL}, then rerun")
+    return cli
+
+
+def workspace_env(env: Environment) -> dict[str, str]:
+    """What the pulumi process needs besides our environment: our Python, the AWS account, state."""
+    out = {
+        # run the program with this interpreter: it has pulumi, pulumi-aws and pulumi-kubernetes
+        "PULUMI_PYTHON_CMD": sys.executable,
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "AWS_REGION": env.aws.region,
+    }
+    if env.aws.profile and not (os.environ.get("AWS_PROFILE") or os.environ.get("AWS_ACCESS_KEY_ID")):
+        out["AWS_PROFILE"] = env.aws.profile
+    if env.pulumi.backend and not os.environ.get("PULUMI_BACKEND_URL"):
+        out["PULUMI_BACKEND_URL"] = env.pulumi.backend
+    return out
+
+
+def open_stack(t: Target, env: Environment, cli: Path, create: bool):
+    """The Automation API stack for the local program in `t.program_dir`."""
+    from pulumi import automation as auto
+
+    try:  # runs `pulumi version`, and checks it against the SDK's minimum
+        command = auto.PulumiCommand(root=str(cli.parent.parent)) if cli.parent.name == "bin" else auto.PulumiCommand()
+    except (OSError, subprocess.CalledProcessError, auto.InvalidVersionError) as exc:
+        raise UsageError(f"the pulumi CLI at {cli} does not run or is too old ({exc}); "
+                         f"install a current one from {INSTALL_URL}") from None
+    opts = auto.LocalWorkspaceOptions(work_dir=str(t.program_dir), env_vars=workspace_env(env),
+                                      pulumi_command=command)
+    try:
+        if create:
+            return auto.create_or_select_stack(t.stack, work_dir=str(t.program_dir), opts=opts)
+        return auto.select_stack(t.stack, work_dir=str(t.program_dir), opts=opts)
+    except auto.StackNotFoundError:
+        raise UsageError(f"stack '{t.stack}' does not exist yet; "
+                         f"create it with 'opsctl infra up --env {t.environment}'") from None
+    except auto.CommandError as exc:
+        raise UsageError(f"pulumi could not open stack '{t.stack}': {last_line(str(exc))} "
+                         "(logged in? 'pulumi login' or set pulumi.backend in opsctl.yaml)") from None
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(" code:")]
+    errors = [line for line in lines if line.lower().startswith("error")]
+    return (errors or lines or ["(no output)"])[-1]

@@ -1,0 +1,90 @@
+"""ElastiCache Redis: the cache and rate limits, encrypted at rest and in transit, with AUTH.
+
+The auth token comes from stack config as a secret (opsctl generates it on first `up`), so it
+is encrypted in Pulumi state. It is also written to a Secrets Manager secret together with the
+endpoint: the worker and opsctl read that secret through IAM, nobody copies a password.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from transcribe_infra.network import REDIS_PORT
+from transcribe_infra.settings import with_name
+
+
+@dataclass
+class CacheArgs:
+    replication_group_id: str
+    subnet_ids: list[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+    auth_token: pulumi.Input[str]
+    node_type: str
+    automatic_failover: bool  # production: a replica in another AZ takes over the primary's role
+    engine_version: str = "7.1"
+    snapshot_retention_days: int = 1
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_cache_clusters(self) -> int:
+        """Failover needs somewhere to fail over to: a replica in a second AZ."""
+        return 2 if self.automatic_failover else 1
+
+
+class Cache(pulumi.ComponentResource):
+    primary_endpoint: pulumi.Output[str]
+    port: pulumi.Output[int]
+    auth_secret_arn: pulumi.Output[str]
+    replication_group_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: CacheArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("transcribe:infra:Cache", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        subnets = aws.elasticache.SubnetGroup(f"{name}-subnets", name=args.replication_group_id,
+                                              subnet_ids=args.subnet_ids, tags=args.tags, opts=child,
+                                              description=f"{args.replication_group_id}: private subnets only")
+        group = aws.elasticache.ReplicationGroup(
+            f"{name}-redis",
+            replication_group_id=args.replication_group_id,
+            description=f"{args.replication_group_id}: transcription cache and rate limits",
+            engine="redis",
+            engine_version=args.engine_version,
+            node_type=args.node_type,
+            port=REDIS_PORT,
+            num_cache_clusters=args.num_cache_clusters,
+            automatic_failover_enabled=args.automatic_failover,
+            multi_az_enabled=args.automatic_failover,
+            subnet_group_name=subnets.name,
+            security_group_ids=[args.security_group_id],
+            at_rest_encryption_enabled=True,
+            kms_key_id=args.kms_key_arn,
+            transit_encryption_enabled=True,
+            auth_token=args.auth_token,
+            snapshot_retention_limit=args.snapshot_retention_days,
+            snapshot_window="01:00-02:00",
+            maintenance_window="sun:04:30-sun:05:30",
+            auto_minor_version_upgrade=True,
+            apply_immediately=not args.automatic_failover,
+            tags=with_name(args.tags, args.replication_group_id),
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["auth_token"]),
+        )
+        secret = aws.secretsmanager.Secret(
+            f"{name}-auth", name=f"{args.replication_group_id}/redis", kms_key_id=args.kms_key_arn,
+            description=f"{args.replication_group_id}: Redis AUTH token and endpoint",
+            recovery_window_in_days=7, tags=args.tags, opts=child)
+        aws.secretsmanager.SecretVersion(
+            f"{name}-auth", secret_id=secret.id, opts=child,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
+                "host": group.primary_endpoint_address, "port": REDIS_PORT, "tls": True,
+                "auth_token": args.auth_token,
+            })))
+        self.primary_endpoint = group.primary_endpoint_address
+        self.port = group.port
+        self.auth_secret_arn = secret.arn
+        self.replication_group_id = group.replication_group_id
+        self.register_outputs({"primary_endpoint": group.primary_endpoint_address, "port": group.port,
+                               "auth_secret_arn": secret.arn, "replication_group_id": group.replication_group_id})

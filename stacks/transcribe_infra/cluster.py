@@ -1,0 +1,139 @@
+"""EKS: the control plane, a system node group and the GPU node group the worker runs on.
+
+The GPU group uses the AL2023 NVIDIA AMI (EKS no longer publishes AL2 AMIs), is tainted
+`nvidia.com/gpu=true:NoSchedule` so only pods that ask for a GPU land there, and scales from
+zero: an idle environment pays for no GPU. Both groups use launch templates for encrypted root
+volumes, IMDSv2 with a hop limit of 1 (pods use IRSA, never the node's role), and the worker
+security group, the only source the database and cache admit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from transcribe_infra.settings import with_name
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}
+GPU_AMI_TYPE = "AL2023_x86_64_NVIDIA"
+NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
+
+
+@dataclass
+class NodeGroupSpec:
+    instance_types: list[str]
+    min_size: int
+    max_size: int
+    desired_size: int
+    capacity_type: str = "ON_DEMAND"
+    disk_gib: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.min_size <= self.desired_size <= self.max_size:
+            raise ValueError("node group sizes must satisfy min <= desired <= max")
+
+
+@dataclass
+class ClusterArgs:
+    name: str
+    region: str
+    subnet_ids: list[pulumi.Input[str]]  # private subnets: nodes and the API's ENIs
+    worker_sg_id: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+    gpu: NodeGroupSpec
+    system: NodeGroupSpec = field(default_factory=lambda: NodeGroupSpec(["m6i.large"], 2, 4, 2))
+    version: str = "1.33"
+    deletion_protection: bool = False
+    public_access_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:
+    """A kubeconfig that authenticates through `aws eks get-token`: it holds no credential."""
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": name,
+        "clusters": [{"name": name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "users": [{"name": name, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
+            "args": ["eks", "get-token", "--cluster-name", name, "--region", region]}}}],
+    })
+
+
+def _assume(service: str) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": service}}]})
+
+
+class Cluster(pulumi.ComponentResource):
+    name: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    oidc_provider_arn: pulumi.Output[str]
+    oidc_issuer: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("transcribe:infra:Cluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(f"{name}-control-plane", assume_role_policy=_assume("eks.amazonaws.com"),
+                            tags=args.tags, opts=child)
+        attach = aws.iam.RolePolicyAttachment(f"{name}-control-plane", role=role.name, opts=child,
+                                              policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy")
+        cluster = aws.eks.Cluster(
+            f"{name}-eks", name=args.name, version=args.version, role_arn=role.arn,
+            vpc_config={"subnet_ids": args.subnet_ids, "endpoint_private_access": True,
+                        "endpoint_public_access": True, "public_access_cidrs": args.public_access_cidrs},
+            encryption_config={"resources": ["secrets"], "provider": {"key_arn": args.kms_key_arn}},
+            enabled_cluster_log_types=["api", "audit", "authenticator"],
+            access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},
+            deletion_protection=args.deletion_protection,
+            tags=with_name(args.tags, args.name), opts=pulumi.ResourceOptions(parent=self, depends_on=[attach]))
+        issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        oidc = aws.iam.OpenIdConnectProvider(f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"],
+                                             tags=args.tags, opts=child)
+
+        node_role = aws.iam.Role(f"{name}-nodes", assume_role_policy=_assume("ec2.amazonaws.com"),
+                                 tags=args.tags, opts=child)
+        node_attachments = [
+            aws.iam.RolePolicyAttachment(f"{name}-nodes-{policy}", role=node_role.name, opts=child,
+                                         policy_arn=f"arn:aws:iam::aws:policy/{policy}")
+            for policy in NODE_POLICIES]
+        cluster_sg = cluster.vpc_config.cluster_security_group_id
+        for kind, spec, ami_type, labels, taints in (
+            ("system", args.system, "AL2023_x86_64_STANDARD", {"role": "system"}, []),
+            ("gpu", args.gpu, GPU_AMI_TYPE,
+             {"role": "gpu", "workload": "transcription", "nvidia.com/gpu.present": "true"}, [GPU_TAINT]),
+        ):
+            template = aws.ec2.LaunchTemplate(
+                f"{name}-{kind}", name_prefix=f"{args.name}-{kind}-", update_default_version=True,
+                vpc_security_group_ids=[cluster_sg, args.worker_sg_id] if kind == "gpu" else [cluster_sg],
+                block_device_mappings=[{"device_name": "/dev/xvda", "ebs": {
+                    "volume_size": spec.disk_gib, "volume_type": "gp3", "encrypted": "true",
+                    "kms_key_id": args.kms_key_arn, "delete_on_termination": "true"}}],
+                metadata_options={"http_tokens": "required", "http_endpoint": "enabled",
+                                  "http_put_response_hop_limit": 1},
+                tag_specifications=[{"resource_type": "instance", "tags": with_name(args.tags, f"{args.name}-{kind}")}],
+                tags=args.tags, opts=child)
+            aws.eks.NodeGroup(
+                f"{name}-{kind}", cluster_name=cluster.name, node_group_name=f"{args.name}-{kind}",
+                node_role_arn=node_role.arn, subnet_ids=args.subnet_ids, ami_type=ami_type,
+                instance_types=spec.instance_types, capacity_type=spec.capacity_type,
+                scaling_config={"min_size": spec.min_size, "max_size": spec.max_size,
+                                "desired_size": spec.desired_size},
+                update_config={"max_unavailable": 1}, labels=labels, taints=taints,
+                launch_template={"id": template.id, "version": template.latest_version.apply(str)},
+                tags=args.tags,
+                # the autoscaler owns the desired size once the group exists
+                opts=pulumi.ResourceOptions(parent=self, depends_on=node_attachments,
+                                            ignore_changes=["scalingConfig.desiredSize"]))
+
+        self.name = cluster.name
+        self.oidc_provider_arn = oidc.arn
+        self.oidc_issuer = issuer
+        self.kubeconfig = pulumi.Output.all(
+            cluster.name, cluster.endpoint, cluster.certificate_authority.apply(lambda ca: ca.data),
+        ).apply(lambda a: kubeconfig(a[0], a[1], a[2], args.region))
+        self.register_outputs({"name": cluster.name, "kubeconfig": self.kubeconfig,
+                               "oidc_provider_arn": oidc.arn, "oidc_issuer": issuer})

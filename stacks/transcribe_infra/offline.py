@@ -1,0 +1,157 @@
+"""Run the program, or any one component, against Pulumi's mocks: no cloud, no CLI.
+
+This is the unit-testing harness Pulumi documents (`pulumi.runtime.set_mocks`): every
+resource the program registers reaches `new_resource` with the exact inputs it passed, which
+are captured for the tests and for the policy checks. The mock answers with those inputs plus
+the few computed attributes the program reads back (ids, ARNs, endpoints, the OIDC issuer),
+shaped like AWS's so that code depending on them runs as it would in a preview.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pulumi
+import yaml
+
+ACCOUNT = "123456789012"
+PLACEHOLDER_SECRET = "offline-placeholder-secret"
+
+
+@dataclass
+class Captured:
+    """One resource as the program declared it: type token, logical name, inputs (wire names)."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    custom: bool = True
+    provider: str = ""  # the provider reference, e.g. the cluster's kubernetes provider
+
+
+@dataclass
+class OfflineRun:
+    resources: list[Captured] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, type_token: str) -> list[Captured]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def one(self, type_token: str, name: str | None = None) -> Captured:
+        found = [r for r in self.of_type(type_token) if name is None or r.name == name]
+        if len(found) != 1:
+            raise LookupError(f"expected one {type_token} named {name or '*'}, found {[r.name for r in found]}")
+        return found[0]
+
+
+def unsecret(value: Any) -> tuple[bool, Any]:
+    """(was it marked secret, the plain value) for an input as the engine receives it."""
+    from pulumi.runtime import rpc
+
+    if isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+        return True, value.get("value")
+    return False, value
+
+
+class CapturingMocks(pulumi.runtime.Mocks):
+    def __init__(self, region: str = "eu-west-1"):
+        self.region = region
+        self.issuer = f"https://oidc.eks.{region}.amazonaws.com/id/C0FFEE"
+        self.captured: list[Captured] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        inputs = dict(args.inputs)
+        self.captured.append(Captured(args.typ, args.name, inputs, args.custom, args.provider or ""))
+        rid, state = self._computed(args.typ, args.name, inputs)
+        return [rid, {**inputs, **state}]
+
+    def _computed(self, typ: str, name: str, inputs: dict) -> tuple[str, dict]:
+        service = typ.split(":")[1].split("/")[0] if typ.startswith("aws:") else "x"
+        state: dict[str, Any] = {"arn": f"arn:aws:{service}:{self.region}:{ACCOUNT}:{name}"}
+        rid = f"{name}-id"
+        if typ == "aws:s3/bucket:Bucket":
+            rid = inputs["bucket"]
+            state = {"arn": f"arn:aws:s3:::{rid}", "bucket": rid}
+        elif typ == "aws:rds/instance:Instance":
+            address = f"{inputs['identifier']}.c0ffee.{self.region}.rds.amazonaws.com"
+            state.update(address=address, port=5432, endpoint=f"{address}:5432", masterUserSecrets=[{
+                "secretArn": f"arn:aws:secretsmanager:{self.region}:{ACCOUNT}:secret:rds!db-{name}",
+                "secretStatus": "active", "kmsKeyId": inputs.get("masterUserSecretKmsKeyId", "")}])
+        elif typ == "aws:rds/subnetGroup:SubnetGroup" or typ == "aws:rds/parameterGroup:ParameterGroup":
+            state["name"] = inputs.get("name", name)
+        elif typ == "aws:elasticache/replicationGroup:ReplicationGroup":
+            host = f"master.{inputs['replicationGroupId']}.c0ffee.euw1.cache.amazonaws.com"
+            state.update(primaryEndpointAddress=host,
+                         port=inputs.get("port", 6379))
+        elif typ == "aws:eks/cluster:Cluster":
+            state.update(endpoint=f"https://{name}.gr7.{self.region}.eks.amazonaws.com",
+                         certificateAuthority={"data": "Q0EtREFUQQ=="},
+                         identities=[{"oidcs": [{"issuer": self.issuer}]}],
+                         vpcConfig={**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": "sg-eks-cluster"})
+        elif typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            state["latestVersion"] = 1
+        elif typ == "aws:kms/key:Key":
+            state["keyId"] = f"{name}-key-id"
+        elif typ == "aws:iam/role:Role":
+            state.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{name}", name=name)
+        return rid, state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/offline", "userId": "offline"}
+        raise NotImplementedError(f"the offline run has no answer for the call {args.token}")
+
+
+def run(program: Callable[[], Any], config: dict[str, Any] | None = None, stack: str = "offline",
+        secret_keys: list[str] | None = None, region: str | None = None) -> OfflineRun:
+    """Run `program` under the mocks; returns every resource's inputs and the stack's outputs.
+
+    `program` returns a dict of outputs (or nothing); anything passed to `pulumi.export`
+    is collected too.
+    """
+    from pulumi.runtime import config as runtime_config
+    from pulumi.runtime import settings as runtime_settings
+
+    config = dict(config or {})
+    mocks = CapturingMocks(region or str(config.get("aws:region", "eu-west-1")))
+    runtime_settings.set_root_resource(None)  # a fresh root stack: exports of an earlier run must not leak
+    pulumi.runtime.set_mocks(mocks, project="transcribe", stack=stack, preview=False)
+    runtime_config.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
+                                  secret_keys or [])
+    result = OfflineRun(resources=mocks.captured)
+
+    @pulumi.runtime.test
+    def _program():
+        returned = program() or {}
+        root = runtime_settings.get_root_resource()
+        exported = dict(getattr(root, "outputs", {}) or {})
+        return pulumi.Output.from_input({**exported, **returned}).apply(result.outputs.update)
+
+    _program()
+    return result
+
+
+def stack_config(program_dir: Path, stack: str) -> tuple[dict[str, Any], list[str]]:
+    """The config of `Pulumi.<stack>.yaml`, with encrypted values replaced by placeholders."""
+    path = Path(program_dir) / f"Pulumi.{stack}.yaml"
+    raw = (yaml.safe_load(path.read_text()) or {}).get("config", {}) or {}
+    config, secrets = {}, []
+    for key, value in raw.items():
+        if isinstance(value, dict) and "secure" in value:
+            value, _ = PLACEHOLDER_SECRET, secrets.append(key)
+        config[key] = value
+    if "transcribe:redisAuthToken" not in config:  # generated by opsctl on the first `up`
+        config["transcribe:redisAuthToken"] = PLACEHOLDER_SECRET
+        secrets.append("transcribe:redisAuthToken")
+    return config, secrets
+
+
+def run_stack(program_dir: Path, stack: str) -> OfflineRun:
+    """The whole program of `program_dir` with the config of one of its stacks."""
+    from transcribe_infra.program import main
+
+    config, secrets = stack_config(program_dir, stack)
+    return run(main, config, stack=stack, secret_keys=secrets)

@@ -1,0 +1,147 @@
+"""The rules every stack must pass, checked on the resources the program declares.
+
+They run on what the mocks capture (see `offline`), so they need no cloud and no Pulumi CLI:
+`opsctl infra policy` runs them, `opsctl infra preview/up` runs them before touching anything,
+and the tests plant violations to prove each rule fires. Each violation says which resource,
+what is wrong and what to set instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from dataclasses import dataclass
+
+from transcribe_infra.offline import Captured, OfflineRun
+from transcribe_infra.settings import REQUIRED_TAGS
+
+RDS = "aws:rds/instance:Instance"
+REDIS = "aws:elasticache/replicationGroup:ReplicationGroup"
+BUCKET = "aws:s3/bucket:Bucket"
+BUCKET_SSE = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
+BUCKET_PAB = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
+EKS = "aws:eks/cluster:Cluster"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+PRIVATE_PORTS = {5432: "PostgreSQL", 6379: "Redis"}
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    type: str
+    name: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.type} '{self.name}': {self.message}"
+
+
+def check(run: OfflineRun, production: bool) -> list[Violation]:
+    """Every violation of every rule; empty when the stack complies."""
+    found: list[Violation] = []
+    for rule in (no_public_database, encryption_everywhere, tags_on_everything):
+        found += rule(run)
+    if production:
+        found += deletion_protection(run)
+    return found
+
+
+def _v(rule: str, res: Captured, message: str) -> Violation:
+    return Violation(rule, res.type, res.name, message)
+
+
+def no_public_database(run: OfflineRun) -> list[Violation]:
+    out = [_v("no-public-database", r, "publicly_accessible must be False")
+           for r in run.of_type(RDS) if r.inputs.get("publiclyAccessible") is not False]
+    for rule in run.of_type(INGRESS):
+        low, high = rule.inputs.get("fromPort", 0), rule.inputs.get("toPort", 65535)
+        open_world = rule.inputs.get("cidrIpv4") == "0.0.0.0/0" or rule.inputs.get("cidrIpv6") == "::/0"
+        for port, what in PRIVATE_PORTS.items():
+            if open_world and (rule.inputs.get("ipProtocol") == "-1" or low <= port <= high):
+                out.append(_v("no-public-database", rule, f"admits the internet to {what} ({port}); "
+                                                          "admit the worker security group instead"))
+    for pab in run.of_type(BUCKET_PAB):
+        for flag in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"):
+            if pab.inputs.get(flag) is not True:
+                out.append(_v("no-public-database", pab, f"{flag} must be True: buckets are never public"))
+    return out
+
+
+def encryption_everywhere(run: OfflineRun) -> list[Violation]:
+    rule = "encryption"
+    out = []
+    for r in run.of_type(RDS):
+        if r.inputs.get("storageEncrypted") is not True or not r.inputs.get("kmsKeyId"):
+            out.append(_v(rule, r, "storage_encrypted must be True with the platform kms_key_id"))
+    for r in run.of_type(REDIS):
+        for flag in ("atRestEncryptionEnabled", "transitEncryptionEnabled"):
+            if r.inputs.get(flag) is not True:
+                out.append(_v(rule, r, f"{flag} must be True"))
+    sse = {r.inputs.get("bucket"): r for r in run.of_type(BUCKET_SSE)}
+    tls = {r.inputs.get("bucket") for r in run.of_type(BUCKET_POLICY)
+           if "aws:SecureTransport" in r.inputs.get("policy", "")}
+    for b in run.of_type(BUCKET):
+        config = sse.get(b.inputs.get("bucket"))
+        algorithms = [rl.get("applyServerSideEncryptionByDefault", {}).get("sseAlgorithm")
+                      for rl in (config.inputs.get("rules", []) if config else [])]
+        if "aws:kms" not in algorithms:
+            out.append(_v(rule, b, "needs a server-side encryption configuration with aws:kms (SSE-KMS)"))
+        if b.inputs.get("bucket") not in tls:
+            out.append(_v(rule, b, "needs a bucket policy denying requests without TLS (aws:SecureTransport)"))
+    for r in run.of_type(EKS):
+        if "secrets" not in (r.inputs.get("encryptionConfig") or {}).get("resources", []):
+            out.append(_v(rule, r, "encryption_config must encrypt Kubernetes secrets with the platform key"))
+    for r in run.of_type(LAUNCH_TEMPLATE):
+        for bdm in r.inputs.get("blockDeviceMappings", []) or [{}]:
+            if str((bdm.get("ebs") or {}).get("encrypted")).lower() != "true":
+                out.append(_v(rule, r, "every EBS volume must be encrypted"))
+    for typ in ("aws:cloudwatch/logGroup:LogGroup", "aws:secretsmanager/secret:Secret"):
+        out += [_v(rule, r, "kms_key_id must be the platform key") for r in run.of_type(typ)
+                if not r.inputs.get("kmsKeyId")]
+    out += [_v(rule, r, "enable_key_rotation must be True") for r in run.of_type("aws:kms/key:Key")
+            if r.inputs.get("enableKeyRotation") is not True]
+    return out
+
+
+def deletion_protection(run: OfflineRun) -> list[Violation]:
+    """Production only: what holds data cannot be deleted by one mistaken command."""
+    rule = "deletion-protection"
+    out = [_v(rule, r, "deletion_protection must be True in production")
+           for r in run.of_type(RDS) + run.of_type(EKS) if r.inputs.get("deletionProtection") is not True]
+    out += [_v(rule, r, "skip_final_snapshot must be False in production")
+            for r in run.of_type(RDS) if r.inputs.get("skipFinalSnapshot") is not False]
+    out += [_v(rule, r, "force_destroy must be False in production")
+            for r in run.of_type(BUCKET) if r.inputs.get("forceDestroy")]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def taggable(type_token: str) -> bool:
+    """Whether the provider's resource accepts `tags`, read from the installed SDK itself."""
+    package, rest = type_token.split(":", 1)
+    if package != "aws":
+        return False
+    module, _, cls_name = rest.partition(":")
+    try:
+        cls = getattr(importlib.import_module(f"pulumi_aws.{module.split('/')[0]}"), cls_name)
+    except (ImportError, AttributeError):
+        return False
+    return "tags" in inspect.signature(cls._internal_init).parameters
+
+
+def tags_on_everything(run: OfflineRun) -> list[Violation]:
+    rule = "tags"
+    out = []
+    for r in run.resources:
+        if r.custom and taggable(r.type):
+            missing = [k for k in REQUIRED_TAGS if not (r.inputs.get("tags") or {}).get(k)]
+            if missing:
+                out.append(_v(rule, r, f"missing tags {', '.join(missing)}"))
+        elif r.type.startswith("kubernetes:") and r.custom and "metadata" in r.inputs:
+            labels = r.inputs["metadata"].get("labels") or {}
+            if "app.kubernetes.io/managed-by" not in labels:
+                out.append(_v(rule, r, "missing label app.kubernetes.io/managed-by"))
+    return out

@@ -1,0 +1,81 @@
+"""The whole stack: the components wired together, and the outputs opsctl reads.
+
+The exported names are a contract with opsctl (opsctl.infra.OUTPUTS lists them and a test
+checks every one is exported): other commands find the database, cache, buckets and cluster
+of an environment from these outputs instead of hand-copied settings.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from transcribe_infra.cache import Cache, CacheArgs
+from transcribe_infra.cluster import Cluster, ClusterArgs, NodeGroupSpec
+from transcribe_infra.database import Database, DatabaseArgs
+from transcribe_infra.encryption import Encryption, EncryptionArgs
+from transcribe_infra.network import Network, NetworkArgs
+from transcribe_infra.settings import PROJECT, StackSettings
+from transcribe_infra.storage import Storage, StorageArgs
+from transcribe_infra.workloads import Workloads, WorkloadsArgs
+
+
+def build(s: StackSettings, redis_auth_token: pulumi.Input[str]) -> dict[str, pulumi.Output]:
+    """Create every resource of one environment; returns the outputs to export."""
+    name = f"{PROJECT}-{s.environment}"
+    tags = s.tags
+    key = Encryption(name, EncryptionArgs(region=s.region, deletion_window_days=30 if s.production else 7,
+                                          tags=tags))
+    net = Network(name, NetworkArgs(cidr=s.vpc_cidr, availability_zones=s.availability_zones,
+                                    nat_per_az=s.nat_per_az, kms_key_arn=key.key_arn,
+                                    cluster_name=s.cluster_name, tags=tags))
+    db = Database(name, DatabaseArgs(
+        identifier=s.db_identifier, subnet_ids=net.private_subnet_ids, security_group_id=net.database_sg_id,
+        kms_key_arn=key.key_arn, instance_class=s.db_instance_class, allocated_storage=s.db_allocated_storage,
+        multi_az=s.multi_az, deletion_protection=s.deletion_protection,
+        backup_retention_days=s.db_backup_retention_days, tags=tags))
+    cache = Cache(name, CacheArgs(
+        replication_group_id=s.cache_replication_group_id, subnet_ids=net.private_subnet_ids,
+        security_group_id=net.cache_sg_id, kms_key_arn=key.key_arn, auth_token=redis_auth_token,
+        node_type=s.cache_node_type, automatic_failover=s.production,
+        snapshot_retention_days=7 if s.production else 1, tags=tags))
+    storage = Storage(name, StorageArgs(
+        audio_bucket=s.audio_bucket, backups_bucket=s.backups_bucket, kms_key_arn=key.key_arn,
+        force_destroy=not s.production, backup_noncurrent_expire_days=365 if s.production else 30, tags=tags))
+    cluster = Cluster(name, ClusterArgs(
+        name=s.cluster_name, region=s.region, subnet_ids=net.private_subnet_ids, worker_sg_id=net.worker_sg_id,
+        kms_key_arn=key.key_arn, version=s.kubernetes_version, deletion_protection=s.deletion_protection,
+        gpu=NodeGroupSpec(s.gpu_instance_types, 0, s.gpu_max_size, 0, capacity_type=s.gpu_capacity_type,
+                          disk_gib=100),
+        tags=tags))
+    work = Workloads(name, WorkloadsArgs(
+        kubeconfig=cluster.kubeconfig, namespace=s.namespace, service_account=s.service_account,
+        oidc_provider_arn=cluster.oidc_provider_arn, oidc_issuer=cluster.oidc_issuer,
+        bucket_arns=list(storage.bucket_arns.values()), kms_key_arn=key.key_arn, tags=tags))
+    return {
+        "region": pulumi.Output.from_input(s.region),
+        "vpcId": net.vpc_id,
+        "databaseEndpoint": db.endpoint,
+        "databaseAddress": db.address,
+        "databasePort": db.port,
+        "databaseSecretArn": db.secret_arn,
+        "databaseInstanceId": db.instance_id,
+        "redisEndpoint": cache.primary_endpoint,
+        "redisPort": cache.port,
+        "redisAuthSecretArn": cache.auth_secret_arn,
+        "redisReplicationGroupId": cache.replication_group_id,
+        "audioBucket": storage.bucket_names["audio"],
+        "backupsBucket": storage.bucket_names["backups"],
+        "clusterName": cluster.name,
+        "kubeconfig": cluster.kubeconfig,
+        "workerNamespace": work.namespace,
+        "workerServiceAccount": work.service_account,
+        "workerRoleArn": work.worker_role_arn,
+        "kmsKeyArn": key.key_arn,
+    }
+
+
+def main() -> None:
+    settings = StackSettings.from_config()
+    token = pulumi.Config(PROJECT).require_secret("redisAuthToken")
+    for output_name, value in build(settings, token).items():
+        pulumi.export(output_name, value)

@@ -1,0 +1,99 @@
+"""What the cluster needs before the worker can be deployed onto it, through pulumi-kubernetes.
+
+The worker namespace; the NVIDIA device plugin, without which no pod can request
+`nvidia.com/gpu` (the AL2023 NVIDIA AMI ships the driver, not the plugin); and the worker's
+service account bound by IRSA to an IAM role that may use the two buckets and the key, and
+nothing else. Deploys (opsctl deploy) then only ever create Deployments and Services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
+DEVICE_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
+ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+
+
+@dataclass
+class WorkloadsArgs:
+    kubeconfig: pulumi.Input[str]
+    namespace: str
+    service_account: str
+    oidc_provider_arn: pulumi.Input[str]
+    oidc_issuer: pulumi.Input[str]  # https://oidc.eks.<region>.amazonaws.com/id/<id>
+    bucket_arns: list[pulumi.Input[str]]
+    kms_key_arn: pulumi.Input[str]
+    device_plugin_version: str = "0.17.1"
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"app.kubernetes.io/part-of": "transcribe", "app.kubernetes.io/managed-by": "pulumi",
+                "environment": self.tags.get("environment", "")}
+
+
+def trust_policy(provider_arn: str, issuer: str, namespace: str, service_account: str) -> dict:
+    """Only this one service account, in this one namespace, may assume the worker role."""
+    host = issuer.removeprefix("https://")
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
+        "Principal": {"Federated": provider_arn},
+        "Condition": {"StringEquals": {
+            f"{host}:sub": f"system:serviceaccount:{namespace}:{service_account}",
+            f"{host}:aud": "sts.amazonaws.com"}},
+    }]}
+
+
+class Workloads(pulumi.ComponentResource):
+    namespace: pulumi.Output[str]
+    service_account: pulumi.Output[str]
+    worker_role_arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: WorkloadsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("transcribe:infra:Workloads", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        provider = k8s.Provider(f"{name}-k8s", kubeconfig=args.kubeconfig, enable_server_side_apply=True, opts=child)
+        in_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
+
+        ns = k8s.core.v1.Namespace(f"{name}-namespace", opts=in_cluster, metadata={
+            "name": args.namespace,
+            "labels": {**args.labels, "pod-security.kubernetes.io/enforce": "baseline"}})
+
+        role = aws.iam.Role(f"{name}-worker", tags=args.tags, opts=child, assume_role_policy=pulumi.Output.all(
+            args.oidc_provider_arn, args.oidc_issuer).apply(lambda a: pulumi.Output.json_dumps(
+                trust_policy(a[0], a[1], args.namespace, args.service_account))))
+        objects = [pulumi.Output.concat(arn, "/*") for arn in args.bucket_arns]
+        aws.iam.RolePolicy(f"{name}-worker-buckets", role=role.id, opts=child, policy=pulumi.Output.json_dumps({
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": args.bucket_arns},
+                {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                                               "s3:AbortMultipartUpload"], "Resource": objects},
+                {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": args.kms_key_arn},
+            ]}))
+        sa = k8s.core.v1.ServiceAccount(f"{name}-worker", opts=pulumi.ResourceOptions(
+            parent=self, provider=provider, depends_on=[ns]), metadata={
+            "name": args.service_account, "namespace": args.namespace, "labels": args.labels,
+            "annotations": {ROLE_ANNOTATION: role.arn}})
+
+        k8s.helm.v3.Release(
+            f"{name}-nvidia-device-plugin", opts=in_cluster,
+            name=DEVICE_PLUGIN_CHART, chart=DEVICE_PLUGIN_CHART, version=args.device_plugin_version,
+            repository_opts={"repo": DEVICE_PLUGIN_REPO}, namespace="kube-system", atomic=True,
+            values={
+                # the GPU nodes carry the nvidia.com/gpu taint: the plugin must tolerate it
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                "priorityClassName": "system-node-critical",
+            })
+
+        self.namespace = ns.metadata.name
+        self.service_account = sa.metadata.name
+        self.worker_role_arn = role.arn
+        self.register_outputs({"namespace": self.namespace, "service_account": self.service_account,
+                               "worker_role_arn": role.arn})

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+from stacks_support import KEY_ARN, TAGS, run_component
+
+from transcribe_infra.cluster import Cluster, ClusterArgs, NodeGroupSpec
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+LT = "aws:ec2/launchTemplate:LaunchTemplate"
+
+
+def build(deletion_protection=False, capacity="SPOT"):
+    def program():
+        c = Cluster("k", ClusterArgs(
+            name="transcribe-test", region="eu-west-1", subnet_ids=["subnet-a", "subnet-b", "subnet-c"],
+            worker_sg_id="sg-worker", kms_key_arn=KEY_ARN, deletion_protection=deletion_protection,
+            gpu=NodeGroupSpec(["g5.xlarge", "g6.xlarge"], 0, 4, 0, capacity_type=capacity, disk_gib=100), tags=TAGS))
+        return {"name": c.name, "kubeconfig": c.kubeconfig, "oidc_arn": c.oidc_provider_arn, "issuer": c.oidc_issuer}
+    return run_component(program)
+
+
+@pytest.fixture(scope="module")
+def run():
+    return build()
+
+
+def test_gpu_node_group_nvidia_ami_tainted_labelled_spot_from_zero(run):
+    gpu = run.one(NODE_GROUP, "k-gpu").inputs
+    assert gpu["amiType"] == "AL2023_x86_64_NVIDIA"
+    assert gpu["instanceTypes"] == ["g5.xlarge", "g6.xlarge"]
+    assert gpu["capacityType"] == "SPOT"
+    assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
+    assert gpu["labels"]["nvidia.com/gpu.present"] == "true" and gpu["labels"]["workload"] == "transcription"
+    assert gpu["scalingConfig"] == {"minSize": 0, "maxSize": 4, "desiredSize": 0}
+    assert gpu["subnetIds"] == ["subnet-a", "subnet-b", "subnet-c"]
+    assert gpu["launchTemplate"] == {"id": "k-gpu-id", "version": "1"}
+    on_demand = build(capacity="ON_DEMAND").one(NODE_GROUP, "k-gpu").inputs
+    assert on_demand["capacityType"] == "ON_DEMAND"
+
+
+def test_system_node_group_is_untainted_standard_al2023(run):
+    system = run.one(NODE_GROUP, "k-system").inputs
+    assert system["amiType"] == "AL2023_x86_64_STANDARD"
+    assert system.get("taints", []) == []
+    assert system["scalingConfig"]["minSize"] >= 2  # cluster add-ons must keep running
+    assert system["capacityType"] == "ON_DEMAND"
+
+
+def test_launch_templates_encrypt_disks_require_imdsv2_and_put_gpu_nodes_in_the_worker_sg(run):
+    gpu, system = run.one(LT, "k-gpu").inputs, run.one(LT, "k-system").inputs
+    assert gpu["vpcSecurityGroupIds"] == ["sg-eks-cluster", "sg-worker"]
+    assert system["vpcSecurityGroupIds"] == ["sg-eks-cluster"]
+    for lt, size in ((gpu, 100), (system, 50)):
+        [bdm] = lt["blockDeviceMappings"]
+        assert bdm["ebs"]["encrypted"] == "true" and bdm["ebs"]["kmsKeyId"] == KEY_ARN
+        assert bdm["ebs"]["volumeSize"] == size
+        assert lt["metadataOptions"]["httpTokens"] == "required"
+        assert lt["metadataOptions"]["httpPutResponseHopLimit"] == 1
+
+
+def test_control_plane_encrypts_secrets_logs_and_uses_access_entries(run):
+    eks = run.one("aws:eks/cluster:Cluster").inputs
+    assert eks["name"] == "transcribe-test" and eks["version"] == "1.33"
+    assert eks["encryptionConfig"] == {"resources": ["secrets"], "provider": {"keyArn": KEY_ARN}}
+    assert set(eks["enabledClusterLogTypes"]) >= {"api", "audit"}
+    assert eks["vpcConfig"]["subnetIds"] == ["subnet-a", "subnet-b", "subnet-c"]
+    assert eks["vpcConfig"]["endpointPrivateAccess"] is True
+    assert eks["accessConfig"]["authenticationMode"] == "API"
+    assert eks["deletionProtection"] is False
+    assert build(deletion_protection=True).one("aws:eks/cluster:Cluster").inputs["deletionProtection"] is True
+
+
+def test_irsa_oidc_provider_and_node_role_policies(run):
+    oidc = run.one("aws:iam/openIdConnectProvider:OpenIdConnectProvider").inputs
+    assert oidc["url"] == run.outputs["issuer"] == "https://oidc.eks.eu-west-1.amazonaws.com/id/C0FFEE"
+    assert oidc["clientIdLists"] == ["sts.amazonaws.com"]
+    attached = {r.inputs["policyArn"].rsplit("/", 1)[-1] for r in run.of_type(
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment") if r.inputs["role"] == "k-nodes"}
+    assert attached == {"AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly"}
+
+
+def test_kubeconfig_authenticates_through_aws_eks_get_token(run):
+    config = json.loads(run.outputs["kubeconfig"])
+    [cluster] = config["clusters"]
+    assert cluster["cluster"]["server"] == "https://k-eks.gr7.eu-west-1.eks.amazonaws.com"
+    assert cluster["cluster"]["certificate-authority-data"] == "Q0EtREFUQQ=="
+    [user] = config["users"]
+    assert user["user"]["exec"]["command"] == "aws"
+    assert user["user"]["exec"]["args"] == ["eks", "get-token", "--cluster-name", "transcribe-test",
+                                            "--region", "eu-west-1"]
+    assert set(user["user"]) == {"exec"}  # no token, no client key: nothing secret in it
+
+
+def test_node_group_sizes_are_validated():
+    with pytest.raises(ValueError, match="min <= desired <= max"):
+        NodeGroupSpec(["g5.xlarge"], 2, 1, 1)

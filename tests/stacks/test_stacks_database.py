@@ -1,0 +1,77 @@
+import pytest
+from stacks_support import KEY_ARN, TAGS, run_component
+
+from transcribe_infra.database import Database, DatabaseArgs
+
+RDS = "aws:rds/instance:Instance"
+
+
+def build(production: bool):
+    def program():
+        db = Database("db", DatabaseArgs(
+            identifier="transcribe-test", subnet_ids=["subnet-a", "subnet-b", "subnet-c"],
+            security_group_id="sg-db", kms_key_arn=KEY_ARN, instance_class="db.t4g.medium",
+            allocated_storage=50, multi_az=production, deletion_protection=production,
+            backup_retention_days=14 if production else 7, tags=TAGS))
+        return {"endpoint": db.endpoint, "secret_arn": db.secret_arn, "instance_id": db.instance_id,
+                "address": db.address}
+    return run_component(program)
+
+
+@pytest.fixture(scope="module")
+def prod():
+    return build(True)
+
+
+@pytest.fixture(scope="module")
+def nonprod():
+    return build(False)
+
+
+def test_encrypted_private_postgres_with_managed_credentials(nonprod):
+    db = nonprod.one(RDS).inputs
+    assert db["engine"] == "postgres" and db["engineVersion"] == "17"
+    assert db["storageEncrypted"] is True
+    assert db["kmsKeyId"] == KEY_ARN
+    assert db["publiclyAccessible"] is False
+    assert db["vpcSecurityGroupIds"] == ["sg-db"]
+    # RDS keeps the password in Secrets Manager: it never passes through Pulumi or opsctl
+    assert db["manageMasterUserPassword"] is True
+    assert db["masterUserSecretKmsKeyId"] == KEY_ARN
+    assert "password" not in db
+    assert db["performanceInsightsEnabled"] is True
+    assert db["performanceInsightsKmsKeyId"] == KEY_ARN
+    assert db["skipFinalSnapshot"] is False and db["finalSnapshotIdentifier"] == "transcribe-test-final"
+    assert db["copyTagsToSnapshot"] is True
+    assert db["tags"]["environment"] == "test"
+
+
+def test_private_subnets_and_parameter_group(nonprod):
+    subnets = nonprod.one("aws:rds/subnetGroup:SubnetGroup").inputs
+    assert subnets["subnetIds"] == ["subnet-a", "subnet-b", "subnet-c"]
+    params = nonprod.one("aws:rds/parameterGroup:ParameterGroup").inputs
+    assert params["family"] == "postgres17"
+    values = {p["name"]: p["value"] for p in params["parameters"]}
+    assert values["rds.force_ssl"] == "1"
+    db = nonprod.one(RDS).inputs
+    assert db["dbSubnetGroupName"] == "db-subnets" and db["parameterGroupName"] == "db-params"
+
+
+def test_production_is_multi_az_protected_and_keeps_backups_longer(prod, nonprod):
+    p, n = prod.one(RDS).inputs, nonprod.one(RDS).inputs
+    assert (p["multiAz"], p["deletionProtection"], p["backupRetentionPeriod"]) == (True, True, 14)
+    assert (n["multiAz"], n["deletionProtection"], n["backupRetentionPeriod"]) == (False, False, 7)
+    assert p["applyImmediately"] is False and n["applyImmediately"] is True
+
+
+def test_outputs_name_the_endpoint_and_the_secret(nonprod):
+    assert nonprod.outputs["endpoint"] == "transcribe-test.c0ffee.eu-west-1.rds.amazonaws.com:5432"
+    assert nonprod.outputs["secret_arn"].startswith("arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!db-")
+    assert nonprod.outputs["instance_id"] == "transcribe-test"
+
+
+def test_backups_of_less_than_seven_days_are_refused():
+    with pytest.raises(ValueError, match="at least 7 days"):
+        DatabaseArgs(identifier="x", subnet_ids=[], security_group_id="sg", kms_key_arn=KEY_ARN,
+                     instance_class="db.t4g.micro", allocated_storage=20, multi_az=False,
+                     deletion_protection=False, backup_retention_days=3)

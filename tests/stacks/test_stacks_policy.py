@@ -1,0 +1,107 @@
+"""Each rule fires on a planted violation, with a message naming the resource and the fix."""
+
+import copy
+
+import pulumi_aws as aws
+import pytest
+from stacks_support import run_component
+
+from transcribe_infra import policy
+
+
+def planted(run, typ, name=None, **changes):
+    """A copy of the run whose resource `typ` (named `name`) has `changes` in its inputs."""
+    run = copy.deepcopy(run)
+    target = run.one(typ, name)
+    for key, value in changes.items():
+        if value is None:
+            target.inputs.pop(key, None)
+        else:
+            target.inputs[key] = value
+    return run
+
+
+def messages(run, production=False):
+    return [str(v) for v in policy.check(run, production=production)]
+
+
+def test_a_public_database_declared_by_a_program_is_refused():
+    def program():
+        aws.rds.Instance("rogue", identifier="rogue", engine="postgres", instance_class="db.t4g.micro",
+                         publicly_accessible=True, storage_encrypted=False,
+                         tags={"project": "transcribe", "environment": "x", "managed-by": "pulumi"})
+    found = messages(run_component(program))
+    assert found == [
+        "[no-public-database] aws:rds/instance:Instance 'rogue': publicly_accessible must be False",
+        "[encryption] aws:rds/instance:Instance 'rogue': storage_encrypted must be True with the platform kms_key_id",
+    ]
+
+
+def test_database_port_open_to_the_internet(staging):
+    run = planted(staging, policy.INGRESS, "transcribe-staging-database-from-worker",
+                  cidrIpv4="0.0.0.0/0", referencedSecurityGroupId=None)
+    assert messages(run) == [
+        "[no-public-database] aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule "
+        "'transcribe-staging-database-from-worker': admits the internet to PostgreSQL (5432); "
+        "admit the worker security group instead"]
+
+
+def test_public_bucket_access(staging):
+    run = planted(staging, policy.BUCKET_PAB, "transcribe-staging-audio", restrictPublicBuckets=False)
+    assert messages(run) == ["[no-public-database] aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock "
+                             "'transcribe-staging-audio': restrictPublicBuckets must be True: buckets are never public"]
+
+
+@pytest.mark.parametrize("typ, name, change, expected", [
+    (policy.REDIS, None, {"transitEncryptionEnabled": False}, "transitEncryptionEnabled must be True"),
+    (policy.EKS, None, {"encryptionConfig": None},
+     "encryption_config must encrypt Kubernetes secrets with the platform key"),
+    (policy.LAUNCH_TEMPLATE, "transcribe-staging-gpu",
+     {"blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": 100}}]},
+     "every EBS volume must be encrypted"),
+    ("aws:kms/key:Key", None, {"enableKeyRotation": False}, "enable_key_rotation must be True"),
+    ("aws:cloudwatch/logGroup:LogGroup", None, {"kmsKeyId": None}, "kms_key_id must be the platform key"),
+])
+def test_unencrypted_resources(staging, typ, name, change, expected):
+    found = messages(planted(staging, typ, name, **change))
+    assert len(found) == 1 and found[0].startswith("[encryption]") and found[0].endswith(expected), found
+
+
+def test_bucket_without_sse_kms_or_tls_policy(staging):
+    run = copy.deepcopy(staging)
+    run.resources = [r for r in run.resources if not (
+        r.type in (policy.BUCKET_SSE, policy.BUCKET_POLICY) and r.inputs["bucket"] == "transcribe-staging-backups")]
+    assert messages(run) == [
+        "[encryption] aws:s3/bucket:Bucket 'transcribe-staging-backups': needs a server-side encryption "
+        "configuration with aws:kms (SSE-KMS)",
+        "[encryption] aws:s3/bucket:Bucket 'transcribe-staging-backups': needs a bucket policy denying "
+        "requests without TLS (aws:SecureTransport)"]
+
+
+def test_deletion_protection_is_required_in_production_only(production):
+    run = planted(production, policy.RDS, deletionProtection=False)
+    assert messages(run, production=True) == [
+        "[deletion-protection] aws:rds/instance:Instance 'transcribe-production-instance': "
+        "deletion_protection must be True in production"]
+    assert messages(run, production=False) == []
+    run = planted(production, policy.BUCKET, "transcribe-production-audio", forceDestroy=True)
+    assert messages(run, production=True) == [
+        "[deletion-protection] aws:s3/bucket:Bucket 'transcribe-production-audio': "
+        "force_destroy must be False in production"]
+
+
+def test_missing_tags(staging):
+    subnet = staging.one("aws:ec2/subnet:Subnet", "transcribe-staging-private-eu-west-1b")
+    tags = {k: v for k, v in subnet.inputs["tags"].items() if k != "environment"}
+    run = planted(staging, "aws:ec2/subnet:Subnet", "transcribe-staging-private-eu-west-1b", tags=tags)
+    assert messages(run) == [
+        "[tags] aws:ec2/subnet:Subnet 'transcribe-staging-private-eu-west-1b': missing tags environment"]
+    run = planted(staging, "aws:kms/key:Key", tags=None)
+    assert messages(run) == [
+        "[tags] aws:kms/key:Key 'transcribe-staging-key': missing tags project, environment, managed-by"]
+
+
+def test_taggability_comes_from_the_provider_sdk():
+    assert policy.taggable("aws:ec2/vpc:Vpc") is True
+    assert policy.taggable("aws:s3/bucketPolicy:BucketPolicy") is False  # has no tags argument
+    assert policy.taggable("kubernetes:core/v1:Namespace") is False

@@ -1,0 +1,100 @@
+"""The whole program with the real stack configs: what differs between production and staging."""
+
+import json
+
+import pytest
+from stacks_support import STACKS
+
+from opsctl.config import load_project
+from opsctl.infra import OUTPUTS
+from opsctl.infra.target import check_consistency, target
+from transcribe_infra import policy
+
+RDS = "aws:rds/instance:Instance"
+REDIS = "aws:elasticache/replicationGroup:ReplicationGroup"
+EKS = "aws:eks/cluster:Cluster"
+
+
+@pytest.mark.parametrize("stack", ["staging", "production"])
+def test_every_output_opsctl_reads_is_exported(stack, request):
+    run = request.getfixturevalue(stack)
+    missing = [k for k in OUTPUTS if k not in run.outputs]
+    assert missing == []
+    assert all(run.outputs[k] not in (None, "") for k in OUTPUTS)
+    assert run.outputs["clusterName"] == f"transcribe-{stack}"
+    assert run.outputs["audioBucket"] == f"transcribe-{stack}-audio"
+    assert run.outputs["backupsBucket"] == f"transcribe-{stack}-backups"
+    assert run.outputs["databaseSecretArn"].startswith("arn:aws:secretsmanager:eu-west-1:")
+    assert json.loads(run.outputs["kubeconfig"])["current-context"] == f"transcribe-{stack}"
+
+
+def test_nat_per_az_in_production_one_shared_in_staging(staging, production):
+    nat = "aws:ec2/natGateway:NatGateway"
+    assert len(production.of_type(nat)) == 3
+    assert len(staging.of_type(nat)) == 1
+
+
+def test_database_multi_az_and_protected_only_in_production(staging, production):
+    p, s = production.one(RDS).inputs, staging.one(RDS).inputs
+    assert (p["multiAz"], p["deletionProtection"], p["backupRetentionPeriod"]) == (True, True, 14)
+    assert (s["multiAz"], s["deletionProtection"], s["backupRetentionPeriod"]) == (False, False, 7)
+    assert p["identifier"] == "transcribe-production" and p["instanceClass"] == "db.r6g.large"
+    for db in (p, s):
+        assert db["publiclyAccessible"] is False and db["storageEncrypted"] is True
+
+
+def test_cache_fails_over_only_in_production(staging, production):
+    p, s = production.one(REDIS).inputs, staging.one(REDIS).inputs
+    assert (p["automaticFailoverEnabled"], p["multiAzEnabled"], p["numCacheClusters"]) == (True, True, 2)
+    assert (s["automaticFailoverEnabled"], s["multiAzEnabled"], s["numCacheClusters"]) == (False, False, 1)
+
+
+def test_cluster_buckets_and_gpu_capacity_per_environment(staging, production):
+    assert production.one(EKS).inputs["deletionProtection"] is True
+    assert staging.one(EKS).inputs["deletionProtection"] is False
+    buckets = "aws:s3/bucket:Bucket"
+    assert all(b.inputs["forceDestroy"] is False for b in production.of_type(buckets))
+    assert all(b.inputs["forceDestroy"] is True for b in staging.of_type(buckets))
+    gpu = "aws:eks/nodeGroup:NodeGroup"
+    assert staging.one(gpu, "transcribe-staging-gpu").inputs["capacityType"] == "SPOT"
+    assert production.one(gpu, "transcribe-production-gpu").inputs["capacityType"] == "ON_DEMAND"
+    assert production.one(gpu, "transcribe-production-gpu").inputs["scalingConfig"]["minSize"] == 0
+
+
+def test_database_and_cache_live_in_private_subnets_behind_the_worker_sg(staging):
+    private = [f"transcribe-staging-private-eu-west-1{z}-id" for z in "abc"]
+    assert staging.one("aws:rds/subnetGroup:SubnetGroup").inputs["subnetIds"] == private
+    assert staging.one("aws:elasticache/subnetGroup:SubnetGroup").inputs["subnetIds"] == private
+    assert staging.one(RDS).inputs["vpcSecurityGroupIds"] == ["transcribe-staging-database-id"]
+    assert staging.one(REDIS).inputs["securityGroupIds"] == ["transcribe-staging-cache-id"]
+    sources = {r.inputs["referencedSecurityGroupId"] for r in staging.of_type(policy.INGRESS)}
+    assert sources == {"transcribe-staging-worker-id"}
+
+
+@pytest.mark.parametrize("stack", ["staging", "production"])
+def test_the_stack_passes_every_policy_and_tags_its_environment(stack, request):
+    run = request.getfixturevalue(stack)
+    assert [str(v) for v in policy.check(run, production=stack == "production")] == []
+    tagged = [r for r in run.resources if r.custom and policy.taggable(r.type)]
+    assert len(tagged) > 40
+    assert {r.inputs["tags"]["environment"] for r in tagged} == {stack}
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_stack_configs_match_opsctl_yaml(env):
+    project = load_project(STACKS.parent)
+    t = target(project, project.env(env))
+    assert t.stack_file == STACKS / f"Pulumi.{env}.yaml"
+    check_consistency(t, project.env(env))  # raises on the first difference
+
+
+def test_main_py_is_the_program_pulumi_runs():
+    import runpy
+
+    from transcribe_infra import offline
+
+    assert "runtime:\n  name: python" in (STACKS / "Pulumi.yaml").read_text()
+    config, secrets = offline.stack_config(STACKS, "staging")
+    run = offline.run(lambda: runpy.run_path(str(STACKS / "__main__.py")) and None, config, "staging", secrets)
+    assert sorted(run.outputs) == sorted(offline.run_stack(STACKS, "staging").outputs)
+    assert len(run.of_type(RDS)) == 1

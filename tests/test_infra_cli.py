@@ -1,0 +1,166 @@
+"""`opsctl infra` from the command line, on this repository's ops root, without the pulumi CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from opsctl.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+NOT_INSTALLED = ("opsctl: error: the pulumi CLI is not installed (opsctl infra runs it through Pulumi's "
+                 "Automation API); install it from https://www.pulumi.com/docs/install/, then rerun")
+
+
+@pytest.fixture
+def no_pulumi(tmp_path, monkeypatch):
+    """A PATH and PULUMI_HOME with no pulumi CLI in them, and no terminal (CI)."""
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("PULUMI_HOME", str(tmp_path / "pulumi-home"))
+    monkeypatch.setenv("CI", "true")
+    return tmp_path
+
+
+@pytest.fixture
+def program_copy(tmp_path, monkeypatch):
+    """An ops root holding a copy of opsctl.yaml and stacks/, to plant changes in."""
+    root = tmp_path / "ops"
+    root.mkdir()
+    shutil.copy(REPO / "opsctl.yaml", root / "opsctl.yaml")
+    shutil.copytree(REPO / "stacks", root / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
+    path, modules = list(sys.path), {k: v for k, v in sys.modules.items() if k.startswith("transcribe_infra")}
+    yield root
+    sys.path[:] = path  # the copy's transcribe_infra must not shadow the repository's for later tests
+    for name in [k for k in sys.modules if k.startswith("transcribe_infra")]:
+        del sys.modules[name]
+    sys.modules.update(modules)
+
+
+def invoke(runner, root, *args, input=None):
+    return runner.invoke(app, ["--root", str(root), "infra", *args], input=input)
+
+
+@pytest.mark.parametrize("args", [
+    ["preview", "--env", "staging"],
+    ["up", "--env", "staging", "--yes"],
+    ["refresh", "--env", "staging"],
+    ["outputs", "--env", "production", "--json"],
+    ["destroy", "--env", "staging", "--yes"],
+])
+def test_without_the_pulumi_cli_one_line_says_how_to_install_it(runner, no_pulumi, args):
+    result = invoke(runner, REPO, *args)
+    assert result.exit_code == 2
+    assert result.output.strip() == NOT_INSTALLED
+    assert result.stdout == ""  # nothing on stdout, not even with --json
+
+
+def test_local_environment_is_refused_in_one_line(runner, no_pulumi):
+    result = invoke(runner, REPO, "preview", "--env", "local")
+    assert result.exit_code == 2
+    assert result.output.strip() == ("opsctl: error: 'local' is a local environment: opsctl infra is for kubernetes "
+                                     "environments (the embedded platform comes up with 'opsctl local up')")
+
+
+def test_up_in_ci_needs_yes(runner, no_pulumi):
+    result = invoke(runner, REPO, "up", "--env", "staging")
+    assert result.exit_code == 2
+    assert result.output.strip() == ("opsctl: error: update 'staging' (stack staging) needs approval: "
+                                     "no terminal to ask on, pass --yes")
+
+
+def test_destroying_a_protected_environment_in_ci_needs_its_name(runner, no_pulumi):
+    result = invoke(runner, REPO, "destroy", "--env", "production", "--yes")
+    assert result.exit_code == 2
+    assert "'production' is protected: destroying it without a terminal needs --yes --confirm-env production" \
+        in result.output
+    result = invoke(runner, REPO, "destroy", "--env", "production", "--yes", "--confirm-env", "staging")
+    assert result.exit_code == 2
+    assert "--confirm-env 'staging' is not 'production'; nothing was destroyed" in result.output
+    # approved: it gets as far as needing the CLI
+    result = invoke(runner, REPO, "destroy", "--env", "production", "--yes", "--confirm-env", "production")
+    assert result.exit_code == 2 and result.output.strip() == NOT_INSTALLED
+
+
+def test_destroy_at_a_terminal_asks_for_the_name_typed(runner, no_pulumi, monkeypatch):
+    from opsctl import output
+
+    monkeypatch.setattr(output, "is_interactive", lambda: True)
+    result = invoke(runner, REPO, "destroy", "--env", "production", input="prod\n")
+    assert result.exit_code == 2
+    assert "Type its name to destroy it" in result.output
+    assert "typed 'prod', not 'production'; nothing was destroyed" in result.output
+    result = invoke(runner, REPO, "destroy", "--env", "production", input="production\n")
+    assert result.output.strip().endswith(NOT_INSTALLED)  # approved; then the missing CLI stops it
+
+
+def test_policy_checks_run_offline(runner, no_pulumi):
+    result = invoke(runner, REPO, "policy", "--env", "production", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is True and doc["violations"] == [] and doc["stack"] == "production"
+    assert doc["resources"] > 60
+
+
+def test_a_planted_violation_fails_policy_and_stops_preview(runner, no_pulumi, program_copy):
+    database = program_copy / "stacks" / "transcribe_infra" / "database.py"
+    text = database.read_text()
+    assert "publicly_accessible=False," in text
+    database.write_text(text.replace("publicly_accessible=False,", "publicly_accessible=True,"))
+    violation = ("[no-public-database] aws:rds/instance:Instance 'transcribe-staging-instance': "
+                 "publicly_accessible must be False")
+
+    result = invoke(runner, program_copy, "policy", "--env", "staging")
+    assert result.exit_code == 1
+    assert result.stdout.strip() == violation
+
+    # preview checks the policies before it would start the engine (this stand-in CLI never runs)
+    fake = no_pulumi / "bin" / "pulumi"
+    fake.write_text("#!/bin/sh\necho 'the pulumi CLI must not be started' >&2\nexit 97\n")
+    fake.chmod(0o755)
+    result = invoke(runner, program_copy, "preview", "--env", "staging")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"opsctl: error: 1 policy violation(s), nothing was changed; first: {violation} "
+        "(all: 'opsctl infra policy --env staging')")
+
+
+def test_stack_config_and_opsctl_yaml_must_agree(runner, no_pulumi, program_copy):
+    config = yaml.safe_load((program_copy / "opsctl.yaml").read_text())
+    config["environments"]["staging"]["buckets"]["audio"] = "somewhere-else"
+    (program_copy / "opsctl.yaml").write_text(yaml.safe_dump(config))
+    result = invoke(runner, program_copy, "preview", "--env", "staging")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "opsctl: error: Pulumi.staging.yaml sets transcribe:audioBucket='transcribe-staging-audio' but opsctl.yaml "
+        "has environments.staging.buckets.audio='somewhere-else'; make them the same")
+
+
+def test_a_missing_program_is_named(runner, no_pulumi, program_copy):
+    shutil.rmtree(program_copy / "stacks")
+    result = invoke(runner, program_copy, "preview", "--env", "staging")
+    assert result.exit_code == 2
+    assert "holds no Pulumi.yaml; point environments.staging.pulumi.program" in result.output
+
+
+def test_a_pulumi_cli_that_does_not_run_is_reported(runner, no_pulumi):
+    broken = no_pulumi / "bin" / "pulumi"
+    broken.write_text("#!/bin/sh\nexit 97\n")
+    broken.chmod(0o755)
+    result = invoke(runner, REPO, "outputs", "--env", "staging")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"opsctl: error: the pulumi CLI at {broken} does not run or is too old")
+    assert result.output.strip().endswith("install a current one from https://www.pulumi.com/docs/install/")
+
+
+def test_opsctl_help_does_not_import_pulumi():
+    import subprocess
+
+    code = "import sys; from opsctl.cli import app; print(sorted(m for m in sys.modules if m.startswith('pulumi')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
