@@ -23,7 +23,35 @@ def _fail(message: str, code: int) -> int:
 
 
 class OpsGroup(TyperGroup):
-    """Maps every failure to DESIGN.md's exit codes: one line, never a traceback."""
+    """Maps every failure to DESIGN.md's exit codes: one line, never a traceback.
+
+    Command groups are loaded on first use (see GROUPS): building every Typer command at
+    start-up would cost `opsctl --help` more than Typer itself.
+    """
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands) + [n for n in GROUPS if n not in self.commands]
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        if name not in self.commands and name in GROUPS:
+            _load(self, GROUPS[name][0])
+        return self.commands.get(name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            ctx.fail(f"No such command '{name}'." + (f" Did you mean '{close[0]}'?" if close else ""))
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """The command list from GROUPS' summaries, without loading a single group."""
+        rows = [(n, c.get_short_help_str(formatter.width - 16)) for n, c in self.commands.items() if not c.hidden]
+        rows += [(n, GROUPS[n][2]) for n in GROUPS if n not in self.commands]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -106,20 +134,26 @@ GROUPS: dict[str, tuple[str, int, str]] = {
 }
 
 
-def _register() -> None:
+def _load(group: Any, module: str) -> None:
+    """Import one command module and add its commands; a missing module says 'not built'."""
     import importlib
     import importlib.util
 
+    holder = typer.Typer()
+    names = [n for n, (m, _, _) in GROUPS.items() if m == module]
+    if importlib.util.find_spec(module) is None:
+        for name in names:
+            common.not_built(holder, name, GROUPS[name][1], GROUPS[name][2])
+    else:
+        importlib.import_module(module).register(holder)
+    for name, command in typer.main.get_group(holder).commands.items():
+        group.add_command(command, name)
+
+
+def _register() -> None:
     from opsctl.cli import basics
 
     basics.register(app)
-    done: set[str] = set()
-    for name, (module, issue, text) in GROUPS.items():
-        if importlib.util.find_spec(module) is None:
-            common.not_built(app, name, issue, text)
-        elif module not in done:
-            importlib.import_module(module).register(app)
-            done.add(module)
 
 
 _register()
