@@ -63,6 +63,8 @@ class OpsGroup(TyperGroup):
             rv = super().main(args=argv, prog_name=prog_name or "opsctl", complete_var=complete_var,
                               standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
+            if code == 130:  # Typer turns Ctrl-C into a silent Exit(130)
+                code = _fail("interrupted", 130)
         except OpsError as exc:
             if debug:
                 traceback.print_exc()

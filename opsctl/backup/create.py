@@ -1,0 +1,144 @@
+"""`backup create`: every component through the pipeline, the manifest last, then retention.
+
+The backup's folder first gets an in-progress marker naming this host and process; any
+failure or interruption (SIGINT, SIGTERM) aborts open multipart uploads and deletes what
+was written, and a process killed outright leaves a folder without a manifest that `list`
+shows as incomplete and the next `create` or `prune` removes, uploads aborted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+from opsctl.backup import catalog, keys
+from opsctl.backup import manifest as mf
+from opsctl.backup import postgres as pgb
+from opsctl.backup import redis as rdb
+from opsctl.backup.pipeline import Reporter, StreamStats, pack, quiet
+from opsctl.backup.repository import Repository, open_repository
+from opsctl.config import Environment, Project
+from opsctl.errors import OperationFailed, UsageError
+
+log = logging.getLogger("opsctl.backup")
+KINDS = ("full", "db", "redis", "files", "rds-snapshot", "elasticache-snapshot")
+
+
+@dataclass
+class CreateResult:
+    id: str
+    repository: str
+    components: list[str]
+    raw_bytes: int
+    stored_bytes: int
+    ratio: float
+    seconds: float
+    encrypted: bool
+    key_id: str | None
+    pruned: list[str] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+
+
+def components_for(kind: str, env: Environment) -> list[str]:
+    if kind not in KINDS:
+        raise UsageError(f"--type '{kind}' is not one of {', '.join(KINDS)}")
+    if kind != "full":
+        return [kind]
+    if env.platform == "local":
+        return ["db", "redis", "files"]
+    return ["db", "files"] + (["elasticache-snapshot"] if env.redis.replication_group else [])
+
+
+def clean_abandoned(repo: Repository) -> list[str]:
+    """Remove folders of interrupted backups (aborting their uploads); running ones are kept."""
+    gone = []
+    for entry in catalog.entries(repo):
+        if entry.status == "incomplete":
+            repo.abort_uploads(f"{entry.id}/")
+            repo.delete_prefix(f"{entry.id}/")
+            gone.append(entry.id)
+    return gone
+
+
+def _stream(repo: Repository, name: str, reader, level: int, key, report: Reporter, what: str) -> mf.StoredObject:
+    stats = StreamStats()
+    repo.put(name, pack(reader, level, key, stats, report(what, None)))
+    return mf.StoredObject(name=name, size=stats.stored_bytes, sha256=stats.sha256, raw_size=stats.raw_bytes,
+                           encrypted=key is not None, compressed=True)
+
+
+def create(project: Project, env: Environment, kind: str = "full", compress_level: int | None = None,
+           encrypt: bool = True, label: str | None = None, report: Reporter = quiet) -> CreateResult:
+    from opsctl import __version__
+    from opsctl.endpoints import resolve
+
+    parts = components_for(kind, env)
+    level = compress_level or env.backup.compress_level
+    if not 1 <= level <= 22:
+        raise UsageError(f"--compress-level {level} is outside zstd's 1..22")
+    key = keys.load(project, env) if encrypt else None
+    ep = resolve(project, env)
+    if "db" in parts and not ep.database_url:
+        raise UsageError(f"no database URL for '{env.name}': set ${env.database.url_env}")
+    if "redis" in parts and not ep.redis_url:
+        raise UsageError(f"no Redis URL for '{env.name}': set ${env.redis.url_env}")
+    repo = open_repository(env.backup.repository, project, ep)
+    cleaned = clean_abandoned(repo)
+    started = dt.datetime.now(dt.timezone.utc)
+    began = time.monotonic()
+    backup_id = catalog.new_id(started)
+    repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
+    m = mf.Manifest(id=backup_id, environment=env.name, platform=env.platform, label=label, created_at=started,
+                    finished_at=started, tool_version=__version__, key_id=key.id if key else None,
+                    encryption="aes-256-gcm-chunked-hkdf" if key else None,
+                    compression={"algorithm": "zstd", "level": level})
+    try:
+        if "db" in parts:
+            log.info("dumping database %s", env.database.name)
+            with pgb.dump(ep.database_url) as (reader, info):
+                obj = _stream(repo, f"{backup_id}/db.dump.zst", reader, level, key, report, "database")
+            m.db = mf.DbPart(database=env.database.name, owner=env.database.user, object=obj,
+                             server_version=info["server_version"], row_counts=info["row_counts"])
+        if "redis" in parts:
+            log.info("snapshotting redis")
+            path, info = rdb.snapshot(ep.redis_url)
+            with open(path, "rb") as reader:  # opened at once: a later BGSAVE renames a new file in
+                obj = _stream(repo, f"{backup_id}/redis.rdb.zst", reader, level, key, report, "redis")
+            m.redis = mf.RedisPart(object=obj, **info)
+        if "files" in parts:
+            from opsctl.backup import files
+
+            log.info("copying audio objects from %s", ep.audio_bucket)
+            s3 = ep.s3_client()
+            m.files = files.backup(s3, ep.audio_bucket, repo, backup_id, report("audio objects", None))
+        for snap in (p for p in parts if p.endswith("-snapshot")):
+            from opsctl.backup import snapshots
+
+            m.snapshots.append(snapshots.take(env, snap, backup_id))
+        m.finished_at = dt.datetime.now(dt.timezone.utc)
+        m.seconds = round(time.monotonic() - began, 3)
+        stored = m.stored_objects()
+        m.raw_bytes = sum(o.raw_size if o.raw_size is not None else o.size for o in stored)
+        m.stored_bytes = sum(o.size for o in stored)
+        m.sign(key)
+        repo.put_bytes(f"{backup_id}/{mf.NAME}", m.to_bytes())  # last: now the backup exists
+    except BaseException as exc:
+        log.warning("backup %s stopped: removing what was written", backup_id)
+        repo.abort_uploads(f"{backup_id}/")
+        repo.delete_prefix(f"{backup_id}/")
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: say what state we left
+            raise OperationFailed(f"backup {backup_id} interrupted; what it had written was removed "
+                                  "and its uploads aborted") from None
+        raise
+    repo.delete_prefix(f"{backup_id}/{mf.IN_PROGRESS}")
+    result = CreateResult(id=backup_id, repository=repo.url, components=m.components, raw_bytes=m.raw_bytes,
+                          stored_bytes=m.stored_bytes, ratio=round(m.raw_bytes / m.stored_bytes, 2) if m.stored_bytes else 0.0,
+                          seconds=m.seconds, encrypted=key is not None, key_id=m.key_id, cleaned=cleaned)
+    r = env.backup.retention
+    if any(v is not None for v in (r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly)):
+        from opsctl.backup import retention
+
+        result.pruned = retention.prune(repo, r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly).removed
+    return result

@@ -1,0 +1,77 @@
+"""The backup key: where it comes from, what it looks like, and the id recorded with backups.
+
+Format: 32 random bytes, base64-encoded (`openssl rand -base64 32` or
+`python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"`), in the
+variable named by `backup.key_env` (default OPSCTL_BACKUP_KEY) or in `backup.key_file`.
+The key is never stored with a backup; its id (the first 16 hex digits of a SHA-256 over a
+fixed label and the key) is, so a restore with the wrong key fails before reading any data.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsctl.config import Environment, Project
+from opsctl.errors import UsageError
+
+KEY_BYTES = 32
+HOW = "32 random bytes in base64, e.g. from 'openssl rand -base64 32'"
+
+
+@dataclass(frozen=True)
+class BackupKey:
+    secret: bytes = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(b"opsctl-backup-key-id\0" + self.secret).hexdigest()[:16]
+
+    def derive(self, info: bytes, salt: bytes = b"") -> bytes:
+        """A sub-key per purpose (object encryption, manifest MAC): HKDF-SHA256."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt or None, info=info).derive(self.secret)
+
+    def mac(self, data: bytes) -> str:
+        return hmac.new(self.derive(b"opsctl-backup manifest v1"), data, hashlib.sha256).hexdigest()
+
+
+def parse(text: str, source: str) -> BackupKey:
+    raw = text.strip()
+    try:
+        secret = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_" if ("-" in raw or "_" in raw) else None,
+                                  validate=True)
+    except (binascii.Error, ValueError):
+        raise UsageError(f"the backup key in {source} is not base64; it must be {HOW}") from None
+    if len(secret) != KEY_BYTES:
+        raise UsageError(f"the backup key in {source} decodes to {len(secret)} bytes, not {KEY_BYTES}; use {HOW}")
+    return BackupKey(secret)
+
+
+def load(project: Project, env: Environment, required: bool = True) -> BackupKey | None:
+    """The key from the environment variable, else the key file; None only when not required."""
+    settings = env.backup
+    value = os.environ.get(settings.key_env)
+    if value:
+        return parse(value, f"${settings.key_env}")
+    if settings.key_file:
+        path = Path(settings.key_file).expanduser()
+        path = path if path.is_absolute() else project.root / path
+        if not path.is_file():
+            raise UsageError(f"backup.key_file {path} does not exist; create it with {HOW}, or set ${settings.key_env}")
+        return parse(path.read_text(), str(path))
+    if required:
+        raise UsageError(f"no backup key: set ${settings.key_env} (or backup.key_file in opsctl.yaml) to {HOW}, "
+                         "or pass --no-encrypt")
+    return None
+
+
+def generate() -> str:
+    return base64.b64encode(os.urandom(KEY_BYTES)).decode()

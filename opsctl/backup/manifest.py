@@ -1,0 +1,139 @@
+"""The manifest: what a backup holds, written last, so its presence is what makes a backup.
+
+It records every stored object with its size and SHA-256, what the data looked like when
+it was taken (row counts per table from the dump's own snapshot, Redis key counts at the
+fork of BGSAVE) so a restore can be checked against it, and the id of the key, never the
+key. Encrypted backups carry an HMAC of the manifest under a key derived from the backup
+key, so an edited manifest fails like an edited object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from opsctl.backup.crypto import IntegrityError
+from opsctl.backup.keys import BackupKey
+
+NAME = "manifest.json"
+IN_PROGRESS = "in-progress.json"
+COMPONENTS = ("db", "redis", "files")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a damaged key name is an error, not an ignored field
+
+
+class StoredObject(_Strict):
+    name: str
+    size: int
+    sha256: str
+    raw_size: int | None = None
+    encrypted: bool = False
+    compressed: bool = False
+
+
+class DbPart(_Strict):
+    database: str
+    owner: str
+    server_version: str
+    row_counts: dict[str, int]
+    object: StoredObject
+
+
+class RedisPart(_Strict):
+    redis_version: str
+    keys: dict[int, int]
+    expires: dict[int, int]
+    object: StoredObject
+
+
+class AudioObject(_Strict):
+    key: str
+    size: int
+    sha256: str
+    name: str
+    etag: str | None = None
+
+
+class FilesPart(_Strict):
+    bucket: str
+    objects: list[AudioObject]
+
+
+class SnapshotPart(_Strict):
+    kind: Literal["rds", "elasticache"]
+    identifier: str
+    source: str
+
+
+class Manifest(_Strict):
+    format: Literal[1] = 1
+    id: str
+    environment: str
+    platform: str
+    label: str | None = None
+    created_at: dt.datetime
+    finished_at: dt.datetime
+    tool_version: str
+    key_id: str | None
+    encryption: str | None
+    compression: dict = Field(default_factory=dict)
+    db: DbPart | None = None
+    redis: RedisPart | None = None
+    files: FilesPart | None = None
+    snapshots: list[SnapshotPart] = Field(default_factory=list)
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    seconds: float = 0.0
+    mac: str | None = None
+
+    @property
+    def components(self) -> list[str]:
+        return [c for c in COMPONENTS if getattr(self, c) is not None] + [f"{s.kind}-snapshot" for s in self.snapshots]
+
+    def stored_objects(self) -> list[StoredObject]:
+        objs = [p.object for p in (self.db, self.redis) if p is not None]
+        if self.files:
+            objs += [StoredObject(name=a.name, size=a.size, sha256=a.sha256) for a in self.files.objects]
+        return objs
+
+    def _canonical(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json", exclude={"mac"}), sort_keys=True,
+                          separators=(",", ":")).encode()
+
+    def sign(self, key: BackupKey | None) -> None:
+        """An HMAC under the backup key; without a key, a plain SHA-256 (catches damage, not forgery)."""
+        import hashlib
+
+        self.mac = key.mac(self._canonical()) if key else "sha256:" + hashlib.sha256(self._canonical()).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()  # compact: every byte is significant, so any flip is caught
+
+
+def parse(data: bytes, backup_id: str) -> Manifest:
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError:
+        raise IntegrityError(f"the manifest of backup {backup_id} is damaged (not a valid manifest); "
+                             "this backup can't be trusted") from None
+
+
+def authenticate(manifest: Manifest, key: BackupKey | None) -> None:
+    """Raise unless the manifest's MAC matches (encrypted backups; needs the key)."""
+    import hashlib
+    import hmac
+
+    if manifest.key_id is None:
+        expected = "sha256:" + hashlib.sha256(manifest._canonical()).hexdigest()
+    elif key is None:
+        return
+    else:
+        expected = key.mac(manifest._canonical())
+    if not manifest.mac or not hmac.compare_digest(manifest.mac, expected):
+        raise IntegrityError(f"the manifest of backup {manifest.id} fails its authentication check: "
+                             "it was modified; this backup can't be trusted")

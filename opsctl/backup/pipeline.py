@@ -1,0 +1,132 @@
+"""The stream every dump and snapshot goes through: zstd, AES-256-GCM, SHA-256 — and back.
+
+Nothing is staged in a full-size temporary file: the source is read in 1 MiB blocks,
+compressed by zstd's own worker threads, sealed frame by frame, hashed as stored, and
+handed to the repository (a multipart upload or a file) as an iterator. The reverse path
+checks the SHA-256 and size recorded in the manifest before the last block is released,
+so a consumer that commits only after the iterator ends never commits damaged data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from opsctl.backup import crypto
+from opsctl.backup.keys import BackupKey
+
+BLOCK = 1 << 20
+Advance = Callable[[int], None]
+
+
+@dataclass
+class StreamStats:
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    sha256: str = ""
+
+
+def _read_blocks(reader: BinaryIO, stats: StreamStats, advance: Advance | None) -> Iterator[bytes]:
+    while True:
+        block = reader.read(BLOCK)
+        if not block:
+            return
+        stats.raw_bytes += len(block)
+        if advance:
+            advance(len(block))
+        yield block
+
+
+def pack(reader: BinaryIO, level: int, key: BackupKey | None, stats: StreamStats,
+         advance: Advance | None = None, threads: int = -1) -> Iterator[bytes]:
+    """reader -> zstd (multi-threaded) -> AES-256-GCM frames (when key) -> hashed output blocks."""
+    import zstandard
+
+    cobj = zstandard.ZstdCompressor(level=level, threads=threads).compressobj(size=-1)
+
+    def compressed() -> Iterator[bytes]:
+        for block in _read_blocks(reader, stats, advance):
+            out = cobj.compress(block)
+            if out:
+                yield out
+        yield cobj.flush()
+
+    stream = crypto.encrypt(compressed(), key) if key else compressed()
+    digest = hashlib.sha256()
+    for out in stream:
+        if out:
+            digest.update(out)
+            stats.stored_bytes += len(out)
+            yield out
+    stats.sha256 = digest.hexdigest()
+
+
+def checked(chunks: Iterable[bytes], name: str, sha256: str, size: int,
+            advance: Advance | None = None) -> Iterator[bytes]:
+    """Pass stored bytes through, failing at the end unless SHA-256 and size match the manifest."""
+    digest = hashlib.sha256()
+    seen = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        seen += len(chunk)
+        if seen > size:
+            raise crypto.IntegrityError(f"{name} is longer than the manifest says ({seen} > {size} bytes)")
+        if advance:
+            advance(len(chunk))
+        yield chunk
+    if seen != size:
+        raise crypto.IntegrityError(f"{name} is truncated: {seen} of {size} bytes")
+    if digest.hexdigest() != sha256:
+        raise crypto.IntegrityError(f"{name} does not match its SHA-256 in the manifest: the object is damaged")
+
+
+def unpack(chunks: Iterable[bytes], name: str, sha256: str, size: int, key: BackupKey | None,
+           advance: Advance | None = None) -> Iterator[bytes]:
+    """Stored bytes -> checked -> decrypted (when key) -> decompressed plaintext blocks."""
+    import zstandard
+
+    stream: Iterable[bytes] = checked(chunks, name, sha256, size, advance)
+    if key is not None:
+        stream = crypto.decrypt(stream, key, name)
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        for block in stream:
+            out = dobj.decompress(block)
+            if out:
+                yield out
+    except zstandard.ZstdError as exc:
+        raise crypto.IntegrityError(f"{name} does not decompress ({exc}); the object is damaged") from None
+    if not dobj.eof:
+        raise crypto.IntegrityError(f"{name} ends inside its zstd frame: the object is truncated")
+
+
+class IterReader:
+    """A read()-able file over an iterator of bytes, for APIs that want a file object."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._it = iter(chunks)
+        self._buf = bytearray()
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._buf) < size):
+            try:
+                self._buf += next(self._it)
+            except StopIteration:
+                self._done = True
+        if size < 0:
+            size = len(self._buf)
+        out = bytes(self._buf[:size])
+        del self._buf[:size]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+
+Reporter = Callable[[str, "int | None"], Advance]  # (what, total bytes or None) -> advance(n)
+
+
+def quiet(_what: str, _total: int | None) -> Advance:
+    return lambda _n: None

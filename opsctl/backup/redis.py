@@ -1,0 +1,148 @@
+"""Redis: a fresh RDB snapshot out, and a checked load back in through a scratch server.
+
+Backup: BGSAVE inside MULTI with INFO keyspace, so the key counts recorded are those at
+the fork, then wait for LASTSAVE to move and stream the RDB file (the server must be on
+this machine: the embedded platform; ElastiCache gets native snapshots instead).
+Restore mirrors PostgreSQL's new-database-then-swap: the RDB is loaded by a scratch
+redis-server on 127.0.0.1 (a damaged file fails there, away from the live cache), its key
+counts are checked, then every key is copied to the live server with DUMP/RESTORE REPLACE
+(TTLs kept) and live keys absent from the backup are deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from opsctl.errors import OperationFailed, UsageError
+
+
+def _client(url: str, db: int | None = None):
+    import redis
+
+    if db is not None:  # the URL's own /db would override a db= argument
+        from urllib.parse import urlsplit, urlunsplit
+
+        url = urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+    return redis.Redis.from_url(url)
+
+
+def snapshot(url: str, timeout: float = 600.0) -> tuple[Path, dict]:
+    """BGSAVE now; return the RDB path and {redis_version, keys, expires} at the fork."""
+    import redis
+
+    r = _client(url)
+    before = r.lastsave()
+    while int(time.time()) <= int(before.timestamp()):
+        time.sleep(0.05)  # LASTSAVE has 1 s resolution: make sure ours is a later second
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pipe = r.pipeline(transaction=True)
+            pipe.bgsave()
+            pipe.info("keyspace")
+            _, keyspace = pipe.execute()
+            break
+        except redis.ResponseError as exc:  # a save already running: wait for it
+            if "in progress" not in str(exc) or time.monotonic() > deadline:
+                raise OperationFailed(f"redis BGSAVE failed: {exc}") from None
+            time.sleep(0.1)
+    while True:
+        p = r.info("persistence")
+        if not p["rdb_bgsave_in_progress"] and r.lastsave() > before:
+            break
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"redis BGSAVE did not finish within {timeout:.0f} s")
+        time.sleep(0.05)
+    if p["rdb_last_bgsave_status"] != "ok":
+        raise OperationFailed("redis BGSAVE failed; see the redis log")
+    path = Path(r.config_get("dir")["dir"]) / r.config_get("dbfilename")["dbfilename"]
+    if not path.is_file():
+        raise UsageError(f"the RDB file {path} is not on this machine; for a managed Redis use "
+                         "--type elasticache-snapshot")
+    dbs = {int(name[2:]): v for name, v in keyspace.items() if name.startswith("db")}
+    return path, {"redis_version": r.info("server")["redis_version"],
+                  "keys": {d: v["keys"] for d, v in dbs.items()},
+                  "expires": {d: v.get("expires", 0) for d, v in dbs.items()}}
+
+
+@contextmanager
+def scratch_server(rdb: Path) -> Iterator[str]:
+    """A redis-server on 127.0.0.1 that loaded `rdb`; yields its URL."""
+    from opsctl.local import procs
+    from opsctl.local import redis as local_redis
+
+    port = procs.free_port()
+    log = rdb.parent / "scratch-redis.log"
+    try:
+        pid = local_redis.start(rdb.parent, port, log, timeout=120)
+    except OperationFailed:
+        raise OperationFailed(f"the backed-up RDB does not load: {procs.tail(log, 3).strip()}") from None
+    try:
+        client = _client(local_redis.url(port))
+        client.config_set("save", "")
+        yield local_redis.url(port)
+    finally:
+        procs.stop(pid, 10)
+
+
+def check_counts(url: str, keys: dict[int, int], expires: dict[int, int]) -> dict[int, int]:
+    """Key counts per db; raise unless each is what the manifest says (keys with a TTL may have gone)."""
+    info = _client(url).info("keyspace")
+    got = {int(n[2:]): v["keys"] for n, v in info.items() if n.startswith("db")}
+    for db, want in keys.items():
+        have = got.get(db, 0)
+        if not (want - expires.get(db, 0) <= have <= want):
+            raise OperationFailed(f"restored Redis db{db} holds {have} keys, the manifest says {want}")
+    return got
+
+
+def copy_all(source_url: str, target_url: str, dbs: list[int], batch: int = 500) -> int:
+    """Make every listed db of target hold exactly the keys of source (values and TTLs)."""
+    copied = 0
+    for db in dbs:
+        src, dst = _client(source_url, db), _client(target_url, db)
+        wanted: set[bytes] = set()
+        keys: list[bytes] = []
+        for key in src.scan_iter(count=1000):
+            keys.append(key)
+            if len(keys) >= batch:
+                copied += _copy_batch(src, dst, keys, wanted)
+                keys = []
+        copied += _copy_batch(src, dst, keys, wanted)
+        stale = [k for k in dst.scan_iter(count=1000) if k not in wanted]
+        for i in range(0, len(stale), batch):
+            dst.delete(*stale[i:i + batch])
+    return copied
+
+
+def _copy_batch(src, dst, keys: list[bytes], wanted: set[bytes]) -> int:
+    if not keys:
+        return 0
+    pipe = src.pipeline(transaction=False)
+    for key in keys:
+        pipe.dump(key)
+        pipe.pttl(key)
+    answers = pipe.execute()
+    out = dst.pipeline(transaction=False)
+    n = 0
+    for key, payload, ttl in zip(keys, answers[0::2], answers[1::2]):
+        if payload is None:
+            continue  # expired meanwhile
+        out.restore(key, max(ttl, 0), payload, replace=True)
+        wanted.add(key)
+        n += 1
+    out.execute()
+    return n
+
+
+def live_keys(url: str) -> int:
+    info = _client(url).info("keyspace")
+    return sum(v["keys"] for n, v in info.items() if n.startswith("db"))
+
+
+def all_dbs(url: str, manifest_dbs: list[int]) -> list[int]:
+    info = _client(url).info("keyspace")
+    return sorted(set(manifest_dbs) | {int(n[2:]) for n in info if n.startswith("db")})

@@ -1,0 +1,213 @@
+"""Where backups live: `s3://bucket/prefix` (any S3 endpoint) or `file:///path`, one interface.
+
+Everything above this module (create, list, verify, prune, restore) speaks only `put`,
+`get`, `names`, `delete_prefix`, and the two object copies for audio, so both kinds of
+repository go through the same pipeline and the same tests. An unfinished write is a
+multipart upload (S3) or a `.partial` file (posix): `open_uploads` finds both, and
+`abort_uploads` removes them, which is how an interrupted backup leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterable, Iterator
+from urllib.parse import urlparse
+
+from opsctl.backup.pipeline import BLOCK, IterReader
+from opsctl.errors import UsageError
+
+PARTIAL = ".partial"
+
+
+class NotFound(Exception):
+    pass
+
+
+class Repository(ABC):
+    url: str
+
+    @abstractmethod
+    def put(self, name: str, chunks: Iterable[bytes]) -> None: ...
+    @abstractmethod
+    def get(self, name: str) -> Iterator[bytes]: ...
+    @abstractmethod
+    def names(self, prefix: str = "") -> dict[str, int]: ...
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int: ...
+    @abstractmethod
+    def open_uploads(self, prefix: str = "") -> list[str]: ...
+    @abstractmethod
+    def abort_uploads(self, prefix: str = "") -> int: ...
+    @abstractmethod
+    def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None: ...
+    @abstractmethod
+    def copy_out(self, name: str, s3, bucket: str, key: str) -> None: ...
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self.put(name, [data])
+
+    def get_bytes(self, name: str) -> bytes:
+        return b"".join(self.get(name))
+
+    def ids(self) -> list[str]:
+        return sorted({n.split("/", 1)[0] for n in self.names() if "/" in n})
+
+
+class S3Repository(Repository):
+    def __init__(self, client, bucket: str, prefix: str, url: str, part_size: int = 8 << 20, concurrency: int = 4):
+        self.s3, self.bucket, self.prefix, self.url = client, bucket, prefix.strip("/"), url
+        self.part_size, self.concurrency = part_size, concurrency
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def put(self, name: str, chunks: Iterable[bytes]) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        # parts go up in parallel; each part is buffered in memory, so botocore retries a
+        # failed part (with backoff) instead of failing the whole backup
+        config = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
+                                max_concurrency=self.concurrency)
+        try:
+            self.s3.upload_fileobj(IterReader(chunks), self.bucket, self._key(name), Config=config)
+        except BaseException:
+            self.abort_uploads(name)
+            raise
+
+    def get(self, name: str) -> Iterator[bytes]:
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+        except self.s3.exceptions.NoSuchKey:
+            raise NotFound(name) from None
+        try:
+            yield from body.iter_chunks(BLOCK)
+        finally:
+            body.close()
+
+    def names(self, prefix: str = "") -> dict[str, int]:
+        out: dict[str, int] = {}
+        base = self._key("")
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for obj in page.get("Contents", []):
+                out[obj["Key"][len(base):]] = obj["Size"]
+        return out
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [self._key(n) for n in self.names(prefix)]
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(Bucket=self.bucket,
+                                   Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+        return len(keys)
+
+    def _uploads(self, prefix: str) -> list[dict]:
+        pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+        return [u for page in pages for u in page.get("Uploads", [])]
+
+    def open_uploads(self, prefix: str = "") -> list[str]:
+        return [u["Key"] for u in self._uploads(prefix)]
+
+    def abort_uploads(self, prefix: str = "") -> int:
+        uploads = self._uploads(prefix)
+        for u in uploads:
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+        return len(uploads)
+
+    def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None:
+        # server-side (UploadPartCopy for large objects): audio never passes through this machine;
+        # CopySourceIfMatch makes sure the copy is the version that was hashed
+        self.s3.copy({"Bucket": bucket, "Key": key}, self.bucket, self._key(name),
+                     ExtraArgs={"CopySourceIfMatch": etag})
+
+    def copy_out(self, name: str, s3, bucket: str, key: str) -> None:
+        s3.copy({"Bucket": self.bucket, "Key": self._key(name)}, bucket, key)
+
+
+class FileRepository(Repository):
+    def __init__(self, root: Path, url: str):
+        self.root, self.url = root, url
+
+    def put(self, name: str, chunks: Iterable[bytes]) -> None:
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + PARTIAL)
+        try:
+            with open(partial, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(partial, target)  # a file exists under its name only once it is whole
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def get(self, name: str) -> Iterator[bytes]:
+        path = self.root / name
+        if not path.is_file():
+            raise NotFound(name)
+        with open(path, "rb") as fh:
+            while block := fh.read(BLOCK):
+                yield block
+
+    def _files(self, prefix: str) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return
+        for path in self.root.rglob("*"):
+            rel = path.relative_to(self.root).as_posix()
+            if path.is_file() and rel.startswith(prefix):
+                yield path
+
+    def names(self, prefix: str = "") -> dict[str, int]:
+        return {p.relative_to(self.root).as_posix(): p.stat().st_size
+                for p in self._files(prefix) if not p.name.endswith(PARTIAL)}
+
+    def delete_prefix(self, prefix: str) -> int:
+        files = list(self._files(prefix))
+        for path in files:
+            path.unlink(missing_ok=True)
+        for folder in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
+            while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
+        return len(files)
+
+    def open_uploads(self, prefix: str = "") -> list[str]:
+        return [p.relative_to(self.root).as_posix() for p in self._files(prefix) if p.name.endswith(PARTIAL)]
+
+    def abort_uploads(self, prefix: str = "") -> int:
+        names = self.open_uploads(prefix)
+        for name in names:
+            (self.root / name).unlink(missing_ok=True)
+        return len(names)
+
+    def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None:
+        body = s3.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"]
+        self.put(name, body.iter_chunks(BLOCK))
+
+    def copy_out(self, name: str, s3, bucket: str, key: str) -> None:
+        s3.upload_file(str(self.root / name), bucket, key)
+
+
+def open_repository(url: str | None, project, endpoints) -> Repository:
+    """The repository an environment's `backup.repository` names (default: its backup bucket)."""
+    url = url or f"s3://{endpoints.backup_bucket}/opsctl"
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        raw = (parsed.netloc + parsed.path) if parsed.netloc else parsed.path
+        path = Path(raw).expanduser()
+        return FileRepository(path if path.is_absolute() else project.root / path, url)
+    if parsed.scheme == "s3" and parsed.netloc:
+        client = endpoints.s3_client()
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            client.head_bucket(Bucket=parsed.netloc)
+        except ClientError:
+            raise UsageError(f"backup repository {url}: bucket '{parsed.netloc}' does not exist or is not "
+                             "accessible; create it or fix backup.repository in opsctl.yaml") from None
+        except BotoCoreError as exc:
+            raise UsageError(f"backup repository {url} is unreachable ({exc}); check the S3 endpoint") from None
+        return S3Repository(client, parsed.netloc, parsed.path, url)
+    raise UsageError(f"backup.repository '{url}' is not s3://bucket/prefix or file:///path; fix it in opsctl.yaml")

@@ -1,0 +1,141 @@
+"""`opsctl restore`: fetch and check everything first, then apply component by component.
+
+Planning (what backup, what it would overwrite) is separate from running so the front door
+can ask for approval in between. Running fetches every selected component and checks its
+SHA-256 and authentication before anything live is touched; PostgreSQL is restored into a
+new database, checked against the manifest's row counts, then renamed into place (the old
+one is kept, renamed); Redis goes through a scratch server; audio is put back where missing
+or different.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsctl.backup import catalog, keys
+from opsctl.backup import manifest as mf
+from opsctl.backup import postgres as pgb
+from opsctl.backup.pipeline import Reporter, quiet
+from opsctl.backup.repository import open_repository
+from opsctl.backup.verify import fetch
+from opsctl.config import Environment, Project
+from opsctl.errors import UsageError
+
+
+@dataclass
+class RestorePlan:
+    backup_id: str
+    created_at: dt.datetime
+    components: list[str]
+    database: str
+    overwrites: list[str] = field(default_factory=list)
+    target_db: str | None = None
+    _ctx: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class RestoreResult:
+    backup_id: str
+    components: list[str]
+    database: str | None = None
+    previous_database: str | None = None
+    tables: int = 0
+    rows: int = 0
+    redis_keys: int = 0
+    files_restored: int = 0
+    seconds: float = 0.0
+
+
+def plan(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
+         latest: bool = False, components: list[str] | None = None, target_db: str | None = None) -> RestorePlan:
+    from opsctl.endpoints import resolve
+
+    for c in components or []:
+        if c not in mf.COMPONENTS:
+            raise UsageError(f"--components: '{c}' is not one of {', '.join(mf.COMPONENTS)}")
+    key = keys.load(project, env, required=False)
+    ep = resolve(project, env)
+    repo = open_repository(env.backup.repository, project, ep)
+    chosen = catalog.resolve(repo, backup_id, date, latest, components)
+    manifest = catalog.load(repo, chosen, key)
+    wanted = components or [c for c in mf.COMPONENTS if getattr(manifest, c) is not None]
+    missing = [c for c in wanted if getattr(manifest, c) is None]
+    if missing:
+        raise UsageError(f"backup {chosen} holds no {', '.join(missing)} (it holds {', '.join(manifest.components)})")
+    if target_db and "db" not in wanted:
+        raise UsageError("--target-db needs the db component")
+    if not wanted:
+        raise UsageError(f"backup {chosen} holds nothing opsctl restores ({', '.join(manifest.components)})")
+    p = RestorePlan(chosen, manifest.created_at, wanted, target_db or env.database.name, target_db=target_db,
+                    _ctx={"manifest": manifest, "repo": repo, "key": key, "ep": ep})
+    if "db" in wanted:
+        if not ep.database_url:
+            raise UsageError(f"no database URL for '{env.name}': set ${env.database.url_env}")
+        if pgb.database_exists(ep.database_url, p.database):
+            p.overwrites.append(f"database {p.database}" + ("" if target_db else " (the current one is kept, renamed)"))
+    if "redis" in wanted:
+        from opsctl.backup import redis as rdb
+
+        if not ep.redis_url:
+            raise UsageError(f"no Redis URL for '{env.name}': set ${env.redis.url_env}")
+        if (n := rdb.live_keys(ep.redis_url)):
+            p.overwrites.append(f"Redis ({n} live keys replaced by the backup's)")
+    if "files" in wanted:
+        from opsctl.backup import files
+
+        todo, replaced = files.differing(ep.s3_client(), ep.audio_bucket, manifest.files)
+        p._ctx["files"] = todo
+        if replaced:
+            p.overwrites.append(f"{replaced} audio objects in {ep.audio_bucket}")
+    return p
+
+
+def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResult:
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {jobs}")
+    m: mf.Manifest = p._ctx["manifest"]
+    repo, key, ep = p._ctx["repo"], p._ctx["key"], p._ctx["ep"]
+    began = time.monotonic()
+    result = RestoreResult(p.backup_id, p.components)
+    with tempfile.TemporaryDirectory(prefix="opsctl-restore-") as tmp:
+        dump, rdb_file = Path(tmp) / "db.dump", Path(tmp) / "redis" / "dump.rdb"
+        # 1. fetch and check everything; nothing live has been touched if this fails
+        if "db" in p.components:
+            fetch(repo, m.db.object, key, dump, report)
+        if "redis" in p.components:
+            fetch(repo, m.redis.object, key, rdb_file, report)
+        if "files" in p.components:
+            from opsctl.backup import files
+
+            files.check(repo, m.files, report("audio checks", sum(o.size for o in m.files.objects)))
+        # 2. apply
+        if "db" in p.components:
+            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+            scratch = f"{p.database[:30]}_restoring_{stamp}"
+            counts = pgb.restore_into(ep.database_url, str(dump), scratch, m.db.owner, jobs, m.db.row_counts)
+            if p.target_db:
+                pgb.drop_database(ep.database_url, p.target_db)
+                pgb.swap(ep.database_url, scratch, p.target_db, "")
+            else:
+                keep_as = f"{p.database[:36]}_before_{stamp}"
+                if pgb.swap(ep.database_url, scratch, p.database, keep_as):
+                    result.previous_database = keep_as
+            result.database, result.tables, result.rows = p.database, len(counts), sum(counts.values())
+        if "redis" in p.components:
+            from opsctl.backup import redis as rdb
+
+            with rdb.scratch_server(rdb_file) as scratch_url:
+                rdb.check_counts(scratch_url, m.redis.keys, m.redis.expires)
+                result.redis_keys = rdb.copy_all(scratch_url, ep.redis_url, rdb.all_dbs(ep.redis_url, list(m.redis.keys)))
+        if "files" in p.components:
+            from opsctl.backup import files
+
+            todo = p._ctx["files"]
+            result.files_restored = files.restore(ep.s3_client(), ep.audio_bucket, repo, todo,
+                                                  report("audio objects", sum(o.size for o in todo)))
+    result.seconds = round(time.monotonic() - began, 2)
+    return result

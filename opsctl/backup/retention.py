@@ -1,0 +1,77 @@
+"""Retention: which complete backups to keep (last N, and the newest per day/week/month).
+
+The rules are those of restic's `forget` and pgBackRest's expire, applied to the manifests'
+times: a backup is kept if any rule keeps it. Two are never removed whatever the rules say:
+the newest complete backup and the newest one that passed `backup verify`. Interrupted
+backups (no manifest, process gone) are removed with their open uploads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from opsctl.backup import catalog
+from opsctl.backup.repository import Repository
+from opsctl.errors import UsageError
+
+
+@dataclass
+class PruneResult:
+    kept: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+
+def _periods(when: dt.datetime) -> dict[str, tuple]:
+    iso = when.isocalendar()
+    return {"daily": (when.date(),), "weekly": (iso.year, iso.week), "monthly": (when.year, when.month)}
+
+
+def select(backups: list[tuple[str, dt.datetime, bool]], keep_last: int | None, keep_daily: int | None,
+           keep_weekly: int | None, keep_monthly: int | None) -> dict[str, str]:
+    """{id: why kept} for (id, time, verified) triples; ids not in the answer may go."""
+    newest_first = sorted(backups, key=lambda b: b[1], reverse=True)
+    keep: dict[str, str] = {}
+    for i, (bid, _, _) in enumerate(newest_first[:keep_last or 0]):
+        keep.setdefault(bid, f"last {i + 1}")
+    for rule, n in (("daily", keep_daily), ("weekly", keep_weekly), ("monthly", keep_monthly)):
+        seen: list[tuple] = []
+        for bid, when, _ in newest_first:
+            period = _periods(when.astimezone(dt.timezone.utc))[rule]
+            if len(seen) >= (n or 0):
+                break
+            if period not in seen:
+                seen.append(period)
+                keep.setdefault(bid, f"{rule} {len(seen)}")
+    if newest_first:
+        keep.setdefault(newest_first[0][0], "newest")
+        verified = [b for b in newest_first if b[2]]
+        if verified:
+            keep.setdefault(verified[0][0], "newest verified")
+    return keep
+
+
+def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None = None,
+          keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> PruneResult:
+    if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
+        raise UsageError("no retention rule: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
+                         "or set backup.retention in opsctl.yaml")
+    entries = catalog.entries(repo)
+    complete = [(e.id, e.manifest.created_at, e.verified) for e in entries if e.complete]
+    keep = select(complete, keep_last, keep_daily, keep_weekly, keep_monthly)
+    result = PruneResult(dry_run=dry_run, reasons=keep)
+    result.kept = [bid for bid, _, _ in complete if bid in keep]
+    result.removed = [bid for bid, _, _ in complete if bid not in keep]
+    result.incomplete = [e.id for e in entries if e.status == "incomplete"]
+    if not dry_run:
+        for bid in result.incomplete:
+            repo.abort_uploads(f"{bid}/")
+            repo.delete_prefix(f"{bid}/")
+        for bid in result.removed:
+            # the manifest first: a half-deleted backup is then incomplete, never half-restorable
+            repo.delete_prefix(f"{bid}/manifest.json")
+            repo.delete_prefix(f"{bid}/")
+    return result

@@ -1,0 +1,193 @@
+"""`opsctl backup create | list | verify | prune` and `opsctl restore`: parse, call opsctl.backup, render."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Annotated, Iterator
+
+import typer
+
+from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, confirm, environment
+
+app = typer.Typer(help="Create, list, verify and prune backups.", no_args_is_help=True)
+
+
+def _size(n: int) -> str:
+    from rich.filesize import decimal
+
+    return decimal(n)
+
+
+@contextmanager
+def _progress() -> Iterator:
+    """Progress bars with throughput on stderr (only on a terminal), and SIGTERM as an interrupt."""
+    import signal
+
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TransferSpeedColumn)
+
+    from opsctl.output import stderr
+
+    def _interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # CI cancels with SIGTERM: clean up like Ctrl-C
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal)
+    try:
+        with bars:
+            def report(what: str, total: int | None):
+                task = bars.add_task(what, total=total)
+                return lambda n: bars.advance(task, n)
+
+            yield report
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.command()
+def create(
+    env: EnvOpt = "local",
+    kind: Annotated[str, typer.Option("--type", help="full, db, redis, files, rds-snapshot, elasticache-snapshot.")] = "full",
+    compress_level: Annotated[int | None, typer.Option("--compress-level", help="zstd level 1-22 (default: backup.compress_level).")] = None,
+    no_encrypt: Annotated[bool, typer.Option("--no-encrypt", help="Store without encryption (no key needed).")] = False,
+    label: Annotated[str | None, typer.Option("--label", help="A note stored in the manifest.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up PostgreSQL, Redis and audio: compressed, encrypted, checksummed, manifest last."""
+    from opsctl.backup.create import create as run
+    from opsctl.output import emit
+
+    project, environment_ = environment(env)
+    with _progress() as report:
+        r = run(project, environment_, kind, compress_level, not no_encrypt, label, report)
+    emit(r, as_json, lambda c: c.print(
+        f"backup [bold]{r.id}[/bold] complete: {', '.join(r.components)} — {_size(r.raw_bytes)} → "
+        f"{_size(r.stored_bytes)} ({r.ratio}x) in {r.seconds:.1f} s, "
+        + (f"encrypted (key id {r.key_id})" if r.encrypted else "NOT encrypted")
+        + (f"; pruned {len(r.pruned)}" if r.pruned else "")))
+
+
+@app.command("list")
+def list_(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+    """Backups in the repository, from its manifests (any machine sees the same catalog)."""
+    from opsctl.backup import catalog
+    from opsctl.backup.repository import open_repository
+    from opsctl.endpoints import resolve
+    from opsctl.output import emit
+
+    project, environment_ = environment(env)
+    repo = open_repository(environment_.backup.repository, project, resolve(project, environment_))
+    rows = []
+    for e in catalog.entries(repo):
+        m = e.manifest
+        rows.append({"id": e.id, "status": e.status, "verified": e.verified, "note": e.note,
+                     "created_at": m.created_at if m else catalog.id_time(e.id),
+                     "components": m.components if m else [], "label": m.label if m else None,
+                     "raw_bytes": m.raw_bytes if m else None, "stored_bytes": m.stored_bytes if m else None,
+                     "encrypted": bool(m and m.key_id), "key_id": m.key_id if m else None})
+
+    def render(c):
+        from rich.table import Table
+
+        t = Table("id", "created (UTC)", "status", "components", "size", "stored", "verified", "label",
+                  title=repo.url)
+        for r in rows:
+            style = {"complete": "green", "running": "cyan"}.get(r["status"], "red")
+            t.add_row(r["id"], r["created_at"].strftime("%Y-%m-%d %H:%M:%S") if r["created_at"] else "-",
+                      f"[{style}]{r['status']}[/{style}]", ", ".join(r["components"]) or r["note"],
+                      _size(r["raw_bytes"]) if r["raw_bytes"] is not None else "-",
+                      _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
+                      "yes" if r["verified"] else "", r["label"] or "")
+        c.print(t if rows else f"no backups in {repo.url}")
+
+    emit({"repository": repo.url, "backups": rows}, as_json, render)
+
+
+@app.command()
+def verify(
+    backup_id: Annotated[str, typer.Argument(metavar="ID", help="A backup id from 'opsctl backup list'.")],
+    env: EnvOpt = "local",
+    restore_test: Annotated[bool, typer.Option("--restore-test", help="Also restore into a scratch database and check row counts.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every object's SHA-256 and decryption; exit 1 if anything is damaged."""
+    from opsctl.backup.verify import verify as run
+    from opsctl.output import emit
+
+    project, environment_ = environment(env)
+    with _progress() as report:
+        r = run(project, environment_, backup_id, restore_test, report)
+    extra = "".join(f"; restore test {k}: {v.get('rows', v.get('keys'))} {'rows' if k == 'db' else 'keys'} match"
+                    for k, v in r.restore_test.items())
+    emit(r, as_json, lambda c: c.print(f"backup [bold]{r.id}[/bold] verified: {r.objects} objects, "
+                                       f"{_size(r.bytes)} checked{extra}"))
+
+
+@app.command()
+def prune(
+    env: EnvOpt = "local",
+    keep_last: Annotated[int | None, typer.Option("--keep-last", min=1)] = None,
+    keep_daily: Annotated[int | None, typer.Option("--keep-daily", min=0)] = None,
+    keep_weekly: Annotated[int | None, typer.Option("--keep-weekly", min=0)] = None,
+    keep_monthly: Annotated[int | None, typer.Option("--keep-monthly", min=0)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply retention (default: backup.retention); never removes the newest (verified) backup."""
+    from opsctl.backup import retention
+    from opsctl.backup.repository import open_repository
+    from opsctl.endpoints import resolve
+    from opsctl.output import emit
+
+    project, environment_ = environment(env)
+    repo = open_repository(environment_.backup.repository, project, resolve(project, environment_))
+    rules = environment_.backup.retention
+    if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
+        keep_last, keep_daily, keep_weekly, keep_monthly = (rules.keep_last, rules.keep_daily,
+                                                            rules.keep_weekly, rules.keep_monthly)
+    args = (repo, keep_last, keep_daily, keep_weekly, keep_monthly)
+    r = retention.prune(*args, dry_run=True)
+    if not dry_run and r.removed:
+        confirm(f"delete {len(r.removed)} backup(s) from {repo.url}", yes)
+    if not dry_run:
+        r = retention.prune(*args)
+    verb = "would remove" if dry_run else "removed"
+    emit(r, as_json, lambda c: c.print(f"{verb} {len(r.removed)} backup(s){': ' + ', '.join(r.removed) if r.removed else ''}; "
+                                       f"kept {len(r.kept)}; incomplete cleaned: {len(r.incomplete)}"))
+
+
+def restore(
+    env: EnvOpt = "local",
+    backup_id: Annotated[str | None, typer.Option("--id", help="The backup to restore.")] = None,
+    date: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD: the newest complete backup of that day (UTC).")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
+    components: Annotated[str | None, typer.Option("--components", help="Comma-separated: db,redis,files (default: all in the backup).")] = None,
+    target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database under this name and stop there.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs.")] = 1,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a backup: checked first, into a new database swapped in only when it matches."""
+    from opsctl.backup import restore as core
+    from opsctl.output import emit
+
+    project, environment_ = environment(env)
+    wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
+    p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db)
+    if p.overwrites:
+        confirm(f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}", yes)
+    with _progress() as report:
+        r = core.run(p, jobs, report)
+    emit(r, as_json, lambda c: c.print(
+        f"restored backup [bold]{r.backup_id}[/bold] ({', '.join(r.components)}) in {r.seconds:.1f} s"
+        + (f"; database {r.database}: {r.tables} tables, {r.rows} rows" if r.database else "")
+        + (f" (previous kept as {r.previous_database})" if r.previous_database else "")
+        + (f"; {r.redis_keys} Redis keys" if "redis" in r.components else "")
+        + (f"; {r.files_restored} audio objects put back" if "files" in r.components else "")))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="backup")
+    root.command("restore")(restore)

@@ -1,0 +1,99 @@
+"""The stream format and the pure rules, without servers: keys, AES-GCM frames, checks, retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+
+import pytest
+
+from opsctl.backup import crypto, keys, retention
+from opsctl.backup.pipeline import StreamStats, pack, unpack
+from opsctl.errors import UsageError
+
+KEY = keys.BackupKey(b"a" * 32)
+
+
+def _packed(data: bytes, key=KEY) -> tuple[bytes, StreamStats]:
+    stats = StreamStats()
+    return b"".join(pack(io.BytesIO(data), 3, key, stats)), stats
+
+
+@pytest.mark.parametrize("size", [0, 1, crypto.CHUNK, crypto.CHUNK + 1, 3 * crypto.CHUNK + 17])
+def test_round_trip_any_size(size):
+    data = os.urandom(size // 2) + b"a" * (size - size // 2)
+    stored, stats = _packed(data)
+    assert stats.raw_bytes == size and stats.stored_bytes == len(stored)
+    out = b"".join(unpack([stored], "x", stats.sha256, stats.stored_bytes, KEY))
+    assert out == data
+    assert stored.startswith(crypto.MAGIC)
+    if size >= 64:
+        assert data[:64] not in stored  # no plaintext stored
+
+
+def test_each_frame_is_authenticated_even_without_the_checksum():
+    data = os.urandom(3 * crypto.CHUNK)
+    stored, _ = _packed(data, KEY)
+    for where in (crypto.HEADER - 1, crypto.HEADER + 5, len(stored) - 1):
+        damaged = bytearray(stored)
+        damaged[where] ^= 0x80
+        with pytest.raises(crypto.IntegrityError):
+            b"".join(crypto.decrypt([bytes(damaged)], KEY, "x"))
+    # cut exactly at a frame boundary: the new last frame was not sealed as last
+    cut = stored[: crypto.HEADER + crypto.FRAME]
+    with pytest.raises(crypto.IntegrityError, match="failed authentication"):
+        b"".join(crypto.decrypt([cut], KEY, "x"))
+    with pytest.raises(crypto.IntegrityError, match="failed authentication"):
+        b"".join(crypto.decrypt([stored], keys.BackupKey(b"b" * 32), "x"))
+
+
+def test_checksum_and_size_are_checked():
+    stored, stats = _packed(b"hello" * 1000, None)
+    with pytest.raises(crypto.IntegrityError, match="SHA-256"):
+        b"".join(unpack([stored], "x", "0" * 64, stats.stored_bytes, None))
+    with pytest.raises(crypto.IntegrityError, match="truncated"):
+        b"".join(unpack([stored[:-3]], "x", stats.sha256, stats.stored_bytes, None))
+
+
+def test_key_format_and_id(monkeypatch, tmp_path):
+    from opsctl.config import Environment, OpsConfig, Project
+
+    env = Environment(name="e")
+    project = Project(tmp_path, OpsConfig())
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", keys.generate())
+    key = keys.load(project, env)
+    assert len(key.secret) == 32 and len(key.id) == 16 and key.id != keys.BackupKey(b"c" * 32).id
+    assert key.secret.hex() not in repr(key)
+    for bad, words in (("bm90IDMyIGJ5dGVz", "decodes to 12 bytes, not 32"), ("%%%", "not base64")):
+        monkeypatch.setenv("OPSCTL_BACKUP_KEY", bad)
+        with pytest.raises(UsageError, match=words):
+            keys.load(project, env)
+    monkeypatch.delenv("OPSCTL_BACKUP_KEY")
+    with pytest.raises(UsageError, match="--no-encrypt"):
+        keys.load(project, env)
+    (tmp_path / "backup.key").write_text(keys.generate() + "\n")
+    env.backup.key_file = "backup.key"
+    assert len(keys.load(project, env).secret) == 32
+
+
+def _day(d: int, verified: bool = False, h: int = 3) -> tuple[str, dt.datetime, bool]:
+    when = dt.datetime(2026, 1, 1, h, tzinfo=dt.timezone.utc) + dt.timedelta(days=d)
+    return (when.strftime("%Y%m%dT%H%M%SZ"), when, verified)
+
+
+def test_retention_rules():
+    backups = [_day(d) for d in range(0, 70)] + [_day(69, h=20)]
+    keep = retention.select(backups, keep_last=2, keep_daily=3, keep_weekly=None, keep_monthly=3)
+    newest = _day(69, h=20)[0]
+    assert keep[newest] == "last 1" and keep[_day(69)[0]] == "last 2"
+    assert {k for k, why in keep.items() if why.startswith("daily")} == {_day(68)[0], _day(67)[0]}
+    months = {k for k, why in keep.items() if why.startswith("monthly")}
+    assert months == {_day(58)[0], _day(30)[0]}  # newest of February and of January (March's is 'last')
+    assert len(keep) == 6
+
+
+def test_retention_never_drops_newest_verified():
+    backups = [_day(0, verified=True)] + [_day(d) for d in range(1, 10)]
+    keep = retention.select(backups, keep_last=1, keep_daily=None, keep_weekly=None, keep_monthly=None)
+    assert keep == {_day(9)[0]: "last 1", _day(0)[0]: "newest verified"}

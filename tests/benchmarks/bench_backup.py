@@ -1,0 +1,117 @@
+"""`opsctl backup create --type db` against pg_dump itself, on a database of at least 200 MB.
+
+Everything runs in the same process tree on the same machine, and every figure is a ratio
+against a baseline measured in this run (medians of ROUNDS runs, alternated):
+
+- backup / `pg_dump -Fc -Z0 > /dev/null`            target <= 1.3 (compress+encrypt+store ~free)
+- backup / `pg_dump -Fc > file` (default gzip)      target <  1.0 (faster, while also encrypting)
+- compression ratio (dump bytes / stored bytes)
+- `opsctl restore --jobs 2` / `--jobs 1`            below 1.0 when pg_restore parallelism helps
+
+The repository is file:// on local disk; PostgreSQL is a private embedded server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from opsctl import binaries
+from opsctl.local import postgres as pg
+from opsctl.local import procs
+
+ROUNDS = 3
+TARGET_MB = 200
+OPSCTL = Path(sys.executable).parent / "opsctl"
+TABLES = ("events", "transcripts", "jobs")
+ROWS = 700_000  # ~450 MB database, ~320 MB dump: big enough that process start-up is not the figure
+
+
+def generate(url: str) -> int:
+    """~150 MB per table of random text and numbers, each with a secondary index."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i, name in enumerate(TABLES):
+            conn.execute(f"create table {name} (id bigint primary key, kind int, body text, at timestamptz)")
+            conn.execute(f"insert into {name} select g, (random()*50)::int, "
+                         "md5(random()::text) || ' ' || md5(random()::text) || ' ' || repeat(chr(97 + g % 26), 40), "
+                         
+                         f"now() - g * interval '1 second' from generate_series(1, {ROWS}) g")
+            conn.execute(f"create index on {name} (kind, at)")
+        conn.execute("vacuum analyze")
+        return conn.execute("select pg_database_size(current_database())").fetchone()[0]
+
+
+def wall(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(argv, env=env, stdout=stdout, stderr=subprocess.PIPE, check=False)
+    took = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed: {result.stderr.decode()[-500:]}")
+    return took, (result.stdout.decode() if isinstance(result.stdout, bytes) else "")
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-backup-"))
+    port = procs.free_port()
+    pid = pg.start(tmp / "data", port, tmp / "postgres.log")
+    try:
+        url = pg.ensure_database(port, "transcribe", "transcribe").replace("transcribe@", "postgres@", 1)
+        size = generate(url)
+        assert size >= TARGET_MB * 1e6, f"database only {size / 1e6:.0f} MB"
+        (tmp / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"bench": {
+            "platform": "kubernetes", "database": {"url_env": "BENCH_DATABASE_URL"},
+            "backup": {"repository": f"file://{tmp / 'repo'}"}}}}))
+        env = dict(os.environ, OPSCTL_ROOT=str(tmp), BENCH_DATABASE_URL=url, CI="true",
+                   OPSCTL_BACKUP_KEY=base64.b64encode(os.urandom(32)).decode())
+        pg_dump = str(binaries.postgres_tool("pg_dump"))
+        plain, gzip, ours, fast, ids = [], [], [], [], []
+        for _ in range(ROUNDS):
+            plain.append(wall([pg_dump, "-Fc", "-Z0", "-d", url])[0])
+            gzip.append(wall([pg_dump, "-Fc", "-f", str(tmp / "gzip.dump"), "-d", url])[0])
+            took, out = wall([str(OPSCTL), "backup", "create", "--env", "bench", "--type", "db", "--json"], env,
+                             subprocess.PIPE)
+            ours.append(took)
+            ids.append(json.loads(out))
+            fast.append(wall([str(OPSCTL), "backup", "create", "--env", "bench", "--type", "db",
+                              "--compress-level", "1"], env)[0])
+        made = ids[-1]
+        startup = statistics.median(wall([str(OPSCTL), "backup", "list", "--env", "bench"], env)[0] for _ in range(3))
+        restore = {}
+        for jobs in (1, 2, 1, 2):
+            took, _ = wall([str(OPSCTL), "restore", "--env", "bench", "--id", made["id"], "--components", "db",
+                            "--target-db", f"restored_j{jobs}", "--jobs", str(jobs), "--yes"], env)
+            restore.setdefault(jobs, []).append(took)
+        m = {k: statistics.median(v) for k, v in (("plain", plain), ("gzip", gzip), ("ours", ours), ("fast", fast))}
+        r1, r2 = statistics.median(restore[1]), statistics.median(restore[2])
+        gzip_size = (tmp / "gzip.dump").stat().st_size
+        print(f"bench_backup: database {size / 1e6:.0f} MB, dump {made['raw_bytes'] / 1e6:.0f} MB, "
+              f"{ROUNDS} rounds, medians")
+        print(f"  pg_dump -Fc -Z0 > /dev/null      {m['plain']:.2f} s (baseline)")
+        print(f"  pg_dump -Fc (gzip) > file        {m['gzip']:.2f} s, {gzip_size / 1e6:.0f} MB")
+        print(f"  opsctl backup create --type db   {m['ours']:.2f} s, {made['stored_bytes'] / 1e6:.0f} MB stored")
+        print(f"  ratio vs pg_dump -Z0 >/dev/null  {m['ours'] / m['plain']:.2f} (target <= 1.3)")
+        print(f"  ratio vs pg_dump -Fc gzip        {m['ours'] / m['gzip']:.2f} (target < 1.0)")
+        print(f"  same with --compress-level 1     {m['fast']:.2f} s, ratio vs -Z0 {m['fast'] / m['plain']:.2f}")
+        print(f"  compression ratio                {made['raw_bytes'] / made['stored_bytes']:.2f} "
+              f"(pg_dump gzip: {made['raw_bytes'] / gzip_size:.2f})")
+        print(f"  of which process start-up        {startup:.2f} s ('opsctl backup list': imports, config, catalog)")
+        print(f"  restore --jobs 2 / --jobs 1      {r2:.2f} s / {r1:.2f} s = {r2 / r1:.2f}")
+        ok = m["ours"] / m["plain"] <= 1.3 and m["ours"] / m["gzip"] < 1.0
+        return 0 if ok else 1
+    finally:
+        pg.stop(pid)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
