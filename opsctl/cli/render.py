@@ -105,5 +105,19 @@ def ci(
         _print(text)
 
 
+@group.command("locust")
+def locust(
+    env: EnvOpt = "staging",
+    profile: Annotated[str, typer.Option("--profile", help="Load profile from loadtests/profiles.yaml.")] = "light",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Locust worker pods.")] = 2,
+    host: Annotated[str | None, typer.Option("--host", help="Target URL (default: the worker Service).")] = None,
+) -> None:
+    """Locust master and worker manifests, so big tests run in the cluster on Locust's own engine."""
+    from opsctl.loadtest.manifests import render_locust
+
+    project, envcfg = environment(env)
+    _print(render_locust(project, envcfg, profile=profile, workers=workers, host=host))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(group, name="render")

@@ -1,0 +1,57 @@
+"""What the locustfiles share: the speech samples and the request helpers.
+
+The samples are the worker's own test recordings (tests/worker/data, 16 kHz mono WAV), so
+the load is real speech the model has to decode. Each upload gets a few random silent
+frames appended: new bytes, so the worker's SHA-256 transcript store misses and every
+request costs a real transcription instead of a cache hit. Set LOADTEST_AUDIO_DIR to use
+other recordings (the Kubernetes manifests mount them there).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import wave
+from functools import lru_cache
+from pathlib import Path
+
+from urllib3 import encode_multipart_formdata
+
+AUDIO_DIR = Path(os.environ.get("LOADTEST_AUDIO_DIR")
+                 or Path(__file__).resolve().parent.parent / "tests" / "worker" / "data")
+# size class -> recording: short (~4 s), medium (~7 s), long (~30 s)
+SAMPLES = {"short": "hello.wav", "medium": "weather.wav", "long": "passage.wav"}
+JOB_TIMEOUT_S = float(os.environ.get("LOADTEST_JOB_TIMEOUT", "120"))
+POLL_INTERVAL_S = 0.5
+
+
+@lru_cache(maxsize=None)
+def _recording(size: str) -> tuple[wave._wave_params, bytes]:
+    path = AUDIO_DIR / SAMPLES[size]
+    with wave.open(str(path)) as src:
+        return src.getparams(), src.readframes(src.getnframes())
+
+
+def unique_wav(size: str) -> bytes:
+    """The recording of that size plus 1-1600 silent frames (< 0.1 s): unique bytes."""
+    params, frames = _recording(size)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as dst:
+        dst.setparams(params)
+        dst.writeframes(frames + b"\x00\x00" * random.randint(1, 1600))
+    return out.getvalue()
+
+
+def transcription_form(size: str) -> tuple[bytes, dict[str, str]]:
+    """The multipart body of an OpenAI-style upload and its Content-Type header.
+
+    FastHttpUser's client has no `files=`; urllib3's encoder builds the same body
+    requests would.
+    """
+    body, content_type = encode_multipart_formdata({
+        "file": (f"{size}.wav", unique_wav(size), "audio/wav"),
+        "model": "whisper-1",
+        "response_format": "json",
+    })
+    return body, {"Content-Type": content_type}

@@ -1,0 +1,74 @@
+"""Compare two runs endpoint by endpoint and flag regressions against thresholds.
+
+Thresholds are relative for latency and throughput (a p95 25% slower) and absolute for the
+error rate (2 percentage points more), which is how people read those numbers. Endpoints
+with too few requests in either run are shown but never flagged: their percentiles are noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opsctl.loadtest.summary import EndpointStats, RunSummary
+
+
+@dataclass
+class Thresholds:
+    latency_pct: float = 20.0     # p50/p95/p99 may grow this many percent
+    error_rate_pp: float = 1.0    # error rate may grow this many percentage points
+    rps_pct: float = 20.0         # throughput may drop this many percent
+    min_requests: int = 5
+
+
+@dataclass
+class Row:
+    endpoint: str
+    base: EndpointStats | None
+    head: EndpointStats | None
+    changes: dict[str, float | None] = field(default_factory=dict)  # metric -> percent or pp change
+    regressions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    base: str
+    head: str
+    thresholds: Thresholds
+    rows: list[Row]
+
+    @property
+    def regressions(self) -> list[str]:
+        return [f"{r.endpoint}: {why}" for r in self.rows for why in r.regressions]
+
+
+def _pct(before: float, after: float) -> float | None:
+    return None if not before else round((after - before) / before * 100, 1)
+
+
+def _row(key: str, a: EndpointStats | None, b: EndpointStats | None, t: Thresholds) -> Row:
+    row = Row(key, a, b)
+    if a is None or b is None:
+        return row
+    for metric in ("p50_ms", "p95_ms", "p99_ms"):
+        row.changes[metric] = change = _pct(getattr(a, metric), getattr(b, metric))
+        if change is not None and change > t.latency_pct:
+            row.regressions.append(f"{metric[:-3]} {getattr(a, metric):.0f} -> {getattr(b, metric):.0f} ms "
+                                   f"(+{change:.0f}% > {t.latency_pct:g}%)")
+    row.changes["error_rate"] = delta = round(b.error_rate - a.error_rate, 3)
+    if delta > t.error_rate_pp:
+        row.regressions.append(f"error rate {a.error_rate:.2f}% -> {b.error_rate:.2f}% "
+                               f"(+{delta:.2f} pp > {t.error_rate_pp:g} pp)")
+    row.changes["rps"] = change = _pct(a.rps, b.rps)
+    if change is not None and -change > t.rps_pct:
+        row.regressions.append(f"rps {a.rps:.2f} -> {b.rps:.2f} ({change:.0f}% < -{t.rps_pct:g}%)")
+    if min(a.requests, b.requests) < t.min_requests:
+        row.regressions.clear()  # too few samples to call it
+    return row
+
+
+def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = None) -> Comparison:
+    t = thresholds or Thresholds()
+    a = {e.key: e for e in [*base.endpoints, base.total]}
+    b = {e.key: e for e in [*head.endpoints, head.total]}
+    keys = [k for k in a if k in b] + [k for k in a if k not in b] + [k for k in b if k not in a]
+    return Comparison(base.id, head.id, t, [_row(k, a.get(k), b.get(k), t) for k in keys])

@@ -1,0 +1,61 @@
+"""Every run's summary, kept as JSON under the ops root's .opsctl/loadtests/.
+
+Runs are the memory `compare` needs: this release against the last one, on the same
+profile. Machine-local state (DESIGN.md): git-ignored, one file per run, written to a
+temporary name and renamed, so an interrupted write never leaves half a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from opsctl.config import Project
+from opsctl.errors import UsageError
+from opsctl.loadtest.summary import RunSummary
+from opsctl.output import to_jsonable
+
+
+def folder(project: Project) -> Path:
+    return project.state_dir / "loadtests"
+
+
+def save(project: Project, summary: RunSummary) -> Path:
+    where = folder(project)
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / f"{summary.id}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def runs(project: Project, env: str | None = None, profile: str | None = None) -> list[RunSummary]:
+    """All saved runs, oldest first; unreadable files are skipped, not fatal."""
+    out = []
+    for path in sorted(folder(project).glob("*.json")):
+        try:
+            summary = RunSummary.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if (env is None or summary.env == env) and (profile is None or summary.profile == profile):
+            out.append(summary)
+    return sorted(out, key=lambda s: (s.started_at, s.id))
+
+
+def find(project: Project, ref: str) -> RunSummary:
+    """A run by id, unique id prefix, `latest` or `previous`."""
+    every = runs(project)
+    if not every:
+        raise UsageError(f"no load test runs saved under {folder(project)}; run 'opsctl loadtest run' first")
+    if ref in ("latest", "previous"):
+        index = -1 if ref == "latest" else -2
+        if len(every) < -index:
+            raise UsageError(f"there is no '{ref}' run: only {len(every)} saved; see 'opsctl loadtest list'")
+        return every[index]
+    matches = [s for s in every if s.id == ref] or [s for s in every if s.id.startswith(ref)]
+    if len(matches) != 1:
+        what = "no run" if not matches else f"{len(matches)} runs"
+        raise UsageError(f"{what} matches '{ref}'; see 'opsctl loadtest list' for the ids")
+    return matches[0]

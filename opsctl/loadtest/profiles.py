@@ -1,0 +1,81 @@
+"""Load profiles: the versioned loadtests/profiles.yaml, read and checked before a run.
+
+A profile fixes users, spawn rate, duration, which user classes run with what weights, and
+default SLO gates, so two runs of `--profile medium` months apart test the same thing.
+The folder is the ops root's loadtests/ if it has one, else the one shipped beside opsctl.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from opsctl.config import Project
+from opsctl.errors import UsageError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "loadtests"
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
+
+
+@dataclass
+class Profile:
+    name: str
+    users: int
+    spawn_rate: float
+    duration_s: float
+    classes: dict[str, int] = field(default_factory=dict)
+    slo: str | None = None
+    description: str = ""
+
+
+def loadtests_dir(project: Project) -> Path:
+    own = project.root / "loadtests"
+    return own if (own / "profiles.yaml").is_file() else SHIPPED
+
+
+def parse_duration(text: str | float | int, what: str = "--duration") -> float:
+    """'90' or '90s', '5m', '1h30m' -> seconds; anything else is one clear UsageError."""
+    raw = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        seconds = float(raw)
+    elif raw and _SPAN.sub("", raw) == "" and (parts := _SPAN.findall(raw)):
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    else:
+        raise UsageError(f"{what}: '{text}' is not a duration; write e.g. 30s, 5m or 1h30m")
+    if seconds <= 0:
+        raise UsageError(f"{what}: must be more than 0 seconds (got '{text}')")
+    return seconds
+
+
+def load(project: Project) -> dict[str, Profile]:
+    path = loadtests_dir(project) / "profiles.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}; restore loadtests/profiles.yaml") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({exc}); fix its syntax") from None
+    profiles = {}
+    for name, spec in (doc.get("profiles") or {}).items():
+        try:
+            profiles[name] = Profile(
+                name=name, users=int(spec["users"]), spawn_rate=float(spec["spawn_rate"]),
+                duration_s=parse_duration(spec["duration"], f"{path}: profiles.{name}.duration"),
+                classes={str(k): int(v) for k, v in (spec.get("classes") or {}).items()},
+                slo=spec.get("slo"), description=spec.get("description", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{path}: profiles.{name}: missing or bad {exc}; "
+                             "each profile needs users, spawn_rate, duration") from None
+    return profiles
+
+
+def get(project: Project, name: str) -> Profile:
+    profiles = load(project)
+    if name not in profiles:
+        known = ", ".join(profiles) or "none"
+        raise UsageError(f"unknown profile '{name}'; known: {known} "
+                         f"(defined in {loadtests_dir(project) / 'profiles.yaml'})")
+    return profiles[name]

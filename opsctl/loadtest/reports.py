@@ -1,0 +1,74 @@
+"""The report files of a run: Locust's own HTML report and CSV files, and a JUnit file.
+
+HTML and CSV are written by Locust's code (get_html_report, StatsCSVFileWriter), so they
+look exactly like `locust --html/--csv` output people already know. JUnit has one test case
+per SLO gate, so a CI system shows a breached gate as a failed test by its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from opsctl.loadtest.summary import RunSummary
+
+
+def write_html(environment: Any, path: Path) -> Path:
+    from locust.html import get_html_report
+
+    path.write_text(get_html_report(environment, show_download_link=False), encoding="utf-8")
+    return path
+
+
+class CsvFiles:
+    """Locust's CSV writer for the run: its history file fills while the run goes; at the end
+    the stats, failures and exceptions files are rewritten once from the final numbers
+    (Locust's own writer refreshes them only once a second, so they could lag the end)."""
+
+    def __init__(self, environment: Any, prefix: str):
+        import gevent
+        from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
+
+        self.environment, self.prefix = environment, prefix
+        self.writer = StatsCSVFileWriter(environment, PERCENTILES_TO_REPORT, prefix, full_history=True)
+        self.greenlet = gevent.spawn(self.writer.stats_writer)
+
+    def finish(self) -> dict[str, str]:
+        from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+        self.greenlet.kill(block=True)
+        self.writer.close_files()
+        final = StatsCSV(self.environment, PERCENTILES_TO_REPORT)
+        files = {}
+        for kind, write in (("stats", final.requests_csv), ("failures", final.failures_csv),
+                            ("exceptions", final.exceptions_csv)):
+            path = f"{self.prefix}_{kind}.csv"
+            with open(path, "w", newline="") as fh:
+                write(csv.writer(fh))
+            files[f"csv_{kind}"] = path
+        files["csv_stats_history"] = self.writer.stats_history_file_name()
+        return files
+
+
+def write_junit(summary: RunSummary, path: Path) -> Path:
+    suite = ET.Element("testsuite", name=f"loadtest {summary.profile} ({summary.env})",
+                       tests=str(len(summary.gates)), failures=str(len(summary.breached)), errors="0",
+                       time=f"{summary.run_seconds:.3f}", timestamp=summary.started_at)
+    props = ET.SubElement(suite, "properties")
+    for name, value in (("run_id", summary.id), ("host", summary.host), ("users", summary.users),
+                        ("requests", summary.total.requests), ("failures", summary.total.failures),
+                        ("rps", summary.total.rps), ("aborted_by", summary.aborted_by or "")):
+        ET.SubElement(props, "property", name=name, value=str(value))
+    for gate in summary.gates:
+        case = ET.SubElement(suite, "testcase", classname=f"slo.{summary.profile}", name=gate.gate,
+                             time=f"{summary.run_seconds:.3f}")
+        if not gate.passed:
+            ET.SubElement(case, "failure", message=f"SLO breached: {gate.describe()}", type="SLOBreach").text = (
+                f"{gate.gate} does not hold: {gate.describe()}")
+        else:
+            ET.SubElement(case, "system-out").text = gate.describe()
+    ET.indent(suite)
+    path.write_text(ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n", encoding="utf-8")
+    return path

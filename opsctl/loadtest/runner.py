@@ -1,0 +1,185 @@
+"""Run a Plan with Locust as a library: an Environment, a local runner (or a master with
+worker processes), headless, for a fixed duration; then reports, gates and the summary.
+
+Locust is imported here without gevent's monkey patching (LOCUST_SKIP_MONKEY_PATCH):
+opsctl calls this from its CLI and from runbook steps running in a thread pool, and
+patching a process that already runs threads breaks it. FastHttpUser's client
+(geventhttpclient) and Locust's runners use gevent directly, so they need no patching;
+everything in this module waits with gevent.sleep, never time.sleep.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from opsctl.errors import UsageError
+from opsctl.loadtest import slo
+from opsctl.loadtest.plan import Plan
+from opsctl.loadtest.summary import RunSummary, endpoints
+
+TICK_S = 0.5
+
+
+@dataclass
+class Tick:
+    """What the live view shows, twice a second."""
+    elapsed_s: float
+    duration_s: float
+    users: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    requests: int
+    failures: int
+    workers: int
+
+
+def import_locust() -> None:
+    """Import locust unpatched, from any thread.
+
+    locust.stats installs a SIGWINCH handler at import (to re-measure its console table),
+    which Python allows only in the main thread; runbook steps run in a worker thread. The
+    handler is cosmetic for Locust's own console printer, which opsctl does not use, so off
+    the main thread that one registration is skipped.
+    """
+    if "locust" in sys.modules:
+        return
+    import signal
+    import threading
+
+    before = os.environ.get("LOCUST_SKIP_MONKEY_PATCH")
+    os.environ["LOCUST_SKIP_MONKEY_PATCH"] = "1"
+    real = signal.signal
+    if threading.current_thread() is not threading.main_thread():
+        signal.signal = lambda sig, handler: None if sig == signal.SIGWINCH else real(sig, handler)
+    try:
+        import locust  # noqa: F401
+    finally:
+        signal.signal = real
+        if before is None:
+            os.environ.pop("LOCUST_SKIP_MONKEY_PATCH", None)
+        else:
+            os.environ["LOCUST_SKIP_MONKEY_PATCH"] = before
+
+
+def _forget_stale_siblings(folder: Path) -> None:
+    """Locustfiles import their siblings by bare name (`from common import ...`); a module of
+    that name cached from another folder (an earlier run with another --locustfile) must not
+    stand in for this folder's."""
+    for py in folder.glob("*.py"):
+        cached = sys.modules.get(py.stem)
+        origin = getattr(cached, "__file__", None)
+        if origin and Path(origin).resolve().parent != folder.resolve():
+            del sys.modules[py.stem]
+
+
+def _user_classes(plan: Plan) -> list:
+    from locust.util.load_locustfile import load_locustfile
+
+    _forget_stale_siblings(plan.locustfile.parent)
+    found, _shapes = load_locustfile(str(plan.locustfile))
+    names = plan.classes or {name: cls.weight for name, cls in found.items()}
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise UsageError(f"profile '{plan.profile}' names user classes {', '.join(missing)} that "
+                         f"{plan.locustfile} lacks; it has: {', '.join(sorted(found)) or 'none'}")
+    chosen = []
+    for name, weight in names.items():
+        cls = found[name]
+        cls.weight = weight  # the profile's share of users for this class (the master dispatches by it)
+        chosen.append(cls)
+    return chosen
+
+
+def _tick(runner, began: float, plan: Plan) -> Tick:
+    total = runner.stats.total
+    pct = total.get_response_time_percentile if total.num_requests else (lambda q: 0)
+    return Tick(elapsed_s=time.monotonic() - began, duration_s=plan.duration_s, users=runner.user_count,
+                rps=total.current_rps, p50_ms=pct(0.5), p95_ms=pct(0.95), p99_ms=pct(0.99),
+                requests=total.num_requests, failures=total.num_failures,
+                workers=len(getattr(runner, "clients", {}) or {}) if plan.workers else 0)
+
+
+def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Path | None = None) -> RunSummary:
+    """Run the load, stop at the duration (or at the first lost gate with abort_on_fail)."""
+    import_locust()
+    import gevent
+    from locust.env import Environment
+    from locust.event import Events
+    from locust.stats import stats_history
+
+    from opsctl.loadtest import reports
+
+    classes = _user_classes(plan)
+    environment = Environment(user_classes=classes, host=plan.host, events=Events(),
+                              locustfile=str(plan.locustfile))
+    run_id = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{plan.profile}-{uuid.uuid4().hex[:4]}"
+    workers = None
+    logdir = Path(tempfile.mkdtemp(prefix=f"opsctl-loadtest-{run_id}-"))
+    started = dt.datetime.now(dt.timezone.utc)
+    aborted: slo.GateResult | None = None
+    csv_files = None
+    try:
+        if plan.workers:
+            from opsctl.loadtest.distributed import Workers
+
+            workers = Workers(environment, plan.workers, plan.locustfile, logdir)
+            workers.wait_ready()
+            runner = workers.runner
+        else:
+            runner = environment.create_local_runner()
+        history = gevent.spawn(stats_history, runner)
+        csv_files = reports.CsvFiles(environment, plan.csv_prefix) if plan.csv_prefix else None
+        began = time.monotonic()
+        gevent.spawn(runner.start, plan.users, plan.spawn_rate)
+        while True:
+            gevent.sleep(TICK_S)
+            tick = _tick(runner, began, plan)
+            if on_tick:
+                on_tick(tick)
+            if tick.elapsed_s >= plan.duration_s:
+                break
+            if plan.abort_on_fail and (aborted := slo.lost(plan.gates, runner.stats.total)):
+                break
+        runner.stop()
+        if workers:
+            workers.flush()
+        run_seconds = time.monotonic() - began
+        history.kill(block=True)
+        files: dict[str, str] = {}
+        if plan.html:
+            files["html"] = str(reports.write_html(environment, plan.html))
+        if csv_files:
+            files.update(csv_files.finish())
+            csv_files = None
+        total, rows = endpoints(runner.stats)
+        gates = slo.evaluate(plan.gates, runner.stats.total)
+        summary = RunSummary(
+            id=run_id, env=plan.env, host=plan.host, profile=plan.profile, users=plan.users,
+            spawn_rate=plan.spawn_rate, duration_s=plan.duration_s, workers=plan.workers,
+            started_at=started.isoformat(timespec="seconds"),
+            finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            run_seconds=round(run_seconds, 2), slo=plan.slo, passed=all(g.passed for g in gates),
+            aborted_by=aborted.gate if aborted else None, gates=gates, total=total, endpoints=rows,
+            worker_counts=workers.counts() if workers else [], reports=files)
+        if plan.junit:
+            summary.reports["junit"] = str(plan.junit)
+            reports.write_junit(summary, plan.junit)
+        return summary
+    finally:
+        if csv_files:
+            csv_files.greenlet.kill(block=True)
+            csv_files.writer.close_files()
+        if workers:
+            workers.close()
+        elif environment.runner is not None:
+            environment.runner.quit()

@@ -1,0 +1,50 @@
+"""A Locust worker process for `opsctl loadtest run --workers N`:
+`python -m opsctl.loadtest.worker --master-port P --locustfile F`.
+
+A plain Locust WorkerRunner (a dedicated process, so Locust's usual gevent monkey patching
+is fine here) plus one addition: on the master's `opsctl_flush` it sends a last stats report
+and then its own request count, in that order on the same connection. The master waits for
+both before it quits, so no report is lost to Locust's fixed 0.5 s quit grace, and the run
+can show that the workers' counts add up to its total.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m opsctl.loadtest.worker")
+    parser.add_argument("--master-host", default="127.0.0.1")
+    parser.add_argument("--master-port", type=int, required=True)
+    parser.add_argument("--locustfile", required=True)
+    args = parser.parse_args(argv)
+
+    import locust  # noqa: F401  (patches this process for gevent first)
+    from locust.env import Environment
+    from locust.event import Events
+    from locust.util.load_locustfile import load_locustfile
+
+    classes, _shapes = load_locustfile(args.locustfile)
+    env = Environment(user_classes=list(classes.values()), events=Events(), locustfile=args.locustfile)
+    runner = env.create_worker_runner(args.master_host, args.master_port)
+    counts = {"requests": 0, "failures": 0}
+
+    def on_request(exception=None, **_kw) -> None:
+        counts["requests"] += 1
+        counts["failures"] += exception is not None
+
+    def on_flush(environment, msg, **_kw) -> None:
+        data: dict = {}
+        environment.events.report_to_master.fire(client_id=runner.client_id, data=data)
+        runner.send_message("stats", data)
+        runner.send_message("opsctl_final", dict(counts))
+
+    env.events.request.add_listener(on_request)
+    runner.register_message("opsctl_flush", on_flush)
+    runner.greenlet.join()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

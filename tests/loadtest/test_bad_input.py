@@ -1,0 +1,67 @@
+"""Bad input is one clear line and exit 2, found before any load is sent."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from conftest import opsctl
+
+
+def _one_line(outcome) -> str:
+    assert outcome.code == 2, (outcome.stdout, outcome.stderr)
+    assert outcome.stdout == ""
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("opsctl: error: "), outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    return lines[0]
+
+
+def test_unknown_profile(ops_root):
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--profile", "gigantic"))
+    assert "unknown profile 'gigantic'" in line and "light, medium, heavy, stress" in line
+
+
+def test_malformed_slo_names_the_term(ops_root):
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--slo", "p95<2000ms,error_rate<<5%"))
+    assert "bad term 'error_rate<<5%'" in line
+
+
+def test_bad_duration(ops_root):
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--duration", "5 minutes", "--host", "http://127.0.0.1:9"))
+    assert "'5 minutes' is not a duration" in line
+
+
+def test_unreachable_host(ops_root):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--host", f"http://127.0.0.1:{port}"))
+    assert f"cannot reach http://127.0.0.1:{port}" in line and "connection refused" in line
+
+
+def test_local_platform_never_started(ops_root):
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "-t", "5s"))
+    assert "opsctl local up" in line
+
+
+def test_not_a_url(ops_root):
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--host", "127.0.0.1:8080"))
+    assert "is not an http(s) URL" in line
+
+
+def test_compare_unknown_run(ops_root):
+    line = _one_line(opsctl(ops_root, "loadtest", "compare", "nope", "latest"))
+    assert "no load test runs saved" in line
+
+
+@pytest.mark.integration
+def test_unknown_user_class(local_platform):
+    line = _one_line(opsctl(local_platform.root, "loadtest", "run", "--classes", "AdminUser,RobotUser", "-t", "3s"))
+    assert "RobotUser" in line and "AdminUser, StressUser, TranscriptionUser" in line
+
+
+def test_malformed_classes(ops_root):
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--classes", "AdminUser=zero"))
+    assert "--classes: bad term 'AdminUser=zero'" in line

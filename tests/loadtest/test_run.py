@@ -1,0 +1,106 @@
+"""End to end against the session's embedded platform (real Caddy router, real worker with
+the Whisper base model, real Locust): short runs, a few users, seconds each."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import opsctl
+
+pytestmark = pytest.mark.slow
+ADMIN = {"/healthz", "/readyz", "/version", "/metrics"}
+
+
+@pytest.fixture(scope="module")
+def light(local_platform, reports):
+    out = opsctl(local_platform.root, "loadtest", "run", "--env", "local", "--profile", "light",
+                 "--users", "3", "--spawn-rate", "3", "--duration", "8s", "--slo", "error_rate<5%,p95<60000ms",
+                 "--html", str(reports / "light.html"), "--csv", str(reports / "light"),
+                 "--junit", str(reports / "light.xml"), "--json")
+    return out
+
+
+def test_light_run_passes_its_slos(light, local_platform):
+    assert light.code == 0, light.stderr
+    doc = light.doc
+    assert doc["passed"] is True and doc["aborted_by"] is None
+    assert doc["host"] == local_platform.endpoints().router_url
+    assert [(g["gate"], g["passed"]) for g in doc["gates"]] == [("error_rate<5%", True), ("p95<60000ms", True)]
+    names = {e["name"] for e in doc["endpoints"]}
+    assert names & ADMIN, names                                     # the admin user ran
+    assert any(n.startswith("/v1/") for n in names), names          # the transcription user ran
+    assert doc["total"]["requests"] == sum(e["requests"] for e in doc["endpoints"]) > 0
+    assert (local_platform.root / ".opsctl" / "loadtests" / f"{doc['id']}.json").is_file()
+
+
+def test_light_run_writes_html_csv_junit(light, reports):
+    doc = light.doc
+    html = (reports / "light.html").read_text()
+    assert doc["host"] in html and "/v1/" in html
+    for e in doc["endpoints"]:
+        assert json.dumps(e["name"]).strip('"') in html or e["name"] in html
+    with open(reports / "light_stats.csv") as fh:
+        rows = {r["Name"]: r for r in csv.DictReader(fh)}
+    assert int(rows["Aggregated"]["Request Count"]) == doc["total"]["requests"]
+    for e in doc["endpoints"]:
+        assert int(rows[e["name"]]["Request Count"]) == e["requests"]
+    assert (reports / "light_stats_history.csv").read_text().startswith("Timestamp,User Count")
+    suite = ET.parse(reports / "light.xml").getroot()
+    assert suite.tag == "testsuite" and suite.get("tests") == "2" and suite.get("failures") == "0"
+    assert [c.get("name") for c in suite.iter("testcase")] == ["error_rate<5%", "p95<60000ms"]
+    assert not list(suite.iter("failure"))
+
+
+def test_impossible_slo_exits_1_naming_the_gate(local_platform, reports):
+    out = opsctl(local_platform.root, "loadtest", "run", "--users", "3", "--spawn-rate", "3", "--duration", "60s",
+                 "--slo", "error_rate<50%,p95<1ms", "--abort-on-fail", "--junit", str(reports / "bad.xml"), "--json")
+    assert out.code == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("opsctl: error: SLO breached: p95<1ms (observed ")
+    assert "error_rate" not in out.stderr.strip().splitlines()[-1]
+    doc = out.doc
+    assert doc["passed"] is False and doc["aborted_by"] == "p95<1ms"
+    assert doc["run_seconds"] < 60                                  # stopped on the lost gate, not the clock
+    failures = list(ET.parse(reports / "bad.xml").getroot().iter("failure"))
+    assert len(failures) == 1 and "p95<1ms" in failures[0].get("message")
+
+
+def test_two_workers_totals_add_up(local_platform):
+    # admin users only: quick requests, so each worker has many in a few seconds whatever
+    # transcriptions earlier tests left queued on the worker
+    out = opsctl(local_platform.root, "loadtest", "run", "--users", "4", "--spawn-rate", "4", "--duration", "6s",
+                 "--workers", "2", "--classes", "AdminUser", "--slo", "error_rate<5%", "--json")
+    assert out.code == 0, out.stderr
+    doc = out.doc
+    counts = doc["worker_counts"]
+    assert len(counts) == 2 and all(c["requests_sent"] > 0 for c in counts)
+    assert sum(c["requests_sent"] for c in counts) == doc["total"]["requests"]
+    assert sum(c["requests_received"] for c in counts) == doc["total"]["requests"]
+    assert sum(e["requests"] for e in doc["endpoints"]) == doc["total"]["requests"]
+    assert {e["name"] for e in doc["endpoints"]} <= ADMIN
+
+
+def test_compare_flags_a_planted_regression(light, local_platform):
+    base = light.doc
+    saved = local_platform.root / ".opsctl" / "loadtests"
+    planted = json.loads((saved / f"{base['id']}.json").read_text())
+    slowest = max(planted["endpoints"], key=lambda e: e["requests"])
+    slowest["p95_ms"] = slowest["p95_ms"] * 3 + 100
+    planted["id"] = base["id"] + "-planted"
+    (saved / f"{planted['id']}.json").write_text(json.dumps(planted))
+
+    same = opsctl(local_platform.root, "loadtest", "compare", base["id"], base["id"], "--min-requests", "1", "--json")
+    assert same.code == 0 and same.doc["rows"] and not any(r["regressions"] for r in same.doc["rows"])
+
+    out = opsctl(local_platform.root, "loadtest", "compare", base["id"], planted["id"], "--min-requests", "1", "--json")
+    assert out.code == 1
+    flagged = {r["endpoint"]: r["regressions"] for r in out.doc["rows"] if r["regressions"]}
+    key = f"{slowest['method']} {slowest['name']}"
+    assert list(flagged) == [key] and flagged[key][0].startswith("p95 ")
+    assert f"{key}: p95" in out.stderr
+
+    listed = opsctl(local_platform.root, "loadtest", "list", "--json")
+    assert {base["id"], planted["id"]} <= {r["id"] for r in listed.doc}
