@@ -137,17 +137,10 @@ def prune(
 ) -> None:
     """Apply retention (default: backup.retention); never removes the newest (verified) backup."""
     from opsctl.backup import retention
-    from opsctl.backup.repository import open_repository
-    from opsctl.endpoints import resolve
     from opsctl.output import emit
 
-    project, environment_ = environment(env)
-    repo = open_repository(environment_.backup.repository, project, resolve(project, environment_))
-    rules = environment_.backup.retention
-    if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
-        keep_last, keep_daily, keep_weekly, keep_monthly = (rules.keep_last, rules.keep_daily,
-                                                            rules.keep_weekly, rules.keep_monthly)
-    args = (repo, keep_last, keep_daily, keep_weekly, keep_monthly)
+    repo, rules = retention.repository_and_rules(*environment(env), keep_last, keep_daily, keep_weekly, keep_monthly)
+    args = (repo, *rules)
     r = retention.prune(*args, dry_run=True)
     if not dry_run and r.removed:
         confirm(f"delete {len(r.removed)} backup(s) from {repo.url}", yes)

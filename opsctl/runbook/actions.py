@@ -128,9 +128,138 @@ def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | 
 
 
 @action("notify")
-def notify(ctx: Context, message: str, level: str = "info") -> dict:
-    """A line in the run's log; with alert sinks configured, also sent to them."""
+def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | None = None) -> dict:
+    """A line in the log, and a message to the environment's alert sinks (health.sinks),
+    all of them or those named. A sink that fails is reported in the outputs, not raised:
+    a notification must not turn a good run into a failed one."""
+    import datetime as dt
     import logging
 
-    logging.getLogger("opsctl.runbook").log(logging.WARNING if level != "info" else logging.INFO, message)
-    return {"message": message, "sent_to": []}
+    from opsctl.health.alerting import Alert
+    from opsctl.health.sinks import build
+
+    status = {"info": "OK", "warning": "WARNING", "critical": "CRITICAL"}.get(level)
+    if status is None:
+        raise OperationFailed(f"level: {level}; use info, warning or critical")
+    logging.getLogger("opsctl.runbook").log(logging.INFO if level == "info" else logging.WARNING, message)
+    wanted = [n.strip() for n in sinks.split(",")] if isinstance(sinks, str) else sinks
+    chosen = [s for s in ctx.env.health.sinks if wanted is None or s.name in wanted]
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    alert = Alert(event="trigger", env=ctx.env.name, check="runbook", kind="runbook", status=status,
+                  message=message, value=None, unit="", started_at=now, at=now, failures=0)
+    sent, failed = [], {}
+    for settings in chosen:
+        sender = build(settings)
+        try:
+            sender.send(alert)
+            sent.append(sender.name)
+        except Exception as exc:  # reported, never raised (see docstring)
+            failed[sender.name] = sender.scrub(str(exc))
+    return {"message": message, "sent_to": sent, "failed": failed}
+
+
+@action("health")
+def health(ctx: Context, checks: list | str | None = None, skip: list | str | None = None,
+           fail_on: str = "critical") -> dict:
+    """One sweep (`opsctl health --mode once`); fails the step at `fail_on` or worse.
+    `checks`/`skip` take names or kinds, as a list or a comma-separated string."""
+    from opsctl.health import monitor
+    from opsctl.health.model import Status
+
+    levels = {"critical": {Status.CRITICAL}, "warning": {Status.CRITICAL, Status.WARNING},
+              "unknown": {Status.CRITICAL, Status.WARNING, Status.UNKNOWN}, "never": set()}
+    if fail_on not in levels:
+        raise OperationFailed(f"fail_on: {fail_on}; use one of {', '.join(levels)}")
+    def names(value):
+        return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+
+    result = monitor.once(ctx.project, ctx.env, names(checks), names(skip))
+    bad = [r for r in result.results if r.status in levels[fail_on]]
+    if bad:
+        raise OperationFailed(f"health {result.status.name}: " + "; ".join(f"{r.name}: {r.message}" for r in bad))
+    return {"status": result.status.name, "checks": {r.name: r.status.name for r in result.results}}
+
+
+@action("backup")
+def backup(ctx: Context, type: str = "full", label: str | None = None, compress_level: int | None = None) -> dict:
+    from opsctl.backup.create import create
+
+    result = to_jsonable(create(ctx.project, ctx.env, type, compress_level, label=label))
+    return {k: result[k] for k in ("id", "components", "raw_bytes", "stored_bytes", "ratio", "seconds", "pruned")}
+
+
+@action("verify")
+def verify(ctx: Context, id: str, restore_test: bool = False) -> dict:
+    from opsctl.backup.verify import verify as check
+
+    result = check(ctx.project, ctx.env, id, restore_test)
+    if not result.ok:
+        raise OperationFailed(f"backup {id} failed verification")
+    return to_jsonable(result)
+
+
+@action("prune")
+def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,
+          keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> dict:
+    from opsctl.backup import retention
+
+    repo, rules = retention.repository_and_rules(ctx.project, ctx.env, keep_last, keep_daily, keep_weekly, keep_monthly)
+    result = retention.prune(repo, *rules, dry_run=dry_run)
+    return {"removed": result.removed, "kept": result.kept, "dry_run": dry_run}
+
+
+@action("restore")
+def restore(ctx: Context, id: str | None = None, date: str | None = None, latest: bool = False,
+            components: list | None = None, target_db: str | None = None, jobs: int = 1) -> dict:
+    """Restores into `target_db` (and stops there) without approval; over live data it needs --yes."""
+    import datetime as dt
+
+    from opsctl.backup import restore as core
+    from opsctl.output import confirm
+
+    plan = core.plan(ctx.project, ctx.env, id, date, latest, components, target_db)
+    if plan.overwrites:
+        confirm(f"restore backup {plan.backup_id} over {'; '.join(plan.overwrites)}", ctx.yes)
+    result = to_jsonable(core.run(plan, jobs))
+    age = dt.datetime.now(dt.timezone.utc) - plan.created_at
+    return {**result, "backup_created_at": plan.created_at.isoformat(),
+            "data_age_seconds": round(age.total_seconds(), 1), "rto_seconds": result["seconds"]}
+
+
+@action("loadtest")
+def loadtest(ctx: Context, profile: str = "light", users: int | None = None, spawn_rate: float | None = None,
+             duration: str | None = None, slo: str | None = None, workers: int = 0,
+             abort_on_fail: bool = False, classes: str | None = None) -> dict:
+    from opsctl.loadtest import history, plan, runner
+
+    the_plan = plan.make(ctx.project, ctx.env, profile, users=users, spawn_rate=spawn_rate, duration=duration,
+                         slo_text=slo, workers=workers, abort_on_fail=abort_on_fail, classes=classes)
+    summary = runner.run(the_plan)
+    history.save(ctx.project, summary)
+    doc = to_jsonable(summary)
+    if not summary.passed:
+        raise OperationFailed("SLO breached: " + "; ".join(g.describe() for g in summary.breached))
+    return {"run_id": doc["id"], "passed": True, "slo": doc["slo"], "total": doc["total"]}
+
+
+@action("scale-down")
+def scale_down(ctx: Context) -> dict:
+    """Stop the standby color now (the end of a verified rollout): what a deploy's
+    scale-down delay would do later."""
+    from opsctl.deploy import bluegreen
+
+    driver = _driver(ctx)
+    with driver.lock():
+        return {"stopped": bluegreen.reap(driver, force=True)}
+
+
+@action("drop-database")
+def drop_database(ctx: Context, name: str) -> dict:
+    """Remove a scratch database (a restore drill's); the environment's own is refused."""
+    from opsctl.backup import postgres
+    from opsctl.endpoints import resolve
+
+    if name == ctx.env.database.name:
+        raise OperationFailed(f"refusing to drop {name}: it is the environment's live database")
+    postgres.drop_database(resolve(ctx.project, ctx.env).database_url, name)
+    return {"dropped": name}

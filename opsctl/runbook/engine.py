@@ -97,7 +97,22 @@ class Runner:
             steps = {s["id"]: steps.get(s["id"]) or {"outputs": Placeholder(f"steps.{s['id']}.outputs")}
                      for s in self.book.steps}
         return {"params": self.params, "steps": steps, "run": {"id": self.journal.run_id if self.journal else "dry-run"},
-                "env": {"name": self.env.name, "platform": self.env.platform, "router_url": self.env.router_url}}
+                "env": self.env_view}
+
+    @property
+    def env_view(self) -> dict:
+        """What templates may read of the environment: its name and where it answers."""
+        if not hasattr(self, "_env_view"):
+            from opsctl.endpoints import resolve
+
+            view = {"name": self.env.name, "platform": self.env.platform, "router_url": self.env.router_url,
+                    "database": self.env.database.name}
+            try:
+                view["router_url"] = resolve(self.project, self.env).router_url or view["router_url"]
+            except UsageError:  # the local platform is not up: templates that need it will say so
+                pass
+            self._env_view = view
+        return self._env_view
 
     def _record(self, outcome: StepOutcome, **extra) -> None:
         self.steps.append(outcome)

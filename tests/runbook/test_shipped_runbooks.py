@@ -1,0 +1,100 @@
+"""The shipped runbooks, each run for real against the embedded platform."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from opsctl.backup.keys import generate
+from opsctl.cli import app
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def root(local_platform, monkeypatch) -> Path:
+    """The session platform's ops root with this repository's runbooks and a backup key."""
+    target = local_platform.root / "runbooks"
+    if not target.exists():
+        shutil.copytree(REPO / "runbooks", target)
+    monkeypatch.chdir(local_platform.root)
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", _key(local_platform.root))
+    local_platform.up()
+    return local_platform.root
+
+
+def _key(root: Path) -> str:
+    path = root / ".opsctl" / "test-backup-key"
+    if not path.exists():
+        path.write_text(generate())
+    return path.read_text()
+
+
+def _run(runner, *args: str) -> dict:
+    result = runner.invoke(app, ["runbook", "run", *args, "--yes", "--json"])
+    assert result.stdout.strip(), result.output
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 0, (doc["status"], [(s["id"], s["status"], s["detail"]) for s in doc["steps"]])
+    return doc
+
+
+def _journal(root: Path, run_id: str) -> list[dict]:
+    return [json.loads(line) for line in (root / ".opsctl" / "runs" / f"{run_id}.jsonl").read_text().splitlines()]
+
+
+def _journaled(root: Path, doc: dict) -> list[tuple[str, str]]:
+    return [(r["id"], r["status"]) for r in _journal(root, doc["run_id"]) if r["type"] == "step"]
+
+
+def test_shipped_runbooks_validate(runner, root):
+    result = runner.invoke(app, ["runbook", "validate", "--json"])
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.stdout)["checked"]
+    assert {Path(p).parent.name for p in checked} == {
+        "deploy-worker", "nightly-backup", "restore-drill", "health-sweep", "load-test-gate"}
+
+
+def test_health_sweep(runner, root):
+    doc = _run(runner, "health-sweep", "-p", "skip=host,backup")
+    assert _journaled(root, doc) == [("sweep", "ok")]
+    assert doc["steps"][0]["outputs"]["checks"]["redis"] == "OK"
+
+
+def test_nightly_backup_then_restore_drill(runner, root):
+    backup = _run(runner, "nightly-backup")
+    assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("prune", "ok"), ("report", "ok")]
+    backup_id = backup["steps"][0]["outputs"]["id"]
+    assert backup["steps"][1]["outputs"]["ok"] is True
+    assert backup_id in backup["steps"][3]["outputs"]["message"]
+
+    drill = _run(runner, "restore-drill")
+    assert _journaled(root, drill) == [("restore", "ok"), ("fresh-enough", "ok"), ("report", "ok"), ("drop-scratch", "ok")]
+    restored = drill["steps"][0]["outputs"]
+    assert restored["backup_id"] == backup_id and restored["rto_seconds"] > 0
+    assert "RTO" in drill["steps"][2]["outputs"]["message"]
+
+
+def test_load_test_gate(runner, root):
+    doc = _run(runner, "load-test-gate", "-p", "duration=6s")
+    assert _journaled(root, doc) == [("load", "ok"), ("report", "ok")]
+    assert doc["steps"][0]["outputs"]["total"]["requests"] > 0
+
+
+def test_deploy_worker_ten_steps(runner, root):
+    doc = _run(runner, "deploy-worker", "-p", "image=registry/worker:7.0.0", "-p", "loadtest_duration=6s",
+               "-p", "monitor_seconds=1")
+    assert _journaled(root, doc) == [
+        ("validate", "ok"), ("current", "ok"), ("backup", "ok"), ("rollout", "ok"), ("verify-health", "ok"),
+        ("performance", "ok"), ("monitoring", "ok"), ("record", "ok"), ("settle", "ok"), ("post-deploy", "ok"),
+        ("retire", "ok")]
+    rollout = doc["steps"][3]["outputs"]
+    assert rollout["version"] == "7.0.0" and rollout["outcome"] == "promoted"
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["colors"][status["active_color"]]["version"] == "7.0.0"
+    standby = "blue" if status["active_color"] == "green" else "green"
+    assert not status["colors"][standby]["running"]  # retired after verification
