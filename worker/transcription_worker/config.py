@@ -1,0 +1,118 @@
+"""Configuration, read once from `WORKER_*` environment variables.
+
+The worker runs as a container and as a supervised local process; in both the environment is
+the one interface opsctl controls, so every setting lives here, is validated at start-up and
+a bad value stops the process with one line on stderr (exit 2) instead of failing later
+under traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def default_model_dir() -> Path:
+    """Where `assemble-model` puts Whisper base: the user cache, overridable by XDG_CACHE_HOME."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "transcription-worker" / "models" / "whisper-base"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
+
+    # model and inference
+    model_path: Path = Field(default_factory=default_model_dir)
+    model_name: str = ""  # reported by /version and verbose_json; default: the directory name
+    device: Literal["cpu", "cuda"] = "cpu"
+    compute_type: str = "int8"
+    concurrency: int = Field(1, ge=1, le=64)
+    cpu_threads: int = Field(0, ge=0)  # 0: cores divided among the concurrent transcriptions
+    beam_size: int = Field(5, ge=1, le=10)
+    queue_size: int = Field(8, ge=0)  # waiting transcriptions on top of `concurrency` running
+    max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit
+
+    # dependencies (each optional: without it the features that need it answer 503)
+    database_url: str | None = None
+    redis_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = "audio/"
+
+    # identity
+    color: str = "none"
+    version: str = ""
+
+    # access control and per-key limits (0 = unlimited)
+    api_key_hashes: Annotated[list[str], NoDecode] = []
+    rate_limit_rpm: int = Field(0, ge=0)
+    rate_limit_concurrent_uploads: int = Field(0, ge=0)
+    rate_limit_daily_audio_seconds: int = Field(0, ge=0)
+
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _split_hashes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _check_hashes(cls, value: list[str]) -> list[str]:
+        for h in value:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise ValueError("each entry must be a SHA-256 hex digest (64 hex characters)")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        if not self.model_name:
+            self.model_name = self.model_path.name
+        if not self.version:
+            from . import __version__
+
+            self.version = __version__
+        if self.cpu_threads == 0:
+            self.cpu_threads = max(1, (os.cpu_count() or 1) // self.concurrency)
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @cached_property
+    def key_ids(self) -> dict[str, str]:
+        """Configured key hash -> short id used in Redis keys, job rows and logs (never the key)."""
+        return {h: h[:12] for h in self.api_key_hashes}
+
+    def key_id_for(self, token: str) -> str | None:
+        return self.key_ids.get(hashlib.sha256(token.encode()).hexdigest())
+
+    @property
+    def jobs_enabled(self) -> bool:
+        return bool(self.database_url and self.s3_bucket)
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for one stderr line."""
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]).upper() if err["loc"] else "SETTINGS"
+        message = f"invalid WORKER_{field}: {err['msg']}"
+        if field != "API_KEY_HASHES" and "input" in err:  # never echo key material
+            message += f" (got {err['input']!r})"
+        raise ConfigError(message) from None

@@ -1,0 +1,160 @@
+"""PostgreSQL: the schema, its migration, and the queries on jobs and transcripts.
+
+`jobs` holds one row per asynchronous request; `(api_key_id, idempotency_key)` is unique so
+a retried POST finds the row its first attempt made instead of adding one. `transcripts`
+holds one verbose_json document per (audio SHA-256, options), the store that identical
+audio is answered from. Migrations are numbered, applied under an advisory lock (blue and
+green may start together) and recorded in `worker_schema_migrations`, so `migrate` is safe to
+run any number of times.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE transcripts (
+        audio_sha256 text NOT NULL,
+        options_key  text NOT NULL,
+        model        text NOT NULL,
+        duration     double precision NOT NULL,
+        result       jsonb NOT NULL,
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (audio_sha256, options_key)
+    );
+    CREATE TABLE jobs (
+        id              uuid PRIMARY KEY,
+        api_key_id      text NOT NULL,
+        idempotency_key text,
+        status          text NOT NULL
+                        CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+        audio_sha256    text NOT NULL,
+        audio_key       text NOT NULL,
+        audio_bytes     bigint NOT NULL,
+        duration        double precision NOT NULL,
+        options         jsonb NOT NULL,
+        options_key     text NOT NULL,
+        deduplicated    boolean NOT NULL DEFAULT false,
+        error           text,
+        worker          text,
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        started_at      timestamptz,
+        completed_at    timestamptz,
+        UNIQUE (api_key_id, idempotency_key)
+    );
+    CREATE INDEX jobs_status_created ON jobs (status, created_at);
+    """,
+]
+_LOCK_ID = 0x77_6F_72_6B  # "work": advisory lock for migrations
+
+
+def migrate(url: str) -> list[int]:
+    """Apply pending migrations; returns the numbers applied (empty when up to date)."""
+    applied = []
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS worker_schema_migrations ("
+                         " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            done = {r[0] for r in conn.execute("SELECT version FROM worker_schema_migrations")}
+            for number, sql in enumerate(MIGRATIONS, start=1):
+                if number in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO worker_schema_migrations (version) VALUES (%s)", (number,))
+                applied.append(number)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+    return applied
+
+
+def ping(url: str) -> None:
+    """A fresh connection, not a pooled one: readiness must see the server as it is now."""
+    with psycopg.connect(url, connect_timeout=2) as conn:
+        conn.execute("SELECT 1")
+
+
+_JOB_COLUMNS = """j.id, j.status, j.audio_sha256, j.audio_key, j.audio_bytes, j.duration, j.options,
+    j.options_key, j.deduplicated, j.error, j.created_at, j.started_at, j.completed_at,
+    j.idempotency_key, t.result"""
+
+
+class Database:
+    def __init__(self, url: str, max_size: int):
+        self.url = url
+        self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=5,
+                                   kwargs={"connect_timeout": 3, "row_factory": dict_row})
+
+    def open(self) -> None:
+        self.pool.open(wait=False)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _one(self, sql: str, params: tuple) -> dict[str, Any] | None:
+        with self.pool.connection() as conn:
+            return conn.execute(sql, params).fetchone()
+
+    def find_transcript(self, sha256: str, options_key: str) -> dict[str, Any] | None:
+        row = self._one("SELECT result FROM transcripts WHERE audio_sha256 = %s AND options_key = %s",
+                        (sha256, options_key))
+        return row["result"] if row else None
+
+    def save_transcript(self, sha256: str, options_key: str, model: str, result: dict) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("INSERT INTO transcripts (audio_sha256, options_key, model, duration, result)"
+                         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                         (sha256, options_key, model, result.get("duration", 0), Jsonb(result)))
+
+    def get_job(self, job_id: str, api_key_id: str) -> dict[str, Any] | None:
+        try:
+            uuid.UUID(job_id)
+        except ValueError:
+            return None
+        return self._one(f"SELECT {_JOB_COLUMNS} FROM jobs j LEFT JOIN transcripts t"
+                         " ON t.audio_sha256 = j.audio_sha256 AND t.options_key = j.options_key"
+                         " AND j.status = 'succeeded' WHERE j.id = %s AND j.api_key_id = %s",
+                         (job_id, api_key_id))
+
+    def find_by_idempotency_key(self, api_key_id: str, key: str) -> dict[str, Any] | None:
+        row = self._one("SELECT id FROM jobs WHERE api_key_id = %s AND idempotency_key = %s",
+                        (api_key_id, key))
+        return self.get_job(str(row["id"]), api_key_id) if row else None
+
+    def create_job(self, *, api_key_id: str, idempotency_key: str | None, sha256: str,
+                   audio_key: str, audio_bytes: int, duration: float, options: dict,
+                   options_key: str, done: bool, worker: str) -> tuple[dict[str, Any], bool]:
+        """Insert a job; returns (job, created). A concurrent twin with the same
+        Idempotency-Key makes `created` False and returns the twin's row."""
+        job_id = uuid.uuid4()
+        status = "succeeded" if done else "queued"
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "INSERT INTO jobs (id, api_key_id, idempotency_key, status, audio_sha256, audio_key,"
+                " audio_bytes, duration, options, options_key, deduplicated, worker, completed_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " CASE WHEN %s THEN now() END)"
+                " ON CONFLICT (api_key_id, idempotency_key) DO NOTHING RETURNING id",
+                (job_id, api_key_id, idempotency_key, status, sha256, audio_key, audio_bytes,
+                 duration, Jsonb(options), options_key, done, worker, done)).fetchone()
+        if row is None:
+            return self.find_by_idempotency_key(api_key_id, idempotency_key or ""), False
+        return self.get_job(str(job_id), api_key_id), True
+
+    def mark_running(self, job_id: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE jobs SET status = 'running', started_at = now() WHERE id = %s",
+                         (job_id,))
+
+    def finish_job(self, job_id: str, error: str | None = None) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE jobs SET status = %s, error = %s, completed_at = now()"
+                         " WHERE id = %s", ("failed" if error else "succeeded", error, job_id))

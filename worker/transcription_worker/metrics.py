@@ -1,0 +1,39 @@
+"""Prometheus metrics (prefix `worker_`), the names the monitoring issue builds alerts on.
+
+Kept in one module so the list in README.md and the code cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+REQUESTS = Counter("worker_requests_total", "HTTP requests answered",
+                   ["method", "route", "status"])
+REQUEST_DURATION = Histogram(
+    "worker_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+AUDIO_SECONDS = Counter("worker_audio_seconds_total", "Seconds of audio transcribed", ["source"])
+TRANSCRIPTION_SECONDS = Histogram(
+    "worker_transcription_duration_seconds", "Wall time of one transcription",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+REALTIME_FACTOR = Histogram(
+    "worker_realtime_factor", "Processing seconds per audio second (below 1: faster than real time)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5))
+QUEUE_DEPTH = Gauge("worker_queue_depth", "Transcriptions waiting for a model slot")
+IN_PROGRESS = Gauge("worker_transcriptions_in_progress", "Transcriptions running now")
+QUEUE_REJECTED = Counter("worker_queue_rejected_total", "Requests refused because the queue was full")
+MODEL_LOAD_SECONDS = Gauge("worker_model_load_seconds", "Time the model took to load")
+MODEL_LOADED = Gauge("worker_model_loaded", "1 once the model is loaded")
+JOBS = Counter("worker_jobs_total", "Asynchronous jobs by outcome",
+               ["status"])  # created, deduplicated, succeeded, failed
+DEDUP_HITS = Counter("worker_dedup_hits_total", "Requests answered from a stored transcript")
+RATE_LIMITED = Counter("worker_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
+BUILD = Info("worker_build", "Version, color and model of this worker")
+
+# Create every labelled series at zero, so alert rules see 0 rather than an absent series.
+for _status in ("created", "deduplicated", "succeeded", "failed"):
+    JOBS.labels(_status)
+for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds"):
+    RATE_LIMITED.labels(_limit)
+for _source in ("sync", "job"):
+    AUDIO_SECONDS.labels(_source)

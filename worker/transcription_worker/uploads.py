@@ -1,0 +1,110 @@
+"""Reading and validating an OpenAI-style multipart upload.
+
+The form is parsed by hand (not by FastAPI parameters) so that authentication, the rate
+limit and the upload slot are checked before the body is read: a refused caller never
+makes the service buffer 25 MB. The size limit is enforced twice: on Content-Length before
+reading, and on the bytes actually received (a chunked upload has no Content-Length).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import APIError, error_response
+from .formats import FORMATS
+from .model import Options
+
+_SLACK = 64 * 1024  # multipart headers and the small form fields around the file
+
+
+def _languages() -> set[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return set(_LANGUAGE_CODES)
+
+
+@dataclass
+class Upload:
+    data: bytes
+    filename: str | None
+    content_type: str | None
+    sha256: str
+    response_format: str
+    options: Options
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the file is larger than the {limit // (1024 * 1024)} MB limit",
+                    param="file", code="file_too_large")
+
+
+async def read_upload(request: Request, max_bytes: int) -> Upload:
+    form = await request.form(max_files=1, max_fields=32)
+    try:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise APIError(400, "a multipart `file` field with the audio is required", param="file",
+                           code="missing_file")
+        if file.size is not None and file.size > max_bytes:
+            raise _too_large(max_bytes)
+        data = await file.read()
+        response_format = str(form.get("response_format") or "json")
+        if response_format not in FORMATS:
+            raise APIError(400, f"unknown response_format {response_format!r}; use one of "
+                           + ", ".join(FORMATS), param="response_format", code="invalid_value")
+        language = str(form.get("language") or "").strip().lower() or None
+        if language and language not in _languages():
+            raise APIError(400, f"unsupported language {language!r} (use an ISO-639-1 code)",
+                           param="language", code="invalid_value")
+        try:
+            temperature = float(form.get("temperature") or 0.0)
+        except ValueError:
+            temperature = -1.0
+        if not 0.0 <= temperature <= 1.0:
+            raise APIError(400, "temperature must be a number between 0 and 1",
+                           param="temperature", code="invalid_value")
+        granularities = set(form.getlist("timestamp_granularities[]")) | set(
+            form.getlist("timestamp_granularities"))
+        if granularities - {"word", "segment"}:
+            raise APIError(400, "timestamp_granularities takes word and/or segment",
+                           param="timestamp_granularities", code="invalid_value")
+        options = Options(language=language, prompt=str(form.get("prompt") or "") or None,
+                          temperature=temperature, word_timestamps="word" in granularities)
+        return Upload(data=data, filename=file.filename, content_type=file.content_type,
+                      sha256=hashlib.sha256(data).hexdigest(), response_format=response_format,
+                      options=options)
+    finally:
+        await form.close()
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for request bodies over the upload limit, before and while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes + _SLACK
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            response = error_response(413, _too_large(self.max_bytes - _SLACK).message,
+                                      param="file", code="file_too_large",
+                                      headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _too_large(self.max_bytes - _SLACK)
+            return message
+
+        await self.app(scope, counting_receive, send)
