@@ -69,10 +69,7 @@ class OpsGroup(TyperGroup):
             if debug:
                 traceback.print_exc()
             code = _fail(str(exc), exc.exit_code)
-        except click_errors.NoSuchOption as exc:
-            cmd = exc.ctx.command_path if exc.ctx else "opsctl"
-            code = _fail(f"{exc.format_message()} (see '{cmd} --help')", 2)
-        except click_errors.UsageError as exc:
+        except click_errors.UsageError as exc:  # unknown commands and options, bad values
             cmd = exc.ctx.command_path if exc.ctx else "opsctl"
             code = _fail(f"{exc.format_message()} (see '{cmd} --help')", 2)
         except click_errors.ClickException as exc:
