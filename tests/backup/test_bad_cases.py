@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import OTHER_KEY, snapshot_state
+from backup_support import OTHER_KEY, snapshot_state
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow

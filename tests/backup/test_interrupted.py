@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import KEY
+from backup_support import KEY
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from conftest import NOTES, REDIS_KEYS, ROWS, audio_state, snapshot_state
+from backup_support import NOTES, REDIS_KEYS, ROWS, audio_state, snapshot_state
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow

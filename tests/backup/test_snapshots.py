@@ -8,7 +8,7 @@ import boto3
 import pytest
 import yaml
 
-from conftest import KEY
+from backup_support import KEY
 from opsctl.backup.snapshots import snapshot_name
 from opsctl.cli import app
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conftest import opsctl
+from loadtest_support import opsctl
 
 
 def _one_line(outcome) -> str:

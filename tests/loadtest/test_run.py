@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import opsctl
+from loadtest_support import opsctl
 
 pytestmark = pytest.mark.slow
 ADMIN = {"/healthz", "/readyz", "/version", "/metrics"}

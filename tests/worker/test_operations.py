@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from worker_helpers import BIN, free_port, sample, wer
 
-from conftest import start_worker, stop_worker, wait_until, worker_env
+from worker_support import start_worker, stop_worker, wait_until, worker_env
 
 METRICS = ["worker_requests_total", "worker_request_duration_seconds_bucket",
            "worker_audio_seconds_total", "worker_realtime_factor_bucket", "worker_queue_depth",

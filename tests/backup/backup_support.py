@@ -1,0 +1,133 @@
+"""Backup fixtures: real data on the session's embedded platform, and one environment per repository kind.
+
+The shared platform's opsctl.yaml gets two extra environments on the same local platform,
+`bk-file` (file:// repository in a temp folder) and `bk-s3` (s3:// in the platform's backup
+bucket), so every test runs against both kinds through the same commands; the original file
+is put back at the end. Seeded data lives in its own tables, Redis keys and audio prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+KEY = base64.b64encode(b"k" * 32).decode()
+OTHER_KEY = base64.b64encode(b"z" * 32).decode()
+ROWS, NOTES, REDIS_KEYS, AUDIO = 30_000, 5_000, 2_000, 4
+
+
+@dataclass
+class BackupEnv:
+    name: str
+    kind: str
+    repository: str
+    platform: object
+
+    def endpoints(self):
+        from opsctl.endpoints import resolve
+
+        proj = self.platform.project()
+        return resolve(proj, proj.env(self.name))
+
+    def repo(self):
+        from opsctl.backup.repository import open_repository
+
+        proj = self.platform.project()
+        return open_repository(self.repository, proj, self.endpoints())
+
+
+@pytest.fixture(scope="session")
+def backup_envs(local_platform, tmp_path_factory):
+    config = local_platform.root / "opsctl.yaml"
+    original = config.read_text()
+    doc = yaml.safe_load(original)
+    folder = tmp_path_factory.mktemp("backup-repo")
+    prefix = f"bk-{uuid.uuid4().hex[:8]}"
+    repos = {"file": f"file://{folder}", "s3": f"s3://transcribe-backups/{prefix}"}
+    for kind, url in repos.items():
+        doc["environments"][f"bk-{kind}"] = {"platform": "local", "backup": {"repository": url}}
+    config.write_text(yaml.safe_dump(doc))
+    yield {kind: BackupEnv(f"bk-{kind}", kind, url, local_platform) for kind, url in repos.items()}
+    config.write_text(original)
+
+
+@pytest.fixture(params=["file", "s3"])
+def benv(request, backup_envs, seeded, monkeypatch) -> BackupEnv:
+    monkeypatch.setenv("OPSCTL_ROOT", str(backup_envs[request.param].platform.root))
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    monkeypatch.setenv("CI", "true")
+    return backup_envs[request.param]
+
+
+@dataclass
+class Seeded:
+    db_url: str
+    redis_url: str
+    bucket: str
+    audio: dict[str, bytes]
+
+
+@pytest.fixture(scope="session")
+def seeded(local_platform) -> Seeded:
+    """Tens of thousands of rows, a few MB of audio objects and Redis keys of every type."""
+    import psycopg
+    import redis
+
+    ep = local_platform.endpoints()
+    with psycopg.connect(ep.database_url, autocommit=True) as conn:
+        conn.execute("set role transcribe")
+        conn.execute("drop table if exists bk_events, bk_notes")
+        conn.execute("create table bk_events (id bigint primary key, kind text not null, payload jsonb, "
+                     "at timestamptz not null default now())")
+        conn.execute("insert into bk_events select i, 'kind-' || (i % 17), jsonb_build_object('n', i, 'h', md5(i::text)) "
+                     f"from generate_series(1, {ROWS}) i")
+        conn.execute("create index on bk_events (kind)")
+        conn.execute("create table bk_notes (id serial primary key, event bigint references bk_events, body text)")
+        conn.execute(f"insert into bk_notes (event, body) select i, repeat(md5(i::text), 4) from generate_series(1, {NOTES}) i")
+    r = redis.Redis.from_url(ep.redis_url)
+    pipe = r.pipeline(transaction=False)
+    for i in range(REDIS_KEYS):
+        pipe.set(f"bk:str:{i}", f"value-{i}")
+    pipe.hset("bk:hash", mapping={f"f{i}": i for i in range(100)})
+    pipe.rpush("bk:list", *range(50))
+    pipe.zadd("bk:zset", {f"m{i}": i for i in range(50)})
+    pipe.set("bk:ttl", "keeps its ttl", ex=3600)
+    pipe.execute()
+    s3 = ep.s3_client()
+    audio = {f"bktest/audio-{i}.wav": os.urandom(768 * 1024 + i) for i in range(AUDIO)}
+    for key, body in audio.items():
+        s3.put_object(Bucket=ep.audio_bucket, Key=key, Body=body)
+    return Seeded(ep.database_url, ep.redis_url, ep.audio_bucket, audio)
+
+
+def snapshot_state(seeded: Seeded) -> dict:
+    """What the seeded data looks like now: row counts and sums, Redis keys, audio bytes."""
+    import boto3  # noqa: F401
+    import psycopg
+    import redis
+
+    from opsctl.local import s3 as s3mod
+
+    with psycopg.connect(seeded.db_url) as conn:
+        events = conn.execute("select count(*), sum(id), md5(string_agg(payload::text, ',' order by id)) from bk_events").fetchone()
+        notes = conn.execute("select count(*), md5(string_agg(body, ',' order by id)) from bk_notes").fetchone()
+        dbs = {r[0] for r in conn.execute("select datname from pg_database")}
+    r = redis.Redis.from_url(seeded.redis_url)
+    keys = {k: r.dump(k) for k in r.scan_iter("bk:*")}
+    return {"events": events, "notes": notes, "redis": keys, "databases": dbs, "ttl": r.ttl("bk:ttl") > 0}
+
+
+def audio_state(local_platform, seeded: Seeded) -> dict[str, bytes | None]:
+    s3 = local_platform.endpoints().s3_client()
+    out = {}
+    for key in seeded.audio:
+        try:
+            out[key] = s3.get_object(Bucket=seeded.bucket, Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            out[key] = None
+    return out
