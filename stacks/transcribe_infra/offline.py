@@ -9,6 +9,7 @@ shaped like AWS's so that code depending on them runs as it would in a preview.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,9 @@ def run(program: Callable[[], Any], config: dict[str, Any] | None = None, stack:
     from pulumi.runtime import settings as runtime_settings
 
     config = dict(config or {})
+    # Pulumi's mocks run on the thread's current event loop; an earlier asyncio.run() in the
+    # same process (a test, an opsctl command) leaves none set, so give them a fresh one.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = CapturingMocks(region or str(config.get("aws:region", "eu-west-1")))
     runtime_settings.set_root_resource(None)  # a fresh root stack: exports of an earlier run must not leak
     pulumi.runtime.set_mocks(mocks, project="transcribe", stack=stack, preview=False)
