@@ -70,8 +70,6 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
 ) -> None:
     """Print a component's log."""
-    import itertools
-
     from opsctl.local import platform, procs
 
     path = platform.log_path(project(), component)
@@ -81,7 +79,7 @@ def logs(
         raise UsageError(f"no log yet at {path}; run 'opsctl local up' first")
     source = platform.follow(path, lines) if follow else iter(procs.tail(path, lines).splitlines())
     try:
-        for line in itertools.chain(source):
+        for line in source:
             typer.echo(line)
     except KeyboardInterrupt:
         pass
