@@ -75,6 +75,10 @@ def test_up_status_transcribe_idempotent_repair_down_up(runner, platform_root):
     assert {c.pid for c in listening} == set(_our_pids(status))
     assert {c.laddr.ip for c in listening} == {"127.0.0.1"}
 
+    # each component's log is one command away
+    logs = runner.invoke(app, ["local", "logs", "worker", "-n", "200"])
+    assert logs.exit_code == 0 and "model loaded" in logs.output
+
     # up again changes nothing
     again = _up(runner)
     assert again["started"] == [] and again["router_url"] == first["router_url"]
