@@ -38,6 +38,8 @@ def deploy(
                                                help="Switch as soon as analysis passes, or wait for 'opsctl promote'.")] = True,
     analysis: Annotated[bool, typer.Option("--analysis/--no-analysis", help="Pre- and post-promotion analysis.")] = True,
     backup: Annotated[bool, typer.Option("--backup", help="Take a database backup before deploying.")] = False,
+    load_gate: Annotated[str | None, typer.Option("--load-gate", help='SLO of a short load test on the preview, e.g. "p95<5000ms,error_rate<1%".')] = None,
+    load_gate_duration: Annotated[str, typer.Option("--load-gate-duration", help="How long that load test runs.")] = "10s",
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait out the scale-down delay, then stop the old color.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and manifests; change nothing.")] = False,
     as_json: JsonOpt = False,
@@ -57,12 +59,12 @@ def deploy(
         doc = plan.plan(driver, envcfg, release, strategy, auto_promote)
         emit(doc, as_json, lambda c: plan.render(c, doc))
         return
-    hook = None
-    if backup:
-        hook = plan.backup_hook(env)
+    project, _ = environment(env)
+    hook = plan.backup_hook(project, envcfg) if backup else None
+    gate = plan.load_gate(project, envcfg, load_gate, load_gate_duration) if load_gate else None
     with _live_steps(f"deploy {release.version} to {env}", as_json) as notify:
         opts = bluegreen.Options(strategy=strategy, auto_promote=auto_promote, analysis=analysis,
-                                 backup=hook, notify=notify)
+                                 backup=hook, load_gate=gate, notify=notify)
         record = bluegreen.deploy(driver, envcfg, release, opts)
     emit(record, as_json, lambda c: _render_record(record))
     if wait and record.standby_until:

@@ -28,6 +28,7 @@ class Options:
     analysis: bool = True
     wait_scale_down: bool = True
     backup: Callable[[], str] | None = None  # the pre-deploy backup hook; returns a backup id
+    load_gate: Callable[[str], "analysis.Verdict"] | None = None  # a short load test of the preview
     notify: Notify = field(default=lambda step: None)
 
 
@@ -118,6 +119,16 @@ def deploy(driver: Driver, env: Environment, release: Release, opts: Options) ->
                     s.status = "skipped" if verdict.skipped else s.status
                     if not verdict.ok:
                         raise OperationFailed(f"pre-promotion analysis failed: {verdict.detail}")
+                if opts.load_gate is not None:
+                    with run.step("pre-promotion load test") as s:
+                        url = driver.url(target)
+                        if url is None:
+                            s.status, s.detail = "skipped", "the preview color is not reachable from here"
+                        else:
+                            verdict = opts.load_gate(url)
+                            s.detail = verdict.detail
+                            if not verdict.ok:
+                                raise OperationFailed(f"pre-promotion load test failed: {verdict.detail}")
         except BaseException as exc:
             _discard(driver, target)
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)

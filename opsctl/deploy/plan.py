@@ -38,8 +38,32 @@ def render(console, doc: dict) -> None:
     console.print(doc["manifests"], markup=False, highlight=False)
 
 
-def backup_hook(env_name: str) -> Callable[[], str]:
+def backup_hook(project, env: Environment) -> Callable[[], str]:
     """The pre-deploy backup: a database backup through the backup capability's core."""
-    from opsctl.errors import UsageError
 
-    raise UsageError("--backup needs the backup capability, which is not built yet (issue #6)")
+    def take() -> str:
+        from opsctl.backup.create import create
+
+        return create(project, env, "db", label="pre-deploy").id
+
+    return take
+
+
+def load_gate(project, env: Environment, slo: str, duration: str = "10s", users: int = 2) -> Callable:
+    """A short Locust run against the preview color, judged by `slo` (pre-promotion)."""
+    from opsctl.loadtest import plan as lt_plan
+
+    lt_plan.make(project, env, "light", users=users, duration=duration, slo_text=slo, check=False)  # bad input now
+
+    def gate(url: str):
+        from opsctl.deploy.analysis import Verdict
+        from opsctl.loadtest import history, runner
+
+        summary = runner.run(lt_plan.make(project, env, "light", users=users, duration=duration,
+                                          slo_text=slo, host=url))
+        history.save(project, summary)
+        lost = "; ".join(g.describe() for g in summary.breached)
+        return Verdict(summary.passed, f"{summary.total.requests} requests, "
+                                       + (f"SLO breached: {lost}" if lost else f"SLO met: {slo}"))
+
+    return gate

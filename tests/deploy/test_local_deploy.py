@@ -189,3 +189,26 @@ def test_bad_deploy_input_is_one_line_exit_2(runner, platform):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert expected in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_pre_deploy_backup_and_pre_promotion_load_gate(runner, platform, monkeypatch):
+    from opsctl.backup.keys import generate
+
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", generate())
+    router = platform.endpoints().router_url
+    before = _router_version(router)
+    refused = runner.invoke(app, ["deploy", "--image", "worker:gated", "--load-gate", "p95<1ms",
+                                  "--load-gate-duration", "3s", "--json"])
+    assert refused.exit_code == 1
+    assert "pre-promotion load test failed" in refused.output and "p95<1ms" in refused.output
+    assert _router_version(router) == before
+
+    result = runner.invoke(app, ["deploy", "--image", "worker:6.0.0", "--backup", "--load-gate",
+                                 "error_rate<5%", "--load-gate-duration", "3s", "--no-wait", "--json"])
+    assert result.exit_code == 0, result.output
+    steps = {s["name"]: s for s in json.loads(result.stdout)["steps"]}
+    assert steps["pre-deploy backup"]["status"] == "ok" and steps["pre-deploy backup"]["detail"].startswith("backup ")
+    assert steps["pre-promotion load test"]["status"] == "ok" and "SLO met" in steps["pre-promotion load test"]["detail"]
+    backups = json.loads(runner.invoke(app, ["backup", "list", "--json"]).stdout)["backups"]
+    assert steps["pre-deploy backup"]["detail"].split()[1] in {b["id"] for b in backups}
+    assert _router_version(router) == "6.0.0"
