@@ -59,7 +59,7 @@ def health(
     as_json: JsonOpt = False,
 ) -> None:
     """Health sweeps: every check at once, each with a timeout. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
-    from opsctl.errors import UsageError
+    from opsctl.health.monitor import cadence
 
     project, envcfg = environment(env)
     if beat is not None:
@@ -68,31 +68,10 @@ def health(
         from opsctl.health import junit as junit_mod
 
         junit_mod.check_writable(junit)
+    plan = cadence(project, envcfg, mode.value, interval, cron, iterations, history, metrics_port)
     if mode is Mode.once:
-        for flag, value in (("--interval", interval), ("--cron", cron), ("--iterations", iterations),
-                            ("--metrics-port", metrics_port)):
-            if value is not None:
-                raise UsageError(f"{flag} goes with --mode continuous or scheduled, not once")
-        return _once(project, envcfg, check, skip, junit, history, as_json)
-    if iterations is not None and iterations < 1:
-        raise UsageError(f"--iterations must be 1 or more, not {iterations}")
-    if mode is Mode.continuous:
-        if cron is not None:
-            raise UsageError("--cron goes with --mode scheduled; continuous mode takes --interval")
-        interval = envcfg.health.interval if interval is None else interval
-        if interval <= 0:
-            raise UsageError(f"--interval must be a positive number of seconds, not {interval:g}")
-    else:
-        if interval is not None:
-            raise UsageError("--interval goes with --mode continuous; scheduled mode takes --cron")
-        cron = cron or envcfg.health.cron
-        if not cron:
-            raise UsageError("--mode scheduled needs --cron '*/5 * * * *' (or health.cron in opsctl.yaml)")
-        history = history or Path(envcfg.health.history)
-    if history is not None and not history.is_absolute():
-        history = project.root / history
-    _watch(project, envcfg, interval if mode is Mode.continuous else None, cron if mode is Mode.scheduled else None,
-           iterations, check, skip, junit, history, metrics_port, as_json)
+        return _once(project, envcfg, check, skip, junit, plan.history, as_json)
+    _watch(project, envcfg, plan.interval, plan.cron, iterations, check, skip, junit, plan.history, metrics_port, as_json)
 
 
 def _once(project, envcfg, check, skip, junit, history, as_json) -> None:
@@ -107,7 +86,7 @@ def _once(project, envcfg, check, skip, junit, history, as_json) -> None:
     if history is not None:
         from opsctl.health.schedule import append_history
 
-        append_history(project.root / history if not history.is_absolute() else history, result, [])
+        append_history(history, result, [])
     emit(result.to_dict(), as_json, lambda c: c.print(_table(result, _title(result))))
     raise typer.Exit(int(result.status))
 

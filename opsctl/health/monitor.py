@@ -87,3 +87,42 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
             exporter.close()
     result.deliveries = [vars(o) for o in dispatcher.outcomes]
     return result
+
+
+@dataclass
+class Cadence:
+    """When sweeps run and where they are recorded, settled from the options and opsctl.yaml."""
+
+    interval: float | None
+    cron: str | None
+    history: Path | None
+
+
+def cadence(project, env, mode: str, interval: float | None, cron: str | None, iterations: int | None,
+            history: Path | None, metrics_port: int | None) -> Cadence:
+    """Check the options that go together; fill in the environment's defaults (health.*)."""
+    from opsctl.errors import UsageError
+
+    if mode == "once":
+        for flag, value in (("--interval", interval), ("--cron", cron), ("--iterations", iterations),
+                            ("--metrics-port", metrics_port)):
+            if value is not None:
+                raise UsageError(f"{flag} goes with --mode continuous or scheduled, not once")
+    elif iterations is not None and iterations < 1:
+        raise UsageError(f"--iterations must be 1 or more, not {iterations}")
+    if mode == "continuous":
+        if cron is not None:
+            raise UsageError("--cron goes with --mode scheduled; continuous mode takes --interval")
+        interval = env.health.interval if interval is None else interval
+        if interval <= 0:
+            raise UsageError(f"--interval must be a positive number of seconds, not {interval:g}")
+    elif mode == "scheduled":
+        if interval is not None:
+            raise UsageError("--interval goes with --mode continuous; scheduled mode takes --cron")
+        cron = cron or env.health.cron
+        if not cron:
+            raise UsageError("--mode scheduled needs --cron '*/5 * * * *' (or health.cron in opsctl.yaml)")
+        history = history or Path(env.health.history)
+    if history is not None and not history.is_absolute():
+        history = project.root / history
+    return Cadence(interval if mode == "continuous" else None, cron if mode == "scheduled" else None, history)
