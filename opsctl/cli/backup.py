@@ -160,6 +160,8 @@ def restore(
     target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database under this name and stop there.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs.")] = 1,
     yes: YesOpt = False,
+    confirm_env: Annotated[str | None, typer.Option("--confirm-env", metavar="NAME",
+                                                    help="The environment's name: a protected one needs it in CI.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a backup: checked first, into a new database swapped in only when it matches."""
@@ -170,7 +172,9 @@ def restore(
     wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
     p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db)
     if p.overwrites:
-        confirm(f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}", yes)
+        from opsctl.approval import at_terminal
+
+        at_terminal(f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}", environment_, yes, confirm_env)
     with _progress() as report:
         r = core.run(p, jobs, report)
     emit(r, as_json, lambda c: c.print(

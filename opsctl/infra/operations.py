@@ -206,26 +206,8 @@ def field_name(output: str) -> str:
 
 def approve(operation: str, env: Environment, *, yes: bool, confirm_env: str | None, interactive: bool,
             ask_yes_no: Callable[[str], bool], ask_text: Callable[[str], str], question: str) -> None:
-    """Who may run `up` and `destroy`.
+    """Who may run `up` and `destroy`: destroy is the destructive one (see opsctl.approval)."""
+    from opsctl.approval import approve as decide
 
-    up, and destroy of an unprotected environment: `--yes`, or a yes at a terminal.
-    destroy of a protected environment: the environment's name, typed at the terminal or given
-    as `--confirm-env NAME` (CI: `--yes --confirm-env NAME`); `--yes` alone is never enough.
-    """
-    if operation == "destroy" and env.protected:
-        if confirm_env is None:
-            if not interactive:
-                raise UsageError(f"'{env.name}' is protected: destroying it without a terminal needs "
-                                 f"--yes --confirm-env {env.name}")
-            typed = ask_text(f"'{env.name}' is protected. Type its name to destroy it").strip()
-            if typed != env.name:
-                raise UsageError(f"typed '{typed}', not '{env.name}'; nothing was destroyed")
-            return
-        if confirm_env != env.name:
-            raise UsageError(f"--confirm-env '{confirm_env}' is not '{env.name}'; nothing was destroyed")
-    if yes:
-        return
-    if not interactive:
-        raise UsageError(f"{question} needs approval: no terminal to ask on, pass --yes")
-    if not ask_yes_no(question):
-        raise UsageError(f"{question} not approved; nothing was changed")
+    decide(question, env, yes=yes, confirm_env=confirm_env, destructive=operation == "destroy",
+           interactive=interactive, ask_yes_no=ask_yes_no, ask_text=ask_text)

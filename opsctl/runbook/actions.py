@@ -210,16 +210,19 @@ def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = N
 
 @action("restore")
 def restore(ctx: Context, id: str | None = None, date: str | None = None, latest: bool = False,
-            components: list | None = None, target_db: str | None = None, jobs: int = 1) -> dict:
-    """Restores into `target_db` (and stops there) without approval; over live data it needs --yes."""
+            components: list | None = None, target_db: str | None = None, jobs: int = 1,
+            confirm_env: str | None = None) -> dict:
+    """Restores into `target_db` (and stops there) without approval; over live data it needs
+    --yes, and in a protected environment `confirm_env` naming it."""
     import datetime as dt
 
+    from opsctl.approval import at_terminal
     from opsctl.backup import restore as core
-    from opsctl.output import confirm
 
     plan = core.plan(ctx.project, ctx.env, id, date, latest, components, target_db)
     if plan.overwrites:
-        confirm(f"restore backup {plan.backup_id} over {'; '.join(plan.overwrites)}", ctx.yes)
+        at_terminal(f"restore backup {plan.backup_id} over {'; '.join(plan.overwrites)}", ctx.env, ctx.yes,
+                    confirm_env)
     result = to_jsonable(core.run(plan, jobs))
     age = dt.datetime.now(dt.timezone.utc) - plan.created_at
     return {**result, "backup_created_at": plan.created_at.isoformat(),

@@ -51,6 +51,9 @@ def backup_envs(local_platform, tmp_path_factory):
     repos = {"file": f"file://{folder}", "s3": f"s3://transcribe-backups/{prefix}"}
     for kind, url in repos.items():
         doc["environments"][f"bk-{kind}"] = {"platform": "local", "backup": {"repository": url}}
+    # the same platform and repository, marked protected: restores over it need its name
+    doc["environments"]["bk-protected"] = {"platform": "local", "protected": True,
+                                           "backup": {"repository": repos["file"]}}
     config.write_text(yaml.safe_dump(doc))
     yield {kind: BackupEnv(f"bk-{kind}", kind, url, local_platform) for kind, url in repos.items()}
     config.write_text(original)

@@ -122,3 +122,17 @@ def test_date_without_backup_and_restore_without_approval(benv, seeded, runner):
     _one_line_error(runner.invoke(app, ["restore", "--env", benv.name, "--id", backup_id, "--date", "2001-02-03"]),
                     2, "exactly one")
     assert snapshot_state(seeded) == before
+
+
+def test_restore_over_a_protected_environment_needs_its_name(runner, benv, seeded):
+    if benv.kind != "file":
+        pytest.skip("one repository is enough: the approval comes before any object is read")
+    backup_id = _backup(runner, benv, "db")
+    before = snapshot_state(seeded)
+    base = ["restore", "--env", "bk-protected", "--id", backup_id, "--yes"]
+    _one_line_error(runner.invoke(app, base), 2, "'bk-protected' is protected", "--confirm-env bk-protected")
+    _one_line_error(runner.invoke(app, [*base, "--confirm-env", "bk-file"]), 2, "is not 'bk-protected'")
+    assert snapshot_state(seeded) == before
+    done = runner.invoke(app, [*base, "--confirm-env", "bk-protected", "--components", "db", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["backup_id"] == backup_id
