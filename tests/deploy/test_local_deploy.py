@@ -212,3 +212,31 @@ def test_pre_deploy_backup_and_pre_promotion_load_gate(runner, platform, monkeyp
     backups = json.loads(runner.invoke(app, ["backup", "list", "--json"]).stdout)["backups"]
     assert steps["pre-deploy backup"]["detail"].split()[1] in {b["id"] for b in backups}
     assert _router_version(router) == "6.0.0"
+
+
+def test_killed_deploy_leaves_traffic_in_place_and_the_next_deploy_cleans_up(runner, platform):
+    import os
+    import signal
+
+    router = platform.endpoints().router_url
+    before = _router_version(router)
+    history = platform.root / ".opsctl" / "local" / "deploys.json"
+    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "deploy", "--image", "worker:killed"],
+                            cwd=platform.root, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        records = json.loads(history.read_text()) if history.exists() else []
+        if records and records[-1]["version"] == "killed" and any(
+                s["name"] == "bring up" for s in records[-1]["steps"]):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-way through bringing up the new color
+    proc.wait()
+    assert _router_version(router) == before  # traffic never moved to the unready color
+
+    result = runner.invoke(app, ["deploy", "--image", "worker:after-kill", "--no-wait", "--json"])
+    assert result.exit_code == 0, result.output
+    killed = next(d for d in _status(runner)["deploys"] if d["version"] == "killed")
+    assert killed["outcome"] == "interrupted"
+    assert _router_version(router) == "after-kill"
