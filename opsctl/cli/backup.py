@@ -174,7 +174,8 @@ def restore(
     if p.overwrites:
         from opsctl.approval import at_terminal
 
-        at_terminal(f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}", environment_, yes, confirm_env)
+        at_terminal(f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}", environment_, yes, confirm_env,
+                    verb=("restore over it", "restoring over it", "restored"))
     with _progress() as report:
         r = core.run(p, jobs, report)
     emit(r, as_json, lambda c: c.print(

@@ -56,7 +56,7 @@ def deploy(
     driver, envcfg = _driver(env)
     strategy = strategy or envcfg.deploy.strategy
     if dry_run:
-        doc = plan.plan(driver, envcfg, release, strategy, auto_promote)
+        doc = plan.plan(driver, envcfg, release, strategy, auto_promote, backup, load_gate)
         emit(doc, as_json, lambda c: plan.render(c, doc))
         return
     project, _ = environment(env)

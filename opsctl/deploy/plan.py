@@ -8,16 +8,21 @@ from opsctl.config import Environment
 from opsctl.deploy.model import Driver, Release, other
 
 
-def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto_promote: bool) -> dict:
+def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto_promote: bool,
+         backup: bool = False, load_gate: str | None = None) -> dict:
     active = driver.active_color()
     colors = driver.colors()
     serving = bool(active and colors[active].running)
     target = other(active) if serving else (active or "blue")
     d = env.deploy
-    steps = ["validate", "lock", f"bring up {target} with {release.version} (active {active} untouched)",
-             f"wait ready (timeout {d.ready_timeout:.0f}s)"]
+    steps = ["validate", "lock"] + (["pre-deploy database backup"] if backup else []) + [
+        f"bring up {target} with {release.version} (active {active} untouched)",
+        f"wait ready (timeout {d.ready_timeout:.0f}s)"]
     if strategy == "blue-green":
-        steps.append("pre-promotion analysis on the preview color: /readyz and a sample transcription")
+        steps.append("pre-promotion analysis on the preview color: /readyz and a sample transcription "
+                     "(recorded as skipped where the preview is not reachable from here)")
+        if load_gate:
+            steps.append(f"pre-promotion load test on the preview color, gated by {load_gate}")
         steps.append(f"switch the router to {target}" if auto_promote else "wait for 'opsctl promote'")
         steps.append(f"post-promotion analysis for {d.analysis_window:.0f}s: error rate ≤ "
                      f"{d.max_error_rate_percent}%, p95 ≤ {d.max_p95_ms:.0f} ms; switch back on failure")

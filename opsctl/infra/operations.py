@@ -210,4 +210,5 @@ def approve(operation: str, env: Environment, *, yes: bool, confirm_env: str | N
     from opsctl.approval import approve as decide
 
     decide(question, env, yes=yes, confirm_env=confirm_env, destructive=operation == "destroy",
-           interactive=interactive, ask_yes_no=ask_yes_no, ask_text=ask_text)
+           interactive=interactive, ask_yes_no=ask_yes_no, ask_text=ask_text,
+           verb=("destroy it", "destroying it", "destroyed"))

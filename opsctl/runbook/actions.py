@@ -222,7 +222,7 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
     plan = core.plan(ctx.project, ctx.env, id, date, latest, components, target_db)
     if plan.overwrites:
         at_terminal(f"restore backup {plan.backup_id} over {'; '.join(plan.overwrites)}", ctx.env, ctx.yes,
-                    confirm_env)
+                    confirm_env, verb=("restore over it", "restoring over it", "restored"))
     result = to_jsonable(core.run(plan, jobs))
     age = dt.datetime.now(dt.timezone.utc) - plan.created_at
     return {**result, "backup_created_at": plan.created_at.isoformat(),

@@ -171,11 +171,14 @@ def test_second_concurrent_deploy_is_refused(runner, platform):
 
 def test_dry_run_changes_nothing(runner, platform):
     before = _status(runner)
-    result = runner.invoke(app, ["deploy", "--image", "worker:5.0.0", "--dry-run", "--json"])
+    result = runner.invoke(app, ["deploy", "--image", "worker:5.0.0", "--dry-run", "--json", "--backup",
+                                 "--load-gate", "p95<9000ms"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["target_color"] == _other(before["active_color"])
     assert any("pre-promotion analysis" in s for s in plan["steps"])
+    assert "pre-deploy database backup" in plan["steps"]
+    assert any("gated by p95<9000ms" in s for s in plan["steps"])
     assert "WORKER_VERSION=5.0.0" in plan["manifests"]
     assert _status(runner) == before
 
