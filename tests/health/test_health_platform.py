@@ -19,8 +19,10 @@ from tests.health.servers import HungServer
 
 pytestmark = pytest.mark.slow
 
-# The host check reads this machine's CPU, memory and disk, which the test run itself loads:
-# platform sweeps skip it, and test_host_check_follows_the_configured_thresholds covers it.
+# The host check reads this machine's CPU, memory and disk, and the metrics check judges the
+# worker's p95 since the previous sweep, both of which the test run itself loads: platform
+# sweeps skip them; test_host_check_follows_the_configured_thresholds and
+# test_worker_metrics_take_a_baseline_then_judge_the_window cover them.
 PLATFORM_CHECKS = {"router", "postgres", "redis", "s3"}
 
 
@@ -52,7 +54,7 @@ def test_healthy_platform_sweep_exits_0(local_platform, runner, tmp_path):
     local_platform.up()
     junit = tmp_path / "health.xml"
     # The backup age check is left out: a fresh platform has no backup yet (tested on its own).
-    code, doc = sweep(runner, local_platform.root, "--skip", "backup", "--skip", "host", "--junit", str(junit))
+    code, doc = sweep(runner, local_platform.root, "--skip", "backup", "--skip", "host", "--skip", "metrics", "--junit", str(junit))
     checks = by_name(doc)
     assert PLATFORM_CHECKS | {f"worker-{local_platform.endpoints().active_color}"} <= set(checks)
     assert code == 0, [c for c in doc["checks"] if c["status"] != "OK"]
@@ -75,7 +77,7 @@ def test_stopped_redis_is_critical_and_the_rest_still_reports(local_platform, ru
     try:
         os.kill(pid, signal.SIGKILL)
         psutil.Process(pid).wait(10) if psutil.pid_exists(pid) else None
-        code, doc = sweep(runner, local_platform.root, "--skip", "backup", "--skip", "host")
+        code, doc = sweep(runner, local_platform.root, "--skip", "backup", "--skip", "host", "--skip", "metrics")
         checks = by_name(doc)
         assert code == 2 and doc["status"] == "CRITICAL"
         assert checks["redis"]["status"] == "CRITICAL" and "cannot ping" in checks["redis"]["message"]
@@ -94,7 +96,7 @@ def test_hung_endpoint_is_critical_after_its_timeout(local_platform, runner, tmp
     try:
         root = side_root(tmp_path, local_platform.root, {"http": [
             {"name": "hung", "url": f"{hung.url}/readyz", "timeout": 1.5}]})
-        code, doc = sweep(runner, root, "--skip", "backup", "--skip", "host")
+        code, doc = sweep(runner, root, "--skip", "backup", "--skip", "host", "--skip", "metrics")
         checks = by_name(doc)
         assert code == 2
         assert checks["hung"]["status"] == "CRITICAL" and "1.5s" in checks["hung"]["message"]
