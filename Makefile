@@ -28,7 +28,7 @@ test: install
 	$(BIN)/python -m pytest tests
 
 bench: install
-	for b in tests/benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	status=0; for b in tests/benchmarks/bench_*.py; do echo "## $$b"; $(BIN)/python $$b || status=1; done; exit $$status
 
 clean:
 	-$(BIN)/opsctl local down --purge
