@@ -48,6 +48,7 @@ class Alert:
 
 @dataclass
 class _Track:
+    kind: str = ""
     failures: int = 0
     successes: int = 0
     firing: bool = False
@@ -82,10 +83,24 @@ class Alerter:
             alert = self._observe(sweep.env, result)
             if alert:
                 alerts.append(alert)
+        alerts += self._gone(sweep)
+        return alerts
+
+    def _gone(self, sweep: SweepResult) -> list[Alert]:
+        """A check that stopped existing (a color scaled down after a deploy) resolves its
+        alert instead of firing forever."""
+        present = {r.name for r in sweep.results}
+        alerts = []
+        for name in [n for n in self.tracks if n not in present]:
+            track = self.tracks.pop(name)
+            if track.firing and self.send_resolved:
+                gone = CheckResult(name, track.kind, Status.OK, "no longer checked: its target is gone")
+                alerts.append(self._alert("resolve", sweep.env, gone, track,
+                                          dt.datetime.now(dt.timezone.utc).isoformat()))
         return alerts
 
     def _observe(self, env: str, r: CheckResult) -> Alert | None:
-        track = self.tracks.setdefault(r.name, _Track())
+        track = self.tracks.setdefault(r.name, _Track(kind=r.kind))
         failed = self._failed(r.status)
         if failed is None:
             return None

@@ -116,3 +116,15 @@ def test_heartbeat_due_grace_and_missed():
     early = dt.datetime(2026, 3, 10, 2, 30, tzinfo=dt.timezone.utc)
     assert heartbeat.judge("nightly", cron, 60, yesterday, early).status == Status.OK
     assert "no beat ever" in heartbeat.judge("nightly", cron, 60, None, now).message
+
+
+def test_a_check_that_disappears_resolves_its_alert():
+    """worker-green fires, then green is scaled down after a deploy: its alert resolves."""
+    now = dt.datetime.now(dt.timezone.utc)
+    alerter = Alerter()
+    both = [CheckResult("worker-green", "http", Status.CRITICAL, "down"), CheckResult("router", "http", Status.OK, "ok")]
+    fired = [a.event for _ in range(3) for a in alerter.observe(SweepResult("prod", now, 1.0, both))]
+    assert fired == ["trigger"]
+    after = alerter.observe(SweepResult("prod", now, 1.0, [CheckResult("router", "http", Status.OK, "ok")]))
+    assert [(a.event, a.check, a.kind) for a in after] == [("resolve", "worker-green", "http")]
+    assert alerter.observe(SweepResult("prod", now, 1.0, [CheckResult("router", "http", Status.OK, "ok")])) == []
