@@ -131,3 +131,16 @@ def resolve(repo: Repository, backup_id: str | None, date: str | None, latest: b
     if not done:
         raise UsageError(f"no complete backup in {repo.url}; create one with 'opsctl backup create'")
     return done[-1].id
+
+
+def rows(repo: Repository) -> list[dict]:
+    """The catalog as plain rows, for `backup list` and anything else that shows it."""
+    out = []
+    for e in entries(repo):
+        m = e.manifest
+        out.append({"id": e.id, "status": e.status, "verified": e.verified, "note": e.note,
+                    "created_at": m.created_at if m else id_time(e.id),
+                    "components": m.components if m else [], "label": m.label if m else None,
+                    "raw_bytes": m.raw_bytes if m else None, "stored_bytes": m.stored_bytes if m else None,
+                    "encrypted": bool(m and m.key_id), "key_id": m.key_id if m else None})
+    return out

@@ -211,3 +211,10 @@ def open_repository(url: str | None, project, endpoints) -> Repository:
             raise UsageError(f"backup repository {url} is unreachable ({exc}); check the S3 endpoint") from None
         return S3Repository(client, parsed.netloc, parsed.path, url)
     raise UsageError(f"backup.repository '{url}' is not s3://bucket/prefix or file:///path; fix it in opsctl.yaml")
+
+
+def for_environment(project, env) -> Repository:
+    """The repository of an environment, with its endpoints resolved."""
+    from opsctl.endpoints import resolve
+
+    return open_repository(env.backup.repository, project, resolve(project, env))

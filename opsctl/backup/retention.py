@@ -80,10 +80,9 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
 def repository_and_rules(project, env, keep_last: int | None = None, keep_daily: int | None = None,
                          keep_weekly: int | None = None, keep_monthly: int | None = None) -> tuple:
     """The environment's repository and the rules to apply: the given ones, else backup.retention."""
-    from opsctl.backup.repository import open_repository
-    from opsctl.endpoints import resolve
+    from opsctl.backup.repository import for_environment
 
-    repo = open_repository(env.backup.repository, project, resolve(project, env))
+    repo = for_environment(project, env)
     if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
         r = env.backup.retention
         keep_last, keep_daily, keep_weekly, keep_monthly = r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly

@@ -72,20 +72,11 @@ def create(
 def list_(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     """Backups in the repository, from its manifests (any machine sees the same catalog)."""
     from opsctl.backup import catalog
-    from opsctl.backup.repository import open_repository
-    from opsctl.endpoints import resolve
+    from opsctl.backup.repository import for_environment
     from opsctl.output import emit
 
-    project, environment_ = environment(env)
-    repo = open_repository(environment_.backup.repository, project, resolve(project, environment_))
-    rows = []
-    for e in catalog.entries(repo):
-        m = e.manifest
-        rows.append({"id": e.id, "status": e.status, "verified": e.verified, "note": e.note,
-                     "created_at": m.created_at if m else catalog.id_time(e.id),
-                     "components": m.components if m else [], "label": m.label if m else None,
-                     "raw_bytes": m.raw_bytes if m else None, "stored_bytes": m.stored_bytes if m else None,
-                     "encrypted": bool(m and m.key_id), "key_id": m.key_id if m else None})
+    repo = for_environment(*environment(env))
+    rows = catalog.rows(repo)
 
     def render(c):
         from rich.table import Table
