@@ -97,7 +97,7 @@ class BackupSettings(_Model):
     repository: str | None = Field(None, description="s3://bucket/prefix or file:///path")
     key_env: str = "OPSCTL_BACKUP_KEY"
     key_file: str | None = None
-    compress_level: int = Field(3, ge=1, le=22)
+    compress_level: int = Field(1, ge=1, le=22)
     retention: Retention = Retention()
 
 

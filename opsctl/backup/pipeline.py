@@ -1,7 +1,8 @@
 """The stream every dump and snapshot goes through: zstd, AES-256-GCM, SHA-256 — and back.
 
-Nothing is staged in a full-size temporary file: the source is read in 1 MiB blocks,
-compressed by zstd's own worker threads, sealed frame by frame, hashed as stored, and
+Nothing is staged in a full-size temporary file: the source is read in 1 MiB blocks by a
+thread of its own (so pg_dump never waits on a full pipe while a block is sealed or
+stored), compressed by zstd's worker threads, sealed frame by frame, hashed as stored, and
 handed to the repository (a multipart upload or a file) as an iterator. The reverse path
 checks the SHA-256 and size recorded in the manifest before the last block is released,
 so a consumer that commits only after the iterator ends never commits damaged data.
@@ -10,6 +11,8 @@ so a consumer that commits only after the iterator ends never commits damaged da
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -27,15 +30,41 @@ class StreamStats:
     sha256: str = ""
 
 
-def _read_blocks(reader: BinaryIO, stats: StreamStats, advance: Advance | None) -> Iterator[bytes]:
-    while True:
-        block = reader.read(BLOCK)
-        if not block:
-            return
-        stats.raw_bytes += len(block)
-        if advance:
-            advance(len(block))
-        yield block
+def _read_blocks(reader: BinaryIO, stats: StreamStats, advance: Advance | None, ahead: int = 16) -> Iterator[bytes]:
+    """Blocks of `reader`, read up to `ahead` blocks in advance by a background thread."""
+    blocks: queue.Queue = queue.Queue(ahead)
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            while not stop.is_set():
+                block = reader.read(BLOCK)
+                while not stop.is_set():
+                    try:
+                        blocks.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if not block:
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            blocks.put(exc)
+
+    filler = threading.Thread(target=fill, name="backup-reader", daemon=True)
+    filler.start()
+    try:
+        while True:
+            block = blocks.get()
+            if isinstance(block, BaseException):
+                raise block
+            if not block:
+                return
+            stats.raw_bytes += len(block)
+            if advance:
+                advance(len(block))
+            yield block
+    finally:
+        stop.set()  # a consumer that stops early (error, Ctrl-C) releases the reader thread
 
 
 def pack(reader: BinaryIO, level: int, key: BackupKey | None, stats: StreamStats,

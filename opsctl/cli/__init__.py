@@ -159,4 +159,12 @@ _register()
 
 
 def main() -> None:
-    app()
+    import gc
+
+    try:
+        app()
+    finally:
+        # Interpreter shutdown runs a full garbage collection over every object the imports
+        # made (typer, pydantic, rich, boto3): ~35 ms of a 200 ms command. Frozen objects are
+        # skipped; nothing is lost, since the process is ending and atexit handlers still run.
+        gc.freeze()

@@ -48,6 +48,35 @@ def test_each_frame_is_authenticated_even_without_the_checksum():
         b"".join(crypto.decrypt([stored], keys.BackupKey(b"b" * 32), "x"))
 
 
+class _FailingReader(io.BytesIO):
+    """A source (pg_dump's pipe) that breaks after a few blocks."""
+
+    def __init__(self, data: bytes, fail_after: int):
+        super().__init__(data)
+        self.reads, self.fail_after = 0, fail_after
+
+    def read(self, size=-1):
+        self.reads += 1
+        if self.reads > self.fail_after:
+            raise OSError("source went away")
+        return super().read(size)
+
+
+def test_a_source_error_reaches_the_consumer_and_a_stopped_consumer_frees_the_reader():
+    import threading
+
+    data = os.urandom(8 * crypto.CHUNK)
+    with pytest.raises(OSError, match="source went away"):
+        b"".join(pack(_FailingReader(data, 3), 1, KEY, StreamStats()))
+    stream = pack(io.BytesIO(data * 4), 1, KEY, StreamStats())  # more blocks than the read-ahead holds
+    next(stream)
+    stream.close()  # the consumer stops early, as an upload that fails does
+    for thread in threading.enumerate():
+        if thread.name == "backup-reader":
+            thread.join(timeout=5)
+            assert not thread.is_alive(), "the read-ahead thread outlived its consumer"
+
+
 def test_checksum_and_size_are_checked():
     stored, stats = _packed(b"hello" * 1000, None)
     with pytest.raises(crypto.IntegrityError, match="SHA-256"):
