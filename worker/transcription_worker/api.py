@@ -192,7 +192,7 @@ async def create_job(request: Request):
                 sha256=upload.sha256, audio_key=key, audio_bytes=len(upload.data),
                 duration=round(seconds, 3), options=options.__dict__,
                 options_key=options.cache_key(state.transcriber.name), done=bool(stored),
-                worker=state.settings.color)
+                worker=state.settings.color, owner=state.owner)
         except BaseException:
             if slot:
                 slot.release()

@@ -28,6 +28,7 @@ from .config import Settings
 from .jobs import WorkQueue
 from .limits import Limits
 from .model import Transcriber
+from .recovery import JobKeeper, instance_id
 from .storage import AudioStore
 from .uploads import BodyLimit
 
@@ -43,6 +44,7 @@ class State:
     store: AudioStore | None = None
     transcriber: Transcriber | None = None
     model_error: str | None = None
+    owner: str = field(default_factory=instance_id)  # names this process in the job rows it owns
     started: float = field(default_factory=time.time)
 
 
@@ -113,13 +115,20 @@ def create_app(settings: Settings) -> FastAPI:
                             "device": settings.device})
         if state.db:
             state.db.open()
+        keeper = JobKeeper(state, settings.job_lease_seconds, settings.job_max_attempts) if state.db else None
+        if keeper:
+            keeper.start()
         threading.Thread(target=_load_model, args=(state,), name="model-load", daemon=True).start()
         log.info("worker starting", extra={"version": settings.version, "color": settings.color,
                                            "jobs": settings.jobs_enabled,
                                            "limits": bool(settings.redis_url)})
         yield
         log.info("shutting down: finishing queued transcriptions")
+        if keeper:
+            keeper.adopting = False  # take on nothing more, but keep the leases of what drains
         await run_in_threadpool(state.queue.shutdown)
+        if keeper:
+            await run_in_threadpool(keeper.stop)
         if state.db:
             await run_in_threadpool(state.db.close)
         await state.limits.close()

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0)  # 0: cores divided among the concurrent transcriptions
     beam_size: int = Field(5, ge=1, le=10)
     queue_size: int = Field(8, ge=0)  # waiting transcriptions on top of `concurrency` running
+    job_lease_seconds: float = Field(60, gt=0)  # a job whose worker stopped renewing is adopted after this
+    job_max_attempts: int = Field(3, ge=1)  # workers that may die running one job before it fails
     max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit
 
     # dependencies (each optional: without it the features that need it answer 503)

@@ -51,6 +51,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_status_created ON jobs (status, created_at);
     """,
+    # leases (recovery.py): the worker process that owns a queued or running job renews
+    # heartbeat_at; a job whose owner stopped renewing is adopted by another worker
+    """
+    ALTER TABLE jobs ADD COLUMN owner text,
+                     ADD COLUMN heartbeat_at timestamptz,
+                     ADD COLUMN attempts integer NOT NULL DEFAULT 0;
+    UPDATE jobs SET heartbeat_at = coalesce(started_at, created_at) WHERE status IN ('queued', 'running');
+    CREATE INDEX jobs_unfinished ON jobs (heartbeat_at) WHERE status IN ('queued', 'running');
+    """,
 ]
 _LOCK_ID = 0x77_6F_72_6B  # "work": advisory lock for migrations
 
@@ -131,7 +140,7 @@ class Database:
 
     def create_job(self, *, api_key_id: str, idempotency_key: str | None, sha256: str,
                    audio_key: str, audio_bytes: int, duration: float, options: dict,
-                   options_key: str, done: bool, worker: str) -> tuple[dict[str, Any], bool]:
+                   options_key: str, done: bool, worker: str, owner: str) -> tuple[dict[str, Any], bool]:
         """Insert a job; returns (job, created). A concurrent twin with the same
         Idempotency-Key makes `created` False and returns the twin's row."""
         job_id = uuid.uuid4()
@@ -139,22 +148,51 @@ class Database:
         with self.pool.connection() as conn:
             row = conn.execute(
                 "INSERT INTO jobs (id, api_key_id, idempotency_key, status, audio_sha256, audio_key,"
-                " audio_bytes, duration, options, options_key, deduplicated, worker, completed_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " audio_bytes, duration, options, options_key, deduplicated, worker, owner, heartbeat_at,"
+                " completed_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(),"
                 " CASE WHEN %s THEN now() END)"
                 " ON CONFLICT (api_key_id, idempotency_key) DO NOTHING RETURNING id",
                 (job_id, api_key_id, idempotency_key, status, sha256, audio_key, audio_bytes,
-                 duration, Jsonb(options), options_key, done, worker, done)).fetchone()
+                 duration, Jsonb(options), options_key, done, worker, owner, done)).fetchone()
         if row is None:
             return self.find_by_idempotency_key(api_key_id, idempotency_key or ""), False
         return self.get_job(str(job_id), api_key_id), True
 
-    def mark_running(self, job_id: str) -> None:
+    def mark_running(self, job_id: str, owner: str) -> bool:
+        """Start a job this worker still owns; False when another worker adopted it meanwhile."""
         with self.pool.connection() as conn:
-            conn.execute("UPDATE jobs SET status = 'running', started_at = now() WHERE id = %s",
-                         (job_id,))
+            return conn.execute(
+                "UPDATE jobs SET status = 'running', started_at = now(), heartbeat_at = now(),"
+                " attempts = attempts + 1 WHERE id = %s AND owner = %s AND status = 'queued'",
+                (job_id, owner)).rowcount == 1
 
-    def finish_job(self, job_id: str, error: str | None = None) -> None:
+    def finish_job(self, job_id: str, owner: str, error: str | None = None) -> bool:
+        """Record the outcome, unless another worker adopted the job meanwhile."""
         with self.pool.connection() as conn:
-            conn.execute("UPDATE jobs SET status = %s, error = %s, completed_at = now()"
-                         " WHERE id = %s", ("failed" if error else "succeeded", error, job_id))
+            return conn.execute(
+                "UPDATE jobs SET status = %s, error = %s, completed_at = now()"
+                " WHERE id = %s AND owner = %s AND status IN ('queued', 'running')",
+                ("failed" if error else "succeeded", error, job_id, owner)).rowcount == 1
+
+    def renew_leases(self, owner: str) -> int:
+        with self.pool.connection() as conn:
+            return conn.execute("UPDATE jobs SET heartbeat_at = now()"
+                                " WHERE owner = %s AND status IN ('queued', 'running')", (owner,)).rowcount
+
+    def adopt_orphans(self, owner: str, lease: float, limit: int) -> list[dict[str, Any]]:
+        """Take up to `limit` unfinished jobs whose owner has not renewed them for `lease` seconds."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "WITH orphans AS (SELECT id, owner FROM jobs WHERE status IN ('queued', 'running')"
+                " AND heartbeat_at < now() - make_interval(secs => %s)"
+                " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE jobs j SET owner = %s, heartbeat_at = now(), status = 'queued' FROM orphans o"
+                " WHERE j.id = o.id RETURNING j.id, j.audio_key, j.audio_sha256, j.options, j.attempts,"
+                " o.owner AS previous_owner", (lease, limit, owner)).fetchall()
+
+    def release_job(self, job_id: str, owner: str) -> None:
+        """Give an adopted job back at once (no room after all): any worker may take it."""
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE jobs SET owner = NULL, heartbeat_at = '-infinity'"
+                         " WHERE id = %s AND owner = %s AND status = 'queued'", (job_id, owner))

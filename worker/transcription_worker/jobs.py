@@ -72,7 +72,19 @@ class WorkQueue:
         return Slot(self)
 
     def has_room(self) -> bool:
-        return self._waiting + self._running < self.capacity
+        return self.room() > 0
+
+    def room(self) -> int:
+        return self.capacity - self._waiting - self._running
+
+    def try_reserve(self) -> Slot | None:
+        """A slot if there is room, else None (not a refusal of a client: nothing is counted)."""
+        with self._lock:
+            if self._waiting + self._running >= self.capacity:
+                return None
+            self._waiting += 1
+            metrics.QUEUE_DEPTH.set(self._waiting)
+        return Slot(self)
 
     def retry_after(self) -> int:
         return max(1, math.ceil(self._avg_seconds * (self._waiting + 1) / self.workers))
@@ -121,18 +133,20 @@ def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Optio
     """Process one queued job: fetch its audio from S3, transcribe, store the transcript."""
     db, store = state.db, state.store
     try:
-        db.mark_running(job_id)
+        if not db.mark_running(job_id, state.owner):
+            log.warning("job was adopted by another worker; leaving it", extra={"job_id": job_id})
+            return
         audio = decode(store.get(audio_key))
         result = transcribe_audio(state.transcriber, audio, options, "job")
         db.save_transcript(sha256, options.cache_key(state.transcriber.name),
                            state.transcriber.name, result)
-        db.finish_job(job_id)
+        db.finish_job(job_id, state.owner)
         metrics.JOBS.labels("succeeded").inc()
         log.info("job succeeded", extra={"job_id": job_id, "duration": result["duration"]})
     except Exception as exc:
         metrics.JOBS.labels("failed").inc()
         log.exception("job failed", extra={"job_id": job_id})
         try:
-            db.finish_job(job_id, error=f"{type(exc).__name__}: {exc}"[:500])
+            db.finish_job(job_id, state.owner, error=f"{type(exc).__name__}: {exc}"[:500])
         except Exception:
             log.exception("could not record the failure of job", extra={"job_id": job_id})

@@ -25,13 +25,13 @@ QUEUE_REJECTED = Counter("worker_queue_rejected_total", "Requests refused becaus
 MODEL_LOAD_SECONDS = Gauge("worker_model_load_seconds", "Time the model took to load")
 MODEL_LOADED = Gauge("worker_model_loaded", "1 once the model is loaded")
 JOBS = Counter("worker_jobs_total", "Asynchronous jobs by outcome",
-               ["status"])  # created, deduplicated, succeeded, failed
+               ["status"])  # created, deduplicated, succeeded, failed, adopted, abandoned
 DEDUP_HITS = Counter("worker_dedup_hits_total", "Requests answered from a stored transcript")
 RATE_LIMITED = Counter("worker_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
 BUILD = Info("worker_build", "Version, color and model of this worker")
 
 # Create every labelled series at zero, so alert rules see 0 rather than an absent series.
-for _status in ("created", "deduplicated", "succeeded", "failed"):
+for _status in ("created", "deduplicated", "succeeded", "failed", "adopted", "abandoned"):
     JOBS.labels(_status)
 for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds"):
     RATE_LIMITED.labels(_limit)

@@ -1,0 +1,91 @@
+"""Jobs outlive the worker process that accepted them: leases, heartbeats and adoption.
+
+A job belongs to the worker process that queued it (`jobs.owner`), which renews the job's
+`heartbeat_at` every third of a lease while the job is queued or running. A process that
+dies without draining its queue (SIGKILL, the OOM killer, a lost node) stops renewing;
+once the lease has run out, a live worker adopts the job as soon as its own queue has room
+(`FOR UPDATE SKIP LOCKED`: exactly one worker gets each job) and runs it from the audio in
+S3. A worker that only stalled past its lease finds its job adopted and leaves it alone, and
+a transcript is stored once whoever finishes first, so a job runs at least once and its
+result is written once. A job whose workers died `max_attempts` times while running it
+fails instead of being adopted again: audio that kills a worker must not kill them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from typing import Any
+
+from . import metrics
+from .jobs import run_job
+from .model import Options
+
+log = logging.getLogger("transcription_worker")
+
+
+def instance_id() -> str:
+    """This process, as job rows name their owner (host, pid, and a nonce for pid reuse)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+class JobKeeper:
+    """The background thread that renews this worker's leases and adopts orphaned jobs."""
+
+    def __init__(self, state: Any, lease: float, max_attempts: int):
+        self.state, self.lease, self.max_attempts = state, lease, max_attempts
+        self.adopting = True  # off while the worker drains its queue on SIGTERM; renewals go on
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                self.tick()
+            except Exception as exc:  # the database may be away for a while: try again next tick
+                log.warning("job keeper: %s", exc)
+
+    def tick(self) -> int:
+        """Renew this worker's leases, then adopt orphaned jobs while the queue has room."""
+        state = self.state
+        state.db.renew_leases(state.owner)
+        if not self.adopting or state.transcriber is None or state.store is None:
+            return 0  # draining, or cannot run jobs yet: leave them to a worker that can
+        adopted = 0
+        while (room := state.queue.room()) > 0:
+            jobs = state.db.adopt_orphans(state.owner, self.lease, room)
+            if not jobs:
+                break
+            for job in jobs:
+                adopted += self._take(job)
+        return adopted
+
+    def _take(self, job: dict) -> int:
+        job_id = str(job["id"])
+        if job["attempts"] >= self.max_attempts:
+            error = (f"abandoned: the worker running this job stopped {job['attempts']} times without"
+                     " finishing (killed, out of memory?); resubmit it if the audio is sound")
+            self.state.db.finish_job(job_id, self.state.owner, error=error)
+            metrics.JOBS.labels("abandoned").inc()
+            log.error("job abandoned", extra={"job_id": job_id, "attempts": job["attempts"]})
+            return 0
+        slot = self.state.queue.try_reserve()
+        if slot is None:  # an HTTP request took the room meanwhile: another tick, or worker, runs it
+            self.state.db.release_job(job_id, self.state.owner)
+            return 0
+        slot.submit(run_job, self.state, job_id, job["audio_key"], job["audio_sha256"],
+                    Options(**job["options"]))
+        metrics.JOBS.labels("adopted").inc()
+        log.warning("adopted a job whose worker stopped", extra={"job_id": job_id, "from": job["previous_owner"],
+                                                                  "attempts": job["attempts"]})
+        return 1
