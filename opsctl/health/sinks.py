@@ -77,10 +77,12 @@ def build(settings) -> Sender:
         key = _env(settings.routing_key_env, settings.name)
         return Sender(settings.name, "pagerduty", settings.url or PAGERDUTY_URL, settings, key)
     if settings.type == "email":
+        password = None
         if settings.username_env:
             _env(settings.username_env, settings.name)
-            _env(settings.password_env or "", settings.name)
-        return Sender(settings.name, "email", f"{settings.smtp_host}:{settings.smtp_port}", settings)
+            password = _env(settings.password_env or "", settings.name)
+        # the password is the secret scrubbed from any error text, like a webhook URL
+        return Sender(settings.name, "email", f"{settings.smtp_host}:{settings.smtp_port}", settings, password)
     url = _env(settings.url_env, settings.name) if settings.url_env else settings.url
     return Sender(settings.name, settings.type, url, settings)
 
