@@ -6,16 +6,25 @@ while the check stays down (gatus#379), and resolves once after `success_thresho
 successes. A check that flaps below the threshold never fires. UNKNOWN counts as neither:
 "cannot tell" must not resolve an outage nor start one. Sending is not done here: alerts go
 to a Dispatcher whose sinks run on their own threads (gatus#786).
+
+With a `state` file the counters outlive the process: a restarted monitor neither pages
+again for an alert that is already firing nor forgets to resolve it once the check recovers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from opsctl.health.model import CheckResult, Status, SweepResult
+
+log = logging.getLogger("opsctl.health")
 
 
 @dataclass
@@ -65,11 +74,39 @@ class Alerter:
     fail_on: Status = Status.CRITICAL
     clock: Callable[[], float] = time.monotonic
     tracks: dict[str, _Track] = field(default_factory=dict)
+    state: Path | None = None
 
     @classmethod
-    def from_settings(cls, s, clock: Callable[[], float] = time.monotonic) -> "Alerter":
-        return cls(s.failure_threshold, s.success_threshold, s.send_resolved, s.reminder_minutes,
-                   Status.WARNING if s.fail_on == "warning" else Status.CRITICAL, clock)
+    def from_settings(cls, s, clock: Callable[[], float] = time.monotonic, state: Path | None = None) -> "Alerter":
+        alerter = cls(s.failure_threshold, s.success_threshold, s.send_resolved, s.reminder_minutes,
+                      Status.WARNING if s.fail_on == "warning" else Status.CRITICAL, clock, state=state)
+        alerter._load()
+        return alerter
+
+    def _load(self) -> None:
+        if self.state is None or not self.state.exists():
+            return
+        try:
+            doc = json.loads(self.state.read_text())
+            away = time.time() - doc["saved_at"]  # reminders keep their cadence across the restart
+            tracks = {name: _Track(**{**t, "last_sent": self.clock() - away - t["last_sent"]})
+                      for name, t in doc["tracks"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("alert state %s is unreadable (%s); starting with no alert firing", self.state, exc)
+            return
+        self.tracks = tracks
+
+    def _save(self) -> None:
+        """Written whole and renamed into place: a monitor killed mid-write keeps the last state."""
+        if self.state is None:
+            return
+        now = self.clock()
+        doc = {"saved_at": time.time(), "tracks": {
+            name: {**asdict(t), "last_sent": now - t.last_sent} for name, t in self.tracks.items()}}
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.state.with_name(self.state.name + ".partial")
+        partial.write_text(json.dumps(doc, indent=1))
+        os.replace(partial, self.state)
 
     def _failed(self, status: Status) -> bool | None:
         if status == Status.UNKNOWN:
@@ -84,6 +121,7 @@ class Alerter:
             if alert:
                 alerts.append(alert)
         alerts += self._gone(sweep)
+        self._save()
         return alerts
 
     def _gone(self, sweep: SweepResult) -> list[Alert]:

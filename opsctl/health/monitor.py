@@ -59,7 +59,7 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
 
         exporter = Exporter(metrics_port)
     dispatcher = Dispatcher(senders)
-    alerter = Alerter.from_settings(env.health.alerts)
+    alerter = Alerter.from_settings(env.health.alerts, state=project.state_dir / "health" / f"alerts-{env.name}.json")
     result = WatchResult(None)
 
     def sweep() -> SweepResult:

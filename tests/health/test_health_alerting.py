@@ -127,3 +127,25 @@ def test_scheduled_mode_through_the_cli_writes_the_default_history(tmp_path, run
     assert result.exit_code == 2, result.output
     doc = json.loads((root / ".opsctl" / "health" / "history.jsonl").read_text())
     assert doc["checks"][0]["status"] == "CRITICAL" and "[STATUS] (503) == 200" in doc["checks"][0]["message"]
+
+
+def test_a_restarted_monitor_neither_pages_again_nor_forgets_to_resolve(tmp_path, servers, sink_env, caplog):
+    target, receiver = servers
+    target.statuses = [500]
+    root = ops_root(tmp_path, target.url, receiver.url)
+    project = load_project(root)
+    first = monitor.watch(project, project.env("ci"), interval=0.05, iterations=4, only=["target"])
+    assert [a["event"] for a in first.alerts] == ["trigger"]
+    state = json.loads((project.state_dir / "health" / "alerts-ci.json").read_text())
+    assert state["tracks"]["target"]["firing"] is True and state["tracks"]["target"]["failures"] == 4
+
+    target.statuses, target.served = [500, 200, 200], 0  # the monitor restarts; the check recovers
+    again = monitor.watch(project, project.env("ci"), interval=0.05, iterations=3, only=["target"])
+    assert [a["event"] for a in again.alerts] == ["resolve"]
+    assert [d["event_action"] for d in receiver.at("/pd")] == ["trigger", "resolve"]
+
+    (project.state_dir / "health" / "alerts-ci.json").write_text("{not json")
+    target.statuses, target.served = [500], 0
+    fresh = monitor.watch(project, project.env("ci"), interval=0.05, iterations=3, only=["target"])
+    assert [a["event"] for a in fresh.alerts] == ["trigger"]  # unreadable state: starts over, loudly
+    assert "alert state" in caplog.text and "unreadable" in caplog.text
