@@ -23,3 +23,9 @@ class OperationFailed(OpsError):
     """The operation ran and failed, or a gate said no (exit 1)."""
 
     exit_code = 1
+
+
+class Interrupted(OpsError):
+    """Stopped by Ctrl-C or SIGTERM after saving what could be saved (exit 130, as a shell does)."""
+
+    exit_code = 130

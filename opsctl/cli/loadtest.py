@@ -30,7 +30,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a load profile against an environment; exit 1 when an SLO gate is breached."""
-    from opsctl.errors import OperationFailed
+    from opsctl.errors import Interrupted, OperationFailed
     from opsctl.loadtest import history, live, plan, runner
     from opsctl.output import emit, stderr
 
@@ -42,8 +42,11 @@ def run(
         f", {the_plan.workers} workers)" if the_plan.workers else ")")
     with live.live_view(stderr, title) as on_tick:
         summary = runner.run(the_plan, on_tick=on_tick)
-    history.save(proj, summary)
+    saved = history.save(proj, summary)
     emit(summary, as_json, lambda c: live.render_run(summary, c))
+    if summary.aborted_by == runner.INTERRUPTED:
+        raise Interrupted(f"interrupted after {summary.run_seconds:.0f} s; the partial run is saved as "
+                          f"{saved.stem} (marked not passed)")
     if not summary.passed:
         lost = "; ".join(g.describe() for g in summary.breached)
         raise OperationFailed(f"SLO breached: {lost}" + (" (stopped early)" if summary.aborted_by else ""))

@@ -83,7 +83,9 @@ def render_run(summary: RunSummary, console: Console) -> None:
                                                    f"{r.observed:,.0f} ms" if r.unit == "ms" else f"{r.observed:.2f}")
             g.add_row(r.gate, seen, "[green]pass[/green]" if r.passed else "[red]BREACHED[/red]")
         console.print(g)
-    if summary.aborted_by:
+    if summary.aborted_by == "interrupted":
+        console.print(f"[red]interrupted after {summary.run_seconds:.0f} s: the figures cover that time only[/red]")
+    elif summary.aborted_by:
         console.print(f"[red]stopped early after {summary.run_seconds:.0f} s: gate {summary.aborted_by} was lost[/red]")
     for kind, path in summary.reports.items():
         console.print(f"{kind}: {path}", highlight=False)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from opsctl.errors import UsageError
 from opsctl.loadtest import slo
@@ -109,6 +112,27 @@ def _tick(runner, began: float, plan: Plan) -> Tick:
                 workers=len(getattr(runner, "clients", {}) or {}) if plan.workers else 0)
 
 
+INTERRUPTED = "interrupted"  # aborted_by of a run stopped by Ctrl-C or SIGTERM
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (CI cancelling a job) stops the load like Ctrl-C; only the main thread can
+    take signals, so a run inside a runbook's step thread keeps the default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Path | None = None) -> RunSummary:
     """Run the load, stop at the duration (or at the first lost gate with abort_on_fail)."""
     import_locust()
@@ -141,15 +165,20 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
         csv_files = reports.CsvFiles(environment, plan.csv_prefix) if plan.csv_prefix else None
         began = time.monotonic()
         gevent.spawn(runner.start, plan.users, plan.spawn_rate)
-        while True:
-            gevent.sleep(TICK_S)
-            tick = _tick(runner, began, plan)
-            if on_tick:
-                on_tick(tick)
-            if tick.elapsed_s >= plan.duration_s:
-                break
-            if plan.abort_on_fail and (aborted := slo.lost(plan.gates, runner.stats.total)):
-                break
+        interrupted = False
+        try:
+            with _sigterm_as_interrupt():
+                while True:
+                    gevent.sleep(TICK_S)
+                    tick = _tick(runner, began, plan)
+                    if on_tick:
+                        on_tick(tick)
+                    if tick.elapsed_s >= plan.duration_s:
+                        break
+                    if plan.abort_on_fail and (aborted := slo.lost(plan.gates, runner.stats.total)):
+                        break
+        except KeyboardInterrupt:  # Ctrl-C, or CI cancelling: what was measured is still a run
+            interrupted = True
         runner.stop()
         if workers:
             workers.flush()
@@ -168,8 +197,9 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
             spawn_rate=plan.spawn_rate, duration_s=plan.duration_s, workers=plan.workers,
             started_at=started.isoformat(timespec="seconds"),
             finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            run_seconds=round(run_seconds, 2), slo=plan.slo, passed=all(g.passed for g in gates),
-            aborted_by=aborted.gate if aborted else None, gates=gates, total=total, endpoints=rows,
+            run_seconds=round(run_seconds, 2), slo=plan.slo, passed=not interrupted and all(g.passed for g in gates),
+            aborted_by=INTERRUPTED if interrupted else aborted.gate if aborted else None, gates=gates,
+            total=total, endpoints=rows,
             worker_counts=workers.counts() if workers else [], reports=files)
         if plan.junit:
             summary.reports["junit"] = str(plan.junit)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +109,26 @@ def test_compare_flags_a_planted_regression(light, local_platform):
 
     listed = opsctl(local_platform.root, "loadtest", "list", "--json")
     assert {base["id"], planted["id"]} <= {r["id"] for r in listed.doc}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_is_saved_and_exits_130(local_platform, tmp_path, sig):
+    prefix = tmp_path / "cut"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "opsctl"), "--root", str(local_platform.root),
+                             "loadtest", "run", "--users", "2", "--spawn-rate", "2", "--duration", "10m",
+                             "--classes", "AdminUser", "--csv", str(prefix), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history = Path(f"{prefix}_stats_history.csv")
+    deadline = time.monotonic() + 120
+    while not (history.is_file() and len(history.read_text().splitlines()) > 3):  # the load is running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    doc = json.loads(out)
+    assert doc["aborted_by"] == "interrupted" and doc["passed"] is False and doc["total"]["requests"] > 0
+    assert err.strip().splitlines()[-1].startswith("opsctl: error: interrupted after ")
+    assert f"saved as {doc['id']}" in err
+    saved = json.loads((local_platform.root / ".opsctl" / "loadtests" / f"{doc['id']}.json").read_text())
+    assert saved["total"]["requests"] == doc["total"]["requests"]
