@@ -69,6 +69,8 @@ class WorkerSettings(_Model):
     compute_type: str = "int8"
     concurrency: int = Field(1, ge=1)
     gpu: bool = False
+    resources: dict[Literal["requests", "limits"], dict[str, str | int]] = Field(
+        default_factory=dict, description="Kubernetes requests/limits, each key over the defaults")
 
 
 class DeploySettings(_Model):

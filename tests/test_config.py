@@ -50,6 +50,7 @@ def test_local_is_always_present(tmp_path):
         ("environments: [1, 2\n", "line"),
         ("- just\n- a list\n", "expected a mapping"),
         ("environments:\n  local:\n    deploy: {ready_timeout: -1}\n", "ready_timeout"),
+        ("environments:\n  local:\n    worker: {resources: {limit: {memory: 4Gi}}}\n", "worker.resources"),
     ],
 )
 def test_broken_config_is_one_line_exit_2(runner, tmp_path, monkeypatch, text, expected):

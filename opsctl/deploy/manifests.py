@@ -93,10 +93,14 @@ def worker_env(env: Environment, release: Release, color: str | None) -> list[di
 
 
 def resources(env: Environment) -> dict:
+    """Sizes that fit Whisper base, overridden key by key by `worker.resources` in opsctl.yaml."""
     if env.worker.gpu:  # one GPU per pod; requests default to the limits for extended resources
-        return {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "12Gi", GPU_RESOURCE: 1}}
-    cores = str(max(1, env.worker.concurrency))
-    return {"requests": {"cpu": cores, "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+        out = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "12Gi", GPU_RESOURCE: 1}}
+    else:
+        out = {"requests": {"cpu": str(max(1, env.worker.concurrency)), "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+    for part, values in env.worker.resources.items():
+        out[part].update(values)
+    return out
 
 
 def deployment(project: Project, env: Environment, release: Release, color: str | None,
@@ -112,6 +116,12 @@ def deployment(project: Project, env: Environment, release: Release, color: str 
         service_account=SERVICE_ACCOUNT, grace_seconds=int(env.deploy.drain_timeout) + 10, port=PORT,
         node_selector=GPU_NODE_SELECTOR if env.worker.gpu else {},
         tolerations=[GPU_TOLERATION] if env.worker.gpu else [], spread_keys=SPREAD_KEYS)
+
+
+def disruption_budget(project: Project, env: Environment, color: str | None) -> str:
+    """One color's PodDisruptionBudget: node drains take its pods one at a time."""
+    return render("kubernetes/worker-pdb.yaml.j2", project.root, resource_name=deployment_name(color),
+                  namespace=env.kubernetes.namespace, labels=labels(color, None), selector=selector(color))
 
 
 def service(project: Project, env: Environment, role: str, color: str | None) -> str:
@@ -131,11 +141,12 @@ def render_all(project: Project, env: Environment, release: Release, color: str 
                strategy: str = "blue-green") -> str:
     """Every manifest of a release, as one multi-document YAML stream for a person or GitOps."""
     if strategy == "rolling":
-        docs = [deployment(project, env, release, None), service(project, env, "active", None)]
+        docs = [deployment(project, env, release, None), disruption_budget(project, env, None),
+                service(project, env, "active", None)]
     else:
         color = color or "blue"
-        docs = [deployment(project, env, release, color), service(project, env, "preview", color),
-                service(project, env, "active", color)]
+        docs = [deployment(project, env, release, color), disruption_budget(project, env, color),
+                service(project, env, "preview", color), service(project, env, "active", color)]
     text = "---\n".join(d if d.endswith("\n") else d + "\n" for d in docs)
     parse(text)  # a template that renders broken YAML fails here, not in the cluster
     return text

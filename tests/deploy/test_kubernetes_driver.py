@@ -26,6 +26,7 @@ from opsctl.cli import app
 NS = "transcribe"
 DEPLOYMENTS, SERVICES = "apps/v1/deployments", "v1/services"
 CONFIGMAPS, LEASES = "v1/configmaps", "coordination.k8s.io/v1/leases"
+PDBS = "policy/v1/poddisruptionbudgets"
 IMAGE = "registry.example.com/transcription-worker"
 
 OPSCTL_YAML = """
@@ -36,7 +37,7 @@ environments:
     kubernetes: {kubeconfig: kubeconfig.yaml, context: kmock, namespace: transcribe}
     buckets: {audio: prod-audio}
     worker: {image: "registry.example.com/transcription-worker:1.0.0", replicas: 3, device: cuda,
-             compute_type: float16, concurrency: 2, gpu: true}
+             compute_type: float16, concurrency: 2, gpu: true, resources: {limits: {memory: 16Gi}}}
     deploy: {ready_timeout: 3, scale_down_delay: 600, analysis_window: 0, drain_timeout: 20}
 """
 
@@ -178,7 +179,8 @@ async def test_first_deploy_applies_the_rendered_objects(cluster):
                for c in spread)
     (worker,) = spec["containers"]
     assert worker["image"] == f"{IMAGE}:1.0.0"
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["resources"]["limits"] == {"nvidia.com/gpu": 1, "memory": "16Gi"}  # opsctl.yaml over the default
+    assert worker["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}
     assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert worker["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
@@ -195,6 +197,8 @@ async def test_first_deploy_applies_the_rendered_objects(cluster):
                            and r.params["fieldManager"] == "opsctl" for r in applies)
     assert cluster.selector_color("transcription-worker") == "blue"
     assert cluster.selector_color("transcription-worker-preview") == "blue"
+    pdb = cluster.obj(PDBS, "transcription-worker-blue")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]}}
 
     (record,) = cluster.history()
     assert (record["outcome"], record["version"], record["to_color"]) == ("promoted", "1.0.0", "blue")

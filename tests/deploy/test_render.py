@@ -36,8 +36,11 @@ def _by_kind(docs: list[dict]) -> dict[str, list[dict]]:
 
 def test_render_staging_prints_parseable_manifests(runner, repo_root):
     docs = _by_kind(_render(runner, "--env", "staging"))
-    assert sorted(docs) == ["Deployment", "Service"]
+    assert sorted(docs) == ["Deployment", "PodDisruptionBudget", "Service"]
     (dep,) = docs["Deployment"]
+    (pdb,) = docs["PodDisruptionBudget"]
+    assert pdb["metadata"]["name"] == dep["metadata"]["name"]  # one budget per color
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]}}
     assert dep["metadata"]["name"] == "transcription-worker-blue"
     assert dep["metadata"]["namespace"] == "transcribe"
     assert dep["spec"]["replicas"] == 1
@@ -76,12 +79,14 @@ def test_render_rolling_is_one_deployment_with_a_rolling_update(runner, repo_roo
     assert "app.kubernetes.io/color" not in dep["spec"]["selector"]["matchLabels"]
     (svc,) = docs["Service"]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    (pdb,) = docs["PodDisruptionBudget"]
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
 
 def test_render_json_is_one_document(runner, repo_root):
     result = runner.invoke(app, ["render", "manifests", "--env", "staging", "--json"])
     assert result.exit_code == 0, result.output
-    assert [d["kind"] for d in json.loads(result.stdout)] == ["Deployment", "Service", "Service"]
+    assert [d["kind"] for d in json.loads(result.stdout)] == ["Deployment", "PodDisruptionBudget", "Service", "Service"]
 
 
 @pytest.mark.parametrize("args, message", [

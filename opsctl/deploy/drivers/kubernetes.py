@@ -76,7 +76,7 @@ class KubernetesDriver:
 
         if self._client is None:
             self._client = connect(self.project, self.env)
-        return {"apps": client.AppsV1Api, "core": client.CoreV1Api,
+        return {"apps": client.AppsV1Api, "core": client.CoreV1Api, "policy": client.PolicyV1Api,
                 "coordination": client.CoordinationV1Api}[kind](self._client)
 
     def _call(self, fn, *args, missing_ok: bool = False, conflict_ok: bool = False,
@@ -109,6 +109,7 @@ class KubernetesDriver:
         opsctl owns these objects, so a hand edit (kubectl scale/edit) is taken back, as GitOps would."""
         api, fn = {"Deployment": ("apps", "patch_namespaced_deployment"),
                    "Service": ("core", "patch_namespaced_service"),
+                   "PodDisruptionBudget": ("policy", "patch_namespaced_pod_disruption_budget"),
                    "ConfigMap": ("core", "patch_namespaced_config_map")}[doc["kind"]]
         method = getattr(self._api(api), fn)
         return self._call(method, doc["metadata"]["name"], self.ns, doc, field_manager=FIELD_MANAGER,
@@ -152,6 +153,7 @@ class KubernetesDriver:
         if color == self.active_color() and current and current.get("spec", {}).get("replicas"):
             raise OperationFailed(f"refusing to replace the active color {color}")
         self._apply(mf.parse(mf.deployment(self.project, self.env, release, color))[0])
+        self._apply(mf.parse(mf.disruption_budget(self.project, self.env, color))[0])
         self._apply(mf.parse(mf.service(self.project, self.env, "preview", color))[0])
 
     def wait_ready(self, color: str, timeout: float) -> None:
