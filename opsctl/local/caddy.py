@@ -3,7 +3,10 @@
 The config is built here as a dict rather than a template: it is JSON for Caddy's API, and
 changes to it are made live (PATCH by @id), never by rewriting a file. A config change in
 Caddy keeps the listener and lets in-flight requests on the old upstream finish within
-`grace_period`, which is what makes a color switch drop nothing.
+`grace_period`, which is what makes a color switch drop nothing. Idle keep-alive
+connections are closed at that moment (Go's graceful shutdown): a client that writes a
+request on one just then gets the connection closed before any response, and sends the
+request again, as the OpenAI SDKs, browsers and Go's http.Transport do.
 """
 
 from __future__ import annotations

@@ -17,15 +17,19 @@ from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
 
+from tests import router_client
 from tests.samples import variant
 
 
 class LoadLoop:
-    """Transcriptions through the router, one after another, until stopped (bounded)."""
+    """Transcriptions through the router, one after another, until stopped (bounded); a
+    request sent again on a stale connection is counted in `stale` (tests/router_client.py),
+    anything else (an error status, a wrong transcript, a lost response) is a failure."""
 
     def __init__(self, router_url: str, max_seconds: float = 300):
         self.url, self.max_seconds = router_url, max_seconds
         self.ok = 0
+        self.stale = 0
         self.failures: list[str] = []
         self.colors: list[str] = []
         self._stop = threading.Event()
@@ -37,9 +41,8 @@ class LoadLoop:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     audio = variant("hello", self.ok + len(self.failures))  # a real transcription each time
-                    resp = client.post(f"{self.url}/v1/audio/transcriptions",
-                                       files={"file": ("hello.wav", audio, "audio/wav")},
-                                       data={"model": "whisper-1"})
+                    resp, resent = router_client.transcribe(client, self.url, audio)
+                    self.stale += resent
                     if resp.status_code == 200 and "hello" in resp.json()["text"].lower():
                         self.ok += 1
                         color = resp.headers.get("x-worker-color", "?")
@@ -97,6 +100,7 @@ def test_deploy_under_load_drops_nothing_and_switches_version(runner, platform):
     assert [s["name"] for s in record["steps"]] == [
         "validate", "bring up", "wait ready", "pre-promotion analysis", "switch", "post-promotion analysis"]
     assert load.failures == [], load.failures
+    assert load.stale <= 1  # at most the one connection idle at the switch's config load
     assert len(load.colors) == 2, load.colors  # requests were served by both colors, in turn
     assert _router_version(router) == "2.0.0" != before
     doc = _status(runner)
