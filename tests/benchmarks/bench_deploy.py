@@ -18,9 +18,9 @@ import httpx
 
 from opsctl.config import load_project
 from opsctl.deploy import bluegreen
-from opsctl.errors import OperationFailed
 from opsctl.deploy.drivers import driver_for
 from opsctl.deploy.model import Release
+from opsctl.errors import OperationFailed
 from opsctl.local import platform
 from opsctl.starter import starter_text
 
