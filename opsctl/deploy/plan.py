@@ -6,12 +6,17 @@ from typing import Callable
 
 from opsctl.config import Environment
 from opsctl.deploy.model import Driver, Release, other
+from opsctl.errors import OpsError
 
 
 def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto_promote: bool,
          backup: bool = False, load_gate: str | None = None) -> dict:
-    active = driver.active_color()
-    colors = driver.colors()
+    try:
+        active = driver.active_color()
+        colors = driver.colors()
+    except OpsError as exc:  # the plan depends on the cluster; the manifests alone do not
+        raise type(exc)(f"{exc}; without a cluster, 'opsctl render manifests --env {env.name} --image "
+                        f"{release.image}' shows what would be applied") from None
     serving = bool(active and colors[active].running)
     target = other(active) if serving else (active or "blue")
     d = env.deploy

@@ -98,3 +98,12 @@ def test_render_bad_input_is_one_line_and_exit_2(runner, repo_root, args, messag
     result = runner.invoke(app, ["render", *args])
     assert result.exit_code == 2
     assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_dry_run_without_a_cluster_points_to_render(runner, repo_root, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(repo_root / "no-such-kubeconfig"))
+    result = runner.invoke(app, ["deploy", "--env", "staging", "--image", "reg/worker:1.4.0", "--dry-run"])
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and "no usable Kubernetes configuration" in line
+    assert "'opsctl render manifests --env staging --image reg/worker:1.4.0'" in line
