@@ -21,28 +21,20 @@ def _size(n: int) -> str:
 @contextmanager
 def _progress() -> Iterator:
     """Progress bars with throughput on stderr (only on a terminal), and SIGTERM as an interrupt."""
-    import signal
-
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
                                TransferSpeedColumn)
 
     from opsctl.output import stderr
+    from opsctl.signals import sigterm_as_interrupt
 
-    def _interrupt(*_):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # CI cancels with SIGTERM: clean up like Ctrl-C
     bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal)
-    try:
-        with bars:
-            def report(what: str, total: int | None):
-                task = bars.add_task(what, total=total)
-                return lambda n: bars.advance(task, n)
+    with sigterm_as_interrupt(), bars:  # CI cancels with SIGTERM: clean up like Ctrl-C
+        def report(what: str, total: int | None):
+            task = bars.add_task(what, total=total)
+            return lambda n: bars.advance(task, n)
 
-            yield report
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        yield report
 
 
 @app.command()

@@ -16,12 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from opsctl.files import write_json
 from opsctl.health.model import CheckResult, Status, SweepResult
 
 log = logging.getLogger("opsctl.health")
@@ -101,12 +101,8 @@ class Alerter:
         if self.state is None:
             return
         now = self.clock()
-        doc = {"saved_at": time.time(), "tracks": {
-            name: {**asdict(t), "last_sent": now - t.last_sent} for name, t in self.tracks.items()}}
-        self.state.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.state.with_name(self.state.name + ".partial")
-        partial.write_text(json.dumps(doc, indent=1))
-        os.replace(partial, self.state)
+        write_json(self.state, {"saved_at": time.time(), "tracks": {
+            name: {**asdict(t), "last_sent": now - t.last_sent} for name, t in self.tracks.items()}}, indent=1)
 
     def _failed(self, status: Status) -> bool | None:
         if status == Status.UNKNOWN:

@@ -8,11 +8,11 @@ temporary name and renamed, so an interrupted write never leaves half a summary.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from opsctl.config import Project
 from opsctl.errors import UsageError
+from opsctl.files import write_json
 from opsctl.loadtest.summary import RunSummary
 from opsctl.output import to_jsonable
 
@@ -22,13 +22,7 @@ def folder(project: Project) -> Path:
 
 
 def save(project: Project, summary: RunSummary) -> Path:
-    where = folder(project)
-    where.mkdir(parents=True, exist_ok=True)
-    path = where / f"{summary.id}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(folder(project) / f"{summary.id}.json", to_jsonable(summary))
 
 
 def runs(project: Project, env: str | None = None, profile: str | None = None) -> list[RunSummary]:

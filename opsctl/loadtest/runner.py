@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from opsctl.errors import UsageError
 from opsctl.loadtest import slo
 from opsctl.loadtest.plan import Plan
 from opsctl.loadtest.summary import RunSummary, endpoints
+from opsctl.signals import sigterm_as_interrupt
 
 TICK_S = 0.5
 
@@ -115,24 +113,6 @@ def _tick(runner, began: float, plan: Plan) -> Tick:
 INTERRUPTED = "interrupted"  # aborted_by of a run stopped by Ctrl-C or SIGTERM
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (CI cancelling a job) stops the load like Ctrl-C; only the main thread can
-    take signals, so a run inside a runbook's step thread keeps the default."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(*_):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Path | None = None) -> RunSummary:
     """Run the load, stop at the duration (or at the first lost gate with abort_on_fail)."""
     import_locust()
@@ -167,7 +147,7 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
         gevent.spawn(runner.start, plan.users, plan.spawn_rate)
         interrupted = False
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 while True:
                     gevent.sleep(TICK_S)
                     tick = _tick(runner, began, plan)

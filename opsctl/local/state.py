@@ -8,7 +8,6 @@ happens under a file lock, so a crashed or concurrent `opsctl` never leaves half
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 from opsctl.errors import UsageError
+from opsctl.files import write_json
 
 COLORS = ("blue", "green")
 
@@ -47,12 +47,8 @@ class LocalState:
         return self.folder / "data" / name
 
     def save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        doc = {"version": 1, "active_color": self.active_color,
-               "components": {k: asdict(v) for k, v in self.components.items()}}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_json(self.path, {"version": 1, "active_color": self.active_color,
+                               "components": {k: asdict(v) for k, v in self.components.items()}})
 
 
 def folder_for(root: Path) -> Path:

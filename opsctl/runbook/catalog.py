@@ -10,11 +10,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 from opsctl.errors import UsageError
+from opsctl.files import write_json
 from opsctl.runbook.model import Problem, Runbook, check, parse
 
 FILE = re.compile(r"^v(\d+)\.ya?ml$")
@@ -49,10 +49,7 @@ def lock(root: Path) -> dict[str, str]:
 
 
 def _write_lock(root: Path, pins: dict[str, str]) -> None:
-    path = folder(root) / "lock.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(sorted(pins.items())), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(folder(root) / "lock.json", dict(sorted(pins.items())))
 
 
 def locate(root: Path, ref: str) -> Path:

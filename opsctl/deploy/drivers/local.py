@@ -8,7 +8,6 @@ blocks the next one.
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +17,7 @@ from filelock import FileLock, Timeout
 from opsctl.config import Environment, Project
 from opsctl.deploy.model import ColorState, DeployRecord, Release
 from opsctl.errors import OperationFailed, UsageError
+from opsctl.files import write_json
 from opsctl.local import caddy, procs
 from opsctl.local import state as st
 from opsctl.local import worker as wk
@@ -114,9 +114,7 @@ class LocalDriver:
     def save(self, record: DeployRecord) -> None:
         records = [r for r in self.history() if r.id != record.id] + [record]
         records = records[-100:]
-        tmp = self._history_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([r.to_dict() for r in records], indent=1))
-        os.replace(tmp, self._history_path)
+        write_json(self._history_path, [r.to_dict() for r in records], indent=1)
 
     def render(self, release: Release, color: str) -> str:
         """The process the local driver would start, as a person would read it."""

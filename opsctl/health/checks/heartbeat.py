@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
+from opsctl.files import write_json
 from opsctl.health.model import CheckResult, Status
 
 
@@ -31,9 +31,7 @@ def record(state_dir: Path, name: str, when: dt.datetime | None = None) -> dt.da
     with FileLock(str(path) + ".lock", timeout=30):
         beats = _load(path)
         beats[name] = when.isoformat()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(beats, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json(path, beats)
     return when
 
 
