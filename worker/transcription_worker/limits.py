@@ -1,6 +1,7 @@
 """Per-API-key limits kept in Redis, so every worker process (blue and green alike) shares them.
 
-Three limits, each 0 = off: requests per minute (fixed one-minute window), uploads in flight
+Three limits, each 0 = off: requests per minute (a moving one-minute window, from the
+`limits` library, so a burst across a minute boundary cannot reach twice the limit), uploads in flight
 at once (a counter held for the life of a request carrying audio), and audio seconds per
 UTC day (checked and charged atomically by a Lua script before the model runs, refunded if
 the transcription does not happen). Exceeding one answers 429 with a Retry-After header.
@@ -17,6 +18,9 @@ import time
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 
 from . import metrics
@@ -42,6 +46,10 @@ class Limits:
         self.redis = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2) if url else None
         self.rpm, self.uploads, self.daily = rpm, concurrent_uploads, daily_audio_seconds
         self._charge = self.redis.register_script(_CHARGE) if self.redis else None
+        self._per_minute = RateLimitItemPerMinute(rpm) if rpm else None
+        self._window = MovingWindowRateLimiter(RedisStorage(
+            "async+" + url, implementation="redispy", key_prefix="worker:rpm", socket_timeout=2,
+            socket_connect_timeout=2)) if url and rpm else None
 
     async def ping(self) -> bool:
         return bool(self.redis and await self.redis.ping())
@@ -51,21 +59,19 @@ class Limits:
             await self.redis.aclose()
 
     async def check_rate(self, key_id: str) -> None:
-        if not (self.redis and self.rpm):
+        if not (self._window and self._per_minute):
             return
-        now = time.time()
-        window = f"worker:rpm:{key_id}:{int(now // 60)}"
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                count, _ = await pipe.incr(window).expire(window, 120).execute()
+            if await self._window.hit(self._per_minute, key_id):
+                return
+            reset_at = (await self._window.get_window_stats(self._per_minute, key_id)).reset_time
         except RedisError as exc:
             log.warning("rate limit skipped, redis unavailable: %s", exc)
             return
-        if count > self.rpm:
-            metrics.RATE_LIMITED.labels("requests_per_minute").inc()
-            raise APIError(429, f"rate limit of {self.rpm} requests per minute reached for this"
-                           " API key", code="rate_limit_exceeded",
-                           retry_after=int(60 - now % 60) + 1)
+        metrics.RATE_LIMITED.labels("requests_per_minute").inc()
+        raise APIError(429, f"rate limit of {self.rpm} requests per minute reached for this"
+                       " API key", code="rate_limit_exceeded",
+                       retry_after=max(1, int(reset_at - time.time()) + 1))
 
     @contextlib.asynccontextmanager
     async def upload_slot(self, key_id: str) -> AsyncIterator[None]:
