@@ -5,7 +5,8 @@ can ask for approval in between. Running fetches every selected component and ch
 SHA-256 and authentication before anything live is touched; PostgreSQL is restored into a
 new database, checked against the manifest's row counts, then renamed into place (the old
 one is kept, renamed); Redis goes through a scratch server; audio is put back where missing
-or different.
+or different. Native snapshots (RDS, ElastiCache) are restored only by name, with
+`--target-instance`, into a new instance or replication group: never over a live one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from opsctl.backup.verify import fetch
 from opsctl.config import Environment, Project
 from opsctl.errors import UsageError
 
+NATIVE = ("rds-snapshot", "elasticache-snapshot")
+
 
 @dataclass
 class RestorePlan:
@@ -34,6 +37,8 @@ class RestorePlan:
     database: str
     overwrites: list[str] = field(default_factory=list)
     target_db: str | None = None
+    snapshots: list[mf.SnapshotPart] = field(default_factory=list)
+    target_instance: str | None = None
     _ctx: dict = field(default_factory=dict, repr=False)
 
 
@@ -47,31 +52,53 @@ class RestoreResult:
     rows: int = 0
     redis_keys: int = 0
     files_restored: int = 0
+    instances: dict[str, str] = field(default_factory=dict)  # "rds NAME" -> endpoint
     seconds: float = 0.0
 
 
 def plan(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
-         latest: bool = False, components: list[str] | None = None, target_db: str | None = None) -> RestorePlan:
+         latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
+         target_instance: str | None = None) -> RestorePlan:
     from opsctl.endpoints import resolve
 
     for c in components or []:
-        if c not in mf.COMPONENTS:
-            raise UsageError(f"--components: '{c}' is not one of {', '.join(mf.COMPONENTS)}")
+        if c not in mf.COMPONENTS + NATIVE:
+            raise UsageError(f"--components: '{c}' is not one of {', '.join(mf.COMPONENTS + NATIVE)}")
     key = keys.load(project, env, required=False)
     ep = resolve(project, env)
     repo = open_repository(env.backup.repository, project, ep)
     chosen = catalog.resolve(repo, backup_id, date, latest, components)
     manifest = catalog.load(repo, chosen, key)
-    wanted = components or [c for c in mf.COMPONENTS if getattr(manifest, c) is not None]
-    missing = [c for c in wanted if getattr(manifest, c) is None]
+    native = [c for c in components or [] if c in NATIVE]
+    if components is None:
+        wanted = [] if target_instance else [c for c in mf.COMPONENTS if getattr(manifest, c) is not None]
+        native = [f"{s.kind}-snapshot" for s in manifest.snapshots] if target_instance else []
+    else:
+        wanted = [c for c in components if c in mf.COMPONENTS]
+    missing = [c for c in wanted + native if c not in manifest.components]
     if missing:
         raise UsageError(f"backup {chosen} holds no {', '.join(missing)} (it holds {', '.join(manifest.components)})")
+    if native and not target_instance:
+        raise UsageError(f"{', '.join(native)} restores into a new instance: name it with --target-instance NAME")
+    if target_instance and not native:
+        raise UsageError(f"--target-instance needs a native snapshot, and backup {chosen} holds "
+                         f"{', '.join(manifest.components)}")
+    snaps = [s for s in manifest.snapshots if f"{s.kind}-snapshot" in native]
+    if target_instance:
+        from opsctl.backup import snapshots
+
+        for snap in snaps:
+            if snapshots.target_exists(env, snap, target_instance):
+                raise UsageError(f"{snap.kind} {target_instance} already exists: a snapshot restores into a new "
+                                 "one, choose another --target-instance")
+    if not (wanted or native):
+        raise UsageError(f"backup {chosen} holds nothing opsctl restores without --target-instance "
+                         f"({', '.join(manifest.components)})")
     if target_db and "db" not in wanted:
         raise UsageError("--target-db needs the db component")
-    if not wanted:
-        raise UsageError(f"backup {chosen} holds nothing opsctl restores ({', '.join(manifest.components)})")
-    p = RestorePlan(chosen, manifest.created_at, wanted, target_db or env.database.name, target_db=target_db,
-                    _ctx={"manifest": manifest, "repo": repo, "key": key, "ep": ep})
+    p = RestorePlan(chosen, manifest.created_at, wanted + native, target_db or env.database.name,
+                    target_db=target_db, snapshots=snaps, target_instance=target_instance,
+                    _ctx={"manifest": manifest, "repo": repo, "key": key, "ep": ep, "env": env})
     if "db" in wanted:
         if not ep.database_url:
             raise UsageError(f"no database URL for '{env.name}': set ${env.database.url_env}")
@@ -137,5 +164,9 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
             todo = p._ctx["files"]
             result.files_restored = files.restore(ep.s3_client(), ep.audio_bucket, repo, todo,
                                                   report("audio objects", sum(o.size for o in todo)))
+    for snap in p.snapshots:
+        from opsctl.backup import snapshots
+
+        result.instances[f"{snap.kind} {p.target_instance}"] = snapshots.restore(p._ctx["env"], snap, p.target_instance)
     result.seconds = round(time.monotonic() - began, 2)
     return result

@@ -139,8 +139,9 @@ def restore(
     backup_id: Annotated[str | None, typer.Option("--id", help="The backup to restore.")] = None,
     date: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD: the newest complete backup of that day (UTC).")] = None,
     latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
-    components: Annotated[str | None, typer.Option("--components", help="Comma-separated: db,redis,files (default: all in the backup).")] = None,
+    components: Annotated[str | None, typer.Option("--components", help="Comma-separated: db,redis,files,rds-snapshot,elasticache-snapshot (default: db, redis and files in the backup).")] = None,
     target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database under this name and stop there.")] = None,
+    target_instance: Annotated[str | None, typer.Option("--target-instance", help="Create this new RDS instance / ElastiCache replication group from the backup's native snapshot.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs.")] = 1,
     yes: YesOpt = False,
     confirm_env: Annotated[str | None, typer.Option("--confirm-env", metavar="NAME",
@@ -153,7 +154,7 @@ def restore(
 
     project, environment_ = environment(env)
     wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
-    p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db)
+    p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db, target_instance)
     if p.overwrites:
         from opsctl.approval import at_terminal
 
@@ -166,7 +167,8 @@ def restore(
         + (f"; database {r.database}: {r.tables} tables, {r.rows} rows" if r.database else "")
         + (f" (previous kept as {r.previous_database})" if r.previous_database else "")
         + (f"; {r.redis_keys} Redis keys" if "redis" in r.components else "")
-        + (f"; {r.files_restored} audio objects put back" if "files" in r.components else "")))
+        + (f"; {r.files_restored} audio objects put back" if "files" in r.components else "")
+        + "".join(f"; new {what} available at {where}" for what, where in r.instances.items())))
 
 
 def register(root: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""Native snapshots of a cloud environment (RDS) through boto3, against moto's AWS control plane."""
+"""Native snapshots of a cloud environment (RDS, ElastiCache) through boto3, against moto's AWS control plane:
+taken under the backup's id, recorded in the manifest, restored only into a new, named instance."""
 
 from __future__ import annotations
 
@@ -15,18 +16,21 @@ from opsctl.cli import app
 pytestmark = pytest.mark.integration
 
 
-def test_rds_snapshot_is_taken_and_recorded(s3, ops_root, runner, monkeypatch):
-    bucket = s3.make_bucket("bk")
-    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
-    rds.create_db_instance(DBInstanceIdentifier="transcribe-db", DBInstanceClass="db.t3.micro", Engine="postgres",
-                           MasterUsername="transcribe", MasterUserPassword="not-a-secret-1", AllocatedStorage=20)
+def cloud_env(ops_root, s3, bucket: str, **extra) -> None:
     doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
     doc["environments"]["cloud"] = {
         "platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
-        "database": {"rds_instance": "transcribe-db"},
-        "backup": {"repository": f"s3://{bucket}/opsctl"},
+        "backup": {"repository": f"s3://{bucket}/opsctl"}, **extra,
     }
     (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+
+
+def test_rds_snapshot_is_taken_recorded_and_restored_into_a_new_instance(s3, ops_root, runner, monkeypatch):
+    bucket = s3.make_bucket("bk")
+    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    rds.create_db_instance(DBInstanceIdentifier="transcribe-db", DBInstanceClass="db.r6g.large", Engine="postgres",
+                           MasterUsername="transcribe", MasterUserPassword="not-a-secret-1", AllocatedStorage=20)
+    cloud_env(ops_root, s3, bucket, database={"rds_instance": "transcribe-db"})
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
 
     made = runner.invoke(app, ["backup", "create", "--env", "cloud", "--type", "rds-snapshot", "--json"])
@@ -38,9 +42,56 @@ def test_rds_snapshot_is_taken_and_recorded(s3, ops_root, runner, monkeypatch):
     listed = json.loads(runner.invoke(app, ["backup", "list", "--env", "cloud", "--json"]).stdout)
     assert [(b["id"], b["status"]) for b in listed["backups"]] == [(backup["id"], "complete")]
 
-    # nothing opsctl restores by itself: a clear line, exit 2
+    # a snapshot restores only into a new instance the user names
     result = runner.invoke(app, ["restore", "--env", "cloud", "--id", backup["id"], "--yes"])
-    assert result.exit_code == 2 and "holds nothing opsctl restores" in result.stderr
+    assert result.exit_code == 2 and "without --target-instance" in result.stderr
+    result = runner.invoke(app, ["restore", "--env", "cloud", "--id", backup["id"], "--components", "rds-snapshot"])
+    assert result.exit_code == 2 and "--target-instance NAME" in result.stderr
+    result = runner.invoke(app, ["restore", "--env", "cloud", "--id", backup["id"], "--target-instance", "transcribe-db"])
+    assert result.exit_code == 2 and "already exists" in result.stderr and result.stderr.count("\n") == 1
+    assert len(rds.describe_db_instances()["DBInstances"]) == 1  # refused before anything was made
+
+    restored = runner.invoke(app, ["restore", "--env", "cloud", "--id", backup["id"],
+                                   "--target-instance", "transcribe-db-restored", "--json"])
+    assert restored.exit_code == 0, restored.output
+    out = json.loads(restored.stdout)
+    new = rds.describe_db_instances(DBInstanceIdentifier="transcribe-db-restored")["DBInstances"][0]
+    assert new["DBInstanceStatus"] == "available" and new["DBInstanceClass"] == "db.r6g.large"  # like its source
+    assert out["instances"] == {"rds transcribe-db-restored":
+                                f"{new['Endpoint']['Address']}:{new['Endpoint']['Port']}"}
+    tags = rds.list_tags_for_resource(ResourceName=new["DBInstanceArn"])["TagList"]
+    assert {"Key": "opsctl:restored-from", "Value": snapshot_name(backup["id"])} in tags
+    assert rds.describe_db_instances(DBInstanceIdentifier="transcribe-db")["DBInstances"][0]["DBInstanceStatus"] \
+        == "available"  # the live instance is untouched
+
     # snapshots are for cloud environments only
     result = runner.invoke(app, ["backup", "create", "--env", "local", "--type", "rds-snapshot"])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
+
+
+def test_elasticache_snapshot_is_taken_and_restored_into_a_new_group(s3, ops_root, runner, monkeypatch):
+    bucket = s3.make_bucket("bk")
+    ec = boto3.client("elasticache", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    ec.create_replication_group(ReplicationGroupId="transcribe-cache", ReplicationGroupDescription="cache",
+                                Engine="redis", CacheNodeType="cache.t4g.small", NumCacheClusters=1)
+    cloud_env(ops_root, s3, bucket, redis={"replication_group": "transcribe-cache"})
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+
+    made = runner.invoke(app, ["backup", "create", "--env", "cloud", "--type", "elasticache-snapshot", "--json"])
+    assert made.exit_code == 0, made.output
+    backup = json.loads(made.stdout)
+    assert backup["components"] == ["elasticache-snapshot"]
+    snaps = ec.describe_snapshots(ReplicationGroupId="transcribe-cache")["Snapshots"]
+    assert [(s["SnapshotName"], s["SnapshotStatus"]) for s in snaps] == [(snapshot_name(backup["id"]), "available")]
+    shown = runner.invoke(app, ["backup", "list", "--env", "cloud", "--json"])
+    assert json.loads(shown.stdout)["backups"][0]["components"] == ["elasticache-snapshot"]
+
+    restored = runner.invoke(app, ["restore", "--env", "cloud", "--latest", "--components", "elasticache-snapshot",
+                                   "--target-instance", "transcribe-cache-restored"])
+    assert restored.exit_code == 0, restored.output
+    assert "new elasticache transcribe-cache-restored available at" in restored.stdout
+    group = ec.describe_replication_groups(ReplicationGroupId="transcribe-cache-restored")["ReplicationGroups"][0]
+    assert group["Status"] == "available" and group["CacheNodeType"] == "cache.t4g.small"
+    result = runner.invoke(app, ["restore", "--env", "cloud", "--latest", "--components", "elasticache-snapshot",
+                                 "--target-instance", "transcribe-cache-restored"])
+    assert result.exit_code == 2 and "already exists" in result.stderr
