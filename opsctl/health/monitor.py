@@ -58,8 +58,10 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
         from opsctl.health.exporter import Exporter
 
         exporter = Exporter(metrics_port)
+    state = project.state_dir / "health" / f"alerts-{env.name}.json"
+    owner = _own_alert_state(state, env.name)
     dispatcher = Dispatcher(senders)
-    alerter = Alerter.from_settings(env.health.alerts, state=project.state_dir / "health" / f"alerts-{env.name}.json")
+    alerter = Alerter.from_settings(env.health.alerts, state=state)
     result = WatchResult(None)
 
     def sweep() -> SweepResult:
@@ -85,8 +87,26 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
         dispatcher.close()
         if exporter:
             exporter.close()
+        owner.release()
     result.deliveries = [vars(o) for o in dispatcher.outcomes]
     return result
+
+
+def _own_alert_state(state: Path, env_name: str):
+    """One monitor per environment and machine: a second would page twice for every outage
+    and overwrite the first one's alert state."""
+    from filelock import FileLock, Timeout
+
+    from opsctl.errors import UsageError
+
+    state.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(state.with_suffix(".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(f"another health monitor is already watching '{env_name}' on this machine "
+                         f"(it holds {lock.lock_file}); stop it first: two would page twice") from None
+    return lock
 
 
 @dataclass

@@ -5,6 +5,7 @@ a flap), in each sink's own format, and secrets in sink URLs never reach the out
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import httpx
@@ -149,3 +150,28 @@ def test_a_restarted_monitor_neither_pages_again_nor_forgets_to_resolve(tmp_path
     fresh = monitor.watch(project, project.env("ci"), interval=0.05, iterations=3, only=["target"])
     assert [a["event"] for a in fresh.alerts] == ["trigger"]  # unreadable state: starts over, loudly
     assert "alert state" in caplog.text and "unreadable" in caplog.text
+
+
+def test_a_second_monitor_of_the_same_environment_is_refused(tmp_path, runner, servers, sink_env):
+    """Two monitors of one environment on one machine would page twice and fight over the alert state."""
+    target, receiver = servers
+    target.statuses = [200]
+    root = ops_root(tmp_path, target.url, receiver.url)
+    project = load_project(root)
+    stop, swept = threading.Event(), threading.Event()
+    first = threading.Thread(target=monitor.watch, args=(project, project.env("ci")),
+                             kwargs={"interval": 0.05, "only": ["target"], "stop": stop,
+                                     "on_sweep": lambda *_: swept.set()})
+    first.start()
+    try:
+        assert swept.wait(30)
+        result = runner.invoke(app, ["--root", str(root), "health", "--env", "ci", "--mode", "continuous",
+                                     "--iterations", "1", "--check", "target"])
+        assert result.exit_code == 2 and "already watching 'ci'" in result.stderr, result.output
+        assert result.stderr.count("\n") == 1
+    finally:
+        stop.set()
+        first.join(30)
+    again = runner.invoke(app, ["--root", str(root), "health", "--env", "ci", "--mode", "continuous",
+                                "--interval", "0.05", "--iterations", "1", "--check", "target"])
+    assert again.exit_code == 0, again.output  # the first one stopped: its lock went with it
