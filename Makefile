@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml worker/pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e './worker[model,test]'
 	$(BIN)/transcription-worker assemble-model
+	@# editable installs are not byte-compiled, and PYTHONDONTWRITEBYTECODE (set on many CI
+	@# images) would make every opsctl process compile its modules again
+	$(BIN)/python -m compileall -q opsctl stacks worker/transcription_worker >/dev/null
 	@# promtool (Debian's prometheus package) checks the rendered monitoring config
 	command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
