@@ -16,27 +16,31 @@ from opsctl.cli import app
 pytestmark = pytest.mark.integration
 
 
-def cloud_env(ops_root, s3, bucket: str, **extra) -> None:
+def cloud_env(ops_root, s3, monkeypatch, **extra) -> None:
+    """A `cloud` environment on moto's AWS, its backups in an S3 repository."""
     doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
     doc["environments"]["cloud"] = {
         "platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
-        "backup": {"repository": f"s3://{bucket}/opsctl"}, **extra,
+        "backup": {"repository": f"s3://{s3.make_bucket('bk')}/opsctl"}, **extra,
     }
     (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+
+
+def snapshot_backup(runner, kind: str) -> dict:
+    made = runner.invoke(app, ["backup", "create", "--env", "cloud", "--type", kind, "--json"])
+    assert made.exit_code == 0, made.output
+    backup = json.loads(made.stdout)
+    assert backup["components"] == [kind]
+    return backup
 
 
 def test_rds_snapshot_is_taken_recorded_and_restored_into_a_new_instance(s3, ops_root, runner, monkeypatch):
-    bucket = s3.make_bucket("bk")
     rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
     rds.create_db_instance(DBInstanceIdentifier="transcribe-db", DBInstanceClass="db.r6g.large", Engine="postgres",
                            MasterUsername="transcribe", MasterUserPassword="not-a-secret-1", AllocatedStorage=20)
-    cloud_env(ops_root, s3, bucket, database={"rds_instance": "transcribe-db"})
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-
-    made = runner.invoke(app, ["backup", "create", "--env", "cloud", "--type", "rds-snapshot", "--json"])
-    assert made.exit_code == 0, made.output
-    backup = json.loads(made.stdout)
-    assert backup["components"] == ["rds-snapshot"]
+    cloud_env(ops_root, s3, monkeypatch, database={"rds_instance": "transcribe-db"})
+    backup = snapshot_backup(runner, "rds-snapshot")
     snaps = rds.describe_db_snapshots(DBInstanceIdentifier="transcribe-db", SnapshotType="manual")["DBSnapshots"]
     assert [(s["DBSnapshotIdentifier"], s["Status"]) for s in snaps] == [(snapshot_name(backup["id"]), "available")]
     listed = json.loads(runner.invoke(app, ["backup", "list", "--env", "cloud", "--json"]).stdout)
@@ -70,17 +74,11 @@ def test_rds_snapshot_is_taken_recorded_and_restored_into_a_new_instance(s3, ops
 
 
 def test_elasticache_snapshot_is_taken_and_restored_into_a_new_group(s3, ops_root, runner, monkeypatch):
-    bucket = s3.make_bucket("bk")
     ec = boto3.client("elasticache", endpoint_url=s3.endpoint_url, region_name="us-east-1")
     ec.create_replication_group(ReplicationGroupId="transcribe-cache", ReplicationGroupDescription="cache",
                                 Engine="redis", CacheNodeType="cache.t4g.small", NumCacheClusters=1)
-    cloud_env(ops_root, s3, bucket, redis={"replication_group": "transcribe-cache"})
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-
-    made = runner.invoke(app, ["backup", "create", "--env", "cloud", "--type", "elasticache-snapshot", "--json"])
-    assert made.exit_code == 0, made.output
-    backup = json.loads(made.stdout)
-    assert backup["components"] == ["elasticache-snapshot"]
+    cloud_env(ops_root, s3, monkeypatch, redis={"replication_group": "transcribe-cache"})
+    backup = snapshot_backup(runner, "elasticache-snapshot")
     snaps = ec.describe_snapshots(ReplicationGroupId="transcribe-cache")["Snapshots"]
     assert [(s["SnapshotName"], s["SnapshotStatus"]) for s in snaps] == [(snapshot_name(backup["id"]), "available")]
     shown = runner.invoke(app, ["backup", "list", "--env", "cloud", "--json"])
