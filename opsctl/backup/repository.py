@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
+from opsctl.backup.direct_io import DirectFile
 from opsctl.backup.pipeline import BLOCK, IterReader
 from opsctl.errors import UsageError
 
@@ -132,14 +133,16 @@ class FileRepository(Repository):
         target = self.root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + PARTIAL)
+        out = None
         try:
-            with open(partial, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
+            out = DirectFile(partial)
+            for chunk in chunks:
+                out.write(chunk)
+            out.close(sync=True)
             os.replace(partial, target)  # a file exists under its name only once it is whole
         except BaseException:
+            if out is not None:
+                out.abort()
             partial.unlink(missing_ok=True)
             raise
 
