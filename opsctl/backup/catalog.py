@@ -64,6 +64,20 @@ def _abandoned(repo: Repository, backup_id: str) -> bool:
     return dt.datetime.now(dt.timezone.utc) - started > STALE_AFTER
 
 
+def _unfinished(repo: Repository, backup_id: str) -> Entry:
+    running = not _abandoned(repo, backup_id)
+    return Entry(backup_id, "running" if running else "incomplete",
+                 note="in progress" if running else "no manifest: interrupted, never restored")
+
+
+def unfinished(repo: Repository) -> list[Entry]:
+    """Folders without a manifest, from the listing alone: no manifest is read, so a
+    repository of thousands of backups costs `backup create` one listing, not a read each."""
+    names = repo.names()
+    ids = sorted({n.split("/", 1)[0] for n in names if "/" in n})
+    return [_unfinished(repo, i) for i in ids if f"{i}/{mf.NAME}" not in names]
+
+
 def entries(repo: Repository) -> list[Entry]:
     """Every backup folder, oldest first."""
     names = repo.names()
@@ -72,9 +86,7 @@ def entries(repo: Repository) -> list[Entry]:
     for backup_id in ids:
         verified = f"{backup_id}/{VERIFIED}" in names
         if f"{backup_id}/{mf.NAME}" not in names:
-            running = not _abandoned(repo, backup_id)
-            out.append(Entry(backup_id, "running" if running else "incomplete",
-                             note="in progress" if running else "no manifest: interrupted, never restored"))
+            out.append(_unfinished(repo, backup_id))
             continue
         try:
             m = mf.parse(repo.get_bytes(f"{backup_id}/{mf.NAME}"), backup_id)

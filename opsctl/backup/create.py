@@ -54,7 +54,7 @@ def components_for(kind: str, env: Environment) -> list[str]:
 def clean_abandoned(repo: Repository) -> list[str]:
     """Remove folders of interrupted backups (aborting their uploads); running ones are kept."""
     gone = []
-    for entry in catalog.entries(repo):
+    for entry in catalog.unfinished(repo):
         if entry.status == "incomplete":
             repo.abort_uploads(f"{entry.id}/")
             repo.delete_prefix(f"{entry.id}/")
@@ -84,21 +84,29 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         raise UsageError(f"no database URL for '{env.name}': set ${env.database.url_env}")
     if "redis" in parts and not ep.redis_url:
         raise UsageError(f"no Redis URL for '{env.name}': set ${env.redis.url_env}")
-    repo = open_repository(env.backup.repository, project, ep)
-    cleaned = clean_abandoned(repo)
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
-    backup_id = catalog.new_id(started)
-    repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
+    # pg_dump starts first and reads the catalog while the repository is opened (for S3:
+    # boto3, a bucket check, a listing), so that time is not added to the dump's own
+    dump = pgb.Dump(ep.database_url) if "db" in parts else None
+    try:
+        repo = open_repository(env.backup.repository, project, ep)
+        cleaned = clean_abandoned(repo)
+        backup_id = catalog.new_id(started)
+        repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
+    except BaseException:
+        if dump is not None:
+            dump.abort()
+        raise
     m = mf.Manifest(id=backup_id, environment=env.name, platform=env.platform, label=label, created_at=started,
                     finished_at=started, tool_version=__version__, key_id=key.id if key else None,
                     encryption="aes-256-gcm-chunked-hkdf" if key else None,
                     compression={"algorithm": "zstd", "level": level})
     try:
-        if "db" in parts:
+        if dump is not None:
             log.info("dumping database %s", env.database.name)
-            with pgb.dump(ep.database_url) as (reader, info):
-                obj = _stream(repo, f"{backup_id}/db.dump.zst", reader, level, key, report, "database")
+            obj = _stream(repo, f"{backup_id}/db.dump.zst", dump.stdout, level, key, report, "database")
+            info = dump.finish()
             m.db = mf.DbPart(database=env.database.name, owner=env.database.user, object=obj,
                              server_version=info["server_version"], row_counts=info["row_counts"])
         if "redis" in parts:
@@ -125,6 +133,8 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         m.sign(key)
         repo.put_bytes(f"{backup_id}/{mf.NAME}", m.to_bytes())  # last: now the backup exists
     except BaseException as exc:
+        if dump is not None:
+            dump.abort()
         log.warning("backup %s stopped: removing what was written", backup_id)
         repo.abort_uploads(f"{backup_id}/")
         repo.delete_prefix(f"{backup_id}/")

@@ -97,7 +97,8 @@ def _listed(runner, benv) -> dict[str, str]:
     return {b["id"]: b["status"] for b in json.loads(result.stdout)["backups"]}
 
 
-def test_sigkill_mid_upload_then_prune_cleans_up(benv, big_redis, runner, tmp_path):
+def _killed_mid_upload(benv, runner, tmp_path) -> str:
+    """The id of a backup SIGKILLed with an upload open: listed as incomplete."""
     known = _listed(runner, benv)
     proc = _start(benv, tmp_path)
     _wait_stopped(proc)
@@ -107,6 +108,11 @@ def test_sigkill_mid_upload_then_prune_cleans_up(benv, big_redis, runner, tmp_pa
     new = {i: s for i, s in _listed(runner, benv).items() if i not in known}
     assert list(new.values()) == ["incomplete"]
     (killed,) = new
+    return killed
+
+
+def test_sigkill_mid_upload_then_prune_cleans_up(benv, big_redis, runner, tmp_path):
+    killed = _killed_mid_upload(benv, runner, tmp_path)
     result = runner.invoke(app, ["restore", "--env", benv.name, "--id", killed, "--yes"])
     assert result.exit_code == 1 and "no manifest" in result.stderr
     result = runner.invoke(app, ["backup", "prune", "--env", benv.name, "--keep-last", "50", "--yes", "--json"])
@@ -114,6 +120,16 @@ def test_sigkill_mid_upload_then_prune_cleans_up(benv, big_redis, runner, tmp_pa
     assert json.loads(result.stdout)["incomplete"] == [killed]
     assert _open_uploads(benv) == []
     assert killed not in _listed(runner, benv)
+
+
+def test_sigkill_mid_upload_then_the_next_backup_cleans_up(benv, big_redis, runner, tmp_path):
+    killed = _killed_mid_upload(benv, runner, tmp_path)
+    result = runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "db", "--json"])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)
+    assert made["cleaned"] == [killed]
+    assert _open_uploads(benv) == []
+    assert _listed(runner, benv)[made["id"]] == "complete" and killed not in _listed(runner, benv)
 
 
 def test_sigterm_mid_upload_cleans_up_itself(benv, big_redis, runner, tmp_path):
