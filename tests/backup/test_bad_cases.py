@@ -136,3 +136,21 @@ def test_restore_over_a_protected_environment_needs_its_name(runner, benv, seede
     done = runner.invoke(app, [*base, "--confirm-env", "bk-protected", "--components", "db", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["backup_id"] == backup_id
+
+
+def test_unreachable_database_fails_in_one_line_and_leaves_nothing(runner, tmp_path, monkeypatch):
+    from opsctl.local.procs import free_port
+
+    (tmp_path / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"far": {
+        "platform": "kubernetes", "database": {"url_env": "FAR_DATABASE_URL"},
+        "backup": {"repository": f"file://{tmp_path / 'repo'}"}}}}))
+    monkeypatch.setenv("OPSCTL_ROOT", str(tmp_path))
+    monkeypatch.setenv("FAR_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/transcribe")
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", OTHER_KEY)
+    monkeypatch.setenv("CI", "true")
+    result = runner.invoke(app, ["backup", "create", "--env", "far", "--type", "db"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]  # after the progress log: what failed, why
+    assert last.startswith("opsctl: error: connecting to the database for the dump failed: "), last
+    assert "Connection refused" in last, last
+    assert [p for p in (tmp_path / "repo").rglob("*") if p.is_file()] == []
