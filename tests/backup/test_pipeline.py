@@ -126,3 +126,30 @@ def test_retention_never_drops_newest_verified():
     backups = [_day(0, verified=True)] + [_day(d) for d in range(1, 10)]
     keep = retention.select(backups, keep_last=1, keep_daily=None, keep_weekly=None, keep_monthly=None)
     assert keep == {_day(9)[0]: "last 1", _day(0)[0]: "newest verified"}
+
+
+def test_a_pipe_written_4k_at_a_time_comes_back_whole():
+    """pg_dump's pattern: many 4 KiB writes into a pipe, with pauses; the reader gathers them."""
+    import threading
+    import time
+
+    data = os.urandom(3 * crypto.CHUNK + 1234)
+    rfd, wfd = os.pipe()
+
+    def write() -> None:
+        with open(wfd, "wb", buffering=0) as out:
+            for i, start in enumerate(range(0, len(data), 4096)):
+                out.write(data[start:start + 4096])
+                if i % 200 == 0:
+                    time.sleep(0.005)  # the reader finds the pipe short and naps
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    sizes: list[int] = []
+    stats = StreamStats()
+    with open(rfd, "rb") as source:
+        stored = b"".join(pack(source, 1, KEY, stats, sizes.append))
+    writer.join()
+    assert stats.raw_bytes == len(data) == sum(sizes)
+    assert max(sizes) > 4096  # reads took more than one write's worth
+    assert b"".join(unpack([stored], "db", stats.sha256, len(stored), KEY)) == data
