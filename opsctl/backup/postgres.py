@@ -65,10 +65,11 @@ class Dump:
     while the caller opens the repository; `finish()` checks it, `abort()` stops it."""
 
     def __init__(self, url: str):
+        psql, pg_dump = _tool("psql"), _tool("pg_dump")
         self._session_errors, self._errors = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         self.info: dict = {}
         self.proc: subprocess.Popen | None = None
-        self.session = subprocess.Popen([_tool("psql"), "--no-psqlrc", "--quiet", "--no-align", "--tuples-only",
+        self.session = subprocess.Popen([psql, "--no-psqlrc", "--quiet", "--no-align", "--tuples-only",
                                          "--set=ON_ERROR_STOP=1", f"--dbname={url}"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self._session_errors, text=True)
         try:
@@ -80,7 +81,7 @@ class Dump:
             if not snapshot:
                 raise OperationFailed("connecting to the database for the dump failed: "
                                       f"{_error_line(self._session_errors)}")
-            self.proc = subprocess.Popen([_tool("pg_dump"), "--format=custom", "--compress=0",
+            self.proc = subprocess.Popen([pg_dump, "--format=custom", "--compress=0",
                                           f"--snapshot={snapshot}", f"--dbname={url}"],
                                          stdout=subprocess.PIPE, stderr=self._errors)
             _widen_pipe(self.proc.stdout)
