@@ -23,7 +23,7 @@ SPAN = 4 << 20
 
 
 class DirectFile:
-    """A new file at `path`: write() any bytes, then close(sync=True); abort() leaves it half-written."""
+    """A new file at `path`: write() any bytes, then close() (which fsyncs); abort() leaves it half-written."""
 
     def __init__(self, path: Path):
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -71,7 +71,7 @@ class DirectFile:
         fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         self.direct = False
 
-    def close(self, sync: bool = True) -> None:
+    def close(self) -> None:
         """Write the tail, trim the padding a direct write needs, fsync, and close."""
         try:
             if self.fill:
@@ -81,8 +81,7 @@ class DirectFile:
                 self._flush(length)
                 if length != tail:
                     os.ftruncate(self.fd, self.size)
-            if sync:
-                os.fsync(self.fd)
+            os.fsync(self.fd)
         finally:
             self.abort()
 

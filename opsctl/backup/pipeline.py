@@ -1,7 +1,7 @@
 """The stream every dump and snapshot goes through: zstd, AES-256-GCM, SHA-256 — and back.
 
-Nothing is staged in a full-size temporary file: the source is read in 1 MiB blocks by a
-thread of its own (so pg_dump never waits on a full pipe while a block is sealed or
+Nothing is staged in a full-size temporary file: the source is read in blocks of up to
+1 MiB by a thread of its own (so pg_dump never waits on a full pipe while a block is sealed or
 stored), compressed by zstd's worker threads, sealed frame by frame, hashed as stored, and
 handed to the repository (a multipart upload or a file) as an iterator. The reverse path
 checks the SHA-256 and size recorded in the manifest before the last block is released,

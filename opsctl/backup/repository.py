@@ -138,7 +138,7 @@ class FileRepository(Repository):
             out = DirectFile(partial)
             for chunk in chunks:
                 out.write(chunk)
-            out.close(sync=True)
+            out.close()
             os.replace(partial, target)  # a file exists under its name only once it is whole
         except BaseException:
             if out is not None:
