@@ -39,10 +39,11 @@ def _tool(name: str) -> str:
     return str(path)
 
 
-def conninfo(url: str, dbname: str | None = None) -> str:
+def conninfo(url: str, dbname: str) -> str:
+    """`url` pointed at another database of the same server."""
     from psycopg.conninfo import make_conninfo
 
-    return make_conninfo(url, dbname=dbname) if dbname else make_conninfo(url)
+    return make_conninfo(url, dbname=dbname)
 
 
 def row_counts(conn) -> dict[str, int]:
