@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from opsctl.errors import UsageError
 from opsctl.health.alerting import Alert
-from opsctl.health.redact import redact, scrub
+from opsctl.redact import redact, scrub
 
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 _PD_SEVERITY = {"CRITICAL": "critical", "WARNING": "warning", "UNKNOWN": "error", "OK": "info"}

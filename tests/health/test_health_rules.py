@@ -14,7 +14,7 @@ from opsctl.health.checks import heartbeat
 from opsctl.health.checks.metrics import increase, quantile
 from opsctl.health.conditions import parse
 from opsctl.health.model import CheckResult, Status, SweepResult
-from opsctl.health.redact import redact
+from opsctl.redact import redact
 
 
 @pytest.mark.parametrize("text, status, ms, body, passed", [

@@ -12,7 +12,7 @@ import time
 
 from opsctl.health.conditions import parse
 from opsctl.health.model import CheckResult, Status
-from opsctl.health.redact import redact
+from opsctl.redact import redact
 
 READY = ["[STATUS] == 200", "[BODY].status == ready"]
 _client = None
