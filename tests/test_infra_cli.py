@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -164,3 +165,35 @@ def test_opsctl_help_does_not_import_pulumi():
     code = "import sys; from opsctl.cli import app; print(sorted(m for m in sys.modules if m.startswith('pulumi')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+RECORDING_CLI = """#!{python}
+import json, os, sys
+with open({record!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+args = [a for a in sys.argv[1:] if a != "--non-interactive"]
+if args[:1] == ["version"]:
+    print("v3.272.0")
+elif args[:1] == ["config"] and "set" not in args and "set-all" not in args:
+    print("{{}}")
+elif args[:1] in (["up"], ["preview"], ["destroy"], ["refresh"]):
+    sys.exit("error: this stand-in CLI runs no operation")
+"""
+SECRET_LIKE = re.compile(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/=_-]{32,}")
+
+
+@pytest.mark.parametrize("args", [["up", "--env", "staging", "--yes"], ["preview", "--env", "production"]])
+def test_no_secret_reaches_the_command_line_of_any_pulumi_process(runner, no_pulumi, args):
+    """What the Automation API runs, recorded by a stand-in `pulumi`: every argv of every child."""
+    record = no_pulumi / "argv.jsonl"
+    cli = no_pulumi / "bin" / "pulumi"
+    cli.write_text(RECORDING_CLI.format(python=sys.executable, record=str(record)))
+    cli.chmod(0o755)
+    result = invoke(runner, REPO, *args)
+    assert result.exit_code == 1 and "this stand-in CLI runs no operation" in result.output, result.output
+    children = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [a for a in children if args[0] in a], children  # the operation itself was asked for
+    for argv in children:
+        assert not ("config" in argv and ("set" in argv or "set-all" in argv)), argv
+        assert not any("--secret" in a or "AuthToken" in a for a in argv), argv
+        assert not [a for a in argv if SECRET_LIKE.fullmatch(a)], argv

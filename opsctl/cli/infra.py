@@ -36,8 +36,6 @@ def _render_result(result):
             console.print(table)
         if result.outputs:
             _outputs_table(console, result.outputs)
-        for key in result.generated_config:
-            console.print(f"generated {key} (stored encrypted in the stack config: commit it)", markup=False)
     return render
 
 
@@ -64,14 +62,11 @@ def _operate(env: str, operation: str, as_json: bool):
 
 
 def _approve(operation: str, env: str, yes: bool, confirm_env: str | None, question: str) -> None:
-    from opsctl import infra, output
+    from opsctl import approval, infra
     from opsctl.cli.common import environment
 
     _, environ = environment(env)
-    infra.approve(operation, environ, yes=yes, confirm_env=confirm_env, interactive=output.is_interactive(),
-                  question=question,
-                  ask_yes_no=lambda q: typer.confirm(q, default=False, err=True),
-                  ask_text=lambda q: typer.prompt(q, err=True, default="", show_default=False))
+    infra.approve(operation, environ, yes=yes, confirm_env=confirm_env, question=question, **approval.terminal())
 
 
 @infra_app.command("preview")

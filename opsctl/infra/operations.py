@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ OPERATIONS = ("preview", "up", "destroy", "refresh")
 OUTPUTS = ("region", "databaseEndpoint", "databaseSecretArn", "redisEndpoint", "redisAuthSecretArn",
            "audioBucket", "backupsBucket", "clusterName", "kubeconfig", "workerNamespace",
            "workerServiceAccount", "workerRoleArn")
-GENERATED_SECRETS = {"transcribe:redisAuthToken": lambda: secrets.token_hex(32)}
 SECRET_MASK = "[secret]"
 
 
@@ -40,7 +38,6 @@ class InfraResult:
     steps: list[dict[str, str]]  # every resource that changed: type, name, op, status
     outputs: dict[str, Any] = field(default_factory=dict)  # after up; secrets masked
     duration_seconds: float = 0.0
-    generated_config: list[str] = field(default_factory=list)  # secrets created in the stack config
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -117,26 +114,17 @@ def check_policy(project: Project, env: Environment) -> PolicyResult:
     return PolicyResult(env.name, t.stack, len(run_.resources), [str(v) for v in found])
 
 
-def _ensure_generated_config(stack) -> list[str]:
-    """Secrets the program needs that nobody should have to invent: generated once, stored encrypted."""
-    from pulumi import automation as auto
-
-    present = stack.get_all_config()
-    made = []
-    for key, make in GENERATED_SECRETS.items():
-        if key not in present:
-            stack.set_config(key, auto.ConfigValue(value=make(), secret=True))
-            made.append(key)
-    return made
-
-
 def _mask(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (SECRET_MASK if getattr(v, "secret", False) else getattr(v, "value", v)) for k, v in values.items()}
 
 
 def run(project: Project, env: Environment, operation: str,
         on_event: Callable[[Tracker], None] | None = None, policy: bool = True) -> InfraResult:
-    """One Pulumi operation on the environment's stack, after the offline policy checks."""
+    """One Pulumi operation on the environment's stack, after the offline policy checks.
+
+    opsctl passes the program no secret: secrets the stack needs (the Redis AUTH token) are
+    generated inside the program with pulumi_random, so none is ever on a child's command line.
+    """
     if operation not in OPERATIONS:
         raise UsageError(f"unknown infra operation '{operation}'; one of {', '.join(OPERATIONS)}")
     t = _prepare(project, env)
@@ -149,9 +137,6 @@ def run(project: Project, env: Environment, operation: str,
     from pulumi import automation as auto
 
     stack = tg.open_stack(t, env, cli, create=operation in ("preview", "up"))
-    generated = _ensure_generated_config(stack) if operation in ("preview", "up") else []
-    for key in generated:
-        log.info("generated %s and stored it encrypted in %s: commit that file", key, t.stack_file.name)
     tracker = Tracker(listener=on_event)
     started = time.monotonic()
     common = {"on_event": tracker, "color": "never"}
@@ -174,7 +159,7 @@ def run(project: Project, env: Environment, operation: str,
         changes={getattr(k, "value", str(k)): v for k, v in (changes or tracker.summary).items() if v},
         steps=[{"type": s.type, "name": s.name, "op": s.op, "status": s.status} for s in tracker.snapshot()],
         outputs=outputs, duration_seconds=round(time.monotonic() - started, 1),
-        generated_config=generated, warnings=tracker.warnings)
+        warnings=tracker.warnings)
 
 
 def _raw_outputs(project: Project, env: Environment) -> tuple[tg.Target, dict[str, Any]]:

@@ -1,8 +1,14 @@
 """ElastiCache Redis: the cache and rate limits, encrypted at rest and in transit, with AUTH.
 
-The auth token comes from stack config as a secret (opsctl generates it on first `up`), so it
-is encrypted in Pulumi state. It is also written to a Secrets Manager secret together with the
-endpoint: the worker and opsctl read that secret through IAM, nobody copies a password.
+The AUTH token is made here, by a `random.RandomPassword` (64 letters and digits: ElastiCache
+takes 16 to 128 printable characters without `@ " /`, and these need no escaping in a URL), so
+no secret is ever passed to the program: not on a command line, not in a config file. Pulumi
+keeps it encrypted in the state. A stack created before this kept its token in the stack config
+(`transcribe:redisAuthToken`); that one is used as it is, since a new token would lock the
+running workers out. The token is written to a Secrets Manager secret together with the
+endpoint: the worker and opsctl read that secret through IAM, nobody copies a password. The
+secret's name carries a generated suffix: a destroyed secret waits out its recovery window
+under its name, and a re-created stack must not collide with it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from transcribe_infra.network import REDIS_PORT
 from transcribe_infra.settings import with_name
@@ -22,12 +29,17 @@ class CacheArgs:
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
     kms_key_arn: pulumi.Input[str]
-    auth_token: pulumi.Input[str]
     node_type: str
     automatic_failover: bool  # production: a replica in another AZ takes over the primary's role
     engine_version: str = "7.1"
     snapshot_retention_days: int = 1
+    auth_token: pulumi.Input[str] | None = None  # None: generated here (a stack's legacy config token otherwise)
+    token_length: int = 64
     tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.token_length <= 128:
+            raise ValueError("ElastiCache AUTH tokens are 16 to 128 characters long")
 
     @property
     def num_cache_clusters(self) -> int:
@@ -44,6 +56,11 @@ class Cache(pulumi.ComponentResource):
     def __init__(self, name: str, args: CacheArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("transcribe:infra:Cache", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        token = args.auth_token
+        if token is None:
+            token = random.RandomPassword(f"{name}-auth-token", length=args.token_length, special=False,
+                                          min_lower=1, min_upper=1, min_numeric=1, opts=child).result
+        token = pulumi.Output.secret(token)
         subnets = aws.elasticache.SubnetGroup(f"{name}-subnets", name=args.replication_group_id,
                                               subnet_ids=args.subnet_ids, tags=args.tags, opts=child,
                                               description=f"{args.replication_group_id}: private subnets only")
@@ -63,7 +80,7 @@ class Cache(pulumi.ComponentResource):
             at_rest_encryption_enabled=True,
             kms_key_id=args.kms_key_arn,
             transit_encryption_enabled=True,
-            auth_token=args.auth_token,
+            auth_token=token,
             snapshot_retention_limit=args.snapshot_retention_days,
             snapshot_window="01:00-02:00",
             maintenance_window="sun:04:30-sun:05:30",
@@ -73,14 +90,14 @@ class Cache(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["auth_token"]),
         )
         secret = aws.secretsmanager.Secret(
-            f"{name}-auth", name=f"{args.replication_group_id}/redis", kms_key_id=args.kms_key_arn,
+            f"{name}-auth", name_prefix=f"{args.replication_group_id}/redis-", kms_key_id=args.kms_key_arn,
             description=f"{args.replication_group_id}: Redis AUTH token and endpoint",
             recovery_window_in_days=7, tags=args.tags, opts=child)
         aws.secretsmanager.SecretVersion(
             f"{name}-auth", secret_id=secret.id, opts=child,
             secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
                 "host": group.primary_endpoint_address, "port": REDIS_PORT, "tls": True,
-                "auth_token": args.auth_token,
+                "auth_token": token,
             })))
         self.primary_endpoint = group.primary_endpoint_address
         self.port = group.port

@@ -1,7 +1,11 @@
 """RDS PostgreSQL: the jobs and transcripts, the one store that must never be lost.
 
 Private subnets only and never publicly accessible; encrypted with the platform key; at least
-seven days of point-in-time recovery; a final snapshot on deletion in every environment.
+seven days of point-in-time recovery; a final snapshot on deletion in every environment,
+named `<identifier>-final-<8 hex>`: the suffix is a `random.RandomId` made with the instance and
+replaced with it (its keepers are the arguments that replace an RDS instance), so a stack that
+is destroyed, re-created and destroyed again never asks for a snapshot name that already
+exists (RDS refuses that with DBSnapshotAlreadyExists and the destroy stops half-way).
 The master password is managed by RDS in Secrets Manager (`manage_master_user_password`), so
 it never passes through Pulumi state or opsctl: opsctl exports only the secret's ARN.
 """
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from transcribe_infra.settings import with_name
 
@@ -64,6 +69,11 @@ class Database(pulumi.ComponentResource):
                 {"name": "shared_preload_libraries", "value": "pg_stat_statements", "apply_method": "pending-reboot"},
             ],
             tags=args.tags, opts=child)
+        # new with every instance (the keepers are what forces an RDS replacement), so each
+        # deletion's final snapshot has a name of its own
+        suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=child, keepers={
+            "identifier": args.identifier, "engine": "postgres", "db_name": args.db_name,
+            "username": args.username, "kms_key_id": args.kms_key_arn})
         db = aws.rds.Instance(
             f"{name}-instance",
             identifier=args.identifier,
@@ -90,7 +100,7 @@ class Database(pulumi.ComponentResource):
             maintenance_window="sun:03:30-sun:04:30",
             copy_tags_to_snapshot=True,
             skip_final_snapshot=False,
-            final_snapshot_identifier=f"{args.identifier}-final",
+            final_snapshot_identifier=pulumi.Output.concat(args.identifier, "-final-", suffix.hex),
             performance_insights_enabled=True,
             performance_insights_kms_key_id=args.kms_key_arn,
             performance_insights_retention_period=7,

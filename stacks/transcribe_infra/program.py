@@ -19,8 +19,11 @@ from transcribe_infra.storage import Storage, StorageArgs
 from transcribe_infra.workloads import Workloads, WorkloadsArgs
 
 
-def build(s: StackSettings, redis_auth_token: pulumi.Input[str]) -> dict[str, pulumi.Output]:
-    """Create every resource of one environment; returns the outputs to export."""
+def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -> dict[str, pulumi.Output]:
+    """Create every resource of one environment; returns the outputs to export.
+
+    `redis_auth_token`: None (the cache generates its own), or a stack's legacy config token.
+    """
     name = f"{PROJECT}-{s.environment}"
     tags = s.tags
     key = Encryption(name, EncryptionArgs(region=s.region, deletion_window_days=30 if s.production else 7,
@@ -76,6 +79,7 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str]) -> dict[str, pu
 
 def main() -> None:
     settings = StackSettings.from_config()
-    token = pulumi.Config(PROJECT).require_secret("redisAuthToken")
+    # stacks made before the program generated the token keep theirs (a new one locks workers out)
+    token = pulumi.Config(PROJECT).get_secret("redisAuthToken")
     for output_name, value in build(settings, token).items():
         pulumi.export(output_name, value)

@@ -1,3 +1,6 @@
+import re
+import uuid
+
 import pytest
 from stacks_support import KEY_ARN, TAGS, run_component
 
@@ -6,10 +9,10 @@ from transcribe_infra.database import Database, DatabaseArgs
 RDS = "aws:rds/instance:Instance"
 
 
-def build(production: bool):
+def build(production: bool, identifier: str = "transcribe-test"):
     def program():
         db = Database("db", DatabaseArgs(
-            identifier="transcribe-test", subnet_ids=["subnet-a", "subnet-b", "subnet-c"],
+            identifier=identifier, subnet_ids=["subnet-a", "subnet-b", "subnet-c"],
             security_group_id="sg-db", kms_key_arn=KEY_ARN, instance_class="db.t4g.medium",
             allocated_storage=50, multi_az=production, deletion_protection=production,
             backup_retention_days=14 if production else 7, tags=TAGS))
@@ -41,7 +44,8 @@ def test_encrypted_private_postgres_with_managed_credentials(nonprod):
     assert "password" not in db
     assert db["performanceInsightsEnabled"] is True
     assert db["performanceInsightsKmsKeyId"] == KEY_ARN
-    assert db["skipFinalSnapshot"] is False and db["finalSnapshotIdentifier"] == "transcribe-test-final"
+    assert db["skipFinalSnapshot"] is False
+    assert re.fullmatch(r"transcribe-test-final-[0-9a-f]{8}", db["finalSnapshotIdentifier"])
     assert db["copyTagsToSnapshot"] is True
     assert db["tags"]["environment"] == "test"
 
@@ -75,3 +79,39 @@ def test_backups_of_less_than_seven_days_are_refused():
         DatabaseArgs(identifier="x", subnet_ids=[], security_group_id="sg", kms_key_arn=KEY_ARN,
                      instance_class="db.t4g.micro", allocated_storage=20, multi_az=False,
                      deletion_protection=False, backup_retention_days=3)
+
+
+def test_final_snapshot_suffix_is_made_with_the_instance_and_replaced_with_it(nonprod):
+    suffix = nonprod.one("random:index/randomId:RandomId").inputs
+    assert suffix["byteLength"] == 4
+    # the arguments whose change replaces an RDS instance: a new instance, a new final snapshot name
+    assert suffix["keepers"] == {"identifier": "transcribe-test", "engine": "postgres", "db_name": "transcribe",
+                                 "username": "transcribe", "kms_key_id": KEY_ARN}
+
+
+def test_destroying_a_recreated_stack_again_takes_a_final_snapshot_of_its_own(s3):
+    """Two lifetimes of one stack (up, destroy, up, destroy) against moto's RDS: both destroys pass."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from opsctl.local import s3 as s3mod
+
+    identifier = f"transcribe-t{uuid.uuid4().hex[:8]}"
+    finals = [build(False, identifier).one(RDS).inputs["finalSnapshotIdentifier"] for _ in range(2)]
+    assert finals[0] != finals[1]
+    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name=s3mod.CREDENTIALS["AWS_DEFAULT_REGION"])
+
+    def lifetime(final: str) -> None:
+        rds.create_db_instance(DBInstanceIdentifier=identifier, Engine="postgres", DBInstanceClass="db.t4g.medium",
+                               AllocatedStorage=50, MasterUsername="transcribe", MasterUserPassword="x" * 16)
+        rds.delete_db_instance(DBInstanceIdentifier=identifier, SkipFinalSnapshot=False,
+                               FinalDBSnapshotIdentifier=final)
+
+    for final in finals:
+        lifetime(final)
+    kept = {s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(DBInstanceIdentifier=identifier)["DBSnapshots"]}
+    assert kept >= set(finals)
+    # what a fixed name did on the second destroy (the instance is left behind, the stack half-destroyed)
+    with pytest.raises(ClientError, match="DBSnapshotAlreadyExists"):
+        lifetime(finals[0])
+    rds.delete_db_instance(DBInstanceIdentifier=identifier, SkipFinalSnapshot=True)

@@ -98,3 +98,26 @@ def test_main_py_is_the_program_pulumi_runs():
     run = offline.run(lambda: runpy.run_path(str(STACKS / "__main__.py")) and None, config, "staging", secrets)
     assert sorted(run.outputs) == sorted(offline.run_stack(STACKS, "staging").outputs)
     assert len(run.of_type(RDS)) == 1
+
+
+@pytest.mark.parametrize("stack", ["staging", "production"])
+def test_the_redis_token_is_generated_by_the_program_not_passed_in(stack, request):
+    from transcribe_infra import offline
+
+    run = request.getfixturevalue(stack)
+    config, secrets = offline.stack_config(STACKS, stack)
+    assert secrets == [] and not [k for k in config if "Token" in k]  # opsctl hands the program no secret
+    run.one("random:index/randomPassword:RandomPassword", f"transcribe-{stack}-auth-token")
+    is_secret, token = offline.unsecret(run.one(REDIS).inputs["authToken"])
+    assert is_secret and len(token) == 64
+
+
+def test_a_legacy_stack_keeps_the_token_in_its_config():
+    from transcribe_infra import offline
+    from transcribe_infra.program import main
+
+    config, _ = offline.stack_config(STACKS, "staging")
+    run = offline.run(main, {**config, "transcribe:redisAuthToken": "L" * 64}, "staging",
+                      ["transcribe:redisAuthToken"])
+    assert run.of_type("random:index/randomPassword:RandomPassword") == []
+    assert offline.unsecret(run.one(REDIS).inputs["authToken"]) == (True, "L" * 64)
