@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsctl.errors import UsageError
 from opsctl.health.settings import HealthSettings
@@ -42,6 +42,23 @@ class KubernetesSettings(_Model):
     context: str | None = None
     namespace: str = "transcribe"
     kubeconfig: str | None = None
+    api_allowed_cidrs: list[str] = Field(
+        default_factory=list, description="who may reach the EKS API from the internet; empty: private only")
+
+    @field_validator("api_allowed_cidrs")
+    @classmethod
+    def _no_open_api(cls, cidrs: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in cidrs:
+            try:
+                network = ipaddress.ip_network(cidr, strict=True)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR block such as 203.0.113.0/24") from None
+            if network.prefixlen == 0:
+                raise ValueError(f"{cidr} opens the cluster API to the whole internet; "
+                                 "list your office, VPN or CI egress ranges, or none (private)")
+        return cidrs
 
 
 class DatabaseSettings(_Model):

@@ -197,3 +197,31 @@ def test_no_secret_reaches_the_command_line_of_any_pulumi_process(runner, no_pul
         assert not ("config" in argv and ("set" in argv or "set-all" in argv)), argv
         assert not any("--secret" in a or "AuthToken" in a for a in argv), argv
         assert not [a for a in argv if SECRET_LIKE.fullmatch(a)], argv
+
+
+def test_an_api_open_to_the_internet_in_opsctl_yaml_is_refused_in_one_line(runner, no_pulumi, program_copy):
+    config = yaml.safe_load((program_copy / "opsctl.yaml").read_text())
+    config["environments"]["staging"]["kubernetes"]["api_allowed_cidrs"] = ["0.0.0.0/0"]
+    (program_copy / "opsctl.yaml").write_text(yaml.safe_dump(config))
+    result = invoke(runner, program_copy, "policy", "--env", "staging")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"opsctl: error: {program_copy / 'opsctl.yaml'}: environments.staging.kubernetes.api_allowed_cidrs: "
+        "Value error, 0.0.0.0/0 opens the cluster API to the whole internet; list your office, VPN or CI egress "
+        "ranges, or none (private)")
+
+
+def test_allowed_api_ranges_must_agree_with_the_stack_config(runner, no_pulumi, program_copy):
+    config = yaml.safe_load((program_copy / "opsctl.yaml").read_text())
+    config["environments"]["staging"]["kubernetes"]["api_allowed_cidrs"] = ["203.0.113.0/24"]
+    (program_copy / "opsctl.yaml").write_text(yaml.safe_dump(config))
+    result = invoke(runner, program_copy, "policy", "--env", "staging")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "opsctl: error: Pulumi.staging.yaml sets transcribe:apiAllowedCidrs=[] but opsctl.yaml has "
+        "environments.staging.kubernetes.api_allowed_cidrs=['203.0.113.0/24']; make them the same")
+    stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"
+    stack_file.write_text(stack_file.read_text() + "  transcribe:apiAllowedCidrs: [203.0.113.0/24]\n")
+    result = invoke(runner, program_copy, "policy", "--env", "staging", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"] is True

@@ -68,6 +68,7 @@ def check_consistency(t: Target, env: Environment) -> None:
         (f"{PROJECT_NS}:dbIdentifier", env.database.rds_instance, "database.rds_instance"),
         (f"{PROJECT_NS}:cacheReplicationGroupId", env.redis.replication_group, "redis.replication_group"),
         (f"{PROJECT_NS}:production", env.protected, "protected"),
+        (f"{PROJECT_NS}:apiAllowedCidrs", env.kubernetes.api_allowed_cidrs, "kubernetes.api_allowed_cidrs"),
     ]
     for key, ours, where in pairs:
         if ours is None:  # opsctl.yaml does not say: the stack decides
@@ -75,6 +76,8 @@ def check_consistency(t: Target, env: Environment) -> None:
         theirs = config.get(key)
         if isinstance(ours, bool):
             theirs = str(theirs).lower() == "true"
+        elif isinstance(ours, list):  # unset in both is the same empty list
+            theirs = theirs or []
         if theirs != ours:
             raise UsageError(f"{t.stack_file.name} sets {key}={theirs!r} but opsctl.yaml has "
                              f"environments.{env.name}.{where}={ours!r}; make them the same")

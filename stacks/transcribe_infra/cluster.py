@@ -5,10 +5,16 @@ The GPU group uses the AL2023 NVIDIA AMI (EKS no longer publishes AL2 AMIs), is 
 zero: an idle environment pays for no GPU. Both groups use launch templates for encrypted root
 volumes, IMDSv2 with a hop limit of 1 (pods use IRSA, never the node's role), and the worker
 security group, the only source the database and cache admit.
+
+The API endpoint is private (reached from inside the VPC: the nodes, a VPN or a bastion) unless
+`public_access_cidrs` names who may reach it from the internet; 0.0.0.0/0 is refused here and
+by the `private-api-endpoint` policy rule (EKS best practices: restrict or disable the public
+endpoint).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass, field
 
@@ -47,8 +53,27 @@ class ClusterArgs:
     system: NodeGroupSpec = field(default_factory=lambda: NodeGroupSpec(["m6i.large"], 2, 4, 2))
     version: str = "1.33"
     deletion_protection: bool = False
-    public_access_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
+    public_access_cidrs: list[str] = field(default_factory=list)  # empty: the API is private
     tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_api_cidrs(self.public_access_cidrs)
+
+    @property
+    def endpoint_public(self) -> bool:
+        return bool(self.public_access_cidrs)
+
+
+def check_api_cidrs(cidrs: list[str]) -> None:
+    """ValueError unless every entry is a CIDR block narrower than the whole internet."""
+    for cidr in cidrs:
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError:
+            raise ValueError(f"transcribe:apiAllowedCidrs: {cidr!r} is not a CIDR block such as 203.0.113.0/24") from None
+        if network.prefixlen == 0:
+            raise ValueError(f"transcribe:apiAllowedCidrs: {cidr} opens the cluster API to the whole internet; "
+                             "list your office, VPN or CI egress ranges, or none (private)")
 
 
 def kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:
@@ -84,7 +109,8 @@ class Cluster(pulumi.ComponentResource):
         cluster = aws.eks.Cluster(
             f"{name}-eks", name=args.name, version=args.version, role_arn=role.arn,
             vpc_config={"subnet_ids": args.subnet_ids, "endpoint_private_access": True,
-                        "endpoint_public_access": True, "public_access_cidrs": args.public_access_cidrs},
+                        "endpoint_public_access": args.endpoint_public,
+                        **({"public_access_cidrs": args.public_access_cidrs} if args.endpoint_public else {})},
             encryption_config={"resources": ["secrets"], "provider": {"key_arn": args.kms_key_arn}},
             enabled_cluster_log_types=["api", "audit", "authenticator"],
             access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},

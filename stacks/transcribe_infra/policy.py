@@ -42,7 +42,7 @@ class Violation:
 def check(run: OfflineRun, production: bool) -> list[Violation]:
     """Every violation of every rule; empty when the stack complies."""
     found: list[Violation] = []
-    for rule in (no_public_database, encryption_everywhere, tags_on_everything):
+    for rule in (no_public_database, private_api_endpoint, encryption_everywhere, tags_on_everything):
         found += rule(run)
     if production:
         found += deletion_protection(run)
@@ -67,6 +67,26 @@ def no_public_database(run: OfflineRun) -> list[Violation]:
         for flag in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"):
             if pab.inputs.get(flag) is not True:
                 out.append(_v("no-public-database", pab, f"{flag} must be True: buckets are never public"))
+    return out
+
+
+def private_api_endpoint(run: OfflineRun) -> list[Violation]:
+    """The EKS API is private, or public only to named ranges (AWS's default is 0.0.0.0/0)."""
+    rule = "private-api-endpoint"
+    out = []
+    for r in run.of_type(EKS):
+        vpc = r.inputs.get("vpcConfig") or {}
+        if vpc.get("endpointPrivateAccess") is not True:
+            out.append(_v(rule, r, "endpoint_private_access must be True: nodes and operators reach the API "
+                                   "from inside the VPC"))
+        if vpc.get("endpointPublicAccess", True) is False:  # AWS turns the public endpoint on when unset
+            continue
+        cidrs = vpc.get("publicAccessCidrs") or ["0.0.0.0/0"]  # AWS's default when unset
+        opened = [c for c in cidrs if c.endswith("/0")]
+        if opened:
+            out.append(_v(rule, r, f"the public API endpoint admits {', '.join(opened)}; set endpoint_public_access "
+                                   "False, or list the allowed ranges in kubernetes.api_allowed_cidrs "
+                                   "(transcribe:apiAllowedCidrs)"))
     return out
 
 

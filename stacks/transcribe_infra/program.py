@@ -47,13 +47,14 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -
     cluster = Cluster(name, ClusterArgs(
         name=s.cluster_name, region=s.region, subnet_ids=net.private_subnet_ids, worker_sg_id=net.worker_sg_id,
         kms_key_arn=key.key_arn, version=s.kubernetes_version, deletion_protection=s.deletion_protection,
+        public_access_cidrs=s.api_allowed_cidrs,
         gpu=NodeGroupSpec(s.gpu_instance_types, 0, s.gpu_max_size, 0, capacity_type=s.gpu_capacity_type,
                           disk_gib=100),
         tags=tags))
     work = Workloads(name, WorkloadsArgs(
         kubeconfig=cluster.kubeconfig, namespace=s.namespace, service_account=s.service_account,
         oidc_provider_arn=cluster.oidc_provider_arn, oidc_issuer=cluster.oidc_issuer,
-        bucket_arns=list(storage.bucket_arns.values()), kms_key_arn=key.key_arn, tags=tags))
+        audio_bucket_arn=storage.bucket_arns["audio"], kms_key_arn=key.key_arn, tags=tags))
     return {
         "region": pulumi.Output.from_input(s.region),
         "vpcId": net.vpc_id,

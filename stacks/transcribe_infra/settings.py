@@ -37,6 +37,7 @@ class StackSettings:
     gpu_capacity_type: str
     gpu_max_size: int
     kubernetes_version: str = "1.33"
+    api_allowed_cidrs: list[str] = field(default_factory=list)  # empty: the cluster API is private
     service_account: str = "transcription-worker"
     extra_tags: dict[str, str] = field(default_factory=dict)
 
@@ -89,6 +90,7 @@ class StackSettings:
             gpu_capacity_type=cfg.get("gpuCapacityType") or ("ON_DEMAND" if production else "SPOT"),
             gpu_max_size=cfg.get_int("gpuMaxSize") or 2,
             kubernetes_version=cfg.get("kubernetesVersion") or "1.33",
+            api_allowed_cidrs=cfg.get_object("apiAllowedCidrs") or [],
             extra_tags=cfg.get_object("tags") or {},
         )
 

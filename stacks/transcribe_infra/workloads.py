@@ -2,8 +2,9 @@
 
 The worker namespace; the NVIDIA device plugin, without which no pod can request
 `nvidia.com/gpu` (the AL2023 NVIDIA AMI ships the driver, not the plugin); and the worker's
-service account bound by IRSA to an IAM role that may use the two buckets and the key, and
-nothing else. Deploys (opsctl deploy) then only ever create Deployments and Services.
+service account bound by IRSA to an IAM role that may use the audio bucket and the key, and
+nothing else: not the backups bucket (a compromised worker must not be able to delete or
+overwrite the backups that would repair what it did; opsctl backs up with its own credentials). Deploys (opsctl deploy) then only ever create Deployments and Services.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class WorkloadsArgs:
     service_account: str
     oidc_provider_arn: pulumi.Input[str]
     oidc_issuer: pulumi.Input[str]  # https://oidc.eks.<region>.amazonaws.com/id/<id>
-    bucket_arns: list[pulumi.Input[str]]
+    audio_bucket_arn: pulumi.Input[str]  # the only bucket the worker may touch
     kms_key_arn: pulumi.Input[str]
     device_plugin_version: str = "0.17.1"
     tags: dict[str, str] = field(default_factory=dict)
@@ -67,11 +68,11 @@ class Workloads(pulumi.ComponentResource):
         role = aws.iam.Role(f"{name}-worker", tags=args.tags, opts=child, assume_role_policy=pulumi.Output.all(
             args.oidc_provider_arn, args.oidc_issuer).apply(lambda a: pulumi.Output.json_dumps(
                 trust_policy(a[0], a[1], args.namespace, args.service_account))))
-        objects = [pulumi.Output.concat(arn, "/*") for arn in args.bucket_arns]
+        objects = pulumi.Output.concat(args.audio_bucket_arn, "/*")
         aws.iam.RolePolicy(f"{name}-worker-buckets", role=role.id, opts=child, policy=pulumi.Output.json_dumps({
             "Version": "2012-10-17",
             "Statement": [
-                {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": args.bucket_arns},
+                {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": args.audio_bucket_arn},
                 {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
                                                "s3:AbortMultipartUpload"], "Resource": objects},
                 {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": args.kms_key_arn},

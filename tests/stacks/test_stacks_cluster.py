@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from stacks_support import KEY_ARN, TAGS, run_component
@@ -9,11 +10,12 @@ NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 
 
-def build(deletion_protection=False, capacity="SPOT"):
+def build(deletion_protection=False, capacity="SPOT", api_cidrs=()):
     def program():
         c = Cluster("k", ClusterArgs(
             name="transcribe-test", region="eu-west-1", subnet_ids=["subnet-a", "subnet-b", "subnet-c"],
             worker_sg_id="sg-worker", kms_key_arn=KEY_ARN, deletion_protection=deletion_protection,
+            public_access_cidrs=list(api_cidrs),
             gpu=NodeGroupSpec(["g5.xlarge", "g6.xlarge"], 0, 4, 0, capacity_type=capacity, disk_gib=100), tags=TAGS))
         return {"name": c.name, "kubeconfig": c.kubeconfig, "oidc_arn": c.oidc_provider_arn, "issuer": c.oidc_issuer}
     return run_component(program)
@@ -94,3 +96,24 @@ def test_kubeconfig_authenticates_through_aws_eks_get_token(run):
 def test_node_group_sizes_are_validated():
     with pytest.raises(ValueError, match="min <= desired <= max"):
         NodeGroupSpec(["g5.xlarge"], 2, 1, 1)
+
+
+def test_the_api_endpoint_is_private_unless_ranges_are_named(run):
+    vpc = run.one("aws:eks/cluster:Cluster").inputs["vpcConfig"]
+    assert (vpc["endpointPrivateAccess"], vpc["endpointPublicAccess"]) == (True, False)
+    assert "publicAccessCidrs" not in vpc
+    named = build(api_cidrs=["203.0.113.0/24", "2001:db8::/48"]).one("aws:eks/cluster:Cluster").inputs["vpcConfig"]
+    assert named["endpointPublicAccess"] is True
+    assert named["publicAccessCidrs"] == ["203.0.113.0/24", "2001:db8::/48"]
+
+
+@pytest.mark.parametrize("cidr, error", [
+    ("0.0.0.0/0", "0.0.0.0/0 opens the cluster API to the whole internet"),
+    ("::/0", "::/0 opens the cluster API to the whole internet"),
+    ("10.0.0.1/8", "'10.0.0.1/8' is not a CIDR block"),
+    ("office", "'office' is not a CIDR block"),
+])
+def test_an_api_open_to_the_internet_or_a_malformed_range_is_refused(cidr, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        ClusterArgs(name="x", region="eu-west-1", subnet_ids=[], worker_sg_id="sg", kms_key_arn=KEY_ARN,
+                    gpu=NodeGroupSpec(["g5.xlarge"], 0, 1, 0), public_access_cidrs=["198.51.100.0/24", cidr])

@@ -105,3 +105,26 @@ def test_taggability_comes_from_the_provider_sdk():
     assert policy.taggable("aws:ec2/vpc:Vpc") is True
     assert policy.taggable("aws:s3/bucketPolicy:BucketPolicy") is False  # has no tags argument
     assert policy.taggable("kubernetes:core/v1:Namespace") is False
+
+
+@pytest.mark.parametrize("vpc, opened", [
+    ({"endpointPrivateAccess": True, "endpointPublicAccess": True, "publicAccessCidrs": ["0.0.0.0/0"]}, "0.0.0.0/0"),
+    ({"endpointPrivateAccess": True, "endpointPublicAccess": True,
+      "publicAccessCidrs": ["203.0.113.0/24", "::/0"]}, "::/0"),
+    ({"endpointPrivateAccess": True}, "0.0.0.0/0"),  # AWS's defaults: public, to everyone
+])
+def test_an_api_endpoint_open_to_the_internet(staging, vpc, opened):
+    vpc = {"subnetIds": ["subnet-a"], **vpc}
+    assert messages(planted(staging, policy.EKS, vpcConfig=vpc)) == [
+        "[private-api-endpoint] aws:eks/cluster:Cluster 'transcribe-staging-eks': the public API endpoint admits "
+        f"{opened}; set endpoint_public_access False, or list the allowed ranges in kubernetes.api_allowed_cidrs "
+        "(transcribe:apiAllowedCidrs)"]
+
+
+def test_an_api_endpoint_public_to_named_ranges_or_private_passes(staging):
+    for vpc in ({"endpointPrivateAccess": True, "endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]},
+                {"endpointPrivateAccess": True, "endpointPublicAccess": False}):
+        assert messages(planted(staging, policy.EKS, vpcConfig=vpc)) == []
+    found = messages(planted(staging, policy.EKS, vpcConfig={"endpointPrivateAccess": False,
+                                                            "endpointPublicAccess": False}))
+    assert len(found) == 1 and "endpoint_private_access must be True" in found[0]

@@ -121,3 +121,32 @@ def test_a_legacy_stack_keeps_the_token_in_its_config():
                       ["transcribe:redisAuthToken"])
     assert run.of_type("random:index/randomPassword:RandomPassword") == []
     assert offline.unsecret(run.one(REDIS).inputs["authToken"]) == (True, "L" * 64)
+
+
+@pytest.mark.parametrize("stack", ["staging", "production"])
+def test_the_worker_role_reaches_the_audio_bucket_and_never_the_backups(stack, request):
+    run = request.getfixturevalue(stack)
+    role = run.one("aws:iam/role:Role", f"transcribe-{stack}-worker")
+    [policy] = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.inputs["role"] == f"{role.name}-id"]
+    text = policy.inputs["policy"]
+    assert f"transcribe-{stack}-backups" not in text
+    s3 = [s for s in json.loads(text)["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
+    assert [s["Resource"] for s in s3] == [f"arn:aws:s3:::transcribe-{stack}-audio",
+                                           f"arn:aws:s3:::transcribe-{stack}-audio/*"]
+
+
+def test_the_cluster_api_follows_the_allowed_ranges_of_the_stack_config():
+    from transcribe_infra import offline
+    from transcribe_infra.program import main
+
+    config, _ = offline.stack_config(STACKS, "staging")
+    assert "transcribe:apiAllowedCidrs" not in config  # the shipped stacks keep the API private
+    vpc = offline.run(main, {**config, "transcribe:apiAllowedCidrs": ["198.51.100.0/24"]}, "staging").one(
+        EKS).inputs["vpcConfig"]
+    assert (vpc["endpointPublicAccess"], vpc["publicAccessCidrs"]) == (True, ["198.51.100.0/24"])
+
+
+@pytest.mark.parametrize("stack", ["staging", "production"])
+def test_the_shipped_stacks_keep_the_cluster_api_private(stack, request):
+    vpc = request.getfixturevalue(stack).one(EKS).inputs["vpcConfig"]
+    assert (vpc["endpointPrivateAccess"], vpc["endpointPublicAccess"]) == (True, False)

@@ -6,7 +6,7 @@ from stacks_support import KEY_ARN, TAGS, run_component
 from transcribe_infra.workloads import Workloads, WorkloadsArgs
 
 ISSUER = "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC"
-BUCKETS = ["arn:aws:s3:::t-audio", "arn:aws:s3:::t-backups"]
+AUDIO = "arn:aws:s3:::t-audio"
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def run():
         w = Workloads("w", WorkloadsArgs(
             kubeconfig="{}", namespace="transcribe", service_account="transcription-worker",
             oidc_provider_arn="arn:aws:iam::123456789012:oidc-provider/x", oidc_issuer=ISSUER,
-            bucket_arns=BUCKETS, kms_key_arn=KEY_ARN, tags=TAGS))
+            audio_bucket_arn=AUDIO, kms_key_arn=KEY_ARN, tags=TAGS))
         return {"namespace": w.namespace, "sa": w.service_account, "role": w.worker_role_arn}
     return run_component(program)
 
@@ -48,10 +48,10 @@ def test_worker_role_trusts_only_that_service_account(run):
     }
 
 
-def test_worker_role_may_use_the_buckets_and_the_key_only(run):
+def test_worker_role_may_use_the_audio_bucket_and_the_key_only(run):
     policy = json.loads(run.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
     resources = [s["Resource"] for s in policy["Statement"]]
-    assert resources == [BUCKETS, [f"{b}/*" for b in BUCKETS], KEY_ARN]
+    assert resources == [AUDIO, f"{AUDIO}/*", KEY_ARN]
     assert all(s["Effect"] == "Allow" and "*" not in s["Action"] for s in policy["Statement"])
 
 
