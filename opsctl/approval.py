@@ -1,20 +1,50 @@
-"""Who may change what: `--yes` or a person at a terminal; for destructive changes to a
-protected environment, its name typed (or `--confirm-env NAME` in CI), never `--yes` alone."""
+"""Who may change what: the one place opsctl asks for approval.
+
+`--yes` or a person at a terminal approves a change; for a destructive change to a
+protected environment, its name typed (or `--confirm-env NAME` in CI), never `--yes`
+alone. Every command and runbook step asks through this module, so the same refusal has
+the same words everywhere:
+
+- `approve`: the decision, with the prompts passed in (tests and other front doors);
+- `at_terminal`: `approve` with the real terminal prompts (`terminal()`);
+- `confirm`: a plain yes/no for a change that needs no environment check.
+
+Refusals raise `UsageError` (exit 2) and change nothing.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from opsctl.config import Environment
 from opsctl.errors import UsageError
 
+if TYPE_CHECKING:
+    from opsctl.config import Environment
 
-def approve(question: str, env: Environment, *, yes: bool, confirm_env: str | None, destructive: bool,
-            interactive: bool, ask_yes_no: Callable[[str], bool], ask_text: Callable[[str], str],
-            verb: tuple[str, str, str] = ("change it", "changing it", "changed")) -> None:
-    """`verb` names the destructive act in a protected environment's messages:
-    ("destroy it", "destroying it", "destroyed")."""
-    if destructive and env.protected:
+Verb = tuple[str, str, str]
+CHANGE: Verb = ("change it", "changing it", "changed")
+
+
+def no_terminal(question: str) -> UsageError:
+    """The refusal when approval is needed and nobody can be asked (CI, no TTY)."""
+    return UsageError(f"{question} needs approval: no terminal to ask on, pass --yes")
+
+
+def not_approved(question: str) -> UsageError:
+    """The refusal when the person answered no."""
+    return UsageError(f"{question} not approved; nothing was changed")
+
+
+def approve(question: str, env: "Environment | None", *, yes: bool, confirm_env: str | None = None,
+            destructive: bool = False, interactive: bool, ask_yes_no: Callable[[str], bool],
+            ask_text: Callable[[str], str], verb: Verb = CHANGE) -> None:
+    """Return when the change is approved, else raise UsageError.
+
+    `question` names the change ("delete 3 backup(s) from s3://…"); `env` is the
+    environment it touches (None: no protection applies); `verb` names the destructive act
+    in a protected environment's messages, e.g. ("destroy it", "destroying it", "destroyed").
+    """
+    if destructive and env is not None and env.protected:
         if confirm_env is None:
             if not interactive:
                 raise UsageError(f"'{env.name}' is protected: {verb[1]} without a terminal needs "
@@ -28,19 +58,28 @@ def approve(question: str, env: Environment, *, yes: bool, confirm_env: str | No
     if yes:
         return
     if not interactive:
-        raise UsageError(f"{question} needs approval: no terminal to ask on, pass --yes")
+        raise no_terminal(question)
     if not ask_yes_no(question):
-        raise UsageError(f"{question} not approved; nothing was changed")
+        raise not_approved(question)
 
 
-def at_terminal(question: str, env: Environment, yes: bool, confirm_env: str | None = None,
-                destructive: bool = True, verb: tuple[str, str, str] = ("change it", "changing it", "changed")) -> None:
-    """`approve` with the real terminal prompts."""
+def terminal() -> dict[str, Any]:
+    """The real prompts, as keyword arguments of `approve`: on stderr, default no."""
     import typer
 
     from opsctl.output import is_interactive
 
-    approve(question, env, yes=yes, confirm_env=confirm_env, destructive=destructive, verb=verb,
-            interactive=is_interactive(),
-            ask_yes_no=lambda q: typer.confirm(q, default=False, err=True),
-            ask_text=lambda q: typer.prompt(q, err=True, default="", show_default=False))
+    return {"interactive": is_interactive(),
+            "ask_yes_no": lambda q: typer.confirm(q, default=False, err=True),
+            "ask_text": lambda q: typer.prompt(q, err=True, default="", show_default=False)}
+
+
+def at_terminal(question: str, env: "Environment | None", yes: bool, confirm_env: str | None = None,
+                destructive: bool = True, verb: Verb = CHANGE) -> None:
+    """`approve` with the real terminal prompts."""
+    approve(question, env, yes=yes, confirm_env=confirm_env, destructive=destructive, verb=verb, **terminal())
+
+
+def confirm(question: str, yes: bool) -> None:
+    """A yes/no approval: `--yes`, or a person's answer at a terminal; never a CI prompt."""
+    at_terminal(question, None, yes, destructive=False)

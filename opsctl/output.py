@@ -30,17 +30,10 @@ def is_interactive() -> bool:
 
 
 def confirm(question: str, yes: bool) -> None:
-    """Approval for a change: `--yes`, or a person's answer on a terminal; never a CI prompt."""
-    from opsctl.errors import UsageError
+    """Approval for a change; kept for callers of the old name (see opsctl.approval)."""
+    from opsctl.approval import confirm as ask
 
-    if yes:
-        return
-    if not is_interactive():
-        raise UsageError(f"{question}: needs approval and there is no terminal to ask on; pass --yes")
-    import typer
-
-    if not typer.confirm(question, default=False, err=True):
-        raise UsageError(f"{question}: not approved; nothing was changed")
+    ask(question, yes)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -54,8 +54,8 @@ def environment(name: str) -> tuple["Project", "Environment"]:
 
 
 def confirm(question: str, yes: bool) -> None:
-    """Ask a person; in CI (or without a TTY) only `--yes` approves."""
-    from opsctl.output import confirm as ask
+    """Ask a person; in CI (or without a TTY) only `--yes` approves (opsctl.approval)."""
+    from opsctl.approval import confirm as ask
 
     ask(question, yes)
 

@@ -10,10 +10,10 @@ from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, environment, project
 
 app = typer.Typer(help="Versioned runbooks: list, show, validate, publish, run, history.", no_args_is_help=True)
 
-def _actions() -> set[str]:
+def _actions() -> dict:
     from opsctl.runbook.actions import ACTIONS
 
-    return set(ACTIONS)
+    return ACTIONS
 
 
 @app.command("list")
@@ -62,16 +62,22 @@ def validate(
     refs: Annotated[list[str] | None, typer.Argument(help="Runbooks to check (default: all versions of all).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check runbooks against the schema, their meaning and the lock; exit 2 on any problem."""
+    """Check runbooks against the schema, their meaning and the lock; exit 2 on any problem.
+    A published version refused by a rule added since, with a later version, is listed as
+    retired (it cannot run) and does not fail the check."""
     from opsctl.output import emit
     from opsctl.runbook import catalog
 
     root = project().root
     paths = ([catalog.locate(root, r) for r in refs] if refs else
              [p for n in catalog.names(root) for p in catalog.versions(root, n).values()])
-    problems = [p for path in paths for p in catalog.validate(path, root, _actions())]
-    emit({"checked": [str(p.relative_to(root)) for p in paths], "problems": [str(p) for p in problems]}, as_json,
-         lambda c: c.print("\n".join(str(p) for p in problems) if problems else f"{len(paths)} runbook files valid",
+    found = [p for path in paths for p in catalog.validate(path, root, _actions())]
+    problems = [p for p in found if not p.retired]
+    retired = [p for p in found if p.retired]
+    lines = [str(p) for p in problems] + [f"retired: {p}" for p in retired]
+    emit({"checked": [str(p.relative_to(root)) for p in paths], "problems": [str(p) for p in problems],
+          "retired": [str(p) for p in retired]}, as_json,
+         lambda c: c.print("\n".join(lines + ([] if problems else [f"{len(paths)} runbook files valid"])),
                            markup=False))
     if problems:
         raise typer.Exit(2)

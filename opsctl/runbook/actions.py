@@ -2,13 +2,20 @@
 primitives (wait, approve, http, shell, notify). There is no second implementation of any
 capability here: each action adapts a step's `with:` to a core call and its result to
 outputs that later steps can read.
+
+An action is `fn(ctx, **with)`; `runbook validate` checks a step's `with:` against its
+signature. Arguments named in `code_args` are code (shell text): templates may put values
+into them only through `| quote`, and `env:` is the way to pass data.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import httpx
@@ -18,19 +25,31 @@ from opsctl.errors import OperationFailed
 from opsctl.output import to_jsonable
 
 
+def _no_mask(value: Any) -> Any:
+    return value
+
+
 @dataclass
 class Context:
+    """What an action gets besides its arguments. `cancel` is set when the step timed out
+    or the run is interrupted: long actions poll it and stop (the shell action kills its
+    process group). `mask` hides the run's secrets in text an action sends out itself."""
+
     project: Project
     env: Environment
     yes: bool
+    cancel: threading.Event = field(default_factory=threading.Event)
+    mask: Callable[[Any], Any] = _no_mask
 
 
 Action = Callable[..., dict]
 ACTIONS: dict[str, Action] = {}
 
 
-def action(name: str) -> Callable[[Action], Action]:
+def action(name: str, code_args: tuple[str, ...] = ()) -> Callable[[Action], Action]:
+    """Register `fn` as the action `name`; `code_args` are its arguments that are code."""
     def register(fn: Action) -> Action:
+        fn.code_args = code_args  # type: ignore[attr-defined]
         ACTIONS[name] = fn
         return fn
     return register
@@ -90,15 +109,17 @@ def deploy_status(ctx: Context) -> dict:
 
 @action("wait")
 def wait(ctx: Context, seconds: float) -> dict:
-    time.sleep(float(seconds))
+    """Sleep `seconds`; a timed-out or interrupted step stops waiting at once."""
+    if ctx.cancel.wait(float(seconds)):
+        raise OperationFailed("wait cancelled")
     return {"waited": float(seconds)}
 
 
 @action("approve")
 def approve(ctx: Context, message: str) -> dict:
-    from opsctl.output import confirm
+    from opsctl.approval import confirm
 
-    confirm(message, ctx.yes)
+    confirm(ctx.mask(message), ctx.yes)
     return {"approved": True}
 
 
@@ -116,15 +137,70 @@ def http(ctx: Context, url: str, method: str = "GET", expect_status: int | list 
     return {"status": resp.status_code, "body": body}
 
 
-@action("shell")
+@action("shell", code_args=("command",))
 def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | None = None) -> dict:
-    import os
+    """Run `command` with /bin/sh in the ops root, in its own process group.
 
-    proc = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=ctx.project.root,
-                          env={**os.environ, **{k: str(v) for k, v in (env or {}).items()}}, timeout=timeout)
+    `command` is code: values reach it as environment variables (`env:`), never pasted in.
+    On `timeout` (seconds) or when the step is cancelled, the whole process group gets
+    SIGTERM, then SIGKILL after 2 s, and the action returns only once the group is gone,
+    so a retry never overlaps the attempt before it.
+    Outputs: stdout (stripped), exit_code. Raises OperationFailed on a non-zero exit.
+    """
+    variables = {**os.environ, **{str(k): "" if v is None else str(v) for k, v in (env or {}).items()}}
+    proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ctx.project.root, env=variables, start_new_session=True)
+    deadline = time.monotonic() + float(timeout) if timeout else None
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() >= deadline:
+                    _stop_group(proc)
+                    raise OperationFailed(f"timed out after {timeout}s; its processes were stopped") from None
+                if ctx.cancel.is_set():
+                    _stop_group(proc)
+                    raise OperationFailed("cancelled; its processes were stopped") from None
+    except BaseException:
+        _stop_group(proc)
+        raise
     if proc.returncode != 0:
-        raise OperationFailed(f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-500:]}")
-    return {"stdout": proc.stdout.strip(), "exit_code": proc.returncode}
+        raise OperationFailed(f"exit {proc.returncode}: {(err or out).strip()[-500:]}")
+    return {"stdout": out.strip(), "exit_code": proc.returncode}
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """SIGTERM the process group of `proc`, SIGKILL what is left after `grace` seconds, and
+    return when no process of the group runs any more (zombies awaiting their reaper aside)."""
+    import psutil
+
+    group = proc.pid  # start_new_session: the group id is the shell's pid
+    for sig, wait_for in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            break
+        until = time.monotonic() + wait_for
+        while time.monotonic() < until and (proc.poll() is None or _group_alive(psutil, group)):
+            time.sleep(0.05)
+        if proc.poll() is not None and not _group_alive(psutil, group):
+            break
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError):
+        pass
+
+
+def _group_alive(psutil, group: int) -> bool:
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == group:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 @action("notify")
@@ -138,6 +214,7 @@ def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | 
     from opsctl.health.alerting import Alert
     from opsctl.health.sinks import build
 
+    message = ctx.mask(message)
     status = {"info": "OK", "warning": "WARNING", "critical": "CRITICAL"}.get(level)
     if status is None:
         raise OperationFailed(f"level: {level}; use info, warning or critical")
@@ -233,17 +310,20 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
 @action("loadtest")
 def loadtest(ctx: Context, profile: str = "light", users: int | None = None, spawn_rate: float | None = None,
              duration: str | None = None, slo: str | None = None, workers: int = 0,
-             abort_on_fail: bool = False, classes: str | None = None) -> dict:
-    from opsctl.loadtest import history, plan, runner
+             abort_on_fail: bool = False, classes: str | None = None, host: str | None = None,
+             locustfile: str | None = None, html: str | None = None, csv: str | None = None,
+             junit: str | None = None) -> dict:
+    """`opsctl loadtest run` as a step: the same options, through the same core operation."""
+    from opsctl.loadtest.operation import load_test
 
-    the_plan = plan.make(ctx.project, ctx.env, profile, users=users, spawn_rate=spawn_rate, duration=duration,
-                         slo_text=slo, workers=workers, abort_on_fail=abort_on_fail, classes=classes)
-    summary = runner.run(the_plan)
-    history.save(ctx.project, summary)
-    doc = to_jsonable(summary)
-    if not summary.passed:
-        raise OperationFailed("SLO breached: " + "; ".join(g.describe() for g in summary.breached))
-    return {"run_id": doc["id"], "passed": True, "slo": doc["slo"], "total": doc["total"]}
+    outcome = load_test(ctx.project, ctx.env, profile, users=users, spawn_rate=spawn_rate, duration=duration,
+                        slo=slo, workers=workers, abort_on_fail=abort_on_fail, classes=classes, host=host,
+                        locustfile=locustfile, html=html, csv=csv, junit=junit)
+    if not outcome.passed:
+        raise OperationFailed(outcome.verdict())
+    doc = to_jsonable(outcome.summary)
+    return {"run_id": doc["id"], "passed": True, "slo": doc["slo"], "total": doc["total"],
+            "gates": doc["gates"]}
 
 
 @action("scale-down")

@@ -3,6 +3,12 @@
 `runbooks/lock.json` pins the SHA-256 of every published version. Editing a published
 file changes its hash and fails validation: the fix is a new version, never a silent edit
 of a procedure someone already ran.
+
+A rule added after a version was published (e.g. no raw parameters in shell text) can
+refuse that version. It stays as it is, for the record and for `show --diff`, but is
+*retired*: `validate` reports it as retired (not an error) as long as a later version
+exists, and `run` refuses it, naming the version to run instead. When the refused version
+is the latest, `validate` fails: publish a fixed version.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Callable, Mapping
 
 from opsctl.errors import UsageError
 from opsctl.files import write_json
@@ -66,16 +73,22 @@ def locate(root: Path, ref: str) -> Path:
     return found[int(ver)]
 
 
-def load(root: Path, ref: str, actions: set[str]) -> Runbook:
-    """A runbook that is valid in every way, or one UsageError with file:line."""
+def load(root: Path, ref: str, actions: Mapping[str, Callable]) -> Runbook:
+    """A runbook that is valid in every way, or one UsageError with file:line (a retired
+    version is refused with the version to run instead)."""
     problems = validate(locate(root, ref), root, actions)
+    retired = [p for p in problems if p.retired]
+    if retired:
+        raise UsageError(f"{retired[0].reason}; first problem: {retired[0].path}:{retired[0].line}")
     if problems:
         more = f" (and {len(problems) - 1} more: run 'opsctl runbook validate')" if len(problems) > 1 else ""
         raise UsageError(f"{problems[0]}{more}")
     return parse(locate(root, ref))
 
 
-def validate(path: Path, root: Path, actions: set[str]) -> list[Problem]:
+def validate(path: Path, root: Path, actions: Mapping[str, Callable]) -> list[Problem]:
+    """Every problem of one file. A published, unchanged version that today's rules refuse
+    yields one `retired` problem when a later version exists (see the module docstring)."""
     try:
         book = parse(path)
     except UsageError as exc:
@@ -91,6 +104,15 @@ def validate(path: Path, root: Path, actions: set[str]) -> list[Problem]:
     if pinned and pinned != digest(path):
         problems.append(Problem(path, 1, f"{book.ref} is published and was changed (lock pins {pinned[:19]}…); "
                                          f"revert it and publish the change as v{_next(root, book.name)}"))
+    elif pinned and problems:
+        later = [v for v in versions(root, book.name) if v > book.version]
+        if later:
+            first = problems[0]
+            return [Problem(first.path, first.line,
+                            f"{book.ref} is retired: a rule added after it was published refuses it ({first.reason}); "
+                            f"it is kept unchanged but cannot run: run {book.name}@{max(later)}", retired=True)]
+        problems = [Problem(p.path, p.line, f"{p.reason} ({book.ref} is published: fix it as "
+                                             f"v{_next(root, book.name)} and publish that)") for p in problems]
     return problems
 
 
@@ -98,7 +120,7 @@ def _next(root: Path, name: str) -> int:
     return max(versions(root, name), default=0) + 1
 
 
-def publish(root: Path, ref: str, actions: set[str]) -> tuple[str, str]:
+def publish(root: Path, ref: str, actions: Mapping[str, Callable]) -> tuple[str, str]:
     path = locate(root, ref)
     book = load(root, ref, actions)
     pins = lock(root)

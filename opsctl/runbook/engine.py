@@ -4,23 +4,37 @@ Steps run in order; a step named in some `on_failure` is a handler and runs only
 failure happens. Each step's outcome goes to the journal before the next starts, so a run
 killed half-way resumes (`--resume RUN_ID`) at the first step that did not finish, with
 the outputs of the finished ones, and never repeats them.
+
+Values are typed, never re-read from text: a `with:` value that is one `{{ expression }}`
+is the expression's value (`model.evaluate`), and each argument must fit the action's
+annotation before the action is called. Retries are tenacity's (`retries: {count,
+backoff}`: waits of backoff × 2^(n-1) seconds). A step's `timeout` cancels the attempt
+(the shell action kills its process group) and the next attempt starts only once the
+previous one has ended; an action that does not stop within `STOP_GRACE` seconds is not
+retried. Secret parameter values are masked on every output path (`secrets.Masker`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-import yaml
+import jinja2
+import tenacity
 
 from opsctl.config import Environment, Project
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import Interrupted, OperationFailed, UsageError
 from opsctl.runbook import journal as jr
 from opsctl.runbook.actions import ACTIONS, Context
 from opsctl.runbook.catalog import digest, locate
-from opsctl.runbook.model import TEMPLATES, Runbook
+from opsctl.runbook.model import Runbook, _template_refs, evaluate, misfit
+from opsctl.runbook.secrets import Masker, masking_logs
+
+STOP_GRACE = 10.0  # seconds a cancelled action has to end before the step gives up on it
 
 
 @dataclass
@@ -37,7 +51,7 @@ class StepOutcome:
 class RunResult:
     run_id: str | None
     runbook: str
-    status: str  # succeeded | failed | planned
+    status: str  # succeeded | succeeded with failures | failed | planned
     steps: list[StepOutcome]
 
 
@@ -58,6 +72,12 @@ class Placeholder:
     def __str__(self) -> str:
         return f"<{self._path}>"
 
+    __repr__ = __str__
+
+
+class StillRunning(OperationFailed):
+    """A timed-out action did not stop: no retry may start beside it."""
+
 
 def _render(value: Any, ctx: dict) -> Any:
     if isinstance(value, dict):
@@ -66,18 +86,23 @@ def _render(value: Any, ctx: dict) -> Any:
         return [_render(v, ctx) for v in value]
     if not isinstance(value, str) or "{" not in value:
         return value
-    text = TEMPLATES.from_string(value).render(**ctx)
-    stripped = value.strip()
-    if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
-        try:  # a lone expression keeps its type: numbers, booleans, lists
-            return yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            return text
-    return text
+    return evaluate(value, ctx)
 
 
-def _truthy(text: Any) -> bool:
-    return str(text).strip().lower() not in ("", "false", "0", "no", "none", "null")
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() not in ("", "false", "0", "no", "none", "null")
+
+
+def _has_placeholder(value: Any) -> bool:
+    if isinstance(value, Placeholder):
+        return True
+    if isinstance(value, dict):
+        return any(_has_placeholder(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_placeholder(v) for v in value)
+    return False
 
 
 class Runner:
@@ -85,10 +110,11 @@ class Runner:
                  yes: bool = False, notify: Notify | None = None, dry_run: bool = False):
         self.project, self.env, self.book, self.params = project, env, book, params
         self.yes, self.dry_run = yes, dry_run
-        self.notify = notify or (lambda outcome: None)
+        self._notify = notify or (lambda outcome: None)
         self.outputs: dict[str, dict] = {}
-        secrets = {str(params[n]) for n, s in book.parameters.items() if s.get("secret") and params.get(n)}
-        self.journal = None if dry_run else jr.new(project.root, secrets)
+        self.secret_names = book.secrets()
+        self.mask = Masker(params[n] for n in self.secret_names if params.get(n) not in (None, jr.REDACTED))
+        self.journal = None if dry_run else jr.new(project.root, self.mask)
         self.steps: list[StepOutcome] = []
 
     def context(self) -> dict:
@@ -114,67 +140,130 @@ class Runner:
             self._env_view = view
         return self._env_view
 
+    def _shown(self, step: dict, inputs: dict) -> dict:
+        """The inputs as output may show them: a value whose template uses a secret parameter
+        is masked whole (whatever filter transformed it), the rest by the masker."""
+        shown = {}
+        for key, value in inputs.items():
+            source = (step.get("with") or {}).get(key)
+            tainted = False
+            if isinstance(source, str) and "{" in source and self.secret_names:
+                with contextlib.suppress(jinja2.TemplateError):
+                    tainted = bool(_template_refs(source)[1] & self.secret_names)
+            shown[key] = jr.REDACTED if tainted else self.mask(value)
+        return shown
+
     def _record(self, outcome: StepOutcome, **extra) -> None:
+        outcome = replace(outcome, detail=self.mask(outcome.detail), outputs=self.mask(outcome.outputs))
         self.steps.append(outcome)
-        self.notify(outcome)
+        self._notify(outcome)
         if self.journal:
             self.journal.write("step", id=outcome.id, status=outcome.status, attempts=outcome.attempts,
                                seconds=outcome.seconds, detail=outcome.detail, outputs=outcome.outputs, **extra)
 
     def _call(self, step: dict, inputs: dict) -> dict:
+        """One attempt; returns once the action has ended (or did not stop: StillRunning)."""
         action = ACTIONS[step["action"]]
-        ctx = Context(self.project, self.env, self.yes)
+        ctx = Context(self.project, self.env, self.yes, mask=self.mask)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(action, ctx, **inputs)
         try:
-            future = pool.submit(action, ctx, **inputs)
             return future.result(timeout=step.get("timeout")) or {}
         except concurrent.futures.TimeoutError:
+            ctx.cancel.set()
+            try:
+                future.result(timeout=STOP_GRACE)
+            except concurrent.futures.TimeoutError:
+                raise StillRunning(f"timed out after {step['timeout']}s and did not stop within {STOP_GRACE:.0f}s; "
+                                   "no retry was started beside it") from None
+            except Exception:
+                pass
             raise OperationFailed(f"timed out after {step['timeout']}s") from None
+        except BaseException:  # Ctrl-C or SIGTERM: the attempt is stopped before the run ends
+            ctx.cancel.set()
+            with contextlib.suppress(BaseException):
+                future.result(timeout=STOP_GRACE)
+            raise
         finally:
             pool.shutdown(wait=False)
 
+    def _misfits(self, step: dict, inputs: dict) -> list[str]:
+        fn = ACTIONS[step["action"]]
+        found = []
+        for key, value in inputs.items():
+            if _has_placeholder(value):
+                continue
+            why = misfit(fn, key, value)
+            if why:
+                found.append(f"with.{key}: action '{step['action']}' {why}")
+        return found
+
     def run_step(self, step: dict) -> bool:
         ctx = self.context()
-        if "when" in step and not _truthy(_render(step["when"], ctx)):
-            self._record(StepOutcome(step["id"], "skipped", detail=f"when: {step['when']}"))
-            return True
-        inputs = _render(step.get("with", {}), ctx)
-        approval = step.get("approval")
+        try:
+            if "when" in step and not _truthy(_render(step["when"], ctx)):
+                self._record(StepOutcome(step["id"], "skipped", detail=f"when: {step['when']}"))
+                return True
+            inputs = _render(step.get("with", {}), ctx)
+            approval = step.get("approval")
+            wanted = approval and _truthy(_render(approval.get("when", "true"), ctx))
+            question = str(_render(approval["message"], ctx)) if wanted else ""
+        except jinja2.TemplateError as exc:
+            self._record(StepOutcome(step["id"], "failed", detail=f"template: {exc}"))
+            return False
+        misfits = self._misfits(step, inputs)
         if self.dry_run:
-            detail = f"{step['action']} {inputs}" + (" (needs approval)" if approval else "")
+            detail = f"{step['action']} {self._shown(step, inputs)}" + (" (needs approval)" if approval else "")
+            if misfits:
+                detail += "; " + "; ".join(misfits)
             self._record(StepOutcome(step["id"], "planned", detail=detail))
             return True
-        if approval and _truthy(_render(approval.get("when", "true"), ctx)):
-            from opsctl.output import confirm
+        if misfits:
+            self._record(StepOutcome(step["id"], "failed", detail="; ".join(misfits)), inputs=self._shown(step, inputs))
+            return False
+        if wanted:
+            from opsctl.approval import confirm
 
-            confirm(_render(approval["message"], ctx), self.yes)
-        retries = step.get("retries", {})
-        attempts, began, error = retries.get("count", 0) + 1, time.monotonic(), ""
-        for attempt in range(1, attempts + 1):
             try:
-                outputs = self._call(step, inputs)
-                self.outputs[step["id"]] = outputs
-                self._record(StepOutcome(step["id"], "ok", attempt, round(time.monotonic() - began, 2),
-                                         "succeeded on attempt %d" % attempt if attempt > 1 else "", outputs),
-                             inputs=inputs)
-                return True
-            except UsageError:
-                raise
-            except Exception as exc:  # any failure of the action is the step's failure
-                error = str(exc) or type(exc).__name__
-                if attempt < attempts:
-                    time.sleep(retries.get("backoff", 1.0) * 2 ** (attempt - 1))
-        self._record(StepOutcome(step["id"], "failed", attempts, round(time.monotonic() - began, 2), error),
-                     inputs=inputs)
-        return False
+                confirm(question, self.yes)
+            except UsageError as exc:
+                raise UsageError(self.mask(str(exc))) from None
+        retries = step.get("retries", {})
+        began, attempts = time.monotonic(), 0
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(retries.get("count", 0) + 1),
+            wait=tenacity.wait_exponential(multiplier=retries.get("backoff", 1.0), exp_base=2, min=0),
+            retry=tenacity.retry_if_not_exception_type((UsageError, StillRunning, Interrupted, KeyboardInterrupt)),
+            reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    outputs = self._call(step, inputs)
+        except UsageError as exc:
+            raise UsageError(self.mask(str(exc))) from None
+        except Exception as exc:  # any failure of the action is the step's failure
+            self._record(StepOutcome(step["id"], "failed", attempts, round(time.monotonic() - began, 2),
+                                     str(exc) or type(exc).__name__), inputs=self._shown(step, inputs))
+            return False
+        self.outputs[step["id"]] = outputs
+        self._record(StepOutcome(step["id"], "ok", attempts, round(time.monotonic() - began, 2),
+                                 "succeeded on attempt %d" % attempts if attempts > 1 else "", outputs),
+                     inputs=self._shown(step, inputs))
+        return True
 
     def execute(self, done: dict[str, dict] | None = None, start_at: str | None = None) -> RunResult:
+        with masking_logs(self.mask):
+            return self._execute(done, start_at)
+
+    def _execute(self, done: dict[str, dict] | None, start_at: str | None) -> RunResult:
         done = done or {}
         handlers = self.book.handlers()
         by_id = {s["id"]: s for s in self.book.steps}
         if self.journal and not done:
+            params = {k: jr.REDACTED if k in self.secret_names else v for k, v in self.params.items()}
             self.journal.write("run", runbook=self.book.name, version=self.book.version, env=self.env.name,
-                               hash=digest(self.book.path), params=self.params)
+                               hash=digest(self.book.path), params=params)
         status = "succeeded"
         started = start_at is None
         for step in self.book.steps:
@@ -185,8 +274,8 @@ class Runner:
             if not started or (sid in done and start_at != sid):
                 if sid in done:
                     self.outputs[sid] = done[sid]
-                    self.steps.append(StepOutcome(sid, "done-before", outputs=done[sid]))
-                    self.notify(self.steps[-1])
+                    self.steps.append(StepOutcome(sid, "done-before", outputs=self.mask(done[sid])))
+                    self._notify(self.steps[-1])
                 continue
             if self.run_step(step):
                 continue
@@ -206,6 +295,9 @@ class Runner:
 
 def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: bool,
            notify: Notify | None, from_step: str | None, given: dict | None = None) -> RunResult:
+    """Continue run `run_id` of `book`; secret parameters are asked for again (-p)."""
+    from opsctl.runbook.model import coerce
+
     records = jr.read(project.root, run_id)
     head = next((r for r in records if r["type"] == "run"), None)
     if head is None or head["runbook"] != book.name or head["version"] != book.version:
@@ -216,12 +308,13 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
         raise UsageError(f"--from-step {from_step}: {book.ref} has no such step")
     done = {r["id"]: r.get("outputs", {}) for r in records if r["type"] == "step" and r["status"] in ("ok", "skipped")}
     params = dict(head["params"])
-    for name, spec in book.parameters.items():  # secrets are never journaled: ask for them again
-        if spec.get("secret") and params.get(name) == jr.REDACTED:
+    for name in book.secrets():  # secrets are never journaled: ask for them again
+        if params.get(name) == jr.REDACTED:
             if not given or name not in given:
                 raise UsageError(f"run {run_id} had secret parameter '{name}'; pass -p {name}=VALUE again")
-            params[name] = given[name]
+            spec = book.parameters[name]
+            params[name] = coerce(book.ref, name, spec.get("type", "string"), given[name], True)
     runner = Runner(project, env, book, params, yes, notify)
-    runner.journal = jr.Journal(jr.runs_dir(project.root) / f"{run_id}.jsonl", runner.journal.secrets)
+    runner.journal = jr.Journal(jr.runs_dir(project.root) / f"{run_id}.jsonl", runner.mask)
     runner.journal.write("resume", from_step=from_step, done=sorted(done))
     return runner.execute(done, from_step)

@@ -2,7 +2,9 @@
 
 Each line is flushed and fsynced before the next step starts, so after a crash the journal
 says exactly which steps finished (and with what outputs): that is what `--resume` and
-`history` read. Secrets are redacted before anything is written.
+`history` read. Secrets are masked before anything is written (values of keys that name a
+secret, and the run's secret parameter values in any form: `opsctl.runbook.secrets`), and
+journals are private: files 0600 in a 0700 folder.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from opsctl.errors import UsageError
 from opsctl.output import to_jsonable
@@ -27,45 +29,54 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def redact(value: Any, secrets: set[str], key: str = "") -> Any:
+def redact(value: Any, mask: Callable[[Any], Any], key: str = "") -> Any:
+    """`value` with the values of secret-named keys replaced and `mask` applied to strings."""
     if key and SECRET_KEY.search(key):
         return REDACTED
     if isinstance(value, dict):
-        return {k: redact(v, secrets, str(k)) for k, v in value.items()}
+        return {k: redact(v, mask, str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact(v, secrets) for v in value]
+        return [redact(v, mask) for v in value]
     if isinstance(value, str):
-        for secret in secrets:
-            if secret:
-                value = value.replace(secret, REDACTED)
+        return mask(value)
     return value
 
 
 @dataclass
 class Journal:
     path: Path
-    secrets: set[str]
+    mask: Callable[[Any], Any]
 
     @property
     def run_id(self) -> str:
         return self.path.stem
 
     def write(self, kind: str, **fields: Any) -> None:
-        doc = redact(to_jsonable({"type": kind, "time": now(), **fields}), self.secrets)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
+        doc = redact(to_jsonable({"type": kind, "time": now(), **fields}), self.mask)
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "a") as handle:
             handle.write(json.dumps(doc) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def private_dir(path: Path) -> Path:
+    """`path` created (with its missing parents) and made 0700: journals are not for others."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def runs_dir(root: Path) -> Path:
     return root / ".opsctl" / "runs"
 
 
-def new(root: Path, secrets: set[str]) -> Journal:
+def new(root: Path, mask: Callable[[Any], Any]) -> Journal:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return Journal(runs_dir(root) / f"{stamp}-{uuid.uuid4().hex[:6]}.jsonl", secrets)
+    return Journal(runs_dir(root) / f"{stamp}-{uuid.uuid4().hex[:6]}.jsonl", mask)
 
 
 def read(root: Path, run_id: str) -> list[dict]:

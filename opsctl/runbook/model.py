@@ -3,16 +3,28 @@
 Every problem is reported as `file:line: reason`, because the author fixes it in an editor:
 YAML is composed once to remember the line of every key, and both the schema errors and
 the semantic ones (unknown action, unknown parameter, bad template, unknown or cyclic
-`on_failure` target) are mapped back to those lines.
+`on_failure` target, an argument the action does not take, a value that cannot fit,
+a parameter put raw into shell text, a bad `schedule`) are mapped back to those lines.
+
+Parameters are data, never code or another type: a value keeps the type its declaration
+gives it (`-p x=null` is the string "null" for a string parameter and refused for an
+integer one), and the text of a `shell` step may take a value only through the `quote`
+filter or an environment variable, the practice GitHub documents for `run:` steps
+(https://docs.github.com/en/actions/security-for-github-actions/security-guides/security-hardening-for-github-actions#understanding-the-risk-of-script-injections).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import shlex
+import typing
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jinja2
 import jinja2.meta
@@ -23,15 +35,34 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from opsctl.errors import UsageError
 
+
+def _quote(value: Any) -> str:
+    """The `quote` filter: one shell word, whatever the value holds (shlex.quote)."""
+    return shlex.quote("" if value is None else str(value))
+
+
 TEMPLATES = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+TEMPLATES.filters["quote"] = _quote
 CONTEXT_NAMES = {"params", "env", "steps", "run"}
+# the declared types: the Python types a value of each may have
+TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
+                                      "boolean": (bool,)}
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+# filters whose result is safe inside shell text (one quoted word)
+SHELL_SAFE_FILTERS = {"quote"}
 
 
 @dataclass
 class Problem:
+    """One thing wrong with a runbook file, at a line. `retired`: a published version that
+    a rule added after its publication refuses; it is kept (immutable) but cannot run."""
+
     path: Path
     line: int
     reason: str
+    retired: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -62,6 +93,15 @@ class Runbook:
     @property
     def parameters(self) -> dict[str, dict]:
         return self.doc.get("parameters") or {}
+
+    @property
+    def schedule(self) -> str | None:
+        """A cron expression (5 fields, UTC) saying when the runbook runs by itself, or None."""
+        return self.doc.get("schedule")
+
+    def secrets(self) -> set[str]:
+        """Names of the parameters declared `secret: true`."""
+        return {n for n, s in self.parameters.items() if s.get("secret")}
 
     def handlers(self) -> set[str]:
         """Steps named in some on_failure: they run only when a step fails."""
@@ -124,6 +164,37 @@ def _template_refs(source: str) -> tuple[set[str], set[str], set[str]]:
     return jinja2.meta.find_undeclared_variables(tree), params, steps
 
 
+def lone_expression(source: str) -> str | None:
+    """The expression of a value that is exactly one `{{ expression }}`, else None.
+
+    Such a value is evaluated, not rendered to text, so it keeps its type: `{{ params.jobs }}`
+    is the integer the parameter holds. Nothing is ever re-read from rendered text.
+    """
+    text = source.strip()
+    if not (text.startswith("{{") and text.endswith("}}")):
+        return None
+    try:
+        body = TEMPLATES.parse(text).body
+    except jinja2.TemplateSyntaxError:
+        return None
+    if len(body) != 1 or not isinstance(body[0], jinja2.nodes.Output) or len(body[0].nodes) != 1 \
+            or isinstance(body[0].nodes[0], jinja2.nodes.TemplateData):
+        return None
+    return text[2:-2].strip("-+ \t\n")
+
+
+def evaluate(source: str, ctx: Mapping[str, Any]) -> Any:
+    """A template value: a lone expression keeps its type, anything else is rendered text.
+    Raises jinja2.TemplateError (undefined names included) when it cannot be evaluated."""
+    expr = lone_expression(source)
+    if expr is None:
+        return TEMPLATES.from_string(source).render(**ctx)
+    value = TEMPLATES.compile_expression(expr, undefined_to_none=False)(**ctx)
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises with the name that is missing
+    return value
+
+
 def _strings(value: Any, path: tuple) -> list[tuple[tuple, str]]:
     if isinstance(value, str):
         return [(path, value)]
@@ -134,16 +205,171 @@ def _strings(value: Any, path: tuple) -> list[tuple[tuple, str]]:
     return []
 
 
-def check(book: Runbook, actions: set[str]) -> list[Problem]:
-    """The meaning the schema cannot express; every problem with its line."""
-    problems: list[Problem] = []
+def _raw_in_shell(source: str) -> list[str]:
+    """The `{{ … }}` expressions of `source` that would put a value into shell text
+    unquoted (anything but a constant or an expression whose last filter is `quote`)."""
+    raw = []
+    for snippet in re.findall(r"\{\{.*?\}\}", source, flags=re.S):
+        try:
+            outputs = list(TEMPLATES.parse(snippet).find_all(jinja2.nodes.Output))
+        except jinja2.TemplateSyntaxError:
+            raw.append(snippet)
+            continue
+        for output in outputs:
+            for node in output.nodes:
+                if isinstance(node, (jinja2.nodes.TemplateData, jinja2.nodes.Const)):
+                    continue
+                if isinstance(node, jinja2.nodes.Filter) and node.name in SHELL_SAFE_FILTERS:
+                    continue
+                raw.append(snippet)
+    return raw
+
+
+def _env_name(expr: str) -> str:
+    words = re.findall(r"[A-Za-z0-9]+", expr.replace("params.", "").replace("steps.", "").replace("outputs.", ""))
+    return "_".join(w.upper() for w in words[:2]) or "VALUE"
+
+
+def arguments(fn: Callable) -> dict[str, inspect.Parameter]:
+    """The `with:` arguments an action takes (its parameters after the context)."""
+    return dict(list(inspect.signature(fn).parameters.items())[1:])
+
+
+@lru_cache(maxsize=None)
+def _hints(fn: Callable) -> dict[str, Any]:
+    return typing.get_type_hints(fn)
+
+
+@lru_cache(maxsize=None)
+def _adapter(annotation: Any):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(annotation)
+
+
+def misfit(fn: Callable, name: str, value: Any) -> str | None:
+    """Why `value` cannot be the action's argument `name` (its annotation, strictly: no
+    string becomes a number), or None when it fits."""
+    annotation = _hints(fn).get(name, Any)
+    if annotation is Any:
+        return None
+    try:
+        _adapter(annotation).validate_python(value, strict=True)
+    except Exception:  # pydantic's ValidationError: the annotation says what fits
+        shown = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        return f"takes {shown}, not {type(value).__name__}"
+    return None
+
+
+_SAMPLES = {"string": "text", "integer": 1, "number": 1.5, "boolean": True}
+
+
+def _check_with(book: Runbook, i: int, step: dict, fn: Callable) -> list[Problem]:
+    """Each `with:` argument against the action's signature: known names, required ones
+    present, constants and lone parameter references of a type that fits."""
+    problems = []
+    takes = arguments(fn)
+    given = step.get("with") or {}
+    name = step["action"]
+    for key in given:
+        if key not in takes:
+            problems.append(Problem(book.path, book.line("steps", i, "with", key),
+                                    f"action '{name}' takes no argument '{key}'; it takes: {', '.join(takes)}"))
+    for key, param in takes.items():
+        if param.default is inspect.Parameter.empty and key not in given:
+            problems.append(Problem(book.path, book.line("steps", i, "action"),
+                                    f"action '{name}' needs argument '{key}' in with:"))
+    for key, value in given.items():
+        if key not in takes:
+            continue
+        sample, what = value, "the value"
+        if isinstance(value, str) and "{" in value:
+            expr = lone_expression(value)
+            match = re.fullmatch(r"params\.([a-z_][a-z0-9_]*)", expr or "")
+            if expr is None:
+                sample, what = "text", "rendered text"
+            elif match and match.group(1) in book.parameters:
+                kind = book.parameters[match.group(1)].get("type", "string")
+                sample, what = _SAMPLES[kind], f"parameter '{match.group(1)}' ({kind})"
+            else:
+                continue  # known only at run time: checked then
+        why = misfit(fn, key, sample)
+        if why:
+            problems.append(Problem(book.path, book.line("steps", i, "with", key),
+                                    f"{key}: action '{name}' {why} ({what})"))
+    return problems
+
+
+def _check_parameters(book: Runbook) -> list[Problem]:
+    problems = []
+    declared = list(book.parameters)
+    for index, (name, spec) in enumerate(book.parameters.items()):
+        kind = spec.get("type", "string")
+        where = book.line("parameters", name, "default") if "default" in spec else book.line("parameters", name)
+        if "default" not in spec:
+            if not spec.get("required", False):
+                problems.append(Problem(book.path, where, f"parameter '{name}' needs a default or required: true "
+                                                          f"(a value always has its declared type, {kind})"))
+            continue
+        default = spec["default"]
+        if isinstance(default, str) and ("{{" in default or "{%" in default):
+            try:
+                names, params, _ = _template_refs(default)
+            except jinja2.TemplateSyntaxError as exc:
+                problems.append(Problem(book.path, where, f"default of '{name}': bad template: {exc.message}"))
+                continue
+            for other in sorted(names - {"params"}):
+                problems.append(Problem(book.path, where, f"default of '{name}' may refer only to params, not '{other}'"))
+            for other in sorted(params):
+                if other not in declared[:index]:
+                    problems.append(Problem(book.path, where,
+                                            f"default of '{name}' refers to '{other}', which is not declared before it; "
+                                            "defaults are rendered in declaration order"))
+            continue
+        if not _fits(kind, default):
+            problems.append(Problem(book.path, where, f"default of '{name}' is {type(default).__name__}, "
+                                                      f"not its declared type {kind}"))
+    return problems
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind != "boolean" and isinstance(value, bool):
+        return False
+    return isinstance(value, TYPES[kind])
+
+
+def _check_schedule(book: Runbook) -> list[Problem]:
+    if book.schedule is None:
+        return []
+    from croniter import croniter
+
+    if len(book.schedule.split()) != 5 or not croniter.is_valid(book.schedule):
+        return [Problem(book.path, book.line("schedule"),
+                        f"schedule '{book.schedule}' is not a 5-field cron expression (minute hour day month weekday), "
+                        "e.g. '0 2 * * *'")]
+    required = [n for n, s in book.parameters.items() if s.get("required") and "default" not in s]
+    if required:
+        return [Problem(book.path, book.line("schedule"),
+                        f"a scheduled runbook runs without -p: parameter '{required[0]}' needs a default")]
+    return []
+
+
+def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
+    """The meaning the schema cannot express; every problem with its line.
+
+    `actions` maps action names to their functions: a step's `with:` is checked against
+    the function's signature, and the arguments an action lists in its `code_args`
+    attribute (shell text) must take values only through `| quote` or `env:`.
+    """
+    problems: list[Problem] = _check_parameters(book) + _check_schedule(book)
     ids = [s["id"] for s in book.steps]
     seen: set[str] = set()
     for i, step in enumerate(book.steps):
         if step["id"] in seen:
             problems.append(Problem(book.path, book.line("steps", i, "id"), f"step id '{step['id']}' is used twice"))
         seen.add(step["id"])
-        if step["action"] not in actions:
+        fn = actions.get(step["action"])
+        if fn is None:
             problems.append(Problem(book.path, book.line("steps", i, "action"),
                                     f"unknown action '{step['action']}'; one of: {', '.join(sorted(actions))}"))
         for target in step.get("on_failure") if isinstance(step.get("on_failure"), list) else []:
@@ -151,11 +377,14 @@ def check(book: Runbook, actions: set[str]) -> list[Problem]:
                 problems.append(Problem(book.path, book.line("steps", i, "on_failure"),
                                         f"on_failure names unknown step '{target}'"))
         earlier = set(ids[:i])
+        code_args = set(getattr(fn, "code_args", ()))
+        bad_template = False
         for path, source in _strings({k: step[k] for k in ("with", "when", "approval") if k in step}, ("steps", i)):
             try:
                 names, params, steps = _template_refs(source)
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(Problem(book.path, book.line(*path), f"bad template: {exc.message}"))
+                bad_template = True
                 continue
             for name in sorted(names - CONTEXT_NAMES):
                 problems.append(Problem(book.path, book.line(*path), f"template uses unknown name '{name}'"))
@@ -164,6 +393,15 @@ def check(book: Runbook, actions: set[str]) -> list[Problem]:
             for name in sorted(steps - earlier - book.handlers()):
                 problems.append(Problem(book.path, book.line(*path),
                                         f"template reads outputs of step '{name}', which does not run before it"))
+            if len(path) == 4 and path[2] == "with" and path[3] in code_args:
+                for expr in _raw_in_shell(source):
+                    inner = expr.strip("{} ")
+                    problems.append(Problem(book.path, book.line(*path), (
+                        f"{path[3]}: {expr} puts a value into shell text raw (shell injection); pass it as an "
+                        f"environment variable (env: {{{_env_name(inner)}: \"{{{{ {inner} }}}}\"}} and write "
+                        f"\"${_env_name(inner)}\") or write {{{{ {inner} | quote }}}}")))
+        if fn is not None and not bad_template:
+            problems += _check_with(book, i, step, fn)
     problems += _cycles(book)
     return problems
 
@@ -187,34 +425,52 @@ def _cycles(book: Runbook) -> list[Problem]:
 
 
 def resolve_params(book: Runbook, given: dict[str, str]) -> dict[str, Any]:
-    """Typed parameter values from -p key=value and the defaults; one UsageError if wrong."""
+    """Typed parameter values from -p key=value and the defaults; one UsageError if wrong.
+
+    A given value is read as its declared type and nothing else (no YAML: `null`, `[a, b]`
+    and `{x: 1}` are strings for a string parameter and refused for the others). Defaults
+    are rendered in declaration order, so a default may use the parameters declared before
+    it (`"{{ params.service }}-nightly"`); the result must fit the declared type too.
+    """
     declared = book.parameters
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise UsageError(f"{book.ref}: unknown parameter '{unknown[0]}'; declared: {', '.join(declared) or 'none'}")
     values: dict[str, Any] = {}
     for name, spec in declared.items():
+        kind = spec.get("type", "string")
         if name in given:
-            values[name] = _coerce(book, name, spec.get("type", "string"), given[name])
+            values[name] = coerce(book.ref, name, kind, given[name], bool(spec.get("secret")))
         elif "default" in spec:
-            values[name] = spec["default"]
-        elif spec.get("required", False):
-            raise UsageError(f"{book.ref}: parameter '{name}' is required; pass -p {name}=VALUE")
+            default = spec["default"]
+            if isinstance(default, str) and ("{{" in default or "{%" in default):
+                try:
+                    default = evaluate(default, {"params": dict(values)})
+                except jinja2.TemplateError as exc:
+                    raise UsageError(f"{book.ref}: default of '{name}' cannot be rendered: {exc}") from None
+                if kind == "string" and not isinstance(default, str):
+                    default = str(default)
+            if not _fits(kind, default):
+                raise UsageError(f"{book.ref}: default of '{name}' is {type(default).__name__}, not {kind}; "
+                                 "fix the runbook's parameters")
+            values[name] = default
         else:
-            values[name] = None
+            raise UsageError(f"{book.ref}: parameter '{name}' is required; pass -p {name}=VALUE")
     return values
 
 
-def _coerce(book: Runbook, name: str, kind: str, raw: str) -> Any:
-    try:
-        if kind == "integer":
-            return int(raw)
-        if kind == "number":
-            return float(raw)
-        if kind == "boolean":
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
+def coerce(ref: str, name: str, kind: str, raw: str, secret: bool = False) -> Any:
+    """`raw` (the text after `-p NAME=`) as the declared type; UsageError when it is not one."""
+    text = raw.strip()
+    if kind == "string":
         return raw
-    except ValueError:
-        raise UsageError(f"{book.ref}: parameter '{name}' must be {kind}, got '{raw}'") from None
+    if kind == "integer" and _INTEGER.fullmatch(text):
+        return int(text)
+    if kind == "number" and _NUMBER.fullmatch(text):
+        return float(text)
+    if kind == "boolean" and text.lower() in _BOOLEANS:
+        return _BOOLEANS[text.lower()]
+    shown = "(secret)" if secret else f"'{raw}'"
+    example = {"integer": "an integer such as 2", "number": "a number such as 2.5",
+               "boolean": "true or false"}[kind]
+    raise UsageError(f"{ref}: parameter '{name}' is {kind}, got {shown}; pass {example}")

@@ -1,23 +1,35 @@
-"""JUnit XML for CI: one test case per step, so a pipeline shows which step failed."""
+"""JUnit XML for CI: one test case per step, so a pipeline shows which step failed.
+
+Written with junitparser. The steps come from a `RunResult` whose details and outputs the
+engine has already masked (secret parameter values, credentials in URLs and conninfo);
+`credentials` is applied once more here because this file is uploaded as a CI artifact.
+"""
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from junitparser import Failure, Skipped, TestCase, TestSuite
+
+from opsctl.redact import credentials
 
 
 def write_junit(result, path: str) -> Path:
-    failures = [s for s in result.steps if s.status == "failed"]
-    suite = ET.Element("testsuite", name=result.runbook, tests=str(len(result.steps)),
-                       failures=str(len(failures)), skipped=str(sum(s.status == "skipped" for s in result.steps)),
-                       time=f"{sum(s.seconds for s in result.steps):.2f}")
+    """Write `result` (engine.RunResult) to `path`: failed steps as <failure>, skipped,
+    done-before and planned ones as <skipped>; times in seconds. Returns the path."""
+    suite = TestSuite(result.runbook)
     for step in result.steps:
-        case = ET.SubElement(suite, "testcase", classname=result.runbook, name=step.id, time=f"{step.seconds:.2f}")
+        case = TestCase(step.id, result.runbook, float(step.seconds))
         if step.status == "failed":
-            ET.SubElement(case, "failure", message=step.detail[:500]).text = step.detail
+            detail = credentials(step.detail)
+            failure = Failure(detail[:500])
+            failure.text = detail
+            case.result = [failure]
         elif step.status in ("skipped", "done-before", "planned"):
-            ET.SubElement(case, "skipped", message=step.status)
+            case.result = [Skipped(step.status)]
+        suite.add_testcase(case)
+    suite.update_statistics()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(suite).write(target, encoding="utf-8", xml_declaration=True)
+    suite.write(str(target), pretty=True)
     return target

@@ -38,14 +38,14 @@ FLOW = """\
     steps:
       - id: first
         action: shell
-        with: {command: "echo {{ params.marker }} >> first.txt && echo one"}
+        with: {command: 'echo "$MARKER" >> first.txt && echo one', env: {MARKER: "{{ params.marker }}"}}
       - id: second
         action: shell
-        with: {command: "echo x >> second.txt; test '{{ params.fail_at }}' != second"}
+        with: {command: "echo x >> second.txt; test {{ params.fail_at | quote }} != second"}
         on_failure: [undo]
       - id: third
         action: shell
-        with: {command: "echo {{ steps.first.outputs.stdout }} >> third.txt"}
+        with: {command: 'echo "$FIRST" >> third.txt', env: {FIRST: "{{ steps.first.outputs.stdout }}"}}
       - id: undo
         action: shell
         with: {command: "echo undone >> undo.txt"}
@@ -131,7 +131,12 @@ def test_killed_run_resumes_at_the_failed_step_without_repeating(root):
     while time.monotonic() < deadline and not (runs.is_dir() and any(
             '"id": "one"' in p.read_text() for p in runs.glob("*.jsonl"))):
         time.sleep(0.1)
+    import psutil
+
+    step_processes = psutil.Process(proc.pid).children(recursive=True)  # shell steps run in their own group
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its shell step, mid-way through step two
+    for child in step_processes:
+        child.kill()
     proc.wait()
     run_id = next(runs.glob("*.jsonl")).stem
     (root / "go.txt").write_text("")
@@ -153,7 +158,7 @@ def test_dry_run_resolves_templates_and_changes_nothing(runner, root):
     doc = json.loads(result.stdout)
     assert doc["status"] == "planned" and doc["run_id"] is None
     details = {s["id"]: s["detail"] for s in doc["steps"]}
-    assert "echo hello >> first.txt" in details["first"]
+    assert "'MARKER': 'hello'" in details["first"]
     assert "<steps.first.outputs.stdout>" in details["third"]
     assert sorted(p.name for p in root.rglob("*")) == before  # no journal, no side effect
 
@@ -181,10 +186,10 @@ def test_approval_is_refused_in_ci_without_yes(runner, root, monkeypatch):
     ("steps:\n  - id: a\n    action: shell\n    with: {command: \"echo {{ params.nope }}\"}\n", 6,
      "undeclared parameter 'nope'"),
     ("steps:\n  - id: a\n    action: shell\n    with: {command: \"echo {{ params.x \"}\n", 6, "bad template"),
-    ("steps:\n  - id: a\n    action: shell\n    on_failure: [ghost]\n", 6, "unknown step 'ghost'"),
-    ("steps:\n  - id: a\n    action: shell\n    on_failure: [b]\n  - id: b\n    action: shell\n"
+    ("steps:\n  - id: a\n    action: promote\n    on_failure: [ghost]\n", 6, "unknown step 'ghost'"),
+    ("steps:\n  - id: a\n    action: promote\n    on_failure: [b]\n  - id: b\n    action: promote\n"
      "    on_failure: [a]\n", 6, "on_failure cycle: a -> b -> a"),
-    ("steps:\n  - id: a\n    action: shell\n    retries: {count: many}\n", 6, "'many' is not of type 'integer'"),
+    ("steps:\n  - id: a\n    action: promote\n    retries: {count: many}\n", 6, "'many' is not of type 'integer'"),
 ])
 def test_malformed_runbook_fails_validate_with_file_line_reason(runner, root, body, line, reason):
     path = _write(root, "bad", 1, "name: bad\nversion: 1\n" + body)
@@ -197,7 +202,7 @@ def test_malformed_runbook_fails_validate_with_file_line_reason(runner, root, bo
 
 def test_missing_required_parameter(runner, root):
     _write(root, "needs", 1, "name: needs\nversion: 1\nparameters:\n  image: {required: true}\n"
-                             "steps:\n  - id: a\n    action: shell\n    with: {command: 'echo {{ params.image }}'}\n")
+                             "steps:\n  - id: a\n    action: shell\n    with: {command: 'echo {{ params.image | quote }}'}\n")
     result = runner.invoke(app, ["runbook", "run", "needs"])
     assert result.exit_code == 2
     assert result.output.strip() == "opsctl: error: needs@1: parameter 'image' is required; pass -p image=VALUE"

@@ -56,7 +56,7 @@ def test_shipped_runbooks_validate(runner, root):
     assert result.exit_code == 0, result.output
     checked = json.loads(result.stdout)["checked"]
     assert {Path(p).parent.name for p in checked} == {
-        "deploy-worker", "nightly-backup", "restore-drill", "health-sweep", "load-test-gate"}
+        "deploy-worker", "nightly-backup", "restore-drill", "health-sweep", "load-test-gate", "redis-snapshot"}
 
 
 def test_health_sweep(runner, root):
