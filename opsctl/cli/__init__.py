@@ -18,7 +18,9 @@ from opsctl.cli.common import click_errors
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"opsctl: error: {message}\n")
+    from opsctl.redact import credentials  # a driver's or child's error may repeat a password
+
+    sys.stderr.write(f"opsctl: error: {credentials(message)}\n")
     return code
 
 
@@ -123,6 +125,7 @@ GROUPS: dict[str, tuple[str, int, str]] = {
     "promote": ("opsctl.cli.deploy", 5, "Switch traffic to the waiting color."),
     "rollback": ("opsctl.cli.deploy", 5, "Return traffic to the previous release."),
     "status": ("opsctl.cli.deploy", 5, "Active color, versions and recent deploys."),
+    "abort": ("opsctl.cli.deploy", 20, "End a deploy awaiting promotion or interrupted."),
     "render": ("opsctl.cli.render", 5, "Print manifests, CI pipelines and monitoring config."),
     "backup": ("opsctl.cli.backup", 6, "Create, list, verify and prune backups."),
     "restore": ("opsctl.cli.backup", 6, "Restore PostgreSQL, Redis and files from a backup."),
@@ -138,7 +141,7 @@ def _load(group: Any, module: str) -> None:
     import importlib
     import importlib.util
 
-    holder = typer.Typer()
+    holder = typer.Typer(rich_markup_mode=None)  # plain help: names are never cut at 80 columns
     names = [n for n, (m, _, _) in GROUPS.items() if m == module]
     if importlib.util.find_spec(module) is None:
         for name in names:

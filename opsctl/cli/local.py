@@ -65,7 +65,7 @@ def status(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def logs(
-    component: Annotated[str, typer.Argument(help="postgres, redis, s3, router, worker (active), worker-blue…")] = "worker",
+    component: Annotated[str, typer.Argument(help="postgres, redis, s3, router, worker (the active color), worker-blue or worker-green")] = "worker",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
 ) -> None:
