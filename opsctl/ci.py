@@ -3,6 +3,19 @@
 test → build the worker image (CPU and CUDA targets) → deploy to staging blue-green →
 load-test gate on staging → deploy to production. Production's job runs in a GitHub
 environment of the same name, so its required reviewers are the approval.
+
+Runbooks that declare `schedule:` get a `schedule` trigger each; on such an event only the
+`scheduled-<env>` jobs run, each step guarded by `github.event.schedule`, in the GitHub
+environment `<env>-scheduled` (no required reviewers, which would hold a 02:00 backup until
+someone approves it; give it a role limited to what the scheduled runbooks do). Every job that
+touches an environment is in that environment's concurrency group (`opsctl-<env>`), so a
+deploy and a scheduled backup never run at once, and gets its credentials the documented
+way: OIDC role assumption (aws-actions/configure-aws-credentials, `id-token: write`) and
+`aws eks update-kubeconfig` under the context name opsctl.yaml gives.
+
+Action majors run on Node 24: GitHub removed the Node 20 runtime, and actionlint reports
+older majors. The tests check the result with actionlint and with check-jsonschema's
+GitHub-workflow schema.
 """
 
 from __future__ import annotations
@@ -13,29 +26,59 @@ from opsctl.config import Project
 from opsctl.errors import UsageError
 from opsctl.templating import render
 
-IMAGE_REF = "${{ env.IMAGE }}:${{ env.TAG }}-cuda"
+# Majors whose runtime is Node 24 (https://github.blog/changelog/2025-09-19-deprecation-of-node-20-on-github-actions-runners/)
+ACTIONS = {
+    "checkout": "actions/checkout@v5",
+    "setup_python": "actions/setup-python@v6",
+    "upload_artifact": "actions/upload-artifact@v6",
+    "setup_buildx": "docker/setup-buildx-action@v4",
+    "login": "docker/login-action@v4",
+    "build_push": "docker/build-push-action@v7",
+    "aws_credentials": "aws-actions/configure-aws-credentials@v6",
+}
+IMAGE_PARAM = "image=${IMAGE}:${TAG}-cuda"  # expanded by the step's shell from the workflow env
+NOT_SCHEDULED = "github.event_name != 'schedule'"
 
 
-def stages(project: Project, staging: str, production: str) -> list[dict]:
-    out = []
-    for job, env_name, needs, runbooks in (
-        ("deploy-staging", staging, ["build-worker"], [("deploy-worker", {"image": IMAGE_REF})]),
-        ("load-test-gate", staging, ["deploy-staging"], [("load-test-gate", {})]),
-        ("deploy-production", production, ["load-test-gate"], [("deploy-worker", {"image": IMAGE_REF})]),
-    ):
-        env = project.env(env_name)
-        if env.platform != "kubernetes":
-            raise UsageError(f"environment '{env_name}' is platform {env.platform}; CI deploys kubernetes environments")
-        out.append({"job": job, "env": env_name, "needs": needs, "timeout": 90,
-                    "db_env": env.database.url_env, "redis_env": env.redis.url_env,
-                    "runbooks": [{"name": n, "params": p} for n, p in runbooks]})
+def _stage(project: Project, job: str, env_name: str, needs: list[str], runbooks: list[dict], condition: str) -> dict:
+    env = project.env(env_name)
+    if env.platform != "kubernetes":
+        raise UsageError(f"environment '{env_name}' is platform {env.platform}; CI deploys kubernetes environments")
+    return {"job": job, "env": env_name, "github_env": env_name, "needs": needs, "timeout": 90, "condition": condition,
+            "region": env.aws.region, "context": env.kubernetes.context or env_name,
+            "db_env": env.database.url_env, "redis_env": env.redis.url_env, "runbooks": runbooks}
+
+
+def stages(project: Project, staging: str, production: str, schedules: list | None = None) -> list[dict]:
+    """The jobs that run runbooks: the deploy chain, then one scheduled job per environment."""
+    deploy = [{"name": "deploy-worker", "file": "deploy-worker", "params": [IMAGE_PARAM]}]
+    out = [
+        _stage(project, "deploy-staging", staging, ["build-worker"], deploy, NOT_SCHEDULED),
+        _stage(project, "load-test-gate", staging, ["deploy-staging"],
+               [{"name": "load-test-gate", "file": "load-test-gate", "params": []}], NOT_SCHEDULED),
+        _stage(project, "deploy-production", production, ["load-test-gate"], deploy, NOT_SCHEDULED),
+    ]
+    if schedules:
+        for env_name in dict.fromkeys([staging, production]):
+            steps = [{"name": s.ref, "file": s.name, "params": [], "when": f"github.event.schedule == '{s.cron}'"}
+                     for s in schedules]
+            stage = _stage(project, f"scheduled-{env_name}", env_name, [], steps, "github.event_name == 'schedule'")
+            stage["github_env"] = f"{env_name}-scheduled"  # no required reviewers: nobody approves at 02:00
+            out.append(stage)
     return out
 
 
 def workflow(project: Project, staging: str = "staging", production: str = "production",
              registry: str = "ghcr.io", image: str | None = None, python_version: str = "3.11") -> str:
+    """The workflow's YAML text. UsageError when a named environment is not on kubernetes
+    or a scheduled runbook is not valid."""
+    from opsctl.runbook.actions import ACTIONS as RUNBOOK_ACTIONS
+    from opsctl.runbook.schedules import scheduled
+
     repo = image or project.env(production).worker.image.rsplit(":", 1)[0]
-    text = render("ci/github-actions.yml.j2", project.root, stages=stages(project, staging, production),
-                  registry=registry, image_repository=repo, python_version=python_version)
+    schedules = scheduled(project, RUNBOOK_ACTIONS)
+    text = render("ci/github-actions.yml.j2", project.root, stages=stages(project, staging, production, schedules),
+                  schedules=schedules, registry=registry, image_repository=repo, python_version=python_version,
+                  actions=ACTIONS)
     yaml.safe_load(text)  # a template edit that breaks YAML fails here, not in CI
     return text

@@ -105,6 +105,18 @@ def ci(
         _print(text)
 
 
+@group.command("schedules")
+def schedules(
+    env: EnvOpt = "staging",
+    image: Annotated[str | None, typer.Option("--image", help="opsctl image (default: REGISTRY/opsctl:VERSION).")] = None,
+) -> None:
+    """Kubernetes CronJobs running the runbooks that declare a schedule (opsctl.runbook.schedules)."""
+    from opsctl.runbook.actions import ACTIONS
+    from opsctl.runbook.schedules import render
+
+    _print(render(*environment(env), ACTIONS, image))
+
+
 @group.command("locust")
 def locust(
     env: EnvOpt = "staging",

@@ -391,3 +391,20 @@ def test_every_way_of_asking_refuses_with_the_same_words(runner, ops_root, monke
         """)
     result = runner.invoke(app, ["runbook", "run", "gated"])
     assert result.exit_code == 2 and said[0] in result.output
+
+
+def test_logs_written_during_a_run_mask_the_secrets(capfd):
+    import logging
+
+    from opsctl.output import setup_logging
+    from opsctl.runbook.secrets import Masker, masking_logs
+
+    setup_logging("json")
+    try:
+        with masking_logs(Masker([SECRET])):
+            logging.getLogger("opsctl.runbook.test").warning("calling /hook/%s", quote(SECRET))
+        logging.getLogger("opsctl.runbook.test").warning("after the run: %s", "plain")
+    finally:
+        setup_logging("text")
+    err = capfd.readouterr().err
+    assert "/hook/***" in err and quote(SECRET) not in err and "after the run: plain" in err

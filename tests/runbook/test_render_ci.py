@@ -1,34 +1,104 @@
-"""`opsctl render ci`: the workflow's jobs and that every runbook it calls exists."""
+"""`opsctl render ci` and `opsctl render schedules`: the workflow's jobs, triggers,
+concurrency and credentials, checked by actionlint and GitHub's workflow schema; the
+CronJobs checked against the Kubernetes API schema."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from opsctl.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SCHEDULED = {"health-sweep": "*/15 * * * *", "nightly-backup": "0 2 * * *", "redis-snapshot": "0 * * * *"}
 
 
-def test_workflow_runs_the_shipped_runbooks_in_order(runner, monkeypatch, tmp_path):
+@pytest.fixture
+def workflow(runner, monkeypatch, tmp_path) -> Path:
     monkeypatch.chdir(REPO)
     out = tmp_path / "deploy.yml"
     result = runner.invoke(app, ["render", "ci", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    flow = yaml.safe_load(out.read_text())
+    return out
+
+
+def test_workflow_runs_the_shipped_runbooks_in_order(workflow):
+    flow = yaml.safe_load(workflow.read_text())
     jobs = flow["jobs"]
-    assert list(jobs) == ["test", "build-worker", "deploy-staging", "load-test-gate", "deploy-production"]
+    assert list(jobs) == ["test", "build-worker", "deploy-staging", "load-test-gate", "deploy-production",
+                          "scheduled-staging", "scheduled-production"]
     assert jobs["build-worker"]["strategy"]["matrix"]["target"] == ["cpu", "cuda"]
     assert jobs["deploy-production"]["needs"] == ["load-test-gate"]
     assert jobs["deploy-production"]["environment"] == "production"  # its reviewers are the approval
     commands = [s["run"] for job in jobs.values() for s in job["steps"] if "runbook run" in s.get("run", "")]
-    assert len(commands) == 3
+    assert len(commands) == 3 + 2 * len(SCHEDULED)
     for command in commands:
-        name = command.split("runbook run ")[1].split()[0]
+        name = command.split("runbook run ")[1].split()[0].split("@")[0]
         assert (REPO / "runbooks" / name).is_dir(), name
         assert "--yes" in command and "--junit" in command
     assert any("test" in s.get("run", "") for s in jobs["test"]["steps"])
+
+
+def test_schedules_trigger_only_the_scheduled_jobs(workflow):
+    flow = yaml.safe_load(workflow.read_text())
+    triggers = flow[True]  # YAML 1.1 reads the key `on` as true
+    assert sorted(t["cron"] for t in triggers["schedule"]) == sorted(SCHEDULED.values())
+    jobs = flow["jobs"]
+    for name in ("test", "deploy-staging", "load-test-gate", "deploy-production"):
+        assert jobs[name]["if"] == "github.event_name != 'schedule'"
+    for env in ("staging", "production"):
+        job = jobs[f"scheduled-{env}"]
+        assert job["if"] == "github.event_name == 'schedule'" and job["environment"] == f"{env}-scheduled"
+        steps = {s["run"].split("runbook run ")[1].split()[0].split("@")[0]: s["if"]
+                 for s in job["steps"] if "runbook run" in s.get("run", "")}
+        assert steps == {n: f"github.event.schedule == '{c}'" for n, c in SCHEDULED.items()}
+
+
+def test_one_concurrency_group_and_oidc_credentials_per_environment(workflow):
+    jobs = yaml.safe_load(workflow.read_text())["jobs"]
+    groups = {name: job["concurrency"]["group"] for name, job in jobs.items() if "concurrency" in job}
+    assert groups == {"deploy-staging": "opsctl-staging", "load-test-gate": "opsctl-staging",
+                      "deploy-production": "opsctl-production", "scheduled-staging": "opsctl-staging",
+                      "scheduled-production": "opsctl-production"}
+    assert all(not jobs[n]["concurrency"]["cancel-in-progress"] for n in groups)
+    for name in groups:
+        job = jobs[name]
+        assert job["permissions"]["id-token"] == "write"
+        creds = next(s for s in job["steps"] if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@"))
+        assert creds["with"]["role-to-assume"] == "${{ vars.AWS_ROLE_ARN }}" and creds["with"]["aws-region"] == "eu-west-1"
+        kube = next(s for s in job["steps"] if "update-kubeconfig" in s.get("run", ""))
+        context = "transcribe-production" if "production" in name else "transcribe-staging"
+        assert f"--alias {context}" in kube["run"]
+        names = [s.get("name", s.get("uses", s.get("run"))) for s in job["steps"]]
+        assert names.index(kube["name"]) < min(i for i, n in enumerate(names) if str(n).startswith("runbook"))
+
+
+def _actionlint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "actionlint"), "-no-color", str(path)], capture_output=True, text=True)
+
+
+def test_workflow_passes_actionlint_with_no_findings(workflow):
+    result = _actionlint(workflow)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+def test_actionlint_would_catch_a_node20_action(workflow):
+    """The check above can fail: the majors the workflow used before run on Node 20."""
+    old = workflow.with_name("old.yml")
+    old.write_text(workflow.read_text().replace("actions/upload-artifact@v6", "actions/upload-artifact@v4"))
+    result = _actionlint(old)
+    assert result.returncode != 0 and 'runtime "node20"' in result.stdout
+
+
+def test_workflow_passes_the_github_workflow_schema(workflow):
+    result = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                             str(workflow)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ci_refuses_a_local_environment(runner, monkeypatch):
@@ -36,3 +106,59 @@ def test_ci_refuses_a_local_environment(runner, monkeypatch):
     result = runner.invoke(app, ["render", "ci", "--staging", "local"])
     assert result.exit_code == 2
     assert "CI deploys kubernetes environments" in result.output
+
+
+# --- render schedules ----------------------------------------------------------------------
+
+def test_render_schedules_emits_valid_cronjobs_for_the_scheduled_runbooks(runner, monkeypatch):
+    import kubernetes_validate
+
+    monkeypatch.chdir(REPO)
+    result = runner.invoke(app, ["render", "schedules", "--env", "production", "--image", "ghcr.io/x/opsctl:1.2.3"])
+    assert result.exit_code == 0, result.output
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30", strict=True)  # raises ValidationError on any misfit
+    by_runbook = {d["metadata"]["labels"]["opsctl.dev/runbook"]: d for d in docs}
+    assert {n: d["spec"]["schedule"] for n, d in by_runbook.items()} == SCHEDULED  # no dr-drill runbook: none
+    for name, doc in by_runbook.items():
+        spec = doc["spec"]
+        assert doc["kind"] == "CronJob" and doc["metadata"]["namespace"] == "transcribe"
+        assert spec["concurrencyPolicy"] == "Forbid" and spec["timeZone"] == "Etc/UTC"
+        pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == "ghcr.io/x/opsctl:1.2.3"
+        args = container["args"]
+        ref = args[args.index("run") + 1]
+        assert ref.startswith(f"{name}@") and (REPO / "runbooks" / name / f"v{ref.split('@')[1]}.yaml").exists()
+        assert args[args.index("--env") + 1] == "production" and "--yes" in args
+        assert container["envFrom"] == [{"secretRef": {"name": "opsctl-production"}}]
+
+
+def test_a_broken_cronjob_fails_the_schema_check():
+    """kubernetes-validate really checks: a CronJob without its job template is refused."""
+    import kubernetes_validate
+
+    doc = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "x"},
+           "spec": {"schedule": "0 2 * * *", "concurrencyPolicy": "Sometimes"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+
+
+def test_render_schedules_refuses_a_local_environment(runner, monkeypatch):
+    monkeypatch.chdir(REPO)
+    result = runner.invoke(app, ["render", "schedules", "--env", "local"])
+    assert result.exit_code == 2 and "in cron instead" in result.output
+
+
+@pytest.mark.parametrize("header, reason", [
+    ('schedule: "0 25 * * *"', "is not a 5-field cron expression"),
+    ('schedule: "@daily please"', "is not a 5-field cron expression"),
+    ('schedule: "0 2 * * *"\nparameters:\n  who: {required: true}', "parameter 'who' needs a default"),
+])
+def test_validate_refuses_a_bad_schedule(runner, ops_root, header, reason):
+    path = ops_root / "runbooks" / "tick" / "v1.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(f"name: tick\nversion: 1\n{header}\nsteps:\n  - id: wait\n    action: wait\n    with: {{seconds: 0}}\n")
+    result = runner.invoke(app, ["runbook", "validate", "tick"])
+    assert result.exit_code == 2 and reason in result.output and f"{path}:3:" in result.output, result.output

@@ -98,3 +98,9 @@ def test_deploy_worker_ten_steps(runner, root):
     assert status["colors"][status["active_color"]]["version"] == "7.0.0"
     standby = "blue" if status["active_color"] == "green" else "green"
     assert not status["colors"][standby]["running"]  # retired after verification
+
+
+def test_redis_snapshot(runner, root):
+    doc = _run(runner, "redis-snapshot")
+    assert _journaled(root, doc) == [("snapshot", "ok"), ("verify", "ok")]
+    assert doc["steps"][0]["outputs"]["components"] == ["redis"] and doc["steps"][1]["outputs"]["ok"] is True
