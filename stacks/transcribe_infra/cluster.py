@@ -1,10 +1,10 @@
-"""EKS: the control plane, a system node group and the GPU node group the worker runs on.
+"""EKS: the control plane and the system node group (cluster add-ons, Karpenter, KEDA).
 
-The GPU group uses the AL2023 NVIDIA AMI (EKS no longer publishes AL2 AMIs), is tainted
-`nvidia.com/gpu=true:NoSchedule` so only pods that ask for a GPU land there, and scales from
-zero: an idle environment pays for no GPU. Both groups use launch templates for encrypted root
-volumes, IMDSv2 with a hop limit of 1 (pods use IRSA, never the node's role), and the worker
-security group, the only source the database and cache admit.
+GPU nodes are not a node group: Karpenter launches them on demand from its GPU NodePool
+(`gpu.py`), from zero, so an idle environment pays for no GPU. The system group uses a launch
+template for encrypted root volumes and IMDSv2 with a hop limit of 1 (pods use IRSA, never the
+node's role). `security_group_id` is the cluster security group every node joins; GPU nodes
+also join the worker security group, the only source the database and cache admit.
 
 The API endpoint is private (reached from inside the VPC: the nodes, a VPN or a bastion) unless
 `public_access_cidrs` names who may reach it from the internet; 0.0.0.0/0 is refused here and
@@ -23,8 +23,6 @@ import pulumi_aws as aws
 
 from transcribe_infra.settings import with_name
 
-GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}
-GPU_AMI_TYPE = "AL2023_x86_64_NVIDIA"
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
 
 
@@ -47,9 +45,7 @@ class ClusterArgs:
     name: str
     region: str
     subnet_ids: list[pulumi.Input[str]]  # private subnets: nodes and the API's ENIs
-    worker_sg_id: pulumi.Input[str]
     kms_key_arn: pulumi.Input[str]
-    gpu: NodeGroupSpec
     system: NodeGroupSpec = field(default_factory=lambda: NodeGroupSpec(["m6i.large"], 2, 4, 2))
     version: str = "1.33"
     deletion_protection: bool = False
@@ -98,6 +94,7 @@ class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     oidc_provider_arn: pulumi.Output[str]
     oidc_issuer: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("transcribe:infra:Cluster", name, None, opts)
@@ -127,37 +124,30 @@ class Cluster(pulumi.ComponentResource):
                                          policy_arn=f"arn:aws:iam::aws:policy/{policy}")
             for policy in NODE_POLICIES]
         cluster_sg = cluster.vpc_config.cluster_security_group_id
-        for kind, spec, ami_type, labels, taints in (
-            ("system", args.system, "AL2023_x86_64_STANDARD", {"role": "system"}, []),
-            ("gpu", args.gpu, GPU_AMI_TYPE,
-             {"role": "gpu", "workload": "transcription", "nvidia.com/gpu.present": "true"}, [GPU_TAINT]),
-        ):
-            template = aws.ec2.LaunchTemplate(
-                f"{name}-{kind}", name_prefix=f"{args.name}-{kind}-", update_default_version=True,
-                vpc_security_group_ids=[cluster_sg, args.worker_sg_id] if kind == "gpu" else [cluster_sg],
-                block_device_mappings=[{"device_name": "/dev/xvda", "ebs": {
-                    "volume_size": spec.disk_gib, "volume_type": "gp3", "encrypted": "true",
-                    "kms_key_id": args.kms_key_arn, "delete_on_termination": "true"}}],
-                metadata_options={"http_tokens": "required", "http_endpoint": "enabled",
-                                  "http_put_response_hop_limit": 1},
-                tag_specifications=[{"resource_type": "instance", "tags": with_name(args.tags, f"{args.name}-{kind}")}],
-                tags=args.tags, opts=child)
-            aws.eks.NodeGroup(
-                f"{name}-{kind}", cluster_name=cluster.name, node_group_name=f"{args.name}-{kind}",
-                node_role_arn=node_role.arn, subnet_ids=args.subnet_ids, ami_type=ami_type,
-                instance_types=spec.instance_types, capacity_type=spec.capacity_type,
-                scaling_config={"min_size": spec.min_size, "max_size": spec.max_size,
-                                "desired_size": spec.desired_size},
-                update_config={"max_unavailable": 1}, labels=labels, taints=taints,
-                launch_template={"id": template.id, "version": template.latest_version.apply(str)},
-                tags=args.tags,
-                # the autoscaler owns the desired size once the group exists
-                opts=pulumi.ResourceOptions(parent=self, depends_on=node_attachments,
-                                            ignore_changes=["scalingConfig.desiredSize"]))
+        spec = args.system
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-system", name_prefix=f"{args.name}-system-", update_default_version=True,
+            vpc_security_group_ids=[cluster_sg],
+            block_device_mappings=[{"device_name": "/dev/xvda", "ebs": {
+                "volume_size": spec.disk_gib, "volume_type": "gp3", "encrypted": "true",
+                "kms_key_id": args.kms_key_arn, "delete_on_termination": "true"}}],
+            metadata_options={"http_tokens": "required", "http_endpoint": "enabled",
+                              "http_put_response_hop_limit": 1},
+            tag_specifications=[{"resource_type": "instance", "tags": with_name(args.tags, f"{args.name}-system")}],
+            tags=args.tags, opts=child)
+        aws.eks.NodeGroup(
+            f"{name}-system", cluster_name=cluster.name, node_group_name=f"{args.name}-system",
+            node_role_arn=node_role.arn, subnet_ids=args.subnet_ids, ami_type="AL2023_x86_64_STANDARD",
+            instance_types=spec.instance_types, capacity_type=spec.capacity_type,
+            scaling_config={"min_size": spec.min_size, "max_size": spec.max_size, "desired_size": spec.desired_size},
+            update_config={"max_unavailable": 1}, labels={"role": "system"},
+            launch_template={"id": template.id, "version": template.latest_version.apply(str)},
+            tags=args.tags, opts=pulumi.ResourceOptions(parent=self, depends_on=node_attachments))
 
         self.name = cluster.name
         self.oidc_provider_arn = oidc.arn
         self.oidc_issuer = issuer
+        self.security_group_id = cluster_sg
         self.kubeconfig = pulumi.Output.all(
             cluster.name, cluster.endpoint, cluster.certificate_authority.apply(lambda ca: ca.data),
         ).apply(lambda a: kubeconfig(a[0], a[1], a[2], args.region))

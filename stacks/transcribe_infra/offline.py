@@ -111,6 +111,12 @@ class CapturingMocks(pulumi.runtime.Mocks):
             state["keyId"] = f"{name}-key-id"
         elif typ == "aws:iam/role:Role":
             state.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{name}", name=name)
+        elif typ == "aws:sqs/queue:Queue":
+            queue = inputs.get("name", f"{name}-0c0ffee")  # autonamed, as Pulumi does
+            state.update(name=queue, url=f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{queue}")
+            rid = state["url"]
+        elif typ == "aws:cloudwatch/eventRule:EventRule":
+            state["name"] = inputs.get("name", f"{name}-0c0ffee")
         elif typ == "random:index/randomId:RandomId":
             raw = secrets.token_bytes(int(inputs.get("byteLength", 8)))  # fresh per run, as the provider's
             rid = base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -25,6 +25,10 @@ BUCKET_PAB = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 EKS = "aws:eks/cluster:Cluster"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
+NODECLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 PRIVATE_PORTS = {5432: "PostgreSQL", 6379: "Redis"}
 
 
@@ -42,7 +46,8 @@ class Violation:
 def check(run: OfflineRun, production: bool) -> list[Violation]:
     """Every violation of every rule; empty when the stack complies."""
     found: list[Violation] = []
-    for rule in (no_public_database, private_api_endpoint, encryption_everywhere, tags_on_everything):
+    for rule in (no_public_database, private_api_endpoint, encryption_everywhere, capacity_can_grow,
+                 gpu_nodes_are_usable, tags_on_everything):
         found += rule(run)
     if production:
         found += deletion_protection(run)
@@ -118,11 +123,88 @@ def encryption_everywhere(run: OfflineRun) -> list[Violation]:
         for bdm in r.inputs.get("blockDeviceMappings", []) or [{}]:
             if str((bdm.get("ebs") or {}).get("encrypted")).lower() != "true":
                 out.append(_v(rule, r, "every EBS volume must be encrypted"))
+    for r in run.of_type(NODECLASS):
+        for bdm in (r.inputs.get("spec") or {}).get("blockDeviceMappings") or [{}]:
+            if (bdm.get("ebs") or {}).get("encrypted") is not True:
+                out.append(_v(rule, r, "every EBS volume of the node class must be encrypted"))
     for typ in ("aws:cloudwatch/logGroup:LogGroup", "aws:secretsmanager/secret:Secret"):
         out += [_v(rule, r, "kms_key_id must be the platform key") for r in run.of_type(typ)
                 if not r.inputs.get("kmsKeyId")]
     out += [_v(rule, r, "enable_key_rotation must be True") for r in run.of_type("aws:kms/key:Key")
             if r.inputs.get("enableKeyRotation") is not True]
+    return out
+
+
+def _releases(run: OfflineRun, chart: str) -> list[Captured]:
+    """Helm releases of `chart` (by name or as the last part of an OCI reference)."""
+    return [r for r in run.of_type(HELM_RELEASE) if str(r.inputs.get("chart", "")).rsplit("/", 1)[-1] == chart]
+
+
+def capacity_can_grow(run: OfflineRun) -> list[Violation]:
+    """Capacity that starts at zero needs something that adds nodes when pods are Pending.
+
+    A managed node group with min_size 0 grows only through cluster-autoscaler (with the
+    auto-discovery tags); Karpenter launches nodes for its NodePools and never resizes a node
+    group. A NodePool needs the Karpenter controller and the EC2NodeClass it names, and, when
+    it allows spot, the interruption queue that lets Karpenter drain a node before EC2 takes it.
+    """
+    rule = "autoscaler"
+    out = []
+    autoscalers = _releases(run, "cluster-autoscaler")
+    for group in run.of_type(NODE_GROUP):
+        if (group.inputs.get("scalingConfig") or {}).get("minSize", 1) != 0:
+            continue
+        tagged = (group.inputs.get("tags") or {}).get("k8s.io/cluster-autoscaler/enabled") == "true"
+        if not (autoscalers and tagged):
+            out.append(_v(rule, group, "scales from zero (min_size 0) but no autoscaler adds its nodes: install "
+                                       "cluster-autoscaler and tag the group k8s.io/cluster-autoscaler/enabled=true, "
+                                       "or launch these nodes from a Karpenter NodePool"))
+    karpenter = _releases(run, "karpenter")
+    classes = {(r.inputs.get("metadata") or {}).get("name") for r in run.of_type(NODECLASS)}
+    queue = any(((r.inputs.get("values") or {}).get("settings") or {}).get("interruptionQueue") for r in karpenter)
+    for pool in run.of_type(NODEPOOL):
+        spec = ((pool.inputs.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if not karpenter:
+            out.append(_v(rule, pool, "no Karpenter controller is installed: nothing launches this pool's nodes"))
+        if (spec.get("nodeClassRef") or {}).get("name") not in classes:
+            out.append(_v(rule, pool, f"names EC2NodeClass '{(spec.get('nodeClassRef') or {}).get('name')}', "
+                                      "which the stack does not declare"))
+        capacity = [v for req in spec.get("requirements", []) if req.get("key") == "karpenter.sh/capacity-type"
+                    for v in req.get("values", [])]
+        if karpenter and "spot" in capacity and not queue:
+            out.append(_v(rule, pool, "allows spot but Karpenter has no interruption queue "
+                                      "(settings.interruptionQueue): spot nodes would vanish without a drain"))
+    return out
+
+
+def _tolerates(tolerations: list[dict], taint: dict) -> bool:
+    """Kubernetes' rule: same key (or none with Exists), same effect (or none), Exists or equal value."""
+    for t in tolerations:
+        key_ok = t.get("key") == taint.get("key") or (not t.get("key") and t.get("operator") == "Exists")
+        effect_ok = not t.get("effect") or t.get("effect") == taint.get("effect")
+        value_ok = t.get("operator") == "Exists" or t.get("value") == taint.get("value")
+        if key_ok and effect_ok and value_ok:
+            return True
+    return False
+
+
+def gpu_nodes_are_usable(run: OfflineRun) -> list[Violation]:
+    """GPU nodes need the NVIDIA device plugin on them, or no pod can ask for `nvidia.com/gpu`."""
+    rule = "gpu-device-plugin"
+    out = []
+    plugins = _releases(run, "nvidia-device-plugin")
+    for pool in run.of_type(NODEPOOL):
+        template = (pool.inputs.get("spec") or {}).get("template") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if labels.get("nvidia.com/gpu.present") != "true":
+            continue
+        taints = (template.get("spec") or {}).get("taints") or []
+        fits = [p for p in plugins
+                if all(labels.get(k) == v for k, v in ((p.inputs.get("values") or {}).get("nodeSelector") or {}).items())
+                and all(_tolerates((p.inputs.get("values") or {}).get("tolerations") or [], t) for t in taints)]
+        if not fits:
+            out.append(_v(rule, pool, "no NVIDIA device plugin runs on these GPU nodes (its nodeSelector must "
+                                      "match the pool's labels and its tolerations its taints)"))
     return out
 
 

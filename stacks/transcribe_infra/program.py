@@ -10,9 +10,10 @@ from __future__ import annotations
 import pulumi
 
 from transcribe_infra.cache import Cache, CacheArgs
-from transcribe_infra.cluster import Cluster, ClusterArgs, NodeGroupSpec
+from transcribe_infra.cluster import Cluster, ClusterArgs
 from transcribe_infra.database import Database, DatabaseArgs
 from transcribe_infra.encryption import Encryption, EncryptionArgs
+from transcribe_infra.gpu import GpuCapacity, GpuCapacityArgs
 from transcribe_infra.network import Network, NetworkArgs
 from transcribe_infra.settings import PROJECT, StackSettings
 from transcribe_infra.storage import Storage, StorageArgs
@@ -45,16 +46,19 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -
         audio_bucket=s.audio_bucket, backups_bucket=s.backups_bucket, kms_key_arn=key.key_arn,
         force_destroy=not s.production, backup_noncurrent_expire_days=365 if s.production else 30, tags=tags))
     cluster = Cluster(name, ClusterArgs(
-        name=s.cluster_name, region=s.region, subnet_ids=net.private_subnet_ids, worker_sg_id=net.worker_sg_id,
+        name=s.cluster_name, region=s.region, subnet_ids=net.private_subnet_ids,
         kms_key_arn=key.key_arn, version=s.kubernetes_version, deletion_protection=s.deletion_protection,
-        public_access_cidrs=s.api_allowed_cidrs,
-        gpu=NodeGroupSpec(s.gpu_instance_types, 0, s.gpu_max_size, 0, capacity_type=s.gpu_capacity_type,
-                          disk_gib=100),
-        tags=tags))
+        public_access_cidrs=s.api_allowed_cidrs, tags=tags))
     work = Workloads(name, WorkloadsArgs(
         kubeconfig=cluster.kubeconfig, namespace=s.namespace, service_account=s.service_account,
         oidc_provider_arn=cluster.oidc_provider_arn, oidc_issuer=cluster.oidc_issuer,
         audio_bucket_arn=storage.bucket_arns["audio"], kms_key_arn=key.key_arn, tags=tags))
+    gpu = GpuCapacity(name, GpuCapacityArgs(
+        cluster_name=cluster.name, region=s.region, provider=work.provider,
+        oidc_provider_arn=cluster.oidc_provider_arn, oidc_issuer=cluster.oidc_issuer,
+        subnet_ids=net.private_subnet_ids, security_group_ids=[cluster.security_group_id, net.worker_sg_id],
+        kms_key_arn=key.key_arn, instance_types=s.gpu_instance_types, spot=s.gpu_capacity_type == "SPOT",
+        max_gpus=s.gpu_max_size, tags=tags))
     return {
         "region": pulumi.Output.from_input(s.region),
         "vpcId": net.vpc_id,
@@ -75,6 +79,8 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -
         "workerServiceAccount": work.service_account,
         "workerRoleArn": work.worker_role_arn,
         "kmsKeyArn": key.key_arn,
+        "gpuNodePool": gpu.nodepool,
+        "gpuInterruptionQueue": gpu.interruption_queue,
     }
 
 

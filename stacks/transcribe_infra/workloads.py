@@ -1,7 +1,9 @@
 """What the cluster needs before the worker can be deployed onto it, through pulumi-kubernetes.
 
-The worker namespace; the NVIDIA device plugin, without which no pod can request
-`nvidia.com/gpu` (the AL2023 NVIDIA AMI ships the driver, not the plugin); and the worker's
+The cluster's kubernetes provider (`provider`, for every in-cluster resource of the stack);
+the worker namespace; the KEDA operator, which scales the worker Deployments on their real load
+(queue depth, transcriptions in flight per pod; the ScaledObject itself follows the active
+color and is applied by `opsctl deploy` from templates/kubernetes); and the worker's
 service account bound by IRSA to an IAM role that may use the audio bucket and the key, and
 nothing else: not the backups bucket (a compromised worker must not be able to delete or
 overwrite the backups that would repair what it did; opsctl backs up with its own credentials). Deploys (opsctl deploy) then only ever create Deployments and Services.
@@ -15,8 +17,9 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
-DEVICE_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
+KEDA_CHART = "keda"
+KEDA_REPO = "https://kedacore.github.io/charts"
+KEDA_NAMESPACE = "keda"
 ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 
 
@@ -29,7 +32,7 @@ class WorkloadsArgs:
     oidc_issuer: pulumi.Input[str]  # https://oidc.eks.<region>.amazonaws.com/id/<id>
     audio_bucket_arn: pulumi.Input[str]  # the only bucket the worker may touch
     kms_key_arn: pulumi.Input[str]
-    device_plugin_version: str = "0.17.1"
+    keda_version: str = "2.21.1"
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -51,6 +54,7 @@ def trust_policy(provider_arn: str, issuer: str, namespace: str, service_account
 
 
 class Workloads(pulumi.ComponentResource):
+    provider: k8s.Provider
     namespace: pulumi.Output[str]
     service_account: pulumi.Output[str]
     worker_role_arn: pulumi.Output[str]
@@ -82,17 +86,15 @@ class Workloads(pulumi.ComponentResource):
             "name": args.service_account, "namespace": args.namespace, "labels": args.labels,
             "annotations": {ROLE_ANNOTATION: role.arn}})
 
+        # the operator only: the worker's ScaledObject belongs to the deploy (it follows the color)
         k8s.helm.v3.Release(
-            f"{name}-nvidia-device-plugin", opts=in_cluster,
-            name=DEVICE_PLUGIN_CHART, chart=DEVICE_PLUGIN_CHART, version=args.device_plugin_version,
-            repository_opts={"repo": DEVICE_PLUGIN_REPO}, namespace="kube-system", atomic=True,
-            values={
-                # the GPU nodes carry the nvidia.com/gpu taint: the plugin must tolerate it
-                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                "nodeSelector": {"nvidia.com/gpu.present": "true"},
-                "priorityClassName": "system-node-critical",
-            })
+            f"{name}-keda", opts=in_cluster, name=KEDA_CHART, chart=KEDA_CHART, version=args.keda_version,
+            repository_opts={"repo": KEDA_REPO}, namespace=KEDA_NAMESPACE, create_namespace=True, atomic=True,
+            values={"nodeSelector": {"role": "system"},
+                    "podSecurityContext": {"operator": {"runAsNonRoot": True},
+                                           "metricServer": {"runAsNonRoot": True}}})
 
+        self.provider = provider
         self.namespace = ns.metadata.name
         self.service_account = sa.metadata.name
         self.worker_role_arn = role.arn

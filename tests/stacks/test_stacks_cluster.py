@@ -10,14 +10,14 @@ NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
 
 
-def build(deletion_protection=False, capacity="SPOT", api_cidrs=()):
+def build(deletion_protection=False, api_cidrs=()):
     def program():
         c = Cluster("k", ClusterArgs(
             name="transcribe-test", region="eu-west-1", subnet_ids=["subnet-a", "subnet-b", "subnet-c"],
-            worker_sg_id="sg-worker", kms_key_arn=KEY_ARN, deletion_protection=deletion_protection,
-            public_access_cidrs=list(api_cidrs),
-            gpu=NodeGroupSpec(["g5.xlarge", "g6.xlarge"], 0, 4, 0, capacity_type=capacity, disk_gib=100), tags=TAGS))
-        return {"name": c.name, "kubeconfig": c.kubeconfig, "oidc_arn": c.oidc_provider_arn, "issuer": c.oidc_issuer}
+            kms_key_arn=KEY_ARN, deletion_protection=deletion_protection, public_access_cidrs=list(api_cidrs),
+            tags=TAGS))
+        return {"name": c.name, "kubeconfig": c.kubeconfig, "oidc_arn": c.oidc_provider_arn, "issuer": c.oidc_issuer,
+                "sg": c.security_group_id}
     return run_component(program)
 
 
@@ -26,18 +26,9 @@ def run():
     return build()
 
 
-def test_gpu_node_group_nvidia_ami_tainted_labelled_spot_from_zero(run):
-    gpu = run.one(NODE_GROUP, "k-gpu").inputs
-    assert gpu["amiType"] == "AL2023_x86_64_NVIDIA"
-    assert gpu["instanceTypes"] == ["g5.xlarge", "g6.xlarge"]
-    assert gpu["capacityType"] == "SPOT"
-    assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
-    assert gpu["labels"]["nvidia.com/gpu.present"] == "true" and gpu["labels"]["workload"] == "transcription"
-    assert gpu["scalingConfig"] == {"minSize": 0, "maxSize": 4, "desiredSize": 0}
-    assert gpu["subnetIds"] == ["subnet-a", "subnet-b", "subnet-c"]
-    assert gpu["launchTemplate"] == {"id": "k-gpu-id", "version": "1"}
-    on_demand = build(capacity="ON_DEMAND").one(NODE_GROUP, "k-gpu").inputs
-    assert on_demand["capacityType"] == "ON_DEMAND"
+def test_gpu_nodes_are_no_node_group_karpenter_launches_them(run):
+    assert [g.name for g in run.of_type(NODE_GROUP)] == ["k-system"]
+    assert run.outputs["sg"] == "sg-eks-cluster"  # GPU nodes join it (see test_stacks_gpu)
 
 
 def test_system_node_group_is_untainted_standard_al2023(run):
@@ -46,13 +37,16 @@ def test_system_node_group_is_untainted_standard_al2023(run):
     assert system.get("taints", []) == []
     assert system["scalingConfig"]["minSize"] >= 2  # cluster add-ons must keep running
     assert system["capacityType"] == "ON_DEMAND"
+    assert system["scalingConfig"] == {"minSize": 2, "maxSize": 4, "desiredSize": 2}
+    assert system["labels"] == {"role": "system"}  # Karpenter's and KEDA's nodeSelector
+    assert system["launchTemplate"] == {"id": "k-system-id", "version": "1"}
+    assert system["subnetIds"] == ["subnet-a", "subnet-b", "subnet-c"]
 
 
-def test_launch_templates_encrypt_disks_require_imdsv2_and_put_gpu_nodes_in_the_worker_sg(run):
-    gpu, system = run.one(LT, "k-gpu").inputs, run.one(LT, "k-system").inputs
-    assert gpu["vpcSecurityGroupIds"] == ["sg-eks-cluster", "sg-worker"]
+def test_launch_template_encrypts_disks_and_requires_imdsv2(run):
+    system = run.one(LT, "k-system").inputs
     assert system["vpcSecurityGroupIds"] == ["sg-eks-cluster"]
-    for lt, size in ((gpu, 100), (system, 50)):
+    for lt, size in ((system, 50),):
         [bdm] = lt["blockDeviceMappings"]
         assert bdm["ebs"]["encrypted"] == "true" and bdm["ebs"]["kmsKeyId"] == KEY_ARN
         assert bdm["ebs"]["volumeSize"] == size
@@ -115,5 +109,5 @@ def test_the_api_endpoint_is_private_unless_ranges_are_named(run):
 ])
 def test_an_api_open_to_the_internet_or_a_malformed_range_is_refused(cidr, error):
     with pytest.raises(ValueError, match=re.escape(error)):
-        ClusterArgs(name="x", region="eu-west-1", subnet_ids=[], worker_sg_id="sg", kms_key_arn=KEY_ARN,
-                    gpu=NodeGroupSpec(["g5.xlarge"], 0, 1, 0), public_access_cidrs=["198.51.100.0/24", cidr])
+        ClusterArgs(name="x", region="eu-west-1", subnet_ids=[], kms_key_arn=KEY_ARN,
+                    public_access_cidrs=["198.51.100.0/24", cidr])

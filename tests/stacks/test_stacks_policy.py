@@ -56,7 +56,7 @@ def test_public_bucket_access(staging):
     (policy.REDIS, None, {"transitEncryptionEnabled": False}, "transitEncryptionEnabled must be True"),
     (policy.EKS, None, {"encryptionConfig": None},
      "encryption_config must encrypt Kubernetes secrets with the platform key"),
-    (policy.LAUNCH_TEMPLATE, "transcribe-staging-gpu",
+    (policy.LAUNCH_TEMPLATE, "transcribe-staging-system",
      {"blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": 100}}]},
      "every EBS volume must be encrypted"),
     ("aws:kms/key:Key", None, {"enableKeyRotation": False}, "enable_key_rotation must be True"),
@@ -128,3 +128,64 @@ def test_an_api_endpoint_public_to_named_ranges_or_private_passes(staging):
     found = messages(planted(staging, policy.EKS, vpcConfig={"endpointPrivateAccess": False,
                                                             "endpointPublicAccess": False}))
     assert len(found) == 1 and "endpoint_private_access must be True" in found[0]
+
+
+TAGS = {"project": "transcribe", "environment": "x", "managed-by": "pulumi"}
+
+
+def test_a_node_group_that_scales_from_zero_without_an_autoscaler_is_refused():
+    def program(tags):
+        aws.eks.NodeGroup("gpu", cluster_name="c", node_role_arn="arn:aws:iam::1:role/n", subnet_ids=["s"],
+                          scaling_config={"min_size": 0, "max_size": 4, "desired_size": 0}, tags=tags)
+    found = messages(run_component(lambda: program(TAGS)))
+    assert found == [
+        "[autoscaler] aws:eks/nodeGroup:NodeGroup 'gpu': scales from zero (min_size 0) but no autoscaler adds its "
+        "nodes: install cluster-autoscaler and tag the group k8s.io/cluster-autoscaler/enabled=true, or launch "
+        "these nodes from a Karpenter NodePool"]
+
+    def with_cluster_autoscaler():
+        import pulumi_kubernetes as k8s
+
+        program({**TAGS, "k8s.io/cluster-autoscaler/enabled": "true", "k8s.io/cluster-autoscaler/c": "owned"})
+        k8s.helm.v3.Release("ca", chart="cluster-autoscaler", namespace="kube-system",
+                            repository_opts={"repo": "https://kubernetes.github.io/autoscaler"})
+    assert messages(run_component(with_cluster_autoscaler)) == []
+
+
+def without(run, typ, chart=None):
+    run = copy.deepcopy(run)
+    run.resources = [r for r in run.resources
+                     if not (r.type == typ and (chart is None or r.inputs.get("chart", "").endswith(chart)))]
+    return run
+
+
+def test_a_nodepool_without_karpenter_its_node_class_or_interruption_queue_is_refused(staging):
+    pool = "[autoscaler] kubernetes:karpenter.sh/v1:NodePool 'transcribe-staging-gpu-nodepool': "
+    assert messages(without(staging, policy.HELM_RELEASE, "/karpenter")) == [
+        pool + "no Karpenter controller is installed: nothing launches this pool's nodes"]
+    assert messages(without(staging, policy.NODECLASS)) == [
+        pool + "names EC2NodeClass 'gpu', which the stack does not declare"]
+    run = copy.deepcopy(staging)
+    [karpenter] = [r for r in run.of_type(policy.HELM_RELEASE) if r.inputs["chart"].endswith("/karpenter")]
+    del karpenter.inputs["values"]["settings"]["interruptionQueue"]
+    assert messages(run) == [pool + "allows spot but Karpenter has no interruption queue "
+                                    "(settings.interruptionQueue): spot nodes would vanish without a drain"]
+
+
+def test_gpu_nodes_without_a_device_plugin_that_fits_them(staging):
+    expected = ["[gpu-device-plugin] kubernetes:karpenter.sh/v1:NodePool 'transcribe-staging-gpu-nodepool': no NVIDIA "
+                "device plugin runs on these GPU nodes (its nodeSelector must match the pool's labels and its "
+                "tolerations its taints)"]
+    assert messages(without(staging, policy.HELM_RELEASE, "nvidia-device-plugin")) == expected
+    run = copy.deepcopy(staging)
+    [plugin] = [r for r in run.of_type(policy.HELM_RELEASE) if r.inputs["chart"] == "nvidia-device-plugin"]
+    plugin.inputs["values"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "false",
+                                               "effect": "NoSchedule"}]
+    assert messages(run) == expected
+
+
+def test_an_unencrypted_node_class(staging):
+    run = copy.deepcopy(staging)
+    run.one(policy.NODECLASS).inputs["spec"]["blockDeviceMappings"][0]["ebs"]["encrypted"] = False
+    assert messages(run) == ["[encryption] kubernetes:karpenter.k8s.aws/v1:EC2NodeClass "
+                             "'transcribe-staging-gpu-nodeclass': every EBS volume of the node class must be encrypted"]

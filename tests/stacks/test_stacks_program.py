@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 from stacks_support import STACKS
 
 from opsctl.config import load_project
@@ -13,6 +14,7 @@ from transcribe_infra import policy
 RDS = "aws:rds/instance:Instance"
 REDIS = "aws:elasticache/replicationGroup:ReplicationGroup"
 EKS = "aws:eks/cluster:Cluster"
+NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
 
 
 @pytest.mark.parametrize("stack", ["staging", "production"])
@@ -55,10 +57,43 @@ def test_cluster_buckets_and_gpu_capacity_per_environment(staging, production):
     buckets = "aws:s3/bucket:Bucket"
     assert all(b.inputs["forceDestroy"] is False for b in production.of_type(buckets))
     assert all(b.inputs["forceDestroy"] is True for b in staging.of_type(buckets))
-    gpu = "aws:eks/nodeGroup:NodeGroup"
-    assert staging.one(gpu, "transcribe-staging-gpu").inputs["capacityType"] == "SPOT"
-    assert production.one(gpu, "transcribe-production-gpu").inputs["capacityType"] == "ON_DEMAND"
-    assert production.one(gpu, "transcribe-production-gpu").inputs["scalingConfig"]["minSize"] == 0
+
+
+def capacity(run) -> dict:
+    spec = run.one(NODEPOOL).inputs["spec"]
+    reqs = {r["key"]: r["values"] for r in spec["template"]["spec"]["requirements"]}
+    return {"types": reqs["node.kubernetes.io/instance-type"], "capacity": reqs["karpenter.sh/capacity-type"],
+            "gpus": spec["limits"]["nvidia.com/gpu"]}
+
+
+def test_gpu_capacity_per_environment_comes_from_a_karpenter_nodepool(staging, production):
+    assert staging.of_type("aws:eks/nodeGroup:NodeGroup")[0].name == "transcribe-staging-system"
+    assert capacity(staging) == {"types": ["g5.xlarge", "g6.xlarge"], "capacity": ["spot", "on-demand"], "gpus": "2"}
+    assert capacity(production) == {"types": ["g5.xlarge", "g5.2xlarge", "g6.xlarge"], "capacity": ["on-demand"],
+                                    "gpus": "8"}
+    for run, stack in ((staging, "staging"), (production, "production")):
+        assert run.outputs["gpuNodePool"] == "gpu"
+        assert run.outputs["gpuInterruptionQueue"] == f"transcribe-{stack}-interruptions-0c0ffee"
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_the_worker_deployment_lands_on_the_gpu_pool(env, request):
+    """DEPLOY's rendered Deployment (templates/kubernetes) against the stack's NodePool and plugin."""
+    from opsctl.deploy.manifests import render_env
+
+    run = request.getfixturevalue(env)
+    project = load_project(STACKS.parent)
+    [deployment] = [d for d in yaml.safe_load_all(render_env(project, project.env(env)))
+                    if d and d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    template = run.one(NODEPOOL).inputs["spec"]["template"]
+    for taint in template["spec"]["taints"]:
+        assert policy._tolerates(pod["tolerations"], taint), (taint, pod["tolerations"])
+    labels = template["metadata"]["labels"]
+    assert pod["nodeSelector"] and all(labels.get(k) == v for k, v in pod["nodeSelector"].items())
+    [worker] = [c for c in pod["containers"] if c["name"] == "worker"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1  # what the device plugin advertises
+    assert policy.check(run, production=env == "production") == []  # the plugin fits the pool too
 
 
 def test_database_and_cache_live_in_private_subnets_behind_the_worker_sg(staging):

@@ -55,11 +55,9 @@ def test_worker_role_may_use_the_audio_bucket_and_the_key_only(run):
     assert all(s["Effect"] == "Allow" and "*" not in s["Action"] for s in policy["Statement"])
 
 
-def test_nvidia_device_plugin_tolerates_the_gpu_taint(run):
-    release = run.one("kubernetes:helm.sh/v3:Release").inputs
-    assert release["chart"] == "nvidia-device-plugin"
-    assert release["repositoryOpts"] == {"repo": "https://nvidia.github.io/k8s-device-plugin"}
-    assert release["version"] == "0.17.1" and release["namespace"] == "kube-system"
-    values = release["values"]
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in values["tolerations"]
-    assert values["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+def test_the_keda_operator_is_installed_on_system_nodes(run):
+    release = run.one("kubernetes:helm.sh/v3:Release").inputs  # the device plugin lives with the GPU pool
+    assert (release["chart"], release["version"], release["namespace"]) == ("keda", "2.21.1", "keda")
+    assert release["repositoryOpts"] == {"repo": "https://kedacore.github.io/charts"}
+    assert release["createNamespace"] is True and release["atomic"] is True
+    assert release["values"]["nodeSelector"] == {"role": "system"}
