@@ -143,15 +143,20 @@ class Runner:
     def _shown(self, step: dict, inputs: dict) -> dict:
         """The inputs as output may show them: a value whose template uses a secret parameter
         is masked whole (whatever filter transformed it), the rest by the masker."""
-        shown = {}
-        for key, value in inputs.items():
-            source = (step.get("with") or {}).get(key)
-            tainted = False
-            if isinstance(source, str) and "{" in source and self.secret_names:
-                with contextlib.suppress(jinja2.TemplateError):
-                    tainted = bool(_template_refs(source)[1] & self.secret_names)
-            shown[key] = jr.REDACTED if tainted else self.mask(value)
-        return shown
+        return self._shown_value(step.get("with") or {}, inputs)
+
+    def _shown_value(self, source: Any, value: Any) -> Any:
+        if isinstance(source, dict) and isinstance(value, dict):
+            return {k: self._shown_value(source.get(k), v) for k, v in value.items()}
+        if isinstance(source, list) and isinstance(value, list) and len(source) == len(value):
+            return [self._shown_value(s, v) for s, v in zip(source, value)]
+        if isinstance(source, str) and "{" in source and self.secret_names:
+            with contextlib.suppress(jinja2.TemplateError):
+                if _template_refs(source)[1] & self.secret_names:
+                    if isinstance(value, str):
+                        self.mask.add(value)  # built from a secret: masked wherever it shows up
+                    return jr.REDACTED
+        return self.mask(value)
 
     def _record(self, outcome: StepOutcome, **extra) -> None:
         outcome = replace(outcome, detail=self.mask(outcome.detail), outputs=self.mask(outcome.outputs))
@@ -212,20 +217,21 @@ class Runner:
             self._record(StepOutcome(step["id"], "failed", detail=f"template: {exc}"))
             return False
         misfits = self._misfits(step, inputs)
+        shown = self._shown(step, inputs)  # also registers values derived from secrets with the masker
         if self.dry_run:
-            detail = f"{step['action']} {self._shown(step, inputs)}" + (" (needs approval)" if approval else "")
+            detail = f"{step['action']} {shown}" + (" (needs approval)" if approval else "")
             if misfits:
                 detail += "; " + "; ".join(misfits)
             self._record(StepOutcome(step["id"], "planned", detail=detail))
             return True
         if misfits:
-            self._record(StepOutcome(step["id"], "failed", detail="; ".join(misfits)), inputs=self._shown(step, inputs))
+            self._record(StepOutcome(step["id"], "failed", detail="; ".join(misfits)), inputs=shown)
             return False
         if wanted:
             from opsctl.approval import confirm
 
             try:
-                confirm(question, self.yes)
+                confirm(self.mask(question), self.yes)
             except UsageError as exc:
                 raise UsageError(self.mask(str(exc))) from None
         retries = step.get("retries", {})
@@ -244,12 +250,12 @@ class Runner:
             raise UsageError(self.mask(str(exc))) from None
         except Exception as exc:  # any failure of the action is the step's failure
             self._record(StepOutcome(step["id"], "failed", attempts, round(time.monotonic() - began, 2),
-                                     str(exc) or type(exc).__name__), inputs=self._shown(step, inputs))
+                                     str(exc) or type(exc).__name__), inputs=shown)
             return False
         self.outputs[step["id"]] = outputs
         self._record(StepOutcome(step["id"], "ok", attempts, round(time.monotonic() - began, 2),
                                  "succeeded on attempt %d" % attempts if attempts > 1 else "", outputs),
-                     inputs=self._shown(step, inputs))
+                     inputs=shown)
         return True
 
     def execute(self, done: dict[str, dict] | None = None, start_at: str | None = None) -> RunResult:

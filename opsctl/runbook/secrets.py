@@ -21,6 +21,8 @@ from urllib.parse import quote, quote_plus
 
 from opsctl.redact import MASK, credentials
 
+MIN_DERIVED = 6  # characters: shorter values built from a secret are not registered as secrets
+
 
 def variants(secret: str) -> set[str]:
     """The forms in which `secret` shows up in text: itself, each of its lines, and its
@@ -40,6 +42,12 @@ class Masker:
             if secret not in (None, ""):
                 forms |= variants(str(secret))
         self.forms = sorted(forms, key=len, reverse=True)  # longest first: no half-masked value
+
+    def add(self, derived: str) -> None:
+        """Mask `derived` too: a value the run built from a secret (GitHub's `add-mask`).
+        Values under `MIN_DERIVED` characters are left out: masking every "9" helps nobody."""
+        if isinstance(derived, str) and len(derived) >= MIN_DERIVED:
+            self.forms = sorted(set(self.forms) | variants(derived), key=len, reverse=True)
 
     def text(self, text: str) -> str:
         for form in self.forms:

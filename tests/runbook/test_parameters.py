@@ -299,7 +299,9 @@ def test_secret_parameter_is_masked_on_every_output_path(runner, ops_root, tmp_p
             with: {message: "calling with {{ params.token }}"}
           - id: echo
             action: shell
-            with: {command: 'echo "token is $TOKEN"; printf %s "$TOKEN" | base64', env: {TOKEN: "{{ params.token }}"}}
+            with:
+              command: 'echo "token is $TOKEN"; printf %s "$TOKEN" | base64; echo "$LOUD"'
+              env: {TOKEN: "{{ params.token }}", LOUD: "{{ params.token | upper }}"}
           - id: call
             action: http
             with: {url: "{{ params.base }}/hook/{{ params.token | urlencode }}"}
@@ -314,14 +316,14 @@ def test_secret_parameter_is_masked_on_every_output_path(runner, ops_root, tmp_p
     assert run.exit_code == 1 and server.served == 1  # the http step really called with the token
     doc = _json(run)
     call = doc["steps"][2]
-    assert call["status"] == "failed" and "/hook/***" in call["detail"]  # the URL holding the token, masked
-    assert doc["steps"][1]["outputs"]["stdout"] == "token is ***\n***"
+    assert call["status"] == "failed" and "GET *** answered 404" in call["detail"]  # the URL built from the token
+    assert doc["steps"][1]["outputs"]["stdout"] == "token is ***\n***\n***"  # derived values too
     journal = ops_root / ".opsctl" / "runs" / f"{doc['run_id']}.jsonl"
     texts = {"dry-run table": outputs[0].output, "dry-run json": outputs[1].output, "run json and logs": run.output,
              "junit": junit.read_text(), "journal": journal.read_text()}
     assert outputs[0].exit_code == 0 and outputs[1].exit_code == 0
     for where, text in texts.items():
-        for form in _forms(SECRET):
+        for form in _forms(SECRET) + [SECRET.upper()]:
             assert form not in text, (where, form)
     assert "***" in texts["junit"] and "***" in texts["journal"]
     assert stat.S_IMODE(journal.stat().st_mode) == 0o600
