@@ -259,7 +259,12 @@ class Runner:
         return True
 
     def execute(self, done: dict[str, dict] | None = None, start_at: str | None = None) -> RunResult:
-        with masking_logs(self.mask):
+        """Run the steps (from `start_at`, skipping those in `done`). SIGTERM (CI cancelling
+        the job) is taken as Ctrl-C: the running step is cancelled, its shell processes
+        stopped, and the run ends without an `end` record, so `--resume` can continue it."""
+        from opsctl.signals import sigterm_as_interrupt
+
+        with masking_logs(self.mask), sigterm_as_interrupt():
             return self._execute(done, start_at)
 
     def _execute(self, done: dict[str, dict] | None, start_at: str | None) -> RunResult:

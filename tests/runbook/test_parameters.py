@@ -410,3 +410,35 @@ def test_logs_written_during_a_run_mask_the_secrets(capfd):
         setup_logging("text")
     err = capfd.readouterr().err
     assert "/hook/***" in err and quote(SECRET) not in err and "after the run: plain" in err
+
+
+def test_a_cancelled_run_stops_its_shell_step_processes(ops_root):
+    """CI cancels a job with SIGTERM: the running shell step's process group goes with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    token = f"marker-{uuid.uuid4().hex[:8]}"
+    _write(ops_root, "long", 1, f"""\
+        name: long
+        version: 1
+        steps:
+          - id: sleepy
+            action: shell
+            with: {{command: "echo $$ > pid.txt; sleep 30; touch {token}"}}
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "runbook", "run", "long"], cwd=ops_root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid_file = ops_root / "pid.txt"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (pid_file.exists() and pid_file.read_text().strip()):
+        time.sleep(0.05)
+    shell_pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    alive = [p for p in psutil.process_iter(["cmdline", "status"])
+             if token in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert alive == [] and not (psutil.pid_exists(shell_pid)
+                                and psutil.Process(shell_pid).status() != psutil.STATUS_ZOMBIE)
+    assert not (ops_root / token).exists()
