@@ -213,8 +213,10 @@ def deletion_protection(run: OfflineRun) -> list[Violation]:
     rule = "deletion-protection"
     out = [_v(rule, r, "deletion_protection must be True in production")
            for r in run.of_type(RDS) + run.of_type(EKS) if r.inputs.get("deletionProtection") is not True]
+    # a read replica has no final snapshot (RDS refuses one); its data is the primary's
     out += [_v(rule, r, "skip_final_snapshot must be False in production")
-            for r in run.of_type(RDS) if r.inputs.get("skipFinalSnapshot") is not False]
+            for r in run.of_type(RDS) if r.inputs.get("skipFinalSnapshot") is not False
+            and not r.inputs.get("replicateSourceDb")]
     out += [_v(rule, r, "force_destroy must be False in production")
             for r in run.of_type(BUCKET) if r.inputs.get("forceDestroy")]
     return out

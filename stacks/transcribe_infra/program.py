@@ -36,7 +36,7 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -
         identifier=s.db_identifier, subnet_ids=net.private_subnet_ids, security_group_id=net.database_sg_id,
         kms_key_arn=key.key_arn, instance_class=s.db_instance_class, allocated_storage=s.db_allocated_storage,
         multi_az=s.multi_az, deletion_protection=s.deletion_protection,
-        backup_retention_days=s.db_backup_retention_days, tags=tags))
+        backup_retention_days=s.db_backup_retention_days, read_replica=s.read_replica, tags=tags))
     cache = Cache(name, CacheArgs(
         replication_group_id=s.cache_replication_group_id, subnet_ids=net.private_subnet_ids,
         security_group_id=net.cache_sg_id, kms_key_arn=key.key_arn, auth_token=redis_auth_token,
@@ -59,7 +59,9 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -
         subnet_ids=net.private_subnet_ids, security_group_ids=[cluster.security_group_id, net.worker_sg_id],
         kms_key_arn=key.key_arn, instance_types=s.gpu_instance_types, spot=s.gpu_capacity_type == "SPOT",
         max_gpus=s.gpu_max_size, tags=tags))
+    replica = {"databaseReplicaId": db.replica_id} if db.replica_id is not None else {}
     return {
+        **replica,
         "region": pulumi.Output.from_input(s.region),
         "vpcId": net.vpc_id,
         "databaseEndpoint": db.endpoint,

@@ -66,6 +66,11 @@ class StackSettings:
     def multi_az(self) -> bool:
         return self.production
 
+    @property
+    def read_replica(self) -> bool:
+        """A database replica `opsctl failover` can promote."""
+        return self.production
+
     @classmethod
     def from_config(cls) -> "StackSettings":
         cfg = pulumi.Config(PROJECT)

@@ -9,21 +9,26 @@ from transcribe_infra.database import Database, DatabaseArgs
 RDS = "aws:rds/instance:Instance"
 
 
-def build(production: bool, identifier: str = "transcribe-test"):
+def build(production: bool, identifier: str = "transcribe-test", read_replica: bool = False):
     def program():
-        db = Database("db", DatabaseArgs(
+        db = Database("db", DatabaseArgs(read_replica=read_replica, 
             identifier=identifier, subnet_ids=["subnet-a", "subnet-b", "subnet-c"],
             security_group_id="sg-db", kms_key_arn=KEY_ARN, instance_class="db.t4g.medium",
             allocated_storage=50, multi_az=production, deletion_protection=production,
             backup_retention_days=14 if production else 7, tags=TAGS))
         return {"endpoint": db.endpoint, "secret_arn": db.secret_arn, "instance_id": db.instance_id,
-                "address": db.address}
+                "address": db.address, "replica_id": db.replica_id}
     return run_component(program)
 
 
 @pytest.fixture(scope="module")
 def prod():
     return build(True)
+
+
+@pytest.fixture(scope="module")
+def replicated():
+    return build(True, read_replica=True)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +120,21 @@ def test_destroying_a_recreated_stack_again_takes_a_final_snapshot_of_its_own(s3
     with pytest.raises(ClientError, match="DBSnapshotAlreadyExists"):
         lifetime(finals[0])
     rds.delete_db_instance(DBInstanceIdentifier=identifier, SkipFinalSnapshot=True)
+
+
+def test_a_read_replica_failover_can_find_and_promote(replicated, nonprod):
+    assert [r.name for r in nonprod.of_type(RDS)] == ["db-instance"] and nonprod.outputs["replica_id"] is None
+    primary, replica = replicated.one(RDS, "db-instance").inputs, replicated.one(RDS, "db-replica").inputs
+    assert replica["identifier"] == "transcribe-test-replica" == replicated.outputs["replica_id"]
+    assert replica["replicateSourceDb"] == primary["identifier"] == "transcribe-test"
+    assert replica["tags"] == {**TAGS, "Name": "transcribe-test-replica", "opsctl:role": "read-replica",
+                               "opsctl:replica-of": "transcribe-test"}
+    # private, encrypted and protected like the primary, in the primary's parameter group
+    assert (replica["storageEncrypted"], replica["kmsKeyId"], replica["publiclyAccessible"]) == (True, KEY_ARN, False)
+    assert replica["vpcSecurityGroupIds"] == ["sg-db"] and replica["parameterGroupName"] == "db-params"
+    assert replica["deletionProtection"] is True and replica["instanceClass"] == primary["instanceClass"]
+    assert replica["backupRetentionPeriod"] == 14  # promoted, it has point-in-time recovery at once
+    assert replica["skipFinalSnapshot"] is True and "finalSnapshotIdentifier" not in replica
+    assert replica["maintenanceWindow"] != primary["maintenanceWindow"]
+    # what a replica inherits from its source must not be set on it
+    assert not {"engine", "username", "dbName", "manageMasterUserPassword", "allocatedStorage"} & set(replica)

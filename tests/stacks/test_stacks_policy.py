@@ -79,7 +79,7 @@ def test_bucket_without_sse_kms_or_tls_policy(staging):
 
 
 def test_deletion_protection_is_required_in_production_only(production):
-    run = planted(production, policy.RDS, deletionProtection=False)
+    run = planted(production, policy.RDS, "transcribe-production-instance", deletionProtection=False)
     assert messages(run, production=True) == [
         "[deletion-protection] aws:rds/instance:Instance 'transcribe-production-instance': "
         "deletion_protection must be True in production"]
@@ -189,3 +189,13 @@ def test_an_unencrypted_node_class(staging):
     run.one(policy.NODECLASS).inputs["spec"]["blockDeviceMappings"][0]["ebs"]["encrypted"] = False
     assert messages(run) == ["[encryption] kubernetes:karpenter.k8s.aws/v1:EC2NodeClass "
                              "'transcribe-staging-gpu-nodeclass': every EBS volume of the node class must be encrypted"]
+
+
+def test_a_primary_without_a_final_snapshot_in_production_but_never_a_replica(production):
+    run = planted(production, policy.RDS, "transcribe-production-instance", skipFinalSnapshot=True)
+    assert messages(run, production=True) == [
+        "[deletion-protection] aws:rds/instance:Instance 'transcribe-production-instance': "
+        "skip_final_snapshot must be False in production"]
+    replica = production.one(policy.RDS, "transcribe-production-replica").inputs
+    assert replica["skipFinalSnapshot"] is True and replica["replicateSourceDb"] == "transcribe-production"
+    assert messages(production, production=True) == []

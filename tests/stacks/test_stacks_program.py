@@ -37,7 +37,7 @@ def test_nat_per_az_in_production_one_shared_in_staging(staging, production):
 
 
 def test_database_multi_az_and_protected_only_in_production(staging, production):
-    p, s = production.one(RDS).inputs, staging.one(RDS).inputs
+    p, s = production.one(RDS, "transcribe-production-instance").inputs, staging.one(RDS).inputs
     assert (p["multiAz"], p["deletionProtection"], p["backupRetentionPeriod"]) == (True, True, 14)
     assert (s["multiAz"], s["deletionProtection"], s["backupRetentionPeriod"]) == (False, False, 7)
     assert p["identifier"] == "transcribe-production" and p["instanceClass"] == "db.r6g.large"
@@ -185,3 +185,14 @@ def test_the_cluster_api_follows_the_allowed_ranges_of_the_stack_config():
 def test_the_shipped_stacks_keep_the_cluster_api_private(stack, request):
     vpc = request.getfixturevalue(stack).one(EKS).inputs["vpcConfig"]
     assert (vpc["endpointPrivateAccess"], vpc["endpointPublicAccess"]) == (True, False)
+
+
+def test_only_production_gets_a_read_replica_tagged_for_failover(staging, production):
+    assert [r.name for r in staging.of_type(RDS)] == ["transcribe-staging-instance"]
+    assert "databaseReplicaId" not in staging.outputs
+    replica = production.one(RDS, "transcribe-production-replica").inputs
+    assert replica["replicateSourceDb"] == "transcribe-production"
+    assert replica["tags"]["opsctl:replica-of"] == "transcribe-production"
+    assert replica["tags"]["opsctl:role"] == "read-replica"
+    assert replica["deletionProtection"] is True and replica["instanceClass"] == "db.r6g.large"
+    assert production.outputs["databaseReplicaId"] == "transcribe-production-replica"
