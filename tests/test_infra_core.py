@@ -181,4 +181,3 @@ def test_result_rendering_summarises_the_changes():
     assert any("x" * 60 + "… (500 chars; --json shows it whole)" in line for line in lines)
     assert result.changed == 3
     assert to_jsonable(result)["outputs"]["kubeconfig"] == "x" * 500
-
