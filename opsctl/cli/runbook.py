@@ -139,23 +139,32 @@ def run(
 def history(
     name: Annotated[str | None, typer.Argument(help="Only runs of this runbook.")] = None,
     run_id: Annotated[str | None, typer.Option("--run", help="Every journal record of one run.")] = None,
+    env: Annotated[str | None, typer.Option("--env", "-e", help="Runs of this environment; a kubernetes "
+                                            "environment's are read from its backup bucket.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Past runs from the journals under .opsctl/runs/."""
+    """Past runs: from the journals under .opsctl/runs/, or a kubernetes environment's bucket."""
     from opsctl.output import emit
+    from opsctl.runbook import history as remote
     from opsctl.runbook import journal
 
-    root = project().root
+    proj = project()
+    store = remote.for_env(proj, proj.env(env)) if env else None
     if run_id:
-        records = journal.read(root, run_id)
+        records = store.read(run_id) if store else journal.read(proj.root, run_id)
         emit(records, as_json, lambda c: [c.print(r, markup=False) for r in records])
         return
-    rows = journal.summaries(root, name)
+    rows = store.summaries(name) if store else journal.summaries(proj.root, name, env)
 
     def render(console):
         from rich.table import Table
 
-        t = Table("run", "runbook", "env", "started", "status")
+        t = Table()
+        t.add_column("run", no_wrap=True)  # ids and statuses are copied and read whole: never cut
+        t.add_column("runbook", overflow="fold")
+        t.add_column("env", overflow="fold")
+        t.add_column("started", overflow="fold")
+        t.add_column("status", no_wrap=True)
         for r in rows:
             t.add_row(r["run_id"], f"{r['runbook']}@{r['version']}", r["env"], r["started_at"], r["status"])
         console.print(t)

@@ -115,7 +115,17 @@ class Runner:
         self.secret_names = book.secrets()
         self.mask = Masker(params[n] for n in self.secret_names if params.get(n) not in (None, jr.REDACTED))
         self.journal = None if dry_run else jr.new(project.root, self.mask)
+        if self.journal:
+            self._mirror(self.journal)
         self.steps: list[StepOutcome] = []
+
+    def _mirror(self, journal: jr.Journal) -> None:
+        """A kubernetes environment's journals also go to its backup bucket (history.py)."""
+        from opsctl.runbook import history
+
+        store = history.for_env(self.project, self.env)
+        if store is not None:
+            journal.mirror = store.save
 
     def context(self) -> dict:
         steps: Any = {k: {"outputs": v} for k, v in self.outputs.items()}
@@ -309,6 +319,11 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
     """Continue run `run_id` of `book`; secret parameters are asked for again (-p)."""
     from opsctl.runbook.model import coerce
 
+    local = jr.runs_dir(project.root) / f"{jr.check_run_id(run_id)}.jsonl"
+    if not local.exists() and env.platform == "kubernetes":  # a run from CI or a CronJob
+        from opsctl.runbook import history
+
+        history.BucketHistory(project, env).fetch(run_id, local)
     records = jr.read(project.root, run_id)
     head = next((r for r in records if r["type"] == "run"), None)
     if head is None or head["runbook"] != book.name or head["version"] != book.version:
@@ -326,6 +341,7 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
             spec = book.parameters[name]
             params[name] = coerce(book.ref, name, spec.get("type", "string"), given[name], True)
     runner = Runner(project, env, book, params, yes, notify)
-    runner.journal = jr.Journal(jr.runs_dir(project.root) / f"{run_id}.jsonl", runner.mask)
+    runner.journal = jr.Journal(local, runner.mask)
+    runner._mirror(runner.journal)
     runner.journal.write("resume", from_step=from_step, done=sorted(done))
     return runner.execute(done, from_step)

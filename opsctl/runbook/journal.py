@@ -44,8 +44,14 @@ def redact(value: Any, mask: Callable[[Any], Any], key: str = "") -> Any:
 
 @dataclass
 class Journal:
+    """`mirror`, when set, is called with the file after every write (the run history of a
+    kubernetes environment goes to its backup bucket); a failing mirror is logged once and
+    never stops the run."""
+
     path: Path
     mask: Callable[[Any], Any]
+    mirror: Callable[[Path], None] | None = None
+    _mirror_failed: bool = False
 
     @property
     def run_id(self) -> str:
@@ -60,6 +66,18 @@ class Journal:
             handle.write(json.dumps(doc) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        if self.mirror is not None:
+            try:
+                self.mirror(self.path)
+            except Exception as exc:  # history must not fail the operation it records
+                if not self._mirror_failed:
+                    import logging
+
+                    from opsctl.redact import credentials
+
+                    logging.getLogger("opsctl.runbook").warning(
+                        "run %s: journal not stored where the platform is: %s", self.run_id, credentials(str(exc)))
+                self._mirror_failed = True
 
 
 def private_dir(path: Path) -> Path:
@@ -67,6 +85,18 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> Path:
+    """`data` written to `path` whole, 0600 in a 0700 folder."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 
@@ -79,32 +109,57 @@ def new(root: Path, mask: Callable[[Any], Any]) -> Journal:
     return Journal(runs_dir(root) / f"{stamp}-{uuid.uuid4().hex[:6]}.jsonl", mask)
 
 
-def read(root: Path, run_id: str) -> list[dict]:
-    path = runs_dir(root) / f"{run_id}.jsonl"
-    if not path.exists():
-        raise UsageError(f"no run '{run_id}' in {runs_dir(root)}; 'opsctl runbook history' lists them")
+RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it has the form opsctl gives run ids (20261130T014500-a1b2c3), else
+    UsageError: an id from the command line is never used as a path as it is."""
+    if not RUN_ID.match(run_id):
+        raise UsageError(f"'{run_id}' is not a run id (like 20261130T014500-a1b2c3); 'opsctl runbook history' lists them")
+    return run_id
+
+
+def parse(text: str) -> list[dict]:
+    """The records of a journal's text; a last line cut short by a crash ends it."""
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:
-            break  # a line cut short by a crash ends the journal
+            break
     return records
 
 
-def summaries(root: Path, name: str | None = None) -> list[dict]:
-    """One summary per run, newest first."""
+def read(root: Path, run_id: str) -> list[dict]:
+    path = runs_dir(root) / f"{check_run_id(run_id)}.jsonl"
+    if not path.exists():
+        raise UsageError(f"no run '{run_id}' in {runs_dir(root)}; 'opsctl runbook history' lists them")
+    return parse(path.read_text())
+
+
+def summary(run_id: str, records: list[dict]) -> dict | None:
+    """One run's summary (run_id, runbook, version, env, started_at, status, finished_at,
+    steps: {id: status}); None for a journal without its `run` record."""
+    head = next((r for r in records if r["type"] == "run"), None)
+    if head is None:
+        return None
+    end = [r for r in records if r["type"] == "end"]
+    steps = [r for r in records if r["type"] == "step"]
+    return {"run_id": run_id, "runbook": head["runbook"], "version": head["version"],
+            "env": head["env"], "started_at": head["time"],
+            "status": end[-1]["status"] if end else "interrupted",
+            "finished_at": end[-1]["time"] if end else None,
+            "steps": {s["id"]: s["status"] for s in steps}}
+
+
+def summaries(root: Path, name: str | None = None, env: str | None = None) -> list[dict]:
+    """One summary per run journaled on this machine, newest first."""
     out = []
     for path in sorted(runs_dir(root).glob("*.jsonl"), reverse=True) if runs_dir(root).is_dir() else []:
-        records = read(root, path.stem)
-        head = next((r for r in records if r["type"] == "run"), None)
-        if head is None or (name and head["runbook"] != name):
+        if not RUN_ID.match(path.stem):
             continue
-        end = [r for r in records if r["type"] == "end"]
-        steps = [r for r in records if r["type"] == "step"]
-        out.append({"run_id": path.stem, "runbook": head["runbook"], "version": head["version"],
-                    "env": head["env"], "started_at": head["time"],
-                    "status": end[-1]["status"] if end else "interrupted",
-                    "finished_at": end[-1]["time"] if end else None,
-                    "steps": {s["id"]: s["status"] for s in steps}})
+        found = summary(path.stem, parse(path.read_text()))
+        if found and (not name or found["runbook"] == name) and (not env or found["env"] == env):
+            out.append(found)
     return out

@@ -180,7 +180,10 @@ def lone_expression(source: str) -> str | None:
     if len(body) != 1 or not isinstance(body[0], jinja2.nodes.Output) or len(body[0].nodes) != 1 \
             or isinstance(body[0].nodes[0], jinja2.nodes.TemplateData):
         return None
-    return text[2:-2].strip("-+ \t\n")
+    inner = text[2:-2]
+    inner = inner[1:] if inner[:1] in "-+" and inner[1:2].isspace() else inner  # {{- … -}}: whitespace control
+    inner = inner[:-1] if inner[-1:] in "-+" and inner[-2:-1].isspace() else inner
+    return inner.strip()
 
 
 def evaluate(source: str, ctx: Mapping[str, Any]) -> Any:

@@ -1,0 +1,85 @@
+"""Run history where the platform is (issue 23): a kubernetes environment's journals go to
+its backup bucket (S3 over HTTP, moto server), so another machine lists and resumes them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+import yaml
+
+from opsctl.cli import app
+
+pytestmark = pytest.mark.integration
+
+RUNBOOK = """\
+    name: two
+    version: 1
+    steps:
+      - id: one
+        action: shell
+        with: {command: "echo x >> one.txt"}
+      - id: two
+        action: shell
+        with: {command: "test -f go.txt"}
+    """
+
+
+@pytest.fixture
+def staging(ops_root, s3) -> str:
+    """A kubernetes environment whose backup bucket is a fresh bucket of the moto server."""
+    bucket = s3.make_bucket("runs")
+    cfg = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+    cfg["environments"]["staging"] = {"platform": "kubernetes",
+                                      "aws": {"region": "us-east-1", "endpoint_url": s3.endpoint_url},
+                                      "buckets": {"backups": bucket, "audio": bucket}}
+    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
+    path = ops_root / "runbooks" / "two" / "v1.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(dedent(RUNBOOK))
+    return bucket
+
+
+def test_a_run_on_a_kubernetes_environment_is_listed_and_resumed_from_its_bucket(runner, ops_root, staging, s3):
+    first = runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--json"])
+    assert first.exit_code == 1, first.output
+    run_id = json.loads(first.stdout)["run_id"]
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=staging).get("Contents", [])]
+    assert keys == [f"runbook-runs/{run_id}.jsonl"]
+
+    shutil.rmtree(ops_root / ".opsctl" / "runs")  # another machine: no local journal
+    listed = runner.invoke(app, ["runbook", "history", "--env", "staging", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.stdout)
+    assert row["run_id"] == run_id and row["status"] == "failed" and row["steps"] == {"one": "ok", "two": "failed"}
+    records = json.loads(runner.invoke(app, ["runbook", "history", "--env", "staging", "--run", run_id,
+                                             "--json"]).stdout)
+    assert [r["type"] for r in records] == ["run", "step", "step", "end"]
+
+    (ops_root / "go.txt").write_text("")
+    resumed = runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--resume", run_id, "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [(s["id"], s["status"]) for s in json.loads(resumed.stdout)["steps"]] == [("one", "done-before"),
+                                                                                     ("two", "ok")]
+    assert (ops_root / "one.txt").read_text() == "x\n"  # not repeated
+    local = ops_root / ".opsctl" / "runs" / f"{run_id}.jsonl"
+    assert stat.S_IMODE(local.stat().st_mode) == 0o600
+    after = json.loads(runner.invoke(app, ["runbook", "history", "--env", "staging", "--json"]).stdout)
+    assert after[0]["status"] == "succeeded"
+
+
+def test_local_runs_stay_on_this_machine(runner, ops_root, staging, s3):
+    result = runner.invoke(app, ["runbook", "run", "two", "--json"])
+    assert result.exit_code == 1
+    assert s3.client().list_objects_v2(Bucket=staging).get("KeyCount", 0) == 0
+    assert json.loads(runner.invoke(app, ["runbook", "history", "--env", "local", "--json"]).stdout)[0]["env"] == "local"
+
+
+@pytest.mark.parametrize("run_id", ["../../etc/passwd", "20261130T014500-zzzzzz", "x"])
+def test_a_run_id_that_is_not_one_is_refused(runner, ops_root, run_id):
+    result = runner.invoke(app, ["runbook", "history", "--run", run_id])
+    assert result.exit_code == 2 and "is not a run id" in result.output and result.output.count("\n") == 1
