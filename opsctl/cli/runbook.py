@@ -131,7 +131,7 @@ def run(
         report.write_junit(result, junit)
     emit(result, as_json, lambda c: c.print(f"{result.runbook}: [bold]{result.status}[/bold]"
                                             + (f" (run {result.run_id})" if result.run_id else "")))
-    if result.status == "failed":
+    if result.status == engine.RunStatus.FAILED:
         raise typer.Exit(1)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import enum
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -37,10 +38,29 @@ from opsctl.runbook.secrets import Masker, masking_logs
 STOP_GRACE = 10.0  # seconds a cancelled action has to end before the step gives up on it
 
 
+class StepStatus(enum.StrEnum):
+    """What became of a step (journal, --json, JUnit and the step table use these values)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # its `when` was false
+    DONE_BEFORE = "done-before"  # finished in the run being resumed
+    PLANNED = "planned"  # dry run
+
+
+class RunStatus(enum.StrEnum):
+    """The outcome of a run; only FAILED exits 1."""
+
+    SUCCEEDED = "succeeded"
+    SUCCEEDED_WITH_FAILURES = "succeeded with failures"  # a step with on_failure: continue failed
+    FAILED = "failed"
+    PLANNED = "planned"
+
+
 @dataclass
 class StepOutcome:
     id: str
-    status: str  # ok | failed | skipped | done-before | planned
+    status: StepStatus
     attempts: int = 0
     seconds: float = 0.0
     detail: str = ""
@@ -51,7 +71,7 @@ class StepOutcome:
 class RunResult:
     run_id: str | None
     runbook: str
-    status: str  # succeeded | succeeded with failures | failed | planned
+    status: RunStatus
     steps: list[StepOutcome]
 
 
@@ -217,14 +237,14 @@ class Runner:
         ctx = self.context()
         try:
             if "when" in step and not _truthy(_render(step["when"], ctx)):
-                self._record(StepOutcome(step["id"], "skipped", detail=f"when: {step['when']}"))
+                self._record(StepOutcome(step["id"], StepStatus.SKIPPED, detail=f"when: {step['when']}"))
                 return True
             inputs = _render(step.get("with", {}), ctx)
             approval = step.get("approval")
             wanted = approval and _truthy(_render(approval.get("when", "true"), ctx))
             question = str(_render(approval["message"], ctx)) if wanted else ""
         except jinja2.TemplateError as exc:
-            self._record(StepOutcome(step["id"], "failed", detail=f"template: {exc}"))
+            self._record(StepOutcome(step["id"], StepStatus.FAILED, detail=f"template: {exc}"))
             return False
         misfits = self._misfits(step, inputs)
         shown = self._shown(step, inputs)  # also registers values derived from secrets with the masker
@@ -232,10 +252,10 @@ class Runner:
             detail = f"{step['action']} {shown}" + (" (needs approval)" if approval else "")
             if misfits:
                 detail += "; " + "; ".join(misfits)
-            self._record(StepOutcome(step["id"], "planned", detail=detail))
+            self._record(StepOutcome(step["id"], StepStatus.PLANNED, detail=detail))
             return True
         if misfits:
-            self._record(StepOutcome(step["id"], "failed", detail="; ".join(misfits)), inputs=shown)
+            self._record(StepOutcome(step["id"], StepStatus.FAILED, detail="; ".join(misfits)), inputs=shown)
             return False
         if wanted:
             from opsctl.approval import confirm
@@ -259,11 +279,11 @@ class Runner:
         except UsageError as exc:
             raise UsageError(self.mask(str(exc))) from None
         except Exception as exc:  # any failure of the action is the step's failure
-            self._record(StepOutcome(step["id"], "failed", attempts, round(time.monotonic() - began, 2),
+            self._record(StepOutcome(step["id"], StepStatus.FAILED, attempts, round(time.monotonic() - began, 2),
                                      str(exc) or type(exc).__name__), inputs=shown)
             return False
         self.outputs[step["id"]] = outputs
-        self._record(StepOutcome(step["id"], "ok", attempts, round(time.monotonic() - began, 2),
+        self._record(StepOutcome(step["id"], StepStatus.OK, attempts, round(time.monotonic() - began, 2),
                                  "succeeded on attempt %d" % attempts if attempts > 1 else "", outputs),
                      inputs=shown)
         return True
@@ -285,7 +305,7 @@ class Runner:
             params = {k: jr.REDACTED if k in self.secret_names else v for k, v in self.params.items()}
             self.journal.write("run", runbook=self.book.name, version=self.book.version, env=self.env.name,
                                hash=digest(self.book.path), params=params)
-        status = "succeeded"
+        status = RunStatus.SUCCEEDED
         started = start_at is None
         for step in self.book.steps:
             sid = step["id"]
@@ -295,23 +315,23 @@ class Runner:
             if not started or (sid in done and start_at != sid):
                 if sid in done:
                     self.outputs[sid] = done[sid]
-                    self.steps.append(StepOutcome(sid, "done-before", outputs=self.mask(done[sid])))
+                    self.steps.append(StepOutcome(sid, StepStatus.DONE_BEFORE, outputs=self.mask(done[sid])))
                     self._notify(self.steps[-1])
                 continue
             if self.run_step(step):
                 continue
             route = step.get("on_failure", "abort")
             if route == "continue":
-                status = "succeeded with failures"
+                status = RunStatus.SUCCEEDED_WITH_FAILURES
                 continue
             for handler in route if isinstance(route, list) else []:
                 self.run_step(by_id[handler])
-            status = "failed"
+            status = RunStatus.FAILED
             break
         if self.journal:
             self.journal.write("end", status=status)
         return RunResult(self.journal.run_id if self.journal else None, self.book.ref,
-                         "planned" if self.dry_run else status, self.steps)
+                         RunStatus.PLANNED if self.dry_run else status, self.steps)
 
 
 def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: bool,
@@ -332,7 +352,7 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
         raise UsageError(f"{book.ref} changed since run {run_id}; resume needs the very same runbook")
     if from_step and from_step not in {s["id"] for s in book.steps}:
         raise UsageError(f"--from-step {from_step}: {book.ref} has no such step")
-    done = {r["id"]: r.get("outputs", {}) for r in records if r["type"] == "step" and r["status"] in ("ok", "skipped")}
+    done = {r["id"]: r.get("outputs", {}) for r in records if r["type"] == "step" and r["status"] in (StepStatus.OK, StepStatus.SKIPPED)}
     params = dict(head["params"])
     for name in book.secrets():  # secrets are never journaled: ask for them again
         if params.get(name) == jr.REDACTED:

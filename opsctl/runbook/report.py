@@ -17,15 +17,17 @@ from opsctl.redact import credentials
 def write_junit(result, path: str) -> Path:
     """Write `result` (engine.RunResult) to `path`: failed steps as <failure>, skipped,
     done-before and planned ones as <skipped>; times in seconds. Returns the path."""
+    from opsctl.runbook.engine import StepStatus
+
     suite = TestSuite(result.runbook)
     for step in result.steps:
         case = TestCase(step.id, result.runbook, float(step.seconds))
-        if step.status == "failed":
+        if step.status == StepStatus.FAILED:
             detail = credentials(step.detail)
             failure = Failure(detail[:500])
             failure.text = detail
             case.result = [failure]
-        elif step.status in ("skipped", "done-before", "planned"):
+        elif step.status in (StepStatus.SKIPPED, StepStatus.DONE_BEFORE, StepStatus.PLANNED):
             case.result = [Skipped(step.status)]
         suite.add_testcase(case)
     suite.update_statistics()
