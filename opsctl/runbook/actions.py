@@ -69,6 +69,9 @@ def _record(record) -> dict:
 @action("deploy")
 def deploy(ctx: Context, image: str, strategy: str | None = None, set: dict | None = None,
            auto_promote: bool = True, analysis: bool = True, wait: bool = True) -> dict:
+    """A blue-green (or rolling) deploy of `image` (NAME:TAG) with `set` as KEY=VALUE settings;
+    waits for the scale-down unless `wait` is false. Outputs: the deploy record (id,
+    version, to_color, from_color, from_version, outcome, reason)."""
     from opsctl.deploy import bluegreen
     from opsctl.deploy.model import Release
 
@@ -84,6 +87,8 @@ def deploy(ctx: Context, image: str, strategy: str | None = None, set: dict | No
 
 @action("promote")
 def promote(ctx: Context) -> dict:
+    """Promote the preview color of a deploy started with auto_promote false. Outputs: the
+    deploy record."""
     from opsctl.deploy import bluegreen
 
     return _record(bluegreen.promote(_driver(ctx), ctx.env, bluegreen.Options()))
@@ -91,6 +96,7 @@ def promote(ctx: Context) -> dict:
 
 @action("rollback")
 def rollback(ctx: Context, to: str | None = None) -> dict:
+    """Switch back to the previous color, or to version `to`. Outputs: the deploy record."""
     from opsctl.deploy import bluegreen
     from opsctl.deploy import rollback as rb
 
@@ -99,6 +105,8 @@ def rollback(ctx: Context, to: str | None = None) -> dict:
 
 @action("deploy-status")
 def deploy_status(ctx: Context) -> dict:
+    """What serves now. Outputs: active_color, version (of the active color), deploys (the last
+    5 records)."""
     from opsctl.deploy import rollback as rb
 
     doc = to_jsonable(rb.status(_driver(ctx), last=5))
@@ -117,6 +125,8 @@ def wait(ctx: Context, seconds: float) -> dict:
 
 @action("approve")
 def approve(ctx: Context, message: str) -> dict:
+    """Ask for approval of `message` (opsctl.approval.confirm): --yes or a person at a
+    terminal. Outputs: approved."""
     from opsctl.approval import confirm
 
     confirm(ctx.mask(message), ctx.yes)
@@ -126,6 +136,8 @@ def approve(ctx: Context, message: str) -> dict:
 @action("http")
 def http(ctx: Context, url: str, method: str = "GET", expect_status: int | list = 200,
          json: Any = None, headers: dict | None = None, timeout: float = 30) -> dict:
+    """One HTTP request; fails unless the status is `expect_status` (one or a list). `timeout`
+    in seconds. Outputs: status, body (JSON, or the first 2000 characters of text)."""
     resp = httpx.request(method, url, json=json, headers=headers, timeout=timeout)
     wanted = expect_status if isinstance(expect_status, list) else [expect_status]
     if resp.status_code not in wanted:
@@ -259,6 +271,8 @@ def health(ctx: Context, checks: list | str | None = None, skip: list | str | No
 
 @action("backup")
 def backup(ctx: Context, type: str = "full", label: str | None = None, compress_level: int | None = None) -> dict:
+    """A backup (`type`: full, db, redis or files) with an optional label. Outputs: id,
+    components, raw_bytes, stored_bytes, ratio, seconds, pruned."""
     from opsctl.backup.create import create
 
     result = to_jsonable(create(ctx.project, ctx.env, type, compress_level, label=label))
@@ -267,6 +281,8 @@ def backup(ctx: Context, type: str = "full", label: str | None = None, compress_
 
 @action("verify")
 def verify(ctx: Context, id: str, restore_test: bool = False) -> dict:
+    """Verify backup `id` (checksums, MAC; with restore_test a restore into a scratch
+    database). Fails when it does not verify. Outputs: the verify result."""
     from opsctl.backup.verify import verify as check
 
     result = check(ctx.project, ctx.env, id, restore_test)
@@ -278,6 +294,8 @@ def verify(ctx: Context, id: str, restore_test: bool = False) -> dict:
 @action("prune")
 def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,
           keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> dict:
+    """Apply retention (the environment's rules, or the keep_* given); `dry_run` lists without
+    removing. Outputs: removed, kept, dry_run."""
     from opsctl.backup import retention
 
     repo, rules = retention.repository_and_rules(ctx.project, ctx.env, keep_last, keep_daily, keep_weekly, keep_monthly)

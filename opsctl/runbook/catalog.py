@@ -28,10 +28,12 @@ FILE = re.compile(r"^v(\d+)\.ya?ml$")
 
 
 def folder(root: Path) -> Path:
+    """The runbooks folder of the ops root `root`."""
     return root / "runbooks"
 
 
 def versions(root: Path, name: str) -> dict[int, Path]:
+    """Version number -> file of runbook `name`, oldest first (empty when there is none)."""
     base = folder(root) / name
     found = {}
     for path in base.glob("v*.y*ml") if base.is_dir() else []:
@@ -42,15 +44,18 @@ def versions(root: Path, name: str) -> dict[int, Path]:
 
 
 def names(root: Path) -> list[str]:
+    """The names of the runbooks that have at least one version file, sorted."""
     base = folder(root)
     return sorted(p.name for p in base.iterdir() if p.is_dir() and versions(root, p.name)) if base.is_dir() else []
 
 
 def digest(path: Path) -> str:
+    """The lock's pin of a file: "sha256:" and the hex SHA-256 of its bytes."""
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def lock(root: Path) -> dict[str, str]:
+    """runbooks/lock.json as {NAME@N: digest}; empty when nothing is published."""
     path = folder(root) / "lock.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -121,6 +126,8 @@ def _next(root: Path, name: str) -> int:
 
 
 def publish(root: Path, ref: str, actions: Mapping[str, Callable]) -> tuple[str, str]:
+    """Pin `ref` (NAME@N, valid in every way) in the lock; UsageError when already published.
+    Returns (NAME@N, digest)."""
     path = locate(root, ref)
     book = load(root, ref, actions)
     pins = lock(root)

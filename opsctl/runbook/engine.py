@@ -59,6 +59,8 @@ class RunStatus(enum.StrEnum):
 
 @dataclass
 class StepOutcome:
+    """One step's result: status, attempts made, seconds (wall time of all attempts), detail
+    (masked) and outputs (masked)."""
     id: str
     status: StepStatus
     attempts: int = 0
@@ -69,6 +71,8 @@ class StepOutcome:
 
 @dataclass
 class RunResult:
+    """A run's result: its id (None for a dry run), NAME@N, status and the step outcomes in
+    order."""
     run_id: str | None
     runbook: str
     status: RunStatus
@@ -126,6 +130,8 @@ def _has_placeholder(value: Any) -> bool:
 
 
 class Runner:
+    """Runs one runbook with resolved parameters in an environment; `notify` is called with
+    each step outcome (the live table), `dry_run` plans without side effects or journal."""
     def __init__(self, project: Project, env: Environment, book: Runbook, params: dict,
                  yes: bool = False, notify: Notify | None = None, dry_run: bool = False):
         self.project, self.env, self.book, self.params = project, env, book, params
@@ -148,6 +154,8 @@ class Runner:
             journal.mirror = store.save
 
     def context(self) -> dict:
+        """The template context: params, steps (outputs of finished steps; placeholders in a
+        dry run), run (id) and env."""
         steps: Any = {k: {"outputs": v} for k, v in self.outputs.items()}
         if self.dry_run:
             steps = {s["id"]: steps.get(s["id"]) or {"outputs": Placeholder(f"steps.{s['id']}.outputs")}
@@ -234,6 +242,9 @@ class Runner:
         return found
 
     def run_step(self, step: dict) -> bool:
+        """Run (or plan) one step: condition, rendering, type check, approval, attempts.
+        Records the outcome; returns False when the step failed. Raises UsageError when
+        approval is refused."""
         ctx = self.context()
         try:
             if "when" in step and not _truthy(_render(step["when"], ctx)):

@@ -33,6 +33,7 @@ class BucketHistory:
 
     @property
     def s3(self):
+        """The S3 client of the environment (created on first use)."""
         if self._client is None:
             self._client = self._endpoints.s3_client()
         return self._client

@@ -26,6 +26,7 @@ REDACTED = "***"
 
 
 def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -55,9 +56,12 @@ class Journal:
 
     @property
     def run_id(self) -> str:
+        """The run id: the journal file's name without .jsonl."""
         return self.path.stem
 
     def write(self, kind: str, **fields: Any) -> None:
+        """Append one record (`kind` and fields, masked), fsynced, to the 0600 journal; then
+        mirror it when a mirror is set."""
         doc = redact(to_jsonable({"type": kind, "time": now(), **fields}), self.mask)
         private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -101,10 +105,12 @@ def write_private(path: Path, data: bytes) -> Path:
 
 
 def runs_dir(root: Path) -> Path:
+    """Where this machine keeps its journals: <root>/.opsctl/runs."""
     return root / ".opsctl" / "runs"
 
 
 def new(root: Path, mask: Callable[[Any], Any]) -> Journal:
+    """A journal for a new run, named <UTC time>-<6 hex digits>; nothing is written yet."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return Journal(runs_dir(root) / f"{stamp}-{uuid.uuid4().hex[:6]}.jsonl", mask)
 
@@ -132,6 +138,8 @@ def parse(text: str) -> list[dict]:
 
 
 def read(root: Path, run_id: str) -> list[dict]:
+    """The records of run `run_id` on this machine; UsageError for a malformed id or an unknown
+    run."""
     path = runs_dir(root) / f"{check_run_id(run_id)}.jsonl"
     if not path.exists():
         raise UsageError(f"no run '{run_id}' in {runs_dir(root)}; 'opsctl runbook history' lists them")

@@ -70,28 +70,34 @@ class Problem:
 
 @dataclass
 class Runbook:
+    """A parsed runbook file: its document and the line of every key (for file:line problems)."""
     path: Path
     doc: dict
     lines: dict[tuple, int] = field(repr=False, default_factory=dict)
 
     @property
     def name(self) -> str:
+        """The runbook's name (its folder under runbooks/)."""
         return self.doc["name"]
 
     @property
     def version(self) -> int:
+        """The version number (the N of vN.yaml)."""
         return self.doc["version"]
 
     @property
     def ref(self) -> str:
+        """NAME@VERSION."""
         return f"{self.name}@{self.version}"
 
     @property
     def steps(self) -> list[dict]:
+        """The steps as written, in order."""
         return self.doc["steps"]
 
     @property
     def parameters(self) -> dict[str, dict]:
+        """Declared parameters: name -> {type, default, required, secret, description}."""
         return self.doc.get("parameters") or {}
 
     @property
@@ -108,6 +114,7 @@ class Runbook:
         return {t for s in self.steps if isinstance(s.get("on_failure"), list) for t in s["on_failure"]}
 
     def line(self, *path: Any) -> int:
+        """The line of the key at `path` (or of its nearest parent that has one)."""
         for cut in range(len(path), -1, -1):
             if tuple(path[:cut]) in self.lines:
                 return self.lines[tuple(path[:cut])]
@@ -127,6 +134,7 @@ def _lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
 
 
 def schema() -> dict:
+    """The runbook JSON Schema shipped in opsctl/runbook/schema.json."""
     return json.loads(resources.files("opsctl.runbook").joinpath("schema.json").read_text())
 
 

@@ -50,6 +50,7 @@ class Masker:
             self.forms = sorted(set(self.forms) | variants(derived), key=len, reverse=True)
 
     def text(self, text: str) -> str:
+        """`text` with every secret form masked, then credentials in URLs and conninfo."""
         for form in self.forms:
             text = text.replace(form, MASK)
         return credentials(text)
@@ -72,6 +73,7 @@ class LogMask(logging.Filter):
         self.masker = masker
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Mask the record's message (and fields) in place; always keeps the record."""
         record.msg, record.args = self.masker.text(record.getMessage()), None
         if hasattr(record, "fields"):
             record.fields = self.masker(record.fields)
