@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from locust import FastHttpUser, between, task
 
+from common import request_headers
+
 
 class AdminUser(FastHttpUser):
+    default_headers = request_headers()  # no-cache, and the API key when one is set
     wait_time = between(0.5, 1.5)
     weight = 1
 

@@ -5,6 +5,12 @@ the load is real speech the model has to decode. Each upload gets a few random s
 frames appended: new bytes, so the worker's SHA-256 transcript store misses and every
 request costs a real transcription instead of a cache hit. Set LOADTEST_AUDIO_DIR to use
 other recordings (the Kubernetes manifests mount them there).
+
+Every request carries `Cache-Control: no-cache` (the worker then runs the model even for
+audio it has stored: a load test measures the model, not the transcript store) and, when
+a key is set, `Authorization: Bearer KEY`. The key comes from $LOADTEST_API_KEY, else from
+$OPSCTL_WORKER_API_KEY (deploy.api_key_env's default); opsctl sets it from the variable its
+environment names, so plain `locust -f` and `opsctl loadtest run` send the same headers.
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ def _recording(size: str) -> tuple[wave._wave_params, bytes]:
     path = AUDIO_DIR / SAMPLES[size]
     with wave.open(str(path)) as src:
         return src.getparams(), src.readframes(src.getnframes())
+
+
+def request_headers() -> dict[str, str]:
+    """The headers every user sends (FastHttpUser.default_headers)."""
+    headers = {"Cache-Control": "no-cache"}
+    key = os.environ.get("LOADTEST_API_KEY") or os.environ.get("OPSCTL_WORKER_API_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
 
 
 def unique_wav(size: str) -> bytes:

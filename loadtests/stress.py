@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from locust import FastHttpUser, between, task
 
-from common import transcription_form
+from common import request_headers, transcription_form
 
 
 class StressUser(FastHttpUser):
+    default_headers = request_headers()  # no-cache, and the API key when one is set
     wait_time = between(0, 0.1)
     weight = 1
     network_timeout = 120.0

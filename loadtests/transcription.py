@@ -13,10 +13,11 @@ import time
 import gevent
 from locust import FastHttpUser, between, task
 
-from common import JOB_TIMEOUT_S, POLL_INTERVAL_S, transcription_form
+from common import JOB_TIMEOUT_S, POLL_INTERVAL_S, request_headers, transcription_form
 
 
 class TranscriptionUser(FastHttpUser):
+    default_headers = request_headers()  # no-cache, and the API key when one is set
     wait_time = between(1, 3)
     weight = 3
     network_timeout = 180.0

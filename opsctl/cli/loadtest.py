@@ -29,27 +29,30 @@ def run(
     locustfile: Annotated[str | None, typer.Option("--locustfile", help="Another locustfile (default: loadtests/locustfile.py).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a load profile against an environment; exit 1 when an SLO gate is breached."""
+    """Run a load profile against an environment; exit 1 when an SLO gate is breached.
+
+    Latency gates judge successful requests only, exact to the millisecond; rps counts
+    successful requests per second; a latency or rps gate with no successful request fails."""
     from opsctl.errors import Interrupted, OperationFailed
-    from opsctl.loadtest import history, live, plan, runner
+    from opsctl.loadtest import live
+    from opsctl.loadtest.operation import load_test
     from opsctl.output import emit, stderr
 
     proj, envcfg = environment(env)
-    the_plan = plan.make(proj, envcfg, profile, users=users, spawn_rate=spawn_rate, duration=duration,
-                         slo_text=slo, host=host, workers=workers, abort_on_fail=abort_on_fail, html=html,
-                         csv_prefix=csv, junit=junit, locustfile=locustfile, classes=classes)
-    title = f"loadtest {the_plan.profile} → {the_plan.host} ({the_plan.users} users" + (
-        f", {the_plan.workers} workers)" if the_plan.workers else ")")
-    with live.live_view(stderr, title) as on_tick:
-        summary = runner.run(the_plan, on_tick=on_tick)
-    saved = history.save(proj, summary)
-    emit(summary, as_json, lambda c: live.render_run(summary, c))
-    if summary.aborted_by == runner.INTERRUPTED:
-        raise Interrupted(f"interrupted after {summary.run_seconds:.0f} s; the partial run is saved as "
-                          f"{saved.stem} (marked not passed)")
-    if not summary.passed:
-        lost = "; ".join(g.describe() for g in summary.breached)
-        raise OperationFailed(f"SLO breached: {lost}" + (" (stopped early)" if summary.aborted_by else ""))
+
+    def view(the_plan):
+        title = f"loadtest {the_plan.profile} → {the_plan.host} ({the_plan.users} users" + (
+            f", {the_plan.workers} workers)" if the_plan.workers else ")")
+        return live.live_view(stderr, title)
+
+    outcome = load_test(proj, envcfg, profile, users=users, spawn_rate=spawn_rate, duration=duration, slo=slo,
+                        host=host, workers=workers, abort_on_fail=abort_on_fail, classes=classes,
+                        locustfile=locustfile, html=html, csv=csv, junit=junit, live=view)
+    emit(outcome.summary, as_json, lambda c: live.render_run(outcome.summary, c))
+    if outcome.interrupted:
+        raise Interrupted(outcome.verdict())
+    if not outcome.passed:
+        raise OperationFailed(outcome.verdict())
 
 
 @app.command("list")

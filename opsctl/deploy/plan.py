@@ -60,20 +60,18 @@ def backup_hook(project, env: Environment) -> Callable[[], str]:
 
 
 def load_gate(project, env: Environment, slo: str, duration: str = "10s", users: int = 2) -> Callable:
-    """A short Locust run against the preview color, judged by `slo` (pre-promotion)."""
-    from opsctl.loadtest import plan as lt_plan
+    """A short Locust run against the preview color, judged by `slo` (pre-promotion), through
+    the load-test capability's one operation (opsctl.loadtest.operation.load_test)."""
+    from opsctl.loadtest.operation import prepare
 
-    lt_plan.make(project, env, "light", users=users, duration=duration, slo_text=slo, check=False)  # bad input now
+    prepare(project, env, "light", users=users, duration=duration, slo=slo, check=False)  # bad input now
 
     def gate(url: str):
         from opsctl.deploy.analysis import Verdict
-        from opsctl.loadtest import history, runner
+        from opsctl.loadtest.operation import load_test
 
-        summary = runner.run(lt_plan.make(project, env, "light", users=users, duration=duration,
-                                          slo_text=slo, host=url))
-        history.save(project, summary)
-        lost = "; ".join(g.describe() for g in summary.breached)
-        return Verdict(summary.passed, f"{summary.total.requests} requests, "
-                                       + (f"SLO breached: {lost}" if lost else f"SLO met: {slo}"))
+        outcome = load_test(project, env, "light", users=users, duration=duration, slo=slo, host=url)
+        return Verdict(outcome.passed, outcome.verdict() if not outcome.passed
+                       else f"{outcome.summary.total.requests} requests, SLO met: {slo}")
 
     return gate

@@ -1,7 +1,9 @@
 """Compare two runs endpoint by endpoint and flag regressions against thresholds.
 
 Thresholds are relative for latency and throughput (a p95 25% slower) and absolute for the
-error rate (2 percentage points more), which is how people read those numbers. Endpoints
+error rate (2 percentage points more), which is how people read those numbers. The figures
+compared are the ones each run stored (exact latencies of successful requests, throughput of
+successful requests), the very ones its gates judged. Endpoints
 with too few requests in either run are shown but never flagged: their percentiles are noise.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from opsctl.loadtest.slo import fmt
 from opsctl.loadtest.summary import EndpointStats, RunSummary
 
 
@@ -41,8 +44,9 @@ class Comparison:
         return [f"{r.endpoint}: {why}" for r in self.rows for why in r.regressions]
 
 
-def _pct(before: float, after: float) -> float | None:
-    return None if not before else round((after - before) / before * 100, 1)
+def _pct(before: float | None, after: float | None) -> float | None:
+    """Percent change; None when either side has no figure (no successful request)."""
+    return None if not before or after is None else round((after - before) / before * 100, 1)
 
 
 def _row(key: str, a: EndpointStats | None, b: EndpointStats | None, t: Thresholds) -> Row:
@@ -52,15 +56,15 @@ def _row(key: str, a: EndpointStats | None, b: EndpointStats | None, t: Threshol
     for metric in ("p50_ms", "p95_ms", "p99_ms"):
         row.changes[metric] = change = _pct(getattr(a, metric), getattr(b, metric))
         if change is not None and change > t.latency_pct:
-            row.regressions.append(f"{metric[:-3]} {getattr(a, metric):.0f} -> {getattr(b, metric):.0f} ms "
+            row.regressions.append(f"{metric[:-3]} {fmt(getattr(a, metric), 'ms')} -> {fmt(getattr(b, metric), 'ms')} "
                                    f"(+{change:.0f}% > {t.latency_pct:g}%)")
     row.changes["error_rate"] = delta = round(b.error_rate - a.error_rate, 3)
     if delta > t.error_rate_pp:
-        row.regressions.append(f"error rate {a.error_rate:.2f}% -> {b.error_rate:.2f}% "
+        row.regressions.append(f"error rate {fmt(a.error_rate, '%')} -> {fmt(b.error_rate, '%')} "
                                f"(+{delta:.2f} pp > {t.error_rate_pp:g} pp)")
     row.changes["rps"] = change = _pct(a.rps, b.rps)
     if change is not None and -change > t.rps_pct:
-        row.regressions.append(f"rps {a.rps:.2f} -> {b.rps:.2f} ({change:.0f}% < -{t.rps_pct:g}%)")
+        row.regressions.append(f"rps {fmt(a.rps, '')} -> {fmt(b.rps, '')} ({change:.0f}% < -{t.rps_pct:g}%)")
     if min(a.requests, b.requests) < t.min_requests:
         row.regressions.clear()  # too few samples to call it
     return row

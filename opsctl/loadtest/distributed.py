@@ -2,7 +2,10 @@
 processes (opsctl.loadtest.worker) connect to it over 127.0.0.1.
 
 Python runs one core per process; workers are how one machine's cores all generate load.
-The master never runs users: it dispatches them and aggregates the workers' reports.
+The master never runs users: it dispatches them and aggregates the workers' reports. Each
+worker adds its exact latencies since its previous report to Locust's stats report
+(`report_to_master`); the master adds them up (`worker_report`), so a distributed run's
+gates judge the same exact values as an in-process run's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from opsctl.errors import OperationFailed
+from opsctl.loadtest.latencies import REPORT_KEY, Recorder
 from opsctl.loadtest.summary import WorkerCount
 
 HOST = "127.0.0.1"
@@ -23,17 +27,20 @@ HOST = "127.0.0.1"
 class Workers:
     """The worker processes of one run, and what the master heard from each."""
 
-    def __init__(self, environment: Any, count: int, locustfile: Path, logdir: Path):
+    def __init__(self, environment: Any, count: int, locustfile: Path, logdir: Path, recorder: Recorder,
+                 api_key: str | None = None):
         from opsctl.local.procs import free_port
 
-        self.environment, self.count, self.logdir = environment, count, logdir
+        self.environment, self.count, self.logdir, self.recorder = environment, count, logdir, recorder
         self.port = free_port()
         self.runner = environment.create_master_runner(master_bind_host=HOST, master_bind_port=self.port)
         self.received: dict[str, int] = {}
         self.final: dict[str, dict] = {}
         environment.events.worker_report.add_listener(self._on_report)
         self.runner.register_message("opsctl_final", self._on_final)
-        env = {k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"}
+        env = {k: v for k, v in os.environ.items() if k not in ("LOCUST_SKIP_MONKEY_PATCH", "LOADTEST_API_KEY")}
+        if api_key:  # in the environment, never on a command line
+            env["LOADTEST_API_KEY"] = api_key
         logdir.mkdir(parents=True, exist_ok=True)
         self.procs: list[tuple[subprocess.Popen, Path]] = []
         for i in range(count):
@@ -48,6 +55,7 @@ class Workers:
 
     def _on_report(self, client_id: str, data: dict, **_kw) -> None:
         self.received[client_id] = self.received.get(client_id, 0) + data["stats_total"]["num_requests"]
+        self.recorder.absorb(data.get(REPORT_KEY, []))  # the exact latencies counted since its last report
 
     def _on_final(self, environment: Any, msg: Any, **_kw) -> None:
         self.final[msg.node_id] = msg.data

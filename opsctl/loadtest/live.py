@@ -10,11 +10,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from opsctl.loadtest.compare import Comparison
 from opsctl.loadtest.runner import Tick
+from opsctl.loadtest.slo import fmt
 from opsctl.loadtest.summary import RunSummary
 
 LINE_EVERY_S = 10.0
@@ -62,27 +64,58 @@ def live_view(console: Console, title: str, quiet: bool = False) -> Iterator[Cal
         live.stop()
 
 
+def _lat(value: float | None) -> str:
+    """A stored latency in full (ms, exact); '-' when no request succeeded."""
+    return "-" if value is None else fmt(value, "")
+
+
+def _table(*columns: str, title: str | None = None, first: str = "endpoint", fold_first: bool = True) -> Table:
+    """Readable at 80 columns and without a TTY: figures, ids and statuses are never cut
+    (no_wrap, their full width reserved, one space between columns); only a first column
+    holding a name (an endpoint, a gate) folds onto more lines when space runs out."""
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+              padding=(0, 1), collapse_padding=True)
+    if fold_first:
+        t.add_column(first, overflow="fold", ratio=1)
+    else:
+        t.add_column(first, no_wrap=True, overflow="ignore")
+    for col in columns:
+        t.add_column(col, justify="right", no_wrap=True, overflow="ignore")
+    return t
+
+
+def _fit(t: Table, rows: list[list[str]]) -> Table:
+    """Reserve each unfolded column's full width, so Rich shrinks only the folding one."""
+    for i, column in enumerate(t.columns):
+        if column.no_wrap:
+            column.min_width = max([len(str(column.header)), *(len(r[i]) for r in rows)])
+    return t
+
+
 def render_run(summary: RunSummary, console: Console) -> None:
-    t = Table(title=f"run {summary.id}: {summary.profile} on {summary.host}", title_justify="left")
-    t.add_column("endpoint", no_wrap=True, min_width=24)
-    for col in ("requests", "failures", "RPS", "p50", "p95", "p99", "max"):
-        t.add_column(col, justify="right", no_wrap=True)
-    for e in [*summary.endpoints, summary.total]:
-        t.add_row(e.key, str(e.requests), f"{e.failures} ({e.error_rate:.1f}%)" if e.failures else "0",
-                  f"{e.rps:.2f}", _ms(e.p50_ms), _ms(e.p95_ms), _ms(e.p99_ms), _ms(e.max_ms),
-                  style="bold" if e is summary.total else None)
-    console.print(t)
+    """The run's table (latencies in ms of successful requests, RPS of successful requests),
+    its gates with the figure each judged, reports and the verdict."""
+    t = _table("requests", "failed", "RPS", "p50", "p95", "p99", "max",
+               title=f"run {summary.id}: {summary.profile} on {summary.host} (ms, successful requests)")
+    rows = [[e.key, str(e.requests), f"{e.failures} ({fmt(e.error_rate, '%')})" if e.failures else "0",
+             fmt(e.rps, ""), _lat(e.p50_ms), _lat(e.p95_ms), _lat(e.p99_ms), _lat(e.max_ms)]
+            for e in [*summary.endpoints, summary.total]]
+    for row, e in zip(rows, [*summary.endpoints, summary.total]):
+        t.add_row(*row, style="bold" if e is summary.total else None)
+    console.print(_fit(t, rows))
     if summary.worker_counts:
         parts = ", ".join(f"{w.requests_sent}" for w in summary.worker_counts)
         console.print(f"workers: {parts} requests = {sum(w.requests_sent for w in summary.worker_counts)} "
                       f"(master total {summary.total.requests})")
     if summary.gates:
-        g = Table("SLO gate", "observed", "result", title="SLO gates", title_justify="left")
+        g = _table("observed", "result", title="SLO gates", first="SLO gate")
+        rows = [[r.gate, r.shown, "pass" if r.passed else "BREACHED"] for r in summary.gates]
+        for row, r in zip(rows, summary.gates):
+            g.add_row(row[0], row[1], f"[green]{row[2]}[/green]" if r.passed else f"[red]{row[2]}[/red]")
+        console.print(_fit(g, rows))
         for r in summary.gates:
-            seen = "-" if r.observed is None else (f"{r.observed:.2f}%" if r.unit == "%" else
-                                                   f"{r.observed:,.0f} ms" if r.unit == "ms" else f"{r.observed:.2f}")
-            g.add_row(r.gate, seen, "[green]pass[/green]" if r.passed else "[red]BREACHED[/red]")
-        console.print(g)
+            if r.basis:
+                console.print(f"{r.gate}: judged on {r.basis}", highlight=False, markup=False)
     if summary.aborted_by == "interrupted":
         console.print(f"[red]interrupted after {summary.run_seconds:.0f} s: the figures cover that time only[/red]")
     elif summary.aborted_by:
@@ -95,15 +128,17 @@ def render_run(summary: RunSummary, console: Console) -> None:
 
 
 def render_list(rows: list[RunSummary], console: Console) -> None:
-    t = Table(box=None)
-    t.add_column("id", no_wrap=True, min_width=26)
-    for col in ("env", "users", "requests", "err %", "p95 ms", "RPS", "SLO"):
-        t.add_column(col, no_wrap=True, justify="left" if col in ("env", "SLO") else "right")
-    for s in rows:
-        t.add_row(s.id, s.env, f"{s.users}" + (f"/{s.workers}w" if s.workers else ""), str(s.total.requests),
-                  f"{s.total.error_rate:.1f}", _ms(s.total.p95_ms), f"{s.total.rps:.2f}",
-                  "[green]pass[/green]" if s.passed else "[red]fail[/red]")
-    console.print(t if rows else "no load test runs saved yet; 'opsctl loadtest run' makes one")
+    """Past runs: p95 and RPS as stored (the figures their gates judged)."""
+    if not rows:
+        console.print("no load test runs saved yet; 'opsctl loadtest run' makes one")
+        return
+    t = _table("env", "users", "requests", "err %", "p95 ms", "RPS", "SLO", first="id", fold_first=False)
+    cells = [[s.id, s.env, f"{s.users}" + (f"/{s.workers}w" if s.workers else ""), str(s.total.requests),
+              fmt(s.total.error_rate, ""), _lat(s.total.p95_ms), fmt(s.total.rps, ""),
+              "pass" if s.passed else "fail"] for s in rows]
+    for row, s in zip(cells, rows):
+        t.add_row(*row[:-1], f"[green]{row[-1]}[/green]" if s.passed else f"[red]{row[-1]}[/red]")
+    console.print(_fit(t, cells))
 
 
 def _change(value: float | None, unit: str) -> str:
@@ -111,17 +146,23 @@ def _change(value: float | None, unit: str) -> str:
 
 
 def render_comparison(cmp: Comparison, console: Console) -> None:
-    t = Table("endpoint", "p50", "p95", "p99", "err", "RPS", "verdict",
-              title=f"{cmp.base} -> {cmp.head}", title_justify="left")
+    """Per endpoint: p95 of each run as stored (ms), then the changes of p50/p95/p99, error
+    rate and RPS, and the verdict."""
+    t = _table("p95 base", "p95 head", "p50", "p95", "p99", "err", "RPS", "verdict",
+               title=f"{cmp.base} -> {cmp.head}")
+    rows = []
     for r in cmp.rows:
         if r.base is None or r.head is None:
-            t.add_row(r.endpoint, "", "", "", "", "", "only in " + ("head" if r.base is None else "base"))
+            rows.append([r.endpoint, "", "", "", "", "", "", "", "only in " + ("head" if r.base is None else "base")])
             continue
         c = r.changes
-        t.add_row(r.endpoint, _change(c["p50_ms"], "%"), _change(c["p95_ms"], "%"), _change(c["p99_ms"], "%"),
-                  _change(c["error_rate"], "pp"), _change(c["rps"], "%"),
-                  "[red]REGRESSION[/red]" if r.regressions else "[green]ok[/green]")
-    console.print(t)
+        rows.append([r.endpoint, _lat(r.base.p95_ms), _lat(r.head.p95_ms), _change(c["p50_ms"], "%"),
+                     _change(c["p95_ms"], "%"), _change(c["p99_ms"], "%"), _change(c["error_rate"], "pp"),
+                     _change(c["rps"], "%"), "REGRESSION" if r.regressions else "ok"])
+    for row in rows:
+        style = "red" if row[-1] == "REGRESSION" else "green" if row[-1] == "ok" else None
+        t.add_row(*row[:-1], f"[{style}]{row[-1]}[/{style}]" if style else row[-1])
+    console.print(_fit(t, rows))
     for line in cmp.regressions:
         console.print(f"[red]regression[/red] {line}", highlight=False)
     if not cmp.regressions:

@@ -7,6 +7,7 @@ fix, not after minutes of load. Nothing here imports locust.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,6 +34,19 @@ class Plan:
     html: Path | None = None
     csv_prefix: str | None = None
     junit: Path | None = None
+    api_key: str | None = field(default=None, repr=False)  # $<deploy.api_key_env> or $LOADTEST_API_KEY; never printed
+
+    def headers(self) -> dict[str, str]:
+        """What every simulated user sends: `Cache-Control: no-cache` (the worker runs the
+        model, never answers from its transcript store) and the API key when one is set."""
+        return request_headers(self.api_key)
+
+
+def request_headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Cache-Control": "no-cache"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 def make(project: Project, env: Environment, profile: str = "light", *, users: int | None = None,
@@ -63,7 +77,7 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
                 classes=weights, slo=",".join(g.text for g in gates), gates=gates, locustfile=lf,
                 workers=workers, abort_on_fail=abort_on_fail,
                 html=_out(html, "--html"), csv_prefix=str(_out(csv_prefix, "--csv")) if csv_prefix else None,
-                junit=_out(junit, "--junit"))
+                junit=_out(junit, "--junit"), api_key=os.environ.get(env.deploy.api_key_env) or os.environ.get("LOADTEST_API_KEY") or None)
 
 
 def _classes(text: str) -> dict[str, int]:

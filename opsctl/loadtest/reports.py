@@ -1,14 +1,15 @@
 """The report files of a run: Locust's own HTML report and CSV files, and a JUnit file.
 
 HTML and CSV are written by Locust's code (get_html_report, StatsCSVFileWriter), so they
-look exactly like `locust --html/--csv` output people already know. JUnit has one test case
-per SLO gate, so a CI system shows a breached gate as a failed test by its name.
+look exactly like `locust --html/--csv` output people already know (Locust's tables count
+all requests and round response times; opsctl's gates do neither, see latencies.py). JUnit
+has one test case per SLO gate, so a CI system shows a breached gate as a failed test by its name.
 """
 
 from __future__ import annotations
 
 import csv
-import xml.etree.ElementTree as ET
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +54,29 @@ class CsvFiles:
 
 
 def write_junit(summary: RunSummary, path: Path) -> Path:
-    suite = ET.Element("testsuite", name=f"loadtest {summary.profile} ({summary.env})",
-                       tests=str(len(summary.gates)), failures=str(len(summary.breached)), errors="0",
-                       time=f"{summary.run_seconds:.3f}", timestamp=summary.started_at)
-    props = ET.SubElement(suite, "properties")
+    """One <testcase> per SLO gate, written with junitparser; a breached gate is a <failure>
+    whose message holds the judged figure exactly as the table and --json show it. Written
+    to a temporary name and renamed, so CI never reads half a report."""
+    from junitparser import Failure, TestCase, TestSuite
+
+    suite = TestSuite(f"loadtest {summary.profile} ({summary.env})")
+    suite.timestamp = summary.started_at
     for name, value in (("run_id", summary.id), ("host", summary.host), ("users", summary.users),
                         ("requests", summary.total.requests), ("failures", summary.total.failures),
-                        ("rps", summary.total.rps), ("aborted_by", summary.aborted_by or "")):
-        ET.SubElement(props, "property", name=name, value=str(value))
+                        ("rps", summary.total.rps), ("p95_ms", summary.total.p95_ms),
+                        ("aborted_by", summary.aborted_by or "")):
+        suite.add_property(name, "" if value is None else str(value))
     for gate in summary.gates:
-        case = ET.SubElement(suite, "testcase", classname=f"slo.{summary.profile}", name=gate.gate,
-                             time=f"{summary.run_seconds:.3f}")
+        case = TestCase(gate.gate, classname=f"slo.{summary.profile}", time=summary.run_seconds)
         if not gate.passed:
-            ET.SubElement(case, "failure", message=f"SLO breached: {gate.describe()}", type="SLOBreach").text = (
-                f"{gate.gate} does not hold: {gate.describe()}")
-        else:
-            ET.SubElement(case, "system-out").text = gate.describe()
-    ET.indent(suite)
-    path.write_text(ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n", encoding="utf-8")
+            failure = Failure(f"SLO breached: {gate.describe()}", "SLOBreach")
+            failure.text = f"{gate.gate} does not hold: {gate.describe()}"
+            case.result = [failure]
+        case.system_out = gate.describe()
+        suite.add_testcase(case)
+    suite.update_statistics()
+    suite.time = summary.run_seconds
+    tmp = path.with_name(f".{path.name}.tmp")
+    suite.write(str(tmp), pretty=True)
+    os.replace(tmp, path)
     return path

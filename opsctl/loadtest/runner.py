@@ -22,6 +22,7 @@ from typing import Callable
 
 from opsctl.errors import UsageError
 from opsctl.loadtest import slo
+from opsctl.loadtest.latencies import Recorder
 from opsctl.loadtest.plan import Plan
 from opsctl.loadtest.summary import RunSummary, endpoints
 from opsctl.signals import sigterm_as_interrupt
@@ -97,13 +98,25 @@ def _user_classes(plan: Plan) -> list:
     for name, weight in names.items():
         cls = found[name]
         cls.weight = weight  # the profile's share of users for this class (the master dispatches by it)
+        if hasattr(cls, "default_headers"):  # FastHttpUser: no-cache and the API key on every request
+            own = cls.__dict__.get("_opsctl_own_headers", cls.default_headers) or {}
+            cls._opsctl_own_headers = own  # the locustfile's own, kept across runs in one process
+            # the plan decides the key (the locustfile read its environment once, at import)
+            cls.default_headers = {**{k: v for k, v in own.items() if k.lower() != "authorization"},
+                                   **plan.headers()}
         chosen.append(cls)
     return chosen
 
 
-def _tick(runner, began: float, plan: Plan) -> Tick:
+def _observed(runner, recorder: Recorder, seconds: float) -> slo.Observed:
     total = runner.stats.total
-    pct = total.get_response_time_percentile if total.num_requests else (lambda q: 0)
+    return slo.Observed(total.num_requests, total.num_failures, recorder.total(), seconds)
+
+
+def _tick(runner, recorder: Recorder, began: float, plan: Plan) -> Tick:
+    lat = recorder.total()
+    pct = lambda q: lat.percentile(q) or 0.0  # noqa: E731  (successful requests, exact ms)
+    total = runner.stats.total
     return Tick(elapsed_s=time.monotonic() - began, duration_s=plan.duration_s, users=runner.user_count,
                 rps=total.current_rps, p50_ms=pct(0.5), p95_ms=pct(0.95), p99_ms=pct(0.99),
                 requests=total.num_requests, failures=total.num_failures,
@@ -126,6 +139,7 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
     classes = _user_classes(plan)
     environment = Environment(user_classes=classes, host=plan.host, events=Events(),
                               locustfile=str(plan.locustfile))
+    recorder = Recorder()  # the exact latencies the gates judge
     run_id = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{plan.profile}-{uuid.uuid4().hex[:4]}"
     workers = None
     logdir = Path(tempfile.mkdtemp(prefix=f"opsctl-loadtest-{run_id}-"))
@@ -136,10 +150,11 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
         if plan.workers:
             from opsctl.loadtest.distributed import Workers
 
-            workers = Workers(environment, plan.workers, plan.locustfile, logdir)
+            workers = Workers(environment, plan.workers, plan.locustfile, logdir, recorder, plan.api_key)
             workers.wait_ready()
             runner = workers.runner
         else:
+            recorder.attach(environment.events)
             runner = environment.create_local_runner()
         history = gevent.spawn(stats_history, runner)
         csv_files = reports.CsvFiles(environment, plan.csv_prefix) if plan.csv_prefix else None
@@ -150,12 +165,13 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
             with sigterm_as_interrupt():
                 while True:
                     gevent.sleep(TICK_S)
-                    tick = _tick(runner, began, plan)
+                    tick = _tick(runner, recorder, began, plan)
                     if on_tick:
                         on_tick(tick)
                     if tick.elapsed_s >= plan.duration_s:
                         break
-                    if plan.abort_on_fail and (aborted := slo.lost(plan.gates, runner.stats.total)):
+                    if plan.abort_on_fail and (aborted := slo.lost(
+                            plan.gates, _observed(runner, recorder, tick.elapsed_s))):
                         break
         except KeyboardInterrupt:  # Ctrl-C, or CI cancelling: what was measured is still a run
             interrupted = True
@@ -170,8 +186,8 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
         if csv_files:
             files.update(csv_files.finish())
             csv_files = None
-        total, rows = endpoints(runner.stats)
-        gates = slo.evaluate(plan.gates, runner.stats.total)
+        total, rows = endpoints(runner.stats, recorder, run_seconds)
+        gates = slo.evaluate(plan.gates, _observed(runner, recorder, run_seconds))
         summary = RunSummary(
             id=run_id, env=plan.env, host=plan.host, profile=plan.profile, users=plan.users,
             spawn_rate=plan.spawn_rate, duration_s=plan.duration_s, workers=plan.workers,

@@ -1,5 +1,14 @@
-"""SLO gates: "p95<2000ms,error_rate<5%,rps>=10" parsed into typed gates, judged on
-Locust's own statistics (its StatsEntry: percentiles, fail ratio, RPS).
+"""SLO gates: "p95<2000ms,error_rate<5%,rps>=10" parsed into typed gates, judged on the
+run's true values (opsctl.loadtest.latencies), never on Locust's rounded percentile table.
+
+What each metric judges:
+- latencies (p50..p99.9, avg, min, max, median): the response times of the requests that
+  succeeded, exact to the millisecond, nearest-rank percentiles;
+- rps: successful requests per second (throughput; failures are not throughput);
+- error_rate: failed requests as a percentage of all requests;
+- requests, failures: counts of all requests and of the failed ones.
+A latency or throughput gate with no successful request to judge fails, and says so: the
+p95 of a run in which every request failed is not a pass.
 
 Locust has no declarative thresholds (locust#2668, #560, #1789); this is k6's `thresholds`
 and Artillery's `ensure` for it. A malformed term is a UsageError naming that term, so a
@@ -11,9 +20,9 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from opsctl.errors import UsageError
+from opsctl.loadtest.latencies import Latencies
 
 EXAMPLE = "p95<2000ms,error_rate<5%,rps>=10"
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -35,40 +44,71 @@ class Gate:
         """Lower bounds on rps/requests grow while the test runs: judge them only at the end."""
         return self.metric in ("rps", "requests") and self.op in (">", ">=")
 
-    def observe(self, entry: Any) -> float | None:
-        """The metric on a Locust StatsEntry; None when no request was made."""
-        if self.metric in _COUNTS or self.metric == "rps":
-            return {"requests": entry.num_requests, "failures": entry.num_failures,
-                    "rps": entry.total_rps}[self.metric]
-        if not entry.num_requests:
-            return None
+    def observe(self, run: "Observed") -> float | None:
+        """The metric's value on the run so far; None when there is nothing to judge it on
+        (no request at all, or for latency and throughput no successful request)."""
+        if self.metric == "requests":
+            return float(run.requests)
+        if self.metric == "failures":
+            return float(run.failures)
         if self.metric == "error_rate":
-            return entry.fail_ratio * 100
+            return round(run.failures / run.requests * 100, 3) if run.requests else None
+        lat = run.latencies
+        if not lat.ok:
+            return None
+        if self.metric == "rps":
+            return round(lat.ok / run.seconds, 3) if run.seconds > 0 else None
         if self.metric in _LATENCY:
-            return {"avg": entry.avg_response_time, "min": entry.min_response_time or 0,
-                    "max": entry.max_response_time, "median": entry.median_response_time}[self.metric]
-        return entry.get_response_time_percentile(_quantile(self.metric))
+            return {"avg": lat.mean, "min": lat.lowest, "max": lat.highest,
+                    "median": lambda: lat.percentile(0.5)}[self.metric]()
+        return lat.percentile(_quantile(self.metric))
 
     def holds(self, value: float | None) -> bool:
         return value is not None and _OPS[self.op](value, self.threshold)
 
 
 @dataclass
+class Observed:
+    """What gates judge: the run's (or the run so far's) counts and exact latencies.
+
+    `requests`/`failures` count all requests; `latencies` holds the successful ones'
+    response times; `seconds` is the time the load ran (for rps)."""
+
+    requests: int
+    failures: int
+    latencies: Latencies
+    seconds: float
+
+
+@dataclass
 class GateResult:
+    """One gate's verdict. `observed` is the figure judged, stored as judged (ms for
+    latencies, percent for error_rate, successful requests/s for rps); None when there was
+    nothing to judge. `basis` says what it was judged on, e.g. "412 successful requests"."""
+
     gate: str
     metric: str
     observed: float | None
     threshold: float
     unit: str
     passed: bool
+    basis: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The judged figure as every output prints it (table, JUnit, messages)."""
+        return "-" if self.observed is None else fmt(self.observed, self.unit)
 
     def describe(self) -> str:
-        seen = "no requests" if self.observed is None else f"observed {_fmt(self.observed, self.unit)}"
-        return f"{self.gate} ({seen})"
+        if self.observed is None:
+            return f"{self.gate} ({self.basis or 'no requests'})"
+        return f"{self.gate} (observed {self.shown}" + (f" over {self.basis})" if self.basis else ")")
 
 
-def _fmt(value: float, unit: str) -> str:
-    return f"{value:.3g}%" if unit == "%" else f"{value:.0f} ms" if unit == "ms" else f"{value:.3g}"
+def fmt(value: float, unit: str) -> str:
+    """A stored figure in full (no rounding beyond the 3 decimals it is stored with)."""
+    text = f"{value:,.3f}".rstrip("0").rstrip(".")
+    return f"{text}%" if unit == "%" else f"{text} ms" if unit == "ms" else text
 
 
 def _quantile(metric: str) -> float:
@@ -113,23 +153,37 @@ def parse(text: str) -> list[Gate]:
     return gates
 
 
-def evaluate(gates: list[Gate], entry: Any) -> list[GateResult]:
+def _basis(gate: Gate, run: Observed) -> str:
+    if gate.metric in ("requests", "failures"):
+        return ""
+    if gate.metric == "error_rate":
+        return f"{run.requests} requests" if run.requests else "no requests"
+    ok = run.latencies.ok
+    if ok:
+        return f"{ok} successful request" + ("s" if ok != 1 else "")
+    if run.requests:
+        return f"no successful requests: all {run.requests} failed"
+    return "no requests"
+
+
+def evaluate(gates: list[Gate], run: Observed) -> list[GateResult]:
+    """Every gate judged on `run`; a gate with nothing to judge fails."""
     results = []
     for g in gates:
-        seen = g.observe(entry)
-        results.append(GateResult(g.text, g.metric, seen, g.threshold, g.unit, g.holds(seen)))
+        seen = g.observe(run)
+        results.append(GateResult(g.text, g.metric, seen, g.threshold, g.unit, g.holds(seen), _basis(g, run)))
     return results
 
 
-def lost(gates: list[Gate], entry: Any, min_requests: int = 20) -> GateResult | None:
+def lost(gates: list[Gate], run: Observed, min_requests: int = 20) -> GateResult | None:
     """For --abort-on-fail: the first gate already failing on enough evidence, else None.
 
     Like k6's abortOnFail with a short delayAbortEval: a handful of requests say nothing, and
     lower bounds on rps/requests are left to the end of the run.
     """
-    if entry.num_requests < min_requests:
+    if run.requests < min_requests:
         return None
-    for result, gate in zip(evaluate(gates, entry), gates):
+    for result, gate in zip(evaluate(gates, run), gates):
         if not gate.final_only and not result.passed:
             return result
     return None

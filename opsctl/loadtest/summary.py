@@ -1,7 +1,10 @@
 """A run's summary: what `list`, `compare`, the JUnit file and `--json` all read.
 
-Built once from Locust's own stats (the master's aggregate in distributed mode), so every
-figure opsctl prints is the one Locust's HTML and CSV reports show.
+Built once at the end of a run. Request and failure counts are Locust's own (the master's
+aggregate in distributed mode), as its HTML and CSV reports show them. Latencies and
+throughput are opsctl's exact figures (opsctl.loadtest.latencies): successful requests
+only, to the millisecond, so they can differ from Locust's rounded, all-requests table.
+The SLO gates judge these very numbers, so a gate's figure is the table's figure.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from opsctl.loadtest.latencies import Latencies, Recorder
 from opsctl.loadtest.slo import GateResult
 
 
@@ -18,14 +22,15 @@ class EndpointStats:
     name: str
     requests: int
     failures: int
-    error_rate: float  # percent
-    rps: float
-    avg_ms: float
-    min_ms: float
-    max_ms: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
+    error_rate: float  # percent of all requests
+    rps: float         # successful requests per second of the run
+    avg_ms: float | None  # latencies: successful requests only, ms; None when none succeeded
+    min_ms: float | None
+    max_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    ok: int | None = None  # successful requests (None in runs saved before it was recorded)
 
     @property
     def key(self) -> str:
@@ -75,17 +80,20 @@ class RunSummary:
         return cls(**doc)
 
 
-def endpoint(entry: Any) -> EndpointStats:
-    """One Locust StatsEntry as plain numbers (percentiles from Locust's own histogram)."""
-    pct = entry.get_response_time_percentile if entry.num_requests else (lambda q: 0.0)
+def endpoint(entry: Any, lat: Latencies, seconds: float) -> EndpointStats:
+    """One Locust StatsEntry's counts with the exact latencies of its successful requests.
+
+    `seconds` is the run's length: throughput is successful requests per second of it.
+    """
     return EndpointStats(
         method=entry.method or "", name=entry.name, requests=entry.num_requests, failures=entry.num_failures,
-        error_rate=round(entry.fail_ratio * 100, 3), rps=round(entry.total_rps, 3),
-        avg_ms=round(entry.avg_response_time, 1), min_ms=round(entry.min_response_time or 0, 1),
-        max_ms=round(entry.max_response_time, 1), p50_ms=float(pct(0.5)), p95_ms=float(pct(0.95)),
-        p99_ms=float(pct(0.99)))
+        error_rate=round(entry.fail_ratio * 100, 3), rps=round(lat.ok / seconds, 3) if seconds > 0 else 0.0,
+        avg_ms=lat.mean(), min_ms=lat.lowest(), max_ms=lat.highest(), p50_ms=lat.percentile(0.5),
+        p95_ms=lat.percentile(0.95), p99_ms=lat.percentile(0.99), ok=lat.ok)
 
 
-def endpoints(stats: Any) -> tuple[EndpointStats, list[EndpointStats]]:
-    rows = [endpoint(e) for _, e in sorted(stats.entries.items(), key=lambda kv: (kv[0][1] or "", kv[0][0]))]
-    return endpoint(stats.total), rows
+def endpoints(stats: Any, recorder: Recorder, seconds: float) -> tuple[EndpointStats, list[EndpointStats]]:
+    """(the run's total, one row per endpoint sorted by method then name)."""
+    rows = [endpoint(e, recorder.entry(method, name), seconds)
+            for (name, method), e in sorted(stats.entries.items(), key=lambda kv: (kv[0][1] or "", kv[0][0]))]
+    return endpoint(stats.total, recorder.total(), seconds), rows

@@ -2,7 +2,8 @@
 `python -m opsctl.loadtest.worker --master-port P --locustfile F`.
 
 A plain Locust WorkerRunner (a dedicated process, so Locust's usual gevent monkey patching
-is fine here) plus one addition: on the master's `opsctl_flush` it sends a last stats report
+is fine here) plus two additions: every stats report carries the exact latencies counted
+since the previous one (opsctl.loadtest.latencies), and on the master's `opsctl_flush` it sends a last stats report
 and then its own request count, in that order on the same connection. The master waits for
 both before it quits, so no report is lost to Locust's fixed 0.5 s quit grace, and the run
 can show that the workers' counts add up to its total.
@@ -11,6 +12,7 @@ can show that the workers' counts add up to its total.
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     from locust.event import Events
     from locust.util.load_locustfile import load_locustfile
 
+    from opsctl.loadtest.latencies import REPORT_KEY, Recorder
+
+    from opsctl.loadtest.plan import request_headers
+
     classes, _shapes = load_locustfile(args.locustfile)
+    for cls in classes.values():  # as the master's in-process run does (plan.headers)
+        if hasattr(cls, "default_headers"):
+            cls.default_headers = {**(cls.default_headers or {}), **request_headers(os.environ.get("LOADTEST_API_KEY"))}
     env = Environment(user_classes=list(classes.values()), events=Events(), locustfile=args.locustfile)
     runner = env.create_worker_runner(args.master_host, args.master_port)
     counts = {"requests": 0, "failures": 0}
@@ -41,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         runner.send_message("opsctl_final", dict(counts))
 
     env.events.request.add_listener(on_request)
+    recorder = Recorder().attach(env.events)
+    env.events.report_to_master.add_listener(
+        lambda client_id, data, **_kw: data.__setitem__(REPORT_KEY, recorder.take()))
     runner.register_message("opsctl_flush", on_flush)
     runner.greenlet.join()
     return 0

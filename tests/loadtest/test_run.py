@@ -23,7 +23,7 @@ ADMIN = {"/healthz", "/readyz", "/version", "/metrics"}
 @pytest.fixture(scope="module")
 def light(local_platform, reports):
     out = opsctl(local_platform.root, "loadtest", "run", "--env", "local", "--profile", "light",
-                 "--users", "3", "--spawn-rate", "3", "--duration", "8s", "--slo", "error_rate<5%,p95<60000ms",
+                 "--users", "3", "--spawn-rate", "3", "--duration", "20s", "--slo", "error_rate<5%,p95<60000ms",
                  "--html", str(reports / "light.html"), "--csv", str(reports / "light"),
                  "--junit", str(reports / "light.xml"), "--json")
     return out

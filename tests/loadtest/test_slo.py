@@ -1,4 +1,4 @@
-"""SLO gates: parsing (every malformed term named) and judging on Locust's own stats."""
+"""SLO gates: parsing (every malformed term named) and judging on the run's exact figures."""
 
 from __future__ import annotations
 
@@ -6,21 +6,18 @@ import pytest
 
 from opsctl.errors import UsageError
 from opsctl.loadtest import slo
+from opsctl.loadtest.latencies import Latencies, Recorder
 from opsctl.loadtest.runner import import_locust
 
 
-def stats_with(latencies_ms: list[int], failures: int = 0):
-    """A real Locust RequestStats fed like Locust's request event listener feeds it."""
-    import_locust()
-    from locust.stats import RequestStats
-
-    stats = RequestStats()
+def run_with(latencies_ms: list[float], failures: int = 0, seconds: float = 10.0) -> slo.Observed:
+    """A run's figures fed the way Locust's request event feeds them."""
+    rec = Recorder()
     for ms in latencies_ms:
-        stats.log_request("GET", "/healthz", ms, 10)
+        rec.on_request("GET", "/healthz", ms, exception=None)
     for _ in range(failures):
-        stats.log_request("GET", "/healthz", 5, 0)
-        stats.log_error("GET", "/healthz", "HTTP 503")
-    return stats
+        rec.on_request("GET", "/healthz", 5, exception=RuntimeError("HTTP 503"))
+    return slo.Observed(len(latencies_ms) + failures, failures, rec.total(), seconds)
 
 
 def test_parse_typed_gates():
@@ -42,24 +39,77 @@ def test_malformed_terms_are_named(text, named):
     assert "\n" not in str(err.value)
 
 
-def test_gates_judged_on_locust_stats():
-    stats = stats_with([100] * 90 + [3000] * 10, failures=5)
-    results = {r.gate: r for r in slo.evaluate(slo.parse("p50<200ms,p95<2000ms,error_rate<10%,failures<3"), stats.total)}
+def test_gates_judged_on_successful_requests():
+    run = run_with([100] * 90 + [3000] * 10, failures=5)
+    results = {r.gate: r for r in slo.evaluate(slo.parse("p50<200ms,p95<2000ms,error_rate<10%,failures<3,rps>=10"), run)}
     assert results["p50<200ms"].passed and results["p50<200ms"].observed == 100
     assert not results["p95<2000ms"].passed and results["p95<2000ms"].observed == 3000
-    assert results["error_rate<10%"].passed and round(results["error_rate<10%"].observed, 2) == round(5 / 105 * 100, 2)
+    assert results["p95<2000ms"].basis == "100 successful requests"
+    assert results["error_rate<10%"].passed and results["error_rate<10%"].observed == round(5 / 105 * 100, 3)
     assert not results["failures<3"].passed and results["failures<3"].observed == 5
+    assert results["rps>=10"].passed and results["rps>=10"].observed == 10.0   # 100 successes in 10 s
 
 
-def test_no_requests_breaches_latency_gates():
-    stats = stats_with([])
-    (result,) = slo.evaluate(slo.parse("p95<2000ms"), stats.total)
-    assert not result.passed and result.observed is None and "no requests" in result.describe()
+def test_failures_are_never_timed():
+    # 10 fast successes and 90 fast failures: the p95 is a success's time, not a failure's
+    run = run_with([1500] * 10, failures=90)
+    (p95,) = slo.evaluate(slo.parse("p95<1000ms"), run)
+    assert p95.observed == 1500 and not p95.passed
+
+
+@pytest.mark.parametrize("gate", ["p95<2000ms", "avg<2000ms", "max<5s", "median<2000", "rps>=0", "rps<1000"])
+def test_latency_and_throughput_gates_fail_when_every_request_failed(gate):
+    (result,) = slo.evaluate(slo.parse(gate), run_with([], failures=57))
+    assert not result.passed and result.observed is None
+    assert "no successful requests: all 57 failed" in result.describe()
+
+
+def test_no_requests_breaches_every_rate_and_latency_gate():
+    results = slo.evaluate(slo.parse("p95<2000ms,error_rate<5%"), run_with([]))
+    assert [r.passed for r in results] == [False, False]
+    assert all("no requests" in r.describe() for r in results)
+
+
+def test_percentiles_exact_to_the_millisecond_where_locust_rounds():
+    """Locust counts 1,234 ms as 1,200 ms and 2,049 ms as 2,000: a p95<2000ms gate on
+    Locust's table would pass a run whose true p95 is 2,049 ms."""
+    import_locust()
+    from locust.stats import RequestStats
+
+    times = [1234.4] * 90 + [2049.0] * 10
+    stats = RequestStats()
+    for ms in times:
+        stats.log_request("GET", "/x", ms, 10)
+    assert stats.total.get_response_time_percentile(0.95) == 2000   # Locust's rounded bucket
+    results = {r.gate: r for r in slo.evaluate(slo.parse("p95<2000ms,p50<=1234ms,p90<1235ms"), run_with(times))}
+    assert results["p95<2000ms"].observed == 2049 and not results["p95<2000ms"].passed
+    assert results["p50<=1234ms"].observed == 1234 and results["p50<=1234ms"].passed
+    assert results["p90<1235ms"].observed == 1234 and results["p90<1235ms"].passed
+
+
+def test_nearest_rank_percentiles_and_merge():
+    a, b = Latencies(), Latencies()
+    for ms in range(1, 51):
+        a.add(ms, False)
+    for ms in range(51, 101):
+        b.add(ms, False)
+    b.add(9, True)
+    a.merge(Latencies.from_doc(b.to_doc()))           # what a worker's report does on the master
+    assert (a.ok, a.failures) == (100, 1)
+    assert [a.percentile(q) for q in (0.5, 0.95, 0.99, 0.999)] == [50, 95, 99, 100]
+    assert a.mean() == 50.5 and a.lowest() == 1 and a.highest() == 100
+
+
+def test_memory_is_bounded_by_the_range_not_the_count():
+    lat = Latencies()
+    for i in range(200_000):
+        lat.add(100 + i % 50 + 0.3, False)
+    assert lat.ok == 200_000 and len(lat.counts) == 50
 
 
 def test_lost_waits_for_evidence_and_leaves_lower_bounds_to_the_end():
     gates = slo.parse("rps>=1000,p95<50ms")
-    assert slo.lost(gates, stats_with([100] * 5).total) is None           # too few requests to judge
-    lost = slo.lost(gates, stats_with([100] * 30).total)
-    assert lost is not None and lost.gate == "p95<50ms"                   # not rps: judged at the end only
-    assert slo.lost(slo.parse("rps>=1000"), stats_with([10] * 30).total) is None
+    assert slo.lost(gates, run_with([100] * 5)) is None           # too few requests to judge
+    lost = slo.lost(gates, run_with([100] * 30))
+    assert lost is not None and lost.gate == "p95<50ms"           # not rps: judged at the end only
+    assert slo.lost(slo.parse("rps>=1000"), run_with([10] * 30)) is None

@@ -1,0 +1,83 @@
+"""A load test as one operation: plan, run, judge, record. What every front door calls.
+
+`opsctl loadtest run`, the runbook `loadtest` action and the deploy `--load-gate` all call
+`load_test`, so they accept the same options, judge the same way and keep the same history.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager
+
+from opsctl.config import Environment, Project
+from opsctl.loadtest.plan import Plan
+from opsctl.loadtest.summary import RunSummary
+
+# what a caller may pass to watch a run: given the settled plan, a context yielding on_tick
+LiveView = Callable[[Plan], ContextManager[Callable]]
+
+
+@dataclass
+class LoadTestOutcome:
+    """A finished (or interrupted) run: its summary, where it was saved, and its verdict."""
+
+    summary: RunSummary
+    saved: Path
+
+    @property
+    def passed(self) -> bool:
+        return self.summary.passed
+
+    @property
+    def interrupted(self) -> bool:
+        from opsctl.loadtest.runner import INTERRUPTED
+
+        return self.summary.aborted_by == INTERRUPTED
+
+    def verdict(self) -> str:
+        """One line: 'SLO met: …' or 'SLO breached: gate (observed X over N successful requests)'."""
+        s = self.summary
+        if self.interrupted:
+            return (f"interrupted after {s.run_seconds:.0f} s; the partial run is saved as {s.id} "
+                    "(marked not passed)")
+        if s.passed:
+            return f"{s.total.requests} requests, SLO met: {s.slo or 'no gates'}"
+        lost = "; ".join(g.describe() for g in s.breached)
+        return f"SLO breached: {lost}" + (" (stopped early)" if s.aborted_by else "")
+
+
+def prepare(project: Project, env: Environment, profile: str = "light", **options) -> Plan:
+    """Check every input now (UsageError, one line); nothing is sent. Options as `load_test`."""
+    from opsctl.loadtest import plan
+
+    return plan.make(project, env, profile, **_plan_options(options))
+
+
+def load_test(project: Project, env: Environment, profile: str = "light", *, users: int | None = None,
+              spawn_rate: float | None = None, duration: str | None = None, slo: str | None = None,
+              host: str | None = None, workers: int = 0, abort_on_fail: bool = False,
+              classes: str | None = None, locustfile: str | None = None, html: str | None = None,
+              csv: str | None = None, junit: str | None = None,
+              live: LiveView | None = None) -> LoadTestOutcome:
+    """Run a load profile against `env` (or `host`), judge its SLO gates, save it to history.
+
+    Options are those of `opsctl loadtest run` (durations as text: "30s", "5m"; users and
+    rates as numbers). Returns the outcome whether the gates held or not; the caller turns
+    a breach into its own failure (`outcome.verdict()` says why). Raises UsageError on bad
+    input before any load is sent, OperationFailed when Locust's workers fail.
+    """
+    from opsctl.loadtest import history, runner
+
+    the_plan = prepare(project, env, profile, users=users, spawn_rate=spawn_rate, duration=duration, slo=slo,
+                       host=host, workers=workers, abort_on_fail=abort_on_fail, classes=classes,
+                       locustfile=locustfile, html=html, csv=csv, junit=junit)
+    with (live(the_plan) if live else nullcontext(None)) as on_tick:
+        summary = runner.run(the_plan, on_tick=on_tick)
+    return LoadTestOutcome(summary, history.save(project, summary))
+
+
+def _plan_options(options: dict) -> dict:
+    renamed = {"slo": "slo_text", "csv": "csv_prefix"}
+    return {renamed.get(k, k): v for k, v in options.items()}
