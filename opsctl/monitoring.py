@@ -31,7 +31,7 @@ def _values(project: Project, env: Environment) -> dict:
         "runbook_url": mon.runbook_url.rstrip("/"), "health_target": mon.health_exporter,
         "worker_cores": mon.worker_cores or os.cpu_count() or 1,
         "namespace": env.kubernetes.namespace, "color_label": COLOR_LABEL,
-        "workers": [], "router_admin": None,
+        "workers": [], "router_admin": None, "metrics_port_name": _metrics_port_name(),
     }
     if env.platform == "local":
         from opsctl.local import procs
@@ -42,10 +42,23 @@ def _values(project: Project, env: Environment) -> dict:
         if "router" not in comps:
             raise UsageError(f"the local platform of {project.root} was never started; run 'opsctl local up' "
                              "so the scrape config can name its ports")
-        values["workers"] = [{"color": c, "target": f"{procs.HOST}:{comps[wk.name(c)].port}"}
+        # the keyless /metrics listener (WORKER_METRICS_PORT) where the worker has one
+        values["workers"] = [{"color": c, "target": f"{procs.HOST}:{_scrape_port(comps[wk.name(c)])}"}
                              for c in st.COLORS if wk.name(c) in comps]
         values["router_admin"] = f"{procs.HOST}:{comps['router'].admin_port}"
     return values
+
+
+def _scrape_port(component) -> int:
+    return getattr(component, "metrics_port", None) or component.port
+
+
+def _metrics_port_name() -> str:
+    """The worker container's port the scraper uses: its metrics listener when the
+    manifests declare one, else the API port."""
+    from opsctl.deploy import manifests
+
+    return getattr(manifests, "METRICS_PORT_NAME", "http")
 
 
 def render_all(project: Project, env: Environment) -> dict[str, str]:

@@ -49,13 +49,17 @@ def test_local_files_pass_promtool(local_platform, tmp_path):
     monitoring.write(files, tmp_path)
     rules = _promtool("check", "rules", str(tmp_path / "alert-rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 7 rules found" in rules.stdout
+    assert "SUCCESS: 8 rules found" in rules.stdout
     config = _check_config(tmp_path / "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
     scrape = yaml.safe_load(files["prometheus.yml"])
     worker_job = next(j for j in scrape["scrape_configs"] if j["job_name"] == "worker")
     ports = {t for c in worker_job["static_configs"] for t in c["targets"]}
-    assert local_platform.endpoints().workers[local_platform.endpoints().active_color].removeprefix("http://") in ports
+    from opsctl.local import state as st
+    from opsctl.local import worker as wk
+
+    active = st.load(st.folder_for(project.root)).components[wk.name(local_platform.endpoints().active_color)]
+    assert f"127.0.0.1:{active.metrics_port or active.port}" in ports  # the keyless metrics listener
 
 
 @needs_promtool
@@ -68,14 +72,14 @@ def test_production_files_pass_promtool_with_exporters(tmp_path):
     monitoring.write(files, tmp_path)
     rules = _promtool("check", "rules", str(tmp_path / "alert-rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 12 rules found" in rules.stdout
+    assert "SUCCESS: 13 rules found" in rules.stdout
     config = _check_config(tmp_path / "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
     docs = list(yaml.safe_load_all(files["kubernetes/monitoring.yaml"]))
     assert [d["kind"] for d in docs] == ["PrometheusRule", "PodMonitor", "ConfigMap"]
     assert json.loads(docs[2]["data"]["transcription-worker.json"])["uid"] == "opsctl-worker-production"
     names = {r["alert"] for g in docs[0]["spec"]["groups"] for r in g["rules"]}
-    assert {"WorkerDown", "HighErrorRate", "SlowResponses", "HostDiskFull", "BackupTooOld"} <= names
+    assert {"WorkerFleetDown", "WorkerCrashLooping", "HighErrorRate", "SlowResponses", "HostDiskFull", "BackupTooOld"} <= names
 
 
 def test_every_rule_has_severity_summary_and_runbook_that_exists(tmp_path):
