@@ -182,7 +182,8 @@ elif args[:1] in (["up"], ["preview"], ["destroy"], ["refresh"]):
 SECRET_LIKE = re.compile(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/=_-]{32,}")
 
 
-@pytest.mark.parametrize("args", [["up", "--env", "staging", "--yes"], ["preview", "--env", "production"]])
+@pytest.mark.parametrize("args", [["up", "--env", "staging", "--yes"], ["preview", "--env", "production"],
+                                  ["refresh", "--env", "staging"], ["destroy", "--env", "staging", "--yes"]])
 def test_no_secret_reaches_the_command_line_of_any_pulumi_process(runner, no_pulumi, args):
     """What the Automation API runs, recorded by a stand-in `pulumi`: every argv of every child."""
     record = no_pulumi / "argv.jsonl"

@@ -245,6 +245,9 @@ class GpuCapacity(pulumi.ComponentResource):
                             {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
                         ],
                         "expireAfter": "720h",
+                        # how long a drain (expiry, drift) may wait on a PodDisruptionBudget or a long
+                        # transcription before the node goes; a spot warning gives two minutes whatever
+                        "terminationGracePeriod": "1h",
                     },
                 },
                 "limits": {GPU_RESOURCE: str(args.max_gpus)},

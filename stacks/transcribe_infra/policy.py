@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
 from dataclasses import dataclass
 
 from transcribe_infra.offline import Captured, OfflineRun
@@ -29,6 +30,12 @@ NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODECLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+ROLE = "aws:iam/role:Role"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
+# The worker's service account (opsctl.deploy.manifests.SERVICE_ACCOUNT, created by the stack).
+WORKER_SERVICE_ACCOUNT = "transcription-worker"
+PURPOSE_TAG = "opsctl:purpose"
 PRIVATE_PORTS = {5432: "PostgreSQL", 6379: "Redis"}
 
 
@@ -46,8 +53,8 @@ class Violation:
 def check(run: OfflineRun, production: bool) -> list[Violation]:
     """Every violation of every rule; empty when the stack complies."""
     found: list[Violation] = []
-    for rule in (no_public_database, private_api_endpoint, encryption_everywhere, capacity_can_grow,
-                 gpu_nodes_are_usable, tags_on_everything):
+    for rule in (no_public_database, private_api_endpoint, encryption_everywhere, least_privilege,
+                 capacity_can_grow, gpu_nodes_are_usable, tags_on_everything):
         found += rule(run)
     if production:
         found += deletion_protection(run)
@@ -132,6 +139,41 @@ def encryption_everywhere(run: OfflineRun) -> list[Violation]:
                 if not r.inputs.get("kmsKeyId")]
     out += [_v(rule, r, "enable_key_rotation must be True") for r in run.of_type("aws:kms/key:Key")
             if r.inputs.get("enableKeyRotation") is not True]
+    return out
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def least_privilege(run: OfflineRun) -> list[Violation]:
+    """Inline role policies name their actions; the worker's role never reaches the backups.
+
+    A worker that can write or delete the backups can destroy what would repair the damage
+    it did; opsctl backs up with the operator's or CI's own credentials.
+    """
+    rule = "least-privilege"
+    out = []
+    for r in run.of_type(ROLE_POLICY):
+        try:
+            statements = json.loads(r.inputs.get("policy") or "{}").get("Statement", [])
+        except ValueError:
+            continue
+        for s in _as_list(statements):
+            wild = [a for a in _as_list(s.get("Action", [])) if a == "*" or a.endswith(":*")]
+            if s.get("Effect") == "Allow" and wild:
+                out.append(_v(rule, r, f"allows {', '.join(wild)}; name the actions the role needs"))
+    backups = [b.inputs.get("bucket") for b in run.of_type(BUCKET)
+               if (b.inputs.get("tags") or {}).get(PURPOSE_TAG) == "backups"]
+    worker_roles = {str((sa.inputs.get("metadata") or {}).get("annotations", {}).get("eks.amazonaws.com/role-arn", ""))
+                    .rsplit("/", 1)[-1] for sa in run.of_type(SERVICE_ACCOUNT)
+                    if (sa.inputs.get("metadata") or {}).get("name") == WORKER_SERVICE_ACCOUNT}
+    for r in run.of_type(ROLE_POLICY):
+        if r.inputs.get("role") in worker_roles:
+            named = [b for b in backups if b and f":::{b}" in str(r.inputs.get("policy", ""))]
+            if named:
+                out.append(_v(rule, r, f"gives the worker's role the backups bucket {', '.join(named)}; "
+                                       "the worker may use the audio bucket only"))
     return out
 
 

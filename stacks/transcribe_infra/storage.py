@@ -17,8 +17,12 @@ import pulumi_aws as aws
 from transcribe_infra.settings import with_name
 
 
+PURPOSE_TAG = "opsctl:purpose"  # audio | backups: what the policy checks tell the buckets apart by
+
+
 @dataclass
 class BucketSpec:
+    purpose: str
     name: str
     archive_storage_class: str  # the class objects move to after `glacier_after_days`
     noncurrent_expire_days: int
@@ -45,8 +49,8 @@ class StorageArgs:
     @property
     def buckets(self) -> dict[str, BucketSpec]:
         return {
-            "audio": BucketSpec(self.audio_bucket, "GLACIER", self.audio_noncurrent_expire_days),
-            "backups": BucketSpec(self.backups_bucket, "GLACIER_IR", self.backup_noncurrent_expire_days),
+            "audio": BucketSpec("audio", self.audio_bucket, "GLACIER", self.audio_noncurrent_expire_days),
+            "backups": BucketSpec("backups", self.backups_bucket, "GLACIER_IR", self.backup_noncurrent_expire_days),
         }
 
 
@@ -64,8 +68,8 @@ class Storage(pulumi.ComponentResource):
 
     def _bucket(self, res: str, spec: BucketSpec, args: StorageArgs) -> aws.s3.Bucket:
         child = pulumi.ResourceOptions(parent=self)
-        bucket = aws.s3.Bucket(res, bucket=spec.name, force_destroy=args.force_destroy,
-                               tags=with_name(args.tags, spec.name), opts=child)
+        bucket = aws.s3.Bucket(res, bucket=spec.name, force_destroy=args.force_destroy, opts=child,
+                               tags={**with_name(args.tags, spec.name), PURPOSE_TAG: spec.purpose})
         after = pulumi.ResourceOptions(parent=self, depends_on=[bucket])
         aws.s3.BucketOwnershipControls(res, bucket=bucket.id, opts=after,
                                        rule={"object_ownership": "BucketOwnerEnforced"})

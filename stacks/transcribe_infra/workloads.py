@@ -73,7 +73,7 @@ class Workloads(pulumi.ComponentResource):
             args.oidc_provider_arn, args.oidc_issuer).apply(lambda a: pulumi.Output.json_dumps(
                 trust_policy(a[0], a[1], args.namespace, args.service_account))))
         objects = pulumi.Output.concat(args.audio_bucket_arn, "/*")
-        aws.iam.RolePolicy(f"{name}-worker-buckets", role=role.id, opts=child, policy=pulumi.Output.json_dumps({
+        aws.iam.RolePolicy(f"{name}-worker-buckets", role=role.name, opts=child, policy=pulumi.Output.json_dumps({
             "Version": "2012-10-17",
             "Statement": [
                 {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": args.audio_bucket_arn},

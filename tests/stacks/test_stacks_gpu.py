@@ -51,7 +51,7 @@ def test_the_gpu_nodepool_scales_from_zero_spot_first_with_on_demand_fallback(ru
     assert spec["limits"] == {"nvidia.com/gpu": "4"}
     # only empty nodes are consolidated: a running transcription is never moved for cost
     assert spec["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "10m"}
-    assert template["expireAfter"] == "720h"
+    assert (template["expireAfter"], template["terminationGracePeriod"]) == ("720h", "1h")
     assert "k8s" in pool.provider
     on_demand = build(spot=False, max_gpus=8).one(NODEPOOL).inputs["spec"]
     assert {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["on-demand"]} in \

@@ -199,3 +199,23 @@ def test_a_primary_without_a_final_snapshot_in_production_but_never_a_replica(pr
     replica = production.one(policy.RDS, "transcribe-production-replica").inputs
     assert replica["skipFinalSnapshot"] is True and replica["replicateSourceDb"] == "transcribe-production"
     assert messages(production, production=True) == []
+
+
+def test_the_worker_role_given_the_backups_bucket_or_a_wildcard(staging):
+    import json
+
+    run = copy.deepcopy(staging)
+    worker = run.one(policy.ROLE_POLICY, "transcribe-staging-worker-buckets")
+    doc = json.loads(worker.inputs["policy"])
+    doc["Statement"][1]["Resource"] = ["arn:aws:s3:::transcribe-staging-audio/*",
+                                       "arn:aws:s3:::transcribe-staging-backups/*"]
+    worker.inputs["policy"] = json.dumps(doc)
+    assert messages(run) == [
+        "[least-privilege] aws:iam/rolePolicy:RolePolicy 'transcribe-staging-worker-buckets': gives the worker's "
+        "role the backups bucket transcribe-staging-backups; the worker may use the audio bucket only"]
+    doc = json.loads(staging.one(policy.ROLE_POLICY, "transcribe-staging-worker-buckets").inputs["policy"])
+    doc["Statement"][1]["Action"] = "s3:*"
+    worker.inputs["policy"] = json.dumps(doc)
+    assert messages(run) == [
+        "[least-privilege] aws:iam/rolePolicy:RolePolicy 'transcribe-staging-worker-buckets': allows s3:*; "
+        "name the actions the role needs"]

@@ -162,7 +162,7 @@ def test_a_legacy_stack_keeps_the_token_in_its_config():
 def test_the_worker_role_reaches_the_audio_bucket_and_never_the_backups(stack, request):
     run = request.getfixturevalue(stack)
     role = run.one("aws:iam/role:Role", f"transcribe-{stack}-worker")
-    [policy] = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.inputs["role"] == f"{role.name}-id"]
+    [policy] = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.inputs["role"] == role.name]
     text = policy.inputs["policy"]
     assert f"transcribe-{stack}-backups" not in text
     s3 = [s for s in json.loads(text)["Statement"] if any(a.startswith("s3:") for a in s["Action"])]

@@ -76,3 +76,10 @@ def test_lifecycle_arguments_are_validated():
     with pytest.raises(ValueError, match="after the infrequent-access"):
         StorageArgs(audio_bucket="a", backups_bucket="b", kms_key_arn=KEY_ARN, force_destroy=False,
                     glacier_after_days=30)
+
+
+def test_buckets_say_what_they_hold(run):
+    """The least-privilege policy rule tells the backups bucket from the audio one by this tag."""
+    tags = {r.inputs["bucket"]: r.inputs["tags"] for r in run.of_type("aws:s3/bucket:Bucket")}
+    assert tags == {"t-audio": {**TAGS, "Name": "t-audio", "opsctl:purpose": "audio"},
+                    "t-backups": {**TAGS, "Name": "t-backups", "opsctl:purpose": "backups"}}

@@ -49,7 +49,9 @@ def test_worker_role_trusts_only_that_service_account(run):
 
 
 def test_worker_role_may_use_the_audio_bucket_and_the_key_only(run):
-    policy = json.loads(run.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+    attached = run.one("aws:iam/rolePolicy:RolePolicy").inputs
+    assert attached["role"] == "w-worker"
+    policy = json.loads(attached["policy"])
     resources = [s["Resource"] for s in policy["Statement"]]
     assert resources == [AUDIO, f"{AUDIO}/*", KEY_ARN]
     assert all(s["Effect"] == "Allow" and "*" not in s["Action"] for s in policy["Statement"])
