@@ -94,6 +94,7 @@ def test_final_snapshot_suffix_is_made_with_the_instance_and_replaced_with_it(no
                                  "username": "transcribe", "kms_key_id": KEY_ARN}
 
 
+@pytest.mark.integration
 def test_destroying_a_recreated_stack_again_takes_a_final_snapshot_of_its_own(s3):
     """Two lifetimes of one stack (up, destroy, up, destroy) against moto's RDS: both destroys pass."""
     import boto3

@@ -14,6 +14,7 @@ def test_the_program_and_opsctl_agree_on_the_replica_tags():
     assert (database.ROLE_TAG, database.REPLICA_OF_TAG) == (replica.ROLE_TAG, replica.REPLICA_OF_TAG)
 
 
+@pytest.mark.integration
 def test_the_read_replica_the_stack_declares_is_found_by_its_tags(s3):
     """The production program's replica, created in moto's RDS as declared, found without Pulumi state."""
     import boto3
