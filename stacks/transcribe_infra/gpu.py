@@ -29,7 +29,6 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from transcribe_infra.settings import with_name
 from transcribe_infra.workloads import trust_policy
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -226,7 +225,8 @@ class GpuCapacity(pulumi.ComponentResource):
                 # IMDSv2, one hop: pods use IRSA, never the node's role
                 "metadataOptions": {"httpEndpoint": "enabled", "httpTokens": "required",
                                     "httpPutResponseHopLimit": 1},
-                "tags": with_name(args.tags, pulumi.Output.concat(args.cluster_name, "-gpu")),
+                # Karpenter names each instance after its node (the Name tag) and adds its own keys
+                "tags": dict(args.tags),
             })
         pool = k8s.apiextensions.CustomResource(
             f"{name}-gpu-nodepool", api_version="karpenter.sh/v1", kind="NodePool",
