@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
 
 from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, environment, project
+
+log = logging.getLogger("opsctl.runbook")
 
 app = typer.Typer(help="Versioned runbooks: list, show, validate, publish, run, history.", no_args_is_help=True)
 
@@ -119,7 +122,15 @@ def run(
         raise UsageError(f"-p {next(k for k, v in given.items() if v is None)}: use KEY=VALUE")
     if from_step and not resume:
         raise UsageError("--from-step goes with --resume RUN_ID")
-    params = None if resume else resolve_params(book, given)
+    import os
+
+    secret_on_argv = sorted(set(given) & book.secrets())
+    if secret_on_argv:
+        from opsctl.runbook.model import env_var
+
+        log.warning("parameter '%s' is secret: set %s instead of -p, a command line is readable by every "
+                    "local user", secret_on_argv[0], env_var(secret_on_argv[0]))
+    params = None if resume else resolve_params(book, given, os.environ)
     title = f"{book.ref} on {env}" + (" (dry run)" if dry_run else "")
     row = lambda s: (s.id, status(s.status), f"{s.seconds:.1f}s" if s.seconds else "", s.detail)  # noqa: E731
     with steps_view(title, as_json, row) as notify:

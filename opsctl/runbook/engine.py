@@ -348,7 +348,9 @@ class Runner:
 def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: bool,
            notify: Notify | None, from_step: str | None, given: dict | None = None) -> RunResult:
     """Continue run `run_id` of `book`; secret parameters are asked for again (-p)."""
-    from opsctl.runbook.model import coerce
+    import os
+
+    from opsctl.runbook.model import coerce, env_var, given_from_environment
 
     local = jr.runs_dir(project.root) / f"{jr.check_run_id(run_id)}.jsonl"
     if not local.exists() and env.platform == "kubernetes":  # a run from CI or a CronJob
@@ -367,8 +369,9 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
     params = dict(head["params"])
     for name in book.secrets():  # secrets are never journaled: ask for them again
         if params.get(name) == jr.REDACTED:
-            if not given or name not in given:
-                raise UsageError(f"run {run_id} had secret parameter '{name}'; pass -p {name}=VALUE again")
+            given = given_from_environment(book, dict(given or {}), os.environ)
+            if name not in given:
+                raise UsageError(f"run {run_id} had secret parameter '{name}'; set {env_var(name)} again")
             spec = book.parameters[name]
             params[name] = coerce(book.ref, name, spec.get("type", "string"), given[name], True)
     runner = Runner(project, env, book, params, yes, notify)

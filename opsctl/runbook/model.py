@@ -435,8 +435,21 @@ def _cycles(book: Runbook) -> list[Problem]:
     return []
 
 
-def resolve_params(book: Runbook, given: dict[str, str]) -> dict[str, Any]:
-    """Typed parameter values from -p key=value and the defaults; one UsageError if wrong.
+def env_var(name: str) -> str:
+    """The environment variable that may carry parameter `name`: OPSCTL_PARAM_<NAME>."""
+    return f"OPSCTL_PARAM_{name.upper()}"
+
+
+def given_from_environment(book: Runbook, given: dict[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """`given` (from -p) completed with OPSCTL_PARAM_<NAME> variables; -p wins. Secrets
+    belong there: a command line is readable by every local user (`ps`)."""
+    found = {n: environ[env_var(n)] for n in book.parameters if n not in given and env_var(n) in environ}
+    return {**given, **found}
+
+
+def resolve_params(book: Runbook, given: dict[str, str], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Typed parameter values from -p key=value, OPSCTL_PARAM_<NAME> variables (`environ`)
+    and the defaults; one UsageError if wrong.
 
     A given value is read as its declared type and nothing else (no YAML: `null`, `[a, b]`
     and `{x: 1}` are strings for a string parameter and refused for the others). Defaults
@@ -447,6 +460,8 @@ def resolve_params(book: Runbook, given: dict[str, str]) -> dict[str, Any]:
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise UsageError(f"{book.ref}: unknown parameter '{unknown[0]}'; declared: {', '.join(declared) or 'none'}")
+    if environ is not None:
+        given = given_from_environment(book, given, environ)
     values: dict[str, Any] = {}
     for name, spec in declared.items():
         kind = spec.get("type", "string")
@@ -466,7 +481,8 @@ def resolve_params(book: Runbook, given: dict[str, str]) -> dict[str, Any]:
                                  "fix the runbook's parameters")
             values[name] = default
         else:
-            raise UsageError(f"{book.ref}: parameter '{name}' is required; pass -p {name}=VALUE")
+            how = f"set {env_var(name)}" if spec.get("secret") else f"pass -p {name}=VALUE"
+            raise UsageError(f"{book.ref}: parameter '{name}' is required; {how}")
     return values
 
 

@@ -283,7 +283,7 @@ def _forms(secret: str) -> list[str]:
     return [secret, quote(secret), quote(secret, safe=""), base64.b64encode(secret.encode()).decode()]
 
 
-def test_secret_parameter_is_masked_on_every_output_path(runner, ops_root, tmp_path):
+def test_secret_parameter_is_masked_on_every_output_path(runner, ops_root, tmp_path, monkeypatch):
     from tests.health.servers import ScriptedServer
 
     server = ScriptedServer([404])
@@ -306,7 +306,8 @@ def test_secret_parameter_is_masked_on_every_output_path(runner, ops_root, tmp_p
             action: http
             with: {url: "{{ params.base }}/hook/{{ params.token | urlencode }}"}
         """)
-    args = ["runbook", "run", "hook", "-p", f"token={SECRET}", "-p", f"base={server.url}"]
+    monkeypatch.setenv("OPSCTL_PARAM_TOKEN", SECRET)  # not -p: a command line is readable by every local user
+    args = ["runbook", "run", "hook", "-p", f"base={server.url}"]
     try:
         outputs = [runner.invoke(app, args + ["--dry-run"]), runner.invoke(app, args + ["--dry-run", "--json"])]
         junit = tmp_path / "report.xml"
@@ -442,3 +443,22 @@ def test_a_cancelled_run_stops_its_shell_step_processes(ops_root):
     assert alive == [] and not (psutil.pid_exists(shell_pid)
                                 and psutil.Process(shell_pid).status() != psutil.STATUS_ZOMBIE)
     assert not (ops_root / token).exists()
+
+
+def test_a_secret_on_the_command_line_is_warned_about_and_masked(runner, ops_root):
+    _write(ops_root, "tok", 1, """\
+        name: tok
+        version: 1
+        parameters:
+          token: {type: string, secret: true, required: true}
+        steps:
+          - id: say
+            action: shell
+            with: {command: 'echo "$T"', env: {T: "{{ params.token }}"}}
+        """)
+    missing = runner.invoke(app, ["runbook", "run", "tok"])
+    assert missing.exit_code == 2 and "set OPSCTL_PARAM_TOKEN" in missing.output
+    result = runner.invoke(app, ["runbook", "run", "tok", "-p", f"token={SECRET}", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "set OPSCTL_PARAM_TOKEN instead of -p" in result.stderr
+    assert _json(result)["steps"][0]["outputs"]["stdout"] == "***" and SECRET not in result.output
