@@ -173,7 +173,7 @@ with open({record!r}, "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
 args = [a for a in sys.argv[1:] if a != "--non-interactive"]
 if args[:1] == ["version"]:
-    print("v3.272.0")
+    print("v{version}")  # the SDK's own: what the Automation API accepts
 elif args[:1] == ["config"] and "set" not in args and "set-all" not in args:
     print("{{}}")
 elif args[:1] in (["up"], ["preview"], ["destroy"], ["refresh"]):
@@ -188,7 +188,9 @@ def test_no_secret_reaches_the_command_line_of_any_pulumi_process(runner, no_pul
     """What the Automation API runs, recorded by a stand-in `pulumi`: every argv of every child."""
     record = no_pulumi / "argv.jsonl"
     cli = no_pulumi / "bin" / "pulumi"
-    cli.write_text(RECORDING_CLI.format(python=sys.executable, record=str(record)))
+    from importlib.metadata import version
+
+    cli.write_text(RECORDING_CLI.format(python=sys.executable, record=str(record), version=version("pulumi")))
     cli.chmod(0o755)
     result = invoke(runner, REPO, *args)
     assert result.exit_code == 1 and "this stand-in CLI runs no operation" in result.output, result.output
