@@ -249,9 +249,12 @@ def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | 
 
 @action("health")
 def health(ctx: Context, checks: list | str | None = None, skip: list | str | None = None,
-           fail_on: str = "critical") -> dict:
+           fail_on: str = "critical", junit: str | None = None, history: str | None = None) -> dict:
     """One sweep (`opsctl health --mode once`); fails the step at `fail_on` or worse.
-    `checks`/`skip` take names or kinds, as a list or a comma-separated string."""
+    `checks`/`skip` take names or kinds, as a list or a comma-separated string; `junit` and
+    `history` as the command's --junit and --history (the same core call writes them)."""
+    from pathlib import Path
+
     from opsctl.health import monitor
     from opsctl.health.model import Status
 
@@ -262,7 +265,9 @@ def health(ctx: Context, checks: list | str | None = None, skip: list | str | No
     def names(value):
         return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
 
-    result = monitor.once(ctx.project, ctx.env, names(checks), names(skip))
+    result = monitor.once(ctx.project, ctx.env, names(checks), names(skip),
+                          junit=Path(junit) if junit else None,
+                          history=ctx.project.root / history if history else None)
     bad = [r for r in result.results if r.status in levels[fail_on]]
     if bad:
         raise OperationFailed(f"health {result.status.name}: " + "; ".join(f"{r.name}: {r.message}" for r in bad))
@@ -327,21 +332,21 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
 
 @action("loadtest")
 def loadtest(ctx: Context, profile: str = "light", users: int | None = None, spawn_rate: float | None = None,
-             duration: str | None = None, slo: str | None = None, workers: int = 0,
-             abort_on_fail: bool = False, classes: str | None = None, host: str | None = None,
-             locustfile: str | None = None, html: str | None = None, csv: str | None = None,
-             junit: str | None = None) -> dict:
-    """`opsctl loadtest run` as a step: the same options, through the same core operation."""
+             duration: str | None = None, slo: str | None = None, host: str | None = None, workers: int = 0,
+             abort_on_fail: bool = False, classes: str | None = None, locustfile: str | None = None,
+             html: str | None = None, csv: str | None = None, junit: str | None = None) -> dict:
+    """`opsctl loadtest run` as a step: the same core operation (opsctl.loadtest.operation.load_test)
+    with the same options; fails the step when an SLO gate is breached. Outputs: run_id,
+    passed, slo, total (the run's totals: requests, failures, p50/p95/p99 in ms, rps)."""
     from opsctl.loadtest.operation import load_test
 
     outcome = load_test(ctx.project, ctx.env, profile, users=users, spawn_rate=spawn_rate, duration=duration,
-                        slo=slo, workers=workers, abort_on_fail=abort_on_fail, classes=classes, host=host,
+                        slo=slo, host=host, workers=workers, abort_on_fail=abort_on_fail, classes=classes,
                         locustfile=locustfile, html=html, csv=csv, junit=junit)
     if not outcome.passed:
         raise OperationFailed(outcome.verdict())
     doc = to_jsonable(outcome.summary)
-    return {"run_id": doc["id"], "passed": True, "slo": doc["slo"], "total": doc["total"],
-            "gates": doc["gates"]}
+    return {"run_id": doc["id"], "passed": True, "slo": doc["slo"], "total": doc["total"]}
 
 
 @action("scale-down")

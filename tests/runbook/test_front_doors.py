@@ -1,0 +1,32 @@
+"""One operation, two front doors (issue 21): a runbook action takes the options of the
+command that runs the same core operation, under the same names."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import typer.main
+
+from opsctl.runbook.actions import ACTIONS
+from opsctl.runbook.model import arguments
+
+
+def _options(command_fn) -> set[str]:
+    """The option names (Python side) of a Typer command function."""
+    return {p.name for p in typer.main.get_command_from_info(
+        typer.models.CommandInfo(callback=command_fn), pretty_exceptions_short=True,
+        rich_markup_mode=None).params}
+
+
+def _core(fn, skip: set[str]) -> set[str]:
+    return {n for n in inspect.signature(fn).parameters if n not in skip}
+
+
+def test_loadtest_action_takes_the_options_of_loadtest_run():
+    from opsctl.cli.loadtest import run
+    from opsctl.loadtest.operation import load_test
+
+    action = set(arguments(ACTIONS["loadtest"]))
+    assert action == _core(load_test, {"project", "env", "live"})
+    assert action == _options(run) - {"env", "as_json"}
