@@ -27,13 +27,24 @@ _STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN":
 
 
 def _table(result, title: str | None = None):
+    """Readable at 80 columns and without a TTY: names, statuses and figures keep their full
+    width (no_wrap); only the message wraps onto more lines."""
+    from rich import box
     from rich.table import Table
 
-    table = Table("check", "status", "value", "message", "ms", title=title, title_justify="left")
-    for r in result.results:
-        value = "-" if r.value is None else f"{r.value:g} {r.unit}".strip()
-        style = _STYLE[r.status.name]
-        table.add_row(r.name, f"[{style}]{r.status.name}[/{style}]", value, r.message, f"{r.duration_ms:.0f}")
+    rows = [(r.name, r.status.name, "-" if r.value is None else f"{r.value:g} {r.unit}".strip(),
+             f"{r.duration_ms:.0f}") for r in result.results]
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 0))
+    for i, header in enumerate(("check", "status", "value")):
+        table.add_column(header, no_wrap=True, overflow="ignore",
+                         min_width=max([len(header), *(len(row[i]) for row in rows)]))
+    table.add_column("message", overflow="fold", ratio=1)
+    table.add_column("ms", justify="right", no_wrap=True, overflow="ignore",
+                     min_width=max([2, *(len(row[3]) for row in rows)]))
+    for r, (name, status, value, ms) in zip(result.results, rows):
+        style = _STYLE[status]
+        table.add_row(name, f"[{style}]{status}[/{style}]", value, r.message, ms)
     return table
 
 
@@ -78,15 +89,7 @@ def _once(project, envcfg, check, skip, junit, history, as_json) -> None:
     from opsctl.health import monitor
     from opsctl.output import emit
 
-    result = monitor.once(project, envcfg, check, skip)
-    if junit is not None:
-        from opsctl.health import junit as junit_mod
-
-        junit_mod.write(junit, result)
-    if history is not None:
-        from opsctl.health.schedule import append_history
-
-        append_history(history, result, [])
+    result = monitor.once(project, envcfg, check, skip, junit=junit, history=history)
     emit(result.to_dict(), as_json, lambda c: c.print(_table(result, _title(result))))
     raise typer.Exit(int(result.status))
 

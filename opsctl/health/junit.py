@@ -8,7 +8,6 @@ Written to a temporary file and renamed, so CI never reads half a report.
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from opsctl.errors import UsageError
@@ -24,28 +23,34 @@ def check_writable(path: Path) -> None:
 
 
 def render(result: SweepResult) -> bytes:
-    counts = {s: sum(r.status == s for r in result.results) for s in Status}
-    suite = ET.Element("testsuite", name=f"opsctl health {result.env}", tests=str(len(result.results)),
-                       failures=str(counts[Status.CRITICAL]), errors=str(counts[Status.UNKNOWN]),
-                       skipped="0", time=f"{result.duration_ms / 1000:.3f}",
-                       timestamp=result.started_at.isoformat())
+    """The sweep as a <testsuites> document (junitparser), one <testcase> per check."""
+    from junitparser import Error, Failure, JUnitXml, TestCase, TestSuite
+
+    suite = TestSuite(f"opsctl health {result.env}")
+    suite.timestamp = result.started_at.isoformat()
     for r in result.results:
-        case = ET.SubElement(suite, "testcase", classname=f"health.{result.env}.{r.kind}", name=r.name,
-                             time=f"{r.duration_ms / 1000:.3f}")
+        case = TestCase(r.name, classname=f"health.{result.env}.{r.kind}", time=round(r.duration_ms / 1000, 3))
         text = f"{r.status.name}: {r.message}" + (f" (value {r.value:g} {r.unit})".rstrip() if r.value is not None else "")
         if r.status == Status.CRITICAL:
-            ET.SubElement(case, "failure", message=r.message, type="CRITICAL").text = text
+            failure = Failure(r.message, "CRITICAL")
+            failure.text = text
+            case.result = [failure]
         elif r.status == Status.UNKNOWN:
-            ET.SubElement(case, "error", message=r.message, type="UNKNOWN").text = text
-        ET.SubElement(case, "system-out").text = text
-    suites = ET.Element("testsuites", name="opsctl health", tests=suite.get("tests"),
-                        failures=suite.get("failures"), errors=suite.get("errors"), time=suite.get("time"))
-    suites.append(suite)
-    ET.indent(suites)
-    return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
+            error = Error(r.message, "UNKNOWN")
+            error.text = text
+            case.result = [error]
+        case.system_out = text
+        suite.add_testcase(case)
+    suite.update_statistics()
+    suite.time = round(result.duration_ms / 1000, 3)
+    suites = JUnitXml("opsctl health")
+    suites.add_testsuite(suite)
+    suites.update_statistics()
+    return suites.tostring()
 
 
 def write(path: Path, result: SweepResult) -> None:
+    """Written to a temporary name and renamed: CI never reads half a report."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(render(result))
     os.replace(tmp, path)

@@ -28,8 +28,25 @@ def _checks(project, env, only, skip):
     return checks_mod.plan(project, env, resolve(project, env), only, skip)
 
 
-def once(project, env, only: list[str] | None = None, skip: list[str] | None = None) -> SweepResult:
-    return sweep_mod.run(env.name, _checks(project, env, only, skip))
+def once(project, env, only: list[str] | None = None, skip: list[str] | None = None, *,
+         junit: Path | None = None, history: Path | None = None) -> SweepResult:
+    """One sweep with its reports: what `opsctl health` and the runbook `health` step call.
+
+    `only`/`skip` are check name or kind patterns; `junit` receives the sweep as JUnit XML
+    (checked writable before any check runs), `history` gets one JSON line appended.
+    Raises UsageError on bad input (unknown pattern, unwritable report) before sweeping.
+    """
+    from opsctl.health import junit as junit_mod
+    from opsctl.health.schedule import append_history
+
+    if junit is not None:
+        junit_mod.check_writable(junit)
+    result = sweep_mod.run(env.name, _checks(project, env, only, skip))
+    if junit is not None:
+        junit_mod.write(junit, result)
+    if history is not None:
+        append_history(history, result, [])
+    return result
 
 
 @dataclass

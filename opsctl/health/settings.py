@@ -25,6 +25,8 @@ class HttpCheck(_Model):
     conditions: list[str] = Field(default_factory=lambda: ["[STATUS] == 200"], min_length=1)
     timeout: float | None = Field(None, gt=0, description="seconds; default: health.timeout")
     severity: Literal["warning", "critical"] = "critical"
+    follow_redirects: bool = Field(True, description="follow redirects and judge the final answer (as Gatus)")
+    max_body_bytes: int | None = Field(None, ge=1, description="bytes of body read at most; default: health.max_body_bytes")
 
     @field_validator("conditions")
     @classmethod
@@ -68,8 +70,12 @@ class Sink(_Model):
     url: str | None = Field(None, description="a URL with no secret in it (PagerDuty: events endpoint)")
     routing_key_env: str | None = Field(None, description="PagerDuty: env var with the integration key")
     smtp_host: str = "localhost"
-    smtp_port: int = Field(25, ge=1, le=65535)
-    starttls: bool = False
+    smtp_port: int = Field(587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="e-mail: starttls (the default: refuse a server that does not offer it), "
+                                "tls (implicit TLS, port 465) or none (plain text, only when written here)")
+    starttls: bool | None = Field(None, description="older spelling: true = security starttls, false = none")
+    ca_file: str | None = Field(None, description="e-mail: a CA bundle to trust for the SMTP server's certificate")
     username_env: str | None = None
     password_env: str | None = None
     sender: str = "opsctl@localhost"
@@ -85,6 +91,8 @@ class Sink(_Model):
             raise ValueError("a pagerduty sink needs routing_key_env (the env var holding the integration key)")
         if self.type == "email" and not self.to:
             raise ValueError("an email sink needs 'to: [address, ...]'")
+        if self.starttls is not None and "security" not in self.model_fields_set:
+            self.security = "starttls" if self.starttls else "none"
         self.name = self.name or self.type
         return self
 
@@ -102,6 +110,8 @@ class AlertSettings(_Model):
 class HealthSettings(_Model):
     timeout: float = Field(5.0, gt=0, description="seconds each check may take")
     timeouts: dict[str, float] = Field(default_factory=dict, description="per check name or kind")
+    max_body_bytes: int = Field(1024 * 1024, ge=1, description="HTTP checks read a body only for a [BODY] "
+                                "condition, and at most this many bytes; a larger body fails the check")
     interval: float = Field(30.0, gt=0, description="continuous mode: seconds between sweeps")
     cron: str | None = Field(None, description="scheduled mode's default schedule")
     history: str = Field(".opsctl/health/history.jsonl", description="scheduled mode's JSONL, from the ops root")

@@ -1,6 +1,9 @@
 """Alert sinks: Slack incoming webhook, PagerDuty Events API v2, Alertmanager-format webhook, SMTP.
 
 Each sink turns an Alert into its service's own format and sends it with its own timeout.
+The e-mail sink speaks TLS (STARTTLS by default, or implicit TLS) and verifies the server's
+certificate; plain SMTP only when the sink says `security: none`, so a password never
+crosses the network in clear by default.
 Secrets (webhook URLs, the PagerDuty routing key, SMTP passwords) are read from the
 environment variables opsctl.yaml names, when the sink is built, and never appear in what
 `describe()` or an error message says: URLs are redacted and exception texts scrubbed.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 from dataclasses import dataclass
 
 from opsctl.errors import UsageError
@@ -63,9 +67,19 @@ class Sender:
         msg["Subject"], msg["From"], msg["To"] = alert.summary()[:200], s.sender, ", ".join(s.to)
         msg.set_content(f"{alert.summary()}\n\ncheck: {alert.check} ({alert.kind})\nvalue: {alert.value} {alert.unit}\n"
                         f"failing since: {alert.started_at}\nat: {alert.at}\ndedup key: {alert.dedup_key}\n")
-        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout) as smtp:
-            if s.starttls:
-                smtp.starttls()
+        context = ssl.create_default_context(cafile=s.ca_file) if s.security != "none" else None
+        if s.security == "tls":
+            smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout)
+        with smtp:
+            if s.security == "starttls":
+                smtp.ehlo()
+                if not smtp.has_extn("starttls"):
+                    raise RuntimeError(f"SMTP server {s.smtp_host}:{s.smtp_port} does not offer STARTTLS; nothing "
+                                       "was sent (set security: tls for implicit TLS, or security: none on purpose)")
+                smtp.starttls(context=context)
+                smtp.ehlo()
             if s.username_env:
                 smtp.login(_env(s.username_env, self.name), _env(s.password_env or "", self.name))
             smtp.send_message(msg)
@@ -77,6 +91,8 @@ def build(settings) -> Sender:
         key = _env(settings.routing_key_env, settings.name)
         return Sender(settings.name, "pagerduty", settings.url or PAGERDUTY_URL, settings, key)
     if settings.type == "email":
+        if settings.ca_file and not os.path.isfile(settings.ca_file):
+            raise UsageError(f"alert sink '{settings.name}': ca_file {settings.ca_file} does not exist")
         password = None
         if settings.username_env:
             _env(settings.username_env, settings.name)

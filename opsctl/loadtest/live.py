@@ -74,7 +74,7 @@ def _table(*columns: str, title: str | None = None, first: str = "endpoint", fol
     (no_wrap, their full width reserved, one space between columns); only a first column
     holding a name (an endpoint, a gate) folds onto more lines when space runs out."""
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-              padding=(0, 1), collapse_padding=True)
+              padding=(0, 0))
     if fold_first:
         t.add_column(first, overflow="fold", ratio=1)
     else:

@@ -104,3 +104,108 @@ class Receiver(_Server):
     def at(self, path: str) -> list[dict]:
         with self.lock:
             return [body for p, body in self.posts if p == path]
+
+
+def self_signed(folder, name: str = "localhost", days: float = 30, expired: bool = False):
+    """(certificate path, key path) of a self-signed certificate for 127.0.0.1 and localhost,
+    made with `cryptography`; `expired` makes one whose notAfter lies a day in the past."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    not_before, not_after = (now - dt.timedelta(days=30), now - dt.timedelta(days=1)) if expired else (
+        now - dt.timedelta(minutes=5), now + dt.timedelta(days=days))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path, not_after
+
+
+class TlsServer(_Server):
+    """An HTTPS server answering 200 to everything, with the given certificate."""
+
+    def __init__(self, cert_path, key_path):
+        import ssl
+
+        super().__init__(_Ok)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_path, key_path)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+class _Ok(_Quiet):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
+class BigBody(_Server):
+    """`/big` answers 200 with `size` bytes (streamed, never held in memory) and counts the
+    bytes it managed to send before the client hung up; `/moved` redirects to `/big`,
+    `/json` answers a small JSON document."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.sent = 0
+        super().__init__(_Big)
+
+
+class _Big(_Quiet):
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        if self.path == "/moved":
+            self.send_response(301)
+            self.send_header("Location", "/json")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path == "/json":
+            body = b'{"status": "ready"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        chunked = self.path == "/big-chunked"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(owner.size))
+        self.end_headers()
+        block = b" " * 65536
+        try:
+            left = owner.size
+            while left > 0:
+                part = block[:min(left, len(block))]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+                owner.sent += len(part)
+                left -= len(part)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client hung up: what it read is what `sent` counted, give or take the socket buffers

@@ -47,14 +47,17 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
     slow = t.response_time_ms
     out: list = []
     router = f"{ep.router_url.rstrip('/')}/readyz" if ep.router_url else None
-    out.append(("router", "http", functools.partial(http.probe, router, http.READY, slow_ms=slow)
+    cap = hs.max_body_bytes
+    out.append(("router", "http", functools.partial(http.probe, router, http.READY, slow_ms=slow, max_body=cap)
                 if router else _missing("router_url"), None))
     for color, base in sorted(ep.workers.items()):
-        out.append((f"worker-{color}", "http", functools.partial(http.probe, f"{base}/readyz", http.READY, slow_ms=slow), None))
+        out.append((f"worker-{color}", "http", functools.partial(http.probe, f"{base}/readyz", http.READY,
+                                                                 slow_ms=slow, max_body=cap), None))
     for check in hs.http:
         failing = Status.CRITICAL if check.severity == "critical" else Status.WARNING
-        out.append((check.name, "http", functools.partial(http.probe, check.url, check.conditions, slow_ms=slow,
-                                                          method=check.method, failing=failing), check.timeout))
+        out.append((check.name, "http", functools.partial(
+            http.probe, check.url, check.conditions, slow_ms=slow, method=check.method, failing=failing,
+            follow_redirects=check.follow_redirects, max_body=check.max_body_bytes or cap), check.timeout))
     out.append(("postgres", "postgres", (lambda to: datastores.postgres(ep.database_url, to, t))
                 if ep.database_url else _missing(f"${env.database.url_env}"), None))
     out.append(("redis", "redis", (lambda to: datastores.redis(ep.redis_url, to, t))

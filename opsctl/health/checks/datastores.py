@@ -8,9 +8,11 @@ and any of it past its threshold from opsctl.yaml makes the check WARNING.
 from __future__ import annotations
 
 import math
+import re
 import time
 
 from opsctl.health.model import CheckResult, Judge, Status
+from opsctl.redact import scrub
 
 _PG_STATS = """
 SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
@@ -23,6 +25,12 @@ SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backe
             ELSE (SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication) END,
        (SELECT count(*) FROM pg_stat_replication)
 """
+
+
+def _password(url: str) -> str | None:
+    """The password of `scheme://user:password@host…`, even in a URL too malformed to parse."""
+    match = re.match(r"^[A-Za-z][\w+.-]*://[^/@:]*:(.+)@", url or "")
+    return match[1] if match else None
 
 
 def postgres(url: str, timeout: float, t) -> CheckResult:
@@ -38,7 +46,8 @@ def postgres(url: str, timeout: float, t) -> CheckResult:
                 _PG_STATS, (t.long_query_seconds,)).fetchone()
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return CheckResult("", "postgres", Status.CRITICAL, f"cannot query: {first}")
+        # libpq repeats a malformed URL, or just its password, word for word
+        return CheckResult("", "postgres", Status.CRITICAL, f"cannot query: {scrub(first, _password(url))}")
     judge = Judge()
     used = 100.0 * conns / max_conns
     judge.over("round trip", round(ms, 1), t.response_time_ms, " ms")
@@ -65,8 +74,8 @@ def redis(url: str, timeout: float, t) -> CheckResult:
         ms = (time.perf_counter() - began) * 1000
         info = client.info()
         client.close()
-    except redislib.RedisError as exc:
-        return CheckResult("", "redis", Status.CRITICAL, f"cannot ping: {exc}")
+    except (redislib.RedisError, ValueError) as exc:  # ValueError: a malformed URL
+        return CheckResult("", "redis", Status.CRITICAL, f"cannot ping: {scrub(str(exc), _password(url))}")
     judge = Judge()
     judge.over("ping", round(ms, 1), t.response_time_ms, " ms")
     used, limit = info.get("used_memory", 0), info.get("maxmemory", 0)
