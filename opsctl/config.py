@@ -88,6 +88,9 @@ class WorkerSettings(_Model):
     gpu: bool = False
     resources: dict[Literal["requests", "limits"], dict[str, str | int]] = Field(
         default_factory=dict, description="Kubernetes requests/limits, each key over the defaults")
+    auth: Literal["api-keys", "none"] | None = Field(
+        None, description="api-keys: the worker refuses to start without key hashes (default on kubernetes); "
+                          "none: open access, written out on purpose (default on local)")
 
 
 class DeploySettings(_Model):
@@ -118,6 +121,8 @@ class BackupSettings(_Model):
     key_file: str | None = None
     compress_level: int = Field(1, ge=1, le=22)
     retention: Retention = Retention()
+    archive_timeout: float = Field(30.0, ge=1, le=3600, description="seconds: WAL archiving's bound on lost commits")
+    archive_queue: int = Field(64, ge=1, description="WAL segments queued locally before new ones are dropped")
 
 
 class Thresholds(_Model):

@@ -128,3 +128,86 @@ def test_local_on_a_kubernetes_environment_is_refused(runner, tmp_path, monkeypa
     result = runner.invoke(app, ["local", "up"])
     assert result.exit_code == 2
     assert "'opsctl local' manages platform: local" in result.output
+
+
+# -- killed at any instant (issue 20 §2, §3) -----------------------------------------------
+
+def _pids_in(folder: Path) -> set[int]:
+    from opsctl.local import procs
+
+    files = list((folder / "run").glob("*.pid")) + [folder / "data" / "postgres" / "postmaster.pid"]
+    return {pid for f in files if (pid := procs.read_pidfile(f))}
+
+
+def _running(pids: set[int]) -> set[int]:
+    return {p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+
+
+def _up_killed_when(root: Path, ready, what: str) -> None:
+    """`opsctl local up` in its own process group, SIGKILLed (with its children, as a killed
+    terminal or CI job would be) as soon as `ready()` sees the state it waits for."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "local", "up"], cwd=root, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None, f"local up ended before {what}: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_up_killed_at_each_component_then_up_and_down(runner, tmp_path, monkeypatch):
+    from opsctl.starter import starter_text
+
+    (tmp_path / "opsctl.yaml").write_text(starter_text())
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / ".opsctl" / "local"
+    data = folder / "data"
+    seen: set[int] = set()
+    try:
+        # during initdb: the cluster is made in a temporary folder, never half at data/postgres
+        _up_killed_when(tmp_path, lambda: any((d / "PG_VERSION").exists() for d in data.glob("postgres.initdb-*")),
+                        "initdb running")
+        assert not (data / "postgres").exists()
+        # then as soon as each component's process exists (its PID file appears)
+        for name, pidfile in (("postgres", data / "postgres" / "postmaster.pid"),
+                              ("redis", folder / "run" / "redis.pid"), ("s3", folder / "run" / "s3.pid"),
+                              ("worker", folder / "run" / "worker-blue.pid")):
+            _up_killed_when(tmp_path, pidfile.exists, f"{name} started")
+            seen |= _pids_in(folder)
+        # down after a killed up stops everything that up left, found by PID
+        down = runner.invoke(app, ["local", "down", "--json"])
+        assert down.exit_code == 0, down.output
+        assert {"postgres", "redis", "s3", "worker-blue"} <= set(json.loads(down.stdout)["stopped"])
+        assert not _running(seen)
+        _up_killed_when(tmp_path, (folder / "run" / "router.pid").exists, "router started")
+        seen |= _pids_in(folder)
+
+        # the next up adopts or restarts what the killed one left, and finishes
+        back = _up(runner)
+        assert back["started"], back
+        status = _status(runner)
+        assert status["_healthy"] and status["_rc"] == 0
+        live = set(_our_pids(status))
+        assert not _running(seen - live)  # nothing half-started was left running beside them
+        with SAMPLE.open("rb") as audio:
+            resp = httpx.post(f"{back['router_url']}/v1/audio/transcriptions", files={"file": ("hello.wav", audio, "audio/wav")},
+                              data={"model": "whisper-1"}, timeout=120)
+        assert resp.status_code == 200 and "hello" in resp.json()["text"].lower()
+
+        # a damaged state file: up says what to do, down --purge works anyway
+        (folder / "state.json").write_text('{"version": 1, "components": {"postgres": ')
+        refused = runner.invoke(app, ["local", "up"])
+        assert refused.exit_code == 2 and "down --purge" in refused.output
+        purged = runner.invoke(app, ["local", "down", "--purge", "--yes", "--json"])
+        assert purged.exit_code == 0, purged.output
+        assert {"router", "worker-blue", "s3", "redis", "postgres"} <= set(json.loads(purged.stdout)["stopped"])
+        assert not _running(seen | live)
+        assert not data.exists() and not (folder / "state.json").exists()
+    finally:
+        runner.invoke(app, ["local", "down", "--purge", "--yes"])

@@ -1,4 +1,4 @@
-"""`opsctl deploy | promote | rollback | status`: parse, call opsctl.deploy, render."""
+"""`opsctl deploy | promote | rollback | status | abort`: parse, call opsctl.deploy, render."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _driver(env_name: str):
 def _render_record(record) -> None:
     from opsctl.output import stdout
 
-    color = "green" if record.outcome in ("promoted", "awaiting-promotion") else "red"
+    color = "green" if record.outcome in ("promoted", "awaiting-promotion") else (
+        "yellow" if record.outcome == "aborted" else "red")
     stdout.print(f"[{color}]{record.outcome}[/{color}]: {record.version} on {record.to_color} — {record.reason}")
 
 
@@ -82,6 +83,18 @@ def promote(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     emit(record, as_json, lambda c: _render_record(record))
 
 
+def abort(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+    """End a deploy that awaits promotion or was interrupted: traffic back on the known-good
+    color, the other color stopped, the record 'aborted'."""
+    from opsctl.deploy import bluegreen
+    from opsctl.output import emit
+
+    driver, envcfg = _driver(env)
+    with _live_steps(f"abort on {env}", as_json) as notify:
+        record = bluegreen.abort(driver, envcfg, bluegreen.Options(notify=notify))
+    emit(record, as_json, lambda c: _render_record(record))
+
+
 def rollback(
     env: EnvOpt = "local",
     to: Annotated[str | None, typer.Option("--to", help="Version to return to (default: the previous one).")] = None,
@@ -112,6 +125,13 @@ def status(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
         from rich.table import Table
 
         console.print(f"active color: [bold]{doc['active_color']}[/bold] (driver {doc['driver']})")
+        good = doc["known_good"]
+        if good["color"] and good["color"] != doc["active_color"]:
+            console.print(f"known-good: [bold]{good['color']}[/bold] ({good['version']}), kept warm")
+        if doc["notice"]:
+            from rich.markup import escape
+
+            console.print(f"[yellow]{escape(doc['notice'])}[/yellow]", highlight=False)
         colors = Table("color", "version", "running", "ready", "url")
         for c in doc["colors"].values():
             colors.add_row(c.color, c.version or "-", str(c.running), str(c.ready), c.url or "-")
@@ -129,3 +149,4 @@ def register(app: typer.Typer) -> None:
     app.command("promote")(promote)
     app.command("rollback")(rollback)
     app.command("status")(status)
+    app.command("abort")(abort)

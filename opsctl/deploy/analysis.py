@@ -5,6 +5,11 @@ the bundled sample checked for its words), on the very first deploy too. Post-pr
 watches the promoted color's own /metrics over the analysis window while canary
 transcriptions go through the router, and judges error rate and p95 on that window only.
 
+Every request analysis sends carries `Cache-Control: no-cache` (the worker's contract: such a
+request is always transcribed by the model, never answered from the transcript store), and
+post-promotion judges only the color's real model runs (`worker_transcription_duration_seconds`),
+never store hits (`worker_dedup_hits_total`): a window with no real transcription fails.
+
 A driver may not reach a color directly (Kubernetes from outside the cluster: `url` is
 None). Then pre-promotion is skipped and says so, never silently passed, and post-promotion
 judges the canaries alone, through the router: their failure rate and their own p95.
@@ -48,17 +53,28 @@ def sample() -> tuple[bytes, str]:
     return files.joinpath("sample.wav").read_bytes(), files.joinpath("sample.txt").read_text().strip()
 
 
+# The worker's request option that skips its transcript store (the model runs every time).
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
 def auth_headers(api_key_env: str) -> dict:
     """The probes' API key, read from the variable opsctl.yaml names (never logged)."""
     key = os.environ.get(api_key_env, "")
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def analysis_headers(api_key_env: str) -> dict:
+    """What every analysis request sends: the API key (when set) and `Cache-Control: no-cache`."""
+    return {**auth_headers(api_key_env), **NO_CACHE}
+
+
 def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Verdict:
+    """The bundled sample transcribed by the model (never the store) and checked for its words."""
     audio, expected = sample()
     try:
         resp = httpx.post(f"{base_url}{TRANSCRIBE}", files={"file": ("sample.wav", audio, "audio/wav")},
-                          data={"model": "whisper-1", "language": "en"}, headers=headers, timeout=timeout)
+                          data={"model": "whisper-1", "language": "en"}, headers={**headers, **NO_CACHE},
+                          timeout=timeout)
     except httpx.HTTPError as exc:
         return Verdict(False, f"transcription request failed: {exc}")
     if resp.status_code != 200:
@@ -89,31 +105,52 @@ def pre_promotion(base_url: str | None, headers: dict) -> Verdict:
 
 @dataclass
 class Snapshot:
-    total: float
-    errors: float
-    buckets: dict[float, float]  # cumulative counts by upper bound, transcription route
+    """One scrape of a color's /metrics, the counters post-promotion analysis compares."""
+
+    errors: float  # 5xx answers on the /v1/ routes
+    transcriptions: float  # real model runs: worker_transcription_duration_seconds_count
+    buckets: dict[float, float]  # their cumulative counts by upper bound (seconds)
+    store_hits: float  # worker_dedup_hits_total: answered from stored transcripts, never judged
+
+
+class ScrapeError(Exception):
+    pass
 
 
 def scrape(base_url: str, headers: dict) -> Snapshot:
+    """Read a color's /metrics (with the API key: the main port asks for one when keys are on).
+
+    Raises ScrapeError when /metrics cannot be read; analysis then fails, never passes blind.
+    """
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{base_url}/metrics", headers=headers, timeout=5).text
-    total = errors = 0.0
+    try:
+        resp = httpx.get(f"{base_url}/metrics", headers=headers, timeout=5)
+    except httpx.HTTPError as exc:
+        raise ScrapeError(f"{base_url}/metrics unreachable: {exc}") from None
+    if resp.status_code != 200:
+        hint = "; set the API key in the variable deploy.api_key_env names" if resp.status_code in (401, 403) else ""
+        raise ScrapeError(f"{base_url}/metrics answered {resp.status_code}{hint}")
+    errors = transcriptions = hits = 0.0
     buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(resp.text):
         for s in family.samples:
             if s.name == "worker_requests_total" and s.labels.get("route", "").startswith("/v1/"):
-                total += s.value
                 if s.labels.get("status", "").startswith("5"):
                     errors += s.value
-            elif s.name == "worker_request_duration_seconds_bucket" and s.labels.get("route") == TRANSCRIBE:
+            elif s.name == "worker_transcription_duration_seconds_bucket":
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
-    return Snapshot(total, errors, buckets)
+            elif s.name == "worker_transcription_duration_seconds_count":
+                transcriptions += s.value
+            elif s.name == "worker_dedup_hits_total":
+                hits += s.value
+    return Snapshot(errors, transcriptions, buckets, hits)
 
 
 def p95_ms(before: Snapshot, after: Snapshot) -> float | None:
-    """The window's 95th percentile, interpolated in its bucket as histogram_quantile does."""
+    """The window's 95th percentile of real transcriptions, interpolated in its histogram
+    bucket as Prometheus' histogram_quantile does (so it can be off by up to a bucket's width)."""
     deltas = sorted((le, after.buckets.get(le, 0) - before.buckets.get(le, 0)) for le in after.buckets)
     count = deltas[-1][1] if deltas else 0
     if count <= 0:
@@ -130,6 +167,25 @@ def p95_ms(before: Snapshot, after: Snapshot) -> float | None:
     return None
 
 
+def judge_window(before: Snapshot, after: Snapshot, max_error_pct: float, max_p95_ms: float) -> Verdict:
+    """Error rate and p95 over the window's real transcriptions; none at all is a failure.
+
+    Error rate = 5xx answers / (real transcriptions + 5xx answers): store hits count in neither.
+    """
+    real = after.transcriptions - before.transcriptions
+    errors = after.errors - before.errors
+    hits = after.store_hits - before.store_hits
+    ignored = f" ({hits:.0f} store hits not judged)" if hits else ""
+    if real <= 0:
+        return Verdict(False, f"0 real transcriptions by the promoted color in the window{ignored}, "
+                              f"{errors:.0f} errors: nothing to judge its model by")
+    error_pct = 100.0 * errors / (real + errors)
+    p95 = p95_ms(before, after)
+    detail = (f"judged {real:.0f} real transcriptions{ignored}: error rate {error_pct:.1f}% "
+              f"(max {max_error_pct}%), p95 {'n/a' if p95 is None else f'{p95:.0f} ms'} (max {max_p95_ms:.0f} ms)")
+    return Verdict(error_pct <= max_error_pct and (p95 is None or p95 <= max_p95_ms), detail)
+
+
 def post_promotion(color_url: str | None, router_url: str | None, window: float, max_error_pct: float,
                    max_p95_ms: float, headers: dict, probe_every: float = 1.0) -> Verdict:
     """Watch the window; canary transcriptions through the router give it traffic to judge."""
@@ -138,7 +194,10 @@ def post_promotion(color_url: str | None, router_url: str | None, window: float,
             return Verdict(True, "neither the promoted color nor a router_url is reachable from here; "
                            "set router_url in opsctl.yaml to analyse through the router", skipped=True)
         return canaries(router_url, window, max_error_pct, max_p95_ms, headers, probe_every)
-    before = scrape(color_url, headers)
+    try:
+        before = scrape(color_url, headers)
+    except ScrapeError as exc:
+        return Verdict(False, f"cannot read the promoted color's metrics: {exc}")
     deadline = time.monotonic() + window
     probes = failed_probes = 0
     while time.monotonic() < deadline:
@@ -149,15 +208,12 @@ def post_promotion(color_url: str | None, router_url: str | None, window: float,
         if not ready_check(color_url).ok:
             return Verdict(False, "promoted color stopped being ready during the analysis window")
         time.sleep(min(probe_every, max(0.0, deadline - time.monotonic())))
-    after = scrape(color_url, headers)
-    requests = after.total - before.total
-    error_pct = 100.0 * (after.errors - before.errors) / requests if requests else 0.0
-    p95 = p95_ms(before, after)
-    detail = (f"{requests:.0f} requests, error rate {error_pct:.1f}% (max {max_error_pct}%), "
-              f"p95 {'n/a' if p95 is None else f'{p95:.0f} ms'} (max {max_p95_ms:.0f} ms), "
-              f"canaries failed {failed_probes}/{probes}")
-    ok = error_pct <= max_error_pct and (p95 is None or p95 <= max_p95_ms) and failed_probes == 0
-    return Verdict(ok, detail)
+    try:
+        after = scrape(color_url, headers)
+    except ScrapeError as exc:
+        return Verdict(False, f"cannot read the promoted color's metrics: {exc}")
+    judged = judge_window(before, after, max_error_pct, max_p95_ms)
+    return Verdict(judged.ok and failed_probes == 0, f"{judged.detail}; canaries failed {failed_probes}/{probes}")
 
 
 def canaries(router_url: str, window: float, max_error_pct: float, max_p95_ms: float, headers: dict,

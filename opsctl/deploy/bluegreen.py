@@ -33,7 +33,9 @@ class Options:
 
 
 class _Run:
-    """One deploy's record, saved after every step so an interrupted deploy can be found."""
+    """One deploy's record, saved when each step starts and ends, so a deploy killed at any
+    instant leaves a record the next command finds (and, with the driver's own view of where
+    traffic is, knows whether the switch happened)."""
 
     def __init__(self, driver: Driver, record: DeployRecord, notify: Notify):
         self.driver, self.record, self.notify = driver, record, notify
@@ -43,6 +45,7 @@ class _Run:
         step = Step(name)
         self.record.steps.append(step)
         self.notify(step)
+        self.driver.save(self.record)
         began = time.monotonic()
         try:
             yield step
@@ -62,15 +65,48 @@ class _Run:
         return self.record
 
 
+def unfinished(driver: Driver) -> DeployRecord | None:
+    """The last deploy when it has no verdict yet (`in-progress`). Only meaningful to a caller
+    holding the deploy lock (then its process is gone) or after `driver.deploy_running()`."""
+    history = driver.history()
+    return history[-1] if history and history[-1].outcome == "in-progress" else None
+
+
+def switched(driver: Driver, record: DeployRecord) -> bool:
+    """Did this deploy move traffic? Asked of the platform (router, Service), not of the record:
+    a deploy killed between the switch and its next save has not written it down."""
+    return record.to_color != record.from_color and driver.active_color() == record.to_color
+
+
+def known_good(driver: Driver) -> tuple[str | None, str | None]:
+    """(color, version) of the last release that passed post-promotion analysis and is where
+    traffic must return: the previous color while a deploy that moved traffic is unresolved,
+    the active color otherwise."""
+    record = unfinished(driver)
+    if record is not None and switched(driver, record):
+        return record.from_color, record.from_version
+    active = driver.active_color()
+    colors = driver.colors()
+    return active, (colors[active].version if active in colors else None)
+
+
 def reap(driver: Driver, force: bool = False) -> list[str]:
-    """Finish what earlier deploys left: overdue standbys stopped, abandoned colors removed."""
+    """Finish what earlier deploys left: overdue standbys stopped, abandoned colors removed.
+
+    Never stopped: the active color, a preview awaiting promotion, and the last known-good
+    color while a deploy that moved traffic away from it has no verdict (the stable color
+    stays until a newer release passed its analysis, as Argo Rollouts keeps its stable
+    ReplicaSet until a rollout completes). Call with the deploy lock held.
+    """
     stopped = []
     active = driver.active_color()
     history = driver.history()
-    keep_until = {r.from_color: r.standby_until for r in history[-1:] if r.outcome == "promoted"}
-    pending = {r.to_color for r in history[-1:] if r.outcome == "awaiting-promotion"}
+    last = history[-1:]
+    keep_until = {r.from_color: r.standby_until for r in last if r.outcome == "promoted"}
+    protected = {r.to_color for r in last if r.outcome == "awaiting-promotion"}
+    protected |= {r.from_color for r in last if r.outcome == "in-progress" and switched(driver, r)}
     for color, state in driver.colors().items():
-        if color == active or not state.running or color in pending:
+        if color == active or not state.running or color in protected:
             continue
         until = keep_until.get(color)
         if until is not None and time.time() < until and not force:
@@ -78,18 +114,73 @@ def reap(driver: Driver, force: bool = False) -> list[str]:
         driver.scale_down(color)
         stopped.append(color)
     for record in history:
-        if record.outcome == "in-progress":
-            record.outcome, record.reason = "interrupted", "the deploying process stopped; cleaned up later"
+        if record.outcome == "in-progress" and not (record is history[-1] and switched(driver, record)):
+            record.outcome, record.reason = "interrupted", "the deploying process stopped before the switch; cleaned up later"
             record.finished_at = now()
             driver.save(record)
     return stopped
+
+
+def settle(driver: Driver, env: Environment, opts: "Options") -> DeployRecord | None:
+    """Finish a deploy that was interrupted after its switch: its post-promotion analysis runs
+    now, then it is promoted or traffic returns to the known-good color. Returns that record
+    (None when there was nothing to finish); raises nothing for a failed analysis, the record
+    says it. Call with the deploy lock held."""
+    record = unfinished(driver)
+    if record is None or not switched(driver, record):
+        return None
+    for step in record.steps:
+        if step.status == "running":  # where the process died
+            step.status, step.detail = "failed", step.detail or "interrupted: the deploying process stopped"
+    run = _Run(driver, record, opts.notify)
+    with run.step("resume") as s:
+        driver.switch(record.to_color)  # re-assert it: the killed process may not have recorded it
+        s.detail = (f"deploy {record.id} of {record.version} was interrupted after the switch; "
+                    f"finishing its post-promotion analysis ({record.from_color or 'no'} known-good color kept)")
+    try:
+        return _after_switch(driver, env, run, opts, analyse=True)
+    except OperationFailed:
+        return run.record
+
+
+def _after_switch(driver: Driver, env: Environment, run: _Run, opts: "Options", analyse: bool) -> DeployRecord:
+    """Post-promotion analysis on the color traffic moved to; switch back when it fails."""
+    record = run.record
+    previous, target = record.from_color, record.to_color
+    if analyse and env.deploy.analysis_window > 0:
+        try:
+            with run.step("post-promotion analysis") as s:
+                verdict = analysis.post_promotion(
+                    driver.url(target), driver.router_url(), env.deploy.analysis_window,
+                    env.deploy.max_error_rate_percent, env.deploy.max_p95_ms,
+                    analysis.analysis_headers(env.deploy.api_key_env))
+                s.detail = verdict.detail
+                s.status = "skipped" if verdict.skipped else s.status
+                if not verdict.ok:
+                    raise OperationFailed(verdict.detail)
+        except OperationFailed as exc:
+            if previous is None:
+                run.finish("failed", f"post-promotion analysis failed: {exc}; no previous color to return to")
+                raise OperationFailed(f"post-promotion analysis failed: {exc}") from None
+            with run.step("switch back") as s:
+                driver.switch(previous)
+                s.detail = f"router → {previous} ({record.from_version})"
+            _discard(driver, target)
+            run.finish("rolled-back", f"post-promotion analysis failed: {exc}")
+            raise OperationFailed(f"deploy of {record.version} rolled back to {record.from_version}: {exc}") from None
+    delay = 0.0 if record.strategy == "rolling" else env.deploy.scale_down_delay
+    record.standby_until = time.time() + delay if previous else None
+    return run.finish("promoted", f"{target} serves {record.version}"
+                      + (f"; {previous} stays warm for {delay:.0f}s" if previous and delay else ""))
 
 
 def deploy(driver: Driver, env: Environment, release: Release, opts: Options) -> DeployRecord:
     if opts.strategy not in ("blue-green", "rolling"):
         raise UsageError(f"--strategy {opts.strategy}: use blue-green or rolling")
     with driver.lock():
+        settle(driver, env, opts)
         reap(driver)
+        _supersede_preview(driver)
         active = driver.active_color()
         colors = driver.colors()
         current = colors.get(active) if active else None
@@ -114,7 +205,7 @@ def deploy(driver: Driver, env: Environment, release: Release, opts: Options) ->
                 driver.wait_ready(target, env.deploy.ready_timeout)
             if opts.analysis and opts.strategy == "blue-green":
                 with run.step("pre-promotion analysis") as s:
-                    verdict = analysis.pre_promotion(driver.url(target), analysis.auth_headers(env.deploy.api_key_env))
+                    verdict = analysis.pre_promotion(driver.url(target), analysis.analysis_headers(env.deploy.api_key_env))
                     s.detail = verdict.detail
                     s.status = "skipped" if verdict.skipped else s.status
                     if not verdict.ok:
@@ -150,41 +241,33 @@ def _discard(driver: Driver, color: str) -> None:
         pass
 
 
+def _supersede_preview(driver: Driver) -> None:
+    """A new deploy replaces a preview that was left awaiting promotion: its record says so."""
+    history = driver.history()
+    if history and history[-1].outcome == "awaiting-promotion":
+        record = history[-1]
+        record.outcome, record.reason, record.finished_at = "aborted", "replaced by a newer deploy", now()
+        driver.save(record)
+
+
 def _promote(driver: Driver, env: Environment, run: _Run, opts: Options) -> DeployRecord:
     record = run.record
-    previous, target = record.from_color, record.to_color
     with run.step("switch") as s:
-        driver.switch(target)
-        s.detail = f"router → {target} ({record.version})"
-    if opts.analysis and opts.strategy == "blue-green" and env.deploy.analysis_window > 0:
-        try:
-            with run.step("post-promotion analysis") as s:
-                verdict = analysis.post_promotion(
-                    driver.url(target), driver.router_url(), env.deploy.analysis_window,
-                    env.deploy.max_error_rate_percent, env.deploy.max_p95_ms,
-                    analysis.auth_headers(env.deploy.api_key_env))
-                s.detail = verdict.detail
-                s.status = "skipped" if verdict.skipped else s.status
-                if not verdict.ok:
-                    raise OperationFailed(verdict.detail)
-        except OperationFailed as exc:
-            if previous is None:
-                run.finish("failed", f"post-promotion analysis failed: {exc}; no previous color to return to")
-                raise OperationFailed(f"post-promotion analysis failed: {exc}") from None
-            with run.step("switch back") as s:
-                driver.switch(previous)
-                s.detail = f"router → {previous} ({record.from_version})"
-            _discard(driver, target)
-            run.finish("rolled-back", f"post-promotion analysis failed: {exc}")
-            raise OperationFailed(f"deploy of {record.version} rolled back to {record.from_version}: {exc}") from None
-    delay = 0.0 if opts.strategy == "rolling" else env.deploy.scale_down_delay
-    record.standby_until = time.time() + delay if previous else None
-    return run.finish("promoted", f"{target} serves {record.version}"
-                      + (f"; {previous} stays warm for {delay:.0f}s" if previous and delay else ""))
+        s.detail = f"router → {record.to_color} ({record.version})"
+        driver.switch(record.to_color)
+    return _after_switch(driver, env, run, opts, analyse=opts.analysis and opts.strategy == "blue-green")
 
 
 def promote(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
+    """Switch to the preview a --no-auto-promote deploy left, then analyse it; or, when the
+    last deploy was interrupted after its switch, finish its post-promotion analysis."""
     with driver.lock():
+        resumed = settle(driver, env, opts)
+        if resumed is not None:
+            if resumed.outcome != "promoted":
+                raise OperationFailed(f"the interrupted deploy of {resumed.version} is {resumed.outcome}: "
+                                      f"{resumed.reason}")
+            return resumed
         pending = [r for r in driver.history()[-1:] if r.outcome == "awaiting-promotion"]
         if not pending:
             raise UsageError("nothing awaits promotion; deploy with --no-auto-promote first")
@@ -193,6 +276,35 @@ def promote(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
             raise OperationFailed(f"preview {record.to_color} is no longer ready; deploy again")
         record.outcome = "in-progress"
         return _promote(driver, env, _Run(driver, record, opts.notify), opts)
+
+
+def abort(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
+    """End a deploy that awaits promotion or was interrupted: traffic on the known-good color,
+    the other color stopped, the record `aborted`. Nothing to abort is a usage error."""
+    with driver.lock():
+        history = driver.history()
+        record = history[-1] if history else None
+        if record is None or record.outcome not in ("awaiting-promotion", "in-progress"):
+            state = f"the last deploy ({record.version}) is {record.outcome}" if record else "no deploy was recorded"
+            raise UsageError(f"nothing to abort: {state}")
+        run = _Run(driver, record, opts.notify)
+        good = record.from_color
+        if record.outcome == "in-progress" and switched(driver, record):
+            if good is None:
+                raise OperationFailed(f"deploy {record.id} moved traffic to {record.to_color} on an environment with no "
+                                      "earlier color; nothing to return to ('opsctl promote' finishes its analysis)")
+            with run.step("switch back") as s:
+                s.detail = f"router → {good} ({record.from_version})"
+                driver.switch(good)
+        active = driver.active_color()
+        with run.step("stop") as s:
+            if record.to_color != active:
+                driver.scale_down(record.to_color)
+                s.detail = f"{record.to_color} ({record.version}) stopped"
+            else:
+                s.status, s.detail = "skipped", f"{record.to_color} serves traffic; nothing to stop"
+        return run.finish("aborted", f"aborted by 'opsctl abort'; traffic on {active or 'nothing'}"
+                                     + (f" ({record.from_version})" if active == good and record.from_version else ""))
 
 
 def finish_scale_down(driver: Driver, record: DeployRecord, sleep: Callable[[float], None] = time.sleep) -> list[str]:

@@ -11,6 +11,9 @@ from what serves traffic and can never rescale it (argo-rollouts#4552), plus two
 
 Secrets never appear here: database and Redis URLs come from the Secret
 `transcription-worker` (keys database-url, redis-url, api-key-hashes) that the stack creates.
+API keys are required (WORKER_REQUIRE_API_KEYS=true, the api-key-hashes key not optional)
+unless opsctl.yaml says `worker: {auth: none}`; Prometheus scrapes the separate, keyless
+metrics port (container port "metrics").
 """
 
 from __future__ import annotations
@@ -35,14 +38,26 @@ PREVIEW_SERVICE = f"{APP}-preview"
 SECRET = APP
 SERVICE_ACCOUNT = APP  # created by the Pulumi stack (IRSA for S3)
 PORT = 8000
+# The worker's second listener, serving only /metrics without a key (WORKER_METRICS_PORT),
+# exposed as the container port named "metrics" that the PodMonitor scrapes.
+METRICS_PORT = 9090
+METRICS_PORT_NAME = "metrics"
 GPU_RESOURCE = "nvidia.com/gpu"
 # The GPU node group carries this label and the taint below (EKS GPU nodes, NVIDIA device plugin).
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 SPREAD_KEYS = ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
-# (worker variable, secret key, optional): only the URLs with credentials come from the Secret
-SECRET_ENV = (("WORKER_DATABASE_URL", "database-url", False), ("WORKER_REDIS_URL", "redis-url", False),
-              ("WORKER_API_KEY_HASHES", "api-key-hashes", True))
+# (worker variable, secret key): what holds credentials comes from the Secret. None of them is
+# optional: a missing api-key-hashes key keeps the pod from starting (CreateContainerConfigError)
+# instead of silently serving without keys; only `worker.auth: none` makes that key optional.
+SECRET_ENV = (("WORKER_DATABASE_URL", "database-url"), ("WORKER_REDIS_URL", "redis-url"),
+              ("WORKER_API_KEY_HASHES", "api-key-hashes"))
+
+
+def auth_required(env: Environment) -> bool:
+    """API keys are on unless opsctl.yaml writes `worker: {auth: none}`; on `local` they are off
+    unless it writes `auth: api-keys`."""
+    return (env.worker.auth or ("none" if env.platform == "local" else "api-keys")) == "api-keys"
 
 
 def deployment_name(color: str | None) -> str:
@@ -80,13 +95,17 @@ def worker_env(env: Environment, release: Release, color: str | None) -> list[di
         "WORKER_MODEL_NAME": env.worker.model,
         "WORKER_S3_BUCKET": env.buckets.audio,
         "WORKER_LOG_FORMAT": "json",
+        "WORKER_METRICS_PORT": str(METRICS_PORT),
     }
+    if auth_required(env):
+        plain["WORKER_REQUIRE_API_KEYS"] = "true"
     if env.aws.endpoint_url:
         plain["WORKER_S3_ENDPOINT_URL"] = env.aws.endpoint_url
     plain.update({f"WORKER_{k.upper()}": str(v) for k, v in release.settings.items()})
     items = [{"name": k, "value": v} for k, v in plain.items()]
-    for name, key, optional in SECRET_ENV:
+    for name, key in SECRET_ENV:
         if name not in plain:
+            optional = name == "WORKER_API_KEY_HASHES" and not auth_required(env)
             ref = {"name": SECRET, "key": key, **({"optional": True} if optional else {})}
             items.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
     return items
@@ -114,6 +133,7 @@ def deployment(project: Project, env: Environment, release: Release, color: str 
         replicas=env.worker.replicas if replicas is None else replicas, rolling=color is None,
         image=release.image, env=worker_env(env, release, color), resources=resources(env),
         service_account=SERVICE_ACCOUNT, grace_seconds=int(env.deploy.drain_timeout) + 10, port=PORT,
+        metrics_port=METRICS_PORT, metrics_port_name=METRICS_PORT_NAME,
         node_selector=GPU_NODE_SELECTOR if env.worker.gpu else {},
         tolerations=[GPU_TOLERATION] if env.worker.gpu else [], spread_keys=SPREAD_KEYS)
 

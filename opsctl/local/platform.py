@@ -3,6 +3,13 @@
 `up` is idempotent: each component is probed and only what is not healthy is (re)started,
 in dependency order. Components are plain processes recorded in the state file, so `down`
 stops exactly what `up` started, and nothing else.
+
+Safe to kill at any instant: a component's port is in the state file before its process
+starts, and its PID as soon as the process exists; each process also writes a PID file
+itself (PostgreSQL: postmaster.pid). A later `up` keeps a component only when its start-up
+had finished; what a killed `up` left half-started is stopped by its PID and started again.
+`down` finds processes by the state file and by the PID files, so it works whatever the
+state file holds.
 """
 
 from __future__ import annotations
@@ -55,6 +62,34 @@ def _local_env(project: Project, env: Environment | None) -> Environment:
     return env
 
 
+# the program each component's command line names: a reused PID is never taken for ours
+HINTS = {"postgres": "postgres", "redis": "redis-server", "s3": "moto", "router": "caddy",
+         "worker-blue": "transcription-worker", "worker-green": "transcription-worker"}
+
+
+def live_pid(state: st.LocalState, key: str) -> int | None:
+    """The component's running process: the PID recorded in the state, else its PID file's."""
+    comp = state.components.get(key)
+    for pid in ((comp.pid if comp else None), procs.read_pidfile(state.pidfile(key))):
+        if procs.alive(pid, HINTS[key]):
+            return pid
+    return None
+
+
+def _stop_any(state: st.LocalState, key: str, pid: int, port: int | None = None,
+              admin_port: int | None = None, timeout: float = 30.0) -> None:
+    if key == "postgres":
+        pg.stop(pid)
+    elif key == "redis":
+        rd.stop(pid, port)
+    elif key == "router":
+        caddy.stop(pid, admin_port)
+    else:
+        procs.stop(pid, timeout, HINTS[key])
+    if key != "postgres":
+        state.pidfile(key).unlink(missing_ok=True)
+
+
 def _healthy(name: str, comp: st.Component | None) -> bool:
     if comp is None or not procs.alive(comp.pid):
         return False
@@ -65,7 +100,7 @@ def _healthy(name: str, comp: st.Component | None) -> bool:
     if name == "s3":
         return s3mod._ready(comp.port)
     if name == "router":
-        return caddy._admin_ready(comp.admin_port)
+        return caddy._admin_ready(comp.admin_port) and caddy.current_upstream(comp.admin_port) is not None
     return wk.ready(comp.port)
 
 
@@ -81,24 +116,33 @@ def _ensure(state: st.LocalState, name: str) -> st.Component:
 
 def _start(name: str, state: st.LocalState, env: Environment) -> None:
     comp = _ensure(state, name)
+    comp.pid, comp.ready = None, False
+    state.save()  # the port is known before the process exists
+
+    def spawned(pid: int) -> None:  # and the PID as soon as it does
+        comp.pid = pid
+        state.save()
+
     log = state.log(name)
+    pidfile = state.pidfile(name)
     if name == "postgres":
-        comp.pid = pg.start(state.data("postgres"), comp.port, log)
+        pg.start(state.data("postgres"), comp.port, log, on_spawn=spawned)
         pg.ensure_database(comp.port, env.database.name, env.database.user)
         comp.version = pg.version(comp.port)
     elif name == "redis":
-        comp.pid = rd.start(state.data("redis"), comp.port, log)
+        rd.start(state.data("redis"), comp.port, log, pidfile=pidfile, on_spawn=spawned)
         comp.version = rd.version(comp.port)
     elif name == "s3":
-        comp.pid = s3mod.start(comp.port, log)
+        s3mod.start(comp.port, log, pidfile=pidfile, on_spawn=spawned)
         s3mod.load(s3mod.endpoint(comp.port), state.data("s3"))
         s3mod.ensure_buckets(s3mod.endpoint(comp.port), [env.buckets.audio, env.buckets.backups])
         comp.version = f"moto {dist_version('moto')}"
     elif name == "router":
         upstream = state.components[wk.name(state.active_color)].port
-        comp.pid = caddy.start(state.data("caddy"), comp.port, comp.admin_port, upstream,
-                               state.active_color, env.deploy.drain_timeout, log)
+        caddy.start(state.data("caddy"), comp.port, comp.admin_port, upstream,
+                    state.active_color, env.deploy.drain_timeout, log, pidfile=pidfile, on_spawn=spawned)
         comp.version = f"caddy {caddy.version()}"
+    comp.ready = True
 
 
 def _start_worker(state: st.LocalState, env: Environment) -> None:
@@ -117,14 +161,21 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
     folder = st.folder_for(project.root)
     with st.locked(folder):
         state = st.load(folder)
+        _follow_router(state)
         result = UpResult(router_url="")
         for name in ORDER:
             key = wk.name(state.active_color) if name == "worker" else name
             notify(name, "checking")
-            if _healthy(name, state.components.get(key)):
+            comp = state.components.get(key)
+            pid = live_pid(state, key)
+            if comp is not None and pid is not None:
+                comp.pid = pid
+            if comp is not None and comp.ready and _healthy(name, comp):
                 result.kept.append(name)
                 notify(name, "kept")
                 continue
+            if pid is not None:  # left half-started by a killed `up` (or hung): stop, start again
+                _stop_any(state, key, pid, comp.port if comp else None, comp.admin_port if comp else None)
             notify(name, "starting")
             began = time.monotonic()
             try:
@@ -146,6 +197,20 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
             caddy.switch(router.admin_port, upstream, state.active_color)
         result.router_url = f"http://{procs.HOST}:{router.port}"
         return result
+
+
+def _follow_router(state: st.LocalState) -> None:
+    """Where a running router sends traffic is the truth: a deploy killed between its switch
+    and its state write leaves the file one color behind, and `up` must not switch back."""
+    router = state.components.get("router")
+    if not router or not router.admin_port or not procs.alive(router.pid, "caddy"):
+        return
+    dial = caddy.current_upstream(router.admin_port)
+    for color in st.COLORS:
+        comp = state.components.get(wk.name(color))
+        if dial and comp and dial == f"{procs.HOST}:{comp.port}" and state.active_color != color:
+            state.active_color = color
+            state.save()
 
 
 def status(project: Project) -> list[ComponentStatus]:
@@ -174,34 +239,34 @@ def status(project: Project) -> list[ComponentStatus]:
 
 
 def down(project: Project, purge: bool = False) -> list[str]:
-    """Stop what `up` started, by recorded PID; keep the data unless `purge`."""
+    """Stop what `up` started, by recorded PID or PID file; keep the data unless `purge`.
+
+    Works whatever the state file holds: a damaged one is read as empty (the PID files still
+    find every process); without `purge` it is then left as it is for a person to look at.
+    """
     folder = st.folder_for(project.root)
     stopped: list[str] = []
     with st.locked(folder):
-        state = st.load(folder)
+        state, problem = st.load_lenient(folder)
         comps = state.components
-        if "router" in comps and caddy.stop(comps["router"].pid, comps["router"].admin_port):
-            stopped.append("router")
-        for color in st.COLORS:
-            if wk.stop(comps.get(wk.name(color))):
-                stopped.append(wk.name(color))
-        s3c = comps.get("s3")
-        if s3c and procs.alive(s3c.pid, "moto"):
-            if not purge:
-                _save_s3(s3mod.endpoint(s3c.port), state.data("s3"))
-            procs.stop(s3c.pid, 10, "moto")
-            stopped.append("s3")
-        if "redis" in comps and rd.stop(comps["redis"].pid, comps["redis"].port):
-            stopped.append("redis")
-        if "postgres" in comps and pg.stop(comps["postgres"].pid):
-            stopped.append("postgres")
+        for key in ["router", *(wk.name(c) for c in st.COLORS), "s3", "redis", "postgres"]:
+            comp = comps.get(key)
+            pid = live_pid(state, key)
+            if pid is None:
+                continue
+            if key == "s3" and not purge and comp is not None:
+                _save_s3(s3mod.endpoint(comp.port), state.data("s3"))
+            _stop_any(state, key, pid, comp.port if comp else None, comp.admin_port if comp else None,
+                      timeout=10 if key == "s3" else 30)
+            stopped.append(key)
         for comp in comps.values():
             comp.pid = None
         if purge:
             shutil.rmtree(folder / "data", ignore_errors=True)
             shutil.rmtree(folder / "logs", ignore_errors=True)
+            shutil.rmtree(folder / "run", ignore_errors=True)
             state.path.unlink(missing_ok=True)
-        else:
+        elif problem is None:
             state.save()
     return stopped
 
@@ -210,7 +275,11 @@ def _save_s3(endpoint: str, target: Path) -> None:
     """Save into a fresh folder and swap it in, so a failed save keeps the previous copy."""
     tmp = target.with_name(target.name + ".saving")
     shutil.rmtree(tmp, ignore_errors=True)
-    s3mod.save(endpoint, tmp)
+    try:
+        s3mod.save(endpoint, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = target.with_name(target.name + ".old")
     if target.exists():
         target.rename(old)
@@ -219,7 +288,7 @@ def _save_s3(endpoint: str, target: Path) -> None:
 
 
 def log_path(project: Project, component: str) -> Path:
-    state = st.load(st.folder_for(project.root))
+    state, _ = st.load_lenient(st.folder_for(project.root))
     known = set(ORDER) - {"worker"} | {wk.name(c) for c in st.COLORS}
     if component == "worker":
         component = wk.name(state.active_color)

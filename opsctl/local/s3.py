@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 from opsctl.local import procs
 
@@ -21,8 +22,13 @@ def endpoint(port: int) -> str:
     return f"http://{procs.HOST}:{port}"
 
 
-def start(port: int, log: Path, timeout: float = 60.0) -> int:
-    pid = procs.spawn([sys.executable, "-m", "moto.server", "-H", procs.HOST, "-p", str(port)], log)
+def start(port: int, log: Path, timeout: float = 60.0, pidfile: Path | None = None,
+          on_spawn: Callable[[int], None] | None = None) -> int:
+    """moto's server on 127.0.0.1:port; `pidfile` and `on_spawn` as in procs.spawn / pg.start."""
+    pid = procs.spawn([sys.executable, "-m", "moto.server", "-H", procs.HOST, "-p", str(port)], log,
+                      pidfile=pidfile)
+    if on_spawn is not None:
+        on_spawn(pid)
     procs.wait_until(lambda: _ready(port), timeout, "s3 (moto)", log, pid, interval=0.2)
     return pid
 

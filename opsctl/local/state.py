@@ -1,8 +1,10 @@
 """The embedded platform's one state file: ports, PIDs, versions and data paths.
 
 Ports are chosen once and kept, so URLs handed out earlier (to the worker, to a shell, to
-CI) stay valid across `down`/`up`. Writes are atomic (temp file + rename) and every change
-happens under a file lock, so a crashed or concurrent `opsctl` never leaves half a file.
+CI) stay valid across `down`/`up`. Writes are atomic and durable (temp file, fsync, rename,
+fsync of the folder: opsctl.files.write_json) and every change happens under a file lock, so
+a crashed or concurrent `opsctl` never leaves half a file. A component's port is written
+before its process starts, and its PID as soon as the process exists.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Component:
     version: str | None = None
     admin_port: int | None = None
     settings: dict = field(default_factory=dict)
+    ready: bool = True  # False from the spawn until the start-up finished (then "kept" by `up`)
+    metrics_port: int | None = None  # a worker's unauthenticated /metrics listener (WORKER_METRICS_PORT)
 
 
 @dataclass
@@ -46,6 +50,12 @@ class LocalState:
     def data(self, name: str) -> Path:
         return self.folder / "data" / name
 
+    def pidfile(self, name: str) -> Path:
+        """Where a component's process writes its PID (PostgreSQL: its own postmaster.pid)."""
+        if name == "postgres":
+            return self.data("postgres") / "postmaster.pid"
+        return self.folder / "run" / f"{name}.pid"
+
     def save(self) -> None:
         write_json(self.path, {"version": 1, "active_color": self.active_color,
                                "components": {k: asdict(v) for k, v in self.components.items()}})
@@ -56,15 +66,27 @@ def folder_for(root: Path) -> Path:
 
 
 def load(folder: Path) -> LocalState:
+    state, problem = load_lenient(folder)
+    if problem:
+        raise UsageError(f"{problem}; run 'opsctl local down --purge' to start over") from None
+    return state
+
+
+def load_lenient(folder: Path) -> tuple[LocalState, str | None]:
+    """The state, or an empty one and what is wrong with the file (for `down`, which must
+    work whatever the file holds: it finds the processes by their PID files then)."""
     path = folder / "state.json"
     if not path.exists():
-        return LocalState(folder)
+        return LocalState(folder), None
     try:
         doc = json.loads(path.read_text())
         comps = {k: Component(**v) for k, v in doc.get("components", {}).items()}
-        return LocalState(folder, comps, doc.get("active_color", "blue"))
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"{path} is damaged ({exc}); run 'opsctl local down --purge' to start over") from None
+        color = doc.get("active_color", "blue")
+        if color not in COLORS:
+            raise ValueError(f"active_color {color!r}")
+        return LocalState(folder, comps, color), None
+    except (ValueError, TypeError, AttributeError, OSError) as exc:
+        return LocalState(folder), f"{path} is damaged ({exc})"
 
 
 @contextmanager

@@ -39,6 +39,13 @@ def environment(state: LocalState, env_cfg, color: str, version: str, settings: 
         "WORKER_CONCURRENCY": str(env_cfg.worker.concurrency),
         "WORKER_LOG_FORMAT": "json",
     }
+    own = comps.get(name(color))
+    if own is not None and own.metrics_port:
+        env["WORKER_METRICS_PORT"] = str(own.metrics_port)  # keyless /metrics for the scraper
+    from opsctl.deploy.manifests import auth_required
+
+    if auth_required(env_cfg):
+        env["WORKER_REQUIRE_API_KEYS"] = "true"
     env.update({f"WORKER_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -71,17 +78,27 @@ def _exe() -> str:
 
 def start(state: LocalState, env_cfg, color: str, version: str, settings: dict,
           timeout: float) -> Component:
-    """Start the color's process on its kept port and wait until /readyz answers 200."""
+    """Start the color's process on its kept port and wait until /readyz answers 200.
+
+    The state file records the port before the process starts and its PID as soon as it
+    exists (and the process writes its PID file itself), so a killed opsctl leaves nothing
+    the next `up` or `down` cannot find."""
     key = name(color)
     comp = state.components.get(key) or Component(port=procs.free_port())
     comp.settings = dict(settings)
-    log = state.log(key)
-    env = environment(state, env_cfg, color, version, settings)
-    comp.pid = procs.spawn([_exe(), "serve", "--host", procs.HOST, "--port", str(comp.port)], log, env=env)
+    comp.pid, comp.ready = None, False
+    comp.metrics_port = comp.metrics_port or procs.free_port()
     comp.version = version
     state.components[key] = comp
+    log = state.log(key)
+    env = environment(state, env_cfg, color, version, settings)
+    state.save()
+    comp.pid = procs.spawn([_exe(), "serve", "--host", procs.HOST, "--port", str(comp.port)], log, env=env,
+                           pidfile=state.pidfile(key))
+    state.save()
     procs.wait_until(lambda: ready(comp.port), timeout, f"{key} (version {version})", log, comp.pid,
                      interval=0.25)
+    comp.ready = True
     return comp
 
 

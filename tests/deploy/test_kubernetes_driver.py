@@ -47,7 +47,11 @@ class ApiServer(kmock.KubernetesEmulator):
     out: server-side apply creates a missing object, and metadata.generation counts changes
     of the spec (which is what observedGeneration is compared with)."""
 
+    freeze_on: str | None = None  # a color: once the active Service selects it, hold every request
+
     async def _handle(self, request):
+        if self.freeze_on is not None and getattr(self, "frozen", None) is not None and self.frozen.is_set():
+            await self.thawed.wait()  # the deploying process hangs here, after its switch
         if request.resource is not None and request.name and request.method == kmock.method.PATCH \
                 and isinstance(request.data, dict):
             key = (request.resource, request.namespace, request.name)
@@ -64,7 +68,20 @@ class ApiServer(kmock.KubernetesEmulator):
                     if plain(probe.raw).get("spec") != old.get("spec"):
                         generation = old.get("metadata", {}).get("generation", 0) + 1
                         request.data.setdefault("metadata", {})["generation"] = generation
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        if (self.freeze_on is not None and request.resource is not None and request.resource.plural == "services"
+                and request.name == "transcription-worker" and isinstance(request.data, dict)
+                and (request.data.get("spec", {}).get("selector") or {}).get("app.kubernetes.io/color") == self.freeze_on):
+            self.frozen.set()
+        return response
+
+    def freeze_after_switch_to(self, color: str) -> None:
+        self.frozen, self.thawed = asyncio.Event(), asyncio.Event()
+        self.freeze_on = color
+
+    def thaw(self) -> None:
+        self.freeze_on = None
+        self.thawed.set()
 
 
 def plain(obj) -> dict:
@@ -183,12 +200,16 @@ async def test_first_deploy_applies_the_rendered_objects(cluster):
     assert worker["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}
     assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert worker["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert worker["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"},
+                               {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
     env = _env(worker)
     assert (env["WORKER_COLOR"], env["WORKER_VERSION"], env["WORKER_DEVICE"]) == ("blue", "1.0.0", "cuda")
     assert (env["WORKER_COMPUTE_TYPE"], env["WORKER_CONCURRENCY"], env["WORKER_BEAM_SIZE"]) == ("float16", "2", "3")
     assert env["WORKER_S3_BUCKET"] == "prod-audio"
     assert env["WORKER_DATABASE_URL"] == {"secretKeyRef": {"name": "transcription-worker", "key": "database-url"}}
+    # access is on: the worker refuses to start without keys, and the keys' Secret key is required
+    assert env["WORKER_REQUIRE_API_KEYS"] == "true" and env["WORKER_METRICS_PORT"] == "9090"
+    assert env["WORKER_API_KEY_HASHES"] == {"secretKeyRef": {"name": "transcription-worker", "key": "api-key-hashes"}}
     assert _env(spec["initContainers"][0]) == env  # the migration sees the same settings
 
     # server-side apply, owned by the "opsctl" field manager
@@ -336,3 +357,124 @@ async def test_analysis_urls_exist_only_inside_the_cluster(cluster, monkeypatch)
     assert await asyncio.to_thread(driver.url, "green") == "http://transcription-worker-preview.transcribe.svc.cluster.local"
     assert await asyncio.to_thread(driver.url, "blue") is None  # active: judged through the router
     assert driver.router_url() == "http://transcription-worker.transcribe.svc.cluster.local"
+
+
+# -- the riskiest branches (issue 20 §3) ----------------------------------------------------
+
+def _analysed_yaml(router_url: str) -> str:
+    """A post-promotion window judged through `router_url` (the canaries' way in from outside)."""
+    return OPSCTL_YAML.replace("analysis_window: 0", "analysis_window: 1").replace(
+        "    platform: kubernetes\n", f"    platform: kubernetes\n    router_url: {router_url}\n", 1)
+
+
+def _replicas(cluster, color: str) -> int:
+    return cluster.obj(DEPLOYMENTS, f"transcription-worker-{color}")["spec"]["replicas"]
+
+
+def _selectors(cluster) -> list[str]:
+    """The colors the active Service selected, in turn (a re-applied unchanged selector once)."""
+    seen = [v["spec"]["selector"]["app.kubernetes.io/color"] for v in cluster.versions(SERVICES, "transcription-worker")]
+    return [c for i, c in enumerate(seen) if i == 0 or seen[i - 1] != c]
+
+
+async def test_post_promotion_failure_switches_back(cluster):
+    from opsctl.local import procs
+
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    # the router cannot reach the new color: every canary fails (nothing listens on that port)
+    (cluster.root / "opsctl.yaml").write_text(_analysed_yaml(f"http://127.0.0.1:{procs.free_port()}"))
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
+    assert result.exit_code == 1
+    assert "rolled back to 1.0.0" in result.stderr and "canaries through the router, failed" in result.stderr
+    assert _selectors(cluster) == ["blue", "green", "blue"]  # switched, then back
+    assert _replicas(cluster, "green") == 0 and _replicas(cluster, "blue") == 3
+    last = cluster.history()[-1]
+    assert (last["version"], last["outcome"]) == ("1.1.0", "rolled-back")
+    assert [s["name"] for s in last["steps"]][-3:] == ["switch", "post-promotion analysis", "switch back"]
+
+
+async def test_awaiting_promotion_then_promote(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    waiting = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-auto-promote", "--json")
+    assert waiting.exit_code == 0, waiting.output
+    assert json.loads(waiting.stdout)["outcome"] == "awaiting-promotion"
+    assert cluster.selector_color("transcription-worker") == "blue"
+    assert cluster.selector_color("transcription-worker-preview") == "green" and _replicas(cluster, "green") == 3
+    promoted = await cluster.opsctl("promote", "--json")
+    assert promoted.exit_code == 0, promoted.output
+    assert json.loads(promoted.stdout)["outcome"] == "promoted"
+    assert _selectors(cluster) == ["blue", "green"]
+    assert [(r["version"], r["outcome"]) for r in cluster.history()] == [("1.0.0", "promoted"), ("1.1.0", "promoted")]
+    assert _replicas(cluster, "blue") == 3  # warm for the scale-down delay
+
+
+async def test_awaiting_promotion_then_abort(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-auto-promote")).exit_code == 0
+    aborted = await cluster.opsctl("abort", "--json")
+    assert aborted.exit_code == 0, aborted.output
+    assert json.loads(aborted.stdout)["outcome"] == "aborted"
+    assert _selectors(cluster) == ["blue"] and _replicas(cluster, "green") == 0 and _replicas(cluster, "blue") == 3
+    assert cluster.history()[-1]["outcome"] == "aborted"
+    again = await cluster.opsctl("abort")
+    assert again.exit_code == 2 and "nothing to abort" in again.output
+
+
+async def _kill_after_switch(cluster, version: str) -> None:
+    """`opsctl deploy` in its own process, SIGKILLed while it hangs right after its switch
+    (the API server holds its next request), then the lease left to expire, as time would."""
+    import signal
+    import subprocess
+    import sys
+
+    from opsctl.deploy.lease import micro_time
+
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    cluster.server.freeze_after_switch_to("green")
+    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "deploy", "--image", f"{IMAGE}:{version}", "--env", "prod"],
+                            cwd=cluster.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.wait_for(cluster.server.frozen.wait(), 120)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait)
+        cluster.server.thaw()
+    assert cluster.selector_color("transcription-worker") == "green"
+    assert cluster.history()[-1]["outcome"] == "in-progress"
+    stale = micro_time(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
+    cluster.server.objects[LEASES, NS, "opsctl-deploy"].patch({"spec": {"renewTime": stale}})
+
+
+async def test_killed_after_switch_then_next_deploy_finishes_it(cluster):
+    await _kill_after_switch(cluster, "1.1.0")
+    doc = json.loads((await cluster.opsctl("status", "--json")).stdout)
+    assert "interrupted after the switch" in doc["notice"]
+    assert doc["known_good"] == {"color": "blue", "version": "1.0.0"} and _replicas(cluster, "blue") == 3
+
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.2.0", "--no-wait")
+    assert result.exit_code == 0, result.output
+    history = cluster.history()
+    assert [(r["version"], r["outcome"]) for r in history] == [
+        ("1.0.0", "promoted"), ("1.1.0", "promoted"), ("1.2.0", "promoted")]
+    assert "resume" in [s["name"] for s in history[1]["steps"]]
+    assert _selectors(cluster) == ["blue", "green", "blue"]  # 1.1.0 on green, then 1.2.0 on blue
+
+
+async def test_killed_after_switch_then_rollback_returns_at_once(cluster):
+    await _kill_after_switch(cluster, "1.1.0")
+    result = await cluster.opsctl("rollback", "--no-wait", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["to_color"] == "blue"
+    assert _selectors(cluster) == ["blue", "green", "blue"]
+    history = cluster.history()
+    assert (history[1]["version"], history[1]["outcome"]) == ("1.1.0", "rolled-back")
+    assert (history[-1]["strategy"], history[-1]["outcome"]) == ("rollback", "promoted")
+    assert _replicas(cluster, "blue") == 3
+
+
+async def test_killed_after_switch_then_abort(cluster):
+    await _kill_after_switch(cluster, "1.1.0")
+    result = await cluster.opsctl("abort", "--json")
+    assert result.exit_code == 0, result.output
+    assert _selectors(cluster) == ["blue", "green", "blue"]
+    assert _replicas(cluster, "green") == 0 and cluster.history()[-1]["outcome"] == "aborted"

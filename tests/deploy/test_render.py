@@ -107,3 +107,29 @@ def test_dry_run_without_a_cluster_points_to_render(runner, repo_root, monkeypat
     line = result.stderr.strip()
     assert line.count("\n") == 0 and "no usable Kubernetes configuration" in line
     assert "'opsctl render manifests --env staging --image reg/worker:1.4.0'" in line
+
+
+def _worker_env(doc: dict) -> dict:
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_api_keys_are_required_unless_opsctl_yaml_says_auth_none(runner, tmp_path, monkeypatch):
+    """Issue 19 §3: a missing api-key-hashes Secret key must not leave a production worker open."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    for auth, required in ((None, True), ("api-keys", True), ("none", False)):
+        worker = "{auth: %s}" % auth if auth else "{}"
+        (tmp_path / "opsctl.yaml").write_text(f"environments:\n  prod: {{platform: kubernetes, worker: {worker}}}\n")
+        (dep,) = _by_kind(_render(runner, "--env", "prod"))["Deployment"]
+        env = _worker_env(dep)
+        ref = env["WORKER_API_KEY_HASHES"]["secretKeyRef"]
+        assert ref["key"] == "api-key-hashes"
+        assert ref.get("optional", False) is (not required), (auth, ref)
+        assert ("WORKER_REQUIRE_API_KEYS" in env) is required and env.get("WORKER_REQUIRE_API_KEYS", "true") == "true"
+        # the keyless metrics listener, as a named port the PodMonitor can select
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": int(env["WORKER_METRICS_PORT"]), "protocol": "TCP"} in container["ports"]
+    (tmp_path / "opsctl.yaml").write_text("environments:\n  prod: {platform: kubernetes, worker: {auth: open}}\n")
+    bad = runner.invoke(app, ["render", "--env", "prod"])
+    assert bad.exit_code == 2 and "auth" in bad.output

@@ -21,6 +21,7 @@ router_url, or in-cluster the active Service) and judges their error rate and p9
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -129,6 +130,12 @@ class KubernetesDriver:
         lease = Lease(self._api("coordination"), self.ns, self.env.name, self.lease_seconds, call=self._call)
         with lease.held():
             yield
+
+    def deploy_running(self) -> bool:
+        from opsctl.deploy.lease import NAME, held_by_other
+
+        lease = self._call(self._api("coordination").read_namespaced_lease, NAME, self.ns, missing_ok=True)
+        return bool(held_by_other((lease or {}).get("spec") or {}, "", dt.datetime.now(dt.timezone.utc)))
 
     def active_color(self) -> str | None:
         return self._selector_color(mf.ACTIVE_SERVICE)

@@ -21,6 +21,18 @@ from opsctl.files import write_json
 from opsctl.local import caddy, procs
 from opsctl.local import state as st
 from opsctl.local import worker as wk
+from opsctl.local.platform import live_pid
+
+
+def _stop_color(state: st.LocalState, color: str, timeout: float = 30.0) -> bool:
+    """SIGTERM (uvicorn drains in-flight requests) to the color's process, found by the state
+    or by its PID file (a deploy killed right after starting it may not have recorded it)."""
+    pid = live_pid(state, wk.name(color))
+    if pid is None:
+        return False
+    procs.stop(pid, timeout, "transcription-worker")
+    state.pidfile(wk.name(color)).unlink(missing_ok=True)
+    return True
 
 
 class LocalDriver:
@@ -50,18 +62,36 @@ class LocalDriver:
         finally:
             lock.release()
 
+    def deploy_running(self) -> bool:
+        lock = FileLock(str(self.folder / "deploy.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
     def _state(self) -> st.LocalState:
         return st.load(self.folder)
 
     def active_color(self) -> str | None:
-        return self._state().active_color
+        """The color the router sends traffic to, asked of Caddy itself: a deploy killed between
+        the switch and the state write leaves the state file behind the router."""
+        state = self._state()
+        router = state.components.get("router")
+        dial = caddy.current_upstream(router.admin_port) if router and router.admin_port else None
+        for color in st.COLORS:
+            comp = state.components.get(wk.name(color))
+            if dial and comp and dial == f"{procs.HOST}:{comp.port}":
+                return color
+        return state.active_color
 
     def colors(self) -> dict[str, ColorState]:
         state = self._state()
         out = {}
         for color in st.COLORS:
             comp = state.components.get(wk.name(color))
-            running = bool(comp) and procs.alive(comp.pid, "transcription-worker")
+            running = bool(comp) and live_pid(state, wk.name(color)) is not None
             out[color] = ColorState(color, comp.version if comp else None, running,
                                     running and wk.ready(comp.port), wk.base_url(comp.port) if comp else None)
         return out
@@ -72,7 +102,7 @@ class LocalDriver:
             state = self._state()
             if color == state.active_color:
                 raise OperationFailed(f"refusing to replace the active color {color}")
-            wk.stop(state.components.get(wk.name(color)))
+            _stop_color(state, color)
             wk.migrate(wk.environment(state, self.env, color, release.version, release.settings))
             try:
                 wk.start(state, self.env, color, release.version, release.settings, timeout)
@@ -97,7 +127,7 @@ class LocalDriver:
             state = self._state()
             if color == state.active_color:
                 raise OperationFailed(f"refusing to stop the active color {color}")
-            wk.stop(state.components.get(wk.name(color)), timeout=self.env.deploy.drain_timeout or 30)
+            _stop_color(state, color, timeout=self.env.deploy.drain_timeout or 30)
 
     def url(self, color: str) -> str | None:
         comp = self._state().components.get(wk.name(color))
