@@ -18,6 +18,7 @@ from opsctl.health import checks as checks_mod
 from opsctl.health import sweep as sweep_mod
 from opsctl.health.alerting import Alert, Alerter
 from opsctl.health.model import SweepResult
+from opsctl.redact import credentials
 
 log = logging.getLogger("opsctl.health")
 
@@ -86,7 +87,7 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
         try:
             checks[0] = _checks(project, env, only, skip)
         except (OpsError, OSError, ValueError) as exc:  # e.g. the state file mid-change: keep the last plan
-            log.warning("could not re-plan the checks (%s); using the previous plan", exc)
+            log.warning("could not re-plan the checks (%s); using the previous plan", credentials(str(exc)))
         return sweep_mod.run(env.name, checks[0])
 
     def observed(res: SweepResult, alerts: list[Alert], next_at: float) -> None:

@@ -41,3 +41,19 @@ def test_master_and_workers_run_the_profile(ops_root, tmp_path):
             sys.modules.pop(name, None)
     assert {n: c.weight for n, c in classes.items() if n in medium.classes} == medium.classes
     assert len(yaml.safe_dump(docs[("ConfigMap", "locust-audio")]).encode()) < 1024 * 1024  # Kubernetes' cap
+
+
+def test_users_in_the_cluster_send_the_api_key_from_a_secret(tmp_path):
+    (tmp_path / "opsctl.yaml").write_text(
+        "environments:\n  staging: {platform: kubernetes}\n  lab: {platform: kubernetes, worker: {auth: none}}\n")
+    project = load_project(tmp_path)
+    for env, wanted in (("staging", True), ("lab", False)):
+        text = render_locust(project, project.env(env), workers=2)
+        docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(text)}
+        (worker,) = docs[("Deployment", "locust-worker")]["spec"]["template"]["spec"]["containers"]
+        keyed = [e for e in worker["env"] if e["name"] == "LOADTEST_API_KEY"]
+        assert bool(keyed) == wanted, env
+        if wanted:
+            assert keyed == [{"name": "LOADTEST_API_KEY", "valueFrom": {"secretKeyRef": {
+                "name": "locust-api-key", "key": "api-key"}}}]
+            assert "create secret generic locust-api-key" in text.splitlines()[2]
