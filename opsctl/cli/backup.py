@@ -83,8 +83,13 @@ def list_(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
                       _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
                       "yes" if r["verified"] else "", r["label"] or "")
         c.print(t if rows else f"no backups in {repo.url}")
+        pitr.render_windows(c, doc.get("pitr"))
 
-    emit({"repository": repo.url, "backups": rows}, as_json, render)
+    from opsctl.cli import pitr
+
+    doc = {"repository": repo.url, "backups": rows}
+    doc["pitr"] = pitr.windows_for_list(*environment(env))  # the point-in-time recoverable window
+    emit(doc, as_json, render)
 
 
 @app.command()
@@ -143,12 +148,19 @@ def restore(
     target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database under this name and stop there.")] = None,
     target_instance: Annotated[str | None, typer.Option("--target-instance", help="Create this new RDS instance / ElastiCache replication group from the backup's native snapshot.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs.")] = 1,
+    to_time: Annotated[str | None, typer.Option("--to-time", metavar="TIME", help="Point-in-time recovery to this UTC time (2026-11-29T14:03:00Z) or 'latest': base backup + WAL.")] = None,
+    to_lsn: Annotated[str | None, typer.Option("--to-lsn", metavar="LSN", help="Point-in-time recovery to this WAL position (e.g. 0/3000060).")] = None,
+    beside: Annotated[bool, typer.Option("--beside", help="With --to-time/--to-lsn: leave the restored server running on its own port; the live one is untouched.")] = False,
     yes: YesOpt = False,
     confirm_env: Annotated[str | None, typer.Option("--confirm-env", metavar="NAME",
                                                     help="The environment's name: a protected one needs it in CI.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a backup: checked first, into a new database swapped in only when it matches."""
+    if to_time is not None or to_lsn is not None or beside:
+        from opsctl.cli.pitr import restore_to
+
+        return restore_to(env, to_time, to_lsn, beside, yes, confirm_env, as_json)
     from opsctl.backup import restore as core
     from opsctl.output import emit
 
@@ -172,5 +184,8 @@ def restore(
 
 
 def register(root: typer.Typer) -> None:
+    from opsctl.cli import pitr  # backup base, backup verify-chain (point-in-time recovery)
+
+    pitr.register(app)
     root.add_typer(app, name="backup")
     root.command("restore")(restore)

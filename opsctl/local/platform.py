@@ -14,6 +14,7 @@ state file holds.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -126,7 +127,9 @@ def _start(name: str, state: st.LocalState, env: Environment) -> None:
     log = state.log(name)
     pidfile = state.pidfile(name)
     if name == "postgres":
-        pg.start(state.data("postgres"), comp.port, log, on_spawn=spawned)
+        from opsctl.pitr import local as pitr  # WAL archiving into the queue, WAL summaries
+
+        pg.start(state.data("postgres"), comp.port, log, on_spawn=spawned, settings=pitr.server_settings(state, env))
         pg.ensure_database(comp.port, env.database.name, env.database.user)
         comp.version = pg.version(comp.port)
     elif name == "redis":
@@ -191,6 +194,11 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
             state.save()
             result.started.append(name)
             notify(name, "ok")
+        from opsctl.pitr import local as pitr
+
+        if note := pitr.ensure_archiver(project, env, state):  # drains the WAL queue into the repository
+            logging.getLogger("opsctl.local").warning("%s", note)
+        state.save()
         router = state.components["router"]
         upstream = state.components[wk.name(state.active_color)].port
         if caddy.current_upstream(router.admin_port) != f"{procs.HOST}:{upstream}":
@@ -249,6 +257,10 @@ def down(project: Project, purge: bool = False) -> list[str]:
     with st.locked(folder):
         state, problem = st.load_lenient(folder)
         comps = state.components
+        from opsctl.pitr import local as pitr
+
+        if pitr.stop_archiver(state):  # what it had queued is archived before it exits
+            stopped.append("archiver")
         for key in ["router", *(wk.name(c) for c in st.COLORS), "s3", "redis", "postgres"]:
             comp = comps.get(key)
             pid = live_pid(state, key)

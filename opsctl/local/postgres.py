@@ -102,10 +102,11 @@ def pid_file(data: Path) -> Path:
 
 
 def start(data: Path, port: int, log: Path, timeout: float = 60.0,
-          on_spawn: Callable[[int], None] | None = None) -> int:
+          on_spawn: Callable[[int], None] | None = None, settings: dict[str, str] | None = None) -> int:
     """Start the server on 127.0.0.1:port (no Unix socket) and return the postmaster PID.
 
-    `on_spawn(pid)` is called as soon as the process exists, before it is ready."""
+    `on_spawn(pid)` is called as soon as the process exists, before it is ready.
+    `settings` are extra `-c name=value` server settings (WAL archiving: opsctl.pitr.archive)."""
     if not initialized(data):
         init(data, log)
     user = _run_as()
@@ -113,7 +114,7 @@ def start(data: Path, port: int, log: Path, timeout: float = 60.0,
     pid = procs.spawn(
         [_tool("postgres"), "-D", data, "-h", procs.HOST, "-p", str(port),
          "-c", "unix_socket_directories=", "-c", "listen_addresses=127.0.0.1",
-         "-c", "max_connections=200"],
+         "-c", "max_connections=200", *(f"-c{k}={v}" for k, v in (settings or {}).items())],
         log, user=user,
     )
     if on_spawn is not None:

@@ -1,0 +1,127 @@
+"""Point-in-time recovery at the front door: `opsctl backup base`, `opsctl backup verify-chain`,
+and the `--to-time/--to-lsn` path of `opsctl restore`. Parse, call opsctl.pitr, render."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from opsctl.cli.common import EnvOpt, JsonOpt, environment
+
+
+def _size(n: int) -> str:
+    from rich.filesize import decimal
+
+    return decimal(n)
+
+
+def _t(when) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z" if when else "-"
+
+
+def base(
+    env: EnvOpt = "local",
+    incremental: Annotated[bool, typer.Option("--incremental", help="Only the blocks changed since the newest base backup (pg_basebackup --incremental).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take a physical base backup (pg_basebackup) for point-in-time recovery."""
+    from opsctl.cli.backup import _progress
+    from opsctl.output import emit
+    from opsctl.pitr.ops import create_base
+
+    project, environment_ = environment(env)
+    with _progress() as report:
+        r = create_base(project, environment_, "incremental" if incremental else "full", report)
+    emit(r, as_json, lambda c: c.print(
+        f"base backup [bold]{r.id}[/bold] ({r.kind}{', on ' + r.parent if r.parent else ''}) complete: "
+        f"{_size(r.raw_bytes)} → {_size(r.stored_bytes)} in {r.seconds:.1f} s; WAL from {r.start_lsn} "
+        f"(timeline {r.timeline}), consistent at {r.stop_lsn}"))
+
+
+def _windows_table(rep, title: str):
+    from rich.table import Table
+
+    t = Table("from base", "restorable from (UTC)", "to (UTC)", "ends at", title=title)
+    for w in rep.windows:
+        t.add_row(w["base"], _t(w["from"]), _t(w["to"]), w["ends_at"])
+    return t
+
+
+def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+    """Check every archived WAL segment and base backup of the live cluster; exit 1 on a gap."""
+    from opsctl.errors import OperationFailed
+    from opsctl.output import emit, stderr
+    from opsctl.pitr.ops import verify_chain as run
+
+    r = run(*environment(env))
+
+    def render(c):
+        c.print(f"cluster {r.sysid} in {r.repository}: {len(r.base_backups)} base backup(s), "
+                f"{r.segments} WAL segment(s) on the path, {r.checked} object(s) read and checked")
+        c.print(_windows_table(r, "recoverable windows"))
+        for p in r.problems:
+            c.print(f"[red]{p['file']}[/red]: {p['kind']} ({p['detail']})", soft_wrap=True)
+        for bid, why in r.unusable_base_backups.items():
+            c.print(f"base backup {bid}: {why}", soft_wrap=True)
+        c.print(f"newest restorable time: {_t(r.newest_restorable)}")
+
+    emit(r, as_json, render)
+    if not r.ok:
+        names = ", ".join(f"{p['file']} ({p['kind']})" for p in r.problems) or "no restorable window"
+        if not as_json:
+            stderr.print(f"the WAL chain is broken: {names}", markup=False)
+        raise OperationFailed(f"backup verify-chain: {names}")
+
+
+def windows_for_list(project, env) -> dict | None:
+    """The recoverable window for `backup list` (None: no point-in-time data)."""
+    from opsctl.output import to_jsonable
+    from opsctl.pitr.ops import windows
+
+    rep = windows(project, env)
+    if rep is None:
+        return None
+    return to_jsonable({"sysid": rep.sysid, "windows": rep.windows, "newest_restorable": rep.newest_restorable,
+                        "base_backups": rep.base_backups})
+
+
+def render_windows(c, doc: dict | None) -> None:
+    if not doc:
+        return
+    for w in doc["windows"]:
+        c.print(f"point-in-time recovery: {w['from'][:23]} → {w['to'][:23] if w['to'] else '-'} UTC "
+                f"(base backup {w['base']}; ends at {w['ends_at']})", soft_wrap=True)
+
+
+def restore_to(env: str, to_time: str | None, to_lsn: str | None, beside: bool, yes: bool,
+               confirm_env: str | None, as_json: bool) -> None:
+    """`opsctl restore --to-time/--to-lsn`: plan, approve, run, render."""
+    from opsctl.cli.backup import _progress
+    from opsctl.output import emit
+    from opsctl.pitr import restore as core
+
+    project, environment_ = environment(env)
+    with _progress() as report:
+        p = core.plan(project, environment_, to_time, to_lsn, beside,
+                      report=report("WAL segments", None))
+    try:
+        if p.overwrites:
+            from opsctl.approval import at_terminal
+
+            at_terminal(f"restore {environment_.name} to {p.target} over {'; '.join(p.overwrites)}", environment_,
+                        yes, confirm_env, verb=("restore over it", "restoring over it", "restored"))
+        with _progress() as report:
+            r = core.run(p, report)
+    finally:
+        core.discard(p)
+    emit(r, as_json, lambda c: c.print(
+        f"restored to {r.target} ({r.mode}): last commit replayed {_t(r.recovered_to)}, timeline {r.timeline}, "
+        f"base {' + '.join(r.chain)}, {r.segments} WAL files; {len(r.tables)} tables, {r.rows} rows in "
+        f"{r.seconds:.1f} s" + (f"; running at {r.url} (pid {r.pid}, data {r.data_dir})" if r.url else "")
+        + (f"; previous data kept in {r.previous_data_dir}" if r.previous_data_dir else ""), soft_wrap=True))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("base")(base)
+    app.command("verify-chain")(verify_chain)

@@ -1,0 +1,225 @@
+"""Continuous WAL archiving: PostgreSQL's `archive_command` fills a bounded local queue, and the
+archiver drains it into the backup repository (pgBackRest's asynchronous archive-push).
+
+Why two halves: `archive_command` runs inside PostgreSQL's archiver, which keeps every
+finished segment in `pg_wal` until the command succeeds; a command that waited on a slow or
+unreachable repository would fill `pg_wal` and stop the database. So the command only copies
+the segment into a local folder (the queue: fsynced, renamed into place, a few milliseconds)
+and returns. When the queue holds `queue` files already, it records the file as *dropped*
+(an empty marker in `<queue>/.dropped/`) and still returns success: the database keeps
+running, and the gap is uploaded as a marker that `backup verify` names, with the newest
+restorable time before it. It is a shell command (cp, sync, mv) because PostgreSQL runs it as
+its own unprivileged user, who may not be able to run this project's Python.
+
+The archiver (`python -m opsctl.pitr.archive`, supervised by `opsctl local up`) takes the
+queue's files oldest first, compresses and seals each with the backup key exactly like every
+other object (opsctl.backup.pipeline.pack), names it with its authentication tag
+(layout.py), writes it, and only then removes it from the queue. A file already archived
+(PostgreSQL repeats a file after a crash) is not written twice. A repository that is down
+makes it retry with backoff; the queue absorbs the wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsctl.pitr import layout
+
+log = logging.getLogger("opsctl.pitr.archive")
+DROPPED = ".dropped"
+DEFAULT_QUEUE = 64  # segments: 1 GiB of 16 MiB segments
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
+
+
+def archive_command(queue: Path, limit: int = DEFAULT_QUEUE) -> str:
+    """The `archive_command` that queues `%p` as `<queue>/%f` (at most `limit` files queued).
+
+    Exit 0 means "PostgreSQL may recycle the segment": after the copy is durable, or after
+    a full queue recorded it as dropped. Non-zero (copy failed, e.g. disk full) makes
+    PostgreSQL retry it, as for any archive_command.
+    """
+    q = str(queue)
+    if not _SAFE_PATH.fullmatch(q):
+        from opsctl.errors import UsageError
+
+        raise UsageError(f"the WAL queue path {q!r} holds characters a shell command can't carry; "
+                         "use a path of letters, digits and ._/+-")
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    return (f"f=%f; q={q}; [ -f \"$q/$f\" ] && exit 0; "
+            f"if [ \"$(ls -1 \"$q\" | wc -l)\" -ge {limit} ]; then "
+            f": > \"$q/{DROPPED}/$f\"; echo \"opsctl archive: queue $q full ({limit} files): $f dropped\" >&2; exit 0; fi; "
+            "cp %p \"$q/.$f.tmp\" && sync \"$q/.$f.tmp\" && mv \"$q/.$f.tmp\" \"$q/$f\" && sync \"$q\"")
+
+
+def server_settings(queue: Path | None, timeout_s: float = 30, limit: int = DEFAULT_QUEUE) -> dict[str, str]:
+    """PostgreSQL settings for archiving into `queue` (None: no archiving) with WAL summaries.
+
+    `archive_timeout` forces a segment switch after that many seconds with commits, so the
+    commits at risk when the server's disk is lost span at most that much (plus the queue).
+    `summarize_wal` lets `pg_basebackup --incremental` find the changed blocks;
+    `track_commit_timestamp` dates every row's commit, so a drill can measure the RPO it got.
+    """
+    settings = {"wal_level": "replica", "summarize_wal": "on", "track_commit_timestamp": "on"}
+    if queue is not None:
+        settings |= {"archive_mode": "on", "archive_command": archive_command(queue, limit),
+                     "archive_timeout": f"{max(1, int(timeout_s))}s"}
+    return settings
+
+
+def prepare_queue(queue: Path, user: str | None) -> None:
+    """Create the queue (and its dropped/ folder) owned by the server's user, 0700."""
+    (queue / DROPPED).mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder in (queue, queue / DROPPED):
+        os.chmod(folder, 0o700)
+        if user is not None:
+            import shutil
+
+            shutil.chown(folder, user, user)
+
+
+def system_identifier(data: Path) -> str:
+    """The cluster's system identifier from `pg_controldata` (works while the server is down)."""
+    from opsctl.local.postgres import _tool
+
+    out = subprocess.run([_tool("pg_controldata"), "-D", str(data)], capture_output=True, text=True,
+                         env={**os.environ, "LC_ALL": "C"})
+    m = re.search(r"^Database system identifier:\s+(\d+)", out.stdout, re.M)
+    if out.returncode != 0 or not m:
+        from opsctl.errors import OperationFailed
+
+        raise OperationFailed(f"pg_controldata {data} failed: {out.stderr.strip()[-200:]}")
+    return m.group(1)
+
+
+@dataclass
+class DrainResult:
+    archived: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already in the repository
+    dropped: list[str] = field(default_factory=list)
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+
+
+class Archiver:
+    """Drains one queue into one repository for one cluster (its system identifier)."""
+
+    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1):
+        self.repo, self.key, self.sysid, self.queue, self.level = repo, key, sysid, queue, level
+
+    def pending(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.queue) if not n.startswith(".") and layout.WAL_FILE.fullmatch(n))
+        except FileNotFoundError:
+            return []
+
+    def _archived(self, file: str) -> bool:
+        return any(layout.OBJECT.fullmatch(n.rpartition("/")[2])
+                   for n in self.repo.names(f"{layout.wal_prefix(self.sysid)}{file}."))
+
+    def push(self, path: Path, result: DrainResult) -> None:
+        from opsctl.backup.pipeline import StreamStats, pack
+
+        file = path.name
+        if self._archived(file):
+            result.skipped.append(file)
+            return
+        stats = StreamStats()
+        with open(path, "rb") as fh:
+            sealed = b"".join(pack(fh, self.level, self.key, stats, threads=0))
+        name = layout.wal_object(self.sysid, file, layout.tag(self.key, self.sysid, file, stats.sha256))
+        self.repo.put(name, [sealed])
+        result.archived.append(file)
+        result.raw_bytes += stats.raw_bytes
+        result.stored_bytes += stats.stored_bytes
+
+    def drain(self) -> DrainResult:
+        """Archive everything queued now, oldest first; each file leaves the queue only once stored."""
+        result = DrainResult()
+        for file in self.pending():
+            path = self.queue / file
+            self.push(path, result)
+            path.unlink(missing_ok=True)
+        dropped = self.queue / DROPPED
+        for marker in sorted(dropped.iterdir()) if dropped.is_dir() else []:
+            self.repo.put_bytes(f"{layout.dropped_prefix(self.sysid)}{marker.name}",
+                                b'{"reason": "the local WAL queue was full"}')
+            marker.unlink(missing_ok=True)
+            result.dropped.append(marker.name)
+        return result
+
+    def run(self, stop=None, interval: float = 0.5) -> None:
+        """Drain until `stop` (a threading.Event) is set; failures are logged and retried."""
+        delay = interval
+        while stop is None or not stop.is_set():
+            try:
+                r = self.drain()
+                if r.archived or r.dropped:
+                    log.info("archived %s%s", ", ".join(r.archived),
+                             f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else "")
+                delay = interval
+            except Exception as exc:  # the repository is down or slow: the queue waits
+                from opsctl.redact import credentials
+
+                log.warning("archiving failed, retrying in %.0f s: %s", delay, credentials(str(exc)))
+                delay = min(delay * 2, 30.0)
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+
+
+def for_environment(project, env, data: Path, queue: Path) -> Archiver:
+    """The archiver of an environment's cluster: its repository (initialised like `backup
+    create` would) and its key (UsageError when it is needed and missing)."""
+    from opsctl.pitr.ops import sealed_repository
+
+    repo, key = sealed_repository(project, env, initialise=True)
+    return Archiver(repo, key, system_identifier(data), queue, env.backup.compress_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The supervised archiver process: `python -m opsctl.pitr.archive --root R --env E --data D --queue Q`."""
+    parser = argparse.ArgumentParser(prog="opsctl-archiver")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--interval", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes every thread's stack to the log
+    from opsctl.config import load_project
+    from opsctl.errors import OpsError
+    from opsctl.signals import sigterm_as_interrupt
+
+    try:
+        project = load_project(Path(args.root))
+        archiver = for_environment(project, project.env(args.env), Path(args.data), Path(args.queue))
+    except OpsError as exc:
+        from opsctl.redact import credentials
+
+        log.error("%s", credentials(str(exc)))
+        return 2
+    log.info("archiving %s (system %s) into %s", args.queue, archiver.sysid, archiver.repo.url)
+    try:
+        with sigterm_as_interrupt():
+            archiver.run(interval=args.interval)
+    except KeyboardInterrupt:
+        archiver.drain()  # what was queued before the stop goes out first
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Physical base backups: full with `pg_basebackup`, incremental with `pg_basebackup --incremental`.
+
+A base backup is one tar stream (`pg_basebackup -Ft -D - -X none`: the WAL it needs comes
+from the archive) that goes straight through the backup pipeline (zstd, AES-256-GCM, SHA-256)
+into the repository, never staged on disk. On its way a small tar reader picks out
+`backup_label` (where replay starts) and `backup_manifest` (PostgreSQL's list of the files and
+the WAL range), and the manifest is also stored on its own, because the next incremental
+backup needs it (`--incremental=OLD_MANIFEST`) and should not read the whole tar to get it.
+An incremental backup holds only the blocks changed since its parent, which the server finds
+in its WAL summaries (`summarize_wal=on`); `pg_combinebackup` rebuilds a full data directory
+from the chain at restore.
+
+    pitr/<sysid>/base/<id>/in-progress.json   written first (host, pid, start)
+    pitr/<sysid>/base/<id>/base.tar.zst       the tar stream
+    pitr/<sysid>/base/<id>/backup_manifest.zst
+    pitr/<sysid>/base/<id>/base.json          the record, written last and MAC'd like a manifest
+
+`<id>` has the backup id format (YYYYMMDDTHHMMSSZ-xxxx), so ids are checked the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from opsctl.backup.manifest import StoredObject
+from opsctl.errors import OperationFailed, UsageError
+from opsctl.pitr import layout
+
+log = logging.getLogger("opsctl.pitr.base")
+RECORD = "base.json"
+IN_PROGRESS = "in-progress.json"
+KINDS = ("full", "incremental")
+
+
+class BaseBackup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal[1] = 1
+    id: str
+    sysid: str
+    kind: Literal["full", "incremental"]
+    parent: str | None = None
+    timeline: int
+    start_lsn: str
+    stop_lsn: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    server_version: str
+    objects: list[StoredObject] = Field(default_factory=list)
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    seconds: float = 0.0
+    key_id: str | None = None
+    mac: str | None = None
+
+    def _canonical(self) -> bytes:
+        return b"opsctl-base\0" + json.dumps(self.model_dump(mode="json", exclude={"mac"}), sort_keys=True,
+                                             separators=(",", ":")).encode()
+
+    def seal(self, key) -> None:
+        self.key_id = key.id if key else None
+        self.mac = key.mac(self._canonical()) if key else "sha256:" + hashlib.sha256(self._canonical()).hexdigest()
+
+    def authentic(self, key) -> bool:
+        if (key.id if key else None) != self.key_id:
+            return False
+        want = key.mac(self._canonical()) if key else "sha256:" + hashlib.sha256(self._canonical()).hexdigest()
+        return bool(self.mac) and hmac.compare_digest(self.mac, want)
+
+    def object(self, suffix: str) -> StoredObject:
+        return next(o for o in self.objects if o.name.endswith(suffix))
+
+
+class TarWatch:
+    """Reads a ustar stream as it passes and keeps the members it was asked for (small ones)."""
+
+    def __init__(self, wanted: tuple[str, ...]):
+        self.wanted, self.files = wanted, {}
+        self._head, self._skip, self._capture, self._name, self._size = bytearray(), 0, None, "", 0
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self._skip:
+                take = min(self._skip, n - i)
+                if self._capture is not None:
+                    self._capture += data[i:i + take]
+                self._skip -= take
+                i += take
+                if not self._skip and self._capture is not None:
+                    self.files[self._name] = bytes(self._capture[:self._size])
+                    self._capture = None
+                continue
+            need = 512 - len(self._head)
+            self._head += data[i:i + need]
+            i += min(need, n - i)
+            if len(self._head) < 512:
+                return
+            h, self._head = bytes(self._head), bytearray()
+            if not h.strip(b"\0"):
+                continue  # end-of-archive blocks
+            name = h[0:100].rstrip(b"\0").decode(errors="replace")
+            prefix = h[345:500].rstrip(b"\0").decode(errors="replace")
+            name = f"{prefix}/{name}" if prefix else name
+            size = int.from_bytes(h[125:136], "big") if h[124] & 0x80 else int(h[124:136].strip(b"\0 ") or b"0", 8)
+            self._skip = (size + 511) // 512 * 512
+            if name in self.wanted:
+                self._name, self._size, self._capture = name, size, bytearray()
+                if not self._skip:
+                    self.files[name], self._capture = b"", None
+
+
+class _Tee:
+    """A reader over pg_basebackup's stdout that shows every block to a TarWatch."""
+
+    def __init__(self, raw, watch: TarWatch):
+        self.raw, self.watch = raw, watch
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.watch.feed(data)
+        return data
+
+
+# -- the catalog of base backups ------------------------------------------------------------
+
+def load_all(repo, sysid: str, key, names: dict[str, int] | None = None) -> tuple[list[BaseBackup], dict[str, str]]:
+    """(authentic complete base backups oldest first, {id: why not usable} for the others)."""
+    from opsctl.backup.repository import NotFound
+
+    names = repo.names(layout.base_prefix(sysid)) if names is None else names
+    head = layout.base_prefix(sysid)
+    folders: dict[str, set[str]] = {}
+    for name in names:
+        if name.startswith(head) and "/" in name[len(head):]:
+            bid, _, rest = name[len(head):].partition("/")
+            folders.setdefault(bid, set()).add(rest)
+    good, bad = [], {}
+    for bid in sorted(folders):
+        if RECORD not in folders[bid]:
+            bad[bid] = "running or interrupted (no base.json)"
+            continue
+        try:
+            rec = BaseBackup.model_validate_json(repo.get_bytes(f"{head}{bid}/{RECORD}"))
+        except (ValidationError, NotFound):
+            bad[bid] = "base.json is damaged"
+            continue
+        if rec.id != bid or rec.sysid != sysid or not rec.authentic(key):
+            bad[bid] = "base.json fails its authentication check (not sealed by this repository's key)"
+            continue
+        good.append(rec)
+    return good, bad
+
+
+def chain_of(backups: list[BaseBackup], tip: BaseBackup) -> list[BaseBackup]:
+    """[full, incremental, ..., tip]: the backups pg_combinebackup needs for `tip`."""
+    by_id = {b.id: b for b in backups}
+    chain = [tip]
+    while chain[0].parent:
+        parent = by_id.get(chain[0].parent)
+        if parent is None:
+            raise OperationFailed(f"base backup {tip.id} needs {chain[0].parent}, which is missing or damaged")
+        chain.insert(0, parent)
+    return chain
+
+
+# -- taking one -----------------------------------------------------------------------------
+
+def _label(text: str) -> tuple[int, int]:
+    import re
+
+    start = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", text)
+    tli = re.search(r"START TIMELINE: (\d+)", text)
+    if not start or not tli:
+        raise OperationFailed("pg_basebackup's backup_label has no START WAL LOCATION/TIMELINE")
+    return layout.lsn(start.group(1)), int(tli.group(1))
+
+
+def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=None,
+         env: dict[str, str] | None = None) -> BaseBackup:
+    """One base backup of the server at `conninfo` (a replication-capable role) into `repo`.
+
+    `kind` incremental needs an earlier base backup of the same cluster (its parent is the
+    newest one) and `summarize_wal=on` on the server. Raises UsageError for a bad kind or a
+    missing parent, OperationFailed when pg_basebackup fails; what was written is removed.
+    """
+    import psycopg
+
+    from opsctl.backup import catalog
+    from opsctl.backup.pipeline import StreamStats, pack
+    from opsctl.local.postgres import _tool
+    from opsctl.redact import credentials
+
+    if kind not in KINDS:
+        raise UsageError(f"base backup kind '{kind}' is not one of {', '.join(KINDS)}")
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            sysid, version, summarize = conn.execute(
+                "select system_identifier::text, current_setting('server_version'), "
+                "current_setting('summarize_wal') from pg_control_system()").fetchone()
+    except psycopg.Error as exc:
+        raise OperationFailed(f"can't reach PostgreSQL for a base backup: {credentials(str(exc)).strip()}") from None
+    parent = None
+    if kind == "incremental":
+        if summarize != "on":
+            raise UsageError("an incremental base backup needs summarize_wal=on on the server; "
+                             "take a full one, or restart the server with WAL summaries")
+        done, _ = load_all(repo, sysid, key)
+        if not done:
+            raise UsageError(f"no base backup of this cluster (system {sysid}) to build an incremental one on; "
+                             "take a full one first")
+        parent = done[-1]
+    started = dt.datetime.now(dt.timezone.utc)
+    began = time.monotonic()
+    bid = catalog.new_id(started)
+    folder = f"{layout.base_prefix(sysid)}{bid}/"
+    repo.put_bytes(folder + IN_PROGRESS, catalog.marker(started))
+    try:
+        with tempfile.TemporaryDirectory(prefix="opsctl-base-") as tmp:
+            argv = [_tool("pg_basebackup"), "-d", conninfo, "-D", "-", "-Ft", "-X", "none", "-c", "fast",
+                    "--manifest-checksums=CRC32C"]
+            if parent is not None:
+                old = Path(tmp) / "parent_manifest"
+                old.write_bytes(_fetch_plain(repo, parent.object("backup_manifest.zst"), key))
+                argv.append(f"--incremental={old}")
+            watch = TarWatch(("backup_label", "backup_manifest"))
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            try:
+                stats = StreamStats()
+                tar_name = folder + "base.tar.zst"
+                repo.put(tar_name, pack(_Tee(proc.stdout, watch), level, key, stats,
+                                        report("base backup", None) if report else None))
+                err = proc.stderr.read().decode(errors="replace")
+                if proc.wait() != 0:
+                    raise OperationFailed(f"pg_basebackup failed: {credentials(err.strip())[-400:]}")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            objects = [StoredObject(name=tar_name, size=stats.stored_bytes, sha256=stats.sha256,
+                                    raw_size=stats.raw_bytes, encrypted=key is not None, compressed=True)]
+            if "backup_manifest" not in watch.files or "backup_label" not in watch.files:
+                raise OperationFailed("pg_basebackup's stream had no backup_manifest/backup_label")
+            start, tli = _label(watch.files["backup_label"].decode())
+            ranges = json.loads(watch.files["backup_manifest"])["WAL-Ranges"]
+            stop = max(layout.lsn(r["End-LSN"]) for r in ranges)
+            mstats = StreamStats()
+            import io
+
+            man_name = folder + "backup_manifest.zst"
+            repo.put(man_name, pack(io.BytesIO(watch.files["backup_manifest"]), level, key, mstats, threads=0))
+            objects.append(StoredObject(name=man_name, size=mstats.stored_bytes, sha256=mstats.sha256,
+                                        raw_size=mstats.raw_bytes, encrypted=key is not None, compressed=True))
+        rec = BaseBackup(id=bid, sysid=sysid, kind=kind, parent=parent.id if parent else None, timeline=tli,
+                         start_lsn=layout.lsn_text(start), stop_lsn=layout.lsn_text(stop), started_at=started,
+                         finished_at=dt.datetime.now(dt.timezone.utc), server_version=version, objects=objects,
+                         raw_bytes=sum(o.raw_size or 0 for o in objects), stored_bytes=sum(o.size for o in objects),
+                         seconds=round(time.monotonic() - began, 3))
+        rec.seal(key)
+        repo.put_bytes(folder + RECORD, rec.model_dump_json().encode())  # last: now it exists
+    except BaseException:
+        repo.abort_uploads(folder)
+        repo.delete_prefix(folder)
+        raise
+    repo.delete_prefix(folder + IN_PROGRESS)
+    return rec
+
+
+def _fetch_plain(repo, obj: StoredObject, key) -> bytes:
+    from opsctl.backup.pipeline import unpack
+
+    return b"".join(unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None))
+
+
+def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
+    """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd)."""
+    import tarfile
+
+    from opsctl.backup.pipeline import IterReader, unpack
+
+    obj = rec.object("base.tar.zst")
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stream = unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None,
+                    report(f"base backup {rec.id}", obj.size) if report else None)
+    reader = IterReader(stream)
+    with tarfile.open(fileobj=reader, mode="r|") as tar:
+        tar.extractall(target, filter="data")
+    while reader.read(1 << 20):  # to the end: the SHA-256 is checked when the stream ends
+        pass

@@ -1,0 +1,267 @@
+"""What the repository can restore: base backup chains, the WAL after them, gaps, the window.
+
+`inventory` reads the listing of one cluster's `pitr/<sysid>/` (and, when `deep`, every WAL
+object: tag, SHA-256, authentication, zstd) and answers WAL-G's `wal-verify` question: is
+every segment from each base backup to the newest one present and authentic, and up to
+when can this cluster be restored? Segments are followed along the newest timeline's
+history, as recovery would. The newest restorable time is the commit time of the last
+transaction in the last good segment of a window (read with `pg_waldump`): commits after
+it are either not archived yet or behind a missing or tampered segment, and a restore to a
+later time is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsctl.backup.crypto import IntegrityError
+from opsctl.backup.repository import NotFound
+from opsctl.pitr import base as bb
+from opsctl.pitr import layout
+
+_COMMIT = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+).*desc: COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+_RECORD = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
+
+
+@dataclass
+class Problem:
+    file: str
+    kind: str  # missing | dropped | not authentic | foreign object
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.file}: {self.kind} ({self.detail})"
+
+
+@dataclass
+class Window:
+    """Restorable from `start` (the base backup finished) to `end` (newest commit replayable)."""
+
+    base_id: str
+    start: dt.datetime
+    start_lsn: int
+    end_segment: str
+    end_lsn: int = 0
+    end: dt.datetime | None = None  # newest time a restore may ask for: max(last commit, base finished)
+    last_commit: dt.datetime | None = None  # the newest commit replayable in this window
+    stopped_by: Problem | None = None  # the gap that ends it, or None: the archive ends there
+
+
+@dataclass
+class Inventory:
+    sysid: str
+    repository: str
+    bases: list[bb.BaseBackup]
+    bad_bases: dict[str, str]
+    path: list[tuple[int, int | None]]
+    segments: list[str] = field(default_factory=list)  # on the path, in replay order (present or not)
+    checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    objects: dict[str, list[layout.WalObject]] = field(default_factory=dict)
+    good: dict[str, layout.WalObject] = field(default_factory=dict)  # file -> a checked object (deep)
+
+    @property
+    def newest_restorable(self) -> dt.datetime | None:
+        ends = [w.end for w in self.windows if w.end is not None]
+        return max(ends) if ends else None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.bad_bases_broken
+
+    @property
+    def bad_bases_broken(self) -> list[str]:
+        return [bid for bid, why in self.bad_bases.items() if "running" not in why]
+
+
+def sysids(repo) -> list[str]:
+    """The clusters that have anything under pitr/, newest activity last (by listing order)."""
+    found = {n.split("/")[1] for n in repo.names(layout.PREFIX + "/") if n.count("/") >= 2}
+    return sorted(found)
+
+
+def open_wal(repo, key, sysid: str, obj: layout.WalObject) -> bytes:
+    """The plaintext of one WAL object, after its tag, SHA-256, authentication and zstd check."""
+    from opsctl.backup.pipeline import unpack
+
+    try:
+        stored = repo.get_bytes(obj.name)
+    except NotFound:
+        raise IntegrityError(f"{obj.file}: its object {obj.name} vanished") from None
+    sha = hashlib.sha256(stored).hexdigest()
+    if not layout.tag_ok(key, sysid, obj.file, sha, obj.tag):
+        raise IntegrityError(f"{obj.file} ({obj.name}) fails its authentication tag: planted or modified, "
+                             "or written with another key")
+    plain = b"".join(unpack([stored], obj.name, sha, len(stored), key))
+    if obj.file[:24].isalnum() and len(obj.file) == 24 and len(plain) != layout.SEGMENT_BYTES:
+        raise IntegrityError(f"{obj.file} holds {len(plain)} bytes, not a whole segment")
+    return plain
+
+
+def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], problems: list[Problem],
+          deep_good: dict) -> list[tuple[int, int | None]]:
+    tlis = {b.timeline for b in bases}
+    tlis |= {int(f[:8], 16) for f in objects if len(f) == 24}
+    tlis |= {int(f[:8], 16) for f in objects if f.endswith(".history")}
+    target = max(tlis) if tlis else 1
+    if target == 1:
+        return [(1, None)]
+    hist = layout.history_file(target)
+    for obj in objects.get(hist, []):
+        try:
+            entries = layout.parse_history(open_wal(repo, key, sysid, obj).decode())
+            deep_good[hist] = obj
+            return [(tli, end) for tli, end in entries] + [(target, None)]
+        except IntegrityError as exc:
+            problems.append(Problem(hist, "not authentic", str(exc)))
+    problems.append(Problem(hist, "missing", f"timeline {target} has segments but no history file"))
+    return [(target, None)]
+
+
+def commits(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime]]:
+    """(LSN, commit time) of every commit record that starts in one segment (pg_waldump)."""
+    from opsctl.local.postgres import _tool
+
+    with tempfile.TemporaryDirectory(prefix="opsctl-waldump-") as tmp:
+        Path(tmp, file).write_bytes(plain_segment)
+        out = subprocess.run([_tool("pg_waldump"), "--rmgr=Transaction", str(Path(tmp, file))],
+                             capture_output=True, text=True, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
+    found = []
+    for m in _COMMIT.finditer(out.stdout):
+        when = dt.datetime.fromisoformat(m.group(2)).replace(tzinfo=dt.timezone.utc)
+        found.append((layout.lsn(m.group(1)), when))
+    return found
+
+
+def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,
+              end_times: bool = True, progress=None, start_at: int | None = None) -> Inventory:
+    """The chains and windows of cluster `sysid`.
+
+    deep: read and check every WAL object on the path (not only the ones that date windows).
+    until: with deep, stop checking after this segment number (a restore needs no more).
+    stage: write each checked WAL file's plaintext there (the restore's WAL source).
+    start_at: only the segments from this number on, and only the base backups starting there
+    (a restore from one base backup); off-path objects are then not checked.
+    """
+    names = repo.names(layout.root(sysid) + "/")
+    bases, bad = bb.load_all(repo, sysid, key, {n: s for n, s in names.items() if n.startswith(layout.base_prefix(sysid))})
+    objects, strange = layout.parse_wal(sysid, names)
+    dropped = {n[len(layout.dropped_prefix(sysid)):] for n in names if n.startswith(layout.dropped_prefix(sysid))}
+    inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects)
+    inv.problems += [Problem(n.rpartition("/")[2], "foreign object", f"{n} is not an archived WAL file") for n in strange]
+    inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good)
+    if not bases:
+        return inv
+    first = min(layout.segno(layout.lsn(b.start_lsn)) for b in bases)
+    if start_at is not None:
+        first = start_at
+        bases = [b for b in bases if layout.segno(layout.lsn(b.start_lsn)) >= start_at]
+    present = [layout.parse_segment(f) for f in objects if len(f) == 24]
+    on_path = [n for tli, n in present if layout.timeline_of(n, inv.path) == tli]
+    last = max(on_path + [first - 1] + [layout.segno(layout.lsn(b.stop_lsn)) for b in bases])
+    bad_at: dict[int, Problem] = {}
+    for n in range(first, last + 1):
+        file = layout.segment(layout.timeline_of(n, inv.path), n)
+        inv.segments.append(file)
+        if file not in objects:
+            kind = "dropped" if file in dropped else "missing"
+            detail = "the local WAL queue was full when PostgreSQL archived it" if kind == "dropped" else \
+                "not in the repository"
+            bad_at[n] = Problem(file, kind, detail)
+            continue
+        if deep and (until is None or n <= until) and file not in inv.good:
+            _check(repo, key, sysid, file, objects[file], inv, bad_at, n, stage, progress)
+    if deep and start_at is None:  # history files and off-path objects are checked too: a planted one is named
+        for file, objs in sorted(objects.items()):
+            if file not in inv.good and not (len(file) == 24 and file in inv.segments):
+                _check(repo, key, sysid, file, objs, inv, {}, None, stage, progress)
+    inv.problems += [bad_at[n] for n in sorted(bad_at)]
+    _windows(repo, key, inv, bases, first, bad_at, stage, end_times)
+    return inv
+
+
+def _check(repo, key, sysid, file, objs, inv: Inventory, bad_at: dict, n: int | None, stage, progress) -> None:
+    good = None
+    for obj in objs:
+        try:
+            plain = open_wal(repo, key, sysid, obj)
+        except IntegrityError as exc:
+            inv.problems.append(Problem(file, "not authentic", str(exc)))
+            continue
+        inv.checked += 1
+        if good is None:
+            good = obj
+            if stage is not None:
+                _stage(stage, file, plain)
+        if progress:
+            progress(1)
+    if good is not None:
+        inv.good[file] = good
+    elif n is not None:
+        bad_at[n] = next(p for p in reversed(inv.problems) if p.file == file)
+        inv.problems.remove(bad_at[n])
+
+
+def _stage(stage: Path, file: str, plain: bytes) -> None:
+    stage.mkdir(parents=True, exist_ok=True)
+    tmp = stage / f".{file}.tmp"
+    tmp.write_bytes(plain)
+    tmp.replace(stage / file)
+
+
+def _windows(repo, key, inv: Inventory, bases, first: int, bad_at: dict[int, Problem], stage,
+             end_times: bool) -> None:
+    """One window per stretch of good segments that starts at a base backup."""
+    by_end: dict[int, Window] = {}
+    for b in sorted(bases, key=lambda b: b.finished_at):
+        start = layout.segno(layout.lsn(b.start_lsn))
+        stop = layout.segno(layout.lsn(b.stop_lsn))
+        gap = next((n for n in sorted(bad_at) if n >= start), None)
+        if gap is not None and gap <= stop:
+            continue  # this base backup can't even become consistent
+        end = (gap - 1) if gap is not None else first + len(inv.segments) - 1
+        if end in by_end:
+            continue  # an older base reaches the same end: the window starts there
+        by_end[end] = Window(b.id, b.finished_at, layout.lsn(b.start_lsn), inv.segments[end - first],
+                             stopped_by=bad_at.get(gap) if gap is not None else None)
+    inv.windows = [by_end[e] for e in sorted(by_end)]
+    if not end_times:
+        return
+    for w in inv.windows:
+        _date_end(repo, key, inv, w, first, stage)
+
+
+def _date_end(repo, key, inv: Inventory, w: Window, first: int, stage) -> None:
+    """The newest commit in the window, walking back from its last segment to its base."""
+    base = next(b for b in inv.bases if b.id == w.base_id)
+    end_n = inv.segments.index(w.end_segment) + first
+    w.end_lsn = (end_n + 1) * layout.SEGMENT_BYTES - 1
+    w.end = base.finished_at
+    for n in range(end_n, layout.segno(w.start_lsn) - 1, -1):
+        file = inv.segments[n - first]
+        plain = None
+        if stage is not None and file in inv.good and (stage / file).is_file():
+            plain = (stage / file).read_bytes()
+        else:
+            for obj in inv.objects.get(file, []):
+                try:
+                    plain = open_wal(repo, key, inv.sysid, obj)
+                    inv.good.setdefault(file, obj)
+                    break
+                except IntegrityError:
+                    continue
+        if plain is None:
+            return
+        found = commits(plain, file)
+        if found:
+            w.last_commit = found[-1][1]
+            w.end = max(w.last_commit, base.finished_at)
+            return

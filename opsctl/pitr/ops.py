@@ -1,0 +1,135 @@
+"""The operations the commands call: take a base backup, verify the chains, show the window.
+
+Each returns a plain result for the front door to render; none prints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from opsctl.config import Environment, Project
+from opsctl.errors import OperationFailed, UsageError
+from opsctl.pitr import base as bb
+from opsctl.pitr import chain, layout
+
+
+def repository(project: Project, env: Environment):
+    """The environment's backup repository; a file:// one needs no endpoints (no S3 server up)."""
+    from opsctl.backup.repository import for_environment, open_repository
+
+    url = env.backup.repository
+    if url and url.startswith("file:"):
+        return open_repository(url, project, None)
+    return for_environment(project, env)
+
+
+def sealed_repository(project: Project, env: Environment, initialise: bool = False):
+    """(repository, key or None) for PITR objects, following the repository record.
+
+    An encrypted repository needs the key (UsageError). Without a record, `initialise`
+    makes the location an encrypted repository (as `backup create` does) and needs a key:
+    a repository is never made unencrypted behind the user's back.
+    """
+    from opsctl.backup import keys
+
+    repo = repository(project, env)
+    key = keys.load(project, env, required=False)
+    try:
+        from opsctl.backup import record
+    except ImportError:  # a tree without the repository record
+        record = None
+    rec = record.read(repo, key) if record is not None else None
+    if rec is None and key is None:
+        raise UsageError(f"no backup key: set ${env.backup.key_env} (or backup.key_file) so WAL and base backups "
+                         f"are sealed like every backup, or make {repo.url} an unencrypted repository with "
+                         "'opsctl backup create --no-encrypt'")
+    if rec is None and record is not None and initialise:
+        record.ensure(repo, key)
+    elif rec is not None and rec.encrypted and key is None:
+        raise UsageError(f"repository {repo.url} is encrypted (key id {rec.key_id}); set ${env.backup.key_env}")
+    elif rec is not None and not rec.encrypted:
+        key = None
+    return repo, key
+
+
+def _local_state(project: Project, env: Environment):
+    from opsctl.local import state as st
+
+    if env.platform != "local":
+        raise UsageError(f"physical base backups and WAL archiving run for the embedded platform; '{env.name}' "
+                         f"runs on {env.platform}, whose database RDS backs up itself")
+    state = st.load(st.folder_for(project.root))
+    comp = state.components.get("postgres")
+    if comp is None:
+        raise UsageError(f"the local platform of {project.root} was never started; run 'opsctl local up'")
+    return state, comp
+
+
+def create_base(project: Project, env: Environment, kind: str = "full", report=None) -> bb.BaseBackup:
+    """A full or incremental base backup of the embedded platform's PostgreSQL."""
+    from opsctl.local import procs
+
+    _, comp = _local_state(project, env)
+    repo, key = sealed_repository(project, env, initialise=True)
+    conninfo = f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres"
+    return bb.take(repo, key, conninfo, kind, env.backup.compress_level, report)
+
+
+@dataclass
+class ChainReport:
+    repository: str
+    sysid: str
+    ok: bool
+    base_backups: list[dict]
+    unusable_base_backups: dict[str, str]
+    segments: int
+    checked: int
+    problems: list[dict]
+    windows: list[dict]
+    newest_restorable: dt.datetime | None
+    timeline_path: list[dict] = field(default_factory=list)
+
+
+def _sysid(project: Project, env: Environment, repo) -> str:
+    from opsctl.pitr.restore import cluster_id
+
+    state, _ = _local_state(project, env)
+    return cluster_id(repo, state)
+
+
+def _report(inv: chain.Inventory) -> ChainReport:
+    return ChainReport(
+        repository=inv.repository, sysid=inv.sysid, ok=inv.ok and bool(inv.windows),
+        base_backups=[{"id": b.id, "kind": b.kind, "parent": b.parent, "finished_at": b.finished_at,
+                       "start_lsn": b.start_lsn, "stop_lsn": b.stop_lsn, "timeline": b.timeline,
+                       "raw_bytes": b.raw_bytes, "stored_bytes": b.stored_bytes} for b in inv.bases],
+        unusable_base_backups=inv.bad_bases, segments=len(inv.segments), checked=inv.checked,
+        problems=[{"file": p.file, "kind": p.kind, "detail": p.detail} for p in inv.problems],
+        windows=[{"base": w.base_id, "from": w.start, "to": w.end, "last_commit": w.last_commit,
+                  "to_lsn": layout.lsn_text(w.end_lsn), "last_segment": w.end_segment,
+                  "ends_at": w.stopped_by.line() if w.stopped_by else "end of the archive"} for w in inv.windows],
+        newest_restorable=inv.newest_restorable,
+        timeline_path=[{"timeline": t, "until": layout.lsn_text(e) if e is not None else None} for t, e in inv.path])
+
+
+def verify_chain(project: Project, env: Environment, progress=None) -> ChainReport:
+    """Read and check every WAL object and base backup record of the live cluster (read-only)."""
+    repo, key = sealed_repository(project, env)
+    inv = chain.inventory(repo, key, _sysid(project, env, repo), deep=True, progress=progress)
+    return _report(inv)
+
+
+def windows(project: Project, env: Environment) -> ChainReport | None:
+    """The recoverable windows from the listing (dated by the last segments); None: no PITR data."""
+    try:
+        repo, key = sealed_repository(project, env)
+        sysid = _sysid(project, env, repo)
+    except UsageError:
+        return None
+    if not repo.names(layout.root(sysid) + "/"):
+        return None
+    try:
+        return _report(chain.inventory(repo, key, sysid))
+    except OperationFailed:
+        return None

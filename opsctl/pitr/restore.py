@@ -1,0 +1,365 @@
+"""`opsctl restore --to-time T | --to-lsn L` on the embedded platform: a new data directory,
+replayed to the target, checked, and swapped in only when it is consistent.
+
+1. Plan (nothing touched): the cluster's base backups and WAL are listed; the newest base
+   backup finished at or before the target is chosen with the incremental chain under it;
+   the target must lie inside that chain's recoverable window (chain.py), else the restore
+   is refused naming the newest restorable time and what ends the window.
+2. Fetch: every WAL segment of the window is read, its tag, SHA-256 and authentication
+   checked, and staged in a private folder that `restore_command` copies from (so the key
+   never reaches PostgreSQL); the base backups are unpacked and, for a chain with
+   incremental backups, recombined with `pg_combinebackup`.
+3. Replay: the new data directory gets `recovery.signal` and the target
+   (`recovery_target_time`/`_lsn`, inclusive, `recovery_target_action = promote`) and runs
+   on a free port beside the live server, archiving off. A target recovery can't reach ends
+   it with a FATAL, which is reported; nothing live was touched.
+4. Check: recovery ended and the server was promoted; the last replayed commit (the log's
+   "last completed transaction") is not after the target; every table of the environment's
+   database is read (`count(*)`).
+5. Swap (default): the live server is stopped, its data directory kept as
+   `postgres.before-<time>`, the restored one moved into place and started by the platform's
+   own start (archiving on; the new timeline's history file is queued for the archive).
+   `--beside` skips the swap and leaves the restored server running on its own port.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsctl.config import Environment, Project
+from opsctl.errors import OperationFailed, UsageError
+from opsctl.pitr import base as bb
+from opsctl.pitr import chain, layout
+
+BEGIN, END = "# opsctl restore: begin", "# opsctl restore: end"
+_LAST = re.compile(r"last completed transaction was at log time (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d)")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO-8601 time with its zone ('2026-11-29T14:03:00Z', '...+02:00'); UsageError otherwise."""
+    raw = text.strip()
+    try:
+        when = dt.datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw)
+    except ValueError:
+        raise UsageError(f"--to-time '{text}' is not a time; use ISO 8601 in UTC, e.g. 2026-11-29T14:03:00Z, "
+                         "or 'latest'") from None
+    if when.tzinfo is None:
+        raise UsageError(f"--to-time '{text}' has no time zone; end it with Z (UTC) or an offset such as +02:00")
+    return when.astimezone(dt.timezone.utc)
+
+
+def parse_lsn(text: str) -> int:
+    if not re.fullmatch(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}", text.strip()):
+        raise UsageError(f"--to-lsn '{text}' is not an LSN; use PostgreSQL's form, e.g. 0/3000060")
+    return layout.lsn(text.strip().upper())
+
+
+@dataclass
+class PitrPlan:
+    environment: str
+    sysid: str
+    target: str  # what was asked, as text
+    chain: list[str]
+    window_start: dt.datetime
+    newest_restorable: dt.datetime | None
+    beside: bool
+    overwrites: list[str] = field(default_factory=list)
+    _ctx: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class PitrResult:
+    target: str
+    chain: list[str]
+    mode: str  # in-place | beside
+    recovered_to: dt.datetime | None  # the last commit replayed
+    timeline: int
+    segments: int
+    tables: dict[str, int]
+    rows: int
+    data_dir: str
+    url: str | None = None
+    pid: int | None = None
+    previous_data_dir: str | None = None
+    seconds: float = 0.0
+
+
+def _context(project: Project, env: Environment):
+    from opsctl.local import state as st
+    from opsctl.pitr.ops import sealed_repository
+
+    if env.platform != "local":
+        raise UsageError(f"--to-time/--to-lsn restore the embedded platform's PostgreSQL; '{env.name}' runs on "
+                         f"{env.platform}, whose database is restored by RDS (not built here yet)")
+    state = st.load(st.folder_for(project.root))
+    if "postgres" not in state.components:
+        raise UsageError(f"the local platform of {project.root} was never started; run 'opsctl local up'")
+    repo, key = sealed_repository(project, env)
+    return state, repo, key
+
+
+def cluster_id(repo, state) -> str:
+    """The live cluster's system identifier, or (its data gone) the one the repository holds."""
+    from opsctl.local import postgres as pg
+    from opsctl.pitr.archive import system_identifier
+
+    live = state.data("postgres")
+    if pg.initialized(live):
+        return system_identifier(live)
+    found = chain.sysids(repo)
+    if len(found) != 1:
+        raise UsageError(f"the live data directory is gone and {repo.url} holds "
+                         f"{len(found)} clusters ({', '.join(found) or 'none'}); restore needs one")
+    return found[0]
+
+
+def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,
+         beside: bool = False, report=None) -> PitrPlan:
+    """Choose the chain and check the target against its window; stages the checked WAL."""
+    if (to_time is None) == (to_lsn is None):
+        raise UsageError("give one of --to-time TIME (or 'latest') and --to-lsn LSN")
+    latest = to_time is not None and to_time.strip().lower() == "latest"
+    when = parse_time(to_time) if to_time is not None and not latest else None
+    lsn = parse_lsn(to_lsn) if to_lsn is not None else None
+    state, repo, key = _context(project, env)
+    sysid = cluster_id(repo, state)
+    listed = chain.inventory(repo, key, sysid, end_times=False)
+    if not listed.bases:
+        raise UsageError(f"no base backup of this cluster (system {sysid}) in {repo.url}; take one with "
+                         "'opsctl backup base'" + (f" ({len(listed.bad_bases)} unusable)" if listed.bad_bases else ""))
+    if when is not None:
+        fits = [b for b in listed.bases if b.finished_at <= when]
+        what = f"{when.isoformat()}"
+    elif lsn is not None:
+        fits = [b for b in listed.bases if layout.lsn(b.stop_lsn) <= lsn]
+        what = f"LSN {layout.lsn_text(lsn)}"
+    else:
+        fits, what = listed.bases, "the newest restorable time"
+    if not fits:
+        first = listed.bases[0]
+        raise UsageError(f"{what} is before the oldest base backup ({first.id}, finished "
+                         f"{first.finished_at.isoformat(timespec='seconds')}, stop LSN {first.stop_lsn}); "
+                         "choose a later target")
+    tip = max(fits, key=lambda b: layout.lsn(b.stop_lsn))
+    backups = bb.chain_of(listed.bases, tip)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    stage = state.folder / "data" / f"pitr-wal-{stamp}"
+    tip_seg = layout.segno(layout.lsn(tip.start_lsn))
+    try:
+        inv = chain.inventory(repo, key, sysid, deep=True, stage=stage, start_at=tip_seg, progress=report)
+        window = next((w for w in inv.windows if layout.segno(w.start_lsn) <= tip_seg
+                       and layout.parse_segment(w.end_segment)[1] >= layout.segno(layout.lsn(tip.stop_lsn))), None)
+        if window is None:
+            gap = next((p for p in inv.problems), None)
+            raise OperationFailed(f"base backup {tip.id} can't be restored: the WAL it needs is broken"
+                                  + (f" ({gap.line()})" if gap else "") + "; nothing was changed")
+        why = f" ({window.stopped_by.line()})" if window.stopped_by else " (later WAL is not archived yet)"
+        if when is not None and when > window.end:
+            raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
+                             f"{window.end.isoformat()}{why}; choose an earlier --to-time or 'latest'; "
+                             "nothing was changed")
+        if lsn is not None and lsn > window.end_lsn:
+            raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
+                             f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    settings: dict[str, str] = {}
+    if when is not None and window.last_commit is not None and when < window.last_commit:
+        settings["recovery_target_time"] = when.isoformat()
+    elif lsn is not None:
+        settings["recovery_target_lsn"] = layout.lsn_text(lsn)
+    # otherwise: replay the whole window (no commit after `when` was archived in it)
+    p = PitrPlan(env.name, sysid, to_time if to_time is not None else f"LSN {to_lsn}", [b.id for b in backups],
+                 window.start, window.end, beside)
+    if not beside:
+        p.overwrites.append("the local platform's PostgreSQL (its data directory is kept, renamed)")
+    p._ctx = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
+              "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good)}
+    return p
+
+
+def discard(p: PitrPlan) -> None:
+    """Drop what plan staged (a refused or cancelled restore)."""
+    shutil.rmtree(p._ctx["stage"], ignore_errors=True)
+
+
+def _combine(work: Path, target: Path, dirs: list[Path]) -> None:
+    from opsctl.local.postgres import _tool
+
+    out = subprocess.run([_tool("pg_combinebackup"), *map(str, dirs), "-o", str(target)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise OperationFailed(f"pg_combinebackup failed: {out.stderr.strip()[-400:]}")
+
+
+def _configure(data: Path, stage: Path, settings: dict[str, str]) -> None:
+    (data / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+    for name in ("postmaster.pid", "standby.signal"):
+        (data / name).unlink(missing_ok=True)
+    lines = [BEGIN, f"restore_command = 'cp \"{stage}/%f\" \"%p\"'", "recovery_target_timeline = 'latest'",
+             "recovery_target_action = 'promote'"]
+    lines += [f"{k} = '{v}'" for k, v in settings.items()]
+    auto = data / "postgresql.auto.conf"
+    text = auto.read_text() if auto.exists() else ""
+    auto.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(lines + [END]) + "\n")
+    (data / "recovery.signal").write_text("")
+
+
+def _unconfigure(data: Path) -> None:
+    auto = data / "postgresql.auto.conf"
+    text = auto.read_text()
+    if BEGIN in text:
+        head, _, rest = text.partition(BEGIN)
+        auto.write_text(head + rest.partition(END)[2].lstrip("\n"))
+
+
+def _fatal(log: Path) -> str:
+    from opsctl.local import procs
+
+    lines = [ln for ln in procs.tail(log, 40).splitlines() if "FATAL" in ln or "PANIC" in ln]
+    return lines[-1].split("FATAL:", 1)[-1].strip() if lines else f"see {log}"
+
+
+def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int]:
+    """Start recovery on a free port; return (port, pid) once promoted. OperationFailed otherwise."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+
+    port = procs.free_port()
+    try:
+        pid = pg.start(data, port, log, timeout=timeout, settings={"archive_mode": "off"})
+    except OperationFailed:
+        raise OperationFailed(f"recovery failed: {_fatal(log)}; nothing live was changed") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not procs.alive(pid):
+            raise OperationFailed(f"recovery failed: {_fatal(log)}; nothing live was changed")
+        try:
+            with psycopg.connect(pg.url(port), connect_timeout=5) as conn:
+                if not conn.execute("select pg_is_in_recovery()").fetchone()[0]:
+                    return port, pid
+        except psycopg.Error:
+            pass
+        time.sleep(0.2)
+    pg.stop(pid)
+    raise OperationFailed(f"recovery did not finish within {timeout:.0f} s; read {log}; nothing live was changed")
+
+
+def _check(port: int, log: Path, database: str, when: dt.datetime | None) -> tuple[dt.datetime | None, int, dict]:
+    import psycopg
+    from psycopg import sql
+
+    from opsctl.local import postgres as pg
+
+    m = None
+    for m in _LAST.finditer(log.read_text(errors="replace")):
+        pass
+    recovered = dt.datetime.fromisoformat(m.group(1) + ":00").astimezone(dt.timezone.utc) if m else None
+    if when is not None and recovered is not None and recovered > when:
+        raise OperationFailed(f"recovery replayed a commit at {recovered.isoformat()}, after the target "
+                              f"{when.isoformat()}; the restored data is not used")
+    with psycopg.connect(pg.url(port), autocommit=True) as conn:
+        tli = int(conn.execute("select pg_walfile_name(pg_current_wal_lsn())").fetchone()[0][:8], 16)
+        exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
+    tables: dict[str, int] = {}
+    if exists:
+        with psycopg.connect(pg.url(port, database), autocommit=True) as conn:
+            names = conn.execute("select schemaname, tablename from pg_tables where schemaname not in "
+                                 "('pg_catalog', 'information_schema') order by 1, 2").fetchall()
+            for schema, table in names:
+                q = sql.SQL("select count(*) from {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+                tables[f"{schema}.{table}"] = conn.execute(q).fetchone()[0]
+    return recovered, tli, tables
+
+
+def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+    from opsctl.local import state as st
+
+    c = p._ctx
+    state, repo, key, env, stamp = c["state"], c["repo"], c["key"], c["env"], c["stamp"]
+    began = time.monotonic()
+    data_root = state.folder / "data"
+    work = data_root / f"pitr-work-{stamp}"
+    new = data_root / f"postgres.restored-{stamp}" if p.beside else data_root / f"postgres.restoring-{stamp}"
+    log = state.log(f"postgres-restore-{stamp}")
+    pid = None
+    try:
+        backups = c["backups"]
+        if len(backups) == 1:
+            bb.extract(repo, backups[0], key, new, report)
+        else:
+            dirs = []
+            for b in backups:
+                bb.extract(repo, b, key, work / b.id, report)
+                dirs.append(work / b.id)
+            _combine(work, new, dirs)
+        _configure(new, c["stage"], c["settings"])
+        user = pg._run_as()
+        new.chmod(0o700)
+        pg._chown(new, user)
+        pg._chown(c["stage"], user)
+        port, pid = _replay(new, log, timeout)
+        recovered, tli, tables = _check(port, log, env.database.name, c["when"])
+        _unconfigure(new)
+        result = PitrResult(p.target, p.chain, "beside" if p.beside else "in-place", recovered, tli,
+                            c["segments"], tables, sum(tables.values()), str(new))
+        if p.beside:
+            result.url, result.pid = pg.url(port), pid
+        else:
+            pg.stop(pid)
+            pid = None
+            result.previous_data_dir = str(_swap(c["project"], env, new, stamp))
+            result.data_dir = str(state.data("postgres"))
+    except BaseException:
+        if pid is not None and procs.alive(pid):
+            pg.stop(pid)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(c["stage"], ignore_errors=True)
+    result.seconds = round(time.monotonic() - began, 2)
+    return result
+
+
+def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
+    """Stop the live server, keep its data directory, move `new` in, start it (archiving on)."""
+    from opsctl.local import platform
+    from opsctl.local import postgres as pg
+    from opsctl.local import state as st
+    from opsctl.pitr.local import queue_dir
+
+    folder = st.folder_for(project.root)
+    with st.locked(folder):
+        state = st.load(folder)
+        live = state.data("postgres")
+        kept = live.with_name(f"postgres.before-{stamp}")
+        pg.stop(state.components["postgres"].pid)
+        if live.exists():
+            live.rename(kept)
+        new.rename(live)
+        histories = sorted((live / "pg_wal").glob("*.history"))
+        if histories:  # recovery ran with archiving off: queue the new timeline's history now
+            shutil.copy2(histories[-1], queue_dir(state) / histories[-1].name)
+        try:
+            platform._start("postgres", state, env)
+        except BaseException:
+            shutil.rmtree(live, ignore_errors=True)
+            if kept.exists():
+                kept.rename(live)
+                platform._start("postgres", state, env)
+            state.save()
+            raise
+        state.save()
+    return kept

@@ -1,0 +1,197 @@
+"""A PostgreSQL 18 of the embedded platform with WAL archiving on, for the PITR tests.
+
+Its own ops root (not the session's shared platform: an in-place restore rewinds the whole
+cluster), started by the platform's own code (`platform._start("postgres")`, which passes
+the archiving settings of opsctl.pitr.local) with the archiver process `opsctl local up`
+supervises. The repository is a file:// folder, encrypted with a test key. archive_timeout
+is 1 s so segments reach the archive within the tests' seconds, not the default 30 s.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+KEY = base64.b64encode(b"p" * 32).decode()
+
+
+@dataclass
+class Pitr:
+    root: Path
+
+    def project(self):
+        from opsctl.config import load_project
+
+        return load_project(self.root)
+
+    def env(self):
+        return self.project().env("local")
+
+    def state(self):
+        from opsctl.local import state as st
+
+        return st.load(st.folder_for(self.root))
+
+    @property
+    def port(self) -> int:
+        return self.state().components["postgres"].port
+
+    @property
+    def pid(self) -> int:
+        return self.state().components["postgres"].pid
+
+    def url(self, db: str = "postgres") -> str:
+        from opsctl.local import postgres as pg
+
+        return pg.url(self.port, db)
+
+    def repo(self):
+        from opsctl.pitr.ops import repository
+
+        return repository(self.project(), self.env())
+
+    def key(self):
+        from opsctl.backup import keys
+
+        return keys.parse(KEY, "test")
+
+    def sysid(self) -> str:
+        from opsctl.pitr.archive import system_identifier
+
+        return system_identifier(self.state().data("postgres"))
+
+    def cli(self, runner, *args: str):
+        from opsctl.cli import app
+
+        return runner.invoke(app, ["--root", str(self.root), *args])
+
+    def sql(self, query: str, params=(), db: str = "pitrdb"):
+        import psycopg
+
+        with psycopg.connect(self.url(db), autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else None
+
+    def wait_archived(self, timeout: float = 60.0) -> str:
+        """Switch to a new segment and wait until the finished one is in the repository."""
+        from opsctl.pitr import layout
+
+        # a switch with no WAL since the previous one does nothing: write a record first
+        self.sql("select pg_logical_emit_message(false, 'opsctl-test', 'mark')", db="postgres")
+        (lsn,) = self.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+        prefix = layout.wal_prefix(self.sysid()) + lsn + "."
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.repo().names(prefix):
+                return lsn
+            time.sleep(0.2)
+        import signal
+
+        comp = self.state().components.get("archiver")
+        if comp is not None and comp.pid:
+            os.kill(comp.pid, signal.SIGUSR1)
+            time.sleep(1)
+        raise AssertionError(f"{lsn} never reached the repository; archiver log:\n"
+                             + self.state().log("archiver").read_text()[-3000:])
+
+    def start_postgres(self) -> None:
+        from opsctl.local import platform
+        from opsctl.local import state as st
+
+        folder = st.folder_for(self.root)
+        with st.locked(folder):
+            state = st.load(folder)
+            platform._start("postgres", state, self.env())
+            state.save()
+
+    def ensure_archiver(self) -> None:
+        from opsctl.local import state as st
+        from opsctl.pitr import local as pitr_local
+
+        folder = st.folder_for(self.root)
+        with st.locked(folder):
+            state = st.load(folder)
+            note = pitr_local.ensure_archiver(self.project(), self.env(), state)
+            assert not note, note
+            state.save()
+
+
+@dataclass
+class Inserter:
+    """Inserts one row per transaction until stopped; keeps the ids it saw committed."""
+
+    url: str
+    pause: float = 0.005
+    committed: list[tuple[int, float]] = field(default_factory=list)  # (id, time.time() after commit)
+    error: BaseException | None = None
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    (rid,) = conn.execute("insert into events(note) values ('x') returning id").fetchone()
+                    self.committed.append((rid, time.time()))
+                    time.sleep(self.pause)
+        except BaseException as exc:  # noqa: BLE001 - a killed server ends the run; kept for the test
+            self.error = exc
+
+    def start(self) -> "Inserter":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def pitr(tmp_path_factory):
+    from opsctl.local import postgres as pg
+    from opsctl.local import state as st
+    from opsctl.pitr import local as pitr_local
+
+    import shutil
+    import tempfile
+
+    # not under pytest's temporary folder: PostgreSQL runs as another user, and a second
+    # pytest on this machine makes /tmp/pytest-of-<user> private again while this one runs
+    root = Path(tempfile.mkdtemp(prefix="opsctl-pitr-"))
+    (root / "opsctl.yaml").write_text(json.dumps({
+        "version": 1,
+        "environments": {"local": {
+            "platform": "local",
+            "database": {"name": "pitrdb", "user": "pitr"},
+            "backup": {"repository": f"file://{root / 'repo'}", "archive_timeout": 1},
+        }},
+    }))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OPSCTL_BACKUP_KEY", KEY)
+    p = Pitr(root)
+    p.start_postgres()
+    p.ensure_archiver()
+    p.sql("create table events(id bigserial primary key, note text)")
+    try:
+        yield p
+    finally:
+        state = p.state()
+        pitr_local.stop_archiver(state)
+        for name in ("postgres",):
+            comp = state.components.get(name)
+            if comp is not None:
+                pg.stop(comp.pid)
+        mp.undo()
+        if not os.environ.get("PITR_KEEP"):
+            shutil.rmtree(root, ignore_errors=True)

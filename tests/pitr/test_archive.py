@@ -1,0 +1,89 @@
+"""Continuous WAL archiving: sealed, tagged segments; a bounded queue that never stops PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+
+def test_archived_segment_is_compressed_sealed_and_tagged(pitr):
+    from opsctl.backup import keys
+    from opsctl.backup.crypto import IntegrityError
+    from opsctl.pitr import chain, layout
+
+    pitr.sql("insert into events(note) select 'seal' from generate_series(1, 100)")
+    seg = pitr.wait_archived()
+    sysid = pitr.sysid()
+    files, strange = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
+    assert not strange
+    (obj,) = files[seg]
+    stored = pitr.repo().get_bytes(obj.name)
+    assert stored.startswith(b"OPSCTLB1") and len(stored) < layout.SEGMENT_BYTES // 4  # sealed, compressed
+    plain = chain.open_wal(pitr.repo(), pitr.key(), sysid, obj)
+    assert len(plain) == layout.SEGMENT_BYTES
+    assert int.from_bytes(plain[:2], "little") >= 0xD100  # a PostgreSQL WAL page header (XLOG_PAGE_MAGIC)
+    with pytest.raises(IntegrityError, match="authentication tag"):
+        chain.open_wal(pitr.repo(), keys.BackupKey(b"o" * 32), sysid, obj)
+    assert chain.commits(plain, seg)  # pg_waldump reads it: the 100-row commit is in it
+
+
+def test_full_queue_records_a_gap_and_still_succeeds(tmp_path):
+    """The archive_command itself, run by sh as PostgreSQL runs it: copy while there is room,
+    then an empty marker in .dropped and exit 0 (PostgreSQL may recycle, the database runs on)."""
+    from opsctl.pitr import archive
+
+    queue = tmp_path / "queue"
+    archive.prepare_queue(queue, None)
+    src = tmp_path / "pg_wal"
+    src.mkdir()
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 4)]
+    for n in names:
+        (src / n).write_bytes(n.encode() * 100)
+    command = archive.archive_command(queue, limit=2)
+    for n in names:
+        run = subprocess.run(["sh", "-c", command.replace("%p", f"pg_wal/{n}").replace("%f", n)], cwd=tmp_path,
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in queue.iterdir() if not p.name.startswith(".")) == names[:2]
+    assert (queue / names[0]).read_bytes() == (src / names[0]).read_bytes()
+    assert [p.name for p in (queue / ".dropped").iterdir()] == [names[2]]
+    again = subprocess.run(["sh", "-c", command.replace("%p", f"pg_wal/{names[0]}").replace("%f", names[0])],
+                           cwd=tmp_path)
+    assert again.returncode == 0  # PostgreSQL repeating a file after a crash: already queued
+
+
+def test_queue_path_that_a_shell_would_split_is_refused(tmp_path):
+    from opsctl.errors import UsageError
+    from opsctl.pitr import archive
+
+    with pytest.raises(UsageError, match="shell"):
+        archive.archive_command(tmp_path / "a b;rm -rf x", 4)
+
+
+def test_repository_down_never_stops_the_database(pitr):
+    """With the archiver stopped (a repository that takes nothing), commits go on; the queue
+    holds the segments, and they reach the repository once the archiver runs again."""
+    from opsctl.local import state as st
+    from opsctl.pitr import local as pitr_local
+
+    state = pitr.state()
+    assert pitr_local.stop_archiver(state)
+    queue = pitr_local.queue_dir(state)
+    for _ in range(3):
+        pitr.sql("insert into events(note) values ('while the repository is away')")
+        pitr.sql("select pg_switch_wal()", db="postgres")
+    deadline = time.monotonic() + 30
+    while len([p for p in queue.iterdir() if not p.name.startswith(".")]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    queued = sorted(p.name for p in queue.iterdir() if not p.name.startswith("."))
+    assert len(queued) >= 3
+    pitr.ensure_archiver()
+    pitr.wait_archived()
+    from opsctl.pitr import layout
+
+    names = pitr.repo().names(layout.wal_prefix(pitr.sysid()))
+    assert all(any(n.startswith(layout.wal_prefix(pitr.sysid()) + q + ".") for n in names) for q in queued)
+    assert not [p for p in queue.iterdir() if not p.name.startswith(".")]
+    assert st.load(st.folder_for(pitr.root)).components["archiver"].pid

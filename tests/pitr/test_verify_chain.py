@@ -1,0 +1,114 @@
+"""Must show: a planted, missing or tampered WAL segment is named by `backup verify-chain`,
+a restore to a time beyond it is refused and nothing changes; `backup list`'s window."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def batches(pitr):
+    """A base backup, then three committed batches, each in a segment of its own."""
+    from typer.testing import CliRunner
+
+    r = pitr.cli(CliRunner(), "backup", "base", "--json")
+    assert r.exit_code == 0, r.output
+    out = []
+    for name in ("a", "b", "c"):
+        pitr.sql("insert into events(note) select %s from generate_series(1, 50)", (name,))
+        (when,) = pitr.sql("select max(pg_xact_commit_timestamp(xmin)) from events where note = %s", (name,))[0]
+        out.append((name, pitr.wait_archived(), when))
+    return out
+
+
+def _object(pitr, segment: str):
+    from opsctl.pitr import layout
+
+    sysid = pitr.sysid()
+    files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
+    (obj,) = files[segment]
+    return pitr.root / "repo" / obj.name
+
+
+def _verify(pitr, runner):
+    r = pitr.cli(runner, "backup", "verify-chain", "--json")
+    return r.exit_code, json.loads(r.stdout) if r.stdout.strip().startswith("{") else r.output
+
+
+def _live(pitr) -> tuple:
+    data = pitr.state().folder / "data"
+    return pitr.pid, sorted(p.name for p in data.iterdir()), pitr.sql("select count(*) from events")[0][0]
+
+
+def test_clean_chain_verifies_and_list_shows_the_window(pitr, batches, runner):
+    from opsctl.cli.pitr import windows_for_list
+
+    code, doc = _verify(pitr, runner)
+    assert code == 0, doc
+    assert doc["ok"] and not doc["problems"] and doc["checked"] >= 4
+    newest = dt.datetime.fromisoformat(doc["newest_restorable"])
+    assert newest == batches[-1][2]  # the last commit archived
+    listed = windows_for_list(pitr.project(), pitr.env())
+    assert listed["windows"][-1]["to"] == doc["newest_restorable"]
+
+
+@pytest.mark.parametrize("fault", ["tampered", "missing", "planted"])
+def test_bad_segment_is_named_and_a_restore_beyond_it_is_refused(pitr, batches, runner, fault):
+    from opsctl.pitr import layout
+
+    (_, seg_a, time_a), (_, seg_b, _), (_, seg_c, time_c) = batches
+    target = _object(pitr, seg_b)
+    kept = target.read_bytes()
+    planted = None
+    if fault == "tampered":
+        flipped = bytearray(kept)
+        flipped[len(flipped) // 2] ^= 0x01
+        target.write_bytes(bytes(flipped))
+    elif fault == "missing":
+        target.unlink()
+    else:  # someone without the key puts their own segment in its place
+        target.unlink()
+        planted = target.with_name(f"{seg_b}.{'0' * 32}.zst")
+        planted.write_bytes(kept)
+    try:
+        before = _live(pitr)
+        code, doc = _verify(pitr, runner)
+        assert code == 1
+        assert [p["file"] for p in doc["problems"]] == [seg_b]
+        assert doc["problems"][0]["kind"] == {"tampered": "not authentic", "missing": "missing",
+                                              "planted": "not authentic"}[fault]
+        assert dt.datetime.fromisoformat(doc["newest_restorable"]) == time_a  # the window ends before it
+        beyond = time_c.isoformat()
+        r = pitr.cli(runner, "restore", "--to-time", beyond, "--yes")
+        assert r.exit_code == 2
+        assert seg_b in r.output and "newest restorable time" in r.output
+        assert _live(pitr) == before  # nothing changed
+        assert not list((pitr.state().folder / "data").glob("pitr-*"))
+    finally:
+        if planted is not None:
+            planted.unlink()
+        target.write_bytes(kept)
+    assert layout.OBJECT.fullmatch(target.name)
+    assert _verify(pitr, runner)[0] == 0
+
+
+def test_restore_before_a_gap_still_works(pitr, batches, runner):
+    (_, _, time_a), (_, seg_b, _), _ = batches
+    target = _object(pitr, seg_b)
+    aside = target.with_name(target.name + ".aside")
+    shutil.move(target, aside)
+    try:
+        r = pitr.cli(runner, "restore", "--to-time", time_a.isoformat(), "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        from opsctl.local import postgres as pg
+
+        pg.stop(doc["pid"])
+        assert doc["tables"]["public.events"] == pitr.sql("select count(*) from events where note = 'a'")[0][0] \
+            + pitr.sql("select count(*) from events where note not in ('a', 'b', 'c')")[0][0]
+    finally:
+        shutil.move(aside, target)
