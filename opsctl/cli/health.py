@@ -55,6 +55,7 @@ def _title(result) -> str:
 
 
 def health(
+    ctx: typer.Context,
     env: EnvOpt = "local",
     mode: Annotated[Mode, typer.Option("--mode", help="once: one sweep; continuous: every --interval; "
                                                       "scheduled: on --cron, with a JSONL history.")] = Mode.once,
@@ -69,7 +70,11 @@ def health(
     beat: Annotated[Optional[str], typer.Option("--beat", help="Record a beat of heartbeat NAME (end of a nightly job) and exit.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Health sweeps: every check at once, each with a timeout. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    """Health sweeps: every check at once, each with a timeout. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    `opsctl health silence --check NAME --for 30m` holds a check's alerts for a while."""
+    if ctx.invoked_subcommand is not None:
+        return
     from opsctl.health.monitor import cadence
 
     project, envcfg = environment(env)
@@ -90,8 +95,20 @@ def _once(project, envcfg, check, skip, junit, history, as_json) -> None:
     from opsctl.output import emit
 
     result = monitor.once(project, envcfg, check, skip, junit=junit, history=history)
-    emit(result.to_dict(), as_json, lambda c: c.print(_table(result, _title(result))))
+    emit(result.to_dict(), as_json, lambda c: _print(c, result))
     raise typer.Exit(int(result.status))
+
+
+def _print(console, result) -> None:
+    console.print(_table(result, _title(result)))
+    for name, until in sorted(result.silenced.items(), key=lambda kv: kv[1]):
+        console.print(f"silenced: {name} until {_when(until)} (its alerts are held)", markup=False, highlight=False)
+
+
+def _when(iso: str) -> str:
+    import datetime as dt
+
+    return f"{dt.datetime.fromisoformat(iso):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _watch(project, envcfg, interval, cron, iterations, check, skip, junit, history, metrics_port, as_json) -> None:
@@ -120,9 +137,10 @@ def _watch(project, envcfg, interval, cron, iterations, check, skip, junit, hist
             sys.stdout.flush()
         elif live is not None:
             footer = f"next sweep at {time.strftime('%H:%M:%S', time.localtime(next_at))}" + (f"; alerts: {sent}" if sent else "")
-            live.update(Group(_table(result, _title(result)), footer), refresh=True)
+            held = "".join(f"\nsilenced: {n} until {_when(u)}" for n, u in sorted(result.silenced.items()))
+            live.update(Group(_table(result, _title(result)), footer + held), refresh=True)
         else:
-            stdout.print(_table(result, _title(result)))
+            _print(stdout, result)
         if alerts and not as_json:
             stderr.print(f"alerts queued: {sent}")
 
@@ -156,5 +174,43 @@ def _beat(project, envcfg, name: str, as_json: bool) -> None:
     emit({"heartbeat": name, "at": when.isoformat()}, as_json, lambda c: c.print(f"beat recorded: {name} at {when:%Y-%m-%d %H:%M:%S} UTC"))
 
 
+def silence(
+    check: Annotated[str, typer.Option("--check", help="Check name or kind to hold (glob, as in 'opsctl health --check').")],
+    for_: Annotated[str, typer.Option("--for", help="How long: 30m, 2h, 1h30m.")],
+    env: EnvOpt = "local",
+    reason: Annotated[str, typer.Option("--reason", help="Why, shown with the silence.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Hold a check's alerts for a while (a maintenance window); the sweep still runs and shows it."""
+    from opsctl.health import silences
+    from opsctl.loadtest.profiles import parse_duration
+    from opsctl.output import emit
+
+    project, envcfg = environment(env)
+    made = silences.add(project, envcfg.name, check, parse_duration(for_, "--for"), reason)
+    emit(made, as_json, lambda c: c.print(
+        f"silenced {made.check} in {envcfg.name} until {_when(made.until)}" + (f" ({made.reason})" if made.reason else "")
+        + f"; id {made.id}", markup=False, highlight=False))
+
+
+def unsilence(
+    check: Annotated[str, typer.Option("--check", help="The silenced pattern (as given to 'silence') or its id.")],
+    env: EnvOpt = "local",
+    as_json: JsonOpt = False,
+) -> None:
+    """End a silence before its time."""
+    from opsctl.health import silences
+    from opsctl.output import emit
+
+    project, envcfg = environment(env)
+    gone = silences.remove(project, envcfg.name, check)
+    emit(gone, as_json, lambda c: c.print(f"ended {len(gone)} silence(s) of {check} in {envcfg.name}",
+                                          markup=False, highlight=False))
+
+
 def register(root: typer.Typer) -> None:
-    root.command("health", help=health.__doc__)(health)
+    app = typer.Typer(rich_markup_mode=None, invoke_without_command=True, no_args_is_help=False)
+    app.callback(help=health.__doc__)(health)
+    app.command("silence")(silence)
+    app.command("unsilence")(unsilence)
+    root.add_typer(app, name="health")

@@ -110,9 +110,13 @@ class Alerter:
         return status.severity >= self.fail_on.severity
 
     def observe(self, sweep: SweepResult) -> list[Alert]:
-        """Update every check's counters from one sweep; return the alerts to send now."""
+        """Update every check's counters from one sweep; return the alerts to send now.
+        Checks named in `sweep.silenced` are held: not counted, nothing sent for them."""
         alerts = []
         for result in sweep.results:
+            if result.name in sweep.silenced:  # held by a silence: neither counted nor sent
+                self.tracks.setdefault(result.name, _Track(kind=result.kind))
+                continue
             alert = self._observe(sweep.env, result)
             if alert:
                 alerts.append(alert)

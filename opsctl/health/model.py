@@ -52,6 +52,7 @@ class SweepResult:
     started_at: dt.datetime
     duration_ms: float
     results: list[CheckResult]
+    silenced: dict[str, str] = field(default_factory=dict)  # check name -> silenced until (ISO UTC)
 
     @property
     def status(self) -> Status:
@@ -60,7 +61,7 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         return {"env": self.env, "status": self.status.name, "code": int(self.status),
                 "started_at": self.started_at.isoformat(), "duration_ms": round(self.duration_ms, 1),
-                "checks": [r.to_dict() for r in self.results]}
+                "checks": [{**r.to_dict(), "silenced_until": self.silenced.get(r.name)} for r in self.results]}
 
 
 class Judge:

@@ -42,11 +42,28 @@ def once(project, env, only: list[str] | None = None, skip: list[str] | None = N
 
     if junit is not None:
         junit_mod.check_writable(junit)
-    result = sweep_mod.run(env.name, _checks(project, env, only, skip))
+    result = _with_silences(project, env, sweep_mod.run(env.name, _checks(project, env, only, skip)))
     if junit is not None:
         junit_mod.write(junit, result)
     if history is not None:
         append_history(history, result, [])
+    return result
+
+
+def _with_silences(project, env, result: SweepResult) -> SweepResult:
+    """Mark the checks a silence holds now (read afresh each sweep: set from anywhere)."""
+    from opsctl.errors import UsageError
+    from opsctl.health import silences
+
+    try:
+        now_active = silences.active(project, env.name)
+    except UsageError as exc:  # an unreadable silences file must not stop the monitor
+        log.warning("%s", exc)
+        return result
+    for r in result.results:
+        held = silences.holding(now_active, r.name, r.kind)
+        if held:
+            result.silenced[r.name] = held.until
     return result
 
 
@@ -88,7 +105,7 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
             checks[0] = _checks(project, env, only, skip)
         except (OpsError, OSError, ValueError) as exc:  # e.g. the state file mid-change: keep the last plan
             log.warning("could not re-plan the checks (%s); using the previous plan", credentials(str(exc)))
-        return sweep_mod.run(env.name, checks[0])
+        return _with_silences(project, env, sweep_mod.run(env.name, checks[0]))
 
     def observed(res: SweepResult, alerts: list[Alert], next_at: float) -> None:
         result.sweeps += 1

@@ -90,9 +90,12 @@ def test_reminders_repeat_while_down(tmp_path, servers, sink_env):
     target.statuses = [500]
     root = ops_root(tmp_path, target.url, receiver.url, failure_threshold=2, reminder_minutes=0.001)
     project = load_project(root)
-    out = monitor.watch(project, project.env("ci"), interval=0.1, iterations=4, only=["target"])
-    assert [a["event"] for a in out.alerts] == ["trigger", "reminder", "reminder"]
-    assert [d["event_action"] for d in receiver.at("/pd")] == ["trigger"] * 3  # same dedup key: one incident
+    out = monitor.watch(project, project.env("ci"), interval=0.1, iterations=5, only=["target"])
+    events = [a["event"] for a in out.alerts]
+    # a sweep that overruns its slot brings the next one closer than the reminder period, so
+    # on a loaded machine one of the three later sweeps may send none: at least two do
+    assert events[0] == "trigger" and set(events[1:]) == {"reminder"} and len(events) >= 3, events
+    assert [d["event_action"] for d in receiver.at("/pd")] == ["trigger"] * len(events)  # same dedup key: one incident
     assert all(d["ok"] for d in out.deliveries if d["sink"] != "broken")
 
 

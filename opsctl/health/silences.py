@@ -1,0 +1,143 @@
+"""Silences: a maintenance window during which the health monitor holds some checks.
+
+`opsctl health silence --check NAME --for 30m` writes one; an operation that knows it
+disturbs a check (a deploy replacing a color, a restore) opens one for its own duration with
+`maintenance(...)`. A held check is still run and shown (with "silenced until …"), but the
+alerter neither fires, reminds nor resolves on it until the silence ends, as an
+Alertmanager silence suppresses notifications; counting starts afresh afterwards.
+
+Kept per environment in `.opsctl/health/silences-<env>.json` (0600, written whole and
+renamed), read again before every sweep, so a silence set from another terminal applies to
+a monitor already running. Expired silences are dropped when the file is next written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+import os
+import secrets
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from opsctl.errors import UsageError
+
+
+@dataclass
+class Silence:
+    """One silence: `check` is a check name or kind pattern (glob, as `--check`); `until`
+    and `created_at` are ISO 8601 UTC; `reason` is free text."""
+
+    id: str
+    check: str
+    until: str
+    reason: str
+    created_at: str
+
+    @property
+    def ends(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.until)
+
+    def holds(self, name: str, kind: str = "") -> bool:
+        return fnmatch.fnmatch(name, self.check) or bool(kind) and fnmatch.fnmatch(kind, self.check)
+
+
+def path(project, env_name: str) -> Path:
+    return project.state_dir / "health" / f"silences-{env_name}.json"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def _read(file: Path) -> list[Silence]:
+    try:
+        doc = json.loads(file.read_text())
+        return [Silence(**s) for s in doc.get("silences", [])]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"{file} is unreadable ({exc}); remove it to clear every silence") from None
+
+
+def _write(file: Path, silences: list[Silence]) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = file.with_name(f".{file.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps({"silences": [asdict(s) for s in silences]}, indent=1) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, file)
+
+
+@contextmanager
+def _locked(file: Path) -> Iterator[None]:
+    from filelock import FileLock
+
+    file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with FileLock(file.with_suffix(".lock"), timeout=10):
+        yield
+
+
+def active(project, env_name: str, now: dt.datetime | None = None) -> list[Silence]:
+    """The silences of `env_name` still in force at `now`, soonest to end first."""
+    now = now or _now()
+    return sorted((s for s in _read(path(project, env_name)) if s.ends > now), key=lambda s: s.ends)
+
+
+def add(project, env_name: str, check: str, seconds: float, reason: str = "",
+        now: dt.datetime | None = None) -> Silence:
+    """Hold checks matching `check` (name or kind, glob) for `seconds` from now.
+
+    Raises UsageError for an empty or multi-line pattern or a non-positive duration."""
+    check = (check or "").strip()
+    if not check or any(c in check for c in "\n\r\t"):
+        raise UsageError("--check: give a check name or kind (glob allowed), e.g. --check worker-green")
+    if seconds <= 0:
+        raise UsageError("--for: a silence must last more than 0 seconds, e.g. --for 30m")
+    now = now or _now()
+    silence = Silence(secrets.token_hex(4), check, (now + dt.timedelta(seconds=seconds)).isoformat(),
+                      reason.strip(), now.isoformat())
+    file = path(project, env_name)
+    with _locked(file):
+        _write(file, [*[s for s in _read(file) if s.ends > now], silence])
+    return silence
+
+
+def remove(project, env_name: str, check: str) -> list[Silence]:
+    """End the silences whose pattern is `check` (or whose id is `check`); returns them."""
+    file = path(project, env_name)
+    with _locked(file):
+        now = _now()
+        current = [s for s in _read(file) if s.ends > now]
+        gone = [s for s in current if check in (s.check, s.id)]
+        if not gone:
+            listed = ", ".join(f"{s.check} ({s.id})" for s in current) or "none"
+            raise UsageError(f"no silence of '{check}' in '{env_name}'; active: {listed}")
+        _write(file, [s for s in current if s not in gone])
+    return gone
+
+
+def holding(silences: list[Silence], name: str, kind: str = "") -> Silence | None:
+    """The silence that ends last among those holding check `name` (of `kind`), if any."""
+    matching = [s for s in silences if s.holds(name, kind)]
+    return max(matching, key=lambda s: s.ends) if matching else None
+
+
+@contextmanager
+def maintenance(project, env_name: str, checks: list[str], seconds: float, reason: str) -> Iterator[list[Silence]]:
+    """A maintenance window for an operation: its checks held while it runs (bounded by
+    `seconds`, in case the process dies), released when it ends."""
+    opened = [add(project, env_name, check, seconds, reason) for check in checks]
+    try:
+        yield opened
+    finally:
+        for silence in opened:
+            try:
+                remove(project, env_name, silence.id)
+            except UsageError:
+                pass  # already expired or removed by hand

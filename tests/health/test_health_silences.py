@@ -1,0 +1,104 @@
+"""Silences (issue 23): `opsctl health silence --check NAME --for 30m` holds a check's
+alerts; `health` shows what is silenced and until when; a running monitor picks up a
+silence set from elsewhere before its next sweep, and pages again once it ends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+
+import yaml
+from typer.testing import CliRunner
+
+from opsctl.cli import app
+from opsctl.config import load_project
+from opsctl.health import monitor, silences
+from tests.health.servers import Receiver, ScriptedServer
+
+
+def _root(tmp_path, target_url: str, hook: str | None = None):
+    health = {"http": [{"name": "target", "url": f"{target_url}/readyz"}],
+              "alerts": {"failure_threshold": 2, "reminder_minutes": None}}
+    if hook:
+        health["sinks"] = [{"type": "webhook", "url_env": "TEST_HOOK_URL"}]
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump({"version": 1, "environments": {"ci": {
+        "platform": "kubernetes", "health": health}}}))
+    return tmp_path
+
+
+def opsctl(root, *args):
+    return CliRunner().invoke(app, ["--root", str(root), *args], env={"COLUMNS": "100"})
+
+
+def test_silence_is_shown_with_its_end_in_the_table_and_json(tmp_path):
+    target = ScriptedServer([503] * 4)
+    try:
+        root = _root(tmp_path, target.url)
+        before = dt.datetime.now(dt.timezone.utc)
+        made = opsctl(root, "health", "silence", "--env", "ci", "--check", "target", "--for", "30m",
+                      "--reason", "replacing the load balancer", "--json")
+        assert made.exit_code == 0, made.output
+        until = dt.datetime.fromisoformat(json.loads(made.stdout)["until"])
+        assert dt.timedelta(minutes=29) < until - before <= dt.timedelta(minutes=30, seconds=5)
+        table = opsctl(root, "health", "--env", "ci", "--check", "target")
+        as_json = opsctl(root, "health", "--env", "ci", "--check", "target", "--json")
+    finally:
+        target.close()
+    assert table.exit_code == 2  # the sweep still judges the check
+    assert f"silenced: target until {until:%Y-%m-%d %H:%M:%S} UTC" in table.stdout
+    (check,) = json.loads(as_json.stdout)["checks"]
+    assert check["status"] == "CRITICAL" and check["silenced_until"] == until.isoformat()
+    file = silences.path(load_project(root), "ci")
+    assert stat.S_IMODE(os.stat(file).st_mode) == 0o600
+
+
+def test_a_running_monitor_holds_a_silenced_check_and_pages_once_it_ends(tmp_path, monkeypatch):
+    target, receiver = ScriptedServer([503] * 20), Receiver()
+    monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
+    try:
+        project = load_project(_root(tmp_path, target.url, hook="yes"))
+        env = project.env("ci")
+
+        def silence_after_first_sweep(result, alerts, next_at):
+            if not silences.active(project, "ci"):   # set "from another terminal" mid-run
+                silences.add(project, "ci", "targ*", 1800, "maintenance")
+
+        held = monitor.watch(project, env, interval=0.02, iterations=5, only=["target"],
+                             on_sweep=silence_after_first_sweep)
+        assert held.alerts == [] and receiver.at("/hook") == []      # 5 failures, no page
+
+        assert opsctl(project.root, "health", "unsilence", "--env", "ci", "--check", "targ*").exit_code == 0
+        paged = monitor.watch(project, env, interval=0.02, iterations=2, only=["target"])
+    finally:
+        target.close()
+        receiver.close()
+    assert [a["event"] for a in paged.alerts] == ["trigger"]
+    assert len(receiver.at("/hook")) == 1
+
+
+def test_a_maintenance_window_ends_with_its_operation(tmp_path):
+    project = load_project(_root(tmp_path, "http://127.0.0.1:9"))
+    with silences.maintenance(project, "ci", ["worker-green", "metrics-green"], 600, "deploy 1.2.3") as opened:
+        assert [s.check for s in silences.active(project, "ci")] == ["worker-green", "metrics-green"]
+        assert all(s.reason == "deploy 1.2.3" for s in opened)
+    assert silences.active(project, "ci") == []
+
+
+def test_an_expired_silence_holds_nothing(tmp_path):
+    project = load_project(_root(tmp_path, "http://127.0.0.1:9"))
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    silences.add(project, "ci", "target", 60, now=past)
+    assert silences.active(project, "ci") == []
+
+
+def test_bad_silences_are_one_line_exit_2(tmp_path):
+    root = _root(tmp_path, "http://127.0.0.1:9")
+    for args, says in ((["--check", "target", "--for", "soon"], "--for: 'soon' is not a duration"),
+                       (["--check", "target", "--for", "0s"], "more than 0 seconds"),
+                       (["--check", " ", "--for", "5m"], "--check: give a check name")):
+        out = opsctl(root, "health", "silence", "--env", "ci", *args)
+        assert out.exit_code == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.output
+    out = opsctl(root, "health", "unsilence", "--env", "ci", "--check", "nothing")
+    assert out.exit_code == 2 and "no silence of 'nothing'" in out.stderr
