@@ -106,6 +106,8 @@ class DeploySettings(_Model):
     max_error_rate_percent: float = Field(5.0, ge=0, le=100)
     max_p95_ms: float = Field(2000.0, gt=0)
     api_key_env: str = Field("OPSCTL_WORKER_API_KEY", description="env var with a worker API key for analysis")
+    preview_replicas: int = Field(1, ge=1, description="replicas of the preview color (Kubernetes); brought "
+                                  "up to the active color's size before the switch")
 
 
 class Retention(_Model):

@@ -252,6 +252,18 @@ def _supersede_preview(driver: Driver) -> None:
 
 def _promote(driver: Driver, env: Environment, run: _Run, opts: Options) -> DeployRecord:
     record = run.record
+    sizes = driver.switch_size(record.to_color)
+    if sizes is not None:  # a preview smaller than the active color: capacity must not drop
+        try:
+            with run.step("scale preview") as s:
+                s.detail = f"{record.to_color} {sizes[0]} → {sizes[1]} replicas (the active size)"
+                driver.scale(record.to_color, sizes[1])
+                driver.wait_ready(record.to_color, env.deploy.ready_timeout)
+        except OperationFailed as exc:
+            _discard(driver, record.to_color)
+            run.finish("failed", f"{exc}; traffic stays on {record.from_color or 'nothing'}")
+            raise OperationFailed(f"deploy of {record.version} failed: {exc}; traffic stays on "
+                                  f"{record.from_color} ({record.from_version})") from None
     with run.step("switch") as s:
         s.detail = f"router → {record.to_color} ({record.version})"
         driver.switch(record.to_color)

@@ -20,14 +20,19 @@ def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto
     serving = bool(active and colors[active].running)
     target = other(active) if serving else (active or "blue")
     d = env.deploy
+    preview = ""
+    if driver.name == "kubernetes" and strategy == "blue-green":
+        preview = f" at {d.preview_replicas} replica(s) (deploy.preview_replicas)"
     steps = ["validate", "lock"] + (["pre-deploy database backup"] if backup else []) + [
-        f"bring up {target} with {release.version} (active {active} untouched)",
+        f"bring up {target} with {release.version}{preview} (active {active} untouched)",
         f"wait ready (timeout {d.ready_timeout:.0f}s)"]
     if strategy == "blue-green":
         steps.append("pre-promotion analysis on the preview color: /readyz and a sample transcription "
                      "(recorded as skipped where the preview is not reachable from here)")
         if load_gate:
             steps.append(f"pre-promotion load test on the preview color, gated by {load_gate}")
+        if preview:
+            steps.append(f"scale {target} to the active color's size and wait ready (capacity never drops)")
         steps.append(f"switch the router to {target}" if auto_promote else "wait for 'opsctl promote'")
         steps.append(f"post-promotion analysis for {d.analysis_window:.0f}s: error rate ≤ "
                      f"{d.max_error_rate_percent}%, p95 ≤ {d.max_p95_ms:.0f} ms; switch back on failure")

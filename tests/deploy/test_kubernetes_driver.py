@@ -267,7 +267,7 @@ async def test_a_color_that_never_becomes_ready_leaves_traffic_where_it_was(clus
 
     result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:2.0.0")
     assert result.exit_code == 1
-    assert "not ready after 3s (0/3 ready)" in result.stderr and "traffic stays on blue" in result.stderr
+    assert "not ready after 3s (0/1 ready)" in result.stderr and "traffic stays on blue" in result.stderr
     # the active Service never selected green, and the failed color was scaled away
     assert [v["spec"]["selector"]["app.kubernetes.io/color"]
             for v in cluster.versions(SERVICES, "transcription-worker")] == ["blue"]
@@ -399,11 +399,11 @@ async def test_awaiting_promotion_then_promote(cluster):
     assert waiting.exit_code == 0, waiting.output
     assert json.loads(waiting.stdout)["outcome"] == "awaiting-promotion"
     assert cluster.selector_color("transcription-worker") == "blue"
-    assert cluster.selector_color("transcription-worker-preview") == "green" and _replicas(cluster, "green") == 3
+    assert cluster.selector_color("transcription-worker-preview") == "green" and _replicas(cluster, "green") == 1
     promoted = await cluster.opsctl("promote", "--json")
     assert promoted.exit_code == 0, promoted.output
     assert json.loads(promoted.stdout)["outcome"] == "promoted"
-    assert _selectors(cluster) == ["blue", "green"]
+    assert _selectors(cluster) == ["blue", "green"] and _replicas(cluster, "green") == 3
     assert [(r["version"], r["outcome"]) for r in cluster.history()] == [("1.0.0", "promoted"), ("1.1.0", "promoted")]
     assert _replicas(cluster, "blue") == 3  # warm for the scale-down delay
 
@@ -478,3 +478,42 @@ async def test_killed_after_switch_then_abort(cluster):
     assert result.exit_code == 0, result.output
     assert _selectors(cluster) == ["blue", "green", "blue"]
     assert _replicas(cluster, "green") == 0 and cluster.history()[-1]["outcome"] == "aborted"
+
+
+# -- the preview's size (issue 23) -------------------------------------------------------
+
+async def test_preview_starts_at_preview_replicas_and_is_sized_up_before_the_switch(cluster):
+    (cluster.root / "opsctl.yaml").write_text(OPSCTL_YAML.replace("deploy: {", "deploy: {preview_replicas: 1, "))
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    waiting = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-auto-promote")
+    assert waiting.exit_code == 0, waiting.output
+    assert _replicas(cluster, "green") == 1 and _replicas(cluster, "blue") == 3  # one GPU, not three more
+
+    plan = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.2.0", "--dry-run", "--json")
+    assert any("at 1 replica(s)" in s for s in json.loads(plan.stdout)["steps"])
+
+    promoted = await cluster.opsctl("promote", "--json")
+    assert promoted.exit_code == 0, promoted.output
+    names = [s["name"] for s in json.loads(promoted.stdout)["steps"]]
+    assert names.index("scale preview") < names.index("switch")
+    assert [v["spec"]["replicas"] for v in cluster.versions(DEPLOYMENTS, "transcription-worker-green")
+            if "spec" in v][-1] == 3
+    # the order the API server saw: green scaled to 3 before the active Service selected green
+    writes = [r for r in list(cluster.server) if r.method == "PATCH"]
+    scaled = next(i for i, r in enumerate(writes) if "/deployments/transcription-worker-green" in str(r.url)
+                  and isinstance(r.data, dict) and r.data.get("spec", {}).get("replicas") == 3
+                  and r.headers["Content-Type"] == "application/apply-patch+yaml")
+    switched = next(i for i, r in enumerate(writes) if str(r.url).split("?")[0].endswith("/services/transcription-worker")
+                    and isinstance(r.data, dict) and r.data["spec"]["selector"]["app.kubernetes.io/color"] == "green")
+    assert scaled < switched
+    assert _replicas(cluster, "green") == 3 and cluster.selector_color("transcription-worker") == "green"
+
+
+async def test_a_preview_that_cannot_grow_keeps_traffic_where_it_was(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-auto-promote")).exit_code == 0
+    cluster.controller.paused = True  # no new replica becomes ready (no GPU capacity, say)
+    result = await cluster.opsctl("promote")
+    assert result.exit_code == 1 and "traffic stays on blue" in result.stderr
+    assert _selectors(cluster) == ["blue"] and _replicas(cluster, "green") == 0
+    assert cluster.history()[-1]["outcome"] == "failed"

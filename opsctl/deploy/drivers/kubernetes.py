@@ -159,7 +159,8 @@ class KubernetesDriver:
         current = self._deployment(color)
         if color == self.active_color() and current and current.get("spec", {}).get("replicas"):
             raise OperationFailed(f"refusing to replace the active color {color}")
-        self._apply(mf.parse(mf.deployment(self.project, self.env, release, color))[0])
+        self._apply(mf.parse(mf.deployment(self.project, self.env, release, color,
+                                           replicas=self._preview_size()))[0])
         self._apply(mf.parse(mf.disruption_budget(self.project, self.env, color))[0])
         self._apply(mf.parse(mf.service(self.project, self.env, "preview", color))[0])
 
@@ -176,6 +177,44 @@ class KubernetesDriver:
                 raise OperationFailed(f"{mf.deployment_name(color)} not ready after {timeout:.0f}s ({detail}); "
                                       f"see 'kubectl -n {self.ns} describe deployment {mf.deployment_name(color)}'")
             time.sleep(min(POLL_SECONDS, max(0.05, deadline - time.monotonic())))
+
+    def _active_size(self) -> int:
+        """The active color's replicas as the cluster has them (an autoscaler may have moved
+        them), else worker.replicas from opsctl.yaml."""
+        active = self.active_color()
+        dep = self._deployment(active) if active else None
+        size = (dep or {}).get("spec", {}).get("replicas")
+        return size if size else self.env.worker.replicas
+
+    def _preview_size(self) -> int:
+        """deploy.preview_replicas, never more than the active color has (Argo Rollouts'
+        previewReplicaCount): production does not hold two full fleets of GPUs during a deploy.
+        With no color serving yet (the first deploy) there is nothing to double: full size."""
+        active = self.active_color()
+        dep = self._deployment(active) if active else None
+        if not (dep or {}).get("spec", {}).get("replicas"):
+            return self.env.worker.replicas
+        return min(self.env.deploy.preview_replicas, self._active_size())
+
+    def switch_size(self, color: str) -> tuple[int, int] | None:
+        dep = self._deployment(color)
+        have = (dep or {}).get("spec", {}).get("replicas") or 0
+        want = self._active_size()
+        return (have, want) if have < want else None
+
+    def scale(self, color: str, replicas: int) -> None:
+        """Set a color's replicas (the preview, brought to the active size before the switch)."""
+        if color == self.active_color():
+            raise OperationFailed(f"refusing to rescale the active color {color}")
+        dep = self._deployment(color)
+        if dep is None:
+            raise OperationFailed(f"{mf.deployment_name(color)} does not exist; deploy again")
+        # the same server-side apply as bring_up, of the release the Deployment runs, so opsctl
+        # keeps owning every field it set
+        notes = dep.get("metadata", {}).get("annotations", {})
+        image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        release = Release(image, json.loads(notes.get(mf.SETTINGS_ANNOTATION) or "{}"))
+        self._apply(mf.parse(mf.deployment(self.project, self.env, release, color, replicas=replicas))[0])
 
     def switch(self, color: str) -> None:
         """Apply the active Service selecting `color`: created on the first deploy, afterwards

@@ -113,6 +113,12 @@ class LocalDriver:
         comp = self._state().components[wk.name(color)]
         procs.wait_until(lambda: wk.ready(comp.port), timeout, f"worker-{color}", None, comp.pid)
 
+    def switch_size(self, color: str) -> tuple[int, int] | None:
+        return None  # one process per color: the preview already has the active color's size
+
+    def scale(self, color: str, replicas: int) -> None:
+        raise OperationFailed("the local driver runs one process per color; it does not scale")
+
     def switch(self, color: str) -> None:
         with st.locked(self.folder):
             state = self._state()
