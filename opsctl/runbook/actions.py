@@ -68,19 +68,24 @@ def _record(record) -> dict:
 
 @action("deploy")
 def deploy(ctx: Context, image: str, strategy: str | None = None, set: dict | None = None,
-           auto_promote: bool = True, analysis: bool = True, wait: bool = True) -> dict:
-    """A blue-green (or rolling) deploy of `image` (NAME:TAG) with `set` as KEY=VALUE settings;
-    waits for the scale-down unless `wait` is false. Outputs: the deploy record (id,
-    version, to_color, from_color, from_version, outcome, reason)."""
-    from opsctl.deploy import bluegreen
+           auto_promote: bool = True, analysis: bool = True, backup: bool = False, load_gate: str | None = None,
+           load_gate_duration: str = "10s", wait: bool = True) -> dict:
+    """`opsctl deploy` as a step, with the same options: a blue-green (or rolling) deploy of
+    `image` (NAME:TAG) with `set` as worker settings, an optional pre-deploy database backup
+    and a load gate (an SLO judged on the preview, for `load_gate_duration`); waits out the
+    scale-down unless `wait` is false. Outputs: the deploy record (id, version, to_color,
+    from_color, from_version, outcome, reason)."""
+    from opsctl.deploy import bluegreen, plan
     from opsctl.deploy.model import Release
 
     release = Release.parse(image, [f"{k}={v}" for k, v in (set or {}).items()])
     driver = _driver(ctx)
+    hook = plan.backup_hook(ctx.project, ctx.env) if backup else None
+    gate = plan.load_gate(ctx.project, ctx.env, load_gate, load_gate_duration) if load_gate else None
     opts = bluegreen.Options(strategy=strategy or ctx.env.deploy.strategy, auto_promote=auto_promote,
-                             analysis=analysis)
+                             analysis=analysis, backup=hook, load_gate=gate)
     record = bluegreen.deploy(driver, ctx.env, release, opts)
-    if wait:
+    if wait and record.standby_until:
         bluegreen.finish_scale_down(driver, record)
     return _record(record)
 

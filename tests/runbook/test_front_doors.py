@@ -30,3 +30,10 @@ def test_loadtest_action_takes_the_options_of_loadtest_run():
     action = set(arguments(ACTIONS["loadtest"]))
     assert action == _core(load_test, {"project", "env", "live"})
     assert action == _options(run) - {"env", "as_json"}
+
+
+def test_deploy_action_takes_the_options_of_opsctl_deploy():
+    from opsctl.cli.deploy import deploy
+
+    cli = {"set" if n == "set_" else n for n in _options(deploy)} - {"env", "dry_run", "as_json"}
+    assert set(arguments(ACTIONS["deploy"])) == cli
