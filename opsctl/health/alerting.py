@@ -29,6 +29,9 @@ log = logging.getLogger("opsctl.health")
 
 @dataclass
 class Alert:
+    """One notification: `event` trigger, reminder or resolve for `check` in `env`, with its
+    status name, message and measured value; `started_at`/`at` are ISO 8601 UTC; `failures`
+    the consecutive failures counted so far."""
     event: str  # "trigger" | "reminder" | "resolve"
     env: str
     check: str
@@ -48,9 +51,11 @@ class Alert:
 
     @property
     def firing(self) -> bool:
+        """True for trigger and reminder, False for resolve."""
         return self.event != "resolve"
 
     def summary(self) -> str:
+        """One line for a subject or a chat message: '[FIRING] env: check is STATUS: message'."""
         verb = {"trigger": "FIRING", "reminder": "STILL FIRING", "resolve": "RESOLVED"}[self.event]
         return f"[{verb}] {self.env}: {self.check} is {self.status}: {self.message}"
 
@@ -67,6 +72,8 @@ class _Track:
 
 @dataclass
 class Alerter:
+    """Per-check alert state (Gatus's flap protection) across sweeps; `observe(sweep)` returns
+    the alerts to send. With `state` set, the counters are saved after every sweep."""
     failure_threshold: int = 3
     success_threshold: int = 2
     send_resolved: bool = True
@@ -78,6 +85,8 @@ class Alerter:
 
     @classmethod
     def from_settings(cls, s, clock: Callable[[], float] = time.monotonic, state: Path | None = None) -> "Alerter":
+        """An Alerter from opsctl.yaml's health.alerts, with the state saved in `state` (if given)
+        loaded; an unreadable state file is logged and ignored."""
         alerter = cls(s.failure_threshold, s.success_threshold, s.send_resolved, s.reminder_minutes,
                       Status.WARNING if s.fail_on == "warning" else Status.CRITICAL, clock, state=state)
         alerter._load()

@@ -19,6 +19,8 @@ _SYNTAX = re.compile(r"^\s*(len\()?\[(STATUS|RESPONSE_TIME|BODY|CONNECTED)\]((?:
 
 @dataclass(frozen=True)
 class Condition:
+    """One parsed Gatus condition: the placeholder it reads, the body path for [BODY], whether
+    len() is applied, the operator and the accepted values (several only for any(...))."""
     text: str
     placeholder: str
     path: tuple[str | int, ...]

@@ -20,6 +20,8 @@ _STOP = object()
 
 @dataclass
 class Outcome:
+    """One delivery attempt: which sink, which alert event for which check, whether it went
+    out, and the (redacted) error when it did not."""
     sink: str
     event: str
     check: str
@@ -29,6 +31,8 @@ class Outcome:
 
 @dataclass
 class Dispatcher:
+    """Sends alerts through `senders` (opsctl.health.sinks.Sender), one thread and queue per
+    sink; `outcomes` lists every delivery attempt once `close()` has returned."""
     senders: list
     outcomes: list[Outcome] = field(default_factory=list)
 

@@ -11,6 +11,9 @@ from opsctl.health.model import SweepResult
 
 
 class Exporter:
+    """Serves the latest sweep as Prometheus gauges on host:port (opsctl_check_status,
+    opsctl_check_value, opsctl_check_duration_seconds, opsctl_sweep_duration_seconds).
+    Raises UsageError when the port cannot be bound."""
     def __init__(self, port: int, host: str = "127.0.0.1"):
         from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -33,6 +36,7 @@ class Exporter:
                              "pick a free port") from None
 
     def update(self, result: SweepResult) -> None:
+        """Set every gauge from `result` (durations in seconds)."""
         for r in result.results:
             key = (result.env, r.name, r.kind)
             self.status.labels(*key).set(int(r.status))
@@ -42,5 +46,6 @@ class Exporter:
         self.sweep.labels(result.env).set(result.duration_ms / 1000)
 
     def close(self) -> None:
+        """Stop serving and release the port."""
         self.server.shutdown()
         self.server.server_close()

@@ -13,6 +13,7 @@ from typing import Any
 
 
 class Status(enum.IntEnum):
+    """A check's verdict, numbered as the Nagios plugin exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
     OK = 0
     WARNING = 1
     CRITICAL = 2
@@ -25,11 +26,15 @@ class Status(enum.IntEnum):
 
 
 def worst(statuses) -> Status:
+    """The worst of `statuses` by `Status.severity`; OK for none."""
     return max(statuses, key=lambda s: s.severity, default=Status.OK)
 
 
 @dataclass
 class CheckResult:
+    """One check's outcome: `value` in `unit` (e.g. ms, %, hours; None when nothing was
+    measured), `duration_ms` the check's own run time, `details` a JSON-safe dict of what else
+    it read (already redacted when it leaves a sweep)."""
     name: str
     kind: str
     status: Status
@@ -40,6 +45,7 @@ class CheckResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: name, kind, status (name), code (int), value, unit, message, duration_ms, details."""
         return {"name": self.name, "kind": self.kind, "status": self.status.name,
                 "code": int(self.status), "value": self.value, "unit": self.unit,
                 "message": self.message, "duration_ms": round(self.duration_ms, 1),
@@ -48,6 +54,8 @@ class CheckResult:
 
 @dataclass
 class SweepResult:
+    """Every check of one sweep of `env`; `started_at` is UTC, `duration_ms` the sweep's wall
+    time; `silenced` maps the checks a silence held to its end (ISO 8601 UTC)."""
     env: str
     started_at: dt.datetime
     duration_ms: float
@@ -56,9 +64,12 @@ class SweepResult:
 
     @property
     def status(self) -> Status:
+        """The sweep's verdict: the worst check status (OK for no checks)."""
         return worst(r.status for r in self.results)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document of `opsctl health --json`: env, status, code, started_at, duration_ms,
+        checks (each with silenced_until, ISO UTC or null)."""
         return {"env": self.env, "status": self.status.name, "code": int(self.status),
                 "started_at": self.started_at.isoformat(), "duration_ms": round(self.duration_ms, 1),
                 "checks": [{**r.to_dict(), "silenced_until": self.silenced.get(r.name)} for r in self.results]}
@@ -72,15 +83,19 @@ class Judge:
 
     def over(self, label: str, value: float | None, limit: float, unit: str = "",
              status: Status = Status.WARNING) -> None:
+        """Add a finding when `value` (in `unit`) is above `limit`; None is never a finding."""
         if value is not None and value > limit:
             self.findings.append((status, f"{label} {value:g}{unit} above {limit:g}{unit}"))
 
     def add(self, status: Status, message: str) -> None:
+        """Add a finding of `status` with `message`."""
         self.findings.append((status, message))
 
     def status(self) -> Status:
+        """The worst finding's status; OK without findings."""
         return worst(s for s, _ in self.findings)
 
     def message(self, ok: str) -> str:
+        """The non-OK findings joined with '; ', or `ok` when there are none."""
         bad = [m for s, m in self.findings if s != Status.OK]
         return "; ".join(bad) if bad else ok

@@ -69,6 +69,8 @@ def _with_silences(project, env, result: SweepResult) -> SweepResult:
 
 @dataclass
 class WatchResult:
+    """What a monitor loop leaves: the last sweep (None if none ran), how many sweeps, the
+    alerts raised (event, check, status, at) and the delivery outcomes (dispatch.Outcome as dicts)."""
     last: SweepResult | None
     sweeps: int = 0
     alerts: list[dict] = field(default_factory=list)

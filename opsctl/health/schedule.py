@@ -20,6 +20,7 @@ from opsctl.health.model import SweepResult
 
 
 def validate_cron(cron: str) -> str:
+    """`cron` unchanged when croniter accepts it; UsageError saying what a cron expression looks like."""
     from croniter import croniter
 
     if not croniter.is_valid(cron):
@@ -28,6 +29,7 @@ def validate_cron(cron: str) -> str:
 
 
 def next_cron(cron: str, after: float) -> float:
+    """The next time `cron` fires after `after` (both epoch seconds)."""
     from croniter import croniter
 
     return croniter(cron, after).get_next(float)

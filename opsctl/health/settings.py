@@ -108,6 +108,8 @@ class AlertSettings(_Model):
 
 
 class HealthSettings(_Model):
+    """`environments.<name>.health`: timeouts (seconds), continuous and scheduled cadence,
+    the body cap of HTTP checks (bytes), extra checks, heartbeats, alert sinks and flap protection."""
     timeout: float = Field(5.0, gt=0, description="seconds each check may take")
     timeouts: dict[str, float] = Field(default_factory=dict, description="per check name or kind")
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="HTTP checks read a body only for a [BODY] "

@@ -39,13 +39,16 @@ class Silence:
 
     @property
     def ends(self) -> dt.datetime:
+        """`until` as an aware UTC datetime."""
         return dt.datetime.fromisoformat(self.until)
 
     def holds(self, name: str, kind: str = "") -> bool:
+        """True when this silence's pattern matches check `name` or its `kind`."""
         return fnmatch.fnmatch(name, self.check) or bool(kind) and fnmatch.fnmatch(kind, self.check)
 
 
 def path(project, env_name: str) -> Path:
+    """The silences file of `env_name`: .opsctl/health/silences-<env>.json under the ops root."""
     return project.state_dir / "health" / f"silences-{env_name}.json"
 
 

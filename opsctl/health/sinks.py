@@ -33,6 +33,8 @@ def _env(var: str, sink: str) -> str:
 
 @dataclass
 class Sender:
+    """A ready alert sink: `type` slack, pagerduty, webhook or email; `target` the URL or
+    host:port (may hold a secret: never printed); `secret` what else must be scrubbed."""
     name: str
     type: str
     target: str  # secret-bearing: never printed
@@ -40,12 +42,17 @@ class Sender:
     secret: str | None = None
 
     def describe(self) -> str:
+        """'type name -> target' with the target's secrets masked, for logs."""
         return f"{self.type} {self.name} -> {redact(self.target) if '://' in self.target else self.target}"
 
     def scrub(self, text: str) -> str:
+        """`text` with this sink's secrets and any credentials masked."""
         return scrub(text, self.target, self.secret)
 
     def send(self, alert: Alert) -> None:
+        """Deliver `alert` in the sink's own format. Raises on failure (HTTP status >= 300,
+        SMTP errors, a server without STARTTLS when STARTTLS is required); resolves are skipped
+        when the sink does not want them."""
         if alert.event == "resolve" and not self.settings.send_resolved:
             return
         if self.type == "email":
@@ -104,6 +111,7 @@ def build(settings) -> Sender:
 
 
 def slack_payload(alert: Alert, _sender: Sender) -> dict:
+    """Slack incoming-webhook JSON for `alert`: a text line and one colored attachment."""
     color = "good" if alert.event == "resolve" else ("danger" if alert.status == "CRITICAL" else "warning")
     return {"text": alert.summary(),
             "attachments": [{"color": color, "fields": [
@@ -113,6 +121,7 @@ def slack_payload(alert: Alert, _sender: Sender) -> dict:
 
 
 def pagerduty_payload(alert: Alert, sender: Sender) -> dict:
+    """PagerDuty Events API v2 JSON: trigger or resolve on the alert's dedup key."""
     doc = {"routing_key": sender.secret, "dedup_key": alert.dedup_key,
            "event_action": "resolve" if alert.event == "resolve" else "trigger"}
     if alert.event != "resolve":

@@ -45,6 +45,9 @@ def _redacted(value):
 
 
 def run(env_name: str, checks: list[Check]) -> SweepResult:
+    """Run `checks` at once, each on its own thread under its own timeout (seconds), and wait
+    at most the largest timeout. Never raises for a check: a timeout is CRITICAL, an exception
+    UNKNOWN. Returns the SweepResult of `env_name` in the order of `checks`."""
     started = dt.datetime.now(dt.timezone.utc)
     began = time.perf_counter()
     running = []

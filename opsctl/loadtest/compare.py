@@ -17,6 +17,8 @@ from opsctl.loadtest.summary import EndpointStats, RunSummary
 
 @dataclass
 class Thresholds:
+    """What a regression is: latency_pct and rps_pct in percent of the base run, error_rate_pp
+    in percentage points; endpoints with fewer than min_requests in either run are never flagged."""
     latency_pct: float = 20.0     # p50/p95/p99 may grow this many percent
     error_rate_pp: float = 1.0    # error rate may grow this many percentage points
     rps_pct: float = 20.0         # throughput may drop this many percent
@@ -25,6 +27,8 @@ class Thresholds:
 
 @dataclass
 class Row:
+    """One endpoint in both runs (None where it is missing), the changes per metric (percent,
+    or percentage points for error_rate; None without a figure) and the regressions found."""
     endpoint: str
     base: EndpointStats | None
     head: EndpointStats | None
@@ -34,6 +38,8 @@ class Row:
 
 @dataclass
 class Comparison:
+    """Base run id, head run id, the thresholds used and one Row per endpoint (base's order,
+    then endpoints only the head has)."""
     base: str
     head: str
     thresholds: Thresholds
@@ -41,6 +47,7 @@ class Comparison:
 
     @property
     def regressions(self) -> list[str]:
+        """Every regression as 'endpoint: what changed'."""
         return [f"{r.endpoint}: {why}" for r in self.rows for why in r.regressions]
 
 
@@ -71,6 +78,8 @@ def _row(key: str, a: EndpointStats | None, b: EndpointStats | None, t: Threshol
 
 
 def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = None) -> Comparison:
+    """Compare `head` with `base` endpoint by endpoint on the figures each run stored (the ones
+    its gates judged); default Thresholds when none are given."""
     t = thresholds or Thresholds()
     a = {e.key: e for e in [*base.endpoints, base.total]}
     b = {e.key: e for e in [*head.endpoints, head.total]}

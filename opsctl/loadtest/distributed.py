@@ -61,6 +61,8 @@ class Workers:
         self.final[msg.node_id] = msg.data
 
     def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until every worker process has connected (gevent-friendly). Raises OperationFailed
+        when one exits first or they are not all there within `timeout` seconds."""
         import gevent
 
         deadline = time.monotonic() + timeout
@@ -89,6 +91,7 @@ class Workers:
                                   f"the totals would be incomplete (logs: {self.logdir})")
 
     def counts(self) -> list[WorkerCount]:
+        """Per worker: requests it counted itself and requests the master received from it."""
         return [WorkerCount(id=wid, requests_sent=self.final.get(wid, {}).get("requests", 0),
                             requests_received=self.received.get(wid, 0)) for wid in self.ids]
 

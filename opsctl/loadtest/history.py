@@ -18,10 +18,12 @@ from opsctl.output import to_jsonable
 
 
 def folder(project: Project) -> Path:
+    """Where runs are kept: .opsctl/loadtests/ under the ops root."""
     return project.state_dir / "loadtests"
 
 
 def save(project: Project, summary: RunSummary) -> Path:
+    """Write `summary` as <id>.json (whole, renamed into place); returns its path."""
     return write_json(folder(project) / f"{summary.id}.json", to_jsonable(summary))
 
 

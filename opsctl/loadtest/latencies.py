@@ -48,6 +48,8 @@ class Latencies:
         return sum(self.counts.values())
 
     def add(self, response_ms: float | None, failed: bool) -> None:
+        """Count one request: a failure is counted, never timed; a success's `response_ms` (ms)
+        is rounded to the nearest millisecond."""
         if failed:
             self.failures += 1
             return
@@ -56,6 +58,7 @@ class Latencies:
         self.sum_ms += ms
 
     def merge(self, other: "Latencies") -> None:
+        """Add `other`'s counts, sum and failures to these (a worker's report into the master's)."""
         self.counts.update(other.counts)
         self.sum_ms += other.sum_ms
         self.failures += other.failures
@@ -74,12 +77,15 @@ class Latencies:
         return float(max(self.counts))  # unreachable: the counts add up to n
 
     def mean(self) -> float | None:
+        """The mean response time of the successful requests in ms (0.1 ms), or None."""
         return round(self.sum_ms / self.ok, 1) if self.ok else None
 
     def lowest(self) -> float | None:
+        """The fastest successful request in ms, or None."""
         return float(min(self.counts)) if self.counts else None
 
     def highest(self) -> float | None:
+        """The slowest successful request in ms, or None."""
         return float(max(self.counts)) if self.counts else None
 
     def to_doc(self) -> dict[str, Any]:
@@ -89,6 +95,7 @@ class Latencies:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "Latencies":
+        """The inverse of `to_doc`."""
         return cls(Counter({int(k): int(v) for k, v in doc.get("counts", {}).items()}),
                    float(doc.get("sum_ms", 0.0)), int(doc.get("failures", 0)))
 
@@ -105,28 +112,36 @@ class Recorder:
         self.entries: dict[tuple[str, str], Latencies] = {}
 
     def attach(self, events: Any) -> "Recorder":
+        """Listen to `events.request` (a Locust Events) in this process; returns self."""
         events.request.add_listener(self.on_request)
         return self
 
     def on_request(self, request_type: str = "", name: str = "", response_time: float | None = None,
                    exception: BaseException | None = None, **_kw: Any) -> None:
+        """Locust's `request` event listener: one request of `request_type` to `name`,
+        `response_time` in ms, failed when `exception` is set."""
         self.entries.setdefault((request_type or "", name or ""), Latencies()).add(response_time,
                                                                                exception is not None)
 
     def entry(self, method: str, name: str) -> Latencies:
+        """The Latencies of one endpoint (empty when it had no request)."""
         return self.entries.get((method or "", name or ""), Latencies())
 
     def total(self) -> Latencies:
+        """Every endpoint's Latencies merged: the run's total."""
         out = Latencies()
         for lat in self.entries.values():
             out.merge(lat)
         return out
 
     def take(self) -> list[list[Any]]:
+        """What was counted since the last call, as [[method, name, doc], ...] for a worker's
+        report to the master; the recorder starts again from zero."""
         taken = [[method, name, lat.to_doc()] for (method, name), lat in self.entries.items()]
         self.entries = {}
         return taken
 
     def absorb(self, report: list[list[Any]]) -> None:
+        """Add a report made by `take()` (on the master, from a worker)."""
         for method, name, doc in report:
             self.entries.setdefault((method, name), Latencies()).merge(Latencies.from_doc(doc))

@@ -28,10 +28,12 @@ class LoadTestOutcome:
 
     @property
     def passed(self) -> bool:
+        """True when every gate held and the run was not interrupted."""
         return self.summary.passed
 
     @property
     def interrupted(self) -> bool:
+        """True when Ctrl-C or SIGTERM stopped the run (its figures cover that time only)."""
         from opsctl.loadtest.runner import INTERRUPTED
 
         return self.summary.aborted_by == INTERRUPTED

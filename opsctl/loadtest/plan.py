@@ -19,6 +19,9 @@ from opsctl.loadtest import profiles, slo
 
 @dataclass
 class Plan:
+    """A settled run: target `host`, peak `users`, `spawn_rate` (users/s), `duration_s`
+    (seconds), user class weights, the SLO text and its parsed gates, the locustfile, Locust
+    worker processes (0: in-process), report paths, and the API key (never printed)."""
     env: str
     host: str
     profile: str
@@ -43,6 +46,7 @@ class Plan:
 
 
 def request_headers(api_key: str | None) -> dict[str, str]:
+    """The headers of every simulated user: no-cache, and the Bearer key when there is one."""
     headers = {"Cache-Control": "no-cache"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -54,6 +58,10 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
          host: str | None = None, workers: int = 0, abort_on_fail: bool = False,
          html: str | None = None, csv_prefix: str | None = None, junit: str | None = None,
          locustfile: str | None = None, classes: str | None = None, check: bool = True) -> Plan:
+    """Settle and check a run: the profile's values overridden by the arguments, the SLO from
+    `slo_text`, else the environment's loadtest.slo, else the profile's. `duration` is text
+    ('30s', '5m'). With `check`, the host must answer. Raises UsageError, one line, on any bad
+    input; nothing is sent."""
     prof = profiles.get(project, profile)
     weights = _classes(classes) if classes is not None else prof.classes
     text = slo_text if slo_text is not None else (env.loadtest.slo or prof.slo or "")

@@ -22,6 +22,8 @@ _SPAN = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
 
 @dataclass
 class Profile:
+    """One load profile of profiles.yaml: peak users, spawn_rate (users/s), duration_s
+    (seconds), user classes with their weights, default SLO text and a description."""
     name: str
     users: int
     spawn_rate: float
@@ -32,6 +34,7 @@ class Profile:
 
 
 def loadtests_dir(project: Project) -> Path:
+    """The ops root's loadtests/ when it has a profiles.yaml, else the one shipped with opsctl."""
     own = project.root / "loadtests"
     return own if (own / "profiles.yaml").is_file() else SHIPPED
 
@@ -51,6 +54,8 @@ def parse_duration(text: str | float | int, what: str = "--duration") -> float:
 
 
 def load(project: Project) -> dict[str, Profile]:
+    """Every profile of profiles.yaml by name; UsageError naming the file for unreadable YAML or a
+    profile missing users, spawn_rate or duration."""
     path = loadtests_dir(project) / "profiles.yaml"
     try:
         doc = yaml.safe_load(path.read_text()) or {}
@@ -73,6 +78,7 @@ def load(project: Project) -> dict[str, Profile]:
 
 
 def get(project: Project, name: str) -> Profile:
+    """The profile `name`; UsageError listing the known ones when there is none."""
     profiles = load(project)
     if name not in profiles:
         known = ", ".join(profiles) or "none"

@@ -17,6 +17,7 @@ from opsctl.loadtest.summary import RunSummary
 
 
 def write_html(environment: Any, path: Path) -> Path:
+    """Locust's own HTML report of `environment`'s stats, written to `path`; returns it."""
     from locust.html import get_html_report
 
     path.write_text(get_html_report(environment, show_download_link=False), encoding="utf-8")
@@ -37,6 +38,8 @@ class CsvFiles:
         self.greenlet = gevent.spawn(self.writer.stats_writer)
 
     def finish(self) -> dict[str, str]:
+        """Stop the history writer and rewrite the stats, failures and exceptions files from the
+        final numbers; returns {kind: path} of every CSV file written."""
         from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
         self.greenlet.kill(block=True)

@@ -33,6 +33,8 @@ _COUNTS = {"requests", "failures"}
 
 @dataclass(frozen=True)
 class Gate:
+    """One parsed term: `metric` (p95, avg, error_rate, rps, …), comparison `op`, `threshold`
+    (ms for latencies, % for error_rate, a plain number otherwise) and its `unit`."""
     text: str
     metric: str          # p95, avg, max, error_rate, rps, requests, failures...
     op: str
@@ -64,6 +66,7 @@ class Gate:
         return lat.percentile(_quantile(self.metric))
 
     def holds(self, value: float | None) -> bool:
+        """True when `value` satisfies the gate; None (nothing to judge) never does."""
         return value is not None and _OPS[self.op](value, self.threshold)
 
 
@@ -100,6 +103,7 @@ class GateResult:
         return "-" if self.observed is None else fmt(self.observed, self.unit)
 
     def describe(self) -> str:
+        """'gate (observed X over N successful requests)' or 'gate (why there was nothing to judge)'."""
         if self.observed is None:
             return f"{self.gate} ({self.basis or 'no requests'})"
         return f"{self.gate} (observed {self.shown}" + (f" over {self.basis})" if self.basis else ")")

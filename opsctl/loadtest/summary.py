@@ -18,6 +18,8 @@ from opsctl.loadtest.slo import GateResult
 
 @dataclass
 class EndpointStats:
+    """One endpoint (or the total, named 'Aggregated'): requests and failures (all), error_rate
+    (% of all), rps and latencies (ms) of the successful requests only, `ok` their count."""
     method: str
     name: str
     requests: int
@@ -34,11 +36,13 @@ class EndpointStats:
 
     @property
     def key(self) -> str:
+        """'METHOD name', as `compare` matches endpoints."""
         return f"{self.method} {self.name}".strip()
 
 
 @dataclass
 class WorkerCount:
+    """What one Locust worker process counted itself and what the master received from it."""
     id: str
     requests_sent: int      # counted by the worker process itself, request by request
     requests_received: int  # what the master received from it in Locust's stats reports
@@ -46,6 +50,9 @@ class WorkerCount:
 
 @dataclass
 class RunSummary:
+    """Everything kept of a run (history, --json, JUnit): its settings, UTC start and end (ISO
+    8601), run_seconds, the gates' verdicts with the figures they judged, the totals and each
+    endpoint, the workers' counts and the report files written."""
     id: str
     env: str
     host: str
@@ -68,10 +75,12 @@ class RunSummary:
 
     @property
     def breached(self) -> list[GateResult]:
+        """The gates that did not hold."""
         return [g for g in self.gates if not g.passed]
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "RunSummary":
+        """A summary from its saved JSON (runs saved before newer fields existed get their defaults)."""
         doc = dict(doc)
         doc["gates"] = [GateResult(**g) for g in doc.get("gates", [])]
         doc["total"] = EndpointStats(**doc["total"])

@@ -16,6 +16,8 @@ import os
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one Locust worker connected to the master at --master-host/--master-port, with the
+    user classes of --locustfile; returns 0 when the master tells it to quit."""
     parser = argparse.ArgumentParser(prog="python -m opsctl.loadtest.worker")
     parser.add_argument("--master-host", default="127.0.0.1")
     parser.add_argument("--master-port", type=int, required=True)

@@ -30,6 +30,7 @@ from opsctl.health.model import CheckResult, Status
 
 @dataclass
 class Check:
+    """One planned check: its name, kind, timeout in seconds, and `run(timeout) -> CheckResult`."""
     name: str
     kind: str
     timeout: float

@@ -34,6 +34,9 @@ def _password(url: str) -> str | None:
 
 
 def postgres(url: str, timeout: float, t) -> CheckResult:
+    """Connect to `url`, time `SELECT 1` (ms, the check's value) and read pg_stat_activity,
+    pg_locks and replication state; `timeout` in seconds bounds the connection and each query.
+    CRITICAL with the driver's first error line (credentials masked) when it cannot query."""
     import psycopg
 
     began = time.perf_counter()
@@ -65,6 +68,8 @@ def postgres(url: str, timeout: float, t) -> CheckResult:
 
 
 def redis(url: str, timeout: float, t) -> CheckResult:
+    """PING `url` (ms, the check's value) and read INFO: memory, hit rate, evictions, last
+    save. CRITICAL with the error (credentials masked) when it cannot ping."""
     import redis as redislib
 
     began = time.perf_counter()

@@ -18,6 +18,7 @@ from opsctl.health.model import CheckResult, Status
 
 
 def beats_file(state_dir: Path) -> Path:
+    """Where push heartbeats are recorded: .opsctl/health/heartbeats.json (name -> ISO UTC)."""
     return state_dir / "health" / "heartbeats.json"
 
 
@@ -44,6 +45,7 @@ def _load(path: Path) -> dict:
 
 
 def last_beat(state_dir: Path, name: str) -> dt.datetime | None:
+    """The last recorded beat of `name` (aware UTC), or None."""
     value = _load(beats_file(state_dir)).get(name)
     try:
         return dt.datetime.fromisoformat(value) if value else None
@@ -53,6 +55,8 @@ def last_beat(state_dir: Path, name: str) -> dt.datetime | None:
 
 def judge(name: str, cron: str, grace_minutes: float, last: dt.datetime | None,
           now: dt.datetime | None = None) -> CheckResult:
+    """CRITICAL when `last` (the newest event) is older than the latest time `cron` says it
+    should have happened plus `grace_minutes`; value: hours since the last event."""
     from croniter import croniter
 
     now = now or dt.datetime.now(dt.timezone.utc)

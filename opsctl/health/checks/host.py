@@ -14,6 +14,7 @@ _primed = False
 
 
 def host(root: Path, timeout: float, t) -> CheckResult:
+    """This machine's disk (of `root`), CPU and memory use in %, judged against thresholds."""
     import psutil
 
     global _primed

@@ -15,12 +15,15 @@ GPU = "nvidia.com/gpu"
 
 
 def api_client(settings):
+    """A Kubernetes API client for the environment's kubeconfig and context."""
     from kubernetes import config
 
     return config.new_client_from_config(config_file=settings.kubeconfig, context=settings.context)
 
 
 def kubernetes(settings, want_gpu: bool, timeout: float, client=None) -> CheckResult:
+    """Worker pods in the namespace: CRITICAL when none is ready or (with `want_gpu`) no node
+    has a GPU allocatable; WARNING for some pods not ready or recent restarts."""
     from kubernetes import client as k8s
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config import ConfigException

@@ -68,6 +68,9 @@ def increase(cur: dict, prev: dict | None) -> dict | None:
 
 
 def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path) -> CheckResult:
+    """Read `base_url`/metrics and judge the worker since the previous sample (kept in
+    `samples_dir`): error rate in % (CRITICAL above thresholds.error_rate_percent), p95
+    transcription time and queue depth (WARNING). `timeout` in seconds."""
     import httpx
 
     try:

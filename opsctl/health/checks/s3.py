@@ -31,6 +31,8 @@ def _client(endpoint: str | None, region: str, profile: str | None, timeout: flo
 
 
 def s3(endpoints, timeout: float, slow_ms: float) -> CheckResult:
+    """Each bucket of the environment is reachable, and a canary object is written, read
+    back and deleted; value in ms; WARNING when slower than `slow_ms`."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     creds = endpoints.aws_credentials
