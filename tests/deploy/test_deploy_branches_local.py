@@ -292,5 +292,26 @@ def test_load_gate_and_analysis_send_the_configured_key(runner, platform, monkey
     assert steps["pre-promotion analysis"]["status"] == "ok", steps
     assert steps["pre-promotion load test"]["status"] == "ok" and "SLO met" in steps["pre-promotion load test"]["detail"]
     assert key not in result.output
+    # the keyed preview's /metrics: read with the key, refused (and the analysis failed) without
+    from opsctl.deploy import analysis
+
+    preview = _status(runner)["colors"][json.loads(result.stdout)["to_color"]]["url"]
+    with pytest.raises(analysis.ScrapeError, match="401"):
+        analysis.scrape(preview, {})
+    assert analysis.scrape(preview, analysis.analysis_headers("OPSCTL_WORKER_API_KEY")).transcriptions >= 1
+    blind = analysis.post_promotion(preview, None, 0.1, 5.0, 30000, {})
+    assert not blind.ok and "cannot read the promoted color's metrics" in blind.detail
     assert runner.invoke(app, ["abort"]).exit_code == 0  # the shared platform stays keyless
     assert _router_version(router) == before
+
+
+def test_damaged_deploy_history_is_one_line(runner, platform):
+    history = platform.root / ".opsctl" / "local" / "deploys.json"
+    kept = history.read_bytes()
+    try:
+        history.write_text('[{"env": "local", "version": ')
+        result = runner.invoke(app, ["status"])
+        assert result.exit_code == 2 and "deploys.json is damaged" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    finally:
+        history.write_bytes(kept)

@@ -247,7 +247,11 @@ class KubernetesDriver:
     def history(self) -> list[DeployRecord]:
         cm = self._call(self._api("core").read_namespaced_config_map, HISTORY, self.ns, missing_ok=True)
         raw = ((cm or {}).get("data") or {}).get("history.json")
-        return [DeployRecord.from_dict(d) for d in json.loads(raw)] if raw else []
+        try:
+            return [DeployRecord.from_dict(d) for d in json.loads(raw)] if raw else []
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UsageError(f"the deploy history (ConfigMap {self.ns}/{HISTORY}, key history.json) is damaged "
+                                  f"({exc}); fix or delete that key to start a new history") from None
 
     def save(self, record: DeployRecord) -> None:
         """Rewrite the history ConfigMap; only the lease holder writes, so no update is lost."""

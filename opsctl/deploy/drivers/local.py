@@ -145,7 +145,11 @@ class LocalDriver:
     def history(self) -> list[DeployRecord]:
         if not self._history_path.exists():
             return []
-        return [DeployRecord.from_dict(d) for d in json.loads(self._history_path.read_text())]
+        try:
+            return [DeployRecord.from_dict(d) for d in json.loads(self._history_path.read_text())]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UsageError(f"{self._history_path} is damaged ({exc}); move it aside to start a new "
+                                  "deploy history (traffic and colors are not affected)") from None
 
     def save(self, record: DeployRecord) -> None:
         records = [r for r in self.history() if r.id != record.id] + [record]
