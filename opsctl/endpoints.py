@@ -68,12 +68,15 @@ def _local(project: Project, env: Environment) -> Endpoints:
     comps = state.components
     if not {"postgres", "redis", "s3", "router"} <= set(comps):
         raise UsageError(f"the local platform of {project.root} was never started; run 'opsctl local up'")
+    from urllib.parse import quote
+
     host = procs.HOST
     workers = {c: wk.base_url(comps[wk.name(c)].port) for c in st.COLORS
                if wk.name(c) in comps and procs.alive(comps[wk.name(c)].pid)}
     return Endpoints(
         env=env.name, platform="local",
-        database_url=f"postgresql://postgres@{host}:{comps['postgres'].port}/{env.database.name}",
+        # the name percent-encoded: a database called "Ops Media" is a valid URL path segment
+        database_url=f"postgresql://postgres@{host}:{comps['postgres'].port}/{quote(env.database.name, safe='')}",
         redis_url=f"redis://{host}:{comps['redis'].port}/0",
         s3_endpoint_url=s3mod.endpoint(comps["s3"].port),
         audio_bucket=env.buckets.audio, backup_bucket=env.buckets.backups,

@@ -3,7 +3,9 @@
 The backup's folder first gets an in-progress marker naming this host and process; any
 failure or interruption (SIGINT, SIGTERM) aborts open multipart uploads and deletes what
 was written, and a process killed outright leaves a folder without a manifest that `list`
-shows as incomplete and the next `create` or `prune` removes, uploads aborted.
+shows as incomplete and the next `create` or `prune` removes, uploads aborted. Folders
+that are not opsctl's (record.layout) are reported in `foreign` and never touched; the
+first create initialises the repository (record.py) and every later one must match it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class CreateResult:
     key_id: str | None
     pruned: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
 
 
 def components_for(kind: str, env: Environment) -> list[str]:
@@ -51,15 +54,19 @@ def components_for(kind: str, env: Environment) -> list[str]:
     return ["db", "files"] + (["elasticache-snapshot"] if env.redis.replication_group else [])
 
 
-def clean_abandoned(repo: Repository) -> list[str]:
-    """Remove folders of interrupted backups (aborting their uploads); running ones are kept."""
+def clean_abandoned(repo: Repository) -> tuple[list[str], list[str]]:
+    """Remove opsctl's folders of interrupted backups (aborting their uploads); running ones
+    are kept. Returns (removed ids, foreign entries left alone)."""
     gone = []
-    for entry in catalog.unfinished(repo):
+    unfinished, foreign = catalog.unfinished(repo)
+    for entry in unfinished:
         if entry.status == "incomplete":
             repo.abort_uploads(f"{entry.id}/")
             repo.delete_prefix(f"{entry.id}/")
             gone.append(entry.id)
-    return gone
+    if foreign:
+        log.warning("left alone in %s (not opsctl backups): %s", repo.url, ", ".join(foreign))
+    return gone, foreign
 
 
 def _stream(repo: Repository, name: str, reader, level: int, key, report: Reporter, what: str) -> mf.StoredObject:
@@ -91,7 +98,11 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     dump = pgb.Dump(ep.database_url) if "db" in parts else None
     try:
         repo = open_repository(env.backup.repository, project, ep)
-        cleaned = clean_abandoned(repo)
+        repo.key = key
+        from opsctl.backup import record
+
+        record.ensure(repo, key)
+        cleaned, foreign = clean_abandoned(repo)
         backup_id = catalog.new_id(started)
         repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
     except BaseException:
@@ -104,11 +115,12 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
                     compression={"algorithm": "zstd", "level": level})
     try:
         if dump is not None:
-            log.info("dumping database %s", env.database.name)
+            log.info("dumping database %s", dump.info.get("database"))
             obj = _stream(repo, f"{backup_id}/db.dump.zst", dump.stdout, level, key, report, "database")
             info = dump.finish()
-            m.db = mf.DbPart(database=env.database.name, owner=env.database.user, object=obj,
-                             server_version=info["server_version"], row_counts=info["row_counts"])
+            m.db = mf.DbPart(database=info["database"], owner=info["owner"], object=obj,
+                             server_version=info["server_version"], server_major=info["server_major"],
+                             tables=info["tables"], catalog=info["catalog"])
         if "redis" in parts:
             log.info("snapshotting redis")
             path, info = rdb.snapshot(ep.redis_url)
@@ -142,10 +154,13 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
             raise OperationFailed(f"backup {backup_id} interrupted; what it had written was removed "
                                   "and its uploads aborted") from None
         raise
-    repo.delete_prefix(f"{backup_id}/{mf.IN_PROGRESS}")
+    # the start record stays, marked done: it keeps the folder opsctl's for good (a folder
+    # with neither it nor a manifest is another tool's, never touched)
+    repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started, done=True))
     result = CreateResult(id=backup_id, repository=repo.url, components=m.components, raw_bytes=m.raw_bytes,
                           stored_bytes=m.stored_bytes, ratio=round(m.raw_bytes / m.stored_bytes, 2) if m.stored_bytes else 0.0,
-                          seconds=m.seconds, encrypted=key is not None, key_id=m.key_id, cleaned=cleaned)
+                          seconds=m.seconds, encrypted=key is not None, key_id=m.key_id, cleaned=cleaned,
+                          foreign=foreign)
     r = env.backup.retention
     if any(v is not None for v in (r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly)):
         from opsctl.backup import retention

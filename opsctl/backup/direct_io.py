@@ -30,11 +30,11 @@ class DirectFile:
         direct = getattr(os, "O_DIRECT", 0)
         self.direct = bool(direct)
         try:
-            self.fd = os.open(path, flags | direct, 0o644)
+            self.fd = os.open(path, flags | direct, 0o600)
         except OSError as exc:
             if exc.errno != errno.EINVAL or not direct:
                 raise
-            self.fd, self.direct = os.open(path, flags, 0o644), False
+            self.fd, self.direct = os.open(path, flags, 0o600), False
         self.buf = mmap.mmap(-1, SPAN)  # anonymous mappings are page-aligned
         self.fill = 0
         self.size = 0

@@ -5,6 +5,10 @@ is (S3 to S3 without passing through this machine; downloaded for a file:// repo
 Each object is hashed from the source and copied with CopySourceIfMatch on the ETag that
 was hashed, so the recorded checksum is the checksum of the copy. Restore puts back what is
 missing or different and leaves newer audio alone.
+
+In the repository an object is stored as `<id>/files/<SHA-256 of its key>`: S3 keys are
+not paths (`a/b` and `a/b/c` both exist; `../x` is a legal key), so a key never becomes a
+path, two keys never share a name, and the manifest maps names back to keys.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from opsctl.backup.repository import Repository
 
 Advance = Callable[[int], None]
 WORKERS = 4
+
+
+def stored_name(key: str) -> str:
+    """The repository file name of an S3 key: one hex word, whatever the key holds."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def inventory(s3, bucket: str) -> list[dict]:
@@ -37,7 +46,7 @@ def _sha256(s3, bucket: str, key: str, etag: str) -> str:
 def backup(s3, bucket: str, repo: Repository, backup_id: str, advance: Advance | None = None) -> mf.FilesPart:
     def one(obj: dict) -> mf.AudioObject:
         sha = _sha256(s3, bucket, obj["key"], obj["etag"])
-        name = f"{backup_id}/files/{obj['key']}"
+        name = f"{backup_id}/files/{stored_name(obj['key'])}"
         repo.copy_in(s3, bucket, obj["key"], name, obj["etag"])
         if advance:
             advance(obj["size"])

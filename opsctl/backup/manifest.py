@@ -37,11 +37,18 @@ class StoredObject(_Strict):
 
 
 class DbPart(_Strict):
-    database: str
+    database: str  # the database pg_dump dumped (current_database() of its snapshot)
     owner: str
     server_version: str
-    row_counts: dict[str, int]
+    server_major: int | None = None
+    row_counts: dict[str, int] | None = None  # manifests before tables: {"schema.table": rows}
+    tables: list[tuple[str, str, int]] | None = None  # [schema, table, rows]: names are never joined
+    catalog: dict | None = None  # owners and privileges (postgres.CATALOG_SQL) at the snapshot
     object: StoredObject
+
+    @property
+    def expected_rows(self) -> list | dict:
+        return [list(t) for t in self.tables] if self.tables is not None else (self.row_counts or {})
 
 
 class RedisPart(_Strict):
@@ -102,8 +109,12 @@ class Manifest(_Strict):
         return objs
 
     def _canonical(self) -> bytes:
-        return json.dumps(self.model_dump(mode="json", exclude={"mac"}), sort_keys=True,
-                          separators=(",", ":")).encode()
+        doc = self.model_dump(mode="json", exclude={"mac"})
+        if doc.get("db"):  # fields added later are left out while empty: older MACs still verify
+            for k in ("server_major", "row_counts", "tables", "catalog"):
+                if doc["db"].get(k) is None:
+                    doc["db"].pop(k, None)
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def sign(self, key: BackupKey | None) -> None:
         """An HMAC under the backup key; without a key, a plain SHA-256 (catches damage, not forgery)."""

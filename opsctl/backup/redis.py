@@ -3,10 +3,13 @@
 Backup: BGSAVE inside MULTI with INFO keyspace, so the key counts recorded are those at
 the fork, then wait for LASTSAVE to move and stream the RDB file (the server must be on
 this machine: the embedded platform; ElastiCache gets native snapshots instead).
-Restore mirrors PostgreSQL's new-database-then-swap: the RDB is loaded by a scratch
-redis-server on 127.0.0.1 (a damaged file fails there, away from the live cache), its key
-counts are checked, then every key is copied to the live server with DUMP/RESTORE REPLACE
-(TTLs kept) and live keys absent from the backup are deleted.
+Restore mirrors PostgreSQL's new-database-then-swap, all or nothing: the RDB is loaded by a
+scratch redis-server on 127.0.0.1 (a damaged file fails there, away from the live cache), its
+key counts are checked, the live server's room is checked (`check_room`: maxmemory against
+what it holds plus the backup's dataset, and a spare logical database per restored one),
+then every key is copied with DUMP/RESTORE (TTLs kept) into a spare, empty database beside
+the live one, and SWAPDB switches all of them in one MULTI; the old data is flushed after.
+A failure before the switch flushes the spare databases: the live data is exactly as it was.
 """
 
 from __future__ import annotations
@@ -99,22 +102,62 @@ def check_counts(url: str, keys: dict[int, int], expires: dict[int, int]) -> dic
     return got
 
 
-def copy_all(source_url: str, target_url: str, dbs: list[int], batch: int = 500) -> int:
-    """Make every listed db of target hold exactly the keys of source (values and TTLs)."""
+def check_room(source_url: str, target_url: str, dbs: list[int]) -> dict[int, int]:
+    """{restored db: spare db} on the target, or OperationFailed (nothing changed) when the
+    target can't hold the backup beside its live data (maxmemory) or has no spare databases."""
+    src, dst = _client(source_url), _client(target_url)
+    mem = dst.info("memory")
+    limit, used = int(mem.get("maxmemory", 0) or 0), int(mem.get("used_memory", 0))
+    dataset = int(src.info("memory").get("used_memory_dataset", 0))
+    if limit and used + dataset > limit * 0.9:
+        raise OperationFailed(f"the Redis restore needs about {dataset >> 10} KiB beside the live data "
+                              f"({used >> 10} KiB used) and maxmemory is {limit >> 10} KiB; nothing was changed: "
+                              "raise maxmemory (CONFIG SET maxmemory) or free memory, then restore again")
+    count = int(dst.config_get("databases").get("databases", 16))
+    used_dbs = {int(n[2:]) for n in dst.info("keyspace") if n.startswith("db")} | set(dbs)
+    spares = [d for d in range(count) if d not in used_dbs]
+    if len(spares) < len(dbs):
+        raise OperationFailed(f"the Redis restore needs {len(dbs)} empty logical database(s) beside the live ones "
+                              f"and {len(spares)} of {count} are free; nothing was changed: raise 'databases'")
+    return dict(zip(dbs, spares))
+
+
+def restore_beside(source_url: str, target_url: str, dbs: list[int], batch: int = 500) -> int:
+    """Make every listed db of target hold exactly the keys of source (values and TTLs), all
+    or nothing: copied into spare databases, switched with SWAPDB in one transaction."""
+    import redis
+
+    spares = check_room(source_url, target_url, dbs)
+    dst = _client(target_url)
     copied = 0
-    for db in dbs:
-        src, dst = _client(source_url, db), _client(target_url, db)
-        wanted: set[bytes] = set()
-        keys: list[bytes] = []
-        for key in src.scan_iter(count=1000):
-            keys.append(key)
-            if len(keys) >= batch:
-                copied += _copy_batch(src, dst, keys, wanted)
-                keys = []
-        copied += _copy_batch(src, dst, keys, wanted)
-        stale = [k for k in dst.scan_iter(count=1000) if k not in wanted]
-        for i in range(0, len(stale), batch):
-            dst.delete(*stale[i:i + batch])
+    try:
+        for db, spare in spares.items():
+            src, beside = _client(source_url, db), _client(target_url, spare)
+            if beside.dbsize():
+                raise OperationFailed(f"Redis db{spare} was empty a moment ago and is not now; nothing was changed")
+            keys: list[bytes] = []
+            for key in src.scan_iter(count=1000):
+                keys.append(key)
+                if len(keys) >= batch:
+                    copied += _copy_batch(src, beside, keys, set())
+                    keys = []
+            copied += _copy_batch(src, beside, keys, set())
+        pipe = dst.pipeline(transaction=True)
+        for db, spare in spares.items():
+            pipe.swapdb(db, spare)
+        pipe.execute()
+    except BaseException as exc:
+        for spare in spares.values():
+            try:
+                _client(target_url, spare).flushdb()
+            except redis.RedisError:
+                pass
+        if isinstance(exc, redis.RedisError):
+            raise OperationFailed(f"the Redis restore failed before the switch ({type(exc).__name__}: {exc}); "
+                                  "the live data is unchanged") from None
+        raise
+    for spare in spares.values():  # now holding the data that was live
+        _client(target_url, spare).flushdb(asynchronous=True)
     return copied
 
 

@@ -28,6 +28,7 @@ class NotFound(Exception):
 
 class Repository(ABC):
     url: str
+    key = None  # the backup key of the environment that opened it (catalog checks trust with it)
 
     @abstractmethod
     def put(self, name: str, chunks: Iterable[bytes]) -> None: ...
@@ -45,6 +46,10 @@ class Repository(ABC):
     def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None: ...
     @abstractmethod
     def copy_out(self, name: str, s3, bucket: str, key: str) -> None: ...
+
+    def delete_names(self, names: list[str]) -> None:
+        for name in names:
+            self.delete_prefix(name)
 
     def put_bytes(self, name: str, data: bytes) -> None:
         self.put(name, [data])
@@ -96,11 +101,15 @@ class S3Repository(Repository):
         return out
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = [self._key(n) for n in self.names(prefix)]
+        names = list(self.names(prefix))
+        self.delete_names(names)
+        return len(names)
+
+    def delete_names(self, names: list[str]) -> None:
+        keys = [self._key(n) for n in names]
         for i in range(0, len(keys), 1000):
             self.s3.delete_objects(Bucket=self.bucket,
                                    Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
-        return len(keys)
 
     def _uploads(self, prefix: str) -> list[dict]:
         pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
@@ -126,12 +135,32 @@ class S3Repository(Repository):
 
 
 class FileRepository(Repository):
+    """Objects as files under `root`: created 0600 in 0700 folders; a name from data (a
+    manifest, an id) is resolved and must stay inside `root`, or nothing is read or written."""
+
     def __init__(self, root: Path, url: str):
         self.root, self.url = root, url
 
+    def _path(self, name: str) -> Path:
+        parts = name.split("/")
+        if not name or name.startswith("/") or "\\" in name or "\0" in name or any(p in ("", ".", "..") for p in parts):
+            raise UsageError(f"object name {name!r} would leave the repository folder {self.root}; refused")
+        return self.root.joinpath(*parts)
+
+    def _mkdirs(self, folder: Path) -> None:
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for f in reversed(missing):
+            try:
+                f.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+
     def put(self, name: str, chunks: Iterable[bytes]) -> None:
-        target = self.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self._path(name)
+        self._mkdirs(target.parent)
         partial = target.with_name(target.name + PARTIAL)
         out = None
         try:
@@ -147,7 +176,7 @@ class FileRepository(Repository):
             raise
 
     def get(self, name: str) -> Iterator[bytes]:
-        path = self.root / name
+        path = self._path(name)
         if not path.is_file():
             raise NotFound(name)
         with open(path, "rb") as fh:
@@ -155,12 +184,18 @@ class FileRepository(Repository):
                 yield block
 
     def _files(self, prefix: str) -> Iterator[Path]:
-        if not self.root.is_dir():
+        # walk only the folder the prefix is in: deleting one backup never walks the repository
+        head, _, tail = prefix.rpartition("/")
+        folder = self.root.joinpath(*head.split("/")) if head else self.root
+        if not folder.is_dir():
             return
-        for path in self.root.rglob("*"):
-            rel = path.relative_to(self.root).as_posix()
-            if path.is_file() and rel.startswith(prefix):
-                yield path
+        for entry in folder.iterdir():
+            if not entry.name.startswith(tail):
+                continue
+            if entry.is_file():
+                yield entry
+            elif entry.is_dir():
+                yield from (p for p in entry.rglob("*") if p.is_file())
 
     def names(self, prefix: str = "") -> dict[str, int]:
         return {p.relative_to(self.root).as_posix(): p.stat().st_size
@@ -182,7 +217,7 @@ class FileRepository(Repository):
     def abort_uploads(self, prefix: str = "") -> int:
         names = self.open_uploads(prefix)
         for name in names:
-            (self.root / name).unlink(missing_ok=True)
+            self._path(name).unlink(missing_ok=True)
         return len(names)
 
     def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None:
@@ -190,7 +225,7 @@ class FileRepository(Repository):
         self.put(name, body.iter_chunks(BLOCK))
 
     def copy_out(self, name: str, s3, bucket: str, key: str) -> None:
-        s3.upload_file(str(self.root / name), bucket, key)
+        s3.upload_file(str(self._path(name)), bucket, key)
 
 
 def open_repository(url: str | None, project, endpoints) -> Repository:
@@ -218,6 +253,9 @@ def open_repository(url: str | None, project, endpoints) -> Repository:
 
 def for_environment(project, env) -> Repository:
     """The repository of an environment, with its endpoints resolved."""
+    from opsctl.backup import keys
     from opsctl.endpoints import resolve
 
-    return open_repository(env.backup.repository, project, resolve(project, env))
+    repo = open_repository(env.backup.repository, project, resolve(project, env))
+    repo.key = keys.load(project, env, required=False)
+    return repo

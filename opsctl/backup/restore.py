@@ -11,6 +11,7 @@ or different. Native snapshots (RDS, ElastiCache) are restored only by name, wit
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tempfile
 import time
@@ -24,7 +25,7 @@ from opsctl.backup.pipeline import Reporter, quiet
 from opsctl.backup.repository import open_repository
 from opsctl.backup.verify import fetch
 from opsctl.config import Environment, Project
-from opsctl.errors import UsageError
+from opsctl.errors import OperationFailed, UsageError
 
 NATIVE = ("rds-snapshot", "elasticache-snapshot")
 
@@ -39,6 +40,7 @@ class RestorePlan:
     target_db: str | None = None
     snapshots: list[mf.SnapshotPart] = field(default_factory=list)
     target_instance: str | None = None
+    skipped: list[str] = field(default_factory=list)  # newer backups passed over: damaged or untrusted
     _ctx: dict = field(default_factory=dict, repr=False)
 
 
@@ -54,11 +56,14 @@ class RestoreResult:
     files_restored: int = 0
     instances: dict[str, str] = field(default_factory=dict)  # "rds NAME" -> endpoint
     seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
 
 
 def plan(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
          latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
-         target_instance: str | None = None) -> RestorePlan:
+         target_instance: str | None = None, no_owner: bool = False, role: str | None = None) -> RestorePlan:
+    """What `run` would do. `no_owner`: objects owned by the restoring role (or `role`),
+    grants skipped; `role`: pg_restore's --role (both for restores across environments)."""
     from opsctl.endpoints import resolve
 
     for c in components or []:
@@ -67,7 +72,9 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     key = keys.load(project, env, required=False)
     ep = resolve(project, env)
     repo = open_repository(env.backup.repository, project, ep)
-    chosen = catalog.resolve(repo, backup_id, date, latest, components)
+    repo.key = key
+    skipped: list[str] = []
+    chosen = catalog.resolve(repo, backup_id, date, latest, components, skipped)
     manifest = catalog.load(repo, chosen, key)
     native = [c for c in components or [] if c in NATIVE]
     if components is None:
@@ -97,8 +104,9 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     if target_db and "db" not in wanted:
         raise UsageError("--target-db needs the db component")
     p = RestorePlan(chosen, manifest.created_at, wanted + native, target_db or env.database.name,
-                    target_db=target_db, snapshots=snaps, target_instance=target_instance,
-                    _ctx={"manifest": manifest, "repo": repo, "key": key, "ep": ep, "env": env})
+                    target_db=target_db, snapshots=snaps, target_instance=target_instance, skipped=skipped,
+                    _ctx={"manifest": manifest, "repo": repo, "key": key, "ep": ep, "env": env,
+                          "no_owner": no_owner, "role": role})
     if "db" in wanted:
         if not ep.database_url:
             raise UsageError(f"no database URL for '{env.name}': set ${env.database.url_env}")
@@ -127,7 +135,7 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
     m: mf.Manifest = p._ctx["manifest"]
     repo, key, ep = p._ctx["repo"], p._ctx["key"], p._ctx["ep"]
     began = time.monotonic()
-    result = RestoreResult(p.backup_id, p.components)
+    result = RestoreResult(p.backup_id, p.components, skipped=p.skipped)
     with tempfile.TemporaryDirectory(prefix="opsctl-restore-") as tmp:
         dump, rdb_file = Path(tmp) / "db.dump", Path(tmp) / "redis" / "dump.rdb"
         # 1. fetch and check everything; nothing live has been touched if this fails
@@ -139,34 +147,61 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
             from opsctl.backup import files
 
             files.check(repo, m.files, report("audio checks", sum(o.size for o in m.files.objects)))
-        # 2. apply
-        if "db" in p.components:
-            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
-            scratch = f"{p.database[:30]}_restoring_{stamp}"
-            counts = pgb.restore_into(ep.database_url, str(dump), scratch, m.db.owner, jobs, m.db.row_counts)
-            if p.target_db:
-                pgb.drop_database(ep.database_url, p.target_db)
-                pgb.swap(ep.database_url, scratch, p.target_db, "")
-            else:
-                keep_as = f"{p.database[:36]}_before_{stamp}"
-                if pgb.swap(ep.database_url, scratch, p.database, keep_as):
-                    result.previous_database = keep_as
-            result.database, result.tables, result.rows = p.database, len(counts), sum(counts.values())
-        if "redis" in p.components:
-            from opsctl.backup import redis as rdb
+        no_owner, role = p._ctx.get("no_owner", False), p._ctx.get("role")
+        archive = major = scratch_url = redis_dbs = None
+        if "db" in p.components:  # the roles the dump needs, before anything live is touched
+            major = pgb.server_major(ep.database_url)
+            archive = pgb.inspect(str(dump), major)
+            missing = pgb.roles_missing(ep.database_url, archive, no_owner, role)
+            if missing:
+                raise OperationFailed(f"backup {p.backup_id} needs role(s) the target server lacks: "
+                                      f"{', '.join(missing)}; nothing was changed: create them, or restore with "
+                                      "--no-owner (objects owned by the restoring role, grants skipped) or --role NAME")
+        stack = contextlib.ExitStack()
+        with stack:
+            if "redis" in p.components:  # loaded and checked beside, before anything live is touched
+                from opsctl.backup import redis as rdb
 
-            with rdb.scratch_server(rdb_file) as scratch_url:
+                scratch_url = stack.enter_context(rdb.scratch_server(rdb_file))
                 rdb.check_counts(scratch_url, m.redis.keys, m.redis.expires)
-                result.redis_keys = rdb.copy_all(scratch_url, ep.redis_url, rdb.all_dbs(ep.redis_url, list(m.redis.keys)))
-        if "files" in p.components:
-            from opsctl.backup import files
-
-            todo = p._ctx["files"]
-            result.files_restored = files.restore(ep.s3_client(), ep.audio_bucket, repo, todo,
-                                                  report("audio objects", sum(o.size for o in todo)))
+                redis_dbs = rdb.all_dbs(ep.redis_url, list(m.redis.keys))
+                rdb.check_room(scratch_url, ep.redis_url, redis_dbs)
+            _apply(p, jobs, report, result, str(dump), archive, major, scratch_url, redis_dbs)
     for snap in p.snapshots:
         from opsctl.backup import snapshots
 
         result.instances[f"{snap.kind} {p.target_instance}"] = snapshots.restore(p._ctx["env"], snap, p.target_instance)
     result.seconds = round(time.monotonic() - began, 2)
     return result
+
+
+def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, dump: str, archive, major,
+           scratch_url: str | None, redis_dbs: list[int] | None) -> None:
+    """Step 2 of `run`, once everything was fetched and checked: database, Redis, audio."""
+    m: mf.Manifest = p._ctx["manifest"]
+    repo, ep = p._ctx["repo"], p._ctx["ep"]
+    no_owner, role = p._ctx.get("no_owner", False), p._ctx.get("role")
+    if "db" in p.components:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+        scratch = f"{p.database[:30]}_restoring_{stamp}"
+        counts = pgb.restore_into(ep.database_url, dump, scratch, jobs, m.db.expected_rows,
+                                  catalog=m.db.catalog, no_owner=no_owner, role=role,
+                                  archive=archive, major=major)
+        if p.target_db:
+            pgb.drop_database(ep.database_url, p.target_db)
+            pgb.swap(ep.database_url, scratch, p.target_db, "")
+        else:
+            keep_as = f"{p.database[:36]}_before_{stamp}"
+            if pgb.swap(ep.database_url, scratch, p.database, keep_as):
+                result.previous_database = keep_as
+        result.database, result.tables, result.rows = p.database, len(counts), sum(counts.values())
+    if "redis" in p.components:
+        from opsctl.backup import redis as rdb
+
+        result.redis_keys = rdb.restore_beside(scratch_url, ep.redis_url, redis_dbs)
+    if "files" in p.components:
+        from opsctl.backup import files
+
+        todo = p._ctx["files"]
+        result.files_restored = files.restore(ep.s3_client(), ep.audio_bucket, repo, todo,
+                                              report("audio objects", sum(o.size for o in todo)))

@@ -3,7 +3,10 @@
 The rules are those of restic's `forget` and pgBackRest's expire, applied to the manifests'
 times: a backup is kept if any rule keeps it. Two are never removed whatever the rules say:
 the newest complete backup and the newest one that passed `backup verify`. Interrupted
-backups (no manifest, process gone) are removed with their open uploads.
+backups (no manifest, process gone) are removed with their open uploads; damaged ones (a
+failed `backup verify`, an unreadable manifest) never count for a rule and are removed.
+Folders that are not opsctl's (record.layout) and untrusted backups are reported, never
+touched.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from opsctl.backup import catalog
+from opsctl.backup import catalog, record
 from opsctl.backup.repository import Repository
 from opsctl.errors import UsageError
 
@@ -21,6 +24,9 @@ class PruneResult:
     kept: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    untrusted: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
 
@@ -59,22 +65,39 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
     if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
         raise UsageError("no retention rule: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
                          "or set backup.retention in opsctl.yaml")
-    entries = catalog.entries(repo)
+    scan = catalog.scan(repo)
+    entries = scan.entries
     complete = [(e.id, e.manifest.created_at, e.verified) for e in entries if e.complete]
     keep = select(complete, keep_last, keep_daily, keep_weekly, keep_monthly)
     result = PruneResult(dry_run=dry_run, reasons=keep)
     result.kept = [bid for bid, _, _ in complete if bid in keep]
     result.removed = [bid for bid, _, _ in complete if bid not in keep]
     result.incomplete = [e.id for e in entries if e.status == "incomplete"]
+    result.damaged = [e.id for e in entries if e.status == "damaged"]
+    result.untrusted = [e.id for e in entries if e.status == "untrusted"]
+    result.foreign = scan.foreign
     if not dry_run:
         for bid in result.incomplete:
             repo.abort_uploads(f"{bid}/")
-            repo.delete_prefix(f"{bid}/")
-        for bid in result.removed:
-            # the manifest first: a half-deleted backup is then incomplete, never half-restorable
-            repo.delete_prefix(f"{bid}/manifest.json")
-            repo.delete_prefix(f"{bid}/")
+            remove(repo, bid)
+        for bid in result.removed + result.damaged:
+            remove(repo, bid)
     return result
+
+
+def remove(repo: Repository, backup_id: str) -> None:
+    """Delete one backup's objects, and only those: its start record goes back first and
+    its manifest goes next, so a deletion cut short leaves an incomplete opsctl folder
+    (cleaned by the next create or prune), never a half-restorable backup nor a folder
+    that would look foreign."""
+    from opsctl.backup import manifest as mf
+
+    record.check_id(backup_id)
+    repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", b'{"deleting": true}')
+    repo.delete_prefix(f"{backup_id}/{mf.NAME}")
+    names = [n for n in repo.names(f"{backup_id}/") if n != f"{backup_id}/{mf.IN_PROGRESS}"]
+    repo.delete_names(names)
+    repo.delete_prefix(f"{backup_id}/")
 
 
 def repository_and_rules(project, env, keep_last: int | None = None, keep_daily: int | None = None,

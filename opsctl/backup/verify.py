@@ -3,7 +3,9 @@
 Checksums prove the bytes are the ones written; decrypting and decompressing proves the key
 and the whole chain; `--restore-test` proves the dump restores (into a scratch database,
 dropped afterwards, row counts compared with the manifest) and the RDB loads with the
-recorded key counts. A backup that passes is marked verified, which retention respects.
+recorded key counts. A backup that passes is marked verified, which retention respects; one
+that fails is marked damaged in the repository (catalog.mark_failed), so `list` shows it,
+`restore --latest/--date` skip it and `prune` removes it.
 """
 
 from __future__ import annotations
@@ -76,11 +78,12 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
             scratch = f"opsctl_verify_{manifest.id[:15].lower()}"
             pgb.drop_database(database_url, scratch)
             try:
-                counts = pgb.restore_into(database_url, str(dump), scratch, manifest.db.owner, 2,
-                                          manifest.db.row_counts)
+                counts = pgb.restore_into(database_url, str(dump), scratch, 2, manifest.db.expected_rows,
+                                          catalog=manifest.db.catalog)
             finally:
                 pgb.drop_database(database_url, scratch)
-            out["db"] = {"tables": len(counts), "rows": sum(counts.values()), "matches_manifest": True}
+            out["db"] = {"tables": len(counts), "rows": sum(counts.values()), "matches_manifest": True,
+                         "owners_and_privileges_checked": manifest.db.catalog is not None}
         if manifest.redis:
             rdb_path = Path(tmp) / "redis" / "dump.rdb"
             fetch(repo, manifest.redis.object, key, rdb_path, report)
@@ -94,17 +97,21 @@ def verify(project: Project, env: Environment, backup_id: str, with_restore: boo
            report: Reporter = quiet) -> VerifyResult:
     from opsctl.endpoints import resolve
 
+    from opsctl.backup import record
+
+    record.check_id(backup_id)
     key = keys.load(project, env, required=False)
     ep = resolve(project, env)
     repo = open_repository(env.backup.repository, project, ep)
     manifest = catalog.load(repo, backup_id, key)
     try:
         count, size = check_objects(repo, manifest, key, report)
-    except IntegrityError as exc:
-        raise OperationFailed(f"backup {backup_id} failed verification: {exc}") from None
-    result = VerifyResult(id=backup_id, ok=True, objects=count, bytes=size,
-                          decrypted=key is not None or manifest.key_id is None)
-    if with_restore:
-        result.restore_test = restore_test(repo, manifest, key, ep.database_url, report)
-    catalog.mark_verified(repo, backup_id, with_restore)
+        result = VerifyResult(id=backup_id, ok=True, objects=count, bytes=size,
+                              decrypted=key is not None or manifest.key_id is None)
+        if with_restore:
+            result.restore_test = restore_test(repo, manifest, key, ep.database_url, report)
+    except OperationFailed as exc:  # IntegrityError included: the verdict is kept in the repository
+        catalog.mark_failed(repo, backup_id, str(exc), key)
+        raise OperationFailed(f"backup {backup_id} failed verification: {exc}; it is marked damaged") from None
+    catalog.mark_verified(repo, backup_id, with_restore, key)
     return result

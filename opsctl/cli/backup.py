@@ -57,7 +57,8 @@ def create(
         f"backup [bold]{r.id}[/bold] complete: {', '.join(r.components)} — {_size(r.raw_bytes)} → "
         f"{_size(r.stored_bytes)} ({r.ratio}x) in {r.seconds:.1f} s, "
         + (f"encrypted (key id {r.key_id})" if r.encrypted else "NOT encrypted")
-        + (f"; pruned {len(r.pruned)}" if r.pruned else "")))
+        + (f"; pruned {len(r.pruned)}" if r.pruned else "")
+        + (f"; left alone (not opsctl's): {', '.join(r.foreign)}" if r.foreign else "")))
 
 
 @app.command("list")
@@ -68,26 +69,32 @@ def list_(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     from opsctl.output import emit
 
     repo = for_environment(*environment(env))
-    rows = catalog.rows(repo)
+    doc = catalog.rows(repo)
+    rows = doc["backups"]
+    state = ("not initialised" if not doc["initialised"] else
+             f"encrypted, key id {doc['key_id']}" + ("" if doc["authenticated"] else " (no key: not authenticated)")
+             if doc["encrypted"] else "NOT encrypted: manifests are checksummed, not authenticated")
 
     def render(c):
         from rich.table import Table
 
         t = Table("id", "created (UTC)", "status", "components", "size", "stored", "verified", "label",
-                  title=repo.url)
+                  title=f"{repo.url} ({state})")
         for r in rows:
             style = {"complete": "green", "running": "cyan"}.get(r["status"], "red")
             t.add_row(r["id"], r["created_at"].strftime("%Y-%m-%d %H:%M:%S") if r["created_at"] else "-",
-                      f"[{style}]{r['status']}[/{style}]", ", ".join(r["components"]) or r["note"],
+                      f"[{style}]{r['status']}[/{style}]",
+                      r["note"] if r["status"] in ("untrusted", "damaged") else ", ".join(r["components"]) or r["note"],
                       _size(r["raw_bytes"]) if r["raw_bytes"] is not None else "-",
                       _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
                       "yes" if r["verified"] else "", r["label"] or "")
-        c.print(t if rows else f"no backups in {repo.url}")
+        c.print(t if rows else f"no backups in {repo.url} ({state})")
+        if doc["foreign"]:
+            c.print(f"not opsctl's, left alone: {', '.join(doc['foreign'])}")
         pitr.render_windows(c, doc.get("pitr"))
 
     from opsctl.cli import pitr
 
-    doc = {"repository": repo.url, "backups": rows}
     doc["pitr"] = pitr.windows_for_list(*environment(env))  # the point-in-time recoverable window
     emit(doc, as_json, render)
 
@@ -136,7 +143,10 @@ def prune(
         r = retention.prune(*args)
     verb = "would remove" if dry_run else "removed"
     emit(r, as_json, lambda c: c.print(f"{verb} {len(r.removed)} backup(s){': ' + ', '.join(r.removed) if r.removed else ''}; "
-                                       f"kept {len(r.kept)}; incomplete cleaned: {len(r.incomplete)}"))
+                                       f"kept {len(r.kept)}; incomplete cleaned: {len(r.incomplete)}"
+                                       + (f"; damaged {verb.split()[-1]}: {', '.join(r.damaged)}" if r.damaged else "")
+                                       + (f"; untrusted, left alone: {', '.join(r.untrusted)}" if r.untrusted else "")
+                                       + (f"; not opsctl's, left alone: {', '.join(r.foreign)}" if r.foreign else "")))
 
 
 def restore(
@@ -148,6 +158,8 @@ def restore(
     target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database under this name and stop there.")] = None,
     target_instance: Annotated[str | None, typer.Option("--target-instance", help="Create this new RDS instance / ElastiCache replication group from the backup's native snapshot.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs.")] = 1,
+    no_owner: Annotated[bool, typer.Option("--no-owner", help="Don't restore owners and grants: objects belong to the restoring role (or --role). For restores across environments.")] = False,
+    role: Annotated[str | None, typer.Option("--role", metavar="NAME", help="Restore as this role (pg_restore --role).")] = None,
     to_time: Annotated[str | None, typer.Option("--to-time", metavar="TIME", help="Point-in-time recovery to this UTC time (2026-11-29T14:03:00Z) or 'latest': base backup + WAL.")] = None,
     to_lsn: Annotated[str | None, typer.Option("--to-lsn", metavar="LSN", help="Point-in-time recovery to this WAL position (e.g. 0/3000060).")] = None,
     beside: Annotated[bool, typer.Option("--beside", help="With --to-time/--to-lsn: leave the restored server running on its own port; the live one is untouched.")] = False,
@@ -166,12 +178,16 @@ def restore(
 
     project, environment_ = environment(env)
     wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
-    p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db, target_instance)
+    p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db, target_instance, no_owner, role)
     if p.overwrites:
         from opsctl.approval import at_terminal
 
         at_terminal(f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}", environment_, yes, confirm_env,
                     verb=("restore over it", "restoring over it", "restored"))
+    if p.skipped:
+        from opsctl.output import stderr
+
+        stderr.print(f"skipped newer backups that can't be restored: {', '.join(p.skipped)}", markup=False)
     with _progress() as report:
         r = core.run(p, jobs, report)
     emit(r, as_json, lambda c: c.print(
@@ -180,7 +196,8 @@ def restore(
         + (f" (previous kept as {r.previous_database})" if r.previous_database else "")
         + (f"; {r.redis_keys} Redis keys" if "redis" in r.components else "")
         + (f"; {r.files_restored} audio objects put back" if "files" in r.components else "")
-        + "".join(f"; new {what} available at {where}" for what, where in r.instances.items())))
+        + "".join(f"; new {what} available at {where}" for what, where in r.instances.items())
+        + (f"; skipped {', '.join(r.skipped)}" if r.skipped else "")))
 
 
 def register(root: typer.Typer) -> None:

@@ -254,6 +254,7 @@ def down(project: Project, purge: bool = False) -> list[str]:
     """
     folder = st.folder_for(project.root)
     stopped: list[str] = []
+    save_error: Exception | None = None
     with st.locked(folder):
         state, problem = st.load_lenient(folder)
         comps = state.components
@@ -267,7 +268,10 @@ def down(project: Project, purge: bool = False) -> list[str]:
             if pid is None:
                 continue
             if key == "s3" and not purge and comp is not None:
-                _save_s3(s3mod.endpoint(comp.port), state.data("s3"))
+                try:  # a failed save must not leave the rest running; the previous copy is kept
+                    _save_s3(s3mod.endpoint(comp.port), state.data("s3"))
+                except Exception as exc:  # noqa: BLE001 - reported once everything is stopped
+                    save_error = exc
             _stop_any(state, key, pid, comp.port if comp else None, comp.admin_port if comp else None,
                       timeout=10 if key == "s3" else 30)
             stopped.append(key)
@@ -280,6 +284,11 @@ def down(project: Project, purge: bool = False) -> list[str]:
             state.path.unlink(missing_ok=True)
         elif problem is None:
             state.save()
+    if save_error is not None:
+        from opsctl.redact import credentials
+
+        raise OperationFailed(f"stopped {', '.join(stopped)}, but saving the S3 objects failed "
+                              f"({credentials(str(save_error))}); the previous copy in {state.data('s3')} is kept")
     return stopped
 
 

@@ -62,30 +62,73 @@ def ensure_buckets(endpoint_url: str, names: list[str]) -> None:
             s3.create_bucket(Bucket=name)
 
 
+INDEX = "index.json"
+
+
+def _file_name(key: str) -> str:
+    """An object's file: the SHA-256 of its key. S3 keys are not paths (`a/b` and `a/b/c`
+    coexist, `../x` is legal), so a key never becomes a path and two keys never collide."""
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def save(endpoint_url: str, folder: Path) -> int:
-    """Write every object of every bucket to folder/<bucket>/<key>; return the count."""
+    """Write every object of every bucket to folder/<bucket>/<sha256 of key> (0600, folders
+    0700) and folder/index.json ({bucket: {file: key}}) last; return the count."""
+    import json
+    import os
+
     s3 = client(endpoint_url)
     count = 0
+    index: dict[str, dict[str, str]] = {}
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for bucket in (b["Name"] for b in s3.list_buckets().get("Buckets", [])):
-        (folder / bucket).mkdir(parents=True, exist_ok=True)
+        files = index.setdefault(bucket, {})
+        (folder / bucket).mkdir(mode=0o700, exist_ok=True)  # bucket names are S3-checked: one plain word
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
-                target = folder / bucket / obj["Key"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, obj["Key"], str(target))
+                name = _file_name(obj["Key"])
+                target = folder / bucket / name
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    s3.download_fileobj(bucket, obj["Key"], fh)
+                files[name] = obj["Key"]
                 count += 1
+    fd = os.open(folder / INDEX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(index, fh)
     return count
 
 
 def load(endpoint_url: str, folder: Path) -> int:
-    """Upload what `save` wrote; buckets are the first level of folders."""
+    """Upload what `save` wrote (by its index); a folder saved before the index existed is
+    read as folder/<bucket>/<key path>, every path resolved inside its bucket folder."""
+    import json
+
     if not folder.is_dir():
         return 0
     s3 = client(endpoint_url)
     count = 0
-    for bucket_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+    if (folder / INDEX).is_file():
+        index = json.loads((folder / INDEX).read_text())
+        for bucket, files in sorted(index.items()):
+            if "/" in bucket or bucket in (".", ".."):
+                continue
+            ensure_buckets(endpoint_url, [bucket])
+            for name, key in sorted(files.items()):
+                path = folder / bucket / name
+                if path.name != name or path.parent != folder / bucket or not path.is_file():
+                    continue  # the index names only plain file names in the bucket's folder
+                s3.upload_file(str(path), bucket, key)
+                count += 1
+        return count
+    for bucket_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
         ensure_buckets(endpoint_url, [bucket_dir.name])
+        base = bucket_dir.resolve()
         for path in sorted(p for p in bucket_dir.rglob("*") if p.is_file()):
+            if not path.resolve().is_relative_to(base):
+                continue
             s3.upload_file(str(path), bucket_dir.name, path.relative_to(bucket_dir).as_posix())
             count += 1
     return count

@@ -134,3 +134,32 @@ def audio_state(local_platform, seeded: Seeded) -> dict[str, bytes | None]:
         except s3.exceptions.NoSuchKey:
             out[key] = None
     return out
+
+
+def side_env(root, monkeypatch, seeded: Seeded, repository: str, database_url: str | None = None,
+             name: str = "side", **extra) -> str:
+    """An ops root at `root` whose environment `name` reaches the session platform's
+    PostgreSQL and Redis through URLs (as a cloud environment would), with its own repository."""
+    import json as _json
+
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {"version": 1, "environments": {name: {
+        "platform": "kubernetes", "database": {"url_env": "SIDE_DATABASE_URL", **extra.pop("database", {})},
+        "redis": {"url_env": "SIDE_REDIS_URL"}, "backup": {"repository": repository}, **extra}}}
+    (root / "opsctl.yaml").write_text(_json.dumps(doc))
+    monkeypatch.setenv("OPSCTL_ROOT", str(root))
+    monkeypatch.setenv("SIDE_DATABASE_URL", database_url or seeded.db_url)
+    monkeypatch.setenv("SIDE_REDIS_URL", seeded.redis_url)
+    monkeypatch.setenv("CI", "true")
+    return name
+
+
+def one_line_error(result, code, *words: str) -> str:
+    codes = code if isinstance(code, tuple) else (code,)
+    assert result.exit_code in codes, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("opsctl: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[-1], lines[-1]
+    return lines[-1]

@@ -1,0 +1,178 @@
+"""A restore brings the database back whole (issue 17 §3) and odd names never break it
+(issue 25 §1): owners, grants, the database's own properties, a quoted non-ASCII schema and
+table, tables whose joined names collide, a large object and a materialized view."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+import yaml
+from psycopg.conninfo import make_conninfo
+
+from backup_support import KEY, one_line_error, side_env
+from opsctl.cli import app
+
+pytestmark = pytest.mark.slow
+
+OWNER = "Bk Ünï Owner"
+
+
+def _ok(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def catalog(url: str) -> dict:
+    """Everything a faithful restore must bring back, read from the catalogs and the data."""
+    with psycopg.connect(url) as conn:
+        q = lambda sql: conn.execute(sql).fetchall()  # noqa: E731
+        return {
+            "relations": q("select n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), c.relacl::text "
+                           "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                           "where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_' "
+                           "order by 1, 2"),
+            "schemas": q("select nspname, pg_get_userbyid(nspowner), nspacl::text from pg_namespace "
+                         "where nspname !~ '^(pg_|information_schema)' order by 1"),
+            "large_objects": q("select m.oid, pg_get_userbyid(m.lomowner), m.lomacl::text, "
+                               "(select string_agg(data::text, '' order by pageno) from pg_largeobject l "
+                               "where l.loid = m.oid) from pg_largeobject_metadata m order by 1"),
+            "database": q("select pg_get_userbyid(datdba), datacl::text, shobj_description(oid, 'pg_database'), "
+                          "(select setconfig from pg_db_role_setting where setdatabase = d.oid and setrole = 0) "
+                          "from pg_database d where datname = current_database()"),
+            "matview": q("select ispopulated, definition from pg_matviews where matviewname = 'bk_mv'"),
+            "data": q('select * from "Sché ma"."Tåble ""q""" order by 1') + q("select * from bk_mv")
+                    + q('select count(*) from "a.b"."c"') + q('select count(*) from "a"."b.c"'),
+        }
+
+
+@pytest.fixture
+def fidelity_db(seeded):
+    """A database holding every kind of thing the issue names, owned by a role of its own."""
+    name = f"bk_fid_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(seeded.db_url, autocommit=True) as conn:
+        for role in ("bk_app", "bk_reporting", OWNER):
+            conn.execute(f'drop role if exists "{role}"')  # left by an earlier run only
+            conn.execute(f'create role "{role}"')
+        conn.execute(f"create database {name} owner bk_app")
+        conn.execute(f"alter database {name} set work_mem = '8MB'")
+        conn.execute(f"comment on database {name} is 'fidelity: ü'")
+        conn.execute(f"grant connect on database {name} to bk_reporting")
+    url = make_conninfo(seeded.db_url, dbname=name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("set role bk_app")
+        conn.execute('create schema "Sché ma"')
+        conn.execute('create table "Sché ma"."Tåble ""q""" (id int primary key, v text)')
+        conn.execute('insert into "Sché ma"."Tåble ""q""" select g, \'ü\' || g from generate_series(1, 7) g')
+        conn.execute("create table bk_owned (id int)")
+        conn.execute("insert into bk_owned values (1), (2)")
+        conn.execute('create materialized view bk_mv as select count(*) as n from "Sché ma"."Tåble ""q"""')
+        conn.execute("select lo_from_bytea(0, 'a large object, ü')")
+        conn.execute('create schema "a.b"; create schema "a"')
+        conn.execute('create table "a.b"."c" (x int); insert into "a.b"."c" select generate_series(1, 3)')
+        conn.execute('create table "a"."b.c" (x int); insert into "a"."b.c" select generate_series(1, 5)')
+        conn.execute("reset role")
+        conn.execute(f'alter table bk_owned owner to "{OWNER}"')
+        conn.execute('grant usage on schema "Sché ma" to bk_reporting')
+        conn.execute('grant select on "Sché ma"."Tåble ""q""" to bk_reporting')
+    yield name, url
+    with psycopg.connect(seeded.db_url, autocommit=True) as conn:
+        for (db,) in conn.execute("select datname from pg_database where datname like %s", (f"{name}%",)).fetchall():
+            conn.execute(f'drop database "{db}" with (force)')
+        for role in ("bk_app", "bk_reporting", OWNER, "bk_renamed"):
+            conn.execute(f'drop role if exists "{role}"')
+
+
+def test_restore_brings_owners_grants_and_properties_back(fidelity_db, seeded, runner, tmp_path, monkeypatch):
+    name, url = fidelity_db
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url)
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    before = catalog(url)
+    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    manifest = json.loads((tmp_path / "repo" / made["id"] / "manifest.json").read_bytes())
+    # what was dumped, not the environment's default name; counts keyed by (schema, table)
+    assert manifest["db"]["database"] == name and manifest["db"]["owner"] == "bk_app"
+    tables = {(s, t): n for s, t, n in manifest["db"]["tables"]}
+    assert tables[("a.b", "c")] == 3 and tables[("a", "b.c")] == 5 and tables[("Sché ma", 'Tåble "q"')] == 7
+
+    checked = _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
+    assert checked["restore_test"]["db"]["owners_and_privileges_checked"]
+
+    copy = f"{name}_copy"
+    done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", copy, "--yes", "--json"]))
+    assert done["database"] == copy
+    after = catalog(make_conninfo(seeded.db_url, dbname=copy))
+    assert after == before
+
+
+def test_missing_roles_are_found_before_anything_is_touched(fidelity_db, seeded, runner, tmp_path, monkeypatch):
+    name, url = fidelity_db
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url)
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    with psycopg.connect(seeded.db_url, autocommit=True) as conn:
+        conn.execute(f'alter role "{OWNER}" rename to bk_renamed')  # the target cluster lacks it now
+        databases = {d for (d,) in conn.execute("select datname from pg_database")}
+    copy = f"{name}_copy"
+    one_line_error(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", copy, "--yes"]),
+                   1, "lacks", OWNER, "--no-owner")
+    with psycopg.connect(seeded.db_url, autocommit=True) as conn:
+        assert {d for (d,) in conn.execute("select datname from pg_database")} == databases
+    # the explicit choice for a restore across environments: no owners, no grants
+    done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", copy, "--no-owner",
+                                   "--role", "bk_app", "--yes", "--json"]))
+    assert done["database"] == copy
+    with psycopg.connect(make_conninfo(seeded.db_url, dbname=copy)) as conn:
+        owners = {r for (r,) in conn.execute("select distinct tableowner from pg_tables where schemaname !~ '^pg_' "
+                                             "and schemaname <> 'information_schema'")}
+        assert owners == {"bk_app"}
+        assert conn.execute('select count(*) from "a"."b.c"').fetchone()[0] == 5
+
+
+def test_a_database_named_with_a_space_backs_up_and_restores(local_platform, seeded, runner, tmp_path, monkeypatch):
+    name = "Ops Media"
+    with psycopg.connect(seeded.db_url, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    with psycopg.connect(make_conninfo(seeded.db_url, dbname=name), autocommit=True) as conn:
+        conn.execute("create table clips (id int); insert into clips select generate_series(1, 11)")
+    config = local_platform.root / "opsctl.yaml"
+    original = config.read_text()
+    doc = yaml.safe_load(original)
+    doc["environments"]["bk-media"] = {"platform": "local", "database": {"name": name},
+                                       "backup": {"repository": f"file://{tmp_path / 'repo'}"}}
+    config.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("OPSCTL_ROOT", str(local_platform.root))
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    monkeypatch.setenv("CI", "true")
+    try:
+        made = _ok(runner.invoke(app, ["backup", "create", "--env", "bk-media", "--type", "db", "--json"]))
+        manifest = json.loads((tmp_path / "repo" / made["id"] / "manifest.json").read_bytes())
+        assert manifest["db"]["database"] == name
+        with psycopg.connect(make_conninfo(seeded.db_url, dbname=name), autocommit=True) as conn:
+            conn.execute("delete from clips")
+        done = _ok(runner.invoke(app, ["restore", "--env", "bk-media", "--latest", "--yes", "--json"]))
+        assert done["database"] == name and done["rows"] == 11
+        with psycopg.connect(make_conninfo(seeded.db_url, dbname=name)) as conn:
+            assert conn.execute("select count(*) from clips").fetchone()[0] == 11
+    finally:
+        config.write_text(original)
+        with psycopg.connect(seeded.db_url, autocommit=True) as conn:
+            for (db,) in conn.execute("select datname from pg_database where datname like 'Ops Media%'").fetchall():
+                conn.execute(f'drop database "{db}" with (force)')
+
+
+def test_catalog_differences_are_named():
+    from opsctl.backup.postgres import compare_catalog
+
+    base = {"database": ["app", None, "UTF8", "C", "C"], "settings": [], "schemas": [["s", "app", None]],
+            "relations": [["r", "s", "t", "app", "{app=arwdDxtm/app,rep=r/app}"]], "large_objects": []}
+    assert compare_catalog(base, json.loads(json.dumps(base))) is None
+    lost_grant = json.loads(json.dumps(base))
+    lost_grant["relations"][0][4] = "{app=arwdDxtm/app}"
+    assert "s.t" in compare_catalog(base, lost_grant) and "rep=r/app" in compare_catalog(base, lost_grant)
+    owner = json.loads(json.dumps(base))
+    owner["relations"][0][3] = "other"
+    assert "other" in compare_catalog(base, owner)

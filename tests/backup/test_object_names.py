@@ -1,0 +1,98 @@
+"""Object keys from data never become paths (issues 18 §4 and 25 §1): keys that are legal in
+S3 but collide or escape on a filesystem (`a/b` beside `a/b/c`, `../../x`) are saved by
+`local down` and backed up into a file:// repository, and come back byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from backup_support import KEY, side_env
+from opsctl.cli import app
+
+pytestmark = pytest.mark.integration
+
+KEYS = {"audio/x/clip": b"the clip", "audio/x/clip/part1.wav": b"part one",
+        "../../escaped": b"outside?", "a/./b/../c": b"dots", "%2F/odd name": b"percent"}
+
+
+def _fill(s3) -> str:
+    bucket = s3.make_bucket("names")
+    client = s3.client()
+    for key, body in KEYS.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return bucket
+
+
+def test_local_save_and_load_keep_every_key_inside_the_folder(s3, tmp_path):
+    from opsctl.local import s3 as s3mod
+
+    bucket = _fill(s3)
+    folder = tmp_path / "deep" / "save"
+    s3mod.save(s3.endpoint_url, folder)
+    inside = {p.resolve() for p in folder.rglob("*")}
+    everything = {p.resolve() for p in tmp_path.rglob("*")}
+    assert everything - inside == {tmp_path.resolve() / "deep", folder.resolve()}  # nothing beside the folder
+    for path in folder.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+    client = s3.client()
+    for key in KEYS:
+        client.delete_object(Bucket=bucket, Key=key)
+    s3mod.load(s3.endpoint_url, folder)
+    assert {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in KEYS} == KEYS
+
+
+def test_files_backup_of_colliding_keys_into_a_file_repository(s3, seeded, runner, tmp_path, monkeypatch):
+    bucket = _fill(s3)
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
+                   aws={"endpoint_url": s3.endpoint_url}, buckets={"audio": bucket})
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    made = runner.invoke(app, ["backup", "create", "--env", env, "--type", "files", "--json"])
+    assert made.exit_code == 0, made.output
+    backup_id = json.loads(made.stdout)["id"]
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "repo" / "escaped").exists()
+    client = s3.client()
+    for key in KEYS:
+        client.delete_object(Bucket=bucket, Key=key)
+    done = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--yes", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["files_restored"] == len(KEYS)
+    assert {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in KEYS} == KEYS
+
+
+def test_down_stops_everything_when_saving_objects_fails(tmp_path, monkeypatch):
+    """`local down` with a save that fails: every component is still stopped, the error is
+    reported, and the previous copy of the objects is kept."""
+    from opsctl.config import load_project
+    from opsctl.errors import OperationFailed
+    from opsctl.local import platform, procs
+    from opsctl.local import redis as rd
+    from opsctl.local import s3 as s3mod
+    from opsctl.local import state as st
+
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments: {}\n")
+    project = load_project(tmp_path)
+    folder = st.folder_for(project.root)
+    state = st.LocalState(folder)
+    moto_port, redis_port = procs.free_port(), procs.free_port()
+    state.components["s3"] = st.Component(moto_port, s3mod.start(moto_port, tmp_path / "moto.log"))
+    state.components["redis"] = st.Component(redis_port, rd.start(state.data("redis"), redis_port,
+                                                                  tmp_path / "redis.log"))
+    previous = state.data("s3")
+    previous.mkdir(parents=True)
+    (previous / "index.json").write_text("{}")
+    state.save()
+
+    def broken(endpoint, target):
+        target.mkdir(parents=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(s3mod, "save", broken)
+    with pytest.raises(OperationFailed, match="saving the S3 objects failed.*No space left.*previous copy"):
+        platform.down(project)
+    assert not procs.alive(state.components["s3"].pid) and not procs.alive(state.components["redis"].pid)
+    assert (previous / "index.json").read_text() == "{}"
+    assert not previous.with_name(previous.name + ".saving").exists()
