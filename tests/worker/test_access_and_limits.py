@@ -75,7 +75,7 @@ def test_concurrent_uploads_limit(worker, api_key, redis_server):
             counter = f"worker:uploads:{hashlib.sha256(api_key.encode()).hexdigest()[:12]}"
             store = redis.Redis.from_url(redis_server.url)
             deadline = time.monotonic() + 60
-            while int(store.get(counter) or 0) < 2:  # both held uploads have their slot
+            while store.zcard(counter) < 2:  # both held uploads have their lease
                 assert time.monotonic() < deadline and not any(f.done() for f in held)
                 time.sleep(0.05)
             r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
@@ -107,7 +107,7 @@ def test_full_queue_answers_429_with_retry_after(worker):
     def post(i: int) -> httpx.Response:
         return httpx.post(worker.url + "/v1/audio/transcriptions",
                           files={"file": ("p.wav", padded("passage", 900 + i))},
-                          headers={"Authorization": f"Bearer {worker.keys[i]}"}, timeout=120)
+                          headers={"Authorization": f"Bearer {worker.keys[i]}"}, timeout=600)
 
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(post, range(6)))
@@ -117,7 +117,7 @@ def test_full_queue_answers_429_with_retry_after(worker):
         if r.status_code == 429:
             assert_openai_error(r, 429, "queue_full")
             assert int(r.headers["retry-after"]) >= 1
-    rejected = [ln for ln in httpx.get(worker.url + "/metrics").text.splitlines()
+    rejected = [ln for ln in worker.metrics().splitlines()
                 if ln.startswith("worker_queue_rejected_total ")]
     assert float(rejected[0].split()[1]) >= codes.count(429)
 
@@ -144,3 +144,105 @@ def test_limits_fail_open_when_redis_is_down(model_dir, tmp_path):
         assert "redis unavailable" in (tmp_path / "worker.log").read_text()
     finally:
         stop_worker(proc)
+
+
+def _held_uploads(url: str, key: str, count: int, release: threading.Event, pool: ThreadPoolExecutor):
+    """`count` transcription uploads whose bodies stop half-way until `release` is set."""
+    boundary = "b" + uuid.uuid4().hex
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.wav\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode()
+
+    def slow_body():
+        yield head
+        release.wait(60)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    def post():
+        try:
+            return httpx.post(url + "/v1/audio/transcriptions", content=slow_body(), timeout=90,
+                              headers={"Authorization": f"Bearer {key}",
+                                       "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        except httpx.HTTPError as exc:  # the worker was killed under it
+            return exc
+
+    return [pool.submit(post) for _ in range(count)]
+
+
+def test_upload_slots_of_a_killed_worker_free_after_their_lease(worker, api_key, model_dir,
+                                                                 redis_server, tmp_path):
+    """A second worker (3 s leases) takes both of a key's upload slots and is killed with
+    SIGKILL. Its leases run out on their own although the key keeps sending requests (each
+    request renewing a shared TTL was the old lock-out); then the key is served again."""
+    env = worker_env(model_dir, WORKER_REDIS_URL=redis_server.url,
+                     WORKER_API_KEY_HASHES=hashlib.sha256(api_key.encode()).hexdigest(),
+                     WORKER_RATE_LIMIT_CONCURRENT_UPLOADS=str(LIMITS["concurrent_uploads"]),
+                     WORKER_UPLOAD_LEASE_SECONDS="3")
+    log = tmp_path / "doomed.log"
+    proc, url = start_worker(env, log)
+    release = threading.Event()
+    leases = f"worker:uploads:{hashlib.sha256(api_key.encode()).hexdigest()[:12]}"
+    store = redis.Redis.from_url(redis_server.url)
+    auth = {"Authorization": f"Bearer {api_key}"}
+    try:
+        wait_until(url, proc, log, ready=True)
+        with ThreadPoolExecutor(2) as pool:
+            held = _held_uploads(url, api_key, LIMITS["concurrent_uploads"], release, pool)
+            deadline = time.monotonic() + 60
+            while store.zcard(leases) < LIMITS["concurrent_uploads"]:
+                assert time.monotonic() < deadline and not any(f.done() for f in held)
+                time.sleep(0.05)
+            proc.kill()  # SIGKILL: no clean-up runs, the leases stay behind
+            proc.wait(10)
+            release.set()
+        # the session worker, same key, same Redis: refused while the dead worker's leases live
+        r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
+                       headers=auth, timeout=60)
+        assert_openai_error(r, 429, "concurrent_uploads_exceeded")
+        statuses = []
+        for _ in range(LIMITS["rpm"] - 2):  # steady traffic, every half second
+            time.sleep(0.5)
+            r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
+                           headers=auth, timeout=60)
+            statuses.append(r.status_code)
+            if r.status_code != 429:
+                break
+        assert statuses[-1] == 400 and r.json()["error"]["code"] == "invalid_audio", statuses
+        assert store.zcard(leases) == 0  # the request that got through gave its lease back
+    finally:
+        release.set()
+        stop_worker(proc)
+
+
+def test_keys_on_hide_docs_and_guard_metrics(worker, http):
+    for path in ("/docs", "/openapi.json"):
+        assert_openai_error(httpx.get(worker.url + path), 404)
+    assert_openai_error(httpx.get(worker.url + "/metrics"), 401, "invalid_api_key")
+    assert "worker_requests_total" in http.get("/metrics").text
+    scrape = httpx.get(worker.metrics_url + "/metrics")  # the scraper's port: no key
+    assert scrape.status_code == 200 and "worker_requests_total" in scrape.text
+    assert httpx.get(worker.metrics_url + "/v1/jobs").status_code == 404
+    assert httpx.get(worker.metrics_url + "/docs").status_code == 404
+    assert httpx.get(worker.url + "/healthz").status_code == 200  # probes stay open
+    assert httpx.get(worker.url + "/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("keys,docs,expected", [
+    (True, None, 404), (True, "true", 200), (False, None, 200), (False, "false", 404)])
+def test_docs_setting(model_dir, monkeypatch, keys, docs, expected):
+    """WORKER_DOCS_ENABLED: default off when keys are on, on otherwise (no model is loaded:
+    the app's lifespan does not run)."""
+    from starlette.testclient import TestClient
+    from transcription_worker.app import create_app
+    from transcription_worker.config import Settings
+
+    for name in list(__import__("os").environ):
+        if name.startswith("WORKER_"):
+            monkeypatch.delenv(name)
+    if keys:
+        monkeypatch.setenv("WORKER_API_KEY_HASHES", hashlib.sha256(b"k").hexdigest())
+    if docs:
+        monkeypatch.setenv("WORKER_DOCS_ENABLED", docs)
+    monkeypatch.setenv("WORKER_MODEL_PATH", str(model_dir))
+    client = TestClient(create_app(Settings()))
+    assert client.get("/openapi.json").status_code == expected
+    assert client.get("/docs").status_code == expected

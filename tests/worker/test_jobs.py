@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import psycopg
 import pytest
-from worker_helpers import padded, sample, wer
+from worker_helpers import wait_for_job, padded, sample, wer
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for_job(http, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
 
 
 def job_rows(worker, sql: str, *params):
@@ -64,7 +53,7 @@ def test_retry_with_same_idempotency_key_returns_the_same_job(http, worker):
 
     other = http.post("/v1/jobs", files={"file": ("b.wav", padded("hello", 334))},
                       headers={"Idempotency-Key": "retry-1"})
-    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
     assert wait_for_job(http, first.json()["id"])["status"] == "succeeded"
 
 
@@ -90,3 +79,35 @@ def test_jobs_are_private_to_their_api_key(http, worker):
     assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
     assert http.get("/v1/jobs/not-a-uuid").status_code == 404
     assert wait_for_job(http, job["id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("change", [
+    {"data": {"language": "fr", "prompt": "Bonjour."}},
+    {"data": {"language": "de"}},
+    {"data": {"language": "en", "prompt": "Weather report."}},
+    {"data": {"language": "en", "temperature": "0.4"}},
+    {"data": {"language": "en", "response_format": "text"}},
+    {"data": {"language": "en", "model": "whisper-large"}},
+    {"data": {"language": "en", "timestamp_granularities[]": "word"}},
+    {"data": {"language": "en"}, "file": 2},
+])
+def test_idempotency_key_reused_with_a_different_request_is_422(http, worker, change):
+    """IETF Idempotency-Key draft / Stripe: same key, different request -> 422, nothing made."""
+    key = f"idem-{hashlib.sha256(repr(change).encode()).hexdigest()[:12]}"
+    audio = padded("hello", 1600)
+    first = http.post("/v1/jobs", files={"file": ("a.wav", audio)}, data={"language": "en"},
+                      headers={"Idempotency-Key": key})
+    assert first.status_code in (200, 202), first.text
+    assert wait_for_job(http, first.json()["id"])["status"] == "succeeded"  # later cases: from the store
+    other = padded("hello", 1601) if change.get("file") else audio
+    r = http.post("/v1/jobs", files={"file": ("a.wav", other)}, data=change["data"],
+                  headers={"Idempotency-Key": key})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "idempotency_key_reused" and err["type"] == "invalid_request_error"
+    assert err["param"] == "Idempotency-Key"
+    assert len(job_rows(worker, "SELECT id FROM jobs WHERE idempotency_key = %s", key)) == 1
+    same = http.post("/v1/jobs", files={"file": ("renamed.wav", audio)}, data={"language": "en"},
+                     headers={"Idempotency-Key": key})
+    assert same.status_code == 200 and same.json()["id"] == first.json()["id"]
+    assert same.headers["idempotent-replayed"] == "true"

@@ -35,7 +35,7 @@ def test_probes_and_version(worker):
 def test_metrics_after_a_transcription(worker, http):
     assert http.post("/v1/audio/transcriptions",
                      files={"file": ("h.wav", sample("hello")[0])}).status_code == 200
-    text = httpx.get(worker.url + "/metrics").text
+    text = http.get("/metrics").text
     for name in METRICS:
         assert any(line.startswith(name) for line in text.splitlines()), name
     assert ('worker_requests_total{method="POST",route="/v1/audio/transcriptions",status="200"}'
@@ -81,7 +81,7 @@ def test_unreachable_postgres_is_not_ready_and_sigterm_finishes_inflight(model_d
         while "worker_transcriptions_in_progress 1.0" not in httpx.get(url + "/metrics").text:
             assert request.is_alive(), result
             time.sleep(0.05)
-        assert stop_worker(proc) == 0
+        assert stop_worker(proc, timeout=600) == 0  # waits for the transcription, however slow
         request.join(10)
         assert result["r"].status_code == 200 and wer(text, result["r"].json()["text"]) < 0.3
         assert "shutdown complete" in (tmp_path / "w.log").read_text()
@@ -93,6 +93,9 @@ def test_bad_configuration_is_one_line_and_exit_2(model_dir, tmp_path):
     for env, needle in [({"WORKER_CONCURRENCY": "lots"}, "WORKER_CONCURRENCY"),
                         ({"WORKER_DEVICE": "tpu"}, "WORKER_DEVICE"),
                         ({"WORKER_API_KEY_HASHES": "secret-key"}, "WORKER_API_KEY_HASHES"),
+                        ({"WORKER_REQUIRE_API_KEYS": "true"}, "WORKER_API_KEY_HASHES"),
+                        ({"WORKER_MAX_AUDIO_SECONDS": "0"}, "WORKER_MAX_AUDIO_SECONDS"),
+                        ({"WORKER_METRICS_PORT": "http"}, "WORKER_METRICS_PORT"),
                         ({"WORKER_MODEL_PATH": str(tmp_path)}, "assemble-model")]:
         out = subprocess.run([str(BIN), "serve"], env=worker_env(model_dir, **env),
                              capture_output=True, text=True, timeout=60)
@@ -121,7 +124,7 @@ def test_migrate_is_idempotent(worker):
     assert again.returncode == 0 and again.stdout.strip() == "schema is up to date"
     with psycopg.connect(worker.database_url) as conn:
         versions = conn.execute("SELECT version FROM worker_schema_migrations").fetchall()
-    assert sorted(versions) == [(1,), (2,)]
+    assert sorted(versions) == [(1,), (2,), (3,)]
 
 
 def test_a_model_that_cannot_load_stops_the_worker_with_exit_1(model_dir, tmp_path):

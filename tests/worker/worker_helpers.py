@@ -6,6 +6,7 @@ import io
 import re
 import socket
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -13,7 +14,8 @@ DATA = Path(__file__).parent / "data"
 BIN = Path(sys.executable).parent / "transcription-worker"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
-LIMITS = {"rpm": 20, "concurrent_uploads": 2, "daily_audio_seconds": 120, "max_upload_mb": 2}
+LIMITS = {"rpm": 20, "concurrent_uploads": 2, "daily_audio_seconds": 120, "max_upload_mb": 2,
+          "max_audio_seconds": 600}
 
 
 def free_port() -> int:
@@ -48,6 +50,44 @@ def silence_wav(seconds: float, rate: int = 8000) -> bytes:
     return buf.getvalue()
 
 
+def silence_flac(seconds: float, rate: int = 8000, hide_duration: bool = False) -> bytes:
+    """FLAC of `seconds` of silence, encoded with PyAV: an hour is about 650 KB. With
+    `hide_duration` the STREAMINFO total-samples field is zeroed (legal: "unknown"), so
+    nothing in the file says how long it is and only decoding can tell."""
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono")
+        stream.format = "s16"
+        block, total, pts = rate * 10, int(seconds * rate), 0
+        zeros = np.zeros((1, block), dtype=np.int16)
+        while pts < total:
+            n = min(block, total - pts)
+            frame = av.AudioFrame.from_ndarray(zeros[:, :n], format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, pts
+            for packet in stream.encode(frame):
+                out.mux(packet)
+            pts += n
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO comes first
+    if hide_duration:  # bytes 18-25: rate(20) channels(3) bits(5) total samples(36)
+        packed = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)
+        data[18:26] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+def metric(text: str, name: str) -> float:
+    """The value of an unlabelled series in a Prometheus exposition (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
 
@@ -58,3 +98,68 @@ def wer(reference: str, hypothesis: str) -> float:
     return jiwer.wer(normalize(reference), normalize(hypothesis))
 
 
+
+
+def wait_for_job(http, job_id: str, timeout: float = 300) -> dict:
+    """Poll the job's row in PostgreSQL (not the API: polls would count against the key's
+    requests per minute), then read the job once through the API."""
+    import psycopg
+
+    database_url = http.worker.database_url
+    deadline = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        if row and row[0] in ("succeeded", "failed"):
+            return http.get(f"/v1/jobs/{job_id}").json()
+        assert time.monotonic() < deadline, f"job {job_id} still {row} after {timeout}s"
+        time.sleep(0.2)
+
+
+def _samples(name: str):
+    import numpy as np
+
+    with wave.open(str(DATA / f"{name}.wav")) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+
+
+def _speed(samples, factor: float):
+    """Play `factor` times faster (pitch moves with it): another speaker, as far as the model
+    is concerned."""
+    import numpy as np
+
+    n = int(len(samples) / factor)
+    return np.interp(np.linspace(0, len(samples) - 1, n), np.arange(len(samples)),
+                     samples).astype(np.int16)
+
+
+# (sample, speed) pieces of the long recording: the 30 s passage, the weather report and the
+# greeting, at five speeds, in an order that never repeats the same piece back to back.
+LONG_PIECES = [("passage", 1.0), ("weather", 1.0), ("hello", 0.92), ("passage", 1.12),
+               ("weather", 0.9), ("passage", 0.88), ("hello", 1.1), ("weather", 1.15),
+               ("passage", 1.05), ("hello", 1.0), ("weather", 0.95), ("passage", 0.95),
+               ("hello", 0.88), ("passage", 1.0)]
+
+
+def long_recording(min_seconds: float = 180, pieces=None, gap_ms: int = 700) -> tuple[bytes, str]:
+    """(16 kHz mono WAV, reference text) of varied speech at least `min_seconds` long, built
+    from the shipped samples (espeak-ng speech at several speeds, 0.7 s pauses between
+    pieces); pieces repeat from the start until the length is reached."""
+    import numpy as np
+
+    pieces = pieces or LONG_PIECES
+    parts, texts, total, i = [], [], 0, 0
+    gap = np.zeros(16 * gap_ms, dtype=np.int16)
+    while total < min_seconds * 16000:
+        name, factor = pieces[i % len(pieces)]
+        clip = _speed(_samples(name), factor) if factor != 1.0 else _samples(name)
+        parts += [clip, gap]
+        texts.append((DATA / f"{name}.txt").read_text().strip())
+        total += len(clip) + len(gap)
+        i += 1
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(np.concatenate(parts).tobytes())
+    return buf.getvalue(), " ".join(texts)

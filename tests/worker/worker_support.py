@@ -32,6 +32,10 @@ class Worker:
     process: subprocess.Popen
     log_path: Path
     env: dict = field(default_factory=dict)
+    metrics_url: str = ""  # the scraper's listener (WORKER_METRICS_PORT): /metrics, no key
+
+    def metrics(self) -> str:
+        return httpx.get(self.metrics_url + "/metrics", timeout=10).text
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -99,7 +103,8 @@ def worker(model_dir, postgres, redis_server, s3, tmp_path_factory) -> Worker:
     bucket = f"worker-audio-{suffix}"
     client = s3.client()
     client.create_bucket(Bucket=bucket)
-    keys = [f"sk-test-{secrets.token_hex(16)}" for _ in range(40)]
+    keys = [f"sk-test-{secrets.token_hex(16)}" for _ in range(60)]
+    metrics_port = free_port()
     env = worker_env(
         model_dir,
         WORKER_DATABASE_URL=database_url, WORKER_REDIS_URL=redis_server.url,
@@ -109,6 +114,7 @@ def worker(model_dir, postgres, redis_server, s3, tmp_path_factory) -> Worker:
         WORKER_RATE_LIMIT_RPM=str(LIMITS["rpm"]),
         WORKER_RATE_LIMIT_CONCURRENT_UPLOADS=str(LIMITS["concurrent_uploads"]),
         WORKER_RATE_LIMIT_DAILY_AUDIO_SECONDS=str(LIMITS["daily_audio_seconds"]),
+        WORKER_MAX_AUDIO_SECONDS=str(LIMITS["max_audio_seconds"]), WORKER_METRICS_PORT=str(metrics_port),
         WORKER_COLOR="blue", WORKER_VERSION="1.4.0-test")
     migrated = subprocess.run([str(BIN), "migrate"], env=env, capture_output=True, text=True)
     assert migrated.returncode == 0, migrated.stderr
@@ -117,7 +123,8 @@ def worker(model_dir, postgres, redis_server, s3, tmp_path_factory) -> Worker:
     try:
         wait_until(url, proc, log_path, ready=True)
         yield Worker(url=url, database_url=database_url, bucket=bucket, s3=client,
-                     keys=keys, process=proc, log_path=log_path, env=env)
+                     keys=keys, process=proc, log_path=log_path, env=env,
+                     metrics_url=f"http://127.0.0.1:{metrics_port}")
     finally:
         stop_worker(proc)
 
@@ -133,4 +140,5 @@ def api_key(worker) -> str:
 def http(worker, api_key) -> httpx.Client:
     with httpx.Client(base_url=worker.url, timeout=120,
                       headers={"Authorization": f"Bearer {api_key}"}) as client:
+        client.worker = worker  # for helpers that look at the worker's database
         yield client

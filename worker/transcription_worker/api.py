@@ -2,7 +2,11 @@
 
 Every request is authenticated and rate-limited before its body is read. Both paths answer
 identical audio (same SHA-256, same options) from the stored transcript when PostgreSQL is
-configured; the synchronous path also stores what it transcribes, best effort.
+configured; the synchronous path also stores what it transcribes, best effort. A request
+with `Cache-Control: no-cache` (an authenticated one, when keys are on: every /v1 request
+is) bypasses the store: the model always runs, and nothing it produces is written to the
+store (a job keeps its transcript on its own row). Deploy analysis and load tests use it,
+so what they judge is the model's work, never a cached answer.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from . import metrics
 from .errors import APIError
 from .formats import FORMATS, MEDIA_TYPES, render
 from .jobs import QueueFull, run_job, transcribe_audio
-from .model import AudioDecodeError, decode
+from .model import AudioDecodeError, AudioTooLong, decode
 from .uploads import Upload, read_upload
 
 log = logging.getLogger("transcription_worker")
@@ -62,9 +66,19 @@ def _require_model(state: Any) -> None:
         raise APIError(503, "the model is still loading", code="model_loading", retry_after=5)
 
 
-async def _decode(upload: Upload):
+def bypasses_store(request: Request) -> bool:
+    """True when the request carries the `no-cache` directive of `Cache-Control` (RFC 9111
+    5.2.1.4: the response must not be served from a cache without being made anew)."""
+    directives = request.headers.get("cache-control", "")
+    return any(d.split("=", 1)[0].strip().lower() == "no-cache" for d in directives.split(","))
+
+
+async def _decode(request: Request, upload: Upload):
+    limit = _state(request).settings.max_audio_seconds
     try:
-        return await run_in_threadpool(decode, upload.data)
+        return await run_in_threadpool(decode, upload.data, limit)
+    except AudioTooLong as exc:
+        raise APIError(413, str(exc), param="file", code="audio_too_long") from None
     except AudioDecodeError as exc:
         raise APIError(400, str(exc), param="file", code="invalid_audio") from None
 
@@ -98,10 +112,11 @@ async def create_transcription(request: Request):
     _require_model(state)
     if not state.queue.has_room():  # refuse before taking the upload
         raise QueueFull(state.queue.retry_after())
+    bypass = bypasses_store(request)
     async with state.limits.upload_slot(key_id):
         upload = await read_upload(request, state.settings.max_upload_bytes)
-        audio = await _decode(upload)
-        stored = await _stored_transcript(state, upload)
+        audio = await _decode(request, upload)
+        stored = None if bypass else await _stored_transcript(state, upload)
         if stored:
             return _respond(stored, upload.response_format)
         seconds = len(audio) / 16_000
@@ -117,7 +132,7 @@ async def create_transcription(request: Request):
         except BaseException:
             await state.limits.refund_audio(key_id, seconds)
             raise
-    if state.db is not None:
+    if state.db is not None and not bypass:
         try:
             await run_in_threadpool(state.db.save_transcript, upload.sha256,
                                     upload.options.cache_key(state.transcriber.name),
@@ -170,16 +185,17 @@ async def create_job(request: Request):
     if idem and len(idem) > 255:
         raise APIError(400, "Idempotency-Key is longer than 255 characters",
                        param="Idempotency-Key", code="invalid_value")
+    bypass = bypasses_store(request)
     async with state.limits.upload_slot(key_id):
-        upload = await read_upload(request, state.settings.max_upload_bytes)
-        audio = await _decode(upload)
+        upload = await read_upload(request, state.settings.max_upload_bytes, "verbose_json")
+        audio = await _decode(request, upload)
         seconds = len(audio) / 16_000
         del audio  # the job decodes again from S3: nothing but the slot is held while queued
         if idem:
             existing = await _db(state.db.find_by_idempotency_key, key_id, idem)
             if existing:
                 return _replay(existing, upload)
-        stored = await _stored_transcript(state, upload)
+        stored = None if bypass else await _stored_transcript(state, upload)
         slot = None if stored else state.queue.reserve()
         try:
             if slot:
@@ -192,7 +208,8 @@ async def create_job(request: Request):
                 sha256=upload.sha256, audio_key=key, audio_bytes=len(upload.data),
                 duration=round(seconds, 3), options=options.__dict__,
                 options_key=options.cache_key(state.transcriber.name), done=bool(stored),
-                worker=state.settings.color, owner=state.owner)
+                worker=state.settings.color, owner=state.owner,
+                request_hash=upload.fingerprint(), bypass_store=bypass)
         except BaseException:
             if slot:
                 slot.release()
@@ -205,7 +222,7 @@ async def create_job(request: Request):
             return _replay(job, upload)
         metrics.JOBS.labels("deduplicated" if stored else "created").inc()
         if slot:
-            slot.submit(run_job, state, str(job["id"]), key, upload.sha256, options)
+            slot.submit(run_job, state, str(job["id"]), key, upload.sha256, options, bypass)
     log.info("job created", extra={"job_id": str(job["id"]), "deduplicated": bool(stored),
                                    "key_id": key_id})
     return JSONResponse(_job_body(job), status_code=200 if stored else 202,
@@ -213,8 +230,19 @@ async def create_job(request: Request):
 
 
 def _replay(job: dict, upload: Upload) -> JSONResponse:
-    if job["audio_sha256"] != upload.sha256:
-        raise APIError(409, "this Idempotency-Key was already used for a different file",
+    """The first job made with this Idempotency-Key, if this request is the same request.
+
+    A key reused with a request that differs in anything that changes the result (audio,
+    model, response_format, language, prompt, temperature, timestamp granularities) is
+    refused with 422, as the IETF Idempotency-Key draft (draft-ietf-httpapi-idempotency-key-
+    header, section 2.7) and Stripe do. Rows made before the request was fingerprinted are
+    compared on the audio alone.
+    """
+    same = (job["request_hash"] == upload.fingerprint() if job.get("request_hash")
+            else job["audio_sha256"] == upload.sha256)
+    if not same:
+        raise APIError(422, "this Idempotency-Key was already used for a different request"
+                       " (another file or other options); use a new key for a new request",
                        param="Idempotency-Key", code="idempotency_key_reused")
     return JSONResponse(_job_body(job), status_code=200,
                         headers={"Idempotent-Replayed": "true", "Location": f"/v1/jobs/{job['id']}"})

@@ -102,7 +102,8 @@ def create_app(settings: Settings) -> FastAPI:
     state = State(settings=settings, queue=WorkQueue(settings.concurrency, settings.queue_size),
                   limits=Limits(settings.redis_url, settings.rate_limit_rpm,
                                 settings.rate_limit_concurrent_uploads,
-                                settings.rate_limit_daily_audio_seconds))
+                                settings.rate_limit_daily_audio_seconds,
+                                settings.upload_lease_seconds))
     if settings.database_url:
         state.db = db.Database(settings.database_url, max_size=settings.concurrency + 8)
     if settings.s3_bucket:
@@ -134,8 +135,10 @@ def create_app(settings: Settings) -> FastAPI:
         await state.limits.close()
         log.info("shutdown complete")
 
+    docs = settings.docs_enabled  # off by default when keys are on: the API's map is not public
     app = FastAPI(title="transcription-worker", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.worker = state
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
@@ -184,6 +187,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:
+        """Needs a key when keys are on; the scraper uses WORKER_METRICS_PORT instead."""
+        from .api import authenticate
+
+        authenticate(request)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     from .api import router

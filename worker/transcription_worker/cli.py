@@ -30,11 +30,22 @@ def serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     settings = _settings()
+    if settings.require_api_keys and not settings.api_key_hashes:
+        return _fail("WORKER_REQUIRE_API_KEYS is set but WORKER_API_KEY_HASHES is empty: configure"
+                     " the key hashes (or set WORKER_REQUIRE_API_KEYS=false for an open worker)")
     if not (settings.model_path / "model.bin").is_file():
         return _fail(f"no faster-whisper model at {settings.model_path}: run "
                      "`transcription-worker assemble-model` or set WORKER_MODEL_PATH")
     log_config = logs.setup(settings.log_format, settings.log_level)
     app = create_app(settings)
+    if settings.metrics_port:
+        from .metrics import serve_metrics
+
+        try:
+            serve_metrics(args.host, settings.metrics_port)
+        except OSError as exc:
+            return _fail(f"cannot listen on WORKER_METRICS_PORT {settings.metrics_port}: {exc.strerror}",
+                         code=1)
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; a no-op
     # handler underneath makes that a normal return, so a clean stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

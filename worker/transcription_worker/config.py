@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(60, gt=0)  # a job whose worker stopped renewing is adopted after this
     job_max_attempts: int = Field(3, ge=1)  # workers that may die running one job before it fails
     max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit
+    max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 
     # dependencies (each optional: without it the features that need it answer 503)
     database_url: str | None = None
@@ -56,6 +57,10 @@ class Settings(BaseSettings):
     rate_limit_rpm: int = Field(0, ge=0)
     rate_limit_concurrent_uploads: int = Field(0, ge=0)
     rate_limit_daily_audio_seconds: int = Field(0, ge=0)
+    upload_lease_seconds: float = Field(60, gt=0)  # a concurrent-upload slot of a dead worker frees after this
+    require_api_keys: bool = False  # refuse to start without WORKER_API_KEY_HASHES (production)
+    metrics_port: int = Field(0, ge=0, le=65535)  # a second listener serving only /metrics; 0 = off
+    docs_enabled: bool | None = None  # /docs and /openapi.json; default: on only when keys are off
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -83,6 +88,8 @@ class Settings(BaseSettings):
             from . import __version__
 
             self.version = __version__
+        if self.docs_enabled is None:
+            self.docs_enabled = not self.api_key_hashes
         if self.cpu_threads == 0:
             self.cpu_threads = max(1, (os.cpu_count() or 1) // self.concurrency)
         return self

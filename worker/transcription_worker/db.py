@@ -60,6 +60,14 @@ MIGRATIONS: list[str] = [
     UPDATE jobs SET heartbeat_at = coalesce(started_at, created_at) WHERE status IN ('queued', 'running');
     CREATE INDEX jobs_unfinished ON jobs (heartbeat_at) WHERE status IN ('queued', 'running');
     """,
+    # request_hash: what an Idempotency-Key was first used for (a reuse with another request
+    # is refused); bypass_store + result: a `Cache-Control: no-cache` job is always run by the
+    # model and keeps its own transcript instead of reading or writing the shared store
+    """
+    ALTER TABLE jobs ADD COLUMN request_hash text,
+                     ADD COLUMN bypass_store boolean NOT NULL DEFAULT false,
+                     ADD COLUMN result jsonb;
+    """,
 ]
 _LOCK_ID = 0x77_6F_72_6B  # "work": advisory lock for migrations
 
@@ -93,7 +101,7 @@ def ping(url: str) -> None:
 
 _JOB_COLUMNS = """j.id, j.status, j.audio_sha256, j.audio_key, j.audio_bytes, j.duration, j.options,
     j.options_key, j.deduplicated, j.error, j.created_at, j.started_at, j.completed_at,
-    j.idempotency_key, t.result"""
+    j.idempotency_key, j.request_hash, j.bypass_store, coalesce(j.result, t.result) AS result"""
 
 
 class Database:
@@ -130,7 +138,7 @@ class Database:
             return None
         return self._one(f"SELECT {_JOB_COLUMNS} FROM jobs j LEFT JOIN transcripts t"
                          " ON t.audio_sha256 = j.audio_sha256 AND t.options_key = j.options_key"
-                         " AND j.status = 'succeeded' WHERE j.id = %s AND j.api_key_id = %s",
+                         " AND j.status = 'succeeded' AND NOT j.bypass_store WHERE j.id = %s AND j.api_key_id = %s",
                          (job_id, api_key_id))
 
     def find_by_idempotency_key(self, api_key_id: str, key: str) -> dict[str, Any] | None:
@@ -140,7 +148,9 @@ class Database:
 
     def create_job(self, *, api_key_id: str, idempotency_key: str | None, sha256: str,
                    audio_key: str, audio_bytes: int, duration: float, options: dict,
-                   options_key: str, done: bool, worker: str, owner: str) -> tuple[dict[str, Any], bool]:
+                   options_key: str, done: bool, worker: str, owner: str,
+                   request_hash: str | None = None,
+                   bypass_store: bool = False) -> tuple[dict[str, Any], bool]:
         """Insert a job; returns (job, created). A concurrent twin with the same
         Idempotency-Key makes `created` False and returns the twin's row."""
         job_id = uuid.uuid4()
@@ -149,12 +159,13 @@ class Database:
             row = conn.execute(
                 "INSERT INTO jobs (id, api_key_id, idempotency_key, status, audio_sha256, audio_key,"
                 " audio_bytes, duration, options, options_key, deduplicated, worker, owner, heartbeat_at,"
-                " completed_at)"
+                " completed_at, request_hash, bypass_store)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(),"
-                " CASE WHEN %s THEN now() END)"
+                " CASE WHEN %s THEN now() END, %s, %s)"
                 " ON CONFLICT (api_key_id, idempotency_key) DO NOTHING RETURNING id",
                 (job_id, api_key_id, idempotency_key, status, sha256, audio_key, audio_bytes,
-                 duration, Jsonb(options), options_key, done, worker, owner, done)).fetchone()
+                 duration, Jsonb(options), options_key, done, worker, owner, done,
+                 request_hash, bypass_store)).fetchone()
         if row is None:
             return self.find_by_idempotency_key(api_key_id, idempotency_key or ""), False
         return self.get_job(str(job_id), api_key_id), True
@@ -167,13 +178,16 @@ class Database:
                 " attempts = attempts + 1 WHERE id = %s AND owner = %s AND status = 'queued'",
                 (job_id, owner)).rowcount == 1
 
-    def finish_job(self, job_id: str, owner: str, error: str | None = None) -> bool:
-        """Record the outcome, unless another worker adopted the job meanwhile."""
+    def finish_job(self, job_id: str, owner: str, error: str | None = None,
+                   result: dict | None = None) -> bool:
+        """Record the outcome, unless another worker adopted the job meanwhile. `result` is
+        kept on the job row (jobs that bypass the transcript store)."""
         with self.pool.connection() as conn:
             return conn.execute(
-                "UPDATE jobs SET status = %s, error = %s, completed_at = now()"
+                "UPDATE jobs SET status = %s, error = %s, completed_at = now(), result = %s"
                 " WHERE id = %s AND owner = %s AND status IN ('queued', 'running')",
-                ("failed" if error else "succeeded", error, job_id, owner)).rowcount == 1
+                ("failed" if error else "succeeded", error,
+                 Jsonb(result) if result is not None else None, job_id, owner)).rowcount == 1
 
     def renew_leases(self, owner: str) -> int:
         with self.pool.connection() as conn:
@@ -189,7 +203,7 @@ class Database:
                 " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " UPDATE jobs j SET owner = %s, heartbeat_at = now(), status = 'queued' FROM orphans o"
                 " WHERE j.id = o.id RETURNING j.id, j.audio_key, j.audio_sha256, j.options, j.attempts,"
-                " o.owner AS previous_owner", (lease, limit, owner)).fetchall()
+                " j.bypass_store, o.owner AS previous_owner", (lease, limit, owner)).fetchall()
 
     def release_job(self, job_id: str, owner: str) -> None:
         """Give an adopted job back at once (no room after all): any worker may take it."""

@@ -129,18 +129,24 @@ def transcribe_audio(transcriber: Transcriber, audio, options: Options, source: 
     return result
 
 
-def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Options) -> None:
-    """Process one queued job: fetch its audio from S3, transcribe, store the transcript."""
+def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Options,
+            bypass_store: bool = False) -> None:
+    """Process one queued job: fetch its audio from S3, transcribe, store the transcript
+    (in the shared transcript store, or on the job row alone when `bypass_store`: a
+    `Cache-Control: no-cache` job neither reads nor feeds the store)."""
     db, store = state.db, state.store
     try:
         if not db.mark_running(job_id, state.owner):
             log.warning("job was adopted by another worker; leaving it", extra={"job_id": job_id})
             return
-        audio = decode(store.get(audio_key))
+        audio = decode(store.get(audio_key), state.settings.max_audio_seconds)
         result = transcribe_audio(state.transcriber, audio, options, "job")
-        db.save_transcript(sha256, options.cache_key(state.transcriber.name),
-                           state.transcriber.name, result)
-        db.finish_job(job_id, state.owner)
+        if bypass_store:
+            db.finish_job(job_id, state.owner, result=result)
+        else:
+            db.save_transcript(sha256, options.cache_key(state.transcriber.name),
+                               state.transcriber.name, result)
+            db.finish_job(job_id, state.owner)
         metrics.JOBS.labels("succeeded").inc()
         log.info("job succeeded", extra={"job_id": job_id, "duration": result["duration"]})
     except Exception as exc:

@@ -2,7 +2,9 @@
 
 Three limits, each 0 = off: requests per minute (a moving one-minute window, from the
 `limits` library, so a burst across a minute boundary cannot reach twice the limit), uploads in flight
-at once (a counter held for the life of a request carrying audio), and audio seconds per
+at once (a lease per request carrying audio, held and renewed for the life of the request,
+in a sorted set of lease deadlines: the standard Redis counting semaphore, so the slot of
+a worker killed mid-upload frees itself when its lease runs out), and audio seconds per
 UTC day (checked and charged atomically by a Lua script before the model runs, refunded if
 the transcription does not happen). Exceeding one answers 429 with a Retry-After header.
 Without WORKER_REDIS_URL the limits are off. If Redis is down, requests are let through
@@ -12,9 +14,11 @@ reports Redis as failing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -37,15 +41,42 @@ return {1, tostring(used)}
 """
 
 
+# Counting semaphore: KEYS[1] is a sorted set holder -> lease deadline (ms, Redis' clock, so
+# workers' clocks need not agree). Expired leases are dropped first; a holder gets a lease only
+# while fewer than ARGV[1] live ones exist. Each lease expires on its own, so no request can
+# extend another's, and the set itself expires after the longest lease.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) end
+return 1
+"""
+
+
 def _seconds_to_utc_midnight(now: float) -> int:
     return int(86400 - now % 86400) + 1
 
 
 class Limits:
-    def __init__(self, url: str | None, rpm: int, concurrent_uploads: int, daily_audio_seconds: int):
+    def __init__(self, url: str | None, rpm: int, concurrent_uploads: int, daily_audio_seconds: int,
+                 upload_lease_seconds: float = 60):
         self.redis = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2) if url else None
         self.rpm, self.uploads, self.daily = rpm, concurrent_uploads, daily_audio_seconds
+        self.lease_ms = max(1, int(upload_lease_seconds * 1000))
         self._charge = self.redis.register_script(_CHARGE) if self.redis else None
+        self._acquire = self.redis.register_script(_ACQUIRE) if self.redis else None
+        self._renew = self.redis.register_script(_RENEW) if self.redis else None
         self._per_minute = RateLimitItemPerMinute(rpm) if rpm else None
         self._window = MovingWindowRateLimiter(RedisStorage(
             "async+" + url, implementation="redispy", key_prefix="worker:rpm", socket_timeout=2,
@@ -75,26 +106,40 @@ class Limits:
 
     @contextlib.asynccontextmanager
     async def upload_slot(self, key_id: str) -> AsyncIterator[None]:
+        """Hold one of the key's concurrent-upload slots for the body of the `async with`.
+
+        The slot is a lease renewed every third of `upload_lease_seconds` while held and
+        removed on exit; if this process dies, the lease simply runs out.
+        """
         if not (self.redis and self.uploads):
             yield
             return
-        name = f"worker:uploads:{key_id}"
+        name, holder = f"worker:uploads:{key_id}", uuid.uuid4().hex
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                count, _ = await pipe.incr(name).expire(name, 3600).execute()
+            got = await self._acquire(keys=[name], args=[self.uploads, self.lease_ms, holder])
         except RedisError as exc:
             log.warning("upload limit skipped, redis unavailable: %s", exc)
             yield
             return
+        if not int(got):
+            metrics.RATE_LIMITED.labels("concurrent_uploads").inc()
+            raise APIError(429, f"at most {self.uploads} uploads at once per API key",
+                           code="concurrent_uploads_exceeded", retry_after=1)
+        renewer = asyncio.create_task(self._keep(name, holder))
         try:
-            if count > self.uploads:
-                metrics.RATE_LIMITED.labels("concurrent_uploads").inc()
-                raise APIError(429, f"at most {self.uploads} uploads at once per API key",
-                               code="concurrent_uploads_exceeded", retry_after=1)
             yield
         finally:
+            renewer.cancel()
             with contextlib.suppress(RedisError):
-                await self.redis.decr(name)
+                await self.redis.zrem(name, holder)
+
+    async def _keep(self, name: str, holder: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                await self._renew(keys=[name], args=[self.lease_ms, holder])
+            except RedisError as exc:  # keep trying: the lease outlives a short outage
+                log.warning("could not renew an upload lease: %s", exc)
 
     def _day_key(self, key_id: str) -> str:
         return f"worker:audio:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"

@@ -13,6 +13,9 @@ REQUEST_DURATION = Histogram(
     "worker_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 AUDIO_SECONDS = Counter("worker_audio_seconds_total", "Seconds of audio transcribed", ["source"])
+AUDIO_DECODED_SECONDS = Counter(
+    "worker_audio_decoded_seconds_total",
+    "Seconds of audio decoded from uploads, including those then refused as too long")
 TRANSCRIPTION_SECONDS = Histogram(
     "worker_transcription_duration_seconds", "Wall time of one transcription",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
@@ -37,3 +40,36 @@ for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds
     RATE_LIMITED.labels(_limit)
 for _source in ("sync", "job"):
     AUDIO_SECONDS.labels(_source)
+
+
+def serve_metrics(host: str, port: int) -> object:
+    """Start the scraper's listener (WORKER_METRICS_PORT) on a daemon thread: GET /metrics
+    only, no authentication (keep the port off public networks); anything else is 404.
+
+    prometheus_client's own `start_http_server` answers every path, so its WSGI app is
+    wrapped here to serve the one path. Raises OSError when the port cannot be bound.
+    """
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    exposition = make_wsgi_app()
+
+    def only_metrics(environ, start_response):
+        if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"this port serves only GET /metrics\n"]
+        return exposition(environ, start_response)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:  # scrapes are not worth a log line each
+            pass
+
+    server = make_server(host, port, only_metrics, server_class=Server, handler_class=QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-listener", daemon=True).start()
+    return server

@@ -11,6 +11,7 @@ and publishes the directory with one rename so a reader never sees half a model.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import io
 import os
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -105,19 +106,101 @@ def assemble_model(dest: Path) -> Path:
     return dest
 
 
-def decode(data: bytes) -> np.ndarray:
-    """Decode any container/codec PyAV (FFmpeg) knows into 16 kHz mono float32."""
-    from faster_whisper.audio import decode_audio
+class AudioTooLong(ValueError):
+    """The recording is longer than the configured limit (WORKER_MAX_AUDIO_SECONDS)."""
+
+    def __init__(self, limit: float, known: float | None = None):
+        self.limit, self.known = limit, known
+        length = f"{known:.0f} s long, over" if known is not None else "longer than"
+        super().__init__(f"the audio is {length} the {limit:.0f} s limit per recording;"
+                         " split it, or raise WORKER_MAX_AUDIO_SECONDS")
+
+
+def container_seconds(container: Any, stream: Any) -> float | None:
+    """The duration a container states for its audio stream, in seconds, or None if unstated.
+
+    Read from the stream (`duration` x `time_base`), else the container (`duration`, in
+    microseconds, `av.time_base`); FFmpeg estimates it from the bitrate for some formats, so it
+    is a first check only: the decode loop counts the samples it really produces.
+    """
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000
+    return None
+
+
+def _frames(container: Any, stream: Any) -> Iterator[Any]:
+    """Decoded frames, skipping undecodable ones (as faster-whisper's decode_audio does)."""
+    import av
+
+    frames = container.decode(stream)
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue
+
+
+def decode(data: bytes, max_seconds: float | None = None) -> np.ndarray:
+    """Decode any container/codec PyAV (FFmpeg) knows into 16 kHz mono float32.
+
+    With `max_seconds`, a recording whose container states a longer duration is refused
+    before any decoding, and decoding stops as soon as the samples produced pass the limit
+    (headers can lie or say nothing), so memory is bounded by the limit: at most
+    `max_seconds` x 16,000 samples x 6 bytes (int16 while decoding, then float32).
+    Raises AudioDecodeError (not audio) or AudioTooLong. Samples decoded are counted in
+    `worker_audio_decoded_seconds_total`. Same pipeline as faster-whisper's `decode_audio`
+    (s16 mono resampler, invalid frames skipped), which has no way to stop early.
+    """
+    import av
+
+    from . import metrics
 
     if not data:
         raise AudioDecodeError("the audio file is empty")
+    limit = int(max_seconds * SAMPLE_RATE) if max_seconds else None
+    raw = bytearray()
     try:
-        audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise AudioDecodeError("the file holds no audio stream")
+            stream = container.streams.audio[0]
+            known = container_seconds(container, stream)
+            if max_seconds and known is not None and known > max_seconds:
+                raise AudioTooLong(max_seconds, known)
+            resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono",
+                                                          rate=SAMPLE_RATE)
+            fifo = av.audio.fifo.AudioFifo()
+
+            def take(frame: Any) -> None:
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().tobytes()
+                    raw.extend(chunk)
+                    metrics.AUDIO_DECODED_SECONDS.inc(len(chunk) / 2 / SAMPLE_RATE)
+                    if limit is not None and len(raw) // 2 > limit:
+                        raise AudioTooLong(max_seconds)
+
+            for frame in _frames(container, stream):
+                frame.pts = None  # ignore timestamp gaps, as faster-whisper does
+                fifo.write(frame)
+                if fifo.samples >= 100_000:  # a few seconds at a time: the limit bites early
+                    take(fifo.read())
+            if fifo.samples:
+                take(fifo.read())
+            take(None)  # flush the resampler
+            del resampler
+    except (AudioDecodeError, AudioTooLong):
+        raise
     except Exception as exc:  # av raises many types (InvalidDataError, DecoderNotFound, ...)
         raise AudioDecodeError(f"could not decode the file as audio ({type(exc).__name__})") from None
-    if audio.size == 0:
+    finally:
+        gc.collect()  # PyAV's resampler frees its buffers only on collection (faster-whisper #390)
+    if not raw:
         raise AudioDecodeError("the file holds no audio samples")
-    return audio
+    return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class JobKeeper:
             self.state.db.release_job(job_id, self.state.owner)
             return 0
         slot.submit(run_job, self.state, job_id, job["audio_key"], job["audio_sha256"],
-                    Options(**job["options"]))
+                    Options(**job["options"]), job["bypass_store"])
         metrics.JOBS.labels("adopted").inc()
         log.warning("adopted a job whose worker stopped", extra={"job_id": job_id, "from": job["previous_owner"],
                                                                   "attempts": job["attempts"]})

@@ -8,10 +8,23 @@ large files); credentials come from the standard AWS chain (AWS_* variables, IRS
 from __future__ import annotations
 
 import io
+import re
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+
+_EXTENSION = re.compile(r"[a-z0-9]{1,8}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def safe_extension(filename: str | None) -> str:
+    """The extension of a client's filename if it is 1-8 ASCII letters/digits, else `bin`."""
+    if not filename or "." not in filename:
+        return "bin"
+    ext = filename.rsplit(".", 1)[-1].lower()
+    return ext if _EXTENSION.fullmatch(ext) else "bin"
 
 
 class AudioStore:
@@ -23,8 +36,12 @@ class AudioStore:
             connect_timeout=2, read_timeout=2, retries={"max_attempts": 1}))
 
     def key_for(self, sha256: str, filename: str | None) -> str:
-        suffix = filename.rsplit(".", 1)[-1].lower() if filename and "." in filename else "bin"
-        return f"{self.prefix}{sha256[:2]}/{sha256}.{suffix[:8]}"
+        """`{prefix}{sha[:2]}/{sha}.{ext}`. Nothing the client sent reaches the key but the
+        file's extension, and only when it is 1-8 ASCII letters and digits (`wav`, `mp3`, `m4a`);
+        anything else (`/`, `\\`, `..`, control characters, spaces, non-ASCII) becomes `bin`."""
+        if not _SHA256.fullmatch(sha256):
+            raise ValueError("an audio key is made from a SHA-256 hex digest")
+        return f"{self.prefix}{sha256[:2]}/{sha256}.{safe_extension(filename)}"
 
     def put(self, key: str, data: bytes, content_type: str | None) -> None:
         try:

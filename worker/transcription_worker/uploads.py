@@ -9,6 +9,7 @@ reading, and on the bytes actually received (a chunked upload has no Content-Len
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -36,6 +37,16 @@ class Upload:
     sha256: str
     response_format: str
     options: Options
+    model: str = ""  # the `model` form field as sent (one model is served; part of the request's identity)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything in the request that can change its result: the audio's hash,
+        the requested model, response format, language, prompt, temperature and timestamp
+        granularities. An Idempotency-Key reused with another fingerprint is refused (422)."""
+        o = self.options
+        parts = [self.sha256, self.model, self.response_format, o.language or "", o.prompt or "",
+                 repr(float(o.temperature)), o.word_timestamps]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def _too_large(limit: int) -> APIError:
@@ -43,7 +54,14 @@ def _too_large(limit: int) -> APIError:
                     param="file", code="file_too_large")
 
 
-async def read_upload(request: Request, max_bytes: int) -> Upload:
+async def read_upload(request: Request, max_bytes: int, default_format: str = "json") -> Upload:
+    """Parse and check the form. Option combinations OpenAI's API refuses are refused the
+    same way (400 `invalid_request_error`): `timestamp_granularities[]` needs
+    `response_format=verbose_json` ("response_format must be set verbose_json to use timestamp
+    granularities", OpenAI API reference), and `include[]=logprobs` is only for json output of
+    models other than Whisper, so it is refused here. `default_format` is the format used when
+    the form names none (json for /audio/transcriptions, verbose_json for /jobs, whose result
+    is read later in any format)."""
     form = await request.form(max_files=1, max_fields=32)
     try:
         file = form.get("file")
@@ -53,7 +71,7 @@ async def read_upload(request: Request, max_bytes: int) -> Upload:
         if file.size is not None and file.size > max_bytes:
             raise _too_large(max_bytes)
         data = await file.read()
-        response_format = str(form.get("response_format") or "json")
+        response_format = str(form.get("response_format") or default_format)
         if response_format not in FORMATS:
             raise APIError(400, f"unknown response_format {response_format!r}; use one of "
                            + ", ".join(FORMATS), param="response_format", code="invalid_value")
@@ -73,11 +91,22 @@ async def read_upload(request: Request, max_bytes: int) -> Upload:
         if granularities - {"word", "segment"}:
             raise APIError(400, "timestamp_granularities takes word and/or segment",
                            param="timestamp_granularities", code="invalid_value")
+        if granularities and response_format != "verbose_json":
+            raise APIError(400, "timestamp_granularities[] is only supported with"
+                           f" response_format=verbose_json (got {response_format}); send"
+                           " response_format=verbose_json or leave the granularities out",
+                           param="timestamp_granularities", code="invalid_value")
+        include = set(form.getlist("include[]")) | set(form.getlist("include"))
+        if include:
+            raise APIError(400, f"include[] ({', '.join(sorted(include))}) is not supported:"
+                           " logprobs are only given for gpt-4o transcription models with"
+                           " response_format=json; leave include[] out",
+                           param="include", code="invalid_value")
         options = Options(language=language, prompt=str(form.get("prompt") or "") or None,
                           temperature=temperature, word_timestamps="word" in granularities)
         return Upload(data=data, filename=file.filename, content_type=file.content_type,
                       sha256=hashlib.sha256(data).hexdigest(), response_format=response_format,
-                      options=options)
+                      options=options, model=str(form.get("model") or ""))
     finally:
         await form.close()
 
