@@ -10,16 +10,33 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, doc: Any, indent: int = 2) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_json(path: Path, doc: Any, indent: int = 2, private: bool = False) -> Path:
+    """Write `doc` as JSON to `path` whole; `private`: the file 0600 in a 0700 folder."""
+    if private:
+        private_dir(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
+    with open(tmp, "w", opener=_private_opener if private else None) as handle:
         handle.write(json.dumps(doc, indent=indent) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path
+
+
+def _private_opener(name: str, flags: int) -> int:
+    fd = os.open(name, flags, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode otherwise
+    return fd
+
+
+def private_dir(folder: Path) -> Path:
+    """`folder` created if missing and made 0700 (opsctl's own state folders only)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return folder
 
 
 def fsync_dir(folder: Path) -> None:

@@ -111,7 +111,8 @@ class Alerter:
             return
         now = self.clock()
         write_json(self.state, {"saved_at": time.time(), "tracks": {
-            name: {**asdict(t), "last_sent": now - t.last_sent} for name, t in self.tracks.items()}}, indent=1)
+            name: {**asdict(t), "last_sent": now - t.last_sent} for name, t in self.tracks.items()}}, indent=1,
+                   private=True)
 
     def _failed(self, status: Status) -> bool | None:
         if status == Status.UNKNOWN:

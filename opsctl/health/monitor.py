@@ -135,9 +135,10 @@ def _own_alert_state(state: Path, env_name: str):
     from filelock import FileLock, Timeout
 
     from opsctl.errors import UsageError
+    from opsctl.files import private_dir
 
-    state.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(state.with_suffix(".lock"))
+    private_dir(state.parent)  # .opsctl/health: alert state, history, samples, silences
+    lock = FileLock(state.with_suffix(".lock"), mode=0o600)
     try:
         lock.acquire(timeout=0)
     except Timeout:

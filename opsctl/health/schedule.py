@@ -9,6 +9,7 @@ not run twice). `iterations` bounds the loop for tests and for CI; `stop` ends i
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -36,11 +37,14 @@ def next_cron(cron: str, after: float) -> float:
 
 
 def append_history(path: Path, result: SweepResult, alerts: list[Alert]) -> None:
-    """One JSON document per line, appended and flushed: readable while the loop runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One JSON document per line, appended and flushed: readable while the loop runs.
+    The file is 0600 (a folder created for it 0700)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # a folder made here is private
     doc = result.to_dict()
     doc["alerts"] = [{"event": a.event, "check": a.check, "status": a.status} for a in alerts]
-    with open(path, "a", encoding="utf-8") as out:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # the history holds the checks' messages: owner only
+    with open(fd, "a", encoding="utf-8") as out:
         out.write(json.dumps(doc, separators=(",", ":")) + "\n")
 
 

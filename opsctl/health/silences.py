@@ -82,7 +82,7 @@ def _locked(file: Path) -> Iterator[None]:
     from filelock import FileLock
 
     file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with FileLock(file.with_suffix(".lock"), timeout=10):
+    with FileLock(file.with_suffix(".lock"), timeout=10, mode=0o600):
         yield
 
 

@@ -23,8 +23,8 @@ def folder(project: Project) -> Path:
 
 
 def save(project: Project, summary: RunSummary) -> Path:
-    """Write `summary` as <id>.json (whole, renamed into place); returns its path."""
-    return write_json(folder(project) / f"{summary.id}.json", to_jsonable(summary))
+    """Write `summary` as <id>.json (whole, renamed into place; 0600 in a 0700 folder); returns its path."""
+    return write_json(folder(project) / f"{summary.id}.json", to_jsonable(summary), private=True)
 
 
 def runs(project: Project, env: str | None = None, profile: str | None = None) -> list[RunSummary]:

@@ -63,3 +63,13 @@ def test_the_run_table_keeps_every_figure_whole_at_80_columns():
     assert "p95<120000ms" in text and "123,456 ms" in text and "BREACHED" in text
     assert json.dumps(text)  # plain text, no control sequences
     assert "\x1b" not in text
+
+
+def test_saved_runs_are_private(ops_root):
+    import stat
+
+    from opsctl.config import load_project
+
+    saved = history.save(load_project(ops_root), _summary("20261130-030000-heavy-cccc"))
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved.parent.stat().st_mode) == 0o700

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from opsctl.files import write_json
+from opsctl.files import private_dir, write_json
 from opsctl.health.model import CheckResult, Status
 
 
@@ -27,12 +27,12 @@ def record(state_dir: Path, name: str, when: dt.datetime | None = None) -> dt.da
     from filelock import FileLock
 
     path = beats_file(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     when = when or dt.datetime.now(dt.timezone.utc)
-    with FileLock(str(path) + ".lock", timeout=30):
+    with FileLock(str(path) + ".lock", timeout=30, mode=0o600):
         beats = _load(path)
         beats[name] = when.isoformat()
-        write_json(path, beats)
+        write_json(path, beats, private=True)
     return when
 
 

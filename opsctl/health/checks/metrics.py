@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
+from opsctl.files import private_dir
 from opsctl.health.checks.http import client as shared_client
 from opsctl.health.model import CheckResult, Judge, Status
 
@@ -87,9 +89,11 @@ def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path) -> Check
         prev = json.loads(store.read_text())
     except (OSError, ValueError):
         prev = None
-    samples_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(samples_dir)
     tmp = store.with_suffix(f".{time.monotonic_ns()}.tmp")
-    tmp.write_text(json.dumps(cur))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # not fsynced: a lost sample costs one window
+    with open(fd, "w") as out:
+        out.write(json.dumps(cur))
     tmp.replace(store)
 
     judge = Judge()
