@@ -283,17 +283,34 @@ def _fetch_plain(repo, obj: StoredObject, key) -> bytes:
 
 
 def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
-    """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd)."""
-    import tarfile
+    """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd).
 
-    from opsctl.backup.pipeline import IterReader, unpack
+    GNU tar writes the files (it refuses members that would leave `target`, like `..`), fed
+    by the checked plaintext stream; a failed check ends the stream and raises, and the
+    caller discards `target`. Nothing is fsynced here: PostgreSQL syncs the data directory
+    when recovery starts (recovery_init_sync_method).
+    """
+    import shutil
+
+    from opsctl.backup.pipeline import unpack
 
     obj = rec.object("base.tar.zst")
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tar = shutil.which("tar")
+    if tar is None:
+        raise OperationFailed("tar not found; install GNU tar (Debian: apt-get install tar)")
     stream = unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None,
                     report(f"base backup {rec.id}", obj.size) if report else None)
-    reader = IterReader(stream)
-    with tarfile.open(fileobj=reader, mode="r|") as tar:
-        tar.extractall(target, filter="data")
-    while reader.read(1 << 20):  # to the end: the SHA-256 is checked when the stream ends
-        pass
+    proc = subprocess.Popen([tar, "-x", "-f", "-", "-C", str(target), "--no-same-owner", "--no-same-permissions"],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for block in stream:
+            proc.stdin.write(block)
+        proc.stdin.close()
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            raise OperationFailed(f"tar could not unpack base backup {rec.id}: {err.strip()[-300:]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,201 @@
+"""Point-in-time recovery on a database of at least 200 MB, in one run, every figure a ratio
+against a baseline measured in this run on this machine:
+
+- incremental base backup size / full size, after changing 1 % of the rows   target <= 0.1
+  (the 1 % are contiguous ids, as an OLTP table's recent rows are; the same ratio after
+  1 % of rows chosen at random is reported too: every page is then likely touched)
+- physical restore (`restore --to-time latest`: fetch, decrypt, recombine the chain, replay
+  the WAL, check) / `pg_restore --jobs 2` of a `pg_dump -Fc` of the same database into a new
+  one (the dump is made untimed, read from local disk: the logical side pays no fetch)
+                                                                                 target <  1.0
+- insert throughput (pgbench, 4 clients, 100-row inserts) with archiving / without
+                                                                                 target >= 0.9
+- kill -9 of PostgreSQL (its whole process group) during inserts with the default
+  archive_timeout (30 s), then restore to the newest restorable time: seconds of
+  acknowledged commits lost                                                  target <= 60 s
+
+PostgreSQL is started by the embedded platform's own code with its archiving settings; the
+repository is file:// on local disk, encrypted. Exit 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pitr"))
+
+TARGET_MB = 200
+ROWS = 1_600_000
+PGBENCH_SECONDS = 15
+ROUNDS = 2
+
+
+def main() -> int:
+    os.environ["OPSCTL_BACKUP_KEY"] = base64.b64encode(os.urandom(32)).decode()
+    from pitr_support import Inserter, Pitr
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import local as pitr_local
+    from opsctl.pitr import ops
+    from opsctl.pitr import restore as pr
+
+    root = Path(tempfile.mkdtemp(prefix="opsctl-bench-pitr-"))
+    (root / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"local": {
+        "platform": "local", "database": {"name": "pitrdb", "user": "pitr"},
+        "backup": {"repository": f"file://{root / 'repo'}"}}}}))
+    p = Pitr(root)
+    figures: dict[str, float] = {}
+    misses: list[str] = []
+    try:
+        p.start_postgres()
+        p.ensure_archiver()
+        project, env = p.project(), p.env()
+        with psycopg.connect(p.url("pitrdb"), autocommit=True) as conn:
+            conn.execute("create table rows (id bigint primary key, kind int, body text)")
+            conn.execute(f"insert into rows select g, g % 50, md5(g::text) || md5((g * 7)::text) || "
+                         f"repeat('x', 40) from generate_series(1, {ROWS}) g")
+            conn.execute("vacuum analyze rows")
+            conn.execute("checkpoint")
+            size = conn.execute("select pg_database_size('pitrdb')").fetchone()[0]
+        print(f"database: {size / 1e6:.0f} MB, {ROWS} rows")
+        assert size >= TARGET_MB * 1e6, "database too small"
+
+        full = ops.create_base(project, env, "full")
+        with psycopg.connect(p.url("pitrdb"), autocommit=True) as conn:
+            conn.execute(f"update rows set kind = kind + 1 where id > {ROWS - ROWS // 100}")
+        inc = ops.create_base(project, env, "incremental")
+        figures["incremental_over_full"] = inc.raw_bytes / full.raw_bytes
+        print(f"full base backup {full.raw_bytes / 1e6:.0f} MB raw ({full.stored_bytes / 1e6:.0f} MB stored) in "
+              f"{full.seconds:.1f} s; incremental after 1 % contiguous rows changed {inc.raw_bytes / 1e6:.1f} MB "
+              f"in {inc.seconds:.1f} s: ratio {figures['incremental_over_full']:.3f} (target <= 0.1)")
+        with psycopg.connect(p.url("pitrdb"), autocommit=True) as conn:
+            conn.execute(f"update rows set kind = kind + 1 where id in (select (random() * {ROWS})::bigint + 1 "
+                         f"from generate_series(1, {ROWS // 100}))")
+        scattered = ops.create_base(project, env, "incremental")
+        print(f"incremental after 1 % random rows changed: {scattered.raw_bytes / 1e6:.1f} MB, "
+              f"ratio {scattered.raw_bytes / full.raw_bytes:.3f} (reported)")
+        if figures["incremental_over_full"] > 0.1:
+            misses.append("incremental/full")
+
+        # physical restore of the chain (full + 2 incrementals) and the WAL since, vs pg_restore
+        p.wait_archived(300)
+        os.sync()
+        began = time.perf_counter()
+        plan = pr.plan(project, env, "latest", None, beside=True)
+        result = pr.run(plan)
+        physical = time.perf_counter() - began
+        pr.discard(plan)
+        pg.stop(result.pid)
+        shutil.rmtree(result.data_dir, ignore_errors=True)
+        dump = root / "db.dump"
+        subprocess.run([pg._tool("pg_dump"), "-Fc", "-f", str(dump), p.url("pitrdb")], check=True)
+        with psycopg.connect(p.url(), autocommit=True) as conn:
+            conn.execute("create database logical_copy")
+        os.sync()
+        began = time.perf_counter()
+        subprocess.run([pg._tool("pg_restore"), "--jobs", "2", "-d", p.url("logical_copy"), str(dump)], check=True)
+        logical = time.perf_counter() - began
+        figures["physical_over_logical_restore"] = physical / logical
+        print(f"physical restore (chain of {len(result.chain)}, {result.segments} WAL files, {result.rows} rows "
+              f"checked) {physical:.1f} s; pg_restore --jobs 2 {logical:.1f} s: ratio "
+              f"{figures['physical_over_logical_restore']:.2f} (target < 1.0)")
+        if figures["physical_over_logical_restore"] >= 1.0:
+            misses.append("physical/logical restore")
+        with psycopg.connect(p.url(), autocommit=True) as conn:
+            conn.execute("drop database logical_copy")
+
+        # archiving's cost on an insert-heavy load
+        script = root / "insert.sql"
+        script.write_text("insert into load(v) select md5(random()::text) from generate_series(1, 100);\n")
+        with psycopg.connect(p.url("pitrdb"), autocommit=True) as conn:
+            conn.execute("create table load (id bigserial primary key, v text)")
+
+        def tps() -> float:
+            out = subprocess.run([pg._tool("pgbench"), "-n", "-c", "4", "-j", "2", "-T", str(PGBENCH_SECONDS),
+                                  "-f", str(script), p.url("pitrdb")], capture_output=True, text=True, check=True)
+            line = next(ln for ln in out.stdout.splitlines() if ln.startswith("tps"))
+            return float(line.split("=")[1].split()[0])
+
+        def restart(archiving: bool) -> None:
+            from opsctl.local import state as st
+
+            folder = st.folder_for(root)
+            with st.locked(folder):
+                state = st.load(folder)
+                pg.stop(state.components["postgres"].pid)
+                comp = state.components["postgres"]
+                settings = pitr_local.server_settings(state, env) if archiving else \
+                    {"summarize_wal": "on", "track_commit_timestamp": "on"}
+                comp.pid = pg.start(state.data("postgres"), comp.port, state.log("postgres"), settings=settings)
+                state.save()
+
+        with_, without = [], []
+        for _ in range(ROUNDS):
+            restart(False)
+            without.append(tps())
+            restart(True)
+            with_.append(tps())
+        figures["throughput_with_over_without_archiving"] = statistics.median(with_) / statistics.median(without)
+        print(f"insert throughput: {statistics.median(with_):.0f} tps with archiving, "
+              f"{statistics.median(without):.0f} without (medians of {ROUNDS}): ratio "
+              f"{figures['throughput_with_over_without_archiving']:.2f} (target >= 0.9)")
+        if figures["throughput_with_over_without_archiving"] < 0.9:
+            misses.append("archiving throughput")
+
+        # kill -9 during inserts, default archive_timeout, restore to the newest restorable time
+        ops.create_base(project, env, "incremental")
+        with psycopg.connect(p.url("pitrdb"), autocommit=True) as conn:
+            conn.execute("create table events (id bigserial primary key, note text)")
+        ins = Inserter(p.url("pitrdb"), pause=0.01).start()
+        time.sleep(45)
+        os.killpg(p.pid, signal.SIGKILL)
+        ins._thread.join(30)
+        ins.stop()
+        queue = pitr_local.queue_dir(p.state())
+        deadline = time.monotonic() + 120
+        while [f for f in queue.iterdir() if not f.name.startswith(".")] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        plan = pr.plan(project, env, "latest", None, beside=True)
+        result = pr.run(plan)
+        pr.discard(plan)
+        with psycopg.connect(pg.url(int(result.url.rsplit(":", 1)[1].split("/")[0]), "pitrdb")) as conn:
+            got = conn.execute("select count(*) from events").fetchone()[0]
+        pg.stop(result.pid)
+        shutil.rmtree(result.data_dir, ignore_errors=True)
+        last_acked = ins.committed[-1][1]
+        lost_s = max(0.0, last_acked - result.recovered_to.timestamp()) if result.recovered_to else float("inf")
+        figures["kill9_seconds_of_commits_lost"] = lost_s
+        print(f"kill -9 during inserts (archive_timeout 30 s): {len(ins.committed)} rows acknowledged, {got} "
+              f"restored, {len(ins.committed) - got} lost = {lost_s:.1f} s of commits (target <= 60 s)")
+        if lost_s > 60:
+            misses.append("kill -9 RPO")
+        p.start_postgres()
+    finally:
+        state = p.state()
+        pitr_local.stop_archiver(state)
+        comp = state.components.get("postgres")
+        if comp is not None:
+            pg.stop(comp.pid)
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
+    if misses:
+        print(f"targets missed: {', '.join(misses)}")
+    return 1 if misses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
