@@ -81,17 +81,13 @@ def compare(
     as_json: JsonOpt = False,
 ) -> None:
     """Regressions per endpoint from RUN_A to RUN_B; exit 1 when there are any."""
-    from opsctl.errors import OperationFailed, UsageError
+    from opsctl.errors import OperationFailed
     from opsctl.loadtest import compare as cmpmod
-    from opsctl.loadtest import history, live
+    from opsctl.loadtest import live
     from opsctl.output import emit
 
-    if min(max_latency_increase, max_error_rate_increase, max_rps_decrease) < 0:
-        raise UsageError("thresholds must be 0 or more (they are allowed changes)")
-    proj = project()
-    result = cmpmod.compare(history.find(proj, run_a), history.find(proj, run_b),
-                            cmpmod.Thresholds(max_latency_increase, max_error_rate_increase, max_rps_decrease,
-                                              min_requests))
+    result = cmpmod.compare_saved(project(), run_a, run_b, cmpmod.Thresholds(
+        max_latency_increase, max_error_rate_increase, max_rps_decrease, min_requests))
     emit(result, as_json, lambda c: live.render_comparison(result, c))
     if result.regressions:
         raise OperationFailed(f"{len(result.regressions)} regression(s): {result.regressions[0]}"

@@ -85,3 +85,15 @@ def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = 
     b = {e.key: e for e in [*head.endpoints, head.total]}
     keys = [k for k in a if k in b] + [k for k in a if k not in b] + [k for k in b if k not in a]
     return Comparison(base.id, head.id, t, [_row(k, a.get(k), b.get(k), t) for k in keys])
+
+
+def compare_saved(project, base_ref: str, head_ref: str, thresholds: Thresholds | None = None) -> Comparison:
+    """`compare` on two saved runs named by id, unique id prefix, 'latest' or 'previous'.
+    Raises UsageError for a reference matching no run (or several), or negative thresholds."""
+    from opsctl.errors import UsageError
+    from opsctl.loadtest import history
+
+    t = thresholds or Thresholds()
+    if min(t.latency_pct, t.error_rate_pp, t.rps_pct) < 0:
+        raise UsageError("thresholds must be 0 or more (they are allowed changes)")
+    return compare(history.find(project, base_ref), history.find(project, head_ref), t)

@@ -97,3 +97,42 @@ def test_manifest_reader_on_an_s3_repository(s3, tmp_path):
     ep = SimpleNamespace(s3_endpoint_url=s3.endpoint_url, aws_region="us-east-1", aws_profile=None,
                          aws_credentials={})
     assert _read_manifests(f"s3://{bucket}/opsctl", tmp_path, ep) == when
+
+
+def test_metrics_check_sends_the_api_key_when_keys_are_on(worker_like, tmp_path, monkeypatch):
+    """With keys on, the worker's main port answers /metrics only to a key (RULES contract):
+    the metrics check sends $<deploy.api_key_env> as a Bearer token."""
+    from opsctl.config import load_project
+    from opsctl.endpoints import Endpoints
+    from opsctl.health import checks, sweep
+
+    seen = []
+    reg_handler = MetricsHandler.factory(CollectorRegistry())
+
+    class Keyed(reg_handler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != "Bearer sk-health":
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Keyed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "opsctl.yaml").write_text("environments:\n  ci: {platform: kubernetes}\n")
+    project = load_project(tmp_path)
+    ep = Endpoints(env="ci", platform="kubernetes", database_url=None, redis_url=None, s3_endpoint_url=None,
+                   audio_bucket="a", backup_bucket="b", router_url=None,
+                   workers={"blue": f"http://127.0.0.1:{server.server_address[1]}"})
+    try:
+        monkeypatch.delenv("OPSCTL_WORKER_API_KEY", raising=False)
+        (refused,) = sweep.run("ci", checks.plan(project, project.env("ci"), ep, only=["metrics-blue"])).results
+        monkeypatch.setenv("OPSCTL_WORKER_API_KEY", "sk-health")
+        (read,) = sweep.run("ci", checks.plan(project, project.env("ci"), ep, only=["metrics-blue"])).results
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert refused.status == Status.CRITICAL and seen[0] is None
+    assert read.status != Status.CRITICAL and seen[-1] == "Bearer sk-health", read.message

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -67,7 +68,8 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
     samples = project.state_dir / "health" / "samples"
     for color, base in sorted(ep.workers.items()):
         out.append((f"metrics-{color}", "metrics",
-                    functools.partial(metrics.worker_metrics, base, t=t, samples_dir=samples), None))
+                    functools.partial(metrics.worker_metrics, base, t=t, samples_dir=samples,
+                                      api_key=os.environ.get(env.deploy.api_key_env) or None), None))
     if env.platform == "kubernetes":
         out.append(("kubernetes", "kubernetes",
                     lambda to: kubernetes.kubernetes(env.kubernetes, env.worker.gpu, to), None))
@@ -77,6 +79,10 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
     repository = env.backup.repository or f"s3://{ep.backup_bucket}/opsctl"
     out.append(("backup age", "backup", lambda _to: backup.backup_age(repository, project.root, ep,
                                                                        t.backup_age_hours), None))
+    if env.platform == "local":  # WAL archiving (opsctl.pitr): commits at risk against dr.rpo
+        from opsctl.pitr.health import archive_lag
+
+        out.append(("wal archive", "backup", lambda _to: archive_lag(project, env), None))
     for hb in hs.heartbeats:
         if hb.source == "backup":
             last = lambda _hb=hb: backup.newest_backup(repository, project.root, ep)[0]

@@ -69,14 +69,17 @@ def increase(cur: dict, prev: dict | None) -> dict | None:
             "buckets": {le: c - prev["buckets"].get(le, 0.0) for le, c in cur["buckets"].items()}}
 
 
-def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path) -> CheckResult:
+def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key: str | None = None) -> CheckResult:
     """Read `base_url`/metrics and judge the worker since the previous sample (kept in
     `samples_dir`): error rate in % (CRITICAL above thresholds.error_rate_percent), p95
-    transcription time and queue depth (WARNING). `timeout` in seconds."""
+    transcription time and queue depth (WARNING). `timeout` in seconds. With API keys on,
+    the worker's main port serves /metrics only to a caller with a key: `api_key` is sent
+    as `Authorization: Bearer` when given."""
     import httpx
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     try:
-        resp = shared_client().get(f"{base_url}/metrics", timeout=timeout)
+        resp = shared_client().get(f"{base_url}/metrics", timeout=timeout, headers=headers)
         resp.raise_for_status()
         cur = read_sample(resp.text)
     except httpx.HTTPError as exc:
