@@ -127,6 +127,14 @@ class BackupSettings(_Model):
     archive_queue: int = Field(64, ge=1, description="WAL segments queued locally before new ones are dropped")
 
 
+class DrSettings(_Model):
+    """Disaster-recovery targets, durations such as 90s, 30m, 4h, 7d (the platform's written
+    targets: RPO 1 h, RTO 4 h). The WAL archive health check judges its lag against `rpo`."""
+
+    rto: str = Field("4h", pattern=r"^\d+(\.\d+)?[smhd]$")
+    rpo: str = Field("1h", pattern=r"^\d+(\.\d+)?[smhd]$")
+
+
 class Thresholds(_Model):
     """One source of truth for `opsctl health` and the rendered alert rules."""
 
@@ -181,6 +189,7 @@ class Environment(_Model):
     monitoring: MonitoringSettings = MonitoringSettings()
     health: HealthSettings = Field(default_factory=HealthSettings, description="extra checks and alert sinks")
     loadtest: LoadtestSettings = LoadtestSettings()
+    dr: DrSettings = DrSettings()
 
 
 class OpsConfig(_Model):

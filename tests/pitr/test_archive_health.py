@@ -1,0 +1,58 @@
+"""The WAL archive health check: lag judged against dr.rpo, a stopped archiver, a dropped segment."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+
+def _check(pitr, **env_changes):
+    from opsctl.health.checks import plan
+
+    env = pitr.env()
+    if env_changes:
+        env = env.model_copy(update=env_changes)
+    ep = SimpleNamespace(router_url=None, workers={}, database_url=None, redis_url=None,
+                         backup_bucket="unused", active_color="blue")
+    (check,) = plan(pitr.project(), env, ep, only=["wal archive"])
+    result = check.run(check.timeout)
+    return result
+
+
+def test_archive_lag_ok_then_archiver_stopped_then_dropped_segment(pitr):
+    from opsctl.config import DrSettings
+    from opsctl.health.model import Status
+    from opsctl.pitr import local as pitr_local
+
+    pitr.wait_archived()
+    ok = _check(pitr)
+    assert ok.status == Status.OK and ok.value <= 1 + 5, ok.message  # archive_timeout 1 s, queue drained
+
+    tight = _check(pitr, dr=DrSettings(rpo="1s"), backup=pitr.env().backup.model_copy(update={"archive_timeout": 30}))
+    assert tight.status == Status.CRITICAL and "above the RPO of 1s" in tight.message
+
+    state = pitr.state()
+    assert pitr_local.stop_archiver(state)
+    try:
+        idle = _check(pitr)
+        assert idle.status == Status.WARNING and "no archiver" in idle.message
+        pitr.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
+        pitr.sql("select pg_switch_wal()", db="postgres")
+        queue = pitr_local.queue_dir(state)
+        deadline = time.monotonic() + 30
+        while not [p for p in queue.iterdir() if not p.name.startswith(".")] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stuck = _check(pitr)
+        assert stuck.status == Status.CRITICAL and "no archiver runs" in stuck.message
+        assert stuck.details["queued"] >= 1
+        marker = queue / ".dropped" / "0000000100000000000000FF"
+        marker.write_text("")
+        try:
+            gap = _check(pitr)
+            assert gap.status == Status.CRITICAL and "dropped" in gap.message
+        finally:
+            marker.unlink()
+    finally:
+        pitr.ensure_archiver()
+    pitr.wait_archived()
+    assert _check(pitr).status == Status.OK
