@@ -163,3 +163,24 @@ def one_line_error(result, code, *words: str) -> str:
     for word in words:
         assert word in lines[-1], lines[-1]
     return lines[-1]
+
+
+PG15_BIN = "/usr/lib/postgresql/15/bin"
+
+
+@pytest.fixture(scope="session")
+def pg15(tmp_path_factory):
+    """A PostgreSQL 15 server from Debian's postgresql-15 package (installed by `make`),
+    started like the embedded one; skipped with the reason where the package is absent."""
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+
+    if not os.path.isfile(f"{PG15_BIN}/postgres"):
+        pytest.skip(f"PostgreSQL 15 is not installed ({PG15_BIN}): apt-get install postgresql-15 (make does it)")
+    base = tmp_path_factory.mktemp("pg15")
+    port = procs.free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pg, "_tool", lambda name: f"{PG15_BIN}/{name}")
+        pid = pg.start(base / "data", port, base / "log" / "postgres.log")
+    yield pg.url(port)
+    pg.stop(pid)
