@@ -172,7 +172,7 @@ def restore(
     if to_time is not None or to_lsn is not None or beside:
         from opsctl.cli.pitr import restore_to
 
-        return restore_to(env, to_time, to_lsn, beside, yes, confirm_env, as_json)
+        return restore_to(env, to_time, to_lsn, beside, yes, confirm_env, as_json, target_instance)
     from opsctl.backup import restore as core
     from opsctl.output import emit
 

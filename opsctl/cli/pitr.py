@@ -95,13 +95,29 @@ def render_windows(c, doc: dict | None) -> None:
 
 
 def restore_to(env: str, to_time: str | None, to_lsn: str | None, beside: bool, yes: bool,
-               confirm_env: str | None, as_json: bool) -> None:
-    """`opsctl restore --to-time/--to-lsn`: plan, approve, run, render."""
+               confirm_env: str | None, as_json: bool, target_instance: str | None = None) -> None:
+    """`opsctl restore --to-time/--to-lsn`: plan, approve, run, render (RDS on kubernetes)."""
     from opsctl.cli.backup import _progress
+    from opsctl.errors import UsageError
     from opsctl.output import emit
     from opsctl.pitr import restore as core
 
     project, environment_ = environment(env)
+    if environment_.platform == "kubernetes":
+        from opsctl.pitr import rds
+
+        if to_lsn is not None or beside:
+            raise UsageError("RDS restores to a time into a new instance: use --to-time with --target-instance")
+        when = None if (to_time or "").strip().lower() == "latest" else core.parse_time(to_time or "")
+        r = rds.restore_to_time(environment_, target_instance, when)
+        emit(r, as_json, lambda c: c.print(
+            f"new RDS instance [bold]{r.target_instance}[/bold] restored from {r.source} to "
+            f"{_t(r.restore_time) if r.restore_time else 'its latest restorable time'}, available at {r.endpoint} "
+            f"({r.seconds:.0f} s); point the environment at it to use it", soft_wrap=True))
+        return
+    if target_instance:
+        raise UsageError("--target-instance names a new RDS instance; the embedded platform restores beside "
+                         "(--beside) or in place")
     with _progress() as report:
         p = core.plan(project, environment_, to_time, to_lsn, beside,
                       report=report("WAL segments", None))

@@ -1,0 +1,59 @@
+"""`opsctl restore --to-time` on a cloud environment: RDS's own point-in-time restore into a
+new, named instance (moto's RDS control plane), refused for times outside the window."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import boto3
+import pytest
+import yaml
+
+from opsctl.cli import app
+
+
+@pytest.fixture
+def cloud(ops_root, s3):
+    doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+    doc["environments"]["cloud"] = {"platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
+                                    "database": {"rds_instance": "pitr-db"}}
+    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    rds.create_db_instance(DBInstanceIdentifier="pitr-db", DBInstanceClass="db.r6g.large", Engine="postgres",
+                           AllocatedStorage=50, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
+                           BackupRetentionPeriod=7)
+    yield rds
+    for inst in rds.describe_db_instances()["DBInstances"]:
+        rds.delete_db_instance(DBInstanceIdentifier=inst["DBInstanceIdentifier"], SkipFinalSnapshot=True)
+
+
+def test_rds_restore_to_time_creates_a_new_instance(cloud, runner):
+    when = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)).replace(microsecond=0)
+    r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", when.isoformat().replace("+00:00", "Z"),
+                            "--target-instance", "pitr-db-restored", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    new = cloud.describe_db_instances(DBInstanceIdentifier="pitr-db-restored")["DBInstances"][0]
+    assert new["DBInstanceStatus"] == "available" and new["DBInstanceClass"] == "db.r6g.large"
+    assert doc["endpoint"] == f"{new['Endpoint']['Address']}:{new['Endpoint']['Port']}"
+    tags = {t["Key"]: t["Value"] for t in cloud.list_tags_for_resource(ResourceName=new["DBInstanceArn"])["TagList"]}
+    assert tags == {"opsctl:restored-from": "pitr-db", "opsctl:restore-time": when.isoformat()}
+    r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", "latest", "--target-instance", "pitr-db-now"])
+    assert r.exit_code == 0, r.output
+    assert "pitr-db-now" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--to-time", "2999-01-01T00:00:00Z", "--target-instance", "x-new"], "latest restorable time"),
+    (["--to-time", "2020-01-01T00:00:00Z", "--target-instance", "x-new"], "7-day recovery window"),
+    (["--to-time", "latest", "--target-instance", "pitr-db"], "already exists"),
+    (["--to-time", "latest"], "--target-instance"),
+    (["--to-lsn", "0/3000060", "--target-instance", "x-new"], "--to-time"),
+    (["--to-time", "yesterday", "--target-instance", "x-new"], "not a time"),
+])
+def test_rds_restore_refusals_make_nothing(cloud, runner, args, message):
+    r = runner.invoke(app, ["restore", "--env", "cloud", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert [i["DBInstanceIdentifier"] for i in cloud.describe_db_instances()["DBInstances"]] == ["pitr-db"]
