@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml worker/pyproject.toml
 	command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
 	  >/dev/null; } || echo "promtool not installed: the promtool checks will be skipped"
+	@# Alertmanager (Debian's prometheus-alertmanager) takes the health silences in the tests
+	command -v prometheus-alertmanager >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager \
+	  >/dev/null; } || echo "alertmanager not installed: the Alertmanager silence test will be skipped"
 	@# PostgreSQL 15 (Debian's postgresql-15): the backup tests of an older server major
 	test -x /usr/lib/postgresql/15/bin/pg_dump || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; } \

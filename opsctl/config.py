@@ -161,6 +161,8 @@ class MonitoringSettings(_Model):
     # where `opsctl health --mode continuous --metrics-port` serves its check results
     health_exporter: str | None = None
     worker_cores: int | None = Field(None, ge=1, description="CPU cores per worker (default: this host's)")
+    # health silences (`opsctl health silence`) are also created there, for the rendered rules
+    alertmanager_url: str | None = Field(None, pattern=r"^https?://", description="Alertmanager's base URL")
 
 
 class LoadtestSettings(_Model):

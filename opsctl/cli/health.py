@@ -187,10 +187,12 @@ def silence(
     from opsctl.output import emit
 
     project, envcfg = environment(env)
-    made = silences.add(project, envcfg.name, check, parse_duration(for_, "--for"), reason)
+    made = silences.add(project, envcfg.name, check, parse_duration(for_, "--for"), reason,
+                        alertmanager=envcfg.monitoring.alertmanager_url)
     emit(made, as_json, lambda c: c.print(
         f"silenced {made.check} in {envcfg.name} until {_when(made.until)}" + (f" ({made.reason})" if made.reason else "")
-        + f"; id {made.id}", markup=False, highlight=False))
+        + f"; id {made.id}" + (f"; Alertmanager silence {made.alertmanager_id}" if made.alertmanager_id else ""),
+        markup=False, highlight=False))
 
 
 def unsilence(
@@ -203,7 +205,7 @@ def unsilence(
     from opsctl.output import emit
 
     project, envcfg = environment(env)
-    gone = silences.remove(project, envcfg.name, check)
+    gone = silences.remove(project, envcfg.name, check, alertmanager=envcfg.monitoring.alertmanager_url)
     emit(gone, as_json, lambda c: c.print(f"ended {len(gone)} silence(s) of {check} in {envcfg.name}",
                                           markup=False, highlight=False))
 

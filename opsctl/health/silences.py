@@ -9,6 +9,8 @@ Alertmanager silence suppresses notifications; counting starts afresh afterwards
 Kept per environment in `.opsctl/health/silences-<env>.json` (0600, written whole and
 renamed), read again before every sweep, so a silence set from another terminal applies to
 a monitor already running. Expired silences are dropped when the file is next written.
+Where `monitoring.alertmanager_url` is set, the same silence is created in Alertmanager
+(API v2, matchers env and check), so the rendered rules' alerts for the check are held too.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import datetime as dt
 import fnmatch
 import json
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from opsctl.errors import UsageError
+from opsctl.errors import OperationFailed, UsageError
+from opsctl.redact import credentials, redact
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Silence:
     until: str
     reason: str
     created_at: str
+    alertmanager_id: str | None = None  # the matching Alertmanager silence, when one was created
 
     @property
     def ends(self) -> dt.datetime:
@@ -93,26 +98,34 @@ def active(project, env_name: str, now: dt.datetime | None = None) -> list[Silen
 
 
 def add(project, env_name: str, check: str, seconds: float, reason: str = "",
-        now: dt.datetime | None = None) -> Silence:
+        now: dt.datetime | None = None, alertmanager: str | None = None) -> Silence:
     """Hold checks matching `check` (name or kind, glob) for `seconds` from now.
 
-    Raises UsageError for an empty or multi-line pattern or a non-positive duration."""
+    With `alertmanager` (its base URL, monitoring.alertmanager_url) a silence with the same
+    end is created there too, for alerts labelled env=<env_name> and check matching `check`
+    (the health exporter's alerts carry both), before anything is written here. Raises
+    UsageError for an empty or multi-line pattern or a non-positive duration, and
+    OperationFailed when Alertmanager refuses (nothing is silenced then)."""
     check = (check or "").strip()
     if not check or any(c in check for c in "\n\r\t"):
         raise UsageError("--check: give a check name or kind (glob allowed), e.g. --check worker-green")
     if seconds <= 0:
         raise UsageError("--for: a silence must last more than 0 seconds, e.g. --for 30m")
     now = now or _now()
-    silence = Silence(secrets.token_hex(4), check, (now + dt.timedelta(seconds=seconds)).isoformat(),
-                      reason.strip(), now.isoformat())
+    ends = now + dt.timedelta(seconds=seconds)
+    silence = Silence(secrets.token_hex(4), check, ends.isoformat(), reason.strip(), now.isoformat())
+    if alertmanager:
+        silence.alertmanager_id = _alertmanager_create(alertmanager, env_name, silence, now)
     file = path(project, env_name)
     with _locked(file):
         _write(file, [*[s for s in _read(file) if s.ends > now], silence])
     return silence
 
 
-def remove(project, env_name: str, check: str) -> list[Silence]:
-    """End the silences whose pattern is `check` (or whose id is `check`); returns them."""
+def remove(project, env_name: str, check: str, alertmanager: str | None = None) -> list[Silence]:
+    """End the silences whose pattern is `check` (or whose id is `check`); returns them.
+    Their Alertmanager silences are expired too (OperationFailed, after the local ones are
+    gone, when Alertmanager cannot be told)."""
     file = path(project, env_name)
     with _locked(file):
         now = _now()
@@ -122,7 +135,46 @@ def remove(project, env_name: str, check: str) -> list[Silence]:
             listed = ", ".join(f"{s.check} ({s.id})" for s in current) or "none"
             raise UsageError(f"no silence of '{check}' in '{env_name}'; active: {listed}")
         _write(file, [s for s in current if s not in gone])
+    if alertmanager:
+        for s in gone:
+            if s.alertmanager_id:
+                _alertmanager_expire(alertmanager, s)
     return gone
+
+
+def _glob_regex(pattern: str) -> str:
+    """A check glob as the anchored RE2 regex Alertmanager matches label values with."""
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+
+
+def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.datetime) -> str:
+    """POST /api/v2/silences (Alertmanager's API v2); returns the silence id."""
+    import httpx
+
+    is_glob = any(c in silence.check for c in "*?[")
+    body = {"matchers": [{"name": "env", "value": env_name, "isRegex": False, "isEqual": True},
+                         {"name": "check", "value": _glob_regex(silence.check) if is_glob else silence.check,
+                          "isRegex": is_glob, "isEqual": True}],
+            "startsAt": now.isoformat(), "endsAt": silence.until, "createdBy": "opsctl",
+            "comment": silence.reason or f"opsctl health silence --check {silence.check}"}
+    try:
+        resp = httpx.post(f"{url.rstrip('/')}/api/v2/silences", json=body, timeout=10)
+        resp.raise_for_status()
+        return resp.json()["silenceID"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise OperationFailed(f"Alertmanager at {redact(url)} did not take the silence "
+                              f"({credentials(str(exc))[:200]}); nothing was silenced") from None
+
+
+def _alertmanager_expire(url: str, silence: Silence) -> None:
+    import httpx
+
+    try:
+        httpx.delete(f"{url.rstrip('/')}/api/v2/silence/{silence.alertmanager_id}", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise OperationFailed(f"the silence of {silence.check} ended here, but Alertmanager at {redact(url)} "
+                              f"could not be told ({credentials(str(exc))[:200]}); it ends there at "
+                              f"{silence.until}") from None
 
 
 def holding(silences: list[Silence], name: str, kind: str = "") -> Silence | None:
@@ -132,15 +184,17 @@ def holding(silences: list[Silence], name: str, kind: str = "") -> Silence | Non
 
 
 @contextmanager
-def maintenance(project, env_name: str, checks: list[str], seconds: float, reason: str) -> Iterator[list[Silence]]:
+def maintenance(project, env_name: str, checks: list[str], seconds: float, reason: str,
+                alertmanager: str | None = None) -> Iterator[list[Silence]]:
     """A maintenance window for an operation: its checks held while it runs (bounded by
-    `seconds`, in case the process dies), released when it ends."""
-    opened = [add(project, env_name, check, seconds, reason) for check in checks]
+    `seconds`, in case the process dies), released when it ends; in Alertmanager too when
+    `alertmanager` is given."""
+    opened = [add(project, env_name, check, seconds, reason, alertmanager=alertmanager) for check in checks]
     try:
         yield opened
     finally:
         for silence in opened:
             try:
-                remove(project, env_name, silence.id)
-            except UsageError:
-                pass  # already expired or removed by hand
+                remove(project, env_name, silence.id, alertmanager=alertmanager)
+            except (UsageError, OperationFailed):
+                pass  # already expired or removed by hand; Alertmanager's ends on its own

@@ -7,14 +7,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import stat
+import subprocess
+import time
 
+import httpx
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from opsctl.cli import app
 from opsctl.config import load_project
 from opsctl.health import monitor, silences
+from opsctl.local import procs
 from tests.health.servers import Receiver, ScriptedServer
 
 
@@ -102,3 +108,66 @@ def test_bad_silences_are_one_line_exit_2(tmp_path):
         assert out.exit_code == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.output
     out = opsctl(root, "health", "unsilence", "--env", "ci", "--check", "nothing")
     assert out.exit_code == 2 and "no silence of 'nothing'" in out.stderr
+
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory):
+    """A real Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, no cluster."""
+    if ALERTMANAGER is None:
+        pytest.skip("alertmanager not installed: apt-get install prometheus-alertmanager "
+                    "(make test installs it where apt-get works)")
+    folder = tmp_path_factory.mktemp("alertmanager")
+    (folder / "alertmanager.yml").write_text("route: {receiver: none}\nreceivers: [{name: none}]\n")
+    port = procs.free_port()
+    proc = subprocess.Popen([ALERTMANAGER, f"--config.file={folder / 'alertmanager.yml'}",
+                             f"--storage.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                             "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_until(lambda: procs.port_open(port), 30, "alertmanager")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_a_silence_is_created_in_alertmanager_where_one_is_configured(tmp_path, alertmanager):
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump({"version": 1, "environments": {"ci": {
+        "platform": "kubernetes", "monitoring": {"alertmanager_url": alertmanager}}}}))
+    made = opsctl(tmp_path, "health", "silence", "--env", "ci", "--check", "worker-*", "--for", "30m",
+                  "--reason", "deploy 1.2.3", "--json")
+    assert made.exit_code == 0, made.output
+    doc = json.loads(made.stdout)
+    # an alert of the health exporter's rules (labels env and check) is now silenced by it
+    now = dt.datetime.now(dt.timezone.utc)
+    alert = {"labels": {"alertname": "HealthCheckCritical", "env": "ci", "check": "worker-green"},
+             "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=10)).isoformat()}
+    other = {"labels": {"alertname": "HealthCheckCritical", "env": "ci", "check": "postgres"},
+             "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=10)).isoformat()}
+    httpx.post(f"{alertmanager}/api/v2/alerts", json=[alert, other], timeout=10).raise_for_status()
+    by_check = {}
+    for _ in range(50):
+        by_check = {a["labels"]["check"]: a["status"] for a in httpx.get(
+            f"{alertmanager}/api/v2/alerts", timeout=10).json()}
+        if by_check.get("worker-green", {}).get("state") == "suppressed":
+            break
+        time.sleep(0.1)
+    assert by_check["worker-green"]["silencedBy"] == [doc["alertmanager_id"]]
+    assert by_check["postgres"]["silencedBy"] == []
+    silence = httpx.get(f"{alertmanager}/api/v2/silence/{doc['alertmanager_id']}", timeout=10).json()
+    assert silence["status"]["state"] == "active" and silence["comment"] == "deploy 1.2.3"
+    assert dt.datetime.fromisoformat(silence["endsAt"].replace("Z", "+00:00")) == dt.datetime.fromisoformat(doc["until"])
+
+    ended = opsctl(tmp_path, "health", "unsilence", "--env", "ci", "--check", "worker-*")
+    assert ended.exit_code == 0, ended.output
+    silence = httpx.get(f"{alertmanager}/api/v2/silence/{doc['alertmanager_id']}", timeout=10).json()
+    assert silence["status"]["state"] == "expired"
+
+
+def test_an_unreachable_alertmanager_silences_nothing(tmp_path):
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump({"version": 1, "environments": {"ci": {
+        "platform": "kubernetes", "monitoring": {"alertmanager_url": f"http://127.0.0.1:{procs.free_port()}"}}}}))
+    out = opsctl(tmp_path, "health", "silence", "--env", "ci", "--check", "router", "--for", "5m")
+    assert out.exit_code == 1 and "did not take the silence" in out.stderr and "nothing was silenced" in out.stderr
+    assert silences.active(load_project(tmp_path), "ci") == []
