@@ -316,7 +316,8 @@ def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = N
 @action("restore")
 def restore(ctx: Context, id: str | None = None, date: str | None = None, latest: bool = False,
             components: list | None = None, target_db: str | None = None, jobs: int = 1,
-            confirm_env: str | None = None, target_instance: str | None = None) -> dict:
+            confirm_env: str | None = None, target_instance: str | None = None, no_owner: bool = False,
+            role: str | None = None) -> dict:
     """Restores into `target_db` (and stops there) without approval; over live data it needs
     --yes, and in a protected environment `confirm_env` naming it. A native snapshot goes
     into the new instance `target_instance`."""
@@ -325,7 +326,7 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
     from opsctl.approval import at_terminal
     from opsctl.backup import restore as core
 
-    plan = core.plan(ctx.project, ctx.env, id, date, latest, components, target_db, target_instance)
+    plan = core.plan(ctx.project, ctx.env, id, date, latest, components, target_db, target_instance, no_owner, role)
     if plan.overwrites:
         at_terminal(f"restore backup {plan.backup_id} over {'; '.join(plan.overwrites)}", ctx.env, ctx.yes,
                     confirm_env, verb=("restore over it", "restoring over it", "restored"))
