@@ -252,7 +252,8 @@ def test_a_default_using_a_later_parameter_is_refused_at_validate(runner, ops_ro
 
 @pytest.mark.parametrize("with_, reason", [
     ('{imagee: "worker:1.0"}', "action 'deploy' takes no argument 'imagee'"),
-    ('{image: "worker:1.0", backup: true}', "action 'deploy' takes no argument 'backup'"),
+    ('{image: "worker:1.0", load_gates: "p95<1s"}', "action 'deploy' takes no argument 'load_gates'"),
+    ('{image: "worker:1.0", backup: "yes"}', "backup: action 'deploy' takes bool"),
     ('{imagee: "worker:1.0"}', "action 'deploy' needs argument 'image'"),
     ('{image: "worker:1.0", wait: "{{ params.name }}"}', "wait: action 'deploy' takes bool"),
     ('{image: "worker:1.0", auto_promote: "no"}', "auto_promote: action 'deploy' takes bool"),
