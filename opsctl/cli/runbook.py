@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
 
 from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, environment, project
 
-log = logging.getLogger("opsctl.runbook")
-
 app = typer.Typer(help="Versioned runbooks: list, show, validate, publish, run, history.", no_args_is_help=True)
+
 
 def _actions() -> dict:
     from opsctl.runbook.actions import ACTIONS
@@ -25,18 +23,14 @@ def list_(as_json: JsonOpt = False) -> None:
     from opsctl.output import emit
     from opsctl.runbook import catalog
 
-    root = project().root
-    pins = catalog.lock(root)
-    rows = [{"name": n, "versions": list(catalog.versions(root, n)),
-             "published": [int(k.split("@")[1]) for k in pins if k.split("@")[0] == n]}
-            for n in catalog.names(root)]
+    rows = catalog.listing(project().root)
 
     def render(console):
         from rich.table import Table
 
         t = Table("runbook", "versions", "published")
         for r in rows:
-            t.add_row(r["name"], ", ".join(map(str, r["versions"])), ", ".join(map(str, sorted(r["published"]))))
+            t.add_row(r["name"], ", ".join(map(str, r["versions"])), ", ".join(map(str, r["published"])))
         console.print(t)
 
     emit(rows, as_json, render)
@@ -71,17 +65,11 @@ def validate(
     from opsctl.output import emit
     from opsctl.runbook import catalog
 
-    root = project().root
-    paths = ([catalog.locate(root, r) for r in refs] if refs else
-             [p for n in catalog.names(root) for p in catalog.versions(root, n).values()])
-    found = [p for path in paths for p in catalog.validate(path, root, _actions())]
-    problems = [p for p in found if not p.retired]
-    retired = [p for p in found if p.retired]
-    lines = [str(p) for p in problems] + [f"retired: {p}" for p in retired]
-    emit({"checked": [str(p.relative_to(root)) for p in paths], "problems": [str(p) for p in problems],
-          "retired": [str(p) for p in retired]}, as_json,
-         lambda c: c.print("\n".join(lines + ([] if problems else [f"{len(paths)} runbook files valid"])),
-                           markup=False))
+    doc = catalog.validate_all(project().root, refs, _actions())
+    problems = doc["problems"]
+    lines = problems + [f"retired: {p}" for p in doc["retired"]] + (
+        [] if problems else [f"{len(doc['checked'])} runbook files valid"])
+    emit(doc, as_json, lambda c: c.print("\n".join(lines), markup=False))
     if problems:
         raise typer.Exit(2)
 
@@ -108,38 +96,20 @@ def run(
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a runbook step by step with a journal; exit 1 when a step fails."""
+    """Run a runbook step by step with a journal; exit 1 when a step fails. Secret
+    parameters: set OPSCTL_PARAM_<NAME> rather than -p (a command line is readable by all)."""
     from opsctl.cli.live import status, steps_view
     from opsctl.errors import UsageError
     from opsctl.output import emit
-    from opsctl.runbook import catalog, engine, report
-    from opsctl.runbook.model import resolve_params
+    from opsctl.runbook import engine
 
     proj, envcfg = environment(env)
-    book = catalog.load(proj.root, ref, _actions())
     given = dict(p.split("=", 1) if "=" in p else (p, None) for p in param)
     if None in given.values():
         raise UsageError(f"-p {next(k for k, v in given.items() if v is None)}: use KEY=VALUE")
-    if from_step and not resume:
-        raise UsageError("--from-step goes with --resume RUN_ID")
-    import os
-
-    secret_on_argv = sorted(set(given) & book.secrets())
-    if secret_on_argv:
-        from opsctl.runbook.model import env_var
-
-        log.warning("parameter '%s' is secret: set %s instead of -p, a command line is readable by every "
-                    "local user", secret_on_argv[0], env_var(secret_on_argv[0]))
-    params = None if resume else resolve_params(book, given, os.environ)
-    title = f"{book.ref} on {env}" + (" (dry run)" if dry_run else "")
     row = lambda s: (s.id, status(s.status), f"{s.seconds:.1f}s" if s.seconds else "", s.detail)  # noqa: E731
-    with steps_view(title, as_json, row) as notify:
-        if resume:
-            result = engine.resume(proj, envcfg, book, resume, yes, notify, from_step, given)
-        else:
-            result = engine.Runner(proj, envcfg, book, params, yes, notify, dry_run).execute()
-    if junit:
-        report.write_junit(result, junit)
+    result = engine.run(proj, envcfg, ref, given, yes=yes, dry_run=dry_run, resume_id=resume, from_step=from_step,
+                        junit=junit, view=lambda title: steps_view(title, as_json, row))
     emit(result, as_json, lambda c: c.print(f"{result.runbook}: [bold]{result.status}[/bold]"
                                             + (f" (run {result.run_id})" if result.run_id else "")))
     if result.status == engine.RunStatus.FAILED:

@@ -121,6 +121,25 @@ def validate(path: Path, root: Path, actions: Mapping[str, Callable]) -> list[Pr
     return problems
 
 
+def listing(root: Path) -> list[dict]:
+    """Every runbook: {name, versions: [N…], published: [N…]}, by name."""
+    pins = lock(root)
+    return [{"name": n, "versions": list(versions(root, n)),
+             "published": sorted(int(k.split("@")[1]) for k in pins if k.split("@")[0] == n)}
+            for n in names(root)]
+
+
+def validate_all(root: Path, refs: list[str] | None, actions: Mapping[str, Callable]) -> dict:
+    """`opsctl runbook validate`: the files checked (relative to `root`; all versions of all
+    runbooks when `refs` is empty), their problems and the retired versions, as text lines."""
+    paths = ([locate(root, r) for r in refs] if refs else
+             [p for n in names(root) for p in versions(root, n).values()])
+    found = [p for path in paths for p in validate(path, root, actions)]
+    return {"checked": [str(p.relative_to(root)) for p in paths],
+            "problems": [str(p) for p in found if not p.retired],
+            "retired": [str(p) for p in found if p.retired]}
+
+
 def _next(root: Path, name: str) -> int:
     return max(versions(root, name), default=0) + 1
 

@@ -379,3 +379,41 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
     runner._mirror(runner.journal)
     runner.journal.write("resume", from_step=from_step, done=sorted(done))
     return runner.execute(done, from_step)
+
+
+def run(project: Project, env: Environment, ref: str, given: dict[str, str], *, yes: bool = False,
+        dry_run: bool = False, resume_id: str | None = None, from_step: str | None = None,
+        junit: str | None = None, view: Callable[[str], Any] | None = None,
+        environ: dict[str, str] | None = None) -> RunResult:
+    """`opsctl runbook run` as one operation: load and validate `ref` (NAME or NAME@N), type
+    the parameters (`given` from -p, then OPSCTL_PARAM_<NAME> from `environ`, then the
+    defaults), run, resume (`resume_id`) or plan (`dry_run`) it, and write the JUnit report.
+
+    `view(title)` is a context manager yielding the notify callback (the live step table).
+    Raises UsageError (exit 2) before any step runs for a bad runbook, parameter or option.
+    """
+    import logging
+    import os
+
+    from opsctl.runbook import catalog, report
+    from opsctl.runbook.model import env_var, resolve_params
+
+    book = catalog.load(project.root, ref, ACTIONS)
+    if from_step and not resume_id:
+        raise UsageError("--from-step goes with --resume RUN_ID")
+    on_argv = sorted(set(given) & book.secrets())
+    if on_argv:
+        logging.getLogger("opsctl.runbook").warning(
+            "parameter '%s' is secret: set %s instead of -p, a command line is readable by every local user",
+            on_argv[0], env_var(on_argv[0]))
+    environ = os.environ if environ is None else environ
+    params = None if resume_id else resolve_params(book, given, environ)
+    title = f"{book.ref} on {env.name}" + (" (dry run)" if dry_run else "")
+    with (view(title) if view else contextlib.nullcontext(None)) as notify:
+        if resume_id:
+            result = resume(project, env, book, resume_id, yes, notify, from_step, given)
+        else:
+            result = Runner(project, env, book, params, yes, notify, dry_run).execute()
+    if junit:
+        report.write_junit(result, junit)
+    return result
