@@ -1,6 +1,7 @@
 """`opsctl render ci`: a GitHub Actions workflow whose deploy steps are the shipped runbooks.
 
-test → build the worker image (CPU and CUDA targets) → deploy to staging blue-green →
+test → build the worker image (CPU and CUDA targets) and the opsctl image scheduled runbooks
+run in (templates/ci/opsctl.Dockerfile) → deploy to staging blue-green →
 load-test gate on staging → deploy to production. Production's job runs in a GitHub
 environment of the same name, so its required reviewers are the approval.
 
@@ -73,12 +74,14 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
     """The workflow's YAML text. UsageError when a named environment is not on kubernetes
     or a scheduled runbook is not valid."""
     from opsctl.runbook.actions import ACTIONS as RUNBOOK_ACTIONS
-    from opsctl.runbook.schedules import scheduled
+    from opsctl.runbook.schedules import default_image, scheduled
 
     repo = image or project.env(production).worker.image.rsplit(":", 1)[0]
+    opsctl_repository = default_image(project.env(production)).rsplit(":", 1)[0]
     schedules = scheduled(project, RUNBOOK_ACTIONS)
     text = render("ci/github-actions.yml.j2", project.root, stages=stages(project, staging, production, schedules),
-                  schedules=schedules, registry=registry, image_repository=repo, python_version=python_version,
+                  schedules=schedules, registry=registry, image_repository=repo, opsctl_repository=opsctl_repository,
+                  python_version=python_version,
                   actions=ACTIONS)
     yaml.safe_load(text)  # a template edit that breaks YAML fails here, not in CI
     return text

@@ -30,8 +30,8 @@ def workflow(runner, monkeypatch, tmp_path) -> Path:
 def test_workflow_runs_the_shipped_runbooks_in_order(workflow):
     flow = yaml.safe_load(workflow.read_text())
     jobs = flow["jobs"]
-    assert list(jobs) == ["test", "build-worker", "deploy-staging", "load-test-gate", "deploy-production",
-                          "scheduled-staging", "scheduled-production"]
+    assert list(jobs) == ["test", "build-worker", "build-opsctl", "deploy-staging", "load-test-gate",
+                          "deploy-production", "scheduled-staging", "scheduled-production"]
     assert jobs["build-worker"]["strategy"]["matrix"]["target"] == ["cpu", "cuda"]
     assert jobs["deploy-production"]["needs"] == ["load-test-gate"]
     assert jobs["deploy-production"]["environment"] == "production"  # its reviewers are the approval
@@ -162,3 +162,19 @@ def test_validate_refuses_a_bad_schedule(runner, ops_root, header, reason):
     path.write_text(f"name: tick\nversion: 1\n{header}\nsteps:\n  - id: wait\n    action: wait\n    with: {{seconds: 0}}\n")
     result = runner.invoke(app, ["runbook", "validate", "tick"])
     assert result.exit_code == 2 and reason in result.output and f"{path}:3:" in result.output, result.output
+
+
+def test_the_opsctl_image_is_built_from_a_dockerfile_matching_the_cronjobs(workflow):
+    """The workflow builds the image the CronJobs run: every file it copies exists, and it
+    holds the ops root where the CronJobs look (OPSCTL_ROOT) as the user they run as."""
+    from opsctl.runbook.schedules import OPS_ROOT
+
+    build = yaml.safe_load(workflow.read_text())["jobs"]["build-opsctl"]
+    push = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/build-push-action@"))
+    dockerfile = REPO / push["with"]["file"]
+    assert push["with"]["context"] == "." and push["with"]["tags"] == "ghcr.io/example/opsctl:${{ env.TAG }}"
+    lines = [line.split() for line in dockerfile.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    copies = [words[1:-1] for words in lines if words[0] == "COPY" and not words[1].startswith("--from")]
+    assert copies and all((REPO / src).exists() for sources in copies for src in sources)
+    assert ["WORKDIR", OPS_ROOT] in lines and ["USER", "10001"] in lines
+    assert any(w[0] == "ENV" and f"OPSCTL_ROOT={OPS_ROOT}" in w for w in lines)
