@@ -109,12 +109,13 @@ def ci(
 def schedules(
     env: EnvOpt = "staging",
     image: Annotated[str | None, typer.Option("--image", help="opsctl image (default: REGISTRY/opsctl:VERSION).")] = None,
+    role_arn: Annotated[str | None, typer.Option("--role-arn", help="IAM role of the pods (IRSA annotation).")] = None,
 ) -> None:
     """Kubernetes CronJobs running the runbooks that declare a schedule (opsctl.runbook.schedules)."""
     from opsctl.runbook.actions import ACTIONS
     from opsctl.runbook.schedules import render
 
-    _print(render(*environment(env), ACTIONS, image))
+    _print(render(*environment(env), ACTIONS, image, role_arn))
 
 
 @group.command("locust")

@@ -101,9 +101,21 @@ def cronjob(item: Scheduled, env: Environment, image: str) -> dict:
     }
 
 
-def render(project: Project, env: Environment, actions: Mapping[str, Callable], image: str | None = None) -> str:
-    """A multi-document YAML of one CronJob per scheduled runbook. UsageError for an
-    environment that is not on kubernetes (locally, cron runs `opsctl runbook run`)."""
+def service_account(env: Environment, role_arn: str | None) -> dict:
+    """The ServiceAccount the CronJobs' pods run as; with `role_arn`, its IRSA annotation
+    (the IAM role that reaches the backup bucket)."""
+    meta: dict = {"name": "opsctl", "namespace": env.kubernetes.namespace,
+                  "labels": {"app.kubernetes.io/name": "opsctl", "opsctl.dev/environment": env.name}}
+    if role_arn:
+        meta["annotations"] = {"eks.amazonaws.com/role-arn": role_arn}
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+
+
+def render(project: Project, env: Environment, actions: Mapping[str, Callable], image: str | None = None,
+           role_arn: str | None = None) -> str:
+    """A multi-document YAML: the ServiceAccount `opsctl` and one CronJob per scheduled
+    runbook. UsageError for an environment that is not on kubernetes (locally, cron runs
+    `opsctl runbook run`)."""
     if env.platform != "kubernetes":
         raise UsageError(f"environment '{env.name}' is platform {env.platform}: schedules run as Kubernetes "
                          "CronJobs; on this machine put 'opsctl runbook run NAME' in cron instead")
@@ -112,6 +124,6 @@ def render(project: Project, env: Environment, actions: Mapping[str, Callable], 
     header = "\n".join(["# Scheduled runbooks of environment %s, rendered by `opsctl render schedules`." % env.name,
                         *(f"#   {i.ref}: {i.cron} (UTC)" for i in items),
                         f"# The pods read their secrets from the Secret opsctl-{env.name} and run {image}."])
-    docs = [cronjob(i, env, image) for i in items]
+    docs = [service_account(env, role_arn)] + [cronjob(i, env, image) for i in items] if items else []
     return header + "\n" + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True) if docs else header + "\n"
 

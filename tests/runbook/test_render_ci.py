@@ -114,18 +114,23 @@ def test_render_schedules_emits_valid_cronjobs_for_the_scheduled_runbooks(runner
     import kubernetes_validate
 
     monkeypatch.chdir(REPO)
-    result = runner.invoke(app, ["render", "schedules", "--env", "production", "--image", "ghcr.io/x/opsctl:1.2.3"])
+    role = "arn:aws:iam::123456789012:role/opsctl-production"
+    result = runner.invoke(app, ["render", "schedules", "--env", "production", "--image", "ghcr.io/x/opsctl:1.2.3",
+                                 "--role-arn", role])
     assert result.exit_code == 0, result.output
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     for doc in docs:
         kubernetes_validate.validate(doc, "1.30", strict=True)  # raises ValidationError on any misfit
-    by_runbook = {d["metadata"]["labels"]["opsctl.dev/runbook"]: d for d in docs}
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
+    by_runbook = {d["metadata"]["labels"]["opsctl.dev/runbook"]: d for d in docs if d["kind"] == "CronJob"}
     assert {n: d["spec"]["schedule"] for n, d in by_runbook.items()} == SCHEDULED  # no dr-drill runbook: none
     for name, doc in by_runbook.items():
         spec = doc["spec"]
         assert doc["kind"] == "CronJob" and doc["metadata"]["namespace"] == "transcribe"
         assert spec["concurrencyPolicy"] == "Forbid" and spec["timeZone"] == "Etc/UTC"
         pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == account["metadata"]["name"]
         (container,) = pod["containers"]
         assert container["image"] == "ghcr.io/x/opsctl:1.2.3"
         args = container["args"]
