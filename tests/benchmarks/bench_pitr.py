@@ -96,6 +96,7 @@ def main() -> int:
         os.sync()
         began = time.perf_counter()
         plan = pr.plan(project, env, "latest", None, beside=True)
+        planned = time.perf_counter() - began
         result = pr.run(plan)
         physical = time.perf_counter() - began
         pr.discard(plan)
@@ -111,7 +112,7 @@ def main() -> int:
         logical = time.perf_counter() - began
         figures["physical_over_logical_restore"] = physical / logical
         print(f"physical restore (chain of {len(result.chain)}, {result.segments} WAL files, {result.rows} rows "
-              f"checked) {physical:.1f} s; pg_restore --jobs 2 {logical:.1f} s: ratio "
+              f"checked) {physical:.1f} s (plan {planned:.1f} s, {result.phases}); pg_restore --jobs 2 {logical:.1f} s: ratio "
               f"{figures['physical_over_logical_restore']:.2f} (target < 1.0)")
         if figures["physical_over_logical_restore"] >= 1.0:
             misses.append("physical/logical restore")
