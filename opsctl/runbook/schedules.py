@@ -123,7 +123,9 @@ def render(project: Project, env: Environment, actions: Mapping[str, Callable], 
     image = image or default_image(env)
     header = "\n".join(["# Scheduled runbooks of environment %s, rendered by `opsctl render schedules`." % env.name,
                         *(f"#   {i.ref}: {i.cron} (UTC)" for i in items),
-                        f"# The pods read their secrets from the Secret opsctl-{env.name} and run {image}."])
+                        f"# The pods run {image} and read their secrets from the Secret opsctl-{env.name}:",
+                        f"#   keys {env.database.url_env}, {env.redis.url_env}, {env.backup.key_env} "
+                        "(create it yourself; opsctl never writes secrets)."])
     docs = [service_account(env, role_arn)] + [cronjob(i, env, image) for i in items] if items else []
     return header + "\n" + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True) if docs else header + "\n"
 
