@@ -47,7 +47,8 @@ def _stage(project: Project, job: str, env_name: str, needs: list[str], runbooks
         raise UsageError(f"environment '{env_name}' is platform {env.platform}; CI deploys kubernetes environments")
     return {"job": job, "env": env_name, "github_env": env_name, "needs": needs, "timeout": 90, "condition": condition,
             "region": env.aws.region, "context": env.kubernetes.context or env_name,
-            "db_env": env.database.url_env, "redis_env": env.redis.url_env, "runbooks": runbooks}
+            "db_env": env.database.url_env, "redis_env": env.redis.url_env, "key_env": env.backup.key_env,
+            "api_key_env": env.deploy.api_key_env, "runbooks": runbooks}
 
 
 def stages(project: Project, staging: str, production: str, schedules: list | None = None) -> list[dict]:

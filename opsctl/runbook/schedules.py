@@ -124,7 +124,8 @@ def render(project: Project, env: Environment, actions: Mapping[str, Callable], 
     header = "\n".join(["# Scheduled runbooks of environment %s, rendered by `opsctl render schedules`." % env.name,
                         *(f"#   {i.ref}: {i.cron} (UTC)" for i in items),
                         f"# The pods run {image} and read their secrets from the Secret opsctl-{env.name}:",
-                        f"#   keys {env.database.url_env}, {env.redis.url_env}, {env.backup.key_env} "
+                        f"#   keys {env.database.url_env}, {env.redis.url_env}, {env.backup.key_env}, "
+                        f"{env.deploy.api_key_env} "
                         "(create it yourself; opsctl never writes secrets)."])
     docs = [service_account(env, role_arn)] + [cronjob(i, env, image) for i in items] if items else []
     return header + "\n" + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True) if docs else header + "\n"

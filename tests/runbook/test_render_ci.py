@@ -76,6 +76,12 @@ def test_one_concurrency_group_and_oidc_credentials_per_environment(workflow):
         assert f"--alias {context}" in kube["run"]
         names = [s.get("name", s.get("uses", s.get("run"))) for s in job["steps"]]
         assert names.index(kube["name"]) < min(i for i, n in enumerate(names) if str(n).startswith("runbook"))
+        env = "PRODUCTION" if "production" in name else "STAGING"
+        for step in (s for s in job["steps"] if "runbook run" in s.get("run", "")):
+            # what opsctl.yaml names: database, Redis, backup key and the worker API key for analysis
+            assert set(step["env"]) == {f"{env}_DATABASE_URL", f"{env}_REDIS_URL", "OPSCTL_BACKUP_KEY",
+                                        "OPSCTL_WORKER_API_KEY"}
+            assert all(v == f"${{{{ secrets.{k} }}}}" for k, v in step["env"].items())
 
 
 def _actionlint(path: Path) -> subprocess.CompletedProcess:
