@@ -9,18 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from textwrap import dedent
 
 import pytest
 
 from opsctl.cli import app
-
-
-def _write(root: Path, name: str, version: int, text: str) -> Path:
-    path = root / "runbooks" / name / f"v{version}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dedent(text))
-    return path
+from tests.runbook.runbook_support import write_runbook as _write
 
 
 @pytest.fixture

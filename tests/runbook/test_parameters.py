@@ -10,7 +10,6 @@ import os
 import stat
 import uuid
 from pathlib import Path
-from textwrap import dedent
 from typing import Any
 from urllib.parse import quote
 
@@ -18,16 +17,10 @@ import psutil
 import pytest
 
 from opsctl.cli import app
+from tests.runbook.runbook_support import write_runbook as _write
 from opsctl.runbook.actions import ACTIONS
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _write(root: Path, name: str, version: int, text: str) -> Path:
-    path = root / "runbooks" / name / f"v{version}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dedent(text))
-    return path
 
 
 @pytest.fixture
