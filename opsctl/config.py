@@ -66,6 +66,7 @@ class DatabaseSettings(_Model):
     name: str = "transcribe"
     user: str = "transcribe"
     rds_instance: str | None = None
+    replica_instance: str | None = Field(None, description="the RDS read replica 'opsctl failover' promotes")
 
 
 class RedisSettings(_Model):

@@ -133,6 +133,8 @@ GROUPS: dict[str, tuple[str, int, str]] = {
     "loadtest": ("opsctl.cli.loadtest", 8, "Locust load tests with SLO gates."),
     "runbook": ("opsctl.cli.runbook", 9, "Versioned runbooks: list, show, validate, run, history."),
     "local": ("opsctl.cli.local", 4, "The embedded platform on this machine: up, down, status, logs."),
+    "dr": ("opsctl.cli.dr", 22, "Disaster-recovery drills: restore, serve, measure RTO and RPO."),
+    "failover": ("opsctl.cli.dr", 22, "Promote the read replica of an environment's database."),
 }
 
 

@@ -1,0 +1,81 @@
+"""`opsctl dr drill` and `opsctl failover`: parse, call opsctl.pitr, render."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, environment
+
+app = typer.Typer(help="Disaster-recovery drills: restore into scratch, serve, measure RTO and RPO.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def drill(
+    env: EnvOpt = "local",
+    junit: Annotated[str | None, typer.Option("--junit", metavar="FILE", help="Also write the result as JUnit XML.")] = None,
+    metrics_file: Annotated[str | None, typer.Option("--metrics-file", metavar="FILE", help="Also write Prometheus text (textfile collector).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the database to the newest restorable time into scratch, measure RTO/RPO, tear down.
+
+    Exit 1 when a target of dr.rto/dr.rpo in opsctl.yaml is missed."""
+    from pathlib import Path
+
+    from opsctl.errors import OperationFailed
+    from opsctl.output import emit
+    from opsctl.pitr import drill as core
+
+    r = core.drill(*environment(env))
+    if junit:
+        Path(junit).write_text(core.junit(r))
+    if metrics_file:
+        Path(metrics_file).write_text(core.metrics(r))
+
+    def render(c):
+        from rich.table import Table
+
+        t = Table("measure", "achieved", "target", "verdict", title=f"dr drill {r.environment} ({r.platform})")
+        for name, value, target in (("RTO", r.rto_seconds, r.rto_target_seconds),
+                                    ("RPO", r.rpo_seconds, r.rpo_target_seconds)):
+            ok = value is not None and value <= target
+            t.add_row(name, "-" if value is None else f"{value:.1f} s", f"{target:.0f} s",
+                      "[green]met[/green]" if ok else "[red]missed[/red]")
+        c.print(t)
+        c.print(f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
+                f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}; "
+                f"not covered yet: {', '.join(r.not_covered)}", soft_wrap=True)
+
+    emit(r, as_json, render)
+    if not r.passed:
+        raise OperationFailed(f"dr drill of {r.environment}: {'; '.join(r.problems)}")
+
+
+def failover(
+    env: EnvOpt = "local",
+    replica: Annotated[str | None, typer.Option("--replica", metavar="NAME", help="The read replica to promote (default: database.replica_instance).")] = None,
+    yes: YesOpt = False,
+    confirm_env: Annotated[str | None, typer.Option("--confirm-env", metavar="NAME",
+                                                    help="The environment's name: a protected one needs it in CI.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Promote the RDS read replica of an environment's database and record it."""
+    from opsctl.approval import at_terminal
+    from opsctl.output import emit
+    from opsctl.pitr import failover as core
+
+    project, environment_ = environment(env)
+    primary, target = core.plan(project, environment_, replica)
+    at_terminal(f"promote {target} to be {environment_.name}'s primary in place of {primary}", environment_, yes,
+                confirm_env, verb=("fail over", "failing over", "failed over"))
+    r = core.run(project, environment_, primary, target)
+    emit(r, as_json, lambda c: c.print(
+        f"{r.new_primary} promoted (was a replica of {r.old_primary}) in {r.seconds:.0f} s; endpoint {r.endpoint}; "
+        f"recorded in {r.journal}; point {r.environment}'s database URL and workers at it", soft_wrap=True))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="dr")
+    root.command("failover")(failover)

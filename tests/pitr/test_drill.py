@@ -1,0 +1,126 @@
+"""`opsctl dr drill` (embedded platform: restore beside, measure RTO/RPO, tear down) and, on
+moto's RDS, the drill's scratch instance and `opsctl failover` promoting the read replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+import xml.etree.ElementTree as ET
+
+import boto3
+import pytest
+import yaml
+
+from opsctl.cli import app
+
+
+def _set_dr(pitr, **dr):
+    path = pitr.root / "opsctl.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["environments"]["local"]["dr"] = dr
+    path.write_text(yaml.safe_dump(doc))
+
+
+def test_local_drill_measures_and_tears_down(pitr, runner, tmp_path):
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.sql("insert into events(note) select 'drill' from generate_series(1, 20)")
+    pitr.wait_archived()
+    data = pitr.state().folder / "data"
+    before = sorted(p.name for p in data.iterdir())
+    live_rows = pitr.sql("select count(*) from events")[0][0]
+    junit, prom = tmp_path / "drill.xml", tmp_path / "drill.prom"
+    r = pitr.cli(runner, "dr", "drill", "--json", "--junit", str(junit), "--metrics-file", str(prom))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["passed"] and doc["torn_down"] and doc["rto_seconds"] > 0
+    assert doc["rpo_seconds"] == 0  # everything committed was archived before the drill
+    assert doc["rows"] >= live_rows and doc["not_covered"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    assert 'opsctl_dr_drill_success{env="local"} 1' in prom.read_text()
+    time.sleep(0.5)
+    assert sorted(p.name for p in data.iterdir() if not p.name.endswith(".deleting")) == before
+    assert pitr.sql("select count(*) from events")[0][0] == live_rows
+
+
+def test_local_drill_missing_its_rpo_exits_1(pitr, runner, tmp_path):
+    from opsctl.pitr import local as pitr_local
+
+    assert pitr_local.stop_archiver(pitr.state())  # newer commits never reach the repository
+    try:
+        pitr.sql("insert into events(note) values ('archived? no')")
+        time.sleep(2.5)
+        pitr.sql("insert into events(note) values ('nor this one')")
+        _set_dr(pitr, rpo="1s", rto="4h")
+        junit = tmp_path / "drill.xml"
+        r = pitr.cli(runner, "dr", "drill", "--json", "--junit", str(junit))
+        assert r.exit_code == 1
+        doc = json.loads(r.stdout)
+        assert not doc["passed"] and doc["rpo_seconds"] >= 2
+        assert "RPO" in doc["problems"][0]
+        assert ET.parse(junit).getroot().find("testsuite").get("failures") == "1"
+    finally:
+        _set_dr(pitr, rpo="1h", rto="4h")
+        pitr.ensure_archiver()
+
+
+@pytest.fixture
+def cloud(ops_root, s3):
+    doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+    doc["environments"]["cloud"] = {"platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
+                                    "database": {"rds_instance": "dr-db", "replica_instance": "dr-db-replica"}}
+    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    rds.create_db_instance(DBInstanceIdentifier="dr-db", DBInstanceClass="db.r6g.large", Engine="postgres",
+                           AllocatedStorage=50, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
+                           BackupRetentionPeriod=7)
+    rds.create_db_instance_read_replica(DBInstanceIdentifier="dr-db-replica", SourceDBInstanceIdentifier="dr-db")
+    rds.create_db_instance(DBInstanceIdentifier="other-db", DBInstanceClass="db.t3.micro", Engine="postgres",
+                           AllocatedStorage=20, MasterUsername="admin", MasterUserPassword="not-a-secret-1")
+    yield rds
+    for inst in sorted(rds.describe_db_instances()["DBInstances"],  # replicas before their primary
+                       key=lambda i: not i.get("ReadReplicaSourceDBInstanceIdentifier")):
+        try:
+            rds.delete_db_instance(DBInstanceIdentifier=inst["DBInstanceIdentifier"], SkipFinalSnapshot=True)
+        except rds.exceptions.DBInstanceNotFoundFault:
+            pass
+
+
+def _names(rds) -> list[str]:
+    return sorted(i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"])
+
+
+def test_rds_drill_uses_a_scratch_instance_and_deletes_it(cloud, runner):
+    r = runner.invoke(app, ["dr", "drill", "--env", "cloud", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["scratch"].startswith("dr-db-drill-") and doc["torn_down"] and doc["passed"]
+    assert _names(cloud) == ["dr-db", "dr-db-replica", "other-db"]
+
+
+def test_failover_promotes_the_replica_and_records_it(cloud, runner, ops_root):
+    r = runner.invoke(app, ["failover", "--env", "cloud", "--yes", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["new_primary"] == "dr-db-replica" and doc["old_primary"] == "dr-db"
+    inst = cloud.describe_db_instances(DBInstanceIdentifier="dr-db-replica")["DBInstances"][0]
+    assert inst["DBInstanceStatus"] == "available"
+    assert doc["endpoint"] == f"{inst['Endpoint']['Address']}:{inst['Endpoint']['Port']}"
+    journal = ops_root / ".opsctl" / "failover" / "cloud.json"
+    assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
+    assert json.loads(journal.read_text())[-1]["new_primary"] == "dr-db-replica"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "cloud", "--replica", "other-db", "--yes"], "not a read replica of dr-db"),
+    (["--env", "cloud", "--replica", "missing-db", "--yes"], "does not exist"),
+    (["--env", "local", "--yes"], "not built yet"),
+])
+def test_failover_refusals_change_nothing(cloud, runner, args, message):
+    r = runner.invoke(app, ["failover", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    replica = cloud.describe_db_instances(DBInstanceIdentifier="dr-db-replica")["DBInstances"][0]
+    assert replica.get("ReadReplicaSourceDBInstanceIdentifier")  # still a replica
