@@ -133,16 +133,16 @@ def test_backup_age_of_a_real_backup(local_platform, runner, tmp_path):
         {"name": "nightly-backup", "cron": "0 2 * * *", "grace_minutes": 60, "source": "backup"}]}
     cfg["environments"]["strict"] = {"platform": "local", "backup": repo, "thresholds": {"backup_age_hours": 1e-7}}
     (root / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
-    code, doc = sweep(runner, root, "--check", "backup", "--check", "heartbeat")
+    code, doc = sweep(runner, root, "--check", "backup age", "--check", "heartbeat")
     assert by_name(doc)["heartbeat nightly-backup"]["status"] == "CRITICAL"
     assert code in (2, 3) and by_name(doc)["backup age"]["status"] != "OK"  # none yet
     made = runner.invoke(app, ["--root", str(root), "backup", "create", "--type", "redis", "--no-encrypt", "--json"])
     assert made.exit_code == 0, made.output
-    code, doc = sweep(runner, root, "--check", "backup", "--check", "heartbeat")
+    code, doc = sweep(runner, root, "--check", "backup age", "--check", "heartbeat")
     check = by_name(doc)["backup age"]
-    assert code == 0 and check["value"] < 0.1 and check["details"]["source"] == "opsctl.backup catalog"
+    assert code == 0 and check["value"] < 0.1 and check["details"]["source"] == "opsctl.backup catalog", json.dumps(doc)
     assert by_name(doc)["heartbeat nightly-backup"]["status"] == "OK"  # the backup is the beat
-    code, doc = sweep(runner, root, "--env", "strict", "--check", "backup")
+    code, doc = sweep(runner, root, "--env", "strict", "--check", "backup age")
     assert code == 2 and "above" in by_name(doc)["backup age"]["message"], json.dumps(doc)
 
 
