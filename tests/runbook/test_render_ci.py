@@ -16,6 +16,8 @@ from opsctl.cli import app
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SCHEDULED = {"health-sweep": "*/15 * * * *", "nightly-backup": "0 2 * * *", "redis-snapshot": "0 * * * *"}
+if (REPO / "runbooks" / "dr-drill").is_dir():  # the weekly DR drill is scheduled where its runbook exists
+    SCHEDULED["dr-drill"] = "30 3 * * 0"
 
 
 @pytest.fixture
@@ -130,7 +132,7 @@ def test_render_schedules_emits_valid_cronjobs_for_the_scheduled_runbooks(runner
     (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
     assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
     by_runbook = {d["metadata"]["labels"]["opsctl.dev/runbook"]: d for d in docs if d["kind"] == "CronJob"}
-    assert {n: d["spec"]["schedule"] for n, d in by_runbook.items()} == SCHEDULED  # no dr-drill runbook: none
+    assert {n: d["spec"]["schedule"] for n, d in by_runbook.items()} == SCHEDULED
     for name, doc in by_runbook.items():
         spec = doc["spec"]
         assert doc["kind"] == "CronJob" and doc["metadata"]["namespace"] == "transcribe"
