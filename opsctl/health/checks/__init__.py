@@ -83,10 +83,6 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
         from opsctl.pitr.health import archive_lag
 
         out.append(("wal archive", "backup", lambda _to: archive_lag(project, env), None))
-    if env.platform == "local":  # WAL archiving (opsctl.pitr): commits at risk against dr.rpo
-        from opsctl.pitr.health import archive_lag
-
-        out.append(("wal archive", "backup", lambda _to: archive_lag(project, env), None))
     for hb in hs.heartbeats:
         if hb.source == "backup":
             last = lambda _hb=hb: backup.newest_backup(repository, project.root, ep)[0]
