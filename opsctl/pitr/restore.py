@@ -78,7 +78,7 @@ class PitrResult:
     target: str
     chain: list[str]
     mode: str  # in-place | beside
-    recovered_to: dt.datetime | None  # the last commit replayed
+    recovered_to: dt.datetime | None  # the last commit replayed (none: the base backup's start)
     timeline: int
     segments: int
     tables: dict[str, int]
@@ -336,6 +336,8 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         port, pid = _replay(new, log, timeout)
         phase("replay")
         recovered, tli, tables = _check(port, log, env.database.name, c["when"])
+        # no commit replayed after the base backup: every commit before its start is in it
+        recovered = recovered or backups[-1].started_at
         _unconfigure(new)
         phase("check")
         result = PitrResult(p.target, p.chain, "beside" if p.beside else "in-place", recovered, tli,

@@ -376,3 +376,23 @@ def drop_database(ctx: Context, name: str) -> dict:
         raise OperationFailed(f"refusing to drop {name}: it is the environment's live database")
     postgres.drop_database(resolve(ctx.project, ctx.env).database_url, name)
     return {"dropped": name}
+
+
+@action("dr-drill")
+def dr_drill(ctx: Context, junit: str | None = None, metrics_file: str | None = None) -> dict:
+    """`opsctl dr drill` as a step (opsctl.pitr.drill): the database restored to the newest
+    restorable time into scratch, measured, torn down. Fails the step when dr.rto or dr.rpo
+    is missed. `junit`/`metrics_file`: paths in the ops root for the JUnit and Prometheus
+    text results. Outputs: rto_seconds, rpo_seconds, passed, restored_to, rows, scratch."""
+    from opsctl.pitr import drill
+
+    result = drill.drill(ctx.project, ctx.env)
+    for path, render in ((junit, drill.junit), (metrics_file, drill.metrics)):
+        if path:
+            target = ctx.project.root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(render(result))
+    doc = to_jsonable(result)
+    if not result.passed:
+        raise OperationFailed(f"dr drill: {'; '.join(result.problems)}")
+    return {k: doc[k] for k in ("rto_seconds", "rpo_seconds", "passed", "restored_to", "rows", "scratch")}

@@ -13,6 +13,7 @@ against a baseline measured in this run on this machine:
 - kill -9 of PostgreSQL (its whole process group) during inserts with the default
   archive_timeout (30 s), then restore to the newest restorable time: seconds of
   acknowledged commits lost                                                  target <= 60 s
+- `opsctl dr drill`'s achieved RTO and RPO (the database part; against dr.rto/dr.rpo)
 
 PostgreSQL is started by the embedded platform's own code with its archiving settings; the
 repository is file:// on local disk, encrypted. Exit 1 when a target is missed.
@@ -185,6 +186,19 @@ def main() -> int:
         if lost_s > 60:
             misses.append("kill -9 RPO")
         p.start_postgres()
+
+        # the drill: restore to the newest restorable time beside the live server, measure, tear down
+        from opsctl.pitr import drill
+
+        with psycopg.connect(p.url("pitrdb"), autocommit=True) as conn:
+            conn.execute("insert into events(note) select 'before the drill' from generate_series(1, 100)")
+        p.wait_archived(120)
+        d = drill.drill(project, env)
+        figures["drill_rto_seconds"], figures["drill_rpo_seconds"] = d.rto_seconds, d.rpo_seconds or 0.0
+        print(f"dr drill: RTO {d.rto_seconds:.1f} s (target {d.rto_target_seconds:.0f} s), RPO "
+              f"{d.rpo_seconds} s (target {d.rpo_target_seconds:.0f} s), {d.rows} rows; phases {d.phases}")
+        if not d.passed:
+            misses.append("drill")
     finally:
         state = p.state()
         pitr_local.stop_archiver(state)

@@ -124,3 +124,20 @@ def test_failover_refusals_change_nothing(cloud, runner, args, message):
     assert message in r.output
     replica = cloud.describe_db_instances(DBInstanceIdentifier="dr-db-replica")["DBInstances"][0]
     assert replica.get("ReadReplicaSourceDBInstanceIdentifier")  # still a replica
+
+
+def test_dr_drill_runbook_runs_the_drill(pitr, runner):
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "runbooks" / "dr-drill", pitr.root / "runbooks" / "dr-drill", dirs_exist_ok=True)
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.wait_archived()
+    r = pitr.cli(runner, "runbook", "run", "dr-drill", "--env", "local", "--yes", "--json")
+    assert r.stdout.strip(), r.output
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0, [(s["id"], s["status"], s["detail"]) for s in doc["steps"]]
+    drill = next(s for s in doc["steps"] if s["id"] == "drill")
+    assert drill["outputs"]["passed"] and drill["outputs"]["rto_seconds"] > 0
+    assert (pitr.root / ".opsctl" / "dr" / "drill.prom").read_text().count("opsctl_dr_drill_") >= 4
