@@ -138,6 +138,31 @@ def restore_to(env: str, to_time: str | None, to_lsn: str | None, beside: bool, 
         + (f"; previous data kept in {r.previous_data_dir}" if r.previous_data_dir else ""), soft_wrap=True))
 
 
+def prune_chain(
+    env: EnvOpt = "local",
+    keep_full: Annotated[int, typer.Option("--keep-full", help="Full base backups to keep, each with its incrementals.")] = 2,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Approve without a prompt (needed in CI).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove older base backups and the WAL no kept base backup needs."""
+    from opsctl.cli.common import confirm
+    from opsctl.output import emit
+    from opsctl.pitr.ops import prune_chain as run
+
+    project, environment_ = environment(env)
+    r = run(project, environment_, keep_full, dry_run=True)
+    if not dry_run and (r.removed or r.wal_removed):
+        confirm(f"delete {len(r.removed)} base backup(s) and {r.wal_removed} WAL object(s)", yes)
+        r = run(project, environment_, keep_full)
+    verb = "would remove" if dry_run else "removed"
+    emit(r, as_json, lambda c: c.print(
+        f"{verb} {len(r.removed)} base backup(s){': ' + ', '.join(r.removed) if r.removed else ''} and "
+        f"{r.wal_removed} WAL object(s); kept {len(r.kept)} base backup(s), WAL from {r.wal_kept_from or '-'}",
+        soft_wrap=True))
+
+
 def register(app: typer.Typer) -> None:
     app.command("base")(base)
     app.command("verify-chain")(verify_chain)
+    app.command("prune-chain")(prune_chain)

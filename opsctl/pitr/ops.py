@@ -133,3 +133,11 @@ def windows(project: Project, env: Environment) -> ChainReport | None:
         return _report(chain.inventory(repo, key, sysid))
     except OperationFailed:
         return None
+
+
+def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: bool = False):
+    """Keep the newest `keep_full` full base backups (with their incrementals) and the WAL they need."""
+    from opsctl.pitr import retention
+
+    repo, key = sealed_repository(project, env)
+    return retention.prune(repo, key, _sysid(project, env, repo), keep_full, dry_run)

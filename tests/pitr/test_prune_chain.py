@@ -1,0 +1,50 @@
+"""Retention of the chain: older full base backups go, and WAL only where no kept base backup needs it."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_prune_keeps_the_newest_full_chain_and_the_wal_it_needs(pitr, runner):
+    from opsctl.pitr import layout
+
+    first = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)
+    pitr.sql("insert into events(note) select 'old' from generate_series(1, 10)")
+    pitr.wait_archived()
+    second = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)
+    inc = json.loads(pitr.cli(runner, "backup", "base", "--incremental", "--json").stdout)
+    pitr.sql("insert into events(note) select 'new' from generate_series(1, 10)")
+    pitr.wait_archived()
+    sysid = pitr.sysid()
+    keep_from = layout.segno(layout.lsn(second["start_lsn"]))
+
+    def wal() -> list[int]:
+        files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
+        return sorted(layout.parse_segment(f)[1] for f in files if len(f) == 24)
+
+    assert min(wal()) < keep_from
+    dry = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["removed"] == [first["id"]] and min(wal()) < keep_from  # nothing deleted
+    r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["removed"] == [first["id"]] and doc["kept"] == [second["id"], inc["id"]] and doc["wal_removed"] > 0
+    assert min(wal()) == keep_from
+    v = pitr.cli(runner, "backup", "verify-chain", "--json")
+    assert v.exit_code == 0, v.output
+    assert [b["id"] for b in json.loads(v.stdout)["base_backups"]] == [second["id"], inc["id"]]
+    latest = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert latest.exit_code == 0, latest.output
+    from opsctl.local import postgres as pg
+
+    restored = json.loads(latest.stdout)
+    pg.stop(restored["pid"])
+    assert restored["tables"]["public.events"] == pitr.sql("select count(*) from events")[0][0]
+    before = pitr.cli(runner, "restore", "--to-time", first["finished_at"], "--beside")
+    assert before.exit_code == 2 and "before the oldest base backup" in before.output
+
+
+def test_keep_full_zero_is_refused(pitr, runner):
+    r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "0", "--yes")
+    assert r.exit_code == 2 and "at least 1" in r.output
