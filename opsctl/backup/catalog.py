@@ -40,13 +40,31 @@ FAILED = "verify-failed.json"  # written by a failed `backup verify`: the backup
 class Entry:
     id: str
     status: str  # complete | running | incomplete | damaged | untrusted
-    manifest: mf.Manifest | None = None
+    manifest: mf.Manifest | None = None  # read when the index did not have it
     note: str = ""
     verified: bool = False
+    summary: dict | None = None  # index.summary() of the manifest, from the index or the manifest
 
     @property
     def complete(self) -> bool:
         return self.status == "complete"
+
+    def _time(self, field: str) -> dt.datetime | None:
+        if self.summary is None:
+            return None
+        return dt.datetime.fromisoformat(self.summary[field])
+
+    @property
+    def created_at(self) -> dt.datetime | None:
+        return self._time("created_at")
+
+    @property
+    def finished_at(self) -> dt.datetime | None:
+        return self._time("finished_at")
+
+    @property
+    def components(self) -> list[str]:
+        return list(self.summary["components"]) if self.summary else []
 
 
 @dataclass
@@ -153,38 +171,85 @@ def _canonical(doc: dict) -> bytes:
     return b"opsctl-verdict\0" + json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def scan(repo: Repository, key: BackupKey | None | bool = False) -> Scan:
+def scan(repo: Repository, key: BackupKey | None | bool = False, pick=None) -> Scan:
     """Every opsctl backup folder, oldest first, each manifest checked against the
-    repository's record and key (`key` False: the key the repository was opened with)."""
+    repository's record and key (`key` False: the key the repository was opened with).
+
+    One listing (paged, no object read per backup) plus the index (index.py): manifests are
+    read only for complete folders the index does not hold, and the index is rewritten
+    when it was missing, forged or stale (and the key to seal it is at hand)."""
+    from opsctl.backup import index
+
     key = _key(repo, key)
     rec = record.read(repo, key)
-    names = repo.names()
-    ours, foreign = record.layout(names)
+    encrypted = rec.encrypted if rec is not None else key is not None
+    idx = index.read(repo, key, encrypted) if rec is not None else None
+    if pick is None:
+        ours, foreign = record.layout(repo.names())  # one paged listing of everything
+    else:  # only the folders `pick` chooses among the top-level ones: a listing each
+        folders, files = repo.folders()
+        ids = sorted(f for f in folders if record.ID.fullmatch(f))
+        names = {n: 0 for n in files}
+        for f in folders:
+            if not record.ID.fullmatch(f) and f not in record.OWN_AREAS:
+                names[f + "/"] = 0
+        for backup_id in pick(ids):
+            names.update(repo.names(f"{backup_id}/") or {f"{backup_id}/": 0})
+        ours, foreign = record.layout(names)
     out = []
+    fresh: dict[str, dict] = {}
     for backup_id in sorted(ours):
         files = ours[backup_id]
         if mf.NAME not in files:
             out.append(_unfinished(repo, backup_id))
             continue
-        try:
-            m = mf.parse(repo.get_bytes(f"{backup_id}/{mf.NAME}"), backup_id)
-        except NotFound:
-            out.append(Entry(backup_id, "incomplete", note="manifest vanished while listing"))
-            continue
-        except OperationFailed as exc:
-            out.append(Entry(backup_id, "damaged", note=str(exc)))
-            continue
-        try:
-            trust(m, rec, key)
-        except IntegrityError as exc:
-            out.append(Entry(backup_id, "untrusted", m, note=str(exc)))
-            continue
+        m = None
+        if idx is not None and backup_id in idx:
+            summary = idx[backup_id]
+        else:
+            try:
+                m = mf.parse(repo.get_bytes(f"{backup_id}/{mf.NAME}"), backup_id)
+            except NotFound:
+                out.append(Entry(backup_id, "incomplete", note="manifest vanished while listing"))
+                continue
+            except OperationFailed as exc:
+                out.append(Entry(backup_id, "damaged", note=str(exc)))
+                continue
+            try:
+                trust(m, rec, key)
+            except IntegrityError as exc:
+                out.append(Entry(backup_id, "untrusted", m, note=str(exc), summary=index.summary(m)))
+                continue
+            summary = index.summary(m)
+        fresh[backup_id] = summary
         if FAILED in files and (doc := _verdict(repo, backup_id, FAILED, key, rec)) is not None:
-            out.append(Entry(backup_id, "damaged", m, note=f"failed verify at {doc.get('at', '?')}: {doc.get('reason', '')}"))
+            out.append(Entry(backup_id, "damaged", m, summary=summary,
+                             note=f"failed verify at {doc.get('at', '?')}: {doc.get('reason', '')}"))
             continue
-        out.append(Entry(backup_id, "complete", m, verified=VERIFIED in files))
+        out.append(Entry(backup_id, "complete", m, verified=VERIFIED in files, summary=summary))
+    if pick is None and rec is not None and (idx is None or set(idx) != set(fresh)):
+        index.write(repo, fresh, key, encrypted)  # rebuilt from the manifests (no-op without the key)
+    # ids made within one second sort by their random part: order by creation time first
+    out.sort(key=lambda e: (e.created_at or id_time(e.id) or dt.datetime.min.replace(tzinfo=dt.timezone.utc), e.id))
     authenticated = not (rec is not None and rec.encrypted and key is None)
     return Scan(out, foreign, rec, authenticated)
+
+
+def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> tuple[str, dt.datetime] | None:
+    """(id, finished_at) of the newest complete backup in constant time: the index and one
+    HEAD-like read of that backup's manifest; a full scan only when the index is missing."""
+    from opsctl.backup import index
+
+    key = _key(repo, key)
+    rec = record.read(repo, key)
+    idx = index.read(repo, key, rec.encrypted) if rec is not None else None
+    if idx is None:
+        done = [e for e in entries(repo, key) if e.complete]
+        return (done[-1].id, max(e.finished_at for e in done)) if done else None
+    for backup_id in sorted(idx, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
+        if repo.names(f"{backup_id}/{mf.NAME}"):  # still there (a deleted one drops out)
+            return backup_id, dt.datetime.fromisoformat(idx[backup_id]["finished_at"])
+    return None
 
 
 def entries(repo: Repository, key: BackupKey | None | bool = False) -> list[Entry]:
@@ -258,14 +323,13 @@ def resolve(repo: Repository, backup_id: str | None, date: str | None, latest: b
             day = dt.date.fromisoformat(date)
         except ValueError:
             raise UsageError(f"--date '{date}' is not a date; use YYYY-MM-DD") from None
-        all_ = [e for e in all_ if (id_time(e.id) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)).date() == day
-                or (e.manifest and e.manifest.created_at.astimezone(dt.timezone.utc).date() == day)]
-    usable = [e for e in all_ if e.status in ("complete", "damaged", "untrusted") and e.manifest is not None
-              and (not needs or set(needs) <= set(e.manifest.components))]
+        all_ = [e for e in all_ if e.created_at and e.created_at.astimezone(dt.timezone.utc).date() == day]
+    usable = [e for e in all_ if e.status in ("complete", "damaged", "untrusted") and e.summary is not None
+              and (not needs or set(needs) <= set(e.components))]
     done = [e for e in usable if e.complete]
-    if skipped is not None:
-        newest = done[-1].id if done else ""
-        skipped += [f"{e.id} ({e.status})" for e in usable if not e.complete and e.id > newest]
+    if skipped is not None:  # entries are in creation order: what comes after the pick was passed over
+        after = usable[usable.index(done[-1]) + 1:] if done else usable
+        skipped += [f"{e.id} ({e.status})" for e in after]
     if not done:
         where = f"on {day.isoformat()} (UTC) " if date is not None else ""
         also = f" (skipped: {', '.join(skipped)})" if skipped else ""
@@ -274,17 +338,25 @@ def resolve(repo: Repository, backup_id: str | None, date: str | None, latest: b
     return done[-1].id
 
 
-def rows(repo: Repository) -> dict:
-    """The catalog as plain rows, for `backup list` and anything else that shows it."""
-    s = scan(repo)
+def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None = None) -> dict:
+    """The catalog as plain rows, for `backup list` and anything else that shows it: the
+    newest `limit` ones, created at or after `since` (oldest first)."""
+    def pick(ids: list[str]) -> list[str]:
+        ids = [i for i in ids if since is None or (id_time(i) or since) >= since]
+        return ids[-limit:] if limit else []
+
+    s = scan(repo, pick=pick if limit is not None else None)
+    chosen = [e for e in s.entries if since is None or (e.created_at or id_time(e.id) or since) >= since]
+    if limit is not None:
+        chosen = chosen[-limit:] if limit else []
     out = []
-    for e in s.entries:
-        m = e.manifest
+    for e in chosen:
+        m = e.summary
         out.append({"id": e.id, "status": e.status, "verified": e.verified, "note": e.note,
-                    "created_at": m.created_at if m else id_time(e.id),
-                    "components": m.components if m else [], "label": m.label if m else None,
-                    "raw_bytes": m.raw_bytes if m else None, "stored_bytes": m.stored_bytes if m else None,
-                    "encrypted": bool(m and m.key_id), "key_id": m.key_id if m else None})
+                    "created_at": e.created_at if m else id_time(e.id),
+                    "components": e.components, "label": m["label"] if m else None,
+                    "raw_bytes": m["raw_bytes"] if m else None, "stored_bytes": m["stored_bytes"] if m else None,
+                    "encrypted": bool(m and m["key_id"]), "key_id": m["key_id"] if m else None})
     return {"repository": repo.url, "initialised": s.record is not None,
             "encrypted": s.encrypted, "key_id": s.record.key_id if s.record else None,
-            "authenticated": s.authenticated, "foreign": s.foreign, "backups": out}
+            "authenticated": s.authenticated, "foreign": s.foreign, "total": len(s.entries), "backups": out}

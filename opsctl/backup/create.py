@@ -54,12 +54,29 @@ def components_for(kind: str, env: Environment) -> list[str]:
     return ["db", "files"] + (["elasticache-snapshot"] if env.redis.replication_group else [])
 
 
-def clean_abandoned(repo: Repository) -> tuple[list[str], list[str]]:
+def clean_abandoned(repo: Repository, rec=None) -> tuple[list[str], list[str]]:
     """Remove opsctl's folders of interrupted backups (aborting their uploads); running ones
-    are kept. Returns (removed ids, foreign entries left alone)."""
-    gone = []
-    unfinished, foreign = catalog.unfinished(repo)
-    for entry in unfinished:
+    are kept. Returns (removed ids, foreign entries left alone).
+
+    Never walks the repository: one top-level listing, the index, and a listing of each
+    folder the index does not hold (running, interrupted, foreign, or complete but not yet
+    indexed: those are added to the index)."""
+    from opsctl.backup import index, record
+
+    gone: list[str] = []
+    folders, files = repo.folders()
+    foreign = sorted({f for f in files if f not in (record.NAME, index.NAME)}
+                     | {f + "/" for f in folders if f not in record.OWN_AREAS and not record.ID.fullmatch(f)})
+    encrypted = rec.encrypted if rec is not None else repo.key is not None
+    known = index.read(repo, repo.key, encrypted) if rec is not None else None
+    for backup_id in sorted(f for f in folders if record.ID.fullmatch(f) and (known is None or f not in known)):
+        names = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
+        if mf.NAME in names:
+            continue  # complete, not yet in the index: the next listing adds it
+        if mf.IN_PROGRESS not in names:
+            foreign.append(backup_id + "/")
+            continue
+        entry = catalog._unfinished(repo, backup_id)
         if entry.status == "incomplete":
             repo.abort_uploads(f"{entry.id}/")
             repo.delete_prefix(f"{entry.id}/")
@@ -101,8 +118,8 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         repo.key = key
         from opsctl.backup import record
 
-        record.ensure(repo, key)
-        cleaned, foreign = clean_abandoned(repo)
+        rec, _ = record.ensure(repo, key)
+        cleaned, foreign = clean_abandoned(repo, rec)
         backup_id = catalog.new_id(started)
         repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
     except BaseException:
@@ -157,6 +174,9 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     # the start record stays, marked done: it keeps the folder opsctl's for good (a folder
     # with neither it nor a manifest is another tool's, never touched)
     repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started, done=True))
+    from opsctl.backup import index
+
+    index.update(repo, key, rec.encrypted, {backup_id: index.summary(m)})
     result = CreateResult(id=backup_id, repository=repo.url, components=m.components, raw_bytes=m.raw_bytes,
                           stored_bytes=m.stored_bytes, ratio=round(m.raw_bytes / m.stored_bytes, 2) if m.stored_bytes else 0.0,
                           seconds=m.seconds, encrypted=key is not None, key_id=m.key_id, cleaned=cleaned,

@@ -121,9 +121,13 @@ def ensure(repo: Repository, key: BackupKey | None) -> tuple[RepositoryRecord, l
     empty location; returns (record, foreign entries found). UsageError when the command
     contradicts the repository or the location holds something that is not opsctl's."""
     rec = read(repo, key)
-    names = repo.names()
-    ours, foreign = layout(names)
+    folders, files = repo.folders()  # one listing that does not descend into the backups
+    foreign = sorted({f for f in files if f not in (NAME, "opsctl-catalog.json")}
+                     | {f + "/" for f in folders if f not in OWN_AREAS and not ID.fullmatch(f)})
     if rec is None:
+        # backups of an opsctl from before the record: each id folder must hold opsctl's files
+        foreign += sorted(f + "/" for f in folders if ID.fullmatch(f) and not
+                          any(n.rsplit("/", 1)[-1] in OWN_FILES for n in repo.names(f + "/")))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise UsageError(f"{repo.url} is not empty and is not an opsctl backup repository (no {NAME}): "
@@ -133,6 +137,10 @@ def ensure(repo: Repository, key: BackupKey | None) -> tuple[RepositoryRecord, l
                                created_at=dt.datetime.now(dt.timezone.utc))
         rec.seal(key)
         repo.put_bytes(NAME, rec.model_dump_json().encode())
+        if not folders:  # an empty location: its catalog index starts empty (index.py)
+            from opsctl.backup import index
+
+            index.write(repo, {}, key, rec.encrypted)
         return rec, foreign
     if rec.encrypted and key is None:
         raise UsageError(f"repository {repo.url} is encrypted (key id {rec.key_id}): --no-encrypt is refused; "

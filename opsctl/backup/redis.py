@@ -1,7 +1,7 @@
 """Redis: a fresh RDB snapshot out, and a checked load back in through a scratch server.
 
 Backup: BGSAVE inside MULTI with INFO keyspace, so the key counts recorded are those at
-the fork, then wait for LASTSAVE to move and stream the RDB file (the server must be on
+the fork, then wait for `INFO persistence` to show it finished and stream the RDB file (the server must be on
 this machine: the embedded platform; ElastiCache gets native snapshots instead).
 Restore mirrors PostgreSQL's new-database-then-swap, all or nothing: the RDB is loaded by a
 scratch redis-server on 127.0.0.1 (a damaged file fails there, away from the live cache), its
@@ -37,9 +37,6 @@ def snapshot(url: str, timeout: float = 600.0) -> tuple[Path, dict]:
     import redis
 
     r = _client(url)
-    before = r.lastsave()
-    while int(time.time()) <= int(before.timestamp()):
-        time.sleep(0.05)  # LASTSAVE has 1 s resolution: make sure ours is a later second
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -52,9 +49,11 @@ def snapshot(url: str, timeout: float = 600.0) -> tuple[Path, dict]:
             if "in progress" not in str(exc) or time.monotonic() > deadline:
                 raise OperationFailed(f"redis BGSAVE failed: {exc}") from None
             time.sleep(0.1)
+    # BGSAVE forks before it answers, so from here INFO persistence shows ours in progress
+    # until its child has renamed the new RDB into place (no wait for LASTSAVE's next second)
     while True:
         p = r.info("persistence")
-        if not p["rdb_bgsave_in_progress"] and r.lastsave() > before:
+        if not p["rdb_bgsave_in_progress"]:
             break
         if time.monotonic() > deadline:
             raise OperationFailed(f"redis BGSAVE did not finish within {timeout:.0f} s")

@@ -51,6 +51,14 @@ class Repository(ABC):
         for name in names:
             self.delete_prefix(name)
 
+    def folders(self) -> tuple[set[str], set[str]]:
+        """(top-level folder names, top-level file names): one listing that does not descend."""
+        folders, files = set(), set()
+        for name in self.names():
+            top, sep, _ = name.partition("/")
+            (folders if sep else files).add(top)
+        return folders, files
+
     def put_bytes(self, name: str, data: bytes) -> None:
         self.put(name, [data])
 
@@ -99,6 +107,14 @@ class S3Repository(Repository):
             for obj in page.get("Contents", []):
                 out[obj["Key"][len(base):]] = obj["Size"]
         return out
+
+    def folders(self) -> tuple[set[str], set[str]]:
+        folders, files = set(), set()
+        base = self._key("")
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
+            folders |= {p["Prefix"][len(base):].rstrip("/") for p in page.get("CommonPrefixes", [])}
+            files |= {o["Key"][len(base):] for o in page.get("Contents", [])}
+        return folders, files
 
     def delete_prefix(self, prefix: str) -> int:
         names = list(self.names(prefix))
@@ -183,23 +199,41 @@ class FileRepository(Repository):
             while block := fh.read(BLOCK):
                 yield block
 
-    def _files(self, prefix: str) -> Iterator[Path]:
-        # walk only the folder the prefix is in: deleting one backup never walks the repository
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
+        """(name, entry) of every file under `prefix`, walking only the folder the prefix is
+        in (os.scandir: deleting or listing one backup never walks the repository)."""
         head, _, tail = prefix.rpartition("/")
-        folder = self.root.joinpath(*head.split("/")) if head else self.root
-        if not folder.is_dir():
+        folder = os.path.join(self.root, *head.split("/")) if head else str(self.root)
+        base = head + "/" if head else ""
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for entry in folder.iterdir():
-            if not entry.name.startswith(tail):
-                continue
-            if entry.is_file():
-                yield entry
-            elif entry.is_dir():
-                yield from (p for p in entry.rglob("*") if p.is_file())
+        stack = [(base, e) for e in entries if e.name.startswith(tail)]
+        while stack:
+            rel, entry = stack.pop()
+            if entry.is_dir(follow_symlinks=False):
+                stack.extend((rel + entry.name + "/", e) for e in os.scandir(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                yield rel + entry.name, entry
+
+    def _files(self, prefix: str) -> Iterator[Path]:
+        for name, entry in self._walk(prefix):
+            yield Path(entry.path)
 
     def names(self, prefix: str = "") -> dict[str, int]:
-        return {p.relative_to(self.root).as_posix(): p.stat().st_size
-                for p in self._files(prefix) if not p.name.endswith(PARTIAL)}
+        return {name: entry.stat(follow_symlinks=False).st_size
+                for name, entry in self._walk(prefix) if not name.endswith(PARTIAL)}
+
+    def folders(self) -> tuple[set[str], set[str]]:
+        folders, files = set(), set()
+        if self.root.is_dir():
+            for entry in os.scandir(self.root):
+                if entry.is_dir(follow_symlinks=False):
+                    folders.add(entry.name)
+                elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(PARTIAL):
+                    files.add(entry.name)
+        return folders, files
 
     def delete_prefix(self, prefix: str) -> int:
         files = list(self._files(prefix))

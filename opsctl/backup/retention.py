@@ -67,7 +67,7 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
                          "or set backup.retention in opsctl.yaml")
     scan = catalog.scan(repo)
     entries = scan.entries
-    complete = [(e.id, e.manifest.created_at, e.verified) for e in entries if e.complete]
+    complete = [(e.id, e.created_at, e.verified) for e in entries if e.complete]
     keep = select(complete, keep_last, keep_daily, keep_weekly, keep_monthly)
     result = PruneResult(dry_run=dry_run, reasons=keep)
     result.kept = [bid for bid, _, _ in complete if bid in keep]
@@ -82,6 +82,11 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
             remove(repo, bid)
         for bid in result.removed + result.damaged:
             remove(repo, bid)
+        gone = result.removed + result.damaged
+        if gone and scan.record is not None:
+            from opsctl.backup import index
+
+            index.update(repo, getattr(repo, "key", None), scan.record.encrypted, {bid: None for bid in gone})
     return result
 
 

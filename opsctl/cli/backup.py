@@ -62,14 +62,28 @@ def create(
 
 
 @app.command("list")
-def list_(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+def list_(
+    env: EnvOpt = "local",
+    limit: Annotated[int | None, typer.Option("--limit", min=0, help="Only the newest N backups.")] = None,
+    since: Annotated[str | None, typer.Option("--since", metavar="YYYY-MM-DD", help="Only backups created on or after this day (UTC).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Backups in the repository, from its manifests (any machine sees the same catalog)."""
+    import datetime as dt
+
     from opsctl.backup import catalog
     from opsctl.backup.repository import for_environment
+    from opsctl.errors import UsageError
     from opsctl.output import emit
 
+    start = None
+    if since is not None:
+        try:
+            start = dt.datetime.combine(dt.date.fromisoformat(since), dt.time(), dt.timezone.utc)
+        except ValueError:
+            raise UsageError(f"--since '{since}' is not a date; use YYYY-MM-DD") from None
     repo = for_environment(*environment(env))
-    doc = catalog.rows(repo)
+    doc = catalog.rows(repo, limit, start)
     rows = doc["backups"]
     state = ("not initialised" if not doc["initialised"] else
              f"encrypted, key id {doc['key_id']}" + ("" if doc["authenticated"] else " (no key: not authenticated)")

@@ -71,7 +71,8 @@ def _plant(benv, seeded) -> str:
     from opsctl.backup.pipeline import StreamStats, pack
 
     repo = benv.repo()
-    real = next(e.manifest for e in reversed(catalog.entries(repo)) if e.complete and e.manifest.redis)
+    real_id = next(e.id for e in reversed(catalog.entries(repo)) if e.complete and "redis" in e.components)
+    real = mf.parse(repo.get_bytes(f"{real_id}/{mf.NAME}"), real_id)
     live = redis.Redis.from_url(seeded.redis_url)
     live.set("bk:planted", "attacker's value")
     path, info = rdb.snapshot(seeded.redis_url)

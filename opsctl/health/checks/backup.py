@@ -49,8 +49,11 @@ def _from_catalog(repository: str, root: Path, endpoints) -> dt.datetime | None:
     from opsctl.backup.repository import open_repository
 
     repo = open_repository(repository, SimpleNamespace(root=root), endpoints)
-    done = [e.manifest.finished_at for e in catalog.entries(repo) if e.complete and e.manifest]
-    return max((d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc) for d in done), default=None)
+    newest = catalog.newest_complete(repo)  # the catalog index: constant in the number of backups
+    if newest is None:
+        return None
+    done = newest[1]
+    return done if done.tzinfo else done.replace(tzinfo=dt.timezone.utc)
 
 
 def newest_backup(repository: str, root: Path, endpoints) -> tuple[dt.datetime | None, str]:
