@@ -35,6 +35,7 @@ class Verdict:
     ok: bool
     detail: str
     skipped: bool = False  # nothing could be checked from here; the step shows "skipped"
+    gone: bool = False  # the checked process no longer accepts connections
 
 
 def _words(text: str) -> list[str]:
@@ -85,11 +86,19 @@ def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Ve
     return Verdict(ok, f"word error {wer:.2f} (limit {MAX_WORD_ERROR}): heard {heard.strip()!r}")
 
 
+# Post-promotion: consecutive failed /readyz probes that fail the analysis, as a Kubernetes
+# readinessProbe's failureThreshold: a worker saturated by real traffic may miss one probe
+# (its dependency pings time out) without being broken. A refused connection fails at once.
+READY_FAILURES = 3
+
+
 def ready_check(base_url: str) -> Verdict:
     try:
         resp = httpx.get(f"{base_url}/readyz", timeout=5)
+    except httpx.ConnectError as exc:
+        return Verdict(False, f"/readyz refused the connection, the process is gone: {exc}", gone=True)
     except httpx.HTTPError as exc:
-        return Verdict(False, f"/readyz unreachable: {exc}")
+        return Verdict(False, f"/readyz unreachable: {exc!r}")
     return Verdict(resp.status_code == 200, f"/readyz {resp.status_code}")
 
 
@@ -199,15 +208,23 @@ def post_promotion(color_url: str | None, router_url: str | None, window: float,
     except ScrapeError as exc:
         return Verdict(False, f"cannot read the promoted color's metrics: {exc}")
     deadline = time.monotonic() + window
-    probes = failed_probes = 0
+    probes = failed_probes = misses = 0
     while time.monotonic() < deadline:
         if router_url:
             probes += 1
             if not transcribe_check(router_url, headers, timeout=max(window, 30)).ok:
                 failed_probes += 1
-        if not ready_check(color_url).ok:
-            return Verdict(False, "promoted color stopped being ready during the analysis window")
+        ready = ready_check(color_url)
+        misses = 0 if ready.ok else misses + 1
+        if ready.gone or misses >= READY_FAILURES:
+            return Verdict(False, f"promoted color stopped being ready during the analysis window ({ready.detail})")
         time.sleep(min(probe_every, max(0.0, deadline - time.monotonic())))
+    while 0 < misses < READY_FAILURES:  # not ready when the window closed: settle it either way
+        time.sleep(probe_every)
+        ready = ready_check(color_url)
+        misses = 0 if ready.ok else (READY_FAILURES if ready.gone else misses + 1)
+    if misses:
+        return Verdict(False, f"promoted color stopped being ready during the analysis window ({ready.detail})")
     try:
         after = scrape(color_url, headers)
     except ScrapeError as exc:

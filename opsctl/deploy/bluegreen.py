@@ -90,6 +90,18 @@ def known_good(driver: Driver) -> tuple[str | None, str | None]:
     return active, (colors[active].version if active in colors else None)
 
 
+def close_steps(record: DeployRecord, moved: bool) -> None:
+    """The steps a killed deploy left `running`: a switch the platform shows as done is ok,
+    any other is failed where the process died."""
+    for step in record.steps:
+        if step.status != "running":
+            continue
+        if step.name == "switch" and moved:
+            step.status, step.detail = "ok", f"{step.detail} (the process stopped before recording it)".strip()
+        else:
+            step.status, step.detail = "failed", step.detail or "interrupted: the deploying process stopped"
+
+
 def reap(driver: Driver, force: bool = False) -> list[str]:
     """Finish what earlier deploys left: overdue standbys stopped, abandoned colors removed.
 
@@ -115,6 +127,7 @@ def reap(driver: Driver, force: bool = False) -> list[str]:
         stopped.append(color)
     for record in history:
         if record.outcome == "in-progress" and not (record is history[-1] and switched(driver, record)):
+            close_steps(record, moved=False)
             record.outcome, record.reason = "interrupted", "the deploying process stopped before the switch; cleaned up later"
             record.finished_at = now()
             driver.save(record)
@@ -129,9 +142,7 @@ def settle(driver: Driver, env: Environment, opts: "Options") -> DeployRecord | 
     record = unfinished(driver)
     if record is None or not switched(driver, record):
         return None
-    for step in record.steps:
-        if step.status == "running":  # where the process died
-            step.status, step.detail = "failed", step.detail or "interrupted: the deploying process stopped"
+    close_steps(record, moved=True)
     run = _Run(driver, record, opts.notify)
     with run.step("resume") as s:
         driver.switch(record.to_color)  # re-assert it: the killed process may not have recorded it
@@ -299,9 +310,11 @@ def abort(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
         if record is None or record.outcome not in ("awaiting-promotion", "in-progress"):
             state = f"the last deploy ({record.version}) is {record.outcome}" if record else "no deploy was recorded"
             raise UsageError(f"nothing to abort: {state}")
+        moved = record.outcome == "in-progress" and switched(driver, record)
+        close_steps(record, moved)
         run = _Run(driver, record, opts.notify)
         good = record.from_color
-        if record.outcome == "in-progress" and switched(driver, record):
+        if moved:
             if good is None:
                 raise OperationFailed(f"deploy {record.id} moved traffic to {record.to_color} on an environment with no "
                                       "earlier color; nothing to return to ('opsctl promote' finishes its analysis)")

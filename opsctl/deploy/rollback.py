@@ -90,6 +90,7 @@ def _return_to_known_good(driver: Driver, env: Environment, interrupted: DeployR
     step.status, step.seconds = "ok", round(time.monotonic() - began, 3)
     opts.notify(step)
     record.steps.append(step)
+    bluegreen.close_steps(interrupted, moved=True)
     interrupted.outcome, interrupted.finished_at = "rolled-back", record.started_at
     interrupted.reason = f"interrupted after the switch; 'opsctl rollback' returned traffic to {good}"
     driver.save(interrupted)
