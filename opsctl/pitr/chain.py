@@ -211,9 +211,14 @@ def _check(repo, key, sysid, file, objs, inv: Inventory, bad_at: dict, n: int | 
 
 
 def _stage(stage: Path, file: str, plain: bytes) -> None:
-    stage.mkdir(parents=True, exist_ok=True)
+    """Decrypted WAL is the database's data: 0600 files in a 0700 folder."""
+    import os
+
+    stage.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = stage / f".{file}.tmp"
-    tmp.write_bytes(plain)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(plain)
     tmp.replace(stage / file)
 
 

@@ -253,7 +253,7 @@ def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int]:
                     return port, pid
         except psycopg.Error:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     pg.stop(pid)
     raise OperationFailed(f"recovery did not finish within {timeout:.0f} s; read {log}; nothing live was changed")
 

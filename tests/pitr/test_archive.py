@@ -87,3 +87,14 @@ def test_repository_down_never_stops_the_database(pitr):
     assert all(any(n.startswith(layout.wal_prefix(pitr.sysid()) + q + ".") for n in names) for q in queued)
     assert not [p for p in queue.iterdir() if not p.name.startswith(".")]
     assert st.load(st.folder_for(pitr.root)).components["archiver"].pid
+
+
+def test_staged_wal_for_a_restore_is_private(tmp_path):
+    import stat
+
+    from opsctl.pitr import chain
+
+    stage = tmp_path / "stage"
+    chain._stage(stage, "000000010000000000000001", b"wal bytes")
+    assert stat.S_IMODE(stage.stat().st_mode) == 0o700
+    assert stat.S_IMODE((stage / "000000010000000000000001").stat().st_mode) == 0o600
