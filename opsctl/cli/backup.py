@@ -186,6 +186,12 @@ def restore(
     if to_time is not None or to_lsn is not None or beside:
         from opsctl.cli.pitr import restore_to
 
+        if backup_id or date or latest or components or target_db:
+            from opsctl.errors import UsageError
+
+            raise UsageError("--to-time/--to-lsn/--beside restore from base backups and WAL; they don't combine "
+                             "with --id, --date, --latest, --components or --target-db")
+
         return restore_to(env, to_time, to_lsn, beside, yes, confirm_env, as_json, target_instance)
     from opsctl.backup import restore as core
     from opsctl.output import emit

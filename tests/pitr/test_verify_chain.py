@@ -112,3 +112,21 @@ def test_restore_before_a_gap_still_works(pitr, batches, runner):
             + pitr.sql("select count(*) from events where note not in ('a', 'b', 'c')")[0][0]
     finally:
         shutil.move(aside, target)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--to-time", "2026-01-01T00:00:00"], "no time zone"),
+    (["--to-time", "soon"], "not a time"),
+    (["--to-lsn", "zz/1"], "not an LSN"),
+    (["--to-lsn", "FFF/0"], "beyond the archived WAL"),
+    (["--to-time", "2999-01-01T00:00:00Z"], "beyond the newest restorable time"),
+    (["--to-time", "latest", "--to-lsn", "0/1"], "give one of"),
+    (["--to-time", "latest", "--latest"], "don't combine"),
+    (["--beside"], "give one of"),
+])
+def test_bad_restore_targets_exit_2_and_change_nothing(pitr, batches, runner, args, message):
+    before = _live(pitr)
+    r = pitr.cli(runner, "restore", *args, "--yes")
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert _live(pitr) == before
