@@ -57,7 +57,7 @@ def snapshot(url: str, timeout: float = 600.0) -> tuple[Path, dict]:
             break
         if time.monotonic() > deadline:
             raise OperationFailed(f"redis BGSAVE did not finish within {timeout:.0f} s")
-        time.sleep(0.05)
+        time.sleep(0.01)
     if p["rdb_last_bgsave_status"] != "ok":
         raise OperationFailed("redis BGSAVE failed; see the redis log")
     path = Path(r.config_get("dir")["dir"]) / r.config_get("dbfilename")["dbfilename"]
@@ -112,7 +112,12 @@ def check_room(source_url: str, target_url: str, dbs: list[int]) -> dict[int, in
         raise OperationFailed(f"the Redis restore needs about {dataset >> 10} KiB beside the live data "
                               f"({used >> 10} KiB used) and maxmemory is {limit >> 10} KiB; nothing was changed: "
                               "raise maxmemory (CONFIG SET maxmemory) or free memory, then restore again")
-    count = int(dst.config_get("databases").get("databases", 16))
+    import redis
+
+    try:
+        count = int(dst.config_get("databases").get("databases", 16))
+    except redis.ResponseError:  # CONFIG disabled (managed Redis): the default
+        count = 16
     used_dbs = {int(n[2:]) for n in dst.info("keyspace") if n.startswith("db")} | set(dbs)
     spares = [d for d in range(count) if d not in used_dbs]
     if len(spares) < len(dbs):
