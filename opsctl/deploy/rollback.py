@@ -30,7 +30,8 @@ def rollback(driver: Driver, env: Environment, to_version: str | None,
              opts: bluegreen.Options) -> DeployRecord:
     with driver.lock():
         interrupted = bluegreen.unfinished(driver)
-        if interrupted is not None and bluegreen.switched(driver, interrupted) and to_version is None:
+        if interrupted is not None and bluegreen.switched(driver, interrupted) \
+                and to_version in (None, interrupted.from_version):
             return _return_to_known_good(driver, env, interrupted, opts)
         active = driver.active_color()
         colors = driver.colors()

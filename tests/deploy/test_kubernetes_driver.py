@@ -517,3 +517,11 @@ async def test_a_preview_that_cannot_grow_keeps_traffic_where_it_was(cluster):
     assert result.exit_code == 1 and "traffic stays on blue" in result.stderr
     assert _selectors(cluster) == ["blue"] and _replicas(cluster, "green") == 0
     assert cluster.history()[-1]["outcome"] == "failed"
+
+
+async def test_killed_after_switch_then_rollback_to_the_known_good_version(cluster):
+    await _kill_after_switch(cluster, "1.1.0")
+    result = await cluster.opsctl("rollback", "--to", "1.0.0", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert _selectors(cluster) == ["blue", "green", "blue"]
+    assert [(r["version"], r["outcome"]) for r in cluster.history()][1:] == [("1.1.0", "rolled-back"), ("1.0.0", "promoted")]
