@@ -52,7 +52,8 @@ def _load_model(state: State) -> None:
     s = state.settings
     try:
         state.transcriber = Transcriber(s.model_path, s.device, s.compute_type, s.concurrency,
-                                        s.cpu_threads, s.beam_size, s.model_name)
+                                        s.cpu_threads, s.beam_size, s.model_name, s.batch_size,
+                                        s.batched_min_seconds)
     except Exception as exc:  # a model that cannot load is fatal: let the supervisor see it
         state.model_error = f"{type(exc).__name__}: {exc}"
         log.error("model failed to load, stopping", extra={"error": state.model_error})
@@ -62,6 +63,7 @@ def _load_model(state: State) -> None:
     metrics.MODEL_LOADED.set(1)
     log.info("model loaded", extra={"model": s.model_name, "path": str(s.model_path),
                                     "device": s.device, "compute_type": s.compute_type,
+                                    "batch_size": state.transcriber.batch_size,
                                     "seconds": round(state.transcriber.load_seconds, 3)})
 
 

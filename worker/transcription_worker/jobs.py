@@ -117,11 +117,14 @@ class WorkQueue:
 
 
 def transcribe_audio(transcriber: Transcriber, audio, options: Options, source: str) -> dict:
-    """Run the model and record its throughput (runs on a queue thread)."""
-    started = time.perf_counter()
-    result = transcriber.transcribe(audio, options)
-    elapsed = time.perf_counter() - started
+    """Run the model and record its throughput (runs on a queue thread). Jobs, and sync audio
+    of at least WORKER_BATCHED_MIN_SECONDS, take the batched pipeline."""
     seconds = len(audio) / 16_000
+    batched = transcriber.batched_for(seconds, source)
+    started = time.perf_counter()
+    result = transcriber.transcribe(audio, options, batched=batched)
+    elapsed = time.perf_counter() - started
+    metrics.TRANSCRIPTIONS.labels("batched" if batched else "sequential").inc()
     metrics.AUDIO_SECONDS.labels(source).inc(seconds)
     metrics.TRANSCRIPTION_SECONDS.observe(elapsed)
     if seconds > 0:

@@ -19,6 +19,8 @@ AUDIO_DECODED_SECONDS = Counter(
 TRANSCRIPTION_SECONDS = Histogram(
     "worker_transcription_duration_seconds", "Wall time of one transcription",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+TRANSCRIPTIONS = Counter("worker_transcriptions_total", "Model runs by pipeline (batched with VAD, or"
+                         " the sequential long-form loop)", ["pipeline"])
 REALTIME_FACTOR = Histogram(
     "worker_realtime_factor", "Processing seconds per audio second (below 1: faster than real time)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5))
@@ -38,6 +40,8 @@ for _status in ("created", "deduplicated", "succeeded", "failed", "adopted", "ab
     JOBS.labels(_status)
 for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds"):
     RATE_LIMITED.labels(_limit)
+for _pipeline in ("batched", "sequential"):
+    TRANSCRIPTIONS.labels(_pipeline)
 for _source in ("sync", "job"):
     AUDIO_SECONDS.labels(_source)
 

@@ -217,12 +217,48 @@ class Options:
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def default_batch_size(device: str, cores: int | None = None, gpu_memory_mb: int | None = None) -> int:
+    """The batch size WORKER_BATCH_SIZE=0 stands for, sized from the device.
+
+    CPU: 4 per core, between 4 and 16 (8 on 2 cores, where batch 8 measured 17-20x real time
+    against 4-9x for the sequential loop). GPU: 2 per GiB of device memory, between 8 and 64
+    (Whisper base needs well under 0.5 GiB per batch item at float16); 16 when the memory
+    cannot be read (no `nvidia-smi`).
+    """
+    if device == "cuda":
+        if gpu_memory_mb is None:
+            gpu_memory_mb = _gpu_memory_mb()
+        return 16 if gpu_memory_mb is None else max(8, min(64, 2 * gpu_memory_mb // 1024))
+    cores = cores or os.cpu_count() or 1
+    return max(4, min(16, 4 * cores))
+
+
+def _gpu_memory_mb() -> int | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
 class Transcriber:
     """One loaded WhisperModel shared by the worker threads (CTranslate2 runs `num_workers`
-    transcriptions truly in parallel; each gets `cpu_threads` intra-op threads)."""
+    transcriptions truly in parallel; each gets `cpu_threads` intra-op threads).
+
+    Two ways through the model: faster-whisper's sequential long-form loop
+    (`WhisperModel.transcribe`, each 30 s window conditioned on the previous one's text), and
+    its `BatchedInferencePipeline` (Silero VAD cuts the audio into speech chunks of at most
+    30 s, decoded independently, `batch_size` at a time). The batched path is used for audio
+    of at least `batched_min_seconds` and for every job; `batched_min_seconds=0` sends all
+    audio through it, a negative value none.
+    """
 
     def __init__(self, path: Path, device: str, compute_type: str, concurrency: int,
-                 cpu_threads: int, beam_size: int, name: str):
+                 cpu_threads: int, beam_size: int, name: str, batch_size: int = 0,
+                 batched_min_seconds: float = 0):
         from faster_whisper import WhisperModel
 
         if not (Path(path) / "model.bin").is_file():
@@ -236,18 +272,42 @@ class Transcriber:
         self.load_seconds = time.perf_counter() - started
         self.beam_size = beam_size
         self.name = name
+        self.batch_size = batch_size or default_batch_size(device)
+        self.batched_min_seconds = batched_min_seconds
 
-    def transcribe(self, audio: np.ndarray, options: Options) -> dict[str, Any]:
-        """Run Whisper; returns the verbose_json document every response format is made from."""
-        temperature: Any = options.temperature or [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-        segments, info = self.model.transcribe(
-            audio, language=options.language, initial_prompt=options.prompt,
-            temperature=temperature, beam_size=self.beam_size,
-            word_timestamps=options.word_timestamps)
+    def batched_for(self, seconds: float, source: str = "sync") -> bool:
+        """Whether audio of `seconds` takes the batched pipeline (jobs always do)."""
+        if self.batched_min_seconds < 0:
+            return False
+        return source == "job" or seconds >= self.batched_min_seconds
+
+    def transcribe(self, audio: np.ndarray, options: Options, batched: bool = False) -> dict[str, Any]:
+        """Run Whisper; returns the verbose_json document every response format is made from.
+
+        On the batched path `temperature` is used as given (0 means greedy/beam at 0, without
+        the sequential loop's fallback to higher temperatures), `prompt` is given to every
+        speech chunk (not only the first window), and silence the VAD removes yields no
+        segment at all.
+        """
+        if batched:
+            from faster_whisper import BatchedInferencePipeline
+
+            # a pipeline per call: it keeps per-transcription state (last_speech_timestamp)
+            segments, info = BatchedInferencePipeline(self.model).transcribe(
+                audio, language=options.language, initial_prompt=options.prompt,
+                temperature=options.temperature, beam_size=self.beam_size,
+                word_timestamps=options.word_timestamps, batch_size=self.batch_size,
+                vad_filter=True)  # without_timestamps stays True: WER 0.08 against 0.12 here
+        else:
+            temperature: Any = options.temperature or [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+            segments, info = self.model.transcribe(
+                audio, language=options.language, initial_prompt=options.prompt,
+                temperature=temperature, beam_size=self.beam_size,
+                word_timestamps=options.word_timestamps)
         out_segments, words = [], []
         for seg in segments:  # a generator: the decoding happens here
             out_segments.append({
-                "id": seg.id - 1 if seg.id else len(out_segments), "seek": seg.seek,
+                "id": len(out_segments), "seek": seg.seek,
                 "start": round(float(seg.start), 3), "end": round(float(seg.end), 3), "text": seg.text,
                 "tokens": list(seg.tokens), "temperature": seg.temperature,
                 "avg_logprob": seg.avg_logprob, "compression_ratio": seg.compression_ratio,

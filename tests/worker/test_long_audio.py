@@ -1,0 +1,63 @@
+"""Long audio goes through faster-whisper's BatchedInferencePipeline with VAD (issue 24);
+short synchronous requests keep the sequential loop. Accuracy is bounded by word error rate
+(jiwer) against the text the recordings were spoken from."""
+
+from __future__ import annotations
+
+import pytest
+from worker_helpers import long_recording, padded, sample, to_flac, wait_for_job, wer
+
+pytestmark = pytest.mark.integration
+
+
+def pipelines(worker) -> tuple[float, float]:
+    text = worker.metrics()
+    runs = {}
+    for line in text.splitlines():
+        if line.startswith("worker_transcriptions_total{"):
+            runs[line.split('pipeline="')[1].split('"')[0]] = float(line.split()[-1])
+    return runs.get("batched", 0.0), runs.get("sequential", 0.0)
+
+
+def test_long_recording_is_batched_with_words_and_accurate(http, worker):
+    """80 s of varied speech (five speeds), sent as FLAC, with word timestamps."""
+    wav, reference = long_recording(75)
+    audio = to_flac(wav)
+    batched, sequential = pipelines(worker)
+    r = http.post("/v1/audio/transcriptions", files={"file": ("long.flac", audio)},
+                  data={"response_format": "verbose_json", "timestamp_granularities[]": "word",
+                        "language": "en"}, headers={"Cache-Control": "no-cache"})
+    assert r.status_code == 200, r.text
+    assert pipelines(worker) == (batched + 1, sequential)
+    body = r.json()
+    assert body["language"] == "en" and abs(body["duration"] - 80.6) < 0.5
+    assert wer(reference, body["text"]) < 0.15, body["text"]
+    starts = [w["start"] for w in body["words"]]
+    assert len(body["words"]) > 150 and starts == sorted(starts) and starts[-1] > 70
+    assert all(w["start"] <= w["end"] for w in body["words"])
+    assert [s["id"] for s in body["segments"]] == list(range(len(body["segments"])))
+    assert body["segments"][-1]["end"] <= body["duration"] + 0.5
+    assert wer(reference, " ".join(s["text"] for s in body["segments"])) < 0.15
+
+
+def test_short_sync_request_keeps_the_sequential_loop(http, worker):
+    batched, sequential = pipelines(worker)
+    audio, text = padded("weather", 1701), sample("weather")[1]
+    r = http.post("/v1/audio/transcriptions", files={"file": ("w.wav", audio)})
+    assert r.status_code == 200 and wer(text, r.json()["text"]) < 0.3
+    assert pipelines(worker) == (batched, sequential + 1)
+
+
+def test_jobs_are_batched_and_honour_language(http, worker):
+    batched, sequential = pipelines(worker)
+    audio, text = padded("passage", 1702), sample("passage")[1]
+    job = wait_for_job(http, http.post("/v1/jobs", files={"file": ("p.wav", audio)},
+                                       data={"language": "en"}).json()["id"])
+    assert job["status"] == "succeeded" and job["result"]["language"] == "en"
+    assert wer(text, job["result"]["text"]) < 0.1, job["result"]["text"]
+    vtt = http.get(f"/v1/jobs/{job['id']}", params={"response_format": "vtt"}).json()["result"]
+    assert vtt.startswith("WEBVTT\n\n00:00:0")
+    forced = wait_for_job(http, http.post("/v1/jobs", files={"file": ("h.wav", padded("hello", 1703))},
+                                          data={"language": "de"}).json()["id"])
+    assert forced["status"] == "succeeded" and forced["result"]["language"] == "de"
+    assert pipelines(worker) == (batched + 2, sequential)
