@@ -71,10 +71,9 @@ HINTS = {"postgres": "postgres", "redis": "redis-server", "s3": "moto", "router"
 def live_pid(state: st.LocalState, key: str) -> int | None:
     """The component's running process: the PID recorded in the state, else its PID file's."""
     comp = state.components.get(key)
-    for pid in ((comp.pid if comp else None), procs.read_pidfile(state.pidfile(key))):
-        if procs.alive(pid, HINTS[key]):
-            return pid
-    return None
+    if comp is not None and procs.alive(comp.pid, HINTS[key]):
+        return comp.pid
+    return procs.pidfile_owner(state.pidfile(key), HINTS[key])
 
 
 def _stop_any(state: st.LocalState, key: str, pid: int, port: int | None = None,

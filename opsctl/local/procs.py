@@ -71,6 +71,21 @@ def read_pidfile(path: Path) -> int | None:
         return None
 
 
+def pidfile_owner(path: Path, cmd_hint: str | None = None) -> int | None:
+    """The live process a PID file names, or None. A process that started after the file was
+    written is a reuse of that PID by someone else (the file is written by the process itself,
+    right after it starts), never ours."""
+    pid = read_pidfile(path)
+    if not alive(pid, cmd_hint):
+        return None
+    try:
+        if psutil.Process(pid).create_time() > path.stat().st_mtime + 1.0:
+            return None
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+        return None
+    return pid
+
+
 def alive(pid: int | None, cmd_hint: str | None = None) -> bool:
     """True if the PID runs, and (with a hint) still is the program we started, not a reuse."""
     if not pid:
