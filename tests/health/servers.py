@@ -164,7 +164,7 @@ class _Ok(_Quiet):
 class BigBody(_Server):
     """`/big` answers 200 with `size` bytes (streamed, never held in memory) and counts the
     bytes it managed to send before the client hung up; `/moved` redirects to `/big`,
-    `/json` answers a small JSON document."""
+    `/json` answers a small JSON document, `/loop` redirects to itself."""
 
     def __init__(self, size: int):
         self.size = size
@@ -175,6 +175,12 @@ class BigBody(_Server):
 class _Big(_Quiet):
     def do_GET(self) -> None:
         owner = self.server.owner
+        if self.path == "/loop":  # redirects to itself for ever
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path == "/moved":
             self.send_response(301)
             self.send_header("Location", "/json")

@@ -44,6 +44,27 @@ def test_redirects_are_followed_by_default_and_not_when_a_check_says_so(tmp_path
     assert results["sees-301"].status == Status.OK
 
 
+def test_a_failing_check_reports_its_own_severity_whatever_the_cause(tmp_path, server):
+    """A redirect loop, a refused connection or a failed condition of a `severity: warning`
+    check is a WARNING, never CRITICAL; the same failures of a critical check are CRITICAL."""
+    refused = f"http://127.0.0.1:{procs.free_port()}/readyz"
+    checks = []
+    for severity in ("warning", "critical"):
+        checks += [
+            {"name": f"loop-{severity}", "url": f"{server.url}/loop", "conditions": ["[STATUS] == 200"],
+             "severity": severity},
+            {"name": f"refused-{severity}", "url": refused, "conditions": ["[STATUS] == 200"], "severity": severity},
+            {"name": f"status-{severity}", "url": f"{server.url}/json", "conditions": ["[STATUS] == 201"],
+             "severity": severity},
+        ]
+    results = _sweep(tmp_path, checks)
+    for severity, expected in (("warning", Status.WARNING), ("critical", Status.CRITICAL)):
+        loop = results[f"loop-{severity}"]
+        assert loop.status == expected and "too many redirects" in loop.message, (severity, loop.message)
+        assert results[f"refused-{severity}"].status == expected, results[f"refused-{severity}"].message
+        assert results[f"status-{severity}"].status == expected
+
+
 @pytest.mark.parametrize("path", ["/big", "/big-chunked"])
 def test_a_200_mb_body_is_not_read_when_no_condition_needs_it(server, path):
     result = http.probe(f"{server.url}{path}", ["[STATUS] == 200"], timeout=30, slow_ms=60_000)

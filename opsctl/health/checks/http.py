@@ -51,7 +51,8 @@ def probe(url: str, conditions: list[str], timeout: float, slow_ms: float,
     is read only when a condition looks at `[BODY]`, and never more than `max_body` bytes:
     a larger body fails the check without being read whole. Connection failures say why:
     certificate expired (with its date), certificate not trusted, connection refused, name
-    not resolved."""
+    not resolved. Every failure, whatever its cause, has the status `failing` (the check's
+    severity)."""
     import httpx
 
     parsed = [parse(c) for c in conditions]
@@ -81,9 +82,9 @@ def probe(url: str, conditions: list[str], timeout: float, slow_ms: float,
     details = {"target": redact(url, keep_path=True), "http_status": status_code}
     if needs_body:
         details["body_bytes_read"] = read
-    if error:
-        status = failing if connected and status_code is not None else Status.CRITICAL
-        return CheckResult("", "http", status, error, round(elapsed, 1), "ms", details=details)
+    if error:  # every way a check fails reports the check's own severity (a redirect loop, a
+        # timeout, a refused connection of a `severity: warning` check is a WARNING)
+        return CheckResult("", "http", failing, error, round(elapsed, 1), "ms", details=details)
     failed = [shown for ok, shown in (c.evaluate(status_code, elapsed, body, connected) for c in parsed) if not ok]
     if failed:
         return CheckResult("", "http", failing, "failed: " + "; ".join(failed), round(elapsed, 1), "ms",
