@@ -13,6 +13,9 @@ replayed to the target, checked, and swapped in only when it is consistent.
    (`recovery_target_time`/`_lsn`, inclusive, `recovery_target_action = promote`) and runs
    on a free port beside the live server, archiving off. A target recovery can't reach ends
    it with a FATAL, which is reported; nothing live was touched.
+   The recovery runs with fsync off (like pg_restore, whose writes sit in the page cache
+   too): an in-place restore is stopped cleanly and synced (sync(2)) before the swap, so
+   the data is durable before it is live; a `--beside` copy is scratch and stays so.
 4. Check: recovery ended and the server was promoted; the last replayed commit (the log's
    "last completed transaction") is not after the target; every table of the environment's
    database is read (`count(*)`).
@@ -25,6 +28,7 @@ replayed to the target, checked, and swapped in only when it is consistent.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
 import subprocess
@@ -153,7 +157,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     stage = state.folder / "data" / f"pitr-wal-{stamp}"
     tip_seg = layout.segno(layout.lsn(tip.start_lsn))
     try:
-        inv = chain.inventory(repo, key, sysid, deep=True, stage=stage, start_at=tip_seg, progress=report)
+        inv = chain.inventory(repo, key, sysid, deep=True, stage=stage, start_at=tip_seg, progress=report,
+                              end_times=when is not None)  # dating the window's end reads WAL: only for a time
         window = next((w for w in inv.windows if layout.segno(w.start_lsn) <= tip_seg
                        and layout.parse_segment(w.end_segment)[1] >= layout.segno(layout.lsn(tip.stop_lsn))), None)
         if window is None:
@@ -240,7 +245,7 @@ def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int]:
     port = procs.free_port()
     try:
         pid = pg.start(data, port, log, timeout=timeout,
-                       settings={"archive_mode": "off", "recovery_init_sync_method": "syncfs"})
+                       settings={"archive_mode": "off", "fsync": "off"})
     except OperationFailed:
         raise OperationFailed(f"recovery failed: {_fatal(log)}; nothing live was changed") from None
     deadline = time.monotonic() + timeout
@@ -347,6 +352,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         else:
             pg.stop(pid)
             pid = None
+            os.sync()  # it ran with fsync off: everything it wrote is on disk before it becomes the live one
             result.previous_data_dir = str(_swap(c["project"], env, new, stamp))
             result.data_dir = str(state.data("postgres"))
             phase("swap")
