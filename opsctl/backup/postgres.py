@@ -103,14 +103,32 @@ def conninfo(url: str, dbname: str | None = None) -> str:
 
 def client(url: str, dbname: str | None = None) -> tuple[str, dict[str, str]]:
     """(conninfo without the password, environment for the child) for psql/pg_dump/pg_restore:
-    the password goes in the child's PGPASSWORD, never on a command line."""
+    the password goes in the child's PGPASSWORD, never on a command line.
+
+    A postgresql:// URL is split without psycopg (importing it costs 0.1 s of a core before
+    pg_dump can start); anything else, or a URL urllib can't split, goes through libpq's
+    own parser (params), whose errors are redacted."""
+    env = dict(os.environ)
+    if dbname is None and url.startswith(("postgresql://", "postgres://")):
+        from urllib.parse import unquote, urlsplit, urlunsplit
+
+        try:
+            parts = urlsplit(url)
+            userinfo, at, hosts = parts.netloc.rpartition("@")
+        except ValueError:
+            parts = None
+        if parts is not None and "password" not in parts.query.lower():
+            if not at or ":" not in userinfo:
+                return url, env
+            user, _, password = userinfo.partition(":")
+            env["PGPASSWORD"] = unquote(password)
+            return urlunsplit(parts._replace(netloc=f"{user}@{hosts}")), env
     from psycopg.conninfo import make_conninfo
 
     p = params(url)
     if dbname is not None:
         p["dbname"] = dbname
     password = p.pop("password", None)
-    env = dict(os.environ)
     if password is not None:
         env["PGPASSWORD"] = password
     return make_conninfo(**p), env
@@ -174,14 +192,18 @@ class Dump:
                                         stdout=subprocess.PIPE, stderr=self._session_errors, text=True, env=env)
         try:
             self._send(f"{TIMEOUTS_OFF}\n"
+                       "\\echo :VERSION_NUM\n"  # psql's own version: the bundled tools' major
                        "begin isolation level repeatable read read only;\n"
                        "set local max_parallel_workers_per_gather = 0;\n"  # counting must not starve pg_dump
                        "select json_build_array(current_setting('server_version'), "
                        "current_setting('server_version_num')::int / 10000, current_database(), "
                        "pg_get_userbyid(datdba)) from pg_database where datname = current_database();\n"
                        "select pg_export_snapshot();\n")
+            client_version = self.session.stdout.readline().strip()
             first = self.session.stdout.readline().strip()
             snapshot = self.session.stdout.readline().strip()
+            if client_version.isdigit():
+                _BUNDLED_MAJOR.setdefault(psql, int(client_version) // 10000)
             if not snapshot:
                 raise OperationFailed("connecting to the database for the dump failed: "
                                       f"{_error_line(self._session_errors)}")
@@ -275,8 +297,18 @@ def _error_line(errors) -> str:
 PG_LIB = "/usr/lib/postgresql"  # Debian's side-by-side installs: PG_LIB/<major>/bin
 
 
-@lru_cache(maxsize=None)
+_BUNDLED_MAJOR: dict[str, int] = {}  # psql path -> its major, as psql itself reported it
+
+
 def _major_of(path: str) -> int | None:
+    for psql, major in _BUNDLED_MAJOR.items():
+        if os.path.dirname(psql) == os.path.dirname(path):
+            return major  # the tools of one installation share its version
+    return _probe_major(path)
+
+
+@lru_cache(maxsize=None)
+def _probe_major(path: str) -> int | None:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
