@@ -105,11 +105,15 @@ def write(files: dict[str, str], out: Path) -> list[Path]:
 
 
 _NOT_METRICS = {"sum", "rate", "by", "le", "histogram_quantile", "clamp_min", "max", "avg", "changes",
-                "up", "without", "on", "ignoring", "count", "min", "irate", "increase", "printf"}
+                "up", "without", "on", "ignoring", "count", "min", "irate", "increase", "printf",
+                "label_replace", "vector"}
+# exported by others, not by the worker: kube-state-metrics, opsctl's health exporter, node exporter
+_OTHER_EXPORTERS = ("kube_", "opsctl_", "node_")
 
 
 def metric_names(files: dict[str, str]) -> set[str]:
-    """The metric names the rules and dashboards query (for checking they are exported)."""
+    """The worker's metric names the rules and dashboards query (for checking it exports them);
+    metrics of kube-state-metrics, the health exporter and the node exporter are left out."""
     exprs = [r["expr"] for g in yaml.safe_load(files["alert-rules.yml"])["groups"] for r in g["rules"]]
     board = json.loads(files["dashboards/transcription-worker.json"])
     exprs += [t["expr"] for p in board["panels"] for t in p["targets"]]
@@ -118,6 +122,6 @@ def metric_names(files: dict[str, str]) -> set[str]:
         expr = re.sub(r'\{[^}]*\}', "", expr)  # label matchers
         expr = re.sub(r'"[^"]*"', "", expr)
         for word in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
-            if word not in _NOT_METRICS and "_" in word:
+            if word not in _NOT_METRICS and "_" in word and not word.startswith(_OTHER_EXPORTERS):
                 names.add(re.sub(r"_(bucket|sum|count)$", "", word) if word.endswith("_bucket") else word)
     return names
