@@ -18,6 +18,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+EMPTY_KEY_HASH = hashlib.sha256(b"").hexdigest()
+
+
 def default_model_dir() -> Path:
     """Where `assemble-model` puts Whisper base: the user cache, overridable by XDG_CACHE_HOME."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -80,6 +83,9 @@ class Settings(BaseSettings):
         for h in value:
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
                 raise ValueError("each entry must be a SHA-256 hex digest (64 hex characters)")
+            if h == EMPTY_KEY_HASH:  # `printf %s "$KEY" | sha256sum` with KEY unset
+                raise ValueError("an entry is the SHA-256 of an empty key (was the key variable"
+                                 " unset when it was hashed?); hash the real key")
         return value
 
     @model_validator(mode="after")
@@ -106,6 +112,9 @@ class Settings(BaseSettings):
         return {h: h[:12] for h in self.api_key_hashes}
 
     def key_id_for(self, token: str) -> str | None:
+        """The short id of the configured key `token` is, or None (an empty token never is)."""
+        if not token:
+            return None
         return self.key_ids.get(hashlib.sha256(token.encode()).hexdigest())
 
     @property

