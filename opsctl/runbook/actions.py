@@ -4,8 +4,8 @@ capability here: each action adapts a step's `with:` to a core call and its resu
 outputs that later steps can read.
 
 An action is `fn(ctx, **with)`; `runbook validate` checks a step's `with:` against its
-signature. Arguments named in `code_args` are code (shell text): templates may put values
-into them only through `| quote`, and `env:` is the way to pass data.
+signature. Arguments named in `code_args` are code (shell text): no template may reach
+them, and `env:` is the way to pass data.
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ Action = Callable[..., dict]
 ACTIONS: dict[str, Action] = {}
 
 
-def action(name: str, code_args: tuple[str, ...] = ()) -> Callable[[Action], Action]:
-    """Register `fn` as the action `name`; `code_args` are its arguments that are code."""
+def action(name: str, code_args: tuple[str, ...] = (), code_env: tuple[str, ...] = ()) -> Callable[[Action], Action]:
+    """Register `fn` as the action `name`; `code_args` are its arguments that are code (no
+    template may reach them), `code_env` its mappings of environment variables (a template
+    may not set one the shell or loader reads as code)."""
     def register(fn: Action) -> Action:
         fn.code_args = code_args  # type: ignore[attr-defined]
+        fn.code_env = code_env  # type: ignore[attr-defined]
         ACTIONS[name] = fn
         return fn
     return register
@@ -154,7 +157,7 @@ def http(ctx: Context, url: str, method: str = "GET", expect_status: int | list 
     return {"status": resp.status_code, "body": body}
 
 
-@action("shell", code_args=("command",))
+@action("shell", code_args=("command",), code_env=("env",))
 def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | None = None) -> dict:
     """Run `command` with /bin/sh in the ops root, in its own process group.
 

@@ -8,8 +8,8 @@ a parameter put raw into shell text, a bad `schedule`) are mapped back to those 
 
 Parameters are data, never code or another type: a value keeps the type its declaration
 gives it (`-p x=null` is the string "null" for a string parameter and refused for an
-integer one), and the text of a `shell` step may take a value only through the `quote`
-filter or an environment variable, the practice GitHub documents for `run:` steps
+integer one), and the text of a `shell` step holds no template at all: values reach it
+only as environment variables (`env:`), the practice GitHub documents for `run:` steps
 (https://docs.github.com/en/actions/security-for-github-actions/security-guides/security-hardening-for-github-actions#understanding-the-risk-of-script-injections).
 """
 
@@ -37,7 +37,8 @@ from opsctl.errors import UsageError
 
 
 def _quote(value: Any) -> str:
-    """The `quote` filter: one shell word, whatever the value holds (shlex.quote)."""
+    """The `quote` filter: shlex.quote of the value. Not a way into shell text (validate
+    refuses every template there: a quoted word is code again inside quotes or after eval)."""
     return shlex.quote("" if value is None else str(value))
 
 
@@ -50,8 +51,6 @@ TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "numb
 _INTEGER = re.compile(r"[+-]?\d+")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-# filters whose result is safe inside shell text (one quoted word)
-SHELL_SAFE_FILTERS = {"quote"}
 
 
 @dataclass
@@ -216,24 +215,36 @@ def _strings(value: Any, path: tuple) -> list[tuple[tuple, str]]:
     return []
 
 
-def _raw_in_shell(source: str) -> list[str]:
-    """The `{{ … }}` expressions of `source` that would put a value into shell text
-    unquoted (anything but a constant or an expression whose last filter is `quote`)."""
-    raw = []
-    for snippet in re.findall(r"\{\{.*?\}\}", source, flags=re.S):
-        try:
-            outputs = list(TEMPLATES.parse(snippet).find_all(jinja2.nodes.Output))
-        except jinja2.TemplateSyntaxError:
-            raw.append(snippet)
+def _templated_in_shell(source: str) -> list[str]:
+    """The template constructs of `source` (shell text): every `{{ … }}` and `{% … %}`,
+    whatever its filters. Only literal text (and `{% raw %}` blocks) may be shell text.
+
+    No filter makes a value safe everywhere in shell text: `| quote` gives one word that
+    is data only as a bare word; inside double quotes its single quotes are literal
+    (`"hello {{ x | quote }}"` runs `$(…)` in x), and after `eval`, `sh -c` or `bash -c`
+    the word is parsed again as code. So the rule is the one GitHub documents for `run:`
+    steps: shell text takes values only through environment variables (`env:`).
+    """
+    try:
+        body = TEMPLATES.parse(source).body
+    except jinja2.TemplateSyntaxError:
+        return [source]
+    found = []
+    for node in body:
+        if isinstance(node, jinja2.nodes.Output) and all(isinstance(n, jinja2.nodes.TemplateData) for n in node.nodes):
             continue
-        for output in outputs:
-            for node in output.nodes:
-                if isinstance(node, (jinja2.nodes.TemplateData, jinja2.nodes.Const)):
-                    continue
-                if isinstance(node, jinja2.nodes.Filter) and node.name in SHELL_SAFE_FILTERS:
-                    continue
-                raw.append(snippet)
-    return raw
+        found.append(node)
+    if not found:
+        return []
+    snippets = re.findall(r"\{\{.*?\}\}|\{%.*?%\}", source, flags=re.S)
+    return snippets or [source]
+
+
+# environment variables whose value is code to the shell, the dynamic loader or an
+# interpreter: a parameter may not reach them through `env:`
+CODE_ENV = re.compile(r"^(PATH|IFS|ENV|BASH_ENV|SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|CDPATH|LD_\w+|"
+                      r"PYTHON(PATH|STARTUP|HOME|INSPECT)|PERL5(LIB|OPT)|PERLLIB|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
+                      r"NODE_PATH|GIT_\w+|BASH_FUNC_\w+.*|DYLD_\w+)$")
 
 
 def _env_name(expr: str) -> str:
@@ -369,8 +380,10 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
     """The meaning the schema cannot express; every problem with its line.
 
     `actions` maps action names to their functions: a step's `with:` is checked against
-    the function's signature, and the arguments an action lists in its `code_args`
-    attribute (shell text) must take values only through `| quote` or `env:`.
+    the function's signature; the arguments an action lists in its `code_args` attribute
+    (shell text) may hold no template at all (values go through `env:`), and in the
+    mappings it lists in `code_env` a template may not set a variable that is code
+    (PATH, LD_PRELOAD, BASH_ENV…).
     """
     problems: list[Problem] = _check_parameters(book) + _check_schedule(book)
     ids = [s["id"] for s in book.steps]
@@ -389,6 +402,7 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
                                         f"on_failure names unknown step '{target}'"))
         earlier = set(ids[:i])
         code_args = set(getattr(fn, "code_args", ()))
+        code_env = set(getattr(fn, "code_env", ()))
         bad_template = False
         for path, source in _strings({k: step[k] for k in ("with", "when", "approval") if k in step}, ("steps", i)):
             try:
@@ -405,12 +419,19 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
                 problems.append(Problem(book.path, book.line(*path),
                                         f"template reads outputs of step '{name}', which does not run before it"))
             if len(path) == 4 and path[2] == "with" and path[3] in code_args:
-                for expr in _raw_in_shell(source):
-                    inner = expr.strip("{} ")
+                for expr in _templated_in_shell(source):
+                    inner = expr.strip("{}%- ").split("|")[0].strip() if expr.startswith("{{") else "VALUE"
+                    var = _env_name(inner)
                     problems.append(Problem(book.path, book.line(*path), (
-                        f"{path[3]}: {expr} puts a value into shell text raw (shell injection); pass it as an "
-                        f"environment variable (env: {{{_env_name(inner)}: \"{{{{ {inner} }}}}\"}} and write "
-                        f"\"${_env_name(inner)}\") or write {{{{ {inner} | quote }}}}")))
+                        f"{path[3]}: {expr} puts a value into shell text (shell injection: no filter, "
+                        f"| quote included, is safe inside quotes or after eval/sh -c); pass it as an "
+                        f"environment variable: env: {{{var}: \"{{{{ {inner} }}}}\"}} and write \"${var}\" "
+                        "in the command")))
+            if len(path) == 5 and path[2] == "with" and path[3] in code_env and CODE_ENV.match(str(path[4])) \
+                    and _templated_in_shell(source):
+                problems.append(Problem(book.path, book.line(*path), (
+                    f"{path[3]}.{path[4]}: the shell, loader or interpreter reads {path[4]} as code; a template "
+                    "may not set it (pass the value under another name)")))
         if fn is not None and not bad_template:
             problems += _check_with(book, i, step, fn)
     problems += _cycles(book)

@@ -34,7 +34,7 @@ FLOW = """\
         with: {command: 'echo "$MARKER" >> first.txt && echo one', env: {MARKER: "{{ params.marker }}"}}
       - id: second
         action: shell
-        with: {command: "echo x >> second.txt; test {{ params.fail_at | quote }} != second"}
+        with: {command: 'echo x >> second.txt; test "$FAIL_AT" != second', env: {FAIL_AT: "{{ params.fail_at }}"}}
         on_failure: [undo]
       - id: third
         action: shell
@@ -195,7 +195,7 @@ def test_malformed_runbook_fails_validate_with_file_line_reason(runner, root, bo
 
 def test_missing_required_parameter(runner, root):
     _write(root, "needs", 1, "name: needs\nversion: 1\nparameters:\n  image: {required: true}\n"
-                             "steps:\n  - id: a\n    action: shell\n    with: {command: 'echo {{ params.image | quote }}'}\n")
+                             "steps:\n  - id: a\n    action: shell\n    with: {command: 'echo \"$IMAGE\"', env: {IMAGE: '{{ params.image }}'}}\n")
     result = runner.invoke(app, ["runbook", "run", "needs"])
     assert result.exit_code == 2
     assert result.output.strip() == "opsctl: error: needs@1: parameter 'image' is required; pass -p image=VALUE"

@@ -57,7 +57,7 @@ def test_validate_refuses_a_parameter_pasted_into_shell_text(runner, ops_root):
     result = runner.invoke(app, ["runbook", "validate", "greet"])
     assert result.exit_code == 2
     assert f"{path}:8:" in result.output and "shell injection" in result.output
-    assert 'env: {NAME: "{{ params.name }}"}' in result.output and "{{ params.name | quote }}" in result.output
+    assert 'env: {NAME: "{{ params.name }}"}' in result.output and '"$NAME"' in result.output
     run = runner.invoke(app, ["runbook", "run", "greet", "-p", f"name={HOSTILE}"])
     assert run.exit_code == 2 and "shell injection" in run.output
     assert not (ops_root / "INJECTED").exists()
@@ -65,7 +65,6 @@ def test_validate_refuses_a_parameter_pasted_into_shell_text(runner, ops_root):
 
 @pytest.mark.parametrize("command, env", [
     ('printf "%s" "$NAME"', {"NAME": "{{ params.name }}"}),  # GitHub's practice for run: steps
-    ("printf '%s' {{ params.name | quote }}", None),
     ('printf "%s" "$OUT"', {"OUT": "{{ steps.first.outputs.stdout }}"}),  # step outputs are data too
 ])
 def test_a_hostile_parameter_reaches_the_shell_as_data(runner, ops_root, command, env):
@@ -80,6 +79,61 @@ def test_a_hostile_parameter_reaches_the_shell_as_data(runner, ops_root, command
     assert result.exit_code == 0, result.output
     assert _json(result)["steps"][1]["outputs"]["stdout"] == HOSTILE
     assert not (ops_root / "INJECTED").exists()
+
+
+QUOTE_ESCAPES = "$(id>QUOTED);x"
+
+
+@pytest.mark.parametrize("command", [
+    'echo "hello {{ params.name | quote }}"',  # inside double quotes the single quotes are literal
+    "echo 'name: {{ params.name | quote }}'",  # inside single quotes: closes them
+    "eval echo {{ params.name | quote }}",  # eval parses the word again
+    'sh -c "echo {{ params.name|quote }}"',  # so does sh -c
+    "echo {{ params.name | quote | replace('x', 'y') }}",  # any filter chain
+    "echo {% if params.name %}{{ params.name | quote }}{% endif %}",  # statements too
+    "echo {{ 'constant' }} {{ params.name | e }}",
+])
+def test_validate_refuses_every_template_in_shell_text_quote_included(runner, ops_root, command):
+    doc = {"name": "greet", "version": 1, "parameters": {"name": {"type": "string", "default": "world"}},
+           "steps": [{"id": "hello", "action": "shell", "with": {"command": command}}]}
+    path = ops_root / "runbooks" / "greet" / "v1.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    result = runner.invoke(app, ["runbook", "validate", "greet"])
+    assert result.exit_code == 2 and "shell injection" in result.output and "env:" in result.output, result.output
+    run = runner.invoke(app, ["runbook", "run", "greet", "-p", f"name={QUOTE_ESCAPES}"])
+    assert run.exit_code == 2 and "shell injection" in run.output
+    assert not (ops_root / "QUOTED").exists()
+
+
+def test_literal_shell_text_and_raw_blocks_stay_allowed(runner, ops_root):
+    _write(ops_root, "lit", 1, """\
+        name: lit
+        version: 1
+        steps:
+          - id: a
+            action: shell
+            with: {command: "echo {% raw %}{{.Id}}{% endraw %} plain"}
+        """)
+    result = runner.invoke(app, ["runbook", "run", "lit", "--json"])
+    assert result.exit_code == 0, result.output
+    assert _json(result)["steps"][0]["outputs"]["stdout"] == "{{.Id}} plain"
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "BASH_ENV", "PATH", "PYTHONPATH", "NODE_OPTIONS"])
+def test_a_parameter_may_not_set_an_environment_variable_that_is_code(runner, ops_root, name):
+    _write(ops_root, "envcode", 1, f"""\
+        name: envcode
+        version: 1
+        parameters:
+          lib: {{type: string, default: x}}
+        steps:
+          - id: a
+            action: shell
+            with: {{command: "true", env: {{{name}: "{{{{ params.lib }}}}"}}}}
+        """)
+    result = runner.invoke(app, ["runbook", "validate", "envcode"])
+    assert result.exit_code == 2 and f"env.{name}" in result.output and "code" in result.output, result.output
 
 
 def test_a_published_version_refused_by_the_new_rule_is_retired_not_edited(runner, ops_root):
