@@ -168,6 +168,7 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     on_path = [n for tli, n in present if layout.timeline_of(n, inv.path) == tli]
     last = max(on_path + [first - 1] + [layout.segno(layout.lsn(b.stop_lsn)) for b in bases])
     bad_at: dict[int, Problem] = {}
+    todo: list[tuple[str, list, int | None]] = []
     for n in range(first, last + 1):
         file = layout.segment(layout.timeline_of(n, inv.path), n)
         inv.segments.append(file)
@@ -178,36 +179,57 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
             bad_at[n] = Problem(file, kind, detail)
             continue
         if deep and (until is None or n <= until) and file not in inv.good:
-            _check(repo, key, sysid, file, objects[file], inv, bad_at, n, stage, progress)
+            todo.append((file, objects[file], n))
     if deep and start_at is None:  # history files and off-path objects are checked too: a planted one is named
         for file, objs in sorted(objects.items()):
             if file not in inv.good and not (len(file) == 24 and file in inv.segments):
-                _check(repo, key, sysid, file, objs, inv, {}, None, stage, progress)
+                todo.append((file, objs, None))
+    _check_all(repo, key, sysid, todo, inv, bad_at, stage, progress)
     inv.problems += [bad_at[n] for n in sorted(bad_at)]
     _windows(repo, key, inv, bases, first, bad_at, stage, end_times)
     return inv
 
 
-def _check(repo, key, sysid, file, objs, inv: Inventory, bad_at: dict, n: int | None, stage, progress) -> None:
-    good = None
+def _open_objects(repo, key, sysid: str, objs) -> tuple[list[tuple[object, str | None]], tuple | None]:
+    """([(object, error or None)], (first good object, its plaintext) or None)."""
+    results, good = [], None
     for obj in objs:
         try:
             plain = open_wal(repo, key, sysid, obj)
         except IntegrityError as exc:
-            inv.problems.append(Problem(file, "not authentic", str(exc)))
+            results.append((obj, str(exc)))
             continue
-        inv.checked += 1
+        results.append((obj, None))
         if good is None:
-            good = obj
-            if stage is not None:
-                _stage(stage, file, plain)
-        if progress:
-            progress(1)
-    if good is not None:
-        inv.good[file] = good
-    elif n is not None:
-        bad_at[n] = next(p for p in reversed(inv.problems) if p.file == file)
-        inv.problems.remove(bad_at[n])
+            good = (obj, plain)
+    return results, good
+
+
+def _check_all(repo, key, sysid: str, todo: list, inv: Inventory, bad_at: dict, stage, progress,
+               workers: int = 2, chunk: int = 4) -> None:
+    """Read and check `todo`'s objects two at a time (hashing, AES-GCM and zstd run outside the
+    GIL), a few segments ahead at most, and apply the verdicts in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            for (file, _objs, n), (results, good) in zip(part, pool.map(
+                    lambda item: _open_objects(repo, key, sysid, item[1]), part)):
+                for _obj, error in results:
+                    if error is not None:
+                        inv.problems.append(Problem(file, "not authentic", error))
+                    else:
+                        inv.checked += 1
+                    if progress:
+                        progress(1)
+                if good is not None:
+                    inv.good[file] = good[0]
+                    if stage is not None:
+                        _stage(stage, file, good[1])
+                elif n is not None:
+                    bad_at[n] = next(p for p in reversed(inv.problems) if p.file == file)
+                    inv.problems.remove(bad_at[n])
 
 
 def _stage(stage: Path, file: str, plain: bytes) -> None:
