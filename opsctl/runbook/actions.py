@@ -18,11 +18,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pathlib import Path
+
 import httpx
 
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed
 from opsctl.output import to_jsonable
+from opsctl.runbook.paths import confine
 
 
 def _no_mask(value: Any) -> Any:
@@ -46,13 +49,18 @@ Action = Callable[..., dict]
 ACTIONS: dict[str, Action] = {}
 
 
-def action(name: str, code_args: tuple[str, ...] = (), code_env: tuple[str, ...] = ()) -> Callable[[Action], Action]:
+def action(name: str, code_args: tuple[str, ...] = (), code_env: tuple[str, ...] = (),
+           code_paths: tuple[str, ...] = (), out_paths: tuple[str, ...] = ()) -> Callable[[Action], Action]:
     """Register `fn` as the action `name`; `code_args` are its arguments that are code (no
     template may reach them), `code_env` its mappings of environment variables (a template
-    may not set one the shell or loader reads as code)."""
+    may not set one the shell or loader reads as code), `code_paths` its arguments naming
+    a file it executes and `out_paths` those naming a file it writes (both confined to the
+    ops root: opsctl.runbook.paths)."""
     def register(fn: Action) -> Action:
         fn.code_args = code_args  # type: ignore[attr-defined]
         fn.code_env = code_env  # type: ignore[attr-defined]
+        fn.code_paths = code_paths  # type: ignore[attr-defined]
+        fn.out_paths = out_paths  # type: ignore[attr-defined]
         ACTIONS[name] = fn
         return fn
     return register
@@ -255,14 +263,17 @@ def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | 
     return {"message": message, "sent_to": sent, "failed": failed}
 
 
-@action("health")
+def _out(ctx: Context, value: str | None, arg: str) -> Path | None:
+    return confine(ctx.project.root, value, arg, "output") if value else None
+
+
+@action("health", out_paths=("junit", "history"))
 def health(ctx: Context, checks: list | str | None = None, skip: list | str | None = None,
            fail_on: str = "critical", junit: str | None = None, history: str | None = None) -> dict:
     """One sweep (`opsctl health --mode once`); fails the step at `fail_on` or worse.
     `checks`/`skip` take names or kinds, as a list or a comma-separated string; `junit` and
-    `history` as the command's --junit and --history (the same core call writes them)."""
-    from pathlib import Path
-
+    `history` as the command's --junit and --history (the same core call writes them), paths
+    inside the ops root."""
     from opsctl.health import monitor
     from opsctl.health.model import Status
 
@@ -274,8 +285,7 @@ def health(ctx: Context, checks: list | str | None = None, skip: list | str | No
         return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
 
     result = monitor.once(ctx.project, ctx.env, names(checks), names(skip),
-                          junit=Path(junit) if junit else None,
-                          history=ctx.project.root / history if history else None)
+                          junit=_out(ctx, junit, "junit"), history=_out(ctx, history, "history"))
     bad = [r for r in result.results if r.status in levels[fail_on]]
     if bad:
         raise OperationFailed(f"health {result.status.name}: " + "; ".join(f"{r.name}: {r.message}" for r in bad))
@@ -339,23 +349,33 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
             "data_age_seconds": round(age.total_seconds(), 1), "rto_seconds": result["seconds"]}
 
 
-@action("loadtest")
+@action("loadtest", code_paths=("locustfile",), out_paths=("html", "csv", "junit"))
 def loadtest(ctx: Context, profile: str = "light", users: int | None = None, spawn_rate: float | None = None,
              duration: str | None = None, slo: str | None = None, host: str | None = None, workers: int = 0,
              abort_on_fail: bool = False, classes: str | None = None, locustfile: str | None = None,
-             html: str | None = None, csv: str | None = None, junit: str | None = None) -> dict:
+             html: str | None = None, csv: str | None = None, junit: str | None = None,
+             stop_timeout: str | None = None) -> dict:
     """`opsctl loadtest run` as a step: the same core operation (opsctl.loadtest.operation.load_test)
-    with the same options; fails the step when an SLO gate is breached. Outputs: run_id,
-    passed, slo, total (the run's totals: requests, failures, p50/p95/p99 in ms, rps)."""
+    with the same options; fails the step when an SLO gate is breached. `locustfile` (code)
+    and the reports `html`, `csv` (a prefix) and `junit` are paths inside the ops root.
+    Outputs: run_id, passed, slo, total (the run's totals: requests, failures, p50/p95/p99
+    in ms, rps)."""
     from opsctl.loadtest.operation import load_test
 
+    code = confine(ctx.project.root, locustfile, "locustfile", "code") if locustfile else None
+    extra = {"stop_timeout": stop_timeout} if stop_timeout is not None else {}
     outcome = load_test(ctx.project, ctx.env, profile, users=users, spawn_rate=spawn_rate, duration=duration,
                         slo=slo, host=host, workers=workers, abort_on_fail=abort_on_fail, classes=classes,
-                        locustfile=locustfile, html=html, csv=csv, junit=junit)
+                        locustfile=str(code) if code else None, html=_str(_out(ctx, html, "html")),
+                        csv=_str(_out(ctx, csv, "csv")), junit=_str(_out(ctx, junit, "junit")), **extra)
     if not outcome.passed:
         raise OperationFailed(outcome.verdict())
     doc = to_jsonable(outcome.summary)
     return {"run_id": doc["id"], "passed": True, "slo": doc["slo"], "total": doc["total"]}
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 @action("scale-down")
@@ -381,7 +401,7 @@ def drop_database(ctx: Context, name: str) -> dict:
     return {"dropped": name}
 
 
-@action("dr-drill")
+@action("dr-drill", out_paths=("junit", "metrics_file"))
 def dr_drill(ctx: Context, junit: str | None = None, metrics_file: str | None = None) -> dict:
     """`opsctl dr drill` as a step (opsctl.pitr.drill): the database restored to the newest
     restorable time into scratch, measured, torn down. Fails the step when dr.rto or dr.rpo
@@ -389,10 +409,10 @@ def dr_drill(ctx: Context, junit: str | None = None, metrics_file: str | None = 
     text results. Outputs: rto_seconds, rpo_seconds, passed, restored_to, rows, scratch."""
     from opsctl.pitr import drill
 
+    targets = [(_out(ctx, junit, "junit"), drill.junit), (_out(ctx, metrics_file, "metrics_file"), drill.metrics)]
     result = drill.drill(ctx.project, ctx.env)
-    for path, render in ((junit, drill.junit), (metrics_file, drill.metrics)):
-        if path:
-            target = ctx.project.root / path
+    for target, render in targets:
+        if target:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(render(result))
     doc = to_jsonable(result)

@@ -241,6 +241,38 @@ class Runner:
                 found.append(f"with.{key}: action '{step['action']}' {why}")
         return found
 
+    def _confine_paths(self, step: dict, inputs: dict) -> None:
+        """The step's path arguments (code it runs, files it writes) inside the ops root
+        (opsctl.runbook.paths); UsageError (exit 2) otherwise."""
+        from opsctl.runbook.paths import confine
+
+        fn = ACTIONS[step["action"]]
+        for kind, args in (("code", getattr(fn, "code_paths", ())), ("output", getattr(fn, "out_paths", ()))):
+            for arg in args:
+                value = inputs.get(arg)
+                if value is None or _has_placeholder(value):
+                    continue
+                try:
+                    confine(self.project.root, str(value), arg, kind)
+                except UsageError as exc:
+                    raise UsageError(self.mask(f"step {step['id']}: {exc}")) from None
+
+    def preflight(self) -> None:
+        """Before any step runs: path arguments whose templates use no step output are
+        rendered and confined now, so a bad `-p` is refused before anything happens."""
+        ctx = self.context()
+        for step in self.book.steps:
+            fn = ACTIONS.get(step["action"])
+            given = step.get("with") or {}
+            args = [a for a in (*getattr(fn, "code_paths", ()), *getattr(fn, "out_paths", ())) if a in given]
+            early = {}
+            for arg in args:
+                source = given[arg]
+                with contextlib.suppress(jinja2.TemplateError):
+                    if isinstance(source, str) and not _template_refs(source)[2] and "steps" not in _template_refs(source)[0]:
+                        early[arg] = _render(source, ctx)
+            self._confine_paths(step, early)
+
     def run_step(self, step: dict) -> bool:
         """Run (or plan) one step: condition, rendering, type check, approval, attempts.
         Records the outcome; returns False when the step failed. Raises UsageError when
@@ -257,6 +289,7 @@ class Runner:
         except jinja2.TemplateError as exc:
             self._record(StepOutcome(step["id"], StepStatus.FAILED, detail=f"template: {exc}"))
             return False
+        self._confine_paths(step, inputs)
         misfits = self._misfits(step, inputs)
         shown = self._shown(step, inputs)  # also registers values derived from secrets with the masker
         if self.dry_run:
@@ -306,6 +339,7 @@ class Runner:
         from opsctl.signals import sigterm_as_interrupt
 
         with masking_logs(self.mask), sigterm_as_interrupt():
+            self.preflight()
             return self._execute(done, start_at)
 
     def _execute(self, done: dict[str, dict] | None, start_at: str | None) -> RunResult:

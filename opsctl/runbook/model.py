@@ -403,6 +403,7 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
         earlier = set(ids[:i])
         code_args = set(getattr(fn, "code_args", ()))
         code_env = set(getattr(fn, "code_env", ()))
+        problems += _check_paths(book, i, step, fn)
         bad_template = False
         for path, source in _strings({k: step[k] for k in ("with", "when", "approval") if k in step}, ("steps", i)):
             try:
@@ -435,6 +436,33 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
         if fn is not None and not bad_template:
             problems += _check_with(book, i, step, fn)
     problems += _cycles(book)
+    return problems
+
+
+def _check_paths(book: Runbook, i: int, step: dict, fn: Callable | None) -> list[Problem]:
+    """Arguments naming code (`code_paths`) take no template and a file in the ops root;
+    those naming a file written (`out_paths`) stay in the ops root (opsctl.runbook.paths).
+    Templated outputs are checked when they are rendered (before any step when they use
+    parameters only)."""
+    from opsctl.runbook.paths import lexical_problem
+
+    problems = []
+    given = step.get("with") or {}
+    for kind, args in (("code", getattr(fn, "code_paths", ())), ("output", getattr(fn, "out_paths", ()))):
+        for arg in args:
+            value = given.get(arg)
+            if not isinstance(value, str):
+                continue
+            where = book.line("steps", i, "with", arg)
+            if "{{" in value or "{%" in value:
+                if kind == "code":
+                    problems.append(Problem(book.path, where, (
+                        f"{arg}: names code that the step runs; a template may not choose it (a parameter would "
+                        "run any file): write a constant path inside the ops root")))
+                continue
+            why = lexical_problem(value, arg, kind)
+            if why:
+                problems.append(Problem(book.path, where, why))
     return problems
 
 

@@ -1,0 +1,79 @@
+"""Paths a runbook step names: files it executes and files it writes, kept inside the ops root.
+
+A parameter is data, so it must not choose code or where a step writes (issue 19 §1b):
+
+- An argument that names **code** (the `loadtest` action's `locustfile`) takes no template
+  at all, and its file must be inside the ops root: the procedure's author chooses the
+  code, never whoever passes `-p`.
+- An argument that names a file **written** (`health`'s `junit`/`history`, `loadtest`'s
+  `html`/`csv`/`junit`, `dr-drill`'s `junit`/`metrics_file`) is a path relative to the ops
+  root that stays inside it once symbolic links are followed, and out of the places
+  holding code, procedures and state others trust (`PROTECTED`).
+
+Actions list such arguments in their `code_paths`/`out_paths` attributes; `validate`
+checks constant values, and the run checks rendered ones before the step starts (one
+UsageError line, exit 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from opsctl.errors import UsageError
+
+# relative to the ops root: written outputs never land here (code, procedures, config,
+# journals, version control)
+PROTECTED = ("runbooks", "loadtests", "stacks", "templates", "opsctl.yaml", ".git", ".opsctl/runs", ".venv")
+
+
+def lexical_problem(value: str, arg: str, kind: str) -> str | None:
+    """Why a constant path `value` cannot be argument `arg` (`kind` "code" or "output"),
+    judged on its text alone (validate), or None."""
+    pure = PurePosixPath(value)
+    if pure.is_absolute() or value.startswith("~"):
+        return f"{arg}: {value} is not inside the ops root; write a path relative to it"
+    depth = 0
+    for part in pure.parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return f"{arg}: {value} leaves the ops root; write a path inside it"
+    if kind == "output":
+        norm = _normal(pure)
+        for place in PROTECTED:
+            if norm == place or norm.startswith(place + "/"):
+                return f"{arg}: {value} would write into {place}, which holds code or records; write under .opsctl/ or reports/"
+    return None
+
+
+def _normal(pure: PurePosixPath) -> str:
+    parts: list[str] = []
+    for part in pure.parts:
+        if part == "..":
+            parts = parts[:-1]
+        elif part != ".":
+            parts.append(part)
+    return "/".join(parts)
+
+
+def confine(root: Path, value: str | Path, arg: str, kind: str) -> Path:
+    """`value` as an absolute path inside the ops root `root`, symbolic links followed.
+
+    `kind` "code": the file must exist (and is inside the root); "output": the file may be
+    created, never in `PROTECTED` places. Raises UsageError (one line) otherwise."""
+    text = str(value)
+    why = lexical_problem(text, arg, kind)
+    if why:
+        raise UsageError(why)
+    base = root.resolve()
+    target = (base / text).resolve()
+    try:
+        inside = target.relative_to(base)
+    except ValueError:
+        raise UsageError(f"{arg}: {text} leads out of the ops root (to {target}); write a path inside it") from None
+    if kind == "output":
+        why = lexical_problem(inside.as_posix(), arg, kind)
+        if why:
+            raise UsageError(why)
+    elif not target.is_file():
+        raise UsageError(f"{arg}: {text} is not a file in the ops root")
+    return target
