@@ -187,7 +187,16 @@ async def create_job(request: Request):
                        param="Idempotency-Key", code="invalid_value")
     bypass = bypasses_store(request)
     async with state.limits.upload_slot(key_id):
-        upload = await read_upload(request, state.settings.max_upload_bytes, "verbose_json")
+        upload = await read_upload(request, state.settings.max_upload_bytes, "verbose_json",
+                                   allow_file_id=True)
+        key = None
+        if upload.file_id:  # a completed /v1/uploads file: already in the bucket
+            done = await _db(state.db.upload_by_file, upload.file_id, key_id)
+            if done is None:
+                raise APIError(404, f"no completed upload with file id {upload.file_id}",
+                               param="file_id", code="file_not_found")
+            key, upload.sha256 = done["s3_key"], done["sha256"]
+            upload.data = await _db(state.store.get, key)
         audio = await _decode(request, upload)
         seconds = len(audio) / 16_000
         del audio  # the job decodes again from S3: nothing but the slot is held while queued
@@ -200,8 +209,9 @@ async def create_job(request: Request):
         try:
             if slot:
                 await state.limits.charge_audio(key_id, seconds)
-            key = state.store.key_for(upload.sha256, upload.filename)
-            await _db(state.store.put, key, upload.data, upload.content_type)
+            if key is None:
+                key = state.store.key_for(upload.sha256, upload.filename)
+                await _db(state.store.put, key, upload.data, upload.content_type)
             options = upload.options
             job, created = await _db(
                 state.db.create_job, api_key_id=key_id, idempotency_key=idem,

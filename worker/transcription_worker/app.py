@@ -143,7 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
                   openapi_url="/openapi.json" if docs else None)
     app.state.worker = state
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
+                       part_bytes=settings.max_part_bytes)
     app.add_middleware(RequestMetrics)
 
     @app.get("/healthz")
@@ -196,6 +197,8 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     from .api import router
+    from .file_uploads import router as uploads_router
 
     app.include_router(router)
+    app.include_router(uploads_router)
     return app

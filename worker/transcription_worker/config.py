@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(60, gt=0)  # a job whose worker stopped renewing is adopted after this
     job_max_attempts: int = Field(3, ge=1)  # workers that may die running one job before it fails
     max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit
+    max_upload_total_mb: int = Field(2048, ge=1)  # one file through /v1/uploads
+    max_part_mb: int = Field(64, ge=1)  # one part of it (OpenAI's part limit)
     max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 
     # dependencies (each optional: without it the features that need it answer 503)
@@ -105,6 +107,14 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_upload_total_bytes(self) -> int:
+        return self.max_upload_total_mb * 1024 * 1024
+
+    @property
+    def max_part_bytes(self) -> int:
+        return self.max_part_mb * 1024 * 1024
 
     @cached_property
     def key_ids(self) -> dict[str, str]:

@@ -68,6 +68,38 @@ MIGRATIONS: list[str] = [
                      ADD COLUMN bypass_store boolean NOT NULL DEFAULT false,
                      ADD COLUMN result jsonb;
     """,
+    # OpenAI-style uploads (file_uploads.py): one row per upload, its parts in order of
+    # arrival (S3 part numbers); a part's SHA-256 is unique within its upload, so a part
+    # sent twice is stored once
+    """
+    CREATE TABLE uploads (
+        id           text PRIMARY KEY,
+        api_key_id   text NOT NULL,
+        filename     text NOT NULL,
+        bytes        bigint NOT NULL,
+        mime_type    text NOT NULL,
+        purpose      text NOT NULL,
+        status       text NOT NULL CHECK (status IN ('pending', 'completed', 'cancelled')),
+        s3_key       text NOT NULL,
+        s3_upload_id text NOT NULL,
+        file_id      text UNIQUE,
+        sha256       text,
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        expires_at   timestamptz NOT NULL,
+        completed_at timestamptz
+    );
+    CREATE TABLE upload_parts (
+        id          text PRIMARY KEY,
+        upload_id   text NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+        part_number integer NOT NULL,
+        etag        text,
+        sha256      text NOT NULL,
+        bytes       bigint NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (upload_id, part_number),
+        UNIQUE (upload_id, sha256)
+    );
+    """,
 ]
 _LOCK_ID = 0x77_6F_72_6B  # "work": advisory lock for migrations
 
@@ -210,3 +242,57 @@ class Database:
         with self.pool.connection() as conn:
             conn.execute("UPDATE jobs SET owner = NULL, heartbeat_at = '-infinity'"
                          " WHERE id = %s AND owner = %s AND status = 'queued'", (job_id, owner))
+
+    # --- uploads (file_uploads.py) ---
+
+    def create_upload(self, row: dict[str, Any]) -> dict[str, Any]:
+        cols = ", ".join(row)
+        with self.pool.connection() as conn:
+            return conn.execute(
+                f"INSERT INTO uploads ({cols}, expires_at) VALUES ({', '.join(['%s'] * len(row))},"
+                " now() + interval '1 hour') RETURNING *", tuple(row.values())).fetchone()
+
+    def get_upload(self, upload_id: str, api_key_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM uploads WHERE id = %s AND api_key_id = %s", (upload_id, api_key_id))
+
+    def upload_by_file(self, file_id: str, api_key_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM uploads WHERE file_id = %s AND api_key_id = %s"
+                         " AND status = 'completed'", (file_id, api_key_id))
+
+    def parts(self, upload_id: str) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            return conn.execute("SELECT * FROM upload_parts WHERE upload_id = %s AND etag IS NOT NULL"
+                                " ORDER BY part_number", (upload_id,)).fetchall()
+
+    def claim_part(self, upload_id: str, part_id: str, sha256: str, size: int) -> tuple[dict[str, Any], bool]:
+        """Reserve the next part number for a part, or return the part already stored with
+        the same SHA-256: (part row, new). Serialised per upload by a row lock."""
+        with self.pool.connection() as conn, conn.transaction():
+            status = conn.execute("SELECT status FROM uploads WHERE id = %s FOR UPDATE", (upload_id,)).fetchone()
+            if status is None or status["status"] != "pending":
+                raise LookupError(status["status"] if status else "missing")
+            existing = conn.execute("SELECT * FROM upload_parts WHERE upload_id = %s AND sha256 = %s",
+                                    (upload_id, sha256)).fetchone()
+            if existing:
+                return existing, False
+            return conn.execute(
+                "INSERT INTO upload_parts (id, upload_id, part_number, sha256, bytes) VALUES (%s, %s,"
+                " (SELECT coalesce(max(part_number), 0) + 1 FROM upload_parts WHERE upload_id = %s),"
+                " %s, %s) RETURNING *", (part_id, upload_id, upload_id, sha256, size)).fetchone(), True
+
+    def stored_part(self, part_id: str, etag: str | None) -> None:
+        """Record the part's S3 ETag, or forget the claim (etag None: the S3 call failed)."""
+        with self.pool.connection() as conn:
+            if etag is None:
+                conn.execute("DELETE FROM upload_parts WHERE id = %s", (part_id,))
+            else:
+                conn.execute("UPDATE upload_parts SET etag = %s WHERE id = %s", (etag, part_id))
+
+    def finish_upload(self, upload_id: str, status: str, file_id: str | None = None,
+                      sha256: str | None = None) -> dict[str, Any] | None:
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s,"
+                " completed_at = CASE WHEN %s = 'completed' THEN now() END"
+                " WHERE id = %s AND status = 'pending' RETURNING *",
+                (status, file_id, sha256, status, upload_id)).fetchone()

@@ -61,3 +61,46 @@ class AudioStore:
     def check(self) -> None:
         """Raises unless the bucket is reachable with our credentials (for /readyz)."""
         self._probe.head_bucket(Bucket=self.bucket)
+
+    # --- S3 multipart uploads (the /v1/uploads API) ---
+
+    def upload_key(self, upload_id: str) -> str:
+        if not re.fullmatch(r"upload_[0-9a-f]{32}", upload_id):
+            raise ValueError("an upload key is made from an upload id")
+        return f"{self.prefix}uploads/{upload_id}"
+
+    def start_multipart(self, key: str, content_type: str) -> str:
+        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                   ContentType=content_type)["UploadId"]
+
+    def put_part(self, key: str, s3_upload_id: str, number: int, data: bytes, sha256_b64: str) -> str:
+        """Store one part, checked by S3 against its SHA-256; returns its ETag."""
+        return self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=s3_upload_id,
+                                       PartNumber=number, Body=data, ChecksumAlgorithm="SHA256",
+                                       ChecksumSHA256=sha256_b64)["ETag"]
+
+    def complete_multipart(self, key: str, s3_upload_id: str, parts: list[tuple[int, str]]) -> None:
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=s3_upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
+
+    def abort_multipart(self, key: str, s3_upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=s3_upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
+
+    def digests(self, key: str) -> tuple[str, str, int]:
+        """(sha256 hex, md5 hex, size) of a stored object, read in 1 MiB pieces."""
+        import hashlib
+
+        sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        for chunk in body.iter_chunks(1024 * 1024):
+            sha.update(chunk), md5.update(chunk)
+            size += len(chunk)
+        return sha.hexdigest(), md5.hexdigest(), size
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)

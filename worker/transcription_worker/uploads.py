@@ -37,6 +37,7 @@ class Upload:
     sha256: str
     response_format: str
     options: Options
+    file_id: str | None = None  # a completed /v1/uploads file in place of `file` (jobs); data is then b""
     model: str = ""  # the `model` form field as sent (one model is served; part of the request's identity)
 
     def fingerprint(self) -> str:
@@ -54,7 +55,8 @@ def _too_large(limit: int) -> APIError:
                     param="file", code="file_too_large")
 
 
-async def read_upload(request: Request, max_bytes: int, default_format: str = "json") -> Upload:
+async def read_upload(request: Request, max_bytes: int, default_format: str = "json",
+                      allow_file_id: bool = False) -> Upload:
     """Parse and check the form. Option combinations OpenAI's API refuses are refused the
     same way (400 `invalid_request_error`): `timestamp_granularities[]` needs
     `response_format=verbose_json` ("response_format must be set verbose_json to use timestamp
@@ -65,12 +67,20 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
     form = await request.form(max_files=1, max_fields=32)
     try:
         file = form.get("file")
-        if not isinstance(file, UploadFile):
-            raise APIError(400, "a multipart `file` field with the audio is required", param="file",
-                           code="missing_file")
-        if file.size is not None and file.size > max_bytes:
-            raise _too_large(max_bytes)
-        data = await file.read()
+        file_id = str(form.get("file_id") or "") if allow_file_id else ""
+        if file_id and isinstance(file, UploadFile):
+            raise APIError(400, "send either `file` or `file_id`, not both", param="file_id",
+                           code="invalid_value")
+        if not isinstance(file, UploadFile) and not file_id:
+            raise APIError(400, "a multipart `file` field with the audio is required"
+                           + (" (or `file_id` of a completed upload)" if allow_file_id else ""),
+                           param="file", code="missing_file")
+        if file_id:
+            data, filename, content_type = b"", None, None
+        else:
+            if file.size is not None and file.size > max_bytes:
+                raise _too_large(max_bytes)
+            data, filename, content_type = await file.read(), file.filename, file.content_type
         response_format = str(form.get("response_format") or default_format)
         if response_format not in FORMATS:
             raise APIError(400, f"unknown response_format {response_format!r}; use one of "
@@ -104,9 +114,9 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
                            param="include", code="invalid_value")
         options = Options(language=language, prompt=str(form.get("prompt") or "") or None,
                           temperature=temperature, word_timestamps="word" in granularities)
-        return Upload(data=data, filename=file.filename, content_type=file.content_type,
+        return Upload(data=data, filename=filename, content_type=content_type,
                       sha256=hashlib.sha256(data).hexdigest(), response_format=response_format,
-                      options=options, model=str(form.get("model") or ""))
+                      options=options, model=str(form.get("model") or ""), file_id=file_id or None)
     finally:
         await form.close()
 
@@ -114,15 +124,18 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
 class BodyLimit:
     """ASGI middleware: 413 for request bodies over the upload limit, before and while reading."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, part_bytes: int | None = None):
         self.app, self.max_bytes = app, max_bytes + _SLACK
+        self.part_bytes = (part_bytes or max_bytes) + _SLACK  # /v1/uploads/{id}/parts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        limit = self.part_bytes if path.startswith("/v1/uploads/") and path.endswith("/parts") else self.max_bytes
         length = dict(scope["headers"]).get(b"content-length")
-        if length and length.isdigit() and int(length) > self.max_bytes:
-            response = error_response(413, _too_large(self.max_bytes - _SLACK).message,
+        if length and length.isdigit() and int(length) > limit:
+            response = error_response(413, _too_large(limit - _SLACK).message,
                                       param="file", code="file_too_large",
                                       headers={"Connection": "close"})
             return await response(scope, receive, send)
@@ -132,8 +145,8 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise _too_large(self.max_bytes - _SLACK)
+            if received > limit:
+                raise _too_large(limit - _SLACK)
             return message
 
         await self.app(scope, counting_receive, send)

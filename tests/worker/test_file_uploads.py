@@ -1,0 +1,155 @@
+"""OpenAI-style uploads (issue 26, core): a recording in parts into an S3 multipart upload
+(real moto server), a repeated part stored once, a dropped part resumed from GET, completion
+into a file checked by MD5, a job from `file_id`, and the refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import uuid
+import wave
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+import pytest
+from worker_helpers import DATA, sample, wait_for_job, wer
+
+pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
+
+
+def studio_wav() -> tuple[bytes, str]:
+    """The passage and the weather report as 48 kHz stereo WAV (about 7 MB for 38 s): big
+    enough for a 5 MiB part (S3's minimum for every part but the last) and another."""
+    pieces, texts = [], []
+    for name in ("passage", "weather"):
+        with wave.open(str(DATA / f"{name}.wav")) as w:
+            pieces.append(np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16))
+        texts.append(sample(name)[1])
+    mono = np.repeat(np.concatenate(pieces), 3)  # 16 kHz -> 48 kHz
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(48000)
+        w.writeframes(np.column_stack([mono, mono]).tobytes())
+    return buf.getvalue(), " ".join(texts)
+
+
+def send_part(http, upload_id: str, data: bytes) -> httpx.Response:
+    return http.post(f"/v1/uploads/{upload_id}/parts", files={"data": ("part", data)})
+
+
+def drop_mid_part(worker, key: str, upload_id: str, data: bytes) -> None:
+    """A client whose connection dies half-way through a part."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"part\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    url = urlparse(worker.url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall((f"POST /v1/uploads/{upload_id}/parts HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                      f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n"
+                      f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
+        sock.sendall(body[: len(body) // 2])
+
+
+def multipart_uploads(worker, key: str) -> list:
+    listing = worker.s3.list_multipart_uploads(Bucket=worker.bucket, Prefix=key)
+    return listing.get("Uploads", [])
+
+
+def test_upload_in_parts_with_a_repeat_and_a_drop_then_a_job(http, worker, api_key):
+    audio, text = studio_wav()
+    r = http.post("/v1/uploads", json={"filename": "../../etc/show.wav", "bytes": len(audio),
+                                       "mime_type": "audio/wav", "purpose": "transcription"})
+    assert r.status_code == 200, r.text
+    upload = r.json()
+    assert upload["object"] == "upload" and upload["status"] == "pending" and upload["file"] is None
+    first, second = audio[: 5 * MIB], audio[5 * MIB:]
+    p1 = send_part(http, upload["id"], first).json()
+    assert p1["object"] == "upload.part" and p1["upload_id"] == upload["id"]
+    again = send_part(http, upload["id"], first).json()  # a retry of the same part
+    assert again["id"] == p1["id"]
+    drop_mid_part(worker, api_key, upload["id"], second)
+    resumed = http.get(f"/v1/uploads/{upload['id']}").json()
+    assert [p["id"] for p in resumed["parts"]] == [p1["id"]]  # the client resumes from here
+    assert resumed["parts"][0]["bytes"] == len(first)
+    p2 = send_part(http, upload["id"], second).json()
+    done = http.post(f"/v1/uploads/{upload['id']}/complete",
+                     json={"part_ids": [p1["id"], p2["id"]], "md5": hashlib.md5(audio).hexdigest()})
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["status"] == "completed" and body["file"]["id"].startswith("file-")
+    assert body["file"]["bytes"] == len(audio)
+    keys = [o["Key"] for o in worker.s3.list_objects_v2(Bucket=worker.bucket, Prefix="audio/uploads/")["Contents"]]
+    key = f"audio/uploads/{upload['id']}"
+    assert key in keys and not [k for k in keys if "etc" in k or ".." in k]
+    assert worker.s3.get_object(Bucket=worker.bucket, Key=key)["Body"].read() == audio  # each part once
+    assert multipart_uploads(worker, key) == []
+
+    r = http.post("/v1/jobs", data={"file_id": body["file"]["id"], "language": "en"})
+    assert r.status_code == 202, r.text
+    assert r.json()["audio_sha256"] == hashlib.sha256(audio).hexdigest()
+    job = wait_for_job(http, r.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert wer(text, job["result"]["text"]) < 0.3, job["result"]["text"]
+
+
+def test_upload_refusals_leave_nothing_behind(http, worker):
+    def create(**over):
+        spec = {"filename": "a.mp3", "bytes": 6 * MIB, "mime_type": "audio/mpeg", "purpose": "transcription"}
+        return http.post("/v1/uploads", json={**spec, **over})
+
+    r = create(bytes=3 * 1024 * MIB)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
+    for bad in ({"mime_type": "text/plain"}, {"bytes": -1}, {"filename": ""}, {"purpose": ""}):
+        r = create(**bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == next(iter(bad)), r.text
+    upload = create().json()
+    key = f"audio/uploads/{upload['id']}"
+    p1 = send_part(http, upload["id"], b"\1" * (5 * MIB)).json()
+    p2 = send_part(http, upload["id"], b"\2" * MIB).json()
+    for part_ids, param in ([[p2["id"], p1["id"]], "part_ids"], [[p1["id"]], "part_ids"],
+                            [["part_nope"], "part_ids"]):
+        r = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": part_ids})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    r = http.post(f"/v1/uploads/{upload['id']}/complete",
+                  json={"part_ids": [p1["id"], p2["id"]], "md5": "0" * 32})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "checksum_mismatch"
+    assert "Contents" not in worker.s3.list_objects_v2(Bucket=worker.bucket, Prefix=key)
+
+    other = create().json()
+    send_part(http, other["id"], b"\3" * MIB)
+    assert len(multipart_uploads(worker, f"audio/uploads/{other['id']}")) == 1
+    cancelled = http.post(f"/v1/uploads/{other['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert multipart_uploads(worker, f"audio/uploads/{other['id']}") == []
+    r = send_part(http, other["id"], b"\4" * MIB)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending"
+
+    stranger = worker.keys.pop()
+    r = httpx.get(f"{worker.url}/v1/uploads/{other['id']}", headers={"Authorization": f"Bearer {stranger}"})
+    assert r.status_code == 404
+    r = http.post("/v1/jobs", data={"file_id": "file-nope"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "file_not_found"
+
+
+def test_parts_under_5_mib_but_the_last_are_refused(http, worker):
+    upload = http.post("/v1/uploads", json={"filename": "a.ogg", "bytes": 2 * MIB, "mime_type": "audio/ogg",
+                                            "purpose": "transcription"}).json()
+    parts = [send_part(http, upload["id"], bytes([i]) * MIB).json()["id"] for i in (1, 2)]
+    r = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": parts})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "part_too_small", r.text
+    assert http.get(f"/v1/uploads/{upload['id']}").json()["status"] == "pending"  # may still be cancelled
+
+
+def test_openai_sdk_uploads_client(worker, api_key):
+    import openai
+
+    client = openai.OpenAI(api_key=api_key, base_url=worker.url + "/v1", max_retries=0, timeout=120)
+    audio = sample("hello")[0]
+    upload = client.uploads.create(bytes=len(audio), filename="hello.wav", mime_type="audio/wav",
+                                   purpose="batch")
+    part = client.uploads.parts.create(upload.id, data=audio)
+    done = client.uploads.complete(upload.id, part_ids=[part.id], md5=hashlib.md5(audio).hexdigest())
+    assert done.status == "completed" and done.file.id.startswith("file-") and done.file.bytes == len(audio)

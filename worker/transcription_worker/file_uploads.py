@@ -1,0 +1,223 @@
+"""OpenAI-compatible Uploads API: large recordings in parts, straight into an S3 multipart upload.
+
+    POST /v1/uploads                  {filename, bytes, mime_type, purpose} -> upload (pending)
+    POST /v1/uploads/{id}/parts       multipart field `data`              -> upload.part
+    POST /v1/uploads/{id}/complete    {part_ids: [...], md5?}             -> upload (completed, file)
+    POST /v1/uploads/{id}/cancel                                          -> upload (cancelled)
+    GET  /v1/uploads/{id}             the upload and the parts that arrived (to resume)
+
+Shapes follow OpenAI's Uploads API (create an upload, add parts, complete it into a file);
+storage is S3's multipart upload in the audio bucket, key `{prefix}uploads/{upload_id}`
+(nothing from the client reaches a key). Each part is sent to S3 with its SHA-256 for S3 to
+check, and a part whose SHA-256 this upload already holds is not stored again: the first
+part's id is returned. S3 assembles parts by part number, which is the order of arrival, so
+`complete` takes `part_ids` in the order they were sent (a different order is a 400). The
+completed object is read once, in 1 MiB pieces, for its SHA-256 (the job's audio identity)
+and the optional MD5. A job is made from the file with `POST /v1/jobs` and `file_id`.
+Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from .errors import APIError
+
+log = logging.getLogger("transcription_worker")
+router = APIRouter(prefix="/v1/uploads")
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def upload_body(row: dict, parts: list[dict] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": row["id"], "object": "upload", "bytes": row["bytes"], "created_at": _ts(row["created_at"]),
+        "filename": row["filename"], "purpose": row["purpose"], "status": row["status"],
+        "expires_at": _ts(row["expires_at"]), "file": None,
+    }
+    if row["status"] == "completed":
+        body["file"] = {"id": row["file_id"], "object": "file", "bytes": row["bytes"],
+                        "created_at": _ts(row["completed_at"]), "filename": row["filename"],
+                        "purpose": row["purpose"]}
+    if parts is not None:
+        body["parts"] = [part_body(p) for p in parts]
+    return body
+
+
+def part_body(part: dict) -> dict[str, Any]:
+    return {"id": part["id"], "object": "upload.part", "created_at": _ts(part["created_at"]),
+            "upload_id": part["upload_id"], "bytes": part["bytes"], "sha256": part["sha256"]}
+
+
+async def _context(request: Request) -> tuple[Any, str, Any]:
+    from .api import _admit, _db, _jobs_enabled
+
+    state = request.app.state.worker
+    _jobs_enabled(state)
+    key_id = await _admit(request)
+    return state, key_id, _db
+
+
+async def _json(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise APIError(400, "the body must be a JSON object", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the body must be a JSON object", code="invalid_json")
+    return body
+
+
+async def _pending(state: Any, db: Any, upload_id: str, key_id: str) -> dict:
+    row = await db(state.db.get_upload, upload_id, key_id)
+    if row is None:
+        raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
+    return row
+
+
+@router.post("")
+async def create_upload(request: Request):
+    """Start an upload of `bytes` bytes (at most WORKER_MAX_UPLOAD_TOTAL_MB) of audio."""
+    state, key_id, db = await _context(request)
+    body = await _json(request)
+    settings = state.settings
+    filename, size = body.get("filename"), body.get("bytes")
+    mime, purpose = body.get("mime_type"), body.get("purpose")
+    if not isinstance(filename, str) or not filename.strip() or len(filename) > 255:
+        raise APIError(400, "filename must be a non-empty string of at most 255 characters",
+                       param="filename", code="invalid_value")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise APIError(400, "bytes must be a positive integer", param="bytes", code="invalid_value")
+    if size > settings.max_upload_total_bytes:
+        raise APIError(413, f"an upload may hold at most {settings.max_upload_total_mb} MB",
+                       param="bytes", code="file_too_large")
+    if not isinstance(mime, str) or not mime.startswith(("audio/", "video/")):
+        raise APIError(400, "mime_type must be an audio (or video) type, e.g. audio/mpeg",
+                       param="mime_type", code="invalid_value")
+    if not isinstance(purpose, str) or not purpose.strip():
+        raise APIError(400, "purpose is required (e.g. \"transcription\")", param="purpose",
+                       code="invalid_value")
+    upload_id = f"upload_{secrets.token_hex(16)}"
+    key = state.store.upload_key(upload_id)
+    s3_upload_id = await db(state.store.start_multipart, key, mime)
+    row = await db(state.db.create_upload, {
+        "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
+        "mime_type": mime, "purpose": purpose, "status": "pending", "s3_key": key,
+        "s3_upload_id": s3_upload_id})
+    return upload_body(row)
+
+
+@router.post("/{upload_id}/parts")
+async def add_part(upload_id: str, request: Request):
+    """Add one part (form field `data`, at most WORKER_MAX_PART_MB; every part but the last at
+    least 5 MiB, S3's minimum). A part this upload already holds is answered with its id."""
+    state, key_id, db = await _context(request)
+    row = await _pending(state, db, upload_id, key_id)
+    if row["status"] != "pending":
+        raise APIError(400, f"upload {upload_id} is {row['status']}; parts go to pending uploads",
+                       param="upload_id", code="upload_not_pending")
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        part = form.get("data")
+        if not isinstance(part, UploadFile):
+            raise APIError(400, "a multipart `data` field with the part's bytes is required",
+                           param="data", code="missing_data")
+        data = await part.read()
+    finally:
+        await form.close()
+    if not data:
+        raise APIError(400, "the part is empty", param="data", code="invalid_value")
+    digest = hashlib.sha256(data)
+    try:
+        claimed, new = await db(state.db.claim_part, upload_id, f"part_{secrets.token_hex(16)}",
+                                digest.hexdigest(), len(data))
+    except LookupError as exc:
+        raise APIError(400, f"upload {upload_id} is {exc}; parts go to pending uploads",
+                       param="upload_id", code="upload_not_pending") from None
+    if not new:
+        return part_body(claimed)
+    try:
+        etag = await db(state.store.put_part, row["s3_key"], row["s3_upload_id"],
+                        claimed["part_number"], data, base64.b64encode(digest.digest()).decode())
+    except BaseException:
+        await run_in_threadpool(state.db.stored_part, claimed["id"], None)
+        raise
+    await db(state.db.stored_part, claimed["id"], etag)
+    return part_body(claimed)
+
+
+@router.post("/{upload_id}/complete")
+async def complete_upload(upload_id: str, request: Request):
+    """Assemble the listed parts into one file; their bytes must add up to the upload's
+    `bytes`, and `md5` (hex), if given, must match the whole file."""
+    state, key_id, db = await _context(request)
+    body = await _json(request)
+    row = await _pending(state, db, upload_id, key_id)
+    if row["status"] == "completed":
+        return upload_body(row)  # a retried complete
+    if row["status"] != "pending":
+        raise APIError(400, f"upload {upload_id} is {row['status']}", param="upload_id",
+                       code="upload_not_pending")
+    part_ids = body.get("part_ids")
+    if not isinstance(part_ids, list) or not part_ids or not all(isinstance(p, str) for p in part_ids):
+        raise APIError(400, "part_ids must be a non-empty list of part ids", param="part_ids",
+                       code="invalid_value")
+    stored = {p["id"]: p for p in await db(state.db.parts, upload_id)}
+    unknown = [p for p in part_ids if p not in stored]
+    if unknown:
+        raise APIError(400, f"unknown part ids for this upload: {', '.join(unknown[:3])}",
+                       param="part_ids", code="invalid_value")
+    numbers = [stored[p]["part_number"] for p in part_ids]
+    if numbers != sorted(set(numbers)):
+        raise APIError(400, "part_ids must list each part once, in the order the parts were sent",
+                       param="part_ids", code="invalid_value")
+    total = sum(stored[p]["bytes"] for p in part_ids)
+    if total != row["bytes"]:
+        raise APIError(400, f"the parts hold {total} bytes; the upload was created for {row['bytes']}",
+                       param="part_ids", code="invalid_value")
+    small = [p for p in part_ids[:-1] if stored[p]["bytes"] < 5 * 1024 * 1024]
+    if small:
+        raise APIError(400, f"every part but the last must hold at least 5 MiB (S3's minimum);"
+                       f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
+                       code="part_too_small")
+    md5 = body.get("md5")
+    await db(state.store.complete_multipart, row["s3_key"], row["s3_upload_id"],
+             [(stored[p]["part_number"], stored[p]["etag"]) for p in part_ids])
+    sha, actual_md5, size = await db(state.store.digests, row["s3_key"])
+    if (md5 and str(md5).lower() != actual_md5) or size != row["bytes"]:
+        await db(state.store.delete, row["s3_key"])
+        await db(state.db.finish_upload, upload_id, "cancelled")
+        raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
+                       " cancelled, start a new one", param="md5", code="checksum_mismatch")
+    done = await db(state.db.finish_upload, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha)
+    log.info("upload completed", extra={"upload_id": upload_id, "bytes": size, "key_id": key_id})
+    return upload_body(done or await _pending(state, db, upload_id, key_id))
+
+
+@router.post("/{upload_id}/cancel")
+async def cancel_upload(upload_id: str, request: Request):
+    state, key_id, db = await _context(request)
+    row = await _pending(state, db, upload_id, key_id)
+    if row["status"] != "pending":
+        raise APIError(400, f"upload {upload_id} is {row['status']}", param="upload_id",
+                       code="upload_not_pending")
+    await db(state.store.abort_multipart, row["s3_key"], row["s3_upload_id"])
+    return upload_body(await db(state.db.finish_upload, upload_id, "cancelled") or row)
+
+
+@router.get("/{upload_id}")
+async def get_upload(upload_id: str, request: Request):
+    """The upload and the parts that arrived, in order: what a client resumes from."""
+    state, key_id, db = await _context(request)
+    row = await _pending(state, db, upload_id, key_id)
+    return upload_body(row, await db(state.db.parts, upload_id))
