@@ -72,7 +72,7 @@ def layout(names: dict[str, int]) -> tuple[dict[str, set[str]], list[str]]:
     for name in names:
         top, sep, rest = name.partition("/")
         if not sep:
-            if top != NAME:
+            if top not in (NAME, "opsctl-catalog.json"):  # the record, the catalog index (index.py)
                 foreign.add(top)
             continue
         folders.setdefault(top, set()).add(rest)

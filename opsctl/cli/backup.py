@@ -92,12 +92,21 @@ def list_(
     def render(c):
         from rich.table import Table
 
-        t = Table("id", "created (UTC)", "status", "components", "size", "stored", "verified", "label",
-                  title=f"{repo.url} ({state})")
+        from rich import box
+
+        # 80 columns without a TTY: ids (their UTC creation time), statuses and sizes never
+        # cut; components, notes and labels wrap (the creation time is in --json)
+        t = Table(title=f"{repo.url} ({state})", box=box.SIMPLE_HEAD, pad_edge=False)
+        for name in ("id", "status"):
+            t.add_column(name, no_wrap=True)
+        t.add_column("holds", overflow="fold")
+        for name in ("size", "stored"):
+            t.add_column(name, no_wrap=True, justify="right")
+        t.add_column("ok", no_wrap=True)
+        t.add_column("label", overflow="fold")
         for r in rows:
             style = {"complete": "green", "running": "cyan"}.get(r["status"], "red")
-            t.add_row(r["id"], r["created_at"].strftime("%Y-%m-%d %H:%M:%S") if r["created_at"] else "-",
-                      f"[{style}]{r['status']}[/{style}]",
+            t.add_row(r["id"], f"[{style}]{r['status']}[/{style}]",
                       r["note"] if r["status"] in ("untrusted", "damaged") else ", ".join(r["components"]) or r["note"],
                       _size(r["raw_bytes"]) if r["raw_bytes"] is not None else "-",
                       _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",

@@ -44,7 +44,8 @@ def test_failed_verify_is_recorded_and_honoured(seeded, runner, tmp_path, monkey
     assert rows[newer]["status"] == "damaged" and "failed verify" in rows[newer]["note"]
     assert rows[older]["status"] == "complete"
     text = runner.invoke(app, ["backup", "list", "--env", env])
-    assert "damaged" in text.stdout
+    assert "damaged" in text.stdout and newer in text.stdout and older in text.stdout  # never cut at 80 columns
+    assert all(len(line) <= 80 for line in text.stdout.splitlines() if newer in line or older in line)
 
     # a verdict planted without the key's MAC is ignored
     (tmp_path / "repo" / older / "verify-failed.json").write_text(json.dumps({"id": older, "ok": False}))
