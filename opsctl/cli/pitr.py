@@ -96,45 +96,44 @@ def render_windows(c, doc: dict | None) -> None:
 
 def restore_to(env: str, to_time: str | None, to_lsn: str | None, beside: bool, yes: bool,
                confirm_env: str | None, as_json: bool, target_instance: str | None = None) -> None:
-    """`opsctl restore --to-time/--to-lsn`: plan, approve, run, render (RDS on kubernetes)."""
-    from opsctl.cli.backup import _progress
-    from opsctl.errors import UsageError
-    from opsctl.output import emit
+    """`opsctl restore --to-time/--to-lsn`: one core call (opsctl.pitr.restore.restore), rendered."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from opsctl.output import emit, stderr
     from opsctl.pitr import restore as core
+    from opsctl.signals import sigterm_as_interrupt
 
     project, environment_ = environment(env)
-    if environment_.platform == "kubernetes":
-        from opsctl.pitr import rds
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                    console=stderr, transient=True, disable=not stderr.is_terminal)
 
-        if to_lsn is not None or beside:
-            raise UsageError("RDS restores to a time into a new instance: use --to-time with --target-instance")
-        when = None if (to_time or "").strip().lower() == "latest" else core.parse_time(to_time or "")
-        r = rds.restore_to_time(environment_, target_instance, when)
+    def report(what: str, total: int | None):
+        task = bars.add_task(what, total=total)
+        return lambda n: bars.advance(task, n)
+
+    def approve(p) -> None:
+        from opsctl.approval import at_terminal
+
+        bars.stop()  # the question is asked on a quiet terminal
+        try:
+            at_terminal(f"restore {environment_.name} to {p.target} over {'; '.join(p.overwrites)}", environment_,
+                        yes, confirm_env, verb=("restore over it", "restoring over it", "restored"))
+        finally:
+            bars.start()
+
+    with sigterm_as_interrupt(), bars:  # CI cancels with SIGTERM: cleaned up like Ctrl-C
+        r = core.restore(project, environment_, to_time, to_lsn, beside, target_instance, approve, report)
+    if environment_.platform == "kubernetes":
         emit(r, as_json, lambda c: c.print(
             f"new RDS instance [bold]{r.target_instance}[/bold] restored from {r.source} to "
             f"{_t(r.restore_time) if r.restore_time else 'its latest restorable time'}, available at {r.endpoint} "
             f"({r.seconds:.0f} s); point the environment at it to use it", soft_wrap=True))
         return
-    if target_instance:
-        raise UsageError("--target-instance names a new RDS instance; the embedded platform restores beside "
-                         "(--beside) or in place")
-    with _progress() as report:
-        p = core.plan(project, environment_, to_time, to_lsn, beside,
-                      report=report("WAL segments", None))
-    try:
-        if p.overwrites:
-            from opsctl.approval import at_terminal
-
-            at_terminal(f"restore {environment_.name} to {p.target} over {'; '.join(p.overwrites)}", environment_,
-                        yes, confirm_env, verb=("restore over it", "restoring over it", "restored"))
-        with _progress() as report:
-            r = core.run(p, report)
-    finally:
-        core.discard(p)
     emit(r, as_json, lambda c: c.print(
         f"restored to {r.target} ({r.mode}): last commit replayed {_t(r.recovered_to)}, timeline {r.timeline}, "
         f"base {' + '.join(r.chain)}, {r.segments} WAL files; {len(r.tables)} tables, {r.rows} rows in "
-        f"{r.seconds:.1f} s" + (f"; running at {r.url} (pid {r.pid}, data {r.data_dir})" if r.url else "")
+        f"{r.seconds:.1f} s" + (f"; running at {r.url} (pid {r.pid}, data {r.data_dir}; scratch, fsync off)"
+                                if r.url else "")
         + (f"; previous data kept in {r.previous_data_dir}" if r.previous_data_dir else ""), soft_wrap=True))
 
 

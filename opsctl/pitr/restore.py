@@ -415,3 +415,32 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
             raise
         state.save()
     return kept
+
+
+def restore(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,
+            beside: bool = False, target_instance: str | None = None, approve=None, report=None):
+    """The whole point-in-time restore, as `opsctl restore --to-time/--to-lsn` and a runbook step run it.
+
+    Embedded platform: plan (refuses a target outside the window; nothing touched), then
+    `approve(plan)` when it would overwrite the live server (raise to stop), run, and always
+    drop what plan staged; returns a PitrResult. Kubernetes: RDS's restore to a time into the
+    new instance `target_instance`; returns an rds.RdsRestoreResult. `report(what, total)` as
+    for backups. UsageError for bad input, OperationFailed when the restore fails.
+    """
+    if env.platform == "kubernetes":
+        from opsctl.pitr import rds
+
+        if to_lsn is not None or beside:
+            raise UsageError("RDS restores to a time into a new instance: use --to-time with --target-instance")
+        when = None if (to_time or "").strip().lower() == "latest" else parse_time(to_time or "")
+        return rds.restore_to_time(env, target_instance, when)
+    if target_instance:
+        raise UsageError("--target-instance names a new RDS instance; the embedded platform restores beside "
+                         "(--beside) or in place")
+    p = plan(project, env, to_time, to_lsn, beside, report=report("WAL segments", None) if report else None)
+    try:
+        if p.overwrites and approve is not None:
+            approve(p)
+        return run(p, report)
+    finally:
+        discard(p)
