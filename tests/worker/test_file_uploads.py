@@ -153,3 +153,43 @@ def test_openai_sdk_uploads_client(worker, api_key):
     part = client.uploads.parts.create(upload.id, data=audio)
     done = client.uploads.complete(upload.id, part_ids=[part.id], md5=hashlib.md5(audio).hexdigest())
     assert done.status == "completed" and done.file.id.startswith("file-") and done.file.bytes == len(audio)
+
+
+def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, tmp_path):
+    """A worker whose uploads expire after 2 s (keeper ticking every 0.5 s): an upload left
+    pending is marked expired, its S3 multipart upload aborted and counted."""
+    import os
+    import secrets
+    import subprocess
+    import time
+
+    from worker_helpers import AWS_ENV, BIN, metric
+    from worker_support import start_worker, stop_worker, wait_until, worker_env
+
+    os.environ.update(AWS_ENV)
+    suffix = secrets.token_hex(4)
+    bucket = f"expiry-{suffix}"
+    client = s3.client()
+    client.create_bucket(Bucket=bucket)
+    env = worker_env(model_dir, WORKER_DATABASE_URL=postgres.make_database(f"expiry_{suffix}"),
+                     WORKER_S3_ENDPOINT_URL=s3.endpoint_url, WORKER_S3_BUCKET=bucket,
+                     WORKER_UPLOAD_EXPIRY_SECONDS="2", WORKER_JOB_LEASE_SECONDS="1.5")
+    assert subprocess.run([str(BIN), "migrate"], env=env, capture_output=True).returncode == 0
+    proc, url = start_worker(env, tmp_path / "w.log")
+    try:
+        wait_until(url, proc, tmp_path / "w.log", ready=False)  # uploads need no model
+        upload = httpx.post(url + "/v1/uploads", json={"filename": "x.wav", "bytes": 6 * MIB,
+                                                       "mime_type": "audio/wav", "purpose": "t"}).json()
+        assert httpx.post(f"{url}/v1/uploads/{upload['id']}/parts",
+                          files={"data": ("p", b"\1" * MIB)}).status_code == 200
+        assert client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        deadline = time.monotonic() + 120
+        while client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+            assert time.monotonic() < deadline, "the abandoned upload was never aborted"
+            time.sleep(0.5)
+        assert httpx.get(f"{url}/v1/uploads/{upload['id']}").json()["status"] == "expired"
+        r = httpx.post(f"{url}/v1/uploads/{upload['id']}/parts", files={"data": ("p", b"\2" * MIB)})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending"
+        assert metric(httpx.get(url + "/metrics").text, "worker_uploads_expired_total") == 1
+    finally:
+        stop_worker(proc)

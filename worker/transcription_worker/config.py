@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit
     max_upload_total_mb: int = Field(2048, ge=1)  # one file through /v1/uploads
     max_part_mb: int = Field(64, ge=1)  # one part of it (OpenAI's part limit)
+    upload_expiry_seconds: float = Field(3600, gt=0)  # an upload not completed by then is aborted in S3
     max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 
     # dependencies (each optional: without it the features that need it answer 503)

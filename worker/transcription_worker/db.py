@@ -79,7 +79,7 @@ MIGRATIONS: list[str] = [
         bytes        bigint NOT NULL,
         mime_type    text NOT NULL,
         purpose      text NOT NULL,
-        status       text NOT NULL CHECK (status IN ('pending', 'completed', 'cancelled')),
+        status       text NOT NULL CHECK (status IN ('pending', 'completed', 'cancelled', 'expired')),
         s3_key       text NOT NULL,
         s3_upload_id text NOT NULL,
         file_id      text UNIQUE,
@@ -245,12 +245,13 @@ class Database:
 
     # --- uploads (file_uploads.py) ---
 
-    def create_upload(self, row: dict[str, Any]) -> dict[str, Any]:
+    def create_upload(self, row: dict[str, Any], expiry_seconds: float) -> dict[str, Any]:
         cols = ", ".join(row)
         with self.pool.connection() as conn:
             return conn.execute(
                 f"INSERT INTO uploads ({cols}, expires_at) VALUES ({', '.join(['%s'] * len(row))},"
-                " now() + interval '1 hour') RETURNING *", tuple(row.values())).fetchone()
+                " now() + make_interval(secs => %s)) RETURNING *",
+                (*row.values(), expiry_seconds)).fetchone()
 
     def get_upload(self, upload_id: str, api_key_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM uploads WHERE id = %s AND api_key_id = %s", (upload_id, api_key_id))
@@ -296,3 +297,13 @@ class Database:
                 " completed_at = CASE WHEN %s = 'completed' THEN now() END"
                 " WHERE id = %s AND status = 'pending' RETURNING *",
                 (status, file_id, sha256, status, upload_id)).fetchone()
+
+    def expired_uploads(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Pending uploads past `expires_at`, marked expired here (each taken by one worker:
+        SKIP LOCKED); the caller aborts their S3 multipart uploads."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "WITH old AS (SELECT id FROM uploads WHERE status = 'pending' AND expires_at < now()"
+                " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE uploads u SET status = 'expired' FROM old WHERE u.id = old.id"
+                " RETURNING u.id, u.s3_key, u.s3_upload_id", (limit,)).fetchall()

@@ -15,6 +15,9 @@ part's id is returned. S3 assembles parts by part number, which is the order of 
 completed object is read once, in 1 MiB pieces, for its SHA-256 (the job's audio identity)
 and the optional MD5. A job is made from the file with `POST /v1/jobs` and `file_id`.
 Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
+An upload not completed within WORKER_UPLOAD_EXPIRY_SECONDS (an hour, as OpenAI's) is
+marked `expired` and its S3 multipart upload aborted by the job keeper (`abort_expired`),
+counted in `worker_uploads_expired_total`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import base64
 import hashlib
 import logging
 import secrets
+from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -79,9 +83,13 @@ async def _json(request: Request) -> dict:
 
 
 async def _pending(state: Any, db: Any, upload_id: str, key_id: str) -> dict:
+    """The caller's upload (404 otherwise); one past `expires_at` reads as expired even
+    before the keeper has aborted it."""
     row = await db(state.db.get_upload, upload_id, key_id)
     if row is None:
         raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
+    if row["status"] == "pending" and row["expires_at"] <= datetime.now(timezone.utc):
+        row = {**row, "status": "expired"}
     return row
 
 
@@ -113,7 +121,7 @@ async def create_upload(request: Request):
     row = await db(state.db.create_upload, {
         "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
         "mime_type": mime, "purpose": purpose, "status": "pending", "s3_key": key,
-        "s3_upload_id": s3_upload_id})
+        "s3_upload_id": s3_upload_id}, settings.upload_expiry_seconds)
     return upload_body(row)
 
 
@@ -221,3 +229,20 @@ async def get_upload(upload_id: str, request: Request):
     state, key_id, db = await _context(request)
     row = await _pending(state, db, upload_id, key_id)
     return upload_body(row, await db(state.db.parts, upload_id))
+
+
+def abort_expired(state: Any) -> int:
+    """Abort the S3 multipart uploads of expired uploads (run by the job keeper); returns how many."""
+    from . import metrics
+
+    aborted = 0
+    for row in state.db.expired_uploads():
+        try:
+            state.store.abort_multipart(row["s3_key"], row["s3_upload_id"])
+        except Exception as exc:  # S3 away: its lifecycle rule or the next worker tries again
+            log.warning("could not abort an expired upload: %s", exc, extra={"upload_id": row["id"]})
+            continue
+        metrics.UPLOADS_EXPIRED.inc()
+        aborted += 1
+        log.info("expired upload aborted", extra={"upload_id": row["id"]})
+    return aborted

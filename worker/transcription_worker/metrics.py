@@ -31,6 +31,8 @@ MODEL_LOAD_SECONDS = Gauge("worker_model_load_seconds", "Time the model took to 
 MODEL_LOADED = Gauge("worker_model_loaded", "1 once the model is loaded")
 JOBS = Counter("worker_jobs_total", "Asynchronous jobs by outcome",
                ["status"])  # created, deduplicated, succeeded, failed, adopted, abandoned
+UPLOADS_EXPIRED = Counter("worker_uploads_expired_total",
+                          "Uploads never completed, aborted in S3 after WORKER_UPLOAD_EXPIRY_SECONDS")
 DEDUP_HITS = Counter("worker_dedup_hits_total", "Requests answered from a stored transcript")
 RATE_LIMITED = Counter("worker_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
 BUILD = Info("worker_build", "Version, color and model of this worker")

@@ -59,6 +59,10 @@ class JobKeeper:
         """Renew this worker's leases, then adopt orphaned jobs while the queue has room."""
         state = self.state
         state.db.renew_leases(state.owner)
+        if state.store is not None:
+            from .file_uploads import abort_expired
+
+            abort_expired(state)
         if not self.adopting or state.transcriber is None or state.store is None:
             return 0  # draining, or cannot run jobs yet: leave them to a worker that can
         adopted = 0
