@@ -133,7 +133,12 @@ def deploy_status(ctx: Context) -> dict:
 
 @action("wait")
 def wait(ctx: Context, seconds: float) -> dict:
-    """Sleep `seconds`; a timed-out or interrupted step stops waiting at once."""
+    """Sleep `seconds` (finite, not negative); a timed-out or interrupted step stops waiting
+    at once."""
+    import math
+
+    if not math.isfinite(float(seconds)) or seconds < 0:
+        raise OperationFailed(f"seconds: {seconds}; wait takes a finite number of seconds, 0 or more")
     if ctx.cancel.wait(float(seconds)):
         raise OperationFailed("wait cancelled")
     return {"waited": float(seconds)}
@@ -161,21 +166,30 @@ def http(ctx: Context, url: str, method: str = "GET", expect_status: int | list 
     try:
         body: Any = resp.json()
     except ValueError:
-        body = resp.text[:2000]
+        body = ctx.mask(resp.text)[:2000]  # masked before the cut: no piece of a secret survives it
     return {"status": resp.status_code, "body": body}
 
 
 @action("shell", code_args=("command",), code_env=("env",))
-def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | None = None) -> dict:
+def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | None = None,
+          pass_env: list | None = None) -> dict:
     """Run `command` with /bin/sh in the ops root, in its own process group.
 
     `command` is code: values reach it as environment variables (`env:`), never pasted in.
+    The environment's secret variables (opsctl.runbook.secrets.environment_secret_names:
+    the backup key, the worker API key, database URLs, AWS credentials…) are not passed
+    on, except those the step names in `pass_env`; their values are masked in its output.
     On `timeout` (seconds) or when the step is cancelled, the whole process group gets
     SIGTERM, then SIGKILL after 2 s, and the action returns only once the group is gone,
     so a retry never overlaps the attempt before it.
     Outputs: stdout (stripped), exit_code. Raises OperationFailed on a non-zero exit.
     """
-    variables = {**os.environ, **{str(k): "" if v is None else str(v) for k, v in (env or {}).items()}}
+    from opsctl.runbook.secrets import environment_secret_names
+
+    withheld = environment_secret_names(ctx.env, os.environ) - set(pass_env or ())
+    variables = {**{k: v for k, v in os.environ.items()  # parameters come through env:, not OPSCTL_PARAM_*
+                    if k not in withheld and (not k.startswith("OPSCTL_PARAM_") or k in (pass_env or ()))},
+                 **{str(k): "" if v is None else str(v) for k, v in (env or {}).items()}}
     proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ctx.project.root, env=variables, start_new_session=True)
     deadline = time.monotonic() + float(timeout) if timeout else None
@@ -195,7 +209,7 @@ def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | 
         _stop_group(proc)
         raise
     if proc.returncode != 0:
-        raise OperationFailed(f"exit {proc.returncode}: {(err or out).strip()[-500:]}")
+        raise OperationFailed(f"exit {proc.returncode}: {ctx.mask((err or out).strip())[-500:]}")  # mask, then cut
     return {"stdout": out.strip(), "exit_code": proc.returncode}
 
 
@@ -330,16 +344,19 @@ def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = N
 def restore(ctx: Context, id: str | None = None, date: str | None = None, latest: bool = False,
             components: list | None = None, target_db: str | None = None, jobs: int = 1,
             confirm_env: str | None = None, target_instance: str | None = None, no_owner: bool = False,
-            role: str | None = None) -> dict:
+            role: str | None = None, allow_damaged: bool = False) -> dict:
     """Restores into `target_db` (and stops there) without approval; over live data it needs
     --yes, and in a protected environment `confirm_env` naming it. A native snapshot goes
-    into the new instance `target_instance`."""
+    into the new instance `target_instance`. `allow_damaged`: a backup whose verify failed,
+    still checked object by object."""
     import datetime as dt
 
     from opsctl.approval import at_terminal
     from opsctl.backup import restore as core
 
-    plan = core.plan(ctx.project, ctx.env, id, date, latest, components, target_db, target_instance, no_owner, role)
+    damaged = {"allow_damaged": True} if allow_damaged else {}  # --allow-damaged of 'opsctl restore'
+    plan = core.plan(ctx.project, ctx.env, id, date, latest, components, target_db, target_instance, no_owner, role,
+                     **damaged)
     if plan.overwrites:
         at_terminal(f"restore backup {plan.backup_id} over {'; '.join(plan.overwrites)}", ctx.env, ctx.yes,
                     confirm_env, verb=("restore over it", "restoring over it", "restored"))

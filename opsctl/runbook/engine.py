@@ -32,7 +32,7 @@ from opsctl.errors import Interrupted, OperationFailed, UsageError
 from opsctl.runbook import journal as jr
 from opsctl.runbook.actions import ACTIONS, Context
 from opsctl.runbook.catalog import digest, locate
-from opsctl.runbook.model import Runbook, _template_refs, evaluate, misfit
+from opsctl.runbook.model import Runbook, _template_refs, condition, evaluate, misfit
 from opsctl.runbook.secrets import Masker, masking_logs
 
 STOP_GRACE = 10.0  # seconds a cancelled action has to end before the step gives up on it
@@ -113,12 +113,6 @@ def _render(value: Any, ctx: dict) -> Any:
     return evaluate(value, ctx)
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() not in ("", "false", "0", "no", "none", "null")
-
-
 def _has_placeholder(value: Any) -> bool:
     if isinstance(value, Placeholder):
         return True
@@ -139,7 +133,12 @@ class Runner:
         self._notify = notify or (lambda outcome: None)
         self.outputs: dict[str, dict] = {}
         self.secret_names = book.secrets()
-        self.mask = Masker(params[n] for n in self.secret_names if params.get(n) not in (None, jr.REDACTED))
+        declared = {n for n, spec in book.parameters.items() if spec.get("secret")}
+        self.mask = Masker(params[n] for n in declared if params.get(n) not in (None, jr.REDACTED))
+        self.mask.add_environment(env)  # the secrets opsctl.yaml names (backup key, API key, …)
+        for name in sorted(self.secret_names - declared):  # computed from a secret: a secret too
+            if params.get(name) not in (None, jr.REDACTED):
+                self.mask.add(str(params[name]))
         self.journal = None if dry_run else jr.new(project.root, self.mask)
         if self.journal:
             self._mirror(self.journal)
@@ -279,12 +278,12 @@ class Runner:
         approval is refused."""
         ctx = self.context()
         try:
-            if "when" in step and not _truthy(_render(step["when"], ctx)):
+            if "when" in step and not condition(step["when"], ctx):
                 self._record(StepOutcome(step["id"], StepStatus.SKIPPED, detail=f"when: {step['when']}"))
                 return True
             inputs = _render(step.get("with", {}), ctx)
             approval = step.get("approval")
-            wanted = approval and _truthy(_render(approval.get("when", "true"), ctx))
+            wanted = approval and condition(approval.get("when", True), ctx)
             question = str(_render(approval["message"], ctx)) if wanted else ""
         except jinja2.TemplateError as exc:
             self._record(StepOutcome(step["id"], StepStatus.FAILED, detail=f"template: {exc}"))
@@ -384,7 +383,7 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
     """Continue run `run_id` of `book`; secret parameters are asked for again (-p)."""
     import os
 
-    from opsctl.runbook.model import coerce, env_var, given_from_environment
+    from opsctl.runbook.model import coerce, default_value, env_var, given_from_environment
 
     local = jr.runs_dir(project.root) / f"{jr.check_run_id(run_id)}.jsonl"
     if not local.exists() and env.platform == "kubernetes":  # a run from CI or a CronJob
@@ -401,13 +400,17 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
         raise UsageError(f"--from-step {from_step}: {book.ref} has no such step")
     done = {r["id"]: r.get("outputs", {}) for r in records if r["type"] == "step" and r["status"] in (StepStatus.OK, StepStatus.SKIPPED)}
     params = dict(head["params"])
-    for name in book.secrets():  # secrets are never journaled: ask for them again
-        if params.get(name) == jr.REDACTED:
-            given = given_from_environment(book, dict(given or {}), os.environ)
-            if name not in given:
-                raise UsageError(f"run {run_id} had secret parameter '{name}'; set {env_var(name)} again")
-            spec = book.parameters[name]
+    secrets = book.secrets()
+    for name, spec in book.parameters.items():  # secrets are never journaled: ask for them again
+        if name not in secrets or params.get(name) != jr.REDACTED:
+            continue
+        given = given_from_environment(book, dict(given or {}), os.environ)
+        if name in given:
             params[name] = coerce(book.ref, name, spec.get("type", "string"), given[name], True)
+        elif not spec.get("secret") and isinstance(spec.get("default"), str):  # computed from a secret: again
+            params[name] = default_value(book, name, params)
+        else:
+            raise UsageError(f"run {run_id} had secret parameter '{name}'; set {env_var(name)} again")
     runner = Runner(project, env, book, params, yes, notify)
     runner.journal = jr.Journal(local, runner.mask)
     runner._mirror(runner.journal)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import shlex
 import typing
@@ -48,8 +49,9 @@ CONTEXT_NAMES = {"params", "env", "steps", "run"}
 # the declared types: the Python types a value of each may have
 TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
                                       "boolean": (bool,)}
-_INTEGER = re.compile(r"[+-]?\d+")
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# ASCII digits only: `\d` (and int()) also take "٣" or "３"
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -105,8 +107,21 @@ class Runbook:
         return self.doc.get("schedule")
 
     def secrets(self) -> set[str]:
-        """Names of the parameters declared `secret: true`."""
-        return {n for n, s in self.parameters.items() if s.get("secret")}
+        """Names of the secret parameters: those declared `secret: true`, and those whose
+        default is computed from a secret one (any filter, in declaration order): a value
+        derived from a secret is a secret (GitHub's add-mask)."""
+        found = {n for n, s in self.parameters.items() if s.get("secret")}
+        for name, spec in self.parameters.items():
+            default = spec.get("default")
+            if name in found or not isinstance(default, str) or not ("{{" in default or "{%" in default):
+                continue
+            try:
+                refs = _template_refs(default)[1]
+            except jinja2.TemplateSyntaxError:
+                continue
+            if refs & found:
+                found.add(name)
+        return found
 
     def handlers(self) -> set[str]:
         """Steps named in some on_failure: they run only when a step fails."""
@@ -205,6 +220,41 @@ def evaluate(source: str, ctx: Mapping[str, Any]) -> Any:
     return value
 
 
+def condition(source: Any, ctx: Mapping[str, Any]) -> bool:
+    """A `when:` as a Jinja expression over typed values: `"{{ params.flag }}"`, or the bare
+    expression `"params.count > 2"`; its value's truth (a non-empty string is true, whatever
+    it says: "false", "null" and "off" are text, never re-read as booleans). Raises
+    jinja2.TemplateError when it is not one expression or cannot be evaluated."""
+    if isinstance(source, bool):
+        return source
+    text = str(source)
+    expr = lone_expression(text)
+    if expr is None:
+        if "{{" in text or "{%" in text:
+            raise jinja2.TemplateSyntaxError(f"when: {text!r} is text around templates; write one expression, "
+                                             "e.g. \"{{ params.a and not params.b }}\"", 1)
+        expr = text
+    value = TEMPLATES.compile_expression(expr, undefined_to_none=False)(**ctx)
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises with the name that is missing
+    return bool(value)
+
+
+def _condition_problem(source: Any) -> str | None:
+    if isinstance(source, bool):
+        return None
+    text = str(source)
+    expr = lone_expression(text)
+    if expr is None and ("{{" in text or "{%" in text):
+        return (f"when: {text!r} is text around templates, read as a string; write one expression, "
+                "e.g. \"{{ params.a and not params.b }}\"")
+    try:
+        TEMPLATES.compile_expression(expr if expr is not None else text)
+    except jinja2.TemplateSyntaxError as exc:
+        return f"when: not an expression: {exc.message}"
+    return None
+
+
 def _strings(value: Any, path: tuple) -> list[tuple[tuple, str]]:
     if isinstance(value, str):
         return [(path, value)]
@@ -272,6 +322,8 @@ def _adapter(annotation: Any):
 def misfit(fn: Callable, name: str, value: Any) -> str | None:
     """Why `value` cannot be the action's argument `name` (its annotation, strictly: no
     string becomes a number), or None when it fits."""
+    if non_finite(value):
+        return "takes finite numbers, not inf or nan"
     annotation = _hints(fn).get(name, Any)
     if annotation is Any:
         return None
@@ -323,8 +375,13 @@ def _check_with(book: Runbook, i: int, step: dict, fn: Callable) -> list[Problem
 
 
 def _check_parameters(book: Runbook) -> list[Problem]:
+    """Defaults: present (or required), of the declared type; a template default may use
+    only parameters declared before it, and when those all have defaults it is rendered
+    from them now and type-checked (a run renders it from the values given, and checks it
+    again before any step)."""
     problems = []
     declared = list(book.parameters)
+    known: dict[str, Any] = {}  # defaults known at validate, rendered
     for index, (name, spec) in enumerate(book.parameters.items()):
         kind = spec.get("type", "string")
         where = book.line("parameters", name, "default") if "default" in spec else book.line("parameters", name)
@@ -347,17 +404,37 @@ def _check_parameters(book: Runbook) -> list[Problem]:
                     problems.append(Problem(book.path, where,
                                             f"default of '{name}' refers to '{other}', which is not declared before it; "
                                             "defaults are rendered in declaration order"))
+            if names <= {"params"} and params <= set(known):
+                try:
+                    known[name] = default_value(book, name, known)
+                except UsageError as exc:
+                    problems.append(Problem(book.path, where, str(exc).split(": ", 1)[1] + " (rendered from the defaults)"))
             continue
         if not _fits(kind, default):
-            problems.append(Problem(book.path, where, f"default of '{name}' is {type(default).__name__}, "
+            problems.append(Problem(book.path, where, f"default of '{name}' is {_kind_of(default)}, "
                                                       f"not its declared type {kind}"))
+        else:
+            known[name] = default
     return problems
 
 
 def _fits(kind: str, value: Any) -> bool:
     if kind != "boolean" and isinstance(value, bool):
         return False
+    if isinstance(value, float) and not math.isfinite(value):  # inf and nan are no numbers a step can use
+        return False
     return isinstance(value, TYPES[kind])
+
+
+def non_finite(value: Any) -> bool:
+    """True when `value` (or anything inside it) is a float that is inf or nan."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(non_finite(v) for v in value)
+    return False
 
 
 def _check_schedule(book: Runbook) -> list[Problem]:
@@ -401,11 +478,19 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
                 problems.append(Problem(book.path, book.line("steps", i, "on_failure"),
                                         f"on_failure names unknown step '{target}'"))
         earlier = set(ids[:i])
+        for path in (("when",), ("approval", "when")):
+            holder = step.get(path[0]) if len(path) == 2 else step
+            if isinstance(holder, dict) and path[-1] in holder:
+                why = _condition_problem(holder[path[-1]])
+                if why:
+                    problems.append(Problem(book.path, book.line("steps", i, *path), why))
         code_args = set(getattr(fn, "code_args", ()))
         code_env = set(getattr(fn, "code_env", ()))
         problems += _check_paths(book, i, step, fn)
         bad_template = False
         for path, source in _strings({k: step[k] for k in ("with", "when", "approval") if k in step}, ("steps", i)):
+            if path[-1] == "when" and "{{" not in source and "{%" not in source:
+                source = "{{ " + source + " }}"  # a bare expression: its names are checked the same way
             try:
                 names, params, steps = _template_refs(source)
             except jinja2.TemplateSyntaxError as exc:
@@ -512,27 +597,43 @@ def resolve_params(book: Runbook, given: dict[str, str], environ: Mapping[str, s
     if environ is not None:
         given = given_from_environment(book, given, environ)
     values: dict[str, Any] = {}
+    secrets = book.secrets()
     for name, spec in declared.items():
         kind = spec.get("type", "string")
         if name in given:
-            values[name] = coerce(book.ref, name, kind, given[name], bool(spec.get("secret")))
+            values[name] = coerce(book.ref, name, kind, given[name], name in secrets)
         elif "default" in spec:
-            default = spec["default"]
-            if isinstance(default, str) and ("{{" in default or "{%" in default):
-                try:
-                    default = evaluate(default, {"params": dict(values)})
-                except jinja2.TemplateError as exc:
-                    raise UsageError(f"{book.ref}: default of '{name}' cannot be rendered: {exc}") from None
-                if kind == "string" and not isinstance(default, str):
-                    default = str(default)
-            if not _fits(kind, default):
-                raise UsageError(f"{book.ref}: default of '{name}' is {type(default).__name__}, not {kind}; "
-                                 "fix the runbook's parameters")
-            values[name] = default
+            values[name] = default_value(book, name, values)
         else:
-            how = f"set {env_var(name)}" if spec.get("secret") else f"pass -p {name}=VALUE"
+            how = f"set {env_var(name)}" if name in secrets else f"pass -p {name}=VALUE"
             raise UsageError(f"{book.ref}: parameter '{name}' is required; {how}")
     return values
+
+
+def default_value(book: Runbook, name: str, values: Mapping[str, Any]) -> Any:
+    """The default of parameter `name`, rendered over the `values` of the parameters before
+    it when it is a template, checked against the declared type (a number must be finite);
+    UsageError (one line) when it cannot be rendered or does not fit."""
+    spec = book.parameters[name]
+    kind = spec.get("type", "string")
+    default = spec["default"]
+    if isinstance(default, str) and ("{{" in default or "{%" in default):
+        try:
+            default = evaluate(default, {"params": dict(values)})
+        except jinja2.TemplateError as exc:
+            raise UsageError(f"{book.ref}: default of '{name}' cannot be rendered: {exc}") from None
+        if kind == "string" and not isinstance(default, str):
+            default = str(default)
+    if not _fits(kind, default):
+        raise UsageError(f"{book.ref}: default of '{name}' is {_kind_of(default)}, not {kind}; "
+                         "fix the runbook's parameters")
+    return default
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"the non-finite number {value}"
+    return type(value).__name__
 
 
 def coerce(ref: str, name: str, kind: str, raw: str, secret: bool = False) -> Any:
@@ -542,11 +643,11 @@ def coerce(ref: str, name: str, kind: str, raw: str, secret: bool = False) -> An
         return raw
     if kind == "integer" and _INTEGER.fullmatch(text):
         return int(text)
-    if kind == "number" and _NUMBER.fullmatch(text):
+    if kind == "number" and _NUMBER.fullmatch(text) and math.isfinite(float(text)):  # 1e999 is inf: refused
         return float(text)
     if kind == "boolean" and text.lower() in _BOOLEANS:
         return _BOOLEANS[text.lower()]
     shown = "(secret)" if secret else f"'{raw}'"
-    example = {"integer": "an integer such as 2", "number": "a number such as 2.5",
+    example = {"integer": "an integer such as 2 (ASCII digits)", "number": "a finite number such as 2.5",
                "boolean": "true or false"}[kind]
     raise UsageError(f"{ref}: parameter '{name}' is {kind}, got {shown}; pass {example}")

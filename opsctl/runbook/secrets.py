@@ -2,8 +2,13 @@
 
 GitHub Actions and GitLab CI replace a secret's value wherever it appears in a log; a value
 built from the secret in a common encoding (a URL with the token percent-encoded, a JSON
-string, a shell word, base64) is masked too, because that is how secrets leak in practice
-(an `http` step's error repeats its URL). On top of that, every text passes through
+string, a shell word, base64 — also inside the base64 of a longer text, at the secret's
+three possible alignments, as GitHub Actions does) is masked too, because that is how
+secrets leak in practice (an `http` step's error repeats its URL; `Authorization: Basic`
+encodes "user:secret"). Text is masked before it is cut, and a piece of a secret left at
+a cut someone else made (the text's edges, an ellipsis) is masked as well. The values of
+the environment's secret variables (those opsctl.yaml names, cloud credentials, names
+that say secret) are masked the same way. On top of that, every text passes through
 `opsctl.redact.credentials`, which masks passwords in URLs and conninfo whatever they are.
 
 The masker is applied to the step table, `--json`, `--junit`, the journal, opsctl's logs,
@@ -15,22 +20,70 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import re
 import shlex
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 from urllib.parse import quote, quote_plus
 
 from opsctl.redact import MASK, credentials
 
 MIN_DERIVED = 6  # characters: shorter values built from a secret are not registered as secrets
+MIN_FRAGMENT = 5  # characters: a piece of a secret this long at a word's edge is masked
+FRAGMENT_OF = 8  # characters: only secrets (and their forms) this long have their pieces masked
+# environment variables whose name says they hold a secret (besides those opsctl.yaml names)
+SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_KEY|CREDENTIAL|_KEY$|^PG(PASS|PASSWORD)$)", re.I)
+KNOWN_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "PULUMI_ACCESS_TOKEN",
+                    "PULUMI_CONFIG_PASSPHRASE", "GITHUB_TOKEN", "PGPASSWORD", "REDISCLI_AUTH")
+
+
+def _base64_forms(raw: bytes) -> set[str]:
+    """Base64 of `raw` as it shows up inside the base64 of a longer text (`Basic
+    base64("ops:" + secret)`): at each of the three alignments the secret can have, the
+    part made of whole 3-byte groups, standard and URL-safe (as GitHub Actions masks)."""
+    found = set()
+    for offset in range(3):
+        chunk = raw[offset:]
+        chunk = chunk[:len(chunk) // 3 * 3]
+        if len(chunk) >= 6 or (offset == 0 and chunk == raw and chunk):
+            found |= {base64.b64encode(chunk).decode(), base64.urlsafe_b64encode(chunk).decode()}
+    whole = base64.b64encode(raw).decode()
+    return found | {whole, whole.rstrip("=")}
 
 
 def variants(secret: str) -> set[str]:
     """The forms in which `secret` shows up in text: itself, each of its lines, and its
-    percent-encoded, form-encoded, JSON-escaped, shell-quoted and base64 forms."""
+    percent-encoded, form-encoded, JSON-escaped, shell-quoted and base64 forms (the latter
+    also inside the base64 of a longer text)."""
     found = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
-             json.dumps(secret)[1:-1], shlex.quote(secret), base64.b64encode(secret.encode()).decode()}
+             json.dumps(secret)[1:-1], shlex.quote(secret)} | _base64_forms(secret.encode())
     found |= {line.strip() for line in secret.splitlines()}
     return {v for v in found if v}
+
+
+def environment_secret_names(env: Any = None, environ: Mapping[str, str] | None = None) -> set[str]:
+    """Names of the environment variables that hold secrets: those opsctl.yaml names for
+    `env` (every `*_env` setting: backup.key_env, deploy.api_key_env, database.url_env,
+    sinks' url_env/password_env…), the cloud and tool credentials in `KNOWN_SECRET_ENV`,
+    and any variable of `environ` whose name says secret (`SECRET_NAME`)."""
+    environ = os.environ if environ is None else environ
+    names = set(KNOWN_SECRET_ENV)
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if str(key).endswith("_env") and isinstance(item, str) and item:
+                    names.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    if env is not None:
+        walk(env.model_dump() if hasattr(env, "model_dump") else env)
+    names |= {n for n in environ if SECRET_NAME.search(n)}
+    return names
 
 
 class Masker:
@@ -42,18 +95,63 @@ class Masker:
             if secret not in (None, ""):
                 forms |= variants(str(secret))
         self.forms = sorted(forms, key=len, reverse=True)  # longest first: no half-masked value
+        self.cut_forms = set(forms)  # forms whose pieces are masked where a word starts or ends
 
-    def add(self, derived: str) -> None:
+    def add(self, derived: str, pieces: bool = True) -> None:
         """Mask `derived` too: a value the run built from a secret (GitHub's `add-mask`).
-        Values under `MIN_DERIVED` characters are left out: masking every "9" helps nobody."""
+        Values under `MIN_DERIVED` characters are left out: masking every "9" helps nobody.
+        `pieces`: also mask what is left of it at a cut (see `text`)."""
         if isinstance(derived, str) and len(derived) >= MIN_DERIVED:
-            self.forms = sorted(set(self.forms) | variants(derived), key=len, reverse=True)
+            found = variants(derived)
+            self.forms = sorted(set(self.forms) | found, key=len, reverse=True)
+            if pieces:
+                self.cut_forms |= found
+
+    def add_environment(self, env: Any = None, environ: Mapping[str, str] | None = None) -> set[str]:
+        """Mask the values of the secret environment variables (`environment_secret_names`);
+        returns their names."""
+        environ = os.environ if environ is None else environ
+        names = environment_secret_names(env, environ)
+        for name in names:
+            value = environ.get(name)
+            if value:  # whole forms only: such values are often URLs or words ("opsctl-local")
+                self.add(value, pieces=False)
+        return names
+
+    def _fragments(self) -> tuple[re.Pattern, re.Pattern] | None:
+        """Two patterns: a piece of a secret's end where a word starts, and a piece of its
+        start where a word ends (at least `MIN_FRAGMENT` characters, secrets of at least
+        `FRAGMENT_OF`): what is left of a secret that someone cut before masking. Only the
+        run's secret parameters (and values built from them) are cut this way; the values
+        of secret environment variables are masked whole."""
+        raw = sorted({f for f in self.cut_forms if len(f) >= FRAGMENT_OF}, key=len, reverse=True)
+        key = tuple(raw)
+        if getattr(self, "_fragment_key", None) != key:
+            self._fragment_key = key
+            ends = sorted({f[-n:] for f in raw for n in range(MIN_FRAGMENT, len(f))}, key=len, reverse=True)
+            starts = sorted({f[:n] for f in raw for n in range(MIN_FRAGMENT, len(f))}, key=len, reverse=True)
+            self._fragment_res = None if not raw else (
+                re.compile(r"(?:^|(?<=[\s….]))(?:" + "|".join(map(re.escape, ends)) + ")", re.M),
+                re.compile(r"(?:" + "|".join(map(re.escape, starts)) + r")(?=$|[\s…]|\.\.\.)", re.M))
+        return self._fragment_res
 
     def text(self, text: str) -> str:
-        """`text` with every secret form masked, then credentials in URLs and conninfo."""
+        """`text` with every secret form masked, and the pieces of one left at a cut (at
+        the start or end of a word, a line or the text), then credentials in URLs and
+        conninfo."""
         for form in self.forms:
             text = text.replace(form, MASK)
+        patterns = self._fragments() if text else None
+        if patterns:
+            for pattern in patterns:
+                text = pattern.sub(MASK, text)
         return credentials(text)
+
+    def clip(self, text: str, limit: int, keep: str = "head") -> str:
+        """`text` masked, then cut to `limit` characters (`keep` "head" or "tail"): masking
+        first, so no piece of a secret survives the cut."""
+        text = self.text(text)
+        return text[:limit] if keep == "head" else text[-limit:]
 
     def __call__(self, value: Any) -> Any:
         if isinstance(value, str):

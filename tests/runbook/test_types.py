@@ -1,0 +1,173 @@
+"""Types come from the declaration, all the way (issue 19 §1d): numbers are finite, integers
+ASCII, `when:` is an expression over typed values (a string is never re-read as a boolean),
+and a default built from a template is type-checked before any step runs (at validate
+when the defaults it uses are known)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from opsctl.cli import app
+from opsctl.runbook.actions import ACTIONS
+from tests.runbook.runbook_support import write_runbook
+
+
+@pytest.fixture
+def probe(monkeypatch) -> None:
+    def probe(ctx, value: Any = None) -> dict:
+        return {"value": value, "type": type(value).__name__}
+
+    monkeypatch.setitem(ACTIONS, "probe", probe)
+
+
+TYPED = """\
+    name: typed
+    version: 1
+    parameters:
+      r: {type: number, default: 1.5}
+      n: {type: integer, default: 2}
+      s: {type: string, default: "yes"}
+    steps:
+      - id: first
+        action: probe
+        with: {value: "{{ params.r }}"}
+      - id: wait
+        action: wait
+        with: {seconds: "{{ params.r / 1000 }}"}
+    """
+
+
+@pytest.mark.parametrize("given", ["r=1e999", "r=-1e400", "r=1E309", "n=٣", "n=３", "r=٣.5", "n=1٣", "r=inf",
+                                   "r=nan"])
+def test_a_non_finite_number_or_a_non_ascii_digit_is_refused_before_any_step(runner, ops_root, probe, given):
+    write_runbook(ops_root, "typed", 1, TYPED)
+    result = runner.invoke(app, ["runbook", "run", "typed", "-p", given])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "is integer" in line or "is number" in line, line
+    assert not (ops_root / ".opsctl" / "runs").exists()
+
+
+def test_ascii_numbers_still_fit(runner, ops_root, probe):
+    write_runbook(ops_root, "typed", 1, TYPED)
+    result = runner.invoke(app, ["runbook", "run", "typed", "-p", "r=2.5e-3", "-p", "n=-7", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"][0]["outputs"] == {"value": 0.0025, "type": "float"}
+
+
+@pytest.mark.parametrize("default, reason", [
+    (".inf", "default of 'r' is the non-finite number inf"),
+    ('"{{ params.big * 10 }}"', "default of 'r' is the non-finite number inf"),
+])
+def test_a_non_finite_default_is_refused_at_validate(runner, ops_root, default, reason):
+    write_runbook(ops_root, "inf", 1, f"""\
+        name: inf
+        version: 1
+        parameters:
+          big: {{type: number, default: 1.0e+308}}
+          r: {{type: number, default: {default}}}
+        steps:
+          - id: w
+            action: wait
+            with: {{seconds: "{{{{ params.r }}}}"}}
+        """)
+    result = runner.invoke(app, ["runbook", "validate", "inf"])
+    assert result.exit_code == 2 and reason in result.output, result.output
+    run = runner.invoke(app, ["runbook", "run", "inf"])
+    assert run.exit_code == 2 and not (ops_root / ".opsctl" / "runs").exists()
+
+
+def test_a_non_finite_constant_argument_is_refused_at_validate(runner, ops_root):
+    write_runbook(ops_root, "waits", 1, """\
+        name: waits
+        version: 1
+        steps:
+          - id: w
+            action: wait
+            with: {seconds: .inf}
+        """)
+    result = runner.invoke(app, ["runbook", "validate", "waits"])
+    assert result.exit_code == 2 and "finite" in result.output, result.output
+
+
+WHEN = """\
+    name: cond
+    version: 1
+    parameters:
+      s: {type: string, default: "x"}
+      flag: {type: boolean, default: false}
+      n: {type: integer, default: 3}
+    steps:
+      - id: on-string
+        action: probe
+        when: "{{ params.s }}"
+      - id: on-flag
+        action: probe
+        when: "{{ params.flag }}"
+      - id: bare
+        action: probe
+        when: "params.n > 2 and not params.flag"
+    """
+
+
+@pytest.mark.parametrize("given, runs", [("null", True), ("False", True), ("off", True), ("0", True), ("no", True),
+                                         ("none", True), ("", False)])
+def test_when_on_a_string_is_its_truth_never_its_text_read_as_a_boolean(runner, ops_root, probe, given, runs):
+    write_runbook(ops_root, "cond", 1, WHEN)
+    result = runner.invoke(app, ["runbook", "run", "cond", "-p", f"s={given}", "--json"])
+    assert result.exit_code == 0, result.output
+    statuses = [s["status"] for s in json.loads(result.stdout)["steps"]]
+    assert statuses == ["ok" if runs else "skipped", "skipped", "ok"]
+
+
+def test_when_follows_typed_values(runner, ops_root, probe):
+    write_runbook(ops_root, "cond", 1, WHEN)
+    result = runner.invoke(app, ["runbook", "run", "cond", "-p", "flag=true", "-p", "n=5", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [s["status"] for s in json.loads(result.stdout)["steps"]] == ["ok", "ok", "skipped"]
+
+
+@pytest.mark.parametrize("when", ["{{ params.s }} and {{ params.flag }}", "not {{ params.flag }}", "params.n >"])
+def test_a_when_that_is_not_one_expression_is_refused_at_validate(runner, ops_root, probe, when):
+    write_runbook(ops_root, "cond", 1, WHEN.replace('"params.n > 2 and not params.flag"', json.dumps(when)))
+    result = runner.invoke(app, ["runbook", "validate", "cond"])
+    assert result.exit_code == 2 and "when:" in result.output, result.output
+
+
+def test_a_template_default_of_the_wrong_type_is_refused_at_validate(runner, ops_root, probe):
+    write_runbook(ops_root, "deflt", 1, """\
+        name: deflt
+        version: 1
+        parameters:
+          base: {type: string, default: "2"}
+          jobs: {type: integer, default: "{{ params.base }}0"}
+        steps:
+          - id: a
+            action: probe
+            with: {value: "{{ params.jobs }}"}
+        """)
+    result = runner.invoke(app, ["runbook", "validate", "deflt"])
+    assert result.exit_code == 2 and "default of 'jobs' is str, not integer" in result.output, result.output
+
+
+def test_a_template_default_from_a_given_value_is_checked_before_any_step(runner, ops_root, probe):
+    write_runbook(ops_root, "deflt", 1, """\
+        name: deflt
+        version: 1
+        parameters:
+          base: {type: number, required: true}
+          jobs: {type: integer, default: "{{ (params.base * 2) | int }}"}
+          ratio: {type: number, default: "{{ params.base / 1e-320 }}"}
+        steps:
+          - id: a
+            action: probe
+            with: {value: "{{ params.jobs }}"}
+        """)
+    assert runner.invoke(app, ["runbook", "validate", "deflt"]).exit_code == 0
+    ok = runner.invoke(app, ["runbook", "run", "deflt", "-p", "base=1e-300", "--json"])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["runbook", "run", "deflt", "-p", "base=1e300"])  # ratio overflows to inf
+    assert bad.exit_code == 2 and "default of 'ratio'" in bad.output, bad.output
