@@ -86,10 +86,15 @@ def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Ve
     return Verdict(ok, f"word error {wer:.2f} (limit {MAX_WORD_ERROR}): heard {heard.strip()!r}")
 
 
-# Post-promotion: consecutive failed /readyz probes that fail the analysis, as a Kubernetes
-# readinessProbe's failureThreshold: a worker saturated by real traffic may miss one probe
-# (its dependency pings time out) without being broken. A refused connection fails at once.
-READY_FAILURES = 3
+# Post-promotion: how long the promoted color may answer /readyz with anything but 200 before
+# the analysis fails: the worker Deployment's readinessProbe (period 5 s x failureThreshold 2).
+# A worker saturated by real transcriptions misses probes while its dependency pings wait,
+# without being broken; a refused connection (the process is gone) fails at once.
+READY_GRACE_SECONDS = 10.0
+# A canary is a real transcription of the sample: on a saturated machine it can take far
+# longer than its audio; waiting for it gives the window a latency to judge instead of a
+# timeout with nothing transcribed.
+CANARY_TIMEOUT = 120.0
 
 
 def ready_check(base_url: str) -> Verdict:
@@ -208,23 +213,33 @@ def post_promotion(color_url: str | None, router_url: str | None, window: float,
     except ScrapeError as exc:
         return Verdict(False, f"cannot read the promoted color's metrics: {exc}")
     deadline = time.monotonic() + window
-    probes = failed_probes = misses = 0
+    probes = failed_probes = 0
+    unready_since: float | None = None
+
+    def still_ready() -> Verdict | None:
+        """None while the color is ready or within its grace; a failing verdict otherwise."""
+        nonlocal unready_since
+        ready = ready_check(color_url)
+        if ready.ok:
+            unready_since = None
+            return None
+        unready_since = unready_since or time.monotonic()
+        if ready.gone or time.monotonic() - unready_since >= READY_GRACE_SECONDS:
+            return Verdict(False, f"promoted color stopped being ready during the analysis window ({ready.detail})")
+        return None
+
     while time.monotonic() < deadline:
         if router_url:
             probes += 1
-            if not transcribe_check(router_url, headers, timeout=max(window, 30)).ok:
+            if not transcribe_check(router_url, headers, timeout=max(window, CANARY_TIMEOUT)).ok:
                 failed_probes += 1
-        ready = ready_check(color_url)
-        misses = 0 if ready.ok else misses + 1
-        if ready.gone or misses >= READY_FAILURES:
-            return Verdict(False, f"promoted color stopped being ready during the analysis window ({ready.detail})")
+        if (failed := still_ready()) is not None:
+            return failed
         time.sleep(min(probe_every, max(0.0, deadline - time.monotonic())))
-    while 0 < misses < READY_FAILURES:  # not ready when the window closed: settle it either way
+    while unready_since is not None:  # not ready when the window closed: settle it either way
         time.sleep(probe_every)
-        ready = ready_check(color_url)
-        misses = 0 if ready.ok else (READY_FAILURES if ready.gone else misses + 1)
-    if misses:
-        return Verdict(False, f"promoted color stopped being ready during the analysis window ({ready.detail})")
+        if (failed := still_ready()) is not None:
+            return failed
     try:
         after = scrape(color_url, headers)
     except ScrapeError as exc:
@@ -242,7 +257,7 @@ def canaries(router_url: str, window: float, max_error_pct: float, max_p95_ms: f
     failed = 0
     while True:
         began = time.monotonic()
-        if not transcribe_check(router_url, headers, timeout=max(window, 30)).ok:
+        if not transcribe_check(router_url, headers, timeout=max(window, CANARY_TIMEOUT)).ok:
             failed += 1
         timings.append((time.monotonic() - began) * 1000)
         if time.monotonic() >= deadline:
