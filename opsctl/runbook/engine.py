@@ -98,6 +98,12 @@ class Placeholder:
 
     __repr__ = __str__
 
+    def _same(self, *args: Any) -> "Placeholder":  # a dry run's `when: steps.x.outputs.n > 2` is planned
+        return self
+
+    __lt__ = __le__ = __gt__ = __ge__ = __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _same
+    __truediv__ = __rtruediv__ = __mod__ = __neg__ = _same
+
 
 class StillRunning(OperationFailed):
     """A timed-out action did not stop: no retry may start beside it."""

@@ -171,3 +171,22 @@ def test_a_template_default_from_a_given_value_is_checked_before_any_step(runner
     assert ok.exit_code == 0, ok.output
     bad = runner.invoke(app, ["runbook", "run", "deflt", "-p", "base=1e300"])  # ratio overflows to inf
     assert bad.exit_code == 2 and "default of 'ratio'" in bad.output, bad.output
+
+
+def test_a_dry_run_plans_a_when_that_compares_a_later_output(runner, ops_root, probe):
+    write_runbook(ops_root, "later", 1, """\
+        name: later
+        version: 1
+        steps:
+          - id: count
+            action: probe
+            with: {value: 3}
+          - id: more
+            action: probe
+            when: "steps.count.outputs.value > 2"
+        """)
+    result = runner.invoke(app, ["runbook", "run", "later", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [s["status"] for s in json.loads(result.stdout)["steps"]] == ["planned", "planned"]
+    ran = runner.invoke(app, ["runbook", "run", "later", "--json"])
+    assert [s["status"] for s in json.loads(ran.stdout)["steps"]] == ["ok", "ok"]
