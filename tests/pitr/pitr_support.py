@@ -79,7 +79,7 @@ class Pitr:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else None
 
-    def wait_archived(self, timeout: float = 60.0) -> str:
+    def wait_archived(self, timeout: float = 120.0) -> str:
         """Switch to a new segment and wait until the finished one is in the repository."""
         from opsctl.pitr import layout
 
