@@ -25,7 +25,7 @@ import httpx
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed
 from opsctl.output import to_jsonable
-from opsctl.runbook.paths import confine
+from opsctl.runbook.paths import confine, protected_for
 
 
 def _no_mask(value: Any) -> Any:
@@ -278,7 +278,7 @@ def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | 
 
 
 def _out(ctx: Context, value: str | None, arg: str) -> Path | None:
-    return confine(ctx.project.root, value, arg, "output") if value else None
+    return confine(ctx.project.root, value, arg, "output", protected_for(ctx.env)) if value else None
 
 
 @action("health", out_paths=("junit", "history"))

@@ -249,7 +249,7 @@ class Runner:
     def _confine_paths(self, step: dict, inputs: dict) -> None:
         """The step's path arguments (code it runs, files it writes) inside the ops root
         (opsctl.runbook.paths); UsageError (exit 2) otherwise."""
-        from opsctl.runbook.paths import confine
+        from opsctl.runbook.paths import confine, protected_for
 
         fn = ACTIONS[step["action"]]
         for kind, args in (("code", getattr(fn, "code_paths", ())), ("output", getattr(fn, "out_paths", ()))):
@@ -258,7 +258,7 @@ class Runner:
                 if value is None or _has_placeholder(value):
                     continue
                 try:
-                    confine(self.project.root, str(value), arg, kind)
+                    confine(self.project.root, str(value), arg, kind, protected_for(self.env))
                 except UsageError as exc:
                     raise UsageError(self.mask(f"step {step['id']}: {exc}")) from None
 

@@ -23,12 +23,24 @@ from opsctl.errors import UsageError
 
 # relative to the ops root: written outputs never land here (code, procedures, config,
 # journals, version control)
-PROTECTED = ("runbooks", "loadtests", "stacks", "templates", "opsctl.yaml", ".git", ".opsctl/runs", ".venv")
+PROTECTED = ("runbooks", "loadtests", "stacks", "templates", "opsctl.yaml", ".git", ".venv", ".opsctl/runs",
+             ".opsctl/local", ".opsctl/backups", ".opsctl/failover", ".opsctl/loadtests")
 
 
-def lexical_problem(value: str, arg: str, kind: str) -> str | None:
+def protected_for(env) -> tuple[str, ...]:
+    """What an environment adds to `PROTECTED`: its backup repository when it is a folder
+    (`file://…`) inside the ops root."""
+    repo = getattr(getattr(env, "backup", None), "repository", "") or ""
+    if repo.startswith("file://"):
+        path = repo[len("file://"):]
+        if path and not PurePosixPath(path).is_absolute():
+            return (_normal(PurePosixPath(path)),)
+    return ()
+
+
+def lexical_problem(value: str, arg: str, kind: str, protected: tuple[str, ...] = ()) -> str | None:
     """Why a constant path `value` cannot be argument `arg` (`kind` "code" or "output"),
-    judged on its text alone (validate), or None."""
+    judged on its text alone (validate), or None. `protected`: places besides `PROTECTED`."""
     pure = PurePosixPath(value)
     if pure.is_absolute() or value.startswith("~"):
         return f"{arg}: {value} is not inside the ops root; write a path relative to it"
@@ -39,7 +51,7 @@ def lexical_problem(value: str, arg: str, kind: str) -> str | None:
             return f"{arg}: {value} leaves the ops root; write a path inside it"
     if kind == "output":
         norm = _normal(pure)
-        for place in PROTECTED:
+        for place in (*PROTECTED, *protected):
             if norm == place or norm.startswith(place + "/"):
                 return f"{arg}: {value} would write into {place}, which holds code or records; write under .opsctl/ or reports/"
     return None
@@ -55,13 +67,14 @@ def _normal(pure: PurePosixPath) -> str:
     return "/".join(parts)
 
 
-def confine(root: Path, value: str | Path, arg: str, kind: str) -> Path:
+def confine(root: Path, value: str | Path, arg: str, kind: str, protected: tuple[str, ...] = ()) -> Path:
     """`value` as an absolute path inside the ops root `root`, symbolic links followed.
 
     `kind` "code": the file must exist (and is inside the root); "output": the file may be
-    created, never in `PROTECTED` places. Raises UsageError (one line) otherwise."""
+    created, never in `PROTECTED` places (nor `protected` ones). Raises UsageError (one
+    line) otherwise."""
     text = str(value)
-    why = lexical_problem(text, arg, kind)
+    why = lexical_problem(text, arg, kind, protected)
     if why:
         raise UsageError(why)
     base = root.resolve()
@@ -71,7 +84,7 @@ def confine(root: Path, value: str | Path, arg: str, kind: str) -> Path:
     except ValueError:
         raise UsageError(f"{arg}: {text} leads out of the ops root (to {target}); write a path inside it") from None
     if kind == "output":
-        why = lexical_problem(inside.as_posix(), arg, kind)
+        why = lexical_problem(inside.as_posix(), arg, kind, protected)
         if why:
             raise UsageError(why)
     elif not target.is_file():

@@ -65,7 +65,8 @@ def test_a_locustfile_linked_out_of_the_ops_root_is_refused_before_any_step(runn
 
 @pytest.mark.parametrize("action, arg", [(a, arg) for a, fn in sorted(ACTIONS.items()) for arg in fn.out_paths])
 @pytest.mark.parametrize("given", ["/tmp/opsctl-out-{arg}", "../out-{arg}", "runbooks/evil.yaml",
-                                   "opsctl.yaml", ".opsctl/runs/x.jsonl", "loadtests/locustfile.py"])
+                                   "opsctl.yaml", ".opsctl/runs/x.jsonl", "loadtests/locustfile.py",
+                                   ".opsctl/local/state.json", ".opsctl/backups/x", "./.opsctl/../stacks/x.py"])
 def test_a_parameter_cannot_write_outside_the_ops_root_or_over_its_code(runner, ops_root, action, arg, given):
     given = given.format(arg=arg)
     _book(ops_root, action, {arg: "{{ params.out }}"}, {"out": {"type": "string", "default": "reports/out"}})
@@ -113,3 +114,11 @@ def test_every_path_argument_of_every_action_is_declared():
         for arg in list(inspect.signature(fn).parameters)[1:]:
             if arg in pathlike or arg.endswith(("_file", "_path", "_dir")):
                 assert arg in (*fn.code_paths, *fn.out_paths), (name, arg)
+
+
+def test_an_output_may_not_land_in_the_environments_backup_folder(runner, ops_root):
+    config = ops_root / "opsctl.yaml"
+    config.write_text(config.read_text().replace("file://.opsctl/backups", "file://vault"))
+    _book(ops_root, "health", {"junit": "{{ params.out }}"}, {"out": {"type": "string", "default": "reports/h.xml"}})
+    run = runner.invoke(app, ["runbook", "run", "paths", "--dry-run", "-p", "out=vault/index.json"])
+    assert run.exit_code == 2 and "would write into vault" in run.output, run.output
