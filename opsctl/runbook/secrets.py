@@ -31,6 +31,7 @@ from opsctl.redact import MASK, credentials
 MIN_DERIVED = 6  # characters: shorter values built from a secret are not registered as secrets
 MIN_FRAGMENT = 5  # characters: a piece of a secret this long at a word's edge is masked
 FRAGMENT_OF = 8  # characters: only secrets (and their forms) this long have their pieces masked
+MAX_FRAGMENTED = 256  # characters: longer secrets (keys, certificates) are masked whole and by line
 # environment variables whose name says they hold a secret (besides those opsctl.yaml names)
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_KEY|CREDENTIAL|_KEY$|^PG(PASS|PASSWORD)$)", re.I)
 KNOWN_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "PULUMI_ACCESS_TOKEN",
@@ -97,10 +98,12 @@ class Masker:
         self.forms = sorted(forms, key=len, reverse=True)  # longest first: no half-masked value
         self.cut_forms = set(forms)  # forms whose pieces are masked where a word starts or ends
 
-    def add(self, derived: str, pieces: bool = True) -> None:
+    def add(self, derived: str, pieces: bool = False) -> None:
         """Mask `derived` too: a value the run built from a secret (GitHub's `add-mask`).
         Values under `MIN_DERIVED` characters are left out: masking every "9" helps nobody.
-        `pieces`: also mask what is left of it at a cut (see `text`)."""
+        `pieces`: also mask what is left of it at a cut (see `text`); off by default, as a
+        derived value starts or ends with plain words ("Token …") and holds the secret,
+        whose own pieces are masked."""
         if isinstance(derived, str) and len(derived) >= MIN_DERIVED:
             found = variants(derived)
             self.forms = sorted(set(self.forms) | found, key=len, reverse=True)
@@ -124,7 +127,7 @@ class Masker:
         `FRAGMENT_OF`): what is left of a secret that someone cut before masking. Only the
         run's secret parameters (and values built from them) are cut this way; the values
         of secret environment variables are masked whole."""
-        raw = sorted({f for f in self.cut_forms if len(f) >= FRAGMENT_OF}, key=len, reverse=True)
+        raw = sorted({f for f in self.cut_forms if FRAGMENT_OF <= len(f) <= MAX_FRAGMENTED}, key=len, reverse=True)
         key = tuple(raw)
         if getattr(self, "_fragment_key", None) != key:
             self._fragment_key = key

@@ -211,3 +211,13 @@ def test_shell_steps_get_no_secret_environment_and_its_values_are_masked(runner,
     journal = (ops_root / ".opsctl" / "runs" / f"{doc['run_id']}.jsonl").read_text()
     for value in (BACKUP_KEY, AWS_SECRET, API_KEY, VAULT):
         assert value not in run.output and value not in journal
+
+
+def test_pieces_of_a_secret_at_a_word_edge_are_masked_but_plain_words_stay():
+    masker = Masker([SECRET])
+    masker.add("Token " + SECRET.upper())  # derived: masked whole, its plain words are not pieces
+    cut_by_someone_else = f"error: {SECRET[-9:]}… and {SECRET[:7]}"
+    shown = masker.text(cut_by_someone_else)
+    _assert_hidden({"cut": shown}, SECRET)
+    assert masker.text("Token expired at the edge") == "Token expired at the edge"
+    assert masker.text("Token " + SECRET.upper()) == "***"
