@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import uuid
@@ -43,6 +44,18 @@ def redact(value: Any, mask: Callable[[Any], Any], key: str = "") -> Any:
     return value
 
 
+def _finite(value: Any) -> Any:
+    """`value` with inf and nan written as the strings "inf", "-inf", "nan": JSON has no such
+    numbers (json.dumps would write `Infinity`, which JSON readers refuse)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 @dataclass
 class Journal:
     """`mirror`, when set, is called with the file after every write (the run history of a
@@ -62,12 +75,12 @@ class Journal:
     def write(self, kind: str, **fields: Any) -> None:
         """Append one record (`kind` and fields, masked), fsynced, to the 0600 journal; then
         mirror it when a mirror is set."""
-        doc = redact(to_jsonable({"type": kind, "time": now(), **fields}), self.mask)
+        doc = _finite(redact(to_jsonable({"type": kind, "time": now(), **fields}), self.mask))
         private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "a") as handle:
-            handle.write(json.dumps(doc) + "\n")
+            handle.write(json.dumps(doc, allow_nan=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         if self.mirror is not None:

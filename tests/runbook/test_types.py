@@ -190,3 +190,19 @@ def test_a_dry_run_plans_a_when_that_compares_a_later_output(runner, ops_root, p
     assert [s["status"] for s in json.loads(result.stdout)["steps"]] == ["planned", "planned"]
     ran = runner.invoke(app, ["runbook", "run", "later", "--json"])
     assert [s["status"] for s in json.loads(ran.stdout)["steps"]] == ["ok", "ok"]
+
+
+def test_the_journal_stays_json_when_an_action_returns_inf(runner, ops_root, monkeypatch):
+    monkeypatch.setitem(ACTIONS, "ratio", lambda ctx: {"ratio": float("inf"), "nothing": float("nan")})
+    write_runbook(ops_root, "ratio", 1, """\
+        name: ratio
+        version: 1
+        steps:
+          - id: r
+            action: ratio
+        """)
+    result = runner.invoke(app, ["runbook", "run", "ratio", "--json"])
+    assert result.exit_code == 0, result.output
+    journal = (ops_root / ".opsctl" / "runs" / f"{json.loads(result.stdout)['run_id']}.jsonl").read_text()
+    records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}")) for line in journal.splitlines()]
+    assert records[1]["outputs"] == {"ratio": "inf", "nothing": "nan"}
