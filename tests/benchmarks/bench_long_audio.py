@@ -130,6 +130,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="one untimed pass of each contender first (default on)")
     args = parser.parse_args()
 
     from transcription_worker.config import default_model_dir
@@ -144,9 +146,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-long-"))
     path = tmp / "long.wav"
     path.write_bytes(audio)
-    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     print(f"recording: {seconds:.1f} s of varied speech, {len(reference.split())} words; {cores} cores;"
-          f" Whisper base int8, beam 5, batch {batch}; {args.rounds} rounds after one warm-up")
+          f" Whisper base int8, beam 5, batch {batch}; {args.rounds} rounds"
+          + (" after one warm-up" if args.warmup else ", no warm-up"), flush=True)
 
     batched = Service(model, cores)
     sequential = Service(model, cores, WORKER_BATCHED_MIN_SECONDS="-1")
@@ -155,15 +158,17 @@ def main() -> int:
             "worker, sequential loop": lambda: sequential.transcribe(audio),
             "batched pipeline called directly": lambda: direct.transcribe(path)}
     texts: dict[str, str] = {}
-    for name, fn in runs.items():  # warm-up: allocator, caches, first-call costs
+    for name, fn in runs.items() if args.warmup else ():  # allocator, caches, first-call costs
         texts[name] = fn()
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
+    for rnd in range(args.rounds):
         for name, fn in runs.items():
             time.sleep(0.5)
             started = time.perf_counter()
             texts[name] = fn()
             rates[name].append(seconds / (time.perf_counter() - started))
+            print(f"  round {rnd + 1}: {name}: {rates[name][-1]:.2f}x real time,"
+                  f" WER {wer(reference, texts[name]):.3f}", flush=True)
     used = batched.pipelines(), sequential.pipelines()
     assert used[0].get("batched", 0) > 0 and used[0].get("sequential", 0) == 0, used
     assert used[1].get("sequential", 0) > 0 and used[1].get("batched", 0) == 0, used
@@ -177,14 +182,20 @@ def main() -> int:
     overhead = [x / y for x, y in zip(b, d)]
     wer_b, wer_s = wer(reference, texts["worker, batched (default)"]), wer(reference, texts["worker, sequential loop"])
     print(f"\nbatched / sequential (worker): {statistics.median(speedup):.2f}x"
-          f" (rounds {min(speedup):.2f}-{max(speedup):.2f}; target >= 1.3)")
+          f" (rounds {min(speedup):.2f}-{max(speedup):.2f}; target >= 1.3)", flush=True)
     print(f"worker / batched pipeline called directly: {statistics.median(overhead):.2f}"
           f" (rounds {min(overhead):.2f}-{max(overhead):.2f}; target >= 0.9)")
     print(f"WER batched {wer_b:.3f} vs sequential {wer_s:.3f} (target: batched <= sequential + 0.02)")
 
-    rep_b, rep_s = batched.transcribe(repeated), sequential.transcribe(repeated)
+    started = time.perf_counter()
+    rep_b = batched.transcribe(repeated)
+    rep_b_rate = (len(repeated) - 44) / 32000 / (time.perf_counter() - started)
+    started = time.perf_counter()
+    rep_s = sequential.transcribe(repeated)
+    rep_s_rate = (len(repeated) - 44) / 32000 / (time.perf_counter() - started)
     print(f"the passage six times ({(len(repeated) - 44) / 32000:.0f} s): WER batched"
-          f" {wer(repeated_ref, rep_b):.3f}, sequential {wer(repeated_ref, rep_s):.3f}")
+          f" {wer(repeated_ref, rep_b):.3f} ({rep_b_rate:.2f}x real time), sequential"
+          f" {wer(repeated_ref, rep_s):.3f} ({rep_s_rate:.2f}x real time)", flush=True)
     batched.stop(), sequential.stop(), direct.stop()
     print(f"load average after: {os.getloadavg()[0]:.2f} (above ~0.5 other work shares the cores)")
     ok = (statistics.median(speedup) >= 1.3 and statistics.median(overhead) >= 0.9

@@ -193,3 +193,55 @@ def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, t
         assert metric(httpx.get(url + "/metrics").text, "worker_uploads_expired_total") == 1
     finally:
         stop_worker(proc)
+
+
+def test_per_key_upload_limits(model_dir, postgres, s3, redis_server, tmp_path):
+    """One unfinished upload per key (a lease, freed by complete), two parts per minute, 10 MB
+    of uploads per day: each refusal is a 429 in OpenAI's shape and leaves nothing in S3."""
+    import os
+    import secrets
+    import subprocess
+
+    from worker_helpers import AWS_ENV, BIN
+    from worker_support import start_worker, stop_worker, wait_until, worker_env
+
+    os.environ.update(AWS_ENV)
+    suffix = secrets.token_hex(4)
+    bucket = f"limits-{suffix}"
+    client = s3.client()
+    client.create_bucket(Bucket=bucket)
+    key = f"sk-test-{secrets.token_hex(16)}"
+    env = worker_env(model_dir, WORKER_DATABASE_URL=postgres.make_database(f"limits_{suffix}"),
+                     WORKER_S3_ENDPOINT_URL=s3.endpoint_url, WORKER_S3_BUCKET=bucket,
+                     WORKER_REDIS_URL=redis_server.url,
+                     WORKER_API_KEY_HASHES=hashlib.sha256(key.encode()).hexdigest(),
+                     WORKER_RATE_LIMIT_OPEN_UPLOADS="1", WORKER_RATE_LIMIT_PARTS_PER_MINUTE="2",
+                     WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="10")
+    assert subprocess.run([str(BIN), "migrate"], env=env, capture_output=True).returncode == 0
+    proc, url = start_worker(env, tmp_path / "w.log")
+
+    def refused(r: httpx.Response, code: str) -> None:
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == code and int(r.headers["retry-after"]) >= 1
+
+    try:
+        wait_until(url, proc, tmp_path / "w.log", ready=False)
+        with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as http:
+            def create(size: int) -> httpx.Response:
+                return http.post("/v1/uploads", json={"filename": "a.wav", "bytes": size,
+                                                      "mime_type": "audio/wav", "purpose": "t"})
+
+            first = create(6 * MIB).json()
+            refused(create(MIB), "concurrent_uploads_exceeded")
+            assert len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+            parts = [send_part(http, first["id"], bytes([i]) * size).json()["id"]
+                     for i, size in ((1, 5 * MIB), (2, MIB))]
+            refused(send_part(http, first["id"], b"\3" * MIB), "rate_limit_exceeded")
+            assert len(http.get(f"/v1/uploads/{first['id']}").json()["parts"]) == 2
+            done = http.post(f"/v1/uploads/{first['id']}/complete", json={"part_ids": parts})
+            assert done.json()["status"] == "completed"  # frees the key's one open upload
+            refused(create(5 * MIB), "daily_upload_limit_exceeded")  # 6 + 5 MB > 10 MB today
+            assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+            assert create(3 * MIB).status_code == 200  # 6 + 3 MB fits
+    finally:
+        stop_worker(proc)

@@ -105,7 +105,9 @@ def create_app(settings: Settings) -> FastAPI:
                   limits=Limits(settings.redis_url, settings.rate_limit_rpm,
                                 settings.rate_limit_concurrent_uploads,
                                 settings.rate_limit_daily_audio_seconds,
-                                settings.upload_lease_seconds))
+                                settings.upload_lease_seconds, settings.rate_limit_open_uploads,
+                                settings.rate_limit_parts_per_minute,
+                                settings.rate_limit_daily_upload_mb))
     if settings.database_url:
         state.db = db.Database(settings.database_url, max_size=settings.concurrency + 8)
     if settings.s3_bucket:

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     rate_limit_rpm: int = Field(0, ge=0)
     rate_limit_concurrent_uploads: int = Field(0, ge=0)
     rate_limit_daily_audio_seconds: int = Field(0, ge=0)
+    rate_limit_open_uploads: int = Field(0, ge=0)  # /v1/uploads not yet completed, per key
+    rate_limit_parts_per_minute: int = Field(0, ge=0)  # /v1/uploads parts, moving one-minute window
+    rate_limit_daily_upload_mb: int = Field(0, ge=0)  # /v1/uploads bytes declared per UTC day
     upload_lease_seconds: float = Field(60, gt=0)  # a concurrent-upload slot of a dead worker frees after this
     require_api_keys: bool = False  # refuse to start without WORKER_API_KEY_HASHES (production)
     metrics_port: int = Field(0, ge=0, le=65535)  # a second listener serving only /metrics; 0 = off

@@ -116,12 +116,17 @@ async def create_upload(request: Request):
         raise APIError(400, "purpose is required (e.g. \"transcription\")", param="purpose",
                        code="invalid_value")
     upload_id = f"upload_{secrets.token_hex(16)}"
+    await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
     key = state.store.upload_key(upload_id)
-    s3_upload_id = await db(state.store.start_multipart, key, mime)
-    row = await db(state.db.create_upload, {
-        "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
-        "mime_type": mime, "purpose": purpose, "status": "pending", "s3_key": key,
-        "s3_upload_id": s3_upload_id}, settings.upload_expiry_seconds)
+    try:
+        s3_upload_id = await db(state.store.start_multipart, key, mime)
+        row = await db(state.db.create_upload, {
+            "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
+            "mime_type": mime, "purpose": purpose, "status": "pending", "s3_key": key,
+            "s3_upload_id": s3_upload_id}, settings.upload_expiry_seconds)
+    except BaseException:
+        await state.limits.close_upload(key_id, upload_id)
+        raise
     return upload_body(row)
 
 
@@ -134,6 +139,7 @@ async def add_part(upload_id: str, request: Request):
     if row["status"] != "pending":
         raise APIError(400, f"upload {upload_id} is {row['status']}; parts go to pending uploads",
                        param="upload_id", code="upload_not_pending")
+    await state.limits.check_parts_rate(key_id)
     form = await request.form(max_files=1, max_fields=4)
     try:
         part = form.get("data")
@@ -208,6 +214,7 @@ async def complete_upload(upload_id: str, request: Request):
         raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
                        " cancelled, start a new one", param="md5", code="checksum_mismatch")
     done = await db(state.db.finish_upload, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha)
+    await state.limits.close_upload(key_id, upload_id)
     log.info("upload completed", extra={"upload_id": upload_id, "bytes": size, "key_id": key_id})
     return upload_body(done or await _pending(state, db, upload_id, key_id))
 
@@ -220,6 +227,7 @@ async def cancel_upload(upload_id: str, request: Request):
         raise APIError(400, f"upload {upload_id} is {row['status']}", param="upload_id",
                        code="upload_not_pending")
     await db(state.store.abort_multipart, row["s3_key"], row["s3_upload_id"])
+    await state.limits.close_upload(key_id, upload_id)
     return upload_body(await db(state.db.finish_upload, upload_id, "cancelled") or row)
 
 

@@ -70,17 +70,21 @@ def _seconds_to_utc_midnight(now: float) -> int:
 
 class Limits:
     def __init__(self, url: str | None, rpm: int, concurrent_uploads: int, daily_audio_seconds: int,
-                 upload_lease_seconds: float = 60):
+                 upload_lease_seconds: float = 60, open_uploads: int = 0, parts_per_minute: int = 0,
+                 daily_upload_mb: int = 0):
         self.redis = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2) if url else None
         self.rpm, self.uploads, self.daily = rpm, concurrent_uploads, daily_audio_seconds
         self.lease_ms = max(1, int(upload_lease_seconds * 1000))
         self._charge = self.redis.register_script(_CHARGE) if self.redis else None
         self._acquire = self.redis.register_script(_ACQUIRE) if self.redis else None
         self._renew = self.redis.register_script(_RENEW) if self.redis else None
+        self.open_uploads, self.parts_per_minute, self.daily_upload_mb = (
+            open_uploads, parts_per_minute, daily_upload_mb)
         self._per_minute = RateLimitItemPerMinute(rpm) if rpm else None
+        self._parts_item = RateLimitItemPerMinute(parts_per_minute, namespace="PARTS") if parts_per_minute else None
         self._window = MovingWindowRateLimiter(RedisStorage(
             "async+" + url, implementation="redispy", key_prefix="worker:rpm", socket_timeout=2,
-            socket_connect_timeout=2)) if url and rpm else None
+            socket_connect_timeout=2)) if url and (rpm or parts_per_minute) else None
 
     async def ping(self) -> bool:
         return bool(self.redis and await self.redis.ping())
@@ -88,6 +92,53 @@ class Limits:
     async def close(self) -> None:
         if self.redis:
             await self.redis.aclose()
+
+    async def check_parts_rate(self, key_id: str) -> None:
+        """Parts per minute per key for /v1/uploads (a moving window, like requests)."""
+        if not (self._window and self._parts_item):
+            return
+        try:
+            if await self._window.hit(self._parts_item, key_id):
+                return
+            reset_at = (await self._window.get_window_stats(self._parts_item, key_id)).reset_time
+        except RedisError as exc:
+            log.warning("parts limit skipped, redis unavailable: %s", exc)
+            return
+        metrics.RATE_LIMITED.labels("parts_per_minute").inc()
+        raise APIError(429, f"at most {self.parts_per_minute} upload parts per minute per API key",
+                       code="rate_limit_exceeded", retry_after=max(1, int(reset_at - time.time()) + 1))
+
+    async def open_upload(self, key_id: str, upload_id: str, seconds: float, size: int) -> None:
+        """Count a new /v1/uploads upload against the key's open uploads (a lease that ends at
+        the upload's expiry, or when it is completed or cancelled) and its bytes per UTC day."""
+        if not self.redis:
+            return
+        try:
+            if self.open_uploads:
+                got = await self._acquire(keys=[f"worker:open-uploads:{key_id}"],
+                                          args=[self.open_uploads, int(seconds * 1000), upload_id])
+                if not int(got):
+                    metrics.RATE_LIMITED.labels("open_uploads").inc()
+                    raise APIError(429, f"at most {self.open_uploads} unfinished uploads per API key;"
+                                   " complete or cancel one", code="concurrent_uploads_exceeded",
+                                   retry_after=60)
+            if self.daily_upload_mb:
+                day = f"worker:upload-bytes:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"
+                ok, used = await self._charge(keys=[day], args=[size, self.daily_upload_mb * 1024 * 1024])
+                if not int(ok):
+                    await self.close_upload(key_id, upload_id)
+                    metrics.RATE_LIMITED.labels("daily_upload_bytes").inc()
+                    raise APIError(429, f"daily upload limit of {self.daily_upload_mb} MB reached for"
+                                   f" this API key ({float(used) / 1048576:.0f} MB used)",
+                                   code="daily_upload_limit_exceeded",
+                                   retry_after=_seconds_to_utc_midnight(time.time()))
+        except RedisError as exc:
+            log.warning("upload limits skipped, redis unavailable: %s", exc)
+
+    async def close_upload(self, key_id: str, upload_id: str) -> None:
+        if self.redis and self.open_uploads:
+            with contextlib.suppress(RedisError):
+                await self.redis.zrem(f"worker:open-uploads:{key_id}", upload_id)
 
     async def check_rate(self, key_id: str) -> None:
         if not (self._window and self._per_minute):

@@ -40,7 +40,8 @@ BUILD = Info("worker_build", "Version, color and model of this worker")
 # Create every labelled series at zero, so alert rules see 0 rather than an absent series.
 for _status in ("created", "deduplicated", "succeeded", "failed", "adopted", "abandoned"):
     JOBS.labels(_status)
-for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds"):
+for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds",
+               "parts_per_minute", "open_uploads", "daily_upload_bytes"):
     RATE_LIMITED.labels(_limit)
 for _pipeline in ("batched", "sequential"):
     TRANSCRIPTIONS.labels(_pipeline)
