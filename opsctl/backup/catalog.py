@@ -247,9 +247,19 @@ def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> t
         done = [e for e in entries(repo, key) if e.complete]
         return (done[-1].id, max(e.finished_at for e in done)) if done else None
     for backup_id in sorted(idx, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
-        if repo.names(f"{backup_id}/{mf.NAME}"):  # still there (a deleted one drops out)
-            return backup_id, dt.datetime.fromisoformat(idx[backup_id]["finished_at"])
+        files = repo.names(f"{backup_id}/")
+        if f"{backup_id}/{mf.NAME}" not in files:  # a deleted one drops out
+            continue
+        if f"{backup_id}/{FAILED}" in files and _verdict(repo, backup_id, FAILED, key, rec) is not None:
+            continue  # damaged (a failed verify is recorded): not a complete backup
+        return backup_id, dt.datetime.fromisoformat(idx[backup_id]["finished_at"])
     return None
+
+
+def failed_verdict(repo: Repository, backup_id: str, key: BackupKey | None | bool = False) -> dict | None:
+    """The failed verify recorded for one backup (checked as `scan` checks it), or None."""
+    key = _key(repo, key)
+    return _verdict(repo, backup_id, FAILED, key, record.read(repo, key))
 
 
 def entries(repo: Repository, key: BackupKey | None | bool = False) -> list[Entry]:

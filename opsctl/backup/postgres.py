@@ -6,10 +6,13 @@ exactly what the dump holds. That transaction is a `psql` session, not psycopg: 
 psycopg costs 0.1 s of one core before pg_dump can start, and psql ships with pg_dump
 wherever pg_dump is. The dump runs uncompressed (-Z0): zstd downstream is faster.
 
-A restore goes into a fresh database made from the dump's own CREATE DATABASE (encoding,
-locale, owner, settings, comment and grants of the database come back), then pg_restore
-with `--exit-on-error` and, by default, owners and privileges as dumped; roles the dump
-needs and the server lacks are found first (`roles_missing`), before anything is touched.
+A restore goes into a fresh database created with the recorded encoding, locale and owner,
+then pg_restore with `--exit-on-error` and, by default, owners and privileges as dumped,
+then the database's own properties (comment, security labels, grants, its settings and each
+role's in it, connection limit: everything pg_dump --create emits about the database), from
+the structure the manifest recorded at the snapshot (DB_PROPERTIES_SQL), never from the
+dump's SQL text; roles the dump needs and the server lacks are found first
+(`roles_missing`), before anything is touched. Any failure once the database exists drops it.
 `--no-owner` (pg_restore --no-owner --no-acl) and `--role NAME` are explicit choices for
 restores across environments. Row counts and (unless --no-owner) owners and privileges are
 compared with the manifest before anything is swapped.
@@ -51,6 +54,29 @@ COUNT_SQL = ("select coalesce(format('select coalesce(json_agg(json_build_array(
              "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
              f"where c.relkind = 'r' and {_USER_SCHEMAS}")
 
+# Everything pg_dump emits about the database itself (its DATABASE, DATABASE PROPERTIES,
+# COMMENT, SECURITY LABEL and ACL entries with --create; pg_dump.c dumpDatabase and
+# dumpDatabaseConfig), read as data: a restore applies it from this structure
+# (apply_properties), never from the dump's SQL text, and compares it afterwards. Columns
+# a server version lacks come out null (to_jsonb of the row).
+DB_PROPERTIES_SQL = (
+    "select json_build_object('owner', pg_get_userbyid(d.datdba), "
+    "'acl', (select json_agg(a order by a) from unnest(d.datacl::text[]) a), "
+    "'encoding', pg_encoding_to_char(d.encoding), 'collate', d.datcollate, 'ctype', d.datctype, "
+    "'locale_provider', to_jsonb(d)->>'datlocprovider', "
+    "'locale', coalesce(to_jsonb(d)->>'datlocale', to_jsonb(d)->>'daticulocale'), "
+    "'icu_rules', to_jsonb(d)->>'daticurules', "
+    "'connection_limit', d.datconnlimit, 'is_template', d.datistemplate, "
+    "'tablespace', (select t.spcname from pg_tablespace t where t.oid = d.dattablespace), "
+    "'comment', shobj_description(d.oid, 'pg_database'), "
+    "'security_labels', (select coalesce(json_agg(json_build_array(l.provider, l.label) order by l.provider), '[]') "
+    "from pg_shseclabel l where l.objoid = d.oid and l.classoid = 'pg_database'::regclass), "
+    "'settings', (select coalesce(json_agg(json_build_array(case when s.setrole = 0 then null "
+    "else pg_get_userbyid(s.setrole) end, array_to_json(s.setconfig)) "
+    "order by s.setrole <> 0, pg_get_userbyid(s.setrole)), '[]') "
+    "from pg_db_role_setting s where s.setdatabase = d.oid)) "
+    "from pg_database d where d.datname = current_database()")
+
 # Owners and privileges of everything pg_dump restores and a restore must bring back.
 CATALOG_SQL = ("select json_build_object("
                "'relations', (select coalesce(json_agg(json_build_array(c.relkind, n.nspname, c.relname, "
@@ -66,7 +92,24 @@ CATALOG_SQL = ("select json_build_object("
                "where d.datname = current_database()), "
                "'settings', (select coalesce(json_agg(x.s order by x.s), '[]') from (select unnest(r.setconfig) s "
                "from pg_db_role_setting r join pg_database d on d.oid = r.setdatabase "
-               "where d.datname = current_database() and r.setrole = 0) x))")
+               "where d.datname = current_database() and r.setrole = 0) x), "
+               # column, function and default privileges (pg_restore brings them back; compared too)
+               "'columns', (select coalesce(json_agg(json_build_array(n.nspname, c.relname || '.' || a.attname, "
+               "pg_get_userbyid(c.relowner), a.attacl::text) order by n.nspname, c.relname, a.attnum), '[]') "
+               "from pg_attribute a "
+               "join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace "
+               f"where a.attacl is not null and not a.attisdropped and {_USER_SCHEMAS}), "
+               "'functions', (select coalesce(json_agg(json_build_array(n.nspname, "
+               "p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', pg_get_userbyid(p.proowner), "
+               "p.proacl::text) order by n.nspname, p.proname, p.oid::regprocedure::text), '[]') "
+               "from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+               f"where {_USER_SCHEMAS} and not exists (select 1 from pg_depend e where e.classid = 'pg_proc'::regclass "
+               "and e.objid = p.oid and e.deptype = 'e')), "
+               "'default_privileges', (select coalesce(json_agg(json_build_array(pg_get_userbyid(a.defaclrole), "
+               "coalesce(n.nspname, ''), a.defaclobjtype, '', a.defaclacl::text) "
+               "order by pg_get_userbyid(a.defaclrole), n.nspname, a.defaclobjtype), '[]') "
+               "from pg_default_acl a left join pg_namespace n on n.oid = a.defaclnamespace), "
+               f"'db_properties', ({DB_PROPERTIES_SQL}))")
 
 
 def _tool(name: str) -> str:
@@ -358,7 +401,10 @@ def drop_database(url: str, name: str) -> None:
     from psycopg import sql
 
     with _admin(url) as conn:
-        if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+        row = conn.execute("select datistemplate from pg_database where datname = %s", (name,)).fetchone()
+        if row:
+            if row[0]:  # a template can't be dropped
+                conn.execute(sql.SQL("alter database {} is_template false").format(sql.Identifier(name)))
             conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
@@ -371,8 +417,6 @@ _ROLE_PATTERNS = [re.compile(p) for p in (
     rf"^ALTER DEFAULT PRIVILEGES FOR ROLE ({_IDENT})",
     rf"GRANTED BY ({_IDENT});",
 )]
-_DB_STATEMENT = re.compile(r"^(CREATE DATABASE |ALTER DATABASE |COMMENT ON DATABASE |SECURITY LABEL FOR \S+ ON DATABASE "
-                           r"|GRANT [^;]* ON DATABASE |REVOKE [^;]* ON DATABASE )")
 _NOT_ROLES = {"public", "current_user", "session_user", "current_role"}
 
 
@@ -386,15 +430,16 @@ def quote(name: str) -> str:
 
 @dataclass
 class Archive:
-    """What a custom-format dump holds about the database itself and the roles it names."""
+    """The roles a custom-format dump names (owners, grants, large objects). The database's
+    own properties are never read from the dump's SQL text: they come structured from the
+    manifest's catalog (DB_PROPERTIES_SQL at the dump's snapshot), see apply_properties."""
     database: str | None = None
-    statements: list[str] = field(default_factory=list)  # CREATE/ALTER/COMMENT/GRANT ... DATABASE
     roles: set[str] = field(default_factory=set)
 
 
 def inspect(dump_path: str, major: int | None = None) -> Archive:
-    """Read the dump's definitions (no data): the database's own statements and every role
-    an owner, grant or large object names, for `roles_missing` and `restore_into`."""
+    """Read the dump's definitions (no data): every role an owner, grant or large object
+    names, for `roles_missing`. Only read, never executed."""
     pg_restore = tool_for("pg_restore", major, "restore")
     text = subprocess.run([pg_restore, "--create", "--schema-only", "-f", "-", dump_path],
                           capture_output=True, text=True)
@@ -402,29 +447,17 @@ def inspect(dump_path: str, major: int | None = None) -> Archive:
     for result in (text, listing):
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()
-            raise OperationFailed(f"pg_restore can't read the dump: {credentials(lines[-1]) if lines else result.returncode}")
+            raise DumpRejected(f"pg_restore can't read the dump: {credentials(lines[-1]) if lines else result.returncode}")
     out = Archive()
-    statement: list[str] = []
     for line in text.stdout.splitlines():
-        if statement:
-            statement.append(line)
-            if line.rstrip().endswith(";"):
-                out.statements.append("\n".join(statement))
-                statement = []
-            continue
         if line.startswith("--"):
             continue
         for pattern in _ROLE_PATTERNS:
             for m in pattern.finditer(line):
                 out.roles.add(_unquote(m.group(1)))
-        if _DB_STATEMENT.match(line):
-            if line.startswith("CREATE DATABASE ") and out.database is None:
-                m = re.match(rf"CREATE DATABASE ({_IDENT})", line)
-                out.database = _unquote(m.group(1)) if m else None
-            if line.rstrip().endswith(";"):
-                out.statements.append(line)
-            else:
-                statement = [line]
+        if out.database is None and line.startswith("CREATE DATABASE "):
+            m = re.match(rf"CREATE DATABASE ({_IDENT})", line)
+            out.database = _unquote(m.group(1)) if m else None
     for line in listing.stdout.splitlines():  # large objects' owners are in the data section
         m = re.match(r"^\d+; \d+ \d+ (?:BLOB METADATA|BLOB|BLOBS) - \d+ (.+)$", line)
         if m:
@@ -445,40 +478,201 @@ def roles_missing(url: str, archive: Archive, no_owner: bool, role: str | None) 
     return sorted(needed - have)
 
 
-def _renamed(statement: str, old: str | None, new: str) -> str:
-    if old is None:
-        return statement
-    pattern = re.compile(r"(DATABASE )(" + re.escape(quote(old)) + "|" + re.escape(old) + r")(?=[\s;])")
-    return pattern.sub(lambda m: m.group(1) + quote(new), statement, count=1)
+class DumpRejected(OperationFailed):
+    """The backup's own content failed, not the environment: pg_restore refused the dump's
+    data or definitions, or the restored database differs from what the manifest recorded.
+    `backup verify` records these (with IntegrityError) as damage; connection and other
+    environment failures are reported but never recorded."""
 
 
-def _create_database(conn, archive: Archive, name: str, no_owner: bool, role: str | None, owner: str | None) -> None:
-    """Create `name` as the dump's CREATE DATABASE describes it, then the database's own
-    properties (settings, comment; owner and grants unless no_owner)."""
+# pg_restore failures that say nothing about the dump: the server, the connection, the disk
+_ENVIRONMENT = re.compile(r"connection to server|could not connect|server closed the connection|"
+                          r"terminating connection|No space left|could not extend file|out of memory|"
+                          r"could not open input file|too many connections|the database system is|"
+                          r"permission denied|password authentication|does not exist$", re.IGNORECASE)
+
+# GUCs whose setconfig value is a list of quoted elements (pg_dump's variable_is_guc_list_quote,
+# src/bin/pg_dump/dumputils.c): each element is set as its own string literal
+_GUC_LIST_QUOTE = {"local_preload_libraries", "search_path", "session_preload_libraries",
+                   "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"}
+
+
+def _split_guc_list(value: str) -> list[str]:
+    """A GUC_LIST_QUOTE value split like pg_dump's SplitGUCList (src/fe_utils/string_utils.c):
+    comma-separated, elements optionally double-quoted with "" for a quote."""
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n and value[i].isspace():
+        i += 1
+    if i == n:
+        return out
+    while True:
+        if value[i] == '"':
+            j, parts = i + 1, []
+            while True:
+                k = value.find('"', j)
+                if k < 0:
+                    raise ValueError(f"unterminated quote in {value!r}")
+                if value[k + 1:k + 2] == '"':
+                    parts.append(value[j:k + 1])
+                    j = k + 2
+                    continue
+                parts.append(value[j:k])
+                i = k + 1
+                break
+            out.append("".join(parts))
+        else:
+            j = i
+            while i < n and value[i] != "," and not value[i].isspace():
+                i += 1
+            out.append(value[j:i])
+        while i < n and value[i].isspace():
+            i += 1
+        if i == n:
+            return out
+        if value[i] != ",":
+            raise ValueError(f"bad list {value!r}")
+        i += 1
+        while i < n and value[i].isspace():
+            i += 1
+
+
+def _setting(setting: str):
+    """`name=value` (pg_db_role_setting.setconfig) as `name TO value(s)`, quoted like pg_dump's
+    makeAlterConfigCommand."""
     from psycopg import sql
 
-    creates = [s for s in archive.statements if s.startswith("CREATE DATABASE ")]
-    if creates:
-        conn.execute(_renamed(creates[0], archive.database, name))
-    else:
-        conn.execute(sql.SQL("create database {} template template0").format(sql.Identifier(name)))
-    for statement in archive.statements:
-        if statement.startswith("CREATE DATABASE "):
+    name, _, value = setting.partition("=")
+    values = _split_guc_list(value) if name.lower() in _GUC_LIST_QUOTE else [value]
+    return sql.SQL("{} to {}").format(sql.Identifier(name), sql.SQL(", ").join(map(sql.Literal, values)))
+
+
+def properties_of(catalog: dict | None) -> dict | None:
+    """The database's own properties from a manifest's catalog; backups made before
+    `db_properties` was recorded give what their catalog held (owner, grants, locale,
+    database-wide settings); None for a backup without a catalog."""
+    if not catalog:
+        return None
+    if catalog.get("db_properties"):
+        return catalog["db_properties"]
+    db = catalog.get("database")
+    if not db:
+        return None
+    owner, acl, encoding, collate, ctype = db
+    return {"owner": owner, "acl": acl, "encoding": encoding, "collate": collate, "ctype": ctype,
+            "settings": [[None, catalog["settings"]]] if catalog.get("settings") else []}
+
+
+_ACL_ITEM = re.compile(r'^((?:"(?:[^"]|"")*"|[^=]*))=[A-Za-z*]*/((?:"(?:[^"]|"")*"|.+))$')
+
+
+def property_roles(props: dict | None) -> set[str]:
+    """Roles the database's own properties name: owner, grantees and grantors, role settings."""
+    if not props:
+        return set()
+    out = {props.get("owner")} | {r for r, _ in props.get("settings") or [] if r}
+    acl = props.get("acl") or []
+    for item in (acl.strip("{}").split(",") if isinstance(acl, str) else acl):
+        m = _ACL_ITEM.match(item.strip())
+        if m:
+            out |= {_unquote(m.group(1)), _unquote(m.group(2))}
+    return {r for r in out if r and r.lower() not in _NOT_ROLES}
+
+
+def create_database(conn, name: str, props: dict | None, owner: str | None) -> None:
+    """CREATE DATABASE `name` with the recorded encoding, locale, provider and tablespace,
+    owned by `owner` (None: the connecting role), from template0 as pg_dump --create does.
+    Every name and value is passed as an identifier or literal, never as SQL text."""
+    from psycopg import sql
+
+    parts = [sql.SQL("create database {} template template0").format(sql.Identifier(name))]
+    p = props or {}
+    if owner:
+        parts.append(sql.SQL("owner {}").format(sql.Identifier(owner)))
+    if p.get("encoding"):
+        parts.append(sql.SQL("encoding {}").format(sql.Literal(p["encoding"])))
+    for key, word in (("collate", "lc_collate"), ("ctype", "lc_ctype")):
+        if p.get(key) is not None:
+            parts.append(sql.SQL(word + " {}").format(sql.Literal(p[key])))
+    provider = {"c": "libc", "i": "icu", "b": "builtin"}.get(p.get("locale_provider") or "")
+    if provider:
+        parts.append(sql.SQL("locale_provider {}").format(sql.Identifier(provider)))
+        if provider != "libc" and p.get("locale"):
+            word = "icu_locale" if provider == "icu" else "builtin_locale"
+            parts.append(sql.SQL(word + " {}").format(sql.Literal(p["locale"])))
+        if provider == "icu" and p.get("icu_rules"):
+            parts.append(sql.SQL("icu_rules {}").format(sql.Literal(p["icu_rules"])))
+    if p.get("tablespace") and p["tablespace"] != "pg_default":
+        parts.append(sql.SQL("tablespace {}").format(sql.Identifier(p["tablespace"])))
+    conn.execute(sql.SQL(" ").join(parts))
+
+
+def apply_properties(conn, name: str, props: dict | None, no_owner: bool) -> None:
+    """The database's comment, security labels, grants (unless no_owner), settings (the
+    database's and each role's in it), connection limit and template flag, applied to
+    `name` only: every statement is built here, targets `name`, and quotes each recorded
+    value as a literal. With no_owner, grants are skipped and so are role settings of
+    roles the target server lacks."""
+    from psycopg import sql
+
+    if not props:
+        return
+    ident, db = sql.Identifier, sql.Identifier(name)
+    if props.get("comment") is not None:
+        conn.execute(sql.SQL("comment on database {} is {}").format(db, sql.Literal(props["comment"])))
+    for provider, label in props.get("security_labels") or []:
+        conn.execute(sql.SQL("security label for {} on database {} is {}").format(ident(provider), db,
+                                                                                 sql.Literal(label)))
+    acl = props.get("acl")
+    if acl is not None and not no_owner:
+        cast = "%s::aclitem[]" if isinstance(acl, str) else "%s::text[]::aclitem[]"
+        items = conn.execute(f"select pg_get_userbyid(a.grantor), case when a.grantee = 0 then null else "
+                             f"pg_get_userbyid(a.grantee) end, a.privilege_type, a.is_grantable "
+                             f"from aclexplode({cast}) a", (acl,)).fetchall()
+        owner = conn.execute("select pg_get_userbyid(datdba) from pg_database where datname = %s",
+                             (name,)).fetchone()[0]
+        conn.execute(sql.SQL("revoke all on database {} from public").format(db))
+        conn.execute(sql.SQL("revoke all on database {} from {}").format(db, ident(owner)))
+        for grantor, grantee, privilege, grantable in items:
+            to = ident(grantee) if grantee else sql.SQL("public")
+            grant = sql.SQL("grant {} on database {} to {}{}").format(
+                sql.SQL(privilege), db, to, sql.SQL(" with grant option" if grantable else ""))
+            if grantor == owner:  # a superuser's grant counts as the owner's
+                conn.execute(grant)
+            else:
+                conn.execute(sql.SQL("set role {}").format(ident(grantor)))
+                try:
+                    conn.execute(grant)
+                finally:
+                    conn.execute("reset role")
+    roles = {r for (r,) in conn.execute("select rolname from pg_roles")}
+    for role, settings in props.get("settings") or []:
+        if role is not None and no_owner and role not in roles:
             continue
-        if no_owner and (" OWNER TO " in statement.split("\n")[0] or statement.startswith(("GRANT ", "REVOKE "))):
-            continue
-        conn.execute(_renamed(statement, archive.database, name))
-    if (no_owner or not creates) and (role or owner):
-        conn.execute(sql.SQL("alter database {} owner to {}").format(sql.Identifier(name),
-                                                                    sql.Identifier(role or owner)))
+        for setting in settings or []:
+            target = (sql.SQL("alter database {} set ").format(db) if role is None
+                      else sql.SQL("alter role {} in database {} set ").format(ident(role), db))
+            conn.execute(target + _setting(setting))
+    if props.get("connection_limit") not in (None, -1):
+        conn.execute(sql.SQL("alter database {} connection limit {}").format(db, sql.Literal(props["connection_limit"])))
+    if props.get("is_template"):
+        conn.execute(sql.SQL("alter database {} is_template true").format(db))
 
 
 def compare_catalog(expected: dict, got: dict) -> str | None:
-    """The first difference in owners and privileges between a backup's catalog and a restore's."""
-    for part in ("database", "settings", "schemas", "relations", "large_objects"):
+    """The first difference in owners, privileges and the database's own properties between
+    a backup's catalog and a restore's; parts an older backup did not record are skipped."""
+    for part in ("database", "settings", "db_properties", "schemas", "relations", "columns", "functions",
+                 "default_privileges", "large_objects"):
+        if part not in expected:
+            continue
         want, have = expected.get(part), got.get(part)
         if want == have:
             continue
+        if part == "db_properties":
+            w, h = want or {}, have or {}
+            k = next(k for k in sorted(set(w) | set(h)) if w.get(k) != h.get(k))
+            return f"the database's {k.replace('_', ' ')} differ (backup {w.get(k)!r}, restored {h.get(k)!r})"
         if part in ("database", "settings"):
             return f"the database's {'owner, privileges or locale' if part == 'database' else 'settings'} differ " \
                    f"(backup {want}, restored {have})"
@@ -487,30 +681,51 @@ def compare_catalog(expected: dict, got: dict) -> str | None:
         for k in sorted(set(keyed) | set(restored), key=str):
             if keyed.get(k) != restored.get(k):
                 w, h = keyed.get(k), restored.get(k)
-                return (f"{part[:-1].replace('_', ' ')} {'.'.join(str(x) for x in k[-2:])}: owner/privileges "
+                what = {"default_privileges": "default privileges"}.get(part, part[:-1].replace("_", " "))
+                return (f"{what} {'.'.join(str(x) for x in k[-2:])}: owner/privileges "
                         f"{h or 'missing'} after restore, {w or 'absent'} in the backup")
     return None
+
+
+def _pg_restore_failed(name: str, result) -> OperationFailed:
+    """pg_restore's failure as DumpRejected (the dump's content) or, when the line says the
+    server, connection or disk failed, a plain OperationFailed (the environment)."""
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    cause = next((line for line in lines if "error:" in line), lines[-1] if lines else str(result.returncode))
+    text = "\n".join(lines)
+    kind = OperationFailed if _ENVIRONMENT.search(text) else DumpRejected
+    return kind(f"pg_restore into {name} failed: {credentials(cause.strip())}")
 
 
 def restore_into(url: str, dump_path: str, name: str, jobs: int, expected: list | dict,
                  catalog: dict | None = None, no_owner: bool = False, role: str | None = None,
                  owner: str | None = None, archive: Archive | None = None, major: int | None = None) -> dict:
-    """Create `name` like the dumped database, pg_restore into it, check row counts (and owners
-    and privileges unless no_owner) against the manifest; drop it on any failure.
+    """Create `name` like the dumped database, pg_restore into it, apply the database's own
+    properties (apply_properties, from the manifest's catalog), check row counts (and owners,
+    privileges and properties unless no_owner) against the manifest. Any failure once `name`
+    exists drops it again, and a database error is one OperationFailed line.
 
     `expected`: [[schema, table, rows]] (or the old {"schema.table": rows}). Returns
-    {(schema, table): rows} of the restored database.
+    {(schema, table): rows} of the restored database. Raises DumpRejected when the dump's
+    own content fails (pg_restore refuses it, counts or catalog differ).
     """
+    import psycopg
+
     major = major or server_major(url)
     archive = archive or inspect(dump_path, major)
+    props = properties_of(catalog)
+    archive.roles |= property_roles(props)
     missing = roles_missing(url, archive, no_owner, role)
     if missing:
         raise OperationFailed(f"the dump needs role(s) the target server lacks: {', '.join(missing)}; create them, "
                               "or restore with --no-owner (objects owned by the restoring role, grants skipped) "
                               "or --role NAME")
-    with _admin(url) as conn:
-        _create_database(conn, archive, name, no_owner, role, owner)
+    created = False
     try:
+        with _admin(url) as conn:
+            create_database(conn, name, props, role or owner if no_owner or not props
+                            else props.get("owner") or role or owner)
+            created = True
         dsn, env = client(url, name)
         cmd = [tool_for("pg_restore", major, "restore"), "--exit-on-error", f"--jobs={jobs}", f"--dbname={dsn}"]
         if no_owner:
@@ -519,9 +734,9 @@ def restore_into(url: str, dump_path: str, name: str, jobs: int, expected: list 
             cmd.append(f"--role={role}")
         result = subprocess.run([*cmd, dump_path], capture_output=True, text=True, env=env)
         if result.returncode != 0:
-            lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-            cause = next((line for line in lines if "error:" in line), lines[-1] if lines else str(result.returncode))
-            raise OperationFailed(f"pg_restore into {name} failed: {credentials(cause.strip())}")
+            raise _pg_restore_failed(name, result)
+        with _admin(url) as conn:  # after the data: a setting (read only, a timeout) can't bite pg_restore
+            apply_properties(conn, name, props, no_owner)
         with connect(url, name) as conn:
             counts = counts_of(conn)
             restored_catalog = catalog_of(conn) if catalog and not no_owner else None
@@ -532,15 +747,20 @@ def restore_into(url: str, dump_path: str, name: str, jobs: int, expected: list 
         if wrong:
             (schema, table), (got, n) = next(iter(wrong.items()))
             label = f"{quote(schema)}.{quote(table)}" if table is not None else schema
-            raise OperationFailed(f"restored database {name} does not match the manifest: {label} has {got} rows, "
-                                  f"expected {n} ({len(wrong)} table(s) differ)")
+            raise DumpRejected(f"restored database {name} does not match the manifest: {label} has {got} rows, "
+                               f"expected {n} ({len(wrong)} table(s) differ)")
         if restored_catalog is not None:
             diff = compare_catalog(catalog, restored_catalog)
             if diff:
-                raise OperationFailed(f"restored database {name} does not match the backup: {diff}")
+                raise DumpRejected(f"restored database {name} does not match the backup: {diff}")
         return counts
+    except psycopg.Error as exc:
+        if created:
+            drop_database(url, name)
+        raise OperationFailed(f"restoring into {name} failed: {_first(exc)}; nothing was kept") from None
     except BaseException:
-        drop_database(url, name)
+        if created:
+            drop_database(url, name)
         raise
 
 
@@ -566,8 +786,15 @@ def swap(url: str, restored: str, live: str, keep_as: str) -> bool:
                     time.sleep(0.25)
             else:
                 conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(live)))
-                raise OperationFailed(f"database {live} stayed in use; the restored copy is kept as {restored}")
-        conn.execute(sql.SQL("alter database {} rename to {}").format(ident(restored), ident(live)))
+                raise OperationFailed(f"database {live} stayed in use; nothing was changed")
+        try:
+            conn.execute(sql.SQL("alter database {} rename to {}").format(ident(restored), ident(live)))
+        except psycopg.Error as exc:
+            if exists:  # put the live one back as it was
+                conn.execute(sql.SQL("alter database {} rename to {}").format(ident(keep_as), ident(live)))
+                conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(live)))
+            raise OperationFailed(f"renaming the restored database to {live} failed: {_first(exc)}; "
+                                  "nothing was changed") from None
         if exists:
             conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(keep_as)))
     return bool(exists)

@@ -61,9 +61,12 @@ class RestoreResult:
 
 def plan(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
          latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
-         target_instance: str | None = None, no_owner: bool = False, role: str | None = None) -> RestorePlan:
+         target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
+         allow_damaged: bool = False) -> RestorePlan:
     """What `run` would do. `no_owner`: objects owned by the restoring role (or `role`),
-    grants skipped; `role`: pg_restore's --role (both for restores across environments)."""
+    grants skipped; `role`: pg_restore's --role (both for restores across environments).
+    A backup named by id whose verify failed (damaged) is refused (UsageError) unless
+    `allow_damaged`: its objects still pass their checksums when restored, or nothing changes."""
     from opsctl.endpoints import resolve
 
     for c in components or []:
@@ -75,6 +78,11 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     repo.key = key
     skipped: list[str] = []
     chosen = catalog.resolve(repo, backup_id, date, latest, components, skipped)
+    failed = catalog.failed_verdict(repo, chosen, key)
+    if failed is not None and not allow_damaged:
+        raise UsageError(f"backup {chosen} is damaged: its verify failed at {failed.get('at', '?')} "
+                         f"({failed.get('reason', 'no reason recorded')}); restore another backup, or pass "
+                         "--allow-damaged to restore it anyway")
     manifest = catalog.load(repo, chosen, key)
     native = [c for c in components or [] if c in NATIVE]
     if components is None:
@@ -152,6 +160,7 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
         if "db" in p.components:  # the roles the dump needs, before anything live is touched
             major = pgb.server_major(ep.database_url)
             archive = pgb.inspect(str(dump), major)
+            archive.roles |= pgb.property_roles(pgb.properties_of(m.db.catalog))  # owner, grants, role settings
             missing = pgb.roles_missing(ep.database_url, archive, no_owner, role)
             if missing:
                 raise OperationFailed(f"backup {p.backup_id} needs role(s) the target server lacks: "
@@ -187,13 +196,17 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
         counts = pgb.restore_into(ep.database_url, dump, scratch, jobs, m.db.expected_rows,
                                   catalog=m.db.catalog, no_owner=no_owner, role=role,
                                   archive=archive, major=major)
-        if p.target_db:
-            pgb.drop_database(ep.database_url, p.target_db)
-            pgb.swap(ep.database_url, scratch, p.target_db, "")
-        else:
-            keep_as = f"{p.database[:36]}_before_{stamp}"
-            if pgb.swap(ep.database_url, scratch, p.database, keep_as):
-                result.previous_database = keep_as
+        try:  # restore_into dropped the scratch database on its own failures; the swap's are ours
+            if p.target_db:
+                pgb.drop_database(ep.database_url, p.target_db)
+                pgb.swap(ep.database_url, scratch, p.target_db, "")
+            else:
+                keep_as = f"{p.database[:36]}_before_{stamp}"
+                if pgb.swap(ep.database_url, scratch, p.database, keep_as):
+                    result.previous_database = keep_as
+        except BaseException:
+            pgb.drop_database(ep.database_url, scratch)
+            raise
         result.database, result.tables, result.rows = p.database, len(counts), sum(counts.values())
     if "redis" in p.components:
         from opsctl.backup import redis as rdb

@@ -6,6 +6,14 @@ dropped afterwards, row counts compared with the manifest) and the RDB loads wit
 recorded key counts. A backup that passes is marked verified, which retention respects; one
 that fails is marked damaged in the repository (catalog.mark_failed), so `list` shows it,
 `restore --latest/--date` skip it and `prune` removes it.
+
+Only a failure that proves the backup itself bad is recorded: a checksum or MAC mismatch, an
+object missing or undecryptable (IntegrityError), pg_restore refusing the dump's content or a
+restored database that differs from the manifest (postgres.DumpRejected), an RDB that does
+not load or holds other key counts (RedisRejected), or any other error raised while reading
+the backup's bytes. A failure of the environment (the database server unreachable, a tool
+missing, a role the server lacks, the disk) is reported, exit 1, and never recorded: `prune`
+deletes damaged backups, so a healthy one must never be marked by a verify that could not run.
 """
 
 from __future__ import annotations
@@ -20,7 +28,39 @@ from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.pipeline import Reporter, checked, quiet, unpack
 from opsctl.backup.repository import NotFound, Repository, open_repository
 from opsctl.config import Environment, Project
-from opsctl.errors import OperationFailed
+from opsctl.errors import OperationFailed, OpsError, UsageError
+
+
+class RedisRejected(OperationFailed):
+    """The backed-up RDB does not load, or holds other key counts than its manifest says."""
+
+
+# errors of the environment, not of the backup's bytes: never recorded as damage
+def _environmental(exc: BaseException) -> bool:
+    import psycopg
+
+    try:
+        import redis
+        redis_env: tuple = (redis.ConnectionError, redis.TimeoutError)
+    except ImportError:  # pragma: no cover - redis is a dependency
+        redis_env = ()
+    try:
+        from botocore.exceptions import BotoCoreError
+        boto_env: tuple = (BotoCoreError,)
+    except ImportError:  # pragma: no cover
+        boto_env = ()
+    return isinstance(exc, (OSError, psycopg.OperationalError, MemoryError, *redis_env, *boto_env))
+
+
+def _damage(exc: BaseException) -> bool:
+    """Whether a failed verify proves the backup bad (recorded) or says nothing about it."""
+    from opsctl.backup import postgres as pgb
+
+    if isinstance(exc, (IntegrityError, pgb.DumpRejected, RedisRejected)):
+        return True
+    if isinstance(exc, OpsError) or not isinstance(exc, Exception):
+        return False  # the environment (connection, tools, roles, configuration), or an interrupt
+    return not _environmental(exc)
 
 
 @dataclass
@@ -87,8 +127,19 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
         if manifest.redis:
             rdb_path = Path(tmp) / "redis" / "dump.rdb"
             fetch(repo, manifest.redis.object, key, rdb_path, report)
-            with rdb.scratch_server(rdb_path) as url:
+            try:
+                server = rdb.scratch_server(rdb_path)
+                url = server.__enter__()
+            except OperationFailed as exc:
+                if "does not load" in str(exc):
+                    raise RedisRejected(str(exc)) from None
+                raise
+            try:
                 got = rdb.check_counts(url, manifest.redis.keys, manifest.redis.expires)
+            except OperationFailed as exc:
+                raise RedisRejected(str(exc)) from None
+            finally:
+                server.__exit__(None, None, None)
             out["redis"] = {"keys": sum(got.values()), "matches_manifest": True}
     return out
 
@@ -110,8 +161,17 @@ def verify(project: Project, env: Environment, backup_id: str, with_restore: boo
                               decrypted=key is not None or manifest.key_id is None)
         if with_restore:
             result.restore_test = restore_test(repo, manifest, key, ep.database_url, report)
-    except OperationFailed as exc:  # IntegrityError included: the verdict is kept in the repository
-        catalog.mark_failed(repo, backup_id, str(exc), key)
-        raise OperationFailed(f"backup {backup_id} failed verification: {exc}; it is marked damaged") from None
+    except UsageError:
+        raise  # bad configuration or input (exit 2): nothing about the backup
+    except Exception as exc:
+        from opsctl.redact import credentials
+
+        reason = str(exc) if isinstance(exc, OperationFailed) else f"{type(exc).__name__}: {exc}"
+        reason = credentials(reason.strip().splitlines()[0] if reason.strip() else type(exc).__name__)
+        if _damage(exc):  # the backup itself is bad: the verdict is kept in the repository
+            catalog.mark_failed(repo, backup_id, reason, key)
+            raise OperationFailed(f"backup {backup_id} failed verification: {reason}; it is marked damaged") from None
+        raise OperationFailed(f"backup {backup_id} could not be verified: {reason}; this says nothing about the "
+                              "backup, which is not marked (fix the cause and verify again)") from None
     catalog.mark_verified(repo, backup_id, with_restore, key)
     return result

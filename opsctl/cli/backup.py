@@ -183,6 +183,7 @@ def restore(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs.")] = 1,
     no_owner: Annotated[bool, typer.Option("--no-owner", help="Don't restore owners and grants: objects belong to the restoring role (or --role). For restores across environments.")] = False,
     role: Annotated[str | None, typer.Option("--role", metavar="NAME", help="Restore as this role (pg_restore --role).")] = None,
+    allow_damaged: Annotated[bool, typer.Option("--allow-damaged", help="Restore a backup named by --id even though its verify failed (it is still checked object by object).")] = False,
     to_time: Annotated[str | None, typer.Option("--to-time", metavar="TIME", help="Point-in-time recovery to this UTC time (2026-11-29T14:03:00Z) or 'latest': base backup + WAL.")] = None,
     to_lsn: Annotated[str | None, typer.Option("--to-lsn", metavar="LSN", help="Point-in-time recovery to this WAL position (e.g. 0/3000060).")] = None,
     beside: Annotated[bool, typer.Option("--beside", help="With --to-time/--to-lsn: leave the restored server running on its own port; the live one is untouched.")] = False,
@@ -207,7 +208,8 @@ def restore(
 
     project, environment_ = environment(env)
     wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
-    p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db, target_instance, no_owner, role)
+    p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db, target_instance, no_owner, role,
+                  allow_damaged)
     if p.overwrites:
         from opsctl.approval import at_terminal
 

@@ -42,6 +42,22 @@ def catalog(url: str) -> dict:
             "database": q("select pg_get_userbyid(datdba), datacl::text, shobj_description(oid, 'pg_database'), "
                           "(select setconfig from pg_db_role_setting where setdatabase = d.oid and setrole = 0) "
                           "from pg_database d where datname = current_database()"),
+            # the whole of pg_db_role_setting for this database: its own settings and each role's in it
+            "role_settings": q("select coalesce(pg_get_userbyid(nullif(setrole, 0)), ''), setconfig "
+                               "from pg_db_role_setting where setdatabase = "
+                               "(select oid from pg_database where datname = current_database()) order by 1"),
+            "database_more": q("select datconnlimit, datistemplate, pg_encoding_to_char(encoding), datcollate, "
+                               "datctype from pg_database where datname = current_database()"),
+            "columns": q("select c.relname, a.attname, a.attacl::text from pg_attribute a join pg_class c "
+                         "on c.oid = a.attrelid where a.attacl is not null order by 1, 2"),
+            "default_privileges": q("select pg_get_userbyid(defaclrole), defaclnamespace::regnamespace::text, "
+                                    "defaclobjtype, defaclacl::text from pg_default_acl order by 1, 2, 3"),
+            "functions": q("select p.oid::regprocedure::text, pg_get_userbyid(proowner), proacl::text, prosrc "
+                           "from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+                           "where n.nspname not in ('pg_catalog', 'information_schema') order by 1"),
+            "sequences": q("select last_value, is_called from bk_seq") + q("select last_value from bk_owned_id_seq"),
+            "comments": q("select objoid::regclass::text, description from pg_description "
+                          "where classoid = 'pg_class'::regclass order by 1"),
             "matview": q("select ispopulated, definition from pg_matviews where matviewname = 'bk_mv'"),
             "data": q('select * from "Sché ma"."Tåble ""q""" order by 1') + q("select * from bk_mv")
                     + q('select count(*) from "a.b"."c"') + q('select count(*) from "a"."b.c"'),
@@ -58,16 +74,32 @@ def fidelity_db(seeded):
             conn.execute(f'create role "{role}"')
         conn.execute(f"create database {name} owner bk_app")
         conn.execute(f"alter database {name} set work_mem = '8MB'")
-        conn.execute(f"comment on database {name} is 'fidelity: ü'")
+        conn.execute(f"""alter database {name} set search_path = "$user", public, "Sché ma", 'a b'""")  # a list
+        conn.execute(f"alter database {name} connection limit 50")
+        # per-role settings in the database (pg_dump's DATABASE PROPERTIES: ALTER ROLE ... IN DATABASE)
+        conn.execute(f"alter role bk_reporting in database {name} set statement_timeout = '5s'")
+        conn.execute(f'alter role "{OWNER}" in database {name} set work_mem = \'2MB\'')
+        # a comment over several lines, one of them looking like a statement
+        conn.execute(f"comment on database {name} is E'fidelity: ü\\nask #data;\\n"
+                     "ALTER DATABASE postgres SET work_mem = ''1MB'';'")
         conn.execute(f"grant connect on database {name} to bk_reporting")
+        conn.execute(f"grant temporary on database {name} to bk_reporting with grant option")
     url = make_conninfo(seeded.db_url, dbname=name)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("set role bk_app")
         conn.execute('create schema "Sché ma"')
         conn.execute('create table "Sché ma"."Tåble ""q""" (id int primary key, v text)')
         conn.execute('insert into "Sché ma"."Tåble ""q""" select g, \'ü\' || g from generate_series(1, 7) g')
-        conn.execute("create table bk_owned (id int)")
-        conn.execute("insert into bk_owned values (1), (2)")
+        conn.execute("create table bk_owned (id serial, note text)")
+        conn.execute("insert into bk_owned (note) values ('a'), ('b')")
+        conn.execute("create sequence bk_seq")
+        conn.execute("select setval('bk_seq', 42)")
+        conn.execute("create function bk_fn(n int) returns int language sql as 'select n + 1'")
+        conn.execute("revoke execute on function bk_fn(int) from public")
+        conn.execute("grant execute on function bk_fn(int) to bk_reporting")
+        conn.execute('alter default privileges in schema "Sché ma" grant select on tables to bk_reporting')
+        conn.execute("alter default privileges revoke execute on functions from public")
+        conn.execute("comment on table bk_owned is E'two lines\\nGRANT ALL ON DATABASE postgres TO bk_app;'")
         conn.execute('create materialized view bk_mv as select count(*) as n from "Sché ma"."Tåble ""q"""')
         conn.execute("select lo_from_bytea(0, 'a large object, ü')")
         conn.execute('create schema "a.b"; create schema "a"')
@@ -77,6 +109,7 @@ def fidelity_db(seeded):
         conn.execute(f'alter table bk_owned owner to "{OWNER}"')
         conn.execute('grant usage on schema "Sché ma" to bk_reporting')
         conn.execute('grant select on "Sché ma"."Tåble ""q""" to bk_reporting')
+        conn.execute('grant update (v) on "Sché ma"."Tåble ""q""" to bk_reporting')  # a column grant
     yield name, url
     with psycopg.connect(seeded.db_url, autocommit=True) as conn:
         for (db,) in conn.execute("select datname from pg_database where datname like %s", (f"{name}%",)).fetchall():
