@@ -633,18 +633,29 @@ def apply_properties(conn, name: str, props: dict | None, no_owner: bool) -> Non
                              (name,)).fetchone()[0]
         conn.execute(sql.SQL("revoke all on database {} from public").format(db))
         conn.execute(sql.SQL("revoke all on database {} from {}").format(db, ident(owner)))
-        for grantor, grantee, privilege, grantable in items:
-            to = ident(grantee) if grantee else sql.SQL("public")
-            grant = sql.SQL("grant {} on database {} to {}{}").format(
-                sql.SQL(privilege), db, to, sql.SQL(" with grant option" if grantable else ""))
-            if grantor == owner:  # a superuser's grant counts as the owner's
-                conn.execute(grant)
-            else:
-                conn.execute(sql.SQL("set role {}").format(ident(grantor)))
-                try:
+        # the owner's grants first, then each role's once its grant option is back (a grant
+        # by a role without it would be a warning and no grant): in dependency order
+        pending, able = list(items), {owner}
+        while pending:
+            ready = [i for i in pending if i[0] in able]
+            if not ready:  # a grantor whose option is granted by nobody: the server says why
+                ready = pending[:1]
+            for item in ready:
+                grantor, grantee, privilege, grantable = item
+                pending.remove(item)
+                to = ident(grantee) if grantee else sql.SQL("public")
+                grant = sql.SQL("grant {} on database {} to {}{}").format(
+                    sql.SQL(privilege), db, to, sql.SQL(" with grant option" if grantable else ""))
+                if grantor == owner:  # a superuser's grant counts as the owner's
                     conn.execute(grant)
-                finally:
-                    conn.execute("reset role")
+                else:
+                    conn.execute(sql.SQL("set role {}").format(ident(grantor)))
+                    try:
+                        conn.execute(grant)
+                    finally:
+                        conn.execute("reset role")
+                if grantable and grantee:
+                    able.add(grantee)
     roles = {r for (r,) in conn.execute("select rolname from pg_roles")}
     for role, settings in props.get("settings") or []:
         if role is not None and no_owner and role not in roles:

@@ -18,6 +18,7 @@ deletes damaged backups, so a healthy one must never be marked by a verify that 
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,11 @@ def _environmental(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         boto_env = ()
     return isinstance(exc, (OSError, psycopg.OperationalError, MemoryError, *redis_env, *boto_env))
+
+
+# what redis-server logs when an RDB file itself is bad (rdb.c: rdbLoad's error paths)
+_RDB_BAD = re.compile(r"Short read|Wrong signature|RDB checksum|Internal error in RDB|Bad file format|"
+                      r"Unexpected EOF|Unknown RDB|Error reading|corrupt", re.IGNORECASE)
 
 
 def _damage(exc: BaseException) -> bool:
@@ -131,8 +137,11 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
                 server = rdb.scratch_server(rdb_path)
                 url = server.__enter__()
             except OperationFailed as exc:
-                if "does not load" in str(exc):
-                    raise RedisRejected(str(exc)) from None
+                # bytes that passed their checksum yet don't load: the RDB was bad when written. A
+                # redis-server too old for its RDB version, or none at all, is the environment's.
+                text = str(exc)
+                if "does not load" in text and _RDB_BAD.search(text) and "format version" not in text:
+                    raise RedisRejected(text) from None
                 raise
             try:
                 got = rdb.check_counts(url, manifest.redis.keys, manifest.redis.expires)

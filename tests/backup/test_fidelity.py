@@ -84,6 +84,9 @@ def fidelity_db(seeded):
                      "ALTER DATABASE postgres SET work_mem = ''1MB'';'")
         conn.execute(f"grant connect on database {name} to bk_reporting")
         conn.execute(f"grant temporary on database {name} to bk_reporting with grant option")
+        conn.execute("set role bk_reporting")  # a grant by a role holding the grant option
+        conn.execute(f'grant temporary on database {name} to "{OWNER}"')
+        conn.execute("reset role")
     url = make_conninfo(seeded.db_url, dbname=name)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("set role bk_app")
