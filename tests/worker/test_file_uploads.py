@@ -245,3 +245,28 @@ def test_per_key_upload_limits(model_dir, postgres, s3, redis_server, tmp_path):
             assert create(3 * MIB).status_code == 200  # 6 + 3 MB fits
     finally:
         stop_worker(proc)
+
+
+def test_presigned_upload_straight_to_s3(http, worker):
+    """`presign: true`: the client PUTs its parts to S3 at presigned URLs; the worker learns
+    them from S3 (GET shows them, to resume) and completes the upload the same way."""
+    audio, _ = studio_wav()
+    r = http.post("/v1/uploads", json={"filename": "show.wav", "bytes": len(audio), "mime_type": "audio/wav",
+                                       "purpose": "transcription", "presign": True, "part_size": 5 * MIB})
+    assert r.status_code == 200, r.text
+    upload = r.json()
+    urls = upload["part_urls"]
+    assert [u["part_number"] for u in urls] == [1, 2] and sum(u["bytes"] for u in urls) == len(audio)
+    first = httpx.put(urls[0]["url"], content=audio[: 5 * MIB], timeout=60)
+    assert first.status_code == 200, first.text
+    parts = http.get(f"/v1/uploads/{upload['id']}").json()["parts"]
+    assert [p["bytes"] for p in parts] == [5 * MIB]  # resume: part 2 is missing
+    assert httpx.put(urls[1]["url"], content=audio[5 * MIB:], timeout=60).status_code == 200
+    r = send_part(http, upload["id"], b"\1" * MIB)  # presigned uploads take no parts through the worker
+    assert r.status_code == 400 and r.json()["error"]["code"] == "upload_presigned"
+    parts = http.get(f"/v1/uploads/{upload['id']}").json()["parts"]
+    done = http.post(f"/v1/uploads/{upload['id']}/complete",
+                     json={"part_ids": [p["id"] for p in parts], "md5": hashlib.md5(audio).hexdigest()})
+    assert done.status_code == 200 and done.json()["status"] == "completed", done.text
+    key = f"audio/uploads/{upload['id']}"
+    assert worker.s3.get_object(Bucket=worker.bucket, Key=key)["Body"].read() == audio

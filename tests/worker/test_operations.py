@@ -124,7 +124,7 @@ def test_migrate_is_idempotent(worker):
     assert again.returncode == 0 and again.stdout.strip() == "schema is up to date"
     with psycopg.connect(worker.database_url) as conn:
         versions = conn.execute("SELECT version FROM worker_schema_migrations").fetchall()
-    assert sorted(versions) == [(1,), (2,), (3,), (4,)]
+    assert sorted(versions) == [(1,), (2,), (3,), (4,), (5,)]
 
 
 def test_a_model_that_cannot_load_stops_the_worker_with_exit_1(model_dir, tmp_path):

@@ -10,6 +10,7 @@ run any number of times.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -99,6 +100,11 @@ MIGRATIONS: list[str] = [
         UNIQUE (upload_id, part_number),
         UNIQUE (upload_id, sha256)
     );
+    """,
+    # presigned uploads: the client PUTs its parts to S3 itself; the worker learns them
+    # from S3's ListParts
+    """
+    ALTER TABLE uploads ADD COLUMN presigned boolean NOT NULL DEFAULT false;
     """,
 ]
 _LOCK_ID = 0x77_6F_72_6B  # "work": advisory lock for migrations
@@ -307,3 +313,16 @@ class Database:
                 " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " UPDATE uploads u SET status = 'expired' FROM old WHERE u.id = old.id"
                 " RETURNING u.id, u.s3_key, u.s3_upload_id", (limit,)).fetchall()
+
+    def record_s3_parts(self, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        """Register the parts S3 holds for a presigned upload (ids derived from the upload
+        and the part number, so every sync gives a part the same id)."""
+        with self.pool.connection() as conn, conn.transaction():
+            for part in parts:
+                n = part["PartNumber"]
+                part_id = "part_" + hashlib.sha256(f"{upload_id}:{n}".encode()).hexdigest()[:32]
+                conn.execute(
+                    "INSERT INTO upload_parts (id, upload_id, part_number, etag, sha256, bytes)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (upload_id, part_number) DO UPDATE"
+                    " SET etag = excluded.etag, sha256 = excluded.sha256, bytes = excluded.bytes",
+                    (part_id, upload_id, n, part["ETag"], f"s3:{n}:{part['ETag']}", part["Size"]))

@@ -4,6 +4,9 @@
     POST /v1/uploads/{id}/parts       multipart field `data`              -> upload.part
     POST /v1/uploads/{id}/complete    {part_ids: [...], md5?}             -> upload (completed, file)
     POST /v1/uploads/{id}/cancel                                          -> upload (cancelled)
+    POST /v1/uploads with "presign": true (and "part_size", default 8 MiB) -> upload with
+         part_urls: presigned S3 UploadPart URLs the client PUTs to; GET and complete then
+         read the parts from S3 (ListParts), and complete takes their ids as for any upload
     GET  /v1/uploads/{id}             the upload and the parts that arrived (to resume)
 
 Shapes follow OpenAI's Uploads API (create an upload, add parts, complete it into a file);
@@ -36,6 +39,7 @@ from starlette.datastructures import UploadFile
 from .errors import APIError
 
 log = logging.getLogger("transcription_worker")
+MIB = 1024 * 1024
 router = APIRouter(prefix="/v1/uploads")
 
 
@@ -115,6 +119,18 @@ async def create_upload(request: Request):
     if not isinstance(purpose, str) or not purpose.strip():
         raise APIError(400, "purpose is required (e.g. \"transcription\")", param="purpose",
                        code="invalid_value")
+    presign = body.get("presign", False)
+    if not isinstance(presign, bool):
+        raise APIError(400, "presign must be true or false", param="presign", code="invalid_value")
+    part_size = body.get("part_size", 8 * MIB)
+    if presign:
+        if (not isinstance(part_size, int) or isinstance(part_size, bool)
+                or not 5 * MIB <= part_size <= settings.max_part_bytes):
+            raise APIError(400, f"part_size must be between 5 MiB (S3's minimum) and"
+                           f" {settings.max_part_mb} MiB", param="part_size", code="invalid_value")
+        if -(-size // part_size) > 10_000:
+            raise APIError(400, "S3 takes at most 10,000 parts: raise part_size", param="part_size",
+                           code="invalid_value")
     upload_id = f"upload_{secrets.token_hex(16)}"
     await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
     key = state.store.upload_key(upload_id)
@@ -123,11 +139,25 @@ async def create_upload(request: Request):
         row = await db(state.db.create_upload, {
             "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
             "mime_type": mime, "purpose": purpose, "status": "pending", "s3_key": key,
-            "s3_upload_id": s3_upload_id}, settings.upload_expiry_seconds)
+            "s3_upload_id": s3_upload_id, "presigned": presign}, settings.upload_expiry_seconds)
     except BaseException:
         await state.limits.close_upload(key_id, upload_id)
         raise
-    return upload_body(row)
+    body = upload_body(row)
+    if presign:
+        count = -(-size // part_size)
+        urls = await db(state.store.presign_parts, key, s3_upload_id, count,
+                        int(settings.upload_expiry_seconds))
+        body["part_urls"] = [{"part_number": n, "url": url, "bytes": min(part_size, size - (n - 1) * part_size)}
+                             for n, url in enumerate(urls, start=1)]
+    return body
+
+
+async def _sync_presigned(state: Any, db: Any, row: dict) -> None:
+    """A presigned upload's parts are where the client PUT them: ask S3 (ListParts)."""
+    if row["presigned"] and row["status"] == "pending":
+        parts = await db(state.store.list_parts, row["s3_key"], row["s3_upload_id"])
+        await db(state.db.record_s3_parts, row["id"], parts)
 
 
 @router.post("/{upload_id}/parts")
@@ -139,6 +169,9 @@ async def add_part(upload_id: str, request: Request):
     if row["status"] != "pending":
         raise APIError(400, f"upload {upload_id} is {row['status']}; parts go to pending uploads",
                        param="upload_id", code="upload_not_pending")
+    if row["presigned"]:
+        raise APIError(400, "this upload takes its parts at its presigned S3 URLs",
+                       param="upload_id", code="upload_presigned")
     await state.limits.check_parts_rate(key_id)
     form = await request.form(max_files=1, max_fields=4)
     try:
@@ -186,6 +219,7 @@ async def complete_upload(upload_id: str, request: Request):
     if not isinstance(part_ids, list) or not part_ids or not all(isinstance(p, str) for p in part_ids):
         raise APIError(400, "part_ids must be a non-empty list of part ids", param="part_ids",
                        code="invalid_value")
+    await _sync_presigned(state, db, row)
     stored = {p["id"]: p for p in await db(state.db.parts, upload_id)}
     unknown = [p for p in part_ids if p not in stored]
     if unknown:
@@ -236,6 +270,7 @@ async def get_upload(upload_id: str, request: Request):
     """The upload and the parts that arrived, in order: what a client resumes from."""
     state, key_id, db = await _context(request)
     row = await _pending(state, db, upload_id, key_id)
+    await _sync_presigned(state, db, row)
     return upload_body(row, await db(state.db.parts, upload_id))
 
 

@@ -84,6 +84,18 @@ class AudioStore:
             Bucket=self.bucket, Key=key, UploadId=s3_upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
 
+    def presign_parts(self, key: str, s3_upload_id: str, count: int, expires: int) -> list[str]:
+        """Presigned PUT URLs for parts 1..count (S3 UploadPart), valid `expires` seconds."""
+        return [self.client.generate_presigned_url(
+            "upload_part", Params={"Bucket": self.bucket, "Key": key, "UploadId": s3_upload_id,
+                                   "PartNumber": n}, ExpiresIn=expires) for n in range(1, count + 1)]
+
+    def list_parts(self, key: str, s3_upload_id: str) -> list[dict]:
+        """The parts S3 holds for a multipart upload: PartNumber, ETag, Size."""
+        pages = self.client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=key, UploadId=s3_upload_id)
+        return [p for page in pages for p in page.get("Parts", [])]
+
     def abort_multipart(self, key: str, s3_upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=s3_upload_id)
