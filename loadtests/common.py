@@ -32,6 +32,11 @@ JOB_TIMEOUT_S = float(os.environ.get("LOADTEST_JOB_TIMEOUT", "120"))
 POLL_INTERVAL_S = 0.5
 
 
+class StillInFlight(Exception):
+    """A request or job unfinished when the run stopped: a failure (a timeout). opsctl counts
+    failures of this class name as 'still in flight at the end'."""
+
+
 @lru_cache(maxsize=None)
 def _recording(size: str) -> tuple[wave._wave_params, bytes]:
     path = AUDIO_DIR / SAMPLES[size]

@@ -3,7 +3,8 @@
 It uploads short, medium and long speech through the OpenAI-compatible endpoint and
 through asynchronous jobs, polling each job to completion. A job's whole life (submit to
 `succeeded`) is reported as its own entry, `JOB <size> submit→done`, so an SLO can gate
-the latency a caller of the async API actually sees, not just the 202.
+the latency a caller of the async API actually sees, not just the 202; a job refused,
+failed, timed out or unfinished when the run stops is a failed entry.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import time
 
 import gevent
+from gevent import GreenletExit
 from locust import FastHttpUser, between, task
 
-from common import JOB_TIMEOUT_S, POLL_INTERVAL_S, request_headers, transcription_form
+from common import JOB_TIMEOUT_S, POLL_INTERVAL_S, StillInFlight, request_headers, transcription_form
 
 
 class TranscriptionUser(FastHttpUser):
@@ -33,32 +35,48 @@ class TranscriptionUser(FastHttpUser):
                 resp.failure("empty transcript")
 
     def _job(self, size: str) -> None:
-        body, headers = transcription_form(size)
+        """One job, submit to done, reported as one `JOB <size> submit→done` entry: failed when
+        the submission is refused, polling fails, the job fails or times out, or the run
+        stops before it is done (StillInFlight, counted as a failure like any request
+        unanswered at the stop)."""
         began = time.perf_counter()
+        try:
+            error = self._submit_and_wait(size, began)
+        except GreenletExit:  # the run stopped (after its stop timeout) with this job unfinished
+            self._report(size, began, StillInFlight(
+                f"job not done when the run stopped ({time.perf_counter() - began:.1f} s)"))
+            raise
+        except Exception as exc:  # e.g. an answer that is not the JSON of a job
+            error = exc
+        self._report(size, began, error)
+
+    def _report(self, size: str, began: float, error: BaseException | None) -> None:
+        self.environment.events.request.fire(
+            request_type="JOB", name=f"{size} submit→done", response_time=(time.perf_counter() - began) * 1000,
+            response_length=0, exception=error, context={})
+
+    def _submit_and_wait(self, size: str, began: float) -> RuntimeError | None:
+        body, headers = transcription_form(size)
         with self.client.post("/v1/jobs", data=body, headers=headers, name=f"/v1/jobs [{size}]",
                               catch_response=True) as resp:
             if resp.status_code not in (200, 202):
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200] if resp.text else ''}")
-                return
+                return RuntimeError(f"job submission answered HTTP {resp.status_code}")
             job = resp.json()
-        status, error = job.get("status"), None
+        status = job.get("status")
         while status not in ("succeeded", "failed"):
             if time.perf_counter() - began > JOB_TIMEOUT_S:
-                error = f"job {job.get('id')} not done after {JOB_TIMEOUT_S:.0f} s (last status {status})"
-                break
+                return RuntimeError(f"job {job.get('id')} not done after {JOB_TIMEOUT_S:.0f} s (last status {status})")
             gevent.sleep(POLL_INTERVAL_S)
             with self.client.get(f"/v1/jobs/{job['id']}", name="/v1/jobs/{id}", catch_response=True) as poll:
                 if poll.status_code != 200:
                     poll.failure(f"HTTP {poll.status_code}")
-                    error = f"polling job {job['id']} answered HTTP {poll.status_code}"
-                    break
+                    return RuntimeError(f"polling job {job['id']} answered HTTP {poll.status_code}")
                 job = poll.json()
                 status = job.get("status")
-        if status == "failed" and error is None:
-            error = f"job {job.get('id')} failed: {job.get('error')}"
-        self.environment.events.request.fire(
-            request_type="JOB", name=f"{size} submit→done", response_time=(time.perf_counter() - began) * 1000,
-            response_length=0, exception=RuntimeError(error) if error else None, context={})
+        if status == "failed":
+            return RuntimeError(f"job {job.get('id')} failed: {job.get('error')}")
+        return None
 
     @task(6)
     def sync_short(self) -> None:

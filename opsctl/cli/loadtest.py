@@ -27,12 +27,14 @@ def run(
     abort_on_fail: Annotated[bool, typer.Option("--abort-on-fail", help="Stop as soon as a gate is lost.")] = False,
     classes: Annotated[str | None, typer.Option("--classes", help="User classes and weights instead of the profile's: TranscriptionUser=3,AdminUser=1.")] = None,
     locustfile: Annotated[str | None, typer.Option("--locustfile", help="Another locustfile (default: loadtests/locustfile.py).")] = None,
+    stop_timeout: Annotated[str | None, typer.Option("--stop-timeout", help="At the end, time requests in flight get to finish (default 30s); then they count as failed.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a load profile against an environment; exit 1 when an SLO gate is breached.
 
-    Latency gates judge successful requests only, exact to the millisecond; rps counts
-    successful requests per second; a latency or rps gate with no successful request fails."""
+    Latency and rps gates judge successful transcription requests (sync /v1/audio/... and
+    whole jobs), exact to the millisecond, never health or admin polls; with none they fail.
+    error_rate counts all requests, a request still in flight at the end as failed."""
     from opsctl.errors import Interrupted, OperationFailed
     from opsctl.loadtest import live
     from opsctl.loadtest.operation import load_test
@@ -47,7 +49,8 @@ def run(
 
     outcome = load_test(proj, envcfg, profile, users=users, spawn_rate=spawn_rate, duration=duration, slo=slo,
                         host=host, workers=workers, abort_on_fail=abort_on_fail, classes=classes,
-                        locustfile=locustfile, html=html, csv=csv, junit=junit, live=view)
+                        locustfile=locustfile, html=html, csv=csv, junit=junit, stop_timeout=stop_timeout,
+                        live=view)
     emit(outcome.summary, as_json, lambda c: live.render_run(outcome.summary, c))
     if outcome.interrupted:
         raise Interrupted(outcome.verdict())

@@ -81,8 +81,8 @@ def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = 
     """Compare `head` with `base` endpoint by endpoint on the figures each run stored (the ones
     its gates judged); default Thresholds when none are given."""
     t = thresholds or Thresholds()
-    a = {e.key: e for e in [*base.endpoints, base.total]}
-    b = {e.key: e for e in [*head.endpoints, head.total]}
+    a = {e.key: e for e in [*base.endpoints, *([base.judged] if base.judged else []), base.total]}
+    b = {e.key: e for e in [*head.endpoints, *([head.judged] if head.judged else []), head.total]}
     keys = [k for k in a if k in b] + [k for k in a if k not in b] + [k for k in b if k not in a]
     return Comparison(base.id, head.id, t, [_row(k, a.get(k), b.get(k), t) for k in keys])
 

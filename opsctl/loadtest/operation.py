@@ -47,7 +47,8 @@ class LoadTestOutcome:
         if s.passed:
             return f"{s.total.requests} requests, SLO met: {s.slo or 'no gates'}"
         lost = "; ".join(g.describe() for g in s.breached)
-        return f"SLO breached: {lost}" + (" (stopped early)" if s.aborted_by else "")
+        stuck = f"; {s.in_flight} requests still in flight at the end, counted as failed" if s.in_flight else ""
+        return f"SLO breached: {lost}" + (" (stopped early)" if s.aborted_by else "") + stuck
 
 
 def prepare(project: Project, env: Environment, profile: str = "light", **options) -> Plan:
@@ -61,12 +62,13 @@ def load_test(project: Project, env: Environment, profile: str = "light", *, use
               spawn_rate: float | None = None, duration: str | None = None, slo: str | None = None,
               host: str | None = None, workers: int = 0, abort_on_fail: bool = False,
               classes: str | None = None, locustfile: str | None = None, html: str | None = None,
-              csv: str | None = None, junit: str | None = None,
+              csv: str | None = None, junit: str | None = None, stop_timeout: str | None = None,
               live: LiveView | None = None) -> LoadTestOutcome:
     """Run a load profile against `env` (or `host`), judge its SLO gates, save it to history.
 
     Options are those of `opsctl loadtest run` (durations as text: "30s", "5m"; users and
-    rates as numbers). Returns the outcome whether the gates held or not; the caller turns
+    rates as numbers; `stop_timeout`: how long requests in flight at the end get to finish,
+    default 30s, after which they count as failed). Returns the outcome whether the gates held or not; the caller turns
     a breach into its own failure (`outcome.verdict()` says why). Raises UsageError on bad
     input before any load is sent, OperationFailed when Locust's workers fail.
     """
@@ -74,7 +76,7 @@ def load_test(project: Project, env: Environment, profile: str = "light", *, use
 
     the_plan = prepare(project, env, profile, users=users, spawn_rate=spawn_rate, duration=duration, slo=slo,
                        host=host, workers=workers, abort_on_fail=abort_on_fail, classes=classes,
-                       locustfile=locustfile, html=html, csv=csv, junit=junit)
+                       locustfile=locustfile, html=html, csv=csv, junit=junit, stop_timeout=stop_timeout)
     with (live(the_plan) if live else nullcontext(None)) as on_tick:
         summary = runner.run(the_plan, on_tick=on_tick)
     return LoadTestOutcome(summary, history.save(project, summary))

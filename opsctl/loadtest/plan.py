@@ -17,11 +17,15 @@ from opsctl.errors import UsageError
 from opsctl.loadtest import profiles, slo
 
 
+STOP_TIMEOUT_S = 30.0  # default --stop-timeout: k6's gracefulStop; Locust's own default kills at once
+
+
 @dataclass
 class Plan:
     """A settled run: target `host`, peak `users`, `spawn_rate` (users/s), `duration_s`
     (seconds), user class weights, the SLO text and its parsed gates, the locustfile, Locust
-    worker processes (0: in-process), report paths, and the API key (never printed)."""
+    worker processes (0: in-process), report paths, the API key (never printed), and the stop
+    timeout (seconds users in a request get to finish it at the end; then it is a failure)."""
     env: str
     host: str
     profile: str
@@ -38,6 +42,7 @@ class Plan:
     csv_prefix: str | None = None
     junit: Path | None = None
     api_key: str | None = field(default=None, repr=False)  # $<deploy.api_key_env> or $LOADTEST_API_KEY; never printed
+    stop_timeout_s: float = 30.0  # at the end, how long users in a request get to finish it (s)
 
     def headers(self) -> dict[str, str]:
         """What every simulated user sends: `Cache-Control: no-cache` (the worker runs the
@@ -57,10 +62,12 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
          spawn_rate: float | None = None, duration: str | None = None, slo_text: str | None = None,
          host: str | None = None, workers: int = 0, abort_on_fail: bool = False,
          html: str | None = None, csv_prefix: str | None = None, junit: str | None = None,
-         locustfile: str | None = None, classes: str | None = None, check: bool = True) -> Plan:
+         locustfile: str | None = None, classes: str | None = None, stop_timeout: str | None = None,
+         check: bool = True) -> Plan:
     """Settle and check a run: the profile's values overridden by the arguments, the SLO from
     `slo_text`, else the environment's loadtest.slo, else the profile's. `duration` is text
-    ('30s', '5m'). With `check`, the host must answer. Raises UsageError, one line, on any bad
+    ('30s', '5m'), as is `stop_timeout` (default 30s, like k6's gracefulStop). With `check`,
+    the host must answer. Raises UsageError, one line, on any bad
     input; nothing is sent."""
     prof = profiles.get(project, profile)
     weights = _classes(classes) if classes is not None else prof.classes
@@ -76,6 +83,7 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
     if not lf.is_file():
         raise UsageError(f"locustfile {lf} not found; pass --locustfile PATH")
     duration_s = profiles.parse_duration(duration) if duration is not None else prof.duration_s
+    stop_s = profiles.parse_duration(stop_timeout, "--stop-timeout") if stop_timeout is not None else STOP_TIMEOUT_S
     target = _host(project, env, host)
     if check:
         reachable(target, env, explicit=host is not None)
@@ -85,7 +93,7 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
                 classes=weights, slo=",".join(g.text for g in gates), gates=gates, locustfile=lf,
                 workers=workers, abort_on_fail=abort_on_fail,
                 html=_out(html, "--html"), csv_prefix=str(_out(csv_prefix, "--csv")) if csv_prefix else None,
-                junit=_out(junit, "--junit"), api_key=os.environ.get(env.deploy.api_key_env) or os.environ.get("LOADTEST_API_KEY") or None)
+                junit=_out(junit, "--junit"), stop_timeout_s=stop_s, api_key=os.environ.get(env.deploy.api_key_env) or os.environ.get("LOADTEST_API_KEY") or None)
 
 
 def _classes(text: str) -> dict[str, int]:

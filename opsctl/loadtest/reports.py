@@ -66,7 +66,8 @@ def write_junit(summary: RunSummary, path: Path) -> Path:
     suite.timestamp = summary.started_at
     for name, value in (("run_id", summary.id), ("host", summary.host), ("users", summary.users),
                         ("requests", summary.total.requests), ("failures", summary.total.failures),
-                        ("rps", summary.total.rps), ("p95_ms", summary.total.p95_ms),
+                        ("in_flight", summary.in_flight),
+                        ("rps", summary.gated.rps), ("p95_ms", summary.gated.p95_ms),
                         ("aborted_by", summary.aborted_by or "")):
         suite.add_property(name, "" if value is None else str(value))
     for gate in summary.gates:

@@ -109,13 +109,16 @@ def _user_classes(plan: Plan) -> list:
 
 
 def _observed(runner, recorder: Recorder, seconds: float) -> slo.Observed:
+    """Counts of all requests (Locust's, in-flight failures included) and the transcription
+    class's exact latencies (what latency and rps gates judge)."""
     total = runner.stats.total
-    return slo.Observed(total.num_requests, total.num_failures, recorder.total(), seconds)
+    return slo.Observed(total.num_requests, total.num_failures, recorder.judged(), seconds,
+                        recorder.total().in_flight)
 
 
 def _tick(runner, recorder: Recorder, began: float, plan: Plan) -> Tick:
-    lat = recorder.total()
-    pct = lambda q: lat.percentile(q) or 0.0  # noqa: E731  (successful requests, exact ms)
+    lat = recorder.judged()
+    pct = lambda q: lat.percentile(q) or 0.0  # noqa: E731  (successful transcriptions, exact ms)
     total = runner.stats.total
     return Tick(elapsed_s=time.monotonic() - began, duration_s=plan.duration_s, users=runner.user_count,
                 rps=total.current_rps, p50_ms=pct(0.5), p95_ms=pct(0.95), p99_ms=pct(0.99),
@@ -127,18 +130,24 @@ INTERRUPTED = "interrupted"  # aborted_by of a run stopped by Ctrl-C or SIGTERM
 
 
 def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Path | None = None) -> RunSummary:
-    """Run the load, stop at the duration (or at the first lost gate with abort_on_fail)."""
+    """Run the load, stop at the duration (or at the first lost gate with abort_on_fail).
+
+    At the stop, users in the middle of a task get `plan.stop_timeout_s` to finish it
+    (Locust's stop_timeout); requests still unanswered then are recorded as failed
+    (opsctl.loadtest.inflight), in every count and in `summary.in_flight`."""
     import_locust()
     import gevent
     from locust.env import Environment
     from locust.event import Events
     from locust.stats import stats_history
 
-    from opsctl.loadtest import reports
+    from opsctl.loadtest import inflight, reports
+    from opsctl.loadtest.summary import judged
 
+    inflight.install()
     classes = _user_classes(plan)
     environment = Environment(user_classes=classes, host=plan.host, events=Events(),
-                              locustfile=str(plan.locustfile))
+                              locustfile=str(plan.locustfile), stop_timeout=plan.stop_timeout_s)
     recorder = Recorder()  # the exact latencies the gates judge
     run_id = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{plan.profile}-{uuid.uuid4().hex[:4]}"
     workers = None
@@ -176,8 +185,8 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
         except KeyboardInterrupt:  # Ctrl-C, or CI cancelling: what was measured is still a run
             interrupted = True
         runner.stop()
-        if workers:
-            workers.flush()
+        if workers:  # a worker answers once its users are stopped: after up to the stop timeout
+            workers.flush(timeout=plan.stop_timeout_s + 30)
         run_seconds = time.monotonic() - began
         history.kill(block=True)
         files: dict[str, str] = {}
@@ -196,7 +205,9 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
             run_seconds=round(run_seconds, 2), slo=plan.slo, passed=not interrupted and all(g.passed for g in gates),
             aborted_by=INTERRUPTED if interrupted else aborted.gate if aborted else None, gates=gates,
             total=total, endpoints=rows,
-            worker_counts=workers.counts() if workers else [], reports=files)
+            worker_counts=workers.counts() if workers else [], reports=files,
+            judged=judged(recorder, run_seconds), in_flight=recorder.total().in_flight,
+            stop_timeout_s=plan.stop_timeout_s)
         if plan.junit:
             summary.reports["junit"] = str(plan.junit)
             reports.write_junit(summary, plan.junit)

@@ -2,13 +2,16 @@
 run's true values (opsctl.loadtest.latencies), never on Locust's rounded percentile table.
 
 What each metric judges:
-- latencies (p50..p99.9, avg, min, max, median): the response times of the requests that
-  succeeded, exact to the millisecond, nearest-rank percentiles;
-- rps: successful requests per second (throughput; failures are not throughput);
-- error_rate: failed requests as a percentage of all requests;
-- requests, failures: counts of all requests and of the failed ones.
-A latency or throughput gate with no successful request to judge fails, and says so: the
-p95 of a run in which every request failed is not a pass.
+- latencies (p50..p99.9, avg, min, max, median): the response times of the successful
+  transcription requests (opsctl.loadtest.latencies.is_transcription: sync uploads to
+  /v1/audio/... and whole jobs, submit to done; never health or admin polls), exact to
+  the millisecond, nearest-rank percentiles;
+- rps: successful transcription requests per second (failures are not throughput);
+- error_rate: failed requests as a percentage of all requests, every class, counting a
+  request still in flight when the run stopped as failed (a timeout);
+- requests, failures: counts of all requests and of the failed ones (the same way).
+A latency or throughput gate with no successful transcription to judge fails, and says so:
+the p95 of a run in which every transcription failed (or none was made) is not a pass.
 
 Locust has no declarative thresholds (locust#2668, #560, #1789); this is k6's `thresholds`
 and Artillery's `ensure` for it. A malformed term is a UsageError naming that term, so a
@@ -55,7 +58,7 @@ class Gate:
             return float(run.failures)
         if self.metric == "error_rate":
             return round(run.failures / run.requests * 100, 3) if run.requests else None
-        lat = run.latencies
+        lat = run.latencies  # the transcription class
         if not lat.ok:
             return None
         if self.metric == "rps":
@@ -74,13 +77,16 @@ class Gate:
 class Observed:
     """What gates judge: the run's (or the run so far's) counts and exact latencies.
 
-    `requests`/`failures` count all requests; `latencies` holds the successful ones'
-    response times; `seconds` is the time the load ran (for rps)."""
+    `requests`/`failures` count all requests (a request still in flight at the stop is a
+    failure; `in_flight` says how many); `latencies` is the transcription class's
+    (its successful requests' response times, its failures); `seconds` is the time the
+    load ran (for rps)."""
 
     requests: int
     failures: int
     latencies: Latencies
     seconds: float
+    in_flight: int = 0
 
 
 @dataclass
@@ -161,12 +167,19 @@ def _basis(gate: Gate, run: Observed) -> str:
     if gate.metric in ("requests", "failures"):
         return ""
     if gate.metric == "error_rate":
-        return f"{run.requests} requests" if run.requests else "no requests"
-    ok = run.latencies.ok
+        if not run.requests:
+            return "no requests"
+        return f"{run.requests} requests" + (f", {run.in_flight} of them still in flight at the end"
+                                             if run.in_flight else "")
+    ok, tried = run.latencies.ok, run.latencies.requests
     if ok:
-        return f"{ok} successful request" + ("s" if ok != 1 else "")
+        return f"{ok} successful transcription request" + ("s" if ok != 1 else "")
+    if tried:
+        stuck = run.latencies.in_flight
+        return f"no successful transcription requests: all {tried} failed" + (
+            f" ({stuck} still in flight at the end)" if stuck else "")
     if run.requests:
-        return f"no successful requests: all {run.requests} failed"
+        return f"no transcription requests among the {run.requests} requests"
     return "no requests"
 
 
@@ -182,12 +195,19 @@ def evaluate(gates: list[Gate], run: Observed) -> list[GateResult]:
 def lost(gates: list[Gate], run: Observed, min_requests: int = 20) -> GateResult | None:
     """For --abort-on-fail: the first gate already failing on enough evidence, else None.
 
-    Like k6's abortOnFail with a short delayAbortEval: a handful of requests say nothing, and
-    lower bounds on rps/requests are left to the end of the run.
+    Like k6's abortOnFail with a short delayAbortEval: a handful of requests say nothing,
+    lower bounds on rps/requests are left to the end of the run, and a latency or rps gate
+    with no successful transcription yet is lost only once 5 transcriptions have failed.
     """
     if run.requests < min_requests:
         return None
     for result, gate in zip(evaluate(gates, run), gates):
-        if not gate.final_only and not result.passed:
-            return result
+        if gate.final_only or result.passed:
+            continue
+        # no successful transcription yet is evidence only once several have failed: the
+        # first ones may simply still be running (the final verdict judges them all)
+        if result.observed is None and gate.metric not in ("error_rate", *_COUNTS) \
+                and run.latencies.failures < 5:
+            continue
+        return result
     return None

@@ -4,7 +4,9 @@ Built once at the end of a run. Request and failure counts are Locust's own (the
 aggregate in distributed mode), as its HTML and CSV reports show them. Latencies and
 throughput are opsctl's exact figures (opsctl.loadtest.latencies): successful requests
 only, to the millisecond, so they can differ from Locust's rounded, all-requests table.
-The SLO gates judge these very numbers, so a gate's figure is the table's figure.
+The latency and throughput gates judge the transcription class, whose row is `judged`
+("Transcriptions"); error_rate is the total's. The SLO gates judge these very numbers, so
+a gate's figure is the table's figure.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsctl.loadtest.latencies import Latencies, Recorder
+from opsctl.loadtest.latencies import JUDGED, Latencies, Recorder
 from opsctl.loadtest.slo import GateResult
 
 
@@ -72,6 +74,15 @@ class RunSummary:
     endpoints: list[EndpointStats]
     worker_counts: list[WorkerCount] = field(default_factory=list)
     reports: dict[str, str] = field(default_factory=dict)
+    judged: EndpointStats | None = None  # the transcription class, what latency/rps gates judge
+    in_flight: int = 0  # requests still unanswered at the end (after the stop timeout): failures
+    stop_timeout_s: float | None = None  # how long requests in flight at the end were given
+
+    @property
+    def gated(self) -> EndpointStats:
+        """The row latency and throughput gates judged (the transcription class; the total
+        for runs saved before it was recorded)."""
+        return self.judged or self.total
 
     @property
     def breached(self) -> list[GateResult]:
@@ -86,6 +97,8 @@ class RunSummary:
         doc["total"] = EndpointStats(**doc["total"])
         doc["endpoints"] = [EndpointStats(**e) for e in doc.get("endpoints", [])]
         doc["worker_counts"] = [WorkerCount(**w) for w in doc.get("worker_counts", [])]
+        if doc.get("judged"):
+            doc["judged"] = EndpointStats(**doc["judged"])
         return cls(**doc)
 
 
@@ -106,3 +119,16 @@ def endpoints(stats: Any, recorder: Recorder, seconds: float) -> tuple[EndpointS
     rows = [endpoint(e, recorder.entry(method, name), seconds)
             for (name, method), e in sorted(stats.entries.items(), key=lambda kv: (kv[0][1] or "", kv[0][0]))]
     return endpoint(stats.total, recorder.total(), seconds), rows
+
+
+def judged(recorder: Recorder, seconds: float) -> EndpointStats:
+    """The transcription class as one row named "Transcriptions": its requests (successful
+    and failed, in-flight ones included), error rate, throughput and exact latencies."""
+    lat = recorder.judged()
+    n = lat.requests
+    return EndpointStats(
+        method="", name=JUDGED, requests=n, failures=lat.failures,
+        error_rate=round(lat.failures / n * 100, 3) if n else 0.0,
+        rps=round(lat.ok / seconds, 3) if seconds > 0 else 0.0, avg_ms=lat.mean(), min_ms=lat.lowest(),
+        max_ms=lat.highest(), p50_ms=lat.percentile(0.5), p95_ms=lat.percentile(0.95),
+        p99_ms=lat.percentile(0.99), ok=lat.ok)

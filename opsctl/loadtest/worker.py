@@ -29,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     from locust.event import Events
     from locust.util.load_locustfile import load_locustfile
 
+    from opsctl.loadtest import inflight
     from opsctl.loadtest.latencies import REPORT_KEY, Recorder
 
     from opsctl.loadtest.plan import request_headers
 
+    inflight.install()  # requests unanswered at the stop are recorded as failed, as in-process
     classes, _shapes = load_locustfile(args.locustfile)
     for cls in classes.values():  # as the master's in-process run does (plan.headers)
         if hasattr(cls, "default_headers"):
@@ -56,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     env.events.report_to_master.add_listener(
         lambda client_id, data, **_kw: data.__setitem__(REPORT_KEY, recorder.take()))
     runner.register_message("opsctl_flush", on_flush)
+
+    def after_stop(**_kw) -> None:
+        # Locust's worker sleeps stop_timeout after every stop before it reads its next
+        # message (it expects a new run); opsctl's flush comes right after the stop, and the
+        # users are already stopped here, so that sleep would only delay the last report.
+        # The next spawn message sets stop_timeout again.
+        env.stop_timeout = 0
+
+    env.events.test_stop.add_listener(after_stop)
     runner.greenlet.join()
     return 0
 

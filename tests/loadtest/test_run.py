@@ -21,11 +21,22 @@ ADMIN = {"/healthz", "/readyz", "/version", "/metrics"}
 
 
 @pytest.fixture(scope="module")
-def light(local_platform, reports):
-    out = opsctl(local_platform.root, "loadtest", "run", "--env", "local", "--profile", "light",
-                 "--users", "3", "--spawn-rate", "3", "--duration", "20s", "--slo", "error_rate<5%,p95<60000ms",
-                 "--html", str(reports / "light.html"), "--csv", str(reports / "light"),
-                 "--junit", str(reports / "light.xml"), "--json")
+def light(local_platform, reports, tmp_path_factory):
+    # The gates judge real transcriptions, and a transcription still running at the end is
+    # given the stop timeout to finish: on a busy shared machine a 30 s recording can take
+    # minutes, so every size class uploads the 4 s sample (one Locust worker process reads
+    # LOADTEST_AUDIO_DIR afresh) and the stop timeout is the users' own network timeout.
+    audio = tmp_path_factory.mktemp("short-audio")
+    data = Path(__file__).resolve().parents[1] / "worker" / "data"
+    for name in ("hello.wav", "weather.wav", "passage.wav"):
+        (audio / name).symlink_to(data / "hello.wav")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOADTEST_AUDIO_DIR", str(audio))
+        out = opsctl(local_platform.root, "loadtest", "run", "--env", "local", "--profile", "light",
+                     "--users", "3", "--spawn-rate", "3", "--duration", "20s", "--workers", "1",
+                     "--slo", "error_rate<5%,p95<180000ms", "--stop-timeout", "180s",
+                     "--html", str(reports / "light.html"), "--csv", str(reports / "light"),
+                     "--junit", str(reports / "light.xml"), "--json")
     return out
 
 
@@ -34,7 +45,8 @@ def test_light_run_passes_its_slos(light, local_platform):
     doc = light.doc
     assert doc["passed"] is True and doc["aborted_by"] is None
     assert doc["host"] == local_platform.endpoints().router_url
-    assert [(g["gate"], g["passed"]) for g in doc["gates"]] == [("error_rate<5%", True), ("p95<60000ms", True)]
+    assert [(g["gate"], g["passed"]) for g in doc["gates"]] == [("error_rate<5%", True), ("p95<180000ms", True)]
+    assert doc["judged"]["ok"] > 0 and doc["in_flight"] == 0      # real transcriptions were judged
     names = {e["name"] for e in doc["endpoints"]}
     assert names & ADMIN, names                                     # the admin user ran
     assert any(n.startswith("/v1/") for n in names), names          # the transcription user ran
@@ -56,13 +68,14 @@ def test_light_run_writes_html_csv_junit(light, reports):
     assert (reports / "light_stats_history.csv").read_text().startswith("Timestamp,User Count")
     suite = ET.parse(reports / "light.xml").getroot()
     assert suite.tag == "testsuite" and suite.get("tests") == "2" and suite.get("failures") == "0"
-    assert [c.get("name") for c in suite.iter("testcase")] == ["error_rate<5%", "p95<60000ms"]
+    assert [c.get("name") for c in suite.iter("testcase")] == ["error_rate<5%", "p95<180000ms"]
     assert not list(suite.iter("failure"))
 
 
 def test_impossible_slo_exits_1_naming_the_gate(local_platform, reports):
     out = opsctl(local_platform.root, "loadtest", "run", "--users", "3", "--spawn-rate", "3", "--duration", "60s",
-                 "--slo", "error_rate<50%,p95<1ms", "--abort-on-fail", "--junit", str(reports / "bad.xml"), "--json")
+                 "--slo", "error_rate<50%,p95<1ms", "--abort-on-fail", "--stop-timeout", "5s",
+                 "--junit", str(reports / "bad.xml"), "--json")
     assert out.code == 1
     assert out.stderr.strip().splitlines()[-1].startswith("opsctl: error: SLO breached: p95<1ms (observed ")
     assert "error_rate" not in out.stderr.strip().splitlines()[-1]

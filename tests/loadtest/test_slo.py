@@ -10,14 +10,53 @@ from opsctl.loadtest.latencies import Latencies, Recorder
 from opsctl.loadtest.runner import import_locust
 
 
+SYNC = "/v1/audio/transcriptions [short]"
+
+
 def run_with(latencies_ms: list[float], failures: int = 0, seconds: float = 10.0) -> slo.Observed:
-    """A run's figures fed the way Locust's request event feeds them."""
+    """A run of transcriptions fed the way Locust's request event feeds them."""
     rec = Recorder()
     for ms in latencies_ms:
-        rec.on_request("GET", "/healthz", ms, exception=None)
+        rec.on_request("POST", SYNC, ms, exception=None)
     for _ in range(failures):
-        rec.on_request("GET", "/healthz", 5, exception=RuntimeError("HTTP 503"))
-    return slo.Observed(len(latencies_ms) + failures, failures, rec.total(), seconds)
+        rec.on_request("POST", SYNC, 5, exception=RuntimeError("HTTP 503"))
+    return slo.Observed(len(latencies_ms) + failures, failures, rec.judged(), seconds)
+
+
+def test_latency_gates_judge_transcriptions_not_the_polls_beside_them():
+    """Fast health polls beside slow (or failed) transcriptions: the p95 and rps are the
+    transcriptions' (sync uploads and whole jobs, not a job's 202 or its status polls)."""
+    from opsctl.loadtest.latencies import StillInFlight, is_transcription
+
+    assert is_transcription("JOB", "short submit→done") and is_transcription("POST", "/v1/audio/translations")
+    assert not any(is_transcription(m, n) for m, n in [("GET", "/healthz"), ("GET", "/metrics"),
+                                                          ("POST", "/v1/jobs [short]"), ("GET", "/v1/jobs/{id}")])
+    rec = Recorder()
+    for _ in range(50):
+        rec.on_request("GET", "/healthz", 2, exception=None)
+    for _ in range(5):
+        rec.on_request("POST", SYNC, 4000, exception=None)
+        rec.on_request("JOB", "short submit→done", 6000, exception=None)
+    rec.on_request("POST", SYNC, 180000, exception=StillInFlight("no answer when the run stopped"))
+    total = rec.total()
+    run = slo.Observed(total.requests, total.failures, rec.judged(), 10.0, total.in_flight)
+    results = {r.gate: r for r in slo.evaluate(slo.parse("p95<2000ms,rps>=5,error_rate<1%"), run)}
+    assert results["p95<2000ms"].observed == 6000 and not results["p95<2000ms"].passed
+    assert results["p95<2000ms"].basis == "10 successful transcription requests"
+    assert results["rps>=5"].observed == 1.0 and not results["rps>=5"].passed
+    assert results["error_rate<1%"].observed == round(1 / 61 * 100, 3) and not results["error_rate<1%"].passed
+    assert results["error_rate<1%"].basis == "61 requests, 1 of them still in flight at the end"
+    assert rec.judged().in_flight == 1 and total.failures == 1
+
+
+def test_only_polls_is_no_transcription_to_judge():
+    rec = Recorder()
+    for _ in range(30):
+        rec.on_request("GET", "/readyz", 2, exception=None)
+    run = slo.Observed(30, 0, rec.judged(), 10.0)
+    (p95,) = slo.evaluate(slo.parse("p95<2000ms"), run)
+    assert not p95.passed and p95.observed is None
+    assert p95.basis == "no transcription requests among the 30 requests"
 
 
 def test_parse_typed_gates():
@@ -44,7 +83,7 @@ def test_gates_judged_on_successful_requests():
     results = {r.gate: r for r in slo.evaluate(slo.parse("p50<200ms,p95<2000ms,error_rate<10%,failures<3,rps>=10"), run)}
     assert results["p50<200ms"].passed and results["p50<200ms"].observed == 100
     assert not results["p95<2000ms"].passed and results["p95<2000ms"].observed == 3000
-    assert results["p95<2000ms"].basis == "100 successful requests"
+    assert results["p95<2000ms"].basis == "100 successful transcription requests"
     assert results["error_rate<10%"].passed and results["error_rate<10%"].observed == round(5 / 105 * 100, 3)
     assert not results["failures<3"].passed and results["failures<3"].observed == 5
     assert results["rps>=10"].passed and results["rps>=10"].observed == 10.0   # 100 successes in 10 s
@@ -61,7 +100,7 @@ def test_failures_are_never_timed():
 def test_latency_and_throughput_gates_fail_when_every_request_failed(gate):
     (result,) = slo.evaluate(slo.parse(gate), run_with([], failures=57))
     assert not result.passed and result.observed is None
-    assert "no successful requests: all 57 failed" in result.describe()
+    assert "no successful transcription requests: all 57 failed" in result.describe()
 
 
 def test_no_requests_breaches_every_rate_and_latency_gate():
