@@ -46,12 +46,19 @@ class Endpoints:
 
 
 def resolve(project: Project, env: Environment) -> Endpoints:
+    """The URLs of `env`'s services; their passwords are remembered by `opsctl.redact`.
+
+    Raises UsageError when the embedded platform of a `local` environment was never started.
+    """
     if env.platform == "local":
         return _local(project, env)
+    from opsctl.redact import remember, url_password
+
+    database_url, redis_url = os.environ.get(env.database.url_env), os.environ.get(env.redis.url_env)
+    remember(url_password(database_url), url_password(redis_url))  # masked in every error
     return Endpoints(
         env=env.name, platform=env.platform,
-        database_url=os.environ.get(env.database.url_env),
-        redis_url=os.environ.get(env.redis.url_env),
+        database_url=database_url, redis_url=redis_url,
         s3_endpoint_url=env.aws.endpoint_url,
         audio_bucket=env.buckets.audio, backup_bucket=env.buckets.backups,
         router_url=env.router_url, aws_region=env.aws.region, aws_profile=env.aws.profile,

@@ -15,9 +15,15 @@ driver might echo a password.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 MASK = "***"
+_MIN_SECRET = 4  # shorter values would mask ordinary words
+
+# secrets this process has read (passwords of the URLs it resolved, keys from the
+# environment), masked wherever they appear: libpq repeats a malformed password on its own,
+# quoted, where no URL pattern can tell it is one
+_known: set[str] = set()
 
 # scheme://user:password@host — the password ends at the last '@' before the host
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s:/@'\"]*):(?P<pw>[^\s'\"]*)@")
@@ -50,15 +56,52 @@ def redact(url: str | None, keep_path: bool = False) -> str:
     return f"{parts.scheme}://{host}{port}{hidden}"
 
 
+def url_password(url: str | None) -> str | None:
+    """The password in a URL's userinfo, read leniently (a malformed URL has one too), or None.
+
+    `postgresql://app:"p w"@[::1/x` gives `"p w"`: everything between the first ':' after
+    the scheme's '//' and the last '@' of the authority. A `password=` query parameter counts.
+    """
+    if not url or "://" not in url:
+        return None
+    rest = url.split("://", 1)[1]
+    found = None
+    if "@" in rest:
+        userinfo = rest.rsplit("@", 1)[0]
+        if "/" in userinfo:  # an '@' in the path: the authority ends at the first '/'
+            authority = rest.split("/", 1)[0]
+            userinfo = authority.rsplit("@", 1)[0] if "@" in authority else ""
+        if ":" in userinfo:
+            found = userinfo.split(":", 1)[1] or None
+    query = re.search(r"[?&]password=([^&#]*)", url)
+    return found or (query.group(1) if query else None)
+
+
+def remember(*secrets: str | None) -> None:
+    """Mask these values (and their quoted, percent-encoded and decoded forms) from now on.
+
+    Called where opsctl reads a secret: the URLs the endpoint resolver hands out, keys read
+    from the environment. Values shorter than 4 characters are ignored.
+    """
+    for secret in secrets:
+        if not secret:
+            continue
+        forms = {secret, secret.strip("'\""), unquote(secret), quote(secret, safe="")}
+        _known.update(f for f in forms if len(f) >= _MIN_SECRET)
+
+
 def credentials(text: str | None) -> str:
     """`text` with every password in it masked: URL userinfo and `key=value` pairs alike.
 
     `postgresql://app:s3cret@db/x` becomes `postgresql://app:***@db/x`;
     `host=db password='a b' user=app` becomes `host=db password=*** user=app`.
+    Every value given to `remember` is masked too, in any position.
     The user name and host stay, so the message still says which connection failed.
     """
     if not text:
         return text or ""
+    for secret in sorted(_known, key=len, reverse=True):
+        text = text.replace(secret, MASK)
     text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     return _KEY_VALUE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
 

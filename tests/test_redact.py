@@ -29,3 +29,51 @@ def test_redact_and_scrub_hide_a_known_secret():
     assert redact(hook) == "https://hooks.slack.com/***"
     assert scrub(f"POST {hook} failed", hook) == "POST https://hooks.slack.com/*** failed"
     assert credentials(None) == ""
+
+
+@pytest.mark.parametrize("url, password", [
+    ('postgresql://app:"XyZzy42"@[::1/x', '"XyZzy42"'),
+    ("postgresql://app:a bXyZzy42@127.0.0.1:5/t", "a bXyZzy42"),
+    ("postgresql://app:p%ZZXyZzy42@127.0.0.1:5/t", "p%ZZXyZzy42"),
+    ("postgresql://app:p@ss@db/t", "p@ss"),
+    ("postgresql://app@db/t?sslmode=x&password=XyZzy42", "XyZzy42"),
+    ("postgresql://db/t", None),
+    ("redis://:tok3n@cache:6379/0", "tok3n"),
+])
+def test_url_password_reads_malformed_urls_too(url, password):
+    from opsctl.redact import url_password
+
+    assert url_password(url) == password
+
+
+MALFORMED = ['postgresql://app:"XyZzy42"@[::1/x',
+             "postgresql://app:a bXyZzy42@[::1/transcribe",
+             "postgresql://app:p%ZZXyZzy42@127.0.0.1:1/t",
+             "postgresql://app@127.0.0.1:1/t?password=XyZzy42&sslmode=zz"]
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+@pytest.mark.parametrize("flags", [[], ["--json"]])
+def test_a_password_libpq_repeats_on_its_own_never_reaches_output(runner, tmp_path, monkeypatch, url, flags):
+    """libpq quotes a malformed password alone ("unexpected spaces found in "a b…""): only
+    knowing the secret masks it, so the resolver remembers every URL password it hands out."""
+    import base64
+    import os
+
+    from opsctl.cli import app
+
+    (tmp_path / "opsctl.yaml").write_text(
+        "version: 1\nproject: t\nenvironments:\n  side:\n    platform: kubernetes\n"
+        "    kubernetes: {context: none, namespace: t}\n"
+        "    database: {url_env: SIDE_DATABASE_URL}\n    redis: {url_env: SIDE_REDIS_URL}\n"
+        "    buckets: {audio: a, backups: b}\n"
+        f"    backup: {{repository: 'file://{tmp_path}/repo'}}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIDE_DATABASE_URL", url)
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", base64.b64encode(os.urandom(32)).decode())
+    for argv in (["backup", "create", "--env", "side", "--type", "db", *flags],
+                 ["--log-format", "json", "backup", "create", "--env", "side", "--type", "db", *flags]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code in (1, 2), result.output
+        assert "opsctl: error:" in result.output
+        assert "XyZzy42" not in result.output
