@@ -47,9 +47,9 @@ _USER_SCHEMAS = ("n.nspname not in ('pg_catalog', 'information_schema') and n.ns
 
 # A statement that writes the statement counting every table: psql runs it with \gexec,
 # psycopg in two steps, and both get one JSON array of [schema, table, rows] back.
-COUNT_SQL = ("select coalesce(format('select coalesce(json_agg(json_build_array(s, t, n)), ''[]'') from (%s) x', "
+COUNT_SQL = ("select coalesce('select coalesce(json_agg(json_build_array(s, t, n)), ''[]'') from (' || "
              "string_agg(format('select %L as s, %L as t, count(*) as n from %I.%I', "
-             "n.nspname, c.relname, n.nspname, c.relname), ' union all ' order by n.nspname, c.relname)), "
+             "n.nspname, c.relname, n.nspname, c.relname), ' union all ' order by n.nspname, c.relname) || ') x', "
              "'select ''[]''::json') "
              "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
              f"where c.relkind = 'r' and {_USER_SCHEMAS}")
@@ -437,6 +437,93 @@ class Archive:
     roles: set[str] = field(default_factory=set)
 
 
+_SPECIAL = re.compile(r"""['"\n]|--|/\*|(?<![\w$])\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$""")
+
+
+def _statement_lines(sql_text: str) -> list[str]:
+    """The lines of pg_restore's SQL output that begin at statement level, with the contents
+    of string literals, dollar-quoted bodies (functions) and comments blanked out, so that a
+    function body or a comment that reads like `ALTER ... OWNER TO x;` names no role.
+    Quoted identifiers are kept. pg_dump writes with standard_conforming_strings on, so a
+    backslash in '...' is an ordinary character."""
+    out: list[str] = []
+    line: list[str] = []
+    top = True  # the current line began at statement level
+    i, n = 0, len(sql_text)
+
+    def emit(text: str, keep: bool) -> None:
+        nonlocal top, line
+        parts = text.split("\n")
+        for k, part in enumerate(parts):
+            if k:
+                if top:
+                    out.append("".join(line))
+                line, top = [], keep_start
+            line.append(part if keep else " " * len(part))
+
+    keep_start = True
+    while i < n:
+        m = _SPECIAL.search(sql_text, i)
+        if m is None:
+            keep_start = True
+            emit(sql_text[i:], True)
+            break
+        keep_start = True
+        emit(sql_text[i:m.start()], True)
+        token, i = m.group(0), m.end()
+        if token == "\n":
+            emit("\n", True)
+            continue
+        if token == '"':  # a quoted identifier: kept ("" inside)
+            end = i
+            while True:
+                end = sql_text.find('"', end)
+                if end < 0 or sql_text[end + 1:end + 2] != '"':
+                    break
+                end += 2
+            end = n if end < 0 else end + 1
+            line.append('"')
+            keep_start = False
+            emit(sql_text[i:end], True)
+            i = end
+            continue
+        if token == "'":
+            end = i
+            while True:
+                end = sql_text.find("'", end)
+                if end < 0 or sql_text[end + 1:end + 2] != "'":
+                    break
+                end += 2
+            end = n if end < 0 else end + 1
+            closing = "'"
+        elif token == "--":
+            end = sql_text.find("\n", i)
+            end = n if end < 0 else end
+            closing = ""
+        elif token == "/*":
+            depth, end = 1, i
+            while depth and end < n:
+                nxt = min((x for x in (sql_text.find("/*", end), sql_text.find("*/", end)) if x >= 0), default=-1)
+                if nxt < 0:
+                    end = n
+                    break
+                depth += 1 if sql_text.startswith("/*", nxt) else -1
+                end = nxt + 2
+            closing = ""
+        else:  # $tag$ ... $tag$
+            end = sql_text.find(token, i)
+            end = n if end < 0 else end + len(token)
+            closing = ""
+        line.append(token[0] if token == "'" else " " * len(token))
+        keep_start = False  # a line that begins inside this is not a statement's
+        emit(sql_text[i:end - len(closing)] if closing else sql_text[i:end], False)
+        line.append(closing)
+        i = end
+    if top and line:
+        out.append("".join(line))
+    return out
+
+
 def inspect(dump_path: str, major: int | None = None) -> Archive:
     """Read the dump's definitions (no data): every role an owner, grant or large object
     names, for `roles_missing`. Only read, never executed."""
@@ -449,9 +536,7 @@ def inspect(dump_path: str, major: int | None = None) -> Archive:
             lines = result.stderr.strip().splitlines()
             raise DumpRejected(f"pg_restore can't read the dump: {credentials(lines[-1]) if lines else result.returncode}")
     out = Archive()
-    for line in text.stdout.splitlines():
-        if line.startswith("--"):
-            continue
+    for line in _statement_lines(text.stdout):
         for pattern in _ROLE_PATTERNS:
             for m in pattern.finditer(line):
                 out.roles.add(_unquote(m.group(1)))

@@ -90,8 +90,8 @@ def test_settings_are_quoted_like_pg_dump():
 def test_statements_inside_function_bodies_and_comments_never_run(fidelity_db, seeded, runner, tmp_path,
                                                                   monkeypatch):
     """A non-superuser's function body, table comment and view text hold lines that look like
-    statements about other databases; the restore (run as superuser) leaves every other
-    database exactly as it was."""
+    statements about other databases (and name a role that does not exist); the restore (run
+    as superuser) leaves every other database exactly as it was, and needs no such role."""
     name, url = fidelity_db
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("set role bk_app")
@@ -104,11 +104,13 @@ GRANT ALL ON DATABASE postgres TO bk_app;
 REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;
 ALTER ROLE bk_app IN DATABASE postgres SET work_mem = '3MB';
 ALTER DATABASE template1 CONNECTION LIMIT 3;
+ALTER TABLE bk_owned OWNER TO bk_nobody;
 */
 return 1;
 end
 $body$""")
-        conn.execute("comment on function bk_trap() is E'x\\nCOMMENT ON DATABASE template1 IS ''by a comment'';'")
+        conn.execute("comment on function bk_trap() is E'x\\nCOMMENT ON DATABASE template1 IS ''by a comment'';\\n"
+                     "GRANT ALL ON TABLE bk_owned TO bk_nobody;'")
         conn.execute("create view bk_trap_view as select 1 as \"\nALTER DATABASE template1 SET work_mem = '5MB';\"")
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
                    database={"name": name})
