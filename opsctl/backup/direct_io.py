@@ -25,16 +25,20 @@ SPAN = 4 << 20
 class DirectFile:
     """A new file at `path`: write() any bytes, then close() (which fsyncs); abort() leaves it half-written."""
 
-    def __init__(self, path: Path):
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    def __init__(self, path: Path | str, dir_fd: int | None = None):
+        """Create `path` (relative to `dir_fd` when given): it must not exist (O_EXCL), and a
+        symbolic link in its place is never followed (O_NOFOLLOW), so a link planted under
+        the name can't redirect the write outside the repository."""
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         direct = getattr(os, "O_DIRECT", 0)
         self.direct = bool(direct)
+        at = {} if dir_fd is None else {"dir_fd": dir_fd}
         try:
-            self.fd = os.open(path, flags | direct, 0o600)
+            self.fd = os.open(path, flags | direct, 0o600, **at)
         except OSError as exc:
             if exc.errno != errno.EINVAL or not direct:
                 raise
-            self.fd, self.direct = os.open(path, flags, 0o600), False
+            self.fd, self.direct = os.open(path, flags, 0o600, **at), False
         self.buf = mmap.mmap(-1, SPAN)  # anonymous mappings are page-aligned
         self.fill = 0
         self.size = 0

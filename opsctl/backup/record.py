@@ -31,7 +31,7 @@ from opsctl.backup.repository import NotFound, Repository
 from opsctl.errors import UsageError
 
 NAME = "opsctl-repository.json"
-ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{4}")
+ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}", re.ASCII)  # [0-9]: \\d matches any Unicode digit
 OWN_FILES = ("manifest.json", "in-progress.json")
 OWN_AREAS = ("pitr",)  # top-level folders of opsctl's other repository users (WAL archive, base backups)
 

@@ -9,12 +9,15 @@ multipart upload (S3) or a `.partial` file (posix): `open_uploads` finds both, a
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
+from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.direct_io import DirectFile
 from opsctl.backup.pipeline import BLOCK, IterReader
 from opsctl.errors import UsageError
@@ -117,7 +120,11 @@ class S3Repository(Repository):
         return folders, files
 
     def delete_prefix(self, prefix: str) -> int:
-        names = list(self.names(prefix))
+        """Delete the object named `prefix`, or, when it ends with '/', every object in that
+        folder: never other keys that merely start like it."""
+        if not prefix:
+            raise UsageError("refusing to delete the whole repository")
+        names = [n for n in self.names(prefix) if _within(n, prefix)]
         self.delete_names(names)
         return len(names)
 
@@ -129,7 +136,8 @@ class S3Repository(Repository):
 
     def _uploads(self, prefix: str) -> list[dict]:
         pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
-        return [u for page in pages for u in page.get("Uploads", [])]
+        base = self._key("")
+        return [u for page in pages for u in page.get("Uploads", []) if _within(u["Key"][len(base):], prefix)]
 
     def open_uploads(self, prefix: str = "") -> list[str]:
         return [u["Key"] for u in self._uploads(prefix)]
@@ -152,73 +160,140 @@ class S3Repository(Repository):
 
 class FileRepository(Repository):
     """Objects as files under `root`: created 0600 in 0700 folders; a name from data (a
-    manifest, an id) is resolved and must stay inside `root`, or nothing is read or written."""
+    manifest, an id) is resolved and must stay inside `root`, or nothing is read or written.
+
+    No symbolic link inside `root` is ever followed: every folder on the way to an object is
+    opened with O_NOFOLLOW|O_DIRECTORY relative to its parent's descriptor (openat), objects
+    are opened with O_NOFOLLOW, and a `.partial` file is created with O_EXCL after a stale
+    one is unlinked (unlink removes a link, not its target). A link met on the way is
+    refused (IntegrityError); in a listing it is an entry of its own, never descended, so a
+    linked backup folder is foreign. (`root` itself may be a link the operator chose.)"""
+
+    _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
     def __init__(self, root: Path, url: str):
         self.root, self.url = root, url
 
-    def _path(self, name: str) -> Path:
+    def _parts(self, name: str) -> list[str]:
         parts = name.split("/")
         if not name or name.startswith("/") or "\\" in name or "\0" in name or any(p in ("", ".", "..") for p in parts):
             raise UsageError(f"object name {name!r} would leave the repository folder {self.root}; refused")
-        return self.root.joinpath(*parts)
+        return parts
 
-    def _mkdirs(self, folder: Path) -> None:
-        missing = []
-        while not folder.is_dir():
-            missing.append(folder)
-            folder = folder.parent
-        for f in reversed(missing):
-            try:
-                f.mkdir(mode=0o700)
-            except FileExistsError:
-                pass
+    def _path(self, name: str) -> Path:
+        return self.root.joinpath(*self._parts(name))
+
+    def _linked(self, name: str) -> IntegrityError:
+        return IntegrityError(f"{self.root}/{name} is a symbolic link (or not a folder where one belongs): opsctl "
+                              "never follows links inside its repository; remove it")
+
+    def _open_dir(self, parts: list[str], create: bool = False) -> int:
+        """A descriptor of the folder root/parts..., each step opened without following a link."""
+        if create and not self.root.is_dir():
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nfd = os.open(part, self._DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(part, 0o700, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    nfd = os.open(part, self._DIR, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        if exc.errno == errno.ENOTDIR and not create and not os.path.islink(
+                                os.path.join(self.root, *parts[:i + 1])):
+                            raise  # a file where the folder would be: nothing under it
+                        raise self._linked("/".join(parts[:i + 1])) from None
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def put(self, name: str, chunks: Iterable[bytes]) -> None:
-        target = self._path(name)
-        self._mkdirs(target.parent)
-        partial = target.with_name(target.name + PARTIAL)
+        parts = self._parts(name)
+        folder = self._open_dir(parts[:-1], create=True)
+        leaf, partial = parts[-1], parts[-1] + PARTIAL
         out = None
         try:
-            out = DirectFile(partial)
+            try:
+                os.unlink(partial, dir_fd=folder)  # a stale one (or a link planted there): gone, not followed
+            except FileNotFoundError:
+                pass
+            out = DirectFile(partial, dir_fd=folder)
             for chunk in chunks:
                 out.write(chunk)
             out.close()
-            os.replace(partial, target)  # a file exists under its name only once it is whole
+            # a file exists under its name only once it is whole; rename replaces a link, never its target
+            os.replace(partial, leaf, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
             if out is not None:
                 out.abort()
-            partial.unlink(missing_ok=True)
+            try:
+                os.unlink(partial, dir_fd=folder)
+            except OSError:
+                pass
             raise
+        finally:
+            os.close(folder)
 
     def get(self, name: str) -> Iterator[bytes]:
-        path = self._path(name)
-        if not path.is_file():
-            raise NotFound(name)
-        with open(path, "rb") as fh:
+        parts = self._parts(name)
+        try:
+            folder = self._open_dir(parts[:-1])
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(name) from None
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                         dir_fd=folder)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(name) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._linked(name) from None
+            raise
+        finally:
+            os.close(folder)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise NotFound(name)
             while block := fh.read(BLOCK):
                 yield block
 
-    def _walk(self, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
-        """(name, entry) of every file under `prefix`, walking only the folder the prefix is
-        in (os.scandir: deleting or listing one backup never walks the repository)."""
+    def _walk(self, prefix: str, exact: bool = False) -> Iterator[tuple[str, os.DirEntry]]:
+        """(name, entry) of every file or link under `prefix` (`exact`: the object named
+        `prefix`, or every one in the folder `prefix` ending in '/'), walking only the folder
+        the prefix is in (os.scandir: deleting or listing one backup never walks the
+        repository). Links are entries, never descended; a linked folder on the way is refused."""
         head, _, tail = prefix.rpartition("/")
+        try:
+            os.close(self._open_dir(head.split("/") if head else []))
+        except (FileNotFoundError, NotADirectoryError):
+            return
         folder = os.path.join(self.root, *head.split("/")) if head else str(self.root)
         base = head + "/" if head else ""
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
             return
-        stack = [(base, e) for e in entries if e.name.startswith(tail)]
+        stack = [(base, e) for e in entries if (e.name == tail if exact and tail else e.name.startswith(tail))]
         while stack:
             rel, entry = stack.pop()
             if entry.is_dir(follow_symlinks=False):
                 stack.extend((rel + entry.name + "/", e) for e in os.scandir(entry.path))
-            elif entry.is_file(follow_symlinks=False):
+            elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
                 yield rel + entry.name, entry
 
-    def _files(self, prefix: str) -> Iterator[Path]:
-        for name, entry in self._walk(prefix):
+    def _files(self, prefix: str, exact: bool = False) -> Iterator[Path]:
+        for name, entry in self._walk(prefix, exact):
             yield Path(entry.path)
 
     def names(self, prefix: str = "") -> dict[str, int]:
@@ -231,16 +306,20 @@ class FileRepository(Repository):
             for entry in os.scandir(self.root):
                 if entry.is_dir(follow_symlinks=False):
                     folders.add(entry.name)
-                elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(PARTIAL):
-                    files.add(entry.name)
+                elif not entry.name.endswith(PARTIAL):
+                    files.add(entry.name)  # files, and links (to folders too): never one of opsctl's folders
         return folders, files
 
     def delete_prefix(self, prefix: str) -> int:
-        files = list(self._files(prefix))
+        """Delete the object named `prefix`, or, when it ends with '/', every object in that
+        folder: never other names that merely start like it. Links are removed, not followed."""
+        if not prefix:
+            raise UsageError("refusing to delete the whole repository")
+        files = list(self._files(prefix, exact=True))
         for path in files:
             path.unlink(missing_ok=True)
         for folder in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
-            while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
+            while folder != self.root and not folder.is_symlink() and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
                 folder = folder.parent
         return len(files)
@@ -249,9 +328,16 @@ class FileRepository(Repository):
         return [p.relative_to(self.root).as_posix() for p in self._files(prefix) if p.name.endswith(PARTIAL)]
 
     def abort_uploads(self, prefix: str = "") -> int:
-        names = self.open_uploads(prefix)
+        names = [n for n in self.open_uploads(prefix) if _within(n[:-len(PARTIAL)], prefix)]
         for name in names:
-            self._path(name).unlink(missing_ok=True)
+            parts = self._parts(name)
+            folder = self._open_dir(parts[:-1])
+            try:
+                os.unlink(parts[-1], dir_fd=folder)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(folder)
         return len(names)
 
     def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None:
@@ -259,7 +345,12 @@ class FileRepository(Repository):
         self.put(name, body.iter_chunks(BLOCK))
 
     def copy_out(self, name: str, s3, bucket: str, key: str) -> None:
-        s3.upload_file(str(self._path(name)), bucket, key)
+        s3.upload_fileobj(IterReader(self.get(name)), bucket, key)  # through get(): no link followed
+
+
+def _within(name: str, prefix: str) -> bool:
+    """`name` is the object `prefix` names, or lies in the folder `prefix` (ending in '/')."""
+    return not prefix or name == prefix or (prefix.endswith("/") and name.startswith(prefix))
 
 
 def open_repository(url: str | None, project, endpoints) -> Repository:
