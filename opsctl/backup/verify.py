@@ -129,7 +129,10 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
             finally:
                 pgb.drop_database(database_url, scratch)
             out["db"] = {"tables": len(counts), "rows": sum(counts.values()), "matches_manifest": True,
-                         "owners_and_privileges_checked": manifest.db.catalog is not None}
+                         "owners_and_privileges_checked": manifest.db.catalog is not None,
+                         # older backups recorded only the owner, grants, locale and own settings
+                         "database_properties_checked": bool(manifest.db.catalog
+                                                             and manifest.db.catalog.get("db_properties"))}
         if manifest.redis:
             rdb_path = Path(tmp) / "redis" / "dump.rdb"
             fetch(repo, manifest.redis.object, key, rdb_path, report)

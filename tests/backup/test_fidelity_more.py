@@ -52,6 +52,7 @@ def test_restore_swapped_into_the_live_database_brings_everything_back(fidelity_
     made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
     checked = _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
     assert checked["restore_test"]["db"]["owners_and_privileges_checked"]
+    assert checked["restore_test"]["db"]["database_properties_checked"]
     with psycopg.connect(url, autocommit=True) as conn:  # the live database drifts after the backup
         conn.execute("drop table bk_owned")
         conn.execute("select setval('bk_seq', 7)")
