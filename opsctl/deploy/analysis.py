@@ -87,10 +87,10 @@ def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Ve
 
 
 # Post-promotion: how long the promoted color may answer /readyz with anything but 200 before
-# the analysis fails: the worker Deployment's readinessProbe (period 5 s x failureThreshold 2).
+# the analysis fails: Kubernetes' default readinessProbe (period 10 s x failureThreshold 3).
 # A worker saturated by real transcriptions misses probes while its dependency pings wait,
 # without being broken; a refused connection (the process is gone) fails at once.
-READY_GRACE_SECONDS = 10.0
+READY_GRACE_SECONDS = 30.0
 # A canary is a real transcription of the sample: on a saturated machine it can take far
 # longer than its audio; waiting for it gives the window a latency to judge instead of a
 # timeout with nothing transcribed.
