@@ -295,8 +295,12 @@ def promote(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
         if not pending:
             raise UsageError("nothing awaits promotion; deploy with --no-auto-promote first")
         record = pending[0]
-        if not driver.colors()[record.to_color].ready:
-            raise OperationFailed(f"preview {record.to_color} is no longer ready; deploy again")
+        if not driver.colors()[record.to_color].running:
+            raise OperationFailed(f"preview {record.to_color} is no longer running; deploy again")
+        try:  # a busy preview may miss one probe: give it the deploy's readiness timeout
+            driver.wait_ready(record.to_color, env.deploy.ready_timeout)
+        except OperationFailed as exc:
+            raise OperationFailed(f"preview {record.to_color} is not ready ({exc}); deploy again") from None
         record.outcome = "in-progress"
         return _promote(driver, env, _Run(driver, record, opts.notify), opts)
 

@@ -140,7 +140,7 @@ def test_awaiting_promotion_then_promote(runner, platform):
     assert record["outcome"] == "awaiting-promotion"
     assert _router_version(router) == before  # nothing switched yet
     doc = _status(runner)
-    assert doc["awaiting_promotion"] == record["to_color"] and doc["colors"][record["to_color"]]["ready"]
+    assert doc["awaiting_promotion"] == record["to_color"] and doc["colors"][record["to_color"]]["running"]
 
     promoted = runner.invoke(app, ["promote", "--json"])
     assert promoted.exit_code == 0, promoted.output
@@ -267,9 +267,9 @@ def test_post_promotion_judges_real_transcriptions_only(platform):
 
     doc = _status_doc(platform.root)
     url = doc["colors"][doc["active_color"]]["url"]
-    idle = analysis.post_promotion(url, None, 1.0, 5.0, 30000, {}, probe_every=0.5)  # no canaries
+    idle = analysis.post_promotion(url, None, 1.0, 5.0, 300000, {}, probe_every=0.5)  # no canaries
     assert not idle.ok and "0 real transcriptions" in idle.detail
-    busy = analysis.post_promotion(url, url, 1.0, 5.0, 30000, {}, probe_every=0.5)
+    busy = analysis.post_promotion(url, url, 1.0, 5.0, 300000, {}, probe_every=0.5)  # judges counting, not speed
     assert busy.ok, busy.detail
     assert busy.detail.startswith("judged ") and "real transcriptions" in busy.detail
 
@@ -299,7 +299,7 @@ def test_load_gate_and_analysis_send_the_configured_key(runner, platform, monkey
     with pytest.raises(analysis.ScrapeError, match="401"):
         analysis.scrape(preview, {})
     assert analysis.scrape(preview, analysis.analysis_headers("OPSCTL_WORKER_API_KEY")).transcriptions >= 1
-    blind = analysis.post_promotion(preview, None, 0.1, 5.0, 30000, {})
+    blind = analysis.post_promotion(preview, None, 0.1, 5.0, 300000, {})
     assert not blind.ok and "cannot read the promoted color's metrics" in blind.detail
     assert runner.invoke(app, ["abort"]).exit_code == 0  # the shared platform stays keyless
     assert _router_version(router) == before
