@@ -59,25 +59,36 @@ def probe(url: str, conditions: list[str], timeout: float, slow_ms: float,
     needs_body = any(c.placeholder == "BODY" for c in parsed)
     began = time.perf_counter()
     status_code, body, connected, error, read = None, None, False, "", 0
+    exchange = _Exchange(timeout)
     try:
-        with client().stream(method, url, timeout=httpx.Timeout(timeout), follow_redirects=follow_redirects) as resp:
+        with client().stream(method, url, timeout=httpx.Timeout(timeout), follow_redirects=follow_redirects,
+                             extensions={"trace": exchange.trace}) as resp:
             connected, status_code = True, resp.status_code
             if needs_body:
-                raw, read, error = _read_capped(resp, max_body)
+                raw, read, error = _read_capped(resp, max_body, exchange)
                 if not error:
                     try:
                         body = json.loads(raw)
                     except ValueError:
                         body = raw.decode(resp.encoding or "utf-8", errors="replace")
             # otherwise leaving the block closes the connection with the body unread
+    except _DeadlinePassed:
+        error, connected = exchange.expired_error(), True
     except httpx.TimeoutException:
-        error = f"no answer within {timeout:g}s"
+        error = exchange.expired_error() if exchange.expired else f"no answer within {timeout:g}s"
         connected = True
     except httpx.TooManyRedirects:
         error = "too many redirects"
         connected = True
     except httpx.HTTPError as exc:
-        error = why_not_connected(exc)
+        if exchange.expired:  # the watchdog cut the connection: the read fails with some error
+            error, connected = exchange.expired_error(), True
+        elif exchange.connected:
+            error, connected = why_broken(exc, exchange), True
+        else:
+            error = why_not_connected(exc)
+    finally:
+        exchange.finish()
     elapsed = (time.perf_counter() - began) * 1000
     details = {"target": redact(url, keep_path=True), "http_status": status_code}
     if needs_body:
@@ -97,18 +108,123 @@ def probe(url: str, conditions: list[str], timeout: float, slow_ms: float,
                        details=details)
 
 
-def _read_capped(resp, cap: int) -> tuple[bytes, int, str]:
-    """(body, bytes read, error): stops reading as soon as the body is known to pass `cap`."""
+def _read_capped(resp, cap: int, exchange: "_Exchange | None" = None) -> tuple[bytes, int, str]:
+    """(body, bytes read, error): stops reading as soon as the body is known to pass `cap`, or
+    (raising _DeadlinePassed) once the exchange's total deadline has passed."""
     declared = resp.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         return b"", 0, f"response body of {int(declared):,} bytes is over the {cap:,}-byte cap (max_body_bytes)"
     chunks, read = [], 0
     for chunk in resp.iter_bytes(chunk_size=64 * 1024):
         read += len(chunk)
+        if exchange is not None:
+            exchange.read = read
+            if exchange.passed():
+                raise _DeadlinePassed
         if read > cap:
             return b"", read, f"response body is over the {cap:,}-byte cap (max_body_bytes); not read further"
         chunks.append(chunk)
     return b"".join(chunks), read, ""
+
+
+class _DeadlinePassed(Exception):
+    """The exchange's total deadline passed between two chunks of the body."""
+
+
+class _Exchange:
+    """The total deadline of one probe: connect + request + response headers + body must all
+    end within `timeout` seconds (httpx's own timeouts are per operation, so an endpoint
+    trickling a byte per read, or sending header lines forever, would never trip them).
+
+    httpx's request extension "trace" (documented in httpx's "Request Extensions") reports each
+    connection the request opens; a watchdog timer shuts that socket down when the deadline
+    passes, which makes the blocked read in the probe's thread fail at once. So no thread and
+    no socket outlives its check, whichever phase the endpoint stalls in. `finish()` cancels
+    and joins the watchdog, so the probe leaves no thread behind either."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.expired = False
+        self.connected = False
+        self.phase = "connecting"
+        self.read = 0
+        self._sockets: list[socket.socket] = []
+        self._guard = threading.Lock()
+        self._watchdog = threading.Timer(timeout, self._expire)
+        self._watchdog.name = "health:http-deadline"
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def trace(self, event: str, info: dict) -> None:
+        """httpcore trace callback (event names as in httpcore's _sync/connection.py, http11.py)."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            with self._guard:
+                if sock is not None:
+                    self._sockets.append(sock)
+                    if self.expired:
+                        _cut(sock)
+        elif event.endswith(".started"):
+            # connected (TCP and, for https, TLS) once the request starts going out
+            self.connected = self.connected or event.endswith("send_request_headers.started")
+            self.phase = {"http11.send_request_headers.started": "sending the request",
+                          "http11.receive_response_headers.started": "waiting for the response headers",
+                          "http11.receive_response_body.started": "reading the body"}.get(event, self.phase)
+        # never raise here: httpcore would lose track of a just-opened stream; a cut socket
+        # makes the next send or receive fail, and httpcore then closes the connection
+
+    def passed(self) -> bool:
+        return self.expired or time.monotonic() >= self.deadline
+
+    def _expire(self) -> None:
+        with self._guard:
+            self.expired = True
+            for sock in self._sockets:
+                _cut(sock)
+
+    def expired_error(self) -> str:
+        self.expired = True
+        return (f"no complete answer within {self.timeout:g}s (total deadline passed while {self.phase}"
+                + (f", {self.read:,} body bytes read" if self.read else "") + "; connection closed)")
+
+    def finish(self) -> None:
+        self._watchdog.cancel()
+        if self._watchdog is not threading.current_thread():
+            self._watchdog.join()
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut a socket down from another thread: a recv blocked on it returns at once (close()
+    alone would not wake it on Linux); the probe's own `with` block then closes it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by the probe
+
+
+def why_broken(exc, exchange: "_Exchange") -> str:
+    """What went wrong after the connection opened (it did connect: never "cannot connect")."""
+    text = credentials(str(exc))[:160]
+    if "receive buffer too long" in str(exc).lower():  # h11's words for an over-long head
+        return (f"response headers too large (over {_max_header_bytes():,} bytes without their end); "
+                "connection closed")
+    for cause in _causes(exc):
+        if isinstance(cause, (ConnectionResetError, BrokenPipeError)):
+            return f"connection reset while {exchange.phase}"
+    if isinstance(exc, getattr(__import__("httpx"), "RemoteProtocolError")):
+        return f"invalid HTTP answer while {exchange.phase}: {text}"
+    return f"connection broken while {exchange.phase} ({type(exc).__name__}: {text})"
+
+
+def _max_header_bytes() -> int:
+    """httpcore's cap on an incomplete HTTP/1.1 event (the response head): 100 KiB in 1.0."""
+    try:
+        from httpcore._sync.http11 import HTTP11Connection
+        return HTTP11Connection.MAX_INCOMPLETE_EVENT_SIZE
+    except (ImportError, AttributeError):
+        return 100 * 1024
 
 
 def _causes(exc: BaseException):
