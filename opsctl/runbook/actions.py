@@ -11,7 +11,6 @@ them, and `env:` is the way to pass data.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -179,10 +178,16 @@ def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | 
     The environment's secret variables (opsctl.runbook.secrets.environment_secret_names:
     the backup key, the worker API key, database URLs, AWS credentials…) are not passed
     on, except those the step names in `pass_env`; their values are masked in its output.
-    On `timeout` (seconds) or when the step is cancelled, the whole process group gets
-    SIGTERM, then SIGKILL after 2 s, and the action returns only once the group is gone,
-    so a retry never overlaps the attempt before it.
-    Outputs: stdout (stripped), exit_code. Raises OperationFailed on a non-zero exit.
+    On `timeout` (seconds) or when the step is cancelled, every process of the step gets
+    SIGTERM, then SIGKILL after 2 s, and the action returns only once all are gone, so a
+    retry never overlaps the attempt before it. "Every process" includes those that left
+    the group (a `setsid` daemon, a double fork): opsctl is a child subreaper while the
+    step runs (opsctl.runbook.processes). A step that ends normally has what it left in
+    the background stopped too: nothing a step starts outlives it (a long-lived service
+    belongs to a service manager, not to a runbook step).
+    Outputs: stdout (stripped), exit_code, stopped_background_processes (how many
+    processes the command left running were stopped). Raises OperationFailed on a
+    non-zero exit.
     """
     from opsctl.runbook.secrets import environment_secret_names
 
@@ -190,59 +195,47 @@ def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | 
     variables = {**{k: v for k, v in os.environ.items()  # parameters come through env:, not OPSCTL_PARAM_*
                     if k not in withheld and (not k.startswith("OPSCTL_PARAM_") or k in (pass_env or ()))},
                  **{str(k): "" if v is None else str(v) for k, v in (env or {}).items()}}
-    proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ctx.project.root, env=variables, start_new_session=True)
-    deadline = time.monotonic() + float(timeout) if timeout else None
-    try:
-        while True:
-            try:
-                out, err = proc.communicate(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                if deadline is not None and time.monotonic() >= deadline:
-                    _stop_group(proc)
-                    raise OperationFailed(f"timed out after {timeout}s; its processes were stopped") from None
-                if ctx.cancel.is_set():
-                    _stop_group(proc)
-                    raise OperationFailed("cancelled; its processes were stopped") from None
-    except BaseException:
-        _stop_group(proc)
-        raise
+    from opsctl.runbook.processes import StepProcesses, subreaper
+
+    step = StepProcesses()
+    with subreaper():
+        step.starting()
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ctx.project.root, env=step.env(variables), start_new_session=True)
+        step.started(proc)
+        deadline = time.monotonic() + float(timeout) if timeout else None
+        try:
+            while True:
+                try:
+                    out, err = proc.communicate(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    step.scan(every=0.5)  # remember descendants whose parent may exit before the end
+                    if deadline is not None and time.monotonic() >= deadline:
+                        _stop(step, proc)
+                        raise OperationFailed(f"timed out after {timeout}s; its processes were stopped") from None
+                    if ctx.cancel.is_set():
+                        _stop(step, proc)
+                        raise OperationFailed("cancelled; its processes were stopped") from None
+        except BaseException:
+            _stop(step, proc)
+            raise
+        finally:
+            step.finished()
+        leftovers = step.stop()  # what the command left running in the background ends with the step
     if proc.returncode != 0:
         raise OperationFailed(f"exit {proc.returncode}: {ctx.mask((err or out).strip())[-500:]}")  # mask, then cut
-    return {"stdout": out.strip(), "exit_code": proc.returncode}
+    return {"stdout": out.strip(), "exit_code": proc.returncode, "stopped_background_processes": leftovers}
 
 
-def _stop_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
-    """SIGTERM the process group of `proc`, SIGKILL what is left after `grace` seconds, and
-    return when no process of the group runs any more (zombies awaiting their reaper aside)."""
-    import psutil
-
-    group = proc.pid  # start_new_session: the group id is the shell's pid
-    for sig, wait_for in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            break
-        until = time.monotonic() + wait_for
-        while time.monotonic() < until and (proc.poll() is None or _group_alive(psutil, group)):
-            time.sleep(0.05)
-        if proc.poll() is not None and not _group_alive(psutil, group):
-            break
+def _stop(step, proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """Stop every process of the step (opsctl.runbook.processes), then collect the shell's
+    output so its pipes are closed."""
+    step.stop(grace)
     try:
         proc.communicate(timeout=5)
     except (subprocess.TimeoutExpired, ValueError):
         pass
-
-
-def _group_alive(psutil, group: int) -> bool:
-    for p in psutil.process_iter(["status"]):
-        try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == group:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
 
 
 @action("notify")
