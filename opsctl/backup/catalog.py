@@ -106,8 +106,8 @@ def _abandoned(repo: Repository, backup_id: str) -> bool:
 
             return not psutil.pid_exists(int(info.get("pid", 0)))
         started = dt.datetime.fromisoformat(info["started_at"])
-    except (NotFound, ValueError, KeyError, TypeError):
-        return True  # its start record vanished or is unreadable: nothing runs there
+    except (NotFound, ValueError, KeyError, TypeError, OperationFailed):
+        return True  # its start record vanished or is unreadable (or a link): nothing runs there
     return dt.datetime.now(dt.timezone.utc) - started > STALE_AFTER
 
 
@@ -128,13 +128,19 @@ def _key(repo: Repository, key: BackupKey | None | bool) -> BackupKey | None:
     return getattr(repo, "key", None) if key is False else key
 
 
-def trust(manifest: mf.Manifest, rec: record.RepositoryRecord | None, key: BackupKey | None) -> None:
-    """Raise IntegrityError unless `manifest` is one this repository's writer sealed.
+def trust(manifest: mf.Manifest, rec: record.RepositoryRecord | None, key: BackupKey | None,
+          backup_id: str | None = None) -> None:
+    """Raise IntegrityError unless `manifest` is one this repository's writer sealed, for
+    the folder `backup_id` (the MAC covers the id: a genuine manifest copied into another
+    folder, a replay, is refused).
 
     Encrypted repository (or, without a record, any repository read with a key): the
     manifest must name the key and carry its HMAC. Unencrypted: it must not claim a key,
     and its SHA-256 must match (damage, not forgery: say so in `list` and `doctor`).
     """
+    if backup_id is not None and manifest.id != backup_id:
+        raise IntegrityError(f"the manifest in folder {backup_id} is that of backup {manifest.id}: untrusted, "
+                             "never restored")
     encrypted = rec.encrypted if rec is not None else (key is not None or manifest.key_id is not None)
     if encrypted:
         want = rec.key_id if rec is not None else (key.id if key else manifest.key_id)
@@ -151,19 +157,23 @@ def trust(manifest: mf.Manifest, rec: record.RepositoryRecord | None, key: Backu
 
 def _verdict(repo: Repository, backup_id: str, name: str, key: BackupKey | None,
              rec: record.RepositoryRecord | None) -> dict | None:
-    """A verdict document, or None when absent or (encrypted repository) not sealed by the key."""
+    """A verdict document, or None when absent or not sealed for this backup: its `id`
+    must be `backup_id` and its `mac` the HMAC under the key (encrypted repository) or the
+    SHA-256 (unencrypted) of the rest. Read without the key, an encrypted repository's
+    verdict can't be checked: returned for display only (Scan.authenticated is False)."""
     try:
         doc = json.loads(repo.get_bytes(f"{backup_id}/{name}"))
-    except (NotFound, ValueError):
+    except (NotFound, ValueError, OperationFailed):
         return None
-    if not isinstance(doc, dict) or doc.get("id") not in (None, backup_id):
+    if not isinstance(doc, dict) or doc.get("id") != backup_id:
         return None
-    if rec is not None and rec.encrypted:
-        if key is None:
-            return doc
-        mac = doc.pop("mac", None)
-        if not mac or not hmac.compare_digest(mac, key.mac(_canonical(doc))):
-            return None
+    encrypted = rec.encrypted if rec is not None else key is not None
+    if encrypted and key is None:
+        return doc
+    mac = doc.pop("mac", None)
+    want = key.mac(_canonical(doc)) if encrypted else "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, want):
+        return None
     return doc
 
 
@@ -171,13 +181,70 @@ def _canonical(doc: dict) -> bytes:
     return b"opsctl-verdict\0" + json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+VERDICTS = (mf.NAME, VERIFIED, FAILED)
+
+
+def _tags(repo: Repository, backup_id: str, files: set[str]) -> dict[str, str | None]:
+    """The listing's stamps of a backup's manifest and verdicts (Repository.tags)."""
+    return {f: repo.tag(f"{backup_id}/{f}") for f in VERDICTS if f in files}
+
+
+def indexed(repo: Repository, backup_id: str, m: mf.Manifest) -> dict:
+    """The index summary of a backup just written (its manifest checked by its writer),
+    with the listing's stamps of its manifest and verdicts (for `scan`)."""
+    from opsctl.backup import index
+
+    files = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
+    return {**index.summary(m), "tags": _tags(repo, backup_id, files)}
+
+
+def _cached(idx: dict | None, backup_id: str, tags: dict) -> dict | None:
+    """The index's summary when the manifest and verdicts it was made from are unchanged."""
+    summary = (idx or {}).get(backup_id)
+    if not isinstance(summary, dict) or None in tags.values() or summary.get("tags") != tags:
+        return None
+    return summary
+
+
+def _check(repo: Repository, backup_id: str, files: set[str], tags: dict, rec, key) -> tuple[Entry, dict | None]:
+    """(entry, summary to index or None) of a folder holding a manifest, read and checked."""
+    from opsctl.backup import index
+
+    m = None
+    try:
+        m = mf.parse(repo.get_bytes(f"{backup_id}/{mf.NAME}"), backup_id)
+        trust(m, rec, key, backup_id)
+    except NotFound:
+        return Entry(backup_id, "incomplete", note="manifest vanished while listing"), None
+    except OperationFailed as exc:  # unparseable, unauthenticated, a link, another folder's: not ours to judge
+        return Entry(backup_id, "untrusted", m, note=str(exc),
+                     summary=index.summary(m) if m is not None and m.id == backup_id else None), None
+    failed = _verdict(repo, backup_id, FAILED, key, rec) if FAILED in files else None
+    ok = _verdict(repo, backup_id, VERIFIED, key, rec) if VERIFIED in files else None
+    failed = {"at": failed.get("at", "?"), "reason": str(failed.get("reason", ""))} if failed else None
+    summary = {**index.summary(m, verified=bool(ok and ok.get("ok") is True), failed=failed), "tags": tags}
+    return _entry(backup_id, summary, m), summary
+
+
+def _entry(backup_id: str, summary: dict, m: mf.Manifest | None = None) -> Entry:
+    failed = summary.get("failed")
+    if failed:
+        return Entry(backup_id, "damaged", m, summary=summary,
+                     note=f"failed verify at {failed.get('at', '?')}: {failed.get('reason', '')}")
+    return Entry(backup_id, "complete", m, verified=bool(summary.get("verified")), summary=summary)
+
+
 def scan(repo: Repository, key: BackupKey | None | bool = False, pick=None) -> Scan:
     """Every opsctl backup folder, oldest first, each manifest checked against the
     repository's record and key (`key` False: the key the repository was opened with).
 
-    One listing (paged, no object read per backup) plus the index (index.py): manifests are
-    read only for complete folders the index does not hold, and the index is rewritten
-    when it was missing, forged or stale (and the key to seal it is at hand)."""
+    One listing (paged, no object read per backup) plus the index (index.py): the index's
+    summary of a backup is used only while the listing's stamps (ETag or size/inode/ctime,
+    Repository.tags) of its manifest and verdicts are those the index recorded when it read
+    and checked them; any other folder's manifest is read and checked (trust: MAC under the
+    key, id of the folder), and the index is rewritten when it was missing, forged or stale
+    (and the key to seal it is at hand). Unreadable or unauthenticated manifests are
+    `untrusted`; `damaged` is an authenticated backup whose failed verify is recorded."""
     from opsctl.backup import index
 
     key = _key(repo, key)
@@ -203,31 +270,16 @@ def scan(repo: Repository, key: BackupKey | None | bool = False, pick=None) -> S
         if mf.NAME not in files:
             out.append(_unfinished(repo, backup_id))
             continue
-        m = None
-        if idx is not None and backup_id in idx:
-            summary = idx[backup_id]
+        tags = _tags(repo, backup_id, files)
+        summary = _cached(idx, backup_id, tags)
+        if summary is not None:
+            entry = _entry(backup_id, summary)
         else:
-            try:
-                m = mf.parse(repo.get_bytes(f"{backup_id}/{mf.NAME}"), backup_id)
-            except NotFound:
-                out.append(Entry(backup_id, "incomplete", note="manifest vanished while listing"))
-                continue
-            except OperationFailed as exc:
-                out.append(Entry(backup_id, "damaged", note=str(exc)))
-                continue
-            try:
-                trust(m, rec, key)
-            except IntegrityError as exc:
-                out.append(Entry(backup_id, "untrusted", m, note=str(exc), summary=index.summary(m)))
-                continue
-            summary = index.summary(m)
-        fresh[backup_id] = summary
-        if FAILED in files and (doc := _verdict(repo, backup_id, FAILED, key, rec)) is not None:
-            out.append(Entry(backup_id, "damaged", m, summary=summary,
-                             note=f"failed verify at {doc.get('at', '?')}: {doc.get('reason', '')}"))
-            continue
-        out.append(Entry(backup_id, "complete", m, verified=VERIFIED in files, summary=summary))
-    if pick is None and rec is not None and (idx is None or set(idx) != set(fresh)):
+            entry, summary = _check(repo, backup_id, files, tags, rec, key)
+        out.append(entry)
+        if summary is not None:
+            fresh[backup_id] = summary
+    if pick is None and rec is not None and idx != fresh:
         index.write(repo, fresh, key, encrypted)  # rebuilt from the manifests (no-op without the key)
     # ids made within one second sort by their random part: order by creation time first
     out.sort(key=lambda e: (e.created_at or id_time(e.id) or dt.datetime.min.replace(tzinfo=dt.timezone.utc), e.id))
@@ -237,23 +289,30 @@ def scan(repo: Repository, key: BackupKey | None | bool = False, pick=None) -> S
 
 def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> tuple[str, dt.datetime] | None:
     """(id, finished_at) of the newest complete backup in constant time: the index and one
-    HEAD-like read of that backup's manifest; a full scan only when the index is missing."""
+    listing of that backup's folder (its manifest's and verdicts' stamps must be those the
+    index recorded); a full scan when the index is missing or does not match."""
     from opsctl.backup import index
 
     key = _key(repo, key)
     rec = record.read(repo, key)
     idx = index.read(repo, key, rec.encrypted) if rec is not None else None
-    if idx is None:
-        done = [e for e in entries(repo, key) if e.complete]
-        return (done[-1].id, max(e.finished_at for e in done)) if done else None
-    for backup_id in sorted(idx, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
-        files = repo.names(f"{backup_id}/")
-        if f"{backup_id}/{mf.NAME}" not in files:  # a deleted one drops out
-            continue
-        if f"{backup_id}/{FAILED}" in files and _verdict(repo, backup_id, FAILED, key, rec) is not None:
-            continue  # damaged (a failed verify is recorded): not a complete backup
-        return backup_id, dt.datetime.fromisoformat(idx[backup_id]["finished_at"])
-    return None
+    if idx is not None:
+        for backup_id in sorted(idx, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
+            if not record.ID.fullmatch(backup_id):
+                break
+            files = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
+            if mf.NAME not in files:  # a deleted one drops out
+                continue
+            summary = _cached(idx, backup_id, _tags(repo, backup_id, files))
+            if summary is None:
+                break  # changed since it was indexed: check everything
+            if summary.get("failed"):
+                continue  # damaged (a failed verify is recorded): not a complete backup
+            return backup_id, dt.datetime.fromisoformat(summary["finished_at"])
+        else:
+            return None
+    done = [e for e in entries(repo, key) if e.complete]
+    return (done[-1].id, max(e.finished_at for e in done)) if done else None
 
 
 def failed_verdict(repo: Repository, backup_id: str, key: BackupKey | None | bool = False) -> dict | None:
@@ -282,8 +341,8 @@ def mark_failed(repo: Repository, backup_id: str, reason: str, key: BackupKey | 
 
 def _write_verdict(repo: Repository, backup_id: str, name: str, doc: dict, key: BackupKey | None) -> None:
     doc = {"id": backup_id, "at": dt.datetime.now(dt.timezone.utc).isoformat(), **doc}
-    if key is not None:
-        doc["mac"] = key.mac(_canonical(doc))
+    # sealed for this backup id: an HMAC under the key, else (unencrypted) a SHA-256 (_verdict)
+    doc["mac"] = key.mac(_canonical(doc)) if key is not None else "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
     repo.put_bytes(f"{backup_id}/{name}", json.dumps(doc).encode())
 
 
@@ -311,7 +370,7 @@ def load(repo: Repository, backup_id: str, key: BackupKey | None) -> mf.Manifest
                          f"the key given has id {key.id}; set the key it was made with")
     if rec is not None and not rec.encrypted and key is not None:
         raise UsageError(f"repository {repo.url} is recorded as unencrypted but a backup key is set: if it was "
-                         "made with --no-encrypt, unset the key for this command; otherwise its record was "
+                         "made without encryption, unset the key for this command; otherwise its record was "
                          "replaced and nothing in it can be trusted")
     trust(manifest, rec, key)
     return manifest

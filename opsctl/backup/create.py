@@ -176,7 +176,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started, done=True))
     from opsctl.backup import index
 
-    index.update(repo, key, rec.encrypted, {backup_id: index.summary(m)})
+    index.update(repo, key, rec.encrypted, {backup_id: catalog.indexed(repo, backup_id, m)})
     result = CreateResult(id=backup_id, repository=repo.url, components=m.components, raw_bytes=m.raw_bytes,
                           stored_bytes=m.stored_bytes, ratio=round(m.raw_bytes / m.stored_bytes, 2) if m.stored_bytes else 0.0,
                           seconds=m.seconds, encrypted=key is not None, key_id=m.key_id, cleaned=cleaned,

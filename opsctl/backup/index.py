@@ -21,6 +21,7 @@ import json
 
 from opsctl.backup.keys import BackupKey
 from opsctl.backup.repository import NotFound, Repository
+from opsctl.errors import OperationFailed
 
 NAME = "opsctl-catalog.json"
 
@@ -52,7 +53,7 @@ def read(repo: Repository, key: BackupKey | None, encrypted: bool) -> dict | Non
         backups = doc["backups"]
         if not isinstance(backups, dict) or doc.get("format") != 1:
             return None
-    except (NotFound, ValueError, KeyError, TypeError):
+    except (NotFound, ValueError, KeyError, TypeError, OperationFailed):  # OperationFailed: a link (repository.py)
         return None
     if encrypted and key is None:
         return backups

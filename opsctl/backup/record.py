@@ -6,7 +6,10 @@ Like pgBackRest's stanza and restic's `config`, a repository is initialised once
 and from then on encryption is a property of the repository, not of a command line. In an
 encrypted repository the record carries an HMAC-SHA256 under a sub-key of the backup key
 (keys.BackupKey.mac), so it can't be rewritten to "unencrypted" by anyone without the key;
-an unencrypted repository's record carries a plain SHA-256, which catches damage only.
+an unencrypted repository's record carries a plain SHA-256, which catches damage only, so
+with a key configured an "unencrypted" record is refused while any manifest names a key id
+(a flipped record), and a missing record is not re-initialised unencrypted over sealed
+backups (a deleted record).
 
 A non-empty location without a record is refused by `create` (naming what is there), unless
 everything in it is an opsctl backup folder written before records existed (adopted).
@@ -87,6 +90,21 @@ def layout(names: dict[str, int]) -> tuple[dict[str, set[str]], list[str]]:
     return ours, sorted(foreign)
 
 
+def sealed_key_id(repo: Repository) -> str | None:
+    """The key id the first backup manifest found names, or None when none names one (each
+    opsctl folder's manifest read until one does: only when a record is missing or says
+    "unencrypted" while a key is configured, never on the common path)."""
+    folders, _ = repo.folders()
+    for folder in sorted((f for f in folders if ID.fullmatch(f)), reverse=True):
+        try:
+            doc = json.loads(repo.get_bytes(f"{folder}/manifest.json"))
+        except (NotFound, ValueError, IntegrityError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("key_id"), str):
+            return doc["key_id"]
+    return None
+
+
 def read(repo: Repository, key: BackupKey | None) -> RepositoryRecord | None:
     """The record, checked: None when there is none; IntegrityError when damaged or forged.
 
@@ -113,6 +131,11 @@ def read(repo: Repository, key: BackupKey | None) -> RepositoryRecord | None:
     if not rec.mac or not hmac.compare_digest(rec.mac, expected):
         raise IntegrityError(f"the repository record of {repo.url} fails its authentication check: "
                              "it was modified; this repository can't be trusted")
+    if not rec.encrypted and key is not None and (sealed := sealed_key_id(repo)) is not None:
+        # a plain SHA-256 can be recomputed by anyone: an "unencrypted" record over sealed backups is forged
+        raise IntegrityError(f"the repository record of {repo.url} says unencrypted but its backups are sealed "
+                             f"with key id {sealed}: the record was replaced (tampering); nothing is written or "
+                             "restored until the genuine record is put back")
     return rec
 
 
@@ -124,6 +147,10 @@ def ensure(repo: Repository, key: BackupKey | None) -> tuple[RepositoryRecord, l
     folders, files = repo.folders()  # one listing that does not descend into the backups
     foreign = sorted({f for f in files if f not in (NAME, "opsctl-catalog.json")}
                      | {f + "/" for f in folders if f not in OWN_AREAS and not ID.fullmatch(f)})
+    if rec is None and key is None and (sealed := sealed_key_id(repo)) is not None:
+        raise UsageError(f"{repo.url} has no repository record but holds backups sealed with key id {sealed}: "
+                         "the record was deleted (tampering); refusing to re-initialise it unencrypted; set the "
+                         "backup key the backups were made with")
     if rec is None:
         # backups of an opsctl from before the record: each id folder must hold opsctl's files
         foreign += sorted(f + "/" for f in folders if ID.fullmatch(f) and not
@@ -146,8 +173,9 @@ def ensure(repo: Repository, key: BackupKey | None) -> tuple[RepositoryRecord, l
         raise UsageError(f"repository {repo.url} is encrypted (key id {rec.key_id}): --no-encrypt is refused; "
                          "set the backup key")
     if not rec.encrypted and key is not None:
-        raise UsageError(f"repository {repo.url} was initialised unencrypted: pass --no-encrypt, or use a new "
-                         "(empty) backup.repository to keep encrypted backups")
+        raise UsageError(f"repository {repo.url} was initialised unencrypted and a backup key is set: opsctl "
+                         "never stores plaintext when it has a key; use a new (empty) backup.repository for "
+                         "encrypted backups")
     return rec, foreign
 
 

@@ -32,6 +32,13 @@ class NotFound(Exception):
 class Repository(ABC):
     url: str
     key = None  # the backup key of the environment that opened it (catalog checks trust with it)
+    # {name: stamp} of the objects the last names() listed: the S3 ETag, or the file's size,
+    # inode and change time (ctime can't be set back), so the catalog notices a replaced
+    # object without reading it (catalog.scan)
+    tags: dict[str, str]
+
+    def tag(self, name: str) -> str | None:
+        return getattr(self, "tags", {}).get(name)
 
     @abstractmethod
     def put(self, name: str, chunks: Iterable[bytes]) -> None: ...
@@ -106,9 +113,11 @@ class S3Repository(Repository):
     def names(self, prefix: str = "") -> dict[str, int]:
         out: dict[str, int] = {}
         base = self._key("")
+        tags = self.__dict__.setdefault("tags", {})
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             for obj in page.get("Contents", []):
                 out[obj["Key"][len(base):]] = obj["Size"]
+                tags[obj["Key"][len(base):]] = f"{obj['Size']}:{obj.get('ETag', '')}"
         return out
 
     def folders(self) -> tuple[set[str], set[str]]:
@@ -297,8 +306,14 @@ class FileRepository(Repository):
             yield Path(entry.path)
 
     def names(self, prefix: str = "") -> dict[str, int]:
-        return {name: entry.stat(follow_symlinks=False).st_size
-                for name, entry in self._walk(prefix) if not name.endswith(PARTIAL)}
+        out: dict[str, int] = {}
+        tags = self.__dict__.setdefault("tags", {})
+        for name, entry in self._walk(prefix):
+            if not name.endswith(PARTIAL):
+                st = entry.stat(follow_symlinks=False)
+                out[name] = st.st_size
+                tags[name] = f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_mode}"
+        return out
 
     def folders(self) -> tuple[set[str], set[str]]:
         folders, files = set(), set()

@@ -3,10 +3,11 @@
 The rules are those of restic's `forget` and pgBackRest's expire, applied to the manifests'
 times: a backup is kept if any rule keeps it. Two are never removed whatever the rules say:
 the newest complete backup and the newest one that passed `backup verify`. Interrupted
-backups (no manifest, process gone) are removed with their open uploads; damaged ones (a
-failed `backup verify`, an unreadable manifest) never count for a rule and are removed.
-Folders that are not opsctl's (record.layout) and untrusted backups are reported, never
-touched.
+backups (no manifest, process gone) are removed with their open uploads; damaged ones
+(authenticated, then failed `backup verify`) never count for a rule and are removed.
+Folders that are not opsctl's (record.layout) and untrusted backups (a manifest that does
+not parse, is not sealed by the key or names another id) never count and are reported,
+never touched.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
         raise UsageError("no retention rule: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
                          "or set backup.retention in opsctl.yaml")
     scan = catalog.scan(repo)
+    if not scan.authenticated:
+        raise UsageError(f"repository {repo.url} is encrypted and no backup key is set: without it no manifest "
+                         "can be authenticated, so nothing is pruned; set the backup key")
     entries = scan.entries
     complete = [(e.id, e.created_at, e.verified) for e in entries if e.complete]
     keep = select(complete, keep_last, keep_daily, keep_weekly, keep_monthly)

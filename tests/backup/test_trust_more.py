@@ -143,3 +143,171 @@ def test_a_database_without_user_tables_is_backed_up(seeded, runner, tmp_path, m
     finally:
         with psycopg.connect(seeded.db_url, autocommit=True) as conn:
             conn.execute("drop database if exists bk_no_tables with (force)")
+
+
+# F2, F3, F5 -------------------------------------------------------------------------------
+
+def _repo(path):
+    from opsctl.backup.keys import parse
+    from opsctl.backup.repository import FileRepository
+
+    repo = FileRepository(path, f"file://{path}")
+    repo.key = parse(KEY, "test")
+    return repo
+
+
+def _forge(path, backup_id, **changes) -> None:
+    """Rewrite a manifest with `changes`, its MAC recomputed as a plain SHA-256 (no key)."""
+    from opsctl.backup import manifest as mf
+
+    m = mf.parse((path / backup_id / "manifest.json").read_bytes(), backup_id)
+    for k, v in changes.items():
+        setattr(m, k, v)
+    mac = m.mac
+    m.sign(None)
+    assert m.mac != mac
+    (path / backup_id / "manifest.json").write_bytes(m.to_bytes())
+
+
+def test_a_manifest_overwritten_in_an_indexed_backup_is_untrusted(filerepo, runner):
+    from opsctl.backup import catalog
+
+    env, path, (old, new) = filerepo
+    assert {old, new} <= set(json.loads((path / "opsctl-catalog.json").read_text())["backups"])
+    _forge(path, new, label="forged")
+    rows = {b["id"]: b for b in _listed(runner, env)["backups"]}
+    assert rows[new]["status"] == "untrusted" and rows[old]["status"] == "complete", rows
+    skipped: list[str] = []
+    assert catalog.resolve(_repo(path), None, None, True, ["redis"], skipped) == old
+    assert skipped == [f"{new} (untrusted)"]
+    assert catalog.newest_complete(_repo(path))[0] == old
+    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    assert pruned["kept"] == [old] and pruned["removed"] == [] and pruned["untrusted"] == [new]
+    assert (path / new / "manifest.json").exists() and (path / old / "manifest.json").exists()
+
+
+def test_a_genuine_folder_replayed_under_another_id_is_untrusted(filerepo, runner):
+    from opsctl.backup import catalog
+
+    env, path, (old, new) = filerepo
+    replay = "29991231T000000Z-beef"
+    shutil.copytree(path / old, path / replay)
+    rows = {b["id"]: b for b in _listed(runner, env)["backups"]}
+    assert rows[replay]["status"] == "untrusted" and "is that of backup" in rows[replay]["note"], rows[replay]
+    assert catalog.resolve(_repo(path), None, None, True) == new
+    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    assert pruned["kept"] == [new] and replay in pruned["untrusted"] and (path / replay / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("content", [b'{"tool": "someone else\'s manifest"}', b"not json at all"])
+def test_unparseable_manifests_are_untrusted_never_damaged_nor_pruned(filerepo, runner, content):
+    env, path, (old, new) = filerepo
+    foreign = "20200101T000000Z-0f0f"
+    (path / foreign).mkdir(mode=0o700)
+    (path / foreign / "manifest.json").write_bytes(content)
+    (path / foreign / "data.bin").write_bytes(b"another tool's data")
+    (path / old / "manifest.json").write_bytes((path / old / "manifest.json").read_bytes()[:-40])  # edited
+    rows = {b["id"]: b for b in _listed(runner, env)["backups"]}
+    assert rows[foreign]["status"] == "untrusted" and rows[old]["status"] == "untrusted", rows
+    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    assert pruned["damaged"] == [] and {foreign, old} <= set(pruned["untrusted"]) and pruned["kept"] == [new]
+    assert (path / foreign / "data.bin").read_bytes() == b"another tool's data"
+    assert (path / old / "manifest.json").exists()
+
+
+def test_a_verdict_without_a_valid_mac_binding_the_id_is_not_believed(filerepo, runner):
+    env, path, (old, new) = filerepo
+    _ok(runner.invoke(app, ["backup", "verify", new, "--env", env, "--json"]))
+    real = json.loads((path / new / "verified.json").read_text())
+    for doc in ({}, {"id": old, "ok": True}, {**real, "id": old}):  # empty, no MAC, another backup's
+        (path / old / "verified.json").write_text(json.dumps(doc))
+        rows = {b["id"]: b for b in _listed(runner, env)["backups"]}
+        assert rows[old]["verified"] is False and rows[new]["verified"] is True, doc
+    # a forged failed verdict does not make a good backup damaged either
+    (path / new / "verify-failed.json").write_text(json.dumps({"id": new, "ok": False, "reason": "forged"}))
+    assert {b["id"]: b for b in _listed(runner, env)["backups"]}[new]["status"] == "complete"
+    (path / new / "verify-failed.json").unlink()
+    # with the newest verified forged, prune keeps only the newest (the old one is not "newest verified")
+    (path / new / "verified.json").unlink()
+    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    assert pruned["kept"] == [new] and pruned["removed"] == [old]
+
+
+# F4 ---------------------------------------------------------------------------------------
+
+def _flip_record(path) -> None:
+    """The attack: the record rewritten to unencrypted, its SHA-256 recomputed."""
+    from opsctl.backup.record import RepositoryRecord
+
+    rec = RepositoryRecord.model_validate_json((path / "opsctl-repository.json").read_bytes())
+    rec.encrypted, rec.key_id = False, None
+    rec.seal(None)
+    (path / "opsctl-repository.json").write_text(rec.model_dump_json())
+
+
+def _plaintext(path) -> list[str]:
+    return [p.name for p in path.rglob("*.rdb.zst") if not p.read_bytes().startswith(b"OPSCTLB1")]
+
+
+def test_an_encrypted_repository_cant_be_flipped_to_unencrypted(filerepo, runner):
+    env, path, ids = filerepo
+    _flip_record(path)
+    for argv in (["backup", "create", "--env", env, "--type", "redis"], ["backup", "list", "--env", env],
+                 ["restore", "--env", env, "--latest", "--components", "redis", "--yes"]):
+        result = runner.invoke(app, argv)
+        line = one_line_error(result, (1, 2), "tampering")
+        assert "--no-encrypt" not in result.output and "--no-encrypt" not in line
+    assert _plaintext(path) == [] and sorted(p.name for p in path.iterdir() if p.is_dir()) == sorted(ids)
+
+
+def test_a_deleted_record_is_not_reinitialised_unencrypted(filerepo, runner):
+    env, path, ids = filerepo
+    (path / "opsctl-repository.json").unlink()
+    one_line_error(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--no-encrypt"]), 2,
+                   "tampering", "sealed with key id")
+    assert not (path / "opsctl-repository.json").exists() and _plaintext(path) == []
+    # with the key, the location is adopted again as the encrypted repository it was
+    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
+    listed = _listed(runner, env)
+    assert listed["encrypted"] is True and {*ids, made["id"]} <= {b["id"] for b in listed["backups"]}
+
+
+def test_a_linked_index_or_start_record_is_replaced_never_followed(filerepo, runner, tmp_path):
+    env, path, ids = filerepo
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (path / "opsctl-catalog.json").unlink()
+    (path / "opsctl-catalog.json").symlink_to(victim)
+    (path / ids[0] / "in-progress.json").unlink()
+    (path / ids[0] / "in-progress.json").symlink_to(victim)
+    rows = {b["id"]: b for b in _listed(runner, env)["backups"]}
+    assert rows[ids[1]]["status"] == "complete"
+    _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
+    assert victim.read_text() == "keep me" and not (path / "opsctl-catalog.json").is_symlink()
+
+
+def test_s3_a_manifest_overwritten_in_an_indexed_backup_is_untrusted(backup_envs, seeded, runner, monkeypatch):
+    from opsctl.backup import catalog
+    from opsctl.backup import manifest as mf
+    from opsctl.backup.keys import parse
+
+    benv = backup_envs["s3"]
+    monkeypatch.setenv("OPSCTL_ROOT", str(benv.platform.root))
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    monkeypatch.setenv("CI", "true")
+    bid = _ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "redis", "--json"]))["id"]
+    repo = benv.repo()
+    repo.key = parse(KEY, "test")
+    original = repo.get_bytes(f"{bid}/{mf.NAME}")
+    try:
+        assert next(e for e in catalog.entries(repo) if e.id == bid).complete  # indexed, with its stamps
+        m = mf.parse(original, bid)
+        m.label = "forged"
+        m.sign(None)
+        repo.put_bytes(f"{bid}/{mf.NAME}", m.to_bytes())
+        rows = {b["id"]: b for b in _listed(runner, benv.name)["backups"]}
+        assert rows[bid]["status"] == "untrusted", rows[bid]
+        newest = catalog.newest_complete(repo)
+        assert newest is None or newest[0] != bid
+    finally:
+        repo.put_bytes(f"{bid}/{mf.NAME}", original)
