@@ -115,6 +115,13 @@ def _probe_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("health:")]
 
 
+def _client_sockets_to(port: int) -> list:
+    """This process's open TCP sockets connected to `port` (the probe's side)."""
+    import psutil
+
+    return [c for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == port]
+
+
 def _probe_in_thread(url, conditions, timeout):
     """Run http.probe on a thread of its own, as a sweep does; returns (thread, result slot)."""
     slot: list = []
@@ -140,6 +147,7 @@ def test_a_trickling_endpoint_is_cut_at_the_total_deadline(request, endpoint, co
     assert srv.wait_closed(), "the server never saw its connection closed"
     sent = srv.sent
     assert not _probe_threads(), [t.name for t in _probe_threads()]
+    assert _client_sockets_to(srv.port) == []
     # the probe is gone for good: nothing more is sent on a connection nobody reads
     assert srv.wait_closed(srv.connections) and srv.sent == sent
 
@@ -160,6 +168,7 @@ def test_continuous_sweeps_leave_no_thread_and_no_connection_behind(tmp_path, tr
         while _probe_threads() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _probe_threads(), f"sweep {sweep}: {[t.name for t in _probe_threads()]}"
+        assert _client_sockets_to(trickle_body.port) == [], f"sweep {sweep}"
     assert trickle_body.connections == trickle_body.closed == 3
 
 

@@ -139,7 +139,8 @@ class _Exchange:
     httpx's request extension "trace" (documented in httpx's "Request Extensions") reports each
     connection the request opens; a watchdog timer shuts that socket down when the deadline
     passes, which makes the blocked read in the probe's thread fail at once. So no thread and
-    no socket outlives its check, whichever phase the endpoint stalls in. `finish()` cancels
+    no socket outlives its check, whichever phase the endpoint stalls in (name resolution
+    aside: getaddrinfo cannot be interrupted; it is bounded by the resolver's own timeout). `finish()` cancels
     and joins the watchdog, so the probe leaves no thread behind either."""
 
     def __init__(self, timeout: float):
@@ -161,11 +162,16 @@ class _Exchange:
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             stream = info.get("return_value")
             sock = stream.get_extra_info("socket") if stream is not None else None
+            try:  # a duplicate of the descriptor: it still reaches the connection once TLS has
+                # wrapped (and detached) the socket object httpcore first handed out
+                own = socket.fromfd(sock.fileno(), sock.family, sock.type) if sock is not None else None
+            except (OSError, AttributeError):
+                own = None
             with self._guard:
-                if sock is not None:
-                    self._sockets.append(sock)
+                if own is not None:
+                    self._sockets.append(own)
                     if self.expired:
-                        _cut(sock)
+                        _cut(own)
         elif event.endswith(".started"):
             # connected (TCP and, for https, TLS) once the request starts going out
             self.connected = self.connected or event.endswith("send_request_headers.started")
@@ -193,6 +199,10 @@ class _Exchange:
         self._watchdog.cancel()
         if self._watchdog is not threading.current_thread():
             self._watchdog.join()
+        with self._guard:
+            for sock in self._sockets:  # the duplicates only; httpcore closed its own
+                sock.close()
+            self._sockets.clear()
 
 
 def _cut(sock: socket.socket) -> None:
