@@ -311,3 +311,24 @@ def test_s3_a_manifest_overwritten_in_an_indexed_backup_is_untrusted(backup_envs
         assert newest is None or newest[0] != bid
     finally:
         repo.put_bytes(f"{bid}/{mf.NAME}", original)
+
+
+def test_s3_foreign_manifest_is_untrusted_and_a_bare_verdict_is_not_believed(backup_envs, seeded, runner, monkeypatch):
+    benv = backup_envs["s3"]
+    monkeypatch.setenv("OPSCTL_ROOT", str(benv.platform.root))
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    monkeypatch.setenv("CI", "true")
+    bid = _ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "redis", "--json"]))["id"]
+    repo = benv.repo()
+    foreign = "20200101T000000Z-0f0f"
+    repo.put_bytes(f"{foreign}/manifest.json", b'{"tool": "someone else\'s"}')
+    repo.put_bytes(f"{bid}/verified.json", b"{}")
+    try:
+        rows = {b["id"]: b for b in _listed(runner, benv.name)["backups"]}
+        assert rows[foreign]["status"] == "untrusted" and rows[bid]["verified"] is False, (rows[foreign], rows[bid])
+        pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", benv.name, "--keep-last", "1", "--dry-run",
+                                         "--json"]))
+        assert foreign in pruned["untrusted"] and foreign not in pruned["damaged"] + pruned["removed"]
+    finally:
+        repo.delete_prefix(f"{foreign}/")
+        repo.delete_prefix(f"{bid}/verified.json")
