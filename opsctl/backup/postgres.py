@@ -19,10 +19,12 @@ compared with the manifest before anything is swapped.
 
 Secrets: psql, pg_dump and pg_restore get a conninfo without the password on their command
 line and the password as PGPASSWORD in their own environment (`client`), never in argv,
-which any local user can read from /proc. Every session opsctl opens turns
-statement_timeout, lock_timeout and idle_in_transaction_session_timeout off, as pg_dump
-does, so settings made for the application (`ALTER ROLE ... SET statement_timeout`)
-can't cancel a backup or a restore half-way.
+which any local user can read from /proc. Every session opsctl opens (psql, psycopg, and
+pg_dump/pg_restore through PGOPTIONS) turns off the role and database settings that can fail
+a backup or a restore of a good backup (SESSION_SETTINGS: the timeouts pg_dump 18 turns off,
+transaction_timeout included where the server has it, default_transaction_read_only as
+pg_dumpall does, temp_file_limit where the role may set it), so settings made for the
+application (`ALTER ROLE ... SET statement_timeout`) can't cancel a backup or a restore.
 """
 
 from __future__ import annotations
@@ -39,8 +41,31 @@ from typing import BinaryIO
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.redact import credentials
 
-TIMEOUTS_OFF = ("set statement_timeout = 0; set lock_timeout = 0; "
-                "set idle_in_transaction_session_timeout = 0;")
+# Role/database settings that can fail opsctl's sessions on a good backup, and the value that
+# turns each off (pg_dump.c setup_connection: statement_timeout, lock_timeout,
+# idle_in_transaction_session_timeout, transaction_timeout; pg_dumpall: default_transaction_read_only).
+# Only the ones the server has, and that this role may set (temp_file_limit and lc_messages
+# are superuser settings), are applied: an unknown or forbidden name would fail the session.
+SESSION_SETTINGS = (("statement_timeout", "0", False), ("lock_timeout", "0", False),
+                    ("idle_in_transaction_session_timeout", "0", False), ("idle_session_timeout", "0", False),
+                    ("transaction_timeout", "0", False), ("default_transaction_read_only", "off", False),
+                    ("temp_file_limit", "-1", True), ("lc_messages", "C", True))  # (name, off, superuser only)
+# a VALUES list, not pg_settings: reading that view spills to a temporary file past a small
+# work_mem, which a role's temp_file_limit would refuse before it is lifted
+_SETTABLE = ("from (values " + ", ".join(f"('{n}', '{v}', {str(su).lower()})" for n, v, su in SESSION_SETTINGS)
+             + ") w(name, v, su) where current_setting(w.name, true) is not null "
+             "and (not w.su or current_setting('is_superuser') = 'on')")
+# one statement, no output rows (psql prints nothing; psycopg runs it as is)
+TIMEOUTS_OFF = f"select count(set_config(w.name, w.v, false)) as opsctl_settings {_SETTABLE}"
+# the same settings as libpq options, for pg_dump and pg_restore (PGOPTIONS in their environment)
+OPTIONS_SQL = f"select coalesce(string_agg('-c ' || w.name || '=' || w.v, ' ' order by w.name), '') {_SETTABLE}"
+
+
+def with_options(env: dict[str, str], options: str) -> dict[str, str]:
+    """`env` with `options` (OPTIONS_SQL's answer) after any PGOPTIONS already there: later -c wins."""
+    if options:
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {options}".strip()
+    return env
 
 _USER_SCHEMAS = ("n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%' "
                  "and n.nspname not like 'pg_temp%'")
@@ -94,13 +119,14 @@ CATALOG_SQL = ("select json_build_object("
                "from pg_db_role_setting r join pg_database d on d.oid = r.setdatabase "
                "where d.datname = current_database() and r.setrole = 0) x), "
                # column, function and default privileges (pg_restore brings them back; compared too)
-               "'columns', (select coalesce(json_agg(json_build_array(n.nspname, c.relname || '.' || a.attname, "
+               # keyed by structure: (schema, table, column) and (schema, function, identity arguments)
+               "'columns', (select coalesce(json_agg(json_build_array(n.nspname, c.relname, a.attname, "
                "pg_get_userbyid(c.relowner), a.attacl::text) order by n.nspname, c.relname, a.attnum), '[]') "
                "from pg_attribute a "
                "join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace "
                f"where a.attacl is not null and not a.attisdropped and {_USER_SCHEMAS}), "
                "'functions', (select coalesce(json_agg(json_build_array(n.nspname, "
-               "p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', pg_get_userbyid(p.proowner), "
+               "p.proname, pg_get_function_identity_arguments(p.oid), pg_get_userbyid(p.proowner), "
                "p.proacl::text) order by n.nspname, p.proname, p.oid::regprocedure::text), '[]') "
                "from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
                f"where {_USER_SCHEMAS} and not exists (select 1 from pg_depend e where e.classid = 'pg_proc'::regclass "
@@ -234,13 +260,14 @@ class Dump:
                                          "--set=ON_ERROR_STOP=1", f"--dbname={dsn}"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self._session_errors, text=True, env=env)
         try:
-            self._send(f"{TIMEOUTS_OFF}\n"
+            self._send(f"{TIMEOUTS_OFF} \\gset\n"
                        "\\echo :VERSION_NUM\n"  # psql's own version: the bundled tools' major
                        "begin isolation level repeatable read read only;\n"
                        "set local max_parallel_workers_per_gather = 0;\n"  # counting must not starve pg_dump
                        "select json_build_array(current_setting('server_version'), "
                        "current_setting('server_version_num')::int / 10000, current_database(), "
-                       "pg_get_userbyid(datdba)) from pg_database where datname = current_database();\n"
+                       f"pg_get_userbyid(datdba), ({OPTIONS_SQL})) from pg_database "
+                       "where datname = current_database();\n"
                        "select pg_export_snapshot();\n")
             client_version = self.session.stdout.readline().strip()
             first = self.session.stdout.readline().strip()
@@ -252,7 +279,8 @@ class Dump:
                                       f"{_error_line(self._session_errors)}")
             import json
 
-            version, major, database, owner = json.loads(first)
+            version, major, database, owner, options = json.loads(first)
+            with_options(env, options)
             self.info.update(server_version=version, server_major=major, database=database, owner=owner)
             self.proc = subprocess.Popen([tool_for("pg_dump", major, "backup"), "--format=custom", "--compress=0",
                                           f"--snapshot={snapshot}", f"--dbname={dsn}"],
@@ -386,6 +414,28 @@ def tool_for(name: str, major: int | None, what: str = "") -> str:
 def server_major(url: str) -> int:
     with _admin(url) as conn:
         return conn.execute("select current_setting('server_version_num')::int / 10000").fetchone()[0]
+
+
+NAMEDATALEN = 63  # bytes PostgreSQL keeps of a name (NAMEDATALEN - 1); longer ones are cut silently
+
+
+def derived_name(base: str, tag: str) -> str:
+    """A new database name from `base` (`<base>_<tag>_<UTC stamp>_<6 hex>`) that PostgreSQL keeps
+    exactly as built: at most 63 bytes in UTF-8 (as many or more bytes than in any other server
+    encoding), `base` cut on a character boundary, and a random suffix so two restores in the
+    same second never collide. Returns the name as created and as to be reported."""
+    import datetime as dt
+    import secrets
+
+    suffix = f"_{tag}_{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}_{secrets.token_hex(3)}"
+    room = NAMEDATALEN - len(suffix.encode())
+    return base.encode()[:room].decode("utf-8", "ignore") + suffix
+
+
+def url_database(url: str) -> str | None:
+    """The database a URL or conninfo connects to (its dbname, else libpq's default: the user)."""
+    p = params(url)
+    return p.get("dbname") or os.environ.get("PGDATABASE") or p.get("user") or os.environ.get("PGUSER")
 
 
 def _admin(url: str):
@@ -570,11 +620,31 @@ class DumpRejected(OperationFailed):
     environment failures are reported but never recorded."""
 
 
-# pg_restore failures that say nothing about the dump: the server, the connection, the disk
-_ENVIRONMENT = re.compile(r"connection to server|could not connect|server closed the connection|"
-                          r"terminating connection|No space left|could not extend file|out of memory|"
-                          r"could not open input file|too many connections|the database system is|"
-                          r"permission denied|password authentication|does not exist$", re.IGNORECASE)
+# What a failed restore says about the backup. psycopg errors carry a SQLSTATE, whose class
+# decides (Appendix A of PostgreSQL's manual): these classes and codes are the environment
+# (connection, resources, limits, operator intervention, system I/O, authorization), never the
+# backup's content. pg_restore prints no SQLSTATE: its text counts as the dump's content only
+# when it is a known content error (CONTENT below: the archive unreadable, or the server refusing
+# the dump's own data or definitions, read in English as lc_messages=C is set where the role
+# may); anything else is reported as the environment's, never recorded as damage.
+ENVIRONMENT_CLASSES = ("08", "53", "54", "57", "58", "28", "3D")
+ENVIRONMENT_CODES = ("42501",)
+
+
+def environmental_sqlstate(sqlstate: str | None) -> bool:
+    """Whether a SQLSTATE names a failure of the environment rather than of the data."""
+    return bool(sqlstate) and (sqlstate[:2] in ENVIRONMENT_CLASSES or sqlstate in ENVIRONMENT_CODES)
+
+
+_CONTENT = re.compile(
+    r"did not find magic string|not a valid archive|unsupported version .* in file header|"
+    r"could not read input file|unexpected end of file|could not uncompress|corrupt|"
+    r"found unexpected block ID|could not find block ID|"
+    r"ERROR:\s+(syntax error|invalid input syntax|invalid byte sequence|duplicate key value|"
+    r"extra data after last expected column|missing data for column|value too long|.* out of range|"
+    r".*violates (?:unique|foreign key|check|not-null|exclusion) constraint|"
+    r"(?:relation|function|type|schema|column|operator|collation|sequence|table) .* does not exist)",
+    re.IGNORECASE)
 
 # GUCs whose setconfig value is a list of quoted elements (pg_dump's variable_is_guc_list_quote,
 # src/bin/pg_dump/dumputils.c): each element is set as its own string literal
@@ -755,6 +825,20 @@ def apply_properties(conn, name: str, props: dict | None, no_owner: bool) -> Non
         conn.execute(sql.SQL("alter database {} is_template true").format(db))
 
 
+# older backups joined these names into one string; a restored catalog is joined the same way to compare
+_JOINED = {"columns": lambda x: [x[0], f"{x[1]}.{x[2]}", *x[3:]],
+           "functions": lambda x: [x[0], f"{x[1]}({x[2]})", *x[3:]]}
+
+
+def _label(part: str, key: tuple) -> str:
+    """An object's name for a message, each part quoted as an identifier where needed."""
+    if part == "columns" and len(key) == 3:
+        return ".".join(quote(str(x)) for x in key)
+    if part == "functions" and len(key) == 3:
+        return f"{quote(key[0])}.{quote(key[1])}({key[2]})"
+    return ".".join(str(x) for x in key[-2:])
+
+
 def compare_catalog(expected: dict, got: dict) -> str | None:
     """The first difference in owners, privileges and the database's own properties between
     a backup's catalog and a restore's; parts an older backup did not record are skipped."""
@@ -772,24 +856,25 @@ def compare_catalog(expected: dict, got: dict) -> str | None:
         if part in ("database", "settings"):
             return f"the database's {'owner, privileges or locale' if part == 'database' else 'settings'} differ " \
                    f"(backup {want}, restored {have})"
+        if part in _JOINED and any(len(x) == 4 for x in want or []):
+            have = [_JOINED[part](x) for x in have or []]  # a backup from before names were kept apart
         keyed = {tuple(x[:-2]): x[-2:] for x in want or []}
         restored = {tuple(x[:-2]): x[-2:] for x in have or []}
         for k in sorted(set(keyed) | set(restored), key=str):
             if keyed.get(k) != restored.get(k):
                 w, h = keyed.get(k), restored.get(k)
                 what = {"default_privileges": "default privileges"}.get(part, part[:-1].replace("_", " "))
-                return (f"{what} {'.'.join(str(x) for x in k[-2:])}: owner/privileges "
+                return (f"{what} {_label(part, k)}: owner/privileges "
                         f"{h or 'missing'} after restore, {w or 'absent'} in the backup")
     return None
 
 
 def _pg_restore_failed(name: str, result) -> OperationFailed:
-    """pg_restore's failure as DumpRejected (the dump's content) or, when the line says the
-    server, connection or disk failed, a plain OperationFailed (the environment)."""
+    """pg_restore's failure as DumpRejected when its error line is a known content error
+    (_CONTENT), else a plain OperationFailed (the environment: never recorded as damage)."""
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     cause = next((line for line in lines if "error:" in line), lines[-1] if lines else str(result.returncode))
-    text = "\n".join(lines)
-    kind = OperationFailed if _ENVIRONMENT.search(text) else DumpRejected
+    kind = DumpRejected if _CONTENT.search(cause) else OperationFailed
     return kind(f"pg_restore into {name} failed: {credentials(cause.strip())}")
 
 
@@ -822,7 +907,10 @@ def restore_into(url: str, dump_path: str, name: str, jobs: int, expected: list 
             create_database(conn, name, props, role or owner if no_owner or not props
                             else props.get("owner") or role or owner)
             created = True
+        with _admin(url) as conn:
+            options = conn.execute(OPTIONS_SQL).fetchone()[0]
         dsn, env = client(url, name)
+        with_options(env, options)
         cmd = [tool_for("pg_restore", major, "restore"), "--exit-on-error", f"--jobs={jobs}", f"--dbname={dsn}"]
         if no_owner:
             cmd += ["--no-owner", "--no-acl"]

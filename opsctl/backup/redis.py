@@ -149,20 +149,62 @@ def restore_beside(source_url: str, target_url: str, dbs: list[int], batch: int 
         pipe = dst.pipeline(transaction=True)
         for db, spare in spares.items():
             pipe.swapdb(db, spare)
-        pipe.execute()
+        _execute(pipe, [("SWAPDB", None)] * len(spares))
     except BaseException as exc:
         for spare in spares.values():
             try:
                 _client(target_url, spare).flushdb()
             except redis.RedisError:
                 pass
-        if isinstance(exc, redis.RedisError):
-            raise OperationFailed(f"the Redis restore failed before the switch ({type(exc).__name__}: {exc}); "
+        if isinstance(exc, (redis.RedisError, CommandFailed)):
+            raise OperationFailed(f"the Redis restore failed before the switch ({_describe(exc)}); "
                                   "the live data is unchanged") from None
         raise
     for spare in spares.values():  # now holding the data that was live
         _client(target_url, spare).flushdb(asynchronous=True)
     return copied
+
+
+class CommandFailed(Exception):
+    """A Redis command of a restore failed: the command's name, its key and the server's error
+    class and code only. Never its arguments: redis-py's pipeline errors quote every argument,
+    a RESTORE's payload (a key's value, possibly a secret) included."""
+
+    def __init__(self, command: str, key: bytes | None, error: BaseException):
+        self.command, self.key, self.error = command, key, error
+        super().__init__(_describe(self))
+
+
+def _server_error(error: BaseException) -> str:
+    """The server's own reply to a command (its code and text), without redis-py's annotation
+    of the pipeline command, which carries the arguments; at most 200 characters."""
+    text = str(error.args[0]) if error.args else ""
+    if " of pipeline caused error: " in text:
+        text = text.split(" of pipeline caused error: ", 1)[1]
+    elif text.startswith("Command # "):
+        text = ""
+    return text.splitlines()[0][:200] if text.strip() else ""
+
+
+def _describe(exc: BaseException) -> str:
+    """One line about a Redis failure: the command and key when known, never a payload; redacted."""
+    from opsctl.redact import credentials
+
+    if isinstance(exc, CommandFailed):
+        key = "" if exc.key is None else " " + repr(exc.key.decode("utf-8", "backslashreplace"))[:120]
+        server = _server_error(exc.error)
+        return credentials(f"{exc.command}{key}: {type(exc.error).__name__}" + (f" ({server})" if server else ""))
+    server = _server_error(exc)
+    return credentials(f"{type(exc).__name__}" + (f": {server}" if server else ""))
+
+
+def _execute(pipe, commands: list[tuple[str, bytes | None]]) -> list:
+    """Run a pipeline; the first failed command raises CommandFailed (name and key, no arguments)."""
+    answers = pipe.execute(raise_on_error=False)
+    for (command, key), answer in zip(commands, answers):
+        if isinstance(answer, Exception):
+            raise CommandFailed(command, key, answer)
+    return answers
 
 
 def _copy_batch(src, dst, keys: list[bytes], wanted: set[bytes]) -> int:
@@ -172,17 +214,17 @@ def _copy_batch(src, dst, keys: list[bytes], wanted: set[bytes]) -> int:
     for key in keys:
         pipe.dump(key)
         pipe.pttl(key)
-    answers = pipe.execute()
+    answers = _execute(pipe, [c for key in keys for c in (("DUMP", key), ("PTTL", key))])
     out = dst.pipeline(transaction=False)
-    n = 0
+    sent: list[tuple[str, bytes | None]] = []
     for key, payload, ttl in zip(keys, answers[0::2], answers[1::2]):
         if payload is None:
             continue  # expired meanwhile
         out.restore(key, max(ttl, 0), payload, replace=True)
+        sent.append(("RESTORE", key))
         wanted.add(key)
-        n += 1
-    out.execute()
-    return n
+    _execute(out, sent)
+    return len(sent)
 
 
 def live_keys(url: str) -> int:

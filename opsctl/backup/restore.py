@@ -111,7 +111,16 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
                          f"({', '.join(manifest.components)})")
     if target_db and "db" not in wanted:
         raise UsageError("--target-db needs the db component")
-    p = RestorePlan(chosen, manifest.created_at, wanted + native, target_db or env.database.name,
+    database = env.database.name
+    if "db" in wanted and ep.database_url:
+        # the database this environment's URL connects to, which is what `backup create` dumps
+        database = pgb.url_database(ep.database_url) or env.database.name
+        if not target_db and manifest.db.database != database:
+            raise UsageError(f"backup {chosen} holds database {manifest.db.database!r} and environment "
+                             f"'{env.name}' uses {database!r}; nothing was changed: restore it beside with "
+                             "--target-db NAME, or point the environment's database URL at "
+                             f"{manifest.db.database!r}")
+    p = RestorePlan(chosen, manifest.created_at, wanted + native, target_db or database,
                     target_db=target_db, snapshots=snaps, target_instance=target_instance, skipped=skipped,
                     _ctx={"manifest": manifest, "repo": repo, "key": key, "ep": ep, "env": env,
                           "no_owner": no_owner, "role": role})
@@ -191,8 +200,7 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
     repo, ep = p._ctx["repo"], p._ctx["ep"]
     no_owner, role = p._ctx.get("no_owner", False), p._ctx.get("role")
     if "db" in p.components:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
-        scratch = f"{p.database[:30]}_restoring_{stamp}"
+        scratch = pgb.derived_name(p.database, "restoring")  # within 63 bytes, unique: kept exactly as named
         counts = pgb.restore_into(ep.database_url, dump, scratch, jobs, m.db.expected_rows,
                                   catalog=m.db.catalog, no_owner=no_owner, role=role,
                                   archive=archive, major=major)
@@ -201,7 +209,7 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
                 pgb.drop_database(ep.database_url, p.target_db)
                 pgb.swap(ep.database_url, scratch, p.target_db, "")
             else:
-                keep_as = f"{p.database[:36]}_before_{stamp}"
+                keep_as = pgb.derived_name(p.database, "before")
                 if pgb.swap(ep.database_url, scratch, p.database, keep_as):
                     result.previous_database = keep_as
         except BaseException:

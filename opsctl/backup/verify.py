@@ -9,10 +9,12 @@ that fails is marked damaged in the repository (catalog.mark_failed), so `list` 
 
 Only a failure that proves the backup itself bad is recorded: a checksum or MAC mismatch, an
 object missing or undecryptable (IntegrityError), pg_restore refusing the dump's content or a
-restored database that differs from the manifest (postgres.DumpRejected), an RDB that does
+restored database that differs from the manifest (postgres.DumpRejected: pg_restore's known
+content errors only), an RDB that does
 not load or holds other key counts (RedisRejected), or any other error raised while reading
 the backup's bytes. A failure of the environment (the database server unreachable, a tool
-missing, a role the server lacks, the disk) is reported, exit 1, and never recorded: `prune`
+missing, a role the server lacks, the disk; a server error whose SQLSTATE class is 08, 53, 54,
+57, 58, 28, 3D or 42501) is reported, exit 1, and never recorded: `prune`
 deletes damaged backups, so a healthy one must never be marked by a verify that could not run.
 """
 
@@ -66,6 +68,8 @@ def _damage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OpsError) or not isinstance(exc, Exception):
         return False  # the environment (connection, tools, roles, configuration), or an interrupt
+    if pgb.environmental_sqlstate(getattr(exc, "sqlstate", None)):
+        return False  # a server error whose SQLSTATE class is the environment's (resources, limits, I/O...)
     return not _environmental(exc)
 
 
@@ -121,8 +125,7 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
                 raise OperationFailed("--restore-test needs the environment's database server for a scratch database")
             dump = Path(tmp) / "db.dump"
             fetch(repo, manifest.db.object, key, dump, report)
-            scratch = f"opsctl_verify_{manifest.id[:15].lower()}"
-            pgb.drop_database(database_url, scratch)
+            scratch = pgb.derived_name("opsctl_verify", manifest.id[:15].lower())
             try:
                 counts = pgb.restore_into(database_url, str(dump), scratch, 2, manifest.db.expected_rows,
                                           catalog=manifest.db.catalog)
