@@ -111,6 +111,9 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
                          f"({', '.join(manifest.components)})")
     if target_db and "db" not in wanted:
         raise UsageError("--target-db needs the db component")
+    if target_db and len(target_db.encode()) > pgb.NAMEDATALEN:
+        raise UsageError(f"--target-db: {target_db!r} is {len(target_db.encode())} bytes and PostgreSQL keeps "
+                         f"{pgb.NAMEDATALEN} of a name; choose a shorter name")
     database = env.database.name
     if "db" in wanted and ep.database_url:
         # the database this environment's URL connects to, which is what `backup create` dumps

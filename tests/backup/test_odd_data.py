@@ -326,3 +326,15 @@ def test_failures_are_classified_by_sqlstate_class():
     assert isinstance(failed("pg_restore: error: could not execute query: ERROR:  duplicate key value violates "
                              "unique constraint \"t_pkey\""), pgb.DumpRejected)
     assert isinstance(failed("pg_restore: error: did not find magic string in file header"), pgb.DumpRejected)
+
+
+def test_a_target_name_postgresql_would_cut_is_refused(odd_db, seeded, runner, tmp_path, monkeypatch):
+    name = odd_db
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
+                   database_url=_url_for(seeded.db_url, name))
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    too_long = "ü" * 32  # 64 bytes: PostgreSQL would keep 63 and report success under another name
+    one_line_error(runner.invoke(app, ["restore", "--env", env, "--id", made, "--target-db", too_long, "--yes"]),
+                   2, "--target-db", "63")
+    assert _dbs(seeded.db_url, "üüü%") == []
