@@ -76,7 +76,7 @@ def test_unreachable_postgres_is_not_ready_and_sigterm_finishes_inflight(model_d
         audio, text = sample("passage")
         result: dict = {}
         request = threading.Thread(target=lambda: result.update(r=httpx.post(
-            url + "/v1/audio/transcriptions", files={"file": ("p.wav", audio)}, timeout=120)))
+            url + "/v1/audio/transcriptions", files={"file": ("p.wav", audio)}, timeout=600)))
         request.start()
         while "worker_transcriptions_in_progress 1.0" not in httpx.get(url + "/metrics").text:
             assert request.is_alive(), result
