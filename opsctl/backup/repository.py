@@ -40,6 +40,12 @@ class Repository(ABC):
     def tag(self, name: str) -> str | None:
         return getattr(self, "tags", {}).get(name)
 
+    def _tags(self) -> dict[str, str]:
+        tags = self.__dict__.setdefault("tags", {})
+        if len(tags) > 100_000:  # a long-lived process (the WAL archiver) lists ever new names
+            tags.clear()
+        return tags
+
     @abstractmethod
     def put(self, name: str, chunks: Iterable[bytes]) -> None: ...
     @abstractmethod
@@ -113,7 +119,7 @@ class S3Repository(Repository):
     def names(self, prefix: str = "") -> dict[str, int]:
         out: dict[str, int] = {}
         base = self._key("")
-        tags = self.__dict__.setdefault("tags", {})
+        tags = self._tags()
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             for obj in page.get("Contents", []):
                 out[obj["Key"][len(base):]] = obj["Size"]
@@ -277,40 +283,54 @@ class FileRepository(Repository):
             while block := fh.read(BLOCK):
                 yield block
 
-    def _walk(self, prefix: str, exact: bool = False) -> Iterator[tuple[str, os.DirEntry]]:
-        """(name, entry) of every file or link under `prefix` (`exact`: the object named
+    def _walk(self, prefix: str, exact: bool = False) -> Iterator[tuple[str, os.stat_result]]:
+        """(name, lstat) of every file or link under `prefix` (`exact`: the object named
         `prefix`, or every one in the folder `prefix` ending in '/'), walking only the folder
-        the prefix is in (os.scandir: deleting or listing one backup never walks the
-        repository). Links are entries, never descended; a linked folder on the way is refused."""
+        the prefix is in (deleting or listing one backup never walks the repository). Each
+        folder is opened through _open_dir (no link followed) and listed by its descriptor;
+        links are entries, never descended."""
         head, _, tail = prefix.rpartition("/")
-        try:
-            os.close(self._open_dir(head.split("/") if head else []))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        folder = os.path.join(self.root, *head.split("/")) if head else str(self.root)
-        base = head + "/" if head else ""
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        stack = [(base, e) for e in entries if (e.name == tail if exact and tail else e.name.startswith(tail))]
+        stack = [(head.split("/") if head else [], tail, exact)]
         while stack:
-            rel, entry = stack.pop()
-            if entry.is_dir(follow_symlinks=False):
-                stack.extend((rel + entry.name + "/", e) for e in os.scandir(entry.path))
-            elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                yield rel + entry.name, entry
+            parts, tail, exact = stack.pop()
+            try:
+                fd = self._open_dir(parts)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            found = []
+            try:
+                with os.scandir(fd) as it:
+                    for e in it:
+                        if not (e.name == tail if exact and tail else e.name.startswith(tail)):
+                            continue
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append((parts + [e.name], "", False))
+                        elif e.is_file(follow_symlinks=False) or e.is_symlink():
+                            found.append(("/".join(parts + [e.name]), e.stat(follow_symlinks=False)))
+            finally:
+                os.close(fd)
+            yield from found
 
-    def _files(self, prefix: str, exact: bool = False) -> Iterator[Path]:
-        for name, entry in self._walk(prefix, exact):
-            yield Path(entry.path)
+    def _unlink(self, name: str) -> None:
+        """Remove one object (or a link, never its target) through its folder's descriptor;
+        `name` comes from a listing (_walk), so it has no '.' or '..' parts."""
+        parts = name.split("/")
+        try:
+            folder = self._open_dir(parts[:-1])
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            os.unlink(parts[-1], dir_fd=folder)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(folder)
 
     def names(self, prefix: str = "") -> dict[str, int]:
         out: dict[str, int] = {}
-        tags = self.__dict__.setdefault("tags", {})
-        for name, entry in self._walk(prefix):
+        tags = self._tags()
+        for name, st in self._walk(prefix):
             if not name.endswith(PARTIAL):
-                st = entry.stat(follow_symlinks=False)
                 out[name] = st.st_size
                 tags[name] = f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_mode}"
         return out
@@ -327,32 +347,36 @@ class FileRepository(Repository):
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete the object named `prefix`, or, when it ends with '/', every object in that
-        folder: never other names that merely start like it. Links are removed, not followed."""
+        folder (and the folders it leaves empty): never other names that merely start like
+        it. Links are removed, never followed."""
         if not prefix:
             raise UsageError("refusing to delete the whole repository")
-        files = list(self._files(prefix, exact=True))
-        for path in files:
-            path.unlink(missing_ok=True)
-        for folder in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
-            while folder != self.root and not folder.is_symlink() and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-                folder = folder.parent
+        files = [name for name, _ in self._walk(prefix, exact=True)]
+        for name in files:
+            self._unlink(name)
+        for parts in sorted({tuple(n.split("/")[:-1]) for n in files}, key=len, reverse=True):
+            parts = list(parts)
+            while parts:  # rmdir removes only an empty folder, and never follows a link
+                try:
+                    parent = self._open_dir(parts[:-1])
+                except (OSError, IntegrityError):
+                    break
+                try:
+                    os.rmdir(parts[-1], dir_fd=parent)
+                except OSError:
+                    break
+                finally:
+                    os.close(parent)
+                parts = parts[:-1]
         return len(files)
 
     def open_uploads(self, prefix: str = "") -> list[str]:
-        return [p.relative_to(self.root).as_posix() for p in self._files(prefix) if p.name.endswith(PARTIAL)]
+        return [name for name, _ in self._walk(prefix) if name.endswith(PARTIAL)]
 
     def abort_uploads(self, prefix: str = "") -> int:
         names = [n for n in self.open_uploads(prefix) if _within(n[:-len(PARTIAL)], prefix)]
         for name in names:
-            parts = self._parts(name)
-            folder = self._open_dir(parts[:-1])
-            try:
-                os.unlink(parts[-1], dir_fd=folder)
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(folder)
+            self._unlink(name)
         return len(names)
 
     def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None:
