@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, doc: Any, indent: int = 2, private: bool = False) -> Path:
-    """Write `doc` as JSON to `path` whole; `private`: the file 0600 in a 0700 folder."""
+def write_json(path: Path, doc: Any, indent: int = 2, private: bool = False,
+               folder_mode: int = 0o700) -> Path:
+    """Write `doc` as JSON to `path` whole; `private`: the file 0600 in a `folder_mode` folder
+    (0700; 0711 where another user must pass through, e.g. PostgreSQL's system user)."""
     if private:
-        private_dir(path.parent)
+        private_dir(path.parent, folder_mode)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -32,10 +34,10 @@ def _private_opener(name: str, flags: int) -> int:
     return fd
 
 
-def private_dir(folder: Path) -> Path:
-    """`folder` created if missing and made 0700 (opsctl's own state folders only)."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
+def private_dir(folder: Path, mode: int = 0o700) -> Path:
+    """`folder` created if missing and made `mode` (opsctl's own state folders only)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=mode)
+    os.chmod(folder, mode)
     return folder
 
 

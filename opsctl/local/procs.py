@@ -54,12 +54,21 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
     if pidfile is not None:
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         args = ["/bin/sh", "-c", _PIDFILE_SH, str(pidfile), *args]
-    with open(log, "ab") as out:
+    # logs and whatever the server writes (Redis's dump.rdb, moto's saves) are private:
+    # they hold the platform's data
+    with open(log, "ab", opener=_private_file) as out:
         proc = subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True, user=user,
+            umask=0o077,
         )
     return proc.pid
+
+
+def _private_file(name: str, flags: int) -> int:
+    fd = os.open(name, flags, 0o600)
+    os.fchmod(fd, 0o600)  # a log from before keeps its old mode otherwise
+    return fd
 
 
 def read_pidfile(path: Path) -> int | None:

@@ -58,10 +58,17 @@ class LocalState:
 
     def save(self) -> None:
         write_json(self.path, {"version": 1, "active_color": self.active_color,
-                               "components": {k: asdict(v) for k, v in self.components.items()}})
+                               "components": {k: asdict(v) for k, v in self.components.items()}},
+                   private=True, folder_mode=FOLDER_MODE)
+
+
+# Others may pass through (PostgreSQL runs as its own system user when opsctl is root and
+# must reach its data folder inside) but never list or read: files inside are 0600.
+FOLDER_MODE = 0o711
 
 
 def folder_for(root: Path) -> Path:
+    """The embedded platform's folder, `.opsctl/local` under the ops root."""
     return root / ".opsctl" / "local"
 
 
@@ -92,7 +99,10 @@ def load_lenient(folder: Path) -> tuple[LocalState, str | None]:
 @contextmanager
 def locked(folder: Path, timeout: float = 600.0, what: str = "the local platform") -> Iterator[None]:
     """One mutation of the local platform at a time (up, down, a deploy's switch)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    from opsctl.files import private_dir
+
+    private_dir(folder.parent, FOLDER_MODE)  # .opsctl
+    private_dir(folder, FOLDER_MODE)
     try:
         with FileLock(str(folder / "lock"), timeout=timeout):
             yield
