@@ -584,7 +584,10 @@ def inspect(dump_path: str, major: int | None = None) -> Archive:
     for result in (text, listing):
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()
-            raise DumpRejected(f"pg_restore can't read the dump: {credentials(lines[-1]) if lines else result.returncode}")
+            cause = credentials(lines[-1]) if lines else str(result.returncode)
+            # the archive unreadable is damage; a tool too old for it, memory, the disk: the environment
+            kind = DumpRejected if _CONTENT.search(result.stderr) else OperationFailed
+            raise kind(f"pg_restore can't read the dump: {cause}")
     out = Archive()
     for line in _statement_lines(text.stdout):
         for pattern in _ROLE_PATTERNS:
@@ -637,8 +640,9 @@ def environmental_sqlstate(sqlstate: str | None) -> bool:
 
 
 _CONTENT = re.compile(
-    r"did not find magic string|not a valid archive|unsupported version .* in file header|"
-    r"could not read input file|unexpected end of file|could not uncompress|corrupt|"
+    r"did not find magic string|not (?:appear to be )?a valid archive|input file appears to be a text format dump|"
+    r"input file is too short|could not read (?:from )?input file: end of file|unexpected end of file|"
+    r"could not uncompress|corrupt|"
     r"found unexpected block ID|could not find block ID|"
     r"ERROR:\s+(syntax error|invalid input syntax|invalid byte sequence|duplicate key value|"
     r"extra data after last expected column|missing data for column|value too long|.* out of range|"

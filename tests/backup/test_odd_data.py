@@ -338,3 +338,23 @@ def test_a_target_name_postgresql_would_cut_is_refused(odd_db, seeded, runner, t
     one_line_error(runner.invoke(app, ["restore", "--env", env, "--id", made, "--target-db", too_long, "--yes"]),
                    2, "--target-db", "63")
     assert _dbs(seeded.db_url, "üüü%") == []
+
+
+def test_an_archive_pg_restore_cannot_read_is_damage_a_tool_too_old_is_not(tmp_path):
+    """pg_restore's own reading of the archive (no server): a file that is no archive is the
+    backup's content; an archive version this pg_restore doesn't know is the environment's."""
+    from opsctl.backup import postgres as pgb
+
+    junk = tmp_path / "db.dump"
+    junk.write_bytes(b"PGDMP\x01\x10\x00")  # the magic and a version, then the header cut short
+    with pytest.raises(pgb.DumpRejected):
+        pgb.inspect(str(junk))
+    other = tmp_path / "other.dump"
+    other.write_bytes(b"not an archive at all, just bytes\n" * 4)
+    with pytest.raises(pgb.DumpRejected):
+        pgb.inspect(str(other))
+    from types import SimpleNamespace
+
+    too_old = pgb._pg_restore_failed("db", SimpleNamespace(
+        stderr="pg_restore: error: unsupported version (1.16) in file header", returncode=1))
+    assert type(too_old) is pgb.OperationFailed
