@@ -285,7 +285,9 @@ def test_load_gate_and_analysis_send_the_configured_key(runner, platform, monkey
     monkeypatch.setenv("OPSCTL_WORKER_API_KEY", key)
     key_hash = hashlib.sha256(key.encode()).hexdigest()
     result = runner.invoke(app, ["deploy", "--image", "worker:keyed", "--set", f"api_key_hashes={key_hash}",
-                                 "--load-gate", "error_rate<1%", "--load-gate-duration", "3s",
+                                 # without the key every request is a 401 (100%); a short run may end
+                                 # with a request in flight, which the load test counts as failed
+                                 "--load-gate", "error_rate<50%", "--load-gate-duration", "5s",
                                  "--no-auto-promote", "--json"])
     assert result.exit_code == 0, result.output
     steps = {s["name"]: s for s in json.loads(result.stdout)["steps"]}
