@@ -103,7 +103,7 @@ def worker(model_dir, postgres, redis_server, s3, tmp_path_factory) -> Worker:
     bucket = f"worker-audio-{suffix}"
     client = s3.client()
     client.create_bucket(Bucket=bucket)
-    keys = [f"sk-test-{secrets.token_hex(16)}" for _ in range(60)]
+    keys = [f"sk-test-{secrets.token_hex(16)}" for _ in range(120)]
     metrics_port = free_port()
     env = worker_env(
         model_dir,
