@@ -2,8 +2,8 @@
 
 The cluster's kubernetes provider (`provider`, for every in-cluster resource of the stack);
 the worker namespace; the KEDA operator, which scales the worker Deployments on their real load
-(queue depth, transcriptions in flight per pod; the ScaledObject itself follows the active
-color and is applied by `opsctl deploy` from templates/kubernetes); and the worker's
+(queue depth, transcriptions in flight per pod; the ScaledObject itself must follow the active
+color, so it belongs to `opsctl deploy`, which does not apply one yet); and the worker's
 service account bound by IRSA to an IAM role that may use the audio bucket and the key, and
 nothing else: not the backups bucket (a compromised worker must not be able to delete or
 overwrite the backups that would repair what it did; opsctl backs up with its own credentials). Deploys (opsctl deploy) then only ever create Deployments and Services.
