@@ -10,7 +10,8 @@ from what serves traffic and can never rescale it (argo-rollouts#4552), plus two
 `transcription-worker-preview` (what analysis probes); each selects one color.
 
 Secrets never appear here: database and Redis URLs come from the Secret
-`transcription-worker` (keys database-url, redis-url, api-key-hashes) that the stack creates.
+`transcription-worker` (keys database-url, redis-url, api-key-hashes), which the operator
+creates in the worker namespace (the stack does not create it yet).
 API keys are required (WORKER_REQUIRE_API_KEYS=true, the api-key-hashes key not optional)
 unless opsctl.yaml says `worker: {auth: none}`; Prometheus scrapes the separate, keyless
 metrics port (container port "metrics").
