@@ -127,6 +127,18 @@ class LocalPlatform:
         proj = self.project()
         return resolve(proj, proj.env("local"))
 
+    @property
+    def backup_key(self) -> str:
+        """The one backup key of this platform's repository: it is fixed when the repository
+        is initialised, so every test backing up into it must use the same key."""
+        from opsctl.backup.keys import generate
+
+        path = self.root / ".opsctl" / "test-backup-key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(generate())
+        return path.read_text()
+
     def up(self):
         """Repair whatever a test stopped; a no-op when all is healthy."""
         from opsctl.local import platform

@@ -199,9 +199,7 @@ def test_bad_deploy_input_is_one_line_exit_2(runner, platform):
 
 
 def test_pre_deploy_backup_and_pre_promotion_load_gate(runner, platform, monkeypatch):
-    from opsctl.backup.keys import generate
-
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", generate())
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", platform.backup_key)  # the repository's own key
     router = platform.endpoints().router_url
     before = _router_version(router)
     refused = runner.invoke(app, ["deploy", "--image", "worker:gated", "--load-gate", "p95<1ms",

@@ -93,11 +93,13 @@ def _names(rds) -> list[str]:
 
 
 def test_rds_drill_uses_a_scratch_instance_and_deletes_it(cloud, runner):
+    before = _names(cloud)  # the moto server is shared: other tests' instances may be there
+    assert {"dr-db", "dr-db-replica", "other-db"} <= set(before)
     r = runner.invoke(app, ["dr", "drill", "--env", "cloud", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["scratch"].startswith("dr-db-drill-") and doc["torn_down"] and doc["passed"]
-    assert _names(cloud) == ["dr-db", "dr-db-replica", "other-db"]
+    assert _names(cloud) == before  # the scratch instance is gone, nothing else touched
 
 
 def test_failover_promotes_the_replica_and_records_it(cloud, runner, ops_root):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from opsctl.backup.keys import generate
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
@@ -23,16 +22,9 @@ def root(local_platform, monkeypatch) -> Path:
     if not target.exists():
         shutil.copytree(REPO / "runbooks", target)
     monkeypatch.chdir(local_platform.root)
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", _key(local_platform.root))
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", local_platform.backup_key)
     local_platform.up()
     return local_platform.root
-
-
-def _key(root: Path) -> str:
-    path = root / ".opsctl" / "test-backup-key"
-    if not path.exists():
-        path.write_text(generate())
-    return path.read_text()
 
 
 def _run(runner, *args: str) -> dict:
