@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml worker/pyproject.toml
 	  >/dev/null; } || echo "alertmanager not installed: the Alertmanager silence test will be skipped"
 	@# PostgreSQL 15 (Debian's postgresql-15): the backup tests of an older server major
 	test -x /usr/lib/postgresql/15/bin/pg_dump || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; } \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; } \
 	  || echo "postgresql-15 not installed: the PostgreSQL 15 backup tests will be skipped"
 	touch $(STAMP)
 
