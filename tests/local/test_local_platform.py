@@ -18,7 +18,7 @@ from opsctl.local import s3 as s3mod
 
 pytestmark = pytest.mark.slow
 
-SAMPLE = Path(__file__).parent / "worker" / "data" / "hello.wav"
+SAMPLE = Path(__file__).parent.parent / "worker" / "data" / "hello.wav"
 
 
 def _status(runner) -> dict:
