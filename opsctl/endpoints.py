@@ -17,6 +17,12 @@ from opsctl.errors import UsageError
 
 @dataclass
 class Endpoints:
+    """Where one environment's services answer (see `resolve`). `env` is the environment's
+    name; URLs hold passwords (redacted in every error, never printed); `workers` maps a
+    color to its worker's base URL (local only: the live ones), `active_color` is the
+    color the router serves (local only; None: unknown here). `aws_credentials` are the
+    embedded S3's only; cloud environments use the AWS credential chain."""
+
     env: str
     platform: str
     database_url: str | None
@@ -33,6 +39,8 @@ class Endpoints:
     aws_credentials: dict[str, str] = field(default_factory=dict, repr=False)
 
     def s3_client(self):
+        """A boto3 S3 client for this environment (its endpoint, region, profile or embedded
+        credentials), retrying in adaptive mode up to 8 attempts."""
         import boto3
         from botocore.config import Config
 

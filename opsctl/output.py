@@ -70,6 +70,8 @@ class JsonLogFormatter(logging.Formatter):
     """One JSON object per line, for log shippers and CI log parsers."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """`{"time" (ISO 8601 UTC), "level", "logger", "message", **record.fields,
+        "exception"?}` as one line."""
         doc = {
             "time": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(),
             "level": record.levelname.lower(),

@@ -10,10 +10,13 @@ from opsctl.errors import UsageError
 
 
 def starter_text() -> str:
+    """The commented starter opsctl.yaml shipped in the package (opsctl/starter.yaml)."""
     return resources.files("opsctl").joinpath("starter.yaml").read_text()
 
 
 def write_starter(folder: Path, force: bool = False) -> Path:
+    """Write the starter as `folder`/opsctl.yaml (temporary file, then rename) and return
+    its path. UsageError when `folder` is not a folder, or the file exists without `force`."""
     folder = folder.expanduser().resolve()
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder; create it first")

@@ -21,7 +21,7 @@ DEFAULTS = Path(__file__).resolve().parent.parent / "templates"
 
 
 @lru_cache(maxsize=8)
-def environment(root: Path | None = None) -> jinja2.Environment:
+def _environment(root: Path | None = None) -> jinja2.Environment:
     folders = [str(p) for p in (root / "templates" if root else None, DEFAULTS) if p and p.is_dir()]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(folders), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
@@ -31,8 +31,12 @@ def environment(root: Path | None = None) -> jinja2.Environment:
 
 
 def render(name: str, root: Path | None = None, **values) -> str:
+    """Template `name` (a path under templates/, e.g. "ci/github-actions.yml.j2") rendered with
+    `values`: the ops root's `templates/` first, then opsctl's. Filters `tojson` and
+    `toyaml` (flow style). Raises UsageError when the template is missing or uses an
+    undefined value."""
     try:
-        return environment(root).get_template(name).render(**values)
+        return _environment(root).get_template(name).render(**values)
     except jinja2.TemplateNotFound:
         raise UsageError(f"template {name} not found in {root / 'templates' if root else ''} or {DEFAULTS}") from None
     except jinja2.UndefinedError as exc:

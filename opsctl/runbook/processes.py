@@ -92,6 +92,8 @@ class StepProcesses:
         self._before: set[int] = set()
 
     def env(self, variables: dict) -> dict:
+        """`variables` plus the step's token (TOKEN_VAR), by which its processes are found
+        even after they left the group and the session."""
         return {**variables, TOKEN_VAR: self.token}
 
     def starting(self) -> None:
@@ -101,11 +103,14 @@ class StepProcesses:
             self._before = {p.pid for p in psutil.Process().children()}
 
     def started(self, proc: subprocess.Popen) -> None:
+        """Call right after starting the shell `proc`: orphans it leaves are re-parented to
+        opsctl (a subreaper) and counted as the step's."""
         self.proc = proc
         with _lock:
             _shells.add(proc.pid)
 
     def finished(self) -> None:
+        """Call once the shell has exited (or was stopped): it no longer claims orphans."""
         with _lock:
             _shells.discard(self.proc.pid)
 
