@@ -82,6 +82,9 @@ class Sink(_Model):
     to: list[str] = Field(default_factory=list)
     send_resolved: bool = True
     timeout: float = Field(10.0, gt=0)
+    operations: bool | None = Field(
+        None, description="also send operation start/end events (deploys, restores, failovers, drills); "
+                          "default: yes for slack, pagerduty (as change events) and webhook, no for email")
 
     @model_validator(mode="after")
     def _complete(self) -> "Sink":
@@ -94,6 +97,8 @@ class Sink(_Model):
         if self.starttls is not None and "security" not in self.model_fields_set:
             self.security = "starttls" if self.starttls else "none"
         self.name = self.name or self.type
+        if self.operations is None:
+            self.operations = self.type != "email"
         return self
 
 

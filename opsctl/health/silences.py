@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import json
+import logging
 import os
 import re
 import secrets
@@ -28,6 +29,8 @@ from typing import Iterator
 
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.redact import credentials, redact
+
+_log = logging.getLogger("opsctl.health")
 
 
 @dataclass
@@ -185,16 +188,39 @@ def holding(silences: list[Silence], name: str, kind: str = "") -> Silence | Non
 
 @contextmanager
 def maintenance(project, env_name: str, checks: list[str], seconds: float, reason: str,
-                alertmanager: str | None = None) -> Iterator[list[Silence]]:
+                alertmanager: str | None = None, strict: bool = True) -> Iterator[list[Silence]]:
     """A maintenance window for an operation: its checks held while it runs (bounded by
     `seconds`, in case the process dies), released when it ends; in Alertmanager too when
-    `alertmanager` is given."""
-    opened = [add(project, env_name, check, seconds, reason, alertmanager=alertmanager) for check in checks]
+    `alertmanager` is given. Yields the silences opened.
+
+    `strict` (the default) raises as `add` does. With `strict=False` (operations, whose
+    notifications must never fail them) an Alertmanager that refuses still leaves the local
+    silence (the health monitor is held; the rendered rules' alerts are not), and a silence
+    that cannot be written at all is skipped; each such problem is logged as a warning."""
+    opened = []
+    for check in checks:
+        try:
+            opened.append(add(project, env_name, check, seconds, reason, alertmanager=alertmanager))
+        except (UsageError, OperationFailed, OSError) as exc:
+            if strict:
+                _release(project, env_name, opened, alertmanager)
+                raise
+            _log.warning("maintenance window of %s: %s", check, credentials(str(exc)))
+            if alertmanager and isinstance(exc, OperationFailed):
+                try:
+                    opened.append(add(project, env_name, check, seconds, reason))
+                except (UsageError, OSError) as again:
+                    _log.warning("maintenance window of %s: %s", check, credentials(str(again)))
     try:
         yield opened
     finally:
-        for silence in opened:
-            try:
-                remove(project, env_name, silence.id, alertmanager=alertmanager)
-            except (UsageError, OperationFailed):
-                pass  # already expired or removed by hand; Alertmanager's ends on its own
+        _release(project, env_name, opened, alertmanager)
+
+
+def _release(project, env_name: str, opened: list[Silence], alertmanager: str | None) -> None:
+    for silence in opened:
+        try:
+            remove(project, env_name, silence.id, alertmanager=alertmanager if silence.alertmanager_id else None)
+        except (UsageError, OperationFailed, OSError) as exc:
+            # already expired or removed by hand; Alertmanager's ends on its own at `until`
+            _log.info("silence %s of %s not ended: %s", silence.id, silence.check, credentials(str(exc)))

@@ -12,6 +12,7 @@ environment variables opsctl.yaml names, when the sink is built, and never appea
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import ssl
 from dataclasses import dataclass
@@ -65,15 +66,43 @@ class Sender:
         if resp.status_code >= 300:
             raise RuntimeError(f"HTTP {resp.status_code}")
 
+    def announce(self, event) -> None:
+        """Deliver an operation event (opsctl.health.notify.OperationEvent): Slack a message,
+        PagerDuty a change event (Events API v2 `/v2/change/enqueue`: recorded on the service's
+        timeline, never an incident), a webhook a CloudEvents 1.0 JSON document, e-mail a
+        message. Raises on failure as `send` does; nothing is sent when the sink has
+        `operations: false`."""
+        if not self.settings.operations:
+            return
+        if self.type == "email":
+            return self._mail(event.summary(), event.text())
+        import httpx
+
+        if self.type == "slack":
+            url, body, headers = self.target, slack_event_payload(event), {}
+        elif self.type == "pagerduty":
+            url, body, headers = change_url(self.target), pagerduty_change_payload(event, self), {}
+        else:
+            url, body = self.target, cloudevent_payload(event)
+            headers = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
+        resp = httpx.post(url, content=json.dumps(body).encode(), timeout=self.settings.timeout,
+                          headers={"Content-Type": "application/json", **headers})
+        if resp.status_code >= 300:
+            raise RuntimeError(f"HTTP {resp.status_code}")
+
     def _email(self, alert: Alert) -> None:
+        self._mail(alert.summary(), f"{alert.summary()}\n\ncheck: {alert.check} ({alert.kind})\n"
+                                    f"value: {alert.value} {alert.unit}\nfailing since: {alert.started_at}\n"
+                                    f"at: {alert.at}\ndedup key: {alert.dedup_key}\n")
+
+    def _mail(self, subject: str, text: str) -> None:
         import smtplib
         from email.message import EmailMessage
 
         s = self.settings
         msg = EmailMessage()
-        msg["Subject"], msg["From"], msg["To"] = alert.summary()[:200], s.sender, ", ".join(s.to)
-        msg.set_content(f"{alert.summary()}\n\ncheck: {alert.check} ({alert.kind})\nvalue: {alert.value} {alert.unit}\n"
-                        f"failing since: {alert.started_at}\nat: {alert.at}\ndedup key: {alert.dedup_key}\n")
+        msg["Subject"], msg["From"], msg["To"] = subject[:200], s.sender, ", ".join(s.to)
+        msg.set_content(text)
         context = ssl.create_default_context(cafile=s.ca_file) if s.security != "none" else None
         if s.security == "tls":
             smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.timeout, context=context)
@@ -148,3 +177,45 @@ def alertmanager_payload(alert: Alert, sender: Sender) -> dict:
                         "startsAt": alert.started_at,
                         "endsAt": alert.at if status == "resolved" else "0001-01-01T00:00:00Z",
                         "generatorURL": "", "fingerprint": fingerprint}]}
+
+
+def change_url(events_url: str) -> str:
+    """PagerDuty's change-events endpoint beside an Events API v2 URL:
+    `https://events.pagerduty.com/v2/enqueue` -> `.../v2/change/enqueue` (same host, so a
+    sink pointed at a proxy or a regional endpoint keeps it)."""
+    base = events_url.rstrip("/")
+    if base.endswith("/v2/enqueue"):
+        return base[: -len("/v2/enqueue")] + "/v2/change/enqueue"
+    from urllib.parse import urljoin
+
+    return urljoin(base + "/", "/v2/change/enqueue")
+
+
+def slack_event_payload(event) -> dict:
+    """Slack incoming-webhook JSON for an operation event: its summary line and one attachment
+    (blue while running, green when it succeeded, red otherwise)."""
+    color = "#439FE0" if event.event == "start" else ("good" if event.outcome == "succeeded" else "danger")
+    fields = [{"title": "operation", "value": event.operation, "short": True},
+              {"title": "subject", "value": event.subject or "-", "short": True}]
+    if event.event == "end":
+        fields += [{"title": "outcome", "value": event.outcome, "short": True},
+                   {"title": "took", "value": f"{event.duration_seconds:.0f} s", "short": True}]
+    if event.checks:
+        fields.append({"title": "checks held", "value": ", ".join(event.checks), "short": False})
+    return {"text": event.summary(), "attachments": [{"color": color, "fields": fields}]}
+
+
+def pagerduty_change_payload(event, sender: Sender) -> dict:
+    """PagerDuty Events API v2 change event (no severity, no dedup key: it never pages)."""
+    return {"routing_key": sender.secret,
+            "payload": {"summary": event.summary()[:1024], "timestamp": event.at,
+                        "source": f"opsctl {event.env}", "custom_details": event.details()}}
+
+
+def cloudevent_payload(event) -> dict:
+    """A CloudEvents 1.0 structured-mode document: type `io.opsctl.operation.started` or
+    `.finished`, source `opsctl/<env>`, data the event's details."""
+    return {"specversion": "1.0", "id": event.id, "source": f"opsctl/{event.env}",
+            "type": f"io.opsctl.operation.{'started' if event.event == 'start' else 'finished'}",
+            "subject": f"{event.operation} {event.subject}".strip(), "time": event.at,
+            "datacontenttype": "application/json", "data": event.details()}

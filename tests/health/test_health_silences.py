@@ -7,9 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import stat
-import subprocess
 import time
 
 import httpx
@@ -108,28 +106,6 @@ def test_bad_silences_are_one_line_exit_2(tmp_path):
         assert out.exit_code == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.output
     out = opsctl(root, "health", "unsilence", "--env", "ci", "--check", "nothing")
     assert out.exit_code == 2 and "no silence of 'nothing'" in out.stderr
-
-
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-
-
-@pytest.fixture(scope="module")
-def alertmanager(tmp_path_factory):
-    """A real Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, no cluster."""
-    if ALERTMANAGER is None:
-        pytest.skip("alertmanager not installed: apt-get install prometheus-alertmanager "
-                    "(make test installs it where apt-get works)")
-    folder = tmp_path_factory.mktemp("alertmanager")
-    (folder / "alertmanager.yml").write_text("route: {receiver: none}\nreceivers: [{name: none}]\n")
-    port = procs.free_port()
-    proc = subprocess.Popen([ALERTMANAGER, f"--config.file={folder / 'alertmanager.yml'}",
-                             f"--storage.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    procs.wait_until(lambda: procs.port_open(port), 30, "alertmanager")
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_a_silence_is_created_in_alertmanager_where_one_is_configured(tmp_path, alertmanager):

@@ -1,0 +1,236 @@
+"""Operations tell people and hold their own alerts: `operation_window(...)`.
+
+A deploy, promote, abort, rollback, restore, failover or drill runs inside
+`operation_window(project, env_name, operation, subject)`:
+
+- on enter a start event goes out through the environment's sinks
+  (`environments.<env>.health.sinks`): Slack gets a message, PagerDuty a *change event*
+  (Events API v2 `/v2/change/enqueue`: on the service's timeline, never an incident), a
+  webhook a CloudEvents 1.0 document (`io.opsctl.operation.started`); e-mail sinks only with
+  `operations: true`;
+- a maintenance window (`opsctl.health.silences.maintenance`) holds the checks the operation
+  disturbs, so a continuous health monitor neither pages, reminds nor resolves on them
+  meanwhile; where `monitoring.alertmanager_url` is set, Alertmanager silences them too;
+- on exit the end event (`io.opsctl.operation.finished`) carries `window.outcome` (the
+  caller may set it; "succeeded" by default, "failed" with the redacted error when the body
+  raised) and the window closes. The exception itself propagates unchanged.
+
+Default checks held per operation (`checks=None`); the router is never held, so lost
+traffic still pages:
+
+| operation                          | checks held                                    |
+|------------------------------------|------------------------------------------------|
+| deploy, promote, abort, rollback   | `worker-*`, `metrics-*` (the colors switched and replaced) |
+| restore                            | `postgres`, `wal archive` (the database checks) |
+| failover                           | `postgres`, `wal archive`, `worker-*`, `metrics-*` |
+| drill                              | none (it works in scratch resources)           |
+
+A notification problem never fails the operation: a sink without its secret, a sink that
+answers 500 or hangs (each has its own thread and timeout), an Alertmanager that refuses
+(the local silence still holds the monitor) or an unwritable silences file are logged as
+warnings and recorded in `window.deliveries` / `window.problems`. Every text sent passes
+`opsctl.redact.credentials` and each sink's own secret scrub.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from opsctl.redact import credentials
+
+log = logging.getLogger("opsctl.health")
+
+#: checks held by default, per operation (name or kind globs, as `opsctl health --check`)
+DEFAULT_CHECKS: dict[str, tuple[str, ...]] = {
+    "deploy": ("worker-*", "metrics-*"),
+    "promote": ("worker-*", "metrics-*"),
+    "abort": ("worker-*", "metrics-*"),
+    "rollback": ("worker-*", "metrics-*"),
+    "restore": ("postgres", "wal archive"),
+    "failover": ("postgres", "wal archive", "worker-*", "metrics-*"),
+    "drill": (),
+}
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class OperationEvent:
+    """One start or end event of an operation, as the sinks format it. `at`, `started_at`
+    and `held_until` are ISO 8601 UTC; `duration_seconds` is 0 for a start event."""
+    event: str  # "start" | "end"
+    env: str
+    operation: str
+    subject: str
+    started_at: str
+    at: str
+    outcome: str = ""
+    error: str = ""
+    duration_seconds: float = 0.0
+    checks: list[str] = field(default_factory=list)
+    held_until: str | None = None
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def summary(self) -> str:
+        """One line: '[STARTED] prod: deploy worker:1.4' or '[FAILED] prod: restore … after 12 s: error'."""
+        what = f"{self.env}: {self.operation} {self.subject}".rstrip()
+        if self.event == "start":
+            held = f" (checks held: {', '.join(self.checks)})" if self.checks else ""
+            return f"[STARTED] {what}{held}"
+        tail = f": {self.error}" if self.error else ""
+        return f"[{self.outcome.upper()}] {what} after {self.duration_seconds:.0f} s{tail}"
+
+    def details(self) -> dict[str, Any]:
+        """The event as a JSON-safe dict (the webhook's `data`, PagerDuty's `custom_details`)."""
+        doc = {"event": self.event, "env": self.env, "operation": self.operation, "subject": self.subject,
+               "started_at": self.started_at, "at": self.at, "checks_held": self.checks,
+               "held_until": self.held_until}
+        if self.event == "end":
+            doc.update(outcome=self.outcome, error=self.error or None,
+                       duration_seconds=round(self.duration_seconds, 3))
+        return doc
+
+    def text(self) -> str:
+        """A plain-text body (e-mail): the summary, then one `key: value` line per detail."""
+        return self.summary() + "\n\n" + "".join(f"{k}: {v}\n" for k, v in self.details().items())
+
+
+@dataclass
+class Window:
+    """An operation's notification window, yielded by `operation_window`.
+
+    Set `outcome` (e.g. "succeeded", "rolled back", "aborted") before the block ends; it is
+    "failed" when the block raised, with `error` the exception's redacted text. After exit,
+    `deliveries` lists each event's delivery per sink ({sink, event, ok, error}) and
+    `problems` the notification problems logged (never raised)."""
+    env_name: str
+    operation: str
+    subject: str
+    checks: list[str]
+    started_at: str
+    held_until: str | None = None
+    outcome: str = "succeeded"
+    error: str = ""
+    silences: list = field(default_factory=list)  # opsctl.health.silences.Silence, opened on enter
+    deliveries: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+class _Lanes:
+    """One single-thread executor per sink: events go out in order per sink, a slow or failing
+    sink holds back neither the others nor the operation."""
+
+    def __init__(self, senders: list, window: Window) -> None:
+        self.window = window
+        self.lanes = [(s, ThreadPoolExecutor(1, thread_name_prefix=f"notify:{s.name}")) for s in senders]
+        self.futures: list[Future] = []
+
+    def send(self, event: OperationEvent) -> None:
+        for sender, lane in self.lanes:
+            self.futures.append(lane.submit(self._deliver, sender, event))
+
+    def _deliver(self, sender, event: OperationEvent) -> None:
+        try:
+            sender.announce(event)
+            ok, error = True, ""
+            log.info("operation %s event of %s sent to %s", event.event, event.operation, sender.describe())
+        except Exception as exc:  # a sink's failure is logged, never raised into the operation
+            ok, error = False, sender.scrub(f"{type(exc).__name__}: {exc}")[:300]
+            log.warning("operation %s event of %s not sent to %s: %s", event.event, event.operation,
+                        sender.describe(), error)
+        self.window.deliveries.append({"sink": sender.name, "event": event.event, "ok": ok, "error": error})
+
+    def close(self) -> None:
+        """Wait for what was queued (each send is bounded by its sink's timeout), then stop."""
+        if self.futures:
+            bound = 2 * max(s.settings.timeout for s, _ in self.lanes) + 5
+            wait(self.futures, timeout=bound)
+        for _, lane in self.lanes:
+            lane.shutdown(wait=False, cancel_futures=True)
+
+
+def _senders(env, window: Window) -> list:
+    from opsctl.health import sinks
+
+    out = []
+    for settings in env.health.sinks:
+        if not settings.operations:
+            continue
+        try:
+            out.append(sinks.build(settings))
+        except Exception as exc:  # e.g. its secret is not exported: this sink is skipped, not the operation
+            problem = f"sink {settings.name} skipped: {credentials(str(exc))}"
+            window.problems.append(problem)
+            window.deliveries.append({"sink": settings.name, "event": "start", "ok": False, "error": problem})
+            log.warning("%s", problem)
+    return out
+
+
+def default_checks(operation: str) -> list[str]:
+    """The checks `operation` holds by default (DEFAULT_CHECKS). Raises ValueError for an
+    operation not in that table: pass `checks=` explicitly for others."""
+    try:
+        return list(DEFAULT_CHECKS[operation])
+    except KeyError:
+        raise ValueError(f"operation_window: no default checks for operation {operation!r} "
+                         f"(known: {', '.join(DEFAULT_CHECKS)}); pass checks=[...]") from None
+
+
+@contextmanager
+def operation_window(project, env_name: str, operation: str, subject: str, *,
+                     checks: list[str] | None = None, max_seconds: float = 3600) -> Iterator[Window]:
+    """Announce an operation and hold the alerts it causes, for as long as the block runs.
+
+    `project` is the loaded ops root (opsctl.config), `env_name` one of its environments,
+    `operation` e.g. "deploy" or "restore", `subject` what it acts on (an image, a backup id,
+    a target time); `checks` the check name or kind globs to hold (None: DEFAULT_CHECKS of the
+    operation; [] holds none); `max_seconds` bounds the silences in case the process dies.
+    Yields a `Window`. Raises ValueError only for an unknown `operation` with `checks=None`
+    (a programming error, raised before anything is sent); UsageError for an unknown
+    environment. Notification problems are never raised."""
+    from opsctl.health import silences
+
+    env = project.env(env_name)
+    held = default_checks(operation) if checks is None else list(checks)
+    started = dt.datetime.now(dt.timezone.utc)
+    clock = time.monotonic()
+    subject = credentials(subject or "")
+    window = Window(env_name, operation, subject, held, _iso(started))
+    lanes = _Lanes(_senders(env, window), window)
+    with ExitStack() as stack:
+        stack.callback(lanes.close)
+        if held:
+            window.held_until = _iso(started + dt.timedelta(seconds=max_seconds))
+            try:
+                window.silences = stack.enter_context(silences.maintenance(
+                    project, env_name, held, max_seconds, f"{operation} {subject}".strip(),
+                    alertmanager=env.monitoring.alertmanager_url, strict=False))
+            except Exception as exc:  # never fail the operation for its maintenance window
+                window.problems.append(f"maintenance window not opened: {credentials(str(exc))}")
+                log.warning("%s", window.problems[-1])
+            if len(window.silences) < len(held):
+                opened = {s.check for s in window.silences}
+                window.problems.append(f"not silenced: {', '.join(c for c in held if c not in opened)}")
+        lanes.send(OperationEvent("start", env_name, operation, subject, window.started_at, window.started_at,
+                                  checks=held, held_until=window.held_until))
+        try:
+            yield window
+        except BaseException as exc:
+            window.outcome = "failed"
+            window.error = credentials(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:500]
+            raise
+        finally:
+            ended = dt.datetime.now(dt.timezone.utc)
+            lanes.send(OperationEvent("end", env_name, operation, subject, window.started_at, _iso(ended),
+                                      outcome=credentials(str(getattr(window.outcome, "value", window.outcome))), error=window.error,
+                                      duration_seconds=time.monotonic() - clock, checks=held,
+                                      held_until=window.held_until))

@@ -1,0 +1,195 @@
+"""Operation notifications (issue 23): `operation_window` sends start and end events through
+the environment's sinks (a webhook gets CloudEvents, PagerDuty a change event, never an
+alert), and holds the checks the operation disturbs, so a real continuous monitor does not
+page for them during the window but still pages for the others."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import httpx
+import pytest
+import yaml
+
+from opsctl.config import load_project
+from opsctl.health import monitor, silences
+from opsctl.health.notify import DEFAULT_CHECKS, operation_window
+from opsctl.local import procs
+from tests.health.servers import HungServer, Receiver, ScriptedServer
+
+SECRET = "s3cr3t-routing-key-0123456789"
+
+
+def _project(tmp_path, *, sinks=(), http=(), monitoring=None):
+    env = {"platform": "kubernetes", "health": {
+        "http": list(http), "sinks": list(sinks), "alerts": {"failure_threshold": 2, "reminder_minutes": None}}}
+    if monitoring:
+        env["monitoring"] = monitoring
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump({"version": 1, "environments": {"ci": env}}))
+    return load_project(tmp_path)
+
+
+def _sinks(receiver, monkeypatch):
+    monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
+    monkeypatch.setenv("TEST_SLACK_URL", f"{receiver.url}/slack")
+    monkeypatch.setenv("TEST_PD_KEY", SECRET)
+    return [{"type": "webhook", "url_env": "TEST_HOOK_URL"},
+            {"type": "slack", "url_env": "TEST_SLACK_URL"},
+            {"type": "pagerduty", "routing_key_env": "TEST_PD_KEY", "url": f"{receiver.url}/pd/v2/enqueue"}]
+
+
+def test_a_deploy_window_announces_itself_and_the_monitor_holds_only_the_colors(tmp_path, monkeypatch):
+    green, api, receiver = ScriptedServer([503] * 50), ScriptedServer([503] * 50), Receiver()
+    try:
+        project = _project(tmp_path, sinks=_sinks(receiver, monkeypatch),
+                           http=[{"name": "worker-green", "url": f"{green.url}/readyz"},
+                                 {"name": "api", "url": f"{api.url}/readyz"}])
+        env = project.env("ci")
+        with operation_window(project, "ci", "deploy", "worker:1.2.3") as window:
+            assert sorted(s.check for s in silences.active(project, "ci")) == ["metrics-*", "worker-*"]
+            during = monitor.watch(project, env, interval=0.01, iterations=4, only=["worker-green", "api"])
+            window.outcome = "succeeded"
+        assert silences.active(project, "ci") == []
+        after = monitor.watch(project, env, interval=0.01, iterations=2, only=["worker-green", "api"])
+    finally:
+        green.close(), api.close(), receiver.close()
+
+    # during the window: 4 failures of each, a page for api only
+    assert [(a["event"], a["check"]) for a in during.alerts] == [("trigger", "api")]
+    assert during.last.silenced.keys() == {"worker-green"}
+    # once it closed, the color pages again (counting started afresh)
+    assert [(a["event"], a["check"]) for a in after.alerts] == [("trigger", "worker-green")]
+
+    hook = receiver.at("/hook")
+    events = [b for b in hook if b.get("specversion") == "1.0"]
+    alerts = [b for b in hook if b.get("version") == "4"]
+    assert [e["type"] for e in events] == ["io.opsctl.operation.started", "io.opsctl.operation.finished"]
+    assert events[0]["source"] == "opsctl/ci" and events[0]["subject"] == "deploy worker:1.2.3"
+    assert events[0]["data"]["checks_held"] == ["worker-*", "metrics-*"]
+    assert events[1]["data"]["outcome"] == "succeeded" and events[1]["data"]["error"] is None
+    assert sorted(a["commonLabels"]["check"] for a in alerts) == ["api", "worker-green"]  # the latter after
+    # PagerDuty: two change events on /v2/change/enqueue; only the monitor's pages hit /v2/enqueue
+    changes = receiver.at("/pd/v2/change/enqueue")
+    assert [c["payload"]["summary"].split("]")[0] for c in changes] == ["[STARTED", "[SUCCEEDED"]
+    assert all(c["routing_key"] == SECRET and "event_action" not in c for c in changes)
+    assert sorted(p["payload"]["component"] for p in receiver.at("/pd/v2/enqueue")) == ["api", "worker-green"]
+    slack = receiver.at("/slack")
+    assert any(m["text"].startswith("[STARTED] ci: deploy worker:1.2.3") for m in slack)
+    assert any(m["text"].startswith("[SUCCEEDED] ci: deploy worker:1.2.3") for m in slack)
+    assert all(d["ok"] for d in window.deliveries) and len(window.deliveries) == 6
+
+
+def test_a_failed_operation_sends_failed_with_the_error_redacted_and_still_raises(tmp_path, monkeypatch):
+    receiver = Receiver()
+    try:
+        project = _project(tmp_path, sinks=_sinks(receiver, monkeypatch))
+        with pytest.raises(RuntimeError, match="pg_restore"):
+            with operation_window(project, "ci", "restore", "backup 20261130T0200Z") as window:
+                assert sorted(s.check for s in silences.active(project, "ci")) == ["postgres", "wal archive"]
+                raise RuntimeError("pg_restore: could not connect to postgresql://opsctl:hunter2pass@db:5432/app")
+    finally:
+        receiver.close()
+    assert window.outcome == "failed" and "hunter2pass" not in window.error and "pg_restore" in window.error
+    assert silences.active(project, "ci") == []
+    (end,) = [e for e in receiver.at("/hook") if e["type"].endswith("finished")]
+    assert end["data"]["outcome"] == "failed" and "pg_restore" in end["data"]["error"]
+    every = str(receiver.posts)
+    assert "hunter2pass" not in every
+
+
+def test_failing_sinks_never_fail_the_operation(tmp_path, monkeypatch):
+    hung, receiver = HungServer(), Receiver()
+    monkeypatch.setenv("TEST_FAIL_URL", f"{receiver.url}/fail")
+    monkeypatch.setenv("TEST_HUNG_URL", f"{hung.url}/hook?token=abcdefsecret")
+    monkeypatch.delenv("TEST_MISSING_KEY", raising=False)
+    try:
+        project = _project(tmp_path, sinks=[
+            {"type": "webhook", "name": "answers-500", "url_env": "TEST_FAIL_URL"},
+            {"type": "webhook", "name": "hangs", "url_env": "TEST_HUNG_URL", "timeout": 0.3},
+            {"type": "pagerduty", "name": "no-key", "routing_key_env": "TEST_MISSING_KEY",
+             "url": f"http://127.0.0.1:{procs.free_port()}/v2/enqueue"}])
+        ran = []
+        with operation_window(project, "ci", "rollback", "green -> blue") as window:
+            ran.append(True)
+    finally:
+        hung.close(), receiver.close()
+    assert ran == [True] and window.outcome == "succeeded"
+    by_sink = {(d["sink"], d["event"]): d for d in window.deliveries}
+    assert not by_sink[("answers-500", "start")]["ok"] and "HTTP 500" in by_sink[("answers-500", "end")]["error"]
+    assert not by_sink[("hangs", "start")]["ok"] and "abcdefsecret" not in str(window.deliveries)
+    assert "TEST_MISSING_KEY" in by_sink[("no-key", "start")]["error"]
+    assert silences.active(project, "ci") == []
+
+
+def test_default_checks_per_operation_and_explicit_ones(tmp_path):
+    project = _project(tmp_path)
+    seen = {}
+    for operation in DEFAULT_CHECKS:
+        with operation_window(project, "ci", operation, "x"):
+            seen[operation] = sorted(s.check for s in silences.active(project, "ci"))
+    assert seen["deploy"] == seen["rollback"] == seen["promote"] == seen["abort"] == ["metrics-*", "worker-*"]
+    assert seen["restore"] == ["postgres", "wal archive"]
+    assert seen["failover"] == ["metrics-*", "postgres", "wal archive", "worker-*"]
+    assert seen["drill"] == [] and "router" not in str(seen)
+    with operation_window(project, "ci", "deploy", "x", checks=["worker-green", "metrics-green"], max_seconds=120):
+        held = silences.active(project, "ci")
+    assert sorted(s.check for s in held) == ["metrics-green", "worker-green"]
+    assert all(s.ends - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(seconds=121) for s in held)
+    with pytest.raises(ValueError, match="no default checks for operation 'resize'"):
+        with operation_window(project, "ci", "resize", "x"):
+            pass
+
+
+def test_the_window_silences_in_alertmanager_where_configured(tmp_path, alertmanager):
+    project = _project(tmp_path, monitoring={"alertmanager_url": alertmanager})
+    with operation_window(project, "ci", "restore", "2026-11-30T04:00:00Z") as window:
+        ids = [s.alertmanager_id for s in window.silences]
+        states = [httpx.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json() for i in ids]
+    assert len(ids) == 2 and all(s["status"]["state"] == "active" for s in states)
+    assert sorted(m["value"] for s in states for m in s["matchers"] if m["name"] == "check") == ["postgres", "wal archive"]
+    assert all(httpx.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json()["status"]["state"] == "expired"
+               for i in ids)
+
+
+def test_an_unreachable_alertmanager_still_holds_the_monitor(tmp_path):
+    project = _project(tmp_path, monitoring={"alertmanager_url": f"http://127.0.0.1:{procs.free_port()}"})
+    with operation_window(project, "ci", "deploy", "worker:2") as window:
+        held = sorted(s.check for s in silences.active(project, "ci"))
+    assert held == ["metrics-*", "worker-*"]
+    assert all(s.alertmanager_id is None for s in window.silences)
+    assert silences.active(project, "ci") == []
+
+
+def test_a_monitor_running_in_another_thread_holds_during_an_operation(tmp_path, monkeypatch):
+    """The monitor started before the window (as in production) picks the silence up."""
+    green, receiver = ScriptedServer([503] * 500), Receiver()
+    monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
+    stop, inside = threading.Event(), threading.Event()
+    try:
+        project = _project(tmp_path, sinks=[{"type": "webhook", "url_env": "TEST_HOOK_URL"}],
+                           http=[{"name": "worker-green", "url": f"{green.url}/readyz"}])
+        env = project.env("ci")
+        sweeps_inside = []
+
+        def on_sweep(result, alerts, next_at):
+            if result.silenced:
+                sweeps_inside.append(result)
+                if len(sweeps_inside) >= 3:
+                    inside.set()
+
+        with operation_window(project, "ci", "deploy", "worker:3"):
+            runner = threading.Thread(target=lambda: out.append(monitor.watch(
+                project, env, interval=0.01, only=["worker-green"], on_sweep=on_sweep, stop=stop)))
+            out: list = []
+            runner.start()
+            assert inside.wait(60)
+        stop.set()
+        runner.join(60)
+    finally:
+        green.close(), receiver.close()
+    (result,) = out
+    # 3+ failing sweeps inside the window paged nothing while it was open
+    assert not [a for a in result.alerts if a["at"] < sweeps_inside[-1].started_at.isoformat()]
+    assert [e["type"] for e in receiver.at("/hook") if "specversion" in e] == [
+        "io.opsctl.operation.started", "io.opsctl.operation.finished"]
