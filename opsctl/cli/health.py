@@ -101,8 +101,22 @@ def _once(project, envcfg, check, skip, junit, history, as_json) -> None:
 
 def _print(console, result) -> None:
     console.print(_table(result, _title(result)))
-    for name, until in sorted(result.silenced.items(), key=lambda kv: kv[1]):
-        console.print(f"silenced: {name} until {_when(until)} (its alerts are held)", markup=False, highlight=False)
+    for line in _silence_lines(result):
+        console.print(line, markup=False, highlight=False)
+
+
+def _silence_lines(result) -> list[str]:
+    """One line per silence in force: its pattern, end, reason and the checks of this sweep it holds."""
+    import fnmatch
+
+    lines = []
+    for s in sorted(result.silences, key=lambda s: s["until"]):
+        held = [r.name for r in result.results if r.name in result.silenced
+                and (fnmatch.fnmatch(r.name, s["check"]) or fnmatch.fnmatch(r.kind, s["check"]))]
+        why = f" ({s['reason']})" if s["reason"] else ""
+        holds = f": holds {', '.join(held)}" if held and held != [s["check"]] else "" if held else ": holds no check of this sweep"
+        lines.append(f"silenced: {s['check']} until {_when(s['until'])}{why}{holds}")
+    return lines
 
 
 def _when(iso: str) -> str:
@@ -137,7 +151,7 @@ def _watch(project, envcfg, interval, cron, iterations, check, skip, junit, hist
             sys.stdout.flush()
         elif live is not None:
             footer = f"next sweep at {time.strftime('%H:%M:%S', time.localtime(next_at))}" + (f"; alerts: {sent}" if sent else "")
-            held = "".join(f"\nsilenced: {n} until {_when(u)}" for n, u in sorted(result.silenced.items()))
+            held = "".join(f"\n{line}" for line in _silence_lines(result))
             live.update(Group(_table(result, _title(result)), footer + held), refresh=True)
         else:
             _print(stdout, result)

@@ -55,12 +55,14 @@ class CheckResult:
 @dataclass
 class SweepResult:
     """Every check of one sweep of `env`; `started_at` is UTC, `duration_ms` the sweep's wall
-    time; `silenced` maps the checks a silence held to its end (ISO 8601 UTC)."""
+    time; `silenced` maps the checks a silence held to its end (ISO 8601 UTC); `silences` lists
+    every silence in force when it ran."""
     env: str
     started_at: dt.datetime
     duration_ms: float
     results: list[CheckResult]
     silenced: dict[str, str] = field(default_factory=dict)  # check name -> silenced until (ISO UTC)
+    silences: list[dict[str, str]] = field(default_factory=list)  # in force: check (pattern), until, reason, id
 
     @property
     def status(self) -> Status:
@@ -69,10 +71,12 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of `opsctl health --json`: env, status, code, started_at, duration_ms,
-        checks (each with silenced_until, ISO UTC or null)."""
+        checks (each with silenced_until, ISO UTC or null) and silences (every silence in force:
+        check pattern, until, reason, id; also those holding no check of this sweep)."""
         return {"env": self.env, "status": self.status.name, "code": int(self.status),
                 "started_at": self.started_at.isoformat(), "duration_ms": round(self.duration_ms, 1),
-                "checks": [{**r.to_dict(), "silenced_until": self.silenced.get(r.name)} for r in self.results]}
+                "checks": [{**r.to_dict(), "silenced_until": self.silenced.get(r.name)} for r in self.results],
+                "silences": self.silences}
 
 
 class Judge:

@@ -60,6 +60,7 @@ def _with_silences(project, env, result: SweepResult) -> SweepResult:
     except UsageError as exc:  # an unreadable silences file must not stop the monitor
         log.warning("%s", exc)
         return result
+    result.silences = [{"check": s.check, "until": s.until, "reason": s.reason, "id": s.id} for s in now_active]
     for r in result.results:
         held = silences.holding(now_active, r.name, r.kind)
         if held:

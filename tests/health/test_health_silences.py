@@ -58,6 +58,27 @@ def test_silence_is_shown_with_its_end_in_the_table_and_json(tmp_path):
     assert stat.S_IMODE(os.stat(file).st_mode) == 0o600
 
 
+def test_health_lists_every_silence_in_force_with_its_reason_and_what_it_holds(tmp_path):
+    target = ScriptedServer([503] * 4)
+    try:
+        root = _root(tmp_path, target.url)
+        project = load_project(root)
+        wide = silences.add(project, "ci", "targ*", 900, "deploy worker:1.2.3")
+        idle = silences.add(project, "ci", "metrics-*", 600, "deploy worker:1.2.3")
+        table = opsctl(root, "health", "--env", "ci", "--check", "target")
+        as_json = opsctl(root, "health", "--env", "ci", "--check", "target", "--json")
+    finally:
+        target.close()
+    assert (f"silenced: targ* until {wide.ends:%Y-%m-%d %H:%M:%S} UTC (deploy worker:1.2.3): holds target"
+            in table.stdout)
+    assert (f"silenced: metrics-* until {idle.ends:%Y-%m-%d %H:%M:%S} UTC (deploy worker:1.2.3): "
+            "holds no check of this sweep" in table.stdout)
+    doc = json.loads(as_json.stdout)
+    assert [(s["check"], s["until"], s["reason"]) for s in doc["silences"]] == [
+        ("metrics-*", idle.until, "deploy worker:1.2.3"), ("targ*", wide.until, "deploy worker:1.2.3")]
+    assert doc["checks"][0]["silenced_until"] == wide.until
+
+
 def test_a_running_monitor_holds_a_silenced_check_and_pages_once_it_ends(tmp_path, monkeypatch):
     target, receiver = ScriptedServer([503] * 20), Receiver()
     monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
