@@ -7,13 +7,16 @@ the same words everywhere:
 
 - `approve`: the decision, with the prompts passed in (tests and other front doors);
 - `at_terminal`: `approve` with the real terminal prompts (`terminal()`);
-- `confirm`: a plain yes/no for a change that needs no environment check.
+- `confirm`: a plain yes/no for a change that needs no environment check;
+- `is_interactive`: whether a person can be asked at all.
 
 Refusals raise `UsageError` (exit 2) and change nothing.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 from opsctl.errors import UsageError
@@ -25,12 +28,20 @@ Verb = tuple[str, str, str]
 CHANGE: Verb = ("change it", "changing it", "changed")
 
 
-def no_terminal(question: str) -> UsageError:
+def is_interactive() -> bool:
+    """True when a person can answer a prompt: a TTY on stdin and not in CI (`CI` set to
+    1, true or yes, as GitHub Actions, GitLab and most runners do)."""
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        return False
+    return sys.stdin.isatty()
+
+
+def _no_terminal(question: str) -> UsageError:
     """The refusal when approval is needed and nobody can be asked (CI, no TTY)."""
     return UsageError(f"{question} needs approval: no terminal to ask on, pass --yes")
 
 
-def not_approved(question: str) -> UsageError:
+def _not_approved(question: str) -> UsageError:
     """The refusal when the person answered no."""
     return UsageError(f"{question} not approved; nothing was changed")
 
@@ -58,16 +69,14 @@ def approve(question: str, env: "Environment | None", *, yes: bool, confirm_env:
     if yes:
         return
     if not interactive:
-        raise no_terminal(question)
+        raise _no_terminal(question)
     if not ask_yes_no(question):
-        raise not_approved(question)
+        raise _not_approved(question)
 
 
 def terminal() -> dict[str, Any]:
     """The real prompts, as keyword arguments of `approve`: on stderr, default no."""
     import typer
-
-    from opsctl.output import is_interactive
 
     return {"interactive": is_interactive(),
             "ask_yes_no": lambda q: typer.confirm(q, default=False, err=True),

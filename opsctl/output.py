@@ -1,19 +1,16 @@
 """Where output goes: results on stdout (rich or one JSON document), logs on stderr.
 
 Keeping the two streams apart is what lets `opsctl ... --json | jq` work while progress
-and logs still reach a person watching the terminal.
+and logs still reach a person watching the terminal. Rendering only: prompts and
+approvals are opsctl.approval's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import enum
 import json
 import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
@@ -22,37 +19,24 @@ stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
-def is_interactive() -> bool:
-    """True when a person can answer a prompt: a TTY on stdin and not in CI."""
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        return False
-    return sys.stdin.isatty()
-
-
-def confirm(question: str, yes: bool) -> None:
-    """Approval for a change; kept for callers of the old name (see opsctl.approval)."""
-    from opsctl.approval import confirm as ask
-
-    ask(question, yes)
+def _fallback(value: Any) -> str:
+    """What pydantic_core has no JSON form for (a type it does not know) becomes its text,
+    so a result always makes one JSON document (the walker before it passed such a value
+    through, and `json.dumps` then failed)."""
+    return str(value)
 
 
 def to_jsonable(value: Any) -> Any:
-    """Turn results (dataclasses, pydantic models, paths, enums, datetimes) into JSON types."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "model_dump"):
-        return to_jsonable(value.model_dump(mode="json"))
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    """`value` as JSON types (dict, list, str, int, float, bool, None).
+
+    pydantic_core's `to_jsonable_python` does the work: dataclasses and pydantic models
+    (field names, not aliases) become dicts, enums their values, paths and dates ISO text
+    (aware UTC datetimes end in `Z`), sets and tuples lists, dict keys text; non-finite
+    floats stay floats. Anything else goes through `_fallback`.
+    """
+    from pydantic_core import to_jsonable_python  # not at import: `opsctl --help` stays fast
+
+    return to_jsonable_python(value, by_alias=False, fallback=_fallback)
 
 
 def emit(result: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:
@@ -66,7 +50,7 @@ def emit(result: Any, as_json: bool, render: Callable[[Console], None] | None = 
         stdout.print(to_jsonable(result))
 
 
-class JsonLogFormatter(logging.Formatter):
+class _JsonLogFormatter(logging.Formatter):
     """One JSON object per line, for log shippers and CI log parsers."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -92,7 +76,7 @@ def setup_logging(log_format: str = "text", debug: bool = False) -> None:
     root.handlers.clear()
     if log_format == "json":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonLogFormatter())
+        handler.setFormatter(_JsonLogFormatter())
     else:
         from rich.logging import RichHandler
 

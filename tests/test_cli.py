@@ -95,3 +95,69 @@ def test_confirm_refuses_without_yes_in_ci(monkeypatch):
     with pytest.raises(UsageError, match="pass --yes"):
         confirm("destroy production", yes=False)
     confirm("destroy production", yes=True)
+
+
+def test_to_jsonable_keeps_the_json_forms_of_results():
+    """opsctl.output.to_jsonable is pydantic_core's to_jsonable_python: the JSON every
+    `--json` printed before it (hand-written walker) comes out the same."""
+    import dataclasses
+    import datetime as dt
+    import enum
+    import math
+    from pathlib import Path
+
+    from opsctl.config import Environment
+    from opsctl.health.model import CheckResult, Status
+    from opsctl.output import to_jsonable
+
+    class Color(enum.StrEnum):
+        BLUE = "blue"
+
+    class Kind(enum.Enum):
+        FULL = "full"
+
+    @dataclasses.dataclass
+    class Result:
+        id: str
+        color: Color
+        kind: Kind
+        path: Path
+        day: dt.date
+        at: dt.datetime
+        parts: tuple
+        tags: frozenset
+        sizes: dict
+        env: Environment
+        ratio: float = math.inf
+        _ctx: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    env = Environment(name="staging", platform="local")
+    doc = to_jsonable(Result("20260101T020000Z-1a2b", Color.BLUE, Kind.FULL, Path("/srv/backups"),
+                             dt.date(2026, 1, 1), dt.datetime(2026, 1, 1, 2, 0, 0, 500), (1, "a"),
+                             frozenset({"db"}), {1: "x", Color.BLUE: [Path("a")]}, env))
+    assert doc == {"id": "20260101T020000Z-1a2b", "color": "blue", "kind": "full", "path": "/srv/backups",
+                   "day": "2026-01-01", "at": "2026-01-01T02:00:00.000500", "parts": [1, "a"], "tags": ["db"],
+                   "sizes": {"1": "x", "blue": ["a"]}, "env": env.model_dump(mode="json"), "ratio": math.inf,
+                   "_ctx": {}}
+    # pydantic models: field names, as model_dump(mode="json")
+    assert to_jsonable(env) == env.model_dump(mode="json")
+    # dataclasses nested in results: their fields, an IntEnum as its number
+    check = CheckResult(name="db", kind="postgres", status=Status.CRITICAL, message="down")
+    assert to_jsonable({"checks": [check]})["checks"][0]["status"] == int(Status.CRITICAL)
+    # the fallback: a type pydantic_core does not know becomes its text
+
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque thing"
+
+    assert to_jsonable([Opaque()]) == ["opaque thing"]
+    json.dumps(to_jsonable(env))  # one JSON document
+
+
+def test_config_show_json_is_the_environment_with_defaults(runner, tmp_path, monkeypatch):
+    from opsctl.config import load_project
+
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["config", "show", "--env", "local", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == load_project(start=tmp_path).env("local").model_dump(mode="json")

@@ -89,9 +89,9 @@ def test_destroying_a_protected_environment_in_ci_needs_its_name(runner, no_pulu
 
 
 def test_destroy_at_a_terminal_asks_for_the_name_typed(runner, no_pulumi, monkeypatch):
-    from opsctl import output
+    from opsctl import approval
 
-    monkeypatch.setattr(output, "is_interactive", lambda: True)
+    monkeypatch.setattr(approval, "is_interactive", lambda: True)
     result = invoke(runner, REPO, "destroy", "--env", "production", input="prod\n")
     assert result.exit_code == 2
     assert "Type its name to destroy it" in result.output

@@ -1,4 +1,4 @@
-"""What every command shares: the common options, the ops root, and approvals.
+"""What every command shares: the common options, the ops root, and `confirm` (opsctl.approval's).
 
 Kept free of heavy imports so that `opsctl --help` stays fast.
 """
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from opsctl.approval import confirm  # noqa: F401  (the one approval module's yes/no, for commands)
 
 try:  # typer 0.2x vendors click as typer._click; older releases use click itself
     from typer._click import exceptions as click_errors
@@ -51,13 +53,6 @@ def project() -> "Project":
 def environment(name: str) -> tuple["Project", "Environment"]:
     proj = project()
     return proj, proj.env(name)
-
-
-def confirm(question: str, yes: bool) -> None:
-    """Ask a person; in CI (or without a TTY) only `--yes` approves (opsctl.approval)."""
-    from opsctl.approval import confirm as ask
-
-    ask(question, yes)
 
 
 def not_built(app: typer.Typer, name: str, issue: int, help_text: str) -> None:

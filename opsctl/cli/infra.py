@@ -81,13 +81,13 @@ def preview(env: EnvOpt, as_json: JsonOpt = False) -> None:
 @infra_app.command("up")
 def up(env: EnvOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Create or update the environment. At a terminal without --yes: preview, then ask."""
-    from opsctl import output
+    from opsctl import approval, output
     from opsctl.infra.target import target
     from opsctl.cli.common import environment
 
     project, environ = environment(env)
     target(project, environ)  # a local environment or a missing program fails before any prompt
-    if not yes and output.is_interactive():
+    if not yes and approval.is_interactive():
         planned = _operate(env, "preview", as_json)
         _render_result(planned)(output.stderr)
         if not planned.changed:

@@ -82,14 +82,14 @@ class RunResult:
 Notify = Callable[[StepOutcome], None]
 
 
-class Placeholder:
+class _Placeholder:
     """Stands for a value only a real run knows (an earlier step's output) in a dry run."""
 
     def __init__(self, path: str):
         self._path = path
 
-    def __getattr__(self, name: str) -> "Placeholder":
-        return Placeholder(f"{self._path}.{name}")
+    def __getattr__(self, name: str) -> "_Placeholder":
+        return _Placeholder(f"{self._path}.{name}")
 
     __getitem__ = __getattr__
 
@@ -98,14 +98,14 @@ class Placeholder:
 
     __repr__ = __str__
 
-    def _same(self, *args: Any) -> "Placeholder":  # a dry run's `when: steps.x.outputs.n > 2` is planned
+    def _same(self, *args: Any) -> "_Placeholder":  # a dry run's `when: steps.x.outputs.n > 2` is planned
         return self
 
     __lt__ = __le__ = __gt__ = __ge__ = __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _same
     __truediv__ = __rtruediv__ = __mod__ = __neg__ = _same
 
 
-class StillRunning(OperationFailed):
+class _StillRunning(OperationFailed):
     """A timed-out action did not stop: no retry may start beside it."""
 
 
@@ -120,7 +120,7 @@ def _render(value: Any, ctx: dict) -> Any:
 
 
 def _has_placeholder(value: Any) -> bool:
-    if isinstance(value, Placeholder):
+    if isinstance(value, _Placeholder):
         return True
     if isinstance(value, dict):
         return any(_has_placeholder(v) for v in value.values())
@@ -129,7 +129,7 @@ def _has_placeholder(value: Any) -> bool:
     return False
 
 
-class Runner:
+class _Runner:
     """Runs one runbook with resolved parameters in an environment; `notify` is called with
     each step outcome (the live table), `dry_run` plans without side effects or journal."""
     def __init__(self, project: Project, env: Environment, book: Runbook, params: dict,
@@ -163,7 +163,7 @@ class Runner:
         dry run), run (id) and env."""
         steps: Any = {k: {"outputs": v} for k, v in self.outputs.items()}
         if self.dry_run:
-            steps = {s["id"]: steps.get(s["id"]) or {"outputs": Placeholder(f"steps.{s['id']}.outputs")}
+            steps = {s["id"]: steps.get(s["id"]) or {"outputs": _Placeholder(f"steps.{s['id']}.outputs")}
                      for s in self.book.steps}
         return {"params": self.params, "steps": steps, "run": {"id": self.journal.run_id if self.journal else "dry-run"},
                 "env": self.env_view}
@@ -210,7 +210,7 @@ class Runner:
                                seconds=outcome.seconds, detail=outcome.detail, outputs=outcome.outputs, **extra)
 
     def _call(self, step: dict, inputs: dict) -> dict:
-        """One attempt; returns once the action has ended (or did not stop: StillRunning)."""
+        """One attempt; returns once the action has ended (or did not stop: _StillRunning)."""
         action = ACTIONS[step["action"]]
         ctx = Context(self.project, self.env, self.yes, mask=self.mask)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -222,7 +222,7 @@ class Runner:
             try:
                 future.result(timeout=STOP_GRACE)
             except concurrent.futures.TimeoutError:
-                raise StillRunning(f"timed out after {step['timeout']}s and did not stop within {STOP_GRACE:.0f}s; "
+                raise _StillRunning(f"timed out after {step['timeout']}s and did not stop within {STOP_GRACE:.0f}s; "
                                    "no retry was started beside it") from None
             except Exception:
                 pass
@@ -318,7 +318,7 @@ class Runner:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(retries.get("count", 0) + 1),
             wait=tenacity.wait_exponential(multiplier=retries.get("backoff", 1.0), exp_base=2, min=0),
-            retry=tenacity.retry_if_not_exception_type((UsageError, StillRunning, Interrupted, KeyboardInterrupt)),
+            retry=tenacity.retry_if_not_exception_type((UsageError, _StillRunning, Interrupted, KeyboardInterrupt)),
             reraise=True)
         try:
             for attempt in retrying:
@@ -417,7 +417,7 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
             params[name] = default_value(book, name, params)
         else:
             raise UsageError(f"run {run_id} had secret parameter '{name}'; set {env_var(name)} again")
-    runner = Runner(project, env, book, params, yes, notify)
+    runner = _Runner(project, env, book, params, yes, notify)
     runner.journal = jr.Journal(local, runner.mask)
     runner._mirror(runner.journal)
     runner.journal.write("resume", from_step=from_step, done=sorted(done))
@@ -456,7 +456,7 @@ def run(project: Project, env: Environment, ref: str, given: dict[str, str], *, 
         if resume_id:
             result = resume(project, env, book, resume_id, yes, notify, from_step, given)
         else:
-            result = Runner(project, env, book, params, yes, notify, dry_run).execute()
+            result = _Runner(project, env, book, params, yes, notify, dry_run).execute()
     if junit:
         report.write_junit(result, junit)
     return result

@@ -186,7 +186,7 @@ def _template_refs(source: str) -> tuple[set[str], set[str], set[str]]:
     return jinja2.meta.find_undeclared_variables(tree), params, steps
 
 
-def lone_expression(source: str) -> str | None:
+def _lone_expression(source: str) -> str | None:
     """The expression of a value that is exactly one `{{ expression }}`, else None.
 
     Such a value is evaluated, not rendered to text, so it keeps its type: `{{ params.jobs }}`
@@ -211,7 +211,7 @@ def lone_expression(source: str) -> str | None:
 def evaluate(source: str, ctx: Mapping[str, Any]) -> Any:
     """A template value: a lone expression keeps its type, anything else is rendered text.
     Raises jinja2.TemplateError (undefined names included) when it cannot be evaluated."""
-    expr = lone_expression(source)
+    expr = _lone_expression(source)
     if expr is None:
         return TEMPLATES.from_string(source).render(**ctx)
     value = TEMPLATES.compile_expression(expr, undefined_to_none=False)(**ctx)
@@ -228,7 +228,7 @@ def condition(source: Any, ctx: Mapping[str, Any]) -> bool:
     if isinstance(source, bool):
         return source
     text = str(source)
-    expr = lone_expression(text)
+    expr = _lone_expression(text)
     if expr is None:
         if "{{" in text or "{%" in text:
             raise jinja2.TemplateSyntaxError(f"when: {text!r} is text around templates; write one expression, "
@@ -244,7 +244,7 @@ def _condition_problem(source: Any) -> str | None:
     if isinstance(source, bool):
         return None
     text = str(source)
-    expr = lone_expression(text)
+    expr = _lone_expression(text)
     if expr is None and ("{{" in text or "{%" in text):
         return (f"when: {text!r} is text around templates, read as a string; write one expression, "
                 "e.g. \"{{ params.a and not params.b }}\"")
@@ -322,7 +322,7 @@ def _adapter(annotation: Any):
 def misfit(fn: Callable, name: str, value: Any) -> str | None:
     """Why `value` cannot be the action's argument `name` (its annotation, strictly: no
     string becomes a number), or None when it fits."""
-    if non_finite(value):
+    if _non_finite(value):
         return "takes finite numbers, not inf or nan"
     annotation = _hints(fn).get(name, Any)
     if annotation is Any:
@@ -358,7 +358,7 @@ def _check_with(book: Runbook, i: int, step: dict, fn: Callable) -> list[Problem
             continue
         sample, what = value, "the value"
         if isinstance(value, str) and "{" in value:
-            expr = lone_expression(value)
+            expr = _lone_expression(value)
             match = re.fullmatch(r"params\.([a-z_][a-z0-9_]*)", expr or "")
             if expr is None:
                 sample, what = "text", "rendered text"
@@ -426,14 +426,14 @@ def _fits(kind: str, value: Any) -> bool:
     return isinstance(value, TYPES[kind])
 
 
-def non_finite(value: Any) -> bool:
+def _non_finite(value: Any) -> bool:
     """True when `value` (or anything inside it) is a float that is inf or nan."""
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, dict):
-        return any(non_finite(v) for v in value.values())
+        return any(_non_finite(v) for v in value.values())
     if isinstance(value, (list, tuple)):
-        return any(non_finite(v) for v in value)
+        return any(_non_finite(v) for v in value)
     return False
 
 

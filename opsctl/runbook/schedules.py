@@ -54,7 +54,7 @@ def default_image(env: Environment) -> str:
     return f"{registry}/opsctl:{__version__}" if registry else f"opsctl:{__version__}"
 
 
-def cronjob(item: Scheduled, env: Environment, image: str) -> dict:
+def _cronjob(item: Scheduled, env: Environment, image: str) -> dict:
     """The CronJob (batch/v1) that runs `item` in `env`'s namespace."""
     labels = {"app.kubernetes.io/name": "opsctl", "app.kubernetes.io/component": "schedule",
               "opsctl.dev/runbook": item.name, "opsctl.dev/environment": env.name}
@@ -127,6 +127,6 @@ def render(project: Project, env: Environment, actions: Mapping[str, Callable], 
                         f"#   keys {env.database.url_env}, {env.redis.url_env}, {env.backup.key_env}, "
                         f"{env.deploy.api_key_env} "
                         "(create it yourself; opsctl never writes secrets)."])
-    docs = [service_account(env, role_arn)] + [cronjob(i, env, image) for i in items] if items else []
+    docs = [service_account(env, role_arn)] + [_cronjob(i, env, image) for i in items] if items else []
     return header + "\n" + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True) if docs else header + "\n"
 

@@ -166,7 +166,7 @@ class Masker:
         return value
 
 
-class LogMask(logging.Filter):
+class _LogMask(logging.Filter):
     """A handler filter that masks the secrets in each record's message (and its fields)."""
 
     def __init__(self, masker: Masker):
@@ -188,7 +188,7 @@ def masking_logs(masker: Masker):
     @contextlib.contextmanager
     def scope():
         handlers = logging.getLogger("opsctl").handlers + logging.getLogger().handlers
-        mask = LogMask(masker)
+        mask = _LogMask(masker)
         for handler in handlers:
             handler.addFilter(mask)
         try:

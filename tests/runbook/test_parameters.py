@@ -413,7 +413,7 @@ def test_a_timed_out_shell_step_leaves_nothing_running_and_retries_do_not_overla
 # --- one approval module -----------------------------------------------------------------
 
 def test_every_way_of_asking_refuses_with_the_same_words(runner, ops_root, monkeypatch):
-    from opsctl import approval, output
+    from opsctl import approval
     from opsctl.cli import common
     from opsctl.config import load_project
     from opsctl.errors import UsageError
@@ -423,7 +423,7 @@ def test_every_way_of_asking_refuses_with_the_same_words(runner, ops_root, monke
     question = "delete everything"
     env = load_project(ops_root).env("local")
     said = []
-    for ask in (lambda: output.confirm(question, False), lambda: common.confirm(question, False),
+    for ask in (lambda: common.confirm(question, False),
                 lambda: approval.confirm(question, False),
                 lambda: approval.at_terminal(question, env, False),
                 lambda: infra_approve("up", env, yes=False, confirm_env=None, question=question,
