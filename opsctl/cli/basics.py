@@ -66,15 +66,15 @@ config_app = typer.Typer(help="Show the configuration opsctl resolved from opsct
 
 
 @config_app.command("show")
-def config_show(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+def config_show(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     """Print one environment as opsctl sees it, defaults filled in."""
     import yaml
 
     from opsctl.cli.common import environment
     from opsctl.output import emit, to_jsonable
 
-    project, environ = environment(env)
-    doc = to_jsonable(environ)
+    project, env = environment(env_name)
+    doc = to_jsonable(env)
     emit(doc, as_json, lambda console: console.print(
         f"# {project.root / 'opsctl.yaml'}\n" + yaml.safe_dump(doc, sort_keys=False)))
 

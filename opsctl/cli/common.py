@@ -33,26 +33,31 @@ YesOpt = Annotated[
 
 @dataclass
 class Globals:
+    """The root options (`opsctl --root/--log-format/--debug`), kept on Click's context."""
+
     root: str | None = None
     log_format: str = "text"
     debug: bool = False
 
 
 def globals_() -> Globals:
+    """The root options of the running command (defaults outside a command)."""
     ctx = get_current_context(silent=True)
     obj = ctx.find_object(Globals) if ctx else None
     return obj or Globals()
 
 
 def project() -> "Project":
+    """The ops root (`--root`, OPSCTL_ROOT, or found walking up) with its opsctl.yaml."""
     from opsctl.config import load_project
 
     return load_project(globals_().root)
 
 
-def environment(name: str) -> tuple["Project", "Environment"]:
+def environment(env_name: str) -> tuple["Project", "Environment"]:
+    """The ops root and its environment `env_name` (UsageError naming the known ones if none)."""
     proj = project()
-    return proj, proj.env(name)
+    return proj, proj.env(env_name)
 
 
 def not_built(app: typer.Typer, name: str, issue: int, help_text: str) -> None:

@@ -87,7 +87,7 @@ def publish(ref: Annotated[str, typer.Argument(help="NAME@VERSION to pin in runb
 @app.command()
 def run(
     ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")],
-    env: EnvOpt = "local",
+    env_name: EnvOpt = "local",
     param: Annotated[list[str], typer.Option("--param", "-p", help="Parameter KEY=VALUE (repeatable).")] = [],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve every template, print the plan, change nothing.")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue an earlier run from where it stopped.")] = None,
@@ -103,12 +103,12 @@ def run(
     from opsctl.output import emit
     from opsctl.runbook import engine
 
-    proj, envcfg = environment(env)
+    proj, env = environment(env_name)
     given = dict(p.split("=", 1) if "=" in p else (p, None) for p in param)
     if None in given.values():
         raise UsageError(f"-p {next(k for k, v in given.items() if v is None)}: use KEY=VALUE")
     row = lambda s: (s.id, status(s.status), f"{s.seconds:.1f}s" if s.seconds else "", s.detail)  # noqa: E731
-    result = engine.run(proj, envcfg, ref, given, yes=yes, dry_run=dry_run, resume_id=resume, from_step=from_step,
+    result = engine.run(proj, env, ref, given, yes=yes, dry_run=dry_run, resume_id=resume, from_step=from_step,
                         junit=junit, view=lambda title: steps_view(title, as_json, row))
     emit(result, as_json, lambda c: c.print(f"{result.runbook}: [bold]{result.status}[/bold]"
                                             + (f" (run {result.run_id})" if result.run_id else "")))
@@ -120,22 +120,19 @@ def run(
 def history(
     name: Annotated[str | None, typer.Argument(help="Only runs of this runbook.")] = None,
     run_id: Annotated[str | None, typer.Option("--run", help="Every journal record of one run.")] = None,
-    env: Annotated[str | None, typer.Option("--env", "-e", help="Runs of this environment; a kubernetes "
-                                            "environment's are read from its backup bucket.")] = None,
+    env_name: Annotated[str | None, typer.Option("--env", "-e", help="Runs of this environment; a kubernetes "
+                                                 "environment's are read from its backup bucket.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Past runs: from the journals under .opsctl/runs/, or a kubernetes environment's bucket."""
     from opsctl.output import emit
-    from opsctl.runbook import history as remote
-    from opsctl.runbook import journal
+    from opsctl.runbook import history as past
 
-    proj = project()
-    store = remote.for_env(proj, proj.env(env)) if env else None
     if run_id:
-        records = store.read(run_id) if store else journal.read(proj.root, run_id)
+        records = past.records(project(), run_id, env_name)
         emit(records, as_json, lambda c: [c.print(r, markup=False) for r in records])
         return
-    rows = store.summaries(name) if store else journal.summaries(proj.root, name, env)
+    rows = past.runs(project(), env_name, name)
 
     def render(console):
         from rich.table import Table

@@ -427,9 +427,9 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
 def run(project: Project, env: Environment, ref: str, given: dict[str, str], *, yes: bool = False,
         dry_run: bool = False, resume_id: str | None = None, from_step: str | None = None,
         junit: str | None = None, view: Callable[[str], Any] | None = None,
-        environ: dict[str, str] | None = None) -> RunResult:
+        env_vars: dict[str, str] | None = None) -> RunResult:
     """`opsctl runbook run` as one operation: load and validate `ref` (NAME or NAME@N), type
-    the parameters (`given` from -p, then OPSCTL_PARAM_<NAME> from `environ`, then the
+    the parameters (`given` from -p, then OPSCTL_PARAM_<NAME> from `env_vars`, then the
     defaults), run, resume (`resume_id`) or plan (`dry_run`) it, and write the JUnit report.
 
     `view(title)` is a context manager yielding the notify callback (the live step table).
@@ -449,8 +449,8 @@ def run(project: Project, env: Environment, ref: str, given: dict[str, str], *, 
         logging.getLogger("opsctl.runbook").warning(
             "parameter '%s' is secret: set %s instead of -p, a command line is readable by every local user",
             on_argv[0], env_var(on_argv[0]))
-    environ = os.environ if environ is None else environ
-    params = None if resume_id else resolve_params(book, given, environ)
+    env_vars = os.environ if env_vars is None else env_vars
+    params = None if resume_id else resolve_params(book, given, env_vars)
     title = f"{book.ref} on {env.name}" + (" (dry run)" if dry_run else "")
     with (view(title) if view else contextlib.nullcontext(None)) as notify:
         if resume_id:

@@ -81,3 +81,19 @@ class BucketHistory:
 def for_env(project: Project, env: Environment) -> BucketHistory | None:
     """The bucket history of a kubernetes environment; None elsewhere (local journals)."""
     return BucketHistory(project, env) if env.platform == "kubernetes" else None
+
+
+def runs(project: Project, env_name: str | None = None, name: str | None = None) -> list[dict]:
+    """Past runs, newest first (of runbook `name` when given), as journal.summary rows: a
+    kubernetes environment's from its bucket (the newest LIST_LIMIT), otherwise the
+    journals on this machine (of `env_name` when given). UsageError for an unknown
+    environment."""
+    store = for_env(project, project.env(env_name)) if env_name else None
+    return store.summaries(name) if store else jr.summaries(project.root, name, env_name)
+
+
+def records(project: Project, run_id: str, env_name: str | None = None) -> list[dict]:
+    """Every journal record of run `run_id`: from a kubernetes environment's bucket when
+    `env_name` names one, else from this machine. UsageError when there is no such run."""
+    store = for_env(project, project.env(env_name)) if env_name else None
+    return store.read(run_id) if store else jr.read(project.root, run_id)

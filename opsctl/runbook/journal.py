@@ -174,13 +174,14 @@ def summary(run_id: str, records: list[dict]) -> dict | None:
             "steps": {s["id"]: s["status"] for s in steps}}
 
 
-def summaries(root: Path, name: str | None = None, env: str | None = None) -> list[dict]:
-    """One summary per run journaled on this machine, newest first."""
+def summaries(root: Path, name: str | None = None, env_name: str | None = None) -> list[dict]:
+    """One summary per run journaled on this machine, newest first (of runbook `name` and
+    environment `env_name` when given): {run_id, runbook, version, env, started_at, status}."""
     out = []
     for path in sorted(runs_dir(root).glob("*.jsonl"), reverse=True) if runs_dir(root).is_dir() else []:
         if not RUN_ID.match(path.stem):
             continue
         found = summary(path.stem, parse(path.read_text()))
-        if found and (not name or found["runbook"] == name) and (not env or found["env"] == env):
+        if found and (not name or found["runbook"] == name) and (not env_name or found["env"] == env_name):
             out.append(found)
     return out

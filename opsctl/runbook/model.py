@@ -574,15 +574,15 @@ def env_var(name: str) -> str:
     return f"OPSCTL_PARAM_{name.upper()}"
 
 
-def given_from_environment(book: Runbook, given: dict[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+def given_from_environment(book: Runbook, given: dict[str, str], env_vars: Mapping[str, str]) -> dict[str, str]:
     """`given` (from -p) completed with OPSCTL_PARAM_<NAME> variables; -p wins. Secrets
     belong there: a command line is readable by every local user (`ps`)."""
-    found = {n: environ[env_var(n)] for n in book.parameters if n not in given and env_var(n) in environ}
+    found = {n: env_vars[env_var(n)] for n in book.parameters if n not in given and env_var(n) in env_vars}
     return {**given, **found}
 
 
-def resolve_params(book: Runbook, given: dict[str, str], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Typed parameter values from -p key=value, OPSCTL_PARAM_<NAME> variables (`environ`)
+def resolve_params(book: Runbook, given: dict[str, str], env_vars: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Typed parameter values from -p key=value, OPSCTL_PARAM_<NAME> variables (`env_vars`)
     and the defaults; one UsageError if wrong.
 
     A given value is read as its declared type and nothing else (no YAML: `null`, `[a, b]`
@@ -594,8 +594,8 @@ def resolve_params(book: Runbook, given: dict[str, str], environ: Mapping[str, s
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise UsageError(f"{book.ref}: unknown parameter '{unknown[0]}'; declared: {', '.join(declared) or 'none'}")
-    if environ is not None:
-        given = given_from_environment(book, given, environ)
+    if env_vars is not None:
+        given = given_from_environment(book, given, env_vars)
     values: dict[str, Any] = {}
     secrets = book.secrets()
     for name, spec in declared.items():

@@ -62,12 +62,12 @@ def variants(secret: str) -> set[str]:
     return {v for v in found if v}
 
 
-def environment_secret_names(env: Any = None, environ: Mapping[str, str] | None = None) -> set[str]:
+def environment_secret_names(env: Any = None, env_vars: Mapping[str, str] | None = None) -> set[str]:
     """Names of the environment variables that hold secrets: those opsctl.yaml names for
     `env` (every `*_env` setting: backup.key_env, deploy.api_key_env, database.url_env,
     sinks' url_env/password_env…), the cloud and tool credentials in `KNOWN_SECRET_ENV`,
-    and any variable of `environ` whose name says secret (`SECRET_NAME`)."""
-    environ = os.environ if environ is None else environ
+    and any variable of `env_vars` whose name says secret (`SECRET_NAME`)."""
+    env_vars = os.environ if env_vars is None else env_vars
     names = set(KNOWN_SECRET_ENV)
 
     def walk(value: Any) -> None:
@@ -83,7 +83,7 @@ def environment_secret_names(env: Any = None, environ: Mapping[str, str] | None 
 
     if env is not None:
         walk(env.model_dump() if hasattr(env, "model_dump") else env)
-    names |= {n for n in environ if SECRET_NAME.search(n)}
+    names |= {n for n in env_vars if SECRET_NAME.search(n)}
     return names
 
 
@@ -110,13 +110,13 @@ class Masker:
             if pieces:
                 self.cut_forms |= found
 
-    def add_environment(self, env: Any = None, environ: Mapping[str, str] | None = None) -> set[str]:
+    def add_environment(self, env: Any = None, env_vars: Mapping[str, str] | None = None) -> set[str]:
         """Mask the values of the secret environment variables (`environment_secret_names`);
         returns their names."""
-        environ = os.environ if environ is None else environ
-        names = environment_secret_names(env, environ)
+        env_vars = os.environ if env_vars is None else env_vars
+        names = environment_secret_names(env, env_vars)
         for name in names:
-            value = environ.get(name)
+            value = env_vars.get(name)
             if value:  # whole forms only: such values are often URLs or words ("opsctl-local")
                 self.add(value, pieces=False)
         return names
