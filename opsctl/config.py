@@ -192,6 +192,8 @@ class MonitoringSettings(_Model):
     worker_cores: int | None = Field(None, ge=1, description="CPU cores per worker (default: this host's)")
     # health silences (`opsctl health silence`) are also created there, for the rendered rules
     alertmanager_url: str | None = Field(None, pattern=r"^https?://", description="Alertmanager's base URL")
+    archive_lag_warning: float = Field(0.5, gt=0, lt=1, description="the WAL archive lag warns above this "
+                                       "fraction of dr.rpo (and is critical above dr.rpo itself)")
 
 
 class LoadtestSettings(_Model):

@@ -24,7 +24,10 @@ COLOR_LABEL = "app_kubernetes_io_color"  # app.kubernetes.io/color, as Prometheu
 
 
 def _values(project: Project, env: Environment) -> dict:
+    from opsctl.pitr.health import seconds
+
     mon = env.monitoring
+    rpo = seconds(env.dr.rpo)
     values = {
         "env": env.name, "platform": env.platform, "t": env.thresholds,
         "scrape_interval": mon.scrape_interval, "exporters": dict(mon.exporters),
@@ -32,6 +35,8 @@ def _values(project: Project, env: Environment) -> dict:
         "worker_cores": mon.worker_cores or os.cpu_count() or 1,
         "namespace": env.kubernetes.namespace, "color_label": COLOR_LABEL,
         "workers": [], "router_admin": None, "metrics_port_name": _metrics_port_name(),
+        # the WAL archive check's lag (seconds) against the RPO, as `opsctl health` judges it
+        "rpo": env.dr.rpo, "monitoring_lag_fraction": mon.archive_lag_warning, "rpo_seconds": f"{rpo:g}", "lag_warning_seconds": f"{rpo * mon.archive_lag_warning:g}",
     }
     if env.platform == "local":
         from opsctl.local import procs

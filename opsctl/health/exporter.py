@@ -1,8 +1,11 @@
 """`--metrics-port`: the latest sweep as Prometheus gauges, for the rendered alert rules.
 
 `opsctl render monitoring` scrapes this (monitoring.health_exporter) and alerts on
-`opsctl_check_status == 2` and `opsctl_check_value{check="backup age"}`, so a team with a
-Prometheus gets the sweep's verdicts in its own alerting. Bound to 127.0.0.1 only.
+`opsctl_check_status == 2`, `opsctl_check_value{check="backup age"}` (hours) and
+`opsctl_check_value{check="wal archive"}` (seconds of commits at risk, against dr.rpo), so a
+team with a Prometheus gets the sweep's verdicts in its own alerting. A check that measured
+nothing in the latest sweep has no `opsctl_check_value` (never a stale figure). Bound to
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Exporter:
             self.duration.labels(*key).set(r.duration_ms / 1000)
             if r.value is not None:
                 self.value.labels(*key).set(r.value)
+            else:  # nothing measured now: no stale figure for the rules (e.g. archive lag) to judge
+                self.value.remove(*key)
         self.sweep.labels(result.env).set(result.duration_ms / 1000)
 
     def close(self) -> None:

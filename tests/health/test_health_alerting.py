@@ -178,3 +178,29 @@ def test_a_second_monitor_of_the_same_environment_is_refused(tmp_path, runner, s
     again = runner.invoke(app, ["--root", str(root), "health", "--env", "ci", "--mode", "continuous",
                                 "--interval", "0.05", "--iterations", "1", "--check", "target"])
     assert again.exit_code == 0, again.output  # the first one stopped: its lock went with it
+
+
+def test_the_exporter_drops_a_value_no_longer_measured():
+    """A stale figure (an archive lag measured once, then UNKNOWN) must not keep an alert firing."""
+    import datetime as dt
+
+    from prometheus_client import generate_latest
+
+    from opsctl.health.exporter import Exporter
+    from opsctl.health.model import CheckResult, Status, SweepResult
+    from opsctl.local import procs
+
+    exporter = Exporter(procs.free_port())
+    try:
+        def sweep(value):
+            return SweepResult("ci", dt.datetime.now(dt.timezone.utc), 1.0, [
+                CheckResult("wal archive", "backup", Status.CRITICAL if value else Status.UNKNOWN, "m", value, "s")])
+        exporter.update(sweep(4000.0))
+        assert 'opsctl_check_value{check="wal archive",env="ci",kind="backup"} 4000.0' in generate_latest(
+            exporter.registry).decode()
+        exporter.update(sweep(None))
+        text = generate_latest(exporter.registry).decode()
+        assert 'opsctl_check_value{check="wal archive"' not in text
+        assert 'opsctl_check_status{check="wal archive",env="ci",kind="backup"} 3.0' in text
+    finally:
+        exporter.close()

@@ -72,7 +72,7 @@ def test_production_files_pass_promtool_with_exporters(tmp_path):
     monitoring.write(files, tmp_path)
     rules = _promtool("check", "rules", str(tmp_path / "alert-rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 13 rules found" in rules.stdout
+    assert "SUCCESS: 15 rules found" in rules.stdout  # 13 + the two WAL archive lag alerts
     config = _check_config(tmp_path / "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
     docs = list(yaml.safe_load_all(files["kubernetes/monitoring.yaml"]))
