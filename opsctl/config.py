@@ -96,6 +96,23 @@ class Buckets(_Model):
     backups: str = "transcribe-backups"
 
 
+class AutoscalingSettings(_Model):
+    """The worker's KEDA ScaledObject (kubernetes): it scales the active color on the work per
+    pod, `worker_queue_depth` + `worker_transcriptions_in_progress` (opsctl.deploy.manifests)."""
+
+    enabled: bool = True
+    min_replicas: int | None = Field(None, ge=0, description="default worker.replicas; 0 (scale to zero) only "
+                                     "where the environment is not protected, and with wake_query")
+    max_replicas: int | None = Field(None, ge=1, description="default 3 x worker.replicas")
+    target_per_pod: float | None = Field(None, gt=0, description="transcriptions queued + running per pod "
+                                         "(default worker.concurrency)")
+    prometheus_url: str = Field("http://prometheus-operated.monitoring.svc:9090", pattern=r"^https?://")
+    polling_interval: int = Field(15, ge=1, description="seconds between KEDA's queries")
+    cooldown_period: int = Field(300, ge=0, description="seconds idle before scaling to zero")
+    wake_query: str | None = Field(None, description="PromQL counting work that arrives while no worker pod runs "
+                                   "(e.g. the ingress's requests); needed for min_replicas 0")
+
+
 class WorkerSettings(_Model):
     """`worker:` of an environment: the transcription worker's image, replicas per color,
     Whisper model, device and compute type, requests per replica, Kubernetes resources and
@@ -113,6 +130,7 @@ class WorkerSettings(_Model):
     auth: Literal["api-keys", "none"] | None = Field(
         None, description="api-keys: the worker refuses to start without key hashes (default on kubernetes); "
                           "none: open access, written out on purpose (default on local)")
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
 
 
 class DeploySettings(_Model):
@@ -226,6 +244,20 @@ class Environment(_Model):
     health: HealthSettings = Field(default_factory=HealthSettings, description="extra checks and alert sinks")
     loadtest: LoadtestSettings = LoadtestSettings()
     dr: DrSettings = DrSettings()
+
+    @model_validator(mode="after")
+    def _autoscaling_bounds(self) -> "Environment":
+        a, replicas = self.worker.autoscaling, self.worker.replicas
+        if a.min_replicas is not None and a.min_replicas < replicas and self.protected:
+            raise ValueError(f"worker.autoscaling.min_replicas {a.min_replicas} is below worker.replicas {replicas} "
+                             "on a protected environment; raise it (or leave it out)")
+        if a.min_replicas == 0 and not a.wake_query:
+            raise ValueError("worker.autoscaling.min_replicas 0 needs worker.autoscaling.wake_query (the worker's "
+                             "own metrics vanish with its last pod, so nothing would wake it)")
+        low = replicas if a.min_replicas is None else a.min_replicas
+        if a.max_replicas is not None and a.max_replicas < max(low, 1):
+            raise ValueError(f"worker.autoscaling.max_replicas {a.max_replicas} is below min_replicas {low}; raise it")
+        return self
 
 
 class OpsConfig(_Model):

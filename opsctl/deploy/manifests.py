@@ -7,11 +7,13 @@ the very same documents, so what a person reviews is what the cluster receives.
 Blue-green uses one Deployment per color, so bringing up the preview is a separate object
 from what serves traffic and can never rescale it (argo-rollouts#4552), plus two Services:
 `transcription-worker` (active, where the router sends traffic) and
-`transcription-worker-preview` (what analysis probes); each selects one color.
+`transcription-worker-preview` (what analysis probes); each selects one color. The KEDA
+ScaledObject `transcription-worker` scales the active color only: the driver re-points it at
+each switch (see scaled_object).
 
 Secrets never appear here: database and Redis URLs come from the Secret
-`transcription-worker` (keys database-url, redis-url, api-key-hashes), which the operator
-creates in the worker namespace (the stack does not create it yet).
+`transcription-worker` (keys database-url, redis-url, api-key-hashes), which the Pulumi stack
+creates in the worker namespace from the RDS and ElastiCache outputs (stacks/, workloads.py).
 API keys are required (WORKER_REQUIRE_API_KEYS=true, the api-key-hashes key not optional)
 unless opsctl.yaml says `worker: {auth: none}`; Prometheus scrapes the separate, keyless
 metrics port (container port "metrics").
@@ -37,6 +39,10 @@ ROLE_ANNOTATION = "opsctl.io/role"
 ACTIVE_SERVICE = APP
 PREVIEW_SERVICE = f"{APP}-preview"
 SECRET = APP
+SCALED_OBJECT = APP  # the KEDA ScaledObject; it follows the active color
+KEDA_API = ("keda.sh", "v1alpha1", "scaledobjects")  # group, version, plural
+# the work a worker pod holds: waiting for a model slot + running (worker/.../metrics.py)
+LOAD_METRICS = ("worker_queue_depth", "worker_transcriptions_in_progress")
 SERVICE_ACCOUNT = APP  # created by the Pulumi stack (IRSA for S3)
 PORT = 8000
 # The worker's second listener, serving only /metrics without a key (WORKER_METRICS_PORT),
@@ -153,6 +159,45 @@ def service(project: Project, env: Environment, role: str, color: str | None) ->
                   annotations={ROLE_ANNOTATION: role}, selector=selector(color))
 
 
+def autoscaling_bounds(env: Environment) -> tuple[int, int]:
+    """(minReplicaCount, maxReplicaCount) of the ScaledObject: worker.autoscaling's, by default
+    worker.replicas and three times that. The config's validator already refused a minimum
+    below worker.replicas on a protected environment, and 0 without a wake query."""
+    a = env.worker.autoscaling
+    low = env.worker.replicas if a.min_replicas is None else a.min_replicas
+    return low, a.max_replicas or max(3 * env.worker.replicas, low, 1)
+
+
+def load_query(env: Environment, color: str | None) -> str:
+    """PromQL: the work (queued + running transcriptions) of one color's pods, summed. The
+    labels are those of the PodMonitor (`job="worker"`, `color`; Prometheus Operator adds
+    `namespace`); KEDA divides the sum by the pod count (metricType AverageValue)."""
+    names = "|".join(LOAD_METRICS)
+    return (f'sum({{__name__=~"{names}",job="worker",namespace="{env.kubernetes.namespace}",'
+            f'color="{color or ""}"}})')
+
+
+def scaled_object(project: Project, env: Environment, color: str | None, floor: int = 0) -> str:
+    """The KEDA ScaledObject scaling `color`'s Deployment (the single Deployment with color
+    None). `floor` raises minReplicaCount while a deploy still judges that color (the driver
+    passes 1 at a switch), so KEDA never scales a color under analysis to zero."""
+    a = env.worker.autoscaling
+    low, high = autoscaling_bounds(env)
+    target = str(a.target_per_pod or env.worker.concurrency)
+    triggers = [{"name": "work-per-pod", "metadata": {
+        "serverAddress": a.prometheus_url, "query": load_query(env, color), "threshold": target,
+        "activationThreshold": "0", "ignoreNullValues": "true"}}]
+    if a.wake_query:
+        triggers.append({"name": "wake", "metadata": {
+            "serverAddress": a.prometheus_url, "query": a.wake_query, "threshold": target,
+            "activationThreshold": "0", "ignoreNullValues": "true"}})
+    return render("kubernetes/worker-scaledobject.yaml.j2", project.root, resource_name=SCALED_OBJECT,
+                  namespace=env.kubernetes.namespace, labels=labels(None, None),
+                  annotations={ROLE_ANNOTATION: "autoscaler"}, target=deployment_name(color),
+                  min_replicas=max(low, floor), max_replicas=max(high, floor), polling_interval=a.polling_interval,
+                  cooldown_period=a.cooldown_period, triggers=triggers)
+
+
 def service_url(env: Environment, name: str) -> str:
     """The in-cluster DNS address of a Service (port 80)."""
     return f"http://{name}.{env.kubernetes.namespace}.svc.cluster.local"
@@ -168,6 +213,8 @@ def render_all(project: Project, env: Environment, release: Release, color: str 
         color = color or "blue"
         docs = [deployment(project, env, release, color), disruption_budget(project, env, color),
                 service(project, env, "preview", color), service(project, env, "active", color)]
+    if env.worker.autoscaling.enabled:  # as it stands once `color` is active
+        docs.append(scaled_object(project, env, None if strategy == "rolling" else color))
     text = "---\n".join(d if d.endswith("\n") else d + "\n" for d in docs)
     parse(text)  # a template that renders broken YAML fails here, not in the cluster
     return text

@@ -27,6 +27,7 @@ NS = "transcribe"
 DEPLOYMENTS, SERVICES = "apps/v1/deployments", "v1/services"
 CONFIGMAPS, LEASES = "v1/configmaps", "coordination.k8s.io/v1/leases"
 PDBS = "policy/v1/poddisruptionbudgets"
+SCALEDOBJECTS, HPAS = "keda.sh/v1alpha1/scaledobjects", "autoscaling/v2/horizontalpodautoscalers"
 IMAGE = "registry.example.com/transcription-worker"
 
 OPSCTL_YAML = """
@@ -48,8 +49,11 @@ class ApiServer(kmock.KubernetesEmulator):
     of the spec (which is what observedGeneration is compared with)."""
 
     freeze_on: str | None = None  # a color: once the active Service selects it, hold every request
+    delay: float = 0.0  # seconds each request takes (a slow API server)
 
     async def _handle(self, request):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.freeze_on is not None and getattr(self, "frozen", None) is not None and self.frozen.is_set():
             await self.thawed.wait()  # the deploying process hangs here, after its switch
         if request.resource is not None and request.name and request.method == kmock.method.PATCH \
@@ -90,14 +94,57 @@ def plain(obj) -> dict:
 
 class Controller:
     """Plays the Deployment controller: every replica of the latest generation becomes ready,
-    unless its image is in `broken` (those pods never pass their readiness probe)."""
+    unless its image is in `broken` (those pods never pass their readiness probe). Plays KEDA
+    too: a ScaledObject becomes Ready with its HPA `keda-hpa-<name>` on its target (unless
+    `keda_down`), and with `idle` (no work in the queue) a minReplicaCount of 0 scales its
+    target to zero at once, as KEDA does once the cooldown has passed; `keda_scaled` lists
+    (Deployment, replicas, outcome of the last deploy record at that moment) of each such write."""
 
     def __init__(self, server: ApiServer):
         self.server, self.broken, self.paused = server, set(), False
+        self.keda_down, self.idle, self.keda_scaled = False, False, []
+
+    def _last_outcome(self) -> str | None:
+        cm = self._get(CONFIGMAPS, "opsctl-deploy-history")
+        records = json.loads(plain(cm.raw)["data"]["history.json"]) if cm is not None else []
+        return records[-1]["outcome"] if records else None
+
+    def _get(self, resource: str, name: str):
+        try:
+            return self.server.objects[resource, NS, name]
+        except KeyError:
+            return None
+
+    def _keda(self, name: str, obj) -> None:
+        raw = plain(obj.raw)
+        spec = raw.get("spec", {})
+        target = spec["scaleTargetRef"]["name"]
+        ready = {"type": "Ready", "status": "False" if self.keda_down else "True",
+                 "reason": "ScaledObjectCheckFailed" if self.keda_down else "ScaledObjectReady",
+                 "message": "prometheus query failed" if self.keda_down else "ScaledObject is defined correctly"}
+        status = {"conditions": [ready], "hpaName": f"keda-hpa-{name}"}
+        if raw.get("status") != status:
+            obj.patch({"status": status})
+        if self.keda_down:
+            return
+        hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+               "metadata": {"name": f"keda-hpa-{name}", "namespace": NS},
+               "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+                        "minReplicas": max(1, spec["minReplicaCount"]), "maxReplicas": spec["maxReplicaCount"]}}
+        current = self._get(HPAS, f"keda-hpa-{name}")
+        if current is None or plain(current.raw).get("spec") != hpa["spec"]:
+            self.server.objects[HPAS, NS, f"keda-hpa-{name}"] = hpa
+        dep = self._get(DEPLOYMENTS, target)
+        if self.idle and spec["minReplicaCount"] == 0 and dep is not None and not dep.deleted \
+                and plain(dep.raw)["spec"].get("replicas"):
+            dep.patch({"spec": {"replicas": 0}})
+            self.keda_scaled.append((target, 0, self._last_outcome()))
 
     async def run(self) -> None:
         while True:
-            for (resource, _, _), obj in list(self.server.objects.items()):
+            for (resource, _, name), obj in list(self.server.objects.items()):
+                if not self.paused and resource.plural == "scaledobjects" and not obj.deleted:
+                    self._keda(name, obj)
                 if self.paused or resource.plural != "deployments" or obj.deleted:
                     continue
                 raw = plain(obj.raw)
@@ -525,3 +572,122 @@ async def test_killed_after_switch_then_rollback_to_the_known_good_version(clust
     assert result.exit_code == 0, result.output
     assert _selectors(cluster) == ["blue", "green", "blue"]
     assert [(r["version"], r["outcome"]) for r in cluster.history()][1:] == [("1.1.0", "rolled-back"), ("1.0.0", "promoted")]
+
+
+# -- the worker's autoscaler follows the active color (issue 23) --------------------------------
+
+def _scaled_target(cluster) -> str | None:
+    so = cluster.obj(SCALEDOBJECTS, "transcription-worker")
+    return so and so["spec"]["scaleTargetRef"]["name"].removeprefix("transcription-worker-")
+
+
+def _targets(cluster) -> list[str]:
+    """The colors the ScaledObject scaled, in turn."""
+    seen = [v["spec"]["scaleTargetRef"]["name"].removeprefix("transcription-worker-")
+            for v in cluster.versions(SCALEDOBJECTS, "transcription-worker") if v.get("spec")]
+    return [c for i, c in enumerate(seen) if i == 0 or seen[i - 1] != c]
+
+
+def _write_index(cluster, predicate) -> int:
+    writes = [r for r in list(cluster.server) if r.method == "PATCH"]
+    return next(i for i, r in enumerate(writes) if isinstance(r.data, dict) and predicate(str(r.url).split("?")[0], r.data))
+
+
+async def test_the_scaled_object_follows_the_active_color_through_switch_and_rollback(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    assert _scaled_target(cluster) == "blue" == cluster.selector_color("transcription-worker")
+    so = cluster.obj(SCALEDOBJECTS, "transcription-worker")
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (3, 9)
+    assert cluster.obj(HPAS, "keda-hpa-transcription-worker")["spec"]["scaleTargetRef"]["name"] == "transcription-worker-blue"
+
+    # the preview is created at preview_replicas and the autoscaler stays on the active color
+    waiting = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-auto-promote")
+    assert waiting.exit_code == 0, waiting.output
+    assert _replicas(cluster, "green") == 1 and _scaled_target(cluster) == "blue"
+
+    promoted = await cluster.opsctl("promote")
+    assert promoted.exit_code == 0, promoted.output
+    assert _scaled_target(cluster) == "green" == cluster.selector_color("transcription-worker")
+    assert _replicas(cluster, "green") == 3 and _replicas(cluster, "blue") == 3  # blue stays warm, unscaled
+    # the order the API server saw: green sized up, then traffic moved, then the autoscaler
+    grown = _write_index(cluster, lambda url, d: url.endswith("/deployments/transcription-worker-green")
+                         and d.get("spec", {}).get("replicas") == 3)
+    switched = _write_index(cluster, lambda url, d: url.endswith("/services/transcription-worker")
+                            and d["spec"]["selector"]["app.kubernetes.io/color"] == "green")
+    moved = _write_index(cluster, lambda url, d: url.endswith("/scaledobjects/transcription-worker")
+                         and d["spec"]["scaleTargetRef"]["name"] == "transcription-worker-green")
+    assert grown < switched < moved
+    steps = {s["name"]: s["status"] for s in cluster.history()[-1]["steps"]}
+    assert steps["switch"] == "ok"
+
+    rolled = await cluster.opsctl("rollback", "--no-wait")
+    assert rolled.exit_code == 0, rolled.output
+    assert _scaled_target(cluster) == "blue" == cluster.selector_color("transcription-worker")
+    assert _targets(cluster) == ["blue", "green", "blue"]
+    assert cluster.obj(HPAS, "keda-hpa-transcription-worker")["spec"]["scaleTargetRef"]["name"] == "transcription-worker-blue"
+
+
+async def test_a_failed_post_promotion_analysis_takes_the_autoscaler_back(cluster):
+    from opsctl.local import procs
+
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    (cluster.root / "opsctl.yaml").write_text(_analysed_yaml(f"http://127.0.0.1:{procs.free_port()}"))
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
+    assert result.exit_code == 1 and "rolled back to 1.0.0" in result.stderr
+    assert _targets(cluster) == ["blue", "green", "blue"] and _scaled_target(cluster) == "blue"
+
+
+async def test_killed_after_switch_then_abort_moves_the_autoscaler_back(cluster):
+    await _kill_after_switch(cluster, "1.1.0")
+    assert (await cluster.opsctl("abort")).exit_code == 0
+    assert _scaled_target(cluster) == "blue" == cluster.selector_color("transcription-worker")
+
+
+async def test_the_deploy_waits_for_the_scaled_object_to_be_ready(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    cluster.controller.keda_down = True  # KEDA cannot query Prometheus: Ready=False
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
+    assert result.exit_code == 1
+    assert "the ScaledObject transcription-worker is not ready for transcription-worker-green after 3s" in result.stderr
+    assert "Ready=False: prometheus query failed" in result.stderr and "traffic is on green" in result.stderr
+    steps = {s["name"]: s["status"] for s in cluster.history()[-1]["steps"]}
+    assert steps["switch"] == "failed"
+
+
+SCALE_TO_ZERO = OPSCTL_YAML.replace(
+    "gpu: true,", "gpu: true, autoscaling: {min_replicas: 0, wake_query: 'sum(rate(ingress_requests_total[1m]))'},")
+
+
+async def test_scale_to_zero_never_touches_a_color_under_analysis(cluster):
+    (cluster.root / "opsctl.yaml").write_text(SCALE_TO_ZERO)
+    cluster.controller.idle = True  # no work queued: KEDA scales whatever it targets at min 0 to zero
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    await asyncio.sleep(0.3)
+    assert _replicas(cluster, "blue") == 0 and cluster.obj(SCALEDOBJECTS, "transcription-worker")["spec"]["minReplicaCount"] == 0
+    doc = json.loads((await cluster.opsctl("status", "--json")).stdout)
+    assert doc["colors"]["blue"]["running"] is True and "scaled to zero" in doc["colors"]["blue"]["detail"]
+
+    # an idle active color is still the color serving: the deploy goes blue → green, preview first
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
+    assert result.exit_code == 0, result.output
+    await asyncio.sleep(0.3)
+    assert cluster.history()[-1]["from_color"] == "blue" and _scaled_target(cluster) == "green"
+    green = [v["spec"]["replicas"] for v in cluster.versions(DEPLOYMENTS, "transcription-worker-green") if v.get("spec")]
+    assert green[:1] == [1] and 3 in green  # started at preview_replicas, grown before the switch
+    # the ScaledObject reached green with a floor of one pod, lowered to 0 only by the finished record
+    mins = [v["spec"]["minReplicaCount"] for v in cluster.versions(SCALEDOBJECTS, "transcription-worker")
+            if v.get("spec") and v["spec"]["scaleTargetRef"]["name"].endswith("green")]
+    assert mins[0] == 1 and mins[-1] == 0
+    # KEDA only ever scaled a color to zero while no deploy judged it
+    assert ("transcription-worker-green", 0) in [(t, r) for t, r, _ in cluster.controller.keda_scaled]
+    assert all(outcome in ("promoted", None) for _, _, outcome in cluster.controller.keda_scaled)
+
+
+async def test_bring_up_honours_its_timeout(cluster):
+    from opsctl.deploy.model import Release
+    from opsctl.errors import OperationFailed
+
+    cluster.server.delay = 0.4  # a slow API server: each request takes 0.4 s
+    driver = cluster.driver()
+    with pytest.raises(OperationFailed, match="timeout passed"):
+        await asyncio.to_thread(driver.bring_up, "blue", Release(f"{IMAGE}:1.0.0"), 1.0)

@@ -36,7 +36,7 @@ def _by_kind(docs: list[dict]) -> dict[str, list[dict]]:
 
 def test_render_staging_prints_parseable_manifests(runner, repo_root):
     docs = _by_kind(_render(runner, "--env", "staging"))
-    assert sorted(docs) == ["Deployment", "PodDisruptionBudget", "Service"]
+    assert sorted(docs) == ["Deployment", "PodDisruptionBudget", "ScaledObject", "Service"]
     (dep,) = docs["Deployment"]
     (pdb,) = docs["PodDisruptionBudget"]
     assert pdb["metadata"]["name"] == dep["metadata"]["name"]  # one budget per color
@@ -86,7 +86,8 @@ def test_render_rolling_is_one_deployment_with_a_rolling_update(runner, repo_roo
 def test_render_json_is_one_document(runner, repo_root):
     result = runner.invoke(app, ["render", "manifests", "--env", "staging", "--json"])
     assert result.exit_code == 0, result.output
-    assert [d["kind"] for d in json.loads(result.stdout)] == ["Deployment", "PodDisruptionBudget", "Service", "Service"]
+    assert [d["kind"] for d in json.loads(result.stdout)] == ["Deployment", "PodDisruptionBudget", "Service", "Service",
+                                                              "ScaledObject"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -133,3 +134,117 @@ def test_api_keys_are_required_unless_opsctl_yaml_says_auth_none(runner, tmp_pat
     (tmp_path / "opsctl.yaml").write_text("environments:\n  prod: {platform: kubernetes, worker: {auth: open}}\n")
     bad = runner.invoke(app, ["render", "--env", "prod"])
     assert bad.exit_code == 2 and "auth" in bad.output
+
+
+# -- the worker's autoscaler, and the manifests against the API's schemas (issue 23) -------------
+
+KEDA_CRD = REPO / "tests" / "data" / "keda" / "keda.sh_scaledobjects.yaml"  # KEDA v2.20.2, vendored
+
+
+def _strict(schema: dict) -> dict:
+    """The CRD's OpenAPI schema as the API server judges with fieldValidation=Strict (what
+    `kubectl apply --validate=strict` asks): an unknown field is an error, not pruned."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_strict(v) for v in schema]
+    return schema
+
+
+def _validate(doc: dict) -> None:
+    """Core kinds against Kubernetes 1.30's schemas (kubernetes-validate, strict); the ScaledObject
+    against KEDA's CRD schema with the metadata a CRD object always has."""
+    import jsonschema
+    import kubernetes_validate
+
+    if doc["kind"] != "ScaledObject":
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+        return
+    crd = yaml.safe_load(KEDA_CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == doc["apiVersion"].split("/")[1]]
+    assert doc["apiVersion"].split("/")[0] == crd["spec"]["group"] and doc["kind"] == crd["spec"]["names"]["kind"]
+    schema = _strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object", "required": ["name", "namespace"], "properties": {
+        "name": {"type": "string"}, "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}}}, "additionalProperties": False}
+    jsonschema.validate(doc, schema)
+
+
+@pytest.mark.parametrize("args", [("--env", "staging"), ("--env", "production"), ("--env", "production", "--color", "green"),
+                                  ("--env", "production", "--strategy", "rolling")])
+def test_rendered_manifests_pass_the_api_schemas(runner, repo_root, args):
+    docs = _render(runner, *args)
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "PodDisruptionBudget", "ScaledObject"}
+    for doc in docs:
+        _validate(doc)
+
+
+def test_the_schemas_really_judge(runner, repo_root):
+    """A misspelt field of the ScaledObject, or a Deployment without its selector, is refused."""
+    import jsonschema
+    import kubernetes_validate
+
+    docs = _by_kind(_render(runner, "--env", "staging"))
+    (so,) = docs["ScaledObject"]
+    so["spec"]["minReplicas"] = 1  # HPA's spelling, not KEDA's
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(so)
+    (dep,) = docs["Deployment"]
+    del dep["spec"]["selector"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(dep)
+
+
+def test_the_scaled_object_scales_the_rendered_color_on_its_work_per_pod(runner, repo_root):
+    (so,) = _by_kind(_render(runner, "--env", "production", "--color", "green"))["ScaledObject"]
+    assert so["metadata"]["name"] == "transcription-worker"
+    assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                            "name": "transcription-worker-green"}
+    # production is protected: never below worker.replicas (3), default maximum 3 x that
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (3, 9)
+    (trigger,) = so["spec"]["triggers"]
+    assert (trigger["type"], trigger["metricType"]) == ("prometheus", "AverageValue")
+    query = trigger["metadata"]["query"]
+    assert "worker_queue_depth|worker_transcriptions_in_progress" in query
+    assert 'color="green"' in query and 'namespace="transcribe"' in query and 'job="worker"' in query
+    assert trigger["metadata"]["threshold"] == "1"  # worker.concurrency: one transcription per pod at a time
+
+
+def _project(tmp_path, monkeypatch, env: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    (tmp_path / "opsctl.yaml").write_text(f"environments:\n  e: {env}\n")
+
+
+def test_scale_to_zero_where_not_protected_with_a_wake_query(runner, tmp_path, monkeypatch):
+    _project(tmp_path, monkeypatch, "{platform: kubernetes, worker: {replicas: 2, concurrency: 4, autoscaling: "
+             "{min_replicas: 0, max_replicas: 5, wake_query: 'sum(rate(nginx_ingress_controller_requests[1m]))'}}}")
+    (so,) = _by_kind(_render(runner, "--env", "e"))["ScaledObject"]
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (0, 5)
+    work, wake = so["spec"]["triggers"]
+    assert work["metadata"]["threshold"] == wake["metadata"]["threshold"] == "4"
+    assert wake["metadata"]["query"] == "sum(rate(nginx_ingress_controller_requests[1m]))"
+    _validate(so)
+
+
+@pytest.mark.parametrize("env, message", [
+    ("{platform: kubernetes, protected: true, worker: {replicas: 3, autoscaling: {min_replicas: 1}}}",
+     "worker.autoscaling.min_replicas 1 is below worker.replicas 3 on a protected environment"),
+    ("{platform: kubernetes, worker: {autoscaling: {min_replicas: 0}}}",
+     "worker.autoscaling.min_replicas 0 needs worker.autoscaling.wake_query"),
+    ("{platform: kubernetes, worker: {replicas: 4, autoscaling: {max_replicas: 2}}}",
+     "worker.autoscaling.max_replicas 2 is below min_replicas 4"),
+])
+def test_autoscaling_bounds_that_cannot_hold_are_one_line_and_exit_2(runner, tmp_path, monkeypatch, env, message):
+    _project(tmp_path, monkeypatch, env)
+    result = runner.invoke(app, ["render", "--env", "e"])
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_autoscaling_off_renders_no_scaled_object(runner, tmp_path, monkeypatch):
+    _project(tmp_path, monkeypatch, "{platform: kubernetes, worker: {autoscaling: {enabled: false}}}")
+    assert "ScaledObject" not in _by_kind(_render(runner, "--env", "e"))

@@ -7,6 +7,14 @@ active Service's selector, each color's version is its Deployment's annotation, 
 history is the ConfigMap `opsctl-deploy-history` (JSON, last 100 records) and the lock is the
 Lease `opsctl-deploy` (opsctl.deploy.lease).
 
+Autoscaling: the KEDA ScaledObject `transcription-worker` (worker.autoscaling) scales the
+active color only. `switch` moves it to the color traffic moves to, with a minimum of at least
+one pod while the deploy still judges that color, and waits (deploy.ready_timeout) until KEDA
+reports it Ready with its HPA on that color; `save` of a finished record restores the
+configured minimum (0 allowed where the environment is not protected). The preview is never
+its target, so KEDA never scales a color under analysis, and the preview is sized to the active
+color (as the autoscaler left it) before the switch.
+
 Where analysis reaches a color (`url`): the Services are ClusterIP, reachable only from
 inside the cluster. When opsctl runs in a pod (KUBERNETES_SERVICE_HOST is set, e.g. an
 in-cluster CI job), `url(color)` is the preview Service's DNS name while that color is the
@@ -40,6 +48,7 @@ HISTORY = "opsctl-deploy-history"
 KEEP_RECORDS = 100
 REQUEST_TIMEOUT = 30.0
 POLL_SECONDS = 1.0
+FINAL = ("promoted", "rolled-back", "failed", "aborted", "interrupted")  # a record no deploy still runs
 
 
 def connect(project: Project, env: Environment):
@@ -64,12 +73,19 @@ def connect(project: Project, env: Environment):
 
 
 class KubernetesDriver:
+    """The deploy Driver protocol (opsctl.deploy.model.Driver) on one namespace of a cluster.
+
+    API failures are OperationFailed (exit 1) with the API's own message; a missing or broken
+    kubeconfig and a damaged history are UsageError (exit 2). Every request is bounded by
+    REQUEST_TIMEOUT seconds."""
+
     name = "kubernetes"
 
     def __init__(self, project: Project, env: Environment, lease_seconds: int = 60):
         self.project, self.env, self.ns = project, env, env.kubernetes.namespace
         self.lease_seconds = lease_seconds
         self._client = None  # connected on first use: render and --dry-run need no cluster
+        self._deadline: float | None = None  # time.monotonic() by which the current operation ends
 
     # -- API plumbing -------------------------------------------------------------------
     def _api(self, kind: str):
@@ -78,7 +94,8 @@ class KubernetesDriver:
         if self._client is None:
             self._client = connect(self.project, self.env)
         return {"apps": client.AppsV1Api, "core": client.CoreV1Api, "policy": client.PolicyV1Api,
-                "coordination": client.CoordinationV1Api}[kind](self._client)
+                "coordination": client.CoordinationV1Api, "custom": client.CustomObjectsApi,
+                "autoscaling": client.AutoscalingV2Api}[kind](self._client)
 
     def _call(self, fn, *args, missing_ok: bool = False, conflict_ok: bool = False,
               rejected_ok: bool = False, **kwargs) -> dict | None:
@@ -86,8 +103,14 @@ class KubernetesDriver:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
+        limit = REQUEST_TIMEOUT
+        if self._deadline is not None:
+            limit = min(limit, self._deadline - time.monotonic())
+            if limit <= 0:
+                raise OperationFailed(f"Kubernetes API {getattr(fn, '__name__', 'call')} in namespace {self.ns}: "
+                                      "the operation's timeout passed before this request; is the API server slow?")
         try:
-            resp = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            resp = fn(*args, _preload_content=False, _request_timeout=limit, **kwargs)
         except ApiException as exc:
             if (exc.status == 404 and missing_ok) or (exc.status == 409 and conflict_ok):
                 return None
@@ -101,6 +124,9 @@ class KubernetesDriver:
             raise OperationFailed(f"Kubernetes API {getattr(fn, '__name__', 'call')} in namespace {self.ns} answered "
                                   f"{exc.status} {exc.reason}: {message[:200]}{hint}") from None
         except urllib3.exceptions.HTTPError as exc:
+            if self._deadline is not None and time.monotonic() >= self._deadline - 0.05:
+                raise OperationFailed(f"Kubernetes API {getattr(fn, '__name__', 'call')} in namespace {self.ns}: the "
+                                      "operation's timeout passed waiting for its answer; is the API server slow?") from None
             raise OperationFailed(f"cannot reach the Kubernetes API of env '{self.env.name}' ({exc}); "
                                   "check kubernetes.context in opsctl.yaml") from None
         return json.loads(resp.data or b"{}")
@@ -108,6 +134,11 @@ class KubernetesDriver:
     def _apply(self, doc: dict) -> dict:
         """Server-side apply under the field manager "opsctl", creating what is absent. Forced:
         opsctl owns these objects, so a hand edit (kubectl scale/edit) is taken back, as GitOps would."""
+        if doc["kind"] == "ScaledObject":
+            group, version, plural = mf.KEDA_API
+            return self._call(self._api("custom").patch_namespaced_custom_object, group, version, self.ns, plural,
+                              doc["metadata"]["name"], doc, field_manager=FIELD_MANAGER, force=True,
+                              _content_type="application/apply-patch+yaml")
         api, fn = {"Deployment": ("apps", "patch_namespaced_deployment"),
                    "Service": ("core", "patch_namespaced_service"),
                    "PodDisruptionBudget": ("policy", "patch_namespaced_pod_disruption_budget"),
@@ -124,24 +155,58 @@ class KubernetesDriver:
         svc = self._call(self._api("core").read_namespaced_service, service, self.ns, missing_ok=True)
         return ((svc or {}).get("spec", {}).get("selector") or {}).get(mf.COLOR_LABEL)
 
+    def _scaled_object(self) -> dict | None:
+        group, version, plural = mf.KEDA_API
+        return self._call(self._api("custom").get_namespaced_custom_object, group, version, self.ns, plural,
+                          mf.SCALED_OBJECT, missing_ok=True)
+
+    def _autoscaled(self) -> tuple[str | None, int | None]:
+        """(color, minReplicaCount) of the Deployment the ScaledObject scales; (None, None) without one."""
+        so = self._scaled_object()
+        if so is None:
+            return None, None
+        spec = so.get("spec") or {}
+        target = (spec.get("scaleTargetRef") or {}).get("name") or ""
+        color = next((c for c in COLORS if mf.deployment_name(c) == target), None)
+        return color, spec.get("minReplicaCount")
+
+    @contextmanager
+    def _bounded(self, timeout: float) -> Iterator[None]:
+        """Every API request inside ends by `timeout` seconds from now (the nearer of two bounds)."""
+        outer = self._deadline
+        mine = time.monotonic() + timeout
+        self._deadline = mine if outer is None else min(outer, mine)
+        try:
+            yield
+        finally:
+            self._deadline = outer
+
     # -- the Driver protocol --------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator[None]:
+        """Hold the Lease `opsctl-deploy` (renewed in the background) for the block; raises
+        OperationFailed naming the holder when another live deploy has it."""
         lease = Lease(self._api("coordination"), self.ns, self.env.name, self.lease_seconds, call=self._call)
         with lease.held():
             yield
 
     def deploy_running(self) -> bool:
+        """Whether another process holds an unexpired deploy Lease now (a read; takes nothing)."""
         from opsctl.deploy.lease import NAME, held_by_other
 
         lease = self._call(self._api("coordination").read_namespaced_lease, NAME, self.ns, missing_ok=True)
         return bool(held_by_other((lease or {}).get("spec") or {}, "", dt.datetime.now(dt.timezone.utc)))
 
     def active_color(self) -> str | None:
+        """The color the active Service selects; None before the first deploy."""
         return self._selector_color(mf.ACTIVE_SERVICE)
 
     def colors(self) -> dict[str, ColorState]:
+        """Both colors as the cluster has them. The active color scaled to zero by its
+        ScaledObject (minReplicaCount 0, idle) still counts as running: KEDA wakes it."""
         out = {}
+        scaled_color, scaled_min = self._autoscaled()
+        active = None if scaled_min != 0 else self.active_color()
         for color in COLORS:
             dep = self._deployment(color)
             if dep is None:
@@ -150,21 +215,38 @@ class KubernetesDriver:
             ready, detail = _readiness(dep)
             running = (dep.get("spec", {}).get("replicas") or 0) > 0
             version = dep.get("metadata", {}).get("annotations", {}).get(mf.VERSION_ANNOTATION)
+            if not running and color == scaled_color == active:
+                running, ready, detail = True, True, "idle: scaled to zero by its ScaledObject (KEDA wakes it)"
             out[color] = ColorState(color, version, running, running and ready, self.url(color), detail)
         return out
 
     def bring_up(self, color: str, release: Release, timeout: float) -> None:
-        """Apply this color's Deployment and point the preview Service at it; the active
-        color's Deployment is never part of the request, so it is never rescaled."""
-        current = self._deployment(color)
-        if color == self.active_color() and current and current.get("spec", {}).get("replicas"):
-            raise OperationFailed(f"refusing to replace the active color {color}")
-        self._apply(mf.parse(mf.deployment(self.project, self.env, release, color,
-                                           replicas=self._preview_size()))[0])
-        self._apply(mf.parse(mf.disruption_budget(self.project, self.env, color))[0])
-        self._apply(mf.parse(mf.service(self.project, self.env, "preview", color))[0])
+        """Apply this color's Deployment (deploy.preview_replicas, see _preview_size), its
+        PodDisruptionBudget, and point the preview Service at it; the active color's Deployment
+        is never part of the request, so it is never rescaled. A ScaledObject left on `color`
+        (a deploy killed between its switch and moving it) is moved to the active color first.
+
+        `timeout` (seconds) bounds the whole call: each API request gets what remains of it
+        (at most REQUEST_TIMEOUT), and OperationFailed is raised once it has passed. Waiting
+        for the pods is wait_ready's job, with its own timeout."""
+        with self._bounded(timeout):
+            current = self._deployment(color)
+            active = self.active_color()
+            if color == active and current and current.get("spec", {}).get("replicas"):
+                raise OperationFailed(f"refusing to replace the active color {color}")
+            if self.env.worker.autoscaling.enabled and self._autoscaled()[0] == color:
+                if active and active != color:
+                    self._apply(mf.parse(mf.scaled_object(self.project, self.env, active))[0])
+                else:
+                    self._delete_scaled_object()
+            self._apply(mf.parse(mf.deployment(self.project, self.env, release, color,
+                                               replicas=self._preview_size()))[0])
+            self._apply(mf.parse(mf.disruption_budget(self.project, self.env, color))[0])
+            self._apply(mf.parse(mf.service(self.project, self.env, "preview", color))[0])
 
     def wait_ready(self, color: str, timeout: float) -> None:
+        """Poll until every wanted replica of the color's latest generation is ready; after
+        `timeout` seconds raise OperationFailed with the last state seen (e.g. "0/3 ready")."""
         deadline = time.monotonic() + timeout
         detail = "no Deployment"
         while True:
@@ -191,19 +273,21 @@ class KubernetesDriver:
         previewReplicaCount): production does not hold two full fleets of GPUs during a deploy.
         With no color serving yet (the first deploy) there is nothing to double: full size."""
         active = self.active_color()
-        dep = self._deployment(active) if active else None
-        if not (dep or {}).get("spec", {}).get("replicas"):
+        if not (active and self.colors()[active].running):
             return self.env.worker.replicas
         return min(self.env.deploy.preview_replicas, self._active_size())
 
     def switch_size(self, color: str) -> tuple[int, int] | None:
+        """(the color's replicas, the active color's) when the color has fewer, else None: what
+        the preview must grow to before the switch so capacity never drops."""
         dep = self._deployment(color)
         have = (dep or {}).get("spec", {}).get("replicas") or 0
         want = self._active_size()
         return (have, want) if have < want else None
 
     def scale(self, color: str, replicas: int) -> None:
-        """Set a color's replicas (the preview, brought to the active size before the switch)."""
+        """Set a color's replicas (the preview, brought to the active size before the switch).
+        Refuses (OperationFailed) the active color, which its ScaledObject sizes."""
         if color == self.active_color():
             raise OperationFailed(f"refusing to rescale the active color {color}")
         dep = self._deployment(color)
@@ -219,10 +303,52 @@ class KubernetesDriver:
     def switch(self, color: str) -> None:
         """Apply the active Service selecting `color`: created on the first deploy, afterwards
         a change of nothing but its selector. kube-proxy drains nothing itself, which is why the
-        pods sleep in preStop and keep the grace period of deploy.drain_timeout."""
+        pods sleep in preStop and keep the grace period of deploy.drain_timeout.
+
+        Then the ScaledObject follows traffic to `color` (at least one pod while the deploy
+        judges it; `save` of the finished record restores the configured minimum) and this
+        waits up to deploy.ready_timeout for KEDA to report it Ready with its HPA on `color`;
+        OperationFailed if not (traffic has moved by then, and the message says so). Used by
+        the switch, the switch back, rollback and abort alike, so the autoscaler always follows."""
         self._apply(mf.parse(mf.service(self.project, self.env, "active", color))[0])
+        if not self.env.worker.autoscaling.enabled:
+            self._delete_scaled_object()
+            return
+        self._apply(mf.parse(mf.scaled_object(self.project, self.env, color, floor=1))[0])
+        self._wait_autoscaler(color, self.env.deploy.ready_timeout)
+
+    def _wait_autoscaler(self, color: str, timeout: float) -> None:
+        """Until the ScaledObject is Ready (its status condition) and its HPA scales `color`."""
+        deadline = time.monotonic() + timeout
+        want = mf.deployment_name(color)
+        while True:
+            so = self._scaled_object() or {}
+            status = so.get("status") or {}
+            ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+            detail = f"Ready={ready.get('status', 'Unknown')}" + (f": {ready['message']}" if ready.get("message") else "")
+            if ready.get("status") == "True":
+                name = status.get("hpaName") or f"keda-hpa-{mf.SCALED_OBJECT}"
+                hpa = self._call(self._api("autoscaling").read_namespaced_horizontal_pod_autoscaler, name, self.ns,
+                                 missing_ok=True)
+                target = ((hpa or {}).get("spec", {}).get("scaleTargetRef") or {}).get("name")
+                if target == want:
+                    return
+                detail = f"its HPA {name} scales {target or 'nothing yet'}"
+            if time.monotonic() >= deadline:
+                raise OperationFailed(
+                    f"traffic is on {color}, but the ScaledObject {mf.SCALED_OBJECT} is not ready for {want} after "
+                    f"{timeout:.0f}s ({detail[:200]}); see 'kubectl -n {self.ns} describe scaledobject "
+                    f"{mf.SCALED_OBJECT}' (is KEDA installed, is Prometheus reachable?)")
+            time.sleep(min(POLL_SECONDS, max(0.05, deadline - time.monotonic())))
+
+    def _delete_scaled_object(self) -> None:
+        group, version, plural = mf.KEDA_API
+        if self._scaled_object() is not None:
+            self._call(self._api("custom").delete_namespaced_custom_object, group, version, self.ns, plural,
+                       mf.SCALED_OBJECT, missing_ok=True)
 
     def scale_down(self, color: str) -> None:
+        """Set a non-active color's replicas to 0 (absent: nothing to do); refuses the active color."""
         if color == self.active_color():
             raise OperationFailed(f"refusing to scale down the active color {color}")
         if self._deployment(color) is None:
@@ -231,6 +357,8 @@ class KubernetesDriver:
                    {"spec": {"replicas": 0}}, field_manager=FIELD_MANAGER)
 
     def url(self, color: str) -> str | None:
+        """The preview Service's in-cluster address while `color` is the preview and opsctl runs
+        in a pod; None otherwise (see the module docstring)."""
         if not os.environ.get("KUBERNETES_SERVICE_HOST"):
             return None
         if self._selector_color(mf.PREVIEW_SERVICE) != color or self.active_color() == color:
@@ -238,6 +366,8 @@ class KubernetesDriver:
         return mf.service_url(self.env, mf.PREVIEW_SERVICE)
 
     def router_url(self) -> str | None:
+        """Where canaries reach the active color: opsctl.yaml's router_url, in a pod the active
+        Service's address, else None (post-promotion analysis is then skipped)."""
         if self.env.router_url:
             return self.env.router_url.rstrip("/")
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -245,6 +375,7 @@ class KubernetesDriver:
         return None
 
     def history(self) -> list[DeployRecord]:
+        """The deploy records, oldest first (the ConfigMap's key history.json); UsageError when damaged."""
         cm = self._call(self._api("core").read_namespaced_config_map, HISTORY, self.ns, missing_ok=True)
         raw = ((cm or {}).get("data") or {}).get("history.json")
         try:
@@ -254,15 +385,23 @@ class KubernetesDriver:
                                   f"({exc}); fix or delete that key to start a new history") from None
 
     def save(self, record: DeployRecord) -> None:
-        """Rewrite the history ConfigMap; only the lease holder writes, so no update is lost."""
+        """Rewrite the history ConfigMap; only the lease holder writes, so no update is lost.
+        A finished record (no deploy judges a color any more) gives the ScaledObject back its
+        configured minimum, which may be 0 where the environment is not protected."""
         records = [r for r in self.history() if r.id != record.id] + [record]
         self._apply({"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": {"name": HISTORY, "namespace": self.ns,
                                   "labels": {"app.kubernetes.io/managed-by": "opsctl",
                                              "app.kubernetes.io/part-of": "transcribe"}},
                      "data": {"history.json": json.dumps([r.to_dict() for r in records[-KEEP_RECORDS:]])}})
+        if record.outcome in FINAL and self.env.worker.autoscaling.enabled:
+            low = mf.autoscaling_bounds(self.env)[0]
+            color, current = self._autoscaled()
+            if color is not None and current != low and color == self.active_color():
+                self._apply(mf.parse(mf.scaled_object(self.project, self.env, color))[0])
 
     def render(self, release: Release, color: str) -> str:
+        """Every manifest a deploy of `release` onto `color` applies (mf.render_all), offline."""
         return mf.render_all(self.project, self.env, release, color)
 
 
