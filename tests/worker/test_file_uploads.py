@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
-import uuid
 import wave
-from urllib.parse import urlparse
 
 import httpx
 import numpy as np
 import pytest
-from worker_helpers import DATA, sample, wait_for_job, wer
+from worker_helpers import DATA, drop_mid_part, sample, send_part, wait_for_job, wer
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -36,23 +33,6 @@ def studio_wav() -> tuple[bytes, str]:
     return buf.getvalue(), " ".join(texts)
 
 
-def send_part(http, upload_id: str, data: bytes) -> httpx.Response:
-    return http.post(f"/v1/uploads/{upload_id}/parts", files={"data": ("part", data)})
-
-
-def drop_mid_part(worker, key: str, upload_id: str, data: bytes) -> None:
-    """A client whose connection dies half-way through a part."""
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"part\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    url = urlparse(worker.url)
-    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
-        sock.sendall((f"POST /v1/uploads/{upload_id}/parts HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                      f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n"
-                      f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
-        sock.sendall(body[: len(body) // 2])
-
-
 def multipart_uploads(worker, key: str) -> list:
     listing = worker.s3.list_multipart_uploads(Bucket=worker.bucket, Prefix=key)
     return listing.get("Uploads", [])
@@ -70,7 +50,7 @@ def test_upload_in_parts_with_a_repeat_and_a_drop_then_a_job(http, worker, api_k
     assert p1["object"] == "upload.part" and p1["upload_id"] == upload["id"]
     again = send_part(http, upload["id"], first).json()  # a retry of the same part
     assert again["id"] == p1["id"]
-    drop_mid_part(worker, api_key, upload["id"], second)
+    drop_mid_part(worker.url, api_key, upload["id"], second)
     resumed = http.get(f"/v1/uploads/{upload['id']}").json()
     assert [p["id"] for p in resumed["parts"]] == [p1["id"]]  # the client resumes from here
     assert resumed["parts"][0]["bytes"] == len(first)
@@ -143,6 +123,51 @@ def test_parts_under_5_mib_but_the_last_are_refused(http, worker):
     assert http.get(f"/v1/uploads/{upload['id']}").json()["status"] == "pending"  # may still be cancelled
 
 
+def test_parts_past_the_declared_size_are_refused(http, worker):
+    """An upload never holds more in S3 than the `bytes` it was created for (capped by
+    WORKER_MAX_UPLOAD_TOTAL_MB): a part that would pass it is 413 and stored nowhere."""
+    upload = http.post("/v1/uploads", json={"filename": "a.mp3", "bytes": 6 * MIB, "mime_type": "audio/mpeg",
+                                            "purpose": "transcription"}).json()
+    first = send_part(http, upload["id"], b"\1" * (5 * MIB)).json()
+    r = send_part(http, upload["id"], b"\2" * (2 * MIB))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large", r.text
+    assert [p["id"] for p in http.get(f"/v1/uploads/{upload['id']}").json()["parts"]] == [first["id"]]
+    key = f"audio/uploads/{upload['id']}"
+    (s3_upload,) = multipart_uploads(worker, key)
+    listed = worker.s3.list_parts(Bucket=worker.bucket, Key=key, UploadId=s3_upload["UploadId"])
+    assert [p["Size"] for p in listed["Parts"]] == [5 * MIB]
+    assert send_part(http, upload["id"], b"\2" * MIB).status_code == 200  # what fits still does
+
+
+def test_a_job_on_an_uploaded_file_keeps_the_duration_and_daily_audio_limits(http, worker):
+    """A completed upload is audio like any other: longer than WORKER_MAX_AUDIO_SECONDS is
+    413 `audio_too_long`, more than the key's audio seconds today is 429, and neither
+    creates a job or charges the key."""
+    from worker_helpers import LIMITS, silence_flac
+
+    def uploaded(seconds: float) -> str:
+        audio = silence_flac(seconds)
+        upload = http.post("/v1/uploads", json={"filename": "s.flac", "bytes": len(audio),
+                                                "mime_type": "audio/flac", "purpose": "transcription"}).json()
+        part = send_part(http, upload["id"], audio).json()
+        done = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [part["id"]]}).json()
+        return done["file"]["id"]
+
+    def jobs() -> int:
+        import psycopg
+
+        with psycopg.connect(worker.database_url) as conn:
+            return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+    before = jobs()
+    r = http.post("/v1/jobs", data={"file_id": uploaded(LIMITS["max_audio_seconds"] + 30)})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long", r.text
+    r = http.post("/v1/jobs", data={"file_id": uploaded(LIMITS["daily_audio_seconds"] + 10)})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "daily_audio_limit_exceeded", r.text
+    assert int(r.headers["retry-after"]) >= 1
+    assert jobs() == before
+
+
 def test_openai_sdk_uploads_client(worker, api_key):
     import openai
 
@@ -155,9 +180,12 @@ def test_openai_sdk_uploads_client(worker, api_key):
     assert done.status == "completed" and done.file.id.startswith("file-") and done.file.bytes == len(audio)
 
 
-def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, tmp_path):
-    """A worker whose uploads expire after 2 s (keeper ticking every 0.5 s): an upload left
-    pending is marked expired, its S3 multipart upload aborted and counted."""
+def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, redis_server, tmp_path):
+    """A worker whose uploads expire after 4 s (keeper ticking every 0.5 s), one open upload
+    per key: while an upload is left pending it shows in `worker_uploads_incomplete` and the
+    oldest-age gauge and holds the key's lease; after its age it is marked expired, its S3
+    multipart upload aborted and counted, the gauges fall to 0 and its lease has run out on
+    its own (the key may start another)."""
     import os
     import secrets
     import subprocess
@@ -173,31 +201,53 @@ def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, t
     client.create_bucket(Bucket=bucket)
     env = worker_env(model_dir, WORKER_DATABASE_URL=postgres.make_database(f"expiry_{suffix}"),
                      WORKER_S3_ENDPOINT_URL=s3.endpoint_url, WORKER_S3_BUCKET=bucket,
-                     WORKER_UPLOAD_EXPIRY_SECONDS="2", WORKER_JOB_LEASE_SECONDS="1.5")
+                     WORKER_REDIS_URL=redis_server.url, WORKER_RATE_LIMIT_OPEN_UPLOADS="1",
+                     WORKER_UPLOAD_EXPIRY_SECONDS="4", WORKER_JOB_LEASE_SECONDS="1.5")
     assert subprocess.run([str(BIN), "migrate"], env=env, capture_output=True).returncode == 0
     proc, url = start_worker(env, tmp_path / "w.log")
+
+    def create() -> httpx.Response:
+        return httpx.post(url + "/v1/uploads", json={"filename": "x.wav", "bytes": 6 * MIB,
+                                                     "mime_type": "audio/wav", "purpose": "t"})
+
+    def gauges() -> tuple[float, float]:
+        text = httpx.get(url + "/metrics").text
+        return (metric(text, "worker_uploads_incomplete"),
+                metric(text, "worker_uploads_oldest_incomplete_age_seconds"))
+
     try:
         wait_until(url, proc, tmp_path / "w.log", ready=False)  # uploads need no model
-        upload = httpx.post(url + "/v1/uploads", json={"filename": "x.wav", "bytes": 6 * MIB,
-                                                       "mime_type": "audio/wav", "purpose": "t"}).json()
+        upload = create().json()
         assert httpx.post(f"{url}/v1/uploads/{upload['id']}/parts",
                           files={"data": ("p", b"\1" * MIB)}).status_code == 200
+        r = create()
+        assert r.status_code == 429 and r.json()["error"]["code"] == "concurrent_uploads_exceeded"
         assert client.list_multipart_uploads(Bucket=bucket).get("Uploads")
         deadline = time.monotonic() + 120
+        seen = set()
         while client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
             assert time.monotonic() < deadline, "the abandoned upload was never aborted"
-            time.sleep(0.5)
+            count, age = gauges()
+            if count == 1 and age > 0:
+                seen.add("pending")
+            time.sleep(0.1)
+        assert seen == {"pending"}, "the incomplete upload never showed in the gauges"
         assert httpx.get(f"{url}/v1/uploads/{upload['id']}").json()["status"] == "expired"
         r = httpx.post(f"{url}/v1/uploads/{upload['id']}/parts", files={"data": ("p", b"\2" * MIB)})
         assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending"
         assert metric(httpx.get(url + "/metrics").text, "worker_uploads_expired_total") == 1
+        while gauges() != (0, 0):
+            assert time.monotonic() < deadline, f"gauges still {gauges()} after the abort"
+            time.sleep(0.1)
+        assert create().status_code == 200  # the expired upload's lease ran out with it
     finally:
         stop_worker(proc)
 
 
 def test_per_key_upload_limits(model_dir, postgres, s3, redis_server, tmp_path):
-    """One unfinished upload per key (a lease, freed by complete), two parts per minute, 10 MB
-    of uploads per day: each refusal is a 429 in OpenAI's shape and leaves nothing in S3."""
+    """One unfinished upload per key (a lease, freed by complete and by a completion that
+    fails its checksum), three parts per minute, 10 MB of uploads per day: each refusal is a
+    429 in OpenAI's shape with Retry-After and leaves nothing in S3."""
     import os
     import secrets
     import subprocess
@@ -215,7 +265,7 @@ def test_per_key_upload_limits(model_dir, postgres, s3, redis_server, tmp_path):
                      WORKER_S3_ENDPOINT_URL=s3.endpoint_url, WORKER_S3_BUCKET=bucket,
                      WORKER_REDIS_URL=redis_server.url,
                      WORKER_API_KEY_HASHES=hashlib.sha256(key.encode()).hexdigest(),
-                     WORKER_RATE_LIMIT_OPEN_UPLOADS="1", WORKER_RATE_LIMIT_PARTS_PER_MINUTE="2",
+                     WORKER_RATE_LIMIT_OPEN_UPLOADS="1", WORKER_RATE_LIMIT_PARTS_PER_MINUTE="3",
                      WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="10")
     assert subprocess.run([str(BIN), "migrate"], env=env, capture_output=True).returncode == 0
     proc, url = start_worker(env, tmp_path / "w.log")
@@ -236,13 +286,18 @@ def test_per_key_upload_limits(model_dir, postgres, s3, redis_server, tmp_path):
             assert len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
             parts = [send_part(http, first["id"], bytes([i]) * size).json()["id"]
                      for i, size in ((1, 5 * MIB), (2, MIB))]
-            refused(send_part(http, first["id"], b"\3" * MIB), "rate_limit_exceeded")
-            assert len(http.get(f"/v1/uploads/{first['id']}").json()["parts"]) == 2
             done = http.post(f"/v1/uploads/{first['id']}/complete", json={"part_ids": parts})
             assert done.json()["status"] == "completed"  # frees the key's one open upload
-            refused(create(5 * MIB), "daily_upload_limit_exceeded")  # 6 + 5 MB > 10 MB today
+            bad = create(MIB).json()  # 7 MB today
+            part = send_part(http, bad["id"], b"\3" * MIB).json()["id"]  # the minute's third part
+            refused(send_part(http, bad["id"], b"\4" * MIB), "rate_limit_exceeded")
+            assert len(http.get(f"/v1/uploads/{bad['id']}").json()["parts"]) == 1
+            r = http.post(f"/v1/uploads/{bad['id']}/complete", json={"part_ids": [part], "md5": "0" * 32})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "checksum_mismatch"
+            # the failed completion freed its lease: the next refusal is the day's bytes
+            refused(create(5 * MIB), "daily_upload_limit_exceeded")  # 7 + 5 MB > 10 MB today
             assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-            assert create(3 * MIB).status_code == 200  # 6 + 3 MB fits
+            assert create(3 * MIB).status_code == 200  # 7 + 3 MB fits
     finally:
         stop_worker(proc)
 

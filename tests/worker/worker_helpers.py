@@ -7,8 +7,10 @@ import re
 import socket
 import sys
 import time
+import uuid
 import wave
 from pathlib import Path
+from urllib.parse import urlparse
 
 DATA = Path(__file__).parent / "data"
 BIN = Path(sys.executable).parent / "transcription-worker"
@@ -186,3 +188,59 @@ def to_flac(wav: bytes) -> bytes:
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+# Where the spoken passages sit in the hour-long recording (seconds from the start).
+SPARSE_HOUR = [(30, "passage"), (600, "weather"), (1260, "hello"), (1800, "passage"),
+               (2700, "weather"), (3540, "passage")]
+
+
+def sparse_hour_mp3(path: Path, minutes: float = 60, places=None) -> str:
+    """Write `minutes` of MP3 (16 kHz mono, 128 kbit/s CBR: 57.6 MB an hour) to `path`: a
+    low noise floor (about -64 dBFS, which the VAD skips) with the shipped samples spoken at
+    the `places` given as (seconds, sample name). Returns the text spoken, in order. Encoded
+    10 s at a time with PyAV's libmp3lame at its fastest setting."""
+    import av
+    import numpy as np
+
+    rate, places = 16000, places or SPARSE_HOUR
+    total = int(minutes * 60 * rate)
+    audio = (np.random.default_rng(7).standard_normal(total) * 20).astype(np.int16)
+    texts = []
+    for at, name in sorted(places):
+        clip = _samples(name)
+        audio[at * rate: at * rate + len(clip)] += clip[: max(0, total - at * rate)]
+        texts.append((DATA / f"{name}.txt").read_text().strip())
+    with av.open(str(path), "w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame", rate=rate, layout="mono")
+        stream.bit_rate = 128_000
+        stream.codec_context.options = {"compression_level": "9"}  # lame -q 9: fastest
+        for start in range(0, total, rate * 10):
+            chunk = np.ascontiguousarray(audio[start:start + rate * 10].reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return " ".join(texts)
+
+
+def send_part(http, upload_id: str, data: bytes):
+    """POST one part (form field `data`) of an upload with the client `http`."""
+    return http.post(f"/v1/uploads/{upload_id}/parts", files={"data": ("part", data)})
+
+
+def drop_mid_part(base_url: str, key: str | None, upload_id: str, data: bytes) -> None:
+    """A client whose connection dies half-way through a part (to the worker or the router
+    at `base_url`; no Authorization header when `key` is None)."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"part\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    url = urlparse(base_url)
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall((f"POST /v1/uploads/{upload_id}/parts HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                      f"{auth}Content-Length: {len(body)}\r\n"
+                      f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
+        sock.sendall(body[: len(body) // 2])

@@ -107,6 +107,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE uploads ADD COLUMN presigned boolean NOT NULL DEFAULT false;
     """,
 ]
+class PartsTooLarge(Exception):
+    """A part would take an upload past the `bytes` it was created for."""
+
+    def __init__(self, held: int, declared: int):
+        super().__init__(f"{held} of {declared} bytes held")
+        self.held, self.declared = held, declared
+
+
 _LOCK_ID = 0x77_6F_72_6B  # "work": advisory lock for migrations
 
 
@@ -272,16 +280,25 @@ class Database:
                                 " ORDER BY part_number", (upload_id,)).fetchall()
 
     def claim_part(self, upload_id: str, part_id: str, sha256: str, size: int) -> tuple[dict[str, Any], bool]:
-        """Reserve the next part number for a part, or return the part already stored with
-        the same SHA-256: (part row, new). Serialised per upload by a row lock."""
+        """Reserve the next part number for a part of `size` bytes, or return the part already
+        stored with the same SHA-256: (part row, new). Serialised per upload by a row lock.
+
+        Raises LookupError(status) when the upload is not pending, and PartsTooLarge when
+        the parts held or in flight plus this one would pass the upload's declared `bytes`
+        (so no upload holds more in S3 than WORKER_MAX_UPLOAD_TOTAL_MB let it declare)."""
         with self.pool.connection() as conn, conn.transaction():
-            status = conn.execute("SELECT status FROM uploads WHERE id = %s FOR UPDATE", (upload_id,)).fetchone()
-            if status is None or status["status"] != "pending":
-                raise LookupError(status["status"] if status else "missing")
+            upload = conn.execute("SELECT status, bytes FROM uploads WHERE id = %s FOR UPDATE",
+                                  (upload_id,)).fetchone()
+            if upload is None or upload["status"] != "pending":
+                raise LookupError(upload["status"] if upload else "missing")
             existing = conn.execute("SELECT * FROM upload_parts WHERE upload_id = %s AND sha256 = %s",
                                     (upload_id, sha256)).fetchone()
             if existing:
                 return existing, False
+            held = conn.execute("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s",
+                                (upload_id,)).fetchone()["n"]
+            if held + size > upload["bytes"]:
+                raise PartsTooLarge(int(held), int(upload["bytes"]))
             return conn.execute(
                 "INSERT INTO upload_parts (id, upload_id, part_number, sha256, bytes) VALUES (%s, %s,"
                 " (SELECT coalesce(max(part_number), 0) + 1 FROM upload_parts WHERE upload_id = %s),"
@@ -313,6 +330,14 @@ class Database:
                 " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " UPDATE uploads u SET status = 'expired' FROM old WHERE u.id = old.id"
                 " RETURNING u.id, u.s3_key, u.s3_upload_id", (limit,)).fetchall()
+
+    def incomplete_uploads(self) -> tuple[int, float]:
+        """(how many uploads are pending, age in seconds of the oldest; 0 when none), over
+        every worker of this database: what `worker_uploads_incomplete` and
+        `worker_uploads_oldest_incomplete_age_seconds` report."""
+        row = self._one("SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                        " AS age FROM uploads WHERE status = 'pending'", ())
+        return int(row["n"]), float(row["age"])
 
     def record_s3_parts(self, upload_id: str, parts: list[dict[str, Any]]) -> None:
         """Register the parts S3 holds for a presigned upload (ids derived from the upload

@@ -20,7 +20,9 @@ and the optional MD5. A job is made from the file with `POST /v1/jobs` and `file
 Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
 An upload not completed within WORKER_UPLOAD_EXPIRY_SECONDS (an hour, as OpenAI's) is
 marked `expired` and its S3 multipart upload aborted by the job keeper (`abort_expired`),
-counted in `worker_uploads_expired_total`.
+counted in `worker_uploads_expired_total`; each keeper tick also sets the gauges
+`worker_uploads_incomplete` and `worker_uploads_oldest_incomplete_age_seconds` from the
+database (`count_incomplete`), for the health check that warns when uploads pile up.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from .db import PartsTooLarge
 from .errors import APIError
 
 log = logging.getLogger("transcription_worker")
@@ -134,14 +137,21 @@ async def create_upload(request: Request):
     upload_id = f"upload_{secrets.token_hex(16)}"
     await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
     key = state.store.upload_key(upload_id)
+    s3_upload_id = None
     try:
         s3_upload_id = await db(state.store.start_multipart, key, mime)
         row = await db(state.db.create_upload, {
             "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
             "mime_type": mime, "purpose": purpose, "status": "pending", "s3_key": key,
             "s3_upload_id": s3_upload_id, "presigned": presign}, settings.upload_expiry_seconds)
-    except BaseException:
+    except BaseException:  # nothing left behind: no lease, no bytes charged, no open S3 upload
         await state.limits.close_upload(key_id, upload_id)
+        await state.limits.refund_upload_bytes(key_id, size)
+        if s3_upload_id:
+            try:
+                await run_in_threadpool(state.store.abort_multipart, key, s3_upload_id)
+            except Exception as exc:  # S3's own lifecycle rule for incomplete uploads is the backstop
+                log.warning("could not abort the S3 upload of a failed create: %s", exc)
         raise
     body = upload_body(row)
     if presign:
@@ -186,11 +196,19 @@ async def add_part(upload_id: str, request: Request):
         raise APIError(400, "the part is empty", param="data", code="invalid_value")
     digest = hashlib.sha256(data)
     try:
-        claimed, new = await db(state.db.claim_part, upload_id, f"part_{secrets.token_hex(16)}",
-                                digest.hexdigest(), len(data))
+        claimed, new = await run_in_threadpool(state.db.claim_part, upload_id, f"part_{secrets.token_hex(16)}",
+                                               digest.hexdigest(), len(data))
     except LookupError as exc:
         raise APIError(400, f"upload {upload_id} is {exc}; parts go to pending uploads",
                        param="upload_id", code="upload_not_pending") from None
+    except PartsTooLarge as exc:
+        raise APIError(413, f"this part of {len(data)} bytes would take the upload past the"
+                       f" {exc.declared} bytes it was created for ({exc.held} held); start a new"
+                       " upload with the file's real size", param="data", code="file_too_large") from None
+    except Exception as exc:  # the database is away: the same 503 as every store call (api._db)
+        log.warning("database call failed: %s", exc)
+        raise APIError(503, "the job store is unavailable; retry later", code="store_unavailable",
+                       retry_after=5) from None
     if not new:
         return part_body(claimed)
     try:
@@ -245,6 +263,7 @@ async def complete_upload(upload_id: str, request: Request):
     if (md5 and str(md5).lower() != actual_md5) or size != row["bytes"]:
         await db(state.store.delete, row["s3_key"])
         await db(state.db.finish_upload, upload_id, "cancelled")
+        await state.limits.close_upload(key_id, upload_id)
         raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
                        " cancelled, start a new one", param="md5", code="checksum_mismatch")
     done = await db(state.db.finish_upload, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha)
@@ -289,3 +308,12 @@ def abort_expired(state: Any) -> int:
         aborted += 1
         log.info("expired upload aborted", extra={"upload_id": row["id"]})
     return aborted
+
+
+def count_incomplete(state: Any) -> None:
+    """Set the incomplete-upload gauges from the database (run by the job keeper each tick)."""
+    from . import metrics
+
+    count, age = state.db.incomplete_uploads()
+    metrics.UPLOADS_INCOMPLETE.set(count)
+    metrics.UPLOADS_OLDEST_AGE.set(round(age, 3))

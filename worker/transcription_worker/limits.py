@@ -135,7 +135,16 @@ class Limits:
         except RedisError as exc:
             log.warning("upload limits skipped, redis unavailable: %s", exc)
 
+    async def refund_upload_bytes(self, key_id: str, size: int) -> None:
+        """Give back the `size` bytes `open_upload` charged to today, for an upload that was
+        never created after all."""
+        if self.redis and self.daily_upload_mb:
+            day = f"worker:upload-bytes:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"
+            with contextlib.suppress(RedisError):
+                await self.redis.incrbyfloat(day, -size)
+
     async def close_upload(self, key_id: str, upload_id: str) -> None:
+        """Free the open-upload lease of `upload_id` (completed, cancelled or never created)."""
         if self.redis and self.open_uploads:
             with contextlib.suppress(RedisError):
                 await self.redis.zrem(f"worker:open-uploads:{key_id}", upload_id)

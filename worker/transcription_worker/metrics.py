@@ -33,6 +33,12 @@ JOBS = Counter("worker_jobs_total", "Asynchronous jobs by outcome",
                ["status"])  # created, deduplicated, succeeded, failed, adopted, abandoned
 UPLOADS_EXPIRED = Counter("worker_uploads_expired_total",
                           "Uploads never completed, aborted in S3 after WORKER_UPLOAD_EXPIRY_SECONDS")
+UPLOADS_INCOMPLETE = Gauge(
+    "worker_uploads_incomplete", "Uploads started and not yet completed, cancelled or expired (their"
+    " S3 multipart upload is open), across all workers of the database; refreshed by the job keeper")
+UPLOADS_OLDEST_AGE = Gauge(
+    "worker_uploads_oldest_incomplete_age_seconds", "Age in seconds of the oldest incomplete upload"
+    " (0 when there is none), across all workers of the database; refreshed by the job keeper")
 DEDUP_HITS = Counter("worker_dedup_hits_total", "Requests answered from a stored transcript")
 RATE_LIMITED = Counter("worker_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
 BUILD = Info("worker_build", "Version, color and model of this worker")

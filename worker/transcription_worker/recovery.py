@@ -60,9 +60,10 @@ class JobKeeper:
         state = self.state
         state.db.renew_leases(state.owner)
         if state.store is not None:
-            from .file_uploads import abort_expired
+            from .file_uploads import abort_expired, count_incomplete
 
             abort_expired(state)
+            count_incomplete(state)
         if not self.adopting or state.transcriber is None or state.store is None:
             return 0  # draining, or cannot run jobs yet: leave them to a worker that can
         adopted = 0
