@@ -22,9 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from . import metrics
 from .errors import APIError
 from .formats import FORMATS, MEDIA_TYPES, render
-from .jobs import QueueFull, run_job, transcribe_audio
+from .jobs import run_job, transcribe_audio
 from .model import AudioDecodeError, AudioTooLong, decode
 from .uploads import Upload, read_upload
+from .workqueue import QueueFull
 
 log = logging.getLogger("transcription_worker")
 router = APIRouter(prefix="/v1")

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, db, errors, metrics
 from .config import Settings
-from .jobs import WorkQueue
+from .workqueue import WorkQueue
 from .limits import Limits
 from .model import Transcriber
 from .recovery import JobKeeper, instance_id

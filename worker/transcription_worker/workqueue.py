@@ -1,4 +1,4 @@
-"""The bounded work queue in front of the model, and the asynchronous job runner.
+"""The bounded work queue in front of the model (what runs on it is in jobs.py).
 
 Transcriptions run on `concurrency` threads that share one WhisperModel. At most
 `queue_size` more may wait; a caller that would be one too many gets 429 with a Retry-After
@@ -22,13 +22,13 @@ from typing import Any, Callable
 
 from . import metrics
 from .errors import APIError
-from .model import Options, Transcriber, decode
 
 log = logging.getLogger("transcription_worker")
 
 
 class QueueFull(APIError):
-    """Counted here, once, wherever the refusal is decided (before or after the upload)."""
+    """429 `queue_full` with a Retry-After in seconds; counted in `worker_queue_rejected_total`
+    here, once, wherever the refusal is decided (before or after the upload)."""
 
     def __init__(self, retry_after: int):
         metrics.QUEUE_REJECTED.inc()
@@ -43,6 +43,8 @@ class Slot:
         self._queue, self._used = queue, False
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run `fn(*args)` on a model thread; the future holds its result or exception. A
+        future cancelled before it started gives the place back."""
         self._used = True
         future = self._queue._executor.submit(self._queue._run, fn, *args)
         # cancelled before it started (its caller went away): give the place back
@@ -50,12 +52,18 @@ class Slot:
         return future
 
     def release(self) -> None:
+        """Give the place back unused (the work it was for failed before `submit`); a no-op
+        after `submit` or a first `release`."""
         if not self._used:
             self._used = True
             self._queue._leave(started=False)
 
 
 class WorkQueue:
+    """`workers` model threads and room for `queue_size` more transcriptions waiting; its
+    depth and running count are the `worker_queue_depth` and
+    `worker_transcriptions_in_progress` gauges."""
+
     def __init__(self, workers: int, queue_size: int):
         self.workers, self.capacity = workers, workers + queue_size
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="transcribe")
@@ -64,6 +72,7 @@ class WorkQueue:
         self._avg_seconds = 5.0  # moving average of one transcription, for Retry-After
 
     def reserve(self) -> Slot:
+        """A place in the queue for one request; raises QueueFull (429) when there is none."""
         with self._lock:
             if self._waiting + self._running >= self.capacity:
                 raise QueueFull(self.retry_after())
@@ -72,9 +81,11 @@ class WorkQueue:
         return Slot(self)
 
     def has_room(self) -> bool:
+        """True while a `reserve` would succeed (checked before reading an upload)."""
         return self.room() > 0
 
     def room(self) -> int:
+        """Places free now: running plus waiting transcriptions below the capacity."""
         return self.capacity - self._waiting - self._running
 
     def try_reserve(self) -> Slot | None:
@@ -87,6 +98,8 @@ class WorkQueue:
         return Slot(self)
 
     def retry_after(self) -> int:
+        """Seconds a refused caller should wait: the moving average of one transcription
+        times the waiting ones (plus this one), shared by the workers; at least 1."""
         return max(1, math.ceil(self._avg_seconds * (self._waiting + 1) / self.workers))
 
     def _leave(self, started: bool) -> None:
@@ -113,49 +126,5 @@ class WorkQueue:
             self._leave(started=True)
 
     def shutdown(self) -> None:
+        """Wait for every submitted transcription to finish (SIGTERM drains, never cancels)."""
         self._executor.shutdown(wait=True)
-
-
-def transcribe_audio(transcriber: Transcriber, audio, options: Options, source: str) -> dict:
-    """Run the model and record its throughput (runs on a queue thread). Jobs, and sync audio
-    of at least WORKER_BATCHED_MIN_SECONDS, take the batched pipeline."""
-    seconds = len(audio) / 16_000
-    batched = transcriber.batched_for(seconds, source)
-    started = time.perf_counter()
-    result = transcriber.transcribe(audio, options, batched=batched)
-    elapsed = time.perf_counter() - started
-    metrics.TRANSCRIPTIONS.labels("batched" if batched else "sequential").inc()
-    metrics.AUDIO_SECONDS.labels(source).inc(seconds)
-    metrics.TRANSCRIPTION_SECONDS.observe(elapsed)
-    if seconds > 0:
-        metrics.REALTIME_FACTOR.observe(elapsed / seconds)
-    return result
-
-
-def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Options,
-            bypass_store: bool = False) -> None:
-    """Process one queued job: fetch its audio from S3, transcribe, store the transcript
-    (in the shared transcript store, or on the job row alone when `bypass_store`: a
-    `Cache-Control: no-cache` job neither reads nor feeds the store)."""
-    db, store = state.db, state.store
-    try:
-        if not db.mark_running(job_id, state.owner):
-            log.warning("job was adopted by another worker; leaving it", extra={"job_id": job_id})
-            return
-        audio = decode(store.get(audio_key), state.settings.max_audio_seconds)
-        result = transcribe_audio(state.transcriber, audio, options, "job")
-        if bypass_store:
-            db.finish_job(job_id, state.owner, result=result)
-        else:
-            db.save_transcript(sha256, options.cache_key(state.transcriber.name),
-                               state.transcriber.name, result)
-            db.finish_job(job_id, state.owner)
-        metrics.JOBS.labels("succeeded").inc()
-        log.info("job succeeded", extra={"job_id": job_id, "duration": result["duration"]})
-    except Exception as exc:
-        metrics.JOBS.labels("failed").inc()
-        log.exception("job failed", extra={"job_id": job_id})
-        try:
-            db.finish_job(job_id, state.owner, error=f"{type(exc).__name__}: {exc}"[:500])
-        except Exception:
-            log.exception("could not record the failure of job", extra={"job_id": job_id})

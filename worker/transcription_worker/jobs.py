@@ -1,0 +1,67 @@
+"""The asynchronous job runner: what a queue thread does with a transcription or a job.
+
+`transcribe_audio` runs the model on decoded audio and records its metrics (the path of
+synchronous requests and jobs alike); `run_job` takes one queued job from its row and its
+audio in S3 to a stored transcript. Both run on WorkQueue threads (workqueue.py); the
+job's lease is renewed meanwhile by the JobKeeper (recovery.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import metrics
+from .model import Options, Transcriber, decode
+
+log = logging.getLogger("transcription_worker")
+
+
+def transcribe_audio(transcriber: Transcriber, audio, options: Options, source: str) -> dict:
+    """Run the model on `audio` (16 kHz float32 samples) and return the verbose_json result;
+    records audio seconds (by `source`: "sync" or "job"), wall time and the real-time factor.
+    Runs on a queue thread. Jobs, and sync audio of at least WORKER_BATCHED_MIN_SECONDS, take
+    the batched pipeline."""
+    seconds = len(audio) / 16_000
+    batched = transcriber.batched_for(seconds, source)
+    started = time.perf_counter()
+    result = transcriber.transcribe(audio, options, batched=batched)
+    elapsed = time.perf_counter() - started
+    metrics.TRANSCRIPTIONS.labels("batched" if batched else "sequential").inc()
+    metrics.AUDIO_SECONDS.labels(source).inc(seconds)
+    metrics.TRANSCRIPTION_SECONDS.observe(elapsed)
+    if seconds > 0:
+        metrics.REALTIME_FACTOR.observe(elapsed / seconds)
+    return result
+
+
+def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Options,
+            bypass_store: bool = False) -> None:
+    """Process one queued job: fetch its audio from S3, transcribe, store the transcript
+    (in the shared transcript store, or on the job row alone when `bypass_store`: a
+    `Cache-Control: no-cache` job neither reads nor feeds the store). Never raises: a
+    failure is recorded on the job row as its error; a job adopted meanwhile by another
+    worker is left to it."""
+    db, store = state.db, state.store
+    try:
+        if not db.mark_running(job_id, state.owner):
+            log.warning("job was adopted by another worker; leaving it", extra={"job_id": job_id})
+            return
+        audio = decode(store.get(audio_key), state.settings.max_audio_seconds)
+        result = transcribe_audio(state.transcriber, audio, options, "job")
+        if bypass_store:
+            db.finish_job(job_id, state.owner, result=result)
+        else:
+            db.save_transcript(sha256, options.cache_key(state.transcriber.name),
+                               state.transcriber.name, result)
+            db.finish_job(job_id, state.owner)
+        metrics.JOBS.labels("succeeded").inc()
+        log.info("job succeeded", extra={"job_id": job_id, "duration": result["duration"]})
+    except Exception as exc:
+        metrics.JOBS.labels("failed").inc()
+        log.exception("job failed", extra={"job_id": job_id})
+        try:
+            db.finish_job(job_id, state.owner, error=f"{type(exc).__name__}: {exc}"[:500])
+        except Exception:
+            log.exception("could not record the failure of job", extra={"job_id": job_id})
