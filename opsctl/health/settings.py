@@ -112,6 +112,16 @@ class AlertSettings(_Model):
     fail_on: Literal["critical", "warning"] = Field("critical", description="lowest status that counts as a failure")
 
 
+class UploadLimits(_Model):
+    """`health.uploads`: when incomplete chunked uploads (the worker's /v1/uploads) count as
+    piling up. The worker aborts an upload after WORKER_UPLOAD_EXPIRY_SECONDS (1 h by default)."""
+
+    incomplete: int = Field(100, ge=0, description="WARNING above this many incomplete uploads")
+    oldest_incomplete_seconds: float = Field(
+        7200.0, gt=0, description="WARNING when the oldest incomplete upload is older (seconds): "
+                                  "past the worker's expiry, its abort is not running")
+
+
 class HealthSettings(_Model):
     """`environments.<name>.health`: timeouts (seconds), continuous and scheduled cadence,
     the body cap of HTTP checks (bytes), extra checks, heartbeats, alert sinks and flap protection."""
@@ -127,6 +137,7 @@ class HealthSettings(_Model):
     heartbeats: list[Heartbeat] = Field(default_factory=list)
     sinks: list[Sink] = Field(default_factory=list)
     alerts: AlertSettings = AlertSettings()
+    uploads: UploadLimits = UploadLimits()
 
     @field_validator("timeouts")
     @classmethod

@@ -215,3 +215,24 @@ class _Big(_Quiet):
                 self.wfile.write(b"0\r\n\r\n")
         except OSError:
             pass  # the client hung up: what it read is what `sent` counted, give or take the socket buffers
+
+
+class MetricsServer(_Server):
+    """Serves `text` (Prometheus text format, changeable) on GET /metrics; records the
+    Authorization header of each request in `auth`."""
+
+    def __init__(self, text: str):
+        self.text, self.auth = text, []
+
+        class Handler(_Quiet):
+            def do_GET(self):
+                owner = self.server.owner
+                owner.auth.append(self.headers.get("Authorization"))
+                body = owner.text.encode()
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(Handler)

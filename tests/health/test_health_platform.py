@@ -155,3 +155,18 @@ def test_host_check_follows_the_configured_thresholds(local_platform, runner, tm
     code, doc = sweep(runner, full, "--check", "host")
     host = by_name(doc)["host"]
     assert code == 2 and host["status"] == "CRITICAL" and "disk" in host["message"]
+
+
+def test_uploads_check_reads_the_real_workers_gauges(local_platform, runner):
+    """The `uploads` check against the session's real worker: the figure it reports is the
+    one the worker's /metrics exports (issue 26)."""
+    from opsctl.health.checks.uploads import INCOMPLETE, read_gauges
+
+    local_platform.up()
+    ep = local_platform.endpoints()
+    code, doc = sweep(runner, local_platform.root, "--check", "uploads")
+    (check,) = doc["checks"]
+    exported = read_gauges(httpx.get(f"{ep.workers[ep.active_color]}/metrics", timeout=10).text)
+    assert check["name"] == "uploads" and check["status"] == "OK", check
+    assert check["value"] == exported[INCOMPLETE] and check["unit"] == "uploads"
+    assert code == 0

@@ -8,6 +8,8 @@
 | redis                  | redis      | cannot ping                           | latency, memory_percent, failed save |
 | s3                     | s3         | a bucket or the canary fails          | canary slower than response_time_ms  |
 | metrics-<color>        | metrics    | error_rate_percent exceeded           | p95 transcription, queue_depth       |
+| uploads                | uploads    |                                       | incomplete uploads pile up (health.  |
+|                        |            |                                       | uploads: count, oldest age)          |
 | kubernetes             | kubernetes | no pod ready, no GPU allocatable      | some pods not ready, recent restarts |
 | host (local only)      | host       | disk_percent exceeded                 | cpu_percent, memory_percent          |
 | backup age             | backup     | older than backup_age_hours           |                                      |
@@ -43,7 +45,7 @@ def _missing(what: str) -> Callable[[float], CheckResult]:
 
 
 def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult], float | None]]:
-    from opsctl.health.checks import backup, datastores, heartbeat, host, http, kubernetes, metrics, s3
+    from opsctl.health.checks import backup, datastores, heartbeat, host, http, kubernetes, metrics, s3, uploads
 
     t, hs = env.thresholds, env.health
     slow = t.response_time_ms
@@ -70,6 +72,11 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
         out.append((f"metrics-{color}", "metrics",
                     functools.partial(metrics.worker_metrics, base, t=t, samples_dir=samples,
                                       api_key=os.environ.get(env.deploy.api_key_env) or None), None))
+    if ep.workers:  # database-wide gauges: one check, the active color read first
+        bases = [ep.workers[c] for c in sorted(ep.workers, key=lambda c: c != ep.active_color)]
+        out.append(("uploads", "uploads", functools.partial(
+            uploads.incomplete_uploads, bases, limits=hs.uploads,
+            api_key=os.environ.get(env.deploy.api_key_env) or None), None))
     if env.platform == "kubernetes":
         out.append(("kubernetes", "kubernetes",
                     lambda to: kubernetes.kubernetes(env.kubernetes, env.worker.gpu, to), None))
