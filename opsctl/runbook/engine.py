@@ -32,7 +32,7 @@ from opsctl.errors import Interrupted, OperationFailed, UsageError
 from opsctl.runbook import journal as jr
 from opsctl.runbook.actions import ACTIONS, Context
 from opsctl.runbook.catalog import digest, locate
-from opsctl.runbook.model import Runbook, _template_refs, condition, evaluate, misfit
+from opsctl.runbook.model import Runbook, template_refs, condition, evaluate, misfit
 from opsctl.runbook.secrets import Masker, masking_logs
 
 STOP_GRACE = 10.0  # seconds a cancelled action has to end before the step gives up on it
@@ -195,7 +195,7 @@ class _Runner:
             return [self._shown_value(s, v) for s, v in zip(source, value)]
         if isinstance(source, str) and "{" in source and self.secret_names:
             with contextlib.suppress(jinja2.TemplateError):
-                if _template_refs(source)[1] & self.secret_names:
+                if template_refs(source)[1] & self.secret_names:
                     if isinstance(value, str):
                         self.mask.add(value)  # built from a secret: masked wherever it shows up
                     return jr.REDACTED
@@ -274,7 +274,7 @@ class _Runner:
             for arg in args:
                 source = given[arg]
                 with contextlib.suppress(jinja2.TemplateError):
-                    if isinstance(source, str) and not _template_refs(source)[2] and "steps" not in _template_refs(source)[0]:
+                    if isinstance(source, str) and not template_refs(source)[2] and "steps" not in template_refs(source)[0]:
                         early[arg] = _render(source, ctx)
             self._confine_paths(step, early)
 

@@ -116,7 +116,7 @@ class Runbook:
             if name in found or not isinstance(default, str) or not ("{{" in default or "{%" in default):
                 continue
             try:
-                refs = _template_refs(default)[1]
+                refs = template_refs(default)[1]
             except jinja2.TemplateSyntaxError:
                 continue
             if refs & found:
@@ -173,8 +173,9 @@ def parse(path: Path) -> Runbook:
     return book
 
 
-def _template_refs(source: str) -> tuple[set[str], set[str], set[str]]:
-    """(top-level names, params.X names, steps.X names) a template refers to."""
+def template_refs(source: str) -> tuple[set[str], set[str], set[str]]:
+    """(top-level names, params.X names, steps.X names) the Jinja2 template `source` refers
+    to, read from its parse tree (never by matching text)."""
     tree = TEMPLATES.parse(source)
     params, steps = set(), set()
     for getattr_node in tree.find_all(jinja2.nodes.Getattr):
@@ -393,7 +394,7 @@ def _check_parameters(book: Runbook) -> list[Problem]:
         default = spec["default"]
         if isinstance(default, str) and ("{{" in default or "{%" in default):
             try:
-                names, params, _ = _template_refs(default)
+                names, params, _ = template_refs(default)
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(Problem(book.path, where, f"default of '{name}': bad template: {exc.message}"))
                 continue
@@ -492,7 +493,7 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
             if path[-1] == "when" and "{{" not in source and "{%" not in source:
                 source = "{{ " + source + " }}"  # a bare expression: its names are checked the same way
             try:
-                names, params, steps = _template_refs(source)
+                names, params, steps = template_refs(source)
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(Problem(book.path, book.line(*path), f"bad template: {exc.message}"))
                 bad_template = True

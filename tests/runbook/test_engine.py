@@ -14,6 +14,7 @@ import pytest
 
 from opsctl.cli import app
 from tests.runbook.runbook_support import write_runbook as _write
+from tests.runbook.runbook_support import run_runbook, run_refused
 
 
 @pytest.fixture
@@ -47,9 +48,7 @@ FLOW = """\
 
 def test_success_runs_every_step_in_order_and_journals_it(runner, root):
     _write(root, "flow", 1, FLOW)
-    result = runner.invoke(app, ["runbook", "run", "flow", "--json"])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
+    doc = run_runbook(runner, "flow")
     assert doc["status"] == "succeeded"
     assert [s["id"] for s in doc["steps"]] == ["first", "second", "third"]  # the handler did not run
     assert (root / "third.txt").read_text() == "one\n"  # an earlier step's output reached a template
@@ -63,9 +62,7 @@ def test_success_runs_every_step_in_order_and_journals_it(runner, root):
 
 def test_failing_step_runs_its_on_failure_steps_and_exits_1(runner, root):
     _write(root, "flow", 1, FLOW)
-    result = runner.invoke(app, ["runbook", "run", "flow", "-p", "fail_at=second", "--json"])
-    assert result.exit_code == 1
-    doc = json.loads(result.stdout)
+    doc = run_runbook(runner, "flow", "-p", "fail_at=second", exit_code=1)
     assert [(s["id"], s["status"]) for s in doc["steps"]] == [("first", "ok"), ("second", "failed"), ("undo", "ok")]
     assert (root / "undo.txt").read_text() == "undone\n" and not (root / "third.txt").exists()
 
@@ -80,9 +77,8 @@ def test_retry_that_succeeds_on_second_attempt_is_recorded(runner, root):
             with: {command: "echo x >> tries.txt; test $(wc -l < tries.txt) -ge 2"}
             retries: {count: 3, backoff: 0.01}
         """)
-    result = runner.invoke(app, ["runbook", "run", "retry", "--json"])
-    assert result.exit_code == 0, result.output
-    step = json.loads(result.stdout)["steps"][0]
+    result = run_runbook(runner, "retry")
+    step = result["steps"][0]
     assert step["status"] == "ok" and step["attempts"] == 2 and "attempt 2" in step["detail"]
     assert (root / "tries.txt").read_text().count("x") == 2
 
@@ -97,9 +93,8 @@ def test_timeout_fails_the_step(runner, root):
             with: {seconds: 5}
             timeout: 0.2
         """)
-    result = runner.invoke(app, ["runbook", "run", "slow", "--json"])
-    assert result.exit_code == 1
-    assert "timed out after 0.2s" in json.loads(result.stdout)["steps"][0]["detail"]
+    result = run_runbook(runner, "slow", exit_code=1)
+    assert "timed out after 0.2s" in result["steps"][0]["detail"]
 
 
 def test_killed_run_resumes_at_the_failed_step_without_repeating(root):
@@ -146,9 +141,7 @@ def test_killed_run_resumes_at_the_failed_step_without_repeating(root):
 def test_dry_run_resolves_templates_and_changes_nothing(runner, root):
     _write(root, "flow", 1, FLOW)
     before = sorted(p.name for p in root.rglob("*"))
-    result = runner.invoke(app, ["runbook", "run", "flow", "-p", "marker=hello", "--dry-run", "--json"])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
+    doc = run_runbook(runner, "flow", "-p", "marker=hello", "--dry-run")
     assert doc["status"] == "planned" and doc["run_id"] is None
     details = {s["id"]: s["detail"] for s in doc["steps"]}
     assert "'MARKER': 'hello'" in details["first"]
@@ -167,8 +160,8 @@ def test_approval_is_refused_in_ci_without_yes(runner, root, monkeypatch):
             with: {command: "echo x > approved.txt"}
             approval: {message: "really?"}
         """)
-    refused = runner.invoke(app, ["runbook", "run", "gated"])
-    assert refused.exit_code == 2 and "pass --yes" in refused.output
+    refused = run_refused(runner, "gated")
+    assert "pass --yes" in refused, refused
     assert not (root / "approved.txt").exists()
     assert runner.invoke(app, ["runbook", "run", "gated", "--yes"]).exit_code == 0
     assert (root / "approved.txt").exists()
@@ -189,8 +182,8 @@ def test_malformed_runbook_fails_validate_with_file_line_reason(runner, root, bo
     result = runner.invoke(app, ["runbook", "validate", "bad"])
     assert result.exit_code == 2
     assert f"{path}:{line}:" in result.output and reason in result.output, result.output
-    run = runner.invoke(app, ["runbook", "run", "bad"])
-    assert run.exit_code == 2 and reason in run.output
+    run = run_refused(runner, "bad")
+    assert reason in run, run
 
 
 def test_missing_required_parameter(runner, root):

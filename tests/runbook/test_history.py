@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from opsctl.cli import app
+from tests.runbook.runbook_support import run_runbook
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +46,8 @@ def staging(ops_root, s3) -> str:
 
 
 def test_a_run_on_a_kubernetes_environment_is_listed_and_resumed_from_its_bucket(runner, ops_root, staging, s3):
-    first = runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--json"])
-    assert first.exit_code == 1, first.output
-    run_id = json.loads(first.stdout)["run_id"]
+    first = run_runbook(runner, "two", "--env", "staging", exit_code=1)
+    run_id = first["run_id"]
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=staging).get("Contents", [])]
     assert keys == [f"runbook-runs/{run_id}.jsonl"]
 
@@ -61,9 +61,8 @@ def test_a_run_on_a_kubernetes_environment_is_listed_and_resumed_from_its_bucket
     assert [r["type"] for r in records] == ["run", "step", "step", "end"]
 
     (ops_root / "go.txt").write_text("")
-    resumed = runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--resume", run_id, "--json"])
-    assert resumed.exit_code == 0, resumed.output
-    assert [(s["id"], s["status"]) for s in json.loads(resumed.stdout)["steps"]] == [("one", "done-before"),
+    resumed = run_runbook(runner, "two", "--env", "staging", "--resume", run_id)
+    assert [(s["id"], s["status"]) for s in resumed["steps"]] == [("one", "done-before"),
                                                                                      ("two", "ok")]
     assert (ops_root / "one.txt").read_text() == "x\n"  # not repeated
     local = ops_root / ".opsctl" / "runs" / f"{run_id}.jsonl"
@@ -73,8 +72,7 @@ def test_a_run_on_a_kubernetes_environment_is_listed_and_resumed_from_its_bucket
 
 
 def test_local_runs_stay_on_this_machine(runner, ops_root, staging, s3):
-    result = runner.invoke(app, ["runbook", "run", "two", "--json"])
-    assert result.exit_code == 1
+    result = run_runbook(runner, "two", exit_code=1)
     assert s3.client().list_objects_v2(Bucket=staging).get("KeyCount", 0) == 0
     assert json.loads(runner.invoke(app, ["runbook", "history", "--env", "local", "--json"]).stdout)[0]["env"] == "local"
 

@@ -18,6 +18,7 @@ import pytest
 
 from opsctl.cli import app
 from tests.runbook.runbook_support import write_runbook as _write
+from tests.runbook.runbook_support import run_runbook, run_refused
 from opsctl.runbook.actions import ACTIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,9 +76,8 @@ def test_a_hostile_parameter_reaches_the_shell_as_data(runner, ops_root, command
     path = ops_root / "runbooks" / "greet" / "v1.yaml"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(doc))
-    result = runner.invoke(app, ["runbook", "run", "greet", "-p", f"name={HOSTILE}", "--json"])
-    assert result.exit_code == 0, result.output
-    assert _json(result)["steps"][1]["outputs"]["stdout"] == HOSTILE
+    result = run_runbook(runner, "greet", "-p", f"name={HOSTILE}")
+    assert result["steps"][1]["outputs"]["stdout"] == HOSTILE
     assert not (ops_root / "INJECTED").exists()
 
 
@@ -101,8 +101,8 @@ def test_validate_refuses_every_template_in_shell_text_quote_included(runner, op
     path.write_text(json.dumps(doc))
     result = runner.invoke(app, ["runbook", "validate", "greet"])
     assert result.exit_code == 2 and "shell injection" in result.output and "env:" in result.output, result.output
-    run = runner.invoke(app, ["runbook", "run", "greet", "-p", f"name={QUOTE_ESCAPES}"])
-    assert run.exit_code == 2 and "shell injection" in run.output
+    run = run_refused(runner, "greet", "-p", f"name={QUOTE_ESCAPES}")
+    assert "shell injection" in run, run
     assert not (ops_root / "QUOTED").exists()
 
 
@@ -115,9 +115,8 @@ def test_literal_shell_text_and_raw_blocks_stay_allowed(runner, ops_root):
             action: shell
             with: {command: "echo {% raw %}{{.Id}}{% endraw %} plain"}
         """)
-    result = runner.invoke(app, ["runbook", "run", "lit", "--json"])
-    assert result.exit_code == 0, result.output
-    assert _json(result)["steps"][0]["outputs"]["stdout"] == "{{.Id}} plain"
+    result = run_runbook(runner, "lit")
+    assert result["steps"][0]["outputs"]["stdout"] == "{{.Id}} plain"
 
 
 @pytest.mark.parametrize("name", ["LD_PRELOAD", "BASH_ENV", "PATH", "PYTHONPATH", "NODE_OPTIONS"])
@@ -159,8 +158,8 @@ def test_a_published_version_refused_by_the_new_rule_is_retired_not_edited(runne
     assert result.exit_code == 0, result.output
     doc = _json(result)
     assert doc["problems"] == [] and len(doc["retired"]) == 1 and "run fresh@2" in doc["retired"][0]
-    refused = runner.invoke(app, ["runbook", "run", "fresh@1"])
-    assert refused.exit_code == 2 and "fresh@1 is retired" in refused.output and "run fresh@2" in refused.output
+    refused = run_refused(runner, "fresh@1")
+    assert "fresh@1 is retired" in refused and "run fresh@2" in refused, refused
     assert runner.invoke(app, ["runbook", "run", "fresh"]).exit_code == 0
     assert digest(v1) == json.loads((ops_root / "runbooks" / "lock.json").read_text())["fresh@1"]  # untouched
 
@@ -174,8 +173,8 @@ def test_shipped_runbooks_pass_the_shell_rule_with_restore_drill_v1_retired(runn
     doc = _json(result)
     assert [Path(r.split(":")[0]).relative_to(ops_root).as_posix() for r in doc["retired"]] == [
         "runbooks/restore-drill/v1.yaml"]
-    refused = runner.invoke(app, ["runbook", "run", "restore-drill@1", "--dry-run"])
-    assert refused.exit_code == 2 and "run restore-drill@2" in refused.output
+    refused = run_refused(runner, "restore-drill@1", "--dry-run")
+    assert "run restore-drill@2" in refused, refused
 
 
 # --- declared types ----------------------------------------------------------------------
@@ -210,19 +209,16 @@ TYPED = """\
 @pytest.mark.parametrize("given", ["null", "[a, b]", "{x: 1}", "12", "true", "~", ""])
 def test_a_string_parameter_stays_the_string_given(runner, ops_root, probe, given):
     _write(ops_root, "typed", 1, TYPED)
-    result = runner.invoke(app, ["runbook", "run", "typed", "-p", f"name={given}", "--json"])
-    assert result.exit_code == 0, result.output
-    steps = {s["id"]: s["outputs"] for s in _json(result)["steps"]}
+    result = run_runbook(runner, "typed", "-p", f"name={given}")
+    steps = {s["id"]: s["outputs"] for s in result["steps"]}
     assert steps["name"] == {"value": given, "type": "str"}
     assert steps["echoed"] == {"value": given, "type": "str"}  # a step output is not re-read either
 
 
 def test_typed_parameters_keep_their_types(runner, ops_root, probe):
     _write(ops_root, "typed", 1, TYPED)
-    result = runner.invoke(app, ["runbook", "run", "typed", "-p", "count=7", "-p", "ratio=1e3", "-p", "flag=yes",
-                                 "--json"])
-    assert result.exit_code == 0, result.output
-    steps = {s["id"]: s["outputs"] for s in _json(result)["steps"]}
+    result = run_runbook(runner, "typed", "-p", "count=7", "-p", "ratio=1e3", "-p", "flag=yes")
+    steps = {s["id"]: s["outputs"] for s in result["steps"]}
     assert steps["count"] == {"value": 7, "type": "int"}
     assert steps["ratio"] == {"value": 1000.0, "type": "float"}
     assert steps["flag"] == {"value": True, "type": "bool"}
@@ -246,13 +242,11 @@ def test_restore_drill_keeps_scratch_db_a_string(runner, ops_root):
 
     shutil.copytree(REPO / "runbooks", ops_root / "runbooks")
     for given in ("null", "[a, b]", "{x: 1}"):
-        result = runner.invoke(app, ["runbook", "run", "restore-drill", "-p", f"scratch_db={given}", "--dry-run",
-                                     "--json"])
-        assert result.exit_code == 0, result.output
-        details = {s["id"]: s["detail"] for s in _json(result)["steps"]}
+        result = run_runbook(runner, "restore-drill", "-p", f"scratch_db={given}", "--dry-run")
+        details = {s["id"]: s["detail"] for s in result["steps"]}
         assert f"'target_db': {given!r}" in details["restore"] and f"'name': {given!r}" in details["drop-scratch"]
-    bad = runner.invoke(app, ["runbook", "run", "restore-drill", "-p", "jobs=null", "--dry-run"])
-    assert bad.exit_code == 2 and "parameter 'jobs' is integer" in bad.output
+    bad = run_refused(runner, "restore-drill", "-p", "jobs=null", "--dry-run")
+    assert "parameter 'jobs' is integer" in bad, bad
 
 
 def test_a_default_may_use_parameters_declared_before_it(runner, ops_root, probe):
@@ -272,10 +266,10 @@ def test_a_default_may_use_parameters_declared_before_it(runner, ops_root, probe
             action: probe
             with: {value: "{{ params.more }}"}
         """)
-    doc = _json(runner.invoke(app, ["runbook", "run", "named", "--json"]))
+    doc = run_runbook(runner, "named")
     assert doc["steps"][0]["outputs"]["value"] == "transcribe-nightly"
     assert doc["steps"][1]["outputs"] == {"value": 4, "type": "int"}
-    doc = _json(runner.invoke(app, ["runbook", "run", "named", "-p", "service=api", "--json"]))
+    doc = run_runbook(runner, "named", "-p", "service=api")
     assert doc["steps"][0]["outputs"]["value"] == "api-nightly"
 
 
@@ -396,9 +390,8 @@ def test_a_timed_out_shell_step_leaves_nothing_running_and_retries_do_not_overla
             timeout: 1
             retries: {{count: 2, backoff: 0}}
         """)
-    result = runner.invoke(app, ["runbook", "run", "slow", "--json"])
-    assert result.exit_code == 1, result.output
-    step = _json(result)["steps"][0]
+    result = run_runbook(runner, "slow", exit_code=1)
+    step = result["steps"][0]
     assert step["status"] == "failed" and step["attempts"] == 3 and "timed out after 1s" in step["detail"]
     pids = [int(p) for p in (ops_root / "pids.txt").read_text().split()]
     assert len(pids) == 3
@@ -440,8 +433,8 @@ def test_every_way_of_asking_refuses_with_the_same_words(runner, ops_root, monke
             action: approve
             with: {message: "delete everything"}
         """)
-    result = runner.invoke(app, ["runbook", "run", "gated"])
-    assert result.exit_code == 2 and said[0] in result.output
+    result = run_refused(runner, "gated")
+    assert said[0] in result, result
 
 
 def test_logs_written_during_a_run_mask_the_secrets(capfd):
@@ -504,8 +497,8 @@ def test_a_secret_on_the_command_line_is_warned_about_and_masked(runner, ops_roo
             action: shell
             with: {command: 'echo "$T"', env: {T: "{{ params.token }}"}}
         """)
-    missing = runner.invoke(app, ["runbook", "run", "tok"])
-    assert missing.exit_code == 2 and "set OPSCTL_PARAM_TOKEN" in missing.output
+    missing = run_refused(runner, "tok")
+    assert "set OPSCTL_PARAM_TOKEN" in missing, missing
     result = runner.invoke(app, ["runbook", "run", "tok", "-p", f"token={SECRET}", "--json"])
     assert result.exit_code == 0, result.output
     assert "set OPSCTL_PARAM_TOKEN instead of -p" in result.stderr

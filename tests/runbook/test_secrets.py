@@ -15,6 +15,7 @@ import pytest
 from opsctl.cli import app
 from opsctl.runbook.secrets import Masker
 from tests.runbook.runbook_support import write_runbook
+from tests.runbook.runbook_support import run_runbook
 
 SECRET = "v4lue000S3cr3tQz9Lm"
 
@@ -75,9 +76,8 @@ def test_a_resumed_run_computes_the_derived_secret_again(runner, ops_root, monke
             with: {command: 'test -e flag || { touch flag; exit 1; }; printf %s "$AUTH" | wc -c', env: {AUTH: "{{ params.auth }}"}}
         """)
     monkeypatch.setenv("OPSCTL_PARAM_TOKEN", SECRET)
-    first = runner.invoke(app, ["runbook", "run", "again", "--json"])
-    assert first.exit_code == 1
-    again = runner.invoke(app, ["runbook", "run", "again", "--resume", json.loads(first.stdout)["run_id"], "--json"])
+    first = run_runbook(runner, "again", exit_code=1)
+    again = runner.invoke(app, ["runbook", "run", "again", "--resume", first["run_id"], "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["steps"][0]["outputs"]["stdout"] == str(len("Token " + SECRET))
 

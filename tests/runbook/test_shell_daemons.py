@@ -9,14 +9,13 @@ ever appear), and that no marker exists."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import psutil
 import pytest
 
-from opsctl.cli import app
 from tests.runbook.runbook_support import write_runbook as _write
+from tests.runbook.runbook_support import run_runbook
 
 
 def _survivors(token: str) -> list[psutil.Process]:
@@ -60,9 +59,8 @@ def test_a_retry_never_overlaps_a_daemon_of_the_attempt_before_and_none_outlives
             timeout: 1
             retries: {{count: 2, backoff: 0}}
         """)
-    result = runner.invoke(app, ["runbook", "run", "daemons", "--json"])
-    assert result.exit_code == 1, result.output
-    step = json.loads(result.stdout)["steps"][0]
+    result = run_runbook(runner, "daemons", exit_code=1)
+    step = result["steps"][0]
     assert step["status"] == "failed" and step["attempts"] == 3, step
     pids = [int(p) for p in (ops_root / "daemons.txt").read_text().split()]
     assert len(pids) == 3, pids                          # every attempt started its daemon
@@ -84,10 +82,9 @@ def test_a_step_that_succeeds_leaves_nothing_running_in_the_background(runner, o
                         nohup sh -c "sleep 4; touch {token}-nohup" >/dev/null 2>&1 &
                         while [ ! -s daemons.txt ]; do sleep 0.05; done; echo started'
         """)
-    result = runner.invoke(app, ["runbook", "run", "bg", "--json"])
-    assert result.exit_code == 0, result.output
+    result = run_runbook(runner, "bg")
     pid = int((ops_root / "daemons.txt").read_text())
     assert _survivors(token) == [] and not _alive(pid)
     assert not list(ops_root.glob(f"{token}*"))
-    step = json.loads(result.stdout)["steps"][0]
+    step = result["steps"][0]
     assert step["outputs"]["stdout"] == "started" and step["outputs"]["stopped_background_processes"] >= 2, step

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from opsctl.cli import app
+from tests.runbook.runbook_support import run_runbook
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +26,6 @@ def root(local_platform, monkeypatch) -> Path:
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", local_platform.backup_key)
     local_platform.up()
     return local_platform.root
-
-
-def _run(runner, *args: str) -> dict:
-    result = runner.invoke(app, ["runbook", "run", *args, "--yes", "--json"])
-    assert result.stdout.strip(), result.output
-    doc = json.loads(result.stdout)
-    assert result.exit_code == 0, (doc["status"], [(s["id"], s["status"], s["detail"]) for s in doc["steps"]])
-    return doc
 
 
 def _journal(root: Path, run_id: str) -> list[dict]:
@@ -52,19 +45,19 @@ def test_shipped_runbooks_validate(runner, root):
 
 
 def test_health_sweep(runner, root):
-    doc = _run(runner, "health-sweep", "-p", "skip=host,backup")
+    doc = run_runbook(runner, "health-sweep", "-p", "skip=host,backup", "--yes")
     assert _journaled(root, doc) == [("sweep", "ok")]
     assert doc["steps"][0]["outputs"]["checks"]["redis"] == "OK"
 
 
 def test_nightly_backup_then_restore_drill(runner, root):
-    backup = _run(runner, "nightly-backup")
+    backup = run_runbook(runner, "nightly-backup", "--yes")
     assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("prune", "ok"), ("report", "ok")]
     backup_id = backup["steps"][0]["outputs"]["id"]
     assert backup["steps"][1]["outputs"]["ok"] is True
     assert backup_id in backup["steps"][3]["outputs"]["message"]
 
-    drill = _run(runner, "restore-drill")
+    drill = run_runbook(runner, "restore-drill", "--yes")
     assert _journaled(root, drill) == [("restore", "ok"), ("fresh-enough", "ok"), ("report", "ok"), ("drop-scratch", "ok")]
     restored = drill["steps"][0]["outputs"]
     assert restored["backup_id"] == backup_id and restored["rto_seconds"] > 0
@@ -72,14 +65,14 @@ def test_nightly_backup_then_restore_drill(runner, root):
 
 
 def test_load_test_gate(runner, root):
-    doc = _run(runner, "load-test-gate", "-p", "duration=6s")
+    doc = run_runbook(runner, "load-test-gate", "-p", "duration=6s", "--yes")
     assert _journaled(root, doc) == [("load", "ok"), ("report", "ok")]
     assert doc["steps"][0]["outputs"]["total"]["requests"] > 0
 
 
 def test_deploy_worker_ten_steps(runner, root):
-    doc = _run(runner, "deploy-worker", "-p", "image=registry/worker:7.0.0", "-p", "loadtest_duration=6s",
-               "-p", "monitor_seconds=1")
+    doc = run_runbook(runner, "deploy-worker", "-p", "image=registry/worker:7.0.0", "-p", "loadtest_duration=6s",
+                      "-p", "monitor_seconds=1", "--yes")
     assert _journaled(root, doc) == [
         ("validate", "ok"), ("current", "ok"), ("backup", "ok"), ("rollout", "ok"), ("verify-health", "ok"),
         ("performance", "ok"), ("monitoring", "ok"), ("record", "ok"), ("settle", "ok"), ("post-deploy", "ok"),
@@ -93,6 +86,6 @@ def test_deploy_worker_ten_steps(runner, root):
 
 
 def test_redis_snapshot(runner, root):
-    doc = _run(runner, "redis-snapshot")
+    doc = run_runbook(runner, "redis-snapshot", "--yes")
     assert _journaled(root, doc) == [("snapshot", "ok"), ("verify", "ok")]
     assert doc["steps"][0]["outputs"]["components"] == ["redis"] and doc["steps"][1]["outputs"]["ok"] is True

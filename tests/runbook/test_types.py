@@ -13,6 +13,7 @@ import pytest
 from opsctl.cli import app
 from opsctl.runbook.actions import ACTIONS
 from tests.runbook.runbook_support import write_runbook
+from tests.runbook.runbook_support import run_runbook, run_refused
 
 
 @pytest.fixture
@@ -53,9 +54,8 @@ def test_a_non_finite_number_or_a_non_ascii_digit_is_refused_before_any_step(run
 
 def test_ascii_numbers_still_fit(runner, ops_root, probe):
     write_runbook(ops_root, "typed", 1, TYPED)
-    result = runner.invoke(app, ["runbook", "run", "typed", "-p", "r=2.5e-3", "-p", "n=-7", "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["steps"][0]["outputs"] == {"value": 0.0025, "type": "float"}
+    result = run_runbook(runner, "typed", "-p", "r=2.5e-3", "-p", "n=-7")
+    assert result["steps"][0]["outputs"] == {"value": 0.0025, "type": "float"}
 
 
 @pytest.mark.parametrize("default, reason", [
@@ -76,8 +76,8 @@ def test_a_non_finite_default_is_refused_at_validate(runner, ops_root, default, 
         """)
     result = runner.invoke(app, ["runbook", "validate", "inf"])
     assert result.exit_code == 2 and reason in result.output, result.output
-    run = runner.invoke(app, ["runbook", "run", "inf"])
-    assert run.exit_code == 2 and not (ops_root / ".opsctl" / "runs").exists()
+    run = run_refused(runner, "inf")
+    assert not (ops_root / ".opsctl" / "runs").exists(), run
 
 
 def test_a_non_finite_constant_argument_is_refused_at_validate(runner, ops_root):
@@ -117,17 +117,15 @@ WHEN = """\
                                          ("none", True), ("", False)])
 def test_when_on_a_string_is_its_truth_never_its_text_read_as_a_boolean(runner, ops_root, probe, given, runs):
     write_runbook(ops_root, "cond", 1, WHEN)
-    result = runner.invoke(app, ["runbook", "run", "cond", "-p", f"s={given}", "--json"])
-    assert result.exit_code == 0, result.output
-    statuses = [s["status"] for s in json.loads(result.stdout)["steps"]]
+    result = run_runbook(runner, "cond", "-p", f"s={given}")
+    statuses = [s["status"] for s in result["steps"]]
     assert statuses == ["ok" if runs else "skipped", "skipped", "ok"]
 
 
 def test_when_follows_typed_values(runner, ops_root, probe):
     write_runbook(ops_root, "cond", 1, WHEN)
-    result = runner.invoke(app, ["runbook", "run", "cond", "-p", "flag=true", "-p", "n=5", "--json"])
-    assert result.exit_code == 0, result.output
-    assert [s["status"] for s in json.loads(result.stdout)["steps"]] == ["ok", "ok", "skipped"]
+    result = run_runbook(runner, "cond", "-p", "flag=true", "-p", "n=5")
+    assert [s["status"] for s in result["steps"]] == ["ok", "ok", "skipped"]
 
 
 @pytest.mark.parametrize("when", ["{{ params.s }} and {{ params.flag }}", "not {{ params.flag }}", "params.n >"])
@@ -167,8 +165,7 @@ def test_a_template_default_from_a_given_value_is_checked_before_any_step(runner
             with: {value: "{{ params.jobs }}"}
         """)
     assert runner.invoke(app, ["runbook", "validate", "deflt"]).exit_code == 0
-    ok = runner.invoke(app, ["runbook", "run", "deflt", "-p", "base=1e-300", "--json"])
-    assert ok.exit_code == 0, ok.output
+    ok = run_runbook(runner, "deflt", "-p", "base=1e-300")
     bad = runner.invoke(app, ["runbook", "run", "deflt", "-p", "base=1e300"])  # ratio overflows to inf
     assert bad.exit_code == 2 and "default of 'ratio'" in bad.output, bad.output
 
@@ -185,9 +182,8 @@ def test_a_dry_run_plans_a_when_that_compares_a_later_output(runner, ops_root, p
             action: probe
             when: "steps.count.outputs.value > 2"
         """)
-    result = runner.invoke(app, ["runbook", "run", "later", "--dry-run", "--json"])
-    assert result.exit_code == 0, result.output
-    assert [s["status"] for s in json.loads(result.stdout)["steps"]] == ["planned", "planned"]
+    result = run_runbook(runner, "later", "--dry-run")
+    assert [s["status"] for s in result["steps"]] == ["planned", "planned"]
     ran = runner.invoke(app, ["runbook", "run", "later", "--json"])
     assert [s["status"] for s in json.loads(ran.stdout)["steps"]] == ["ok", "ok"]
 
@@ -201,8 +197,7 @@ def test_the_journal_stays_json_when_an_action_returns_inf(runner, ops_root, mon
           - id: r
             action: ratio
         """)
-    result = runner.invoke(app, ["runbook", "run", "ratio", "--json"])
-    assert result.exit_code == 0, result.output
-    journal = (ops_root / ".opsctl" / "runs" / f"{json.loads(result.stdout)['run_id']}.jsonl").read_text()
+    result = run_runbook(runner, "ratio")
+    journal = (ops_root / ".opsctl" / "runs" / f"{result['run_id']}.jsonl").read_text()
     records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}")) for line in journal.splitlines()]
     assert records[1]["outputs"] == {"ratio": "inf", "nothing": "nan"}
