@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from opsctl.approval import confirm  # noqa: F401  (the one approval module's yes/no, for commands)
-
 try:  # typer 0.2x vendors click as typer._click; older releases use click itself
     from typer._click import exceptions as click_errors
     from typer._click.globals import get_current_context
@@ -58,6 +56,16 @@ def environment(env_name: str) -> tuple["Project", "Environment"]:
     """The ops root and its environment `env_name` (UsageError naming the known ones if none)."""
     proj = project()
     return proj, proj.env(env_name)
+
+
+def __getattr__(name: str):
+    """`confirm` is opsctl.approval.confirm itself, imported on first use (PEP 562), so
+    `opsctl --help` does not load the approval module."""
+    if name == "confirm":
+        from opsctl.approval import confirm
+
+        return confirm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def not_built(app: typer.Typer, name: str, issue: int, help_text: str) -> None:

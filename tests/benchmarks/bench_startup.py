@@ -1,7 +1,8 @@
 """How long `opsctl --help` takes, as a ratio of `python -c "import typer, rich"`.
 
 Both are measured in the same run, as medians of repeated cold-process starts, so the
-figure is about opsctl's own import cost, not this machine's speed. Target: at most 1.5.
+figure is about opsctl's own import cost, not this machine's speed. Target: at most 1.0
+(issue 21: opsctl --help costs no more than importing Typer and Rich).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def main() -> int:
     opsctl = median_wall([str(OPSCTL), "--help"])
     ratio = opsctl / baseline
     print(f"bench_startup: baseline 'import typer, rich' {baseline * 1000:.0f} ms, "
-          f"'opsctl --help' {opsctl * 1000:.0f} ms, ratio {ratio:.2f} (target <= 1.5)")
-    return 0 if ratio <= 1.5 else 1
+          f"'opsctl --help' {opsctl * 1000:.0f} ms, ratio {ratio:.2f} (target <= 1.0)")
+    return 0 if ratio <= 1.0 else 1
 
 
 if __name__ == "__main__":
