@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from urllib.parse import quote
+
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
@@ -48,6 +50,10 @@ class CacheArgs:
 
 
 class Cache(pulumi.ComponentResource):
+    """The Redis replication group (TLS, AUTH) and the Secrets Manager secret of its token.
+    Outputs: primary_endpoint, port, auth_secret_arn, replication_group_id, and `url`, the
+    worker's `rediss://:<token>@host:port/0` (a Pulumi secret)."""
+
     primary_endpoint: pulumi.Output[str]
     port: pulumi.Output[int]
     auth_secret_arn: pulumi.Output[str]
@@ -102,6 +108,9 @@ class Cache(pulumi.ComponentResource):
         self.primary_endpoint = group.primary_endpoint_address
         self.port = group.port
         self.auth_secret_arn = secret.arn
+        # the worker's WORKER_REDIS_URL: TLS (transit encryption is on), AUTH token, database 0
+        self.url = pulumi.Output.secret(pulumi.Output.concat(
+            "rediss://:", token.apply(lambda t: quote(t, safe="")), "@", group.primary_endpoint_address, ":", str(REDIS_PORT), "/0"))
         self.replication_group_id = group.replication_group_id
         self.register_outputs({"primary_endpoint": group.primary_endpoint_address, "port": group.port,
                                "auth_secret_arn": secret.arn, "replication_group_id": group.replication_group_id})

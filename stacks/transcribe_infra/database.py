@@ -12,8 +12,13 @@ Protected environments also get a read replica (`read_replica`), `<identifier>-r
 and `opsctl:replica-of=<identifier>`, by which failover finds it (`rds:DescribeDBInstances` and
 the instance's tags), and is encrypted, private and protected like the primary. RDS takes no
 final snapshot of a replica (it refuses one), so it skips it: its data is the primary's.
-The master password is managed by RDS in Secrets Manager (`manage_master_user_password`), so
-it never passes through Pulumi state or opsctl: opsctl exports only the secret's ARN.
+The master password is made here by a `random.RandomPassword` (40 letters and digits, safe in a
+URL), like the Redis AUTH token: it lives encrypted in the stack's state (a Pulumi secret), in
+the Secrets Manager secret `<identifier>/database-…` (username, password, host, port, dbname;
+its ARN is the output `databaseSecretArn`) and in the worker's Kubernetes Secret (`url`, see
+workloads.py). It is not RDS-managed any more: RDS rotates a managed password every 7 days,
+and the worker, which reads its URL once at start, would lose the database at the first
+rotation. opsctl never sees it; no output holds it in clear.
 """
 
 from __future__ import annotations
@@ -57,10 +62,15 @@ class DatabaseArgs:
 
 
 class Database(pulumi.ComponentResource):
+    """The primary (and, with `read_replica`, its replica). Outputs: endpoint (host:port),
+    address, port, secret_arn (the credentials' Secrets Manager secret), instance_id,
+    replica_id, and `url`, the worker's `postgresql://…?sslmode=require` (a Pulumi secret)."""
+
     endpoint: pulumi.Output[str]
     address: pulumi.Output[str]
     port: pulumi.Output[int]
     secret_arn: pulumi.Output[str]
+    url: pulumi.Output[str]  # secret
     instance_id: pulumi.Output[str]
     replica_id: pulumi.Output[str] | None  # None without a read replica
 
@@ -85,6 +95,8 @@ class Database(pulumi.ComponentResource):
         suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=child, keepers={
             "identifier": args.identifier, "engine": "postgres", "db_name": args.db_name,
             "username": args.username, "kms_key_id": args.kms_key_arn})
+        # letters and digits: no URL escaping, and none of the characters RDS refuses (/ @ " space)
+        password = random.RandomPassword(f"{name}-password", length=40, special=False, opts=child)
         db = aws.rds.Instance(
             f"{name}-instance",
             identifier=args.identifier,
@@ -98,8 +110,7 @@ class Database(pulumi.ComponentResource):
             kms_key_id=args.kms_key_arn,
             db_name=args.db_name,
             username=args.username,
-            manage_master_user_password=True,
-            master_user_secret_kms_key_id=args.kms_key_arn,
+            password=password.result,
             db_subnet_group_name=subnets.name,
             parameter_group_name=params.name,
             vpc_security_group_ids=[args.security_group_id],
@@ -120,11 +131,23 @@ class Database(pulumi.ComponentResource):
             auto_minor_version_upgrade=True,
             apply_immediately=not args.deletion_protection,  # production changes wait for the window
             tags=with_name(args.tags, args.identifier),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["password"]),
         )
+        secret = aws.secretsmanager.Secret(
+            f"{name}-credentials", name_prefix=f"{args.identifier}/database-", kms_key_id=args.kms_key_arn,
+            description=f"{args.identifier}: PostgreSQL master user, password and endpoint",
+            recovery_window_in_days=7, tags=args.tags, opts=child)
+        aws.secretsmanager.SecretVersion(
+            f"{name}-credentials", secret_id=secret.id, opts=child,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({
+                "engine": "postgres", "username": args.username, "password": password.result,
+                "host": db.address, "port": db.port, "dbname": args.db_name})))
+        self.url = pulumi.Output.secret(pulumi.Output.concat(
+            "postgresql://", args.username, ":", password.result, "@", db.address, ":",
+            db.port.apply(str), "/", args.db_name, "?sslmode=require"))
         self.replica_id = self._replica(name, args, db, params).identifier if args.read_replica else None
         self.endpoint, self.address, self.port = db.endpoint, db.address, db.port
-        self.secret_arn = db.master_user_secrets.apply(lambda s: s[0].secret_arn if s else "")
+        self.secret_arn = secret.arn
         self.instance_id = db.identifier
         self.register_outputs({"endpoint": db.endpoint, "address": db.address, "port": db.port,
                                "secret_arn": self.secret_arn, "instance_id": db.identifier,

@@ -52,7 +52,8 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -
     work = Workloads(name, WorkloadsArgs(
         kubeconfig=cluster.kubeconfig, namespace=s.namespace, service_account=s.service_account,
         oidc_provider_arn=cluster.oidc_provider_arn, oidc_issuer=cluster.oidc_issuer,
-        audio_bucket_arn=storage.bucket_arns["audio"], kms_key_arn=key.key_arn, tags=tags))
+        audio_bucket_arn=storage.bucket_arns["audio"], kms_key_arn=key.key_arn, database_url=db.url,
+        redis_url=cache.url, api_key_hashes=list(s.api_key_hashes), tags=tags))
     gpu = GpuCapacity(name, GpuCapacityArgs(
         cluster_name=cluster.name, region=s.region, provider=work.provider,
         oidc_provider_arn=cluster.oidc_provider_arn, oidc_issuer=cluster.oidc_issuer,
@@ -80,6 +81,7 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -
         "workerNamespace": work.namespace,
         "workerServiceAccount": work.service_account,
         "workerRoleArn": work.worker_role_arn,
+        "workerApiKeySecretArn": work.api_key_secret_arn,
         "kmsKeyArn": key.key_arn,
         "gpuNodePool": gpu.nodepool,
         "gpuInterruptionQueue": gpu.interruption_queue,

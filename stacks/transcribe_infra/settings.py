@@ -39,6 +39,7 @@ class StackSettings:
     kubernetes_version: str = "1.33"
     api_allowed_cidrs: list[str] = field(default_factory=list)  # empty: the cluster API is private
     service_account: str = "transcription-worker"
+    api_key_hashes: list[str] = field(default_factory=list)  # transcribe:apiKeyHashes, SHA-256 hex
     extra_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +97,7 @@ class StackSettings:
             gpu_max_size=cfg.get_int("gpuMaxSize") or 2,
             kubernetes_version=cfg.get("kubernetesVersion") or "1.33",
             api_allowed_cidrs=cfg.get_object("apiAllowedCidrs") or [],
+            api_key_hashes=cfg.get_object("apiKeyHashes") or [],
             extra_tags=cfg.get_object("tags") or {},
         )
 

@@ -3,24 +3,38 @@
 The cluster's kubernetes provider (`provider`, for every in-cluster resource of the stack);
 the worker namespace; the KEDA operator, which scales the worker Deployments on their real load
 (queue depth, transcriptions in flight per pod; the ScaledObject itself must follow the active
-color, so it belongs to `opsctl deploy`, which does not apply one yet); and the worker's
+color, so `opsctl deploy` applies it, see opsctl.deploy.manifests); and the worker's
 service account bound by IRSA to an IAM role that may use the audio bucket and the key, and
 nothing else: not the backups bucket (a compromised worker must not be able to delete or
-overwrite the backups that would repair what it did; opsctl backs up with its own credentials). Deploys (opsctl deploy) then only ever create Deployments and Services.
+overwrite the backups that would repair what it did; opsctl backs up with its own credentials).
+
+The worker's Secret `transcription-worker` is made here too, with the keys the Deployment
+reads (opsctl.deploy.manifests.SECRET_ENV): `database-url` and `redis-url` from the database's
+and cache's outputs, and `api-key-hashes`, the SHA-256 of an API key generated here (for
+opsctl's analysis and load tests; kept in the Secrets Manager secret `<namespace>/worker-api-key-…`,
+the output `workerApiKeySecretArn`) plus the hashes listed in `transcribe:apiKeyHashes`. All
+are Pulumi secrets: encrypted in the state, never in an output or a log in clear. Deploys
+(opsctl deploy) then only ever create Deployments, Services and the ScaledObject.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import hashlib
+import re
+
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 KEDA_CHART = "keda"
 KEDA_REPO = "https://kedacore.github.io/charts"
 KEDA_NAMESPACE = "keda"
 ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+WORKER_SECRET = "transcription-worker"  # opsctl.deploy.manifests.SECRET, with its keys below
+SECRET_KEYS = ("database-url", "redis-url", "api-key-hashes")
 
 
 @dataclass
@@ -32,8 +46,17 @@ class WorkloadsArgs:
     oidc_issuer: pulumi.Input[str]  # https://oidc.eks.<region>.amazonaws.com/id/<id>
     audio_bucket_arn: pulumi.Input[str]  # the only bucket the worker may touch
     kms_key_arn: pulumi.Input[str]
+    database_url: pulumi.Input[str]  # secret: Database.url
+    redis_url: pulumi.Input[str]  # secret: Cache.url
+    api_key_hashes: list[str] = field(default_factory=list)  # more accepted keys, SHA-256 hex each
     keda_version: str = "2.21.1"
     tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [h for h in self.api_key_hashes if not re.fullmatch(r"[0-9a-f]{64}", str(h))]
+        if bad:
+            raise ValueError(f"transcribe:apiKeyHashes: {len(bad)} value(s) are not SHA-256 hex digests "
+                             "(printf %s \"$KEY\" | sha256sum); list hashes, never keys")
 
     @property
     def labels(self) -> dict[str, str]:
@@ -53,7 +76,16 @@ def trust_policy(provider_arn: str, issuer: str, namespace: str, service_account
     }]}
 
 
+def key_hashes(key: str, extra: list[str]) -> str:
+    """The worker's WORKER_API_KEY_HASHES: SHA-256 hex of `key`, then `extra`, comma-separated."""
+    return ",".join([hashlib.sha256(key.encode()).hexdigest(), *extra])
+
+
 class Workloads(pulumi.ComponentResource):
+    """The cluster provider, the worker namespace, its IRSA service account and role, its
+    Secret, and the KEDA operator. Outputs: namespace, service_account, worker_role_arn,
+    api_key_secret_arn (where the generated API key is kept)."""
+
     provider: k8s.Provider
     namespace: pulumi.Output[str]
     service_account: pulumi.Output[str]
@@ -86,6 +118,23 @@ class Workloads(pulumi.ComponentResource):
             "name": args.service_account, "namespace": args.namespace, "labels": args.labels,
             "annotations": {ROLE_ANNOTATION: role.arn}})
 
+        api_key = random.RandomPassword(f"{name}-worker-api-key", length=48, special=False, opts=child)
+        key_secret = aws.secretsmanager.Secret(
+            f"{name}-worker-api-key", name_prefix=f"{args.namespace}/worker-api-key-", kms_key_id=args.kms_key_arn,
+            description="an API key the worker accepts (for opsctl: deploy analysis, load tests)",
+            recovery_window_in_days=7, tags=args.tags, opts=child)
+        aws.secretsmanager.SecretVersion(
+            f"{name}-worker-api-key", secret_id=key_secret.id, opts=child,
+            secret_string=pulumi.Output.secret(pulumi.Output.json_dumps({"api_key": api_key.result})))
+        hashes = api_key.result.apply(lambda key: key_hashes(key, list(args.api_key_hashes)))
+        k8s.core.v1.Secret(
+            f"{name}-worker-secret", type="Opaque",
+            metadata={"name": WORKER_SECRET, "namespace": args.namespace, "labels": args.labels},
+            string_data=dict(zip(SECRET_KEYS, (pulumi.Output.secret(args.database_url),
+                                               pulumi.Output.secret(args.redis_url), pulumi.Output.secret(hashes)))),
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[ns],
+                                        additional_secret_outputs=["stringData", "data"]))
+
         # the operator only: the worker's ScaledObject belongs to the deploy (it follows the color)
         k8s.helm.v3.Release(
             f"{name}-keda", opts=in_cluster, name=KEDA_CHART, chart=KEDA_CHART, version=args.keda_version,
@@ -98,5 +147,6 @@ class Workloads(pulumi.ComponentResource):
         self.namespace = ns.metadata.name
         self.service_account = sa.metadata.name
         self.worker_role_arn = role.arn
+        self.api_key_secret_arn = key_secret.arn
         self.register_outputs({"namespace": self.namespace, "service_account": self.service_account,
-                               "worker_role_arn": role.arn})
+                               "worker_role_arn": role.arn, "api_key_secret_arn": key_secret.arn})

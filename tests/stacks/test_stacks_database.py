@@ -1,9 +1,11 @@
+import json
 import re
 import uuid
 
 import pytest
 from stacks_support import KEY_ARN, TAGS, run_component
 
+from transcribe_infra import offline
 from transcribe_infra.database import Database, DatabaseArgs
 
 RDS = "aws:rds/instance:Instance"
@@ -17,7 +19,7 @@ def build(production: bool, identifier: str = "transcribe-test", read_replica: b
             allocated_storage=50, multi_az=production, deletion_protection=production,
             backup_retention_days=14 if production else 7, tags=TAGS))
         return {"endpoint": db.endpoint, "secret_arn": db.secret_arn, "instance_id": db.instance_id,
-                "address": db.address, "replica_id": db.replica_id}
+                "address": db.address, "replica_id": db.replica_id, "url": db.url}
     return run_component(program)
 
 
@@ -36,17 +38,17 @@ def nonprod():
     return build(False)
 
 
-def test_encrypted_private_postgres_with_managed_credentials(nonprod):
+def test_encrypted_private_postgres_with_generated_credentials(nonprod):
     db = nonprod.one(RDS).inputs
     assert db["engine"] == "postgres" and db["engineVersion"] == "17"
     assert db["storageEncrypted"] is True
     assert db["kmsKeyId"] == KEY_ARN
     assert db["publiclyAccessible"] is False
     assert db["vpcSecurityGroupIds"] == ["sg-db"]
-    # RDS keeps the password in Secrets Manager: it never passes through Pulumi or opsctl
-    assert db["manageMasterUserPassword"] is True
-    assert db["masterUserSecretKmsKeyId"] == KEY_ARN
-    assert "password" not in db
+    # generated here (RDS would rotate a managed one under the worker's URL), a Pulumi secret
+    assert "manageMasterUserPassword" not in db
+    secret, password = offline.unsecret(db["password"])
+    assert secret and re.fullmatch(r"[A-Za-z0-9]{40}", password)
     assert db["performanceInsightsEnabled"] is True
     assert db["performanceInsightsKmsKeyId"] == KEY_ARN
     assert db["skipFinalSnapshot"] is False
@@ -75,7 +77,20 @@ def test_production_is_multi_az_protected_and_keeps_backups_longer(prod, nonprod
 
 def test_outputs_name_the_endpoint_and_the_secret(nonprod):
     assert nonprod.outputs["endpoint"] == "transcribe-test.c0ffee.eu-west-1.rds.amazonaws.com:5432"
-    assert nonprod.outputs["secret_arn"].startswith("arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!db-")
+    assert nonprod.outputs["secret_arn"] == "arn:aws:secretsmanager:eu-west-1:123456789012:db-credentials"
+
+
+def test_the_credentials_secret_and_the_worker_url_hold_the_same_password(nonprod):
+    password = offline.unsecret(nonprod.one(RDS).inputs["password"])[1]
+    secret = nonprod.one("aws:secretsmanager/secret:Secret", "db-credentials").inputs
+    assert secret["namePrefix"] == "transcribe-test/database-" and secret["kmsKeyId"] == KEY_ARN
+    version = nonprod.one("aws:secretsmanager/secretVersion:SecretVersion", "db-credentials").inputs
+    was_secret, text = offline.unsecret(version["secretString"])
+    assert was_secret and json.loads(text) == {
+        "engine": "postgres", "username": "transcribe", "password": password,
+        "host": "transcribe-test.c0ffee.eu-west-1.rds.amazonaws.com", "port": 5432, "dbname": "transcribe"}
+    assert nonprod.outputs["url"] == (f"postgresql://transcribe:{password}@transcribe-test.c0ffee.eu-west-1"
+                                      ".rds.amazonaws.com:5432/transcribe?sslmode=require")
     assert nonprod.outputs["instance_id"] == "transcribe-test"
 
 

@@ -154,7 +154,7 @@ def test_a_legacy_stack_keeps_the_token_in_its_config():
     config, _ = offline.stack_config(STACKS, "staging")
     run = offline.run(main, {**config, "transcribe:redisAuthToken": "L" * 64}, "staging",
                       ["transcribe:redisAuthToken"])
-    assert run.of_type("random:index/randomPassword:RandomPassword") == []
+    assert [r.name for r in run.of_type("random:index/randomPassword:RandomPassword") if "auth-token" in r.name] == []
     assert offline.unsecret(run.one(REDIS).inputs["authToken"]) == (True, "L" * 64)
 
 
@@ -196,3 +196,26 @@ def test_only_production_gets_a_read_replica_tagged_for_failover(staging, produc
     assert replica["tags"]["opsctl:role"] == "read-replica"
     assert replica["deletionProtection"] is True and replica["instanceClass"] == "db.r6g.large"
     assert production.outputs["databaseReplicaId"] == "transcribe-production-replica"
+
+
+@pytest.mark.parametrize("stack", ["staging", "production"])
+def test_the_worker_secret_comes_from_the_stack_and_no_output_holds_a_credential(stack, request):
+    """The Secret transcription-worker is made from the database's and cache's own values;
+    neither its URLs, nor the passwords, nor the generated API key appear in any output."""
+    from transcribe_infra import offline
+
+    run = request.getfixturevalue(stack)
+    whole, values = offline.unsecret(run.one("kubernetes:core/v1:Secret").inputs["stringData"])
+    data = {k: (whole or offline.unsecret(v)[0], offline.unsecret(v)[1]) for k, v in values.items()}
+    assert all(was_secret for was_secret, _ in data.values())
+    password = offline.unsecret(run.one("aws:rds/instance:Instance", f"transcribe-{stack}-instance").inputs["password"])[1]
+    token = offline.unsecret(run.one("aws:elasticache/replicationGroup:ReplicationGroup").inputs["authToken"])[1]
+    assert data["database-url"][1] == (f"postgresql://transcribe:{password}@transcribe-{stack}.c0ffee.eu-west-1.rds."
+                                       f"amazonaws.com:5432/transcribe?sslmode=require")
+    assert data["redis-url"][1] == f"rediss://:{token}@master.transcribe-{stack}.c0ffee.euw1.cache.amazonaws.com:6379/0"
+    api_key = json.loads(offline.unsecret(run.one("aws:secretsmanager/secretVersion:SecretVersion",
+                                                  f"transcribe-{stack}-worker-api-key").inputs["secretString"])[1])["api_key"]
+    shown = json.dumps(run.outputs, default=str)
+    for credential in (password, token, api_key, data["database-url"][1], data["redis-url"][1], data["api-key-hashes"][1]):
+        assert credential not in shown
+    assert run.outputs["workerApiKeySecretArn"].startswith("arn:aws:secretsmanager:")
