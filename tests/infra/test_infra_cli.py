@@ -13,7 +13,7 @@ import yaml
 
 from opsctl.cli import app
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOT_INSTALLED = ("opsctl: error: the pulumi CLI is not installed (opsctl infra runs it through Pulumi's "
                  "Automation API); install it from https://www.pulumi.com/docs/install/, then rerun")
 
