@@ -45,13 +45,7 @@ def show(
     from opsctl.output import stdout
     from opsctl.runbook import catalog
 
-    root = project().root
-    if diff:
-        stdout.print(catalog.diff(root, ref.split("@")[0], diff) or "(no change)", markup=False, highlight=False)
-        return
-    path = catalog.locate(root, ref)
-    stdout.print(f"# {path.relative_to(root)}", markup=False)
-    stdout.print(path.read_text(), markup=False, highlight=False)
+    stdout.print(catalog.show(project().root, ref, diff), markup=False, highlight=False)
 
 
 @app.command()

@@ -157,6 +157,16 @@ def publish(root: Path, ref: str, actions: Mapping[str, Callable]) -> tuple[str,
     return book.ref, pins[book.ref]
 
 
+def show(root: Path, ref: str, diff_spec: str | None = None) -> str:
+    """What `opsctl runbook show` prints: the file of `ref` (NAME or NAME@N) headed by its
+    path in the ops root, or with `diff_spec` ("1..2") the diff between two versions of
+    NAME ("(no change)" when equal). UsageError for an unknown runbook or version."""
+    if diff_spec:
+        return diff(root, ref.split("@")[0], diff_spec) or "(no change)"
+    path = locate(root, ref)
+    return f"# {path.relative_to(root)}\n{path.read_text()}"
+
+
 def diff(root: Path, name: str, spec: str) -> str:
     """`--diff 1..2`: the unified diff between two versions."""
     first, sep, second = spec.partition("..")
