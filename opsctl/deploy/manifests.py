@@ -68,10 +68,12 @@ def auth_required(env: Environment) -> bool:
 
 
 def deployment_name(color: str | None) -> str:
+    """`transcription-worker-<color>`; the single rolling Deployment's name with color None."""
     return f"{APP}-{color}" if color else APP
 
 
 def selector(color: str | None) -> dict[str, str]:
+    """The label selector of a color's pods (of every worker pod with color None)."""
     return {"app.kubernetes.io/name": APP, **({COLOR_LABEL: color} if color else {})}
 
 
@@ -81,6 +83,7 @@ def label_value(text: str) -> str:
 
 
 def labels(color: str | None, version: str | None) -> dict[str, str]:
+    """The app.kubernetes.io labels of an object, plus the version (label_value) and color when given."""
     out = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": deployment_name(color),
            "app.kubernetes.io/component": "worker", "app.kubernetes.io/part-of": "transcribe",
            "app.kubernetes.io/managed-by": "opsctl"}
@@ -221,6 +224,8 @@ def render_all(project: Project, env: Environment, release: Release, color: str 
 
 
 def parse(text: str) -> list[dict]:
+    """The documents of a rendered YAML stream (empty ones dropped); UsageError naming the
+    templates folder when a template rendered invalid YAML."""
     from opsctl.errors import UsageError
 
     try:

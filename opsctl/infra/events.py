@@ -19,6 +19,9 @@ QUIET_OPS = {"same", "read", "refresh"}
 
 @dataclass
 class Step:
+    """One resource the engine is changing: its URN, type token, logical name, operation
+    (create, update, delete, replace...; see SYMBOLS) and status."""
+
     urn: str
     type: str
     name: str
@@ -74,11 +77,13 @@ class Tracker:
                             for k, v in (event.summary_event.resource_changes or {}).items()}
 
     def snapshot(self) -> list[Step]:
+        """Copies of the steps so far, in the engine's order (safe to read from another thread)."""
         with self._lock:
             return [Step(**{k: getattr(s, k) for k in ("urn", "type", "name", "op", "status")})
                     for s in self.steps.values()]
 
     def counts(self) -> dict[str, int]:
+        """Steps per operation so far, e.g. {"create": 3, "update": 1}; unchanged ones not counted."""
         out: dict[str, int] = {}
         for step in self.snapshot():
             out[step.op] = out.get(step.op, 0) + 1
@@ -118,6 +123,7 @@ class LiveView:
             self.console.print(self.title, markup=False, highlight=False)
 
     def update(self, tracker: Tracker) -> None:
+        """The Tracker's listener: redraw the live table, or print the steps finished since last time."""
         if not self._started:
             self._start()
         if self.live is not None:
@@ -130,6 +136,8 @@ class LiveView:
                                    markup=False, highlight=False)
 
     def render(self, tracker: Tracker):
+        """A rich renderable: a heading with done/total and unchanged counts, then at most
+        MAX_ROWS steps, running ones first."""
         from rich.console import Group
         from rich.table import Table
 

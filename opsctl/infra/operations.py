@@ -31,6 +31,9 @@ SECRET_MASK = "[secret]"
 
 @dataclass
 class InfraResult:
+    """What preview, up, destroy or refresh did: changes per operation, the changed resources,
+    the outputs after `up` (secrets masked as SECRET_MASK), duration in seconds, engine warnings."""
+
     environment: str
     stack: str
     operation: str
@@ -42,11 +45,14 @@ class InfraResult:
 
     @property
     def changed(self) -> int:
+        """How many resources were (or, for a preview, would be) created, updated, replaced or deleted."""
         return sum(n for op, n in self.changes.items() if op != "same")
 
 
 @dataclass
 class OutputsResult:
+    """`opsctl infra outputs`: the stack's outputs, secrets masked, and which OUTPUTS it lacks."""
+
     environment: str
     stack: str
     outputs: dict[str, Any]  # secrets masked
@@ -73,6 +79,9 @@ class StackOutputs:
 
 @dataclass
 class PolicyResult:
+    """`opsctl infra policy`: how many resources the program declared (run offline against
+    Pulumi's mocks) and one line per rule violation."""
+
     environment: str
     stack: str
     resources: int
@@ -80,6 +89,7 @@ class PolicyResult:
 
     @property
     def ok(self) -> bool:
+        """No violation."""
         return not self.violations
 
 

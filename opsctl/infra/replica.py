@@ -20,6 +20,9 @@ REPLICA_OF_TAG = "opsctl:replica-of"
 
 @dataclass(frozen=True)
 class ReadReplica:
+    """An RDS instance tagged as a primary's read replica (the stack's tags, ROLE_TAG and
+    REPLICA_OF_TAG), as DescribeDBInstances reports it."""
+
     identifier: str
     arn: str
     status: str  # RDS's DBInstanceStatus: available, creating, modifying...

@@ -26,6 +26,9 @@ PROJECT_NS = "transcribe"
 
 @dataclass(frozen=True)
 class Target:
+    """Where an environment's infrastructure lives: its Pulumi stack name, the program folder
+    (absolute) and whether the environment is protected."""
+
     environment: str
     stack: str
     program_dir: Path
@@ -33,6 +36,7 @@ class Target:
 
     @property
     def stack_file(self) -> Path:
+        """The stack's config file, `<program_dir>/Pulumi.<stack>.yaml`."""
         return self.program_dir / f"Pulumi.{self.stack}.yaml"
 
 
@@ -54,6 +58,8 @@ def target(project: Project, env: Environment) -> Target:
 
 
 def stack_config(t: Target) -> dict[str, Any]:
+    """The `config:` mapping of the stack's file ({} when it has none); encrypted values stay
+    as the file holds them ({"secure": ...})."""
     return (yaml.safe_load(t.stack_file.read_text()) or {}).get("config", {}) or {}
 
 
@@ -94,6 +100,7 @@ def find_cli() -> Path | None:
 
 
 def require_cli() -> Path:
+    """The pulumi CLI's path (find_cli); UsageError naming where to install it when absent."""
     cli = find_cli()
     if cli is None:
         raise UsageError(f"the pulumi CLI is not installed (opsctl infra runs it through Pulumi's Automation API); "
@@ -140,6 +147,8 @@ def open_stack(t: Target, env: Environment, cli: Path, create: bool):
 
 
 def last_line(text: str) -> str:
+    """The line of a pulumi error output worth one line: its last `error…` line, else its last
+    non-empty line (the `code:` line aside), else "(no output)"."""
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(" code:")]
     errors = [line for line in lines if line.lower().startswith("error")]
     return (errors or lines or ["(no output)"])[-1]
