@@ -31,7 +31,8 @@ def base(
     from opsctl.pitr.ops import create_base
 
     project, environment_ = environment(env)
-    with _progress() as report:
+    with _progress() as bars:
+        report = getattr(bars, "report", bars)  # the bars object, or (older cli.backup) the callback itself
         r = create_base(project, environment_, "incremental" if incremental else "full", report)
     emit(r, as_json, lambda c: c.print(
         f"base backup [bold]{r.id}[/bold] ({r.kind}{', on ' + r.parent if r.parent else ''}) complete: "

@@ -282,42 +282,127 @@ def _fetch_plain(repo, obj: StoredObject, key) -> bytes:
     return b"".join(unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None))
 
 
+class TarWriter:
+    """Writes a ustar stream's members under `target` as it passes (no tar process, no copies).
+
+    GNU tar and Python's tarfile both took 0.4-0.7 s for a 305 MB base backup on the
+    reference machine where plain os.write of the same bytes took 0.1 s (tar reads its pipe
+    in 10 KiB records; tarfile copies through its own buffers): the restore's critical path.
+    pg_basebackup's tar holds only regular files and directories (and tablespace links,
+    refused here), so this extractor knows exactly those: a member whose name is absolute,
+    holds `..`, or whose type is anything else raises OperationFailed and the caller
+    discards `target`. It never creates a link, so no path can leave `target`. Files are
+    0600 and folders 0700, as PostgreSQL wants them; nothing is fsynced (see `extract`).
+    """
+
+    def __init__(self, target: Path, what: str):
+        self.target, self.what = target, what
+        self._head, self._left, self._pad, self._fd = bytearray(), 0, 0, None
+        self.files = 0
+        self.ended = False
+
+    def _fail(self, why: str) -> None:
+        raise OperationFailed(f"{self.what}: {why}; nothing restored from it")
+
+    def _open(self, header: bytes) -> None:
+        import os
+
+        name = header[0:100].split(b"\0", 1)[0].decode(errors="replace")
+        prefix = header[345:500].split(b"\0", 1)[0].decode(errors="replace") if header[257:262] == b"ustar" else ""
+        name = f"{prefix}/{name}" if prefix else name
+        kind = header[156:157]
+        field_ = header[124:136]
+        try:
+            size = int.from_bytes(field_[1:], "big") if field_[0] & 0x80 else int(field_.strip(b"\0 ") or b"0", 8)
+            stored = int(header[148:156].strip(b"\0 ") or b"0", 8)
+        except ValueError:
+            self._fail("a tar header is not readable")
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):
+            self._fail(f"the tar header of {name!r} fails its checksum")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if not parts or name.startswith("/") or ".." in parts:
+            self._fail(f"member {name!r} would be written outside the data directory")
+        path = self.target.joinpath(*parts)
+        if kind == b"5":
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._left = self._pad = 0
+            return
+        if kind not in (b"0", b"\0"):
+            self._fail(f"member {name!r} is of tar type {kind!r} (a link or special file): only files and "
+                       "folders are restored (tablespaces are not supported)")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self._left, self._pad = size, (-size) % 512
+        self.files += 1
+        if not size:
+            os.close(self._fd)
+            self._fd = None
+
+    def feed(self, data: bytes) -> None:
+        import os
+
+        view, i, n = memoryview(data), 0, len(data)
+        while i < n:
+            if self._left:
+                take = min(self._left, n - i)
+                while take:  # os.write may write less than asked
+                    wrote = os.write(self._fd, view[i:i + take])
+                    i, take, self._left = i + wrote, take - wrote, self._left - wrote
+                if not self._left:
+                    os.close(self._fd)
+                    self._fd = None
+                continue
+            if self._pad:
+                skip = min(self._pad, n - i)
+                i, self._pad = i + skip, self._pad - skip
+                continue
+            need = 512 - len(self._head)
+            self._head += view[i:i + need]
+            i += min(need, n - i)
+            if len(self._head) < 512:
+                return
+            header, self._head = bytes(self._head), bytearray()
+            if not header.strip(b"\0"):
+                self.ended = True  # end-of-archive blocks; what follows is padding
+                continue
+            if self.ended:
+                self._fail("data after the end of the archive")
+            self._open(header)
+
+    def close(self) -> None:
+        """Release the open file, if any (also after a failure)."""
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def finish(self) -> None:
+        """OperationFailed unless the stream ended with tar's end-of-archive blocks."""
+        if self._left or not self.ended:
+            self._fail("the tar stream ends inside a member (cut short)")
+
+
 def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
     """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd).
 
-    GNU tar writes the files (it refuses members that would leave `target`, like `..`), fed
-    by the checked plaintext stream; a failed check ends the stream and raises, and the
-    caller discards `target`. Nothing is fsynced here: PostgreSQL syncs the data directory
-    when recovery starts (recovery_init_sync_method).
+    The checked plaintext stream is written straight into files by TarWriter (no tar
+    process); a failed check ends the stream and raises (IntegrityError or OperationFailed),
+    and the caller discards `target`. Nothing is fsynced here: recovery runs with fsync off
+    and an in-place restore is synced once before its swap (restore.py).
     """
-    import shutil
-
     from opsctl.backup.pipeline import unpack
 
     obj = rec.object("base.tar.zst")
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tar = shutil.which("tar")
-    if tar is None:
-        raise OperationFailed("tar not found; install GNU tar (Debian: apt-get install tar)")
     stream = unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None,
                     report(f"base backup {rec.id}", obj.size) if report else None)
-    proc = subprocess.Popen([tar, "-x", "-f", "-", "-C", str(target), "--no-same-owner", "--no-same-permissions"],
-                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        import fcntl
-
-        # a 1 MiB pipe: one write per 1 MiB block instead of sixteen 64 KiB round trips with tar
-        fcntl.fcntl(proc.stdin.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except OSError:
-        pass
+    writer = TarWriter(target, f"base backup {rec.id}")
     try:
         for block in stream:
-            proc.stdin.write(block)
-        proc.stdin.close()
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise OperationFailed(f"tar could not unpack base backup {rec.id}: {err.strip()[-300:]}")
+            writer.feed(block)
+        writer.finish()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        writer.close()
+    if not writer.files:
+        raise OperationFailed(f"base backup {rec.id} holds no files; nothing restored from it")

@@ -125,8 +125,15 @@ def cluster_id(repo, state) -> str:
 
 
 def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,
-         beside: bool = False, report=None) -> PitrPlan:
-    """Choose the chain and check the target against its window; stages the checked WAL."""
+         beside: bool = False, report=None, unpack_report=None) -> PitrPlan:
+    """Choose the chain and check the target against its window; stages the checked WAL.
+
+    While the WAL is read and checked, the chain's base backups are already unpacked (and
+    recombined) into a new scratch data directory beside the live one: that touches nothing
+    live, and it is the longest part of a restore, so the two overlap. `discard` (always
+    called after plan, as `restore` does) removes what `run` did not take. `report` advances
+    per WAL file; `unpack_report(what, total)` as for backups.
+    """
     if (to_time is None) == (to_lsn is None):
         raise UsageError("give one of --to-time TIME (or 'latest') and --to-lsn LSN")
     latest = to_time is not None and to_time.strip().lower() == "latest"
@@ -154,8 +161,16 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     tip = max(fits, key=lambda b: layout.lsn(b.stop_lsn))
     backups = bb.chain_of(listed.bases, tip)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
-    stage = state.folder / "data" / f"pitr-wal-{stamp}"
+    data_root = state.folder / "data"
+    stage = data_root / f"pitr-wal-{stamp}"
+    new = data_root / (f"postgres.restored-{stamp}" if beside else f"postgres.restoring-{stamp}")
+    work = data_root / f"pitr-work-{stamp}"
     tip_seg = layout.segno(layout.lsn(tip.start_lsn))
+    from concurrent.futures import ThreadPoolExecutor
+
+    unpacker = ThreadPoolExecutor(1, thread_name_prefix="opsctl-unpack")
+    unpacked = unpacker.submit(_unpack_chain, repo, key, backups, new, work, unpack_report)
+    unpacker.shutdown(wait=False)
     try:
         inv = chain.inventory(repo, key, sysid, deep=True, stage=stage, start_at=tip_seg, progress=report,
                               end_times=when is not None)  # dating the window's end reads WAL: only for a time
@@ -174,6 +189,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
                              f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
     except BaseException:
+        _drop_unpacked(unpacked, new, work)
         shutil.rmtree(stage, ignore_errors=True)
         raise
     settings: dict[str, str] = {}
@@ -187,13 +203,41 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     if not beside:
         p.overwrites.append("the local platform's PostgreSQL (its data directory is kept, renamed)")
     p._ctx = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
-              "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good)}
+              "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
+              "new": new, "work": work, "unpacked": unpacked}
     return p
 
 
 def discard(p: PitrPlan) -> None:
-    """Drop what plan staged (a refused or cancelled restore)."""
-    shutil.rmtree(p._ctx["stage"], ignore_errors=True)
+    """Drop what plan staged and unpacked and `run` did not take (a refused or cancelled restore)."""
+    c = p._ctx
+    if not c.get("taken"):
+        _drop_unpacked(c["unpacked"], c["new"], c["work"])
+    shutil.rmtree(c["stage"], ignore_errors=True)
+
+
+def _unpack_chain(repo, key, backups: list[bb.BaseBackup], new: Path, work: Path, report=None) -> None:
+    """Unpack a base backup (or a chain, in parallel, recombined) into the new data directory."""
+    if len(backups) == 1:
+        bb.extract(repo, backups[0], key, new, report)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    # the chain's members unpack in parallel (zstd, AES-GCM and the writes run outside the GIL)
+    dirs = [work / b.id for b in backups]
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(bb.extract, repo, b, key, d, report) for b, d in zip(backups, dirs)]:
+            done.result()
+    _combine(new, dirs)
+
+
+def _drop_unpacked(unpacked, new: Path, work: Path) -> None:
+    try:
+        unpacked.result()  # wait for it to stop writing before removing what it wrote
+    except BaseException:  # noqa: BLE001 - the restore is abandoned anyway; its error was not asked for
+        pass
+    shutil.rmtree(new, ignore_errors=True)
+    _remove_later(work)
 
 
 def _combine(target: Path, dirs: list[Path]) -> None:
@@ -211,7 +255,10 @@ def _configure(data: Path, stage: Path, settings: dict[str, str]) -> None:
     (data / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
     for name in ("postmaster.pid", "standby.signal"):
         (data / name).unlink(missing_ok=True)
-    lines = [BEGIN, f"restore_command = 'cp \"{stage}/%f\" \"%p\"'", "recovery_target_timeline = 'latest'",
+    # a hard link, not a copy: the staged file is a private plaintext copy made for this
+    # recovery only (deleted after it), so PostgreSQL may have it as it is
+    fetch = f'f="{stage}/%f"; ln -f "$f" "%p" 2>/dev/null || cp "$f" "%p"'
+    lines = [BEGIN, f"restore_command = '{fetch}'", "recovery_target_timeline = 'latest'",
              "recovery_target_action = 'promote'"]
     lines += [f"{k} = '{v}'" for k, v in settings.items()]
     auto = data / "postgresql.auto.conf"
@@ -306,9 +353,8 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
     c = p._ctx
     state, repo, key, env, stamp = c["state"], c["repo"], c["key"], c["env"], c["stamp"]
     began = time.monotonic()
-    data_root = state.folder / "data"
-    work = data_root / f"pitr-work-{stamp}"
-    new = data_root / f"postgres.restored-{stamp}" if p.beside else data_root / f"postgres.restoring-{stamp}"
+    work, new = c["work"], c["new"]
+    c["taken"] = True
     log = state.log(f"postgres-restore-{stamp}")
     pid = None
     phases: dict[str, float] = {}
@@ -322,16 +368,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
 
     try:
         backups = c["backups"]
-        if len(backups) == 1:
-            bb.extract(repo, backups[0], key, new, report)
-        else:  # the chain's members unpack in parallel (zstd, AES-GCM and tar all run outside the GIL)
-            from concurrent.futures import ThreadPoolExecutor
-
-            dirs = [work / b.id for b in backups]
-            with ThreadPoolExecutor(2) as pool:
-                for done in [pool.submit(bb.extract, repo, b, key, d, report) for b, d in zip(backups, dirs)]:
-                    done.result()
-            _combine(new, dirs)
+        c["unpacked"].result()  # started by plan; its failure (a damaged base backup) raises here
         _configure(new, c["stage"], c["settings"])
         user = pg._run_as()
         new.chmod(0o700)
@@ -359,7 +396,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
     except BaseException:
         if pid is not None and procs.alive(pid):
             pg.stop(pid)
-        shutil.rmtree(new, ignore_errors=True)
+        _drop_unpacked(c["unpacked"], new, work)
         raise
     finally:
         _remove_later(work)
@@ -437,7 +474,8 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     if target_instance:
         raise UsageError("--target-instance names a new RDS instance; the embedded platform restores beside "
                          "(--beside) or in place")
-    p = plan(project, env, to_time, to_lsn, beside, report=report("WAL segments", None) if report else None)
+    p = plan(project, env, to_time, to_lsn, beside, report=report("WAL segments", None) if report else None,
+             unpack_report=report)
     try:
         if p.overwrites and approve is not None:
             approve(p)

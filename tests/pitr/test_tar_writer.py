@@ -1,0 +1,76 @@
+"""The base backup extractor (opsctl.pitr.base.TarWriter): what pg_basebackup writes is
+restored byte for byte; anything that could leave the data directory, a link, a damaged
+header or a cut stream is refused."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from opsctl.errors import OperationFailed
+from opsctl.pitr.base import TarWriter
+
+
+def _tar(members) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc"
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tf.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return buf.getvalue()
+
+
+def _feed(target, data: bytes, step: int) -> TarWriter:
+    w = TarWriter(target, "base backup X")
+    try:
+        for i in range(0, len(data), step):
+            w.feed(data[i:i + step])
+        w.finish()
+    finally:
+        w.close()
+    return w
+
+
+@pytest.mark.parametrize("step", [1, 511, 4096, 1 << 20])
+def test_files_and_folders_come_back_byte_for_byte_whatever_the_block_size(tmp_path, step):
+    big = bytes(range(256)) * 4099  # not a multiple of 512: padding is skipped right
+    data = _tar([("base", tarfile.DIRTYPE, b""), ("base/1/1259", tarfile.REGTYPE, big),
+                 ("PG_VERSION", tarfile.REGTYPE, b"18\n"), ("empty", tarfile.REGTYPE, b""),
+                 ("pg_wal", tarfile.DIRTYPE, b"")])
+    w = _feed(tmp_path / "d", data, step)
+    assert w.files == 3
+    assert (tmp_path / "d" / "base" / "1" / "1259").read_bytes() == big
+    assert (tmp_path / "d" / "PG_VERSION").read_bytes() == b"18\n"
+    assert (tmp_path / "d" / "empty").read_bytes() == b""
+    assert (tmp_path / "d" / "pg_wal").is_dir()
+    assert (tmp_path / "d" / "PG_VERSION").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("name, kind, why", [
+    ("../escape", tarfile.REGTYPE, "outside"),
+    ("base/../../escape", tarfile.REGTYPE, "outside"),
+    ("/etc/escape", tarfile.REGTYPE, "outside"),
+    ("pg_tblspc/16400", tarfile.SYMTYPE, "link"),
+    ("fifo", tarfile.FIFOTYPE, "special"),
+])
+def test_a_member_that_could_leave_the_folder_or_is_no_file_is_refused(tmp_path, name, kind, why):
+    data = _tar([(name, kind, b"x")])
+    with pytest.raises(OperationFailed, match=why):
+        _feed(tmp_path / "d", data, 4096)
+    assert not (tmp_path / "escape").exists()
+    assert not list(tmp_path.glob("**/escape"))
+
+
+def test_a_damaged_header_and_a_cut_stream_are_refused(tmp_path):
+    data = bytearray(_tar([("PG_VERSION", tarfile.REGTYPE, b"18\n" * 400)]))
+    with pytest.raises(OperationFailed, match="cut short"):
+        _feed(tmp_path / "a", bytes(data[:700]), 4096)
+    data[10] ^= 1  # a flipped bit in the name: the header checksum no longer matches
+    with pytest.raises(OperationFailed, match="checksum"):
+        _feed(tmp_path / "b", bytes(data), 4096)
