@@ -50,10 +50,17 @@ class ApiServer(kmock.KubernetesEmulator):
 
     freeze_on: str | None = None  # a color: once the active Service selects it, hold every request
     delay: float = 0.0  # seconds each request takes (a slow API server)
+    no_keda: bool = False  # serve no keda.sh resources, as a cluster without KEDA's CRDs
 
     async def _handle(self, request):
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.no_keda and "/apis/keda.sh/" in str(request.url):
+            from aiohttp import web  # the real API server's answer for a resource it does not serve
+
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                      "message": "the server could not find the requested resource",
+                                      "reason": "NotFound", "details": {}, "code": 404}, status=404)
         if self.freeze_on is not None and getattr(self, "frozen", None) is not None and self.frozen.is_set():
             await self.thawed.wait()  # the deploying process hangs here, after its switch
         if request.resource is not None and request.name and request.method == kmock.method.PATCH \
@@ -691,3 +698,17 @@ async def test_bring_up_honours_its_timeout(cluster):
     driver = cluster.driver()
     with pytest.raises(OperationFailed, match="timeout passed"):
         await asyncio.to_thread(driver.bring_up, "blue", Release(f"{IMAGE}:1.0.0"), 1.0)
+
+
+async def test_a_cluster_without_keda_is_refused_before_anything_changes(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    cluster.server.no_keda = True
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "does not serve KEDA's ScaledObject" in result.stderr and "worker.autoscaling.enabled: false" in result.stderr
+    assert cluster.obj(DEPLOYMENTS, "transcription-worker-green") is None and _selectors(cluster) == ["blue"]
+    # turned off, the deploy needs no KEDA (and removes a ScaledObject it made, where one exists)
+    (cluster.root / "opsctl.yaml").write_text(OPSCTL_YAML.replace("gpu: true,", "gpu: true, autoscaling: {enabled: false},"))
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert _selectors(cluster) == ["blue", "green"]

@@ -48,6 +48,9 @@ HISTORY = "opsctl-deploy-history"
 KEEP_RECORDS = 100
 REQUEST_TIMEOUT = 30.0
 POLL_SECONDS = 1.0
+# the API server's answer for a path it does not serve (no such resource: a CRD not installed);
+# a missing object of a served resource answers 404 with the object's name in its details
+UNSERVED = "the server could not find the requested resource"
 FINAL = ("promoted", "rolled-back", "failed", "aborted", "interrupted")  # a record no deploy still runs
 
 
@@ -98,8 +101,10 @@ class KubernetesDriver:
                 "autoscaling": client.AutoscalingV2Api}[kind](self._client)
 
     def _call(self, fn, *args, missing_ok: bool = False, conflict_ok: bool = False,
-              rejected_ok: bool = False, **kwargs) -> dict | None:
-        """One API call; its JSON as a dict. Expected refusals become None, the rest one line."""
+              rejected_ok: bool = False, unknown_kind: str | None = None, **kwargs) -> dict | None:
+        """One API call; its JSON as a dict. Expected refusals become None, the rest one line.
+        `unknown_kind`: the UsageError to raise when the API server does not serve the resource
+        at all (a CRD not installed), which a 404 for a missing object must not be taken for."""
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -112,14 +117,16 @@ class KubernetesDriver:
         try:
             resp = fn(*args, _preload_content=False, _request_timeout=limit, **kwargs)
         except ApiException as exc:
-            if (exc.status == 404 and missing_ok) or (exc.status == 409 and conflict_ok):
-                return None
-            if rejected_ok and exc.status not in (401, 403, 404):
-                return None  # a JSON patch whose test failed (422; some servers answer 500)
             try:
                 message = json.loads(exc.body or "{}").get("message", "")
             except ValueError:
                 message = ""
+            if exc.status == 404 and unknown_kind and message == UNSERVED:
+                raise UsageError(unknown_kind) from None
+            if (exc.status == 404 and missing_ok) or (exc.status == 409 and conflict_ok):
+                return None
+            if rejected_ok and exc.status not in (401, 403, 404):
+                return None  # a JSON patch whose test failed (422; some servers answer 500)
             hint = "; check your credentials and RBAC" if exc.status in (401, 403) else ""
             raise OperationFailed(f"Kubernetes API {getattr(fn, '__name__', 'call')} in namespace {self.ns} answered "
                                   f"{exc.status} {exc.reason}: {message[:200]}{hint}") from None
@@ -156,12 +163,19 @@ class KubernetesDriver:
         return ((svc or {}).get("spec", {}).get("selector") or {}).get(mf.COLOR_LABEL)
 
     def _scaled_object(self) -> dict | None:
+        """The ScaledObject; None when absent. UsageError when the cluster has no KEDA at all."""
         group, version, plural = mf.KEDA_API
         return self._call(self._api("custom").get_namespaced_custom_object, group, version, self.ns, plural,
-                          mf.SCALED_OBJECT, missing_ok=True)
+                          mf.SCALED_OBJECT, missing_ok=True, unknown_kind=(
+                              f"env '{self.env.name}': the cluster does not serve KEDA's ScaledObject "
+                              "(scaledobjects.keda.sh): install KEDA (the stack does: 'opsctl infra up') or set "
+                              "worker.autoscaling.enabled: false in opsctl.yaml"))
 
     def _autoscaled(self) -> tuple[str | None, int | None]:
-        """(color, minReplicaCount) of the Deployment the ScaledObject scales; (None, None) without one."""
+        """(color, minReplicaCount) of the Deployment the ScaledObject scales; (None, None) without
+        one, and without asking the cluster when worker.autoscaling is off."""
+        if not self.env.worker.autoscaling.enabled:
+            return None, None
         so = self._scaled_object()
         if so is None:
             return None, None
@@ -234,7 +248,7 @@ class KubernetesDriver:
             active = self.active_color()
             if color == active and current and current.get("spec", {}).get("replicas"):
                 raise OperationFailed(f"refusing to replace the active color {color}")
-            if self.env.worker.autoscaling.enabled and self._autoscaled()[0] == color:
+            if self._autoscaled()[0] == color:  # asked first: a cluster without KEDA stops here
                 if active and active != color:
                     self._apply(mf.parse(mf.scaled_object(self.project, self.env, active))[0])
                 else:
@@ -342,10 +356,10 @@ class KubernetesDriver:
             time.sleep(min(POLL_SECONDS, max(0.05, deadline - time.monotonic())))
 
     def _delete_scaled_object(self) -> None:
+        """Remove the ScaledObject (autoscaling turned off); absent, or no KEDA at all: nothing to do."""
         group, version, plural = mf.KEDA_API
-        if self._scaled_object() is not None:
-            self._call(self._api("custom").delete_namespaced_custom_object, group, version, self.ns, plural,
-                       mf.SCALED_OBJECT, missing_ok=True)
+        self._call(self._api("custom").delete_namespaced_custom_object, group, version, self.ns, plural,
+                   mf.SCALED_OBJECT, missing_ok=True)
 
     def scale_down(self, color: str) -> None:
         """Set a non-active color's replicas to 0 (absent: nothing to do); refuses the active color."""
