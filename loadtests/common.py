@@ -63,6 +63,21 @@ def unique_wav(size: str) -> bytes:
     return out.getvalue()
 
 
+def padded_wav(size: str, at_least: int) -> bytes:
+    """The recording of that size followed by silence up to at least `at_least` bytes, plus
+    1-1600 random silent frames: a longer, unique file for chunked uploads (the worker's
+    voice activity filter skips the silence, so it costs decoding, not model time)."""
+    params, frames = _recording(size)
+    header = 44  # a plain PCM WAV header
+    pad = max(0, at_least - header - len(frames))
+    pad += pad % 2 + 2 * random.randint(1, 1600)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as dst:
+        dst.setparams(params)
+        dst.writeframes(frames + b"\x00" * pad)
+    return out.getvalue()
+
+
 def transcription_form(size: str) -> tuple[bytes, dict[str, str]]:
     """The multipart body of an OpenAI-style upload and its Content-Type header.
 

@@ -6,3 +6,4 @@ cluster's master/worker pods. Profiles (profiles.yaml) pick classes and weights 
 from admin import AdminUser  # noqa: F401
 from stress import StressUser  # noqa: F401
 from transcription import TranscriptionUser  # noqa: F401
+from uploads import ChunkedUploadUser  # noqa: F401

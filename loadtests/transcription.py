@@ -57,26 +57,7 @@ class TranscriptionUser(FastHttpUser):
 
     def _submit_and_wait(self, size: str, began: float) -> RuntimeError | None:
         body, headers = transcription_form(size)
-        with self.client.post("/v1/jobs", data=body, headers=headers, name=f"/v1/jobs [{size}]",
-                              catch_response=True) as resp:
-            if resp.status_code not in (200, 202):
-                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200] if resp.text else ''}")
-                return RuntimeError(f"job submission answered HTTP {resp.status_code}")
-            job = resp.json()
-        status = job.get("status")
-        while status not in ("succeeded", "failed"):
-            if time.perf_counter() - began > JOB_TIMEOUT_S:
-                return RuntimeError(f"job {job.get('id')} not done after {JOB_TIMEOUT_S:.0f} s (last status {status})")
-            gevent.sleep(POLL_INTERVAL_S)
-            with self.client.get(f"/v1/jobs/{job['id']}", name="/v1/jobs/{id}", catch_response=True) as poll:
-                if poll.status_code != 200:
-                    poll.failure(f"HTTP {poll.status_code}")
-                    return RuntimeError(f"polling job {job['id']} answered HTTP {poll.status_code}")
-                job = poll.json()
-                status = job.get("status")
-        if status == "failed":
-            return RuntimeError(f"job {job.get('id')} failed: {job.get('error')}")
-        return None
+        return submit_and_wait(self, body, headers, f"/v1/jobs [{size}]", began)
 
     @task(6)
     def sync_short(self) -> None:
@@ -97,3 +78,29 @@ class TranscriptionUser(FastHttpUser):
     @task(1)
     def job_medium(self) -> None:
         self._job("medium")
+
+
+def submit_and_wait(user, body: bytes, headers: dict[str, str], name: str, began: float) -> RuntimeError | None:
+    """POST a job form (`body`, its Content-Type in `headers`) to /v1/jobs as entry `name`,
+    then poll it until it succeeds or fails; returns the error to report, None on success
+    (a job not done within JOB_TIMEOUT_S seconds of `began` is an error)."""
+    client = user.client
+    with client.post("/v1/jobs", data=body, headers=headers, name=name, catch_response=True) as resp:
+        if resp.status_code not in (200, 202):
+            resp.failure(f"HTTP {resp.status_code}: {resp.text[:200] if resp.text else ''}")
+            return RuntimeError(f"job submission answered HTTP {resp.status_code}")
+        job = resp.json()
+    status = job.get("status")
+    while status not in ("succeeded", "failed"):
+        if time.perf_counter() - began > JOB_TIMEOUT_S:
+            return RuntimeError(f"job {job.get('id')} not done after {JOB_TIMEOUT_S:.0f} s (last status {status})")
+        gevent.sleep(POLL_INTERVAL_S)
+        with client.get(f"/v1/jobs/{job['id']}", name="/v1/jobs/{id}", catch_response=True) as poll:
+            if poll.status_code != 200:
+                poll.failure(f"HTTP {poll.status_code}")
+                return RuntimeError(f"polling job {job['id']} answered HTTP {poll.status_code}")
+            job = poll.json()
+            status = job.get("status")
+    if status == "failed":
+        return RuntimeError(f"job {job.get('id')} failed: {job.get('error')}")
+    return None

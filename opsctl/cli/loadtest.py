@@ -14,7 +14,7 @@ app = typer.Typer(help="Locust load tests with SLO gates: run, list, compare.", 
 @app.command()
 def run(
     env: EnvOpt = "local",
-    profile: Annotated[str, typer.Option("--profile", "-p", help="light, medium, heavy, stress (loadtests/profiles.yaml).")] = "light",
+    profile: Annotated[str, typer.Option("--profile", "-p", help="light, medium, heavy, stress, uploads (loadtests/profiles.yaml).")] = "light",
     users: Annotated[int | None, typer.Option("--users", "-u", help="Peak users (default: the profile's).")] = None,
     spawn_rate: Annotated[float | None, typer.Option("--spawn-rate", "-r", help="Users started per second.")] = None,
     duration: Annotated[str | None, typer.Option("--duration", "-t", help="Run time: 30s, 5m, 1h30m.")] = None,

@@ -59,7 +59,7 @@ def test_compare_unknown_run(ops_root):
 @pytest.mark.integration
 def test_unknown_user_class(local_platform):
     line = _one_line(opsctl(local_platform.root, "loadtest", "run", "--classes", "AdminUser,RobotUser", "-t", "3s"))
-    assert "RobotUser" in line and "AdminUser, StressUser, TranscriptionUser" in line
+    assert "RobotUser" in line and "AdminUser, ChunkedUploadUser, StressUser, TranscriptionUser" in line
 
 
 def test_malformed_classes(ops_root):
