@@ -545,6 +545,9 @@ async def test_preview_starts_at_preview_replicas_and_is_sized_up_before_the_swi
 
     plan = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.2.0", "--dry-run", "--json")
     assert any("at 1 replica(s)" in s for s in json.loads(plan.stdout)["steps"])
+    # the dry run shows the ScaledObject as it will stand once the target color is active
+    (so,) = [d for d in yaml.safe_load_all(json.loads(plan.stdout)["manifests"]) if d and d["kind"] == "ScaledObject"]
+    assert so["spec"]["scaleTargetRef"]["name"] == "transcription-worker-green" and _scaled_target(cluster) == "blue"
 
     promoted = await cluster.opsctl("promote", "--json")
     assert promoted.exit_code == 0, promoted.output
@@ -659,6 +662,10 @@ async def test_the_deploy_waits_for_the_scaled_object_to_be_ready(cluster):
     assert "Ready=False: prometheus query failed" in result.stderr and "traffic is on green" in result.stderr
     steps = {s["name"]: s["status"] for s in cluster.history()[-1]["steps"]}
     assert steps["switch"] == "failed"
+    # a return to the known-good color never waits for a broken autoscaler: traffic goes back at once
+    back = await cluster.opsctl("rollback", "--no-wait")
+    assert back.exit_code == 0, back.output
+    assert _selectors(cluster) == ["blue", "green", "blue"] and _scaled_target(cluster) == "blue"
 
 
 SCALE_TO_ZERO = OPSCTL_YAML.replace(

@@ -320,16 +320,20 @@ class KubernetesDriver:
         pods sleep in preStop and keep the grace period of deploy.drain_timeout.
 
         Then the ScaledObject follows traffic to `color` (at least one pod while the deploy
-        judges it; `save` of the finished record restores the configured minimum) and this
-        waits up to deploy.ready_timeout for KEDA to report it Ready with its HPA on `color`;
-        OperationFailed if not (traffic has moved by then, and the message says so). Used by
-        the switch, the switch back, rollback and abort alike, so the autoscaler always follows."""
+        judges it; `save` of the finished record restores the configured minimum). Used by the
+        switch, the switch back, rollback and abort alike, so the autoscaler always follows.
+        A deploy's switch forward (the last record is an unfinished deploy to `color`) then waits
+        up to deploy.ready_timeout for KEDA to report it Ready with its HPA on `color`, and
+        raises OperationFailed if not (traffic has moved by then, and the message says so); a
+        return to an earlier color does not wait, so a broken autoscaler never delays a rollback."""
         self._apply(mf.parse(mf.service(self.project, self.env, "active", color))[0])
         if not self.env.worker.autoscaling.enabled:
             self._delete_scaled_object()
             return
         self._apply(mf.parse(mf.scaled_object(self.project, self.env, color, floor=1))[0])
-        self._wait_autoscaler(color, self.env.deploy.ready_timeout)
+        last = self.history()[-1:]
+        if any(r.outcome == "in-progress" and r.strategy != "rollback" and r.to_color == color for r in last):
+            self._wait_autoscaler(color, self.env.deploy.ready_timeout)
 
     def _wait_autoscaler(self, color: str, timeout: float) -> None:
         """Until the ScaledObject is Ready (its status condition) and its HPA scales `color`."""
