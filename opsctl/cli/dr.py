@@ -61,19 +61,54 @@ def failover(
                                                     help="The environment's name: a protected one needs it in CI.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Promote the RDS read replica of an environment's database and record it."""
+    """Promote the standby (embedded platform) or the RDS read replica, repoint, and record it."""
     from opsctl.approval import at_terminal
     from opsctl.output import emit
     from opsctl.pitr import failover as core
 
     project, environment_ = environment(env)
-    primary, target = core.plan(project, environment_, replica)
-    at_terminal(f"promote {target} to be {environment_.name}'s primary in place of {primary}", environment_, yes,
-                confirm_env, verb=("fail over", "failing over", "failed over"))
-    r = core.run(project, environment_, primary, target)
+
+    def approve(text: str) -> None:
+        at_terminal(text, environment_, yes, confirm_env, verb=("fail over", "failing over", "failed over"))
+
+    r = core.failover(project, environment_, replica, approve)
+    if environment_.platform == "local":
+        emit(r, as_json, lambda c: c.print(
+            f"standby {r.new_primary} promoted in place of {r.old_primary} "
+            f"({'stopped' if r.old_primary_was_running else 'was down'}) in {r.promote_seconds:.1f} s, timeline "
+            f"{r.timeline}; database URL now {r.database_url}; workers restarted: "
+            f"{', '.join(r.workers_restarted) or 'none'} ({r.seconds:.1f} s in all); recorded in {r.journal}"
+            + "".join(f"; {n}" for n in r.notes), soft_wrap=True))
+        return
     emit(r, as_json, lambda c: c.print(
         f"{r.new_primary} promoted (was a replica of {r.old_primary}) in {r.seconds:.0f} s; endpoint {r.endpoint}; "
         f"recorded in {r.journal}; point {r.environment}'s database URL and workers at it", soft_wrap=True))
+
+
+@app.command()
+def standby(
+    env: EnvOpt = "local",
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the standby and remove its data and replication slot.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the embedded platform's standby from the backup repository (streaming after the archive)."""
+    from opsctl.cli.backup import _progress
+    from opsctl.output import emit
+    from opsctl.pitr import standby as core
+
+    project, environment_ = environment(env)
+    if stop:
+        stopped = core.stop_standby(project, environment_)
+        emit({"stopped": stopped}, as_json, lambda c: c.print("standby stopped and removed" if stopped
+                                                             else "no standby was running"))
+        return
+    with _progress() as bars:
+        r = core.start_standby(project, environment_, getattr(bars, "report", bars))
+    emit(r, as_json, lambda c: c.print(
+        (f"standby already running on port {r.port}" if r.kept else
+         f"standby built from base backup {' + '.join(r.chain)} in {r.seconds:.1f} s, running on port {r.port}")
+        + f" (pid {r.pid}), {'streaming from the primary' if r.streaming else 'not streaming'}, replayed to "
+        f"{r.replay_lsn}; 'opsctl failover --env {r.environment}' promotes it", soft_wrap=True))
 
 
 def register(root: typer.Typer) -> None:

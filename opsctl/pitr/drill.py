@@ -66,7 +66,18 @@ def _live_newest_commit(project: Project, env: Environment) -> dt.datetime | Non
 
 
 def drill(project: Project, env: Environment, report=None) -> DrillResult:
-    """Run one drill; never touches the live database. OpsError when the restore itself fails."""
+    """Run one drill inside the environment's operation window ("drill": announced, no check
+    held); never touches the live database. OpsError when the restore itself fails."""
+    from opsctl.pitr.ops import window
+
+    with window(project, env, "drill", "restore to the newest restorable time into scratch") as w:
+        out = _drill(project, env, report)
+        if not out.passed:
+            w.outcome = "targets missed: " + "; ".join(out.problems)
+        return out
+
+
+def _drill(project: Project, env: Environment, report=None) -> DrillResult:
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
     rto_target, rpo_target = seconds(env.dr.rto), seconds(env.dr.rpo)

@@ -5,9 +5,11 @@ in opsctl.yaml names it, or `--replica`). Failover checks that it really replica
 environment's primary (`database.rds_instance`), promotes it (`promote_read_replica`), waits
 until RDS reports it available, and records what it did, 0600, in
 `.opsctl/failover/<env>.json` (every failover, newest last): when, from which primary, to which
-instance, its endpoint. The new primary's endpoint is printed; pointing the environment's
-database URL and the workers at it is the next step this command does not take yet.
-On the embedded platform a standby started from the archive is not built yet.
+instance, its endpoint. The new primary's endpoint is printed; on a cloud environment the
+database URL lives in the variable `database.url_env` names and in the worker's Secret, which
+this command does not rewrite: point them at the endpoint.
+On the embedded platform `failover` promotes the standby built from the archive
+(opsctl/pitr/standby.py) and repoints the platform's database URL and its workers itself.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def plan(project: Project, env: Environment, replica: str | None = None) -> tupl
 
     if env.platform != "kubernetes":
         raise UsageError(f"failover promotes an RDS read replica; '{env.name}' runs on {env.platform} "
-                         "(a standby from the WAL archive is not built yet: use 'opsctl restore --to-time latest')")
+                         "(its standby: 'opsctl dr standby')")
     primary = env.database.rds_instance
     replica = replica or env.database.replica_instance
     if not primary or not replica:
@@ -57,6 +59,31 @@ def plan(project: Project, env: Environment, replica: str | None = None) -> tupl
         raise UsageError(f"RDS instance {replica} is not a read replica of {primary} "
                          f"(its source: {source or 'none'}); nothing was promoted")
     return primary, replica
+
+
+def failover(project: Project, env: Environment, replica: str | None = None, approve=None, progress=None):
+    """The whole failover, as `opsctl failover` and a runbook step run it, inside the
+    environment's operation window (notifications, maintenance window).
+
+    Embedded platform: opsctl.pitr.standby.failover (returns a LocalFailoverResult);
+    kubernetes: promote the RDS read replica (FailoverResult). `approve(text)` is called
+    before anything changes (raise to stop); `progress(step)` for the local steps. UsageError
+    when there is nothing to promote, OperationFailed when the promotion fails.
+    """
+    from opsctl.pitr.ops import window
+
+    if env.platform == "local":
+        from opsctl.pitr import standby
+
+        if replica:
+            raise UsageError("--replica names an RDS read replica; the embedded platform promotes its standby")
+        with window(project, env, "failover", f"promote the standby of {env.name}"):
+            return standby.failover(project, env, approve, progress)
+    primary, target = plan(project, env, replica)
+    if approve is not None:
+        approve(f"promote {target} to be {env.name}'s primary in place of {primary}")
+    with window(project, env, "failover", f"promote {target} in place of {primary}"):
+        return run(project, env, primary, target)
 
 
 def run(project: Project, env: Environment, primary: str, replica: str, poll: float = 15.0) -> FailoverResult:

@@ -464,13 +464,18 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     new instance `target_instance`; returns an rds.RdsRestoreResult. `report(what, total)` as
     for backups. UsageError for bad input, OperationFailed when the restore fails.
     """
+    from contextlib import nullcontext
+
+    from opsctl.pitr.ops import window
+
     if env.platform == "kubernetes":
         from opsctl.pitr import rds
 
         if to_lsn is not None or beside:
             raise UsageError("RDS restores to a time into a new instance: use --to-time with --target-instance")
         when = None if (to_time or "").strip().lower() == "latest" else parse_time(to_time or "")
-        return rds.restore_to_time(env, target_instance, when)
+        with window(project, env, "restore", f"{env.database.rds_instance} to {to_time} into {target_instance}"):
+            return rds.restore_to_time(env, target_instance, when)
     if target_instance:
         raise UsageError("--target-instance names a new RDS instance; the embedded platform restores beside "
                          "(--beside) or in place")
@@ -479,6 +484,8 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     try:
         if p.overwrites and approve is not None:
             approve(p)
-        return run(p, report)
+        # a restore beside the live server touches nothing live: no window, no held checks
+        with window(project, env, "restore", f"PostgreSQL to {p.target}") if not p.beside else nullcontext():
+            return run(p, report)
     finally:
         discard(p)

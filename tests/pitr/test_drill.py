@@ -118,7 +118,7 @@ def test_failover_promotes_the_replica_and_records_it(cloud, runner, ops_root):
 @pytest.mark.parametrize("args, message", [
     (["--env", "cloud", "--replica", "other-db", "--yes"], "not a read replica of dr-db"),
     (["--env", "cloud", "--replica", "missing-db", "--yes"], "does not exist"),
-    (["--env", "local", "--yes"], "not built yet"),
+    (["--env", "local", "--yes"], "never started"),  # local: the standby of a running platform
 ])
 def test_failover_refusals_change_nothing(cloud, runner, args, message):
     r = runner.invoke(app, ["failover", *args])
@@ -143,3 +143,32 @@ def test_dr_drill_runbook_runs_the_drill(pitr, runner):
     drill = next(s for s in doc["steps"] if s["id"] == "drill")
     assert drill["outputs"]["passed"] and drill["outputs"]["rto_seconds"] > 0
     assert (pitr.root / ".opsctl" / "dr" / "drill.prom").read_text().count("opsctl_dr_drill_") >= 4
+
+
+def test_failover_and_drill_run_inside_the_operation_window(cloud, runner, monkeypatch):
+    """NOTIFICATIONS contract: failover and the drill are announced through
+    opsctl.health.notify.operation_window with their operation names; a failure inside is
+    seen by the window (it marks the outcome failed)."""
+    from contextlib import contextmanager
+
+    from opsctl.health import notify
+
+    seen = []
+
+    @contextmanager
+    def window(project, env_name, operation, subject, **kw):
+        w = notify.Window(env_name, operation, subject, [], "now")
+        try:
+            yield w
+        except BaseException:
+            w.outcome = "failed"
+            raise
+        finally:
+            seen.append((env_name, operation, w.outcome))
+
+    monkeypatch.setattr(notify, "operation_window", window)
+    assert runner.invoke(app, ["dr", "drill", "--env", "cloud", "--json"]).exit_code == 0
+    assert runner.invoke(app, ["failover", "--env", "cloud", "--yes", "--json"]).exit_code == 0
+    refused = runner.invoke(app, ["failover", "--env", "cloud", "--replica", "other-db", "--yes"])
+    assert refused.exit_code == 2  # refused before anything: no window opened
+    assert seen == [("cloud", "drill", "succeeded"), ("cloud", "failover", "succeeded")]

@@ -1,0 +1,430 @@
+"""The embedded platform's standby and its failover (`opsctl dr standby`, `opsctl failover --env local`).
+
+**The standby** is a second PostgreSQL of the same cluster, built from the backup repository,
+not copied from the primary: the newest base backup chain is unpacked and recombined and
+the checked WAL staged, exactly as `restore --to-time latest` does (restore.plan), and the
+server starts with `standby.signal`. It replays the archived WAL (restore_command copies the
+staged, checked files; the key never reaches PostgreSQL), then streams the rest from the
+primary (`primary_conninfo`) through a physical replication slot (`opsctl_standby`), so it
+follows the primary within a second instead of within `archive_timeout`. The slot is made
+before the build and the archive is waited for up to the slot's start, so the WAL between
+"archived" and "streamed" is kept by the primary: there is no hole between the two. Its data
+directory is `.opsctl/local/data/postgres-standby`, its component `postgres-standby` in the
+platform's state file (port, PID), its log `logs/postgres-standby.log`.
+
+**Failover** (`failover`) fences the old primary (stopped when it still runs: two primaries
+must never take writes), promotes the standby (`pg_promote`, a new timeline whose history
+file the archiver uploads), and repoints the environment: the promoted server becomes the
+platform's `postgres` component (its data directory renamed into `data/postgres`, the old
+one kept as `data/postgres.failed-<time>`; PostgreSQL holds absolute paths to its data
+directory, so the promoted server is stopped cleanly, moved and started again there by the
+platform's own start on its port), so the database URL every command gets from
+opsctl.endpoints is the new one, and the workers are restarted through the platform's own
+worker start (opsctl.local.platform / opsctl.local.worker) so they connect to it. Each
+failover is recorded in `.opsctl/failover/<env>.json` (0600), as the RDS failover is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsctl.config import Environment, Project
+from opsctl.errors import OperationFailed, UsageError
+
+COMPONENT = "postgres-standby"
+SLOT = "opsctl_standby"
+BEGIN, END = "# opsctl standby: begin", "# opsctl standby: end"
+
+
+@dataclass
+class StandbyResult:
+    """A running standby: `port`/`pid` of its server, `data_dir`, the chain it was built from,
+    `replay_lsn` when it was reported, `streaming` once its WAL receiver streams from the primary,
+    `seconds` the build took."""
+
+    environment: str
+    port: int
+    pid: int
+    data_dir: str
+    chain: list[str]
+    replay_lsn: str | None
+    streaming: bool
+    seconds: float
+    kept: bool = False  # it already ran: nothing was built
+
+
+@dataclass
+class LocalFailoverResult:
+    """What `failover --env local` did: old and new primary (ports), whether the old one still
+    ran (and was stopped), the promoted server's timeline and last replayed LSN, the workers
+    restarted, the database URL now handed out, seconds from start to the promoted server
+    taking writes at data/postgres (`promote_seconds`) and to the workers ready (`seconds`),
+    the journal file."""
+
+    environment: str
+    old_primary: str
+    new_primary: str
+    old_primary_was_running: bool
+    timeline: int
+    replayed_lsn: str | None
+    database_url: str
+    workers_restarted: list[str]
+    previous_data_dir: str | None
+    at: dt.datetime
+    promote_seconds: float
+    seconds: float
+    journal: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _local(project: Project, env: Environment):
+    from opsctl.local import state as st
+
+    if env.platform != "local":
+        raise UsageError(f"a standby from the archive is for the embedded platform; '{env.name}' runs on "
+                         f"{env.platform}, whose standby is the RDS read replica (database.replica_instance)")
+    folder = st.folder_for(project.root)
+    state = st.load(folder)
+    if "postgres" not in state.components:
+        raise UsageError(f"the local platform of {project.root} was never started; run 'opsctl local up'")
+    return folder, state
+
+
+def _ready(port: int) -> bool:
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    try:
+        with psycopg.connect(pg.url(port), connect_timeout=3) as conn:
+            conn.execute("select 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _owner():
+    """(PostgreSQL's system user or None, chown function), whichever names opsctl.local.postgres has."""
+    from opsctl.local import postgres as pg
+
+    run_as = getattr(pg, "run_as", None) or getattr(pg, "_run_as")
+    chown = getattr(pg, "chown", None) or getattr(pg, "_chown")
+    return run_as(), chown
+
+
+def _standby_running(state) -> bool:
+    from opsctl.local import procs
+
+    comp = state.components.get(COMPONENT)
+    return comp is not None and procs.alive(comp.pid, "postgres") and _ready(comp.port)
+
+
+def _wait_archived(project: Project, env: Environment, url: str, timeout: float) -> None:
+    """Finish the current segment and wait until the archive holds it (and so all before it)."""
+    import psycopg
+
+    from opsctl.pitr import layout
+    from opsctl.pitr.ops import sealed_repository
+
+    repo, _ = sealed_repository(project, env)
+    with psycopg.connect(url, autocommit=True) as conn:
+        sysid = conn.execute("select system_identifier::text from pg_control_system()").fetchone()[0]
+        conn.execute("select pg_logical_emit_message(false, 'opsctl-standby', 'switch')")
+        (file,) = conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()
+    prefix = layout.wal_prefix(sysid) + file + "."
+    deadline = time.monotonic() + timeout
+    while not repo.names(prefix):
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"WAL segment {file} did not reach the archive within {timeout:.0f} s; is the "
+                                  "archiver running ('opsctl local status', logs/archiver.log)?")
+        time.sleep(0.2)
+
+
+def _configure(data: Path, stage: Path, primary_port: int) -> None:
+    from opsctl.local import procs
+
+    (data / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+    for name in ("postmaster.pid", "recovery.signal"):
+        (data / name).unlink(missing_ok=True)
+    lines = [BEGIN, f"restore_command = 'cp \"{stage}/%f\" \"%p\"'", "recovery_target_timeline = 'latest'",
+             f"primary_conninfo = 'host={procs.HOST} port={primary_port} user=postgres application_name={SLOT}'",
+             f"primary_slot_name = '{SLOT}'", "hot_standby = on", END]
+    auto = data / "postgresql.auto.conf"
+    text = auto.read_text() if auto.exists() else ""
+    auto.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(lines) + "\n")
+    (data / "standby.signal").write_text("")
+
+
+def _unconfigure(data: Path) -> None:
+    auto = data / "postgresql.auto.conf"
+    text = auto.read_text() if auto.exists() else ""
+    if BEGIN in text:
+        head, _, rest = text.partition(BEGIN)
+        auto.write_text(head + rest.partition(END)[2].lstrip("\n"))
+
+
+def _wal_receiver(port: int) -> tuple[bool, bool, str | None]:
+    """(in recovery, streaming from the primary, last replayed LSN) of the server at `port`."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    with psycopg.connect(pg.url(port), connect_timeout=5, autocommit=True) as conn:
+        recovering, lsn = conn.execute("select pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+        row = conn.execute("select status from pg_stat_wal_receiver").fetchone()
+    return recovering, bool(row and row[0] == "streaming"), lsn
+
+
+def start_standby(project: Project, env: Environment, report=None, timeout: float = 600.0) -> StandbyResult:
+    """Build and start the standby from the repository (kept when one already runs).
+
+    Needs the platform's PostgreSQL running with its archiver (a base backup taken:
+    'opsctl backup base'). UsageError for a non-local environment or a platform not up;
+    OperationFailed when the build, the replay or the streaming fail (what was built is
+    removed, the slot dropped). `report(what, total)` as for backups.
+    """
+    import psycopg
+
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+    from opsctl.local import state as st
+    from opsctl.pitr import local as pitr_local
+    from opsctl.pitr import restore as pr
+
+    began = time.monotonic()
+    folder, state = _local(project, env)
+    if _standby_running(state):
+        comp = state.components[COMPONENT]
+        recovering, streaming, lsn = _wal_receiver(comp.port)
+        return StandbyResult(env.name, comp.port, comp.pid, str(state.data(COMPONENT)), [], lsn, streaming, 0.0,
+                             kept=True)
+    primary = state.components["postgres"]
+    if not (procs.alive(primary.pid, "postgres") and _ready(primary.port)):
+        raise UsageError("the platform's PostgreSQL is not running; start it with 'opsctl local up' first "
+                         "(a standby follows a running primary)")
+    url = pg.url(primary.port)
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not conn.execute("select 1 from pg_replication_slots where slot_name = %s", (SLOT,)).fetchone():
+            conn.execute("select pg_create_physical_replication_slot(%s, true)", (SLOT,))
+    data = state.data(COMPONENT)
+    stage = state.data(f"{COMPONENT}-wal")
+    pid = None
+    try:
+        _wait_archived(project, env, url, timeout=max(60.0, env.backup.archive_timeout * 3))
+        p = pr.plan(project, env, "latest", None, beside=True,
+                    report=report("WAL segments", None) if report else None, unpack_report=report)
+        try:
+            c = p._ctx
+            c["unpacked"].result()
+            c["taken"] = True
+            shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)
+            c["new"].rename(data)
+            c["stage"].rename(stage)
+            pr._remove_later(c["work"])
+        finally:
+            pr.discard(p)
+        _configure(data, stage, primary.port)
+        user, chown = _owner()
+        data.chmod(0o700)
+        chown(data, user)
+        chown(stage, user)
+        port = procs.free_port()
+        with st.locked(folder):
+            state = st.load(folder)
+            comp = state.components[COMPONENT] = st.Component(port=port, ready=False)
+            state.save()
+        log = state.log(COMPONENT)
+        pid = pg.start(data, port, log, timeout=timeout, settings=pitr_local.server_settings(state, env))
+        deadline = time.monotonic() + timeout
+        streaming, lsn = False, None
+        while time.monotonic() < deadline:
+            if not procs.alive(pid, "postgres"):
+                from opsctl.pitr.restore import _fatal
+
+                raise OperationFailed(f"the standby stopped: {_fatal(log)}")
+            recovering, streaming, lsn = _wal_receiver(port)
+            if not recovering:
+                raise OperationFailed("the standby left recovery on its own; it is removed")
+            if streaming:
+                break
+            time.sleep(0.2)
+        if not streaming:
+            raise OperationFailed(f"the standby replayed the archive but does not stream from the primary within "
+                                  f"{timeout:.0f} s; read {log}")
+        with st.locked(folder):
+            state = st.load(folder)
+            comp = state.components.setdefault(COMPONENT, st.Component(port=port))
+            comp.pid, comp.ready, comp.version = pid, True, pg.version(port)
+            state.save()
+    except BaseException:
+        if pid is not None:
+            pg.stop(pid)
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        with st.locked(folder):
+            state = st.load(folder)
+            state.components.pop(COMPONENT, None)
+            state.save()
+        _drop_slot(url)
+        raise
+    return StandbyResult(env.name, port, pid, str(data), list(p.chain), lsn, True, round(time.monotonic() - began, 2))
+
+
+def _drop_slot(url: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+                         "where slot_name = %s and not active", (SLOT,))
+    except psycopg.Error:
+        pass  # the primary is gone: its slot with it
+
+
+def stop_standby(project: Project, env: Environment, remove: bool = True) -> bool:
+    """Stop the standby (and remove its data and the primary's slot, unless `remove` is False)."""
+    from opsctl.local import postgres as pg
+    from opsctl.local import state as st
+
+    folder, state = _local(project, env)
+    comp = state.components.get(COMPONENT)
+    if comp is None:
+        return False
+    pg.stop(comp.pid)
+    with st.locked(folder):
+        state = st.load(folder)
+        state.components.pop(COMPONENT, None)
+        state.save()
+    if remove:
+        shutil.rmtree(state.data(COMPONENT), ignore_errors=True)
+        shutil.rmtree(state.data(f"{COMPONENT}-wal"), ignore_errors=True)
+        primary = state.components.get("postgres")
+        if primary is not None:
+            _drop_slot(pg.url(primary.port))
+    return True
+
+
+def _restart_workers(state, env: Environment) -> list[str]:
+    """Restart every running worker color on its kept port so it reads the new database URL
+    (the platform's own worker start; the router's upstream port does not change)."""
+    from opsctl.local import procs
+    from opsctl.local import state as st
+    from opsctl.local import worker as wk
+
+    restarted = []
+    for color in st.COLORS:
+        comp = state.components.get(wk.name(color))
+        if comp is None or not procs.alive(comp.pid, "transcription-worker"):
+            continue
+        wk.stop(comp)
+        wk.start(state, env, color, comp.version, comp.settings, env.deploy.ready_timeout)
+        state.save()
+        restarted.append(color)
+    return restarted
+
+
+def failover(project: Project, env: Environment, approve=None, progress=None) -> LocalFailoverResult:
+    """Promote the standby to be the platform's PostgreSQL and repoint the environment to it.
+
+    `approve(text)` is asked before anything changes (raise to stop); `progress(step)` gets
+    each step's name. UsageError when there is no running standby (nothing is changed);
+    OperationFailed when the promotion fails (the old primary is then left stopped only if
+    it was already down: a running primary is fenced only right before the promotion).
+    """
+    import psycopg
+
+    from opsctl.files import write_json
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+    from opsctl.local import state as st
+
+    step = progress or (lambda _s: None)
+    folder, state = _local(project, env)
+    if not _standby_running(state):
+        raise UsageError("no running standby to promote; start one with 'opsctl dr standby --env "
+                         f"{env.name}' (or restore with 'opsctl restore --env {env.name} --to-time latest')")
+    standby = state.components[COMPONENT]
+    recovering, streaming, _lsn = _wal_receiver(standby.port)
+    if not recovering:
+        raise UsageError(f"the standby on port {standby.port} is not in recovery: it was promoted already")
+    primary = state.components["postgres"]
+    old_running = procs.alive(primary.pid, "postgres")
+    if approve is not None:
+        approve(f"promote the standby (port {standby.port}) to be {env.name}'s PostgreSQL in place of the primary "
+                f"(port {primary.port}, {'running: it will be stopped' if old_running else 'down'})")
+    began = time.monotonic()
+    notes = []
+    if old_running:  # fence: a primary that still takes writes would fork the history
+        step("stopping the old primary")
+        pg.stop(primary.pid)
+        # the standby streamed until the stop; give it the primary's shutdown checkpoint
+        deadline = time.monotonic() + 10
+        want = None
+        while time.monotonic() < deadline:
+            _r, streaming, lsn = _wal_receiver(standby.port)
+            if lsn == want:
+                break
+            want = lsn
+            time.sleep(0.3)
+    elif not streaming:
+        notes.append("the standby was not streaming when the primary was found down: commits after its last "
+                     "replayed WAL are lost (see replayed_lsn)")
+    step("promoting the standby")
+    with psycopg.connect(pg.url(standby.port), autocommit=True) as conn:
+        replayed = conn.execute("select pg_last_wal_replay_lsn()::text").fetchone()[0]
+        if not conn.execute("select pg_promote(true, 60)").fetchone()[0]:
+            raise OperationFailed(f"pg_promote did not finish within 60 s; read {state.log(COMPONENT)}")
+        tli = int(conn.execute("select pg_walfile_name(pg_current_wal_lsn())").fetchone()[0][:8], 16)
+        conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
+                     (SLOT,))
+    step("repointing the environment")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    from opsctl.local import platform
+
+    with st.locked(folder):
+        state = st.load(folder)
+        live, new = state.data("postgres"), state.data(COMPONENT)
+        kept = live.with_name(f"postgres.failed-{stamp}")
+        # PostgreSQL keeps absolute paths to its data directory: the promoted server is
+        # stopped cleanly, moved to data/postgres and started there by the platform's own
+        # start (its port, archiving settings), a second or two
+        pg.stop(standby.pid)
+        _unconfigure(new)
+        (new / "standby.signal").unlink(missing_ok=True)
+        if live.exists():
+            live.rename(kept)
+        new.rename(live)
+        shutil.rmtree(state.data(f"{COMPONENT}-wal"), ignore_errors=True)
+        old_port = primary.port
+        state.components["postgres"] = state.components.pop(COMPONENT)
+        state.save()
+        start = getattr(platform, "start_component", None) or getattr(platform, "_start")
+        start("postgres", state, env)
+        state.save()
+        served = time.monotonic() - began
+        step("restarting the workers")
+        workers = _restart_workers(state, env)
+        state.save()
+    from opsctl.endpoints import resolve
+
+    url = resolve(project, env).database_url or ""
+    result = LocalFailoverResult(env.name, f"127.0.0.1:{old_port}", f"127.0.0.1:{standby.port}", old_running, tli,
+                                 replayed, url, workers, str(kept) if kept.exists() else None,
+                                 dt.datetime.now(dt.timezone.utc), round(served, 2),
+                                 round(time.monotonic() - began, 2), notes=notes)
+    path = project.state_dir / "failover" / f"{env.name}.json"
+    import json
+
+    history = json.loads(path.read_text()) if path.exists() else []
+    history.append({"at": result.at.isoformat(), "old_primary": result.old_primary, "new_primary": result.new_primary,
+                    "old_primary_was_running": old_running, "timeline": tli, "replayed_lsn": replayed,
+                    "database_url": url, "workers_restarted": workers, "previous_data_dir": result.previous_data_dir,
+                    "promote_seconds": result.promote_seconds, "seconds": result.seconds})
+    write_json(path, history, private=True)
+    result.journal = str(path)
+    return result

@@ -1,0 +1,98 @@
+"""The embedded platform's standby and failover (issue 22): a standby built from the archive
+follows the primary by streaming; `opsctl failover --env local` fences the primary, promotes
+the standby, repoints the database URL the platform hands out and restarts the workers, which
+then reach the promoted server; it is recorded. Real PostgreSQL (two servers), a real worker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from pitr_support import pitr  # noqa: F401 - the module's archived cluster
+
+
+@pytest.fixture(scope="module")
+def platform(pitr):  # noqa: F811
+    """The pitr cluster plus the rest of the platform (Redis, S3, router, the worker)."""
+    from opsctl.local import platform as pl
+
+    pl.up(pitr.project())
+    yield pitr
+    pl.down(pitr.project())
+
+
+def _worker(pitr):
+    from opsctl.local import worker as wk
+
+    return pitr.state().components[wk.name(pitr.state().active_color)]
+
+
+def test_failover_without_a_standby_is_refused_and_changes_nothing(platform, runner):
+    before = platform.port
+    r = platform.cli(runner, "failover", "--env", "local", "--yes")
+    assert r.exit_code == 2, r.output
+    assert "no running standby" in r.output and "opsctl dr standby" in r.output
+    assert platform.port == before and platform.sql("select 1", db="postgres") == [(1,)]
+
+
+def test_standby_from_the_archive_then_failover_repoints_database_and_workers(platform, runner):
+    from opsctl.endpoints import resolve
+    from opsctl.local import procs
+
+    assert platform.cli(runner, "backup", "base", "--json").exit_code == 0
+    platform.sql("insert into events(note) select 'before the standby' from generate_series(1, 50)")
+    old_port, old_pid = platform.port, platform.pid
+    worker_pid = _worker(platform).pid
+
+    r = platform.cli(runner, "dr", "standby", "--env", "local", "--json")
+    assert r.exit_code == 0, r.output
+    sb = json.loads(r.stdout)
+    assert sb["streaming"] is True and sb["kept"] is False and sb["chain"]
+    assert platform.state().components["postgres-standby"].port == sb["port"]
+    # streamed, not only archived: rows committed now show up on the standby
+    platform.sql("insert into events(note) select 'after the standby' from generate_series(1, 25)")
+    from opsctl.local import postgres as pg
+    import psycopg
+
+    deadline = time.monotonic() + 60
+    while True:
+        with psycopg.connect(pg.url(sb["port"], "pitrdb")) as conn:
+            if conn.execute("select count(*) from events where note = 'after the standby'").fetchone()[0] == 25:
+                break
+        assert time.monotonic() < deadline, "the standby never caught up"
+        time.sleep(0.2)
+    again = platform.cli(runner, "dr", "standby", "--env", "local", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["kept"] is True
+
+    platform.sql("insert into events(note) select 'last before failover' from generate_series(1, 10)")
+    committed = platform.sql("select count(*) from events")[0][0]
+    r = platform.cli(runner, "failover", "--env", "local", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["old_primary_was_running"] is True and doc["timeline"] >= 2
+    assert doc["new_primary"].endswith(f":{sb['port']}") and doc["old_primary"].endswith(f":{old_port}")
+    assert doc["workers_restarted"] == [platform.state().active_color]
+
+    # fenced: the old primary is gone; the environment hands out the promoted server
+    assert not procs.alive(old_pid, "postgres") and not procs.port_open(old_port)
+    assert platform.port == sb["port"] and "postgres-standby" not in platform.state().components
+    url = resolve(platform.project(), platform.env()).database_url
+    assert url == doc["database_url"] and f":{sb['port']}/" in url
+    # nothing committed on the old primary is lost (a planned failover: RPO 0), and it takes writes
+    assert platform.sql("select count(*) from events")[0][0] == committed
+    assert platform.sql("select pg_is_in_recovery()", db="postgres") == [(False,)]
+    platform.sql("insert into events(note) values ('on the new primary')")
+    # the workers were restarted and reach the promoted server (their readiness probes PostgreSQL)
+    comp = _worker(platform)
+    assert comp.pid != worker_pid
+    ready = httpx.get(f"http://127.0.0.1:{comp.port}/readyz", timeout=10).json()
+    assert ready["checks"]["postgres"] == "ok", ready
+    # recorded, privately
+    journal = platform.root / ".opsctl" / "failover" / "local.json"
+    assert (journal.stat().st_mode & 0o777) == 0o600
+    assert json.loads(journal.read_text())[-1]["new_primary"] == doc["new_primary"]
+    # the promoted server archives its new timeline into the same repository
+    platform.wait_archived()
