@@ -14,7 +14,7 @@ import inspect
 import json
 from dataclasses import dataclass
 
-from transcribe_infra.offline import Captured, OfflineRun
+from transcribe_infra.offline import Captured, OfflineRun, unsecret
 from transcribe_infra.settings import REQUIRED_TAGS
 
 RDS = "aws:rds/instance:Instance"
@@ -54,11 +54,35 @@ def check(run: OfflineRun, production: bool) -> list[Violation]:
     """Every violation of every rule; empty when the stack complies."""
     found: list[Violation] = []
     for rule in (no_public_database, private_api_endpoint, encryption_everywhere, least_privilege,
-                 capacity_can_grow, gpu_nodes_are_usable, tags_on_everything):
+                 capacity_can_grow, gpu_nodes_are_usable, tags_on_everything, credentials_are_secrets):
         found += rule(run)
     if production:
         found += deletion_protection(run)
     return found
+
+
+# (type token, input keys) whose values are credentials: each must be a Pulumi secret, so the
+# state encrypts it and no preview, output or log shows it
+CREDENTIAL_INPUTS = ((RDS, ("password",)), (REDIS, ("authToken",)),
+                     ("aws:secretsmanager/secretVersion:SecretVersion", ("secretString",)),
+                     ("kubernetes:core/v1:Secret", ("stringData", "data")))
+
+
+def credentials_are_secrets(run: OfflineRun) -> list[Violation]:
+    """A password, AUTH token, Secrets Manager value or Kubernetes Secret's data declared in
+    clear (not a Pulumi secret, at the top or in every value of a map)."""
+    out = []
+    for typ, keys in CREDENTIAL_INPUTS:
+        for r in run.of_type(typ):
+            for key in keys:
+                if key not in r.inputs:
+                    continue
+                whole, value = unsecret(r.inputs[key])
+                values = value.values() if isinstance(value, dict) and not whole else [r.inputs[key]]
+                if not all(unsecret(v)[0] for v in values):
+                    out.append(_v("credentials-are-secrets", r, f"{key} is in clear: wrap it in "
+                                  "pulumi.Output.secret (or make it with pulumi_random)"))
+    return out
 
 
 def _v(rule: str, res: Captured, message: str) -> Violation:

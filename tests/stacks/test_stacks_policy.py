@@ -219,3 +219,14 @@ def test_the_worker_role_given_the_backups_bucket_or_a_wildcard(staging):
     assert messages(run) == [
         "[least-privilege] aws:iam/rolePolicy:RolePolicy 'transcribe-staging-worker-buckets': allows s3:*; "
         "name the actions the role needs"]
+
+
+@pytest.mark.parametrize("typ, key, clear", [
+    ("aws:rds/instance:Instance", "password", "hunter2hunter2"),
+    ("kubernetes:core/v1:Secret", "stringData", {"database-url": "postgresql://u:p@h/db", "redis-url": "rediss://:t@h/0"}),
+])
+def test_a_credential_in_clear_is_refused(staging, typ, key, clear):
+    assert not [m for m in messages(staging) if "credentials-are-secrets" in m]  # the stack as it is passes
+    name = "transcribe-staging-instance" if typ.startswith("aws:rds") else None
+    found = [m for m in messages(planted(staging, typ, name, **{key: clear})) if "credentials-are-secrets" in m]
+    assert len(found) == 1 and f"{key} is in clear" in found[0]
