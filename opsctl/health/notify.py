@@ -175,7 +175,7 @@ def _senders(env, window: Window) -> list:
     return out
 
 
-def default_checks(operation: str) -> list[str]:
+def _default_checks(operation: str) -> list[str]:
     """The checks `operation` holds by default (DEFAULT_CHECKS). Raises ValueError for an
     operation not in that table: pass `checks=` explicitly for others."""
     try:
@@ -200,7 +200,7 @@ def operation_window(project, env_name: str, operation: str, subject: str, *,
     from opsctl.health import silences
 
     env = project.env(env_name)
-    held = default_checks(operation) if checks is None else list(checks)
+    held = _default_checks(operation) if checks is None else list(checks)
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.monotonic()
     subject = credentials(subject or "")

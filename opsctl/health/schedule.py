@@ -29,7 +29,7 @@ def validate_cron(cron: str) -> str:
     return cron
 
 
-def next_cron(cron: str, after: float) -> float:
+def _next_cron(cron: str, after: float) -> float:
     """The next time `cron` fires after `after` (both epoch seconds)."""
     from croniter import croniter
 
@@ -58,7 +58,7 @@ def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[l
     stop = stop or threading.Event()
     last = None
     done = 0
-    next_at = time.time() if interval is not None else next_cron(cron, time.time())
+    next_at = time.time() if interval is not None else _next_cron(cron, time.time())
     while not stop.is_set() and (iterations is None or done < iterations):
         if stop.wait(max(0.0, next_at - time.time())):
             break
@@ -73,7 +73,7 @@ def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[l
             while next_at < time.time():  # the sweep overran its slot: skip it, do not bunch up
                 next_at += interval
         else:
-            next_at = next_cron(cron, time.time())
+            next_at = _next_cron(cron, time.time())
         if on_sweep:
             on_sweep(last, alerts, next_at)
     return last

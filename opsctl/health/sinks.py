@@ -60,8 +60,8 @@ class Sender:
             return self._email(alert)
         import httpx
 
-        body = {"slack": slack_payload, "pagerduty": pagerduty_payload,
-                "webhook": alertmanager_payload}[self.type](alert, self)
+        body = {"slack": _slack_payload, "pagerduty": _pagerduty_payload,
+                "webhook": _alertmanager_payload}[self.type](alert, self)
         resp = httpx.post(self.target, json=body, timeout=self.settings.timeout)
         if resp.status_code >= 300:
             raise RuntimeError(f"HTTP {resp.status_code}")
@@ -79,11 +79,11 @@ class Sender:
         import httpx
 
         if self.type == "slack":
-            url, body, headers = self.target, slack_event_payload(event), {}
+            url, body, headers = self.target, _slack_event_payload(event), {}
         elif self.type == "pagerduty":
-            url, body, headers = change_url(self.target), pagerduty_change_payload(event, self), {}
+            url, body, headers = _change_url(self.target), _pagerduty_change_payload(event, self), {}
         else:
-            url, body = self.target, cloudevent_payload(event)
+            url, body = self.target, _cloudevent_payload(event)
             headers = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
         resp = httpx.post(url, content=json.dumps(body).encode(), timeout=self.settings.timeout,
                           headers={"Content-Type": "application/json", **headers})
@@ -139,7 +139,7 @@ def build(settings) -> Sender:
     return Sender(settings.name, settings.type, url, settings)
 
 
-def slack_payload(alert: Alert, _sender: Sender) -> dict:
+def _slack_payload(alert: Alert, _sender: Sender) -> dict:
     """Slack incoming-webhook JSON for `alert`: a text line and one colored attachment."""
     color = "good" if alert.event == "resolve" else ("danger" if alert.status == "CRITICAL" else "warning")
     return {"text": alert.summary(),
@@ -149,7 +149,7 @@ def slack_payload(alert: Alert, _sender: Sender) -> dict:
                 {"title": "since", "value": alert.started_at, "short": True}]}]}
 
 
-def pagerduty_payload(alert: Alert, sender: Sender) -> dict:
+def _pagerduty_payload(alert: Alert, sender: Sender) -> dict:
     """PagerDuty Events API v2 JSON: trigger or resolve on the alert's dedup key."""
     doc = {"routing_key": sender.secret, "dedup_key": alert.dedup_key,
            "event_action": "resolve" if alert.event == "resolve" else "trigger"}
@@ -162,7 +162,7 @@ def pagerduty_payload(alert: Alert, sender: Sender) -> dict:
     return doc
 
 
-def alertmanager_payload(alert: Alert, sender: Sender) -> dict:
+def _alertmanager_payload(alert: Alert, sender: Sender) -> dict:
     """Alertmanager's webhook_config body (version 4), one alert per message."""
     status = "resolved" if alert.event == "resolve" else "firing"
     labels = {"alertname": "OpsctlHealthCheck", "env": alert.env, "check": alert.check, "kind": alert.kind,
@@ -179,7 +179,7 @@ def alertmanager_payload(alert: Alert, sender: Sender) -> dict:
                         "generatorURL": "", "fingerprint": fingerprint}]}
 
 
-def change_url(events_url: str) -> str:
+def _change_url(events_url: str) -> str:
     """PagerDuty's change-events endpoint beside an Events API v2 URL:
     `https://events.pagerduty.com/v2/enqueue` -> `.../v2/change/enqueue` (same host, so a
     sink pointed at a proxy or a regional endpoint keeps it)."""
@@ -191,7 +191,7 @@ def change_url(events_url: str) -> str:
     return urljoin(base + "/", "/v2/change/enqueue")
 
 
-def slack_event_payload(event) -> dict:
+def _slack_event_payload(event) -> dict:
     """Slack incoming-webhook JSON for an operation event: its summary line and one attachment
     (blue while running, green when it succeeded, red otherwise)."""
     color = "#439FE0" if event.event == "start" else ("good" if event.outcome == "succeeded" else "danger")
@@ -205,14 +205,14 @@ def slack_event_payload(event) -> dict:
     return {"text": event.summary(), "attachments": [{"color": color, "fields": fields}]}
 
 
-def pagerduty_change_payload(event, sender: Sender) -> dict:
+def _pagerduty_change_payload(event, sender: Sender) -> dict:
     """PagerDuty Events API v2 change event (no severity, no dedup key: it never pages)."""
     return {"routing_key": sender.secret,
             "payload": {"summary": event.summary()[:1024], "timestamp": event.at,
                         "source": f"opsctl {event.env}", "custom_details": event.details()}}
 
 
-def cloudevent_payload(event) -> dict:
+def _cloudevent_payload(event) -> dict:
     """A CloudEvents 1.0 structured-mode document: type `io.opsctl.operation.started` or
     `.finished`, source `opsctl/<env>`, data the event's details."""
     return {"specversion": "1.0", "id": event.id, "source": f"opsctl/{event.env}",

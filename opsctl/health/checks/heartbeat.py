@@ -17,7 +17,7 @@ from opsctl.files import private_dir, write_json
 from opsctl.health.model import CheckResult, Status
 
 
-def beats_file(state_dir: Path) -> Path:
+def _beats_file(state_dir: Path) -> Path:
     """Where push heartbeats are recorded: .opsctl/health/heartbeats.json (name -> ISO UTC)."""
     return state_dir / "health" / "heartbeats.json"
 
@@ -26,7 +26,7 @@ def record(state_dir: Path, name: str, when: dt.datetime | None = None) -> dt.da
     """Write a beat (atomically: the file is read by sweeps running at the same time)."""
     from filelock import FileLock
 
-    path = beats_file(state_dir)
+    path = _beats_file(state_dir)
     private_dir(path.parent)
     when = when or dt.datetime.now(dt.timezone.utc)
     with FileLock(str(path) + ".lock", timeout=30, mode=0o600):
@@ -46,7 +46,7 @@ def _load(path: Path) -> dict:
 
 def last_beat(state_dir: Path, name: str) -> dt.datetime | None:
     """The last recorded beat of `name` (aware UTC), or None."""
-    value = _load(beats_file(state_dir)).get(name)
+    value = _load(_beats_file(state_dir)).get(name)
     try:
         return dt.datetime.fromisoformat(value) if value else None
     except ValueError:

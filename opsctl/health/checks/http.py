@@ -84,9 +84,9 @@ def probe(url: str, conditions: list[str], timeout: float, slow_ms: float,
         if exchange.expired:  # the watchdog cut the connection: the read fails with some error
             error, connected = exchange.expired_error(), True
         elif exchange.connected:
-            error, connected = why_broken(exc, exchange), True
+            error, connected = _why_broken(exc, exchange), True
         else:
-            error = why_not_connected(exc)
+            error = _why_not_connected(exc)
     finally:
         exchange.finish()
     elapsed = (time.perf_counter() - began) * 1000
@@ -214,7 +214,7 @@ def _cut(sock: socket.socket) -> None:
         pass  # already closed by the probe
 
 
-def why_broken(exc, exchange: "_Exchange") -> str:
+def _why_broken(exc, exchange: "_Exchange") -> str:
     """What went wrong after the connection opened (it did connect: never "cannot connect")."""
     text = credentials(str(exc))[:160]
     if "receive buffer too long" in str(exc).lower():  # h11's words for an over-long head
@@ -245,7 +245,7 @@ def _causes(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def why_not_connected(exc) -> str:
+def _why_not_connected(exc) -> str:
     """What stopped a request before any answer, in words an operator acts on."""
     try:
         target = exc.request.url

@@ -14,7 +14,7 @@ from opsctl.health.model import CheckResult, Judge, Status
 GPU = "nvidia.com/gpu"
 
 
-def api_client(settings):
+def _api_client(settings):
     """A Kubernetes API client for the environment's kubeconfig and context."""
     from kubernetes import config
 
@@ -30,7 +30,7 @@ def kubernetes(settings, want_gpu: bool, timeout: float, client=None) -> CheckRe
     from urllib3.exceptions import HTTPError
 
     try:
-        core = k8s.CoreV1Api(client or api_client(settings))
+        core = k8s.CoreV1Api(client or _api_client(settings))
         pods = core.list_namespaced_pod(settings.namespace, _request_timeout=timeout).items
         nodes = core.list_node(_request_timeout=timeout).items if want_gpu else []
     except ConfigException as exc:

@@ -22,7 +22,7 @@ from opsctl.health.model import CheckResult, Judge, Status
 TRANSCRIBE_ROUTE = "/v1/audio/transcriptions"
 
 
-def read_sample(text: str) -> dict:
+def _read_sample(text: str) -> dict:
     """The counters this check needs, from Prometheus text format."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -81,7 +81,7 @@ def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key:
     try:
         resp = shared_client().get(f"{base_url}/metrics", timeout=timeout, headers=headers)
         resp.raise_for_status()
-        cur = read_sample(resp.text)
+        cur = _read_sample(resp.text)
     except httpx.HTTPError as exc:
         return CheckResult("", "metrics", Status.CRITICAL, f"cannot read /metrics ({type(exc).__name__})")
     except ValueError as exc:
