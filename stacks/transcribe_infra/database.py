@@ -37,6 +37,9 @@ REPLICA_OF_TAG = "opsctl:replica-of"  # the primary's identifier, on the replica
 
 @dataclass
 class DatabaseArgs:
+    """The instance's identifier, subnets, security group, key, class, storage (GiB), Multi-AZ,
+    deletion protection and backup days (at least 7: ValueError otherwise).
+"""
     identifier: str
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
@@ -58,6 +61,7 @@ class DatabaseArgs:
 
     @property
     def parameter_family(self) -> str:
+        """The RDS parameter group family of the engine version, e.g. postgres17."""
         return f"postgres{self.engine_version.split('.')[0]}"
 
 

@@ -16,6 +16,8 @@ import pulumi_aws as aws
 
 @dataclass
 class EncryptionArgs:
+    """The platform key's region, its deletion window in days (7-30; ValueError otherwise) and tags."""
+
     region: str
     deletion_window_days: int = 30  # a deleted key makes every encrypted byte unreadable: wait long
     tags: dict[str, str] = field(default_factory=dict)
@@ -26,6 +28,8 @@ class EncryptionArgs:
 
 
 class Encryption(pulumi.ComponentResource):
+    """The platform's customer-managed KMS key (rotated yearly). Output: key_arn."""
+
     key_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: EncryptionArgs, opts: pulumi.ResourceOptions | None = None):

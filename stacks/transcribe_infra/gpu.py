@@ -53,6 +53,9 @@ NODEPOOL = "gpu"
 
 @dataclass
 class GpuCapacityArgs:
+    """Where and what GPU nodes Karpenter may start: instance types, spot or on-demand, at most
+    `max_gpus` GPUs, the chart versions. ValueError for no instance type or max_gpus < 1."""
+
     cluster_name: pulumi.Input[str]
     region: str
     provider: k8s.Provider  # the cluster's kubernetes provider
@@ -79,10 +82,14 @@ class GpuCapacityArgs:
 
     @property
     def capacity_types(self) -> list[str]:
+        """Karpenter's capacity-type values, in order of preference."""
+
         return ["spot", "on-demand"] if self.spot else ["on-demand"]
 
     @property
     def labels(self) -> dict[str, str]:
+        """The labels of the in-cluster objects this component makes."""
+
         return {"app.kubernetes.io/part-of": "transcribe", "app.kubernetes.io/managed-by": "pulumi",
                 "environment": self.tags.get("environment", "")}
 
@@ -150,6 +157,9 @@ def controller_policy(cluster: str, region: str, account: str, queue_arn: str, n
 
 
 class GpuCapacity(pulumi.ComponentResource):
+    """Karpenter (controller, IRSA role, interruption queue), its GPU NodePool and EC2NodeClass,
+    and the NVIDIA device plugin. Outputs: nodepool, interruption_queue, node_role_arn."""
+
     nodepool: pulumi.Output[str]
     interruption_queue: pulumi.Output[str]
     node_role_arn: pulumi.Output[str]

@@ -23,6 +23,9 @@ REDIS_PORT = 6379
 
 @dataclass
 class NetworkArgs:
+    """The VPC's CIDR, its availability zones (at least 2; ValueError otherwise), one NAT per AZ
+    or one shared, the key for flow logs, and the cluster name the subnets are tagged for."""
+
     cidr: str
     availability_zones: list[str]
     nat_per_az: bool  # production: an AZ outage must not cut the other AZs off the internet
@@ -46,6 +49,9 @@ def subnet_cidrs(cidr: str, count: int) -> tuple[list[str], list[str]]:
 
 
 class Network(pulumi.ComponentResource):
+    """The VPC, public and private subnets per AZ, NAT, flow logs and the security groups of the
+    worker, database and cache. Outputs: the ids below."""
+
     vpc_id: pulumi.Output[str]
     public_subnet_ids: list[pulumi.Output[str]]
     private_subnet_ids: list[pulumi.Output[str]]

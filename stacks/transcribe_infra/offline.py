@@ -38,13 +38,19 @@ class Captured:
 
 @dataclass
 class OfflineRun:
+    """What a program declared under the mocks: every resource (in order) and the outputs."""
+
     resources: list[Captured] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
 
     def of_type(self, type_token: str) -> list[Captured]:
+        """The resources of one type token, e.g. aws:rds/instance:Instance."""
+
         return [r for r in self.resources if r.type == type_token]
 
     def one(self, type_token: str, name: str | None = None) -> Captured:
+        """The one resource of that type (and logical name); LookupError unless exactly one."""
+
         found = [r for r in self.of_type(type_token) if name is None or r.name == name]
         if len(found) != 1:
             raise LookupError(f"expected one {type_token} named {name or '*'}, found {[r.name for r in found]}")
@@ -71,12 +77,17 @@ def random_password(inputs: dict[str, Any]) -> str:
 
 
 class CapturingMocks(pulumi.runtime.Mocks):
+    """Pulumi mocks that record every resource and answer with the state AWS would compute
+    (ARNs, endpoints, ids) for the types the program reads back."""
+
     def __init__(self, region: str = "eu-west-1"):
         self.region = region
         self.issuer = f"https://oidc.eks.{region}.amazonaws.com/id/C0FFEE"
         self.captured: list[Captured] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        """Record the resource; answer [id, inputs plus computed state]."""
+
         inputs = dict(args.inputs)
         self.captured.append(Captured(args.typ, args.name, inputs, args.custom, args.provider or ""))
         rid, state = self._computed(args.typ, args.name, inputs)
@@ -127,6 +138,8 @@ class CapturingMocks(pulumi.runtime.Mocks):
         return rid, state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
+        """Answer aws:getCallerIdentity; NotImplementedError for any other call."""
+
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/offline", "userId": "offline"}
         raise NotImplementedError(f"the offline run has no answer for the call {args.token}")

@@ -41,6 +41,8 @@ PRIVATE_PORTS = {5432: "PostgreSQL", 6379: "Redis"}
 
 @dataclass(frozen=True)
 class Violation:
+    """One rule broken by one resource; str() is the line `opsctl infra policy` prints."""
+
     rule: str
     type: str
     name: str
@@ -90,6 +92,9 @@ def _v(rule: str, res: Captured, message: str) -> Violation:
 
 
 def no_public_database(run: OfflineRun) -> list[Violation]:
+    """No RDS instance publicly accessible, no database or cache port open to the internet, and
+    every bucket's public access blocked."""
+
     out = [_v("no-public-database", r, "publicly_accessible must be False")
            for r in run.of_type(RDS) if r.inputs.get("publiclyAccessible") is not False]
     for rule in run.of_type(INGRESS):
@@ -127,6 +132,8 @@ def private_api_endpoint(run: OfflineRun) -> list[Violation]:
 
 
 def encryption_everywhere(run: OfflineRun) -> list[Violation]:
+    """Storage, caches, buckets, logs, secrets, cluster secrets and node disks encrypted with the platform key."""
+
     rule = "encryption"
     out = []
     for r in run.of_type(RDS):
@@ -303,6 +310,9 @@ def taggable(type_token: str) -> bool:
 
 
 def tags_on_everything(run: OfflineRun) -> list[Violation]:
+    """Every taggable AWS resource carries REQUIRED_TAGS; every Kubernetes object the
+    app.kubernetes.io/managed-by label."""
+
     rule = "tags"
     out = []
     for r in run.resources:

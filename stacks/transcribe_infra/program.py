@@ -89,6 +89,8 @@ def build(s: StackSettings, redis_auth_token: pulumi.Input[str] | None = None) -
 
 
 def main() -> None:
+    """The Pulumi entry point (stacks/__main__.py): the stack's settings, then build and export."""
+
     settings = StackSettings.from_config()
     # stacks made before the program generated the token keep theirs (a new one locks workers out)
     token = pulumi.Config(PROJECT).get_secret("redisAuthToken")

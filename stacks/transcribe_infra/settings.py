@@ -18,6 +18,9 @@ REQUIRED_TAGS = ("project", "environment", "managed-by")
 
 @dataclass(frozen=True)
 class StackSettings:
+    """One stack's settings, from its `transcribe:` config (from_config) with the defaults
+    below; ValueError for a production stack with fewer than 3 AZs or a bad gpuCapacityType."""
+
     environment: str
     production: bool
     region: str
@@ -57,14 +60,20 @@ class StackSettings:
     # What production keeps and the other environments save money on.
     @property
     def nat_per_az(self) -> bool:
+        """One NAT gateway per AZ (production) or one shared."""
+
         return self.production
 
     @property
     def deletion_protection(self) -> bool:
+        """Whether destroy is refused for the database and cluster (production)."""
+
         return self.production
 
     @property
     def multi_az(self) -> bool:
+        """A standby database in another AZ (production)."""
+
         return self.production
 
     @property
@@ -74,6 +83,8 @@ class StackSettings:
 
     @classmethod
     def from_config(cls) -> "StackSettings":
+        """The settings of the stack being run (pulumi.Config), defaults filled in."""
+
         cfg = pulumi.Config(PROJECT)
         production = cfg.get_bool("production") or False
         return cls(

@@ -22,6 +22,9 @@ PURPOSE_TAG = "opsctl:purpose"  # audio | backups: what the policy checks tell t
 
 @dataclass
 class BucketSpec:
+    """One bucket: its purpose (audio | backups), name, archive class and days noncurrent
+    versions are kept."""
+
     purpose: str
     name: str
     archive_storage_class: str  # the class objects move to after `glacier_after_days`
@@ -30,6 +33,9 @@ class BucketSpec:
 
 @dataclass
 class StorageArgs:
+    """The two buckets' names, the key, whether destroy may empty them, and lifecycle days
+    (ValueError when S3 would refuse the transitions)."""
+
     audio_bucket: str
     backups_bucket: str
     kms_key_arn: pulumi.Input[str]
@@ -48,6 +54,8 @@ class StorageArgs:
 
     @property
     def buckets(self) -> dict[str, BucketSpec]:
+        """The audio and backups buckets' specs, by purpose."""
+
         return {
             "audio": BucketSpec("audio", self.audio_bucket, "GLACIER", self.audio_noncurrent_expire_days),
             "backups": BucketSpec("backups", self.backups_bucket, "GLACIER_IR", self.backup_noncurrent_expire_days),
@@ -55,6 +63,9 @@ class StorageArgs:
 
 
 class Storage(pulumi.ComponentResource):
+    """The audio and backups buckets: versioned, SSE-KMS, public access blocked, TLS only,
+    lifecycle rules. Outputs: bucket_names and bucket_arns by purpose."""
+
     bucket_names: dict[str, pulumi.Output[str]]
     bucket_arns: dict[str, pulumi.Output[str]]
 

@@ -39,6 +39,10 @@ SECRET_KEYS = ("database-url", "redis-url", "api-key-hashes")
 
 @dataclass
 class WorkloadsArgs:
+    """The cluster to reach, the worker's namespace and service account, IRSA's OIDC provider,
+    what the worker may use, its Secret's values (Pulumi secrets) and extra API-key hashes
+    (ValueError for anything but SHA-256 hex)."""
+
     kubeconfig: pulumi.Input[str]
     namespace: str
     service_account: str
@@ -60,6 +64,8 @@ class WorkloadsArgs:
 
     @property
     def labels(self) -> dict[str, str]:
+        """The labels of the in-cluster objects this component makes."""
+
         return {"app.kubernetes.io/part-of": "transcribe", "app.kubernetes.io/managed-by": "pulumi",
                 "environment": self.tags.get("environment", "")}
 
