@@ -29,7 +29,7 @@ from transcribe_infra.settings import with_name
 class CacheArgs:
     """The replication group's id, subnets, security group, key, node type, failover, snapshot
     days, and the AUTH token (None: generated, `token_length` letters and digits).
-"""
+    """
     replication_group_id: str
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]

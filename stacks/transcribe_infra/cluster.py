@@ -30,7 +30,7 @@ NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2
 class NodeGroupSpec:
     """A managed node group's instance types, sizes (min <= desired <= max: ValueError
     otherwise), capacity type and disk in GiB.
-"""
+    """
     instance_types: list[str]
     min_size: int
     max_size: int
@@ -47,7 +47,7 @@ class NodeGroupSpec:
 class ClusterArgs:
     """The EKS cluster's name, region, private subnets, key, system node group and Kubernetes
     version; `public_access_cidrs` (never a /0: ValueError) makes its API public to those ranges.
-"""
+    """
     name: str
     region: str
     subnet_ids: list[pulumi.Input[str]]  # private subnets: nodes and the API's ENIs
@@ -99,7 +99,7 @@ def _assume(service: str) -> str:
 class Cluster(pulumi.ComponentResource):
     """EKS with its control-plane role, secrets encryption, OIDC provider (IRSA) and system node group. Outputs:
     name, kubeconfig, oidc_provider_arn, oidc_issuer (and the ids below).
-"""
+    """
     name: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     oidc_provider_arn: pulumi.Output[str]

@@ -39,7 +39,7 @@ REPLICA_OF_TAG = "opsctl:replica-of"  # the primary's identifier, on the replica
 class DatabaseArgs:
     """The instance's identifier, subnets, security group, key, class, storage (GiB), Multi-AZ,
     deletion protection and backup days (at least 7: ValueError otherwise).
-"""
+    """
     identifier: str
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
