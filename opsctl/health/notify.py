@@ -43,7 +43,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from opsctl.redact import credentials
+from opsctl.redact import credentials, remember
 
 log = logging.getLogger("opsctl.health")
 
@@ -166,12 +166,16 @@ def _senders(env, window: Window) -> list:
         if not settings.operations:
             continue
         try:
-            out.append(sinks.build(settings))
+            sender = sinks.build(settings)
         except Exception as exc:  # e.g. its secret is not exported: this sink is skipped, not the operation
             problem = f"sink {settings.name} skipped: {credentials(str(exc))}"
             window.problems.append(problem)
             window.deliveries.append({"sink": settings.name, "event": "start", "ok": False, "error": problem})
             log.warning("%s", problem)
+            continue
+        # its secrets are masked in every text sent from now on (an error quoting one included)
+        remember(sender.secret, sender.target if sender.type in ("slack", "webhook") else None)
+        out.append(sender)
     return out
 
 
@@ -203,9 +207,9 @@ def operation_window(project, env_name: str, operation: str, subject: str, *,
     held = _default_checks(operation) if checks is None else list(checks)
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.monotonic()
-    subject = credentials(subject or "")
-    window = Window(env_name, operation, subject, held, _iso(started))
+    window = Window(env_name, operation, "", held, _iso(started))
     lanes = _Lanes(_senders(env, window), window)
+    subject = window.subject = credentials(subject or "")
     with ExitStack() as stack:
         stack.callback(lanes.close)
         if held:

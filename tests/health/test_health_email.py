@@ -164,3 +164,28 @@ def test_a_wrong_password_is_a_failed_delivery_that_never_shows_it(tmp_path, smt
     (delivery,) = out.deliveries
     assert not delivery["ok"] and "535" in delivery["error"] and PASSWORD not in delivery["error"]
     assert box.messages == [] and box.logins == [(b"alerts", False)]
+
+
+def test_operation_events_reach_an_email_sink_only_when_it_asks(tmp_path, smtp, monkeypatch):
+    """Issue 23: e-mail sinks get operation start/end events only with `operations: true`."""
+    from opsctl.health.notify import operation_window
+
+    box, port = smtp
+    monkeypatch.setenv("TEST_SMTP_USER", "alerts")
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", PASSWORD)
+    quiet = _project(tmp_path, "http://127.0.0.1:9", port)
+    with operation_window(quiet, "ci", "drill", "scratch restore") as window:
+        pass
+    assert box.messages == [] and window.deliveries == []
+    (tmp_path / "opsctl.yaml").unlink()
+    asked = _project(tmp_path, "http://127.0.0.1:9", port, operations=True)
+    with pytest.raises(RuntimeError):
+        with operation_window(asked, "ci", "restore", "backup 20261130T0200Z") as window:
+            raise RuntimeError(f"restore failed; smtp password {PASSWORD} leaked?")
+    subjects = [msg["Subject"] for _, _, msg in box.messages]
+    assert subjects[0] == "[STARTED] ci: restore backup 20261130T0200Z (checks held: postgres, wal archive)"
+    assert subjects[1].startswith("[FAILED] ci: restore backup 20261130T0200Z after ")
+    body = box.messages[1][2].get_content()
+    assert "outcome: failed" in body and "operation: restore" in body
+    assert PASSWORD not in body and PASSWORD not in window.error   # a sink's secret is masked everywhere
+    assert [d["ok"] for d in window.deliveries] == [True, True] and box.encrypted == [True] * 4
