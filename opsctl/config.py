@@ -160,6 +160,16 @@ class Retention(_Model):
     keep_monthly: int | None = Field(None, ge=0)
 
 
+class ArchiveServer(_Model):
+    """A self-managed PostgreSQL (one opsctl does not run) whose WAL opsctl archives:
+    `url_env` names the env var with a superuser connection URL (for ALTER SYSTEM), `queue`
+    the folder on the server's host its archive_command queues WAL into (owned by the
+    server's OS user), drained by `opsctl backup wal-push --server NAME`."""
+
+    url_env: str
+    queue: str = Field(..., pattern=r"^/[A-Za-z0-9_./+-]+$", description="absolute path on the server's host")
+
+
 class BackupSettings(_Model):
     """`backup:` of an environment: repository URL (s3:// or file://), where the key comes
     from (env var, or a key file), zstd level 1-22, retention, and WAL archiving's
@@ -172,6 +182,8 @@ class BackupSettings(_Model):
     retention: Retention = Retention()
     archive_timeout: float = Field(30.0, ge=1, le=3600, description="seconds: WAL archiving's bound on lost commits")
     archive_queue: int = Field(64, ge=1, description="WAL segments queued locally before new ones are dropped")
+    archive_servers: dict[str, ArchiveServer] = Field(default_factory=dict,
+                                                      description="self-managed servers whose WAL opsctl archives")
 
 
 class DrSettings(_Model):

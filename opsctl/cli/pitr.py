@@ -162,7 +162,58 @@ def prune_chain(
         soft_wrap=True))
 
 
+ServerOpt = Annotated[str, typer.Option("--server", metavar="NAME", help="A server of backup.archive_servers in opsctl.yaml.")]
+
+
+def archive_setup(env: EnvOpt = "local", server: ServerOpt = ..., as_json: JsonOpt = False) -> None:
+    """Turn on WAL archiving on a self-managed server (ALTER SYSTEM), or print what to set."""
+    from opsctl.output import emit
+    from opsctl.pitr import selfmanaged
+
+    project, environment_ = environment(env)
+    r = selfmanaged.configure(project, environment_, server)
+
+    def render(c):
+        if r.applied:
+            c.print(f"archive server {r.server} (system {r.system_identifier}): WAL archiving set with ALTER SYSTEM"
+                    + (f"; restart the server for {', '.join(r.restart_needed)}" if r.restart_needed else ""),
+                    soft_wrap=True)
+        else:
+            c.print(f"archive server {r.server}: nothing changed: {r.reason}", soft_wrap=True)
+            for line in r.conf_lines:
+                c.print(line, markup=False, soft_wrap=True, highlight=False)
+        for note in r.notes:
+            c.print(note, soft_wrap=True)
+
+    emit(r, as_json, render)
+
+
+def wal_push(
+    env: EnvOpt = "local",
+    server: ServerOpt = ...,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep draining until stopped (run it as a service).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Archive what a self-managed server queued (compressed, sealed, tagged) into the repository."""
+    from opsctl.output import emit
+    from opsctl.pitr import selfmanaged
+    from opsctl.signals import sigterm_as_interrupt
+
+    project, environment_ = environment(env)
+    with sigterm_as_interrupt():
+        try:
+            r = selfmanaged.push(project, environment_, server, follow)
+        except KeyboardInterrupt:
+            r = selfmanaged.push(project, environment_, server)  # what was queued before the stop goes out
+    emit(r, as_json, lambda c: c.print(
+        f"archived {len(r.archived)} WAL file(s) of {server} ({_size(r.raw_bytes)} → {_size(r.stored_bytes)})"
+        + (f", {len(r.skipped)} already archived" if r.skipped else "")
+        + (f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else ""), soft_wrap=True))
+
+
 def register(app: typer.Typer) -> None:
     app.command("base")(base)
     app.command("verify-chain")(verify_chain)
     app.command("prune-chain")(prune_chain)
+    app.command("archive-setup")(archive_setup)
+    app.command("wal-push")(wal_push)
