@@ -36,6 +36,8 @@ def _values(project: Project, env: Environment) -> dict:
         "namespace": env.kubernetes.namespace, "color_label": COLOR_LABEL,
         "workers": [], "router_admin": None, "metrics_port_name": _metrics_port_name(),
         # the WAL archive check's lag (seconds) against the RPO, as `opsctl health` judges it
+        "uploads": {"incomplete": env.health.uploads.incomplete,
+                    "oldest_incomplete_seconds": f"{env.health.uploads.oldest_incomplete_seconds:g}"},
         "rpo": env.dr.rpo, "monitoring_lag_fraction": mon.archive_lag_warning, "rpo_seconds": f"{rpo:g}", "lag_warning_seconds": f"{rpo * mon.archive_lag_warning:g}",
     }
     if env.platform == "local":

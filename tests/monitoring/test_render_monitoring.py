@@ -49,7 +49,7 @@ def test_local_files_pass_promtool(local_platform, tmp_path):
     monitoring.write(files, tmp_path)
     rules = _promtool("check", "rules", str(tmp_path / "alert-rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 8 rules found" in rules.stdout
+    assert "SUCCESS: 10 rules found" in rules.stdout  # 8 + the two upload alerts
     config = _check_config(tmp_path / "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
     scrape = yaml.safe_load(files["prometheus.yml"])
@@ -72,7 +72,7 @@ def test_production_files_pass_promtool_with_exporters(tmp_path):
     monitoring.write(files, tmp_path)
     rules = _promtool("check", "rules", str(tmp_path / "alert-rules.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 15 rules found" in rules.stdout  # 13 + the two WAL archive lag alerts
+    assert "SUCCESS: 17 rules found" in rules.stdout  # 13 + two WAL archive lag + two upload alerts
     config = _check_config(tmp_path / "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
     docs = list(yaml.safe_load_all(files["kubernetes/monitoring.yaml"]))
