@@ -11,7 +11,6 @@ import stat
 import time
 
 import httpx
-import pytest
 import yaml
 from typer.testing import CliRunner
 
