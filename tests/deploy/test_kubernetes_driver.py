@@ -668,6 +668,16 @@ async def test_the_deploy_waits_for_the_scaled_object_to_be_ready(cluster):
     assert _selectors(cluster) == ["blue", "green", "blue"] and _scaled_target(cluster) == "blue"
 
 
+async def _eventually(check, seconds: float = 20.0) -> bool:
+    """Whether `check()` holds within `seconds` (the emulated controllers act every 0.05 s)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 SCALE_TO_ZERO = OPSCTL_YAML.replace(
     "gpu: true,", "gpu: true, autoscaling: {min_replicas: 0, wake_query: 'sum(rate(ingress_requests_total[1m]))'},")
 
@@ -676,15 +686,15 @@ async def test_scale_to_zero_never_touches_a_color_under_analysis(cluster):
     (cluster.root / "opsctl.yaml").write_text(SCALE_TO_ZERO)
     cluster.controller.idle = True  # no work queued: KEDA scales whatever it targets at min 0 to zero
     assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
-    await asyncio.sleep(0.3)
-    assert _replicas(cluster, "blue") == 0 and cluster.obj(SCALEDOBJECTS, "transcription-worker")["spec"]["minReplicaCount"] == 0
+    assert await _eventually(lambda: _replicas(cluster, "blue") == 0)  # KEDA's turn, once the deploy ended
+    assert cluster.obj(SCALEDOBJECTS, "transcription-worker")["spec"]["minReplicaCount"] == 0
     doc = json.loads((await cluster.opsctl("status", "--json")).stdout)
     assert doc["colors"]["blue"]["running"] is True and "scaled to zero" in doc["colors"]["blue"]["detail"]
 
     # an idle active color is still the color serving: the deploy goes blue → green, preview first
     result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
     assert result.exit_code == 0, result.output
-    await asyncio.sleep(0.3)
+    assert await _eventually(lambda: _replicas(cluster, "green") == 0)
     assert cluster.history()[-1]["from_color"] == "blue" and _scaled_target(cluster) == "green"
     green = [v["spec"]["replicas"] for v in cluster.versions(DEPLOYMENTS, "transcription-worker-green") if v.get("spec")]
     assert green[:1] == [1] and 3 in green  # started at preview_replicas, grown before the switch
