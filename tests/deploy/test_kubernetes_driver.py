@@ -729,3 +729,23 @@ async def test_a_cluster_without_keda_is_refused_before_anything_changes(cluster
     result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
     assert result.exit_code == 0, result.output
     assert _selectors(cluster) == ["blue", "green"]
+
+
+async def test_a_scaled_object_left_on_the_preview_is_taken_off_it_before_the_preview_starts(cluster):
+    """A process killed between a switch back and moving the ScaledObject leaves it on the color
+    the next deploy brings up: bring_up moves it to the active color first."""
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")).exit_code == 0
+    assert (await cluster.opsctl("rollback", "--no-wait")).exit_code == 0  # blue active, green warm
+    cluster.server.objects[SCALEDOBJECTS, NS, "transcription-worker"].patch(
+        {"spec": {"scaleTargetRef": {"name": "transcription-worker-green"}}})  # left behind
+    before = len([r for r in list(cluster.server) if r.method == "PATCH"])
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.2.0", "--no-wait")
+    assert result.exit_code == 0, result.output
+    writes = [(str(r.url).split("?")[0], r.data) for r in list(cluster.server) if r.method == "PATCH"][before:]
+    back = next(i for i, (url, d) in enumerate(writes) if url.endswith("/scaledobjects/transcription-worker")
+                and d["spec"]["scaleTargetRef"]["name"] == "transcription-worker-blue")
+    preview = next(i for i, (url, d) in enumerate(writes) if url.endswith("/deployments/transcription-worker-green"))
+    assert back < preview  # off the preview before the preview's Deployment was applied
+    assert _targets(cluster)[-3:] == ["green", "blue", "green"]
+    assert _scaled_target(cluster) == "green" == cluster.selector_color("transcription-worker")
