@@ -162,34 +162,45 @@ def test_an_unreachable_alertmanager_still_holds_the_monitor(tmp_path):
 
 
 def test_a_monitor_running_in_another_thread_holds_during_an_operation(tmp_path, monkeypatch):
-    """The monitor started before the window (as in production) picks the silence up."""
-    green, receiver = ScriptedServer([503] * 500), Receiver()
+    """The monitor runs before the window opens (as in production) and picks the silence up
+    at its next sweep; it pages again only after the window closed."""
+    green, receiver = ScriptedServer([503] * 1000), Receiver()
     monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
-    stop, inside = threading.Event(), threading.Event()
+    first, opened, inside, stop = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    held_sweeps: list = []
+    out: list = []
     try:
         project = _project(tmp_path, sinks=[{"type": "webhook", "url_env": "TEST_HOOK_URL"}],
                            http=[{"name": "worker-green", "url": f"{green.url}/readyz"}])
         env = project.env("ci")
-        sweeps_inside = []
 
         def on_sweep(result, alerts, next_at):
-            if result.silenced:
-                sweeps_inside.append(result)
-                if len(sweeps_inside) >= 3:
+            if not first.is_set():         # one failure counted (threshold 2), then wait for the window
+                first.set()
+                opened.wait(60)
+            elif result.silenced:
+                held_sweeps.append(result)
+                if len(held_sweeps) >= 3:
                     inside.set()
 
+        runner = threading.Thread(target=lambda: out.append(monitor.watch(
+            project, env, interval=0.01, only=["worker-green"], on_sweep=on_sweep, stop=stop)))
+        runner.start()
+        assert first.wait(60)
         with operation_window(project, "ci", "deploy", "worker:3"):
-            runner = threading.Thread(target=lambda: out.append(monitor.watch(
-                project, env, interval=0.01, only=["worker-green"], on_sweep=on_sweep, stop=stop)))
-            out: list = []
-            runner.start()
+            opened.set()
             assert inside.wait(60)
+        while not any(e.get("version") == "4" for e in receiver.at("/hook")) and runner.is_alive():
+            stop.wait(0.05)                 # it pages once the window closed
         stop.set()
         runner.join(60)
     finally:
+        stop.set(), opened.set()
         green.close(), receiver.close()
     (result,) = out
-    # 3+ failing sweeps inside the window paged nothing while it was open
-    assert not [a for a in result.alerts if a["at"] < sweeps_inside[-1].started_at.isoformat()]
+    # 4+ consecutive failures (1 before, 3+ inside the window): nothing paged while it was open
+    last_held = max(r.started_at for r in held_sweeps)
+    assert result.alerts and all(dt.datetime.fromisoformat(a["at"]) > last_held for a in result.alerts)
+    assert [a["event"] for a in result.alerts] == ["trigger"]
     assert [e["type"] for e in receiver.at("/hook") if "specversion" in e] == [
         "io.opsctl.operation.started", "io.opsctl.operation.finished"]
