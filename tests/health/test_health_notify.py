@@ -204,3 +204,17 @@ def test_a_monitor_running_in_another_thread_holds_during_an_operation(tmp_path,
     assert [a["event"] for a in result.alerts] == ["trigger"]
     assert [e["type"] for e in receiver.at("/hook") if "specversion" in e] == [
         "io.opsctl.operation.started", "io.opsctl.operation.finished"]
+
+
+def test_a_sink_with_operations_false_gets_alerts_but_no_operation_events(tmp_path, monkeypatch):
+    target, receiver = ScriptedServer([503] * 10), Receiver()
+    monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
+    try:
+        project = _project(tmp_path, sinks=[{"type": "webhook", "url_env": "TEST_HOOK_URL", "operations": False}],
+                           http=[{"name": "api", "url": f"{target.url}/readyz"}])
+        with operation_window(project, "ci", "deploy", "worker:4") as window:
+            paged = monitor.watch(project, project.env("ci"), interval=0.01, iterations=2, only=["api"])
+    finally:
+        target.close(), receiver.close()
+    assert window.deliveries == [] and [a["event"] for a in paged.alerts] == ["trigger"]
+    assert [b.get("version") for b in receiver.at("/hook")] == ["4"]   # the alert only
