@@ -749,3 +749,15 @@ async def test_a_scaled_object_left_on_the_preview_is_taken_off_it_before_the_pr
     assert back < preview  # off the preview before the preview's Deployment was applied
     assert _targets(cluster)[-3:] == ["green", "blue", "green"]
     assert _scaled_target(cluster) == "green" == cluster.selector_color("transcription-worker")
+
+
+async def test_the_preview_grows_to_the_size_the_autoscaler_gave_the_active_color(cluster):
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    cluster.server.objects[DEPLOYMENTS, NS, "transcription-worker-blue"].patch({"spec": {"replicas": 5}})  # KEDA, busy
+    assert await _eventually(lambda: cluster.obj(DEPLOYMENTS, "transcription-worker-blue")["status"]["readyReplicas"] == 5)
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait", "--json")
+    assert result.exit_code == 0, result.output
+    sizes = [v["spec"]["replicas"] for v in cluster.versions(DEPLOYMENTS, "transcription-worker-green") if v.get("spec")]
+    assert sizes[0] == 1 and sizes[-1] == 5  # preview_replicas, then the active color's 5 before the switch
+    step = next(s for s in json.loads(result.stdout)["steps"] if s["name"] == "scale preview")
+    assert "1 → 5" in step["detail"] and _scaled_target(cluster) == "green"
