@@ -660,6 +660,7 @@ async def test_the_deploy_waits_for_the_scaled_object_to_be_ready(cluster):
     assert result.exit_code == 1
     assert "the ScaledObject transcription-worker is not ready for transcription-worker-green after 3s" in result.stderr
     assert "Ready=False: prometheus query failed" in result.stderr and "traffic is on green" in result.stderr
+    assert "'opsctl rollback' returns traffic to blue at once" in result.stderr
     steps = {s["name"]: s["status"] for s in cluster.history()[-1]["steps"]}
     assert steps["switch"] == "failed"
     # a return to the known-good color never waits for a broken autoscaler: traffic goes back at once

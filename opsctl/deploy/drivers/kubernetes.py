@@ -331,11 +331,12 @@ class KubernetesDriver:
             self._delete_scaled_object()
             return
         self._apply(mf.parse(mf.scaled_object(self.project, self.env, color, floor=1))[0])
-        last = self.history()[-1:]
-        if any(r.outcome == "in-progress" and r.strategy != "rollback" and r.to_color == color for r in last):
-            self._wait_autoscaler(color, self.env.deploy.ready_timeout)
+        forward = [r for r in self.history()[-1:]
+                   if r.outcome == "in-progress" and r.strategy != "rollback" and r.to_color == color]
+        if forward:
+            self._wait_autoscaler(color, self.env.deploy.ready_timeout, forward[0].from_color)
 
-    def _wait_autoscaler(self, color: str, timeout: float) -> None:
+    def _wait_autoscaler(self, color: str, timeout: float, previous: str | None = None) -> None:
         """Until the ScaledObject is Ready (its status condition) and its HPA scales `color`."""
         deadline = time.monotonic() + timeout
         want = mf.deployment_name(color)
@@ -356,7 +357,8 @@ class KubernetesDriver:
                 raise OperationFailed(
                     f"traffic is on {color}, but the ScaledObject {mf.SCALED_OBJECT} is not ready for {want} after "
                     f"{timeout:.0f}s ({detail[:200]}); see 'kubectl -n {self.ns} describe scaledobject "
-                    f"{mf.SCALED_OBJECT}' (is KEDA installed, is Prometheus reachable?)")
+                    f"{mf.SCALED_OBJECT}' (is Prometheus reachable at worker.autoscaling.prometheus_url?)"
+                    + (f"; 'opsctl rollback' returns traffic to {previous} at once" if previous else ""))
             time.sleep(min(POLL_SECONDS, max(0.05, deadline - time.monotonic())))
 
     def _delete_scaled_object(self) -> None:
