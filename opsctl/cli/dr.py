@@ -45,8 +45,14 @@ def drill(
                       "[green]met[/green]" if ok else "[red]missed[/red]")
         c.print(t)
         c.print(f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
-                f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}; "
-                f"not covered yet: {', '.join(r.not_covered)}", soft_wrap=True)
+                f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}"
+                + (f"; not covered: {', '.join(r.not_covered)} ({r.problems_note})" if r.not_covered else ""),
+                soft_wrap=True)
+        if r.backup_id:
+            c.print(f"from backup {r.backup_id}: {r.redis_keys} Redis keys, {r.audio_objects} audio objects; "
+                    f"sample transcription: {r.transcription}; load test: {r.load_test}", soft_wrap=True)
+        for problem in r.problems:
+            c.print(f"[red]{problem}[/red]", soft_wrap=True)
 
     emit(r, as_json, render)
     if not r.passed:

@@ -21,6 +21,8 @@ import datetime as dt
 import time
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 from opsctl.config import Environment, Project
 from opsctl.pitr.health import seconds
 
@@ -46,6 +48,12 @@ class DrillResult:
                                                             "load test"])
     phases: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    backup_id: str | None = None  # the backup Redis and the audio came from
+    redis_keys: int = 0
+    audio_objects: int = 0
+    transcription: str | None = None  # the sample's verdict through the preview color
+    load_test: str | None = None  # the short load test's verdict through it
+    problems_note: str = ""
 
 
 def _live_newest_commit(project: Project, env: Environment) -> dt.datetime | None:
@@ -83,28 +91,143 @@ def _drill(project: Project, env: Environment, report=None) -> DrillResult:
     rto_target, rpo_target = seconds(env.dr.rto), seconds(env.dr.rpo)
     if env.platform == "kubernetes":
         return _rds(env, started, began, rto_target, rpo_target)
+    import shutil
+    from contextlib import ExitStack
+
     from opsctl.local import postgres as pg
     from opsctl.pitr import restore as pr
 
     live = _live_newest_commit(project, env)
-    plan = pr.plan(project, env, "latest", None, beside=True, report=report)
-    try:
-        result = pr.run(plan)
-    finally:
-        pr.discard(plan)
-    rto = time.monotonic() - began
-    rpo = None
-    if result.recovered_to is not None:
-        rpo = max(0.0, ((live or started) - result.recovered_to).total_seconds())
-    out = DrillResult(env.name, env.platform, started, round(rto, 2), None if rpo is None else round(rpo, 3),
-                      rto_target, rpo_target, False, result.recovered_to, live, result.data_dir,
-                      rows=result.rows, tables=len(result.tables), phases=result.phases)
-    import shutil
-
-    out.torn_down = pg.stop(result.pid) or True
-    shutil.rmtree(result.data_dir, ignore_errors=True)
+    with ExitStack() as teardown:  # everything the drill starts is stopped and removed, pass or fail
+        plan = pr.plan(project, env, "latest", None, beside=True, report=report)
+        try:
+            result = pr.run(plan)
+        finally:
+            pr.discard(plan)
+        teardown.callback(shutil.rmtree, result.data_dir, True)
+        teardown.callback(pg.stop, result.pid)
+        db_seconds = time.monotonic() - began
+        rpo = None
+        if result.recovered_to is not None:
+            rpo = max(0.0, ((live or started) - result.recovered_to).total_seconds())
+        out = DrillResult(env.name, env.platform, started, round(db_seconds, 2),
+                          None if rpo is None else round(rpo, 3), rto_target, rpo_target, False,
+                          result.recovered_to, live, result.data_dir, rows=result.rows, tables=len(result.tables),
+                          phases=dict(result.phases))
+        out.phases["database"] = round(db_seconds, 2)
+        services = _services_ready(project, env)
+        if services:
+            out.not_covered = []
+            _serve(project, env, result, out, teardown, began, services)
+        else:
+            out.not_covered = ["redis", "audio objects", "preview color + transcription", "load test"]
+            out.problems_note = "the platform runs no Redis/S3/worker: the drill covers the database only"
+    out.torn_down = True
     _judge(out)
     return out
+
+
+def _services_ready(project: Project, env: Environment) -> dict | None:
+    """The platform's Redis, S3 and a worker when all run, else None (database-only drill)."""
+    from opsctl.local import procs
+    from opsctl.local import state as st
+    from opsctl.local import worker as wk
+
+    state = st.load(st.folder_for(project.root))
+    comps = state.components
+    worker = comps.get(wk.name(state.active_color))
+    if not all(n in comps and procs.alive(comps[n].pid) for n in ("redis", "s3")) or worker is None \
+            or not procs.alive(worker.pid):
+        return None
+    return {"state": state, "worker": worker}
+
+
+def _serve(project: Project, env: Environment, result, out: DrillResult, teardown, began: float,
+           services: dict) -> None:
+    """Redis and the audio objects of the newest backup holding them into scratch resources, a
+    preview worker on the restored database and them, the sample transcription and a short
+    load test through it. Fills `out` (RTO: start to the preview serving); registers every
+    teardown on `teardown`."""
+    import tempfile
+
+    from opsctl.backup import catalog, files
+    from opsctl.backup import redis as rdb
+    from opsctl.backup.verify import fetch
+    from opsctl.deploy import analysis
+    from opsctl.endpoints import resolve
+    from opsctl.local import procs
+    from opsctl.local import worker as wk
+    mark = time.monotonic()
+    ep = resolve(project, env)
+    from opsctl.backup.repository import open_repository
+    from opsctl.backup import keys
+
+    key = keys.load(project, env, required=False)
+    repo = open_repository(env.backup.repository, project, ep)
+    repo.key = key
+    skipped: list[str] = []
+    try:
+        chosen = catalog.resolve(repo, None, None, True, ["redis", "files"], skipped)
+    except Exception as exc:  # noqa: BLE001 - no such backup: said in the result, the drill fails
+        out.problems.append(f"no backup with Redis and audio to drill: {exc}")
+        return
+    manifest = catalog.load(repo, chosen, key)
+    out.backup_id = chosen
+    tmp = Path(teardown.enter_context(tempfile.TemporaryDirectory(prefix="opsctl-drill-")))
+    rdb_file = tmp / "redis" / "dump.rdb"
+    fetch(repo, manifest.redis.object, key, rdb_file)
+    redis_url = teardown.enter_context(rdb.scratch_server(rdb_file))
+    rdb.check_counts(redis_url, manifest.redis.keys, manifest.redis.expires)
+    out.redis_keys = sum(manifest.redis.keys.values())
+    s3 = ep.s3_client()
+    bucket = f"{env.buckets.audio}-drill-{out.started_at.strftime('%Y%m%d%H%M%S')}"[:63]
+    s3.create_bucket(Bucket=bucket)
+    teardown.callback(_drop_bucket, s3, bucket)
+    files.check(repo, manifest.files)
+    out.audio_objects = files.restore(s3, bucket, repo, manifest.files.objects)
+    out.phases["redis+audio"] = round(time.monotonic() - mark, 2)
+    mark = time.monotonic()
+    # the preview color: the platform's own worker settings, pointed at the scratch resources
+    state, worker = services["state"], services["worker"]
+    port, metrics = procs.free_port(), procs.free_port()
+    variables = wk.environment(state, env, "preview", worker.version or "drill", worker.settings)
+    variables.update({"WORKER_DATABASE_URL": f"postgresql://{env.database.user}@{procs.HOST}:"
+                                             f"{result.url.rsplit(':', 1)[1].split('/')[0]}/{env.database.name}",
+                      "WORKER_REDIS_URL": redis_url, "WORKER_S3_BUCKET": bucket,
+                      "WORKER_METRICS_PORT": str(metrics), "WORKER_COLOR": "preview"})
+    log = tmp / "preview-worker.log"
+    pid = procs.spawn([wk._exe(), "serve", "--host", procs.HOST, "--port", str(port)], log, env=variables)
+    teardown.callback(procs.stop, pid, 30, "transcription-worker")
+    procs.wait_until(lambda: wk.ready(port), env.deploy.ready_timeout, "the drill's preview worker", log, pid,
+                     interval=0.25)
+    out.rto_seconds = round(time.monotonic() - began, 2)  # start to serving
+    out.phases["preview"] = round(time.monotonic() - mark, 2)
+    out.scratch = f"{result.data_dir}; redis {redis_url}; bucket {bucket}; preview {wk.base_url(port)}"
+    mark = time.monotonic()
+    headers = analysis.analysis_headers(env.deploy.api_key_env)
+    verdict = analysis.transcribe_check(wk.base_url(port), headers)
+    out.transcription = verdict.detail
+    if not verdict.ok:
+        out.problems.append(f"the sample transcription through the preview failed: {verdict.detail}")
+    from opsctl.loadtest.operation import load_test
+
+    # errors only: the drill proves the restored stack serves; latency is the load gates' business
+    outcome = load_test(project, env, "light", users=2, spawn_rate=2, duration="10s",
+                        host=wk.base_url(port), slo="error_rate<5%")
+    out.load_test = outcome.verdict()
+    if not outcome.passed:
+        out.problems.append(f"the load test through the preview failed: {out.load_test}")
+    out.phases["checks"] = round(time.monotonic() - mark, 2)
+
+
+def _drop_bucket(s3, bucket: str) -> None:
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+        s3.delete_bucket(Bucket=bucket)
+    except Exception:  # noqa: BLE001 - teardown goes on; the bucket is named in the result
+        pass
 
 
 def _judge(out: DrillResult) -> None:
@@ -145,6 +268,15 @@ def junit(result: DrillResult) -> str:
         case.time = value or 0.0
         if value is None or value > target:
             case.result = [Failure(f"{name.upper()} {value} s above the target {target:.0f} s")]
+        suite.add_testcase(case)
+    for name, detail in (("sample transcription through the preview color", result.transcription),
+                         ("load test through the preview color", result.load_test)):
+        if detail is None:
+            continue
+        case = TestCase(name, classname=f"dr.{result.environment}")
+        failed = [p for p in result.problems if name.split(" through")[0] in p]
+        if failed:
+            case.result = [Failure(failed[0])]
         suite.add_testcase(case)
     xml = JUnitXml()
     xml.add_testsuite(suite)

@@ -175,6 +175,7 @@ def pitr(tmp_path_factory):
             "platform": "local",
             "database": {"name": "pitrdb", "user": "pitr"},
             "backup": {"repository": f"file://{root / 'repo'}", "archive_timeout": 1},
+            "worker": {"auth": "none"},  # the drill's and failover's workers take the sample without a key
         }},
     }))
     mp = pytest.MonkeyPatch()

@@ -38,6 +38,40 @@ def test_failover_without_a_standby_is_refused_and_changes_nothing(platform, run
     assert platform.port == before and platform.sql("select 1", db="postgres") == [(1,)]
 
 
+def test_drill_restores_redis_audio_and_serves_a_preview_color_then_tears_down(platform, runner):
+    """The drill (issue 22): database to the newest restorable time, Redis and the audio of
+    the newest backup into scratch resources, a preview worker on them, the sample
+    transcription and a short load test through it, then everything torn down."""
+    import redis
+
+    from opsctl.endpoints import resolve
+    from opsctl.local import procs
+
+    ep = resolve(platform.project(), platform.env())
+    redis.Redis.from_url(ep.redis_url).set("drill-key", "kept")
+    s3 = ep.s3_client()
+    s3.put_object(Bucket=ep.audio_bucket, Key="drill/one.wav", Body=b"RIFF" + b"\0" * 100)
+    assert platform.cli(runner, "backup", "create", "--json").exit_code == 0
+    assert platform.cli(runner, "backup", "base").exit_code == 0
+    platform.wait_archived()
+    buckets_before = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    out = platform.root / "drill.xml"
+    r = platform.cli(runner, "dr", "drill", "--env", "local", "--json", "--junit", str(out))
+    assert r.stdout.strip(), r.output
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0, (r.output, doc.get("problems"))
+    assert doc["not_covered"] == [] and doc["passed"] and doc["torn_down"]
+    assert doc["redis_keys"] >= 1 and doc["audio_objects"] >= 1
+    assert "word error" in doc["transcription"] and "SLO met" in doc["load_test"]
+    assert doc["rto_seconds"] >= doc["phases"]["database"] and doc["rpo_seconds"] is not None
+    junit = out.read_text()
+    assert "sample transcription through the preview color" in junit and "<failure" not in junit
+    # torn down: the scratch bucket, the preview worker and the restored server are gone
+    assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == buckets_before
+    preview_port = int(doc["scratch"].rsplit(":", 1)[1])
+    assert not procs.port_open(preview_port)
+
+
 def test_standby_from_the_archive_then_failover_repoints_database_and_workers(platform, runner):
     from opsctl.endpoints import resolve
     from opsctl.local import procs
@@ -96,3 +130,4 @@ def test_standby_from_the_archive_then_failover_repoints_database_and_workers(pl
     assert json.loads(journal.read_text())[-1]["new_primary"] == doc["new_primary"]
     # the promoted server archives its new timeline into the same repository
     platform.wait_archived()
+
