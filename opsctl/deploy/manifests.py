@@ -43,6 +43,9 @@ SCALED_OBJECT = APP  # the KEDA ScaledObject; it follows the active color
 KEDA_API = ("keda.sh", "v1alpha1", "scaledobjects")  # group, version, plural
 # the work a worker pod holds: waiting for a model slot + running (worker/.../metrics.py)
 LOAD_METRICS = ("worker_queue_depth", "worker_transcriptions_in_progress")
+# the wake trigger's per-pod target: so high it never asks for a second pod (KEDA takes the
+# largest replica count of its triggers), so it only wakes a color from zero
+WAKE_ONLY_THRESHOLD = "1000000"
 SERVICE_ACCOUNT = APP  # created by the Pulumi stack (IRSA for S3)
 PORT = 8000
 # The worker's second listener, serving only /metrics without a key (WORKER_METRICS_PORT),
@@ -190,9 +193,9 @@ def scaled_object(project: Project, env: Environment, color: str | None, floor: 
     triggers = [{"name": "work-per-pod", "metadata": {
         "serverAddress": a.prometheus_url, "query": load_query(env, color), "threshold": target,
         "activationThreshold": "0", "ignoreNullValues": "true"}}]
-    if a.wake_query:
+    if a.wake_query:  # activation only: any value above 0 wakes the color; its target is too high to size it
         triggers.append({"name": "wake", "metadata": {
-            "serverAddress": a.prometheus_url, "query": a.wake_query, "threshold": target,
+            "serverAddress": a.prometheus_url, "query": a.wake_query, "threshold": WAKE_ONLY_THRESHOLD,
             "activationThreshold": "0", "ignoreNullValues": "true"}})
     return render("kubernetes/worker-scaledobject.yaml.j2", project.root, resource_name=SCALED_OBJECT,
                   namespace=env.kubernetes.namespace, labels=labels(None, None),

@@ -226,7 +226,9 @@ def test_scale_to_zero_where_not_protected_with_a_wake_query(runner, tmp_path, m
     (so,) = _by_kind(_render(runner, "--env", "e"))["ScaledObject"]
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (0, 5)
     work, wake = so["spec"]["triggers"]
-    assert work["metadata"]["threshold"] == wake["metadata"]["threshold"] == "4"
+    assert work["metadata"]["threshold"] == "4"  # queued + running per pod: the sizing signal
+    # the wake query only wakes the color from zero: its per-pod target never asks for a second pod
+    assert (wake["metadata"]["activationThreshold"], wake["metadata"]["threshold"]) == ("0", "1000000")
     assert wake["metadata"]["query"] == "sum(rate(nginx_ingress_controller_requests[1m]))"
     _validate(so)
 
