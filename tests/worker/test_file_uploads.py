@@ -136,7 +136,21 @@ def test_parts_past_the_declared_size_are_refused(http, worker):
     (s3_upload,) = multipart_uploads(worker, key)
     listed = worker.s3.list_parts(Bucket=worker.bucket, Key=key, UploadId=s3_upload["UploadId"])
     assert [p["Size"] for p in listed["Parts"]] == [5 * MIB]
-    assert send_part(http, upload["id"], b"\2" * MIB).status_code == 200  # what fits still does
+    last = send_part(http, upload["id"], b"\2" * MIB)  # what fits still does
+    assert last.status_code == 200
+    r = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [first["id"], last.json()["id"]],
+                                                                "md5": "not-hex"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "md5"
+    done = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [first["id"], last.json()["id"]]})
+    assert done.status_code == 200 and done.json()["status"] == "completed"  # no md5: nothing read back
+    # the first job on the file computes its SHA-256 (here: refused, the bytes are no audio)
+    r = http.post("/v1/jobs", data={"file_id": done.json()["file"]["id"]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_audio"
+    import psycopg
+
+    with psycopg.connect(worker.database_url) as conn:
+        (sha,) = conn.execute("SELECT sha256 FROM uploads WHERE id = %s", (upload["id"],)).fetchone()
+    assert sha == hashlib.sha256(b"\1" * (5 * MIB) + b"\2" * MIB).hexdigest()
 
 
 def test_a_job_on_an_uploaded_file_keeps_the_duration_and_daily_audio_limits(http, worker):
@@ -176,6 +190,10 @@ def test_openai_sdk_uploads_client(worker, api_key):
     upload = client.uploads.create(bytes=len(audio), filename="hello.wav", mime_type="audio/wav",
                                    purpose="batch")
     part = client.uploads.parts.create(upload.id, data=audio)
+    again = client.uploads.parts.create(upload.id, data=audio)  # a resend: the same part
+    assert again.id == part.id
+    seen = client.get(f"/uploads/{upload.id}", cast_to=object)  # what README says a resuming client reads
+    assert [p["id"] for p in seen["parts"]] == [part.id]
     done = client.uploads.complete(upload.id, part_ids=[part.id], md5=hashlib.md5(audio).hexdigest())
     assert done.status == "completed" and done.file.id.startswith("file-") and done.file.bytes == len(audio)
 

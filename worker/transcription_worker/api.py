@@ -74,10 +74,10 @@ def bypasses_store(request: Request) -> bool:
     return any(d.split("=", 1)[0].strip().lower() == "no-cache" for d in directives.split(","))
 
 
-async def _decode(request: Request, upload: Upload):
+async def _decode(request: Request, data):
     limit = _state(request).settings.max_audio_seconds
     try:
-        return await run_in_threadpool(decode, upload.data, limit)
+        return await run_in_threadpool(decode, data, limit)
     except AudioTooLong as exc:
         raise APIError(413, str(exc), param="file", code="audio_too_long") from None
     except AudioDecodeError as exc:
@@ -116,7 +116,7 @@ async def create_transcription(request: Request):
     bypass = bypasses_store(request)
     async with state.limits.upload_slot(key_id):
         upload = await read_upload(request, state.settings.max_upload_bytes)
-        audio = await _decode(request, upload)
+        audio = await _decode(request, upload.data)
         stored = None if bypass else await _stored_transcript(state, upload)
         if stored:
             return _respond(stored, upload.response_format)
@@ -190,15 +190,23 @@ async def create_job(request: Request):
     async with state.limits.upload_slot(key_id):
         upload = await read_upload(request, state.settings.max_upload_bytes, "verbose_json",
                                    allow_file_id=True)
-        key = None
+        key, size = None, len(upload.data)
         if upload.file_id:  # a completed /v1/uploads file: already in the bucket
             done = await _db(state.db.upload_by_file, upload.file_id, key_id)
             if done is None:
                 raise APIError(404, f"no completed upload with file id {upload.file_id}",
                                param="file_id", code="file_not_found")
-            key, upload.sha256 = done["s3_key"], done["sha256"]
-            upload.data = await _db(state.store.get, key)
-        audio = await _decode(request, upload)
+            key = done["s3_key"]
+            # into a temporary file, not memory (up to WORKER_MAX_UPLOAD_TOTAL_MB), hashed on the way
+            source, upload.sha256, size = await _db(state.store.download, key)
+            if not done["sha256"]:  # completed without md5: nothing had read the file yet
+                await _db(state.db.set_upload_sha256, done["id"], upload.sha256)
+            try:
+                audio = await _decode(request, source)
+            finally:
+                source.close()
+        else:
+            audio = await _decode(request, upload.data)
         seconds = len(audio) / 16_000
         del audio  # the job decodes again from S3: nothing but the slot is held while queued
         if idem:
@@ -216,7 +224,7 @@ async def create_job(request: Request):
             options = upload.options
             job, created = await _db(
                 state.db.create_job, api_key_id=key_id, idempotency_key=idem,
-                sha256=upload.sha256, audio_key=key, audio_bytes=len(upload.data),
+                sha256=upload.sha256, audio_key=key, audio_bytes=size,
                 duration=round(seconds, 3), options=options.__dict__,
                 options_key=options.cache_key(state.transcriber.name), done=bool(stored),
                 worker=state.settings.color, owner=state.owner,

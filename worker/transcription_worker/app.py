@@ -37,6 +37,10 @@ log = logging.getLogger("transcription_worker")
 
 @dataclass
 class State:
+    """Everything a request or a background thread of this process needs: settings, queue,
+    limits, and (when configured) database, audio store and the loaded model (None while
+    loading; `model_error` says why it failed)."""
+
     settings: Settings
     queue: WorkQueue
     limits: Limits
@@ -101,6 +105,9 @@ class RequestMetrics:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The FastAPI app for `settings`: middleware (body limits, request metrics), the probes,
+    /version, /metrics and the /v1 routers. The lifespan opens the database, starts the job
+    keeper and loads the model on a thread; on shutdown it drains the queue first."""
     state = State(settings=settings, queue=WorkQueue(settings.concurrency, settings.queue_size),
                   limits=Limits(settings.redis_url, settings.rate_limit_rpm,
                                 settings.rate_limit_concurrent_uploads,

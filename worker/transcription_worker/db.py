@@ -151,15 +151,21 @@ _JOB_COLUMNS = """j.id, j.status, j.audio_sha256, j.audio_key, j.audio_bytes, j.
 
 
 class Database:
+    """The worker's PostgreSQL: a connection pool (at most `max_size` connections, 5 s to get
+    one) and the queries on jobs, transcripts and uploads. Rows are dicts; psycopg errors
+    propagate (callers turn them into 503 `store_unavailable`)."""
+
     def __init__(self, url: str, max_size: int):
         self.url = url
         self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=5,
                                    kwargs={"connect_timeout": 3, "row_factory": dict_row})
 
     def open(self) -> None:
+        """Open the pool without waiting (the worker starts even while PostgreSQL is away)."""
         self.pool.open(wait=False)
 
     def close(self) -> None:
+        """Close the pool and its connections."""
         self.pool.close()
 
     def _one(self, sql: str, params: tuple) -> dict[str, Any] | None:
@@ -167,17 +173,21 @@ class Database:
             return conn.execute(sql, params).fetchone()
 
     def find_transcript(self, sha256: str, options_key: str) -> dict[str, Any] | None:
+        """The stored verbose_json transcript of (audio SHA-256, options key), or None."""
         row = self._one("SELECT result FROM transcripts WHERE audio_sha256 = %s AND options_key = %s",
                         (sha256, options_key))
         return row["result"] if row else None
 
     def save_transcript(self, sha256: str, options_key: str, model: str, result: dict) -> None:
+        """Store a transcript once; a second save of the same key is a no-op."""
         with self.pool.connection() as conn:
             conn.execute("INSERT INTO transcripts (audio_sha256, options_key, model, duration, result)"
                          " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                          (sha256, options_key, model, result.get("duration", 0), Jsonb(result)))
 
     def get_job(self, job_id: str, api_key_id: str) -> dict[str, Any] | None:
+        """The job `job_id` of key `api_key_id` with its result (its own or the stored
+        transcript's), or None when it does not exist, is another key's, or is not a UUID."""
         try:
             uuid.UUID(job_id)
         except ValueError:
@@ -188,6 +198,7 @@ class Database:
                          (job_id, api_key_id))
 
     def find_by_idempotency_key(self, api_key_id: str, key: str) -> dict[str, Any] | None:
+        """The key's job made with this Idempotency-Key, or None."""
         row = self._one("SELECT id FROM jobs WHERE api_key_id = %s AND idempotency_key = %s",
                         (api_key_id, key))
         return self.get_job(str(row["id"]), api_key_id) if row else None
@@ -236,6 +247,7 @@ class Database:
                  Jsonb(result) if result is not None else None, job_id, owner)).rowcount == 1
 
     def renew_leases(self, owner: str) -> int:
+        """Push the heartbeat of every queued or running job `owner` holds; returns how many."""
         with self.pool.connection() as conn:
             return conn.execute("UPDATE jobs SET heartbeat_at = now()"
                                 " WHERE owner = %s AND status IN ('queued', 'running')", (owner,)).rowcount
@@ -260,6 +272,7 @@ class Database:
     # --- uploads (file_uploads.py) ---
 
     def create_upload(self, row: dict[str, Any], expiry_seconds: float) -> dict[str, Any]:
+        """Insert an upload row (`row`'s columns) expiring `expiry_seconds` from now; returns it."""
         cols = ", ".join(row)
         with self.pool.connection() as conn:
             return conn.execute(
@@ -268,13 +281,16 @@ class Database:
                 (*row.values(), expiry_seconds)).fetchone()
 
     def get_upload(self, upload_id: str, api_key_id: str) -> dict[str, Any] | None:
+        """The upload `upload_id` of key `api_key_id`, or None."""
         return self._one("SELECT * FROM uploads WHERE id = %s AND api_key_id = %s", (upload_id, api_key_id))
 
     def upload_by_file(self, file_id: str, api_key_id: str) -> dict[str, Any] | None:
+        """The completed upload whose file id is `file_id`, of key `api_key_id`, or None."""
         return self._one("SELECT * FROM uploads WHERE file_id = %s AND api_key_id = %s"
                          " AND status = 'completed'", (file_id, api_key_id))
 
     def parts(self, upload_id: str) -> list[dict[str, Any]]:
+        """The parts of an upload stored in S3 (their ETag known), by part number."""
         with self.pool.connection() as conn:
             return conn.execute("SELECT * FROM upload_parts WHERE upload_id = %s AND etag IS NOT NULL"
                                 " ORDER BY part_number", (upload_id,)).fetchall()
@@ -314,12 +330,19 @@ class Database:
 
     def finish_upload(self, upload_id: str, status: str, file_id: str | None = None,
                       sha256: str | None = None) -> dict[str, Any] | None:
+        """Move a pending upload to `status` (completed, with its file id and SHA-256 if known;
+        cancelled); returns the row, or None when it was not pending."""
         with self.pool.connection() as conn:
             return conn.execute(
                 "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s,"
                 " completed_at = CASE WHEN %s = 'completed' THEN now() END"
                 " WHERE id = %s AND status = 'pending' RETURNING *",
                 (status, file_id, sha256, status, upload_id)).fetchone()
+
+    def set_upload_sha256(self, upload_id: str, sha256: str) -> None:
+        """Record a completed file's SHA-256 (hex) once a job has read it."""
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE uploads SET sha256 = %s WHERE id = %s AND sha256 IS NULL", (sha256, upload_id))
 
     def expired_uploads(self, limit: int = 20) -> list[dict[str, Any]]:
         """Pending uploads past `expires_at`, marked expired here (each taken by one worker:

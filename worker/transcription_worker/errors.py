@@ -21,6 +21,9 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
 
 
 class APIError(Exception):
+    """An error answered in OpenAI's shape: HTTP `status`, `message`, `param`, `code`;
+    `retry_after` (seconds, at least 1) becomes a Retry-After header."""
+
     def __init__(self, status: int, message: str, *, param: str | None = None,
                  code: str | None = None, retry_after: int | None = None,
                  headers: dict[str, str] | None = None):
@@ -33,12 +36,16 @@ class APIError(Exception):
 
 def error_response(status: int, message: str, *, param: str | None = None,
                    code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error body `{"error": {message, type, param, code}}` as a JSONResponse; the
+    type follows the status as OpenAI's API names it."""
     body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"),
                       "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
+    """Answer APIError, request validation, Starlette HTTP errors and anything unexpected (500,
+    logged with its traceback) in OpenAI's error shape."""
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code,

@@ -14,9 +14,11 @@ storage is S3's multipart upload in the audio bucket, key `{prefix}uploads/{uplo
 (nothing from the client reaches a key). Each part is sent to S3 with its SHA-256 for S3 to
 check, and a part whose SHA-256 this upload already holds is not stored again: the first
 part's id is returned. S3 assembles parts by part number, which is the order of arrival, so
-`complete` takes `part_ids` in the order they were sent (a different order is a 400). The
-completed object is read once, in 1 MiB pieces, for its SHA-256 (the job's audio identity)
-and the optional MD5. A job is made from the file with `POST /v1/jobs` and `file_id`.
+`complete` takes `part_ids` in the order they were sent (a different order is a 400). With
+the optional `md5`, the completed object is read back once, in 1 MiB pieces, for its MD5
+and SHA-256; without it nothing is read back (each part was already checked by S3 against
+its SHA-256), and the file's SHA-256 (the job's audio identity) is computed by the first job
+made from it, which reads the file anyway. A job is made with `POST /v1/jobs` and `file_id`.
 Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
 An upload not completed within WORKER_UPLOAD_EXPIRY_SECONDS (an hour, as OpenAI's) is
 marked `expired` and its S3 multipart upload aborted by the job keeper (`abort_expired`),
@@ -30,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 import secrets
 from datetime import datetime, timezone
 from typing import Any
@@ -51,6 +54,8 @@ def _ts(value: Any) -> int | None:
 
 
 def upload_body(row: dict, parts: list[dict] | None = None) -> dict[str, Any]:
+    """An upload row as OpenAI's Upload object (epoch seconds; `file` once completed), with
+    `parts` when given."""
     body: dict[str, Any] = {
         "id": row["id"], "object": "upload", "bytes": row["bytes"], "created_at": _ts(row["created_at"]),
         "filename": row["filename"], "purpose": row["purpose"], "status": row["status"],
@@ -66,6 +71,7 @@ def upload_body(row: dict, parts: list[dict] | None = None) -> dict[str, Any]:
 
 
 def part_body(part: dict) -> dict[str, Any]:
+    """A part row as OpenAI's UploadPart object, plus its `bytes` and `sha256`."""
     return {"id": part["id"], "object": "upload.part", "created_at": _ts(part["created_at"]),
             "upload_id": part["upload_id"], "bytes": part["bytes"], "sha256": part["sha256"]}
 
@@ -257,23 +263,29 @@ async def complete_upload(upload_id: str, request: Request):
                        f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
                        code="part_too_small")
     md5 = body.get("md5")
+    if md5 is not None and not (isinstance(md5, str) and re.fullmatch(r"[0-9a-fA-F]{32}", md5)):
+        raise APIError(400, "md5 must be the file's MD5 as 32 hex digits", param="md5",
+                       code="invalid_value")
     await db(state.store.complete_multipart, row["s3_key"], row["s3_upload_id"],
              [(stored[p]["part_number"], stored[p]["etag"]) for p in part_ids])
-    sha, actual_md5, size = await db(state.store.digests, row["s3_key"])
-    if (md5 and str(md5).lower() != actual_md5) or size != row["bytes"]:
-        await db(state.store.delete, row["s3_key"])
-        await db(state.db.finish_upload, upload_id, "cancelled")
-        await state.limits.close_upload(key_id, upload_id)
-        raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
-                       " cancelled, start a new one", param="md5", code="checksum_mismatch")
+    sha = None
+    if md5:  # the client asked for the whole file to be checked: read it back once
+        sha, actual_md5, size = await db(state.store.digests, row["s3_key"])
+        if md5.lower() != actual_md5 or size != row["bytes"]:
+            await db(state.store.delete, row["s3_key"])
+            await db(state.db.finish_upload, upload_id, "cancelled")
+            await state.limits.close_upload(key_id, upload_id)
+            raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
+                           " cancelled, start a new one", param="md5", code="checksum_mismatch")
     done = await db(state.db.finish_upload, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha)
     await state.limits.close_upload(key_id, upload_id)
-    log.info("upload completed", extra={"upload_id": upload_id, "bytes": size, "key_id": key_id})
+    log.info("upload completed", extra={"upload_id": upload_id, "bytes": row["bytes"], "key_id": key_id})
     return upload_body(done or await _pending(state, db, upload_id, key_id))
 
 
 @router.post("/{upload_id}/cancel")
 async def cancel_upload(upload_id: str, request: Request):
+    """Abort the upload's S3 multipart upload and free its lease; 400 unless it is pending."""
     state, key_id, db = await _context(request)
     row = await _pending(state, db, upload_id, key_id)
     if row["status"] != "pending":

@@ -48,7 +48,9 @@ def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Optio
         if not db.mark_running(job_id, state.owner):
             log.warning("job was adopted by another worker; leaving it", extra={"job_id": job_id})
             return
-        audio = decode(store.get(audio_key), state.settings.max_audio_seconds)
+        source, _, _ = store.download(audio_key)  # on disk: a 2 GB upload never sits in memory
+        with source:
+            audio = decode(source, state.settings.max_audio_seconds)
         result = transcribe_audio(state.transcriber, audio, options, "job")
         if bypass_store:
             db.finish_job(job_id, state.owner, result=result)

@@ -69,6 +69,10 @@ def _seconds_to_utc_midnight(now: float) -> int:
 
 
 class Limits:
+    """The per-key limits of one worker process over the shared Redis at `url` (None: all off).
+    Each limit given as 0 is off; refusals raise APIError 429 with Retry-After; a Redis
+    error lets the request through (logged)."""
+
     def __init__(self, url: str | None, rpm: int, concurrent_uploads: int, daily_audio_seconds: int,
                  upload_lease_seconds: float = 60, open_uploads: int = 0, parts_per_minute: int = 0,
                  daily_upload_mb: int = 0):
@@ -87,9 +91,11 @@ class Limits:
             socket_connect_timeout=2)) if url and (rpm or parts_per_minute) else None
 
     async def ping(self) -> bool:
+        """True when Redis answers (False when limits are off); raises when it is unreachable."""
         return bool(self.redis and await self.redis.ping())
 
     async def close(self) -> None:
+        """Close the Redis connections."""
         if self.redis:
             await self.redis.aclose()
 
@@ -150,6 +156,8 @@ class Limits:
                 await self.redis.zrem(f"worker:open-uploads:{key_id}", upload_id)
 
     async def check_rate(self, key_id: str) -> None:
+        """Count one request against the key's requests per minute; 429 `rate_limit_exceeded`
+        when over."""
         if not (self._window and self._per_minute):
             return
         try:
@@ -205,6 +213,8 @@ class Limits:
         return f"worker:audio:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"
 
     async def charge_audio(self, key_id: str, seconds: float) -> None:
+        """Charge `seconds` of audio to the key's UTC day, atomically; 429
+        `daily_audio_limit_exceeded` (nothing charged) when it would pass the limit."""
         if not (self.redis and self.daily):
             return
         try:
@@ -220,6 +230,7 @@ class Limits:
                            retry_after=_seconds_to_utc_midnight(time.time()))
 
     async def refund_audio(self, key_id: str, seconds: float) -> None:
+        """Give back `seconds` charged for a transcription that did not happen."""
         if self.redis and self.daily:
             with contextlib.suppress(RedisError):
                 await self.redis.incrbyfloat(self._day_key(key_id), -seconds)

@@ -15,7 +15,11 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "co
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time (UTC, ms), level, logger, message, the record's
+    extra fields, and the exception when there is one."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """The record as a JSON line."""
         doc = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -30,6 +34,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def config(fmt: str, level: str) -> dict:
+    """The logging dictConfig for `fmt` (json or text) at `level`, the worker's and uvicorn's
+    loggers on stderr (uvicorn's access log off: RequestMetrics logs requests)."""
     formatter = ({"()": JsonFormatter} if fmt == "json"
                  else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"})
     handler = {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
@@ -49,6 +55,7 @@ def config(fmt: str, level: str) -> dict:
 
 
 def setup(fmt: str, level: str) -> dict:
+    """Apply `config(fmt, level)`; returns it (for uvicorn's log_config)."""
     cfg = config(fmt, level)
     logging.config.dictConfig(cfg)
     return cfg

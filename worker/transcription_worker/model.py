@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -145,8 +145,9 @@ def _frames(container: Any, stream: Any) -> Iterator[Any]:
             continue
 
 
-def decode(data: bytes, max_seconds: float | None = None) -> np.ndarray:
-    """Decode any container/codec PyAV (FFmpeg) knows into 16 kHz mono float32.
+def decode(data: bytes | BinaryIO, max_seconds: float | None = None) -> np.ndarray:
+    """Decode any container/codec PyAV (FFmpeg) knows into 16 kHz mono float32, from bytes or
+    a seekable binary file (read from where it stands; a job's audio is a temporary file).
 
     With `max_seconds`, a recording whose container states a longer duration is refused
     before any decoding, and decoding stops as soon as the samples produced pass the limit
@@ -161,12 +162,18 @@ def decode(data: bytes, max_seconds: float | None = None) -> np.ndarray:
 
     from . import metrics
 
-    if not data:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        empty, source = not data, io.BytesIO(data)
+    else:
+        start = data.tell()
+        empty, source = data.seek(0, io.SEEK_END) == start, data
+        data.seek(start)
+    if empty:
         raise AudioDecodeError("the audio file is empty")
     limit = int(max_seconds * SAMPLE_RATE) if max_seconds else None
     raw = bytearray()
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise AudioDecodeError("the file holds no audio stream")
             stream = container.streams.audio[0]
@@ -218,6 +225,8 @@ class Options:
     word_timestamps: bool = False
 
     def cache_key(self, model_name: str) -> str:
+        """SHA-256 hex of the model and these options: the transcript store's key beside the audio's
+        SHA-256."""
         raw = f"{model_name}|{self.language}|{self.prompt}|{self.temperature}|{self.word_timestamps}"
         return hashlib.sha256(raw.encode()).hexdigest()
 

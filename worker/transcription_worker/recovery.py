@@ -42,9 +42,11 @@ class JobKeeper:
         self._thread = threading.Thread(target=self._loop, name="job-keeper", daemon=True)
 
     def start(self) -> None:
+        """Start the keeper's daemon thread (a tick every third of the lease)."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread after its current tick (waits up to 10 s)."""
         self._stop.set()
         self._thread.join(timeout=10)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+from typing import BinaryIO
 
 import boto3
 from botocore.config import Config
@@ -28,6 +29,9 @@ def safe_extension(filename: str | None) -> str:
 
 
 class AudioStore:
+    """The audio bucket (`bucket` at `endpoint_url`, None for AWS) under `prefix`, through
+    boto3 (3 attempts, 30 s read timeout). botocore's ClientError propagates."""
+
     def __init__(self, bucket: str, endpoint_url: str | None, prefix: str = "audio/"):
         self.bucket, self.prefix = bucket, prefix
         self.client = boto3.client("s3", endpoint_url=endpoint_url, config=Config(
@@ -44,6 +48,7 @@ class AudioStore:
         return f"{self.prefix}{sha256[:2]}/{sha256}.{safe_extension(filename)}"
 
     def put(self, key: str, data: bytes, content_type: str | None) -> None:
+        """Store `data` at `key` unless an object is already there (keys are content hashes)."""
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
             return  # same bytes already stored
@@ -53,10 +58,26 @@ class AudioStore:
         extra = {"ContentType": content_type} if content_type else None
         self.client.upload_fileobj(io.BytesIO(data), self.bucket, key, ExtraArgs=extra)
 
-    def get(self, key: str) -> bytes:
-        buf = io.BytesIO()
-        self.client.download_fileobj(self.bucket, key, buf)
-        return buf.getvalue()
+    def download(self, key: str) -> tuple[BinaryIO, str, int]:
+        """The object at `key` copied, 1 MiB at a time, into an anonymous temporary file (on
+        disk, gone when closed), rewound; with its SHA-256 (hex) and size in bytes. Memory
+        stays flat whatever the object's size (a /v1/uploads file may be 2 GB)."""
+        import hashlib
+        import tempfile
+
+        sha, size = hashlib.sha256(), 0
+        out = tempfile.TemporaryFile(prefix="worker-audio-")
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            for chunk in body.iter_chunks(1024 * 1024):
+                sha.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            out.seek(0)
+        except BaseException:
+            out.close()
+            raise
+        return out, sha.hexdigest(), size
 
     def check(self) -> None:
         """Raises unless the bucket is reachable with our credentials (for /readyz)."""
@@ -65,11 +86,13 @@ class AudioStore:
     # --- S3 multipart uploads (the /v1/uploads API) ---
 
     def upload_key(self, upload_id: str) -> str:
+        """`{prefix}uploads/{upload_id}`; raises ValueError unless `upload_id` is one the worker made."""
         if not re.fullmatch(r"upload_[0-9a-f]{32}", upload_id):
             raise ValueError("an upload key is made from an upload id")
         return f"{self.prefix}uploads/{upload_id}"
 
     def start_multipart(self, key: str, content_type: str) -> str:
+        """Start an S3 multipart upload at `key`; returns S3's UploadId."""
         return self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
                                                    ContentType=content_type)["UploadId"]
 
@@ -80,6 +103,7 @@ class AudioStore:
                                        ChecksumSHA256=sha256_b64)["ETag"]
 
     def complete_multipart(self, key: str, s3_upload_id: str, parts: list[tuple[int, str]]) -> None:
+        """Assemble the parts [(part number, ETag)] into the object at `key`."""
         self.client.complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=s3_upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
@@ -97,6 +121,7 @@ class AudioStore:
         return [p for page in pages for p in page.get("Parts", [])]
 
     def abort_multipart(self, key: str, s3_upload_id: str) -> None:
+        """Abort the multipart upload and drop its parts; one S3 no longer knows is not an error."""
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=s3_upload_id)
         except ClientError as exc:
@@ -115,4 +140,5 @@ class AudioStore:
         return sha.hexdigest(), md5.hexdigest(), size
 
     def delete(self, key: str) -> None:
+        """Delete the object at `key`."""
         self.client.delete_object(Bucket=self.bucket, Key=key)

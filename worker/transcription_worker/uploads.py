@@ -31,6 +31,9 @@ def _languages() -> set[str]:
 
 @dataclass
 class Upload:
+    """One checked transcription form: the audio (`data`, empty when `file_id` names a
+    completed upload), its SHA-256 (hex), the response format and the model options."""
+
     data: bytes
     filename: str | None
     content_type: str | None
