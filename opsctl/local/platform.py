@@ -69,9 +69,12 @@ HINTS = {"postgres": "postgres", "redis": "redis-server", "s3": "moto", "router"
 
 
 def live_pid(state: st.LocalState, key: str) -> int | None:
-    """The component's running process: the PID recorded in the state, else its PID file's."""
+    """The component's running process: the PID recorded in the state when that process still
+    listens on the component's port (a reused PID whose command line merely names the same
+    program is never taken for ours), else its PID file's (checked by create time)."""
     comp = state.components.get(key)
-    if comp is not None and procs.alive(comp.pid, HINTS[key]):
+    if comp is not None and procs.alive(comp.pid, HINTS[key]) \
+            and procs.listens(comp.pid, [comp.port, comp.admin_port]):
         return comp.pid
     return procs.pidfile_owner(state.pidfile(key), HINTS[key])
 
@@ -170,7 +173,7 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
             notify(name, "checking")
             comp = state.components.get(key)
             pid = live_pid(state, key)
-            if comp is not None and pid is not None:
+            if comp is not None:  # a recorded PID that is no longer ours is forgotten, never used
                 comp.pid = pid
             if comp is not None and comp.ready and _healthy(name, comp):
                 result.kept.append(name)
@@ -193,6 +196,24 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
             state.save()
             result.started.append(name)
             notify(name, "ok")
+        standby = _standby_color(state)
+        if standby is not None:  # the known-good color a deploy record says must stay warm
+            key = wk.name(standby)
+            comp = state.components[key]
+            pid = live_pid(state, key)
+            if pid is None or not wk.ready(comp.port):
+                if pid is not None:
+                    _stop_any(state, key, pid, comp.port)
+                notify(key, "starting")
+                try:
+                    wk.migrate(wk.environment(state, env, standby, comp.version, comp.settings))
+                    wk.start(state, env, standby, comp.version, comp.settings, env.deploy.ready_timeout)
+                except OperationFailed as exc:
+                    state.save()
+                    raise OperationFailed(f"{key} (known-good, kept warm): {exc}") from None
+                state.save()
+                result.started.append(key)
+                notify(key, "ok")
         from opsctl.pitr import local as pitr
 
         if note := pitr.ensure_archiver(project, env, state):  # drains the WAL queue into the repository
@@ -204,6 +225,34 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
             caddy.switch(router.admin_port, upstream, state.active_color)
         result.router_url = f"http://{procs.HOST}:{router.port}"
         return result
+
+
+def _standby_color(state: st.LocalState) -> str | None:
+    """The color besides the active one that the deploy history (`deploys.json`) says must stay
+    warm: the known-good color of a deploy interrupted after its switch (no verdict yet), or the
+    previous color of a promoted deploy while deploy.scale_down_delay runs (instant rollback).
+    None when there is none, or the record and the state disagree on what that color runs."""
+    import json
+
+    path = state.folder / "deploys.json"
+    try:
+        records = json.loads(path.read_text()) if path.exists() else []
+    except (OSError, ValueError):
+        return None
+    last = records[-1] if isinstance(records, list) and records else None
+    if not isinstance(last, dict) or last.get("strategy") == "rollback":
+        return None
+    color = last.get("from_color")
+    if color not in st.COLORS or color == state.active_color or last.get("to_color") != state.active_color:
+        return None
+    comp = state.components.get(wk.name(color))
+    if comp is None or not comp.version or comp.version != last.get("from_version"):
+        return None
+    until = last.get("standby_until")
+    if last.get("outcome") == "in-progress" or (
+            last.get("outcome") == "promoted" and isinstance(until, (int, float)) and until > time.time()):
+        return color
+    return None
 
 
 def _follow_router(state: st.LocalState) -> None:
@@ -266,11 +315,12 @@ def down(project: Project, purge: bool = False) -> list[str]:
             pid = live_pid(state, key)
             if pid is None:
                 continue
-            if key == "s3" and not purge and comp is not None:
+            if key == "s3" and not purge:
                 try:  # a failed save must not leave the rest running; the previous copy is kept
-                    _save_s3(s3mod.endpoint(comp.port), state.data("s3"))
-                except Exception as exc:  # noqa: BLE001 - reported once everything is stopped
+                    _keep_s3(state, comp, pid)
+                except Exception as exc:  # noqa: BLE001 - reported once everything else is stopped
                     save_error = exc
+                    continue  # moto stays up: stopping it would lose the objects it holds
             _stop_any(state, key, pid, comp.port if comp else None, comp.admin_port if comp else None,
                       timeout=10 if key == "s3" else 30)
             stopped.append(key)
@@ -286,9 +336,45 @@ def down(project: Project, purge: bool = False) -> list[str]:
     if save_error is not None:
         from opsctl.redact import credentials
 
-        raise OperationFailed(f"stopped {', '.join(stopped)}, but saving the S3 objects failed "
-                              f"({credentials(str(save_error))}); the previous copy in {state.data('s3')} is kept")
+        raise OperationFailed(f"stopped {', '.join(stopped) or 'nothing'}, but saving the S3 objects failed "
+                              f"({credentials(str(save_error))}); moto is left running so they are not lost, and "
+                              f"the previous copy in {state.data('s3')} is kept; run 'opsctl local down' again")
     return stopped
+
+
+def _moto_port(pid: int) -> int | None:
+    """The port a moto server listens on, from its command line (`-p PORT`)."""
+    import psutil
+
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("-p", "--port") and value.isdigit():
+            return int(value)
+    return None
+
+
+def _keep_s3(state: st.LocalState, comp: st.Component | None, pid: int) -> None:
+    """Save moto's objects before it stops, never losing a saved set: over it only from an
+    endpoint that loaded it (recorded, `ready`, and the recorded process); an endpoint that did
+    not (its `up` was killed during its start-up, or the state file is damaged and nothing says
+    what it loaded) is saved beside it, in data/s3.unloaded-<UTC time>, when it holds any
+    object. Raises (and `down` leaves moto running) when its objects cannot be saved."""
+    if comp is not None and comp.ready and procs.listens(pid, [comp.port]):
+        _save_s3(s3mod.endpoint(comp.port), state.data("s3"))
+        return
+    port = comp.port if comp is not None and procs.listens(pid, [comp.port]) else _moto_port(pid)
+    if port is None:
+        raise OperationFailed(f"cannot find the port of moto (PID {pid}) to save its objects")
+    aside = state.data("s3").with_name("s3.unloaded-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    if s3mod.save(s3mod.endpoint(port), aside) == 0:
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    logging.getLogger("opsctl.local").warning(
+        "moto had not loaded the saved objects (%s kept as it was); what it held is saved in %s",
+        state.data("s3"), aside)
 
 
 def _save_s3(endpoint: str, target: Path) -> None:

@@ -97,7 +97,7 @@ def pidfile_owner(path: Path, cmd_hint: str | None = None) -> int | None:
 
 def alive(pid: int | None, cmd_hint: str | None = None) -> bool:
     """True if the PID runs, and (with a hint) still is the program we started, not a reuse."""
-    if not pid:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:  # never raises on odd input
         return False
     try:
         proc = psutil.Process(pid)
@@ -106,6 +106,27 @@ def alive(pid: int | None, cmd_hint: str | None = None) -> bool:
         return cmd_hint is None or cmd_hint in " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def listens(pid: int | None, ports: Sequence[int | None]) -> bool:
+    """True when process `pid` (or one of its children) listens on one of `ports`: proof that
+    a recorded PID is still the server opsctl started there, not a reuse of the number by a
+    process whose command line merely names the same program."""
+    wanted = {p for p in ports if isinstance(p, int) and not isinstance(p, bool) and p > 0}
+    if not wanted or not alive(pid):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        for each in [proc, *proc.children(recursive=True)]:
+            try:
+                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in wanted
+                       for c in each.net_connections(kind="inet")):
+                    return True
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return False
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,

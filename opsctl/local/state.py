@@ -87,13 +87,38 @@ def load_lenient(folder: Path) -> tuple[LocalState, str | None]:
         return LocalState(folder), None
     try:
         doc = json.loads(path.read_text())
-        comps = {k: Component(**v) for k, v in doc.get("components", {}).items()}
+        comps = {k: _component(k, v) for k, v in doc.get("components", {}).items()}
         color = doc.get("active_color", "blue")
         if color not in COLORS:
             raise ValueError(f"active_color {color!r}")
         return LocalState(folder, comps, color), None
     except (ValueError, TypeError, AttributeError, OSError) as exc:
         return LocalState(folder), f"{path} is damaged ({exc})"
+
+
+def _component(name: str, doc: object) -> Component:
+    """A Component from the state file, every field's type checked (ValueError naming it): a
+    file a crash, an older opsctl or a hand edit left never reaches a process call as a PID of
+    -1, "123" or 1.5."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"component {name!r} is not an object")
+    comp = Component(**doc)
+
+    def number(field: str, value: object, optional: bool, low: int, high: int) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name}.{field} {value!r}")
+
+    number("port", comp.port, False, 0, 65535)  # 0: no port (the WAL archiver)
+    number("pid", comp.pid, True, 1, 2**31 - 1)
+    number("admin_port", comp.admin_port, True, 1, 65535)
+    number("metrics_port", comp.metrics_port, True, 1, 65535)
+    if comp.version is not None and not isinstance(comp.version, str):
+        raise ValueError(f"{name}.version {comp.version!r}")
+    if not isinstance(comp.settings, dict) or not isinstance(comp.ready, bool):
+        raise ValueError(f"{name}.settings/ready")
+    return comp
 
 
 @contextmanager

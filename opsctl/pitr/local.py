@@ -40,7 +40,10 @@ def ensure_archiver(project, env, state) -> str:
     from opsctl.redact import credentials
 
     comp = state.components.get(COMPONENT)
-    if comp is not None and procs.alive(comp.pid, HINT):
+    running = _running(state)
+    if running is not None:  # adopted, even when a killed `up` never recorded it
+        state.components[COMPONENT] = comp = comp or st.Component(port=0)
+        comp.pid = running
         return ""
     try:
         archive.for_environment(project, env, state.data("postgres"), queue_dir(state))  # fails here, clearly
@@ -48,7 +51,7 @@ def ensure_archiver(project, env, state) -> str:
         return f"WAL archiving waits in the local queue: {credentials(str(exc))}"
     pid = procs.spawn([sys.executable, "-m", HINT, "--root", str(project.root), "--env", env.name,
                        "--data", str(state.data("postgres")), "--queue", str(queue_dir(state))],
-                      state.log(COMPONENT))
+                      state.log(COMPONENT), pidfile=state.pidfile(COMPONENT))  # written by the process itself
     state.components[COMPONENT] = comp = comp or st.Component(port=0)
     comp.pid = pid
     return ""
@@ -58,5 +61,22 @@ def stop_archiver(state) -> bool:
     """SIGTERM: the archiver drains what is queued, then exits."""
     from opsctl.local import procs
 
+    pid = _running(state)
+    stopped = pid is not None and procs.stop(pid, 30, HINT)
+    state.pidfile(COMPONENT).unlink(missing_ok=True)
+    return stopped
+
+
+def _running(state) -> int | None:
+    """This platform's archiver: by its PID file (create time checked, so a reused PID is not
+    taken), else the recorded PID when its command line names this platform's queue. Found
+    whatever the state file holds, so `up` never starts a second one and `down` always stops it."""
+    from opsctl.local import procs
+
+    pid = procs.pidfile_owner(state.pidfile(COMPONENT), HINT)
+    if pid is not None:
+        return pid
     comp = state.components.get(COMPONENT)
-    return comp is not None and procs.stop(comp.pid, 30, HINT)
+    if comp is not None and procs.alive(comp.pid, f"--queue {queue_dir(state)}"):
+        return comp.pid
+    return None
