@@ -718,18 +718,29 @@ async def test_bring_up_honours_its_timeout(cluster):
         await asyncio.to_thread(driver.bring_up, "blue", Release(f"{IMAGE}:1.0.0"), 1.0)
 
 
-async def test_a_cluster_without_keda_is_refused_before_anything_changes(cluster):
+async def test_without_keda_a_deploy_is_refused_and_the_way_back_still_works(cluster):
     assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
-    cluster.server.no_keda = True
-    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0")
-    assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert "does not serve KEDA's ScaledObject" in result.stderr and "worker.autoscaling.enabled: false" in result.stderr
-    assert cluster.obj(DEPLOYMENTS, "transcription-worker-green") is None and _selectors(cluster) == ["blue"]
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")).exit_code == 0
+    cluster.server.no_keda = True  # KEDA's CRDs gone
+    # status and the instant rollback still work: a way back is never held by the autoscaler
+    assert (await cluster.opsctl("status", "--json")).exit_code == 0
+    back = await cluster.opsctl("rollback", "--no-wait")
+    assert back.exit_code == 0, back.output
+    assert _selectors(cluster) == ["blue", "green", "blue"]
+    # a deploy is refused before it applies anything: one line saying what to do, exit 2
+    blue = cluster.obj(DEPLOYMENTS, "transcription-worker-blue")["spec"]
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.2.0")
+    assert result.exit_code == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "does not serve KEDA's ScaledObject" in last and "worker.autoscaling.enabled: false" in last
+    assert cluster.obj(DEPLOYMENTS, "transcription-worker-blue")["spec"] == blue and _selectors(cluster)[-1] == "blue"
+    assert "1.2.0" not in json.dumps(cluster.obj(DEPLOYMENTS, "transcription-worker-green"))
+    assert cluster.history()[-1]["outcome"] == "failed"
     # turned off, the deploy needs no KEDA (and removes a ScaledObject it made, where one exists)
     (cluster.root / "opsctl.yaml").write_text(OPSCTL_YAML.replace("gpu: true,", "gpu: true, autoscaling: {enabled: false},"))
-    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.2.0", "--no-wait")
     assert result.exit_code == 0, result.output
-    assert _selectors(cluster) == ["blue", "green"]
+    assert _selectors(cluster)[-1] == "green"
 
 
 async def test_a_scaled_object_left_on_the_preview_is_taken_off_it_before_the_preview_starts(cluster):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -42,6 +43,8 @@ from opsctl.deploy import manifests as mf
 from opsctl.deploy.lease import Lease
 from opsctl.deploy.model import COLORS, ColorState, DeployRecord, Release
 from opsctl.errors import OperationFailed, UsageError
+
+log = logging.getLogger("opsctl.deploy")
 
 FIELD_MANAGER = "opsctl"
 HISTORY = "opsctl-deploy-history"
@@ -219,7 +222,10 @@ class KubernetesDriver:
         """Both colors as the cluster has them. The active color scaled to zero by its
         ScaledObject (minReplicaCount 0, idle) still counts as running: KEDA wakes it."""
         out = {}
-        scaled_color, scaled_min = self._autoscaled()
+        try:
+            scaled_color, scaled_min = self._autoscaled()
+        except UsageError:  # no KEDA: status, rollback and abort still work; a deploy refuses in bring_up
+            scaled_color, scaled_min = None, None
         active = None if scaled_min != 0 else self.active_color()
         for color in COLORS:
             dep = self._deployment(color)
@@ -330,9 +336,16 @@ class KubernetesDriver:
         if not self.env.worker.autoscaling.enabled:
             self._delete_scaled_object()
             return
-        self._apply(mf.parse(mf.scaled_object(self.project, self.env, color, floor=1))[0])
         forward = [r for r in self.history()[-1:]
                    if r.outcome == "in-progress" and r.strategy != "rollback" and r.to_color == color]
+        try:
+            self._apply(mf.parse(mf.scaled_object(self.project, self.env, color, floor=1))[0])
+        except (OperationFailed, UsageError) as exc:
+            if forward:
+                raise
+            log.warning("traffic is on %s, but the ScaledObject %s could not follow it: %s", color,
+                        mf.SCALED_OBJECT, exc)
+            return
         if forward:
             self._wait_autoscaler(color, self.env.deploy.ready_timeout, forward[0].from_color)
 
@@ -416,9 +429,14 @@ class KubernetesDriver:
                      "data": {"history.json": json.dumps([r.to_dict() for r in records[-KEEP_RECORDS:]])}})
         if record.outcome in FINAL and self.env.worker.autoscaling.enabled:
             low = mf.autoscaling_bounds(self.env)[0]
-            color, current = self._autoscaled()
-            if color is not None and current != low and color == self.active_color():
-                self._apply(mf.parse(mf.scaled_object(self.project, self.env, color))[0])
+            try:
+                color, current = self._autoscaled()
+                if color is not None and current != low and color == self.active_color():
+                    self._apply(mf.parse(mf.scaled_object(self.project, self.env, color))[0])
+            except UsageError:  # no KEDA at all: no minimum to restore
+                pass
+            except OperationFailed as exc:  # the record is saved; the minimum waits for the next one
+                log.warning("the ScaledObject %s keeps its deploy-time minimum: %s", mf.SCALED_OBJECT, exc)
 
     def render(self, release: Release, color: str) -> str:
         """Every manifest a deploy of `release` onto `color` applies (mf.render_all), offline."""
