@@ -145,7 +145,7 @@ def test_a_deploy_load_gate_refuses_a_preview_whose_transcriptions_never_finish(
     """`deploy --load-gate` (a short light run with 2 users) on a preview whose /v1 hangs
     while its health endpoints answer: refused, naming the unfinished requests."""
     from opsctl.config import load_project
-    from opsctl.deploy.plan import load_gate
+    from opsctl.deploy.hooks import load_gate
     from opsctl.loadtest import plan
 
     monkeypatch.setattr(plan, "STOP_TIMEOUT_S", 1.0)  # the default 30 s, shortened for the test
