@@ -4,8 +4,8 @@
 `opsctl_check_status == 2`, `opsctl_check_value{check="backup age"}` (hours) and
 `opsctl_check_value{check="wal archive"}` (seconds of commits at risk, against dr.rpo), so a
 team with a Prometheus gets the sweep's verdicts in its own alerting. A check that measured
-nothing in the latest sweep has no `opsctl_check_value` (never a stale figure). Bound to
-127.0.0.1 only.
+nothing in the latest sweep has no `opsctl_check_value`, and a check no longer planned (a
+color scaled away) has no series at all: never a stale figure. Bound to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class Exporter:
         from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
         self.registry = CollectorRegistry()
+        self._keys: set[tuple[str, str, str]] = set()  # (env, check, kind) of the last sweep
         labels = ["env", "check", "kind"]
         self.status = Gauge("opsctl_check_status", "Nagios status of a check (0 OK, 1 WARNING, 2 CRITICAL, "
                             "3 UNKNOWN)", labels, registry=self.registry)
@@ -39,7 +40,14 @@ class Exporter:
                              "pick a free port") from None
 
     def update(self, result: SweepResult) -> None:
-        """Set every gauge from `result` (durations in seconds)."""
+        """Set every gauge from `result` (durations in seconds). Series of checks the sweep no
+        longer has (a color scaled away after a deploy) are removed, as is the value of a
+        check that measured nothing, so no stale series keeps an alert firing."""
+        keys = {(result.env, r.name, r.kind) for r in result.results}
+        for key in self._keys - keys:
+            for gauge in (self.status, self.duration, self.value):
+                gauge.remove(*key)
+        self._keys = keys
         for r in result.results:
             key = (result.env, r.name, r.kind)
             self.status.labels(*key).set(int(r.status))

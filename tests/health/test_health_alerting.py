@@ -181,7 +181,8 @@ def test_a_second_monitor_of_the_same_environment_is_refused(tmp_path, runner, s
 
 
 def test_the_exporter_drops_a_value_no_longer_measured():
-    """A stale figure (an archive lag measured once, then UNKNOWN) must not keep an alert firing."""
+    """A stale figure (an archive lag measured once, then UNKNOWN; a color's CRITICAL status
+    after the color is gone) must not keep an alert firing."""
     import datetime as dt
 
     from prometheus_client import generate_latest
@@ -202,5 +203,13 @@ def test_the_exporter_drops_a_value_no_longer_measured():
         text = generate_latest(exporter.registry).decode()
         assert 'opsctl_check_value{check="wal archive"' not in text
         assert 'opsctl_check_status{check="wal archive",env="ci",kind="backup"} 3.0' in text
+        # a check no longer in the sweep (worker-green scaled away) leaves no series behind
+        exporter.update(SweepResult("ci", dt.datetime.now(dt.timezone.utc), 1.0, [
+            CheckResult("worker-green", "http", Status.CRITICAL, "down", 5.0, "ms")]))
+        exporter.update(SweepResult("ci", dt.datetime.now(dt.timezone.utc), 1.0, [
+            CheckResult("worker-blue", "http", Status.OK, "ready", 5.0, "ms")]))
+        text = generate_latest(exporter.registry).decode()
+        assert 'check="worker-green"' not in text and 'check="wal archive"' not in text
+        assert 'opsctl_check_status{check="worker-blue",env="ci",kind="http"} 0.0' in text
     finally:
         exporter.close()
