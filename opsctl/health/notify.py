@@ -234,7 +234,7 @@ def operation_window(project, env_name: str, operation: str, subject: str, *,
             raise
         finally:
             ended = dt.datetime.now(dt.timezone.utc)
+            outcome = credentials(str(getattr(window.outcome, "value", window.outcome)))  # a str or an enum
             lanes.send(OperationEvent("end", env_name, operation, subject, window.started_at, _iso(ended),
-                                      outcome=credentials(str(getattr(window.outcome, "value", window.outcome))), error=window.error,
-                                      duration_seconds=time.monotonic() - clock, checks=held,
-                                      held_until=window.held_until))
+                                      outcome=outcome, error=window.error, checks=held,
+                                      duration_seconds=time.monotonic() - clock, held_until=window.held_until))
