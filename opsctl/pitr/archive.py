@@ -109,6 +109,9 @@ def system_identifier(data: Path) -> str:
 
 @dataclass
 class DrainResult:
+    """One drain of the queue: PostgreSQL file names archived, skipped (already in the repository)
+    and dropped (markers of a full queue uploaded); bytes before (`raw_bytes`) and after
+    (`stored_bytes`) compression and sealing."""
     archived: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already in the repository
     dropped: list[str] = field(default_factory=list)
@@ -122,7 +125,9 @@ class Archiver:
     def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1):
         self.repo, self.key, self.sysid, self.queue, self.level = repo, key, sysid, queue, level
 
-    def pending(self) -> list[str]:
+    def _pending(self) -> list[str]:
+        """The WAL files waiting in the queue, oldest first (PostgreSQL names sort by position); []
+        when the queue folder is missing."""
         try:
             return sorted(n for n in os.listdir(self.queue) if not n.startswith(".") and layout.WAL_FILE.fullmatch(n))
         except FileNotFoundError:
@@ -133,6 +138,9 @@ class Archiver:
                    for n in self.repo.names(f"{layout.wal_prefix(self.sysid)}{file}."))
 
     def push(self, path: Path, result: DrainResult) -> None:
+        """Archive one queued file: skipped when an object of it is already stored, else packed
+        (zstd, sealed) and written under its tagged name. Raises whatever the repository raises;
+        the caller keeps the file queued then."""
         from opsctl.backup.pipeline import StreamStats, pack
 
         file = path.name
@@ -151,7 +159,7 @@ class Archiver:
     def drain(self) -> DrainResult:
         """Archive everything queued now, oldest first; each file leaves the queue only once stored."""
         result = DrainResult()
-        for file in self.pending():
+        for file in self._pending():
             path = self.queue / file
             self.push(path, result)
             path.unlink(missing_ok=True)

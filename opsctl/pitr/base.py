@@ -44,6 +44,10 @@ KINDS = ("full", "incremental")
 
 
 class BaseBackup(BaseModel):
+    """A base backup's record (`base.json`): its id, cluster, kind and parent, the WAL range
+    (`start_lsn` where replay starts, `stop_lsn` where it is consistent), times (UTC), the stored
+    objects with their SHA-256, sizes in bytes, `seconds` taken, and its MAC under the backup key
+    (SHA-256 when unencrypted)."""
     model_config = ConfigDict(extra="forbid")
     format: Literal[1] = 1
     id: str
@@ -68,20 +72,24 @@ class BaseBackup(BaseModel):
                                              separators=(",", ":")).encode()
 
     def seal(self, key) -> None:
+        """Set `key_id` and `mac` over every other field (HMAC under `key`, plain SHA-256 when
+        None)."""
         self.key_id = key.id if key else None
         self.mac = key.mac(self._canonical()) if key else "sha256:" + hashlib.sha256(self._canonical()).hexdigest()
 
     def authentic(self, key) -> bool:
+        """True when the record was sealed by `key` (same key id) and no field changed since."""
         if (key.id if key else None) != self.key_id:
             return False
         want = key.mac(self._canonical()) if key else "sha256:" + hashlib.sha256(self._canonical()).hexdigest()
         return bool(self.mac) and hmac.compare_digest(self.mac, want)
 
     def object(self, suffix: str) -> StoredObject:
+        """The stored object whose name ends with `suffix` (StopIteration when none does)."""
         return next(o for o in self.objects if o.name.endswith(suffix))
 
 
-class TarWatch:
+class _TarWatch:
     """Reads a ustar stream as it passes and keeps the members it was asked for (small ones)."""
 
     def __init__(self, wanted: tuple[str, ...]):
@@ -89,6 +97,7 @@ class TarWatch:
         self._head, self._skip, self._capture, self._name, self._size = bytearray(), 0, None, "", 0
 
     def feed(self, data: bytes) -> None:
+        """Read the next bytes of the stream (any block size)."""
         i, n = 0, len(data)
         while i < n:
             if self._skip:
@@ -121,9 +130,9 @@ class TarWatch:
 
 
 class _Tee:
-    """A reader over pg_basebackup's stdout that shows every block to a TarWatch."""
+    """A reader over pg_basebackup's stdout that shows every block to a _TarWatch."""
 
-    def __init__(self, raw, watch: TarWatch):
+    def __init__(self, raw, watch: _TarWatch):
         self.raw, self.watch = raw, watch
 
     def read(self, size: int = -1) -> bytes:
@@ -233,7 +242,7 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
                 old = Path(tmp) / "parent_manifest"
                 old.write_bytes(_fetch_plain(repo, parent.object("backup_manifest.zst"), key))
                 argv.append(f"--incremental={old}")
-            watch = TarWatch(("backup_label", "backup_manifest"))
+            watch = _TarWatch(("backup_label", "backup_manifest"))
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             try:
                 stats = StreamStats()
@@ -339,6 +348,7 @@ class TarWriter:
             self._fd = None
 
     def feed(self, data: bytes) -> None:
+        """Write the next bytes of the stream (any block size); OperationFailed for a refused member."""
         import os
 
         view, i, n = memoryview(data), 0, len(data)
@@ -383,6 +393,49 @@ class TarWriter:
             self._fail("the tar stream ends inside a member (cut short)")
 
 
+def _ahead(blocks, depth: int = 4):
+    """Iterate `blocks` produced by a helper thread, up to `depth` blocks ahead: reading,
+    SHA-256, AES-GCM and zstd (all outside the GIL) overlap the file writes of the consumer.
+    An error of the producer is raised in the consumer; a consumer that stops early stops it."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    done, stop = object(), threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer is gone
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                if not put(block):
+                    return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="opsctl-unpack-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
     """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd).
 
@@ -399,7 +452,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
                     report(f"base backup {rec.id}", obj.size) if report else None)
     writer = TarWriter(target, f"base backup {rec.id}")
     try:
-        for block in stream:
+        for block in _ahead(stream):
             writer.feed(block)
         writer.finish()
     finally:

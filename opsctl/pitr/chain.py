@@ -32,11 +32,14 @@ _RECORD = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
 
 @dataclass
 class Problem:
+    """One fault of the archive: the PostgreSQL `file` it concerns, `kind` (missing | dropped | not
+    authentic | foreign object) and a `detail` for people."""
     file: str
     kind: str  # missing | dropped | not authentic | foreign object
     detail: str
 
     def line(self) -> str:
+        """'FILE: kind (detail)', as verify and restore print it."""
         return f"{self.file}: {self.kind} ({self.detail})"
 
 
@@ -56,6 +59,9 @@ class Window:
 
 @dataclass
 class Inventory:
+    """What the repository holds for one cluster: authentic base backups (and why others are
+    unusable), the timeline path, the segments on it in replay order, the problems found, the
+    recoverable windows, and (deep) the checked object of each file."""
     sysid: str
     repository: str
     bases: list[bb.BaseBackup]
@@ -70,15 +76,18 @@ class Inventory:
 
     @property
     def newest_restorable(self) -> dt.datetime | None:
+        """The latest time any window reaches (UTC), or None without a window."""
         ends = [w.end for w in self.windows if w.end is not None]
         return max(ends) if ends else None
 
     @property
     def ok(self) -> bool:
+        """No problem found and no damaged base backup (running ones do not count)."""
         return not self.problems and not self.bad_bases_broken
 
     @property
     def bad_bases_broken(self) -> list[str]:
+        """Ids of base backups that are damaged or forged (not merely still running)."""
         return [bid for bid, why in self.bad_bases.items() if "running" not in why]
 
 

@@ -25,6 +25,8 @@ from opsctl.errors import OperationFailed, UsageError
 
 @dataclass
 class FailoverResult:
+    """An RDS failover: old primary and promoted replica (instance ids), the new endpoint
+    (host:port), when (UTC), seconds taken, and the journal file it was recorded in."""
     environment: str
     old_primary: str
     new_primary: str
@@ -87,6 +89,9 @@ def failover(project: Project, env: Environment, replica: str | None = None, app
 
 
 def run(project: Project, env: Environment, primary: str, replica: str, poll: float = 15.0) -> FailoverResult:
+    """Promote `replica` (checked by `plan`), wait until RDS reports it available (polling every
+    `poll` seconds), record it in `.opsctl/failover/<env>.json` (0600). OperationFailed when RDS
+    refuses or the wait ends."""
     from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
     from opsctl.files import write_json

@@ -25,6 +25,10 @@ def seconds(duration: str) -> float:
 
 
 def archive_lag(project, env) -> CheckResult:
+    """The `wal archive` check of the embedded platform: commits at risk = archive_timeout + age of
+    the oldest queued segment (seconds), judged against `dr.rpo`; CRITICAL for dropped segments
+    or segments waiting with no archiver running, UNKNOWN when archiving never started. Details:
+    queued, dropped, archiver_running, rpo_seconds, archive_timeout_seconds."""
     from opsctl.local import procs
     from opsctl.local import state as st
     from opsctl.pitr import archive

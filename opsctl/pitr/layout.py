@@ -38,18 +38,22 @@ OBJECT = re.compile(WAL_FILE.pattern + r"\.(?P<tag>[0-9a-f]{32})\.zst")
 
 
 def root(sysid: str) -> str:
+    """`pitr/<sysid>`: everything of one cluster."""
     return f"{PREFIX}/{sysid}"
 
 
 def wal_prefix(sysid: str) -> str:
+    """`pitr/<sysid>/wal/`: the archived WAL objects."""
     return f"{root(sysid)}/wal/"
 
 
 def dropped_prefix(sysid: str) -> str:
+    """`pitr/<sysid>/dropped/`: markers of WAL files a full queue did not keep."""
     return f"{root(sysid)}/dropped/"
 
 
 def base_prefix(sysid: str) -> str:
+    """`pitr/<sysid>/base/`: the base backups, one folder per id."""
     return f"{root(sysid)}/base/"
 
 
@@ -62,15 +66,20 @@ def tag(key, sysid: str, file: str, sha256: str) -> str:
 
 
 def tag_ok(key, sysid: str, file: str, sha256: str, given: str) -> bool:
+    """True when `given` is the tag of (`sysid`, `file`, `sha256`) under `key` (constant-time
+    compare)."""
     return hmac.compare_digest(tag(key, sysid, file, sha256), given)
 
 
 def wal_object(sysid: str, file: str, tag_: str) -> str:
+    """The repository name of WAL file `file` with tag `tag_`."""
     return f"{wal_prefix(sysid)}{file}.{tag_}.zst"
 
 
 @dataclass(frozen=True)
 class WalObject:
+    """One archived WAL object: its repository `name`, PostgreSQL `file` name, authentication `tag`
+    and stored `size` (bytes)."""
     name: str  # repository object name
     file: str  # PostgreSQL's file name
     tag: str
@@ -102,14 +111,17 @@ def lsn(text: str) -> int:
 
 
 def lsn_text(value: int) -> str:
+    """An integer byte position -> PostgreSQL's 'HI/LO' text (hex)."""
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 def segno(position: int) -> int:
+    """The segment number holding byte position `position`."""
     return position // SEGMENT_BYTES
 
 
 def segment(tli: int, number: int) -> str:
+    """The 24-hex-digit file name of segment `number` on timeline `tli`."""
     return f"{tli:08X}{number // SEGMENTS_PER_ID:08X}{number % SEGMENTS_PER_ID:08X}"
 
 
@@ -119,6 +131,7 @@ def parse_segment(name: str) -> tuple[int, int]:
 
 
 def history_file(tli: int) -> str:
+    """Timeline `tli`'s history file name ('00000002.history')."""
     return f"{tli:08X}.history"
 
 

@@ -20,6 +20,7 @@ HINT = "opsctl.pitr.archive"
 
 
 def queue_dir(state) -> Path:
+    """The embedded platform's WAL queue: `.opsctl/local/data/wal-queue`."""
     return state.data("wal-queue")
 
 

@@ -78,6 +78,10 @@ def create_base(project: Project, env: Environment, kind: str = "full", report=N
 
 @dataclass
 class ChainReport:
+    """What verify-chain and `backup list` report for one cluster: repository URL, system
+    identifier, `ok`, the base backups and unusable ones (with why), segments on the path and
+    objects checked, problems, recoverable windows (times UTC), the newest restorable time and
+    the timeline path."""
     repository: str
     sysid: str
     ok: bool

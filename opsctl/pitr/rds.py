@@ -20,6 +20,9 @@ POLL_SECONDS = 15
 
 @dataclass
 class RdsRestoreResult:
+    """An RDS restore to a time: source and new instance ids, the time asked (None: latest
+    restorable), RDS's latest restorable time then, the new endpoint (host:port) and seconds
+    taken."""
     source: str
     target_instance: str
     restore_time: dt.datetime | None  # None: the latest restorable time

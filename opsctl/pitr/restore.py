@@ -59,6 +59,7 @@ def parse_time(text: str) -> dt.datetime:
 
 
 def parse_lsn(text: str) -> int:
+    """'0/3000060' -> integer byte position; UsageError for anything else."""
     if not re.fullmatch(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}", text.strip()):
         raise UsageError(f"--to-lsn '{text}' is not an LSN; use PostgreSQL's form, e.g. 0/3000060")
     return layout.lsn(text.strip().upper())
@@ -66,6 +67,9 @@ def parse_lsn(text: str) -> int:
 
 @dataclass
 class PitrPlan:
+    """What a restore to a time will do, decided before anything is touched: environment, cluster,
+    the target as asked, the base backup chain (ids, full first), the recoverable window (UTC)
+    and what an in-place restore overwrites (`overwrites`; empty beside)."""
     environment: str
     sysid: str
     target: str  # what was asked, as text
@@ -79,6 +83,10 @@ class PitrPlan:
 
 @dataclass
 class PitrResult:
+    """A finished restore to a time: the target, chain, mode (in-place | beside), the last commit
+    replayed (UTC), timeline, WAL files used, rows per table checked (`tables`, `rows`), the data
+    directory, (beside) the running copy's URL and PID, (in place) where the previous data
+    directory was kept, total `seconds` and per-phase seconds."""
     target: str
     chain: list[str]
     mode: str  # in-place | beside
@@ -346,6 +354,10 @@ def _check(port: int, log: Path, database: str, when: dt.datetime | None) -> tup
 
 
 def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
+    """Carry out `p` (made by `plan`; no approval asked here): wait for the unpacked chain, replay
+    the staged WAL to the target on a free port, check it, and swap it in (or leave it running
+    beside). Whatever fails before the swap leaves the live server as it was and removes the new
+    data directory; OperationFailed with the reason. `timeout` bounds the replay (seconds)."""
     from opsctl.local import postgres as pg
     from opsctl.local import procs
     from opsctl.local import state as st

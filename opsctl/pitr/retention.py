@@ -19,6 +19,8 @@ from opsctl.pitr import layout
 
 @dataclass
 class ChainPruneResult:
+    """What prune-chain removed or (dry run) would remove: base backup ids kept and removed, WAL
+    objects removed, and the first WAL segment kept."""
     kept: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     wal_removed: int = 0
@@ -27,6 +29,9 @@ class ChainPruneResult:
 
 
 def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False) -> ChainPruneResult:
+    """Keep the newest `keep_full` full base backups with their incrementals and the WAL from the
+    oldest kept one's start; remove older base backups and WAL below it (nothing with `dry_run`).
+    UsageError for `keep_full` < 1."""
     if keep_full < 1:
         raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
                          "backup restores nothing")
