@@ -38,6 +38,8 @@ FAILED = "verify-failed.json"  # written by a failed `backup verify`: the backup
 
 @dataclass
 class Entry:
+    """One backup folder as the catalog sees it; `summary` is the index's view of its
+    manifest (times, components, sizes, key id, label, verdict)."""
     id: str
     status: str  # complete | running | incomplete | damaged | untrusted
     manifest: mf.Manifest | None = None  # read when the index did not have it
@@ -47,6 +49,7 @@ class Entry:
 
     @property
     def complete(self) -> bool:
+        """Authenticated, whole, and not damaged: the only status restored and retained."""
         return self.status == "complete"
 
     def _time(self, field: str) -> dt.datetime | None:
@@ -56,19 +59,23 @@ class Entry:
 
     @property
     def created_at(self) -> dt.datetime | None:
+        """When the backup started (UTC), None without a summary."""
         return self._time("created_at")
 
     @property
     def finished_at(self) -> dt.datetime | None:
+        """When its manifest was written (UTC), None without a summary."""
         return self._time("finished_at")
 
     @property
     def components(self) -> list[str]:
+        """What it holds (Manifest.components), [] without a summary."""
         return list(self.summary["components"]) if self.summary else []
 
 
 @dataclass
 class Scan:
+    """The catalog: entries oldest first, foreign names, the repository record."""
     entries: list[Entry]
     foreign: list[str] = field(default_factory=list)
     record: record.RepositoryRecord | None = None
@@ -76,14 +83,17 @@ class Scan:
 
     @property
     def encrypted(self) -> bool | None:
+        """The record's answer; None before the repository was initialised."""
         return self.record.encrypted if self.record else None
 
 
 def new_id(now: dt.datetime) -> str:
+    """A backup id: `now` as YYYYMMDDTHHMMSSZ (UTC) and 4 random hex digits."""
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(2).hex()
 
 
 def id_time(backup_id: str) -> dt.datetime | None:
+    """The UTC time an id was made at, None when it is not one of opsctl's ids."""
     try:
         return dt.datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
     except ValueError:
@@ -111,7 +121,9 @@ def _abandoned(repo: Repository, backup_id: str) -> bool:
     return dt.datetime.now(dt.timezone.utc) - started > STALE_AFTER
 
 
-def _unfinished(repo: Repository, backup_id: str) -> Entry:
+def unfinished_entry(repo: Repository, backup_id: str) -> Entry:
+    """The entry of an opsctl folder without a manifest: `running` while its start record
+    names a live process (or one elsewhere started under 24 hours ago), else `incomplete`."""
     running = not _abandoned(repo, backup_id)
     return Entry(backup_id, "running" if running else "incomplete",
                  note="in progress" if running else "no manifest: interrupted, never restored")
@@ -121,7 +133,7 @@ def unfinished(repo: Repository) -> tuple[list[Entry], list[str]]:
     """(opsctl folders without a manifest, foreign entries), from the listing alone: no
     manifest is read, so thousands of backups cost `backup create` one listing."""
     ours, foreign = record.layout(repo.names())
-    return [_unfinished(repo, i) for i, files in sorted(ours.items()) if mf.NAME not in files], foreign
+    return [unfinished_entry(repo, i) for i, files in sorted(ours.items()) if mf.NAME not in files], foreign
 
 
 def _key(repo: Repository, key: BackupKey | None | bool) -> BackupKey | None:
@@ -268,7 +280,7 @@ def scan(repo: Repository, key: BackupKey | None | bool = False, pick=None) -> S
     for backup_id in sorted(ours):
         files = ours[backup_id]
         if mf.NAME not in files:
-            out.append(_unfinished(repo, backup_id))
+            out.append(unfinished_entry(repo, backup_id))
             continue
         tags = _tags(repo, backup_id, files)
         summary = _cached(idx, backup_id, tags)
@@ -327,6 +339,7 @@ def entries(repo: Repository, key: BackupKey | None | bool = False) -> list[Entr
 
 
 def mark_verified(repo: Repository, backup_id: str, restore_tested: bool, key: BackupKey | None = None) -> None:
+    """Record a passed verify (`verified.json`, sealed for this id) and drop a failed one."""
     _write_verdict(repo, backup_id, VERIFIED, {"ok": True, "restore_tested": restore_tested}, key)
     repo.delete_prefix(f"{backup_id}/{FAILED}")
 
@@ -429,3 +442,19 @@ def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None =
     return {"repository": repo.url, "initialised": s.record is not None,
             "encrypted": s.encrypted, "key_id": s.record.key_id if s.record else None,
             "authenticated": s.authenticated, "foreign": s.foreign, "total": len(s.entries), "backups": out}
+
+
+def listing(project, env, limit: int | None = None, since: dt.datetime | None = None) -> dict:
+    """`backup list` of an environment: `rows` of its repository (newest `limit`, created at
+    or after `since`), plus under "pitr" its point-in-time recoverable windows
+    (opsctl.pitr.ops.windows: {sysid, windows, newest_restorable, base_backups}) or None."""
+    from opsctl.backup.repository import for_environment
+    from opsctl.output import to_jsonable
+    from opsctl.pitr.ops import windows
+
+    doc = rows(for_environment(project, env), limit, since)
+    rep = windows(project, env)
+    doc["pitr"] = None if rep is None else to_jsonable(
+        {"sysid": rep.sysid, "windows": rep.windows, "newest_restorable": rep.newest_restorable,
+         "base_backups": rep.base_backups})
+    return doc

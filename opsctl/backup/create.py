@@ -14,15 +14,19 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from opsctl.backup import catalog, keys
-from opsctl.backup import manifest as mf
+# only what starting pg_dump needs is imported with this module (the CLI imports it before
+# anything runs): the catalog, manifest, crypto and repository modules load while pg_dump
+# reads the catalog (create below)
 from opsctl.backup import postgres as pgb
-from opsctl.backup import redis as rdb
-from opsctl.backup.pipeline import Reporter, StreamStats, pack, quiet
-from opsctl.backup.repository import Repository, open_repository
-from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
+
+if TYPE_CHECKING:
+    from opsctl.backup import manifest as mf
+    from opsctl.backup.pipeline import Reporter
+    from opsctl.backup.repository import Repository
+    from opsctl.config import Environment, Project
 
 log = logging.getLogger("opsctl.backup")
 KINDS = ("full", "db", "redis", "files", "rds-snapshot", "elasticache-snapshot")
@@ -30,6 +34,8 @@ KINDS = ("full", "db", "redis", "files", "rds-snapshot", "elasticache-snapshot")
 
 @dataclass
 class CreateResult:
+    """A backup made: sizes in bytes (raw before compression, stored after), `seconds`, and
+    what the run also removed (retention `pruned`, interrupted `cleaned`) or left (`foreign`)."""
     id: str
     repository: str
     components: list[str]
@@ -45,6 +51,7 @@ class CreateResult:
 
 
 def components_for(kind: str, env: Environment) -> list[str]:
+    """The components `--type kind` backs up in `env`; UsageError for an unknown kind."""
     if kind not in KINDS:
         raise UsageError(f"--type '{kind}' is not one of {', '.join(KINDS)}")
     if kind != "full":
@@ -60,8 +67,9 @@ def clean_abandoned(repo: Repository, rec=None) -> tuple[list[str], list[str]]:
 
     Never walks the repository: one top-level listing, the index, and a listing of each
     folder the index does not hold (running, interrupted, foreign, or complete but not yet
-    indexed: those are added to the index)."""
-    from opsctl.backup import index, record
+    indexed: the next full scan adds those to the index)."""
+    from opsctl.backup import catalog, index, record
+    from opsctl.backup import manifest as mf
 
     gone: list[str] = []
     folders, files = repo.folders()
@@ -76,7 +84,7 @@ def clean_abandoned(repo: Repository, rec=None) -> tuple[list[str], list[str]]:
         if mf.IN_PROGRESS not in names:
             foreign.append(backup_id + "/")
             continue
-        entry = catalog._unfinished(repo, backup_id)
+        entry = catalog.unfinished_entry(repo, backup_id)
         if entry.status == "incomplete":
             repo.abort_uploads(f"{entry.id}/")
             repo.delete_prefix(f"{entry.id}/")
@@ -87,6 +95,9 @@ def clean_abandoned(repo: Repository, rec=None) -> tuple[list[str], list[str]]:
 
 
 def _stream(repo: Repository, name: str, reader, level: int, key, report: Reporter, what: str) -> mf.StoredObject:
+    from opsctl.backup import manifest as mf
+    from opsctl.backup.pipeline import StreamStats, pack
+
     stats = StreamStats()
     repo.put(name, pack(reader, level, key, stats, report(what, None)))
     return mf.StoredObject(name=name, size=stats.stored_bytes, sha256=stats.sha256, raw_size=stats.raw_bytes,
@@ -94,8 +105,21 @@ def _stream(repo: Repository, name: str, reader, level: int, key, report: Report
 
 
 def create(project: Project, env: Environment, kind: str = "full", compress_level: int | None = None,
-           encrypt: bool = True, label: str | None = None, report: Reporter = quiet) -> CreateResult:
+           encrypt: bool = True, label: str | None = None, report: Reporter | None = None) -> CreateResult:
+    """Back up `env` (`kind`: one of KINDS; "full" is every component its platform has) into
+    its repository: each component streamed through the pipeline (zstd at `compress_level`,
+    default backup.compress_level, 1-22; AES-256-GCM under the backup key unless `encrypt`
+    is False), the manifest written last and sealed, the index updated, then the
+    environment's retention applied (CreateResult.pruned). `label` is a free note kept in the
+    manifest; `report(what, total_bytes)` returns a callback taking byte counts (progress).
+
+    The backup exists only once its manifest is written: any failure or interruption
+    removes what was written (OperationFailed "interrupted" on Ctrl-C/SIGTERM). Raises
+    UsageError for bad input (kind, level, no key, no database/Redis URL, a repository not
+    matching its record), OperationFailed when a component fails. Sizes are bytes, times
+    seconds."""
     from opsctl import __version__
+    from opsctl.backup import keys
     from opsctl.endpoints import resolve
 
     parts = components_for(kind, env)
@@ -113,7 +137,19 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     # pg_dump starts first and reads the catalog while the repository is opened (for S3:
     # boto3, a bucket check, a listing), so that time is not added to the dump's own
     dump = pgb.Dump(ep.database_url) if "db" in parts else None
+    early = None
     try:
+        from opsctl.backup.pipeline import ReadAhead, quiet
+
+        # its output is read from now on (up to 32 MiB ahead), so pg_dump runs while the
+        # rest of this module's imports load and the repository is opened and checked
+        early = ReadAhead(dump.stdout, ahead=32) if dump is not None else None
+        from opsctl.backup import catalog
+        from opsctl.backup import manifest as mf
+        from opsctl.backup import redis as rdb
+        from opsctl.backup.repository import open_repository
+
+        report = report or quiet
         repo = open_repository(env.backup.repository, project, ep)
         repo.key = key
         from opsctl.backup import record
@@ -123,6 +159,8 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         backup_id = catalog.new_id(started)
         repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
     except BaseException:
+        if early is not None:
+            early.close()
         if dump is not None:
             dump.abort()
         raise
@@ -133,7 +171,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     try:
         if dump is not None:
             log.info("dumping database %s", dump.info.get("database"))
-            obj = _stream(repo, f"{backup_id}/db.dump.zst", dump.stdout, level, key, report, "database")
+            obj = _stream(repo, f"{backup_id}/db.dump.zst", early, level, key, report, "database")
             info = dump.finish()
             m.db = mf.DbPart(database=info["database"], owner=info["owner"], object=obj,
                              server_version=info["server_version"], server_major=info["server_major"],
@@ -162,6 +200,8 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         m.sign(key)
         repo.put_bytes(f"{backup_id}/{mf.NAME}", m.to_bytes())  # last: now the backup exists
     except BaseException as exc:
+        if early is not None:
+            early.close()
         if dump is not None:
             dump.abort()
         log.warning("backup %s stopped: removing what was written", backup_id)
@@ -176,6 +216,8 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started, done=True))
     from opsctl.backup import index
 
+    # read again (a prune or another create may have changed it while this one ran): a read
+    # is one hash and one parse (index.py)
     index.update(repo, key, rec.encrypted, {backup_id: catalog.indexed(repo, backup_id, m)})
     result = CreateResult(id=backup_id, repository=repo.url, components=m.components, raw_bytes=m.raw_bytes,
                           stored_bytes=m.stored_bytes, ratio=round(m.raw_bytes / m.stored_bytes, 2) if m.stored_bytes else 0.0,

@@ -39,6 +39,10 @@ def _cipher(key: BackupKey, salt: bytes):
 
 
 def encrypt(chunks: Iterable[bytes], key: BackupKey) -> Iterator[bytes]:
+    """The encrypted stream of the plaintext `chunks` (any sizes): MAGIC and a fresh 16-byte
+    salt, then 1 MiB frames each sealed with AES-256-GCM under the object key HKDF-derived
+    from `key` and the salt (16-byte tag per frame, the last frame flagged in its nonce).
+    Output is 32 + 16 bytes per MiB larger than the input. Never raises on content."""
     salt = os.urandom(SALT)
     header = MAGIC + salt
     aead = _cipher(key, salt)
@@ -62,6 +66,10 @@ def _seal(aead, nonce: bytes, buf: bytearray, size: int, header: bytes) -> bytes
 
 
 def decrypt(chunks: Iterable[bytes], key: BackupKey, name: str) -> Iterator[bytes]:
+    """The plaintext of a stream written by `encrypt`, frame by frame (up to 1 MiB each).
+    Raises IntegrityError naming the object `name` when the header is not opsctl's or a
+    frame fails authentication: modified, reordered, truncated (even at a frame boundary)
+    or sealed under another key. A frame is released only once it authenticated."""
     from cryptography.exceptions import InvalidTag
 
     buf = bytearray()

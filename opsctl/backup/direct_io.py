@@ -44,6 +44,7 @@ class DirectFile:
         self.size = 0
 
     def write(self, data) -> None:
+        """Append `data` (any bytes-like object), written out in aligned spans."""
         with memoryview(data) as view:
             view = view.cast("B")
             start = 0
@@ -90,6 +91,7 @@ class DirectFile:
             self.abort()
 
     def abort(self) -> None:
+        """Close without finishing (the caller removes the file); safe to call twice."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

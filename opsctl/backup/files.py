@@ -31,6 +31,8 @@ def stored_name(key: str) -> str:
 
 
 def inventory(s3, bucket: str) -> list[dict]:
+    """[{key, size (bytes), etag}] of every completed object in `bucket` (ListObjectsV2, paged):
+    parts of multipart uploads still open are not objects and never listed (issue 26)."""
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"]} for p in pages for o in p.get("Contents", [])]
 
@@ -44,6 +46,9 @@ def _sha256(s3, bucket: str, key: str, etag: str) -> str:
 
 
 def backup(s3, bucket: str, repo: Repository, backup_id: str, advance: Advance | None = None) -> mf.FilesPart:
+    """Copy every completed object of `bucket` into `<backup_id>/files/` (names from
+    `stored_name`), each hashed and copied at the ETag it was listed with (a changed object
+    fails the copy rather than mixing versions); `advance(bytes)` per object."""
     def one(obj: dict) -> mf.AudioObject:
         sha = _sha256(s3, bucket, obj["key"], obj["etag"])
         name = f"{backup_id}/files/{stored_name(obj['key'])}"
@@ -76,6 +81,7 @@ def differing(s3, bucket: str, part: mf.FilesPart) -> tuple[list[mf.AudioObject]
 
 
 def restore(s3, bucket: str, repo: Repository, objects: list[mf.AudioObject], advance: Advance | None = None) -> int:
+    """Put `objects` (from `differing`) back into `bucket` under their keys; returns how many."""
     def one(obj: mf.AudioObject) -> None:
         repo.copy_out(obj.name, s3, bucket, obj.key)
         if advance:

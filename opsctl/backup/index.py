@@ -2,8 +2,8 @@
 backups costs `list`, `restore --latest`, `prune` and the health check one read, not one
 per manifest (pgBackRest's `backup.info`, restic's index files).
 
-`opsctl-catalog.json` at the top of the repository: `{"format": 1, "backups": {id: summary},
-"mac": ...}`, a summary being what list/resolve/prune/health need (times, components,
+`opsctl-catalog.json` at the top of the repository: `{"format": 2, "written_at": ..., "mac":
+..., "backups": {id: summary}}`, a summary being what list/resolve/prune/health need (times, components,
 sizes, key id, label, verdict). It is rewritten after each manifest, verdict and deletion,
 and authenticated like the record (HMAC under the backup key in an encrypted repository,
 SHA-256 otherwise). It is a cache, never the truth: a missing, damaged or forged index is
@@ -24,6 +24,7 @@ from opsctl.backup.repository import NotFound, Repository
 from opsctl.errors import OperationFailed
 
 NAME = "opsctl-catalog.json"
+FORMAT = 2  # 1: MAC over a re-serialised payload (read as missing: rebuilt)
 
 
 def summary(m, verified: bool = False, failed: dict | None = None) -> dict:
@@ -33,50 +34,70 @@ def summary(m, verified: bool = False, failed: dict | None = None) -> dict:
             "stored_bytes": m.stored_bytes, "key_id": m.key_id, "verified": verified, "failed": failed}
 
 
-def _canonical(backups: dict) -> bytes:
-    return b"opsctl-catalog\0" + json.dumps(backups, sort_keys=True, separators=(",", ":")).encode()
+_DOMAIN = b"opsctl-catalog\0"
+_FIELD = b',"backups":'  # the payload comes last in the document, after this exact separator
 
 
-def _mac(backups: dict, key: BackupKey | None, encrypted: bool) -> str | None:
+def _mac(payload: bytes, key: BackupKey | None, encrypted: bool) -> str | None:
+    """HMAC-SHA256 under the key (encrypted repository) or SHA-256 (unencrypted) of the
+    payload's exact bytes: checking it costs one hash, not a re-serialisation of the index."""
     if encrypted:
-        return key.mac(_canonical(backups)) if key is not None else None
-    return "sha256:" + hashlib.sha256(_canonical(backups)).hexdigest()
+        return key.mac(_DOMAIN + payload) if key is not None else None
+    return "sha256:" + hashlib.sha256(_DOMAIN + payload).hexdigest()
 
 
 def read(repo: Repository, key: BackupKey | None, encrypted: bool) -> dict | None:
     """{id: summary} when the index is present and authentic, else None (rebuild).
 
-    In an encrypted repository read without the key the index can't be checked; it is used
-    for display only (the caller knows it is not authenticated)."""
+    The MAC covers the bytes of the `backups` payload as stored (the document ends with
+    it), so a read costs one hash and one parse. In an encrypted repository read without
+    the key the index can't be checked; it is used for display only (the caller knows it
+    is not authenticated)."""
     try:
-        doc = json.loads(repo.get_bytes(NAME))
-        backups = doc["backups"]
-        if not isinstance(backups, dict) or doc.get("format") != 1:
-            return None
-    except (NotFound, ValueError, KeyError, TypeError, OperationFailed):  # OperationFailed: a link (repository.py)
+        data = repo.get_bytes(NAME)
+    except (NotFound, OperationFailed):  # OperationFailed: a link (repository.py)
         return None
-    if encrypted and key is None:
-        return backups
-    want = _mac(backups, key, encrypted)
-    if not want or not isinstance(doc.get("mac"), str) or not hmac.compare_digest(doc["mac"], want):
-        return None  # tampered with or damaged: ignored in favour of the manifests
-    return backups
+    at = data.find(_FIELD)
+    if at < 0 or not data.endswith(b"}"):
+        return None  # not written by write(): another format, or edited by hand
+    payload = data[at + len(_FIELD):-1]
+    try:
+        head = json.loads(data[:at] + b"}")
+        if not isinstance(head, dict) or head.get("format") != FORMAT:
+            return None
+        if not (encrypted and key is None):
+            want = _mac(payload, key, encrypted)
+            if not want or not isinstance(head.get("mac"), str) or not hmac.compare_digest(head["mac"], want):
+                return None  # tampered with or damaged: ignored in favour of the manifests
+        backups = json.loads(payload)
+    except (ValueError, TypeError):
+        return None
+    return backups if isinstance(backups, dict) else None
 
 
 def write(repo: Repository, backups: dict, key: BackupKey | None, encrypted: bool) -> bool:
-    """Replace the index; False (nothing written) when it can't be sealed (no key)."""
-    mac = _mac(backups, key, encrypted)
+    """Replace the index; False (nothing written) when it can't be sealed (no key).
+
+    One JSON document, `{"format": 2, "written_at": ..., "mac": ..., "backups": {...}}`,
+    the payload last and written compactly so `read` can hash its exact bytes."""
+    payload = json.dumps(backups, separators=(",", ":")).encode()
+    mac = _mac(payload, key, encrypted)
     if mac is None:
         return False
-    repo.put_bytes(NAME, json.dumps({"format": 1, "written_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                                     "backups": backups, "mac": mac}).encode())
+    head = json.dumps({"format": FORMAT, "written_at": dt.datetime.now(dt.timezone.utc).isoformat(), "mac": mac},
+                      separators=(",", ":")).encode()
+    repo.put_bytes(NAME, head[:-1] + _FIELD + payload + b"}")
     return True
 
 
-def update(repo: Repository, key: BackupKey | None, encrypted: bool, changes: dict[str, dict | None]) -> None:
-    """Read-modify-write: `changes` maps ids to a new summary, or None to drop them. A
-    concurrent writer may lose an entry; the next full read finds the folder and adds it."""
-    current = read(repo, key, encrypted)
+def update(repo: Repository, key: BackupKey | None, encrypted: bool, changes: dict[str, dict | None],
+           current: dict | None | bool = False) -> None:
+    """Read-modify-write: `changes` maps ids to a new summary, or None to drop them;
+    `current` is the index the caller just read (False: read it here). One write whatever
+    the number of changes (prune drops all it removed at once). A concurrent writer may
+    lose an entry; the next full scan finds the folder and adds it."""
+    if current is False:
+        current = read(repo, key, encrypted)
     if current is None:
         return  # no valid index: the next scan rebuilds it whole
     for backup_id, value in changes.items():

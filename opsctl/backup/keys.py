@@ -26,10 +26,14 @@ HOW = "32 random bytes in base64, e.g. from 'openssl rand -base64 32'"
 
 @dataclass(frozen=True)
 class BackupKey:
+    """The repository's 32-byte secret; never printed (repr hides it). Sub-keys per purpose
+    are HKDF-derived from it (`derive`)."""
     secret: bytes = field(repr=False)
 
     @property
     def id(self) -> str:
+        """A public fingerprint of the key (16 hex digits of a SHA-256), recorded in the
+        repository record and every manifest so a wrong key is named, not guessed."""
         return hashlib.sha256(b"opsctl-backup-key-id\0" + self.secret).hexdigest()[:16]
 
     def derive(self, info: bytes, salt: bytes = b"") -> bytes:
@@ -40,10 +44,15 @@ class BackupKey:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt or None, info=info).derive(self.secret)
 
     def mac(self, data: bytes) -> str:
+        """HMAC-SHA256 of `data` (hex) under the manifest sub-key: manifests, verdicts, the
+        repository record and the catalog index are sealed with it."""
         return hmac.new(self.derive(b"opsctl-backup manifest v1"), data, hashlib.sha256).hexdigest()
 
 
 def parse(text: str, source: str) -> BackupKey:
+    """The key from its text (standard or URL-safe base64, padding optional, surrounding
+    blanks ignored); UsageError naming `source` (a variable or file) when it is not base64
+    of exactly 32 bytes."""
     raw = text.strip()
     try:
         secret = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_" if ("-" in raw or "_" in raw) else None,
@@ -74,4 +83,5 @@ def load(project: Project, env: Environment, required: bool = True) -> BackupKey
 
 
 def generate() -> str:
+    """A new key: 32 random bytes (os.urandom) in standard base64."""
     return base64.b64encode(os.urandom(KEY_BYTES)).decode()

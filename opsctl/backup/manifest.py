@@ -28,6 +28,8 @@ class _Strict(BaseModel):
 
 
 class StoredObject(_Strict):
+    """One object the backup wrote: its repository name, stored `size` and `sha256` (of the
+    stored bytes), `raw_size` before compression (bytes), and how it was transformed."""
     name: str
     size: int
     sha256: str
@@ -37,6 +39,7 @@ class StoredObject(_Strict):
 
 
 class DbPart(_Strict):
+    """The PostgreSQL component: what the dump's snapshot saw and the stored dump object."""
     database: str  # the database pg_dump dumped (current_database() of its snapshot)
     owner: str
     server_version: str
@@ -48,10 +51,14 @@ class DbPart(_Strict):
 
     @property
     def expected_rows(self) -> list | dict:
+        """Row counts a restore must reproduce: [[schema, table, rows]], or the older
+        {"schema.table": rows} of manifests written before `tables` existed."""
         return [list(t) for t in self.tables] if self.tables is not None else (self.row_counts or {})
 
 
 class RedisPart(_Strict):
+    """The Redis component: server version, keys and keys with an expiry per database
+    number at the snapshot, and the stored RDB object."""
     redis_version: str
     keys: dict[int, int]
     expires: dict[int, int]
@@ -59,6 +66,8 @@ class RedisPart(_Strict):
 
 
 class AudioObject(_Strict):
+    """One audio object copied: its bucket `key`, `size` (bytes) and `sha256`, its copy's
+    repository `name`, and the source ETag the copy was made from."""
     key: str
     size: int
     sha256: str
@@ -67,17 +76,22 @@ class AudioObject(_Strict):
 
 
 class FilesPart(_Strict):
+    """The audio component: the bucket and every completed object copied from it."""
     bucket: str
     objects: list[AudioObject]
 
 
 class SnapshotPart(_Strict):
+    """A native snapshot taken by the cloud service (RDS or ElastiCache) and its source."""
     kind: Literal["rds", "elasticache"]
     identifier: str
     source: str
 
 
 class Manifest(_Strict):
+    """`manifest.json` of one backup, written last: a backup exists only once it does.
+    Times are UTC datetimes, sizes bytes, `seconds` the backup's duration; `mac` seals the
+    rest (`sign`, `authenticate`)."""
     format: Literal[1] = 1
     id: str
     environment: str
@@ -100,9 +114,11 @@ class Manifest(_Strict):
 
     @property
     def components(self) -> list[str]:
+        """What the backup holds: "db", "redis", "files", then "<kind>-snapshot" per snapshot."""
         return [c for c in COMPONENTS if getattr(self, c) is not None] + [f"{s.kind}-snapshot" for s in self.snapshots]
 
     def stored_objects(self) -> list[StoredObject]:
+        """Every object the backup stored (dump, RDB, audio copies), for verify and sizes."""
         objs = [p.object for p in (self.db, self.redis) if p is not None]
         if self.files:
             objs += [StoredObject(name=a.name, size=a.size, sha256=a.sha256) for a in self.files.objects]
@@ -123,10 +139,13 @@ class Manifest(_Strict):
         self.mac = key.mac(self._canonical()) if key else "sha256:" + hashlib.sha256(self._canonical()).hexdigest()
 
     def to_bytes(self) -> bytes:
+        """The manifest as stored: compact JSON, MAC included."""
         return self.model_dump_json().encode()  # compact: every byte is significant, so any flip is caught
 
 
 def parse(data: bytes, backup_id: str) -> Manifest:
+    """The manifest in `data` (not yet authenticated: see `authenticate`); IntegrityError
+    naming `backup_id` when it is not a valid manifest."""
     try:
         return Manifest.model_validate_json(data)
     except ValidationError:

@@ -229,6 +229,7 @@ def counts_of(conn) -> dict[tuple[str, str], int]:
 
 
 def catalog_of(conn) -> dict:
+    """Owners and privileges of a database (CATALOG_SQL) through a psycopg connection."""
     return conn.execute(CATALOG_SQL).fetchone()[0]
 
 
@@ -296,6 +297,7 @@ class Dump:
 
     @property
     def stdout(self) -> BinaryIO:
+        """pg_dump's output (custom format, uncompressed), a pipe to read to its end."""
         return self.proc.stdout
 
     def _send(self, text: str) -> None:
@@ -412,6 +414,7 @@ def tool_for(name: str, major: int | None, what: str = "") -> str:
 
 
 def server_major(url: str) -> int:
+    """The server's major version (e.g. 16) at `url`."""
     with _admin(url) as conn:
         return conn.execute("select current_setting('server_version_num')::int / 10000").fetchone()[0]
 
@@ -443,11 +446,13 @@ def _admin(url: str):
 
 
 def database_exists(url: str, name: str) -> bool:
+    """Whether database `name` exists on the server at `url`."""
     with _admin(url) as conn:
         return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 
 
 def drop_database(url: str, name: str) -> None:
+    """Drop database `name` if it exists (its sessions ended first)."""
     from psycopg import sql
 
     with _admin(url) as conn:
@@ -475,6 +480,7 @@ def _unquote(ident: str) -> str:
 
 
 def quote(name: str) -> str:
+    """`name` as a quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 

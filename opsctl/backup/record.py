@@ -48,6 +48,8 @@ def check_id(backup_id: str) -> str:
 
 
 class RepositoryRecord(BaseModel):
+    """`opsctl-repository.json`: whether the repository is encrypted and under which key id,
+    sealed like a manifest (`seal`)."""
     model_config = ConfigDict(extra="forbid")
     format: Literal[1] = 1
     encrypted: bool
@@ -60,6 +62,7 @@ class RepositoryRecord(BaseModel):
                           separators=(",", ":")).encode()
 
     def seal(self, key: BackupKey | None) -> None:
+        """Set `mac`: HMAC under `key`, or (unencrypted) a SHA-256 that anyone can recompute."""
         self.mac = key.mac(b"opsctl-repository\0" + self._canonical()) if key else \
             "sha256:" + hashlib.sha256(self._canonical()).hexdigest()
 

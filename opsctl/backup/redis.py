@@ -228,10 +228,12 @@ def _copy_batch(src, dst, keys: list[bytes], wanted: set[bytes]) -> int:
 
 
 def live_keys(url: str) -> int:
+    """How many keys the Redis server at `url` holds, all databases together."""
     info = _client(url).info("keyspace")
     return sum(v["keys"] for n, v in info.items() if n.startswith("db"))
 
 
 def all_dbs(url: str, manifest_dbs: list[int]) -> list[int]:
+    """The database numbers a restore replaces: the backup's and those holding keys now."""
     info = _client(url).info("keyspace")
     return sorted(set(manifest_dbs) | {int(n[2:]) for n in info if n.startswith("db")})

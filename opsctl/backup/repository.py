@@ -26,10 +26,15 @@ PARTIAL = ".partial"
 
 
 class NotFound(Exception):
-    pass
+    """The object named does not exist (or, on file://, is not a regular file)."""
 
 
 class Repository(ABC):
+    """Where backups live, as named objects: the interface every backup operation uses.
+
+    Names are relative to the repository (`<backup id>/manifest.json`), '/'-separated, never
+    starting with '/' nor holding '.' or '..' parts. Sizes are bytes. Writes are whole or
+    absent: an object exists under its name only once `put` finished."""
     url: str
     key = None  # the backup key of the environment that opened it (catalog checks trust with it)
     # {name: stamp} of the objects the last names() listed: the S3 ETag, or the file's size,
@@ -38,6 +43,8 @@ class Repository(ABC):
     tags: dict[str, str]
 
     def tag(self, name: str) -> str | None:
+        """The stamp of `name` from the last `names()` that listed it (S3: size and ETag;
+        file://: size, inode, mtime, ctime and mode), or None when not listed since."""
         return getattr(self, "tags", {}).get(name)
 
     def _tags(self) -> dict[str, str]:
@@ -47,23 +54,47 @@ class Repository(ABC):
         return tags
 
     @abstractmethod
-    def put(self, name: str, chunks: Iterable[bytes]) -> None: ...
+    def put(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Store the bytes of `chunks` as `name`, replacing it; streamed (multipart upload or
+        a `.partial` file renamed when whole), never held whole in memory. On any failure
+        nothing is left under `name` and the unfinished upload is removed."""
+
     @abstractmethod
-    def get(self, name: str) -> Iterator[bytes]: ...
+    def get(self, name: str) -> Iterator[bytes]:
+        """The bytes of `name` in blocks of up to 1 MiB; NotFound when it does not exist."""
+
     @abstractmethod
-    def names(self, prefix: str = "") -> dict[str, int]: ...
+    def names(self, prefix: str = "") -> dict[str, int]:
+        """{name: size in bytes} of every whole object whose name starts with `prefix` (a
+        folder when it ends with '/'; "" lists everything), unfinished uploads excluded;
+        records each one's stamp for `tag`."""
+
     @abstractmethod
-    def delete_prefix(self, prefix: str) -> int: ...
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete the object named `prefix`, or every object in the folder `prefix` ends
+        with '/' naming; never names that merely start like it. Returns how many were
+        deleted; UsageError for "" (the whole repository)."""
+
     @abstractmethod
-    def open_uploads(self, prefix: str = "") -> list[str]: ...
+    def open_uploads(self, prefix: str = "") -> list[str]:
+        """Unfinished writes under `prefix` (S3 multipart uploads, `.partial` files)."""
+
     @abstractmethod
-    def abort_uploads(self, prefix: str = "") -> int: ...
+    def abort_uploads(self, prefix: str = "") -> int:
+        """Abort (remove) the unfinished writes in `prefix` (an object or a folder as in
+        `delete_prefix`); returns how many."""
+
     @abstractmethod
-    def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None: ...
+    def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None:
+        """Copy object `key` of `bucket` (boto3 client `s3`) to `name`, only if its ETag is
+        still `etag` (the version that was hashed); server-side on S3."""
+
     @abstractmethod
-    def copy_out(self, name: str, s3, bucket: str, key: str) -> None: ...
+    def copy_out(self, name: str, s3, bucket: str, key: str) -> None:
+        """Copy `name` to object `key` of `bucket` (boto3 client `s3`)."""
 
     def delete_names(self, names: list[str]) -> None:
+        """Delete exactly these objects (names as `names()` returns them)."""
         for name in names:
             self.delete_prefix(name)
 
@@ -76,16 +107,22 @@ class Repository(ABC):
         return folders, files
 
     def put_bytes(self, name: str, data: bytes) -> None:
+        """`put` of one small object held in memory (records, manifests, the index)."""
         self.put(name, [data])
 
     def get_bytes(self, name: str) -> bytes:
+        """The whole object `name` in memory (small objects only); NotFound when absent."""
         return b"".join(self.get(name))
 
     def ids(self) -> list[str]:
+        """Top-level folder names holding at least one object, sorted (not only backup ids)."""
         return sorted({n.split("/", 1)[0] for n in self.names() if "/" in n})
 
 
 class S3Repository(Repository):
+    """Objects under `prefix` in an S3 bucket (any endpoint): multipart uploads of `part_size`
+    bytes, `concurrency` parts at a time."""
+
     def __init__(self, client, bucket: str, prefix: str, url: str, part_size: int = 8 << 20, concurrency: int = 4):
         self.s3, self.bucket, self.prefix, self.url = client, bucket, prefix.strip("/"), url
         self.part_size, self.concurrency = part_size, concurrency
@@ -94,6 +131,7 @@ class S3Repository(Repository):
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def put(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Repository.put as a multipart upload, parts sent in parallel and retried by botocore; aborted on failure."""
         from boto3.s3.transfer import TransferConfig
 
         # parts go up in parallel; each part is buffered in memory, so botocore retries a
@@ -107,6 +145,7 @@ class S3Repository(Repository):
             raise
 
     def get(self, name: str) -> Iterator[bytes]:
+        """Repository.get: one GET, streamed in 1 MiB blocks."""
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
         except self.s3.exceptions.NoSuchKey:
@@ -117,6 +156,7 @@ class S3Repository(Repository):
             body.close()
 
     def names(self, prefix: str = "") -> dict[str, int]:
+        """Repository.names: a paged ListObjectsV2; stamps are size and ETag."""
         out: dict[str, int] = {}
         base = self._key("")
         tags = self._tags()
@@ -127,6 +167,7 @@ class S3Repository(Repository):
         return out
 
     def folders(self) -> tuple[set[str], set[str]]:
+        """Repository.folders with one delimited listing (CommonPrefixes): no key below the top level is listed."""
         folders, files = set(), set()
         base = self._key("")
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
@@ -144,6 +185,7 @@ class S3Repository(Repository):
         return len(names)
 
     def delete_names(self, names: list[str]) -> None:
+        """Repository.delete_names in DeleteObjects batches of 1,000."""
         keys = [self._key(n) for n in names]
         for i in range(0, len(keys), 1000):
             self.s3.delete_objects(Bucket=self.bucket,
@@ -155,21 +197,25 @@ class S3Repository(Repository):
         return [u for page in pages for u in page.get("Uploads", []) if _within(u["Key"][len(base):], prefix)]
 
     def open_uploads(self, prefix: str = "") -> list[str]:
+        """The keys of the multipart uploads open under `prefix` (ListMultipartUploads)."""
         return [u["Key"] for u in self._uploads(prefix)]
 
     def abort_uploads(self, prefix: str = "") -> int:
+        """AbortMultipartUpload of each upload open in `prefix`; returns how many."""
         uploads = self._uploads(prefix)
         for u in uploads:
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
         return len(uploads)
 
     def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None:
+        """Repository.copy_in, server-side (CopyObject/UploadPartCopy) with CopySourceIfMatch."""
         # server-side (UploadPartCopy for large objects): audio never passes through this machine;
         # CopySourceIfMatch makes sure the copy is the version that was hashed
         self.s3.copy({"Bucket": bucket, "Key": key}, self.bucket, self._key(name),
                      ExtraArgs={"CopySourceIfMatch": etag})
 
     def copy_out(self, name: str, s3, bucket: str, key: str) -> None:
+        """Repository.copy_out, server-side from this bucket."""
         s3.copy({"Bucket": self.bucket, "Key": self._key(name)}, bucket, key)
 
 
@@ -234,6 +280,8 @@ class FileRepository(Repository):
         return fd
 
     def put(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Repository.put into `name.partial` (O_DIRECT, created O_EXCL in a folder opened
+        without following links), renamed to `name` when whole; folders created 0700."""
         parts = self._parts(name)
         folder = self._open_dir(parts[:-1], create=True)
         leaf, partial = parts[-1], parts[-1] + PARTIAL
@@ -261,6 +309,7 @@ class FileRepository(Repository):
             os.close(folder)
 
     def get(self, name: str) -> Iterator[bytes]:
+        """Repository.get of a regular file opened with O_NOFOLLOW; a link is refused (IntegrityError)."""
         parts = self._parts(name)
         try:
             folder = self._open_dir(parts[:-1])
@@ -327,6 +376,8 @@ class FileRepository(Repository):
             os.close(folder)
 
     def names(self, prefix: str = "") -> dict[str, int]:
+        """Repository.names, walking only the folder `prefix` is in (no link descended);
+        stamps are size, inode, mtime, ctime and mode."""
         out: dict[str, int] = {}
         tags = self._tags()
         for name, st in self._walk(prefix):
@@ -336,6 +387,7 @@ class FileRepository(Repository):
         return out
 
     def folders(self) -> tuple[set[str], set[str]]:
+        """Repository.folders: one scandir of the root; links count as files, never as opsctl's folders."""
         folders, files = set(), set()
         if self.root.is_dir():
             for entry in os.scandir(self.root):
@@ -371,19 +423,23 @@ class FileRepository(Repository):
         return len(files)
 
     def open_uploads(self, prefix: str = "") -> list[str]:
+        """The `.partial` files under `prefix` (writes cut short)."""
         return [name for name, _ in self._walk(prefix) if name.endswith(PARTIAL)]
 
     def abort_uploads(self, prefix: str = "") -> int:
+        """Unlink the `.partial` files in `prefix` (an object or a folder); returns how many."""
         names = [n for n in self.open_uploads(prefix) if _within(n[:-len(PARTIAL)], prefix)]
         for name in names:
             self._unlink(name)
         return len(names)
 
     def copy_in(self, s3, bucket: str, key: str, name: str, etag: str) -> None:
+        """Repository.copy_in: a GET with IfMatch streamed into `put`."""
         body = s3.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"]
         self.put(name, body.iter_chunks(BLOCK))
 
     def copy_out(self, name: str, s3, bucket: str, key: str) -> None:
+        """Repository.copy_out: read through `get` (no link followed), uploaded with upload_fileobj."""
         s3.upload_fileobj(IterReader(self.get(name)), bucket, key)  # through get(): no link followed
 
 

@@ -1,8 +1,11 @@
 """`opsctl restore`: fetch and check everything first, then apply component by component.
 
-Planning (what backup, what it would overwrite) is separate from running so the front door
-can ask for approval in between. Running fetches every selected component and checks its
-SHA-256 and authentication before anything live is touched; PostgreSQL is restored into a
+`restore` is the whole operation, called by `opsctl restore` and the runbook `restore`
+step alike: plan (what backup, what it would overwrite), ask the caller's `approve`
+callable when live data would be overwritten, then run inside the environment's operation
+window (opsctl.health.notify: start and end events, a maintenance window on its checks).
+Running fetches every selected component and checks its SHA-256 and authentication
+before anything live is touched; PostgreSQL is restored into a
 new database, checked against the manifest's row counts, then renamed into place (the old
 one is kept, renamed); Redis goes through a scratch server; audio is put back where missing
 or different. Native snapshots (RDS, ElastiCache) are restored only by name, with
@@ -13,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from opsctl.backup import catalog, keys
 from opsctl.backup import manifest as mf
@@ -28,10 +33,17 @@ from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
 
 NATIVE = ("rds-snapshot", "elasticache-snapshot")
+# how a protected environment's refusal names the act (opsctl.approval.Verb)
+RESTORE_VERB = ("restore over it", "restoring over it", "restored")
+log = logging.getLogger("opsctl.backup")
+
+Approve = Callable[[str], None]  # the question; returns when approved, raises UsageError when not
 
 
 @dataclass
 class RestorePlan:
+    """What a restore would do: the backup chosen, its components, the database it lands in
+    and what live data it would overwrite (empty: nothing to approve)."""
     backup_id: str
     created_at: dt.datetime
     components: list[str]
@@ -46,6 +58,8 @@ class RestorePlan:
 
 @dataclass
 class RestoreResult:
+    """What a restore did: counts restored, the previous database's new name, new instances'
+    endpoints, `seconds` taken, newer backups passed over (`skipped`)."""
     backup_id: str
     components: list[str]
     database: str | None = None
@@ -57,6 +71,61 @@ class RestoreResult:
     instances: dict[str, str] = field(default_factory=dict)  # "rds NAME" -> endpoint
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    backup_created_at: dt.datetime | None = None  # when the restored backup was taken (UTC)
+
+
+def terminal_approval(env: Environment | None, yes: bool, confirm_env: str | None = None,
+                      pause: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Approve:
+    """The approval of a restore over live data, for `opsctl restore` (backups and
+    point-in-time), and the runbook step: `--yes` or a person at a terminal, and in a
+    protected environment its name (`confirm_env`, or typed). `pause` quiets progress bars
+    while the question is asked. Refusals raise UsageError (exit 2), nothing changed."""
+    def approve(question: str) -> None:
+        from opsctl.approval import at_terminal
+
+        with pause():
+            at_terminal(question, env, yes, confirm_env, verb=RESTORE_VERB)
+
+    return approve
+
+
+def _window(project: Project, env: Environment, subject: str):
+    """The environment's operation window around a restore (opsctl.health.notify): start and
+    end events ("failed" with the redacted error when it raises) through its sinks, and a
+    maintenance window on the checks a restore disturbs; never fails the restore itself."""
+    from opsctl.health.notify import operation_window
+
+    return operation_window(project, env.name, "restore", subject)
+
+
+def restore(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
+            latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
+            target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
+            allow_damaged: bool = False, jobs: int = 1, approve: Approve | None = None,
+            report: Reporter = quiet, notice: Callable[[str], None] | None = None) -> RestoreResult:
+    """Restore a backup of `env`: the one operation behind `opsctl restore` and the runbook
+    `restore` step. Exactly one of `backup_id`, `date` (YYYY-MM-DD, UTC) or `latest` picks
+    the backup (catalog.resolve); the other arguments are `plan`'s and `run`'s.
+
+    When the restore would overwrite live data (`RestorePlan.overwrites`), `approve(question)`
+    is called first and must return (raise UsageError to refuse; None: refused, since
+    nobody approved). `notice(text)` gets what the operator should read before the restore
+    runs (newer backups passed over: damaged or untrusted). `report` is the progress
+    callback (pipeline.Reporter). The run happens inside the environment's operation window.
+    Raises UsageError for bad input or refusal (nothing changed), OperationFailed/
+    IntegrityError when the backup can't be restored (nothing live touched before every
+    object was fetched and checked)."""
+    p = plan(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner, role,
+             allow_damaged)
+    if p.skipped and notice is not None:
+        notice(f"skipped newer backups that can't be restored: {', '.join(p.skipped)}")
+    if p.overwrites:
+        question = f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}"
+        if approve is None:
+            raise UsageError(f"{question} needs approval; nothing was changed")
+        approve(question)
+    with _window(project, env, f"backup {p.backup_id} ({', '.join(p.components)})"):
+        return run(p, jobs, report)
 
 
 def plan(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
@@ -150,12 +219,15 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
 
 
 def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResult:
+    """Carry out a plan (no approval asked here: `restore` asks before calling it): fetch
+    and check every object, then database, Redis and audio. `jobs`: pg_restore's parallel
+    jobs (>= 1, else UsageError). Times in the result are seconds."""
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
     m: mf.Manifest = p._ctx["manifest"]
     repo, key, ep = p._ctx["repo"], p._ctx["key"], p._ctx["ep"]
     began = time.monotonic()
-    result = RestoreResult(p.backup_id, p.components, skipped=p.skipped)
+    result = RestoreResult(p.backup_id, p.components, skipped=p.skipped, backup_created_at=p.created_at)
     with tempfile.TemporaryDirectory(prefix="opsctl-restore-") as tmp:
         dump, rdb_file = Path(tmp) / "db.dump", Path(tmp) / "redis" / "dump.rdb"
         # 1. fetch and check everything; nothing live has been touched if this fails

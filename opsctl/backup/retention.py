@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Callable
 
 from opsctl.backup import catalog, record
 from opsctl.backup.repository import Repository
@@ -22,6 +23,8 @@ from opsctl.errors import UsageError
 
 @dataclass
 class PruneResult:
+    """Ids kept (with `reasons`: the rule that keeps each), removed, and the incomplete,
+    damaged, untrusted and foreign ones met; `dry_run` when nothing was deleted."""
     kept: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
@@ -62,7 +65,13 @@ def select(backups: list[tuple[str, dt.datetime, bool]], keep_last: int | None, 
 
 
 def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None = None,
-          keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> PruneResult:
+          keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False,
+          approve: Callable[[str], None] | None = None) -> PruneResult:
+    """Apply the rules to `repo`: one scan of the catalog (catalog.scan), then the deletions
+    and one rewrite of the index. `dry_run`: only the answer. `approve(question)` is called
+    before any complete backup is deleted (raise UsageError to refuse: nothing is deleted);
+    None deletes without asking (retention after `backup create`, runbook steps).
+    Raises UsageError without a rule, or in an encrypted repository read without its key."""
     if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
         raise UsageError("no retention rule: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
                          "or set backup.retention in opsctl.yaml")
@@ -80,18 +89,31 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
     result.damaged = [e.id for e in entries if e.status == "damaged"]
     result.untrusted = [e.id for e in entries if e.status == "untrusted"]
     result.foreign = scan.foreign
-    if not dry_run:
-        for bid in result.incomplete:
-            repo.abort_uploads(f"{bid}/")
-            remove(repo, bid)
-        for bid in result.removed + result.damaged:
-            remove(repo, bid)
-        gone = result.removed + result.damaged
-        if gone and scan.record is not None:
-            from opsctl.backup import index
+    if dry_run:
+        return result
+    if result.removed and approve is not None:
+        approve(f"delete {len(result.removed)} backup(s) from {repo.url}")
+    for bid in result.incomplete:
+        repo.abort_uploads(f"{bid}/")
+        remove(repo, bid)
+    for bid in result.removed + result.damaged:
+        remove(repo, bid)
+    gone = result.removed + result.damaged
+    if gone and scan.record is not None:
+        from opsctl.backup import index
 
-            index.update(repo, getattr(repo, "key", None), scan.record.encrypted, {bid: None for bid in gone})
+        # one rewrite for the whole prune, whatever it removed
+        index.update(repo, getattr(repo, "key", None), scan.record.encrypted, {bid: None for bid in gone})
     return result
+
+
+def prune_environment(project, env, keep_last: int | None = None, keep_daily: int | None = None,
+                      keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False,
+                      approve: Callable[[str], None] | None = None) -> PruneResult:
+    """`backup prune` of an environment, the operation behind the command and the runbook
+    step: its repository, the rules given (else its backup.retention), then `prune`."""
+    repo, rules = repository_and_rules(project, env, keep_last, keep_daily, keep_weekly, keep_monthly)
+    return prune(repo, *rules, dry_run=dry_run, approve=approve)
 
 
 def remove(repo: Repository, backup_id: str) -> None:

@@ -29,10 +29,15 @@ def _client(env: Environment, service: str):
 
 
 def snapshot_name(backup_id: str) -> str:
+    """The native snapshot's identifier for a backup id (lower case, as RDS requires)."""
     return "opsctl-" + backup_id.lower().replace("t", "-", 1).replace("z-", "-")
 
 
 def take(env: Environment, kind: str, backup_id: str, wait: bool = True) -> mf.SnapshotPart:
+    """Take a native snapshot (`kind` "rds-snapshot" or "elasticache-snapshot") of a cloud
+    environment's database or replication group, waiting until it is available unless
+    `wait` is False. UsageError outside cloud environments or when opsctl.yaml names no
+    instance/replication group; OperationFailed when AWS refuses or the snapshot fails."""
     from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
     if env.platform != "kubernetes":
@@ -70,6 +75,7 @@ def _wait_elasticache_snapshot(ec, name: str) -> None:
 
 
 def target_exists(env: Environment, part: mf.SnapshotPart, target: str) -> bool:
+    """Whether the RDS instance or ElastiCache replication group `target` already exists."""
     from botocore.exceptions import ClientError
 
     try:

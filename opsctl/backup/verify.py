@@ -75,6 +75,8 @@ def _damage(exc: BaseException) -> bool:
 
 @dataclass
 class VerifyResult:
+    """`backup verify`'s answer: objects checked and their stored bytes, whether they were
+    decrypted, and per component the restore test's counts (when asked)."""
     id: str
     ok: bool
     objects: int
@@ -115,6 +117,10 @@ def check_objects(repo: Repository, manifest: mf.Manifest, key, report: Reporter
 
 def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str | None,
                  report: Reporter = quiet) -> dict:
+    """Restore the backup beside the live data (a scratch database, a scratch Redis) and
+    compare counts and catalog with the manifest: {"db": {...}, "redis": {...}}. Raises
+    DumpRejected/IntegrityError when the backup's content differs (damage), other
+    OperationFailed for the environment's failures."""
     from opsctl.backup import postgres as pgb
     from opsctl.backup import redis as rdb
 
@@ -161,6 +167,10 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
 
 def verify(project: Project, env: Environment, backup_id: str, with_restore: bool = False,
            report: Reporter = quiet) -> VerifyResult:
+    """`backup verify`: every object's SHA-256 and authentication (and decryption), plus a
+    restore test when `with_restore`. A failure proving the backup bad is recorded
+    (catalog.mark_failed: the backup is damaged from then on) and raised; a pass is
+    recorded too (catalog.mark_verified). UsageError for an unknown id or missing key."""
     from opsctl.endpoints import resolve
 
     from opsctl.backup import record

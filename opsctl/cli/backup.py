@@ -18,23 +18,56 @@ def _size(n: int) -> str:
     return decimal(n)
 
 
-@contextmanager
-def _progress() -> Iterator:
-    """Progress bars with throughput on stderr (only on a terminal), and SIGTERM as an interrupt."""
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TransferSpeedColumn)
+class _Bars:
+    """Progress bars with throughput on stderr (only on a terminal): `report` is the core's
+    progress callback (pipeline.Reporter), `paused` quiets them while a question is asked.
+    Rich's progress module is loaded at the first bar, so `backup create` starts pg_dump
+    without waiting for it."""
 
-    from opsctl.output import stderr
+    def __init__(self):
+        self.bars = None
+
+    def _started(self):
+        if self.bars is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TransferSpeedColumn)
+
+            from opsctl.output import stderr
+
+            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeElapsedColumn(), console=stderr, transient=True,
+                                 disable=not stderr.is_terminal)
+            self.bars.start()
+        return self.bars
+
+    def report(self, what: str, total: int | None):
+        bars = self._started()
+        task = bars.add_task(what, total=total)
+        return lambda n: bars.advance(task, n)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        if self.bars is not None:
+            self.bars.stop()
+        try:
+            yield
+        finally:
+            if self.bars is not None:
+                self.bars.start()
+
+
+@contextmanager
+def _progress() -> Iterator[_Bars]:
+    """Progress bars on stderr, and SIGTERM as an interrupt (CI cancels with SIGTERM: clean up like Ctrl-C)."""
     from opsctl.signals import sigterm_as_interrupt
 
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal)
-    with sigterm_as_interrupt(), bars:  # CI cancels with SIGTERM: clean up like Ctrl-C
-        def report(what: str, total: int | None):
-            task = bars.add_task(what, total=total)
-            return lambda n: bars.advance(task, n)
-
-        yield report
+    bars = _Bars()
+    with sigterm_as_interrupt():
+        try:
+            yield bars
+        finally:
+            if bars.bars is not None:
+                bars.bars.stop()
 
 
 @app.command()
@@ -48,11 +81,12 @@ def create(
 ) -> None:
     """Back up PostgreSQL, Redis and audio: compressed, encrypted, checksummed, manifest last."""
     from opsctl.backup.create import create as run
-    from opsctl.output import emit
 
     project, environment_ = environment(env)
-    with _progress() as report:
-        r = run(project, environment_, kind, compress_level, not no_encrypt, label, report)
+    with _progress() as bars:
+        r = run(project, environment_, kind, compress_level, not no_encrypt, label, bars.report)
+    from opsctl.output import emit
+
     emit(r, as_json, lambda c: c.print(
         f"backup [bold]{r.id}[/bold] complete: {', '.join(r.components)} — {_size(r.raw_bytes)} → "
         f"{_size(r.stored_bytes)} ({r.ratio}x) in {r.seconds:.1f} s, "
@@ -72,7 +106,6 @@ def list_(
     import datetime as dt
 
     from opsctl.backup import catalog
-    from opsctl.backup.repository import for_environment
     from opsctl.errors import UsageError
     from opsctl.output import emit
 
@@ -82,8 +115,7 @@ def list_(
             start = dt.datetime.combine(dt.date.fromisoformat(since), dt.time(), dt.timezone.utc)
         except ValueError:
             raise UsageError(f"--since '{since}' is not a date; use YYYY-MM-DD") from None
-    repo = for_environment(*environment(env))
-    doc = catalog.rows(repo, limit, start)
+    doc = catalog.listing(*environment(env), limit, start)
     rows = doc["backups"]
     state = ("not initialised" if not doc["initialised"] else
              f"encrypted, key id {doc['key_id']}" + ("" if doc["authenticated"] else " (no key: not authenticated)")
@@ -96,7 +128,7 @@ def list_(
 
         # 80 columns without a TTY: ids (their UTC creation time), statuses and sizes never
         # cut; components, notes and labels wrap (the creation time is in --json)
-        t = Table(title=f"{repo.url} ({state})", box=box.SIMPLE_HEAD, pad_edge=False)
+        t = Table(title=f"{doc['repository']} ({state})", box=box.SIMPLE_HEAD, pad_edge=False)
         for name in ("id", "status"):
             t.add_column(name, no_wrap=True)
         t.add_column("holds", overflow="fold")
@@ -111,14 +143,13 @@ def list_(
                       _size(r["raw_bytes"]) if r["raw_bytes"] is not None else "-",
                       _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
                       "yes" if r["verified"] else "", r["label"] or "")
-        c.print(t if rows else f"no backups in {repo.url} ({state})")
+        c.print(t if rows else f"no backups in {doc['repository']} ({state})")
         if doc["foreign"]:
             c.print(f"not opsctl's, left alone: {', '.join(doc['foreign'])}")
         pitr.render_windows(c, doc.get("pitr"))
 
     from opsctl.cli import pitr
 
-    doc["pitr"] = pitr.windows_for_list(*environment(env))  # the point-in-time recoverable window
     emit(doc, as_json, render)
 
 
@@ -134,8 +165,8 @@ def verify(
     from opsctl.output import emit
 
     project, environment_ = environment(env)
-    with _progress() as report:
-        r = run(project, environment_, backup_id, restore_test, report)
+    with _progress() as bars:
+        r = run(project, environment_, backup_id, restore_test, bars.report)
     extra = "".join(f"; restore test {k}: {v.get('rows', v.get('keys'))} {'rows' if k == 'db' else 'keys'} match"
                     for k, v in r.restore_test.items())
     emit(r, as_json, lambda c: c.print(f"backup [bold]{r.id}[/bold] verified: {r.objects} objects, "
@@ -157,13 +188,8 @@ def prune(
     from opsctl.backup import retention
     from opsctl.output import emit
 
-    repo, rules = retention.repository_and_rules(*environment(env), keep_last, keep_daily, keep_weekly, keep_monthly)
-    args = (repo, *rules)
-    r = retention.prune(*args, dry_run=True)
-    if not dry_run and r.removed:
-        confirm(f"delete {len(r.removed)} backup(s) from {repo.url}", yes)
-    if not dry_run:
-        r = retention.prune(*args)
+    r = retention.prune_environment(*environment(env), keep_last, keep_daily, keep_weekly, keep_monthly,
+                                    dry_run=dry_run, approve=lambda question: confirm(question, yes))
     verb = "would remove" if dry_run else "removed"
     emit(r, as_json, lambda c: c.print(f"{verb} {len(r.removed)} backup(s){': ' + ', '.join(r.removed) if r.removed else ''}; "
                                        f"kept {len(r.kept)}; incomplete cleaned: {len(r.incomplete)}"
@@ -204,23 +230,15 @@ def restore(
 
         return restore_to(env, to_time, to_lsn, beside, yes, confirm_env, as_json, target_instance)
     from opsctl.backup import restore as core
-    from opsctl.output import emit
+    from opsctl.output import emit, stderr
 
     project, environment_ = environment(env)
     wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
-    p = core.plan(project, environment_, backup_id, date, latest, wanted, target_db, target_instance, no_owner, role,
-                  allow_damaged)
-    if p.overwrites:
-        from opsctl.approval import at_terminal
-
-        at_terminal(f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}", environment_, yes, confirm_env,
-                    verb=("restore over it", "restoring over it", "restored"))
-    if p.skipped:
-        from opsctl.output import stderr
-
-        stderr.print(f"skipped newer backups that can't be restored: {', '.join(p.skipped)}", markup=False)
-    with _progress() as report:
-        r = core.run(p, jobs, report)
+    with _progress() as bars:
+        r = core.restore(project, environment_, backup_id, date, latest, wanted, target_db, target_instance,
+                         no_owner, role, allow_damaged, jobs,
+                         approve=core.terminal_approval(environment_, yes, confirm_env, bars.paused),
+                         report=bars.report, notice=lambda text: stderr.print(text, markup=False))
     emit(r, as_json, lambda c: c.print(
         f"restored backup [bold]{r.backup_id}[/bold] ({', '.join(r.components)}) in {r.seconds:.1f} s"
         + (f"; database {r.database}: {r.tables} tables, {r.rows} rows" if r.database else "")

@@ -95,6 +95,21 @@ def render_windows(c, doc: dict | None) -> None:
                 f"(base backup {w['base']}; ends at {w['ends_at']})", soft_wrap=True)
 
 
+def _paused(bars):
+    """A context manager factory stopping `bars` while a question is asked."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def paused():
+        bars.stop()
+        try:
+            yield
+        finally:
+            bars.start()
+
+    return paused
+
+
 def restore_to(env: str, to_time: str | None, to_lsn: str | None, beside: bool, yes: bool,
                confirm_env: str | None, as_json: bool, target_instance: str | None = None) -> None:
     """`opsctl restore --to-time/--to-lsn`: one core call (opsctl.pitr.restore.restore), rendered."""
@@ -113,14 +128,11 @@ def restore_to(env: str, to_time: str | None, to_lsn: str | None, beside: bool, 
         return lambda n: bars.advance(task, n)
 
     def approve(p) -> None:
-        from opsctl.approval import at_terminal
+        from opsctl.backup.restore import terminal_approval
 
-        bars.stop()  # the question is asked on a quiet terminal
-        try:
-            at_terminal(f"restore {environment_.name} to {p.target} over {'; '.join(p.overwrites)}", environment_,
-                        yes, confirm_env, verb=("restore over it", "restoring over it", "restored"))
-        finally:
-            bars.start()
+        # the one approval of a restore over live data; asked on a quiet terminal
+        terminal_approval(environment_, yes, confirm_env, _paused(bars))(
+            f"restore {environment_.name} to {p.target} over {'; '.join(p.overwrites)}")
 
     with sigterm_as_interrupt(), bars:  # CI cancels with SIGTERM: cleaned up like Ctrl-C
         r = core.restore(project, environment_, to_time, to_lsn, beside, target_instance, approve, report)

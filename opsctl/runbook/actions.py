@@ -328,8 +328,8 @@ def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = N
     removing. Outputs: removed, kept, dry_run."""
     from opsctl.backup import retention
 
-    repo, rules = retention.repository_and_rules(ctx.project, ctx.env, keep_last, keep_daily, keep_weekly, keep_monthly)
-    result = retention.prune(repo, *rules, dry_run=dry_run)
+    result = retention.prune_environment(ctx.project, ctx.env, keep_last, keep_daily, keep_weekly, keep_monthly,
+                                         dry_run=dry_run)
     return {"removed": result.removed, "kept": result.kept, "dry_run": dry_run}
 
 
@@ -344,18 +344,13 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
     still checked object by object."""
     import datetime as dt
 
-    from opsctl.approval import at_terminal
     from opsctl.backup import restore as core
 
-    damaged = {"allow_damaged": True} if allow_damaged else {}  # --allow-damaged of 'opsctl restore'
-    plan = core.plan(ctx.project, ctx.env, id, date, latest, components, target_db, target_instance, no_owner, role,
-                     **damaged)
-    if plan.overwrites:
-        at_terminal(f"restore backup {plan.backup_id} over {'; '.join(plan.overwrites)}", ctx.env, ctx.yes,
-                    confirm_env, verb=("restore over it", "restoring over it", "restored"))
-    result = to_jsonable(core.run(plan, jobs))
-    age = dt.datetime.now(dt.timezone.utc) - plan.created_at
-    return {**result, "backup_created_at": plan.created_at.isoformat(),
+    done = core.restore(ctx.project, ctx.env, id, date, latest, components, target_db, target_instance, no_owner,
+                        role, allow_damaged, jobs, approve=core.terminal_approval(ctx.env, ctx.yes, confirm_env))
+    result = to_jsonable(done)
+    age = dt.datetime.now(dt.timezone.utc) - done.backup_created_at
+    return {**result, "backup_created_at": done.backup_created_at.isoformat(),
             "data_age_seconds": round(age.total_seconds(), 1), "rto_seconds": result["seconds"]}
 
 

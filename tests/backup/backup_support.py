@@ -180,7 +180,49 @@ def pg15(tmp_path_factory):
     base = tmp_path_factory.mktemp("pg15")
     port = procs.free_port()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pg, "_tool", lambda name: f"{PG15_BIN}/{name}")
+        mp.setattr(pg, "tool", lambda name: f"{PG15_BIN}/{name}")
         pid = pg.start(base / "data", port, base / "log" / "postgres.log")
     yield pg.url(port)
     pg.stop(pid)
+
+
+# helpers the test modules share (one definition each)
+
+def ok(result) -> dict:
+    """The JSON output of a command that must have succeeded."""
+    import json as _json
+
+    assert result.exit_code == 0, result.output
+    return _json.loads(result.stdout)
+
+
+def flip(data: bytes) -> bytes:
+    """`data` with one bit flipped in the middle: damage a checksum or MAC must catch."""
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+
+
+def rows(runner, env: str) -> dict:
+    """{id: row} of `backup list --json` of environment `env`."""
+    from opsctl.cli import app
+
+    return {b["id"]: b for b in ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
+
+
+def index_of(repo_path) -> dict:
+    """{id: summary} held by the catalog index of a file:// repository (not checked)."""
+    import json as _json
+
+    return _json.loads((repo_path / "opsctl-catalog.json").read_text())["backups"]
+
+
+def keyed_file_repo(runner, seeded: Seeded, tmp_path, monkeypatch, count: int) -> tuple[str, object, list[str]]:
+    """(env name, repository folder, ids) of an encrypted file:// repository holding `count`
+    Redis backups labelled n0, n1, ..., made through the CLI by a side environment."""
+    from opsctl.cli import app
+
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    ids = [ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--label", f"n{i}",
+                                  "--json"]))["id"] for i in range(count)]
+    return env, tmp_path / "repo", ids

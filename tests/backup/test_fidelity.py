@@ -12,17 +12,12 @@ import pytest
 import yaml
 from psycopg.conninfo import make_conninfo
 
-from backup_support import KEY, one_line_error, side_env
+from backup_support import KEY, ok, one_line_error, side_env
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
 
 OWNER = "Bk Ünï Owner"
-
-
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def catalog(url: str) -> dict:
@@ -126,18 +121,18 @@ def test_restore_brings_owners_grants_and_properties_back(fidelity_db, seeded, r
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url)
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
     before = catalog(url)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
     manifest = json.loads((tmp_path / "repo" / made["id"] / "manifest.json").read_bytes())
     # what was dumped, not the environment's default name; counts keyed by (schema, table)
     assert manifest["db"]["database"] == name and manifest["db"]["owner"] == "bk_app"
     tables = {(s, t): n for s, t, n in manifest["db"]["tables"]}
     assert tables[("a.b", "c")] == 3 and tables[("a", "b.c")] == 5 and tables[("Sché ma", 'Tåble "q"')] == 7
 
-    checked = _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
+    checked = ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
     assert checked["restore_test"]["db"]["owners_and_privileges_checked"]
 
     copy = f"{name}_copy"
-    done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", copy, "--yes", "--json"]))
+    done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", copy, "--yes", "--json"]))
     assert done["database"] == copy
     after = catalog(make_conninfo(seeded.db_url, dbname=copy))
     assert after == before
@@ -147,7 +142,7 @@ def test_missing_roles_are_found_before_anything_is_touched(fidelity_db, seeded,
     name, url = fidelity_db
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url)
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
     with psycopg.connect(seeded.db_url, autocommit=True) as conn:
         conn.execute(f'alter role "{OWNER}" rename to bk_renamed')  # the target cluster lacks it now
         databases = {d for (d,) in conn.execute("select datname from pg_database")}
@@ -157,7 +152,7 @@ def test_missing_roles_are_found_before_anything_is_touched(fidelity_db, seeded,
     with psycopg.connect(seeded.db_url, autocommit=True) as conn:
         assert {d for (d,) in conn.execute("select datname from pg_database")} == databases
     # the explicit choice for a restore across environments: no owners, no grants
-    done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", copy, "--no-owner",
+    done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", copy, "--no-owner",
                                    "--role", "bk_app", "--yes", "--json"]))
     assert done["database"] == copy
     with psycopg.connect(make_conninfo(seeded.db_url, dbname=copy)) as conn:
@@ -184,12 +179,12 @@ def test_a_database_named_with_a_space_backs_up_and_restores(local_platform, see
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
     monkeypatch.setenv("CI", "true")
     try:
-        made = _ok(runner.invoke(app, ["backup", "create", "--env", "bk-media", "--type", "db", "--json"]))
+        made = ok(runner.invoke(app, ["backup", "create", "--env", "bk-media", "--type", "db", "--json"]))
         manifest = json.loads((tmp_path / "repo" / made["id"] / "manifest.json").read_bytes())
         assert manifest["db"]["database"] == name
         with psycopg.connect(make_conninfo(seeded.db_url, dbname=name), autocommit=True) as conn:
             conn.execute("delete from clips")
-        done = _ok(runner.invoke(app, ["restore", "--env", "bk-media", "--latest", "--yes", "--json"]))
+        done = ok(runner.invoke(app, ["restore", "--env", "bk-media", "--latest", "--yes", "--json"]))
         assert done["database"] == name and done["rows"] == 11
         with psycopg.connect(make_conninfo(seeded.db_url, dbname=name)) as conn:
             assert conn.execute("select count(*) from clips").fetchone()[0] == 11

@@ -11,16 +11,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from backup_support import KEY, one_line_error, side_env
+from backup_support import KEY, ok, one_line_error, side_env
 from opsctl.cli import app
 from test_fidelity import OWNER, catalog, fidelity_db  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
-
-
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def _cluster(url: str, skip: str) -> list:
@@ -49,8 +44,8 @@ def test_restore_swapped_into_the_live_database_brings_everything_back(fidelity_
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
     before = catalog(url)
     assert len(before["role_settings"]) == 3  # the database's own and two roles' in it
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
-    checked = _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    checked = ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
     assert checked["restore_test"]["db"]["owners_and_privileges_checked"]
     assert checked["restore_test"]["db"]["database_properties_checked"]
     with psycopg.connect(url, autocommit=True) as conn:  # the live database drifts after the backup
@@ -59,7 +54,7 @@ def test_restore_swapped_into_the_live_database_brings_everything_back(fidelity_
     with psycopg.connect(seeded.db_url, autocommit=True) as conn:
         conn.execute(f"alter role bk_reporting in database {name} reset all")
         conn.execute(f"comment on database {name} is 'changed'")
-    done = _ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--yes", "--json"]))
+    done = ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--yes", "--json"]))
     assert done["database"] == name and done["previous_database"].startswith(f"{name}_before_")
     assert catalog(url) == before
     assert _leftovers(seeded.db_url, name) == []
@@ -117,11 +112,11 @@ $body$""")
                    database={"name": name})
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
     others = _cluster(seeded.db_url, name)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
-    _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
-    _ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", f"{name}_copy", "--yes",
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
+    ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", f"{name}_copy", "--yes",
                             "--json"]))
-    _ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--yes", "--json"]))
+    ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--yes", "--json"]))
     assert _cluster(seeded.db_url, name) == others
     with psycopg.connect(make_conninfo(seeded.db_url, dbname=f"{name}_copy")) as conn:
         assert conn.execute("select bk_trap()").fetchone()[0] == 1  # the function itself came back
@@ -135,7 +130,7 @@ def test_failure_after_the_scratch_database_exists_drops_it(fidelity_db, seeded,
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
                    database={"name": name})
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
     before = catalog(url)
 
     def refused(conn, db, props, no_owner):  # the server refuses a property (a real psycopg error)

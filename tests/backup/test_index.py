@@ -8,37 +8,20 @@ import json
 
 import pytest
 
-from backup_support import KEY, side_env
+from backup_support import KEY, index_of, keyed_file_repo, ok, rows
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
 
 
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
 @pytest.fixture
 def three(seeded, runner, tmp_path, monkeypatch):
-    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    ids = [_ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--label", f"n{i}",
-                                   "--json"]))["id"] for i in range(3)]
-    return env, tmp_path / "repo", ids
-
-
-def _index(repo_path) -> dict:
-    return json.loads((repo_path / "opsctl-catalog.json").read_text())["backups"]
-
-
-def _listed(runner, env) -> dict:
-    return {b["id"]: b for b in _ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
+    return keyed_file_repo(runner, seeded, tmp_path, monkeypatch, 3)
 
 
 def test_index_follows_creates_prunes_and_a_deleted_index(three, runner):
     env, repo_path, ids = three
-    assert set(_index(repo_path)) == set(ids)  # every create added itself
+    assert set(index_of(repo_path)) == set(ids)  # every create added itself
     # a create interrupted after its manifest, before the index: listed, and indexed again
     from opsctl.backup import index
     from opsctl.backup.keys import parse
@@ -46,26 +29,26 @@ def test_index_follows_creates_prunes_and_a_deleted_index(three, runner):
 
     repo = FileRepository(repo_path, f"file://{repo_path}")
     key = parse(KEY, "test")
-    index.write(repo, {i: s for i, s in _index(repo_path).items() if i != ids[1]}, key, True)
-    assert set(_listed(runner, env)) == set(ids) and set(_index(repo_path)) == set(ids)
+    index.write(repo, {i: s for i, s in index_of(repo_path).items() if i != ids[1]}, key, True)
+    assert set(rows(runner, env)) == set(ids) and set(index_of(repo_path)) == set(ids)
     # a create interrupted before its manifest: incomplete, never indexed, cleaned by the next create
     (repo_path / "20200101T000000Z-0bad").mkdir(mode=0o700)
     (repo_path / "20200101T000000Z-0bad" / "in-progress.json").write_text(json.dumps({"deleting": True}))
-    assert _listed(runner, env)["20200101T000000Z-0bad"]["status"] == "incomplete"
-    assert "20200101T000000Z-0bad" not in _index(repo_path)
+    assert rows(runner, env)["20200101T000000Z-0bad"]["status"] == "incomplete"
+    assert "20200101T000000Z-0bad" not in index_of(repo_path)
     # a prune interrupted after deleting a backup, before the index: the id drops out
     import shutil
 
     shutil.rmtree(repo_path / ids[0])
-    assert ids[0] in _index(repo_path)
-    assert set(_listed(runner, env)) == {*ids[1:], "20200101T000000Z-0bad"}
-    assert set(_index(repo_path)) == set(ids[1:])
+    assert ids[0] in index_of(repo_path)
+    assert set(rows(runner, env)) == {*ids[1:], "20200101T000000Z-0bad"}
+    assert set(index_of(repo_path)) == set(ids[1:])
     # a prune: the index loses exactly what was removed
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
-    assert pruned["removed"] == [ids[1]] and set(_index(repo_path)) == {ids[2]}
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    assert pruned["removed"] == [ids[1]] and set(index_of(repo_path)) == {ids[2]}
     # a deleted index is rebuilt from the manifests
     (repo_path / "opsctl-catalog.json").unlink()
-    assert set(_listed(runner, env)) == {ids[2]} and set(_index(repo_path)) == {ids[2]}
+    assert set(rows(runner, env)) == {ids[2]} and set(index_of(repo_path)) == {ids[2]}
 
 
 def test_a_tampered_index_is_ignored(three, runner):
@@ -74,10 +57,10 @@ def test_a_tampered_index_is_ignored(three, runner):
     doc["backups"][ids[0]]["label"] = "forged"
     doc["backups"]["20991231T000000Z-beef"] = dict(doc["backups"][ids[0]])
     (repo_path / "opsctl-catalog.json").write_text(json.dumps(doc))
-    listed = _listed(runner, env)
+    listed = rows(runner, env)
     assert set(listed) == set(ids) and listed[ids[0]]["label"] == "n0"
-    assert _index(repo_path)[ids[0]]["label"] == "n0"  # rewritten from the manifests, sealed again
-    done = _ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--components", "redis", "--yes", "--json"]))
+    assert index_of(repo_path)[ids[0]]["label"] == "n0"  # rewritten from the manifests, sealed again
+    done = ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--components", "redis", "--yes", "--json"]))
     assert done["backup_id"] == ids[2]
 
 

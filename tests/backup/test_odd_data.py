@@ -17,15 +17,10 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from backup_support import KEY, one_line_error, side_env
+from backup_support import KEY, ok, one_line_error, side_env
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
-
-
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def _dbs(url: str, like: str) -> list[str]:
@@ -74,14 +69,14 @@ def test_in_place_restore_replaces_the_database_the_url_names(odd_db, seeded, ru
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
                    database_url=_url_for(seeded.db_url, name))
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
     with psycopg.connect(make_conninfo(seeded.db_url, dbname=name), autocommit=True) as conn:
         conn.execute("insert into t values (100)")  # drift after the backup
     asked = runner.invoke(app, ["restore", "--env", env, "--id", made, "--components", "db"])
     assert asked.exit_code != 0
     assert f"over database {name}" in asked.output, asked.output
     assert "transcribe" not in asked.output
-    done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made, "--components", "db", "--yes", "--json"]))
+    done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made, "--components", "db", "--yes", "--json"]))
     assert done["database"] == name and done["rows"] == 7
     assert _oid(seeded.db_url, "transcribe") == transcribe  # untouched, not renamed away
     assert _dbs(seeded.db_url, "transcribe_%") == others
@@ -96,7 +91,7 @@ def test_restore_of_another_database_is_refused_in_one_line(odd_db, seeded, runn
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
                    database_url=_url_for(seeded.db_url, name))
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
     monkeypatch.setenv("SIDE_DATABASE_URL", seeded.db_url)  # names transcribe
     transcribe = _oid(seeded.db_url, "transcribe")
     others = _dbs(seeded.db_url, "transcribe_%")  # left by earlier tests of the session
@@ -120,10 +115,10 @@ def test_multibyte_names_fit_63_bytes_and_never_collide(seeded, runner, tmp_path
         env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
                        database_url=_url_for(seeded.db_url, name))
         monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-        made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+        made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
         kept = []
         for _ in range(2):
-            done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made, "--yes", "--json"]))
+            done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made, "--yes", "--json"]))
             assert done["database"] == name and done["rows"] == 3
             kept.append(done["previous_database"])
         existing = _dbs(seeded.db_url, "üüü%")
@@ -207,7 +202,7 @@ def test_redis_restore_errors_never_carry_a_payload(own_redis, seeded, runner, t
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
     monkeypatch.setenv("SIDE_REDIS_URL", local_redis.url(port))
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
     monkeypatch.setenv("SIDE_REDIS_URL", f"redis://bk_norestore:pw-norestore@127.0.0.1:{port}/0")
     result = runner.invoke(app, ["restore", "--env", env, "--id", made, "--yes"])
     line = one_line_error(result, 1, "RESTORE", "bk:token", "NoPermission", "live data is unchanged")
@@ -255,13 +250,13 @@ def test_role_settings_never_fail_opsctl_sessions(hostile_role, seeded, runner, 
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
                    database_url=f"postgresql://bk_hostile@{seeded.db_url.split('@', 1)[1].rsplit('/', 1)[0]}/{name}")
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
-    checked = _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    checked = ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
     assert checked["restore_test"]["db"]["rows"] == 200_000
-    done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", f"{name}_copy",
+    done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", f"{name}_copy",
                                    "--yes", "--json"]))
     assert done["rows"] == 200_000
-    done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--yes", "--json"]))
+    done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--yes", "--json"]))
     assert done["rows"] == 200_000 and done["database"] == name
 
 
@@ -282,18 +277,18 @@ def test_an_environment_limit_is_never_recorded_as_damage(seeded, runner, tmp_pa
         env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
                        database_url=f"postgresql://bk_tfl@{seeded.db_url.split('@', 1)[1].rsplit('/', 1)[0]}/{name}")
         monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-        made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+        made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
         with psycopg.connect(seeded.db_url, autocommit=True) as conn:
             conn.execute("alter role bk_tfl set temp_file_limit = '1kB'")
             conn.execute("alter role bk_tfl set maintenance_work_mem = '1MB'")
         one_line_error(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test"]), 1,
                        "could not be verified", "temp_file_limit", "not marked")
         assert not (tmp_path / "repo" / made / "verify-failed.json").exists()
-        rows = _ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]
+        rows = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]
         assert [b["status"] for b in rows if b["id"] == made] == ["complete"]
         with psycopg.connect(seeded.db_url, autocommit=True) as conn:
             conn.execute("alter role bk_tfl reset all")
-        assert _ok(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test", "--json"]))["ok"]
+        assert ok(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test", "--json"]))["ok"]
     finally:
         _drop_like(seeded.db_url, name)
         _drop_like(seeded.db_url, "opsctl_verify_")
@@ -335,7 +330,7 @@ def test_a_target_name_postgresql_would_cut_is_refused(odd_db, seeded, runner, t
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
                    database_url=_url_for(seeded.db_url, name))
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
     too_long = "ü" * 32  # 64 bytes: PostgreSQL would keep 63 and report success under another name
     one_line_error(runner.invoke(app, ["restore", "--env", env, "--id", made, "--target-db", too_long, "--yes"]),
                    2, "--target-db", "63")

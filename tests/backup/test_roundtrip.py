@@ -13,15 +13,10 @@ import psycopg
 import pytest
 import redis
 
-from backup_support import NOTES, REDIS_KEYS, ROWS, audio_state, snapshot_state
+from backup_support import NOTES, REDIS_KEYS, ROWS, audio_state, ok, snapshot_state
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
-
-
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def test_backup_list_verify_restore_by_id_and_date(benv, seeded, runner, local_platform):
@@ -30,17 +25,17 @@ def test_backup_list_verify_restore_by_id_and_date(benv, seeded, runner, local_p
     assert before["events"][0] == ROWS and before["notes"][0] == NOTES
     assert len(before["redis"]) == REDIS_KEYS + 4
 
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--label", "round trip", "--json"]))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--label", "round trip", "--json"]))
     assert made["components"] == ["db", "redis", "files"]
     assert made["encrypted"] and made["key_id"] and made["stored_bytes"] > 0
     assert made["raw_bytes"] > made["stored_bytes"] - 4 * 800 * 1024  # db and redis compress
 
-    listed = _ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--json"]))
+    listed = ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--json"]))
     row = next(b for b in listed["backups"] if b["id"] == made["id"])
     assert row["status"] == "complete" and row["label"] == "round trip" and row["components"] == made["components"]
     assert "OPSCTL_BACKUP_KEY" not in json.dumps(listed) and benv.repo().get_bytes(f"{made['id']}/manifest.json").find(b"kkkk") < 0
 
-    checked = _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", benv.name, "--restore-test", "--json"]))
+    checked = ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", benv.name, "--restore-test", "--json"]))
     assert checked["ok"] and checked["decrypted"]
     assert checked["restore_test"]["db"]["rows"] >= ROWS + NOTES
     assert checked["restore_test"]["redis"]["keys"] >= REDIS_KEYS + 4
@@ -58,7 +53,7 @@ def test_backup_list_verify_restore_by_id_and_date(benv, seeded, runner, local_p
     s3.delete_object(Bucket=seeded.bucket, Key=first_audio)
     assert snapshot_state(seeded)["events"] != before["events"]
 
-    done = _ok(runner.invoke(app, ["restore", "--env", benv.name, "--id", made["id"], "--jobs", "2", "--yes", "--json"]))
+    done = ok(runner.invoke(app, ["restore", "--env", benv.name, "--id", made["id"], "--jobs", "2", "--yes", "--json"]))
     assert done["database"] == "transcribe" and done["previous_database"].startswith("transcribe_before_")
     assert done["files_restored"] >= 1
     after = snapshot_state(seeded)
@@ -69,7 +64,7 @@ def test_backup_list_verify_restore_by_id_and_date(benv, seeded, runner, local_p
     # by date, only the database, into a database of its own: the live one is left alone
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     target = f"bk_copy_{benv.kind}"
-    done = _ok(runner.invoke(app, ["restore", "--env", benv.name, "--date", today, "--components", "db",
+    done = ok(runner.invoke(app, ["restore", "--env", benv.name, "--date", today, "--components", "db",
                                    "--target-db", target, "--yes", "--json"]))
     assert done["backup_id"] == made["id"] and done["database"] == target
     copy_url = psycopg.conninfo.make_conninfo(seeded.db_url, dbname=target)
@@ -106,7 +101,7 @@ def test_row_counts_match_the_dump_while_rows_are_written(benv, seeded, runner):
     writer.start()
     try:
         assert written.wait(30)
-        made = _ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "db", "--json"]))
+        made = ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "db", "--json"]))
     finally:
         stop.set()
         writer.join()
@@ -115,5 +110,5 @@ def test_row_counts_match_the_dump_while_rows_are_written(benv, seeded, runner):
     with psycopg.connect(seeded.db_url) as conn:
         final = conn.execute("select count(*) from bk_writes").fetchone()[0]
     assert 50 <= counted < final  # rows went in before and after the snapshot
-    checked = _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", benv.name, "--restore-test", "--json"]))
+    checked = ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", benv.name, "--restore-test", "--json"]))
     assert checked["ok"] and checked["restore_test"]["db"]["rows"] >= counted

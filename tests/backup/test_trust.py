@@ -14,19 +14,14 @@ import psycopg
 import pytest
 import redis
 
-from backup_support import KEY, one_line_error, side_env, snapshot_state
+from backup_support import KEY, ok, one_line_error, side_env, snapshot_state
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
 
 
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
 def _create(runner, env: str, *args: str) -> dict:
-    return _ok(runner.invoke(app, ["backup", "create", "--env", env, "--json", *args]))
+    return ok(runner.invoke(app, ["backup", "create", "--env", env, "--json", *args]))
 
 
 def test_foreign_folder_survives_create_and_prune(benv, seeded, runner):
@@ -39,12 +34,12 @@ def test_foreign_folder_survives_create_and_prune(benv, seeded, runner):
     try:
         made = _create(runner, benv.name, "--type", "redis")
         assert made["cleaned"] == [] and {"other-tool/", "20200101T000000Z-abcd/"} <= set(made["foreign"])
-        pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", benv.name, "--keep-last", "1", "--yes", "--json"]))
+        pruned = ok(runner.invoke(app, ["backup", "prune", "--env", benv.name, "--keep-last", "1", "--yes", "--json"]))
         assert {"other-tool/", "20200101T000000Z-abcd/"} <= set(pruned["foreign"])
         assert pruned["removed"] and made["id"] in pruned["kept"]
         for name, data in foreign.items():
             assert benv.repo().get_bytes(name) == data
-        listed = _ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--json"]))
+        listed = ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--json"]))
         assert "other-tool/" in listed["foreign"] and listed["encrypted"] is True
         assert all(b["id"] != "20200101T000000Z-abcd" for b in listed["backups"])
     finally:
@@ -95,7 +90,7 @@ def test_planted_unauthenticated_backup_is_never_trusted(benv, seeded, runner):
     good = _create(runner, benv.name, "--type", "redis")["id"]
     planted = _plant(benv, seeded)
     try:
-        listed = _ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--json"]))
+        listed = ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--json"]))
         row = next(b for b in listed["backups"] if b["id"] == planted)
         assert row["status"] == "untrusted" and "not sealed" in row["note"]
         before = snapshot_state(seeded)
@@ -112,7 +107,7 @@ def test_planted_unauthenticated_backup_is_never_trusted(benv, seeded, runner):
         # --no-encrypt into this encrypted repository is refused
         one_line_error(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "redis", "--no-encrypt"]),
                        2, "--no-encrypt is refused")
-        pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", benv.name, "--keep-last", "1", "--yes", "--json"]))
+        pruned = ok(runner.invoke(app, ["backup", "prune", "--env", benv.name, "--keep-last", "1", "--yes", "--json"]))
         assert planted in pruned["untrusted"] and planted not in pruned["removed"]
         assert benv.repo().names(f"{planted}/")
     finally:
@@ -125,7 +120,7 @@ def test_unencrypted_repository_says_so(seeded, runner, tmp_path, monkeypatch):
     _create(runner, env, "--type", "redis", "--no-encrypt")
     listed = runner.invoke(app, ["backup", "list", "--env", env])
     assert listed.exit_code == 0 and "NOT encrypted" in listed.stdout, listed.output
-    assert _ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["encrypted"] is False
+    assert ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["encrypted"] is False
     doctor = runner.invoke(app, ["doctor", "--json"])
     check = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == f"backup repository {env}")
     assert not check["ok"] and "NOT encrypted" in check["detail"]
@@ -173,14 +168,14 @@ def test_no_password_in_any_argv_during_backup_restore_and_verify(seeded, runner
     with ArgvSampler() as sampler:
         made = runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"])
         outputs.append(made.output)
-        backup_id = _ok(made)["id"]
+        backup_id = ok(made)["id"]
         checked = runner.invoke(app, ["--debug", "backup", "verify", backup_id, "--env", env, "--restore-test", "--json"])
         outputs.append(checked.output)
-        assert _ok(checked)["restore_test"]["db"]["matches_manifest"]
+        assert ok(checked)["restore_test"]["db"]["matches_manifest"]
         done = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", "bk_pw_copy",
                                    "--yes", "--json"])
         outputs.append(done.output)
-        _ok(done)
+        ok(done)
     with psycopg.connect(seeded.db_url, autocommit=True) as conn:
         conn.execute("drop database if exists bk_pw_copy with (force)")
         conn.execute("drop role bk_pw_role")

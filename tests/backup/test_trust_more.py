@@ -15,29 +15,20 @@ import shutil
 import psycopg
 import pytest
 
-from backup_support import KEY, one_line_error, side_env
+from backup_support import KEY, keyed_file_repo, ok, one_line_error, side_env
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
 
 
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
 @pytest.fixture
 def filerepo(seeded, runner, tmp_path, monkeypatch):
     """(env name, repository folder, [two backup ids]) of an encrypted file:// repository."""
-    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    ids = [_ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--label", f"n{i}",
-                                   "--json"]))["id"] for i in range(2)]
-    return env, tmp_path / "repo", ids
+    return keyed_file_repo(runner, seeded, tmp_path, monkeypatch, 2)
 
 
 def _listed(runner, env) -> dict:
-    return _ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
+    return ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
 
 
 # F1 ---------------------------------------------------------------------------------------
@@ -49,9 +40,9 @@ def test_a_link_planted_as_a_partial_file_is_never_written_through(filerepo, run
     for name in ("opsctl-catalog.json.partial", "opsctl-repository.json.partial"):
         (repo / name).symlink_to(victim)
     (repo / ids[0] / "verified.json.partial").symlink_to(victim)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
     assert made["id"]
-    _ok(runner.invoke(app, ["backup", "verify", ids[0], "--env", env, "--json"]))
+    ok(runner.invoke(app, ["backup", "verify", ids[0], "--env", env, "--json"]))
     assert victim.read_text() == "the operator's shell settings\n"
     assert not (repo / "opsctl-catalog.json").is_symlink()
 
@@ -67,9 +58,9 @@ def test_a_linked_backup_folder_is_foreign_and_never_written_or_deleted(filerepo
     assert ids[0] in listed["foreign"] and ids[0] not in {b["id"] for b in listed["backups"]}
     verified = runner.invoke(app, ["backup", "verify", ids[0], "--env", env, "--json"])
     assert verified.exit_code != 0 and "Traceback" not in verified.output
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
     assert ids[0] in pruned["foreign"]
-    _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
+    ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
     assert sorted(p.name for p in outside.iterdir()) == before
     assert (repo / ids[0]).is_symlink()
 
@@ -79,7 +70,7 @@ def test_a_link_inside_a_backup_folder_is_not_followed(filerepo, runner, tmp_pat
     victim = tmp_path / "victim.json"
     victim.write_text("keep me")
     (repo / ids[1] / "verified.json").symlink_to(victim)
-    _ok(runner.invoke(app, ["backup", "verify", ids[1], "--env", env, "--json"]))
+    ok(runner.invoke(app, ["backup", "verify", ids[1], "--env", env, "--json"]))
     assert victim.read_text() == "keep me" and not (repo / ids[1] / "verified.json").is_symlink()
     (repo / ids[0] / "manifest.json").unlink()
     (repo / ids[0] / "manifest.json").symlink_to(victim)
@@ -92,7 +83,7 @@ def test_deleting_an_object_never_deletes_names_that_start_like_it(filerepo, run
     env, repo, ids = filerepo
     (repo / ids[1] / "verify-failed.json.notes").write_text("an operator's notes")
     (repo / ids[1] / "verified.json-old").write_text("kept")
-    _ok(runner.invoke(app, ["backup", "verify", ids[1], "--env", env, "--json"]))
+    ok(runner.invoke(app, ["backup", "verify", ids[1], "--env", env, "--json"]))
     assert (repo / ids[1] / "verify-failed.json.notes").read_text() == "an operator's notes"
     from opsctl.backup.repository import FileRepository
 
@@ -138,8 +129,8 @@ def test_a_database_without_user_tables_is_backed_up(seeded, runner, tmp_path, m
         url = seeded.db_url.rsplit("/", 1)[0] + "/bk_no_tables"
         env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url)
         monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-        made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
-        _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
+        made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+        ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
     finally:
         with psycopg.connect(seeded.db_url, autocommit=True) as conn:
             conn.execute("drop database if exists bk_no_tables with (force)")
@@ -181,7 +172,7 @@ def test_a_manifest_overwritten_in_an_indexed_backup_is_untrusted(filerepo, runn
     assert catalog.resolve(_repo(path), None, None, True, ["redis"], skipped) == old
     assert skipped == [f"{new} (untrusted)"]
     assert catalog.newest_complete(_repo(path))[0] == old
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
     assert pruned["kept"] == [old] and pruned["removed"] == [] and pruned["untrusted"] == [new]
     assert (path / new / "manifest.json").exists() and (path / old / "manifest.json").exists()
 
@@ -195,7 +186,7 @@ def test_a_genuine_folder_replayed_under_another_id_is_untrusted(filerepo, runne
     rows = {b["id"]: b for b in _listed(runner, env)["backups"]}
     assert rows[replay]["status"] == "untrusted" and "is that of backup" in rows[replay]["note"], rows[replay]
     assert catalog.resolve(_repo(path), None, None, True) == new
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
     assert pruned["kept"] == [new] and replay in pruned["untrusted"] and (path / replay / "manifest.json").exists()
 
 
@@ -209,7 +200,7 @@ def test_unparseable_manifests_are_untrusted_never_damaged_nor_pruned(filerepo, 
     (path / old / "manifest.json").write_bytes((path / old / "manifest.json").read_bytes()[:-40])  # edited
     rows = {b["id"]: b for b in _listed(runner, env)["backups"]}
     assert rows[foreign]["status"] == "untrusted" and rows[old]["status"] == "untrusted", rows
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
     assert pruned["damaged"] == [] and {foreign, old} <= set(pruned["untrusted"]) and pruned["kept"] == [new]
     assert (path / foreign / "data.bin").read_bytes() == b"another tool's data"
     assert (path / old / "manifest.json").exists()
@@ -217,7 +208,7 @@ def test_unparseable_manifests_are_untrusted_never_damaged_nor_pruned(filerepo, 
 
 def test_a_verdict_without_a_valid_mac_binding_the_id_is_not_believed(filerepo, runner):
     env, path, (old, new) = filerepo
-    _ok(runner.invoke(app, ["backup", "verify", new, "--env", env, "--json"]))
+    ok(runner.invoke(app, ["backup", "verify", new, "--env", env, "--json"]))
     real = json.loads((path / new / "verified.json").read_text())
     for doc in ({}, {"id": old, "ok": True}, {**real, "id": old}):  # empty, no MAC, another backup's
         (path / old / "verified.json").write_text(json.dumps(doc))
@@ -229,7 +220,7 @@ def test_a_verdict_without_a_valid_mac_binding_the_id_is_not_believed(filerepo, 
     (path / new / "verify-failed.json").unlink()
     # with the newest verified forged, prune keeps only the newest (the old one is not "newest verified")
     (path / new / "verified.json").unlink()
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"]))
     assert pruned["kept"] == [new] and pruned["removed"] == [old]
 
 
@@ -267,7 +258,7 @@ def test_a_deleted_record_is_not_reinitialised_unencrypted(filerepo, runner):
                    "tampering", "sealed with key id")
     assert not (path / "opsctl-repository.json").exists() and _plaintext(path) == []
     # with the key, the location is adopted again as the encrypted repository it was
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
     listed = _listed(runner, env)
     assert listed["encrypted"] is True and {*ids, made["id"]} <= {b["id"] for b in listed["backups"]}
 
@@ -282,7 +273,7 @@ def test_a_linked_index_or_start_record_is_replaced_never_followed(filerepo, run
     (path / ids[0] / "in-progress.json").symlink_to(victim)
     rows = {b["id"]: b for b in _listed(runner, env)["backups"]}
     assert rows[ids[1]]["status"] == "complete"
-    _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
+    ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
     assert victim.read_text() == "keep me" and not (path / "opsctl-catalog.json").is_symlink()
 
 
@@ -295,7 +286,7 @@ def test_s3_a_manifest_overwritten_in_an_indexed_backup_is_untrusted(backup_envs
     monkeypatch.setenv("OPSCTL_ROOT", str(benv.platform.root))
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
     monkeypatch.setenv("CI", "true")
-    bid = _ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "redis", "--json"]))["id"]
+    bid = ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "redis", "--json"]))["id"]
     repo = benv.repo()
     repo.key = parse(KEY, "test")
     original = repo.get_bytes(f"{bid}/{mf.NAME}")
@@ -318,7 +309,7 @@ def test_s3_foreign_manifest_is_untrusted_and_a_bare_verdict_is_not_believed(bac
     monkeypatch.setenv("OPSCTL_ROOT", str(benv.platform.root))
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
     monkeypatch.setenv("CI", "true")
-    bid = _ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "redis", "--json"]))["id"]
+    bid = ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "redis", "--json"]))["id"]
     repo = benv.repo()
     foreign = "20200101T000000Z-0f0f"
     repo.put_bytes(f"{foreign}/manifest.json", b'{"tool": "someone else\'s"}')
@@ -326,7 +317,7 @@ def test_s3_foreign_manifest_is_untrusted_and_a_bare_verdict_is_not_believed(bac
     try:
         rows = {b["id"]: b for b in _listed(runner, benv.name)["backups"]}
         assert rows[foreign]["status"] == "untrusted" and rows[bid]["verified"] is False, (rows[foreign], rows[bid])
-        pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", benv.name, "--keep-last", "1", "--dry-run",
+        pruned = ok(runner.invoke(app, ["backup", "prune", "--env", benv.name, "--keep-last", "1", "--dry-run",
                                          "--json"]))
         assert foreign in pruned["untrusted"] and foreign not in pruned["damaged"] + pruned["removed"]
     finally:

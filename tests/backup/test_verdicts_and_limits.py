@@ -13,57 +13,46 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
-from backup_support import KEY, one_line_error, side_env
+from backup_support import KEY, flip, ok, one_line_error, rows, side_env
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
 
 
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def _flip(data: bytes) -> bytes:
-    i = len(data) // 2
-    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
-
-
 def test_failed_verify_is_recorded_and_honoured(seeded, runner, tmp_path, monkeypatch):
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    older = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
-    newer = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+    older = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+    newer = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
     obj = tmp_path / "repo" / newer / "redis.rdb.zst"
     original = obj.read_bytes()
-    obj.write_bytes(_flip(original))
+    obj.write_bytes(flip(original))
     one_line_error(runner.invoke(app, ["backup", "verify", newer, "--env", env]), 1, "marked damaged")
     obj.write_bytes(original)  # the bytes are back: only the recorded verdict says damaged now
 
-    rows = {b["id"]: b for b in _ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
-    assert rows[newer]["status"] == "damaged" and "failed verify" in rows[newer]["note"]
-    assert rows[older]["status"] == "complete"
+    listed = rows(runner, env)
+    assert listed[newer]["status"] == "damaged" and "failed verify" in listed[newer]["note"]
+    assert listed[older]["status"] == "complete"
     text = runner.invoke(app, ["backup", "list", "--env", env])
     assert "damaged" in text.stdout and newer in text.stdout and older in text.stdout  # never cut at 80 columns
     assert all(len(line) <= 80 for line in text.stdout.splitlines() if newer in line or older in line)
 
     # a verdict planted without the key's MAC is ignored
     (tmp_path / "repo" / older / "verify-failed.json").write_text(json.dumps({"id": older, "ok": False}))
-    rows = {b["id"]: b for b in _ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
-    assert rows[older]["status"] == "complete"
+    assert rows(runner, env)[older]["status"] == "complete"
 
     done = runner.invoke(app, ["restore", "--env", env, "--latest", "--yes", "--json"])
-    doc = _ok(done)
+    doc = ok(done)
     assert doc["backup_id"] == older and doc["skipped"] == [f"{newer} (damaged)"]
     assert f"{newer} (damaged)" in done.stderr
 
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "5", "--yes", "--json"]))
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "5", "--yes", "--json"]))
     assert pruned["damaged"] == [newer] and older in pruned["kept"]
     assert not (tmp_path / "repo" / newer).exists() and (tmp_path / "repo" / older / "manifest.json").exists()
 
     # a verify that passes replaces an earlier failed verdict
-    ok = _ok(runner.invoke(app, ["backup", "verify", older, "--env", env, "--json"]))
-    assert ok["ok"] and not (tmp_path / "repo" / older / "verify-failed.json").exists()
+    verified = ok(runner.invoke(app, ["backup", "verify", older, "--env", env, "--json"]))
+    assert verified["ok"] and not (tmp_path / "repo" / older / "verify-failed.json").exists()
 
 
 def test_redis_restore_that_cannot_fit_changes_nothing(seeded, runner, tmp_path, monkeypatch):
@@ -75,7 +64,7 @@ def test_redis_restore_that_cannot_fit_changes_nothing(seeded, runner, tmp_path,
         pipe.set(f"bkmem:{i}", b"v" * 100_000)
     pipe.execute()
     try:
-        made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+        made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
         live.delete(*[f"bkmem:{i}" for i in range(20)])
         live.set("bkmem:after", "written after the backup")
         before = {k: live.dump(k) for k in live.scan_iter("*")}
@@ -87,7 +76,7 @@ def test_redis_restore_that_cannot_fit_changes_nothing(seeded, runner, tmp_path,
             assert {k: live.dump(k) for k in live.scan_iter("*")} == before
         finally:
             live.config_set("maxmemory", 0)
-        done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made, "--components", "redis", "--yes",
+        done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made, "--components", "redis", "--yes",
                                        "--json"]))
         assert done["redis_keys"] >= 20 and live.exists("bkmem:7") and not live.exists("bkmem:after")
         info = live.info("keyspace")
@@ -115,10 +104,10 @@ def test_role_timeouts_never_cancel_opsctl_sessions(seeded, runner, tmp_path, mo
         env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
                        database_url=f"postgresql://bk_slow_role@{seeded.db_url.split('@', 1)[1].rsplit('/', 1)[0]}/{name}")
         monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-        made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
-        checked = _ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
+        made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+        checked = ok(runner.invoke(app, ["backup", "verify", made["id"], "--env", env, "--restore-test", "--json"]))
         assert checked["restore_test"]["db"]["rows"] == 600_000
-        done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", f"{name}_copy",
+        done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", f"{name}_copy",
                                        "--yes", "--json"]))
         assert done["rows"] == 600_000
     finally:

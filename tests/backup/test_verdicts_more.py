@@ -14,24 +14,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from backup_support import KEY, one_line_error, side_env
+from backup_support import KEY, flip, ok, one_line_error, rows, side_env
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
-
-
-def _ok(result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def _flip(data: bytes) -> bytes:
-    i = len(data) // 2
-    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
-
-
-def _rows(runner, env) -> dict:
-    return {b["id"]: b for b in _ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
 
 
 @pytest.fixture
@@ -56,17 +42,17 @@ def test_an_unreachable_database_server_is_reported_never_recorded(small_db, see
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
                    database={"name": name})
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
     # the same repository from an ops root whose database URL points at a closed port
     monkeypatch.setenv("SIDE_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{procs.free_port()}/{name}")
     one_line_error(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test"]), 1,
                    "could not be verified", "not marked")
     assert not (tmp_path / "repo" / made / "verify-failed.json").exists()
-    assert _rows(runner, env)[made]["status"] == "complete"
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "5", "--yes", "--json"]))
+    assert rows(runner, env)[made]["status"] == "complete"
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "5", "--yes", "--json"]))
     assert pruned["damaged"] == [] and made in pruned["kept"]
     monkeypatch.setenv("SIDE_DATABASE_URL", url)  # the server is back: the same backup verifies
-    assert _ok(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test", "--json"]))["ok"]
+    assert ok(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test", "--json"]))["ok"]
 
 
 def test_a_dump_pg_restore_refuses_is_recorded_damaged(small_db, seeded, runner, tmp_path, monkeypatch):
@@ -81,10 +67,10 @@ def test_a_dump_pg_restore_refuses_is_recorded_damaged(small_db, seeded, runner,
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
                    database={"name": name})
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
     one_line_error(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test"]), 1,
                    "pg_restore", "marked damaged")
-    assert _rows(runner, env)[made]["status"] == "damaged"
+    assert rows(runner, env)[made]["status"] == "damaged"
     with psycopg.connect(seeded.db_url) as conn:  # the scratch database was dropped
         assert not conn.execute("select 1 from pg_database where datname like 'opsctl_verify_%'").fetchall()
 
@@ -100,7 +86,7 @@ def test_a_failure_of_another_exception_type_is_recorded(small_db, seeded, runne
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
                    database={"name": name})
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    made = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
 
     def counts_of(conn):
         raise ValueError("a count that makes no sense")
@@ -112,7 +98,7 @@ def test_a_failure_of_another_exception_type_is_recorded(small_db, seeded, runne
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
                    database={"name": name})
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    assert _rows(runner, env)[made]["status"] == "damaged"
+    assert rows(runner, env)[made]["status"] == "damaged"
 
 
 def test_a_damaged_backup_is_restored_by_id_only_when_allowed(seeded, runner, tmp_path, monkeypatch):
@@ -124,11 +110,11 @@ def test_a_damaged_backup_is_restored_by_id_only_when_allowed(seeded, runner, tm
 
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    older = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
-    newer = _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+    older = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+    newer = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
     obj = tmp_path / "repo" / newer / "redis.rdb.zst"
     original = obj.read_bytes()
-    obj.write_bytes(_flip(original))
+    obj.write_bytes(flip(original))
     one_line_error(runner.invoke(app, ["backup", "verify", newer, "--env", env]), 1, "marked damaged")
     obj.write_bytes(original)  # the bytes are back: only the recorded verdict says damaged
 
@@ -145,20 +131,20 @@ def test_a_damaged_backup_is_restored_by_id_only_when_allowed(seeded, runner, tm
     one_line_error(runner.invoke(app, ["restore", "--env", env, "--id", newer, "--yes"]), 2, "damaged",
                    "--allow-damaged")
     assert live.get("bk:marker") == b"after the backups"
-    done = _ok(runner.invoke(app, ["restore", "--env", env, "--id", newer, "--allow-damaged", "--yes", "--json"]))
+    done = ok(runner.invoke(app, ["restore", "--env", env, "--id", newer, "--allow-damaged", "--yes", "--json"]))
     assert done["backup_id"] == newer and live.get("bk:marker") is None
 
 
 def test_opsctls_own_index_is_never_foreign(seeded, runner, tmp_path, monkeypatch):
     env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    _ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
+    ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
     assert (tmp_path / "repo" / "opsctl-catalog.json").exists()
     (tmp_path / "repo" / "someone-elses").mkdir()  # a real foreign folder is still reported
     (tmp_path / "repo" / "someone-elses" / "notes.txt").write_text("not a backup")
-    listed = _ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
+    listed = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
     assert [f.rstrip("/") for f in listed["foreign"]] == ["someone-elses"]
-    pruned = _ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "5", "--yes", "--json"]))
+    pruned = ok(runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "5", "--yes", "--json"]))
     assert [f.rstrip("/") for f in pruned["foreign"]] == ["someone-elses"]
     text = runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "5", "--yes"]).stdout
     assert "opsctl-catalog.json" not in text

@@ -1,13 +1,17 @@
 """A year of history slows nothing down (issue 27): each command at N = 10 and N = 1,000
-backups in the same run, whole CLI, medians of 3, and the ratio N=1000 / N=10.
+backups in the same run, whole CLI, on both kinds of repository: s3:// (the default kind;
+an S3 endpoint over HTTP, moto server) and file:// (local disk), encrypted.
 
-Targets: the health sweep (`opsctl health --check backup`) and `backup create` <= 1.2x;
-`backup list --limit 20` <= 1.5x; prune's time per removed backup <= 1.2x. The repository
-is file:// on local disk, encrypted; Redis is a private embedded server.
+Targets (ratio of the medians, N=1000 / N=10): the health sweep (`opsctl health --check
+backup`) and `backup create` <= 1.2x; `backup list --limit 20` <= 1.5x; prune's time per
+removed backup <= 1.2x. The two sizes are measured in alternation (round 1 at N=10, round 1
+at N=1000, round 2 ...) so a load that comes and goes lands on both; every figure is printed
+with its spread (min-max of the rounds) so a reader can tell noise from change.
 
 The fixture: one real `backup create --type redis`, then copies of its folder under new ids
 with manifests re-sealed by the key (what N real creates would leave, in a fraction of the
-time), then one `backup list` that builds the catalog index. Its build time is printed.
+time), then one full `backup list` that builds the catalog index. Its build time is printed.
+Redis is a private embedded server.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ import time
 from pathlib import Path
 
 OPSCTL = Path(sys.executable).parent / "opsctl"
-ROUNDS = 3
+ROUNDS = 5
+SIZES = (10, 1000)
+KINDS = ("s3", "file")
+REMOVED_EACH = 2  # prune rounds remove this many each: ROUNDS * REMOVED_EACH < the N=10 fixture
 
 
 def run(argv: list[str], env: dict) -> tuple[float, str]:
@@ -37,13 +44,19 @@ def run(argv: list[str], env: dict) -> tuple[float, str]:
     return took, result.stdout
 
 
-def grow(root: Path, key_text: str, template: str, n: int, start: dt.datetime) -> None:
+def _copy_of(m, bid: str, when: dt.datetime, key):
+    c = m.model_copy(deep=True)
+    c.id, c.created_at, c.finished_at = bid, when, when
+    c.redis.object.name = f"{bid}/redis.rdb.zst"
+    c.sign(key)
+    return c.to_bytes()
+
+
+def grow_file(root: Path, key, template: str, n: int, start: dt.datetime) -> None:
     """Copies of backup `template` under n new ids (one a minute from `start`), sealed by the key."""
     from opsctl.backup import catalog
     from opsctl.backup import manifest as mf
-    from opsctl.backup.keys import parse
 
-    key = parse(key_text, "bench")
     m = mf.parse((root / template / mf.NAME).read_bytes(), template)
     for i in range(n):
         when = start + dt.timedelta(minutes=i)
@@ -52,21 +65,30 @@ def grow(root: Path, key_text: str, template: str, n: int, start: dt.datetime) -
         shutil.copytree(root / template, folder)
         for name in ("verified.json", "verify-failed.json"):
             (folder / name).unlink(missing_ok=True)
-        c = m.model_copy(deep=True)
-        c.id, c.created_at, c.finished_at = bid, when, when
-        c.redis.object.name = f"{bid}/redis.rdb.zst"
-        c.sign(key)
-        (folder / mf.NAME).write_bytes(c.to_bytes())
+        (folder / mf.NAME).write_bytes(_copy_of(m, bid, when, key))
 
 
-def measure(env: dict, name: str) -> dict:
-    out: dict[str, float] = {}
-    out["health"] = statistics.median(_health(env, name) for _ in range(ROUNDS))
-    out["list20"] = statistics.median(run(["backup", "list", "--env", name, "--limit", "20", "--json"], env)[0]
-                                      for _ in range(ROUNDS))
-    out["create"] = statistics.median(run(["backup", "create", "--env", name, "--type", "redis", "--json"], env)[0]
-                                      for _ in range(ROUNDS))
-    return out
+def grow_s3(s3, bucket: str, prefix: str, key, template: str, n: int, start: dt.datetime) -> None:
+    """The same on S3: server-side copies of the template's objects, a re-sealed manifest each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opsctl.backup import catalog
+    from opsctl.backup import manifest as mf
+
+    base = f"{prefix}/{template}/"
+    m = mf.parse(s3.get_object(Bucket=bucket, Key=base + mf.NAME)["Body"].read(), template)
+    objects = [o["Key"][len(base):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=base)["Contents"]]
+    objects = [o for o in objects if o not in (mf.NAME, "verified.json", "verify-failed.json")]
+
+    def one(i: int) -> None:
+        when = start + dt.timedelta(minutes=i)
+        bid = catalog.new_id(when)
+        for o in objects:
+            s3.copy_object(Bucket=bucket, Key=f"{prefix}/{bid}/{o}", CopySource={"Bucket": bucket, "Key": base + o})
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{bid}/{mf.NAME}", Body=_copy_of(m, bid, when, key))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(n)))
 
 
 def _health(env: dict, name: str) -> float:
@@ -76,62 +98,95 @@ def _health(env: dict, name: str) -> float:
     return time.perf_counter() - start
 
 
-def prune_per_backup(env: dict, name: str, removed_each: int = 3) -> float:
-    listed = json.loads(run(["backup", "list", "--env", name, "--json"], env)[1])
-    total = listed["total"]
-    times = []
+def _prune(env: dict, name: str, total: int) -> float:
+    took, out = run(["backup", "prune", "--env", name, "--keep-last", str(total - REMOVED_EACH), "--yes",
+                     "--json"], env)
+    assert len(json.loads(out)["removed"]) == REMOVED_EACH, out
+    return took / REMOVED_EACH
+
+
+def measure(env: dict, kind: str) -> dict[str, dict[int, list[float]]]:
+    """{command: {N: [seconds per round]}}, the sizes alternating round by round."""
+    times: dict[str, dict[int, list[float]]] = {k: {n: [] for n in SIZES}
+                                                for k in ("health", "list20", "create", "prune")}
     for _ in range(ROUNDS):
-        total -= removed_each
-        took, out = run(["backup", "prune", "--env", name, "--keep-last", str(total), "--yes", "--json"], env)
-        assert len(json.loads(out)["removed"]) == removed_each, out
-        times.append(took / removed_each)
-    return statistics.median(times)
+        for n in SIZES:
+            name = f"{kind}{n}"
+            times["health"][n].append(_health(env, name))
+            times["list20"][n].append(run(["backup", "list", "--env", name, "--limit", "20", "--json"], env)[0])
+            times["create"][n].append(run(["backup", "create", "--env", name, "--type", "redis", "--json"], env)[0])
+    totals = {n: json.loads(run(["backup", "list", "--env", f"{kind}{n}", "--json"], env)[1])["total"]
+              for n in SIZES}
+    for _ in range(ROUNDS):
+        for n in SIZES:
+            times["prune"][n].append(_prune(env, f"{kind}{n}", totals[n]))
+            totals[n] -= REMOVED_EACH
+    return times
 
 
 def main() -> int:
+    from opsctl.backup.keys import parse
     from opsctl.local import procs
     from opsctl.local import redis as rd
+    from opsctl.local import s3 as s3mod
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    port = procs.free_port()
+    port, s3port = procs.free_port(), procs.free_port()
     pid = rd.start(tmp / "redis", port, tmp / "redis.log")
+    s3pid = s3mod.start(s3port, tmp / "moto.log")
     try:
-        key = base64.b64encode(os.urandom(32)).decode()
+        key_text = base64.b64encode(os.urandom(32)).decode()
+        key = parse(key_text, "bench")
+        endpoint = s3mod.endpoint(s3port)
+        s3mod.ensure_buckets(endpoint, [f"bench-n{n}" for n in SIZES])
         envs = {}
-        for n in (10, 1000):
-            envs[f"n{n}"] = {"platform": "kubernetes", "redis": {"url_env": "BENCH_REDIS_URL"},
-                             "backup": {"repository": f"file://{tmp / f'repo{n}'}"},
-                             "thresholds": {"backup_age_hours": 1e6}}
+        for n in SIZES:
+            common = {"platform": "kubernetes", "redis": {"url_env": "BENCH_REDIS_URL"},
+                      "thresholds": {"backup_age_hours": 1e6}}
+            envs[f"file{n}"] = {**common, "backup": {"repository": f"file://{tmp / f'repo{n}'}"}}
+            envs[f"s3{n}"] = {**common, "aws": {"endpoint_url": endpoint},
+                              "backup": {"repository": f"s3://bench-n{n}/opsctl"}}
         (tmp / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": envs}))
-        env = dict(os.environ, OPSCTL_ROOT=str(tmp), BENCH_REDIS_URL=rd.url(port), CI="true", OPSCTL_BACKUP_KEY=key)
+        env = dict(os.environ, OPSCTL_ROOT=str(tmp), BENCH_REDIS_URL=rd.url(port), CI="true",
+                   OPSCTL_BACKUP_KEY=key_text, **s3mod.CREDENTIALS)
         import redis
 
-        r = redis.Redis.from_url(rd.url(port))
-        r.mset({f"k{i}": f"v{i}" for i in range(1000)})
-        results, build = {}, {}
-        for n in (10, 1000):
-            began = time.perf_counter()
-            made = json.loads(run(["backup", "create", "--env", f"n{n}", "--type", "redis", "--json"], env)[1])
-            grow(tmp / f"repo{n}", key, made["id"], n - 1,
-                 dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=60))
-            run(["backup", "list", "--env", f"n{n}", "--limit", "1"], env)  # builds the index
-            build[n] = time.perf_counter() - began
-            results[n] = measure(env, f"n{n}")
-            results[n]["prune"] = prune_per_backup(env, f"n{n}")
-        print(f"bench_scale: N = 10 and N = 1000 backups (file://, encrypted), whole CLI, medians of {ROUNDS}")
-        print(f"  fixture build: N=10 {build[10]:.1f} s, N=1000 {build[1000]:.1f} s")
+        redis.Redis.from_url(rd.url(port)).mset({f"k{i}": f"v{i}" for i in range(1000)})
+        s3 = s3mod.client(endpoint)
+        build: dict[tuple[str, int], float] = {}
+        for kind in KINDS:
+            for n in SIZES:
+                began = time.perf_counter()
+                name = f"{kind}{n}"
+                made = json.loads(run(["backup", "create", "--env", name, "--type", "redis", "--json"], env)[1])
+                start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=60)
+                if kind == "file":
+                    grow_file(tmp / f"repo{n}", key, made["id"], n - 1, start)
+                else:
+                    grow_s3(s3, f"bench-n{n}", "opsctl", key, made["id"], n - 1, start)
+                run(["backup", "list", "--env", name, "--json"], env)  # reads every manifest, builds the index
+                build[kind, n] = time.perf_counter() - began
+        results = {kind: measure(env, kind) for kind in KINDS}
         targets = {"health": 1.2, "create": 1.2, "list20": 1.5, "prune": 1.2}
         labels = {"health": "opsctl health --check backup", "create": "backup create --type redis",
                   "list20": "backup list --limit 20", "prune": "prune, per removed backup"}
         ok = True
-        for k, target in targets.items():
-            ratio = results[1000][k] / results[10][k]
-            ok &= ratio <= target
-            print(f"  {labels[k]:<30} {results[10][k]:.3f} s -> {results[1000][k]:.3f} s  ratio {ratio:.2f} "
-                  f"(target <= {target})")
+        print(f"bench_scale: N = {SIZES[0]} and N = {SIZES[1]} backups, encrypted, whole CLI, medians of {ROUNDS} "
+              "rounds (min-max), sizes alternated")
+        for kind in KINDS:
+            print(f"  {kind}://  fixture build: N={SIZES[0]} {build[kind, SIZES[0]]:.1f} s, "
+                  f"N={SIZES[1]} {build[kind, SIZES[1]]:.1f} s")
+            for k, target in targets.items():
+                lo, hi = (results[kind][k][n] for n in SIZES)
+                ratio = statistics.median(hi) / statistics.median(lo)
+                ok &= ratio <= target
+                print(f"    {labels[k]:<30} {statistics.median(lo):.3f} s ({min(lo):.3f}-{max(lo):.3f}) -> "
+                      f"{statistics.median(hi):.3f} s ({min(hi):.3f}-{max(hi):.3f})  ratio {ratio:.2f} "
+                      f"(target <= {target})")
         return 0 if ok else 1
     finally:
         rd.stop(pid, port)
+        procs.stop(s3pid)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -103,6 +103,9 @@ def _read_manifests(repository: str, root: Path, endpoints) -> dt.datetime | Non
 
 
 def backup_age(repository: str, root: Path, endpoints, max_hours: float) -> CheckResult:
+    """The `backup` check: CRITICAL when the newest complete backup in `repository` finished
+    more than `max_hours` hours ago, when there is none, or when the repository can't be
+    read; the value is its age in hours."""
     try:
         newest, source = newest_backup(repository, root, endpoints)
     except Exception as exc:  # botocore errors, permissions, a bad URL: say what, do not crash the sweep
