@@ -87,6 +87,8 @@ def test_upload_refusals_leave_nothing_behind(http, worker):
         assert r.status_code == 400 and r.json()["error"]["param"] == next(iter(bad)), r.text
     upload = create().json()
     key = f"audio/uploads/{upload['id']}"
+    r = http.post(f"/v1/uploads/{upload['id']}/parts", content=b"\1" * 100)  # not a form
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_data", r.text
     p1 = send_part(http, upload["id"], b"\1" * (5 * MIB)).json()
     p2 = send_part(http, upload["id"], b"\2" * MIB).json()
     for part_ids, param in ([[p2["id"], p1["id"]], "part_ids"], [[p1["id"]], "part_ids"],
