@@ -71,6 +71,26 @@ class Lease:
         self.api, self.ns, self.env_name, self.seconds = coordination, namespace, env_name, seconds
         self.call = call or (lambda fn, *a, **kw: fn(*a, **kw))  # the driver's error mapping
         self.me = identity()
+        self.lost = threading.Event()  # set once the Lease is known to be someone else's
+
+    def check(self) -> None:
+        """Fencing, before each change a deploy makes: raise OperationFailed unless the Lease
+        is still ours, read from the API now. A deploy that stalled past the Lease's duration (a
+        suspended laptop, a paused CI VM) may have lost it to another deploy, which may have
+        changed everything since: it must change nothing more. Still ours but expired (no one
+        took it): renewed first."""
+        if not self.lost.is_set():
+            spec = (self._read() or {}).get("spec") or {}
+            now = dt.datetime.now(dt.timezone.utc)
+            renewed = parse_time(spec.get("renewTime"))
+            expired = renewed is None or renewed + dt.timedelta(seconds=spec.get("leaseDurationSeconds") or 0) <= now
+            if spec.get("holderIdentity") != self.me or (expired and not self.renew()):
+                self.lost.set()
+        if self.lost.is_set():
+            holder = ((self._read() or {}).get("spec") or {}).get("holderIdentity") or "nobody"
+            raise OperationFailed(f"this deploy lost the deploy lease {self.ns}/{NAME} (now held by {holder}): it "
+                                  f"stalled longer than the lease's {self.seconds}s and another deploy may have taken "
+                                  "over; it stopped without changing anything more; check 'opsctl status'")
 
     def _read(self) -> dict | None:
         return self.call(self.api.read_namespaced_lease, NAME, self.ns, missing_ok=True)
@@ -135,6 +155,7 @@ class Lease:
             while not stop.wait(self.seconds / 3):
                 try:
                     if not self.renew():
+                        self.lost.set()  # the deploy's next change is refused (check)
                         log.error("the deploy lease %s/%s was taken by someone else", self.ns, NAME)
                         return
                 except Exception as exc:  # a blip of the API: try again next period

@@ -67,16 +67,50 @@ class ClusterArgs:
         return bool(self.public_access_cidrs)
 
 
+# Addresses no one on the internet has (RFC 6890 special-purpose blocks, documentation ranges;
+# for IPv6 everything outside global unicast 2000::/3): a set of allowed ranges that covers all
+# the rest admits the whole internet, however it is split (0.0.0.0/1 + 128.0.0.0/1).
+_NOT_PUBLIC = {4: ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+                   "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+                   "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/3"),
+               6: ("::/3", "4000::/2", "8000::/1", "2001:db8::/32")}
+
+
+def internet_wide(cidrs: list[str]) -> list[str]:
+    """The entries of `cidrs` that together admit every public IPv4 or every public IPv6
+    address (collapsed with ipaddress.collapse_addresses); [] when no family is covered.
+    Entries that are not CIDR blocks are left out (validated elsewhere)."""
+    import ipaddress
+
+    wide: list[str] = []
+    for version, special in _NOT_PUBLIC.items():
+        nets = []
+        for cidr in cidrs:
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except (TypeError, ValueError):
+                continue
+            if net.version == version:
+                nets.append((cidr, net))
+        reserved = [ipaddress.ip_network(s) for s in special]
+        everything = ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")
+        if nets and list(ipaddress.collapse_addresses([n for _, n in nets] + reserved)) == [everything]:
+            # name the one range that is the whole internet by itself, else every range of the set
+            alone = [c for c, n in nets if list(ipaddress.collapse_addresses([n, *reserved])) == [everything]]
+            wide += alone or [c for c, _ in nets]
+    return wide
+
+
 def check_api_cidrs(cidrs: list[str]) -> None:
     """ValueError unless every entry is a CIDR block narrower than the whole internet."""
     for cidr in cidrs:
         try:
-            network = ipaddress.ip_network(cidr, strict=True)
+            ipaddress.ip_network(cidr, strict=True)
         except ValueError:
             raise ValueError(f"transcribe:apiAllowedCidrs: {cidr!r} is not a CIDR block such as 203.0.113.0/24") from None
-        if network.prefixlen == 0:
-            raise ValueError(f"transcribe:apiAllowedCidrs: {cidr} opens the cluster API to the whole internet; "
-                             "list your office, VPN or CI egress ranges, or none (private)")
+    if wide := internet_wide(cidrs):  # 0.0.0.0/0, or 0.0.0.0/1 + 128.0.0.0/1: the same
+        raise ValueError(f"transcribe:apiAllowedCidrs: {', '.join(wide)} {'opens' if len(wide) == 1 else 'open'} the "
+                         "cluster API to the whole internet; list your office, VPN or CI egress ranges, or none (private)")
 
 
 def kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:

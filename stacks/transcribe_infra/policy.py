@@ -123,7 +123,9 @@ def private_api_endpoint(run: OfflineRun) -> list[Violation]:
         if vpc.get("endpointPublicAccess", True) is False:  # AWS turns the public endpoint on when unset
             continue
         cidrs = vpc.get("publicAccessCidrs") or ["0.0.0.0/0"]  # AWS's default when unset
-        opened = [c for c in cidrs if c.endswith("/0")]
+        from transcribe_infra.cluster import internet_wide
+
+        opened = internet_wide(cidrs)  # also a split /0 (0.0.0.0/1 + 128.0.0.0/1)
         if opened:
             out.append(_v(rule, r, f"the public API endpoint admits {', '.join(opened)}; set endpoint_public_access "
                                    "False, or list the allowed ranges in kubernetes.api_allowed_cidrs "

@@ -92,6 +92,8 @@ class KubernetesDriver:
         self.lease_seconds = lease_seconds
         self._client = None  # connected on first use: render and --dry-run need no cluster
         self._deadline: float | None = None  # time.monotonic() by which the current operation ends
+        self._lease = None  # the Lease while lock() holds it: every change is fenced on it (_fence)
+        self._applied: dict[str, tuple[str, str]] = {}  # color -> (image, settings JSON) bring_up applied
 
     # -- API plumbing -------------------------------------------------------------------
     def _api(self, kind: str):
@@ -205,7 +207,17 @@ class KubernetesDriver:
         OperationFailed naming the holder when another live deploy has it."""
         lease = Lease(self._api("coordination"), self.ns, self.env.name, self.lease_seconds, call=self._call)
         with lease.held():
-            yield
+            self._lease = lease
+            try:
+                yield
+            finally:
+                self._lease = None
+
+    def _fence(self) -> None:
+        """Before each change: OperationFailed unless the Lease this driver holds is still ours
+        (Lease.check), so a deploy that stalled and lost it changes nothing (no lock held: a read)."""
+        if self._lease is not None:
+            self._lease.check()
 
     def deploy_running(self) -> bool:
         """Whether another process holds an unexpired deploy Lease now (a read; takes nothing)."""
@@ -249,6 +261,8 @@ class KubernetesDriver:
         `timeout` (seconds) bounds the whole call: each API request gets what remains of it
         (at most REQUEST_TIMEOUT), and OperationFailed is raised once it has passed. Waiting
         for the pods is wait_ready's job, with its own timeout."""
+        self._fence()
+        self._applied[color] = (release.image, json.dumps(release.settings, sort_keys=True))
         with self._bounded(timeout):
             current = self._deployment(color)
             active = self.active_color()
@@ -273,6 +287,12 @@ class KubernetesDriver:
             dep = self._deployment(color)
             if dep is not None:
                 ready, detail = _readiness(dep)
+                runs = (dep["spec"]["template"]["spec"]["containers"][0].get("image"),
+                        (dep.get("metadata", {}).get("annotations") or {}).get(mf.SETTINGS_ANNOTATION) or "{}")
+                if color in self._applied and runs != self._applied[color]:  # not ours: someone changed it
+                    raise OperationFailed(f"{mf.deployment_name(color)} runs {runs[0]}, not the release this deploy "
+                                          f"applied ({self._applied[color][0]}): another deploy changed it; "
+                                          "check 'opsctl status'")
                 if ready:
                     return
             if time.monotonic() >= deadline:
@@ -308,6 +328,7 @@ class KubernetesDriver:
     def scale(self, color: str, replicas: int) -> None:
         """Set a color's replicas (the preview, brought to the active size before the switch).
         Refuses (OperationFailed) the active color, which its ScaledObject sizes."""
+        self._fence()
         if color == self.active_color():
             raise OperationFailed(f"refusing to rescale the active color {color}")
         dep = self._deployment(color)
@@ -332,6 +353,7 @@ class KubernetesDriver:
         up to deploy.ready_timeout for KEDA to report it Ready with its HPA on `color`, and
         raises OperationFailed if not (traffic has moved by then, and the message says so); a
         return to an earlier color does not wait, so a broken autoscaler never delays a rollback."""
+        self._fence()
         self._apply(mf.parse(mf.service(self.project, self.env, "active", color))[0])
         if not self.env.worker.autoscaling.enabled:
             self._delete_scaled_object()
@@ -382,6 +404,7 @@ class KubernetesDriver:
 
     def scale_down(self, color: str) -> None:
         """Set a non-active color's replicas to 0 (absent: nothing to do); refuses the active color."""
+        self._fence()
         if color == self.active_color():
             raise OperationFailed(f"refusing to scale down the active color {color}")
         if self._deployment(color) is None:
@@ -421,7 +444,13 @@ class KubernetesDriver:
         """Rewrite the history ConfigMap; only the lease holder writes, so no update is lost.
         A finished record (no deploy judges a color any more) gives the ScaledObject back its
         configured minimum, which may be 0 where the environment is not protected."""
-        records = [r for r in self.history() if r.id != record.id] + [record]
+        self._fence()
+        records = self.history()
+        at = next((i for i, r in enumerate(records) if r.id == record.id), None)
+        if at is None:
+            records.append(record)
+        else:  # in place: a save never reorders history
+            records[at] = record
         self._apply({"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": {"name": HISTORY, "namespace": self.ns,
                                   "labels": {"app.kubernetes.io/managed-by": "opsctl",
