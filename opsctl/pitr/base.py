@@ -393,49 +393,6 @@ class TarWriter:
             self._fail("the tar stream ends inside a member (cut short)")
 
 
-def _ahead(blocks, depth: int = 4):
-    """Iterate `blocks` produced by a helper thread, up to `depth` blocks ahead: reading,
-    SHA-256, AES-GCM and zstd (all outside the GIL) overlap the file writes of the consumer.
-    An error of the producer is raised in the consumer; a consumer that stops early stops it."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(depth)
-    done, stop = object(), threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer is gone
-
-    def produce() -> None:
-        try:
-            for block in blocks:
-                if not put(block):
-                    return
-            put(done)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            put(exc)
-
-    thread = threading.Thread(target=produce, name="opsctl-unpack-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
 def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
     """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd).
 
@@ -452,7 +409,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
                     report(f"base backup {rec.id}", obj.size) if report else None)
     writer = TarWriter(target, f"base backup {rec.id}")
     try:
-        for block in _ahead(stream):
+        for block in stream:
             writer.feed(block)
         writer.finish()
     finally:

@@ -75,21 +75,3 @@ def test_a_damaged_header_and_a_cut_stream_are_refused(tmp_path):
     with pytest.raises(OperationFailed, match="checksum"):
         _feed(tmp_path / "b", bytes(data), 4096)
 
-
-def test_read_ahead_hands_over_the_blocks_in_order_and_the_producers_error():
-    from opsctl.pitr.base import _ahead
-
-    assert list(_ahead(iter([b"a", b"b", b"c"] * 50), depth=2)) == [b"a", b"b", b"c"] * 50
-
-    def broken():
-        yield b"first"
-        raise ValueError("damaged object")
-
-    got = []
-    with pytest.raises(ValueError, match="damaged"):
-        for block in _ahead(broken()):
-            got.append(block)
-    assert got == [b"first"]
-    gen = _ahead(iter([b"x"] * 100), depth=1)
-    assert next(gen) == b"x"
-    gen.close()  # a consumer that stops early: the producer thread ends too (join returns)
