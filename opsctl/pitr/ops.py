@@ -147,11 +147,12 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
     return retention.prune(repo, key, _sysid(project, env, repo), keep_full, dry_run)
 
 
-def window(project: Project, env: Environment, operation: str, subject: str):
+def window(project: Project, env: Environment, operation: str, subject: str, checks: list[str] | None = None):
     """The NOTIFICATIONS contract around a PITR operation (failover, restore to a time, drill):
     `opsctl.health.notify.operation_window` sends start and end events through the
     environment's sinks and holds the checks the operation affects; a notification failure
-    never fails the operation. Returns the context manager (it yields the Window)."""
+    never fails the operation. `checks`: None holds the operation's default checks, [] none.
+    Returns the context manager (it yields the Window)."""
     from opsctl.health.notify import operation_window
 
-    return operation_window(project, env.name, operation, subject)
+    return operation_window(project, env.name, operation, subject, checks=checks)

@@ -476,8 +476,6 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     new instance `target_instance`; returns an rds.RdsRestoreResult. `report(what, total)` as
     for backups. UsageError for bad input, OperationFailed when the restore fails.
     """
-    from contextlib import nullcontext
-
     from opsctl.pitr.ops import window
 
     if env.platform == "kubernetes":
@@ -496,8 +494,9 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     try:
         if p.overwrites and approve is not None:
             approve(p)
-        # a restore beside the live server touches nothing live: no window, no held checks
-        with window(project, env, "restore", f"PostgreSQL to {p.target}") if not p.beside else nullcontext():
+        # announced either way; a restore beside the live server touches nothing live: no check held
+        with window(project, env, "restore", f"PostgreSQL to {p.target}{' (beside)' if p.beside else ''}",
+                    [] if p.beside else None):
             return run(p, report)
     finally:
         discard(p)

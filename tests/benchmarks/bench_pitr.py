@@ -43,7 +43,7 @@ TARGET_MB = 200
 ROWS = 1_600_000
 PGBENCH_SECONDS = 15
 ROUNDS = 2
-RESTORE_ROUNDS = 3
+RESTORE_ROUNDS = 5
 
 
 def main() -> int:
@@ -127,6 +127,10 @@ def main() -> int:
             print(f"  pg_restore --jobs 2 {logical_s[-1]:.2f} s")
         physical, logical = statistics.median(physical_s), statistics.median(logical_s)
         figures["physical_over_logical_restore"] = physical / logical
+        pairs = sorted(a / b for a, b in zip(physical_s, logical_s))
+        figures["physical_over_logical_restore_min"], figures["physical_over_logical_restore_max"] = pairs[0], pairs[-1]
+        print(f"  spread of the {RESTORE_ROUNDS} alternated pairs: ratio {pairs[0]:.2f} .. {pairs[-1]:.2f} "
+              f"({', '.join(f'{r:.2f}' for r in pairs)})")
         print(f"physical restore (chain of {len(result.chain)}, {result.segments} WAL files, {result.rows} rows "
               f"checked) {physical:.2f} s; pg_restore --jobs 2 {logical:.2f} s (medians of {RESTORE_ROUNDS}): "
               f"ratio {figures['physical_over_logical_restore']:.2f} (target < 1.0)")

@@ -57,3 +57,28 @@ def test_rds_restore_refusals_make_nothing(cloud, runner, args, message):
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert [i["DBInstanceIdentifier"] for i in cloud.describe_db_instances()["DBInstances"]] == ["pitr-db"]
+
+
+def test_rds_restore_to_time_runs_inside_the_operation_window(cloud, runner, monkeypatch):
+    """NOTIFICATIONS contract: the PITR restore is announced as operation "restore"."""
+    from contextlib import contextmanager
+
+    from opsctl.health import notify
+
+    seen = []
+
+    @contextmanager
+    def window(project, env_name, operation, subject, **kw):
+        w = notify.Window(env_name, operation, subject, [], "now")
+        try:
+            yield w
+        except BaseException:
+            w.outcome = "failed"
+            raise
+        finally:
+            seen.append((env_name, operation, w.outcome, kw.get("checks")))
+
+    monkeypatch.setattr(notify, "operation_window", window)
+    r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", "latest", "--target-instance", "pitr-db-win"])
+    assert r.exit_code == 0, r.output
+    assert seen == [("cloud", "restore", "succeeded", None)]
