@@ -310,6 +310,10 @@ def down(project: Project, purge: bool = False) -> list[str]:
 
         if pitr.stop_archiver(state):  # what it had queued is archived before it exits
             stopped.append("archiver")
+        from opsctl.pitr import standby as pitr_standby
+
+        if pitr_standby.stop_for_down(state):  # the embedded standby (opsctl dr standby), if one runs
+            stopped.append(pitr_standby.COMPONENT)
         for key in ["router", *(wk.name(c) for c in st.COLORS), "s3", "redis", "postgres"]:
             comp = comps.get(key)
             pid = live_pid(state, key)

@@ -208,8 +208,10 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
                          "(a standby follows a running primary)")
     url = pg.url(primary.port)
     with psycopg.connect(url, autocommit=True) as conn:
-        if not conn.execute("select 1 from pg_replication_slots where slot_name = %s", (SLOT,)).fetchone():
-            conn.execute("select pg_create_physical_replication_slot(%s, true)", (SLOT,))
+        # a slot left by an earlier standby holds WAL from its own start: made afresh, it reserves from now
+        conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+                     "where slot_name = %s and not active", (SLOT,))
+        conn.execute("select pg_create_physical_replication_slot(%s, true)", (SLOT,))
     data = state.data(COMPONENT)
     stage = state.data(f"{COMPONENT}-wal")
     pid = None
@@ -306,6 +308,19 @@ def stop_standby(project: Project, env: Environment, remove: bool = True) -> boo
         primary = state.components.get("postgres")
         if primary is not None:
             _drop_slot(pg.url(primary.port))
+    return True
+
+
+def stop_for_down(state) -> bool:
+    """`opsctl local down`'s hook: stop a running standby (its data is kept; `dr standby`
+    builds a new one later). True when one was running."""
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+
+    comp = state.components.get(COMPONENT)
+    if comp is None or not procs.alive(comp.pid, "postgres"):
+        return False
+    pg.stop(comp.pid)
     return True
 
 

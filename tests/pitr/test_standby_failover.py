@@ -131,3 +131,19 @@ def test_standby_from_the_archive_then_failover_repoints_database_and_workers(pl
     # the promoted server archives its new timeline into the same repository
     platform.wait_archived()
 
+
+
+def test_a_new_standby_follows_the_promoted_server_and_local_down_stops_it(platform, runner):
+    """After a failover the promoted server (a new timeline) gets its own standby from the
+    archive; `opsctl local down` stops it with the rest of the platform."""
+    from opsctl.local import platform as pl
+    from opsctl.local import procs
+
+    assert platform.cli(runner, "backup", "base").exit_code == 0
+    r = platform.cli(runner, "dr", "standby", "--env", "local", "--json")
+    assert r.exit_code == 0, r.output
+    sb = json.loads(r.stdout)
+    assert sb["streaming"] is True
+    stopped = pl.down(platform.project())
+    assert "postgres-standby" in stopped and not procs.alive(sb["pid"])
+    pl.up(platform.project())  # the fixture's teardown expects a running platform
