@@ -72,7 +72,11 @@ def server_settings(queue: Path | None, timeout_s: float = 30, limit: int = DEFA
     `track_commit_timestamp` dates every row's commit, so a drill can measure the RPO it got.
     `wal_recycle=off` makes the queue's hard link safe (see archive_command).
     """
-    settings = {"wal_level": "replica", "summarize_wal": "on", "track_commit_timestamp": "on"}
+    # max_slot_wal_keep_size: a standby's replication slot (opsctl/pitr/standby.py) whose
+    # standby is gone may hold at most that much WAL; past it the slot is invalidated (the
+    # standby is rebuilt from the archive) instead of filling the disk
+    settings = {"wal_level": "replica", "summarize_wal": "on", "track_commit_timestamp": "on",
+                "max_slot_wal_keep_size": "4GB"}
     if queue is not None:
         # wal_recycle off: a finished segment is never rewritten (it is unlinked, not renamed and
         # reused), so the queue can hard-link it instead of copying and fsyncing 16 MiB; new
