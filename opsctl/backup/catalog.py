@@ -80,6 +80,7 @@ class Scan:
     foreign: list[str] = field(default_factory=list)
     record: record.RepositoryRecord | None = None
     authenticated: bool = True  # False: encrypted repository read without its key
+    files: dict[str, set[str]] = field(default_factory=dict)  # id -> its objects' names, from the listing
 
     @property
     def encrypted(self) -> bool | None:
@@ -201,13 +202,20 @@ def _tags(repo: Repository, backup_id: str, files: set[str]) -> dict[str, str | 
     return {f: repo.tag(f"{backup_id}/{f}") for f in VERDICTS if f in files}
 
 
+def _stamps(repo: Repository, backup_id: str, names=VERDICTS) -> dict[str, str]:
+    """The stamps of a backup's manifest and verdicts read object by object (Repository.stamp),
+    absent ones left out: no listing, whose cost grows with the repository on some S3 servers."""
+    found = {f: repo.stamp(f"{backup_id}/{f}") for f in names}
+    return {f: tag for f, tag in found.items() if tag is not None}
+
+
 def indexed(repo: Repository, backup_id: str, m: mf.Manifest) -> dict:
     """The index summary of a backup just written (its manifest checked by its writer),
-    with the listing's stamps of its manifest and verdicts (for `scan`)."""
+    with the stamp of its manifest (a new backup has no verdict yet; one written later
+    changes the stamps `scan` compares, so the backup is read and checked again)."""
     from opsctl.backup import index
 
-    files = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
-    return {**index.summary(m), "tags": _tags(repo, backup_id, files)}
+    return {**index.summary(m), "tags": _stamps(repo, backup_id, (mf.NAME,))}
 
 
 def _cached(idx: dict | None, backup_id: str, tags: dict) -> dict | None:
@@ -296,12 +304,12 @@ def scan(repo: Repository, key: BackupKey | None | bool = False, pick=None) -> S
     # ids made within one second sort by their random part: order by creation time first
     out.sort(key=lambda e: (e.created_at or id_time(e.id) or dt.datetime.min.replace(tzinfo=dt.timezone.utc), e.id))
     authenticated = not (rec is not None and rec.encrypted and key is None)
-    return Scan(out, foreign, rec, authenticated)
+    return Scan(out, foreign, rec, authenticated, {i: set(f) for i, f in ours.items()})
 
 
 def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> tuple[str, dt.datetime] | None:
-    """(id, finished_at) of the newest complete backup in constant time: the index and one
-    listing of that backup's folder (its manifest's and verdicts' stamps must be those the
+    """(id, finished_at) of the newest complete backup in constant time: the index and the
+    stamps of that backup's manifest and verdicts (Repository.stamp: they must be those the
     index recorded); a full scan when the index is missing or does not match."""
     from opsctl.backup import index
 
@@ -312,10 +320,10 @@ def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> t
         for backup_id in sorted(idx, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
             if not record.ID.fullmatch(backup_id):
                 break
-            files = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
-            if mf.NAME not in files:  # a deleted one drops out
+            tags = _stamps(repo, backup_id)  # a HEAD per object, no listing
+            if mf.NAME not in tags:  # a deleted one drops out
                 continue
-            summary = _cached(idx, backup_id, _tags(repo, backup_id, files))
+            summary = _cached(idx, backup_id, tags)
             if summary is None:
                 break  # changed since it was indexed: check everything
             if summary.get("failed"):

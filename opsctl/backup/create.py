@@ -61,9 +61,11 @@ def components_for(kind: str, env: Environment) -> list[str]:
     return ["db", "files"] + (["elasticache-snapshot"] if env.redis.replication_group else [])
 
 
-def clean_abandoned(repo: Repository, rec=None) -> tuple[list[str], list[str]]:
+def clean_abandoned(repo: Repository, rec=None,
+                    listing: tuple[set[str], set[str]] | None = None) -> tuple[list[str], list[str]]:
     """Remove opsctl's folders of interrupted backups (aborting their uploads); running ones
-    are kept. Returns (removed ids, foreign entries left alone).
+    are kept. Returns (removed ids, foreign entries left alone). `listing`: the caller's
+    `repo.folders()`, when it has one.
 
     Never walks the repository: one top-level listing, the index, and a listing of each
     folder the index does not hold (running, interrupted, foreign, or complete but not yet
@@ -72,7 +74,7 @@ def clean_abandoned(repo: Repository, rec=None) -> tuple[list[str], list[str]]:
     from opsctl.backup import manifest as mf
 
     gone: list[str] = []
-    folders, files = repo.folders()
+    folders, files = listing or repo.folders()
     foreign = sorted({f for f in files if f not in (record.NAME, index.NAME)}
                      | {f + "/" for f in folders if f not in record.OWN_AREAS and not record.ID.fullmatch(f)})
     encrypted = rec.encrypted if rec is not None else repo.key is not None
@@ -154,8 +156,9 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         repo.key = key
         from opsctl.backup import record
 
-        rec, _ = record.ensure(repo, key)
-        cleaned, foreign = clean_abandoned(repo, rec)
+        listing = repo.folders()  # the top level, once: the record's checks and the clean-up share it
+        rec, _ = record.ensure(repo, key, listing)
+        cleaned, foreign = clean_abandoned(repo, rec, listing)
         backup_id = catalog.new_id(started)
         repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
     except BaseException:

@@ -142,12 +142,14 @@ def read(repo: Repository, key: BackupKey | None) -> RepositoryRecord | None:
     return rec
 
 
-def ensure(repo: Repository, key: BackupKey | None) -> tuple[RepositoryRecord, list[str]]:
+def ensure(repo: Repository, key: BackupKey | None,
+           listing: tuple[set[str], set[str]] | None = None) -> tuple[RepositoryRecord, list[str]]:
     """The record for a `backup create` with `key` (None: --no-encrypt), initialising an
-    empty location; returns (record, foreign entries found). UsageError when the command
-    contradicts the repository or the location holds something that is not opsctl's."""
+    empty location; returns (record, foreign entries found). `listing`: the caller's
+    `repo.folders()`, when it has one. UsageError when the command contradicts the
+    repository or the location holds something that is not opsctl's."""
     rec = read(repo, key)
-    folders, files = repo.folders()  # one listing that does not descend into the backups
+    folders, files = listing or repo.folders()  # one listing that does not descend into the backups
     foreign = sorted({f for f in files if f not in (NAME, "opsctl-catalog.json")}
                      | {f + "/" for f in folders if f not in OWN_AREAS and not ID.fullmatch(f)})
     if rec is None and key is None and (sealed := sealed_key_id(repo)) is not None:

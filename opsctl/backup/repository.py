@@ -47,6 +47,12 @@ class Repository(ABC):
         file://: size, inode, mtime, ctime and mode), or None when not listed since."""
         return getattr(self, "tags", {}).get(name)
 
+    @abstractmethod
+    def stamp(self, name: str) -> str | None:
+        """The stamp `names()` would list for the object `name` (same format as `tag`), read
+        for that one object (S3: a HEAD; file://: an lstat), or None when it does not
+        exist: cheaper than listing its folder where a listing costs what the bucket holds."""
+
     def _tags(self) -> dict[str, str]:
         tags = self.__dict__.setdefault("tags", {})
         if len(tags) > 100_000:  # a long-lived process (the WAL archiver) lists ever new names
@@ -165,6 +171,18 @@ class S3Repository(Repository):
                 out[obj["Key"][len(base):]] = obj["Size"]
                 tags[obj["Key"][len(base):]] = f"{obj['Size']}:{obj.get('ETag', '')}"
         return out
+
+    def stamp(self, name: str) -> str | None:
+        """Repository.stamp: one HeadObject (size and ETag, as ListObjectsV2 gives them)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=self._key(name))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return f"{head['ContentLength']}:{head.get('ETag', '')}"
 
     def folders(self) -> tuple[set[str], set[str]]:
         """Repository.folders with one delimited listing (CommonPrefixes): no key below the top level is listed."""
@@ -385,6 +403,21 @@ class FileRepository(Repository):
                 out[name] = st.st_size
                 tags[name] = f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_mode}"
         return out
+
+    def stamp(self, name: str) -> str | None:
+        """Repository.stamp: an lstat through its folder's descriptor (no link followed)."""
+        parts = self._parts(name)
+        try:
+            folder = self._open_dir(parts[:-1])
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            st = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            os.close(folder)
+        return f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_mode}"
 
     def folders(self) -> tuple[set[str], set[str]]:
         """Repository.folders: one scandir of the root; links count as files, never as opsctl's folders."""

@@ -95,9 +95,9 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
         approve(f"delete {len(result.removed)} backup(s) from {repo.url}")
     for bid in result.incomplete:
         repo.abort_uploads(f"{bid}/")
-        remove(repo, bid)
+        remove(repo, bid, scan.files.get(bid))
     for bid in result.removed + result.damaged:
-        remove(repo, bid)
+        remove(repo, bid, scan.files.get(bid))
     gone = result.removed + result.damaged
     if gone and scan.record is not None:
         from opsctl.backup import index
@@ -116,18 +116,22 @@ def prune_environment(project, env, keep_last: int | None = None, keep_daily: in
     return prune(repo, *rules, dry_run=dry_run, approve=approve)
 
 
-def remove(repo: Repository, backup_id: str) -> None:
+def remove(repo: Repository, backup_id: str, files: set[str] | None = None) -> None:
     """Delete one backup's objects, and only those: its start record goes back first and
     its manifest goes next, so a deletion cut short leaves an incomplete opsctl folder
     (cleaned by the next create or prune), never a half-restorable backup nor a folder
-    that would look foreign."""
+    that would look foreign. `files`: the names in its folder from a listing just made
+    (prune's scan), deleted by name; one listing of the folder then takes what is left
+    with the start record (one listing per backup, whatever the repository holds)."""
     from opsctl.backup import manifest as mf
 
     record.check_id(backup_id)
-    repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", b'{"deleting": true}')
-    repo.delete_prefix(f"{backup_id}/{mf.NAME}")
-    names = [n for n in repo.names(f"{backup_id}/") if n != f"{backup_id}/{mf.IN_PROGRESS}"]
-    repo.delete_names(names)
+    marker = f"{backup_id}/{mf.IN_PROGRESS}"
+    repo.put_bytes(marker, b'{"deleting": true}')
+    repo.delete_names([f"{backup_id}/{mf.NAME}"])
+    if files is None:
+        files = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
+    repo.delete_names([f"{backup_id}/{f}" for f in sorted(files) if f not in (mf.IN_PROGRESS, mf.NAME)])
     repo.delete_prefix(f"{backup_id}/")
 
 

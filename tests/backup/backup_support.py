@@ -226,3 +226,18 @@ def keyed_file_repo(runner, seeded: Seeded, tmp_path, monkeypatch, count: int) -
     ids = [ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--label", f"n{i}",
                                   "--json"]))["id"] for i in range(count)]
     return env, tmp_path / "repo", ids
+
+
+def with_damaged_newer(runner, seeded: Seeded, tmp_path, monkeypatch) -> tuple[str, str, str]:
+    """(env name, older id, newer id): two Redis backups in an encrypted file:// repository,
+    the newer one recorded damaged by a failed `backup verify` (its bytes put back since, so
+    only the recorded verdict says damaged)."""
+    from opsctl.cli import app
+
+    env, repo_path, (older, newer) = keyed_file_repo(runner, seeded, tmp_path, monkeypatch, 2)
+    obj = repo_path / newer / "redis.rdb.zst"
+    original = obj.read_bytes()
+    obj.write_bytes(flip(original))
+    one_line_error(runner.invoke(app, ["backup", "verify", newer, "--env", env]), 1, "marked damaged")
+    obj.write_bytes(original)
+    return env, older, newer

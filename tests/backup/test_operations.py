@@ -18,13 +18,19 @@ def _events(receiver) -> list[dict]:
     return [b for b in receiver.at("/hook") if b.get("specversion") == "1.0"]
 
 
+def _announcing_env(receiver, seeded, tmp_path, monkeypatch) -> str:
+    """A side environment whose notification sink is a webhook to `receiver`, encrypted file:// repository."""
+    monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
+                   health={"sinks": [{"type": "webhook", "url_env": "TEST_HOOK_URL"}]})
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    return env
+
+
 def test_a_restore_is_announced_and_a_failed_one_says_failed(seeded, runner, tmp_path, monkeypatch):
     receiver = Receiver()
     try:
-        monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
-        env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
-                       health={"sinks": [{"type": "webhook", "url_env": "TEST_HOOK_URL"}]})
-        monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+        env = _announcing_env(receiver, seeded, tmp_path, monkeypatch)
         made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
         assert _events(receiver) == []  # a backup is not an operation that holds checks
         done = ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--components", "redis", "--yes",
@@ -49,10 +55,7 @@ def test_a_restore_is_announced_and_a_failed_one_says_failed(seeded, runner, tmp
 def test_a_refused_restore_is_never_announced(seeded, runner, tmp_path, monkeypatch):
     receiver = Receiver()
     try:
-        monkeypatch.setenv("TEST_HOOK_URL", f"{receiver.url}/hook")
-        env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}",
-                       health={"sinks": [{"type": "webhook", "url_env": "TEST_HOOK_URL"}]})
-        monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+        env = _announcing_env(receiver, seeded, tmp_path, monkeypatch)
         ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))
         # over live Redis keys, in CI, without --yes: refused before anything runs
         one_line_error(runner.invoke(app, ["restore", "--env", env, "--latest", "--components", "redis"]), 2,

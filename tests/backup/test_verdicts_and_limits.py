@@ -13,22 +13,14 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
-from backup_support import KEY, flip, ok, one_line_error, rows, side_env
+from backup_support import KEY, ok, one_line_error, rows, side_env, with_damaged_newer
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
 
 
 def test_failed_verify_is_recorded_and_honoured(seeded, runner, tmp_path, monkeypatch):
-    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    older = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
-    newer = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
-    obj = tmp_path / "repo" / newer / "redis.rdb.zst"
-    original = obj.read_bytes()
-    obj.write_bytes(flip(original))
-    one_line_error(runner.invoke(app, ["backup", "verify", newer, "--env", env]), 1, "marked damaged")
-    obj.write_bytes(original)  # the bytes are back: only the recorded verdict says damaged now
+    env, older, newer = with_damaged_newer(runner, seeded, tmp_path, monkeypatch)
 
     listed = rows(runner, env)
     assert listed[newer]["status"] == "damaged" and "failed verify" in listed[newer]["note"]

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from backup_support import KEY, flip, ok, one_line_error, rows, side_env
+from backup_support import KEY, ok, one_line_error, rows, side_env, with_damaged_newer
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
@@ -33,15 +33,22 @@ def small_db(seeded):
             conn.execute(f'drop database "{db}" with (force)')
 
 
+def _db_env(small_db, seeded, tmp_path, monkeypatch) -> str:
+    """A side environment on the small database, with an encrypted file:// repository."""
+    name, url = small_db
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
+                   database={"name": name})
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    return env
+
+
 def test_an_unreachable_database_server_is_reported_never_recorded(small_db, seeded, runner, tmp_path, monkeypatch):
     from opsctl.local import procs
 
     name, url = small_db
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("create table t (x int); insert into t select generate_series(1, 10)")
-    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
-                   database={"name": name})
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    env = _db_env(small_db, seeded, tmp_path, monkeypatch)
     made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
     # the same repository from an ops root whose database URL points at a closed port
     monkeypatch.setenv("SIDE_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{procs.free_port()}/{name}")
@@ -64,9 +71,7 @@ def test_a_dump_pg_restore_refuses_is_recorded_damaged(small_db, seeded, runner,
         conn.execute("create function bigger(int) returns bool language sql as "
                      "'select $1 > (select count(*) from t2)'")
         conn.execute("create table t1 (x int check (bigger(x))); insert into t1 values (5)")
-    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
-                   database={"name": name})
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    env = _db_env(small_db, seeded, tmp_path, monkeypatch)
     made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
     one_line_error(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test"]), 1,
                    "pg_restore", "marked damaged")
@@ -83,9 +88,7 @@ def test_a_failure_of_another_exception_type_is_recorded(small_db, seeded, runne
     name, url = small_db
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("create table t (x int); insert into t select generate_series(1, 10)")
-    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
-                   database={"name": name})
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    env = _db_env(small_db, seeded, tmp_path, monkeypatch)
     made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
 
     def counts_of(conn):
@@ -95,9 +98,7 @@ def test_a_failure_of_another_exception_type_is_recorded(small_db, seeded, runne
     one_line_error(runner.invoke(app, ["backup", "verify", made, "--env", env, "--restore-test"]), 1,
                    "ValueError", "marked damaged")
     monkeypatch.undo()
-    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
-                   database={"name": name})
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    env = _db_env(small_db, seeded, tmp_path, monkeypatch)
     assert rows(runner, env)[made]["status"] == "damaged"
 
 
@@ -108,15 +109,7 @@ def test_a_damaged_backup_is_restored_by_id_only_when_allowed(seeded, runner, tm
     from opsctl.backup.repository import FileRepository
     from opsctl.health.checks.backup import newest_backup
 
-    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
-    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
-    older = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
-    newer = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
-    obj = tmp_path / "repo" / newer / "redis.rdb.zst"
-    original = obj.read_bytes()
-    obj.write_bytes(flip(original))
-    one_line_error(runner.invoke(app, ["backup", "verify", newer, "--env", env]), 1, "marked damaged")
-    obj.write_bytes(original)  # the bytes are back: only the recorded verdict says damaged
+    env, older, newer = with_damaged_newer(runner, seeded, tmp_path, monkeypatch)
 
     # (d) the health check's newest complete backup skips the damaged one
     repo_path = tmp_path / "repo"

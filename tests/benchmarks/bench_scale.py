@@ -32,7 +32,8 @@ OPSCTL = Path(sys.executable).parent / "opsctl"
 ROUNDS = 5
 SIZES = (10, 1000)
 KINDS = ("s3", "file")
-REMOVED_EACH = 2  # prune rounds remove this many each: ROUNDS * REMOVED_EACH < the N=10 fixture
+REMOVED_EACH = 3  # prune rounds remove this many each (PRUNE_ROUNDS * REMOVED_EACH < the N=10 fixture)
+PRUNE_ROUNDS = 4
 
 
 def run(argv: list[str], env: dict) -> tuple[float, str]:
@@ -117,7 +118,7 @@ def measure(env: dict, kind: str) -> dict[str, dict[int, list[float]]]:
             times["create"][n].append(run(["backup", "create", "--env", name, "--type", "redis", "--json"], env)[0])
     totals = {n: json.loads(run(["backup", "list", "--env", f"{kind}{n}", "--json"], env)[1])["total"]
               for n in SIZES}
-    for _ in range(ROUNDS):
+    for _ in range(PRUNE_ROUNDS):
         for n in SIZES:
             times["prune"][n].append(_prune(env, f"{kind}{n}", totals[n]))
             totals[n] -= REMOVED_EACH
@@ -172,7 +173,7 @@ def main() -> int:
                   "list20": "backup list --limit 20", "prune": "prune, per removed backup"}
         ok = True
         print(f"bench_scale: N = {SIZES[0]} and N = {SIZES[1]} backups, encrypted, whole CLI, medians of {ROUNDS} "
-              "rounds (min-max), sizes alternated")
+              f"rounds ({PRUNE_ROUNDS} for prune, {REMOVED_EACH} removed each; min-max), sizes alternated")
         for kind in KINDS:
             print(f"  {kind}://  fixture build: N={SIZES[0]} {build[kind, SIZES[0]]:.1f} s, "
                   f"N={SIZES[1]} {build[kind, SIZES[1]]:.1f} s")
