@@ -27,6 +27,9 @@ EKS = "aws:eks/cluster:Cluster"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+ASG = "aws:autoscaling/group:Group"  # a self-managed node group
+CA_ENABLED = "k8s.io/cluster-autoscaler/enabled"
+CA_CLUSTER = "k8s.io/cluster-autoscaler/"  # + the cluster's name: auto-discovery wants both tags
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODECLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
@@ -175,6 +178,15 @@ def encryption_everywhere(run: OfflineRun) -> list[Violation]:
     return out
 
 
+def tags_of(res: Captured) -> dict:
+    """A resource's AWS tags as a mapping: most take `tags` as one; an Auto Scaling group takes a
+    list of {key, value, propagateAtLaunch}."""
+    tags = res.inputs.get("tags") or {}
+    if isinstance(tags, list):
+        return {t.get("key"): t.get("value") for t in tags if isinstance(t, dict)}
+    return tags if isinstance(tags, dict) else {}
+
+
 def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -197,7 +209,7 @@ def least_privilege(run: OfflineRun) -> list[Violation]:
             if s.get("Effect") == "Allow" and wild:
                 out.append(_v(rule, r, f"allows {', '.join(wild)}; name the actions the role needs"))
     backups = [b.inputs.get("bucket") for b in run.of_type(BUCKET)
-               if (b.inputs.get("tags") or {}).get(PURPOSE_TAG) == "backups"]
+               if tags_of(b).get(PURPOSE_TAG) == "backups"]
     worker_roles = {str((sa.inputs.get("metadata") or {}).get("annotations", {}).get("eks.amazonaws.com/role-arn", ""))
                     .rsplit("/", 1)[-1] for sa in run.of_type(SERVICE_ACCOUNT)
                     if (sa.inputs.get("metadata") or {}).get("name") == WORKER_SERVICE_ACCOUNT}
@@ -218,22 +230,36 @@ def _releases(run: OfflineRun, chart: str) -> list[Captured]:
 def capacity_can_grow(run: OfflineRun) -> list[Violation]:
     """Capacity that starts at zero needs something that adds nodes when pods are Pending.
 
-    A managed node group with min_size 0 grows only through cluster-autoscaler (with the
-    auto-discovery tags); Karpenter launches nodes for its NodePools and never resizes a node
+    A node group with min_size 0, managed (eks.NodeGroup) or self-managed (an Auto Scaling
+    group), grows only through a cluster-autoscaler that discovers it: its chart's
+    autoDiscovery.clusterName is the group's cluster and the group carries both discovery tags,
+    k8s.io/cluster-autoscaler/enabled=true and k8s.io/cluster-autoscaler/<cluster> (the
+    autoscaler's --node-group-auto-discovery filter asks for both); Karpenter launches nodes for its NodePools and never resizes a node
     group. A NodePool needs the Karpenter controller and the EC2NodeClass it names, and, when
     it allows spot, the interruption queue that lets Karpenter drain a node before EC2 takes it.
     """
     rule = "autoscaler"
     out = []
-    autoscalers = _releases(run, "cluster-autoscaler")
-    for group in run.of_type(NODE_GROUP):
-        if (group.inputs.get("scalingConfig") or {}).get("minSize", 1) != 0:
+    # the clusters cluster-autoscaler discovers groups of (autoDiscovery.clusterName of its chart)
+    discovered = {str(((r.inputs.get("values") or {}).get("autoDiscovery") or {}).get("clusterName") or "")
+                  for r in _releases(run, "cluster-autoscaler")} - {""}
+    groups = [(g, (g.inputs.get("scalingConfig") or {}).get("minSize", 1), g.inputs.get("clusterName"))
+              for g in run.of_type(NODE_GROUP)]
+    groups += [(g, g.inputs.get("minSize", 1), None) for g in run.of_type(ASG)]
+    for group, low, cluster in groups:
+        if low != 0:
             continue
-        tagged = (group.inputs.get("tags") or {}).get("k8s.io/cluster-autoscaler/enabled") == "true"
-        if not (autoscalers and tagged):
-            out.append(_v(rule, group, "scales from zero (min_size 0) but no autoscaler adds its nodes: install "
-                                       "cluster-autoscaler and tag the group k8s.io/cluster-autoscaler/enabled=true, "
-                                       "or launch these nodes from a Karpenter NodePool"))
+        tags = tags_of(group)
+        named = {k[len(CA_CLUSTER):] for k in tags if k.startswith(CA_CLUSTER) and k != CA_ENABLED}
+        # a managed group names its cluster; a self-managed one only through its tags
+        clusters = ({str(cluster)} if cluster is not None else named) & named
+        if str(tags.get(CA_ENABLED)).lower() != "true" or not clusters & discovered:
+            where = f"cluster '{cluster}'" if cluster is not None else "its cluster"
+            seen = f" (it discovers {', '.join(sorted(discovered))})" if discovered else ""
+            out.append(_v(rule, group, f"scales from zero (min_size 0) but no autoscaler adds its nodes: install "
+                                       f"cluster-autoscaler with autoDiscovery.clusterName {where}{seen} and tag the "
+                                       f"group {CA_ENABLED}=true and {CA_CLUSTER}<cluster>, or launch these nodes "
+                                       "from a Karpenter NodePool"))
     karpenter = _releases(run, "karpenter")
     classes = {(r.inputs.get("metadata") or {}).get("name") for r in run.of_type(NODECLASS)}
     queue = any(((r.inputs.get("values") or {}).get("settings") or {}).get("interruptionQueue") for r in karpenter)
@@ -319,7 +345,7 @@ def tags_on_everything(run: OfflineRun) -> list[Violation]:
     out = []
     for r in run.resources:
         if r.custom and taggable(r.type):
-            missing = [k for k in REQUIRED_TAGS if not (r.inputs.get("tags") or {}).get(k)]
+            missing = [k for k in REQUIRED_TAGS if not tags_of(r).get(k)]
             if missing:
                 out.append(_v(rule, r, f"missing tags {', '.join(missing)}"))
         elif r.type.startswith("kubernetes:") and r.custom and "metadata" in r.inputs:

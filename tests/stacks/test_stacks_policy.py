@@ -140,7 +140,8 @@ def test_a_node_group_that_scales_from_zero_without_an_autoscaler_is_refused():
     found = messages(run_component(lambda: program(TAGS)))
     assert found == [
         "[autoscaler] aws:eks/nodeGroup:NodeGroup 'gpu': scales from zero (min_size 0) but no autoscaler adds its "
-        "nodes: install cluster-autoscaler and tag the group k8s.io/cluster-autoscaler/enabled=true, or launch "
+        "nodes: install cluster-autoscaler with autoDiscovery.clusterName cluster 'c' and tag the group "
+        "k8s.io/cluster-autoscaler/enabled=true and k8s.io/cluster-autoscaler/<cluster>, or launch "
         "these nodes from a Karpenter NodePool"]
 
     def with_cluster_autoscaler():
@@ -148,7 +149,8 @@ def test_a_node_group_that_scales_from_zero_without_an_autoscaler_is_refused():
 
         program({**TAGS, "k8s.io/cluster-autoscaler/enabled": "true", "k8s.io/cluster-autoscaler/c": "owned"})
         k8s.helm.v3.Release("ca", chart="cluster-autoscaler", namespace="kube-system",
-                            repository_opts={"repo": "https://kubernetes.github.io/autoscaler"})
+                            repository_opts={"repo": "https://kubernetes.github.io/autoscaler"},
+                            values={"autoDiscovery": {"clusterName": "c"}})
     assert messages(run_component(with_cluster_autoscaler)) == []
 
 
