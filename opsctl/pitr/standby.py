@@ -324,12 +324,15 @@ def stop_for_down(state) -> bool:
     return True
 
 
-def _restart_workers(state, env: Environment) -> list[str]:
+def _restart_workers(state, env: Environment, failed: list[str]) -> list[str]:
     """Restart every running worker color on its kept port so it reads the new database URL
-    (the platform's own worker start; the router's upstream port does not change)."""
+    (the platform's own worker start; the router's upstream port does not change). A color
+    that does not come back is added to `failed` ("color: why") and the others still go."""
+    from opsctl.errors import OpsError
     from opsctl.local import procs
     from opsctl.local import state as st
     from opsctl.local import worker as wk
+    from opsctl.redact import credentials
 
     restarted = []
     for color in st.COLORS:
@@ -337,8 +340,13 @@ def _restart_workers(state, env: Environment) -> list[str]:
         if comp is None or not procs.alive(comp.pid, "transcription-worker"):
             continue
         wk.stop(comp)
-        wk.start(state, env, color, comp.version, comp.settings, env.deploy.ready_timeout)
-        state.save()
+        try:
+            wk.start(state, env, color, comp.version, comp.settings, env.deploy.ready_timeout)
+        except OpsError as exc:
+            failed.append(f"{color}: {credentials(str(exc))}")
+            continue
+        finally:
+            state.save()
         restarted.append(color)
     return restarted
 
@@ -348,8 +356,8 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
 
     `approve(text)` is asked before anything changes (raise to stop); `progress(step)` gets
     each step's name. UsageError when there is no running standby (nothing is changed);
-    OperationFailed when the promotion fails (the old primary is then left stopped only if
-    it was already down: a running primary is fenced only right before the promotion).
+    OperationFailed when the promotion fails (a running primary is fenced right before it),
+    or after a failover done and recorded when a worker does not come back on the new server.
     """
     import psycopg
 
@@ -423,8 +431,10 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
         state.save()
         served = time.monotonic() - began
         step("restarting the workers")
-        workers = _restart_workers(state, env)
+        failed: list[str] = []
+        workers = _restart_workers(state, env, failed)
         state.save()
+    notes += [f"worker {f} did not come back on the promoted server" for f in failed]
     from opsctl.endpoints import resolve
 
     url = resolve(project, env).database_url or ""
@@ -439,7 +449,10 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     history.append({"at": result.at.isoformat(), "old_primary": result.old_primary, "new_primary": result.new_primary,
                     "old_primary_was_running": old_running, "timeline": tli, "replayed_lsn": replayed,
                     "database_url": url, "workers_restarted": workers, "previous_data_dir": result.previous_data_dir,
-                    "promote_seconds": result.promote_seconds, "seconds": result.seconds})
+                    "promote_seconds": result.promote_seconds, "seconds": result.seconds, "notes": notes})
     write_json(path, history, private=True)
     result.journal = str(path)
+    if failed:  # the database failed over (recorded); the workers are the operator's next step
+        raise OperationFailed(f"failover done (recorded in {path}; database URL {url}), but worker(s) did not come "
+                              f"back: {'; '.join(failed)}; run 'opsctl local up' or read their logs")
     return result
