@@ -332,15 +332,18 @@ class TarWriter:
         if not parts or name.startswith("/") or ".." in parts:
             self._fail(f"member {name!r} would be written outside the data directory")
         path = self.target.joinpath(*parts)
-        if kind == b"5":
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._left = self._pad = 0
-            return
-        if kind not in (b"0", b"\0"):
+        if kind not in (b"0", b"\0", b"5"):
             self._fail(f"member {name!r} is of tar type {kind!r} (a link or special file): only files and "
                        "folders are restored (tablespaces are not supported)")
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if kind == b"5":
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._left = self._pad = 0
+                return
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # a name that is both a file and a folder, a full disk
+            self._fail(f"member {name!r} can't be written ({exc.strerror})")
         self._left, self._pad = size, (-size) % 512
         self.files += 1
         if not size:
@@ -356,7 +359,10 @@ class TarWriter:
             if self._left:
                 take = min(self._left, n - i)
                 while take:  # os.write may write less than asked
-                    wrote = os.write(self._fd, view[i:i + take])
+                    try:
+                        wrote = os.write(self._fd, view[i:i + take])
+                    except OSError as exc:  # ENOSPC, EDQUOT
+                        self._fail(f"writing the data directory failed ({exc.strerror})")
                     i, take, self._left = i + wrote, take - wrote, self._left - wrote
                 if not self._left:
                     os.close(self._fd)

@@ -75,3 +75,9 @@ def test_a_damaged_header_and_a_cut_stream_are_refused(tmp_path):
     with pytest.raises(OperationFailed, match="checksum"):
         _feed(tmp_path / "b", bytes(data), 4096)
 
+
+
+def test_a_name_that_is_both_a_file_and_a_folder_is_refused_in_one_line(tmp_path):
+    data = _tar([("PG_VERSION", tarfile.REGTYPE, b"18\n"), ("PG_VERSION/inner", tarfile.REGTYPE, b"x")])
+    with pytest.raises(OperationFailed, match="can't be written"):
+        _feed(tmp_path / "d", data, 4096)
