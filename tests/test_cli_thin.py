@@ -136,7 +136,6 @@ STILL_SEQUENCES = {
     "opsctl.cli.health.health": "HEALTH: check the JUnit path, plan the cadence, watch (JUnit written by the command)",
     "opsctl.cli.infra.destroy": "KUBE: target check, approve, run",
     "opsctl.cli.infra.up": "KUBE: target check, preview, approve, run",
-    "opsctl.cli.local.logs": "DEPLOY: log path, tail, follow",
 }
 
 

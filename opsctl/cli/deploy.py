@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from opsctl.cli.common import EnvOpt, JsonOpt, environment
+from opsctl.cli.common import EnvOpt, JsonOpt, project
 
 def _live_steps(title: str, quiet: bool):
     from opsctl.cli.live import status, steps_view
@@ -15,23 +15,17 @@ def _live_steps(title: str, quiet: bool):
                                                f"{s.seconds:.1f}s" if s.seconds else "", s.detail))
 
 
-def _driver(env_name: str):
-    from opsctl.deploy.drivers import driver_for
-
-    project, env = environment(env_name)
-    return driver_for(project, env), env
-
-
 def _render_record(record) -> None:
+    from opsctl.deploy.model import Outcome
     from opsctl.output import stdout
 
-    color = "green" if record.outcome in ("promoted", "awaiting-promotion") else (
-        "yellow" if record.outcome == "aborted" else "red")
+    color = "green" if record.outcome in (Outcome.PROMOTED, Outcome.AWAITING_PROMOTION) else (
+        "yellow" if record.outcome == Outcome.ABORTED else "red")
     stdout.print(f"[{color}]{record.outcome}[/{color}]: {record.version} on {record.to_color} — {record.reason}")
 
 
 def deploy(
-    env: EnvOpt = "local",
+    env_name: EnvOpt = "local",
     image: Annotated[str, typer.Option("--image", help="Release to deploy, NAME:TAG (the tag is the version).")] = "",
     strategy: Annotated[str, typer.Option("--strategy", help="blue-green (default) or rolling.")] = "",
     set_: Annotated[list[str], typer.Option("--set", help="Worker setting KEY=VALUE (repeatable).")] = [],
@@ -46,100 +40,84 @@ def deploy(
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy a worker release: blue-green with health-gated promotion and automatic rollback."""
-    from opsctl.deploy import bluegreen, plan
-    from opsctl.deploy.model import Release
-    from opsctl.errors import UsageError
+    from opsctl.deploy import operation, plan
     from opsctl.output import emit
 
-    if not image:
-        raise UsageError("--image is required, e.g. --image worker:1.4.0")
-    release = Release.parse(image, set_)
-    driver, envcfg = _driver(env)
-    strategy = strategy or envcfg.deploy.strategy
     if dry_run:
-        doc = plan.plan(driver, envcfg, release, strategy, auto_promote, backup, load_gate)
+        doc = operation.plan(project(), env_name, image, strategy=strategy or None, settings=set_,
+                             auto_promote=auto_promote, backup=backup, load_gate=load_gate)
         emit(doc, as_json, lambda c: plan.render(c, doc))
         return
-    project, _ = environment(env)
-    hook = plan.backup_hook(project, envcfg) if backup else None
-    gate = plan.load_gate(project, envcfg, load_gate, load_gate_duration) if load_gate else None
-    with _live_steps(f"deploy {release.version} to {env}", as_json) as notify:
-        opts = bluegreen.Options(strategy=strategy, auto_promote=auto_promote, analysis=analysis,
-                                 backup=hook, load_gate=gate, notify=notify)
-        record = bluegreen.deploy(driver, envcfg, release, opts)
-    emit(record, as_json, lambda c: _render_record(record))
-    if wait and record.standby_until:
-        bluegreen.finish_scale_down(driver, record)
+    with _live_steps(f"deploy {image} to {env_name}", as_json) as progress:
+        result = operation.deploy(project(), env_name, image, strategy=strategy or None, settings=set_,
+                                  auto_promote=auto_promote, analysis=analysis, backup=backup,
+                                  load_gate=load_gate, load_gate_duration=load_gate_duration, wait=wait,
+                                  progress=progress)
+    emit(result.record, as_json, lambda c: _render_record(result.record))
 
 
-def promote(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+def promote(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     """Switch traffic to the color a --no-auto-promote deploy left waiting."""
-    from opsctl.deploy import bluegreen
+    from opsctl.deploy import operation
     from opsctl.output import emit
 
-    driver, envcfg = _driver(env)
-    with _live_steps(f"promote on {env}", as_json) as notify:
-        record = bluegreen.promote(driver, envcfg, bluegreen.Options(notify=notify))
+    with _live_steps(f"promote on {env_name}", as_json) as progress:
+        record = operation.promote(project(), env_name, progress=progress)
     emit(record, as_json, lambda c: _render_record(record))
 
 
-def abort(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+def abort(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     """End a deploy that awaits promotion or was interrupted: traffic back on the known-good
     color, the other color stopped, the record 'aborted'."""
-    from opsctl.deploy import bluegreen
+    from opsctl.deploy import operation
     from opsctl.output import emit
 
-    driver, envcfg = _driver(env)
-    with _live_steps(f"abort on {env}", as_json) as notify:
-        record = bluegreen.abort(driver, envcfg, bluegreen.Options(notify=notify))
+    with _live_steps(f"abort on {env_name}", as_json) as progress:
+        record = operation.abort(project(), env_name, progress=progress)
     emit(record, as_json, lambda c: _render_record(record))
 
 
 def rollback(
-    env: EnvOpt = "local",
+    env_name: EnvOpt = "local",
     to: Annotated[str | None, typer.Option("--to", help="Version to return to (default: the previous one).")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait out the scale-down delay, then stop the other color.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Return traffic to the previous release: instant while its color is warm."""
-    from opsctl.deploy import bluegreen, rollback as rb
+    from opsctl.deploy import operation
     from opsctl.output import emit
 
-    driver, envcfg = _driver(env)
-    with _live_steps(f"rollback on {env}", as_json) as notify:
-        record = rb.rollback(driver, envcfg, to, bluegreen.Options(notify=notify))
-    emit(record, as_json, lambda c: _render_record(record))
-    if wait and record.standby_until:
-        bluegreen.finish_scale_down(driver, record)
+    with _live_steps(f"rollback on {env_name}", as_json) as progress:
+        result = operation.rollback(project(), env_name, to, wait=wait, progress=progress)
+    emit(result.record, as_json, lambda c: _render_record(result.record))
 
 
-def status(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+def status(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     """Active color, each color's version and readiness, and the last deploys."""
-    from opsctl.deploy import rollback as rb
+    from opsctl.deploy import operation
     from opsctl.output import emit
 
-    driver, _ = _driver(env)
-    doc = rb.status(driver)
+    doc = operation.status(project(), env_name)
 
     def render(console) -> None:
-        from rich.table import Table
+        from opsctl.cli.tables import print_whole
 
         console.print(f"active color: [bold]{doc['active_color']}[/bold] (driver {doc['driver']})")
         good = doc["known_good"]
         if good["color"] and good["color"] != doc["active_color"]:
-            console.print(f"known-good: [bold]{good['color']}[/bold] ({good['version']}), kept warm")
+            console.print(f"known-good: [bold]{good['color']}[/bold] ({good['version']}), "
+                          + ("kept warm" if doc.get("known_good_warm") else "[red]not running[/red]"))
         if doc["notice"]:
             from rich.markup import escape
 
             console.print(f"[yellow]{escape(doc['notice'])}[/yellow]", highlight=False)
-        colors = Table("color", "version", "running", "ready", "url")
-        for c in doc["colors"].values():
-            colors.add_row(c.color, c.version or "-", str(c.running), str(c.ready), c.url or "-")
-        console.print(colors)
-        deploys = Table("started", "version", "color", "strategy", "outcome", "reason", title="last deploys")
-        for d in doc["deploys"]:
-            deploys.add_row(d["started_at"], d["version"], d["to_color"], d["strategy"], d["outcome"], d["reason"])
-        console.print(deploys)
+        print_whole(console, ["color", "version", "running", "ready", "url"],
+                    [[c.color, c.version or "-", "yes" if c.running else "no", "yes" if c.ready else "no", c.url or "-"]
+                     for c in doc["colors"].values()], optional=["url"])
+        print_whole(console, ["started", "id", "version", "to", "strategy", "outcome", "reason"],
+                    [[d["started_at"], d["id"], d["version"], d["to_color"], d["strategy"], str(d["outcome"]),
+                      d["reason"]] for d in doc["deploys"]],
+                    wrap="reason", optional=["id", "strategy"], title="last deploys", min_wrap=12)
 
     emit(doc, as_json, render)
 

@@ -50,13 +50,11 @@ def status(as_json: JsonOpt = False) -> None:
     rows = platform.status(project())
 
     def render(console):
-        from rich.table import Table
+        from opsctl.cli.tables import print_whole
 
-        t = Table("component", "pid", "port", "healthy", "version", "note")
-        for r in rows:
-            t.add_row(r.name, str(r.pid or "-"), str(r.port or "-"),
-                      "[green]yes[/green]" if r.healthy else "[red]no[/red]", r.version or "-", r.note)
-        console.print(t)
+        print_whole(console, ["component", "pid", "port", "healthy", "version", "note"],
+                    [[r.name, str(r.pid or "-"), str(r.port or "-"), "yes" if r.healthy else "no", r.version or "-",
+                      r.note] for r in rows], wrap="note", min_wrap=12)
 
     emit({"healthy": all(r.healthy for r in rows), "components": rows}, as_json, render)
     if not all(r.healthy for r in rows):
@@ -70,14 +68,9 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
 ) -> None:
     """Print a component's log."""
-    from opsctl.local import platform, procs
+    from opsctl.local import platform
 
-    path = platform.log_path(project(), component)
-    if not path.exists():
-        from opsctl.errors import UsageError
-
-        raise UsageError(f"no log yet at {path}; run 'opsctl local up' first")
-    source = platform.follow(path, lines) if follow else iter(procs.tail(path, lines).splitlines())
+    source = platform.logs(project(), component, lines, keep_following=follow)
     try:
         for line in source:
             typer.echo(line)

@@ -32,6 +32,8 @@ TRANSCRIBE = "/v1/audio/transcriptions"
 
 @dataclass
 class Verdict:
+    """An analysis or gate result: passed or not, and one line saying why."""
+
     ok: bool
     detail: str
     skipped: bool = False  # nothing could be checked from here; the step shows "skipped"
@@ -50,6 +52,7 @@ def word_error(expected: str, heard: str) -> float:
 
 
 def sample() -> tuple[bytes, str]:
+    """(WAV bytes, expected transcript) of the sample bundled in opsctl.deploy."""
     files = resources.files("opsctl.deploy")
     return files.joinpath("sample.wav").read_bytes(), files.joinpath("sample.txt").read_text().strip()
 
@@ -98,6 +101,7 @@ CANARY_TIMEOUT = 120.0
 
 
 def ready_check(base_url: str) -> Verdict:
+    """GET /readyz (5 s timeout): ok on 200; `gone` when the connection is refused."""
     try:
         resp = httpx.get(f"{base_url}/readyz", timeout=5)
     except httpx.ConnectError as exc:
@@ -108,6 +112,8 @@ def ready_check(base_url: str) -> Verdict:
 
 
 def pre_promotion(base_url: str | None, headers: dict) -> Verdict:
+    """The preview's readiness, then a real transcription of the bundled sample (word error
+    below MAX_WORD_ERROR). Skipped (ok) when `base_url` is None: not reachable from here."""
     if base_url is None:
         return Verdict(True, "the preview color is not reachable from here (run opsctl inside the "
                        "cluster to check it): readiness rests on its pods' /readyz probes", skipped=True)
@@ -128,7 +134,7 @@ class Snapshot:
 
 
 class ScrapeError(Exception):
-    pass
+    """A color's /metrics could not be read or answered anything but 200 (the message says)."""
 
 
 def scrape(base_url: str, headers: dict) -> Snapshot:

@@ -15,51 +15,64 @@ from typing import Callable, Iterator
 
 from opsctl.config import Environment
 from opsctl.deploy import analysis
-from opsctl.deploy.model import DeployRecord, Driver, Release, Step, now, other
+from opsctl.deploy.model import DeployRecord, Driver, Outcome, Release, Step, StepStatus, now, other
 from opsctl.errors import OperationFailed, UsageError
 
-Notify = Callable[[Step], None]
+Progress = Callable[[Step], None]  # called with a Step when it starts and when it ends
 
 
 @dataclass
 class Options:
+    """How the algorithm runs: strategy (blue-green | rolling), whether to switch as soon as
+    analysis passes, whether to analyse at all, the pre-deploy backup hook (returns the
+    backup id), the load gate (given the preview's URL, returns a Verdict) and `progress`,
+    called with each Step when it starts and ends. The scale-down wait is the caller's
+    (opsctl.deploy.operation)."""
+
     strategy: str = "blue-green"
     auto_promote: bool = True
     analysis: bool = True
-    wait_scale_down: bool = True
     backup: Callable[[], str] | None = None  # the pre-deploy backup hook; returns a backup id
     load_gate: Callable[[str], "analysis.Verdict"] | None = None  # a short load test of the preview
-    notify: Notify = field(default=lambda step: None)
+    progress: Progress = field(default=lambda step: None)
 
 
-class _Run:
-    """One deploy's record, saved when each step starts and ends, so a deploy killed at any
-    instant leaves a record the next command finds (and, with the driver's own view of where
-    traffic is, knows whether the switch happened)."""
+class Run:
+    """One deploy's record and its steps. By default the record is saved when each step
+    starts and ends, so a deploy killed at any instant leaves a record the next command finds
+    (and, with the driver's own view of where traffic is, knows whether the switch happened).
+    `save_steps=False` saves it only at `finish` (an instant rollback: a half-written record
+    would read as a deploy interrupted after its switch)."""
 
-    def __init__(self, driver: Driver, record: DeployRecord, notify: Notify):
-        self.driver, self.record, self.notify = driver, record, notify
+    def __init__(self, driver: Driver, record: DeployRecord, progress: Progress, save_steps: bool = True):
+        self.driver, self.record, self.progress, self.save_steps = driver, record, progress, save_steps
 
     @contextmanager
     def step(self, name: str) -> Iterator[Step]:
+        """Run the `with` body as step `name`: reported through `progress` when it starts and
+        ends, timed (seconds), `ok` unless the body set another status, `failed` (with the
+        error as detail) when it raises; the exception propagates."""
         step = Step(name)
         self.record.steps.append(step)
-        self.notify(step)
-        self.driver.save(self.record)
+        self.progress(step)
+        if self.save_steps:
+            self.driver.save(self.record)
         began = time.monotonic()
         try:
             yield step
-            step.status = "ok" if step.status == "running" else step.status
+            step.status = StepStatus.OK if step.status == StepStatus.RUNNING else step.status
         except BaseException as exc:
-            step.status = "failed"
+            step.status = StepStatus.FAILED
             step.detail = step.detail or (str(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted")
             raise
         finally:
             step.seconds = round(time.monotonic() - began, 2)
-            self.notify(step)
-            self.driver.save(self.record)
+            self.progress(step)
+            if self.save_steps:
+                self.driver.save(self.record)
 
-    def finish(self, outcome: str, reason: str = "") -> DeployRecord:
+    def finish(self, outcome: Outcome, reason: str = "") -> DeployRecord:
+        """Set the outcome, its reason and finished_at; save the record and return it."""
         self.record.outcome, self.record.reason, self.record.finished_at = outcome, reason, now()
         self.driver.save(self.record)
         return self.record
@@ -69,7 +82,7 @@ def unfinished(driver: Driver) -> DeployRecord | None:
     """The last deploy when it has no verdict yet (`in-progress`). Only meaningful to a caller
     holding the deploy lock (then its process is gone) or after `driver.deploy_running()`."""
     history = driver.history()
-    return history[-1] if history and history[-1].outcome == "in-progress" else None
+    return history[-1] if history and history[-1].outcome == Outcome.IN_PROGRESS else None
 
 
 def switched(driver: Driver, record: DeployRecord) -> bool:
@@ -94,12 +107,12 @@ def close_steps(record: DeployRecord, moved: bool) -> None:
     """The steps a killed deploy left `running`: a switch the platform shows as done is ok,
     any other is failed where the process died."""
     for step in record.steps:
-        if step.status != "running":
+        if step.status != StepStatus.RUNNING:
             continue
         if step.name == "switch" and moved:
-            step.status, step.detail = "ok", f"{step.detail} (the process stopped before recording it)".strip()
+            step.status, step.detail = StepStatus.OK, f"{step.detail} (the process stopped before recording it)".strip()
         else:
-            step.status, step.detail = "failed", step.detail or "interrupted: the deploying process stopped"
+            step.status, step.detail = StepStatus.FAILED, step.detail or "interrupted: the deploying process stopped"
 
 
 def reap(driver: Driver, force: bool = False) -> list[str]:
@@ -114,9 +127,9 @@ def reap(driver: Driver, force: bool = False) -> list[str]:
     active = driver.active_color()
     history = driver.history()
     last = history[-1:]
-    keep_until = {r.from_color: r.standby_until for r in last if r.outcome == "promoted"}
-    protected = {r.to_color for r in last if r.outcome == "awaiting-promotion"}
-    protected |= {r.from_color for r in last if r.outcome == "in-progress" and switched(driver, r)}
+    keep_until = {r.from_color: r.standby_until for r in last if r.outcome == Outcome.PROMOTED}
+    protected = {r.to_color for r in last if r.outcome == Outcome.AWAITING_PROMOTION}
+    protected |= {r.from_color for r in last if r.outcome == Outcome.IN_PROGRESS and switched(driver, r)}
     for color, state in driver.colors().items():
         if color == active or not state.running or color in protected:
             continue
@@ -126,9 +139,9 @@ def reap(driver: Driver, force: bool = False) -> list[str]:
         driver.scale_down(color)
         stopped.append(color)
     for record in history:
-        if record.outcome == "in-progress" and not (record is history[-1] and switched(driver, record)):
+        if record.outcome == Outcome.IN_PROGRESS and not (record is history[-1] and switched(driver, record)):
             close_steps(record, moved=False)
-            record.outcome, record.reason = "interrupted", "the deploying process stopped before the switch; cleaned up later"
+            record.outcome, record.reason = Outcome.INTERRUPTED, "the deploying process stopped before the switch; cleaned up later"
             record.finished_at = now()
             driver.save(record)
     return stopped
@@ -143,7 +156,7 @@ def settle(driver: Driver, env: Environment, opts: "Options") -> DeployRecord | 
     if record is None or not switched(driver, record):
         return None
     close_steps(record, moved=True)
-    run = _Run(driver, record, opts.notify)
+    run = Run(driver, record, opts.progress)
     with run.step("resume") as s:
         driver.switch(record.to_color)  # re-assert it: the killed process may not have recorded it
         s.detail = (f"deploy {record.id} of {record.version} was interrupted after the switch; "
@@ -154,7 +167,7 @@ def settle(driver: Driver, env: Environment, opts: "Options") -> DeployRecord | 
         return run.record
 
 
-def _after_switch(driver: Driver, env: Environment, run: _Run, opts: "Options", analyse: bool) -> DeployRecord:
+def _after_switch(driver: Driver, env: Environment, run: Run, opts: "Options", analyse: bool) -> DeployRecord:
     """Post-promotion analysis on the color traffic moved to; switch back when it fails."""
     record = run.record
     previous, target = record.from_color, record.to_color
@@ -166,26 +179,37 @@ def _after_switch(driver: Driver, env: Environment, run: _Run, opts: "Options", 
                     env.deploy.max_error_rate_percent, env.deploy.max_p95_ms,
                     analysis.analysis_headers(env.deploy.api_key_env))
                 s.detail = verdict.detail
-                s.status = "skipped" if verdict.skipped else s.status
+                s.status = StepStatus.SKIPPED if verdict.skipped else s.status
                 if not verdict.ok:
                     raise OperationFailed(verdict.detail)
         except OperationFailed as exc:
             if previous is None:
-                run.finish("failed", f"post-promotion analysis failed: {exc}; no previous color to return to")
+                run.finish(Outcome.FAILED, f"post-promotion analysis failed: {exc}; no previous color to return to")
                 raise OperationFailed(f"post-promotion analysis failed: {exc}") from None
             with run.step("switch back") as s:
                 driver.switch(previous)
                 s.detail = f"router → {previous} ({record.from_version})"
             _discard(driver, target)
-            run.finish("rolled-back", f"post-promotion analysis failed: {exc}")
+            run.finish(Outcome.ROLLED_BACK, f"post-promotion analysis failed: {exc}")
             raise OperationFailed(f"deploy of {record.version} rolled back to {record.from_version}: {exc}") from None
     delay = 0.0 if record.strategy == "rolling" else env.deploy.scale_down_delay
     record.standby_until = time.time() + delay if previous else None
-    return run.finish("promoted", f"{target} serves {record.version}"
+    return run.finish(Outcome.PROMOTED, f"{target} serves {record.version}"
                       + (f"; {previous} stays warm for {delay:.0f}s" if previous and delay else ""))
 
 
 def deploy(driver: Driver, env: Environment, release: Release, opts: Options) -> DeployRecord:
+    """Deploy `release` to the inactive color under the deploy lock, as the module says:
+    an interrupted deploy is finished or cleaned up first, then validate, backup hook, bring
+    up, wait ready, pre-promotion analysis and load gate, switch (or `awaiting-promotion`
+    without auto_promote), post-promotion analysis.
+
+    Returns the saved record (outcome promoted or awaiting-promotion; `standby_until` says
+    when the old color may be stopped: finish_scale_down). Raises UsageError for an unknown
+    strategy, OperationFailed when the lock is held or the deploy failed: before the switch
+    traffic stays where it was (record `failed`), after it traffic returns to the previous
+    color (record `rolled-back`). Ctrl-C before the switch leaves the record `interrupted`.
+    """
     if opts.strategy not in ("blue-green", "rolling"):
         raise UsageError(f"--strategy {opts.strategy}: use blue-green or rolling")
     with driver.lock():
@@ -201,7 +225,7 @@ def deploy(driver: Driver, env: Environment, release: Release, opts: Options) ->
                               version=release.version, settings=release.settings, to_color=target,
                               from_color=active if serving else None,
                               from_version=current.version if serving else None)
-        run = _Run(driver, record, opts.notify)
+        run = Run(driver, record, opts.progress)
         driver.save(record)
         with run.step("validate") as s:
             s.detail = f"{release.image} → {target} (active: {active or 'none'} {record.from_version or ''})".strip()
@@ -218,14 +242,14 @@ def deploy(driver: Driver, env: Environment, release: Release, opts: Options) ->
                 with run.step("pre-promotion analysis") as s:
                     verdict = analysis.pre_promotion(driver.url(target), analysis.analysis_headers(env.deploy.api_key_env))
                     s.detail = verdict.detail
-                    s.status = "skipped" if verdict.skipped else s.status
+                    s.status = StepStatus.SKIPPED if verdict.skipped else s.status
                     if not verdict.ok:
                         raise OperationFailed(f"pre-promotion analysis failed: {verdict.detail}")
                 if opts.load_gate is not None:
                     with run.step("pre-promotion load test") as s:
                         url = driver.url(target)
                         if url is None:
-                            s.status, s.detail = "skipped", "the preview color is not reachable from here"
+                            s.status, s.detail = StepStatus.SKIPPED, "the preview color is not reachable from here"
                         else:
                             verdict = opts.load_gate(url)
                             s.detail = verdict.detail
@@ -233,15 +257,15 @@ def deploy(driver: Driver, env: Environment, release: Release, opts: Options) ->
                                 raise OperationFailed(f"pre-promotion load test failed: {verdict.detail}")
         except BaseException as exc:
             _discard(driver, target)
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+            reason = Outcome.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else str(exc)
+            run.finish(Outcome.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else Outcome.FAILED,
                        f"{reason}; traffic stays on {active or 'nothing'}")
             if isinstance(exc, OperationFailed):
                 raise OperationFailed(f"deploy of {release.version} failed: {reason}; "
                                       f"traffic stays on {active} ({record.from_version})") from None
             raise
         if not opts.auto_promote and opts.strategy == "blue-green":
-            return run.finish("awaiting-promotion", f"preview {target} is ready; run 'opsctl promote'")
+            return run.finish(Outcome.AWAITING_PROMOTION, f"preview {target} is ready; run 'opsctl promote'")
         return _promote(driver, env, run, opts)
 
 
@@ -255,13 +279,13 @@ def _discard(driver: Driver, color: str) -> None:
 def _supersede_preview(driver: Driver) -> None:
     """A new deploy replaces a preview that was left awaiting promotion: its record says so."""
     history = driver.history()
-    if history and history[-1].outcome == "awaiting-promotion":
+    if history and history[-1].outcome == Outcome.AWAITING_PROMOTION:
         record = history[-1]
-        record.outcome, record.reason, record.finished_at = "aborted", "replaced by a newer deploy", now()
+        record.outcome, record.reason, record.finished_at = Outcome.ABORTED, "replaced by a newer deploy", now()
         driver.save(record)
 
 
-def _promote(driver: Driver, env: Environment, run: _Run, opts: Options) -> DeployRecord:
+def _promote(driver: Driver, env: Environment, run: Run, opts: Options) -> DeployRecord:
     record = run.record
     sizes = driver.switch_size(record.to_color)
     if sizes is not None:  # a preview smaller than the active color: capacity must not drop
@@ -272,7 +296,7 @@ def _promote(driver: Driver, env: Environment, run: _Run, opts: Options) -> Depl
                 driver.wait_ready(record.to_color, env.deploy.ready_timeout)
         except OperationFailed as exc:
             _discard(driver, record.to_color)
-            run.finish("failed", f"{exc}; traffic stays on {record.from_color or 'nothing'}")
+            run.finish(Outcome.FAILED, f"{exc}; traffic stays on {record.from_color or 'nothing'}")
             raise OperationFailed(f"deploy of {record.version} failed: {exc}; traffic stays on "
                                   f"{record.from_color} ({record.from_version})") from None
     with run.step("switch") as s:
@@ -287,11 +311,11 @@ def promote(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
     with driver.lock():
         resumed = settle(driver, env, opts)
         if resumed is not None:
-            if resumed.outcome != "promoted":
+            if resumed.outcome != Outcome.PROMOTED:
                 raise OperationFailed(f"the interrupted deploy of {resumed.version} is {resumed.outcome}: "
                                       f"{resumed.reason}")
             return resumed
-        pending = [r for r in driver.history()[-1:] if r.outcome == "awaiting-promotion"]
+        pending = [r for r in driver.history()[-1:] if r.outcome == Outcome.AWAITING_PROMOTION]
         if not pending:
             raise UsageError("nothing awaits promotion; deploy with --no-auto-promote first")
         record = pending[0]
@@ -301,8 +325,8 @@ def promote(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
             driver.wait_ready(record.to_color, env.deploy.ready_timeout)
         except OperationFailed as exc:
             raise OperationFailed(f"preview {record.to_color} is not ready ({exc}); deploy again") from None
-        record.outcome = "in-progress"
-        return _promote(driver, env, _Run(driver, record, opts.notify), opts)
+        record.outcome = Outcome.IN_PROGRESS
+        return _promote(driver, env, Run(driver, record, opts.progress), opts)
 
 
 def abort(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
@@ -311,12 +335,12 @@ def abort(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
     with driver.lock():
         history = driver.history()
         record = history[-1] if history else None
-        if record is None or record.outcome not in ("awaiting-promotion", "in-progress"):
+        if record is None or record.outcome not in (Outcome.AWAITING_PROMOTION, Outcome.IN_PROGRESS):
             state = f"the last deploy ({record.version}) is {record.outcome}" if record else "no deploy was recorded"
             raise UsageError(f"nothing to abort: {state}")
-        moved = record.outcome == "in-progress" and switched(driver, record)
+        moved = record.outcome == Outcome.IN_PROGRESS and switched(driver, record)
         close_steps(record, moved)
-        run = _Run(driver, record, opts.notify)
+        run = Run(driver, record, opts.progress)
         good = record.from_color
         if moved:
             if good is None:
@@ -331,14 +355,14 @@ def abort(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
                 driver.scale_down(record.to_color)
                 s.detail = f"{record.to_color} ({record.version}) stopped"
             else:
-                s.status, s.detail = "skipped", f"{record.to_color} serves traffic; nothing to stop"
-        return run.finish("aborted", f"aborted by 'opsctl abort'; traffic on {active or 'nothing'}"
+                s.status, s.detail = StepStatus.SKIPPED, f"{record.to_color} serves traffic; nothing to stop"
+        return run.finish(Outcome.ABORTED, f"aborted by 'opsctl abort'; traffic on {active or 'nothing'}"
                                      + (f" ({record.from_version})" if active == good and record.from_version else ""))
 
 
 def finish_scale_down(driver: Driver, record: DeployRecord, sleep: Callable[[float], None] = time.sleep) -> list[str]:
     """Wait out the scale-down delay without holding the lock (a rollback may come meanwhile)."""
-    if record.outcome != "promoted" or not record.standby_until:
+    if record.outcome != Outcome.PROMOTED or not record.standby_until:
         return []
     sleep(max(0.0, record.standby_until - time.time()))
     with driver.lock():

@@ -37,6 +37,7 @@ def micro_time(at: dt.datetime | None = None) -> str:
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
+    """A Lease's MicroTime text as an aware datetime; None for empty."""
     if not text:
         return None
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -100,6 +101,9 @@ class Lease:
                                f"is held by {holder}; wait for it or check 'opsctl status'")
 
     def acquire(self) -> None:
+        """Take the Lease: create it, or take it over when free or expired, by a JSON-patch
+        compare-and-swap on what was read. Raises OperationFailed naming the holder when
+        another deploy holds it (or won the race)."""
         now = dt.datetime.now(dt.timezone.utc)
         spec = {"holderIdentity": self.me, "leaseDurationSeconds": self.seconds,
                 "acquireTime": micro_time(now), "renewTime": micro_time(now)}
@@ -148,6 +152,8 @@ class Lease:
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        """Hold the Lease for the `with` block, renewed every third of its duration by a
+        thread, released at the end. Raises as `acquire`."""
         self.acquire()
         stop = threading.Event()
 

@@ -7,9 +7,10 @@ killed half-way leaves a record that the next one finds and finishes or cleans u
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import ContextManager, Protocol
 
 from opsctl.errors import UsageError
 
@@ -24,11 +25,36 @@ WORKER_SETTINGS = frozenset({
 })
 
 
+
+
+class Outcome(enum.StrEnum):
+    """A deploy record's outcome (str values: JSON and saved records hold these words)."""
+
+    IN_PROGRESS = "in-progress"  # no verdict yet; with the deploy lock free, its process died (bluegreen.settle)
+    AWAITING_PROMOTION = "awaiting-promotion"  # --no-auto-promote: the preview is ready, 'opsctl promote' switches
+    PROMOTED = "promoted"  # traffic on the new color, post-promotion analysis passed
+    FAILED = "failed"  # failed before the switch (traffic never moved), or after it with no color to return to
+    ROLLED_BACK = "rolled-back"  # failed after the switch: traffic returned to the previous color
+    INTERRUPTED = "interrupted"  # stopped before the switch (Ctrl-C, or a dead process cleaned up later)
+    ABORTED = "aborted"  # ended by 'opsctl abort' or replaced by a newer deploy while awaiting promotion
+
+
+class StepStatus(enum.StrEnum):
+    """A deploy step's status (str values, as saved)."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
 def other(color: str | None) -> str:
+    """The other color of blue/green; "blue" when `color` is None (nothing deployed yet)."""
     return "green" if color == "blue" else "blue"
 
 
 def now() -> str:
+    """The current UTC time as ISO 8601 text, to the second (records' started_at/finished_at)."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -41,11 +67,14 @@ class Release:
 
     @property
     def version(self) -> str:
+        """The image's tag (the whole last path segment when it has no tag)."""
         tail = self.image.rsplit("/", 1)[-1]
         return tail.split(":", 1)[1] if ":" in tail else tail
 
     @staticmethod
     def parse(image: str, sets: list[str]) -> "Release":
+        """A release from `--image NAME:TAG` and `--set KEY=VALUE` texts (keys among
+        WORKER_SETTINGS, case-insensitive). Raises UsageError naming the bad input."""
         if not image or image.endswith(":") or " " in image:
             raise UsageError(f"--image '{image}' is not an image reference; use NAME:TAG, e.g. worker:1.4.0")
         settings: dict[str, str] = {}
@@ -62,14 +91,21 @@ class Release:
 
 @dataclass
 class Step:
+    """One step of a deploy: its name, status, wall time in seconds and a one-line detail."""
+
     name: str
-    status: str = "running"  # running | ok | failed | skipped
+    status: StepStatus = StepStatus.RUNNING
     seconds: float = 0.0
     detail: str = ""
 
 
 @dataclass
 class DeployRecord:
+    """One deploy (or rollback, or abort) as kept in the platform's history: what was
+    deployed, from which color and version to which color, the outcome and its reason, and
+    the steps. `env` is the environment's name; times are ISO 8601 UTC text except
+    `standby_until` (epoch seconds)."""
+
     env: str
     strategy: str
     image: str
@@ -81,24 +117,33 @@ class DeployRecord:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started_at: str = field(default_factory=now)
     finished_at: str | None = None
-    # in-progress | awaiting-promotion | promoted | failed | rolled-back | interrupted | aborted
-    # (in-progress with the lock free: the deploying process died; see bluegreen.settle)
-    outcome: str = "in-progress"
+    outcome: Outcome = Outcome.IN_PROGRESS
     reason: str = ""
     standby_until: float | None = None  # epoch seconds: when the old color is scaled down
     steps: list[Step] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record as plain JSON-able data (enums as their str values)."""
+        doc = asdict(self)
+        doc["outcome"] = str(self.outcome)
+        for step in doc["steps"]:
+            step["status"] = str(step["status"])
+        return doc
 
     @staticmethod
     def from_dict(doc: dict) -> "DeployRecord":
-        steps = [Step(**s) for s in doc.pop("steps", [])]
-        return DeployRecord(**doc, steps=steps)
+        """A record from `to_dict`'s data. Raises ValueError/TypeError on a damaged record."""
+        doc = dict(doc)
+        steps = [Step(**{**s, "status": StepStatus(s.get("status", "running"))}) for s in doc.pop("steps", [])]
+        return DeployRecord(**{**doc, "outcome": Outcome(doc.get("outcome", "in-progress"))}, steps=steps)
 
 
 @dataclass
 class ColorState:
+    """One color as the driver sees it now: the version it runs (None: never deployed),
+    whether its process/pods run and answer ready, and its direct URL (None: not reachable
+    from here)."""
+
     color: str
     version: str | None
     running: bool
@@ -108,22 +153,70 @@ class ColorState:
 
 
 class Driver(Protocol):
-    """What the blue-green algorithm needs from a platform; nothing more."""
+    """What the blue-green algorithm needs from a platform; nothing more.
 
-    name: str
+    Implemented by drivers.local.LocalDriver (worker processes behind Caddy) and
+    drivers.kubernetes.KubernetesDriver (a Deployment per color behind Services). Colors are
+    "blue" and "green"; timeouts are seconds. Platform errors are raised as OperationFailed
+    (exit 1) with a message already redacted, bad configuration as UsageError (exit 2).
+    """
 
-    def lock(self): ...  # context manager; raises OperationFailed when another deploy holds it
-    def deploy_running(self) -> bool: ...  # is the lock held by a live deploy right now (read-only)
-    def active_color(self) -> str | None: ...
-    def colors(self) -> dict[str, ColorState]: ...
-    def bring_up(self, color: str, release: Release, timeout: float) -> None: ...
-    def wait_ready(self, color: str, timeout: float) -> None: ...
-    def switch_size(self, color: str) -> tuple[int, int] | None: ...  # (preview size, active size) when smaller
-    def scale(self, color: str, replicas: int) -> None: ...
-    def switch(self, color: str) -> None: ...
-    def scale_down(self, color: str) -> None: ...
-    def url(self, color: str) -> str | None: ...  # where analysis reaches the color directly; None: not from here
-    def router_url(self) -> str | None: ...
-    def history(self) -> list[DeployRecord]: ...
-    def save(self, record: DeployRecord) -> None: ...
-    def render(self, release: Release, color: str) -> str: ...
+    name: str  # "local" | "kubernetes"
+
+    def lock(self) -> ContextManager[None]:
+        """Hold the environment's deploy lock for the `with` block (a file lock, a Lease).
+        Raises OperationFailed at once when another deploy holds it."""
+
+    def deploy_running(self) -> bool:
+        """True when a live deploy holds the lock right now (read-only; takes nothing)."""
+
+    def active_color(self) -> str | None:
+        """The color traffic goes to, asked of the router/Service itself (not of the
+        records: a killed deploy may not have written its switch down); None before the
+        first deploy of a platform that has no color yet."""
+
+    def colors(self) -> dict[str, ColorState]:
+        """Both colors as they are now, keyed by color."""
+
+    def bring_up(self, color: str, release: Release, timeout: float) -> None:
+        """Start `color` with `release` (replacing what that color ran; never the active
+        color: OperationFailed). Returns once it started; `wait_ready` waits for readiness.
+        Kubernetes starts it at deploy.preview_replicas and does not use `timeout`."""
+
+    def wait_ready(self, color: str, timeout: float) -> None:
+        """Return once `color` answers ready; OperationFailed after `timeout` seconds or when
+        it dies."""
+
+    def switch_size(self, color: str) -> tuple[int, int] | None:
+        """(preview replicas, active replicas) when `color` is smaller than the active color
+        and must be scaled before the switch; None when it already has the active size."""
+
+    def scale(self, color: str, replicas: int) -> None:
+        """Set `color` to `replicas` replicas (OperationFailed where the platform cannot)."""
+
+    def switch(self, color: str) -> None:
+        """Send all traffic to `color`; returns once the router/Service applied it. In-flight
+        requests finish on the color that took them."""
+
+    def scale_down(self, color: str) -> None:
+        """Stop `color` (draining in-flight requests); refuses the active color
+        (OperationFailed)."""
+
+    def url(self, color: str) -> str | None:
+        """The base URL analysis reaches `color` at directly; None when it is not reachable
+        from here (then analysis through it is recorded as skipped)."""
+
+    def router_url(self) -> str | None:
+        """The base URL of the router (what clients call); None when not reachable from here."""
+
+    def history(self) -> list[DeployRecord]:
+        """The deploy records, oldest first (the platform keeps the last 100 or
+        deploy.keep_versions worth). UsageError when the stored history is damaged."""
+
+    def save(self, record: DeployRecord) -> None:
+        """Store `record`, replacing the one with its id in place (a new id is appended): a
+        save never reorders history."""
+
+    def render(self, release: Release, color: str) -> str:
+        """What `bring_up(color, release)` would apply, as text for a person (manifests, or
+        the local process's environment without secrets)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from opsctl.config import Environment
 from opsctl.deploy.model import Driver, Release, other
 from opsctl.errors import OpsError
@@ -11,6 +9,12 @@ from opsctl.errors import OpsError
 
 def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto_promote: bool,
          backup: bool = False, load_gate: str | None = None) -> dict:
+    """What a deploy of `release` would do now: reads the driver's colors (OpsError, with a
+    hint to `opsctl render manifests`, when the platform cannot be reached), changes nothing.
+
+    Returns {env, driver, strategy, version, image, settings, active_color, target_color,
+    steps: [one line each], manifests: the text the driver would apply}.
+    """
     try:
         active = driver.active_color()
         colors = driver.colors()
@@ -46,37 +50,9 @@ def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto
 
 
 def render(console, doc: dict) -> None:
+    """Print `plan`'s document for a person: the numbered steps, then the manifests."""
     console.print(f"[bold]plan[/bold]: deploy {doc['version']} to {doc['env']} ({doc['strategy']}, "
                   f"driver {doc['driver']}); nothing will be changed")
     for n, step in enumerate(doc["steps"], 1):
         console.print(f"  {n}. {step}")
     console.print(doc["manifests"], markup=False, highlight=False)
-
-
-def backup_hook(project, env: Environment) -> Callable[[], str]:
-    """The pre-deploy backup: a database backup through the backup capability's core."""
-
-    def take() -> str:
-        from opsctl.backup.create import create
-
-        return create(project, env, "db", label="pre-deploy").id
-
-    return take
-
-
-def load_gate(project, env: Environment, slo: str, duration: str = "10s", users: int = 2) -> Callable:
-    """A short Locust run against the preview color, judged by `slo` (pre-promotion), through
-    the load-test capability's one operation (opsctl.loadtest.operation.load_test)."""
-    from opsctl.loadtest.operation import prepare
-
-    prepare(project, env, "light", users=users, duration=duration, slo=slo, check=False)  # bad input now
-
-    def gate(url: str):
-        from opsctl.deploy.analysis import Verdict
-        from opsctl.loadtest.operation import load_test
-
-        outcome = load_test(project, env, "light", users=users, duration=duration, slo=slo, host=url)
-        return Verdict(outcome.passed, outcome.verdict() if not outcome.passed
-                       else f"{outcome.summary.total.requests} requests, SLO met: {slo}")
-
-    return gate

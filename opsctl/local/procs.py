@@ -22,12 +22,14 @@ HOST = "127.0.0.1"
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (chosen by the kernel)."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
 def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port within `timeout` seconds."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -151,7 +153,9 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for `pid` to exit (reaping it if it is our child);
+    True when it is gone."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _reap(pid)
@@ -171,15 +175,16 @@ def stop(pid: int | None, timeout: float = 15.0, cmd_hint: str | None = None) ->
         return False
     try:
         psutil.Process(pid).terminate()
-        if not _wait_gone(pid, timeout):
+        if not wait_gone(pid, timeout):
             psutil.Process(pid).kill()
-            _wait_gone(pid, 10)
+            wait_gone(pid, 10)
     except psutil.NoSuchProcess:
         pass
     return True
 
 
 def tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a text file ("" when it does not exist)."""
     if not path.exists():
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

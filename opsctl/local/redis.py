@@ -15,6 +15,7 @@ from opsctl.local import procs
 
 
 def url(port: int, db: int = 0) -> str:
+    """redis://127.0.0.1:<port>/<db>."""
     return f"redis://{procs.HOST}:{port}/{db}"
 
 
@@ -38,6 +39,7 @@ def start(data: Path, port: int, log: Path, timeout: float = 20.0, pidfile: Path
 
 
 def ping(port: int) -> bool:
+    """True when Redis on 127.0.0.1:`port` answers PING (1 s timeout)."""
     import redis
 
     try:
@@ -61,6 +63,7 @@ def stop(pid: int | None, port: int | None = None, timeout: float = 15.0) -> boo
 
 
 def version(port: int) -> str:
+    """The server's redis_version."""
     import redis
 
     return redis.Redis(host=procs.HOST, port=port).info("server")["redis_version"]

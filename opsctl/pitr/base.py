@@ -207,7 +207,7 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
 
     from opsctl.backup import catalog
     from opsctl.backup.pipeline import StreamStats, pack
-    from opsctl.local.postgres import _tool
+    from opsctl.local.postgres import tool
     from opsctl.redact import credentials
 
     if kind not in KINDS:
@@ -236,7 +236,7 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
     repo.put_bytes(folder + IN_PROGRESS, catalog.marker(started))
     try:
         with tempfile.TemporaryDirectory(prefix="opsctl-base-") as tmp:
-            argv = [_tool("pg_basebackup"), "-d", conninfo, "-D", "-", "-Ft", "-X", "none", "-c", "fast",
+            argv = [tool("pg_basebackup"), "-d", conninfo, "-D", "-", "-Ft", "-X", "none", "-c", "fast",
                     "--manifest-checksums=CRC32C"]
             if parent is not None:
                 old = Path(tmp) / "parent_manifest"

@@ -137,11 +137,11 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
 
 def commits(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime]]:
     """(LSN, commit time) of every commit record that starts in one segment (pg_waldump)."""
-    from opsctl.local.postgres import _tool
+    from opsctl.local.postgres import tool
 
     with tempfile.TemporaryDirectory(prefix="opsctl-waldump-") as tmp:
         Path(tmp, file).write_bytes(plain_segment)
-        out = subprocess.run([_tool("pg_waldump"), "--rmgr=Transaction", str(Path(tmp, file))],
+        out = subprocess.run([tool("pg_waldump"), "--rmgr=Transaction", str(Path(tmp, file))],
                              capture_output=True, text=True, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
     found = []
     for m in _COMMIT.finditer(out.stdout):

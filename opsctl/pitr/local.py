@@ -29,7 +29,7 @@ def server_settings(state, env) -> dict[str, str]:
     from opsctl.local import postgres as pg
 
     queue = queue_dir(state)
-    archive.prepare_queue(queue, pg._run_as())
+    archive.prepare_queue(queue, pg.run_as())
     return archive.server_settings(queue, env.backup.archive_timeout, env.backup.archive_queue)
 
 

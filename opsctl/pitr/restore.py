@@ -251,9 +251,9 @@ def _drop_unpacked(unpacked, new: Path, work: Path) -> None:
 def _combine(target: Path, dirs: list[Path]) -> None:
     """pg_combinebackup with hard links (the unpacked chain is on the same file system and
     deleted afterwards), no manifest and no fsync: recovery syncs the data directory."""
-    from opsctl.local.postgres import _tool
+    from opsctl.local.postgres import tool
 
-    out = subprocess.run([_tool("pg_combinebackup"), "--link", "--no-sync", "--no-manifest", *map(str, dirs),
+    out = subprocess.run([tool("pg_combinebackup"), "--link", "--no-sync", "--no-manifest", *map(str, dirs),
                           "-o", str(target)], capture_output=True, text=True)
     if out.returncode != 0:
         raise OperationFailed(f"pg_combinebackup failed: {out.stderr.strip()[-400:]}")
@@ -382,10 +382,10 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         backups = c["backups"]
         c["unpacked"].result()  # started by plan; its failure (a damaged base backup) raises here
         _configure(new, c["stage"], c["settings"])
-        user = pg._run_as()
+        user = pg.run_as()
         new.chmod(0o700)
-        pg._chown(new, user)
-        pg._chown(c["stage"], user)
+        pg.chown(new, user)
+        pg.chown(c["stage"], user)
         phase("unpack")
         port, pid = _replay(new, log, timeout)
         phase("replay")
@@ -454,12 +454,12 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
         if histories:  # recovery ran with archiving off: queue the new timeline's history now
             shutil.copy2(histories[-1], queue_dir(state) / histories[-1].name)
         try:
-            platform._start("postgres", state, env)
+            platform.start_component("postgres", state, env)
         except BaseException:
             shutil.rmtree(live, ignore_errors=True)
             if kept.exists():
                 kept.rename(live)
-                platform._start("postgres", state, env)
+                platform.start_component("postgres", state, env)
             state.save()
             raise
         state.save()

@@ -85,46 +85,40 @@ def deploy(ctx: Context, image: str, strategy: str | None = None, set: dict | No
     and a load gate (an SLO judged on the preview, for `load_gate_duration`); waits out the
     scale-down unless `wait` is false. Outputs: the deploy record (id, version, to_color,
     from_color, from_version, outcome, reason)."""
-    from opsctl.deploy import bluegreen, plan
-    from opsctl.deploy.model import Release
+    from opsctl.deploy import operation
 
-    release = Release.parse(image, [f"{k}={v}" for k, v in (set or {}).items()])
-    driver = _driver(ctx)
-    hook = plan.backup_hook(ctx.project, ctx.env) if backup else None
-    gate = plan.load_gate(ctx.project, ctx.env, load_gate, load_gate_duration) if load_gate else None
-    opts = bluegreen.Options(strategy=strategy or ctx.env.deploy.strategy, auto_promote=auto_promote,
-                             analysis=analysis, backup=hook, load_gate=gate)
-    record = bluegreen.deploy(driver, ctx.env, release, opts)
-    if wait and record.standby_until:
-        bluegreen.finish_scale_down(driver, record)
-    return _record(record)
+    result = operation.deploy(ctx.project, ctx.env.name, image, strategy=strategy,
+                              settings=[f"{k}={v}" for k, v in (set or {}).items()], auto_promote=auto_promote,
+                              analysis=analysis, backup=backup, load_gate=load_gate,
+                              load_gate_duration=load_gate_duration, wait=wait)
+    return _record(result.record)
 
 
 @action("promote")
 def promote(ctx: Context) -> dict:
     """Promote the preview color of a deploy started with auto_promote false. Outputs: the
     deploy record."""
-    from opsctl.deploy import bluegreen
+    from opsctl.deploy import operation
 
-    return _record(bluegreen.promote(_driver(ctx), ctx.env, bluegreen.Options()))
+    return _record(operation.promote(ctx.project, ctx.env.name))
 
 
 @action("rollback")
 def rollback(ctx: Context, to: str | None = None) -> dict:
-    """Switch back to the previous color, or to version `to`. Outputs: the deploy record."""
-    from opsctl.deploy import bluegreen
-    from opsctl.deploy import rollback as rb
+    """Switch back to the previous color, or to version `to` (the scale-down is left to the
+    delay or a `scale-down` step). Outputs: the deploy record."""
+    from opsctl.deploy import operation
 
-    return _record(rb.rollback(_driver(ctx), ctx.env, to, bluegreen.Options()))
+    return _record(operation.rollback(ctx.project, ctx.env.name, to, wait=False).record)
 
 
 @action("deploy-status")
 def deploy_status(ctx: Context) -> dict:
     """What serves now. Outputs: active_color, version (of the active color), deploys (the last
     5 records)."""
-    from opsctl.deploy import rollback as rb
+    from opsctl.deploy import operation
 
-    doc = to_jsonable(rb.status(_driver(ctx), last=5))
+    doc = to_jsonable(operation.status(ctx.project, ctx.env.name, last=5))
     active = doc["active_color"]
     return {"active_color": active, "version": doc["colors"][active]["version"] if active else None,
             "deploys": doc["deploys"]}

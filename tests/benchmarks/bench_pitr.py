@@ -97,7 +97,7 @@ def main() -> int:
         # medians of RESTORE_ROUNDS alternated rounds (one round moved by 30 % between runs here)
         p.wait_archived(300)
         dump = root / "db.dump"
-        subprocess.run([pg._tool("pg_dump"), "-Fc", "-f", str(dump), p.url("pitrdb")], check=True)
+        subprocess.run([pg.tool("pg_dump"), "-Fc", "-f", str(dump), p.url("pitrdb")], check=True)
         # pg_restore runs on a second, plain server: restoring into the archived one would add its
         # WAL to what the next physical round replays
         from opsctl.local import procs
@@ -121,7 +121,7 @@ def main() -> int:
                 conn.execute("create database logical_copy")
             os.sync()
             began = time.perf_counter()
-            subprocess.run([pg._tool("pg_restore"), "--jobs", "2", "-d", pg.url(lport, "logical_copy"), str(dump)],
+            subprocess.run([pg.tool("pg_restore"), "--jobs", "2", "-d", pg.url(lport, "logical_copy"), str(dump)],
                            check=True)
             logical_s.append(time.perf_counter() - began)
             print(f"  pg_restore --jobs 2 {logical_s[-1]:.2f} s")
@@ -145,7 +145,7 @@ def main() -> int:
             conn.execute("create table load (id bigserial primary key, v text)")
 
         def tps() -> float:
-            out = subprocess.run([pg._tool("pgbench"), "-n", "-c", "4", "-j", "2", "-T", str(PGBENCH_SECONDS),
+            out = subprocess.run([pg.tool("pgbench"), "-n", "-c", "4", "-j", "2", "-T", str(PGBENCH_SECONDS),
                                   "-f", str(script), p.url("pitrdb")], capture_output=True, text=True, check=True)
             line = next(ln for ln in out.stdout.splitlines() if ln.startswith("tps"))
             return float(line.split("=")[1].split()[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -245,3 +246,32 @@ def test_killed_deploy_leaves_traffic_in_place_and_the_next_deploy_cleans_up(run
     killed = next(d for d in _status(runner)["deploys"] if d["version"] == "killed")
     assert killed["outcome"] == "interrupted"
     assert _router_version(router) == "after-kill"
+
+
+def _whole_at_80(text: str, values: list[str]) -> None:
+    """No line wider than 80, nothing cut with an ellipsis, and every value whole."""
+    assert "…" not in text, text
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    for value in values:
+        assert value in text, f"{value!r} is not whole in:\n{text}"
+
+
+def test_status_at_80_columns_and_through_a_pipe_shows_every_value_whole(runner, platform, monkeypatch):
+    deployed = runner.invoke(app, ["deploy", "--image", "registry.example.com/worker:2.1.0-rc.1",
+                                   "--no-wait", "--json"])
+    assert deployed.exit_code == 0, deployed.output
+    doc = _status(runner)
+    values = [d[k] for d in doc["deploys"] for k in ("started_at", "version", "outcome")]
+    values += [c["version"] for c in doc["colors"].values() if c["version"]]
+    assert "2.1.0-rc.1" in values
+
+    monkeypatch.setenv("COLUMNS", "80")
+    table = runner.invoke(app, ["status"])  # CliRunner: no TTY
+    assert table.exit_code == 0, table.output
+    _whole_at_80(table.stdout, values)
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run([sys.executable, "-m", "opsctl", "status"], cwd=platform.root, env=env, text=True,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    _whole_at_80(piped.stdout, values)

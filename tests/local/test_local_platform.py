@@ -211,3 +211,41 @@ def test_up_killed_at_each_component_then_up_and_down(runner, tmp_path, monkeypa
         assert not data.exists() and not (folder / "state.json").exists()
     finally:
         runner.invoke(app, ["local", "down", "--purge", "--yes"])
+
+
+def test_local_status_at_80_columns_and_through_a_pipe_shows_every_value_whole(runner, local_platform,
+                                                                              monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(local_platform.root)
+    local_platform.up()
+    doc = json.loads(runner.invoke(app, ["local", "status", "--json"]).stdout)
+    values = [v for c in doc["components"] for v in (c["name"], str(c["pid"]), str(c["port"]), c["version"]) if v]
+
+    def whole(text: str) -> None:
+        assert "…" not in text, text
+        assert all(len(line) <= 80 for line in text.splitlines()), text
+        for value in values:
+            assert value in text, f"{value!r} is not whole in:\n{text}"
+
+    monkeypatch.setenv("COLUMNS", "80")
+    table = runner.invoke(app, ["local", "status"])  # CliRunner: no TTY
+    assert table.exit_code == 0, table.output
+    whole(table.stdout)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run([sys.executable, "-m", "opsctl", "local", "status"], cwd=local_platform.root, env=env,
+                           text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    whole(piped.stdout)
+
+
+def test_logs_through_the_one_core_call(runner, local_platform, monkeypatch):
+    monkeypatch.chdir(local_platform.root)
+    shown = runner.invoke(app, ["local", "logs", "router", "-n", "3"])
+    assert shown.exit_code == 0, shown.output
+    assert 0 < len(shown.output.splitlines()) <= 3
+    unknown = runner.invoke(app, ["local", "logs", "nginx"])
+    assert unknown.exit_code == 2 and "unknown component 'nginx'" in unknown.output
+    assert len(unknown.output.strip().splitlines()) == 1

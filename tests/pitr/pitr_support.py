@@ -1,7 +1,7 @@
 """A PostgreSQL 18 of the embedded platform with WAL archiving on, for the PITR tests.
 
 Its own ops root (not the session's shared platform: an in-place restore rewinds the whole
-cluster), started by the platform's own code (`platform._start("postgres")`, which passes
+cluster), started by the platform's own code (`platform.start_component("postgres")`, which passes
 the archiving settings of opsctl.pitr.local) with the archiver process `opsctl local up`
 supervises. The repository is a file:// folder, encrypted with a test key. archive_timeout
 is 1 s so segments reach the archive within the tests' seconds, not the default 30 s.
@@ -108,7 +108,7 @@ class Pitr:
         folder = st.folder_for(self.root)
         with st.locked(folder):
             state = st.load(folder)
-            platform._start("postgres", state, self.env())
+            platform.start_component("postgres", state, self.env())
             state.save()
 
     def ensure_archiver(self) -> None:

@@ -34,9 +34,15 @@ def test_loadtest_action_takes_the_options_of_loadtest_run():
 
 def test_deploy_action_takes_the_options_of_opsctl_deploy():
     from opsctl.cli.deploy import deploy
+    from opsctl.deploy import operation
 
-    cli = {"set" if n == "set_" else n for n in _options(deploy)} - {"env", "dry_run", "as_json"}
-    assert set(arguments(ACTIONS["deploy"])) == cli
+    cli = {"set" if n == "set_" else n for n in _options(deploy)} - {"env_name", "dry_run", "as_json"}
+    action = set(arguments(ACTIONS["deploy"]))
+    assert action == cli
+    assert {"backup", "load_gate", "load_gate_duration", "wait"} <= action
+    # both call the one core operation, which takes the same options
+    assert action == {"set" if n == "settings" else n
+                      for n in _core(operation.deploy, {"project", "env_name", "progress"})}
 
 
 # point-in-time recovery is sequenced in opsctl/cli/pitr.py, not in a core operation a step

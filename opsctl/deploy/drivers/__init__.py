@@ -6,6 +6,8 @@ from opsctl.config import Environment, Project
 
 
 def driver_for(project: Project, env: Environment):
+    """The Driver of `env`'s platform: LocalDriver for `local` (UsageError when the embedded
+    platform is not up), KubernetesDriver otherwise (its client is loaded lazily)."""
     if env.platform == "local":
         from opsctl.deploy.drivers.local import LocalDriver
 

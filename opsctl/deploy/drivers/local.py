@@ -21,7 +21,7 @@ from opsctl.files import write_json
 from opsctl.local import caddy, procs
 from opsctl.local import state as st
 from opsctl.local import worker as wk
-from opsctl.local.platform import live_pid
+from opsctl.local.platform import live_pid, point_router
 
 
 def _stop_color(state: st.LocalState, color: str, timeout: float = 30.0) -> bool:
@@ -36,6 +36,9 @@ def _stop_color(state: st.LocalState, color: str, timeout: float = 30.0) -> bool
 
 
 class LocalDriver:
+    """The Driver (opsctl.deploy.model.Driver) of `platform: local`: each color is a worker
+    process of the embedded platform, the router is its Caddy. Raises UsageError when the
+    platform of the ops root is not up."""
     name = "local"
 
     def __init__(self, project: Project, env: Environment):
@@ -51,6 +54,8 @@ class LocalDriver:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
+        """The file lock `.opsctl/local/deploy.lock` (released by the OS when the process
+        dies); OperationFailed at once when another deploy holds it."""
         lock = FileLock(str(self.folder / "deploy.lock"), timeout=0)
         try:
             lock.acquire()
@@ -63,6 +68,7 @@ class LocalDriver:
             lock.release()
 
     def deploy_running(self) -> bool:
+        """True when another process holds the deploy lock now."""
         lock = FileLock(str(self.folder / "deploy.lock"), timeout=0)
         try:
             lock.acquire()
@@ -87,6 +93,8 @@ class LocalDriver:
         return state.active_color
 
     def colors(self) -> dict[str, ColorState]:
+        """Each color's recorded version, whether its process lives (state or PID file) and
+        answers /readyz, and its URL."""
         state = self._state()
         out = {}
         for color in st.COLORS:
@@ -110,25 +118,26 @@ class LocalDriver:
                 state.save()
 
     def wait_ready(self, color: str, timeout: float) -> None:
+        """Poll /readyz until 200; OperationFailed after `timeout` seconds or if it dies."""
         comp = self._state().components[wk.name(color)]
         procs.wait_until(lambda: wk.ready(comp.port), timeout, f"worker-{color}", None, comp.pid)
 
     def switch_size(self, color: str) -> tuple[int, int] | None:
+        """Always None: one process per color."""
         return None  # one process per color: the preview already has the active color's size
 
     def scale(self, color: str, replicas: int) -> None:
+        """Not possible locally: OperationFailed (never called, as switch_size is None)."""
         raise OperationFailed("the local driver runs one process per color; it does not scale")
 
     def switch(self, color: str) -> None:
+        """Point Caddy at the color (opsctl.local.platform.point_router) and record it."""
         with st.locked(self.folder):
-            state = self._state()
-            comp = state.components[wk.name(color)]
-            router = state.components["router"]
-            caddy.switch(router.admin_port, comp.port, color)
-            state.active_color = color
-            state.save()
+            point_router(self._state(), color)
 
     def scale_down(self, color: str) -> None:
+        """SIGTERM the color's process and wait up to deploy.drain_timeout seconds for its
+        in-flight requests (then SIGKILL); refuses the active color (OperationFailed)."""
         with st.locked(self.folder):
             state = self._state()
             if color == state.active_color:
@@ -136,13 +145,16 @@ class LocalDriver:
             _stop_color(state, color, timeout=self.env.deploy.drain_timeout or 30)
 
     def url(self, color: str) -> str | None:
+        """http://127.0.0.1:<port> of the color's process; None when it was never started."""
         comp = self._state().components.get(wk.name(color))
         return wk.base_url(comp.port) if comp else None
 
     def router_url(self) -> str | None:
+        """http://127.0.0.1:<port> of Caddy."""
         return f"http://{procs.HOST}:{self._state().components['router'].port}"
 
     def history(self) -> list[DeployRecord]:
+        """The records of `.opsctl/local/deploys.json`, oldest first; UsageError when damaged."""
         if not self._history_path.exists():
             return []
         try:
@@ -152,6 +164,8 @@ class LocalDriver:
                                   "deploy history (traffic and colors are not affected)") from None
 
     def save(self, record: DeployRecord) -> None:
+        """Replace the record with its id (moved to the end); the last 100 are kept, written
+        atomically and fsynced."""
         records = [r for r in self.history() if r.id != record.id] + [record]
         records = records[-100:]
         write_json(self._history_path, [r.to_dict() for r in records], indent=1)
@@ -159,8 +173,8 @@ class LocalDriver:
     def render(self, release: Release, color: str) -> str:
         """The process the local driver would start, as a person would read it."""
         state = self._state()
-        env = wk.environment(state, self.env, color, release.version, release.settings)
+        variables = wk.environment(state, self.env, color, release.version, release.settings)
         lines = [f"# local worker process for color {color}"]
-        lines += [f"{k}={v}" for k, v in sorted(env.items()) if "SECRET" not in k and "KEY" not in k]
+        lines += [f"{k}={v}" for k, v in sorted(variables.items()) if "SECRET" not in k and "KEY" not in k]
         lines.append(f"transcription-worker serve --host {procs.HOST} --port <kept port of worker-{color}>")
         return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Tables whose values are never cut, at 80 columns and in CI logs (no TTY: Rich uses 80).
+
+Ids, versions, times and statuses are what a person copies: their columns never wrap and
+never shrink. One free-text column (a reason, a note) takes the width left and wraps by
+words. When even that does not fit, the table is dropped for `name: value` lines, one
+block per row, a long value wrapping under itself: no character is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.console import Console
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]], wrap: str | None, title: str | None,
+           min_wrap: int):
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    for name in columns:
+        if name == wrap:
+            table.add_column(name, overflow="fold", ratio=1, min_width=min_wrap)
+        else:
+            table.add_column(name, no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def print_whole(console: Console, columns: Sequence[str], rows: Sequence[Sequence[str]], *,
+                wrap: str | None = None, optional: Sequence[str] = (), title: str | None = None,
+                min_wrap: int = 16) -> None:
+    """Print `rows` (text cells, in `columns` order) on `console` with no value cut.
+
+    `wrap` names the one column that may wrap (at least `min_wrap` cells wide); every other
+    column is as wide as its longest value. When they do not fit the console's width, the
+    `optional` columns are left out, then the table gives way to one `name: value` block
+    per row.
+    """
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    def width(i: int) -> int:  # a column's need: all of its longest value, or min_wrap
+        if columns[i] == wrap:
+            return min_wrap
+        return max([cell_len(columns[i])] + [cell_len(r[i]) for r in rows])
+
+    keep = list(range(len(columns)))
+    for drop in [None, *optional]:
+        if drop is not None:
+            keep = [i for i in keep if columns[i] != drop]
+        if sum(width(i) for i in keep) + 3 * len(keep) - 1 <= console.width:  # SIMPLE_HEAD: 3 cells per column
+            console.print(_table([columns[i] for i in keep], [[r[i] for i in keep] for r in rows], wrap, title,
+                                 min_wrap))
+            return
+    from rich.table import Table
+
+    if title:
+        console.print(Text(title, style="bold"))
+    for row in rows:  # `name: value` lines; a long value wraps (by words, else folded) under itself
+        block = Table.grid(padding=(0, 1))
+        block.add_column(no_wrap=True)
+        block.add_column(overflow="fold", ratio=1)
+        for name, cell in zip(columns, row):
+            block.add_row(Text(f"  {name}:"), Text(cell))
+        console.print(block)
+        console.print()
