@@ -15,15 +15,22 @@ A deploy, promote, abort, rollback, restore, failover or drill runs inside
   caller may set it; "succeeded" by default, "failed" with the redacted error when the body
   raised) and the window closes. The exception itself propagates unchanged.
 
-Default checks held per operation (`checks=None`); the router is never held, so lost
-traffic still pages:
+Default checks held per operation (`checks=None`), per platform: those the environment's
+sweep actually runs (on kubernetes there are no worker-<color>/metrics-<color> checks; the
+`kubernetes` check is what goes red while preview pods are Pending). The router is never
+held, so lost traffic still pages:
 
-| operation                          | checks held                                    |
-|------------------------------------|------------------------------------------------|
-| deploy, promote, abort, rollback   | `worker-*`, `metrics-*` (the colors switched and replaced) |
-| restore                            | `postgres`, `wal archive` (the database checks) |
-| failover                           | `postgres`, `wal archive`, `worker-*`, `metrics-*` |
-| drill                              | none (it works in scratch resources)           |
+| operation                          | local                                          | kubernetes             |
+|------------------------------------|------------------------------------------------|------------------------|
+| deploy, promote, abort, rollback   | `worker-*`, `metrics-*` (the colors switched)  | `kubernetes`           |
+| restore                            | `postgres`, `wal archive`                      | `postgres`             |
+| failover                           | `postgres`, `wal archive`, `worker-*`, `metrics-*` | `postgres`, `kubernetes` |
+| drill                              | none (it works in scratch resources)           | none                   |
+
+The silences are bounded by `max_seconds` in case the process dies (they are released as
+soon as the block ends). A caller that knows its own deadline passes it; by default
+(`max_seconds=None`) `window_seconds(env, operation)` derives one from the environment's
+deploy timeouts for deploy-like operations (never under an hour), an hour otherwise.
 
 A notification problem never fails the operation: a sink without its secret, a sink that
 answers 500 or hangs (each has its own thread and timeout), an Alertmanager that refuses
@@ -38,7 +45,8 @@ import datetime as dt
 import logging
 import secrets
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import queue
+import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -46,17 +54,44 @@ from typing import Any, Iterator
 from opsctl.redact import credentials, remember
 
 log = logging.getLogger("opsctl.health")
+_STOP = object()
 
-#: checks held by default, per operation (name or kind globs, as `opsctl health --check`)
-DEFAULT_CHECKS: dict[str, tuple[str, ...]] = {
-    "deploy": ("worker-*", "metrics-*"),
-    "promote": ("worker-*", "metrics-*"),
-    "abort": ("worker-*", "metrics-*"),
-    "rollback": ("worker-*", "metrics-*"),
-    "restore": ("postgres", "wal archive"),
-    "failover": ("postgres", "wal archive", "worker-*", "metrics-*"),
-    "drill": (),
+#: checks held by default, per platform and operation (name or kind globs, as `opsctl health --check`)
+DEFAULT_CHECKS_BY_PLATFORM: dict[str, dict[str, tuple[str, ...]]] = {
+    "local": {
+        "deploy": ("worker-*", "metrics-*"),
+        "promote": ("worker-*", "metrics-*"),
+        "abort": ("worker-*", "metrics-*"),
+        "rollback": ("worker-*", "metrics-*"),
+        "restore": ("postgres", "wal archive"),
+        "failover": ("postgres", "wal archive", "worker-*", "metrics-*"),
+        "drill": (),
+    },
+    "kubernetes": {
+        "deploy": ("kubernetes",),
+        "promote": ("kubernetes",),
+        "abort": ("kubernetes",),
+        "rollback": ("kubernetes",),
+        "restore": ("postgres",),
+        "failover": ("postgres", "kubernetes"),
+        "drill": (),
+    },
 }
+#: the local platform's table (kept for callers that only know the operation)
+DEFAULT_CHECKS: dict[str, tuple[str, ...]] = DEFAULT_CHECKS_BY_PLATFORM["local"]
+_DEPLOY_LIKE = ("deploy", "promote", "abort", "rollback")
+
+
+def window_seconds(env, operation: str) -> float:
+    """The default bound (seconds) of an operation's silences when the caller passes none:
+    for deploy, promote, abort and rollback the worst case its deploy settings allow (four
+    readiness waits -- preview up, preview sized to the active color, KEDA re-targeted, the
+    old color's restart on rollback -- plus analysis_window, drain_timeout, scale_down_delay
+    and ten minutes of margin), never under 3600; 3600 for other operations."""
+    if operation not in _DEPLOY_LIKE:
+        return 3600.0
+    d = env.deploy
+    return max(3600.0, 4 * d.ready_timeout + d.analysis_window + d.drain_timeout + d.scale_down_delay + 600)
 
 
 def _iso(when: dt.datetime) -> str:
@@ -126,17 +161,29 @@ class Window:
 
 
 class _Lanes:
-    """One single-thread executor per sink: events go out in order per sink, a slow or failing
-    sink holds back neither the others nor the operation."""
+    """One daemon thread and queue per sink: events go out in order per sink, a slow or failing
+    sink holds back neither the others nor the operation, and never the process's exit (a
+    ThreadPoolExecutor's workers are joined at interpreter exit, whatever shutdown(wait=False)
+    said). Each delivery is bounded in total by its sink's timeout (sinks.bounded_request)."""
 
     def __init__(self, senders: list, window: Window) -> None:
         self.window = window
-        self.lanes = [(s, ThreadPoolExecutor(1, thread_name_prefix=f"notify:{s.name}")) for s in senders]
-        self.futures: list[Future] = []
+        self.senders = senders
+        self.lanes: list[tuple[queue.Queue, threading.Thread]] = []
+        for sender in senders:
+            lane: queue.Queue = queue.Queue()
+            thread = threading.Thread(target=self._drain, args=(sender, lane), daemon=True,
+                                      name=f"notify:{sender.name}")
+            thread.start()
+            self.lanes.append((lane, thread))
 
     def send(self, event: OperationEvent) -> None:
-        for sender, lane in self.lanes:
-            self.futures.append(lane.submit(self._deliver, sender, event))
+        for lane, _ in self.lanes:
+            lane.put(event)
+
+    def _drain(self, sender, lane: queue.Queue) -> None:
+        while (event := lane.get()) is not _STOP:
+            self._deliver(sender, event)
 
     def _deliver(self, sender, event: OperationEvent) -> None:
         try:
@@ -150,12 +197,15 @@ class _Lanes:
         self.window.deliveries.append({"sink": sender.name, "event": event.event, "ok": ok, "error": error})
 
     def close(self) -> None:
-        """Wait for what was queued (each send is bounded by its sink's timeout), then stop."""
-        if self.futures:
-            bound = 2 * max(s.settings.timeout for s, _ in self.lanes) + 5
-            wait(self.futures, timeout=bound)
-        for _, lane in self.lanes:
-            lane.shutdown(wait=False, cancel_futures=True)
+        """Wait for what was queued (each send is bounded in total by its sink's timeout; two
+        events per sink), then leave: a lane still busy is a daemon thread, dropped at exit."""
+        for lane, _ in self.lanes:
+            lane.put(_STOP)
+        if not self.lanes:
+            return
+        deadline = time.monotonic() + 2 * max(s.settings.timeout for s in self.senders) + 5
+        for _, thread in self.lanes:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _senders(env, window: Window) -> list:
@@ -179,32 +229,37 @@ def _senders(env, window: Window) -> list:
     return out
 
 
-def _default_checks(operation: str) -> list[str]:
-    """The checks `operation` holds by default (DEFAULT_CHECKS). Raises ValueError for an
-    operation not in that table: pass `checks=` explicitly for others."""
+def _default_checks(operation: str, platform: str = "local") -> list[str]:
+    """The checks `operation` holds by default on `platform` (DEFAULT_CHECKS_BY_PLATFORM).
+    Raises ValueError for an operation not in that table: pass `checks=` explicitly for others."""
+    table = DEFAULT_CHECKS_BY_PLATFORM.get(platform, DEFAULT_CHECKS)
     try:
-        return list(DEFAULT_CHECKS[operation])
+        return list(table[operation])
     except KeyError:
         raise ValueError(f"operation_window: no default checks for operation {operation!r} "
-                         f"(known: {', '.join(DEFAULT_CHECKS)}); pass checks=[...]") from None
+                         f"(known: {', '.join(table)}); pass checks=[...]") from None
 
 
 @contextmanager
 def operation_window(project, env_name: str, operation: str, subject: str, *,
-                     checks: list[str] | None = None, max_seconds: float = 3600) -> Iterator[Window]:
+                     checks: list[str] | None = None, max_seconds: float | None = None) -> Iterator[Window]:
     """Announce an operation and hold the alerts it causes, for as long as the block runs.
 
     `project` is the loaded ops root (opsctl.config), `env_name` one of its environments,
     `operation` e.g. "deploy" or "restore", `subject` what it acts on (an image, a backup id,
-    a target time); `checks` the check name or kind globs to hold (None: DEFAULT_CHECKS of the
-    operation; [] holds none); `max_seconds` bounds the silences in case the process dies.
+    a target time); `checks` the check name or kind globs to hold (None: the operation's
+    defaults on the environment's platform, DEFAULT_CHECKS_BY_PLATFORM; [] holds none);
+    `max_seconds` bounds the silences in case the process dies: pass the operation's own
+    deadline when it has one (None: `window_seconds(env, operation)`).
     Yields a `Window`. Raises ValueError only for an unknown `operation` with `checks=None`
     (a programming error, raised before anything is sent); UsageError for an unknown
     environment. Notification problems are never raised."""
     from opsctl.health import silences
 
     env = project.env(env_name)
-    held = _default_checks(operation) if checks is None else list(checks)
+    held = _default_checks(operation, env.platform) if checks is None else list(checks)
+    if max_seconds is None:
+        max_seconds = window_seconds(env, operation)
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.monotonic()
     window = Window(env_name, operation, "", held, _iso(started))

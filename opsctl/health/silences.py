@@ -154,6 +154,8 @@ def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.date
     """POST /api/v2/silences (Alertmanager's API v2); returns the silence id."""
     import httpx
 
+    from opsctl.health.checks.http import bounded_request
+
     is_glob = any(c in silence.check for c in "*?[")
     body = {"matchers": [{"name": "env", "value": env_name, "isRegex": False, "isEqual": True},
                          {"name": "check", "value": _glob_regex(silence.check) if is_glob else silence.check,
@@ -161,7 +163,7 @@ def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.date
             "startsAt": now.isoformat(), "endsAt": silence.until, "createdBy": "opsctl",
             "comment": silence.reason or f"opsctl health silence --check {silence.check}"}
     try:
-        resp = httpx.post(f"{url.rstrip('/')}/api/v2/silences", json=body, timeout=10)
+        resp = bounded_request("POST", f"{url.rstrip('/')}/api/v2/silences", json=body, timeout=10)
         resp.raise_for_status()
         return resp.json()["silenceID"]
     except (httpx.HTTPError, ValueError, KeyError) as exc:
@@ -172,8 +174,11 @@ def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.date
 def _alertmanager_expire(url: str, silence: Silence) -> None:
     import httpx
 
+    from opsctl.health.checks.http import bounded_request
+
     try:
-        httpx.delete(f"{url.rstrip('/')}/api/v2/silence/{silence.alertmanager_id}", timeout=10).raise_for_status()
+        bounded_request("DELETE", f"{url.rstrip('/')}/api/v2/silence/{silence.alertmanager_id}",
+                        timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
         raise OperationFailed(f"the silence of {silence.check} ended here, but Alertmanager at {redact(url)} "
                               f"could not be told ({credentials(str(exc))[:200]}); it ends there at "

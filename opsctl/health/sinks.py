@@ -1,6 +1,8 @@
 """Alert sinks: Slack incoming webhook, PagerDuty Events API v2, Alertmanager-format webhook, SMTP.
 
-Each sink turns an Alert into its service's own format and sends it with its own timeout.
+Each sink turns an Alert into its service's own format and sends it with its own timeout,
+a TOTAL deadline for the whole exchange (`checks.http.bounded_request`): a receiver that
+trickles its answer a byte at a time is cut at `timeout`, not waited for forever.
 The e-mail sink speaks TLS (STARTTLS by default, or implicit TLS) and verifies the server's
 certificate; plain SMTP only when the sink says `security: none`, so a password never
 crosses the network in clear by default.
@@ -58,11 +60,11 @@ class Sender:
             return
         if self.type == "email":
             return self._email(alert)
-        import httpx
+        from opsctl.health.checks.http import bounded_request
 
         body = {"slack": _slack_payload, "pagerduty": _pagerduty_payload,
                 "webhook": _alertmanager_payload}[self.type](alert, self)
-        resp = httpx.post(self.target, json=body, timeout=self.settings.timeout)
+        resp = bounded_request("POST", self.target, json=body, timeout=self.settings.timeout)
         if resp.status_code >= 300:
             raise RuntimeError(f"HTTP {resp.status_code}")
 
@@ -76,7 +78,7 @@ class Sender:
             return
         if self.type == "email":
             return self._mail(event.summary(), event.text())
-        import httpx
+        from opsctl.health.checks.http import bounded_request
 
         if self.type == "slack":
             url, body, headers = self.target, _slack_event_payload(event), {}
@@ -85,8 +87,8 @@ class Sender:
         else:
             url, body = self.target, _cloudevent_payload(event)
             headers = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
-        resp = httpx.post(url, content=json.dumps(body).encode(), timeout=self.settings.timeout,
-                          headers={"Content-Type": "application/json", **headers})
+        resp = bounded_request("POST", url, content=json.dumps(body).encode(), timeout=self.settings.timeout,
+                               headers={"Content-Type": "application/json", **headers})
         if resp.status_code >= 300:
             raise RuntimeError(f"HTTP {resp.status_code}")
 

@@ -15,6 +15,7 @@ from opsctl.health.model import Status
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 NS = "transcribe"
+WORKER = {"app.kubernetes.io/name": "transcription-worker", "app.kubernetes.io/color": "blue"}
 
 
 def pod(name: str, ready: bool, restarts: int = 0, died_minutes_ago: float | None = None) -> dict:
@@ -23,7 +24,7 @@ def pod(name: str, ready: bool, restarts: int = 0, died_minutes_ago: float | Non
     if died_minutes_ago is not None:
         died = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=died_minutes_ago)
         status["lastState"] = {"terminated": {"exitCode": 137, "finishedAt": died.strftime("%Y-%m-%dT%H:%M:%SZ")}}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": WORKER},
             "spec": {"containers": [{"name": "worker", "image": "w"}]},
             "status": {"phase": "Running", "containerStatuses": [status]}}
 
@@ -54,7 +55,8 @@ async def test_ready_pods_and_gpu_nodes_are_ok(kmock):
     kmock.objects["v1/nodes", None, "gpu-1"] = node("gpu-1", 1)
     result = await run(kmock, want_gpu=True)
     assert result.status == Status.OK, result.message
-    assert result.details == {"pods": 2, "ready": 2, "restarts": 2, "recent_restarts": 0, "gpus_allocatable": 1}
+    assert result.details == {"pods": 2, "ready": 2, "restarts": 2, "recent_restarts": 0, "gpus_allocatable": 1,
+                              "idle": False, "finished_pods_ignored": 0}
 
 
 async def test_unready_pod_recent_restart_and_no_gpu(kmock):
@@ -65,11 +67,11 @@ async def test_unready_pod_recent_restart_and_no_gpu(kmock):
     kmock.objects["v1/nodes", None, "cpu-1"] = node("cpu-1", 0)
     result = await run(kmock, want_gpu=True)
     assert result.status == Status.CRITICAL
-    assert "1/2 pods ready" in result.message and "restarted in the last hour" in result.message
+    assert "1/2 worker pods ready" in result.message and "restarted in the last hour" in result.message
     assert "no node has nvidia.com/gpu allocatable" in result.message
 
 
 async def test_empty_namespace_is_critical(kmock):
     kmock.resources["v1/pods"] = {}
     result = await run(kmock, want_gpu=False)
-    assert result.status == Status.CRITICAL and f"no pods in namespace {NS}" in result.message
+    assert result.status == Status.CRITICAL and f"no worker pods in namespace {NS}" in result.message

@@ -21,8 +21,8 @@ from tests.health.servers import HungServer, Receiver, ScriptedServer
 SECRET = "s3cr3t-routing-key-0123456789"
 
 
-def _project(tmp_path, *, sinks=(), http=(), monitoring=None):
-    env = {"platform": "kubernetes", "health": {
+def _project(tmp_path, *, sinks=(), http=(), monitoring=None, platform="kubernetes"):
+    env = {"platform": platform, "health": {
         "http": list(http), "sinks": list(sinks), "alerts": {"failure_threshold": 2, "reminder_minutes": None}}}
     if monitoring:
         env["monitoring"] = monitoring
@@ -46,7 +46,7 @@ def test_a_deploy_window_announces_itself_and_the_monitor_holds_only_the_colors(
                            http=[{"name": "worker-green", "url": f"{green.url}/readyz"},
                                  {"name": "api", "url": f"{api.url}/readyz"}])
         env = project.env("ci")
-        with operation_window(project, "ci", "deploy", "worker:1.2.3") as window:
+        with operation_window(project, "ci", "deploy", "worker:1.2.3", checks=["worker-*", "metrics-*"]) as window:
             assert sorted(s.check for s in silences.active(project, "ci")) == ["metrics-*", "worker-*"]
             during = monitor.watch(project, env, interval=0.01, iterations=4, only=["worker-green", "api"])
             window.outcome = "succeeded"
@@ -83,7 +83,7 @@ def test_a_deploy_window_announces_itself_and_the_monitor_holds_only_the_colors(
 def test_a_failed_operation_sends_failed_with_the_error_redacted_and_still_raises(tmp_path, monkeypatch):
     receiver = Receiver()
     try:
-        project = _project(tmp_path, sinks=_sinks(receiver, monkeypatch))
+        project = _project(tmp_path, sinks=_sinks(receiver, monkeypatch), platform="local")
         with pytest.raises(RuntimeError, match="pg_restore"):
             with operation_window(project, "ci", "restore", "backup 20261130T0200Z") as window:
                 assert sorted(s.check for s in silences.active(project, "ci")) == ["postgres", "wal archive"]
@@ -123,7 +123,7 @@ def test_failing_sinks_never_fail_the_operation(tmp_path, monkeypatch):
 
 
 def test_default_checks_per_operation_and_explicit_ones(tmp_path):
-    project = _project(tmp_path)
+    project = _project(tmp_path, platform="local")
     seen = {}
     for operation in DEFAULT_CHECKS:
         with operation_window(project, "ci", operation, "x"):
@@ -142,7 +142,7 @@ def test_default_checks_per_operation_and_explicit_ones(tmp_path):
 
 
 def test_the_window_silences_in_alertmanager_where_configured(tmp_path, alertmanager):
-    project = _project(tmp_path, monitoring={"alertmanager_url": alertmanager})
+    project = _project(tmp_path, monitoring={"alertmanager_url": alertmanager}, platform="local")
     with operation_window(project, "ci", "restore", "2026-11-30T04:00:00Z") as window:
         ids = [s.alertmanager_id for s in window.silences]
         states = [httpx.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json() for i in ids]
@@ -153,7 +153,7 @@ def test_the_window_silences_in_alertmanager_where_configured(tmp_path, alertman
 
 
 def test_an_unreachable_alertmanager_still_holds_the_monitor(tmp_path):
-    project = _project(tmp_path, monitoring={"alertmanager_url": f"http://127.0.0.1:{procs.free_port()}"})
+    project = _project(tmp_path, monitoring={"alertmanager_url": f"http://127.0.0.1:{procs.free_port()}"}, platform="local")
     with operation_window(project, "ci", "deploy", "worker:2") as window:
         held = sorted(s.check for s in silences.active(project, "ci"))
     assert held == ["metrics-*", "worker-*"]
@@ -187,7 +187,7 @@ def test_a_monitor_running_in_another_thread_holds_during_an_operation(tmp_path,
             project, env, interval=0.01, only=["worker-green"], on_sweep=on_sweep, stop=stop)))
         runner.start()
         assert first.wait(60)
-        with operation_window(project, "ci", "deploy", "worker:3"):
+        with operation_window(project, "ci", "deploy", "worker:3", checks=["worker-*", "metrics-*"]):
             opened.set()
             assert inside.wait(60)
         while not any(e.get("version") == "4" for e in receiver.at("/hook")) and runner.is_alive():
@@ -212,7 +212,7 @@ def test_a_sink_with_operations_false_gets_alerts_but_no_operation_events(tmp_pa
     try:
         project = _project(tmp_path, sinks=[{"type": "webhook", "url_env": "TEST_HOOK_URL", "operations": False}],
                            http=[{"name": "api", "url": f"{target.url}/readyz"}])
-        with operation_window(project, "ci", "deploy", "worker:4") as window:
+        with operation_window(project, "ci", "deploy", "worker:4", checks=["worker-*", "metrics-*"]) as window:
             paged = monitor.watch(project, project.env("ci"), interval=0.01, iterations=2, only=["api"])
     finally:
         target.close(), receiver.close()

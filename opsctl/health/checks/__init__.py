@@ -79,7 +79,8 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
             api_key=os.environ.get(env.deploy.api_key_env) or None), None))
     if env.platform == "kubernetes":
         out.append(("kubernetes", "kubernetes",
-                    lambda to: kubernetes.kubernetes(env.kubernetes, env.worker.gpu, to), None))
+                    lambda to: kubernetes.kubernetes(env.kubernetes, env.worker.gpu, to, scale_to_zero=(
+                        env.worker.autoscaling.enabled and env.worker.autoscaling.min_replicas == 0)), None))
     else:
         out.append(("host", "host", lambda to: host.host(project.root, to, t), None))
     # the backup capability's default repository when opsctl.yaml names none

@@ -108,6 +108,37 @@ def probe(url: str, conditions: list[str], timeout: float, slow_ms: float,
                        details=details)
 
 
+def bounded_request(method: str, url: str, *, timeout: float, max_body: int = 16 * 1024 * 1024, **kwargs):
+    """One HTTP exchange (connect, request, headers, body) that ends within `timeout` seconds
+    in total, whatever the server does: httpx's own timeouts are per operation, so a server
+    trickling one byte per read would never trip them (the same watchdog as `probe`).
+    `kwargs` go to httpx (json, content, headers, follow_redirects). Returns the
+    httpx.Response with its body read (at most `max_body` bytes). Raises httpx.TimeoutException
+    when the deadline passes, httpx.HTTPError for other transport errors, ValueError for a
+    body over `max_body`. Used by every outbound call of the health area: alert sinks,
+    operation events, Alertmanager silences, the /metrics reads."""
+    import httpx
+
+    exchange = _Exchange(timeout)
+    kwargs.setdefault("follow_redirects", False)
+    try:
+        with client().stream(method, url, timeout=httpx.Timeout(timeout), extensions={"trace": exchange.trace},
+                             **kwargs) as resp:
+            raw, _read, error = _read_capped(resp, max_body, exchange)
+            if error:
+                raise ValueError(error)
+            resp._content = raw  # the body as read: resp.text / resp.json() work after the stream closed
+            return resp
+    except _DeadlinePassed:
+        raise httpx.ReadTimeout(exchange.expired_error()) from None
+    except httpx.HTTPError as exc:
+        if exchange.expired:
+            raise httpx.ReadTimeout(exchange.expired_error()) from exc
+        raise
+    finally:
+        exchange.finish()
+
+
 def _read_capped(resp, cap: int, exchange: "_Exchange | None" = None) -> tuple[bytes, int, str]:
     """(body, bytes read, error): stops reading as soon as the body is known to pass `cap`, or
     (raising _DeadlinePassed) once the exchange's total deadline has passed."""

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from opsctl.files import private_dir
-from opsctl.health.checks.http import client as shared_client
+from opsctl.health.checks.http import bounded_request
 from opsctl.health.model import CheckResult, Judge, Status
 
 TRANSCRIBE_ROUTE = "/v1/audio/transcriptions"
@@ -79,7 +79,7 @@ def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key:
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     try:
-        resp = shared_client().get(f"{base_url}/metrics", timeout=timeout, headers=headers)
+        resp = bounded_request("GET", f"{base_url}/metrics", timeout=timeout, headers=headers)
         resp.raise_for_status()
         cur = _read_sample(resp.text)
     except httpx.HTTPError as exc:

@@ -12,7 +12,7 @@ exports the gauges (a worker older than uploads).
 
 from __future__ import annotations
 
-from opsctl.health.checks.http import client as shared_client
+from opsctl.health.checks.http import bounded_request
 from opsctl.health.model import CheckResult, Judge, Status
 
 INCOMPLETE = "worker_uploads_incomplete"
@@ -42,7 +42,7 @@ def incomplete_uploads(workers: list[str], timeout: float, limits, api_key: str 
     problems = []
     for base in workers:
         try:
-            resp = shared_client().get(f"{base}/metrics", timeout=timeout, headers=headers)
+            resp = bounded_request("GET", f"{base}/metrics", timeout=timeout, headers=headers)
             resp.raise_for_status()
             gauges = read_gauges(resp.text)
         except (httpx.HTTPError, ValueError) as exc:
