@@ -8,6 +8,7 @@ Settings that hold secrets only ever name an environment variable: the file is c
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,30 @@ from opsctl.health.settings import HealthSettings
 
 CONFIG_NAME = "opsctl.yaml"
 STATE_DIR = ".opsctl"
+# RFC 1123 label, as Kubernetes checks namespaces and label-like names (IsDNS1123Label)
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _dns_label(value: str, what: str) -> str:
+    """`value` when it is a DNS-1123 label (the API server's rule), else ValueError saying the rule."""
+    if len(value) > 63 or not DNS_LABEL.match(value):
+        raise ValueError(f"{what} {value!r} is not a DNS-1123 label: at most 63 characters of lowercase "
+                         "letters, digits and '-', starting and ending with a letter or digit")
+    return value
+
+
+def _quantity(value: str | int, where: str) -> str | int:
+    """`value` when the API server would take it as a resource quantity (kubernetes.utils.parse_quantity,
+    the client's implementation of the Quantity grammar, plus what it lets through: surrounding
+    spaces and negative amounts), else ValueError."""
+    from kubernetes.utils import parse_quantity
+
+    try:
+        if isinstance(value, bool) or str(value) != str(value).strip() or parse_quantity(value) < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{where}: {value!r} is not a Kubernetes quantity such as 2, 500m, 8Gi or 512Mi") from None
+    return value
 
 
 class _Model(BaseModel):
@@ -103,6 +128,11 @@ class KubernetesSettings(_Model):
                              "whole internet; list your office, VPN or CI egress ranges, or none (private)")
         return cidrs
 
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_a_label(cls, namespace: str) -> str:
+        return _dns_label(namespace, "namespace")
+
 
 class DatabaseSettings(_Model):
     """`database:` of an environment: the env var holding the PostgreSQL URL (never the URL
@@ -165,6 +195,14 @@ class WorkerSettings(_Model):
         None, description="api-keys: the worker refuses to start without key hashes (default on kubernetes); "
                           "none: open access, written out on purpose (default on local)")
     autoscaling: AutoscalingSettings = AutoscalingSettings()
+
+    @field_validator("resources")
+    @classmethod
+    def _quantities(cls, resources: dict) -> dict:
+        for part, values in resources.items():
+            for name, value in values.items():
+                _quantity(value, f"{part}.{name}")
+        return resources
 
 
 class DeploySettings(_Model):
@@ -313,6 +351,13 @@ class OpsConfig(_Model):
     version: Literal[1] = 1
     project: str = "transcribe"
     environments: dict[str, Environment] = Field(default_factory=dict)
+
+    @field_validator("environments")
+    @classmethod
+    def _names_are_labels(cls, environments: dict) -> dict:
+        for name in environments:  # a name becomes label values, Secret and job names, CLI arguments
+            _dns_label(name, "environment name")
+        return environments
 
     @model_validator(mode="after")
     def _local_always_present(self) -> "OpsConfig":

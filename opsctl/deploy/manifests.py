@@ -210,17 +210,18 @@ def service_url(env: Environment, name: str) -> str:
 
 
 def render_all(project: Project, env: Environment, release: Release, color: str | None,
-               strategy: str = "blue-green") -> str:
-    """Every manifest of a release, as one multi-document YAML stream for a person or GitOps."""
-    if strategy == "rolling":
-        docs = [deployment(project, env, release, None), disruption_budget(project, env, None),
-                service(project, env, "active", None)]
-    else:
-        color = color or "blue"
-        docs = [deployment(project, env, release, color), disruption_budget(project, env, color),
-                service(project, env, "preview", color), service(project, env, "active", color)]
+               strategy: str = "blue-green", replicas: int | None = None) -> str:
+    """Every manifest of a release onto `color` (default blue), as one multi-document YAML
+    stream for a person or GitOps: what the Kubernetes driver applies. Both strategies apply the
+    same objects there (a rolling deploy is a switch between colors without the analysis), so
+    `strategy` changes nothing in them. `replicas`: the Deployment's size (default worker.replicas;
+    a deploy's dry run passes the preview size bring_up applies)."""
+    del strategy  # the driver has one shape of objects for both (see the docstring)
+    color = color or "blue"
+    docs = [deployment(project, env, release, color, replicas), disruption_budget(project, env, color),
+            service(project, env, "preview", color), service(project, env, "active", color)]
     if env.worker.autoscaling.enabled:  # as it stands once `color` is active
-        docs.append(scaled_object(project, env, None if strategy == "rolling" else color))
+        docs.append(scaled_object(project, env, color))
     text = "---\n".join(d if d.endswith("\n") else d + "\n" for d in docs)
     parse(text)  # a template that renders broken YAML fails here, not in the cluster
     return text
@@ -249,6 +250,10 @@ def render_env(project: Project, env: Environment, image: str | None = None, col
     if color not in (None, "blue", "green"):
         raise UsageError(f"--color {color}: use blue or green")
     release = Release.parse(image or env.worker.image, [])
+    if env.platform == "kubernetes":
+        from opsctl.infra.target import check_gpu_capacity_of
+
+        check_gpu_capacity_of(project, env)
     if env.platform == "local":
         from opsctl.deploy.drivers.local import LocalDriver
 

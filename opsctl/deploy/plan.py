@@ -25,8 +25,8 @@ def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto
     target = other(active) if serving else (active or "blue")
     d = env.deploy
     preview = ""
-    if driver.name == "kubernetes" and strategy == "blue-green":
-        preview = f" at {d.preview_replicas} replica(s) (deploy.preview_replicas)"
+    if driver.name == "kubernetes" and serving:  # bring_up's size for both strategies (what `manifests` shows)
+        preview = f" at {driver.preview_size()} replica(s) (deploy.preview_replicas)"
     steps = ["validate", "lock"] + (["pre-deploy database backup"] if backup else []) + [
         f"bring up {target} with {release.version}{preview} (active {active} untouched)",
         f"wait ready (timeout {d.ready_timeout:.0f}s)"]
@@ -43,6 +43,8 @@ def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto
         if serving:
             steps.append(f"keep {active} warm {d.scale_down_delay:.0f}s for instant rollback, then stop it")
     else:
+        if preview:
+            steps.append(f"scale {target} to the active color's size and wait ready (capacity never drops)")
         steps += [f"switch the router to {target}", f"stop {active}" if serving else "nothing to stop"]
     return {"env": env.name, "driver": driver.name, "strategy": strategy, "version": release.version,
             "image": release.image, "settings": release.settings, "active_color": active,

@@ -87,6 +87,48 @@ def check_consistency(t: Target, env: Environment) -> None:
         if theirs != ours:
             raise UsageError(f"{t.stack_file.name} sets {key}={theirs!r} but opsctl.yaml has "
                              f"environments.{env.name}.{where}={ours!r}; make them the same")
+    check_gpu_capacity(t, env, config)
+
+
+def gpu_demand(env: Environment) -> tuple[int, float]:
+    """(pods per color at most, GPUs per pod) of the worker: the autoscaler's maximum and
+    worker.resources' nvidia.com/gpu limit (default 1); (0, 0) without `worker.gpu`."""
+    from kubernetes.utils import parse_quantity
+
+    from opsctl.deploy import manifests as mf
+
+    if not env.worker.gpu:
+        return 0, 0.0
+    return mf.autoscaling_bounds(env)[1], float(parse_quantity(mf.resources(env)["limits"].get(mf.GPU_RESOURCE, 0)))
+
+
+def check_gpu_capacity(t: Target, env: Environment, config: dict[str, Any] | None = None) -> None:
+    """UsageError when the stack's GPU limit (transcribe:gpuMaxSize, the NodePool's nvidia.com/gpu
+    limit) cannot hold both colors at the autoscaler's maximum: a deploy grows the preview to the
+    active color's size before the switch, so pods past the limit stay Pending and it times out."""
+    config = stack_config(t) if config is None else config
+    limit = config.get(f"{PROJECT_NS}:gpuMaxSize")
+    pods, per_pod = gpu_demand(env)
+    need = 2 * pods * per_pod
+    if limit is None or not need or int(limit) >= need:
+        return
+    fits = int(int(limit) // (2 * per_pod))
+    lower = f" or lower worker.autoscaling.max_replicas to {fits}" if fits >= 1 else ""
+    raise UsageError(f"{t.stack_file.name} sets {PROJECT_NS}:gpuMaxSize={limit}, but environments.{env.name} needs "
+                     f"{need:g} GPUs during a deploy (both colors at max_replicas {pods} x {per_pod:g} GPU per pod); "
+                     f"raise gpuMaxSize to {need:g}{lower}")
+
+
+def check_gpu_capacity_of(project: Project, env: Environment) -> None:
+    """check_gpu_capacity against the environment's stack file when the ops root has one (render
+    and deploy run without a Pulumi program too: then there is nothing to compare)."""
+    if not env.worker.gpu:
+        return
+    try:
+        t = target(project, env)
+    except UsageError:
+        return
+    check_gpu_capacity(t, env)
 
 
 def find_cli() -> Path | None:

@@ -71,16 +71,20 @@ def test_render_manifests_takes_image_and_color(runner, repo_root):
     assert {"name": "WORKER_VERSION", "value": "1.4.0"} in container["env"]
 
 
-def test_render_rolling_is_one_deployment_with_a_rolling_update(runner, repo_root):
-    docs = _by_kind(_render(runner, "--env", "production", "--strategy", "rolling"))
+def test_render_rolling_shows_what_a_rolling_deploy_applies(runner, repo_root):
+    """On Kubernetes a rolling deploy is a switch between colors without analysis (bring_up,
+    switch): `render --strategy rolling` shows those colored objects, never an uncoloured
+    Deployment or a ScaledObject on `transcription-worker`, which no deploy creates (BREAKER23 #6)."""
+    rolling = _render(runner, "--env", "production", "--strategy", "rolling")
+    assert rolling == _render(runner, "--env", "production", "--strategy", "blue-green")
+    docs = _by_kind(rolling)
     (dep,) = docs["Deployment"]
-    assert dep["metadata"]["name"] == "transcription-worker"
-    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    assert "app.kubernetes.io/color" not in dep["spec"]["selector"]["matchLabels"]
-    (svc,) = docs["Service"]
-    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-    (pdb,) = docs["PodDisruptionBudget"]
-    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert dep["metadata"]["name"] == "transcription-worker-blue"
+    assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/color"] == "blue"
+    (so,) = docs["ScaledObject"]
+    assert so["spec"]["scaleTargetRef"]["name"] == "transcription-worker-blue"
+    green = _by_kind(_render(runner, "--env", "production", "--strategy", "rolling", "--color", "green"))
+    assert green["ScaledObject"][0]["spec"]["scaleTargetRef"]["name"] == "transcription-worker-green"
 
 
 def test_render_json_is_one_document(runner, repo_root):
@@ -250,3 +254,87 @@ def test_autoscaling_bounds_that_cannot_hold_are_one_line_and_exit_2(runner, tmp
 def test_autoscaling_off_renders_no_scaled_object(runner, tmp_path, monkeypatch):
     _project(tmp_path, monkeypatch, "{platform: kubernetes, worker: {autoscaling: {enabled: false}}}")
     assert "ScaledObject" not in _by_kind(_render(runner, "--env", "e"))
+
+
+# -- settings a real API server refuses are refused at config load (issue 23, BREAKER23 #7) -------
+
+def _project(tmp_path, monkeypatch, env: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    (tmp_path / "opsctl.yaml").write_text(f"environments:\n  e: {env}\n")
+
+
+@pytest.mark.parametrize("env, key", [
+    ("{platform: kubernetes, kubernetes: {namespace: Transcribe_NS}}", "kubernetes.namespace"),  # not an RFC 1123 label
+    ("{platform: kubernetes, kubernetes: {namespace: " + "n" * 64 + "}}", "kubernetes.namespace"),  # longer than 63
+    ("{platform: kubernetes, kubernetes: {namespace: -transcribe}}", "kubernetes.namespace"),
+    ("{platform: kubernetes, kubernetes: {namespace: transcribe.eu}}", "kubernetes.namespace"),  # a dot: not a label
+    ("{platform: kubernetes, worker: {resources: {limits: {cpu: two}}}}", "worker.resources"),  # not a quantity
+    ("{platform: kubernetes, worker: {resources: {requests: {memory: 8 GB}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {requests: {memory: 8GB}}}}", "worker.resources"),  # no such suffix
+    ("{platform: kubernetes, worker: {resources: {requests: {memory: ' 8Gi'}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {cpu: '-1'}}}}", "worker.resources"),
+])
+def test_settings_the_api_server_refuses_are_refused_at_config_load(runner, tmp_path, monkeypatch, env, key):
+    _project(tmp_path, monkeypatch, env)
+    result = runner.invoke(app, ["render", "--env", "e"])
+    assert result.exit_code == 2, result.stdout[:300]
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and f"environments.e.{key}" in line, line
+    assert "DNS-1123 label" in line or "is not a Kubernetes quantity" in line, line
+
+
+@pytest.mark.parametrize("env", [
+    "{platform: kubernetes, kubernetes: {namespace: transcribe-eu-1}}",
+    "{platform: kubernetes, kubernetes: {namespace: " + "n" * 63 + "}}",
+    "{platform: kubernetes, worker: {resources: {limits: {cpu: 500m, memory: 8Gi, nvidia.com/gpu: 1}, "
+    "requests: {cpu: '1.5', memory: 1e9, ephemeral-storage: 10G}}}}",
+])
+def test_settings_the_api_server_takes_still_render(runner, tmp_path, monkeypatch, env):
+    _project(tmp_path, monkeypatch, env)
+    for doc in _render(runner, "--env", "e"):
+        _validate(doc)
+
+
+# -- the dry run shows what bring_up applies (BREAKER23 #5) ---------------------------------------
+
+def test_dry_run_shows_the_deployment_at_the_size_bring_up_applies(repo_root):
+    from opsctl.config import load_project
+    from opsctl.deploy.drivers.kubernetes import KubernetesDriver
+    from opsctl.deploy.model import ColorState, Release
+    from opsctl.deploy.plan import plan
+
+    env = load_project(repo_root).env("production")
+
+    class Offline(KubernetesDriver):  # the cluster's answers, as the driver reads them
+        active, sizes = None, {}
+
+        def active_color(self):
+            return self.active
+
+        def colors(self):
+            return {c: ColorState(c, "1.0" if n else None, bool(n), bool(n), None, f"{n}/{n} ready")
+                    for c, n in (("blue", self.sizes.get("blue", 0)), ("green", self.sizes.get("green", 0)))}
+
+        def _deployment(self, color):
+            return {"spec": {"replicas": self.sizes[color]}} if color in self.sizes else None
+
+    release = Release.parse("ghcr.io/example/transcription-worker:2.0", [])
+    cases = [(None, {}, "blue", env.worker.replicas),           # first deploy: full size
+             ("blue", {"blue": 3}, "green", 1),                   # deploy.preview_replicas
+             ("blue", {"blue": 5}, "green", 1),                   # the autoscaler grew blue
+             ("green", {"green": 2, "blue": 0}, "blue", 1)]
+    for strategy in ("blue-green", "rolling"):
+        for active, sizes, target, applied in cases:
+            driver = Offline(load_project(repo_root), env)
+            driver.active, driver.sizes = active, sizes
+            assert driver.preview_size() == applied
+            doc = plan(driver, env, release, strategy, True)
+            assert doc["target_color"] == target
+            (dep,) = [d for d in yaml.safe_load_all(doc["manifests"]) if d and d["kind"] == "Deployment"]
+            assert (dep["metadata"]["name"], dep["spec"]["replicas"]) == (f"transcription-worker-{target}", applied), \
+                (strategy, active, sizes)
+            step = next(s for s in doc["steps"] if s.startswith("bring up"))
+            if active:
+                assert f"at {applied} replica(s)" in step, step
+                assert any(s.startswith(f"scale {target} to the active color's size") for s in doc["steps"]), strategy

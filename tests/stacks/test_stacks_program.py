@@ -68,9 +68,9 @@ def capacity(run) -> dict:
 
 def test_gpu_capacity_per_environment_comes_from_a_karpenter_nodepool(staging, production):
     assert staging.of_type("aws:eks/nodeGroup:NodeGroup")[0].name == "transcribe-staging-system"
-    assert capacity(staging) == {"types": ["g5.xlarge", "g6.xlarge"], "capacity": ["spot", "on-demand"], "gpus": "2"}
+    assert capacity(staging) == {"types": ["g5.xlarge", "g6.xlarge"], "capacity": ["spot", "on-demand"], "gpus": "6"}
     assert capacity(production) == {"types": ["g5.xlarge", "g5.2xlarge", "g6.xlarge"], "capacity": ["on-demand"],
-                                    "gpus": "8"}
+                                    "gpus": "18"}
     for run, stack in ((staging, "staging"), (production, "production")):
         assert run.outputs["gpuNodePool"] == "gpu"
         assert run.outputs["gpuInterruptionQueue"] == f"transcribe-{stack}-interruptions-0c0ffee"

@@ -253,7 +253,7 @@ class KubernetesDriver:
         return out
 
     def bring_up(self, color: str, release: Release, timeout: float) -> None:
-        """Apply this color's Deployment (deploy.preview_replicas, see _preview_size), its
+        """Apply this color's Deployment (deploy.preview_replicas, see preview_size), its
         PodDisruptionBudget, and point the preview Service at it; the active color's Deployment
         is never part of the request, so it is never rescaled. A ScaledObject left on `color`
         (a deploy killed between its switch and moving it) is moved to the active color first.
@@ -261,6 +261,9 @@ class KubernetesDriver:
         `timeout` (seconds) bounds the whole call: each API request gets what remains of it
         (at most REQUEST_TIMEOUT), and OperationFailed is raised once it has passed. Waiting
         for the pods is wait_ready's job, with its own timeout."""
+        from opsctl.infra.target import check_gpu_capacity_of
+
+        check_gpu_capacity_of(self.project, self.env)  # before any change: pods past the GPU limit never start
         self._fence()
         self._applied[color] = (release.image, json.dumps(release.settings, sort_keys=True))
         with self._bounded(timeout):
@@ -274,7 +277,7 @@ class KubernetesDriver:
                 else:
                     self._delete_scaled_object()
             self._apply(mf.parse(mf.deployment(self.project, self.env, release, color,
-                                               replicas=self._preview_size()))[0])
+                                               replicas=self.preview_size()))[0])
             self._apply(mf.parse(mf.disruption_budget(self.project, self.env, color))[0])
             self._apply(mf.parse(mf.service(self.project, self.env, "preview", color))[0])
 
@@ -308,14 +311,16 @@ class KubernetesDriver:
         size = (dep or {}).get("spec", {}).get("replicas")
         return size if size else self.env.worker.replicas
 
-    def _preview_size(self) -> int:
-        """deploy.preview_replicas, never more than the active color has (Argo Rollouts'
+    def preview_size(self) -> int:
+        """The replicas bring_up gives a color: deploy.preview_replicas, never more than the active color has (Argo Rollouts'
         previewReplicaCount): production does not hold two full fleets of GPUs during a deploy.
         With no color serving yet (the first deploy) there is nothing to double: full size."""
         active = self.active_color()
         if not (active and self.colors()[active].running):
             return self.env.worker.replicas
         return min(self.env.deploy.preview_replicas, self._active_size())
+
+    _preview_size = preview_size
 
     def switch_size(self, color: str) -> tuple[int, int] | None:
         """(the color's replicas, the active color's) when the color has fewer, else None: what
@@ -468,8 +473,12 @@ class KubernetesDriver:
                 log.warning("the ScaledObject %s keeps its deploy-time minimum: %s", mf.SCALED_OBJECT, exc)
 
     def render(self, release: Release, color: str) -> str:
-        """Every manifest a deploy of `release` onto `color` applies (mf.render_all), offline."""
-        return mf.render_all(self.project, self.env, release, color)
+        """Every manifest a deploy of `release` onto `color` applies (mf.render_all), its
+        Deployment at the size bring_up gives it (preview_size: reads the cluster)."""
+        from opsctl.infra.target import check_gpu_capacity_of
+
+        check_gpu_capacity_of(self.project, self.env)  # a dry run refuses what bring_up would refuse
+        return mf.render_all(self.project, self.env, release, color, replicas=self.preview_size())
 
 
 def _readiness(dep: dict) -> tuple[bool, str]:
