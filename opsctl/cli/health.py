@@ -201,8 +201,11 @@ def silence(
     from opsctl.output import emit
 
     project, envcfg = environment(env)
-    made = silences.add(project, envcfg.name, check, parse_duration(for_, "--for"), reason,
+    made = silences.add(project, envcfg.name, check, parse_duration(for_, "--for", silences.MAX_SECONDS), reason,
                         alertmanager=envcfg.monitoring.alertmanager_url)
+    warning = silences.unmatched(project, envcfg, made.check)
+    if warning:
+        typer.echo(warning, err=True)
     emit(made, as_json, lambda c: c.print(
         f"silenced {made.check} in {envcfg.name} until {_when(made.until)}" + (f" ({made.reason})" if made.reason else "")
         + f"; id {made.id}" + (f"; Alertmanager silence {made.alertmanager_id}" if made.alertmanager_id else ""),

@@ -31,6 +31,8 @@ from opsctl.errors import OperationFailed, UsageError
 from opsctl.redact import credentials, redact
 
 _log = logging.getLogger("opsctl.health")
+#: the longest silence (seconds): 30 days, as far as a maintenance window reasonably reaches
+MAX_SECONDS = 30 * 86400
 
 
 @dataclass
@@ -107,13 +109,16 @@ def add(project, env_name: str, check: str, seconds: float, reason: str = "",
     With `alertmanager` (its base URL, monitoring.alertmanager_url) a silence with the same
     end is created there too, for alerts labelled env=<env_name> and check matching `check`
     (the health exporter's alerts carry both), before anything is written here. Raises
-    UsageError for an empty or multi-line pattern or a non-positive duration, and
+    UsageError for an empty or multi-line pattern or a duration not in (0, MAX_SECONDS], and
     OperationFailed when Alertmanager refuses (nothing is silenced then)."""
     check = (check or "").strip()
     if not check or any(c in check for c in "\n\r\t"):
         raise UsageError("--check: give a check name or kind (glob allowed), e.g. --check worker-green")
-    if seconds <= 0:
+    if not seconds > 0:
         raise UsageError("--for: a silence must last more than 0 seconds, e.g. --for 30m")
+    if seconds > MAX_SECONDS:
+        raise UsageError(f"--for: a silence lasts at most {MAX_SECONDS // 86400} days (30d = 720h); "
+                         "renew it when it ends rather than silencing a check for good")
     now = now or _now()
     ends = now + dt.timedelta(seconds=seconds)
     silence = Silence(secrets.token_hex(4), check, ends.isoformat(), reason.strip(), now.isoformat())
@@ -145,9 +150,58 @@ def remove(project, env_name: str, check: str, alertmanager: str | None = None) 
     return gone
 
 
+def _re_char(c: str) -> str:
+    """One literal character for Go's regexp (Alertmanager's): ASCII punctuation escaped."""
+    return "\\" + c if c.isascii() and not c.isalnum() and c != "_" else c
+
+
 def _glob_regex(pattern: str) -> str:
-    """A check glob as the anchored RE2 regex Alertmanager matches label values with."""
-    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    """A check glob as the anchored regex Alertmanager matches label values with (Go's RE2
+    syntax: no lookaround, no atomic groups), matching exactly what fnmatch.fnmatch matches
+    locally: `*` any run, `?` one character, `[seq]`, `[!seq]` and ranges `[a-z]` a class
+    (a reversed range is empty, as in fnmatch), a `[` without its `]` a literal, everything
+    else literal. Written here rather than taken from fnmatch.translate, whose output uses
+    Python-only syntax (`(?>...)`, `\\Z`) that Alertmanager refuses."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:  # no closing bracket: a literal '[', as fnmatch reads it
+                out.append("\\[")
+                continue
+            body, i = pattern[i:j], j + 1
+            negate = body.startswith("!")
+            if negate:
+                body = body[1:]
+            items, k = [], 0
+            while k < len(body):
+                if k + 2 < len(body) and body[k + 1] == "-":
+                    lo, hi = body[k], body[k + 2]
+                    if lo <= hi:  # fnmatch drops a reversed range
+                        items.append(f"{_re_char(lo)}-{_re_char(hi)}")
+                    k += 3
+                else:
+                    items.append(_re_char(body[k]))
+                    k += 1
+            if items:
+                out.append(("[^" if negate else "[") + "".join(items) + "]")
+            else:  # an empty class: nothing matches it ([!] with nothing left: any character)
+                out.append("." if negate else "[^\\s\\S]")
+        else:
+            out.append(_re_char(c))
+    return "".join(out)
 
 
 def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.datetime) -> str:
@@ -183,6 +237,26 @@ def _alertmanager_expire(url: str, silence: Silence) -> None:
         raise OperationFailed(f"the silence of {silence.check} ended here, but Alertmanager at {redact(url)} "
                               f"could not be told ({credentials(str(exc))[:200]}); it ends there at "
                               f"{silence.until}") from None
+
+
+def unmatched(project, env, check: str) -> str | None:
+    """A one-line warning when pattern `check` matches no check (name or kind) the sweep of
+    `env` runs now, None when it does. A silence of such a pattern is still written (a
+    worker color not running yet may be silenced ahead of a deploy): the warning catches
+    the typo that would otherwise hold nothing. When the checks cannot be listed (e.g. the
+    local platform is not up) the warning says so."""
+    from opsctl.endpoints import resolve
+    from opsctl.health import checks
+
+    try:
+        planned = checks.plan(project, env, resolve(project, env))
+    except UsageError as exc:
+        return f"warning: cannot list the checks of '{env.name}' to compare --check {check!r} ({exc})"
+    probe = Silence("", check, "", "", "")
+    if any(probe.holds(c.name, c.kind) for c in planned):
+        return None
+    known = ", ".join(c.name for c in planned)
+    return f"warning: --check {check!r} matches no check of '{env.name}' now (checks: {known}); silenced anyway"
 
 
 def holding(silences: list[Silence], name: str, kind: str = "") -> Silence | None:

@@ -82,8 +82,8 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
     lf = Path(locustfile).expanduser().resolve() if locustfile else profiles.loadtests_dir(project) / "locustfile.py"
     if not lf.is_file():
         raise UsageError(f"locustfile {lf} not found; pass --locustfile PATH")
-    duration_s = profiles.parse_duration(duration) if duration is not None else prof.duration_s
-    stop_s = profiles.parse_duration(stop_timeout, "--stop-timeout") if stop_timeout is not None else STOP_TIMEOUT_S
+    duration_s = profiles.parse_duration(duration, maximum=profiles.MAX_SECONDS) if duration is not None else prof.duration_s
+    stop_s = profiles.parse_duration(stop_timeout, "--stop-timeout", profiles.MAX_SECONDS) if stop_timeout is not None else STOP_TIMEOUT_S
     target = _host(project, env, host)
     if check:
         reachable(target, env, explicit=host is not None)

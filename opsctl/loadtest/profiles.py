@@ -39,8 +39,13 @@ def loadtests_dir(project: Project) -> Path:
     return own if (own / "profiles.yaml").is_file() else SHIPPED
 
 
-def parse_duration(text: str | float | int, what: str = "--duration") -> float:
-    """'90' or '90s', '5m', '1h30m' -> seconds; anything else is one clear UsageError."""
+#: the longest load test or stop timeout accepted (seconds): one week
+MAX_SECONDS = 7 * 86400
+
+
+def parse_duration(text: str | float | int, what: str = "--duration", maximum: float | None = None) -> float:
+    """'90' or '90s', '5m', '1h30m' -> seconds; anything else, or more than `maximum`
+    seconds when given, is one clear UsageError."""
     raw = str(text).strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", raw):
         seconds = float(raw)
@@ -50,7 +55,13 @@ def parse_duration(text: str | float | int, what: str = "--duration") -> float:
         raise UsageError(f"{what}: '{text}' is not a duration; write e.g. 30s, 5m or 1h30m")
     if seconds <= 0:
         raise UsageError(f"{what}: must be more than 0 seconds (got '{text}')")
+    if maximum is not None and seconds > maximum:
+        raise UsageError(f"{what}: '{text}' is longer than the {_span(maximum)} allowed")
     return seconds
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 86400:g}d" if seconds >= 86400 else f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds:g}s"
 
 
 def load(project: Project) -> dict[str, Profile]:
@@ -68,7 +79,7 @@ def load(project: Project) -> dict[str, Profile]:
         try:
             profiles[name] = Profile(
                 name=name, users=int(spec["users"]), spawn_rate=float(spec["spawn_rate"]),
-                duration_s=parse_duration(spec["duration"], f"{path}: profiles.{name}.duration"),
+                duration_s=parse_duration(spec["duration"], f"{path}: profiles.{name}.duration", MAX_SECONDS),
                 classes={str(k): int(v) for k, v in (spec.get("classes") or {}).items()},
                 slo=spec.get("slo"), description=spec.get("description", ""))
         except (KeyError, TypeError, ValueError) as exc:
