@@ -59,7 +59,7 @@ def migrate(variables: dict) -> None:
     import os
     import subprocess
 
-    exe = _exe()
+    exe = executable()
     result = subprocess.run([exe, "migrate"], env={**os.environ, **variables},
                             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -71,13 +71,15 @@ def assemble_model() -> str:
     OperationFailed when that fails."""
     import subprocess
 
-    result = subprocess.run([_exe(), "assemble-model"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([executable(), "assemble-model"], capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise OperationFailed(f"could not assemble the Whisper model: {result.stderr.strip()}")
     return result.stdout.strip()
 
 
-def _exe() -> str:
+def executable() -> str:
+    """The path of the transcription-worker program in this Python environment;
+    OperationFailed when the worker package is not installed."""
     exe = binaries.script("transcription-worker")
     if exe is None:
         raise OperationFailed("transcription-worker not installed; pip install -e worker")
@@ -101,7 +103,7 @@ def start(state: LocalState, env, color: str, version: str, settings: dict,
     log = state.log(key)
     variables = environment(state, env, color, version, settings)
     state.save()
-    comp.pid = procs.spawn([_exe(), "serve", "--host", procs.HOST, "--port", str(comp.port)], log, env=variables,
+    comp.pid = procs.spawn([executable(), "serve", "--host", procs.HOST, "--port", str(comp.port)], log, env=variables,
                            pidfile=state.pidfile(key))
     state.save()
     procs.wait_until(lambda: ready(comp.port), timeout, f"{key} (version {version})", log, comp.pid,

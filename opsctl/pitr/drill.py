@@ -201,7 +201,7 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
                       "WORKER_REDIS_URL": redis_url, "WORKER_S3_BUCKET": bucket,
                       "WORKER_METRICS_PORT": str(metrics), "WORKER_COLOR": "preview"})
     log = tmp / "preview-worker.log"
-    pid = procs.spawn([wk._exe(), "serve", "--host", procs.HOST, "--port", str(port)], log, env=variables)
+    pid = procs.spawn([wk.executable(), "serve", "--host", procs.HOST, "--port", str(port)], log, env=variables)
     teardown.callback(procs.stop, pid, 30, "transcription-worker")
     procs.wait_until(lambda: wk.ready(port), env.deploy.ready_timeout, "the drill's preview worker", log, pid,
                      interval=0.25)
