@@ -441,12 +441,11 @@ def _non_finite(value: Any) -> bool:
 def _check_schedule(book: Runbook) -> list[Problem]:
     if book.schedule is None:
         return []
-    from croniter import croniter
+    from opsctl.runbook.schedules import cron_problem
 
-    if len(book.schedule.split()) != 5 or not croniter.is_valid(book.schedule):
-        return [Problem(book.path, book.line("schedule"),
-                        f"schedule '{book.schedule}' is not a 5-field cron expression (minute hour day month weekday), "
-                        "e.g. '0 2 * * *'")]
+    # the grammar GitHub and Kubernetes share, not croniter's (which accepts L, W, #, R)
+    if problem := cron_problem(book.schedule):
+        return [Problem(book.path, book.line("schedule"), problem)]
     required = [n for n, s in book.parameters.items() if s.get("required") and "default" not in s]
     if required:
         return [Problem(book.path, book.line("schedule"),

@@ -1,11 +1,15 @@
 """Scheduled runbooks as Kubernetes CronJobs (`opsctl render schedules --env E`).
 
-A runbook that declares `schedule:` (5-field cron, UTC, checked with croniter at validate)
-runs by itself in the cluster: one CronJob per runbook, running its pinned version
+A runbook that declares `schedule:` (5-field cron, UTC, checked at validate by `cron_problem`:
+the grammar GitHub and Kubernetes share, at most every 5 minutes) runs by itself in the
+cluster: one CronJob per runbook (a DNS-1123 name of <= 52 characters, hashed when cut; the
+full NAME@N in an annotation), running its pinned version
 (`NAME@N`) with the opsctl image, `concurrencyPolicy: Forbid` (a run never overlaps the
 previous one, as Rundeck and StackStorm schedules do) and no pod retries (the runbook has
 its own). The pod reads its secrets (database and Redis URLs, backup key) from the Secret
 `opsctl-<env>` and keeps its journal in an emptyDir under the ops root baked in the image.
+The ServiceAccount `opsctl` gets a Role with what the scheduled runbooks' actions call in the
+API (`rbac`: read-only for a health sweep, plus nodes cluster-wide on GPU environments).
 
 Built as data and dumped with PyYAML, like Caddy's config: every value is a YAML scalar
 quoted by the dumper, so no runbook name or cron text can change the manifest's shape.
@@ -13,6 +17,8 @@ quoted by the dumper, so no runbook name or cron text can change the manifest's 
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -33,6 +39,7 @@ class Scheduled:
     ref: str
     name: str
     cron: str
+    actions: tuple[str, ...] = ()  # the actions its steps use: what its RBAC must grant
 
 
 def scheduled(project: Project, actions: Mapping[str, Callable]) -> list[Scheduled]:
@@ -42,8 +49,116 @@ def scheduled(project: Project, actions: Mapping[str, Callable]) -> list[Schedul
     for name in catalog.names(project.root):
         book = catalog.load(project.root, name, actions)
         if book.schedule:
-            found.append(Scheduled(book.ref, book.name, book.schedule))
+            found.append(Scheduled(book.ref, book.name, book.schedule,
+                                   tuple(sorted({str(st.get("action")) for st in book.steps}))))
     return found
+
+
+# --- the cron grammar GitHub Actions and Kubernetes both accept -------------------------------
+# Kubernetes' CronJob controller and actionlint (which mirrors GitHub) parse with robfig/cron's
+# standard parser; croniter accepts more (L, W, #, R, a 7 for Sunday, seconds, descriptors),
+# which either of them refuses. So a schedule is the plain 5-field grammar: `*`, numbers,
+# ranges, steps, lists, and month/weekday names; nothing else.
+_FIELDS = (("minute", 0, 59, None), ("hour", 0, 23, None), ("day of month", 1, 31, None),
+           ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+           ("day of week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")))
+MIN_INTERVAL_MINUTES = 5  # GitHub runs a scheduled workflow at most every 5 minutes
+
+
+def _cron_value(text: str, low: int, high: int, names) -> int:
+    if names and text.lower() in names:
+        return names.index(text.lower()) + low
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(f"'{text}' is not a number in {low}-{high}" + (f" or a name ({names[0].upper()}-"
+                                                                          f"{names[-1].upper()})" if names else ""))
+    return int(text)
+
+
+def _cron_field(text: str, what: str, low: int, high: int, names) -> set[int]:
+    """The values of one field; ValueError naming what is wrong."""
+    try:
+        return _cron_items(text, what, low, high, names)
+    except ValueError as exc:
+        raise ValueError(str(exc) if str(exc).startswith(what) else f"{what} {exc}") from None
+
+
+def _cron_items(text: str, what: str, low: int, high: int, names) -> set[int]:
+    values: set[int] = set()
+    for item in text.split(","):
+        base, slash, step_text = item.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) < 1:
+                raise ValueError(f"{what}: step '{step_text}' is not a positive number")
+            step = int(step_text)
+        if base == "*":
+            lo, hi = low, high
+        elif "-" in base:
+            a, _, b = base.partition("-")
+            lo, hi = _cron_value(a, low, high, names), _cron_value(b, low, high, names)
+            if lo > hi:
+                raise ValueError(f"{what}: range '{base}' runs backwards")
+        else:
+            if slash:
+                raise ValueError(f"{what}: a step goes after '*' or a range, not '{item}'")
+            lo = hi = _cron_value(base, low, high, names)
+        values.update(range(lo, hi + 1, step))
+    return values
+
+
+def cron_problem(expr: str) -> str | None:
+    """Why `expr` is not a schedule both GitHub Actions and a Kubernetes CronJob run, in one
+    line, or None. The standard 5-field grammar only (minute hour day-of-month month
+    day-of-week; `*`, numbers, `a-b` ranges, `/n` steps, `,` lists, JAN-DEC and SUN-SAT),
+    refusing croniter's extensions (L, W, #, R, ?, 7 for Sunday, @daily, a sixth field) and
+    anything that runs more often than every MIN_INTERVAL_MINUTES minutes."""
+    fields = str(expr).split()
+    if len(fields) != 5:
+        return (f"schedule '{expr}' is not a 5-field cron expression (minute hour day month weekday), "
+                "e.g. '0 2 * * *'")
+    try:
+        sets = [_cron_field(f, what, low, high, names) for f, (what, low, high, names) in zip(fields, _FIELDS)]
+    except ValueError as exc:
+        return (f"schedule '{expr}' is not a 5-field cron expression GitHub and Kubernetes accept ({exc}); "
+                "use numbers, ranges, steps, lists and names only, e.g. '0 2 * * *'")
+    minutes, hours = sorted(sets[0]), sets[1]
+    gaps = [b - a for a, b in zip(minutes, minutes[1:])]
+    if any((h + 1) % 24 in hours for h in hours):  # the next hour runs too: the gap across the hour
+        gaps.append(60 - minutes[-1] + minutes[0])
+    if gaps and min(gaps) < MIN_INTERVAL_MINUTES:
+        return (f"schedule '{expr}' runs every {min(gaps)} minute(s); GitHub runs schedules at most every "
+                f"{MIN_INTERVAL_MINUTES} minutes: e.g. '*/{MIN_INTERVAL_MINUTES} * * * *'")
+    return None
+
+
+# --- names and labels the API server accepts ----------------------------------------------------
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+CRONJOB_NAME_MAX = 52  # the CronJob controller appends an 11-character suffix to its Jobs' names (63)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def k8s_name(text: str, limit: int = CRONJOB_NAME_MAX) -> str:
+    """`text` as a DNS-1123 label of at most `limit` characters: as is when it already is one;
+    otherwise cut, cleaned and suffixed with 8 hex of its SHA-256, so two long names that
+    share a prefix stay distinct."""
+    if len(text) <= limit and _DNS_LABEL.match(text):
+        return text
+    base = re.sub(r"[^a-z0-9-]+", "-", text.lower())[: limit - 9].strip("-")
+    return f"{base}-{_digest(text)}" if base else f"x{_digest(text)}"
+
+
+def label_value(text: str) -> str:
+    """`text` as a Kubernetes label value (<= 63 characters, alphanumeric at both ends): as is
+    when valid, otherwise cut and suffixed with 8 hex of its SHA-256 (the full text then goes
+    in an annotation)."""
+    if len(text) <= 63 and _LABEL_VALUE.match(text):
+        return text
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:54].strip("-_.")
+    return f"{base}-{_digest(text)}" if base else _digest(text)
 
 
 def default_image(env: Environment) -> str:
@@ -57,7 +172,7 @@ def default_image(env: Environment) -> str:
 def _cronjob(item: Scheduled, env: Environment, image: str) -> dict:
     """The CronJob (batch/v1) that runs `item` in `env`'s namespace."""
     labels = {"app.kubernetes.io/name": "opsctl", "app.kubernetes.io/component": "schedule",
-              "opsctl.dev/runbook": item.name, "opsctl.dev/environment": env.name}
+              "opsctl.dev/runbook": label_value(item.name), "opsctl.dev/environment": env.name}
     container = {
         "name": "opsctl",
         "image": image,
@@ -83,8 +198,8 @@ def _cronjob(item: Scheduled, env: Environment, image: str) -> dict:
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": {"name": f"opsctl-{item.name}"[:52], "namespace": env.kubernetes.namespace,
-                     "labels": dict(labels)},
+        "metadata": {"name": k8s_name(f"opsctl-{item.name}"), "namespace": env.kubernetes.namespace,
+                     "labels": dict(labels), "annotations": {"opsctl.dev/runbook": item.ref}},
         "spec": {
             "schedule": item.cron,
             "timeZone": "Etc/UTC",
@@ -111,9 +226,80 @@ def service_account(env: Environment, role_arn: str | None) -> dict:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
 
 
+#: the actions whose runs call the Kubernetes API, and the namespaced rules each needs (the
+#: health check reads the worker's pods and KEDA ScaledObject; deploy-like actions apply what
+#: opsctl.deploy.drivers.kubernetes applies, hold its Lease and keep its history ConfigMap).
+#: Backup, verify, prune, restore and the drill reach the database and bucket only (Secret,
+#: IRSA), never the API. Read-only verbs where reading is all an action does.
+_READ = ["get", "list", "watch"]
+_WRITE = ["get", "list", "watch", "create", "patch", "update"]
+_DEPLOY_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": _READ},
+    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": _WRITE},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _WRITE},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _WRITE},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": _WRITE},
+    {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": [*_WRITE, "delete"]},
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": _READ},
+]
+_RULES: dict[str, list[dict]] = {
+    "health": [{"apiGroups": [""], "resources": ["pods"], "verbs": _READ},
+               {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _READ},
+               {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": _READ}],
+    "deploy-status": [{"apiGroups": [""], "resources": ["pods", "services", "configmaps"], "verbs": _READ},
+                      {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _READ},
+                      {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": _READ}],
+    **{a: _DEPLOY_RULES for a in ("deploy", "promote", "rollback", "scale-down")},
+}
+
+
+def rbac(env: Environment, items: list[Scheduled]) -> list[dict]:
+    """Least-privilege RBAC for the ServiceAccount `opsctl`: a Role and RoleBinding in the
+    namespace with the union of the rules the scheduled runbooks' actions need (_RULES), and,
+    when a health sweep runs on a GPU environment (the check lists nodes), a ClusterRole and
+    ClusterRoleBinding to read nodes. Nothing when no scheduled action calls the API."""
+    ns = env.kubernetes.namespace
+    labels = {"app.kubernetes.io/name": "opsctl", "opsctl.dev/environment": env.name}
+    used = {a for i in items for a in i.actions}
+    rules: list[dict] = []
+    for action in sorted(used & set(_RULES)):
+        for rule in _RULES[action]:
+            if rule not in rules:
+                rules.append(rule)
+    # merge the verbs of rules on the same resources (deploy's write verbs cover health's reads)
+    merged: dict[tuple, set[str]] = {}
+    for rule in rules:
+        for resource in rule["resources"]:
+            merged.setdefault((rule["apiGroups"][0], resource), set()).update(rule["verbs"])
+    docs: list[dict] = []
+    subject = [{"kind": "ServiceAccount", "name": "opsctl", "namespace": ns}]
+    if merged:
+        order = ["get", "list", "watch", "create", "patch", "update", "delete"]
+        docs += [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "opsctl-schedules", "namespace": ns, "labels": dict(labels)},
+             "rules": [{"apiGroups": [group], "resources": [resource], "verbs": [v for v in order if v in verbs]}
+                       for (group, resource), verbs in sorted(merged.items())]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "opsctl-schedules", "namespace": ns, "labels": dict(labels)},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "opsctl-schedules"},
+             "subjects": subject}]
+    if "health" in used and env.worker.gpu:
+        name = k8s_name(f"opsctl-{ns}-read-nodes", 63)  # cluster-wide: the namespace keeps it apart
+        docs += [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": name, "labels": dict(labels)},
+             "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": name, "labels": dict(labels)},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+             "subjects": subject}]
+    return docs
+
+
 def render(project: Project, env: Environment, actions: Mapping[str, Callable], image: str | None = None,
            role_arn: str | None = None) -> str:
-    """A multi-document YAML: the ServiceAccount `opsctl` and one CronJob per scheduled
+    """A multi-document YAML: the ServiceAccount `opsctl`, its RBAC (`rbac`) and one CronJob per scheduled
     runbook. UsageError for an environment that is not on kubernetes (locally, cron runs
     `opsctl runbook run`)."""
     if env.platform != "kubernetes":
@@ -127,6 +313,7 @@ def render(project: Project, env: Environment, actions: Mapping[str, Callable], 
                         f"#   keys {env.database.url_env}, {env.redis.url_env}, {env.backup.key_env}, "
                         f"{env.deploy.api_key_env} "
                         "(create it yourself; opsctl never writes secrets)."])
-    docs = [service_account(env, role_arn)] + [_cronjob(i, env, image) for i in items] if items else []
+    docs = ([service_account(env, role_arn), *rbac(env, items)] + [_cronjob(i, env, image) for i in items]
+            if items else [])
     return header + "\n" + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True) if docs else header + "\n"
 
