@@ -8,9 +8,13 @@ environment of the same name, so its required reviewers are the approval.
 Runbooks that declare `schedule:` get a `schedule` trigger each; on such an event only the
 `scheduled-<env>` jobs run, each step guarded by `github.event.schedule`, in the GitHub
 environment `<env>-scheduled` (no required reviewers, which would hold a 02:00 backup until
-someone approves it; give it a role limited to what the scheduled runbooks do). Every job that
-touches an environment is in that environment's concurrency group (`opsctl-<env>`), so a
-deploy and a scheduled backup never run at once, and gets its credentials the documented
+someone approves it; give it a role limited to what the scheduled runbooks do). The deploy
+chain's jobs share the environment's concurrency group (`opsctl-<env>`); scheduled runs have
+a group per schedule (`opsctl-<env>-schedule-<cron>`), because GitHub cancels a group's older
+pending job when a newer one arrives (a scheduled run may then overlap a deploy: the shipped
+scheduled runbooks change nothing a deploy changes, and opsctl's deploy lease keeps deploys
+apart). `--no-schedules` leaves the triggers out, for schedules run as
+CronJobs (`opsctl render schedules`). Every job gets its credentials the documented
 way: OIDC role assumption (aws-actions/configure-aws-credentials, `id-token: write`) and
 `aws eks update-kubeconfig` under the context name opsctl.yaml gives.
 
@@ -48,7 +52,7 @@ def _stage(project: Project, job: str, env_name: str, needs: list[str], runbooks
     return {"job": job, "env": env_name, "github_env": env_name, "needs": needs, "timeout": 90, "condition": condition,
             "region": env.aws.region, "context": env.kubernetes.context or env_name,
             "db_env": env.database.url_env, "redis_env": env.redis.url_env, "key_env": env.backup.key_env,
-            "api_key_env": env.deploy.api_key_env, "runbooks": runbooks}
+            "api_key_env": env.deploy.api_key_env, "runbooks": runbooks, "group": f"opsctl-{env_name}"}
 
 
 def stages(project: Project, staging: str, production: str, schedules: list | None = None) -> list[dict]:
@@ -66,20 +70,26 @@ def stages(project: Project, staging: str, production: str, schedules: list | No
                      for s in schedules]
             stage = _stage(project, f"scheduled-{env_name}", env_name, [], steps, "github.event_name == 'schedule'")
             stage["github_env"] = f"{env_name}-scheduled"  # no required reviewers: nobody approves at 02:00
+            # a group per schedule: GitHub cancels an older PENDING job when a newer one joins its
+            # group, so sharing the deploy chain's group would cancel a pending load-test gate (or a
+            # 02:00 backup when the hourly and 15-minute schedules fire with it)
+            stage["group"] = f"opsctl-{env_name}-schedule-${{{{ github.event.schedule }}}}"
             out.append(stage)
     return out
 
 
 def workflow(project: Project, staging: str = "staging", production: str = "production",
-             registry: str = "ghcr.io", image: str | None = None, python_version: str = "3.11") -> str:
+             registry: str = "ghcr.io", image: str | None = None, python_version: str = "3.11",
+             with_schedules: bool = True) -> str:
     """The workflow's YAML text. UsageError when a named environment is not on kubernetes
-    or a scheduled runbook is not valid."""
+    or a scheduled runbook is not valid. `with_schedules` false leaves the schedule triggers
+    and scheduled jobs out (the schedules then run as CronJobs: `opsctl render schedules`)."""
     from opsctl.runbook.actions import ACTIONS as RUNBOOK_ACTIONS
     from opsctl.runbook.schedules import default_image, scheduled
 
     repo = image or project.env(production).worker.image.rsplit(":", 1)[0]
     opsctl_repository = default_image(project.env(production)).rsplit(":", 1)[0]
-    schedules = scheduled(project, RUNBOOK_ACTIONS)
+    schedules = scheduled(project, RUNBOOK_ACTIONS) if with_schedules else []
     text = render("ci/github-actions.yml.j2", project.root, stages=stages(project, staging, production, schedules),
                   schedules=schedules, registry=registry, image_repository=repo, opsctl_repository=opsctl_repository,
                   python_version=python_version,

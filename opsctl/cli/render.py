@@ -88,6 +88,10 @@ def ci(
     staging: Annotated[str, typer.Option("--staging", help="Environment deployed first.")] = "staging",
     production: Annotated[str, typer.Option("--production", help="Environment deployed after the gate.")] = "production",
     out: Annotated[str | None, typer.Option("--out", help="Write to this file, e.g. .github/workflows/deploy.yml.")] = None,
+    with_schedules: Annotated[bool, typer.Option(
+        "--schedules/--no-schedules",
+        help="Run the runbooks' schedules from this workflow (default), or leave them to the CronJobs "
+             "of 'opsctl render schedules'; never both, or each runs twice.")] = True,
 ) -> None:
     """A GitHub Actions workflow: test, build the worker image, deploy to staging blue-green,
     load-test gate, deploy to production behind the environment's approval."""
@@ -96,7 +100,7 @@ def ci(
     from opsctl import ci as pipeline
     from opsctl.cli.common import project
 
-    text = pipeline.workflow(project(), staging, production)
+    text = pipeline.workflow(project(), staging, production, with_schedules=with_schedules)
     if out:
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -65,8 +65,10 @@ def test_one_concurrency_group_and_oidc_credentials_per_environment(workflow):
     jobs = yaml.safe_load(workflow.read_text())["jobs"]
     groups = {name: job["concurrency"]["group"] for name, job in jobs.items() if "concurrency" in job}
     assert groups == {"deploy-staging": "opsctl-staging", "load-test-gate": "opsctl-staging",
-                      "deploy-production": "opsctl-production", "scheduled-staging": "opsctl-staging",
-                      "scheduled-production": "opsctl-production"}
+                      "deploy-production": "opsctl-production",
+                      # a group per schedule (BREAKER23): never the deploy chain's, whose pending jobs it would cancel
+                      "scheduled-staging": "opsctl-staging-schedule-${{ github.event.schedule }}",
+                      "scheduled-production": "opsctl-production-schedule-${{ github.event.schedule }}"}
     assert all(not jobs[n]["concurrency"]["cancel-in-progress"] for n in groups)
     for name in groups:
         job = jobs[name]

@@ -170,3 +170,34 @@ def test_backups_alone_get_no_kubernetes_rights_and_a_scheduled_deploy_gets_what
                 ("coordination.k8s.io", "leases"), ("keda.sh", "scaledobjects"), ("", "configmaps")]:
         assert {"get", "create", "patch"} <= granted[key], (key, granted.get(key))
     assert ("", "secrets") not in granted
+
+
+# --- (design risks) CI concurrency and where schedules run ------------------------------------
+
+def test_scheduled_runs_never_share_the_deploy_chains_concurrency_group(runner, monkeypatch, tmp_path):
+    """GitHub cancels a group's older PENDING job when a newer one arrives: a scheduled run in
+    the deploy chain's group would cancel a pending load-test gate or deploy, and the hourly,
+    15-minute and nightly schedules firing together at 02:00 would cancel one another."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "wf.yml"
+    assert runner.invoke(app, ["render", "ci", "--out", str(out)]).exit_code == 0
+    jobs = yaml.safe_load(out.read_text())["jobs"]
+    chain = {jobs[j]["concurrency"]["group"] for j in ("deploy-staging", "load-test-gate", "deploy-production")}
+    for env in ("staging", "production"):
+        group = jobs[f"scheduled-{env}"]["concurrency"]["group"]
+        assert group not in chain and "${{ github.event.schedule }}" in group and env in group
+    lint = subprocess.run([str(BIN / "actionlint"), "-no-color", str(out)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+
+
+def test_render_ci_can_leave_the_schedules_to_the_cronjobs(runner, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "wf.yml"
+    result = runner.invoke(app, ["render", "ci", "--no-schedules", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    flow = yaml.safe_load(out.read_text())
+    triggers = flow.get("on") or flow.get(True)  # PyYAML reads the key `on` as True
+    assert "schedule" not in triggers and not [j for j in flow["jobs"] if j.startswith("scheduled-")]
+    assert "deploy-production" in flow["jobs"]
+    lint = subprocess.run([str(BIN / "actionlint"), "-no-color", str(out)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
