@@ -773,3 +773,45 @@ async def test_the_preview_grows_to_the_size_the_autoscaler_gave_the_active_colo
     assert sizes[0] == 1 and sizes[-1] == 5  # preview_replicas, then the active color's 5 before the switch
     step = next(s for s in json.loads(result.stdout)["steps"] if s["name"] == "scale preview")
     assert "1 → 5" in step["detail"] and _scaled_target(cluster) == "green"
+
+
+async def test_a_switch_back_to_a_color_keda_scaled_to_zero_brings_it_up_before_traffic_moves(cluster):
+    """Scale to zero (issue 23, design risk): the warm standby is the old color, which KEDA took
+    to 0 while it was active and idle. A failed post-promotion analysis must not send traffic to
+    a color with no pod: the known-good color is brought back to the active color's size, ready,
+    before the active Service selects it."""
+    from opsctl.local import procs
+
+    (cluster.root / "opsctl.yaml").write_text(SCALE_TO_ZERO)
+    cluster.controller.idle = True
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    assert await _eventually(lambda: _replicas(cluster, "blue") == 0)  # idle: KEDA took blue to 0
+
+    router = f"http://127.0.0.1:{procs.free_port()}"  # every canary fails: the analysis fails
+    (cluster.root / "opsctl.yaml").write_text(SCALE_TO_ZERO.replace("analysis_window: 0", "analysis_window: 1").replace(
+        "    platform: kubernetes\n", f"    platform: kubernetes\n    router_url: {router}\n", 1))
+    result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")
+    assert result.exit_code == 1 and "rolled back to 1.0.0" in result.stderr, result.output
+    assert _selectors(cluster) == ["blue", "green", "blue"]
+    writes = [r for r in list(cluster.server) if r.method == "PATCH"]
+    back = [i for i, r in enumerate(writes) if str(r.url).split("?")[0].endswith("/services/transcription-worker")][-1]
+    grown = [i for i, r in enumerate(writes) if str(r.url).split("?")[0].endswith("/deployments/transcription-worker-blue")
+             and isinstance(r.data, dict) and (r.data.get("spec") or {}).get("replicas") == 3]
+    assert grown and grown[-1] < back, "traffic went back to blue before blue had its size again"
+    steps = [s["name"] for s in cluster.history()[-1]["steps"]]
+    assert steps.index("bring back blue") < steps.index("switch back"), steps
+
+
+async def test_the_driver_never_moves_traffic_to_a_color_without_a_ready_pod(cluster):
+    """The driver's own guard, whatever the caller did first: a switch to another color whose
+    Deployment has no ready pod is refused and traffic stays where it is."""
+    from opsctl.errors import OperationFailed
+
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-auto-promote")).exit_code == 0
+    driver = cluster.driver()
+    await asyncio.to_thread(driver.scale, "green", 0)
+    assert await _eventually(lambda: cluster.obj(DEPLOYMENTS, "transcription-worker-green")["status"]["readyReplicas"] == 0)
+    with pytest.raises(OperationFailed, match="transcription-worker-green has no ready pod"):
+        await asyncio.to_thread(driver.switch, "green")
+    assert cluster.selector_color("transcription-worker") == "blue"

@@ -357,8 +357,16 @@ class KubernetesDriver:
         A deploy's switch forward (the last record is an unfinished deploy to `color`) then waits
         up to deploy.ready_timeout for KEDA to report it Ready with its HPA on `color`, and
         raises OperationFailed if not (traffic has moved by then, and the message says so); a
-        return to an earlier color does not wait, so a broken autoscaler never delays a rollback."""
+        return to an earlier color does not wait, so a broken autoscaler never delays a rollback.
+        Refuses (OperationFailed, nothing changed) to move traffic to another color whose Deployment
+        has no ready pod: a standby KEDA scaled to zero must be brought up (and waited for) first."""
         self._fence()
+        if color != self.active_color():  # never traffic to a color with no pod (a scaled-to-zero standby)
+            dep = self._deployment(color)
+            if not ((dep or {}).get("status") or {}).get("readyReplicas"):
+                detail = _readiness(dep)[1] if dep else "no Deployment"
+                raise OperationFailed(f"refusing to move traffic to {color}: {mf.deployment_name(color)} has no ready "
+                                      f"pod ({detail}); traffic stays where it is; bring {color} up and wait for it first")
         self._apply(mf.parse(mf.service(self.project, self.env, "active", color))[0])
         if not self.env.worker.autoscaling.enabled:
             self._delete_scaled_object()
