@@ -24,6 +24,12 @@ STATE_DIR = ".opsctl"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+# resource names a container may ask for (the API server's IsStandardContainerResourceName, or an
+# extended resource: a DNS subdomain prefix, then a name)
+_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+_EXTENDED_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
 def _dns_label(value: str, what: str) -> str:
     """`value` when it is a DNS-1123 label (the API server's rule), else ValueError saying the rule."""
     if len(value) > 63 or not DNS_LABEL.match(value):
@@ -201,6 +207,9 @@ class WorkerSettings(_Model):
     def _quantities(cls, resources: dict) -> dict:
         for part, values in resources.items():
             for name, value in values.items():
+                if not (name in _CONTAINER_RESOURCES or name.startswith("hugepages-") or _EXTENDED_RESOURCE.match(name)):
+                    raise ValueError(f"{part}.{name}: not a container resource; use cpu, memory, ephemeral-storage, "
+                                     "hugepages-<size> or a domain-prefixed name such as nvidia.com/gpu")
                 _quantity(value, f"{part}.{name}")
         return resources
 

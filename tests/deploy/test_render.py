@@ -274,6 +274,8 @@ def _project(tmp_path, monkeypatch, env: str) -> None:
     ("{platform: kubernetes, worker: {resources: {requests: {memory: 8GB}}}}", "worker.resources"),  # no such suffix
     ("{platform: kubernetes, worker: {resources: {requests: {memory: ' 8Gi'}}}}", "worker.resources"),
     ("{platform: kubernetes, worker: {resources: {limits: {cpu: '-1'}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {CPU: '2'}}}}", "worker.resources"),  # not a resource name
+    ("{platform: kubernetes, worker: {resources: {limits: {gpu: 1}}}}", "worker.resources"),  # unprefixed extended
 ])
 def test_settings_the_api_server_refuses_are_refused_at_config_load(runner, tmp_path, monkeypatch, env, key):
     _project(tmp_path, monkeypatch, env)
@@ -281,7 +283,7 @@ def test_settings_the_api_server_refuses_are_refused_at_config_load(runner, tmp_
     assert result.exit_code == 2, result.stdout[:300]
     line = result.stderr.strip()
     assert line.count("\n") == 0 and f"environments.e.{key}" in line, line
-    assert "DNS-1123 label" in line or "is not a Kubernetes quantity" in line, line
+    assert any(rule in line for rule in ("DNS-1123 label", "is not a Kubernetes quantity", "not a container resource")), line
 
 
 @pytest.mark.parametrize("env", [
