@@ -91,15 +91,17 @@ def check_consistency(t: Target, env: Environment) -> None:
 
 
 def gpu_demand(env: Environment) -> tuple[int, float]:
-    """(pods per color at most, GPUs per pod) of the worker: the autoscaler's maximum and
-    worker.resources' nvidia.com/gpu limit (default 1); (0, 0) without `worker.gpu`."""
+    """(pods per color at most, GPUs per pod) of the worker: the autoscaler's maximum (with
+    worker.autoscaling off, worker.replicas) and worker.resources' nvidia.com/gpu limit
+    (default 1); (0, 0) without `worker.gpu`."""
     from kubernetes.utils import parse_quantity
 
     from opsctl.deploy import manifests as mf
 
     if not env.worker.gpu:
         return 0, 0.0
-    return mf.autoscaling_bounds(env)[1], float(parse_quantity(mf.resources(env)["limits"].get(mf.GPU_RESOURCE, 0)))
+    pods = mf.autoscaling_bounds(env)[1] if env.worker.autoscaling.enabled else env.worker.replicas
+    return pods, float(parse_quantity(mf.resources(env)["limits"].get(mf.GPU_RESOURCE, 0)))
 
 
 def check_gpu_capacity(t: Target, env: Environment, config: dict[str, Any] | None = None) -> None:

@@ -51,6 +51,7 @@ def _root(tmp_path, monkeypatch, worker: str, gpus: int) -> Path:
     ("{gpu: true, replicas: 3}", 8, 18),                                    # production's case
     ("{gpu: true, replicas: 3, autoscaling: {max_replicas: 4}}", 7, 8),     # 4 per color, both colors
     ("{gpu: true, replicas: 1, autoscaling: {max_replicas: 2}, resources: {limits: {nvidia.com/gpu: 2}}}", 6, 8),
+    ("{gpu: true, replicas: 4, autoscaling: {enabled: false}}", 6, 8),     # no autoscaler: worker.replicas per color
 ])
 def test_a_gpu_pool_smaller_than_a_deploy_needs_is_refused_in_one_line(runner, tmp_path, monkeypatch,
                                                                        worker, gpus, need):
@@ -84,6 +85,7 @@ def test_bring_up_and_the_dry_run_refuse_before_any_request(tmp_path, monkeypatc
     ("{gpu: true, replicas: 1}", 6),
     ("{gpu: true, replicas: 3, autoscaling: {max_replicas: 4}}", 8),
     ("{gpu: false, replicas: 3}", 1),  # no GPU asked: the pool does not limit the worker
+    ("{gpu: true, replicas: 2, autoscaling: {enabled: false}}", 4),  # not 3 x replicas: no autoscaler
 ])
 def test_a_gpu_pool_that_fits_passes(runner, tmp_path, monkeypatch, worker, gpus):
     _root(tmp_path, monkeypatch, worker, gpus)
