@@ -132,7 +132,35 @@ def resources(env: Environment) -> dict:
         out = {"requests": {"cpu": str(max(1, env.worker.concurrency)), "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
     for part, values in env.worker.resources.items():
         out[part].update(values)
+    _check_resources(env, out)
     return out
+
+
+def _check_resources(env: Environment, res: dict) -> None:
+    """UsageError for what the API server refuses in a container's resources once opsctl.yaml's
+    values are merged over the defaults: a request above its limit, and an extended resource
+    (nvidia.com/gpu) that is fractional or whose request differs from its limit."""
+    from kubernetes.utils import parse_quantity
+
+    from opsctl.errors import UsageError
+
+    where = f"environments.{env.name}.worker.resources"
+    requests, limits = res.get("requests", {}), res.get("limits", {})
+    for name in {**requests, **limits}:
+        req, lim = requests.get(name), limits.get(name)
+        extended = "/" in name and not name.startswith("kubernetes.io/")
+        for part, value in (("requests", req), ("limits", lim)):
+            if extended and value is not None and parse_quantity(value) % 1:
+                raise UsageError(f"{where}.{part}.{name}: {value!r} is fractional; an extended resource is "
+                                 "counted in whole units")
+        if req is None or lim is None:
+            continue
+        if extended and parse_quantity(req) != parse_quantity(lim):
+            raise UsageError(f"{where}: requests.{name} {req} differs from limits.{name} {lim}; an extended "
+                             "resource cannot be overcommitted, so set them equal (or set only the limit)")
+        if parse_quantity(req) > parse_quantity(lim):
+            raise UsageError(f"{where}: requests.{name} {req} is above limits.{name} {lim} (defaults included: "
+                             "'opsctl render' shows them); lower the request or raise the limit")
 
 
 def deployment(project: Project, env: Environment, release: Release, color: str | None,

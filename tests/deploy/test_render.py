@@ -289,7 +289,7 @@ def test_settings_the_api_server_refuses_are_refused_at_config_load(runner, tmp_
 @pytest.mark.parametrize("env", [
     "{platform: kubernetes, kubernetes: {namespace: transcribe-eu-1}}",
     "{platform: kubernetes, kubernetes: {namespace: " + "n" * 63 + "}}",
-    "{platform: kubernetes, worker: {resources: {limits: {cpu: 500m, memory: 8Gi, nvidia.com/gpu: 1}, "
+    "{platform: kubernetes, worker: {resources: {limits: {cpu: 2000m, memory: 8Gi, nvidia.com/gpu: 1}, "
     "requests: {cpu: '1.5', memory: 1e9, ephemeral-storage: 10G}}}}",
 ])
 def test_settings_the_api_server_takes_still_render(runner, tmp_path, monkeypatch, env):
@@ -340,3 +340,20 @@ def test_dry_run_shows_the_deployment_at_the_size_bring_up_applies(repo_root):
             if active:
                 assert f"at {applied} replica(s)" in step, step
                 assert any(s.startswith(f"scale {target} to the active color's size") for s in doc["steps"]), strategy
+
+
+@pytest.mark.parametrize("resources, message", [
+    ("{requests: {memory: 16Gi}}", "requests.memory 16Gi is above limits.memory 12Gi"),  # over the GPU default limit
+    ("{requests: {cpu: '4'}, limits: {cpu: 2000m}}", "requests.cpu 4 is above limits.cpu 2000m"),
+    ("{requests: {nvidia.com/gpu: 2}}", "requests.nvidia.com/gpu 2 differs from limits.nvidia.com/gpu 1"),
+    ("{limits: {nvidia.com/gpu: 500m}}", "limits.nvidia.com/gpu: '500m' is fractional"),
+])
+def test_resources_the_api_server_refuses_once_merged_with_the_defaults(runner, tmp_path, monkeypatch, resources, message):
+    """Each value is a quantity, but together with the defaults the API server refuses the pod."""
+    _project(tmp_path, monkeypatch, "{platform: kubernetes, worker: {gpu: true, resources: %s}}" % resources)
+    result = runner.invoke(app, ["render", "--env", "e"])
+    assert result.exit_code == 2, result.stdout[:300]
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    _project(tmp_path, monkeypatch, "{platform: kubernetes, worker: {gpu: true, resources: "
+                                    "{requests: {memory: 12Gi, nvidia.com/gpu: 1}, limits: {cpu: '4'}}}}")
+    assert runner.invoke(app, ["render", "--env", "e"]).exit_code == 0
