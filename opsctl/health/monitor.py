@@ -174,7 +174,7 @@ def cadence(project, env, mode: str, interval: float | None, cron: str | None, i
             raise UsageError("--cron goes with --mode scheduled; continuous mode takes --interval")
         interval = env.health.interval if interval is None else interval
         if not 0 < interval <= 86400:  # also refuses nan and inf (time.sleep(inf) overflows)
-            raise UsageError(f"--interval must be a number of seconds in (0, 86400], not {interval:g}")
+            raise UsageError(f"--interval must be a positive number of seconds, at most 86400, not {interval:g}")
     elif mode == "scheduled":
         if interval is not None:
             raise UsageError("--interval goes with --mode continuous; scheduled mode takes --cron")
