@@ -84,10 +84,11 @@ _DEPLOY_LIKE = ("deploy", "promote", "abort", "rollback")
 
 def window_seconds(env, operation: str) -> float:
     """The default bound (seconds) of an operation's silences when the caller passes none:
-    for deploy, promote, abort and rollback the worst case its deploy settings allow (four
-    readiness waits -- preview up, preview sized to the active color, KEDA re-targeted, the
-    old color's restart on rollback -- plus analysis_window, drain_timeout, scale_down_delay
-    and ten minutes of margin), never under 3600; 3600 for other operations."""
+    for deploy, promote, abort and rollback a generous worst case of its deploy settings
+    (4 x ready_timeout, for the readiness waits of a blue-green deploy with room to spare,
+    plus analysis_window, drain_timeout, scale_down_delay and ten minutes), never under
+    3600 (opsctl.yaml's production gives 5430); 3600 for other operations. A caller that knows
+    its own deadline passes it as `max_seconds` instead."""
     if operation not in _DEPLOY_LIKE:
         return 3600.0
     d = env.deploy
