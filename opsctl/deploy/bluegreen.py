@@ -96,55 +96,168 @@ def known_good(driver: Driver) -> tuple[str | None, str | None]:
     traffic must return: the previous color while a deploy that moved traffic is unresolved,
     the active color otherwise."""
     record = unfinished(driver)
-    if record is not None and switched(driver, record):
+    if record is not None and record.strategy != "rollback" and switched(driver, record):
         return record.from_color, record.from_version
     active = driver.active_color()
     colors = driver.colors()
     return active, (colors[active].version if active in colors else None)
 
 
-def close_steps(record: DeployRecord, moved: bool) -> None:
-    """The steps a killed deploy left `running`: a switch the platform shows as done is ok,
-    any other is failed where the process died."""
+# the steps that send traffic back to a record's from_color (abort and settle: "switch back";
+# an instant rollback of a deploy interrupted after its switch: "return")
+RETURN_STEPS = ("switch back", "return")
+
+
+def went_back(driver: Driver, record: DeployRecord) -> bool:
+    """Did this deploy move traffic and then return it to its previous color? Judged from its
+    steps (a switch back was reached) and from the platform (traffic is on from_color): a
+    process killed during or after the switch back leaves a record that says neither."""
+    return (record.from_color is not None and record.to_color != record.from_color
+            and any(s.name in RETURN_STEPS and s.status in (StepStatus.OK, StepStatus.RUNNING) for s in record.steps)
+            and driver.active_color() == record.from_color)
+
+
+def close_steps(record: DeployRecord, moved: bool, back: bool = False) -> None:
+    """The steps a killed deploy left `running`: a switch the platform shows as done is ok
+    (`moved`: traffic is on to_color; `back`: it went there and returned, so the switch was done
+    and the switch back too), any other is failed where the process died."""
     for step in record.steps:
         if step.status != StepStatus.RUNNING:
             continue
-        if step.name == "switch" and moved:
+        if (step.name == "switch" and (moved or back)) or (step.name in RETURN_STEPS and back):
             step.status, step.detail = StepStatus.OK, f"{step.detail} (the process stopped before recording it)".strip()
         else:
             step.status, step.detail = StepStatus.FAILED, step.detail or "interrupted: the deploying process stopped"
 
 
-def reap(driver: Driver, force: bool = False) -> list[str]:
+def _brought_up(record: DeployRecord, color: str) -> bool:
+    """Did this record start `color` (a deploy's bring up, reached)?"""
+    return record.to_color == color and record.strategy != "rollback" and any(s.name == "bring up" for s in record.steps)
+
+
+def passed_analysis(history: list[DeployRecord], color: str, release: Release) -> bool:
+    """Does `color` run `release` as it passed analysis? The newest record that started
+    `color` must be promoted, with the release's version and settings (so a preview a killed or
+    failed deploy left with the same version but other settings never counts). A color no record
+    started (the one `opsctl local up` started) counts with its version, checked by the caller."""
+    for record in reversed(history):
+        if _brought_up(record, color):
+            return (record.outcome == Outcome.PROMOTED and record.version == release.version
+                    and dict(record.settings) == dict(release.settings))
+    return True
+
+
+def release_of(history: list[DeployRecord], color: str, version: str | None) -> Release | None:
+    """The release `color` ran when it served `version` after passing analysis: the newest
+    promoted record to that color and version (image and settings); for the release `opsctl
+    local up` started (no record promoted it), the image name of the records with that tag and
+    no settings. None without a version."""
+    if not version:
+        return None
+    for record in reversed(history):
+        if record.outcome == Outcome.PROMOTED and record.to_color == color and record.version == version:
+            return Release(record.image, dict(record.settings))
+    image = next((r.image for r in reversed(history) if r.image), "worker")
+    name = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    return Release(f"{name}:{version}", {})
+
+
+def make_ready(driver: Driver, env: Environment, run: "Run", color: str, release: Release | None,
+               role: str = "known-good") -> None:
+    """Before any switch to an earlier color (switch back, rollback, abort): `color` must run
+    `release`, answer ready and have the active color's size. A stopped color (`opsctl local
+    down/up` restarts only the active one; a cluster may have lost it) is started again with
+    `release` and waited for (deploy.ready_timeout), as a step of `run`. Raises OperationFailed,
+    with nothing switched, when it cannot be made ready or its release is unknown."""
+    state = driver.colors().get(color)
+    fits = state is not None and state.running and state.ready and (release is None or state.version == release.version)
+    if fits and driver.switch_size(color) is None:
+        return
+    with run.step(f"bring back {color}") as s:
+        if not fits and not (state is not None and state.running and release is not None
+                             and state.version == release.version):
+            if release is None:
+                raise OperationFailed(f"{role} color {color} is not running and its release is unknown")
+            s.detail = f"{role} {color} ({release.version}) is not running: starting it before the switch"
+            driver.bring_up(color, release, env.deploy.ready_timeout)
+        driver.wait_ready(color, env.deploy.ready_timeout)
+        sizes = driver.switch_size(color)
+        if sizes is not None:  # capacity must not drop: the active color's size first
+            driver.scale(color, sizes[1])
+            driver.wait_ready(color, env.deploy.ready_timeout)
+        s.detail = f"{role} {color} ({release.version if release else state.version}) is running and ready"
+
+
+def reap(driver: Driver, force: bool = False, overdue: bool = True) -> list[str]:
     """Finish what earlier deploys left: overdue standbys stopped, abandoned colors removed.
 
     Never stopped: the active color, a preview awaiting promotion, and the last known-good
     color while a deploy that moved traffic away from it has no verdict (the stable color
     stays until a newer release passed its analysis, as Argo Rollouts keeps its stable
-    ReplicaSet until a rollout completes). Call with the deploy lock held.
+    ReplicaSet until a rollout completes). `overdue` False keeps the warm standby of the newest
+    promoted release even past its delay (rollback: it may switch to it). Call with the deploy
+    lock held.
     """
     stopped = []
+    close_rollback(driver)
     active = driver.active_color()
     history = driver.history()
     last = history[-1:]
-    keep_until = {r.from_color: r.standby_until for r in last if r.outcome == Outcome.PROMOTED}
+    # the warm standby of the newest promoted release, unless a later deploy started that color
+    promoted = next((i for i in range(len(history) - 1, -1, -1) if history[i].outcome == Outcome.PROMOTED), None)
+    keep_until = {}
+    if promoted is not None and history[promoted].from_color \
+            and not any(_brought_up(r, history[promoted].from_color) for r in history[promoted + 1:]):
+        keep_until[history[promoted].from_color] = history[promoted].standby_until
     protected = {r.to_color for r in last if r.outcome == Outcome.AWAITING_PROMOTION}
     protected |= {r.from_color for r in last if r.outcome == Outcome.IN_PROGRESS and switched(driver, r)}
     for color, state in driver.colors().items():
         if color == active or not state.running or color in protected:
             continue
         until = keep_until.get(color)
-        if until is not None and time.time() < until and not force:
+        if until is not None and (time.time() < until or not overdue) and not force:
             continue  # still the warm standby for an instant rollback
         driver.scale_down(color)
         stopped.append(color)
     for record in history:
         if record.outcome == Outcome.IN_PROGRESS and not (record is history[-1] and switched(driver, record)):
-            close_steps(record, moved=False)
-            record.outcome, record.reason = Outcome.INTERRUPTED, "the deploying process stopped before the switch; cleaned up later"
+            back = record is history[-1] and went_back(driver, record)
+            moved = any(s.name == "switch" and s.status == StepStatus.OK for s in record.steps)
+            close_steps(record, moved=False, back=back)
+            if back:  # the steps say traffic moved and came back: not "before the switch"
+                record.outcome = Outcome.ROLLED_BACK
+                record.reason = (f"traffic returned to {record.from_color} ({record.from_version}); the process stopped "
+                                 "before recording its end; cleaned up later")
+            elif moved:
+                record.outcome = Outcome.INTERRUPTED
+                record.reason = "the deploying process stopped after its switch; cleaned up later"
+            else:
+                record.outcome = Outcome.INTERRUPTED
+                record.reason = "the deploying process stopped before the switch; cleaned up later"
             record.finished_at = now()
             driver.save(record)
     return stopped
+
+
+def close_rollback(driver: Driver) -> DeployRecord | None:
+    """An instant rollback killed at its switch (its record, written before the switch, is
+    the last and `in-progress`): done when traffic is on its color (promoted), else
+    interrupted with traffic where it was. Returns the record it closed. Call with the lock."""
+    history = driver.history()
+    record = history[-1] if history else None
+    if record is None or record.outcome != Outcome.IN_PROGRESS or record.strategy != "rollback":
+        return None
+    moved = driver.active_color() == record.to_color
+    close_steps(record, moved=moved)
+    if moved:
+        record.outcome, record.reason = Outcome.PROMOTED, (f"rollback to {record.to_color} ({record.version}) "
+                                                           "switched; the process stopped before recording it")
+    else:
+        record.outcome, record.reason = Outcome.INTERRUPTED, ("the rollback stopped before its switch; traffic stayed on "
+                                                              f"{record.from_color}")
+    record.finished_at = now()
+    driver.save(record)
+    return record
 
 
 def settle(driver: Driver, env: Environment, opts: "Options") -> DeployRecord | None:
@@ -152,6 +265,7 @@ def settle(driver: Driver, env: Environment, opts: "Options") -> DeployRecord | 
     now, then it is promoted or traffic returns to the known-good color. Returns that record
     (None when there was nothing to finish); raises nothing for a failed analysis, the record
     says it. Call with the deploy lock held."""
+    close_rollback(driver)
     record = unfinished(driver)
     if record is None or not switched(driver, record):
         return None
@@ -186,6 +300,13 @@ def _after_switch(driver: Driver, env: Environment, run: Run, opts: "Options", a
             if previous is None:
                 run.finish(Outcome.FAILED, f"post-promotion analysis failed: {exc}; no previous color to return to")
                 raise OperationFailed(f"post-promotion analysis failed: {exc}") from None
+            try:
+                make_ready(driver, env, run, previous, release_of(driver.history(), previous, record.from_version))
+            except OperationFailed as why:
+                run.finish(Outcome.FAILED, f"post-promotion analysis failed: {exc}; known-good {previous} cannot "
+                                           f"take traffic ({why}); traffic stays on {target}")
+                raise OperationFailed(f"post-promotion analysis of {record.version} failed: {exc}; known-good "
+                                      f"{previous} cannot take traffic ({why}); traffic stays on {target}") from None
             with run.step("switch back") as s:
                 driver.switch(previous)
                 s.detail = f"router → {previous} ({record.from_version})"
@@ -333,19 +454,25 @@ def abort(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
     """End a deploy that awaits promotion or was interrupted: traffic on the known-good color,
     the other color stopped, the record `aborted`. Nothing to abort is a usage error."""
     with driver.lock():
+        close_rollback(driver)
         history = driver.history()
         record = history[-1] if history else None
         if record is None or record.outcome not in (Outcome.AWAITING_PROMOTION, Outcome.IN_PROGRESS):
             state = f"the last deploy ({record.version}) is {record.outcome}" if record else "no deploy was recorded"
             raise UsageError(f"nothing to abort: {state}")
         moved = record.outcome == Outcome.IN_PROGRESS and switched(driver, record)
-        close_steps(record, moved)
+        close_steps(record, moved, back=record.outcome == Outcome.IN_PROGRESS and went_back(driver, record))
         run = Run(driver, record, opts.progress)
         good = record.from_color
         if moved:
             if good is None:
                 raise OperationFailed(f"deploy {record.id} moved traffic to {record.to_color} on an environment with no "
                                       "earlier color; nothing to return to ('opsctl promote' finishes its analysis)")
+            try:
+                make_ready(driver, env, run, good, release_of(driver.history(), good, record.from_version))
+            except OperationFailed as exc:
+                raise OperationFailed(f"nothing aborted: known-good {good} ({record.from_version}) cannot take traffic "
+                                      f"({exc}); traffic stays on {record.to_color}") from None
             with run.step("switch back") as s:
                 s.detail = f"router → {good} ({record.from_version})"
                 driver.switch(good)
@@ -365,5 +492,18 @@ def finish_scale_down(driver: Driver, record: DeployRecord, sleep: Callable[[flo
     if record.outcome != Outcome.PROMOTED or not record.standby_until:
         return []
     sleep(max(0.0, record.standby_until - time.time()))
-    with driver.lock():
-        return reap(driver)
+    newest = driver.history()[-1:]
+    if newest and newest[0].id != record.id:
+        raise Superseded(f"a newer deploy ({newest[0].id}, {newest[0].version}) started; the old color is its business")
+    try:
+        with driver.lock():
+            return reap(driver)
+    except OperationFailed:
+        if driver.deploy_running():  # a newer deploy holds the lock: it reaps what is overdue
+            raise Superseded("another deploy holds the deploy lock; it stops the old color") from None
+        raise
+
+
+class Superseded(Exception):
+    """The scale-down after a deploy is skipped: a newer deploy started meanwhile and stops
+    the old color itself (the message says which). Not a failure of the deploy."""

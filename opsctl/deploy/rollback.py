@@ -7,7 +7,7 @@ import time
 from opsctl.config import Environment
 from opsctl.deploy import bluegreen
 from opsctl.deploy.model import DeployRecord, Driver, Outcome, Release, other
-from opsctl.errors import UsageError
+from opsctl.errors import OperationFailed, UsageError
 
 
 def kept_releases(driver: Driver, keep: int) -> list[Release]:
@@ -17,12 +17,15 @@ def kept_releases(driver: Driver, keep: int) -> list[Release]:
     recorded deploy (the one `opsctl local up` started) can be returned to.
     """
     seen: dict[str, Release] = {}
-    for record in reversed(driver.history()):
+    history = driver.history()
+    for record in reversed(history):
         if record.outcome == Outcome.PROMOTED and record.version not in seen:
             seen[record.version] = Release(record.image, record.settings)
         if record.from_version and record.from_version not in seen:
+            # the settings it passed analysis with, when a record promoted it to that color
+            release = bluegreen.release_of(history, record.from_color or "", record.from_version)
             name = record.image.rsplit(":", 1)[0] if ":" in record.image.rsplit("/", 1)[-1] else record.image
-            seen[record.from_version] = Release(f"{name}:{record.from_version}", {})
+            seen[record.from_version] = release or Release(f"{name}:{record.from_version}", {})
     return list(seen.values())[:keep]
 
 
@@ -35,9 +38,11 @@ def rollback(driver: Driver, env: Environment, to_version: str | None,
     when the deploy lock is held or the redeploy fails."""
     with driver.lock():
         interrupted = bluegreen.unfinished(driver)
-        if interrupted is not None and bluegreen.switched(driver, interrupted) \
+        if interrupted is not None and interrupted.strategy != "rollback" and bluegreen.switched(driver, interrupted) \
                 and to_version in (None, interrupted.from_version):
             return _return_to_known_good(driver, env, interrupted, opts)
+        # a deploy killed before its switch left a preview that never passed analysis: clean up first
+        bluegreen.reap(driver, overdue=False)
         active = driver.active_color()
         colors = driver.colors()
         current = colors[active] if active else None
@@ -57,12 +62,23 @@ def rollback(driver: Driver, env: Environment, to_version: str | None,
         if current is not None and current.version == wanted.version:
             raise UsageError(f"{wanted.version} is already serving on {active}")
         standby = colors.get(other(active))
-        if standby is not None and standby.ready and standby.version == wanted.version:
+        # the standby is the release that passed analysis (version and settings), not whatever
+        # runs there with that version (a killed deploy's preview)
+        if standby is not None and standby.running and standby.ready and standby.version == wanted.version \
+                and bluegreen.passed_analysis(driver.history(), standby.color, wanted):
             record = DeployRecord(env=env.name, strategy="rollback", image=wanted.image,
                                   version=wanted.version, settings=wanted.settings,
                                   to_color=standby.color, from_color=active,
                                   from_version=current.version if current else None)
-            run = bluegreen.Run(driver, record, opts.progress, save_steps=False)
+            # the intent is saved before the switch: killed at it, the next command closes the
+            # record from where traffic is (bluegreen.close_rollback)
+            run = bluegreen.Run(driver, record, opts.progress)
+            try:
+                bluegreen.make_ready(driver, env, run, standby.color, wanted, role="warm")
+            except OperationFailed as exc:
+                run.finish(Outcome.FAILED, f"warm {standby.color} cannot take traffic ({exc}); traffic stays on {active}")
+                raise OperationFailed(f"rollback to {wanted.version} failed: warm {standby.color} cannot take traffic "
+                                      f"({exc}); traffic stays on {active}") from None
             with run.step("switch") as s:
                 s.detail = f"router → warm {standby.color} ({wanted.version})"
                 driver.switch(standby.color)
@@ -79,15 +95,28 @@ def _return_to_known_good(driver: Driver, env: Environment, interrupted: DeployR
     if good is None:
         raise UsageError(f"deploy {interrupted.id} of {interrupted.version} was interrupted after moving traffic, "
                          "and there is no earlier color to return to; 'opsctl promote' finishes its analysis")
-    record = DeployRecord(env=env.name, strategy="rollback", image=interrupted.image, version=interrupted.from_version
-                          or "unknown", settings={}, to_color=good, from_color=interrupted.to_color,
-                          from_version=interrupted.version)
+    history = driver.history()
+    release = bluegreen.release_of(history, good, interrupted.from_version)
+    record = DeployRecord(env=env.name, strategy="rollback", image=release.image if release else interrupted.image,
+                          version=interrupted.from_version or "unknown",
+                          settings=dict(release.settings) if release else {}, to_color=good,
+                          from_color=interrupted.to_color, from_version=interrupted.version)
     run = bluegreen.Run(driver, record, opts.progress, save_steps=False)
+    bluegreen.close_steps(interrupted, moved=True)
+    # the intent goes into the interrupted record first: killed during the switch, its steps
+    # say traffic was being returned (bluegreen.went_back), never "before the switch"
+    intent = bluegreen.Run(driver, interrupted, opts.progress)
+    try:
+        bluegreen.make_ready(driver, env, intent, good, release)
+    except OperationFailed as exc:
+        raise OperationFailed(f"nothing rolled back: known-good {good} ({interrupted.from_version}) cannot take "
+                              f"traffic ({exc}); traffic stays on {interrupted.to_color}") from None
+    with intent.step("return") as s:
+        s.detail = f"'opsctl rollback': router → known-good {good} ({interrupted.from_version})"
+        driver.switch(good)
     with run.step("switch") as s:
         s.detail = (f"router → known-good {good} ({interrupted.from_version}); deploy "
                     f"{interrupted.id} of {interrupted.version} was interrupted after its switch")
-        driver.switch(good)
-    bluegreen.close_steps(interrupted, moved=True)
     interrupted.outcome, interrupted.finished_at = Outcome.ROLLED_BACK, record.started_at
     interrupted.reason = f"interrupted after the switch; 'opsctl rollback' returned traffic to {good}"
     driver.save(interrupted)

@@ -11,31 +11,48 @@ def status(driver: Driver, last: int = 10) -> dict:
     and any deploy interrupted after its switch (then `known_good` is the color traffic
     returns to). Read-only: takes no lock.
 
-    Returns {driver, active_color, known_good: {color, version}, notice (text or None),
+    Returns {driver, active_color, known_good: {color, version},
+    known_good_warm (that color runs and answers ready now: checked, not assumed), notice (text or None),
     colors: {color: ColorState}, awaiting_promotion (a color or None), deploys: [record dicts]}.
     """
     history = driver.history()
     active = driver.active_color()
+    colors = driver.colors()
+    good_color, good_version = bluegreen.known_good(driver)
+    good_state = colors.get(good_color) if good_color else None
+    # checked, not assumed: `opsctl local down/up` restarts only the active color
+    warm = bool(good_state and good_state.running and good_state.ready)
     notice = None
     record = history[-1] if history else None
     if record is not None and record.outcome == Outcome.IN_PROGRESS:
         if driver.deploy_running():
             notice = f"deploy {record.id} of {record.version} is running"
+        elif record.strategy == "rollback":
+            notice = (f"rollback {record.id} to {record.version} was interrupted "
+                      + ("after its switch: traffic is on " if active == record.to_color else "before its switch: "
+                         "traffic stayed on ") + f"{active}; the next command records it")
         elif bluegreen.switched(driver, record):
+            kept = ("is kept warm" if warm else "is NOT running ('opsctl local up' starts it again; 'opsctl rollback' "
+                    "and 'opsctl abort' start it before switching)")
             notice = (f"deploy {record.id} of {record.version} was interrupted after the switch: traffic on "
                       f"{record.to_color} without a post-promotion verdict; known-good {record.from_color} "
-                      f"({record.from_version}) is kept warm. 'opsctl deploy' or 'opsctl promote' finish its "
+                      f"({record.from_version}) {kept}. 'opsctl deploy' or 'opsctl promote' finish its "
                       "analysis, 'opsctl rollback' or 'opsctl abort' return to the known-good color")
+        elif bluegreen.went_back(driver, record):  # judged from its steps, not only where traffic is
+            notice = (f"deploy {record.id} of {record.version} moved traffic to {record.to_color} and returned it to "
+                      f"{record.from_color} ({record.from_version}); the process stopped before recording its end. "
+                      "'opsctl abort' or the next deploy closes the record and stops "
+                      f"{record.to_color}")
         else:
             notice = (f"deploy {record.id} of {record.version} was interrupted before the switch: traffic "
                       f"stayed on {active}; the next deploy cleans up")
-    good_color, good_version = bluegreen.known_good(driver)
     return {
         "driver": driver.name,
         "active_color": active,
         "known_good": {"color": good_color, "version": good_version},
+        "known_good_warm": warm,
         "notice": notice,
-        "colors": driver.colors(),
+        "colors": colors,
         "awaiting_promotion": next((r.to_color for r in history[-1:] if r.outcome == Outcome.AWAITING_PROMOTION), None),
         "deploys": [{k: v for k, v in r.to_dict().items() if k != "steps"} for r in reversed(history[-last:])],
     }

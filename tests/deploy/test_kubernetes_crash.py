@@ -1,5 +1,8 @@
 """Issue 20 on the Kubernetes driver (kmock), as a fresh reviewer broke it:
 
+- instant rollback never switches to a preview a killed deploy left (same version, other
+  settings, preview size): the interrupted deploy is reaped first, the standby must be the
+  release that passed analysis;
 - fencing: a deploy that stalled past its Lease and lost it to another deploy changes nothing
   when it wakes (no switch, no scale-down, no record), and wait_ready checks the Deployment
   runs the release this deploy applied;
@@ -24,6 +27,47 @@ from tests.deploy.test_kubernetes_driver import (  # noqa: F401  (fixtures)
 kmock = [pytest.mark.asyncio, pytest.mark.kmock(cls=ApiServer)]
 
 REPO = Path(__file__).parents[2]
+
+
+@kmock[0]
+@kmock[1]
+async def test_rollback_never_switches_to_a_preview_a_killed_deploy_left(cluster):
+    from opsctl.deploy.lease import micro_time
+
+    (cluster.root / "opsctl.yaml").write_text(
+        OPSCTL_YAML.replace("ready_timeout: 3", "ready_timeout: 120, preview_replicas: 1"))
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0", "--no-wait")).exit_code == 0
+    assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-wait")).exit_code == 0
+    # blue: 1.0.0, 3 replicas, warm standby; green: 1.1.0 active
+    cluster.controller.paused = True
+    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "deploy", "--image", f"{IMAGE}:1.0.0", "--set",
+                             "beam_size=1", "--env", "prod", "--no-wait"], cwd=cluster.root,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):
+            h = cluster.history()
+            if len(h) == 3 and h[-1]["steps"] and h[-1]["steps"][-1]["name"] == "wait ready":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the deploy never reached wait ready")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait)
+    stale = micro_time(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
+    cluster.server.objects[LEASES, NS, "opsctl-deploy"].patch({"spec": {"renewTime": stale}})
+    cluster.controller.paused = False  # the killed deploy's preview becomes ready later
+    await asyncio.sleep(1)
+    result = await cluster.opsctl("rollback", "--no-wait")
+    assert result.exit_code == 0, result.output
+    active = cluster.obj("v1/services", "transcription-worker")["spec"]["selector"]["app.kubernetes.io/color"]
+    blue = cluster.obj(DEPLOYMENTS, "transcription-worker-blue")
+    # traffic may go to blue only if blue is the analysed 1.0.0 at full size
+    assert not (active == "blue" and blue["spec"]["replicas"] < 3), \
+        f"traffic switched to the killed deploy's {blue['spec']['replicas']}-replica, never-analysed preview"
+    killed = [r for r in cluster.history() if r["settings"].get("beam_size") == "1"][-1]
+    assert killed["outcome"] == "interrupted"
 
 
 @kmock[0]
@@ -114,3 +158,21 @@ def test_the_stack_and_its_policy_refuse_a_split_open_api(cidrs):
     assert len(found) == 1 and f"admits {', '.join(cidrs)};" in found[0], found
     narrow = policy.check(run_component(lambda: program(["203.0.113.0/24"])), production=False)
     assert not [v for v in narrow if "private-api-endpoint" in str(v)]
+
+
+@kmock[0]
+@kmock[1]
+@pytest.mark.parametrize("command", ["abort", "rollback"])
+async def test_a_known_good_color_scaled_to_zero_is_brought_back_before_traffic_returns(cluster, command):
+    from tests.deploy.test_kubernetes_driver import _kill_after_switch, _replicas
+
+    await _kill_after_switch(cluster, "1.1.0")  # traffic on green 1.1.0, no verdict; blue 1.0.0 known-good
+    cluster.server.objects[DEPLOYMENTS, NS, "transcription-worker-blue"].patch({"spec": {"replicas": 0}})
+    doc = __import__("json").loads((await cluster.opsctl("status", "--json")).stdout)
+    assert doc["known_good"]["color"] == "blue" and doc["known_good_warm"] is False
+    result = await cluster.opsctl(command, "--json", *(["--no-wait"] if command == "rollback" else []))
+    assert result.exit_code == 0, result.output
+    assert cluster.selector_color("transcription-worker") == "blue"
+    assert _replicas(cluster, "blue") == 3  # back at the active size before the switch, not a dead color
+    blue = cluster.obj(DEPLOYMENTS, "transcription-worker-blue")
+    assert blue["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE}:1.0.0"

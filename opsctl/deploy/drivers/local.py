@@ -8,6 +8,7 @@ blocks the next one.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +40,7 @@ class LocalDriver:
     """The Driver (opsctl.deploy.model.Driver) of `platform: local`: each color is a worker
     process of the embedded platform, the router is its Caddy. Raises UsageError when the
     platform of the ops root is not up."""
+
     name = "local"
 
     def __init__(self, project: Project, env: Environment):
@@ -62,20 +64,19 @@ class LocalDriver:
         except Timeout:
             raise OperationFailed("another deploy is running on env 'local' (deploy.lock is held); "
                                   "wait for it or check 'opsctl status'") from None
+        owner = self.folder / "deploy.lock.pid"
         try:
+            write_json(owner, os.getpid(), private=True, folder_mode=st.FOLDER_MODE)  # who holds it, for readers (deploy_running)
             yield
         finally:
+            owner.unlink(missing_ok=True)
             lock.release()
 
     def deploy_running(self) -> bool:
-        """True when another process holds the deploy lock now."""
-        lock = FileLock(str(self.folder / "deploy.lock"), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            return True
-        lock.release()
-        return False
+        """True when a live process holds the deploy lock now. Read from the holder's PID file
+        (`deploy.lock.pid`, written after taking the lock): a reader never takes the lock itself,
+        so `watch opsctl status` can never make a deploy find it held."""
+        return procs.pidfile_owner(self.folder / "deploy.lock.pid") is not None
 
     def _state(self) -> st.LocalState:
         return st.load(self.folder)
@@ -164,9 +165,14 @@ class LocalDriver:
                                   "deploy history (traffic and colors are not affected)") from None
 
     def save(self, record: DeployRecord) -> None:
-        """Replace the record with its id (moved to the end); the last 100 are kept, written
+        """Replace the record with its id (in place; a new one is appended); the last 100 are kept, written
         atomically and fsynced."""
-        records = [r for r in self.history() if r.id != record.id] + [record]
+        records = self.history()
+        at = next((i for i, r in enumerate(records) if r.id == record.id), None)
+        if at is None:
+            records.append(record)
+        else:  # in place: a save never reorders history
+            records[at] = record
         records = records[-100:]
         write_json(self._history_path, [r.to_dict() for r in records], indent=1)
 
