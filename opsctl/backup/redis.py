@@ -32,32 +32,52 @@ def _client(url: str, db: int | None = None):
     return redis.Redis.from_url(url)
 
 
+def _busy(p: dict) -> bool:
+    return bool(p.get("rdb_bgsave_in_progress") or p.get("rdb_bgsave_scheduled")
+                or p.get("aof_rewrite_in_progress") or p.get("aof_rewrite_scheduled")
+                or p.get("module_fork_in_progress"))
+
+
+def _wait_idle(r, deadline: float, timeout: float) -> dict:
+    """INFO persistence once no child (RDB save, AOF rewrite, module fork) runs or is
+    scheduled; OperationFailed past `deadline` (time.monotonic)."""
+    while True:
+        p = r.info("persistence")
+        if not _busy(p):
+            return p
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"redis BGSAVE did not finish within {timeout:.0f} s (another save or an AOF "
+                                  "rewrite kept the server busy); try again, or raise the timeout")
+        time.sleep(0.01)
+
+
 def snapshot(url: str, timeout: float = 600.0) -> tuple[Path, dict]:
     """BGSAVE now; return the RDB path and {redis_version, keys, expires} at the fork."""
     import redis
 
     r = _client(url)
+    r.set_response_callback("BGSAVE", lambda resp, **_: resp)  # the server's words, not redis-py's True
     deadline = time.monotonic() + timeout
     while True:
+        # plain BGSAVE, never SCHEDULE (redis-py's bgsave() default) and not inside MULTI
+        # (Redis 7 only schedules a BGSAVE from EXEC): its reply "Background saving started"
+        # proves the fork happened right here, INFO keyspace is the next command of the
+        # same request, and no earlier RDB can pass for ours
+        pipe = r.pipeline(transaction=False)
+        pipe.execute_command("BGSAVE")
+        pipe.info("keyspace")
         try:
-            pipe = r.pipeline(transaction=True)
-            pipe.bgsave()
-            pipe.info("keyspace")
-            _, keyspace = pipe.execute()
-            break
-        except redis.ResponseError as exc:  # a save already running: wait for it
-            if "in progress" not in str(exc) or time.monotonic() > deadline:
+            reply, keyspace = pipe.execute()
+        except redis.ResponseError as exc:  # a save or an AOF rewrite child running: wait
+            if "in progress" not in str(exc) and "child process" not in str(exc):
                 raise OperationFailed(f"redis BGSAVE failed: {exc}") from None
-            time.sleep(0.1)
-    # BGSAVE forks before it answers, so from here INFO persistence shows ours in progress
-    # until its child has renamed the new RDB into place (no wait for LASTSAVE's next second)
-    while True:
-        p = r.info("persistence")
-        if not p["rdb_bgsave_in_progress"]:
+            reply, keyspace = str(exc), None
+        reply = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if keyspace is not None and "started" in reply.lower():
             break
-        if time.monotonic() > deadline:
-            raise OperationFailed(f"redis BGSAVE did not finish within {timeout:.0f} s")
-        time.sleep(0.01)
+        _wait_idle(r, deadline, timeout)  # then ask again: the scheduled save's fork is not ours
+    # our child runs until it renamed the new RDB into place; only one RDB child runs at a time
+    p = _wait_idle(r, deadline, timeout)
     if p["rdb_last_bgsave_status"] != "ok":
         raise OperationFailed("redis BGSAVE failed; see the redis log")
     path = Path(r.config_get("dir")["dir"]) / r.config_get("dbfilename")["dbfilename"]
