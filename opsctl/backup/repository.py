@@ -112,6 +112,24 @@ class Repository(ABC):
             (folders if sep else files).add(top)
         return folders, files
 
+    def folder_names(self, folders: list[str]) -> dict[str, int]:
+        """`names()` of several top-level folders together ({name: size in bytes})."""
+        out: dict[str, int] = {}
+        for folder in folders:
+            out.update(self.names(f"{folder}/"))
+        return out
+
+    def names_after(self, folder: str, below: str = ":") -> dict[str, int]:
+        """`names()` of the top-level folders whose names sort after `folder` and before
+        `below` ({name: size in bytes}). Backup ids sort by time, so these are the backups
+        newer than `folder`: the catalog finds what its index misses at a cost that grows
+        with what is missing, not with the repository."""
+        folders, _ = self.folders()
+        out: dict[str, int] = {}
+        for f in sorted(f for f in folders if folder < f < below):
+            out.update(self.names(f"{f}/"))
+        return out
+
     def put_bytes(self, name: str, data: bytes) -> None:
         """`put` of one small object held in memory (records, manifests, the index)."""
         self.put(name, [data])
@@ -170,6 +188,45 @@ class S3Repository(Repository):
             for obj in page.get("Contents", []):
                 out[obj["Key"][len(base):]] = obj["Size"]
                 tags[obj["Key"][len(base):]] = f"{obj['Size']}:{obj.get('ETag', '')}"
+        return out
+
+    def folder_names(self, folders: list[str]) -> dict[str, int]:
+        """Repository.folder_names in one paged listing from the first folder (StartAfter)
+        to the last: `backup list --limit N` reads the newest N backups in one request where
+        a listing per folder would cost N (each as much as the bucket holds on some servers)."""
+        if not folders:
+            return {}
+        wanted, base, tags = set(folders), self._key(""), self._tags()
+        last = self._key(max(folders)) + "/\uffff"
+        out: dict[str, int] = {}
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base,
+                                                                  StartAfter=self._key(min(folders)))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if obj["Key"] > last:
+                    return out
+                name = obj["Key"][len(base):]
+                if name.partition("/")[0] in wanted:
+                    out[name] = obj["Size"]
+                    tags[name] = f"{obj['Size']}:{obj.get('ETag', '')}"
+        return out
+
+    def names_after(self, folder: str, below: str = ":") -> dict[str, int]:
+        """Repository.names_after in one paged listing starting after the folder `folder`
+        (ListObjectsV2 StartAfter) and stopping at the first key at or past `below`."""
+        base, tags = self._key(""), self._tags()
+        start = self._key(folder + "/\uffff") if folder else base
+        kwargs = {"StartAfter": start} if start else {}
+        out: dict[str, int] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base, **kwargs):
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(base):]
+                top, sep, _ = name.partition("/")
+                if top >= below:
+                    return out
+                if sep and top > folder:
+                    out[name] = obj["Size"]
+                    tags[name] = f"{obj['Size']}:{obj.get('ETag', '')}"
         return out
 
     def stamp(self, name: str) -> str | None:

@@ -85,3 +85,22 @@ def test_newest_backup_without_reading_every_manifest(three, monkeypatch):
     reads.clear()
     assert catalog.newest_complete(repo)[0] == ids[2]  # without an index: the manifests, then rebuilt
     assert len([r for r in reads if r.endswith("manifest.json")]) == 3
+
+
+def test_list_pages_the_newest_backups_on_both_repository_kinds(benv, runner):
+    ids = [ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "redis", "--label", f"p{i}",
+                                  "--json"]))["id"] for i in range(3)]
+    page = ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--limit", "2", "--json"]))
+    assert [(b["id"], b["status"], b["label"]) for b in page["backups"]] == [(ids[1], "complete", "p1"),
+                                                                           (ids[2], "complete", "p2")]
+    assert ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--limit", "0", "--json"]))["backups"] == []
+    # a newest folder that vanished between the two listings, or another tool's, never breaks the page
+    repo = benv.repo()
+    repo.put_bytes("29991231T000000Z-0bad/notes.txt", b"not a backup")
+    try:
+        page = ok(runner.invoke(app, ["backup", "list", "--env", benv.name, "--limit", "2", "--json"]))
+        assert [b["id"] for b in page["backups"]] == ids[1:] and "29991231T000000Z-0bad/" in page["foreign"]
+    finally:
+        repo.delete_prefix("29991231T000000Z-0bad/")
+    whole = rows(runner, benv.name)
+    assert all(whole[i]["label"] == f"p{n}" for n, i in enumerate(ids))
