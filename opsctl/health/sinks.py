@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import ssl
+import threading
 from dataclasses import dataclass
 
 from opsctl.errors import UsageError
@@ -107,9 +109,29 @@ class Sender:
         msg.set_content(text)
         context = ssl.create_default_context(cafile=s.ca_file) if s.security != "none" else None
         if s.security == "tls":
-            smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.timeout, context=context)
+            smtp = smtplib.SMTP_SSL(timeout=s.timeout, context=context)
         else:
-            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout)
+            smtp = smtplib.SMTP(timeout=s.timeout)
+        # smtplib's timeout is per socket operation, like httpx's: a server trickling its
+        # greeting or replies a byte at a time would hold the sink forever. A watchdog shuts
+        # the socket down when the sink's timeout has passed in total.
+        watchdog = threading.Timer(s.timeout, _shut, args=(smtp,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            self._session(smtp, msg, context)
+        except (OSError, smtplib.SMTPException) as exc:
+            if not watchdog.is_alive():
+                raise TimeoutError(f"SMTP exchange with {s.smtp_host}:{s.smtp_port} not done within "
+                                   f"{s.timeout:g}s in total; connection closed") from exc
+            raise
+        finally:
+            watchdog.cancel()
+
+    def _session(self, smtp, msg, context) -> None:
+        s = self.settings
+        smtp._host = s.smtp_host  # what SMTP(host) sets and connect() does not: TLS's server_hostname
+        smtp.connect(s.smtp_host, s.smtp_port)
         with smtp:
             if s.security == "starttls":
                 smtp.ehlo()
@@ -121,6 +143,16 @@ class Sender:
             if s.username_env:
                 smtp.login(_env(s.username_env, self.name), _env(s.password_env or "", self.name))
             smtp.send_message(msg)
+
+
+def _shut(smtp) -> None:
+    """Shut an SMTP session's socket down from the watchdog thread: the blocked read fails."""
+    sock = getattr(smtp, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def build(settings) -> Sender:

@@ -320,3 +320,45 @@ def test_the_kubernetes_check_uses_the_service_account_in_a_cronjob_pod(tmp_path
     monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(sa / "absent"))
     result = kubernetes(KubernetesSettings(namespace=NS), False, 2.0)
     assert result.status == Status.UNKNOWN and "in-cluster" in result.message
+
+
+@pytest.mark.parametrize("security", ["none", "starttls"])
+def test_a_trickling_smtp_server_fails_the_email_sink_within_its_timeout(security):
+    """smtplib's timeout is per socket operation too: a greeting sent a byte at a time never
+    trips it. The e-mail sink's watchdog ends the exchange at its timeout in total."""
+    from opsctl.health import sinks
+    from opsctl.health.alerting import Alert
+    from opsctl.health.settings import Sink as SinkSettings
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    stop = threading.Event()
+
+    def serve():
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        try:
+            conn.sendall(b"220 ")
+            while not stop.is_set():
+                conn.sendall(b"X")
+                time.sleep(0.3)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        sender = sinks.build(SinkSettings(type="email", name="mail", smtp_host="127.0.0.1",
+                                          smtp_port=server.getsockname()[1], sender="a@example.org",
+                                          to=["b@example.org"], security=security, timeout=1))
+        alert = Alert("trigger", "ci", "router", "http", "CRITICAL", "down", 0.0, "ms", "2026-01-01T00:00:00Z",
+                      "2026-01-01T00:00:01Z", 2)
+        with pytest.raises(TimeoutError, match="within 1s in total"):
+            sender.send(alert)
+    finally:
+        stop.set()
+        server.close()
