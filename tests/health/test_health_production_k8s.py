@@ -362,3 +362,13 @@ def test_a_trickling_smtp_server_fails_the_email_sink_within_its_timeout(securit
     finally:
         stop.set()
         server.close()
+
+
+def test_a_trickling_router_fails_the_load_tests_reachability_check(tmp_path, trickle):
+    from opsctl.errors import UsageError
+    from opsctl.loadtest.plan import reachable
+
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments: {ci: {platform: kubernetes}}\n")
+    env = load_project(tmp_path).env("ci")
+    with pytest.raises(UsageError, match="no answer within 5 s"):
+        reachable(trickle.url, env, True)
