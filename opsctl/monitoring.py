@@ -38,6 +38,10 @@ def _values(project: Project, env: Environment) -> dict:
         # the WAL archive check's lag (seconds) against the RPO, as `opsctl health` judges it
         "uploads": {"incomplete": env.health.uploads.incomplete,
                     "oldest_incomplete_seconds": f"{env.health.uploads.oldest_incomplete_seconds:g}"},
+        # a fleet KEDA scales to zero on purpose is idle, not down, until work arrives (wake_query)
+        "scale_to_zero": (env.platform == "kubernetes" and env.worker.autoscaling.enabled
+                          and env.worker.autoscaling.min_replicas == 0 and bool(env.worker.autoscaling.wake_query)),
+        "wake_query": env.worker.autoscaling.wake_query,
         "rpo": env.dr.rpo, "monitoring_lag_fraction": mon.archive_lag_warning, "rpo_seconds": f"{rpo:g}", "lag_warning_seconds": f"{rpo * mon.archive_lag_warning:g}",
     }
     if env.platform == "local":
