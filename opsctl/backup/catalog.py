@@ -311,31 +311,56 @@ def scan(repo: Repository, key: BackupKey | None | bool = False, pick=None) -> S
 
 
 def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> tuple[str, dt.datetime] | None:
-    """(id, finished_at) of the newest complete backup in constant time: the index and the
-    stamps of that backup's manifest and verdicts (Repository.stamp: they must be those the
-    index recorded); a full scan when the index is missing or does not match."""
+    """(id, finished_at) of the newest complete backup, at a cost that does not grow with
+    the repository: the index is a cache, never the last word on what is newest.
+
+    Backup ids sort by creation time, so after reading the index only the folders named
+    after its newest id are listed (Repository.names_after: S3 StartAfter, one scandir on
+    file://) and their manifests read and checked: a create killed before its index write,
+    an entry lost by two concurrent index writes, or a replayed older index is found at a
+    cost proportional to what the index misses, and the index is repaired when the key to
+    seal it is at hand. An empty index means "list everything once", never "no backups".
+    The index's own candidates count only while the stamps of their manifest and verdicts
+    (Repository.stamp) are those it recorded; a full scan (which rebuilds the index) when
+    the index is missing, invalid or does not match."""
     from opsctl.backup import index
 
     key = _key(repo, key)
     rec = record.read(repo, key)
     idx = index.read(repo, key, rec.encrypted) if rec is not None else None
-    if idx is not None:
-        for backup_id in sorted(idx, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
-            if not record.ID.fullmatch(backup_id):
-                break
-            tags = _stamps(repo, backup_id)  # a HEAD per object, no listing
-            if mf.NAME not in tags:  # a deleted one drops out
-                continue
-            summary = _cached(idx, backup_id, tags)
-            if summary is None:
-                break  # changed since it was indexed: check everything
-            if summary.get("failed"):
-                continue  # damaged (a failed verify is recorded): not a complete backup
-            return backup_id, dt.datetime.fromisoformat(summary["finished_at"])
-        else:
-            return None
-    done = [e for e in entries(repo, key) if e.complete]
-    return (done[-1].id, max(e.finished_at for e in done)) if done else None
+    if idx is None:
+        done = [e for e in entries(repo, key) if e.complete]  # scan() rebuilds the index
+        return (done[-1].id, max(e.finished_at for e in done)) if done else None
+    ids = [i for i in idx if record.ID.fullmatch(i)]
+    ours, _ = record.layout(repo.names_after(max(ids, default="")))
+    found: dict[str, dict] = {}
+    best: tuple[dt.datetime, str] | None = None
+    for backup_id in sorted(ours, reverse=True):
+        files = ours[backup_id]
+        if mf.NAME not in files:
+            continue  # running or interrupted: never complete
+        entry, summary = _check(repo, backup_id, files, _tags(repo, backup_id, files), rec, key)
+        if summary is not None:
+            found[backup_id] = summary
+        if entry.complete and (best is None or (entry.finished_at, backup_id) > best):
+            best = (entry.finished_at, backup_id)
+    if found and (key is not None or not rec.encrypted):
+        index.update(repo, key, rec.encrypted, found)  # repaired: the next answer reads nothing more
+    for backup_id in sorted(ids, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
+        tags = _stamps(repo, backup_id)  # a HEAD per object, no listing
+        if mf.NAME not in tags:  # a deleted one drops out
+            continue
+        summary = _cached(idx, backup_id, tags)
+        if summary is None:  # changed since it was indexed: check everything
+            done = [e for e in entries(repo, key) if e.complete]
+            return (done[-1].id, max(e.finished_at for e in done)) if done else None
+        if summary.get("failed"):
+            continue  # damaged (a failed verify is recorded): not a complete backup
+        when = dt.datetime.fromisoformat(summary["finished_at"])
+        if best is None or (when, backup_id) > best:
+            best = (when, backup_id)
+        break
+    return (best[1], best[0]) if best else None
 
 
 def failed_verdict(repo: Repository, backup_id: str, key: BackupKey | None | bool = False) -> dict | None:
@@ -353,6 +378,7 @@ def mark_verified(repo: Repository, backup_id: str, restore_tested: bool, key: B
     """Record a passed verify (`verified.json`, sealed for this id) and drop a failed one."""
     _write_verdict(repo, backup_id, VERIFIED, {"ok": True, "restore_tested": restore_tested}, key)
     repo.delete_prefix(f"{backup_id}/{FAILED}")
+    _reindex(repo, backup_id, key)
 
 
 def mark_failed(repo: Repository, backup_id: str, reason: str, key: BackupKey | None = None) -> None:
@@ -361,6 +387,31 @@ def mark_failed(repo: Repository, backup_id: str, reason: str, key: BackupKey | 
 
     _write_verdict(repo, backup_id, FAILED, {"ok": False, "reason": credentials(reason)[:500]}, key)
     repo.delete_prefix(f"{backup_id}/{VERIFIED}")
+    _reindex(repo, backup_id, key)
+
+
+def _reindex(repo: Repository, backup_id: str, key: BackupKey | None) -> None:
+    """After a verdict: the backup's index entry gets the verdict and the new stamps of its
+    manifest and verdicts, so the index keeps answering for it (without this, every later
+    health sweep and listing would find the stamps changed and read the repository whole)."""
+    from opsctl.backup import index
+
+    rec = record.read(repo, key)
+    if rec is None or (rec.encrypted and key is None):
+        return  # nothing to seal the index with: the next keyed scan updates it
+    idx = index.read(repo, key, rec.encrypted)
+    entry = (idx or {}).get(backup_id)
+    if idx is not None and not isinstance(entry, dict):
+        return  # not indexed (yet): the next scan adds it
+    changes: dict[str, dict | None] = {}
+    if idx is not None:
+        tags = _stamps(repo, backup_id)
+        ok = _verdict(repo, backup_id, VERIFIED, key, rec) if VERIFIED in tags else None
+        failed = _verdict(repo, backup_id, FAILED, key, rec) if FAILED in tags else None
+        changes[backup_id] = {**entry, "verified": bool(ok and ok.get("ok") is True), "tags": tags,
+                              "failed": {"at": failed.get("at", "?"), "reason": str(failed.get("reason", ""))}
+                              if failed else None}
+    index.update(repo, key, rec.encrypted, changes)  # an invalid or missing index: rebuilt once
 
 
 def _write_verdict(repo: Repository, backup_id: str, name: str, doc: dict, key: BackupKey | None) -> None:
@@ -433,9 +484,12 @@ def resolve(repo: Repository, backup_id: str | None, date: str | None, latest: b
 
 def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None = None) -> dict:
     """The catalog as plain rows, for `backup list` and anything else that shows it: the
-    newest `limit` ones, created at or after `since` (oldest first)."""
+    newest `limit` ones, created at or after `since` (oldest first). "total" counts every
+    entry created at or after `since`, not only the page shown (`limit` 0: none shown, the
+    total still true)."""
     want = limit or 0
     seen: list[int] = []
+    picked: list[str] = []
 
     def pick(ids: list[str]) -> list[str]:
         ids = [i for i in ids if since is None or (id_time(i) or since) >= since]
@@ -445,6 +499,7 @@ def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None =
         start = max(len(ids) - want, 0)
         while 0 < start < len(ids) and ids[start - 1][:16] == ids[start][:16]:
             start -= 1  # ids of one second sort by their random part: take the whole second
+        picked[:] = ids[start:]
         return ids[start:]
 
     while True:  # id-shaped folders that are not backups (another tool's) take no place in the page
@@ -453,6 +508,9 @@ def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None =
         if limit is None or len(chosen) >= limit or not seen or want >= seen[0]:
             break
         want *= 2
+    # every matching entry: the page's own, plus the id-shaped folders left unread (those
+    # read that turned out not to be backups, another tool's, are not counted)
+    total = len(chosen) if limit is None else len(chosen) + max(seen[0] if seen else 0, 0) - len(picked)
     if limit is not None:
         chosen = chosen[-limit:] if limit else []
     out = []
@@ -465,7 +523,7 @@ def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None =
                     "encrypted": bool(m and m["key_id"]), "key_id": m["key_id"] if m else None})
     return {"repository": repo.url, "initialised": s.record is not None,
             "encrypted": s.encrypted, "key_id": s.record.key_id if s.record else None,
-            "authenticated": s.authenticated, "foreign": s.foreign, "total": len(s.entries), "backups": out}
+            "authenticated": s.authenticated, "foreign": s.foreign, "total": total, "backups": out}
 
 
 def listing(project, env, limit: int | None = None, since: dt.datetime | None = None) -> dict:

@@ -69,7 +69,8 @@ def clean_abandoned(repo: Repository, rec=None,
 
     Never walks the repository: one top-level listing, the index, and a listing of each
     folder the index does not hold (running, interrupted, foreign, or complete but not yet
-    indexed: the next full scan adds those to the index)."""
+    indexed: the next full scan adds those to the index). A missing or invalid index is
+    rebuilt first (once; catalog.scan), when the key to seal it is at hand."""
     from opsctl.backup import catalog, index, record
     from opsctl.backup import manifest as mf
 
@@ -79,6 +80,11 @@ def clean_abandoned(repo: Repository, rec=None,
                      | {f + "/" for f in folders if f not in record.OWN_AREAS and not record.ID.fullmatch(f)})
     encrypted = rec.encrypted if rec is not None else repo.key is not None
     known = index.read(repo, repo.key, encrypted) if rec is not None else None
+    if known is None and rec is not None and (repo.key is not None or not encrypted) and folders:
+        # a missing or invalid index: rebuilt once from the manifests (one listing), or
+        # every later create would list every folder
+        catalog.scan(repo, repo.key)
+        known = index.read(repo, repo.key, encrypted)
     for backup_id in sorted(f for f in folders if record.ID.fullmatch(f) and (known is None or f not in known)):
         names = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
         if mf.NAME in names:

@@ -92,14 +92,24 @@ def write(repo: Repository, backups: dict, key: BackupKey | None, encrypted: boo
 
 def update(repo: Repository, key: BackupKey | None, encrypted: bool, changes: dict[str, dict | None],
            current: dict | None | bool = False) -> None:
-    """Read-modify-write: `changes` maps ids to a new summary, or None to drop them;
-    `current` is the index the caller just read (False: read it here). One write whatever
-    the number of changes (prune drops all it removed at once). A concurrent writer may
-    lose an entry; the next full scan finds the folder and adds it."""
-    if current is False:
-        current = read(repo, key, encrypted)
+    """Read-modify-write: `changes` maps ids to a new summary, or None to drop them. One
+    write whatever the number of changes (prune drops all it removed at once).
+
+    The index is read again right before the write whatever `current` (the caller's earlier
+    read, kept for compatibility) holds, so entries another create or prune wrote since are
+    kept; a writer that still slips between that read and this write loses an entry to a
+    cache only: catalog.newest_complete lists the folders after the index's newest id and
+    scan() the whole repository, and both put it back. A missing or invalid index is
+    rebuilt from the manifests (catalog.scan) once, here, when the key to seal it is at
+    hand: the changes are already in the repository."""
+    current = read(repo, key, encrypted)
     if current is None:
-        return  # no valid index: the next scan rebuilds it whole
+        if encrypted and key is None:
+            return  # nothing to seal it with: the next keyed command rebuilds it
+        from opsctl.backup import catalog
+
+        catalog.scan(repo, key)  # one listing, every manifest read once, the index written
+        return
     for backup_id, value in changes.items():
         if value is None:
             current.pop(backup_id, None)

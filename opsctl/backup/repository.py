@@ -119,6 +119,17 @@ class Repository(ABC):
             out.update(self.names(f"{folder}/"))
         return out
 
+    def names_after(self, folder: str, below: str = ":") -> dict[str, int]:
+        """`names()` of the top-level folders whose names sort after `folder` and before
+        `below` ({name: size in bytes}). Backup ids sort by time, so these are the backups
+        newer than `folder`: the catalog finds what its index misses at a cost that grows
+        with what is missing, not with the repository."""
+        folders, _ = self.folders()
+        out: dict[str, int] = {}
+        for f in sorted(f for f in folders if folder < f < below):
+            out.update(self.names(f"{f}/"))
+        return out
+
     def put_bytes(self, name: str, data: bytes) -> None:
         """`put` of one small object held in memory (records, manifests, the index)."""
         self.put(name, [data])
@@ -196,6 +207,24 @@ class S3Repository(Repository):
                     return out
                 name = obj["Key"][len(base):]
                 if name.partition("/")[0] in wanted:
+                    out[name] = obj["Size"]
+                    tags[name] = f"{obj['Size']}:{obj.get('ETag', '')}"
+        return out
+
+    def names_after(self, folder: str, below: str = ":") -> dict[str, int]:
+        """Repository.names_after in one paged listing starting after the folder `folder`
+        (ListObjectsV2 StartAfter) and stopping at the first key at or past `below`."""
+        base, tags = self._key(""), self._tags()
+        start = self._key(folder + "0") if folder else base  # "/" < "0": past every key of `folder`
+        kwargs = {"StartAfter": start} if start else {}
+        out: dict[str, int] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base, **kwargs):
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(base):]
+                top, sep, _ = name.partition("/")
+                if top >= below:
+                    return out
+                if sep and top > folder:
                     out[name] = obj["Size"]
                     tags[name] = f"{obj['Size']}:{obj.get('ETag', '')}"
         return out

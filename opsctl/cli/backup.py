@@ -143,7 +143,10 @@ def list_(
                       _size(r["raw_bytes"]) if r["raw_bytes"] is not None else "-",
                       _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
                       "yes" if r["verified"] else "", r["label"] or "")
-        c.print(t if rows else f"no backups in {doc['repository']} ({state})")
+        c.print(t if rows else f"no backups in {doc['repository']} ({state})" if not doc["total"] else
+                f"{doc['total']} backups in {doc['repository']} ({state}); --limit {limit} shows none")
+        if rows and doc["total"] > len(rows):
+            c.print(f"the newest {len(rows)} of {doc['total']} shown")
         if doc["foreign"]:
             c.print(f"not opsctl's, left alone: {', '.join(doc['foreign'])}")
         pitr.render_windows(c, doc.get("pitr"))

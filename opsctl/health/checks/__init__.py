@@ -85,15 +85,21 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
         out.append(("host", "host", lambda to: host.host(project.root, to, t), None))
     # the backup capability's default repository when opsctl.yaml names none
     repository = env.backup.repository or f"s3://{ep.backup_bucket}/opsctl"
+
+    def backup_key():  # loaded as the backup commands load it: an encrypted catalog is authenticated
+        from opsctl.backup import keys
+
+        return keys.load(project, env, required=False)
+
     out.append(("backup age", "backup", lambda _to: backup.backup_age(repository, project.root, ep,
-                                                                       t.backup_age_hours), None))
+                                                                       t.backup_age_hours, backup_key), None))
     if env.platform == "local":  # WAL archiving (opsctl.pitr): commits at risk against dr.rpo
         from opsctl.pitr.health import archive_lag
 
         out.append(("wal archive", "backup", lambda _to: archive_lag(project, env), None))
     for hb in hs.heartbeats:
         if hb.source == "backup":
-            last = lambda _hb=hb: backup.newest_backup(repository, project.root, ep)[0]
+            last = lambda _hb=hb: backup.newest_backup(repository, project.root, ep, backup_key)[0]
         else:
             last = lambda _hb=hb: heartbeat.last_beat(project.state_dir, _hb.name)
         out.append((f"heartbeat {hb.name}", "heartbeat",

@@ -43,12 +43,35 @@ def _is_manifest(key: str) -> bool:
     return key.endswith(".json") and ("manifest" in name or "manifests/" in f"/{key}")
 
 
-def _from_catalog(repository: str, root: Path, endpoints) -> dt.datetime | None:
-    """Through the backup capability's own catalog; ImportError/AttributeError if unusable."""
-    from opsctl.backup import catalog
+class KeyUnavailable(Exception):
+    """The repository is encrypted and no backup key is available to check what it holds."""
+
+
+def _default_key():
+    """The key from $OPSCTL_BACKUP_KEY (backup.key_env's default), or None."""
+    import os
+
+    from opsctl.backup.keys import parse
+
+    value = os.environ.get("OPSCTL_BACKUP_KEY")
+    return parse(value, "$OPSCTL_BACKUP_KEY") if value else None
+
+
+def _from_catalog(repository: str, root: Path, endpoints, key=None) -> dt.datetime | None:
+    """Through the backup capability's own catalog, with the backup key loaded as
+    `for_environment` loads it (`key`: a callable returning it; default $OPSCTL_BACKUP_KEY),
+    so the index and manifests of an encrypted repository are authenticated; KeyUnavailable
+    when it is encrypted and there is no key; ImportError/AttributeError if unusable."""
+    from opsctl.backup import catalog, record
     from opsctl.backup.repository import open_repository
 
     repo = open_repository(repository, SimpleNamespace(root=root), endpoints)
+    repo.key = key() if key is not None else _default_key()
+    rec = record.read(repo, repo.key)
+    if rec is not None and rec.encrypted and repo.key is None:
+        raise KeyUnavailable(f"{repository} is encrypted (key id {rec.key_id}) and no backup key is set, so its "
+                             "catalog can't be authenticated; set the backup key (backup.key_env or "
+                             "backup.key_file) for health")
     newest = catalog.newest_complete(repo)  # the catalog index: constant in the number of backups
     if newest is None:
         return None
@@ -56,11 +79,13 @@ def _from_catalog(repository: str, root: Path, endpoints) -> dt.datetime | None:
     return done if done.tzinfo else done.replace(tzinfo=dt.timezone.utc)
 
 
-def newest_backup(repository: str, root: Path, endpoints) -> tuple[dt.datetime | None, str]:
-    """(completion time of the newest complete backup or None, which source answered)."""
+def newest_backup(repository: str, root: Path, endpoints, key=None) -> tuple[dt.datetime | None, str]:
+    """(completion time of the newest complete backup or None, which source answered);
+    `key`: a callable returning the backup key (default: $OPSCTL_BACKUP_KEY); KeyUnavailable
+    when the repository is encrypted and there is none."""
     if importlib.util.find_spec("opsctl.backup") is not None:
         try:
-            return _from_catalog(repository, root, endpoints), "opsctl.backup catalog"
+            return _from_catalog(repository, root, endpoints, key), "opsctl.backup catalog"
         except (ImportError, AttributeError, TypeError):
             pass  # a different backup capability than this check knows: read the manifests
     return _read_manifests(repository, root, endpoints), "manifests read directly"
@@ -102,12 +127,15 @@ def _read_manifests(repository: str, root: Path, endpoints) -> dt.datetime | Non
     return max(found, default=None)
 
 
-def backup_age(repository: str, root: Path, endpoints, max_hours: float) -> CheckResult:
+def backup_age(repository: str, root: Path, endpoints, max_hours: float, key=None) -> CheckResult:
     """The `backup` check: CRITICAL when the newest complete backup in `repository` finished
     more than `max_hours` hours ago, when there is none, or when the repository can't be
-    read; the value is its age in hours."""
+    read; UNKNOWN when it is encrypted and no backup key is available (`key`: a callable
+    returning it, as newest_backup); the value is its age in hours."""
     try:
-        newest, source = newest_backup(repository, root, endpoints)
+        newest, source = newest_backup(repository, root, endpoints, key)
+    except KeyUnavailable as exc:  # never trust what can't be authenticated
+        return CheckResult("", "backup", Status.UNKNOWN, str(exc))
     except Exception as exc:  # botocore errors, permissions, a bad URL: say what, do not crash the sweep
         return CheckResult("", "backup", Status.CRITICAL, f"cannot read {repository}: {type(exc).__name__}: {exc}")
     if newest is None:
