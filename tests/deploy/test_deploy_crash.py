@@ -148,6 +148,10 @@ def test_abort_starts_a_stopped_known_good_color_and_leaves_a_worker(runner, pla
     root, router = platform.root, platform.endpoints().router_url
     good, good_version = _kill_after_switch(root, runner, "crash20-abort")
     _stop_color(root, good)
+    # killed between Caddy's switch and the state write: the file still names the old color
+    doc = _state(root)
+    doc["active_color"] = good
+    (_folder(root) / "state.json").write_text(json.dumps(doc))
     result = runner.invoke(app, ["abort", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["outcome"] == "aborted"

@@ -81,6 +81,17 @@ class LocalDriver:
     def _state(self) -> st.LocalState:
         return st.load(self.folder)
 
+    def _following_router(self) -> st.LocalState:
+        """The state, its active color set to where the router sends traffic (a deploy killed
+        between Caddy's switch and the state write leaves the file one color behind: the color
+        that serves must never be taken for a free one). Call with the state lock held."""
+        state = self._state()
+        active = self.active_color()
+        if active is not None and active != state.active_color:
+            state.active_color = active
+            state.save()
+        return state
+
     def active_color(self) -> str | None:
         """The color the router sends traffic to, asked of Caddy itself: a deploy killed between
         the switch and the state write leaves the state file behind the router."""
@@ -108,7 +119,7 @@ class LocalDriver:
     def bring_up(self, color: str, release: Release, timeout: float) -> None:
         """A fresh process for the color; the active color's process is never touched."""
         with st.locked(self.folder):
-            state = self._state()
+            state = self._following_router()
             if color == state.active_color:
                 raise OperationFailed(f"refusing to replace the active color {color}")
             _stop_color(state, color)
@@ -140,7 +151,7 @@ class LocalDriver:
         """SIGTERM the color's process and wait up to deploy.drain_timeout seconds for its
         in-flight requests (then SIGKILL); refuses the active color (OperationFailed)."""
         with st.locked(self.folder):
-            state = self._state()
+            state = self._following_router()
             if color == state.active_color:
                 raise OperationFailed(f"refusing to stop the active color {color}")
             _stop_color(state, color, timeout=self.env.deploy.drain_timeout or 30)
