@@ -135,8 +135,6 @@ STILL_SEQUENCES = {
     "opsctl.cli.dr.drill": "PITR: drill, then its JUnit and Prometheus files (the runbook step writes them again)",
     "opsctl.cli.health.health": "HEALTH: check the JUnit path, plan the cadence, watch (JUnit written by the command)",
     "opsctl.cli.health.silence": "HEALTH: add the silence, then ask whether its pattern matches a check (since 6ebca9a)",
-    "opsctl.cli.infra.destroy": "KUBE: target check, approve, run",
-    "opsctl.cli.infra.up": "KUBE: target check, preview, approve, run",
 }
 
 

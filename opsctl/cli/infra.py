@@ -51,22 +51,20 @@ def _outputs_table(console, values: dict) -> None:
     console.print(table)
 
 
+def _watch(environ):
+    """The live view of each pulumi operation, on stderr: a core operation's `watch`."""
+    from opsctl.infra.events import LiveView
+
+    return lambda operation: LiveView(f"pulumi {operation} · {environ.name}")
+
+
 def _operate(env: str, operation: str, as_json: bool):
     from opsctl import infra
     from opsctl.cli.common import environment
-    from opsctl.infra.events import LiveView
 
     project, environ = environment(env)
-    with LiveView(f"pulumi {operation} · {environ.name}") as view:
-        return infra.run(project, environ, operation, on_event=view.update)
-
-
-def _approve(operation: str, env: str, yes: bool, confirm_env: str | None, question: str) -> None:
-    from opsctl import approval, infra
-    from opsctl.cli.common import environment
-
-    _, environ = environment(env)
-    infra.approve(operation, environ, yes=yes, confirm_env=confirm_env, question=question, **approval.terminal())
+    with _watch(environ)(operation) as listener:
+        return infra.run(project, environ, operation, on_event=listener)
 
 
 @infra_app.command("preview")
@@ -81,24 +79,15 @@ def preview(env: EnvOpt, as_json: JsonOpt = False) -> None:
 @infra_app.command("up")
 def up(env: EnvOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Create or update the environment. At a terminal without --yes: preview, then ask."""
-    from opsctl import approval, output
-    from opsctl.infra.target import target
+    from opsctl import approval, infra, output
     from opsctl.cli.common import environment
 
     project, environ = environment(env)
-    target(project, environ)  # a local environment or a missing program fails before any prompt
-    if not yes and approval.is_interactive():
-        planned = _operate(env, "preview", as_json)
-        _render_result(planned)(output.stderr)
-        if not planned.changed:
-            output.emit(planned, as_json, lambda console: None)
-            return
-        question = f"apply these {planned.changed} changes to '{environ.name}'?"
-    else:
-        question = f"update '{environ.name}' (stack {environ.pulumi.stack or environ.name})"
-    _approve("up", env, yes, None, question)
-    result = _operate(env, "up", as_json)
-    output.emit(result, as_json, _render_result(result))
+    result = infra.up(project, environ, infra.terminal_approval("up", environ, yes),
+                      preview_first=not yes and approval.is_interactive(), watch=_watch(environ),
+                      on_preview=lambda planned: _render_result(planned)(output.stderr))
+    # a preview that would change nothing is the result; it is on stderr already
+    output.emit(result, as_json, _render_result(result) if result.operation == "up" else lambda console: None)
 
 
 @infra_app.command("destroy")
@@ -106,14 +95,13 @@ def destroy(env: EnvOpt, yes: YesOpt = False, confirm_env: ConfirmEnvOpt = None,
     """Delete every resource of the environment. Protected ones need their name typed
     (or --confirm-env NAME with --yes in CI); production's database and cluster also keep
     AWS deletion protection, which must be turned off in the program first."""
-    from opsctl.output import emit
-    from opsctl.infra.target import target
+    from opsctl import infra
     from opsctl.cli.common import environment
+    from opsctl.output import emit
 
     project, environ = environment(env)
-    target(project, environ)
-    _approve("destroy", env, yes, confirm_env, f"destroy every resource of '{environ.name}'?")
-    result = _operate(env, "destroy", as_json)
+    result = infra.destroy(project, environ, infra.terminal_approval("destroy", environ, yes, confirm_env),
+                           watch=_watch(environ))
     emit(result, as_json, _render_result(result))
 
 

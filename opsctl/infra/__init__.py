@@ -6,7 +6,8 @@ import of pulumi happens inside the functions: `opsctl --help` stays fast.
 
     target.py      which stack and program an environment uses; the pulumi CLI; consistency
     events.py      engine events -> what changed, and the live view on stderr
-    operations.py  preview, up, destroy, refresh, outputs, policy, and their approvals
+    operations.py  preview, up, destroy, refresh, outputs, policy, and their approvals;
+                   up and destroy own their sequence (target, preview, approve, run)
 """
 
 from opsctl.infra.operations import (  # noqa: F401  (the public API of this capability)
@@ -17,7 +18,10 @@ from opsctl.infra.operations import (  # noqa: F401  (the public API of this cap
     StackOutputs,
     approve,
     check_policy,
+    destroy,
     outputs,
     read_outputs,
     run,
+    terminal_approval,
+    up,
 )

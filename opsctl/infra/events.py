@@ -122,6 +122,10 @@ class LiveView:
         else:
             self.console.print(self.title, markup=False, highlight=False)
 
+    def __call__(self, tracker: Tracker) -> None:
+        """The view is the listener itself: `with LiveView(t) as listener` (a core operation's `watch`)."""
+        self.update(tracker)
+
     def update(self, tracker: Tracker) -> None:
         """The Tracker's listener: redraw the live table, or print the steps finished since last time."""
         if not self._started:

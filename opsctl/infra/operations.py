@@ -1,7 +1,9 @@
 """preview, up, destroy, refresh, outputs and policy for one environment: the core functions.
 
 The CLI and runbook steps call these; they print nothing themselves (the caller passes an
-`on_event` listener to show progress) and raise UsageError / OperationFailed, never exit.
+`on_event` listener, or a `watch` factory of listeners, to show progress) and raise
+UsageError / OperationFailed, never exit. `up` and `destroy` own their whole sequence
+(target check, preview, approval, run); approval is a callable the caller passes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
@@ -27,6 +29,12 @@ OUTPUTS = ("region", "databaseEndpoint", "databaseSecretArn", "redisEndpoint", "
            "audioBucket", "backupsBucket", "clusterName", "kubeconfig", "workerNamespace",
            "workerServiceAccount", "workerRoleArn")
 SECRET_MASK = "[secret]"
+DESTROY_VERB = ("destroy it", "destroying it", "destroyed")
+# approve(question): returns when approved, raises UsageError (nothing changed) when not
+Approve = Callable[[str], None]
+# watch(operation) -> a context manager yielding the engine-event listener of that operation
+# (the CLI's LiveView); entered around each Pulumi operation, left before any question
+Watch = Callable[[str], ContextManager[Callable[[Tracker], None]]]
 
 
 @dataclass
@@ -206,4 +214,55 @@ def approve(operation: str, env: Environment, *, yes: bool, confirm_env: str | N
 
     decide(question, env, yes=yes, confirm_env=confirm_env, destructive=operation == "destroy",
            interactive=interactive, ask_yes_no=ask_yes_no, ask_text=ask_text,
-           verb=("destroy it", "destroying it", "destroyed"))
+           verb=DESTROY_VERB)
+
+
+def terminal_approval(operation: str, env: Environment, yes: bool, confirm_env: str | None = None) -> Approve:
+    """The approval `up` and `destroy` take, asked at the terminal (opsctl.approval.terminal):
+    `--yes` or a person's answer; destroying a protected environment also needs its name
+    (`confirm_env`, or typed). The callable raises UsageError on a refusal."""
+    def decide(question: str) -> None:
+        from opsctl.approval import terminal
+
+        approve(operation, env, yes=yes, confirm_env=confirm_env, question=question, **terminal())
+
+    return decide
+
+
+def _watched(project: Project, env: Environment, operation: str, watch: Watch | None) -> InfraResult:
+    if watch is None:
+        return run(project, env, operation)
+    with watch(operation) as listener:
+        return run(project, env, operation, on_event=listener)
+
+
+def up(project: Project, env: Environment, approve: Approve, *, preview_first: bool = False,
+       watch: Watch | None = None, on_preview: Callable[[InfraResult], None] | None = None) -> InfraResult:
+    """Create or update the environment's stack: the whole sequence of `opsctl infra up`.
+
+    The target is checked first (a local environment or a missing program fails before any
+    question). With `preview_first` (a person at a terminal), a preview runs, is handed to
+    `on_preview`, and when it would change nothing it is returned as is (operation
+    "preview"): nothing asked, nothing run. Then `approve(question)` (raises UsageError to
+    refuse: nothing changed), then `pulumi up`. Raises UsageError / OperationFailed as `run`.
+    """
+    t = tg.target(project, env)
+    if preview_first:
+        planned = _watched(project, env, "preview", watch)
+        if on_preview is not None:
+            on_preview(planned)
+        if not planned.changed:
+            return planned
+        approve(f"apply these {planned.changed} changes to '{env.name}'?")
+    else:
+        approve(f"update '{env.name}' (stack {t.stack})")
+    return _watched(project, env, "up", watch)
+
+
+def destroy(project: Project, env: Environment, approve: Approve, *, watch: Watch | None = None) -> InfraResult:
+    """Delete every resource of the environment's stack: target check, `approve(question)`
+    (for a protected environment use terminal_approval("destroy", ...): its name, not --yes
+    alone), then `pulumi destroy`. Raises UsageError / OperationFailed as `run`."""
+    tg.target(project, env)
+    approve(f"destroy every resource of '{env.name}'?")
+    return _watched(project, env, "destroy", watch)
