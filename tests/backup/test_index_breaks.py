@@ -125,6 +125,24 @@ def test_only_the_folders_after_the_index_are_read(repo, monkeypatch):
     assert manifests == [f"{new}/{mf.NAME}"], f"read {manifests}"
 
 
+@pytest.mark.parametrize("prefix", ["", "/deep/er"])
+def test_the_listing_after_the_index_stops_at_the_backups_on_s3(s3, prefix):
+    """Unprefixed or nested: only id folders after the index's newest are listed, never the
+    WAL archive (pitr/) or other top-level objects that sort after them."""
+    client = s3.client()
+    bucket = s3.make_bucket("b27n")
+    r = S3Repository(client, bucket, prefix, f"s3://{bucket}{prefix}")
+    r.key = parse(KEY, "test")
+    record.ensure(r, r.key)
+    old = create(r, NOW - dt.timedelta(days=2))
+    new, _ = _manifest_only(r, NOW - dt.timedelta(minutes=1))
+    for i in range(3):
+        r.put_bytes(f"pitr/wal/{i:024d}", b"x")
+    listed = r.names_after(old)
+    assert {n.partition("/")[0] for n in listed} == {new}
+    assert catalog.newest_complete(r)[0] == new
+
+
 # --- 5: health authenticates what it reads in an encrypted repository -----------------------
 
 def _forge_newest(repo, bid):
