@@ -132,7 +132,6 @@ def core_calls_per_command(folder: Path = CLI) -> dict[str, list[str]]:
 # the area that owns each (DESIGN.md). The list may only shrink: a command not named here
 # must call one core operation, and an entry goes once its command is thin.
 STILL_SEQUENCES = {
-    "opsctl.cli.dr.drill": "PITR: drill, then its JUnit and Prometheus files (the runbook step writes them again)",
     "opsctl.cli.health.health": "HEALTH: check the JUnit path, plan the cadence, watch (JUnit written by the command)",
     "opsctl.cli.health.silence": "HEALTH: add the silence, then ask whether its pattern matches a check (since 6ebca9a)",
 }

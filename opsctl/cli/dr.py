@@ -28,11 +28,8 @@ def drill(
     from opsctl.output import emit
     from opsctl.pitr import drill as core
 
-    r = core.drill(*environment(env))
-    if junit:
-        Path(junit).write_text(core.junit(r))
-    if metrics_file:
-        Path(metrics_file).write_text(core.metrics(r))
+    r = core.drill(*environment(env), junit_path=Path(junit) if junit else None,
+                   metrics_path=Path(metrics_file) if metrics_file else None)
 
     def render(c):
         from rich.table import Table

@@ -78,16 +78,38 @@ def _live_newest_commit(project: Project, env: Environment) -> dt.datetime | Non
         return None  # the live server is down: the drill is the recovery, RPO is what the archive holds
 
 
-def drill(project: Project, env: Environment, report=None) -> DrillResult:
+def drill(project: Project, env: Environment, report=None, junit_path: Path | None = None,
+          metrics_path: Path | None = None) -> DrillResult:
     """Run one drill inside the environment's operation window ("drill": announced, no check
-    held); never touches the live database. OpsError when the restore itself fails."""
+    held); never touches the live database. OpsError when the restore itself fails.
+
+    `junit_path` / `metrics_path`: where the result is written, pass or fail, as JUnit XML
+    (`junit`) and Prometheus text (`metrics`), each whole (write_reports). The command and
+    the runbook step both hand their paths here: the one place reports are written."""
     from opsctl.pitr.ops import window
 
     with window(project, env, "drill", "restore to the newest restorable time into scratch") as w:
         out = _drill(project, env, report)
         if not out.passed:
             w.outcome = "targets missed: " + "; ".join(out.problems)
-        return out
+    write_reports(out, junit_path, metrics_path)
+    return out
+
+
+def write_reports(result: DrillResult, junit_path: Path | None = None, metrics_path: Path | None = None) -> None:
+    """`result` as JUnit XML at `junit_path` and Prometheus text at `metrics_path` (None: not
+    written): the folder created, each file written to a temporary name beside it and renamed
+    over it, so a scraper or CI never reads half a report."""
+    import os
+
+    for path, render in ((junit_path, junit), (metrics_path, metrics)):
+        if path is None:
+            continue
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(render(result))
+        os.replace(tmp, path)
 
 
 def _drill(project: Project, env: Environment, report=None) -> DrillResult:

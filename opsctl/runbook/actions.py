@@ -408,12 +408,8 @@ def dr_drill(ctx: Context, junit: str | None = None, metrics_file: str | None = 
     text results. Outputs: rto_seconds, rpo_seconds, passed, restored_to, rows, scratch."""
     from opsctl.pitr import drill
 
-    targets = [(_out(ctx, junit, "junit"), drill.junit), (_out(ctx, metrics_file, "metrics_file"), drill.metrics)]
-    result = drill.drill(ctx.project, ctx.env)
-    for target, render in targets:
-        if target:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(render(result))
+    result = drill.drill(ctx.project, ctx.env, junit_path=_out(ctx, junit, "junit"),
+                         metrics_path=_out(ctx, metrics_file, "metrics_file"))
     doc = to_jsonable(result)
     if not result.passed:
         raise OperationFailed(f"dr drill: {'; '.join(result.problems)}")

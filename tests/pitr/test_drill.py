@@ -30,7 +30,7 @@ def test_local_drill_measures_and_tears_down(pitr, runner, tmp_path):
     data = pitr.state().folder / "data"
     before = sorted(p.name for p in data.iterdir())
     live_rows = pitr.sql("select count(*) from events")[0][0]
-    junit, prom = tmp_path / "drill.xml", tmp_path / "drill.prom"
+    junit, prom = tmp_path / "reports" / "drill.xml", tmp_path / "drill.prom"  # reports/ does not exist yet
     r = pitr.cli(runner, "dr", "drill", "--json", "--junit", str(junit), "--metrics-file", str(prom))
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
@@ -43,6 +43,33 @@ def test_local_drill_measures_and_tears_down(pitr, runner, tmp_path):
     time.sleep(0.5)
     assert sorted(p.name for p in data.iterdir() if not p.name.endswith(".deleting")) == before
     assert pitr.sql("select count(*) from events")[0][0] == live_rows
+
+
+def test_the_runbook_step_writes_its_reports_through_the_core_drill(pitr, runner, monkeypatch):
+    """One place writes the drill's reports (opsctl.pitr.drill.drill, given the paths): the
+    `dr-drill` step hands its paths to it and writes nothing itself."""
+    from opsctl.pitr import drill as core
+
+    writes = []
+    real = core.write_reports
+    monkeypatch.setattr(core, "write_reports", lambda result, *paths: (writes.append(paths), real(result, *paths)))
+    book = pitr.root / "runbooks" / "drill-reports" / "v1.yaml"
+    book.parent.mkdir(parents=True)
+    book.write_text(json.dumps({"name": "drill-reports", "version": 1, "steps": [
+        {"id": "drill", "action": "dr-drill", "with": {"junit": "reports/dr/drill.xml",
+                                                        "metrics_file": "reports/dr/drill.prom"}}]}))
+    try:
+        r = pitr.cli(runner, "runbook", "run", "drill-reports", "--json")
+        assert r.exit_code == 0, r.output
+        junit, prom = pitr.root / "reports" / "dr" / "drill.xml", pitr.root / "reports" / "dr" / "drill.prom"
+        assert writes == [(junit, prom)]  # once, by the core drill
+        assert ET.parse(junit).getroot().find("testsuite").get("failures") == "0"
+        assert 'opsctl_dr_drill_success{env="local"} 1' in prom.read_text()
+    finally:
+        import shutil
+
+        shutil.rmtree(pitr.root / "runbooks" / "drill-reports")
+        shutil.rmtree(pitr.root / "reports", ignore_errors=True)
 
 
 def test_local_drill_missing_its_rpo_exits_1(pitr, runner, tmp_path):
