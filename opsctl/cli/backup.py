@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Annotated, Iterator
+from typing import Annotated
 
 import typer
 
-from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, confirm, environment
+from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, confirm, environment, progress
 
 app = typer.Typer(help="Create, list, verify and prune backups.", no_args_is_help=True)
 
@@ -16,58 +15,6 @@ def _size(n: int) -> str:
     from rich.filesize import decimal
 
     return decimal(n)
-
-
-class _Bars:
-    """Progress bars with throughput on stderr (only on a terminal): `report` is the core's
-    progress callback (pipeline.Reporter), `paused` quiets them while a question is asked.
-    Rich's progress module is loaded at the first bar, so `backup create` starts pg_dump
-    without waiting for it."""
-
-    def __init__(self):
-        self.bars = None
-
-    def _started(self):
-        if self.bars is None:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TransferSpeedColumn)
-
-            from opsctl.output import stderr
-
-            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeElapsedColumn(), console=stderr, transient=True,
-                                 disable=not stderr.is_terminal)
-            self.bars.start()
-        return self.bars
-
-    def report(self, what: str, total: int | None):
-        bars = self._started()
-        task = bars.add_task(what, total=total)
-        return lambda n: bars.advance(task, n)
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        if self.bars is not None:
-            self.bars.stop()
-        try:
-            yield
-        finally:
-            if self.bars is not None:
-                self.bars.start()
-
-
-@contextmanager
-def _progress() -> Iterator[_Bars]:
-    """Progress bars on stderr, and SIGTERM as an interrupt (CI cancels with SIGTERM: clean up like Ctrl-C)."""
-    from opsctl.signals import sigterm_as_interrupt
-
-    bars = _Bars()
-    with sigterm_as_interrupt():
-        try:
-            yield bars
-        finally:
-            if bars.bars is not None:
-                bars.bars.stop()
 
 
 @app.command()
@@ -83,7 +30,7 @@ def create(
     from opsctl.backup.create import create as run
 
     project, environment_ = environment(env)
-    with _progress() as bars:
+    with progress() as bars:
         r = run(project, environment_, kind, compress_level, not no_encrypt, label, bars.report)
     from opsctl.output import emit
 
@@ -168,7 +115,7 @@ def verify(
     from opsctl.output import emit
 
     project, environment_ = environment(env)
-    with _progress() as bars:
+    with progress() as bars:
         r = run(project, environment_, backup_id, restore_test, bars.report)
     extra = "".join(f"; restore test {k}: {v.get('rows', v.get('keys'))} {'rows' if k == 'db' else 'keys'} match"
                     for k, v in r.restore_test.items())
@@ -237,7 +184,7 @@ def restore(
 
     project, environment_ = environment(env)
     wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
-    with _progress() as bars:
+    with progress() as bars:
         r = core.restore(project, environment_, backup_id, date, latest, wanted, target_db, target_instance,
                          no_owner, role, allow_damaged, jobs,
                          approve=core.terminal_approval(environment_, yes, confirm_env, bars.paused),

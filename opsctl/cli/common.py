@@ -1,12 +1,14 @@
-"""What every command shares: the common options, the ops root, and `confirm` (opsctl.approval's).
+"""What every command shares: the common options, the ops root, `confirm` (opsctl.approval's)
+and `progress` (the bars a long operation reports to).
 
 Kept free of heavy imports so that `opsctl --help` stays fast.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Callable, Iterator
 
 import typer
 
@@ -56,6 +58,61 @@ def environment(env_name: str) -> tuple["Project", "Environment"]:
     """The ops root and its environment `env_name` (UsageError naming the known ones if none)."""
     proj = project()
     return proj, proj.env(env_name)
+
+
+class ProgressBars:
+    """Progress bars with throughput on stderr (only on a terminal): `report` is a core
+    operation's progress callback (opsctl.backup.pipeline.Reporter), `paused` quiets them
+    while a question is asked. Rich's progress module is loaded at the first bar, so a
+    command starts its work (pg_dump, pg_basebackup) without waiting for it."""
+
+    def __init__(self):
+        self.bars = None
+
+    def _started(self):
+        if self.bars is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TransferSpeedColumn)
+
+            from opsctl.output import stderr
+
+            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeElapsedColumn(), console=stderr, transient=True,
+                                 disable=not stderr.is_terminal)
+            self.bars.start()
+        return self.bars
+
+    def report(self, what: str, total: int | None) -> Callable[[int], None]:
+        """A new bar named `what` of `total` bytes (None: unknown); returns `advance(n)`, n bytes done."""
+        bars = self._started()
+        task = bars.add_task(what, total=total)
+        return lambda n: bars.advance(task, n)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The bars stopped for the block (a prompt on a quiet terminal), then redrawn."""
+        if self.bars is not None:
+            self.bars.stop()
+        try:
+            yield
+        finally:
+            if self.bars is not None:
+                self.bars.start()
+
+
+@contextmanager
+def progress() -> Iterator[ProgressBars]:
+    """ProgressBars on stderr for the block, and SIGTERM as an interrupt (CI cancels with
+    SIGTERM: the operation cleans up as on Ctrl-C); the bars are stopped on the way out."""
+    from opsctl.signals import sigterm_as_interrupt
+
+    bars = ProgressBars()
+    with sigterm_as_interrupt():
+        try:
+            yield bars
+        finally:
+            if bars.bars is not None:
+                bars.bars.stop()
 
 
 def __getattr__(name: str):

@@ -95,7 +95,7 @@ def standby(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the embedded platform's standby from the backup repository (streaming after the archive)."""
-    from opsctl.cli.backup import _progress
+    from opsctl.cli.common import progress
     from opsctl.output import emit
     from opsctl.pitr import standby as core
 
@@ -105,8 +105,8 @@ def standby(
         emit({"stopped": stopped}, as_json, lambda c: c.print("standby stopped and removed" if stopped
                                                              else "no standby was running"))
         return
-    with _progress() as bars:
-        r = core.start_standby(project, environment_, getattr(bars, "report", bars))
+    with progress() as bars:
+        r = core.start_standby(project, environment_, bars.report)
     emit(r, as_json, lambda c: c.print(
         (f"standby already running on port {r.port}" if r.kept else
          f"standby built from base backup {' + '.join(r.chain)} in {r.seconds:.1f} s, running on port {r.port}")

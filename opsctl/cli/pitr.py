@@ -26,14 +26,13 @@ def base(
     as_json: JsonOpt = False,
 ) -> None:
     """Take a physical base backup (pg_basebackup) for point-in-time recovery."""
-    from opsctl.cli.backup import _progress
+    from opsctl.cli.common import progress
     from opsctl.output import emit
     from opsctl.pitr.ops import create_base
 
     project, environment_ = environment(env)
-    with _progress() as bars:
-        report = getattr(bars, "report", bars)  # the bars object, or (older cli.backup) the callback itself
-        r = create_base(project, environment_, "incremental" if incremental else "full", report)
+    with progress() as bars:
+        r = create_base(project, environment_, "incremental" if incremental else "full", bars.report)
     emit(r, as_json, lambda c: c.print(
         f"base backup [bold]{r.id}[/bold] ({r.kind}{', on ' + r.parent if r.parent else ''}) complete: "
         f"{_size(r.raw_bytes)} → {_size(r.stored_bytes)} in {r.seconds:.1f} s; WAL from {r.start_lsn} "

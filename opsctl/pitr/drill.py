@@ -278,7 +278,7 @@ def _rds(env: Environment, started: dt.datetime, began: float, rto_target: float
     rpo = max(0.0, (started - latest).total_seconds()) if latest else None
     out = DrillResult(env.name, env.platform, started, round(rto, 2), None if rpo is None else round(rpo, 3),
                       rto_target, rpo_target, False, latest, None, scratch)
-    client = rds._client(env)
+    client = rds.client(env)
     client.delete_db_instance(DBInstanceIdentifier=scratch, SkipFinalSnapshot=True, DeleteAutomatedBackups=True)
     out.torn_down = True
     _judge(out)

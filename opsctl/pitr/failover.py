@@ -40,7 +40,7 @@ def plan(project: Project, env: Environment, replica: str | None = None) -> tupl
     """(old primary, replica to promote), checked; UsageError when there is nothing to promote."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from opsctl.pitr.rds import _client
+    from opsctl.pitr.rds import client
 
     if env.platform != "kubernetes":
         raise UsageError(f"failover promotes an RDS read replica; '{env.name}' runs on {env.platform} "
@@ -51,7 +51,7 @@ def plan(project: Project, env: Environment, replica: str | None = None) -> tupl
         raise UsageError(f"set database.rds_instance and database.replica_instance for '{env.name}' in opsctl.yaml "
                          "(or pass --replica NAME)")
     try:
-        found = _client(env).describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [replica]}])
+        found = client(env).describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [replica]}])
     except (ClientError, BotoCoreError) as exc:
         raise OperationFailed(f"reading RDS instance {replica} failed: {exc}") from None
     if not found["DBInstances"]:
@@ -95,10 +95,10 @@ def run(project: Project, env: Environment, primary: str, replica: str, poll: fl
     from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
     from opsctl.files import write_json
-    from opsctl.pitr.rds import _client
+    from opsctl.pitr.rds import client
 
     began = time.monotonic()
-    rds = _client(env)
+    rds = client(env)
     try:
         rds.promote_read_replica(DBInstanceIdentifier=replica)
         rds.get_waiter("db_instance_available").wait(DBInstanceIdentifier=replica,

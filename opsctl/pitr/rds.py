@@ -31,7 +31,9 @@ class RdsRestoreResult:
     seconds: float
 
 
-def _client(env):
+def client(env):
+    """A boto3 RDS client for the environment's AWS account: `aws.profile` (else the default
+    chain), `aws.region`, `aws.endpoint_url` (moto in tests). Used by restore, drill and failover."""
     import boto3
 
     session = boto3.Session(profile_name=env.aws.profile) if env.aws.profile else boto3.Session()
@@ -50,7 +52,7 @@ def restore_to_time(env, target_instance: str | None, when: dt.datetime | None, 
     if not target_instance:
         raise UsageError("RDS restores to a point in time into a new instance: name it with --target-instance NAME")
     began = time.monotonic()
-    rds = _client(env)
+    rds = client(env)
     source = env.database.rds_instance
     try:
         found = rds.describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [source]}])["DBInstances"]

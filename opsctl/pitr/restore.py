@@ -245,7 +245,7 @@ def _drop_unpacked(unpacked, new: Path, work: Path) -> None:
     except BaseException:  # noqa: BLE001 - the restore is abandoned anyway; its error was not asked for
         pass
     shutil.rmtree(new, ignore_errors=True)
-    _remove_later(work)
+    remove_later(work)
 
 
 def _combine(target: Path, dirs: list[Path]) -> None:
@@ -283,7 +283,9 @@ def _unconfigure(data: Path) -> None:
         auto.write_text(head + rest.partition(END)[2].lstrip("\n"))
 
 
-def _fatal(log: Path) -> str:
+def fatal_line(log: Path) -> str:
+    """The reason in a PostgreSQL server log worth one line: the last FATAL or PANIC line of
+    its last 40 lines (the text after `FATAL:` when it has one), else "see <log>" (restore and standby)."""
     from opsctl.local import procs
 
     lines = [ln for ln in procs.tail(log, 40).splitlines() if "FATAL" in ln or "PANIC" in ln]
@@ -302,11 +304,11 @@ def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int]:
         pid = pg.start(data, port, log, timeout=timeout,
                        settings={"archive_mode": "off", "fsync": "off"})
     except OperationFailed:
-        raise OperationFailed(f"recovery failed: {_fatal(log)}; nothing live was changed") from None
+        raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not procs.alive(pid):
-            raise OperationFailed(f"recovery failed: {_fatal(log)}; nothing live was changed")
+            raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed")
         try:
             with psycopg.connect(pg.url(port), connect_timeout=5) as conn:
                 if not conn.execute("select pg_is_in_recovery()").fetchone()[0]:
@@ -411,7 +413,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         _drop_unpacked(c["unpacked"], new, work)
         raise
     finally:
-        _remove_later(work)
+        remove_later(work)
         shutil.rmtree(c["stage"], ignore_errors=True)
     phase("cleanup")
     result.phases = phases
@@ -419,7 +421,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
     return result
 
 
-def _remove_later(folder: Path) -> None:
+def remove_later(folder: Path) -> None:
     """Delete the unpacked chain in a detached `rm -rf` after renaming it aside: freeing
     hundreds of MB of just-written blocks took 6 s here, and the restored server does not
     need to wait for it (the name is gone at once, the space a moment later)."""

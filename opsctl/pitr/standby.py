@@ -227,7 +227,7 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
             shutil.rmtree(stage, ignore_errors=True)
             c["new"].rename(data)
             c["stage"].rename(stage)
-            pr._remove_later(c["work"])
+            pr.remove_later(c["work"])
         finally:
             pr.discard(p)
         _configure(data, stage, primary.port)
@@ -246,9 +246,9 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
         streaming, lsn = False, None
         while time.monotonic() < deadline:
             if not procs.alive(pid, "postgres"):
-                from opsctl.pitr.restore import _fatal
+                from opsctl.pitr.restore import fatal_line
 
-                raise OperationFailed(f"the standby stopped: {_fatal(log)}")
+                raise OperationFailed(f"the standby stopped: {fatal_line(log)}")
             recovering, streaming, lsn = _wal_receiver(port)
             if not recovering:
                 raise OperationFailed("the standby left recovery on its own; it is removed")

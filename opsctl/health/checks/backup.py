@@ -107,11 +107,9 @@ def _read_manifests(repository: str, root: Path, endpoints) -> dt.datetime | Non
                     found.append(when)
     elif repository.startswith("s3://"):
         bucket, _, prefix = repository[len("s3://"):].partition("/")
-        from opsctl.health.checks.s3 import _client
+        from opsctl.health.checks.s3 import client as s3_client
 
-        creds = endpoints.aws_credentials
-        client = _client(endpoints.s3_endpoint_url, endpoints.aws_region, endpoints.aws_profile, 10.0,
-                         creds.get("AWS_ACCESS_KEY_ID"), creds.get("AWS_SECRET_ACCESS_KEY"))
+        client = s3_client(endpoints, 10.0)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 if _is_manifest(obj["Key"][len(prefix):].lstrip("/")):

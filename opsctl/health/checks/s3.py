@@ -30,6 +30,15 @@ def _client(endpoint: str | None, region: str, profile: str | None, timeout: flo
                                         retries={"max_attempts": 1, "mode": "standard"}))
 
 
+def client(endpoints, timeout: float):
+    """A boto3 S3 client for an environment's resolved endpoints (opsctl.endpoints): its
+    endpoint URL, region, profile and credentials, `timeout` seconds to connect and to read,
+    one attempt (a check reports, it does not retry). Cached per those values."""
+    creds = endpoints.aws_credentials
+    return _client(endpoints.s3_endpoint_url, endpoints.aws_region, endpoints.aws_profile, timeout,
+                   creds.get("AWS_ACCESS_KEY_ID"), creds.get("AWS_SECRET_ACCESS_KEY"))
+
+
 def s3(endpoints, timeout: float, slow_ms: float) -> CheckResult:
     """Each bucket of the environment is reachable, and a canary object is written, read
     back and deleted; value in ms; WARNING when slower than `slow_ms`."""
