@@ -84,8 +84,10 @@ def failover(
             + "".join(f"; {n}" for n in r.notes), soft_wrap=True))
         return
     emit(r, as_json, lambda c: c.print(
-        f"{r.new_primary} promoted (was a replica of {r.old_primary}) in {r.seconds:.0f} s; endpoint {r.endpoint}; "
-        f"recorded in {r.journal}; point {r.environment}'s database URL and workers at it", soft_wrap=True))
+        f"{r.new_primary} {'was already promoted' if r.resumed else 'promoted'} (was a replica of {r.old_primary}); "
+        f"endpoint {r.endpoint}; worker Secret {'already named it' if r.secret == 'already' else 'repointed'} "
+        f"(was {r.old_host}); workers restarted: {', '.join(r.restarted) or 'none needed'}; {r.seconds:.0f} s; "
+        f"recorded in {r.journal}" + "".join(f"; {n}" for n in r.notes), soft_wrap=True))
 
 
 @app.command()

@@ -1,32 +1,56 @@
-"""`opsctl failover --env E`: promote the read replica of a cloud environment's RDS database.
+"""`opsctl failover --env E`: promote the read replica of a cloud environment's RDS database
+and repoint the workers at it.
 
 The stack creates a read replica for protected environments (`database.replica_instance`
-in opsctl.yaml names it, or `--replica`). Failover checks that it really replicates the
-environment's primary (`database.rds_instance`), promotes it (`promote_read_replica`), waits
-until RDS reports it available, and records what it did, 0600, in
-`.opsctl/failover/<env>.json` (every failover, newest last): when, from which primary, to which
-instance, its endpoint. The new primary's endpoint is printed; on a cloud environment the
-database URL lives in the variable `database.url_env` names and in the worker's Secret, which
-this command does not rewrite: point them at the endpoint.
+in opsctl.yaml names it, or `--replica`). On a kubernetes environment failover
+
+1. checks that the replica really replicates the environment's primary
+   (`database.rds_instance`) and that the worker Secret `transcription-worker` holds a
+   `database-url` it can repoint (else nothing changes: UsageError),
+2. promotes the replica (`promote_read_replica`) and waits until RDS reports it available,
+3. writes the promoted instance's host and port into the Secret's `database-url`, keeping its
+   user, password, database name and parameters (the URL is never printed nor recorded),
+4. restarts the worker Deployments of both colors as `kubectl rollout restart` does (the pod
+   template annotation `kubectl.kubernetes.io/restartedAt`) and waits until they are ready
+   (`deploy.ready_timeout` seconds each), so no worker keeps a connection to the old primary,
+
+and records it, 0600, in `.opsctl/failover/<env>.json` (every failover, newest last): when,
+from which primary and host to which instance and host, and each step with its time and
+outcome. A run that stops after the promotion records outcome "partial" and raises
+OperationFailed naming what to do; the next run for the same replica resumes it (the
+promotion is not repeated, a Secret already naming the new host is left alone) and a run after
+a complete failover changes nothing. opsctl keeps no database endpoint of its own for a
+kubernetes environment: it reads the URL from `database.url_env`, and the result says when
+that variable still names the old primary's host.
 On the embedded platform `failover` promotes the standby built from the archive
 (opsctl/pitr/standby.py) and repoints the platform's database URL and its workers itself.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
+
+SECRET = "transcription-worker"  # the stack's worker Secret (stacks/transcribe_infra/workloads.py)
+URL_KEY = "database-url"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
+POLL_SECONDS = 1.0
 
 
 @dataclass
 class FailoverResult:
     """An RDS failover: old primary and promoted replica (instance ids), the new endpoint
-    (host:port), when (UTC), seconds taken, and the journal file it was recorded in."""
+    (host:port), when it began (UTC), seconds taken, the journal file it was recorded in, the
+    old and new database hosts, the worker Secret's fate ("updated", "already" when it named
+    the new host), the worker Deployments restarted, `resumed` when an earlier partial run's
+    promotion was taken over, `steps` as recorded, and `notes` for the user."""
     environment: str
     old_primary: str
     new_primary: str
@@ -34,13 +58,51 @@ class FailoverResult:
     at: dt.datetime
     seconds: float
     journal: str
+    old_host: str | None = None
+    new_host: str = ""
+    secret: str = ""
+    restarted: list[str] = field(default_factory=list)
+    resumed: bool = False
+    steps: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
-def plan(project: Project, env: Environment, replica: str | None = None) -> tuple[str, str]:
-    """(old primary, replica to promote), checked; UsageError when there is nothing to promote."""
+def _journal_path(project: Project, env: Environment):
+    return project.state_dir / "failover" / f"{env.name}.json"
+
+
+def _history(project: Project, env: Environment) -> list[dict]:
+    path = _journal_path(project, env)
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        raise UsageError(f"{path} is not valid JSON; repair or move it away") from None
+    if not isinstance(doc, list):
+        raise UsageError(f"{path} is not a list of failovers; repair or move it away")
+    return doc
+
+
+def _resumable(project: Project, env: Environment, primary: str, replica: str) -> dict | None:
+    """The newest journal record promoting `replica` in place of `primary`, if any."""
+    for rec in reversed(_history(project, env)):
+        if isinstance(rec, dict) and rec.get("new_primary") == replica and rec.get("old_primary") == primary:
+            return rec
+    return None
+
+
+def plan(project: Project, env: Environment, replica: str | None = None,
+         secret_host: str | None = None) -> tuple[str, str, dict | None]:
+    """(old primary, replica to promote, journal record of an earlier run to resume or None),
+    checked; UsageError when there is nothing to promote. The newest journal record promoting
+    this replica in place of this primary is resumed when RDS no longer reports the replica's
+    source, when that run did not finish, or when the worker Secret's host (`secret_host`)
+    already is the one it recorded (a re-run of a finished failover: nothing left to do; moto,
+    unlike RDS, keeps reporting the source after a promotion)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from opsctl.pitr.rds import client
+    from opsctl.pitr.rds import client as _client
 
     if env.platform != "kubernetes":
         raise UsageError(f"failover promotes an RDS read replica; '{env.name}' runs on {env.platform} "
@@ -51,16 +113,20 @@ def plan(project: Project, env: Environment, replica: str | None = None) -> tupl
         raise UsageError(f"set database.rds_instance and database.replica_instance for '{env.name}' in opsctl.yaml "
                          "(or pass --replica NAME)")
     try:
-        found = client(env).describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [replica]}])
+        found = _client(env).describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [replica]}])
     except (ClientError, BotoCoreError) as exc:
         raise OperationFailed(f"reading RDS instance {replica} failed: {exc}") from None
     if not found["DBInstances"]:
         raise UsageError(f"RDS instance {replica} does not exist")
     source = found["DBInstances"][0].get("ReadReplicaSourceDBInstanceIdentifier")
+    earlier = _resumable(project, env, primary, replica)
+    if earlier is not None and (source is None or earlier.get("outcome") != "done"
+                                or (secret_host is not None and secret_host == earlier.get("new_host"))):
+        return primary, replica, earlier
     if source is None or source.rsplit(":", 1)[-1] != primary:
         raise UsageError(f"RDS instance {replica} is not a read replica of {primary} "
                          f"(its source: {source or 'none'}); nothing was promoted")
-    return primary, replica
+    return primary, replica, None
 
 
 def failover(project: Project, env: Environment, replica: str | None = None, approve=None, progress=None):
@@ -68,9 +134,11 @@ def failover(project: Project, env: Environment, replica: str | None = None, app
     environment's operation window (notifications, maintenance window).
 
     Embedded platform: opsctl.pitr.standby.failover (returns a LocalFailoverResult);
-    kubernetes: promote the RDS read replica (FailoverResult). `approve(text)` is called
-    before anything changes (raise to stop); `progress(step)` for the local steps. UsageError
-    when there is nothing to promote, OperationFailed when the promotion fails.
+    kubernetes: promote the RDS read replica and repoint the workers (FailoverResult).
+    `approve(text)` is called before anything changes (raise to stop); `progress(step)` is
+    told each step. UsageError when there is nothing to promote or the worker Secret cannot be
+    repointed (nothing changed), OperationFailed when the promotion or a later step fails
+    (a later step's failure is recorded as "partial"; re-running resumes).
     """
     from opsctl.pitr.ops import window
 
@@ -81,37 +149,302 @@ def failover(project: Project, env: Environment, replica: str | None = None, app
             raise UsageError("--replica names an RDS read replica; the embedded platform promotes its standby")
         with window(project, env, "failover", f"promote the standby of {env.name}"):
             return standby.failover(project, env, approve, progress)
-    primary, target = plan(project, env, replica)
+    workers, secret_host = _Workers(project, env), None
+    if env.platform == "kubernetes":  # before anything changes: a Secret it could not repoint stops it here
+        secret_host = _host(workers.read_url())
+    primary, target, earlier = plan(project, env, replica, secret_host)
     if approve is not None:
-        approve(f"promote {target} to be {env.name}'s primary in place of {primary}")
-    with window(project, env, "failover", f"promote {target} in place of {primary}"):
-        return run(project, env, primary, target)
+        approve(f"{'finish the failover of' if earlier else 'promote'} {target} to be {env.name}'s primary "
+                f"in place of {primary}, repoint the worker Secret {SECRET} and restart the workers")
+    with window(project, env, "failover", f"promote {target} in place of {primary}") as w:
+        result = run(project, env, primary, target, workers=workers, earlier=earlier, progress=progress)
+        if w is not None:
+            w.outcome = "succeeded" if not result.resumed else "succeeded (resumed)"
+        return result
 
 
-def run(project: Project, env: Environment, primary: str, replica: str, poll: float = 15.0) -> FailoverResult:
-    """Promote `replica` (checked by `plan`), wait until RDS reports it available (polling every
-    `poll` seconds), record it in `.opsctl/failover/<env>.json` (0600). OperationFailed when RDS
-    refuses or the wait ends."""
+class _Workers:
+    """The worker Secret and Deployments of a kubernetes environment, through the Kubernetes
+    API as the deploy driver reaches it (opsctl.deploy.drivers.kubernetes.connect)."""
+
+    def __init__(self, project: Project, env: Environment):
+        self.project, self.env, self.ns = project, env, env.kubernetes.namespace
+        self._client = None
+
+    def _api(self, kind: str):
+        from kubernetes import client
+
+        from opsctl.deploy.drivers.kubernetes import connect
+
+        if self._client is None:
+            self._client = connect(self.project, self.env)
+        return {"apps": client.AppsV1Api, "core": client.CoreV1Api}[kind](self._client)
+
+    def _call(self, fn, *args, missing_ok: bool = False, **kwargs) -> dict | None:
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        from opsctl.deploy.drivers.kubernetes import REQUEST_TIMEOUT
+        from opsctl.redact import credentials
+
+        name = getattr(fn, "__name__", "call")
+        try:
+            resp = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404 and missing_ok:
+                return None
+            try:
+                message = json.loads(exc.body or "{}").get("message", "")
+            except ValueError:
+                message = ""
+            hint = "; check your credentials and RBAC" if exc.status in (401, 403) else ""
+            raise OperationFailed(credentials(f"Kubernetes API {name} in namespace {self.ns} answered "
+                                              f"{exc.status} {exc.reason}: {message[:200]}{hint}")) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise OperationFailed(credentials(f"cannot reach the Kubernetes API of env '{self.env.name}' ({exc}); "
+                                              "check kubernetes.context in opsctl.yaml")) from None
+        return json.loads(resp.data or b"{}")
+
+    def read_url(self) -> str:
+        """The Secret's database-url (its password remembered for redaction). UsageError when
+        the Secret, the key or a URL with a host is missing."""
+        from opsctl.redact import remember, url_password
+
+        secret = self._call(self._api("core").read_namespaced_secret, SECRET, self.ns, missing_ok=True)
+        if secret is None:
+            raise UsageError(f"the worker Secret {SECRET} does not exist in namespace {self.ns} (the stack creates "
+                             "it: run 'opsctl infra up'); nothing was promoted")
+        raw = (secret.get("data") or {}).get(URL_KEY)
+        if raw is None and URL_KEY in (secret.get("stringData") or {}):
+            raw = base64.b64encode(secret["stringData"][URL_KEY].encode()).decode()
+        try:
+            url = base64.b64decode(raw or "", validate=True).decode()
+        except ValueError:
+            url = ""
+        remember(url_password(url))
+        if not url:
+            raise UsageError(f"the worker Secret {SECRET} has no {URL_KEY}; set it (the stack does), then re-run; "
+                             "nothing was promoted")
+        if _host(url) is None:
+            raise UsageError(f"the {URL_KEY} of the worker Secret {SECRET} is not a postgresql:// URL with a host; "
+                             "fix it, then re-run; nothing was promoted")
+        return url
+
+    def write_url(self, url: str) -> None:
+        """Replace the Secret's database-url (a merge patch of that one key)."""
+        self._call(self._api("core").patch_namespaced_secret, SECRET, self.ns,
+                   {"data": {URL_KEY: base64.b64encode(url.encode()).decode()}})
+
+    def deployments(self) -> list[dict]:
+        """The worker Deployments that exist: both colors' and a single rolling one."""
+        from opsctl.deploy import manifests as mf
+        from opsctl.deploy.model import COLORS
+
+        found = []
+        for name in [mf.deployment_name(c) for c in COLORS] + [mf.deployment_name(None)]:
+            dep = self._call(self._api("apps").read_namespaced_deployment, name, self.ns, missing_ok=True)
+            if dep is not None:
+                found.append(dep)
+        return found
+
+    def restart(self, name: str, at: str) -> int | None:
+        """`kubectl rollout restart`: stamp the pod template; the Deployment's new generation."""
+        dep = self._call(self._api("apps").patch_namespaced_deployment, name, self.ns,
+                         {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}})
+        return (dep or {}).get("metadata", {}).get("generation")
+
+    def wait_ready(self, name: str, generation: int | None, timeout: float) -> None:
+        """Until the controller has observed `generation` and every wanted replica is updated
+        and ready (a Deployment scaled to 0 is done once observed); OperationFailed after
+        `timeout` seconds with the last state seen."""
+        deadline = time.monotonic() + timeout
+        detail = "no status yet"
+        while True:
+            dep = self._call(self._api("apps").read_namespaced_deployment, name, self.ns, missing_ok=True)
+            if dep is None:
+                raise OperationFailed(f"Deployment {name} disappeared while it restarted")
+            ready, detail = _restarted(dep, generation)
+            if ready:
+                return
+            if time.monotonic() >= deadline:
+                raise OperationFailed(f"{name} not ready {timeout:.0f} s after its restart ({detail})")
+            time.sleep(min(POLL_SECONDS, max(0.05, deadline - time.monotonic())))
+
+
+def _restarted(dep: dict, generation: int | None) -> tuple[bool, str]:
+    want = dep.get("spec", {}).get("replicas")
+    want = 1 if want is None else want
+    status = dep.get("status") or {}
+    generation = generation or dep.get("metadata", {}).get("generation")
+    observed = status.get("observedGeneration")
+    if generation is not None and (observed is None or observed < generation):
+        return False, f"controller has not observed generation {generation} yet"
+    updated, ready = status.get("updatedReplicas") or 0, status.get("readyReplicas") or 0
+    if want and updated < want:
+        return False, f"{updated}/{want} replicas updated"
+    return ready >= want, f"{ready}/{want} ready"
+
+
+def _host(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme not in ("postgres", "postgresql") and not parts.scheme.startswith("postgresql+"):
+        return None
+    return host or None
+
+
+def _repointed(url: str, host: str, port: int | None) -> str:
+    """`url` with its host and port replaced; user, password (as encoded), path and query kept."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    hostport = f"[{host}]" if ":" in host else host
+    if port:
+        hostport += f":{port}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}" if userinfo else hostport))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run(project: Project, env: Environment, primary: str, replica: str, poll: float = 15.0, *,
+        workers: _Workers | None = None, earlier: dict | None = None, progress=None) -> FailoverResult:
+    """Promote `replica` (checked by `plan`; skipped when `earlier`, the journal record of a
+    partial run, says it was), wait until RDS reports it available (polling every `poll`
+    seconds), repoint the worker Secret, restart the worker Deployments and wait until they are
+    ready; every step recorded in `.opsctl/failover/<env>.json` (0600) as it ends.
+    OperationFailed when RDS refuses or the wait ends (nothing recorded when the promotion
+    itself was refused), or when a later step fails (recorded "partial", with what to do)."""
     from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
     from opsctl.files import write_json
-    from opsctl.pitr.rds import client
+    from opsctl.pitr.rds import client as _client
+    from opsctl.redact import credentials
 
     began = time.monotonic()
-    rds = client(env)
+    started = dt.datetime.now(dt.timezone.utc)
+    workers = workers or _Workers(project, env)
+    tell = progress or (lambda step: None)
+    rds = _client(env)
+    path = _journal_path(project, env)
+    history = _history(project, env)
+    # the journal's own copy of the record to resume, updated in place
+    record = history[history.index(earlier)] if earlier is not None and earlier in history else None
+    url = workers.read_url()
+    old_host = _host(url)
+    if record is None:
+        try:
+            old = rds.describe_db_instances(DBInstanceIdentifier=primary)["DBInstances"][0].get("Endpoint") or {}
+            old_host = old.get("Address") or old_host
+        except (ClientError, BotoCoreError, IndexError):
+            pass  # the lost primary may not answer; the Secret's host is the old one
+    steps = record.setdefault("steps", []) if record is not None else []
+
+    prior = float(record.get("seconds") or 0) if record is not None else 0.0
+
+    def save(outcome: str) -> None:
+        nonlocal record
+        if record is None:
+            record = {"at": started.isoformat(), "old_primary": primary, "new_primary": replica, "old_host": old_host}
+            history.append(record)
+        record.update({"new_host": new_host, "endpoint": endpoint, "steps": steps, "outcome": outcome,
+                       "seconds": round(prior + time.monotonic() - began, 2)})
+        write_json(path, history, private=True)
+
+    def step(name: str, outcome: str, t0: str, detail: str = "") -> None:
+        steps.append({"step": name, "started": t0, "ended": _now(), "outcome": outcome,
+                      **({"detail": detail} if detail else {})})
+
+    t0 = _now()
     try:
-        rds.promote_read_replica(DBInstanceIdentifier=replica)
+        if record is None:
+            tell(f"promoting {replica}")
+            rds.promote_read_replica(DBInstanceIdentifier=replica)
         rds.get_waiter("db_instance_available").wait(DBInstanceIdentifier=replica,
                                                       WaiterConfig={"Delay": poll, "MaxAttempts": 240})
-        endpoint = rds.describe_db_instances(DBInstanceIdentifier=replica)["DBInstances"][0].get("Endpoint") or {}
+        ep = rds.describe_db_instances(DBInstanceIdentifier=replica)["DBInstances"][0].get("Endpoint") or {}
     except (ClientError, WaiterError, BotoCoreError) as exc:
-        raise OperationFailed(f"promoting {replica} failed: {exc}") from None
-    result = FailoverResult(env.name, primary, replica, f"{endpoint.get('Address', '?')}:{endpoint.get('Port', '?')}",
-                            dt.datetime.now(dt.timezone.utc), round(time.monotonic() - began, 2), "")
-    path = project.state_dir / "failover" / f"{env.name}.json"
-    history = json.loads(path.read_text()) if path.exists() else []
-    history.append({"at": result.at.isoformat(), "old_primary": primary, "new_primary": replica,
-                    "endpoint": result.endpoint, "seconds": result.seconds})
-    write_json(path, history, private=True)
-    result.journal = str(path)
+        if record is None:
+            raise OperationFailed(f"promoting {replica} failed: {exc}") from None
+        step("promote", "failed", t0, str(exc))
+        new_host, endpoint = record.get("new_host", ""), record.get("endpoint", "?")
+        save("partial")
+        raise OperationFailed(f"{replica} is not available ({exc}); re-run 'opsctl failover --env {env.name}' "
+                              "once RDS reports it available") from None
+    new_host, port = ep.get("Address") or "", ep.get("Port")
+    endpoint = f"{new_host or '?'}:{port or '?'}"
+    resumed = record is not None
+    step("promote", "already promoted" if resumed else "done", t0)
+    save("running")
+    result = FailoverResult(env.name, primary, replica, endpoint, started, 0.0, str(path),
+                            old_host=record.get("old_host", old_host), new_host=new_host, resumed=resumed)
+    if not new_host:
+        step("repoint-secret", "failed", _now(), "RDS reports no endpoint address")
+        save("partial")
+        raise OperationFailed(f"{replica} was promoted but RDS reports no endpoint for it; the worker Secret still "
+                              f"names {old_host}; re-run 'opsctl failover --env {env.name}' once it has one")
+
+    t0 = _now()
+    try:
+        if _host(url) == new_host and urlsplit(url).port == port:
+            result.secret = "already"
+        else:
+            tell(f"repointing Secret {SECRET}")
+            workers.write_url(_repointed(url, new_host, port))
+            result.secret = "updated"
+    except OperationFailed as exc:
+        step("repoint-secret", "failed", t0, credentials(str(exc)))
+        save("partial")
+        raise OperationFailed(f"{replica} is the primary now, but the worker Secret {SECRET} could not be repointed "
+                              f"({credentials(str(exc))}); the workers still use {old_host}: fix access and re-run "
+                              f"'opsctl failover --env {env.name}'") from None
+    step("repoint-secret", result.secret, t0)
+    save("running")
+
+    if result.secret == "updated":
+        pending = None  # every worker Deployment restarts on the new URL
+    else:  # a re-run: only those not restarted since the Secret was repointed
+        pending = set()
+        for done in steps:
+            if done["step"] == "repoint-secret" and done["outcome"] == "updated":
+                pending = set()
+            elif done["step"].startswith("restart ") and done["outcome"] == "done":
+                pending.add(done["step"].removeprefix("restart "))
+        pending = {"done": pending}
+    stamp, failed = _now(), None
+    for dep in workers.deployments():
+        name = dep["metadata"]["name"]
+        if pending is not None and name in pending["done"]:
+            continue
+        t0 = _now()
+        try:
+            tell(f"restarting {name}")
+            generation = workers.restart(name, stamp)
+            workers.wait_ready(name, generation, env.deploy.ready_timeout)
+        except OperationFailed as exc:
+            step(f"restart {name}", "failed", t0, credentials(str(exc)))
+            failed = failed or credentials(str(exc))
+            continue
+        step(f"restart {name}", "done", t0)
+        result.restarted.append(name)
+    if failed is not None:
+        save("partial")
+        raise OperationFailed(f"{replica} is the primary and the worker Secret names it, but the worker restart "
+                              f"failed ({failed}); workers may hold connections to {result.old_host}: fix them and "
+                              f"re-run 'opsctl failover --env {env.name}' (recorded in {path})")
+
+    import os
+
+    from opsctl.redact import url_password, remember
+
+    local = os.environ.get(env.database.url_env)
+    remember(url_password(local))
+    if local and _host(local) not in (None, new_host):
+        result.notes.append(f"${env.database.url_env} here still names {_host(local)}: point it at {endpoint}")
+    result.seconds = round(time.monotonic() - began, 2)
+    save("done")
+    result.steps = list(steps)
     return result

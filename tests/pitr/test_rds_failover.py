@@ -1,0 +1,315 @@
+"""`opsctl failover --env E` on a kubernetes environment (issue 22): the RDS read replica is
+promoted (moto's RDS control plane), the worker Secret's database-url is repointed at it and
+the worker Deployments of both colors are restarted (kmock's Kubernetes API, through the real
+`kubernetes` client), all recorded; each failure branch is recorded, reported in one line and
+resumed by a re-run."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from urllib.parse import urlsplit
+
+import boto3
+import kmock
+import pytest
+import pytest_asyncio
+import yaml
+from typer.testing import CliRunner
+
+from opsctl.cli import app
+
+NS = "transcribe"
+SECRETS, DEPLOYMENTS = "v1/secrets", "apps/v1/deployments"
+PASSWORD = "pa%40ss-w0rd-not-printed"
+OLD_URL = f"postgresql://transcribe:{PASSWORD}@{{host}}:5432/transcribe?sslmode=require&application_name=worker"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+
+def plain(obj) -> dict:
+    return json.loads(json.dumps(obj, default=dict))
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """kmock's emulator plus metadata.generation counting spec changes (what a restart waits
+    on), and switches to refuse Secret writes (RBAC) or be unreachable."""
+
+    refuse_secret_patch = False
+
+    async def _handle(self, request):
+        from aiohttp import web
+
+        if self.refuse_secret_patch and request.method == kmock.method.PATCH and "/secrets/" in str(request.url):
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                                      "reason": "Forbidden", "message": "secrets is forbidden: cannot patch"},
+                                     status=403)
+        if request.resource is not None and request.name and request.method == kmock.method.PATCH \
+                and isinstance(request.data, dict) and "spec" in request.data:
+            key = (request.resource, request.namespace, request.name)
+            async with self._lock:
+                if key in self.objects and not self.objects[key].deleted:
+                    old = plain(self.objects[key].raw)
+                    probe = kmock.Object(old)
+                    probe.patch(request.data)
+                    if plain(probe.raw).get("spec") != old.get("spec"):
+                        request.data.setdefault("metadata", {})["generation"] = old["metadata"].get("generation", 0) + 1
+        return await super()._handle(request)
+
+
+class Controller:
+    """Plays the Deployment controller: the latest generation's replicas become ready, except
+    the Deployments named in `broken` (their new pods never pass readiness)."""
+
+    def __init__(self, server: ApiServer):
+        self.server, self.broken = server, set()
+
+    async def run(self) -> None:
+        while True:
+            for (resource, _, name), obj in list(self.server.objects.items()):
+                if str(resource) != DEPLOYMENTS and getattr(resource, "plural", None) != "deployments" or obj.deleted:
+                    continue
+                raw = plain(obj.raw)
+                want = raw["spec"].get("replicas", 1)
+                ready = 0 if name in self.broken else want
+                status = {"observedGeneration": raw["metadata"].get("generation", 1), "replicas": want,
+                          "updatedReplicas": ready, "readyReplicas": ready}
+                if raw.get("status") != status:
+                    obj.patch({"status": status})
+            await asyncio.sleep(0.05)
+
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.kmock(cls=ApiServer)]
+
+
+class Env:
+    def __init__(self, server, controller, rds, root, old_host):
+        self.server, self.controller, self.rds, self.root, self.old_host = server, controller, rds, root, old_host
+        self.runner = CliRunner()
+
+    async def failover(self, *extra: str):
+        return await asyncio.to_thread(self.runner.invoke, app, ["failover", "--env", "cloud", "--yes", *extra])
+
+    def secret_url(self) -> str:
+        raw = plain(self.server.objects[SECRETS, NS, "transcription-worker"].raw)
+        return base64.b64decode(raw["data"]["database-url"]).decode()
+
+    def deployment(self, color: str) -> dict:
+        return plain(self.server.objects[DEPLOYMENTS, NS, f"transcription-worker-{color}"].raw)
+
+    def restarted_at(self, color: str) -> str | None:
+        return (self.deployment(color)["spec"]["template"]["metadata"].get("annotations") or {}).get(RESTARTED_AT)
+
+    def journal(self) -> list[dict]:
+        return json.loads((self.root / ".opsctl" / "failover" / "cloud.json").read_text())
+
+    def promoted(self) -> bool:
+        """Whether fo-replica is a standalone instance now. moto keeps reporting the source
+        after a promotion (RDS does not), but refuses to stop a read replica: stop and start."""
+        try:
+            self.rds.stop_db_instance(DBInstanceIdentifier="fo-replica")
+        except self.rds.exceptions.ClientError as exc:
+            assert exc.response["Error"]["Code"] == "InvalidDBClusterStateFault", exc
+            return False
+        self.rds.start_db_instance(DBInstanceIdentifier="fo-replica")
+        return True
+
+    def new_host(self) -> str:
+        return self.rds.describe_db_instances(DBInstanceIdentifier="fo-replica")["DBInstances"][0]["Endpoint"]["Address"]
+
+
+def _deployment(color: str, replicas: int) -> dict:
+    name = f"transcription-worker-{color}"
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS, "generation": 1},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "worker", "image": "w:1"}]}}},
+            "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": replicas,
+                       "updatedReplicas": replicas}}
+
+
+@pytest_asyncio.fixture
+async def env(kmock, s3, ops_root, monkeypatch):
+    (ops_root / "kubeconfig.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester", "namespace": NS}}]}))
+    doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+    doc["environments"]["cloud"] = {
+        "platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
+        "kubernetes": {"kubeconfig": "kubeconfig.yaml", "context": "kmock", "namespace": NS},
+        "database": {"rds_instance": "fo-primary", "replica_instance": "fo-replica", "url_env": "FO_DATABASE_URL"},
+        "deploy": {"ready_timeout": 2}}
+    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    for var in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG", "FO_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    rds.create_db_instance(DBInstanceIdentifier="fo-primary", DBInstanceClass="db.r6g.large", Engine="postgres",
+                           AllocatedStorage=50, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
+                           BackupRetentionPeriod=7)
+    rds.create_db_instance_read_replica(DBInstanceIdentifier="fo-replica", SourceDBInstanceIdentifier="fo-primary")
+    old_host = rds.describe_db_instances(DBInstanceIdentifier="fo-primary")["DBInstances"][0]["Endpoint"]["Address"]
+    kmock.objects[SECRETS, NS, "transcription-worker"] = {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "transcription-worker", "namespace": NS},
+        "data": {"database-url": base64.b64encode(OLD_URL.format(host=old_host).encode()).decode(),
+                 "redis-url": base64.b64encode(b"rediss://:r-secret@cache:6379/0").decode(),
+                 "api-key-hashes": base64.b64encode(b"[]").decode()}}
+    kmock.objects[DEPLOYMENTS, NS, "transcription-worker-blue"] = _deployment("blue", 3)
+    kmock.objects[DEPLOYMENTS, NS, "transcription-worker-green"] = _deployment("green", 0)
+    controller = Controller(kmock)
+    task = asyncio.create_task(controller.run())
+    yield Env(kmock, controller, rds, ops_root, old_host)
+    task.cancel()
+    for name in ("fo-replica", "fo-primary"):
+        try:
+            rds.delete_db_instance(DBInstanceIdentifier=name, SkipFinalSnapshot=True)
+        except rds.exceptions.DBInstanceNotFoundFault:
+            pass
+
+
+def _no_secret_in(env: Env, *texts: str) -> None:
+    for text in texts:
+        assert PASSWORD not in text and "r-secret" not in text
+
+
+async def test_failover_promotes_repoints_the_secret_and_restarts_both_colors(env, monkeypatch):
+    monkeypatch.setenv("FO_DATABASE_URL", OLD_URL.format(host=env.old_host))
+    r = await env.failover("--json")
+    assert r.exit_code == 0, r.output
+    new_host = env.new_host()
+    assert env.promoted() and new_host != env.old_host
+    # host and port changed; user, password (as encoded), database and parameters kept
+    before, after = urlsplit(OLD_URL.format(host=env.old_host)), urlsplit(env.secret_url())
+    assert after.hostname == new_host and after.port == 5432
+    assert (after.scheme, after.username, after.password, after.path, after.query) == \
+        (before.scheme, before.username, before.password, before.path, before.query)
+    assert base64.b64decode(plain(env.server.objects[SECRETS, NS, "transcription-worker"].raw)["data"]["redis-url"]) \
+        == b"rediss://:r-secret@cache:6379/0"
+    blue, green = env.restarted_at("blue"), env.restarted_at("green")
+    assert blue and blue == green
+    assert env.deployment("blue")["metadata"]["generation"] == 2
+    doc = json.loads(r.stdout)
+    assert doc["restarted"] == ["transcription-worker-blue", "transcription-worker-green"]
+    assert doc["secret"] == "updated" and doc["old_host"] == env.old_host and doc["new_host"] == new_host
+    assert any("FO_DATABASE_URL" in n and env.old_host in n for n in doc["notes"])
+    [rec] = env.journal()
+    assert rec["outcome"] == "done" and rec["old_host"] == env.old_host and rec["new_host"] == new_host
+    assert [(s["step"], s["outcome"]) for s in rec["steps"]] == [
+        ("promote", "done"), ("repoint-secret", "updated"),
+        ("restart transcription-worker-blue", "done"), ("restart transcription-worker-green", "done")]
+    assert all(s["started"] <= s["ended"] for s in rec["steps"])
+    journal_file = env.root / ".opsctl" / "failover" / "cloud.json"
+    assert journal_file.stat().st_mode & 0o077 == 0
+    _no_secret_in(env, r.output, journal_file.read_text())
+    # the human rendering says what happened
+    r2 = await env.failover()
+    assert r2.exit_code == 0, r2.output
+    assert "already promoted" in r2.output and "none needed" in r2.output
+    # a re-run after a complete failover changes nothing in the cluster
+    assert env.restarted_at("blue") == blue and env.deployment("blue")["metadata"]["generation"] == 2
+    assert urlsplit(env.secret_url()).hostname == new_host
+    assert len(env.journal()) == 1
+
+
+async def test_failover_runs_inside_the_operation_window(env, monkeypatch):
+    from contextlib import contextmanager
+
+    from opsctl.health import notify
+
+    seen = []
+
+    @contextmanager
+    def window(project, env_name, operation, subject, **kw):
+        w = notify.Window(env_name, operation, subject, [], "now")
+        try:
+            yield w
+        except BaseException:
+            w.outcome = "failed"
+            raise
+        finally:
+            seen.append((env_name, operation, w.outcome, env.restarted_at("blue")))
+
+    monkeypatch.setattr(notify, "operation_window", window)
+    r = await env.failover()
+    assert r.exit_code == 0, r.output
+    # the window closed after the workers were restarted: the restart ran inside it
+    assert seen == [("cloud", "failover", "succeeded", env.restarted_at("blue"))] and seen[0][3]
+
+
+@pytest.mark.parametrize("data, message", [
+    (None, "does not exist"),
+    ({"redis-url": base64.b64encode(b"redis://x").decode()}, "has no database-url"),
+    ({"database-url": base64.b64encode(b"host=db user=x password=y").decode()}, "not a postgresql:// URL"),
+])
+async def test_a_secret_it_cannot_repoint_stops_failover_before_the_promotion(env, data, message):
+    key = (SECRETS, NS, "transcription-worker")
+    if data is None:
+        del env.server.objects[key]
+    else:
+        env.server.objects[key] = {"apiVersion": "v1", "kind": "Secret",
+                                   "metadata": {"name": "transcription-worker", "namespace": NS}, "data": data}
+    r = await env.failover()
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "nothing was promoted" in r.output and "Traceback" not in r.output
+    assert not env.promoted() and env.restarted_at("blue") is None
+    assert not (env.root / ".opsctl" / "failover" / "cloud.json").exists()
+
+
+async def test_secret_write_refused_after_promotion_is_recorded_and_a_rerun_finishes(env):
+    env.server.refuse_secret_patch = True
+    r = await env.failover()
+    assert r.exit_code == 1
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert "could not be repointed" in r.output and "re-run 'opsctl failover --env cloud'" in r.output
+    _no_secret_in(env, r.output)
+    assert env.promoted()
+    assert urlsplit(env.secret_url()).hostname == env.old_host and env.restarted_at("blue") is None
+    [rec] = env.journal()
+    assert rec["outcome"] == "partial" and rec["steps"][-1]["step"] == "repoint-secret"
+    assert rec["steps"][-1]["outcome"] == "failed" and "403" in rec["steps"][-1]["detail"]
+
+    env.server.refuse_secret_patch = False
+    r = await env.failover("--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["resumed"] and doc["secret"] == "updated"
+    assert urlsplit(env.secret_url()).hostname == env.new_host() and env.restarted_at("green")
+    [rec] = env.journal()
+    assert rec["outcome"] == "done" and rec["old_host"] == env.old_host
+    assert ("promote", "already promoted") in [(s["step"], s["outcome"]) for s in rec["steps"]]
+
+
+async def test_restart_that_never_becomes_ready_is_partial_and_a_rerun_restarts_only_what_is_left(env):
+    env.controller.broken.add("transcription-worker-blue")
+    r = await env.failover()
+    assert r.exit_code == 1
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert "worker restart failed" in r.output and "transcription-worker-blue not ready" in r.output
+    assert "re-run 'opsctl failover --env cloud'" in r.output
+    _no_secret_in(env, r.output)
+    assert urlsplit(env.secret_url()).hostname == env.new_host()  # the Secret was updated
+    [rec] = env.journal()
+    assert rec["outcome"] == "partial"
+    outcomes = {s["step"]: s["outcome"] for s in rec["steps"]}
+    assert outcomes["restart transcription-worker-blue"] == "failed"
+    assert outcomes["restart transcription-worker-green"] == "done"
+    green = env.restarted_at("green")
+
+    env.controller.broken.clear()
+    r = await env.failover("--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["secret"] == "already" and doc["restarted"] == ["transcription-worker-blue"]
+    assert env.restarted_at("green") == green  # not restarted twice
+    assert env.journal()[0]["outcome"] == "done"
+
+
+async def test_kubernetes_api_unreachable_stops_failover_before_the_promotion(env):
+    (env.root / "kubeconfig.yaml").write_text((env.root / "kubeconfig.yaml").read_text().replace(
+        str(env.server.url).rstrip("/"), "http://127.0.0.1:9"))
+    r = await env.failover()
+    assert r.exit_code == 1
+    assert "cannot reach the Kubernetes API" in r.output and "Traceback" not in r.output
+    assert not env.promoted()
