@@ -149,10 +149,11 @@ def failover(project: Project, env: Environment, replica: str | None = None, app
             raise UsageError("--replica names an RDS read replica; the embedded platform promotes its standby")
         with window(project, env, "failover", f"promote the standby of {env.name}"):
             return standby.failover(project, env, approve, progress)
-    workers, secret_host = _Workers(project, env), None
-    if env.platform == "kubernetes":  # before anything changes: a Secret it could not repoint stops it here
-        secret_host = _host(workers.read_url())
-    primary, target, earlier = plan(project, env, replica, secret_host)
+    primary, target, earlier = plan(project, env, replica)
+    workers = _Workers(project, env)
+    secret_host = _host(workers.read_url())  # before anything changes: a Secret it cannot repoint stops it
+    if earlier is None:
+        primary, target, earlier = plan(project, env, replica, secret_host)
     if approve is not None:
         approve(f"{'finish the failover of' if earlier else 'promote'} {target} to be {env.name}'s primary "
                 f"in place of {primary}, repoint the worker Secret {SECRET} and restart the workers")

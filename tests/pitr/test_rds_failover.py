@@ -313,3 +313,53 @@ async def test_kubernetes_api_unreachable_stops_failover_before_the_promotion(en
     assert r.exit_code == 1
     assert "cannot reach the Kubernetes API" in r.output and "Traceback" not in r.output
     assert not env.promoted()
+
+
+def _rds_refusing(monkeypatch, operation: str, code: str, when=lambda params: True):
+    """opsctl's RDS client, with moto's answer to `operation` replaced by the error RDS gives
+    (`code`) while `when(params)` holds: states moto cannot be put in (a promotion refused, an
+    instance that fails while it is waited for)."""
+    from botocore.awsrequest import AWSResponse
+
+    from opsctl.pitr import rds as rdsmod
+
+    real = rdsmod.client
+
+    def refuse(params, **_):  # params: the serialized request; its body the query's fields
+        if when(params.get("body") or {}):
+            return (AWSResponse("https://rds.test", 400, {}, None),
+                    {"Error": {"Code": code, "Message": f"{operation} refused ({code})"},
+                     "ResponseMetadata": {"HTTPStatusCode": 400}})
+        return None
+
+    def client(env):
+        c = real(env)
+        c.meta.events.register(f"before-call.rds.{operation}", refuse)
+        return c
+
+    monkeypatch.setattr(rdsmod, "client", client)
+
+
+async def test_a_refused_promotion_changes_nothing_and_records_nothing(env, monkeypatch):
+    _rds_refusing(monkeypatch, "PromoteReadReplica", "InvalidDBInstanceState")
+    r = await env.failover()
+    assert r.exit_code == 1
+    assert "promoting fo-replica failed" in r.output and "InvalidDBInstanceState" in r.output
+    assert not env.promoted() and env.restarted_at("blue") is None
+    assert urlsplit(env.secret_url()).hostname == env.old_host
+    assert not (env.root / ".opsctl" / "failover" / "cloud.json").exists()
+
+
+async def test_a_resumed_failover_whose_instance_fails_is_recorded_and_leaves_the_workers(env, monkeypatch):
+    env.server.refuse_secret_patch = True
+    assert (await env.failover()).exit_code == 1  # promoted, Secret not repointed: partial
+    env.server.refuse_secret_patch = False
+    _rds_refusing(monkeypatch, "DescribeDBInstances", "InternalFailure",
+                  when=lambda params: params.get("DBInstanceIdentifier") == "fo-replica")
+    r = await env.failover()
+    assert r.exit_code == 1
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert "fo-replica is not available" in r.output and "re-run 'opsctl failover --env cloud'" in r.output
+    assert urlsplit(env.secret_url()).hostname == env.old_host and env.restarted_at("blue") is None
+    [rec] = env.journal()
+    assert rec["outcome"] == "partial" and (rec["steps"][-1]["step"], rec["steps"][-1]["outcome"]) == ("promote", "failed")
