@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -323,7 +324,7 @@ def run(project: Project, env: Environment, primary: str, replica: str, poll: fl
 
     from opsctl.files import write_json
     from opsctl.pitr.rds import client as _client
-    from opsctl.redact import credentials
+    from opsctl.redact import credentials, remember, url_password
 
     began = time.monotonic()
     started = dt.datetime.now(dt.timezone.utc)
@@ -405,20 +406,21 @@ def run(project: Project, env: Environment, primary: str, replica: str, poll: fl
     step("repoint-secret", result.secret, t0)
     save("running")
 
-    if result.secret == "updated":
-        pending = None  # every worker Deployment restarts on the new URL
-    else:  # a re-run: only those not restarted since the Secret was repointed
-        pending = set()
-        for done in steps:
-            if done["step"] == "repoint-secret" and done["outcome"] == "updated":
-                pending = set()
-            elif done["step"].startswith("restart ") and done["outcome"] == "done":
-                pending.add(done["step"].removeprefix("restart "))
-        pending = {"done": pending}
+    # restart what was not restarted since the Secret was last repointed (all of them when it was now)
+    skip: set[str] = set()
+    for done in steps:
+        if done["step"] == "repoint-secret" and done["outcome"] == "updated":
+            skip = set()
+        elif done["step"].startswith("restart ") and done["outcome"] == "done":
+            skip.add(done["step"].removeprefix("restart "))
     stamp, failed = _now(), None
-    for dep in workers.deployments():
-        name = dep["metadata"]["name"]
-        if pending is not None and name in pending["done"]:
+    try:
+        deployments = [d["metadata"]["name"] for d in workers.deployments()]
+    except OperationFailed as exc:
+        step("restart", "failed", _now(), credentials(str(exc)))
+        deployments, failed = [], credentials(str(exc))
+    for name in deployments:
+        if name in skip:
             continue
         t0 = _now()
         try:
@@ -436,10 +438,6 @@ def run(project: Project, env: Environment, primary: str, replica: str, poll: fl
         raise OperationFailed(f"{replica} is the primary and the worker Secret names it, but the worker restart "
                               f"failed ({failed}); workers may hold connections to {result.old_host}: fix them and "
                               f"re-run 'opsctl failover --env {env.name}' (recorded in {path})")
-
-    import os
-
-    from opsctl.redact import url_password, remember
 
     local = os.environ.get(env.database.url_env)
     remember(url_password(local))

@@ -36,14 +36,16 @@ class ApiServer(kmock.KubernetesEmulator):
     on), and switches to refuse Secret writes (RBAC) or be unreachable."""
 
     refuse_secret_patch = False
+    refuse_deployment_reads = False
 
     async def _handle(self, request):
         from aiohttp import web
 
-        if self.refuse_secret_patch and request.method == kmock.method.PATCH and "/secrets/" in str(request.url):
+        refused = (self.refuse_secret_patch and request.method == kmock.method.PATCH and "/secrets/" in str(request.url)) \
+            or (self.refuse_deployment_reads and request.method == kmock.method.GET and "/deployments" in str(request.url))
+        if refused:
             return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                                      "reason": "Forbidden", "message": "secrets is forbidden: cannot patch"},
-                                     status=403)
+                                      "reason": "Forbidden", "message": "forbidden by RBAC"}, status=403)
         if request.resource is not None and request.name and request.method == kmock.method.PATCH \
                 and isinstance(request.data, dict) and "spec" in request.data:
             key = (request.resource, request.namespace, request.name)
@@ -363,3 +365,20 @@ async def test_a_resumed_failover_whose_instance_fails_is_recorded_and_leaves_th
     assert urlsplit(env.secret_url()).hostname == env.old_host and env.restarted_at("blue") is None
     [rec] = env.journal()
     assert rec["outcome"] == "partial" and (rec["steps"][-1]["step"], rec["steps"][-1]["outcome"]) == ("promote", "failed")
+
+
+async def test_workers_it_cannot_list_after_the_secret_is_repointed_are_recorded_and_a_rerun_restarts_them(env):
+    env.server.refuse_deployment_reads = True
+    r = await env.failover()
+    assert r.exit_code == 1
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert "worker restart failed" in r.output and "403" in r.output and "re-run" in r.output
+    assert urlsplit(env.secret_url()).hostname == env.new_host() and env.restarted_at("blue") is None
+    [rec] = env.journal()
+    assert rec["outcome"] == "partial" and (rec["steps"][-1]["step"], rec["steps"][-1]["outcome"]) == ("restart", "failed")
+
+    env.server.refuse_deployment_reads = False
+    r = await env.failover("--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["restarted"] == ["transcription-worker-blue", "transcription-worker-green"]
+    assert env.restarted_at("blue") and env.journal()[0]["outcome"] == "done"
