@@ -128,19 +128,10 @@ def core_calls_per_command(folder: Path = CLI) -> dict[str, list[str]]:
     return out
 
 
-# Commands that still hold a sequence of core calls at the end of issue 21's session, with
-# the area that owns each (DESIGN.md). The list may only shrink: a command not named here
-# must call one core operation, and an entry goes once its command is thin.
-STILL_SEQUENCES = {
-    "opsctl.cli.health.health": "HEALTH: check the JUnit path, plan the cadence, watch (JUnit written by the command)",
-    "opsctl.cli.health.silence": "HEALTH: add the silence, then ask whether its pattern matches a check (since 6ebca9a)",
-}
-
-
 def test_every_command_calls_one_core_operation():
     found = core_calls_per_command()
     assert len(found) >= 40, sorted(found)  # every command module was read
-    several = {name: calls for name, calls in found.items() if len(calls) > 1 and name not in STILL_SEQUENCES}
+    several = {name: calls for name, calls in found.items() if len(calls) > 1}  # no exceptions (issue 21)
     assert several == {}, "commands calling several core operations:\n" + "\n".join(
         f"{name}: {', '.join(calls)}" for name, calls in sorted(several.items()))
 

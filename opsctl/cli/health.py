@@ -75,28 +75,30 @@ def health(
     `opsctl health silence --check NAME --for 30m` holds a check's alerts for a while."""
     if ctx.invoked_subcommand is not None:
         return
-    from opsctl.health.monitor import cadence
+    from opsctl.health import monitor
+    from opsctl.output import emit, stderr
 
     project, envcfg = environment(env)
     if beat is not None:
         return _beat(project, envcfg, beat, as_json)
-    if junit is not None:
-        from opsctl.health import junit as junit_mod
-
-        junit_mod.check_writable(junit)
-    plan = cadence(project, envcfg, mode.value, interval, cron, iterations, history, metrics_port)
+    options = dict(interval=interval, cron=cron, iterations=iterations, only=check, skip=skip, junit=junit,
+                   history=history, metrics_port=metrics_port)
     if mode is Mode.once:
-        return _once(project, envcfg, check, skip, junit, plan.history, as_json)
-    _watch(project, envcfg, plan.interval, plan.cron, iterations, check, skip, junit, plan.history, metrics_port, as_json)
-
-
-def _once(project, envcfg, check, skip, junit, history, as_json) -> None:
-    from opsctl.health import monitor
-    from opsctl.output import emit
-
-    result = monitor.once(project, envcfg, check, skip, junit=junit, history=history)
-    emit(result.to_dict(), as_json, lambda c: _print(c, result))
-    raise typer.Exit(int(result.status))
+        result = monitor.run(project, envcfg, mode.value, **options).last
+        emit(result.to_dict(), as_json, lambda c: _print(c, result))
+        raise typer.Exit(int(result.status))
+    view = _SweepView(as_json)
+    outcome = None
+    try:
+        outcome = monitor.run(project, envcfg, mode.value, on_sweep=view.show, **options)
+    except KeyboardInterrupt:
+        stderr.print("stopped")
+    finally:
+        view.stop()
+    failed = [d for d in (outcome.deliveries if outcome else []) if not d["ok"]]
+    if failed:
+        stderr.print(f"{len(failed)} alert deliveries failed (see the log above)")
+    raise typer.Exit(int(outcome.last.status) if outcome and outcome.last else 0)
 
 
 def _print(console, result) -> None:
@@ -125,54 +127,49 @@ def _when(iso: str) -> str:
     return f"{dt.datetime.fromisoformat(iso):%Y-%m-%d %H:%M:%S} UTC"
 
 
-def _watch(project, envcfg, interval, cron, iterations, check, skip, junit, history, metrics_port, as_json) -> None:
-    import json
-    import sys
-    import time
+class _SweepView:
+    """How a monitor loop shows each sweep: a JSON line (--json), a live table on a terminal
+    (started at the first sweep, so a refusal at start-up prints plainly), else a table per sweep."""
 
-    from rich.console import Group
-    from rich.live import Live
+    def __init__(self, as_json: bool) -> None:
+        from rich.live import Live
 
-    from opsctl.health import monitor
-    from opsctl.output import stderr, stdout
+        from opsctl.output import stdout
 
-    live = Live(console=stdout, auto_refresh=False) if stdout.is_terminal and not as_json else None
+        self.as_json = as_json
+        self.live = Live(console=stdout, auto_refresh=False) if stdout.is_terminal and not as_json else None
+        self.started = False
 
-    def on_sweep(result, alerts, next_at) -> None:
-        if junit is not None:
-            from opsctl.health import junit as junit_mod
+    def show(self, result, alerts, next_at) -> None:
+        import json
+        import sys
+        import time
 
-            junit_mod.write(junit, result)
+        from rich.console import Group
+
+        from opsctl.output import stderr, stdout
+
         sent = ", ".join(f"{a.event} {a.check}" for a in alerts)
-        if as_json:
+        if self.as_json:
             doc = result.to_dict()
             doc["alerts"] = [{"event": a.event, "check": a.check, "status": a.status} for a in alerts]
             sys.stdout.write(json.dumps(doc) + "\n")
             sys.stdout.flush()
-        elif live is not None:
+        elif self.live is not None:
+            if not self.started:
+                self.live.start()
+                self.started = True
             footer = f"next sweep at {time.strftime('%H:%M:%S', time.localtime(next_at))}" + (f"; alerts: {sent}" if sent else "")
             held = "".join(f"\n{line}" for line in _silence_lines(result))
-            live.update(Group(_table(result, _title(result)), footer + held), refresh=True)
+            self.live.update(Group(_table(result, _title(result)), footer + held), refresh=True)
         else:
             _print(stdout, result)
-        if alerts and not as_json:
+        if alerts and not self.as_json:
             stderr.print(f"alerts queued: {sent}")
 
-    outcome = None
-    try:
-        if live is not None:
-            live.start()
-        outcome = monitor.watch(project, envcfg, interval=interval, cron=cron, iterations=iterations, only=check,
-                                skip=skip, history=history, metrics_port=metrics_port, on_sweep=on_sweep)
-    except KeyboardInterrupt:
-        stderr.print("stopped")
-    finally:
-        if live is not None:
-            live.stop()
-    failed = [d for d in (outcome.deliveries if outcome else []) if not d["ok"]]
-    if failed:
-        stderr.print(f"{len(failed)} alert deliveries failed (see the log above)")
-    raise typer.Exit(int(outcome.last.status) if outcome and outcome.last else 0)
+    def stop(self) -> None:
+        if self.started:
+            self.live.stop()
 
 
 def _beat(project, envcfg, name: str, as_json: bool) -> None:
@@ -201,9 +198,7 @@ def silence(
     from opsctl.output import emit
 
     project, envcfg = environment(env)
-    made = silences.add(project, envcfg.name, check, parse_duration(for_, "--for", silences.MAX_SECONDS), reason,
-                        alertmanager=envcfg.monitoring.alertmanager_url)
-    warning = silences.unmatched(project, envcfg, made.check)
+    made, warning = silences.silence(project, envcfg, check, parse_duration(for_, "--for", silences.MAX_SECONDS), reason)
     if warning:
         typer.echo(warning, err=True)
     emit(made, as_json, lambda c: c.print(

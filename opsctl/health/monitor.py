@@ -130,6 +130,38 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
     return result
 
 
+def run(project, env, mode: str = "once", *, interval: float | None = None, cron: str | None = None,
+        iterations: int | None = None, only: list[str] | None = None, skip: list[str] | None = None,
+        junit: Path | None = None, history: Path | None = None, metrics_port: int | None = None,
+        on_sweep: Callable[[SweepResult, list[Alert], float], None] | None = None,
+        stop: threading.Event | None = None) -> WatchResult:
+    """The whole `opsctl health` operation, also the runbook `health` step's: check that the
+    JUnit report can be written, settle the cadence (`cadence`: options that go together,
+    health.* defaults), then one sweep (`mode` "once", no alerting, `on_sweep` not called) or
+    the loop of `watch` ("continuous", "scheduled"), writing `junit` after every sweep (so it
+    holds the last) and appending each to `history`.
+
+    Returns a WatchResult; in "once" mode `last` is the sweep and `sweeps` 1. `on_sweep`
+    (result, alerts raised, next sweep epoch seconds) is for progress views only. Raises
+    UsageError on bad input before any check runs; KeyboardInterrupt passes through."""
+    from opsctl.health import junit as junit_mod
+
+    if junit is not None:
+        junit_mod.check_writable(junit)
+    plan = cadence(project, env, mode, interval, cron, iterations, history, metrics_port)
+    if mode == "once":
+        return WatchResult(once(project, env, only, skip, junit=junit, history=plan.history), sweeps=1)
+
+    def observed(res: SweepResult, alerts: list[Alert], next_at: float) -> None:
+        if junit is not None:
+            junit_mod.write(junit, res)
+        if on_sweep:
+            on_sweep(res, alerts, next_at)
+
+    return watch(project, env, interval=plan.interval, cron=plan.cron, iterations=iterations, only=only, skip=skip,
+                 history=plan.history, metrics_port=metrics_port, on_sweep=observed, stop=stop)
+
+
 def _own_alert_state(state: Path, env_name: str):
     """One monitor per environment and machine: a second would page twice for every outage
     and overwrite the first one's alert state."""

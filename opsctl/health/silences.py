@@ -259,6 +259,15 @@ def unmatched(project, env, check: str) -> str | None:
     return f"warning: --check {check!r} matches no check of '{env.name}' now (checks: {known}); silenced anyway"
 
 
+def silence(project, env, check: str, seconds: float, reason: str = "",
+            now: dt.datetime | None = None) -> tuple[Silence, str | None]:
+    """The whole `opsctl health silence` operation: `add` the silence in `env` (an
+    Environment; its monitoring.alertmanager_url gets one too), then `unmatched` on its
+    pattern. Returns (the silence written, the one-line warning or None); raises as `add`."""
+    made = add(project, env.name, check, seconds, reason, now=now, alertmanager=env.monitoring.alertmanager_url)
+    return made, unmatched(project, env, made.check)
+
+
 def holding(silences: list[Silence], name: str, kind: str = "") -> Silence | None:
     """The silence that ends last among those holding check `name` (of `kind`), if any."""
     matching = [s for s in silences if s.holds(name, kind)]

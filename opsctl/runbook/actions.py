@@ -285,8 +285,8 @@ def health(ctx: Context, checks: list | str | None = None, skip: list | str | No
     def names(value):
         return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
 
-    result = monitor.once(ctx.project, ctx.env, names(checks), names(skip),
-                          junit=_out(ctx, junit, "junit"), history=_out(ctx, history, "history"))
+    result = monitor.run(ctx.project, ctx.env, "once", only=names(checks), skip=names(skip),
+                         junit=_out(ctx, junit, "junit"), history=_out(ctx, history, "history")).last
     bad = [r for r in result.results if r.status in levels[fail_on]]
     if bad:
         raise OperationFailed(f"health {result.status.name}: " + "; ".join(f"{r.name}: {r.message}" for r in bad))

@@ -213,3 +213,26 @@ def test_the_exporter_drops_a_value_no_longer_measured():
         assert 'opsctl_check_status{check="worker-blue",env="ci",kind="http"} 0.0' in text
     finally:
         exporter.close()
+
+
+def test_the_core_run_writes_the_junit_of_every_sweep_and_settles_the_cadence(tmp_path, servers, sink_env):
+    """`opsctl health` is one core call (issue 21): monitor.run checks the report path, settles
+    the cadence and writes the JUnit after each sweep (the file holds the last sweep)."""
+    from opsctl.errors import UsageError
+
+    target, receiver = servers
+    target.statuses = [500, 200]
+    project = load_project(ops_root(tmp_path, target.url, receiver.url))
+    junit = tmp_path / "reports" / "health.xml"
+    (tmp_path / "reports").mkdir()
+    seen = []
+    out = monitor.run(project, project.env("ci"), "continuous", interval=0.05, iterations=2, only=["target"],
+                      junit=junit, on_sweep=lambda res, alerts, next_at: seen.append(
+                          (res.status.name, "<failure" in junit.read_text())))
+    assert out.sweeps == 2 and seen == [("CRITICAL", True), ("OK", False)], seen
+    with pytest.raises(UsageError, match="--cron goes with --mode scheduled"):
+        monitor.run(project, project.env("ci"), "continuous", cron="* * * * *", only=["target"])
+    with pytest.raises(UsageError, match="does not exist"):
+        monitor.run(project, project.env("ci"), "once", only=["target"], junit=tmp_path / "nope" / "h.xml")
+    once = monitor.run(project, project.env("ci"), "once", only=["target"], junit=junit)
+    assert once.sweeps == 1 and once.last.status.name == "OK" and "<failure" not in junit.read_text()
