@@ -121,8 +121,11 @@ def remove(repo: Repository, backup_id: str, files: set[str] | None = None) -> N
     its manifest goes next, so a deletion cut short leaves an incomplete opsctl folder
     (cleaned by the next create or prune), never a half-restorable backup nor a folder
     that would look foreign. `files`: the names in its folder from a listing just made
-    (prune's scan), deleted by name; one listing of the folder then takes what is left
-    with the start record (one listing per backup, whatever the repository holds)."""
+    (prune's scan), deleted by those exact names and no others, the start record last: no
+    listing at all, so removing k backups costs k deletions whatever the repository holds
+    (on some S3 servers, moto among them, a prefix listing costs what the whole bucket
+    holds). `files` None (no scan at hand): one listing of the folder supplies them. An
+    object written into the folder after that listing is left, never guessed at."""
     from opsctl.backup import manifest as mf
 
     record.check_id(backup_id)
@@ -132,7 +135,7 @@ def remove(repo: Repository, backup_id: str, files: set[str] | None = None) -> N
     if files is None:
         files = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
     repo.delete_names([f"{backup_id}/{f}" for f in sorted(files) if f not in (mf.IN_PROGRESS, mf.NAME)])
-    repo.delete_prefix(f"{backup_id}/")
+    repo.delete_names([marker])
 
 
 def repository_and_rules(project, env, keep_last: int | None = None, keep_daily: int | None = None,
