@@ -4,7 +4,18 @@ an S3 endpoint over HTTP, moto server) and file:// (local disk), encrypted.
 
 Targets (ratio of the medians, N=1000 / N=10): the health sweep (`opsctl health --check
 backup`) and `backup create` <= 1.2x; `backup list --limit 20` <= 1.5x; prune's time per
-removed backup <= 1.2x. The two sizes are measured in alternation (round 1 at N=10, round 1
+removed backup <= 1.2x. Prune is measured two ways, both printed:
+- "prune --keep-last 5" is the issue's definition: a fresh copy of the built N-backup
+  repository per round (file://: a copy of the fixture's folder; s3://: server-side
+  CopyObject of every object of the fixture's bucket into an empty bucket of its own, so
+  no listing of the measured repository ever sees the template), its index brought up to
+  date by an untimed `backup list` (a folder copy changes the inodes the index's stamps
+  hold), then the timed `backup prune --keep-last 5` removing N-5; the figure is that time
+  divided by N-5. Prune's one full scan (every manifest's stamps against the index: the
+  trust rule) is part of it, as it is of every real prune.
+- "prune --keep-last N-3" removes REMOVED_EACH backups per run from the fixture itself, so
+  the fixed cost of that one scan weighs N/3 times more per removed backup at N=1000.
+The two sizes are measured in alternation (round 1 at N=10, round 1
 at N=1000, round 2 ...) so a load that comes and goes lands on both; every figure is printed
 with its spread (min-max of the rounds) so a reader can tell noise from change.
 
@@ -34,6 +45,8 @@ SIZES = (10, 1000)
 KINDS = ("s3", "file")
 REMOVED_EACH = 3  # prune rounds remove this many each (PRUNE_ROUNDS * REMOVED_EACH < the N=10 fixture)
 PRUNE_ROUNDS = 4
+ISSUE_ROUNDS = 3  # rounds of the issue's prune (--keep-last 5 on a fresh copy), sizes alternated
+ISSUE_KEEP = 5
 
 
 def run(argv: list[str], env: dict) -> tuple[float, str]:
@@ -106,6 +119,46 @@ def _prune(env: dict, name: str, total: int) -> float:
     return took / REMOVED_EACH
 
 
+def _copy_bucket(s3, source: str, target: str) -> None:
+    """Every object of bucket `source` copied server-side (CopyObject) into the empty bucket `target`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=source)
+            for o in page.get("Contents", [])]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: s3.copy_object(Bucket=target, Key=k, CopySource={"Bucket": source, "Key": k}),
+                      keys))
+
+
+def _empty_bucket(s3, bucket: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+def measure_issue_prune(env: dict, kind: str, tmp: Path, s3) -> dict[int, list[float]]:
+    """{N: [seconds per removed backup]}: `backup prune --keep-last 5` on a fresh copy of
+    the N-backup fixture each round (the copy and an index refresh untimed)."""
+    times: dict[int, list[float]] = {n: [] for n in SIZES}
+    for _ in range(ISSUE_ROUNDS):
+        for n in SIZES:
+            name = f"{kind}{n}p"
+            if kind == "file":
+                shutil.rmtree(tmp / f"prune{n}", ignore_errors=True)
+                shutil.copytree(tmp / f"repo{n}", tmp / f"prune{n}", symlinks=True)
+            else:
+                _empty_bucket(s3, f"bench-p{n}")
+                _copy_bucket(s3, f"bench-n{n}", f"bench-p{n}")
+            listed = json.loads(run(["backup", "list", "--env", name, "--json"], env)[1])  # index up to date
+            assert listed["total"] == n, listed["total"]
+            took, out = run(["backup", "prune", "--env", name, "--keep-last", str(ISSUE_KEEP), "--yes", "--json"],
+                            env)
+            assert len(json.loads(out)["removed"]) == n - ISSUE_KEEP, out
+            times[n].append(took / (n - ISSUE_KEEP))
+    return times
+
+
 def measure(env: dict, kind: str) -> dict[str, dict[int, list[float]]]:
     """{command: {N: [seconds per round]}}, the sizes alternating round by round."""
     times: dict[str, dict[int, list[float]]] = {k: {n: [] for n in SIZES}
@@ -139,7 +192,7 @@ def main() -> int:
         key_text = base64.b64encode(os.urandom(32)).decode()
         key = parse(key_text, "bench")
         endpoint = s3mod.endpoint(s3port)
-        s3mod.ensure_buckets(endpoint, [f"bench-n{n}" for n in SIZES])
+        s3mod.ensure_buckets(endpoint, [f"bench-{b}{n}" for n in SIZES for b in ("n", "p")])
         envs = {}
         for n in SIZES:
             common = {"platform": "kubernetes", "redis": {"url_env": "BENCH_REDIS_URL"},
@@ -147,6 +200,10 @@ def main() -> int:
             envs[f"file{n}"] = {**common, "backup": {"repository": f"file://{tmp / f'repo{n}'}"}}
             envs[f"s3{n}"] = {**common, "aws": {"endpoint_url": endpoint},
                               "backup": {"repository": f"s3://bench-n{n}/opsctl"}}
+            # the issue's prune: a fresh copy of the fixture per round (measure_issue_prune)
+            envs[f"file{n}p"] = {**common, "backup": {"repository": f"file://{tmp / f'prune{n}'}"}}
+            envs[f"s3{n}p"] = {**common, "aws": {"endpoint_url": endpoint},
+                               "backup": {"repository": f"s3://bench-p{n}/opsctl"}}
         (tmp / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": envs}))
         env = dict(os.environ, OPSCTL_ROOT=str(tmp), BENCH_REDIS_URL=rd.url(port), CI="true",
                    OPSCTL_BACKUP_KEY=key_text, **s3mod.CREDENTIALS)
@@ -167,13 +224,20 @@ def main() -> int:
                     grow_s3(s3, f"bench-n{n}", "opsctl", key, made["id"], n - 1, start)
                 run(["backup", "list", "--env", name, "--json"], env)  # reads every manifest, builds the index
                 build[kind, n] = time.perf_counter() - began
+        issue_prune = {kind: measure_issue_prune(env, kind, tmp, s3) for kind in KINDS}  # before measure() grows them
         results = {kind: measure(env, kind) for kind in KINDS}
-        targets = {"health": 1.2, "create": 1.2, "list20": 1.5, "prune": 1.2}
+        for kind in KINDS:
+            results[kind]["prune5"] = issue_prune[kind]
+        targets = {"health": 1.2, "create": 1.2, "list20": 1.5, "prune5": 1.2, "prune": 1.2}
         labels = {"health": "opsctl health --check backup", "create": "backup create --type redis",
-                  "list20": "backup list --limit 20", "prune": "prune, per removed backup"}
+                  "list20": "backup list --limit 20",
+                  "prune5": f"prune --keep-last {ISSUE_KEEP} (issue), per removed",
+                  "prune": f"prune --keep-last N-{REMOVED_EACH}, per removed"}
         ok = True
         print(f"bench_scale: N = {SIZES[0]} and N = {SIZES[1]} backups, encrypted, whole CLI, medians of {ROUNDS} "
-              f"rounds ({PRUNE_ROUNDS} for prune, {REMOVED_EACH} removed each; min-max), sizes alternated")
+              f"rounds (prune --keep-last {ISSUE_KEEP}: {ISSUE_ROUNDS} rounds on a fresh copy of the fixture, "
+              f"N-{ISSUE_KEEP} removed each; prune --keep-last N-{REMOVED_EACH}: {PRUNE_ROUNDS} rounds, "
+              f"{REMOVED_EACH} removed each; min-max), sizes alternated")
         for kind in KINDS:
             print(f"  {kind}://  fixture build: N={SIZES[0]} {build[kind, SIZES[0]]:.1f} s, "
                   f"N={SIZES[1]} {build[kind, SIZES[1]]:.1f} s")
@@ -181,7 +245,7 @@ def main() -> int:
                 lo, hi = (results[kind][k][n] for n in SIZES)
                 ratio = statistics.median(hi) / statistics.median(lo)
                 ok &= ratio <= target
-                print(f"    {labels[k]:<30} {statistics.median(lo):.3f} s ({min(lo):.3f}-{max(lo):.3f}) -> "
+                print(f"    {labels[k]:<40} {statistics.median(lo):.3f} s ({min(lo):.3f}-{max(lo):.3f}) -> "
                       f"{statistics.median(hi):.3f} s ({min(hi):.3f}-{max(hi):.3f})  ratio {ratio:.2f} "
                       f"(target <= {target})")
         return 0 if ok else 1
