@@ -8,12 +8,13 @@ its readiness and analysis; any failure after the switch switches back.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from opsctl.config import Environment
+from opsctl.config import DeploySettings, Environment
 from opsctl.deploy import analysis
 from opsctl.deploy.model import DeployRecord, Driver, Outcome, Release, Step, StepStatus, now, other
 from opsctl.errors import OperationFailed, UsageError
@@ -208,7 +209,7 @@ def reap(driver: Driver, force: bool = False, overdue: bool = True) -> list[str]
     keep_until = {}
     if promoted is not None and history[promoted].from_color \
             and not any(_brought_up(r, history[promoted].from_color) for r in history[promoted + 1:]):
-        keep_until[history[promoted].from_color] = history[promoted].standby_until
+        keep_until[history[promoted].from_color] = _standby_deadline(history[promoted])
     protected = {r.to_color for r in last if r.outcome == Outcome.AWAITING_PROMOTION}
     protected |= {r.from_color for r in last if r.outcome == Outcome.IN_PROGRESS and switched(driver, r)}
     for color, state in driver.colors().items():
@@ -239,6 +240,19 @@ def reap(driver: Driver, force: bool = False, overdue: bool = True) -> list[str]
     return stopped
 
 
+def _standby_deadline(record: DeployRecord) -> float:
+    """When a promoted record's old color may stop (epoch seconds). A record without
+    `standby_until` (written by an older opsctl or closed after a kill) keeps it the default
+    deploy.scale_down_delay from its end: None never means "stop now"."""
+    if record.standby_until is not None:
+        return record.standby_until
+    try:
+        ended = dt.datetime.fromisoformat(record.finished_at or record.started_at).timestamp()
+    except (TypeError, ValueError):
+        ended = time.time()
+    return ended + DeploySettings.model_fields["scale_down_delay"].default
+
+
 def close_rollback(driver: Driver) -> DeployRecord | None:
     """An instant rollback killed at its switch (its record, written before the switch, is
     the last and `in-progress`): done when traffic is on its color (promoted), else
@@ -252,6 +266,10 @@ def close_rollback(driver: Driver) -> DeployRecord | None:
     if moved:
         record.outcome, record.reason = Outcome.PROMOTED, (f"rollback to {record.to_color} ({record.version}) "
                                                            "switched; the process stopped before recording it")
+        # the color it left stays warm as after a finished rollback (rollback.py writes the
+        # deadline with the intent; an older record gets the default delay from now)
+        record.standby_until = record.standby_until or (
+            time.time() + DeploySettings.model_fields["scale_down_delay"].default)
     else:
         record.outcome, record.reason = Outcome.INTERRUPTED, ("the rollback stopped before its switch; traffic stayed on "
                                                               f"{record.from_color}")
@@ -269,24 +287,37 @@ def settle(driver: Driver, env: Environment, opts: "Options") -> DeployRecord | 
     record = unfinished(driver)
     if record is None or not switched(driver, record):
         return None
+    failed = _failed_verdict(record)
     close_steps(record, moved=True)
     run = Run(driver, record, opts.progress)
-    with run.step("resume") as s:
-        driver.switch(record.to_color)  # re-assert it: the killed process may not have recorded it
-        s.detail = (f"deploy {record.id} of {record.version} was interrupted after the switch; "
-                    f"finishing its post-promotion analysis ({record.from_color or 'no'} known-good color kept)")
-    try:
-        return _after_switch(driver, env, run, opts, analyse=True)
+    if failed is None:
+        with run.step("resume") as s:
+            driver.switch(record.to_color)  # re-assert it: the killed process may not have recorded it
+            s.detail = (f"deploy {record.id} of {record.version} was interrupted after the switch; "
+                        f"finishing its post-promotion analysis ({record.from_color or 'no'} known-good color kept)")
+    try:  # a failed verdict is final (killed bringing back / switching back): straight to the switch back
+        return _after_switch(driver, env, run, opts, analyse=True, failed=failed)
     except OperationFailed:
         return run.record
 
 
-def _after_switch(driver: Driver, env: Environment, run: Run, opts: "Options", analyse: bool) -> DeployRecord:
-    """Post-promotion analysis on the color traffic moved to; switch back when it fails."""
+def _failed_verdict(record: DeployRecord) -> str | None:
+    """The detail of a post-promotion analysis the record already failed (None: no verdict
+    against it). A failed verdict is final: resuming never re-judges it."""
+    failed = [s for s in record.steps if s.name == "post-promotion analysis" and s.status == StepStatus.FAILED]
+    return (failed[-1].detail or "failed") if failed else None
+
+
+def _after_switch(driver: Driver, env: Environment, run: Run, opts: "Options", analyse: bool,
+                  failed: str | None = None) -> DeployRecord:
+    """Post-promotion analysis on the color traffic moved to; switch back when it fails.
+    `failed`: the verdict the record already holds (final: straight to the switch back)."""
     record = run.record
     previous, target = record.from_color, record.to_color
-    if analyse and env.deploy.analysis_window > 0:
+    if failed is not None or (analyse and env.deploy.analysis_window > 0):
         try:
+            if failed is not None:
+                raise OperationFailed(failed)
             with run.step("post-promotion analysis") as s:
                 verdict = analysis.post_promotion(
                     driver.url(target), driver.router_url(), env.deploy.analysis_window,

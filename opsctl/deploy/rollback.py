@@ -69,9 +69,10 @@ def rollback(driver: Driver, env: Environment, to_version: str | None,
             record = DeployRecord(env=env.name, strategy="rollback", image=wanted.image,
                                   version=wanted.version, settings=wanted.settings,
                                   to_color=standby.color, from_color=active,
-                                  from_version=current.version if current else None)
-            # the intent is saved before the switch: killed at it, the next command closes the
-            # record from where traffic is (bluegreen.close_rollback)
+                                  from_version=current.version if current else None,
+                                  standby_until=time.time() + env.deploy.scale_down_delay)
+            # the intent is saved before the switch, with the standby's deadline: killed at it,
+            # the next command closes the record from where traffic is (bluegreen.close_rollback)
             run = bluegreen.Run(driver, record, opts.progress)
             try:
                 bluegreen.make_ready(driver, env, run, standby.color, wanted, role="warm")
