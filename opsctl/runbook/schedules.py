@@ -63,12 +63,25 @@ _FIELDS = (("minute", 0, 59, None), ("hour", 0, 23, None), ("day of month", 1, 3
            ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
            ("day of week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")))
 MIN_INTERVAL_MINUTES = 5  # GitHub runs a scheduled workflow at most every 5 minutes
+# str.isdigit() and int() take any Unicode digit ('\u0663'); GitHub's and Kubernetes' parsers
+# (strconv.Atoi) take ASCII 0-9 only
+_ASCII_NUMBER = re.compile(r"[0-9]+\Z")
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February 29 comes in leap years
+
+
+def _never_fires(fields: list[str], days: set[int], months: set[int], weekdays: set[int]) -> bool:
+    """True when no date matches: cron ANDs day of month and month, and ORs day of month with
+    day of week only when both are restricted (a day of week starting with '*' and covering
+    every day leaves the day of month alone in charge, as in robfig/cron and Vixie cron)."""
+    if not (fields[4].startswith("*") and weekdays == set(range(7))):
+        return False  # a restricted day of week: some weekday in any month always comes
+    return not any(d <= _MONTH_DAYS[m - 1] for m in months for d in days)
 
 
 def _cron_value(text: str, low: int, high: int, names) -> int:
     if names and text.lower() in names:
         return names.index(text.lower()) + low
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _ASCII_NUMBER.match(text) or not low <= int(text) <= high:  # robfig/cron: strconv.Atoi, ASCII only
         raise ValueError(f"'{text}' is not a number in {low}-{high}" + (f" or a name ({names[0].upper()}-"
                                                                           f"{names[-1].upper()})" if names else ""))
     return int(text)
@@ -88,7 +101,7 @@ def _cron_items(text: str, what: str, low: int, high: int, names) -> set[int]:
         base, slash, step_text = item.partition("/")
         step = 1
         if slash:
-            if not step_text.isdigit() or int(step_text) < 1:
+            if not _ASCII_NUMBER.match(step_text) or int(step_text) < 1:
                 raise ValueError(f"{what}: step '{step_text}' is not a positive number")
             step = int(step_text)
         if base == "*":
@@ -121,6 +134,9 @@ def cron_problem(expr: str) -> str | None:
     except ValueError as exc:
         return (f"schedule '{expr}' is not a 5-field cron expression GitHub and Kubernetes accept ({exc}); "
                 "use numbers, ranges, steps, lists and names only, e.g. '0 2 * * *'")
+    if _never_fires(fields, sets[2], sets[3], sets[4]):
+        return (f"schedule '{expr}' never fires: no month in it has that day of month; "
+                "pick a day every chosen month has, e.g. '0 2 28 2 *'")
     minutes, hours = sorted(sets[0]), sets[1]
     gaps = [b - a for a, b in zip(minutes, minutes[1:])]
     if any((h + 1) % 24 in hours for h in hours):  # the next hour runs too: the gap across the hour

@@ -45,7 +45,11 @@ def _root(tmp_path, monkeypatch, runbooks: dict[str, str], env: str = "{platform
 
 @pytest.mark.parametrize("cron", ["0 3 L * *", "0 3 * * 5#2", "0 3 1W * *", "R 3 * * *", "* * * * *",
                                   "*/4 * * * *", "58,1 * * * *", "0 2 * * 7", "0 2 ? * *", "5/10 * * * *",
-                                  "0 2 * * * *", "10-5 * * * *", "H 2 * * *", "0 2 * * MON#1"])
+                                  "0 2 * * * *", "10-5 * * * *", "H 2 * * *", "0 2 * * MON#1",
+                                  # non-ASCII digits pass str.isdigit()/int(), not strconv.Atoi (issue 23, B23b)
+                                  "\u0663 2 * * *", "0 \u0662 * * *", "0 2 */\u0663 * *", "0 2 1-\uff15 * *",
+                                  # never fire: no month has that day (B23b)
+                                  "0 0 31 2 *", "0 0 30 2 *", "0 2 31 4,6,9,11 *", "0 2 30-31 FEB *"])
 def test_validate_refuses_a_schedule_github_or_kubernetes_refuses(runner, tmp_path, monkeypatch, cron):
     _root(tmp_path, monkeypatch, {"odd-schedule": cron})
     result = runner.invoke(app, ["runbook", "validate"])
@@ -55,7 +59,9 @@ def test_validate_refuses_a_schedule_github_or_kubernetes_refuses(runner, tmp_pa
 
 
 @pytest.mark.parametrize("cron", ["0 2 * * MON-FRI", "0 2 1 JAN *", "*/5 * * * *", "58,1 3 * * *",
-                                  "0 0 1,15 * *", "0 9-17/2 * * 1-5"])
+                                  "0 0 1,15 * *", "0 9-17/2 * * 1-5",
+                                  # Feb 29 comes in leap years; a restricted weekday is ORed with the day
+                                  "0 0 29 2 *", "0 0 31 2 1", "0 2 31 1-2 *"])
 def test_a_schedule_validate_accepts_passes_actionlint(runner, tmp_path, monkeypatch, cron):
     _root(tmp_path, monkeypatch, {"fine-schedule": cron})
     validated = runner.invoke(app, ["runbook", "validate"])
