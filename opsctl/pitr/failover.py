@@ -308,6 +308,12 @@ def _repointed(url: str, host: str, port: int | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}" if userinfo else hostport))
 
 
+def _still_replica(rds, replica: str) -> bool:
+    """Whether RDS still reports `replica`'s source (not promoted, or a promotion under way)."""
+    found = rds.describe_db_instances(DBInstanceIdentifier=replica)["DBInstances"]
+    return bool(found and found[0].get("ReadReplicaSourceDBInstanceIdentifier"))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -361,24 +367,43 @@ def run(project: Project, env: Environment, primary: str, replica: str, poll: fl
                       **({"detail": detail} if detail else {})})
 
     t0 = _now()
+    new_host, endpoint = (record or {}).get("new_host", ""), (record or {}).get("endpoint", "?")
+    fresh = record is None
+    if fresh:  # recorded before the request: a run killed from here on is resumed, never refused
+        save("promoting")
     try:
-        if record is None:
+        if fresh or _still_replica(rds, replica):  # a resumed run killed before its request reached RDS
             tell(f"promoting {replica}")
             rds.promote_read_replica(DBInstanceIdentifier=replica)
+    except (ClientError, BotoCoreError) as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+        if fresh:  # refused: nothing changed, nothing to record
+            history.remove(record)
+            if history:
+                write_json(path, history, private=True)
+            else:
+                path.unlink(missing_ok=True)
+        elif code == "InvalidDBInstanceState":  # the promotion a killed run asked for is under way
+            exc = None
+        else:
+            step("promote", "failed", t0, str(exc))
+            save("partial")
+            raise OperationFailed(f"resuming the promotion of {replica} failed ({exc}); re-run 'opsctl failover "
+                                  f"--env {env.name}' once RDS answers") from None
+        if exc is not None:
+            raise OperationFailed(f"promoting {replica} failed: {exc}") from None
+    try:
         rds.get_waiter("db_instance_available").wait(DBInstanceIdentifier=replica,
                                                       WaiterConfig={"Delay": poll, "MaxAttempts": 240})
         ep = rds.describe_db_instances(DBInstanceIdentifier=replica)["DBInstances"][0].get("Endpoint") or {}
     except (ClientError, WaiterError, BotoCoreError) as exc:
-        if record is None:
-            raise OperationFailed(f"promoting {replica} failed: {exc}") from None
         step("promote", "failed", t0, str(exc))
-        new_host, endpoint = record.get("new_host", ""), record.get("endpoint", "?")
         save("partial")
         raise OperationFailed(f"{replica} is not available ({exc}); re-run 'opsctl failover --env {env.name}' "
                               "once RDS reports it available") from None
     new_host, port = ep.get("Address") or "", ep.get("Port")
     endpoint = f"{new_host or '?'}:{port or '?'}"
-    resumed = record is not None
+    resumed = not fresh
     step("promote", "already promoted" if resumed else "done", t0)
     save("running")
     result = FailoverResult(env.name, primary, replica, endpoint, started, 0.0, str(path),

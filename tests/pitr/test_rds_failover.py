@@ -352,19 +352,29 @@ async def test_a_refused_promotion_changes_nothing_and_records_nothing(env, monk
     assert not (env.root / ".opsctl" / "failover" / "cloud.json").exists()
 
 
-async def test_a_resumed_failover_whose_instance_fails_is_recorded_and_leaves_the_workers(env, monkeypatch):
-    env.server.refuse_secret_patch = True
-    assert (await env.failover()).exit_code == 1  # promoted, Secret not repointed: partial
-    env.server.refuse_secret_patch = False
+async def test_a_promoted_instance_that_fails_while_waited_for_is_partial_and_a_rerun_finishes(env, monkeypatch):
+    failing = [True]
     _rds_refusing(monkeypatch, "DescribeDBInstances", "InternalFailure",
-                  when=lambda params: params.get("DBInstanceIdentifier") == "fo-replica")
+                  when=lambda params: failing[0] and params.get("DBInstanceIdentifier") == "fo-replica")
     r = await env.failover()
     assert r.exit_code == 1
     assert len(r.output.strip().splitlines()) == 1, r.output
     assert "fo-replica is not available" in r.output and "re-run 'opsctl failover --env cloud'" in r.output
+    assert env.promoted()
     assert urlsplit(env.secret_url()).hostname == env.old_host and env.restarted_at("blue") is None
     [rec] = env.journal()
     assert rec["outcome"] == "partial" and (rec["steps"][-1]["step"], rec["steps"][-1]["outcome"]) == ("promote", "failed")
+
+    # resuming while RDS still does not answer: recorded again, the workers still left alone
+    r = await env.failover()
+    assert r.exit_code == 1 and "re-run 'opsctl failover --env cloud'" in r.output
+    assert env.restarted_at("blue") is None and env.journal()[0]["outcome"] == "partial"
+
+    failing[0] = False
+    r = await env.failover()
+    assert r.exit_code == 0, r.output
+    assert urlsplit(env.secret_url()).hostname == env.new_host() and env.restarted_at("blue")
+    assert env.journal()[0]["outcome"] == "done"
 
 
 async def test_workers_it_cannot_list_after_the_secret_is_repointed_are_recorded_and_a_rerun_restarts_them(env):
@@ -382,3 +392,32 @@ async def test_workers_it_cannot_list_after_the_secret_is_repointed_are_recorded
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["restarted"] == ["transcription-worker-blue", "transcription-worker-green"]
     assert env.restarted_at("blue") and env.journal()[0]["outcome"] == "done"
+
+
+async def test_a_run_killed_before_its_promotion_reached_rds_is_promoted_by_the_rerun(env, monkeypatch):
+    """The record is written before the promotion request: a run killed right there leaves
+    outcome "promoting", and the re-run promotes (RDS still reports the source) and finishes."""
+    from opsctl.pitr import rds as rdsmod
+
+    real = rdsmod.client
+
+    def killed(params, **_):
+        raise KeyboardInterrupt  # the process dies before the request leaves
+
+    def client(env_):
+        c = real(env_)
+        c.meta.events.register("before-call.rds.PromoteReadReplica", killed)
+        return c
+
+    monkeypatch.setattr(rdsmod, "client", client)
+    r = await env.failover()
+    assert r.exit_code != 0
+    assert [rec["outcome"] for rec in env.journal()] == ["promoting"]
+    assert not env.promoted()
+
+    monkeypatch.setattr(rdsmod, "client", real)
+    r = await env.failover("--json")
+    assert r.exit_code == 0, r.output
+    assert env.promoted() and urlsplit(env.secret_url()).hostname == env.new_host() and env.restarted_at("blue")
+    [rec] = env.journal()
+    assert rec["outcome"] == "done" and json.loads(r.stdout)["resumed"]
