@@ -126,24 +126,27 @@ def test_parts_under_5_mib_but_the_last_are_refused(http, worker):
 
 
 def test_parts_past_the_declared_size_are_refused(http, worker):
-    """An upload never holds more in S3 than the `bytes` it was created for (capped by
-    WORKER_MAX_UPLOAD_TOTAL_MB): a part that would pass it is 413 and stored nowhere."""
+    """An upload never holds more in S3 than twice the `bytes` it was created for (each byte
+    may be re-sent once; capped by WORKER_MAX_UPLOAD_TOTAL_MB), and a part larger than the
+    upload could never be used: either is 413 and stored nowhere."""
     upload = http.post("/v1/uploads", json={"filename": "a.mp3", "bytes": 6 * MIB, "mime_type": "audio/mpeg",
                                             "purpose": "transcription"}).json()
-    first = send_part(http, upload["id"], b"\1" * (5 * MIB)).json()
-    r = send_part(http, upload["id"], b"\2" * (2 * MIB))
+    r = send_part(http, upload["id"], b"\9" * (6 * MIB + 1))
     assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large", r.text
-    assert [p["id"] for p in http.get(f"/v1/uploads/{upload['id']}").json()["parts"]] == [first["id"]]
+    held = [send_part(http, upload["id"], bytes([i]) * (5 * MIB)).json()["id"] for i in (1, 2)]
+    r = send_part(http, upload["id"], b"\3" * (2 * MIB + 1))  # 12 MiB + 1 byte held
+    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large", r.text
+    assert [p["id"] for p in http.get(f"/v1/uploads/{upload['id']}").json()["parts"]] == held
     key = f"audio/uploads/{upload['id']}"
     (s3_upload,) = multipart_uploads(worker, key)
     listed = worker.s3.list_parts(Bucket=worker.bucket, Key=key, UploadId=s3_upload["UploadId"])
-    assert [p["Size"] for p in listed["Parts"]] == [5 * MIB]
+    assert [p["Size"] for p in listed["Parts"]] == [5 * MIB, 5 * MIB]
     last = send_part(http, upload["id"], b"\2" * MIB)  # what fits still does
     assert last.status_code == 200
-    r = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [first["id"], last.json()["id"]],
+    r = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [held[0], last.json()["id"]],
                                                                 "md5": "not-hex"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "md5"
-    done = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [first["id"], last.json()["id"]]})
+    done = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [held[0], last.json()["id"]]})
     assert done.status_code == 200 and done.json()["status"] == "completed"  # no md5: nothing read back
     # the first job on the file computes its SHA-256 (here: refused, the bytes are no audio)
     r = http.post("/v1/jobs", data={"file_id": done.json()["file"]["id"]})

@@ -10,8 +10,10 @@ run any number of times.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -299,9 +301,15 @@ class Database:
         """Reserve the next part number for a part of `size` bytes, or return the part already
         stored with the same SHA-256: (part row, new). Serialised per upload by a row lock.
 
-        Raises LookupError(status) when the upload is not pending, and PartsTooLarge when
-        the parts held or in flight plus this one would pass the upload's declared `bytes`
-        (so no upload holds more in S3 than WORKER_MAX_UPLOAD_TOTAL_MB let it declare)."""
+        A claim whose S3 PUT never finished (etag NULL: the worker died, or the PUT failed) is
+        never returned as a stored part and never counted: a re-send of the same bytes takes it
+        over (same id and part number, new=True, so the caller PUTs it again).
+
+        Raises LookupError(status) when the upload is not pending, and PartsTooLarge when the
+        part alone is larger than the upload's declared `bytes` (it could never be used), or
+        when the parts stored in S3 plus this one would pass twice the declared `bytes` (each
+        byte may be re-sent once; the parts a complete does not list are dropped with the S3
+        multipart upload)."""
         with self.pool.connection() as conn, conn.transaction():
             upload = conn.execute("SELECT status, bytes FROM uploads WHERE id = %s FOR UPDATE",
                                   (upload_id,)).fetchone()
@@ -309,35 +317,53 @@ class Database:
                 raise LookupError(upload["status"] if upload else "missing")
             existing = conn.execute("SELECT * FROM upload_parts WHERE upload_id = %s AND sha256 = %s",
                                     (upload_id, sha256)).fetchone()
-            if existing:
+            if existing and existing["etag"] is not None:
                 return existing, False
-            held = conn.execute("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s",
-                                (upload_id,)).fetchone()["n"]
-            if held + size > upload["bytes"]:
+            held = conn.execute("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s"
+                                " AND etag IS NOT NULL", (upload_id,)).fetchone()["n"]
+            if size > upload["bytes"] or held + size > 2 * upload["bytes"]:
                 raise PartsTooLarge(int(held), int(upload["bytes"]))
+            if existing:  # an unfinished claim of the same bytes: this re-send takes it over
+                return conn.execute("UPDATE upload_parts SET created_at = now() WHERE id = %s RETURNING *",
+                                    (existing["id"],)).fetchone(), True
             return conn.execute(
                 "INSERT INTO upload_parts (id, upload_id, part_number, sha256, bytes) VALUES (%s, %s,"
                 " (SELECT coalesce(max(part_number), 0) + 1 FROM upload_parts WHERE upload_id = %s),"
                 " %s, %s) RETURNING *", (part_id, upload_id, upload_id, sha256, size)).fetchone(), True
 
     def stored_part(self, part_id: str, etag: str | None) -> None:
-        """Record the part's S3 ETag, or forget the claim (etag None: the S3 call failed)."""
+        """Record the part's S3 ETag, or forget an unfinished claim (etag None: the S3 call
+        failed; a claim another request finished meanwhile is kept)."""
         with self.pool.connection() as conn:
             if etag is None:
-                conn.execute("DELETE FROM upload_parts WHERE id = %s", (part_id,))
+                conn.execute("DELETE FROM upload_parts WHERE id = %s AND etag IS NULL", (part_id,))
             else:
                 conn.execute("UPDATE upload_parts SET etag = %s WHERE id = %s", (etag, part_id))
 
-    def finish_upload(self, upload_id: str, status: str, file_id: str | None = None,
-                      sha256: str | None = None) -> dict[str, Any] | None:
-        """Move a pending upload to `status` (completed, with its file id and SHA-256 if known;
-        cancelled); returns the row, or None when it was not pending."""
-        with self.pool.connection() as conn:
-            return conn.execute(
-                "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s,"
-                " completed_at = CASE WHEN %s = 'completed' THEN now() END"
-                " WHERE id = %s AND status = 'pending' RETURNING *",
-                (status, file_id, sha256, status, upload_id)).fetchone()
+    @contextlib.contextmanager
+    def locked_upload(self, upload_id: str, api_key_id: str) -> Iterator[tuple[Any, dict[str, Any] | None]]:
+        """(connection, the upload row of key `api_key_id` or None) inside a transaction that
+        holds the row's lock (FOR NO KEY UPDATE: parts may still reference it) until the block
+        ends: complete, cancel, expiry and new parts of one upload run one at a time, so
+        exactly one of complete, cancel and expiry moves it out of `pending`."""
+        with self.pool.connection() as conn, conn.transaction():
+            yield conn, conn.execute("SELECT * FROM uploads WHERE id = %s AND api_key_id = %s FOR NO KEY UPDATE",
+                                     (upload_id, api_key_id)).fetchone()
+
+    @staticmethod
+    def set_status(conn: Any, upload_id: str, status: str, file_id: str | None = None,
+                   sha256: str | None = None) -> dict[str, Any]:
+        """Move the locked upload to `status` (on `conn`, inside `locked_upload`); returns the row."""
+        return conn.execute(
+            "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s,"
+            " completed_at = CASE WHEN %s = 'completed' THEN now() END"
+            " WHERE id = %s RETURNING *", (status, file_id, sha256, status, upload_id)).fetchone()
+
+    def stored_bytes(self, upload_id: str) -> int:
+        """Bytes of the parts of an upload stored in S3 (ETag known)."""
+        row = self._one("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s"
+                        " AND etag IS NOT NULL", (upload_id,))
+        return int(row["n"])
 
     def set_upload_sha256(self, upload_id: str, sha256: str) -> None:
         """Record a completed file's SHA-256 (hex) once a job has read it."""
@@ -352,7 +378,9 @@ class Database:
                 "WITH old AS (SELECT id FROM uploads WHERE status = 'pending' AND expires_at < now()"
                 " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " UPDATE uploads u SET status = 'expired' FROM old WHERE u.id = old.id"
-                " RETURNING u.id, u.s3_key, u.s3_upload_id", (limit,)).fetchall()
+                " RETURNING u.id, u.api_key_id, u.bytes, u.created_at, u.s3_key, u.s3_upload_id,"
+                " (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = u.id"
+                " AND p.etag IS NOT NULL) AS stored", (limit,)).fetchall()
 
     def incomplete_uploads(self) -> tuple[int, float]:
         """(how many uploads are pending, age in seconds of the oldest; 0 when none), over

@@ -37,6 +37,7 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
+from botocore.exceptions import ClientError
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -162,11 +163,11 @@ async def create_upload(request: Request):
         raise
     body = upload_body(row)
     if presign:
-        count = -(-size // part_size)
-        urls = await db(state.store.presign_parts, key, s3_upload_id, count,
+        sizes = [min(part_size, size - n * part_size) for n in range(-(-size // part_size))]
+        urls = await db(state.store.presign_parts, key, s3_upload_id, sizes,
                         int(settings.upload_expiry_seconds))
-        body["part_urls"] = [{"part_number": n, "url": url, "bytes": min(part_size, size - (n - 1) * part_size)}
-                             for n, url in enumerate(urls, start=1)]
+        body["part_urls"] = [{"part_number": n, "url": url, "bytes": b}
+                             for n, (url, b) in enumerate(zip(urls, sizes), start=1)]
     return body
 
 
@@ -243,70 +244,120 @@ async def add_part(upload_id: str, request: Request):
 @router.post("/{upload_id}/complete")
 async def complete_upload(upload_id: str, request: Request):
     """Assemble the listed parts into one file; their bytes must add up to the upload's
-    `bytes`, and `md5` (hex), if given, must match the whole file."""
+    `bytes`, and `md5` (hex), if given, must match the whole file. Runs under the upload's
+    row lock (as cancel and expiry do), so exactly one of them ends a pending upload."""
     state, key_id, db = await _context(request)
     body = await _json(request)
-    row = await _pending(state, db, upload_id, key_id)
-    if row["status"] == "completed":
-        return upload_body(row)  # a retried complete
-    if row["status"] != "pending":
-        raise APIError(400, f"upload {upload_id} is {row['status']}", param="upload_id",
-                       code="upload_not_pending")
     part_ids = body.get("part_ids")
     if not isinstance(part_ids, list) or not part_ids or not all(isinstance(p, str) for p in part_ids):
         raise APIError(400, "part_ids must be a non-empty list of part ids", param="part_ids",
                        code="invalid_value")
-    await _sync_presigned(state, db, row)
-    stored = {p["id"]: p for p in await db(state.db.parts, upload_id)}
-    unknown = [p for p in part_ids if p not in stored]
-    if unknown:
-        raise APIError(400, f"unknown part ids for this upload: {', '.join(unknown[:3])}",
-                       param="part_ids", code="invalid_value")
-    numbers = [stored[p]["part_number"] for p in part_ids]
-    if numbers != sorted(set(numbers)):
-        raise APIError(400, "part_ids must list each part once, in the order the parts were sent",
-                       param="part_ids", code="invalid_value")
-    total = sum(stored[p]["bytes"] for p in part_ids)
-    if total != row["bytes"]:
-        raise APIError(400, f"the parts hold {total} bytes; the upload was created for {row['bytes']}",
-                       param="part_ids", code="invalid_value")
-    small = [p for p in part_ids[:-1] if stored[p]["bytes"] < 5 * 1024 * 1024]
-    if small:
-        raise APIError(400, f"every part but the last must hold at least 5 MiB (S3's minimum);"
-                       f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
-                       code="part_too_small")
     md5 = body.get("md5")
     if md5 is not None and not (isinstance(md5, str) and re.fullmatch(r"[0-9a-fA-F]{32}", md5)):
         raise APIError(400, "md5 must be the file's MD5 as 32 hex digits", param="md5",
                        code="invalid_value")
-    await db(state.store.complete_multipart, row["s3_key"], row["s3_upload_id"],
-             [(stored[p]["part_number"], stored[p]["etag"]) for p in part_ids])
-    sha = None
-    if md5:  # the client asked for the whole file to be checked: read it back once
-        sha, actual_md5, size = await db(state.store.digests, row["s3_key"])
-        if md5.lower() != actual_md5 or size != row["bytes"]:
-            await db(state.store.delete, row["s3_key"])
-            await db(state.db.finish_upload, upload_id, "cancelled")
-            await state.limits.close_upload(key_id, upload_id)
-            raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
-                           " cancelled, start a new one", param="md5", code="checksum_mismatch")
-    done = await db(state.db.finish_upload, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha)
-    await state.limits.close_upload(key_id, upload_id)
-    log.info("upload completed", extra={"upload_id": upload_id, "bytes": row["bytes"], "key_id": key_id})
-    return upload_body(done or await _pending(state, db, upload_id, key_id))
+    row, closed = await db(_complete_locked, state, upload_id, key_id, part_ids, md5)
+    if closed:
+        await state.limits.close_upload(key_id, upload_id)
+    if row["status"] == "cancelled":  # the md5 did not match: cancelled, and the object deleted
+        raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
+                       " cancelled, start a new one", param="md5", code="checksum_mismatch")
+    if closed:
+        log.info("upload completed", extra={"upload_id": upload_id, "bytes": row["bytes"], "key_id": key_id})
+    return upload_body(row)
+
+
+def _not_pending(row: dict) -> APIError:
+    return APIError(400, f"upload {row['id']} is {row['status']}", param="upload_id",
+                    code="upload_not_pending")
+
+
+def _locked_status(row: dict | None, upload_id: str) -> dict:
+    if row is None:
+        raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
+    if row["status"] == "pending" and row["expires_at"] <= datetime.now(timezone.utc):
+        return {**row, "status": "expired"}
+    return row
+
+
+def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str],
+                     md5: str | None) -> tuple[dict, bool]:
+    """Complete under the row lock (a thread): (row, whether this call ended the upload)."""
+    store = state.store
+    with state.db.locked_upload(upload_id, key_id) as (conn, row):
+        row = _locked_status(row, upload_id)
+        if row["status"] == "completed":
+            return row, False  # a retried complete
+        if row["status"] != "pending":
+            raise _not_pending(row)
+        if row["presigned"]:
+            state.db.record_s3_parts(upload_id, store.list_parts(row["s3_key"], row["s3_upload_id"]))
+        stored = {p["id"]: p for p in state.db.parts(upload_id)}
+        unknown = [p for p in part_ids if p not in stored]
+        if unknown:
+            raise APIError(400, f"unknown part ids for this upload: {', '.join(unknown[:3])}",
+                           param="part_ids", code="invalid_value")
+        numbers = [stored[p]["part_number"] for p in part_ids]
+        if numbers != sorted(set(numbers)):
+            raise APIError(400, "part_ids must list each part once, in the order the parts were sent",
+                           param="part_ids", code="invalid_value")
+        total = sum(stored[p]["bytes"] for p in part_ids)
+        if total != row["bytes"]:
+            raise APIError(400, f"the parts hold {total} bytes; the upload was created for {row['bytes']}",
+                           param="part_ids", code="invalid_value")
+        small = [p for p in part_ids[:-1] if stored[p]["bytes"] < 5 * MIB]
+        if small:
+            raise APIError(400, f"every part but the last must hold at least 5 MiB (S3's minimum);"
+                           f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
+                           code="part_too_small")
+        try:  # parts not listed are dropped by S3 with the multipart upload
+            store.complete_multipart(row["s3_key"], row["s3_upload_id"],
+                                     [(stored[p]["part_number"], stored[p]["etag"]) for p in part_ids])
+        except ClientError as exc:
+            # NoSuchUpload with the object there: an earlier complete (its worker died before
+            # recording it) assembled it; anything else is S3's error (a 503 to the client)
+            if (exc.response.get("Error", {}).get("Code") != "NoSuchUpload"
+                    or store.size_of(row["s3_key"]) != row["bytes"]):
+                raise
+        sha = None
+        if md5:  # the client asked for the whole file to be checked: read it back once
+            sha, actual_md5, size = store.digests(row["s3_key"])
+            if md5.lower() != actual_md5 or size != row["bytes"]:
+                store.delete(row["s3_key"])
+                return state.db.set_status(conn, upload_id, "cancelled"), True
+        return state.db.set_status(conn, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha), True
+
+
+def _drop_s3(store: Any, row: dict) -> bool:
+    """Abort an unfinished upload's S3 multipart upload and delete the object an interrupted
+    complete may have assembled (the row says it was never completed); True when there was one."""
+    store.abort_multipart(row["s3_key"], row["s3_upload_id"])
+    if store.size_of(row["s3_key"]) is None:
+        return False
+    store.delete(row["s3_key"])
+    return True
+
+
+def _cancel_locked(state: Any, upload_id: str, key_id: str) -> tuple[dict, int]:
+    """Cancel under the row lock (a thread): (row, bytes its parts had stored)."""
+    with state.db.locked_upload(upload_id, key_id) as (conn, row):
+        row = _locked_status(row, upload_id)
+        if row["status"] != "pending":
+            raise _not_pending(row)
+        _drop_s3(state.store, row)
+        return state.db.set_status(conn, upload_id, "cancelled"), state.db.stored_bytes(upload_id)
 
 
 @router.post("/{upload_id}/cancel")
 async def cancel_upload(upload_id: str, request: Request):
-    """Abort the upload's S3 multipart upload and free its lease; 400 unless it is pending."""
+    """Abort the upload's S3 multipart upload, free its lease and give back today's bytes it
+    never received; 400 unless it is pending."""
     state, key_id, db = await _context(request)
-    row = await _pending(state, db, upload_id, key_id)
-    if row["status"] != "pending":
-        raise APIError(400, f"upload {upload_id} is {row['status']}", param="upload_id",
-                       code="upload_not_pending")
-    await db(state.store.abort_multipart, row["s3_key"], row["s3_upload_id"])
+    row, stored = await db(_cancel_locked, state, upload_id, key_id)
     await state.limits.close_upload(key_id, upload_id)
-    return upload_body(await db(state.db.finish_upload, upload_id, "cancelled") or row)
+    await state.limits.refund_upload_bytes(key_id, row["bytes"] - min(stored, row["bytes"]),
+                                           row["created_at"].timestamp())
+    return upload_body(row)
 
 
 @router.get("/{upload_id}")
@@ -319,19 +370,26 @@ async def get_upload(upload_id: str, request: Request):
 
 
 def abort_expired(state: Any) -> int:
-    """Abort the S3 multipart uploads of expired uploads (run by the job keeper); returns how many."""
+    """Abort the S3 multipart uploads of expired uploads (run by the job keeper), delete an
+    object a complete that never finished assembled, and give back the day's bytes they never
+    received; returns how many were aborted."""
     from . import metrics
 
     aborted = 0
     for row in state.db.expired_uploads():
         try:
-            state.store.abort_multipart(row["s3_key"], row["s3_upload_id"])
-        except Exception as exc:  # S3 away: its lifecycle rule or the next worker tries again
+            deleted = _drop_s3(state.store, row)
+        except Exception as exc:  # S3 away: its lifecycle rule for incomplete uploads is the backstop
             log.warning("could not abort an expired upload: %s", exc, extra={"upload_id": row["id"]})
             continue
         metrics.UPLOADS_EXPIRED.inc()
         aborted += 1
-        log.info("expired upload aborted", extra={"upload_id": row["id"]})
+        if deleted:
+            metrics.UPLOADS_ASSEMBLED_DELETED.inc()
+        unreceived = int(row["bytes"]) - min(int(row["stored"]), int(row["bytes"]))
+        state.limits.refund_upload_bytes_sync(row["api_key_id"], unreceived, row["created_at"].timestamp())
+        log.info("expired upload aborted" + ("; the object an unfinished complete assembled is deleted"
+                                             if deleted else ""), extra={"upload_id": row["id"]})
     return aborted
 
 

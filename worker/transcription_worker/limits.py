@@ -77,6 +77,7 @@ class Limits:
                  upload_lease_seconds: float = 60, open_uploads: int = 0, parts_per_minute: int = 0,
                  daily_upload_mb: int = 0):
         self.redis = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2) if url else None
+        self._url = url
         self.rpm, self.uploads, self.daily = rpm, concurrent_uploads, daily_audio_seconds
         self.lease_ms = max(1, int(upload_lease_seconds * 1000))
         self._charge = self.redis.register_script(_CHARGE) if self.redis else None
@@ -141,13 +142,26 @@ class Limits:
         except RedisError as exc:
             log.warning("upload limits skipped, redis unavailable: %s", exc)
 
-    async def refund_upload_bytes(self, key_id: str, size: int) -> None:
-        """Give back the `size` bytes `open_upload` charged to today, for an upload that was
-        never created after all."""
-        if self.redis and self.daily_upload_mb:
-            day = f"worker:upload-bytes:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"
+    async def refund_upload_bytes(self, key_id: str, size: int, day: float | None = None) -> None:
+        """Give back `size` bytes `open_upload` charged to the UTC day of `day` (epoch seconds;
+        None: today): an upload never created after all, or the bytes a cancelled or expired
+        upload never received."""
+        if self.redis and self.daily_upload_mb and size > 0:
             with contextlib.suppress(RedisError):
-                await self.redis.incrbyfloat(day, -size)
+                await self.redis.incrbyfloat(self._bytes_day_key(key_id, day), -int(size))
+
+    def refund_upload_bytes_sync(self, key_id: str, size: int, day: float | None = None) -> None:
+        """`refund_upload_bytes` for a thread without an event loop (the job keeper's expiry)."""
+        if self._url and self.daily_upload_mb and size > 0:
+            import redis
+
+            with contextlib.suppress(RedisError), redis.Redis.from_url(
+                    self._url, socket_timeout=2, socket_connect_timeout=2) as client:
+                client.incrbyfloat(self._bytes_day_key(key_id, day), -int(size))
+
+    @staticmethod
+    def _bytes_day_key(key_id: str, day: float | None) -> str:
+        return f"worker:upload-bytes:{key_id}:{time.strftime('%Y%m%d', time.gmtime(day))}"
 
     async def close_upload(self, key_id: str, upload_id: str) -> None:
         """Free the open-upload lease of `upload_id` (completed, cancelled or never created)."""

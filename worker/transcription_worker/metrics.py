@@ -33,6 +33,9 @@ JOBS = Counter("worker_jobs_total", "Asynchronous jobs by outcome",
                ["status"])  # created, deduplicated, succeeded, failed, adopted, abandoned
 UPLOADS_EXPIRED = Counter("worker_uploads_expired_total",
                           "Uploads never completed, aborted in S3 after WORKER_UPLOAD_EXPIRY_SECONDS")
+UPLOADS_ASSEMBLED_DELETED = Counter(
+    "worker_uploads_assembled_deleted_total", "Expired uploads whose object an interrupted complete had"
+    " assembled in S3 without it being recorded: the object is deleted (counted in expired too)")
 UPLOADS_INCOMPLETE = Gauge(
     "worker_uploads_incomplete", "Uploads started and not yet completed, cancelled or expired (their"
     " S3 multipart upload is open), across all workers of the database; refreshed by the job keeper")

@@ -36,6 +36,9 @@ class AudioStore:
         self.bucket, self.prefix = bucket, prefix
         self.client = boto3.client("s3", endpoint_url=endpoint_url, config=Config(
             connect_timeout=3, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"}))
+        # presigned URLs with SigV4, which signs the Content-Length a URL was made for (SigV2
+        # query auth, botocore's default for some endpoints, signs no header)
+        self._presigner = boto3.client("s3", endpoint_url=endpoint_url, config=Config(signature_version="s3v4"))
         self._probe = boto3.client("s3", endpoint_url=endpoint_url, config=Config(
             connect_timeout=2, read_timeout=2, retries={"max_attempts": 1}))
 
@@ -108,11 +111,14 @@ class AudioStore:
             Bucket=self.bucket, Key=key, UploadId=s3_upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
 
-    def presign_parts(self, key: str, s3_upload_id: str, count: int, expires: int) -> list[str]:
-        """Presigned PUT URLs for parts 1..count (S3 UploadPart), valid `expires` seconds."""
-        return [self.client.generate_presigned_url(
+    def presign_parts(self, key: str, s3_upload_id: str, sizes: list[int], expires: int) -> list[str]:
+        """Presigned PUT URLs for parts 1..len(sizes) (S3 UploadPart), valid `expires` seconds,
+        each signed with its part's exact Content-Length (`sizes[n - 1]` bytes), so S3 refuses
+        a body of any other size."""
+        return [self._presigner.generate_presigned_url(
             "upload_part", Params={"Bucket": self.bucket, "Key": key, "UploadId": s3_upload_id,
-                                   "PartNumber": n}, ExpiresIn=expires) for n in range(1, count + 1)]
+                                   "PartNumber": n, "ContentLength": size}, ExpiresIn=expires)
+            for n, size in enumerate(sizes, start=1)]
 
     def list_parts(self, key: str, s3_upload_id: str) -> list[dict]:
         """The parts S3 holds for a multipart upload: PartNumber, ETag, Size."""
@@ -121,12 +127,22 @@ class AudioStore:
         return [p for page in pages for p in page.get("Parts", [])]
 
     def abort_multipart(self, key: str, s3_upload_id: str) -> None:
-        """Abort the multipart upload and drop its parts; one S3 no longer knows is not an error."""
+        """Abort the multipart upload and drop its parts; one S3 no longer knows is not an error
+        (see `size_of` for an upload S3 already assembled)."""
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=s3_upload_id)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                 raise
+
+    def size_of(self, key: str) -> int | None:
+        """The size in bytes of the object at `key`, or None when there is none."""
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
 
     def digests(self, key: str) -> tuple[str, str, int]:
         """(sha256 hex, md5 hex, size) of a stored object, read in 1 MiB pieces."""
