@@ -66,7 +66,12 @@ def stages(project: Project, staging: str, production: str, schedules: list | No
     ]
     if schedules:
         for env_name in dict.fromkeys([staging, production]):
-            steps = [{"name": s.ref, "file": s.name, "params": [], "when": f"github.event.schedule == '{s.cron}'"}
+            # `!cancelled()`: an `if:` without a status function is ANDed with success(), so a
+            # failed runbook would skip every later one on the same schedule (a nightly backup
+            # silently not run); the setup steps' outcome still gates them all
+            steps = [{"name": s.ref, "file": s.name, "params": [],
+                      "when": f"!cancelled() && steps.kubeconfig.outcome == 'success' && "
+                              f"github.event.schedule == '{s.cron}'"}
                      for s in schedules]
             stage = _stage(project, f"scheduled-{env_name}", env_name, [], steps, "github.event_name == 'schedule'")
             stage["github_env"] = f"{env_name}-scheduled"  # no required reviewers: nobody approves at 02:00
@@ -90,8 +95,11 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
     repo = image or project.env(production).worker.image.rsplit(":", 1)[0]
     opsctl_repository = default_image(project.env(production)).rsplit(":", 1)[0]
     schedules = scheduled(project, RUNBOOK_ACTIONS) if with_schedules else []
+    triggers: dict[str, list[str]] = {}  # each cron once in on.schedule, naming every runbook on it
+    for s in schedules:
+        triggers.setdefault(s.cron, []).append(s.ref)
     text = render("ci/github-actions.yml.j2", project.root, stages=stages(project, staging, production, schedules),
-                  schedules=schedules, registry=registry, image_repository=repo, opsctl_repository=opsctl_repository,
+                  schedules=triggers, registry=registry, image_repository=repo, opsctl_repository=opsctl_repository,
                   python_version=python_version,
                   actions=ACTIONS)
     yaml.safe_load(text)  # a template edit that breaks YAML fails here, not in CI

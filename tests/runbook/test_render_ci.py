@@ -58,7 +58,43 @@ def test_schedules_trigger_only_the_scheduled_jobs(workflow):
         assert job["if"] == "github.event_name == 'schedule'" and job["environment"] == f"{env}-scheduled"
         steps = {s["run"].split("runbook run ")[1].split()[0].split("@")[0]: s["if"]
                  for s in job["steps"] if "runbook run" in s.get("run", "")}
-        assert steps == {n: f"github.event.schedule == '{c}'" for n, c in SCHEDULED.items()}
+        assert steps == {n: f"!cancelled() && steps.kubeconfig.outcome == 'success' && "
+                            f"github.event.schedule == '{c}'" for n, c in SCHEDULED.items()}
+
+
+def test_runbooks_sharing_a_schedule_each_run_when_another_fails(runner, monkeypatch, tmp_path):
+    """Issue 23 (B23b): alpha and beta on the same cron are two steps of one scheduled job; an
+    `if:` without a status function is ANDed with success(), so a failed alpha skipped beta.
+    Each step is `!cancelled() && <setup succeeded> && <its schedule>`, the cron is listed once
+    in on.schedule, and actionlint stays clean."""
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments:\n  staging: {platform: kubernetes}\n"
+                                          "  production: {platform: kubernetes, protected: true}\n")
+    template = (REPO / "runbooks" / "redis-snapshot" / "v1.yaml").read_text()
+    for name in ("alpha", "beta"):
+        text = re.sub(r"(?m)^name: .*$", f"name: {name}", template)
+        text = re.sub(r"(?m)^schedule: .*$", 'schedule: "0 2 * * *"', text)
+        (tmp_path / "runbooks" / name).mkdir(parents=True)
+        (tmp_path / "runbooks" / name / "v1.yaml").write_text(text)
+    out = tmp_path / "wf.yml"
+    result = runner.invoke(app, ["render", "ci", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    flow = yaml.safe_load(out.read_text())
+    assert [t["cron"] for t in flow[True]["schedule"]] == ["0 2 * * *"]
+    for env in ("staging", "production"):
+        job = flow["jobs"][f"scheduled-{env}"]
+        setup = [s for s in job["steps"] if s.get("id") == "kubeconfig"]
+        assert len(setup) == 1
+        runs = [s for s in job["steps"] if "runbook run" in s.get("run", "")]
+        assert [s["run"].split("runbook run ")[1].split()[0].split("@")[0] for s in runs] == ["alpha", "beta"]
+        for step in runs:
+            assert step["if"].startswith("!cancelled() && steps.kubeconfig.outcome == 'success' && "), step["if"]
+            assert step["if"].endswith("github.event.schedule == '0 2 * * *'"), step["if"]
+    lint = _actionlint(out)
+    assert lint.returncode == 0 and lint.stdout == "", lint.stdout + lint.stderr
 
 
 def test_one_concurrency_group_and_oidc_credentials_per_environment(workflow):
