@@ -45,7 +45,10 @@ class Silence:
     until: str
     reason: str
     created_at: str
-    alertmanager_id: str | None = None  # the matching Alertmanager silence, when one was created
+    alertmanager_id: str | None = None  # the Alertmanager silence on label `check`, when one was created
+    # and the one on label `kind`: holds() matches the name OR the kind, Alertmanager's matchers
+    # of one silence are ANDed, so a pattern takes two silences there
+    alertmanager_kind_id: str | None = None
 
     @property
     def ends(self) -> dt.datetime:
@@ -107,8 +110,8 @@ def add(project, env_name: str, check: str, seconds: float, reason: str = "",
     """Hold checks matching `check` (name or kind, glob) for `seconds` from now.
 
     With `alertmanager` (its base URL, monitoring.alertmanager_url) a silence with the same
-    end is created there too, for alerts labelled env=<env_name> and check matching `check`
-    (the health exporter's alerts carry both), before anything is written here. Raises
+    end is created there too, for alerts labelled env=<env_name> and check matching `check`,
+    and a second one for kind matching it (the health exporter's alerts carry all three), before anything is written here. Raises
     UsageError for an empty or multi-line pattern or a duration not in (0, MAX_SECONDS], and
     OperationFailed when Alertmanager refuses (nothing is silenced then)."""
     check = (check or "").strip()
@@ -123,7 +126,15 @@ def add(project, env_name: str, check: str, seconds: float, reason: str = "",
     ends = now + dt.timedelta(seconds=seconds)
     silence = Silence(secrets.token_hex(4), check, ends.isoformat(), reason.strip(), now.isoformat())
     if alertmanager:
-        silence.alertmanager_id = _alertmanager_create(alertmanager, env_name, silence, now)
+        silence.alertmanager_id = _alertmanager_create(alertmanager, env_name, silence, now, "check")
+        try:
+            silence.alertmanager_kind_id = _alertmanager_create(alertmanager, env_name, silence, now, "kind")
+        except OperationFailed:
+            try:  # nothing silenced: the check silence made a moment ago goes too
+                _alertmanager_expire(alertmanager, silence, silence.alertmanager_id)
+            except OperationFailed:
+                pass  # the refusal of the kind silence is the error to show
+            raise
     file = path(project, env_name)
     with _locked(file):
         _write(file, [*[s for s in _read(file) if s.ends > now], silence])
@@ -145,8 +156,9 @@ def remove(project, env_name: str, check: str, alertmanager: str | None = None) 
         _write(file, [s for s in current if s not in gone])
     if alertmanager:
         for s in gone:
-            if s.alertmanager_id:
-                _alertmanager_expire(alertmanager, s)
+            for remote in (s.alertmanager_id, s.alertmanager_kind_id):
+                if remote:
+                    _alertmanager_expire(alertmanager, s, remote)
     return gone
 
 
@@ -204,15 +216,17 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out)
 
 
-def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.datetime) -> str:
-    """POST /api/v2/silences (Alertmanager's API v2); returns the silence id."""
+def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.datetime, label: str) -> str:
+    """POST /api/v2/silences (Alertmanager's API v2) matching env=`env_name` and `label`
+    (check or kind, the health exporter's alert labels) against the pattern; returns the
+    silence id."""
     import httpx
 
     from opsctl.health.checks.http import bounded_request
 
     is_glob = any(c in silence.check for c in "*?[")
     body = {"matchers": [{"name": "env", "value": env_name, "isRegex": False, "isEqual": True},
-                         {"name": "check", "value": _glob_regex(silence.check) if is_glob else silence.check,
+                         {"name": label, "value": _glob_regex(silence.check) if is_glob else silence.check,
                           "isRegex": is_glob, "isEqual": True}],
             "startsAt": now.isoformat(), "endsAt": silence.until, "createdBy": "opsctl",
             "comment": silence.reason or f"opsctl health silence --check {silence.check}"}
@@ -225,13 +239,13 @@ def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.date
                               f"({credentials(str(exc))[:200]}); nothing was silenced") from None
 
 
-def _alertmanager_expire(url: str, silence: Silence) -> None:
+def _alertmanager_expire(url: str, silence: Silence, remote_id: str) -> None:
     import httpx
 
     from opsctl.health.checks.http import bounded_request
 
     try:
-        bounded_request("DELETE", f"{url.rstrip('/')}/api/v2/silence/{silence.alertmanager_id}",
+        bounded_request("DELETE", f"{url.rstrip('/')}/api/v2/silence/{remote_id}",
                         timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
         raise OperationFailed(f"the silence of {silence.check} ended here, but Alertmanager at {redact(url)} "

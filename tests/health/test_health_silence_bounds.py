@@ -100,3 +100,37 @@ def test_a_bracket_glob_silences_the_same_alerts_in_the_real_alertmanager(tmp_pa
             time.sleep(0.1)
         assert remote == local and local, (pattern, local, remote)
         silences.remove(project, "ci", made.id, alertmanager=alertmanager)
+
+
+def test_a_silence_by_kind_holds_the_same_alerts_in_the_real_alertmanager(tmp_path, alertmanager):
+    """Issue 23 (B23b): `--check http` holds every check of kind http locally (Silence.holds
+    matches name or kind); the exporter's alerts carry env, check and kind, so Alertmanager
+    silences the same ones (a second silence on label kind), and unsilence expires both."""
+    from opsctl.config import load_project
+    from opsctl.health import silences
+
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments: {ci: {platform: kubernetes}}\n")
+    project = load_project(tmp_path)
+    checks = {"router": "http", "api": "http", "http": "tcp", "postgres": "postgres"}
+    now = dt.datetime.now(dt.timezone.utc)
+    alerts = [{"labels": {"alertname": "HealthCheckCritical", "env": "ci", "check": n, "kind": k, "case": "by-kind"},
+               "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=10)).isoformat()}
+              for n, k in checks.items()]
+    httpx.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
+    made = silences.add(project, "ci", "http", 600, alertmanager=alertmanager)
+    local = {n for n, k in checks.items() if made.holds(n, k)}
+    assert local == {"router", "api", "http"}
+    ids = {made.alertmanager_id, made.alertmanager_kind_id}
+    assert None not in ids and len(ids) == 2
+    remote: set[str] = set()
+    for _ in range(50):  # Alertmanager applies a new silence to alerts asynchronously
+        remote = {a["labels"]["check"] for a in httpx.get(
+            f"{alertmanager}/api/v2/alerts", params={"filter": 'case="by-kind"'}, timeout=10).json()
+            if ids & set(a["status"]["silencedBy"])}
+        if remote == local:
+            break
+        time.sleep(0.1)
+    assert remote == local, (local, remote)
+    silences.remove(project, "ci", made.id, alertmanager=alertmanager)
+    states = {httpx.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json()["status"]["state"] for i in ids}
+    assert states == {"expired"}
