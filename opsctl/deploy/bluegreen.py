@@ -331,16 +331,14 @@ def _after_switch(driver: Driver, env: Environment, run: Run, opts: "Options", a
             if previous is None:
                 run.finish(Outcome.FAILED, f"post-promotion analysis failed: {exc}; no previous color to return to")
                 raise OperationFailed(f"post-promotion analysis failed: {exc}") from None
-            try:
-                make_ready(driver, env, run, previous, release_of(driver.history(), previous, record.from_version))
-            except OperationFailed as why:
-                run.finish(Outcome.FAILED, f"post-promotion analysis failed: {exc}; known-good {previous} cannot "
-                                           f"take traffic ({why}); traffic stays on {target}")
-                raise OperationFailed(f"post-promotion analysis of {record.version} failed: {exc}; known-good "
-                                      f"{previous} cannot take traffic ({why}); traffic stays on {target}") from None
-            with run.step("switch back") as s:
-                driver.switch(previous)
-                s.detail = f"router → {previous} ({record.from_version})"
+            switch_when_ready(
+                driver, run, previous,
+                lambda: make_ready(driver, env, run, previous, release_of(driver.history(), previous, record.from_version)),
+                lambda why: (f"post-promotion analysis failed: {exc}; known-good {previous} cannot "
+                             f"take traffic ({why}); traffic stays on {target}",
+                             f"post-promotion analysis of {record.version} failed: {exc}; known-good "
+                             f"{previous} cannot take traffic ({why}); traffic stays on {target}"),
+                step="switch back", detail=f"router → {previous} ({record.from_version})")
             _discard(driver, target)
             run.finish(Outcome.ROLLED_BACK, f"post-promotion analysis failed: {exc}")
             raise OperationFailed(f"deploy of {record.version} rolled back to {record.from_version}: {exc}") from None
@@ -421,6 +419,25 @@ def deploy(driver: Driver, env: Environment, release: Release, opts: Options) ->
         return _promote(driver, env, run, opts)
 
 
+def switch_when_ready(driver: Driver, run: "Run", color: str, prepare: Callable[[], None],
+                      failed: Callable[[str], tuple[str | None, str]], step: str = "switch", detail: str = "") -> None:
+    """Traffic moves only to a ready color: `prepare()` (e.g. make_ready, or growing a preview
+    to the active size), then the router goes to `color` as step `step` of `run`, with
+    `detail`. When `prepare` raises OperationFailed, the router is left alone and
+    `failed(error text)` gives (the reason `run`'s record is finished FAILED with, or None to
+    leave the record as it is; the one line raised as OperationFailed)."""
+    try:
+        prepare()
+    except OperationFailed as exc:
+        reason, message = failed(str(exc))
+        if reason is not None:
+            run.finish(Outcome.FAILED, reason)
+        raise OperationFailed(message) from None
+    with run.step(step) as s:
+        s.detail = detail
+        driver.switch(color)
+
+
 def _discard(driver: Driver, color: str) -> None:
     try:
         driver.scale_down(color)
@@ -440,20 +457,23 @@ def _supersede_preview(driver: Driver) -> None:
 def _promote(driver: Driver, env: Environment, run: Run, opts: Options) -> DeployRecord:
     record = run.record
     sizes = driver.switch_size(record.to_color)
-    if sizes is not None:  # a preview smaller than the active color: capacity must not drop
+
+    def grow() -> None:  # a preview smaller than the active color: capacity must not drop
+        if sizes is None:
+            return
         try:
             with run.step("scale preview") as s:
                 s.detail = f"{record.to_color} {sizes[0]} → {sizes[1]} replicas (the active size)"
                 driver.scale(record.to_color, sizes[1])
                 driver.wait_ready(record.to_color, env.deploy.ready_timeout)
-        except OperationFailed as exc:
+        except OperationFailed:
             _discard(driver, record.to_color)
-            run.finish(Outcome.FAILED, f"{exc}; traffic stays on {record.from_color or 'nothing'}")
-            raise OperationFailed(f"deploy of {record.version} failed: {exc}; traffic stays on "
-                                  f"{record.from_color} ({record.from_version})") from None
-    with run.step("switch") as s:
-        s.detail = f"router → {record.to_color} ({record.version})"
-        driver.switch(record.to_color)
+            raise
+
+    switch_when_ready(driver, run, record.to_color, grow, lambda exc: (
+        f"{exc}; traffic stays on {record.from_color or 'nothing'}",
+        f"deploy of {record.version} failed: {exc}; traffic stays on {record.from_color} ({record.from_version})"),
+        detail=f"router → {record.to_color} ({record.version})")
     return _after_switch(driver, env, run, opts, analyse=opts.analysis and opts.strategy == "blue-green")
 
 
@@ -499,14 +519,11 @@ def abort(driver: Driver, env: Environment, opts: Options) -> DeployRecord:
             if good is None:
                 raise OperationFailed(f"deploy {record.id} moved traffic to {record.to_color} on an environment with no "
                                       "earlier color; nothing to return to ('opsctl promote' finishes its analysis)")
-            try:
-                make_ready(driver, env, run, good, release_of(driver.history(), good, record.from_version))
-            except OperationFailed as exc:
-                raise OperationFailed(f"nothing aborted: known-good {good} ({record.from_version}) cannot take traffic "
-                                      f"({exc}); traffic stays on {record.to_color}") from None
-            with run.step("switch back") as s:
-                s.detail = f"router → {good} ({record.from_version})"
-                driver.switch(good)
+            switch_when_ready(
+                driver, run, good, lambda: make_ready(driver, env, run, good, release_of(driver.history(), good, record.from_version)),
+                lambda exc: (None, f"nothing aborted: known-good {good} ({record.from_version}) cannot take traffic "
+                                   f"({exc}); traffic stays on {record.to_color}"),
+                step="switch back", detail=f"router → {good} ({record.from_version})")
         active = driver.active_color()
         with run.step("stop") as s:
             if record.to_color != active:

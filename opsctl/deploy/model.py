@@ -138,6 +138,22 @@ class DeployRecord:
         return DeployRecord(**{**doc, "outcome": Outcome(doc.get("outcome", "in-progress"))}, steps=steps)
 
 
+KEEP_RECORDS = 100  # deploy records a driver's history keeps, the newest
+
+
+def upsert(records: list[DeployRecord], record: DeployRecord) -> list[DeployRecord]:
+    """`records` (oldest first) with `record` saved: it replaces the record of its id in place
+    (a save never reorders history) or is appended; the last KEEP_RECORDS are returned.
+    What every driver's `save` writes."""
+    records = list(records)
+    at = next((i for i, r in enumerate(records) if r.id == record.id), None)
+    if at is None:
+        records.append(record)
+    else:
+        records[at] = record
+    return records[-KEEP_RECORDS:]
+
+
 @dataclass
 class ColorState:
     """One color as the driver sees it now: the version it runs (None: never deployed),

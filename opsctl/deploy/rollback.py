@@ -7,7 +7,7 @@ import time
 from opsctl.config import Environment
 from opsctl.deploy import bluegreen
 from opsctl.deploy.model import DeployRecord, Driver, Outcome, Release, other
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import UsageError
 
 
 def kept_releases(driver: Driver, keep: int) -> list[Release]:
@@ -74,15 +74,12 @@ def rollback(driver: Driver, env: Environment, to_version: str | None,
             # the intent is saved before the switch, with the standby's deadline: killed at it,
             # the next command closes the record from where traffic is (bluegreen.close_rollback)
             run = bluegreen.Run(driver, record, opts.progress)
-            try:
-                bluegreen.make_ready(driver, env, run, standby.color, wanted, role="warm")
-            except OperationFailed as exc:
-                run.finish(Outcome.FAILED, f"warm {standby.color} cannot take traffic ({exc}); traffic stays on {active}")
-                raise OperationFailed(f"rollback to {wanted.version} failed: warm {standby.color} cannot take traffic "
-                                      f"({exc}); traffic stays on {active}") from None
-            with run.step("switch") as s:
-                s.detail = f"router → warm {standby.color} ({wanted.version})"
-                driver.switch(standby.color)
+            bluegreen.switch_when_ready(
+                driver, run, standby.color, lambda: bluegreen.make_ready(driver, env, run, standby.color, wanted, role="warm"),
+                lambda exc: (f"warm {standby.color} cannot take traffic ({exc}); traffic stays on {active}",
+                             f"rollback to {wanted.version} failed: warm {standby.color} cannot take traffic "
+                             f"({exc}); traffic stays on {active}"),
+                detail=f"router → warm {standby.color} ({wanted.version})")
             record.standby_until = time.time() + env.deploy.scale_down_delay
             return run.finish(Outcome.PROMOTED, f"instant rollback to warm {standby.color}")
     # the previous color is gone: a full, analysed blue-green deploy of the kept release
@@ -107,14 +104,11 @@ def _return_to_known_good(driver: Driver, env: Environment, interrupted: DeployR
     # the intent goes into the interrupted record first: killed during the switch, its steps
     # say traffic was being returned (bluegreen.went_back), never "before the switch"
     intent = bluegreen.Run(driver, interrupted, opts.progress)
-    try:
-        bluegreen.make_ready(driver, env, intent, good, release)
-    except OperationFailed as exc:
-        raise OperationFailed(f"nothing rolled back: known-good {good} ({interrupted.from_version}) cannot take "
-                              f"traffic ({exc}); traffic stays on {interrupted.to_color}") from None
-    with intent.step("return") as s:
-        s.detail = f"'opsctl rollback': router → known-good {good} ({interrupted.from_version})"
-        driver.switch(good)
+    bluegreen.switch_when_ready(
+        driver, intent, good, lambda: bluegreen.make_ready(driver, env, intent, good, release),
+        lambda exc: (None, f"nothing rolled back: known-good {good} ({interrupted.from_version}) cannot take "
+                           f"traffic ({exc}); traffic stays on {interrupted.to_color}"),
+        step="return", detail=f"'opsctl rollback': router → known-good {good} ({interrupted.from_version})")
     with run.step("switch") as s:
         s.detail = (f"router → known-good {good} ({interrupted.from_version}); deploy "
                     f"{interrupted.id} of {interrupted.version} was interrupted after its switch")

@@ -41,14 +41,13 @@ from typing import Iterator
 from opsctl.config import Environment, Project
 from opsctl.deploy import manifests as mf
 from opsctl.deploy.lease import Lease
-from opsctl.deploy.model import COLORS, ColorState, DeployRecord, Release
+from opsctl.deploy.model import COLORS, ColorState, DeployRecord, Release, upsert
 from opsctl.errors import OperationFailed, UsageError
 
 log = logging.getLogger("opsctl.deploy")
 
 FIELD_MANAGER = "opsctl"
 HISTORY = "opsctl-deploy-history"
-KEEP_RECORDS = 100
 REQUEST_TIMEOUT = 30.0
 POLL_SECONDS = 1.0
 # the API server's answer for a path it does not serve (no such resource: a CRD not installed);
@@ -458,17 +457,12 @@ class KubernetesDriver:
         A finished record (no deploy judges a color any more) gives the ScaledObject back its
         configured minimum, which may be 0 where the environment is not protected."""
         self._fence()
-        records = self.history()
-        at = next((i for i, r in enumerate(records) if r.id == record.id), None)
-        if at is None:
-            records.append(record)
-        else:  # in place: a save never reorders history
-            records[at] = record
+        records = upsert(self.history(), record)
         self._apply({"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": {"name": HISTORY, "namespace": self.ns,
                                   "labels": {"app.kubernetes.io/managed-by": "opsctl",
                                              "app.kubernetes.io/part-of": "transcribe"}},
-                     "data": {"history.json": json.dumps([r.to_dict() for r in records[-KEEP_RECORDS:]])}})
+                     "data": {"history.json": json.dumps([r.to_dict() for r in records])}})
         if record.outcome in FINAL and self.env.worker.autoscaling.enabled:
             low = mf.autoscaling_bounds(self.env)[0]
             try:

@@ -16,7 +16,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 from opsctl.config import Environment, Project
-from opsctl.deploy.model import ColorState, DeployRecord, Release
+from opsctl.deploy.model import ColorState, DeployRecord, Release, upsert
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.files import write_json
 from opsctl.local import caddy, procs
@@ -178,13 +178,7 @@ class LocalDriver:
     def save(self, record: DeployRecord) -> None:
         """Replace the record with its id (in place; a new one is appended); the last 100 are kept, written
         atomically and fsynced."""
-        records = self.history()
-        at = next((i for i, r in enumerate(records) if r.id == record.id), None)
-        if at is None:
-            records.append(record)
-        else:  # in place: a save never reorders history
-            records[at] = record
-        records = records[-100:]
+        records = upsert(self.history(), record)
         write_json(self._history_path, [r.to_dict() for r in records], indent=1)
 
     def render(self, release: Release, color: str) -> str:
