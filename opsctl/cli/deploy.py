@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 
 from opsctl.cli.common import EnvOpt, JsonOpt, project
 
-def _live_steps(title: str, quiet: bool):
-    from opsctl.cli.live import status, steps_view
 
-    return steps_view(title, quiet, lambda s: (s.name, status(s.status),
-                                               f"{s.seconds:.1f}s" if s.seconds else "", s.detail))
+@contextmanager
+def _live_steps(title: str, quiet: bool):
+    """The live step table, with SIGTERM as an interrupt: CI cancels a job with SIGTERM, and
+    the core function must then leave its operation window (end event sent, silences and the
+    lease released) exactly as after Ctrl-C, not die inside it."""
+    from opsctl.cli.live import status, steps_view
+    from opsctl.signals import sigterm_as_interrupt
+
+    with sigterm_as_interrupt(), steps_view(title, quiet, lambda s: (s.name, status(s.status),
+                                                                     f"{s.seconds:.1f}s" if s.seconds else "",
+                                                                     s.detail)) as progress:
+        yield progress
 
 
 def _render_record(record) -> None:

@@ -28,8 +28,11 @@ def drill(
     from opsctl.output import emit
     from opsctl.pitr import drill as core
 
-    r = core.drill(*environment(env), junit_path=Path(junit) if junit else None,
-                   metrics_path=Path(metrics_file) if metrics_file else None)
+    from opsctl.signals import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # CI cancels with SIGTERM: the drill tears down and ends its window
+        r = core.drill(*environment(env), junit_path=Path(junit) if junit else None,
+                       metrics_path=Path(metrics_file) if metrics_file else None)
 
     def render(c):
         from rich.table import Table
@@ -74,7 +77,10 @@ def failover(
     def approve(text: str) -> None:
         at_terminal(text, environment_, yes, confirm_env, verb=("fail over", "failing over", "failed over"))
 
-    r = core.failover(project, environment_, replica, approve)
+    from opsctl.signals import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # CI cancels with SIGTERM: the failover ends its window as on Ctrl-C
+        r = core.failover(project, environment_, replica, approve)
     if environment_.platform == "local":
         emit(r, as_json, lambda c: c.print(
             f"standby {r.new_primary} promoted in place of {r.old_primary} "
