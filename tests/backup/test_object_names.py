@@ -63,9 +63,10 @@ def test_files_backup_of_colliding_keys_into_a_file_repository(s3, seeded, runne
     assert {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in KEYS} == KEYS
 
 
-def test_down_stops_everything_when_saving_objects_fails(tmp_path, monkeypatch):
-    """`local down` with a save that fails: every component is still stopped, the error is
-    reported, and the previous copy of the objects is kept."""
+def test_down_keeps_moto_running_when_saving_objects_fails(tmp_path, monkeypatch):
+    """`local down` with a save that fails: the other components are stopped, moto is left
+    running (its memory holds the only copy of what changed since the last save), the error
+    says so and what to do, and the previous copy of the objects is kept."""
     from opsctl.config import load_project
     from opsctl.errors import OperationFailed
     from opsctl.local import platform, procs
@@ -91,8 +92,12 @@ def test_down_stops_everything_when_saving_objects_fails(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(s3mod, "save", broken)
-    with pytest.raises(OperationFailed, match="saving the S3 objects failed.*No space left.*previous copy"):
-        platform.down(project)
-    assert not procs.alive(state.components["s3"].pid) and not procs.alive(state.components["redis"].pid)
+    try:
+        with pytest.raises(OperationFailed, match="saving the S3 objects failed.*No space left.*left running"
+                                                  ".*previous copy.*local down' again"):
+            platform.down(project)
+        assert procs.alive(state.components["s3"].pid) and not procs.alive(state.components["redis"].pid)
+    finally:
+        procs.stop(state.components["s3"].pid)
     assert (previous / "index.json").read_text() == "{}"
     assert not previous.with_name(previous.name + ".saving").exists()
