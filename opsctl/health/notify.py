@@ -30,7 +30,8 @@ held, so lost traffic still pages:
 The silences are bounded by `max_seconds` in case the process dies (they are released as
 soon as the block ends). A caller that knows its own deadline passes it; by default
 (`max_seconds=None`) `window_seconds(env, operation)` derives one from the environment's
-deploy timeouts for deploy-like operations (never under an hour), an hour otherwise.
+deploy timeouts for deploy-like operations (never under an hour), from the PITR code's own
+replay/RDS wait plus margin for restore, drill and failover, an hour otherwise.
 
 A notification problem never fails the operation: a sink without its secret, a sink that
 answers 500 or hangs (each has its own thread and timeout), an Alertmanager that refuses
@@ -80,6 +81,18 @@ DEFAULT_CHECKS_BY_PLATFORM: dict[str, dict[str, tuple[str, ...]]] = {
 #: the local platform's table (kept for callers that only know the operation)
 DEFAULT_CHECKS: dict[str, tuple[str, ...]] = DEFAULT_CHECKS_BY_PLATFORM["local"]
 _DEPLOY_LIKE = ("deploy", "promote", "abort", "rollback")
+_PITR_LIKE = ("restore", "drill", "failover")
+
+
+def _pitr_wait_seconds() -> float:
+    """The longest wait a restore, drill or failover bounds itself (seconds), read from the
+    PITR code rather than copied: the WAL replay's default timeout and the RDS waiter's."""
+    import inspect
+
+    from opsctl.pitr import rds, restore
+
+    replay = inspect.signature(restore.run).parameters["timeout"].default
+    return max(float(replay), float(rds.WAIT_SECONDS))
 
 
 def window_seconds(env, operation: str) -> float:
@@ -87,11 +100,17 @@ def window_seconds(env, operation: str) -> float:
     for deploy, promote, abort and rollback a generous worst case of its deploy settings
     (4 x ready_timeout, for the readiness waits of a blue-green deploy with room to spare,
     plus analysis_window, drain_timeout, scale_down_delay and ten minutes), never under
-    3600 (opsctl.yaml's production gives 5430); 3600 for other operations. A caller that knows
+    3600 (opsctl.yaml's production gives 5430); for restore, drill and failover the longest wait
+    they bound themselves (the WAL replay's timeout, opsctl.pitr.restore.run, or the RDS
+    waiter's, opsctl.pitr.rds.WAIT_SECONDS: 3600 each) plus 4 x ready_timeout (the workers
+    restarted or the drill's preview) and 30 minutes for unpacking, checks and the swap, so the
+    bound is never the replay timeout alone; 3600 for other operations. A caller that knows
     its own deadline passes it as `max_seconds` instead."""
+    d = env.deploy
+    if operation in _PITR_LIKE:
+        return _pitr_wait_seconds() + 4 * d.ready_timeout + 1800
     if operation not in _DEPLOY_LIKE:
         return 3600.0
-    d = env.deploy
     return max(3600.0, 4 * d.ready_timeout + d.analysis_window + d.drain_timeout + d.scale_down_delay + 600)
 
 
