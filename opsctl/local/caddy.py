@@ -74,7 +74,7 @@ def start(folder: Path, port: int, admin_port: int, upstream_port: int, color: s
                       pidfile=pidfile)
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: admin_ready(admin_port), timeout, "router (caddy)", log, pid)
+    procs.wait_until(lambda: admin_ready(admin_port), timeout, "router (caddy)", log, pid, ports=[admin_port])
     load(admin_port, config(port, admin_port, upstream_port, color, drain_seconds))
     return pid
 

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
+from opsctl.files import fsync_dir
 from opsctl.local import caddy, procs
 from opsctl.local import postgres as pg
 from opsctl.local import redis as rd
@@ -77,10 +78,8 @@ def live_pid(state: st.LocalState, key: str) -> int | None:
     listens on the component's port (a reused PID whose command line merely names the same
     program is never taken for ours), else its PID file's (checked by create time)."""
     comp = state.components.get(key)
-    if comp is not None and procs.alive(comp.pid, HINTS[key]) \
-            and procs.listens(comp.pid, [comp.port, comp.admin_port]):
-        return comp.pid
-    return procs.pidfile_owner(state.pidfile(key), HINTS[key])
+    return procs.owned(comp.pid if comp else None, HINTS[key], [comp.port, comp.admin_port] if comp else [],
+                       state.pidfile(key))
 
 
 def _stop_any(state: st.LocalState, key: str, pid: int, port: int | None = None,
@@ -98,8 +97,8 @@ def _stop_any(state: st.LocalState, key: str, pid: int, port: int | None = None,
 
 
 def _healthy(name: str, comp: st.Component | None) -> bool:
-    if comp is None or not procs.alive(comp.pid):
-        return False
+    if comp is None or not procs.listens(comp.pid, [comp.port, comp.admin_port]):
+        return False  # an answer on the port from a stranger is never our server's
     if name == "postgres":
         return pg.ready(comp.port)
     if name == "redis":
@@ -146,6 +145,7 @@ def start_component(name: str, state: st.LocalState, env: Environment) -> None:
         comp.version = rd.version(comp.port)
     elif name == "s3":
         s3mod.start(comp.port, log, pidfile=pidfile, on_spawn=spawned)
+        _recover_s3(state.data("s3"))  # a `down` killed inside its save's swap
         s3mod.load(s3mod.endpoint(comp.port), state.data("s3"))
         s3mod.ensure_buckets(s3mod.endpoint(comp.port), [env.buckets.audio, env.buckets.backups])
         comp.version = f"moto {dist_version('moto')}"
@@ -408,8 +408,24 @@ def _keep_s3(state: st.LocalState, comp: st.Component | None, pid: int) -> None:
         state.data("s3"), aside)
 
 
+def _recover_s3(target: Path) -> None:
+    """Finish the swap of a `down` killed inside _save_s3: with data/s3 renamed away to s3.old
+    (done only once the new copy in s3.saving was whole and fsynced, its index last), s3.saving
+    is the saved set; without it, s3.old is. Never leaves the saved objects only in s3.old,
+    which `up` would not load and the next save would delete."""
+    old = target.with_name(target.name + ".old")
+    if target.exists() or not old.exists():
+        return
+    tmp = target.with_name(target.name + ".saving")
+    (tmp if (tmp / s3mod.INDEX).is_file() else old).rename(target)
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _save_s3(endpoint: str, target: Path) -> None:
-    """Save into a fresh folder and swap it in, so a failed save keeps the previous copy."""
+    """Save into a fresh folder and swap it in, so a failed save keeps the previous copy
+    (a swap cut by a kill is finished first: _recover_s3)."""
+    _recover_s3(target)
     tmp = target.with_name(target.name + ".saving")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -421,6 +437,7 @@ def _save_s3(endpoint: str, target: Path) -> None:
     if target.exists():
         target.rename(old)
     tmp.rename(target)
+    fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -136,7 +136,7 @@ def start(data: Path, port: int, log: Path, timeout: float = 60.0,
     )
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: ready(port), timeout, "postgres", log, pid)
+    procs.wait_until(lambda: ready(port), timeout, "postgres", log, pid, ports=[port])
     return pid
 
 

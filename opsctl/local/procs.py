@@ -97,6 +97,18 @@ def pidfile_owner(path: Path, cmd_hint: str | None = None) -> int | None:
     return pid
 
 
+def owned(pid: int | None, cmd_hint: str | None, ports: Sequence[int | None] = (),
+          pidfile: Path | None = None) -> int | None:
+    """The process opsctl started for a component, or None: the recorded `pid` when it still
+    runs `cmd_hint` AND listens on one of `ports`, else the live process `pidfile` names (create
+    time checked). A recorded PID alone is never proof (the number is reused, and a command line
+    merely naming the program is anyone's `tail -f postgres.log`): whatever stops a recorded
+    process asks this first."""
+    if alive(pid, cmd_hint) and listens(pid, ports):
+        return pid
+    return pidfile_owner(pidfile, cmd_hint) if pidfile is not None else None
+
+
 def alive(pid: int | None, cmd_hint: str | None = None) -> bool:
     """True if the PID runs, and (with a hint) still is the program we started, not a reuse."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:  # never raises on odd input
@@ -132,14 +144,25 @@ def listens(pid: int | None, ports: Sequence[int | None]) -> bool:
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,
-               pid: int | None = None, interval: float = 0.1) -> None:
-    """Poll `check` until true; fail naming `what` and its log when it dies or times out."""
+               pid: int | None = None, interval: float = 0.1, ports: Sequence[int | None] = ()) -> None:
+    """Poll `check` until true; fail naming `what` and its log when it dies or times out.
+
+    With `pid` and `ports`, ready also means that process (or a child) listens on one of the
+    ports: an answer on the port from anyone else (a stranger on a kept port) is never taken
+    for the server just started, and when it exits while the port answers, the error says the
+    port is someone else's."""
     deadline = time.monotonic() + timeout
+    wanted = [p for p in ports if p]
     while time.monotonic() < deadline:
-        if check():
-            return
         if pid is not None and not alive(pid):
+            taken = [p for p in wanted if port_open(p)]
+            if taken:
+                raise OperationFailed(f"port {taken[0]} kept for {what} is served by another process, not the one "
+                                      f"opsctl started; stop that process, or run 'opsctl local down --purge' to "
+                                      f"choose new ports")
             raise OperationFailed(f"{what} exited during start-up; read {log}" if log else f"{what} exited")
+        if check() and (pid is None or not wanted or listens(pid, wanted)):
+            return
         time.sleep(interval)
     hint = f"; read {log}" if log else ""
     raise OperationFailed(f"{what} not ready after {timeout:.0f}s{hint}")

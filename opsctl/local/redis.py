@@ -34,7 +34,7 @@ def start(data: Path, port: int, log: Path, timeout: float = 20.0, pidfile: Path
     )
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: ping(port), timeout, "redis", log, pid)
+    procs.wait_until(lambda: ping(port), timeout, "redis", log, pid, ports=[port])
     return pid
 
 

@@ -30,7 +30,7 @@ def start(port: int, log: Path, timeout: float = 60.0, pidfile: Path | None = No
                       pidfile=pidfile)
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: ready(port), timeout, "s3 (moto)", log, pid, interval=0.2)
+    procs.wait_until(lambda: ready(port), timeout, "s3 (moto)", log, pid, interval=0.2, ports=[port])
     return pid
 
 
@@ -83,6 +83,8 @@ def save(endpoint_url: str, folder: Path) -> int:
     import json
     import os
 
+    from opsctl.files import fsync_dir
+
     s3 = client(endpoint_url)
     count = 0
     index: dict[str, dict[str, str]] = {}
@@ -97,11 +99,17 @@ def save(endpoint_url: str, folder: Path) -> int:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as fh:
                     s3.download_fileobj(bucket, obj["Key"], fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())  # durable before the index names it (a power loss mid-down)
                 files[name] = obj["Key"]
                 count += 1
+        fsync_dir(folder / bucket)
     fd = os.open(folder / INDEX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(index, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_dir(folder)
     return count
 
 

@@ -107,7 +107,7 @@ def start(state: LocalState, env, color: str, version: str, settings: dict,
                            pidfile=state.pidfile(key))
     state.save()
     procs.wait_until(lambda: ready(comp.port), timeout, f"{key} (version {version})", log, comp.pid,
-                     interval=0.25)
+                     interval=0.25, ports=[comp.port])
     comp.ready = True
     return comp
 
@@ -131,6 +131,6 @@ def version_info(port: int) -> dict | None:
 
 def stop(comp: Component | None, timeout: float = 30.0) -> bool:
     """SIGTERM: uvicorn stops accepting and finishes in-flight transcriptions first."""
-    if comp is None:
-        return False
+    if comp is None or not procs.listens(comp.pid, [comp.port, comp.metrics_port]):
+        return False  # not ours any more (the PID was reused): never stopped on its command line alone
     return procs.stop(comp.pid, timeout, "transcription-worker")

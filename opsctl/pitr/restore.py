@@ -448,7 +448,7 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
         state = st.load(folder)
         live = state.data("postgres")
         kept = live.with_name(f"postgres.before-{stamp}")
-        pg.stop(state.components["postgres"].pid)
+        pg.stop(platform.live_pid(state, "postgres"))  # ours by port or postmaster.pid, never a reused PID
         if live.exists():
             live.rename(kept)
         new.rename(live)

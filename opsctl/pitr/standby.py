@@ -117,10 +117,18 @@ def _owner():
 
 
 def _standby_running(state) -> bool:
+    comp = state.components.get(COMPONENT)
+    return comp is not None and _standby_pid(state) is not None and _ready(comp.port)
+
+
+def _standby_pid(state) -> int | None:
+    """The standby's postmaster: the recorded PID when it still listens on the standby's port,
+    else the one its postmaster.pid names (create time checked); never a reused PID."""
     from opsctl.local import procs
 
     comp = state.components.get(COMPONENT)
-    return comp is not None and procs.alive(comp.pid, "postgres") and _ready(comp.port)
+    return procs.owned(comp.pid if comp else None, "postgres", [comp.port] if comp else [],
+                       state.data(COMPONENT) / "postmaster.pid")
 
 
 def _wait_archived(project: Project, env: Environment, url: str, timeout: float) -> None:
@@ -297,7 +305,7 @@ def stop_standby(project: Project, env: Environment, remove: bool = True) -> boo
     comp = state.components.get(COMPONENT)
     if comp is None:
         return False
-    pg.stop(comp.pid)
+    pg.stop(_standby_pid(state))  # None (not ours, or gone): nothing is stopped
     with st.locked(folder):
         state = st.load(folder)
         state.components.pop(COMPONENT, None)
@@ -315,12 +323,11 @@ def stop_for_down(state) -> bool:
     """`opsctl local down`'s hook: stop a running standby (its data is kept; `dr standby`
     builds a new one later). True when one was running."""
     from opsctl.local import postgres as pg
-    from opsctl.local import procs
 
-    comp = state.components.get(COMPONENT)
-    if comp is None or not procs.alive(comp.pid, "postgres"):
+    pid = _standby_pid(state)
+    if pid is None:
         return False
-    pg.stop(comp.pid)
+    pg.stop(pid)
     return True
 
 
@@ -332,14 +339,16 @@ def _restart_workers(state, env: Environment, failed: list[str]) -> list[str]:
     from opsctl.local import procs
     from opsctl.local import state as st
     from opsctl.local import worker as wk
+    from opsctl.local.platform import live_pid
     from opsctl.redact import credentials
 
     restarted = []
     for color in st.COLORS:
         comp = state.components.get(wk.name(color))
-        if comp is None or not procs.alive(comp.pid, "transcription-worker"):
+        pid = live_pid(state, wk.name(color))  # ours, by port or PID file: a color not running stays down
+        if comp is None or pid is None:
             continue
-        wk.stop(comp)
+        procs.stop(pid, 30.0, "transcription-worker")
         try:
             wk.start(state, env, color, comp.version, comp.settings, env.deploy.ready_timeout)
         except OpsError as exc:
@@ -365,6 +374,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     from opsctl.local import postgres as pg
     from opsctl.local import procs
     from opsctl.local import state as st
+    from opsctl.local.platform import live_pid
 
     step = progress or (lambda _s: None)
     folder, state = _local(project, env)
@@ -376,7 +386,8 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     if not recovering:
         raise UsageError(f"the standby on port {standby.port} is not in recovery: it was promoted already")
     primary = state.components["postgres"]
-    old_running = procs.alive(primary.pid, "postgres")
+    primary_pid = live_pid(state, "postgres")  # ours by port or postmaster.pid, never a reused PID
+    old_running = primary_pid is not None
     if approve is not None:
         approve(f"promote the standby (port {standby.port}) to be {env.name}'s PostgreSQL in place of the primary "
                 f"(port {primary.port}, {'running: it will be stopped' if old_running else 'down'})")
@@ -384,7 +395,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     notes = []
     if old_running:  # fence: a primary that still takes writes would fork the history
         step("stopping the old primary")
-        pg.stop(primary.pid)
+        pg.stop(primary_pid)
         # the standby streamed until the stop; give it the primary's shutdown checkpoint
         deadline = time.monotonic() + 10
         want = None
@@ -416,7 +427,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
         # PostgreSQL keeps absolute paths to its data directory: the promoted server is
         # stopped cleanly, moved to data/postgres and started there by the platform's own
         # start (its port, archiving settings), a second or two
-        pg.stop(standby.pid)
+        pg.stop(_standby_pid(state))
         _unconfigure(new)
         (new / "standby.signal").unlink(missing_ok=True)
         if live.exists():
