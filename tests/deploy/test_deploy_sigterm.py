@@ -89,3 +89,34 @@ def test_sigterm_inside_a_deploy_command_ends_its_window_and_releases_the_lock(t
         assert holder.parent.is_dir() and not holder.exists(), "the deploy lock's holder file stayed"
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize("command,module,core", [
+    (["deploy", "--image", "worker:9.9"], "opsctl.deploy.operation", "deploy"),
+    (["promote"], "opsctl.deploy.operation", "promote"),
+    (["abort"], "opsctl.deploy.operation", "abort"),
+    (["rollback"], "opsctl.deploy.operation", "rollback"),
+    (["dr", "drill"], "opsctl.pitr.drill", "drill"),
+    (["failover", "--yes"], "opsctl.pitr.failover", "failover")])
+def test_every_command_with_an_operation_window_takes_sigterm_as_an_interrupt(runner, tmp_path, monkeypatch,
+                                                                              command, module, core):
+    """The other commands whose core opens an operation window (the restores already did):
+    while the core function runs, SIGTERM is handled (raises KeyboardInterrupt), not the default."""
+    import importlib
+
+    seen = []
+
+    def fake(*_a, **_k):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), core, fake)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments: {ci: {platform: local}}\n")
+    from opsctl.cli import app
+
+    result = runner.invoke(app, [*command, "--env", "ci"])
+    assert len(seen) == 1, f"the core function was not reached: {result.output}"
+    assert seen[0] not in (signal.SIG_DFL, signal.SIG_IGN, None), f"opsctl {' '.join(command)}: SIGTERM's default"
+    assert signal.getsignal(signal.SIGTERM) is not seen[0], "the handler is restored after the command"
