@@ -38,14 +38,20 @@ def _dns_label(value: str, what: str) -> str:
     return value
 
 
+# The Quantity grammar of k8s.io/apimachinery (pkg/api/resource/quantity.go): sign, digits,
+# optional fraction, then a decimal exponent or a binary/decimal SI suffix. ASCII only: Python's
+# Decimal (behind parse_quantity) also takes "Infinity", "1_000" and non-ASCII digits.
+_QUANTITY = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+|[KMGTPE]i|[mkMGTPE])?", re.ASCII)
+
+
 def _quantity(value: str | int, where: str) -> str | int:
-    """`value` when the API server would take it as a resource quantity (kubernetes.utils.parse_quantity,
-    the client's implementation of the Quantity grammar, plus what it lets through: surrounding
-    spaces and negative amounts), else ValueError."""
+    """`value` when the API server would take it as a resource quantity (the Quantity grammar in
+    _QUANTITY, then kubernetes.utils.parse_quantity for its amount, which must not be negative),
+    else ValueError."""
     from kubernetes.utils import parse_quantity
 
     try:
-        if isinstance(value, bool) or str(value) != str(value).strip() or parse_quantity(value) < 0:
+        if isinstance(value, bool) or not _QUANTITY.fullmatch(str(value)) or parse_quantity(value) < 0:
             raise ValueError
     except ValueError:
         raise ValueError(f"{where}: {value!r} is not a Kubernetes quantity such as 2, 500m, 8Gi or 512Mi") from None
@@ -212,6 +218,24 @@ class WorkerSettings(_Model):
                                      "hugepages-<size> or a domain-prefixed name such as nvidia.com/gpu")
                 _quantity(value, f"{part}.{name}")
         return resources
+
+    @model_validator(mode="after")
+    def _not_overcommitable(self) -> WorkerSettings:
+        from kubernetes.utils import parse_quantity
+
+        # The API server: "Limit must be set for non overcommitable resources" (hugepages-* and
+        # extended resources such as nvidia.com/gpu); the GPU limit defaults to 1 with `gpu`.
+        requests, limits = self.resources.get("requests", {}), self.resources.get("limits", {})
+        for name in requests:
+            if (name.startswith("hugepages-") or "/" in name) and name not in limits \
+                    and not (name == "nvidia.com/gpu" and self.gpu):
+                raise ValueError(f"requests.{name} has no limits.{name}; the API server needs a limit for "
+                                 f"hugepages and extended resources: set limits.{name} (equal for extended ones)")
+        gpus = {**requests, **limits}.get("nvidia.com/gpu")
+        if not self.gpu and gpus is not None and parse_quantity(gpus) != 0:
+            raise ValueError(f"resources ask for nvidia.com/gpu: {gpus} but gpu is false (no GPU node selector "
+                             "or toleration: the pods would stay Pending); set worker.gpu: true or drop the GPU")
+        return self
 
 
 class DeploySettings(_Model):

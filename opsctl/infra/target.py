@@ -92,31 +92,79 @@ def check_consistency(t: Target, env: Environment) -> None:
 
 def gpu_demand(env: Environment) -> tuple[int, float]:
     """(pods per color at most, GPUs per pod) of the worker: the autoscaler's maximum (with
-    worker.autoscaling off, worker.replicas) and worker.resources' nvidia.com/gpu limit
-    (default 1); (0, 0) without `worker.gpu`."""
+    worker.autoscaling off, worker.replicas) and the nvidia.com/gpu limit of its merged resources
+    (1 by default with `worker.gpu`; counted whatever `worker.gpu` says, 0 when there is none)."""
     from kubernetes.utils import parse_quantity
 
     from opsctl.deploy import manifests as mf
 
-    if not env.worker.gpu:
+    per_pod = float(parse_quantity(mf.resources(env)["limits"].get(mf.GPU_RESOURCE, 0)))
+    if not per_pod:
         return 0, 0.0
     pods = mf.autoscaling_bounds(env)[1] if env.worker.autoscaling.enabled else env.worker.replicas
-    return pods, float(parse_quantity(mf.resources(env)["limits"].get(mf.GPU_RESOURCE, 0)))
+    return pods, per_pod
+
+
+def program_defaults(program_dir: Path) -> Any | None:
+    """The Pulumi program's GPU defaults module (`transcribe_infra/defaults.py`: GPU_MAX_SIZE,
+    GPU_INSTANCE_TYPES, GPUS_PER_INSTANCE_TYPE), loaded from its file; None when the program has
+    none (another program: then opsctl knows no default to compare against)."""
+    import importlib.util
+
+    path = program_dir / "transcribe_infra" / "defaults.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"_opsctl_program_defaults_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gpu_max_size(t: Target, config: dict[str, Any], defaults: Any | None) -> int | None:
+    """transcribe:gpuMaxSize as the program reads it (Pulumi's get_int, unset or 0 -> the program's
+    default); UsageError when it is not a whole number."""
+    key = f"{PROJECT_NS}:gpuMaxSize"
+    value = config.get(key)
+    if value is None or value == 0:
+        return getattr(defaults, "GPU_MAX_SIZE", None)
+    try:
+        if isinstance(value, bool) or isinstance(value, float) or int(str(value)) < 0:
+            raise ValueError
+        return int(str(value)) or getattr(defaults, "GPU_MAX_SIZE", None)
+    except ValueError:
+        raise UsageError(f"{t.stack_file.name} sets {key}={value!r}: not a whole number of GPUs; "
+                         f"write the GPUs the NodePool may run at once, e.g. {key}: 6") from None
 
 
 def check_gpu_capacity(t: Target, env: Environment, config: dict[str, Any] | None = None) -> None:
-    """UsageError when the stack's GPU limit (transcribe:gpuMaxSize, the NodePool's nvidia.com/gpu
-    limit) cannot hold both colors at the autoscaler's maximum: a deploy grows the preview to the
-    active color's size before the switch, so pods past the limit stay Pending and it times out."""
+    """UsageError when the stack's GPU pool cannot run the worker: a pod asks for more GPUs
+    (nvidia.com/gpu limit) than any of transcribe:gpuInstanceTypes has (GPUS_PER_INSTANCE_TYPE of
+    the program's defaults.py, from AWS's instance type docs), or the NodePool's GPU limit
+    (transcribe:gpuMaxSize, the program's default when unset) cannot hold both colors at the
+    autoscaler's maximum: a deploy grows the preview to the active color's size before the switch,
+    so pods past the limit stay Pending and it times out."""
     config = stack_config(t) if config is None else config
-    limit = config.get(f"{PROJECT_NS}:gpuMaxSize")
+    defaults = program_defaults(t.program_dir)
+    limit = _gpu_max_size(t, config, defaults)
     pods, per_pod = gpu_demand(env)
-    need = 2 * pods * per_pod
-    if limit is None or not need or int(limit) >= need:
+    if not per_pod:
         return
-    fits = int(int(limit) // (2 * per_pod))
+    table = getattr(defaults, "GPUS_PER_INSTANCE_TYPE", None)
+    types = config.get(f"{PROJECT_NS}:gpuInstanceTypes") or list(getattr(defaults, "GPU_INSTANCE_TYPES", []))
+    if table is not None and types and all(str(x) in table for x in types):
+        biggest = max(table[str(x)] for x in types)
+        if per_pod > biggest:
+            raise UsageError(f"environments.{env.name}.worker.resources.limits.nvidia.com/gpu is {per_pod:g} GPUs per "
+                             f"pod, but the largest of {PROJECT_NS}:gpuInstanceTypes in {t.stack_file.name} "
+                             f"({', '.join(map(str, types))}) has {biggest}; lower the limit or add an instance "
+                             "type with more GPUs")
+    need = 2 * pods * per_pod
+    if limit is None or limit >= need:
+        return
+    fits = int(limit // (2 * per_pod))
     lower = f" or lower worker.autoscaling.max_replicas to {fits}" if fits >= 1 else ""
-    raise UsageError(f"{t.stack_file.name} sets {PROJECT_NS}:gpuMaxSize={limit}, but environments.{env.name} needs "
+    shown = f"{limit}" if config.get(f"{PROJECT_NS}:gpuMaxSize") else f"{limit} (the program's default: unset)"
+    raise UsageError(f"{t.stack_file.name} sets {PROJECT_NS}:gpuMaxSize={shown}, but environments.{env.name} needs "
                      f"{need:g} GPUs during a deploy (both colors at max_replicas {pods} x {per_pod:g} GPU per pod); "
                      f"raise gpuMaxSize to {need:g}{lower}")
 
@@ -124,8 +172,6 @@ def check_gpu_capacity(t: Target, env: Environment, config: dict[str, Any] | Non
 def check_gpu_capacity_of(project: Project, env: Environment) -> None:
     """check_gpu_capacity against the environment's stack file when the ops root has one (render
     and deploy run without a Pulumi program too: then there is nothing to compare)."""
-    if not env.worker.gpu:
-        return
     try:
         t = target(project, env)
     except UsageError:

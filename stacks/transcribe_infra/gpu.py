@@ -29,6 +29,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from transcribe_infra.defaults import GPUS_PER_INSTANCE_TYPE
 from transcribe_infra.workloads import trust_policy
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -79,6 +80,10 @@ class GpuCapacityArgs:
             raise ValueError("transcribe:gpuMaxSize must be at least 1: the worker needs a GPU")
         if not self.instance_types:
             raise ValueError("transcribe:gpuInstanceTypes must name at least one GPU instance type")
+        unknown = [t for t in self.instance_types if t not in GPUS_PER_INSTANCE_TYPE]
+        if unknown:
+            raise ValueError(f"transcribe:gpuInstanceTypes: {', '.join(unknown)} not in GPUS_PER_INSTANCE_TYPE "
+                             "(transcribe_infra/defaults.py); add their GPU count there from AWS's instance type docs")
 
     @property
     def capacity_types(self) -> list[str]:

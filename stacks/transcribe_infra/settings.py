@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pulumi
 
+from transcribe_infra.defaults import GPU_INSTANCE_TYPES, GPU_MAX_SIZE
+
 PROJECT = "transcribe"
 # Tags every taggable resource carries; the policy checks look for exactly these keys.
 REQUIRED_TAGS = ("project", "environment", "managed-by")
@@ -103,9 +105,9 @@ class StackSettings:
             backups_bucket=cfg.require("backupsBucket"),
             cluster_name=cfg.require("clusterName"),
             namespace=cfg.get("namespace") or "transcribe",
-            gpu_instance_types=cfg.get_object("gpuInstanceTypes") or ["g5.xlarge", "g6.xlarge"],
+            gpu_instance_types=cfg.get_object("gpuInstanceTypes") or list(GPU_INSTANCE_TYPES),
             gpu_capacity_type=cfg.get("gpuCapacityType") or ("ON_DEMAND" if production else "SPOT"),
-            gpu_max_size=cfg.get_int("gpuMaxSize") or 2,
+            gpu_max_size=cfg.get_int("gpuMaxSize") or GPU_MAX_SIZE,
             kubernetes_version=cfg.get("kubernetesVersion") or "1.33",
             api_allowed_cidrs=cfg.get_object("apiAllowedCidrs") or [],
             api_key_hashes=cfg.get_object("apiKeyHashes") or [],

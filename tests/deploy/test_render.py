@@ -276,6 +276,18 @@ def _project(tmp_path, monkeypatch, env: str) -> None:
     ("{platform: kubernetes, worker: {resources: {limits: {cpu: '-1'}}}}", "worker.resources"),
     ("{platform: kubernetes, worker: {resources: {limits: {CPU: '2'}}}}", "worker.resources"),  # not a resource name
     ("{platform: kubernetes, worker: {resources: {limits: {gpu: 1}}}}", "worker.resources"),  # unprefixed extended
+    # BREAKER23b #4: Decimal (behind parse_quantity) takes these; the API server's grammar does not
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: '1_000'}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: Infinity}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: inf}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: '-Infinity'}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: NaN}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: \u0663Gi}}}}", "worker.resources"),  # Arabic-Indic 3
+    ("{platform: kubernetes, worker: {resources: {limits: {cpu: \uff12}}}}", "worker.resources"),  # fullwidth 2
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: '8Gi\\n'}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: 1e}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: 1.5.5Gi}}}}", "worker.resources"),
+    ("{platform: kubernetes, worker: {resources: {limits: {memory: 8gi}}}}", "worker.resources"),
 ])
 def test_settings_the_api_server_refuses_are_refused_at_config_load(runner, tmp_path, monkeypatch, env, key):
     _project(tmp_path, monkeypatch, env)
@@ -289,8 +301,11 @@ def test_settings_the_api_server_refuses_are_refused_at_config_load(runner, tmp_
 @pytest.mark.parametrize("env", [
     "{platform: kubernetes, kubernetes: {namespace: transcribe-eu-1}}",
     "{platform: kubernetes, kubernetes: {namespace: " + "n" * 63 + "}}",
-    "{platform: kubernetes, worker: {resources: {limits: {cpu: 2000m, memory: 8Gi, nvidia.com/gpu: 1}, "
+    "{platform: kubernetes, worker: {gpu: true, resources: {limits: {cpu: 2000m, memory: 8Gi, nvidia.com/gpu: 1}, "
     "requests: {cpu: '1.5', memory: 1e9, ephemeral-storage: 10G}}}}",
+    "{platform: kubernetes, worker: {resources: {limits: {cpu: '+2', memory: 1E}, requests: {cpu: '.5', memory: 4.Gi}}}}",
+    "{platform: kubernetes, worker: {resources: {limits: {memory: 4Gi, hugepages-2Mi: 100Mi}, "
+    "requests: {hugepages-2Mi: 100Mi}}}}",
 ])
 def test_settings_the_api_server_takes_still_render(runner, tmp_path, monkeypatch, env):
     _project(tmp_path, monkeypatch, env)
@@ -340,6 +355,25 @@ def test_dry_run_shows_the_deployment_at_the_size_bring_up_applies(repo_root):
             if active:
                 assert f"at {applied} replica(s)" in step, step
                 assert any(s.startswith(f"scale {target} to the active color's size") for s in doc["steps"]), strategy
+
+
+@pytest.mark.parametrize("worker, message", [
+    ("{resources: {requests: {hugepages-2Mi: 100Mi}}}", "requests.hugepages-2Mi has no limits.hugepages-2Mi"),
+    ("{resources: {requests: {hugepages-1Gi: 1Gi}, limits: {hugepages-2Mi: 2Mi}}}", "requests.hugepages-1Gi has no"),
+    ("{resources: {requests: {example.com/fpga: 1}}}", "requests.example.com/fpga has no limits.example.com/fpga"),
+    ("{resources: {requests: {nvidia.com/gpu: 1}}}", "requests.nvidia.com/gpu has no limits.nvidia.com/gpu"),
+    ("{resources: {limits: {nvidia.com/gpu: 1}}}", "nvidia.com/gpu: 1 but gpu is false"),  # no toleration
+])
+def test_a_request_of_a_non_overcommitable_resource_without_its_limit_is_refused_at_load(runner, tmp_path, monkeypatch,
+                                                                                         worker, message):
+    """BREAKER23b #5, #8: the API server refuses a hugepages-* or extended-resource request without
+    a limit ("Limit must be set for non overcommitable resources"); a GPU on a worker without
+    `gpu` would never be scheduled on the tainted GPU nodes."""
+    _project(tmp_path, monkeypatch, "{platform: kubernetes, worker: %s}" % worker)
+    result = runner.invoke(app, ["render", "--env", "e"])
+    assert result.exit_code == 2, result.stdout[:300]
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and "environments.e.worker" in line and message in line, line
 
 
 @pytest.mark.parametrize("resources, message", [

@@ -93,3 +93,110 @@ def test_a_gpu_pool_that_fits_passes(runner, tmp_path, monkeypatch, worker, gpus
     env = project.env("lab")
     tg.check_consistency(tg.target(project, env), env)
     assert runner.invoke(app, ["render", "--env", "lab"]).exit_code == 0
+
+
+def _shipped(tmp_path, monkeypatch, worker: str, stack_edit=None) -> None:
+    """An ops root with this repository's Pulumi program and staging stack (g5.xlarge, g6.xlarge,
+    gpuMaxSize 6), `stack_edit` applied to the stack file."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    shutil.copytree(REPO / "stacks", tmp_path / "stacks", ignore=shutil.ignore_patterns("__pycache__"),
+                    dirs_exist_ok=True)
+    stack = tmp_path / "stacks" / "Pulumi.staging.yaml"
+    stack.write_text((stack_edit or str)((REPO / "stacks" / "Pulumi.staging.yaml").read_text()))
+    (tmp_path / "opsctl.yaml").write_text(
+        f"version: 1\nenvironments:\n  staging:\n    platform: kubernetes\n    worker: {worker}\n")
+
+
+def _refused(runner, message: str) -> None:
+    result = runner.invoke(app, ["render", "--env", "staging"])
+    assert result.exit_code == 2, result.output[-300:]
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def _without_key(key: str):
+    return lambda text: "\n".join(line for line in text.splitlines() if key not in line) + "\n"
+
+
+@pytest.mark.parametrize("worker, need", [
+    ("{gpu: true, replicas: 2, autoscaling: {max_replicas: 6}}", 12),
+    ("{gpu: true, replicas: 2, autoscaling: {enabled: false}}", 4),
+])
+def test_a_stack_without_gpumaxsize_is_checked_at_the_programs_default(runner, tmp_path, monkeypatch, worker, need):
+    """BREAKER23b #6: the program's NodePool holds defaults.GPU_MAX_SIZE GPUs when the key is unset."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_defaults", REPO / "stacks" / "transcribe_infra" / "defaults.py")
+    defaults = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(defaults)
+    _shipped(tmp_path, monkeypatch, worker, _without_key("gpuMaxSize"))
+    _refused(runner, f"gpuMaxSize={defaults.GPU_MAX_SIZE} (the program's default: unset)")
+    assert f"needs {need} GPUs" in runner.invoke(app, ["render", "--env", "staging"]).stderr
+    _shipped(tmp_path, monkeypatch, "{gpu: true, replicas: 1, autoscaling: {max_replicas: 1}}",
+             _without_key("gpuMaxSize"))
+    assert runner.invoke(app, ["render", "--env", "staging"]).exit_code == 0  # 2 x 1 fits the default 2
+
+
+@pytest.mark.parametrize("gpus, stack_edit", [
+    (2, None),  # g5.xlarge, g6.xlarge: 1 GPU each
+    (2, _without_key("gpuInstanceTypes")),  # the program's default types
+    (5, lambda text: text.replace("[g5.xlarge, g6.xlarge]", "[g5.xlarge, g5.12xlarge]")),  # 4 at most
+])
+def test_a_pod_asking_more_gpus_than_any_listed_instance_has_is_refused(runner, tmp_path, monkeypatch, gpus, stack_edit):
+    """BREAKER23b #7: no node Karpenter may launch holds the pod: Pending for ever, whatever gpuMaxSize."""
+    _shipped(tmp_path, monkeypatch, "{gpu: true, replicas: 1, autoscaling: {max_replicas: 1}, "
+                                    f"resources: {{limits: {{nvidia.com/gpu: {gpus}}}}}}}", stack_edit)
+    _refused(runner, f"is {gpus} GPUs per pod, but the largest of transcribe:gpuInstanceTypes")
+
+
+def test_a_pod_that_fits_a_larger_listed_instance_passes(runner, tmp_path, monkeypatch):
+    _shipped(tmp_path, monkeypatch, "{gpu: true, replicas: 1, autoscaling: {max_replicas: 1}, "
+                                    "resources: {limits: {nvidia.com/gpu: 4}}}",
+             lambda text: text.replace("[g5.xlarge, g6.xlarge]", "[g5.xlarge, g5.12xlarge]").replace(
+                 "gpuMaxSize: 6", "gpuMaxSize: 8"))
+    assert runner.invoke(app, ["render", "--env", "staging"]).exit_code == 0
+
+
+def test_every_instance_type_the_shipped_stacks_allow_has_a_gpu_count():
+    """The program refuses a type the table lacks (gpu.py), so opsctl can always judge a pod."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_defaults", REPO / "stacks" / "transcribe_infra" / "defaults.py")
+    defaults = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(defaults)
+    for name in ("staging", "production"):
+        types = yaml.safe_load((REPO / "stacks" / f"Pulumi.{name}.yaml").read_text())["config"].get(
+            "transcribe:gpuInstanceTypes", defaults.GPU_INSTANCE_TYPES)
+        assert all(defaults.GPUS_PER_INSTANCE_TYPE.get(t, 0) >= 1 for t in types), (name, types)
+
+
+@pytest.mark.parametrize("worker", [
+    "{gpu: false, replicas: 4, resources: {limits: {nvidia.com/gpu: 1}}}",
+    "{gpu: false, replicas: 1, resources: {requests: {nvidia.com/gpu: 1}, limits: {nvidia.com/gpu: 1}}}",
+])
+def test_a_gpu_limit_on_a_worker_without_gpu_is_refused(runner, tmp_path, monkeypatch, worker):
+    """BREAKER23b #8: the pods would ask for GPUs with no toleration of the GPU nodes' taint."""
+    _shipped(tmp_path, monkeypatch, worker)
+    _refused(runner, "but gpu is false")
+
+
+def test_gpu_demand_counts_the_limit_whatever_worker_gpu_says():
+    from opsctl.config import Environment
+
+    env = Environment.model_validate({"name": "x", "platform": "kubernetes", "worker": {"gpu": True, "replicas": 2,
+                                      "autoscaling": {"enabled": False}, "resources": {"limits": {"nvidia.com/gpu": 2}}}})
+    assert tg.gpu_demand(env) == (2, 2.0)
+    # gpu false with a GPU limit is refused at load; were it let through, the GPUs still count
+    env = env.model_copy(update={"worker": env.worker.model_copy(update={"gpu": False})})
+    assert tg.gpu_demand(env) == (2, 2.0)
+    env = env.model_copy(update={"worker": env.worker.model_copy(update={"resources": {}})})
+    assert tg.gpu_demand(env) == (0, 0.0)  # no GPU asked: nothing to hold
+
+
+@pytest.mark.parametrize("value", ['"six"', "2.5", "-1", "true", "[6]"])
+def test_a_gpumaxsize_that_is_not_a_whole_number_is_one_line_exit_2(runner, tmp_path, monkeypatch, value):
+    """BREAKER23b #9: int('six') was a ValueError traceback, exit 1."""
+    _shipped(tmp_path, monkeypatch, "{gpu: true}", lambda text: text.replace("gpuMaxSize: 6", f"gpuMaxSize: {value}"))
+    _refused(runner, "not a whole number of GPUs")

@@ -152,3 +152,6 @@ def test_no_gpu_or_no_instance_type_is_refused():
         GpuCapacityArgs(instance_types=["g5.xlarge"], max_gpus=0, **common)
     with pytest.raises(ValueError, match="gpuInstanceTypes must name at least one"):
         GpuCapacityArgs(instance_types=[], max_gpus=1, **common)
+    # BREAKER23b #7: opsctl judges GPUs per pod from GPUS_PER_INSTANCE_TYPE, so a type it lacks is refused
+    with pytest.raises(ValueError, match="gpuInstanceTypes: x9.huge not in GPUS_PER_INSTANCE_TYPE"):
+        GpuCapacityArgs(instance_types=["g5.xlarge", "x9.huge"], max_gpus=1, **common)
