@@ -158,12 +158,16 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
         proc, url = start_worker(env, tmp_path / "w2.log")
         wait_until(url, proc, tmp_path / "w2.log", ready=False)
         deadline = time.monotonic() + 60
-        while not re.search(r"^worker_uploads_assembled_deleted_total 1\.0$",
-                            httpx.get(f"{url}/metrics").text, re.M):
+        while (status := httpx.get(f"{url}/v1/uploads/{up['id']}").json()["status"]) == "pending":
             assert time.monotonic() < deadline
             time.sleep(0.5)
-        assert httpx.get(f"{url}/v1/uploads/{up['id']}").json()["status"] == "expired"
-        assert _objects(client, bucket, up["id"]) == [] and _mpu(client, bucket, up["id"]) == []
+        assert status == "expired"
+        deadline = time.monotonic() + 30  # the keeper marks it expired, then cleans S3
+        while keys := _objects(client, bucket, up["id"]):
+            assert time.monotonic() < deadline, f"an expired upload left {keys} in the bucket"
+            time.sleep(0.5)
+        assert _mpu(client, bucket, up["id"]) == []
+        assert re.search(r"^worker_uploads_assembled_deleted_total 1\.0$", httpx.get(f"{url}/metrics").text, re.M)
         assert re.search(r"^worker_uploads_expired_total 1\.0$", httpx.get(f"{url}/metrics").text, re.M)
     finally:
         stop_worker(proc)
