@@ -21,10 +21,14 @@ from opsctl.health.model import SweepResult
 
 
 def validate_cron(cron: str) -> str:
-    """`cron` unchanged when croniter accepts it; UsageError saying what a cron expression looks like."""
-    from croniter import croniter
+    """`cron` unchanged when croniter accepts it and it fires; UsageError saying what a cron
+    expression looks like, or that it never fires (e.g. '0 0 31 2 *')."""
+    from opsctl.health.settings import cron_problem
 
-    if not croniter.is_valid(cron):
+    problem = cron_problem(cron)
+    if problem and "never fires" in problem:
+        raise UsageError(f"--cron {problem}")
+    if problem:
         raise UsageError(f"--cron {cron!r} is not a cron expression; use five fields, e.g. '*/5 * * * *'")
     return cron
 

@@ -12,6 +12,22 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+
+def cron_problem(cron: str) -> str | None:
+    """Why `cron` cannot drive a heartbeat or the scheduled monitor, in one line, or None:
+    not a cron expression croniter reads, or one that never fires (a date no month has, such as
+    '0 0 31 2 *': croniter raises CroniterBadDateError at the first next/previous time)."""
+    from croniter import CroniterBadDateError, croniter
+
+    if not croniter.is_valid(cron):
+        return f"{cron!r} is not a cron expression like '0 2 * * *'"
+    try:
+        croniter(cron).get_next(float)
+        croniter(cron).get_prev(float)
+    except CroniterBadDateError:
+        return f"{cron!r} never fires (no month has that day); pick a date that comes, e.g. '0 2 28 2 *'"
+    return None
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,10 +70,9 @@ class Heartbeat(_Model):
     @field_validator("cron")
     @classmethod
     def _cron(cls, cron: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(cron):
-            raise ValueError(f"{cron!r} is not a cron expression like '0 2 * * *'")
+        problem = cron_problem(cron)
+        if problem:
+            raise ValueError(problem)
         return cron
 
 
@@ -131,6 +146,14 @@ class HealthSettings(_Model):
                                 "condition, and at most this many bytes; a larger body fails the check")
     interval: float = Field(30.0, gt=0, description="continuous mode: seconds between sweeps")
     cron: str | None = Field(None, description="scheduled mode's default schedule")
+
+    @field_validator("cron")
+    @classmethod
+    def _default_cron(cls, cron: str | None) -> str | None:
+        problem = cron_problem(cron) if cron is not None else None
+        if problem:
+            raise ValueError(problem)
+        return cron
     history: str = Field(".opsctl/health/history.jsonl", description="scheduled mode's JSONL, from the ops root")
     skip: list[str] = Field(default_factory=list, description="built-in checks to leave out (names or kinds)")
     http: list[HttpCheck] = Field(default_factory=list)

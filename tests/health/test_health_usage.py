@@ -36,6 +36,8 @@ def one_line_error(result, *words: str) -> None:
     (["--mode", "continuous", "--interval", "0"], ["--interval", "positive"]),
     (["--mode", "scheduled"], ["--cron"]),
     (["--mode", "scheduled", "--cron", "every night"], ["cron expression"]),
+    (["--mode", "scheduled", "--cron", "0 0 31 2 *"], ["never fires"]),  # issue 23 (B23b): no such date
+    (["--mode", "scheduled", "--cron", "0 2 31 4,6,9,11 *"], ["never fires"]),
     (["--interval", "5"], ["--interval", "continuous"]),
     (["--mode", "continuous", "--iterations", "0"], ["--iterations"]),
     (["--check", "nosuch"], ["'nosuch'", "matches no check", "'router'"]),
@@ -51,6 +53,8 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, runner, args, words):
     ({"http": [{"name": "x", "url": "http://127.0.0.1:1/", "conditions": ["STATUS == 200"]}]}, ["conditions", "[STATUS]"]),
     ({"sinks": [{"type": "pagerduty"}]}, ["routing_key_env"]),
     ({"heartbeats": [{"name": "n", "cron": "nightly"}]}, ["cron"]),
+    ({"heartbeats": [{"name": "n", "cron": "0 0 30 2 *"}]}, ["cron", "never fires"]),  # issue 23 (B23b)
+    ({"cron": "0 0 31 2 *"}, ["cron", "never fires"]),
     ({"alerts": {"failure_threshold": 0}}, ["failure_threshold"]),
     ({"timout": 3}, ["timout", "unknown key"]),
 ])
