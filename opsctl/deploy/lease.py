@@ -6,6 +6,15 @@ waiting 15 minutes for GPU nodes keeps it, while a deploy killed with -9 (or a C
 that vanished) loses it within one duration and the next deploy takes it over: a crash
 never needs a person to delete a lock.
 
+Expiry is judged as client-go's leader election judges it (tools/leaderelection: observedRecord
+/ observedTime), never by comparing the holder's written renewTime with this machine's clock
+(a holder whose clock runs slow would look expired while it renews on time): a deploy that finds
+the Lease held watches it and takes it over only after it saw no change to the holder's record
+for the lease's whole duration, measured on its own monotonic clock. A renewal seen meanwhile
+means the holder lives: refused. A Lease live by this machine's clock is refused at once (that
+way skew can only delay a take-over, never allow one); a released Lease (holder empty) is taken
+at once.
+
 Taking over is a compare-and-swap: a JSON patch whose `test` operations require the holder
 and renewTime just read, so of two deploys racing for an expired lease only one wins (the
 API server applies a JSON patch atomically). Creating the Lease is atomic too (409 for the
@@ -20,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -100,10 +110,30 @@ class Lease:
         return OperationFailed(f"another deploy is running on env '{self.env_name}': lease {self.ns}/{NAME} "
                                f"is held by {holder}; wait for it or check 'opsctl status'")
 
+    def _observe(self, old: dict) -> None:
+        """Watch another holder's record (holder, renewTime) for the lease's duration on the
+        local monotonic clock; return when it stayed unchanged that long (the holder is gone),
+        raise the refusal at the first change (the holder renews: alive). The record's own
+        renewTime is compared with nothing but itself: clock skew cannot expire a live lease."""
+        record = (old.get("holderIdentity"), old.get("renewTime"))
+        duration = float(old.get("leaseDurationSeconds") or self.seconds)
+        began = time.monotonic()
+        log.info("the deploy lease is held by %s; taking it over if it is not renewed within %.0fs",
+                 record[0], duration)
+        while True:
+            left = duration - (time.monotonic() - began)
+            if left <= 0:
+                return
+            time.sleep(min(left, max(0.2, duration / 10)))
+            seen = ((self._read() or {}).get("spec") or {})
+            if (seen.get("holderIdentity"), seen.get("renewTime")) != record:
+                raise self._refused(seen.get("holderIdentity") or "another deploy that just took it")
+
     def acquire(self) -> None:
-        """Take the Lease: create it, or take it over when free or expired, by a JSON-patch
-        compare-and-swap on what was read. Raises OperationFailed naming the holder when
-        another deploy holds it (or won the race)."""
+        """Take the Lease: create it, or take it over when released, or once its holder's
+        record stayed unchanged for the lease's duration as observed here (_observe), by a
+        JSON-patch compare-and-swap on what was read. Raises OperationFailed naming the holder
+        when another deploy holds it (renews it meanwhile, or won the race)."""
         now = dt.datetime.now(dt.timezone.utc)
         spec = {"holderIdentity": self.me, "leaseDurationSeconds": self.seconds,
                 "acquireTime": micro_time(now), "renewTime": micro_time(now)}
@@ -120,6 +150,10 @@ class Lease:
         other = held_by_other(old, self.me, now)
         if other:
             raise self._refused(other)
+        if old.get("holderIdentity") and old.get("holderIdentity") != self.me:  # expired only by our clock
+            self._observe(old)
+            now = dt.datetime.now(dt.timezone.utc)
+            spec.update(acquireTime=micro_time(now), renewTime=micro_time(now))
         # compare-and-swap on what was just read: whoever changed it first wins
         ops = [{"op": "test", "path": f"/spec/{key}", "value": old[key]}
                for key in ("holderIdentity", "renewTime") if key in old]

@@ -5,7 +5,10 @@
   failed verdict is final, never re-judged (and promoted) by resuming;
 - an instant rollback killed just after its switch keeps the color it left warm for
   deploy.scale_down_delay, as a finished one does: a promoted record's standby is never stopped
-  at once for want of `standby_until`.
+  at once for want of `standby_until`;
+- the Kubernetes deploy Lease expires as client-go's leader election judges it, by a holder's
+  record unchanged for the duration on the reader's monotonic clock, never by comparing the
+  holder's renewTime with the reader's clock (clock skew).
 
 A small in-memory driver stands in for the platform: what is tested is the record logic of
 opsctl.deploy.bluegreen (the drivers' behaviour has its own tests).
@@ -13,12 +16,18 @@ opsctl.deploy.bluegreen (the drivers' behaviour has its own tests).
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import time
 from contextlib import contextmanager
 from unittest import mock
 
+import pytest
+
 from opsctl.config import Environment
 from opsctl.deploy import analysis, bluegreen
+from opsctl.deploy import lease as lease_mod
+from opsctl.errors import OperationFailed
 from opsctl.deploy.model import ColorState, DeployRecord, Outcome, Step, StepStatus
 
 
@@ -123,3 +132,88 @@ def test_a_promoted_record_without_a_deadline_keeps_its_standby_warm():
     driver = Driver([_v1(), v2], active="green")
     assert bluegreen.reap(driver) == []
     assert bluegreen.reap(driver, force=True) == ["blue"]
+
+
+class _Coordination:
+    """read/create/patch (JSON patch with atomic `test`) of one Lease, as the API server does;
+    `on_read` runs before each read (a live holder renewing, say)."""
+
+    def __init__(self):
+        self.obj, self.on_read = None, None
+
+    def read_namespaced_lease(self, name, ns):
+        if self.on_read is not None:
+            self.on_read()
+        return copy.deepcopy(self.obj)
+
+    def create_namespaced_lease(self, ns, body):
+        self.obj = copy.deepcopy(body)
+        return body
+
+    def patch_namespaced_lease(self, name, ns, ops, _content_type=None):
+        new = copy.deepcopy(self.obj)
+        for op in ops:
+            key = op["path"].split("/")[-1]
+            if op["op"] == "test":
+                if new["spec"].get(key) != op["value"]:
+                    return None  # rejected
+            else:
+                new["spec"][key] = op["value"]
+        self.obj = new
+        return new
+
+
+def _call(fn, *a, missing_ok=False, conflict_ok=False, rejected_ok=False, **kw):
+    return fn(*a, **kw)
+
+
+def _skewed(minutes: float):
+    """The lease module's clock shifted by `minutes` (a holder whose NTP is off)."""
+    at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=minutes)
+
+    class Skewed(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return at
+
+    return mock.patch.object(lease_mod.dt, "datetime", Skewed)
+
+
+def test_a_renewing_holder_whose_clock_runs_slow_keeps_its_lease():
+    api = _Coordination()
+    a = lease_mod.Lease(api, "ns", "prod", 2, call=_call)
+    with _skewed(-2):  # its renewTime reads two minutes in the past to everyone else
+        a.acquire()
+
+    def a_renews():  # A's renewal thread, on time, with its slow clock
+        with _skewed(-2):
+            api.obj["spec"]["renewTime"] = lease_mod.micro_time()  # a new value each time
+
+    api.on_read = a_renews
+    b = lease_mod.Lease(api, "ns", "prod", 2, call=_call)
+    with pytest.raises(OperationFailed, match="another deploy is running"):
+        b.acquire()
+    assert api.obj["spec"]["holderIdentity"] == a.me
+
+
+def test_a_lease_nobody_renews_is_taken_after_its_duration_as_observed_here():
+    api = _Coordination()
+    a = lease_mod.Lease(api, "ns", "prod", 1, call=_call)
+    with _skewed(-5):  # killed long ago (or its clock ran slow): expired by our clock
+        a.acquire()
+    reads = []
+    api.on_read = lambda: reads.append(time.monotonic())
+    b = lease_mod.Lease(api, "ns", "prod", 1, call=_call)
+    b.acquire()  # watched one duration without a change on the monotonic clock: the holder is gone
+    assert api.obj["spec"]["holderIdentity"] == b.me
+    assert api.obj["spec"]["leaseTransitions"] == 1
+    assert len(reads) > 2  # it watched, re-reading, before taking over
+
+
+def test_a_lease_live_by_the_readers_clock_is_refused_at_once():
+    api = _Coordination()
+    a = lease_mod.Lease(api, "ns", "prod", 60, call=_call)
+    a.acquire()
+    with pytest.raises(OperationFailed, match="another deploy is running"):
+        lease_mod.Lease(api, "ns", "prod", 60, call=_call).acquire()
+    assert api.obj["spec"]["holderIdentity"] == a.me

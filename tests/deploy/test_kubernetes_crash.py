@@ -56,7 +56,7 @@ async def test_rollback_never_switches_to_a_preview_a_killed_deploy_left(cluster
         proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(proc.wait)
     stale = micro_time(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
-    cluster.server.objects[LEASES, NS, "opsctl-deploy"].patch({"spec": {"renewTime": stale}})
+    cluster.server.objects[LEASES, NS, "opsctl-deploy"].patch({"spec": {"renewTime": stale, "leaseDurationSeconds": 1}})
     cluster.controller.paused = False  # the killed deploy's preview becomes ready later
     await asyncio.sleep(1)
     result = await cluster.opsctl("rollback", "--no-wait")
@@ -90,7 +90,7 @@ async def test_a_deploy_that_lost_its_lease_changes_nothing_when_it_wakes(cluste
             raise AssertionError("A never reached wait ready")
         a.send_signal(signal.SIGSTOP)  # A stalls (suspend); its Lease expires, as time would
         stale = micro_time(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
-        cluster.server.objects[LEASES, NS, "opsctl-deploy"].patch({"spec": {"renewTime": stale}})
+        cluster.server.objects[LEASES, NS, "opsctl-deploy"].patch({"spec": {"renewTime": stale, "leaseDurationSeconds": 1}})
 
         b = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.2.0", "--no-wait")  # B takes over
         assert b.exit_code == 0, b.output

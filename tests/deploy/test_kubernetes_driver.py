@@ -359,7 +359,7 @@ async def test_an_expired_lease_is_taken_over(cluster):
     stale = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)
     cluster.server.objects[LEASES, NS, "opsctl-deploy"] = {
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "opsctl-deploy", "namespace": NS},
-        "spec": {"holderIdentity": "ci@runner-gone/pid-7/abc", "leaseDurationSeconds": 60,
+        "spec": {"holderIdentity": "ci@runner-gone/pid-7/abc", "leaseDurationSeconds": 1,  # watched 1 s, then taken
                  "acquireTime": micro_time(stale), "renewTime": micro_time(stale), "leaseTransitions": 4}}
     result = await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")
     assert result.exit_code == 0, result.output
@@ -496,7 +496,7 @@ async def _kill_after_switch(cluster, version: str) -> None:
     assert cluster.selector_color("transcription-worker") == "green"
     assert cluster.history()[-1]["outcome"] == "in-progress"
     stale = micro_time(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
-    cluster.server.objects[LEASES, NS, "opsctl-deploy"].patch({"spec": {"renewTime": stale}})
+    cluster.server.objects[LEASES, NS, "opsctl-deploy"].patch({"spec": {"renewTime": stale, "leaseDurationSeconds": 1}})
 
 
 async def test_killed_after_switch_then_next_deploy_finishes_it(cluster):
