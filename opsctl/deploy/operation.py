@@ -117,7 +117,7 @@ def deploy(project: Project, env_name: str, image: str, *, strategy: str | None 
                              backup=hook, load_gate=gate, progress=progress)
     with _window(project, env.name, "deploy", release.image) as window:
         record = bluegreen.deploy(driver, env, release, opts)
-        window.outcome = str(record.outcome)
+        window.outcome = record.outcome
         stopped = _wait_scale_down(driver, record, progress) if wait else []
     return DeployResult(record, stopped)
 
@@ -144,7 +144,7 @@ def promote(project: Project, env_name: str, *, progress: Progress | None = None
     env, driver = _driver(project, env_name)
     with _window(project, env.name, "promote", "the preview awaiting promotion") as window:
         record = bluegreen.promote(driver, env, bluegreen.Options(progress=progress or _quiet))
-        window.outcome = str(record.outcome)
+        window.outcome = record.outcome
     return record
 
 
@@ -155,7 +155,7 @@ def abort(project: Project, env_name: str, *, progress: Progress | None = None) 
     env, driver = _driver(project, env_name)
     with _window(project, env.name, "abort", "the unfinished deploy") as window:
         record = bluegreen.abort(driver, env, bluegreen.Options(progress=progress or _quiet))
-        window.outcome = str(record.outcome)
+        window.outcome = record.outcome
     return record
 
 
@@ -170,7 +170,7 @@ def rollback(project: Project, env_name: str, to: str | None = None, *, wait: bo
     env, driver = _driver(project, env_name)
     with _window(project, env.name, "rollback", f"to {to or 'the previous version'}") as window:
         record = rollback_mod.rollback(driver, env, to, bluegreen.Options(progress=progress))
-        window.outcome = str(record.outcome)
+        window.outcome = record.outcome
         stopped = _wait_scale_down(driver, record, progress) if wait else []
     return DeployResult(record, stopped)
 

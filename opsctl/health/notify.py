@@ -43,6 +43,7 @@ warnings and recorded in `window.deliveries` / `window.problems`. Every text sen
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import secrets
 import time
@@ -118,6 +119,45 @@ def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class Verdict(enum.StrEnum):
+    """What an operation's outcome means to the people told: every sink colours or flags an
+    end event by this (Slack green/red/yellow, the webhook's and PagerDuty's `verdict`)."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    NEITHER = "neither"  # no verdict yet (a deploy still in progress), or an outcome not known here
+
+
+#: every outcome word the callers set (opsctl.deploy.model.Outcome values, the PITR, restore and
+#: drill words), by what it means; `verdict()` reads it. "aborted" depends on the operation.
+OUTCOMES: dict[str, Verdict] = {
+    "succeeded": Verdict.SUCCESS,  # default; restore, PITR restore, failover, drill
+    "succeeded (resumed)": Verdict.SUCCESS,  # failover resumed after an interruption
+    "promoted": Verdict.SUCCESS,  # deploy, promote, rollback (a rollback's record is promoted)
+    "awaiting-promotion": Verdict.SUCCESS,  # deploy with auto_promote False: the preview is ready, as asked
+    "failed": Verdict.FAILURE,
+    "rolled-back": Verdict.FAILURE,  # the deploy failed after its switch
+    "interrupted": Verdict.FAILURE,
+    "aborted": Verdict.FAILURE,  # a deploy replaced/aborted; SUCCESS for the "abort" operation itself
+    "in-progress": Verdict.NEITHER,
+}
+
+
+def verdict(operation: str, outcome: object) -> Verdict:
+    """Whether `outcome` (a str or str enum such as opsctl.deploy.model.Outcome) of
+    `operation` ("deploy", "abort", "restore", "drill", ...) is a success, a failure or
+    neither. "targets missed: ..." (drill) and "failed..." are failures; an unknown word is
+    NEITHER (never raised: a notification never fails the operation)."""
+    word = str(getattr(outcome, "value", outcome)).strip().lower()
+    if operation == "abort" and word == "aborted":
+        return Verdict.SUCCESS
+    if word in OUTCOMES:
+        return OUTCOMES[word]
+    if word.startswith(("failed", "targets missed")):
+        return Verdict.FAILURE
+    return Verdict.NEITHER
+
+
 @dataclass
 class OperationEvent:
     """One start or end event of an operation, as the sinks format it. `at`, `started_at`
@@ -129,6 +169,7 @@ class OperationEvent:
     started_at: str
     at: str
     outcome: str = ""
+    verdict: Verdict = Verdict.NEITHER  # of the end event's outcome (`verdict()`); NEITHER on a start event
     error: str = ""
     duration_seconds: float = 0.0
     checks: list[str] = field(default_factory=list)
@@ -150,7 +191,7 @@ class OperationEvent:
                "started_at": self.started_at, "at": self.at, "checks_held": self.checks,
                "held_until": self.held_until}
         if self.event == "end":
-            doc.update(outcome=self.outcome, error=self.error or None,
+            doc.update(outcome=self.outcome, verdict=str(self.verdict), error=self.error or None,
                        duration_seconds=round(self.duration_seconds, 3))
         return doc
 
@@ -163,7 +204,8 @@ class OperationEvent:
 class Window:
     """An operation's notification window, yielded by `operation_window`.
 
-    Set `outcome` (e.g. "succeeded", "rolled back", "aborted") before the block ends; it is
+    Set `outcome` (a word of OUTCOMES, e.g. "succeeded", or an opsctl.deploy.model.Outcome)
+    before the block ends; the sinks judge it with `verdict()`. It is
     "failed" when the block raised, with `error` the exception's redacted text. After exit,
     `deliveries` lists each event's delivery per sink ({sink, event, ok, error}) and
     `problems` the notification problems logged (never raised)."""
@@ -173,7 +215,7 @@ class Window:
     checks: list[str]
     started_at: str
     held_until: str | None = None
-    outcome: str = "succeeded"
+    outcome: str | enum.StrEnum = "succeeded"
     error: str = ""
     silences: list = field(default_factory=list)  # opsctl.health.silences.Silence, opened on enter
     deliveries: list[dict] = field(default_factory=list)
@@ -311,5 +353,5 @@ def operation_window(project, env_name: str, operation: str, subject: str, *,
             ended = dt.datetime.now(dt.timezone.utc)
             outcome = credentials(str(getattr(window.outcome, "value", window.outcome)))  # a str or an enum
             lanes.send(OperationEvent("end", env_name, operation, subject, window.started_at, _iso(ended),
-                                      outcome=outcome, error=window.error, checks=held,
+                                      outcome=outcome, verdict=verdict(operation, outcome), error=window.error, checks=held,
                                       duration_seconds=time.monotonic() - clock, held_until=window.held_until))

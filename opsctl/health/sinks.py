@@ -227,12 +227,13 @@ def _change_url(events_url: str) -> str:
 
 def _slack_event_payload(event) -> dict:
     """Slack incoming-webhook JSON for an operation event: its summary line and one attachment
-    (blue while running, green when it succeeded, red otherwise)."""
-    color = "#439FE0" if event.event == "start" else ("good" if event.outcome == "succeeded" else "danger")
+    (blue while running; at the end by its verdict: green success, red failure, yellow neither)."""
+    colors = {"success": "good", "failure": "danger"}
+    color = "#439FE0" if event.event == "start" else colors.get(str(event.verdict), "warning")
     fields = [{"title": "operation", "value": event.operation, "short": True},
               {"title": "subject", "value": event.subject or "-", "short": True}]
     if event.event == "end":
-        fields += [{"title": "outcome", "value": event.outcome, "short": True},
+        fields += [{"title": "outcome", "value": f"{event.outcome} ({event.verdict})", "short": True},
                    {"title": "took", "value": f"{event.duration_seconds:.0f} s", "short": True}]
     if event.checks:
         fields.append({"title": "checks held", "value": ", ".join(event.checks), "short": False})

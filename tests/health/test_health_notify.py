@@ -218,3 +218,34 @@ def test_a_sink_with_operations_false_gets_alerts_but_no_operation_events(tmp_pa
         target.close(), receiver.close()
     assert window.deliveries == [] and [a["event"] for a in paged.alerts] == ["trigger"]
     assert [b.get("version") for b in receiver.at("/hook")] == ["4"]   # the alert only
+
+
+@pytest.mark.parametrize("operation, outcome, verdict, color", [
+    ("deploy", "promoted", "success", "good"),
+    ("deploy", "awaiting-promotion", "success", "good"),
+    ("deploy", "rolled-back", "failure", "danger"),
+    ("deploy", "failed", "failure", "danger"),
+    ("rollback", "promoted", "success", "good"),
+    ("abort", "aborted", "success", "good"),
+    ("failover", "succeeded (resumed)", "success", "good"),
+    ("drill", "targets missed: RPO 400 s > 300 s", "failure", "danger"),
+])
+def test_every_sink_judges_the_outcome_a_caller_sets(tmp_path, monkeypatch, operation, outcome, verdict, color):
+    """#21 D4: a promoted deploy posted red to Slack (only the word "succeeded" was green).
+    The deploy core sets the record's Outcome enum; every sink carries its verdict."""
+    from opsctl.deploy.model import Outcome
+
+    receiver = Receiver()
+    try:
+        project = _project(tmp_path, sinks=_sinks(receiver, monkeypatch), platform="local")
+        with operation_window(project, "ci", operation, "worker:1.2.3") as window:
+            window.outcome = Outcome(outcome) if operation in ("deploy", "rollback", "abort") else outcome
+    finally:
+        receiver.close()
+    (slack_end,) = [m for m in receiver.at("/slack") if not m["text"].startswith("[STARTED")]
+    assert slack_end["attachments"][0]["color"] == color
+    assert slack_end["text"].startswith(f"[{outcome.upper()}]")
+    (hook_end,) = [e for e in receiver.at("/hook") if e["type"].endswith("finished")]
+    assert hook_end["data"]["outcome"] == outcome and hook_end["data"]["verdict"] == verdict
+    (pd_end,) = [c for c in receiver.at("/pd/v2/change/enqueue") if not c["payload"]["summary"].startswith("[STARTED")]
+    assert pd_end["payload"]["custom_details"]["verdict"] == verdict
