@@ -104,12 +104,13 @@ def promote(ctx: Context) -> dict:
 
 
 @action("rollback")
-def rollback(ctx: Context, to: str | None = None) -> dict:
-    """Switch back to the previous color, or to version `to` (the scale-down is left to the
-    delay or a `scale-down` step). Outputs: the deploy record."""
+def rollback(ctx: Context, to: str | None = None, wait: bool = True) -> dict:
+    """Switch back to the previous color, or to version `to`; `wait` as `opsctl rollback
+    --wait/--no-wait` (wait out the scale-down delay, then stop the other color; false leaves
+    it to the delay or a `scale-down` step). Outputs: the deploy record."""
     from opsctl.deploy import operation
 
-    return _record(operation.rollback(ctx.project, ctx.env.name, to, wait=False).record)
+    return _record(operation.rollback(ctx.project, ctx.env.name, to, wait=wait).record)
 
 
 @action("deploy-status")
@@ -269,10 +270,10 @@ def _out(ctx: Context, value: str | None, arg: str) -> Path | None:
 
 
 @action("health", out_paths=("junit", "history"))
-def health(ctx: Context, checks: list | str | None = None, skip: list | str | None = None,
+def health(ctx: Context, check: list | str | None = None, skip: list | str | None = None,
            fail_on: str = "critical", junit: str | None = None, history: str | None = None) -> dict:
     """One sweep (`opsctl health --mode once`); fails the step at `fail_on` or worse.
-    `checks`/`skip` take names or kinds, as a list or a comma-separated string; `junit` and
+    `check`/`skip` (the command's --check/--skip) take names or kinds, as a list or a comma-separated string; `junit` and
     `history` as the command's --junit and --history (the same core call writes them), paths
     inside the ops root."""
     from opsctl.health import monitor
@@ -285,7 +286,7 @@ def health(ctx: Context, checks: list | str | None = None, skip: list | str | No
     def names(value):
         return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
 
-    result = monitor.run(ctx.project, ctx.env, "once", only=names(checks), skip=names(skip),
+    result = monitor.run(ctx.project, ctx.env, "once", only=names(check), skip=names(skip),
                          junit=_out(ctx, junit, "junit"), history=_out(ctx, history, "history")).last
     bad = [r for r in result.results if r.status in levels[fail_on]]
     if bad:
@@ -294,12 +295,14 @@ def health(ctx: Context, checks: list | str | None = None, skip: list | str | No
 
 
 @action("backup")
-def backup(ctx: Context, type: str = "full", label: str | None = None, compress_level: int | None = None) -> dict:
-    """A backup (`type`: full, db, redis or files) with an optional label. Outputs: id,
-    components, raw_bytes, stored_bytes, ratio, seconds, pruned."""
+def backup(ctx: Context, type: str = "full", label: str | None = None, compress_level: int | None = None,
+           no_encrypt: bool = False) -> dict:
+    """`opsctl backup create` as a step: a backup (`type`: full, db, redis, files, ...) with an
+    optional label; `no_encrypt` stores it unencrypted. Outputs: id, components, raw_bytes,
+    stored_bytes, ratio, seconds, pruned."""
     from opsctl.backup.create import create
 
-    result = to_jsonable(create(ctx.project, ctx.env, type, compress_level, label=label))
+    result = to_jsonable(create(ctx.project, ctx.env, type, compress_level, not no_encrypt, label=label))
     return {k: result[k] for k in ("id", "components", "raw_bytes", "stored_bytes", "ratio", "seconds", "pruned")}
 
 
@@ -319,11 +322,13 @@ def verify(ctx: Context, id: str, restore_test: bool = False) -> dict:
 def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,
           keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> dict:
     """Apply retention (the environment's rules, or the keep_* given); `dry_run` lists without
-    removing. Outputs: removed, kept, dry_run."""
+    removing. Removing asks as `opsctl backup prune` does: the runbook's --yes, or a person
+    at a terminal. Outputs: removed, kept, dry_run."""
+    from opsctl.approval import confirm
     from opsctl.backup import retention
 
     result = retention.prune_environment(ctx.project, ctx.env, keep_last, keep_daily, keep_weekly, keep_monthly,
-                                         dry_run=dry_run)
+                                         dry_run=dry_run, approve=lambda question: confirm(question, ctx.yes))
     return {"removed": result.removed, "kept": result.kept, "dry_run": dry_run}
 
 

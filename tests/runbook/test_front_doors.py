@@ -55,3 +55,66 @@ def test_restore_action_takes_the_options_of_opsctl_restore():
 
     cli = {"id" if n == "backup_id" else n for n in _options(restore)} - {"env", "yes", "as_json"} - PITR_ONLY
     assert set(arguments(ACTIONS["restore"])) == cli
+
+
+def test_promote_action_takes_the_options_of_opsctl_promote():
+    from opsctl.cli.deploy import promote
+
+    assert set(arguments(ACTIONS["promote"])) == _options(promote) - {"env_name", "as_json"}
+
+
+def test_rollback_action_takes_the_options_of_opsctl_rollback():
+    """#21 D3: the action hard-coded wait=False while the command defaults to --wait."""
+    from opsctl.cli.deploy import rollback
+
+    action = arguments(ACTIONS["rollback"])
+    assert set(action) == _options(rollback) - {"env_name", "as_json"}
+    assert inspect.signature(ACTIONS["rollback"]).parameters["wait"].default is True
+
+
+def test_prune_action_takes_the_options_of_backup_prune_and_asks_the_same_way(tmp_path, monkeypatch):
+    """#21 D3: the prune action passed no approval: a runbook without --yes deleted backups."""
+    from opsctl.cli.backup import prune
+    from opsctl.errors import UsageError
+
+    # the command's --yes is the runbook's --yes (Context.yes)
+    assert set(arguments(ACTIONS["prune"])) == _options(prune) - {"env", "yes", "as_json"}
+    asked = []
+
+    def prune_environment(project, env, *rules, dry_run, approve=None):
+        asked.append(approve)
+        if approve is not None:
+            approve("delete 2 backup(s) from s3://bucket")
+        return type("R", (), {"removed": ["a", "b"], "kept": []})()
+
+    monkeypatch.setattr("opsctl.backup.retention.prune_environment", prune_environment)
+    monkeypatch.setenv("CI", "true")
+    ctx = type("Ctx", (), {"project": None, "env": None, "yes": False})()
+    with pytest.raises(UsageError, match="needs approval: no terminal to ask on, pass --yes"):
+        ACTIONS["prune"](ctx)
+    ctx.yes = True
+    assert ACTIONS["prune"](ctx)["removed"] == ["a", "b"]
+    assert all(a is not None for a in asked)
+
+
+# where a name must differ: the command's --check is repeatable, the step's `check` takes a
+# list or a comma string; `fail_on` is the step's verdict (the command reports the worst
+# status as its exit code, 0-3, for the caller to judge); a step is one sweep, so the
+# continuous/scheduled options and --beat belong to the command only
+HEALTH_COMMAND_ONLY = {"mode", "interval", "cron", "iterations", "metrics_port", "beat"}
+HEALTH_STEP_ONLY = {"fail_on"}
+
+
+def test_health_action_takes_the_options_of_opsctl_health():
+    from opsctl.cli.health import health
+
+    cli = _options(health) - {"ctx", "env", "as_json"} - HEALTH_COMMAND_ONLY
+    assert set(arguments(ACTIONS["health"])) - HEALTH_STEP_ONLY == cli
+
+
+def test_backup_action_takes_the_options_of_backup_create():
+    """#21 D3: the action had no no_encrypt."""
+    from opsctl.cli.backup import create
+
+    cli = {"type" if n == "kind" else n for n in _options(create)} - {"env", "as_json"}
+    assert set(arguments(ACTIONS["backup"])) == cli
