@@ -44,3 +44,44 @@ def test_help_at_80_columns_shows_every_option_whole(runner, monkeypatch, path, 
         for opt in [*param.opts, *param.secondary_opts]:
             if opt.startswith("--"):
                 assert opt in result.output, f"{' '.join(path)}: {opt} cut from help"
+
+
+def _whole(output: str, values, headers) -> None:
+    """Every value appears whole on one line, and no header is cut or folded."""
+    lines = output.splitlines()
+    for value in values:
+        assert any(value in line for line in lines), (value, output)
+    assert "…" not in output
+    for header in headers:  # a table header line holding every header whole, or `name:` blocks
+        assert any(line.strip().startswith(f"{header}:") for line in lines) or any(
+            set(headers) <= set(line.split()) for line in lines), (header, output)
+
+
+def test_backup_list_at_80_columns_keeps_ids_statuses_and_sizes_whole(runner, monkeypatch):
+    """#21 D6: at 80 columns without a TTY the label folded to 9 characters a line (ids, statuses once too)."""
+    rows = [{"id": f"20261130T02000{i}Z-full-0123abcd", "status": s, "components": ["postgres", "redis", "files"],
+             "note": "", "raw_bytes": 123456789012, "stored_bytes": 98765432101, "verified": True,
+             "label": "nightly run 20261130T020000Z-3f9a2c"} for i, s in enumerate(("complete", "untrusted"))]
+    doc = {"repository": "s3://opsctl-backups-staging/worker", "initialised": True, "encrypted": True,
+           "key_id": "k-0123456789abcdef", "authenticated": True, "backups": rows, "total": 2, "foreign": []}
+    monkeypatch.setattr("opsctl.cli.backup.environment", lambda env: (None, None))
+    monkeypatch.setattr("opsctl.backup.catalog.listing", lambda project, env, limit, start: doc)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["backup", "list"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    _whole(result.output, [r["id"] for r in rows] + ["complete", "untrusted", "123.5 GB", "98.8 GB", rows[0]["label"]],
+           ["id", "status", "size", "stored"])
+
+
+def test_runbook_history_at_80_columns_keeps_ids_times_and_statuses_whole(runner, monkeypatch):
+    """#21 D6: run ids, start times and statuses were folded at 80 columns."""
+    rows = [{"run_id": f"20261130T0641{i}0Z-nightly-backup-3f9a2c", "runbook": "nightly-backup", "version": 2,
+             "env": "staging-eu-west-1", "started_at": f"2026-11-30T06:41:{i}0+00:00", "status": s}
+            for i, s in enumerate(("succeeded with failures", "failed"))]
+    monkeypatch.setattr("opsctl.cli.runbook.project", lambda: None)
+    monkeypatch.setattr("opsctl.runbook.history.runs", lambda project, env_name, name: rows)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["runbook", "history"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    _whole(result.output, [v for r in rows for v in (r["run_id"], r["started_at"], r["status"])],
+           ["run", "runbook", "env", "started", "status"])

@@ -69,29 +69,21 @@ def list_(
              if doc["encrypted"] else "NOT encrypted: manifests are checksummed, not authenticated")
 
     def render(c):
-        from rich.table import Table
-
-        from rich import box
+        from opsctl.cli.tables import print_whole
 
         # 80 columns without a TTY: ids (their UTC creation time), statuses and sizes never
-        # cut; components, notes and labels wrap (the creation time is in --json)
-        t = Table(title=f"{doc['repository']} ({state})", box=box.SIMPLE_HEAD, pad_edge=False)
-        for name in ("id", "status"):
-            t.add_column(name, no_wrap=True)
-        t.add_column("holds", overflow="fold")
-        for name in ("size", "stored"):
-            t.add_column(name, no_wrap=True, justify="right")
-        t.add_column("ok", no_wrap=True)
-        t.add_column("label", overflow="fold")
-        for r in rows:
-            style = {"complete": "green", "running": "cyan"}.get(r["status"], "red")
-            t.add_row(r["id"], f"[{style}]{r['status']}[/{style}]",
-                      r["note"] if r["status"] in ("untrusted", "damaged") else ", ".join(r["components"]) or r["note"],
-                      _size(r["raw_bytes"]) if r["raw_bytes"] is not None else "-",
-                      _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
-                      "yes" if r["verified"] else "", r["label"] or "")
-        c.print(t if rows else f"no backups in {doc['repository']} ({state})" if not doc["total"] else
-                f"{doc['total']} backups in {doc['repository']} ({state}); --limit {limit} shows none")
+        # cut; what they hold wraps; too narrow, each backup becomes a `name: value` block
+        cells = [[r["id"], r["status"],
+                  r["note"] if r["status"] in ("untrusted", "damaged") else ", ".join(r["components"]) or r["note"],
+                  _size(r["raw_bytes"]) if r["raw_bytes"] is not None else "-",
+                  _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
+                  "yes" if r["verified"] else "", r["label"] or ""] for r in rows]
+        if rows:
+            print_whole(c, ["id", "status", "holds", "size", "stored", "ok", "label"], cells, wrap="holds",
+                        title=f"{doc['repository']} ({state})", min_wrap=12)
+        else:
+            c.print(f"no backups in {doc['repository']} ({state})" if not doc["total"] else
+                    f"{doc['total']} backups in {doc['repository']} ({state}); --limit {limit} shows none")
         if rows and doc["total"] > len(rows):
             c.print(f"the newest {len(rows)} of {doc['total']} shown")
         if doc["foreign"]:

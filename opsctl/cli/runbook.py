@@ -129,17 +129,13 @@ def history(
     rows = past.runs(project(), env_name, name)
 
     def render(console):
-        from rich.table import Table
+        from opsctl.cli.tables import print_whole
 
-        t = Table()
-        t.add_column("run", no_wrap=True)  # ids and statuses are copied and read whole: never cut
-        t.add_column("runbook", overflow="fold")
-        t.add_column("env", overflow="fold")
-        t.add_column("started", overflow="fold")
-        t.add_column("status", no_wrap=True)
-        for r in rows:
-            t.add_row(r["run_id"], f"{r['runbook']}@{r['version']}", r["env"], r["started_at"], r["status"])
-        console.print(t)
+        # ids, times and statuses are copied and read whole: never cut (`name: value` blocks
+        # when the columns do not fit)
+        print_whole(console, ["run", "runbook", "env", "started", "status"],
+                    [[r["run_id"], f"{r['runbook']}@{r['version']}", r["env"], r["started_at"], r["status"]]
+                     for r in rows])
 
     emit(rows, as_json, render)
 
