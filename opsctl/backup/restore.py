@@ -98,6 +98,35 @@ def _window(project: Project, env: Environment, subject: str):
     return operation_window(project, env.name, "restore", subject)
 
 
+def restore_any(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
+                latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
+                target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
+                allow_damaged: bool = False, jobs: int = 1, to_time: str | None = None,
+                to_lsn: str | None = None, beside: bool = False, approve: Approve | None = None,
+                report: Reporter = quiet, notice: Callable[[str], None] | None = None):
+    """The one restore entry point behind `opsctl restore` and the runbook `restore` step: with
+    `to_time` / `to_lsn` / `beside` a point-in-time recovery (base backups + WAL,
+    opsctl.pitr.restore.restore; returns its PitrResult, or an rds.RdsRestoreResult on
+    kubernetes), else a backup restore (`restore` above; returns a RestoreResult).
+    `approve(question)` as for `restore`: called before anything live is overwritten, None
+    refuses. Raises UsageError when the two kinds' options are mixed, and as each kind does."""
+    if to_time is None and to_lsn is None and not beside:
+        return restore(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner,
+                       role, allow_damaged, jobs, approve=approve, report=report, notice=notice)
+    if backup_id or date or latest or components or target_db:
+        raise UsageError("--to-time/--to-lsn/--beside restore from base backups and WAL; they don't combine "
+                         "with --id, --date, --latest, --components or --target-db")
+    from opsctl.pitr import restore as pitr
+
+    def approve_plan(p) -> None:
+        question = f"restore {env.name} to {p.target} over {'; '.join(p.overwrites)}"
+        if approve is None:
+            raise UsageError(f"{question} needs approval; nothing was changed")
+        approve(question)
+
+    return pitr.restore(project, env, to_time, to_lsn, beside, target_instance, approve_plan, report)
+
+
 def restore(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
             latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
             target_instance: str | None = None, no_owner: bool = False, role: str | None = None,

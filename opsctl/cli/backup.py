@@ -161,26 +161,20 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a backup: checked first, into a new database swapped in only when it matches."""
-    if to_time is not None or to_lsn is not None or beside:
-        from opsctl.cli.pitr import restore_to
-
-        if backup_id or date or latest or components or target_db:
-            from opsctl.errors import UsageError
-
-            raise UsageError("--to-time/--to-lsn/--beside restore from base backups and WAL; they don't combine "
-                             "with --id, --date, --latest, --components or --target-db")
-
-        return restore_to(env, to_time, to_lsn, beside, yes, confirm_env, as_json, target_instance)
     from opsctl.backup import restore as core
     from opsctl.output import emit, stderr
 
     project, environment_ = environment(env)
     wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
-    with progress() as bars:
-        r = core.restore(project, environment_, backup_id, date, latest, wanted, target_db, target_instance,
-                         no_owner, role, allow_damaged, jobs,
-                         approve=core.terminal_approval(environment_, yes, confirm_env, bars.paused),
-                         report=bars.report, notice=lambda text: stderr.print(text, markup=False))
+    with progress() as bars:  # SIGTERM (a CI cancel) cleans up as Ctrl-C does
+        r = core.restore_any(project, environment_, backup_id, date, latest, wanted, target_db, target_instance,
+                             no_owner, role, allow_damaged, jobs, to_time, to_lsn, beside,
+                             approve=core.terminal_approval(environment_, yes, confirm_env, bars.paused),
+                             report=bars.report, notice=lambda text: stderr.print(text, markup=False))
+    if not isinstance(r, core.RestoreResult):  # a point-in-time recovery
+        from opsctl.cli.pitr import render_restore_to
+
+        return render_restore_to(r, environment_, as_json)
     emit(r, as_json, lambda c: c.print(
         f"restored backup [bold]{r.backup_id}[/bold] ({', '.join(r.components)}) in {r.seconds:.1f} s"
         + (f"; database {r.database}: {r.tables} tables, {r.rows} rows" if r.database else "")

@@ -94,47 +94,10 @@ def render_windows(c, doc: dict | None) -> None:
                 f"(base backup {w['base']}; ends at {w['ends_at']})", soft_wrap=True)
 
 
-def _paused(bars):
-    """A context manager factory stopping `bars` while a question is asked."""
-    from contextlib import contextmanager
+def render_restore_to(r, environment_, as_json: bool) -> None:
+    """Render the result of `opsctl restore --to-time/--to-lsn` (opsctl.backup.restore.restore_any)."""
+    from opsctl.output import emit
 
-    @contextmanager
-    def paused():
-        bars.stop()
-        try:
-            yield
-        finally:
-            bars.start()
-
-    return paused
-
-
-def restore_to(env: str, to_time: str | None, to_lsn: str | None, beside: bool, yes: bool,
-               confirm_env: str | None, as_json: bool, target_instance: str | None = None) -> None:
-    """`opsctl restore --to-time/--to-lsn`: one core call (opsctl.pitr.restore.restore), rendered."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from opsctl.output import emit, stderr
-    from opsctl.pitr import restore as core
-    from opsctl.signals import sigterm_as_interrupt
-
-    project, environment_ = environment(env)
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                    console=stderr, transient=True, disable=not stderr.is_terminal)
-
-    def report(what: str, total: int | None):
-        task = bars.add_task(what, total=total)
-        return lambda n: bars.advance(task, n)
-
-    def approve(p) -> None:
-        from opsctl.backup.restore import terminal_approval
-
-        # the one approval of a restore over live data; asked on a quiet terminal
-        terminal_approval(environment_, yes, confirm_env, _paused(bars))(
-            f"restore {environment_.name} to {p.target} over {'; '.join(p.overwrites)}")
-
-    with sigterm_as_interrupt(), bars:  # CI cancels with SIGTERM: cleaned up like Ctrl-C
-        r = core.restore(project, environment_, to_time, to_lsn, beside, target_instance, approve, report)
     if environment_.platform == "kubernetes":
         emit(r, as_json, lambda c: c.print(
             f"new RDS instance [bold]{r.target_instance}[/bold] restored from {r.source} to "

@@ -45,16 +45,32 @@ def test_deploy_action_takes_the_options_of_opsctl_deploy():
                       for n in _core(operation.deploy, {"project", "env_name", "progress"})}
 
 
-# point-in-time recovery is sequenced in opsctl/cli/pitr.py, not in a core operation a step
-# could call: until it moves there, runbooks restore backups, not points in time
-PITR_ONLY = {"to_time", "to_lsn", "beside"}
-
-
-def test_restore_action_takes_the_options_of_opsctl_restore():
+def test_restore_action_takes_the_options_of_opsctl_restore_and_calls_the_same_core(monkeypatch):
+    """#21 D2: to_time, to_lsn and beside were command-only (the choice between a backup and a
+    point-in-time restore sat in the Typer layer); both doors now call restore_any."""
+    from opsctl.backup import restore as core
     from opsctl.cli.backup import restore
 
-    cli = {"id" if n == "backup_id" else n for n in _options(restore)} - {"env", "yes", "as_json"} - PITR_ONLY
+    cli = {"id" if n == "backup_id" else n for n in _options(restore)} - {"env", "yes", "as_json"}
     assert set(arguments(ACTIONS["restore"])) == cli
+    calls = []
+
+    def restore_any(project, env, *args, **kwargs):
+        calls.append(args)
+        return {"recovered_to": "2026-11-30T06:00:00Z"}
+
+    monkeypatch.setattr(core, "restore_any", restore_any)
+    ctx = type("Ctx", (), {"project": None, "env": None, "yes": True})()
+    assert ACTIONS["restore"](ctx, to_time="2026-11-30T06:00:00Z", beside=True) == {"recovered_to": "2026-11-30T06:00:00Z"}
+    assert calls[0][-3:] == ("2026-11-30T06:00:00Z", None, True)
+
+
+def test_restore_any_refuses_mixed_kinds():
+    from opsctl.backup.restore import restore_any
+    from opsctl.errors import UsageError
+
+    with pytest.raises(UsageError, match="don't combine"):
+        restore_any(None, None, backup_id="20261130T020000Z", to_time="latest")
 
 
 def test_promote_action_takes_the_options_of_opsctl_promote():
