@@ -96,6 +96,12 @@ def render_all(project: Project, env: Environment) -> dict[str, str]:
     return files
 
 
+def render_to(project: Project, env: Environment, out: Path) -> list[Path]:
+    """`opsctl render monitoring --out DIR`: `render_all`, then `write` into `out` (all or
+    none). Returns the paths written."""
+    return write(render_all(project, env), out)
+
+
 def write(files: dict[str, str], out: Path) -> list[Path]:
     """Write all files or none: into a temporary folder first, then moved in place."""
     out.mkdir(parents=True, exist_ok=True)

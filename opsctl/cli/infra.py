@@ -83,7 +83,7 @@ def up(env: EnvOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     from opsctl.cli.common import environment
 
     project, environ = environment(env)
-    result = infra.up(project, environ, infra.terminal_approval("up", environ, yes),
+    result = infra.up(project, environ, approve=infra.terminal_approval("up", environ, yes),
                       preview_first=not yes and approval.is_interactive(), watch=_watch(environ),
                       on_preview=lambda planned: _render_result(planned)(output.stderr))
     # a preview that would change nothing is the result; it is on stderr already
@@ -100,7 +100,7 @@ def destroy(env: EnvOpt, yes: YesOpt = False, confirm_env: ConfirmEnvOpt = None,
     from opsctl.output import emit
 
     project, environ = environment(env)
-    result = infra.destroy(project, environ, infra.terminal_approval("destroy", environ, yes, confirm_env),
+    result = infra.destroy(project, environ, approve=infra.terminal_approval("destroy", environ, yes, confirm_env),
                            watch=_watch(environ))
     emit(result, as_json, _render_result(result))
 

@@ -88,9 +88,7 @@ def down(
     from opsctl.local import platform
     from opsctl.output import emit
 
-    if purge:
-        confirm("delete all local platform data", yes)
-    stopped = platform.down(project(), purge=purge)
+    stopped = platform.down(project(), purge=purge, approve=lambda question: confirm(question, yes))
     emit({"stopped": stopped, "purged": purge}, as_json,
          lambda c: c.print(f"stopped: {', '.join(stopped) or 'nothing was running'}"
                            + ("; data deleted" if purge else "; data kept")))

@@ -120,15 +120,12 @@ def prune_chain(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove older base backups and the WAL no kept base backup needs."""
-    from opsctl.cli.common import confirm
+    from opsctl.approval import confirm
     from opsctl.output import emit
     from opsctl.pitr.ops import prune_chain as run
 
     project, environment_ = environment(env)
-    r = run(project, environment_, keep_full, dry_run=True)
-    if not dry_run and (r.removed or r.wal_removed):
-        confirm(f"delete {len(r.removed)} base backup(s) and {r.wal_removed} WAL object(s)", yes)
-        r = run(project, environment_, keep_full)
+    r = run(project, environment_, keep_full, dry_run=dry_run, approve=lambda question: confirm(question, yes))
     verb = "would remove" if dry_run else "removed"
     emit(r, as_json, lambda c: c.print(
         f"{verb} {len(r.removed)} base backup(s){': ' + ', '.join(r.removed) if r.removed else ''} and "
@@ -175,10 +172,7 @@ def wal_push(
 
     project, environment_ = environment(env)
     with sigterm_as_interrupt():
-        try:
-            r = selfmanaged.push(project, environment_, server, follow)
-        except KeyboardInterrupt:
-            r = selfmanaged.push(project, environment_, server)  # what was queued before the stop goes out
+        r = selfmanaged.push_until_stopped(project, environment_, server, follow)
     emit(r, as_json, lambda c: c.print(
         f"archived {len(r.archived)} WAL file(s) of {server} ({_size(r.raw_bytes)} → {_size(r.stored_bytes)})"
         + (f", {len(r.skipped)} already archived" if r.skipped else "")

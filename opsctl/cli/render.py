@@ -72,12 +72,13 @@ def monitoring(
     from opsctl import monitoring as mon
     from opsctl.output import emit, stderr
 
-    files = mon.render_all(*environment(env))
     if out:
-        written = mon.write(files, Path(out))
+        written = mon.render_to(*environment(env), Path(out))
         emit({"written": [str(p) for p in written]}, as_json,
              lambda c: stderr.print("\n".join(f"wrote {p}" for p in written)))
-    elif as_json:
+        return
+    files = mon.render_all(*environment(env))
+    if as_json:
         emit(files, True)
     else:
         _print("\n".join(f"# ---- {name}\n{text}" for name, text in files.items()))

@@ -321,12 +321,16 @@ def status(project: Project) -> list[ComponentStatus]:
     return rows
 
 
-def down(project: Project, purge: bool = False) -> list[str]:
+def down(project: Project, purge: bool = False, approve: Callable[[str], None] | None = None) -> list[str]:
     """Stop what `up` started, by recorded PID or PID file; keep the data unless `purge`.
+    With `purge`, `approve(question)` is called first (raise UsageError to refuse, nothing
+    stopped; None: no approval asked).
 
     Works whatever the state file holds: a damaged one is read as empty (the PID files still
     find every process); without `purge` it is then left as it is for a person to look at.
     """
+    if purge and approve is not None:
+        approve("delete all local platform data")
     folder = st.folder_for(project.root)
     stopped: list[str] = []
     save_error: Exception | None = None

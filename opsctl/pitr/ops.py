@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Callable
 
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
@@ -139,12 +140,23 @@ def windows(project: Project, env: Environment) -> ChainReport | None:
         return None
 
 
-def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: bool = False):
-    """Keep the newest `keep_full` full base backups (with their incrementals) and the WAL they need."""
+def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: bool = False,
+                approve: Callable[[str], None] | None = None):
+    """Keep the newest `keep_full` full base backups (with their incrementals) and the WAL they
+    need: the one operation behind `opsctl backup prune-chain` (and any step). Unless
+    `dry_run`, a dry run first finds what would go; when something would,
+    `approve(question)` is called (raise UsageError to refuse; None: no approval asked),
+    then the prune runs. Returns retention.prune's result."""
     from opsctl.pitr import retention
 
     repo, key = sealed_repository(project, env)
-    return retention.prune(repo, key, _sysid(project, env, repo), keep_full, dry_run)
+    sysid = _sysid(project, env, repo)
+    planned = retention.prune(repo, key, sysid, keep_full, True)
+    if dry_run or not (planned.removed or planned.wal_removed):
+        return planned
+    if approve is not None:
+        approve(f"delete {len(planned.removed)} base backup(s) and {planned.wal_removed} WAL object(s)")
+    return retention.prune(repo, key, sysid, keep_full, False)
 
 
 def window(project: Project, env: Environment, operation: str, subject: str, checks: list[str] | None = None):

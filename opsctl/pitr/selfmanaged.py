@@ -148,6 +148,16 @@ def archiver(project: Project, env: Environment, name: str):
     return Archiver(repo, key, sysid, Path(srv.queue), env.backup.compress_level)
 
 
+def push_until_stopped(project: Project, env: Environment, name: str, follow: bool = False):
+    """`opsctl backup wal-push`: `push` (following the queue with `follow`); on an interrupt
+    (Ctrl-C, or SIGTERM made one by the caller) what was queued before the stop still goes
+    out, in one more drain. Returns that drain's DrainResult."""
+    try:
+        return push(project, env, name, follow)
+    except KeyboardInterrupt:
+        return push(project, env, name)
+
+
 def push(project: Project, env: Environment, name: str, follow: bool = False, stop=None):
     """Drain server `name`'s queue once (a DrainResult), or until `stop` is set with `follow`."""
     arch = archiver(project, env, name)
