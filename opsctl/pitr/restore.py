@@ -78,7 +78,9 @@ class PitrPlan:
     newest_restorable: dt.datetime | None
     beside: bool
     overwrites: list[str] = field(default_factory=list)
-    _ctx: dict = field(default_factory=dict, repr=False)
+    # what `plan` resolved and staged, for `run` and for a standby built from the plan
+    # (opsctl.pitr.standby): project, env, state, repo, key, backups, ... (keys as set in plan)
+    context: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -210,7 +212,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                  window.start, window.end, beside)
     if not beside:
         p.overwrites.append("the local platform's PostgreSQL (its data directory is kept, renamed)")
-    p._ctx = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
+    p.context = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
               "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
               "new": new, "work": work, "unpacked": unpacked}
     return p
@@ -218,7 +220,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
 
 def discard(p: PitrPlan) -> None:
     """Drop what plan staged and unpacked and `run` did not take (a refused or cancelled restore)."""
-    c = p._ctx
+    c = p.context
     if not c.get("taken"):
         _drop_unpacked(c["unpacked"], c["new"], c["work"])
     shutil.rmtree(c["stage"], ignore_errors=True)
@@ -364,7 +366,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
     from opsctl.local import procs
     from opsctl.local import state as st
 
-    c = p._ctx
+    c = p.context
     state, repo, key, env, stamp = c["state"], c["repo"], c["key"], c["env"], c["stamp"]
     began = time.monotonic()
     work, new = c["work"], c["new"]

@@ -228,7 +228,7 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
         p = pr.plan(project, env, "latest", None, beside=True,
                     report=report("WAL segments", None) if report else None, unpack_report=report)
         try:
-            c = p._ctx
+            c = p.context
             c["unpacked"].result()
             c["taken"] = True
             shutil.rmtree(data, ignore_errors=True)
