@@ -197,7 +197,8 @@ class Driver(Protocol):
     def bring_up(self, color: str, release: Release, timeout: float) -> None:
         """Start `color` with `release` (replacing what that color ran; never the active
         color: OperationFailed). Returns once it started; `wait_ready` waits for readiness.
-        Kubernetes starts it at deploy.preview_replicas and does not use `timeout`."""
+        `timeout` (seconds) bounds the call on every driver (Kubernetes: all its API
+        requests together; it starts the color at deploy.preview_replicas)."""
 
     def wait_ready(self, color: str, timeout: float) -> None:
         """Return once `color` answers ready; OperationFailed after `timeout` seconds or when

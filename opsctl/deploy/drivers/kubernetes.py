@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 from opsctl.config import Environment, Project
-from opsctl.deploy import manifests as mf
+from opsctl.deploy import manifests
 from opsctl.deploy.lease import Lease
 from opsctl.deploy.model import COLORS, ColorState, DeployRecord, Release, upsert
 from opsctl.errors import OperationFailed, UsageError
@@ -146,7 +146,7 @@ class KubernetesDriver:
         """Server-side apply under the field manager "opsctl", creating what is absent. Forced:
         opsctl owns these objects, so a hand edit (kubectl scale/edit) is taken back, as GitOps would."""
         if doc["kind"] == "ScaledObject":
-            group, version, plural = mf.KEDA_API
+            group, version, plural = manifests.KEDA_API
             return self._call(self._api("custom").patch_namespaced_custom_object, group, version, self.ns, plural,
                               doc["metadata"]["name"], doc, field_manager=FIELD_MANAGER, force=True,
                               _content_type="application/apply-patch+yaml")
@@ -159,18 +159,18 @@ class KubernetesDriver:
                           force=True, _content_type="application/apply-patch+yaml")
 
     def _deployment(self, color: str) -> dict | None:
-        return self._call(self._api("apps").read_namespaced_deployment, mf.deployment_name(color), self.ns,
+        return self._call(self._api("apps").read_namespaced_deployment, manifests.deployment_name(color), self.ns,
                           missing_ok=True)
 
     def _selector_color(self, service: str) -> str | None:
         svc = self._call(self._api("core").read_namespaced_service, service, self.ns, missing_ok=True)
-        return ((svc or {}).get("spec", {}).get("selector") or {}).get(mf.COLOR_LABEL)
+        return ((svc or {}).get("spec", {}).get("selector") or {}).get(manifests.COLOR_LABEL)
 
     def _scaled_object(self) -> dict | None:
         """The ScaledObject; None when absent. UsageError when the cluster has no KEDA at all."""
-        group, version, plural = mf.KEDA_API
+        group, version, plural = manifests.KEDA_API
         return self._call(self._api("custom").get_namespaced_custom_object, group, version, self.ns, plural,
-                          mf.SCALED_OBJECT, missing_ok=True, unknown_kind=(
+                          manifests.SCALED_OBJECT, missing_ok=True, unknown_kind=(
                               f"env '{self.env.name}': the cluster does not serve KEDA's ScaledObject "
                               "(scaledobjects.keda.sh): install KEDA (the stack does: 'opsctl infra up') or set "
                               "worker.autoscaling.enabled: false in opsctl.yaml"))
@@ -185,7 +185,7 @@ class KubernetesDriver:
             return None, None
         spec = so.get("spec") or {}
         target = (spec.get("scaleTargetRef") or {}).get("name") or ""
-        color = next((c for c in COLORS if mf.deployment_name(c) == target), None)
+        color = next((c for c in COLORS if manifests.deployment_name(c) == target), None)
         return color, spec.get("minReplicaCount")
 
     @contextmanager
@@ -227,7 +227,7 @@ class KubernetesDriver:
 
     def active_color(self) -> str | None:
         """The color the active Service selects; None before the first deploy."""
-        return self._selector_color(mf.ACTIVE_SERVICE)
+        return self._selector_color(manifests.ACTIVE_SERVICE)
 
     def colors(self) -> dict[str, ColorState]:
         """Both colors as the cluster has them. The active color scaled to zero by its
@@ -245,7 +245,7 @@ class KubernetesDriver:
                 continue
             ready, detail = _readiness(dep)
             running = (dep.get("spec", {}).get("replicas") or 0) > 0
-            version = dep.get("metadata", {}).get("annotations", {}).get(mf.VERSION_ANNOTATION)
+            version = dep.get("metadata", {}).get("annotations", {}).get(manifests.VERSION_ANNOTATION)
             if not running and color == scaled_color == active:
                 running, ready, detail = True, True, "idle: scaled to zero by its ScaledObject (KEDA wakes it)"
             out[color] = ColorState(color, version, running, running and ready, self.url(color), detail)
@@ -272,13 +272,13 @@ class KubernetesDriver:
                 raise OperationFailed(f"refusing to replace the active color {color}")
             if self._autoscaled()[0] == color:  # asked first: a cluster without KEDA stops here
                 if active and active != color:
-                    self._apply(mf.parse(mf.scaled_object(self.project, self.env, active))[0])
+                    self._apply(manifests.parse(manifests.scaled_object(self.project, self.env, active))[0])
                 else:
                     self._delete_scaled_object()
-            self._apply(mf.parse(mf.deployment(self.project, self.env, release, color,
+            self._apply(manifests.parse(manifests.deployment(self.project, self.env, release, color,
                                                replicas=self.preview_size()))[0])
-            self._apply(mf.parse(mf.disruption_budget(self.project, self.env, color))[0])
-            self._apply(mf.parse(mf.service(self.project, self.env, "preview", color))[0])
+            self._apply(manifests.parse(manifests.disruption_budget(self.project, self.env, color))[0])
+            self._apply(manifests.parse(manifests.service(self.project, self.env, "preview", color))[0])
 
     def wait_ready(self, color: str, timeout: float) -> None:
         """Poll until every wanted replica of the color's latest generation is ready; after
@@ -290,16 +290,16 @@ class KubernetesDriver:
             if dep is not None:
                 ready, detail = _readiness(dep)
                 runs = (dep["spec"]["template"]["spec"]["containers"][0].get("image"),
-                        (dep.get("metadata", {}).get("annotations") or {}).get(mf.SETTINGS_ANNOTATION) or "{}")
+                        (dep.get("metadata", {}).get("annotations") or {}).get(manifests.SETTINGS_ANNOTATION) or "{}")
                 if color in self._applied and runs != self._applied[color]:  # not ours: someone changed it
-                    raise OperationFailed(f"{mf.deployment_name(color)} runs {runs[0]}, not the release this deploy "
+                    raise OperationFailed(f"{manifests.deployment_name(color)} runs {runs[0]}, not the release this deploy "
                                           f"applied ({self._applied[color][0]}): another deploy changed it; "
                                           "check 'opsctl status'")
                 if ready:
                     return
             if time.monotonic() >= deadline:
-                raise OperationFailed(f"{mf.deployment_name(color)} not ready after {timeout:.0f}s ({detail}); "
-                                      f"see 'kubectl -n {self.ns} describe deployment {mf.deployment_name(color)}'")
+                raise OperationFailed(f"{manifests.deployment_name(color)} not ready after {timeout:.0f}s ({detail}); "
+                                      f"see 'kubectl -n {self.ns} describe deployment {manifests.deployment_name(color)}'")
             time.sleep(min(POLL_SECONDS, max(0.05, deadline - time.monotonic())))
 
     def _active_size(self) -> int:
@@ -337,13 +337,13 @@ class KubernetesDriver:
             raise OperationFailed(f"refusing to rescale the active color {color}")
         dep = self._deployment(color)
         if dep is None:
-            raise OperationFailed(f"{mf.deployment_name(color)} does not exist; deploy again")
+            raise OperationFailed(f"{manifests.deployment_name(color)} does not exist; deploy again")
         # the same server-side apply as bring_up, of the release the Deployment runs, so opsctl
         # keeps owning every field it set
         notes = dep.get("metadata", {}).get("annotations", {})
         image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
-        release = Release(image, json.loads(notes.get(mf.SETTINGS_ANNOTATION) or "{}"))
-        self._apply(mf.parse(mf.deployment(self.project, self.env, release, color, replicas=replicas))[0])
+        release = Release(image, json.loads(notes.get(manifests.SETTINGS_ANNOTATION) or "{}"))
+        self._apply(manifests.parse(manifests.deployment(self.project, self.env, release, color, replicas=replicas))[0])
 
     def switch(self, color: str) -> None:
         """Apply the active Service selecting `color`: created on the first deploy, afterwards
@@ -364,21 +364,21 @@ class KubernetesDriver:
             dep = self._deployment(color)
             if not ((dep or {}).get("status") or {}).get("readyReplicas"):
                 detail = _readiness(dep)[1] if dep else "no Deployment"
-                raise OperationFailed(f"refusing to move traffic to {color}: {mf.deployment_name(color)} has no ready "
+                raise OperationFailed(f"refusing to move traffic to {color}: {manifests.deployment_name(color)} has no ready "
                                       f"pod ({detail}); traffic stays where it is; bring {color} up and wait for it first")
-        self._apply(mf.parse(mf.service(self.project, self.env, "active", color))[0])
+        self._apply(manifests.parse(manifests.service(self.project, self.env, "active", color))[0])
         if not self.env.worker.autoscaling.enabled:
             self._delete_scaled_object()
             return
         forward = [r for r in self.history()[-1:]
                    if r.outcome == "in-progress" and r.strategy != "rollback" and r.to_color == color]
         try:
-            self._apply(mf.parse(mf.scaled_object(self.project, self.env, color, floor=1))[0])
+            self._apply(manifests.parse(manifests.scaled_object(self.project, self.env, color, floor=1))[0])
         except (OperationFailed, UsageError) as exc:
             if forward:
                 raise
             log.warning("traffic is on %s, but the ScaledObject %s could not follow it: %s", color,
-                        mf.SCALED_OBJECT, exc)
+                        manifests.SCALED_OBJECT, exc)
             return
         if forward:
             self._wait_autoscaler(color, self.env.deploy.ready_timeout, forward[0].from_color)
@@ -386,14 +386,14 @@ class KubernetesDriver:
     def _wait_autoscaler(self, color: str, timeout: float, previous: str | None = None) -> None:
         """Until the ScaledObject is Ready (its status condition) and its HPA scales `color`."""
         deadline = time.monotonic() + timeout
-        want = mf.deployment_name(color)
+        want = manifests.deployment_name(color)
         while True:
             so = self._scaled_object() or {}
             status = so.get("status") or {}
             ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
             detail = f"Ready={ready.get('status', 'Unknown')}" + (f": {ready['message']}" if ready.get("message") else "")
             if ready.get("status") == "True":
-                name = status.get("hpaName") or f"keda-hpa-{mf.SCALED_OBJECT}"
+                name = status.get("hpaName") or f"keda-hpa-{manifests.SCALED_OBJECT}"
                 hpa = self._call(self._api("autoscaling").read_namespaced_horizontal_pod_autoscaler, name, self.ns,
                                  missing_ok=True)
                 target = ((hpa or {}).get("spec", {}).get("scaleTargetRef") or {}).get("name")
@@ -402,17 +402,17 @@ class KubernetesDriver:
                 detail = f"its HPA {name} scales {target or 'nothing yet'}"
             if time.monotonic() >= deadline:
                 raise OperationFailed(
-                    f"traffic is on {color}, but the ScaledObject {mf.SCALED_OBJECT} is not ready for {want} after "
+                    f"traffic is on {color}, but the ScaledObject {manifests.SCALED_OBJECT} is not ready for {want} after "
                     f"{timeout:.0f}s ({detail[:200]}); see 'kubectl -n {self.ns} describe scaledobject "
-                    f"{mf.SCALED_OBJECT}' (is Prometheus reachable at worker.autoscaling.prometheus_url?)"
+                    f"{manifests.SCALED_OBJECT}' (is Prometheus reachable at worker.autoscaling.prometheus_url?)"
                     + (f"; 'opsctl rollback' returns traffic to {previous} at once" if previous else ""))
             time.sleep(min(POLL_SECONDS, max(0.05, deadline - time.monotonic())))
 
     def _delete_scaled_object(self) -> None:
         """Remove the ScaledObject (autoscaling turned off); absent, or no KEDA at all: nothing to do."""
-        group, version, plural = mf.KEDA_API
+        group, version, plural = manifests.KEDA_API
         self._call(self._api("custom").delete_namespaced_custom_object, group, version, self.ns, plural,
-                   mf.SCALED_OBJECT, missing_ok=True)
+                   manifests.SCALED_OBJECT, missing_ok=True)
 
     def scale_down(self, color: str) -> None:
         """Set a non-active color's replicas to 0 (absent: nothing to do); refuses the active color."""
@@ -421,7 +421,7 @@ class KubernetesDriver:
             raise OperationFailed(f"refusing to scale down the active color {color}")
         if self._deployment(color) is None:
             return
-        self._call(self._api("apps").patch_namespaced_deployment, mf.deployment_name(color), self.ns,
+        self._call(self._api("apps").patch_namespaced_deployment, manifests.deployment_name(color), self.ns,
                    {"spec": {"replicas": 0}}, field_manager=FIELD_MANAGER)
 
     def url(self, color: str) -> str | None:
@@ -429,9 +429,9 @@ class KubernetesDriver:
         in a pod; None otherwise (see the module docstring)."""
         if not os.environ.get("KUBERNETES_SERVICE_HOST"):
             return None
-        if self._selector_color(mf.PREVIEW_SERVICE) != color or self.active_color() == color:
+        if self._selector_color(manifests.PREVIEW_SERVICE) != color or self.active_color() == color:
             return None
-        return mf.service_url(self.env, mf.PREVIEW_SERVICE)
+        return manifests.service_url(self.env, manifests.PREVIEW_SERVICE)
 
     def router_url(self) -> str | None:
         """Where canaries reach the active color: opsctl.yaml's router_url, in a pod the active
@@ -439,7 +439,7 @@ class KubernetesDriver:
         if self.env.router_url:
             return self.env.router_url.rstrip("/")
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return mf.service_url(self.env, mf.ACTIVE_SERVICE)
+            return manifests.service_url(self.env, manifests.ACTIVE_SERVICE)
         return None
 
     def history(self) -> list[DeployRecord]:
@@ -464,23 +464,23 @@ class KubernetesDriver:
                                              "app.kubernetes.io/part-of": "transcribe"}},
                      "data": {"history.json": json.dumps([r.to_dict() for r in records])}})
         if record.outcome in FINAL and self.env.worker.autoscaling.enabled:
-            low = mf.autoscaling_bounds(self.env)[0]
+            low = manifests.autoscaling_bounds(self.env)[0]
             try:
                 color, current = self._autoscaled()
                 if color is not None and current != low and color == self.active_color():
-                    self._apply(mf.parse(mf.scaled_object(self.project, self.env, color))[0])
+                    self._apply(manifests.parse(manifests.scaled_object(self.project, self.env, color))[0])
             except UsageError:  # no KEDA at all: no minimum to restore
                 pass
             except OperationFailed as exc:  # the record is saved; the minimum waits for the next one
-                log.warning("the ScaledObject %s keeps its deploy-time minimum: %s", mf.SCALED_OBJECT, exc)
+                log.warning("the ScaledObject %s keeps its deploy-time minimum: %s", manifests.SCALED_OBJECT, exc)
 
     def render(self, release: Release, color: str) -> str:
-        """Every manifest a deploy of `release` onto `color` applies (mf.render_all), its
+        """Every manifest a deploy of `release` onto `color` applies (manifests.render_all), its
         Deployment at the size bring_up gives it (preview_size: reads the cluster)."""
         from opsctl.infra.target import check_gpu_capacity_of
 
         check_gpu_capacity_of(self.project, self.env)  # a dry run refuses what bring_up would refuse
-        return mf.render_all(self.project, self.env, release, color, replicas=self.preview_size())
+        return manifests.render_all(self.project, self.env, release, color, replicas=self.preview_size())
 
 
 def _readiness(dep: dict) -> tuple[bool, str]:
