@@ -228,7 +228,9 @@ def main() -> int:
         results = {kind: measure(env, kind) for kind in KINDS}
         for kind in KINDS:
             results[kind]["prune5"] = issue_prune[kind]
-        targets = {"health": 1.2, "create": 1.2, "list20": 1.5, "prune5": 1.2, "prune": 1.2}
+        # the issue's targets; "prune" (3 removed per run) has none: it divides the one full
+        # trusted scan by 3, so it shows that scan's growth, printed for the reader
+        targets = {"health": 1.2, "create": 1.2, "list20": 1.5, "prune5": 1.2, "prune": None}
         labels = {"health": "opsctl health --check backup", "create": "backup create --type redis",
                   "list20": "backup list --limit 20",
                   "prune5": f"prune --keep-last {ISSUE_KEEP} (issue), per removed",
@@ -244,10 +246,11 @@ def main() -> int:
             for k, target in targets.items():
                 lo, hi = (results[kind][k][n] for n in SIZES)
                 ratio = statistics.median(hi) / statistics.median(lo)
-                ok &= ratio <= target
+                ok &= target is None or ratio <= target
+                judged = f"target <= {target}" if target is not None else "no target: the scan's growth / 3"
                 print(f"    {labels[k]:<40} {statistics.median(lo):.3f} s ({min(lo):.3f}-{max(lo):.3f}) -> "
                       f"{statistics.median(hi):.3f} s ({min(hi):.3f}-{max(hi):.3f})  ratio {ratio:.2f} "
-                      f"(target <= {target})")
+                      f"({judged})")
         return 0 if ok else 1
     finally:
         rd.stop(pid, port)
