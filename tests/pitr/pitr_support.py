@@ -196,3 +196,29 @@ def pitr(tmp_path_factory):
         mp.undo()
         if not os.environ.get("PITR_KEEP"):
             shutil.rmtree(root, ignore_errors=True)
+
+
+def record_windows(monkeypatch, note=None) -> list[tuple]:
+    """Replaces opsctl.health.notify.operation_window with a recorder and returns the list it
+    fills: one (env_name, operation, outcome) per window closed, plus `note(kw)` when given
+    (kw: the keyword arguments the window was opened with). A failure inside marks the
+    outcome "failed", as the real window does."""
+    from contextlib import contextmanager
+
+    from opsctl.health import notify
+
+    seen: list[tuple] = []
+
+    @contextmanager
+    def window(project, env_name, operation, subject, **kw):
+        w = notify.Window(env_name, operation, subject, [], "now")
+        try:
+            yield w
+        except BaseException:
+            w.outcome = "failed"
+            raise
+        finally:
+            seen.append((env_name, operation, w.outcome) + ((note(kw),) if note else ()))
+
+    monkeypatch.setattr(notify, "operation_window", window)
+    return seen

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from opsctl.cli import app
+from pitr_support import record_windows
 
 
 def _set_dr(pitr, **dr):
@@ -161,24 +162,7 @@ def test_the_drill_runs_inside_the_operation_window_and_a_refused_failover_opens
     """NOTIFICATIONS contract: failover and the drill are announced through
     opsctl.health.notify.operation_window with their operation names; a failure inside is
     seen by the window (it marks the outcome failed)."""
-    from contextlib import contextmanager
-
-    from opsctl.health import notify
-
-    seen = []
-
-    @contextmanager
-    def window(project, env_name, operation, subject, **kw):
-        w = notify.Window(env_name, operation, subject, [], "now")
-        try:
-            yield w
-        except BaseException:
-            w.outcome = "failed"
-            raise
-        finally:
-            seen.append((env_name, operation, w.outcome))
-
-    monkeypatch.setattr(notify, "operation_window", window)
+    seen = record_windows(monkeypatch)
     assert runner.invoke(app, ["dr", "drill", "--env", "cloud", "--json"]).exit_code == 0
     refused = runner.invoke(app, ["failover", "--env", "cloud", "--replica", "other-db", "--yes"])
     assert refused.exit_code == 2  # refused before anything: no window opened

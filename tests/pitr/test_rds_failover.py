@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from opsctl.cli import app
+from pitr_support import record_windows
 
 NS = "transcribe"
 SECRETS, DEPLOYMENTS = "v1/secrets", "apps/v1/deployments"
@@ -216,24 +217,7 @@ async def test_failover_promotes_repoints_the_secret_and_restarts_both_colors(en
 
 
 async def test_failover_runs_inside_the_operation_window(env, monkeypatch):
-    from contextlib import contextmanager
-
-    from opsctl.health import notify
-
-    seen = []
-
-    @contextmanager
-    def window(project, env_name, operation, subject, **kw):
-        w = notify.Window(env_name, operation, subject, [], "now")
-        try:
-            yield w
-        except BaseException:
-            w.outcome = "failed"
-            raise
-        finally:
-            seen.append((env_name, operation, w.outcome, env.restarted_at("blue")))
-
-    monkeypatch.setattr(notify, "operation_window", window)
+    seen = record_windows(monkeypatch, note=lambda kw: env.restarted_at("blue"))
     r = await env.failover()
     assert r.exit_code == 0, r.output
     # the window closed after the workers were restarted: the restart ran inside it

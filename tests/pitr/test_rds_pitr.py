@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from opsctl.cli import app
+from pitr_support import record_windows
 
 
 @pytest.fixture
@@ -61,24 +62,7 @@ def test_rds_restore_refusals_make_nothing(cloud, runner, args, message):
 
 def test_rds_restore_to_time_runs_inside_the_operation_window(cloud, runner, monkeypatch):
     """NOTIFICATIONS contract: the PITR restore is announced as operation "restore"."""
-    from contextlib import contextmanager
-
-    from opsctl.health import notify
-
-    seen = []
-
-    @contextmanager
-    def window(project, env_name, operation, subject, **kw):
-        w = notify.Window(env_name, operation, subject, [], "now")
-        try:
-            yield w
-        except BaseException:
-            w.outcome = "failed"
-            raise
-        finally:
-            seen.append((env_name, operation, w.outcome, kw.get("checks")))
-
-    monkeypatch.setattr(notify, "operation_window", window)
+    seen = record_windows(monkeypatch, note=lambda kw: kw.get("checks"))
     r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", "latest", "--target-instance", "pitr-db-win"])
     assert r.exit_code == 0, r.output
     assert seen == [("cloud", "restore", "succeeded", None)]
