@@ -241,3 +241,32 @@ def with_damaged_newer(runner, seeded: Seeded, tmp_path, monkeypatch) -> tuple[s
     one_line_error(runner.invoke(app, ["backup", "verify", newer, "--env", env]), 1, "marked damaged")
     obj.write_bytes(original)
     return env, older, newer
+
+
+def keyed_file_repository(path):
+    """A file:// repository at `path` (made here) with KEY as its key and its record
+    initialised, as `backup create` leaves a new repository."""
+    from opsctl.backup import record
+    from opsctl.backup.keys import parse
+    from opsctl.backup.repository import FileRepository
+
+    path.mkdir()
+    r = FileRepository(path, f"file://{path}")
+    r.key = parse(KEY, "test")
+    record.ensure(r, r.key)
+    return r
+
+
+def keyed_s3_repository(s3, bucket_name: str):
+    """An s3:// repository on the session's moto server (`s3` fixture), in bucket
+    `bucket_name` under a fresh prefix, keyed and initialised like keyed_file_repository."""
+    from opsctl.backup import record
+    from opsctl.backup.keys import parse
+    from opsctl.backup.repository import S3Repository
+
+    bucket = s3.make_bucket(bucket_name)
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    r = S3Repository(s3.client(), bucket, f"/{prefix}", f"s3://{bucket}/{prefix}")
+    r.key = parse(KEY, "test")
+    record.ensure(r, r.key)
+    return r

@@ -9,11 +9,10 @@ import datetime as dt
 import json
 import subprocess
 import time
-import uuid
 
 import pytest
 
-from backup_support import KEY
+from backup_support import KEY, keyed_file_repository, keyed_s3_repository
 from opsctl.backup import catalog, index, record
 from opsctl.backup import manifest as mf
 from opsctl.backup.keys import parse
@@ -25,22 +24,12 @@ NOW = dt.datetime.now(UTC).replace(microsecond=0)
 
 @pytest.fixture
 def repo(tmp_path):
-    r = FileRepository(tmp_path / "repo", f"file://{tmp_path}/repo")
-    (tmp_path / "repo").mkdir()
-    r.key = parse(KEY, "test")
-    record.ensure(r, r.key)
-    return r
+    return keyed_file_repository(tmp_path / "repo")
 
 
 @pytest.fixture
 def s3repo(s3):
-    client = s3.client()
-    bucket = s3.make_bucket("b27")
-    prefix = f"p{uuid.uuid4().hex[:8]}"
-    r = S3Repository(client, bucket, f"/{prefix}", f"s3://{bucket}/{prefix}")
-    r.key = parse(KEY, "test")
-    record.ensure(r, r.key)
-    return r
+    return keyed_s3_repository(s3, "b27")
 
 
 def _manifest_only(r, when):

@@ -7,15 +7,12 @@ removed backup."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 
-from backup_support import KEY
+from backup_support import keyed_file_repository, keyed_s3_repository
 from opsctl.backup import catalog, index, record, retention
 from opsctl.backup import manifest as mf
-from opsctl.backup.keys import parse
-from opsctl.backup.repository import FileRepository, S3Repository
 
 UTC = dt.timezone.utc
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
@@ -23,22 +20,12 @@ NOW = dt.datetime.now(UTC).replace(microsecond=0)
 
 @pytest.fixture
 def repo(tmp_path):
-    r = FileRepository(tmp_path / "repo", f"file://{tmp_path}/repo")
-    (tmp_path / "repo").mkdir()
-    r.key = parse(KEY, "test")
-    record.ensure(r, r.key)
-    return r
+    return keyed_file_repository(tmp_path / "repo")
 
 
 @pytest.fixture
 def s3repo(s3):
-    client = s3.client()
-    bucket = s3.make_bucket("b27prune")
-    prefix = f"p{uuid.uuid4().hex[:8]}"
-    r = S3Repository(client, bucket, f"/{prefix}", f"s3://{bucket}/{prefix}")
-    r.key = parse(KEY, "test")
-    record.ensure(r, r.key)
-    return r
+    return keyed_s3_repository(s3, "b27prune")
 
 
 def _create(r, when) -> str:
