@@ -15,7 +15,8 @@ import gevent
 from gevent import GreenletExit
 from locust import FastHttpUser, between, task
 
-from common import JOB_TIMEOUT_S, POLL_INTERVAL_S, StillInFlight, request_headers, transcription_form
+from common import (JOB_TIMEOUT_S, POLL_INTERVAL_S, StillInFlight, let_a_pending_stop_land, request_headers,
+                    transcription_form)
 
 
 class TranscriptionUser(FastHttpUser):
@@ -39,6 +40,7 @@ class TranscriptionUser(FastHttpUser):
         the submission is refused, polling fails, the job fails or times out, or the run
         stops before it is done (StillInFlight, counted as a failure like any request
         unanswered at the stop)."""
+        let_a_pending_stop_land()  # a stop that killed this user as it woke: no job begun
         began = time.perf_counter()
         try:
             error = self._submit_and_wait(size, began)

@@ -24,7 +24,7 @@ from gevent import GreenletExit
 from locust import FastHttpUser, between, task
 from urllib3 import encode_multipart_formdata
 
-from common import StillInFlight, padded_wav, request_headers
+from common import StillInFlight, let_a_pending_stop_land, padded_wav, request_headers
 from transcription import submit_and_wait
 
 PARTS = max(1, int(os.environ.get("LOADTEST_UPLOAD_PARTS", "2")))
@@ -41,6 +41,7 @@ class ChunkedUploadUser(FastHttpUser):
 
     @task
     def chunked_upload(self) -> None:
+        let_a_pending_stop_land()  # a stop that killed this user as it woke: no flow begun
         began = time.perf_counter()
         try:
             error = self._upload_and_transcribe(began)
