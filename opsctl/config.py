@@ -44,14 +44,20 @@ def _dns_label(value: str, what: str) -> str:
 _QUANTITY = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+|[KMGTPE]i|[mkMGTPE])?", re.ASCII)
 
 
+def _parse_quantity(value: str | int):
+    """kubernetes.utils.parse_quantity, imported only when a quantity is there to parse: the
+    kubernetes package costs ~0.2 s to import, and every command loads a config."""
+    from kubernetes.utils import parse_quantity
+
+    return parse_quantity(value)
+
+
 def _quantity(value: str | int, where: str) -> str | int:
     """`value` when the API server would take it as a resource quantity (the Quantity grammar in
     _QUANTITY, then kubernetes.utils.parse_quantity for its amount, which must not be negative),
     else ValueError."""
-    from kubernetes.utils import parse_quantity
-
     try:
-        if isinstance(value, bool) or not _QUANTITY.fullmatch(str(value)) or parse_quantity(value) < 0:
+        if isinstance(value, bool) or not _QUANTITY.fullmatch(str(value)) or _parse_quantity(value) < 0:
             raise ValueError
     except ValueError:
         raise ValueError(f"{where}: {value!r} is not a Kubernetes quantity such as 2, 500m, 8Gi or 512Mi") from None
@@ -221,8 +227,6 @@ class WorkerSettings(_Model):
 
     @model_validator(mode="after")
     def _not_overcommitable(self) -> WorkerSettings:
-        from kubernetes.utils import parse_quantity
-
         # The API server: "Limit must be set for non overcommitable resources" (hugepages-* and
         # extended resources such as nvidia.com/gpu); the GPU limit defaults to 1 with `gpu`.
         requests, limits = self.resources.get("requests", {}), self.resources.get("limits", {})
@@ -232,7 +236,7 @@ class WorkerSettings(_Model):
                 raise ValueError(f"requests.{name} has no limits.{name}; the API server needs a limit for "
                                  f"hugepages and extended resources: set limits.{name} (equal for extended ones)")
         gpus = {**requests, **limits}.get("nvidia.com/gpu")
-        if not self.gpu and gpus is not None and parse_quantity(gpus) != 0:
+        if not self.gpu and gpus is not None and _parse_quantity(gpus) != 0:
             raise ValueError(f"resources ask for nvidia.com/gpu: {gpus} but gpu is false (no GPU node selector "
                              "or toleration: the pods would stay Pending); set worker.gpu: true or drop the GPU")
         return self
