@@ -14,15 +14,20 @@ import http.server
 import threading
 import time
 
-import gevent
-import gevent.event
 import pytest
-from locust import FastHttpUser, constant, task
-from locust.env import Environment
-from locust.event import Events
 
 from opsctl.loadtest import inflight
 from opsctl.loadtest.latencies import Recorder
+from opsctl.loadtest.runner import import_locust
+
+# locust is imported as opsctl imports it (unpatched, opsctl.loadtest.runner.import_locust),
+# never at collection: its default gevent monkey-patching would break the rest of the suite
+import_locust()
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+from locust import FastHttpUser, constant, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.event import Events  # noqa: E402
 
 LOADTESTS = __import__("pathlib").Path(__file__).resolve().parents[2] / "loadtests"
 
