@@ -6,8 +6,8 @@ Each task creates an upload (`POST /v1/uploads`), sends the file in parts
 submits a job on the completed file (`POST /v1/jobs` with `file_id`) and polls it to done.
 The whole flow is reported as one `JOB chunked upload create→done` entry (a transcription,
 so the latency gates judge it, failed when any step fails), beside each request's own entry.
-An upload left unfinished by a failure is cancelled, so a load test leaves no open S3
-multipart upload behind.
+An upload left unfinished by a failure is cancelled, so a load test leaves no part object
+in S3 behind.
 
 The file is a speech recording padded with silence to span LOADTEST_UPLOAD_PARTS parts
 (default 2) of LOADTEST_UPLOAD_PART_MB MiB (default 5: S3's minimum for every part but the

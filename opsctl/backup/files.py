@@ -14,6 +14,7 @@ path, two keys never share a name, and the manifest maps names back to keys.
 from __future__ import annotations
 
 import hashlib
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -30,11 +31,18 @@ def stored_name(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# the worker's /v1/uploads keeps each part of an unfinished upload as an object
+# `<prefix>uploads/upload_<32 hex>.parts/<name>` until complete assembles the file
+_UPLOAD_PART = re.compile(r"(^|/)uploads/upload_[0-9a-f]{32}\.parts/")
+
+
 def inventory(s3, bucket: str) -> list[dict]:
     """[{key, size (bytes), etag}] of every completed object in `bucket` (ListObjectsV2, paged):
-    parts of multipart uploads still open are not objects and never listed (issue 26)."""
+    parts of multipart uploads still open are not objects and never listed, and the worker's
+    upload part objects (`.../uploads/upload_<id>.parts/...`) are left out (issue 26)."""
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"]} for p in pages for o in p.get("Contents", [])]
+    return [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"]} for p in pages for o in p.get("Contents", [])
+            if not _UPLOAD_PART.search(o["Key"])]
 
 
 def _sha256(s3, bucket: str, key: str, etag: str) -> str:

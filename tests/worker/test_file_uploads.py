@@ -38,6 +38,12 @@ def multipart_uploads(worker, key: str) -> list:
     return listing.get("Uploads", [])
 
 
+def part_objects(worker, key: str) -> list[int]:
+    """The sizes of a pending upload's part objects (`{key}.parts/...`)."""
+    listing = worker.s3.list_objects_v2(Bucket=worker.bucket, Prefix=f"{key}.parts/")
+    return sorted(o["Size"] for o in listing.get("Contents", []))
+
+
 def test_upload_in_parts_with_a_repeat_and_a_drop_then_a_job(http, worker, api_key):
     audio, text = studio_wav()
     r = http.post("/v1/uploads", json={"filename": "../../etc/show.wav", "bytes": len(audio),
@@ -102,10 +108,11 @@ def test_upload_refusals_leave_nothing_behind(http, worker):
 
     other = create().json()
     send_part(http, other["id"], b"\3" * MIB)
-    assert len(multipart_uploads(worker, f"audio/uploads/{other['id']}")) == 1
+    assert part_objects(worker, f"audio/uploads/{other['id']}") == [MIB]
     cancelled = http.post(f"/v1/uploads/{other['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert multipart_uploads(worker, f"audio/uploads/{other['id']}") == []
+    assert part_objects(worker, f"audio/uploads/{other['id']}") == []
     r = send_part(http, other["id"], b"\4" * MIB)
     assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending"
 
@@ -138,9 +145,7 @@ def test_parts_past_the_declared_size_are_refused(http, worker):
     assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large", r.text
     assert [p["id"] for p in http.get(f"/v1/uploads/{upload['id']}").json()["parts"]] == held
     key = f"audio/uploads/{upload['id']}"
-    (s3_upload,) = multipart_uploads(worker, key)
-    listed = worker.s3.list_parts(Bucket=worker.bucket, Key=key, UploadId=s3_upload["UploadId"])
-    assert [p["Size"] for p in listed["Parts"]] == [5 * MIB, 5 * MIB]
+    assert part_objects(worker, key) == [5 * MIB, 5 * MIB]
     last = send_part(http, upload["id"], b"\2" * MIB)  # what fits still does
     assert last.status_code == 200
     r = http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [held[0], last.json()["id"]],
@@ -206,8 +211,8 @@ def test_openai_sdk_uploads_client(worker, api_key):
 def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, redis_server, tmp_path):
     """A worker whose uploads expire after 4 s (keeper ticking every 0.5 s), one open upload
     per key: while an upload is left pending it shows in `worker_uploads_incomplete` and the
-    oldest-age gauge and holds the key's lease; after its age it is marked expired, its S3
-    multipart upload aborted and counted, the gauges fall to 0 and its lease has run out on
+    oldest-age gauge and holds the key's lease; after its age it is marked expired, its part
+    object deleted and counted, the gauges fall to 0 and its lease has run out on
     its own (the key may start another)."""
     import os
     import secrets
@@ -245,10 +250,10 @@ def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, r
                           files={"data": ("p", b"\1" * MIB)}).status_code == 200
         r = create()
         assert r.status_code == 429 and r.json()["error"]["code"] == "concurrent_uploads_exceeded"
-        assert client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        assert client.list_objects_v2(Bucket=bucket).get("Contents")  # the part's object
         deadline = time.monotonic() + 120
         seen = set()
-        while client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+        while client.list_objects_v2(Bucket=bucket).get("Contents"):
             assert time.monotonic() < deadline, "the abandoned upload was never aborted"
             count, age = gauges()
             if count == 1 and age > 0:
@@ -306,7 +311,7 @@ def test_per_key_upload_limits(model_dir, postgres, s3, redis_server, tmp_path):
 
             first = create(6 * MIB).json()
             refused(create(MIB), "concurrent_uploads_exceeded")
-            assert len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+            assert "Contents" not in client.list_objects_v2(Bucket=bucket)  # S3 holds parts only
             parts = [send_part(http, first["id"], bytes([i]) * size).json()["id"]
                      for i, size in ((1, 5 * MIB), (2, MIB))]
             done = http.post(f"/v1/uploads/{first['id']}/complete", json={"part_ids": parts})
@@ -320,6 +325,8 @@ def test_per_key_upload_limits(model_dir, postgres, s3, redis_server, tmp_path):
             # the failed completion freed its lease: the next refusal is the day's bytes
             refused(create(5 * MIB), "daily_upload_limit_exceeded")  # 7 + 5 MB > 10 MB today
             assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+            assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]] == [
+                f"audio/uploads/{first['id']}"]  # the completed file alone
             assert create(3 * MIB).status_code == 200  # 7 + 3 MB fits
     finally:
         stop_worker(proc)

@@ -71,8 +71,8 @@ MIGRATIONS: list[str] = [
                      ADD COLUMN bypass_store boolean NOT NULL DEFAULT false,
                      ADD COLUMN result jsonb;
     """,
-    # OpenAI-style uploads (file_uploads.py): one row per upload, its parts in order of
-    # arrival (S3 part numbers); a part's SHA-256 is unique within its upload, so a part
+    # OpenAI-style uploads (file_uploads.py): one row per upload, its parts numbered in order
+    # of arrival; a part's SHA-256 is unique within its upload, so a part
     # sent twice is stored once
     """
     CREATE TABLE uploads (
@@ -107,6 +107,15 @@ MIGRATIONS: list[str] = [
     # from S3's ListParts
     """
     ALTER TABLE uploads ADD COLUMN presigned boolean NOT NULL DEFAULT false;
+    """,
+    # uploads as part objects (file_uploads.py): each part is its own S3 object, assembled
+    # at complete by a multipart upload made then, so s3_upload_id is only set on uploads an
+    # earlier worker version made (one multipart upload per upload, parts by arrival);
+    # idempotency_key: a retried create (same key and Idempotency-Key) finds its upload
+    """
+    ALTER TABLE uploads ALTER COLUMN s3_upload_id DROP NOT NULL,
+                        ADD COLUMN idempotency_key text,
+                        ADD UNIQUE (api_key_id, idempotency_key);
     """,
 ]
 class PartsTooLarge(Exception):
@@ -274,13 +283,20 @@ class Database:
     # --- uploads (file_uploads.py) ---
 
     def create_upload(self, row: dict[str, Any], expiry_seconds: float) -> dict[str, Any]:
-        """Insert an upload row (`row`'s columns) expiring `expiry_seconds` from now; returns it."""
+        """Insert an upload row (`row`'s columns) expiring `expiry_seconds` from now; returns
+        it, or None when the key already has an upload made with the row's `idempotency_key`
+        (a concurrent twin of a retried create: see `upload_by_idempotency_key`)."""
         cols = ", ".join(row)
         with self.pool.connection() as conn:
             return conn.execute(
                 f"INSERT INTO uploads ({cols}, expires_at) VALUES ({', '.join(['%s'] * len(row))},"
-                " now() + make_interval(secs => %s)) RETURNING *",
-                (*row.values(), expiry_seconds)).fetchone()
+                " now() + make_interval(secs => %s)) ON CONFLICT (api_key_id, idempotency_key) DO NOTHING"
+                " RETURNING *", (*row.values(), expiry_seconds)).fetchone()
+
+    def upload_by_idempotency_key(self, api_key_id: str, key: str) -> dict[str, Any] | None:
+        """The key's upload created with this Idempotency-Key, or None."""
+        return self._one("SELECT * FROM uploads WHERE api_key_id = %s AND idempotency_key = %s",
+                         (api_key_id, key))
 
     def get_upload(self, upload_id: str, api_key_id: str) -> dict[str, Any] | None:
         """The upload `upload_id` of key `api_key_id`, or None."""
@@ -308,8 +324,8 @@ class Database:
         Raises LookupError(status) when the upload is not pending, and PartsTooLarge when the
         part alone is larger than the upload's declared `bytes` (it could never be used), or
         when the parts stored in S3 plus this one would pass twice the declared `bytes` (each
-        byte may be re-sent once; the parts a complete does not list are dropped with the S3
-        multipart upload)."""
+        byte may be re-sent once; the parts a complete does not list are deleted with the
+        upload's part objects)."""
         with self.pool.connection() as conn, conn.transaction():
             upload = conn.execute("SELECT status, bytes FROM uploads WHERE id = %s FOR UPDATE",
                                   (upload_id,)).fetchone()
@@ -331,14 +347,18 @@ class Database:
                 " (SELECT coalesce(max(part_number), 0) + 1 FROM upload_parts WHERE upload_id = %s),"
                 " %s, %s) RETURNING *", (part_id, upload_id, upload_id, sha256, size)).fetchone(), True
 
-    def stored_part(self, part_id: str, etag: str | None) -> None:
-        """Record the part's S3 ETag, or forget an unfinished claim (etag None: the S3 call
-        failed; a claim another request finished meanwhile is kept)."""
-        with self.pool.connection() as conn:
-            if etag is None:
-                conn.execute("DELETE FROM upload_parts WHERE id = %s AND etag IS NULL", (part_id,))
-            else:
-                conn.execute("UPDATE upload_parts SET etag = %s WHERE id = %s", (etag, part_id))
+    def stored_part(self, part_id: str, etag: str) -> bool:
+        """Record that the part's object is in S3 (its ETag); False (nothing recorded) when the
+        upload is no longer pending: a complete, cancel or expiry that ran while the part was
+        on its way has already cleared the upload's part objects, so the caller deletes this
+        one. Takes the upload's row lock, so it waits for such an end to commit."""
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute("SELECT u.status FROM uploads u JOIN upload_parts p ON p.upload_id = u.id"
+                               " WHERE p.id = %s FOR UPDATE OF u", (part_id,)).fetchone()
+            if row is None or row["status"] != "pending":
+                return False
+            conn.execute("UPDATE upload_parts SET etag = %s WHERE id = %s", (etag, part_id))
+            return True
 
     @contextlib.contextmanager
     def locked_upload(self, upload_id: str, api_key_id: str) -> Iterator[tuple[Any, dict[str, Any] | None]]:
@@ -372,7 +392,7 @@ class Database:
 
     def expired_uploads(self, limit: int = 20) -> list[dict[str, Any]]:
         """Pending uploads past `expires_at`, marked expired here (each taken by one worker:
-        SKIP LOCKED); the caller aborts their S3 multipart uploads."""
+        SKIP LOCKED); the caller deletes what they hold in S3."""
         with self.pool.connection() as conn:
             return conn.execute(
                 "WITH old AS (SELECT id FROM uploads WHERE status = 'pending' AND expires_at < now()"

@@ -1,28 +1,36 @@
-"""OpenAI-compatible Uploads API: large recordings in parts, straight into an S3 multipart upload.
+"""OpenAI-compatible Uploads API: large recordings in parts, each part its own S3 object.
 
     POST /v1/uploads                  {filename, bytes, mime_type, purpose} -> upload (pending)
+         (an `Idempotency-Key` header: a retried create answers the upload the first made)
     POST /v1/uploads/{id}/parts       multipart field `data`              -> upload.part
     POST /v1/uploads/{id}/complete    {part_ids: [...], md5?}             -> upload (completed, file)
     POST /v1/uploads/{id}/cancel                                          -> upload (cancelled)
     POST /v1/uploads with "presign": true (and "part_size", default 8 MiB) -> upload with
-         part_urls: presigned S3 UploadPart URLs the client PUTs to; GET and complete then
-         read the parts from S3 (ListParts), and complete takes their ids as for any upload
+         part_urls: presigned S3 PutObject URLs the client PUTs its parts to; GET and complete
+         then list them in S3, and complete takes their ids as for any upload
     GET  /v1/uploads/{id}             the upload and the parts that arrived (to resume)
 
-Shapes follow OpenAI's Uploads API (create an upload, add parts, complete it into a file);
-storage is S3's multipart upload in the audio bucket, key `{prefix}uploads/{upload_id}`
-(nothing from the client reaches a key). Each part is sent to S3 with its SHA-256 for S3 to
-check, and a part whose SHA-256 this upload already holds is not stored again: the first
-part's id is returned. S3 assembles parts by part number, which is the order of arrival, so
-`complete` takes `part_ids` in the order they were sent (a different order is a 400). With
-the optional `md5`, the completed object is read back once, in 1 MiB pieces, for its MD5
+Shapes follow OpenAI's Uploads API (create an upload, add parts, complete it into a file).
+Each part is stored as its own object, `{prefix}uploads/{upload_id}.parts/{part_id}` (nothing
+from the client reaches a key), sent with its SHA-256 for S3 to check; a part whose SHA-256
+this upload already holds is not stored again: the first part's id is returned. Parts may
+arrive in any order and in parallel. `complete` takes any list of the upload's part ids, in
+the file's order, an id repeated if its bytes repeat (long silence), as long as their sizes
+add up to `bytes` and every part but the last holds at least 5 MiB (S3's minimum): it makes
+an S3 multipart upload at `{prefix}uploads/{upload_id}` and fills it with UploadPartCopy of
+the listed part objects (server-side: no byte passes through the worker), completes it, then
+deletes the part objects. The assembled object carries a fingerprint of its part list
+(metadata `parts`), so a complete retried after its worker died finds a finished assembly
+and records it; an unfinished one (its multipart upload still open) is aborted and redone.
+With the optional `md5`, the completed object is read back once, in 1 MiB pieces, for its MD5
 and SHA-256; without it nothing is read back (each part was already checked by S3 against
 its SHA-256), and the file's SHA-256 (the job's audio identity) is computed by the first job
 made from it, which reads the file anyway. A job is made with `POST /v1/jobs` and `file_id`.
 Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
 An upload not completed within WORKER_UPLOAD_EXPIRY_SECONDS (an hour, as OpenAI's) is
-marked `expired` and its S3 multipart upload aborted by the job keeper (`abort_expired`),
-counted in `worker_uploads_expired_total`; each keeper tick also sets the gauges
+marked `expired` and its part objects, any multipart upload and any object an unfinished
+complete assembled deleted by the job keeper (`abort_expired`), counted in
+`worker_uploads_expired_total`; each keeper tick also sets the gauges
 `worker_uploads_incomplete` and `worker_uploads_oldest_incomplete_age_seconds` from the
 database (`count_incomplete`), for the health check that warns when uploads pile up.
 """
@@ -142,40 +150,69 @@ async def create_upload(request: Request):
         if -(-size // part_size) > 10_000:
             raise APIError(400, "S3 takes at most 10,000 parts: raise part_size", param="part_size",
                            code="invalid_value")
+    idem = request.headers.get("idempotency-key") or None
+    if idem and len(idem) > 255:
+        raise APIError(400, "Idempotency-Key is longer than 255 characters",
+                       param="Idempotency-Key", code="invalid_value")
+    if idem:
+        earlier = await db(state.db.upload_by_idempotency_key, key_id, idem)
+        if earlier is not None:
+            _same_create(earlier, filename, size, mime, purpose, presign)
+            return await _created(state, db, earlier, part_size)
     upload_id = f"upload_{secrets.token_hex(16)}"
     await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
-    key = state.store.upload_key(upload_id)
-    s3_upload_id = None
+    row = None
     try:
-        s3_upload_id = await db(state.store.start_multipart, key, mime)
         row = await db(state.db.create_upload, {
             "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
-            "mime_type": mime, "purpose": purpose, "status": "pending", "s3_key": key,
-            "s3_upload_id": s3_upload_id, "presigned": presign}, settings.upload_expiry_seconds)
-    except BaseException:  # nothing left behind: no lease, no bytes charged, no open S3 upload
-        await state.limits.close_upload(key_id, upload_id)
-        await state.limits.refund_upload_bytes(key_id, size)
-        if s3_upload_id:
-            try:
-                await run_in_threadpool(state.store.abort_multipart, key, s3_upload_id)
-            except Exception as exc:  # S3's own lifecycle rule for incomplete uploads is the backstop
-                log.warning("could not abort the S3 upload of a failed create: %s", exc)
-        raise
+            "mime_type": mime, "purpose": purpose, "status": "pending",
+            "s3_key": state.store.upload_key(upload_id), "presigned": presign,
+            "idempotency_key": idem}, settings.upload_expiry_seconds)
+    finally:  # failed, or a concurrent twin with the same Idempotency-Key won: no lease, no
+        if row is None:  # bytes charged left behind (S3 holds nothing for an upload yet)
+            await state.limits.close_upload(key_id, upload_id)
+            await state.limits.refund_upload_bytes(key_id, size)
+    if row is None:
+        row = await db(state.db.upload_by_idempotency_key, key_id, idem)
+        _same_create(row, filename, size, mime, purpose, presign)
+    return await _created(state, db, row, part_size)
+
+
+def _same_create(row: dict, filename: str, size: int, mime: str, purpose: str, presign: bool) -> None:
+    """422 when an Idempotency-Key is reused for another upload (as for jobs: IETF draft, Stripe)."""
+    if (row["filename"], row["bytes"], row["mime_type"], row["purpose"], row["presigned"]) != (
+            filename, size, mime, purpose, presign):
+        raise APIError(422, "this Idempotency-Key was used for another upload; use a new key",
+                       param="Idempotency-Key", code="idempotency_key_reused")
+
+
+async def _created(state: Any, db: Any, row: dict, part_size: int) -> dict[str, Any]:
+    """The answer to a create: the upload, and for a presigned one its part URLs (made anew
+    for a retried create, from the part size it asked for)."""
     body = upload_body(row)
-    if presign:
+    if row["presigned"]:
+        size = row["bytes"]
         sizes = [min(part_size, size - n * part_size) for n in range(-(-size // part_size))]
-        urls = await db(state.store.presign_parts, key, s3_upload_id, sizes,
-                        int(settings.upload_expiry_seconds))
+        urls = await db(state.store.presign_part_puts, row["s3_key"], sizes,
+                        int(state.settings.upload_expiry_seconds))
         body["part_urls"] = [{"part_number": n, "url": url, "bytes": b}
                              for n, (url, b) in enumerate(zip(urls, sizes), start=1)]
     return body
 
 
 async def _sync_presigned(state: Any, db: Any, row: dict) -> None:
-    """A presigned upload's parts are where the client PUT them: ask S3 (ListParts)."""
+    """A presigned upload's parts are where the client PUT them: list them in S3."""
     if row["presigned"] and row["status"] == "pending":
-        parts = await db(state.store.list_parts, row["s3_key"], row["s3_upload_id"])
+        parts = await db(state.store.presigned_parts, row["s3_key"])
         await db(state.db.record_s3_parts, row["id"], parts)
+
+
+def _legacy(row: dict) -> None:
+    """An upload an earlier worker version made (one S3 multipart upload, parts by arrival)
+    takes no new parts and no complete here; it may be cancelled or left to expire."""
+    if row["s3_upload_id"]:
+        raise APIError(400, f"upload {row['id']} was made by an earlier worker version; cancel it"
+                       " and start a new upload", param="upload_id", code="upload_not_pending")
 
 
 @router.post("/{upload_id}/parts")
@@ -190,6 +227,7 @@ async def add_part(upload_id: str, request: Request):
     if row["presigned"]:
         raise APIError(400, "this upload takes its parts at its presigned S3 URLs",
                        param="upload_id", code="upload_presigned")
+    _legacy(row)
     await state.limits.check_parts_rate(key_id)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise APIError(400, "send the part as multipart/form-data with its bytes in the field `data`",
@@ -231,13 +269,16 @@ async def add_part(upload_id: str, request: Request):
                        retry_after=5) from None
     if not new:
         return part_body(claimed)
-    try:
-        etag = await db(state.store.put_part, row["s3_key"], row["s3_upload_id"],
-                        claimed["part_number"], data, base64.b64encode(digest.digest()).decode())
-    except BaseException:
-        await run_in_threadpool(state.db.stored_part, claimed["id"], None)
-        raise
-    await db(state.db.stored_part, claimed["id"], etag)
+    key = state.store.part_key(row["s3_key"], claimed["id"])
+    # a failed PUT leaves the claim unfinished (etag NULL): never listed nor counted, and a
+    # re-send of the same bytes takes it over
+    etag = await db(state.store.put_checked, key, data, base64.b64encode(digest.digest()).decode())
+    if not await db(state.db.stored_part, claimed["id"], etag):
+        # the upload ended (complete, cancel, expiry) while this part was on its way, and
+        # cleared its part objects before this one landed: clear it too
+        await db(state.store.delete, key)
+        raise APIError(400, f"upload {upload_id} ended while the part was sent; parts go to pending"
+                       " uploads", param="upload_id", code="upload_not_pending")
     return part_body(claimed)
 
 
@@ -280,9 +321,26 @@ def _locked_status(row: dict | None, upload_id: str) -> dict:
     return row
 
 
+def _part_object(store: Any, row: dict, part: dict) -> str:
+    """The S3 key of a part: by its id when it came through the worker, by its number when
+    the client PUT it at a presigned URL."""
+    name = f"n{part['part_number']:05d}" if row["presigned"] else part["id"]
+    return store.part_key(row["s3_key"], name)
+
+
+def _fingerprint(part_ids: list[str]) -> str:
+    """What an assembly was made of (S3 metadata `parts` of the object): a retried complete
+    recognises its own finished assembly by it."""
+    return hashlib.sha256("\n".join(part_ids).encode()).hexdigest()
+
+
 def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str],
                      md5: str | None) -> tuple[dict, bool]:
-    """Complete under the row lock (a thread): (row, whether this call ended the upload)."""
+    """Complete under the row lock (a thread): (row, whether this call ended the upload).
+
+    Safe to retry after the worker died anywhere in it: an assembly left half-made (its S3
+    multipart upload open) is aborted and made again; a finished one of the same part list
+    (the object's `parts` fingerprint) is kept, its part objects deleted and the row recorded."""
     store = state.store
     with state.db.locked_upload(upload_id, key_id) as (conn, row):
         row = _locked_status(row, upload_id)
@@ -290,17 +348,17 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
             return row, False  # a retried complete
         if row["status"] != "pending":
             raise _not_pending(row)
+        _legacy(row)
         if row["presigned"]:
-            state.db.record_s3_parts(upload_id, store.list_parts(row["s3_key"], row["s3_upload_id"]))
+            state.db.record_s3_parts(upload_id, store.presigned_parts(row["s3_key"]))
         stored = {p["id"]: p for p in state.db.parts(upload_id)}
         unknown = [p for p in part_ids if p not in stored]
         if unknown:
             raise APIError(400, f"unknown part ids for this upload: {', '.join(unknown[:3])}",
                            param="part_ids", code="invalid_value")
-        numbers = [stored[p]["part_number"] for p in part_ids]
-        if numbers != sorted(set(numbers)):
-            raise APIError(400, "part_ids must list each part once, in the order the parts were sent",
-                           param="part_ids", code="invalid_value")
+        if len(part_ids) > 10_000:
+            raise APIError(400, "a file is made of at most 10,000 parts (S3's limit)", param="part_ids",
+                           code="invalid_value")
         total = sum(stored[p]["bytes"] for p in part_ids)
         if total != row["bytes"]:
             raise APIError(400, f"the parts hold {total} bytes; the upload was created for {row['bytes']}",
@@ -310,28 +368,39 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
             raise APIError(400, f"every part but the last must hold at least 5 MiB (S3's minimum);"
                            f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
                            code="part_too_small")
-        try:  # parts not listed are dropped by S3 with the multipart upload
-            store.complete_multipart(row["s3_key"], row["s3_upload_id"],
-                                     [(stored[p]["part_number"], stored[p]["etag"]) for p in part_ids])
-        except ClientError as exc:
-            # NoSuchUpload with the object there: an earlier complete (its worker died before
-            # recording it) assembled it; anything else is S3's error (a 503 to the client)
-            if (exc.response.get("Error", {}).get("Code") != "NoSuchUpload"
-                    or store.size_of(row["s3_key"]) != row["bytes"]):
-                raise
+        key, fingerprint = row["s3_key"], _fingerprint(part_ids)
+        there = store.head(key)
+        if not (there and there[0] == row["bytes"] and there[1].get("parts") == fingerprint):
+            store.abort_multiparts(key)  # what an interrupted complete left open
+            sources = [_part_object(store, row, stored[p]) for p in part_ids]
+            try:
+                store.assemble(key, row["mime_type"], sources, {"parts": fingerprint})
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                    raise
+                # a part object is gone: only a finished complete deletes them, and it made
+                # the object from another list of parts
+                raise APIError(400, "an earlier complete of this upload assembled other part_ids"
+                               " and was interrupted; send that list again", param="part_ids",
+                               code="invalid_value") from None
         sha = None
         if md5:  # the client asked for the whole file to be checked: read it back once
-            sha, actual_md5, size = store.digests(row["s3_key"])
+            sha, actual_md5, size = store.digests(key)
             if md5.lower() != actual_md5 or size != row["bytes"]:
-                store.delete(row["s3_key"])
+                _drop_s3(store, row)
                 return state.db.set_status(conn, upload_id, "cancelled"), True
+        store.delete_prefix(store.parts_prefix(key))  # parts not listed go too
         return state.db.set_status(conn, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha), True
 
 
 def _drop_s3(store: Any, row: dict) -> bool:
-    """Abort an unfinished upload's S3 multipart upload and delete the object an interrupted
+    """Delete what an unfinished upload holds in S3: its part objects, any multipart upload
+    (an interrupted complete's; an earlier version's upload), and the object an interrupted
     complete may have assembled (the row says it was never completed); True when there was one."""
-    store.abort_multipart(row["s3_key"], row["s3_upload_id"])
+    if row["s3_upload_id"]:
+        store.abort_multipart(row["s3_key"], row["s3_upload_id"])
+    store.abort_multiparts(row["s3_key"])
+    store.delete_prefix(store.parts_prefix(row["s3_key"]))
     if store.size_of(row["s3_key"]) is None:
         return False
     store.delete(row["s3_key"])
@@ -350,8 +419,8 @@ def _cancel_locked(state: Any, upload_id: str, key_id: str) -> tuple[dict, int]:
 
 @router.post("/{upload_id}/cancel")
 async def cancel_upload(upload_id: str, request: Request):
-    """Abort the upload's S3 multipart upload, free its lease and give back today's bytes it
-    never received; 400 unless it is pending."""
+    """Delete the upload's part objects, free its lease and give back today's bytes it never
+    received; 400 unless it is pending."""
     state, key_id, db = await _context(request)
     row, stored = await db(_cancel_locked, state, upload_id, key_id)
     await state.limits.close_upload(key_id, upload_id)
@@ -370,9 +439,9 @@ async def get_upload(upload_id: str, request: Request):
 
 
 def abort_expired(state: Any) -> int:
-    """Abort the S3 multipart uploads of expired uploads (run by the job keeper), delete an
-    object a complete that never finished assembled, and give back the day's bytes they never
-    received; returns how many were aborted."""
+    """Delete what expired uploads hold in S3 (run by the job keeper): part objects, any
+    multipart upload, an object a complete that never finished assembled; give back the
+    day's bytes they never received; returns how many were aborted."""
     from . import metrics
 
     aborted = 0

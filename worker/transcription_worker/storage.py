@@ -86,7 +86,7 @@ class AudioStore:
         """Raises unless the bucket is reachable with our credentials (for /readyz)."""
         self._probe.head_bucket(Bucket=self.bucket)
 
-    # --- S3 multipart uploads (the /v1/uploads API) ---
+    # --- the /v1/uploads API: one object per part, assembled server-side at complete ---
 
     def upload_key(self, upload_id: str) -> str:
         """`{prefix}uploads/{upload_id}`; raises ValueError unless `upload_id` is one the worker made."""
@@ -94,46 +94,112 @@ class AudioStore:
             raise ValueError("an upload key is made from an upload id")
         return f"{self.prefix}uploads/{upload_id}"
 
-    def start_multipart(self, key: str, content_type: str) -> str:
-        """Start an S3 multipart upload at `key`; returns S3's UploadId."""
-        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
-                                                   ContentType=content_type)["UploadId"]
+    @staticmethod
+    def parts_prefix(upload_key: str) -> str:
+        """Where an upload's part objects live: `{upload_key}.parts/` (a sibling of the file's
+        key, not a folder under it, so no store that maps keys to paths sees a clash)."""
+        return f"{upload_key}.parts/"
 
-    def put_part(self, key: str, s3_upload_id: str, number: int, data: bytes, sha256_b64: str) -> str:
-        """Store one part, checked by S3 against its SHA-256; returns its ETag."""
-        return self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=s3_upload_id,
-                                       PartNumber=number, Body=data, ChecksumAlgorithm="SHA256",
-                                       ChecksumSHA256=sha256_b64)["ETag"]
+    def part_key(self, upload_key: str, name: str) -> str:
+        """The key of one part object: `name` is a worker part id (`part_` + 32 hex) or a
+        presigned part's number (`n00001`); nothing the client sent."""
+        if not re.fullmatch(r"part_[0-9a-f]{32}|n[0-9]{5}", name):
+            raise ValueError("a part key is made from a part id or number")
+        return self.parts_prefix(upload_key) + name
 
-    def complete_multipart(self, key: str, s3_upload_id: str, parts: list[tuple[int, str]]) -> None:
-        """Assemble the parts [(part number, ETag)] into the object at `key`."""
-        self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=key, UploadId=s3_upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
+    def put_checked(self, key: str, data: bytes, sha256_b64: str) -> str:
+        """Store `data` as the object at `key`, checked by S3 against its SHA-256 (base64);
+        returns its ETag."""
+        return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
+                                      ChecksumSHA256=sha256_b64)["ETag"]
 
-    def presign_parts(self, key: str, s3_upload_id: str, sizes: list[int], expires: int) -> list[str]:
-        """Presigned PUT URLs for parts 1..len(sizes) (S3 UploadPart), valid `expires` seconds,
-        each signed with its part's exact Content-Length (`sizes[n - 1]` bytes), so S3 refuses
-        a body of any other size."""
+    def assemble(self, key: str, content_type: str, sources: list[str], metadata: dict[str, str],
+                 threads: int = 4) -> None:
+        """Write the object at `key` as the concatenation of the objects `sources` (in that
+        order; one may repeat) with S3's server-side UploadPartCopy, so no byte passes through
+        this process: CreateMultipartUpload (with `metadata`), one copy per source (`threads`
+        at a time), CompleteMultipartUpload. Every source but the last must hold at least
+        5 MiB (S3's minimum part). On an error the multipart upload is aborted and the error
+        raised; if this process dies instead, `abort_multiparts(key)` finds what it left."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        mpu = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type,
+                                                  Metadata=metadata)["UploadId"]
+        try:
+            def copy(numbered: tuple[int, str]) -> dict:
+                n, source = numbered
+                out = self.client.upload_part_copy(Bucket=self.bucket, Key=key, UploadId=mpu, PartNumber=n,
+                                                   CopySource={"Bucket": self.bucket, "Key": source})
+                return {"PartNumber": n, "ETag": out["CopyPartResult"]["ETag"]}
+
+            with ThreadPoolExecutor(max(1, min(threads, len(sources)))) as pool:
+                parts = list(pool.map(copy, enumerate(sources, start=1)))
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=mpu,
+                                                  MultipartUpload={"Parts": parts})
+        except BaseException:
+            self.abort_multipart(key, mpu)
+            raise
+
+    def presign_part_puts(self, upload_key: str, sizes: list[int], expires: int) -> list[str]:
+        """Presigned PutObject URLs for parts 1..len(sizes) (objects `part_key(upload_key,
+        "n00001")`...), valid `expires` seconds, each signed with its part's exact
+        Content-Length (`sizes[n - 1]` bytes), so S3 refuses a body of any other size."""
         return [self._presigner.generate_presigned_url(
-            "upload_part", Params={"Bucket": self.bucket, "Key": key, "UploadId": s3_upload_id,
-                                   "PartNumber": n, "ContentLength": size}, ExpiresIn=expires)
+            "put_object", Params={"Bucket": self.bucket, "Key": self.part_key(upload_key, f"n{n:05d}"),
+                                  "ContentLength": size}, ExpiresIn=expires)
             for n, size in enumerate(sizes, start=1)]
 
-    def list_parts(self, key: str, s3_upload_id: str) -> list[dict]:
-        """The parts S3 holds for a multipart upload: PartNumber, ETag, Size."""
-        pages = self.client.get_paginator("list_parts").paginate(
-            Bucket=self.bucket, Key=key, UploadId=s3_upload_id)
-        return [p for page in pages for p in page.get("Parts", [])]
+    def presigned_parts(self, upload_key: str) -> list[dict]:
+        """The parts clients PUT at presigned URLs: [{PartNumber, ETag, Size}] by number."""
+        found = []
+        for obj in self.objects(self.parts_prefix(upload_key)):
+            name = obj["Key"].rsplit("/", 1)[-1]
+            if re.fullmatch(r"n[0-9]{5}", name):
+                found.append({"PartNumber": int(name[1:]), "ETag": obj["ETag"], "Size": obj["Size"]})
+        return sorted(found, key=lambda p: p["PartNumber"])
+
+    def objects(self, prefix: str) -> list[dict]:
+        """The objects under `prefix` (ListObjectsV2, paged): Key, Size, ETag..."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [o for page in pages for o in page.get("Contents", [])]
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix` (DeleteObjects, 1,000 a call); returns how many."""
+        keys = [o["Key"] for o in self.objects(prefix)]
+        for start in range(0, len(keys), 1000):
+            out = self.client.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+            if out.get("Errors"):
+                err = out["Errors"][0]
+                raise RuntimeError(f"S3 could not delete {err.get('Key')}: {err.get('Code')}")
+        return len(keys)
+
+    def abort_multiparts(self, key: str) -> int:
+        """Abort every multipart upload open at exactly `key` (what a killed `assemble` left);
+        returns how many."""
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=key)
+        open_ = [u for page in pages for u in page.get("Uploads", []) if u["Key"] == key]
+        for u in open_:
+            self.abort_multipart(key, u["UploadId"])
+        return len(open_)
 
     def abort_multipart(self, key: str, s3_upload_id: str) -> None:
-        """Abort the multipart upload and drop its parts; one S3 no longer knows is not an error
-        (see `size_of` for an upload S3 already assembled)."""
+        """Abort the multipart upload and drop its parts; one S3 no longer knows is not an error."""
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=s3_upload_id)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                 raise
+
+    def head(self, key: str) -> tuple[int, dict[str, str]] | None:
+        """(size in bytes, user metadata) of the object at `key`, or None when there is none."""
+        try:
+            out = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(out["ContentLength"]), out.get("Metadata", {})
 
     def size_of(self, key: str) -> int | None:
         """The size in bytes of the object at `key`, or None when there is none."""

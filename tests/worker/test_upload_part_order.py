@@ -1,0 +1,179 @@
+"""/v1/uploads parts as S3 clients send them (issue 26 review): byte-identical parts (long
+silence) deduplicated into one part id that `complete` lists more than once, parts sent in
+reverse order and in parallel, an assembly interrupted at either step of S3's work and
+retried, cancel leaving no object, a create retried with its Idempotency-Key, and the audio
+backup leaving part objects out. Parts are 5 MiB (S3's minimum for all but the last) and few."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import pytest
+from worker_helpers import send_part
+
+pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
+
+
+def _create(http, size, headers=None, **over):
+    spec = {"filename": "a.wav", "bytes": size, "mime_type": "audio/wav", "purpose": "transcription"}
+    r = http.post("/v1/uploads", json={**spec, **over}, headers=headers or {})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _keys(worker, upload_id):
+    """Every object under the upload's key (the file and its part objects)."""
+    pages = worker.s3.get_paginator("list_objects_v2").paginate(Bucket=worker.bucket,
+                                                                 Prefix=f"audio/uploads/{upload_id}")
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def _open_mpus(worker, upload_id):
+    return worker.s3.list_multipart_uploads(Bucket=worker.bucket,
+                                            Prefix=f"audio/uploads/{upload_id}").get("Uploads", [])
+
+
+def _file(worker, upload_id):
+    return worker.s3.get_object(Bucket=worker.bucket, Key=f"audio/uploads/{upload_id}")["Body"].read()
+
+
+def test_identical_parts_complete_with_one_part_id_listed_twice(http, worker):
+    """Ten MiB of silence then a tail: both silent parts are one part id (stored once), and
+    complete takes [silence, silence, tail] into the right 11 MiB; nothing else is left."""
+    silence, tail = b"\0" * (5 * MIB), b"\1" * MIB
+    up = _create(http, 2 * len(silence) + len(tail))
+    first = send_part(http, up["id"], silence).json()["id"]
+    second = send_part(http, up["id"], silence).json()["id"]
+    assert second == first  # deduplicated: one part, one object
+    last = send_part(http, up["id"], tail).json()["id"]
+    assert len(http.get(f"/v1/uploads/{up['id']}").json()["parts"]) == 2
+    expected = silence + silence + tail
+    r = http.post(f"/v1/uploads/{up['id']}/complete",
+                  json={"part_ids": [first, second, last], "md5": hashlib.md5(expected).hexdigest()})
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    assert _file(worker, up["id"]) == expected
+    assert _keys(worker, up["id"]) == [f"audio/uploads/{up['id']}"]  # part objects deleted
+    assert _open_mpus(worker, up["id"]) == []
+
+
+def test_parts_sent_in_reverse_and_in_parallel_complete_into_the_right_bytes(http, worker):
+    """Three parts sent last-first, all at once (as S3 transfer managers and the OpenAI SDK
+    do): complete in the file's order assembles the file; one listed twice in another order
+    is taken too (a repeated id), and a small part anywhere but last is still refused."""
+    a, b, c = b"\x0a" * (5 * MIB), b"\x0b" * (5 * MIB), b"\x0c" * MIB
+    up = _create(http, len(a) + len(b) + len(c))
+    ids: dict[bytes, str] = {}
+
+    def send(data):
+        r = send_part(http, up["id"], data)
+        assert r.status_code == 200, r.text
+        ids[data[:1]] = r.json()["id"]
+
+    threads = [threading.Thread(target=send, args=(d,)) for d in (c, b, a)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 3
+    small_first = [ids[b"\x0c"], ids[b"\x0a"], ids[b"\x0b"]]
+    r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": small_first})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "part_too_small", r.text
+    r = http.post(f"/v1/uploads/{up['id']}/complete",
+                  json={"part_ids": [ids[b"\x0a"], ids[b"\x0b"], ids[b"\x0c"]]})
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    assert _file(worker, up["id"]) == a + b + c
+    assert _keys(worker, up["id"]) == [f"audio/uploads/{up['id']}"]
+
+    again = _create(http, 2 * len(b) + len(a) + len(c))  # b, a, b, c: a part id repeated, not adjacent
+    sent = {d[:1]: send_part(http, again["id"], d).json()["id"] for d in (c, a, b)}
+    r = http.post(f"/v1/uploads/{again['id']}/complete",
+                  json={"part_ids": [sent[b"\x0b"], sent[b"\x0a"], sent[b"\x0b"], sent[b"\x0c"]]})
+    assert r.status_code == 200, r.text
+    assert _file(worker, again["id"]) == b + a + b + c
+
+
+def test_a_complete_interrupted_in_s3_is_retried_into_the_right_file(http, worker):
+    """What a complete whose worker died leaves in S3, made here with the worker's own storage
+    calls: (1) an assembly half-made (its multipart upload open, one part copied), (2) a
+    finished assembly of another part list that was never recorded, (3) a finished one of the
+    same list. A retried complete aborts (1), redoes (2) in the order it asks for, records (3),
+    and leaves only the file each time."""
+    from transcription_worker.storage import AudioStore
+
+    a, b = b"\x2a" * (5 * MIB), b"\x2b" * (5 * MIB)
+    up = _create(http, len(a) + len(b))
+    pa, pb = (send_part(http, up["id"], d).json()["id"] for d in (a, b))
+    store = AudioStore(worker.bucket, worker.env["WORKER_S3_ENDPOINT_URL"])
+    key = f"audio/uploads/{up['id']}"
+    half = worker.s3.create_multipart_upload(Bucket=worker.bucket, Key=key)["UploadId"]
+    worker.s3.upload_part_copy(Bucket=worker.bucket, Key=key, UploadId=half, PartNumber=1,
+                               CopySource={"Bucket": worker.bucket, "Key": store.part_key(key, pa)})
+    r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pb, pa]})
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    assert _file(worker, up["id"]) == b + a
+    assert _open_mpus(worker, up["id"]) == [] and _keys(worker, up["id"]) == [key]
+
+    up = _create(http, len(a) + len(b))
+    pa, pb = (send_part(http, up["id"], d).json()["id"] for d in (a, b))
+    key = f"audio/uploads/{up['id']}"
+    store.assemble(key, "audio/wav", [store.part_key(key, pa), store.part_key(key, pb)],
+                   {"parts": "an earlier complete's list"})
+    r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pb, pa]})
+    assert r.status_code == 200, r.text
+    assert _file(worker, up["id"]) == b + a  # not the unrecorded a + b
+    assert _keys(worker, up["id"]) == [key] and _open_mpus(worker, up["id"]) == []
+
+    # (3) the same list finished and its part objects partly deleted, never recorded: the
+    # object's `parts` fingerprint (SHA-256 of the ids, one a line) says it is this list's
+    up = _create(http, len(a) + len(b))
+    pa, pb = (send_part(http, up["id"], d).json()["id"] for d in (a, b))
+    key = f"audio/uploads/{up['id']}"
+    store.assemble(key, "audio/wav", [store.part_key(key, pb), store.part_key(key, pa)],
+                   {"parts": hashlib.sha256(f"{pb}\n{pa}".encode()).hexdigest()})
+    store.delete(store.part_key(key, pb))
+    r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pb, pa]})
+    assert r.status_code == 200, r.text
+    assert _file(worker, up["id"]) == b + a and _keys(worker, up["id"]) == [key]
+
+
+def test_cancel_leaves_no_object_of_the_upload(http, worker):
+    """Parts are objects while an upload is pending; cancel deletes them all."""
+    up = _create(http, 6 * MIB)
+    send_part(http, up["id"], b"\x31" * (5 * MIB))
+    assert len(_keys(worker, up["id"])) == 1
+    assert http.post(f"/v1/uploads/{up['id']}/cancel").json()["status"] == "cancelled"
+    assert _keys(worker, up["id"]) == [] and _open_mpus(worker, up["id"]) == []
+
+
+def test_a_create_retried_with_its_idempotency_key_is_the_same_upload(http, worker):
+    """A create whose answer was lost, retried with the same Idempotency-Key, answers the same
+    upload (no second one); the key reused for another upload is 422; complete retried
+    answers the completed upload."""
+    key = {"Idempotency-Key": "create-1"}
+    first = _create(http, MIB, headers=key)
+    again = _create(http, MIB, headers=key)
+    assert again["id"] == first["id"] and again["status"] == "pending"
+    r = http.post("/v1/uploads", headers=key, json={"filename": "a.wav", "bytes": 2 * MIB,
+                                                    "mime_type": "audio/wav", "purpose": "transcription"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "idempotency_key_reused", r.text
+    part = send_part(http, first["id"], b"\x41" * MIB).json()["id"]
+    done = [http.post(f"/v1/uploads/{first['id']}/complete", json={"part_ids": [part]},
+                      headers={"Idempotency-Key": "complete-1"}) for _ in range(2)]
+    assert [r.status_code for r in done] == [200, 200]
+    assert done[0].json()["file"]["id"] == done[1].json()["file"]["id"]
+
+
+def test_the_audio_backup_leaves_upload_part_objects_out(http, worker):
+    """opsctl's audio backup copies completed objects only: a pending upload's part objects
+    are not in its inventory; the completed file is."""
+    from opsctl.backup.files import inventory
+
+    up = _create(http, MIB)
+    part = send_part(http, up["id"], b"\x51" * MIB).json()["id"]
+    (part_key,) = _keys(worker, up["id"])
+    listed = {o["key"] for o in inventory(worker.s3, worker.bucket)}
+    assert part_key.startswith(f"audio/uploads/{up['id']}.parts/") and part_key not in listed
+    http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [part]})
+    assert f"audio/uploads/{up['id']}" in {o["key"] for o in inventory(worker.s3, worker.bucket)}
