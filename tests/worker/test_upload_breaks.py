@@ -144,7 +144,8 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
     """(5) As above, the client never comes back. The kill lands at complete's first S3 call;
     what a kill later in the assembly leaves (the assembled object, never recorded, and a
     multipart upload still open) is added with the worker's own storage calls. Expiry deletes
-    all of it, part objects included (the bucket is listed), and /metrics counts it."""
+    all of it, part objects included (the bucket is listed), and /metrics counts it. A part
+    PUT at a presigned URL after its upload completed is swept once the URL has expired."""
     env, bucket, _ = _own_worker(model_dir, postgres, s3, redis_server, "w2e",
                                  WORKER_UPLOAD_EXPIRY_SECONDS="6", WORKER_JOB_LEASE_SECONDS="1.5")
     client = s3.client()
@@ -155,6 +156,14 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
         with httpx.Client(base_url=url, timeout=60) as http:
             up = _create(http, len(first) + len(last))
             ids = [send_part(http, up["id"], d).json()["id"] for d in (first, last)]
+            # a presigned upload completed, then its part URL PUT again (complete cannot stop a URL)
+            pre = _create(http, MIB, presign=True, part_size=5 * MIB)
+            url1 = pre["part_urls"][0]["url"]
+            assert httpx.put(url1, content=last, timeout=60).status_code == 200
+            pre_parts = [p["id"] for p in http.get(f"/v1/uploads/{pre['id']}").json()["parts"]]
+            assert http.post(f"/v1/uploads/{pre['id']}/complete", json={"part_ids": pre_parts}).status_code == 200
+            assert httpx.put(url1, content=last, timeout=60).status_code == 200
+            assert len(_objects(client, bucket, pre["id"])) == 2  # the file and a stray part
             _kill_while_s3_hangs(s3, proc, lambda: http.post(f"/v1/uploads/{up['id']}/complete",
                                                              json={"part_ids": ids}))
         from transcription_worker.storage import AudioStore
@@ -176,6 +185,9 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
             assert time.monotonic() < deadline, f"an expired upload left {keys} in the bucket"
             time.sleep(0.5)
         assert _mpu(client, bucket, up["id"]) == []
+        while (keys := _objects(client, bucket, pre["id"])) != [f"audio/uploads/{pre['id']}"]:
+            assert time.monotonic() < deadline, f"a stray presigned part was never swept: {keys}"
+            time.sleep(0.5)
         assert re.search(r"^worker_uploads_assembled_deleted_total 1\.0$", httpx.get(f"{url}/metrics").text, re.M)
         assert re.search(r"^worker_uploads_expired_total 1\.0$", httpx.get(f"{url}/metrics").text, re.M)
     finally:

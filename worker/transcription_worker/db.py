@@ -111,11 +111,15 @@ MIGRATIONS: list[str] = [
     # uploads as part objects (file_uploads.py): each part is its own S3 object, assembled
     # at complete by a multipart upload made then, so s3_upload_id is only set on uploads an
     # earlier worker version made (one multipart upload per upload, parts by arrival);
-    # idempotency_key: a retried create (same key and Idempotency-Key) finds its upload
+    # idempotency_key: a retried create (same key and Idempotency-Key) finds its upload;
+    # parts_swept: a presigned upload's part objects were deleted once its URLs had expired
+    # (a client may PUT one after complete or cancel); earlier uploads have none to sweep
     """
     ALTER TABLE uploads ALTER COLUMN s3_upload_id DROP NOT NULL,
                         ADD COLUMN idempotency_key text,
-                        ADD UNIQUE (api_key_id, idempotency_key);
+                        ADD UNIQUE (api_key_id, idempotency_key),
+                        ADD COLUMN parts_swept boolean NOT NULL DEFAULT false;
+    UPDATE uploads SET parts_swept = true;
     """,
 ]
 class PartsTooLarge(Exception):
@@ -401,6 +405,20 @@ class Database:
                 " RETURNING u.id, u.api_key_id, u.bytes, u.created_at, u.s3_key, u.s3_upload_id,"
                 " (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = u.id"
                 " AND p.etag IS NOT NULL) AS stored", (limit,)).fetchall()
+
+    def unswept_presigned(self, grace_seconds: float, limit: int = 20) -> list[dict[str, Any]]:
+        """Presigned uploads that ended (completed, cancelled, expired) and whose part URLs
+        expired more than `grace_seconds` ago, their part objects not yet swept: [{id, s3_key}]."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "SELECT id, s3_key FROM uploads WHERE presigned AND NOT parts_swept AND status <> 'pending'"
+                " AND expires_at < now() - make_interval(secs => %s) ORDER BY expires_at LIMIT %s",
+                (grace_seconds, limit)).fetchall()
+
+    def mark_swept(self, upload_id: str) -> None:
+        """Record that a presigned upload's part objects were swept."""
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE uploads SET parts_swept = true WHERE id = %s", (upload_id,))
 
     def incomplete_uploads(self) -> tuple[int, float]:
         """(how many uploads are pending, age in seconds of the oldest; 0 when none), over

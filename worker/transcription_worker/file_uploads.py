@@ -188,13 +188,13 @@ def _same_create(row: dict, filename: str, size: int, mime: str, purpose: str, p
 
 async def _created(state: Any, db: Any, row: dict, part_size: int) -> dict[str, Any]:
     """The answer to a create: the upload, and for a presigned one its part URLs (made anew
-    for a retried create, from the part size it asked for)."""
+    for a retried create, from the part size it asked for), valid until the upload expires."""
     body = upload_body(row)
     if row["presigned"]:
         size = row["bytes"]
         sizes = [min(part_size, size - n * part_size) for n in range(-(-size // part_size))]
-        urls = await db(state.store.presign_part_puts, row["s3_key"], sizes,
-                        int(state.settings.upload_expiry_seconds))
+        left = (row["expires_at"] - datetime.now(timezone.utc)).total_seconds()
+        urls = await db(state.store.presign_part_puts, row["s3_key"], sizes, max(1, int(left)))
         body["part_urls"] = [{"part_number": n, "url": url, "bytes": b}
                              for n, (url, b) in enumerate(zip(urls, sizes), start=1)]
     return body
@@ -441,7 +441,8 @@ async def get_upload(upload_id: str, request: Request):
 def abort_expired(state: Any) -> int:
     """Delete what expired uploads hold in S3 (run by the job keeper): part objects, any
     multipart upload, an object a complete that never finished assembled; give back the
-    day's bytes they never received; returns how many were aborted."""
+    day's bytes they never received; returns how many were aborted. Then sweeps presigned
+    uploads that ended (`sweep_presigned`)."""
     from . import metrics
 
     aborted = 0
@@ -459,7 +460,27 @@ def abort_expired(state: Any) -> int:
         state.limits.refund_upload_bytes_sync(row["api_key_id"], unreceived, row["created_at"].timestamp())
         log.info("expired upload aborted" + ("; the object an unfinished complete assembled is deleted"
                                              if deleted else ""), extra={"upload_id": row["id"]})
+    sweep_presigned(state)
     return aborted
+
+
+def sweep_presigned(state: Any) -> int:
+    """Delete the part objects a client PUT at presigned URLs after its upload ended (complete
+    and cancel cannot stop a URL), once the URLs have expired and a grace period for a PUT
+    begun just before (a quarter of the upload expiry, at most 10 minutes) has passed;
+    returns how many uploads were swept. Run by the job keeper, at the end of `abort_expired`."""
+    grace = min(600.0, float(state.settings.upload_expiry_seconds) / 4)
+    swept = 0
+    for row in state.db.unswept_presigned(grace):
+        try:
+            if state.store.delete_prefix(state.store.parts_prefix(row["s3_key"])):
+                log.info("part objects PUT after the upload ended are deleted", extra={"upload_id": row["id"]})
+        except Exception as exc:  # S3 away: the next tick tries again
+            log.warning("could not sweep a presigned upload's parts: %s", exc, extra={"upload_id": row["id"]})
+            continue
+        state.db.mark_swept(row["id"])
+        swept += 1
+    return swept
 
 
 def count_incomplete(state: Any) -> None:
