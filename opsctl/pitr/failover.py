@@ -51,7 +51,9 @@ class FailoverResult:
     (host:port), when it began (UTC), seconds taken, the journal file it was recorded in, the
     old and new database hosts, the worker Secret's fate ("updated", "already" when it named
     the new host), the worker Deployments restarted, `resumed` when an earlier partial run's
-    promotion was taken over, `steps` as recorded, and `notes` for the user."""
+    promotion was taken over, `fenced` (what became of the old primary: "stopped" by
+    stop-db-instance, "already stopped", "gone", or "unconfirmed" when RDS would not stop it),
+    `steps` as recorded, and `notes` for the user."""
     environment: str
     old_primary: str
     new_primary: str
@@ -64,6 +66,7 @@ class FailoverResult:
     secret: str = ""
     restarted: list[str] = field(default_factory=list)
     resumed: bool = False
+    fenced: str = ""  # the old primary after the promotion: stopped | already stopped | gone | unconfirmed
     steps: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -137,17 +140,30 @@ def failover(project: Project, env: Environment, replica: str | None = None, app
     Embedded platform: opsctl.pitr.standby.failover (returns a LocalFailoverResult);
     kubernetes: promote the RDS read replica and repoint the workers (FailoverResult).
     `approve(text)` is called before anything changes (raise to stop); `progress(step)` is
-    told each step. UsageError when there is nothing to promote or the worker Secret cannot be
+    told each step. The environment's deploy lease (opsctl.pitr.lease) is held throughout: a
+    deploy, restore or failover already holding it refuses this one (UsageError, nothing
+    changed). After the promotion the old primary is fenced (stopped) before anything is
+    repointed; when that can't be confirmed it is said (result notes, the record), never an
+    error. UsageError when there is nothing to promote or the worker Secret cannot be
     repointed (nothing changed), OperationFailed when the promotion or a later step fails
     (a later step's failure is recorded as "partial"; re-running resumes).
     """
+    from opsctl.pitr import lease
+
+    if env.platform == "local" and replica:
+        raise UsageError("--replica names an RDS read replica; the embedded platform promotes its standby")
+    if env.platform != "local":
+        plan(project, env, replica)  # RDS's refusals (no such replica, not a replica) first: read-only
+    with lease.held(project, env, "failover"):  # a deploy, restore or second failover is refused meanwhile
+        return _failover(project, env, replica, approve, progress)
+
+
+def _failover(project: Project, env: Environment, replica: str | None, approve, progress):
     from opsctl.pitr.ops import window
 
     if env.platform == "local":
         from opsctl.pitr import standby
 
-        if replica:
-            raise UsageError("--replica names an RDS read replica; the embedded platform promotes its standby")
         with window(project, env, "failover", f"promote the standby of {env.name}"):
             return standby.failover(project, env, approve, progress)
     primary, target, earlier = plan(project, env, replica)
@@ -308,6 +324,40 @@ def _repointed(url: str, host: str, port: int | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}" if userinfo else hostport))
 
 
+FENCED = ("stopped", "already stopped", "gone")  # outcomes of fence() that confirm it
+
+
+def fence(rds, primary: str) -> tuple[str, str]:
+    """Stop the old primary after its replica was promoted (`stop-db-instance`, what RDS users
+    do so an old primary that comes back takes no more writes: split brain). Returns (outcome,
+    detail): "stopped", "already stopped" (stopped or stopping, or being deleted), "gone" (no
+    such instance), or "unconfirmed" when RDS can't be asked or refuses (an old primary that is
+    unreachable or failed: the usual failover). Never raises: a failover is not undone for it.
+    RDS starts a stopped instance again after seven days, which the detail says."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        found = rds.describe_db_instances(DBInstanceIdentifier=primary)["DBInstances"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "DBInstanceNotFound":
+            return "gone", f"old primary {primary} no longer exists"
+        return "unconfirmed", f"RDS did not describe the old primary {primary} ({exc}); stop it yourself"
+    except BotoCoreError as exc:
+        return "unconfirmed", f"RDS did not describe the old primary {primary} ({exc}); stop it yourself"
+    status = (found[0].get("DBInstanceStatus") if found else None) or "unknown"
+    if not found:
+        return "gone", f"old primary {primary} no longer exists"
+    if status in ("stopped", "stopping", "deleting"):
+        return "already stopped", f"old primary {primary} is {status}"
+    try:
+        rds.stop_db_instance(DBInstanceIdentifier=primary)
+    except (ClientError, BotoCoreError) as exc:
+        return "unconfirmed", (f"RDS refused to stop the old primary {primary} (status {status}: {exc}); it may "
+                               "still take writes: stop or delete it, or cut its network, before anyone writes to it")
+    return "stopped", (f"old primary {primary} stopped (stop-db-instance); RDS starts a stopped instance again after "
+                       "7 days: delete it (with a final snapshot) once the failover is settled")
+
+
 def _still_replica(rds, replica: str) -> bool:
     """Whether RDS still reports `replica`'s source (not promoted, or a promotion under way)."""
     found = rds.describe_db_instances(DBInstanceIdentifier=replica)["DBInstances"]
@@ -408,6 +458,18 @@ def run(project: Project, env: Environment, primary: str, replica: str, poll: fl
     save("running")
     result = FailoverResult(env.name, primary, replica, endpoint, started, 0.0, str(path),
                             old_host=record.get("old_host", old_host), new_host=new_host, resumed=resumed)
+    if not any(s["step"] == "fence-old-primary" and s["outcome"] in FENCED for s in steps):
+        t0 = _now()
+        tell(f"fencing {primary}")
+        result.fenced, detail = fence(rds, primary)
+        step("fence-old-primary", result.fenced, t0, detail)
+        save("running")
+        if result.fenced not in FENCED:
+            result.notes.append(f"fencing not confirmed: {detail}")
+        else:
+            result.notes.append(detail)
+    else:
+        result.fenced = next(s["outcome"] for s in steps if s["step"] == "fence-old-primary" and s["outcome"] in FENCED)
     if not new_host:
         step("repoint-secret", "failed", _now(), "RDS reports no endpoint address")
         save("partial")

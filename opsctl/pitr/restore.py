@@ -42,7 +42,6 @@ from opsctl.pitr import base as bb
 from opsctl.pitr import chain, layout
 
 BEGIN, END = "# opsctl restore: begin", "# opsctl restore: end"
-_LAST = re.compile(r"last completed transaction was at log time (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d)")
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -268,13 +267,16 @@ def _configure(data: Path, stage: Path, settings: dict[str, str]) -> None:
     # a hard link, not a copy: the staged file is a private plaintext copy made for this
     # recovery only (deleted after it), so PostgreSQL may have it as it is
     fetch = f'f="{stage}/%f"; ln -f "$f" "%p" 2>/dev/null || cp "$f" "%p"'
+    # standby mode, paused at the target: the checks read the tables while still in recovery
+    # (see _replay), then run() promotes
     lines = [BEGIN, f"restore_command = '{fetch}'", "recovery_target_timeline = 'latest'",
-             "recovery_target_action = 'promote'"]
+             "recovery_target_action = 'pause'"]
     lines += [f"{k} = '{v}'" for k, v in settings.items()]
     auto = data / "postgresql.auto.conf"
     text = auto.read_text() if auto.exists() else ""
     auto.write_text(text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(lines + [END]) + "\n")
-    (data / "recovery.signal").write_text("")
+    (data / "recovery.signal").unlink(missing_ok=True)
+    (data / "standby.signal").write_text("")
 
 
 def _unconfigure(data: Path) -> None:
@@ -294,8 +296,12 @@ def fatal_line(log: Path) -> str:
     return lines[-1].split("FATAL:", 1)[-1].strip() if lines else f"see {log}"
 
 
-def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int]:
-    """Start recovery on a free port; return (port, pid) once promoted. OperationFailed otherwise."""
+def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int, str]:
+    """Start recovery (standby mode) on a free port; return (port, pid, how) once it stopped
+    replaying: how is "target" (paused at the recovery target) or "end" (every staged WAL file
+    replayed: the startup process waits to retry restore_command, PostgreSQL's wait event
+    RecoveryRetrieveRetryInterval). It is still in recovery then: read-only, hint bits set by
+    reads are not WAL-logged. OperationFailed when it dies or the timeout passes."""
     import psycopg
 
     from opsctl.local import postgres as pg
@@ -304,7 +310,7 @@ def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int]:
     port = procs.free_port()
     try:
         pid = pg.start(data, port, log, timeout=timeout,
-                       settings={"archive_mode": "off", "fsync": "off"})
+                       settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on"})
     except OperationFailed:
         raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed") from None
     deadline = time.monotonic() + timeout
@@ -313,8 +319,16 @@ def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int]:
             raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed")
         try:
             with psycopg.connect(pg.url(port), connect_timeout=5) as conn:
-                if not conn.execute("select pg_is_in_recovery()").fetchone()[0]:
-                    return port, pid
+                recovering, paused, waiting = conn.execute(
+                    "select pg_is_in_recovery(), case when pg_is_in_recovery() then "
+                    "pg_get_wal_replay_pause_state() = 'paused' end, exists (select 1 from pg_stat_activity "
+                    "where backend_type = 'startup' and wait_event = 'RecoveryRetrieveRetryInterval')").fetchone()
+            if not recovering:
+                pg.stop(pid)
+                raise OperationFailed(f"the restored server left recovery by itself; read {log}; nothing live "
+                                      "was changed")
+            if paused or waiting:
+                return port, pid, "target" if paused else "end"
         except psycopg.Error:
             pass
         time.sleep(0.05)
@@ -322,22 +336,21 @@ def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int]:
     raise OperationFailed(f"recovery did not finish within {timeout:.0f} s; read {log}; nothing live was changed")
 
 
-def _check(port: int, log: Path, database: str, when: dt.datetime | None) -> tuple[dt.datetime | None, int, dict]:
+def _check(port: int, database: str, when: dt.datetime | None) -> tuple[dt.datetime | None, dict]:
+    """In recovery, before the promotion: the last replayed commit (not after `when`) and the
+    rows of every table of `database`, each read whole by a sequential scan."""
     import psycopg
     from psycopg import sql
 
     from opsctl.local import postgres as pg
 
-    m = None
-    for m in _LAST.finditer(log.read_text(errors="replace")):
-        pass
-    recovered = dt.datetime.fromisoformat(m.group(1) + ":00").astimezone(dt.timezone.utc) if m else None
+    with psycopg.connect(pg.url(port), autocommit=True) as conn:
+        recovered = conn.execute("select pg_last_xact_replay_timestamp()").fetchone()[0]
+        exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
+    recovered = recovered.astimezone(dt.timezone.utc) if recovered is not None else None
     if when is not None and recovered is not None and recovered > when:
         raise OperationFailed(f"recovery replayed a commit at {recovered.isoformat()}, after the target "
                               f"{when.isoformat()}; the restored data is not used")
-    with psycopg.connect(pg.url(port), autocommit=True) as conn:
-        tli = int(conn.execute("select pg_walfile_name(pg_current_wal_lsn())").fetchone()[0][:8], 16)
-        exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
     tables: dict[str, int] = {}
     if exists:
         with psycopg.connect(pg.url(port, database), autocommit=True) as conn:
@@ -347,14 +360,29 @@ def _check(port: int, log: Path, database: str, when: dt.datetime | None) -> tup
 
         def count(pair: tuple[str, str]) -> tuple[str, int]:  # every heap page read: a real check
             q = sql.SQL("select count(*) from {}.{}").format(sql.Identifier(pair[0]), sql.Identifier(pair[1]))
-            with psycopg.connect(pg.url(port, database), autocommit=True) as c:
+            # a sequential scan (an index-only scan would skip the heap's all-visible pages)
+            opts = "-c enable_indexonlyscan=off -c enable_indexscan=off -c enable_bitmapscan=off"
+            with psycopg.connect(pg.url(port, database), autocommit=True, options=opts) as c:
                 return f"{pair[0]}.{pair[1]}", c.execute(q).fetchone()[0]
 
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(2) as pool:
             tables = dict(sorted(pool.map(count, names)))
-    return recovered, tli, tables
+    return recovered, tables
+
+
+def _promote(port: int, log: Path) -> int:
+    """End recovery (pg_promote, waited for); the new timeline. OperationFailed when it does not."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    with psycopg.connect(pg.url(port), autocommit=True) as conn:
+        if not conn.execute("select pg_promote(true, 60)").fetchone()[0]:
+            raise OperationFailed(f"the restored server was not promoted within 60 s; read {log}; nothing live "
+                                  "was changed")
+        return int(conn.execute("select pg_walfile_name(pg_current_wal_lsn())").fetchone()[0][:8], 16)
 
 
 def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
@@ -391,9 +419,16 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         pg.chown(new, user)
         pg.chown(c["stage"], user)
         phase("unpack")
-        port, pid = _replay(new, log, timeout)
+        port, pid, how = _replay(new, log, timeout)
+        if how == "end" and c["settings"]:  # PostgreSQL's "recovery ended before configured recovery target"
+            raise OperationFailed(f"recovery replayed all archived WAL without reaching {p.target}; nothing live "
+                                  "was changed")
         phase("replay")
-        recovered, tli, tables = _check(port, log, env.database.name, c["when"])
+        # read while still in recovery: hint bits the reads set are not WAL-logged there (after the
+        # promotion, with data checksums, each first hinted page costs a full-page image: 140 MB of
+        # WAL for a 240 MB table, written and archived)
+        recovered, tables = _check(port, env.database.name, c["when"])
+        tli = _promote(port, log)
         # no commit replayed after the base backup: every commit before its start is in it
         recovered = recovered or backups[-1].started_at
         _unconfigure(new)
@@ -476,7 +511,9 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
 
     Embedded platform: plan (refuses a target outside the window; nothing touched), then
     `approve(plan)` when it would overwrite the live server (raise to stop), run, and always
-    drop what plan staged; returns a PitrResult. Kubernetes: RDS's restore to a time into the
+    drop what plan staged; returns a PitrResult. In place, the environment's deploy lease is
+    held throughout (opsctl.pitr.lease: UsageError at once while a deploy or failover holds it).
+    Kubernetes: RDS's restore to a time into the
     new instance `target_instance`; returns an rds.RdsRestoreResult. `report(what, total)` as
     for backups. UsageError for bad input, OperationFailed when the restore fails.
     """
@@ -493,14 +530,21 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     if target_instance:
         raise UsageError("--target-instance names a new RDS instance; the embedded platform restores beside "
                          "(--beside) or in place")
-    p = plan(project, env, to_time, to_lsn, beside, report=report("WAL segments", None) if report else None,
-             unpack_report=report)
-    try:
-        if p.overwrites and approve is not None:
-            approve(p)
-        # announced either way; a restore beside the live server touches nothing live: no check held
-        with window(project, env, "restore", f"PostgreSQL to {p.target}{' (beside)' if p.beside else ''}",
-                    [] if p.beside else None):
-            return run(p, report)
-    finally:
-        discard(p)
+    from contextlib import nullcontext
+
+    from opsctl.pitr import lease
+
+    # in place it replaces the live server: the environment's deploy lease is held, so a
+    # deploy or failover racing it is refused (and it is refused while one runs)
+    with nullcontext() if beside else lease.held(project, env, "restore"):
+        p = plan(project, env, to_time, to_lsn, beside, report=report("WAL segments", None) if report else None,
+                 unpack_report=report)
+        try:
+            if p.overwrites and approve is not None:
+                approve(p)
+            # announced either way; a restore beside the live server touches nothing live: no check held
+            with window(project, env, "restore", f"PostgreSQL to {p.target}{' (beside)' if p.beside else ''}",
+                        [] if p.beside else None):
+                return run(p, report)
+        finally:
+            discard(p)

@@ -79,6 +79,10 @@ class LocalFailoverResult:
     seconds: float
     journal: str = ""
     notes: list[str] = field(default_factory=list)
+    # the old primary: "stopped" (and its data directory kept with standby.signal: started again
+    # it refuses writes), "was down", or "unconfirmed" (it did not stop, or something else
+    # still takes writes on its port)
+    fenced: str = ""
 
 
 def _local(project: Project, env: Environment):
@@ -331,6 +335,19 @@ def stop_for_down(state) -> bool:
     return True
 
 
+def _answers_writable(port: int) -> bool:
+    """Whether a PostgreSQL that is not in recovery answers on `port` (a primary we could not stop)."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    try:
+        with psycopg.connect(pg.url(port), connect_timeout=3) as conn:
+            return not conn.execute("select pg_is_in_recovery()").fetchone()[0]
+    except psycopg.Error:
+        return False
+
+
 def _restart_workers(state, env: Environment, failed: list[str]) -> list[str]:
     """Restart every running worker color on its kept port so it reads the new database URL
     (the platform's own worker start; the router's upstream port does not change). A color
@@ -393,9 +410,15 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
                 f"(port {primary.port}, {'running: it will be stopped' if old_running else 'down'})")
     began = time.monotonic()
     notes = []
+    fenced = "was down"
     if old_running:  # fence: a primary that still takes writes would fork the history
         step("stopping the old primary")
         pg.stop(primary_pid)
+        fenced = "stopped"
+        if procs.alive(primary_pid, "postgres"):
+            fenced = "unconfirmed"
+            notes.append(f"fencing not confirmed: the old primary (pid {primary_pid}) did not stop; kill it before "
+                         "anyone writes to it")
         # the standby streamed until the stop; give it the primary's shutdown checkpoint
         deadline = time.monotonic() + 10
         want = None
@@ -405,7 +428,11 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
                 break
             want = lsn
             time.sleep(0.3)
-    elif not streaming:
+    elif procs.port_open(primary.port) and _answers_writable(primary.port):
+        fenced = "unconfirmed"
+        notes.append(f"fencing not confirmed: a writable PostgreSQL that is not the platform's own answers on port "
+                     f"{primary.port}; stop it before anyone writes to it")
+    if not old_running and not streaming:
         notes.append("the standby was not streaming when the primary was found down: commits after its last "
                      "replayed WAL are lost (see replayed_lsn)")
     step("promoting the standby")
@@ -432,6 +459,11 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
         (new / "standby.signal").unlink(missing_ok=True)
         if live.exists():
             live.rename(kept)
+            # fenced for good: started again by anyone, the old primary comes up as a standby
+            # that refuses writes (and a later pg_rewind can make it one of the new primary)
+            (kept / "standby.signal").write_text("")
+            notes.append(f"the old primary's data directory is kept at {kept} with standby.signal: started again, "
+                         "it refuses writes")
         new.rename(live)
         shutil.rmtree(state.data(f"{COMPONENT}-wal"), ignore_errors=True)
         old_port = primary.port
@@ -452,7 +484,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     result = LocalFailoverResult(env.name, f"127.0.0.1:{old_port}", f"127.0.0.1:{standby.port}", old_running, tli,
                                  replayed, url, workers, str(kept) if kept.exists() else None,
                                  dt.datetime.now(dt.timezone.utc), round(served, 2),
-                                 round(time.monotonic() - began, 2), notes=notes)
+                                 round(time.monotonic() - began, 2), notes=notes, fenced=fenced)
     path = project.state_dir / "failover" / f"{env.name}.json"
     import json
 
@@ -460,7 +492,8 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     history.append({"at": result.at.isoformat(), "old_primary": result.old_primary, "new_primary": result.new_primary,
                     "old_primary_was_running": old_running, "timeline": tli, "replayed_lsn": replayed,
                     "database_url": url, "workers_restarted": workers, "previous_data_dir": result.previous_data_dir,
-                    "promote_seconds": result.promote_seconds, "seconds": result.seconds, "notes": notes})
+                    "fenced": fenced, "promote_seconds": result.promote_seconds, "seconds": result.seconds,
+                    "notes": notes})
     write_json(path, history, private=True)
     result.journal = str(path)
     if failed:  # the database failed over (recorded); the workers are the operator's next step

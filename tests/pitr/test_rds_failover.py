@@ -117,6 +117,9 @@ class Env:
         self.rds.start_db_instance(DBInstanceIdentifier="fo-replica")
         return True
 
+    def status(self, name: str) -> str:
+        return self.rds.describe_db_instances(DBInstanceIdentifier=name)["DBInstances"][0]["DBInstanceStatus"]
+
     def new_host(self) -> str:
         return self.rds.describe_db_instances(DBInstanceIdentifier="fo-replica")["DBInstances"][0]["Endpoint"]["Address"]
 
@@ -200,9 +203,12 @@ async def test_failover_promotes_repoints_the_secret_and_restarts_both_colors(en
     [rec] = env.journal()
     assert rec["outcome"] == "done" and rec["old_host"] == env.old_host and rec["new_host"] == new_host
     assert [(s["step"], s["outcome"]) for s in rec["steps"]] == [
-        ("promote", "done"), ("repoint-secret", "updated"),
+        ("promote", "done"), ("fence-old-primary", "stopped"), ("repoint-secret", "updated"),
         ("restart transcription-worker-blue", "done"), ("restart transcription-worker-green", "done")]
     assert all(s["started"] <= s["ended"] for s in rec["steps"])
+    # fenced: the old primary was stopped after the promotion, before anything was repointed
+    assert env.status("fo-primary") == "stopped" and doc["fenced"] == "stopped"
+    assert any("fo-primary stopped" in n and "7 days" in n for n in doc["notes"])
     journal_file = env.root / ".opsctl" / "failover" / "cloud.json"
     assert journal_file.stat().st_mode & 0o077 == 0
     _no_secret_in(env, r.output, journal_file.read_text())
@@ -405,3 +411,72 @@ async def test_a_run_killed_before_its_promotion_reached_rds_is_promoted_by_the_
     assert env.promoted() and urlsplit(env.secret_url()).hostname == env.new_host() and env.restarted_at("blue")
     [rec] = env.journal()
     assert rec["outcome"] == "done" and json.loads(r.stdout)["resumed"]
+
+
+async def test_an_old_primary_rds_will_not_stop_is_said_and_the_failover_still_finishes(env, monkeypatch):
+    """The usual failover: the old primary is broken or out of reach, so RDS refuses to stop it.
+    Fencing can't be confirmed: said in the output and the record, never a failed failover."""
+    from opsctl.pitr import rds as rdsmod
+
+    real = rdsmod.client
+    _rds_refusing(monkeypatch, "StopDBInstance", "InvalidDBInstanceState")
+    r = await env.failover("--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["fenced"] == "unconfirmed"
+    assert any(n.startswith("fencing not confirmed") and "fo-primary" in n for n in doc["notes"])
+    assert urlsplit(env.secret_url()).hostname == env.new_host() and env.restarted_at("blue")
+    [rec] = env.journal()
+    fence = next(s for s in rec["steps"] if s["step"] == "fence-old-primary")
+    assert rec["outcome"] == "done" and fence["outcome"] == "unconfirmed" and "InvalidDBInstanceState" in fence["detail"]
+    assert env.status("fo-primary") == "available"
+    # a re-run, RDS answering again, fences it
+    monkeypatch.setattr(rdsmod, "client", real)
+    r = await env.failover("--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["fenced"] == "stopped" and env.status("fo-primary") == "stopped"
+
+
+async def test_two_failovers_at_once_one_is_refused_by_the_deploy_lease(env):
+    """Two failovers of one environment: the second finds the deploy Lease (the one deploys
+    take) held by the first and is refused in one line, exit 2, changing nothing; the first
+    finishes. A deploy holding the Lease refuses a failover the same way."""
+    import threading
+
+    from opsctl.config import load_project
+    from opsctl.pitr import failover as core
+
+    project = load_project(env.root)
+    asked, go = threading.Event(), threading.Event()
+
+    def approve(_text):  # the first failover waits here, its Lease held
+        asked.set()
+        assert go.wait(30)
+
+    first = asyncio.create_task(asyncio.to_thread(core.failover, project, project.env("cloud"), None, approve))
+    assert await asyncio.to_thread(asked.wait, 30)
+    r = await env.failover()
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert "failover refused" in r.output and "busy" in r.output and "opsctl-deploy" in r.output
+    assert not env.promoted() and not (env.root / ".opsctl" / "failover" / "cloud.json").exists()
+    go.set()
+    result = await first
+    assert result.fenced == "stopped" and env.promoted()
+    assert plain(env.server.objects["coordination.k8s.io/v1/leases", NS, "opsctl-deploy"].raw)["spec"]["holderIdentity"] == ""
+
+    from opsctl.deploy.drivers.kubernetes import KubernetesDriver
+
+    held, release = threading.Event(), threading.Event()
+
+    def deploy():
+        with KubernetesDriver(project, project.env("cloud")).lock():
+            held.set()
+            release.wait(30)
+
+    holder = asyncio.create_task(asyncio.to_thread(deploy))
+    assert await asyncio.to_thread(held.wait, 30)
+    r = await env.failover()
+    release.set()
+    await holder
+    assert r.exit_code == 2 and "busy" in r.output, r.output

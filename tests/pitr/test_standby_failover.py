@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -51,8 +52,10 @@ def test_drill_restores_redis_audio_and_serves_a_preview_color_then_tears_down(p
     redis.Redis.from_url(ep.redis_url).set("drill-key", "kept")
     s3 = ep.s3_client()
     s3.put_object(Bucket=ep.audio_bucket, Key="drill/one.wav", Body=b"RIFF" + b"\0" * 100)
-    assert platform.cli(runner, "backup", "create", "--json").exit_code == 0
-    assert platform.cli(runner, "backup", "base").exit_code == 0
+    r = platform.cli(runner, "backup", "create", "--json")
+    assert r.exit_code == 0, r.output
+    r = platform.cli(runner, "backup", "base")
+    assert r.exit_code == 0, r.output
     platform.wait_archived()
     buckets_before = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     out = platform.root / "drill.xml"
@@ -112,6 +115,7 @@ def test_standby_from_the_archive_then_failover_repoints_database_and_workers(pl
 
     # fenced: the old primary is gone; the environment hands out the promoted server
     assert not procs.alive(old_pid, "postgres") and not procs.port_open(old_port)
+    assert doc["fenced"] == "stopped"
     assert platform.port == sb["port"] and "postgres-standby" not in platform.state().components
     url = resolve(platform.project(), platform.env()).database_url
     assert url == doc["database_url"] and f":{sb['port']}/" in url
@@ -130,6 +134,39 @@ def test_standby_from_the_archive_then_failover_repoints_database_and_workers(pl
     assert json.loads(journal.read_text())[-1]["new_primary"] == doc["new_primary"]
     # the promoted server archives its new timeline into the same repository
     platform.wait_archived()
+    # and the old primary, should anyone start it again, refuses writes (no split brain)
+    assert json.loads(journal.read_text())[-1]["fenced"] == "stopped"
+    port = procs.free_port()
+    old = pg.start(Path(doc["previous_data_dir"]), port, platform.root / "old-primary.log")
+    try:
+        with psycopg.connect(pg.url(port, "pitrdb"), autocommit=True) as conn:
+            assert conn.execute("select pg_is_in_recovery()").fetchone()[0] is True
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("insert into events(note) values ('split brain')")
+    finally:
+        pg.stop(old)
+
+
+def test_a_failover_is_refused_while_a_deploy_holds_the_lease_and_a_restore_while_a_failover_does(platform, runner):
+    """The deploy lease (the file lock deploys take) is the environment's one lease: a failover
+    racing a deploy, or an in-place restore racing a failover, is refused at once, one line,
+    exit 2, nothing changed."""
+    from opsctl.deploy.drivers.local import LocalDriver
+    from opsctl.pitr import lease
+
+    pid, port = platform.pid, platform.port
+    with LocalDriver(platform.project(), platform.env()).lock():
+        r = platform.cli(runner, "failover", "--env", "local", "--yes")
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "failover refused" in r.output and "a deploy (pid" in r.output
+    with lease.held(platform.project(), platform.env(), "failover"):
+        r = platform.cli(runner, "restore", "--env", "local", "--to-time", "latest", "--yes")
+    assert r.exit_code == 2, r.output
+    assert "restore refused" in r.output and "a failover (pid" in r.output and "nothing was changed" in r.output
+    assert (platform.pid, platform.port) == (pid, port)
+    # released: the lease is free again for the next operation
+    with LocalDriver(platform.project(), platform.env()).lock():
+        pass
 
 
 
