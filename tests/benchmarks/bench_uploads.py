@@ -2,6 +2,7 @@
 worker's memory while a 1 GB recording goes through it.
 
     python tests/benchmarks/bench_uploads.py [--rounds 5] [--size-mb 256] [--memory-mb 1024]
+                                             [--concurrency 3]
 
 The environment is made here, from the same starters `opsctl local up` uses: PostgreSQL,
 moto's S3 server, the worker (`transcription-worker serve`, tests/benchmarks/worker_process.py,
@@ -9,17 +10,19 @@ shared with bench_worker and bench_long_audio) and Caddy in front of it as the r
 bytes come from temporary files (random, so nothing compresses), never from memory.
 
 1. Throughput, `--rounds` interleaved pairs, `--size-mb` each:
-   - chunked: `POST /v1/uploads`, the file in 8 MiB parts (`POST .../parts`, one HTTP/1.1
-     connection, as a client without parallelism sends them) through the router, then
-     `POST .../complete` (S3 CompleteMultipartUpload); and once more completing with `md5`,
-     for which the worker reads the object back once (SHA-256 and MD5);
+   - chunked: `POST /v1/uploads`, the file in 8 MiB parts (`POST .../parts`) through the
+     router, `--concurrency` parts in flight at once (default 3: S3 transfer managers send
+     parts in parallel, boto3's default is 10, the AWS CLI's 10, the OpenAI SDK's uploads
+     helper sends them concurrently too; 1 is a client without parallelism), then
+     `POST .../complete` (S3 UploadPartCopy of each part object, server-side); and once more
+     completing with `md5`, for which the worker reads the object back once (SHA-256, MD5);
    - the baseline: one PUT of the same file to the S3 endpoint (a presigned PutObject URL,
      streamed from the file by the same HTTP client), in the same round.
    Printed: MiB/s of each (median, spread), and chunked / single PUT as the median of the
    per-round ratios with their range: parts + complete (target >= 0.8), parts alone, and
    with the md5 read-back.
 2. Memory: one `--memory-mb` upload (default 1 GiB) in 8 MiB parts through the router,
-   completed with `md5` (so the read-back is measured too), the
+   `--concurrency` at once, completed with `md5` (so the read-back is measured too), the
    worker's RSS (psutil) sampled every 50 ms from before the first part to after the
    completion. Printed: idle RSS (the model loaded, after the throughput rounds), peak above
    idle (target < 200 MB), and the RSS of the last tenth of the parts against the first
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 import os
 import shutil
 import statistics
@@ -52,6 +56,7 @@ sys.path.insert(0, str(REPO))
 
 MIB = 1024 * 1024
 PART = 8 * MIB
+CONCURRENCY = 3
 
 
 def random_file(path: Path, size: int) -> str:
@@ -68,24 +73,32 @@ def random_file(path: Path, size: int) -> str:
 
 
 def chunked_upload(router: httpx.Client, path: Path, md5: str | None = None,
-                   on_part=None) -> tuple[float, float]:
-    """One upload of `path` in 8 MiB parts through the router; (seconds for create + parts,
-    seconds for the completion, which reads the file back when `md5` is given).
-    `on_part(i, count)` is called after each part."""
+                   on_part=None, concurrency: int = CONCURRENCY) -> tuple[float, float]:
+    """One upload of `path` in 8 MiB parts through the router, `concurrency` parts in flight
+    (each read from the file when its turn comes, so at most that many are in this process);
+    (seconds for create + parts, seconds for the completion, which reads the file back when
+    `md5` is given). `on_part(i, count)` is called after each part."""
     size = path.stat().st_size
     count = -(-size // PART)
     started = time.perf_counter()
     r = router.post("/v1/uploads", json={"filename": path.name, "bytes": size,
                                          "mime_type": "audio/mpeg", "purpose": "transcription"})
     r.raise_for_status()
-    upload_id, ids = r.json()["id"], []
-    with path.open("rb") as f:
-        for i in range(count):
-            r = router.post(f"/v1/uploads/{upload_id}/parts", files={"data": ("part", f.read(PART))})
-            r.raise_for_status()
-            ids.append(r.json()["id"])
-            if on_part:
-                on_part(i, count)
+    upload_id, ids = r.json()["id"], [""] * count
+    fd = os.open(path, os.O_RDONLY)
+
+    def send(i: int) -> None:
+        r = router.post(f"/v1/uploads/{upload_id}/parts", files={"data": ("part", os.pread(fd, PART, i * PART))})
+        r.raise_for_status()
+        ids[i] = r.json()["id"]
+        if on_part:
+            on_part(i, count)
+
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(send, range(count)))
+    finally:
+        os.close(fd)
     parts_done = time.perf_counter()
     r = router.post(f"/v1/uploads/{upload_id}/complete",
                     json={"part_ids": ids, **({"md5": md5} if md5 else {})})
@@ -189,6 +202,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size-mb", type=int, default=256, help="MiB per throughput round")
     parser.add_argument("--memory-mb", type=int, default=1024, help="MiB of the memory run")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
+                        help="parts in flight at once (1: one after another)")
     args = parser.parse_args()
 
     from transcription_worker.config import default_model_dir
@@ -203,16 +218,17 @@ def main() -> int:
         data = tmp / "round.bin"
         md5 = random_file(data, size)
         print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-        print(f"{args.rounds} rounds of {args.size_mb} MiB (8 MiB parts through Caddy) against one PUT"
+        print(f"{args.rounds} rounds of {args.size_mb} MiB (8 MiB parts through Caddy,"
+              f" {args.concurrency} at once) against one PUT"
               f" to moto's S3; {os.cpu_count()} cores", flush=True)
         with httpx.Client(base_url=platform.router_url, timeout=600) as router:
-            chunked_upload(router, data)  # warm-up: connections, first-call costs
+            chunked_upload(router, data, concurrency=args.concurrency)  # warm-up: connections, first-call costs
             single_put(s3, "audio", data)
             parts_rate, whole_rate, md5_rate, put_rate = [], [], [], []
             for rnd in range(args.rounds):
-                parts_s, complete_s = chunked_upload(router, data)
+                parts_s, complete_s = chunked_upload(router, data, concurrency=args.concurrency)
                 put_s = single_put(s3, "audio", data)
-                checked = sum(chunked_upload(router, data, md5))
+                checked = sum(chunked_upload(router, data, md5, concurrency=args.concurrency))
                 parts_rate.append(size / MIB / parts_s)
                 whole_rate.append(size / MIB / (parts_s + complete_s))
                 md5_rate.append(size / MIB / checked)
@@ -228,7 +244,8 @@ def main() -> int:
             sampler = RssSampler(worker.pid)
             sampler.start()
             big_parts, big_complete = chunked_upload(
-                router, big, big_md5, on_part=lambda i, n: marks.append(time.perf_counter()))
+                router, big, big_md5, on_part=lambda i, n: marks.append(time.perf_counter()),
+                concurrency=args.concurrency)
             samples = sampler.stop()
             big.unlink()
 

@@ -59,17 +59,25 @@ def _own_worker(model_dir, postgres, s3, redis_server, name, **extra):
     return env, bucket, dburl
 
 
-def _kill_while_s3_hangs(s3, proc, request, wait_for=None):
-    """Freeze S3, start `request` in a thread, wait until `wait_for()` (or 2 s: the request
-    reached S3's socket), SIGKILL the worker, thaw S3."""
+def _completing(dburl):
+    """A `wait_for` for `_kill_while_s3_hangs`: a complete (or cancel) holds the upload's row
+    lock in an open transaction, so it has reached its S3 calls."""
+    def waiting():
+        with psycopg.connect(dburl) as conn:
+            return conn.execute("SELECT 1 FROM pg_stat_activity WHERE state = 'idle in transaction'"
+                                " AND query LIKE '%FOR NO KEY UPDATE%'").fetchone()
+    return waiting
+
+
+def _kill_while_s3_hangs(s3, proc, request, wait_for):
+    """Freeze S3, start `request` in a thread, wait until `wait_for()` (the request reached
+    its S3 calls), SIGKILL the worker, thaw S3."""
     os.kill(s3.pid, signal.SIGSTOP)
     try:
         t = threading.Thread(target=lambda: _swallow(request))
         t.start()
         deadline = time.monotonic() + 30
-        if wait_for is None:
-            time.sleep(2)
-        while wait_for is not None and not wait_for():
+        while not wait_for():
             assert time.monotonic() < deadline
             time.sleep(0.1)
         proc.kill()
@@ -79,10 +87,11 @@ def _kill_while_s3_hangs(s3, proc, request, wait_for=None):
     t.join()
 
 
-def test_worker_killed_mid_part_then_a_resend_takes_the_claim_over(model_dir, postgres, s3, redis_server,
-                                                                    tmp_path):
+def test_worker_killed_mid_part_then_mid_complete_and_retried(model_dir, postgres, s3, redis_server, tmp_path):
     """(4) The worker dies while a part is on its way to S3: its claim (no ETag) is not shown,
-    not counted against the declared bytes, and a re-send of the part takes it over."""
+    not counted against the declared bytes, and a re-send of the part takes it over. (5) Then
+    it dies while complete waits on S3: the retried complete on the restarted worker answers
+    completed, and the bucket holds the file alone (no part object, no multipart upload)."""
     env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "w2k")
     first, last = b"\1" * (5 * MIB), b"\2" * MIB
     proc, url = start_worker(env, tmp_path / "w.log")
@@ -106,32 +115,14 @@ def test_worker_killed_mid_part_then_a_resend_takes_the_claim_over(model_dir, po
             assert r.status_code == 200, r.text
             p2 = r.json()["id"]
             assert [p["id"] for p in http.get(f"/v1/uploads/{up['id']}").json()["parts"]] == [p1, p2]
-            r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [p1, p2]})
-            assert r.status_code == 200 and r.json()["status"] == "completed", r.text
-            body = s3.client().get_object(Bucket=bucket, Key=f"audio/uploads/{up['id']}")["Body"].read()
-            assert body == first + last
-    finally:
-        stop_worker(proc)
-
-
-def test_killed_mid_complete_retried_completes(model_dir, postgres, s3, redis_server, tmp_path):
-    """(5) The worker dies while complete waits on S3; the client's retried complete on the
-    restarted worker answers completed, and the bucket holds the file alone (no part object,
-    no multipart upload)."""
-    env, bucket, _ = _own_worker(model_dir, postgres, s3, redis_server, "w2r")
-    proc, url = start_worker(env, tmp_path / "w.log")
-    first, last = b"\1" * (5 * MIB), b"\2" * MIB
-    try:
-        wait_until(url, proc, tmp_path / "w.log", ready=False)
-        with httpx.Client(base_url=url, timeout=60) as http:
-            up = _create(http, len(first) + len(last))
-            ids = [send_part(http, up["id"], d).json()["id"] for d in (first, last)]
+            # (5) the worker dies while complete waits on S3; the client's retried complete on
+            # the restarted worker answers completed, and the bucket holds the file alone
             _kill_while_s3_hangs(s3, proc, lambda: http.post(f"/v1/uploads/{up['id']}/complete",
-                                                             json={"part_ids": ids}))
-        proc, url = start_worker(env, tmp_path / "w2.log")
-        wait_until(url, proc, tmp_path / "w2.log", ready=False)
+                                                             json={"part_ids": [p1, p2]}), _completing(dburl))
+        proc, url = start_worker(env, tmp_path / "w3.log")
+        wait_until(url, proc, tmp_path / "w3.log", ready=False)
         with httpx.Client(base_url=url, timeout=60) as http:
-            r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": ids})
+            r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [p1, p2]})
             assert r.status_code == 200 and r.json()["status"] == "completed", r.text
         key = f"audio/uploads/{up['id']}"
         assert _objects(s3.client(), bucket, up["id"]) == [key] and _mpu(s3.client(), bucket, up["id"]) == []
@@ -141,12 +132,13 @@ def test_killed_mid_complete_retried_completes(model_dir, postgres, s3, redis_se
 
 
 def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s3, redis_server, tmp_path):
-    """(5) As above, the client never comes back. The kill lands at complete's first S3 call;
-    what a kill later in the assembly leaves (the assembled object, never recorded, and a
-    multipart upload still open) is added with the worker's own storage calls. Expiry deletes
+    """(5) A worker dies while complete waits on S3 and the client never comes back. The kill
+    lands at complete's first S3 call; what a kill later in the assembly leaves (the assembled
+    object, never recorded, and a multipart upload still open) is added with the worker's own
+    storage calls. Expiry deletes
     all of it, part objects included (the bucket is listed), and /metrics counts it. A part
     PUT at a presigned URL after its upload completed is swept once the URL has expired."""
-    env, bucket, _ = _own_worker(model_dir, postgres, s3, redis_server, "w2e",
+    env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "w2e",
                                  WORKER_UPLOAD_EXPIRY_SECONDS="6", WORKER_JOB_LEASE_SECONDS="1.5")
     client = s3.client()
     proc, url = start_worker(env, tmp_path / "w.log")
@@ -165,7 +157,7 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
             assert httpx.put(url1, content=last, timeout=60).status_code == 200
             assert len(_objects(client, bucket, pre["id"])) == 2  # the file and a stray part
             _kill_while_s3_hangs(s3, proc, lambda: http.post(f"/v1/uploads/{up['id']}/complete",
-                                                             json={"part_ids": ids}))
+                                                             json={"part_ids": ids}), _completing(dburl))
         from transcription_worker.storage import AudioStore
 
         store = AudioStore(bucket, env["WORKER_S3_ENDPOINT_URL"])
