@@ -177,3 +177,56 @@ def test_the_audio_backup_leaves_upload_part_objects_out(http, worker):
     assert part_key.startswith(f"audio/uploads/{up['id']}.parts/") and part_key not in listed
     http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [part]})
     assert f"audio/uploads/{up['id']}" in {o["key"] for o in inventory(worker.s3, worker.bucket)}
+
+
+def test_a_part_landing_after_its_upload_was_cancelled_is_deleted(http, worker, s3, api_key):
+    """S3 frozen while a part is on its way and a cancel holds the upload's lock: once S3 runs
+    again, the cancel ends the upload and the part, landing after it, is deleted by its own
+    request (400 `upload_not_pending`): no object is left."""
+    import os
+    import signal
+    import time
+
+    import httpx
+    import psycopg
+
+    up = _create(http, 6 * MIB)
+    out = {}
+
+    def call(name, fn):
+        with httpx.Client(base_url=worker.url, timeout=120,
+                          headers={"Authorization": f"Bearer {api_key}"}) as c:
+            out[name] = fn(c)
+
+    def seen(sql, params=()):
+        with psycopg.connect(worker.database_url) as conn:
+            return conn.execute(sql, params or None).fetchone()
+
+    def part(c):
+        return send_part(c, up["id"], b"\x61" * MIB)
+
+    def cancel(c):
+        return c.post(f"/v1/uploads/{up['id']}/cancel")
+
+    os.kill(s3.pid, signal.SIGSTOP)
+    threads = []
+    try:
+        threads.append(threading.Thread(target=call, args=("part", part)))
+        threads[-1].start()
+        deadline = time.monotonic() + 30
+        while not seen("SELECT 1 FROM upload_parts WHERE upload_id = %s AND etag IS NULL", (up["id"],)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        threads.append(threading.Thread(target=call, args=("cancel", cancel)))
+        threads[-1].start()
+        while not seen("SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                       " AND state = 'idle in transaction' AND query LIKE '%FOR NO KEY UPDATE%'"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.kill(s3.pid, signal.SIGCONT)
+    for t in threads:
+        t.join()
+    assert out["cancel"].status_code == 200 and out["cancel"].json()["status"] == "cancelled"
+    assert out["part"].status_code == 400 and out["part"].json()["error"]["code"] == "upload_not_pending"
+    assert _keys(worker, up["id"]) == [] and _open_mpus(worker, up["id"]) == []
