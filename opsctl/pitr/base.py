@@ -307,6 +307,7 @@ class TarWriter:
     def __init__(self, target: Path, what: str):
         self.target, self.what = target, what
         self._head, self._left, self._pad, self._fd = bytearray(), 0, 0, None
+        self._made: set[Path] = set()  # folders already made: one mkdir per folder, not per member
         self.files = 0
         self.ended = False
 
@@ -338,9 +339,12 @@ class TarWriter:
         try:
             if kind == b"5":
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._made.add(path)
                 self._left = self._pad = 0
                 return
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if path.parent not in self._made:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._made.add(path.parent)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:  # a name that is both a file and a folder, a full disk
             self._fail(f"member {name!r} can't be written ({exc.strerror})")

@@ -9,16 +9,20 @@ replayed to the target, checked, and swapped in only when it is consistent.
    checked, and staged in a private folder that `restore_command` copies from (so the key
    never reaches PostgreSQL); the base backups are unpacked and, for a chain with
    incremental backups, recombined with `pg_combinebackup`.
-3. Replay: the new data directory gets `recovery.signal` and the target
-   (`recovery_target_time`/`_lsn`, inclusive, `recovery_target_action = promote`) and runs
-   on a free port beside the live server, archiving off. A target recovery can't reach ends
-   it with a FATAL, which is reported; nothing live was touched.
+3. Replay: the new data directory gets `standby.signal` and the target
+   (`recovery_target_time`/`_lsn`, inclusive, `recovery_target_action = pause`) and runs
+   on a free port beside the live server, archiving off, until it pauses at the target or
+   has replayed every staged WAL file (its startup process then waits to retry
+   restore_command); a target not reached by then is refused; nothing live was touched.
    The recovery runs with fsync off (like pg_restore, whose writes sit in the page cache
    too): an in-place restore is stopped cleanly and synced (sync(2)) before the swap, so
    the data is durable before it is live; a `--beside` copy is scratch and stays so.
-4. Check: recovery ended and the server was promoted; the last replayed commit (the log's
-   "last completed transaction") is not after the target; every table of the environment's
-   database is read (`count(*)`).
+4. Check, still in recovery: the last replayed commit (pg_last_xact_replay_timestamp) is
+   not after the target; every table of the environment's database is read whole
+   (`count(*)` by a sequential scan). Read in recovery, the hint bits the scan sets are not
+   WAL-logged; after a promotion, with data checksums, each first-hinted page would cost a
+   full-page image (140 MB of WAL for a 240 MB table, written and then archived). Then
+   `pg_promote` ends recovery on a new timeline.
 5. Swap (default): the live server is stopped, its data directory kept as
    `postgres.before-<time>`, the restored one moved into place and started by the platform's
    own start (archiving on; the new timeline's history file is queued for the archive).
@@ -232,10 +236,12 @@ def _unpack_chain(repo, key, backups: list[bb.BaseBackup], new: Path, work: Path
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    # the chain's members unpack in parallel (zstd, AES-GCM and the writes run outside the GIL)
+    # the chain's members unpack in parallel (zstd, AES-GCM and the writes run outside the GIL),
+    # the largest first: the last one to start is then a small one, not a long tail
     dirs = [work / b.id for b in backups]
+    order = sorted(zip(backups, dirs), key=lambda bd: -(bd[0].raw_bytes or 0))
     with ThreadPoolExecutor(2) as pool:
-        for done in [pool.submit(bb.extract, repo, b, key, d, report) for b, d in zip(backups, dirs)]:
+        for done in [pool.submit(bb.extract, repo, b, key, d, report) for b, d in order]:
             done.result()
     _combine(new, dirs)
 

@@ -6,7 +6,8 @@ against a baseline measured in this run on this machine:
   1 % of rows chosen at random is reported too: every page is then likely touched)
 - physical restore (`restore --to-time latest`: fetch, decrypt, recombine the chain, replay
   the WAL, check) / `pg_restore --jobs 2` of a `pg_dump -Fc` of the same database into a new
-  one (the dump is made untimed, read from local disk: the logical side pays no fetch)
+  one (the dump is made untimed, read from local disk: the logical side pays no fetch; each
+  side starts once the previous round's detached deletes are done)
                                                                                  target <  1.0
 - insert throughput (pgbench, 4 clients, 100-row inserts) with archiving / without
                                                                                  target >= 0.9
@@ -105,8 +106,16 @@ def main() -> int:
         lport = procs.free_port()
         lpid = pg.start(root / "logical-data", lport, root / "logs" / "logical.log")
         physical_s, logical_s = [], []
-        for _ in range(RESTORE_ROUNDS):
+
+        def settle() -> None:
+            """Nothing of the previous round still running: the unpacked chain a restore deletes
+            in a detached rm (restore.remove_later) is gone, and written data is on disk."""
+            while list((root / ".opsctl" / "local" / "data").glob("*.deleting")):
+                time.sleep(0.1)
             os.sync()
+
+        for _ in range(RESTORE_ROUNDS):
+            settle()
             began = time.perf_counter()
             plan = pr.plan(project, env, "latest", None, beside=True)
             planned = time.perf_counter() - began
@@ -119,7 +128,7 @@ def main() -> int:
             with psycopg.connect(pg.url(lport), autocommit=True) as conn:
                 conn.execute("drop database if exists logical_copy")
                 conn.execute("create database logical_copy")
-            os.sync()
+            settle()
             began = time.perf_counter()
             subprocess.run([pg.tool("pg_restore"), "--jobs", "2", "-d", pg.url(lport, "logical_copy"), str(dump)],
                            check=True)
