@@ -1,7 +1,8 @@
 """Audio in S3 (or any S3-compatible endpoint: MinIO, moto), stored by content.
 
 Objects are keyed by the audio's SHA-256, so a retried or repeated upload writes nothing new
-and a job row only needs the key. Uploads go through boto3's transfer manager (multipart for
+and a job row only needs the key. A /v1/uploads file is `{prefix}uploads/{upload_id}`, made
+at complete from its part objects (`{prefix}uploads/{upload_id}.parts/...`) by S3 itself. Uploads go through boto3's transfer manager (multipart for
 large files); credentials come from the standard AWS chain (AWS_* variables, IRSA, profiles).
 """
 
