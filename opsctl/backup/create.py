@@ -154,7 +154,6 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         early = ReadAhead(dump.stdout, ahead=32) if dump is not None else None
         from opsctl.backup import catalog
         from opsctl.backup import manifest as mf
-        from opsctl.backup import redis as rdb
         from opsctl.backup.repository import open_repository
 
         report = report or quiet
@@ -186,6 +185,8 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
                              server_version=info["server_version"], server_major=info["server_major"],
                              tables=info["tables"], catalog=info["catalog"])
         if "redis" in parts:
+            from opsctl.backup import redis as rdb
+
             log.info("snapshotting redis")
             path, info = rdb.snapshot(ep.redis_url)
             with open(path, "rb") as reader:  # opened at once: a later BGSAVE renames a new file in

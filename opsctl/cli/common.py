@@ -84,6 +84,10 @@ class ProgressBars:
 
     def report(self, what: str, total: int | None) -> Callable[[int], None]:
         """A new bar named `what` of `total` bytes (None: unknown); returns `advance(n)`, n bytes done."""
+        from opsctl.output import stderr
+
+        if not stderr.is_terminal:  # nothing would be drawn: rich.progress is not even loaded
+            return lambda _n: None
         bars = self._started()
         task = bars.add_task(what, total=total)
         return lambda n: bars.advance(task, n)
