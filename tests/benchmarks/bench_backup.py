@@ -7,6 +7,15 @@ against a baseline measured in this run (medians of ROUNDS runs, alternated):
 - backup / `pg_dump -Fc > file` (default gzip)      target <  1.0 (faster, while also encrypting)
 - compression ratio (dump bytes / stored bytes)
 - `opsctl restore --jobs 2` / `--jobs 1`            below 1.0 when pg_restore parallelism helps
+- the fixed cost of `backup create`: the same two commands on an empty database (process
+  start-up, config, key, repository record, index and manifest writes), the dump's own time
+  taken out by its pg_dump baseline
+
+Every series is printed with its median and its spread (min-max over the rounds, and each
+round's ratio, its pair having run back to back), so noise shows apart from change. The
+database is the size written below (TARGET_MB, ROWS), never enlarged to hide the fixed cost.
+opsctl's bytecode is compiled first, as `pip install` and `make install` do: a checkout whose
+.pyc files went stale (PYTHONDONTWRITEBYTECODE) would otherwise time Python's compiler.
 
 The repository is file:// on local disk; PostgreSQL is a private embedded server.
 """
@@ -14,6 +23,7 @@ The repository is file:// on local disk; PostgreSQL is a private embedded server
 from __future__ import annotations
 
 import base64
+import compileall
 import json
 import os
 import shutil
@@ -62,7 +72,15 @@ def wall(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) ->
     return took, (result.stdout.decode() if isinstance(result.stdout, bytes) else "")
 
 
+def spread(runs: list[float]) -> str:
+    """median (min-max) of a series, in seconds"""
+    return f"{statistics.median(runs):.2f} s ({min(runs):.2f}-{max(runs):.2f})"
+
+
 def main() -> int:
+    import opsctl
+
+    compileall.compile_dir(Path(opsctl.__file__).parent, quiet=1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-backup-"))
     port = procs.free_port()
     pid = pg.start(tmp / "data", port, tmp / "postgres.log")
@@ -70,10 +88,13 @@ def main() -> int:
         url = pg.ensure_database(port, "transcribe", "transcribe").replace("transcribe@", "postgres@", 1)
         size = generate(url)
         assert size >= TARGET_MB * 1e6, f"database only {size / 1e6:.0f} MB"
-        (tmp / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"bench": {
-            "platform": "kubernetes", "database": {"url_env": "BENCH_DATABASE_URL"},
-            "backup": {"repository": f"file://{tmp / 'repo'}"}}}}))
-        env = dict(os.environ, OPSCTL_ROOT=str(tmp), BENCH_DATABASE_URL=url, CI="true",
+        empty = pg.ensure_database(port, "empty", "transcribe").replace("transcribe@", "postgres@", 1)
+        (tmp / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {
+            "bench": {"platform": "kubernetes", "database": {"url_env": "BENCH_DATABASE_URL"},
+                      "backup": {"repository": f"file://{tmp / 'repo'}"}},
+            "empty": {"platform": "kubernetes", "database": {"url_env": "EMPTY_DATABASE_URL"},
+                      "backup": {"repository": f"file://{tmp / 'repo-empty'}"}}}}))
+        env = dict(os.environ, OPSCTL_ROOT=str(tmp), BENCH_DATABASE_URL=url, EMPTY_DATABASE_URL=empty, CI="true",
                    OPSCTL_BACKUP_KEY=base64.b64encode(os.urandom(32)).decode())
         pg_dump = str(binaries.postgres_tool("pg_dump"))
         plain, gzip, ours, level3, ids = [], [], [], [], []
@@ -87,7 +108,10 @@ def main() -> int:
             level3.append(wall([str(OPSCTL), "backup", "create", "--env", "bench", "--type", "db",
                                 "--compress-level", "3"], env)[0])
         made = ids[-1]
-        startup = statistics.median(wall([str(OPSCTL), "backup", "list", "--env", "bench"], env)[0] for _ in range(3))
+        fixed_plain, fixed_ours = [], []
+        for _ in range(ROUNDS):
+            fixed_plain.append(wall([pg_dump, "-Fc", "-Z0", "-d", empty])[0])
+            fixed_ours.append(wall([str(OPSCTL), "backup", "create", "--env", "empty", "--type", "db"], env)[0])
         restore = {}
         for jobs in (1, 2, 1, 2):
             took, _ = wall([str(OPSCTL), "restore", "--env", "bench", "--id", made["id"], "--components", "db",
@@ -97,19 +121,21 @@ def main() -> int:
         m = {k: statistics.median(v) for k, v in runs.items()}
         r1, r2 = statistics.median(restore[1]), statistics.median(restore[2])
         gzip_size = (tmp / "gzip.dump").stat().st_size
-        print(f"bench_backup: database {size / 1e6:.0f} MB, dump {made['raw_bytes'] / 1e6:.0f} MB, "
-              f"{ROUNDS} rounds, medians")
-        print(f"  pg_dump -Fc -Z0 > /dev/null      {m['plain']:.2f} s (baseline)")
-        print(f"  pg_dump -Fc (gzip) > file        {m['gzip']:.2f} s, {gzip_size / 1e6:.0f} MB")
-        print(f"  opsctl backup create --type db   {m['ours']:.2f} s, {made['stored_bytes'] / 1e6:.0f} MB stored")
+        print(f"bench_backup: database {size / 1e6:.0f} MB ({len(TABLES)} tables of {ROWS:,} rows), "
+              f"dump {made['raw_bytes'] / 1e6:.0f} MB, {ROUNDS} rounds alternated; median (min-max)")
+        print(f"  pg_dump -Fc -Z0 > /dev/null      {spread(plain)} (baseline)")
+        print(f"  pg_dump -Fc (gzip) > file        {spread(gzip)}, {gzip_size / 1e6:.0f} MB")
+        print(f"  opsctl backup create --type db   {spread(ours)}, {made['stored_bytes'] / 1e6:.0f} MB stored")
         per_round = sorted(o / p for o, p in zip(ours, plain))  # each round's pair ran back to back
         print(f"  ratio vs pg_dump -Z0 >/dev/null  {m['ours'] / m['plain']:.2f} (target <= 1.3); per round "
               f"{per_round[0]:.2f}-{per_round[-1]:.2f} (spread: {' '.join(f'{r:.2f}' for r in per_round)})")
         print(f"  ratio vs pg_dump -Fc gzip        {m['ours'] / m['gzip']:.2f} (target < 1.0)")
-        print(f"  same with --compress-level 3     {m['level3']:.2f} s, ratio vs -Z0 {m['level3'] / m['plain']:.2f}")
+        print(f"  same with --compress-level 3     {spread(level3)}, ratio vs -Z0 {m['level3'] / m['plain']:.2f}")
         print(f"  compression ratio                {made['raw_bytes'] / made['stored_bytes']:.2f} "
               f"(pg_dump gzip: {made['raw_bytes'] / gzip_size:.2f})")
-        print(f"  of which process start-up        {startup:.2f} s ('opsctl backup list': imports, config, catalog)")
+        fixed = statistics.median(fixed_ours) - statistics.median(fixed_plain)
+        print(f"  fixed cost of backup create      {fixed:.2f} s = {spread(fixed_ours)} on an empty database "
+              f"- {spread(fixed_plain)} for its pg_dump -Z0 ({fixed / m['plain']:.2f} of the ratio)")
         print("  every run (s)                    " + "; ".join(
             f"{k} {' '.join(f'{x:.2f}' for x in v)}" for k, v in runs.items()))
         print(f"  restore --jobs 2 / --jobs 1      {r2:.2f} s / {r1:.2f} s = {r2 / r1:.2f}")
