@@ -26,6 +26,7 @@ import base64
 import compileall
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,13 +63,28 @@ def generate(url: str) -> int:
         return conn.execute("select pg_database_size(current_database())").fetchone()[0]
 
 
-def wall(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) -> tuple[float, str]:
+CPU: dict[str, list[float]] = {}  # label -> CPU seconds (user + sys) of each run's process tree
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wall(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL, cpu: str | None = None) -> tuple[float, str]:
+    """Seconds `argv` took and its stdout; with `cpu`, the CPU seconds of its process tree (it
+    and the children it waited for: pg_dump and psql under opsctl; the server's backends are
+    not in it) are added to CPU[cpu]. Commands run one at a time, so the children's rusage
+    grows by this one's alone."""
     os.sync()  # the previous run's files are on disk: its writeback does not land on this run's clock
+    before = _children_cpu()
     start = time.perf_counter()
     result = subprocess.run(argv, env=env, stdout=stdout, stderr=subprocess.PIPE, check=False)
     took = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{argv[0]} failed: {result.stderr.decode()[-500:]}")
+    if cpu:
+        CPU.setdefault(cpu, []).append(_children_cpu() - before)
     return took, (result.stdout.decode() if isinstance(result.stdout, bytes) else "")
 
 
@@ -99,10 +115,10 @@ def main() -> int:
         pg_dump = str(binaries.postgres_tool("pg_dump"))
         plain, gzip, ours, level3, ids = [], [], [], [], []
         for _ in range(ROUNDS):
-            plain.append(wall([pg_dump, "-Fc", "-Z0", "-d", url])[0])
+            plain.append(wall([pg_dump, "-Fc", "-Z0", "-d", url], cpu="plain")[0])
             gzip.append(wall([pg_dump, "-Fc", "-f", str(tmp / "gzip.dump"), "-d", url])[0])
             took, out = wall([str(OPSCTL), "backup", "create", "--env", "bench", "--type", "db", "--json"], env,
-                             subprocess.PIPE)
+                             subprocess.PIPE, cpu="ours")
             ours.append(took)
             ids.append(json.loads(out))
             level3.append(wall([str(OPSCTL), "backup", "create", "--env", "bench", "--type", "db",
@@ -129,6 +145,8 @@ def main() -> int:
         per_round = sorted(o / p for o, p in zip(ours, plain))  # each round's pair ran back to back
         print(f"  ratio vs pg_dump -Z0 >/dev/null  {m['ours'] / m['plain']:.2f} (target <= 1.3); per round "
               f"{per_round[0]:.2f}-{per_round[-1]:.2f} (spread: {' '.join(f'{r:.2f}' for r in per_round)})")
+        print(f"  CPU (user+sys), process tree     pg_dump -Z0 {spread(CPU['plain'])}, backup create "
+              f"{spread(CPU['ours'])} (the server's backends not counted; on 2 cores this competes with them)")
         print(f"  ratio vs pg_dump -Fc gzip        {m['ours'] / m['gzip']:.2f} (target < 1.0)")
         print(f"  same with --compress-level 3     {spread(level3)}, ratio vs -Z0 {m['level3'] / m['plain']:.2f}")
         print(f"  compression ratio                {made['raw_bytes'] / made['stored_bytes']:.2f} "
