@@ -61,11 +61,12 @@ def _own_worker(model_dir, postgres, s3, redis_server, name, **extra):
 
 def _completing(dburl):
     """A `wait_for` for `_kill_while_s3_hangs`: a complete (or cancel) holds the upload's row
-    lock in an open transaction, so it has reached its S3 calls."""
+    lock (which gave its transaction an id) in an open transaction, so it has reached its S3
+    calls."""
     def waiting():
         with psycopg.connect(dburl) as conn:
-            return conn.execute("SELECT 1 FROM pg_stat_activity WHERE state = 'idle in transaction'"
-                                " AND query LIKE '%FOR NO KEY UPDATE%'").fetchone()
+            return conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                                " AND state = 'idle in transaction' AND backend_xid IS NOT NULL").fetchone()
     return waiting
 
 

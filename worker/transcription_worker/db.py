@@ -311,9 +311,15 @@ class Database:
         return self._one("SELECT * FROM uploads WHERE file_id = %s AND api_key_id = %s"
                          " AND status = 'completed'", (file_id, api_key_id))
 
-    def parts(self, upload_id: str) -> list[dict[str, Any]]:
-        """The parts of an upload stored in S3 (their ETag known), by part number."""
-        with self.pool.connection() as conn:
+    def _conn(self, conn: Any = None) -> Any:
+        """`conn` as a context manager that leaves it open, or a pooled connection."""
+        return contextlib.nullcontext(conn) if conn is not None else self.pool.connection()
+
+    def parts(self, upload_id: str, conn: Any = None) -> list[dict[str, Any]]:
+        """The parts of an upload stored in S3 (their ETag known), by part number; on `conn`
+        when given (complete reads them inside its lock without a second pooled connection,
+        which parts waiting on that lock could have taken)."""
+        with self._conn(conn) as conn:
             return conn.execute("SELECT * FROM upload_parts WHERE upload_id = %s AND etag IS NOT NULL"
                                 " ORDER BY part_number", (upload_id,)).fetchall()
 
@@ -383,10 +389,11 @@ class Database:
             " completed_at = CASE WHEN %s = 'completed' THEN now() END"
             " WHERE id = %s RETURNING *", (status, file_id, sha256, status, upload_id)).fetchone()
 
-    def stored_bytes(self, upload_id: str) -> int:
-        """Bytes of the parts of an upload stored in S3 (ETag known)."""
-        row = self._one("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s"
-                        " AND etag IS NOT NULL", (upload_id,))
+    def stored_bytes(self, upload_id: str, conn: Any = None) -> int:
+        """Bytes of the parts of an upload stored in S3 (ETag known); on `conn` when given."""
+        with self._conn(conn) as conn:
+            row = conn.execute("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s"
+                               " AND etag IS NOT NULL", (upload_id,)).fetchone()
         return int(row["n"])
 
     def set_upload_sha256(self, upload_id: str, sha256: str) -> None:
@@ -428,10 +435,10 @@ class Database:
                         " AS age FROM uploads WHERE status = 'pending'", ())
         return int(row["n"]), float(row["age"])
 
-    def record_s3_parts(self, upload_id: str, parts: list[dict[str, Any]]) -> None:
+    def record_s3_parts(self, upload_id: str, parts: list[dict[str, Any]], conn: Any = None) -> None:
         """Register the parts S3 holds for a presigned upload (ids derived from the upload
-        and the part number, so every sync gives a part the same id)."""
-        with self.pool.connection() as conn, conn.transaction():
+        and the part number, so every sync gives a part the same id); on `conn` when given."""
+        with self._conn(conn) as conn, conn.transaction():
             for part in parts:
                 n = part["PartNumber"]
                 part_id = "part_" + hashlib.sha256(f"{upload_id}:{n}".encode()).hexdigest()[:32]

@@ -350,8 +350,8 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
             raise _not_pending(row)
         _legacy(row)
         if row["presigned"]:
-            state.db.record_s3_parts(upload_id, store.presigned_parts(row["s3_key"]))
-        stored = {p["id"]: p for p in state.db.parts(upload_id)}
+            state.db.record_s3_parts(upload_id, store.presigned_parts(row["s3_key"]), conn)
+        stored = {p["id"]: p for p in state.db.parts(upload_id, conn)}
         unknown = [p for p in part_ids if p not in stored]
         if unknown:
             raise APIError(400, f"unknown part ids for this upload: {', '.join(unknown[:3])}",
@@ -414,7 +414,7 @@ def _cancel_locked(state: Any, upload_id: str, key_id: str) -> tuple[dict, int]:
         if row["status"] != "pending":
             raise _not_pending(row)
         _drop_s3(state.store, row)
-        return state.db.set_status(conn, upload_id, "cancelled"), state.db.stored_bytes(upload_id)
+        return state.db.set_status(conn, upload_id, "cancelled"), state.db.stored_bytes(upload_id, conn)
 
 
 @router.post("/{upload_id}/cancel")
