@@ -60,23 +60,26 @@ def test_identical_parts_complete_with_one_part_id_listed_twice(http, worker):
 
 def test_parts_sent_in_reverse_and_in_parallel_complete_into_the_right_bytes(http, worker):
     """Three parts sent last-first, all at once (as S3 transfer managers and the OpenAI SDK
-    do): complete in the file's order assembles the file; one listed twice in another order
+    do), the first one twice at the same time (one part): complete in the file's order
+    assembles the file; one listed twice in another order
     is taken too (a repeated id), and a small part anywhere but last is still refused."""
     a, b, c = b"\x0a" * (5 * MIB), b"\x0b" * (5 * MIB), b"\x0c" * MIB
     up = _create(http, len(a) + len(b) + len(c))
-    ids: dict[bytes, str] = {}
+    answers: list[tuple[bytes, int, str]] = []
 
     def send(data):
         r = send_part(http, up["id"], data)
-        assert r.status_code == 200, r.text
-        ids[data[:1]] = r.json()["id"]
+        answers.append((data[:1], r.status_code, r.json().get("id") or r.text))
 
-    threads = [threading.Thread(target=send, args=(d,)) for d in (c, b, a)]
+    threads = [threading.Thread(target=send, args=(d,)) for d in (c, b, a, a)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(ids) == 3
+    assert [code for _, code, _ in answers] == [200] * 4, answers
+    ids = {first: part for first, _, part in answers}
+    assert sorted(part for first, _, part in answers if first == b"\x0a") == [ids[b"\x0a"]] * 2  # one part
+    assert len(ids) == 3 and len(http.get(f"/v1/uploads/{up['id']}").json()["parts"]) == 3
     small_first = [ids[b"\x0c"], ids[b"\x0a"], ids[b"\x0b"]]
     r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": small_first})
     assert r.status_code == 400 and r.json()["error"]["code"] == "part_too_small", r.text
