@@ -250,3 +250,23 @@ def test_presigned_parts_put_last_first_complete_in_the_files_order(http, worker
     r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [p["id"] for p in parts]})
     assert r.status_code == 200 and r.json()["status"] == "completed", r.text
     assert _file(worker, up["id"]) == a + b and _keys(worker, up["id"]) == [f"audio/uploads/{up['id']}"]
+
+
+def test_an_upload_of_the_previous_version_is_refused_parts_and_cancelled_cleanly(http, worker):
+    """An upload the previous worker version made (one S3 multipart upload opened at create,
+    its id on the row) takes no part and no complete here (400), and cancel aborts its S3
+    multipart upload."""
+    import psycopg
+
+    up = _create(http, 6 * MIB)
+    key = f"audio/uploads/{up['id']}"
+    mpu = worker.s3.create_multipart_upload(Bucket=worker.bucket, Key=key)["UploadId"]
+    worker.s3.upload_part(Bucket=worker.bucket, Key=key, UploadId=mpu, PartNumber=1, Body=b"\x81" * MIB)
+    with psycopg.connect(worker.database_url) as conn:
+        conn.execute("UPDATE uploads SET s3_upload_id = %s WHERE id = %s", (mpu, up["id"]))
+    r = send_part(http, up["id"], b"\x82" * MIB)
+    assert r.status_code == 400 and "earlier worker version" in r.json()["error"]["message"], r.text
+    r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": ["part_" + "0" * 32]})
+    assert r.status_code == 400 and "earlier worker version" in r.json()["error"]["message"], r.text
+    assert http.post(f"/v1/uploads/{up['id']}/cancel").json()["status"] == "cancelled"
+    assert _open_mpus(worker, up["id"]) == [] and _keys(worker, up["id"]) == []
