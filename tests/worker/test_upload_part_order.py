@@ -101,8 +101,8 @@ def test_a_complete_interrupted_in_s3_is_retried_into_the_right_file(http, worke
     """What a complete whose worker died leaves in S3, made here with the worker's own storage
     calls: (1) an assembly half-made (its multipart upload open, one part copied), (2) a
     finished assembly of another part list that was never recorded, (3) a finished one of the
-    same list. A retried complete aborts (1), redoes (2) in the order it asks for, records (3),
-    and leaves only the file each time."""
+    same list (with a later redo's multipart upload left open). A retried complete aborts (1),
+    redoes (2) in the order it asks for, records (3), and leaves only the file each time."""
     from transcription_worker.storage import AudioStore
 
     a, b = b"\x2a" * (5 * MIB), b"\x2b" * (5 * MIB)
@@ -136,9 +136,11 @@ def test_a_complete_interrupted_in_s3_is_retried_into_the_right_file(http, worke
     store.assemble(key, "audio/wav", [store.part_key(key, pb), store.part_key(key, pa)],
                    {"parts": hashlib.sha256(f"{pb}\n{pa}".encode()).hexdigest()})
     store.delete(store.part_key(key, pb))
+    worker.s3.create_multipart_upload(Bucket=worker.bucket, Key=key)  # a later redo, killed too
     r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pb, pa]})
     assert r.status_code == 200, r.text
     assert _file(worker, up["id"]) == b + a and _keys(worker, up["id"]) == [key]
+    assert _open_mpus(worker, up["id"]) == []
 
 
 def test_cancel_leaves_no_object_of_the_upload(http, worker):

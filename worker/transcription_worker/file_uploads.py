@@ -369,9 +369,9 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
                            f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
                            code="part_too_small")
         key, fingerprint = row["s3_key"], _fingerprint(part_ids)
+        store.abort_multiparts(key)  # what an interrupted complete left open
         there = store.head(key)
         if not (there and there[0] == row["bytes"] and there[1].get("parts") == fingerprint):
-            store.abort_multiparts(key)  # what an interrupted complete left open
             sources = [_part_object(store, row, stored[p]) for p in part_ids]
             try:
                 store.assemble(key, row["mime_type"], sources, {"parts": fingerprint})
