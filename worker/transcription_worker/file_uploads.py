@@ -378,11 +378,11 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
                     raise
-                # a part object is gone: only a finished complete deletes them, and it made
-                # the object from another list of parts
-                raise APIError(400, "an earlier complete of this upload assembled other part_ids"
-                               " and was interrupted; send that list again", param="part_ids",
-                               code="invalid_value") from None
+                # a part object is gone: only a finished assembly (of another list of parts)
+                # or a cancel deletes them, and this one was interrupted before recording it
+                raise APIError(400, "a listed part is no longer in S3: an earlier complete with other"
+                               " part_ids, or a cancel, was interrupted; send that complete again or"
+                               " cancel the upload", param="part_ids", code="invalid_value") from None
         sha = None
         if md5:  # the client asked for the whole file to be checked: read it back once
             sha, actual_md5, size = store.digests(key)
