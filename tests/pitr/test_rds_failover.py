@@ -151,11 +151,6 @@ async def env(kmock, s3, ops_root, monkeypatch):
     (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
     for var in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG", "FO_DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
-    from opsctl.pitr import failover as core
-
-    # the Controller below makes a restarted Deployment ready within 0.05 s: a 1 s poll (the
-    # real API's pace) cost each failover here about 2 s of waiting
-    monkeypatch.setattr(core, "POLL_SECONDS", 0.05)
     rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
     rds.create_db_instance(DBInstanceIdentifier="fo-primary", DBInstanceClass="db.r6g.large", Engine="postgres",
                            AllocatedStorage=50, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
