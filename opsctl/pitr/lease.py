@@ -11,7 +11,6 @@ as a second deploy is: one line naming the holder, exit 2, nothing changed.
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
@@ -29,24 +28,11 @@ def _busy(env: Environment, operation: str, holder: str) -> UsageError:
                       "nothing was changed; wait for it to end, then re-run")
 
 
-def _local_holder(folder) -> str:
-    """Who holds the embedded platform's deploy lock, as far as its files tell."""
-    from opsctl.local import procs
-
-    pid = procs.pidfile_owner(folder / OWNER)
-    try:
-        doc = json.loads((folder / OPERATION).read_text())
-    except (OSError, ValueError):
-        doc = {}
-    if pid is not None and isinstance(doc, dict) and doc.get("pid") == pid:
-        return f"a {doc.get('operation', 'PITR operation')} (pid {pid})"
-    return f"a deploy (pid {pid})" if pid is not None else "another deploy, restore or failover"
-
-
 @contextmanager
 def _local(project: Project, env: Environment, operation: str) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
+    from opsctl.deploy.drivers.local import lock_holder
     from opsctl.files import write_json
     from opsctl.local import state as st
 
@@ -58,7 +44,7 @@ def _local(project: Project, env: Environment, operation: str) -> Iterator[None]
     try:
         lock.acquire()
     except Timeout:
-        raise _busy(env, operation, _local_holder(folder)) from None
+        raise _busy(env, operation, lock_holder(folder)) from None
     try:
         # the folder stays 0711: PostgreSQL's system user passes through it to its data directory
         write_json(folder / OPERATION, {"pid": os.getpid(), "operation": operation}, private=True,

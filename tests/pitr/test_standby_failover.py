@@ -152,6 +152,7 @@ def test_a_failover_is_refused_while_a_deploy_holds_the_lease_and_a_restore_whil
     racing a deploy, or an in-place restore racing a failover, is refused at once, one line,
     exit 2, nothing changed."""
     from opsctl.deploy.drivers.local import LocalDriver
+    from opsctl.errors import OperationFailed
     from opsctl.pitr import lease
 
     pid, port = platform.pid, platform.port
@@ -163,6 +164,10 @@ def test_a_failover_is_refused_while_a_deploy_holds_the_lease_and_a_restore_whil
         r = platform.cli(runner, "restore", "--env", "local", "--to-time", "latest", "--yes")
     assert r.exit_code == 2, r.output
     assert "restore refused" in r.output and "a failover (pid" in r.output and "nothing was changed" in r.output
+    with lease.held(platform.project(), platform.env(), "failover"):  # and a deploy names it too
+        with pytest.raises(OperationFailed, match=r"^a failover \(pid \d+\) is running on env 'local'"):
+            with LocalDriver(platform.project(), platform.env()).lock():
+                pass
     assert (platform.pid, platform.port) == (pid, port)
     # released: the lease is free again for the next operation
     with LocalDriver(platform.project(), platform.env()).lock():

@@ -36,6 +36,21 @@ def _stop_color(state: st.LocalState, color: str, timeout: float = 30.0) -> bool
     return True
 
 
+def lock_holder(folder: Path) -> str:
+    """Who holds the embedded platform's deploy lock (`deploy.lock` in `folder`), as its files
+    tell: "a failover (pid 123)" when a PITR operation (opsctl.pitr.lease) wrote its name
+    beside its PID, "a deploy (pid 123)", or "another deploy, restore or failover" when the
+    holder has not written its PID yet."""
+    pid = procs.pidfile_owner(folder / "deploy.lock.pid")
+    try:
+        doc = json.loads((folder / "deploy.lock.operation").read_text())
+    except (OSError, ValueError):
+        doc = {}
+    if pid is not None and isinstance(doc, dict) and doc.get("pid") == pid:
+        return f"a {doc.get('operation', 'PITR operation')} (pid {pid})"
+    return f"a deploy (pid {pid})" if pid is not None else "another deploy, restore or failover"
+
+
 class LocalDriver:
     """The Driver (opsctl.deploy.model.Driver) of `platform: local`: each color is a worker
     process of the embedded platform, the router is its Caddy. Raises UsageError when the
@@ -62,7 +77,9 @@ class LocalDriver:
         try:
             lock.acquire()
         except Timeout:
-            raise OperationFailed("another deploy is running on env 'local' (deploy.lock is held); "
+            holder = lock_holder(self.folder)
+            what = "another deploy" if holder.startswith("a deploy") else holder
+            raise OperationFailed(f"{what} is running on env 'local' (deploy.lock is held); "
                                   "wait for it or check 'opsctl status'") from None
         owner = self.folder / "deploy.lock.pid"
         try:
