@@ -42,7 +42,9 @@ def once(project, env, only: list[str] | None = None, skip: list[str] | None = N
 
     if junit is not None:
         junit_mod.check_writable(junit)
-    result = _with_silences(project, env, sweep_mod.run(env.name, _checks(project, env, only, skip)))
+    before = _silences_in_force(project, env)  # in force as the sweep begins (see _with_silences)
+    planned = _checks(project, env, only, skip)
+    result = _with_silences(project, env, sweep_mod.run(env.name, planned), before)
     if junit is not None:
         junit_mod.write(junit, result)
     if history is not None:
@@ -50,19 +52,37 @@ def once(project, env, only: list[str] | None = None, skip: list[str] | None = N
     return result
 
 
-def _with_silences(project, env, result: SweepResult) -> SweepResult:
-    """Mark the checks a silence holds now (read afresh each sweep: set from anywhere)."""
+def _silences_in_force(project, env) -> list:
+    """The silences of `env` in force now; [] (with a warning) when the file is unreadable:
+    an unreadable silences file must not stop the monitor."""
     from opsctl.errors import UsageError
     from opsctl.health import silences
 
     try:
-        now_active = silences.active(project, env.name)
-    except UsageError as exc:  # an unreadable silences file must not stop the monitor
+        return silences.active(project, env.name)
+    except UsageError as exc:
         log.warning("%s", exc)
-        return result
-    result.silences = [{"check": s.check, "until": s.until, "reason": s.reason, "id": s.id} for s in now_active]
+        return []
+
+
+def _with_silences(project, env, result: SweepResult, before: list | None = None) -> SweepResult:
+    """Mark the checks a silence held while the sweep observed them.
+
+    A check's failure is held when a silence holding it was in force at some moment of the
+    sweep that observed it: read before its checks were chosen and probed (`before`) or
+    read now, after they answered (silences are read afresh each sweep: set from anywhere).
+    A maintenance window thus covers the failures observed inside it, as PagerDuty's and
+    Datadog's do (by the event's occurrence time), also when the window closes between the
+    probe and this judgement; a failure observed by a sweep begun after the window ended
+    pages."""
+    from opsctl.health import silences
+
+    now_active = _silences_in_force(project, env)
+    ids = {s.id for s in now_active}
+    in_force = [*now_active, *(s for s in before or [] if s.id not in ids)]
+    result.silences = [{"check": s.check, "until": s.until, "reason": s.reason, "id": s.id} for s in in_force]
     for r in result.results:
-        held = silences.holding(now_active, r.name, r.kind)
+        held = silences.holding(in_force, r.name, r.kind)
         if held:
             result.silenced[r.name] = held.until
     return result
@@ -103,12 +123,15 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
     result = WatchResult(None)
 
     def sweep() -> SweepResult:
+        # the silences in force as the sweep begins, before its checks are chosen: a window that
+        # closes while they run still holds what they observed inside it (_with_silences)
+        before = _silences_in_force(project, env)
         # re-planned each time: a blue-green switch changes which worker colors exist
         try:
             checks[0] = _checks(project, env, only, skip)
         except (OpsError, OSError, ValueError) as exc:  # e.g. the state file mid-change: keep the last plan
             log.warning("could not re-plan the checks (%s); using the previous plan", credentials(str(exc)))
-        return _with_silences(project, env, sweep_mod.run(env.name, checks[0]))
+        return _with_silences(project, env, sweep_mod.run(env.name, checks[0]), before)
 
     def observed(res: SweepResult, alerts: list[Alert], next_at: float) -> None:
         result.sweeps += 1

@@ -7,8 +7,9 @@ alerter neither fires, reminds nor resolves on it until the silence ends, as an
 Alertmanager silence suppresses notifications; counting starts afresh afterwards.
 
 Kept per environment in `.opsctl/health/silences-<env>.json` (0600, written whole and
-renamed), read again before every sweep, so a silence set from another terminal applies to
-a monitor already running. Expired silences are dropped when the file is next written.
+renamed), read again before and after every sweep, so a silence set from another terminal
+applies to a monitor already running, and a failure a sweep observed while a silence was in
+force stays held when the silence ends before the sweep is judged (opsctl.health.monitor). Expired silences are dropped when the file is next written.
 Where `monitoring.alertmanager_url` is set, the same silence is created in Alertmanager
 (API v2, matchers env and check), so the rendered rules' alerts for the check are held too.
 """

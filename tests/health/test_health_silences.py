@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import time
+from contextlib import ExitStack
 
 import httpx
 import yaml
@@ -167,3 +168,44 @@ def test_an_unreachable_alertmanager_silences_nothing(tmp_path):
     out = opsctl(tmp_path, "health", "silence", "--env", "ci", "--check", "router", "--for", "5m")
     assert out.exit_code == 1 and "did not take the silence" in out.stderr and "nothing was silenced" in out.stderr
     assert silences.active(load_project(tmp_path), "ci") == []
+
+
+def test_a_failure_observed_inside_a_window_stays_held_when_the_window_closes_before_it_is_judged(
+        tmp_path, monkeypatch):
+    """The race of a deploy on a loaded machine, made deterministic: a sweep probes the replaced
+    color while the deploy's window holds it, the deploy ends (its window closes) before the
+    sweep is judged. The failure happened inside the window, so it is held (a maintenance
+    window covers the events that occur in it, as PagerDuty's and Datadog's do); a failure
+    observed by a sweep begun after the window closed pages."""
+    from opsctl.health import notify, sweep as sweep_mod
+
+    target = ScriptedServer([503])  # the replaced color, stopped on purpose: it never answers ready again
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump({"version": 1, "environments": {"ci": {
+        "platform": "kubernetes", "health": {"http": [{"name": "worker-blue", "url": f"{target.url}/readyz"}],
+                                             "alerts": {"failure_threshold": 1, "reminder_minutes": None}}}}}))
+    project = load_project(tmp_path)
+    env = project.env("ci")
+    real_run, deploy = sweep_mod.run, ExitStack()
+
+    def observe_then_end_the_deploy(env_name, checks):
+        observed = real_run(env_name, checks)  # probed while the window is open ...
+        deploy.close()  # ... and the deploy's window closes before the sweep is judged
+        return observed
+
+    try:
+        window = deploy.enter_context(notify.operation_window(project, "ci", "deploy", "worker:2",
+                                                              checks=["worker-*"]))
+        assert [s.check for s in window.silences] == ["worker-*"]
+        monkeypatch.setattr(sweep_mod, "run", observe_then_end_the_deploy)
+        held = monitor.watch(project, env, interval=0.01, iterations=1, only=["worker-*"])
+        assert silences.active(project, "ci") == []  # the window did close mid-sweep
+        monkeypatch.setattr(sweep_mod, "run", real_run)
+        after = monitor.watch(project, env, interval=0.01, iterations=1, only=["worker-*"])
+    finally:
+        deploy.close()
+        target.close()
+    (sweep,) = [held.last]
+    assert [r.status.name for r in sweep.results] == ["CRITICAL"] and "worker-blue" in sweep.silenced
+    assert held.alerts == []
+    # the window no longer holds a failure observed after it ended
+    assert after.last.silenced == {} and [a["event"] for a in after.alerts] == ["trigger"]
