@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from opsctl.errors import UsageError
 from opsctl.loadtest import slo
 from opsctl.loadtest.latencies import Recorder
 from opsctl.loadtest.plan import Plan
 from opsctl.loadtest.summary import RunSummary, endpoints
-from opsctl.signals import sigterm_as_interrupt
 
 TICK_S = 0.5
 
@@ -129,12 +131,73 @@ def _tick(runner, recorder: Recorder, began: float, plan: Plan) -> Tick:
 INTERRUPTED = "interrupted"  # aborted_by of a run stopped by Ctrl-C or SIGTERM
 
 
+class _Interrupts:
+    """How many Ctrl-C / SIGTERM arrived during a run; the run's loops poll `count`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, _signum, _frame) -> None:
+        self.count += 1
+
+
+@contextmanager
+def _interrupts() -> Iterator[_Interrupts]:
+    """SIGINT and SIGTERM only count while a run goes (main thread only; elsewhere the count
+    stays 0 and the caller's own handling applies).
+
+    The default SIGINT handler raises KeyboardInterrupt in whichever greenlet runs when the
+    signal lands, and Locust's stats_history, CSV writer and spawning greenlets catch
+    KeyboardInterrupt and end quietly (the spawner even quits the runner): a Ctrl-C landing
+    in one of them was lost and the run went on to its full duration. A handler that only
+    counts is safe in any greenlet and in the hub; the run's loop reads the count every tick.
+    """
+    flag = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.signal(sig, flag) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(runner, interrupts: _Interrupts, local: bool) -> None:
+    """runner.stop(): users in a request get the stop timeout to finish it; an interrupt
+    arriving meanwhile ends that wait at once for a local run (the users are killed, their
+    unanswered requests recorded in flight, opsctl.loadtest.inflight)."""
+    import gevent
+
+    stopper = gevent.spawn(runner.stop)
+    seen = interrupts.count
+    while not stopper.dead:
+        stopper.join(timeout=TICK_S)
+        if interrupts.count > seen and local:
+            runner.user_greenlets.kill(block=False)
+            seen = interrupts.count
+    stopper.get()  # re-raises what runner.stop raised
+
+
 def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Path | None = None) -> RunSummary:
     """Run the load, stop at the duration (or at the first lost gate with abort_on_fail).
 
     At the stop, users in the middle of a task get `plan.stop_timeout_s` to finish it
     (Locust's stop_timeout); requests still unanswered then are recorded as failed
-    (opsctl.loadtest.inflight), in every count and in `summary.in_flight`."""
+    (opsctl.loadtest.inflight), in every count and in `summary.in_flight`.
+
+    Ctrl-C or SIGTERM at any instant of the run (from the main thread) stops it the same way
+    at the next tick and returns what was measured with `aborted_by` INTERRUPTED; one more
+    during the stop timeout ends that wait at once (a local run's users are killed)."""
+    with _interrupts() as interrupts:
+        summary = _run(plan, on_tick, interrupts)
+    if interrupts.count and summary.aborted_by != INTERRUPTED:  # landed after the summary was built
+        summary.aborted_by, summary.passed = INTERRUPTED, False
+    return summary
+
+
+def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interrupts) -> RunSummary:
     import_locust()
     import gevent
     from locust.env import Environment
@@ -169,22 +232,19 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
         csv_files = reports.CsvFiles(environment, plan.csv_prefix) if plan.csv_prefix else None
         began = time.monotonic()
         gevent.spawn(runner.start, plan.users, plan.spawn_rate)
-        interrupted = False
-        try:
-            with sigterm_as_interrupt():
-                while True:
-                    gevent.sleep(TICK_S)
-                    tick = _tick(runner, recorder, began, plan)
-                    if on_tick:
-                        on_tick(tick)
-                    if tick.elapsed_s >= plan.duration_s:
-                        break
-                    if plan.abort_on_fail and (aborted := slo.lost(
-                            plan.gates, _observed(runner, recorder, tick.elapsed_s))):
-                        break
-        except KeyboardInterrupt:  # Ctrl-C, or CI cancelling: what was measured is still a run
-            interrupted = True
-        runner.stop()
+        while True:
+            gevent.sleep(TICK_S)
+            tick = _tick(runner, recorder, began, plan)
+            if interrupts.count:  # Ctrl-C, or CI cancelling: what was measured is still a run
+                break
+            if on_tick:
+                on_tick(tick)
+            if tick.elapsed_s >= plan.duration_s:
+                break
+            if plan.abort_on_fail and (aborted := slo.lost(
+                    plan.gates, _observed(runner, recorder, tick.elapsed_s))):
+                break
+        _stop(runner, interrupts, local=not workers)
         if workers:  # a worker answers once its users are stopped: after up to the stop timeout
             workers.flush(timeout=plan.stop_timeout_s + 30)
         run_seconds = time.monotonic() - began
@@ -196,6 +256,7 @@ def run(plan: Plan, on_tick: Callable[[Tick], None] | None = None, save_dir: Pat
             files.update(csv_files.finish())
             csv_files = None
         total, rows = endpoints(runner.stats, recorder, run_seconds)
+        interrupted = interrupts.count > 0
         gates = slo.evaluate(plan.gates, _observed(runner, recorder, run_seconds))
         summary = RunSummary(
             id=run_id, env=plan.env, host=plan.host, profile=plan.profile, users=plan.users,

@@ -4,10 +4,14 @@ the Whisper base model, real Locust): short runs, a few users, seconds each."""
 from __future__ import annotations
 
 import csv
+import functools
+import http.server
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -145,3 +149,117 @@ def test_an_interrupted_run_is_saved_and_exits_130(local_platform, tmp_path, sig
     assert f"saved as {doc['id']}" in err
     saved = json.loads((local_platform.root / ".opsctl" / "loadtests" / f"{doc['id']}.json").read_text())
     assert saved["total"]["requests"] == doc["total"]["requests"]
+
+
+# --- An interrupt is never lost, whichever greenlet runs when it lands --------------------------
+# Each case sends the signal from inside one greenlet of an in-process run (os.kill to this
+# process: Python runs the handler in that greenlet at once), against a tiny local target.
+# Locust's stats_history, CSV writer and spawner catch KeyboardInterrupt and end quietly, so
+# the default handler's exception was lost there and the run went on to its full duration.
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hang = None  # a threading.Event: when set on the class, every request waits for it
+
+    def do_GET(self):
+        if self.hang is not None:
+            self.hang.wait()
+        body = b'{"version": "1"}' if self.path == "/version" else b"worker_requests_total 1"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_a):
+        pass
+
+
+def _serve(handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def quick_target():
+    server, url = _serve(_Answers)
+    yield url
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hanging_target():
+    release = threading.Event()
+    server, url = _serve(type("Hangs", (_Answers,), {"hang": release}))
+    yield url
+    release.set()
+    server.shutdown()
+
+
+def _signal_from(monkeypatch, owner, name: str, sig: int, when=lambda *a, **k: True) -> list:
+    """Wrap owner.name so that its first call for which `when` holds sends `sig` to this process."""
+    original, sent = getattr(owner, name), []
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        if not sent and when(*args, **kwargs):
+            sent.append(sig)
+            os.kill(os.getpid(), sig)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return sent
+
+
+def _plan(host: str, tmp_path: Path, *, duration_s: float, stop_timeout_s: float):
+    from opsctl.loadtest.plan import Plan
+
+    return Plan(env="local", host=host, profile="light", users=2, spawn_rate=2, duration_s=duration_s,
+                classes={"AdminUser": 1}, slo="", gates=[], csv_prefix=str(tmp_path / "cut"),
+                locustfile=Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py",
+                stop_timeout_s=stop_timeout_s)
+
+
+@pytest.mark.parametrize("instant, sig", [
+    ("stats-history", signal.SIGINT), ("csv-writer", signal.SIGINT), ("csv-writer", signal.SIGTERM),
+    ("spawning", signal.SIGINT), ("request", signal.SIGINT)])
+def test_an_interrupt_landing_in_any_greenlet_ends_the_run(quick_target, tmp_path, monkeypatch, instant, sig):
+    from opsctl.loadtest import inflight, runner
+
+    runner.import_locust()
+    import locust.runners
+    import locust.stats
+    from locust.contrib.fasthttp import FastHttpSession
+
+    inflight.install()
+    where = {"stats-history": (locust.stats, "update_stats_history"),
+             "csv-writer": (locust.stats.StatsCSVFileWriter, "_stats_history_data_rows"),
+             "spawning": (locust.runners.Runner, "spawn_users"),
+             "request": (FastHttpSession, "request")}[instant]
+    monkeypatch.setattr(locust.stats, "HISTORY_STATS_INTERVAL_SEC", 0.1)  # its first look comes at once, not in 5 s
+    sent = _signal_from(monkeypatch, *where, sig)
+    # a lost interrupt lets the run go on to this duration and end as not interrupted
+    summary = runner.run(_plan(quick_target, tmp_path, duration_s=4, stop_timeout_s=30))
+    assert sent == [sig]
+    assert (summary.aborted_by, summary.passed) == (runner.INTERRUPTED, False)
+    assert Path(summary.reports["csv_stats_history"]).is_file()
+
+
+def test_an_interrupt_during_the_stop_timeout_ends_it_and_keeps_the_run(hanging_target, tmp_path, monkeypatch):
+    """The run reaches its duration with both users' requests unanswered; the stop would wait
+    10 min for them. Ctrl-C then ends that wait: the run is saved interrupted, the unanswered
+    requests recorded in flight (before, KeyboardInterrupt left run() and nothing was kept)."""
+    from opsctl.loadtest import runner
+
+    runner.import_locust()
+    import locust.runners
+
+    sent = _signal_from(monkeypatch, locust.runners.Runner, "stop_users", signal.SIGINT,  # not the spawner's call
+                        when=lambda self, *_a, **_k: self.state == locust.runners.STATE_CLEANUP)
+    try:
+        summary = runner.run(_plan(hanging_target, tmp_path, duration_s=1, stop_timeout_s=600))
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt left the run: nothing measured was kept")
+    assert sent == [signal.SIGINT]
+    assert (summary.aborted_by, summary.passed) == (runner.INTERRUPTED, False)
+    assert summary.in_flight > 0 and summary.total.failures == summary.in_flight
