@@ -78,6 +78,7 @@ def _local(project: Project, env: Environment) -> Endpoints:
     from opsctl.local import s3 as s3mod
     from opsctl.local import state as st
     from opsctl.local import worker as wk
+    from opsctl.local.platform import live_pid
 
     state = st.load(st.folder_for(project.root))
     comps = state.components
@@ -86,8 +87,11 @@ def _local(project: Project, env: Environment) -> Endpoints:
     from urllib.parse import quote
 
     host = procs.HOST
+    # a color is up when its process is still ours (platform.live_pid: it listens on the color's
+    # port, or its PID file names it), never on a recorded PID alone: after the color stopped,
+    # the PID may run another program, and probing it would page for a color stopped on purpose
     workers = {c: wk.base_url(comps[wk.name(c)].port) for c in st.COLORS
-               if wk.name(c) in comps and procs.alive(comps[wk.name(c)].pid)}
+               if wk.name(c) in comps and live_pid(state, wk.name(c)) is not None}
     return Endpoints(
         env=env.name, platform="local",
         # the name percent-encoded: a database called "Ops Media" is a valid URL path segment

@@ -146,3 +146,24 @@ def test_saved_objects_survive_a_kill_between_the_renames_of_the_s3_save(root, m
         assert opsctl(root, "local", "down").returncode == 0
     assert sorted(p.name for p in data.parent.iterdir() if p.name.startswith("s3")) == ["s3"]
     assert [p for p in data.rglob("*") if p.is_file() and p.read_bytes() == b"customer audio"]
+
+
+def test_a_worker_pid_reused_by_a_stranger_is_not_a_color_to_probe(root):  # noqa: F811
+    """After a color stopped, its recorded PID may run someone else's program (even one whose
+    command line names ours): the endpoints health and deploys probe leave that color out."""
+    from opsctl.config import load_project
+    from opsctl.endpoints import resolve
+    from opsctl.local import state as st
+
+    stranger = _stranger("transcription-worker")
+    try:
+        state = st.LocalState(st.folder_for(root))
+        for key, port in (("postgres", 1), ("redis", 2), ("s3", 3), ("router", 4)):
+            state.components[key] = st.Component(port=port, pid=None)
+        state.components["worker-blue"] = st.Component(port=5, pid=stranger.pid)
+        state.save()
+        project = load_project(root)
+        assert resolve(project, project.env("local")).workers == {}
+    finally:
+        stranger.kill()
+        stranger.wait()
