@@ -51,7 +51,7 @@ class Window:
     start: dt.datetime
     start_lsn: int
     end_segment: str
-    end_lsn: int = 0
+    end_lsn: int = 0  # the end of the window's last segment (from the listing: no WAL read)
     end: dt.datetime | None = None  # newest time a restore may ask for: max(last commit, base finished)
     last_commit: dt.datetime | None = None  # the newest commit replayable in this window
     stopped_by: Problem | None = None  # the gap that ends it, or None: the archive ends there
@@ -266,7 +266,10 @@ def _windows(repo, key, inv: Inventory, bases, first: int, bad_at: dict[int, Pro
         end = (gap - 1) if gap is not None else first + len(inv.segments) - 1
         if end in by_end:
             continue  # an older base reaches the same end: the window starts there
+        # the archived WAL ends with segment `end`: known from the listing, no WAL read (a
+        # restore to an LSN checks against it without dating the window)
         by_end[end] = Window(b.id, b.finished_at, layout.lsn(b.start_lsn), inv.segments[end - first],
+                             end_lsn=(end + 1) * layout.SEGMENT_BYTES - 1,
                              stopped_by=bad_at.get(gap) if gap is not None else None)
     inv.windows = [by_end[e] for e in sorted(by_end)]
     if not end_times:
@@ -279,7 +282,6 @@ def _date_end(repo, key, inv: Inventory, w: Window, first: int, stage) -> None:
     """The newest commit in the window, walking back from its last segment to its base."""
     base = next(b for b in inv.bases if b.id == w.base_id)
     end_n = inv.segments.index(w.end_segment) + first
-    w.end_lsn = (end_n + 1) * layout.SEGMENT_BYTES - 1
     w.end = base.finished_at
     for n in range(end_n, layout.segno(w.start_lsn) - 1, -1):
         file = inv.segments[n - first]
