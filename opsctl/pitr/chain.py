@@ -4,10 +4,10 @@
 object: tag, SHA-256, authentication, zstd) and answers WAL-G's `wal-verify` question: is
 every segment from each base backup to the newest one present and authentic, and up to
 when can this cluster be restored? Segments are followed along the newest timeline's
-history, as recovery would. The newest restorable time is the commit time of the last
-transaction in the last good segment of a window (read with `pg_waldump`): commits after
-it are either not archived yet or behind a missing or tampered segment, and a restore to a
-later time is refused.
+history, as recovery would. The newest restorable time is the time of the last transaction
+end (commit or abort: both carry a time, and recovery_target_time stops at either) in the
+last good segment of a window (read with `pg_waldump`): commits after it are either not
+archived yet or behind a missing or tampered segment, and a restore to a later time is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from opsctl.backup.repository import NotFound
 from opsctl.pitr import base as bb
 from opsctl.pitr import layout
 
-_COMMIT = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+).*desc: COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+# a transaction's end: COMMIT or ABORT (an aborted transaction's record carries its time too, and
+# both are what recovery_target_time stops at and pg_last_xact_replay_timestamp reports)
+_XACT_END = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+).*desc: (COMMIT|ABORT)(?:_PREPARED)? (?:\d+: )?"
+                       r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 _RECORD = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
 
 
@@ -52,8 +55,11 @@ class Window:
     start_lsn: int
     end_segment: str
     end_lsn: int = 0  # the end of the window's last segment (from the listing: no WAL read)
-    end: dt.datetime | None = None  # newest time a restore may ask for: max(last commit, base finished)
+    end: dt.datetime | None = None  # newest time a restore may ask for: max(last_xact, base finished)
     last_commit: dt.datetime | None = None  # the newest commit replayable in this window
+    # the newest transaction end (commit or abort) replayable in it: replaying the whole window
+    # replays nothing later, so a restore to a time before it needs a recovery target
+    last_xact: dt.datetime | None = None
     stopped_by: Problem | None = None  # the gap that ends it, or None: the archive ends there
 
 
@@ -137,6 +143,12 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
 
 def commits(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime]]:
     """(LSN, commit time) of every commit record that starts in one segment (pg_waldump)."""
+    return [(at, when) for at, when, kind in xact_ends(plain_segment, file) if kind == "COMMIT"]
+
+
+def xact_ends(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime, str]]:
+    """(LSN, time, "COMMIT" | "ABORT") of every transaction-end record that starts in one
+    segment, in LSN order (pg_waldump --rmgr=Transaction; prepared ones included)."""
     from opsctl.local.postgres import tool
 
     with tempfile.TemporaryDirectory(prefix="opsctl-waldump-") as tmp:
@@ -144,9 +156,9 @@ def commits(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime]]:
         out = subprocess.run([tool("pg_waldump"), "--rmgr=Transaction", str(Path(tmp, file))],
                              capture_output=True, text=True, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
     found = []
-    for m in _COMMIT.finditer(out.stdout):
-        when = dt.datetime.fromisoformat(m.group(2)).replace(tzinfo=dt.timezone.utc)
-        found.append((layout.lsn(m.group(1)), when))
+    for m in _XACT_END.finditer(out.stdout):
+        when = dt.datetime.fromisoformat(m.group(3)).replace(tzinfo=dt.timezone.utc)
+        found.append((layout.lsn(m.group(1)), when, m.group(2)))
     return found
 
 
@@ -279,7 +291,8 @@ def _windows(repo, key, inv: Inventory, bases, first: int, bad_at: dict[int, Pro
 
 
 def _date_end(repo, key, inv: Inventory, w: Window, first: int, stage) -> None:
-    """The newest commit in the window, walking back from its last segment to its base."""
+    """The newest transaction end (commit or abort) and the newest commit in the window, walking
+    back from its last segment to its base (usually both are in the last segment read)."""
     base = next(b for b in inv.bases if b.id == w.base_id)
     end_n = inv.segments.index(w.end_segment) + first
     w.end = base.finished_at
@@ -298,8 +311,11 @@ def _date_end(repo, key, inv: Inventory, w: Window, first: int, stage) -> None:
                     continue
         if plain is None:
             return
-        found = commits(plain, file)
-        if found:
-            w.last_commit = found[-1][1]
-            w.end = max(w.last_commit, base.finished_at)
+        found = xact_ends(plain, file)
+        if found and w.last_xact is None:
+            w.last_xact = max(when for _, when, _ in found)
+            w.end = max(w.last_xact, base.finished_at)
+        done = [when for _, when, kind in found if kind == "COMMIT"]
+        if done:
+            w.last_commit = max(done)
             return

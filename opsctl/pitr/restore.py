@@ -206,7 +206,9 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     settings: dict[str, str] = {}
-    if when is not None and window.last_commit is not None and when < window.last_commit:
+    # a target is needed when the window holds a transaction end after `when`: a commit, or an
+    # abort (replayed, its time is what pg_last_xact_replay_timestamp reports to _check)
+    if when is not None and window.last_xact is not None and when < window.last_xact:
         settings["recovery_target_time"] = when.isoformat()
     elif lsn is not None:
         settings["recovery_target_lsn"] = layout.lsn_text(lsn)

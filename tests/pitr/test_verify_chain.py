@@ -156,3 +156,20 @@ def test_restore_to_an_lsn_mid_window_gives_the_rows_before_it(pitr, batches, ru
     assert _restored_ids(json.loads(r.stdout)) == {
         row[0] for row in pitr.sql("select id from events where note <> 'after-lsn'")}
 
+
+def test_an_abort_after_the_last_commit_does_not_block_a_restore_to_that_commit(pitr, batches, runner):
+    # the window is dated by transaction ends, aborts included: recovery stops before the
+    # abort (recovery_target_time) instead of replaying it and refusing its time as a commit
+    import psycopg
+
+    pitr.sql("insert into events(note) values ('last')")
+    (last,) = pitr.sql("select pg_xact_commit_timestamp(xmin) from events where note = 'last'")[0]
+    with psycopg.connect(pitr.url("pitrdb")) as conn:
+        conn.execute("insert into events(note) values ('rolled back')")
+        conn.rollback()
+    pitr.wait_archived()
+    want = {row[0] for row in pitr.sql("select id from events")}
+    for target in (last.isoformat(), "latest"):
+        r = pitr.cli(runner, "restore", "--to-time", target, "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        assert _restored_ids(json.loads(r.stdout)) == want
