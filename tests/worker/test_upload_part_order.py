@@ -170,6 +170,24 @@ def test_a_create_retried_with_its_idempotency_key_is_the_same_upload(http, work
     assert done[0].json()["file"]["id"] == done[1].json()["file"]["id"]
 
 
+def test_a_second_complete_with_other_part_ids_or_md5_is_409(http, worker):
+    """Only the complete that completed an upload, retried as it was, is answered 200: another
+    part list, or an md5 the first did not give, is 409 `upload_already_completed` (the file
+    is what the first made; a 200 would tell the client its list was assembled)."""
+    a, b = b"\x43" * MIB, b"\x44" * MIB
+    up = _create(http, MIB)
+    pa, pb = (send_part(http, up["id"], d).json()["id"] for d in (a, b))
+    first = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pa]})
+    assert first.status_code == 200, first.text
+    for body in ({"part_ids": [pb]}, {"part_ids": [pa], "md5": hashlib.md5(a).hexdigest()},
+                 {"part_ids": ["part_nonexistent"]}):
+        r = http.post(f"/v1/uploads/{up['id']}/complete", json=body)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "upload_already_completed", (body, r.text)
+    again = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pa]})
+    assert again.status_code == 200 and again.json()["file"] == first.json()["file"], again.text
+    assert _file(worker, up["id"]) == a
+
+
 def test_the_audio_backup_leaves_upload_part_objects_out(http, worker):
     """opsctl's audio backup copies completed objects only: a pending upload's part objects
     are not in its inventory; the completed file is."""

@@ -121,6 +121,11 @@ MIGRATIONS: list[str] = [
                         ADD COLUMN parts_swept boolean NOT NULL DEFAULT false;
     UPDATE uploads SET parts_swept = true;
     """,
+    # complete_request: what the complete that completed an upload asked for (its part list's
+    # fingerprint and md5), so only that same complete retried is answered 200
+    """
+    ALTER TABLE uploads ADD COLUMN complete_request text;
+    """,
 ]
 class PartsTooLarge(Exception):
     """A part would take an upload past the `bytes` it was created for."""
@@ -382,12 +387,14 @@ class Database:
 
     @staticmethod
     def set_status(conn: Any, upload_id: str, status: str, file_id: str | None = None,
-                   sha256: str | None = None) -> dict[str, Any]:
-        """Move the locked upload to `status` (on `conn`, inside `locked_upload`); returns the row."""
+                   sha256: str | None = None, complete_request: str | None = None) -> dict[str, Any]:
+        """Move the locked upload to `status` (on `conn`, inside `locked_upload`), recording
+        for a completed one what its complete asked for (`complete_request`); returns the row."""
         return conn.execute(
-            "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s,"
+            "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s, complete_request = %s,"
             " completed_at = CASE WHEN %s = 'completed' THEN now() END"
-            " WHERE id = %s RETURNING *", (status, file_id, sha256, status, upload_id)).fetchone()
+            " WHERE id = %s RETURNING *", (status, file_id, sha256, complete_request, status,
+                                           upload_id)).fetchone()
 
     def stored_bytes(self, upload_id: str, conn: Any = None) -> int:
         """Bytes of the parts of an upload stored in S3 (ETag known); on `conn` when given."""

@@ -334,6 +334,11 @@ def _fingerprint(part_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(part_ids).encode()).hexdigest()
 
 
+def _complete_request(part_ids: list[str], md5: str | None) -> str:
+    """What a complete asked for (its parts' fingerprint and md5), kept on the completed row."""
+    return f"{_fingerprint(part_ids)}:{md5.lower() if md5 else ''}"
+
+
 def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str],
                      md5: str | None) -> tuple[dict, bool]:
     """Complete under the row lock (a thread): (row, whether this call ended the upload).
@@ -344,8 +349,15 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
     store = state.store
     with state.db.locked_upload(upload_id, key_id) as (conn, row):
         row = _locked_status(row, upload_id)
+        request = _complete_request(part_ids, md5)
         if row["status"] == "completed":
-            return row, False  # a retried complete
+            # a retried complete is answered as the first was; another list or md5 would be
+            # answered a file it does not describe (rows completed before this was kept: any)
+            if row.get("complete_request") not in (None, request):
+                raise APIError(409, f"upload {upload_id} was completed with other part_ids or another"
+                               " md5; its file is as that complete made it", param="part_ids",
+                               code="upload_already_completed")
+            return row, False
         if row["status"] != "pending":
             raise _not_pending(row)
         _legacy(row)
@@ -390,7 +402,8 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
                 _drop_s3(store, row)
                 return state.db.set_status(conn, upload_id, "cancelled"), True
         store.delete_prefix(store.parts_prefix(key))  # parts not listed go too
-        return state.db.set_status(conn, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha), True
+        return state.db.set_status(conn, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha,
+                                   request), True
 
 
 def _drop_s3(store: Any, row: dict) -> bool:
