@@ -15,7 +15,9 @@ The archiver (`python -m opsctl.pitr.archive`, supervised by `opsctl local up`) 
 queue's files oldest first, compresses and seals each with the backup key exactly like every
 other object (opsctl.backup.pipeline.pack), names it with its authentication tag
 (layout.py), writes it, and only then removes it from the queue. A file already archived
-(PostgreSQL repeats a file after a crash) is not written twice. A repository that is down
+with the same bytes (PostgreSQL repeats a file after a crash) is not written twice; one
+archived with other bytes is a conflict (two servers of the cluster on one timeline): it
+stays queued, the archiver logs an error and stops there, the health check is CRITICAL. A repository that is down
 makes it retry with backoff; the queue absorbs the wait.
 """
 
@@ -31,10 +33,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opsctl.errors import OperationFailed
 from opsctl.pitr import layout
 
 log = logging.getLogger("opsctl.pitr.archive")
 DROPPED = ".dropped"
+CONFLICT = ".conflict"  # <queue>/.conflict/<file>: the reason a queued file conflicts with a stored one
+
+
+class WalConflict(OperationFailed):
+    """A queued WAL file whose name is already archived with other content."""
 DEFAULT_QUEUE = 64  # segments: 1 GiB of 16 MiB segments
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
 
@@ -137,18 +145,55 @@ class Archiver:
         except FileNotFoundError:
             return []
 
-    def _archived(self, file: str) -> bool:
-        return any(layout.OBJECT.fullmatch(n.rpartition("/")[2])
-                   for n in self.repo.names(f"{layout.wal_prefix(self.sysid)}{file}."))
+    def _stored(self, file: str) -> list[layout.WalObject]:
+        """The objects already stored for `file` (normally none; one after PostgreSQL repeats it)."""
+        objects, _ = layout.parse_wal(self.sysid, self.repo.names(f"{layout.wal_prefix(self.sysid)}{file}."))
+        return objects.get(file, [])
+
+    def _same_as_stored(self, path: Path, stored: list[layout.WalObject]) -> bool:
+        """True when an authentic stored object of the file holds exactly `path`'s bytes (a
+        repeat: skip it); WalConflict when an authentic one holds other bytes; False when none
+        is authentic (a planted or damaged one: ours is written beside it, verify names it)."""
+        import hashlib
+
+        from opsctl.backup.crypto import IntegrityError
+        from opsctl.pitr.chain import open_wal
+
+        mine = hashlib.sha256(path.read_bytes()).hexdigest()
+        other = None
+        for obj in stored:
+            try:
+                theirs = hashlib.sha256(open_wal(self.repo, self.key, self.sysid, obj)).hexdigest()
+            except IntegrityError:
+                continue
+            if theirs == mine:
+                return True
+            other = obj
+        if other is not None:
+            raise WalConflict(f"{path.name} is already archived with other content ({other.name}): two servers "
+                              f"of cluster {self.sysid} wrote the same WAL file name (a timeline reused?); it stays "
+                              f"queued in {self.queue} and archiving stops here until someone decides which is "
+                              "right (nothing was overwritten)")
+        return False
 
     def push(self, path: Path, result: DrainResult) -> None:
-        """Archive one queued file: skipped when an object of it is already stored, else packed
-        (zstd, sealed) and written under its tagged name. Raises whatever the repository raises;
-        the caller keeps the file queued then."""
+        """Archive one queued file: skipped when an authentic stored object of it has the same
+        bytes (PostgreSQL repeated it), else packed (zstd, sealed) and written under its tagged
+        name. WalConflict (the file stays queued, a marker in `<queue>/.conflict/` for the health
+        check) when a stored one has other bytes: never a silent skip, never an overwrite.
+        Raises whatever the repository raises; the caller keeps the file queued then."""
         from opsctl.backup.pipeline import StreamStats, pack
 
         file = path.name
-        if self._archived(file):
+        stored = self._stored(file)
+        try:
+            same = bool(stored) and self._same_as_stored(path, stored)
+        except WalConflict as exc:
+            marks = self.queue / CONFLICT
+            marks.mkdir(exist_ok=True, mode=0o700)
+            (marks / file).write_text(str(exc) + "\n")
+            raise
+        if same:
             result.skipped.append(file)
             return
         stats = StreamStats()
@@ -156,6 +201,7 @@ class Archiver:
             sealed = b"".join(pack(fh, self.level, self.key, stats, threads=0))
         name = layout.wal_object(self.sysid, file, layout.tag(self.key, self.sysid, file, stats.sha256))
         self.repo.put(name, [sealed])
+        (self.queue / CONFLICT / file).unlink(missing_ok=True)
         result.archived.append(file)
         result.raw_bytes += stats.raw_bytes
         result.stored_bytes += stats.stored_bytes
@@ -167,6 +213,7 @@ class Archiver:
             path = self.queue / file
             self.push(path, result)
             path.unlink(missing_ok=True)
+            (self.queue / CONFLICT / file).unlink(missing_ok=True)
         dropped = self.queue / DROPPED
         for marker in sorted(dropped.iterdir()) if dropped.is_dir() else []:
             self.repo.put_bytes(f"{layout.dropped_prefix(self.sysid)}{marker.name}",
@@ -185,6 +232,9 @@ class Archiver:
                     log.info("archived %s%s", ", ".join(r.archived),
                              f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else "")
                 delay = interval
+            except WalConflict as exc:  # an error, not a retry worth a warning: someone has to decide
+                log.error("%s", exc)
+                delay = min(delay * 2, 30.0)
             except Exception as exc:  # the repository is down or slow: the queue waits
                 from opsctl.redact import credentials
 

@@ -205,6 +205,14 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
         for file, objs in sorted(objects.items()):
             if file not in inv.good and not (len(file) == 24 and file in inv.segments):
                 todo.append((file, objs, None))
+    if stage is not None:
+        # recovery needs every timeline's history file, not only the segments: with
+        # recovery_target_timeline = 'latest' it probes 00000002.history, 3, ... until one is
+        # missing, and promotion takes the next timeline none of them names (without them a
+        # second restore reused a timeline the repository already held)
+        listed = {file for file, _objs, _n in todo}
+        todo += [(file, objs, None) for file, objs in sorted(objects.items())
+                 if file.endswith(".history") and file not in listed]
     _check_all(repo, key, sysid, todo, inv, bad_at, stage, progress)
     inv.problems += [bad_at[n] for n in sorted(bad_at)]
     _windows(repo, key, inv, bases, first, bad_at, stage, end_times)

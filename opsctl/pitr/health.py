@@ -4,7 +4,8 @@ Judged against the environment's RPO (`dr.rpo` in opsctl.yaml, default 1h): comm
 segment PostgreSQL is writing reach the archive within `backup.archive_timeout`, and a
 finished segment still waiting in the local queue has been at risk since PostgreSQL finished
 it (the file's time). So the lag is `archive_timeout` plus the age of the oldest queued
-segment. CRITICAL when it exceeds the RPO, when segments wait and no archiver runs, or when
+segment. CRITICAL when it exceeds the RPO, when segments wait and no archiver runs, when a
+queued file conflicts with a stored one of the same name (archive.WalConflict), or when
 the queue dropped segments (a gap: restores can't cross it until the next base backup);
 WARNING when the archiver is not running but nothing waits yet.
 """
@@ -43,12 +44,17 @@ def archive_lag(project, env) -> CheckResult:
     pending = [queue / n for n in os.listdir(queue) if not n.startswith(".") and archive.layout.WAL_FILE.fullmatch(n)]
     oldest = min((p.stat().st_mtime for p in pending if p.exists()), default=None)
     dropped = sorted(os.listdir(queue / archive.DROPPED)) if (queue / archive.DROPPED).is_dir() else []
+    conflicts = sorted(os.listdir(queue / archive.CONFLICT)) if (queue / archive.CONFLICT).is_dir() else []
     comp = state.components.get(pitr_local.COMPONENT)
     running = comp is not None and procs.alive(comp.pid, pitr_local.HINT)
     lag = env.backup.archive_timeout + (now - oldest if oldest is not None else 0.0)
     details = {"queued": len(pending), "dropped": dropped, "archiver_running": running,
                "rpo_seconds": rpo, "archive_timeout_seconds": env.backup.archive_timeout}
-    if dropped:
+    if conflicts:
+        details["conflicts"] = conflicts
+        reason = (queue / archive.CONFLICT / conflicts[0]).read_text(errors="replace").strip()
+        status, text = Status.CRITICAL, f"archiving stopped: {reason}"
+    elif dropped:
         status, text = Status.CRITICAL, (f"{len(dropped)} WAL segment(s) dropped by the full queue "
                                          f"({dropped[0]}…): take a base backup ('opsctl backup base')")
     elif pending and not running:

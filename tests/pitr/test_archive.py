@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 
@@ -98,3 +99,37 @@ def test_staged_wal_for_a_restore_is_private(tmp_path):
     chain._stage(stage, "000000010000000000000001", b"wal bytes")
     assert stat.S_IMODE(stage.stat().st_mode) == 0o700
     assert stat.S_IMODE((stage / "000000010000000000000001").stat().st_mode) == 0o600
+
+
+def test_a_queued_file_archived_before_with_other_bytes_is_a_loud_conflict(pitr, tmp_path):
+    # a repeat with the same bytes is skipped; other bytes under the same name (two servers on
+    # one timeline) stay queued, raise, and leave a marker the health check reports: never a
+    # silent skip that loses the live server's WAL
+    from opsctl.pitr import archive, layout
+
+    queue = tmp_path / "queue"
+    archive.prepare_queue(queue, None)
+    archiver = archive.Archiver(pitr.repo(), pitr.key(), "7" * 19, queue)
+    (queue / "00000009.history").write_text("8\t0/3000000\tno recovery target specified\n")
+    assert archiver.drain().archived == ["00000009.history"]
+    (queue / "00000009.history").write_text("8\t0/3000000\tno recovery target specified\n")
+    assert archiver.drain().skipped == ["00000009.history"]  # PostgreSQL repeated it
+    (queue / "00000009.history").write_text("8\t0/5000000\tno recovery target specified\n")
+    with pytest.raises(archive.WalConflict, match="already archived with other content"):
+        archiver.drain()
+    assert (queue / "00000009.history").exists()  # still queued, nothing overwritten
+    assert (queue / archive.CONFLICT / "00000009.history").exists()
+    files, _ = layout.parse_wal("7" * 19, pitr.repo().names(layout.wal_prefix("7" * 19)))
+    assert len(files["00000009.history"]) == 1
+    from opsctl.health.model import Status
+    from opsctl.pitr import health
+    from opsctl.pitr import local as pitr_local
+
+    live_marks = pitr_local.queue_dir(pitr.state()) / archive.CONFLICT
+    live_marks.mkdir(exist_ok=True)
+    (live_marks / "00000009.history").write_text((queue / archive.CONFLICT / "00000009.history").read_text())
+    try:
+        checked = health.archive_lag(pitr.project(), pitr.env())
+        assert checked.status == Status.CRITICAL and "already archived with other content" in checked.message
+    finally:
+        shutil.rmtree(live_marks)

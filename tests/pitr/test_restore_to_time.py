@@ -64,3 +64,34 @@ def test_restore_to_time_gives_exactly_the_rows_committed_by_then(pitr, runner):
     assert doc["timeline"] == 2
     pitr.sql("insert into events(note) values ('after the restore')")
     assert pitr.wait_archived().startswith("00000002")  # the new timeline is archived
+
+
+def test_after_an_in_place_restore_latest_follows_the_new_timeline_and_a_second_one_takes_the_next(pitr, runner):
+    # every history file is staged for recovery: 'latest' follows timeline 2 past the fork (it
+    # stopped there), and the next in-place restore promotes to timeline 3 (it reused 2, whose
+    # WAL the archiver then dropped as "already archived")
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    live = {r[0] for r in pitr.sql("select id from events")}
+    assert pitr.sql("select count(*) from events where note = 'after the restore'")[0][0] == 1
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    try:
+        with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+            assert {row[0] for row in conn.execute("select id from events")} == live
+    finally:
+        pg.stop(doc["pid"])
+    assert doc["timeline"] == 3  # the next timeline no history file names (the copy archives nothing)
+
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["timeline"] == 3
+    assert {r[0] for r in pitr.sql("select id from events")} == live
+    pitr.sql("insert into events(note) values ('after the second restore')")
+    assert pitr.wait_archived().startswith("00000003")
+    v = pitr.cli(runner, "backup", "verify-chain", "--json")
+    assert v.exit_code == 0, v.output
+    assert [t["timeline"] for t in json.loads(v.stdout)["timeline_path"]] == [1, 2, 3]
