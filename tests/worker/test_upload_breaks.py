@@ -236,22 +236,31 @@ def test_a_part_resent_with_other_bytes_can_be_left_out(http, worker):
     assert body == first + right
 
 
-def test_cancel_and_expiry_give_back_bytes_never_received(model_dir, postgres, s3, redis_server, tmp_path):
-    """(8) 10 MiB a day: a 10 MiB upload cancelled after 1 MiB leaves 9 MiB for today; one
-    left to expire after 1 MiB gives back its 8 unreceived MiB too."""
+def test_cancel_md5_mismatch_and_expiry_give_back_bytes_never_received(model_dir, postgres, s3, redis_server,
+                                                                        tmp_path):
+    """(8) 15 MiB a day: a 10 MiB upload made of one 5 MiB part listed twice, its complete
+    cancelled by an md5 mismatch, gives back the 5 MiB never received (as a cancel does), so
+    10 MiB are left; a 10 MiB upload cancelled after 1 MiB leaves 9 MiB for today; one left
+    to expire after 1 MiB gives back its 8 unreceived MiB too."""
     env, bucket, _ = _own_worker(model_dir, postgres, s3, redis_server, "w2q",
-                                 WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="10", WORKER_UPLOAD_EXPIRY_SECONDS="4",
+                                 WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="15", WORKER_UPLOAD_EXPIRY_SECONDS="4",
                                  WORKER_JOB_LEASE_SECONDS="1.5")
     proc, url = start_worker(env, tmp_path / "w.log")
     try:
         wait_until(url, proc, tmp_path / "w.log", ready=False)
         with httpx.Client(base_url=url, timeout=60) as http:
+            spec = {"filename": "a.wav", "mime_type": "audio/wav", "purpose": "t"}
             up = _create(http, 10 * MIB)
+            p = send_part(http, up["id"], b"\3" * (5 * MIB)).json()["id"]
+            r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [p, p], "md5": "0" * 32})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "checksum_mismatch", r.text
+            r = http.post("/v1/uploads", json={**spec, "bytes": 10 * MIB + 1})
+            assert r.status_code == 429, "more than the 10 MiB left after the md5 mismatch"
+            up = _create(http, 10 * MIB)  # 5 of 15 used: the 5 MiB never received came back
             assert send_part(http, up["id"], b"\1" * MIB).status_code == 200
             assert http.post(f"/v1/uploads/{up['id']}/cancel").status_code == 200
-            spec = {"filename": "a.wav", "mime_type": "audio/wav", "purpose": "t"}
             assert http.post("/v1/uploads", json={**spec, "bytes": 9 * MIB + 1}).status_code == 429
-            up = _create(http, 9 * MIB)  # 1 + 9: the day is full
+            up = _create(http, 9 * MIB)  # 5 + 1 + 9: the day is full
             assert send_part(http, up["id"], b"\2" * MIB).status_code == 200
             r = http.post("/v1/uploads", json={**spec, "bytes": MIB})
             assert r.status_code == 429, r.text

@@ -297,13 +297,13 @@ async def complete_upload(upload_id: str, request: Request):
     if md5 is not None and not (isinstance(md5, str) and re.fullmatch(r"[0-9a-fA-F]{32}", md5)):
         raise APIError(400, "md5 must be the file's MD5 as 32 hex digits", param="md5",
                        code="invalid_value")
-    row, closed = await db(_complete_locked, state, upload_id, key_id, part_ids, md5)
-    if closed:
-        await state.limits.close_upload(key_id, upload_id)
+    row, closed, stored = await db(_complete_locked, state, upload_id, key_id, part_ids, md5)
     if row["status"] == "cancelled":  # the md5 did not match: cancelled, and the object deleted
+        await _ended_unfinished(state, key_id, row, stored)
         raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
                        " cancelled, start a new one", param="md5", code="checksum_mismatch")
     if closed:
+        await state.limits.close_upload(key_id, upload_id)
         log.info("upload completed", extra={"upload_id": upload_id, "bytes": row["bytes"], "key_id": key_id})
     return upload_body(row)
 
@@ -340,8 +340,9 @@ def _complete_request(part_ids: list[str], md5: str | None) -> str:
 
 
 def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str],
-                     md5: str | None) -> tuple[dict, bool]:
-    """Complete under the row lock (a thread): (row, whether this call ended the upload).
+                     md5: str | None) -> tuple[dict, bool, int]:
+    """Complete under the row lock (a thread): (row, whether this call ended the upload, bytes
+    its parts had stored).
 
     Safe to retry after the worker died anywhere in it: an assembly left half-made (its S3
     multipart upload open) is aborted and made again; a finished one of the same part list
@@ -357,7 +358,7 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
                 raise APIError(409, f"upload {upload_id} was completed with other part_ids or another"
                                " md5; its file is as that complete made it", param="part_ids",
                                code="upload_already_completed")
-            return row, False
+            return row, False, 0
         if row["status"] != "pending":
             raise _not_pending(row)
         _legacy(row)
@@ -400,10 +401,11 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
             sha, actual_md5, size = store.digests(key)
             if md5.lower() != actual_md5 or size != row["bytes"]:
                 _drop_s3(store, row)
-                return state.db.set_status(conn, upload_id, "cancelled"), True
+                return (state.db.set_status(conn, upload_id, "cancelled"), True,
+                        state.db.stored_bytes(upload_id, conn))
         store.delete_prefix(store.parts_prefix(key))  # parts not listed go too
         return state.db.set_status(conn, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha,
-                                   request), True
+                                   request), True, 0
 
 
 def _drop_s3(store: Any, row: dict) -> bool:
@@ -436,10 +438,22 @@ async def cancel_upload(upload_id: str, request: Request):
     received; 400 unless it is pending."""
     state, key_id, db = await _context(request)
     row, stored = await db(_cancel_locked, state, upload_id, key_id)
-    await state.limits.close_upload(key_id, upload_id)
-    await state.limits.refund_upload_bytes(key_id, row["bytes"] - min(stored, row["bytes"]),
-                                           row["created_at"].timestamp())
+    await _ended_unfinished(state, key_id, row, stored)
     return upload_body(row)
+
+
+def _unreceived(row: dict, stored: int) -> int:
+    """The bytes an upload that ended without completing never received: what `open_upload`
+    charged to its day (`bytes`) less what its parts stored. One rule for every such end
+    (cancel, md5 mismatch at complete, expiry)."""
+    return int(row["bytes"]) - min(int(stored), int(row["bytes"]))
+
+
+async def _ended_unfinished(state: Any, key_id: str, row: dict, stored: int) -> None:
+    """Free the lease of an upload that ended without completing (cancelled, md5 mismatch)
+    and give back the day's bytes it never received (`_unreceived`)."""
+    await state.limits.close_upload(key_id, row["id"])
+    await state.limits.refund_upload_bytes(key_id, _unreceived(row, stored), row["created_at"].timestamp())
 
 
 @router.get("/{upload_id}")
@@ -469,8 +483,8 @@ def abort_expired(state: Any) -> int:
         aborted += 1
         if deleted:
             metrics.UPLOADS_ASSEMBLED_DELETED.inc()
-        unreceived = int(row["bytes"]) - min(int(row["stored"]), int(row["bytes"]))
-        state.limits.refund_upload_bytes_sync(row["api_key_id"], unreceived, row["created_at"].timestamp())
+        state.limits.refund_upload_bytes_sync(row["api_key_id"], _unreceived(row, row["stored"]),
+                                              row["created_at"].timestamp())
         log.info("expired upload aborted" + ("; the object an unfinished complete assembled is deleted"
                                              if deleted else ""), extra={"upload_id": row["id"]})
     sweep_presigned(state)
