@@ -170,6 +170,20 @@ def test_a_create_retried_with_its_idempotency_key_is_the_same_upload(http, work
     assert done[0].json()["file"]["id"] == done[1].json()["file"]["id"]
 
 
+def test_an_idempotency_key_reused_for_a_presigned_create_with_another_part_size_is_422(http, worker):
+    """A presigned create retried with its Idempotency-Key answers the first's part URLs; the
+    key reused with another part_size (other part URLs), or without presign, is 422."""
+    key = {"Idempotency-Key": "presign-1"}
+    first = _create(http, 6 * MIB, headers=key, presign=True, part_size=5 * MIB)
+    again = _create(http, 6 * MIB, headers=key, presign=True, part_size=5 * MIB)
+    assert again["id"] == first["id"]
+    assert [p["bytes"] for p in again["part_urls"]] == [p["bytes"] for p in first["part_urls"]] == [5 * MIB, MIB]
+    spec = {"filename": "a.wav", "bytes": 6 * MIB, "mime_type": "audio/wav", "purpose": "transcription"}
+    for over in ({"presign": True, "part_size": 6 * MIB}, {"presign": True}, {}):
+        r = http.post("/v1/uploads", headers=key, json={**spec, **over})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "idempotency_key_reused", (over, r.text)
+
+
 def test_a_second_complete_with_other_part_ids_or_md5_is_409(http, worker):
     """Only the complete that completed an upload, retried as it was, is answered 200: another
     part list, or an md5 the first did not give, is 409 `upload_already_completed` (the file

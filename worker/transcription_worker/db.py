@@ -126,6 +126,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE uploads ADD COLUMN complete_request text;
     """,
+    # part_size: a presigned upload's part size (its part URLs), so a create retried with its
+    # Idempotency-Key and another part_size is refused, and a retry's URLs are the first's
+    """
+    ALTER TABLE uploads ADD COLUMN part_size bigint;
+    """,
 ]
 class PartsTooLarge(Exception):
     """A part would take an upload past the `bytes` it was created for."""

@@ -157,7 +157,7 @@ async def create_upload(request: Request):
     if idem:
         earlier = await db(state.db.upload_by_idempotency_key, key_id, idem)
         if earlier is not None:
-            _same_create(earlier, filename, size, mime, purpose, presign)
+            _same_create(earlier, filename, size, mime, purpose, presign, part_size)
             return await _created(state, db, earlier, part_size)
     upload_id = f"upload_{secrets.token_hex(16)}"
     await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
@@ -167,21 +167,25 @@ async def create_upload(request: Request):
             "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
             "mime_type": mime, "purpose": purpose, "status": "pending",
             "s3_key": state.store.upload_key(upload_id), "presigned": presign,
-            "idempotency_key": idem}, settings.upload_expiry_seconds)
+            "part_size": part_size if presign else None, "idempotency_key": idem}, settings.upload_expiry_seconds)
     finally:  # failed, or a concurrent twin with the same Idempotency-Key won: no lease, no
         if row is None:  # bytes charged left behind (S3 holds nothing for an upload yet)
             await state.limits.close_upload(key_id, upload_id)
             await state.limits.refund_upload_bytes(key_id, size)
     if row is None:
         row = await db(state.db.upload_by_idempotency_key, key_id, idem)
-        _same_create(row, filename, size, mime, purpose, presign)
+        _same_create(row, filename, size, mime, purpose, presign, part_size)
     return await _created(state, db, row, part_size)
 
 
-def _same_create(row: dict, filename: str, size: int, mime: str, purpose: str, presign: bool) -> None:
-    """422 when an Idempotency-Key is reused for another upload (as for jobs: IETF draft, Stripe)."""
+def _same_create(row: dict, filename: str, size: int, mime: str, purpose: str, presign: bool,
+                 part_size: int) -> None:
+    """422 when an Idempotency-Key is reused for another upload (as for jobs: IETF draft, Stripe):
+    every field of the create body that changes its answer is compared (for a presigned upload
+    its `part_size`, which cuts its part URLs; rows made before it was kept: not compared)."""
+    kept = row.get("part_size")
     if (row["filename"], row["bytes"], row["mime_type"], row["purpose"], row["presigned"]) != (
-            filename, size, mime, purpose, presign):
+            filename, size, mime, purpose, presign) or (presign and kept is not None and kept != part_size):
         raise APIError(422, "this Idempotency-Key was used for another upload; use a new key",
                        param="Idempotency-Key", code="idempotency_key_reused")
 
@@ -191,7 +195,7 @@ async def _created(state: Any, db: Any, row: dict, part_size: int) -> dict[str, 
     for a retried create, from the part size it asked for), valid until the upload expires."""
     body = upload_body(row)
     if row["presigned"]:
-        size = row["bytes"]
+        size, part_size = row["bytes"], row.get("part_size") or part_size
         sizes = [min(part_size, size - n * part_size) for n in range(-(-size // part_size))]
         left = (row["expires_at"] - datetime.now(timezone.utc)).total_seconds()
         urls = await db(state.store.presign_part_puts, row["s3_key"], sizes, max(1, int(left)))
