@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         env.stop_timeout = 0
 
     env.events.test_stop.add_listener(after_stop)
+    # A terminal's Ctrl-C reaches the whole process group: the master (opsctl) decides, stops
+    # the run and asks for the final report; a worker dying of it would leave the run unsaved
+    # ("sent no final report"). The master's quit (or terminate, in close()) still ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     runner.greenlet.join()
     return 0
 
