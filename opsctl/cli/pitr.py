@@ -109,7 +109,8 @@ def render_restore_to(r, environment_, as_json: bool) -> None:
         f"base {' + '.join(r.chain)}, {r.segments} WAL files; {len(r.tables)} tables, {r.rows} rows in "
         f"{r.seconds:.1f} s" + (f"; running at {r.url} (pid {r.pid}, data {r.data_dir}; scratch, fsync off)"
                                 if r.url else "")
-        + (f"; previous data kept in {r.previous_data_dir}" if r.previous_data_dir else ""), soft_wrap=True))
+        + (f"; previous data kept in {r.previous_data_dir}" if r.previous_data_dir else "")
+        + "".join(f"\n{n}" for n in r.notes), soft_wrap=True))
 
 
 def prune_chain(

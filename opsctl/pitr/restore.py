@@ -26,7 +26,9 @@ replayed to the target, checked, and swapped in only when it is consistent.
 5. Swap (default): the live server is stopped, its data directory kept as
    `postgres.before-<time>`, the restored one moved into place and started by the platform's
    own start (archiving on; the new timeline's history file is queued for the archive).
-   `--beside` skips the swap and leaves the restored server running on its own port.
+   `--beside` skips the swap and leaves the restored server running on its own port. A
+   standby (`opsctl dr standby`) is stopped and removed after an in-place swap: it followed
+   the replaced history and can't follow the new timeline (promoted, it would undo the restore).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class PitrResult:
     previous_data_dir: str | None = None
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds: unpack, replay, check, swap
+    notes: list[str] = field(default_factory=list)  # e.g. the standby an in-place restore stopped
 
 
 def _context(project: Project, env: Environment):
@@ -451,6 +454,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
             os.sync()  # it ran with fsync off: everything it wrote is on disk before it becomes the live one
             result.previous_data_dir = str(_swap(c["project"], env, new, stamp))
             result.data_dir = str(state.data("postgres"))
+            result.notes += _drop_standby(c["project"], env)
             phase("swap")
     except BaseException:
         if pid is not None and procs.alive(pid):
@@ -464,6 +468,23 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
     result.phases = phases
     result.seconds = round(time.monotonic() - began, 2)
     return result
+
+
+def _drop_standby(project: Project, env: Environment) -> list[str]:
+    """After an in-place restore: stop and remove the standby (opsctl.pitr.standby), if any. It
+    followed the replaced history, past the restore's fork: it can't follow the new timeline,
+    and a failover promoting it would undo the restore."""
+    from opsctl.errors import OpsError
+    from opsctl.pitr import standby
+
+    try:
+        if not standby.stop_standby(project, env):
+            return []
+    except (OpsError, OSError) as exc:  # the restore is done: this is its caveat, not its failure
+        return [f"the standby follows the replaced history and could not be stopped ({exc}); stop it with "
+                f"'opsctl local down' before any failover"]
+    return ["the standby followed the replaced history: it was stopped and removed; build a new one with "
+            f"'opsctl dr standby --env {env.name}'"]
 
 
 def remove_later(folder: Path) -> None:

@@ -377,11 +377,61 @@ def _restart_workers(state, env: Environment, failed: list[str]) -> list[str]:
     return restarted
 
 
+def _control_timeline(data: Path) -> int | None:
+    """The timeline of a data directory's latest checkpoint (pg_controldata; running or not), or None."""
+    import os
+    import re
+    import subprocess
+
+    from opsctl.local.postgres import tool
+
+    out = subprocess.run([tool("pg_controldata"), "-D", str(data)], capture_output=True, text=True,
+                         env={**os.environ, "LC_ALL": "C"})
+    m = re.search(r"^Latest checkpoint's TimeLineID:\s+(\d+)", out.stdout, re.M)
+    return int(m.group(1)) if out.returncode == 0 and m else None
+
+
+def _refuse_stale(state, env: Environment, standby_port: int, primary_port: int, primary_running: bool,
+                  streaming: bool) -> None:
+    """UsageError (nothing changed) when the standby does not follow the current primary: it does
+    not stream from the primary that runs; or, the primary down, the standby is on an older
+    timeline and replayed WAL past the point where the primary's history left that timeline
+    (or that timeline is not in the primary's history at all), as after an in-place restore.
+    Promoted, it would bring back a replaced history."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+
+    rebuild = (f"rebuild it: 'opsctl dr standby --env {env.name} --stop', then 'opsctl dr standby --env "
+               f"{env.name}'; nothing was changed")
+    if primary_running:
+        if not streaming:
+            raise UsageError(f"failover refused: the standby (port {standby_port}) does not stream from the running "
+                             f"primary (port {primary_port}): it is behind or follows another history; {rebuild}")
+        return
+    tli = _control_timeline(state.data("postgres"))
+    with psycopg.connect(pg.url(standby_port), connect_timeout=5, autocommit=True) as conn:
+        # the standby's restartpoint timeline: a lower bound of the timeline it replays
+        own, replayed = conn.execute("select timeline_id, pg_last_wal_replay_lsn()::text "
+                                     "from pg_control_checkpoint()").fetchone()
+    if tli is None or own >= tli or replayed is None:
+        return
+    hist = state.data("postgres") / "pg_wal" / layout.history_file(tli)
+    switch = dict(layout.parse_history(hist.read_text())).get(own) if hist.exists() else None
+    if switch is None or layout.lsn(replayed.upper()) > switch:
+        raise UsageError(f"failover refused: the standby (port {standby_port}) replayed timeline {own} to "
+                         f"{replayed}, past where the primary's timeline {tli} left it"
+                         + (f" ({layout.lsn_text(switch)})" if switch is not None else "")
+                         + f": it follows a history the primary replaced (an in-place restore?); {rebuild}")
+
+
 def failover(project: Project, env: Environment, approve=None, progress=None) -> LocalFailoverResult:
     """Promote the standby to be the platform's PostgreSQL and repoint the environment to it.
 
     `approve(text)` is asked before anything changes (raise to stop); `progress(step)` gets
-    each step's name. UsageError when there is no running standby (nothing is changed);
+    each step's name. UsageError when there is no running standby, or it does not follow the
+    current primary (not streaming from it while it runs, or not on its timeline; nothing is changed);
     OperationFailed when the promotion fails (a running primary is fenced right before it),
     or after a failover done and recorded when a worker does not come back on the new server.
     """
@@ -405,6 +455,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     primary = state.components["postgres"]
     primary_pid = live_pid(state, "postgres")  # ours by port or postmaster.pid, never a reused PID
     old_running = primary_pid is not None
+    _refuse_stale(state, env, standby.port, primary.port, old_running, streaming)
     if approve is not None:
         approve(f"promote the standby (port {standby.port}) to be {env.name}'s PostgreSQL in place of the primary "
                 f"(port {primary.port}, {'running: it will be stopped' if old_running else 'down'})")

@@ -189,3 +189,59 @@ def test_a_new_standby_follows_the_promoted_server_and_local_down_stops_it(platf
     stopped = pl.down(platform.project())
     assert "postgres-standby" in stopped and not procs.alive(sb["pid"])
     pl.up(platform.project())  # the fixture's teardown expects a running platform
+
+
+def test_a_standby_the_restore_left_behind_is_never_promoted_and_an_in_place_restore_removes_it(platform, runner,
+                                                                                              monkeypatch):
+    """An in-place restore forks a new timeline the standby can't follow: promoted, the standby
+    would undo the restore. The restore stops and removes it; and failover refuses a standby
+    that does not stream from the running primary, or (the primary down) replayed past the
+    point where the primary's history left its timeline. One line, exit 2, nothing changed."""
+    import datetime as dt
+
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+    from opsctl.pitr import restore as pr
+
+    assert platform.cli(runner, "backup", "base").exit_code == 0
+    r = platform.cli(runner, "dr", "standby", "--env", "local", "--json")
+    assert r.exit_code == 0, r.output
+    sb = json.loads(r.stdout)
+    platform.sql("insert into events(note) values ('kept by the restore')")
+    time.sleep(1.1)
+    target = dt.datetime.now(dt.timezone.utc)
+    time.sleep(1.1)
+    platform.sql("insert into events(note) values ('undone by the restore')")
+    platform.wait_archived()
+    # the standby left as it was before this fix: a restore that does not remove it
+    with monkeypatch.context() as m:
+        m.setattr(pr, "_drop_standby", lambda project, env: [])
+        r = platform.cli(runner, "restore", "--to-time", target.isoformat(), "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    restored = platform.sql("select count(*) from events where note = 'undone by the restore'")
+    assert restored == [(0,)] and procs.alive(sb["pid"])
+
+    def refused(why: str) -> None:
+        before = (platform.state().components["postgres"].port, platform.state().components["postgres-standby"].pid)
+        r = platform.cli(runner, "failover", "--env", "local", "--yes")
+        assert r.exit_code == 2, r.output
+        assert len(r.output.strip().splitlines()) == 1 and "failover refused" in r.output and why in r.output
+        assert (platform.state().components["postgres"].port,
+                platform.state().components["postgres-standby"].pid) == before
+
+    refused("does not stream from the running primary")
+    pg.stop(platform.pid)
+    try:
+        refused("follows a history the primary replaced")
+    finally:
+        platform.start_postgres()
+    assert platform.sql("select count(*) from events where note = 'undone by the restore'") == [(0,)]
+
+    # an in-place restore removes the standby (and says so); a failover then has none to promote
+    r = platform.cli(runner, "restore", "--to-time", "latest", "--yes")
+    assert r.exit_code == 0, r.output
+    assert "the standby followed the replaced history: it was stopped and removed" in r.output
+    assert not procs.alive(sb["pid"]) and "postgres-standby" not in platform.state().components
+    assert not platform.state().data("postgres-standby").exists()
+    r = platform.cli(runner, "failover", "--env", "local", "--yes")
+    assert r.exit_code == 2 and "no running standby" in r.output
