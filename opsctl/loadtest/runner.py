@@ -160,8 +160,8 @@ def _interrupts() -> Iterator[_Interrupts]:
     try:
         yield flag
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in previous.items():  # None: set outside Python, not restorable; default
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _stop(runner, interrupts: _Interrupts, local: bool) -> None:
