@@ -59,8 +59,9 @@ def test_identical_parts_complete_with_one_part_id_listed_twice(http, worker):
 
 
 def test_parts_sent_in_reverse_and_in_parallel_complete_into_the_right_bytes(http, worker):
-    """Three parts sent last-first, all at once (as S3 transfer managers and the OpenAI SDK
-    do), the first one twice at the same time (one part): complete in the file's order
+    """Three parts sent last-first, two at once (as S3 transfer managers and the OpenAI SDK
+    do; the fixture key may send 2 bodies at once), the first one twice at the same time
+    (one part): complete in the file's order
     assembles the file; one listed twice in another order
     is taken too (a repeated id), and a small part anywhere but last is still refused."""
     a, b, c = b"\x0a" * (5 * MIB), b"\x0b" * (5 * MIB), b"\x0c" * MIB
@@ -71,11 +72,12 @@ def test_parts_sent_in_reverse_and_in_parallel_complete_into_the_right_bytes(htt
         r = send_part(http, up["id"], data)
         answers.append((data[:1], r.status_code, r.json().get("id") or r.text))
 
-    threads = [threading.Thread(target=send, args=(d,)) for d in (c, b, a, a)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for wave in ((c, b), (a, a)):
+        threads = [threading.Thread(target=send, args=(d,)) for d in wave]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert [code for _, code, _ in answers] == [200] * 4, answers
     ids = {first: part for first, _, part in answers}
     assert sorted(part for first, _, part in answers if first == b"\x0a") == [ids[b"\x0a"]] * 2  # one part
@@ -95,6 +97,59 @@ def test_parts_sent_in_reverse_and_in_parallel_complete_into_the_right_bytes(htt
                   json={"part_ids": [sent[b"\x0b"], sent[b"\x0a"], sent[b"\x0b"], sent[b"\x0c"]]})
     assert r.status_code == 200, r.text
     assert _file(worker, again["id"]) == b + a + b + c
+
+
+def test_parallel_parts_count_in_flight_against_twice_the_bytes_and_the_key_s_slots(http, worker, s3):
+    """Parts on their way to S3 count: with S3 frozen, a 5 MiB upload holding one 5 MiB part
+    and a second in flight refuses a third (413: twice the declared bytes would be passed),
+    and a part is a request carrying audio, so the key's 2 concurrent-upload slots (both
+    held by parts in flight) refuse a third body at once (429 concurrent_uploads_exceeded)."""
+    import os
+    import signal
+    import time
+
+    import httpx
+    import psycopg
+
+    up, other = _create(http, 5 * MIB), _create(http, MIB)
+    assert send_part(http, up["id"], b"\x51" * (5 * MIB)).status_code == 200
+    out = {}
+
+    def in_flight(upload_id, n):
+        with psycopg.connect(worker.database_url) as conn:
+            return conn.execute("SELECT count(*) FROM upload_parts WHERE upload_id = %s AND etag IS NULL",
+                                (upload_id,)).fetchone()[0] == n
+
+    def send(name, upload_id, data):
+        with httpx.Client(base_url=worker.url, timeout=120, headers=dict(http.headers)) as c:
+            out[name] = send_part(c, upload_id, data)
+
+    os.kill(s3.pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=send, args=("b", up["id"], b"\x52" * (5 * MIB))),
+                   threading.Thread(target=send, args=("o", other["id"], b"\x54" * MIB))]
+        deadline = time.monotonic() + 30
+        for t, (upload_id, n) in zip(threads, ((up["id"], 1), (other["id"], 1))):
+            t.start()
+            while not in_flight(upload_id, n):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with httpx.Client(base_url=worker.url, timeout=20, headers=dict(http.headers)) as c:
+            third = send_part(c, up["id"], b"\x53" * (5 * MIB))
+        assert third.status_code == 429 and third.json()["error"]["code"] == "concurrent_uploads_exceeded", third.text
+    finally:
+        os.kill(s3.pid, signal.SIGCONT)
+    for t in threads:
+        t.join()
+    assert out["b"].status_code == 200 and out["o"].status_code == 200, (out["b"].text, out["o"].text)
+    # the same, one body at a time: a part claimed but not yet stored counts too
+    with psycopg.connect(worker.database_url) as conn:  # B's claim as if its PUT were still running
+        conn.execute("UPDATE upload_parts SET etag = NULL WHERE id = %s", (out["b"].json()["id"],))
+    r = send_part(http, up["id"], b"\x53" * (5 * MIB))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large", r.text
+    sizes = [o["Size"] for o in worker.s3.list_objects_v2(Bucket=worker.bucket, Prefix=f"audio/uploads/{up['id']}.parts/")
+             .get("Contents", [])]
+    assert sum(sizes) <= 2 * 5 * MIB, sizes
 
 
 def test_a_complete_interrupted_in_s3_is_retried_into_the_right_file(http, worker):

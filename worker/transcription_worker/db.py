@@ -333,19 +333,22 @@ class Database:
             return conn.execute("SELECT * FROM upload_parts WHERE upload_id = %s AND etag IS NOT NULL"
                                 " ORDER BY part_number", (upload_id,)).fetchall()
 
-    def claim_part(self, upload_id: str, part_id: str, sha256: str, size: int) -> tuple[dict[str, Any], bool]:
+    def claim_part(self, upload_id: str, part_id: str, sha256: str, size: int,
+                   in_flight_seconds: float = 300) -> tuple[dict[str, Any], bool]:
         """Reserve the next part number for a part of `size` bytes, or return the part already
         stored with the same SHA-256: (part row, new). Serialised per upload by a row lock.
 
-        A claim whose S3 PUT never finished (etag NULL: the worker died, or the PUT failed) is
-        never returned as a stored part and never counted: a re-send of the same bytes takes it
-        over (same id and part number, new=True, so the caller PUTs it again).
+        A claim whose S3 PUT has not finished (etag NULL) is never returned as a stored part; it
+        counts against the bound below while its PUT may still be running (made less than
+        `in_flight_seconds` ago: parts sent at once are all counted), not after (the worker
+        died; a failed PUT releases its claim at once: `release_claim`); a re-send of the same
+        bytes takes it over (same id and part number, new=True, so the caller PUTs it again).
 
         Raises LookupError(status) when the upload is not pending, and PartsTooLarge when the
         part alone is larger than the upload's declared `bytes` (it could never be used), or
-        when the parts stored in S3 plus this one would pass twice the declared `bytes` (each
-        byte may be re-sent once; the parts a complete does not list are deleted with the
-        upload's part objects)."""
+        when the parts stored in S3 or on their way there plus this one would pass twice the
+        declared `bytes` (each byte may be re-sent once; the parts a complete does not list are
+        deleted with the upload's part objects)."""
         with self.pool.connection() as conn, conn.transaction():
             upload = conn.execute("SELECT status, bytes FROM uploads WHERE id = %s FOR UPDATE",
                                   (upload_id,)).fetchone()
@@ -355,8 +358,10 @@ class Database:
                                     (upload_id, sha256)).fetchone()
             if existing and existing["etag"] is not None:
                 return existing, False
-            held = conn.execute("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s"
-                                " AND etag IS NOT NULL", (upload_id,)).fetchone()["n"]
+            held = conn.execute(
+                "SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s AND id <> %s"
+                " AND (etag IS NOT NULL OR created_at > now() - make_interval(secs => %s))",
+                (upload_id, existing["id"] if existing else "", in_flight_seconds)).fetchone()["n"]
             if size > upload["bytes"] or held + size > 2 * upload["bytes"]:
                 raise PartsTooLarge(int(held), int(upload["bytes"]))
             if existing:  # an unfinished claim of the same bytes: this re-send takes it over
@@ -366,6 +371,13 @@ class Database:
                 "INSERT INTO upload_parts (id, upload_id, part_number, sha256, bytes) VALUES (%s, %s,"
                 " (SELECT coalesce(max(part_number), 0) + 1 FROM upload_parts WHERE upload_id = %s),"
                 " %s, %s) RETURNING *", (part_id, upload_id, upload_id, sha256, size)).fetchone(), True
+
+    def release_claim(self, part: dict[str, Any]) -> None:
+        """Drop a claim whose S3 PUT failed (`part` as `claim_part` returned it), unless a
+        re-send of the same bytes has taken it over since (its `created_at` moved)."""
+        with self.pool.connection() as conn:
+            conn.execute("DELETE FROM upload_parts WHERE id = %s AND etag IS NULL AND created_at = %s",
+                         (part["id"], part["created_at"]))
 
     def stored_part(self, part_id: str, etag: str) -> bool:
         """Record that the part's object is in S3 (its ETag); False (nothing recorded) when the

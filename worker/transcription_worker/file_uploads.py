@@ -236,6 +236,15 @@ async def add_part(upload_id: str, request: Request):
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise APIError(400, "send the part as multipart/form-data with its bytes in the field `data`",
                        param="data", code="missing_data")
+    # a part is a request carrying audio: it holds one of the key's concurrent-upload slots
+    # (WORKER_RATE_LIMIT_CONCURRENT_UPLOADS) from its body's first byte to its S3 PUT, as a
+    # transcription or job upload does, so parts sent at once are bounded like any upload
+    async with state.limits.upload_slot(key_id):
+        return await _receive_part(state, db, request, upload_id, row)
+
+
+async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, row: dict) -> dict[str, Any]:
+    """Read a part's body, claim it (`Database.claim_part`) and PUT it to S3."""
     # Starlette's parser, told to keep the part in memory: it is read whole right after (to
     # hash it and hand it to S3), so spooling it to a temporary file past 1 MiB (the default,
     # one thread hop per 64 KiB written) only cost time. BodyLimit caps it at the part limit.
@@ -276,7 +285,11 @@ async def add_part(upload_id: str, request: Request):
     key = state.store.part_key(row["s3_key"], claimed["id"])
     # a failed PUT leaves the claim unfinished (etag NULL): never listed nor counted, and a
     # re-send of the same bytes takes it over
-    etag = await db(state.store.put_checked, key, data, base64.b64encode(digest.digest()).decode())
+    try:
+        etag = await db(state.store.put_checked, key, data, base64.b64encode(digest.digest()).decode())
+    except Exception:  # not stored: the claim no longer counts against the upload's bytes
+        await db(state.db.release_claim, claimed)
+        raise
     if not await db(state.db.stored_part, claimed["id"], etag):
         # the upload ended (complete, cancel, expiry) while this part was on its way, and
         # cleared its part objects before this one landed: clear it too
