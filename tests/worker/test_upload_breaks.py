@@ -241,8 +241,10 @@ def test_cancel_md5_mismatch_and_expiry_give_back_bytes_never_received(model_dir
     """(8) 15 MiB a day: a 10 MiB upload made of one 5 MiB part listed twice, its complete
     cancelled by an md5 mismatch, gives back the 5 MiB never received (as a cancel does), so
     10 MiB are left; a 10 MiB upload cancelled after 1 MiB leaves 9 MiB for today; one left
-    to expire after 1 MiB gives back its 8 unreceived MiB too."""
-    env, bucket, _ = _own_worker(model_dir, postgres, s3, redis_server, "w2q",
+    to expire after 1 MiB gives back its 8 unreceived MiB too, once, though the worker is
+    killed while the expiry waits on S3 (frozen): the restarted worker's expiry deletes its
+    part objects (nothing is left in the bucket) and marks it expired."""
+    env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "w2q",
                                  WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="15", WORKER_UPLOAD_EXPIRY_SECONDS="4",
                                  WORKER_JOB_LEASE_SECONDS="1.5")
     proc, url = start_worker(env, tmp_path / "w.log")
@@ -264,12 +266,19 @@ def test_cancel_md5_mismatch_and_expiry_give_back_bytes_never_received(model_dir
             assert send_part(http, up["id"], b"\2" * MIB).status_code == 200
             r = http.post("/v1/uploads", json={**spec, "bytes": MIB})
             assert r.status_code == 429, r.text
+        # the keeper's expiry holds the row lock while S3 is frozen: the worker is killed there
+        _kill_while_s3_hangs(s3, proc, lambda: None, _completing(dburl))
+        proc, url = start_worker(env, tmp_path / "w2.log")
+        wait_until(url, proc, tmp_path / "w2.log", ready=False)
+        with httpx.Client(base_url=url, timeout=60) as http:
             deadline = time.monotonic() + 60  # expiry gives back the 8 MiB never received
             while (r := http.post("/v1/uploads", json={**spec, "bytes": 8 * MIB})).status_code != 200:
                 assert time.monotonic() < deadline, r.text
                 time.sleep(0.5)
-            assert http.get(f"/v1/uploads/{up['id']}").json()["status"] == "expired"
-            assert http.post("/v1/uploads", json={**spec, "bytes": 1}).status_code == 429
+            with psycopg.connect(dburl) as conn:
+                assert conn.execute("SELECT status FROM uploads WHERE id = %s", (up["id"],)).fetchone()[0] == "expired"
+            assert _objects(s3.client(), bucket, up["id"]) == []
+            assert http.post("/v1/uploads", json={**spec, "bytes": 1}).status_code == 429  # refunded once
     finally:
         stop_worker(proc)
 

@@ -425,17 +425,19 @@ class Database:
         with self.pool.connection() as conn:
             conn.execute("UPDATE uploads SET sha256 = %s WHERE id = %s AND sha256 IS NULL", (sha256, upload_id))
 
-    def expired_uploads(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Pending uploads past `expires_at`, marked expired here (each taken by one worker:
-        SKIP LOCKED); the caller deletes what they hold in S3."""
-        with self.pool.connection() as conn:
-            return conn.execute(
-                "WITH old AS (SELECT id FROM uploads WHERE status = 'pending' AND expires_at < now()"
-                " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " UPDATE uploads u SET status = 'expired' FROM old WHERE u.id = old.id"
-                " RETURNING u.id, u.api_key_id, u.bytes, u.created_at, u.s3_key, u.s3_upload_id,"
-                " (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = u.id"
-                " AND p.etag IS NOT NULL) AS stored", (limit,)).fetchall()
+    @contextlib.contextmanager
+    def expiring_upload(self) -> Iterator[tuple[Any, dict[str, Any] | None]]:
+        """(connection, the oldest pending upload past `expires_at` with `stored`, the bytes its
+        parts stored; None when there is none) inside a transaction holding its row lock (SKIP
+        LOCKED: each taken by one worker, none waited for). The caller deletes what it holds
+        in S3, then marks it expired with `set_status` on the connection: a failure or a kill
+        in between rolls back, so the upload stays pending and is expired again later."""
+        with self.pool.connection() as conn, conn.transaction():
+            yield conn, conn.execute(
+                "SELECT u.*, (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = u.id"
+                " AND p.etag IS NOT NULL) AS stored FROM uploads u WHERE u.id = (SELECT id FROM uploads"
+                " WHERE status = 'pending' AND expires_at < now() ORDER BY expires_at LIMIT 1"
+                " FOR NO KEY UPDATE SKIP LOCKED)").fetchone()
 
     def unswept_presigned(self, grace_seconds: float, limit: int = 20) -> list[dict[str, Any]]:
         """Presigned uploads that ended (completed, cancelled, expired) and whose part URLs

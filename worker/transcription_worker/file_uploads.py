@@ -27,9 +27,10 @@ and SHA-256; without it nothing is read back (each part was already checked by S
 its SHA-256), and the file's SHA-256 (the job's audio identity) is computed by the first job
 made from it, which reads the file anyway. A job is made with `POST /v1/jobs` and `file_id`.
 Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
-An upload not completed within WORKER_UPLOAD_EXPIRY_SECONDS (an hour, as OpenAI's) is
-marked `expired` and its part objects, any multipart upload and any object an unfinished
-complete assembled deleted by the job keeper (`abort_expired`), counted in
+An upload not completed within WORKER_UPLOAD_EXPIRY_SECONDS (an hour, as OpenAI's) has its
+part objects, any multipart upload and any object an unfinished complete assembled deleted
+by the job keeper, then is marked `expired` (`abort_expired`: retried until S3 answers),
+counted in
 `worker_uploads_expired_total`; each keeper tick also sets the gauges
 `worker_uploads_incomplete` and `worker_uploads_oldest_incomplete_age_seconds` from the
 database (`count_incomplete`), for the health check that warns when uploads pile up.
@@ -482,20 +483,29 @@ async def get_upload(upload_id: str, request: Request):
     return upload_body(row, await db(state.db.parts, upload_id))
 
 
-def abort_expired(state: Any) -> int:
-    """Delete what expired uploads hold in S3 (run by the job keeper): part objects, any
-    multipart upload, an object a complete that never finished assembled; give back the
-    day's bytes they never received; returns how many were aborted. Then sweeps presigned
-    uploads that ended (`sweep_presigned`)."""
+def abort_expired(state: Any, limit: int = 20) -> int:
+    """Expire uploads past `expires_at` (run by the job keeper), at most `limit` a tick: under
+    the row lock, delete what each holds in S3 (part objects, any multipart upload, an object
+    a complete that never finished assembled), then mark it expired and commit, then give back
+    the day's bytes it never received (`_unreceived`); returns how many were expired. S3 failing,
+    or the worker dying, before the commit leaves the upload pending (it reads as expired) for
+    a later tick to clean again, so nothing is stranded and the refund is made once. Then
+    sweeps presigned uploads that ended (`sweep_presigned`)."""
     from . import metrics
 
     aborted = 0
-    for row in state.db.expired_uploads():
+    while aborted < limit:
+        row = None
         try:
-            deleted = _drop_s3(state.store, row)
-        except Exception as exc:  # S3 away: its lifecycle rule for incomplete uploads is the backstop
-            log.warning("could not abort an expired upload: %s", exc, extra={"upload_id": row["id"]})
-            continue
+            with state.db.expiring_upload() as (conn, row):
+                if row is None:
+                    break
+                deleted = _drop_s3(state.store, row)
+                state.db.set_status(conn, row["id"], "expired")
+        except Exception as exc:  # S3 (or the database) away: rolled back, the next tick retries
+            log.warning("could not abort an expired upload: %s", exc,
+                        extra={"upload_id": row["id"] if row else None})
+            break
         metrics.UPLOADS_EXPIRED.inc()
         aborted += 1
         if deleted:
