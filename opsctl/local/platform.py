@@ -345,6 +345,10 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
 
         if pitr_standby.stop_for_down(state):  # the embedded standby (opsctl dr standby), if one runs
             stopped.append(pitr_standby.COMPONENT)
+        from opsctl.pitr import restore as pitr_restore
+
+        if pitr_restore.clean_abandoned(state):  # a point-in-time restore killed mid-way: its server, its folders
+            stopped.append("postgres-restore")
         for key in ["router", *(wk.name(c) for c in st.COLORS), "s3", "redis", "postgres"]:
             comp = comps.get(key)
             pid = live_pid(state, key)

@@ -156,6 +156,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     when = parse_time(to_time) if to_time is not None and not latest else None
     lsn = parse_lsn(to_lsn) if to_lsn is not None else None
     state, repo, key = _context(project, env)
+    clean_abandoned(state)  # a restore killed earlier (kill -9): its recovery server and folders
     sysid = cluster_id(repo, state)
     listed = chain.inventory(repo, key, sysid, end_times=False)
     if not listed.bases:
@@ -181,6 +182,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     stage = data_root / f"pitr-wal-{stamp}"
     new = data_root / (f"postgres.restored-{stamp}" if beside else f"postgres.restoring-{stamp}")
     work = data_root / f"pitr-work-{stamp}"
+    _record(data_root, stamp, {"new": str(new), "stage": str(stage), "work": str(work), "server_pid": None})
     tip_seg = layout.segno(layout.lsn(tip.start_lsn))
     from concurrent.futures import ThreadPoolExecutor
 
@@ -207,6 +209,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     except BaseException:
         _drop_unpacked(unpacked, new, work)
         shutil.rmtree(stage, ignore_errors=True)
+        _record_path(data_root, stamp).unlink(missing_ok=True)
         raise
     settings: dict[str, str] = {}
     # a target is needed when the window holds a transaction end after `when`: a commit, or an
@@ -232,6 +235,65 @@ def discard(p: PitrPlan) -> None:
     if not c.get("taken"):
         _drop_unpacked(c["unpacked"], c["new"], c["work"])
     shutil.rmtree(c["stage"], ignore_errors=True)
+    _record_path(c["state"].folder / "data", c["stamp"]).unlink(missing_ok=True)
+
+
+def _record_path(data_root: Path, stamp: str) -> Path:
+    # beside data/, not in it: data/ must stay passable for PostgreSQL's user (a private
+    # folder of its own for the records, 0700)
+    return data_root.parent / "restores" / f"pitr-run-{stamp}.json"
+
+
+def _record(data_root: Path, stamp: str, doc: dict) -> None:
+    """restores/pitr-run-<stamp>.json (beside data/): this restore's process (PID and start time) and what it
+    creates (the new data directory, the staged WAL, the unpacked chain, the recovery server's
+    PID once known; before that its postmaster.pid in the new data directory names it), so a
+    later restore or `local down` can clean up after a restore that was killed (kill -9)."""
+    import psutil
+
+    from opsctl.files import write_json
+
+    me = psutil.Process()
+    write_json(_record_path(data_root, stamp), {"opsctl_pid": me.pid, "opsctl_started": me.create_time(), **doc},
+               private=True)
+
+
+def clean_abandoned(state) -> list[str]:
+    """Stop the recovery server of every restore whose opsctl process is gone (killed mid-restore:
+    its server may run on, promoted and writable) and remove its new data directory, staged WAL
+    and unpacked chain. A restore still running (its process alive) is left alone; so is what a
+    finished restore kept (a --beside copy: its record was removed). Returns the folders removed."""
+    import json
+
+    import psutil
+
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+
+    removed: list[str] = []
+    for path in sorted((state.folder / "restores").glob("pitr-run-*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            owner = psutil.Process(doc["opsctl_pid"])
+            if abs(owner.create_time() - doc["opsctl_started"]) < 1.0 and owner.status() != psutil.STATUS_ZOMBIE:
+                continue  # that restore still runs
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a record we can read: leave it for a person
+        new = Path(doc["new"])
+        # its server: the recorded PID when it still runs on that data directory, else the one
+        # the data directory's postmaster.pid names (started, killed before it was recorded)
+        pid = doc.get("server_pid") if procs.alive(doc.get("server_pid"), str(new)) else \
+            procs.pidfile_owner(new / "postmaster.pid", "postgres")
+        if pid is not None:
+            pg.stop(pid)
+        for folder in (new, Path(doc["stage"]), Path(doc["work"])):
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(str(folder))
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def _unpack_chain(repo, key, backups: list[bb.BaseBackup], new: Path, work: Path, report=None) -> None:
@@ -307,7 +369,7 @@ def fatal_line(log: Path) -> str:
     return lines[-1].split("FATAL:", 1)[-1].strip() if lines else f"see {log}"
 
 
-def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int, str]:
+def _replay(data: Path, log: Path, timeout: float, started=None) -> tuple[int, int, str]:
     """Start recovery (standby mode) on a free port; return (port, pid, how) once it stopped
     replaying: how is "target" (paused at the recovery target) or "end" (every staged WAL file
     replayed: the startup process waits to retry restore_command, PostgreSQL's wait event
@@ -324,6 +386,8 @@ def _replay(data: Path, log: Path, timeout: float) -> tuple[int, int, str]:
                        settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on"})
     except OperationFailed:
         raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed") from None
+    if started is not None:
+        started(pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not procs.alive(pid):
@@ -430,7 +494,10 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         pg.chown(new, user)
         pg.chown(c["stage"], user)
         phase("unpack")
-        port, pid, how = _replay(new, log, timeout)
+        port, pid, how = _replay(new, log, timeout,
+                                 lambda started: _record(state.folder / "data", stamp, {
+                                     "new": str(new), "stage": str(c["stage"]), "work": str(work),
+                                     "server_pid": started}))
         if how == "end" and c["settings"]:  # PostgreSQL's "recovery ended before configured recovery target"
             raise OperationFailed(f"recovery replayed all archived WAL without reaching {p.target}; nothing live "
                                   "was changed")

@@ -57,3 +57,42 @@ def test_kill_9_then_restore_to_the_newest_restorable_time(pitr, runner, capsys)
         print(f"\nkill -9 during inserts: {len(acked)} rows committed, {len(got)} restored, {lost_rows} lost "
               f"= {lost_s:.2f} s of commits (archive_timeout 1 s; killed {killed_at - last_acked:.3f} s "
               "after the last acknowledged commit)")
+
+
+def test_a_restore_killed_mid_way_is_cleaned_up_by_the_next_one(pitr, runner):
+    """kill -9 of opsctl while its recovery server replays: the next restore (as `local down`
+    does) stops that server, which would otherwise run on (promoted, writable), and removes
+    its data directory, staged WAL and unpacked chain, found through restores/pitr-run-*.json."""
+    import subprocess
+    import sys
+
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+
+    data = pitr.state().folder / "data"
+    logs = pitr.state().folder / "logs"
+    before = set(logs.glob("postgres-restore-*"))
+    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "--root", str(pitr.root), "restore", "--to-time",
+                             "latest", "--yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    orphan = None
+    deadline = time.monotonic() + 120
+    while orphan is None and proc.poll() is None and time.monotonic() < deadline:
+        for pidfile in data.glob("postgres.restoring-*/postmaster.pid"):
+            orphan = procs.pidfile_owner(pidfile, "postgres")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert orphan is not None, "the recovery server never started"
+    runs = pitr.state().folder / "restores"
+    assert procs.alive(orphan, "postgres") and list(runs.glob("pitr-run-*.json"))
+    try:
+        r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        pg.stop(json.loads(r.stdout)["pid"])
+        assert not procs.alive(orphan)
+        assert not list(data.glob("postgres.restoring-*")) and not list(data.glob("pitr-wal-*"))
+        assert not list(data.glob("pitr-work-*")) and not list(runs.glob("pitr-run-*.json"))
+    finally:
+        pg.stop(orphan)
+        for log in set(logs.glob("postgres-restore-*")) - before:
+            log.unlink()
