@@ -132,9 +132,9 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
     hist = layout.history_file(target)
     for obj in objects.get(hist, []):
         try:
-            entries = layout.parse_history(open_wal(repo, key, sysid, obj).decode())
+            path = layout.history_path(open_wal(repo, key, sysid, obj).decode(), target)
             deep_good[hist] = obj
-            return [(tli, end) for tli, end in entries] + [(target, None)]
+            return path
         except IntegrityError as exc:
             problems.append(Problem(hist, "not authentic", str(exc)))
     problems.append(Problem(hist, "missing", f"timeline {target} has segments but no history file"))

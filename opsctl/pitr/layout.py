@@ -145,6 +145,22 @@ def parse_history(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def history_path(text: str, target: int) -> list[tuple[int, int | None]]:
+    """Timeline `target`'s history file -> the path recovery follows: [(tli, end LSN)], oldest
+    first, then (target, None). A timeline's end is clipped to any later switch point before it:
+    a restore that stopped on timeline 1 before the point where timeline 2 left it writes
+    "1 X / 2 E" with E < X, and recovery then reads timeline 1 only up to E (PostgreSQL takes
+    each segment from the newest timeline that began at or before it), never the abandoned
+    branch between E and X."""
+    entries = parse_history(text)
+    out: list[tuple[int, int | None]] = []
+    low = None
+    for tli, end in reversed(entries):
+        low = end if low is None else min(low, end)
+        out.append((tli, low))
+    return out[::-1] + [(target, None)]
+
+
 def timeline_of(number: int, path: list[tuple[int, int | None]]) -> int:
     """The timeline recovery reads segment `number` from, along `path`.
 

@@ -418,7 +418,7 @@ def _refuse_stale(state, env: Environment, standby_port: int, primary_port: int,
     if tli is None or own >= tli or replayed is None:
         return
     hist = state.data("postgres") / "pg_wal" / layout.history_file(tli)
-    switch = dict(layout.parse_history(hist.read_text())).get(own) if hist.exists() else None
+    switch = dict(layout.history_path(hist.read_text(), tli)).get(own) if hist.exists() else None
     if switch is None or layout.lsn(replayed.upper()) > switch:
         raise UsageError(f"failover refused: the standby (port {standby_port}) replayed timeline {own} to "
                          f"{replayed}, past where the primary's timeline {tli} left it"

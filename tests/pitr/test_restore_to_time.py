@@ -10,6 +10,9 @@ import time
 from pitr_support import Inserter
 
 
+_T1: dict = {}  # t1 of the first test and the rows committed by then, for the restores after it
+
+
 def _committed_by(pitr, when: dt.datetime) -> set[int]:
     rows = pitr.sql("select id from events where pg_xact_commit_timestamp(xmin) <= %s", (when,))
     return {r[0] for r in rows}
@@ -34,6 +37,7 @@ def test_restore_to_time_gives_exactly_the_rows_committed_by_then(pitr, runner):
     assert ins.error is None
     pitr.wait_archived()
     want1, want2 = _committed_by(pitr, t1), _committed_by(pitr, t2)
+    _T1.update(t1=t1, rows=want1)
     total = {r[0] for r in pitr.sql("select id from events")}
     assert want1 and want1 < want2 < total  # T really is mid-run
 
@@ -69,29 +73,38 @@ def test_restore_to_time_gives_exactly_the_rows_committed_by_then(pitr, runner):
 def test_after_an_in_place_restore_latest_follows_the_new_timeline_and_a_second_one_takes_the_next(pitr, runner):
     # every history file is staged for recovery: 'latest' follows timeline 2 past the fork (it
     # stopped there), and the next in-place restore promotes to timeline 3 (it reused 2, whose
-    # WAL the archiver then dropped as "already archived")
+    # WAL the archiver then dropped as "already archived"). That restore goes back to t1, before
+    # where timeline 2 left timeline 1: 'latest' then reads timeline 1 only up to timeline 3's
+    # start, never the abandoned rows between t1 and t2
     import psycopg
 
     from opsctl.local import postgres as pg
 
+    def latest_beside() -> tuple[set[int], int]:
+        r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        try:
+            with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+                return {row[0] for row in conn.execute("select id from events")}, doc["timeline"]
+        finally:
+            pg.stop(doc["pid"])
+
     live = {r[0] for r in pitr.sql("select id from events")}
     assert pitr.sql("select count(*) from events where note = 'after the restore'")[0][0] == 1
-    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
-    try:
-        with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
-            assert {row[0] for row in conn.execute("select id from events")} == live
-    finally:
-        pg.stop(doc["pid"])
-    assert doc["timeline"] == 3  # the next timeline no history file names (the copy archives nothing)
+    # the next timeline no history file names (a copy beside archives nothing)
+    assert latest_beside() == (live, 3)
 
-    r = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")
+    t1, want1 = _T1["t1"], _T1["rows"]
+    assert want1 and want1 < live
+    r = pitr.cli(runner, "restore", "--to-time", t1.isoformat(), "--yes", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["timeline"] == 3
-    assert {r[0] for r in pitr.sql("select id from events")} == live
+    assert {r[0] for r in pitr.sql("select id from events")} == want1
     pitr.sql("insert into events(note) values ('after the second restore')")
     assert pitr.wait_archived().startswith("00000003")
+    live = {r[0] for r in pitr.sql("select id from events")}
+    assert latest_beside() == (live, 4)
     v = pitr.cli(runner, "backup", "verify-chain", "--json")
     assert v.exit_code == 0, v.output
     assert [t["timeline"] for t in json.loads(v.stdout)["timeline_path"]] == [1, 2, 3]
