@@ -115,13 +115,16 @@ class Sender:
         # smtplib's timeout is per socket operation, like httpx's: a server trickling its
         # greeting or replies a byte at a time would hold the sink forever. A watchdog shuts
         # the socket down when the sink's timeout has passed in total.
-        watchdog = threading.Timer(s.timeout, _shut, args=(smtp,))
+        fired = threading.Event()  # set by the watchdog before it shuts the socket down
+        watchdog = threading.Timer(s.timeout, _shut, args=(smtp, fired))
         watchdog.daemon = True
         watchdog.start()
         try:
             self._session(smtp, msg, context)
         except (OSError, smtplib.SMTPException) as exc:
-            if not watchdog.is_alive():
+            # the watchdog's own flag, not its thread's liveness: the session fails the moment
+            # the socket is shut, while the watchdog's thread may still be alive
+            if fired.is_set():
                 raise TimeoutError(f"SMTP exchange with {s.smtp_host}:{s.smtp_port} not done within "
                                    f"{s.timeout:g}s in total; connection closed") from exc
             raise
@@ -145,8 +148,11 @@ class Sender:
             smtp.send_message(msg)
 
 
-def _shut(smtp) -> None:
-    """Shut an SMTP session's socket down from the watchdog thread: the blocked read fails."""
+def _shut(smtp, fired: threading.Event) -> None:
+    """Shut an SMTP session's socket down from the watchdog thread: the blocked read fails
+    (or returns the partial line it holds, and the next command fails). `fired` is set first,
+    so the session's error handler knows the watchdog ended it."""
+    fired.set()
     sock = getattr(smtp, "sock", None)
     if sock is not None:
         try:
