@@ -25,6 +25,16 @@ class OperationFailed(OpsError):
     exit_code = 1
 
 
+class LeaseHeld(OperationFailed):
+    """Another operation holds the environment's deploy lease (exit 1); `holder` names it
+    ("a failover (pid 123)", a Kubernetes Lease's holderIdentity), for a caller that words
+    its own refusal."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
 class Interrupted(OpsError):
     """Stopped by Ctrl-C or SIGTERM after saving what could be saved (exit 130, as a shell does)."""
 

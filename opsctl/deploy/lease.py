@@ -34,7 +34,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from opsctl.errors import OperationFailed
+from opsctl.errors import LeaseHeld, OperationFailed
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ class Lease:
     def _read(self) -> dict | None:
         return self.call(self.api.read_namespaced_lease, NAME, self.ns, missing_ok=True)
 
-    def _refused(self, holder: str) -> OperationFailed:
-        return OperationFailed(f"another deploy is running on env '{self.env_name}': lease {self.ns}/{NAME} "
-                               f"is held by {holder}; wait for it or check 'opsctl status'")
+    def _refused(self, holder: str) -> LeaseHeld:
+        return LeaseHeld(f"another deploy is running on env '{self.env_name}': lease {self.ns}/{NAME} "
+                         f"is held by {holder}; wait for it or check 'opsctl status'", holder)
 
     def _observe(self, old: dict) -> None:
         """Watch another holder's record (holder, renewTime) for the lease's duration on the

@@ -11,16 +11,11 @@ as a second deploy is: one line naming the holder, exit 2, nothing changed.
 
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from opsctl.config import Environment, Project
-from opsctl.errors import OperationFailed, UsageError
-
-LOCK = "deploy.lock"  # opsctl.deploy.drivers.local.LocalDriver.lock's file
-OWNER = "deploy.lock.pid"  # its holder's PID (LocalDriver.deploy_running reads it)
-OPERATION = "deploy.lock.operation"  # which PITR operation holds it: {"pid", "operation"}
+from opsctl.errors import LeaseHeld, UsageError
 
 
 def _busy(env: Environment, operation: str, holder: str) -> UsageError:
@@ -29,52 +24,24 @@ def _busy(env: Environment, operation: str, holder: str) -> UsageError:
 
 
 @contextmanager
-def _local(project: Project, env: Environment, operation: str) -> Iterator[None]:
-    from filelock import FileLock, Timeout
-
-    from opsctl.deploy.drivers.local import lock_holder
-    from opsctl.files import write_json
-    from opsctl.local import state as st
-
-    folder = st.folder_for(project.root)
-    if not folder.is_dir():  # never started: no deploy can hold it, and the operation refuses itself
-        yield
-        return
-    lock = FileLock(str(folder / LOCK), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise _busy(env, operation, lock_holder(folder)) from None
-    try:
-        # the folder stays 0711: PostgreSQL's system user passes through it to its data directory
-        write_json(folder / OPERATION, {"pid": os.getpid(), "operation": operation}, private=True,
-                   folder_mode=st.FOLDER_MODE)
-        write_json(folder / OWNER, os.getpid(), private=True,  # after: a reader never sees our PID unnamed
-                   folder_mode=st.FOLDER_MODE)
-        yield
-    finally:
-        (folder / OWNER).unlink(missing_ok=True)
-        (folder / OPERATION).unlink(missing_ok=True)
-        lock.release()
-
-
-@contextmanager
 def held(project: Project, env: Environment, operation: str) -> Iterator[None]:
     """Hold `env`'s deploy lease for the block (`operation`, e.g. "failover", names the holder
     for whoever is refused). UsageError (exit 2) at once when a deploy, restore or failover
     holds it; OperationFailed when the lease can't be read (a Kubernetes API out of reach)."""
-    if env.platform == "local":
-        with _local(project, env, operation):
-            yield
-        return
-    from opsctl.deploy.drivers.kubernetes import KubernetesDriver
-
     with ExitStack() as stack:
         try:
-            stack.enter_context(KubernetesDriver(project, env).lock())
-        except OperationFailed as exc:
-            if " is held by " not in str(exc):  # the API itself failed: not a refusal
-                raise
-            holder = str(exc).split(" is held by ", 1)[1].split("; wait", 1)[0]
-            raise _busy(env, operation, f"{holder} (Lease opsctl-deploy)") from None
+            if env.platform == "local":
+                from opsctl.deploy.drivers.local import deploy_lock
+                from opsctl.local import state as st
+
+                folder = st.folder_for(project.root)
+                if folder.is_dir():  # never started: no deploy can hold it, the operation refuses itself
+                    stack.enter_context(deploy_lock(folder, operation))
+            else:
+                from opsctl.deploy.drivers.kubernetes import KubernetesDriver
+
+                stack.enter_context(KubernetesDriver(project, env).lock())
+        except LeaseHeld as exc:
+            where = "" if env.platform == "local" else " (Lease opsctl-deploy)"
+            raise _busy(env, operation, exc.holder + where) from None
         yield

@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 
 from opsctl.config import Environment, Project
 from opsctl.deploy.model import ColorState, DeployRecord, Release, upsert
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import LeaseHeld, UsageError
 from opsctl.files import write_json
 from opsctl.local import caddy, procs
 from opsctl.local import state as st
@@ -36,14 +36,46 @@ def _stop_color(state: st.LocalState, color: str, timeout: float = 30.0) -> bool
     return True
 
 
+LOCK = "deploy.lock"  # the embedded platform's deploy lock, in its state folder
+OWNER = "deploy.lock.pid"  # its holder's PID (LocalDriver.deploy_running reads it)
+OPERATION = "deploy.lock.operation"  # which non-deploy operation holds it: {"pid", "operation"}
+
+
+@contextmanager
+def deploy_lock(folder: Path, operation: str | None = None) -> Iterator[None]:
+    """Hold the file lock `folder/deploy.lock` (released by the OS when the process dies),
+    with the holder's PID beside it and, for an operation other than a deploy (`operation`,
+    e.g. "failover"), its name, written first so a reader never sees the PID unnamed.
+    LeaseHeld (naming the holder, lock_holder) at once when someone else holds it."""
+    lock = FileLock(str(folder / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = lock_holder(folder)
+        what = "another deploy" if holder.startswith("a deploy") else holder
+        raise LeaseHeld(f"{what} is running on env 'local' (deploy.lock is held); "
+                        "wait for it or check 'opsctl status'", holder) from None
+    try:
+        # the folder stays 0711: PostgreSQL's system user passes through it to its data directory
+        if operation:
+            write_json(folder / OPERATION, {"pid": os.getpid(), "operation": operation}, private=True,
+                       folder_mode=st.FOLDER_MODE)
+        write_json(folder / OWNER, os.getpid(), private=True, folder_mode=st.FOLDER_MODE)
+        yield
+    finally:
+        (folder / OWNER).unlink(missing_ok=True)
+        (folder / OPERATION).unlink(missing_ok=True)
+        lock.release()
+
+
 def lock_holder(folder: Path) -> str:
     """Who holds the embedded platform's deploy lock (`deploy.lock` in `folder`), as its files
     tell: "a failover (pid 123)" when a PITR operation (opsctl.pitr.lease) wrote its name
     beside its PID, "a deploy (pid 123)", or "another deploy, restore or failover" when the
     holder has not written its PID yet."""
-    pid = procs.pidfile_owner(folder / "deploy.lock.pid")
+    pid = procs.pidfile_owner(folder / OWNER)
     try:
-        doc = json.loads((folder / "deploy.lock.operation").read_text())
+        doc = json.loads((folder / OPERATION).read_text())
     except (OSError, ValueError):
         doc = {}
     if pid is not None and isinstance(doc, dict) and doc.get("pid") == pid:
@@ -71,29 +103,16 @@ class LocalDriver:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """The file lock `.opsctl/local/deploy.lock` (released by the OS when the process
-        dies); OperationFailed at once when another deploy holds it."""
-        lock = FileLock(str(self.folder / "deploy.lock"), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            holder = lock_holder(self.folder)
-            what = "another deploy" if holder.startswith("a deploy") else holder
-            raise OperationFailed(f"{what} is running on env 'local' (deploy.lock is held); "
-                                  "wait for it or check 'opsctl status'") from None
-        owner = self.folder / "deploy.lock.pid"
-        try:
-            write_json(owner, os.getpid(), private=True, folder_mode=st.FOLDER_MODE)  # who holds it, for readers (deploy_running)
+        """The file lock `.opsctl/local/deploy.lock` (deploy_lock); LeaseHeld (an
+        OperationFailed) at once when another deploy, a restore or a failover holds it."""
+        with deploy_lock(self.folder):
             yield
-        finally:
-            owner.unlink(missing_ok=True)
-            lock.release()
 
     def deploy_running(self) -> bool:
         """True when a live process holds the deploy lock now. Read from the holder's PID file
         (`deploy.lock.pid`, written after taking the lock): a reader never takes the lock itself,
         so `watch opsctl status` can never make a deploy find it held."""
-        return procs.pidfile_owner(self.folder / "deploy.lock.pid") is not None
+        return procs.pidfile_owner(self.folder / OWNER) is not None
 
     def _state(self) -> st.LocalState:
         return st.load(self.folder)
