@@ -4,7 +4,11 @@ Public access is blocked at the bucket (account settings can change), ACLs are d
 (bucket-owner-enforced), and a bucket policy refuses any request not made over TLS. Lifecycle
 moves objects to infrequent access after 30 days and to Glacier after 90. Backups go to
 Glacier Instant Retrieval, not Flexible: a restore at 2 a.m. must not wait hours for a thaw.
-Old versions expire, so versioning protects against mistakes without growing forever.
+Old versions expire, so versioning protects against mistakes without growing forever. In the
+audio bucket the worker's upload part objects (`<WORKER_S3_PREFIX>upload-parts/`, a prefix no
+completed file shares) expire after `upload_parts_expire_days`: the backstop for parts a crash
+left behind (the worker deletes them itself when an upload ends or expires, within
+WORKER_UPLOAD_EXPIRY_SECONDS, an hour by default).
 """
 
 from __future__ import annotations
@@ -45,8 +49,17 @@ class StorageArgs:
     audio_noncurrent_expire_days: int = 30
     backup_noncurrent_expire_days: int = 90
     tags: dict[str, str] = field(default_factory=dict)
+    # the worker's part objects (WORKER_S3_PREFIX + "upload-parts/"); S3 counts lifecycle days
+    # from creation rounded to the next midnight UTC, so 2 days is at least 24 h: comfortably
+    # above WORKER_UPLOAD_EXPIRY_SECONDS (an hour), after which the worker has deleted them
+    upload_parts_prefix: str = "audio/upload-parts/"
+    upload_parts_expire_days: int = 2
 
     def __post_init__(self) -> None:
+        if not self.upload_parts_prefix.endswith("upload-parts/"):
+            raise ValueError("upload_parts_prefix is the worker's WORKER_S3_PREFIX + 'upload-parts/'")
+        if self.upload_parts_expire_days < 2:
+            raise ValueError("upload parts must outlive an upload's expiry: at least 2 days")
         if not self.ia_after_days >= 30:
             raise ValueError("S3 refuses STANDARD_IA transitions earlier than 30 days")
         if self.glacier_after_days <= self.ia_after_days:
@@ -103,7 +116,7 @@ class Storage(pulumi.ComponentResource):
                                     "Condition": {"Bool": {"aws:SecureTransport": "false"}},
                                 }],
                             }))
-        aws.s3.BucketLifecycleConfiguration(res, bucket=bucket.id, opts=after, rules=[{
+        rules = [{
             "id": "tiering",
             "status": "Enabled",
             "filter": {"prefix": ""},
@@ -111,5 +124,14 @@ class Storage(pulumi.ComponentResource):
                             {"days": args.glacier_after_days, "storage_class": spec.archive_storage_class}],
             "noncurrent_version_expiration": {"noncurrent_days": spec.noncurrent_expire_days},
             "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
-        }])
+        }]
+        if spec.purpose == "audio":  # parts a crashed worker left: never a completed file
+            rules.append({
+                "id": "upload-parts-expire",
+                "status": "Enabled",
+                "filter": {"prefix": args.upload_parts_prefix},
+                "expiration": {"days": args.upload_parts_expire_days},
+                "noncurrent_version_expiration": {"noncurrent_days": 1},
+            })
+        aws.s3.BucketLifecycleConfiguration(res, bucket=bucket.id, opts=after, rules=rules)
         return bucket

@@ -53,12 +53,28 @@ def test_bucket_policy_refuses_requests_without_tls(run, bucket):
 
 @pytest.mark.parametrize("bucket, archive, noncurrent", [("t-audio", "GLACIER", 30), ("t-backups", "GLACIER_IR", 90)])
 def test_lifecycle_ia_after_30_days_glacier_after_90_old_versions_expire(run, bucket, archive, noncurrent):
-    [rule] = for_bucket(run, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", bucket)["rules"]
-    assert rule["status"] == "Enabled"
+    rules = for_bucket(run, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", bucket)["rules"]
+    [rule] = [r for r in rules if r["id"] == "tiering"]
+    assert rule["status"] == "Enabled" and rule["filter"] == {"prefix": ""}
     assert rule["transitions"] == [{"days": 30, "storageClass": "STANDARD_IA"},
                                    {"days": 90, "storageClass": archive}]
     assert rule["noncurrentVersionExpiration"] == {"noncurrentDays": noncurrent}
     assert rule["abortIncompleteMultipartUpload"] == {"daysAfterInitiation": 7}
+
+
+def test_upload_parts_expire_in_the_audio_bucket_only_and_never_a_completed_file(run):
+    """The worker's part objects have a prefix of their own (`audio/upload-parts/`), expired
+    after 2 days (a crash's leftovers; the worker deletes them within the hour an upload
+    lives); completed files (`audio/uploads/...`, `audio/<sha>...`) are not under it, and the
+    backups bucket has no such rule."""
+    audio = for_bucket(run, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "t-audio")["rules"]
+    [parts] = [r for r in audio if r["id"] == "upload-parts-expire"]
+    assert parts["status"] == "Enabled" and parts["filter"] == {"prefix": "audio/upload-parts/"}
+    assert parts["expiration"] == {"days": 2} and parts["noncurrentVersionExpiration"] == {"noncurrentDays": 1}
+    for completed in ("audio/uploads/upload_" + "0" * 32, "audio/ab/" + "ab" * 32 + ".wav"):
+        assert not completed.startswith(parts["filter"]["prefix"])
+    backups = for_bucket(run, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "t-backups")
+    assert [r["id"] for r in backups["rules"]] == ["tiering"]
 
 
 def test_buckets_named_as_configured_and_force_destroy_follows_the_argument(run):
@@ -76,6 +92,12 @@ def test_lifecycle_arguments_are_validated():
     with pytest.raises(ValueError, match="after the infrequent-access"):
         StorageArgs(audio_bucket="a", backups_bucket="b", kms_key_arn=KEY_ARN, force_destroy=False,
                     glacier_after_days=30)
+    with pytest.raises(ValueError, match="outlive an upload"):
+        StorageArgs(audio_bucket="a", backups_bucket="b", kms_key_arn=KEY_ARN, force_destroy=False,
+                    upload_parts_expire_days=1)
+    with pytest.raises(ValueError, match="upload-parts/"):  # a prefix completed files share
+        StorageArgs(audio_bucket="a", backups_bucket="b", kms_key_arn=KEY_ARN, force_destroy=False,
+                    upload_parts_prefix="audio/uploads/")
 
 
 def test_buckets_say_what_they_hold(run):
