@@ -32,14 +32,16 @@ def stored_name(key: str) -> str:
 
 
 # the worker's /v1/uploads keeps each part of an unfinished upload as an object
-# `<prefix>uploads/upload_<32 hex>.parts/<name>` until complete assembles the file
-_UPLOAD_PART = re.compile(r"(^|/)uploads/upload_[0-9a-f]{32}\.parts/")
+# `<prefix>upload-parts/upload_<32 hex>/<name>` (before: `<prefix>uploads/upload_<32 hex>.parts/<name>`)
+# until complete assembles the file
+_UPLOAD_PART = re.compile(r"(^|/)(upload-parts/upload_[0-9a-f]{32}/|uploads/upload_[0-9a-f]{32}\.parts/)")
 
 
 def inventory(s3, bucket: str) -> list[dict]:
     """[{key, size (bytes), etag}] of every completed object in `bucket` (ListObjectsV2, paged):
     parts of multipart uploads still open are not objects and never listed, and the worker's
-    upload part objects (`.../uploads/upload_<id>.parts/...`) are left out (issue 26)."""
+    upload part objects (`.../upload-parts/upload_<id>/...`, and the older
+    `.../uploads/upload_<id>.parts/...`) are left out (issue 26)."""
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"]} for p in pages for o in p.get("Contents", [])
             if not _UPLOAD_PART.search(o["Key"])]

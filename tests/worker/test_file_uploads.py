@@ -39,8 +39,8 @@ def multipart_uploads(worker, key: str) -> list:
 
 
 def part_objects(worker, key: str) -> list[int]:
-    """The sizes of a pending upload's part objects (`{key}.parts/...`)."""
-    listing = worker.s3.list_objects_v2(Bucket=worker.bucket, Prefix=f"{key}.parts/")
+    """The sizes of a pending upload's part objects (`audio/upload-parts/<upload id>/...`)."""
+    listing = worker.s3.list_objects_v2(Bucket=worker.bucket, Prefix=key.replace("/uploads/", "/upload-parts/") + "/")
     return sorted(o["Size"] for o in listing.get("Contents", []))
 
 

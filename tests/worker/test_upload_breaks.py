@@ -35,8 +35,9 @@ def _mpu(s3, bucket, upload_id):
 
 
 def _objects(s3, bucket, upload_id):
-    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"audio/uploads/{upload_id}")
-            .get("Contents", [])]
+    """The upload's file and its part objects (under `audio/upload-parts/<id>/`)."""
+    return [o["Key"] for prefix in (f"audio/uploads/{upload_id}", f"audio/upload-parts/{upload_id}/")
+            for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
 
 
 def _swallow(fn):
@@ -59,14 +60,13 @@ def _own_worker(model_dir, postgres, s3, redis_server, name, **extra):
     return env, bucket, dburl
 
 
-def _completing(dburl):
-    """A `wait_for` for `_kill_while_s3_hangs`: a complete (or cancel) holds the upload's row
-    lock (which gave its transaction an id) in an open transaction, so it has reached its S3
-    calls."""
+def _claimed(dburl, claim="completing"):
+    """A `wait_for` for `_kill_while_s3_hangs`: a complete (or cancel, or the keeper's expiry)
+    has claimed an upload, so it has reached its S3 calls (made with no connection held)."""
     def waiting():
         with psycopg.connect(dburl) as conn:
-            return conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-                                " AND state = 'idle in transaction' AND backend_xid IS NOT NULL").fetchone()
+            return conn.execute("SELECT 1 FROM uploads WHERE claim = %s AND claim_until > now()",
+                                (claim,)).fetchone()
     return waiting
 
 
@@ -93,7 +93,7 @@ def test_worker_killed_mid_part_then_mid_complete_and_retried(model_dir, postgre
     not counted against the declared bytes, and a re-send of the part takes it over. (5) Then
     it dies while complete waits on S3: the retried complete on the restarted worker answers
     completed, and the bucket holds the file alone (no part object, no multipart upload)."""
-    env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "w2k")
+    env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "w2k", WORKER_JOB_LEASE_SECONDS="1.5")
     first, last = b"\1" * (5 * MIB), b"\2" * MIB
     proc, url = start_worker(env, tmp_path / "w.log")
     try:
@@ -119,7 +119,7 @@ def test_worker_killed_mid_part_then_mid_complete_and_retried(model_dir, postgre
             # (5) the worker dies while complete waits on S3; the client's retried complete on
             # the restarted worker answers completed, and the bucket holds the file alone
             _kill_while_s3_hangs(s3, proc, lambda: http.post(f"/v1/uploads/{up['id']}/complete",
-                                                             json={"part_ids": [p1, p2]}), _completing(dburl))
+                                                             json={"part_ids": [p1, p2]}), _claimed(dburl))
         proc, url = start_worker(env, tmp_path / "w3.log")
         wait_until(url, proc, tmp_path / "w3.log", ready=False)
         with httpx.Client(base_url=url, timeout=60) as http:
@@ -158,12 +158,13 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
             assert httpx.put(url1, content=last, timeout=60).status_code == 200
             assert len(_objects(client, bucket, pre["id"])) == 2  # the file and a stray part
             _kill_while_s3_hangs(s3, proc, lambda: http.post(f"/v1/uploads/{up['id']}/complete",
-                                                             json={"part_ids": ids}), _completing(dburl))
+                                                             json={"part_ids": ids}), _claimed(dburl))
         from transcription_worker.storage import AudioStore
 
         store = AudioStore(bucket, env["WORKER_S3_ENDPOINT_URL"])
         key = store.upload_key(up["id"])
-        store.assemble(key, "audio/wav", [store.part_key(key, p) for p in ids], {"parts": "unrecorded"})
+        store.assemble(key, "audio/wav", [store.part_key(store.parts_prefix(up["id"]), p) for p in ids],
+                       {"parts": "unrecorded"})
         client.create_multipart_upload(Bucket=bucket, Key=key)
         assert len(_objects(client, bucket, up["id"])) == 3 and len(_mpu(client, bucket, up["id"])) == 1
         proc, url = start_worker(env, tmp_path / "w2.log")
@@ -266,8 +267,8 @@ def test_cancel_md5_mismatch_and_expiry_give_back_bytes_never_received(model_dir
             assert send_part(http, up["id"], b"\2" * MIB).status_code == 200
             r = http.post("/v1/uploads", json={**spec, "bytes": MIB})
             assert r.status_code == 429, r.text
-        # the keeper's expiry holds the row lock while S3 is frozen: the worker is killed there
-        _kill_while_s3_hangs(s3, proc, lambda: None, _completing(dburl))
+        # the keeper's expiry has claimed the upload and waits on frozen S3: the worker is killed there
+        _kill_while_s3_hangs(s3, proc, lambda: None, _claimed(dburl, "expiring"))
         proc, url = start_worker(env, tmp_path / "w2.log")
         wait_until(url, proc, tmp_path / "w2.log", ready=False)
         with httpx.Client(base_url=url, timeout=60) as http:
@@ -297,3 +298,50 @@ def test_presigned_part_urls_sign_their_content_length(http, worker):
         assert "content-length" in qs["X-Amz-SignedHeaders"][0].split(";")
     r = httpx.put(pre["part_urls"][1]["url"], content=b"\2" * MIB, timeout=60)
     assert r.status_code == 200, r.text
+
+
+def test_completes_waiting_on_slow_s3_hold_no_database_connection(http, worker, s3):
+    """Ten completes of one upload sent at once while S3 hangs (frozen), as clients retrying a
+    slow complete do, and two cancels of it: none holds a pooled PostgreSQL connection while
+    it waits (the worker's pool holds 9: WORKER_CONCURRENCY 1 + 8), so requests that need the
+    database are still answered (a GET of another upload and of this one, a create), not 503.
+    Once S3 runs again, one complete assembles the file and every complete (the same request)
+    answers it; the cancels, which waited for it, answer that it is completed."""
+    up, other = _create(http, MIB), _create(http, MIB)
+    part = send_part(http, up["id"], b"\x91" * MIB).json()["id"]
+    answers: list[httpx.Response] = []
+
+    def call(path, body):
+        with httpx.Client(base_url=worker.url, timeout=120, headers=dict(http.headers)) as c:
+            answers.append(c.post(f"/v1/uploads/{up['id']}/{path}", json=body))
+
+    os.kill(s3.pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=call, args=("complete", {"part_ids": [part]})) for _ in range(10)]
+        threads[0].start()
+        deadline = time.monotonic() + 30
+        while not _claimed(worker.database_url)():  # the first complete reached S3
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        threads += [threading.Thread(target=call, args=("cancel", {})) for _ in range(2)]
+        for t in threads[1:]:
+            t.start()
+        time.sleep(1)  # the other requests arrive (a wait, not an assertion: the answers below are)
+        seen = [http.get(f"/v1/uploads/{other['id']}"), http.get(f"/v1/uploads/{up['id']}"),
+                http.post("/v1/uploads", json={"filename": "b.wav", "bytes": MIB, "mime_type": "audio/wav",
+                                               "purpose": "transcription"})]
+    finally:
+        os.kill(s3.pid, signal.SIGCONT)
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in seen] == [200, 200, 200], [r.text for r in seen]
+    assert seen[1].json()["status"] == "pending"  # completing reads as pending until it is done
+    completes = [r for r in answers if r.request.url.path.endswith("/complete")]
+    assert [r.status_code for r in completes] == [200] * 10, [r.text for r in completes]
+    assert len({r.json()["file"]["id"] for r in completes}) == 1
+    for r in answers:
+        if r.request.url.path.endswith("/cancel"):
+            assert r.status_code == 400 and "is completed" in r.json()["error"]["message"], r.text
+    key = f"audio/uploads/{up['id']}"
+    assert _objects(worker.s3, worker.bucket, up["id"]) == [key] and _mpu(worker.s3, worker.bucket, up["id"]) == []
+    assert worker.s3.get_object(Bucket=worker.bucket, Key=key)["Body"].read() == b"\x91" * MIB

@@ -24,10 +24,10 @@ def _create(http, size, headers=None, **over):
 
 
 def _keys(worker, upload_id):
-    """Every object under the upload's key (the file and its part objects)."""
-    pages = worker.s3.get_paginator("list_objects_v2").paginate(Bucket=worker.bucket,
-                                                                 Prefix=f"audio/uploads/{upload_id}")
-    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+    """Every object of the upload: its file and its part objects (`audio/upload-parts/<id>/`)."""
+    pager = worker.s3.get_paginator("list_objects_v2")
+    return sorted(o["Key"] for prefix in (f"audio/uploads/{upload_id}", f"audio/upload-parts/{upload_id}/")
+                  for p in pager.paginate(Bucket=worker.bucket, Prefix=prefix) for o in p.get("Contents", []))
 
 
 def _open_mpus(worker, upload_id):
@@ -147,7 +147,7 @@ def test_parallel_parts_count_in_flight_against_twice_the_bytes_and_the_key_s_sl
         conn.execute("UPDATE upload_parts SET etag = NULL WHERE id = %s", (out["b"].json()["id"],))
     r = send_part(http, up["id"], b"\x53" * (5 * MIB))
     assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large", r.text
-    sizes = [o["Size"] for o in worker.s3.list_objects_v2(Bucket=worker.bucket, Prefix=f"audio/uploads/{up['id']}.parts/")
+    sizes = [o["Size"] for o in worker.s3.list_objects_v2(Bucket=worker.bucket, Prefix=f"audio/upload-parts/{up['id']}/")
              .get("Contents", [])]
     assert sum(sizes) <= 2 * 5 * MIB, sizes
 
@@ -165,9 +165,10 @@ def test_a_complete_interrupted_in_s3_is_retried_into_the_right_file(http, worke
     pa, pb = (send_part(http, up["id"], d).json()["id"] for d in (a, b))
     store = AudioStore(worker.bucket, worker.env["WORKER_S3_ENDPOINT_URL"])
     key = f"audio/uploads/{up['id']}"
+    parts = store.parts_prefix(up["id"])
     half = worker.s3.create_multipart_upload(Bucket=worker.bucket, Key=key)["UploadId"]
     worker.s3.upload_part_copy(Bucket=worker.bucket, Key=key, UploadId=half, PartNumber=1,
-                               CopySource={"Bucket": worker.bucket, "Key": store.part_key(key, pa)})
+                               CopySource={"Bucket": worker.bucket, "Key": store.part_key(parts, pa)})
     r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pb, pa]})
     assert r.status_code == 200 and r.json()["status"] == "completed", r.text
     assert _file(worker, up["id"]) == b + a
@@ -175,8 +176,8 @@ def test_a_complete_interrupted_in_s3_is_retried_into_the_right_file(http, worke
 
     up = _create(http, len(a) + len(b))
     pa, pb = (send_part(http, up["id"], d).json()["id"] for d in (a, b))
-    key = f"audio/uploads/{up['id']}"
-    store.assemble(key, "audio/wav", [store.part_key(key, pa), store.part_key(key, pb)],
+    key, parts = f"audio/uploads/{up['id']}", store.parts_prefix(up["id"])
+    store.assemble(key, "audio/wav", [store.part_key(parts, pa), store.part_key(parts, pb)],
                    {"parts": "an earlier complete's list"})
     r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pb, pa]})
     assert r.status_code == 200, r.text
@@ -187,10 +188,10 @@ def test_a_complete_interrupted_in_s3_is_retried_into_the_right_file(http, worke
     # object's `parts` fingerprint (SHA-256 of the ids, one a line) says it is this list's
     up = _create(http, len(a) + len(b))
     pa, pb = (send_part(http, up["id"], d).json()["id"] for d in (a, b))
-    key = f"audio/uploads/{up['id']}"
-    store.assemble(key, "audio/wav", [store.part_key(key, pb), store.part_key(key, pa)],
+    key, parts = f"audio/uploads/{up['id']}", store.parts_prefix(up["id"])
+    store.assemble(key, "audio/wav", [store.part_key(parts, pb), store.part_key(parts, pa)],
                    {"parts": hashlib.sha256(f"{pb}\n{pa}".encode()).hexdigest()})
-    store.delete(store.part_key(key, pb))
+    store.delete(store.part_key(parts, pb))
     worker.s3.create_multipart_upload(Bucket=worker.bucket, Key=key)  # a later redo, killed too
     r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [pb, pa]})
     assert r.status_code == 200, r.text
@@ -266,15 +267,20 @@ def test_the_audio_backup_leaves_upload_part_objects_out(http, worker):
     part = send_part(http, up["id"], b"\x51" * MIB).json()["id"]
     (part_key,) = _keys(worker, up["id"])
     listed = {o["key"] for o in inventory(worker.s3, worker.bucket)}
-    assert part_key.startswith(f"audio/uploads/{up['id']}.parts/") and part_key not in listed
+    assert part_key.startswith(f"audio/upload-parts/{up['id']}/") and part_key not in listed
     http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [part]})
     assert f"audio/uploads/{up['id']}" in {o["key"] for o in inventory(worker.s3, worker.bucket)}
+    # an upload made before parts had a prefix of their own keeps them beside its file's key
+    old = f"audio/uploads/upload_{'e' * 32}.parts/part_{'e' * 32}"
+    worker.s3.put_object(Bucket=worker.bucket, Key=old, Body=b"\x52")
+    assert old not in {o["key"] for o in inventory(worker.s3, worker.bucket)}
+    worker.s3.delete_object(Bucket=worker.bucket, Key=old)
 
 
 def test_a_part_landing_after_its_upload_was_cancelled_is_deleted(http, worker, s3, api_key):
-    """S3 frozen while a part is on its way and a cancel holds the upload's lock: once S3 runs
-    again, the cancel ends the upload and the part, landing after it, is deleted by its own
-    request (400 `upload_not_pending`): no object is left."""
+    """S3 frozen while a part is on its way and a cancel has claimed the upload: once S3 runs
+    again, the cancel ends the upload and the part, landing while it is claimed or after, is
+    deleted by its own request (400 `upload_not_pending`): no object is left."""
     import os
     import signal
     import time
@@ -311,8 +317,7 @@ def test_a_part_landing_after_its_upload_was_cancelled_is_deleted(http, worker, 
             time.sleep(0.05)
         threads.append(threading.Thread(target=call, args=("cancel", cancel)))
         threads[-1].start()
-        while not seen("SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-                       " AND state = 'idle in transaction' AND backend_xid IS NOT NULL"):
+        while not seen("SELECT 1 FROM uploads WHERE id = %s AND claim = 'cancelling'", (up["id"],)):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:

@@ -133,7 +133,8 @@ def test_job_upload_with_a_hostile_filename_stays_in_its_key(http, worker):
     assert r.status_code == 202, r.text
     keys = [o["Key"] for o in worker.s3.list_objects_v2(Bucket=worker.bucket)["Contents"]]
     # the session's bucket also holds other tests' uploads: a file and its part objects
-    shape = r"audio/([0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{1,8}|uploads/upload_[0-9a-f]{32}(\.parts/(part_[0-9a-f]{32}|n[0-9]{5}))?)"
+    shape = (r"audio/([0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{1,8}|uploads/upload_[0-9a-f]{32}"
+             r"|upload-parts/upload_[0-9a-f]{32}/(part_[0-9a-f]{32}|n[0-9]{5}))")
     assert keys and all(re.fullmatch(shape, k) for k in keys), keys
 
 

@@ -131,6 +131,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE uploads ADD COLUMN part_size bigint;
     """,
+    # parts_prefix: where the upload's part objects live (NULL: `{s3_key}.parts/`, uploads made
+    # before part objects moved under a prefix of their own); claim, claim_owner, claim_until:
+    # a complete, cancel or expiry at work on a pending upload ('completing', 'cancelling',
+    # 'expiring'), the request or keeper that holds it and until when (renewed while it
+    # works; a lapsed claim is a dead worker's, taken over by the next)
+    """
+    ALTER TABLE uploads ADD COLUMN parts_prefix text,
+                        ADD COLUMN claim text,
+                        ADD COLUMN claim_owner text,
+                        ADD COLUMN claim_until timestamptz;
+    """,
 ]
 class PartsTooLarge(Exception):
     """A part would take an upload past the `bytes` it was created for."""
@@ -344,16 +355,19 @@ class Database:
         died; a failed PUT releases its claim at once: `release_claim`); a re-send of the same
         bytes takes it over (same id and part number, new=True, so the caller PUTs it again).
 
-        Raises LookupError(status) when the upload is not pending, and PartsTooLarge when the
+        Raises LookupError(status) when the upload is not pending (or its claim, e.g.
+        'completing', while a complete, cancel or expiry holds it), and PartsTooLarge when the
         part alone is larger than the upload's declared `bytes` (it could never be used), or
         when the parts stored in S3 or on their way there plus this one would pass twice the
         declared `bytes` (each byte may be re-sent once; the parts a complete does not list are
         deleted with the upload's part objects)."""
         with self.pool.connection() as conn, conn.transaction():
-            upload = conn.execute("SELECT status, bytes FROM uploads WHERE id = %s FOR UPDATE",
-                                  (upload_id,)).fetchone()
+            upload = conn.execute("SELECT status, bytes, claim, claim_until > now() AS claimed FROM uploads"
+                                  " WHERE id = %s FOR UPDATE", (upload_id,)).fetchone()
             if upload is None or upload["status"] != "pending":
                 raise LookupError(upload["status"] if upload else "missing")
+            if upload["claimed"]:  # a complete, cancel or expiry is ending it
+                raise LookupError(upload["claim"])
             existing = conn.execute("SELECT * FROM upload_parts WHERE upload_id = %s AND sha256 = %s",
                                     (upload_id, sha256)).fetchone()
             if existing and existing["etag"] is not None:
@@ -381,70 +395,93 @@ class Database:
 
     def stored_part(self, part_id: str, etag: str) -> bool:
         """Record that the part's object is in S3 (its ETag); False (nothing recorded) when the
-        upload is no longer pending: a complete, cancel or expiry that ran while the part was
-        on its way has already cleared the upload's part objects, so the caller deletes this
-        one. Takes the upload's row lock, so it waits for such an end to commit."""
+        upload is no longer pending or a complete, cancel or expiry holds its claim: that end
+        clears (or has cleared) the upload's part objects without this one, so the caller
+        deletes it. Takes the upload's row lock (short: no end holds it across S3 calls)."""
         with self.pool.connection() as conn, conn.transaction():
-            row = conn.execute("SELECT u.status FROM uploads u JOIN upload_parts p ON p.upload_id = u.id"
+            row = conn.execute("SELECT u.status, u.claim_until > now() AS claimed FROM uploads u"
+                               " JOIN upload_parts p ON p.upload_id = u.id"
                                " WHERE p.id = %s FOR UPDATE OF u", (part_id,)).fetchone()
-            if row is None or row["status"] != "pending":
+            if row is None or row["status"] != "pending" or row["claimed"]:
                 return False
             conn.execute("UPDATE upload_parts SET etag = %s WHERE id = %s", (etag, part_id))
             return True
 
-    @contextlib.contextmanager
-    def locked_upload(self, upload_id: str, api_key_id: str) -> Iterator[tuple[Any, dict[str, Any] | None]]:
-        """(connection, the upload row of key `api_key_id` or None) inside a transaction that
-        holds the row's lock (FOR NO KEY UPDATE: parts may still reference it) until the block
-        ends: complete, cancel, expiry and new parts of one upload run one at a time, so
-        exactly one of complete, cancel and expiry moves it out of `pending`."""
+    def claim_upload(self, upload_id: str, api_key_id: str, decide: Any) -> Any:
+        """One short transaction on the upload's row lock: `decide(conn, row)` (row: the upload
+        of key `api_key_id` with `claimed`, true while another holder's claim is live; None
+        when there is none) returns `(claim, value)`; when `claim` is a tuple `(what, owner,
+        lease_seconds)` the row is claimed for it (`what`: completing, cancelling) before
+        the commit. Returns `value`; what `decide` raises rolls back and propagates. No S3 call
+        is made inside: the claim, not a lock, keeps others off while the holder works."""
         with self.pool.connection() as conn, conn.transaction():
-            yield conn, conn.execute("SELECT * FROM uploads WHERE id = %s AND api_key_id = %s FOR NO KEY UPDATE",
-                                     (upload_id, api_key_id)).fetchone()
+            row = conn.execute("SELECT *, coalesce(claim_until > now(), false) AS claimed FROM uploads"
+                               " WHERE id = %s AND api_key_id = %s FOR NO KEY UPDATE",
+                               (upload_id, api_key_id)).fetchone()
+            claim, value = decide(conn, row)
+            if claim:
+                what, owner, lease = claim
+                conn.execute("UPDATE uploads SET claim = %s, claim_owner = %s,"
+                             " claim_until = now() + make_interval(secs => %s) WHERE id = %s",
+                             (what, owner, lease, upload_id))
+            return value
 
-    @staticmethod
-    def set_status(conn: Any, upload_id: str, status: str, file_id: str | None = None,
-                   sha256: str | None = None, complete_request: str | None = None) -> dict[str, Any]:
-        """Move the locked upload to `status` (on `conn`, inside `locked_upload`), recording
-        for a completed one what its complete asked for (`complete_request`); returns the row."""
-        return conn.execute(
-            "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s, complete_request = %s,"
-            " completed_at = CASE WHEN %s = 'completed' THEN now() END"
-            " WHERE id = %s RETURNING *", (status, file_id, sha256, complete_request, status,
-                                           upload_id)).fetchone()
+    def renew_upload_claim(self, upload_id: str, owner: str, lease: float) -> bool:
+        """Push the claim `owner` holds on a pending upload `lease` seconds on; False when it
+        no longer holds it (lapsed and taken over, or the upload ended)."""
+        with self.pool.connection() as conn:
+            return conn.execute("UPDATE uploads SET claim_until = now() + make_interval(secs => %s)"
+                                " WHERE id = %s AND claim_owner = %s AND status = 'pending'",
+                                (lease, upload_id, owner)).rowcount == 1
 
-    def stored_bytes(self, upload_id: str, conn: Any = None) -> int:
-        """Bytes of the parts of an upload stored in S3 (ETag known); on `conn` when given."""
-        with self._conn(conn) as conn:
-            row = conn.execute("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s"
-                               " AND etag IS NOT NULL", (upload_id,)).fetchone()
-        return int(row["n"])
+    def drop_upload_claim(self, upload_id: str, owner: str) -> None:
+        """Give up the claim `owner` holds (its work failed): the upload is pending as before."""
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE uploads SET claim = NULL, claim_owner = NULL, claim_until = NULL"
+                         " WHERE id = %s AND claim_owner = %s", (upload_id, owner))
+
+    def end_upload(self, upload_id: str, owner: str, status: str, file_id: str | None = None,
+                   sha256: str | None = None, complete_request: str | None = None) -> dict[str, Any] | None:
+        """Move a pending upload whose claim `owner` holds to `status` (completed, cancelled,
+        expired) and clear the claim, recording for a completed one its file id, SHA-256 and
+        what its complete asked for (`complete_request`); returns the row with `stored` (bytes
+        its parts stored in S3), or None (nothing changed) when `owner` no longer holds it."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s, complete_request = %s,"
+                " completed_at = CASE WHEN %s = 'completed' THEN now() END,"
+                " claim = NULL, claim_owner = NULL, claim_until = NULL"
+                " WHERE id = %s AND claim_owner = %s AND status = 'pending' RETURNING *,"
+                " (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = uploads.id"
+                " AND p.etag IS NOT NULL) AS stored",
+                (status, file_id, sha256, complete_request, status, upload_id, owner)).fetchone()
 
     def set_upload_sha256(self, upload_id: str, sha256: str) -> None:
         """Record a completed file's SHA-256 (hex) once a job has read it."""
         with self.pool.connection() as conn:
             conn.execute("UPDATE uploads SET sha256 = %s WHERE id = %s AND sha256 IS NULL", (sha256, upload_id))
 
-    @contextlib.contextmanager
-    def expiring_upload(self) -> Iterator[tuple[Any, dict[str, Any] | None]]:
-        """(connection, the oldest pending upload past `expires_at` with `stored`, the bytes its
-        parts stored; None when there is none) inside a transaction holding its row lock (SKIP
-        LOCKED: each taken by one worker, none waited for). The caller deletes what it holds
-        in S3, then marks it expired with `set_status` on the connection: a failure or a kill
-        in between rolls back, so the upload stays pending and is expired again later."""
-        with self.pool.connection() as conn, conn.transaction():
-            yield conn, conn.execute(
-                "SELECT u.*, (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = u.id"
-                " AND p.etag IS NOT NULL) AS stored FROM uploads u WHERE u.id = (SELECT id FROM uploads"
-                " WHERE status = 'pending' AND expires_at < now() ORDER BY expires_at LIMIT 1"
-                " FOR NO KEY UPDATE SKIP LOCKED)").fetchone()
+    def claim_expired(self, owner: str, lease: float) -> dict[str, Any] | None:
+        """Claim ('expiring', for `lease` seconds) the oldest pending upload past `expires_at`
+        that no live claim holds (a lapsed one is a dead worker's: taken over) and return it,
+        or None. One statement, SKIP LOCKED: each is taken by one keeper, none waited for. The
+        keeper deletes what it holds in S3, then `end_upload`s it; a failure or a kill in
+        between leaves it pending and claimed until the lease lapses, then it is taken again."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "UPDATE uploads SET claim = 'expiring', claim_owner = %s,"
+                " claim_until = now() + make_interval(secs => %s) WHERE id = (SELECT id FROM uploads"
+                " WHERE status = 'pending' AND expires_at < now() AND (claim_until IS NULL OR claim_until <= now())"
+                " ORDER BY expires_at LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) RETURNING *",
+                (owner, lease)).fetchone()
 
     def unswept_presigned(self, grace_seconds: float, limit: int = 20) -> list[dict[str, Any]]:
         """Presigned uploads that ended (completed, cancelled, expired) and whose part URLs
-        expired more than `grace_seconds` ago, their part objects not yet swept: [{id, s3_key}]."""
+        expired more than `grace_seconds` ago, their part objects not yet swept: [{id, s3_key,
+        parts_prefix}]."""
         with self.pool.connection() as conn:
             return conn.execute(
-                "SELECT id, s3_key FROM uploads WHERE presigned AND NOT parts_swept AND status <> 'pending'"
+                "SELECT id, s3_key, parts_prefix FROM uploads WHERE presigned AND NOT parts_swept AND status <> 'pending'"
                 " AND expires_at < now() - make_interval(secs => %s) ORDER BY expires_at LIMIT %s",
                 (grace_seconds, limit)).fetchall()
 

@@ -11,15 +11,17 @@
     GET  /v1/uploads/{id}             the upload and the parts that arrived (to resume)
 
 Shapes follow OpenAI's Uploads API (create an upload, add parts, complete it into a file).
-Each part is stored as its own object, `{prefix}uploads/{upload_id}.parts/{part_id}` (nothing
-from the client reaches a key), sent with its SHA-256 for S3 to check; a part whose SHA-256
-this upload already holds is not stored again: the first part's id is returned. Parts may
-arrive in any order and in parallel. `complete` takes any list of the upload's part ids, in
-the file's order, an id repeated if its bytes repeat (long silence), as long as their sizes
-add up to `bytes` and every part but the last holds at least 5 MiB (S3's minimum): it makes
-an S3 multipart upload at `{prefix}uploads/{upload_id}` and fills it with UploadPartCopy of
-the listed part objects (server-side: no byte passes through the worker), completes it, then
-deletes the part objects. The assembled object carries a fingerprint of its part list
+Each part is stored as its own object, `{prefix}upload-parts/{upload_id}/{part_id}` (nothing
+from the client reaches a key; a prefix no completed file shares, so a bucket lifecycle rule
+expires what a crash left there; uploads made before it keep `{prefix}uploads/{upload_id}.parts/`,
+the row's `parts_prefix` says which), sent with its SHA-256 for S3 to check; a part whose
+SHA-256 this upload already holds is not stored again: the first part's id is returned. Parts
+may arrive in any order and in parallel. `complete` takes any list of the upload's part ids,
+in the file's order, an id repeated if its bytes repeat (long silence), as long as their
+sizes add up to `bytes` and every part but the last holds at least 5 MiB (S3's minimum): it
+makes an S3 multipart upload at `{prefix}uploads/{upload_id}` and fills it with UploadPartCopy
+of the listed part objects (server-side: no byte passes through the worker), completes it,
+then deletes the part objects. The assembled object carries a fingerprint of its part list
 (metadata `parts`), so a complete retried after its worker died finds a finished assembly
 and records it; an unfinished one (its multipart upload still open) is aborted and redone.
 With the optional `md5`, the completed object is read back once, in 1 MiB pieces, for its MD5
@@ -27,22 +29,36 @@ and SHA-256; without it nothing is read back (each part was already checked by S
 its SHA-256), and the file's SHA-256 (the job's audio identity) is computed by the first job
 made from it, which reads the file anyway. A job is made with `POST /v1/jobs` and `file_id`.
 Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
+
+No request and no keeper task holds a pooled database connection or a row lock across an S3
+call. Ending an upload is three steps: a short transaction claims it (`claim`: completing,
+cancelling or expiring, with an owner and a lease of WORKER_JOB_LEASE_SECONDS), the S3 work
+runs with no connection held while a thread renews the lease, and a second short
+transaction ends it (`Database.end_upload`, only while the claim is still its owner's). A
+complete or cancel finding another's live claim waits for it (polling, no connection held)
+up to 30 s, then answers 409 `upload_busy` with Retry-After; parts are refused while a claim
+is live; a claim whose worker died lapses and the next complete, cancel or expiry takes it
+over (the fingerprint above makes a retried complete safe).
 An upload not completed within WORKER_UPLOAD_EXPIRY_SECONDS (an hour, as OpenAI's) has its
 part objects, any multipart upload and any object an unfinished complete assembled deleted
 by the job keeper, then is marked `expired` (`abort_expired`: retried until S3 answers),
-counted in
-`worker_uploads_expired_total`; each keeper tick also sets the gauges
+counted in `worker_uploads_expired_total`; each keeper tick also sets the gauges
 `worker_uploads_incomplete` and `worker_uploads_oldest_incomplete_age_seconds` from the
 database (`count_incomplete`), for the health check that warns when uploads pile up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import re
 import secrets
+import threading
+import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -167,7 +183,8 @@ async def create_upload(request: Request):
         row = await db(state.db.create_upload, {
             "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
             "mime_type": mime, "purpose": purpose, "status": "pending",
-            "s3_key": state.store.upload_key(upload_id), "presigned": presign,
+            "s3_key": state.store.upload_key(upload_id), "parts_prefix": state.store.parts_prefix(upload_id),
+            "presigned": presign,
             "part_size": part_size if presign else None, "idempotency_key": idem}, settings.upload_expiry_seconds)
     finally:  # failed, or a concurrent twin with the same Idempotency-Key won: no lease, no
         if row is None:  # bytes charged left behind (S3 holds nothing for an upload yet)
@@ -199,7 +216,7 @@ async def _created(state: Any, db: Any, row: dict, part_size: int) -> dict[str, 
         size, part_size = row["bytes"], row.get("part_size") or part_size
         sizes = [min(part_size, size - n * part_size) for n in range(-(-size // part_size))]
         left = (row["expires_at"] - datetime.now(timezone.utc)).total_seconds()
-        urls = await db(state.store.presign_part_puts, row["s3_key"], sizes, max(1, int(left)))
+        urls = await db(state.store.presign_part_puts, _parts_prefix(state.store, row), sizes, max(1, int(left)))
         body["part_urls"] = [{"part_number": n, "url": url, "bytes": b}
                              for n, (url, b) in enumerate(zip(urls, sizes), start=1)]
     return body
@@ -208,7 +225,7 @@ async def _created(state: Any, db: Any, row: dict, part_size: int) -> dict[str, 
 async def _sync_presigned(state: Any, db: Any, row: dict) -> None:
     """A presigned upload's parts are where the client PUT them: list them in S3."""
     if row["presigned"] and row["status"] == "pending":
-        parts = await db(state.store.presigned_parts, row["s3_key"])
+        parts = await db(state.store.presigned_parts, _parts_prefix(state.store, row))
         await db(state.db.record_s3_parts, row["id"], parts)
 
 
@@ -270,7 +287,7 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
     try:
         claimed, new = await run_in_threadpool(state.db.claim_part, upload_id, f"part_{secrets.token_hex(16)}",
                                                digest.hexdigest(), len(data))
-    except LookupError as exc:
+    except LookupError as exc:  # ended, or being ended (completing, cancelling)
         raise APIError(400, f"upload {upload_id} is {exc}; parts go to pending uploads",
                        param="upload_id", code="upload_not_pending") from None
     except PartsTooLarge as exc:
@@ -283,7 +300,7 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
                        retry_after=5) from None
     if not new:
         return part_body(claimed)
-    key = state.store.part_key(row["s3_key"], claimed["id"])
+    key = state.store.part_key(_parts_prefix(state.store, row), claimed["id"])
     # a failed PUT leaves the claim unfinished (etag NULL): never listed nor counted, and a
     # re-send of the same bytes takes it over
     try:
@@ -303,8 +320,10 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
 @router.post("/{upload_id}/complete")
 async def complete_upload(upload_id: str, request: Request):
     """Assemble the listed parts into one file; their bytes must add up to the upload's
-    `bytes`, and `md5` (hex), if given, must match the whole file. Runs under the upload's
-    row lock (as cancel and expiry do), so exactly one of them ends a pending upload."""
+    `bytes`, and `md5` (hex), if given, must match the whole file. A short transaction claims
+    the upload ('completing'), S3 assembles with no database connection held, a second short
+    transaction records the result (`_claimed`); exactly one of complete, cancel and expiry
+    ends a pending upload."""
     state, key_id, db = await _context(request)
     body = await _json(request)
     part_ids = body.get("part_ids")
@@ -315,95 +334,144 @@ async def complete_upload(upload_id: str, request: Request):
     if md5 is not None and not (isinstance(md5, str) and re.fullmatch(r"[0-9a-fA-F]{32}", md5)):
         raise APIError(400, "md5 must be the file's MD5 as 32 hex digits", param="md5",
                        code="invalid_value")
-    row, closed, stored = await db(_complete_locked, state, upload_id, key_id, part_ids, md5)
+    if len(part_ids) > 10_000:
+        raise APIError(400, "a file is made of at most 10,000 parts (S3's limit)", param="part_ids",
+                       code="invalid_value")
+    row = await _pending(state, db, upload_id, key_id)
+    await _sync_presigned(state, db, row)  # S3's listing, before any claim or lock
+    request_fp = _complete_request(part_ids, md5)
+
+    def decide(conn: Any, row: dict | None, owner: str) -> tuple[Any, Any]:
+        row = _locked_status(row, upload_id)
+        if row["status"] == "completed":
+            # a retried complete is answered as the first was; another list or md5 would be
+            # answered a file it does not describe (rows completed before this was kept: any)
+            if row.get("complete_request") not in (None, request_fp):
+                raise APIError(409, f"upload {upload_id} was completed with other part_ids or another"
+                               " md5; its file is as that complete made it", param="part_ids",
+                               code="upload_already_completed")
+            return None, (row, None)
+        if row["status"] != "pending":
+            raise _not_pending(row)
+        _legacy(row)
+        stored = {p["id"]: p for p in state.db.parts(upload_id, conn)}
+        _check_parts(row, part_ids, stored)
+        sources = [_part_object(state.store, row, stored[p]) for p in part_ids]
+        return ("completing", owner, _lease(state)), (row, sources)
+
+    row, sources, owner = await _claimed(state, db, upload_id, key_id, decide)
+    if sources is None:  # completed before, by this same request
+        return upload_body(row)
+    row = await db(_assemble, state, row, owner, sources, part_ids, md5, request_fp)
     if row["status"] == "cancelled":  # the md5 did not match: cancelled, and the object deleted
-        await _ended_unfinished(state, key_id, row, stored)
+        await _ended_unfinished(state, key_id, row, row["stored"])
         raise APIError(400, "the assembled file does not match its md5 checksum; the upload is"
                        " cancelled, start a new one", param="md5", code="checksum_mismatch")
-    if closed:
-        await state.limits.close_upload(key_id, upload_id)
-        log.info("upload completed", extra={"upload_id": upload_id, "bytes": row["bytes"], "key_id": key_id})
+    await state.limits.close_upload(key_id, upload_id)
+    log.info("upload completed", extra={"upload_id": upload_id, "bytes": row["bytes"], "key_id": key_id})
     return upload_body(row)
 
 
-def _not_pending(row: dict) -> APIError:
-    return APIError(400, f"upload {row['id']} is {row['status']}", param="upload_id",
-                    code="upload_not_pending")
+def _check_parts(row: dict, part_ids: list[str], stored: dict[str, dict]) -> None:
+    """400 unless `part_ids` are this upload's stored parts, adding up to its `bytes`, every
+    one but the last at least 5 MiB (S3's minimum part)."""
+    unknown = [p for p in part_ids if p not in stored]
+    if unknown:
+        raise APIError(400, f"unknown part ids for this upload: {', '.join(unknown[:3])}",
+                       param="part_ids", code="invalid_value")
+    total = sum(stored[p]["bytes"] for p in part_ids)
+    if total != row["bytes"]:
+        raise APIError(400, f"the parts hold {total} bytes; the upload was created for {row['bytes']}",
+                       param="part_ids", code="invalid_value")
+    small = [p for p in part_ids[:-1] if stored[p]["bytes"] < 5 * MIB]
+    if small:
+        raise APIError(400, f"every part but the last must hold at least 5 MiB (S3's minimum);"
+                       f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
+                       code="part_too_small")
 
 
-def _locked_status(row: dict | None, upload_id: str) -> dict:
-    if row is None:
-        raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
-    if row["status"] == "pending" and row["expires_at"] <= datetime.now(timezone.utc):
-        return {**row, "status": "expired"}
-    return row
+def _lease(state: Any) -> float:
+    """Seconds a claim on an upload holds unless renewed (WORKER_JOB_LEASE_SECONDS, as a
+    job's): how long a complete, cancel or expiry whose worker died keeps others waiting."""
+    return float(state.settings.job_lease_seconds)
 
 
-def _part_object(store: Any, row: dict, part: dict) -> str:
-    """The S3 key of a part: by its id when it came through the worker, by its number when
-    the client PUT it at a presigned URL."""
-    name = f"n{part['part_number']:05d}" if row["presigned"] else part["id"]
-    return store.part_key(row["s3_key"], name)
+_WAIT_SECONDS = 30.0  # how long a complete or cancel waits for another's claim before 409
+_POLL_SECONDS = 0.25
 
 
-def _fingerprint(part_ids: list[str]) -> str:
-    """What an assembly was made of (S3 metadata `parts` of the object): a retried complete
-    recognises its own finished assembly by it."""
-    return hashlib.sha256("\n".join(part_ids).encode()).hexdigest()
+async def _claimed(state: Any, db: Any, upload_id: str, key_id: str, decide: Any) -> tuple[Any, ...]:
+    """Claim an upload for this request: `decide(conn, row, owner)` runs in a short transaction
+    under the row lock (`Database.claim_upload`) and returns (claim or None, value); returns
+    (*value, owner). While another live claim holds the upload (a complete, cancel or expiry
+    at work) this waits, polling with no connection held, up to _WAIT_SECONDS, then answers
+    409 `upload_busy` with Retry-After; a lapsed claim (its worker died) is taken over."""
+    owner = f"{state.owner}/{secrets.token_hex(8)}"
+    deadline = time.monotonic() + _WAIT_SECONDS
+
+    def busy_or(conn: Any, row: dict | None) -> tuple[Any, Any]:
+        if row is not None and row["claimed"] and row["status"] == "pending":
+            return None, _BUSY
+        return decide(conn, row, owner)
+
+    while True:
+        value = await db(state.db.claim_upload, upload_id, key_id, busy_or)
+        if value is not _BUSY:
+            return (*value, owner)
+        if time.monotonic() >= deadline:
+            raise APIError(409, f"upload {upload_id} is being completed or cancelled by another request;"
+                           " retry, or GET it to see how it ended", param="upload_id", code="upload_busy",
+                           retry_after=5)
+        await asyncio.sleep(_POLL_SECONDS)
 
 
-def _complete_request(part_ids: list[str], md5: str | None) -> str:
-    """What a complete asked for (its parts' fingerprint and md5), kept on the completed row."""
-    return f"{_fingerprint(part_ids)}:{md5.lower() if md5 else ''}"
+_BUSY = object()
 
 
-def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str],
-                     md5: str | None) -> tuple[dict, bool, int]:
-    """Complete under the row lock (a thread): (row, whether this call ended the upload, bytes
-    its parts had stored).
+@contextlib.contextmanager
+def _holding(state: Any, upload_id: str, owner: str) -> Iterator[None]:
+    """While the block runs (S3 work, no connection held), renew `owner`'s claim on the upload
+    every third of the lease from a thread (one short statement each), so a live holder is
+    never taken over; a dead one stops renewing and its claim lapses. On an exception the
+    claim is given up at once, so a retry need not wait for the lease."""
+    stop, lease = threading.Event(), _lease(state)
+
+    def renew() -> None:
+        while not stop.wait(lease / 3):
+            try:
+                if not state.db.renew_upload_claim(upload_id, owner, lease):
+                    return
+            except Exception as exc:  # the database away: the next renewal tries again
+                log.warning("could not renew an upload's claim: %s", exc, extra={"upload_id": upload_id})
+
+    renewer = threading.Thread(target=renew, name=f"claim-{upload_id}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    except BaseException:
+        try:
+            state.db.drop_upload_claim(upload_id, owner)
+        except Exception as exc:  # the claim lapses on its own
+            log.warning("could not give up an upload's claim: %s", exc, extra={"upload_id": upload_id})
+        raise
+    finally:
+        stop.set()
+
+
+def _assemble(state: Any, row: dict, owner: str, sources: list[str], part_ids: list[str],
+              md5: str | None, request_fp: str) -> dict:
+    """The S3 work of a claimed complete (a thread, no database connection held across it):
+    the upload's row as `end_upload` left it (completed, or cancelled on an md5 mismatch).
 
     Safe to retry after the worker died anywhere in it: an assembly left half-made (its S3
     multipart upload open) is aborted and made again; a finished one of the same part list
     (the object's `parts` fingerprint) is kept, its part objects deleted and the row recorded."""
-    store = state.store
-    with state.db.locked_upload(upload_id, key_id) as (conn, row):
-        row = _locked_status(row, upload_id)
-        request = _complete_request(part_ids, md5)
-        if row["status"] == "completed":
-            # a retried complete is answered as the first was; another list or md5 would be
-            # answered a file it does not describe (rows completed before this was kept: any)
-            if row.get("complete_request") not in (None, request):
-                raise APIError(409, f"upload {upload_id} was completed with other part_ids or another"
-                               " md5; its file is as that complete made it", param="part_ids",
-                               code="upload_already_completed")
-            return row, False, 0
-        if row["status"] != "pending":
-            raise _not_pending(row)
-        _legacy(row)
-        if row["presigned"]:
-            state.db.record_s3_parts(upload_id, store.presigned_parts(row["s3_key"]), conn)
-        stored = {p["id"]: p for p in state.db.parts(upload_id, conn)}
-        unknown = [p for p in part_ids if p not in stored]
-        if unknown:
-            raise APIError(400, f"unknown part ids for this upload: {', '.join(unknown[:3])}",
-                           param="part_ids", code="invalid_value")
-        if len(part_ids) > 10_000:
-            raise APIError(400, "a file is made of at most 10,000 parts (S3's limit)", param="part_ids",
-                           code="invalid_value")
-        total = sum(stored[p]["bytes"] for p in part_ids)
-        if total != row["bytes"]:
-            raise APIError(400, f"the parts hold {total} bytes; the upload was created for {row['bytes']}",
-                           param="part_ids", code="invalid_value")
-        small = [p for p in part_ids[:-1] if stored[p]["bytes"] < 5 * MIB]
-        if small:
-            raise APIError(400, f"every part but the last must hold at least 5 MiB (S3's minimum);"
-                           f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
-                           code="part_too_small")
-        key, fingerprint = row["s3_key"], _fingerprint(part_ids)
+    store, upload_id = state.store, row["id"]
+    key, fingerprint = row["s3_key"], _fingerprint(part_ids)
+    with _holding(state, upload_id, owner):
         store.abort_multiparts(key)  # what an interrupted complete left open
         there = store.head(key)
         if not (there and there[0] == row["bytes"] and there[1].get("parts") == fingerprint):
-            sources = [_part_object(store, row, stored[p]) for p in part_ids]
             try:
                 store.assemble(key, row["mime_type"], sources, {"parts": fingerprint})
             except ClientError as exc:
@@ -419,11 +487,56 @@ def _complete_locked(state: Any, upload_id: str, key_id: str, part_ids: list[str
             sha, actual_md5, size = store.digests(key)
             if md5.lower() != actual_md5 or size != row["bytes"]:
                 _drop_s3(store, row)
-                return (state.db.set_status(conn, upload_id, "cancelled"), True,
-                        state.db.stored_bytes(upload_id, conn))
-        store.delete_prefix(store.parts_prefix(key))  # parts not listed go too
-        return state.db.set_status(conn, upload_id, "completed", f"file-{secrets.token_hex(12)}", sha,
-                                   request), True, 0
+                return _ended(state, row, owner, "cancelled")
+        store.delete_prefix(_parts_prefix(store, row))  # parts not listed go too
+        return _ended(state, row, owner, "completed", f"file-{secrets.token_hex(12)}", sha, request_fp)
+
+
+def _ended(state: Any, row: dict, owner: str, status: str, *args: Any) -> dict:
+    """`end_upload` of a claimed upload; 409 when the claim was lost (this worker stalled past
+    the lease and another took it over): the upload is as that one leaves it."""
+    ended = state.db.end_upload(row["id"], owner, status, *args)
+    if ended is None:
+        raise APIError(409, f"upload {row['id']} was taken over by another request while this one"
+                       " stalled; GET it to see how it ended", param="upload_id", code="upload_busy")
+    return ended
+
+
+def _not_pending(row: dict) -> APIError:
+    return APIError(400, f"upload {row['id']} is {row['status']}", param="upload_id",
+                    code="upload_not_pending")
+
+
+def _locked_status(row: dict | None, upload_id: str) -> dict:
+    if row is None:
+        raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
+    if row["status"] == "pending" and row["expires_at"] <= datetime.now(timezone.utc):
+        return {**row, "status": "expired"}
+    return row
+
+
+def _parts_prefix(store: Any, row: dict) -> str:
+    """Where the upload's part objects live: its `parts_prefix`, or for an upload made before
+    part objects had a prefix of their own, `{s3_key}.parts/`."""
+    return row.get("parts_prefix") or store.legacy_parts_prefix(row["s3_key"])
+
+
+def _part_object(store: Any, row: dict, part: dict) -> str:
+    """The S3 key of a part: by its id when it came through the worker, by its number when
+    the client PUT it at a presigned URL."""
+    name = f"n{part['part_number']:05d}" if row["presigned"] else part["id"]
+    return store.part_key(_parts_prefix(store, row), name)
+
+
+def _fingerprint(part_ids: list[str]) -> str:
+    """What an assembly was made of (S3 metadata `parts` of the object): a retried complete
+    recognises its own finished assembly by it."""
+    return hashlib.sha256("\n".join(part_ids).encode()).hexdigest()
+
+
+def _complete_request(part_ids: list[str], md5: str | None) -> str:
+    """What a complete asked for (its parts' fingerprint and md5), kept on the completed row."""
+    return f"{_fingerprint(part_ids)}:{md5.lower() if md5 else ''}"
 
 
 def _drop_s3(store: Any, row: dict) -> bool:
@@ -433,30 +546,36 @@ def _drop_s3(store: Any, row: dict) -> bool:
     if row["s3_upload_id"]:
         store.abort_multipart(row["s3_key"], row["s3_upload_id"])
     store.abort_multiparts(row["s3_key"])
-    store.delete_prefix(store.parts_prefix(row["s3_key"]))
+    store.delete_prefix(_parts_prefix(store, row))
     if store.size_of(row["s3_key"]) is None:
         return False
     store.delete(row["s3_key"])
     return True
 
 
-def _cancel_locked(state: Any, upload_id: str, key_id: str) -> tuple[dict, int]:
-    """Cancel under the row lock (a thread): (row, bytes its parts had stored)."""
-    with state.db.locked_upload(upload_id, key_id) as (conn, row):
-        row = _locked_status(row, upload_id)
-        if row["status"] != "pending":
-            raise _not_pending(row)
+def _cancel(state: Any, row: dict, owner: str) -> dict:
+    """The S3 work of a claimed cancel (a thread, no connection held): drop what the upload
+    holds, then mark it cancelled; returns the row with `stored`."""
+    with _holding(state, row["id"], owner):
         _drop_s3(state.store, row)
-        return state.db.set_status(conn, upload_id, "cancelled"), state.db.stored_bytes(upload_id, conn)
+        return _ended(state, row, owner, "cancelled")
 
 
 @router.post("/{upload_id}/cancel")
 async def cancel_upload(upload_id: str, request: Request):
     """Delete the upload's part objects, free its lease and give back today's bytes it never
-    received; 400 unless it is pending."""
+    received; 400 unless it is pending (a complete at work is waited for, as in `_claimed`)."""
     state, key_id, db = await _context(request)
-    row, stored = await db(_cancel_locked, state, upload_id, key_id)
-    await _ended_unfinished(state, key_id, row, stored)
+
+    def decide(conn: Any, row: dict | None, owner: str) -> tuple[Any, Any]:
+        row = _locked_status(row, upload_id)
+        if row["status"] != "pending":
+            raise _not_pending(row)
+        return ("cancelling", owner, _lease(state)), (row,)
+
+    row, owner = await _claimed(state, db, upload_id, key_id, decide)
+    row = await db(_cancel, state, row, owner)
+    await _ended_unfinished(state, key_id, row, row["stored"])
     return upload_body(row)
 
 
@@ -484,34 +603,39 @@ async def get_upload(upload_id: str, request: Request):
 
 
 def abort_expired(state: Any, limit: int = 20) -> int:
-    """Expire uploads past `expires_at` (run by the job keeper), at most `limit` a tick: under
-    the row lock, delete what each holds in S3 (part objects, any multipart upload, an object
-    a complete that never finished assembled), then mark it expired and commit, then give back
-    the day's bytes it never received (`_unreceived`); returns how many were expired. S3 failing,
-    or the worker dying, before the commit leaves the upload pending (it reads as expired) for
-    a later tick to clean again, so nothing is stranded and the refund is made once. Then
-    sweeps presigned uploads that ended (`sweep_presigned`)."""
+    """Expire uploads past `expires_at` (run by the job keeper), at most `limit` a tick: claim
+    one ('expiring', `Database.claim_expired`: one short statement), delete what it holds in S3
+    with no connection held (part objects, any multipart upload, an object a complete that
+    never finished assembled), then mark it expired (`end_upload`), then give back the day's
+    bytes it never received (`_unreceived`); returns how many were expired. S3 failing gives
+    the claim back (the next tick retries); the worker dying leaves it claimed until the lease
+    lapses, then any keeper takes it over: nothing is stranded and the refund is made once.
+    Then sweeps presigned uploads that ended (`sweep_presigned`)."""
     from . import metrics
 
-    aborted = 0
-    while aborted < limit:
+    aborted, lease = 0, _lease(state)
+    for _ in range(limit):
         row = None
+        owner = f"{state.owner}/{secrets.token_hex(8)}"
         try:
-            with state.db.expiring_upload() as (conn, row):
-                if row is None:
-                    break
+            row = state.db.claim_expired(owner, lease)
+            if row is None:
+                break
+            with _holding(state, row["id"], owner):
                 deleted = _drop_s3(state.store, row)
-                state.db.set_status(conn, row["id"], "expired")
-        except Exception as exc:  # S3 (or the database) away: rolled back, the next tick retries
+                ended = state.db.end_upload(row["id"], owner, "expired")
+        except Exception as exc:  # S3 (or the database) away: the next tick retries
             log.warning("could not abort an expired upload: %s", exc,
                         extra={"upload_id": row["id"] if row else None})
             break
+        if ended is None:  # stalled past the lease: another keeper took it over and counts it
+            continue
         metrics.UPLOADS_EXPIRED.inc()
         aborted += 1
         if deleted:
             metrics.UPLOADS_ASSEMBLED_DELETED.inc()
-        state.limits.refund_upload_bytes_sync(row["api_key_id"], _unreceived(row, row["stored"]),
-                                              row["created_at"].timestamp())
+        state.limits.refund_upload_bytes_sync(ended["api_key_id"], _unreceived(ended, ended["stored"]),
+                                              ended["created_at"].timestamp())
         log.info("expired upload aborted" + ("; the object an unfinished complete assembled is deleted"
                                              if deleted else ""), extra={"upload_id": row["id"]})
     sweep_presigned(state)
@@ -527,7 +651,7 @@ def sweep_presigned(state: Any) -> int:
     swept = 0
     for row in state.db.unswept_presigned(grace):
         try:
-            if state.store.delete_prefix(state.store.parts_prefix(row["s3_key"])):
+            if state.store.delete_prefix(_parts_prefix(state.store, row)):
                 log.info("part objects PUT after the upload ended are deleted", extra={"upload_id": row["id"]})
         except Exception as exc:  # S3 away: the next tick tries again
             log.warning("could not sweep a presigned upload's parts: %s", exc, extra={"upload_id": row["id"]})

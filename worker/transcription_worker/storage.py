@@ -2,8 +2,12 @@
 
 Objects are keyed by the audio's SHA-256, so a retried or repeated upload writes nothing new
 and a job row only needs the key. A /v1/uploads file is `{prefix}uploads/{upload_id}`, made
-at complete from its part objects (`{prefix}uploads/{upload_id}.parts/...`) by S3 itself. Uploads go through boto3's transfer manager (multipart for
-large files); credentials come from the standard AWS chain (AWS_* variables, IRSA, profiles).
+at complete from its part objects by S3 itself. Part objects live under a prefix of their own,
+`{prefix}upload-parts/{upload_id}/`, which no completed file shares, so a bucket lifecycle rule
+can expire whatever a crash left there (stacks/transcribe_infra/storage.py); uploads made
+before that keep theirs at `{prefix}uploads/{upload_id}.parts/` (`legacy_parts_prefix`).
+Uploads go through boto3's transfer manager (multipart for large files); credentials come from
+the standard AWS chain (AWS_* variables, IRSA, profiles).
 """
 
 from __future__ import annotations
@@ -97,18 +101,25 @@ class AudioStore:
             raise ValueError("an upload key is made from an upload id")
         return f"{self.prefix}uploads/{upload_id}"
 
+    def parts_prefix(self, upload_id: str) -> str:
+        """Where an upload's part objects live: `{prefix}upload-parts/{upload_id}/`, a prefix no
+        completed file shares (a lifecycle rule expires what is left there); raises ValueError
+        unless `upload_id` is one the worker made."""
+        self.upload_key(upload_id)
+        return f"{self.prefix}upload-parts/{upload_id}/"
+
     @staticmethod
-    def parts_prefix(upload_key: str) -> str:
-        """Where an upload's part objects live: `{upload_key}.parts/` (a sibling of the file's
-        key, not a folder under it, so no store that maps keys to paths sees a clash)."""
+    def legacy_parts_prefix(upload_key: str) -> str:
+        """Where uploads made before `parts_prefix` keep their part objects: `{upload_key}.parts/`."""
         return f"{upload_key}.parts/"
 
-    def part_key(self, upload_key: str, name: str) -> str:
-        """The key of one part object: `name` is a worker part id (`part_` + 32 hex) or a
-        presigned part's number (`n00001`); nothing the client sent."""
+    @staticmethod
+    def part_key(parts_prefix: str, name: str) -> str:
+        """The key of one part object under `parts_prefix`: `name` is a worker part id (`part_`
+        + 32 hex) or a presigned part's number (`n00001`); nothing the client sent."""
         if not re.fullmatch(r"part_[0-9a-f]{32}|n[0-9]{5}", name):
             raise ValueError("a part key is made from a part id or number")
-        return self.parts_prefix(upload_key) + name
+        return parts_prefix + name
 
     def put_checked(self, key: str, data: bytes, sha256_b64: str) -> str:
         """Store `data` as the object at `key`, checked by S3 against its SHA-256 (base64);
@@ -143,19 +154,20 @@ class AudioStore:
             self.abort_multipart(key, mpu)
             raise
 
-    def presign_part_puts(self, upload_key: str, sizes: list[int], expires: int) -> list[str]:
-        """Presigned PutObject URLs for parts 1..len(sizes) (objects `part_key(upload_key,
+    def presign_part_puts(self, parts_prefix: str, sizes: list[int], expires: int) -> list[str]:
+        """Presigned PutObject URLs for parts 1..len(sizes) (objects `part_key(parts_prefix,
         "n00001")`...), valid `expires` seconds, each signed with its part's exact
         Content-Length (`sizes[n - 1]` bytes), so S3 refuses a body of any other size."""
         return [self._presigner.generate_presigned_url(
-            "put_object", Params={"Bucket": self.bucket, "Key": self.part_key(upload_key, f"n{n:05d}"),
+            "put_object", Params={"Bucket": self.bucket, "Key": self.part_key(parts_prefix, f"n{n:05d}"),
                                   "ContentLength": size}, ExpiresIn=expires)
             for n, size in enumerate(sizes, start=1)]
 
-    def presigned_parts(self, upload_key: str) -> list[dict]:
-        """The parts clients PUT at presigned URLs: [{PartNumber, ETag, Size}] by number."""
+    def presigned_parts(self, parts_prefix: str) -> list[dict]:
+        """The parts clients PUT at presigned URLs under `parts_prefix`: [{PartNumber, ETag,
+        Size}] by number."""
         found = []
-        for obj in self.objects(self.parts_prefix(upload_key)):
+        for obj in self.objects(parts_prefix):
             name = obj["Key"].rsplit("/", 1)[-1]
             if re.fullmatch(r"n[0-9]{5}", name):
                 found.append({"PartNumber": int(name[1:]), "ETag": obj["ETag"], "Size": obj["Size"]})
