@@ -8,15 +8,21 @@ The recording (at least `--minutes` of varied speech) is built from the shipped 
 espeak-ng, here at five speeds, in an order that never repeats a piece back to back), and
 its reference text is theirs, joined. Three contenders, each warmed first (the worker and
 the direct pipeline twice on the recording, the sequential loop on 30 s), then interleaved
-round by round (worker batched, direct pipeline, worker sequential) so load from elsewhere
-hits all alike and the worker / direct ratio compares two runs made back to back:
+round by round (worker batched and direct pipeline back to back, their order swapped every
+round, then worker sequential) so load from elsewhere hits all alike and the worker / direct
+ratio compares two runs made back to back, each first as often as second:
   1. the worker (`transcription-worker serve`, real HTTP) with its defaults: the recording
      goes through faster-whisper's `BatchedInferencePipeline` with Silero VAD;
   2. the same worker forced onto the sequential loop (`WORKER_BATCHED_MIN_SECONDS=-1`,
      `WhisperModel.transcribe` as before issue 24): the throughput baseline;
   3. `BatchedInferencePipeline` called directly in a process of its own (model made and
-     called on a thread, as the service does; the worker's arguments: same batch size,
-     beam 5, language en, temperature 0, VAD): the overhead baseline.
+     called on a thread, as the service does) with the worker's arguments: device,
+     compute type, cpu_threads, num_workers, batch size and beam size as the worker reports
+     them in its `worker_model_info` metric (printed), language en, temperature 0, VAD, on
+     the same WAV file: the overhead baseline. The worker's figure includes what a client
+     pays on top: HTTP, the multipart upload, the upload's SHA-256, decoding with the
+     duration limit (no PostgreSQL or S3 is configured: the synchronous path without a
+     transcript store, as a worker without a database runs it).
 Figures: x real time (audio seconds per wall second) per contender, median of the rounds
 with the spread (max-min over median); the ratios batched / sequential (target >= 1.3 on 2
 CPU cores) and worker / direct pipeline (target >= 0.9), as the median of per-round ratios
@@ -51,15 +57,15 @@ _DIRECT = """
 import sys, threading
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.audio import decode_audio
-model_dir, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+model_dir, device, compute, threads, workers, batch, beam = sys.argv[1:8]
 box = {}
-def load():
-    box["m"] = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads,
-                            num_workers=1, local_files_only=True)
+def load():  # the worker's WhisperModel arguments (model.Transcriber)
+    box["m"] = WhisperModel(model_dir, device=device, compute_type=compute, cpu_threads=int(threads),
+                            num_workers=int(workers), local_files_only=True)
 def run(path):  # the worker's batched call for language=en (model.Transcriber.transcribe)
     segments, _ = BatchedInferencePipeline(box["m"]).transcribe(
-        decode_audio(path), language="en", temperature=0.0, beam_size=5, batch_size=batch,
-        vad_filter=True)
+        decode_audio(path), language="en", initial_prompt=None, temperature=0.0,
+        beam_size=int(beam), word_timestamps=False, batch_size=int(batch), vad_filter=True)
     box["text"] = "".join(s.text for s in segments).strip()
 t = threading.Thread(target=load); t.start(); t.join()
 print("ready", flush=True)
@@ -67,13 +73,21 @@ for line in sys.stdin:
     t = threading.Thread(target=run, args=(line.strip(),)); t.start(); t.join()
     print(box["text"].replace("\\n", " "), flush=True)
 """
+SETTINGS = ("device", "compute_type", "cpu_threads", "num_workers", "batch_size", "beam_size")
+
+
+def worker_settings(worker: WorkerProcess) -> dict[str, str]:
+    """What the worker's model really runs with, from its own worker_model_info metric."""
+    line = next(ln for ln in worker.metrics().splitlines() if ln.startswith("worker_model_info{"))
+    labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.rindex("}")].split(","))
+    return {k: labels[k].strip('"') for k in SETTINGS}
 
 
 class Direct:
     """BatchedInferencePipeline in a fresh process, as the service runs it (model on a thread)."""
 
-    def __init__(self, model: Path, threads: int, batch: int):
-        self.proc = subprocess.Popen([sys.executable, "-c", _DIRECT, str(model), str(threads), str(batch)],
+    def __init__(self, model: Path, settings: dict[str, str]):
+        self.proc = subprocess.Popen([sys.executable, "-c", _DIRECT, str(model), *(settings[k] for k in SETTINGS)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -96,11 +110,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from transcription_worker.config import default_model_dir
-    from transcription_worker.model import assemble_model, default_batch_size
+    from transcription_worker.model import assemble_model
 
     model = assemble_model(default_model_dir())
     cores = os.cpu_count() or 1
-    batch = default_batch_size("cpu", cores)
     audio, reference = long_recording(args.minutes * 60)
     seconds = (len(audio) - 44) / 32000
     repeated, repeated_ref = long_recording(170, pieces=[("passage", 1.0)], gap_ms=0)
@@ -108,18 +121,22 @@ def main() -> int:
     path = tmp / "long.wav"
     path.write_bytes(audio)
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    print(f"recording: {seconds:.1f} s of varied speech, {len(reference.split())} words; {cores} cores;"
-          f" Whisper base int8, beam 5, batch {batch}; {args.rounds} rounds"
-          + (" after warm-up" if args.warmup else ", no warm-up"), flush=True)
-
     batched = WorkerProcess(model, cores)
     sequential = WorkerProcess(model, cores, batched_min_seconds="-1")
-    direct = Direct(model, cores, batch)
+    settings = worker_settings(batched)  # the direct call gets exactly these, read from the worker
+    assert worker_settings(sequential) == settings
+    direct = Direct(model, settings)
+    print(f"recording: {seconds:.1f} s of varied speech, {len(reference.split())} words; {cores} cores;"
+          f" Whisper base; {args.rounds} rounds" + (" after warm-up" if args.warmup else ", no warm-up")
+          + "; the worker's model settings (worker_model_info), given as they are to the direct call: "
+          + ", ".join(f"{k} {v}" for k, v in settings.items()), flush=True)
     # the worker and the pipeline it wraps run back to back in every round, so both meet
-    # the same load; the sequential loop (the slowest) comes last
+    # the same load, in turn first and second (A B, B A, ...) so neither always gets the
+    # cooler or the hotter slot; the sequential loop (the slowest) comes last
     runs = {"worker, batched (default)": lambda: batched.transcribe(audio, language="en"),
             "batched pipeline called directly": lambda: direct.transcribe(path),
             "worker, sequential loop": lambda: sequential.transcribe(audio, language="en")}
+    names = list(runs)
     texts: dict[str, str] = {}
     if args.warmup:  # allocator, caches, first-call costs; the sequential loop on a short clip
         warm = tmp / "warm.wav"
@@ -130,7 +147,9 @@ def main() -> int:
         sequential.transcribe(warm.read_bytes(), language="en")
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for rnd in range(args.rounds):
-        for name, fn in runs.items():
+        order = names if rnd % 2 == 0 else [names[1], names[0], names[2]]
+        for name in order:
+            fn = runs[name]
             time.sleep(0.5)
             started = time.perf_counter()
             texts[name] = fn()

@@ -44,6 +44,10 @@ def test_metrics_after_a_transcription(worker, http):
     load = next(ln for ln in text.splitlines() if ln.startswith("worker_model_load_seconds "))
     assert float(load.split()[1]) > 0
     assert 'worker_build_info{color="blue"' in text
+    model = next(ln for ln in text.splitlines() if ln.startswith("worker_model_info{"))
+    for label in ('device="cpu"', 'compute_type="int8"', 'num_workers="', 'cpu_threads="', 'batch_size="',
+                  'beam_size="'):
+        assert label in model, (label, model)
 
 
 @pytest.mark.integration

@@ -65,6 +65,10 @@ def _load_model(state: State) -> None:
         return
     metrics.MODEL_LOAD_SECONDS.set(state.transcriber.load_seconds)
     metrics.MODEL_LOADED.set(1)
+    t = state.transcriber
+    metrics.MODEL.info({"device": s.device, "compute_type": s.compute_type, "cpu_threads": str(s.cpu_threads),
+                        "num_workers": str(s.concurrency), "batch_size": str(t.batch_size),
+                        "beam_size": str(t.beam_size)})
     log.info("model loaded", extra={"model": s.model_name, "path": str(s.model_path),
                                     "device": s.device, "compute_type": s.compute_type,
                                     "batch_size": state.transcriber.batch_size,

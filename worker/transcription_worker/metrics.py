@@ -45,6 +45,9 @@ UPLOADS_OLDEST_AGE = Gauge(
 DEDUP_HITS = Counter("worker_dedup_hits_total", "Requests answered from a stored transcript")
 RATE_LIMITED = Counter("worker_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
 BUILD = Info("worker_build", "Version, color and model of this worker")
+MODEL = Info("worker_model", "Settings the loaded model runs with: device, compute_type, cpu_threads"
+             " (intra-op threads per transcription), num_workers (transcriptions at once), batch_size"
+             " (batched pipeline, resolved from the device when WORKER_BATCH_SIZE=0), beam_size")
 
 # Create every labelled series at zero, so alert rules see 0 rather than an absent series.
 for _status in ("created", "deduplicated", "succeeded", "failed", "adopted", "abandoned"):
