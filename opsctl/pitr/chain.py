@@ -255,14 +255,15 @@ def _check_all(repo, key, sysid: str, todo: list, inv: Inventory, bad_at: dict, 
                 if good is not None:
                     inv.good[file] = good[0]
                     if stage is not None:
-                        _stage(stage, file, good[1])
+                        stage_file(stage, file, good[1])
                 elif n is not None:
                     bad_at[n] = next(p for p in reversed(inv.problems) if p.file == file)
                     inv.problems.remove(bad_at[n])
 
 
-def _stage(stage: Path, file: str, plain: bytes) -> None:
-    """Decrypted WAL is the database's data: 0600 files in a 0700 folder."""
+def stage_file(stage: Path, file: str, plain: bytes) -> None:
+    """Write one checked WAL file's plaintext `plain` as `stage/file` (whole, by rename). Decrypted
+    WAL is the database's data: 0600 files in a 0700 folder."""
     import os
 
     stage.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -5,8 +5,9 @@ resources, serve from them, measure what the recovery achieved, tear down.
   restored database answered its checks (every table read, the replayed commit known).
 - **RPO achieved**: seconds of commits the restore would have lost: the newest commit of the
   live database at the failure instant (`pg_last_committed_xact()`, track_commit_timestamp)
-  minus the newest commit the restore recovered; 0 when it recovered everything. On RDS,
-  the failure instant minus RDS's LatestRestorableTime.
+  minus the newest commit the restore recovered (the same function on the restored server,
+  still in recovery: a commit, never an abort, though a window's end is dated by either);
+  0 when it recovered everything. On RDS, the failure instant minus RDS's LatestRestorableTime.
 
 Both are judged against `dr: {rto, rpo}` in opsctl.yaml. The embedded platform restores
 beside the live server (`restore --to-time latest --beside`) and stops and removes the copy

@@ -10,15 +10,18 @@ replayed to the target, checked, and swapped in only when it is consistent.
    never reaches PostgreSQL); the base backups are unpacked and, for a chain with
    incremental backups, recombined with `pg_combinebackup`.
 3. Replay: the new data directory gets `standby.signal` and the target
-   (`recovery_target_time`/`_lsn`, inclusive, `recovery_target_action = pause`) and runs
+   (`recovery_target_time`/`_lsn`, inclusive, `recovery_target_action = pause`,
+   `recovery_target_timeline` the timeline holding the target: _target_timeline) and runs
    on a free port beside the live server, archiving off, until it pauses at the target or
    has replayed every staged WAL file (its startup process then waits to retry
    restore_command); a target not reached by then is refused; nothing live was touched.
    The recovery runs with fsync off (like pg_restore, whose writes sit in the page cache
    too): an in-place restore is stopped cleanly and synced (sync(2)) before the swap, so
    the data is durable before it is live; a `--beside` copy is scratch and stays so.
-4. Check, still in recovery: the last replayed commit (pg_last_xact_replay_timestamp) is
-   not after the target; every table of the environment's database is read whole
+4. Check, still in recovery: the last replayed transaction end (pg_last_xact_replay_timestamp,
+   commit or abort) is not after the target; the newest commit recovered is read
+   (pg_last_committed_xact: a commit, never an abort; what the drill's RPO is measured from);
+   every table of the environment's database is read whole
    (`count(*)` by a sequential scan). Read in recovery, the hint bits the scan sets are not
    WAL-logged; after a promotion, with data checksums, each first-hinted page would cost a
    full-page image (140 MB of WAL for a 240 MB table, written and then archived). Then
@@ -42,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opsctl.backup.crypto import IntegrityError
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.pitr import base as bb
@@ -97,7 +101,9 @@ class PitrResult:
     target: str
     chain: list[str]
     mode: str  # in-place | beside
-    recovered_to: dt.datetime | None  # the last commit replayed (none: the base backup's start)
+    # the newest commit recovered, never an abort (no commit replayed: the base backup's start;
+    # None when the cluster keeps no commit timestamps)
+    recovered_to: dt.datetime | None
     timeline: int
     segments: int
     tables: dict[str, int]
@@ -219,6 +225,15 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     elif lsn is not None:
         settings["recovery_target_lsn"] = layout.lsn_text(lsn)
     # otherwise: replay the whole window (no commit after `when` was archived in it)
+    try:
+        tli = _target_timeline(repo, key, sysid, inv, stage, tip,
+                               when if "recovery_target_time" in settings else None, lsn)
+    except BaseException:
+        _drop_unpacked(unpacked, new, work)
+        shutil.rmtree(stage, ignore_errors=True)
+        _record_path(data_root, stamp).unlink(missing_ok=True)
+        raise
+    settings["recovery_target_timeline"] = str(tli)
     p = PitrPlan(env.name, sysid, to_time if to_time is not None else f"LSN {to_lsn}", [b.id for b in backups],
                  window.start, window.end, beside)
     if not beside:
@@ -227,6 +242,61 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
               "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
               "new": new, "work": work, "unpacked": unpacked}
     return p
+
+
+def _target_timeline(repo, key, sysid: str, inv, stage: Path, tip: bb.BaseBackup, when: dt.datetime | None,
+                     lsn: int | None) -> int:
+    """The timeline holding the target, for recovery_target_timeline (not 'latest').
+
+    Recovery follows the newest timeline's history (inv.path). When the target lies on an older
+    timeline of that path, before a later one left it at switch point E, 'latest' would still
+    stop there but promote with the newest timeline as parent: the new history file then says
+    "<newest> <X>" with X before E, a switch point backwards, and the WAL summarizer reads the
+    newest timeline where it has no WAL ("unexpected pageaddr"; incremental base backups after
+    it lack their summaries). Following the timeline that holds the target writes a history
+    that names only the timelines replayed. A time target stops before the first transaction
+    end after it (recovery_target_time): the staged WAL from the base backup up to the last
+    switch point is read (pg_waldump) only when such a switch lies after the base backup's
+    start; the segment holding the target timeline's end is staged under that timeline's name
+    (the repository's own, else the later timeline's copy: identical up to E, where replay stops).
+    """
+    path = inv.path
+    start = layout.lsn(tip.start_lsn)
+    ends = [end for _tli, end in path if end is not None and end > start]
+    newest = path[-1][0]
+    if not ends:
+        return newest
+
+    def holding(position: int) -> int:
+        return next(t for t, end in path if end is None or position < end)
+
+    tli = newest
+    if lsn is not None:
+        tli = holding(lsn)
+    elif when is not None:
+        last = max(ends)
+        for n in range(layout.segno(start), layout.segno(last) + 1):
+            file = layout.segment(layout.timeline_of(n, path), n)
+            if not (stage / file).is_file():
+                break  # the window ends here: the target is within it, hence before
+            stop = next((at for at, t, _kind in chain.xact_ends((stage / file).read_bytes(), file)
+                         if at >= start and t > when), None)
+            if stop is not None:
+                tli = holding(stop)
+                break
+    if tli != newest:
+        end = next(e for t, e in path if t == tli)
+        seg = layout.segno(end)
+        own, used = layout.segment(tli, seg), layout.segment(layout.timeline_of(seg, path), seg)
+        for obj in inv.objects.get(own, []):
+            try:
+                chain.stage_file(stage, own, chain.open_wal(repo, key, sysid, obj))
+                break
+            except IntegrityError:
+                continue
+        if not (stage / own).exists() and (stage / used).is_file():
+            os.link(stage / used, stage / own)
+    return tli
 
 
 def discard(p: PitrPlan) -> None:
@@ -342,8 +412,9 @@ def _configure(data: Path, stage: Path, settings: dict[str, str]) -> None:
     fetch = f'f="{stage}/%f"; ln -f "$f" "%p" 2>/dev/null || cp "$f" "%p"'
     # standby mode, paused at the target: the checks read the tables while still in recovery
     # (see _replay), then run() promotes
-    lines = [BEGIN, f"restore_command = '{fetch}'", "recovery_target_timeline = 'latest'",
-             "recovery_target_action = 'pause'"]
+    lines = [BEGIN, f"restore_command = '{fetch}'", "recovery_target_action = 'pause'"]
+    if "recovery_target_timeline" not in settings:
+        lines.append("recovery_target_timeline = 'latest'")
     lines += [f"{k} = '{v}'" for k, v in settings.items()]
     auto = data / "postgresql.auto.conf"
     text = auto.read_text() if auto.exists() else ""
@@ -369,12 +440,14 @@ def fatal_line(log: Path) -> str:
     return lines[-1].split("FATAL:", 1)[-1].strip() if lines else f"see {log}"
 
 
-def _replay(data: Path, log: Path, timeout: float, started=None) -> tuple[int, int, str]:
+def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool = False) -> tuple[int, int, str]:
     """Start recovery (standby mode) on a free port; return (port, pid, how) once it stopped
     replaying: how is "target" (paused at the recovery target) or "end" (every staged WAL file
     replayed: the startup process waits to retry restore_command, PostgreSQL's wait event
     RecoveryRetrieveRetryInterval). It is still in recovery then: read-only, hint bits set by
-    reads are not WAL-logged. OperationFailed when it dies or the timeout passes."""
+    reads are not WAL-logged. OperationFailed when it dies or the timeout passes. `summarize`
+    (an in-place restore): WAL summaries of the replayed WAL, which an incremental base backup
+    on a parent taken before the restore needs (the live server summarizes only what it writes)."""
     import psycopg
 
     from opsctl.local import postgres as pg
@@ -383,7 +456,8 @@ def _replay(data: Path, log: Path, timeout: float, started=None) -> tuple[int, i
     port = procs.free_port()
     try:
         pid = pg.start(data, port, log, timeout=timeout,
-                       settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on"})
+                       settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on",
+                                 **({"summarize_wal": "on"} if summarize else {})})
     except OperationFailed:
         raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed") from None
     if started is not None:
@@ -411,21 +485,32 @@ def _replay(data: Path, log: Path, timeout: float, started=None) -> tuple[int, i
     raise OperationFailed(f"recovery did not finish within {timeout:.0f} s; read {log}; nothing live was changed")
 
 
-def _check(port: int, database: str, when: dt.datetime | None) -> tuple[dt.datetime | None, dict]:
-    """In recovery, before the promotion: the last replayed commit (not after `when`) and the
-    rows of every table of `database`, each read whole by a sequential scan."""
+_NO_COMMIT_TS = object()  # _check: the server keeps no commit timestamps (track_commit_timestamp off)
+
+
+def _check(port: int, database: str, when: dt.datetime | None) -> tuple[object, dict]:
+    """In recovery, before the promotion: the newest commit replayed (pg_last_committed_xact: a
+    commit, never an abort; None when none was replayed, _NO_COMMIT_TS when the cluster keeps no
+    commit timestamps) and the rows of every table of `database`, each read whole by a
+    sequential scan. The last transaction end replayed (commit or abort,
+    pg_last_xact_replay_timestamp) must not be after `when`, else OperationFailed."""
     import psycopg
     from psycopg import sql
 
     from opsctl.local import postgres as pg
 
     with psycopg.connect(pg.url(port), autocommit=True) as conn:
-        recovered = conn.execute("select pg_last_xact_replay_timestamp()").fetchone()[0]
+        last_xact = conn.execute("select pg_last_xact_replay_timestamp()").fetchone()[0]
         exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
-    recovered = recovered.astimezone(dt.timezone.utc) if recovered is not None else None
-    if when is not None and recovered is not None and recovered > when:
-        raise OperationFailed(f"recovery replayed a commit at {recovered.isoformat()}, after the target "
+        try:  # replayed commits set it while in recovery when the primary kept commit timestamps
+            committed = conn.execute("select timestamp from pg_last_committed_xact()").fetchone()[0]
+        except psycopg.Error:
+            committed = _NO_COMMIT_TS
+    last_xact = last_xact.astimezone(dt.timezone.utc) if last_xact is not None else None
+    if when is not None and last_xact is not None and last_xact > when:
+        raise OperationFailed(f"recovery replayed a transaction end at {last_xact.isoformat()}, after the target "
                               f"{when.isoformat()}; the restored data is not used")
+    recovered = committed.astimezone(dt.timezone.utc) if isinstance(committed, dt.datetime) else committed
     tables: dict[str, int] = {}
     if exists:
         with psycopg.connect(pg.url(port, database), autocommit=True) as conn:
@@ -497,8 +582,9 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         port, pid, how = _replay(new, log, timeout,
                                  lambda started: _record(state.folder / "data", stamp, {
                                      "new": str(new), "stage": str(c["stage"]), "work": str(work),
-                                     "server_pid": started}))
-        if how == "end" and c["settings"]:  # PostgreSQL's "recovery ended before configured recovery target"
+                                     "server_pid": started}), summarize=not p.beside)
+        # PostgreSQL's "recovery ended before configured recovery target"
+        if how == "end" and {"recovery_target_time", "recovery_target_lsn"} & set(c["settings"]):
             raise OperationFailed(f"recovery replayed all archived WAL without reaching {p.target}; nothing live "
                                   "was changed")
         phase("replay")
@@ -507,12 +593,17 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         # WAL for a 240 MB table, written and archived)
         recovered, tables = _check(port, env.database.name, c["when"])
         tli = _promote(port, log)
-        # no commit replayed after the base backup: every commit before its start is in it
-        recovered = recovered or backups[-1].started_at
+        notes = []
+        if recovered is _NO_COMMIT_TS:
+            recovered = None
+            notes.append("the cluster keeps no commit timestamps (track_commit_timestamp off): the newest "
+                         "commit recovered is unknown")
+        elif recovered is None:  # no commit replayed after the base backup: every commit before its start is in it
+            recovered = backups[-1].started_at
         _unconfigure(new)
         phase("check")
         result = PitrResult(p.target, p.chain, "beside" if p.beside else "in-place", recovered, tli,
-                            c["segments"], tables, sum(tables.values()), str(new))
+                            c["segments"], tables, sum(tables.values()), str(new), notes=notes)
         if p.beside:
             result.url, result.pid = pg.url(port), pid
         else:

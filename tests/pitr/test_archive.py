@@ -96,7 +96,7 @@ def test_staged_wal_for_a_restore_is_private(tmp_path):
     from opsctl.pitr import chain
 
     stage = tmp_path / "stage"
-    chain._stage(stage, "000000010000000000000001", b"wal bytes")
+    chain.stage_file(stage, "000000010000000000000001", b"wal bytes")
     assert stat.S_IMODE(stage.stat().st_mode) == 0o700
     assert stat.S_IMODE((stage / "000000010000000000000001").stat().st_mode) == 0o600
 

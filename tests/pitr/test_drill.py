@@ -92,6 +92,36 @@ def test_local_drill_missing_its_rpo_exits_1(pitr, runner, tmp_path):
         pitr.ensure_archiver()
 
 
+def test_the_drill_s_rpo_runs_from_the_newest_commit_recovered_never_from_an_abort_after_it(pitr, runner):
+    # a window is dated by commits and aborts; the RPO is not: the restore recovers the commit,
+    # then an abort; the commit after them is lost. RPO = lost commit - recovered commit (an
+    # abort's time, later than the commit, made it look smaller)
+    import datetime as dt
+
+    import psycopg
+
+    from opsctl.pitr import local as pitr_local
+
+    pitr.sql("insert into events(note) values ('newest recovered')")
+    (kept,) = pitr.sql("select pg_xact_commit_timestamp(xmin) from events where note = 'newest recovered'")[0]
+    with psycopg.connect(pitr.url("pitrdb")) as conn:
+        conn.execute("insert into events(note) values ('rolled back')")
+        conn.rollback()
+    pitr.wait_archived()
+    assert pitr_local.stop_archiver(pitr.state())  # what is committed now never reaches the repository
+    try:
+        pitr.sql("insert into events(note) values ('lost')")
+        (lost,) = pitr.sql("select pg_xact_commit_timestamp(xmin) from events where note = 'lost'")[0]
+        r = pitr.cli(runner, "dr", "drill", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        assert dt.datetime.fromisoformat(doc["restored_to"]) == kept
+        assert dt.datetime.fromisoformat(doc["live_newest_commit"]) == lost
+        assert doc["rpo_seconds"] == round((lost - kept).total_seconds(), 3)
+    finally:
+        pitr.ensure_archiver()
+
+
 @pytest.fixture
 def cloud(ops_root, s3):
     doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
@@ -169,3 +199,4 @@ def test_the_drill_runs_inside_the_operation_window_and_a_refused_failover_opens
     # a whole failover in its window (it needs the cluster and the worker Secret) is
     # tests/pitr/test_rds_failover.py::test_failover_runs_inside_the_operation_window
     assert seen == [("cloud", "drill", "succeeded")]
+

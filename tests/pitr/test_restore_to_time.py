@@ -107,4 +107,35 @@ def test_after_an_in_place_restore_latest_follows_the_new_timeline_and_a_second_
     assert latest_beside() == (live, 4)
     v = pitr.cli(runner, "backup", "verify-chain", "--json")
     assert v.exit_code == 0, v.output
-    assert [t["timeline"] for t in json.loads(v.stdout)["timeline_path"]] == [1, 2, 3]
+    # timeline 3 left timeline 1 at t1, before timeline 2 began: 2 is not on its path
+    assert [t["timeline"] for t in json.loads(v.stdout)["timeline_path"]] == [1, 3]
+
+
+def test_a_restore_before_an_earlier_fork_follows_the_timeline_holding_its_target(pitr, runner):
+    # the previous test restored in place to t1, on timeline 1 before where timeline 2 left it:
+    # recovery_target_timeline is the timeline holding the target (1), not 'latest' (2), so
+    # timeline 3's history names timeline 1 only ("2 <X>" with X before timeline 2's start was a
+    # switch point backwards: the WAL summarizer then read timeline 2 where it has no WAL,
+    # logged "unexpected pageaddr", and incremental base backups had no summaries to build on)
+    import psycopg
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+
+    live_wal = pitr.state().data("postgres") / "pg_wal"
+    assert [tli for tli, _ in layout.parse_history((live_wal / "00000003.history").read_text())] == [1]
+    inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
+    assert inc.exit_code == 0, inc.output
+    pitr.sql("insert into events(note) values ('after the incremental')")
+    pitr.wait_archived()
+    live = {r[0] for r in pitr.sql("select id from events")}
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    try:
+        assert doc["chain"][-1] == json.loads(inc.stdout)["id"]  # restored from that incremental
+        with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+            assert {row[0] for row in conn.execute("select id from events")} == live
+    finally:
+        pg.stop(doc["pid"])
+    assert "unexpected pageaddr" not in pitr.state().log("postgres").read_text()
