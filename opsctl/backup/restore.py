@@ -140,7 +140,9 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
     is called first and must return (raise UsageError to refuse; None: refused, since
     nobody approved). `notice(text)` gets what the operator should read before the restore
     runs (newer backups passed over: damaged or untrusted). `report` is the progress
-    callback (pipeline.Reporter). The run happens inside the environment's operation window.
+    callback (pipeline.Reporter). The run happens inside the environment's operation window;
+    one writing the live database, Redis or audio holds the deploy lease (opsctl.pitr.lease.
+    for_restore: UsageError at once while a deploy or failover holds it; `--target-db` alone not).
     Raises UsageError for bad input or refusal (nothing changed), OperationFailed/
     IntegrityError when the backup can't be restored (nothing live touched before every
     object was fetched and checked)."""
@@ -148,13 +150,20 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
              allow_damaged)
     if p.skipped and notice is not None:
         notice(f"skipped newer backups that can't be restored: {', '.join(p.skipped)}")
-    if p.overwrites:
-        question = f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}"
-        if approve is None:
-            raise UsageError(f"{question} needs approval; nothing was changed")
-        approve(question)
-    with _window(project, env, f"backup {p.backup_id} ({', '.join(p.components)})"):
-        return run(p, jobs, report)
+    from opsctl.pitr import lease
+
+    # in place (live database, Redis, audio), the deploy lease deploys and failover hold
+    url = p._ctx["ep"].database_url
+    live_db = (pgb.url_database(url) if url else None) or env.database.name
+    live = bool({"redis", "files"} & set(p.components)) or ("db" in p.components and p.database == live_db)
+    with lease.for_restore(project, env, live, notice):
+        if p.overwrites:
+            question = f"restore backup {p.backup_id} over {'; '.join(p.overwrites)}"
+            if approve is None:
+                raise UsageError(f"{question} needs approval; nothing was changed")
+            approve(question)
+        with _window(project, env, f"backup {p.backup_id} ({', '.join(p.components)})"):
+            return run(p, jobs, report)
 
 
 def plan(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,

@@ -11,7 +11,7 @@ as a second deploy is: one line naming the holder, exit 2, nothing changed.
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Iterator
 
 from opsctl.config import Environment, Project
@@ -45,3 +45,26 @@ def held(project: Project, env: Environment, operation: str) -> Iterator[None]:
             where = "" if env.platform == "local" else " (Lease opsctl-deploy)"
             raise _busy(env, operation, exc.holder + where) from None
         yield
+
+
+def for_restore(project: Project, env: Environment, writes_live: bool, notice=None):
+    """The lease a logical restore (opsctl.backup.restore) holds: `held(..., "restore")` when it
+    writes the environment's live database, Redis or audio bucket (`writes_live`); nothing for
+    one that only writes a database beside the live one (`--target-db`) or a new instance
+    (`--target-instance`): a deploy neither reads nor changes those. On kubernetes the Lease is
+    read through the environment's Kubernetes configuration; where none is usable (a database
+    restored by URL from a machine that can't deploy), `notice(text)` says it was not checked
+    and the restore goes on. Raises as `held` does."""
+    if not writes_live:
+        return nullcontext()
+    if env.platform != "local":
+        from opsctl.deploy.drivers.kubernetes import connect
+
+        try:
+            connect(project, env).close()
+        except UsageError:
+            if notice is not None:
+                notice(f"env '{env.name}' has no usable Kubernetes configuration: its deploy Lease was not "
+                       "checked; make sure no deploy or failover runs")
+            return nullcontext()
+    return held(project, env, "restore")

@@ -175,6 +175,29 @@ def test_a_failover_is_refused_while_a_deploy_holds_the_lease_and_a_restore_whil
 
 
 
+def test_an_in_place_logical_restore_is_refused_while_a_failover_holds_the_lease_one_beside_is_not(platform, runner):
+    # a logical restore over the live database takes the deploy lease failover and deploys hold
+    # (it took none: it could replace the database under a failover); --target-db writes a
+    # database beside the live one, which no deploy or failover touches: no lease
+    from opsctl.pitr import lease
+
+    made = platform.cli(runner, "backup", "create", "--type", "db", "--json")
+    assert made.exit_code == 0, made.output
+    before = platform.sql("select datname from pg_database order by 1", db="postgres"), \
+        platform.sql("select count(*) from events")
+    with lease.held(platform.project(), platform.env(), "failover"):
+        r = platform.cli(runner, "restore", "--latest", "--yes")
+        assert r.exit_code == 2, r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and "restore refused" in lines[0] and "a failover (pid" in lines[0], r.output
+        assert (platform.sql("select datname from pg_database order by 1", db="postgres"),
+                platform.sql("select count(*) from events")) == before
+        r = platform.cli(runner, "restore", "--latest", "--target-db", "pitrdb_beside", "--yes", "--json")
+        assert r.exit_code == 0, r.output
+    assert platform.sql("select count(*) from events", db="pitrdb_beside") == before[1]
+    platform.sql("drop database pitrdb_beside", db="postgres")
+
+
 def test_a_new_standby_follows_the_promoted_server_and_local_down_stops_it(platform, runner):
     """After a failover the promoted server (a new timeline) gets its own standby from the
     archive; `opsctl local down` stops it with the rest of the platform."""
