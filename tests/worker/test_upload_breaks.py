@@ -140,7 +140,7 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
     all of it, part objects included (the bucket is listed), and /metrics counts it. A part
     PUT at a presigned URL after its upload completed is swept once the URL has expired."""
     env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "w2e",
-                                 WORKER_UPLOAD_EXPIRY_SECONDS="6", WORKER_JOB_LEASE_SECONDS="1.5")
+                                 WORKER_UPLOAD_EXPIRY_SECONDS="10", WORKER_JOB_LEASE_SECONDS="1.5")
     client = s3.client()
     proc, url = start_worker(env, tmp_path / "w.log")
     first, last = b"\1" * (5 * MIB), b"\2" * MIB

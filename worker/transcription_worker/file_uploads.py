@@ -283,7 +283,7 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
         await form.close()
     if not data:
         raise APIError(400, "the part is empty", param="data", code="invalid_value")
-    digest = hashlib.sha256(data)
+    digest = await run_in_threadpool(hashlib.sha256, data)  # off the event loop: other parts keep flowing
     try:
         claimed, new = await run_in_threadpool(state.db.claim_part, upload_id, f"part_{secrets.token_hex(16)}",
                                                digest.hexdigest(), len(data))
@@ -410,7 +410,8 @@ async def _claimed(state: Any, db: Any, upload_id: str, key_id: str, decide: Any
     deadline = time.monotonic() + _WAIT_SECONDS
 
     def busy_or(conn: Any, row: dict | None) -> tuple[Any, Any]:
-        if row is not None and row["claimed"] and row["status"] == "pending":
+        # an expiry's claim is not waited for: the upload is past `expires_at` (`decide` says so)
+        if row is not None and row["claimed"] and row["status"] == "pending" and row["claim"] != "expiring":
             return None, _BUSY
         return decide(conn, row, owner)
 

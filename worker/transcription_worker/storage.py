@@ -43,6 +43,13 @@ class AudioStore:
         self.client = boto3.client("s3", endpoint_url=endpoint_url, config=Config(
             connect_timeout=3, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"},
             max_pool_connections=20))
+        # part PUTs carry their SHA-256 in x-amz-checksum-sha256, a signed header S3 checks the
+        # body against, so the SigV4 payload hash (botocore computes it over the whole body on
+        # http:// endpoints, a second SHA-256 pass per part) is left out: UNSIGNED-PAYLOAD, as
+        # botocore does itself on https with a checksum
+        self._parts = boto3.client("s3", endpoint_url=endpoint_url, config=Config(
+            connect_timeout=3, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=20, s3={"payload_signing_enabled": False}))
         # presigned URLs with SigV4, which signs the Content-Length a URL was made for (SigV2
         # query auth, botocore's default for some endpoints, signs no header)
         self._presigner = boto3.client("s3", endpoint_url=endpoint_url, config=Config(signature_version="s3v4"))
@@ -122,9 +129,9 @@ class AudioStore:
         return parts_prefix + name
 
     def put_checked(self, key: str, data: bytes, sha256_b64: str) -> str:
-        """Store `data` as the object at `key`, checked by S3 against its SHA-256 (base64);
-        returns its ETag."""
-        return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
+        """Store `data` as the object at `key`, checked by S3 against its SHA-256 (base64, in a
+        signed header; the payload itself is not hashed again for the signature); returns its ETag."""
+        return self._parts.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
                                       ChecksumSHA256=sha256_b64)["ETag"]
 
     def assemble(self, key: str, content_type: str, sources: list[str], metadata: dict[str, str],
