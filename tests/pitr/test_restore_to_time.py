@@ -24,15 +24,15 @@ def test_restore_to_time_gives_exactly_the_rows_committed_by_then(pitr, runner):
     full = pitr.cli(runner, "backup", "base", "--json")
     assert full.exit_code == 0, full.output
     ins = Inserter(pitr.url("pitrdb")).start()
-    time.sleep(1.5)
+    time.sleep(0.8)
     inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
     assert inc.exit_code == 0, inc.output
     assert json.loads(inc.stdout)["parent"] == json.loads(full.stdout)["id"]
-    time.sleep(1.5)
+    time.sleep(0.8)
     t1 = dt.datetime.now(dt.timezone.utc)  # mid-run: rows are committed before and after it
-    time.sleep(1.5)
+    time.sleep(0.8)
     t2 = dt.datetime.now(dt.timezone.utc)
-    time.sleep(1.0)
+    time.sleep(0.8)
     ins.stop()
     assert ins.error is None
     pitr.wait_archived()
