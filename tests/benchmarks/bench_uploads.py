@@ -20,7 +20,8 @@ bytes come from temporary files (random, so nothing compresses), never from memo
      streamed from the file by the same HTTP client), in the same round.
    Printed: MiB/s of each (median, spread), and chunked / single PUT as the median of the
    per-round ratios with their range: parts + complete (target >= 0.8), parts alone, and
-   with the md5 read-back.
+   with the md5 read-back; then the CPU milliseconds per MiB the worker and moto spent on the
+   parts and on the complete (where the time goes; steadier than wall time on a busy machine).
 2. Memory: one `--memory-mb` upload (default 1 GiB) in 8 MiB parts through the router,
    `--concurrency` at once, completed with `md5` (so the read-back is measured too), the
    worker's RSS (psutil) sampled every 50 ms from before the first part to after the
@@ -73,11 +74,12 @@ def random_file(path: Path, size: int) -> str:
 
 
 def chunked_upload(router: httpx.Client, path: Path, md5: str | None = None,
-                   on_part=None, concurrency: int = CONCURRENCY) -> tuple[float, float]:
+                   on_part=None, concurrency: int = CONCURRENCY, before_complete=None) -> tuple[float, float]:
     """One upload of `path` in 8 MiB parts through the router, `concurrency` parts in flight
     (each read from the file when its turn comes, so at most that many are in this process);
     (seconds for create + parts, seconds for the completion, which reads the file back when
-    `md5` is given). `on_part(i, count)` is called after each part."""
+    `md5` is given). `on_part(i, count)` is called after each part, `before_complete()` once
+    the parts are in."""
     size = path.stat().st_size
     count = -(-size // PART)
     started = time.perf_counter()
@@ -99,6 +101,8 @@ def chunked_upload(router: httpx.Client, path: Path, md5: str | None = None,
             list(pool.map(send, range(count)))
     finally:
         os.close(fd)
+    if before_complete:
+        before_complete()
     parts_done = time.perf_counter()
     r = router.post(f"/v1/uploads/{upload_id}/complete",
                     json={"part_ids": ids, **({"md5": md5} if md5 else {})})
@@ -225,8 +229,22 @@ def main() -> int:
             chunked_upload(router, data, concurrency=args.concurrency)  # warm-up: connections, first-call costs
             single_put(s3, "audio", data)
             parts_rate, whole_rate, md5_rate, put_rate = [], [], [], []
+            # CPU seconds (user + system) per MiB of the worker and of moto, parts and complete
+            # apart: where the time goes, less sensitive to a loaded machine than wall time
+            procs = {"worker": psutil.Process(worker.pid), "s3": psutil.Process(dict(platform.pids)["s3"])}
+            cpu_use: dict[str, list[float]] = {f"{p} {phase}": [] for p in procs for phase in ("parts", "complete")}
+
+            def cpu() -> dict[str, float]:
+                return {name: sum(proc.cpu_times()[:2]) for name, proc in procs.items()}
+
             for rnd in range(args.rounds):
-                parts_s, complete_s = chunked_upload(router, data, concurrency=args.concurrency)
+                marks = [cpu()]
+                parts_s, complete_s = chunked_upload(router, data, concurrency=args.concurrency,
+                                                     before_complete=lambda: marks.append(cpu()))
+                marks.append(cpu())
+                for name in procs:
+                    cpu_use[f"{name} parts"].append((marks[1][name] - marks[0][name]) / args.size_mb)
+                    cpu_use[f"{name} complete"].append((marks[2][name] - marks[1][name]) / args.size_mb)
                 put_s = single_put(s3, "audio", data)
                 checked = sum(chunked_upload(router, data, md5, concurrency=args.concurrency))
                 parts_rate.append(size / MIB / parts_s)
@@ -261,6 +279,8 @@ def main() -> int:
     print(f"chunked / single PUT (baseline), parts + complete: {median_spread(ratio_whole)} (target >= 0.8)")
     print(f"chunked / single PUT, parts alone: {median_spread(ratio_parts)}")
     print(f"chunked with md5 / single PUT: {median_spread(ratio_md5)} (the file crosses twice)")
+    print("CPU ms per MiB (median): " + ", ".join(f"{name} {statistics.median(v) * 1000:.1f}"
+                                                  for name, v in cpu_use.items()))
 
     rss = [r for _, r in samples]
     peak = max(rss) - idle
