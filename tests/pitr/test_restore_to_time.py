@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from pathlib import Path
 
 from pitr_support import Inserter
 
@@ -28,7 +29,9 @@ def test_restore_to_time_gives_exactly_the_rows_committed_by_then(pitr, runner):
     inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
     assert inc.exit_code == 0, inc.output
     assert json.loads(inc.stdout)["parent"] == json.loads(full.stdout)["id"]
-    time.sleep(0.8)
+    time.sleep(0.4)
+    t0 = dt.datetime.now(dt.timezone.utc)  # for the last test: before t1, after the incremental
+    time.sleep(0.4)
     t1 = dt.datetime.now(dt.timezone.utc)  # mid-run: rows are committed before and after it
     time.sleep(0.8)
     t2 = dt.datetime.now(dt.timezone.utc)
@@ -37,7 +40,7 @@ def test_restore_to_time_gives_exactly_the_rows_committed_by_then(pitr, runner):
     assert ins.error is None
     pitr.wait_archived()
     want1, want2 = _committed_by(pitr, t1), _committed_by(pitr, t2)
-    _T1.update(t1=t1, rows=want1)
+    _T1.update(t1=t1, rows=want1, t0=t0, rows0=_committed_by(pitr, t0))
     total = {r[0] for r in pitr.sql("select id from events")}
     assert want1 and want1 < want2 < total  # T really is mid-run
 
@@ -139,3 +142,19 @@ def test_a_restore_before_an_earlier_fork_follows_the_timeline_holding_its_targe
     finally:
         pg.stop(doc["pid"])
     assert "unexpected pageaddr" not in pitr.state().log("postgres").read_text()
+
+    # a time further back on timeline 1, before timeline 3 left it: the WAL up to the switch is
+    # read to place the target, the switch segment is staged under timeline 1's name, and the
+    # copy's new timeline names timeline 1 only (with 'latest' it named 3, a backwards switch)
+    t0, want0 = _T1["t0"], _T1["rows0"]
+    assert want0 and want0 < _T1["rows"]
+    r = pitr.cli(runner, "restore", "--to-time", t0.isoformat(), "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    try:
+        with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+            assert {row[0] for row in conn.execute("select id from events")} == want0
+    finally:
+        pg.stop(doc["pid"])
+    history = (Path(doc["data_dir"]) / "pg_wal" / layout.history_file(doc["timeline"])).read_text()
+    assert [tli for tli, _ in layout.parse_history(history)] == [1]
