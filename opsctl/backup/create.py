@@ -147,7 +147,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     dump = pgb.Dump(ep.database_url) if "db" in parts else None
     early = None
     try:
-        from opsctl.backup.pipeline import ReadAhead, quiet
+        from opsctl.backup.pipeline import FAST_WINDOW_LOG, ReadAhead, quiet
 
         # its output is read from now on (up to 32 MiB ahead), so pg_dump runs while the
         # rest of this module's imports load and the repository is opened and checked
@@ -175,7 +175,8 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     m = mf.Manifest(id=backup_id, environment=env.name, platform=env.platform, label=label, created_at=started,
                     finished_at=started, tool_version=__version__, key_id=key.id if key else None,
                     encryption="aes-256-gcm-chunked-hkdf" if key else None,
-                    compression={"algorithm": "zstd", "level": level})
+                    compression={"algorithm": "zstd", "level": level,
+                                 **({"window_log": FAST_WINDOW_LOG} if level == 1 else {})})
     try:
         if dump is not None:
             log.info("dumping database %s", dump.info.get("database"))

@@ -101,13 +101,30 @@ class ReadAhead:
             self.close()  # a consumer that stops early (error, Ctrl-C) releases the reader thread
 
 
-def pack(reader: BinaryIO | ReadAhead, level: int, key: BackupKey | None, stats: StreamStats,
-         advance: Advance | None = None, threads: int = -1) -> Iterator[bytes]:
-    """reader (a file, or a ReadAhead already reading one) -> zstd (multi-threaded) ->
-    AES-256-GCM frames (when key) -> hashed output blocks. `level`: zstd's 1-22."""
+# zstd's window at level 1 (the default): 128 KiB instead of the level's 512 KiB. Measured on
+# bench_backup's 318 MB dump: 17 % less CPU in zstd (0.62 s against 0.75 s, on a core pg_dump
+# needs), the same ratio (3.46); a tar of this repository's sources lost 3 % of its ratio. A
+# dump's redundancy is within rows and pages, near at hand. Decompression reads the window from
+# the frame header (and needs less memory); other levels keep their own parameters.
+FAST_WINDOW_LOG = 17
+
+
+def compressor(level: int, threads: int = -1):
+    """zstandard.ZstdCompressor for `level` (1-22) with `threads` worker threads (-1: one per
+    core), level 1 with its window capped at 2**FAST_WINDOW_LOG bytes."""
     import zstandard
 
-    cobj = zstandard.ZstdCompressor(level=level, threads=threads).compressobj(size=-1)
+    if level == 1:
+        return zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+            1, window_log=FAST_WINDOW_LOG, threads=threads))
+    return zstandard.ZstdCompressor(level=level, threads=threads)
+
+
+def pack(reader: BinaryIO | ReadAhead, level: int, key: BackupKey | None, stats: StreamStats,
+         advance: Advance | None = None, threads: int = -1) -> Iterator[bytes]:
+    """reader (a file, or a ReadAhead already reading one) -> zstd (multi-threaded;
+    `compressor`) -> AES-256-GCM frames (when key) -> hashed output blocks. `level`: zstd's 1-22."""
+    cobj = compressor(level, threads).compressobj(size=-1)
     source = reader if isinstance(reader, ReadAhead) else ReadAhead(reader)
 
     def compressed() -> Iterator[bytes]:

@@ -153,3 +153,17 @@ def test_a_pipe_written_4k_at_a_time_comes_back_whole():
     assert stats.raw_bytes == len(data) == sum(sizes)
     assert max(sizes) > 4096  # reads took more than one write's worth
     assert b"".join(unpack([stored], "db", stats.sha256, len(stored), KEY)) == data
+
+
+@pytest.mark.parametrize("level, window", [(1, 1 << 17), (3, None)])
+def test_level_1_caps_zstd_s_window_and_the_stream_still_round_trips(level, window):
+    """Level 1 (the default) compresses with a 128 KiB window (less CPU beside pg_dump); other
+    levels keep their own. The frame says its window, so unpack needs nothing else."""
+    import zstandard
+
+    data = b"".join(b"%08d\tsome row text %s\n" % (i, b"x" * (i % 50)) for i in range(120_000))
+    stats = StreamStats()
+    stored = b"".join(pack(io.BytesIO(data), level, None, stats))
+    size = zstandard.get_frame_parameters(stored).window_size
+    assert size == window if window else size > 1 << 17
+    assert b"".join(unpack([stored], "x", stats.sha256, stats.stored_bytes, None)) == data
