@@ -24,7 +24,10 @@ ratio compares two runs made back to back, each first as often as second:
      duration limit (no PostgreSQL or S3 is configured: the synchronous path without a
      transcript store, as a worker without a database runs it).
 Figures: x real time (audio seconds per wall second) per contender, median of the rounds
-with the spread (max-min over median); the ratios batched / sequential (target >= 1.3 on 2
+with the spread (max-min over median), and the CPU seconds each run took in its own process
+(load from elsewhere moves these less than wall times, though not to nothing: at load
+average 10 the same transcription took 80-112 s of CPU, OpenMP threads spinning while a
+partner waits for a core); the ratios batched / sequential (target >= 1.3 on 2
 CPU cores) and worker / direct pipeline (target >= 0.9), as the median of per-round ratios
 with their range; word error rate (jiwer, normalised text) of each pipeline against the
 reference (target: batched <= sequential + 0.02). Then one pass of each worker on the
@@ -81,6 +84,12 @@ def worker_settings(worker: WorkerProcess) -> dict[str, str]:
     line = next(ln for ln in worker.metrics().splitlines() if ln.startswith("worker_model_info{"))
     labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.rindex("}")].split(","))
     return {k: labels[k].strip('"') for k in SETTINGS}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Direct:
@@ -146,24 +155,28 @@ def main() -> int:
             direct.transcribe(path)
         sequential.transcribe(warm.read_bytes(), language="en")
     rates: dict[str, list[float]] = {name: [] for name in runs}
+    pids = {names[0]: batched.pid, names[1]: direct.proc.pid, names[2]: sequential.pid}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}  # CPU seconds per run, the process's own
     for rnd in range(args.rounds):
         order = names if rnd % 2 == 0 else [names[1], names[0], names[2]]
         for name in order:
             fn = runs[name]
             time.sleep(0.5)
+            used_before = cpu_seconds(pids[name])
             started = time.perf_counter()
             texts[name] = fn()
             rates[name].append(seconds / (time.perf_counter() - started))
-            print(f"  round {rnd + 1}: {name}: {rates[name][-1]:.2f}x real time,"
+            cpu[name].append(cpu_seconds(pids[name]) - used_before)
+            print(f"  round {rnd + 1}: {name}: {rates[name][-1]:.2f}x real time, {cpu[name][-1]:.1f} s of CPU,"
                   f" WER {wer(reference, texts[name]):.3f}", flush=True)
     used = batched.pipelines(), sequential.pipelines()
     assert used[0].get("batched", 0) > 0 and used[0].get("sequential", 0) == 0, used
     assert used[1].get("sequential", 0) > 0 and used[1].get("batched", 0) == 0, used
 
-    print(f"\n{'contender':<36}{'x real time':>12}{'spread':>8}{'WER':>7}")
+    print(f"\n{'contender':<36}{'x real time':>12}{'spread':>8}{'CPU s':>8}{'WER':>7}")
     for name in runs:
         print(f"{name:<36}{statistics.median(rates[name]):>12.2f}{spread(rates[name]):>8.0%}"
-              f"{wer(reference, texts[name]):>7.3f}")
+              f"{statistics.median(cpu[name]):>8.1f}{wer(reference, texts[name]):>7.3f}")
     b, d, s = (rates[n] for n in runs)
     speedup = [x / y for x, y in zip(b, s)]
     overhead = [x / y for x, y in zip(b, d)]
@@ -172,6 +185,8 @@ def main() -> int:
           f" {median_spread(speedup)}, target >= 1.3", flush=True)
     print(f"worker / batched pipeline called directly (baseline: the direct call, same round):"
           f" {median_spread(overhead)}, target >= 0.9")
+    print("  the same in CPU seconds per transcription (direct / worker, HTTP and decoding"
+          f" included; moved less by load than wall time): {median_spread([y / x for x, y in zip(cpu[names[0]], cpu[names[1]])])}")
     print(f"WER batched {wer_b:.3f} vs sequential {wer_s:.3f} (target: batched <= sequential + 0.02)")
 
     started = time.perf_counter()
