@@ -32,7 +32,7 @@ Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to i
 
 No request and no keeper task holds a pooled database connection or a row lock across an S3
 call. Ending an upload is three steps: a short transaction claims it (`claim`: completing,
-cancelling or expiring, with an owner and a lease of WORKER_JOB_LEASE_SECONDS), the S3 work
+cancelling or expiring, with an owner and a lease: WORKER_JOB_LEASE_SECONDS, at most 15 s), the S3 work
 runs with no connection held while a thread renews the lease, and a second short
 transaction ends it (`Database.end_upload`, only while the claim is still its owner's). A
 complete or cancel finding another's live claim waits for it (polling, no connection held)
@@ -391,9 +391,10 @@ def _check_parts(row: dict, part_ids: list[str], stored: dict[str, dict]) -> Non
 
 
 def _lease(state: Any) -> float:
-    """Seconds a claim on an upload holds unless renewed (WORKER_JOB_LEASE_SECONDS, as a
-    job's): how long a complete, cancel or expiry whose worker died keeps others waiting."""
-    return float(state.settings.job_lease_seconds)
+    """Seconds a claim on an upload holds unless renewed: WORKER_JOB_LEASE_SECONDS (as a job's),
+    at most 15, so a complete retried after its worker died is taken over within the 30 s a
+    request waits for a claim (`_claimed`) and answered, not told 409. Renewed every third."""
+    return min(float(state.settings.job_lease_seconds), 15.0)
 
 
 _WAIT_SECONDS = 30.0  # how long a complete or cancel waits for another's claim before 409
