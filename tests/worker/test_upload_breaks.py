@@ -1,7 +1,8 @@
 """/v1/uploads under failure and races (issue 26, BREAKER26's cases): a worker killed while a
 part is on its way to S3 or while S3 assembles the file, complete racing cancel, a part
 re-sent with other bytes, the day's byte quota after a cancel, presigned parts bigger than
-declared."""
+declared; and (session 8) completes and cancels waiting on a slow S3 holding no database
+connection."""
 
 from __future__ import annotations
 
