@@ -225,9 +225,14 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
             raise UsageError("an incremental base backup needs summarize_wal=on on the server; "
                              "take a full one, or restart the server with WAL summaries")
         done, _ = load_all(repo, sysid, key)
+        path = _server_path(conninfo)
+        if path is not None:  # a base backup on a branch a restore abandoned is no parent
+            from opsctl.pitr.chain import on_path
+
+            done = [b for b in done if on_path(b, path)]
         if not done:
-            raise UsageError(f"no base backup of this cluster (system {sysid}) to build an incremental one on; "
-                             "take a full one first")
+            raise UsageError(f"no base backup of this cluster (system {sysid}) on the server's timeline history "
+                             "to build an incremental one on; take a full one first")
         parent = done[-1]
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
@@ -283,6 +288,23 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
         raise
     repo.delete_prefix(folder + IN_PROGRESS)
     return rec
+
+
+def _server_path(conninfo: str) -> list[tuple[int, int | None]] | None:
+    """The server's timeline path (layout.history_path of its current timeline's history file,
+    read with pg_read_file), or None when it can't be read (a role without the right)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10, autocommit=True) as conn:
+            (name,) = conn.execute("select pg_walfile_name(pg_current_wal_insert_lsn())").fetchone()
+            tli = int(name[:8], 16)
+            if tli == 1:
+                return [(1, None)]
+            (text,) = conn.execute("select pg_read_file(%s)", (f"pg_wal/{layout.history_file(tli)}",)).fetchone()
+    except psycopg.Error:
+        return None
+    return layout.history_path(text, tli)
 
 
 def _fetch_plain(repo, obj: StoredObject, key) -> bytes:

@@ -141,6 +141,18 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
     return [(target, None)]
 
 
+def on_path(b: bb.BaseBackup, path: list[tuple[int, int | None]]) -> bool:
+    """Whether base backup `b` lies on the timeline path `path` ([(tli, end LSN or None)], oldest
+    first, as layout.history_path gives it): its timeline holds its WAL from its start to its
+    stop there. A base backup taken on a branch a later restore abandoned (or past the point
+    where its timeline was left) is not: recovery along `path` can't start from it."""
+    def holding(position: int) -> int:
+        return next((t for t, end in path if end is None or position < end), path[-1][0])
+
+    start, stop = layout.lsn(b.start_lsn), layout.lsn(b.stop_lsn)
+    return holding(start) == b.timeline and holding(max(start, stop - 1)) == b.timeline
+
+
 def commits(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime]]:
     """(LSN, commit time) of every commit record that starts in one segment (pg_waldump)."""
     return [(at, when) for at, when, kind in xact_ends(plain_segment, file) if kind == "COMMIT"]
@@ -179,6 +191,9 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects)
     inv.problems += [Problem(n.rpartition("/")[2], "foreign object", f"{n} is not an archived WAL file") for n in strange]
     inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good)
+    # windows start only at base backups on that path: one on a branch a restore abandoned
+    # starts none (its WAL beyond the fork is not on the path; counted, it read as missing)
+    bases = [b for b in bases if on_path(b, inv.path)]
     if not bases:
         return inv
     first = min(layout.segno(layout.lsn(b.start_lsn)) for b in bases)
@@ -186,8 +201,8 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
         first = start_at
         bases = [b for b in bases if layout.segno(layout.lsn(b.start_lsn)) >= start_at]
     present = [layout.parse_segment(f) for f in objects if len(f) == 24]
-    on_path = [n for tli, n in present if layout.timeline_of(n, inv.path) == tli]
-    last = max(on_path + [first - 1] + [layout.segno(layout.lsn(b.stop_lsn)) for b in bases])
+    on_path_segments = [n for tli, n in present if layout.timeline_of(n, inv.path) == tli]
+    last = max(on_path_segments + [first - 1] + [layout.segno(layout.lsn(b.stop_lsn)) for b in bases])
     bad_at: dict[int, Problem] = {}
     todo: list[tuple[str, list, int | None]] = []
     for n in range(first, last + 1):

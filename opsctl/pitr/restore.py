@@ -170,16 +170,23 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     if not listed.bases:
         raise UsageError(f"no base backup of this cluster (system {sysid}) in {repo.url}; take one with "
                          "'opsctl backup base'" + (f" ({len(listed.bad_bases)} unusable)" if listed.bad_bases else ""))
+    # only base backups on the newest timeline's history: one taken on a branch a later restore
+    # abandoned can't start a recovery along it (it has the newest stop LSN, so it was chosen)
+    usable = [b for b in listed.bases if chain.on_path(b, listed.path)]
+    if not usable:
+        raise UsageError(f"no base backup of this cluster (system {sysid}) lies on its newest timeline's history "
+                         f"(timelines {', '.join(str(t) for t, _ in listed.path)}); take one with "
+                         "'opsctl backup base'")
     if when is not None:
-        fits = [b for b in listed.bases if b.finished_at <= when]
+        fits = [b for b in usable if b.finished_at <= when]
         what = f"{when.isoformat()}"
     elif lsn is not None:
-        fits = [b for b in listed.bases if layout.lsn(b.stop_lsn) <= lsn]
+        fits = [b for b in usable if layout.lsn(b.stop_lsn) <= lsn]
         what = f"LSN {layout.lsn_text(lsn)}"
     else:
-        fits, what = listed.bases, "the newest restorable time"
+        fits, what = usable, "the newest restorable time"
     if not fits:
-        first = listed.bases[0]
+        first = usable[0]
         raise UsageError(f"{what} is before the oldest base backup ({first.id}, finished "
                          f"{first.finished_at.isoformat(timespec='seconds')}, stop LSN {first.stop_lsn}); "
                          "choose a later target")

@@ -100,6 +100,10 @@ def test_after_an_in_place_restore_latest_follows_the_new_timeline_and_a_second_
 
     t1, want1 = _T1["t1"], _T1["rows"]
     assert want1 and want1 < live
+    # a base backup on timeline 2, which the restore below abandons: never chosen after it
+    abandoned = pitr.cli(runner, "backup", "base", "--json")
+    assert abandoned.exit_code == 0, abandoned.output
+    _T1["abandoned"] = json.loads(abandoned.stdout)["id"]
     r = pitr.cli(runner, "restore", "--to-time", t1.isoformat(), "--yes", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["timeline"] == 3
@@ -129,6 +133,7 @@ def test_a_restore_before_an_earlier_fork_follows_the_timeline_holding_its_targe
     assert [tli for tli, _ in layout.parse_history((live_wal / "00000003.history").read_text())] == [1]
     inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
     assert inc.exit_code == 0, inc.output
+    assert json.loads(inc.stdout)["parent"] not in (None, _T1["abandoned"])  # a parent on timeline 3's history
     pitr.sql("insert into events(note) values ('after the incremental')")
     pitr.wait_archived()
     live = {r[0] for r in pitr.sql("select id from events")}
