@@ -6,7 +6,8 @@ finished segment in `pg_wal` until the command succeeds; a command that waited o
 unreachable repository would fill `pg_wal` and stop the database. So the command only copies
 the segment into a local folder (the queue: fsynced, renamed into place, a few milliseconds)
 and returns. When the queue holds `queue` files already, it records the file as *dropped*
-(an empty marker in `<queue>/.dropped/`) and still returns success: the database keeps
+(a marker in `<queue>/.dropped/` holding the segment's first 40 bytes, its page header, which
+names the cluster) and still returns success: the database keeps
 running, and the gap is uploaded as a marker that `backup verify` names, with the newest
 restorable time before it. It is a shell command (cp, sync, mv) because PostgreSQL runs it as
 its own unprivileged user, who may not be able to run this project's Python.
@@ -19,6 +20,14 @@ with the same bytes (PostgreSQL repeats a file after a crash) is not written twi
 archived with other bytes is a conflict (two servers of the cluster on one timeline): it
 stays queued, the archiver logs an error and stops there, the health check is CRITICAL. A repository that is down
 makes it retry with backoff; the queue absorbs the wait.
+
+Each queued segment is filed under the cluster its own long page header names (xlp_sysid), not
+the cluster of the data directory: after a lost data directory and `local up`, the old
+cluster's queued WAL still goes to `pitr/<old sysid>/`. A segment whose header is not a WAL
+header for its name is moved to `<queue>/.quarantine/` (with a `.reason`), never filed, and the
+health check is CRITICAL. An uploaded drop marker of the archiver's own cluster stays in
+`<queue>/.gaps/` until a base backup starting after the segment exists: until then the health
+check names the gap.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import argparse
 import logging
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -39,10 +49,39 @@ from opsctl.pitr import layout
 log = logging.getLogger("opsctl.pitr.archive")
 DROPPED = ".dropped"
 CONFLICT = ".conflict"  # <queue>/.conflict/<file>: the reason a queued file conflicts with a stored one
+QUARANTINE = ".quarantine"  # <queue>/.quarantine/<file> (+ <file>.reason): a header naming no cluster
+GAPS = ".gaps"  # <queue>/.gaps/<file>: uploaded drop markers not yet covered by a base backup
+# XLogLongPageHeaderData (PostgreSQL's xlog_internal.h), in the server's (native) byte order:
+# xlp_magic, xlp_info, xlp_tli, xlp_pageaddr, xlp_rem_len, padding, xlp_sysid, xlp_seg_size, xlp_xlog_blcksz
+_LONG_HEADER = struct.Struct("=HHIQI4xQII")
+_XLP_LONG_HEADER = 0x0002
 
 
 class WalConflict(OperationFailed):
     """A queued WAL file whose name is already archived with other content."""
+
+
+def header_sysid(head: bytes, name: str) -> str:
+    """The system identifier in the long page header `head` (a segment's first 40 bytes) of WAL
+    segment file `name` (24 hex digits, maybe `.partial`). ValueError saying why when `head` is
+    not the header of that segment: too short, no long header flag, a segment or block size
+    PostgreSQL can't have, another timeline or position than the name's, identifier 0."""
+    if len(head) < _LONG_HEADER.size:
+        raise ValueError(f"{len(head)} bytes, shorter than a WAL long page header ({_LONG_HEADER.size})")
+    _magic, info, tli, pageaddr, _rem, sysid, seg_size, blcksz = _LONG_HEADER.unpack(head[:_LONG_HEADER.size])
+    if not info & _XLP_LONG_HEADER:
+        raise ValueError("its first page has no long header (xlp_info lacks XLP_LONG_HEADER)")
+    if not (1 << 20 <= seg_size <= 1 << 30) or seg_size & (seg_size - 1) or \
+            not (1024 <= blcksz <= 65536) or blcksz & (blcksz - 1):
+        raise ValueError(f"its header's segment size {seg_size} / block size {blcksz} are not PostgreSQL's")
+    number = int(name[8:16], 16) * (0x1_0000_0000 // seg_size) + int(name[16:24], 16)
+    if tli != int(name[:8], 16) or pageaddr != number * seg_size:
+        raise ValueError(f"its header is timeline {tli} at {layout.lsn_text(pageaddr)}, not the name's")
+    if sysid == 0:
+        raise ValueError("its header's system identifier is 0")
+    return str(sysid)
+
+
 DEFAULT_QUEUE = 64  # segments: 1 GiB of 16 MiB segments
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
 
@@ -54,7 +93,11 @@ def archive_command(queue: Path, limit: int = DEFAULT_QUEUE) -> str:
     so a finished segment's file is never written again), or copied and fsynced when the
     queue is on another file system. Exit 0 means "PostgreSQL may remove the segment": after
     the queue entry is durable, or after a full queue recorded it as dropped. Non-zero (copy failed, e.g. disk full) makes
-    PostgreSQL retry it, as for any archive_command.
+    PostgreSQL retry it, as for any archive_command. Idempotent: a `.tmp` left by a run
+    interrupted between its link and its rename is removed first (else `ln` finds the name taken
+    and `cp` refuses to copy a file onto its own hard link: failing forever). A drop marker
+    holds the segment's first 40 bytes (its header names the cluster); a marker that can't be
+    written fails the command, so no segment is lost unrecorded.
     """
     q = str(queue)
     if not _SAFE_PATH.fullmatch(q):
@@ -66,8 +109,8 @@ def archive_command(queue: Path, limit: int = DEFAULT_QUEUE) -> str:
         raise ValueError("limit must be at least 1")
     return (f"f=%f; q={q}; [ -f \"$q/$f\" ] && exit 0; "
             f"if [ \"$(ls -1 \"$q\" | wc -l)\" -ge {limit} ]; then "
-            f": > \"$q/{DROPPED}/$f\"; echo \"opsctl archive: queue $q full ({limit} files): $f dropped\" >&2; exit 0; fi; "
-            "{ ln %p \"$q/.$f.tmp\" 2>/dev/null || { cp %p \"$q/.$f.tmp\" && sync \"$q/.$f.tmp\"; }; } && "
+            f"head -c 40 %p > \"$q/{DROPPED}/$f\" || exit 1; echo \"opsctl archive: queue $q full ({limit} files): $f dropped\" >&2; exit 0; fi; "
+            "rm -f \"$q/.$f.tmp\" && { ln %p \"$q/.$f.tmp\" 2>/dev/null || { cp %p \"$q/.$f.tmp\" && sync \"$q/.$f.tmp\"; }; } && "
             "mv \"$q/.$f.tmp\" \"$q/$f\" && sync \"$q\"")
 
 
@@ -95,7 +138,7 @@ def server_settings(queue: Path | None, timeout_s: float = 30, limit: int = DEFA
 
 
 def prepare_queue(queue: Path, user: str | None) -> None:
-    """Create the queue (and its dropped/ folder) owned by the server's user, 0700."""
+    """Create the queue (and its .dropped/ folder) owned by the server's user, 0700."""
     (queue / DROPPED).mkdir(parents=True, exist_ok=True, mode=0o700)
     for folder in (queue, queue / DROPPED):
         os.chmod(folder, 0o700)
@@ -122,20 +165,45 @@ def system_identifier(data: Path) -> str:
 @dataclass
 class DrainResult:
     """One drain of the queue: PostgreSQL file names archived, skipped (already in the repository)
-    and dropped (markers of a full queue uploaded); bytes before (`raw_bytes`) and after
+    dropped (markers of a full queue uploaded) and quarantined (a header naming no cluster);
+    bytes before (`raw_bytes`) and after
     (`stored_bytes`) compression and sealing."""
     archived: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already in the repository
     dropped: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
     raw_bytes: int = 0
     stored_bytes: int = 0
 
 
 class Archiver:
-    """Drains one queue into one repository for one cluster (its system identifier)."""
+    """Drains one queue into one repository. `sysid` is the live cluster's (the data directory's):
+    history and backup-history files, which carry no identifier, are filed under it; a segment
+    under the one its own header names."""
+
+    GAP_CHECK_SECONDS = 5.0  # how often, while gaps are kept, the base backups are listed
 
     def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1):
         self.repo, self.key, self.sysid, self.queue, self.level = repo, key, sysid, queue, level
+        self._gap_checked = 0.0
+        self._bases_seen: tuple | None = None
+
+    def owner(self, path: Path) -> str:
+        """The system identifier queued file `path` is filed under: a segment's own header's
+        (ValueError when it is not a WAL header for its name), else the live cluster's."""
+        if not layout.WAL_FILE.fullmatch(path.name)["seg"]:
+            return self.sysid
+        with open(path, "rb") as fh:
+            return header_sysid(fh.read(_LONG_HEADER.size), path.name)
+
+    def _quarantine(self, path: Path, why: str, result: DrainResult) -> None:
+        """Move `path` out of the queue into `.quarantine/` with its reason; logged as an error."""
+        folder = self.queue / QUARANTINE
+        folder.mkdir(exist_ok=True, mode=0o700)
+        (folder / f"{path.name}.reason").write_text(why + "\n")
+        os.replace(path, folder / path.name)
+        log.error("%s quarantined in %s: %s; it names no cluster, so it is not archived", path.name, folder, why)
+        result.quarantined.append(path.name)
 
     def _pending(self) -> list[str]:
         """The WAL files waiting in the queue, oldest first (PostgreSQL names sort by position); []
@@ -145,12 +213,12 @@ class Archiver:
         except FileNotFoundError:
             return []
 
-    def _stored(self, file: str) -> list[layout.WalObject]:
+    def _stored(self, file: str, sysid: str) -> list[layout.WalObject]:
         """The objects already stored for `file` (normally none; one after PostgreSQL repeats it)."""
-        objects, _ = layout.parse_wal(self.sysid, self.repo.names(f"{layout.wal_prefix(self.sysid)}{file}."))
+        objects, _ = layout.parse_wal(sysid, self.repo.names(f"{layout.wal_prefix(sysid)}{file}."))
         return objects.get(file, [])
 
-    def _same_as_stored(self, path: Path, stored: list[layout.WalObject]) -> bool:
+    def _same_as_stored(self, path: Path, stored: list[layout.WalObject], sysid: str) -> bool:
         """True when an authentic stored object of the file holds exactly `path`'s bytes (a
         repeat: skip it); WalConflict when an authentic one holds other bytes; False when none
         is authentic (a planted or damaged one: ours is written beside it, verify names it)."""
@@ -163,7 +231,7 @@ class Archiver:
         other = None
         for obj in stored:
             try:
-                theirs = hashlib.sha256(open_wal(self.repo, self.key, self.sysid, obj)).hexdigest()
+                theirs = hashlib.sha256(open_wal(self.repo, self.key, sysid, obj)).hexdigest()
             except IntegrityError:
                 continue
             if theirs == mine:
@@ -171,23 +239,25 @@ class Archiver:
             other = obj
         if other is not None:
             raise WalConflict(f"{path.name} is already archived with other content ({other.name}): two servers "
-                              f"of cluster {self.sysid} wrote the same WAL file name (a timeline reused?); it stays "
+                              f"of cluster {sysid} wrote the same WAL file name (a timeline reused?); it stays "
                               f"queued in {self.queue} and archiving stops here until someone decides which is "
                               "right (nothing was overwritten)")
         return False
 
-    def push(self, path: Path, result: DrainResult) -> None:
+    def push(self, path: Path, result: DrainResult, sysid: str | None = None) -> None:
         """Archive one queued file: skipped when an authentic stored object of it has the same
         bytes (PostgreSQL repeated it), else packed (zstd, sealed) and written under its tagged
         name. WalConflict (the file stays queued, a marker in `<queue>/.conflict/` for the health
         check) when a stored one has other bytes: never a silent skip, never an overwrite.
-        Raises whatever the repository raises; the caller keeps the file queued then."""
+        Filed under cluster `sysid` (default: the live one). Raises whatever the repository
+        raises; the caller keeps the file queued then."""
         from opsctl.backup.pipeline import StreamStats, pack
 
         file = path.name
-        stored = self._stored(file)
+        sysid = sysid or self.sysid
+        stored = self._stored(file, sysid)
         try:
-            same = bool(stored) and self._same_as_stored(path, stored)
+            same = bool(stored) and self._same_as_stored(path, stored, sysid)
         except WalConflict as exc:
             marks = self.queue / CONFLICT
             marks.mkdir(exist_ok=True, mode=0o700)
@@ -199,7 +269,7 @@ class Archiver:
         stats = StreamStats()
         with open(path, "rb") as fh:
             sealed = b"".join(pack(fh, self.level, self.key, stats, threads=0))
-        name = layout.wal_object(self.sysid, file, layout.tag(self.key, self.sysid, file, stats.sha256))
+        name = layout.wal_object(sysid, file, layout.tag(self.key, sysid, file, stats.sha256))
         self.repo.put(name, [sealed])
         (self.queue / CONFLICT / file).unlink(missing_ok=True)
         result.archived.append(file)
@@ -207,20 +277,76 @@ class Archiver:
         result.stored_bytes += stats.stored_bytes
 
     def drain(self) -> DrainResult:
-        """Archive everything queued now, oldest first; each file leaves the queue only once stored."""
+        """Archive everything queued now, oldest first, each under the cluster its header names;
+        each file leaves the queue only once stored (or quarantined). Drop markers are uploaded
+        under their segment's cluster; the live cluster's stay in `.gaps/` until a base backup
+        covers them (see clear_gaps)."""
         result = DrainResult()
         for file in self._pending():
             path = self.queue / file
-            self.push(path, result)
+            try:
+                sysid = self.owner(path)
+            except ValueError as exc:
+                self._quarantine(path, str(exc), result)
+                continue
+            self.push(path, result, sysid)
             path.unlink(missing_ok=True)
             (self.queue / CONFLICT / file).unlink(missing_ok=True)
         dropped = self.queue / DROPPED
         for marker in sorted(dropped.iterdir()) if dropped.is_dir() else []:
-            self.repo.put_bytes(f"{layout.dropped_prefix(self.sysid)}{marker.name}",
+            if not layout.WAL_FILE.fullmatch(marker.name):
+                continue
+            sysid = self.sysid
+            if layout.WAL_FILE.fullmatch(marker.name)["seg"]:
+                try:
+                    sysid = header_sysid(marker.read_bytes(), marker.name)
+                except ValueError:
+                    pass  # unreadable: a gap is reported in the live cluster rather than lost
+            self.repo.put_bytes(f"{layout.dropped_prefix(sysid)}{marker.name}",
                                 b'{"reason": "the local WAL queue was full"}')
-            marker.unlink(missing_ok=True)
+            if sysid == self.sysid:
+                gaps = self.queue / GAPS
+                gaps.mkdir(exist_ok=True, mode=0o700)
+                os.replace(marker, gaps / marker.name)  # keeps its time: when the segment was dropped
+            else:
+                marker.unlink(missing_ok=True)
             result.dropped.append(marker.name)
+        self.clear_gaps()
         return result
+
+    def clear_gaps(self, force: bool = False) -> list[str]:
+        """Remove the `.gaps/` markers a base backup of the live cluster covers (it starts at a
+        later segment; for a history file, it started after the drop). Lists the base backups at
+        most every GAP_CHECK_SECONDS and reads them only when that list changed. Returns the
+        files cleared."""
+        gaps = self.queue / GAPS
+        marks = sorted(p for p in gaps.iterdir() if not p.name.startswith(".")) if gaps.is_dir() else []
+        now = time.monotonic()
+        if not marks or (not force and now - self._gap_checked < self.GAP_CHECK_SECONDS):
+            return []
+        self._gap_checked = now
+        from opsctl.pitr import base as bb
+
+        names = self.repo.names(layout.base_prefix(self.sysid))
+        if not force and self._bases_seen == tuple(sorted(names)):
+            return []
+        self._bases_seen = tuple(sorted(names))
+        bases, _ = bb.load_all(self.repo, self.sysid, self.key, names)
+        if not bases:
+            return []
+        start = max(layout.segno(layout.lsn(b.start_lsn)) for b in bases)
+        started = max(b.started_at.timestamp() for b in bases)
+        cleared = []
+        for mark in marks:
+            m = layout.WAL_FILE.fullmatch(mark.name)
+            seg = (m["seg"] if m else None) or (mark.name[:24] if mark.name.endswith(".backup") else None)
+            covered = layout.parse_segment(seg)[1] < start if seg else mark.stat().st_mtime < started
+            if covered:
+                mark.unlink(missing_ok=True)
+                cleared.append(mark.name)
+        if cleared:
+            log.info("base backups now cover the gaps of %s", ", ".join(cleared))
+        return cleared
 
     def run(self, stop=None, interval: float = 0.5) -> None:
         """Drain until `stop` (a threading.Event) is set; failures are logged and retried."""
@@ -228,7 +354,7 @@ class Archiver:
         while stop is None or not stop.is_set():
             try:
                 r = self.drain()
-                if r.archived or r.dropped:
+                if r.archived or r.dropped or r.quarantined:
                     log.info("archived %s%s", ", ".join(r.archived),
                              f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else "")
                 delay = interval

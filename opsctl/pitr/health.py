@@ -4,10 +4,16 @@ Judged against the environment's RPO (`dr.rpo` in opsctl.yaml, default 1h): comm
 segment PostgreSQL is writing reach the archive within `backup.archive_timeout`, and a
 finished segment still waiting in the local queue has been at risk since PostgreSQL finished
 it (the file's time). So the lag is `archive_timeout` plus the age of the oldest queued
-segment. CRITICAL when it exceeds the RPO, when segments wait and no archiver runs, when a
-queued file conflicts with a stored one of the same name (archive.WalConflict), or when
-the queue dropped segments (a gap: restores can't cross it until the next base backup);
-WARNING when the archiver is not running but nothing waits yet.
+segment. A failing `archive_command` (a full disk, a queue it can't write) keeps segments in
+`pg_wal` instead: the server itself is asked (pg_stat_archiver: failed_count, last_failed_wal,
+last_failed_time after last_archived_time; pg_ls_archive_statusdir: the oldest `.ready` file,
+the segment waiting longest), and that wait counts in the lag too. CRITICAL when the lag exceeds
+the RPO, when segments wait and no archiver runs, when a queued file conflicts with a stored
+one of the same name (archive.WalConflict), when a queued segment's header names no cluster
+(quarantined), or when the queue dropped segments (a gap: restores can't cross it until a base
+backup starting after it, so it stays named until one exists); WARNING when the
+`archive_command` fails but the lag is still within the RPO, or when the archiver is not
+running but nothing waits yet.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ import time
 from opsctl.health.model import CheckResult, Status
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ARCHIVER_SQL = (
+    "select a.failed_count, a.last_failed_wal, extract(epoch from a.last_failed_time)::float8, "
+    "extract(epoch from a.last_archived_time)::float8, "
+    "(select extract(epoch from min(modification))::float8 from pg_ls_archive_statusdir() where name like '%.ready'), "
+    "(select count(*) from pg_ls_archive_statusdir() where name like '%.ready'), "
+    "extract(epoch from now())::float8 from pg_stat_archiver a")
 
 
 def seconds(duration: str) -> float:
@@ -25,11 +37,48 @@ def seconds(duration: str) -> float:
     return float(duration[:-1]) * UNITS[duration[-1]]
 
 
+def server_archiver(state) -> dict | None:
+    """What the embedded platform's PostgreSQL says of its own archiving, or None when it can't
+    be asked (not running): {"failing": bool (a failure after the last success), "wal": the
+    segment that failed last, "failures": failed_count, "failed_at" / "archived_at" (epoch s or
+    None), "ready": segments waiting in pg_wal, "oldest_ready_age": seconds the oldest has waited
+    (None when none waits)}. Times are the server's, so ages don't depend on this host's clock."""
+    comp = state.components.get("postgres")
+    if comp is None or not comp.port:
+        return None
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    try:
+        with psycopg.connect(pg.url(comp.port), autocommit=True, connect_timeout=3) as conn:
+            row = conn.execute(_ARCHIVER_SQL).fetchone()
+    except psycopg.Error:
+        return None
+    failures, wal, failed_at, archived_at, oldest_ready, ready, now = row
+    return {"failing": failed_at is not None and (archived_at is None or failed_at > archived_at),
+            "wal": wal, "failures": failures, "failed_at": failed_at, "archived_at": archived_at,
+            "ready": ready, "oldest_ready_age": None if oldest_ready is None else max(0.0, now - oldest_ready)}
+
+
+def _names(folder) -> list[str]:
+    """The WAL file names in `folder` ([] when it is missing)."""
+    from opsctl.pitr import layout
+
+    try:
+        return sorted(n for n in os.listdir(folder) if layout.WAL_FILE.fullmatch(n))
+    except FileNotFoundError:
+        return []
+
+
 def archive_lag(project, env) -> CheckResult:
     """The `wal archive` check of the embedded platform: commits at risk = archive_timeout + age of
-    the oldest queued segment (seconds), judged against `dr.rpo`; CRITICAL for dropped segments
-    or segments waiting with no archiver running, UNKNOWN when archiving never started. Details:
-    queued, dropped, archiver_running, rpo_seconds, archive_timeout_seconds."""
+    the oldest segment waiting in the queue or in pg_wal (seconds), judged against `dr.rpo`;
+    CRITICAL for dropped segments not yet covered by a base backup, quarantined ones, or
+    segments waiting with no archiver running; WARNING/CRITICAL (by the lag vs the RPO) while
+    the archive_command fails, naming the segment; UNKNOWN when archiving never started.
+    Details: queued, dropped, archiver_running, rpo_seconds, archive_timeout_seconds, and
+    archive_failing / quarantined / conflicts when there are."""
     from opsctl.local import procs
     from opsctl.local import state as st
     from opsctl.pitr import archive
@@ -43,20 +92,40 @@ def archive_lag(project, env) -> CheckResult:
     now = time.time()
     pending = [queue / n for n in os.listdir(queue) if not n.startswith(".") and archive.layout.WAL_FILE.fullmatch(n)]
     oldest = min((p.stat().st_mtime for p in pending if p.exists()), default=None)
-    dropped = sorted(os.listdir(queue / archive.DROPPED)) if (queue / archive.DROPPED).is_dir() else []
+    dropped = sorted(set(_names(queue / archive.DROPPED)) | set(_names(queue / archive.GAPS)))
+    quarantined = _names(queue / archive.QUARANTINE)
+    server = server_archiver(state)
+    failing = server if server is not None and server["failing"] else None
     conflicts = sorted(os.listdir(queue / archive.CONFLICT)) if (queue / archive.CONFLICT).is_dir() else []
     comp = state.components.get(pitr_local.COMPONENT)
     running = comp is not None and procs.alive(comp.pid, pitr_local.HINT)
-    lag = env.backup.archive_timeout + (now - oldest if oldest is not None else 0.0)
+    waited = max(now - oldest if oldest is not None else 0.0,
+                 (server or {}).get("oldest_ready_age") or 0.0)  # in the queue, or still in pg_wal
+    lag = env.backup.archive_timeout + waited
     details = {"queued": len(pending), "dropped": dropped, "archiver_running": running,
                "rpo_seconds": rpo, "archive_timeout_seconds": env.backup.archive_timeout}
+    if quarantined:
+        details["quarantined"] = quarantined
+    if failing:
+        details["archive_failing"] = {k: failing[k] for k in ("wal", "failures", "failed_at", "archived_at", "ready")}
     if conflicts:
         details["conflicts"] = conflicts
         reason = (queue / archive.CONFLICT / conflicts[0]).read_text(errors="replace").strip()
         status, text = Status.CRITICAL, f"archiving stopped: {reason}"
+    elif quarantined:
+        reason = (queue / archive.QUARANTINE / f"{quarantined[0]}.reason")
+        why = reason.read_text(errors="replace").strip() if reason.exists() else "its header names no cluster"
+        status, text = Status.CRITICAL, (f"{len(quarantined)} queued WAL file(s) quarantined, not archived "
+                                         f"({quarantined[0]}: {why}); see {queue / archive.QUARANTINE}")
     elif dropped:
         status, text = Status.CRITICAL, (f"{len(dropped)} WAL segment(s) dropped by the full queue "
-                                         f"({dropped[0]}…): take a base backup ('opsctl backup base')")
+                                         f"({', '.join(dropped[:3])}{'…' if len(dropped) > 3 else ''}): no restore "
+                                         "crosses the gap until a new base backup ('opsctl backup base')")
+    elif failing:
+        status = Status.CRITICAL if lag > rpo else Status.WARNING
+        text = (f"archive_command fails on {failing['wal']} ({failing['failures']} failure(s); "
+                f"{failing['ready']} segment(s) wait in pg_wal, archive lag {lag:.0f} s, RPO {env.dr.rpo}): "
+                "read PostgreSQL's log (disk full? the queue not writable?)")
     elif pending and not running:
         status, text = Status.CRITICAL, (f"{len(pending)} WAL segment(s) wait and no archiver runs "
                                          "('opsctl local up' starts it; read its log)")

@@ -1,0 +1,140 @@
+"""WAL archiving faults a reviewer found (issue 22): an archive_command that fails (a stale
+`.tmp` of an interrupted run, a queue it can't write) must not stop archiving silently, a segment
+a full queue dropped stays a gap in health until a base backup covers it, and a queued segment is
+filed under the cluster its own page header names (a lost data directory, then `local up`).
+One PostgreSQL for the module; the lost-disk case replaces its data directory, so it runs last."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import yaml
+
+
+def _check(pitr, **env_changes):
+    from opsctl.pitr.health import archive_lag
+
+    env = pitr.env()
+    if env_changes:
+        env = env.model_copy(update=env_changes)
+    return archive_lag(pitr.project(), env)
+
+
+def _wait(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return cond()
+
+
+def test_a_stale_tmp_of_an_interrupted_archive_command_does_not_stop_archiving(pitr):
+    from opsctl.pitr import local as pitr_local
+
+    state = pitr.state()
+    queue = pitr_local.queue_dir(state)
+    pitr.wait_archived()
+    pitr.sql("insert into events(note) values ('in the next segment')")
+    (seg,) = pitr.sql("select pg_walfile_name(pg_current_wal_insert_lsn())", db="postgres")[0]
+    # what an archive_command interrupted between its ln and its mv leaves behind
+    os.link(state.data("postgres") / "pg_wal" / seg, queue / f".{seg}.tmp")
+    try:
+        pitr.wait_archived(timeout=20)  # the segment after it gets through: nothing is stuck
+        (failed,) = pitr.sql("select failed_count from pg_stat_archiver", db="postgres")[0]
+        assert failed == 0
+        assert not (queue / f".{seg}.tmp").exists()
+    finally:
+        (queue / f".{seg}.tmp").unlink(missing_ok=True)
+
+
+def test_a_failing_archive_command_shows_in_health_naming_the_segment(pitr):
+    from opsctl.config import DrSettings
+    from opsctl.health.model import Status
+    from opsctl.pitr import local as pitr_local
+
+    queue = pitr_local.queue_dir(pitr.state())
+    pitr.wait_archived()
+    os.chmod(queue, 0o500)  # the archive_command can't write the queue (permissions, a full disk)
+    try:
+        pitr.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
+        (seg,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+        assert _wait(lambda: (pitr.sql("select last_failed_wal from pg_stat_archiver", db="postgres")[0][0] == seg))
+        warn = _check(pitr)  # failing for seconds, RPO 1h
+        assert warn.status == Status.WARNING and seg in warn.message and "archive_command" in warn.message, warn.message
+        assert warn.details["archive_failing"]["wal"] == seg
+        crit = _check(pitr, dr=DrSettings(rpo="1s"))
+        assert crit.status == Status.CRITICAL and seg in crit.message, crit.message
+    finally:
+        os.chmod(queue, 0o700)
+    pitr.wait_archived()
+    ok = _check(pitr)
+    assert ok.status == Status.OK, ok.message
+
+
+def test_a_dropped_segment_stays_critical_until_a_base_backup_covers_it(pitr, runner):
+    from opsctl.health.model import Status
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import local as pitr_local
+
+    path = pitr.root / "opsctl.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["environments"]["local"]["backup"]["archive_queue"] = 2
+    path.write_text(yaml.safe_dump(doc))
+    pg.stop(pitr.pid)
+    pitr.start_postgres()  # archive_command with the new limit
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.wait_archived()
+    state = pitr.state()
+    queue = pitr_local.queue_dir(state)
+    assert pitr_local.stop_archiver(state)  # the repository is slow / unreachable for a while
+    for i in range(4):
+        pitr.sql("insert into events(note) values (%s)", (f"q{i}",))
+        pitr.sql("select pg_switch_wal()", db="postgres")
+    assert _wait(lambda: list((queue / ".dropped").iterdir())), "the queue never dropped a segment"
+    dropped = sorted(p.name for p in (queue / ".dropped").iterdir())
+    assert _check(pitr).status == Status.CRITICAL
+    pitr.ensure_archiver()  # the repository answers again
+    assert _wait(lambda: not list((queue / ".dropped").iterdir())
+                 and not [p for p in queue.iterdir() if not p.name.startswith(".")], 60)
+    assert pitr.repo().names(f"pitr/{pitr.sysid()}/dropped/{dropped[0]}")  # uploaded
+    gap = _check(pitr)
+    assert gap.status == Status.CRITICAL and dropped[0] in gap.message, gap.message
+    assert pitr.cli(runner, "backup", "base").exit_code == 0  # covers the gap
+    assert _wait(lambda: _check(pitr).status == Status.OK), _check(pitr).message
+    doc["environments"]["local"]["backup"].pop("archive_queue")
+    path.write_text(yaml.safe_dump(doc))
+    pg.stop(pitr.pid)
+    pitr.start_postgres()
+
+
+def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
+    from opsctl.health.model import Status
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+    from opsctl.pitr import local as pitr_local
+
+    pitr.wait_archived()
+    old = pitr.sysid()
+    assert pitr_local.stop_archiver(pitr.state())
+    pitr.sql("insert into events(note) select 'queued' from generate_series(1, 20)")
+    (queued,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+    queue = pitr_local.queue_dir(pitr.state())
+    assert _wait(lambda: (queue / queued).exists())
+    # a queued file whose header is not a WAL page header (damaged): quarantined, never filed
+    bad = "0000000100000000000000FE"
+    (queue / bad).write_bytes(b"\0" * 4096)
+    # the disk holding the data directory is lost; `local up` initdb's a new cluster
+    pg.stop(pitr.pid)
+    data = pitr.state().data("postgres")
+    data.rename(data.with_name("postgres.lost-disk"))
+    pitr.start_postgres()
+    pitr.ensure_archiver()
+    new = pitr.sysid()
+    assert new != old
+    assert _wait(lambda: not (queue / queued).exists() and not (queue / bad).exists())
+    under_old = [n for n in pitr.repo().names(layout.wal_prefix(old)) if queued in n]
+    under_new = [n for n in pitr.repo().names(layout.wal_prefix(new)) if queued in n or bad in n]
+    assert under_old and not under_new, (under_old, under_new)
+    assert (queue / ".quarantine" / bad).exists()
+    check = _check(pitr)
+    assert check.status == Status.CRITICAL and bad in check.message, check.message
