@@ -14,6 +14,13 @@ beside the live server (`restore --to-time latest --beside`) and stops and remov
 afterwards; a cloud environment restores RDS into a scratch instance `<rds>-drill-<time>`
 and deletes it. Redis, the audio objects and a preview color on the restored data are not
 part of this drill yet: the result says so (`scope`).
+
+A drill that fails (its restore, the serve phase, the RDS wait) or is cancelled still writes its
+reports, failing, with the reason (`error`). Every scratch resource is recorded in
+`.opsctl/drill/<env>-<time>.json` (0600) before it is created and torn down on every exit path;
+what a drill killed outright (kill -9) left is removed by the next drill (`clean_abandoned`); the
+embedded restored copy is the restore's own record, so the next restore or `opsctl local down`
+also removes it.
 """
 
 from __future__ import annotations
@@ -60,9 +67,112 @@ class DrillResult:
     transcription: str | None = None  # the sample's verdict through the preview color
     load_test: str | None = None  # the short load test's verdict through it
     problems_note: str = ""
+    error: str | None = None  # why the drill itself failed (restore, serve, RDS), redacted; None when it ran
 
 
-def _live_newest_commit(project: Project, env: Environment) -> dt.datetime | None:
+def _owner_alive(doc: dict) -> bool:
+    """Whether the opsctl process a record names (PID and create time) still runs."""
+    import psutil
+
+    try:
+        owner = psutil.Process(doc["opsctl_pid"])
+        return abs(owner.create_time() - doc["opsctl_started"]) < 1.0 and owner.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError):
+        return False
+
+
+class _Record:
+    """`.opsctl/drill/<env>-<time>.json` (0600): this drill's process and each scratch resource,
+    written before the resource is created, so a drill killed outright is cleaned up by the next."""
+
+    def __init__(self, project: Project, env: Environment, started: dt.datetime):
+        import psutil
+
+        me = psutil.Process()
+        self.path = project.state_dir / "drill" / f"{env.name}-{started.strftime('%Y%m%d%H%M%S%f')}.json"
+        self.doc = {"opsctl_pid": me.pid, "opsctl_started": me.create_time(), "environment": env.name,
+                    "resources": []}
+
+    def add(self, kind: str, **fields) -> dict:
+        from opsctl.files import write_json
+
+        item = {"kind": kind, **fields}
+        self.doc["resources"].append(item)
+        write_json(self.path, self.doc, private=True)
+        return item
+
+    def update(self) -> None:
+        from opsctl.files import write_json
+
+        write_json(self.path, self.doc, private=True)
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _remove(project: Project, env: Environment, item: dict) -> None:
+    """Tear down one recorded scratch resource if it is still there (never raises for one gone)."""
+    import shutil
+
+    from opsctl.local import procs
+
+    kind = item["kind"]
+    if kind == "rds":
+        _delete_rds(env, item["name"])
+    elif kind == "bucket":
+        from opsctl.endpoints import resolve
+
+        _drop_bucket(resolve(project, env).s3_client(), item["name"])
+    elif kind in ("worker", "redis"):
+        hint = "transcription-worker" if kind == "worker" else "redis"
+        pid = item.get("pid")
+        if pid is None and item.get("port"):
+            pid = _listener(item["port"], hint)
+        if pid is not None and procs.alive(pid, hint) and procs.listens(pid, [item.get("port")]):
+            procs.stop(pid, 10, hint)
+    elif kind == "folder":
+        shutil.rmtree(item["path"], ignore_errors=True)
+
+
+def _listener(port: int, hint: str) -> int | None:
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if hint in " ".join(proc.info["cmdline"] or []) and any(
+                    c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                    for c in proc.net_connections("tcp")):
+                return proc.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+def clean_abandoned(project: Project, env: Environment) -> list[str]:
+    """Tear down what drills of `env` killed outright left (their records, their process gone):
+    the RDS scratch instance, the scratch bucket, Redis and preview worker, the temporary folder.
+    A drill still running is left alone. Returns what was removed ("kind name")."""
+    import json
+
+    removed = []
+    for path in sorted((project.state_dir / "drill").glob(f"{env.name}-*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # not a record we can read: leave it for a person
+        if _owner_alive(doc):
+            continue
+        for item in reversed(doc.get("resources", [])):
+            _remove(project, env, item)
+            removed.append(f"{item['kind']} {item.get('name') or item.get('path') or item.get('port')}")
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def _live_newest_commit(project: Project, env: Environment) -> tuple[bool, dt.datetime | None]:
+    """(the live server answered, the newest commit it holds). pg_last_committed_xact() is NULL on
+    a server restarted since its last commit: then the newest commit timestamp among the last
+    10,000 transaction IDs (pg_xact_commit_timestamp, track_commit_timestamp), None if none."""
     import psycopg
 
     from opsctl.local import postgres as pg
@@ -70,13 +180,22 @@ def _live_newest_commit(project: Project, env: Environment) -> dt.datetime | Non
 
     comp = st.load(st.folder_for(project.root)).components.get("postgres")
     if comp is None:
-        return None
+        return False, None
     try:
-        with psycopg.connect(pg.url(comp.port), connect_timeout=5) as conn:
+        with psycopg.connect(pg.url(comp.port), connect_timeout=5, autocommit=True) as conn:
             row = conn.execute("select timestamp from pg_last_committed_xact()").fetchone()
-            return row[0] if row else None
+            if row and row[0] is not None:
+                return True, row[0]
+            try:
+                row = conn.execute(
+                    "select max(pg_xact_commit_timestamp(((n % 4294967296)::text)::xid)) from "
+                    "(select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as x) s, "
+                    "generate_series(greatest(s.x - 10000, 3), s.x - 1) n where n % 4294967296 >= 3").fetchone()
+            except psycopg.Error:
+                return True, None  # no commit timestamps kept
+            return True, row[0] if row else None
     except psycopg.Error:
-        return None  # the live server is down: the drill is the recovery, RPO is what the archive holds
+        return False, None  # the live server is down: the drill is the recovery, RPO is what the archive holds
 
 
 def drill(project: Project, env: Environment, report=None, junit_path: Path | None = None,
@@ -87,10 +206,28 @@ def drill(project: Project, env: Environment, report=None, junit_path: Path | No
     `junit_path` / `metrics_path`: where the result is written, pass or fail, as JUnit XML
     (`junit`) and Prometheus text (`metrics`), each whole (write_reports). The command and
     the runbook step both hand their paths here: the one place reports are written."""
+    from opsctl.errors import OpsError
     from opsctl.pitr.ops import window
+    from opsctl.redact import credentials
 
+    started = dt.datetime.now(dt.timezone.utc)
+    began = time.monotonic()
     with window(project, env, "drill", "restore to the newest restorable time into scratch") as w:
-        out = _drill(project, env, report)
+        try:
+            out = _drill(project, env, report, started, began)
+        except BaseException as exc:
+            # a failed or cancelled drill is a result too: the reports say it failed, and why
+            reason = credentials(str(exc)) or type(exc).__name__
+            if isinstance(exc, KeyboardInterrupt):
+                reason = "cancelled (Ctrl-C or SIGTERM)"
+            out = DrillResult(env.name, env.platform, started, round(time.monotonic() - began, 2), None,
+                              seconds(env.dr.rto), seconds(env.dr.rpo), False, None, None, "", torn_down=True,
+                              error=reason, problems=[f"the drill failed: {reason}"])
+            write_reports(out, junit_path, metrics_path)
+            if not isinstance(exc, OpsError):
+                raise
+            w.outcome = "failed: " + reason
+            return out
         if not out.passed:
             w.outcome = "targets missed: " + "; ".join(out.problems)
     write_reports(out, junit_path, metrics_path)
@@ -113,31 +250,37 @@ def write_reports(result: DrillResult, junit_path: Path | None = None, metrics_p
         os.replace(tmp, path)
 
 
-def _drill(project: Project, env: Environment, report=None) -> DrillResult:
-    started = dt.datetime.now(dt.timezone.utc)
-    began = time.monotonic()
+def _drill(project: Project, env: Environment, report, started: dt.datetime, began: float) -> DrillResult:
     rto_target, rpo_target = seconds(env.dr.rto), seconds(env.dr.rpo)
+    clean_abandoned(project, env)  # what a drill killed earlier left
     if env.platform == "kubernetes":
-        return _rds(env, started, began, rto_target, rpo_target)
+        return _rds(project, env, started, began, rto_target, rpo_target)
     import shutil
     from contextlib import ExitStack
 
     from opsctl.local import postgres as pg
     from opsctl.pitr import restore as pr
 
-    live = _live_newest_commit(project, env)
+    answered, live = _live_newest_commit(project, env)
+    record = _Record(project, env, started)
     with ExitStack() as teardown:  # everything the drill starts is stopped and removed, pass or fail
+        teardown.callback(record.close)
         plan = pr.plan(project, env, "latest", None, beside=True, report=report)
-        try:
-            result = pr.run(plan)
-        finally:
-            pr.discard(plan)
+        # the restore's record (its server's PID, the copy's folders) stays until the copy is torn
+        # down: a drill killed meanwhile leaves it to the next restore, drill or `local down`
+        teardown.callback(pr.discard, plan)
+        result = pr.run(plan)
         teardown.callback(shutil.rmtree, result.data_dir, True)
         teardown.callback(pg.stop, result.pid)
         db_seconds = time.monotonic() - began
         rpo = None
         if result.recovered_to is not None:
-            rpo = max(0.0, ((live or started) - result.recovered_to).total_seconds())
+            if answered:  # the newest commit the live server holds (none known: none newer than recovered)
+                newest = max(live or result.recovered_to, result.recovered_to)
+                live = newest
+            else:  # the live server is down: the drill is the recovery; loss up to the failure instant
+                newest = started
+            rpo = max(0.0, (newest - result.recovered_to).total_seconds())
         out = DrillResult(env.name, env.platform, started, round(db_seconds, 2),
                           None if rpo is None else round(rpo, 3), rto_target, rpo_target, False,
                           result.recovered_to, live, result.data_dir, rows=result.rows, tables=len(result.tables),
@@ -146,7 +289,7 @@ def _drill(project: Project, env: Environment, report=None) -> DrillResult:
         services = _services_ready(project, env)
         if services:
             out.not_covered = []
-            _serve(project, env, result, out, teardown, began, services)
+            _serve(project, env, result, out, teardown, began, services, record)
         else:
             out.not_covered = ["redis", "audio objects", "preview color + transcription", "load test"]
             out.problems_note = "the platform runs no Redis/S3/worker: the drill covers the database only"
@@ -171,7 +314,7 @@ def _services_ready(project: Project, env: Environment) -> dict | None:
 
 
 def _serve(project: Project, env: Environment, result, out: DrillResult, teardown, began: float,
-           services: dict) -> None:
+           services: dict, record: _Record) -> None:
     """Redis and the audio objects of the newest backup holding them into scratch resources, a
     preview worker on the restored database and them, the sample transcription and a short
     load test through it. Fills `out` (RTO: start to the preview serving); registers every
@@ -202,15 +345,18 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     manifest = catalog.load(repo, chosen, key)
     out.backup_id = chosen
     tmp = Path(teardown.enter_context(tempfile.TemporaryDirectory(prefix="opsctl-drill-")))
+    record.add("folder", path=str(tmp))
     rdb_file = tmp / "redis" / "dump.rdb"
     fetch(repo, manifest.redis.object, key, rdb_file)
     redis_url = teardown.enter_context(rdb.scratch_server(rdb_file))
+    record.add("redis", port=int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     rdb.check_counts(redis_url, manifest.redis.keys, manifest.redis.expires)
     out.redis_keys = sum(manifest.redis.keys.values())
     s3 = ep.s3_client()
     bucket = f"{env.buckets.audio}-drill-{out.started_at.strftime('%Y%m%d%H%M%S')}"[:63]
-    s3.create_bucket(Bucket=bucket)
+    record.add("bucket", name=bucket)
     teardown.callback(_drop_bucket, s3, bucket)
+    s3.create_bucket(Bucket=bucket)
     files.check(repo, manifest.files)
     out.audio_objects = files.restore(s3, bucket, repo, manifest.files.objects)
     out.phases["redis+audio"] = round(time.monotonic() - mark, 2)
@@ -224,8 +370,11 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
                       "WORKER_REDIS_URL": redis_url, "WORKER_S3_BUCKET": bucket,
                       "WORKER_METRICS_PORT": str(metrics), "WORKER_COLOR": "preview"})
     log = tmp / "preview-worker.log"
+    item = record.add("worker", port=port, pid=None)
     pid = procs.spawn([wk.executable(), "serve", "--host", procs.HOST, "--port", str(port)], log, env=variables)
     teardown.callback(procs.stop, pid, 30, "transcription-worker")
+    item["pid"] = pid
+    record.update()
     procs.wait_until(lambda: wk.ready(port), env.deploy.ready_timeout, "the drill's preview worker", log, pid,
                      interval=0.25)
     out.rto_seconds = round(time.monotonic() - began, 2)  # start to serving
@@ -269,18 +418,35 @@ def _judge(out: DrillResult) -> None:
     out.passed = not out.problems
 
 
-def _rds(env: Environment, started: dt.datetime, began: float, rto_target: float, rpo_target: float) -> DrillResult:
+def _delete_rds(env: Environment, name: str) -> None:
+    """Delete the scratch instance `name` (no final snapshot, its automated backups with it); one
+    that does not exist (never created, deleted already) is done."""
+    from opsctl.pitr import rds
+
+    client = rds.client(env)
+    try:
+        client.delete_db_instance(DBInstanceIdentifier=name, SkipFinalSnapshot=True, DeleteAutomatedBackups=True)
+    except client.exceptions.DBInstanceNotFoundFault:
+        pass
+
+
+def _rds(project: Project, env: Environment, started: dt.datetime, began: float, rto_target: float,
+         rpo_target: float) -> DrillResult:
     from opsctl.pitr import rds
 
     scratch = f"{env.database.rds_instance or 'db'}-drill-{started.strftime('%Y%m%d%H%M%S')}"
-    r = rds.restore_to_time(env, scratch, None)
-    rto = time.monotonic() - began
-    latest = r.latest_restorable
-    rpo = max(0.0, (started - latest).total_seconds()) if latest else None
-    out = DrillResult(env.name, env.platform, started, round(rto, 2), None if rpo is None else round(rpo, 3),
-                      rto_target, rpo_target, False, latest, None, scratch)
-    client = rds.client(env)
-    client.delete_db_instance(DBInstanceIdentifier=scratch, SkipFinalSnapshot=True, DeleteAutomatedBackups=True)
+    record = _Record(project, env, started)
+    record.add("rds", name=scratch)  # before it exists: a drill killed while RDS creates it leaves its name
+    try:
+        r = rds.restore_to_time(env, scratch, None)
+        rto = time.monotonic() - began
+        latest = r.latest_restorable
+        rpo = max(0.0, (started - latest).total_seconds()) if latest else None
+        out = DrillResult(env.name, env.platform, started, round(rto, 2), None if rpo is None else round(rpo, 3),
+                          rto_target, rpo_target, False, latest, None, scratch)
+    finally:  # pass, fail or cancel: the scratch instance is deleted (the record kept if that fails)
+        _delete_rds(env, scratch)
+        record.close()
     out.torn_down = True
     _judge(out)
     return out
@@ -297,6 +463,10 @@ def junit(result: DrillResult) -> str:
         case.time = value or 0.0
         if value is None or value > target:
             case.result = [Failure(f"{name.upper()} {value} s above the target {target:.0f} s")]
+        suite.add_testcase(case)
+    if result.error is not None:
+        case = TestCase("drill ran", classname=f"dr.{result.environment}")
+        case.result = [Failure(f"the drill failed: {result.error}")]
         suite.add_testcase(case)
     for name, detail in (("sample transcription through the preview color", result.transcription),
                          ("load test through the preview color", result.load_test)):

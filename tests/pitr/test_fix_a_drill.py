@@ -1,0 +1,126 @@
+"""Issue 22 review (breaks 8, 9, 10 embedded): a drill whose restore fails still writes failing
+reports; the RPO of a quiet database restarted cleanly is 0 (pg_last_committed_xact() is NULL
+after a restart: the newest commit is read from the live server's commit timestamps); a drill
+killed (kill -9) while serving leaves its restored copy to the next restore, which removes it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import psutil
+import yaml
+
+
+def _set_dr(pitr, **dr):
+    path = pitr.root / "opsctl.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["environments"]["local"]["dr"] = dr
+    path.write_text(yaml.safe_dump(doc))
+
+
+def test_a_drill_whose_restore_fails_still_writes_failing_reports(pitr, runner, tmp_path):
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.sql("insert into events(note) select 'x' from generate_series(1, 20)")
+    pitr.wait_archived()
+    junit, prom = tmp_path / "drill.xml", tmp_path / "drill.prom"
+    r = pitr.cli(runner, "dr", "drill", "--junit", str(junit), "--metrics-file", str(prom))
+    assert r.exit_code == 0, r.output
+    assert 'opsctl_dr_drill_success{env="local"} 1' in prom.read_text()
+    from opsctl.pitr import layout
+
+    base = pitr.root / "repo" / layout.base_prefix(pitr.sysid())
+    aside = tmp_path / "base-aside"
+    shutil.move(str(base), str(aside))  # the repository lost its base backups: the restore fails
+    try:
+        r = pitr.cli(runner, "dr", "drill", "--json", "--junit", str(junit), "--metrics-file", str(prom))
+        assert r.exit_code != 0, r.output
+        assert 'opsctl_dr_drill_success{env="local"} 0' in prom.read_text(), prom.read_text()
+        suite = ET.parse(junit).getroot().find("testsuite")
+        assert suite.get("failures") != "0"
+        (ran,) = [c for c in suite.iter("testcase") if c.get("name") == "drill ran"]
+        assert "base backup" in ran.find("failure").get("message"), ET.tostring(ran, encoding="unicode")
+        doc = json.loads(r.stdout)
+        assert not doc["passed"] and "base backup" in doc["error"], doc
+    finally:
+        shutil.move(str(aside), str(base))
+
+
+def test_the_drill_rpo_of_a_quiet_database_after_a_restart_is_zero(pitr, runner):
+    from opsctl.local import postgres as pg
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.sql("insert into events(note) select 'quiet' from generate_series(1, 20)")
+    pitr.wait_archived()
+    pg.stop(pitr.pid)
+    pitr.start_postgres()
+    assert pitr.sql("select timestamp from pg_last_committed_xact()", db="postgres")[0][0] is None
+    time.sleep(2.5)  # the drill starts well after the last commit: RPO 'drill start - commit' would miss 2 s
+    _set_dr(pitr, rpo="2s", rto="4h")
+    try:
+        r = pitr.cli(runner, "dr", "drill", "--json")
+        doc = json.loads(r.stdout)
+        assert doc["rpo_seconds"] == 0, doc
+        assert doc["live_newest_commit"] == doc["restored_to"], doc
+        assert r.exit_code == 0, r.output
+    finally:
+        _set_dr(pitr, rpo="1h", rto="4h")
+
+
+SCRIPT = r"""
+import sys, time
+from opsctl.pitr import drill
+def slow(*a, **k):  # stands for the serve phase (worker start, transcription, 10 s load test)
+    print("SERVING", flush=True)
+    time.sleep(120)
+drill._services_ready = slow
+from opsctl.cli import main
+sys.argv = ["opsctl", "--root", sys.argv[1], "dr", "drill"]
+main()
+"""
+
+
+def _scratch_servers(root: Path):
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if "postgres" in (p.info["name"] or "") and "postgres.restored-" in cmd and str(root) in cmd:
+            out.append(p.pid)
+    return out
+
+
+def test_a_drill_killed_while_serving_leaves_its_copy_to_the_next_restore(pitr, runner):
+    from opsctl.local import postgres as pg
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(pitr.root)], stdout=subprocess.PIPE, env=env, text=True)
+    deadline = time.monotonic() + 120
+    line = ""
+    while time.monotonic() < deadline and "SERVING" not in line:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+    assert "SERVING" in line
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _scratch_servers(pitr.root), "the drill's copy runs right after the kill"
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    mine = json.loads(r.stdout)
+    pg.stop(mine["pid"])
+    left = _scratch_servers(pitr.root)
+    data = pitr.state().folder / "data"
+    dirs = [p.name for p in data.iterdir() if p.name.startswith("postgres.restored-") and str(p) != mine["data_dir"]]
+    for pid in left:
+        pg.stop(pid)
+    shutil.rmtree(mine["data_dir"], ignore_errors=True)
+    assert not left and not dirs, (left, dirs)
