@@ -178,20 +178,31 @@ class DrainResult:
 
 class Archiver:
     """Drains one queue into one repository. `sysid` is the live cluster's (the data directory's):
-    history and backup-history files, which carry no identifier, are filed under it; a segment
-    under the one its own header names."""
+    a segment is filed under the cluster its own header names; history and backup-history files
+    carry no identifier and go under `sysid`, except that with `wal_dir` (the live cluster's
+    pg_wal, where PostgreSQL keeps every history file) a history file not found there with the
+    same bytes is another cluster's: quarantined, not guessed."""
 
     GAP_CHECK_SECONDS = 5.0  # how often, while gaps are kept, the base backups are listed
 
-    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1):
+    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1, wal_dir: Path | None = None):
         self.repo, self.key, self.sysid, self.queue, self.level = repo, key, sysid, queue, level
+        self.wal_dir = wal_dir
         self._gap_checked = 0.0
         self._bases_seen: tuple | None = None
 
     def owner(self, path: Path) -> str:
         """The system identifier queued file `path` is filed under: a segment's own header's
-        (ValueError when it is not a WAL header for its name), else the live cluster's."""
-        if not layout.WAL_FILE.fullmatch(path.name)["seg"]:
+        (ValueError when it is not a WAL header for its name), else the live cluster's (ValueError
+        for a history file the live cluster's pg_wal doesn't hold, when `wal_dir` is known)."""
+        m = layout.WAL_FILE.fullmatch(path.name)
+        if m["tli"] and self.wal_dir is not None:
+            live = self.wal_dir / path.name
+            if not live.is_file() or live.read_bytes() != path.read_bytes():
+                raise ValueError(f"a timeline history file the live cluster ({self.sysid}) doesn't have in "
+                                 f"{self.wal_dir}: another cluster's (a lost data directory?), and it names none")
+            return self.sysid
+        if not m["seg"]:
             return self.sysid
         with open(path, "rb") as fh:
             return header_sysid(fh.read(_LONG_HEADER.size), path.name)
@@ -316,7 +327,8 @@ class Archiver:
 
     def clear_gaps(self, force: bool = False) -> list[str]:
         """Remove the `.gaps/` markers a base backup of the live cluster covers (it starts at a
-        later segment; for a history file, it started after the drop). Lists the base backups at
+        later segment; for a backup history file, at its segment or later: recovery never reads
+        one; for a timeline history file, it started after the drop). Lists the base backups at
         most every GAP_CHECK_SECONDS and reads them only when that list changed. Returns the
         files cleared."""
         gaps = self.queue / GAPS
@@ -339,8 +351,12 @@ class Archiver:
         cleared = []
         for mark in marks:
             m = layout.WAL_FILE.fullmatch(mark.name)
-            seg = (m["seg"] if m else None) or (mark.name[:24] if mark.name.endswith(".backup") else None)
-            covered = layout.parse_segment(seg)[1] < start if seg else mark.stat().st_mtime < started
+            if m and m["seg"]:
+                covered = layout.parse_segment(m["seg"])[1] < start
+            elif mark.name.endswith(".backup"):
+                covered = layout.parse_segment(mark.name[:24])[1] <= start
+            else:
+                covered = mark.stat().st_mtime < started
             if covered:
                 mark.unlink(missing_ok=True)
                 cleared.append(mark.name)
@@ -378,7 +394,7 @@ def for_environment(project, env, data: Path, queue: Path) -> Archiver:
     from opsctl.pitr.ops import sealed_repository
 
     repo, key = sealed_repository(project, env, initialise=True)
-    return Archiver(repo, key, system_identifier(data), queue, env.backup.compress_level)
+    return Archiver(repo, key, system_identifier(data), queue, env.backup.compress_level, wal_dir=data / "pg_wal")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,14 +76,19 @@ def test_a_dropped_segment_stays_critical_until_a_base_backup_covers_it(pitr, ru
     from opsctl.local import postgres as pg
     from opsctl.pitr import local as pitr_local
 
-    path = pitr.root / "opsctl.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["environments"]["local"]["backup"]["archive_queue"] = 2
-    path.write_text(yaml.safe_dump(doc))
-    pg.stop(pitr.pid)
-    pitr.start_postgres()  # archive_command with the new limit
+    def queue_limit(n):  # restarts PostgreSQL with an archive_command of that limit (None: default)
+        path = pitr.root / "opsctl.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["environments"]["local"]["backup"].pop("archive_queue", None)
+        if n is not None:
+            doc["environments"]["local"]["backup"]["archive_queue"] = n
+        path.write_text(yaml.safe_dump(doc))
+        pg.stop(pitr.pid)
+        pitr.start_postgres()
+
     assert pitr.cli(runner, "backup", "base").exit_code == 0
     pitr.wait_archived()
+    queue_limit(2)
     state = pitr.state()
     queue = pitr_local.queue_dir(state)
     assert pitr_local.stop_archiver(state)  # the repository is slow / unreachable for a while
@@ -99,12 +104,10 @@ def test_a_dropped_segment_stays_critical_until_a_base_backup_covers_it(pitr, ru
     assert pitr.repo().names(f"pitr/{pitr.sysid()}/dropped/{dropped[0]}")  # uploaded
     gap = _check(pitr)
     assert gap.status == Status.CRITICAL and dropped[0] in gap.message, gap.message
+    queue_limit(None)  # (a base backup's own WAL dropped would be a gap in it)
+    assert _check(pitr).status == Status.CRITICAL  # a restart changes nothing
     assert pitr.cli(runner, "backup", "base").exit_code == 0  # covers the gap
     assert _wait(lambda: _check(pitr).status == Status.OK), _check(pitr).message
-    doc["environments"]["local"]["backup"].pop("archive_queue")
-    path.write_text(yaml.safe_dump(doc))
-    pg.stop(pitr.pid)
-    pitr.start_postgres()
 
 
 def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
@@ -123,6 +126,9 @@ def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
     # a queued file whose header is not a WAL page header (damaged): quarantined, never filed
     bad = "0000000100000000000000FE"
     (queue / bad).write_bytes(b"\0" * 4096)
+    # the old cluster's history file (it carries no system identifier): not the new cluster's
+    history = "00000007.history"
+    (queue / history).write_text("6\t0/9000000\tno recovery target specified\n")
     # the disk holding the data directory is lost; `local up` initdb's a new cluster
     pg.stop(pitr.pid)
     data = pitr.state().data("postgres")
@@ -131,10 +137,11 @@ def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
     pitr.ensure_archiver()
     new = pitr.sysid()
     assert new != old
-    assert _wait(lambda: not (queue / queued).exists() and not (queue / bad).exists())
+    assert _wait(lambda: not (queue / queued).exists() and not (queue / bad).exists()
+                 and not (queue / history).exists())
     under_old = [n for n in pitr.repo().names(layout.wal_prefix(old)) if queued in n]
-    under_new = [n for n in pitr.repo().names(layout.wal_prefix(new)) if queued in n or bad in n]
+    under_new = [n for n in pitr.repo().names(layout.wal_prefix(new)) if queued in n or bad in n or history in n]
     assert under_old and not under_new, (under_old, under_new)
-    assert (queue / ".quarantine" / bad).exists()
+    assert (queue / ".quarantine" / bad).exists() and (queue / ".quarantine" / history).exists()
     check = _check(pitr)
     assert check.status == Status.CRITICAL and bad in check.message, check.message
