@@ -177,7 +177,9 @@ def wal_push(
     emit(r, as_json, lambda c: c.print(
         f"archived {len(r.archived)} WAL file(s) of {server} ({_size(r.raw_bytes)} → {_size(r.stored_bytes)})"
         + (f", {len(r.skipped)} already archived" if r.skipped else "")
-        + (f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else ""), soft_wrap=True))
+        + (f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else "")
+        + (f"; QUARANTINED (header names no cluster, see the queue's .quarantine/): {', '.join(r.quarantined)}"
+           if r.quarantined else ""), soft_wrap=True))
 
 
 def register(app: typer.Typer) -> None:
