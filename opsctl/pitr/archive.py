@@ -180,8 +180,8 @@ class Archiver:
     """Drains one queue into one repository. `sysid` is the live cluster's (the data directory's):
     a segment is filed under the cluster its own header names; history and backup-history files
     carry no identifier and go under `sysid`, except that with `wal_dir` (the live cluster's
-    pg_wal, where PostgreSQL keeps every history file) a history file not found there with the
-    same bytes is another cluster's: quarantined, not guessed."""
+    pg_wal, where PostgreSQL keeps every history file) a history file of a timeline past the
+    newest one there is another cluster's: quarantined, not guessed."""
 
     GAP_CHECK_SECONDS = 5.0  # how often, while gaps are kept, the base backups are listed
 
@@ -194,13 +194,20 @@ class Archiver:
     def owner(self, path: Path) -> str:
         """The system identifier queued file `path` is filed under: a segment's own header's
         (ValueError when it is not a WAL header for its name), else the live cluster's (ValueError
-        for a history file the live cluster's pg_wal doesn't hold, when `wal_dir` is known)."""
+        for a history file of a timeline past the live cluster's, when `wal_dir` is known)."""
         m = layout.WAL_FILE.fullmatch(path.name)
         if m["tli"] and self.wal_dir is not None:
             live = self.wal_dir / path.name
-            if not live.is_file() or live.read_bytes() != path.read_bytes():
-                raise ValueError(f"a timeline history file the live cluster ({self.sysid}) doesn't have in "
-                                 f"{self.wal_dir}: another cluster's (a lost data directory?), and it names none")
+            if live.is_file() and live.read_bytes() == path.read_bytes():
+                return self.sysid
+            # PostgreSQL never removes a history file from pg_wal, so the newest one there is the
+            # live timeline's: an older timeline's file is the live cluster's past (an in-place
+            # restore moved on from it); a newer one, another cluster's (initdb starts at 1)
+            newest = max((int(n[:8], 16) for n in os.listdir(self.wal_dir) if n.endswith(".history")), default=1)
+            if int(m["tli"], 16) > newest:
+                raise ValueError(f"a history file of timeline {int(m['tli'], 16)}, past the live cluster's "
+                                 f"({self.sysid}, timeline {newest}): another cluster's (a lost data "
+                                 "directory?), and it names none")
             return self.sysid
         if not m["seg"]:
             return self.sysid

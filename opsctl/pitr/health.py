@@ -37,7 +37,7 @@ def seconds(duration: str) -> float:
     return float(duration[:-1]) * UNITS[duration[-1]]
 
 
-def server_archiver(state) -> dict | None:
+def _server_archiver(state) -> dict | None:
     """What the embedded platform's PostgreSQL says of its own archiving, or None when it can't
     be asked (not running): {"failing": bool (a failure after the last success), "wal": the
     segment that failed last, "failures": failed_count, "failed_at" / "archived_at" (epoch s or
@@ -94,7 +94,7 @@ def archive_lag(project, env) -> CheckResult:
     oldest = min((p.stat().st_mtime for p in pending if p.exists()), default=None)
     dropped = sorted(set(_names(queue / archive.DROPPED)) | set(_names(queue / archive.GAPS)))
     quarantined = _names(queue / archive.QUARANTINE)
-    server = server_archiver(state)
+    server = _server_archiver(state)
     failing = server if server is not None and server["failing"] else None
     conflicts = sorted(os.listdir(queue / archive.CONFLICT)) if (queue / archive.CONFLICT).is_dir() else []
     comp = state.components.get(pitr_local.COMPONENT)

@@ -110,6 +110,24 @@ def test_a_dropped_segment_stays_critical_until_a_base_backup_covers_it(pitr, ru
     assert _wait(lambda: _check(pitr).status == Status.OK), _check(pitr).message
 
 
+def test_a_history_file_past_the_live_timeline_is_quarantined_an_older_one_is_filed(pitr, tmp_path):
+    # an in-place restore left the live cluster on timeline 3; its queue still holds timeline 2's
+    # history (its own past: filed) and one of timeline 5 (no timeline of it: another cluster's)
+    from opsctl.pitr import archive, layout
+
+    queue, wal = tmp_path / "queue", tmp_path / "pg_wal"
+    archive.prepare_queue(queue, None)
+    wal.mkdir()
+    (wal / "00000003.history").write_text("1\t0/3000000\tx\n2\t0/5000000\tx\n")
+    (queue / "00000002.history").write_text("1\t0/3000000\tx\n")
+    (queue / "00000005.history").write_text("4\t0/9000000\tx\n")
+    result = archive.Archiver(pitr.repo(), pitr.key(), "8" * 19, queue, wal_dir=wal).drain()
+    assert result.archived == ["00000002.history"] and result.quarantined == ["00000005.history"]
+    assert "timeline 5" in (queue / ".quarantine" / "00000005.history.reason").read_text()
+    files, _ = layout.parse_wal("8" * 19, pitr.repo().names(layout.wal_prefix("8" * 19)))
+    assert list(files) == ["00000002.history"]
+
+
 def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
     from opsctl.health.model import Status
     from opsctl.local import postgres as pg
