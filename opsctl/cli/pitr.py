@@ -68,9 +68,11 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
 
     emit(r, as_json, render)
     if not r.ok:
-        names = ", ".join(f"{p['file']} ({p['kind']})" for p in r.problems) or "no restorable window"
+        names = ", ".join([f"{p['file']} ({p['kind']})" for p in r.problems]
+                          + [f"base backup {bid} ({why})" for bid, why in r.unusable_base_backups.items()
+                             if "running" not in why]) or "no restorable window"
         if not as_json:
-            stderr.print(f"the WAL chain is broken: {names}", markup=False)
+            stderr.print(f"the chain is broken: {names}", markup=False)
         raise OperationFailed(f"backup verify-chain: {names}")
 
 

@@ -43,6 +43,14 @@ IN_PROGRESS = "in-progress.json"
 KINDS = ("full", "incremental")
 
 
+class DamagedBase(OperationFailed):
+    """A base backup whose stored tar failed its check while being read (`base_id`, `why`)."""
+
+    def __init__(self, base_id: str, why: str):
+        super().__init__(f"base backup {base_id} is damaged ({why}); nothing live was changed")
+        self.base_id, self.why = base_id, why
+
+
 class BaseBackup(BaseModel):
     """A base backup's record (`base.json`): its id, cluster, kind and parent, the WAL range
     (`start_lsn` where replay starts, `stop_lsn` where it is consistent), times (UTC), the stored
@@ -224,7 +232,11 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
         if summarize != "on":
             raise UsageError("an incremental base backup needs summarize_wal=on on the server; "
                              "take a full one, or restart the server with WAL summaries")
-        done, _ = load_all(repo, sysid, key)
+        from opsctl.pitr.chain import whole_bases
+
+        names = repo.names(layout.base_prefix(sysid))
+        done, bad = load_all(repo, sysid, key, names)
+        done = whole_bases(repo, key, done, bad, names)  # a parent whose tar is gone restores nothing
         path = _server_path(conninfo)
         if path is not None:  # a base backup on a branch a restore abandoned is no parent
             from opsctl.pitr.chain import on_path
@@ -435,6 +447,9 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
     """
     from opsctl.backup.pipeline import unpack
 
+    from opsctl.backup.crypto import IntegrityError
+    from opsctl.backup.repository import NotFound
+
     obj = rec.object("base.tar.zst")
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     stream = unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None,
@@ -444,6 +459,10 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
         for block in stream:
             writer.feed(block)
         writer.finish()
+    except NotFound:
+        raise DamagedBase(rec.id, f"its object {obj.name} is missing") from None
+    except IntegrityError as exc:
+        raise DamagedBase(rec.id, f"its object {obj.name} fails its check: {exc}") from None
     finally:
         writer.close()
     if not writer.files:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.repository import NotFound
+from opsctl.errors import OperationFailed
 from opsctl.pitr import base as bb
 from opsctl.pitr import layout
 
@@ -175,7 +176,8 @@ def xact_ends(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime, s
 
 
 def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,
-              end_times: bool = True, progress=None, start_at: int | None = None) -> Inventory:
+              end_times: bool = True, progress=None, start_at: int | None = None,
+              archived: str | None = None) -> Inventory:
     """The chains and windows of cluster `sysid`.
 
     deep: read and check every WAL object on the path (not only the ones that date windows).
@@ -183,9 +185,16 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     stage: write each checked WAL file's plaintext there (the restore's WAL source).
     start_at: only the segments from this number on, and only the base backups starting there
     (a restore from one base backup); off-path objects are then not checked.
+    archived: the newest WAL file the live server reports archived (pg_stat_archiver's
+    last_archived_wal): segments up to it missing from the repository are named, not taken for
+    "not archived yet".
+    Base backups whose tar is missing, of another size than their record says, (deep, without
+    start_at) fails its authenticated read, or whose incremental parent is unusable, are moved to
+    bad_bases (whole_bases): no window starts at them.
     """
     names = repo.names(layout.root(sysid) + "/")
     bases, bad = bb.load_all(repo, sysid, key, {n: s for n, s in names.items() if n.startswith(layout.base_prefix(sysid))})
+    bases = whole_bases(repo, key, bases, bad, names, read=deep and start_at is None)
     objects, strange = layout.parse_wal(sysid, names)
     dropped = {n[len(layout.dropped_prefix(sysid)):] for n in names if n.startswith(layout.dropped_prefix(sysid))}
     inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects)
@@ -202,6 +211,13 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
         bases = [b for b in bases if layout.segno(layout.lsn(b.start_lsn)) >= start_at]
     present = [layout.parse_segment(f) for f in objects if len(f) == 24]
     on_path_segments = [n for tli, n in present if layout.timeline_of(n, inv.path) == tli]
+    # the archive's end is the newest segment present, dropped by a full queue (its marker is in
+    # the repository) or (`archived`) reported archived by the server: the ones missing before it
+    # are gaps, never "not archived yet"
+    ends = [layout.parse_segment(f[:24]) for f in dropped if len(f) == 24]
+    if archived and len(archived) >= 24 and layout.WAL_FILE.fullmatch(archived[:24]):
+        ends.append(layout.parse_segment(archived[:24]))
+    on_path_segments += [n for tli, n in ends if layout.timeline_of(n, inv.path) == tli]
     last = max(on_path_segments + [first - 1] + [layout.segno(layout.lsn(b.stop_lsn)) for b in bases])
     bad_at: dict[int, Problem] = {}
     todo: list[tuple[str, list, int | None]] = []
@@ -211,7 +227,8 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
         if file not in objects:
             kind = "dropped" if file in dropped else "missing"
             detail = "the local WAL queue was full when PostgreSQL archived it" if kind == "dropped" else \
-                "not in the repository"
+                "not in the repository" + (f", though the server reports {archived} archived"
+                                           if archived and n <= layout.parse_segment(archived[:24])[1] else "")
             bad_at[n] = Problem(file, kind, detail)
             continue
         if deep and (until is None or n <= until) and file not in inv.good:
@@ -232,6 +249,43 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     inv.problems += [bad_at[n] for n in sorted(bad_at)]
     _windows(repo, key, inv, bases, first, bad_at, stage, end_times)
     return inv
+
+
+def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], names: dict[str, int],
+                read: bool = False) -> list[bb.BaseBackup]:
+    """The base backups of `bases` (oldest first) a restore can use: each stored object listed in
+    `names` ({name: bytes}) with the size its record gives, (`read`) its whole object read and
+    checked (SHA-256, authentication, zstd: the read a restore does), and an incremental's parent
+    itself usable. The others go to `bad` ({id: why}), naming the object or parent at fault."""
+    from opsctl.backup.pipeline import unpack
+
+    good: list[bb.BaseBackup] = []
+    for b in bases:
+        why = None
+        if not b.objects:
+            why = "its record names no stored object"
+        for obj in b.objects:
+            if why:
+                break
+            if obj.name not in names:
+                why = f"its object {obj.name} is missing"
+            elif names[obj.name] != obj.size:
+                why = f"its object {obj.name} holds {names[obj.name]} bytes, its record says {obj.size}"
+            elif read:
+                try:
+                    for _ in unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size,
+                                    key if obj.encrypted else None):
+                        pass
+                except (IntegrityError, NotFound, OperationFailed) as exc:
+                    why = f"its object {obj.name} fails its check: {exc}"
+        if why is None and b.parent and b.parent not in {g.id for g in good}:
+            why = f"its parent base backup {b.parent} is " + (
+                "unusable" if b.parent in bad else "missing")
+        if why:
+            bad[b.id] = why
+        else:
+            good.append(b)
+    return good
 
 
 def _open_objects(repo, key, sysid: str, objs) -> tuple[list[tuple[object, str | None]], tuple | None]:

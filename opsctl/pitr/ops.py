@@ -118,10 +118,46 @@ def _report(inv: chain.Inventory) -> ChainReport:
         timeline_path=[{"timeline": t, "until": layout.lsn_text(e) if e is not None else None} for t, e in inv.path])
 
 
+def _archived(project: Project, env: Environment, sysid: str) -> str | None:
+    """The newest WAL file the running embedded server reports archived (pg_stat_archiver's
+    last_archived_wal), when it runs and is the cluster `sysid`; None otherwise (not running,
+    no answer, nothing archived yet)."""
+    import psycopg
+
+    from opsctl.local import procs
+
+    try:
+        _, comp = _local_state(project, env)
+        with psycopg.connect(f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres",
+                             connect_timeout=3) as conn:
+            row = conn.execute("select a.last_archived_wal, c.system_identifier::text from pg_stat_archiver a, "
+                               "pg_control_system() c").fetchone()
+    except (psycopg.Error, UsageError, OSError):
+        return None
+    if not row or not row[0] or row[1] != sysid or not layout.WAL_FILE.fullmatch(row[0][:24]):
+        return None
+    # the server counts a file archived once it is in the local queue; one still queued is on its
+    # way, not missing: the bound is the segment before the oldest one queued
+    from opsctl.local import state as st
+    from opsctl.pitr.local import queue_dir
+
+    try:
+        queue = queue_dir(st.load(st.folder_for(project.root)))
+        queued = sorted(p.name for p in queue.iterdir() if len(p.name) == 24 and layout.WAL_FILE.fullmatch(p.name))
+    except OSError:
+        queued = []
+    if queued and queued[0] <= row[0][:24]:
+        tli, n = layout.parse_segment(queued[0])
+        return layout.segment(tli, n - 1) if n > 0 else None
+    return row[0]
+
+
 def verify_chain(project: Project, env: Environment, progress=None) -> ChainReport:
-    """Read and check every WAL object and base backup record of the live cluster (read-only)."""
+    """Read and check every WAL object and base backup (record and tar) of the live cluster
+    (read-only). Segments up to the one the running server reports archived must be there."""
     repo, key = sealed_repository(project, env)
-    inv = chain.inventory(repo, key, _sysid(project, env, repo), deep=True, progress=progress)
+    sysid = _sysid(project, env, repo)
+    inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=_archived(project, env, sysid))
     return _report(inv)
 
 

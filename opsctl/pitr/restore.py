@@ -64,7 +64,11 @@ def parse_time(text: str) -> dt.datetime:
                          "or 'latest'") from None
     if when.tzinfo is None:
         raise UsageError(f"--to-time '{text}' has no time zone; end it with Z (UTC) or an offset such as +02:00")
-    return when.astimezone(dt.timezone.utc)
+    try:
+        return when.astimezone(dt.timezone.utc)
+    except (OverflowError, ValueError):  # year 9999 west of UTC, year 1 east of it
+        raise UsageError(f"--to-time '{text}' is outside the times a restore can reach (years 1-9999 in UTC); "
+                         "give a time within the archive's window, or 'latest'") from None
 
 
 def parse_lsn(text: str) -> int:
@@ -149,14 +153,15 @@ def cluster_id(repo, state) -> str:
 
 
 def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,
-         beside: bool = False, report=None, unpack_report=None) -> PitrPlan:
+         beside: bool = False, report=None, unpack_report=None, damaged: dict[str, str] | None = None) -> PitrPlan:
     """Choose the chain and check the target against its window; stages the checked WAL.
 
     While the WAL is read and checked, the chain's base backups are already unpacked (and
     recombined) into a new scratch data directory beside the live one: that touches nothing
     live, and it is the longest part of a restore, so the two overlap. `discard` (always
     called after plan, as `restore` does) removes what `run` did not take. `report` advances
-    per WAL file; `unpack_report(what, total)` as for backups.
+    per WAL file; `unpack_report(what, total)` as for backups. `damaged` ({id: why}): base
+    backups a previous attempt found damaged while unpacking; no chain through them is chosen.
     """
     if (to_time is None) == (to_lsn is None):
         raise UsageError("give one of --to-time TIME (or 'latest') and --to-lsn LSN")
@@ -167,12 +172,32 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     clean_abandoned(state)  # a restore killed earlier (kill -9): its recovery server and folders
     sysid = cluster_id(repo, state)
     listed = chain.inventory(repo, key, sysid, end_times=False)
-    if not listed.bases:
-        raise UsageError(f"no base backup of this cluster (system {sysid}) in {repo.url}; take one with "
-                         "'opsctl backup base'" + (f" ({len(listed.bad_bases)} unusable)" if listed.bad_bases else ""))
+    if not listed.bases and not listed.bad_bases:
+        # the live cluster has no base backup at all: a data directory lost and made anew
+        # (`opsctl local up` after a lost disk) is a new cluster; the one the repository holds
+        # base backups of is what there is to restore
+        others = [s for s in chain.sysids(repo) if s != sysid and repo.names(layout.base_prefix(s))]
+        if len(others) > 1:
+            raise UsageError(f"no base backup of the live cluster (system {sysid}) in {repo.url}, which holds "
+                             f"base backups of clusters {', '.join(others)}; restore names one only when it is "
+                             "the only one: move the others' pitr/<system>/ folders aside, or take a base backup")
+        if others:
+            sysid = others[0]
+            listed = chain.inventory(repo, key, sysid, end_times=False)
+    damaged = damaged or {}
+    for bid, why in damaged.items():
+        listed.bad_bases[bid] = why
+    # whole_bases left out those with a missing or resized tar or an unusable parent; drop those
+    # a previous attempt could not unpack, and what is built on them
+    whole = [b for b in listed.bases if b.id not in damaged]
+    whole = [b for b in whole if all(p.id in {w.id for w in whole} for p in _parents(listed.bases, b))]
+    broken = "; ".join(f"{bid}: {why}" for bid, why in listed.bad_bases.items() if "running" not in why)
+    if not whole:
+        raise UsageError(f"no usable base backup of this cluster (system {sysid}) in {repo.url}"
+                         + (f" (damaged: {broken})" if broken else "") + "; take one with 'opsctl backup base'")
     # only base backups on the newest timeline's history: one taken on a branch a later restore
     # abandoned can't start a recovery along it (it has the newest stop LSN, so it was chosen)
-    usable = [b for b in listed.bases if chain.on_path(b, listed.path)]
+    usable = [b for b in whole if chain.on_path(b, listed.path)]
     if not usable:
         raise UsageError(f"no base backup of this cluster (system {sysid}) lies on its newest timeline's history "
                          f"(timelines {', '.join(str(t) for t, _ in listed.path)}); take one with "
@@ -191,7 +216,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                          f"{first.finished_at.isoformat(timespec='seconds')}, stop LSN {first.stop_lsn}); "
                          "choose a later target")
     tip = max(fits, key=lambda b: layout.lsn(b.stop_lsn))
-    backups = bb.chain_of(listed.bases, tip)
+    backups = bb.chain_of(whole, tip)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     data_root = state.folder / "data"
     stage = data_root / f"pitr-wal-{stamp}"
@@ -251,6 +276,15 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
               "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
               "new": new, "work": work, "unpacked": unpacked}
     return p
+
+
+def _parents(bases: list[bb.BaseBackup], b: bb.BaseBackup) -> list[bb.BaseBackup]:
+    """The base backups `b` is built on (its incremental chain without `b`); those found only."""
+    by_id, out = {x.id: x for x in bases}, []
+    while b.parent and b.parent in by_id:
+        b = by_id[b.parent]
+        out.append(b)
+    return out
 
 
 def _target_timeline(repo, key, sysid: str, inv, stage: Path, tip: bb.BaseBackup, when: dt.datetime | None,
@@ -739,14 +773,28 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     # in place it replaces the live server: the environment's deploy lease is held, so a
     # deploy or failover racing it is refused (and it is refused while one runs)
     with nullcontext() if beside else lease.held(project, env, "restore"):
-        p = plan(project, env, to_time, to_lsn, beside, report=report("WAL segments", None) if report else None,
-                 unpack_report=report)
-        try:
-            if p.overwrites and approve is not None:
-                approve(p)
-            # announced either way; a restore beside the live server touches nothing live: no check held
-            with window(project, env, "restore", f"PostgreSQL to {p.target}{' (beside)' if p.beside else ''}",
-                        [] if p.beside else None):
-                return run(p, report)
-        finally:
-            discard(p)
+        # a base backup found damaged while unpacking (its tar fails its check: nothing live was
+        # touched yet) is passed over and the newest chain without it tried, down to none
+        damaged: dict[str, str] = {}
+        approved = False
+        while True:
+            p = plan(project, env, to_time, to_lsn, beside, report=report("WAL segments", None) if report else None,
+                     unpack_report=report, damaged=damaged)
+            try:
+                if p.overwrites and approve is not None and not approved:
+                    approve(p)
+                    approved = True
+                # announced either way; a restore beside the live server touches nothing live: no check held
+                with window(project, env, "restore", f"PostgreSQL to {p.target}{' (beside)' if p.beside else ''}",
+                            [] if p.beside else None):
+                    result = run(p, report)
+                if damaged:
+                    result.notes.append("passed over damaged base backup(s): "
+                                        + "; ".join(f"{bid} ({why})" for bid, why in damaged.items()))
+                return result
+            except bb.DamagedBase as exc:
+                if exc.base_id in damaged:
+                    raise
+                damaged[exc.base_id] = exc.why
+            finally:
+                discard(p)

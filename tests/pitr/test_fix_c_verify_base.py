@@ -1,0 +1,110 @@
+"""FIX-C (from BREAKER-22): `backup verify-chain` said a chain was restorable when the restore
+could not use it: it checked only each base backup's record (base.json), never that its tar is
+there and whole, nor that an incremental's parent exists; restore picked one tip and failed
+("unexpected NotFound", "needs X, which is missing or damaged", "failed authentication").
+
+Now verify names the broken base backup (exit 1, in unusable_base_backups) and its windows
+leave it out; restore takes the newest whole chain (every row live restored) or, when none is
+left, refuses in one line with exit 2 naming what is damaged. Never "unexpected".
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+
+def _verify(pitr, runner):
+    r = pitr.cli(runner, "backup", "verify-chain", "--json")
+    return r.exit_code, json.loads(r.stdout)
+
+
+def _restore_latest(pitr, runner, broken: str) -> None:
+    """Restore 'latest' beside: all rows live now from an older whole chain, or a one-line refusal
+    (exit 2) naming `broken`."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    live = {r[0] for r in pitr.sql("select id from events")}
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert "unexpected" not in r.output, r.output
+    if r.exit_code == 0:
+        doc = json.loads(r.stdout)
+        try:
+            assert broken not in doc["chain"], doc
+            with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+                got = {row[0] for row in conn.execute("select id from events")}
+        finally:
+            pg.stop(doc["pid"])
+        assert got == live
+    else:
+        assert r.exit_code == 2 and broken in r.output, r.output
+
+
+def _assert_named(code: int, doc: dict, broken: str) -> None:
+    assert code == 1 and not doc["ok"], doc
+    assert broken in doc["unusable_base_backups"], doc
+    assert broken not in {w["base"] for w in doc["windows"]}, doc
+
+
+def test_verify_names_a_base_backup_whose_tar_is_gone_and_restore_passes_over_it(pitr, runner, tmp_path):
+    from opsctl.pitr import layout
+
+    r = pitr.cli(runner, "backup", "base", "--json")
+    assert r.exit_code == 0, r.output
+    bid = json.loads(r.stdout)["id"]
+    pitr.sql("insert into events(note) select 'x' from generate_series(1, 20)")
+    pitr.wait_archived()
+    tar = pitr.root / "repo" / layout.base_prefix(pitr.sysid()) / bid / "base.tar.zst"
+    shutil.move(str(tar), str(tmp_path / "tar"))
+    try:
+        code, doc = _verify(pitr, runner)
+        _assert_named(code, doc, bid)
+        assert "missing" in doc["unusable_base_backups"][bid]
+        _restore_latest(pitr, runner, bid)
+    finally:
+        shutil.move(str(tmp_path / "tar"), str(tar))
+
+
+def test_verify_names_an_incremental_whose_parent_is_gone(pitr, runner, tmp_path):
+    from opsctl.pitr import layout
+
+    r = pitr.cli(runner, "backup", "base", "--json")
+    full = json.loads(r.stdout)["id"]
+    pitr.sql("insert into events(note) select 'y' from generate_series(1, 20)")
+    r = pitr.cli(runner, "backup", "base", "--incremental", "--json")
+    assert r.exit_code == 0, r.output
+    inc = json.loads(r.stdout)["id"]
+    pitr.sql("insert into events(note) select 'z' from generate_series(1, 20)")
+    pitr.wait_archived()
+    folder = pitr.root / "repo" / layout.base_prefix(pitr.sysid()) / full
+    shutil.move(str(folder), str(tmp_path / "full"))
+    try:
+        code, doc = _verify(pitr, runner)
+        _assert_named(code, doc, inc)
+        assert full in doc["unusable_base_backups"][inc]
+        _restore_latest(pitr, runner, inc)
+    finally:
+        shutil.move(str(tmp_path / "full"), str(folder))
+
+
+def test_verify_names_a_tampered_base_backup_tar_and_restore_passes_over_it(pitr, runner, tmp_path):
+    from opsctl.pitr import layout
+
+    r = pitr.cli(runner, "backup", "base", "--json")
+    bid = json.loads(r.stdout)["id"]
+    pitr.sql("insert into events(note) select 't' from generate_series(1, 20)")
+    pitr.wait_archived()
+    tar = pitr.root / "repo" / layout.base_prefix(pitr.sysid()) / bid / "base.tar.zst"
+    shutil.copy(tar, tmp_path / "tar")
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the authenticated read finds it
+    tar.write_bytes(bytes(data))
+    try:
+        code, doc = _verify(pitr, runner)
+        _assert_named(code, doc, bid)
+        # the restore's plan lists (no tar read) and picks it; unpacking finds the damage and
+        # the restore goes on from the older whole chain
+        _restore_latest(pitr, runner, bid)
+    finally:
+        shutil.copy(tmp_path / "tar", tar)
