@@ -201,7 +201,9 @@ def _live_newest_commit(project: Project, env: Environment) -> tuple[bool, dt.da
 def drill(project: Project, env: Environment, report=None, junit_path: Path | None = None,
           metrics_path: Path | None = None) -> DrillResult:
     """Run one drill inside the environment's operation window ("drill": announced, no check
-    held); never touches the live database. OpsError when the restore itself fails.
+    held); never touches the live database. A drill that fails (OpsError: the restore, the
+    serve phase, RDS) returns a failing result whose `error` says why; any other exception or
+    a cancel (KeyboardInterrupt) is raised after the failing reports are written.
 
     `junit_path` / `metrics_path`: where the result is written, pass or fail, as JUnit XML
     (`junit`) and Prometheus text (`metrics`), each whole (write_reports). The command and
@@ -435,6 +437,12 @@ def _rds(project: Project, env: Environment, started: dt.datetime, began: float,
     from opsctl.pitr import rds
 
     scratch = f"{env.database.rds_instance or 'db'}-drill-{started.strftime('%Y%m%d%H%M%S')}"
+    if env.database.rds_instance and rds.client(env).describe_db_instances(
+            Filters=[{"Name": "db-instance-id", "Values": [scratch]}])["DBInstances"]:
+        from opsctl.errors import UsageError
+
+        raise UsageError(f"RDS instance {scratch} already exists (another drill this second?); nothing was changed; "
+                         "re-run")  # never deleted below: it is not this drill's
     record = _Record(project, env, started)
     record.add("rds", name=scratch)  # before it exists: a drill killed while RDS creates it leaves its name
     try:
@@ -445,10 +453,20 @@ def _rds(project: Project, env: Environment, started: dt.datetime, began: float,
         out = DrillResult(env.name, env.platform, started, round(rto, 2), None if rpo is None else round(rpo, 3),
                           rto_target, rpo_target, False, latest, None, scratch)
     finally:  # pass, fail or cancel: the scratch instance is deleted (the record kept if that fails)
-        _delete_rds(env, scratch)
-        record.close()
-    out.torn_down = True
+        left = None
+        try:
+            _delete_rds(env, scratch)
+            record.close()
+        except Exception as exc:  # noqa: BLE001 - said in the result; the next drill deletes it by the record
+            from opsctl.redact import credentials
+
+            left = f"the scratch instance {scratch} was not deleted ({credentials(str(exc))}); the next drill " \
+                   "deletes it"
+    out.torn_down = left is None
     _judge(out)
+    if left:
+        out.problems.append(left)
+        out.passed = False
     return out
 
 
