@@ -237,7 +237,7 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
         names = repo.names(layout.base_prefix(sysid))
         done, bad = load_all(repo, sysid, key, names)
         done = whole_bases(repo, key, done, bad, names)  # a parent whose tar is gone restores nothing
-        path = _server_path(conninfo)
+        path = server_path(conninfo)
         if path is not None:  # a base backup on a branch a restore abandoned is no parent
             from opsctl.pitr.chain import on_path
 
@@ -302,7 +302,7 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
     return rec
 
 
-def _server_path(conninfo: str) -> list[tuple[int, int | None]] | None:
+def server_path(conninfo: str) -> list[tuple[int, int | None]] | None:
     """The server's timeline path (layout.history_path of its current timeline's history file,
     read with pg_read_file), or None when it can't be read (a role without the right)."""
     import psycopg

@@ -185,14 +185,20 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
     then the prune runs. Returns retention.prune's result."""
     from opsctl.pitr import retention
 
+    from opsctl.local import procs
+
     repo, key = sealed_repository(project, env)
     sysid = _sysid(project, env, repo)
-    planned = retention.prune(repo, key, sysid, keep_full, True)
+    # the running server's own timeline history: right after an in-place restore the new
+    # timeline's history file may still be on its way to the repository
+    _, comp = _local_state(project, env)
+    path = bb.server_path(f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres connect_timeout=3")
+    planned = retention.prune(repo, key, sysid, keep_full, True, path)
     if dry_run or not (planned.removed or planned.wal_removed):
         return planned
     if approve is not None:
         approve(f"delete {len(planned.removed)} base backup(s) and {planned.wal_removed} WAL object(s)")
-    return retention.prune(repo, key, sysid, keep_full, False)
+    return retention.prune(repo, key, sysid, keep_full, False, path)
 
 
 def window(project: Project, env: Environment, operation: str, subject: str, checks: list[str] | None = None):

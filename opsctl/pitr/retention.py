@@ -1,5 +1,7 @@
 """Retention of base backups and WAL: keep the newest N full base backups with their
-incremental chains, and WAL only from the oldest kept base backup's start on.
+incremental chains, and WAL only from the oldest kept base backup's start on. Only base
+backups a restore can use count (whole, on the newest timeline's history: chain.inventory);
+one on a branch a restore abandoned is removed, a damaged one is left for a person.
 
 pgBackRest's `repo-retention-full` rule: a WAL segment is removed only when no kept base
 backup needs it (its number is below every kept base backup's first segment, on every
@@ -28,17 +30,29 @@ class ChainPruneResult:
     dry_run: bool = False
 
 
-def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False) -> ChainPruneResult:
+def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
+          path: list[tuple[int, int | None]] | None = None) -> ChainPruneResult:
     """Keep the newest `keep_full` full base backups with their incrementals and the WAL from the
     oldest kept one's start; remove older base backups and WAL below it (nothing with `dry_run`).
-    UsageError for `keep_full` < 1."""
+    UsageError for `keep_full` < 1. `path`: the live server's timeline path (base.server_path),
+    used when it is newer than the repository's (its history file may not be uploaded yet)."""
     if keep_full < 1:
         raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
                          "backup restores nothing")
-    bases, _ = bb.load_all(repo, sysid, key)
-    fulls = [b for b in bases if b.kind == "full"]
+    from opsctl.pitr import chain
+
+    # the chains a restore would use: whole (tar present, parent usable) and on the newest
+    # timeline's history, newest by stop LSN along it. A base backup on a branch a restore
+    # abandoned has a newer id and may have a higher LSN, yet no restore starts from it;
+    # kept by id, it pushed out the only usable one and the WAL after it.
+    listed = chain.inventory(repo, key, sysid, end_times=False)
+    bases = listed.bases
+    if path is not None and path[-1][0] > listed.path[-1][0]:
+        listed.path = path
+    usable = [b for b in bases if chain.on_path(b, listed.path)]
+    fulls = sorted((b for b in usable if b.kind == "full"), key=lambda b: layout.lsn(b.stop_lsn))
     kept_roots = {b.id for b in fulls[-keep_full:]}
-    kept = [b for b in bases if bb.chain_of(bases, b)[0].id in kept_roots] if fulls else []
+    kept = [b for b in usable if bb.chain_of(bases, b)[0].id in kept_roots] if fulls else []
     out = ChainPruneResult(kept=[b.id for b in kept], dry_run=dry_run,
                            removed=[b.id for b in bases if b.id not in {k.id for k in kept}])
     if not kept:
