@@ -275,6 +275,9 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     p.context = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
               "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
               "new": new, "work": work, "unpacked": unpacked}
+    if sysid != cluster_id(repo, state):
+        p.context["notes"] = [f"the live cluster had no base backup: restored cluster {sysid}, the only one "
+                              f"{repo.url} holds base backups of"]
     return p
 
 
@@ -788,6 +791,7 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
                 with window(project, env, "restore", f"PostgreSQL to {p.target}{' (beside)' if p.beside else ''}",
                             [] if p.beside else None):
                     result = run(p, report)
+                result.notes += p.context.get("notes", [])
                 if damaged:
                     result.notes.append("passed over damaged base backup(s): "
                                         + "; ".join(f"{bid} ({why})" for bid, why in damaged.items()))

@@ -27,6 +27,7 @@ def test_after_a_lost_data_directory_and_a_new_cluster_latest_restores_the_old_o
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     try:
+        assert any(old in n for n in doc["notes"]), doc["notes"]  # it says which cluster it restored
         with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
             got = {row[0] for row in conn.execute("select id from events")}
     finally:
