@@ -197,8 +197,18 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
     Needs the platform's PostgreSQL running with its archiver (a base backup taken:
     'opsctl backup base'). UsageError for a non-local environment or a platform not up;
     OperationFailed when the build, the replay or the streaming fail (what was built is
-    removed, the slot dropped). `report(what, total)` as for backups.
+    removed, the slot dropped). `report(what, total)` as for backups. Holds the environment's
+    deploy lease (opsctl.pitr.lease) while it builds: a failover, in-place restore or deploy
+    running meanwhile refuses it (UsageError naming the holder), as it refuses them.
     """
+    from opsctl.pitr import lease
+
+    _local(project, env)  # a non-local environment or a platform never started: said before the lease
+    with lease.held(project, env, "standby"):
+        return _start_standby(project, env, report, timeout)
+
+
+def _start_standby(project: Project, env: Environment, report, timeout: float) -> StandbyResult:
     import psycopg
 
     from opsctl.local import postgres as pg
@@ -426,25 +436,65 @@ def _refuse_stale(state, env: Environment, standby_port: int, primary_port: int,
                          + f": it follows a history the primary replaced (an in-place restore?); {rebuild}")
 
 
+def _pending_path(project: Project, env: Environment) -> Path:
+    return project.state_dir / "failover" / f"{env.name}.pending.json"
+
+
+def _save_pending(project: Project, env: Environment, doc: dict) -> None:
+    from opsctl.files import write_json
+
+    write_json(_pending_path(project, env), doc, private=True)
+
+
+def _pending(project: Project, env: Environment) -> dict | None:
+    """The journal of a failover that was interrupted (Ctrl-C, SIGTERM, kill -9) after it fenced
+    the old primary, or None."""
+    import json
+
+    path = _pending_path(project, env)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"the journal of an interrupted failover {path} can't be read ({exc}); read it, finish "
+                         "by hand or remove it, then re-run") from None
+
+
+def _fence(data: Path) -> bool:
+    """Write standby.signal into the old primary's (stopped) data directory: started again by
+    anyone (`opsctl local up`), it comes up as a standby that refuses writes. True when written."""
+    if not data.is_dir() or (data / "standby.signal").exists():
+        return False
+    (data / "standby.signal").write_text("")
+    return True
+
+
 def failover(project: Project, env: Environment, approve=None, progress=None) -> LocalFailoverResult:
     """Promote the standby to be the platform's PostgreSQL and repoint the environment to it.
 
     `approve(text)` is asked before anything changes (raise to stop); `progress(step)` gets
-    each step's name. UsageError when there is no running standby, or it does not follow the
-    current primary (not streaming from it while it runs, or not on its timeline; nothing is changed);
-    OperationFailed when the promotion fails (a running primary is fenced right before it),
-    or after a failover done and recorded when a worker does not come back on the new server.
+    each step's name. The old primary is stopped and fenced (standby.signal in its data
+    directory) and the intent journaled (`.opsctl/failover/<env>.pending.json`) before the
+    promotion; a failover interrupted after that point (Ctrl-C, SIGTERM, kill -9) is finished
+    by the next run, whose steps are each idempotent. UsageError when there is no running
+    standby, or it does not follow the current primary (not streaming from it while it runs,
+    or not on its timeline; nothing is changed); OperationFailed when the promotion fails
+    (the old primary stays fenced; a rerun promotes again), or after a failover done and
+    recorded when a worker does not come back on the new server.
     """
-    import psycopg
-
-    from opsctl.files import write_json
     from opsctl.local import postgres as pg
     from opsctl.local import procs
-    from opsctl.local import state as st
     from opsctl.local.platform import live_pid
 
     step = progress or (lambda _s: None)
     folder, state = _local(project, env)
+    doc = _pending(project, env)
+    if doc is not None:
+        if approve is not None:
+            approve(f"finish the failover of {env.name} interrupted at '{doc.get('stage')}' (begun {doc.get('at')}): "
+                    f"the standby (port {doc['standby_port']}) becomes its PostgreSQL; the old primary stays fenced")
+        return _finish(project, env, doc, step, resumed=True)
     if not _standby_running(state):
         raise UsageError("no running standby to promote; start one with 'opsctl dr standby --env "
                          f"{env.name}' (or restore with 'opsctl restore --env {env.name} --to-time latest')")
@@ -459,7 +509,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     if approve is not None:
         approve(f"promote the standby (port {standby.port}) to be {env.name}'s PostgreSQL in place of the primary "
                 f"(port {primary.port}, {'running: it will be stopped' if old_running else 'down'})")
-    began = time.monotonic()
+    began = time.time()
     notes = []
     fenced = "was down"
     if old_running:  # fence: a primary that still takes writes would fork the history
@@ -486,44 +536,109 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     if not old_running and not streaming:
         notes.append("the standby was not streaming when the primary was found down: commits after its last "
                      "replayed WAL are lost (see replayed_lsn)")
+    # fenced for good before the promotion: started again by anyone (`opsctl local up`, a
+    # failover interrupted from here on), the old primary comes up as a standby that refuses
+    # writes, so there are never two writable primaries (a later pg_rewind can make it one of
+    # the new primary)
+    _fence(state.data("postgres"))
+    doc = {"stage": "promoting", "at": dt.datetime.now(dt.timezone.utc).isoformat(), "began": began,
+           "stamp": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S"), "old_port": primary.port,
+           "standby_port": standby.port, "old_primary_was_running": old_running, "fenced": fenced, "notes": notes,
+           "timeline": None, "replayed_lsn": None}
+    _save_pending(project, env, doc)
+    return _finish(project, env, doc, step, resumed=False)
+
+
+def _promote_standby(project: Project, env: Environment, doc: dict, step) -> None:
+    """Promote the standby named by the journal `doc` unless it is promoted already (started
+    first when it is down), and record its timeline and replayed LSN in the journal."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+    from opsctl.local import state as st
+    from opsctl.pitr import local as pitr_local
+
+    folder, state = _local(project, env)
+    comp = state.components.get(COMPONENT)
+    data = state.data(COMPONENT)
+    if comp is None or not data.is_dir():
+        raise OperationFailed(f"the interrupted failover's standby (port {doc['standby_port']}) is gone "
+                              f"({data} missing); read {_pending_path(project, env)}; the old primary stays fenced "
+                              "(standby.signal)")
+    from opsctl.local.platform import live_pid
+
+    # the old primary again, before the promotion: a run interrupted before its fence, then
+    # `opsctl local up`, may have started it; stopped and fenced, it never takes writes beside
+    pg.stop(live_pid(state, "postgres"))
+    _fence(state.data("postgres"))
+    if _standby_pid(state) is None:  # stopped since (`opsctl local down`): started again where it stood
+        step("starting the standby")
+        pid = pg.start(data, comp.port, state.log(COMPONENT), settings=pitr_local.server_settings(state, env))
+        with st.locked(folder):
+            state = st.load(folder)
+            state.components[COMPONENT].pid = pid
+            state.save()
     step("promoting the standby")
-    with psycopg.connect(pg.url(standby.port), autocommit=True) as conn:
-        replayed = conn.execute("select pg_last_wal_replay_lsn()::text").fetchone()[0]
-        if not conn.execute("select pg_promote(true, 60)").fetchone()[0]:
-            raise OperationFailed(f"pg_promote did not finish within 60 s; read {state.log(COMPONENT)}")
+    with psycopg.connect(pg.url(comp.port), autocommit=True) as conn:
+        recovering, replayed = conn.execute("select pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+        if recovering and not conn.execute("select pg_promote(true, 60)").fetchone()[0]:
+            raise OperationFailed(f"pg_promote did not finish within 60 s; read {state.log(COMPONENT)}; the old "
+                                  "primary stays fenced; re-run 'opsctl failover' to finish")
         tli = int(conn.execute("select pg_walfile_name(pg_current_wal_lsn())").fetchone()[0][:8], 16)
         conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
                      (SLOT,))
-    step("repointing the environment")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
-    from opsctl.local import platform
+    doc.update(stage="promoted", timeline=tli, replayed_lsn=doc.get("replayed_lsn") or replayed)
+    _save_pending(project, env, doc)
 
+
+def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) -> LocalFailoverResult:
+    """From the journal `doc` on: promote (unless done), repoint, restart the workers, record.
+    Each step checks what is done already, so an interrupted run is finished by the next."""
+    import json
+
+    from opsctl.files import write_json
+    from opsctl.local import postgres as pg
+    from opsctl.local import state as st
+    from opsctl.local import platform
+    from opsctl.local.platform import live_pid
+
+    notes = list(doc.get("notes") or [])
+    if resumed:
+        notes.append(f"finished a failover interrupted at '{doc['stage']}' (begun {doc['at']})")
+    folder, state = _local(project, env)
+    if COMPONENT in state.components and doc["stage"] != "repointing":
+        _promote_standby(project, env, doc, step)
+    step("repointing the environment")
+    doc["stage"] = "repointing"
+    _save_pending(project, env, doc)
     with st.locked(folder):
         state = st.load(folder)
         live, new = state.data("postgres"), state.data(COMPONENT)
-        kept = live.with_name(f"postgres.failed-{stamp}")
-        # PostgreSQL keeps absolute paths to its data directory: the promoted server is
-        # stopped cleanly, moved to data/postgres and started there by the platform's own
-        # start (its port, archiving settings), a second or two
-        pg.stop(_standby_pid(state))
-        _unconfigure(new)
-        (new / "standby.signal").unlink(missing_ok=True)
-        if live.exists():
-            live.rename(kept)
-            # fenced for good: started again by anyone, the old primary comes up as a standby
-            # that refuses writes (and a later pg_rewind can make it one of the new primary)
-            (kept / "standby.signal").write_text("")
+        kept = live.with_name(f"postgres.failed-{doc['stamp']}")
+        if COMPONENT in state.components:
+            # PostgreSQL keeps absolute paths to its data directory: the promoted server is
+            # stopped cleanly, moved to data/postgres and started there by the platform's own
+            # start (its port, archiving settings), a second or two
+            pg.stop(_standby_pid(state))
+            if new.is_dir():
+                pg.stop(live_pid(state, "postgres"))  # the fenced old primary, started read-only meanwhile
+                _unconfigure(new)
+                (new / "standby.signal").unlink(missing_ok=True)
+                if live.exists() and not kept.exists():
+                    live.rename(kept)
+                new.rename(live)
+            state.components["postgres"] = state.components.pop(COMPONENT)
+            state.save()
+        if kept.is_dir():
+            _fence(kept)
             notes.append(f"the old primary's data directory is kept at {kept} with standby.signal: started again, "
                          "it refuses writes")
-        new.rename(live)
         shutil.rmtree(state.data(f"{COMPONENT}-wal"), ignore_errors=True)
-        old_port = primary.port
-        state.components["postgres"] = state.components.pop(COMPONENT)
-        state.save()
-        start = getattr(platform, "start_component", None) or getattr(platform, "_start")
-        start("postgres", state, env)
-        state.save()
-        served = time.monotonic() - began
+        if live_pid(state, "postgres") is None:
+            start = getattr(platform, "start_component", None) or getattr(platform, "_start")
+            start("postgres", state, env)
+            state.save()
+        served = time.time() - doc["began"]
         step("restarting the workers")
         failed: list[str] = []
         workers = _restart_workers(state, env, failed)
@@ -531,14 +646,17 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     notes += [f"worker {f} did not come back on the promoted server" for f in failed]
     from opsctl.endpoints import resolve
 
-    url = resolve(project, env).database_url or ""
-    result = LocalFailoverResult(env.name, f"127.0.0.1:{old_port}", f"127.0.0.1:{standby.port}", old_running, tli,
-                                 replayed, url, workers, str(kept) if kept.exists() else None,
+    try:
+        url = resolve(project, env).database_url or ""
+    except UsageError:  # a platform running PostgreSQL alone (no Redis, S3, router): no URL handed out
+        url = ""
+    old_running, tli, replayed, fenced = (doc["old_primary_was_running"], doc["timeline"], doc["replayed_lsn"],
+                                          doc["fenced"])
+    result = LocalFailoverResult(env.name, f"127.0.0.1:{doc['old_port']}", f"127.0.0.1:{doc['standby_port']}",
+                                 old_running, tli, replayed, url, workers, str(kept) if kept.exists() else None,
                                  dt.datetime.now(dt.timezone.utc), round(served, 2),
-                                 round(time.monotonic() - began, 2), notes=notes, fenced=fenced)
+                                 round(time.time() - doc["began"], 2), notes=notes, fenced=fenced)
     path = project.state_dir / "failover" / f"{env.name}.json"
-    import json
-
     history = json.loads(path.read_text()) if path.exists() else []
     history.append({"at": result.at.isoformat(), "old_primary": result.old_primary, "new_primary": result.new_primary,
                     "old_primary_was_running": old_running, "timeline": tli, "replayed_lsn": replayed,
@@ -546,6 +664,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
                     "fenced": fenced, "promote_seconds": result.promote_seconds, "seconds": result.seconds,
                     "notes": notes})
     write_json(path, history, private=True)
+    _pending_path(project, env).unlink(missing_ok=True)
     result.journal = str(path)
     if failed:  # the database failed over (recorded); the workers are the operator's next step
         raise OperationFailed(f"failover done (recorded in {path}; database URL {url}), but worker(s) did not come "
