@@ -49,3 +49,21 @@ def test_an_interrupted_failover_is_finished_by_a_rerun_and_never_leaves_two_pri
     assert len(failed) == 1 and (failed.pop() / "standby.signal").exists()
     assert not (pitr.project().state_dir / "failover" / "local.pending.json").exists()
     pitr.ensure_archiver()
+
+
+def test_dr_standby_is_refused_while_a_failover_or_restore_holds_the_lease(pitr, runner):
+    """`dr standby` takes the deploy lease as failover does: a build racing a failover (which
+    promotes the standby being replaced) or an in-place restore (which removes it) is refused
+    at once, nothing built."""
+    from opsctl.pitr import lease
+
+    before = dict(pitr.state().components)
+    with lease.held(pitr.project(), pitr.env(), "failover"):
+        r = pitr.cli(runner, "dr", "standby", "--env", "local")
+    assert r.exit_code == 2, r.output
+    assert "refused" in r.output and "a failover (pid" in r.output and "nothing was changed" in r.output
+    with lease.held(pitr.project(), pitr.env(), "restore"):
+        r = pitr.cli(runner, "dr", "standby", "--env", "local")
+    assert r.exit_code == 2 and "a restore (pid" in r.output, r.output
+    assert pitr.state().components.keys() == before.keys()
+    assert not pitr.state().data("postgres-standby").exists()
