@@ -1,7 +1,7 @@
 """What the repository can restore: base backup chains, the WAL after them, gaps, the window.
 
 `inventory` reads the listing of one cluster's `pitr/<sysid>/` (and, when `deep`, every WAL
-object: tag, SHA-256, authentication, zstd) and answers WAL-G's `wal-verify` question: is
+object and base backup tar: tag, SHA-256, authentication, zstd) and answers WAL-G's `wal-verify` question: is
 every segment from each base backup to the newest one present and authentic, and up to
 when can this cluster be restored? Segments are followed along the newest timeline's
 history, as recovery would. The newest restorable time is the time of the last transaction
