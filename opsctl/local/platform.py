@@ -349,6 +349,10 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
 
         if pitr_restore.clean_abandoned(state):  # a point-in-time restore killed mid-way: its server, its folders
             stopped.append("postgres-restore")
+        from opsctl.pitr import drill as pitr_drill
+
+        if pitr_drill.clean_for_down(project):  # a drill killed mid-way: its preview worker, Redis, bucket
+            stopped.append("drill scratch")
         for key in ["router", *(wk.name(c) for c in st.COLORS), "s3", "redis", "postgres"]:
             comp = comps.get(key)
             pid = live_pid(state, key)

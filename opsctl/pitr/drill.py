@@ -169,6 +169,21 @@ def clean_abandoned(project: Project, env: Environment) -> list[str]:
     return removed
 
 
+def clean_for_down(project: Project) -> list[str]:
+    """`opsctl local down`'s hook: what killed drills of the embedded environments left (their
+    preview worker, scratch Redis and bucket, folder; see clean_abandoned). Never raises: a
+    down goes on."""
+    removed = []
+    for env in project.config.environments.values():
+        if env.platform != "local":
+            continue
+        try:
+            removed += clean_abandoned(project, env)
+        except Exception:  # noqa: BLE001 - the next drill tries again
+            pass
+    return removed
+
+
 def _live_newest_commit(project: Project, env: Environment) -> tuple[bool, dt.datetime | None]:
     """(the live server answered, the newest commit it holds). pg_last_committed_xact() is NULL on
     a server restarted since its last commit: then the newest commit timestamp among the last

@@ -128,3 +128,58 @@ def test_a_drill_killed_while_serving_leaves_its_copy_to_the_next_restore(pitr, 
         pg.stop(pid)
     shutil.rmtree(mine["data_dir"], ignore_errors=True)
     assert not left and not dirs, (left, dirs)
+
+
+def _listener(hint: str):
+    """A process listening on a free port whose command line names `hint` (a preview worker's
+    or a scratch Redis's stand-in)."""
+    from opsctl.local import procs
+
+    port = procs.free_port()
+    code = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); "
+            "time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(port), hint])
+    deadline = time.monotonic() + 20
+    while not procs.listens(proc.pid, [port]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc, port
+
+
+def _killed_drill_record(pitr, tmp_path, stamp: str):
+    """A record as a drill killed outright (kill -9) during its serve phase leaves it."""
+    worker, wport = _listener("transcription-worker")
+    redis, rport = _listener("redis-server")
+    folder = tmp_path / f"opsctl-drill-{stamp}"
+    folder.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    record = pitr.project().state_dir / "drill" / f"local-{stamp}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"opsctl_pid": gone.pid, "opsctl_started": 0, "environment": "local", "resources": [
+        {"kind": "folder", "path": str(folder)}, {"kind": "redis", "port": rport},
+        {"kind": "worker", "port": wport, "pid": worker.pid}]}))
+    return record, folder, [worker, redis]
+
+
+def test_what_a_killed_drill_left_is_removed_by_the_next_drill_and_by_local_down_s_hook(pitr, runner, tmp_path):
+    from opsctl.pitr import drill
+
+    record, folder, procs_ = _killed_drill_record(pitr, tmp_path, "20200101000000000000")
+    try:
+        r = pitr.cli(runner, "dr", "drill")  # the next drill removes them first
+        assert r.exit_code == 0, r.output
+        for p in procs_:
+            assert p.wait(timeout=20) is not None
+        assert not folder.exists() and not record.exists()
+    finally:
+        for p in procs_:
+            p.kill()
+    record, folder, procs_ = _killed_drill_record(pitr, tmp_path, "20200101000000000001")
+    try:
+        assert len(drill.clean_for_down(pitr.project())) == 3  # what `opsctl local down` calls
+        for p in procs_:
+            assert p.wait(timeout=20) is not None
+        assert not folder.exists() and not record.exists()
+    finally:
+        for p in procs_:
+            p.kill()
