@@ -118,7 +118,7 @@ def _report(inv: chain.Inventory) -> ChainReport:
         timeline_path=[{"timeline": t, "until": layout.lsn_text(e) if e is not None else None} for t, e in inv.path])
 
 
-def _archived(project: Project, env: Environment, sysid: str) -> str | None:
+def server_archived(project: Project, env: Environment, sysid: str) -> str | None:
     """The newest WAL file the running embedded server reports archived (pg_stat_archiver's
     last_archived_wal), when it runs and is the cluster `sysid`; None otherwise (not running,
     no answer, nothing archived yet)."""
@@ -157,7 +157,7 @@ def verify_chain(project: Project, env: Environment, progress=None) -> ChainRepo
     (read-only). Segments up to the one the running server reports archived must be there."""
     repo, key = sealed_repository(project, env)
     sysid = _sysid(project, env, repo)
-    inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=_archived(project, env, sysid))
+    inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid))
     return _report(inv)
 
 

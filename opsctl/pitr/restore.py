@@ -230,8 +230,12 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     unpacked = unpacker.submit(_unpack_chain, repo, key, backups, new, work, unpack_report)
     unpacker.shutdown(wait=False)
     try:
+        from opsctl.pitr.ops import server_archived
+
+        # segments the server archived that are gone from the repository end the window as gaps
         inv = chain.inventory(repo, key, sysid, deep=True, stage=stage, start_at=tip_seg, progress=report,
-                              end_times=when is not None)  # dating the window's end reads WAL: only for a time
+                              end_times=when is not None,  # dating the window's end reads WAL: only for a time
+                              archived=server_archived(project, env, sysid))
         window = next((w for w in inv.windows if layout.segno(w.start_lsn) <= tip_seg
                        and layout.parse_segment(w.end_segment)[1] >= layout.segno(layout.lsn(tip.stop_lsn))), None)
         if window is None:

@@ -26,5 +26,11 @@ def test_the_newest_archived_segment_deleted_is_named_by_verify(pitr, runner):
     r = pitr.cli(runner, "backup", "verify-chain", "--json")
     print(r.output[-1500:])
     doc = json.loads(r.stdout)
+    # a restore to now is refused naming it, not "later WAL is not archived yet"
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    refused = pitr.cli(runner, "restore", "--to-time", now, "--beside", "--json")
+    assert refused.exit_code == 2 and last in refused.output and "missing" in refused.output, refused.output
     assert r.exit_code == 1 and any(p["file"] == last for p in doc["problems"]), \
         f"{last} was archived (pg_stat_archiver says {archived}) and is gone from the repository; verify says ok={doc['ok']}"
