@@ -23,9 +23,10 @@ makes it retry with backoff; the queue absorbs the wait.
 
 Each queued segment is filed under the cluster its own long page header names (xlp_sysid), not
 the cluster of the data directory: after a lost data directory and `local up`, the old
-cluster's queued WAL still goes to `pitr/<old sysid>/`. A segment whose header is not a WAL
-header for its name is moved to `<queue>/.quarantine/` (with a `.reason`), never filed, and the
-health check is CRITICAL. An uploaded drop marker of the archiver's own cluster stays in
+cluster's queued WAL still goes to `pitr/<old sysid>/`; a history file (it names no cluster)
+goes with the queued segments of its timeline. A segment whose header is not a WAL header for
+its name, or a history file whose timeline's queued segments name two clusters, is moved to
+`<queue>/.quarantine/` (with a `.reason`), never filed, and the health check is CRITICAL. An uploaded drop marker of the archiver's own cluster stays in
 `<queue>/.gaps/` until a base backup starting after the segment exists: until then the health
 check names the gap.
 """
@@ -65,7 +66,8 @@ def header_sysid(head: bytes, name: str) -> str:
     """The system identifier in the long page header `head` (a segment's first 40 bytes) of WAL
     segment file `name` (24 hex digits, maybe `.partial`). ValueError saying why when `head` is
     not the header of that segment: too short, no long header flag, a segment or block size
-    PostgreSQL can't have, another timeline or position than the name's, identifier 0."""
+    PostgreSQL can't have, a later timeline (an earlier one is the switch segment's copy of its
+    parent's pages) or another position than the name's, identifier 0."""
     if len(head) < _LONG_HEADER.size:
         raise ValueError(f"{len(head)} bytes, shorter than a WAL long page header ({_LONG_HEADER.size})")
     _magic, info, tli, pageaddr, _rem, sysid, seg_size, blcksz = _LONG_HEADER.unpack(head[:_LONG_HEADER.size])
@@ -75,7 +77,9 @@ def header_sysid(head: bytes, name: str) -> str:
             not (1024 <= blcksz <= 65536) or blcksz & (blcksz - 1):
         raise ValueError(f"its header's segment size {seg_size} / block size {blcksz} are not PostgreSQL's")
     number = int(name[8:16], 16) * (0x1_0000_0000 // seg_size) + int(name[16:24], 16)
-    if tli != int(name[:8], 16) or pageaddr != number * seg_size:
+    # the segment holding a timeline switch is a copy of the parent timeline's up to the switch,
+    # its first page still the parent's: an older timeline in the header is PostgreSQL's own
+    if not 1 <= tli <= int(name[:8], 16) or pageaddr != number * seg_size:
         raise ValueError(f"its header is timeline {tli} at {layout.lsn_text(pageaddr)}, not the name's")
     if sysid == 0:
         raise ValueError("its header's system identifier is 0")
@@ -177,42 +181,46 @@ class DrainResult:
 
 
 class Archiver:
-    """Drains one queue into one repository. `sysid` is the live cluster's (the data directory's):
-    a segment is filed under the cluster its own header names; history and backup-history files
-    carry no identifier and go under `sysid`, except that with `wal_dir` (the live cluster's
-    pg_wal, where PostgreSQL keeps every history file) a history file of a timeline past the
-    newest one there is another cluster's: quarantined, not guessed."""
+    """Drains one queue into one repository. `sysid` is the live cluster's (the data directory's).
+    A segment is filed under the cluster its own header names. History and backup-history files
+    carry no identifier: they go under the cluster the queued segments of their timeline name
+    (after a lost data directory the old cluster's history file waits beside its segments),
+    under `sysid` when none is queued, and to quarantine when those segments name two."""
 
     GAP_CHECK_SECONDS = 5.0  # how often, while gaps are kept, the base backups are listed
 
-    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1, wal_dir: Path | None = None):
+    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1):
         self.repo, self.key, self.sysid, self.queue, self.level = repo, key, sysid, queue, level
-        self.wal_dir = wal_dir
         self._gap_checked = 0.0
         self._bases_seen: tuple | None = None
 
-    def owner(self, path: Path) -> str:
+    def _timeline_clusters(self, files: list[str]) -> dict[int, set[str]]:
+        """{timeline: system identifiers the headers of the queued segments `files` of it name}
+        (unreadable headers left out)."""
+        out: dict[int, set[str]] = {}
+        for name in files:
+            if layout.WAL_FILE.fullmatch(name)["seg"]:
+                try:
+                    with open(self.queue / name, "rb") as fh:
+                        out.setdefault(int(name[:8], 16), set()).add(header_sysid(fh.read(_LONG_HEADER.size), name))
+                except (ValueError, OSError):
+                    continue
+        return out
+
+    def owner(self, path: Path, clusters: dict[int, set[str]] | None = None) -> str:
         """The system identifier queued file `path` is filed under: a segment's own header's
-        (ValueError when it is not a WAL header for its name), else the live cluster's (ValueError
-        for a history file of a timeline past the live cluster's, when `wal_dir` is known)."""
-        m = layout.WAL_FILE.fullmatch(path.name)
-        if m["tli"] and self.wal_dir is not None:
-            live = self.wal_dir / path.name
-            if live.is_file() and live.read_bytes() == path.read_bytes():
-                return self.sysid
-            # PostgreSQL never removes a history file from pg_wal, so the newest one there is the
-            # live timeline's: an older timeline's file is the live cluster's past (an in-place
-            # restore moved on from it); a newer one, another cluster's (initdb starts at 1)
-            newest = max((int(n[:8], 16) for n in os.listdir(self.wal_dir) if n.endswith(".history")), default=1)
-            if int(m["tli"], 16) > newest:
-                raise ValueError(f"a history file of timeline {int(m['tli'], 16)}, past the live cluster's "
-                                 f"({self.sysid}, timeline {newest}): another cluster's (a lost data "
-                                 "directory?), and it names none")
-            return self.sysid
-        if not m["seg"]:
-            return self.sysid
-        with open(path, "rb") as fh:
-            return header_sysid(fh.read(_LONG_HEADER.size), path.name)
+        (ValueError when it is not a WAL header for its name); for a history or backup-history
+        file, the one cluster `clusters` (see _timeline_clusters) names for its timeline, the
+        live cluster's when it names none, ValueError when it names several."""
+        if layout.WAL_FILE.fullmatch(path.name)["seg"]:
+            with open(path, "rb") as fh:
+                return header_sysid(fh.read(_LONG_HEADER.size), path.name)
+        tli = int(path.name[:8], 16)
+        ids = (clusters or {}).get(tli, set())
+        if len(ids) > 1:
+            raise ValueError(f"the queued segments of timeline {tli} name clusters {', '.join(sorted(ids))}: "
+                             "which one wrote this file (it names none) is unknown")
+        return next(iter(ids), self.sysid)
 
     def _quarantine(self, path: Path, why: str, result: DrainResult) -> None:
         """Move `path` out of the queue into `.quarantine/` with its reason; logged as an error."""
@@ -300,10 +308,12 @@ class Archiver:
         under their segment's cluster; the live cluster's stay in `.gaps/` until a base backup
         covers them (see clear_gaps)."""
         result = DrainResult()
-        for file in self._pending():
+        pending = self._pending()
+        clusters = self._timeline_clusters(pending)
+        for file in pending:
             path = self.queue / file
             try:
-                sysid = self.owner(path)
+                sysid = self.owner(path, clusters)
             except ValueError as exc:
                 self._quarantine(path, str(exc), result)
                 continue
@@ -377,8 +387,8 @@ class Archiver:
         while stop is None or not stop.is_set():
             try:
                 r = self.drain()
-                if r.archived or r.dropped or r.quarantined:
-                    log.info("archived %s%s", ", ".join(r.archived),
+                if r.archived or r.dropped:
+                    log.info("archived %s%s", ", ".join(r.archived) or "nothing",
                              f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else "")
                 delay = interval
             except WalConflict as exc:  # an error, not a retry worth a warning: someone has to decide
@@ -401,7 +411,7 @@ def for_environment(project, env, data: Path, queue: Path) -> Archiver:
     from opsctl.pitr.ops import sealed_repository
 
     repo, key = sealed_repository(project, env, initialise=True)
-    return Archiver(repo, key, system_identifier(data), queue, env.backup.compress_level, wal_dir=data / "pg_wal")
+    return Archiver(repo, key, system_identifier(data), queue, env.backup.compress_level)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,22 +110,42 @@ def test_a_dropped_segment_stays_critical_until_a_base_backup_covers_it(pitr, ru
     assert _wait(lambda: _check(pitr).status == Status.OK), _check(pitr).message
 
 
-def test_a_history_file_past_the_live_timeline_is_quarantined_an_older_one_is_filed(pitr, tmp_path):
-    # an in-place restore left the live cluster on timeline 3; its queue still holds timeline 2's
-    # history (its own past: filed) and one of timeline 5 (no timeline of it: another cluster's)
-    from opsctl.pitr import archive, layout
+def _as_timeline(segment: bytes, tli: int) -> bytes:
+    """A copy of a segment whose first page header says timeline `tli` (xlp_tli, bytes 4-8)."""
+    import struct
 
-    queue, wal = tmp_path / "queue", tmp_path / "pg_wal"
+    return segment[:4] + struct.pack("=I", tli) + segment[8:]
+
+
+def test_a_history_file_goes_with_its_timelines_segments_and_is_quarantined_when_they_disagree(pitr, tmp_path):
+    # a history file names no cluster: it is filed under the cluster the queued segments of its
+    # timeline name, the live one when none is queued, and quarantined when they name two
+    from opsctl.pitr import archive, layout
+    from opsctl.pitr import local as pitr_local
+
+    pitr.wait_archived()
+    pitr.sql("insert into events(note) values ('written: the segment file exists')")
+    (seg,) = pitr.sql("select pg_walfile_name(pg_current_wal_insert_lsn())", db="postgres")[0]
+    real = (pitr.state().data("postgres") / "pg_wal" / seg).read_bytes()
+    # the next segment of another cluster: its position (xlp_pageaddr) and identifier (xlp_sysid)
+    nxt = (int.from_bytes(real[8:16], "little") + (16 << 20)).to_bytes(8, "little")
+    other = real[:8] + nxt + real[16:24] + (int(pitr.sysid()) ^ 1).to_bytes(8, "little") + real[32:4096]
+    queue = tmp_path / "queue"
     archive.prepare_queue(queue, None)
-    wal.mkdir()
-    (wal / "00000003.history").write_text("1\t0/3000000\tx\n2\t0/5000000\tx\n")
-    (queue / "00000002.history").write_text("1\t0/3000000\tx\n")
-    (queue / "00000005.history").write_text("4\t0/9000000\tx\n")
-    result = archive.Archiver(pitr.repo(), pitr.key(), "8" * 19, queue, wal_dir=wal).drain()
-    assert result.archived == ["00000002.history"] and result.quarantined == ["00000005.history"]
-    assert "timeline 5" in (queue / ".quarantine" / "00000005.history.reason").read_text()
-    files, _ = layout.parse_wal("8" * 19, pitr.repo().names(layout.wal_prefix("8" * 19)))
-    assert list(files) == ["00000002.history"]
+    (queue / f"00000005{seg[8:]}").write_bytes(_as_timeline(real, 5))
+    (queue / "00000005.history").write_text("4\t0/9000000\tx\n")  # beside its timeline's segment
+    (queue / "00000006.history").write_text("5\t0/9000000\tx\n")  # nothing of timeline 6 queued
+    (queue / f"00000009{seg[8:]}").write_bytes(_as_timeline(real, 9))
+    (queue / f"00000009{seg[8:16]}{int(seg[16:], 16) + 1:08X}").write_bytes(_as_timeline(other, 9))
+    (queue / "00000009.history").write_text("8\t0/9000000\tx\n")  # its timeline's segments disagree
+    live = "8" * 19
+    result = archive.Archiver(pitr.repo(), pitr.key(), live, queue).drain()
+    assert result.quarantined == ["00000009.history"], result
+    files, _ = layout.parse_wal(pitr.sysid(), pitr.repo().names(layout.wal_prefix(pitr.sysid())))
+    assert {"00000005.history", f"00000005{seg[8:]}", f"00000009{seg[8:]}"} <= set(files)
+    files, _ = layout.parse_wal(live, pitr.repo().names(layout.wal_prefix(live)))
+    assert list(files) == ["00000006.history"]
+    assert "name clusters" in (queue / ".quarantine" / "00000009.history.reason").read_text()
 
 
 def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
@@ -144,9 +164,10 @@ def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
     # a queued file whose header is not a WAL page header (damaged): quarantined, never filed
     bad = "0000000100000000000000FE"
     (queue / bad).write_bytes(b"\0" * 4096)
-    # the old cluster's history file (it carries no system identifier): not the new cluster's
+    # the old cluster's history file (it names no cluster) beside a segment of its timeline
     history = "00000007.history"
     (queue / history).write_text("6\t0/9000000\tno recovery target specified\n")
+    (queue / f"00000007{queued[8:]}").write_bytes(_as_timeline((queue / queued).read_bytes(), 7))
     # the disk holding the data directory is lost; `local up` initdb's a new cluster
     pg.stop(pitr.pid)
     data = pitr.state().data("postgres")
@@ -157,9 +178,9 @@ def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
     assert new != old
     assert _wait(lambda: not (queue / queued).exists() and not (queue / bad).exists()
                  and not (queue / history).exists())
-    under_old = [n for n in pitr.repo().names(layout.wal_prefix(old)) if queued in n]
+    under_old = [n for n in pitr.repo().names(layout.wal_prefix(old)) if queued in n or history in n]
     under_new = [n for n in pitr.repo().names(layout.wal_prefix(new)) if queued in n or bad in n or history in n]
-    assert under_old and not under_new, (under_old, under_new)
-    assert (queue / ".quarantine" / bad).exists() and (queue / ".quarantine" / history).exists()
+    assert len(under_old) == 2 and not under_new, (under_old, under_new)
+    assert (queue / ".quarantine" / bad).exists()
     check = _check(pitr)
     assert check.status == Status.CRITICAL and bad in check.message, check.message
