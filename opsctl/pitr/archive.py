@@ -187,7 +187,7 @@ class Archiver:
     (after a lost data directory the old cluster's history file waits beside its segments),
     under `sysid` when none is queued, and to quarantine when those segments name two."""
 
-    GAP_CHECK_SECONDS = 5.0  # how often, while gaps are kept, the base backups are listed
+    GAP_CHECK_SECONDS = 2.0  # how often, while gaps are kept, the base backups are listed
 
     def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1):
         self.repo, self.key, self.sysid, self.queue, self.level = repo, key, sysid, queue, level
