@@ -135,4 +135,6 @@ def archive_lag(project, env) -> CheckResult:
         status, text = Status.WARNING, "no archiver runs: new WAL will wait in the queue ('opsctl local up')"
     else:
         status, text = Status.OK, f"archive lag at most {lag:.0f} s ({len(pending)} queued; RPO {env.dr.rpo})"
+    if failing and "archive_command fails" not in text:  # a worse fault came first: say both
+        text += f"; archive_command also fails on {failing['wal']}"
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
