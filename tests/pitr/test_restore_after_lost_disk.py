@@ -1,4 +1,4 @@
-"""FIX-C (from BREAKER-22, restore side): after the data directory is lost and the platform's
+"""Issue 22 review (restore side): after the data directory is lost and the platform's
 start (`opsctl local up`) makes a new cluster, `restore --to-time latest` looked only at the new
 cluster ("no base backup of this cluster (system <new>)"): the old cluster's archive could not be
 restored. Now, when the live cluster has no base backup at all and the repository holds base

@@ -1,4 +1,4 @@
-"""FIX-C (from BREAKER-22): --to-time at the edges of datetime's range is an 'unexpected OverflowError' (exit 1),
+"""Issue 22 review: --to-time at the edges of datetime's range is an 'unexpected OverflowError' (exit 1),
 not the one-line usage error (exit 2) every other bad --to-time gets (restore.parse_time:
 astimezone(utc) overflows for year-9999 times west of UTC and year-1 times east of it)."""
 import pytest

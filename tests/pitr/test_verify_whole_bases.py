@@ -1,4 +1,4 @@
-"""FIX-C (from BREAKER-22): `backup verify-chain` said a chain was restorable when the restore
+"""Issue 22 review: `backup verify-chain` said a chain was restorable when the restore
 could not use it: it checked only each base backup's record (base.json), never that its tar is
 there and whole, nor that an incremental's parent exists; restore picked one tip and failed
 ("unexpected NotFound", "needs X, which is missing or damaged", "failed authentication").

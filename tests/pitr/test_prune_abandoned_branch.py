@@ -1,4 +1,4 @@
-"""FIX-C (from BREAKER-22, break 1): `backup prune-chain` kept the newest full base backups by id,
+"""Issue 22 review (break 1): `backup prune-chain` kept the newest full base backups by id,
 so after an in-place restore that abandoned a branch holding a base backup (B1), it kept B1
 (which no restore can start from) and deleted B0, the only base backup on the live timeline's
 history, with the WAL after it. Now it keeps the newest full base backups a restore would use

@@ -1,4 +1,4 @@
-"""FIX-C (from BREAKER-22, verify side): segments a full archive queue dropped (their markers
+"""Issue 22 review (verify side): segments a full archive queue dropped (their markers
 uploaded into the repository's dropped/) beyond the last archived segment were not named by
 verify-chain (chain.inventory walked segments only up to the newest archived one), and a
 restore to a time after them was not refused for their sake. Now they are gaps: verify names

@@ -1,4 +1,4 @@
-"""FIX-C (from BREAKER-22): the newest archived WAL segment deleted from the repository (a hostile or careless
+"""Issue 22 review: the newest archived WAL segment deleted from the repository (a hostile or careless
 hand, a bucket lifecycle rule) is never named: chain.inventory ends the window at the last segment
 present and calls the rest "not archived yet", verify-chain exits 0 with ok true, although the live
 server archived it (pg_stat_archiver.last_archived_wal) and the archiver removed its queued copy:
