@@ -65,6 +65,7 @@ def failover(
     yes: YesOpt = False,
     confirm_env: Annotated[str | None, typer.Option("--confirm-env", metavar="NAME",
                                                     help="The environment's name: a protected one needs it in CI.")] = None,
+    abandon: Annotated[bool, typer.Option("--abandon", help="Undo an interrupted local failover whose standby was not promoted or is gone: unfence the old primary and start it writable.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Promote the standby (embedded platform) or the RDS read replica, repoint, and record it."""
@@ -76,6 +77,14 @@ def failover(
 
     def approve(text: str) -> None:
         at_terminal(text, environment_, yes, confirm_env, verb=("fail over", "failing over", "failed over"))
+
+    if abandon:
+        from opsctl.pitr import standby as local_core
+
+        done = local_core.abandon(project, environment_, approve)
+        emit(done, as_json, lambda c: c.print(f"failover abandoned (was at '{done['abandoned_stage']}'): the old primary "
+                                              f"on port {done['primary_port']} takes writes again", soft_wrap=True))
+        return
 
     from opsctl.signals import sigterm_as_interrupt
 
@@ -109,7 +118,7 @@ def standby(
 
     project, environment_ = environment(env)
     if stop:
-        stopped = core.stop_standby(project, environment_)
+        stopped = core.remove_standby(project, environment_)  # the lease; refused while a failover is pending
         emit({"stopped": stopped}, as_json, lambda c: c.print("standby stopped and removed" if stopped
                                                              else "no standby was running"))
         return

@@ -136,7 +136,9 @@ def start_component(name: str, state: st.LocalState, env: Environment) -> None:
     pidfile = state.pidfile(name)
     if name == "postgres":
         from opsctl.pitr import local as pitr  # WAL archiving into the queue, WAL summaries
+        from opsctl.pitr.standby import refuse_initdb
 
+        refuse_initdb(state, env)  # data/postgres missing mid-failover: never an empty cluster there
         pg.start(state.data("postgres"), comp.port, log, on_spawn=spawned, settings=pitr.server_settings(state, env))
         pg.ensure_database(comp.port, env.database.name, env.database.user)
         comp.version = pg.version(comp.port)

@@ -205,6 +205,7 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
 
     _local(project, env)  # a non-local environment or a platform never started: said before the lease
     with lease.held(project, env, "standby"):
+        _refuse_pending(project, env, "building a standby")
         return _start_standby(project, env, report, timeout)
 
 
@@ -331,6 +332,27 @@ def stop_standby(project: Project, env: Environment, remove: bool = True) -> boo
         if primary is not None:
             _drop_slot(pg.url(primary.port))
     return True
+
+
+def remove_standby(project: Project, env: Environment) -> bool:
+    """`dr standby --stop`: stop_standby under the environment's deploy lease, refused
+    (UsageError, nothing changed) while a failover journal is pending: that failover's standby
+    is the server meant to become the primary, and the old primary is fenced (read-only)."""
+    from opsctl.pitr import lease
+
+    _local(project, env)
+    with lease.held(project, env, "standby"):
+        _refuse_pending(project, env, "removing the standby")
+        return stop_standby(project, env)
+
+
+def _refuse_pending(project: Project, env: Environment, what: str) -> None:
+    doc = _pending(project, env)
+    if doc is not None:
+        raise UsageError(f"{what} refused: a failover of {env.name} interrupted at '{doc.get('stage')}' is pending "
+                         f"({_pending_path(project, env)}) and the old primary is fenced (read-only); finish it with "
+                         f"'opsctl failover --env {env.name}' or undo it with 'opsctl failover --env {env.name} "
+                         "--abandon'; nothing was changed")
 
 
 def stop_for_down(state) -> bool:
@@ -491,6 +513,9 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     folder, state = _local(project, env)
     doc = _pending(project, env)
     if doc is not None:
+        if doc.get("stage") != "repointing" and (COMPONENT not in state.components
+                                                 or not state.data(COMPONENT).is_dir()):
+            _refuse_gone(project, env, doc)  # before asking: there is nothing left to finish
         if approve is not None:
             approve(f"finish the failover of {env.name} interrupted at '{doc.get('stage')}' (begun {doc.get('at')}): "
                     f"the standby (port {doc['standby_port']}) becomes its PostgreSQL; the old primary stays fenced")
@@ -512,6 +537,14 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     began = time.time()
     notes = []
     fenced = "was down"
+    # journaled before anything changes: a run killed from here on (even between the stop and
+    # the fence) is recognised and finished by the next, which stops and fences the old primary
+    # again (_promote_standby); a fence without its journal is never left
+    doc = {"stage": "fencing", "at": dt.datetime.now(dt.timezone.utc).isoformat(), "began": began,
+           "stamp": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S"), "old_port": primary.port,
+           "standby_port": standby.port, "old_primary_was_running": old_running, "fenced": fenced, "notes": notes,
+           "timeline": None, "replayed_lsn": None}
+    _save_pending(project, env, doc)
     if old_running:  # fence: a primary that still takes writes would fork the history
         step("stopping the old primary")
         pg.stop(primary_pid)
@@ -521,14 +554,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
             notes.append(f"fencing not confirmed: the old primary (pid {primary_pid}) did not stop; kill it before "
                          "anyone writes to it")
         # the standby streamed until the stop; give it the primary's shutdown checkpoint
-        deadline = time.monotonic() + 10
-        want = None
-        while time.monotonic() < deadline:
-            _r, streaming, lsn = _wal_receiver(standby.port)
-            if lsn == want:
-                break
-            want = lsn
-            time.sleep(0.3)
+        streaming = _settle(standby.port)
     elif procs.port_open(primary.port) and _answers_writable(primary.port):
         fenced = "unconfirmed"
         notes.append(f"fencing not confirmed: a writable PostgreSQL that is not the platform's own answers on port "
@@ -541,12 +567,91 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
     # writes, so there are never two writable primaries (a later pg_rewind can make it one of
     # the new primary)
     _fence(state.data("postgres"))
-    doc = {"stage": "promoting", "at": dt.datetime.now(dt.timezone.utc).isoformat(), "began": began,
-           "stamp": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S"), "old_port": primary.port,
-           "standby_port": standby.port, "old_primary_was_running": old_running, "fenced": fenced, "notes": notes,
-           "timeline": None, "replayed_lsn": None}
+    doc.update(stage="promoting", fenced=fenced, notes=notes)
     _save_pending(project, env, doc)
     return _finish(project, env, doc, step, resumed=False)
+
+
+def _settle(port: int) -> bool:
+    """Wait (up to 10 s) until the standby at `port` stops advancing its replay; whether it streamed."""
+    deadline = time.monotonic() + 10
+    want, streaming = None, False
+    while time.monotonic() < deadline:
+        _r, streaming, lsn = _wal_receiver(port)
+        if lsn == want:
+            break
+        want = lsn
+        time.sleep(0.3)
+    return streaming
+
+
+def _refuse_gone(project: Project, env: Environment, doc: dict) -> None:
+    """UsageError: the journal's standby is gone (removed since the run was interrupted)."""
+    raise UsageError(f"the failover of {env.name} interrupted at '{doc.get('stage')}' can't be finished: its standby "
+                     f"(port {doc.get('standby_port')}) is gone (removed since, by 'dr standby --stop' or an in-place "
+                     f"restore); the platform's PostgreSQL (port {doc.get('old_port')}) stays fenced, read-only; run "
+                     f"'opsctl failover --env {env.name} --abandon' to unfence it and start it writable, then "
+                     f"'opsctl dr standby --env {env.name}'; nothing was changed")
+
+
+def refuse_initdb(state, env: Environment) -> None:
+    """`opsctl local up`'s check before it would initdb a missing data/postgres: UsageError when
+    a failover journal is pending, since the data directory is then between two renames of that
+    failover (the promoted server is at data/postgres-standby, the old one at
+    data/postgres.failed-*), and an empty writable cluster must not take its place."""
+    path = state.folder.parent / "failover" / f"{env.name}.pending.json"
+    if path.exists() and not state.data("postgres").exists():
+        raise UsageError(f"{state.data('postgres')} is missing while a failover of {env.name} is pending ({path}): "
+                         f"finish it with 'opsctl failover --env {env.name}' (it moves the promoted server there); "
+                         "no empty cluster was made")
+
+
+def abandon(project: Project, env: Environment, approve=None) -> dict:
+    """`failover --abandon`: undo a failover interrupted before its standby was promoted (or
+    whose standby is gone): remove the old primary's fence (standby.signal), start it writable
+    through the platform's own start, and remove the journal. Under the deploy lease. UsageError
+    when no failover is pending, or when its standby was promoted and still exists (then only
+    finishing is safe: two histories must not both take writes). Returns what it did."""
+    from opsctl.local import postgres as pg
+    from opsctl.local import state as st
+    from opsctl.local import platform
+    from opsctl.local.platform import live_pid
+    from opsctl.pitr import lease
+
+    folder, state = _local(project, env)
+    with lease.held(project, env, "failover"):
+        doc = _pending(project, env)
+        if doc is None:
+            raise UsageError(f"no interrupted failover of {env.name} to abandon ({_pending_path(project, env)} "
+                             "does not exist); nothing was changed")
+        standby_there = COMPONENT in state.components and state.data(COMPONENT).is_dir()
+        if doc.get("stage") == "repointing" or (standby_there and doc.get("stage") == "promoted"):
+            raise UsageError(f"the failover of {env.name} got past the promotion ('{doc.get('stage')}'): abandoning "
+                             f"it would leave two histories; finish it with 'opsctl failover --env {env.name}'; "
+                             "nothing was changed")
+        if standby_there and _standby_pid(state) is not None and not _wal_receiver(state.components[COMPONENT].port)[0]:
+            raise UsageError(f"the failover's standby (port {state.components[COMPONENT].port}) was promoted already: "
+                             f"finish it with 'opsctl failover --env {env.name}'; nothing was changed")
+        data = state.data("postgres")
+        if not (data / "PG_VERSION").exists():
+            raise UsageError(f"{data} is not a data directory; read {_pending_path(project, env)}; nothing was changed")
+        if approve is not None:
+            approve(f"abandon the failover of {env.name} interrupted at '{doc.get('stage')}': the old primary "
+                    f"(port {doc.get('old_port')}) is unfenced and started writable")
+        with st.locked(folder):
+            state = st.load(folder)
+            pg.stop(live_pid(state, "postgres"))  # started read-only meanwhile: started again writable
+            (data / "standby.signal").unlink(missing_ok=True)
+            start = getattr(platform, "start_component", None) or getattr(platform, "_start")
+            start("postgres", state, env)
+            state.save()
+            port = state.components["postgres"].port
+        if _answers_writable(port) is False:
+            raise OperationFailed(f"the old primary (port {port}) was unfenced but does not take writes; read "
+                                  f"{state.log('postgres')}; the journal {_pending_path(project, env)} is kept")
+        _pending_path(project, env).unlink(missing_ok=True)
+        return {"environment": env.name, "abandoned_stage": doc.get("stage"), "primary_port": port,
+                "standby_kept": standby_there}
 
 
 def _promote_standby(project: Project, env: Environment, doc: dict, step) -> None:
@@ -562,15 +667,17 @@ def _promote_standby(project: Project, env: Environment, doc: dict, step) -> Non
     comp = state.components.get(COMPONENT)
     data = state.data(COMPONENT)
     if comp is None or not data.is_dir():
-        raise OperationFailed(f"the interrupted failover's standby (port {doc['standby_port']}) is gone "
-                              f"({data} missing); read {_pending_path(project, env)}; the old primary stays fenced "
-                              "(standby.signal)")
+        _refuse_gone(project, env, doc)
     from opsctl.local.platform import live_pid
 
-    # the old primary again, before the promotion: a run interrupted before its fence, then
-    # `opsctl local up`, may have started it; stopped and fenced, it never takes writes beside
-    pg.stop(live_pid(state, "postgres"))
+    # the old primary again, before the promotion: a run interrupted before its fence (or
+    # between its journal and its fence), then `opsctl local up`, may have started it; stopped
+    # and fenced, it never takes writes beside the promoted standby
+    old = live_pid(state, "postgres")
+    pg.stop(old)
     _fence(state.data("postgres"))
+    if old is not None and _standby_pid(state) is not None:
+        _settle(comp.port)  # the standby gets the stopped primary's shutdown checkpoint
     if _standby_pid(state) is None:  # stopped since (`opsctl local down`): started again where it stood
         step("starting the standby")
         pid = pg.start(data, comp.port, state.log(COMPONENT), settings=pitr_local.server_settings(state, env))
@@ -606,7 +713,9 @@ def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) 
     if resumed:
         notes.append(f"finished a failover interrupted at '{doc['stage']}' (begun {doc['at']})")
     folder, state = _local(project, env)
-    if COMPONENT in state.components and doc["stage"] != "repointing":
+    if doc["stage"] != "repointing":  # promoted or not: its standby must still be there
+        if COMPONENT not in state.components or not state.data(COMPONENT).is_dir():
+            _refuse_gone(project, env, doc)
         _promote_standby(project, env, doc, step)
     step("repointing the environment")
     doc["stage"] = "repointing"
@@ -626,6 +735,13 @@ def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) 
                 (new / "standby.signal").unlink(missing_ok=True)
                 if live.exists() and not kept.exists():
                     live.rename(kept)
+                elif live.exists():
+                    # kept holds the old primary (this failover's stamp): what is at data/postgres was
+                    # made after the first rename (an older `opsctl local up`'s initdb); kept aside
+                    stray = live.with_name(f"postgres.stray-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}")
+                    live.rename(stray)
+                    notes.append(f"{live} was made after this failover moved the old primary aside (an empty "
+                                 f"cluster?): kept at {stray}")
                 new.rename(live)
             state.components["postgres"] = state.components.pop(COMPONENT)
             state.save()

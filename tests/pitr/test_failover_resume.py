@@ -67,3 +67,130 @@ def test_dr_standby_is_refused_while_a_failover_or_restore_holds_the_lease(pitr,
     assert r.exit_code == 2 and "a restore (pid" in r.output, r.output
     assert pitr.state().components.keys() == before.keys()
     assert not pitr.state().data("postgres-standby").exists()
+
+
+def _interrupt_at_promotion(pitr):
+    from opsctl.pitr import standby
+
+    def ctrl_c_at(step):
+        if step == "promoting the standby":
+            raise KeyboardInterrupt
+
+    try:
+        standby.failover(pitr.project(), pitr.env(), progress=ctrl_c_at)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the failover was not interrupted")
+
+
+def _read_only(port) -> bool:
+    from opsctl.local import postgres as pg
+
+    with psycopg.connect(pg.url(port), autocommit=True) as c:
+        return c.execute("select pg_is_in_recovery()").fetchone()[0]
+
+
+def test_a_pending_failover_whose_standby_is_gone_is_refused_and_can_be_abandoned(pitr, runner):
+    """Issue 22 review (break 1): `dr standby --stop` (and a new build) is refused while a failover
+    journal is pending; when the standby is removed anyway (an in-place restore's _drop_standby
+    calls stop_standby), the rerun refuses in one line (exit 2) instead of recording a failover
+    that promoted nothing, and `failover --abandon` unfences the old primary, writable again."""
+    from opsctl.pitr import standby
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    standby.start_standby(pitr.project(), pitr.env())
+    _interrupt_at_promotion(pitr)
+    journal = pitr.project().state_dir / "failover" / "local.pending.json"
+    record = pitr.project().state_dir / "failover" / "local.json"
+    recorded = record.read_text() if record.exists() else None
+    assert journal.exists()
+    for args in (["--stop"], []):
+        r = pitr.cli(runner, "dr", "standby", "--env", "local", *args)
+        assert r.exit_code == 2 and "refused" in r.output and "--abandon" in r.output, r.output
+    assert "postgres-standby" in pitr.state().components and pitr.state().data("postgres-standby").is_dir()
+    assert standby.stop_standby(pitr.project(), pitr.env())  # what an in-place restore does to it
+    r = pitr.cli(runner, "failover", "--env", "local", "--yes", "--json")
+    assert r.exit_code == 2, r.output
+    assert "is gone" in r.output and "--abandon" in r.output and "read-only" in r.output, r.output
+    assert journal.exists() and (record.read_text() if record.exists() else None) == recorded
+    pitr.start_postgres()  # `opsctl local up`: the fenced old primary comes back read-only
+    assert _read_only(pitr.port)
+    r = pitr.cli(runner, "failover", "--env", "local", "--abandon", "--yes")
+    assert r.exit_code == 0, r.output
+    assert not journal.exists() and not (pitr.state().data("postgres") / "standby.signal").exists()
+    assert not _read_only(pitr.port)
+    pitr.sql("insert into events(note) values ('after abandon')")
+    r = pitr.cli(runner, "failover", "--env", "local", "--abandon", "--yes")
+    assert r.exit_code == 2 and "no interrupted failover" in r.output, r.output
+    pitr.ensure_archiver()
+
+
+def test_a_failover_killed_after_its_fence_is_journaled_and_finished_by_the_rerun(pitr, runner, monkeypatch):
+    """Issue 22 review (break 3): the journal is written before the fence, so a run killed right
+    after fencing (the old primary read-only) is recognised by the rerun, which promotes the
+    standby rather than advising to rebuild it."""
+    from opsctl.pitr import standby
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    standby.start_standby(pitr.project(), pitr.env())
+    pitr.sql("insert into events(note) select 'k' from generate_series(1, 5)")
+    real = standby._fence
+
+    def fence_then_killed(data):
+        real(data)
+        raise KeyboardInterrupt  # kill -9 right after the fence
+
+    with monkeypatch.context() as m:
+        m.setattr(standby, "_fence", fence_then_killed)
+        with pytest.raises(KeyboardInterrupt):
+            standby.failover(pitr.project(), pitr.env())
+    assert (pitr.project().state_dir / "failover" / "local.pending.json").exists()
+    pitr.start_postgres()  # `opsctl local up`
+    assert _read_only(pitr.port)
+    r = pitr.cli(runner, "failover", "--env", "local", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    assert not _read_only(pitr.port)
+    assert pitr.sql("select count(*) from events where note = 'k'")[0][0] == 5
+    pitr.ensure_archiver()
+
+
+def test_a_failover_killed_between_its_renames_is_finished_and_local_up_makes_no_empty_cluster(pitr, runner,
+                                                                                              monkeypatch):
+    """Issue 22 review (break 4): killed between data/postgres -> postgres.failed-* and
+    postgres-standby -> data/postgres: `opsctl local up` refuses to initdb an empty cluster there
+    while the journal is pending, and the rerun finishes the rename (a folder made at
+    data/postgres meanwhile is kept aside, not in the way)."""
+    from pathlib import Path
+
+    from opsctl.errors import UsageError
+    from opsctl.pitr import standby
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    standby.start_standby(pitr.project(), pitr.env())
+    pitr.sql("insert into events(note) select 'y' from generate_series(1, 5)")
+    old_sysid = pitr.sysid()
+    real = Path.rename
+
+    def rename(self, target):
+        if self.name == "postgres-standby":
+            raise KeyboardInterrupt  # kill -9 after live -> postgres.failed-*, before new -> live
+        return real(self, target)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "rename", rename)
+        with pytest.raises(KeyboardInterrupt):
+            standby.failover(pitr.project(), pitr.env())
+    live = pitr.state().data("postgres")
+    assert not live.exists()
+    with pytest.raises(UsageError, match="failover of local is pending"):
+        pitr.start_postgres()  # `opsctl local up`
+    assert not live.exists()
+    live.mkdir()  # what an older `local up` made there
+    (live / "PG_VERSION").write_text("16\n")
+    r = pitr.cli(runner, "failover", "--env", "local", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    assert pitr.sysid() == old_sysid and not _read_only(pitr.port)
+    assert pitr.sql("select count(*) from events where note = 'y'")[0][0] == 5
+    assert list(live.parent.glob("postgres.stray-*"))
+    pitr.ensure_archiver()
