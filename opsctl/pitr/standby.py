@@ -22,6 +22,13 @@ platform's own start on its port), so the database URL every command gets from
 opsctl.endpoints is the new one, and the workers are restarted through the platform's own
 worker start (opsctl.local.platform / opsctl.local.worker) so they connect to it. Each
 failover is recorded in `.opsctl/failover/<env>.json` (0600), as the RDS failover is.
+
+The intent is journaled (`.opsctl/failover/<env>.pending.json`) before the old primary is
+stopped and fenced, so a run killed at any later point is finished by the next one. While a
+journal is pending `dr standby` and `dr standby --stop` are refused; a journal whose standby is
+gone is refused too (exit 2), and `failover --abandon` (abandon) unfences the old primary and
+removes the journal; `opsctl local up` never initdb's a missing data/postgres then
+(refuse_initdb).
 """
 
 from __future__ import annotations
