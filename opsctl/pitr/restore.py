@@ -172,11 +172,15 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     clean_abandoned(state)  # a restore killed earlier (kill -9): its recovery server and folders
     sysid = cluster_id(repo, state)
     listed = chain.inventory(repo, key, sysid, end_times=False)
-    if not listed.bases and not listed.bad_bases:
+    if not listed.bases and not listed.bad_bases_broken:
         # the live cluster has no base backup at all: a data directory lost and made anew
         # (`opsctl local up` after a lost disk) is a new cluster; the one the repository holds
-        # base backups of is what there is to restore
-        others = [s for s in chain.sysids(repo) if s != sysid and repo.names(layout.base_prefix(s))]
+        # base backups of is what there is to restore. A folder without its record (a base
+        # backup running or interrupted) is no base backup: it hides no other cluster
+        from opsctl.pitr.base import RECORD
+
+        others = [s for s in chain.sysids(repo) if s != sysid
+                  and any(n.endswith(f"/{RECORD}") for n in repo.names(layout.base_prefix(s)))]
         if len(others) > 1:
             raise UsageError(f"no base backup of the live cluster (system {sysid}) in {repo.url}, which holds "
                              f"base backups of clusters {', '.join(others)}; restore names one only when it is "
@@ -402,6 +406,14 @@ def clean_abandoned(state) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a record we can read: leave it for a person
         new = Path(doc["new"])
+        # killed between the in-place swap's renames: the previous data directory goes back
+        live = state.data("postgres")
+        kept = live.with_name(f"postgres.before-{path.stem.removeprefix('pitr-run-')}")
+        if not live.exists() and kept.is_dir():
+            kept.rename(live)
+            import logging
+
+            logging.getLogger(__name__).warning("an in-place restore was killed mid-swap: %s moved back to %s", kept, live)
         # its server: the recorded PID when it still runs on that data directory, else the one
         # the data directory's postmaster.pid names (started, killed before it was recorded)
         pid = doc.get("server_pid") if procs.alive(doc.get("server_pid"), str(new)) else \
@@ -729,17 +741,23 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
         live = state.data("postgres")
         kept = live.with_name(f"postgres.before-{stamp}")
         pg.stop(platform.live_pid(state, "postgres"))  # ours by port or postmaster.pid, never a reused PID
-        if live.exists():
-            live.rename(kept)
-        new.rename(live)
-        histories = sorted((live / "pg_wal").glob("*.history"))
-        if histories:  # recovery ran with archiving off: queue the new timeline's history now
-            shutil.copy2(histories[-1], queue_dir(state) / histories[-1].name)
+        swapped = False  # `new` is in place of `live`
         try:
+            if live.exists():
+                live.rename(kept)
+            new.rename(live)
+            swapped = True
+            histories = sorted((live / "pg_wal").glob("*.history"))
+            if histories:  # recovery ran with archiving off: queue the new timeline's history now
+                shutil.copy2(histories[-1], queue_dir(state) / histories[-1].name)
             platform.start_component("postgres", state, env)
         except BaseException:
-            shutil.rmtree(live, ignore_errors=True)
-            if kept.exists():
+            # undone whatever stopped it (a failed start, Ctrl-C / SIGTERM between the renames):
+            # the previous data directory goes back in place, never left missing (the next
+            # `local up` would initdb an empty cluster); a kill -9 here is undone by clean_abandoned
+            if swapped:
+                shutil.rmtree(live, ignore_errors=True)
+            if kept.exists() and not live.exists():
                 kept.rename(live)
                 platform.start_component("postgres", state, env)
             state.save()
