@@ -97,7 +97,12 @@ def archive_command(queue: Path, limit: int = DEFAULT_QUEUE) -> str:
     so a finished segment's file is never written again), or copied and fsynced when the
     queue is on another file system. Exit 0 means "PostgreSQL may remove the segment": after
     the queue entry is durable, or after a full queue recorded it as dropped. Non-zero (copy failed, e.g. disk full) makes
-    PostgreSQL retry it, as for any archive_command. Idempotent: a `.tmp` left by a run
+    PostgreSQL retry it, as for any archive_command. A name already queued is success only when
+    the queued file holds the same bytes (`cmp`: PostgreSQL repeating a segment); another cluster's
+    segment of that name (a lost data directory, `local up`'s new cluster restarting at segment 1
+    while the repository is down) fails the command, so PostgreSQL keeps its segment and retries
+    after the archiver has moved the old one out: success is never reported for bytes not queued
+    (likewise a full queue's drop marker of another cluster is never overwritten). Idempotent: a `.tmp` left by a run
     interrupted between its link and its rename is removed first (else `ln` finds the name taken
     and `cp` refuses to copy a file onto its own hard link: failing forever). A drop marker
     holds the segment's first 40 bytes (its header names the cluster); a marker that can't be
@@ -111,9 +116,16 @@ def archive_command(queue: Path, limit: int = DEFAULT_QUEUE) -> str:
                          "use a path of letters, digits and ._/+-")
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    return (f"f=%f; q={q}; [ -f \"$q/$f\" ] && exit 0; "
+    d = f"$q/{DROPPED}"
+    return (f"f=%f; q={q}; if [ -f \"$q/$f\" ]; then cmp -s %p \"$q/$f\" && exit 0; "
+            "echo \"opsctl archive: $q/$f is queued with other bytes (a segment of another cluster with that name "
+            "waits for the repository): retried once it is archived\" >&2; exit 1; fi; "
             f"if [ \"$(ls -1 \"$q\" | wc -l)\" -ge {limit} ]; then "
-            f"head -c 40 %p > \"$q/{DROPPED}/$f\" || exit 1; echo \"opsctl archive: queue $q full ({limit} files): $f dropped\" >&2; exit 0; fi; "
+            f"head -c 40 %p > \"{d}/.$f.new\" || exit 1; "
+            f"if [ -f \"{d}/$f\" ] && ! cmp -s \"{d}/.$f.new\" \"{d}/$f\"; then rm -f \"{d}/.$f.new\"; "
+            f"echo \"opsctl archive: queue $q full and {d}/$f holds a drop of another cluster: retried\" >&2; exit 1; fi; "
+            f"mv \"{d}/.$f.new\" \"{d}/$f\" || exit 1; "
+            f"echo \"opsctl archive: queue $q full ({limit} files): $f dropped\" >&2; exit 0; fi; "
             "rm -f \"$q/.$f.tmp\" && { ln %p \"$q/.$f.tmp\" 2>/dev/null || { cp %p \"$q/.$f.tmp\" && sync \"$q/.$f.tmp\"; }; } && "
             "mv \"$q/.$f.tmp\" \"$q/$f\" && sync \"$q\"")
 
@@ -344,8 +356,10 @@ class Archiver:
 
     def clear_gaps(self, force: bool = False) -> list[str]:
         """Remove the `.gaps/` markers a base backup of the live cluster covers (it starts at a
-        later segment; for a backup history file, at its segment or later: recovery never reads
-        one; for a timeline history file, it started after the drop). Lists the base backups at
+        later segment or on a later timeline; for a backup history file, at its segment or later: recovery never reads
+        one; for a timeline history file, it started after the drop), and those whose header names
+        another cluster (a gap of the cluster live before a lost data directory: its record stays
+        in that cluster's dropped/ folder of the repository, logged). Lists the base backups at
         most every GAP_CHECK_SECONDS and reads them only when that list changed. Returns the
         files cleared."""
         gaps = self.queue / GAPS
@@ -354,24 +368,44 @@ class Archiver:
         if not marks or (not force and now - self._gap_checked < self.GAP_CHECK_SECONDS):
             return []
         self._gap_checked = now
+        cleared = []
+        for mark in marks:  # another cluster's gap (left before a lost data directory): not this one's
+            m = layout.WAL_FILE.fullmatch(mark.name)
+            if not (m and m["seg"]):
+                continue
+            try:
+                owner = header_sysid(mark.read_bytes()[:_LONG_HEADER.size], mark.name)
+            except (ValueError, OSError):
+                continue  # unreadable: kept as the live cluster's (reported rather than lost)
+            if owner != self.sysid:
+                mark.unlink(missing_ok=True)
+                cleared.append(mark.name)
+                log.warning("%s was dropped by a full queue while cluster %s was live: a gap of that cluster "
+                            "(recorded in %s), not of the live cluster %s; no longer in this cluster's health",
+                            mark.name, owner, layout.dropped_prefix(owner), self.sysid)
+        marks = [mark for mark in marks if mark.name not in cleared]
+        if not marks:
+            return cleared
         from opsctl.pitr import base as bb
 
         names = self.repo.names(layout.base_prefix(self.sysid))
         if not force and self._bases_seen == tuple(sorted(names)):
-            return []
+            return cleared
         self._bases_seen = tuple(sorted(names))
         bases, _ = bb.load_all(self.repo, self.sysid, self.key, names)
         if not bases:
-            return []
+            return cleared
         start = max(layout.segno(layout.lsn(b.start_lsn)) for b in bases)
         started = max(b.started_at.timestamp() for b in bases)
-        cleared = []
+        # a base backup on a later timeline (after an in-place restore that forked before the gap)
+        # never reads the gap's timeline past the fork: it covers the gap whatever their numbers
+        tli = max(b.timeline for b in bases)
         for mark in marks:
             m = layout.WAL_FILE.fullmatch(mark.name)
             if m and m["seg"]:
-                covered = layout.parse_segment(m["seg"])[1] < start
+                covered = layout.parse_segment(m["seg"])[1] < start or int(mark.name[:8], 16) < tli
             elif mark.name.endswith(".backup"):
-                covered = layout.parse_segment(mark.name[:24])[1] <= start
+                covered = layout.parse_segment(mark.name[:24])[1] <= start or int(mark.name[:8], 16) < tli
             else:
                 covered = mark.stat().st_mtime < started
             if covered:

@@ -148,6 +148,30 @@ def test_a_history_file_goes_with_its_timelines_segments_and_is_quarantined_when
     assert "name clusters" in (queue / ".quarantine" / "00000009.history.reason").read_text()
 
 
+def test_a_gap_marker_of_another_cluster_does_not_keep_the_live_clusters_health_critical(pitr):
+    """Issue 22 review: a `.gaps/` marker the previous cluster left (a segment a full queue dropped,
+    then the data directory lost and a new cluster made) was compared with the live cluster's base
+    backups by segment number only: never covered, health CRITICAL forever. Now a gap whose
+    header names another cluster is that cluster's (its record stays in the repository under it):
+    it leaves the live cluster's health, and the archiver's log says so."""
+    import struct
+
+    from opsctl.health.model import Status
+    from opsctl.pitr import local as pitr_local
+
+    queue = pitr_local.queue_dir(pitr.state())
+    pitr.wait_archived()
+    seg = "000000010000000000000090"
+    other = str(int(pitr.sysid()) ^ 1)
+    head = struct.pack("=HHIQI4xQII", 0xD118, 2, 1, 0x90 * (16 << 20), 0, int(other), 16 << 20, 8192)
+    (queue / ".gaps").mkdir(exist_ok=True, mode=0o700)
+    (queue / ".gaps" / seg).write_bytes(head)
+    assert _wait(lambda: not (queue / ".gaps" / seg).exists())
+    check = _check(pitr)
+    assert not (check.status == Status.CRITICAL and seg in check.message), check.message
+    assert "a gap of that cluster" in pitr.state().log("archiver").read_text()
+
+
 def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
     from opsctl.health.model import Status
     from opsctl.local import postgres as pg
@@ -173,13 +197,31 @@ def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
     data = pitr.state().data("postgres")
     data.rename(data.with_name("postgres.lost-disk"))
     pitr.start_postgres()
-    pitr.ensure_archiver()
     new = pitr.sysid()
     assert new != old
+    # the repository still down, the new cluster (segments from 1 again) reaches the name of the
+    # old cluster's queued segment: that name is taken in the queue by other bytes, so the
+    # archive_command must not report it archived (PostgreSQL would delete it: lost silently)
+    target = int(queued[16:24], 16)
+    switched = []
+    while not switched or int(switched[-1][16:24], 16) <= target:
+        pitr.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
+        switched.append(pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0][0])
+    pitr.ensure_archiver()
     assert _wait(lambda: not (queue / queued).exists() and not (queue / bad).exists()
                  and not (queue / history).exists())
+
+    def new_stored():
+        return {layout.OBJECT.fullmatch(n.rpartition("/")[2])["file"] for n in pitr.repo().names(layout.wal_prefix(new))}
+
+    def all_new_arrived():
+        pitr.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
+        pitr.sql("select pg_switch_wal()", db="postgres")  # wakes PostgreSQL's archiver to retry
+        return set(switched) <= new_stored()
+
+    assert _wait(all_new_arrived, timeout=60), sorted(set(switched) - new_stored())
     under_old = [n for n in pitr.repo().names(layout.wal_prefix(old)) if queued in n or history in n]
-    under_new = [n for n in pitr.repo().names(layout.wal_prefix(new)) if queued in n or bad in n or history in n]
+    under_new = [n for n in pitr.repo().names(layout.wal_prefix(new)) if bad in n or history in n]
     assert len(under_old) == 2 and not under_new, (under_old, under_new)
     assert (queue / ".quarantine" / bad).exists()
     check = _check(pitr)
