@@ -36,6 +36,7 @@ replayed to the target, checked, and swapped in only when it is consistent.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -728,6 +729,23 @@ def remove_later(folder: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM ignored inside (main thread only; elsewhere nothing changes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
 def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
     """Stop the live server, keep its data directory, move `new` in, start it (archiving on)."""
     from opsctl.local import platform
@@ -755,12 +773,13 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
             # undone whatever stopped it (a failed start, Ctrl-C / SIGTERM between the renames):
             # the previous data directory goes back in place, never left missing (the next
             # `local up` would initdb an empty cluster); a kill -9 here is undone by clean_abandoned
-            if swapped:
-                shutil.rmtree(live, ignore_errors=True)
-            if kept.exists() and not live.exists():
-                kept.rename(live)
-                platform.start_component("postgres", state, env)
-            state.save()
+            with _signals_held():  # a second Ctrl-C must not stop the undo half-way
+                if swapped:
+                    shutil.rmtree(live, ignore_errors=True)
+                if kept.exists() and not live.exists():
+                    os.rename(kept, live)
+                    platform.start_component("postgres", state, env)
+                state.save()
             raise
         state.save()
     return kept
