@@ -74,3 +74,16 @@ def test_a_worker_without_the_gauges_or_unreachable_is_unknown_and_the_next_one_
 def test_bad_thresholds_are_refused():
     with pytest.raises(ValueError, match="oldest_incomplete_seconds"):
         limits(oldest_incomplete_seconds=0)
+
+
+def test_the_largest_figures_across_workers_are_judged(worker):
+    """A worker whose keeper lags reports older, smaller figures: the largest count and age
+    read from any worker are judged, not the first worker's."""
+    lagging = MetricsServer(gauges(2, 10))
+    try:
+        worker.text = gauges(40, 7200)
+        result = incomplete_uploads([lagging.url, worker.url], 5, limits(incomplete=30, oldest_incomplete_seconds=3600))
+    finally:
+        lagging.close()
+    assert result.status == Status.WARNING and result.value == 40
+    assert result.details["oldest_incomplete_age_seconds"] == 7200 and result.details["workers_read"] == 2

@@ -89,6 +89,12 @@ def _kill_while_s3_hangs(s3, proc, request, wait_for):
     t.join()
 
 
+def _file_key(dburl, upload_id):
+    """The S3 key its complete recorded as the upload's file."""
+    with psycopg.connect(dburl) as conn:
+        return conn.execute("SELECT file_key FROM uploads WHERE id = %s", (upload_id,)).fetchone()[0]
+
+
 def test_worker_killed_mid_part_then_mid_complete_and_retried(model_dir, postgres, s3, redis_server, tmp_path):
     """(4) The worker dies while a part is on its way to S3: its claim (no ETag) is not shown,
     not counted against the declared bytes, and a re-send of the part takes it over. (5) Then
@@ -126,7 +132,8 @@ def test_worker_killed_mid_part_then_mid_complete_and_retried(model_dir, postgre
         with httpx.Client(base_url=url, timeout=60) as http:
             r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [p1, p2]})
             assert r.status_code == 200 and r.json()["status"] == "completed", r.text
-        key = f"audio/uploads/{up['id']}"
+        key = _file_key(dburl, up["id"])  # the retry's claim assembled into its own key
+        assert key.startswith(f"audio/uploads/{up['id']}")
         assert _objects(s3.client(), bucket, up["id"]) == [key] and _mpu(s3.client(), bucket, up["id"]) == []
         assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == first + last
     finally:

@@ -142,6 +142,15 @@ MIGRATIONS: list[str] = [
                         ADD COLUMN claim_owner text,
                         ADD COLUMN claim_until timestamptz;
     """,
+    # claim_attempt: how many claims (complete, cancel, expiry) a pending upload has had; a
+    # complete assembles into its attempt's own key (file_uploads._attempt_key), so a holder
+    # that stalled past its lease never writes the key another's complete records; file_key:
+    # the completed file's key (NULL: s3_key, uploads completed before). Attempt 1's key is
+    # s3_key, where an earlier version assembled: what it left there is found by attempt 1
+    """
+    ALTER TABLE uploads ADD COLUMN claim_attempt integer NOT NULL DEFAULT 0,
+                        ADD COLUMN file_key text;
+    """,
 ]
 class PartsTooLarge(Exception):
     """A part would take an upload past the `bytes` it was created for."""
@@ -318,6 +327,11 @@ class Database:
                 " now() + make_interval(secs => %s)) ON CONFLICT (api_key_id, idempotency_key) DO NOTHING"
                 " RETURNING *", (*row.values(), expiry_seconds)).fetchone()
 
+    def delete_upload(self, upload_id: str) -> None:
+        """Delete a pending upload that holds nothing yet (the limits refused its create)."""
+        with self.pool.connection() as conn:
+            conn.execute("DELETE FROM uploads WHERE id = %s AND status = 'pending'", (upload_id,))
+
     def upload_by_idempotency_key(self, api_key_id: str, key: str) -> dict[str, Any] | None:
         """The key's upload created with this Idempotency-Key, or None."""
         return self._one("SELECT * FROM uploads WHERE api_key_id = %s AND idempotency_key = %s",
@@ -353,7 +367,9 @@ class Database:
         counts against the bound below while its PUT may still be running (made less than
         `in_flight_seconds` ago: parts sent at once are all counted), not after (the worker
         died; a failed PUT releases its claim at once: `release_claim`); a re-send of the same
-        bytes takes it over (same id and part number, new=True, so the caller PUTs it again).
+        bytes takes it over (same id and part number, new=True, so the caller PUTs it again;
+        the row then has `taken_over` true: the first send may still land, so a failed re-send
+        must not release it).
 
         Raises LookupError(status) when the upload is not pending (or its claim, e.g.
         'completing', while a complete, cancel or expiry holds it), and PartsTooLarge when the
@@ -379,8 +395,8 @@ class Database:
             if size > upload["bytes"] or held + size > 2 * upload["bytes"]:
                 raise PartsTooLarge(int(held), int(upload["bytes"]))
             if existing:  # an unfinished claim of the same bytes: this re-send takes it over
-                return conn.execute("UPDATE upload_parts SET created_at = now() WHERE id = %s RETURNING *",
-                                    (existing["id"],)).fetchone(), True
+                return conn.execute("UPDATE upload_parts SET created_at = now() WHERE id = %s"
+                                    " RETURNING *, true AS taken_over", (existing["id"],)).fetchone(), True
             return conn.execute(
                 "INSERT INTO upload_parts (id, upload_id, part_number, sha256, bytes) VALUES (%s, %s,"
                 " (SELECT coalesce(max(part_number), 0) + 1 FROM upload_parts WHERE upload_id = %s),"
@@ -411,17 +427,18 @@ class Database:
         """One short transaction on the upload's row lock: `decide(conn, row)` (row: the upload
         of key `api_key_id` with `claimed`, true while another holder's claim is live; None
         when there is none) returns `(claim, value)`; when `claim` is a tuple `(what, owner,
-        lease_seconds)` the row is claimed for it (`what`: completing, cancelling) before
-        the commit. Returns `value`; what `decide` raises rolls back and propagates. No S3 call
+        lease_seconds)` the row is claimed for it (`what`: completing, cancelling; its
+        `claim_attempt` goes one up: the holder's attempt is the row's + 1) before the commit.
+        Returns `value`; what `decide` raises rolls back and propagates. No S3 call
         is made inside: the claim, not a lock, keeps others off while the holder works."""
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute("SELECT *, coalesce(claim_until > now(), false) AS claimed FROM uploads"
                                " WHERE id = %s AND api_key_id = %s FOR NO KEY UPDATE",
                                (upload_id, api_key_id)).fetchone()
             claim, value = decide(conn, row)
-            if claim:
+            if claim:  # the claim is attempt claim_attempt + 1 (`decide` saw claim_attempt under the lock)
                 what, owner, lease = claim
-                conn.execute("UPDATE uploads SET claim = %s, claim_owner = %s,"
+                conn.execute("UPDATE uploads SET claim = %s, claim_owner = %s, claim_attempt = claim_attempt + 1,"
                              " claim_until = now() + make_interval(secs => %s) WHERE id = %s",
                              (what, owner, lease, upload_id))
             return value
@@ -441,20 +458,28 @@ class Database:
                          " WHERE id = %s AND claim_owner = %s", (upload_id, owner))
 
     def end_upload(self, upload_id: str, owner: str, status: str, file_id: str | None = None,
-                   sha256: str | None = None, complete_request: str | None = None) -> dict[str, Any] | None:
+                   sha256: str | None = None, complete_request: str | None = None,
+                   file_key: str | None = None) -> dict[str, Any] | None:
         """Move a pending upload whose claim `owner` holds to `status` (completed, cancelled,
-        expired) and clear the claim, recording for a completed one its file id, SHA-256 and
-        what its complete asked for (`complete_request`); returns the row with `stored` (bytes
-        its parts stored in S3), or None (nothing changed) when `owner` no longer holds it."""
+        expired) and clear the claim, recording for a completed one its file id, SHA-256, what
+        its complete asked for (`complete_request`) and the S3 key of its file (`file_key`);
+        returns the row with `stored` (bytes its parts stored in S3), or None (nothing changed)
+        when `owner` no longer holds it."""
         with self.pool.connection() as conn:
             return conn.execute(
-                "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s, complete_request = %s,"
+                "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s, complete_request = %s, file_key = %s,"
                 " completed_at = CASE WHEN %s = 'completed' THEN now() END,"
                 " claim = NULL, claim_owner = NULL, claim_until = NULL"
                 " WHERE id = %s AND claim_owner = %s AND status = 'pending' RETURNING *,"
                 " (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = uploads.id"
                 " AND p.etag IS NOT NULL) AS stored",
-                (status, file_id, sha256, complete_request, status, upload_id, owner)).fetchone()
+                (status, file_id, sha256, complete_request, file_key, status, upload_id, owner)).fetchone()
+
+    def stored_bytes(self, upload_id: str, conn: Any = None) -> int:
+        """Bytes the upload's parts stored in S3 (their ETag known); on `conn` when given."""
+        with self._conn(conn) as conn:
+            return int(conn.execute("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s"
+                                    " AND etag IS NOT NULL", (upload_id,)).fetchone()["n"])
 
     def set_upload_sha256(self, upload_id: str, sha256: str) -> None:
         """Record a completed file's SHA-256 (hex) once a job has read it."""
@@ -469,7 +494,7 @@ class Database:
         between leaves it pending and claimed until the lease lapses, then it is taken again."""
         with self.pool.connection() as conn:
             return conn.execute(
-                "UPDATE uploads SET claim = 'expiring', claim_owner = %s,"
+                "UPDATE uploads SET claim = 'expiring', claim_owner = %s, claim_attempt = claim_attempt + 1,"
                 " claim_until = now() + make_interval(secs => %s) WHERE id = (SELECT id FROM uploads"
                 " WHERE status = 'pending' AND expires_at < now() AND (claim_until IS NULL OR claim_until <= now())"
                 " ORDER BY expires_at LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) RETURNING *",

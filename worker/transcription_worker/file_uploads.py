@@ -19,11 +19,17 @@ SHA-256 this upload already holds is not stored again: the first part's id is re
 may arrive in any order and in parallel. `complete` takes any list of the upload's part ids,
 in the file's order, an id repeated if its bytes repeat (long silence), as long as their
 sizes add up to `bytes` and every part but the last holds at least 5 MiB (S3's minimum): it
-makes an S3 multipart upload at `{prefix}uploads/{upload_id}` and fills it with UploadPartCopy
-of the listed part objects (server-side: no byte passes through the worker), completes it,
-then deletes the part objects. The assembled object carries a fingerprint of its part list
-(metadata `parts`), so a complete retried after its worker died finds a finished assembly
-and records it; an unfinished one (its multipart upload still open) is aborted and redone.
+makes an S3 multipart upload at its claim attempt's own key (`{prefix}uploads/{upload_id}`
+for the first, `...{upload_id}-{n}` for the n-th: `_attempt_key`) and fills it with
+UploadPartCopy of the listed part objects (server-side: no byte passes through the worker),
+completes it, records that key as the file (`file_key`), then deletes the part objects.
+Every holder first aborts the multipart uploads earlier attempts left open and deletes the
+objects at their keys (`_clear_older_attempts`), and one whose end fails (it stalled past
+its lease; another took over) deletes its own key alone: a stale holder never writes or
+deletes the file another recorded. A complete retried after its worker died redoes the
+assembly (the parts are still there); a finished assembly an earlier worker version left
+unrecorded at `{prefix}uploads/{upload_id}` is recognised by its part list's fingerprint
+(metadata `parts`) and recorded.
 With the optional `md5`, the completed object is read back once, in 1 MiB pieces, for its MD5
 and SHA-256; without it nothing is read back (each part was already checked by S3 against
 its SHA-256), and the file's SHA-256 (the job's audio identity) is computed by the first job
@@ -133,6 +139,15 @@ async def _pending(state: Any, db: Any, upload_id: str, key_id: str) -> dict:
     return row
 
 
+# RFC 9110 media-type: type "/" subtype *( OWS ";" OWS token "=" ( token / quoted-string ) ),
+# here only audio/* and video/*, printable ASCII alone (it becomes the file's Content-Type in
+# S3: CR/LF or non-ASCII would be refused there at every complete). A regex of the RFC's
+# grammar: email.headerregistry and werkzeug parse leniently (they accept and drop junk).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"(?:audio|video)/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[ !#-\[\]-~]*\"))*",
+                         re.IGNORECASE)
+
+
 @router.post("")
 async def create_upload(request: Request):
     """Start an upload of `bytes` bytes (at most WORKER_MAX_UPLOAD_TOTAL_MB) of audio."""
@@ -149,9 +164,9 @@ async def create_upload(request: Request):
     if size > settings.max_upload_total_bytes:
         raise APIError(413, f"an upload may hold at most {settings.max_upload_total_mb} MB",
                        param="bytes", code="file_too_large")
-    if not isinstance(mime, str) or not mime.startswith(("audio/", "video/")):
-        raise APIError(400, "mime_type must be an audio (or video) type, e.g. audio/mpeg",
-                       param="mime_type", code="invalid_value")
+    if not isinstance(mime, str) or len(mime) > 127 or not _MEDIA_TYPE.fullmatch(mime):
+        raise APIError(400, "mime_type must be an audio (or video) media type of at most 127 characters,"
+                       " e.g. audio/mpeg or audio/ogg; codecs=opus", param="mime_type", code="invalid_value")
     if not isinstance(purpose, str) or not purpose.strip():
         raise APIError(400, "purpose is required (e.g. \"transcription\")", param="purpose",
                        code="invalid_value")
@@ -177,22 +192,33 @@ async def create_upload(request: Request):
             _same_create(earlier, filename, size, mime, purpose, presign, part_size)
             return await _created(state, db, earlier, part_size)
     upload_id = f"upload_{secrets.token_hex(16)}"
+    fields = {"id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
+              "mime_type": mime, "purpose": purpose, "status": "pending",
+              "s3_key": state.store.upload_key(upload_id), "parts_prefix": state.store.parts_prefix(upload_id),
+              "presigned": presign, "part_size": part_size if presign else None, "idempotency_key": idem}
+    if idem:
+        # the row first: concurrent twins of this create (same Idempotency-Key) find it and
+        # answer this upload, instead of each taking an open-upload lease before any row exists
+        # (429 with WORKER_RATE_LIMIT_OPEN_UPLOADS=1); the limits refusing it, the row goes
+        row = await db(state.db.create_upload, fields, settings.upload_expiry_seconds)
+        if row is None:  # a twin won
+            row = await db(state.db.upload_by_idempotency_key, key_id, idem)
+            _same_create(row, filename, size, mime, purpose, presign, part_size)
+            return await _created(state, db, row, part_size)
+        try:
+            await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
+        except BaseException:
+            await db(state.db.delete_upload, upload_id)
+            raise
+        return await _created(state, db, row, part_size)
     await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
     row = None
     try:
-        row = await db(state.db.create_upload, {
-            "id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
-            "mime_type": mime, "purpose": purpose, "status": "pending",
-            "s3_key": state.store.upload_key(upload_id), "parts_prefix": state.store.parts_prefix(upload_id),
-            "presigned": presign,
-            "part_size": part_size if presign else None, "idempotency_key": idem}, settings.upload_expiry_seconds)
-    finally:  # failed, or a concurrent twin with the same Idempotency-Key won: no lease, no
-        if row is None:  # bytes charged left behind (S3 holds nothing for an upload yet)
+        row = await db(state.db.create_upload, fields, settings.upload_expiry_seconds)
+    finally:  # failed: no lease, no bytes charged left behind (S3 holds nothing for it yet)
+        if row is None:
             await state.limits.close_upload(key_id, upload_id)
             await state.limits.refund_upload_bytes(key_id, size)
-    if row is None:
-        row = await db(state.db.upload_by_idempotency_key, key_id, idem)
-        _same_create(row, filename, size, mime, purpose, presign, part_size)
     return await _created(state, db, row, part_size)
 
 
@@ -304,10 +330,16 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
     # a failed PUT leaves the claim unfinished (etag NULL): never listed nor counted, and a
     # re-send of the same bytes takes it over
     try:
-        etag = await db(state.store.put_checked, key, data, base64.b64encode(digest.digest()).decode())
-    except Exception:  # not stored: the claim no longer counts against the upload's bytes
-        await db(state.db.release_claim, claimed)
-        raise
+        etag = await run_in_threadpool(state.store.put_checked, key, data,
+                                       base64.b64encode(digest.digest()).decode())
+    except Exception as exc:  # not stored: the claim no longer counts against the upload's bytes,
+        # unless this re-send took over a claim whose first send may still land (it records it;
+        # else the claim stops counting once it is WORKER's in-flight window old)
+        if not claimed.get("taken_over"):
+            await db(state.db.release_claim, claimed)
+        log.warning("a part's S3 PUT failed: %s", exc, extra={"upload_id": upload_id})
+        raise APIError(503, "the audio store (S3) did not take the part; send it again later",
+                       code="audio_store_unavailable", retry_after=5) from None
     if not await db(state.db.stored_part, claimed["id"], etag):
         # the upload ended (complete, cancel, expiry) while this part was on its way, and
         # cleared its part objects before this one landed: clear it too
@@ -357,10 +389,11 @@ async def complete_upload(upload_id: str, request: Request):
         stored = {p["id"]: p for p in state.db.parts(upload_id, conn)}
         _check_parts(row, part_ids, stored)
         sources = [_part_object(state.store, row, stored[p]) for p in part_ids]
-        return ("completing", owner, _lease(state)), (row, sources)
+        return ("completing", owner, _lease(state)), (_attempted(row), sources)
 
     row, sources, owner = await _claimed(state, db, upload_id, key_id, decide)
-    if sources is None:  # completed before, by this same request
+    if sources is None:  # completed before, by this same request (its worker may have died
+        await state.limits.close_upload(key_id, upload_id)  # before Redis heard: free the lease)
         return upload_body(row)
     row = await db(_assemble, state, row, owner, sources, part_ids, md5, request_fp)
     if row["status"] == "cancelled":  # the md5 did not match: cancelled, and the object deleted
@@ -460,38 +493,109 @@ def _holding(state: Any, upload_id: str, owner: str) -> Iterator[None]:
         stop.set()
 
 
+def _attempted(row: dict) -> dict:
+    """The row as the claim being made leaves it: its `claim_attempt` one up (the holder's)."""
+    return {**row, "claim_attempt": int(row["claim_attempt"]) + 1}
+
+
+def _attempt_key(row: dict, attempt: int) -> str:
+    """Where the complete of claim attempt `attempt` assembles: `s3_key` for the first,
+    `{s3_key}-{attempt}` after. Each claim its own key: a holder that stalled past its lease
+    (another took the upload over) never writes the key another's complete records."""
+    return row["s3_key"] if attempt <= 1 else f"{row['s3_key']}-{attempt}"
+
+
+def _clear_older_attempts(store: Any, row: dict, attempt: int) -> bool:
+    """What the claims before attempt `attempt` may have left: abort their open multipart
+    uploads first (a stalled holder's CompleteMultipartUpload then fails with NoSuchUpload),
+    then delete the objects at their keys (one that completed before the abort). Never a later
+    attempt's key (a later claim took this one over: its key may be the recorded file), nor a
+    recorded file (a pending upload has none). True when an object was deleted."""
+    base = row["s3_key"]
+    older = re.compile(re.escape(base) + r"(?:-([0-9]+))?")
+
+    def is_older(key: str, upto: int) -> bool:
+        m = older.fullmatch(key)
+        return bool(m) and int(m.group(1) or 1) < upto and key != row.get("file_key")
+
+    # open multipart uploads at this attempt's own key too: only an earlier worker version
+    # (which assembled at s3_key, attempt 1's key) left one there
+    for mpu in store.multiparts(base):
+        if is_older(mpu["Key"], attempt + 1):
+            store.abort_multipart(mpu["Key"], mpu["UploadId"])
+    deleted = False
+    for obj in store.objects(base):
+        if is_older(obj["Key"], attempt):
+            store.delete(obj["Key"])
+            deleted = True
+    return deleted
+
+
+def _still_holds(state: Any, row: dict, owner: str) -> bool:
+    """Whether `owner` still holds its claim on the upload (renewing it): False once another
+    took it over (this holder stalled past the lease) or it ended."""
+    try:
+        return bool(state.db.renew_upload_claim(row["id"], owner, _lease(state)))
+    except Exception:  # the database away: assume held; end_upload decides
+        return True
+
+
 def _assemble(state: Any, row: dict, owner: str, sources: list[str], part_ids: list[str],
               md5: str | None, request_fp: str) -> dict:
     """The S3 work of a claimed complete (a thread, no database connection held across it):
     the upload's row as `end_upload` left it (completed, or cancelled on an md5 mismatch).
 
-    Safe to retry after the worker died anywhere in it: an assembly left half-made (its S3
-    multipart upload open) is aborted and made again; a finished one of the same part list
-    (the object's `parts` fingerprint) is kept, its part objects deleted and the row recorded."""
-    store, upload_id = state.store, row["id"]
-    key, fingerprint = row["s3_key"], _fingerprint(part_ids)
+    The listed part objects are assembled into this claim attempt's own key (`_attempt_key`),
+    after what earlier attempts left is cleared (`_clear_older_attempts`); `end_upload` records
+    that key as the file, and only then are the part objects deleted (a kill before leaves them
+    for a retried complete; a kill after, to the bucket's lifecycle rule). A holder that lost
+    its claim meanwhile deletes what it assembled (its own key alone) and answers 409."""
+    store, upload_id, attempt = state.store, row["id"], int(row["claim_attempt"])
+    key = _attempt_key(row, attempt)
     with _holding(state, upload_id, owner):
-        store.abort_multiparts(key)  # what an interrupted complete left open
-        there = store.head(key)
-        if not (there and there[0] == row["bytes"] and there[1].get("parts") == fingerprint):
-            try:
-                store.assemble(key, row["mime_type"], sources, {"parts": fingerprint})
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
-                    raise
-                # a part object is gone: only a finished assembly (of another list of parts)
-                # or a cancel deletes them, and this one was interrupted before recording it
-                raise APIError(400, "a listed part is no longer in S3: an earlier complete with other"
-                               " part_ids, or a cancel, was interrupted; send that complete again or"
-                               " cancel the upload", param="part_ids", code="invalid_value") from None
+        _clear_older_attempts(store, row, attempt)
+        # attempt 1 assembles at s3_key, where an earlier worker version did: a finished
+        # assembly of this same part list it left unrecorded (its `parts` fingerprint; its part
+        # objects perhaps deleted already) is recorded as it is; anything else is overwritten
+        there = store.head(key) if attempt == 1 else None
+        try:
+            if not (there and there[0] == row["bytes"] and there[1].get("parts") == _fingerprint(part_ids)):
+                store.assemble(key, row["mime_type"], sources, {"parts": _fingerprint(part_ids)})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404", "NoSuchUpload"):
+                raise
+            if not _still_holds(state, row, owner):  # the upload was taken over and ended
+                raise _taken_over(upload_id) from None
+            raise APIError(400, "a listed part is no longer in S3 (expired by the bucket's lifecycle"
+                           " rule?); cancel the upload and start a new one", param="part_ids",
+                           code="invalid_value") from None
         sha = None
         if md5:  # the client asked for the whole file to be checked: read it back once
             sha, actual_md5, size = store.digests(key)
             if md5.lower() != actual_md5 or size != row["bytes"]:
-                _drop_s3(store, row)
+                store.delete(key)
                 return _ended(state, row, owner, "cancelled")
-        store.delete_prefix(_parts_prefix(store, row))  # parts not listed go too
-        return _ended(state, row, owner, "completed", f"file-{secrets.token_hex(12)}", sha, request_fp)
+        ended = state.db.end_upload(upload_id, owner, "completed", f"file-{secrets.token_hex(12)}", sha,
+                                    request_fp, key)
+        if ended is None:  # stalled past the lease: another took over; this key is no one's file
+            store.delete(key)
+            raise _taken_over(upload_id)
+    _delete_parts(store, row)  # parts not listed go too
+    return ended
+
+
+def _delete_parts(store: Any, row: dict) -> None:
+    """Delete an ended upload's part objects (by the one that ended it); a failure is logged:
+    the bucket's lifecycle rule expires what is left under upload-parts/."""
+    try:
+        store.delete_prefix(_parts_prefix(store, row))
+    except Exception as exc:
+        log.warning("could not delete an ended upload's part objects: %s", exc, extra={"upload_id": row["id"]})
+
+
+def _taken_over(upload_id: str) -> APIError:
+    return APIError(409, f"upload {upload_id} was taken over by another request while this one"
+                    " stalled; GET it to see how it ended", param="upload_id", code="upload_busy")
 
 
 def _ended(state: Any, row: dict, owner: str, status: str, *args: Any) -> dict:
@@ -499,8 +603,9 @@ def _ended(state: Any, row: dict, owner: str, status: str, *args: Any) -> dict:
     the lease and another took it over): the upload is as that one leaves it."""
     ended = state.db.end_upload(row["id"], owner, status, *args)
     if ended is None:
-        raise APIError(409, f"upload {row['id']} was taken over by another request while this one"
-                       " stalled; GET it to see how it ended", param="upload_id", code="upload_busy")
+        raise _taken_over(row["id"])
+    if status != "completed":
+        _delete_parts(state.store, row)
     return ended
 
 
@@ -542,25 +647,29 @@ def _complete_request(part_ids: list[str], md5: str | None) -> str:
 
 
 def _drop_s3(store: Any, row: dict) -> bool:
-    """Delete what an unfinished upload holds in S3: its part objects, any multipart upload
-    (an interrupted complete's; an earlier version's upload), and the object an interrupted
-    complete may have assembled (the row says it was never completed); True when there was one."""
+    """Delete what an unfinished upload's earlier claims left in S3 before this claim (attempt
+    `claim_attempt`) ends it: their multipart uploads and assembled objects (`_clear_older_attempts`),
+    and an earlier version's multipart upload; the part objects go once the end is recorded
+    (`_ended`). True when an assembled object was deleted."""
     if row["s3_upload_id"]:
         store.abort_multipart(row["s3_key"], row["s3_upload_id"])
-    store.abort_multiparts(row["s3_key"])
-    store.delete_prefix(_parts_prefix(store, row))
-    if store.size_of(row["s3_key"]) is None:
-        return False
-    store.delete(row["s3_key"])
-    return True
+    return _clear_older_attempts(store, row, int(row["claim_attempt"]))
 
 
 def _cancel(state: Any, row: dict, owner: str) -> dict:
     """The S3 work of a claimed cancel (a thread, no connection held): drop what the upload
     holds, then mark it cancelled; returns the row with `stored`."""
     with _holding(state, row["id"], owner):
+        _record_presigned(state, row)
         _drop_s3(state.store, row)
         return _ended(state, row, owner, "cancelled")
+
+
+def _record_presigned(state: Any, row: dict) -> None:
+    """A presigned upload ending unfinished: list the parts the client PUT (as GET does), so
+    the bytes it never received (`_unreceived`) count what is in S3, not only what was listed."""
+    if row["presigned"]:
+        state.db.record_s3_parts(row["id"], state.store.presigned_parts(_parts_prefix(state.store, row)))
 
 
 @router.post("/{upload_id}/cancel")
@@ -570,14 +679,22 @@ async def cancel_upload(upload_id: str, request: Request):
     state, key_id, db = await _context(request)
 
     def decide(conn: Any, row: dict | None, owner: str) -> tuple[Any, Any]:
+        if row is not None and row["status"] in ("cancelled", "expired"):
+            # ended before (not merely past its expiry): a retried cancel, its worker perhaps
+            # killed before Redis heard; the keeper's expiry does Redis before its end
+            return None, ({**row, "stored": state.db.stored_bytes(upload_id, conn)}, None)
         row = _locked_status(row, upload_id)
         if row["status"] != "pending":
             raise _not_pending(row)
-        return ("cancelling", owner, _lease(state)), (row,)
+        return ("cancelling", owner, _lease(state)), (_attempted(row), True)
 
-    row, owner = await _claimed(state, db, upload_id, key_id, decide)
-    row = await db(_cancel, state, row, owner)
+    row, claimed, owner = await _claimed(state, db, upload_id, key_id, decide)
+    if claimed:
+        row = await db(_cancel, state, row, owner)
+    # free the lease, refund what was never received: once per upload however often retried
     await _ended_unfinished(state, key_id, row, row["stored"])
+    if not claimed:
+        raise _not_pending(row)
     return upload_body(row)
 
 
@@ -592,7 +709,8 @@ async def _ended_unfinished(state: Any, key_id: str, row: dict, stored: int) -> 
     """Free the lease of an upload that ended without completing (cancelled, md5 mismatch)
     and give back the day's bytes it never received (`_unreceived`)."""
     await state.limits.close_upload(key_id, row["id"])
-    await state.limits.refund_upload_bytes(key_id, _unreceived(row, stored), row["created_at"].timestamp())
+    await state.limits.refund_upload_bytes(key_id, _unreceived(row, stored), row["created_at"].timestamp(),
+                                           upload_id=row["id"])
 
 
 @router.get("/{upload_id}")
@@ -624,8 +742,17 @@ def abort_expired(state: Any, limit: int = 20) -> int:
             if row is None:
                 break
             with _holding(state, row["id"], owner):
+                _record_presigned(state, row)
                 deleted = _drop_s3(state.store, row)
+                # Redis before the end: a keeper dying after the end leaves nothing to redo it
+                # (the refund is once per upload, the lease's removal idempotent)
+                state.limits.close_upload_sync(row["api_key_id"], row["id"])
+                state.limits.refund_upload_bytes_sync(
+                    row["api_key_id"], _unreceived(row, state.db.stored_bytes(row["id"])),
+                    row["created_at"].timestamp(), upload_id=row["id"])
                 ended = state.db.end_upload(row["id"], owner, "expired")
+            if ended is not None:
+                _delete_parts(state.store, row)
         except Exception as exc:  # S3 (or the database) away: the next tick retries
             log.warning("could not abort an expired upload: %s", exc,
                         extra={"upload_id": row["id"] if row else None})
@@ -636,8 +763,6 @@ def abort_expired(state: Any, limit: int = 20) -> int:
         aborted += 1
         if deleted:
             metrics.UPLOADS_ASSEMBLED_DELETED.inc()
-        state.limits.refund_upload_bytes_sync(ended["api_key_id"], _unreceived(ended, ended["stored"]),
-                                              ended["created_at"].timestamp())
         log.info("expired upload aborted" + ("; the object an unfinished complete assembled is deleted"
                                              if deleted else ""), extra={"upload_id": row["id"]})
     sweep_presigned(state)

@@ -40,7 +40,9 @@ def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Optio
             bypass_store: bool = False) -> None:
     """Process one queued job: fetch its audio from S3, transcribe, store the transcript
     (in the shared transcript store, or on the job row alone when `bypass_store`: a
-    `Cache-Control: no-cache` job neither reads nor feeds the store). Never raises: a
+    `Cache-Control: no-cache` job neither reads nor feeds the store), under the SHA-256 of the
+    bytes downloaded; a job whose audio no longer has the SHA-256 it was made with fails,
+    nothing stored (a /v1/uploads file is keyed by upload, not by content). Never raises: a
     failure is recorded on the job row as its error; a job adopted meanwhile by another
     worker is left to it."""
     db, store = state.db, state.store
@@ -48,14 +50,18 @@ def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Optio
         if not db.mark_running(job_id, state.owner):
             log.warning("job was adopted by another worker; leaving it", extra={"job_id": job_id})
             return
-        source, _, _ = store.download(audio_key)  # on disk: a 2 GB upload never sits in memory
+        source, got_sha, _ = store.download(audio_key)  # on disk: a 2 GB upload never sits in memory
         with source:
+            if got_sha != sha256:  # the object changed since the job was made: its transcript
+                # would be stored under another recording's SHA-256 (the store is shared)
+                raise ValueError(f"the audio at {audio_key} is not the audio this job was made for"
+                                 f" (SHA-256 {got_sha[:12]}..., expected {sha256[:12]}...); create the job again")
             audio = decode(source, state.settings.max_audio_seconds)
         result = transcribe_audio(state.transcriber, audio, options, "job")
         if bypass_store:
             db.finish_job(job_id, state.owner, result=result)
         else:
-            db.save_transcript(sha256, options.cache_key(state.transcriber.name),
+            db.save_transcript(got_sha, options.cache_key(state.transcriber.name),
                                state.transcriber.name, result)
             db.finish_job(job_id, state.owner)
         metrics.JOBS.labels("succeeded").inc()

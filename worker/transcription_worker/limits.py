@@ -32,6 +32,15 @@ from .errors import APIError
 
 log = logging.getLogger("transcription_worker")
 
+# refund an upload's bytes once: KEYS[1] the day's counter, KEYS[2] the upload's marker,
+# ARGV[1] the (negative) amount, ARGV[2] the marker's TTL in seconds
+_REFUND_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  return redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+end
+return false
+"""
+
 _CHARGE = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, tostring(used)} end
@@ -142,22 +151,43 @@ class Limits:
         except RedisError as exc:
             log.warning("upload limits skipped, redis unavailable: %s", exc)
 
-    async def refund_upload_bytes(self, key_id: str, size: int, day: float | None = None) -> None:
+    async def refund_upload_bytes(self, key_id: str, size: int, day: float | None = None,
+                                  upload_id: str | None = None) -> None:
         """Give back `size` bytes `open_upload` charged to the UTC day of `day` (epoch seconds;
         None: today): an upload never created after all, or the bytes a cancelled or expired
-        upload never received."""
+        upload never received. With `upload_id`, at most once per upload (a marker set in the
+        same Lua script, kept two days): a retried cancel or a taken-over end refunds nothing more."""
         if self.redis and self.daily_upload_mb and size > 0:
             with contextlib.suppress(RedisError):
-                await self.redis.incrbyfloat(self._bytes_day_key(key_id, day), -int(size))
+                if upload_id is None:
+                    await self.redis.incrbyfloat(self._bytes_day_key(key_id, day), -int(size))
+                else:
+                    await self.redis.eval(_REFUND_ONCE, 2, self._bytes_day_key(key_id, day),
+                                          f"worker:upload-refunded:{upload_id}", -int(size), 2 * 86400)
 
-    def refund_upload_bytes_sync(self, key_id: str, size: int, day: float | None = None) -> None:
-        """`refund_upload_bytes` for a thread without an event loop (the job keeper's expiry)."""
+    def refund_upload_bytes_sync(self, key_id: str, size: int, day: float | None = None,
+                                 upload_id: str | None = None) -> None:
+        """`refund_upload_bytes` for a thread without an event loop (the job keeper's expiry, a
+        cancel's S3 thread)."""
         if self._url and self.daily_upload_mb and size > 0:
             import redis
 
             with contextlib.suppress(RedisError), redis.Redis.from_url(
                     self._url, socket_timeout=2, socket_connect_timeout=2) as client:
-                client.incrbyfloat(self._bytes_day_key(key_id, day), -int(size))
+                if upload_id is None:
+                    client.incrbyfloat(self._bytes_day_key(key_id, day), -int(size))
+                else:
+                    client.eval(_REFUND_ONCE, 2, self._bytes_day_key(key_id, day),
+                                f"worker:upload-refunded:{upload_id}", -int(size), 2 * 86400)
+
+    def close_upload_sync(self, key_id: str, upload_id: str) -> None:
+        """`close_upload` for a thread without an event loop."""
+        if self._url and self.open_uploads:
+            import redis
+
+            with contextlib.suppress(RedisError), redis.Redis.from_url(
+                    self._url, socket_timeout=2, socket_connect_timeout=2) as client:
+                client.zrem(f"worker:open-uploads:{key_id}", upload_id)
 
     @staticmethod
     def _bytes_day_key(key_id: str, day: float | None) -> str:

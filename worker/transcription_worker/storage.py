@@ -1,8 +1,9 @@
 """Audio in S3 (or any S3-compatible endpoint: MinIO, moto), stored by content.
 
 Objects are keyed by the audio's SHA-256, so a retried or repeated upload writes nothing new
-and a job row only needs the key. A /v1/uploads file is `{prefix}uploads/{upload_id}`, made
-at complete from its part objects by S3 itself. Part objects live under a prefix of their own,
+and a job row only needs the key. A /v1/uploads file is `{prefix}uploads/{upload_id}` (or
+`...{upload_id}-{n}`, the n-th claim's: the row's `file_key`), made at complete from its part
+objects by S3 itself. Part objects live under a prefix of their own,
 `{prefix}upload-parts/{upload_id}/`, which no completed file shares, so a bucket lifecycle rule
 can expire whatever a crash left there (stacks/transcribe_infra/storage.py); uploads made
 before that keep theirs at `{prefix}uploads/{upload_id}.parts/` (`legacy_parts_prefix`).
@@ -195,6 +196,11 @@ class AudioStore:
                 err = out["Errors"][0]
                 raise RuntimeError(f"S3 could not delete {err.get('Key')}: {err.get('Code')}")
         return len(keys)
+
+    def multiparts(self, prefix: str) -> list[dict]:
+        """The multipart uploads open under `prefix` (ListMultipartUploads, paged): Key, UploadId..."""
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [u for page in pages for u in page.get("Uploads", [])]
 
     def abort_multiparts(self, key: str) -> int:
         """Abort every multipart upload open at exactly `key` (what a killed `assemble` left);

@@ -53,7 +53,10 @@ class Upload:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def _too_large(limit: int) -> APIError:
+def _too_large(limit: int, part: bool = False) -> APIError:
+    if part:  # a /v1/uploads part: its bytes are the form field `data`
+        return APIError(413, f"the part is larger than the {limit // (1024 * 1024)} MB part limit"
+                        " (WORKER_MAX_PART_MB); send it in smaller parts", param="data", code="file_too_large")
     return APIError(413, f"the file is larger than the {limit // (1024 * 1024)} MB limit",
                     param="file", code="file_too_large")
 
@@ -135,11 +138,12 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        limit = self.part_bytes if path.startswith("/v1/uploads/") and path.endswith("/parts") else self.max_bytes
+        part = path.startswith("/v1/uploads/") and path.endswith("/parts")
+        limit = self.part_bytes if part else self.max_bytes
         length = dict(scope["headers"]).get(b"content-length")
         if length and length.isdigit() and int(length) > limit:
-            response = error_response(413, _too_large(limit - _SLACK).message,
-                                      param="file", code="file_too_large",
+            refusal = _too_large(limit - _SLACK, part)
+            response = error_response(413, refusal.message, param=refusal.param, code="file_too_large",
                                       headers={"Connection": "close"})
             return await response(scope, receive, send)
         received = 0
@@ -149,7 +153,7 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                raise _too_large(limit - _SLACK)
+                raise _too_large(limit - _SLACK, part)
             return message
 
         await self.app(scope, counting_receive, send)

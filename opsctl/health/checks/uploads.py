@@ -33,13 +33,14 @@ def read_gauges(text: str) -> dict[str, float]:
 
 
 def incomplete_uploads(workers: list[str], timeout: float, limits, api_key: str | None = None) -> CheckResult:
-    """Judge the upload gauges of the first worker base URL of `workers` whose `/metrics`
-    exports them (each read within `timeout` seconds; `api_key` sent as a Bearer token).
-    `limits` is opsctl.yaml's `health.uploads`. Value: open uploads (count)."""
+    """Judge the largest upload gauges read from the workers' `/metrics` (base URLs `workers`,
+    each read within `timeout` seconds; `api_key` sent as a Bearer token): a worker whose
+    keeper lags reports older figures, so the largest is the one to trust. `limits` is
+    opsctl.yaml's `health.uploads`. Value: open uploads (count)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    problems = []
+    problems, read = [], []
     for base in workers:
         try:
             resp = bounded_request("GET", f"{base}/metrics", timeout=timeout, headers=headers)
@@ -51,7 +52,11 @@ def incomplete_uploads(workers: list[str], timeout: float, limits, api_key: str 
         if INCOMPLETE not in gauges:
             problems.append(f"{base}: no {INCOMPLETE} (a worker older than uploads)")
             continue
-        count, oldest = gauges[INCOMPLETE], gauges.get(OLDEST_AGE, 0.0)
+        read.append((base, gauges[INCOMPLETE], gauges.get(OLDEST_AGE, 0.0)))
+    if read:
+        count = max(c for _, c, _ in read)
+        oldest = max(o for _, _, o in read)
+        base = max(read, key=lambda r: (r[1], r[2]))[0]
         judge = Judge()
         judge.over("incomplete uploads", count, limits.incomplete)
         judge.over("oldest incomplete upload", round(oldest), limits.oldest_incomplete_seconds, " s")
@@ -60,7 +65,8 @@ def incomplete_uploads(workers: list[str], timeout: float, limits, api_key: str 
         if judge.status() != Status.OK:
             message += " (the worker aborts uploads after WORKER_UPLOAD_EXPIRY_SECONDS; see its log and S3)"
         return CheckResult("", "uploads", judge.status(), message, count, "uploads",
-                           details={"incomplete": count, "oldest_incomplete_age_seconds": oldest, "worker": base})
+                           details={"incomplete": count, "oldest_incomplete_age_seconds": oldest, "worker": base,
+                                    "workers_read": len(read)})
     if not workers:
         return CheckResult("", "uploads", Status.UNKNOWN, "no worker to read upload figures from")
     return CheckResult("", "uploads", Status.UNKNOWN, "no upload figures read: " + "; ".join(problems))

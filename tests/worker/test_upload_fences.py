@@ -1,0 +1,273 @@
+"""/v1/uploads: a holder that stalled past its claim's lease (BREAKER-26, issue 26).
+
+Two worker processes share PostgreSQL, Redis and the bucket; each reaches S3 through a
+forwarder that can hold a request (upload_s3hold.py). Worker A's complete or cancel is held
+at an S3 call and A frozen (SIGSTOP: its claim renewer stops too) until its claim lapses;
+worker B takes the upload over, as designed. When A runs again, what it does in S3 must not
+change how B ended the upload: each claim assembles into a key of its own, the file is the
+key `end_upload` recorded, and a holder whose end fails deletes its own key alone.
+
+On the same two workers (they enforce the open-upload lease and the day's upload bytes): an
+end the database recorded but Redis never heard of (the worker killed in between) is made
+good by the retried complete or cancel, the refund once per upload; a presigned upload's
+cancel refunds only the bytes never PUT; a mime_type that is no media type is refused at create.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from test_upload_breaks import _create, _own_worker  # noqa: E402
+from upload_s3hold import S3Hold  # noqa: E402
+from worker_helpers import send_part  # noqa: E402
+from worker_support import start_worker, stop_worker, wait_until  # noqa: E402
+
+pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
+
+
+def _redis_url(redis_server):
+    return f"redis://127.0.0.1:{redis_server.port}/5"
+
+
+@pytest.fixture(scope="module")
+def pair(model_dir, postgres, s3, redis_server, tmp_path_factory):
+    """Workers A and B (claim lease 1.5 s) on one database and bucket, each behind its forwarder."""
+    tmp = tmp_path_factory.mktemp("fences")
+    env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "fence",
+                                     WORKER_JOB_LEASE_SECONDS="1.5", WORKER_RATE_LIMIT_OPEN_UPLOADS="50",
+                                     WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="100000")
+    env["WORKER_REDIS_URL"] = _redis_url(redis_server)  # a Redis database of their own: the
+    # anonymous key's day counter and open-upload leases are not other tests' (nor theirs these)
+    fa, fb = S3Hold(s3.port), S3Hold(s3.port)
+    pa, ua = start_worker({**env, "WORKER_S3_ENDPOINT_URL": fa.url}, tmp / "a.log")
+    pb, ub = start_worker({**env, "WORKER_S3_ENDPOINT_URL": fb.url}, tmp / "b.log")
+    try:
+        wait_until(ua, pa, tmp / "a.log", ready=False)
+        wait_until(ub, pb, tmp / "b.log", ready=False)
+        yield bucket, dburl, (fa, pa, ua), (fb, pb, ub)
+    finally:
+        for f in (fa, fb):
+            f.close()
+        if pa.poll() is None:
+            os.kill(pa.pid, signal.SIGCONT)
+        stop_worker(pa)
+        stop_worker(pb)
+
+
+def _post(out, name, url, path, body):
+    def run():
+        with httpx.Client(base_url=url, timeout=90) as c:
+            out[name] = c.post(path, json=body)
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _freeze_until_lapsed(pa, dburl, upload_id):
+    """SIGSTOP A, then wait (polling the row) until its claim has lapsed."""
+    os.kill(pa.pid, signal.SIGSTOP)
+    with psycopg.connect(dburl, autocommit=True) as conn:
+        while conn.execute("SELECT claim_until > clock_timestamp() FROM uploads WHERE id = %s",
+                           (upload_id,)).fetchone()[0]:
+            time.sleep(0.1)
+
+
+def _row(dburl, upload_id):
+    with psycopg.connect(dburl) as conn:
+        return conn.execute("SELECT status, file_key FROM uploads WHERE id = %s", (upload_id,)).fetchone()
+
+
+def _keys(s3, bucket, upload_id):
+    return [o["Key"] for o in s3.client().list_objects_v2(
+        Bucket=bucket, Prefix=f"audio/uploads/{upload_id}").get("Contents", [])]
+
+
+def _stall_a(pair, up_id, part_ids, out):
+    """A's complete held at CreateMultipartUpload, then A frozen until its claim lapsed."""
+    _, dburl, (fa, pa, ua), _ = pair
+    create = fa.hold("CreateMultipartUpload")
+    ta = _post(out, "a", ua, f"/v1/uploads/{up_id}/complete", {"part_ids": part_ids})
+    assert create.arrived.wait(30), fa.log
+    _freeze_until_lapsed(pa, dburl, up_id)
+    return create, ta
+
+
+def test_a_stalled_complete_does_not_overwrite_the_file_another_complete_recorded(pair, s3):
+    bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
+    first, a_tail, b_tail = b"\1" * (5 * MIB), b"\2" * MIB, b"\3" * MIB
+    out = {}
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, 6 * MIB)
+        p1, pa2, pb2 = (send_part(http, up["id"], d).json()["id"] for d in (first, a_tail, b_tail))
+    create_a, ta = _stall_a(pair, up["id"], [p1, pa2], out)
+    cmu_b = fb.hold("CompleteMultipartUpload")
+    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [p1, pb2]})
+    assert cmu_b.arrived.wait(30), fb.log  # B took the claim over and copied its parts
+    cmu_a = fa.hold("CompleteMultipartUpload")
+    os.kill(pa.pid, signal.SIGCONT)
+    create_a.release.set()
+    assert cmu_a.arrived.wait(30), fa.log  # A, no longer the claim's owner, copied its parts too
+    cmu_b.release.set()
+    tb.join()
+    assert out["b"].status_code == 200 and out["b"].json()["status"] == "completed", out["b"].text
+    cmu_a.release.set()
+    ta.join()
+    assert out["a"].status_code == 409, out["a"].text  # told it was taken over
+    status, key = _row(dburl, up["id"])
+    assert status == "completed"
+    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == first + b_tail
+    assert _keys(s3, bucket, up["id"]) == [key]  # A deleted what it assembled
+
+
+def test_a_stalled_complete_leaves_nothing_behind_a_cancel(pair, s3):
+    bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
+    first, tail = b"\4" * (5 * MIB), b"\5" * MIB
+    out = {}
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, 6 * MIB)
+        ids = [send_part(http, up["id"], d).json()["id"] for d in (first, tail)]
+    create_a, ta = _stall_a(pair, up["id"], ids, out)
+    delete_b = fb.hold("DeleteObjects")
+    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/cancel", {})
+    assert delete_b.arrived.wait(30), fb.log  # B's cancel took over, is deleting the parts
+    cmu_a = fa.hold("CompleteMultipartUpload")
+    os.kill(pa.pid, signal.SIGCONT)
+    create_a.release.set()
+    assert cmu_a.arrived.wait(30), fa.log
+    delete_b.release.set()
+    tb.join()
+    assert out["b"].status_code == 200 and out["b"].json()["status"] == "cancelled", out["b"].text
+    cmu_a.release.set()
+    ta.join()
+    assert out["a"].status_code == 409, out["a"].text
+    assert _keys(s3, bucket, up["id"]) == [], "a cancelled upload left an object in the bucket"
+
+
+def test_a_stalled_cancel_does_not_delete_the_file_a_complete_then_recorded(pair, s3):
+    bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
+    first, tail = b"\6" * (5 * MIB), b"\7" * MIB
+    out = {}
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, 6 * MIB)
+        ids = [send_part(http, up["id"], d).json()["id"] for d in (first, tail)]
+    listing = fa.hold("ListMultipartUploads")
+    ta = _post(out, "a", ua, f"/v1/uploads/{up['id']}/cancel", {})
+    assert listing.arrived.wait(30), fa.log
+    _freeze_until_lapsed(pa, dburl, up["id"])
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": ids})
+        assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    os.kill(pa.pid, signal.SIGCONT)
+    listing.release.set()
+    ta.join()
+    assert out["a"].status_code == 409, out["a"].text
+    status, key = _row(dburl, up["id"])
+    assert status == "completed" and _keys(s3, bucket, up["id"]) == [key]
+    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == first + tail
+
+
+def _ledger(redis_server):
+    """(the anonymous key's open-upload lease set, today's upload bytes in MiB) reader."""
+    import redis
+
+    client = redis.Redis.from_url(_redis_url(redis_server))
+    day = time.strftime("%Y%m%d", time.gmtime())
+    return (lambda up_id: client.zscore("worker:open-uploads:anonymous", up_id),
+            lambda: float(client.get(f"worker:upload-bytes:anonymous:{day}") or 0) / MIB)
+
+
+def test_an_end_redis_never_heard_of_is_made_good_by_the_retry_once(pair, redis_server):
+    """The row says completed / cancelled but the worker died before Redis heard (made here
+    by ending the row in the database): the retried complete frees the lease; the retried
+    cancel (still 400: it ended) frees it and refunds the 19 MiB never received, once."""
+    bucket, dburl, _, (fb, pb, ub) = pair
+    lease, used = _ledger(redis_server)
+    with httpx.Client(base_url=ub, timeout=60) as http, psycopg.connect(dburl, autocommit=True) as conn:
+        done = _create(http, MIB)
+        part = send_part(http, done["id"], b"\x11" * MIB).json()["id"]
+        big = _create(http, 20 * MIB)
+        assert send_part(http, big["id"], b"\x12" * MIB).status_code == 200
+        for up, status in ((done, "completed"), (big, "cancelled")):
+            conn.execute("UPDATE uploads SET status = %s, file_id = %s WHERE id = %s",
+                         (status, f"file-{up['id']}" if status == "completed" else None, up["id"]))
+            assert lease(up["id"]) is not None
+        before = used()
+        r = http.post(f"/v1/uploads/{done['id']}/complete", json={"part_ids": [part]})
+        assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+        for _ in range(2):
+            r = http.post(f"/v1/uploads/{big['id']}/cancel")
+            assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending", r.text
+        assert lease(done["id"]) is None and lease(big["id"]) is None
+        assert used() == before - 19
+
+
+def test_a_presigned_upload_cancelled_after_its_parts_were_put_keeps_them_charged(pair, redis_server):
+    bucket, dburl, _, (fb, pb, ub) = pair
+    _, used = _ledger(redis_server)
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        before = used()
+        up = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)
+        for part in up["part_urls"][:1]:  # one of the two parts PUT, then cancelled
+            assert httpx.put(part["url"], content=b"\1" * part["bytes"], timeout=60).status_code == 200
+        assert http.post(f"/v1/uploads/{up['id']}/cancel").json()["status"] == "cancelled"
+    assert used() == before + 5  # the 5 MiB PUT stay charged, the 5 never sent are given back
+
+
+@pytest.mark.parametrize("mime", ["audio/mpeg\r\nx-amz-meta-evil: 1", "audio/" + "x" * 200, "audio/mpég"])
+def test_a_mime_type_that_is_no_media_type_is_refused_at_create(pair, mime):
+    ub = pair[3][2]
+    r = httpx.post(f"{ub}/v1/uploads", json={"filename": "a.mp3", "bytes": MIB, "mime_type": mime,
+                                            "purpose": "transcription"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "mime_type", r.text
+
+
+def test_a_resend_failing_in_s3_does_not_undo_the_first_send(pair):
+    """A part re-sent while its first send is on its way to S3 (the client timed out), the
+    re-send's PUT failing: the re-send is told S3 failed (503 audio_store_unavailable, not the
+    job store), and the first send, landing after, is recorded."""
+    bucket, dburl, _, (fb, pb, ub) = pair
+    part = b"\x42" * (5 * MIB)
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, 6 * MIB)
+        held, out = fb.hold("PUT"), {}
+        t = threading.Thread(target=lambda: out.setdefault("first", send_part(
+            httpx.Client(base_url=ub, timeout=60), up["id"], part)))
+        t.start()
+        assert held.arrived.wait(30)
+        fb.fail("PUT", 4)  # botocore: 1 attempt + 3 retries
+        resend = send_part(http, up["id"], part)
+        assert resend.status_code == 503 and resend.json()["error"]["code"] == "audio_store_unavailable", resend.text
+        held.release.set()
+        t.join()
+        assert out["first"].status_code == 200, out["first"].text
+        listed = http.get(f"/v1/uploads/{up['id']}").json()
+        assert listed["status"] == "pending" and [p["bytes"] for p in listed["parts"]] == [5 * MIB], listed
+
+
+def test_a_part_over_the_part_limit_is_413_naming_the_data_field(pair):
+    """Refused on its Content-Length alone (sent here without the body)."""
+    import json
+    import socket
+    from urllib.parse import urlparse
+
+    ub = pair[3][2]
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, 6 * MIB)
+    where = urlparse(ub)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/uploads/{up['id']}/parts HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data;"
+                     f" boundary=b\r\nContent-Length: {2 ** 40}\r\n\r\n".encode())
+        answer = b""
+        while b"}}" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    error = json.loads(body[body.index(b"{"):])["error"]
+    assert head.startswith(b"HTTP/1.1 413") and error["param"] == "data", answer
+    assert error["message"].startswith("the part is larger than"), answer
