@@ -42,7 +42,7 @@ def pair(model_dir, postgres, s3, redis_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fences")
     env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "fence",
                                      WORKER_JOB_LEASE_SECONDS="1.5", WORKER_RATE_LIMIT_OPEN_UPLOADS="50",
-                                     WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="100000")
+                                     WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="100000", WORKER_PART_MEMORY_MB="11")
     env["WORKER_REDIS_URL"] = _redis_url(redis_server)  # a Redis database of their own: the
     # anonymous key's day counter and open-upload leases are not other tests' (nor theirs these)
     fa, fb = S3Hold(s3.port), S3Hold(s3.port)
@@ -271,3 +271,22 @@ def test_a_part_over_the_part_limit_is_413_naming_the_data_field(pair):
     error = json.loads(body[body.index(b"{"):])["error"]
     assert head.startswith(b"HTTP/1.1 413") and error["param"] == "data", answer
     assert error["message"].startswith("the part is larger than"), answer
+
+
+def test_parts_past_the_worker_part_memory_are_503_with_retry_after(pair):
+    """WORKER_PART_MEMORY_MB=11: a 5 MiB part held on its way to S3, a 7 MiB part sent
+    meanwhile is refused before its body is read; sent again once the first is stored, taken."""
+    bucket, dburl, _, (fb, pb, ub) = pair
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, 12 * MIB)
+        held, out = fb.hold("PUT"), {}
+        t = threading.Thread(target=lambda: out.setdefault("first", send_part(
+            httpx.Client(base_url=ub, timeout=60), up["id"], b"\x51" * (5 * MIB))))
+        t.start()
+        assert held.arrived.wait(30)
+        busy = send_part(http, up["id"], b"\x52" * (7 * MIB))
+        held.release.set()
+        t.join()
+        assert busy.status_code == 503 and busy.json()["error"]["code"] == "server_busy", busy.text
+        assert busy.headers["Retry-After"] == "2" and out["first"].status_code == 200
+        assert send_part(http, up["id"], b"\x52" * (7 * MIB)).status_code == 200

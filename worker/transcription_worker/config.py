@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit
     max_upload_total_mb: int = Field(2048, ge=1)  # one file through /v1/uploads
     max_part_mb: int = Field(64, ge=1)  # one part of it (OpenAI's part limit)
+    # /v1/uploads part bodies this worker holds in memory at once (all keys); beyond it 503
+    part_memory_mb: int = Field(256, ge=1)
     upload_expiry_seconds: float = Field(3600, gt=0)  # an upload not completed by then is aborted in S3
     max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 

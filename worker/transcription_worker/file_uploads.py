@@ -283,8 +283,30 @@ async def add_part(upload_id: str, request: Request):
     # a part is a request carrying audio: it holds one of the key's concurrent-upload slots
     # (WORKER_RATE_LIMIT_CONCURRENT_UPLOADS) from its body's first byte to its S3 PUT, as a
     # transcription or job upload does, so parts sent at once are bounded like any upload
-    async with state.limits.upload_slot(key_id):
+    async with state.limits.upload_slot(key_id), _part_memory(state, request):
         return await _receive_part(state, db, request, upload_id, row)
+
+
+_PARTS_IN_MEMORY = {"bytes": 0}  # part bodies held right now (this process; the event loop's thread)
+
+
+@contextlib.asynccontextmanager
+async def _part_memory(state: Any, request: Request) -> Any:
+    """Hold the part's size (its Content-Length, else WORKER_MAX_PART_MB) against the bytes of
+    part bodies this worker may hold in memory at once (WORKER_PART_MEMORY_MB, every key); 503
+    `server_busy` with Retry-After beyond it, before a byte is read. A part is held whole (hashed,
+    then PUT) and its default size is 64 MiB, so parts in parallel add up (issue 26)."""
+    length = request.headers.get("content-length", "")
+    size = min(int(length), state.settings.max_part_bytes) if length.isdigit() else state.settings.max_part_bytes
+    budget = state.settings.part_memory_mb * MIB
+    if _PARTS_IN_MEMORY["bytes"] and _PARTS_IN_MEMORY["bytes"] + size > budget:
+        raise APIError(503, f"this worker is receiving {budget // MIB} MiB of parts already; send the part"
+                       " again shortly", code="server_busy", retry_after=2)
+    _PARTS_IN_MEMORY["bytes"] += size
+    try:
+        yield
+    finally:
+        _PARTS_IN_MEMORY["bytes"] -= size
 
 
 async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, row: dict) -> dict[str, Any]:
