@@ -383,19 +383,13 @@ def _record(data_root: Path, stamp: str, doc: dict) -> None:
                private=True)
 
 
-def clean_abandoned(state) -> list[str]:
-    """Stop the recovery server of every restore whose opsctl process is gone (killed mid-restore:
-    its server may run on, promoted and writable) and remove its new data directory, staged WAL
-    and unpacked chain. A restore still running (its process alive) is left alone; so is what a
-    finished restore kept (a --beside copy: its record was removed). Returns the folders removed."""
+def _abandoned(state):
+    """(record path, record) of every restore whose opsctl process is gone (unreadable records
+    left for a person)."""
     import json
 
     import psutil
 
-    from opsctl.local import postgres as pg
-    from opsctl.local import procs
-
-    removed: list[str] = []
     for path in sorted((state.folder / "restores").glob("pitr-run-*.json")):
         try:
             doc = json.loads(path.read_text())
@@ -406,15 +400,41 @@ def clean_abandoned(state) -> list[str]:
             pass
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a record we can read: leave it for a person
-        new = Path(doc["new"])
-        # killed between the in-place swap's renames: the previous data directory goes back
-        live = state.data("postgres")
+        yield path, doc
+
+
+def undo_killed_swap(state) -> list[str]:
+    """Put back the previous data directory (`postgres.before-<stamp>`) of a restore killed
+    between the in-place swap's two renames (its process gone, data/postgres missing): what the
+    platform's start of postgres runs before it would initdb, and clean_abandoned. Returns the
+    folders moved back."""
+    import logging
+
+    moved = []
+    live = state.data("postgres")
+    for path, _doc in _abandoned(state):
         kept = live.with_name(f"postgres.before-{path.stem.removeprefix('pitr-run-')}")
         if not live.exists() and kept.is_dir():
-            kept.rename(live)
-            import logging
+            os.rename(kept, live)
+            moved.append(str(kept))
+            logging.getLogger(__name__).warning("an in-place restore was killed mid-swap: %s moved back to %s",
+                                                kept, live)
+    return moved
 
-            logging.getLogger(__name__).warning("an in-place restore was killed mid-swap: %s moved back to %s", kept, live)
+
+def clean_abandoned(state) -> list[str]:
+    """Stop the recovery server of every restore whose opsctl process is gone (killed mid-restore:
+    its server may run on, promoted and writable) and remove its new data directory, staged WAL
+    and unpacked chain; one killed mid-swap gets its previous data directory back first
+    (undo_killed_swap). A restore still running (its process alive) is left alone; so is what a
+    finished restore kept (a --beside copy: its record was removed). Returns the folders removed."""
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+
+    undo_killed_swap(state)
+    removed: list[str] = []
+    for path, doc in _abandoned(state):
+        new = Path(doc["new"])
         # its server: the recorded PID when it still runs on that data directory, else the one
         # the data directory's postmaster.pid names (started, killed before it was recorded)
         pid = doc.get("server_pid") if procs.alive(doc.get("server_pid"), str(new)) else \

@@ -70,9 +70,10 @@ def test_an_in_place_swap_interrupted_between_its_renames_puts_the_live_data_dir
     assert not list(live.parent.glob("postgres.restoring-*")), sorted(p.name for p in live.parent.iterdir())
 
 
-def test_a_swap_killed_between_its_renames_is_undone_by_the_next_restore_or_local_down(pitr):
-    """kill -9 between the swap's renames (nothing of opsctl runs to undo it): clean_abandoned,
-    which the next restore and `local down` run, moves the previous data directory back."""
+def test_a_swap_killed_between_its_renames_is_undone_by_local_up_the_next_restore_or_local_down(pitr):
+    """kill -9 between the swap's renames (nothing of opsctl runs to undo it): the platform's start
+    of postgres (`local up`) and clean_abandoned (the next restore, `local down`) move the previous
+    data directory back instead of making an empty cluster."""
     import json
 
     from opsctl.local import postgres as pg
@@ -92,6 +93,10 @@ def test_a_swap_killed_between_its_renames_is_undone_by_the_next_restore_or_loca
                                   "work": str(live.with_name(f"pitr-work-{stamp}")), "server_pid": None}))
     pg.stop(pitr.pid)
     live.rename(live.with_name(f"postgres.before-{stamp}"))  # the first rename, then kill -9
+    pitr.start_postgres()  # `local up` (the platform's start of postgres) puts it back, no initdb
+    assert pitr.sysid() == live_id
+    pg.stop(pitr.pid)
+    live.rename(live.with_name(f"postgres.before-{stamp}"))  # again; now the next restore / `local down`
     clean_abandoned(pitr.state())
     assert live.is_dir() and not restoring.exists() and not record.exists()
     pitr.start_postgres()
