@@ -172,6 +172,36 @@ def test_a_gap_marker_of_another_cluster_does_not_keep_the_live_clusters_health_
     assert "a gap of that cluster" in pitr.state().log("archiver").read_text()
 
 
+def test_a_base_backup_on_a_later_timeline_covers_a_gap_of_the_timeline_an_in_place_restore_left(tmp_path, monkeypatch):
+    """Issue 22 review: after an in-place restore forking before a kept gap (timeline 1, segment
+    0x90), the new timeline's base backups start at lower segment numbers: compared by number
+    only, the gap stayed CRITICAL until the WAL passed 0x90 again. A base backup on a later
+    timeline never reads timeline 1 past the fork: it covers the gap. (The base backup listing is
+    given: the rule, not PostgreSQL, is under test here; the in-place restore itself is
+    test_restore_to_time's.)"""
+    import datetime as dt
+    import struct
+    from types import SimpleNamespace
+
+    from opsctl.pitr import archive
+    from opsctl.pitr import base as bb
+
+    sysid = "7000000000000000001"
+    gaps = tmp_path / archive.GAPS
+    gaps.mkdir()
+    seg = "000000010000000000000090"
+    (gaps / seg).write_bytes(struct.pack("=HHIQI4xQII", 0xD118, 2, 1, 0x90 * (16 << 20), 0, int(sysid), 16 << 20, 8192))
+    repo = SimpleNamespace(names=lambda prefix: {f"{prefix}b1/base.json": 1})
+    after_restore = SimpleNamespace(start_lsn="0/52000028", timeline=2, started_at=dt.datetime.now(dt.timezone.utc))
+    monkeypatch.setattr(bb, "load_all", lambda *a, **k: ([after_restore], {}))
+    archiver = archive.Archiver(repo, None, sysid, tmp_path)
+    assert archiver.clear_gaps(force=True) == [seg] and not (gaps / seg).exists()
+    # the same base backup on the gap's own timeline, starting before it, covers nothing
+    (gaps / seg).write_bytes(b"")
+    after_restore.timeline = 1
+    assert archiver.clear_gaps(force=True) == [] and (gaps / seg).exists()
+
+
 def test_a_queued_segment_is_filed_under_the_cluster_its_header_names(pitr):
     from opsctl.health.model import Status
     from opsctl.local import postgres as pg
