@@ -225,3 +225,47 @@ def record_windows(monkeypatch, note=None) -> list[tuple]:
 
     monkeypatch.setattr(notify, "operation_window", window)
     return seen
+
+
+def set_dr(pitr: Pitr, **dr: str) -> None:
+    """Set the local environment's `dr` targets (e.g. rpo="1s", rto="4h") in the PITR root's
+    opsctl.yaml."""
+    import yaml
+
+    path = pitr.root / "opsctl.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["environments"]["local"]["dr"] = dr
+    path.write_text(yaml.safe_dump(doc))
+
+
+def rds_environment(ops_root: Path, s3, instance: str, replica: str | None = None):
+    """Add environment `cloud` (platform kubernetes, AWS at the moto server `s3`) whose database
+    is RDS instance `instance` with 7 days of backups, and `replica` as its read replica when
+    given; creates them in moto and returns the RDS client."""
+    import boto3
+    import yaml
+
+    doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+    database = {"rds_instance": instance} | ({"replica_instance": replica} if replica else {})
+    doc["environments"]["cloud"] = {"platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
+                                    "database": database}
+    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    rds.create_db_instance(DBInstanceIdentifier=instance, DBInstanceClass="db.r6g.large", Engine="postgres",
+                           AllocatedStorage=50, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
+                           BackupRetentionPeriod=7)
+    if replica:
+        rds.create_db_instance_read_replica(DBInstanceIdentifier=replica, SourceDBInstanceIdentifier=instance)
+    return rds
+
+
+def delete_rds_instances(rds, prefix: str = "") -> None:
+    """Delete the moto RDS instances whose name starts with `prefix`, replicas before their
+    primary; one already gone is no error."""
+    for inst in sorted(rds.describe_db_instances()["DBInstances"],
+                       key=lambda i: not i.get("ReadReplicaSourceDBInstanceIdentifier")):
+        if inst["DBInstanceIdentifier"].startswith(prefix):
+            try:
+                rds.delete_db_instance(DBInstanceIdentifier=inst["DBInstanceIdentifier"], SkipFinalSnapshot=True)
+            except rds.exceptions.DBInstanceNotFoundFault:
+                pass

@@ -7,19 +7,10 @@ import json
 import time
 import xml.etree.ElementTree as ET
 
-import boto3
 import pytest
-import yaml
 
 from opsctl.cli import app
-from pitr_support import record_windows
-
-
-def _set_dr(pitr, **dr):
-    path = pitr.root / "opsctl.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["environments"]["local"]["dr"] = dr
-    path.write_text(yaml.safe_dump(doc))
+from pitr_support import delete_rds_instances, rds_environment, record_windows, set_dr
 
 
 def test_local_drill_measures_and_tears_down(pitr, runner, tmp_path):
@@ -79,7 +70,7 @@ def test_local_drill_missing_its_rpo_exits_1(pitr, runner, tmp_path):
         pitr.sql("insert into events(note) values ('archived? no')")
         time.sleep(1.3)
         pitr.sql("insert into events(note) values ('nor this one')")
-        _set_dr(pitr, rpo="1s", rto="4h")
+        set_dr(pitr, rpo="1s", rto="4h")
         junit = tmp_path / "drill.xml"
         r = pitr.cli(runner, "dr", "drill", "--json", "--junit", str(junit))
         assert r.exit_code == 1
@@ -88,7 +79,7 @@ def test_local_drill_missing_its_rpo_exits_1(pitr, runner, tmp_path):
         assert "RPO" in doc["problems"][0]
         assert ET.parse(junit).getroot().find("testsuite").get("failures") == "1"
     finally:
-        _set_dr(pitr, rpo="1h", rto="4h")
+        set_dr(pitr, rpo="1h", rto="4h")
         pitr.ensure_archiver()
 
 
@@ -124,24 +115,11 @@ def test_the_drill_s_rpo_runs_from_the_newest_commit_recovered_never_from_an_abo
 
 @pytest.fixture
 def cloud(ops_root, s3):
-    doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
-    doc["environments"]["cloud"] = {"platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
-                                    "database": {"rds_instance": "dr-db", "replica_instance": "dr-db-replica"}}
-    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
-    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
-    rds.create_db_instance(DBInstanceIdentifier="dr-db", DBInstanceClass="db.r6g.large", Engine="postgres",
-                           AllocatedStorage=50, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
-                           BackupRetentionPeriod=7)
-    rds.create_db_instance_read_replica(DBInstanceIdentifier="dr-db-replica", SourceDBInstanceIdentifier="dr-db")
+    rds = rds_environment(ops_root, s3, "dr-db", replica="dr-db-replica")
     rds.create_db_instance(DBInstanceIdentifier="other-db", DBInstanceClass="db.t3.micro", Engine="postgres",
                            AllocatedStorage=20, MasterUsername="admin", MasterUserPassword="not-a-secret-1")
     yield rds
-    for inst in sorted(rds.describe_db_instances()["DBInstances"],  # replicas before their primary
-                       key=lambda i: not i.get("ReadReplicaSourceDBInstanceIdentifier")):
-        try:
-            rds.delete_db_instance(DBInstanceIdentifier=inst["DBInstanceIdentifier"], SkipFinalSnapshot=True)
-        except rds.exceptions.DBInstanceNotFoundFault:
-            pass
+    delete_rds_instances(rds)
 
 
 def _names(rds) -> list[str]:

@@ -16,14 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import psutil
-import yaml
-
-
-def _set_dr(pitr, **dr):
-    path = pitr.root / "opsctl.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["environments"]["local"]["dr"] = dr
-    path.write_text(yaml.safe_dump(doc))
+from pitr_support import set_dr
 
 
 def test_a_drill_whose_restore_fails_still_writes_failing_reports(pitr, runner, tmp_path):
@@ -66,7 +59,7 @@ def test_the_drill_rpo_of_a_quiet_database_after_a_restart_is_zero(pitr, runner)
     pitr.start_postgres()
     assert pitr.sql("select timestamp from pg_last_committed_xact()", db="postgres")[0][0] is None
     time.sleep(1.5)  # the drill starts well after the last commit: RPO 'drill start - commit' would miss 1 s
-    _set_dr(pitr, rpo="1s", rto="4h")
+    set_dr(pitr, rpo="1s", rto="4h")
     try:
         r = pitr.cli(runner, "dr", "drill", "--json")
         doc = json.loads(r.stdout)
@@ -74,7 +67,7 @@ def test_the_drill_rpo_of_a_quiet_database_after_a_restart_is_zero(pitr, runner)
         assert doc["live_newest_commit"] == doc["restored_to"], doc
         assert r.exit_code == 0, r.output
     finally:
-        _set_dr(pitr, rpo="1h", rto="4h")
+        set_dr(pitr, rpo="1h", rto="4h")
 
 
 SCRIPT = r"""

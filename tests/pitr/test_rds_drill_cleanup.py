@@ -3,35 +3,22 @@ or is cancelled (Ctrl-C, CI's SIGTERM) deletes the scratch instance `<rds>-drill
 drill killed outright leaves a record the next drill removes its instance by."""
 from __future__ import annotations
 
-import boto3
 import pytest
-import yaml
 
 from opsctl.cli import app
+from pitr_support import delete_rds_instances, rds_environment
 
 
 @pytest.fixture
 def cloud(ops_root, s3):
-    doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
-    doc["environments"]["cloud"] = {"platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
-                                    "database": {"rds_instance": "fixa-db"}}
-    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
-    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
-    rds.create_db_instance(DBInstanceIdentifier="fixa-db", DBInstanceClass="db.r6g.large", Engine="postgres",
-                           AllocatedStorage=50, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
-                           BackupRetentionPeriod=7)
+    rds = rds_environment(ops_root, s3, "cleanup-db")
     yield rds
-    for inst in rds.describe_db_instances()["DBInstances"]:
-        if inst["DBInstanceIdentifier"].startswith("fixa-db"):
-            try:
-                rds.delete_db_instance(DBInstanceIdentifier=inst["DBInstanceIdentifier"], SkipFinalSnapshot=True)
-            except rds.exceptions.DBInstanceNotFoundFault:
-                pass
+    delete_rds_instances(rds, "cleanup-db")
 
 
 def _scratch(rds) -> list[str]:
     return [i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]
-            if i["DBInstanceIdentifier"].startswith("fixa-db-drill-")]
+            if i["DBInstanceIdentifier"].startswith("cleanup-db-drill-")]
 
 
 @pytest.mark.parametrize("fault", ["waiter", "cancel"])

@@ -6,27 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import boto3
 import pytest
-import yaml
 
 from opsctl.cli import app
-from pitr_support import record_windows
+from pitr_support import delete_rds_instances, rds_environment, record_windows
 
 
 @pytest.fixture
 def cloud(ops_root, s3):
-    doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
-    doc["environments"]["cloud"] = {"platform": "kubernetes", "aws": {"endpoint_url": s3.endpoint_url},
-                                    "database": {"rds_instance": "pitr-db"}}
-    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
-    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
-    rds.create_db_instance(DBInstanceIdentifier="pitr-db", DBInstanceClass="db.r6g.large", Engine="postgres",
-                           AllocatedStorage=50, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
-                           BackupRetentionPeriod=7)
+    rds = rds_environment(ops_root, s3, "pitr-db")
     yield rds
-    for inst in rds.describe_db_instances()["DBInstances"]:
-        rds.delete_db_instance(DBInstanceIdentifier=inst["DBInstanceIdentifier"], SkipFinalSnapshot=True)
+    delete_rds_instances(rds)
 
 
 def test_rds_restore_to_time_creates_a_new_instance(cloud, runner):
