@@ -18,16 +18,7 @@ def test_an_interrupted_failover_is_finished_by_a_rerun_and_never_leaves_two_pri
     old_data = pitr.state().data("postgres")
     kept_before = set(old_data.parent.glob("postgres.failed-*"))
 
-    def ctrl_c_at(step):
-        if step == at:
-            raise KeyboardInterrupt
-
-    try:
-        standby.failover(pitr.project(), pitr.env(), progress=ctrl_c_at)
-    except KeyboardInterrupt:
-        pass
-    else:
-        raise AssertionError("the failover was not interrupted")
+    _interrupt_at(pitr, at)
     # fenced before the promotion: the platform's start (what `opsctl local up` does) brings the
     # old primary back read-only, never writable beside the promoted standby
     assert (old_data / "standby.signal").exists()
@@ -69,11 +60,12 @@ def test_dr_standby_is_refused_while_a_failover_or_restore_holds_the_lease(pitr,
     assert not pitr.state().data("postgres-standby").exists()
 
 
-def _interrupt_at_promotion(pitr):
+def _interrupt_at(pitr, at: str) -> None:
+    """Run a failover that Ctrl-C stops when it reaches step `at`."""
     from opsctl.pitr import standby
 
     def ctrl_c_at(step):
-        if step == "promoting the standby":
+        if step == at:
             raise KeyboardInterrupt
 
     try:
@@ -100,7 +92,7 @@ def test_a_pending_failover_whose_standby_is_gone_is_refused_and_can_be_abandone
 
     assert pitr.cli(runner, "backup", "base").exit_code == 0
     standby.start_standby(pitr.project(), pitr.env())
-    _interrupt_at_promotion(pitr)
+    _interrupt_at(pitr, "promoting the standby")
     journal = pitr.project().state_dir / "failover" / "local.pending.json"
     record = pitr.project().state_dir / "failover" / "local.json"
     recorded = record.read_text() if record.exists() else None
