@@ -69,8 +69,8 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     emit(r, as_json, render)
     if not r.ok:
         names = ", ".join([f"{p['file']} ({p['kind']})" for p in r.problems]
-                          + [f"base backup {bid} ({why})" for bid, why in r.unusable_base_backups.items()
-                             if "running" not in why]) or "no restorable window"
+                          + [f"base backup {bid} ({r.unusable_base_backups[bid]})" for bid in r.broken_base_backups]
+                          ) or "no restorable window"
         if not as_json:
             stderr.print(f"the chain is broken: {names}", markup=False)
         raise OperationFailed(f"backup verify-chain: {names}")

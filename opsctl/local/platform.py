@@ -136,9 +136,8 @@ def start_component(name: str, state: st.LocalState, env: Environment) -> None:
     pidfile = state.pidfile(name)
     if name == "postgres":
         from opsctl.pitr import local as pitr  # WAL archiving into the queue, WAL summaries
-        from opsctl.pitr.standby import refuse_initdb
-
         from opsctl.pitr.restore import undo_killed_swap
+        from opsctl.pitr.standby import refuse_initdb
 
         undo_killed_swap(state)  # data/postgres missing: a restore killed mid-swap puts the previous one back
         refuse_initdb(state, env)  # data/postgres missing mid-failover: never an empty cluster there

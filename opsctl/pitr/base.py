@@ -40,6 +40,7 @@ from opsctl.pitr import layout
 log = logging.getLogger("opsctl.pitr.base")
 RECORD = "base.json"
 IN_PROGRESS = "in-progress.json"
+UNFINISHED = "running or interrupted (no base.json)"  # why a folder without its record is no base backup
 KINDS = ("full", "incremental")
 
 
@@ -165,7 +166,7 @@ def load_all(repo, sysid: str, key, names: dict[str, int] | None = None) -> tupl
     good, bad = [], {}
     for bid in sorted(folders):
         if RECORD not in folders[bid]:
-            bad[bid] = "running or interrupted (no base.json)"
+            bad[bid] = UNFINISHED
             continue
         try:
             rec = BaseBackup.model_validate_json(repo.get_bytes(f"{head}{bid}/{RECORD}"))

@@ -80,7 +80,8 @@ def create_base(project: Project, env: Environment, kind: str = "full", report=N
 @dataclass
 class ChainReport:
     """What verify-chain and `backup list` report for one cluster: repository URL, system
-    identifier, `ok`, the base backups and unusable ones (with why), segments on the path and
+    identifier, `ok`, the base backups and unusable ones (with why; `broken_base_backups` are the
+    damaged or forged among them, not those merely unfinished), segments on the path and
     objects checked, problems, recoverable windows (times UTC), the newest restorable time and
     the timeline path."""
     repository: str
@@ -88,6 +89,7 @@ class ChainReport:
     ok: bool
     base_backups: list[dict]
     unusable_base_backups: dict[str, str]
+    broken_base_backups: list[str]
     segments: int
     checked: int
     problems: list[dict]
@@ -109,7 +111,7 @@ def _report(inv: chain.Inventory) -> ChainReport:
         base_backups=[{"id": b.id, "kind": b.kind, "parent": b.parent, "finished_at": b.finished_at,
                        "start_lsn": b.start_lsn, "stop_lsn": b.stop_lsn, "timeline": b.timeline,
                        "raw_bytes": b.raw_bytes, "stored_bytes": b.stored_bytes} for b in inv.bases],
-        unusable_base_backups=inv.bad_bases, segments=len(inv.segments), checked=inv.checked,
+        unusable_base_backups=inv.bad_bases, broken_base_backups=inv.bad_bases_broken, segments=len(inv.segments), checked=inv.checked,
         problems=[{"file": p.file, "kind": p.kind, "detail": p.detail} for p in inv.problems],
         windows=[{"base": w.base_id, "from": w.start, "to": w.end, "last_commit": w.last_commit,
                   "to_lsn": layout.lsn_text(w.end_lsn), "last_segment": w.end_segment,

@@ -196,7 +196,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # a previous attempt could not unpack, and what is built on them
     whole = [b for b in listed.bases if b.id not in damaged]
     whole = [b for b in whole if all(p.id in {w.id for w in whole} for p in _parents(listed.bases, b))]
-    broken = "; ".join(f"{bid}: {why}" for bid, why in listed.bad_bases.items() if "running" not in why)
+    broken = "; ".join(f"{bid}: {listed.bad_bases[bid]}" for bid in listed.bad_bases_broken)
     if not whole:
         raise UsageError(f"no usable base backup of this cluster (system {sysid}) in {repo.url}"
                          + (f" (damaged: {broken})" if broken else "") + "; take one with 'opsctl backup base'")
