@@ -157,22 +157,23 @@ def _killed_drill_record(pitr, tmp_path, stamp: str):
 def test_what_a_killed_drill_left_is_removed_by_the_next_drill_and_by_local_down_s_hook(pitr, runner, tmp_path):
     from opsctl.pitr import drill
 
-    record, folder, procs_ = _killed_drill_record(pitr, tmp_path, "20200101000000000000")
-    try:
-        r = pitr.cli(runner, "dr", "drill")  # the next drill removes them first
+    def removed_by(clean, stamp: str) -> None:
+        record, folder, procs_ = _killed_drill_record(pitr, tmp_path, stamp)
+        try:
+            clean()
+            for p in procs_:
+                assert p.wait(timeout=20) is not None
+            assert not folder.exists() and not record.exists()
+        finally:
+            for p in procs_:
+                p.kill()
+
+    def next_drill() -> None:  # the next drill removes them first
+        r = pitr.cli(runner, "dr", "drill")
         assert r.exit_code == 0, r.output
-        for p in procs_:
-            assert p.wait(timeout=20) is not None
-        assert not folder.exists() and not record.exists()
-    finally:
-        for p in procs_:
-            p.kill()
-    record, folder, procs_ = _killed_drill_record(pitr, tmp_path, "20200101000000000001")
-    try:
-        assert len(drill.clean_for_down(pitr.project())) == 3  # what `opsctl local down` calls
-        for p in procs_:
-            assert p.wait(timeout=20) is not None
-        assert not folder.exists() and not record.exists()
-    finally:
-        for p in procs_:
-            p.kill()
+
+    def local_down_hook() -> None:  # what `opsctl local down` calls
+        assert len(drill.clean_for_down(pitr.project())) == 3
+
+    removed_by(next_drill, "20200101000000000000")
+    removed_by(local_down_hook, "20200101000000000001")
