@@ -1,4 +1,4 @@
-"""/v1/uploads: a holder that stalled past its claim's lease (BREAKER-26, issue 26).
+"""/v1/uploads: a holder that stalled past its claim's lease (issue 26 review).
 
 Two worker processes share PostgreSQL, Redis and the bucket; each reaches S3 through a
 forwarder that can hold a request (upload_s3hold.py). Worker A's complete or cancel is held

@@ -1,6 +1,6 @@
 """Concurrent twins of an idempotent create (same Idempotency-Key, a client retrying before
 the first answer came) get the same upload, even when the key may hold one open upload
-(BREAKER-26, issue 26: each twin took an open-upload lease before the first had inserted its
+(issue 26 review: each twin took an open-upload lease before the first had inserted its
 row, and all but one were told 429)."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A job's transcript is stored under the SHA-256 of the bytes it transcribed (issue 26,
-BREAKER-26's store poisoning): a /v1/uploads file is keyed by upload, not by content, so the
+the review's store-poisoning case): a /v1/uploads file is keyed by upload, not by content, so the
 object a job downloads may no longer be the audio it was made for; such a job fails and
 nothing reaches the shared transcript store."""
 from __future__ import annotations

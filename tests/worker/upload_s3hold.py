@@ -1,4 +1,4 @@
-"""A tiny HTTP forwarder in front of the S3 endpoint (moto) for one worker (BREAKER-26's): a flaky network
+"""A tiny HTTP forwarder in front of the S3 endpoint (moto) for one worker: a flaky network
 that can hold chosen requests (e.g. CompleteMultipartUpload) until the test releases them."""
 from __future__ import annotations
 
