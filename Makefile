@@ -35,8 +35,12 @@ install: $(STAMP)
 demo: install
 	bash scripts/demo.sh
 
+# two pytest-xdist workers, each taking whole test files (--dist loadfile), so a module's
+# fixtures (its own PostgreSQL, a worker) start once; most tests wait on servers, not CPU
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: install
 	status=0; for b in tests/benchmarks/bench_*.py; do echo "## $$b"; $(BIN)/python $$b || status=1; done; exit $$status
