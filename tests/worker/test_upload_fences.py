@@ -10,11 +10,16 @@ key `end_upload` recorded, and a holder whose end fails deletes its own key alon
 On the same two workers (they enforce the open-upload lease and the day's upload bytes): an
 end the database recorded but Redis never heard of (the worker killed in between) is made
 good by the retried complete or cancel, the refund once per upload; a presigned upload's
-cancel refunds only the bytes never PUT; a mime_type that is no media type is refused at create.
+cancel refunds only the bytes never PUT; a mime_type that is no media type is refused at create;
+a job whose file changed in S3 after it was made fails and stores no transcript; the end
+statement of a worker version before claims fails while a claim holds the upload; and what a
+stalled complete killed after its late assembly leaves is removed by the keeper's sweep (the
+last test: it kills worker A).
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -25,7 +30,7 @@ import pytest
 
 from test_upload_breaks import _create, _own_worker  # noqa: E402
 from upload_s3hold import S3Hold  # noqa: E402
-from worker_helpers import send_part  # noqa: E402
+from worker_helpers import padded, send_part  # noqa: E402
 from worker_support import start_worker, stop_worker, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -46,6 +51,9 @@ def pair(model_dir, postgres, s3, redis_server, tmp_path_factory):
     env["WORKER_REDIS_URL"] = _redis_url(redis_server)  # a Redis database of their own: the
     # anonymous key's day counter and open-upload leases are not other tests' (nor theirs these)
     fa, fb = S3Hold(s3.port), S3Hold(s3.port)
+    # the keeper's sweep of ended uploads' stray keys is off here (its listing refused), so what
+    # these tests see is the holders' own doing; the sweep's test turns it on for B
+    fa.sweep, fb.sweep = fa.refuse(_sweep_listing), fb.refuse(_sweep_listing)
     pa, ua = start_worker({**env, "WORKER_S3_ENDPOINT_URL": fa.url}, tmp / "a.log")
     pb, ub = start_worker({**env, "WORKER_S3_ENDPOINT_URL": fb.url}, tmp / "b.log")
     try:
@@ -61,10 +69,18 @@ def pair(model_dir, postgres, s3, redis_server, tmp_path_factory):
         stop_worker(pb)
 
 
+def _sweep_listing(kind, path):
+    """The sweep's listing of all of audio/uploads/ (a holder lists its own upload's keys)."""
+    return kind == "GET" and re.search(r"[?&]prefix=audio%2Fuploads%2F(&|$)", path) is not None
+
+
 def _post(out, name, url, path, body):
     def run():
         with httpx.Client(base_url=url, timeout=90) as c:
-            out[name] = c.post(path, json=body)
+            try:
+                out[name] = c.post(path, json=body)
+            except httpx.TransportError as exc:  # its worker was killed
+                out[name] = exc
     t = threading.Thread(target=run)
     t.start()
     return t
@@ -157,7 +173,8 @@ def test_a_stalled_cancel_does_not_delete_the_file_a_complete_then_recorded(pair
     with httpx.Client(base_url=ub, timeout=60) as http:
         up = _create(http, 6 * MIB)
         ids = [send_part(http, up["id"], d).json()["id"] for d in (first, tail)]
-    listing = fa.hold("ListMultipartUploads")
+    # the cancel's listing of its upload's keys (the keeper's sweep lists all of audio/uploads/)
+    listing = fa.hold("ListMultipartUploads", lambda kind, path: kind == "ListMultipartUploads" and up["id"] in path)
     ta = _post(out, "a", ua, f"/v1/uploads/{up['id']}/cancel", {})
     assert listing.arrived.wait(30), fa.log
     _freeze_until_lapsed(pa, dburl, up["id"])
@@ -290,3 +307,161 @@ def test_parts_past_the_worker_part_memory_are_503_with_retry_after(pair):
         assert busy.status_code == 503 and busy.json()["error"]["code"] == "server_busy", busy.text
         assert busy.headers["Retry-After"] == "2" and out["first"].status_code == 200
         assert send_part(http, up["id"], b"\x52" * (7 * MIB)).status_code == 200
+
+
+def _wait_for(what, check, timeout=30):
+    """Poll `check()` (a cheap read) until it is true."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"still not {what} after {timeout}s"
+        time.sleep(0.1)
+
+
+def test_a_job_whose_uploaded_file_changed_in_s3_fails_and_stores_no_transcript(pair, s3):
+    """A /v1/uploads file is keyed by upload, not by content: the object at its key is replaced
+    after the job was made from it (POST /v1/jobs read and hashed it) and before the job's own
+    download (held at the forwarder). The job fails, saying so, and nothing reaches the shared
+    transcript store, under either recording's SHA-256 (issue 26 review: store poisoning)."""
+    import hashlib
+
+    bucket, dburl, _, (fb, pb, ub) = pair
+    made_for, replaced_by = padded("hello", 200), padded("hello", 700)
+    _wait_for("ready (model loaded)", lambda: httpx.get(f"{ub}/readyz", timeout=5).status_code == 200, 120)
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, len(made_for))
+        part = send_part(http, up["id"], made_for).json()["id"]
+        done = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [part]}).json()
+        key = _row(dburl, up["id"])[1]
+        gets = []
+
+        def the_jobs_download(kind, path):  # the second GET of the file; the first is POST /v1/jobs's
+            if kind == "GET" and path.split("?")[0].endswith("/" + key):
+                gets.append(path)
+                return len(gets) == 2
+            return False
+
+        download = fb.hold("GET", the_jobs_download)
+        r = http.post("/v1/jobs", data={"file_id": done["file"]["id"]})
+        assert r.status_code == 202 and r.json()["audio_sha256"] == hashlib.sha256(made_for).hexdigest(), r.text
+        assert download.arrived.wait(30), fb.log
+        s3.client().put_object(Bucket=bucket, Key=key, Body=replaced_by)
+        download.release.set()
+        with psycopg.connect(dburl, autocommit=True) as conn:
+            _wait_for("finished", lambda: conn.execute("SELECT status IN ('succeeded', 'failed') FROM jobs"
+                                                       " WHERE id = %s", (r.json()["id"],)).fetchone()[0], 120)
+            stored = conn.execute("SELECT count(*) FROM transcripts WHERE audio_sha256 = ANY(%s)",
+                                  ([hashlib.sha256(a).hexdigest() for a in (made_for, replaced_by)],)).fetchone()[0]
+        job = http.get(f"/v1/jobs/{r.json()['id']}").json()
+    assert job["status"] == "failed" and "not the audio this job was made for" in job["error"]["message"], job
+    assert stored == 0
+
+
+# What a worker of the version before claims did to cancel an upload (commit 43dde30:
+# Database.locked_upload, _drop_s3, Database.set_status): lock the row, delete in S3 what it
+# knows of the upload (multipart uploads and the object at `s3_key`, part objects under
+# `{s3_key}.parts/`), then end it in the same transaction; it knows no claim columns.
+_LOCK_BEFORE_CLAIMS = "SELECT * FROM uploads WHERE id = %s FOR NO KEY UPDATE"
+_END_BEFORE_CLAIMS = ("UPDATE uploads SET status = %s, file_id = %s, sha256 = %s, complete_request = %s,"
+                      " completed_at = CASE WHEN %s = 'completed' THEN now() END WHERE id = %s RETURNING *")
+
+
+def test_a_cancel_by_a_worker_version_before_claims_does_not_overrule_the_holder(pair, s3):
+    """Blue-green: both colors share the database and the bucket. B's complete holds the upload
+    and S3 has assembled its file at `s3_key` (B has not heard yet) when a worker of the version
+    before claims cancels it (its statements and S3 calls, in its order): its end fails (55P03,
+    its transaction rolls back) while the claim is live, so B's end is the one recorded, and B
+    makes again the file that cancel deleted. Once a claim has lapsed (its worker died), that
+    version's end statement ends the upload and clears the claim."""
+    from transcription_worker.storage import AudioStore
+
+    bucket, dburl, _, (fb, pb, ub) = pair
+    data = b"\x21" * MIB
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up, lapsed = _create(http, MIB), _create(http, MIB)
+        part = send_part(http, up["id"], data).json()["id"]
+    out = {}
+    cmu = fb.hold("CompleteMultipartUpload", answer=True,
+                  match=lambda kind, path: kind == "CompleteMultipartUpload" and up["id"] in path)
+    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [part]})
+    assert cmu.arrived.wait(30), fb.log  # B's assembly is in S3; B holds a live claim
+    key = f"audio/uploads/{up['id']}"
+    store = AudioStore(bucket, s3.endpoint_url)
+    with psycopg.connect(dburl) as conn:
+        assert conn.execute(_LOCK_BEFORE_CLAIMS, (up["id"],)).fetchone() is not None
+        store.abort_multiparts(key)
+        store.delete_prefix(f"{key}.parts/")
+        assert store.size_of(key) == MIB
+        store.delete(key)
+        cmu.release.set()  # B's end now waits on this row lock
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute(_END_BEFORE_CLAIMS, ("cancelled", None, None, None, "cancelled", up["id"]))
+        conn.rollback()
+    tb.join()
+    assert out["b"].status_code == 200 and out["b"].json()["status"] == "completed", out["b"].text
+    assert _row(dburl, up["id"]) == ("completed", key)
+    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    with psycopg.connect(dburl, autocommit=True) as conn:
+        conn.execute("UPDATE uploads SET claim = 'completing', claim_owner = 'a dead worker',"
+                     " claim_until = now() - interval '1 second' WHERE id = %s", (lapsed["id"],))
+        assert conn.execute(_END_BEFORE_CLAIMS, ("cancelled", None, None, None, "cancelled",
+                                                 lapsed["id"])).fetchone() is not None
+        assert conn.execute("SELECT status, claim, claim_owner, claim_until FROM uploads WHERE id = %s",
+                            (lapsed["id"],)).fetchone() == ("cancelled", None, None, None)
+
+
+def test_what_a_stalled_complete_killed_after_its_late_assembly_left_is_swept(pair, s3):
+    """A's complete stalls past its claim (held at CreateMultipartUpload, A frozen); B takes the
+    upload over and completes it into its own attempt key; A resumes, assembles into its key,
+    and is killed (SIGKILL) once S3 has completed its multipart upload, before its failed end
+    could delete it: an object no upload records. A multipart upload left open at another of
+    the upload's keys (what a holder killed before its CompleteMultipartUpload leaves: made
+    with S3's own call) is stale too. The keeper's sweep removes both, keeps the recorded file,
+    and leaves alone another upload's assembly whose holder (B, its claim live) has not yet
+    recorded it. Runs last: worker A is gone after it."""
+    bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
+    first, a_tail, b_tail = b"\x31" * (5 * MIB), b"\x32" * MIB, b"\x33" * MIB
+    out = {}
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up, busy = _create(http, 6 * MIB), _create(http, MIB)
+        p1, pa2, pb2 = (send_part(http, up["id"], d).json()["id"] for d in (first, a_tail, b_tail))
+        busy_part = send_part(http, busy["id"], b"\x34" * MIB).json()["id"]
+    # B at work on `busy`: S3 has its assembly, B has not yet heard (nor recorded it)
+    busy_cmu = fb.hold("CompleteMultipartUpload", answer=True,
+                       match=lambda kind, path: kind == "CompleteMultipartUpload" and busy["id"] in path)
+    tbusy = _post(out, "busy", ub, f"/v1/uploads/{busy['id']}/complete", {"part_ids": [busy_part]})
+    assert busy_cmu.arrived.wait(30), fb.log
+    create_a, ta = _stall_a(pair, up["id"], [p1, pa2], out)
+    cmu_b = fb.hold("CompleteMultipartUpload", match=lambda kind, path: kind == "CompleteMultipartUpload"
+                    and up["id"] in path)
+    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [p1, pb2]})
+    assert cmu_b.arrived.wait(30), fb.log  # B took the claim over and copied its parts
+    cmu_a = fa.hold("CompleteMultipartUpload", answer=True)
+    os.kill(pa.pid, signal.SIGCONT)
+    create_a.release.set()
+    assert cmu_a.arrived.wait(30), fa.log
+    pa.kill()
+    pa.wait()
+    cmu_a.release.set()
+    ta.join()
+    a_key = f"audio/uploads/{up['id']}"  # A held the first claim: attempt 1's key
+    # S3 completed A's multipart upload at its key, and A died before its end: an orphan, for real
+    assert cmu_a.status == 200 and f"/{a_key}?" in [p for k, p in fa.log if k == "CompleteMultipartUpload"][-1]
+    cmu_b.release.set()
+    tb.join()
+    assert out["b"].status_code == 200 and out["b"].json()["status"] == "completed", out["b"].text
+    status, file_key = _row(dburl, up["id"])
+    assert status == "completed" and file_key == f"{a_key}-2"
+    s3.client().create_multipart_upload(Bucket=bucket, Key=f"{a_key}-9")
+    assert sorted(_keys(s3, bucket, up["id"])) == [a_key, file_key]
+    fb.allow(fb.sweep)  # B's keeper sweeps from now on
+
+    def uploads_open():
+        return s3.client().list_multipart_uploads(Bucket=bucket, Prefix=a_key).get("Uploads", [])
+
+    _wait_for("swept", lambda: _keys(s3, bucket, up["id"]) == [file_key] and not uploads_open())
+    assert s3.client().get_object(Bucket=bucket, Key=file_key)["Body"].read() == first + b_tail
+    busy_keys = _keys(s3, bucket, busy["id"])
+    busy_cmu.release.set()
+    tbusy.join()
+    assert busy_keys == [_row(dburl, busy["id"])[1]], busy_keys  # its assembly was not swept
+    assert out["busy"].status_code == 200 and out["busy"].json()["status"] == "completed", out["busy"].text

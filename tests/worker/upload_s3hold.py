@@ -9,9 +9,13 @@ from urllib.parse import parse_qs, urlparse
 
 
 class Hold:
-    def __init__(self, name, match):
-        self.name, self.match = name, match
+    """A request held before it is forwarded (`answer=False`), or forwarded and its answer held
+    (`answer=True`: S3 has done it, the worker has not heard); `arrived` is set then."""
+
+    def __init__(self, name, match, answer=False):
+        self.name, self.match, self.answer = name, match, answer
         self.arrived, self.release = threading.Event(), threading.Event()
+        self.status = None
 
 
 class S3Hold:
@@ -34,23 +38,28 @@ class S3Hold:
                 for f in list(outer.fails):
                     if f[0](kind, self.path) and f[1] > 0:
                         f[1] -= 1
-                        body = b"<Error><Code>InternalError</Code><Message>flaky</Message></Error>"
-                        self.send_response(500)
+                        status, code = f[2] if len(f) > 2 else (500, "InternalError")
+                        body = f"<Error><Code>{code}</Code><Message>refused</Message></Error>".encode()
+                        self.send_response(status)
                         self.send_header("Content-Length", str(len(body)))
                         self.end_headers()
                         self.wfile.write(body)
                         return
-                for h in list(outer.holds):
-                    if h.match(kind, self.path):
-                        outer.holds.remove(h)
-                        h.arrived.set()
-                        h.release.wait(60)
-                        break
+                held = next((h for h in list(outer.holds) if h.match(kind, self.path)), None)
+                if held:
+                    outer.holds.remove(held)
+                if held and not held.answer:
+                    held.arrived.set()
+                    held.release.wait(60)
                 conn = http.client.HTTPConnection("127.0.0.1", outer.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items()}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 r = conn.getresponse()
                 data = r.read()
+                if held and held.answer:
+                    held.status = r.status  # what S3 answered
+                    held.arrived.set()
+                    held.release.wait(60)
                 self.send_response(r.status)
                 for k, v in r.getheaders():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection"):
@@ -87,14 +96,26 @@ class S3Hold:
     def url(self):
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def hold(self, name, match=None):
-        h = Hold(name, match or (lambda kind, path: kind == name))
+    def hold(self, name, match=None, answer=False):
+        """Hold the next request of kind `name` (and `match(kind, path)` when given): before it
+        reaches S3, or with `answer` its answer once S3 has done it."""
+        h = Hold(name, match or (lambda kind, path: kind == name), answer)
         self.holds.append(h)
         return h
 
     def fail(self, name, times):
         """Answer the next `times` requests of kind `name` 500 InternalError (S3 flaking)."""
         self.fails.append([lambda kind, path: kind == name, times])
+
+    def refuse(self, match):
+        """Answer every request `match(kind, path)` picks 403 AccessDenied (not retried by
+        botocore) until `allow`ed."""
+        entry = [match, float("inf"), (403, "AccessDenied")]
+        self.fails.append(entry)
+        return entry
+
+    def allow(self, entry):
+        self.fails.remove(entry)
 
     def close(self):
         for h in self.holds:

@@ -151,6 +151,31 @@ MIGRATIONS: list[str] = [
     ALTER TABLE uploads ADD COLUMN claim_attempt integer NOT NULL DEFAULT 0,
                         ADD COLUMN file_key text;
     """,
+    # the end fence: a statement that moves an upload out of `pending` while another's claim
+    # was live when its transaction began, without clearing that claim, fails (55P03). This
+    # version's `end_upload` clears the claim it holds in that same statement; a worker of a
+    # version before claims (blue-green: both colors share this database) does not know them,
+    # and its end of an upload this version holds now fails (its transaction rolls back, its
+    # client is told 503 and retries) instead of overruling the holder. A lapsed claim (its
+    # worker died) does not fence: any end clears it, so such a version alone (a rollback)
+    # still ends every upload
+    """
+    CREATE FUNCTION uploads_end_fence() RETURNS trigger LANGUAGE plpgsql AS $fence$
+    BEGIN
+        IF NEW.claim_owner IS NOT NULL AND OLD.claim_until > now() THEN
+            RAISE EXCEPTION 'upload % is being ended by its claim holder %', OLD.id, OLD.claim_owner
+                USING ERRCODE = 'lock_not_available',
+                      HINT = 'only the holder of a live claim ends an upload; retry once it has';
+        END IF;
+        NEW.claim := NULL;
+        NEW.claim_owner := NULL;
+        NEW.claim_until := NULL;
+        RETURN NEW;
+    END
+    $fence$;
+    CREATE TRIGGER uploads_end_fence BEFORE UPDATE OF status ON uploads FOR EACH ROW
+        WHEN (OLD.status = 'pending' AND NEW.status <> 'pending') EXECUTE FUNCTION uploads_end_fence();
+    """,
 ]
 class PartsTooLarge(Exception):
     """A part would take an upload past the `bytes` it was created for."""
@@ -499,6 +524,16 @@ class Database:
                 " WHERE status = 'pending' AND expires_at < now() AND (claim_until IS NULL OR claim_until <= now())"
                 " ORDER BY expires_at LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) RETURNING *",
                 (owner, lease)).fetchone()
+
+    def upload_files(self, upload_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The uploads among `upload_ids`: id -> {status, s3_key, file: the S3 key of its file
+        (`file_key`, or `s3_key` for uploads completed before it was recorded) when completed,
+        else None}. Ids with no row are left out."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, status, s3_key, CASE WHEN status = 'completed' THEN coalesce(file_key, s3_key) END"
+                " AS file FROM uploads WHERE id = ANY(%s)", (list(upload_ids),)).fetchall()
+        return {r["id"]: r for r in rows}
 
     def unswept_presigned(self, grace_seconds: float, limit: int = 20) -> list[dict[str, Any]]:
         """Presigned uploads that ended (completed, cancelled, expired) and whose part URLs

@@ -50,7 +50,9 @@ part objects, any multipart upload and any object an unfinished complete assembl
 by the job keeper, then is marked `expired` (`abort_expired`: retried until S3 answers),
 counted in `worker_uploads_expired_total`; each keeper tick also sets the gauges
 `worker_uploads_incomplete` and `worker_uploads_oldest_incomplete_age_seconds` from the
-database (`count_incomplete`), for the health check that warns when uploads pile up.
+database (`count_incomplete`), for the health check that warns when uploads pile up. The
+keeper also removes what stale holders left at an ended upload's attempt keys (an object
+that is not its recorded file, an open multipart upload: `sweep_orphans`).
 """
 
 from __future__ import annotations
@@ -602,8 +604,29 @@ def _assemble(state: Any, row: dict, owner: str, sources: list[str], part_ids: l
         if ended is None:  # stalled past the lease: another took over; this key is no one's file
             store.delete(key)
             raise _taken_over(upload_id)
+        if key == row["s3_key"]:
+            _reassemble_if_deleted(store, row, key, sources, part_ids)
     _delete_parts(store, row)  # parts not listed go too
     return ended
+
+
+def _reassemble_if_deleted(store: Any, row: dict, key: str, sources: list[str], part_ids: list[str]) -> None:
+    """After a complete recorded `s3_key` (attempt 1's key) as the file: make it again from the
+    part objects (still there: deleted only after this) if it is gone. A worker of the version
+    before claims (blue-green: both colors share the database and bucket) knows only that key:
+    its cancel or expiry deletes the object there under its row lock, then its end statement
+    fails (the fence, migration 11) and this end, which waited on that lock, is recorded. After
+    the end no worker of either version touches the key. One HEAD per first-attempt complete."""
+    try:
+        if store.head(key) is not None:
+            return
+        log.warning("a completed upload's file was deleted before its end was recorded (a worker of an"
+                    " earlier version?); assembling it again", extra={"upload_id": row["id"]})
+        store.assemble(key, row["mime_type"], sources, {"parts": _fingerprint(part_ids)})
+    except Exception as exc:  # S3 away, or its parts went too (an upload of the earlier layout):
+        # the upload is completed either way; a job on a missing file fails saying so
+        log.error("could not check or assemble again a completed upload's file: %s", exc,
+                  extra={"upload_id": row["id"]})
 
 
 def _delete_parts(store: Any, row: dict) -> None:
@@ -788,6 +811,7 @@ def abort_expired(state: Any, limit: int = 20) -> int:
         log.info("expired upload aborted" + ("; the object an unfinished complete assembled is deleted"
                                              if deleted else ""), extra={"upload_id": row["id"]})
     sweep_presigned(state)
+    sweep_orphans(state)
     return aborted
 
 
@@ -808,6 +832,65 @@ def sweep_presigned(state: Any) -> int:
         state.db.mark_swept(row["id"])
         swept += 1
     return swept
+
+
+_ATTEMPT_OBJECT = re.compile(r"(upload_[0-9a-f]{32})(?:-[1-9][0-9]*)?")
+_ORPHAN_SWEEP = {"after": "", "next": 0.0}  # this process's place in the listing, when it sweeps next
+
+
+def sweep_orphans(state: Any, page: int = 1000) -> int:
+    """Delete what holders left in S3 after their upload ended, under `{prefix}uploads/`: an
+    object at a claim attempt's key (`_attempt_key`) that is not the upload's recorded file
+    (a stalled complete killed between its late CompleteMultipartUpload and its failed end
+    leaves one: no one else ever clears an ended upload's keys), and any multipart upload
+    still open at one of its keys. Returns how many objects and multipart uploads it removed.
+
+    Only uploads that ended (completed, cancelled, expired) are judged; a pending upload's
+    keys are its holders' (a live claim's work in progress), cleared by its own end
+    (`_clear_older_attempts`); a key with no upload row is left alone. The recorded file
+    (`file_key`, or `s3_key` for uploads completed before it was kept) is never touched. A
+    stale holder still at work whose key is deleted or multipart upload aborted is one whose
+    end fails anyway (it deletes its key itself); one that lands later is found by a later pass.
+    Run by the job keeper (end of `abort_expired`), at most once per claim lease, one listing
+    page (`page` keys) a pass, carrying on after the last key next pass and from the start once
+    the listing ended, so every key is visited however many completed files the bucket holds."""
+    now = time.monotonic()
+    if now < _ORPHAN_SWEEP["next"]:
+        return 0
+    _ORPHAN_SWEEP["next"] = now + _lease(state)
+    store, removed = state.store, 0
+    prefix = store.uploads_prefix()
+    try:
+        objects, after = store.objects_page(prefix, _ORPHAN_SWEEP["after"], page)
+        found = [("object", o["Key"], None) for o in objects]
+        found += [("multipart", u["Key"], u["UploadId"]) for u in store.multiparts(prefix)]
+        owners = {}
+        for kind, key, mpu in found:
+            m = _ATTEMPT_OBJECT.fullmatch(key[len(prefix):])
+            if m:
+                owners.setdefault(m.group(1), []).append((kind, key, mpu))
+        rows = state.db.upload_files(list(owners)) if owners else {}
+        for upload_id, keys in owners.items():
+            row = rows.get(upload_id)
+            if row is None or row["status"] == "pending":
+                continue
+            base = row["s3_key"]
+            for kind, key, mpu in keys:
+                if key != base and not (key.startswith(base + "-") and key[len(base) + 1:].isdigit()):
+                    continue  # not this upload's own key (another prefix)
+                if kind == "multipart":
+                    store.abort_multipart(key, mpu)
+                elif key != row["file"]:
+                    store.delete(key)
+                else:
+                    continue
+                removed += 1
+                log.info(f"an ended upload's stray {'multipart upload' if kind == 'multipart' else 'object'}"
+                         " is removed", extra={"upload_id": upload_id, "key": key})
+        _ORPHAN_SWEEP["after"] = after  # a failed pass is redone from where it began
+    except Exception as exc:  # S3 or the database away: the next pass tries again
+        log.warning("could not sweep ended uploads' stray objects: %s", exc)
+    return removed
 
 
 def count_incomplete(state: Any) -> None:

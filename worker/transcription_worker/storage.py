@@ -181,6 +181,18 @@ class AudioStore:
                 found.append({"PartNumber": int(name[1:]), "ETag": obj["ETag"], "Size": obj["Size"]})
         return sorted(found, key=lambda p: p["PartNumber"])
 
+    def uploads_prefix(self) -> str:
+        """`{prefix}uploads/`: where completed /v1/uploads files (and their claim attempts' keys) live."""
+        return f"{self.prefix}uploads/"
+
+    def objects_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> tuple[list[dict], str]:
+        """One page of ListObjectsV2 under `prefix`, keys after `start_after` (at most
+        `max_keys`): (objects, the key to start the next page after; "" when the listing ended)."""
+        after = {"StartAfter": start_after} if start_after else {}
+        out = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=max_keys, **after)
+        found = out.get("Contents", [])
+        return found, (found[-1]["Key"] if out.get("IsTruncated") and found else "")
+
     def objects(self, prefix: str) -> list[dict]:
         """The objects under `prefix` (ListObjectsV2, paged): Key, Size, ETag..."""
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
