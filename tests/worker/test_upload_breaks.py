@@ -146,17 +146,16 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
     object, never recorded, and a multipart upload still open) is added with the worker's own
     storage calls. Expiry deletes
     all of it, part objects included (the bucket is listed), and /metrics counts it. A part
-    PUT at a presigned URL after its upload completed is swept once the URL has expired."""
+    PUT at a presigned URL after its upload completed is swept once the URL has expired.
+    (Expiry 6 s, one 1 MiB part: what must happen before `up` expires takes about a second.)"""
     env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "w2e",
-                                 WORKER_UPLOAD_EXPIRY_SECONDS="10", WORKER_JOB_LEASE_SECONDS="1.5")
+                                 WORKER_UPLOAD_EXPIRY_SECONDS="6", WORKER_JOB_LEASE_SECONDS="1.5")
     client = s3.client()
     proc, url = start_worker(env, tmp_path / "w.log")
-    first, last = b"\1" * (5 * MIB), b"\2" * MIB
+    last = b"\2" * MIB
     try:
         wait_until(url, proc, tmp_path / "w.log", ready=False)
         with httpx.Client(base_url=url, timeout=60) as http:
-            up = _create(http, len(first) + len(last))
-            ids = [send_part(http, up["id"], d).json()["id"] for d in (first, last)]
             # a presigned upload completed, then its part URL PUT again (complete cannot stop a URL)
             pre = _create(http, MIB, presign=True, part_size=5 * MIB)
             url1 = pre["part_urls"][0]["url"]
@@ -165,6 +164,8 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
             assert http.post(f"/v1/uploads/{pre['id']}/complete", json={"part_ids": pre_parts}).status_code == 200
             assert httpx.put(url1, content=last, timeout=60).status_code == 200
             assert len(_objects(client, bucket, pre["id"])) == 2  # the file and a stray part
+            up = _create(http, len(last))
+            ids = [send_part(http, up["id"], last).json()["id"]]
             _kill_while_s3_hangs(s3, proc, lambda: http.post(f"/v1/uploads/{up['id']}/complete",
                                                              json={"part_ids": ids}), _claimed(dburl))
         from transcription_worker.storage import AudioStore
@@ -174,22 +175,22 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
         store.assemble(key, "audio/wav", [store.part_key(store.parts_prefix(up["id"]), p) for p in ids],
                        {"parts": "unrecorded"})
         client.create_multipart_upload(Bucket=bucket, Key=key)
-        assert len(_objects(client, bucket, up["id"])) == 3 and len(_mpu(client, bucket, up["id"])) == 1
+        assert len(_objects(client, bucket, up["id"])) == 2 and len(_mpu(client, bucket, up["id"])) == 1  # part, file
         proc, url = start_worker(env, tmp_path / "w2.log")
         wait_until(url, proc, tmp_path / "w2.log", ready=False)
         deadline = time.monotonic() + 60
         while (status := httpx.get(f"{url}/v1/uploads/{up['id']}").json()["status"]) == "pending":
             assert time.monotonic() < deadline
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert status == "expired"
         deadline = time.monotonic() + 30  # the keeper marks it expired, then cleans S3
         while keys := _objects(client, bucket, up["id"]):
             assert time.monotonic() < deadline, f"an expired upload left {keys} in the bucket"
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert _mpu(client, bucket, up["id"]) == []
         while (keys := _objects(client, bucket, pre["id"])) != [f"audio/uploads/{pre['id']}"]:
             assert time.monotonic() < deadline, f"a stray presigned part was never swept: {keys}"
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert re.search(r"^worker_uploads_assembled_deleted_total 1\.0$", httpx.get(f"{url}/metrics").text, re.M)
         assert re.search(r"^worker_uploads_expired_total 1\.0$", httpx.get(f"{url}/metrics").text, re.M)
     finally:

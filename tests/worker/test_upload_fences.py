@@ -117,14 +117,14 @@ def _stall_a(pair, up_id, part_ids, out):
 
 def test_a_stalled_complete_does_not_overwrite_the_file_another_complete_recorded(pair, s3):
     bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
-    first, a_tail, b_tail = b"\1" * (5 * MIB), b"\2" * MIB, b"\3" * MIB
+    a_file, b_file = b"\2" * (256 * 1024), b"\3" * (256 * 1024)  # one part each: a file of A's, one of B's
     out = {}
     with httpx.Client(base_url=ub, timeout=60) as http:
-        up = _create(http, 6 * MIB)
-        p1, pa2, pb2 = (send_part(http, up["id"], d).json()["id"] for d in (first, a_tail, b_tail))
-    create_a, ta = _stall_a(pair, up["id"], [p1, pa2], out)
+        up = _create(http, len(a_file))
+        pa2, pb2 = (send_part(http, up["id"], d).json()["id"] for d in (a_file, b_file))
+    create_a, ta = _stall_a(pair, up["id"], [pa2], out)
     cmu_b = fb.hold("CompleteMultipartUpload")
-    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [p1, pb2]})
+    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [pb2]})
     assert cmu_b.arrived.wait(30), fb.log  # B took the claim over and copied its parts
     cmu_a = fa.hold("CompleteMultipartUpload")
     os.kill(pa.pid, signal.SIGCONT)
@@ -138,17 +138,16 @@ def test_a_stalled_complete_does_not_overwrite_the_file_another_complete_recorde
     assert out["a"].status_code == 409, out["a"].text  # told it was taken over
     status, key = _row(dburl, up["id"])
     assert status == "completed"
-    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == first + b_tail
+    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == b_file
     assert _keys(s3, bucket, up["id"]) == [key]  # A deleted what it assembled
 
 
 def test_a_stalled_complete_leaves_nothing_behind_a_cancel(pair, s3):
     bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
-    first, tail = b"\4" * (5 * MIB), b"\5" * MIB
     out = {}
     with httpx.Client(base_url=ub, timeout=60) as http:
-        up = _create(http, 6 * MIB)
-        ids = [send_part(http, up["id"], d).json()["id"] for d in (first, tail)]
+        up = _create(http, 256 * 1024)
+        ids = [send_part(http, up["id"], b"\5" * (256 * 1024)).json()["id"]]
     create_a, ta = _stall_a(pair, up["id"], ids, out)
     delete_b = fb.hold("DeleteObjects")
     tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/cancel", {})
@@ -168,11 +167,11 @@ def test_a_stalled_complete_leaves_nothing_behind_a_cancel(pair, s3):
 
 def test_a_stalled_cancel_does_not_delete_the_file_a_complete_then_recorded(pair, s3):
     bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
-    first, tail = b"\6" * (5 * MIB), b"\7" * MIB
+    data = b"\7" * (256 * 1024)
     out = {}
     with httpx.Client(base_url=ub, timeout=60) as http:
-        up = _create(http, 6 * MIB)
-        ids = [send_part(http, up["id"], d).json()["id"] for d in (first, tail)]
+        up = _create(http, len(data))
+        ids = [send_part(http, up["id"], data).json()["id"]]
     # the cancel's listing of its upload's keys (the keeper's sweep lists all of audio/uploads/)
     listing = fa.hold("ListMultipartUploads", lambda kind, path: kind == "ListMultipartUploads" and up["id"] in path)
     ta = _post(out, "a", ua, f"/v1/uploads/{up['id']}/cancel", {})
@@ -187,7 +186,7 @@ def test_a_stalled_cancel_does_not_delete_the_file_a_complete_then_recorded(pair
     assert out["a"].status_code == 409, out["a"].text
     status, key = _row(dburl, up["id"])
     assert status == "completed" and _keys(s3, bucket, up["id"]) == [key]
-    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == first + tail
+    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
 
 
 def _ledger(redis_server):
@@ -419,21 +418,21 @@ def test_what_a_stalled_complete_killed_after_its_late_assembly_left_is_swept(pa
     and leaves alone another upload's assembly whose holder (B, its claim live) has not yet
     recorded it. Runs last: worker A is gone after it."""
     bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
-    first, a_tail, b_tail = b"\x31" * (5 * MIB), b"\x32" * MIB, b"\x33" * MIB
+    a_file, b_file, size = b"\x32" * (256 * 1024), b"\x33" * (256 * 1024), 256 * 1024
     out = {}
     with httpx.Client(base_url=ub, timeout=60) as http:
-        up, busy = _create(http, 6 * MIB), _create(http, MIB)
-        p1, pa2, pb2 = (send_part(http, up["id"], d).json()["id"] for d in (first, a_tail, b_tail))
-        busy_part = send_part(http, busy["id"], b"\x34" * MIB).json()["id"]
+        up, busy = _create(http, size), _create(http, size)
+        pa2, pb2 = (send_part(http, up["id"], d).json()["id"] for d in (a_file, b_file))
+        busy_part = send_part(http, busy["id"], b"\x34" * size).json()["id"]
     # B at work on `busy`: S3 has its assembly, B has not yet heard (nor recorded it)
     busy_cmu = fb.hold("CompleteMultipartUpload", answer=True,
                        match=lambda kind, path: kind == "CompleteMultipartUpload" and busy["id"] in path)
     tbusy = _post(out, "busy", ub, f"/v1/uploads/{busy['id']}/complete", {"part_ids": [busy_part]})
     assert busy_cmu.arrived.wait(30), fb.log
-    create_a, ta = _stall_a(pair, up["id"], [p1, pa2], out)
+    create_a, ta = _stall_a(pair, up["id"], [pa2], out)
     cmu_b = fb.hold("CompleteMultipartUpload", match=lambda kind, path: kind == "CompleteMultipartUpload"
                     and up["id"] in path)
-    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [p1, pb2]})
+    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [pb2]})
     assert cmu_b.arrived.wait(30), fb.log  # B took the claim over and copied its parts
     cmu_a = fa.hold("CompleteMultipartUpload", answer=True)
     os.kill(pa.pid, signal.SIGCONT)
@@ -459,7 +458,7 @@ def test_what_a_stalled_complete_killed_after_its_late_assembly_left_is_swept(pa
         return s3.client().list_multipart_uploads(Bucket=bucket, Prefix=a_key).get("Uploads", [])
 
     _wait_for("swept", lambda: _keys(s3, bucket, up["id"]) == [file_key] and not uploads_open())
-    assert s3.client().get_object(Bucket=bucket, Key=file_key)["Body"].read() == first + b_tail
+    assert s3.client().get_object(Bucket=bucket, Key=file_key)["Body"].read() == b_file
     busy_keys = _keys(s3, bucket, busy["id"])
     busy_cmu.release.set()
     tbusy.join()
