@@ -438,13 +438,70 @@ class TarWriter:
             self._fail("the tar stream ends inside a member (cut short)")
 
 
-def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
+class _Ahead:
+    """The blocks of iterator `it`, produced by a thread of their own up to `depth` blocks ahead
+    of the consumer (the unpacking's two halves on two cores: read, SHA-256, AES-GCM and zstd in
+    the producer; TarWriter's writes in the caller). The producer's error is raised to the
+    consumer in order; `close()` (always called) stops the producer at its next block."""
+
+    _END = object()
+
+    def __init__(self, it, depth: int = 4):
+        import queue
+        import threading
+
+        self._q: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(it,), name="opsctl-unpack-read", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, it) -> None:
+        try:
+            for block in it:
+                if not self._put(block):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self):
+        while True:
+            item = self._q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop the producer and wait for it (it holds the repository object open)."""
+        self._stop.set()
+        self._thread.join()
+
+
+def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool = False) -> None:
     """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd).
 
     The checked plaintext stream is written straight into files by TarWriter (no tar
     process); a failed check ends the stream and raises (IntegrityError or OperationFailed),
     and the caller discards `target`. Nothing is fsynced here: recovery runs with fsync off
-    and an in-place restore is synced once before its swap (restore.py).
+    and an in-place restore is synced once before its swap (restore.py). `ahead`: the stream
+    is read and checked by a thread of its own while this one writes (_Ahead).
     """
     from opsctl.backup.pipeline import unpack
 
@@ -455,6 +512,8 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     stream = unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None,
                     report(f"base backup {rec.id}", obj.size) if report else None)
+    if ahead:
+        stream = _Ahead(stream)
     writer = TarWriter(target, f"base backup {rec.id}")
     try:
         for block in stream:
@@ -466,5 +525,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None) -> None:
         raise DamagedBase(rec.id, f"its object {obj.name} fails its check: {exc}") from None
     finally:
         writer.close()
+        if ahead:
+            stream.close()
     if not writer.files:
         raise OperationFailed(f"base backup {rec.id} holds no files; nothing restored from it")
