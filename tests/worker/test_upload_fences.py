@@ -364,41 +364,51 @@ _END_BEFORE_CLAIMS = ("UPDATE uploads SET status = %s, file_id = %s, sha256 = %s
                       " completed_at = CASE WHEN %s = 'completed' THEN now() END WHERE id = %s RETURNING *")
 
 
+def _cancel_before_claims(dburl, store, upload_id, between=lambda: None):
+    """A cancel of the version before claims, in its order: lock the row, drop in S3 what it
+    knows of the upload, `between()`, then its end statement, which the fence refuses while
+    another's claim was live (55P03): its transaction rolls back."""
+    key = f"audio/uploads/{upload_id}"
+    with psycopg.connect(dburl) as conn:
+        assert conn.execute(_LOCK_BEFORE_CLAIMS, (upload_id,)).fetchone() is not None
+        store.abort_multiparts(key)
+        store.delete_prefix(f"{key}.parts/")
+        if store.size_of(key) is not None:
+            store.delete(key)
+        between()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute(_END_BEFORE_CLAIMS, ("cancelled", None, None, None, "cancelled", upload_id))
+        conn.rollback()
+
+
 def test_a_cancel_by_a_worker_version_before_claims_does_not_overrule_the_holder(pair, s3):
-    """Blue-green: both colors share the database and the bucket. B's complete holds the upload
-    and S3 has assembled its file at `s3_key` (B has not heard yet) when a worker of the version
-    before claims cancels it (its statements and S3 calls, in its order): its end fails (55P03,
-    its transaction rolls back) while the claim is live, so B's end is the one recorded, and B
-    makes again the file that cancel deleted. Once a claim has lapsed (its worker died), that
-    version's end statement ends the upload and clears the claim."""
+    """Blue-green: both colors share the database and the bucket, and a worker of the version
+    before claims cancels an upload B's complete holds (its statements and S3 calls, in its
+    order). Its end fails while the claim is live, so B's end is the one recorded; what its S3
+    work did at `s3_key` (the only key it knows, B's first attempt's) B makes good: a file S3
+    had assembled for B, deleted before B's end, is made again; a multipart upload it aborted
+    before B's CompleteMultipartUpload is assembled again. Once a claim has lapsed (its worker
+    died), that version's end statement ends the upload and clears the claim."""
     from transcription_worker.storage import AudioStore
 
     bucket, dburl, _, (fb, pb, ub) = pair
-    data = b"\x21" * MIB
-    with httpx.Client(base_url=ub, timeout=60) as http:
-        up, lapsed = _create(http, MIB), _create(http, MIB)
-        part = send_part(http, up["id"], data).json()["id"]
-    out = {}
-    cmu = fb.hold("CompleteMultipartUpload", answer=True,
-                  match=lambda kind, path: kind == "CompleteMultipartUpload" and up["id"] in path)
-    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [part]})
-    assert cmu.arrived.wait(30), fb.log  # B's assembly is in S3; B holds a live claim
-    key = f"audio/uploads/{up['id']}"
     store = AudioStore(bucket, s3.endpoint_url)
-    with psycopg.connect(dburl) as conn:
-        assert conn.execute(_LOCK_BEFORE_CLAIMS, (up["id"],)).fetchone() is not None
-        store.abort_multiparts(key)
-        store.delete_prefix(f"{key}.parts/")
-        assert store.size_of(key) == MIB
-        store.delete(key)
-        cmu.release.set()  # B's end now waits on this row lock
-        with pytest.raises(psycopg.errors.LockNotAvailable):
-            conn.execute(_END_BEFORE_CLAIMS, ("cancelled", None, None, None, "cancelled", up["id"]))
-        conn.rollback()
-    tb.join()
-    assert out["b"].status_code == 200 and out["b"].json()["status"] == "completed", out["b"].text
-    assert _row(dburl, up["id"]) == ("completed", key)
-    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    data = b"\x21" * (256 * 1024)
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        assembled, open_, lapsed = (_create(http, len(data)) for _ in range(3))
+        parts = {up["id"]: send_part(http, up["id"], data).json()["id"] for up in (assembled, open_)}
+    for up, answer in ((assembled, True), (open_, False)):
+        out = {}
+        cmu = fb.hold("CompleteMultipartUpload", answer=answer,
+                      match=lambda kind, path, i=up["id"]: kind == "CompleteMultipartUpload" and i in path)
+        tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [parts[up["id"]]]})
+        assert cmu.arrived.wait(30), fb.log  # B holds a live claim; its assembly done or open
+        _cancel_before_claims(dburl, store, up["id"], between=cmu.release.set)  # B's end waits on the lock
+        tb.join()
+        assert out["b"].status_code == 200 and out["b"].json()["status"] == "completed", out["b"].text
+        key = f"audio/uploads/{up['id']}"
+        assert _row(dburl, up["id"]) == ("completed", key)
+        assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
     with psycopg.connect(dburl, autocommit=True) as conn:
         conn.execute("UPDATE uploads SET claim = 'completing', claim_owner = 'a dead worker',"
                      " claim_until = now() - interval '1 second' WHERE id = %s", (lapsed["id"],))

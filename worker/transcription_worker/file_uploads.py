@@ -586,13 +586,19 @@ def _assemble(state: Any, row: dict, owner: str, sources: list[str], part_ids: l
             if not (there and there[0] == row["bytes"] and there[1].get("parts") == _fingerprint(part_ids)):
                 store.assemble(key, row["mime_type"], sources, {"parts": _fingerprint(part_ids)})
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404", "NoSuchUpload"):
-                raise
             if not _still_holds(state, row, owner):  # the upload was taken over and ended
                 raise _taken_over(upload_id) from None
-            raise APIError(400, "a listed part is no longer in S3 (expired by the bucket's lifecycle"
-                           " rule?); cancel the upload and start a new one", param="part_ids",
-                           code="invalid_value") from None
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise APIError(400, "a listed part is no longer in S3 (expired by the bucket's lifecycle"
+                               " rule?); cancel the upload and start a new one", param="part_ids",
+                               code="invalid_value") from None
+            # still this claim's, yet S3 failed the assembly: its multipart upload aborted by a
+            # worker of the version before claims (blue-green: its cancel or complete aborts
+            # what is open at `s3_key`, attempt 1's key, and its end then fails: the fence; S3
+            # answers NoSuchUpload, moto 500), or S3 flaking: assemble once more
+            log.warning("an upload's assembly failed while its claim held (aborted by a worker of an"
+                        " earlier version?); assembling it again: %s", exc, extra={"upload_id": upload_id})
+            store.assemble(key, row["mime_type"], sources, {"parts": _fingerprint(part_ids)})
         sha = None
         if md5:  # the client asked for the whole file to be checked: read it back once
             sha, actual_md5, size = store.digests(key)
