@@ -817,7 +817,7 @@ def abort_expired(state: Any, limit: int = 20) -> int:
         log.info("expired upload aborted" + ("; the object an unfinished complete assembled is deleted"
                                              if deleted else ""), extra={"upload_id": row["id"]})
     sweep_presigned(state)
-    sweep_orphans(state)
+    _start_orphan_sweep(state)
     return aborted
 
 
@@ -841,7 +841,20 @@ def sweep_presigned(state: Any) -> int:
 
 
 _ATTEMPT_OBJECT = re.compile(r"(upload_[0-9a-f]{32})(?:-[1-9][0-9]*)?")
-_ORPHAN_SWEEP = {"after": "", "next": 0.0}  # this process's place in the listing, when it sweeps next
+# this process's place in the listing, when it sweeps next, the thread sweeping
+_ORPHAN_SWEEP: dict[str, Any] = {"after": "", "next": 0.0, "thread": None}
+
+
+def _start_orphan_sweep(state: Any) -> None:
+    """Run `sweep_orphans` on a thread of its own when it is due and none is running, so the
+    keeper (lease renewals, expiry claims) never waits on the sweep's S3 listing: S3 hanging
+    stalls the sweep alone."""
+    running = _ORPHAN_SWEEP["thread"]
+    if (running is not None and running.is_alive()) or time.monotonic() < _ORPHAN_SWEEP["next"]:
+        return
+    _ORPHAN_SWEEP["thread"] = threading.Thread(target=sweep_orphans, args=(state,), name="upload-sweep",
+                                               daemon=True)
+    _ORPHAN_SWEEP["thread"].start()
 
 
 def sweep_orphans(state: Any, page: int = 1000) -> int:
@@ -857,7 +870,8 @@ def sweep_orphans(state: Any, page: int = 1000) -> int:
     (`file_key`, or `s3_key` for uploads completed before it was kept) is never touched. A
     stale holder still at work whose key is deleted or multipart upload aborted is one whose
     end fails anyway (it deletes its key itself); one that lands later is found by a later pass.
-    Run by the job keeper (end of `abort_expired`), at most once per claim lease, one listing
+    Started by the job keeper (end of `abort_expired`) on a thread of its own
+    (`_start_orphan_sweep`), at most once per claim lease, one listing
     page (`page` keys) a pass, carrying on after the last key next pass and from the start once
     the listing ended, so every key is visited however many completed files the bucket holds."""
     now = time.monotonic()
