@@ -11,12 +11,27 @@ import datetime as _dt
 import json
 import logging
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+
+def _console(name: str) -> "Console":
+    """`stdout` or `stderr`, the two rich Consoles, made at first use: importing rich.console
+    costs ~40 ms of a core, which `backup create` would pay before it can start pg_dump."""
+    if name not in globals():
+        from rich.console import Console
+
+        globals().update(stdout=Console(soft_wrap=True), stderr=Console(stderr=True, soft_wrap=True))
+    return globals()[name]
+
+
+def __getattr__(name: str) -> Any:
+    """`from opsctl.output import stdout, stderr` works as before (PEP 562)."""
+    if name in ("stdout", "stderr"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fallback(value: Any) -> str:
@@ -45,9 +60,9 @@ def emit(result: Any, as_json: bool, render: Callable[[Console], None] | None = 
         sys.stdout.write(json.dumps(to_jsonable(result), indent=2, sort_keys=False) + "\n")
         sys.stdout.flush()
     elif render is not None:
-        render(stdout)
+        render(_console("stdout"))
     else:
-        stdout.print(to_jsonable(result))
+        _console("stdout").print(to_jsonable(result))
 
 
 class _JsonLogFormatter(logging.Formatter):
@@ -69,6 +84,23 @@ class _JsonLogFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+class _RichLater(logging.Handler):
+    """rich's RichHandler on the stderr Console, made at the first record it handles, so a
+    command that logs nothing before its work starts loads no rich module for logging."""
+
+    def __init__(self):
+        super().__init__()
+        self._rich: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Hand `record` to the RichHandler (filters on this handler have run already)."""
+        if self._rich is None:
+            from rich.logging import RichHandler
+
+            self._rich = RichHandler(console=_console("stderr"), show_path=False, show_time=False, markup=False)
+        self._rich.emit(record)
+
+
 def setup_logging(log_format: str = "text", debug: bool = False) -> None:
     """Send opsctl's logs to stderr, as rich text for people or JSON lines for machines."""
     level = logging.DEBUG if debug else logging.INFO
@@ -78,9 +110,7 @@ def setup_logging(log_format: str = "text", debug: bool = False) -> None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JsonLogFormatter())
     else:
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
+        handler = _RichLater()
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

@@ -104,10 +104,10 @@ def clean_abandoned(repo: Repository, rec=None,
 
 def _stream(repo: Repository, name: str, reader, level: int, key, report: Reporter, what: str) -> mf.StoredObject:
     from opsctl.backup import manifest as mf
-    from opsctl.backup.pipeline import StreamStats, pack
+    from opsctl.backup.pipeline import StreamStats, pack, threads_for
 
     stats = StreamStats()
-    repo.put(name, pack(reader, level, key, stats, report(what, None)))
+    repo.put(name, pack(reader, level, key, stats, report(what, None), threads_for(level)))
     return mf.StoredObject(name=name, size=stats.stored_bytes, sha256=stats.sha256, raw_size=stats.raw_bytes,
                            encrypted=key is not None, compressed=True)
 

@@ -12,9 +12,10 @@ import json
 import subprocess
 import sys
 
-# each costs 0.05-0.2 s of a core to import, and none is needed to start pg_dump: the
-# repository (boto3 for s3://), the key's AES-GCM, psycopg, the progress bars, Kubernetes
-HEAVY = ("kubernetes", "boto3", "botocore", "cryptography", "psycopg", "rich.progress", "zstandard", "pulumi",
+# each costs 0.02-0.2 s of a core to import, and none is needed to start pg_dump: the
+# repository (boto3 for s3://), the key's AES-GCM, psycopg, Rich (its consoles and log
+# handler are made at first use), Kubernetes
+HEAVY = ("kubernetes", "boto3", "botocore", "cryptography", "psycopg", "rich", "zstandard", "pulumi",
          "opsctl.backup.catalog", "opsctl.backup.repository")
 
 PROBE = """
@@ -50,3 +51,22 @@ def test_backup_create_starts_pg_dump_before_loading_heavy_packages(tmp_path):
     assert "opsctl.config" in loaded  # the probe ran where pg_dump starts: after the config was read
     early = sorted({m for m in loaded for h in HEAVY if m == h or m.startswith(h + ".")})
     assert early == [], f"imported before pg_dump starts: {early}"
+
+
+LOGS = """
+import logging, sys
+from opsctl import output
+output.setup_logging("text")
+before = sorted(m for m in sys.modules if m == "rich" or m.startswith("rich."))
+logging.getLogger("opsctl.backup").warning("dumping database %s", "shop")
+print(before, "rich.logging" in sys.modules)
+"""
+
+
+def test_rich_loads_at_the_first_log_record_and_the_record_still_reaches_stderr():
+    """Text logs go through Rich's handler, made when the first record arrives: setting up
+    logging (every command does, before pg_dump starts) imports no Rich module."""
+    result = subprocess.run([sys.executable, "-c", LOGS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["[]", "True"]
+    assert "dumping database shop" in result.stderr

@@ -167,3 +167,15 @@ def test_level_1_caps_zstd_s_window_and_the_stream_still_round_trips(level, wind
     size = zstandard.get_frame_parameters(stored).window_size
     assert size == window if window else size > 1 << 17
     assert b"".join(unpack([stored], "x", stats.sha256, stats.stored_bytes, None)) == data
+
+
+def test_level_1_compresses_in_the_calling_thread_and_round_trips():
+    """At level 1 one core outpaces pg_dump, so zstd runs without worker threads (they cost
+    CPU on the cores pg_dump and its server need); higher levels keep one worker per core."""
+    from opsctl.backup.pipeline import threads_for
+
+    assert (threads_for(1), threads_for(3)) == (0, -1)
+    data = os.urandom(1 << 16) * 40  # compressible, several frames
+    stats = StreamStats()
+    stored = b"".join(pack(io.BytesIO(data), 1, KEY, stats, threads=threads_for(1)))
+    assert b"".join(unpack([stored], "db", stats.sha256, len(stored), KEY)) == data
