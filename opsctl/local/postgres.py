@@ -126,11 +126,13 @@ def pid_file(data: Path) -> Path:
 
 
 def start(data: Path, port: int, log: Path, timeout: float = 60.0,
-          on_spawn: Callable[[int], None] | None = None, settings: dict[str, str] | None = None) -> int:
+          on_spawn: Callable[[int], None] | None = None, settings: dict[str, str] | None = None,
+          interval: float = 0.1) -> int:
     """Start the server on 127.0.0.1:port (no Unix socket) and return the postmaster PID.
 
     `on_spawn(pid)` is called as soon as the process exists, before it is ready.
-    `settings` are extra `-c name=value` server settings (WAL archiving: opsctl.pitr.archive)."""
+    `settings` are extra `-c name=value` server settings (WAL archiving: opsctl.pitr.archive).
+    `interval`: seconds between readiness checks (a restore's recovery server polls finer)."""
     if not initialized(data):
         init(data, log)
     user = run_as()
@@ -143,7 +145,7 @@ def start(data: Path, port: int, log: Path, timeout: float = 60.0,
     )
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: ready(port), timeout, "postgres", log, pid, ports=[port])
+    procs.wait_until(lambda: ready(port), timeout, "postgres", log, pid, interval=interval, ports=[port])
     return pid
 
 

@@ -326,6 +326,31 @@ def _fetch_plain(repo, obj: StoredObject, key) -> bytes:
     return b"".join(unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None))
 
 
+_INCREMENTAL = "INCREMENTAL."
+_INCREMENTAL_MAGIC = 0xD3AE1F0D  # PostgreSQL's src/include/backup/basebackup_incremental.h
+_BLCKSZ = 8192  # the embedded build's block size (pg_combinebackup's, compiled in)
+_RELSEG_BLOCKS = 131072  # blocks in a 1 GB relation segment file
+
+
+def _incremental_blocks(head: bytes, size: int) -> set[int] | None:
+    """The block numbers an INCREMENTAL file of `size` bytes holds, from its first bytes `head`
+    (native byte order, as pg_combinebackup reads it), or None when the header is not
+    PostgreSQL's or the size does not match it (blocks after a header padded to a block)."""
+    import struct
+
+    if len(head) < 12:
+        return None
+    magic, count, _truncation = struct.unpack("=III", head[:12])
+    if magic != _INCREMENTAL_MAGIC or count > _RELSEG_BLOCKS or len(head) < 12 + 4 * count:
+        return None
+    header = 12 + 4 * count
+    if count:
+        header += (-header) % _BLCKSZ
+    if size != header + count * _BLCKSZ:
+        return None
+    return set(struct.unpack(f"={count}I", head[12:12 + 4 * count]))
+
+
 class TarWriter:
     """Writes a ustar stream's members under `target` as it passes (no tar process, no copies).
 
@@ -337,14 +362,31 @@ class TarWriter:
     holds `..`, or whose type is anything else raises OperationFailed and the caller
     discards `target`. It never creates a link, so no path can leave `target`. Files are
     0600 and folders 0700, as PostgreSQL wants them; nothing is fsynced (see `extract`).
+
+    For a chain (restore._unpack_chain): `blocks` ({path: block numbers}) is filled with the
+    blocks each `INCREMENTAL.<file>` member of an incremental base backup holds, read from its
+    header (PostgreSQL's format: magic, block count, truncation length, block numbers);
+    `skip` (such a dict, from the chain's later members) names blocks of the full base
+    backup's files that are not written: pg_combinebackup takes every block a later
+    incremental holds from that incremental and never reads the older copy (reconstruct.c
+    fills each block from the newest backup holding it, and copies a whole file only when no
+    later one holds any of its blocks), so those blocks are left as holes and the file gets
+    its full size. `incremental_sizes_ok` turns False when an incremental member's size does
+    not match its header (then no block may be skipped).
     """
 
-    def __init__(self, target: Path, what: str):
+    def __init__(self, target: Path, what: str, blocks: dict[str, set[int]] | None = None,
+                 skip: dict[str, set[int]] | None = None):
         self.target, self.what = target, what
         self._head, self._left, self._pad, self._fd = bytearray(), 0, 0, None
         self._made: set[Path] = set()  # folders already made: one mkdir per folder, not per member
         self.files = 0
         self.ended = False
+        self._blocks, self._skip = blocks, skip
+        self._holes: set[int] | None = None  # the current file's blocks not written (skip)
+        self._inc: tuple[str, bytearray] | None = None  # the current INCREMENTAL member: (path, header so far)
+        self._off = self._size = 0
+        self.incremental_sizes_ok = True
 
     def _fail(self, why: str) -> None:
         raise OperationFailed(f"{self.what}: {why}; nothing restored from it")
@@ -384,10 +426,15 @@ class TarWriter:
         except OSError as exc:  # a name that is both a file and a folder, a full disk
             self._fail(f"member {name!r} can't be written ({exc.strerror})")
         self._left, self._pad = size, (-size) % 512
+        self._off, self._size = 0, size
         self.files += 1
+        rel = "/".join(parts)
+        self._holes = self._skip.get(rel) if self._skip else None
+        self._inc = None
+        if self._blocks is not None and parts[-1].startswith(_INCREMENTAL):
+            self._inc = ("/".join(parts[:-1] + [parts[-1][len(_INCREMENTAL):]]), bytearray())
         if not size:
-            os.close(self._fd)
-            self._fd = None
+            self._end_member()
 
     def feed(self, data: bytes) -> None:
         """Write the next bytes of the stream (any block size); OperationFailed for a refused member."""
@@ -397,15 +444,20 @@ class TarWriter:
         while i < n:
             if self._left:
                 take = min(self._left, n - i)
-                while take:  # os.write may write less than asked
+                if self._inc is not None:
+                    self._capture(view[i:i + take])
+                if self._holes:
+                    self._write_around(view[i:i + take])
+                    i, self._left = i + take, self._left - take
+                while take and not self._holes:  # os.write may write less than asked
                     try:
                         wrote = os.write(self._fd, view[i:i + take])
                     except OSError as exc:  # ENOSPC, EDQUOT
                         self._fail(f"writing the data directory failed ({exc.strerror})")
                     i, take, self._left = i + wrote, take - wrote, self._left - wrote
+                    self._off += wrote
                 if not self._left:
-                    os.close(self._fd)
-                    self._fd = None
+                    self._end_member()
                 continue
             if self._pad:
                 skip = min(self._pad, n - i)
@@ -423,6 +475,64 @@ class TarWriter:
             if self.ended:
                 self._fail("data after the end of the archive")
             self._open(header)
+
+    def _capture(self, data) -> None:
+        """Keep the current INCREMENTAL member's header: 12 bytes, then its block numbers."""
+        import sys
+
+        head, got = self._inc[1], 0
+        while got < len(data):
+            count = min(int.from_bytes(head[4:8], sys.byteorder), _RELSEG_BLOCKS) if len(head) >= 12 else 0
+            need = 12 + 4 * count if len(head) >= 12 else 12
+            if len(head) >= need:
+                return
+            take = min(need - len(head), len(data) - got)
+            head.extend(data[got:got + take])
+            got += take
+
+    def _pwrite(self, data, at: int) -> None:
+        import os
+
+        while len(data):
+            try:
+                wrote = os.pwrite(self._fd, data, at)
+            except OSError as exc:  # ENOSPC, EDQUOT
+                self._fail(f"writing the data directory failed ({exc.strerror})")
+            data, at = data[wrote:], at + wrote
+
+    def _write_around(self, data) -> None:
+        """Write `data` (the current file's bytes from self._off) except the blocks in self._holes."""
+        off, pos, n, run = self._off, 0, len(data), None
+        while pos < n:
+            at = off + pos
+            step = min(_BLCKSZ - at % _BLCKSZ, n - pos)
+            if at // _BLCKSZ in self._holes:
+                if run is not None:
+                    self._pwrite(data[run:pos], off + run)
+                    run = None
+            elif run is None:
+                run = pos
+            pos += step
+        if run is not None:
+            self._pwrite(data[run:n], off + run)
+        self._off = off + n
+
+    def _end_member(self) -> None:
+        """The current file is complete: its size set (holes at its end), its blocks recorded."""
+        import os
+
+        if self._holes:
+            os.ftruncate(self._fd, self._size)
+        os.close(self._fd)
+        self._fd, self._holes = None, None
+        if self._inc is not None:
+            path, head = self._inc
+            self._inc = None
+            found = _incremental_blocks(bytes(head), self._size)
+            if found is None:
+                self.incremental_sizes_ok = False
+            else:
+                self._blocks.setdefault(path, set()).update(found)
 
     def close(self) -> None:
         """Release the open file, if any (also after a failure)."""
@@ -494,14 +604,17 @@ class _Ahead:
         self._thread.join()
 
 
-def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool = False) -> None:
+def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool = False,
+            blocks: dict[str, set[int]] | None = None, skip: dict[str, set[int]] | None = None) -> bool:
     """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd).
 
     The checked plaintext stream is written straight into files by TarWriter (no tar
     process); a failed check ends the stream and raises (IntegrityError or OperationFailed),
     and the caller discards `target`. Nothing is fsynced here: recovery runs with fsync off
     and an in-place restore is synced once before its swap (restore.py). `ahead`: the stream
-    is read and checked by a thread of its own while this one writes (_Ahead).
+    is read and checked by a thread of its own while this one writes (_Ahead). `blocks` and
+    `skip` as for TarWriter (a chain's incrementals fill `blocks`, its full base backup skips
+    them); returns False when an incremental member did not match its header (skip nothing).
     """
     from opsctl.backup.pipeline import unpack
 
@@ -514,7 +627,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
                     report(f"base backup {rec.id}", obj.size) if report else None)
     if ahead:
         stream = _Ahead(stream)
-    writer = TarWriter(target, f"base backup {rec.id}")
+    writer = TarWriter(target, f"base backup {rec.id}", blocks, skip)
     try:
         for block in stream:
             writer.feed(block)
@@ -529,3 +642,4 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
             stream.close()
     if not writer.files:
         raise OperationFailed(f"base backup {rec.id} holds no files; nothing restored from it")
+    return writer.incremental_sizes_ok

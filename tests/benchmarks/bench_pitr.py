@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         lport = procs.free_port()
         lpid = pg.start(root / "logical-data", lport, root / "logs" / "logical.log")
         physical_s, logical_s = [], []
+        load_before = os.getloadavg()[0]  # a shared machine: the load the figures were taken at
 
         def settle() -> None:
             """Nothing of the previous round still running: the unpacked chain a restore deletes
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = sorted(a / b for a, b in zip(physical_s, logical_s))
         figures["physical_over_logical_restore_min"], figures["physical_over_logical_restore_max"] = pairs[0], pairs[-1]
         print(f"  spread of the {args.rounds} alternated pairs: ratio {pairs[0]:.2f} .. {pairs[-1]:.2f} "
-              f"({', '.join(f'{r:.2f}' for r in pairs)})")
+              f"({', '.join(f'{r:.2f}' for r in pairs)}); load average (1 min) {load_before:.1f} before the "
+              f"rounds, {os.getloadavg()[0]:.1f} after")
         print(f"physical restore (chain of {len(result.chain)}, {result.segments} WAL files, {result.rows} rows "
               f"checked) {physical:.2f} s; pg_restore --jobs 2 {logical:.2f} s (medians of {args.rounds}): "
               f"ratio {figures['physical_over_logical_restore']:.2f} (target < 1.0)")
