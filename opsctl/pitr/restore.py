@@ -839,7 +839,9 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     Embedded platform: plan (refuses a target outside the window; nothing touched), then
     `approve(plan)` when it would overwrite the live server (raise to stop), run, and always
     drop what plan staged; returns a PitrResult. In place, the environment's deploy lease is
-    held throughout (opsctl.pitr.lease: UsageError at once while a deploy or failover holds it).
+    held throughout (opsctl.pitr.lease: UsageError at once while a deploy or failover holds it),
+    and it is refused (UsageError, nothing changed) while a local failover is pending
+    (standby.refuse_pending: its journal names the fenced old primary and the standby to promote).
     Kubernetes: RDS's restore to a time into the
     new instance `target_instance`; returns an rds.RdsRestoreResult. `report(what, total)` as
     for backups. UsageError for bad input, OperationFailed when the restore fails.
@@ -864,6 +866,10 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     # in place it replaces the live server: the environment's deploy lease is held, so a
     # deploy or failover racing it is refused (and it is refused while one runs)
     with nullcontext() if beside else lease.held(project, env, "restore"):
+        if not beside:  # a pending failover's fenced primary and standby are not this restore's to replace
+            from opsctl.pitr.standby import refuse_pending
+
+            refuse_pending(project, env, "an in-place restore")
         # a base backup found damaged while unpacking (its tar fails its check: nothing live was
         # touched yet) is passed over and the newest chain without it tried, down to none
         damaged: dict[str, str] = {}

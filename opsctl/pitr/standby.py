@@ -212,7 +212,7 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
 
     _local(project, env)  # a non-local environment or a platform never started: said before the lease
     with lease.held(project, env, "standby"):
-        _refuse_pending(project, env, "building a standby")
+        refuse_pending(project, env, "building a standby")
         return _start_standby(project, env, report, timeout)
 
 
@@ -349,11 +349,15 @@ def remove_standby(project: Project, env: Environment) -> bool:
 
     _local(project, env)
     with lease.held(project, env, "standby"):
-        _refuse_pending(project, env, "removing the standby")
+        refuse_pending(project, env, "removing the standby")
         return stop_standby(project, env)
 
 
-def _refuse_pending(project: Project, env: Environment, what: str) -> None:
+def refuse_pending(project: Project, env: Environment, what: str) -> None:
+    """UsageError (exit 2, nothing changed) naming `what` ("removing the standby", "an in-place
+    restore") while a local failover of `env` is pending (its journal
+    `.opsctl/failover/<env>.pending.json` exists): the old primary is fenced and the standby is
+    the server meant to become the primary; finish it (`failover`) or undo it (`--abandon`) first."""
     doc = _pending(project, env)
     if doc is not None:
         raise UsageError(f"{what} refused: a failover of {env.name} interrupted at '{doc.get('stage')}' is pending "

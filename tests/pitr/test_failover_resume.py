@@ -84,10 +84,11 @@ def _read_only(port) -> bool:
 
 
 def test_a_pending_failover_whose_standby_is_gone_is_refused_and_can_be_abandoned(pitr, runner):
-    """Issue 22 review (break 1): `dr standby --stop` (and a new build) is refused while a failover
-    journal is pending; when the standby is removed anyway (an in-place restore's _drop_standby
-    calls stop_standby), the rerun refuses in one line (exit 2) instead of recording a failover
-    that promoted nothing, and `failover --abandon` unfences the old primary, writable again."""
+    """Issue 22 review (break 1): `dr standby --stop` (and a new build) and an in-place restore to a
+    time are refused while a failover journal is pending; when the standby is removed anyway
+    (stop_standby, what an in-place restore did to it before it was refused here), the rerun
+    refuses in one line (exit 2) instead of recording a failover that promoted nothing, and
+    `failover --abandon` unfences the old primary, writable again."""
     from opsctl.pitr import standby
 
     assert pitr.cli(runner, "backup", "base").exit_code == 0
@@ -100,8 +101,17 @@ def test_a_pending_failover_whose_standby_is_gone_is_refused_and_can_be_abandone
     for args in (["--stop"], []):
         r = pitr.cli(runner, "dr", "standby", "--env", "local", *args)
         assert r.exit_code == 2 and "refused" in r.output and "--abandon" in r.output, r.output
+    # an in-place restore would start a writable primary in place of the fenced one and remove the
+    # standby meant to become the primary: refused in one line, before anything is unpacked
+    data_root = pitr.state().data("postgres").parent
+    folders = sorted(p.name for p in data_root.iterdir())
+    r = pitr.cli(runner, "restore", "--env", "local", "--to-time", "latest", "--yes")
+    assert r.exit_code == 2, r.output
+    assert "an in-place restore refused" in r.output and "failover --env local --abandon" in r.output, r.output
+    assert "Traceback" not in r.output and sorted(p.name for p in data_root.iterdir()) == folders
+    assert (pitr.state().data("postgres") / "standby.signal").exists()  # the old primary is still fenced
     assert "postgres-standby" in pitr.state().components and pitr.state().data("postgres-standby").is_dir()
-    assert standby.stop_standby(pitr.project(), pitr.env())  # what an in-place restore does to it
+    assert standby.stop_standby(pitr.project(), pitr.env())  # removed anyway (by hand)
     r = pitr.cli(runner, "failover", "--env", "local", "--yes", "--json")
     assert r.exit_code == 2, r.output
     assert "is gone" in r.output and "--abandon" in r.output and "read-only" in r.output, r.output
