@@ -148,7 +148,7 @@ def restore(
     components: Annotated[str | None, typer.Option("--components", help="Comma-separated: db,redis,files,rds-snapshot,elasticache-snapshot (default: db, redis and files in the backup).")] = None,
     target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database under this name and stop there.")] = None,
     target_instance: Annotated[str | None, typer.Option("--target-instance", help="Create this new RDS instance / ElastiCache replication group from the backup's native snapshot.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs: backup restores only (--to-time/--to-lsn unpack two base backups at a time).")] = 1,
     no_owner: Annotated[bool, typer.Option("--no-owner", help="Don't restore owners and grants: objects belong to the restoring role (or --role). For restores across environments.")] = False,
     role: Annotated[str | None, typer.Option("--role", metavar="NAME", help="Restore as this role (pg_restore --role).")] = None,
     allow_damaged: Annotated[bool, typer.Option("--allow-damaged", help="Restore a backup named by --id even though its verify failed (it is still checked object by object).")] = False,

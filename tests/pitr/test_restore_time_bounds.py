@@ -28,3 +28,17 @@ def test_the_cli_says_it_in_one_line_exit_2(tmp_path):
                                  "9999-12-31T23:59:59-01:00", "--target-instance", "new1", "--yes"])
     print(r.output)
     assert r.exit_code == 2 and "unexpected" not in r.output, r.output
+
+
+def test_restore_help_says_jobs_is_for_backup_restores_only():
+    """Issue 22 (session 9): --jobs is pg_restore's; a restore to a time unpacks two base backups at
+    a time whatever it says, and --help says so instead of letting it look like it applies."""
+    from typer.testing import CliRunner
+
+    from opsctl.cli import app
+
+    r = CliRunner().invoke(app, ["restore", "--help"], terminal_width=400)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.replace("│", " ").split())
+    assert "Parallel pg_restore jobs: backup restores only (--to-time/--to-lsn unpack two base backups at a time)" \
+        in text, text
