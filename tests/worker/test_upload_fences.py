@@ -12,7 +12,8 @@ end the database recorded but Redis never heard of (the worker killed in between
 good by the retried complete or cancel, the refund once per upload; a presigned upload's
 cancel refunds only the bytes never PUT; a mime_type that is no media type is refused at create;
 a job whose file changed in S3 after it was made fails and stores no transcript; the end
-statement of a worker version before claims fails while a claim holds the upload; and what a
+statement of a worker version before claims fails while a claim holds the upload, and the
+holder makes good what that version's S3 work did; and what a
 stalled complete killed after its late assembly leaves is removed by the keeper's sweep (the
 last test: it kills worker A).
 """
