@@ -200,7 +200,8 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
         return planned
     if approve is not None:
         approve(f"delete {len(planned.removed)} base backup(s) and {planned.wal_removed} WAL object(s)")
-    return retention.prune(repo, key, sysid, keep_full, False, path)
+    # the dry run's verdicts (each kept full base backup read whole) are not read again
+    return retention.prune(repo, key, sysid, keep_full, False, path, planned.proven)
 
 
 def window(project: Project, env: Environment, operation: str, subject: str, checks: list[str] | None = None):

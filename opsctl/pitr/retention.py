@@ -3,6 +3,13 @@ incremental chains, and WAL only from the oldest kept base backup's start on. On
 backups a restore can use count (whole, on the newest timeline's history: chain.inventory);
 one on a branch a restore abandoned is removed, a damaged one is left for a person.
 
+Only *valid* full base backups count towards `keep_full` (pgBackRest and Barman expire by the
+count of good backups, never of whatever is listed): before anything is removed, each full
+base backup about to be kept is proven restorable by reading it as a restore would (every
+object: SHA-256, authentication, zstd) and the WAL from its start to its stop (present and
+authentic: without it the copy never becomes consistent). One that fails is not counted (and
+not removed: it is named in `damaged` for a person); the next older one is proven in its place.
+
 pgBackRest's `repo-retention-full` rule: a WAL segment is removed only when no kept base
 backup needs it (its number is below every kept base backup's first segment, on every
 timeline). Timeline history files are always kept (a few bytes each; recovery follows
@@ -28,14 +35,47 @@ class ChainPruneResult:
     wal_removed: int = 0
     wal_kept_from: str | None = None  # the first segment kept
     dry_run: bool = False
+    damaged: dict[str, str] = field(default_factory=dict)  # id -> why: not counted, not removed
+    proven: dict[str, str] = field(default_factory=dict)  # id -> "" (read whole) or why not
+
+
+def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objects: dict,
+           path: list[tuple[int, int | None]]) -> str:
+    """'' when full base backup `b` restores: its objects read and checked as a restore reads
+    them, and every WAL segment from its start to its stop on `path` present and authentic;
+    else why not (one line)."""
+    from opsctl.backup.crypto import IntegrityError
+    from opsctl.pitr import chain
+
+    why: dict[str, str] = {}
+    chain.whole_bases(repo, key, [b], why, names, read=True)
+    if b.id in why:
+        return why[b.id]
+    for n in range(layout.segno(layout.lsn(b.start_lsn)), layout.segno(layout.lsn(b.stop_lsn)) + 1):
+        file = layout.segment(layout.timeline_of(n, path), n)
+        errors = []
+        for obj in objects.get(file, []):
+            try:
+                chain.open_wal(repo, key, sysid, obj)
+                break
+            except IntegrityError as exc:
+                errors.append(str(exc))
+        else:
+            return (f"WAL {file} it needs to become consistent is "
+                    + (f"not authentic ({errors[0]})" if errors else "missing"))
+    return ""
 
 
 def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
-          path: list[tuple[int, int | None]] | None = None) -> ChainPruneResult:
+          path: list[tuple[int, int | None]] | None = None,
+          proven: dict[str, str] | None = None) -> ChainPruneResult:
     """Keep the newest `keep_full` full base backups with their incrementals and the WAL from the
     oldest kept one's start; remove older base backups and WAL below it (nothing with `dry_run`).
     UsageError for `keep_full` < 1. `path`: the live server's timeline path (base.server_path),
-    used when it is newer than the repository's (its history file may not be uploaded yet)."""
+    used when it is newer than the repository's (its history file may not be uploaded yet).
+    Only full base backups proven restorable (_prove: read whole, WAL to consistency) count;
+    `proven`: verdicts of an earlier call ({id: '' or why}, e.g. the dry run's `proven`),
+    not read again."""
     if keep_full < 1:
         raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
                          "backup restores nothing")
@@ -51,16 +91,30 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
         listed.path = path
     usable = [b for b in bases if chain.on_path(b, listed.path)]
     fulls = sorted((b for b in usable if b.kind == "full"), key=lambda b: layout.lsn(b.stop_lsn))
-    kept_roots = {b.id for b in fulls[-keep_full:]}
-    kept = [b for b in usable if bb.chain_of(bases, b)[0].id in kept_roots] if fulls else []
-    out = ChainPruneResult(kept=[b.id for b in kept], dry_run=dry_run,
-                           removed=[b.id for b in bases if b.id not in {k.id for k in kept}])
-    if not kept:
-        return out
-    first = min(layout.segno(layout.lsn(b.start_lsn)) for b in kept)
-    out.wal_kept_from = layout.segment(min(b.timeline for b in kept), first)
     names = repo.names(layout.root(sysid) + "/")
     files, _ = layout.parse_wal(sysid, names)
+    verdicts = dict(proven or {})
+    kept_roots: set[str] = set()
+    damaged: dict[str, str] = {}
+    for f in reversed(fulls):  # newest first, until keep_full of them are proven
+        if len(kept_roots) == keep_full:
+            break
+        if f.id not in verdicts:
+            verdicts[f.id] = _prove(repo, key, sysid, f, names, files, listed.path)
+        if verdicts[f.id]:
+            damaged[f.id] = verdicts[f.id]
+        else:
+            kept_roots.add(f.id)
+    kept = [b for b in usable if bb.chain_of(bases, b)[0].id in kept_roots]
+    # the incrementals of a damaged full are left with it (for a person), never counted
+    spared = {b.id for b in bases if bb.chain_of(bases, b)[0].id in damaged}
+    out = ChainPruneResult(kept=[b.id for b in kept], dry_run=dry_run, damaged=damaged, proven=verdicts,
+                           removed=[b.id for b in bases if b.id not in {k.id for k in kept} | spared]
+                           if kept else [])
+    if not kept:
+        return out  # nothing proven restorable: nothing is removed
+    first = min(layout.segno(layout.lsn(b.start_lsn)) for b in kept)
+    out.wal_kept_from = layout.segment(min(b.timeline for b in kept), first)
     doomed = [o.name for f, objs in files.items() if not f.endswith(".history")
               and layout.parse_segment(f[:24])[1] < first for o in objs]
     head = layout.dropped_prefix(sysid)

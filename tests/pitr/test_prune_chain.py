@@ -48,3 +48,45 @@ def test_prune_keeps_the_newest_full_chain_and_the_wal_it_needs(pitr, runner):
 def test_keep_full_zero_is_refused(pitr, runner):
     r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "0", "--yes")
     assert r.exit_code == 2 and "at least 1" in r.output
+
+
+def test_prune_counts_only_base_backups_proven_restorable(pitr, runner):
+    """A full base backup damaged inside (one byte of its tar flipped, size unchanged) and a newer
+    one whose WAL to consistency is tampered are not counted by --keep-full 1: the older good one
+    is kept with the WAL it needs, the damaged ones are named and left, and a restore still works."""
+    from opsctl.pitr import layout
+
+    good = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)
+    pitr.sql("insert into events(note) values ('after good')")
+    rotten = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)
+    pitr.sql("insert into events(note) values ('after rotten')")
+    unsound = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)
+    pitr.wait_archived()
+    sysid = pitr.sysid()
+    repo_dir = pitr.root / "repo"
+    tar = repo_dir / layout.base_prefix(sysid) / rotten["id"] / "base.tar.zst"
+    raw = bytearray(tar.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    tar.write_bytes(bytes(raw))
+    files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
+    start = layout.segment(unsound["timeline"], layout.segno(layout.lsn(unsound["start_lsn"])))
+    for obj in files[start]:
+        seg = repo_dir / obj.name
+        raw = bytearray(seg.read_bytes())
+        raw[len(raw) // 2] ^= 1
+        seg.write_bytes(bytes(raw))
+    r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["kept"] == [good["id"]]
+    assert set(doc["damaged"]) == {rotten["id"], unsound["id"]}
+    assert "fails its check" in doc["damaged"][rotten["id"]] and start in doc["damaged"][unsound["id"]]
+    assert good["id"] not in doc["removed"] and rotten["id"] not in doc["removed"]
+    listed = {n.split("/")[-2] for n in pitr.repo().names(layout.base_prefix(sysid))}
+    assert {good["id"], rotten["id"], unsound["id"]} <= listed
+    # the good one still restores, up to the tampered segment
+    back = pitr.cli(runner, "restore", "--to-time", good["finished_at"], "--beside", "--json")
+    assert back.exit_code == 0, back.output
+    from opsctl.local import postgres as pg
+
+    pg.stop(json.loads(back.stdout)["pid"])
