@@ -197,14 +197,38 @@ class Archiver:
     A segment is filed under the cluster its own header names. History and backup-history files
     carry no identifier: they go under the cluster the queued segments of their timeline name
     (after a lost data directory the old cluster's history file waits beside its segments),
-    under `sysid` when none is queued, and to quarantine when those segments name two."""
+    under `sysid` when none is queued, and to quarantine when those segments name two.
+    With `data` (the data directory), `sysid` follows the cluster there: re-read (pg_controldata)
+    whenever its global/pg_control is another file than last seen, so an archiver that outlived
+    a lost data directory files the new cluster's history files and gaps under the new cluster."""
 
     GAP_CHECK_SECONDS = 2.0  # how often, while gaps are kept, the base backups are listed
 
-    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1):
+    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1, data: Path | None = None):
         self.repo, self.key, self.sysid, self.queue, self.level = repo, key, sysid, queue, level
+        self.data = data
+        self._control_seen: tuple[int, int] | None = None
         self._gap_checked = 0.0
         self._bases_seen: tuple | None = None
+
+    def follow_cluster(self) -> str:
+        """The live cluster's system identifier, re-read from `data` when its pg_control is a new
+        file (a new cluster: initdb after a lost data directory, or a restored copy swapped in).
+        Without `data`, or while it has no pg_control, the one known stays."""
+        if self.data is None:
+            return self.sysid
+        try:
+            st = (self.data / "global" / "pg_control").stat()
+        except OSError:
+            return self.sysid
+        if (st.st_dev, st.st_ino) != self._control_seen:
+            now = system_identifier(self.data)
+            if now != self.sysid:
+                log.warning("the data directory %s now holds cluster %s (was %s): what names no cluster "
+                            "is filed under %s from now on", self.data, now, self.sysid, now)
+                self.sysid, self._bases_seen = now, None
+            self._control_seen = (st.st_dev, st.st_ino)
+        return self.sysid
 
     def _timeline_clusters(self, files: list[str]) -> dict[int, set[str]]:
         """{timeline: system identifiers the headers of the queued segments `files` of it name}
@@ -320,6 +344,7 @@ class Archiver:
         under their segment's cluster; the live cluster's stay in `.gaps/` until a base backup
         covers them (see clear_gaps)."""
         result = DrainResult()
+        self.follow_cluster()
         pending = self._pending()
         clusters = self._timeline_clusters(pending)
         for file in pending:
@@ -362,6 +387,7 @@ class Archiver:
         in that cluster's dropped/ folder of the repository, logged). Lists the base backups at
         most every GAP_CHECK_SECONDS and reads them only when that list changed. Returns the
         files cleared."""
+        self.follow_cluster()
         gaps = self.queue / GAPS
         marks = sorted(p for p in gaps.iterdir() if not p.name.startswith(".")) if gaps.is_dir() else []
         now = time.monotonic()
@@ -445,7 +471,7 @@ def for_environment(project, env, data: Path, queue: Path) -> Archiver:
     from opsctl.pitr.ops import sealed_repository
 
     repo, key = sealed_repository(project, env, initialise=True)
-    return Archiver(repo, key, system_identifier(data), queue, env.backup.compress_level)
+    return Archiver(repo, key, system_identifier(data), queue, env.backup.compress_level, data=data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--queue", required=True)
     parser.add_argument("--interval", type=float, default=0.5)
+    # the cluster the supervisor started it for: a label `local up` compares with the data
+    # directory's (pitr.local.ensure_archiver); the archiver itself follows the data directory
+    parser.add_argument("--sysid", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     import faulthandler

@@ -42,6 +42,15 @@ def ensure_archiver(project, env, state) -> str:
 
     comp = state.components.get(COMPONENT)
     running = _running(state)
+    try:
+        sysid = archive.system_identifier(state.data("postgres"))
+    except OpsError:
+        sysid = None  # no cluster to compare with; for_environment below says why, if it matters
+    if running is not None and sysid is not None and _cluster_of(running) != sysid:
+        # started for another cluster (the data directory was lost and made anew): an adopted
+        # archiver would file the new cluster's timeline history under the old one
+        stop_archiver(state)
+        running = _running(state)
     if running is not None:  # adopted, even when a killed `up` never recorded it
         state.components[COMPONENT] = comp = comp or st.Component(port=0)
         comp.pid = running
@@ -51,7 +60,8 @@ def ensure_archiver(project, env, state) -> str:
     except OpsError as exc:
         return f"WAL archiving waits in the local queue: {credentials(str(exc))}"
     pid = procs.spawn([sys.executable, "-m", HINT, "--root", str(project.root), "--env", env.name,
-                       "--data", str(state.data("postgres")), "--queue", str(queue_dir(state))],
+                       "--data", str(state.data("postgres")), "--queue", str(queue_dir(state)),
+                       *(["--sysid", sysid] if sysid else [])],
                       state.log(COMPONENT), pidfile=state.pidfile(COMPONENT))  # written by the process itself
     state.components[COMPONENT] = comp = comp or st.Component(port=0)
     comp.pid = pid
@@ -66,6 +76,18 @@ def stop_archiver(state) -> bool:
     stopped = pid is not None and procs.stop(pid, 30, HINT)
     state.pidfile(COMPONENT).unlink(missing_ok=True)
     return stopped
+
+
+def _cluster_of(pid: int) -> str | None:
+    """The cluster (`--sysid`) archiver `pid` was started for; None when it names none (one
+    started by a version before the label) or is gone."""
+    import psutil
+
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return argv[argv.index("--sysid") + 1] if "--sysid" in argv[:-1] else None
 
 
 def _running(state) -> int | None:

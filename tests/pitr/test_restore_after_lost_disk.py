@@ -41,6 +41,36 @@ def test_after_a_lost_data_directory_and_a_new_cluster_latest_restores_the_old_o
     assert got == live
 
 
+def test_local_up_after_a_lost_data_directory_replaces_the_archiver_of_the_old_cluster(pitr, tmp_path):
+    """The archiver still running from before the data directory was lost was adopted by
+    `local up` and kept the old cluster's system identifier: the new cluster's timeline history
+    was filed under the old one. Now `local up` restarts an archiver started for another
+    cluster, and an archiver follows its data directory's cluster for what names none.
+    (Runs on the cluster the previous test made anew.)"""
+    from opsctl.local import procs
+    from opsctl.pitr import archive, layout
+    from opsctl.pitr.ops import repository
+
+    stale = pitr.state().components["archiver"].pid
+    pitr.ensure_archiver()  # what `opsctl local up` does after starting PostgreSQL
+    fresh = pitr.state().components["archiver"].pid
+    assert fresh != stale and not procs.alive(stale, "opsctl.pitr.archive")
+    assert pitr.sysid() in " ".join(__import__("psutil").Process(fresh).cmdline())
+    # an archiver that knew the old cluster files a queued history file under the new one
+    env = pitr.env()
+    scratch = env.model_copy(update={"backup": env.backup.model_copy(
+        update={"repository": f"file://{tmp_path / 'repo'}"})})
+    repo = repository(pitr.project(), scratch)
+    queue = tmp_path / "queue"
+    archive.prepare_queue(queue, None)
+    (queue / "00000002.history").write_text("1\t0/9000000\tno recovery target specified\n")
+    gone = "7" * 19
+    archive.Archiver(repo, pitr.key(), gone, queue, data=pitr.state().data("postgres")).drain()
+    files, _ = layout.parse_wal(pitr.sysid(), repo.names(layout.wal_prefix(pitr.sysid())))
+    assert list(files) == ["00000002.history"]
+    assert not repo.names(layout.root(gone) + "/")
+
+
 def test_an_in_place_swap_interrupted_between_its_renames_puts_the_live_data_directory_back(pitr, runner, monkeypatch):
     """Issue 22 review: Ctrl-C / SIGTERM (taken as Ctrl-C) between the swap's two renames
     (live -> postgres.before-*, restored -> postgres) left no data/postgres: the cleanup removed
