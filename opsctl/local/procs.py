@@ -8,6 +8,7 @@ opsctl recorded: `down` never kills a process it did not start.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -43,9 +44,58 @@ def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
 _PIDFILE_SH = 'echo $$ > "$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"'
 
 
+# names of environment variables that hold a secret: keys, tokens, passwords, credentials, and
+# URLs (a database, Redis, webhook or Slack URL carries its password or token). What opsctl
+# itself reads is among them: OPSCTL_BACKUP_KEY, OPSCTL_WORKER_API_KEY, OPSCTL_DATABASE_URL,
+# OPSCTL_REDIS_URL, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, PGPASSWORD,
+# the alert sinks' *_URL / ROUTING_KEY / SMTP password variables.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|"
+                          r"WEBHOOK|DSN|URLS?$|URIS?$|^PGPASS|^AWS_|^PULUMI_CONFIG|^KUBECONFIG$", re.I)
+_secret_names: set[str] = set()  # named by the project's opsctl.yaml (`*_env` settings)
+
+
+def remember_secrets(env) -> None:
+    """Remember the environment variables environment `env` (opsctl.config.Environment) names
+    as holding a secret (every `*_env` setting: backup.key_env, deploy.api_key_env, the sinks'
+    url_env/password_env...), so `spawn` keeps them from child processes whatever their name."""
+    from opsctl.runbook.secrets import environment_secret_names
+
+    _secret_names.update(environment_secret_names(env, {}))
+
+
+def is_secret(name: str, value: str = "") -> bool:
+    """Whether environment variable `name` holds (or may hold) a secret: its name says so
+    (_SECRET_NAME, runbook.secrets' KNOWN_SECRET_ENV), the configuration named it
+    (remember_secrets), or `value` holds one (a URL with a password, a key=value password, a
+    value opsctl.redact remembered)."""
+    from opsctl.redact import credentials
+    from opsctl.runbook.secrets import KNOWN_SECRET_ENV, SECRET_NAME
+
+    if name in _secret_names or name in KNOWN_SECRET_ENV:
+        return True
+    # a key's hashes (the worker's WORKER_API_KEY_HASHES) are what a server checks keys against,
+    # not a key: a worker started by `local up` still inherits them
+    named = not name.endswith("_HASHES") and bool(_SECRET_NAME.search(name) or SECRET_NAME.search(name))
+    return named or (bool(value) and credentials(value) != value)
+
+
+def inherited_environment(secrets: bool = False) -> dict[str, str]:
+    """This process's environment for a child: without the variables that hold a secret
+    (is_secret) unless `secrets` (the archiver: it seals WAL with the backup key and writes to
+    the repository)."""
+    return {k: v for k, v in os.environ.items() if secrets or not is_secret(k, v)}
+
+
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None, user: str | None = None, pidfile: Path | None = None) -> int:
+          cwd: Path | None = None, user: str | None = None, pidfile: Path | None = None,
+          secrets: bool = False) -> int:
     """Start a server in its own session, appending its output to `log`; return its PID.
+
+    It inherits this process's environment without the secrets it holds (is_secret: the backup
+    key, API keys, cloud credentials, URLs with passwords): a server never needs them, and
+    PostgreSQL's superuser could read them from /proc/<pid>/environ. `env`'s variables are
+    passed as given (the caller chose them); `secrets=True` keeps the inherited ones (only the
+    archiver, which uses the backup key and the repository's credentials).
 
     With `pidfile`, the PID is written there by the process itself before the server runs
     (a `/bin/sh` that `exec`s it), so an opsctl killed right after the fork still leaves a
@@ -61,7 +111,7 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
     with open(log, "ab", opener=_private_file) as out:
         proc = subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True, user=user,
+            env={**inherited_environment(secrets), **(env or {})}, cwd=cwd, start_new_session=True, user=user,
             umask=0o077,
         )
     return proc.pid

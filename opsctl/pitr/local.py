@@ -27,7 +27,9 @@ def queue_dir(state) -> Path:
 def server_settings(state, env) -> dict[str, str]:
     """Settings for the platform's PostgreSQL: archiving into the queue, WAL summaries."""
     from opsctl.local import postgres as pg
+    from opsctl.local import procs
 
+    procs.remember_secrets(env)  # kept out of the server's environment, whatever their names
     queue = queue_dir(state)
     archive.prepare_queue(queue, pg.run_as())
     return archive.server_settings(queue, env.backup.archive_timeout, env.backup.archive_queue)
@@ -62,7 +64,8 @@ def ensure_archiver(project, env, state) -> str:
     pid = procs.spawn([sys.executable, "-m", HINT, "--root", str(project.root), "--env", env.name,
                        "--data", str(state.data("postgres")), "--queue", str(queue_dir(state)),
                        *(["--sysid", sysid] if sysid else [])],
-                      state.log(COMPONENT), pidfile=state.pidfile(COMPONENT))  # written by the process itself
+                      state.log(COMPONENT), pidfile=state.pidfile(COMPONENT),  # written by the process itself
+                      secrets=True)  # the one child that needs the backup key and the repository's credentials
     state.components[COMPONENT] = comp = comp or st.Component(port=0)
     comp.pid = pid
     return ""

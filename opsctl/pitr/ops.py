@@ -33,7 +33,9 @@ def sealed_repository(project: Project, env: Environment, initialise: bool = Fal
     a repository is never made unencrypted behind the user's back.
     """
     from opsctl.backup import keys
+    from opsctl.local import procs
 
+    procs.remember_secrets(env)  # the servers a PITR operation starts never inherit them
     repo = repository(project, env)
     key = keys.load(project, env, required=False)
     try:

@@ -133,3 +133,30 @@ def test_a_queued_file_archived_before_with_other_bytes_is_a_loud_conflict(pitr,
         assert checked.status == Status.CRITICAL and "already archived with other content" in checked.message
     finally:
         shutil.rmtree(live_marks)
+
+
+def test_no_secret_reaches_the_servers_environment_but_the_archivers_key(pitr, tmp_path, monkeypatch):
+    """The backup key was in PostgreSQL's environment, where its superuser reads it with
+    pg_read_binary_file('/proc/<pid>/environ'). Now a server started by opsctl inherits no
+    secret (keys, tokens, cloud credentials, URLs with a password, names opsctl.yaml gives);
+    only the archiver keeps what it needs to seal and store WAL."""
+    from opsctl.local import procs
+    from pitr_support import KEY
+
+    (environ,) = pitr.sql("select pg_read_binary_file(%s)", (f"/proc/{pitr.pid}/environ",), db="postgres")[0]
+    assert b"OPSCTL_BACKUP_KEY" not in environ and KEY.encode() not in environ
+    archiver = pitr.state().components["archiver"].pid
+    assert f"OPSCTL_BACKUP_KEY={KEY}".encode() in open(f"/proc/{archiver}/environ", "rb").read()
+    planted = {"AWS_SECRET_ACCESS_KEY": "aws-secret-1", "SLACK_WEBHOOK_URL": "https://hooks.example/T0/B0/tok",
+               "SMTP_PASSWORD": "smtp-secret-1", "OPS_DB": "postgresql://ops:db-secret-1@db/ops",
+               "OPSCTL_WORKER_API_KEY": "api-secret-1", "LANG": "C.UTF-8"}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    pid = procs.spawn(["/bin/sleep", "30"], tmp_path / "sleep.log", env={"GIVEN": "kept"})
+    try:
+        seen = dict(line.split("=", 1) for line in
+                    open(f"/proc/{pid}/environ", "rb").read().decode().split("\0") if "=" in line)
+    finally:
+        procs.stop(pid, 5)
+    assert not {n for n in planted if n != "LANG"} & set(seen), seen
+    assert seen["LANG"] == "C.UTF-8" and seen["GIVEN"] == "kept" and "PATH" in seen
