@@ -330,16 +330,25 @@ def _check_all(repo, key, sysid: str, todo: list, inv: Inventory, bad_at: dict, 
                     inv.problems.remove(bad_at[n])
 
 
+_ZEROS = bytes(1 << 16)
+
+
 def stage_file(stage: Path, file: str, plain: bytes) -> None:
     """Write one checked WAL file's plaintext `plain` as `stage/file` (whole, by rename). Decrypted
-    WAL is the database's data: 0600 files in a 0700 folder."""
+    WAL is the database's data: 0600 files in a 0700 folder. Its zero tail is not written but
+    left a hole of the file's size (reads give the same zeros): a segment switched by
+    archive_timeout is mostly zeros, 16 MB of page cache each for nothing."""
     import os
 
     stage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    view, end = memoryview(plain), len(plain)
+    while end and plain[max(0, end - len(_ZEROS)):end] == _ZEROS[:min(end, len(_ZEROS))]:
+        end = max(0, end - len(_ZEROS))
     tmp = stage / f".{file}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(plain)
+        fh.write(view[:end])
+        fh.truncate(len(plain))
     tmp.replace(stage / file)
 
 

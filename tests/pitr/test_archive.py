@@ -101,6 +101,24 @@ def test_staged_wal_for_a_restore_is_private(tmp_path):
     assert stat.S_IMODE((stage / "000000010000000000000001").stat().st_mode) == 0o600
 
 
+def test_a_staged_segment_reads_back_whole_without_its_zero_tail_written(tmp_path):
+    """Issue 22 (session 9): a segment switched by archive_timeout is mostly zeros; staged for a
+    restore it reads back byte for byte at its full size, its zero tail a hole, not 16 MB of writes."""
+    import os
+
+    from opsctl.pitr import chain
+
+    size = 16 << 20
+    for name, data, hole in [("000000010000000000000002", b"\x01" * 100_000 + bytes(size - 100_000), True),
+                             ("000000010000000000000003", bytes(size), True),
+                             ("000000010000000000000004", os.urandom(4096) * (size // 4096), False)]:
+        chain.stage_file(tmp_path, name, data)
+        staged = tmp_path / name
+        assert staged.read_bytes() == data
+        written = staged.stat().st_blocks * 512  # bytes the file system holds for it
+        assert (written < 1 << 20) if hole else (written >= size), (name, written)
+
+
 def test_a_queued_file_archived_before_with_other_bytes_is_a_loud_conflict(pitr, tmp_path):
     # a repeat with the same bytes is skipped; other bytes under the same name (two servers on
     # one timeline) stay queued, raise, and leave a marker the health check reports: never a
