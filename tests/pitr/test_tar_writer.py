@@ -26,8 +26,8 @@ def _tar(members) -> bytes:
     return buf.getvalue()
 
 
-def _feed(target, data: bytes, step: int) -> TarWriter:
-    w = TarWriter(target, "base backup X")
+def _feed(target, data: bytes, step: int, **kw) -> TarWriter:
+    w = TarWriter(target, "base backup X", **kw)
     try:
         for i in range(0, len(data), step):
             w.feed(data[i:i + step])
@@ -94,17 +94,6 @@ def _incremental(blocks: list[int], truncation: int, fill: int) -> bytes:
     return head + bytes([fill]) * (8192 * len(blocks))
 
 
-def _feed_with(target, data: bytes, step: int, **kw) -> TarWriter:
-    w = TarWriter(target, "base backup X", **kw)
-    try:
-        for i in range(0, len(data), step):
-            w.feed(data[i:i + step])
-        w.finish()
-    finally:
-        w.close()
-    return w
-
-
 @pytest.mark.parametrize("step", [1000, 1 << 20])
 def test_a_full_base_backup_leaves_out_the_blocks_a_later_incremental_holds(tmp_path, step):
     """Issue 22 (session 9): a chain's incrementals name the blocks they hold (their INCREMENTAL
@@ -114,14 +103,14 @@ def test_a_full_base_backup_leaves_out_the_blocks_a_later_incremental_holds(tmp_
     inc = _tar([("base/1/INCREMENTAL.16385", tarfile.REGTYPE, _incremental([1, 4], 5, 9)),
                 ("base/1/INCREMENTAL.16386", tarfile.REGTYPE, _incremental([], 2, 0)),
                 ("PG_VERSION", tarfile.REGTYPE, b"18\n")])
-    w = _feed_with(tmp_path / "inc", inc, step, blocks=blocks)
+    w = _feed(tmp_path / "inc", inc, step, blocks=blocks)
     assert w.incremental_sizes_ok and blocks == {"base/1/16385": {1, 4}, "base/1/16386": set()}
     assert (tmp_path / "inc" / "base" / "1" / "INCREMENTAL.16385").read_bytes() == _incremental([1, 4], 5, 9)
 
     rel = b"".join(bytes([b + 1]) * 8192 for b in range(5))
     other = bytes(range(256)) * 64
     full = _tar([("base/1/16385", tarfile.REGTYPE, rel), ("base/1/16386", tarfile.REGTYPE, other)])
-    _feed_with(tmp_path / "full", full, step, skip=blocks)
+    _feed(tmp_path / "full", full, step, skip=blocks)
     got = (tmp_path / "full" / "base" / "1" / "16385").read_bytes()
     hole = b"\0" * 8192
     assert len(got) == len(rel)  # the last block was a hole: the size is still whole
@@ -132,6 +121,6 @@ def test_a_full_base_backup_leaves_out_the_blocks_a_later_incremental_holds(tmp_
 
 def test_an_incremental_whose_size_does_not_match_its_header_lets_no_block_be_left_out(tmp_path):
     cut = _incremental([0, 2], 3, 5)[:-8192]  # one block short of what its header names
-    w = _feed_with(tmp_path / "inc", _tar([("base/1/INCREMENTAL.16390", tarfile.REGTYPE, cut)]), 4096, blocks={})
+    w = _feed(tmp_path / "inc", _tar([("base/1/INCREMENTAL.16390", tarfile.REGTYPE, cut)]), 4096, blocks={})
     assert not w.incremental_sizes_ok
     assert (tmp_path / "inc" / "base" / "1" / "INCREMENTAL.16390").read_bytes() == cut
