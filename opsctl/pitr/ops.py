@@ -198,10 +198,11 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
     _, comp = _local_state(project, env)
     path = bb.server_path(f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres connect_timeout=3")
     planned = retention.prune(repo, key, sysid, keep_full, True, path)
-    if dry_run or not (planned.removed or planned.wal_removed):
+    if dry_run or not (planned.removed or planned.wal_removed or planned.interrupted):
         return planned
     if approve is not None:
-        approve(f"delete {len(planned.removed)} base backup(s) and {planned.wal_removed} WAL object(s)")
+        approve(f"delete {len(planned.removed)} base backup(s), {planned.wal_removed} WAL object(s)"
+                + (f" and {len(planned.interrupted)} interrupted base backup(s)" if planned.interrupted else ""))
     # the dry run's verdicts (each kept full base backup read whole) are not read again
     return retention.prune(repo, key, sysid, keep_full, False, path, planned.proven)
 

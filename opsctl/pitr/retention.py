@@ -10,6 +10,12 @@ object: SHA-256, authentication, zstd) and the WAL from its start to its stop (p
 authentic: without it the copy never becomes consistent). One that fails is not counted (and
 not removed: it is named in `damaged` for a person); the next older one is proven in its place.
 
+A base backup killed mid-upload (a folder without base.json: its `in-progress.json` start
+record, a `.partial` file or an open S3 multipart upload) is removed once provably dead: its
+start record names a process of this host that is gone (or a newer process reusing the PID),
+names another host and is older than LEASE, or is missing or unreadable (it is written
+before anything else). Its open uploads are aborted first. One still running is never touched.
+
 pgBackRest's `repo-retention-full` rule: a WAL segment is removed only when no kept base
 backup needs it (its number is below every kept base backup's first segment, on every
 timeline). Timeline history files are always kept (a few bytes each; recovery follows
@@ -19,11 +25,19 @@ without base.json, never a restorable-looking half), then the WAL.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import socket
 from dataclasses import dataclass, field
 
 from opsctl.errors import UsageError
 from opsctl.pitr import base as bb
 from opsctl.pitr import layout
+
+
+# a base backup started on another host is taken for dead after this long (its process can't be
+# asked); the logical backups' rule (opsctl.backup.catalog.STALE_AFTER)
+LEASE = dt.timedelta(hours=24)
 
 
 @dataclass
@@ -37,6 +51,46 @@ class ChainPruneResult:
     dry_run: bool = False
     damaged: dict[str, str] = field(default_factory=dict)  # id -> why: not counted, not removed
     proven: dict[str, str] = field(default_factory=dict)  # id -> "" (read whole) or why not
+    interrupted: list[str] = field(default_factory=list)  # ids of dead unfinished base backups removed
+
+
+def _dead(repo, folder: str, now: dt.datetime) -> bool:
+    """Whether the unfinished base backup in `folder` (no base.json) is provably not running: its
+    start record (bb.IN_PROGRESS: host, pid, started_at) is missing or unreadable, names a
+    process of this host that is gone or started after it (the PID reused), or another host and
+    is older than LEASE."""
+    import psutil
+
+    from opsctl.backup.repository import NotFound
+    from opsctl.errors import OperationFailed
+
+    try:
+        info = json.loads(repo.get_bytes(folder + bb.IN_PROGRESS))
+        started = dt.datetime.fromisoformat(info["started_at"])
+        host, pid = info["host"], int(info["pid"])
+    except (NotFound, OperationFailed, ValueError, KeyError, TypeError):
+        return True  # written before anything else: without it nothing runs there
+    if host != socket.gethostname():
+        return now - started > LEASE
+    try:
+        return psutil.Process(pid).create_time() > started.timestamp() + 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def interrupted(repo, sysid: str) -> list[str]:
+    """Ids of the unfinished base backups of cluster `sysid` (folders without base.json, with
+    objects or open uploads) that are provably dead (_dead), oldest first."""
+    head = layout.base_prefix(sysid)
+    folders: dict[str, set[str]] = {}
+    for name in [*repo.names(head), *repo.open_uploads(head)]:
+        bid, _, rest = name[len(head):].partition("/")
+        if rest:
+            folders.setdefault(bid, set()).add(rest)
+    now = dt.datetime.now(dt.timezone.utc)
+    return [bid for bid in sorted(folders) if bb.RECORD not in folders[bid] and _dead(repo, f"{head}{bid}/", now)]
 
 
 def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objects: dict,
@@ -111,8 +165,11 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     out = ChainPruneResult(kept=[b.id for b in kept], dry_run=dry_run, damaged=damaged, proven=verdicts,
                            removed=[b.id for b in bases if b.id not in {k.id for k in kept} | spared]
                            if kept else [])
+    out.interrupted = interrupted(repo, sysid)
     if not kept:
-        return out  # nothing proven restorable: nothing is removed
+        if not dry_run:
+            _remove_interrupted(repo, sysid, out)  # never restorable: they go whatever is kept
+        return out  # nothing proven restorable: no base backup or WAL is removed
     first = min(layout.segno(layout.lsn(b.start_lsn)) for b in kept)
     out.wal_kept_from = layout.segment(min(b.timeline for b in kept), first)
     doomed = [o.name for f, objs in files.items() if not f.endswith(".history")
@@ -123,6 +180,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     out.wal_removed = len(doomed)
     if dry_run:
         return out
+    _remove_interrupted(repo, sysid, out)
     for bid in out.removed:
         folder = f"{layout.base_prefix(sysid)}{bid}/"
         repo.delete_prefix(folder + bb.RECORD)
@@ -134,3 +192,15 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
         for name in doomed:
             repo.delete_prefix(name)
     return out
+
+
+def _remove_interrupted(repo, sysid: str, out: ChainPruneResult) -> None:
+    """Abort the open uploads of each dead unfinished base backup in `out.interrupted`, then
+    delete its folder (its start record last: a prune cut short finds it again)."""
+    for bid in out.interrupted:
+        folder = f"{layout.base_prefix(sysid)}{bid}/"
+        repo.abort_uploads(folder)
+        for name in repo.names(folder):
+            if not name.endswith(bb.IN_PROGRESS):
+                repo.delete_prefix(name)
+        repo.delete_prefix(folder)

@@ -84,9 +84,52 @@ def test_prune_counts_only_base_backups_proven_restorable(pitr, runner):
     assert good["id"] not in doc["removed"] and rotten["id"] not in doc["removed"]
     listed = {n.split("/")[-2] for n in pitr.repo().names(layout.base_prefix(sysid))}
     assert {good["id"], rotten["id"], unsound["id"]} <= listed
-    # the good one still restores, up to the tampered segment
-    back = pitr.cli(runner, "restore", "--to-time", good["finished_at"], "--beside", "--json")
-    assert back.exit_code == 0, back.output
-    from opsctl.local import postgres as pg
+    # the WAL the good one needs is kept (the next test's restore replays it)
+    assert doc["wal_kept_from"] == layout.segment(good["timeline"], layout.segno(layout.lsn(good["start_lsn"])))
 
-    pg.stop(json.loads(back.stdout)["pid"])
+
+def test_prune_removes_a_dead_interrupted_base_backup_and_never_a_running_one(pitr, runner):
+    """A base backup killed (-9) mid-upload left its start record and a partial tar that no prune
+    removed. Now prune removes one provably dead (its process gone, its PID reused by a newer
+    process, another host's older than the lease, no start record) with its unfinished upload,
+    and leaves one whose process still runs or another host's recent one."""
+    import datetime as dt
+    import os
+    import subprocess
+
+    from opsctl.backup import catalog
+    from opsctl.pitr import base as bb
+    from opsctl.pitr import layout
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = dt.datetime.now(dt.timezone.utc)
+    head = pitr.root / "repo" / layout.base_prefix(pitr.sysid())
+    dead = {"killed": {"host": os.uname().nodename, "pid": gone.pid},
+            "reused": {"host": os.uname().nodename, "pid": os.getpid()},  # this process started after it
+            "elsewhere-old": {"host": "another-host", "pid": os.getpid()}}
+    alive = {"running": {"host": os.uname().nodename, "pid": os.getpid()},
+             "elsewhere-new": {"host": "another-host", "pid": os.getpid()}}
+    ids = {}
+    for n, (name, who) in enumerate([*dead.items(), *alive.items(), ("no-record", None)]):
+        started = now - (dt.timedelta(days=2) if name in ("elsewhere-old", "reused") else dt.timedelta(0))
+        bid = catalog.new_id(now - dt.timedelta(minutes=n + 1))
+        ids[name] = bid
+        folder = head / bid
+        folder.mkdir(parents=True)
+        if who is not None:
+            (folder / bb.IN_PROGRESS).write_text(json.dumps({**who, "started_at": started.isoformat()}))
+        (folder / "base.tar.zst.partial").write_bytes(b"half a tar")
+        if name == "no-record":
+            (folder / "base.tar.zst").write_bytes(b"a whole tar, never recorded")
+    r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "5", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    removed = {ids[n] for n in [*dead, "no-record"]}
+    assert set(json.loads(r.stdout)["interrupted"]) == removed
+    left = {p.name for p in head.iterdir()}
+    assert not removed & left and {ids[n] for n in alive} <= left
+    assert (head / ids["running"] / "base.tar.zst.partial").exists()
+    import shutil
+
+    for name in alive:
+        shutil.rmtree(head / ids[name])
