@@ -42,7 +42,7 @@ def drill(
                                     ("RPO", r.rpo_seconds, r.rpo_target_seconds)):
             ok = value is not None and value <= target
             t.add_row(name, "-" if value is None else f"{value:.1f} s", f"{target:.0f} s",
-                      "[green]met[/green]" if ok else "[red]missed[/red]")
+                      "[green]met[/green]" if ok else "[red]not achieved[/red]" if value is None else "[red]missed[/red]")
         c.print(t)
         c.print(f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
                 f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}"

@@ -45,7 +45,7 @@ class DrillResult:
     environment: str
     platform: str
     started_at: dt.datetime
-    rto_seconds: float
+    rto_seconds: float | None  # None: not achieved (the drill failed before the copy served)
     rpo_seconds: float | None
     rto_target_seconds: float
     rpo_target_seconds: float
@@ -217,38 +217,55 @@ def drill(project: Project, env: Environment, report=None, junit_path: Path | No
           metrics_path: Path | None = None) -> DrillResult:
     """Run one drill inside the environment's operation window ("drill": announced, no check
     held); never touches the live database. A drill that fails (OpsError: the restore, the
-    serve phase, RDS) returns a failing result whose `error` says why; any other exception or
-    a cancel (KeyboardInterrupt) is raised after the failing reports are written.
+    serve phase, RDS) returns a failing result whose `error` says why, with no achieved RTO or
+    RPO (None: nothing served, the time it took to fail is no recovery time); bad input
+    (UsageError from _preflight: a platform never started, no backup key) and any other
+    exception or a cancel (KeyboardInterrupt) are raised after the failing reports are written.
 
     `junit_path` / `metrics_path`: where the result is written, pass or fail, as JUnit XML
     (`junit`) and Prometheus text (`metrics`), each whole (write_reports). The command and
     the runbook step both hand their paths here: the one place reports are written."""
-    from opsctl.errors import OpsError
+    from opsctl.errors import OpsError, UsageError
     from opsctl.pitr.ops import window
     from opsctl.redact import credentials
 
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
     with window(project, env, "drill", "restore to the newest restorable time into scratch") as w:
+        bad_input = True  # until the preflight passed: a UsageError then is the caller's
         try:
+            _preflight(project, env)
+            bad_input = False
             out = _drill(project, env, report, started, began)
         except BaseException as exc:
             # a failed or cancelled drill is a result too: the reports say it failed, and why
             reason = credentials(str(exc)) or type(exc).__name__
             if isinstance(exc, KeyboardInterrupt):
                 reason = "cancelled (Ctrl-C or SIGTERM)"
-            out = DrillResult(env.name, env.platform, started, round(time.monotonic() - began, 2), None,
+            out = DrillResult(env.name, env.platform, started, None, None,
                               seconds(env.dr.rto), seconds(env.dr.rpo), False, None, None, "", torn_down=True,
                               error=reason, problems=[f"the drill failed: {reason}"])
             write_reports(out, junit_path, metrics_path)
-            if not isinstance(exc, OpsError):
-                raise
+            if not isinstance(exc, OpsError) or (bad_input and isinstance(exc, UsageError)):
+                raise  # bad input exits 2 in one line, like every command
             w.outcome = "failed: " + reason
             return out
         if not out.passed:
             w.outcome = "targets missed: " + "; ".join(out.problems)
     write_reports(out, junit_path, metrics_path)
     return out
+
+
+def _preflight(project: Project, env: Environment) -> None:
+    """What a drill needs of its caller, checked before it starts: on the embedded platform, a
+    platform that was started and a backup key for its repository (UsageError otherwise). What
+    the drill then finds (no base backup, a broken chain) fails the drill, not the input."""
+    if env.platform != "local":
+        return
+    from opsctl.pitr import ops
+
+    ops._local_state(project, env)
+    ops.sealed_repository(project, env)
 
 
 def write_reports(result: DrillResult, junit_path: Path | None = None, metrics_path: Path | None = None) -> None:
@@ -335,8 +352,11 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     """Redis and the audio objects of the newest backup holding them into scratch resources, a
     preview worker on the restored database and them, the sample transcription and a short
     load test through it. Fills `out` (RTO: start to the preview serving); registers every
-    teardown on `teardown`."""
+    teardown on `teardown`. Until the preview serves, no RTO is achieved (None): a serve phase
+    that stops early (no backup with Redis and audio) reports none, not the database's time."""
     import tempfile
+
+    out.rto_seconds = None
 
     from opsctl.backup import catalog, files
     from opsctl.backup import redis as rdb
@@ -426,7 +446,9 @@ def _drop_bucket(s3, bucket: str) -> None:
 
 
 def _judge(out: DrillResult) -> None:
-    if out.rto_seconds > out.rto_target_seconds:
+    if out.rto_seconds is None:
+        out.problems.append("RTO not achieved: the restored copy never served")
+    elif out.rto_seconds > out.rto_target_seconds:
         out.problems.append(f"RTO {out.rto_seconds:.0f} s above the target {out.rto_target_seconds:.0f} s")
     if out.rpo_seconds is None:
         out.problems.append("RPO unknown: the restore replayed no commit")
@@ -494,7 +516,11 @@ def junit(result: DrillResult) -> str:
                                 ("rpo", result.rpo_seconds, result.rpo_target_seconds)):
         case = TestCase(f"{name} within {target:.0f} s", classname=f"dr.{result.environment}")
         case.time = value or 0.0
-        if value is None or value > target:
+        if value is None:  # a failed drill achieved none: the time it took to fail is no RTO
+            case.result = [Failure(f"{name.upper()} not achieved"
+                                   + (f": the drill failed: {result.error}" if result.error else
+                                      ": the restore replayed no commit" if name == "rpo" else ""))]
+        elif value > target:
             case.result = [Failure(f"{name.upper()} {value} s above the target {target:.0f} s")]
         suite.add_testcase(case)
     if result.error is not None:
@@ -516,15 +542,20 @@ def junit(result: DrillResult) -> str:
 
 
 def metrics(result: DrillResult) -> str:
-    """Prometheus text format (for node_exporter's textfile collector) the alert rules can use."""
+    """Prometheus text format (for node_exporter's textfile collector) the alert rules can use.
+    An RTO or RPO not achieved (a failed drill) is NaN, never a number an alert could take for
+    a recovery time."""
     labels = f'env="{result.environment}"'
+
+    def value(v: float | None) -> str:
+        return "NaN" if v is None else str(v)
     lines = [
         "# HELP opsctl_dr_drill_rto_seconds Seconds from the drill's start until the restored database served.",
         "# TYPE opsctl_dr_drill_rto_seconds gauge",
-        f"opsctl_dr_drill_rto_seconds{{{labels}}} {result.rto_seconds}",
+        f"opsctl_dr_drill_rto_seconds{{{labels}}} {value(result.rto_seconds)}",
         "# HELP opsctl_dr_drill_rpo_seconds Seconds of commits the restore did not recover.",
         "# TYPE opsctl_dr_drill_rpo_seconds gauge",
-        f"opsctl_dr_drill_rpo_seconds{{{labels}}} {result.rpo_seconds if result.rpo_seconds is not None else 'NaN'}",
+        f"opsctl_dr_drill_rpo_seconds{{{labels}}} {value(result.rpo_seconds)}",
         "# HELP opsctl_dr_drill_success 1 when the last drill met both targets.",
         "# TYPE opsctl_dr_drill_success gauge",
         f"opsctl_dr_drill_success{{{labels}}} {1 if result.passed else 0}",

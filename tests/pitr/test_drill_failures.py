@@ -45,8 +45,38 @@ def test_a_drill_whose_restore_fails_still_writes_failing_reports(pitr, runner, 
         assert "base backup" in ran.find("failure").get("message"), ET.tostring(ran, encoding="unicode")
         doc = json.loads(r.stdout)
         assert not doc["passed"] and "base backup" in doc["error"], doc
+        # a drill that failed achieved no RTO or RPO: the time it took to fail is not one
+        assert doc["rto_seconds"] is None and doc["rpo_seconds"] is None, doc
+        (rto,) = [c for c in suite.iter("testcase") if c.get("name").startswith("rto within")]
+        assert "not achieved" in rto.find("failure").get("message"), ET.tostring(rto, encoding="unicode")
+        assert 'opsctl_dr_drill_rto_seconds{env="local"} NaN' in prom.read_text(), prom.read_text()
+        table = pitr.cli(runner, "dr", "drill")
+        assert table.exit_code == 1
+        row = next(line for line in table.output.splitlines() if line.strip("│┃ ").startswith("RTO"))
+        assert "not achieved" in row and " met " not in row, table.output
     finally:
         shutil.move(str(aside), str(base))
+
+
+def test_a_drill_on_a_platform_never_started_is_bad_input(runner, tmp_path, monkeypatch):
+    """Bad input (a platform never started) exits 2 in one line, like every command; its reports
+    still say the drill failed, with no RTO achieved."""
+    from opsctl.cli import app
+    from pitr_support import KEY
+
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    root = tmp_path / "ops"
+    root.mkdir()
+    (root / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"local": {
+        "platform": "local", "database": {"name": "pitrdb", "user": "pitr"},
+        "backup": {"repository": f"file://{tmp_path / 'repo'}"}}}}))
+    junit, prom = tmp_path / "drill.xml", tmp_path / "drill.prom"
+    r = runner.invoke(app, ["--root", str(root), "dr", "drill", "--junit", str(junit), "--metrics-file", str(prom)])
+    assert r.exit_code == 2, r.output
+    assert "never started" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert "not achieved" in cases["rto within 14400 s"].find("failure").get("message")
+    assert 'opsctl_dr_drill_rto_seconds{env="local"} NaN' in prom.read_text()
 
 
 def test_the_drill_rpo_of_a_quiet_database_after_a_restart_is_zero(pitr, runner):
