@@ -371,6 +371,8 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
             _stop_any(state, key, pid, comp.port if comp else None, comp.admin_port if comp else None,
                       timeout=10 if key == "s3" else 30)
             stopped.append(key)
+        if _stop_scratch_servers(state):  # `restore --beside` copies (and any other left on data/)
+            stopped.append("postgres-beside")
         for comp in comps.values():
             comp.pid = None
         if purge:
@@ -386,6 +388,30 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
         raise OperationFailed(f"stopped {', '.join(stopped) or 'nothing'}, but saving the S3 objects failed "
                               f"({credentials(str(save_error))}); moto is left running so they are not lost, and "
                               f"the previous copy in {state.data('s3')} is kept; run 'opsctl local down' again")
+    return stopped
+
+
+def _stop_scratch_servers(state) -> list[int]:
+    """Stop every PostgreSQL running on a data directory of the platform's own data folder other
+    than data/postgres (a `restore --beside` copy: its restore returned and kept no record; a
+    copy whose restore was killed): the PID its postmaster.pid names, taken only while that
+    process runs postgres on that very directory. Returns the PIDs stopped."""
+    import psutil
+
+    root = state.data("postgres").parent
+    stopped = []
+    for data in sorted(root.iterdir()) if root.is_dir() else []:
+        if data == state.data("postgres") or not data.is_dir():
+            continue
+        pid = procs.read_pidfile(data / "postmaster.pid")
+        try:
+            argv = psutil.Process(pid).cmdline() if pid else []
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if ("-D" in argv[:-1] and Path(argv[argv.index("-D") + 1]).resolve() == data.resolve()
+                and Path(argv[0]).name == "postgres"):
+            pg.stop(pid)
+            stopped.append(pid)
     return stopped
 
 

@@ -133,3 +133,19 @@ def test_prune_removes_a_dead_interrupted_base_backup_and_never_a_running_one(pi
 
     for name in alive:
         shutil.rmtree(head / ids[name])
+
+
+def test_local_down_stops_a_beside_restored_server(pitr, runner):
+    """A `restore --beside` copy kept running after `local down --purge` deleted its data
+    directory. Now down stops every PostgreSQL on a data directory of the platform's folder.
+    (Last in the module: it takes the platform down.)"""
+    from opsctl.local import platform, procs
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.wait_archived()
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    beside = json.loads(r.stdout)["pid"]
+    assert procs.alive(beside)
+    stopped = platform.down(pitr.project(), purge=True)
+    assert "postgres-beside" in stopped and not procs.alive(beside), stopped
