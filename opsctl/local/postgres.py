@@ -109,6 +109,7 @@ def init(data: Path, log: Path) -> None:
     result = subprocess.run(
         [tool("initdb"), "-D", str(tmp), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
          "--no-instructions"], capture_output=True, text=True, user=user,
+        env=procs.inherited_environment(),  # runs as PostgreSQL's user, as the server: no secret
     )
     if result.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)

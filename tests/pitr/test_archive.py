@@ -178,3 +178,27 @@ def test_no_secret_reaches_the_servers_environment_but_the_archivers_key(pitr, t
         procs.stop(pid, 5)
     assert not {n for n in planted if n != "LANG"} & set(seen), seen
     assert seen["LANG"] == "C.UTF-8" and seen["GIVEN"] == "kept" and "PATH" in seen
+
+
+def test_initdb_runs_without_the_secrets_too(pitr, monkeypatch):
+    """initdb runs as PostgreSQL's user like the server (and starts it in bootstrap mode): it
+    inherited the backup key the same way."""
+    import shutil
+    import subprocess
+
+    from opsctl.local import postgres as pg
+
+    real, seen = subprocess.run, []
+
+    def run(*args, **kwargs):
+        seen.append(kwargs.get("env"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    probe = pitr.root / "initdb-probe"
+    try:
+        pg.init(probe / "data", probe / "logs" / "initdb.log")
+        assert (probe / "data" / "global" / "pg_control").is_file()
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    assert seen and all(env is not None and "OPSCTL_BACKUP_KEY" not in env for env in seen), seen
