@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import socket
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ from opsctl.errors import UsageError
 from opsctl.pitr import base as bb
 from opsctl.pitr import layout
 
+
+log = logging.getLogger("opsctl.pitr.retention")
 
 # a base backup started on another host is taken for dead after this long (its process can't be
 # asked); the logical backups' rule (opsctl.backup.catalog.STALE_AFTER)
@@ -155,6 +158,9 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
             break
         if f.id not in verdicts:
             verdicts[f.id] = _prove(repo, key, sysid, f, names, files, listed.path)
+            if verdicts[f.id]:  # said once: the real run reuses the dry run's verdicts
+                log.warning("base backup %s is not counted as kept and is left for you to look at: %s; "
+                            "'opsctl backup verify-chain' lists what else is damaged", f.id, verdicts[f.id])
         if verdicts[f.id]:
             damaged[f.id] = verdicts[f.id]
         else:
