@@ -159,8 +159,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
         if f.id not in verdicts:
             verdicts[f.id] = _prove(repo, key, sysid, f, names, files, listed.path)
             if verdicts[f.id]:  # said once: the real run reuses the dry run's verdicts
-                log.warning("base backup %s is not counted as kept and is left for you to look at: %s; "
-                            "'opsctl backup verify-chain' lists what else is damaged", f.id, verdicts[f.id])
+                log.warning("base backup %s not counted (left for you): %s", f.id, verdicts[f.id])
         if verdicts[f.id]:
             damaged[f.id] = verdicts[f.id]
         else:
