@@ -434,6 +434,60 @@ def _control_timeline(data: Path) -> int | None:
     return int(m.group(1)) if out.returncode == 0 and m else None
 
 
+def _promotion_found(project: Project, env: Environment, state, standby_there: bool) -> str | None:
+    """What shows that the failover's standby was promoted, running or not (None: nothing does).
+
+    Its data directory's pg_control says "in production" or "shut down" (a standby that never
+    left recovery says "... in recovery" / "in archive recovery"), or a timeline history file
+    newer than the old primary's timeline is in the standby's pg_wal, the local WAL queue or the
+    repository (a promotion writes and archives one; an in-place restore leaves the primary on
+    the newest timeline, and beside restores archive nothing)."""
+    import os
+    import re
+    import subprocess
+
+    from opsctl.local.postgres import tool
+    from opsctl.pitr import layout
+    from opsctl.pitr.local import queue_dir
+
+    if standby_there:
+        out = subprocess.run([tool("pg_controldata"), "-D", str(state.data(COMPONENT))], capture_output=True,
+                             text=True, env={**os.environ, "LC_ALL": "C"})
+        m = re.search(r"^Database cluster state:\s+(.+?)\s*$", out.stdout, re.M)
+        if out.returncode == 0 and m and m.group(1) in ("in production", "shut down", "shutting down"):
+            return f"its data directory {state.data(COMPONENT)} says '{m.group(1)}', not in recovery"
+    tli = _control_timeline(state.data("postgres"))
+    if tli is None:
+        return None
+
+    def newer(names) -> list[int]:
+        return sorted(int(n[:8], 16) for n in names if re.fullmatch(r"[0-9A-F]{8}\.history", n)
+                      and int(n[:8], 16) > tli)
+
+    places = [(state.data(COMPONENT) / "pg_wal", "the standby's pg_wal"), (queue_dir(state), "the local WAL queue")]
+    for folder, where in places:
+        found = newer(p.name for p in folder.glob("*.history")) if folder.is_dir() else []
+        if found:
+            return f"{layout.history_file(found[-1])} in {where}, newer than the old primary's timeline {tli}"
+    try:
+        from opsctl.pitr.archive import system_identifier
+        from opsctl.pitr.ops import sealed_repository
+
+        sysid = system_identifier(state.data("postgres"))
+        repo, _key = sealed_repository(project, env)
+        objects, _strange = layout.parse_wal(sysid, repo.names(layout.wal_prefix(sysid)))
+    except Exception as exc:  # noqa: BLE001 - an unreachable repository: what is local decided
+        import logging
+
+        logging.getLogger(__name__).warning("abandon: the repository's timeline history was not checked (%s)",
+                                            exc)
+        return None
+    found = newer(objects)
+    if found:
+        return f"{layout.history_file(found[-1])} in the repository, newer than the old primary's timeline {tli}"
+    return None
+
+
 def _refuse_stale(state, env: Environment, standby_port: int, primary_port: int, primary_running: bool,
                   streaming: bool) -> None:
     """UsageError (nothing changed) when the standby does not follow the current primary: it does
@@ -643,6 +697,15 @@ def abandon(project: Project, env: Environment, approve=None) -> dict:
         if standby_there and _standby_pid(state) is not None and not _wal_receiver(state.components[COMPONENT].port)[0]:
             raise UsageError(f"the failover's standby (port {state.components[COMPONENT].port}) was promoted already: "
                              f"finish it with 'opsctl failover --env {env.name}'; nothing was changed")
+        promoted = _promotion_found(project, env, state, standby_there)
+        if promoted:  # stopped (or gone) after pg_promote: its timeline is the history restores follow
+            finish = (f"finish it with 'opsctl failover --env {env.name}' (it starts the promoted standby)"
+                      if standby_there else
+                      f"the promoted standby is gone: read {_pending_path(project, env)} and decide by hand "
+                      f"(e.g. 'opsctl restore --env {env.name} --to-time latest' once the journal is removed)")
+            raise UsageError(f"the failover of {env.name} promoted its standby already ({promoted}): abandoning it "
+                             f"would let the old primary take writes on a timeline restores no longer follow; "
+                             f"{finish}; nothing was changed")
         data = state.data("postgres")
         if not (data / "PG_VERSION").exists():
             raise UsageError(f"{data} is not a data directory; read {_pending_path(project, env)}; nothing was changed")

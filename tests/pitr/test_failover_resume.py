@@ -196,3 +196,50 @@ def test_a_failover_killed_between_its_renames_is_finished_and_local_up_makes_no
     assert pitr.sql("select count(*) from events where note = 'y'")[0][0] == 5
     assert list(live.parent.glob("postgres.stray-*"))
     pitr.ensure_archiver()
+
+
+def test_abandon_is_refused_once_the_standby_was_promoted_even_when_it_is_stopped_or_gone(pitr, runner,
+                                                                                          monkeypatch):
+    """Issue 22 review (22d): a failover killed right after pg_promote, then `local down` (the
+    promoted standby stopped): `failover --abandon` must not start the old primary writable on the
+    old timeline while the promoted one's history file is archived (restores follow it: rows
+    written after the abandon would be lost). The standby's pg_control says it left recovery; with
+    its data directory gone, its timeline's history file (queue or repository) says so. The rerun
+    of `failover` still finishes it."""
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import standby
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    standby.start_standby(pitr.project(), pitr.env())
+    real = standby._save_pending
+
+    def killed_after_promote(project, env, doc):
+        if doc.get("stage") == "promoted":
+            raise KeyboardInterrupt  # kill -9 right after pg_promote, before the journal says so
+        real(project, env, doc)
+
+    with monkeypatch.context() as m:
+        m.setattr(standby, "_save_pending", killed_after_promote)
+        with pytest.raises(KeyboardInterrupt):
+            standby.failover(pitr.project(), pitr.env())
+    pg.stop(standby._standby_pid(pitr.state()))  # `opsctl local down` stopped the promoted standby
+    pitr.start_postgres()  # `opsctl local up`: the fenced old primary, read-only
+    journal = pitr.project().state_dir / "failover" / "local.pending.json"
+    r = pitr.cli(runner, "failover", "--env", "local", "--abandon", "--yes")
+    assert r.exit_code == 2, r.output
+    assert "promoted its standby already" in r.output and "opsctl failover --env local" in r.output, r.output
+    assert journal.exists() and _read_only(pitr.port)
+    sb = pitr.state().data("postgres-standby")
+    aside = sb.with_name("postgres-standby.aside")
+    sb.rename(aside)  # the promoted standby's folder gone: its timeline's history file still tells
+    try:
+        r = pitr.cli(runner, "failover", "--env", "local", "--abandon", "--yes")
+        assert r.exit_code == 2, r.output
+        assert ".history in the" in r.output and "promoted its standby already" in r.output, r.output
+        assert journal.exists() and _read_only(pitr.port)
+    finally:
+        aside.rename(sb)
+    r = pitr.cli(runner, "failover", "--env", "local", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    assert not _read_only(pitr.port) and not journal.exists()
+    pitr.ensure_archiver()
