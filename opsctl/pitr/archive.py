@@ -200,13 +200,17 @@ class Archiver:
     under `sysid` when none is queued, and to quarantine when those segments name two.
     With `data` (the data directory), `sysid` follows the cluster there: re-read (pg_controldata)
     whenever its global/pg_control is another file than last seen, so an archiver that outlived
-    a lost data directory files the new cluster's history files and gaps under the new cluster."""
+    a lost data directory files the new cluster's history files and gaps under the new cluster.
+    With `cluster` (a callable giving the server's system identifier, or None when it can't
+    tell: a self-managed server asked over SQL), the same, asked whenever something that names
+    no cluster is about to be filed."""
 
     GAP_CHECK_SECONDS = 2.0  # how often, while gaps are kept, the base backups are listed
 
-    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1, data: Path | None = None):
+    def __init__(self, repo, key, sysid: str, queue: Path, level: int = 1, data: Path | None = None,
+                 cluster=None):
         self.repo, self.key, self.sysid, self.queue, self.level = repo, key, sysid, queue, level
-        self.data = data
+        self.data, self.cluster = data, cluster
         self._control_seen: tuple[int, int] | None = None
         self._gap_checked = 0.0
         self._bases_seen: tuple | None = None
@@ -214,7 +218,11 @@ class Archiver:
     def follow_cluster(self) -> str:
         """The live cluster's system identifier, re-read from `data` when its pg_control is a new
         file (a new cluster: initdb after a lost data directory, or a restored copy swapped in).
-        Without `data`, or while it has no pg_control, the one known stays."""
+        With `cluster`, the identifier it gives (None: the one known stays). Without either, or
+        while the data directory has no pg_control, the one known stays."""
+        if self.cluster is not None:
+            self._now(self.cluster(), "the server")
+            return self.sysid
         if self.data is None:
             return self.sysid
         try:
@@ -222,13 +230,15 @@ class Archiver:
         except OSError:
             return self.sysid
         if (st.st_dev, st.st_ino) != self._control_seen:
-            now = system_identifier(self.data)
-            if now != self.sysid:
-                log.warning("the data directory %s now holds cluster %s (was %s): what names no cluster "
-                            "is filed under %s from now on", self.data, now, self.sysid, now)
-                self.sysid, self._bases_seen = now, None
+            self._now(system_identifier(self.data), f"the data directory {self.data}")
             self._control_seen = (st.st_dev, st.st_ino)
         return self.sysid
+
+    def _now(self, sysid: str | None, where: str) -> None:
+        if sysid and sysid != self.sysid:
+            log.warning("%s now holds cluster %s (was %s): what names no cluster is filed under %s from now on",
+                        where, sysid, self.sysid, sysid)
+            self.sysid, self._bases_seen = sysid, None
 
     def _timeline_clusters(self, files: list[str]) -> dict[int, set[str]]:
         """{timeline: system identifiers the headers of the queued segments `files` of it name}
@@ -344,8 +354,13 @@ class Archiver:
         under their segment's cluster; the live cluster's stay in `.gaps/` until a base backup
         covers them (see clear_gaps)."""
         result = DrainResult()
-        self.follow_cluster()
         pending = self._pending()
+        dropped = self.queue / DROPPED
+        # what names no cluster (history and backup-history files, drop markers) is filed under
+        # the live cluster: make sure it is the one live now (segments name their own)
+        if any(not (m := layout.WAL_FILE.fullmatch(f)) or not m["seg"] for f in pending) or (
+                dropped.is_dir() and any(dropped.iterdir())):
+            self.follow_cluster()
         clusters = self._timeline_clusters(pending)
         for file in pending:
             path = self.queue / file
@@ -357,7 +372,6 @@ class Archiver:
             self.push(path, result, sysid)
             path.unlink(missing_ok=True)
             (self.queue / CONFLICT / file).unlink(missing_ok=True)
-        dropped = self.queue / DROPPED
         for marker in sorted(dropped.iterdir()) if dropped.is_dir() else []:
             if not layout.WAL_FILE.fullmatch(marker.name):
                 continue
@@ -387,12 +401,12 @@ class Archiver:
         in that cluster's dropped/ folder of the repository, logged). Lists the base backups at
         most every GAP_CHECK_SECONDS and reads them only when that list changed. Returns the
         files cleared."""
-        self.follow_cluster()
         gaps = self.queue / GAPS
         marks = sorted(p for p in gaps.iterdir() if not p.name.startswith(".")) if gaps.is_dir() else []
         now = time.monotonic()
         if not marks or (not force and now - self._gap_checked < self.GAP_CHECK_SECONDS):
             return []
+        self.follow_cluster()
         self._gap_checked = now
         cleared = []
         for mark in marks:  # another cluster's gap (left before a lost data directory): not this one's

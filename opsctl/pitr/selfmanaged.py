@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsctl.config import Environment, Project
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import OperationFailed, OpsError, UsageError
 
 RESTART = ("archive_mode", "wal_level")
 
@@ -145,7 +145,17 @@ def archiver(project: Project, env: Environment, name: str):
     except psycopg.Error as exc:
         raise OperationFailed(f"archive server '{name}': {credentials(str(exc)).strip()}") from None
     repo, key = sealed_repository(project, env, initialise=True)
-    return Archiver(repo, key, sysid, Path(srv.queue), env.backup.compress_level)
+
+    def cluster() -> str | None:
+        # asked again when a history file or a drop marker (they name no cluster) is to be filed:
+        # a server rebuilt (initdb) while `wal-push --follow` runs is another cluster
+        try:
+            with psycopg.connect(_url(env, name), connect_timeout=10) as conn:
+                return conn.execute("select system_identifier::text from pg_control_system()").fetchone()[0]
+        except (psycopg.Error, OpsError):
+            return None  # can't tell now: the one known stays
+
+    return Archiver(repo, key, sysid, Path(srv.queue), env.backup.compress_level, cluster=cluster)
 
 
 def push_until_stopped(project: Project, env: Environment, name: str, follow: bool = False):

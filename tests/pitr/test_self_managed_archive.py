@@ -124,3 +124,29 @@ def test_superuser_setup_then_wal_push_files_sealed_wal_in_the_repository(selfdb
     # a second push of the same file (PostgreSQL repeats after a crash) writes nothing twice
     again = _cli(runner, selfdb["root"], "backup", "wal-push", "--server", "selfdb", "--json", url=url)
     assert again.exit_code == 0 and json.loads(again.stdout)["archived"] == []
+
+
+def test_wal_push_files_a_history_file_under_the_cluster_the_server_is_now(selfdb, postgres, monkeypatch):
+    """A self-managed server rebuilt (initdb: another cluster) while `wal-push --follow` ran: the
+    archiver had asked its cluster once, so the new cluster's timeline history (it names no
+    cluster) went under the old one. Now it asks again before filing such a file."""
+    from opsctl.config import load_project
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout, selfmanaged
+    from opsctl.pitr.ops import repository
+
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    monkeypatch.setenv("SELFDB_URL", pg.url(selfdb["port"]))
+    project = load_project(selfdb["root"])
+    env = project.env("local")
+    arch = selfmanaged.archiver(project, env, "selfdb")
+    monkeypatch.setenv("SELFDB_URL", postgres.url)  # the same address now answers another cluster
+    with psycopg.connect(postgres.url) as conn:
+        (now,) = conn.execute("select system_identifier::text from pg_control_system()").fetchone()
+    assert now != arch.sysid
+    queue = Path(arch.queue)
+    (queue / "0000007E.history").write_text("1\t0/9000000\tno recovery target specified\n")
+    assert "0000007E.history" in arch.drain().archived
+    repo = repository(project, env)
+    assert "0000007E.history" in layout.parse_wal(now, repo.names(layout.wal_prefix(now)))[0]
+    assert arch.sysid == now
