@@ -875,6 +875,11 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
             # the previous data directory goes back in place, never left missing (the next
             # `local up` would initdb an empty cluster); a kill -9 here is undone by clean_abandoned
             with _signals_held():  # a second Ctrl-C must not stop the undo half-way
+                if swapped and not _stop_started(state, live):
+                    # the restored server would not stop: its data directory is left where it is (removing
+                    # it under a running server, or putting the previous one back beside it, loses data)
+                    raise OperationFailed(f"interrupted after the restored server started on {live}, and it did "
+                                          f"not stop; stop it, then move {live} aside and {kept} back to {live}")
                 if swapped:
                     shutil.rmtree(live, ignore_errors=True)
                 if kept.exists() and not live.exists():
@@ -884,6 +889,25 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
             raise
         state.save()
     return kept
+
+
+def _stop_started(state, live: Path) -> bool:
+    """Stop the server the swap started on `live` (the restored data directory): the PID its
+    start recorded (on_spawn) when that process runs on `live`, else the one live/postmaster.pid
+    names. Before the undo removes `live`: left running, it served the platform's port from a
+    deleted directory and held the port against the previous server's restart. True when none
+    runs there any more."""
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+
+    comp = state.components.get("postgres")
+    for _ in range(2):
+        pid = comp.pid if comp is not None and procs.alive(comp.pid, str(live)) else \
+            procs.pidfile_owner(live / "postmaster.pid", "postgres")
+        if pid is None:
+            return True
+        pg.stop(pid)
+    return False
 
 
 def restore(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,

@@ -31,6 +31,41 @@ def _restore(pitr, beside: bool = False):
     return restore.restore(pitr.project(), pitr.env(), to_time="latest", beside=beside)
 
 
+def test_ctrl_c_after_the_restored_server_started_stops_it_before_the_previous_one_goes_back(pitr, runner,
+                                                                                            monkeypatch):
+    from opsctl.local import platform
+    from opsctl.local import postgres as pg
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.sql("insert into events(note) values ('before')")
+    pitr.wait_archived()
+    previous = pitr.sysid(), pitr.sql("select count(*) from events")[0][0]
+    real, calls = pg.ensure_database, []
+
+    def ctrl_c_once(*a, **kw):  # SIGINT while start_component waits for the swapped-in server
+        calls.append(a)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pg, "ensure_database", ctrl_c_once)
+    with pytest.raises(KeyboardInterrupt):
+        _restore(pitr)
+    monkeypatch.undo()
+    state = pitr.state()
+    live = state.data("postgres")
+    pid = platform.live_pid(state, "postgres")
+    assert pid is not None, "the previous server was not started again"
+    # the server on the platform's port runs on data/postgres as it is now, not on a deleted copy
+    assert psutil.Process(pid).cwd() == str(live)
+    running = [p for p in psutil.process_iter(["cmdline"])
+               if p.info["cmdline"] and "postgres" in p.info["cmdline"][0] and str(live) in p.info["cmdline"]]
+    assert [p.pid for p in running] == [pid], "another server still runs on the platform's data directory"
+    assert not list(live.parent.glob("postgres.before-*"))
+    assert (pitr.sysid(), pitr.sql("select count(*) from events")[0][0]) == previous
+    pitr.sql("insert into events(note) values ('after the undo')")
+
+
 def test_two_in_place_restores_with_the_first_history_still_queued_take_two_timelines(pitr, runner):
     from opsctl.local import state as st
     from opsctl.pitr import local as pitr_local
