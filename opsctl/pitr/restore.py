@@ -222,8 +222,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                          "choose a later target")
     tip = max(fits, key=lambda b: layout.lsn(b.stop_lsn))
     backups = bb.chain_of(whole, tip)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     data_root = state.folder / "data"
+    stamp = _new_stamp(data_root)
     stage = data_root / f"pitr-wal-{stamp}"
     new = data_root / (f"postgres.restored-{stamp}" if beside else f"postgres.restoring-{stamp}")
     work = data_root / f"pitr-work-{stamp}"
@@ -410,6 +410,29 @@ def discard(p: PitrPlan) -> None:
         _drop_unpacked(c["unpacked"], c["new"], c["work"])
     shutil.rmtree(c["stage"], ignore_errors=True)
     _record_path(c["state"].folder / "data", c["stamp"]).unlink(missing_ok=True)
+
+
+def _new_stamp(data_root: Path) -> str:
+    """A name no other restore (or drill) uses for its folders, record and log: the UTC second,
+    this process and 4 random bytes ('20261130151227-4242-9f1c2a7b'), reserved by creating its
+    record exclusively (restores/pitr-run-<stamp>.json). Two started in the same second shared
+    every folder by the second alone."""
+    import secrets
+
+    from opsctl.files import private_dir
+
+    private_dir(_record_path(data_root, "x").parent)
+    while True:
+        stamp = (f"{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(_record_path(data_root, stamp), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        if not any((data_root / f"{prefix}{stamp}").exists()
+                   for prefix in ("postgres.restored-", "postgres.restoring-", "pitr-wal-", "pitr-work-")):
+            return stamp
+        _record_path(data_root, stamp).unlink(missing_ok=True)
 
 
 def _record_path(data_root: Path, stamp: str) -> Path:

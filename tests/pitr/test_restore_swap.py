@@ -107,3 +107,34 @@ def test_a_queued_timeline_history_is_never_replaced(tmp_path):
     assert (queue / "00000003.history").read_text() == "2\t0/6000000\tx\n"
     _queue_history(live, queue)  # the same bytes queued already: nothing to do
     assert sorted(p.name for p in queue.iterdir()) == ["00000002.history", "00000003.history"]
+
+
+def test_two_beside_restores_started_in_the_same_second_share_no_folder(pitr, runner, monkeypatch):
+    from opsctl.pitr import restore
+
+    _base_backup(pitr, runner)
+
+    class SameSecond(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2026, 11, 30, 12, 0, 0, tzinfo=tz)
+
+    monkeypatch.setattr(restore, "dt", types.SimpleNamespace(datetime=SameSecond, timezone=dt.timezone,
+                                                            timedelta=dt.timedelta, date=dt.date))
+    plans = []
+    try:
+        for _ in range(2):
+            plans.append(restore.plan(pitr.project(), pitr.env(), to_time="latest", beside=True))
+        a, b = (p.context for p in plans)
+        assert a["stamp"] != b["stamp"]
+        for name in ("new", "stage", "work"):
+            assert a[name] != b[name], name
+        assert a["stage"].is_dir() and b["stage"].is_dir()
+        records = restore._record_path(a["state"].folder / "data", a["stamp"]), \
+            restore._record_path(b["state"].folder / "data", b["stamp"])
+        assert records[0] != records[1] and all(r.is_file() for r in records)
+        restore.discard(plans.pop(0))  # the first one's end leaves the second one's folders alone
+        assert b["stage"].is_dir() and records[1].is_file()
+    finally:
+        for p in plans:
+            restore.discard(p)
