@@ -124,6 +124,7 @@ def start_component(name: str, state: st.LocalState, env: Environment) -> None:
     """Start component `name` (postgres, redis, s3 or router) on its kept port, recording
     the port before the process exists and its PID as soon as it does; `ready` once started.
     The caller holds the state lock. Raises OperationFailed when it does not start."""
+    procs.remember_secrets(env)  # the variables opsctl.yaml names as secrets never reach the server
     comp = _ensure(state, name)
     comp.pid, comp.ready = None, False
     state.save()  # the port is known before the process exists

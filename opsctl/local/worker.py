@@ -31,6 +31,7 @@ def environment(state: LocalState, env, color: str, version: str, settings: dict
     environment's worker settings, `version` and the release's `settings` (as --set)."""
     comps = state.components
     db = env.database
+    procs.remember_secrets(env)  # the inherited variables opsctl.yaml names as secrets stay out
     variables = {
         **s3mod.CREDENTIALS,
         "WORKER_DATABASE_URL": f"postgresql://{db.user}@{procs.HOST}:{comps['postgres'].port}/{db.name}",

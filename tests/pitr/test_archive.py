@@ -202,3 +202,32 @@ def test_initdb_runs_without_the_secrets_too(pitr, monkeypatch):
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     assert seen and all(env is not None and "OPSCTL_BACKUP_KEY" not in env for env in seen), seen
+
+
+def test_a_variable_opsctl_yaml_names_as_a_secret_stays_out_whatever_its_name(tmp_path, monkeypatch):
+    """Names that do not look secret but that opsctl.yaml names as holding one (`*_env`: the
+    backup key's, the database URL's) stay out of a platform component's environment too."""
+    import json
+
+    from opsctl.config import load_project
+    from opsctl.local import platform, procs
+    from opsctl.local import state as st
+
+    (tmp_path / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"local": {
+        "platform": "local", "database": {"url_env": "PRIMARY_LOCATION"},
+        "backup": {"repository": f"file://{tmp_path / 'repo'}", "key_env": "BK_MATERIAL"}}}}))
+    monkeypatch.setenv("BK_MATERIAL", "key-material-1")
+    monkeypatch.setenv("PRIMARY_LOCATION", "db.internal:5432")
+    monkeypatch.setenv("ORDINARY_SETTING", "kept")
+    folder = st.folder_for(tmp_path)
+    with st.locked(folder):
+        state = st.load(folder)
+        platform.start_component("s3", state, load_project(tmp_path).env("local"))
+        state.save()
+    pid = state.components["s3"].pid
+    try:
+        environ = open(f"/proc/{pid}/environ", "rb").read().decode()
+    finally:
+        procs.stop(pid, 10)
+    assert "BK_MATERIAL" not in environ and "PRIMARY_LOCATION" not in environ
+    assert "ORDINARY_SETTING=kept" in environ
