@@ -9,6 +9,7 @@ import secrets
 import threading
 
 import httpx
+import psycopg
 import pytest
 
 from test_upload_breaks import _own_worker  # noqa: E402
@@ -18,33 +19,73 @@ pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
 
 
-def test_concurrent_twins_of_an_idempotent_create_get_the_same_upload(model_dir, postgres, s3, redis_server,
-                                                                        tmp_path):
-    key = f"sk-test-{secrets.token_hex(16)}"
+@pytest.fixture(scope="module")
+def limited(model_dir, postgres, s3, redis_server, tmp_path_factory):
+    """One worker whose keys may each hold one open upload and 12 MiB a day: (url, three keys,
+    its database)."""
+    keys = [f"sk-test-{secrets.token_hex(16)}" for _ in range(3)]
     env, bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "twins",
-                                     WORKER_API_KEY_HASHES=hashlib.sha256(key.encode()).hexdigest(),
-                                     WORKER_RATE_LIMIT_OPEN_UPLOADS="1")
-    proc, url = start_worker(env, tmp_path / "w.log")
+                                     WORKER_API_KEY_HASHES=",".join(hashlib.sha256(k.encode()).hexdigest()
+                                                                    for k in keys),
+                                     WORKER_RATE_LIMIT_OPEN_UPLOADS="1", WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="12")
+    log = tmp_path_factory.mktemp("twins") / "w.log"
+    proc, url = start_worker(env, log)
     try:
-        wait_until(url, proc, tmp_path / "w.log", ready=False)
-        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"create-{secrets.token_hex(4)}"}
-        out, start = [], threading.Barrier(4)
+        wait_until(url, proc, log, ready=False)
+        yield url, keys, dburl
+    finally:
+        stop_worker(proc)
+
+
+def test_concurrent_twins_of_an_idempotent_create_get_the_same_upload(limited):
+    url, (key, _, _), _ = limited
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"create-{secrets.token_hex(4)}"}
+    out, start = [], threading.Barrier(4)
+
+    def call():
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as c:
+            start.wait()
+            out.append(c.post("/v1/uploads", json={"filename": "a.wav", "bytes": 6 * MIB,
+                                                   "mime_type": "audio/wav", "purpose": "t"}))
+    ts = [threading.Thread(target=call) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    answers = [(r.status_code, r.json().get("id") or r.json()["error"]["code"]) for r in out]
+    assert [s for s, _ in answers] == [200] * 4 and len({i for _, i in answers}) == 1, answers
+    # the key's one open upload is that one: another create is refused until it ends
+    other = httpx.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {key}"},
+                       json={"filename": "b.wav", "bytes": MIB, "mime_type": "audio/wav", "purpose": "t"})
+    assert other.status_code == 429, other.text
+
+
+def test_twins_of_an_idempotent_create_the_limits_refuse_all_get_the_refusal(limited):
+    """The key holds its one open upload (or asks for more than its day's bytes): every twin
+    of an idempotent create is refused, none answered an upload the limits then refused (it
+    read 404 after, or 500 when a twin's re-read found the row gone), and no row is left."""
+    url, (_, *keys), dburl = limited
+    with psycopg.connect(dburl) as conn:
+        rows_before = conn.execute("SELECT count(*) FROM uploads").fetchone()[0]
+    spec = {"filename": "a.wav", "bytes": 6 * MIB, "mime_type": "audio/wav", "purpose": "t"}
+    held = httpx.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {keys[0]}"}, json=spec)
+    assert held.status_code == 200, held.text  # this key's one open upload
+    answers = []
+    for key, body, code in [(keys[0], spec, "concurrent_uploads_exceeded")] * 5 + [
+            (keys[1], {**spec, "bytes": 13 * MIB}, "daily_upload_limit_exceeded")] * 3:
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"twin-{secrets.token_hex(4)}"}
+        out, start = [], threading.Barrier(8)
 
         def call():
             with httpx.Client(base_url=url, timeout=60, headers=headers) as c:
                 start.wait()
-                out.append(c.post("/v1/uploads", json={"filename": "a.wav", "bytes": 6 * MIB,
-                                                       "mime_type": "audio/wav", "purpose": "t"}))
-        ts = [threading.Thread(target=call) for _ in range(4)]
+                out.append(c.post("/v1/uploads", json=body))
+        ts = [threading.Thread(target=call) for _ in range(8)]
         for t in ts:
             t.start()
         for t in ts:
             t.join()
-        answers = [(r.status_code, r.json().get("id") or r.json()["error"]["code"]) for r in out]
-        assert [s for s, _ in answers] == [200] * 4 and len({i for _, i in answers}) == 1, answers
-        # the key's one open upload is that one: another create is refused until it ends
-        other = httpx.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {key}"},
-                           json={"filename": "b.wav", "bytes": MIB, "mime_type": "audio/wav", "purpose": "t"})
-        assert other.status_code == 429, other.text
-    finally:
-        stop_worker(proc)
+        answers += [(r.status_code, r.json().get("id") or r.json()["error"]["code"], code) for r in out]
+    assert all(s == 429 and got == code for s, got, code in answers), [a for a in answers if a[1] != a[2]]
+    with psycopg.connect(dburl) as conn:
+        assert conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == rows_before + 1  # the held one

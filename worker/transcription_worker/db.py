@@ -341,21 +341,41 @@ class Database:
 
     # --- uploads (file_uploads.py) ---
 
-    def create_upload(self, row: dict[str, Any], expiry_seconds: float) -> dict[str, Any]:
+    def create_upload(self, row: dict[str, Any], expiry_seconds: float,
+                      claim_seconds: float | None = None) -> dict[str, Any]:
         """Insert an upload row (`row`'s columns) expiring `expiry_seconds` from now; returns
         it, or None when the key already has an upload made with the row's `idempotency_key`
-        (a concurrent twin of a retried create: see `upload_by_idempotency_key`)."""
-        cols = ", ".join(row)
+        (a concurrent twin of a retried create: see `upload_by_idempotency_key`). With
+        `claim_seconds`, the row's claim (`row` gives claim 'creating' and its owner) holds
+        that long: twins wait while the limits are decided (`creation_decided`, `drop_creating`)."""
+        cols, vals, params = ", ".join(row), ", ".join(["%s"] * len(row)), [*row.values()]
+        if claim_seconds is not None:
+            cols, vals = cols + ", claim_until", vals + ", now() + make_interval(secs => %s)"
+            params.append(claim_seconds)
         with self.pool.connection() as conn:
             return conn.execute(
-                f"INSERT INTO uploads ({cols}, expires_at) VALUES ({', '.join(['%s'] * len(row))},"
+                f"INSERT INTO uploads ({cols}, expires_at) VALUES ({vals},"
                 " now() + make_interval(secs => %s)) ON CONFLICT (api_key_id, idempotency_key) DO NOTHING"
-                " RETURNING *", (*row.values(), expiry_seconds)).fetchone()
+                " RETURNING *", (*params, expiry_seconds)).fetchone()
 
-    def delete_upload(self, upload_id: str) -> None:
-        """Delete a pending upload that holds nothing yet (the limits refused its create)."""
+    def creation_decided(self, upload_id: str, owner: str) -> dict[str, Any] | None:
+        """The limits took the upload `owner` is creating: clear its 'creating' claim (twins
+        then answer it); None when that claim was lost (lapsed, and a twin dropped the row)."""
         with self.pool.connection() as conn:
-            conn.execute("DELETE FROM uploads WHERE id = %s AND status = 'pending'", (upload_id,))
+            return conn.execute("UPDATE uploads SET claim = NULL, claim_owner = NULL, claim_until = NULL"
+                                " WHERE id = %s AND claim = 'creating' AND claim_owner = %s AND status = 'pending'"
+                                " RETURNING *", (upload_id, owner)).fetchone()
+
+    def drop_creating(self, upload_id: str, owner: str | None = None) -> None:
+        """Delete an upload still being created, which holds nothing yet: `owner`'s (the limits
+        refused it), or with no owner one whose 'creating' claim lapsed (its worker died)."""
+        with self.pool.connection() as conn:
+            if owner is None:
+                conn.execute("DELETE FROM uploads WHERE id = %s AND status = 'pending' AND claim = 'creating'"
+                             " AND claim_until <= now()", (upload_id,))
+            else:
+                conn.execute("DELETE FROM uploads WHERE id = %s AND status = 'pending' AND claim = 'creating'"
+                             " AND claim_owner = %s", (upload_id, owner))
 
     def upload_by_idempotency_key(self, api_key_id: str, key: str) -> dict[str, Any] | None:
         """The key's upload created with this Idempotency-Key, or None."""

@@ -188,31 +188,14 @@ async def create_upload(request: Request):
     if idem and len(idem) > 255:
         raise APIError(400, "Idempotency-Key is longer than 255 characters",
                        param="Idempotency-Key", code="invalid_value")
+    spec = (filename, size, mime, purpose, presign, part_size)
+    fields = {"api_key_id": key_id, "filename": filename, "bytes": size, "mime_type": mime, "purpose": purpose,
+              "status": "pending", "presigned": presign, "part_size": part_size if presign else None,
+              "idempotency_key": idem}
     if idem:
-        earlier = await db(state.db.upload_by_idempotency_key, key_id, idem)
-        if earlier is not None:
-            _same_create(earlier, filename, size, mime, purpose, presign, part_size)
-            return await _created(state, db, earlier, part_size)
+        return await _create_once(state, db, key_id, idem, fields, spec)
     upload_id = f"upload_{secrets.token_hex(16)}"
-    fields = {"id": upload_id, "api_key_id": key_id, "filename": filename, "bytes": size,
-              "mime_type": mime, "purpose": purpose, "status": "pending",
-              "s3_key": state.store.upload_key(upload_id), "parts_prefix": state.store.parts_prefix(upload_id),
-              "presigned": presign, "part_size": part_size if presign else None, "idempotency_key": idem}
-    if idem:
-        # the row first: concurrent twins of this create (same Idempotency-Key) find it and
-        # answer this upload, instead of each taking an open-upload lease before any row exists
-        # (429 with WORKER_RATE_LIMIT_OPEN_UPLOADS=1); the limits refusing it, the row goes
-        row = await db(state.db.create_upload, fields, settings.upload_expiry_seconds)
-        if row is None:  # a twin won
-            row = await db(state.db.upload_by_idempotency_key, key_id, idem)
-            _same_create(row, filename, size, mime, purpose, presign, part_size)
-            return await _created(state, db, row, part_size)
-        try:
-            await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
-        except BaseException:
-            await db(state.db.delete_upload, upload_id)
-            raise
-        return await _created(state, db, row, part_size)
+    fields = _new_upload(state, upload_id, fields)
     await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, size)
     row = None
     try:
@@ -222,6 +205,54 @@ async def create_upload(request: Request):
             await state.limits.close_upload(key_id, upload_id)
             await state.limits.refund_upload_bytes(key_id, size)
     return await _created(state, db, row, part_size)
+
+
+def _new_upload(state: Any, upload_id: str, fields: dict) -> dict:
+    return {"id": upload_id, **fields, "s3_key": state.store.upload_key(upload_id),
+            "parts_prefix": state.store.parts_prefix(upload_id)}
+
+
+async def _create_once(state: Any, db: Any, key_id: str, idem: str, fields: dict, spec: tuple) -> dict[str, Any]:
+    """An idempotent create (an Idempotency-Key): concurrent twins (a client retrying before
+    the first answer came) all get one upload, or all the limits' refusal, never an upload the
+    limits then refused. The first inserts the row claimed 'creating' (no part, no URL, no
+    answer for it while so), then takes the limits (`open_upload`), then clears the claim
+    (`creation_decided`) or, refused, deletes the row. A twin finding the row waits while the
+    claim lives (polling, no connection held) and answers it once decided; finding it gone (the
+    limits refused it) it tries the create itself, and the limits refuse it in turn unless they
+    have room now. A 'creating' claim that lapsed is a dead worker's: its row is dropped."""
+    settings, lease = state.settings, _lease(state)
+    deadline = time.monotonic() + _WAIT_SECONDS
+    while True:
+        row = await db(state.db.upload_by_idempotency_key, key_id, idem)
+        if row is not None:
+            _same_create(row, *spec)
+            if row["claim"] != "creating" or row["status"] != "pending":
+                return await _created(state, db, row, spec[-1])
+            if row["claim_until"] <= datetime.now(timezone.utc):
+                await db(state.db.drop_creating, row["id"])
+                continue
+            if time.monotonic() >= deadline:
+                raise APIError(409, "a create with this Idempotency-Key is still at work; retry",
+                               param="Idempotency-Key", code="upload_busy", retry_after=5)
+            await asyncio.sleep(_POLL_SECONDS / 5)
+            continue
+        upload_id, owner = f"upload_{secrets.token_hex(16)}", f"{state.owner}/{secrets.token_hex(8)}"
+        row = await db(state.db.create_upload, {**_new_upload(state, upload_id, fields), "claim": "creating",
+                                                "claim_owner": owner}, settings.upload_expiry_seconds, lease)
+        if row is None:  # a twin inserted first: read it
+            continue
+        try:
+            await state.limits.open_upload(key_id, upload_id, settings.upload_expiry_seconds, spec[1])
+        except BaseException:
+            await db(state.db.drop_creating, upload_id, owner)
+            raise
+        row = await db(state.db.creation_decided, upload_id, owner)
+        if row is not None:
+            return await _created(state, db, row, spec[-1])
+        # stalled past the claim (a twin dropped the row as a dead worker's): give the limits back
+        await state.limits.close_upload(key_id, upload_id)
+        await state.limits.refund_upload_bytes(key_id, spec[1])
 
 
 def _same_create(row: dict, filename: str, size: int, mime: str, purpose: str, presign: bool,
