@@ -475,3 +475,32 @@ def test_what_a_stalled_complete_killed_after_its_late_assembly_left_is_swept(pa
     tbusy.join()
     assert busy_keys == [_row(dburl, busy["id"])[1]], busy_keys  # its assembly was not swept
     assert out["busy"].status_code == 200 and out["busy"].json()["status"] == "completed", out["busy"].text
+
+
+def test_a_control_character_in_any_stored_text_field_is_400_naming_it(pair):
+    """A NUL (PostgreSQL keeps none in text, nor \\u0000 in jsonb) or another control character
+    in a field an upload or a job stores is the client's error, 400 naming the field, never
+    the store's 503 with Retry-After; and a value the database refuses as invalid input
+    (SQLSTATE class 22) is answered 400 too, without Retry-After."""
+    import asyncio
+
+    from transcription_worker.api import _db
+    from transcription_worker.errors import APIError
+
+    bucket, dburl, _, (fb, pb, ub) = pair
+    spec = {"filename": "a.wav", "bytes": MIB, "mime_type": "audio/wav", "purpose": "transcription"}
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        for field, value in (("filename", "a\0b.wav"), ("purpose", "t\0"), ("filename", "a\x1bb"),
+                             ("purpose", "x\x7f")):
+            for headers in ({}, {"Idempotency-Key": f"nul-{field}-{len(value)}-{time.monotonic_ns()}"}):
+                r = http.post("/v1/uploads", headers=headers, json={**spec, field: value})
+                assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+                assert "retry-after" not in r.headers
+        _wait_for("ready (model loaded)", lambda: httpx.get(f"{ub}/readyz", timeout=5).status_code == 200, 120)
+        for field, value in (("prompt", "a\0b"), ("file_id", "file-\0"), ("model", "whisper\0")):
+            r = http.post("/v1/jobs", data={field: value, **({} if field == "file_id" else {"file_id": "file-x"})})
+            assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    with psycopg.connect(dburl) as conn:
+        with pytest.raises(APIError) as refused:
+            asyncio.run(_db(conn.execute, "SELECT %s::text", ("a\0b",)))
+    assert refused.value.status == 400 and "Retry-After" not in refused.value.headers, vars(refused.value)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +25,7 @@ from .errors import APIError
 from .formats import FORMATS, MEDIA_TYPES, render
 from .jobs import run_job, transcribe_audio
 from .model import AudioDecodeError, AudioTooLong, decode
-from .uploads import Upload, read_upload
+from .uploads import Upload, no_control, read_upload
 from .workqueue import QueueFull
 
 log = logging.getLogger("transcription_worker")
@@ -169,6 +170,11 @@ async def _db(fn, *args, **kwargs):
         return await run_in_threadpool(fn, *args, **kwargs)
     except APIError:
         raise
+    except psycopg.DataError as exc:  # a value the database cannot hold (SQLSTATE class 22, e.g.
+        # a NUL in text): the request's fault, which no retry mends; fields are checked before
+        log.warning("database refused a value: %s", exc)
+        raise APIError(400, "the request holds a value the job store cannot keep (a control character?)",
+                       code="invalid_value") from None
     except Exception as exc:
         log.warning("database/storage call failed: %s", exc)
         raise APIError(503, "the job store is unavailable; retry later", code="store_unavailable",
@@ -182,7 +188,7 @@ async def create_job(request: Request):
     _jobs_enabled(state)
     key_id = await _admit(request)
     _require_model(state)
-    idem = request.headers.get("idempotency-key") or None
+    idem = no_control(request.headers.get("idempotency-key"), "Idempotency-Key") or None
     if idem and len(idem) > 255:
         raise APIError(400, "Idempotency-Key is longer than 255 characters",
                        param="Idempotency-Key", code="invalid_value")

@@ -78,6 +78,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .db import PartsTooLarge
 from .errors import APIError
+from .uploads import no_control
 
 log = logging.getLogger("transcription_worker")
 MIB = 1024 * 1024
@@ -161,6 +162,7 @@ async def create_upload(request: Request):
     if not isinstance(filename, str) or not filename.strip() or len(filename) > 255:
         raise APIError(400, "filename must be a non-empty string of at most 255 characters",
                        param="filename", code="invalid_value")
+    no_control(filename, "filename")
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise APIError(400, "bytes must be a positive integer", param="bytes", code="invalid_value")
     if size > settings.max_upload_total_bytes:
@@ -172,6 +174,9 @@ async def create_upload(request: Request):
     if not isinstance(purpose, str) or not purpose.strip():
         raise APIError(400, "purpose is required (e.g. \"transcription\")", param="purpose",
                        code="invalid_value")
+    no_control(purpose, "purpose")
+    if len(purpose) > 255:
+        raise APIError(400, "purpose must be at most 255 characters", param="purpose", code="invalid_value")
     presign = body.get("presign", False)
     if not isinstance(presign, bool):
         raise APIError(400, "presign must be true or false", param="presign", code="invalid_value")
@@ -184,7 +189,7 @@ async def create_upload(request: Request):
         if -(-size // part_size) > 10_000:
             raise APIError(400, "S3 takes at most 10,000 parts: raise part_size", param="part_size",
                            code="invalid_value")
-    idem = request.headers.get("idempotency-key") or None
+    idem = no_control(request.headers.get("idempotency-key"), "Idempotency-Key") or None
     if idem and len(idem) > 255:
         raise APIError(400, "Idempotency-Key is longer than 255 characters",
                        param="Idempotency-Key", code="invalid_value")

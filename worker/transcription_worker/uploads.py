@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -21,6 +22,21 @@ from .formats import FORMATS
 from .model import Options
 
 _SLACK = 64 * 1024  # multipart headers and the small form fields around the file
+
+# C0 controls and DEL, and the C1 controls: PostgreSQL refuses NUL in text (and \u0000 in
+# jsonb), and none of them belongs in a name, a purpose, an id or a key
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab, CR, LF kept
+
+
+def no_control(value: str | None, param: str, lines: bool = False) -> str | None:
+    """`value` unchanged, or 400 `invalid_value` naming `param` when it holds a control
+    character (with `lines`, tab, CR and LF are allowed: a prompt's text). Every text field an
+    endpoint stores goes through it, so a NUL is the client's error, not the store's 503."""
+    if value and (_CONTROL_BUT_LINES if lines else _CONTROL).search(value):
+        raise APIError(400, f"{param} must not contain control characters (such as NUL)", param=param,
+                       code="invalid_value")
+    return value
 
 
 def _languages() -> set[str]:
@@ -73,7 +89,7 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
     form = await request.form(max_files=1, max_fields=32)
     try:
         file = form.get("file")
-        file_id = str(form.get("file_id") or "") if allow_file_id else ""
+        file_id = no_control(str(form.get("file_id") or ""), "file_id") if allow_file_id else ""
         if file_id and isinstance(file, UploadFile):
             raise APIError(400, "send either `file` or `file_id`, not both", param="file_id",
                            code="invalid_value")
@@ -118,11 +134,12 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
                            " logprobs are only given for gpt-4o transcription models with"
                            " response_format=json; leave include[] out",
                            param="include", code="invalid_value")
-        options = Options(language=language, prompt=str(form.get("prompt") or "") or None,
+        prompt = no_control(str(form.get("prompt") or ""), "prompt", lines=True)
+        options = Options(language=language, prompt=prompt or None,
                           temperature=temperature, word_timestamps="word" in granularities)
         return Upload(data=data, filename=filename, content_type=content_type,
                       sha256=hashlib.sha256(data).hexdigest(), response_format=response_format,
-                      options=options, model=str(form.get("model") or ""), file_id=file_id or None)
+                      options=options, model=no_control(str(form.get("model") or ""), "model"), file_id=file_id or None)
     finally:
         await form.close()
 
