@@ -504,3 +504,22 @@ def test_a_control_character_in_any_stored_text_field_is_400_naming_it(pair):
         with pytest.raises(APIError) as refused:
             asyncio.run(_db(conn.execute, "SELECT %s::text", ("a\0b",)))
     assert refused.value.status == 400 and "Retry-After" not in refused.value.headers, vars(refused.value)
+
+
+def test_a_create_retried_after_expiry_answers_expired_without_part_urls(pair):
+    """A create retried with its Idempotency-Key once the upload is past `expires_at` (the
+    keeper not yet at it, or done) answers what GET answers, expired, and a presigned one
+    gets no fresh part URLs."""
+    bucket, dburl, _, (fb, pb, ub) = pair
+    spec = {"filename": "a.wav", "bytes": 6 * MIB, "mime_type": "audio/wav", "purpose": "t"}
+    with httpx.Client(base_url=ub, timeout=60) as http, psycopg.connect(dburl, autocommit=True) as conn:
+        for body in (spec, {**spec, "presign": True, "part_size": 5 * MIB}):
+            headers = {"Idempotency-Key": f"late-{time.monotonic_ns()}"}
+            first = http.post("/v1/uploads", headers=headers, json=body).json()
+            assert first["status"] == "pending" and ("part_urls" in first) == ("presign" in body)
+            conn.execute("UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id = %s", (first["id"],))
+            again = http.post("/v1/uploads", headers=headers, json=body)
+            got = http.get(f"/v1/uploads/{first['id']}").json()
+            assert again.status_code == 200 and again.json()["id"] == first["id"], again.text
+            assert again.json()["status"] == got["status"] == "expired", (again.text, got)
+            assert "part_urls" not in again.json()

@@ -274,9 +274,13 @@ def _same_create(row: dict, filename: str, size: int, mime: str, purpose: str, p
 
 async def _created(state: Any, db: Any, row: dict, part_size: int) -> dict[str, Any]:
     """The answer to a create: the upload, and for a presigned one its part URLs (made anew
-    for a retried create, from the part size it asked for), valid until the upload expires."""
+    for a retried create, from the part size it asked for), valid until the upload expires.
+    A retried create is answered what GET answers (one past `expires_at` reads as expired,
+    `_locked_status`), and URLs are made only while the upload is pending: never for an
+    ended or expired one."""
+    row = _locked_status(row, row["id"])
     body = upload_body(row)
-    if row["presigned"]:
+    if row["presigned"] and row["status"] == "pending":
         size, part_size = row["bytes"], row.get("part_size") or part_size
         sizes = [min(part_size, size - n * part_size) for n in range(-(-size // part_size))]
         left = (row["expires_at"] - datetime.now(timezone.utc)).total_seconds()
