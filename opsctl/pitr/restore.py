@@ -883,9 +883,9 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
         if queued is not None and queued.exists() and not filecmp.cmp(histories[-1], queued, shallow=False):
             raise OperationFailed(f"the restored server's timeline history {queued.name} differs from the one "
                                   f"queued for the archive ({queued}): a timeline was reused; nothing live was changed")
-        pg.stop(platform.live_pid(state, "postgres"))  # ours by port or postmaster.pid, never a reused PID
         swapped = False  # `new` is in place of `live`
         try:
+            pg.stop(platform.live_pid(state, "postgres"))  # ours by port or postmaster.pid, never a reused PID
             if live.exists():
                 live.rename(kept)
             new.rename(live)
@@ -894,10 +894,12 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
             _queue_history(live, queue_dir(state))
             platform.start_component("postgres", state, env)
         except BaseException:
-            # undone whatever stopped it (a failed start, Ctrl-C / SIGTERM between the renames):
-            # the previous data directory goes back in place, never left missing (the next
-            # `local up` would initdb an empty cluster); a kill -9 here is undone by clean_abandoned
+            # undone whatever stopped it (a failed start, Ctrl-C / SIGTERM from the live server's
+            # stop to the restored one's start): the previous data directory goes back in place,
+            # never left missing (the next `local up` would initdb an empty cluster), and is started
+            # again; a kill -9 here is undone by clean_abandoned
             with _signals_held():  # a second Ctrl-C must not stop the undo half-way
+                swapped = swapped or not new.exists()  # `new` existed: gone only by its rename to `live`
                 if swapped and not _stop_started(state, live):
                     # the restored server would not stop: its data directory is left where it is (removing
                     # it under a running server, or putting the previous one back beside it, loses data)
@@ -907,6 +909,9 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
                     shutil.rmtree(live, ignore_errors=True)
                 if kept.exists() and not live.exists():
                     os.rename(kept, live)
+                pid = platform.live_pid(state, "postgres")
+                if live.exists() and (pid is None or not pg.ready(state.components["postgres"].port)):
+                    pg.stop(pid)  # a stop interrupted half-way: the server was shutting down
                     platform.start_component("postgres", state, env)
                 state.save()
             raise

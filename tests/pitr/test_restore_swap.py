@@ -31,37 +31,72 @@ def _restore(pitr, beside: bool = False):
     return restore.restore(pitr.project(), pitr.env(), to_time="latest", beside=beside)
 
 
-def test_ctrl_c_after_the_restored_server_started_stops_it_before_the_previous_one_goes_back(pitr, runner,
-                                                                                            monkeypatch):
+@pytest.mark.parametrize("at", ["the live server stopped", "the restored directory moved in",
+                                "the restored server started"])
+def test_ctrl_c_in_the_swap_puts_the_previous_server_back_running_and_stops_the_restored_one(pitr, runner,
+                                                                                            monkeypatch, at):
+    """Ctrl-C (SIGTERM is taken as one) at each instant of the in-place swap: afterwards the
+    previous data directory serves the platform's port, and no server runs on a removed copy."""
+    from pathlib import Path
+
     from opsctl.local import platform
     from opsctl.local import postgres as pg
 
-    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    _base_backup(pitr, runner)
     pitr.sql("insert into events(note) values ('before')")
     pitr.wait_archived()
     previous = pitr.sysid(), pitr.sql("select count(*) from events")[0][0]
-    real, calls = pg.ensure_database, []
+    live_pid = pitr.pid
+    fired = []
 
-    def ctrl_c_once(*a, **kw):  # SIGINT while start_component waits for the swapped-in server
-        calls.append(a)
-        if len(calls) == 1:
+    def once():
+        if not fired:
+            fired.append(at)
             raise KeyboardInterrupt
-        return real(*a, **kw)
 
-    monkeypatch.setattr(pg, "ensure_database", ctrl_c_once)
+    if at == "the live server stopped":
+        real_stop = pg.stop
+
+        def stop(pid, *a, **kw):
+            done = real_stop(pid, *a, **kw)
+            if pid == live_pid:
+                once()
+            return done
+
+        monkeypatch.setattr(pg, "stop", stop)
+    elif at == "the restored directory moved in":
+        real_rename = Path.rename
+
+        def rename(self, target):
+            done = real_rename(self, target)
+            if self.name.startswith("postgres.restoring-"):
+                once()
+            return done
+
+        monkeypatch.setattr(Path, "rename", rename)
+    else:
+        real_ensure = pg.ensure_database
+
+        def ensure_database(*a, **kw):  # start_component waits for the swapped-in server here
+            once()
+            return real_ensure(*a, **kw)
+
+        monkeypatch.setattr(pg, "ensure_database", ensure_database)
     with pytest.raises(KeyboardInterrupt):
         _restore(pitr)
     monkeypatch.undo()
+    assert fired
     state = pitr.state()
     live = state.data("postgres")
     pid = platform.live_pid(state, "postgres")
     assert pid is not None, "the previous server was not started again"
-    # the server on the platform's port runs on data/postgres as it is now, not on a deleted copy
+    # the server on the platform's port runs on data/postgres as it is now, not on a removed copy
     assert psutil.Process(pid).cwd() == str(live)
     running = [p for p in psutil.process_iter(["cmdline"])
-               if p.info["cmdline"] and "postgres" in p.info["cmdline"][0] and str(live) in p.info["cmdline"]]
-    assert [p.pid for p in running] == [pid], "another server still runs on the platform's data directory"
-    assert not list(live.parent.glob("postgres.before-*"))
+               if p.info["cmdline"] and "postgres" in p.info["cmdline"][0]
+               and any(str(live.parent) in arg for arg in p.info["cmdline"])]
+    assert [p.pid for p in running] == [pid], "another server still runs in the platform's data folder"
+    assert not list(live.parent.glob("postgres.before-*")) and not list(live.parent.glob("postgres.restoring-*"))
     assert (pitr.sysid(), pitr.sql("select count(*) from events")[0][0]) == previous
     pitr.sql("insert into events(note) values ('after the undo')")
 
