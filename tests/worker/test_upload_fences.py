@@ -523,3 +523,50 @@ def test_a_create_retried_after_expiry_answers_expired_without_part_urls(pair):
             assert again.status_code == 200 and again.json()["id"] == first["id"], again.text
             assert again.json()["status"] == got["status"] == "expired", (again.text, got)
             assert "part_urls" not in again.json()
+
+
+def test_an_expiry_waiting_on_s3_does_not_stop_the_workers_job_heartbeats(pair):
+    """The keeper's expiry of an upload waits on S3 (its ListMultipartUploads held at the
+    forwarder): the worker's job leases are still renewed every third of the lease (its job
+    stays its own, not adopted by the other worker as a dead one's), as they are while the
+    sweep of ended uploads lists S3."""
+    import json
+    import uuid
+
+    bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, MIB)
+
+    def listing(kind, path):
+        return kind == "ListMultipartUploads" and up["id"] in path
+    holds = [fa.hold("ListMultipartUploads", listing), fb.hold("ListMultipartUploads", listing)]
+    job = str(uuid.uuid4())
+    try:
+        with psycopg.connect(dburl, autocommit=True) as conn:
+            conn.execute("UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id = %s", (up["id"],))
+            _wait_for("the expiry held in S3", lambda: any(h.arrived.is_set() for h in holds), 30)
+            # the keeper holding the expiry: its worker's owner is its claim's, less the nonce
+            owner = conn.execute("SELECT claim_owner FROM uploads WHERE id = %s", (up["id"],)).fetchone()[0]
+            owner = owner.rsplit("/", 1)[0]
+            # a job that worker runs (attempts at the limit: adopted, it would be abandoned)
+            conn.execute("INSERT INTO jobs (id, api_key_id, status, audio_sha256, audio_key, audio_bytes, duration,"
+                         " options, options_key, owner, heartbeat_at, attempts, started_at)"
+                         " VALUES (%s, 'anonymous', 'running', %s, 'audio/none.wav', 1, 1, %s, 'k', %s, now(), 99,"
+                         " now())", (job, "0" * 64, json.dumps({}), owner))
+            since = conn.execute("SELECT heartbeat_at FROM jobs WHERE id = %s", (job,)).fetchone()[0]
+
+            def renewed_twice():  # 1 s past its insertion: renewed at least twice (every 0.5 s)
+                row = conn.execute("SELECT heartbeat_at - %s >= interval '1 second', owner, status FROM jobs"
+                                   " WHERE id = %s", (since, job)).fetchone()
+                assert row[1:] == (owner, "running"), row
+                return row[0]
+            _wait_for("the job's heartbeat renewed while the expiry waits on S3", renewed_twice, 6)
+            assert not any(h.release.is_set() for h in holds)  # still held meanwhile
+    finally:
+        for f, h in zip((fa, fb), holds):
+            h.release.set()
+            if h in f.holds:
+                f.holds.remove(h)
+        with psycopg.connect(dburl, autocommit=True) as conn:
+            conn.execute("DELETE FROM jobs WHERE id = %s", (job,))
+    _wait_for("the upload expired", lambda: _row(dburl, up["id"])[0] == "expired", 30)

@@ -880,6 +880,30 @@ def sweep_presigned(state: Any) -> int:
     return swept
 
 
+_EXPIRY: dict[str, Any] = {"thread": None}  # this process's expiry pass at work, if any
+
+
+def start_expiry(state: Any) -> bool:
+    """Run `abort_expired` (then `sweep_presigned` and the orphan sweep) on a thread of its
+    own unless the last pass is still at work; called by the job keeper each tick, so the
+    keeper's lease renewals never wait on the expiry's S3 calls: S3 hanging stalls the expiry
+    alone (one pass at a time, each at most `abort_expired`'s `limit` uploads). True when a
+    pass was started."""
+    running = _EXPIRY["thread"]
+    if running is not None and running.is_alive():
+        return False
+
+    def run() -> None:
+        try:
+            abort_expired(state)
+        except Exception as exc:  # the database away: the next tick's pass tries again
+            log.warning("could not expire uploads: %s", exc)
+
+    _EXPIRY["thread"] = threading.Thread(target=run, name="upload-expiry", daemon=True)
+    _EXPIRY["thread"].start()
+    return True
+
+
 _ATTEMPT_OBJECT = re.compile(r"(upload_[0-9a-f]{32})(?:-[1-9][0-9]*)?")
 # this process's place in the listing, when it sweeps next, the thread sweeping
 _ORPHAN_SWEEP: dict[str, Any] = {"after": "", "next": 0.0, "thread": None}

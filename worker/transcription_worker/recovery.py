@@ -62,9 +62,9 @@ class JobKeeper:
         state = self.state
         state.db.renew_leases(state.owner)
         if state.store is not None:
-            from .file_uploads import abort_expired, count_incomplete
+            from .file_uploads import count_incomplete, start_expiry
 
-            abort_expired(state)
+            start_expiry(state)  # its own thread: S3 waits never hold up the renewals above
             count_incomplete(state)
         if not self.adopting or state.transcriber is None or state.store is None:
             return 0  # draining, or cannot run jobs yet: leave them to a worker that can
