@@ -10,7 +10,8 @@ key `end_upload` recorded, and a holder whose end fails deletes its own key alon
 On the same two workers (they enforce the open-upload lease and the day's upload bytes): an
 end the database recorded but Redis never heard of (the worker killed in between) is made
 good by the retried complete or cancel, the refund once per upload; a presigned upload's
-cancel refunds only the bytes never PUT; a mime_type that is no media type is refused at create;
+cancel gives back only the bytes never PUT, once its URLs expired; a mime_type that is no
+media type is refused at create;
 a job whose file changed in S3 after it was made fails and stores no transcript; the end
 statement of a worker version before claims fails while a claim holds the upload, and the
 holder makes good what that version's S3 work did; and what a
@@ -225,16 +226,33 @@ def test_an_end_redis_never_heard_of_is_made_good_by_the_retry_once(pair, redis_
         assert used() == before - 19
 
 
-def test_a_presigned_upload_cancelled_after_its_parts_were_put_keeps_them_charged(pair, redis_server):
+def test_a_cancelled_presigned_upload_gives_back_only_what_never_landed_once_its_urls_expired(pair, redis_server, s3):
+    """A presigned upload's URLs stay valid after its cancel: nothing is given back at the
+    cancel (a client PUT every part after it: all 200, and they must not land uncharged beyond
+    the day's quota); once the URLs have expired (made so here in the database) the keeper's
+    sweep counts what landed, before the cancel and after it, gives back only the rest, and
+    deletes the part objects."""
     bucket, dburl, _, (fb, pb, ub) = pair
     _, used = _ledger(redis_server)
     with httpx.Client(base_url=ub, timeout=60) as http:
         before = used()
-        up = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)
-        for part in up["part_urls"][:1]:  # one of the two parts PUT, then cancelled
-            assert httpx.put(part["url"], content=b"\1" * part["bytes"], timeout=60).status_code == 200
-        assert http.post(f"/v1/uploads/{up['id']}/cancel").json()["status"] == "cancelled"
-    assert used() == before + 5  # the 5 MiB PUT stay charged, the 5 never sent are given back
+        partly = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)
+        part = partly["part_urls"][0]  # one of the two parts PUT, then cancelled
+        assert httpx.put(part["url"], content=b"\1" * part["bytes"], timeout=60).status_code == 200
+        assert http.post(f"/v1/uploads/{partly['id']}/cancel").json()["status"] == "cancelled"
+        late = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)  # cancelled at once,
+        assert http.post(f"/v1/uploads/{late['id']}/cancel").json()["status"] == "cancelled"
+        for part in late["part_urls"]:  # then every part PUT at its still-valid URL
+            assert httpx.put(part["url"], content=b"\2" * part["bytes"], timeout=60).status_code == 200
+    assert used() == before + 20  # nothing given back while the URLs can still deliver
+    with psycopg.connect(dburl, autocommit=True) as conn:
+        conn.execute("UPDATE uploads SET expires_at = now() - interval '1 hour' WHERE id IN (%s, %s)",
+                     (partly["id"], late["id"]))
+        _wait_for("both swept", lambda: conn.execute("SELECT bool_and(parts_swept) FROM uploads WHERE id IN"
+                                                     " (%s, %s)", (partly["id"], late["id"])).fetchone()[0], 30)
+    assert used() == before + 15  # the 5 MiB never PUT came back; the 15 that landed stay charged
+    assert not [o for up in (partly, late) for o in s3.client().list_objects_v2(
+        Bucket=bucket, Prefix=f"audio/upload-parts/{up['id']}/").get("Contents", [])]
 
 
 @pytest.mark.parametrize("mime", ["audio/mpeg\r\nx-amz-meta-evil: 1", "audio/" + "x" * 200, "audio/mpég"])

@@ -558,10 +558,11 @@ class Database:
     def unswept_presigned(self, grace_seconds: float, limit: int = 20) -> list[dict[str, Any]]:
         """Presigned uploads that ended (completed, cancelled, expired) and whose part URLs
         expired more than `grace_seconds` ago, their part objects not yet swept: [{id, s3_key,
-        parts_prefix}]."""
+        parts_prefix, api_key_id, bytes, status, created_at}]."""
         with self.pool.connection() as conn:
             return conn.execute(
-                "SELECT id, s3_key, parts_prefix FROM uploads WHERE presigned AND NOT parts_swept AND status <> 'pending'"
+                "SELECT id, s3_key, parts_prefix, api_key_id, bytes, status, created_at FROM uploads"
+                " WHERE presigned AND NOT parts_swept AND status <> 'pending'"
                 " AND expires_at < now() - make_interval(secs => %s) ORDER BY expires_at LIMIT %s",
                 (grace_seconds, limit)).fetchall()
 

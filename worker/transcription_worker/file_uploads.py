@@ -766,7 +766,8 @@ def _record_presigned(state: Any, row: dict) -> None:
 @router.post("/{upload_id}/cancel")
 async def cancel_upload(upload_id: str, request: Request):
     """Delete the upload's part objects, free its lease and give back today's bytes it never
-    received; 400 unless it is pending (a complete at work is waited for, as in `_claimed`)."""
+    received (a presigned upload's once its URLs expired: `sweep_presigned`); 400 unless it is
+    pending (a complete at work is waited for, as in `_claimed`)."""
     state, key_id, db = await _context(request)
 
     def decide(conn: Any, row: dict | None, owner: str) -> tuple[Any, Any]:
@@ -798,8 +799,11 @@ def _unreceived(row: dict, stored: int) -> int:
 
 async def _ended_unfinished(state: Any, key_id: str, row: dict, stored: int) -> None:
     """Free the lease of an upload that ended without completing (cancelled, md5 mismatch)
-    and give back the day's bytes it never received (`_unreceived`)."""
+    and give back the day's bytes it never received (`_unreceived`); a presigned upload's are
+    given back by `sweep_presigned` (its URLs can still deliver them until they expire)."""
     await state.limits.close_upload(key_id, row["id"])
+    if row["presigned"]:
+        return
     await state.limits.refund_upload_bytes(key_id, _unreceived(row, stored), row["created_at"].timestamp(),
                                            upload_id=row["id"])
 
@@ -838,9 +842,10 @@ def abort_expired(state: Any, limit: int = 20) -> int:
                 # Redis before the end: a keeper dying after the end leaves nothing to redo it
                 # (the refund is once per upload, the lease's removal idempotent)
                 state.limits.close_upload_sync(row["api_key_id"], row["id"])
-                state.limits.refund_upload_bytes_sync(
-                    row["api_key_id"], _unreceived(row, state.db.stored_bytes(row["id"])),
-                    row["created_at"].timestamp(), upload_id=row["id"])
+                if not row["presigned"]:  # a presigned one's: at `sweep_presigned`, URLs expired
+                    state.limits.refund_upload_bytes_sync(
+                        row["api_key_id"], _unreceived(row, state.db.stored_bytes(row["id"])),
+                        row["created_at"].timestamp(), upload_id=row["id"])
                 ended = state.db.end_upload(row["id"], owner, "expired")
             if ended is not None:
                 _delete_parts(state.store, row)
@@ -865,14 +870,26 @@ def sweep_presigned(state: Any) -> int:
     """Delete the part objects a client PUT at presigned URLs after its upload ended (complete
     and cancel cannot stop a URL), once the URLs have expired and a grace period for a PUT
     begun just before (a quarter of the upload expiry, at most 10 minutes) has passed;
-    returns how many uploads were swept. Run by the job keeper, at the end of `abort_expired`."""
+    returns how many uploads were swept. Run by the job keeper, at the end of `abort_expired`.
+
+    A presigned upload that ended unfinished (cancelled, expired, md5 mismatch) has its day's
+    bytes given back here, not at its end: until its URLs expire they can still deliver every
+    byte it was charged for. What landed is counted first (the parts listed at its end and
+    the objects PUT since, by part number: `record_s3_parts`), and only the bytes that never
+    landed (`_unreceived`) are given back, once per upload."""
     grace = min(600.0, float(state.settings.upload_expiry_seconds) / 4)
     swept = 0
     for row in state.db.unswept_presigned(grace):
+        prefix = _parts_prefix(state.store, row)
         try:
-            if state.store.delete_prefix(_parts_prefix(state.store, row)):
+            if row["status"] != "completed":
+                state.db.record_s3_parts(row["id"], state.store.presigned_parts(prefix))
+                state.limits.refund_upload_bytes_sync(
+                    row["api_key_id"], _unreceived(row, state.db.stored_bytes(row["id"])),
+                    row["created_at"].timestamp(), upload_id=row["id"])
+            if state.store.delete_prefix(prefix):
                 log.info("part objects PUT after the upload ended are deleted", extra={"upload_id": row["id"]})
-        except Exception as exc:  # S3 away: the next tick tries again
+        except Exception as exc:  # S3 (or the database) away: the next tick tries again
             log.warning("could not sweep a presigned upload's parts: %s", exc, extra={"upload_id": row["id"]})
             continue
         state.db.mark_swept(row["id"])
