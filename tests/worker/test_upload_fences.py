@@ -514,6 +514,11 @@ def test_a_control_character_in_any_stored_text_field_is_400_naming_it(pair):
                 r = http.post("/v1/uploads", headers=headers, json={**spec, field: value})
                 assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
                 assert "retry-after" not in r.headers
+        # an id with a NUL in the path is an unknown upload (404), not the store's error
+        assert http.get("/v1/uploads/upload_%00").status_code == 404
+        for path in ("parts", "complete", "cancel"):
+            r = http.post(f"/v1/uploads/upload_%00x/{path}", json={"part_ids": ["p"]})
+            assert r.status_code in (400, 404) and "retry-after" not in r.headers, r.text
         _wait_for("ready (model loaded)", lambda: httpx.get(f"{ub}/readyz", timeout=5).status_code == 200, 120)
         for field, value in (("prompt", "a\0b"), ("file_id", "file-\0"), ("model", "whisper\0")):
             r = http.post("/v1/jobs", data={field: value, **({} if field == "file_id" else {"file_id": "file-x"})})

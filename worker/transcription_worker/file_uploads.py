@@ -134,7 +134,7 @@ async def _json(request: Request) -> dict:
 async def _pending(state: Any, db: Any, upload_id: str, key_id: str) -> dict:
     """The caller's upload (404 otherwise); one past `expires_at` reads as expired even
     before the keeper has aborted it."""
-    row = await db(state.db.get_upload, upload_id, key_id)
+    row = await db(state.db.get_upload, upload_id, key_id) if _possible_id(upload_id) else None
     if row is None:
         raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
     if row["status"] == "pending" and row["expires_at"] <= datetime.now(timezone.utc):
@@ -504,6 +504,8 @@ async def _claimed(state: Any, db: Any, upload_id: str, key_id: str, decide: Any
     (*value, owner). While another live claim holds the upload (a complete, cancel or expiry
     at work) this waits, polling with no connection held, up to _WAIT_SECONDS, then answers
     409 `upload_busy` with Retry-After; a lapsed claim (its worker died) is taken over."""
+    if not _possible_id(upload_id):
+        raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
     owner = f"{state.owner}/{secrets.token_hex(8)}"
     deadline = time.monotonic() + _WAIT_SECONDS
 
@@ -703,6 +705,16 @@ def _ended(state: Any, row: dict, owner: str, status: str, *args: Any) -> dict:
 def _not_pending(row: dict) -> APIError:
     return APIError(400, f"upload {row['id']} is {row['status']}", param="upload_id",
                     code="upload_not_pending")
+
+
+def _possible_id(upload_id: str) -> bool:
+    """False for an id no upload can have (a control character: PostgreSQL keeps no NUL in
+    text, so looking it up would fail as invalid input): answered 404 like any unknown id."""
+    try:
+        no_control(upload_id, "upload_id")
+    except APIError:
+        return False
+    return True
 
 
 def _locked_status(row: dict | None, upload_id: str) -> dict:
