@@ -42,7 +42,11 @@ def base(
 def _windows_table(rep, title: str):
     from rich.table import Table
 
-    t = Table("from base", "restorable from (UTC)", "to (UTC)", "ends at", title=title)
+    t = Table(title=title)
+    # a base backup id is what a person copies: never cut ("20261130T151227Z…") nor wrapped
+    t.add_column("from base", no_wrap=True, min_width=max((len(w["base"]) for w in rep.windows), default=9))
+    for name in ("restorable from (UTC)", "to (UTC)", "ends at"):
+        t.add_column(name)
     for w in rep.windows:
         t.add_row(w["base"], _t(w["from"]), _t(w["to"]), w["ends_at"])
     return t
@@ -51,29 +55,28 @@ def _windows_table(rep, title: str):
 def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     """Check every archived WAL segment and base backup of the live cluster; exit 1 on a gap."""
     from opsctl.errors import OperationFailed
-    from opsctl.output import emit, stderr
+    from opsctl.output import emit
     from opsctl.pitr.ops import verify_chain as run
 
     r = run(*environment(env))
 
     def render(c):
+        # soft_wrap=False: wrapped at the terminal's width (the console's default keeps each print one line)
         c.print(f"cluster {r.sysid} in {r.repository}: {len(r.base_backups)} base backup(s), "
-                f"{r.segments} WAL segment(s) on the path, {r.checked} object(s) read and checked")
+                f"{r.segments} WAL segment(s) on the path, {r.checked} object(s) read and checked", soft_wrap=False)
         c.print(_windows_table(r, "recoverable windows"))
         for p in r.problems:
-            c.print(f"[red]{p['file']}[/red]: {p['kind']} ({p['detail']})", soft_wrap=True)
+            c.print(f"[red]{p['file']}[/red]: {p['kind']} ({p['detail']})", soft_wrap=False)
         for bid, why in r.unusable_base_backups.items():
-            c.print(f"base backup {bid}: {why}", soft_wrap=True)
+            c.print(f"base backup {bid}: {why}", soft_wrap=False, markup=False)
         c.print(f"newest restorable time: {_t(r.newest_restorable)}")
 
     emit(r, as_json, render)
     if not r.ok:
+        # named once more in the error line, without the reasons the report (or --json) gave
         names = ", ".join([f"{p['file']} ({p['kind']})" for p in r.problems]
-                          + [f"base backup {bid} ({r.unusable_base_backups[bid]})" for bid in r.broken_base_backups]
-                          ) or "no restorable window"
-        if not as_json:
-            stderr.print(f"the chain is broken: {names}", markup=False)
-        raise OperationFailed(f"backup verify-chain: {names}")
+                          + [f"base backup {bid}" for bid in r.broken_base_backups]) or "no restorable window"
+        raise OperationFailed(f"backup verify-chain: the chain is broken: {names}")
 
 
 def windows_for_list(project, env) -> dict | None:

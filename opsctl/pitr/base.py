@@ -635,7 +635,8 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
     except NotFound:
         raise DamagedBase(rec.id, f"its object {obj.name} is missing") from None
     except IntegrityError as exc:
-        raise DamagedBase(rec.id, f"its object {obj.name} fails its check: {exc}") from None
+        raise DamagedBase(rec.id, f"its object {obj.name} fails its check: "
+                                  f"{str(exc).removeprefix(obj.name).lstrip(': ')}") from None
     finally:
         writer.close()
         if ahead:

@@ -277,7 +277,8 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
                                     key if obj.encrypted else None):
                         pass
                 except (IntegrityError, NotFound, OperationFailed) as exc:
-                    why = f"its object {obj.name} fails its check: {exc}"
+                    # the error names the object already: said once
+                    why = f"its object {obj.name} fails its check: {str(exc).removeprefix(obj.name).lstrip(': ')}"
         if why is None and b.parent and b.parent not in {g.id for g in good}:
             why = f"its parent base backup {b.parent} is " + (
                 "unusable" if b.parent in bad else "missing")

@@ -105,8 +105,27 @@ def test_verify_names_a_tampered_base_backup_tar_and_restore_passes_over_it(pitr
     try:
         code, doc = _verify(pitr, runner)
         _assert_named(code, doc, bid)
+        _assert_readable_at_80_columns(pitr, runner, doc, bid)
         # the restore's plan lists (no tar read) and picks it; unpacking finds the damage and
         # the restore goes on from the older whole chain
         _restore_latest(pitr, runner, bid)
     finally:
         shutil.copy(tmp_path / "tar", tar)
+
+
+def _assert_readable_at_80_columns(pitr, runner, doc: dict, damaged: str) -> None:
+    """verify-chain's text at 80 columns: each window's base backup id whole, no line wider,
+    and the damaged base backup's reason said once (it was printed three times)."""
+    from opsctl.cli import app
+
+    r = runner.invoke(app, ["--root", str(pitr.root), "backup", "verify-chain"], env={"COLUMNS": "80"})
+    print(r.output)
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    report = [line for line in lines if not line.startswith("opsctl: error:")]  # errors are one line
+    assert all(len(line) <= 80 for line in report), [line for line in report if len(line) > 80]
+    for w in doc["windows"]:
+        assert any(w["base"] in line for line in lines), (w["base"], r.output)
+    why = doc["unusable_base_backups"][damaged]
+    assert " ".join(r.output.split()).count(" ".join(why.split())) == 1, r.output
+    assert why.count(f"/{damaged}/base.tar.zst") == 1, why  # the object named once in its reason
