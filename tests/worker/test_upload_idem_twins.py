@@ -71,8 +71,8 @@ def test_twins_of_an_idempotent_create_the_limits_refuse_all_get_the_refusal(lim
     held = httpx.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {keys[0]}"}, json=spec)
     assert held.status_code == 200, held.text  # this key's one open upload
     answers = []
-    for key, body, code in [(keys[0], spec, "concurrent_uploads_exceeded")] * 5 + [
-            (keys[1], {**spec, "bytes": 13 * MIB}, "daily_upload_limit_exceeded")] * 3:
+    for key, body, code in [(keys[0], spec, "concurrent_uploads_exceeded")] * 3 + [
+            (keys[1], {**spec, "bytes": 13 * MIB}, "daily_upload_limit_exceeded")] * 2:
         headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"twin-{secrets.token_hex(4)}"}
         out, start = [], threading.Barrier(8)
 
@@ -89,3 +89,22 @@ def test_twins_of_an_idempotent_create_the_limits_refuse_all_get_the_refusal(lim
     assert all(s == 429 and got == code for s, got, code in answers), [a for a in answers if a[1] != a[2]]
     with psycopg.connect(dburl) as conn:
         assert conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == rows_before + 1  # the held one
+
+
+def test_a_create_whose_worker_died_deciding_the_limits_is_made_anew_by_its_retry(limited):
+    """A row left claimed 'creating' by a worker that died before the limits decided (its
+    claim lapsed) is no upload: the retried create drops it and makes the upload itself."""
+    url, (_, _, key), dburl = limited
+    idem = f"dead-{secrets.token_hex(4)}"
+    with psycopg.connect(dburl, autocommit=True) as conn:
+        conn.execute("INSERT INTO uploads (id, api_key_id, filename, bytes, mime_type, purpose, status, s3_key,"
+                     " idempotency_key, claim, claim_owner, claim_until, expires_at) VALUES ('upload_' || md5(%s),"
+                     " %s, 'a.wav', 10, 'audio/wav', 't', 'pending', 'x', %s, 'creating', 'gone/1/x',"
+                     " now() - interval '1 second', now() + interval '1 hour')",
+                     (idem, hashlib.sha256(key.encode()).hexdigest()[:12], idem))  # the key's id
+        dead = conn.execute("SELECT id FROM uploads WHERE idempotency_key = %s", (idem,)).fetchone()[0]
+    r = httpx.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem},
+                   json={"filename": "a.wav", "bytes": 10, "mime_type": "audio/wav", "purpose": "t"})
+    assert r.status_code == 200 and r.json()["status"] == "pending" and r.json()["id"] != dead, r.text
+    got = httpx.get(f"{url}/v1/uploads/{r.json()['id']}", headers={"Authorization": f"Bearer {key}"})
+    assert got.status_code == 200, got.text

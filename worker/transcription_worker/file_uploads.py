@@ -234,8 +234,9 @@ async def _create_once(state: Any, db: Any, key_id: str, idem: str, fields: dict
             _same_create(row, *spec)
             if row["claim"] != "creating" or row["status"] != "pending":
                 return await _created(state, db, row, spec[-1])
-            if row["claim_until"] <= datetime.now(timezone.utc):
-                await db(state.db.drop_creating, row["id"])
+            if row["claim_until"] <= datetime.now(timezone.utc):  # its worker died deciding:
+                await db(state.db.drop_creating, row["id"])  # drop it, and any lease it took
+                await state.limits.close_upload(key_id, row["id"])
                 continue
             if time.monotonic() >= deadline:
                 raise APIError(409, "a create with this Idempotency-Key is still at work; retry",
