@@ -264,7 +264,7 @@ def _preflight(project: Project, env: Environment) -> None:
         return
     from opsctl.pitr import ops
 
-    ops._local_state(project, env)
+    ops.local_state(project, env)
     ops.sealed_repository(project, env)
 
 

@@ -56,7 +56,11 @@ def sealed_repository(project: Project, env: Environment, initialise: bool = Fal
     return repo, key
 
 
-def _local_state(project: Project, env: Environment):
+def local_state(project: Project, env: Environment):
+    """(platform state, its postgres component) of the embedded platform `env` runs on.
+
+    Raises UsageError when `env` is not the embedded platform or its platform was never
+    started: both are the caller's input, checked before any work (a drill's preflight too)."""
     from opsctl.local import state as st
 
     if env.platform != "local":
@@ -73,7 +77,7 @@ def create_base(project: Project, env: Environment, kind: str = "full", report=N
     """A full or incremental base backup of the embedded platform's PostgreSQL."""
     from opsctl.local import procs
 
-    _, comp = _local_state(project, env)
+    _, comp = local_state(project, env)
     repo, key = sealed_repository(project, env, initialise=True)
     conninfo = f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres"
     return bb.take(repo, key, conninfo, kind, env.backup.compress_level, report)
@@ -103,7 +107,7 @@ class ChainReport:
 def _sysid(project: Project, env: Environment, repo) -> str:
     from opsctl.pitr.restore import cluster_id
 
-    state, _ = _local_state(project, env)
+    state, _ = local_state(project, env)
     return cluster_id(repo, state)
 
 
@@ -131,7 +135,7 @@ def server_archived(project: Project, env: Environment, sysid: str) -> str | Non
     from opsctl.local import procs
 
     try:
-        _, comp = _local_state(project, env)
+        _, comp = local_state(project, env)
         with psycopg.connect(f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres",
                              connect_timeout=3) as conn:
             row = conn.execute("select a.last_archived_wal, c.system_identifier::text from pg_stat_archiver a, "
@@ -195,7 +199,7 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
     sysid = _sysid(project, env, repo)
     # the running server's own timeline history: right after an in-place restore the new
     # timeline's history file may still be on its way to the repository
-    _, comp = _local_state(project, env)
+    _, comp = local_state(project, env)
     path = bb.server_path(f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres connect_timeout=3")
     planned = retention.prune(repo, key, sysid, keep_full, True, path)
     if dry_run or not (planned.removed or planned.wal_removed or planned.interrupted):
