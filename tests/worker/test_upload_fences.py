@@ -227,11 +227,11 @@ def test_an_end_redis_never_heard_of_is_made_good_by_the_retry_once(pair, redis_
 
 
 def test_a_cancelled_presigned_upload_gives_back_only_what_never_landed_once_its_urls_expired(pair, redis_server, s3):
-    """A presigned upload's URLs stay valid after its cancel: nothing is given back at the
-    cancel (a client PUT every part after it: all 200, and they must not land uncharged beyond
-    the day's quota); once the URLs have expired (made so here in the database) the keeper's
-    sweep counts what landed, before the cancel and after it, gives back only the rest, and
-    deletes the part objects."""
+    """A presigned upload's URLs stay valid after its cancel or its expiry: nothing is given
+    back then (a client PUT every part after a cancel: all 200, and they must not land
+    uncharged beyond the day's quota); once the URLs have expired (made so here in the
+    database) the keeper's sweep counts what landed, before the end and after it, gives back
+    only the rest, and deletes the part objects."""
     bucket, dburl, _, (fb, pb, ub) = pair
     _, used = _ledger(redis_server)
     with httpx.Client(base_url=ub, timeout=60) as http:
@@ -244,15 +244,22 @@ def test_a_cancelled_presigned_upload_gives_back_only_what_never_landed_once_its
         assert http.post(f"/v1/uploads/{late['id']}/cancel").json()["status"] == "cancelled"
         for part in late["part_urls"]:  # then every part PUT at its still-valid URL
             assert httpx.put(part["url"], content=b"\2" * part["bytes"], timeout=60).status_code == 200
-    assert used() == before + 20  # nothing given back while the URLs can still deliver
+        lapsed = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)  # expired by the keeper
     with psycopg.connect(dburl, autocommit=True) as conn:
-        conn.execute("UPDATE uploads SET expires_at = now() - interval '1 hour' WHERE id IN (%s, %s)",
-                     (partly["id"], late["id"]))
-        _wait_for("both swept", lambda: conn.execute("SELECT bool_and(parts_swept) FROM uploads WHERE id IN"
-                                                     " (%s, %s)", (partly["id"], late["id"])).fetchone()[0], 30)
-    assert used() == before + 15  # the 5 MiB never PUT came back; the 15 that landed stay charged
-    assert not [o for up in (partly, late) for o in s3.client().list_objects_v2(
-        Bucket=bucket, Prefix=f"audio/upload-parts/{up['id']}/").get("Contents", [])]
+        def ended(up_id):
+            return conn.execute("SELECT status FROM uploads WHERE id = %s", (up_id,)).fetchone()[0] != "pending"
+        conn.execute("UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id = %s", (lapsed["id"],))
+        _wait_for("expired", lambda: ended(lapsed["id"]), 30)
+        part = lapsed["part_urls"][1]  # its URLs signed for an hour: a part PUT after its expiry
+        assert httpx.put(part["url"], content=b"\3" * part["bytes"], timeout=60).status_code == 200
+        assert used() == before + 30  # nothing given back while the URLs can still deliver
+        ids = (partly["id"], late["id"], lapsed["id"])
+        conn.execute("UPDATE uploads SET expires_at = now() - interval '1 hour' WHERE id = ANY(%s)", (list(ids),))
+        _wait_for("all swept", lambda: conn.execute("SELECT bool_and(parts_swept) FROM uploads WHERE id ="
+                                                    " ANY(%s)", (list(ids),)).fetchone()[0], 30)
+    assert used() == before + 20  # the 10 MiB never PUT came back; the 20 that landed stay charged
+    assert not [o for up_id in ids for o in s3.client().list_objects_v2(
+        Bucket=bucket, Prefix=f"audio/upload-parts/{up_id}/").get("Contents", [])]
 
 
 @pytest.mark.parametrize("mime", ["audio/mpeg\r\nx-amz-meta-evil: 1", "audio/" + "x" * 200, "audio/mpég"])
