@@ -478,19 +478,31 @@ def _abandoned(state):
 def undo_killed_swap(state) -> list[str]:
     """Put back the previous data directory (`postgres.before-<stamp>`) of a restore killed
     between the in-place swap's two renames (its process gone, data/postgres missing): what the
-    platform's start of postgres runs before it would initdb, and clean_abandoned. Returns the
-    folders moved back."""
+    platform's start of postgres runs before it would initdb, and clean_abandoned. One killed
+    after the second rename gets its timeline history queued (never over a namesake). Returns
+    the folders moved back."""
     import logging
+
+    from opsctl.pitr.local import queue_dir
 
     moved = []
     live = state.data("postgres")
-    for path, _doc in _abandoned(state):
+    for path, doc in _abandoned(state):
         kept = live.with_name(f"postgres.before-{path.stem.removeprefix('pitr-run-')}")
         if not live.exists() and kept.is_dir():
             os.rename(kept, live)
             moved.append(str(kept))
             logging.getLogger(__name__).warning("an in-place restore was killed mid-swap: %s moved back to %s",
                                                 kept, live)
+        elif kept.is_dir() and doc.get("new") and not Path(doc["new"]).exists() and (live / "pg_wal").is_dir():
+            # killed after the second rename: the restored directory is the live one; its timeline's
+            # history (made with archiving off, so PostgreSQL never archives it) is queued as the swap
+            # would have, or the chain would miss it for good
+            try:
+                _queue_history(live, queue_dir(state))
+            except (OperationFailed, OSError) as exc:
+                logging.getLogger(__name__).error("an in-place restore killed after its swap: its timeline "
+                                                  "history was not queued (%s)", exc)
     return moved
 
 

@@ -173,3 +173,39 @@ def test_two_beside_restores_started_in_the_same_second_share_no_folder(pitr, ru
     finally:
         for p in plans:
             restore.discard(p)
+
+
+def test_a_restore_killed_after_its_swap_still_gets_its_timeline_history_archived(pitr, runner, monkeypatch):
+    """kill -9 after the restored directory was moved in, before its history was queued: the
+    restored server is the live one, and PostgreSQL never archives a history file made with
+    archiving off; the platform's next start of postgres (`local up`) queues it."""
+    import json
+    import subprocess
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+    from opsctl.pitr import local as pitr_local
+    from opsctl.pitr import restore
+
+    _base_backup(pitr, runner)
+    records = pitr.state().folder / "restores"
+    before = set(records.glob("pitr-run-*.json"))
+    with monkeypatch.context() as m:
+        m.setattr(restore, "_queue_history", lambda live, queue: None)  # killed before it queued
+        m.setattr(restore, "discard", lambda p: None)  # killed: its record stays
+        result = _restore(pitr)
+    history = f"{result.timeline:08X}.history"
+    queue = pitr_local.queue_dir(pitr.state())
+    assert not (queue / history).exists()
+    (record,) = set(records.glob("pitr-run-*.json")) - before
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    doc = json.loads(record.read_text())
+    record.write_text(json.dumps({**doc, "opsctl_pid": gone.pid}))  # its process is gone
+    pg.stop(pitr.pid)
+    pitr.start_postgres()  # `opsctl local up`
+    prefix = layout.wal_prefix(pitr.sysid()) + history + "."
+    # queued before the server started; a queued file leaves the queue only once stored
+    assert (queue / history).is_file() or pitr.repo().names(prefix), "the restored timeline's history never queued"
+    restore.clean_abandoned(pitr.state())
+    assert not record.exists()
