@@ -601,3 +601,18 @@ def test_an_expiry_waiting_on_s3_does_not_stop_the_workers_job_heartbeats(pair):
         with psycopg.connect(dburl, autocommit=True) as conn:
             conn.execute("DELETE FROM jobs WHERE id = %s", (job,))
     _wait_for("the upload expired", lambda: _row(dburl, up["id"])[0] == "expired", 30)
+
+
+def test_a_create_its_worker_left_undecided_is_dropped_not_expired(pair):
+    """A row its worker left claimed 'creating' (it died before the limits decided) is no
+    upload: the keeper deletes it (no refund of bytes it may never have charged), where an
+    expiry would have given back its bytes and shown it as an expired upload."""
+    bucket, dburl, _, _ = pair
+    with psycopg.connect(dburl, autocommit=True) as conn:
+        up_id = "upload_" + "d" * 32
+        conn.execute("INSERT INTO uploads (id, api_key_id, filename, bytes, mime_type, purpose, status, s3_key,"
+                     " idempotency_key, claim, claim_owner, claim_until, expires_at) VALUES (%s, 'anonymous',"
+                     " 'a.wav', 10, 'audio/wav', 't', 'pending', 'x', 'undecided', 'creating', 'gone/1/x',"
+                     " now() - interval '1 second', now() - interval '1 second')", (up_id,))
+        _wait_for("dropped", lambda: conn.execute("SELECT status FROM uploads WHERE id = %s",
+                                                  (up_id,)).fetchone() is None, 10)

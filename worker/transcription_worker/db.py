@@ -542,8 +542,20 @@ class Database:
                 "UPDATE uploads SET claim = 'expiring', claim_owner = %s, claim_attempt = claim_attempt + 1,"
                 " claim_until = now() + make_interval(secs => %s) WHERE id = (SELECT id FROM uploads"
                 " WHERE status = 'pending' AND expires_at < now() AND (claim_until IS NULL OR claim_until <= now())"
+                " AND claim IS DISTINCT FROM 'creating'"
                 " ORDER BY expires_at LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED) RETURNING *",
                 (owner, lease)).fetchone()
+
+    def drop_lapsed_creating(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Delete up to `limit` uploads whose 'creating' claim lapsed (their worker died before
+        the limits decided: no one was answered them, nothing was stored for them) and return
+        them: [{id, api_key_id}]. Never expired instead (`claim_expired` skips them): whether
+        their bytes were charged is unknown, so nothing is given back for them."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads WHERE status = 'pending'"
+                " AND claim = 'creating' AND claim_until <= now() LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " RETURNING id, api_key_id", (limit,)).fetchall()
 
     def upload_files(self, upload_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The uploads among `upload_ids`: id -> {status, s3_key, file: the S3 key of its file

@@ -842,6 +842,12 @@ def abort_expired(state: Any, limit: int = 20) -> int:
     from . import metrics
 
     aborted, lease = 0, _lease(state)
+    try:  # creates whose worker died before the limits decided: no upload; free any lease taken
+        for dead in state.db.drop_lapsed_creating(limit):
+            state.limits.close_upload_sync(dead["api_key_id"], dead["id"])
+            log.info("a create its worker left undecided is dropped", extra={"upload_id": dead["id"]})
+    except Exception as exc:  # the database away: the next pass tries again
+        log.warning("could not drop undecided creates: %s", exc)
     for _ in range(limit):
         row = None
         owner = f"{state.owner}/{secrets.token_hex(8)}"
