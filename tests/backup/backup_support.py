@@ -75,14 +75,10 @@ class Seeded:
     audio: dict[str, bytes]
 
 
-@pytest.fixture(scope="session")
-def seeded(local_platform) -> Seeded:
-    """Tens of thousands of rows, a few MB of audio objects and Redis keys of every type."""
+def _seed_db(db_url: str) -> None:
     import psycopg
-    import redis
 
-    ep = local_platform.endpoints()
-    with psycopg.connect(ep.database_url, autocommit=True) as conn:
+    with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("set role transcribe")
         conn.execute("drop table if exists bk_events, bk_notes")
         conn.execute("create table bk_events (id bigint primary key, kind text not null, payload jsonb, "
@@ -92,8 +88,14 @@ def seeded(local_platform) -> Seeded:
         conn.execute("create index on bk_events (kind)")
         conn.execute("create table bk_notes (id serial primary key, event bigint references bk_events, body text)")
         conn.execute(f"insert into bk_notes (event, body) select i, repeat(md5(i::text), 4) from generate_series(1, {NOTES}) i")
-    r = redis.Redis.from_url(ep.redis_url)
+
+
+def _seed_redis(redis_url: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
     pipe = r.pipeline(transaction=False)
+    pipe.delete(*(k for k in r.scan_iter("bk:*")), "bk:hash")
     for i in range(REDIS_KEYS):
         pipe.set(f"bk:str:{i}", f"value-{i}")
     pipe.hset("bk:hash", mapping={f"f{i}": i for i in range(100)})
@@ -101,11 +103,45 @@ def seeded(local_platform) -> Seeded:
     pipe.zadd("bk:zset", {f"m{i}": i for i in range(50)})
     pipe.set("bk:ttl", "keeps its ttl", ex=3600)
     pipe.execute()
-    s3 = ep.s3_client()
+
+
+@pytest.fixture(scope="session")
+def _seed(local_platform) -> Seeded:
+    ep = local_platform.endpoints()
+    _seed_db(ep.database_url)
+    _seed_redis(ep.redis_url)
     audio = {f"bktest/audio-{i}.wav": os.urandom(768 * 1024 + i) for i in range(AUDIO)}
-    for key, body in audio.items():
-        s3.put_object(Bucket=ep.audio_bucket, Key=key, Body=body)
     return Seeded(ep.database_url, ep.redis_url, ep.audio_bucket, audio)
+
+
+@pytest.fixture
+def seeded(_seed, local_platform) -> Seeded:
+    """Tens of thousands of rows, a few MB of audio objects and Redis keys of every type.
+
+    Seeded once per session and made whole again before each test that asks for it: the
+    platform is shared by the whole session (and, with pytest-xdist, files run in any order),
+    so a test of another folder that restarts Redis or restores PostgreSQL may have run since.
+    """
+    import psycopg
+    import redis
+
+    try:
+        with psycopg.connect(_seed.db_url) as conn:
+            rows = conn.execute("select (select count(*) from bk_events), (select count(*) from bk_notes)").fetchone()
+    except psycopg.errors.UndefinedTable:
+        rows = None
+    if rows != (ROWS, NOTES):
+        _seed_db(_seed.db_url)
+    r = redis.Redis.from_url(_seed.redis_url)
+    if sum(1 for _ in r.scan_iter("bk:*")) != REDIS_KEYS + 4 or r.ttl("bk:ttl") <= 0:
+        _seed_redis(_seed.redis_url)
+    s3 = local_platform.endpoints().s3_client()
+    have = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=_seed.bucket, Prefix="bktest/")
+            for o in page.get("Contents", [])}
+    for key, body in _seed.audio.items():
+        if have.get(key) != len(body):
+            s3.put_object(Bucket=_seed.bucket, Key=key, Body=body)
+    return _seed
 
 
 def snapshot_state(seeded: Seeded) -> dict:
