@@ -395,22 +395,15 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
 def _stop_scratch_servers(state) -> list[int]:
     """Stop every PostgreSQL running on a data directory of the platform's own data folder other
     than data/postgres (a `restore --beside` copy: its restore returned and kept no record; a
-    copy whose restore was killed): the PID its postmaster.pid names, taken only while that
-    process runs postgres on that very directory. Returns the PIDs stopped."""
-    import psutil
-
+    copy whose restore was killed): the live process its postmaster.pid names, never a reused
+    PID (procs.pidfile_owner). Returns the PIDs stopped."""
     root = state.data("postgres").parent
     stopped = []
     for data in sorted(root.iterdir()) if root.is_dir() else []:
         if data == state.data("postgres") or not data.is_dir():
             continue
-        pid = procs.read_pidfile(data / "postmaster.pid")
-        try:
-            argv = psutil.Process(pid).cmdline() if pid else []
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if ("-D" in argv[:-1] and Path(argv[argv.index("-D") + 1]).resolve() == data.resolve()
-                and Path(argv[0]).name == "postgres"):
+        pid = procs.pidfile_owner(data / "postmaster.pid", "postgres")
+        if pid:
             pg.stop(pid)
             stopped.append(pid)
     return stopped
