@@ -223,11 +223,16 @@ _JOB_COLUMNS = """j.id, j.status, j.audio_sha256, j.audio_key, j.audio_bytes, j.
 class Database:
     """The worker's PostgreSQL: a connection pool (at most `max_size` connections, 5 s to get
     one) and the queries on jobs, transcripts and uploads. Rows are dicts; psycopg errors
-    propagate (callers turn them into 503 `store_unavailable`)."""
+    propagate (callers turn them into 503 `store_unavailable`).
+
+    A connection is checked (one empty round trip) before it is lent: after a failover, a
+    server restart or an idle-timeout kill every pooled connection is dead, and without the
+    check each would fail the one request it was lent to."""
 
     def __init__(self, url: str, max_size: int):
         self.url = url
         self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=5,
+                                   check=ConnectionPool.check_connection,
                                    kwargs={"connect_timeout": 3, "row_factory": dict_row})
 
     def open(self) -> None:
