@@ -106,6 +106,11 @@ def render_run(summary: RunSummary, console: Console) -> None:
     if summary.judged is not None:
         console.print("latency and RPS gates judge the Transcriptions row: sync /v1/audio/... and whole "
                       "jobs, never health or admin polls", highlight=False, markup=False)
+    if summary.failures:
+        console.print(f"failures by kind ({len(summary.failures)}):", highlight=False, markup=False)
+        for f in summary.failures:
+            request = f"{f.method} {f.name}".strip()
+            console.print(f"  {f.occurrences} x {request}: {f.error}", highlight=False, markup=False)
     if summary.in_flight:
         console.print(f"[red]{summary.in_flight} requests still in flight {summary.stop_timeout_s:g} s after "
                       "the end: counted as failed (timeouts)[/red]")

@@ -48,7 +48,12 @@ class LoadTestOutcome:
             return f"{s.total.requests} requests, SLO met: {s.slo or 'no gates'}"
         lost = "; ".join(g.describe() for g in s.breached)
         stuck = f"; {s.in_flight} requests still in flight at the end, counted as failed" if s.in_flight else ""
-        return f"SLO breached: {lost}" + (" (stopped early)" if s.aborted_by else "") + stuck
+        why = ""
+        if s.failures:
+            top = s.failures[0]
+            why = (f"; most frequent failure ({len(s.failures)} kinds): {top.occurrences} x "
+                   f"{f'{top.method} {top.name}'.strip()}: {top.error}")
+        return f"SLO breached: {lost}" + (" (stopped early)" if s.aborted_by else "") + stuck + why
 
 
 def prepare(project: Project, env: Environment, profile: str = "light", **options) -> Plan:

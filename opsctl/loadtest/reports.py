@@ -74,7 +74,9 @@ def write_junit(summary: RunSummary, path: Path) -> Path:
         case = TestCase(gate.gate, classname=f"slo.{summary.profile}", time=summary.run_seconds)
         if not gate.passed:
             failure = Failure(f"SLO breached: {gate.describe()}", "SLOBreach")
-            failure.text = f"{gate.gate} does not hold: {gate.describe()}"
+            failure.text = "\n".join([f"{gate.gate} does not hold: {gate.describe()}",
+                                       *(f"{f.occurrences} x {f'{f.method} {f.name}'.strip()}: {f.error}"
+                                         for f in summary.failures)])
             case.result = [failure]
         case.system_out = gate.describe()
         suite.add_testcase(case)

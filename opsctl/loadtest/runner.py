@@ -205,7 +205,7 @@ def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interr
     from locust.stats import stats_history
 
     from opsctl.loadtest import inflight, reports
-    from opsctl.loadtest.summary import judged
+    from opsctl.loadtest.summary import failures, judged
 
     inflight.install()
     classes = _user_classes(plan)
@@ -268,7 +268,7 @@ def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interr
             total=total, endpoints=rows,
             worker_counts=workers.counts() if workers else [], reports=files,
             judged=judged(recorder, run_seconds), in_flight=recorder.total().in_flight,
-            stop_timeout_s=plan.stop_timeout_s)
+            stop_timeout_s=plan.stop_timeout_s, failures=failures(runner.stats))
         if plan.junit:
             summary.reports["junit"] = str(plan.junit)
             reports.write_junit(summary, plan.junit)

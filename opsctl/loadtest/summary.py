@@ -51,6 +51,16 @@ class WorkerCount:
 
 
 @dataclass
+class FailureCount:
+    """One kind of failure, as Locust's error report groups them: the request (method and
+    name), the error's text (secrets masked) and how often it occurred."""
+    method: str
+    name: str
+    error: str
+    occurrences: int
+
+
+@dataclass
 class RunSummary:
     """Everything kept of a run (history, --json, JUnit): its settings, UTC start and end (ISO
     8601), run_seconds, the gates' verdicts with the figures they judged, the totals and each
@@ -77,6 +87,7 @@ class RunSummary:
     judged: EndpointStats | None = None  # the transcription class, what latency/rps gates judge
     in_flight: int = 0  # requests still unanswered at the end (after the stop timeout): failures
     stop_timeout_s: float | None = None  # how long requests in flight at the end were given
+    failures: list[FailureCount] = field(default_factory=list)  # most frequent first
 
     @property
     def gated(self) -> EndpointStats:
@@ -97,6 +108,7 @@ class RunSummary:
         doc["total"] = EndpointStats(**doc["total"])
         doc["endpoints"] = [EndpointStats(**e) for e in doc.get("endpoints", [])]
         doc["worker_counts"] = [WorkerCount(**w) for w in doc.get("worker_counts", [])]
+        doc["failures"] = [FailureCount(**f) for f in doc.get("failures", [])]
         if doc.get("judged"):
             doc["judged"] = EndpointStats(**doc["judged"])
         return cls(**doc)
@@ -119,6 +131,19 @@ def endpoints(stats: Any, recorder: Recorder, seconds: float) -> tuple[EndpointS
     rows = [endpoint(e, recorder.entry(method, name), seconds)
             for (name, method), e in sorted(stats.entries.items(), key=lambda kv: (kv[0][1] or "", kv[0][0]))]
     return endpoint(stats.total, recorder.total(), seconds), rows
+
+
+def failures(stats: Any) -> list[FailureCount]:
+    """Locust's error report (`stats.errors`), most frequent first, each error's text as
+    Locust's own report shows it (a CatchResponseError unwrapped) with secrets masked
+    (opsctl.redact) and its whitespace folded onto one line: why a gate on error_rate was lost."""
+    from opsctl.redact import credentials
+
+    rows = []
+    for e in stats.errors.values():
+        text = e.to_name().removeprefix(f"{e.method} {e.name}: ")
+        rows.append(FailureCount(e.method or "", e.name, " ".join(credentials(text).split()), e.occurrences))
+    return sorted(rows, key=lambda f: (-f.occurrences, f.method, f.name, f.error))
 
 
 def judged(recorder: Recorder, seconds: float) -> EndpointStats:

@@ -135,6 +135,17 @@ def test_gates_judge_transcriptions_not_the_health_polls_beside_them(ops_root, t
     else:
         assert doc["in_flight"] == 0 and judged["failures"] == judged["requests"]
     assert "SLO breached: p95<2000ms (no successful transcription requests: all" in out.stderr
+    # why the requests failed, grouped as Locust's error report groups them, in --json, the
+    # verdict line and the JUnit file
+    kinds = doc["failures"]
+    assert sum(f["occurrences"] for f in kinds) == total["failures"]
+    assert [f["occurrences"] for f in kinds] == sorted((f["occurrences"] for f in kinds), reverse=True)
+    assert all(f["name"].startswith("/v1/") or f["method"] == "JOB" for f in kinds), kinds
+    if mode == "500":
+        assert all("500" in f["error"] for f in kinds), kinds
+    top = kinds[0]
+    assert (f"most frequent failure ({len(kinds)} kinds): {top['occurrences']} x "
+            f"{top['method']} {top['name']}: {top['error']}") in out.stderr
     listed = {r["id"]: r for r in opsctl(ops_root, "loadtest", "list", "--json").doc}
     assert listed[doc["id"]]["passed"] is False
     line = next(ln for ln in opsctl(ops_root, "loadtest", "list").stdout.splitlines() if doc["id"] in ln)
