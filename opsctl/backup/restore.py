@@ -113,9 +113,12 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
     if to_time is None and to_lsn is None and not beside:
         return restore(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner,
                        role, allow_damaged, jobs, approve=approve, report=report, notice=notice)
-    if backup_id or date or latest or components or target_db:
+    if backup_id or date or latest or components or target_db or no_owner or role or allow_damaged:
+        # a physical restore copies the cluster as it was, owners and grants included: the
+        # logical restore's options would be ignored, and an ignored option is a surprise
         raise UsageError("--to-time/--to-lsn/--beside restore from base backups and WAL; they don't combine "
-                         "with --id, --date, --latest, --components or --target-db")
+                         "with --id, --date, --latest, --components, --target-db, --no-owner, --role or "
+                         "--allow-damaged")
     from opsctl.pitr import restore as pitr
 
     def approve_plan(p) -> None:

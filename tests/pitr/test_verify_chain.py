@@ -122,6 +122,9 @@ def test_restore_before_a_gap_still_works(pitr, batches, runner):
     (["--to-time", "2999-01-01T00:00:00Z"], "beyond the newest restorable time"),
     (["--to-time", "latest", "--to-lsn", "0/1"], "give one of"),
     (["--to-time", "latest", "--latest"], "don't combine"),
+    (["--to-time", "latest", "--no-owner"], "don't combine"),       # were silently ignored
+    (["--to-lsn", "0/1", "--role", "someone"], "don't combine"),
+    (["--beside", "--allow-damaged"], "don't combine"),
     (["--beside"], "give one of"),
 ])
 def test_bad_restore_targets_exit_2_and_change_nothing(pitr, batches, runner, args, message):
