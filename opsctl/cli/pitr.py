@@ -135,7 +135,10 @@ def prune_chain(
     verb = "would remove" if dry_run else "removed"
     emit(r, as_json, lambda c: c.print(
         f"{verb} {len(r.removed)} base backup(s){': ' + ', '.join(r.removed) if r.removed else ''} and "
-        f"{r.wal_removed} WAL object(s); kept {len(r.kept)} base backup(s), WAL from {r.wal_kept_from or '-'}",
+        f"{r.wal_removed} WAL object(s); kept {len(r.kept)} base backup(s), WAL from {r.wal_kept_from or '-'}"
+        + (f"; {'would remove' if dry_run else 'removed'} {len(r.interrupted)} interrupted (dead, unfinished): "
+           f"{', '.join(r.interrupted)}" if r.interrupted else "")
+        + (f"; left, not counted (damaged, see above): {', '.join(r.damaged)}" if r.damaged else ""),
         soft_wrap=True))
 
 

@@ -123,9 +123,13 @@ def test_prune_removes_a_dead_interrupted_base_backup_and_never_a_running_one(pi
         (folder / "base.tar.zst.partial").write_bytes(b"half a tar")
         if name == "no-record":
             (folder / "base.tar.zst").write_bytes(b"a whole tar, never recorded")
+    removed = {ids[n] for n in [*dead, "no-record"]}
+    told = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "5", "--dry-run")  # text: names each
+    assert told.exit_code == 0, told.output
+    said = told.output.split("would remove 4 interrupted (dead, unfinished): ", 1)[1]
+    assert {i.strip() for i in said.split(";")[0].split(",")} == removed, told.output
     r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "5", "--yes", "--json")
     assert r.exit_code == 0, r.output
-    removed = {ids[n] for n in [*dead, "no-record"]}
     assert set(json.loads(r.stdout)["interrupted"]) == removed
     left = {p.name for p in head.iterdir()}
     assert not removed & left and {ids[n] for n in alive} <= left
