@@ -494,6 +494,10 @@ def test_what_a_stalled_complete_killed_after_its_late_assembly_left_is_swept(pa
         return s3.client().list_multipart_uploads(Bucket=bucket, Prefix=a_key).get("Uploads", [])
 
     _wait_for("swept", lambda: _keys(s3, bucket, up["id"]) == [file_key] and not uploads_open())
+    scraped = httpx.get(ub + "/metrics", timeout=10).text  # counted, by kind (earlier tests' strays too)
+    for kind in ("object", "multipart"):
+        swept = re.search(rf'^worker_uploads_swept_total{{kind="{kind}"}} (\S+)$', scraped, re.M)
+        assert swept and float(swept.group(1)) >= 1, scraped
     assert s3.client().get_object(Bucket=bucket, Key=file_key)["Body"].read() == b_file
     busy_keys = _keys(s3, bucket, busy["id"])
     busy_cmu.release.set()

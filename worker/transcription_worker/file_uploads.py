@@ -973,7 +973,10 @@ def sweep_orphans(state: Any, page: int = 1000) -> int:
     Started by the job keeper (end of `abort_expired`) on a thread of its own
     (`_start_orphan_sweep`), at most once per claim lease, one listing
     page (`page` keys) a pass, carrying on after the last key next pass and from the start once
-    the listing ended, so every key is visited however many completed files the bucket holds."""
+    the listing ended, so every key is visited however many completed files the bucket holds.
+    Each removal is counted in `worker_uploads_swept_total{kind="object"|"multipart"}`."""
+    from . import metrics
+
     now = time.monotonic()
     if now < _ORPHAN_SWEEP["next"]:
         return 0
@@ -1005,6 +1008,7 @@ def sweep_orphans(state: Any, page: int = 1000) -> int:
                 else:
                     continue
                 removed += 1
+                metrics.UPLOADS_SWEPT.labels(kind).inc()
                 log.info(f"an ended upload's stray {'multipart upload' if kind == 'multipart' else 'object'}"
                          " is removed", extra={"upload_id": upload_id, "key": key})
         _ORPHAN_SWEEP["after"] = after  # a failed pass is redone from where it began

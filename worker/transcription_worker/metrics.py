@@ -36,6 +36,9 @@ UPLOADS_EXPIRED = Counter("worker_uploads_expired_total",
 UPLOADS_ASSEMBLED_DELETED = Counter(
     "worker_uploads_assembled_deleted_total", "Expired uploads whose object an interrupted complete had"
     " assembled in S3 without it being recorded: the object is deleted (counted in expired too)")
+UPLOADS_SWEPT = Counter(
+    "worker_uploads_swept_total", "Stray S3 keys of ended uploads the keeper's sweep removed: an object"
+    " at a claim attempt's key that is not the recorded file, or a multipart upload left open", ["kind"])
 UPLOADS_INCOMPLETE = Gauge(
     "worker_uploads_incomplete", "Uploads started and not yet completed, cancelled or expired (their"
     " S3 multipart upload is open), across all workers of the database; refreshed by the job keeper")
