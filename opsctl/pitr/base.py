@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import subprocess
 import tempfile
 import time
@@ -40,7 +41,13 @@ from opsctl.pitr import layout
 log = logging.getLogger("opsctl.pitr.base")
 RECORD = "base.json"
 IN_PROGRESS = "in-progress.json"
-UNFINISHED = "running or interrupted (no base.json)"  # why a folder without its record is no base backup
+# why a folder without its record is no base backup: its process may still run (this host's
+# and alive, or another host's not yet LEASE old), or it provably died (`dead`)
+UNFINISHED = "running or interrupted (no base.json)"
+INTERRUPTED = "interrupted (no base.json; its process is gone): `backup prune-chain` removes it"
+# a base backup started on another host is taken for dead after this long (its process can't be
+# asked); the logical backups' rule (opsctl.backup.catalog.STALE_AFTER)
+LEASE = dt.timedelta(hours=24)
 KINDS = ("full", "incremental")
 
 
@@ -152,8 +159,34 @@ class _Tee:
 
 # -- the catalog of base backups ------------------------------------------------------------
 
+def dead(repo, folder: str, now: dt.datetime) -> bool:
+    """Whether the unfinished base backup in `folder` (no base.json) is provably not running: its
+    start record (IN_PROGRESS: host, pid, started_at) is missing or unreadable, names a
+    process of this host that is gone or started after it (the PID reused), or another host and
+    is older than LEASE. `now` is UTC."""
+    import psutil
+
+    from opsctl.backup.repository import NotFound
+
+    try:
+        info = json.loads(repo.get_bytes(folder + IN_PROGRESS))
+        started = dt.datetime.fromisoformat(info["started_at"])
+        host, pid = info["host"], int(info["pid"])
+    except (NotFound, OperationFailed, ValueError, KeyError, TypeError):
+        return True  # written before anything else: without it nothing runs there
+    if host != socket.gethostname():
+        return now - started > LEASE
+    try:
+        return psutil.Process(pid).create_time() > started.timestamp() + 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
 def load_all(repo, sysid: str, key, names: dict[str, int] | None = None) -> tuple[list[BaseBackup], dict[str, str]]:
-    """(authentic complete base backups oldest first, {id: why not usable} for the others)."""
+    """(authentic complete base backups oldest first, {id: why not usable} for the others); an
+    unfinished one is UNFINISHED while it may still run, INTERRUPTED once provably dead."""
     from opsctl.backup.repository import NotFound
 
     names = repo.names(layout.base_prefix(sysid)) if names is None else names
@@ -164,9 +197,10 @@ def load_all(repo, sysid: str, key, names: dict[str, int] | None = None) -> tupl
             bid, _, rest = name[len(head):].partition("/")
             folders.setdefault(bid, set()).add(rest)
     good, bad = [], {}
+    now = dt.datetime.now(dt.timezone.utc)
     for bid in sorted(folders):
         if RECORD not in folders[bid]:
-            bad[bid] = UNFINISHED
+            bad[bid] = INTERRUPTED if dead(repo, f"{head}{bid}/", now) else UNFINISHED
             continue
         try:
             rec = BaseBackup.model_validate_json(repo.get_bytes(f"{head}{bid}/{RECORD}"))

@@ -95,7 +95,7 @@ class Inventory:
     @property
     def bad_bases_broken(self) -> list[str]:
         """Ids of base backups that are damaged or forged (not merely still running)."""
-        return [bid for bid, why in self.bad_bases.items() if why != bb.UNFINISHED]
+        return [bid for bid, why in self.bad_bases.items() if why not in (bb.UNFINISHED, bb.INTERRUPTED)]
 
 
 def sysids(repo) -> list[str]:

@@ -13,7 +13,7 @@ not removed: it is named in `damaged` for a person); the next older one is prove
 A base backup killed mid-upload (a folder without base.json: its `in-progress.json` start
 record, a `.partial` file or an open S3 multipart upload) is removed once provably dead: its
 start record names a process of this host that is gone (or a newer process reusing the PID),
-names another host and is older than LEASE, or is missing or unreadable (it is written
+names another host and is older than base.LEASE, or is missing or unreadable (it is written
 before anything else). Its open uploads are aborted first. One still running is never touched.
 
 pgBackRest's `repo-retention-full` rule: a WAL segment is removed only when no kept base
@@ -26,9 +26,7 @@ without base.json, never a restorable-looking half), then the WAL.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import socket
 from dataclasses import dataclass, field
 
 from opsctl.errors import UsageError
@@ -37,11 +35,6 @@ from opsctl.pitr import layout
 
 
 log = logging.getLogger("opsctl.pitr.retention")
-
-# a base backup started on another host is taken for dead after this long (its process can't be
-# asked); the logical backups' rule (opsctl.backup.catalog.STALE_AFTER)
-LEASE = dt.timedelta(hours=24)
-
 
 @dataclass
 class ChainPruneResult:
@@ -57,35 +50,9 @@ class ChainPruneResult:
     interrupted: list[str] = field(default_factory=list)  # ids of dead unfinished base backups removed
 
 
-def _dead(repo, folder: str, now: dt.datetime) -> bool:
-    """Whether the unfinished base backup in `folder` (no base.json) is provably not running: its
-    start record (bb.IN_PROGRESS: host, pid, started_at) is missing or unreadable, names a
-    process of this host that is gone or started after it (the PID reused), or another host and
-    is older than LEASE."""
-    import psutil
-
-    from opsctl.backup.repository import NotFound
-    from opsctl.errors import OperationFailed
-
-    try:
-        info = json.loads(repo.get_bytes(folder + bb.IN_PROGRESS))
-        started = dt.datetime.fromisoformat(info["started_at"])
-        host, pid = info["host"], int(info["pid"])
-    except (NotFound, OperationFailed, ValueError, KeyError, TypeError):
-        return True  # written before anything else: without it nothing runs there
-    if host != socket.gethostname():
-        return now - started > LEASE
-    try:
-        return psutil.Process(pid).create_time() > started.timestamp() + 1.0
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.AccessDenied:
-        return False
-
-
 def interrupted(repo, sysid: str) -> list[str]:
     """Ids of the unfinished base backups of cluster `sysid` (folders without base.json, with
-    objects or open uploads) that are provably dead (_dead), oldest first."""
+    objects or open uploads) that are provably dead (base.dead), oldest first."""
     head = layout.base_prefix(sysid)
     folders: dict[str, set[str]] = {}
     for name in [*repo.names(head), *repo.open_uploads(head)]:
@@ -93,7 +60,7 @@ def interrupted(repo, sysid: str) -> list[str]:
         if rest:
             folders.setdefault(bid, set()).add(rest)
     now = dt.datetime.now(dt.timezone.utc)
-    return [bid for bid in sorted(folders) if bb.RECORD not in folders[bid] and _dead(repo, f"{head}{bid}/", now)]
+    return [bid for bid in sorted(folders) if bb.RECORD not in folders[bid] and bb.dead(repo, f"{head}{bid}/", now)]
 
 
 def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objects: dict,

@@ -124,6 +124,14 @@ def test_prune_removes_a_dead_interrupted_base_backup_and_never_a_running_one(pi
         if name == "no-record":
             (folder / "base.tar.zst").write_bytes(b"a whole tar, never recorded")
     removed = {ids[n] for n in [*dead, "no-record"]}
+    # verify-chain tells the dead from those that may still run, and counts neither as damage
+    from opsctl.pitr import base as bb
+
+    checked = pitr.cli(runner, "backup", "verify-chain", "--json")
+    unusable = json.loads(checked.stdout)["unusable_base_backups"]
+    assert {bid for bid, why in unusable.items() if why == bb.INTERRUPTED} == removed, unusable
+    assert {bid for bid, why in unusable.items() if why == bb.UNFINISHED} == {ids[n] for n in alive}, unusable
+    assert not set(json.loads(checked.stdout)["broken_base_backups"]) & (removed | {ids[n] for n in alive})
     told = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "5", "--dry-run")  # text: names each
     assert told.exit_code == 0, told.output
     said = told.output.split("would remove 4 interrupted (dead, unfinished): ", 1)[1]
