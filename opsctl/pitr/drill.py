@@ -390,7 +390,7 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     rdb.check_counts(redis_url, manifest.redis.keys, manifest.redis.expires)
     out.redis_keys = sum(manifest.redis.keys.values())
     s3 = ep.s3_client()
-    bucket = f"{env.buckets.audio}-drill-{out.started_at.strftime('%Y%m%d%H%M%S')}"[:63]
+    bucket = scratch_bucket(env.buckets.audio, out.started_at)
     record.add("bucket", name=bucket)
     teardown.callback(_drop_bucket, s3, bucket)
     s3.create_bucket(Bucket=bucket)
@@ -433,6 +433,18 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     if not outcome.passed:
         out.problems.append(f"the load test through the preview failed: {out.load_test}")
     out.phases["checks"] = round(time.monotonic() - mark, 2)
+
+
+def scratch_bucket(audio_bucket: str, started: dt.datetime) -> str:
+    """The drill's own audio bucket: `<audio>-drill-<UTC second>-<6 random hex>`, the audio
+    bucket's name shortened so the whole stays within S3's 63 characters and the random part
+    is never cut. Two drills started in the same second get two buckets: S3 (us-east-1) answers
+    CreateBucket of a bucket one already owns with 200, so a shared name would have let one
+    drill's teardown drop the bucket the other still reads."""
+    import secrets
+
+    suffix = f"-drill-{started.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+    return audio_bucket[:63 - len(suffix)].rstrip("-.") + suffix
 
 
 def _drop_bucket(s3, bucket: str) -> None:

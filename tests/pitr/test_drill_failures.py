@@ -207,3 +207,30 @@ def test_what_a_killed_drill_left_is_removed_by_the_next_drill_and_by_local_down
 
     removed_by(next_drill, "20200101000000000000")
     removed_by(local_down_hook, "20200101000000000001")
+
+
+def test_two_drills_started_in_the_same_second_get_buckets_of_their_own(s3):
+    """The drill's scratch audio bucket was `<audio>-drill-<second>`: two drills in one second
+    shared it (S3 answers CreateBucket of a bucket one owns with 200) and the first teardown
+    dropped the bucket the other still read. Names now carry random bytes that truncation of a
+    long audio bucket name never cuts, and S3 takes them."""
+    import re
+
+    from opsctl.pitr.drill import scratch_bucket
+
+    started = dt.datetime(2026, 11, 30, 17, 0, 0, tzinfo=dt.timezone.utc)
+    for audio in ("audio", "a" * 63, "x" * 40 + "-" * 5 + "y" * 18):
+        names = {scratch_bucket(audio, started) for _ in range(20)}
+        assert len(names) == 20
+        for name in names:
+            assert len(name) <= 63 and re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", name), name
+            assert re.search(r"-drill-20261130170000-[0-9a-f]{6}$", name), name
+    client = s3.client()
+    first, second = scratch_bucket("a" * 63, started), scratch_bucket("a" * 63, started)
+    for name in (first, second):
+        client.create_bucket(Bucket=name)
+    try:
+        assert {first, second} <= {b["Name"] for b in client.list_buckets()["Buckets"]}
+    finally:
+        for name in (first, second):
+            client.delete_bucket(Bucket=name)
