@@ -498,7 +498,11 @@ def _rds(project: Project, env: Environment, started: dt.datetime, began: float,
         r = rds.restore_to_time(env, scratch, None)
         rto = time.monotonic() - began
         latest = r.latest_restorable
-        rpo = max(0.0, (started - latest).total_seconds()) if latest else None
+        # the data lost had the source failed as the drill began: how far RDS's latest
+        # restorable time lags the source's own clock, both AWS's (the response's Date header;
+        # this machine's clock only when AWS sent none): a local clock running fast or slow
+        # would otherwise move the RPO by its error
+        rpo = max(0.0, ((r.aws_now or started) - latest).total_seconds()) if latest else None
         out = DrillResult(env.name, env.platform, started, round(rto, 2), None if rpo is None else round(rpo, 3),
                           rto_target, rpo_target, False, latest, None, scratch)
     finally:  # pass, fail or cancel: the scratch instance is deleted (the record kept if that fails)

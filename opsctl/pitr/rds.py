@@ -29,6 +29,7 @@ class RdsRestoreResult:
     latest_restorable: dt.datetime | None
     endpoint: str
     seconds: float
+    aws_now: dt.datetime | None = None  # AWS's clock when it said latest_restorable (Date header, 1 s)
 
 
 def client(env):
@@ -55,7 +56,8 @@ def restore_to_time(env, target_instance: str | None, when: dt.datetime | None, 
     rds = client(env)
     source = env.database.rds_instance
     try:
-        found = rds.describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [source]}])["DBInstances"]
+        described = rds.describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [source]}])
+        found, aws_now = described["DBInstances"], _response_time(described)
         if not found:
             raise UsageError(f"RDS instance {source} (database.rds_instance of '{env.name}') does not exist")
         if rds.describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [target_instance]}])["DBInstances"]:
@@ -96,4 +98,17 @@ def restore_to_time(env, target_instance: str | None, when: dt.datetime | None, 
                               f"{credentials(str(exc))}") from None
     endpoint = new.get("Endpoint") or {}
     return RdsRestoreResult(source, target_instance, when, latest, f"{endpoint.get('Address', '?')}:"
-                            f"{endpoint.get('Port', '?')}", round(time.monotonic() - began, 2))
+                            f"{endpoint.get('Port', '?')}", round(time.monotonic() - began, 2), aws_now)
+
+
+def _response_time(response: dict) -> dt.datetime | None:
+    """The time (UTC, to the second) in an AWS API response's HTTP Date header (RFC 9110), or
+    None without one: AWS's own clock, so a figure measured against a time AWS reported
+    (LatestRestorableTime) does not take in this machine's clock error."""
+    from email.utils import parsedate_to_datetime
+
+    header = (response.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(header).astimezone(dt.timezone.utc) if header else None
+    except (TypeError, ValueError):
+        return None

@@ -136,6 +136,32 @@ def test_rds_drill_uses_a_scratch_instance_and_deletes_it(cloud, runner):
     assert _names(cloud) == before  # the scratch instance is gone, nothing else touched
 
 
+def test_the_rds_drill_rpo_is_measured_on_aws_clock_not_this_machines(cloud, runner, monkeypatch):
+    """The RDS drill's RPO was this machine's clock at the start minus RDS's latest restorable
+    time: a local clock an hour fast reported an hour of data lost. It is now AWS's clock (the
+    response's Date header) minus that time, whatever this machine's clock says."""
+    import datetime as real
+    import types
+
+    from opsctl.pitr import drill
+
+    class Fast(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return real.datetime.now(tz) + real.timedelta(hours=1)
+
+    honest = runner.invoke(app, ["dr", "drill", "--env", "cloud", "--json"])
+    assert honest.exit_code == 0, honest.output
+    monkeypatch.setattr(drill, "dt", types.SimpleNamespace(datetime=Fast, timezone=real.timezone,
+                                                           timedelta=real.timedelta))
+    skewed = runner.invoke(app, ["dr", "drill", "--env", "cloud", "--json"])
+    assert skewed.exit_code == 0, skewed.output
+    a, b = json.loads(honest.stdout), json.loads(skewed.stdout)
+    assert a["rpo_seconds"] is not None and b["rpo_seconds"] is not None
+    assert abs(b["rpo_seconds"] - a["rpo_seconds"]) < 600, (a["rpo_seconds"], b["rpo_seconds"])
+    assert b["passed"], b
+
+
 @pytest.mark.parametrize("args, message", [
     (["--env", "cloud", "--replica", "other-db", "--yes"], "not a read replica of dr-db"),
     (["--env", "cloud", "--replica", "missing-db", "--yes"], "does not exist"),
