@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 
+from opsctl.errors import UsageError
 from opsctl.health.model import CheckResult, Status
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -38,11 +39,8 @@ def seconds(duration: str) -> float:
 
 
 def _server_archiver(state) -> dict | None:
-    """What the embedded platform's PostgreSQL says of its own archiving, or None when it can't
-    be asked (not running): {"failing": bool (a failure after the last success), "wal": the
-    segment that failed last, "failures": failed_count, "failed_at" / "archived_at" (epoch s or
-    None), "ready": segments waiting in pg_wal, "oldest_ready_age": seconds the oldest has waited
-    (None when none waits)}. Times are the server's, so ages don't depend on this host's clock."""
+    """What the embedded platform's PostgreSQL says of its own archiving (`ask_archiver`), or
+    None when it can't be asked (not running)."""
     comp = state.components.get("postgres")
     if comp is None or not comp.port:
         return None
@@ -51,14 +49,35 @@ def _server_archiver(state) -> dict | None:
     from opsctl.local import postgres as pg
 
     try:
-        with psycopg.connect(pg.url(comp.port), autocommit=True, connect_timeout=3) as conn:
-            row = conn.execute(_ARCHIVER_SQL).fetchone()
+        return ask_archiver(pg.url(comp.port))
     except psycopg.Error:
         return None
+
+
+def ask_archiver(url: str) -> dict:
+    """What the PostgreSQL at `url` says of its own archiving: {"failing": bool (a failure after
+    the last success), "wal": the segment that failed last, "failures": failed_count,
+    "failed_at" / "archived_at" (epoch s or None), "ready": segments waiting in pg_wal,
+    "oldest_ready_age": seconds the oldest has waited (None when none waits), "archive_mode"}.
+    Times are the server's, so ages don't depend on this host's clock. pg_ls_archive_statusdir
+    needs a superuser (or a role granted it); without it "ready" and "oldest_ready_age" are
+    None. Raises psycopg.Error when the server can't be asked (3 s to connect)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
+        mode = conn.execute("show archive_mode").fetchone()[0]
+        try:
+            row = conn.execute(_ARCHIVER_SQL).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            row = conn.execute(_ARCHIVER_SQL.replace("(select extract(epoch from min(modification))::float8 from "
+                                                     "pg_ls_archive_statusdir() where name like '%.ready')", "null")
+                               .replace("(select count(*) from pg_ls_archive_statusdir() where name like '%.ready')",
+                                        "null")).fetchone()
     failures, wal, failed_at, archived_at, oldest_ready, ready, now = row
     return {"failing": failed_at is not None and (archived_at is None or failed_at > archived_at),
             "wal": wal, "failures": failures, "failed_at": failed_at, "archived_at": archived_at,
-            "ready": ready, "oldest_ready_age": None if oldest_ready is None else max(0.0, now - oldest_ready)}
+            "ready": ready, "oldest_ready_age": None if oldest_ready is None else max(0.0, now - oldest_ready),
+            "archive_mode": mode}
 
 
 def _names(folder) -> list[str]:
@@ -137,4 +156,67 @@ def archive_lag(project, env) -> CheckResult:
         status, text = Status.OK, f"archive lag at most {lag:.0f} s ({len(pending)} queued; RPO {env.dr.rpo})"
     if failing and "archive_command fails" not in text:  # a worse fault came first: say both
         text += f"; archive_command also fails on {failing['wal']}"
+    return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
+
+
+def server_archive_lag(env, name: str) -> CheckResult:
+    """The `wal archive <name>` check of a self-managed server (`backup.archive_servers`): commits
+    at risk = archive_timeout + the longest wait of a segment, in the server's pg_wal (`.ready`,
+    by the server's clock) or in its queue folder when that folder is on this host (by file
+    time; `backup wal-push --server NAME` drains it), judged against `dr.rpo` like the embedded
+    platform's check. CRITICAL above the RPO, when archive_mode is off, or when the server can't
+    be asked; WARNING while its archive_command fails within the RPO. Details: rpo_seconds,
+    archive_timeout_seconds, queued (None when the queue is not on this host), ready, and
+    archive_failing when it fails."""
+    import psycopg
+
+    from opsctl.pitr import selfmanaged
+    from opsctl.redact import credentials
+
+    server = env.backup.archive_servers[name]
+    rpo = seconds(env.dr.rpo)
+    details: dict = {"rpo_seconds": rpo, "archive_timeout_seconds": env.backup.archive_timeout}
+    try:
+        url = selfmanaged.server_url(env, name)
+    except UsageError as exc:
+        return CheckResult("", "backup", Status.UNKNOWN, str(exc), details=details)
+    try:
+        said = ask_archiver(url)
+    except psycopg.Error as exc:
+        return CheckResult("", "backup", Status.CRITICAL, f"cannot ask server {name} about its archiving: "
+                           f"{credentials(str(exc)).strip().splitlines()[0]}", details=details)
+    queued = None
+    queue = os.path.realpath(server.queue)
+    if os.path.isdir(queue):
+        now = time.time()
+        ages = []
+        for n in _names(queue):
+            try:
+                ages.append(now - os.stat(os.path.join(queue, n)).st_mtime)
+            except FileNotFoundError:
+                continue  # drained meanwhile
+        queued = len(ages)
+    else:
+        ages = []
+    waited = max([*ages, said["oldest_ready_age"] or 0.0])
+    lag = env.backup.archive_timeout + waited
+    details.update(queued=queued, ready=said["ready"])
+    if said["failing"]:
+        details["archive_failing"] = {k: said[k] for k in ("wal", "failures", "failed_at", "archived_at")}
+    if said["archive_mode"] == "off":
+        status, text = Status.CRITICAL, (f"server {name} does not archive (archive_mode off): "
+                                         f"'opsctl backup archive-setup --server {name}', then restart it")
+    elif said["failing"]:
+        status = Status.CRITICAL if lag > rpo else Status.WARNING
+        text = (f"archive_command of server {name} fails on {said['wal']} ({said['failures']} failure(s); "
+                f"archive lag {lag:.0f} s, RPO {env.dr.rpo}): read its log (queue {server.queue} full or "
+                "not writable?)")
+    elif lag > rpo:
+        where = f"{queued} in its queue, 'opsctl backup wal-push --server {name}' drains it" if ages else \
+            "in pg_wal"
+        status, text = Status.CRITICAL, (f"server {name}: archive lag {lag:.0f} s, above the RPO of {env.dr.rpo} "
+                                         f"(segments wait {where})")
+    else:
+        status, text = Status.OK, (f"server {name}: archive lag at most {lag:.0f} s "
+                                   f"({queued if queued is not None else '?'} queued; RPO {env.dr.rpo})")
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)

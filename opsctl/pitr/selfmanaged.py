@@ -53,7 +53,9 @@ def _server(env: Environment, name: str):
     return servers[name]
 
 
-def _url(env: Environment, name: str) -> str:
+def server_url(env: Environment, name: str) -> str:
+    """The connection URL of archive server `name`, from the env var its `url_env` names; its
+    password is remembered for redaction. UsageError for an unknown server or an unset var."""
     import os
 
     from opsctl.redact import remember, url_password
@@ -93,7 +95,7 @@ def configure(project: Project, env: Environment, name: str) -> SetupResult:
     wanted = settings(env, name)
     result = SetupResult(name, None, False, wanted, conf_lines=[_conf_line(k, v) for k, v in wanted.items()])
     try:
-        with psycopg.connect(_url(env, name), connect_timeout=10, autocommit=True) as conn:
+        with psycopg.connect(server_url(env, name), connect_timeout=10, autocommit=True) as conn:
             result.system_identifier = conn.execute(
                 "select system_identifier::text from pg_control_system()").fetchone()[0]
             try:
@@ -140,7 +142,7 @@ def archiver(project: Project, env: Environment, name: str):
 
     srv = _server(env, name)
     try:
-        with psycopg.connect(_url(env, name), connect_timeout=10) as conn:
+        with psycopg.connect(server_url(env, name), connect_timeout=10) as conn:
             sysid = conn.execute("select system_identifier::text from pg_control_system()").fetchone()[0]
     except psycopg.Error as exc:
         raise OperationFailed(f"archive server '{name}': {credentials(str(exc)).strip()}") from None
@@ -150,7 +152,7 @@ def archiver(project: Project, env: Environment, name: str):
         # asked again when a history file or a drop marker (they name no cluster) is to be filed:
         # a server rebuilt (initdb) while `wal-push --follow` runs is another cluster
         try:
-            with psycopg.connect(_url(env, name), connect_timeout=10) as conn:
+            with psycopg.connect(server_url(env, name), connect_timeout=10) as conn:
                 return conn.execute("select system_identifier::text from pg_control_system()").fetchone()[0]
         except (psycopg.Error, OpsError):
             return None  # can't tell now: the one known stays

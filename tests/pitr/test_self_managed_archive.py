@@ -26,11 +26,12 @@ def selfdb():
 
     root = Path(tempfile.mkdtemp(prefix="opsctl-selfdb-"))
     os.chmod(root, 0o711)  # the server's OS user passes through to its data and queue
-    (root / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"local": {
-        "platform": "local",
-        "backup": {"repository": f"file://{root / 'repo'}", "archive_timeout": 1,
-                   "archive_servers": {"selfdb": {"url_env": "SELFDB_URL", "queue": str(root / "queue")}}},
-    }}}))
+    backup = {"repository": f"file://{root / 'repo'}", "archive_timeout": 1,
+              "archive_servers": {"selfdb": {"url_env": "SELFDB_URL", "queue": str(root / "queue")}}}
+    (root / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {
+        "local": {"platform": "local", "backup": backup},
+        "prod": {"platform": "kubernetes", "backup": backup},  # where self-managed servers live
+    }}))
     port = procs.free_port()
     data, log = root / "server", root / "logs" / "selfdb.log"
     pid = pg.start(data, port, log)
@@ -124,6 +125,69 @@ def test_superuser_setup_then_wal_push_files_sealed_wal_in_the_repository(selfdb
     # a second push of the same file (PostgreSQL repeats after a crash) writes nothing twice
     again = _cli(runner, selfdb["root"], "backup", "wal-push", "--server", "selfdb", "--json", url=url)
     assert again.exit_code == 0 and json.loads(again.stdout)["archived"] == []
+
+
+def _archive_check(runner, selfdb, url):
+    """The `wal archive selfdb` check alone, through `opsctl health --json`."""
+    r = _cli(runner, selfdb["root"], "health", "--env", "prod", "--check", "wal archive selfdb", "--json", url=url)
+    assert r.stdout.strip(), r.output
+    (check,) = json.loads(r.stdout)["checks"]
+    assert check["name"] == "wal archive selfdb"
+    return check
+
+
+def _switch_until_queued(selfdb, url) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("insert into t select g from generate_series(1, 100) g")
+        (file,) = conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()
+    return file
+
+
+def test_the_health_check_asks_a_self_managed_server_and_its_queue(selfdb, runner):
+    """A self-managed server had no archive health check: a queue nobody drained or an
+    archive_command failing on the server went unseen. `wal archive <server>` asks the server
+    (pg_stat_archiver, its .ready files) and its queue folder, judged against dr.rpo."""
+    from opsctl.local import postgres as pg
+
+    url = pg.url(selfdb["port"])
+    queue = selfdb["root"] / "queue"
+    assert _cli(runner, selfdb["root"], "backup", "wal-push", "--server", "selfdb", url=url).exit_code == 0
+    check = _archive_check(runner, selfdb, url)
+    assert check["status"] == "OK", check
+    # a segment nobody drains, waiting two hours (RPO 1 h): CRITICAL, naming wal-push
+    file = _switch_until_queued(selfdb, url)
+    deadline = time.monotonic() + 60
+    while not (queue / file).exists():
+        assert time.monotonic() < deadline, selfdb["log"].read_text()[-2000:]
+        time.sleep(0.2)
+    two_hours_ago = time.time() - 7200
+    os.utime(queue / file, (two_hours_ago, two_hours_ago))
+    check = _archive_check(runner, selfdb, url)
+    assert check["status"] == "CRITICAL" and "above the RPO of 1h" in check["message"], check
+    assert "wal-push --server selfdb" in check["message"] and check["details"]["queued"] >= 1
+    assert _cli(runner, selfdb["root"], "backup", "wal-push", "--server", "selfdb", url=url).exit_code == 0
+    # the server's archive_command fails (its queue not writable by it): WARNING within the RPO
+    os.chmod(queue, 0o555)
+    try:
+        failed = _switch_until_queued(selfdb, url)
+        deadline = time.monotonic() + 60
+        while True:
+            check = _archive_check(runner, selfdb, url)
+            if check["status"] != "OK":
+                break
+            assert time.monotonic() < deadline, check
+            time.sleep(0.5)
+        assert check["status"] == "WARNING", check
+        assert f"fails on {failed}" in check["message"] and check["details"]["archive_failing"]["failures"] >= 1
+    finally:
+        os.chmod(queue, 0o700)
+    # the URL's variable unset: UNKNOWN, saying which
+    r = runner.invoke(__import__("opsctl.cli", fromlist=["app"]).app,
+                      ["--root", str(selfdb["root"]), "health", "--env", "prod", "--check", "wal archive selfdb",
+                       "--json"],
+                      env={"SELFDB_URL": "", "OPSCTL_BACKUP_KEY": KEY})
+    (check,) = json.loads(r.stdout)["checks"]
+    assert check["status"] == "UNKNOWN" and "$SELFDB_URL is not set" in check["message"], check
 
 
 def test_wal_push_files_a_history_file_under_the_cluster_the_server_is_now(selfdb, postgres, monkeypatch):

@@ -13,6 +13,8 @@
 | kubernetes             | kubernetes | no pod ready, no GPU allocatable      | some pods not ready, recent restarts |
 | host (local only)      | host       | disk_percent exceeded                 | cpu_percent, memory_percent          |
 | backup age             | backup     | older than backup_age_hours           |                                      |
+| wal archive [<server>] | backup     | archive lag above dr.rpo, segments    | archive_command fails within the RPO |
+|                        |            | waiting with no archiver, mode off    |                                      |
 | heartbeat <name>       | heartbeat  | the expected event did not happen     |                                      |
 
 Extra http checks come from `health.http` in opsctl.yaml. A check whose endpoint is not
@@ -97,6 +99,10 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
         from opsctl.pitr.health import archive_lag
 
         out.append(("wal archive", "backup", lambda _to: archive_lag(project, env), None))
+    for name in sorted(env.backup.archive_servers):  # self-managed servers whose WAL opsctl archives
+        from opsctl.pitr.health import server_archive_lag
+
+        out.append((f"wal archive {name}", "backup", lambda _to, _n=name: server_archive_lag(env, _n), None))
     for hb in hs.heartbeats:
         if hb.source == "backup":
             last = lambda _hb=hb: backup.newest_backup(repository, project.root, ep, backup_key)[0]
