@@ -627,6 +627,19 @@ def fatal_line(log: Path) -> str:
     return lines[-1].split("FATAL:", 1)[-1].strip() if lines else f"see {log}"
 
 
+_PORT_TRIES = 3  # _replay: ports tried when the one chosen was taken before the server bound it
+
+
+def _tail(log: Path, size: int = 8192) -> str:
+    """The last `size` bytes of `log` as text ('' when it is missing)."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - size))
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool = False) -> tuple[int, int, str]:
     """Start recovery (standby mode) on a free port; return (port, pid, how) once it stopped
     replaying: how is "target" (paused at the recovery target) or "end" (every staged WAL file
@@ -640,15 +653,23 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
     from opsctl.local import postgres as pg
     from opsctl.local import procs
 
-    port = procs.free_port()
-    try:
-        # recorded as soon as it exists (a restore killed while it starts leaves its PID), and
-        # polled every 20 ms: the platform's 100 ms left up to a tenth of a second of each restore idle
-        pid = pg.start(data, port, log, timeout=timeout, on_spawn=started, interval=0.02,
-                       settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on",
-                                 **({"summarize_wal": "on"} if summarize else {})})
-    except OperationFailed:
-        raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed") from None
+    for attempt in range(_PORT_TRIES):
+        # a port free when chosen can be taken before the server binds it (another restore, a
+        # drill, any process): the server then exits at start-up (or another answers there), and
+        # a new port is chosen; never the same failure three times
+        port = procs.free_port()
+        try:
+            # recorded as soon as it exists (a restore killed while it starts leaves its PID), and
+            # polled every 20 ms: the platform's 100 ms left up to a tenth of a second of each restore idle
+            pid = pg.start(data, port, log, timeout=timeout, on_spawn=started, interval=0.02,
+                           settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on",
+                                     **({"summarize_wal": "on"} if summarize else {})})
+            break
+        except OperationFailed as exc:
+            taken = "served by another process" in str(exc) or "Address already in use" in _tail(log)
+            if not taken or attempt == _PORT_TRIES - 1:
+                raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed") from None
+            log.write_text("")  # the next start's log alone: its fatal line is the one told
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not procs.alive(pid):

@@ -209,3 +209,37 @@ def test_a_restore_killed_after_its_swap_still_gets_its_timeline_history_archive
     assert (queue / history).is_file() or pitr.repo().names(prefix), "the restored timeline's history never queued"
     restore.clean_abandoned(pitr.state())
     assert not record.exists()
+
+
+def test_a_replay_port_taken_before_the_server_binds_it_gets_another(pitr, runner, monkeypatch):
+    """Two restores (or a restore and anything else) can be handed the same free port: the
+    second server to bind it exited at start-up and its restore failed ("port ... served by
+    another process ... 'opsctl local down --purge'"). The replay now takes another port."""
+    import socket
+
+    from opsctl.local import procs
+    from opsctl.local import postgres as pg
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    stranger = socket.socket()
+    stranger.bind((procs.HOST, 0))
+    stranger.listen()
+    taken = stranger.getsockname()[1]
+    real, handed = procs.free_port, []
+
+    def racy() -> int:  # the first port chosen is one another process binds meanwhile
+        handed.append(taken if not handed else real())
+        return handed[-1]
+
+    monkeypatch.setattr(procs, "free_port", racy)
+    try:
+        result = _restore(pitr, beside=True)
+    finally:
+        stranger.close()
+    try:
+        port = int(result.url.rsplit(":", 1)[1].split("/")[0])
+        assert handed[0] == taken and len(handed) >= 2
+        assert port != taken and pg.ready(port) and procs.listens(result.pid, [port])
+    finally:
+        pg.stop(result.pid)
