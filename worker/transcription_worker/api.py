@@ -170,8 +170,10 @@ async def _db(fn, *args, **kwargs):
         return await run_in_threadpool(fn, *args, **kwargs)
     except APIError:
         raise
-    except psycopg.DataError as exc:  # a value the database cannot hold (SQLSTATE class 22, e.g.
-        # a NUL in text): the request's fault, which no retry mends; fields are checked before
+    except (psycopg.DataError, UnicodeEncodeError) as exc:
+        # a value the database cannot hold (SQLSTATE class 22, e.g. a NUL in text; or text no
+        # UTF-8 holds, a lone surrogate psycopg cannot encode): the request's fault, which no
+        # retry mends; fields are checked before
         log.warning("database refused a value: %s", exc)
         raise APIError(400, "the request holds a value the job store cannot keep (a control character?)",
                        code="invalid_value") from None

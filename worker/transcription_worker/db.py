@@ -371,16 +371,18 @@ class Database:
                                 " WHERE id = %s AND claim = 'creating' AND claim_owner = %s AND status = 'pending'"
                                 " RETURNING *", (upload_id, owner)).fetchone()
 
-    def drop_creating(self, upload_id: str, owner: str | None = None) -> None:
+    def drop_creating(self, upload_id: str, owner: str | None = None) -> bool:
         """Delete an upload still being created, which holds nothing yet: `owner`'s (the limits
-        refused it), or with no owner one whose 'creating' claim lapsed (its worker died)."""
+        refused it, or the store failed deciding), or with no owner one whose 'creating' claim
+        lapsed (its worker died). True when this call deleted it."""
         with self.pool.connection() as conn:
             if owner is None:
-                conn.execute("DELETE FROM uploads WHERE id = %s AND status = 'pending' AND claim = 'creating'"
-                             " AND claim_until <= now()", (upload_id,))
+                cur = conn.execute("DELETE FROM uploads WHERE id = %s AND status = 'pending' AND claim = 'creating'"
+                                   " AND claim_until <= now()", (upload_id,))
             else:
-                conn.execute("DELETE FROM uploads WHERE id = %s AND status = 'pending' AND claim = 'creating'"
-                             " AND claim_owner = %s", (upload_id, owner))
+                cur = conn.execute("DELETE FROM uploads WHERE id = %s AND status = 'pending' AND claim = 'creating'"
+                                   " AND claim_owner = %s", (upload_id, owner))
+            return cur.rowcount == 1
 
     def upload_by_idempotency_key(self, api_key_id: str, key: str) -> dict[str, Any] | None:
         """The key's upload created with this Idempotency-Key, or None."""
@@ -554,8 +556,9 @@ class Database:
     def drop_lapsed_creating(self, limit: int = 20) -> list[dict[str, Any]]:
         """Delete up to `limit` uploads whose 'creating' claim lapsed (their worker died before
         the limits decided: no one was answered them, nothing was stored for them) and return
-        them: [{id, api_key_id}]. Never expired instead (`claim_expired` skips them): whether
-        their bytes were charged is unknown, so nothing is given back for them."""
+        them: [{id, api_key_id}]. Never expired instead (`claim_expired` skips them): the keeper
+        gives back what their create was charged, if anything (Limits.refund_charge_sync: the
+        charge is recorded per upload id)."""
         with self.pool.connection() as conn:
             return conn.execute(
                 "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads WHERE status = 'pending'"

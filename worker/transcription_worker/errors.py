@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("transcription_worker")
 
@@ -44,12 +45,20 @@ def error_response(status: int, message: str, *, param: str | None = None,
 
 
 def install(app: FastAPI) -> None:
-    """Answer APIError, request validation, Starlette HTTP errors and anything unexpected (500,
-    logged with its traceback) in OpenAI's error shape."""
+    """Answer APIError, request validation, Starlette HTTP errors, a client gone mid-body (499)
+    and anything unexpected (500, logged with its traceback) in OpenAI's error shape."""
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code,
                               headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):
+        # the client closed the connection while its body was read (a dropped upload it will
+        # resume): nobody gets this answer; it is recorded as nginx's 499 "client closed
+        # request", never as the server's 500 that deploy analysis counts against a release
+        return error_response(499, "the client closed the connection before its request arrived",
+                              code="client_disconnected")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -61,6 +61,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import secrets
@@ -78,7 +79,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .db import PartsTooLarge
 from .errors import APIError
-from .uploads import no_control
+from .uploads import no_control, too_large
 
 log = logging.getLogger("transcription_worker")
 MIB = 1024 * 1024
@@ -122,9 +123,17 @@ async def _context(request: Request) -> tuple[Any, str, Any]:
 
 
 async def _json(request: Request) -> dict:
+    """The request's JSON object, or 400 `invalid_json`: not JSON, not an object, nested past
+    Python's recursion limit (RecursionError, not a ValueError), or holding text no UTF-8 can
+    carry (a lone surrogate such as "\\ud800" is valid JSON, RFC 8259 section 8.2, but
+    PostgreSQL, S3 and every later encode refuse it)."""
     try:
         body = await request.json()
-    except ValueError:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the body holds text that is not valid Unicode (a lone surrogate escape)",
+                       code="invalid_json") from None
+    except (ValueError, RecursionError):
         raise APIError(400, "the body must be a JSON object", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "the body must be a JSON object", code="invalid_json")
@@ -208,7 +217,7 @@ async def create_upload(request: Request):
     finally:  # failed: no lease, no bytes charged left behind (S3 holds nothing for it yet)
         if row is None:
             await state.limits.close_upload(key_id, upload_id)
-            await state.limits.refund_upload_bytes(key_id, size)
+            await state.limits.refund_charge(upload_id)
     return await _created(state, db, row, part_size)
 
 
@@ -225,7 +234,9 @@ async def _create_once(state: Any, db: Any, key_id: str, idem: str, fields: dict
     (`creation_decided`) or, refused, deletes the row. A twin finding the row waits while the
     claim lives (polling, no connection held) and answers it once decided; finding it gone (the
     limits refused it) it tries the create itself, and the limits refuse it in turn unless they
-    have room now. A 'creating' claim that lapsed is a dead worker's: its row is dropped."""
+    have room now. A 'creating' claim that lapsed is a dead worker's: its row is dropped and
+    the lease and bytes its create took are given back (exactly what was charged, once:
+    Limits.refund_charge), as they are when the store fails while deciding."""
     settings, lease = state.settings, _lease(state)
     deadline = time.monotonic() + _WAIT_SECONDS
     while True:
@@ -235,8 +246,9 @@ async def _create_once(state: Any, db: Any, key_id: str, idem: str, fields: dict
             if row["claim"] != "creating" or row["status"] != "pending":
                 return await _created(state, db, row, spec[-1])
             if row["claim_until"] <= datetime.now(timezone.utc):  # its worker died deciding:
-                await db(state.db.drop_creating, row["id"])  # drop it, and any lease it took
-                await state.limits.close_upload(key_id, row["id"])
+                if await db(state.db.drop_creating, row["id"]):  # drop it, any lease and bytes it took
+                    await state.limits.close_upload(key_id, row["id"])
+                    await state.limits.refund_charge(row["id"])
                 continue
             if time.monotonic() >= deadline:
                 raise APIError(409, "a create with this Idempotency-Key is still at work; retry",
@@ -253,12 +265,22 @@ async def _create_once(state: Any, db: Any, key_id: str, idem: str, fields: dict
         except BaseException:
             await db(state.db.drop_creating, upload_id, owner)
             raise
-        row = await db(state.db.creation_decided, upload_id, owner)
+        try:
+            row = await db(state.db.creation_decided, upload_id, owner)
+        except BaseException:  # the store failed deciding (a restart, a failover): undo the
+            # create if it is still ours to undo; else its claim lapses and whoever drops it
+            # gives the lease and the bytes back (refund_charge: exactly once)
+            with contextlib.suppress(Exception):
+                if await db(state.db.drop_creating, upload_id, owner):
+                    await state.limits.close_upload(key_id, upload_id)
+                    await state.limits.refund_charge(upload_id)
+            raise
         if row is not None:
             return await _created(state, db, row, spec[-1])
-        # stalled past the claim (a twin dropped the row as a dead worker's): give the limits back
+        # stalled past the claim (a twin dropped the row as a dead worker's and gave the
+        # limits back, or will): nothing more to give back here than what refund_charge allows
         await state.limits.close_upload(key_id, upload_id)
-        await state.limits.refund_upload_bytes(key_id, spec[1])
+        await state.limits.refund_charge(upload_id)
 
 
 def _same_create(row: dict, filename: str, size: int, mime: str, purpose: str, presign: bool,
@@ -374,6 +396,8 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
         await form.close()
     if not data:
         raise APIError(400, "the part is empty", param="data", code="invalid_value")
+    if len(data) > state.settings.max_part_bytes:  # BodyLimit leaves room for the form around it
+        raise too_large(state.settings.max_part_bytes, part=True)
     digest = await run_in_threadpool(hashlib.sha256, data)  # off the event loop: other parts keep flowing
     try:
         claimed, new = await run_in_threadpool(state.db.claim_part, upload_id, f"part_{secrets.token_hex(16)}",
@@ -845,6 +869,7 @@ def abort_expired(state: Any, limit: int = 20) -> int:
     try:  # creates whose worker died before the limits decided: no upload; free any lease taken
         for dead in state.db.drop_lapsed_creating(limit):
             state.limits.close_upload_sync(dead["api_key_id"], dead["id"])
+            state.limits.refund_charge_sync(dead["id"])  # what its create was charged, if anything
             log.info("a create its worker left undecided is dropped", extra={"upload_id": dead["id"]})
     except Exception as exc:  # the database away: the next pass tries again
         log.warning("could not drop undecided creates: %s", exc)

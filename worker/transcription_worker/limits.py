@@ -41,12 +41,28 @@ end
 return false
 """
 
+# KEYS[1] the day's byte counter, KEYS[2] the upload's charge record: what was charged to
+# which day, so a create that never became an upload gives back exactly that (_REFUND_CHARGE)
 _CHARGE = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, tostring(used)} end
 redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], 172800)
+redis.call('SET', KEYS[2], KEYS[1] .. '|' .. ARGV[1], 'EX', 172800)
 return {1, tostring(used)}
+"""
+
+# KEYS[1] an upload's charge record, KEYS[2] its refund-once marker (shared with _REFUND_ONCE):
+# give back what _CHARGE recorded, once; nothing when nothing was charged
+_REFUND_CHARGE = """
+local charged = redis.call('GET', KEYS[1])
+if not charged then return false end
+redis.call('DEL', KEYS[1])
+local sep = string.find(charged, '|', 1, true)
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('INCRBYFLOAT', string.sub(charged, 1, sep - 1), -tonumber(string.sub(charged, sep + 1)))
+end
+return false
 """
 
 
@@ -140,7 +156,8 @@ class Limits:
                                    retry_after=60)
             if self.daily_upload_mb:
                 day = f"worker:upload-bytes:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"
-                ok, used = await self._charge(keys=[day], args=[size, self.daily_upload_mb * 1024 * 1024])
+                ok, used = await self._charge(keys=[day, f"worker:upload-charged:{upload_id}"],
+                                              args=[size, self.daily_upload_mb * 1024 * 1024])
                 if not int(ok):
                     await self.close_upload(key_id, upload_id)
                     metrics.RATE_LIMITED.labels("daily_upload_bytes").inc()
@@ -164,6 +181,25 @@ class Limits:
                 else:
                     await self.redis.eval(_REFUND_ONCE, 2, self._bytes_day_key(key_id, day),
                                           f"worker:upload-refunded:{upload_id}", -int(size), 2 * 86400)
+
+    async def refund_charge(self, upload_id: str) -> None:
+        """Give back the bytes `open_upload` charged for `upload_id`, exactly, once, and nothing
+        when it charged none (limits off, Redis away then, or refused): for a create that never
+        became an upload (its row dropped while 'creating'), whichever worker drops it."""
+        if self.redis and self.daily_upload_mb:
+            with contextlib.suppress(RedisError):
+                await self.redis.eval(_REFUND_CHARGE, 2, f"worker:upload-charged:{upload_id}",
+                                      f"worker:upload-refunded:{upload_id}", 2 * 86400)
+
+    def refund_charge_sync(self, upload_id: str) -> None:
+        """`refund_charge` for a thread without an event loop (the job keeper)."""
+        if self._url and self.daily_upload_mb:
+            import redis
+
+            with contextlib.suppress(RedisError), redis.Redis.from_url(
+                    self._url, socket_timeout=2, socket_connect_timeout=2) as client:
+                client.eval(_REFUND_CHARGE, 2, f"worker:upload-charged:{upload_id}",
+                            f"worker:upload-refunded:{upload_id}", 2 * 86400)
 
     def refund_upload_bytes_sync(self, key_id: str, size: int, day: float | None = None,
                                  upload_id: str | None = None) -> None:

@@ -31,11 +31,18 @@ _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab
 
 def no_control(value: str | None, param: str, lines: bool = False) -> str | None:
     """`value` unchanged, or 400 `invalid_value` naming `param` when it holds a control
-    character (with `lines`, tab, CR and LF are allowed: a prompt's text). Every text field an
-    endpoint stores goes through it, so a NUL is the client's error, not the store's 503."""
+    character (with `lines`, tab, CR and LF are allowed: a prompt's text) or a lone surrogate.
+    Every text field an endpoint stores goes through it, so a NUL is the client's error, not
+    the store's 503."""
     if value and (_CONTROL_BUT_LINES if lines else _CONTROL).search(value):
         raise APIError(400, f"{param} must not contain control characters (such as NUL)", param=param,
                        code="invalid_value")
+    if value and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 store (PostgreSQL, S3) holds it
+            raise APIError(400, f"{param} is not valid Unicode (a lone surrogate)", param=param,
+                           code="invalid_value") from None
     return value
 
 
@@ -69,7 +76,9 @@ class Upload:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def _too_large(limit: int, part: bool = False) -> APIError:
+def too_large(limit: int, part: bool = False) -> APIError:
+    """The 413 `file_too_large` for a body over `limit` bytes: a /v1/uploads part (`part`,
+    field `data`, WORKER_MAX_PART_MB) or a transcription's `file`."""
     if part:  # a /v1/uploads part: its bytes are the form field `data`
         return APIError(413, f"the part is larger than the {limit // (1024 * 1024)} MB part limit"
                         " (WORKER_MAX_PART_MB); send it in smaller parts", param="data", code="file_too_large")
@@ -101,7 +110,7 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
             data, filename, content_type = b"", None, None
         else:
             if file.size is not None and file.size > max_bytes:
-                raise _too_large(max_bytes)
+                raise too_large(max_bytes)
             data, filename, content_type = await file.read(), file.filename, file.content_type
         response_format = str(form.get("response_format") or default_format)
         if response_format not in FORMATS:
@@ -159,7 +168,7 @@ class BodyLimit:
         limit = self.part_bytes if part else self.max_bytes
         length = dict(scope["headers"]).get(b"content-length")
         if length and length.isdigit() and int(length) > limit:
-            refusal = _too_large(limit - _SLACK, part)
+            refusal = too_large(limit - _SLACK, part)
             response = error_response(413, refusal.message, param=refusal.param, code="file_too_large",
                                       headers={"Connection": "close"})
             return await response(scope, receive, send)
@@ -170,7 +179,7 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                raise _too_large(limit - _SLACK, part)
+                raise too_large(limit - _SLACK, part)
             return message
 
         await self.app(scope, counting_receive, send)

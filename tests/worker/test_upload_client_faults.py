@@ -1,0 +1,164 @@
+"""What clients do wrong, and what a store failure does at the wrong instant, on the Uploads API.
+
+- Bad JSON is the client's 400, never the store's 503 or a 500: text no UTF-8 holds (a lone
+  surrogate such as "\\ud800" is valid JSON), in any field and in `part_ids`; a body nested
+  past Python's recursion limit.
+- A client whose connection drops mid-part (the case a resumable upload exists for) is no
+  server error: no traceback logged, no 5xx counted for deploy analysis to hold against a
+  release (recorded as 499, nginx's "client closed request").
+- A part over WORKER_MAX_PART_MB is refused even when it fits the multipart slack.
+- A PostgreSQL error at the instant an idempotent create records the limits' decision gives
+  the bytes back: the client's retry creates the upload, charged once (it was charged twice
+  and then refused for the rest of the UTC day).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from test_upload_breaks import _own_worker  # noqa: E402
+from worker_helpers import drop_mid_part  # noqa: E402
+from worker_support import start_worker, stop_worker, wait_until  # noqa: E402
+
+pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
+SPEC = {"filename": "a.wav", "bytes": 20 * MIB, "mime_type": "audio/wav", "purpose": "t"}
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def w(model_dir, postgres, s3, redis_server, tmp_path_factory):
+    env, _bucket, _dburl = _own_worker(model_dir, postgres, s3, redis_server, "clientfaults",
+                                       WORKER_MAX_PART_MB="6")
+    log = tmp_path_factory.mktemp("clientfaults") / "w.log"
+    proc, url = start_worker(env, log)
+    try:
+        wait_until(url, proc, log, ready=False)
+        yield url, log
+    finally:
+        stop_worker(proc)
+
+
+def _upload(url) -> str:
+    r = httpx.post(f"{url}/v1/uploads", json=SPEC, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def _server_errors(url: str, log) -> tuple[list[str], list[str]]:
+    scraped = httpx.get(f"{url}/metrics", timeout=10).text
+    fives = [ln for ln in scraped.splitlines() if ln.startswith("worker_requests_total") and 'status="5' in ln]
+    unhandled = [ln[:200] for ln in log.read_text(errors="replace").splitlines() if "unhandled" in ln]
+    return fives, unhandled
+
+
+def test_bad_json_is_a_client_error(w):
+    url, log = w
+    up = _upload(url)
+    nested = b"[" * 200_000 + b"]" * 200_000
+    cases = {
+        "filename": ("/v1/uploads", b'{"filename": "a\\ud800.wav", "bytes": 6291456, "mime_type": "audio/wav",'
+                                    b' "purpose": "t"}'),
+        "purpose": ("/v1/uploads", b'{"filename": "a.wav", "bytes": 6291456, "mime_type": "audio/wav",'
+                                   b' "purpose": "\\udfff"}'),
+        "part_ids": (f"/v1/uploads/{up}/complete", b'{"part_ids": ["part_\\ud800"]}'),
+        "a key": ("/v1/uploads", b'{"\\ud800": 1, "filename": "a.wav"}'),
+        "nested create": ("/v1/uploads", nested),
+        "nested complete": (f"/v1/uploads/{up}/complete", b'{"part_ids": ' + nested + b"}"),
+    }
+    with httpx.Client(base_url=url, timeout=60) as http:  # one kept-alive connection throughout
+        for name, (path, body) in cases.items():
+            r = http.post(path, headers=JSON, content=body)
+            assert r.status_code == 400, (name, r.status_code, r.text)
+            assert r.json()["error"]["code"] == "invalid_json" and "retry-after" not in r.headers, (name, r.text)
+    assert _server_errors(url, log) == ([], [])
+
+
+def test_a_lone_surrogate_in_any_stored_text_field_is_400_naming_it():
+    from transcription_worker.errors import APIError
+    from transcription_worker.uploads import no_control
+
+    assert no_control("é ü 語", "filename") == "é ü 語"
+    with pytest.raises(APIError) as refused:
+        no_control("a\ud800b", "prompt", lines=True)
+    assert refused.value.status == 400 and refused.value.param == "prompt"
+
+
+def test_a_client_dropping_mid_part_is_no_server_error(w):
+    url, log = w
+    up = _upload(url)
+    drop_mid_part(url, None, up, b"a" * (5 * MIB))
+    deadline = time.monotonic() + 30
+    while "499" not in httpx.get(f"{url}/metrics", timeout=10).text:
+        assert time.monotonic() < deadline, "the dropped part was never answered"
+        time.sleep(0.2)
+    assert re.search(r'worker_requests_total\{[^}]*route="/v1/uploads/\{upload_id\}/parts"[^}]*status="499"',
+                     httpx.get(f"{url}/metrics", timeout=10).text)
+    assert _server_errors(url, log) == ([], [])
+    again = httpx.get(f"{url}/v1/uploads/{up}", timeout=30).json()  # nothing stored: resume from here
+    assert again["status"] == "pending" and not again.get("parts")
+
+
+def test_a_part_over_the_part_cap_is_refused_even_within_the_form_slack(w):
+    url, _ = w
+    up = _upload(url)
+    r = httpx.post(f"{url}/v1/uploads/{up}/parts", files={"data": ("p", b"b" * (6 * MIB + 40 * 1024))}, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["param"] == "data", r.text
+    assert not httpx.get(f"{url}/v1/uploads/{up}", timeout=30).json().get("parts")
+    ok = httpx.post(f"{url}/v1/uploads/{up}/parts", files={"data": ("p", b"c" * (6 * MIB))}, timeout=60)
+    assert ok.status_code == 200, ok.text  # the cap itself is allowed
+
+
+# a store failure at one instant: the first 'creating' -> decided UPDATE fails as a PostgreSQL
+# restart ends a session (SQLSTATE 57P01, admin_shutdown)
+_FAIL_ONCE = """
+CREATE SEQUENCE decide_failures;
+CREATE FUNCTION fail_first_decision() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  IF OLD.claim = 'creating' AND NEW.claim IS NULL AND nextval('decide_failures') = 1 THEN
+    RAISE EXCEPTION 'terminating connection due to administrator command' USING ERRCODE = '57P01';
+  END IF;
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER fail_first_decision BEFORE UPDATE ON uploads FOR EACH ROW EXECUTE FUNCTION fail_first_decision();
+"""
+
+
+def test_a_store_error_while_a_create_is_decided_charges_its_bytes_once(model_dir, postgres, s3, redis_server,
+                                                                        tmp_path):
+    key = f"sk-test-{secrets.token_hex(16)}"
+    env, _bucket, dburl = _own_worker(model_dir, postgres, s3, redis_server, "decidefails",
+                                      WORKER_API_KEY_HASHES=hashlib.sha256(key.encode()).hexdigest(),
+                                      WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="12", WORKER_JOB_LEASE_SECONDS="6")
+    env["WORKER_REDIS_URL"] = f"redis://127.0.0.1:{redis_server.port}/8"
+    limits = redis.Redis.from_url(env["WORKER_REDIS_URL"])
+    limits.flushdb()
+    with psycopg.connect(dburl, autocommit=True) as conn:
+        conn.execute(_FAIL_ONCE)
+    proc, url = start_worker(env, tmp_path / "w.log")
+
+    def day_mib() -> float:
+        return sum(float(limits.get(k)) for k in limits.keys("worker:upload-bytes:*")) / MIB
+
+    try:
+        wait_until(url, proc, tmp_path / "w.log", ready=False)
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"episode-{secrets.token_hex(4)}"}
+        spec = {**SPEC, "filename": "episode.mp3", "bytes": 10 * MIB, "mime_type": "audio/mpeg"}
+        first = httpx.post(f"{url}/v1/uploads", headers=headers, json=spec, timeout=60)
+        assert first.status_code == 503, first.text  # the outage, as the client sees it
+        assert day_mib() == 0  # the create was undone: nothing charged for it
+        time.sleep(int(first.headers.get("retry-after", "5")))
+        retry = httpx.post(f"{url}/v1/uploads", headers=headers, json=spec, timeout=60)
+        assert retry.status_code == 200, retry.text
+        assert day_mib() == 10  # charged once
+        with psycopg.connect(dburl) as conn:
+            assert conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == 1
+    finally:
+        stop_worker(proc)
