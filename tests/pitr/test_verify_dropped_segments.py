@@ -30,10 +30,13 @@ def test_dropped_segments_at_the_archive_s_end_are_named_and_end_the_window(pitr
     for i in range(5):
         pitr.sql("insert into events(note) values (%s)", (f"q{i}",))
         pitr.sql("select pg_switch_wal()", db="postgres")
+    def markers() -> list[str]:  # the archive_command writes each as .NAME.new, then renames it
+        return sorted(p.name for p in (queue / ".dropped").iterdir() if not p.name.startswith("."))
+
     deadline = time.monotonic() + 30
-    while not list((queue / ".dropped").iterdir()) and time.monotonic() < deadline:
+    while not markers() and time.monotonic() < deadline:
         time.sleep(0.2)
-    dropped = sorted(p.name for p in (queue / ".dropped").iterdir())
+    dropped = markers()
     assert dropped, "the queue never dropped a segment"
     after = dt.datetime.now(dt.timezone.utc)
     pitr.ensure_archiver()  # the repository answers again: queue and markers are uploaded
