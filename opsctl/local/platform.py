@@ -14,6 +14,8 @@ state file holds.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import shutil
 import time
@@ -339,7 +341,7 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
     folder = st.folder_for(project.root)
     stopped: list[str] = []
     save_error: Exception | None = None
-    with st.locked(folder):
+    with _no_operation_running(folder), st.locked(folder):
         state, problem = st.load_lenient(folder)
         comps = state.components
         from opsctl.pitr import local as pitr
@@ -390,6 +392,27 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                               f"({credentials(str(save_error))}); moto is left running so they are not lost, and "
                               f"the previous copy in {state.data('s3')} is kept; run 'opsctl local down' again")
     return stopped
+
+
+@contextlib.contextmanager
+def _no_operation_running(folder: Path):
+    """Hold the platform's deploy lease (deploy.lock) while `down` runs: a deploy, an in-place
+    restore or a failover in progress refuses it (UsageError, exit 2, nothing stopped), and none
+    starts meanwhile. Stopped under one, an in-place restore started PostgreSQL again afterwards
+    on a platform its user had stopped, or failed on its recovery server gone."""
+    if not folder.is_dir():
+        yield
+        return
+    from opsctl.deploy.drivers.local import deploy_lock
+    from opsctl.errors import LeaseHeld
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(deploy_lock(folder, "local down"))
+        except LeaseHeld as exc:
+            raise UsageError(f"local down refused: {exc.holder} holds the platform's deploy lease; nothing "
+                             "was stopped; wait for it to end (or stop it with Ctrl-C), then re-run") from None
+        yield
 
 
 def _stop_scratch_servers(state) -> list[int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -26,6 +27,8 @@ from opsctl.backup.repository import NotFound
 from opsctl.errors import OperationFailed
 from opsctl.pitr import base as bb
 from opsctl.pitr import layout
+
+log = logging.getLogger("opsctl.pitr.chain")
 
 # a transaction's end: COMMIT or ABORT (an aborted transaction's record carries its time too, and
 # both are what recovery_target_time stops at and pg_last_xact_replay_timestamp reports)
@@ -123,11 +126,20 @@ def open_wal(repo, key, sysid: str, obj: layout.WalObject) -> bytes:
 
 
 def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], problems: list[Problem],
-          deep_good: dict) -> list[tuple[int, int | None]]:
+          deep_good: dict, live_path: list[tuple[int, int | None]] | None = None) -> list[tuple[int, int | None]]:
     tlis = {b.timeline for b in bases}
     tlis |= {int(f[:8], 16) for f in objects if len(f) == 24}
     tlis |= {int(f[:8], 16) for f in objects if f.endswith(".history")}
     target = max(tlis) if tlis else 1
+    if live_path is not None and live_path[-1][0] < target:
+        # the live server is on an older timeline than the repository's newest: those were
+        # abandoned (an in-place restore undone after its swap had queued its history, a
+        # failover given up after promoting): its WAL after the fork is what a restore wants
+        log.warning("timeline(s) %s in the repository are not the live server's (timeline %d): abandoned "
+                    "by an undone restore or failover; following timeline %d",
+                    ", ".join(str(t) for t in sorted(tlis) if t > live_path[-1][0]), live_path[-1][0],
+                    live_path[-1][0])
+        return live_path
     if target == 1:
         return [(1, None)]
     hist = layout.history_file(target)
@@ -177,7 +189,7 @@ def xact_ends(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime, s
 
 def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,
               end_times: bool = True, progress=None, start_at: int | None = None,
-              archived: str | None = None) -> Inventory:
+              archived: str | None = None, live_path: list[tuple[int, int | None]] | None = None) -> Inventory:
     """The chains and windows of cluster `sysid`.
 
     deep: read and check every WAL object on the path (not only the ones that date windows).
@@ -188,6 +200,10 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     archived: the newest WAL file the live server reports archived (pg_stat_archiver's
     last_archived_wal): segments up to it missing from the repository are named, not taken for
     "not archived yet".
+    live_path: the running server's own timeline path (base.server_path), when it is cluster
+    `sysid`: followed instead of the repository's newest timeline when it is on an older one
+    (the newer were abandoned); None: the newest timeline's history, as recovery_target_timeline
+    'latest' follows it.
     Base backups whose tar is missing, of another size than their record says, (deep, without
     start_at) fails its authenticated read, or whose incremental parent is unusable, are moved to
     bad_bases (whole_bases): no window starts at them.
@@ -199,7 +215,7 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     dropped = {n[len(layout.dropped_prefix(sysid)):] for n in names if n.startswith(layout.dropped_prefix(sysid))}
     inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects)
     inv.problems += [Problem(n.rpartition("/")[2], "foreign object", f"{n} is not an archived WAL file") for n in strange]
-    inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good)
+    inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good, live_path)
     # windows start only at base backups on that path: one on a branch a restore abandoned
     # starts none (its WAL beyond the fork is not on the path; counted, it read as missing)
     bases = [b for b in bases if on_path(b, inv.path)]

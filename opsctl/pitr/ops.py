@@ -160,12 +160,30 @@ def server_archived(project: Project, env: Environment, sysid: str) -> str | Non
     return row[0]
 
 
+def live_path(project: Project, env: Environment, sysid: str) -> list[tuple[int, int | None]] | None:
+    """The running embedded server's own timeline path (base.server_path) when it runs and is
+    cluster `sysid`; None otherwise (not running, no answer, another cluster)."""
+    import psycopg
+
+    from opsctl.local import procs
+
+    try:
+        _, comp = local_state(project, env)
+        conninfo = f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres connect_timeout=3"
+        with psycopg.connect(conninfo) as conn:
+            (system,) = conn.execute("select system_identifier::text from pg_control_system()").fetchone()
+    except (psycopg.Error, UsageError, OSError):
+        return None
+    return bb.server_path(conninfo) if system == sysid else None
+
+
 def verify_chain(project: Project, env: Environment, progress=None) -> ChainReport:
     """Read and check every WAL object and base backup (record and tar) of the live cluster
     (read-only). Segments up to the one the running server reports archived must be there."""
     repo, key = sealed_repository(project, env)
     sysid = _sysid(project, env, repo)
-    inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid))
+    inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),
+                          live_path=live_path(project, env, sysid))
     return _report(inv)
 
 
@@ -179,7 +197,7 @@ def windows(project: Project, env: Environment) -> ChainReport | None:
     if not repo.names(layout.root(sysid) + "/"):
         return None
     try:
-        return _report(chain.inventory(repo, key, sysid))
+        return _report(chain.inventory(repo, key, sysid, live_path=live_path(project, env, sysid)))
     except OperationFailed:
         return None
 
@@ -193,14 +211,12 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
     then the prune runs. Returns retention.prune's result."""
     from opsctl.pitr import retention
 
-    from opsctl.local import procs
-
     repo, key = sealed_repository(project, env)
     sysid = _sysid(project, env, repo)
     # the running server's own timeline history: right after an in-place restore the new
-    # timeline's history file may still be on its way to the repository
-    _, comp = local_state(project, env)
-    path = bb.server_path(f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres connect_timeout=3")
+    # timeline's history file may still be on its way to the repository; after an undone one,
+    # the repository holds a newer timeline than the live server's
+    path = live_path(project, env, sysid)
     planned = retention.prune(repo, key, sysid, keep_full, True, path)
     if dry_run or not (planned.removed or planned.wal_removed or planned.interrupted):
         return planned

@@ -172,7 +172,12 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     state, repo, key = _context(project, env)
     clean_abandoned(state)  # a restore killed earlier (kill -9): its recovery server and folders
     sysid = live_sysid = cluster_id(repo, state)
-    listed = chain.inventory(repo, key, sysid, end_times=False)
+    from opsctl.pitr.ops import live_path
+
+    # the live server's own timelines: a newer one in the repository that it is not on was
+    # abandoned (a restore undone after its swap queued the history) and is not followed
+    live = live_path(project, env, sysid)
+    listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live)
     if not listed.bases and not listed.bad_bases_broken:
         # the live cluster has no base backup at all: a data directory lost and made anew
         # (`opsctl local up` after a lost disk) is a new cluster; the one the repository holds
@@ -241,7 +246,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         # (asked before the WAL is listed again: each file it names archived is in that listing)
         inv = chain.inventory(repo, key, sysid, deep=True, stage=stage, start_at=tip_seg, progress=report,
                               end_times=when is not None,  # dating the window's end reads WAL: only for a time
-                              archived=server_archived(project, env, sysid))
+                              archived=server_archived(project, env, sysid),
+                              live_path=live if sysid == live_sysid else None)
         window = next((w for w in inv.windows if layout.segno(w.start_lsn) <= tip_seg
                        and layout.parse_segment(w.end_segment)[1] >= layout.segno(layout.lsn(tip.stop_lsn))), None)
         if window is None:
@@ -258,6 +264,13 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         if lsn is not None and lsn > window.end_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
                              f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
+        if latest and window.stopped_by is not None:
+            # 'latest' means all that was archived: a damaged, missing or dropped segment with
+            # archived WAL after it would end the restore silently short of it
+            raise UsageError(f"the archived WAL breaks before its end ({window.stopped_by.line()}): 'latest' "
+                             f"would stop at LSN {layout.lsn_text(window.end_lsn)} and lose what was archived "
+                             f"after it; to accept that, restore --to-lsn {layout.lsn_text(window.end_lsn)}; "
+                             "'opsctl backup verify-chain' names every problem; nothing was changed")
     except BaseException:
         _drop_unpacked(unpacked, new, work)
         shutil.rmtree(stage, ignore_errors=True)
@@ -829,7 +842,9 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
             pg.stop(pid)
             pid = None
             os.sync()  # it ran with fsync off: everything it wrote is on disk before it becomes the live one
-            result.previous_data_dir = str(_swap(c["project"], env, new, stamp))
+            kept, swap_notes = _swap(c["project"], env, new, stamp)
+            result.previous_data_dir = str(kept)
+            result.notes += swap_notes
             result.data_dir = str(state.data("postgres"))
             result.notes += _drop_standby(c["project"], env)
             phase("swap")
@@ -897,8 +912,10 @@ def _signals_held():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
-    """Stop the live server, keep its data directory, move `new` in, start it (archiving on)."""
+def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Path, list[str]]:
+    """Stop the live server, keep its data directory, move `new` in, start it with its WAL
+    archiver (as `local up` does: the new timeline's WAL must reach the repository); returns
+    (where the previous data directory was kept, notes for the operator)."""
     import filecmp
 
     from opsctl.local import platform
@@ -917,8 +934,10 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
             raise OperationFailed(f"the restored server's timeline history {queued.name} differs from the one "
                                   f"queued for the archive ({queued}): a timeline was reused; nothing live was changed")
         swapped = False  # `new` is in place of `live`
+        notes: list[str] = []
+        was_running = platform.live_pid(state, "postgres")
         try:
-            pg.stop(platform.live_pid(state, "postgres"))  # ours by port or postmaster.pid, never a reused PID
+            pg.stop(was_running)  # ours by port or postmaster.pid, never a reused PID
             if live.exists():
                 live.rename(kept)
             new.rename(live)
@@ -948,8 +967,21 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> Path:
                     platform.start_component("postgres", state, env)
                 state.save()
             raise
+        from opsctl.pitr import local as pitr_local
+
+        try:  # the restore is done: archiving failing to start is said, never undoes it
+            if note := pitr_local.ensure_archiver(project, env, state):
+                notes.append(note)
+        except Exception as exc:  # noqa: BLE001 - reported as a note; 'opsctl local up' retries
+            from opsctl.redact import credentials
+
+            notes.append(f"the WAL archiver did not start ({credentials(str(exc))}): new WAL waits in the local "
+                         "queue; run 'opsctl local up'")
+        if was_running is None:
+            notes.append("PostgreSQL was not running before the restore; it runs now, on the restored data, with "
+                         "its WAL archiver; 'opsctl local up' starts the rest of the platform")
         state.save()
-    return kept
+    return kept, notes
 
 
 def _stop_started(state, live: Path) -> bool:

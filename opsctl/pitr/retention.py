@@ -96,7 +96,8 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     """Keep the newest `keep_full` full base backups with their incrementals and the WAL from the
     oldest kept one's start; remove older base backups and WAL below it (nothing with `dry_run`).
     UsageError for `keep_full` < 1. `path`: the live server's timeline path (base.server_path),
-    used when it is newer than the repository's (its history file may not be uploaded yet).
+    used when it is newer than the repository's (its history file may not be uploaded yet) or
+    older (the repository's newer timelines were abandoned: their branch is not kept for).
     Only full base backups proven restorable (_prove: read whole, WAL to consistency) count;
     `proven`: verdicts of an earlier call ({id: '' or why}, e.g. the dry run's `proven`),
     not read again."""
@@ -109,7 +110,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     # timeline's history, newest by stop LSN along it. A base backup on a branch a restore
     # abandoned has a newer id and may have a higher LSN, yet no restore starts from it;
     # kept by id, it pushed out the only usable one and the WAL after it.
-    listed = chain.inventory(repo, key, sysid, end_times=False)
+    listed = chain.inventory(repo, key, sysid, end_times=False, live_path=path)
     bases = listed.bases
     if path is not None and path[-1][0] > listed.path[-1][0]:
         listed.path = path

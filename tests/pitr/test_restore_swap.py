@@ -101,7 +101,7 @@ def test_ctrl_c_in_the_swap_puts_the_previous_server_back_running_and_stops_the_
     pitr.sql("insert into events(note) values ('after the undo')")
 
 
-def test_two_in_place_restores_with_the_first_history_still_queued_take_two_timelines(pitr, runner):
+def test_two_in_place_restores_with_the_first_history_still_queued_take_two_timelines(pitr, runner, monkeypatch):
     from opsctl.local import state as st
     from opsctl.pitr import local as pitr_local
 
@@ -111,6 +111,8 @@ def test_two_in_place_restores_with_the_first_history_still_queued_take_two_time
         state = st.load(folder)
         pitr_local.stop_archiver(state)  # the repository is down: history files wait in the queue
         state.save()
+    # and stays down: the archiver each swap starts again would drain nothing
+    monkeypatch.setattr(pitr_local, "ensure_archiver", lambda *a, **kw: "the repository is down (test)")
     try:
         queue = pitr_local.queue_dir(pitr.state())
         first = _restore(pitr)
@@ -122,6 +124,7 @@ def test_two_in_place_restores_with_the_first_history_still_queued_take_two_time
         assert queued.read_bytes() == held, "the first restore's queued history was replaced"
         assert (queue / f"{second.timeline:08X}.history").is_file()
     finally:
+        monkeypatch.undo()
         pitr.ensure_archiver()
     pitr.wait_archived()  # archiving goes on: no history file of two contents
 
@@ -243,3 +246,89 @@ def test_a_replay_port_taken_before_the_server_binds_it_gets_another(pitr, runne
         assert port != taken and pg.ready(port) and procs.listens(result.pid, [port])
     finally:
         pg.stop(result.pid)
+
+
+def test_a_timeline_an_undone_swap_left_in_the_repository_is_not_followed(pitr, runner, monkeypatch):
+    """An in-place restore undone after its swap had queued the new timeline's history (Ctrl-C
+    once the restored server answers): the history reached the repository, the live server
+    went back to its own timeline and took writes. verify-chain's window stopped before the
+    undo and `restore --to-time latest` followed the abandoned timeline, silently losing every
+    row written since; now both follow the live server's timeline, and prune keeps its chain."""
+    import json
+    import time
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    sysid = pitr.sysid()
+    (before_tli,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
+    real_ensure, fired = pg.ensure_database, []
+
+    def ensure_database(*a, **kw):  # the swapped-in server answers: its history is queued
+        if not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return real_ensure(*a, **kw)
+
+    monkeypatch.setattr(pg, "ensure_database", ensure_database)
+    with pytest.raises(KeyboardInterrupt):
+        _restore(pitr)
+    monkeypatch.undo()
+    abandoned = layout.history_file(before_tli + 1)
+    pitr.sql("insert into events(note) select 'after the undo' from generate_series(1, 70)")
+    pitr.wait_archived()
+    # the abandoned timeline's history reached the repository (the archiver files it)
+    deadline = time.monotonic() + 60
+    while not any(abandoned in n for n in pitr.repo().names(layout.root(sysid) + "/")):
+        assert time.monotonic() < deadline, f"{abandoned} never reached the repository"
+        time.sleep(0.2)
+    (tli,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
+    assert tli == before_tli  # the live server is back on its own timeline
+    checked = pitr.cli(runner, "backup", "verify-chain", "--json")
+    assert checked.exit_code == 0, checked.output
+    assert [p["timeline"] for p in json.loads(checked.stdout)["timeline_path"]][-1] == before_tli
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    try:
+        assert doc["tables"]["public.events"] == pitr.sql("select count(*) from events")[0][0]
+    finally:
+        pg.stop(doc["pid"])
+    kept = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--dry-run", "--json")
+    assert kept.exit_code == 0 and json.loads(kept.stdout)["kept"], kept.output
+
+
+def test_an_in_place_restore_of_a_stopped_platform_starts_its_archiver_and_says_so(pitr, runner):
+    """`local down`, then `restore --to-time latest --yes`: PostgreSQL came up on the new
+    timeline with no archiver, exit 0, nothing said; its WAL waited in the queue unseen."""
+    import json
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import local as pitr_local
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    state = pitr.state()
+    assert pitr_local.stop_archiver(state)
+    pg.stop(pitr.pid)
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    notes = json.loads(r.stdout)["notes"]
+    assert any("was not running before the restore" in n for n in notes), notes
+    assert pitr_local._running(pitr.state()) is not None  # archiving goes on, as after `local up`
+    pitr.wait_archived()  # the new timeline's WAL reaches the repository
+
+
+def test_local_down_is_refused_while_a_restore_holds_the_lease(pitr, runner):
+    """`local down` during an in-place restore stopped its recovery server (the restore failed on
+    a raw driver error) or let it start PostgreSQL again afterwards on a platform its user had
+    stopped. Now it waits its turn: refused, one line, nothing stopped."""
+    from opsctl.cli import app
+    from opsctl.pitr import lease
+
+    with lease.held(pitr.project(), pitr.env(), "restore"):
+        r = runner.invoke(app, ["--root", str(pitr.root), "local", "down"])
+    assert r.exit_code == 2 and "local down refused: a restore (pid" in r.output, r.output
+    assert pitr.sql("select 1")[0][0] == 1  # still serving

@@ -88,6 +88,10 @@ def test_bad_segment_is_named_and_a_restore_beyond_it_is_refused(pitr, batches, 
         r = pitr.cli(runner, "restore", "--to-time", beyond, "--yes")
         assert r.exit_code == 2
         assert seg_b in r.output and "newest restorable time" in r.output
+        # 'latest' stopped at the bad segment silently, short of the WAL archived after it
+        r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside")
+        assert r.exit_code == 2 and "breaks before its end" in r.output and seg_b in r.output, r.output
+        assert "--to-lsn" in r.output and "Traceback" not in r.output
         assert _live(pitr) == before  # nothing changed
         assert not list((pitr.state().folder / "data").glob("pitr-*"))
     finally:
