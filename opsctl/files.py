@@ -28,6 +28,40 @@ def write_json(path: Path, doc: Any, indent: int = 2, private: bool = False,
     return path
 
 
+def report_path(value: str | os.PathLike | None, option: str) -> Path | None:
+    """Where a report a caller asked for is written (`option` names it in errors, e.g.
+    '--junit'): the path resolved and its folder created, checked before any work so a long
+    run never ends on a path it can't write. UsageError (exit 2) when it names a folder or its
+    folder can't be made (a file in the way, no permission); None for None or ''."""
+    from opsctl.errors import UsageError
+
+    if not value:
+        return None
+    path = Path(value).expanduser().resolve()
+    if path.is_dir():
+        raise UsageError(f"{option} {value} is a folder; give a file path such as {path / 'report.xml'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {value}: its folder can't be made ({exc.strerror}); give another path") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{option} {value}: folder {path.parent} is not writable; give another path")
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` whole (a temporary name beside it, renamed over it): a reader
+    never sees half a report; the temporary file is removed if the write fails."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _private_opener(name: str, flags: int) -> int:
     fd = os.open(name, flags, 0o600)
     os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode otherwise

@@ -10,16 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from opsctl.errors import UsageError
 from opsctl.health.model import Status, SweepResult
 
 
 def check_writable(path: Path) -> None:
-    """Fail before the sweep, not after it, when the report cannot be written."""
-    if not path.parent.is_dir():
-        raise UsageError(f"--junit {path}: folder {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise UsageError(f"--junit {path} is a folder; give a file name such as health.xml")
+    """Fail before the sweep, not after it, when the report cannot be written (files.report_path:
+    its folder is made when missing)."""
+    from opsctl.files import report_path
+
+    report_path(path, "--junit")
 
 
 def render(result: SweepResult) -> bytes:

@@ -108,13 +108,9 @@ def _classes(text: str) -> dict[str, int]:
 
 
 def _out(value: str | None, option: str) -> Path | None:
-    if not value:
-        return None
-    path = Path(value).expanduser().resolve()
-    if path.is_dir():
-        raise UsageError(f"{option} {value} is a folder; give a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    from opsctl.files import report_path
+
+    return report_path(value, option)
 
 
 def _host(project: Project, env: Environment, host: str | None) -> str:

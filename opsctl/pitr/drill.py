@@ -226,9 +226,12 @@ def drill(project: Project, env: Environment, report=None, junit_path: Path | No
     (`junit`) and Prometheus text (`metrics`), each whole (write_reports). The command and
     the runbook step both hand their paths here: the one place reports are written."""
     from opsctl.errors import OpsError, UsageError
+    from opsctl.files import report_path
     from opsctl.pitr.ops import window
     from opsctl.redact import credentials
 
+    # before anything runs: a drill must not end on a report path it can't write
+    junit_path, metrics_path = report_path(junit_path, "--junit"), report_path(metrics_path, "--metrics-file")
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
     with window(project, env, "drill", "restore to the newest restorable time into scratch") as w:
@@ -272,16 +275,14 @@ def write_reports(result: DrillResult, junit_path: Path | None = None, metrics_p
     """`result` as JUnit XML at `junit_path` and Prometheus text at `metrics_path` (None: not
     written): the folder created, each file written to a temporary name beside it and renamed
     over it, so a scraper or CI never reads half a report."""
-    import os
+    from opsctl.files import write_text
 
     for path, render in ((junit_path, junit), (metrics_path, metrics)):
         if path is None:
             continue
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(render(result))
-        os.replace(tmp, path)
+        write_text(path, render(result))
 
 
 def _drill(project: Project, env: Environment, report, started: dt.datetime, began: float) -> DrillResult:

@@ -232,7 +232,8 @@ def test_the_core_run_writes_the_junit_of_every_sweep_and_settles_the_cadence(tm
     assert out.sweeps == 2 and seen == [("CRITICAL", True), ("OK", False)], seen
     with pytest.raises(UsageError, match="--cron goes with --mode scheduled"):
         monitor.run(project, project.env("ci"), "continuous", cron="* * * * *", only=["target"])
-    with pytest.raises(UsageError, match="does not exist"):
-        monitor.run(project, project.env("ci"), "once", only=["target"], junit=tmp_path / "nope" / "h.xml")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UsageError, match="can't be made"):  # a file where the report's folder would be
+        monitor.run(project, project.env("ci"), "once", only=["target"], junit=tmp_path / "a-file" / "h.xml")
     once = monitor.run(project, project.env("ci"), "once", only=["target"], junit=junit)
     assert once.sweeps == 1 and once.last.status.name == "OK" and "<failure" not in junit.read_text()

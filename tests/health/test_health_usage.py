@@ -41,7 +41,8 @@ def one_line_error(result, *words: str) -> None:
     (["--interval", "5"], ["--interval", "continuous"]),
     (["--mode", "continuous", "--iterations", "0"], ["--iterations"]),
     (["--check", "nosuch"], ["'nosuch'", "matches no check", "'router'"]),
-    (["--junit", "/nonexistent-dir/health.xml"], ["does not exist"]),
+    (["--junit", "/dev/null/health.xml"], ["--junit", "can't be made"]),  # a file where its folder would be
+    (["--junit", "/tmp"], ["--junit", "is a folder"]),
     (["--beat", "nightly"], ["no push heartbeat 'nightly'"]),
 ])
 def test_bad_usage_is_one_line_and_exit_2(tmp_path, runner, args, words):

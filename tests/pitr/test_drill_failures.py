@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import psutil
+import pytest
 from pitr_support import set_dr
 
 
@@ -234,3 +235,19 @@ def test_two_drills_started_in_the_same_second_get_buckets_of_their_own(s3):
     finally:
         for name in (first, second):
             client.delete_bucket(Bucket=name)
+
+
+@pytest.mark.parametrize("option", ["--metrics-file", "--junit"])
+def test_a_report_path_that_cannot_be_written_is_refused_before_the_drill(pitr, runner, tmp_path, option):
+    """`--metrics-file <a folder>` ran the whole drill, then failed on IsADirectoryError (exit
+    1, a 0644 temporary file left beside it). Now: exit 2 at once, one line, nothing written."""
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for bad, says in ((folder, "is a folder"), (blocker / "x.prom", "can't be made")):
+        r = pitr.cli(runner, "dr", "drill", option, str(bad))
+        assert r.exit_code == 2, r.output
+        assert says in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "reports"] and not list(folder.iterdir())
+    assert not list((pitr.root / ".opsctl").glob("drill/*.json"))  # no drill started
