@@ -28,11 +28,13 @@ def write_json(path: Path, doc: Any, indent: int = 2, private: bool = False,
     return path
 
 
-def report_path(value: str | os.PathLike | None, option: str) -> Path | None:
+def report_path(value: str | os.PathLike | None, option: str, make: bool = True) -> Path | None:
     """Where a report a caller asked for is written (`option` names it in errors, e.g.
-    '--junit'): the path resolved and its folder created, checked before any work so a long
-    run never ends on a path it can't write. UsageError (exit 2) when it names a folder or its
-    folder can't be made (a file in the way, no permission); None for None or ''."""
+    '--junit'): the path resolved and (`make`) its folder created, checked before any work so a
+    long run never ends on a path it can't write. Without `make` nothing is created: the
+    writer makes the folder itself (with its own mode) when it first writes. UsageError (exit 2)
+    when it names a folder or its folder can't be made (a file in the way, no permission);
+    None for None or ''."""
     from opsctl.errors import UsageError
 
     if not value:
@@ -40,12 +42,15 @@ def report_path(value: str | os.PathLike | None, option: str) -> Path | None:
     path = Path(value).expanduser().resolve()
     if path.is_dir():
         raise UsageError(f"{option} {value} is a folder; give a file path such as {path / 'report.xml'}")
-    try:
+    folder = path.parent
+    while not folder.exists():  # the nearest folder that exists is where the rest would be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {value}: its folder can't be made ({folder} is a file); give another path")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {value}: folder {folder} is not writable; give another path")
+    if make:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{option} {value}: its folder can't be made ({exc.strerror}); give another path") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"{option} {value}: folder {path.parent} is not writable; give another path")
     return path
 
 

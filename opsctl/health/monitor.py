@@ -239,4 +239,8 @@ def cadence(project, env, mode: str, interval: float | None, cron: str | None, i
         history = history or Path(env.health.history)
     if history is not None and not history.is_absolute():
         history = project.root / history
+    if history is not None:  # a folder or an unmakeable one fails now, not after the first sweep
+        from opsctl.files import report_path
+
+        history = report_path(history, "--history", make=False)  # append_history makes it private
     return Cadence(interval if mode == "continuous" else None, cron if mode == "scheduled" else None, history)

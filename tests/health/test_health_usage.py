@@ -43,6 +43,8 @@ def one_line_error(result, *words: str) -> None:
     (["--check", "nosuch"], ["'nosuch'", "matches no check", "'router'"]),
     (["--junit", "/dev/null/health.xml"], ["--junit", "can't be made"]),  # a file where its folder would be
     (["--junit", "/tmp"], ["--junit", "is a folder"]),
+    (["--history", "/tmp"], ["--history", "is a folder"]),  # failed after the first sweep
+    (["--mode", "continuous", "--history", "/dev/null/h.jsonl"], ["--history", "can't be made"]),
     (["--beat", "nightly"], ["no push heartbeat 'nightly'"]),
 ])
 def test_bad_usage_is_one_line_and_exit_2(tmp_path, runner, args, words):
