@@ -28,38 +28,68 @@ def write_json(path: Path, doc: Any, indent: int = 2, private: bool = False,
     return path
 
 
+_NAME_MAX = 255  # bytes in one file name (Linux, macOS); a report is written as `.{name}.tmp` first
+
+
 def report_path(value: str | os.PathLike | None, option: str, make: bool = True) -> Path | None:
     """Where a report a caller asked for is written (`option` names it in errors, e.g.
-    '--junit'): the path resolved and (`make`) its folder created, checked before any work so a
-    long run never ends on a path it can't write. Without `make` nothing is created: the
-    writer makes the folder itself (with its own mode) when it first writes. UsageError (exit 2)
-    when it names a folder or its folder can't be made (a file in the way, no permission);
-    None for None or ''."""
+    '--junit'): the path made absolute (symlinks kept: /dev/stdout stays itself) and (`make`)
+    its folder created, checked before any work so a long run never ends on a path it can't
+    write. Without `make` nothing is created: the writer makes the folder itself (with its own
+    mode) when it first writes. An existing file that is not a regular one (/dev/null, a FIFO,
+    /dev/stdout) is written in place by `write_text`, never replaced. UsageError (exit 2) when
+    it names a folder (or ends in '/'), its name is too long for the temporary name beside it,
+    or its folder can't be made (a file in the way, no permission); None for None or ''."""
     from opsctl.errors import UsageError
 
     if not value:
         return None
-    path = Path(value).expanduser().resolve()
-    if path.is_dir():
-        raise UsageError(f"{option} {value} is a folder; give a file path such as {path / 'report.xml'}")
-    folder = path.parent
-    while not folder.exists():  # the nearest folder that exists is where the rest would be made
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"{option} {value}: its folder can't be made ({folder} is a file); give another path")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{option} {value}: folder {folder} is not writable; give another path")
-    if make:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if str(value).endswith(("/", os.sep)):
+        raise UsageError(f"{option} {value} is a folder; give a file path such as {value}report.xml")
+    try:
+        path = Path(value).expanduser().absolute()
+        if len(os.fsencode(path.name)) + len("..tmp") > _NAME_MAX and not _in_place(path):
+            raise UsageError(f"{option}: file name {path.name[:40]}... is longer than {_NAME_MAX - 5} bytes; "
+                             "give a shorter one")
+        if path.is_dir():
+            raise UsageError(f"{option} {value} is a folder; give a file path such as {path / 'report.xml'}")
+        folder = path.parent
+        while not folder.exists():  # the nearest folder that exists is where the rest would be made
+            folder = folder.parent
+        if not folder.is_dir():
+            raise UsageError(f"{option} {value}: its folder can't be made ({folder} is a file); give another path")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"{option} {value}: folder {folder} is not writable; give another path")
+        if make:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {value}: {exc.strerror or exc}; give another path") from None
     return path
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` whole (a temporary name beside it, renamed over it): a reader
-    never sees half a report; the temporary file is removed if the write fails."""
+def _in_place(path: Path) -> bool:
+    """True for an existing file that is not a regular one (a device, a FIFO, a pipe behind
+    /dev/stdout): written where it is, never replaced by a renamed file."""
+    try:
+        return path.exists() and not path.is_file() and not path.is_dir()
+    except OSError:
+        return False
+
+
+def write_text(path: Path, text: str | bytes) -> Path:
+    """Write `text` (str or bytes) to `path` whole: to a temporary name beside it, renamed over
+    it, so a reader never sees half a report (the temporary file removed if the write fails).
+    A device, FIFO or pipe (/dev/null, /dev/stdout) is written in place: renamed over, /dev/null
+    would have become a regular file."""
+    mode = "wb" if isinstance(text, bytes) else "w"
+    if _in_place(path):
+        with open(path, mode) as out:
+            out.write(text)
+        return path
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
+        with open(tmp, mode) as out:
+            out.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -7,7 +7,6 @@ Written to a temporary file and renamed, so CI never reads half a report.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from opsctl.health.model import Status, SweepResult
@@ -49,7 +48,7 @@ def render(result: SweepResult) -> bytes:
 
 
 def write(path: Path, result: SweepResult) -> None:
-    """Written to a temporary name and renamed: CI never reads half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(render(result))
-    os.replace(tmp, path)
+    """Written whole (files.write_text): CI never reads half a report, /dev/null stays a device."""
+    from opsctl.files import write_text
+
+    write_text(path, render(result))

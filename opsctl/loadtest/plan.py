@@ -84,16 +84,15 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
         raise UsageError(f"locustfile {lf} not found; pass --locustfile PATH")
     duration_s = profiles.parse_duration(duration, maximum=profiles.MAX_SECONDS) if duration is not None else prof.duration_s
     stop_s = profiles.parse_duration(stop_timeout, "--stop-timeout", profiles.MAX_SECONDS) if stop_timeout is not None else STOP_TIMEOUT_S
+    reports = dict(html=_out(html, "--html"), csv_prefix=_csv_prefix(csv_prefix), junit=_out(junit, "--junit"))
     target = _host(project, env, host)
-    if check:
+    if check:  # last: the local checks above answer at once
         reachable(target, env, explicit=host is not None)
     return Plan(env=env.name, host=target, profile=prof.name, users=users or prof.users,
                 spawn_rate=spawn_rate or prof.spawn_rate,
                 duration_s=duration_s,
                 classes=weights, slo=",".join(g.text for g in gates), gates=gates, locustfile=lf,
-                workers=workers, abort_on_fail=abort_on_fail,
-                html=_out(html, "--html"), csv_prefix=str(_out(csv_prefix, "--csv")) if csv_prefix else None,
-                junit=_out(junit, "--junit"), stop_timeout_s=stop_s, api_key=os.environ.get(env.deploy.api_key_env) or os.environ.get("LOADTEST_API_KEY") or None)
+                workers=workers, abort_on_fail=abort_on_fail, **reports, stop_timeout_s=stop_s, api_key=os.environ.get(env.deploy.api_key_env) or os.environ.get("LOADTEST_API_KEY") or None)
 
 
 def _classes(text: str) -> dict[str, int]:
@@ -105,6 +104,15 @@ def _classes(text: str) -> dict[str, int]:
             raise UsageError(f"--classes: bad term '{term}'; write e.g. TranscriptionUser=3,AdminUser=1")
         out[name] = int(weight or 1)
     return out
+
+
+def _csv_prefix(prefix: str | None) -> str | None:
+    """`--csv PREFIX`: Locust writes PREFIX_stats.csv, _failures, _exceptions and
+    _stats_history.csv; the longest of them is checked as any report path."""
+    if not prefix:
+        return None
+    longest = _out(f"{prefix}_stats_history.csv", "--csv")
+    return str(longest)[:-len("_stats_history.csv")]
 
 
 def _out(value: str | None, option: str) -> Path | None:

@@ -65,3 +65,9 @@ def test_unknown_user_class(local_platform):
 def test_malformed_classes(ops_root):
     line = _one_line(opsctl(ops_root, "loadtest", "run", "--classes", "AdminUser=zero"))
     assert "--classes: bad term 'AdminUser=zero'" in line
+
+
+def test_a_csv_prefix_too_long_for_locusts_file_names_is_refused(ops_root):
+    # PREFIX_stats_history.csv is the longest name Locust writes, after the run
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--host", "http://127.0.0.1:9", "--csv", "p" * 245))
+    assert "--csv" in line and "longer than" in line

@@ -1,0 +1,56 @@
+"""Report paths (--junit, --html, --csv, --metrics-file, --history): one check before any work
+(opsctl.files.report_path) and one writer (write_text) for the drill, load tests and health.
+
+Found by trying them as CI does: `--junit /dev/null` replaced the device with a regular file
+(the report was renamed over it); `/dev/stdout` was resolved to a /proc pipe name that the
+write then failed on; a name too long for the temporary name beside it, or for the file
+system, failed after the work or with a traceback; 'reports/' was taken for a file name."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from opsctl.errors import UsageError
+from opsctl.files import report_path, write_text
+
+
+def test_a_device_or_fifo_is_written_in_place_never_replaced(tmp_path):
+    null = report_path("/dev/null", "--junit")
+    write_text(null, "<testsuites/>")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # still the device
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_text(report_path(fifo, "--metrics-file"), b"opsctl_dr_drill_success 1\n")
+    reader.join(10)
+    assert got == [b"opsctl_dr_drill_success 1\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert report_path("/dev/stdout", "--junit") == __import__("pathlib").Path("/dev/stdout")  # not /proc/.../pipe:[N]
+
+
+@pytest.mark.parametrize("name, says", [
+    ("r" * 252 + ".x", "longer than"),   # fits the file system, not `.{name}.tmp` beside it
+    ("r" * 300 + ".xml", "longer than"),  # raised OSError (exit 1, "unexpected") before
+])
+def test_a_name_too_long_is_refused_before_any_work(tmp_path, name, says):
+    with pytest.raises(UsageError, match=says):
+        report_path(tmp_path / name, "--junit")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trailing_slash_names_a_folder(tmp_path):
+    with pytest.raises(UsageError, match="is a folder"):
+        report_path(f"{tmp_path}/reports/", "--junit")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_regular_report_is_written_whole_and_its_folder_made(tmp_path):
+    path = report_path(tmp_path / "ci" / "health.xml", "--junit")
+    write_text(path, "<testsuites/>")
+    assert path.read_text() == "<testsuites/>" and sorted(p.name for p in path.parent.iterdir()) == ["health.xml"]
+
