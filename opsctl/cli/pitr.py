@@ -16,8 +16,14 @@ def _size(n: int) -> str:
     return decimal(n)
 
 
-def _t(when) -> str:
-    return when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z" if when else "-"
+def _t(when, exact: bool = False) -> str:
+    """A time to the millisecond (in tables), or `exact` to the microsecond PostgreSQL stamps
+    commits with: the newest restorable time is a target to restore to, and shown to the
+    millisecond it fell before its own last commit (a restore to it lost that commit)."""
+    if not when:
+        return "-"
+    text = when.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return (text if exact else text[:-3]) + "Z"
 
 
 def base(
@@ -69,7 +75,7 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
             c.print(f"[red]{p['file']}[/red]: {p['kind']} ({p['detail']})", soft_wrap=False)
         for bid, why in r.unusable_base_backups.items():
             c.print(f"base backup {bid}: {why}", soft_wrap=False, markup=False)
-        c.print(f"newest restorable time: {_t(r.newest_restorable)}")
+        c.print(f"newest restorable time: {_t(r.newest_restorable, exact=True)}")
 
     emit(r, as_json, render)
     if not r.ok:

@@ -259,8 +259,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         why = f" ({window.stopped_by.line()})" if window.stopped_by else " (later WAL is not archived yet)"
         if when is not None and when > window.end:
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
-                             f"{window.end.isoformat()}{why}; choose an earlier --to-time or 'latest'; "
-                             "nothing was changed")
+                             f"{window.end.isoformat()}{why}; choose an earlier --to-time"
+                             + ("" if window.stopped_by else " or 'latest'") + "; nothing was changed")
         if lsn is not None and lsn > window.end_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
                              f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
@@ -269,8 +269,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
             # archived WAL after it would end the restore silently short of it
             raise UsageError(f"the archived WAL breaks before its end ({window.stopped_by.line()}): 'latest' "
                              f"would stop at LSN {layout.lsn_text(window.end_lsn)} and lose what was archived "
-                             f"after it; to accept that, restore --to-lsn {layout.lsn_text(window.end_lsn)}; "
-                             "'opsctl backup verify-chain' names every problem; nothing was changed")
+                             "after it; to accept that, restore --to-time <the newest restorable time 'opsctl "
+                             "backup verify-chain' shows>, which also names every problem; nothing was changed")
     except BaseException:
         _drop_unpacked(unpacked, new, work)
         shutil.rmtree(stage, ignore_errors=True)

@@ -91,9 +91,17 @@ def test_bad_segment_is_named_and_a_restore_beyond_it_is_refused(pitr, batches, 
         # 'latest' stopped at the bad segment silently, short of the WAL archived after it
         r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside")
         assert r.exit_code == 2 and "breaks before its end" in r.output and seg_b in r.output, r.output
-        assert "--to-lsn" in r.output and "Traceback" not in r.output
+        assert "--to-time <the newest restorable time" in r.output and "Traceback" not in r.output
+        assert "or 'latest'" not in pitr.cli(runner, "restore", "--to-time", beyond, "--beside").output
         assert _live(pitr) == before  # nothing changed
         assert not list((pitr.state().folder / "data").glob("pitr-*"))
+        # following that advice: the newest restorable time as verify-chain prints it (to the
+        # millisecond) holds its own last commit; shown rounded down, it lost batch a
+        shown = pitr.cli(runner, "backup", "verify-chain").output.split("newest restorable time: ", 1)[1].split()
+        r = pitr.cli(runner, "restore", "--to-time", f"{shown[0]}T{shown[1]}", "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        assert {n for (n,) in pitr.sql("select note from events where id = any(%s)",
+                                       (list(_restored_ids(json.loads(r.stdout))),))} >= {"a"}
     finally:
         if planted is not None:
             planted.unlink()
