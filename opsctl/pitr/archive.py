@@ -164,6 +164,17 @@ def prepare_queue(queue: Path, user: str | None) -> None:
             shutil.chown(folder, user, user)
 
 
+def control_timeline(data: Path) -> int | None:
+    """The timeline of a data directory's latest checkpoint (pg_controldata; running or not),
+    or None when it can't be read."""
+    from opsctl.local.postgres import tool
+
+    out = subprocess.run([tool("pg_controldata"), "-D", str(data)], capture_output=True, text=True,
+                         env={**os.environ, "LC_ALL": "C"})
+    m = re.search(r"^Latest checkpoint's TimeLineID:\s+(\d+)", out.stdout, re.M)
+    return int(m.group(1)) if out.returncode == 0 and m else None
+
+
 def system_identifier(data: Path) -> str:
     """The cluster's system identifier from `pg_controldata` (works while the server is down)."""
     from opsctl.local.postgres import tool

@@ -161,20 +161,44 @@ def server_archived(project: Project, env: Environment, sysid: str) -> str | Non
 
 
 def live_path(project: Project, env: Environment, sysid: str) -> list[tuple[int, int | None]] | None:
-    """The running embedded server's own timeline path (base.server_path) when it runs and is
-    cluster `sysid`; None otherwise (not running, no answer, another cluster)."""
+    """The embedded server's own timeline path when it is cluster `sysid`: asked of the running
+    server (base.server_path), or read from its data directory when it is stopped (pg_control's
+    timeline and that timeline's history file in pg_wal); None otherwise (never started,
+    another cluster, unreadable)."""
     import psycopg
 
     from opsctl.local import procs
 
     try:
-        _, comp = local_state(project, env)
-        conninfo = f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres connect_timeout=3"
+        state, comp = local_state(project, env)
+    except UsageError:
+        return None
+    conninfo = f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres connect_timeout=3"
+    try:
         with psycopg.connect(conninfo) as conn:
             (system,) = conn.execute("select system_identifier::text from pg_control_system()").fetchone()
-    except (psycopg.Error, UsageError, OSError):
-        return None
+    except (psycopg.Error, OSError):
+        return _stopped_path(state.data("postgres"), sysid)
     return bb.server_path(conninfo) if system == sysid else None
+
+
+def _stopped_path(data, sysid: str) -> list[tuple[int, int | None]] | None:
+    """The timeline path of the stopped cluster in `data` when it is `sysid` (an abandoned newer
+    timeline in the repository must not be followed just because the server is down)."""
+    from opsctl.errors import OpsError
+    from opsctl.pitr import archive
+
+    try:
+        if archive.system_identifier(data) != sysid:
+            return None
+        tli = archive.control_timeline(data)
+        if tli is None:
+            return None
+        if tli == 1:
+            return [(1, None)]
+        return layout.history_path((data / "pg_wal" / layout.history_file(tli)).read_text(), tli)
+    except (OpsError, OSError, ValueError):
+        return None
 
 
 def verify_chain(project: Project, env: Environment, progress=None) -> ChainReport:

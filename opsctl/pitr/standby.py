@@ -420,20 +420,6 @@ def _restart_workers(state, env: Environment, failed: list[str]) -> list[str]:
     return restarted
 
 
-def _control_timeline(data: Path) -> int | None:
-    """The timeline of a data directory's latest checkpoint (pg_controldata; running or not), or None."""
-    import os
-    import re
-    import subprocess
-
-    from opsctl.local.postgres import tool
-
-    out = subprocess.run([tool("pg_controldata"), "-D", str(data)], capture_output=True, text=True,
-                         env={**os.environ, "LC_ALL": "C"})
-    m = re.search(r"^Latest checkpoint's TimeLineID:\s+(\d+)", out.stdout, re.M)
-    return int(m.group(1)) if out.returncode == 0 and m else None
-
-
 def _promotion_found(project: Project, env: Environment, state, standby_there: bool) -> str | None:
     """What shows that the failover's standby was promoted, running or not (None: nothing does).
 
@@ -456,7 +442,9 @@ def _promotion_found(project: Project, env: Environment, state, standby_there: b
         m = re.search(r"^Database cluster state:\s+(.+?)\s*$", out.stdout, re.M)
         if out.returncode == 0 and m and m.group(1) in ("in production", "shut down", "shutting down"):
             return f"its data directory {state.data(COMPONENT)} says '{m.group(1)}', not in recovery"
-    tli = _control_timeline(state.data("postgres"))
+    from opsctl.pitr import archive
+
+    tli = archive.control_timeline(state.data("postgres"))
     if tli is None:
         return None
 
@@ -507,7 +495,9 @@ def _refuse_stale(state, env: Environment, standby_port: int, primary_port: int,
             raise UsageError(f"failover refused: the standby (port {standby_port}) does not stream from the running "
                              f"primary (port {primary_port}): it is behind or follows another history; {rebuild}")
         return
-    tli = _control_timeline(state.data("postgres"))
+    from opsctl.pitr import archive
+
+    tli = archive.control_timeline(state.data("postgres"))
     with psycopg.connect(pg.url(standby_port), connect_timeout=5, autocommit=True) as conn:
         # the standby's restartpoint timeline: a lower bound of the timeline it replays
         own, replayed = conn.execute("select timeline_id, pg_last_wal_replay_lsn()::text "

@@ -298,6 +298,19 @@ def test_a_timeline_an_undone_swap_left_in_the_repository_is_not_followed(pitr, 
         pg.stop(doc["pid"])
     kept = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--dry-run", "--json")
     assert kept.exit_code == 0 and json.loads(kept.stdout)["kept"], kept.output
+    # the same with the live server stopped: its data directory still says which timeline it is on
+    rows = pitr.sql("select count(*) from events")[0][0]
+    pg.stop(pitr.pid)
+    try:
+        checked = pitr.cli(runner, "backup", "verify-chain", "--json")
+        assert [p["timeline"] for p in json.loads(checked.stdout)["timeline_path"]][-1] == before_tli, checked.output
+        r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        pg.stop(doc["pid"])
+        assert doc["tables"]["public.events"] == rows
+    finally:
+        pitr.start_postgres()
 
 
 def test_an_in_place_restore_of_a_stopped_platform_starts_its_archiver_and_says_so(pitr, runner):
