@@ -164,29 +164,36 @@ def prepare_queue(queue: Path, user: str | None) -> None:
             shutil.chown(folder, user, user)
 
 
-def control_timeline(data: Path) -> int | None:
-    """The timeline of a data directory's latest checkpoint (pg_controldata; running or not),
-    or None when it can't be read."""
+def control_data(data: Path) -> dict[str, str]:
+    """pg_controldata of a data directory (running or not) as {field: value}, e.g.
+    "Database system identifier", "Latest checkpoint's TimeLineID", "Database cluster state";
+    {} when it can't be read."""
     from opsctl.local.postgres import tool
 
     out = subprocess.run([tool("pg_controldata"), "-D", str(data)], capture_output=True, text=True,
                          env={**os.environ, "LC_ALL": "C"})
-    m = re.search(r"^Latest checkpoint's TimeLineID:\s+(\d+)", out.stdout, re.M)
-    return int(m.group(1)) if out.returncode == 0 and m else None
+    if out.returncode != 0:
+        return {}
+    fields = (line.partition(":") for line in out.stdout.splitlines())
+    return {name.strip(): value.strip() for name, sep, value in fields if sep}
+
+
+def control_timeline(data: Path) -> int | None:
+    """The timeline of a data directory's latest checkpoint (running or not), or None when it
+    can't be read."""
+    value = control_data(data).get("Latest checkpoint's TimeLineID", "")
+    return int(value) if value.isdigit() else None
 
 
 def system_identifier(data: Path) -> str:
-    """The cluster's system identifier from `pg_controldata` (works while the server is down)."""
-    from opsctl.local.postgres import tool
-
-    out = subprocess.run([tool("pg_controldata"), "-D", str(data)], capture_output=True, text=True,
-                         env={**os.environ, "LC_ALL": "C"})
-    m = re.search(r"^Database system identifier:\s+(\d+)", out.stdout, re.M)
-    if out.returncode != 0 or not m:
+    """The cluster's system identifier (works while the server is down); OperationFailed when
+    pg_controldata can't read `data`."""
+    value = control_data(data).get("Database system identifier", "")
+    if not value.isdigit():
         from opsctl.errors import OperationFailed
 
-        raise OperationFailed(f"pg_controldata {data} failed: {out.stderr.strip()[-200:]}")
-    return m.group(1)
+        raise OperationFailed(f"pg_controldata could not read {data}")
+    return value
 
 
 @dataclass

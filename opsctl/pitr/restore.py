@@ -643,16 +643,6 @@ def fatal_line(log: Path) -> str:
 _PORT_TRIES = 3  # _replay: ports tried when the one chosen was taken before the server bound it
 
 
-def _tail(log: Path, size: int = 8192) -> str:
-    """The last `size` bytes of `log` as text ('' when it is missing)."""
-    try:
-        with open(log, "rb") as fh:
-            fh.seek(max(0, os.fstat(fh.fileno()).st_size - size))
-            return fh.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
 def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool = False) -> tuple[int, int, str]:
     """Start recovery (standby mode) on a free port; return (port, pid, how) once it stopped
     replaying: how is "target" (paused at the recovery target) or "end" (every staged WAL file
@@ -679,7 +669,7 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
                                      **({"summarize_wal": "on"} if summarize else {})})
             break
         except OperationFailed as exc:
-            taken = "served by another process" in str(exc) or "Address already in use" in _tail(log)
+            taken = "served by another process" in str(exc) or "Address already in use" in procs.tail(log, 40)
             if not taken or attempt == _PORT_TRIES - 1:
                 raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed") from None
             log.write_text("")  # the next start's log alone: its fatal line is the one told

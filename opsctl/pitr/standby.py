@@ -428,21 +428,15 @@ def _promotion_found(project: Project, env: Environment, state, standby_there: b
     newer than the old primary's timeline is in the standby's pg_wal, the local WAL queue or the
     repository (a promotion writes and archives one; an in-place restore leaves the primary on
     the newest timeline, and beside restores archive nothing)."""
-    import os
     import re
-    import subprocess
 
-    from opsctl.local.postgres import tool
-    from opsctl.pitr import layout
+    from opsctl.pitr import archive, layout
     from opsctl.pitr.local import queue_dir
 
     if standby_there:
-        out = subprocess.run([tool("pg_controldata"), "-D", str(state.data(COMPONENT))], capture_output=True,
-                             text=True, env={**os.environ, "LC_ALL": "C"})
-        m = re.search(r"^Database cluster state:\s+(.+?)\s*$", out.stdout, re.M)
-        if out.returncode == 0 and m and m.group(1) in ("in production", "shut down", "shutting down"):
-            return f"its data directory {state.data(COMPONENT)} says '{m.group(1)}', not in recovery"
-    from opsctl.pitr import archive
+        said = archive.control_data(state.data(COMPONENT)).get("Database cluster state")
+        if said in ("in production", "shut down", "shutting down"):
+            return f"its data directory {state.data(COMPONENT)} says '{said}', not in recovery"
 
     tli = archive.control_timeline(state.data("postgres"))
     if tli is None:
