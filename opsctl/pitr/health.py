@@ -25,12 +25,20 @@ from opsctl.errors import UsageError
 from opsctl.health.model import CheckResult, Status
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_ARCHIVER_SQL = (
-    "select a.failed_count, a.last_failed_wal, extract(epoch from a.last_failed_time)::float8, "
-    "extract(epoch from a.last_archived_time)::float8, "
-    "(select extract(epoch from min(modification))::float8 from pg_ls_archive_statusdir() where name like '%.ready'), "
-    "(select count(*) from pg_ls_archive_statusdir() where name like '%.ready'), "
-    "extract(epoch from now())::float8 from pg_stat_archiver a")
+_READY = ("(select extract(epoch from min(modification))::float8 from pg_ls_archive_statusdir() "
+          "where name like '%.ready'), (select count(*) from pg_ls_archive_statusdir() where name like '%.ready')")
+
+
+def _archiver_sql(ready: str = _READY) -> str:
+    """pg_stat_archiver's failure and success times, the `ready` columns (oldest .ready file's
+    time, their count) and the server's now, in epoch seconds."""
+    return ("select a.failed_count, a.last_failed_wal, extract(epoch from a.last_failed_time)::float8, "
+            f"extract(epoch from a.last_archived_time)::float8, {ready}, "
+            "extract(epoch from now())::float8 from pg_stat_archiver a")
+
+
+_ARCHIVER_SQL = _archiver_sql()
+_ARCHIVER_SQL_UNPRIVILEGED = _archiver_sql("null, null")  # pg_ls_archive_statusdir needs a superuser
 
 
 def seconds(duration: str) -> float:
@@ -69,10 +77,7 @@ def ask_archiver(url: str) -> dict:
         try:
             row = conn.execute(_ARCHIVER_SQL).fetchone()
         except psycopg.errors.InsufficientPrivilege:
-            row = conn.execute(_ARCHIVER_SQL.replace("(select extract(epoch from min(modification))::float8 from "
-                                                     "pg_ls_archive_statusdir() where name like '%.ready')", "null")
-                               .replace("(select count(*) from pg_ls_archive_statusdir() where name like '%.ready')",
-                                        "null")).fetchone()
+            row = conn.execute(_ARCHIVER_SQL_UNPRIVILEGED).fetchone()
     failures, wal, failed_at, archived_at, oldest_ready, ready, now = row
     return {"failing": failed_at is not None and (archived_at is None or failed_at > archived_at),
             "wal": wal, "failures": failures, "failed_at": failed_at, "archived_at": archived_at,
