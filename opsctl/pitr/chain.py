@@ -125,8 +125,71 @@ def open_wal(repo, key, sysid: str, obj: layout.WalObject) -> bytes:
     return plain
 
 
+def abandon(repo, key, sysid: str, tli: int, history: str, why: str) -> str:
+    """Record in the repository that timeline `tli` of cluster `sysid` is abandoned: its history
+    (`history`, the text of its `.history` file) was queued for the archive, and then the
+    restore that made it was undone. Restores, verify-chain and prune then follow the timeline
+    below it even with no live server to ask (after a lost disk), as long as the repository's
+    history of `tli` is this same text (a timeline number PostgreSQL made anew, with other
+    history, is followed). The marker's name carries its tag, as WAL objects do (layout.tag).
+    Returns the object's name."""
+    import datetime as _dt
+    import json
+
+    body = json.dumps({"timeline": tli, "history": history, "why": why,
+                       "at": _dt.datetime.now(_dt.timezone.utc).isoformat()}, sort_keys=True).encode()
+    tag = layout.tag(key, sysid, layout.abandoned_file(tli), hashlib.sha256(body).hexdigest())
+    name = f"{layout.abandoned_prefix(sysid)}{tli:08X}.{tag}"
+    repo.put_bytes(name, body)
+    return name
+
+
+def _abandoned(repo, key, sysid: str, names: dict[str, int], problems: list[Problem]) -> dict[int, set[str]]:
+    """{timeline: the history texts recorded as abandoned} from the authentic markers under
+    `abandoned/`; a marker failing its tag (planted, modified, another key) is a problem and
+    counts for nothing."""
+    import json
+
+    found: dict[int, set[str]] = {}
+    head = layout.abandoned_prefix(sysid)
+    for name in sorted(n for n in names if n.startswith(head)):
+        m = layout.ABANDONED.fullmatch(name[len(head):])
+        file = layout.abandoned_file(int(m["tli"], 16)) if m else name.rpartition("/")[2]
+        try:
+            body = repo.get_bytes(name) if m else b""
+        except NotFound:
+            continue  # removed since the listing
+        if not m or not layout.tag_ok(key, sysid, file, hashlib.sha256(body).hexdigest(), m["tag"]):
+            problems.append(Problem(file, "not authentic", f"{name} fails its authentication tag: planted or "
+                                    "modified, or written with another key; it is ignored"))
+            continue
+        try:
+            doc = json.loads(body)
+            found.setdefault(int(doc["timeline"]), set()).add(str(doc["history"]))
+        except (ValueError, KeyError, TypeError):
+            problems.append(Problem(file, "not authentic", f"{name} is not an abandoned-timeline record; it is ignored"))
+    return found
+
+
+def _history(repo, key, sysid: str, objects: dict, tli: int, problems: list[Problem],
+             deep_good: dict) -> str | None:
+    """The text of timeline `tli`'s history file from its first authentic object (None when
+    none is: each one that fails is a problem)."""
+    hist = layout.history_file(tli)
+    for obj in objects.get(hist, []):
+        try:
+            text = open_wal(repo, key, sysid, obj).decode()
+        except IntegrityError as exc:
+            problems.append(Problem(hist, "not authentic", str(exc)))
+            continue
+        deep_good[hist] = obj
+        return text
+    return None
+
+
 def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], problems: list[Problem],
-          deep_good: dict, live_path: list[tuple[int, int | None]] | None = None) -> list[tuple[int, int | None]]:
+          deep_good: dict, live_path: list[tuple[int, int | None]] | None = None,
+          abandoned: dict[int, set[str]] | None = None) -> list[tuple[int, int | None]]:
     tlis = {b.timeline for b in bases}
     tlis |= {int(f[:8], 16) for f in objects if len(f) == 24}
     tlis |= {int(f[:8], 16) for f in objects if f.endswith(".history")}
@@ -140,16 +203,20 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
                     ", ".join(str(t) for t in sorted(tlis) if t > live_path[-1][0]), live_path[-1][0],
                     live_path[-1][0])
         return live_path
+    text = _history(repo, key, sysid, objects, target, problems, deep_good) if target > 1 else None
+    # no live server to ask (a lost disk; or it is on the newest timeline): timelines the
+    # repository records as abandoned, with this same history, are passed over
+    while target > 1 and text is not None and text in (abandoned or {}).get(target, set()):
+        below = max((t for t in tlis if t < target), default=1)
+        log.warning("timeline %d in the repository was abandoned (an in-place restore undone after its "
+                    "history was queued); following timeline %d", target, below)
+        target = below
+        text = _history(repo, key, sysid, objects, target, problems, deep_good) if target > 1 else None
     if target == 1:
         return [(1, None)]
+    if text is not None:
+        return layout.history_path(text, target)
     hist = layout.history_file(target)
-    for obj in objects.get(hist, []):
-        try:
-            path = layout.history_path(open_wal(repo, key, sysid, obj).decode(), target)
-            deep_good[hist] = obj
-            return path
-        except IntegrityError as exc:
-            problems.append(Problem(hist, "not authentic", str(exc)))
     problems.append(Problem(hist, "missing", f"timeline {target} has segments but no history file"))
     return [(target, None)]
 
@@ -215,7 +282,8 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     dropped = {n[len(layout.dropped_prefix(sysid)):] for n in names if n.startswith(layout.dropped_prefix(sysid))}
     inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects)
     inv.problems += [Problem(n.rpartition("/")[2], "foreign object", f"{n} is not an archived WAL file") for n in strange]
-    inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good, live_path)
+    abandoned = _abandoned(repo, key, sysid, names, inv.problems)
+    inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good, live_path, abandoned)
     # windows start only at base backups on that path: one on a branch a restore abandoned
     # starts none (its WAL beyond the fork is not on the path; counted, it read as missing)
     bases = [b for b in bases if on_path(b, inv.path)]

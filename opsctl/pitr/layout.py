@@ -9,6 +9,8 @@ a new `initdb` has a new identifier, so two clusters never mix their segments):
     pitr/<sysid>/dropped/<file>           the local queue was full and PostgreSQL's file was not
                                           kept: a gap that `backup verify` names
     pitr/<sysid>/base/<id>/base.json      a base backup's record, written last (see base.py)
+    pitr/<sysid>/abandoned/<tli>.<tag>    a timeline an undone in-place restore abandoned after
+                                          its history was queued for the archive (chain.py)
 
 Each WAL object is the pipeline's usual stream (zstd, then AES-256-GCM frames when the
 repository is encrypted). Its name carries a tag, pgBackRest-style (it names WAL files
@@ -55,6 +57,19 @@ def dropped_prefix(sysid: str) -> str:
 def base_prefix(sysid: str) -> str:
     """`pitr/<sysid>/base/`: the base backups, one folder per id."""
     return f"{root(sysid)}/base/"
+
+
+def abandoned_prefix(sysid: str) -> str:
+    """`pitr/<sysid>/abandoned/`: markers of timelines no restore follows (chain.abandon)."""
+    return f"{root(sysid)}/abandoned/"
+
+
+ABANDONED = re.compile(r"(?P<tli>[0-9A-F]{8})\.(?P<tag>[0-9a-f]{32})")
+
+
+def abandoned_file(tli: int) -> str:
+    """The file name an abandoned-timeline marker's tag covers: `0000000N.abandoned`."""
+    return f"{tli:08X}.abandoned"
 
 
 def tag(key, sysid: str, file: str, sha256: str) -> str:

@@ -773,10 +773,9 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
     data directory; OperationFailed with the reason. `timeout` bounds the replay (seconds)."""
     from opsctl.local import postgres as pg
     from opsctl.local import procs
-    from opsctl.local import state as st
 
     c = p.context
-    state, repo, key, env, stamp = c["state"], c["repo"], c["key"], c["env"], c["stamp"]
+    state, env, stamp = c["state"], c["env"], c["stamp"]
     began = time.monotonic()
     work, new = c["work"], c["new"]
     c["taken"] = True
@@ -924,6 +923,7 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Pa
             raise OperationFailed(f"the restored server's timeline history {queued.name} differs from the one "
                                   f"queued for the archive ({queued}): a timeline was reused; nothing live was changed")
         swapped = False  # `new` is in place of `live`
+        queued_history: tuple[int, str] | None = None  # (timeline, history text) once queued for the archive
         notes: list[str] = []
         was_running = platform.live_pid(state, "postgres")
         try:
@@ -934,6 +934,8 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Pa
             swapped = True
             # recovery ran with archiving off: queue the new timeline's history now (never over a namesake)
             _queue_history(live, queue_dir(state))
+            if histories:
+                queued_history = (int(histories[-1].name[:8], 16), (live / "pg_wal" / histories[-1].name).read_text())
             platform.start_component("postgres", state, env)
         except BaseException:
             # undone whatever stopped it (a failed start, Ctrl-C / SIGTERM from the live server's
@@ -956,6 +958,8 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Pa
                     pg.stop(pid)  # a stop interrupted half-way: the server was shutting down
                     platform.start_component("postgres", state, env)
                 state.save()
+                if queued_history is not None and live.exists():
+                    _record_abandoned(project, env, live, *queued_history)
             raise
         from opsctl.pitr import local as pitr_local
 
@@ -972,6 +976,32 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Pa
                          "its WAL archiver; 'opsctl local up' starts the rest of the platform")
         state.save()
     return kept, notes
+
+
+def _record_abandoned(project: Project, env: Environment, live: Path, tli: int, history: str) -> None:
+    """After an undone swap whose new timeline's history was queued (the archiver files it in the
+    repository): record in the repository that the timeline is abandoned (chain.abandon), so a
+    restore with no live server to ask (a lost disk) does not follow it. Never raises: a failure
+    is logged (while the live server runs, restores ask it and follow its own timeline anyway)."""
+    import logging
+
+    from opsctl.pitr import chain
+    from opsctl.pitr.archive import system_identifier
+    from opsctl.pitr.ops import sealed_repository
+
+    log = logging.getLogger(__name__)
+    try:
+        repo, key = sealed_repository(project, env)
+        name = chain.abandon(repo, key, system_identifier(live), tli, history,
+                             "an in-place restore undone after its swap had queued this timeline's history")
+        log.warning("the restore was undone: timeline %d, whose history was queued for the archive, is recorded "
+                    "as abandoned (%s)", tli, name)
+    except Exception as exc:  # noqa: BLE001 - the undo itself succeeded; this is said, never raised
+        from opsctl.redact import credentials
+
+        log.error("the restore was undone, but timeline %d was not recorded as abandoned in the repository (%s): "
+                  "while the live server runs restores follow its own timeline; after losing its data "
+                  "directory, restore with the live timeline in mind", tli, credentials(str(exc)))
 
 
 def _stop_started(state, live: Path) -> bool:

@@ -309,8 +309,52 @@ def test_a_timeline_an_undone_swap_left_in_the_repository_is_not_followed(pitr, 
         doc = json.loads(r.stdout)
         pg.stop(doc["pid"])
         assert doc["tables"]["public.events"] == rows
+        # and with the data directory lost, no live server to ask: the undo recorded the timeline
+        # as abandoned in the repository (before, latest followed it and lost the rows since)
+        markers = pitr.repo().names(layout.abandoned_prefix(sysid))
+        assert f"{before_tli + 1:08X}" in [n.rpartition("/")[2][:8] for n in markers], markers
+        data = pitr.state().data("postgres")
+        lost = data.with_name("postgres.lost-disk")
+        data.rename(lost)
+        try:
+            checked = pitr.cli(runner, "backup", "verify-chain", "--json")
+            assert [p["timeline"] for p in json.loads(checked.stdout)["timeline_path"]][-1] == before_tli, \
+                checked.output
+            r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+            assert r.exit_code == 0, r.output
+            doc = json.loads(r.stdout)
+            pg.stop(doc["pid"])
+            assert doc["tables"]["public.events"] == rows
+        finally:
+            lost.rename(data)
     finally:
         pitr.start_postgres()
+
+
+def test_a_planted_abandoned_timeline_marker_is_named_and_ignored(pitr, runner):
+    """A marker under abandoned/ that fails its tag (planted without the key, or modified) is a
+    problem verify-chain names, and the timeline path is what it was."""
+    import json
+
+    from opsctl.pitr import layout
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    sysid = pitr.sysid()
+    before = pitr.cli(runner, "backup", "verify-chain", "--json")
+    path = json.loads(before.stdout)["timeline_path"]
+    newest = path[-1]["timeline"]
+    planted = f"{layout.abandoned_prefix(sysid)}{newest:08X}.{'0' * 32}"
+    pitr.repo().put_bytes(planted, json.dumps({"timeline": newest, "history": "", "why": "planted"}).encode())
+    try:
+        after = pitr.cli(runner, "backup", "verify-chain", "--json")
+        doc = json.loads(after.stdout)
+        assert doc["timeline_path"] == path, after.output
+        assert any(p["kind"] == "not authentic" and p["file"] == layout.abandoned_file(newest)
+                   for p in doc["problems"]), after.output
+        assert after.exit_code != 0
+    finally:
+        pitr.repo().delete_names([planted])
 
 
 def test_an_in_place_restore_of_a_stopped_platform_starts_its_archiver_and_says_so(pitr, runner):
