@@ -162,3 +162,17 @@ def test_a_store_error_while_a_create_is_decided_charges_its_bytes_once(model_di
             assert conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == 1
     finally:
         stop_worker(proc)
+
+
+def test_an_unknown_part_id_is_named_cut_short_never_echoed_whole(w):
+    """A 100 kB string in part_ids was sent back whole in the 400's message. Now each unknown id
+    is cut to 40 characters with its length, at most three are named and the rest counted."""
+    url, _log = w
+    upload = _upload(url)
+    huge = "p" * 100_000
+    r = httpx.post(f"{url}/v1/uploads/{upload}/complete", timeout=60,
+                   json={"part_ids": [huge, "part_a", "part_b", "part_c", "part_d"]})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert len(r.content) < 1000 and "(100000 characters)" in message and "and 2 more" in message, message
+    assert r.json()["error"]["param"] == "part_ids"

@@ -499,8 +499,11 @@ def _check_parts(row: dict, part_ids: list[str], stored: dict[str, dict]) -> Non
     one but the last at least 5 MiB (S3's minimum part)."""
     unknown = [p for p in part_ids if p not in stored]
     if unknown:
-        raise APIError(400, f"unknown part ids for this upload: {', '.join(unknown[:3])}",
-                       param="part_ids", code="invalid_value")
+        # a client's string is echoed cut to 40 characters (a 100 kB "id" is not sent back whole)
+        shown = ", ".join(p if len(p) <= 40 else f"{p[:40]}... ({len(p)} characters)" for p in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise APIError(400, f"unknown part ids for this upload: {shown}{more}; list the ids the parts were"
+                       " answered with (GET /v1/uploads/{id} lists them)", param="part_ids", code="invalid_value")
     total = sum(stored[p]["bytes"] for p in part_ids)
     if total != row["bytes"]:
         raise APIError(400, f"the parts hold {total} bytes; the upload was created for {row['bytes']}",
