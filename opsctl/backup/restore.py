@@ -103,14 +103,18 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
                 target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
                 allow_damaged: bool = False, jobs: int = 1, to_time: str | None = None,
                 to_lsn: str | None = None, beside: bool = False, approve: Approve | None = None,
-                report: Reporter = quiet, notice: Callable[[str], None] | None = None):
+                report: Reporter = quiet, notice: Callable[[str], None] | None = None, timeline: int | None = None):
     """The one restore entry point behind `opsctl restore` and the runbook `restore` step: with
     `to_time` / `to_lsn` / `beside` a point-in-time recovery (base backups + WAL,
     opsctl.pitr.restore.restore; returns its PitrResult, or an rds.RdsRestoreResult on
-    kubernetes), else a backup restore (`restore` above; returns a RestoreResult).
+    kubernetes), else a backup restore (`restore` above; returns a RestoreResult). `timeline`
+    (with `to_time`/`to_lsn`): recover along that timeline's history.
     `approve(question)` as for `restore`: called before anything live is overwritten, None
     refuses. Raises UsageError when the two kinds' options are mixed, and as each kind does."""
     if to_time is None and to_lsn is None and not beside:
+        if timeline is not None:
+            raise UsageError("--timeline chooses the timeline of a point-in-time recovery: give it with "
+                             "--to-time or --to-lsn")
         return restore(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner,
                        role, allow_damaged, jobs, approve=approve, report=report, notice=notice)
     if backup_id or date or latest or components or target_db or no_owner or role or allow_damaged:
@@ -127,7 +131,7 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
             raise UsageError(f"{question} needs approval; nothing was changed")
         approve(question)
 
-    return pitr.restore(project, env, to_time, to_lsn, beside, target_instance, approve_plan, report)
+    return pitr.restore(project, env, to_time, to_lsn, beside, target_instance, approve_plan, report, timeline)
 
 
 def restore(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,

@@ -155,6 +155,7 @@ def restore(
     to_time: Annotated[str | None, typer.Option("--to-time", metavar="TIME", help="Point-in-time recovery to this UTC time (2026-11-29T14:03:00Z) or 'latest': base backup + WAL.")] = None,
     to_lsn: Annotated[str | None, typer.Option("--to-lsn", metavar="LSN", help="Point-in-time recovery to this WAL position (e.g. 0/3000060).")] = None,
     beside: Annotated[bool, typer.Option("--beside", help="With --to-time/--to-lsn: leave the restored server running on its own port; the live one is untouched.")] = False,
+    timeline: Annotated[int | None, typer.Option("--timeline", metavar="N", help="With --to-time/--to-lsn: recover along this timeline's history (default: the live server's, else the repository's newest not abandoned). 'backup verify-chain --timeline N' shows its windows.")] = None,
     yes: YesOpt = False,
     confirm_env: Annotated[str | None, typer.Option("--confirm-env", metavar="NAME",
                                                     help="The environment's name: a protected one needs it in CI.")] = None,
@@ -170,7 +171,8 @@ def restore(
         r = core.restore_any(project, environment_, backup_id, date, latest, wanted, target_db, target_instance,
                              no_owner, role, allow_damaged, jobs, to_time, to_lsn, beside,
                              approve=core.terminal_approval(environment_, yes, confirm_env, bars.paused),
-                             report=bars.report, notice=lambda text: stderr.print(text, markup=False))
+                             report=bars.report, notice=lambda text: stderr.print(text, markup=False),
+                             timeline=timeline)
     if not isinstance(r, core.RestoreResult):  # a point-in-time recovery
         from opsctl.cli.pitr import render_restore_to
 

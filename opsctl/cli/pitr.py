@@ -58,13 +58,14 @@ def _windows_table(rep, title: str):
     return t
 
 
-def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False,
+                 timeline: Annotated[int | None, typer.Option("--timeline", metavar="N", min=1, help="The windows along this timeline's history (default: the one restores follow).")] = None) -> None:
     """Check every archived WAL segment and base backup of the live cluster; exit 1 on a gap."""
     from opsctl.errors import OperationFailed
     from opsctl.output import emit
     from opsctl.pitr.ops import verify_chain as run
 
-    r = run(*environment(env))
+    r = run(*environment(env), timeline=timeline)
 
     def render(c):
         # soft_wrap=False: wrapped at the terminal's width (the console's default keeps each print one line)

@@ -189,11 +189,18 @@ def _history(repo, key, sysid: str, objects: dict, tli: int, problems: list[Prob
 
 def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], problems: list[Problem],
           deep_good: dict, live_path: list[tuple[int, int | None]] | None = None,
-          abandoned: dict[int, set[str]] | None = None) -> list[tuple[int, int | None]]:
+          abandoned: dict[int, set[str]] | None = None, timeline: int | None = None) -> list[tuple[int, int | None]]:
     tlis = {b.timeline for b in bases}
     tlis |= {int(f[:8], 16) for f in objects if len(f) == 24}
     tlis |= {int(f[:8], 16) for f in objects if f.endswith(".history")}
     target = max(tlis) if tlis else 1
+    if timeline is not None:  # the operator's choice (--timeline) over every rule below
+        if timeline not in tlis | {1}:
+            from opsctl.errors import UsageError
+
+            raise UsageError(f"timeline {timeline} is not in the repository of cluster {sysid} (it holds timeline(s) "
+                             f"{', '.join(str(t) for t in sorted(tlis | {1}))}); choose one of them")
+        target, live_path, abandoned = timeline, None, None
     if live_path is not None and live_path[-1][0] < target:
         # the live server is on an older timeline than the repository's newest: those were
         # abandoned (an in-place restore undone after its swap had queued its history, a
@@ -256,7 +263,8 @@ def xact_ends(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime, s
 
 def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,
               end_times: bool = True, progress=None, start_at: int | None = None,
-              archived: str | None = None, live_path: list[tuple[int, int | None]] | None = None) -> Inventory:
+              archived: str | None = None, live_path: list[tuple[int, int | None]] | None = None,
+              timeline: int | None = None) -> Inventory:
     """The chains and windows of cluster `sysid`.
 
     deep: read and check every WAL object on the path (not only the ones that date windows).
@@ -270,7 +278,10 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     live_path: the running server's own timeline path (base.server_path), when it is cluster
     `sysid`: followed instead of the repository's newest timeline when it is on an older one
     (the newer were abandoned); None: the newest timeline's history, as recovery_target_timeline
-    'latest' follows it.
+    'latest' follows it, passing over timelines recorded as abandoned (`abandon`).
+    timeline: follow this timeline's history instead of either (the operator's choice, as
+    PostgreSQL's recovery_target_timeline, pgBackRest's --target-timeline); UsageError when
+    the repository holds nothing of it.
     Base backups whose tar is missing, of another size than their record says, (deep, without
     start_at) fails its authenticated read, or whose incremental parent is unusable, are moved to
     bad_bases (whole_bases): no window starts at them.
@@ -283,7 +294,7 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects)
     inv.problems += [Problem(n.rpartition("/")[2], "foreign object", f"{n} is not an archived WAL file") for n in strange]
     abandoned = _abandoned(repo, key, sysid, names, inv.problems)
-    inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good, live_path, abandoned)
+    inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good, live_path, abandoned, timeline)
     # windows start only at base backups on that path: one on a branch a restore abandoned
     # starts none (its WAL beyond the fork is not on the path; counted, it read as missing)
     bases = [b for b in bases if on_path(b, inv.path)]

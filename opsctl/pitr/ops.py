@@ -201,13 +201,15 @@ def _stopped_path(data, sysid: str) -> list[tuple[int, int | None]] | None:
         return None
 
 
-def verify_chain(project: Project, env: Environment, progress=None) -> ChainReport:
+def verify_chain(project: Project, env: Environment, progress=None, timeline: int | None = None) -> ChainReport:
     """Read and check every WAL object and base backup (record and tar) of the live cluster
-    (read-only). Segments up to the one the running server reports archived must be there."""
+    (read-only). Segments up to the one the running server reports archived must be there.
+    `timeline`: the windows along that timeline's history (chain.inventory), not the one
+    restores follow by default."""
     repo, key = sealed_repository(project, env)
     sysid = _sysid(project, env, repo)
     inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),
-                          live_path=live_path(project, env, sysid))
+                          live_path=live_path(project, env, sysid), timeline=timeline)
     return _report(inv)
 
 

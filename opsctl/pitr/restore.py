@@ -154,7 +154,8 @@ def cluster_id(repo, state) -> str:
 
 
 def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,
-         beside: bool = False, report=None, unpack_report=None, damaged: dict[str, str] | None = None) -> PitrPlan:
+         beside: bool = False, report=None, unpack_report=None, damaged: dict[str, str] | None = None,
+         timeline: int | None = None) -> PitrPlan:
     """Choose the chain and check the target against its window; stages the checked WAL.
 
     While the WAL is read and checked, the chain's base backups are already unpacked (and
@@ -163,6 +164,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     called after plan, as `restore` does) removes what `run` did not take. `report` advances
     per WAL file; `unpack_report(what, total)` as for backups. `damaged` ({id: why}): base
     backups a previous attempt found damaged while unpacking; no chain through them is chosen.
+    `timeline`: recover along this timeline's history (chain.inventory) instead of the live
+    server's or the repository's newest.
     """
     if (to_time is None) == (to_lsn is None):
         raise UsageError("give one of --to-time TIME (or 'latest') and --to-lsn LSN")
@@ -177,7 +180,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # the live server's own timelines: a newer one in the repository that it is not on was
     # abandoned (a restore undone after its swap queued the history) and is not followed
     live = live_path(project, env, sysid)
-    listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live)
+    listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live, timeline=timeline)
     if not listed.bases and not listed.bad_bases_broken:
         # the live cluster has no base backup at all: a data directory lost and made anew
         # (`opsctl local up` after a lost disk) is a new cluster; the one the repository holds
@@ -193,7 +196,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                              "the only one: move the others' pitr/<system>/ folders aside, or take a base backup")
         if others:
             sysid = others[0]
-            listed = chain.inventory(repo, key, sysid, end_times=False)
+            listed = chain.inventory(repo, key, sysid, end_times=False, timeline=timeline)
     damaged = damaged or {}
     for bid, why in damaged.items():
         listed.bad_bases[bid] = why
@@ -247,7 +250,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         inv = chain.inventory(repo, key, sysid, deep=True, stage=stage, start_at=tip_seg, progress=report,
                               end_times=when is not None,  # dating the window's end reads WAL: only for a time
                               archived=server_archived(project, env, sysid),
-                              live_path=live if sysid == live_sysid else None)
+                              live_path=live if sysid == live_sysid else None, timeline=timeline)
         window = next((w for w in inv.windows if layout.segno(w.start_lsn) <= tip_seg
                        and layout.parse_segment(w.end_segment)[1] >= layout.segno(layout.lsn(tip.stop_lsn))), None)
         if window is None:
@@ -1024,7 +1027,8 @@ def _stop_started(state, live: Path) -> bool:
 
 
 def restore(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,
-            beside: bool = False, target_instance: str | None = None, approve=None, report=None):
+            beside: bool = False, target_instance: str | None = None, approve=None, report=None,
+            timeline: int | None = None):
     """The whole point-in-time restore, as `opsctl restore --to-time/--to-lsn` and a runbook step run it.
 
     Embedded platform: plan (refuses a target outside the window; nothing touched), then
@@ -1035,15 +1039,20 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
     (standby.refuse_pending: its journal names the fenced old primary and the standby to promote).
     Kubernetes: RDS's restore to a time into the
     new instance `target_instance`; returns an rds.RdsRestoreResult. `report(what, total)` as
-    for backups. UsageError for bad input, OperationFailed when the restore fails.
+    for backups. `timeline`: recover along that timeline (plan); the embedded platform only.
+    UsageError for bad input, OperationFailed when the restore fails.
     """
     from opsctl.pitr.ops import window
+
+    if timeline is not None and timeline < 1:
+        raise UsageError(f"--timeline {timeline}: timelines are numbered from 1")
 
     if env.platform == "kubernetes":
         from opsctl.pitr import rds
 
-        if to_lsn is not None or beside:
-            raise UsageError("RDS restores to a time into a new instance: use --to-time with --target-instance")
+        if to_lsn is not None or beside or timeline is not None:
+            raise UsageError("RDS restores to a time into a new instance: use --to-time with --target-instance "
+                             "(--to-lsn, --beside and --timeline are the embedded platform's)")
         when = None if (to_time or "").strip().lower() == "latest" else parse_time(to_time or "")
         with window(project, env, "restore", f"{env.database.rds_instance} to {to_time} into {target_instance}"):
             return rds.restore_to_time(env, target_instance, when)
@@ -1067,7 +1076,7 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
         approved = False
         while True:
             p = plan(project, env, to_time, to_lsn, beside, report=report("WAL segments", None) if report else None,
-                     unpack_report=report, damaged=damaged)
+                     unpack_report=report, damaged=damaged, timeline=timeline)
             try:
                 if p.overwrites and approve is not None and not approved:
                     approve(p)

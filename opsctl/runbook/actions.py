@@ -337,20 +337,20 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
             components: list | None = None, target_db: str | None = None, jobs: int = 1,
             confirm_env: str | None = None, target_instance: str | None = None, no_owner: bool = False,
             role: str | None = None, allow_damaged: bool = False, to_time: str | None = None,
-            to_lsn: str | None = None, beside: bool = False) -> dict:
+            to_lsn: str | None = None, beside: bool = False, timeline: int | None = None) -> dict:
     """`opsctl restore` as a step (the same core entry point, opsctl.backup.restore.restore_any).
     Restores into `target_db` (and stops there) without approval; over live data it needs
     --yes, and in a protected environment `confirm_env` naming it. A native snapshot goes
     into the new instance `target_instance`. `allow_damaged`: a backup whose verify failed,
     still checked object by object. `to_time`/`to_lsn`/`beside`: a point-in-time recovery
-    instead (base backups + WAL); its outputs are the recovery's result."""
+    instead (base backups + WAL), along `timeline` when given; its outputs are the recovery's result."""
     import datetime as dt
 
     from opsctl.backup import restore as core
 
     done = core.restore_any(ctx.project, ctx.env, id, date, latest, components, target_db, target_instance,
                             no_owner, role, allow_damaged, jobs, to_time, to_lsn, beside,
-                            approve=core.terminal_approval(ctx.env, ctx.yes, confirm_env))
+                            approve=core.terminal_approval(ctx.env, ctx.yes, confirm_env), timeline=timeline)
     result = to_jsonable(done)
     if not isinstance(done, core.RestoreResult):  # a point-in-time recovery
         return result

@@ -389,3 +389,51 @@ def test_local_down_is_refused_while_a_restore_holds_the_lease(pitr, runner):
         r = runner.invoke(app, ["--root", str(pitr.root), "local", "down"])
     assert r.exit_code == 2 and "local down refused: a restore (pid" in r.output, r.output
     assert pitr.sql("select 1")[0][0] == 1  # still serving
+
+
+def test_timeline_n_recovers_along_that_timeline_and_bad_values_are_refused(pitr, runner, monkeypatch):
+    """`restore --timeline N` (pgBackRest's --target-timeline) follows timeline N's history
+    instead of the live server's: here the branch an undone swap abandoned, which holds the rows
+    as they were at the undo and none written after it; `verify-chain --timeline N` shows that
+    path. A timeline the repository holds nothing of, 0, or --timeline without --to-time/--to-lsn
+    is refused with exit 2 and one line."""
+    import json
+
+    from opsctl.local import postgres as pg
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    at_undo = pitr.sql("select count(*) from events")[0][0]
+    (before_tli,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
+    real_ensure, fired = pg.ensure_database, []
+
+    def ensure_database(*a, **kw):
+        if not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return real_ensure(*a, **kw)
+
+    monkeypatch.setattr(pg, "ensure_database", ensure_database)
+    with pytest.raises(KeyboardInterrupt):
+        _restore(pitr)
+    monkeypatch.undo()
+    branch = before_tli + 1
+    pitr.sql("insert into events(note) select 'after the undo' from generate_series(1, 30)")
+    pitr.wait_archived()
+    checked = pitr.cli(runner, "backup", "verify-chain", "--timeline", str(branch), "--json")
+    assert [p["timeline"] for p in json.loads(checked.stdout)["timeline_path"]][-1] == branch, checked.output
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--timeline", str(branch), "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    pg.stop(doc["pid"])
+    assert doc["tables"]["public.events"] == at_undo
+    live = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")  # the default: the live one
+    assert live.exit_code == 0, live.output
+    pg.stop(json.loads(live.stdout)["pid"])
+    assert json.loads(live.stdout)["tables"]["public.events"] == at_undo + 30
+    for argv, said in ((["restore", "--to-time", "latest", "--beside", "--timeline", "99"], "timeline 99 is not in"),
+                       (["restore", "--to-time", "latest", "--beside", "--timeline", "0"], "numbered from 1"),
+                       (["restore", "--latest", "--timeline", "2", "--yes"], "--timeline chooses"),
+                       (["backup", "verify-chain", "--timeline", "99"], "timeline 99 is not in")):
+        bad = pitr.cli(runner, *argv)
+        assert bad.exit_code == 2 and said in bad.output and "Traceback" not in bad.output, (argv, bad.output)
