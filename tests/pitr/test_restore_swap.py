@@ -31,6 +31,25 @@ def _restore(pitr, beside: bool = False):
     return restore.restore(pitr.project(), pitr.env(), to_time="latest", beside=beside)
 
 
+def _undone_swap(pitr, monkeypatch) -> None:
+    """An in-place restore to latest, Ctrl-C once the swapped-in server answers (its timeline's
+    history is queued by then): the swap is undone and the live server back on its timeline."""
+    from opsctl.local import postgres as pg
+
+    real_ensure, fired = pg.ensure_database, []
+
+    def ensure_database(*a, **kw):
+        if not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return real_ensure(*a, **kw)
+
+    monkeypatch.setattr(pg, "ensure_database", ensure_database)
+    with pytest.raises(KeyboardInterrupt):
+        _restore(pitr)
+    monkeypatch.undo()
+
+
 @pytest.mark.parametrize("at", ["the live server stopped", "the restored directory moved in",
                                 "the restored server started"])
 def test_ctrl_c_in_the_swap_puts_the_previous_server_back_running_and_stops_the_restored_one(pitr, runner,
@@ -264,18 +283,7 @@ def test_a_timeline_an_undone_swap_left_in_the_repository_is_not_followed(pitr, 
     pitr.wait_archived()
     sysid = pitr.sysid()
     (before_tli,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
-    real_ensure, fired = pg.ensure_database, []
-
-    def ensure_database(*a, **kw):  # the swapped-in server answers: its history is queued
-        if not fired:
-            fired.append(1)
-            raise KeyboardInterrupt
-        return real_ensure(*a, **kw)
-
-    monkeypatch.setattr(pg, "ensure_database", ensure_database)
-    with pytest.raises(KeyboardInterrupt):
-        _restore(pitr)
-    monkeypatch.undo()
+    _undone_swap(pitr, monkeypatch)
     abandoned = layout.history_file(before_tli + 1)
     pitr.sql("insert into events(note) select 'after the undo' from generate_series(1, 70)")
     pitr.wait_archived()
@@ -405,18 +413,7 @@ def test_timeline_n_recovers_along_that_timeline_and_bad_values_are_refused(pitr
     pitr.wait_archived()
     at_undo = pitr.sql("select count(*) from events")[0][0]
     (before_tli,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
-    real_ensure, fired = pg.ensure_database, []
-
-    def ensure_database(*a, **kw):
-        if not fired:
-            fired.append(1)
-            raise KeyboardInterrupt
-        return real_ensure(*a, **kw)
-
-    monkeypatch.setattr(pg, "ensure_database", ensure_database)
-    with pytest.raises(KeyboardInterrupt):
-        _restore(pitr)
-    monkeypatch.undo()
+    _undone_swap(pitr, monkeypatch)
     branch = before_tli + 1
     pitr.sql("insert into events(note) select 'after the undo' from generate_series(1, 30)")
     pitr.wait_archived()
