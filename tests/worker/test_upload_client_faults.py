@@ -176,3 +176,56 @@ def test_an_unknown_part_id_is_named_cut_short_never_echoed_whole(w):
     message = r.json()["error"]["message"]
     assert len(r.content) < 1000 and "(100000 characters)" in message and "and 2 more" in message, message
     assert r.json()["error"]["param"] == "part_ids"
+
+
+BIG = 500_000  # under Starlette's 1 MB form-field limit
+
+
+def _ready(url: str) -> None:
+    deadline = time.monotonic() + 300
+    while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the worker never became ready"
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("path, fields, with_file", [
+    ("/v1/audio/transcriptions", {"language": "l" * BIG}, True),
+    ("/v1/audio/transcriptions", {"response_format": "r" * BIG}, True),
+    ("/v1/audio/transcriptions", {"include[]": ["i" * BIG, "j" * BIG, "k" * BIG, "m" * BIG]}, True),
+    ("/v1/jobs", {"file_id": "f" * BIG}, False),
+    ("/v1/jobs", {"response_format": "r" * BIG}, True),
+], ids=["language", "response_format", "include", "file_id", "jobs_response_format"])
+def test_a_client_field_is_never_echoed_whole(w, path, fields, with_file):
+    """Breaker 11: 500 kB fields came back whole in the 4xx message (1.5 MB for include[]).
+    Each echoed value is cut to 40 characters with its length, the rest counted."""
+    url, _log = w
+    _ready(url)
+    files = {"file": ("a.wav", b"RIFF0000WAVE", "audio/wav")} if with_file else None
+    r = httpx.post(f"{url}{path}", data=fields, files=files, timeout=60)
+    assert 400 <= r.status_code < 500, r.text[:300]
+    assert len(r.content) < 1000 and f"({BIG} characters)" in r.json()["error"]["message"], r.text[:300]
+
+
+@pytest.mark.parametrize("target", ["/v1/jobs/{long}", "/v1/jobs/job_x?response_format={long}", "/v1/uploads/{long}"])
+def test_an_id_in_the_path_or_query_is_never_echoed_whole(w, target):
+    url, _log = w
+    r = httpx.get(url + target.format(long="q" * 12_000), timeout=60)
+    assert 400 <= r.status_code < 500 and len(r.content) < 1000, (r.status_code, len(r.content))
+
+
+def test_made_up_http_methods_are_one_metrics_series(w):
+    """worker_requests_total{method} took the method as sent: 50 made-up methods were 50 new
+    series (label cardinality a client chooses). They are counted as method="other"."""
+    import socket
+    from urllib.parse import urlparse
+
+    url, _log = w
+    u = urlparse(url)
+    sent = ["X" + secrets.token_hex(20).upper() for _ in range(50)]
+    for method in sent:
+        with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+            s.sendall(f"{method} /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            s.recv(4096)
+    scraped = httpx.get(f"{url}/metrics", timeout=10).text
+    assert not [m for m in sent if f'method="{m}"' in scraped]
+    assert 'method="other"' in scraped

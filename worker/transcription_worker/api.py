@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from . import metrics
-from .errors import APIError
+from .errors import APIError, shown
 from .formats import FORMATS, MEDIA_TYPES, render
 from .jobs import run_job, transcribe_audio
 from .model import AudioDecodeError, AudioTooLong, decode
@@ -202,7 +202,7 @@ async def create_job(request: Request):
         if upload.file_id:  # a completed /v1/uploads file: already in the bucket
             done = await _db(state.db.upload_by_file, upload.file_id, key_id)
             if done is None:
-                raise APIError(404, f"no completed upload with file id {upload.file_id}",
+                raise APIError(404, f"no completed upload with file id {shown(upload.file_id)}",
                                param="file_id", code="file_not_found")
             key = done["file_key"] or done["s3_key"]  # file_key: the key its complete recorded
             # into a temporary file, not memory (up to WORKER_MAX_UPLOAD_TOTAL_MB), hashed on the way
@@ -282,9 +282,9 @@ async def get_job(job_id: str, request: Request, response_format: str = "verbose
     _jobs_enabled(state)
     key_id = await _admit(request)
     if response_format not in FORMATS:
-        raise APIError(400, f"unknown response_format {response_format!r}; use one of "
+        raise APIError(400, f"unknown response_format '{shown(response_format)}'; use one of "
                        + ", ".join(FORMATS), param="response_format", code="invalid_value")
     job = await _db(state.db.get_job, job_id, key_id)
     if job is None:
-        raise APIError(404, f"no job {job_id}", param="job_id", code="job_not_found")
+        raise APIError(404, f"no job {shown(job_id)}", param="job_id", code="job_not_found")
     return _job_body(job, response_format)

@@ -28,6 +28,9 @@ from .config import Settings
 from .workqueue import WorkQueue
 from .limits import Limits
 from .model import Transcriber
+
+# HTTP methods a metric keeps as they are (RFC 9110's, and PATCH); any other is "other"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 from .recovery import JobKeeper, instance_id
 from .storage import AudioStore
 from .uploads import BodyLimit
@@ -98,7 +101,9 @@ class RequestMetrics:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            labels = (scope["method"], route, str(status))
+            # a made-up method is "other": every label value a client can choose is one more series
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            labels = (method, route, str(status))
             metrics.REQUESTS.labels(*labels).inc()
             metrics.REQUEST_DURATION.labels(*labels).observe(elapsed)
             if route not in ("/healthz", "/readyz", "/metrics"):

@@ -21,6 +21,20 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
           409: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """A client's value as an error message echoes it: `limit` characters at most, then its
+    length, so a 1 MB field never comes back whole (nor reaches a log line)."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown_all(values, limit: int = 40, most: int = 3) -> str:
+    """`most` of a client's values, each `shown`, and how many more there are."""
+    values = list(values)
+    more = f" and {len(values) - most} more" if len(values) > most else ""
+    return ", ".join(shown(v, limit) for v in values[:most]) + more
+
+
 class APIError(Exception):
     """An error answered in OpenAI's shape: HTTP `status`, `message`, `param`, `code`;
     `retry_after` (seconds, at least 1) becomes a Retry-After header."""

@@ -78,7 +78,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .db import PartsTooLarge
-from .errors import APIError
+from .errors import APIError, shown, shown_all
 from .uploads import no_control, too_large
 
 log = logging.getLogger("transcription_worker")
@@ -145,7 +145,7 @@ async def _pending(state: Any, db: Any, upload_id: str, key_id: str) -> dict:
     before the keeper has aborted it."""
     row = await db(state.db.get_upload, upload_id, key_id) if _possible_id(upload_id) else None
     if row is None:
-        raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
+        raise APIError(404, f"no upload {shown(upload_id)}", param="upload_id", code="upload_not_found")
     if row["status"] == "pending" and row["expires_at"] <= datetime.now(timezone.utc):
         row = {**row, "status": "expired"}
     return row
@@ -499,10 +499,7 @@ def _check_parts(row: dict, part_ids: list[str], stored: dict[str, dict]) -> Non
     one but the last at least 5 MiB (S3's minimum part)."""
     unknown = [p for p in part_ids if p not in stored]
     if unknown:
-        # a client's string is echoed cut to 40 characters (a 100 kB "id" is not sent back whole)
-        shown = ", ".join(p if len(p) <= 40 else f"{p[:40]}... ({len(p)} characters)" for p in unknown[:3])
-        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-        raise APIError(400, f"unknown part ids for this upload: {shown}{more}; list the ids the parts were"
+        raise APIError(400, f"unknown part ids for this upload: {shown_all(unknown)}; list the ids the parts were"
                        " answered with (GET /v1/uploads/{id} lists them)", param="part_ids", code="invalid_value")
     total = sum(stored[p]["bytes"] for p in part_ids)
     if total != row["bytes"]:
@@ -533,7 +530,7 @@ async def _claimed(state: Any, db: Any, upload_id: str, key_id: str, decide: Any
     at work) this waits, polling with no connection held, up to _WAIT_SECONDS, then answers
     409 `upload_busy` with Retry-After; a lapsed claim (its worker died) is taken over."""
     if not _possible_id(upload_id):
-        raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
+        raise APIError(404, f"no upload {shown(upload_id)}", param="upload_id", code="upload_not_found")
     owner = f"{state.owner}/{secrets.token_hex(8)}"
     deadline = time.monotonic() + _WAIT_SECONDS
 
@@ -747,7 +744,7 @@ def _possible_id(upload_id: str) -> bool:
 
 def _locked_status(row: dict | None, upload_id: str) -> dict:
     if row is None:
-        raise APIError(404, f"no upload {upload_id}", param="upload_id", code="upload_not_found")
+        raise APIError(404, f"no upload {shown(upload_id)}", param="upload_id", code="upload_not_found")
     if row["status"] == "pending" and row["expires_at"] <= datetime.now(timezone.utc):
         return {**row, "status": "expired"}
     return row

@@ -17,7 +17,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import APIError, error_response
+from .errors import APIError, error_response, shown, shown_all
 from .formats import FORMATS
 from .model import Options
 
@@ -114,11 +114,11 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
             data, filename, content_type = await file.read(), file.filename, file.content_type
         response_format = str(form.get("response_format") or default_format)
         if response_format not in FORMATS:
-            raise APIError(400, f"unknown response_format {response_format!r}; use one of "
+            raise APIError(400, f"unknown response_format '{shown(response_format)}'; use one of "
                            + ", ".join(FORMATS), param="response_format", code="invalid_value")
         language = str(form.get("language") or "").strip().lower() or None
         if language and language not in _languages():
-            raise APIError(400, f"unsupported language {language!r} (use an ISO-639-1 code)",
+            raise APIError(400, f"unsupported language '{shown(language)}' (use an ISO-639-1 code)",
                            param="language", code="invalid_value")
         try:
             temperature = float(form.get("temperature") or 0.0)
@@ -139,7 +139,7 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
                            param="timestamp_granularities", code="invalid_value")
         include = set(form.getlist("include[]")) | set(form.getlist("include"))
         if include:
-            raise APIError(400, f"include[] ({', '.join(sorted(include))}) is not supported:"
+            raise APIError(400, f"include[] ({shown_all(sorted(include))}) is not supported:"
                            " logprobs are only given for gpt-4o transcription models with"
                            " response_format=json; leave include[] out",
                            param="include", code="invalid_value")
