@@ -33,8 +33,8 @@ _NAME_MAX = 255  # bytes in one file name (Linux, macOS); a report is written as
 
 def report_path(value: str | os.PathLike | None, option: str, make: bool = True) -> Path | None:
     """Where a report a caller asked for is written (`option` names it in errors, e.g.
-    '--junit'): the path made absolute (symlinks kept: /dev/stdout stays itself) and (`make`)
-    its folder created, checked before any work so a long run never ends on a path it can't
+    '--junit'): the path made absolute (symlinks kept: /dev/stdout stays itself; a link's
+    target is what `write_text` replaces) and (`make`) its folder created, checked before any work so a long run never ends on a path it can't
     write. Without `make` nothing is created: the writer makes the folder itself (with its own
     mode) when it first writes. An existing file that is not a regular one (/dev/null, a FIFO,
     /dev/stdout) is written in place by `write_text`, never replaced. UsageError (exit 2) when
@@ -48,12 +48,17 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True)
         raise UsageError(f"{option} {value} is a folder; give a file path such as {value}report.xml")
     try:
         path = Path(value).expanduser().absolute()
-        if len(os.fsencode(path.name)) + len("..tmp") > _NAME_MAX and not _in_place(path):
+        target, in_place = _target(path)
+        if in_place:  # a stream or device: it must be there (a /dev/fd/N not open is not)
+            if not os.path.exists(path):
+                raise UsageError(f"{option} {value} does not exist; give a file path, or a stream that is open")
+            return path
+        if len(os.fsencode(target.name)) + len("..tmp") > _NAME_MAX:
             raise UsageError(f"{option}: file name {path.name[:40]}... is longer than {_NAME_MAX - 5} bytes; "
                              "give a shorter one")
         if path.is_dir():
             raise UsageError(f"{option} {value} is a folder; give a file path such as {path / 'report.xml'}")
-        folder = path.parent
+        folder = target.parent  # a symlink's target is what is written (`write_text`)
         while not folder.exists():  # the nearest folder that exists is where the rest would be made
             folder = folder.parent
         if not folder.is_dir():
@@ -61,36 +66,59 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True)
         if not os.access(folder, os.W_OK):
             raise UsageError(f"{option} {value}: folder {folder} is not writable; give another path")
         if make:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{option} {value}: {exc.strerror or exc}; give another path") from None
     return path
 
 
-def _in_place(path: Path) -> bool:
-    """True for an existing file that is not a regular one (a device, a FIFO, a pipe behind
-    /dev/stdout): written where it is, never replaced by a renamed file."""
+_IN_PLACE_ROOTS = ("/dev/", "/proc/")  # /dev/stdout, /dev/fd/N, /proc/self/fd/N: a process's own streams
+
+
+def _target(path: Path) -> tuple[Path, bool]:
+    """(where a report for `path` is written, whether in place). A symlink is followed hop by
+    hop, so the link stays and its target is what a rename replaces; a path that is, or whose
+    links lead, under /dev or /proc (/dev/stdout, /dev/fd/1: a process's streams, whatever they
+    point to) or that is an existing file other than a regular one (a device, a FIFO) is
+    written in place, never replaced by a renamed file."""
+    seen = 0
+    while True:
+        if str(path).startswith(_IN_PLACE_ROOTS) and (os.path.exists(path) or path.parent.name == "fd"):
+            return path, True  # a stream or device there (a /dev/fd/N not open: refused by report_path)
+        try:
+            if not path.is_symlink() or seen > 40:  # 40: the kernel's own limit on links followed
+                break
+            path = (path.parent / os.readlink(path)).absolute()
+        except OSError:  # a name too long, a folder not searchable: no link to follow
+            break
+        seen += 1
     try:
-        return path.exists() and not path.is_file() and not path.is_dir()
+        return path, path.exists() and not path.is_file() and not path.is_dir()
     except OSError:
-        return False
+        return path, False
+
+
+def _in_place(path: Path) -> bool:
+    """True when a report at `path` is written where it is (`_target`)."""
+    return _target(path)[1]
 
 
 def write_text(path: Path, text: str | bytes) -> Path:
     """Write `text` (str or bytes) to `path` whole: to a temporary name beside it, renamed over
     it, so a reader never sees half a report (the temporary file removed if the write fails).
     A device, FIFO or pipe (/dev/null, /dev/stdout) is written in place: renamed over, /dev/null
-    would have become a regular file."""
+    would have become a regular file; a symlink's target is replaced, the link kept (`_target`)."""
     mode = "wb" if isinstance(text, bytes) else "w"
-    if _in_place(path):
+    target, in_place = _target(path)
+    if in_place:
         with open(path, mode) as out:
             out.write(text)
         return path
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = target.with_name(f".{target.name}.tmp")  # beside a symlink's target: the link stays
     try:
         with open(tmp, mode) as out:
             out.write(text)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

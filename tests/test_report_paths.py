@@ -54,3 +54,36 @@ def test_a_regular_report_is_written_whole_and_its_folder_made(tmp_path):
     write_text(path, "<testsuites/>")
     assert path.read_text() == "<testsuites/>" and sorted(p.name for p in path.parent.iterdir()) == ["health.xml"]
 
+
+
+def test_a_symlink_keeps_being_a_link_and_its_target_gets_the_report(tmp_path):
+    """`--junit latest.xml` with latest.xml -> real.xml: the link was replaced by a regular file
+    and real.xml kept its old text. Now the target is replaced whole and the link stays."""
+    real, link = tmp_path / "real.xml", tmp_path / "latest.xml"
+    real.write_text("old\n")
+    link.symlink_to("real.xml")
+    write_text(report_path(str(link), "--junit"), "<new/>\n")
+    assert link.is_symlink() and real.read_text() == "<new/>\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.xml", "real.xml"]  # no temporary left
+
+
+def test_a_link_to_a_process_stream_is_written_in_place(tmp_path):
+    """A link to /proc/self/fd/1 (what /dev/stdout is) with stdout a file: the link was replaced
+    by a regular file and nothing reached the file (as root, `--junit /dev/stdout > log` replaced
+    /dev/stdout for the whole machine); /dev/fd/1 failed after the work on '/dev/fd/.1.tmp'. Both
+    are written through now, and a stream that is not open is refused before any work."""
+    import subprocess
+    import sys
+
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    for target in (str(link), "/dev/fd/1"):
+        log = tmp_path / "run.log"
+        with log.open("w") as out:
+            subprocess.run([sys.executable, "-c", "from opsctl.files import report_path, write_text;"
+                            f"write_text(report_path({target!r}, '--junit'), '<junit/>\\n')"],
+                           stdout=out, check=True)
+        assert log.read_text() == "<junit/>\n", target
+    assert link.is_symlink()
+    with pytest.raises(UsageError, match="does not exist"):
+        report_path("/dev/fd/987", "--junit")
