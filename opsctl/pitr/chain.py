@@ -144,6 +144,32 @@ def abandon(repo, key, sysid: str, tli: int, history: str, why: str) -> str:
     return name
 
 
+def other_cluster(repo, sysid: str) -> str | None:
+    """The one cluster other than `sysid` the repository holds base backups of (a base
+    backup's record: a folder without one, running or interrupted, is none), None when there is
+    none; UsageError when there are several. What `sysid`, a cluster with no base backup (a data
+    directory lost and made anew by `local up`), gives way to in restore and verify-chain."""
+    from opsctl.errors import UsageError
+
+    others = [s for s in sysids(repo) if s != sysid
+              and any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(s)))]
+    if len(others) > 1:
+        raise UsageError(f"no base backup of the live cluster (system {sysid}) in {repo.url}, which holds "
+                         f"base backups of clusters {', '.join(others)}; restore names one only when it is "
+                         "the only one: move the others' pitr/<system>/ folders aside, or take a base backup")
+    return others[0] if others else None
+
+
+def unabandon(repo, sysid: str, tli: int) -> list[str]:
+    """Remove every marker of timeline `tli` of cluster `sysid` (`abandon`): a server is about to
+    live on it (a swap or a failover bringing it in), or the undo that wrote one left the
+    restored server live after all. Returns the names removed."""
+    names = [n for n in repo.names(f"{layout.abandoned_prefix(sysid)}{tli:08X}.")]
+    if names:
+        repo.delete_names(names)
+    return names
+
+
 def _abandoned(repo, key, sysid: str, names: dict[str, int], problems: list[Problem]) -> dict[int, set[str]]:
     """{timeline: the history texts recorded as abandoned} from the authentic markers under
     `abandoned/`; a marker failing its tag (planted, modified, another key) is a problem and
@@ -211,9 +237,11 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
                     live_path[-1][0])
         return live_path
     text = _history(repo, key, sysid, objects, target, problems, deep_good) if target > 1 else None
-    # no live server to ask (a lost disk; or it is on the newest timeline): timelines the
-    # repository records as abandoned, with this same history, are passed over
-    while target > 1 and text is not None and text in (abandoned or {}).get(target, set()):
+    # no live server to ask (a lost disk): timelines the repository records as abandoned, with
+    # this same history, are passed over. A live server on the newest timeline is on it: never
+    # passed over (its number may have been made again after an abandoned one never archived)
+    while (live_path is None and target > 1 and text is not None
+           and text in (abandoned or {}).get(target, set())):
         below = max((t for t in tlis if t < target), default=1)
         log.warning("timeline %d in the repository was abandoned (an in-place restore undone after its "
                     "history was queued); following timeline %d", target, below)
@@ -224,7 +252,8 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
     if text is not None:
         return layout.history_path(text, target)
     hist = layout.history_file(target)
-    problems.append(Problem(hist, "missing", f"timeline {target} has segments but no history file"))
+    if not objects.get(hist):  # one that is there and fails its check is named 'not authentic' already
+        problems.append(Problem(hist, "missing", f"timeline {target} has segments but no history file"))
     return [(target, None)]
 
 
@@ -259,6 +288,18 @@ def xact_ends(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime, s
         when = dt.datetime.fromisoformat(m.group(3)).replace(tzinfo=dt.timezone.utc)
         found.append((layout.lsn(m.group(1)), when, m.group(2)))
     return found
+
+
+def last_record(segment: Path) -> int | None:
+    """The LSN where the last whole WAL record starting in the segment file `segment` starts
+    (pg_waldump), None when none does. Recovery to a target LSN stops at the first record
+    starting at or after it (xlogrecovery.c, recoveryStopsAfter): one after this is never reached."""
+    from opsctl.local.postgres import tool
+
+    out = subprocess.run([tool("pg_waldump"), str(segment)], capture_output=True, text=True,
+                         env={**os.environ, "LC_ALL": "C"})
+    found = _RECORD.findall(out.stdout)
+    return layout.lsn(found[-1]) if found else None
 
 
 def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,

@@ -36,11 +36,15 @@ def server_settings(state, env) -> dict[str, str]:
 
 
 def ensure_archiver(project, env, state) -> str:
-    """Start the archiver unless it runs; returns a note for `local up` ('' when running)."""
+    """Start the archiver unless it runs; returns a note for `local up` ('' when running). First
+    files the abandoned timelines an undone restore killed mid-way noted (restore.record_abandoned)."""
     from opsctl.errors import OpsError
     from opsctl.local import procs
     from opsctl.local import state as st
+    from opsctl.pitr.restore import record_abandoned
     from opsctl.redact import credentials
+
+    record_abandoned(project, env, state)
 
     comp = state.components.get(COMPONENT)
     running = _running(state)

@@ -208,6 +208,12 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
     restores follow by default."""
     repo, key = sealed_repository(project, env)
     sysid = _sysid(project, env, repo)
+    if env.platform == "local":
+        from opsctl.pitr.restore import record_abandoned
+
+        record_abandoned(project, env, local_state(project, env)[0])  # what a killed undo noted
+    if not any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(sysid))):
+        sysid = chain.other_cluster(repo, sysid) or sysid  # after a lost disk: the cluster restore restores
     inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),
                           live_path=live_path(project, env, sysid), timeline=timeline)
     return _report(inv)

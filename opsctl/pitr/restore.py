@@ -174,29 +174,22 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     lsn = parse_lsn(to_lsn) if to_lsn is not None else None
     state, repo, key = _context(project, env)
     clean_abandoned(state)  # a restore killed earlier (kill -9): its recovery server and folders
+    record_abandoned(project, env, state)  # and the timeline its killed undo abandoned
     sysid = live_sysid = cluster_id(repo, state)
     from opsctl.pitr.ops import live_path
 
     # the live server's own timelines: a newer one in the repository that it is not on was
     # abandoned (a restore undone after its swap queued the history) and is not followed
     live = live_path(project, env, sysid)
-    listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live, timeline=timeline)
+    listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live)
     if not listed.bases and not listed.bad_bases_broken:
         # the live cluster has no base backup at all: a data directory lost and made anew
         # (`opsctl local up` after a lost disk) is a new cluster; the one the repository holds
-        # base backups of is what there is to restore. A folder without its record (a base
-        # backup running or interrupted) is no base backup: it hides no other cluster
-        from opsctl.pitr.base import RECORD
-
-        others = [s for s in chain.sysids(repo) if s != sysid
-                  and any(n.endswith(f"/{RECORD}") for n in repo.names(layout.base_prefix(s)))]
-        if len(others) > 1:
-            raise UsageError(f"no base backup of the live cluster (system {sysid}) in {repo.url}, which holds "
-                             f"base backups of clusters {', '.join(others)}; restore names one only when it is "
-                             "the only one: move the others' pitr/<system>/ folders aside, or take a base backup")
-        if others:
-            sysid = others[0]
-            listed = chain.inventory(repo, key, sysid, end_times=False, timeline=timeline)
+        # base backups of is what there is to restore
+        sysid = chain.other_cluster(repo, sysid) or sysid
+    if sysid != live_sysid or timeline is not None:  # --timeline is checked against the cluster restored
+        listed = chain.inventory(repo, key, sysid, end_times=False, timeline=timeline,
+                                 live_path=live if sysid == live_sysid else None)
     damaged = damaged or {}
     for bid, why in damaged.items():
         listed.bad_bases[bid] = why
@@ -212,6 +205,11 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # abandoned can't start a recovery along it (it has the newest stop LSN, so it was chosen)
     usable = [b for b in whole if chain.on_path(b, listed.path)]
     if not usable:
+        history = next((p for p in listed.problems if p.file.endswith(".history")), None)
+        if history is not None:  # the path could not be read: that is the cause, not a missing base backup
+            raise UsageError(f"timeline {listed.path[-1][0]}'s history can't be followed ({history.line()}); "
+                             "restore along another timeline with --timeline N ('opsctl backup verify-chain "
+                             "--timeline N' shows its windows); nothing was changed")
         raise UsageError(f"no base backup of this cluster (system {sysid}) lies on its newest timeline's history "
                          f"(timelines {', '.join(str(t) for t, _ in listed.path)}); take one with "
                          "'opsctl backup base'")
@@ -267,11 +265,18 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         if lsn is not None and lsn > window.end_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
                              f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
+        if lsn is not None and layout.segno(lsn) == layout.parse_segment(window.end_segment)[1]:
+            # within the last segment: recovery reaches only a target a record starts at or after
+            last = chain.last_record(stage / window.end_segment)
+            if last is not None and lsn > last:
+                raise UsageError(f"LSN {layout.lsn_text(lsn)} is after the last archived WAL record (it starts "
+                                 f"at {layout.lsn_text(last)}){why}: recovery would never reach it; choose an "
+                                 f"LSN up to {layout.lsn_text(last)}; nothing was changed")
         if latest and window.stopped_by is not None:
             # 'latest' means all that was archived: a damaged, missing or dropped segment with
             # archived WAL after it would end the restore silently short of it
             raise UsageError(f"the archived WAL breaks before its end ({window.stopped_by.line()}): 'latest' "
-                             f"would stop at LSN {layout.lsn_text(window.end_lsn)} and lose what was archived "
+                             f"would stop in segment {window.end_segment} and lose what was archived "
                              "after it; to accept that, restore --to-time <the newest restorable time 'opsctl "
                              "backup verify-chain' shows>, which also names every problem; nothing was changed")
     except BaseException:
@@ -834,7 +839,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
             pg.stop(pid)
             pid = None
             os.sync()  # it ran with fsync off: everything it wrote is on disk before it becomes the live one
-            kept, swap_notes = _swap(c["project"], env, new, stamp)
+            kept, swap_notes = _swap(c["project"], env, new, stamp, p.sysid)
             result.previous_data_dir = str(kept)
             result.notes += swap_notes
             result.data_dir = str(state.data("postgres"))
@@ -904,10 +909,12 @@ def _signals_held():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Path, list[str]]:
+def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str) -> tuple[Path, list[str]]:
     """Stop the live server, keep its data directory, move `new` in, start it with its WAL
     archiver (as `local up` does: the new timeline's WAL must reach the repository); returns
-    (where the previous data directory was kept, notes for the operator)."""
+    (where the previous data directory was kept, notes for the operator). `sysid`: the restored
+    cluster's. Its new timeline's abandoned-timeline markers are removed before the swap; an
+    undo after the history was queued writes one once the restored directory is out of place."""
     import filecmp
 
     from opsctl.local import platform
@@ -929,6 +936,8 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Pa
         queued_history: tuple[int, str] | None = None  # (timeline, history text) once queued for the archive
         notes: list[str] = []
         was_running = platform.live_pid(state, "postgres")
+        if histories:  # the timeline this swap brings in is no abandoned one (its number made again)
+            _marker(project, env, sysid, int(histories[-1].name[:8], 16), None)  # unreachable: nothing changed
         try:
             pg.stop(was_running)  # ours by port or postmaster.pid, never a reused PID
             if live.exists():
@@ -953,7 +962,17 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Pa
                     raise OperationFailed(f"interrupted after the restored server started on {live}, and it did "
                                           f"not stop; stop it, then move {live} aside and {kept} back to {live}")
                 if swapped:
-                    shutil.rmtree(live, ignore_errors=True)
+                    # its history queued, the timeline is recorded as abandoned: first locally (a kill
+                    # -9 from here on leaves the note, and record_abandoned, which `local up`, restore
+                    # and verify-chain run, files it once the previous directory is back, or drops it
+                    # when the restored one stayed live), then the restored directory goes back to its
+                    # own name in one rename (killed from here on, undo_killed_swap puts the previous
+                    # one back and clean_abandoned removes it), then the note goes to the repository
+                    if queued_history is not None:
+                        _note_abandoned(state, sysid, *queued_history)
+                    os.rename(live, new)
+                    record_abandoned(project, env, state)
+                    shutil.rmtree(new, ignore_errors=True)
                 if kept.exists() and not live.exists():
                     os.rename(kept, live)
                 pid = platform.live_pid(state, "postgres")
@@ -961,8 +980,6 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Pa
                     pg.stop(pid)  # a stop interrupted half-way: the server was shutting down
                     platform.start_component("postgres", state, env)
                 state.save()
-                if queued_history is not None and live.exists():
-                    _record_abandoned(project, env, live, *queued_history)
             raise
         from opsctl.pitr import local as pitr_local
 
@@ -981,30 +998,89 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str) -> tuple[Pa
     return kept, notes
 
 
-def _record_abandoned(project: Project, env: Environment, live: Path, tli: int, history: str) -> None:
-    """After an undone swap whose new timeline's history was queued (the archiver files it in the
-    repository): record in the repository that the timeline is abandoned (chain.abandon), so a
-    restore with no live server to ask (a lost disk) does not follow it. Never raises: a failure
-    is logged (while the live server runs, restores ask it and follow its own timeline anyway)."""
+def _marker(project: Project, env: Environment, sysid: str, tli: int, history: str | None) -> None:
+    """Record timeline `tli` of cluster `sysid` as abandoned in the repository with its history
+    text (chain.abandon), or, `history` None, remove its markers (chain.unabandon: a server is
+    to live on it). Raises what the repository raises."""
     import logging
 
     from opsctl.pitr import chain
-    from opsctl.pitr.archive import system_identifier
     from opsctl.pitr.ops import sealed_repository
 
     log = logging.getLogger(__name__)
-    try:
-        repo, key = sealed_repository(project, env)
-        name = chain.abandon(repo, key, system_identifier(live), tli, history,
-                             "an in-place restore undone after its swap had queued this timeline's history")
-        log.warning("the restore was undone: timeline %d, whose history was queued for the archive, is recorded "
-                    "as abandoned (%s)", tli, name)
-    except Exception as exc:  # noqa: BLE001 - the undo itself succeeded; this is said, never raised
-        from opsctl.redact import credentials
+    repo, key = sealed_repository(project, env)
+    if history is None:
+        if chain.unabandon(repo, sysid, tli):
+            log.warning("timeline %d is no longer recorded as abandoned: a server now lives on it", tli)
+        return
+    name = chain.abandon(repo, key, sysid, tli, history,
+                         "an in-place restore undone after its swap had queued this timeline's history")
+    log.warning("the restore is undone: timeline %d, whose history was queued for the archive, is recorded "
+                "as abandoned (%s)", tli, name)
 
-        log.error("the restore was undone, but timeline %d was not recorded as abandoned in the repository (%s): "
-                  "while the live server runs restores follow its own timeline; after losing its data "
-                  "directory, restore with the live timeline in mind", tli, credentials(str(exc)))
+
+def _pending_path(state) -> Path:
+    return state.folder / "restores" / "abandoned-timelines.json"
+
+
+def _note_abandoned(state, sysid: str, tli: int, history: str) -> None:
+    """Note locally (restores/abandoned-timelines.json, 0600) that timeline `tli` of `sysid` is
+    about to be abandoned, before the undo makes it so (see record_abandoned)."""
+    import json
+
+    from opsctl.files import write_json
+
+    path = _pending_path(state)
+    notes = json.loads(path.read_text()) if path.exists() else []
+    notes.append({"sysid": sysid, "timeline": tli, "history": history})
+    write_json(path, notes, private=True)
+
+
+def record_abandoned(project: Project, env: Environment, state) -> list[int]:
+    """File the abandoned timelines an undone swap noted (_note_abandoned) in the repository
+    (chain.abandon), so a restore with no live server to ask (a lost disk) passes over them; a
+    note whose timeline the live data directory is on (a kill -9 left the restored directory
+    live) is dropped instead, and any marker of that timeline removed. Run by the undo itself,
+    by `local up` (pitr.local.ensure_archiver), restore and verify-chain. Never raises: a
+    repository that can't be reached keeps the note for the next run (logged). Returns the
+    timelines filed."""
+    import json
+    import logging
+
+    from opsctl.files import write_json
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import archive
+
+    path = _pending_path(state)
+    if not path.exists():
+        return []
+    try:
+        notes = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).error("%s can't be read (%s): abandoned timelines it notes are not filed",
+                                          path, exc)
+        return []
+    live, left, filed = state.data("postgres"), [], []
+    for note in notes:
+        try:
+            on_it = (pg.initialized(live) and archive.system_identifier(live) == note["sysid"]
+                     and archive.control_timeline(live) == note["timeline"])
+            _marker(project, env, note["sysid"], note["timeline"], None if on_it else note["history"])
+            if not on_it:
+                filed.append(note["timeline"])
+        except Exception as exc:  # noqa: BLE001 - kept for the next run, said now
+            from opsctl.redact import credentials
+
+            logging.getLogger(__name__).error("timeline %s: its abandoned-timeline record was not filed in the "
+                                              "repository (%s); the next 'opsctl local up', restore or "
+                                              "verify-chain tries again", note.get("timeline"),
+                                              credentials(str(exc)))
+            left.append(note)
+    if left:
+        write_json(path, left, private=True)
+    else:
+        path.unlink(missing_ok=True)
+    return filed
 
 
 def _stop_started(state, live: Path) -> bool:

@@ -750,10 +750,31 @@ def _promote_standby(project: Project, env: Environment, doc: dict, step) -> Non
             raise OperationFailed(f"pg_promote did not finish within 60 s; read {state.log(COMPONENT)}; the old "
                                   "primary stays fenced; re-run 'opsctl failover' to finish")
         tli = int(conn.execute("select pg_walfile_name(pg_current_wal_lsn())").fetchone()[0][:8], 16)
+        sysid = conn.execute("select system_identifier::text from pg_control_system()").fetchone()[0]
         conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
                      (SLOT,))
     doc.update(stage="promoted", timeline=tli, replayed_lsn=doc.get("replayed_lsn") or replayed)
     _save_pending(project, env, doc)
+    _unabandon(project, env, sysid, tli)
+
+
+def _unabandon(project: Project, env: Environment, sysid: str, tli: int) -> None:
+    """The promoted standby lives on timeline `tli`: a marker recording that number as abandoned
+    (an undone restore's, whose history never reached the archive, so the number was made
+    again) is removed (chain.unabandon). Never raises: a failure is logged."""
+    import logging
+
+    from opsctl.pitr import chain
+    from opsctl.pitr.ops import sealed_repository
+
+    try:
+        repo, _key = sealed_repository(project, env)
+        chain.unabandon(repo, sysid, tli)
+    except Exception as exc:  # noqa: BLE001 - the failover goes on; this is said
+        from opsctl.redact import credentials
+
+        logging.getLogger(__name__).error("timeline %d: an abandoned-timeline record in the repository was not "
+                                          "checked (%s)", tli, credentials(str(exc)))
 
 
 def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) -> LocalFailoverResult:

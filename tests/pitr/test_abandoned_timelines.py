@@ -1,0 +1,119 @@
+"""Issue 22 review (breaker11): the repository's abandoned-timeline markers.
+
+- A marker never outranks a live server on that timeline: a timeline number made again (the
+  abandoned one's history never reached the archive) with the same history text was passed
+  over while the server lived on it, and a restore to latest dropped its rows. An in-place
+  restore bringing a timeline in removes that timeline's markers.
+- An undone swap files its marker under the restored cluster, not under the data directory put
+  back (after a lost disk that is another, empty cluster): the marker was filed under the new
+  cluster and the next restore followed the abandoned branch, silently short.
+- What a killed undo noted locally is filed by the next `local up`, restore or verify-chain,
+  or dropped when the restored directory stayed live.
+- After a lost disk, `--timeline N` is checked against the cluster restored (it was refused,
+  naming the new empty cluster), and verify-chain looks at that cluster too.
+The tests run in order on one cluster (the last one loses its disk).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_restore_swap import _base_backup, _restore, _undone_swap  # noqa: E402
+
+
+def _history(pitr, tli: int) -> str:
+    return (pitr.state().data("postgres") / "pg_wal" / f"{tli:08X}.history").read_text()
+
+
+def _path(pitr, runner, *extra: str) -> list[int]:
+    checked = pitr.cli(runner, "backup", "verify-chain", "--json", *extra)
+    return [p["timeline"] for p in json.loads(checked.stdout)["timeline_path"]]
+
+
+def test_a_marker_never_outranks_the_live_server_on_its_timeline(pitr, runner):
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import chain, layout
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    result = _restore(pitr)  # in place: the live server now lives on a new timeline
+    tli = result.timeline
+    pitr.sql("insert into events(note) select 'on the new timeline' from generate_series(1, 40)")
+    pitr.wait_archived()
+    rows = pitr.sql("select count(*) from events")[0][0]
+    sysid = pitr.sysid()
+    # a marker for this very timeline with its very history, as an earlier undone restore whose
+    # history never reached the archive leaves it when the number is made again
+    chain.abandon(pitr.repo(), pitr.key(), sysid, tli, _history(pitr, tli), "made again")
+    assert _path(pitr, runner)[-1] == tli
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    pg.stop(doc["pid"])
+    assert doc["tables"]["public.events"] == rows
+    # the next in-place restore brings timeline tli + 1 in: a marker of that number goes
+    chain.abandon(pitr.repo(), pitr.key(), sysid, tli + 1, "1\t0/0\tplanted\n", "made again")
+    chain.unabandon(pitr.repo(), sysid, tli)
+    assert _restore(pitr).timeline == tli + 1
+    assert not pitr.repo().names(layout.abandoned_prefix(sysid))
+
+
+def test_a_note_a_killed_undo_left_is_filed_or_dropped(pitr, runner):
+    """restore.record_abandoned on the notes _note_abandoned writes: a timeline the live data
+    directory is not on is filed as abandoned; one it is on is dropped (and its marker removed)."""
+    from opsctl.pitr import archive, layout
+    from opsctl.pitr import restore as pr
+
+    state, sysid = pitr.state(), pitr.sysid()
+    live_tli = archive.control_timeline(state.data("postgres"))
+    pr._note_abandoned(state, sysid, live_tli + 5, "1\t0/0\tno recovery target specified\n")
+    pr._note_abandoned(state, sysid, live_tli, _history(pitr, live_tli))
+    assert pr.record_abandoned(pitr.project(), pitr.env(), state) == [live_tli + 5]
+    marked = [n.rpartition("/")[2][:8] for n in pitr.repo().names(layout.abandoned_prefix(sysid))]
+    assert marked == [f"{live_tli + 5:08X}"]
+    assert not (state.folder / "restores" / "abandoned-timelines.json").exists()
+    pitr.repo().delete_names(list(pitr.repo().names(layout.abandoned_prefix(sysid))))
+
+
+def test_after_a_lost_disk_an_undone_swap_marks_the_restored_cluster_and_timeline_n_works(
+        pitr, runner, monkeypatch):
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+
+    pitr.sql("insert into events(note) select 'archived' from generate_series(1, 25)")
+    pitr.wait_archived()
+    rows = pitr.sql("select count(*) from events")[0][0]
+    old = pitr.sysid()
+    (old_tli,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
+    pg.stop(pitr.pid)
+    data = pitr.state().data("postgres")
+    data.rename(data.with_name("postgres.lost-disk"))  # the disk holding it is lost
+    pitr.start_postgres()  # `opsctl local up`: a new, empty cluster
+    new = pitr.sysid()
+    assert new != old
+    # verify-chain and --timeline look at the cluster a restore restores, not the empty one
+    assert _path(pitr, runner)[-1] == old_tli
+    assert _path(pitr, runner, "--timeline", str(old_tli))[-1] == old_tli
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--timeline", str(old_tli), "--json")
+    assert r.exit_code == 0, r.output
+    pg.stop(json.loads(r.stdout)["pid"])
+    assert json.loads(r.stdout)["tables"]["public.events"] == rows
+    # an in-place restore of the old cluster, undone after its swap: its timeline is the old
+    # cluster's, and so is the marker
+    _undone_swap(pitr, monkeypatch)
+    assert pitr.sysid() == new  # the empty cluster is back in place
+    assert not pitr.repo().names(layout.abandoned_prefix(new))
+    assert [n.rpartition("/")[2][:8] for n in pitr.repo().names(layout.abandoned_prefix(old))] == \
+        [f"{old_tli + 1:08X}"]
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    pg.stop(doc["pid"])
+    assert doc["tables"]["public.events"] == rows
+
+
+@pytest.fixture(autouse=True)
+def _no_notes_left(pitr):
+    yield
+    assert not (pitr.state().folder / "restores" / "abandoned-timelines.json").exists()
