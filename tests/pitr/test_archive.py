@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -172,6 +173,12 @@ def test_no_secret_reaches_the_servers_environment_but_the_archivers_key(pitr, t
         monkeypatch.setenv(name, value)
     pid = procs.spawn(["/bin/sleep", "30"], tmp_path / "sleep.log", env={"GIVEN": "kept"})
     try:
+        # until it runs sleep: a process not yet past its exec shows this one's first environment
+        # (KeyError: 'LANG' in one full run)
+        deadline = time.monotonic() + 10
+        while not os.path.realpath(f"/proc/{pid}/exe").endswith("/sleep"):
+            assert time.monotonic() < deadline, "the spawned process never ran sleep"
+            time.sleep(0.01)
         seen = dict(line.split("=", 1) for line in
                     open(f"/proc/{pid}/environ", "rb").read().decode().split("\0") if "=" in line)
     finally:
