@@ -82,8 +82,10 @@ def _local(project: Project, env: Environment) -> Endpoints:
 
     state = st.load(st.folder_for(project.root))
     comps = state.components
-    if not {"postgres", "redis", "s3", "router"} <= set(comps):
-        raise UsageError(f"the local platform of {project.root} was never started; run 'opsctl local up'")
+    missing = [c for c in ("postgres", "redis", "s3", "router") if c not in comps]
+    if missing:
+        said = "was never started" if len(missing) == 4 else f"has never started its {', '.join(missing)}"
+        raise UsageError(f"the local platform of {project.root} {said}; run 'opsctl local up'")
     from urllib.parse import quote
 
     host = procs.HOST
