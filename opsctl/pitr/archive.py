@@ -49,6 +49,9 @@ from opsctl.pitr import layout
 
 log = logging.getLogger("opsctl.pitr.archive")
 DROPPED = ".dropped"
+# <queue>/.abandoned-timelines.json: timelines an undone in-place restore abandoned whose marker is
+# not in the repository yet (opsctl.pitr.restore.record_abandoned); their queued histories wait
+NOTES = ".abandoned-timelines.json"
 CONFLICT = ".conflict"  # <queue>/.conflict/<file>: the reason a queued file conflicts with a stored one
 QUARANTINE = ".quarantine"  # <queue>/.quarantine/<file> (+ <file>.reason): a header naming no cluster
 GAPS = ".gaps"  # <queue>/.gaps/<file>: uploaded drop markers not yet covered by a base backup
@@ -303,6 +306,18 @@ class Archiver:
         except FileNotFoundError:
             return []
 
+    def _held_histories(self) -> set[str]:
+        """History files of the timelines the queue's NOTES name: held back until the undo's
+        marker is filed (a history in the repository with no marker would be followed after a
+        lost disk). Notes that can't be read hold nothing (restore moves such a file aside)."""
+        import json
+
+        try:
+            notes = json.loads((self.queue / NOTES).read_text())
+            return {layout.history_file(n["timeline"]) for n in notes}
+        except (OSError, ValueError, TypeError, KeyError):
+            return set()
+
     def _stored(self, file: str, sysid: str) -> list[layout.WalObject]:
         """The objects already stored for `file` (normally none; one after PostgreSQL repeats it)."""
         objects, _ = layout.parse_wal(sysid, self.repo.names(f"{layout.wal_prefix(sysid)}{file}."))
@@ -380,7 +395,10 @@ class Archiver:
                 dropped.is_dir() and any(dropped.iterdir())):
             self.follow_cluster()
         clusters = self._timeline_clusters(pending)
+        held = self._held_histories()
         for file in pending:
+            if file in held:  # an abandoned timeline's history goes only after its marker
+                continue
             path = self.queue / file
             try:
                 sysid = self.owner(path, clusters)

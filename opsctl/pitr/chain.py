@@ -240,8 +240,10 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
     # no live server to ask (a lost disk): timelines the repository records as abandoned, with
     # this same history, are passed over. A live server on the newest timeline is on it: never
     # passed over (its number may have been made again after an abandoned one never archived)
-    while (live_path is None and target > 1 and text is not None
-           and text in (abandoned or {}).get(target, set())):
+    # (or with no history in the repository: the archiver holds an abandoned history back until
+    # its marker is filed, and a swap removes the markers of the timeline it brings in)
+    while (live_path is None and target > 1 and target in (abandoned or {})
+           and (text is None or text in abandoned[target])):
         below = max((t for t in tlis if t < target), default=1)
         log.warning("timeline %d in the repository was abandoned (an in-place restore undone after its "
                     "history was queued); following timeline %d", target, below)
@@ -300,6 +302,20 @@ def last_record(segment: Path) -> int | None:
                          env={**os.environ, "LC_ALL": "C"})
     found = _RECORD.findall(out.stdout)
     return layout.lsn(found[-1]) if found else None
+
+
+def reaches(stage: Path, tli: int, lsn: int) -> bool:
+    """Whether a whole WAL record starting at or after `lsn` (on timeline `tli`) is in the WAL
+    files of the folder `stage` (pg_waldump --start, which finds the first record from a
+    position, --limit 1). Recovery to a target LSN stops only at such a record: without one it
+    replays all it has and never reaches the target (a record that runs into a segment the
+    archive lacks is not whole)."""
+    from opsctl.local.postgres import tool
+
+    out = subprocess.run([tool("pg_waldump"), f"--path={stage}", f"--timeline={tli}",
+                          f"--start={layout.lsn_text(lsn)}", "--limit=1"],
+                         capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    return bool(_RECORD.search(out.stdout))
 
 
 def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,

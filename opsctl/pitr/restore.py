@@ -53,6 +53,7 @@ from opsctl.pitr import base as bb
 from opsctl.pitr import chain, layout
 
 BEGIN, END = "# opsctl restore: begin", "# opsctl restore: end"
+from opsctl.pitr.archive import NOTES  # noqa: E402 - the undone swaps' notes, in the WAL queue
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -265,13 +266,13 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         if lsn is not None and lsn > window.end_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
                              f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
-        if lsn is not None and layout.segno(lsn) == layout.parse_segment(window.end_segment)[1]:
-            # within the last segment: recovery reaches only a target a record starts at or after
+        if lsn is not None and not chain.reaches(stage, layout.timeline_of(layout.segno(lsn), inv.path), lsn):
+            # recovery stops only at a record that starts at or after the target and is whole
             last = chain.last_record(stage / window.end_segment)
-            if last is not None and lsn > last:
-                raise UsageError(f"LSN {layout.lsn_text(lsn)} is after the last archived WAL record (it starts "
-                                 f"at {layout.lsn_text(last)}){why}: recovery would never reach it; choose an "
-                                 f"LSN up to {layout.lsn_text(last)}; nothing was changed")
+            hint = f"choose an LSN up to {layout.lsn_text(last)}" if last is not None else "choose an earlier LSN"
+            raise UsageError(f"LSN {layout.lsn_text(lsn)} is after the last archived WAL record{why}: no whole "
+                             f"record starts at or after it, so recovery would never reach it; {hint} (or "
+                             "--to-time); nothing was changed")
         if latest and window.stopped_by is not None:
             # 'latest' means all that was archived: a damaged, missing or dropped segment with
             # archived WAL after it would end the restore silently short of it
@@ -944,10 +945,11 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str)
                 live.rename(kept)
             new.rename(live)
             swapped = True
-            # recovery ran with archiving off: queue the new timeline's history now (never over a namesake)
-            _queue_history(live, queue_dir(state))
+            # recovery ran with archiving off: queue the new timeline's history now (never over a namesake);
+            # known before it is queued, so an undo from the first instant it may be archived notes it
             if histories:
                 queued_history = (int(histories[-1].name[:8], 16), (live / "pg_wal" / histories[-1].name).read_text())
+            _queue_history(live, queue_dir(state))
             platform.start_component("postgres", state, env)
         except BaseException:
             # undone whatever stopped it (a failed start, Ctrl-C / SIGTERM from the live server's
@@ -971,7 +973,7 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str)
                     if queued_history is not None:
                         _note_abandoned(state, sysid, *queued_history)
                     os.rename(live, new)
-                    record_abandoned(project, env, state)
+                    record_abandoned(project, env, state, own=stamp)
                     shutil.rmtree(new, ignore_errors=True)
                 if kept.exists() and not live.exists():
                     os.rename(kept, live)
@@ -1019,47 +1021,71 @@ def _marker(project: Project, env: Environment, sysid: str, tli: int, history: s
                 "as abandoned (%s)", tli, name)
 
 
-def _pending_path(state) -> Path:
-    return state.folder / "restores" / "abandoned-timelines.json"
+def _notes_path(state) -> Path:
+    """The undone swaps' abandoned-timeline notes: in the WAL queue, beside the history files they
+    name, where the archiver reads them (a queued history a note names is held back until its
+    marker is filed: archive.Archiver.drain); a dot file, never taken for WAL."""
+    from opsctl.pitr.local import queue_dir
+
+    return queue_dir(state) / NOTES
+
+
+def _read_notes(path: Path) -> list[dict]:
+    """The notes in `path` ([] when there is none); a file that is not a list of notes (damaged,
+    cut short) is moved aside (`<name>.damaged`, logged) and counts as none: it never stops an
+    undo, a restore or verify-chain."""
+    import json
+    import logging
+
+    try:
+        notes = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        notes = exc
+    if isinstance(notes, list) and all(isinstance(n, dict) and isinstance(n.get("sysid"), str)
+                                       and isinstance(n.get("timeline"), int) and isinstance(n.get("history"), str)
+                                       for n in notes):
+        return notes
+    aside = path.with_name(path.name + ".damaged")
+    logging.getLogger(__name__).error("%s is not a list of abandoned-timeline notes (%s); moved to %s and ignored",
+                                      path, notes if isinstance(notes, Exception) else "wrong shape", aside)
+    try:
+        os.replace(path, aside)
+    except OSError:
+        pass
+    return []
 
 
 def _note_abandoned(state, sysid: str, tli: int, history: str) -> None:
-    """Note locally (restores/abandoned-timelines.json, 0600) that timeline `tli` of `sysid` is
-    about to be abandoned, before the undo makes it so (see record_abandoned)."""
-    import json
-
+    """Note locally that timeline `tli` of `sysid` is about to be abandoned, before the undo makes
+    it so (see record_abandoned; written whole, 0600)."""
     from opsctl.files import write_json
 
-    path = _pending_path(state)
-    notes = json.loads(path.read_text()) if path.exists() else []
-    notes.append({"sysid": sysid, "timeline": tli, "history": history})
-    write_json(path, notes, private=True)
+    path = _notes_path(state)
+    write_json(path, _read_notes(path) + [{"sysid": sysid, "timeline": tli, "history": history}], private=True)
 
 
-def record_abandoned(project: Project, env: Environment, state) -> list[int]:
+def record_abandoned(project: Project, env: Environment, state, own: str | None = None) -> list[int]:
     """File the abandoned timelines an undone swap noted (_note_abandoned) in the repository
     (chain.abandon), so a restore with no live server to ask (a lost disk) passes over them; a
     note whose timeline the live data directory is on (a kill -9 left the restored directory
-    live) is dropped instead, and any marker of that timeline removed. Run by the undo itself,
-    by `local up` (pitr.local.ensure_archiver), restore and verify-chain. Never raises: a
-    repository that can't be reached keeps the note for the next run (logged). Returns the
-    timelines filed."""
-    import json
+    live) is dropped instead, and any marker of that timeline removed. Run by the undo itself
+    (`own`: its stamp), by `local up` (pitr.local.ensure_archiver), restore and verify-chain;
+    while another restore runs (its swap may be mid-undo, its restored directory still in
+    place) nothing is decided. Never raises: a repository that can't be reached keeps the note
+    for the next run (logged), and the archiver holds the noted history back meanwhile. Returns
+    the timelines filed."""
     import logging
 
     from opsctl.files import write_json
     from opsctl.local import postgres as pg
     from opsctl.pitr import archive
 
-    path = _pending_path(state)
-    if not path.exists():
+    path = _notes_path(state)
+    if not path.exists() or _restores_running(state, own):
         return []
-    try:
-        notes = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        logging.getLogger(__name__).error("%s can't be read (%s): abandoned timelines it notes are not filed",
-                                          path, exc)
-        return []
+    notes = _read_notes(path)
     live, left, filed = state.data("postgres"), [], []
     for note in notes:
         try:
@@ -1072,15 +1098,34 @@ def record_abandoned(project: Project, env: Environment, state) -> list[int]:
             from opsctl.redact import credentials
 
             logging.getLogger(__name__).error("timeline %s: its abandoned-timeline record was not filed in the "
-                                              "repository (%s); the next 'opsctl local up', restore or "
-                                              "verify-chain tries again", note.get("timeline"),
-                                              credentials(str(exc)))
+                                              "repository (%s); its history is held in the WAL queue and the "
+                                              "next 'opsctl local up', restore or verify-chain tries again",
+                                              note["timeline"], credentials(str(exc)))
             left.append(note)
     if left:
         write_json(path, left, private=True)
     else:
         path.unlink(missing_ok=True)
     return filed
+
+
+def _restores_running(state, own: str | None) -> bool:
+    """Whether a restore other than `own` (its stamp) is running: its record's process lives."""
+    import json
+
+    import psutil
+
+    for path in (state.folder / "restores").glob("pitr-run-*.json"):
+        if own is not None and path.name == f"pitr-run-{own}.json":
+            continue
+        try:
+            doc = json.loads(path.read_text())
+            owner = psutil.Process(doc["opsctl_pid"])
+            if abs(owner.create_time() - doc["opsctl_started"]) < 1.0 and owner.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError, ValueError, KeyError, TypeError):
+            continue
+    return False
 
 
 def _stop_started(state, live: Path) -> bool:

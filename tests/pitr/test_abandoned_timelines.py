@@ -69,11 +69,65 @@ def test_a_note_a_killed_undo_left_is_filed_or_dropped(pitr, runner):
     live_tli = archive.control_timeline(state.data("postgres"))
     pr._note_abandoned(state, sysid, live_tli + 5, "1\t0/0\tno recovery target specified\n")
     pr._note_abandoned(state, sysid, live_tli, _history(pitr, live_tli))
+    # while another restore runs (its swap may be mid-undo) nothing is decided
+    record = state.folder / "restores" / "pitr-run-20990101T000000Z-1-ab.json"
+    me = __import__("psutil").Process()
+    record.write_text(json.dumps({"opsctl_pid": me.pid, "opsctl_started": me.create_time()}))
+    try:
+        assert pr.record_abandoned(pitr.project(), pitr.env(), state) == []
+        assert pr._notes_path(state).exists()
+    finally:
+        record.unlink()
     assert pr.record_abandoned(pitr.project(), pitr.env(), state) == [live_tli + 5]
     marked = [n.rpartition("/")[2][:8] for n in pitr.repo().names(layout.abandoned_prefix(sysid))]
     assert marked == [f"{live_tli + 5:08X}"]
-    assert not (state.folder / "restores" / "abandoned-timelines.json").exists()
+    assert not pr._notes_path(state).exists()
     pitr.repo().delete_names(list(pitr.repo().names(layout.abandoned_prefix(sysid))))
+
+
+@pytest.mark.parametrize("damage", ["null", '{"a": 1}', "[{", '[{"sysid": 1}]'])
+def test_a_damaged_notes_file_is_moved_aside_and_stops_nothing(pitr, runner, damage):
+    """A notes file that is not a list of notes made verify-chain and restore fail with an
+    'unexpected' TypeError, and an undo reading it stopped half-way."""
+    from opsctl.pitr import restore as pr
+
+    state = pitr.state()
+    path = pr._notes_path(state)
+    path.write_text(damage)
+    try:
+        checked = pitr.cli(runner, "backup", "verify-chain", "--json")
+        assert "unexpected" not in checked.output and checked.exit_code in (0, 1), checked.output
+        assert not path.exists() and path.with_name(path.name + ".damaged").exists()
+        pr._note_abandoned(state, pitr.sysid(), 99, "x")  # an undo's note after damage: a fresh list
+        assert [n["timeline"] for n in json.loads(path.read_text())] == [99]
+    finally:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".damaged").unlink(missing_ok=True)
+
+
+def test_the_archiver_holds_back_a_noted_history_until_its_marker_is_filed(pitr, tmp_path):
+    """The undo's marker could not be filed (the repository unreachable): the archiver still
+    published the abandoned history, and after a lost disk (the note with it) restores
+    followed the abandoned timeline. A history a note names now waits in the queue (a queue of
+    its own here: the platform's archiver drains the real one)."""
+    from opsctl.pitr import archive, layout
+
+    sysid = pitr.sysid()
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    archiver = archive.Archiver(pitr.repo(), pitr.key(), sysid, queue, data=pitr.state().data("postgres"))
+    name, text = layout.history_file(77), "1\t0/3000000\tno recovery target specified\n"
+    (queue / archive.NOTES).write_text(json.dumps([{"sysid": sysid, "timeline": 77, "history": text}]))
+    (queue / name).write_text(text)
+    stored = f"{layout.wal_prefix(sysid)}{name}."
+    try:
+        archiver.drain()
+        assert (queue / name).exists() and not pitr.repo().names(stored)
+        (queue / archive.NOTES).unlink()  # the marker was filed (or the note dropped): it goes
+        archiver.drain()
+        assert not (queue / name).exists() and pitr.repo().names(stored)
+    finally:
+        pitr.repo().delete_names(list(pitr.repo().names(stored)))
 
 
 def test_after_a_lost_disk_an_undone_swap_marks_the_restored_cluster_and_timeline_n_works(
@@ -115,5 +169,7 @@ def test_after_a_lost_disk_an_undone_swap_marks_the_restored_cluster_and_timelin
 
 @pytest.fixture(autouse=True)
 def _no_notes_left(pitr):
+    from opsctl.pitr import restore as pr
+
     yield
-    assert not (pitr.state().folder / "restores" / "abandoned-timelines.json").exists()
+    assert not pr._notes_path(pitr.state()).exists()

@@ -22,8 +22,30 @@ def test_a_target_lsn_after_the_last_archived_record_is_refused_naming_the_last_
     r = pitr.cli(runner, "restore", "--to-lsn", end, "--beside")
     assert r.exit_code == 2 and "after the last archived WAL record" in r.output, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    last = re.search(r"choose an LSN up to (\S+);", r.output).group(1)
+    last = re.search(r"choose an LSN up to (\S+) ", r.output).group(1)
     ok = pitr.cli(runner, "restore", "--to-lsn", last, "--beside", "--json")
     assert ok.exit_code == 0, ok.output
     pg.stop(json.loads(ok.stdout)["pid"])
     assert json.loads(ok.stdout)["tables"]["public.events"] == pitr.sql("select count(*) from events")[0][0]
+
+
+def test_a_target_in_a_record_running_into_a_missing_segment_is_refused_before_any_work(pitr, runner):
+    """Breaker 12: a 40 MB logical message spans three segments and the archive lost the last:
+    targets inside the window's last segment, just after the message's start and at its start
+    passed the plan (only the last segment was checked), replayed, then failed with exit 1."""
+    from opsctl.pitr import layout
+
+    _base_backup(pitr, runner)
+    before = pitr.sql("select pg_current_wal_insert_lsn()::text", db="postgres")[0][0]
+    end = pitr.sql("select pg_logical_emit_message(true, 'big', repeat('x', 40 * 1024 * 1024))::text",
+                   db="postgres")[0][0]
+    pitr.sql("insert into events(note) select 'after the message' from generate_series(1, 10)")
+    pitr.wait_archived()
+    endseg = pitr.sql("select pg_walfile_name(%s::pg_lsn)", (end,), db="postgres")[0][0]
+    repo, sysid = pitr.repo(), pitr.sysid()
+    repo.delete_names([n for n in repo.names(layout.wal_prefix(sysid)) if n.rsplit("/", 1)[1].startswith(endseg)])
+    start = layout.lsn(before)
+    inside_next = (start // layout.SEGMENT_BYTES + 1) * layout.SEGMENT_BYTES + 4196
+    for lsn in (inside_next, start + 200, start):
+        r = pitr.cli(runner, "restore", "--to-lsn", layout.lsn_text(lsn), "--beside")
+        assert r.exit_code == 2 and "no whole record starts at or after it" in r.output, (layout.lsn_text(lsn), r.output)
