@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,25 +74,37 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True)
 
 
 _IN_PLACE_ROOTS = ("/dev/", "/proc/")  # /dev/stdout, /dev/fd/N, /proc/self/fd/N: a process's own streams
+_FD_FOLDER = re.compile(r"/dev/fd|/proc/[^/]+/fd|/proc/[^/]+/task/[^/]+/fd")
 
 
 def _target(path: Path) -> tuple[Path, bool]:
-    """(where a report for `path` is written, whether in place). A symlink is followed hop by
-    hop, so the link stays and its target is what a rename replaces; a path that is, or whose
-    links lead, under /dev or /proc (/dev/stdout, /dev/fd/1: a process's streams, whatever they
-    point to) or that is an existing file other than a regular one (a device, a FIFO) is
-    written in place, never replaced by a renamed file."""
-    seen = 0
-    while True:
-        if str(path).startswith(_IN_PLACE_ROOTS) and (os.path.exists(path) or path.parent.name == "fd"):
+    """(where a report for `path` is written, whether in place). Links are followed hop by hop
+    as the kernel does (folders resolved at each hop), so a link stays and its target is what a
+    rename replaces; a place under /dev or /proc (/dev/stdout, /dev/fd/1, however reached: a
+    process's streams) that exists or is a file descriptor's name, a link to something that is
+    not a path (`pipe:[N]`), and an existing file other than a regular one (a device, a FIFO)
+    are written in place, never replaced by a renamed file. OSError ELOOP for a loop or more
+    than 40 links (the kernel's limit)."""
+    import errno
+
+    for _hop in range(41):
+        try:
+            path = Path(os.path.realpath(path.parent)) / path.name
+        except OSError:
+            return path, False
+        if str(path).startswith(_IN_PLACE_ROOTS) and (os.path.lexists(path) or _FD_FOLDER.fullmatch(str(path.parent))):
             return path, True  # a stream or device there (a /dev/fd/N not open: refused by report_path)
         try:
-            if not path.is_symlink() or seen > 40:  # 40: the kernel's own limit on links followed
+            if not path.is_symlink():
                 break
-            path = (path.parent / os.readlink(path)).absolute()
+            dest = os.readlink(path)
         except OSError:  # a name too long, a folder not searchable: no link to follow
-            break
-        seen += 1
+            return path, False
+        if not dest.startswith(("/", ".")) and re.fullmatch(r"[a-z_]+:\[\d+\]|anon_inode:.*", dest):
+            return path, True  # a magic link to a pipe or socket
+        path = path.parent / dest
+    else:
+        raise OSError(errno.ELOOP, "too many levels of symbolic links (a loop, or more than 40)")
     try:
         return path, path.exists() and not path.is_file() and not path.is_dir()
     except OSError:
@@ -111,6 +124,9 @@ def write_text(path: Path, text: str | bytes) -> Path:
     mode = "wb" if isinstance(text, bytes) else "w"
     target, in_place = _target(path)
     if in_place:
+        data = text if isinstance(text, bytes) else text.encode()
+        if _write_own_stream(path, data):
+            return path
         with open(path, mode) as out:
             out.write(text)
         return path
@@ -123,6 +139,28 @@ def write_text(path: Path, text: str | bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_own_stream(path: Path, data: bytes) -> bool:
+    """Write `data` through this process's own stdout or stderr when `path` is that stream
+    (/dev/stdout, /dev/fd/1 ...: the same file): opened anew it would be truncated (a log file
+    behind `> log` lost its earlier lines) or written at an offset of its own (later output
+    overwrote the report). False when `path` is neither."""
+    import sys
+
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        try:
+            if not os.path.samestat(os.stat(path), os.fstat(fd)):
+                continue
+            if stream is not None:
+                stream.flush()  # what was printed before comes first
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _private_opener(name: str, flags: int) -> int:

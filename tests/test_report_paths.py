@@ -87,3 +87,34 @@ def test_a_link_to_a_process_stream_is_written_in_place(tmp_path):
     assert link.is_symlink()
     with pytest.raises(UsageError, match="does not exist"):
         report_path("/dev/fd/987", "--junit")
+
+
+@pytest.mark.parametrize("links", [{"a": "b", "b": "a"}, {"s": "s"},
+                                   {**{f"c{i}": f"c{i + 1}" for i in range(45)}}])
+def test_a_link_loop_or_a_chain_over_40_is_refused_and_no_link_replaced(tmp_path, links):
+    """Breaker 12: a loop, a self-loop or a chain of 45 links had one link replaced by a file."""
+    for name, dest in links.items():
+        (tmp_path / name).symlink_to(dest)
+    first = next(iter(links))
+    with pytest.raises(UsageError, match="too many levels of symbolic links"):
+        report_path(str(tmp_path / first), "--junit")
+    assert all((tmp_path / name).is_symlink() for name in links)
+
+
+def test_a_stream_reached_through_a_relative_link_or_a_linked_folder_keeps_earlier_output(tmp_path):
+    """Breaker 12: a relative link to ../../proc/self/fd/1 or a folder link to /proc was taken
+    for a file: with stdout a log file, the log was replaced and its earlier lines lost. Written
+    through the process's own stdout now, after what it printed before."""
+    import subprocess
+    import sys
+
+    (tmp_path / "p").symlink_to("/proc")
+    (tmp_path / "rel").symlink_to("../" * len(tmp_path.parts) + "proc/self/fd/1")
+    for target in (tmp_path / "p" / "self" / "fd" / "1", tmp_path / "rel"):
+        log = tmp_path / "run.log"
+        with log.open("w") as out:
+            subprocess.run([sys.executable, "-c", "from opsctl.files import report_path, write_text;"
+                            "print('earlier output', flush=True);"
+                            f"write_text(report_path({str(target)!r}, '--junit'), '<report/>\\n');"
+                            "print('after the report')"], stdout=out, check=True)
+        assert log.read_text() == "earlier output\n<report/>\nafter the report\n", target
