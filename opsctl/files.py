@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,14 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True)
         if in_place:  # a stream or device: it must be there (a /dev/fd/N not open is not)
             if not os.path.exists(path):
                 raise UsageError(f"{option} {value} does not exist; give a file path, or a stream that is open")
+            try:  # /dev/stdin, when it is a file, would be overwritten with the report
+                given = os.stat(path)
+                reads = (stat.S_ISREG(given.st_mode) and os.path.samestat(given, os.fstat(0))
+                         and not os.path.samestat(given, os.fstat(1)))
+            except OSError:
+                reads = False
+            if reads:
+                raise UsageError(f"{option} {value} is this process's standard input; give a file path or /dev/stdout")
             return path
         if len(os.fsencode(target.name)) + len("..tmp") > _NAME_MAX:
             raise UsageError(f"{option}: file name {path.name[:40]}... is longer than {_NAME_MAX - 5} bytes; "

@@ -118,3 +118,17 @@ def test_a_stream_reached_through_a_relative_link_or_a_linked_folder_keeps_earli
                             f"write_text(report_path({str(target)!r}, '--junit'), '<report/>\\n');"
                             "print('after the report')"], stdout=out, check=True)
         assert log.read_text() == "earlier output\n<report/>\nafter the report\n", target
+
+
+def test_standard_input_is_never_a_report(tmp_path):
+    """Breaker 13: `--junit /dev/stdin` with stdin a user's file overwrote that file."""
+    import subprocess
+    import sys
+
+    mine = tmp_path / "input.txt"
+    mine.write_text("the user's data\n")
+    with mine.open() as given:
+        done = subprocess.run([sys.executable, "-c", "from opsctl.files import report_path;"
+                               "report_path('/dev/stdin', '--junit')"], stdin=given, capture_output=True, text=True)
+    assert done.returncode != 0 and "standard input" in done.stderr
+    assert mine.read_text() == "the user's data\n"

@@ -269,7 +269,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         if lsn is not None and not chain.reaches(stage, layout.timeline_of(layout.segno(lsn), inv.path), lsn):
             # recovery stops only at a record that starts at or after the target and is whole
             last = chain.last_record(stage / window.end_segment)
-            hint = f"choose an LSN up to {layout.lsn_text(last)}" if last is not None else "choose an earlier LSN"
+            hint = (f"choose an LSN up to {layout.lsn_text(last)}" if last is not None and last < lsn
+                    else "choose an earlier LSN")  # the last record of another timeline's segment is no bound
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is after the last archived WAL record{why}: no whole "
                              f"record starts at or after it, so recovery would never reach it; {hint} (or "
                              "--to-time); nothing was changed")
@@ -949,6 +950,9 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str)
             # known before it is queued, so an undo from the first instant it may be archived notes it
             if histories:
                 queued_history = (int(histories[-1].name[:8], 16), (live / "pg_wal" / histories[-1].name).read_text())
+                # noted before it is queued: the archiver holds a noted history back, so it never
+                # reaches the repository ahead of an undo's marker; dropped once the swap is final
+                _note_abandoned(state, sysid, *queued_history)
             _queue_history(live, queue_dir(state))
             platform.start_component("postgres", state, env)
         except BaseException:
@@ -964,15 +968,16 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str)
                     raise OperationFailed(f"interrupted after the restored server started on {live}, and it did "
                                           f"not stop; stop it, then move {live} aside and {kept} back to {live}")
                 if swapped:
-                    # its history queued, the timeline is recorded as abandoned: first locally (a kill
-                    # -9 from here on leaves the note, and record_abandoned, which `local up`, restore
-                    # and verify-chain run, files it once the previous directory is back, or drops it
-                    # when the restored one stayed live), then the restored directory goes back to its
-                    # own name in one rename (killed from here on, undo_killed_swap puts the previous
-                    # one back and clean_abandoned removes it), then the note goes to the repository
-                    if queued_history is not None:
-                        _note_abandoned(state, sysid, *queued_history)
+                    # its history noted (before it was queued: a kill -9 from there on leaves the note,
+                    # and record_abandoned, which `local up`, restore and verify-chain run, files it once
+                    # the previous directory is back, or drops it when the restored one stayed live),
+                    # the restored directory goes back to its own name in one rename (killed from here
+                    # on, undo_killed_swap puts the previous one back and clean_abandoned removes it),
+                    # then the note goes to the repository; a standby built before gets the history
+                    # too, so its promotion never makes the abandoned timeline's number again
                     os.rename(live, new)
+                    if queued_history is not None:
+                        _stage_for_standby(state, *queued_history)
                     record_abandoned(project, env, state, own=stamp)
                     shutil.rmtree(new, ignore_errors=True)
                 if kept.exists() and not live.exists():
@@ -983,6 +988,8 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str)
                     platform.start_component("postgres", state, env)
                 state.save()
             raise
+        if queued_history is not None:  # the swap is final: its timeline is the live one, its history goes
+            _drop_note(state, sysid, queued_history[0])
         from opsctl.pitr import local as pitr_local
 
         try:  # the restore is done: archiving failing to start is said, never undoes it
@@ -1030,7 +1037,7 @@ def _notes_path(state) -> Path:
     return queue_dir(state) / NOTES
 
 
-def _read_notes(path: Path) -> list[dict]:
+def read_notes(path: Path) -> list[dict]:
     """The notes in `path` ([] when there is none); a file that is not a list of notes (damaged,
     cut short) is moved aside (`<name>.damaged`, logged) and counts as none: it never stops an
     undo, a restore or verify-chain."""
@@ -1057,43 +1064,86 @@ def _read_notes(path: Path) -> list[dict]:
     return []
 
 
-def _note_abandoned(state, sysid: str, tli: int, history: str) -> None:
-    """Note locally that timeline `tli` of `sysid` is about to be abandoned, before the undo makes
-    it so (see record_abandoned; written whole, 0600)."""
+def _notes_lock(state):
+    """The lock every change of the notes file takes (read, change, write whole): an undo adding
+    a note never loses it to a record_abandoned writing back what it read before."""
+    from filelock import FileLock
+
+    path = _notes_path(state)
+    return FileLock(str(path.with_name(path.name + ".lock")), timeout=60)
+
+
+def _change_notes(state, change) -> list[dict]:
+    """The notes after `change(notes) -> notes`, written whole (0600; removed when empty), under
+    _notes_lock."""
     from opsctl.files import write_json
 
     path = _notes_path(state)
-    write_json(path, _read_notes(path) + [{"sysid": sysid, "timeline": tli, "history": history}], private=True)
+    with _notes_lock(state):
+        notes = change(read_notes(path))
+        if notes:
+            write_json(path, notes, private=True)
+        else:
+            path.unlink(missing_ok=True)
+    return notes
+
+
+def _note_abandoned(state, sysid: str, tli: int, history: str) -> None:
+    """Note in the WAL queue that timeline `tli` of `sysid` (its history text `history`) may be
+    abandoned: the archiver holds that history back while the note stands (see record_abandoned)."""
+    note = {"sysid": sysid, "timeline": tli, "history": history}
+    _change_notes(state, lambda notes: [n for n in notes if n != note] + [note])
+
+
+def _drop_note(state, sysid: str, tli: int) -> None:
+    """Remove the notes of timeline `tli` of `sysid` (the swap that made it is final)."""
+    _change_notes(state, lambda notes: [n for n in notes if (n["sysid"], n["timeline"]) != (sysid, tli)])
+
+
+def _stage_for_standby(state, tli: int, history: str) -> None:
+    """Put the abandoned timeline's history where the standby's restore_command reads (when a
+    standby was built): its promotion picks the next timeline none of the histories it finds
+    names, so without it a failover made the abandoned number again."""
+    from opsctl.pitr import layout
+    from opsctl.pitr.chain import stage_file
+
+    stage = state.data("postgres-standby-wal")
+    if stage.is_dir() and not (stage / layout.history_file(tli)).exists():
+        stage_file(stage, layout.history_file(tli), history.encode())
+        os.chmod(stage / layout.history_file(tli), 0o644)
 
 
 def record_abandoned(project: Project, env: Environment, state, own: str | None = None) -> list[int]:
     """File the abandoned timelines an undone swap noted (_note_abandoned) in the repository
     (chain.abandon), so a restore with no live server to ask (a lost disk) passes over them; a
-    note whose timeline the live data directory is on (a kill -9 left the restored directory
-    live) is dropped instead, and any marker of that timeline removed. Run by the undo itself
-    (`own`: its stamp), by `local up` (pitr.local.ensure_archiver), restore and verify-chain;
-    while another restore runs (its swap may be mid-undo, its restored directory still in
-    place) nothing is decided. Never raises: a repository that can't be reached keeps the note
-    for the next run (logged), and the archiver holds the noted history back meanwhile. Returns
-    the timelines filed."""
+    note whose timeline the live data directory is on, with the same history (a kill -9 left
+    the restored directory live), is dropped instead, and any marker of that timeline removed.
+    Run by the undo itself (`own`: its stamp), by `local up` (pitr.local.ensure_archiver),
+    restore and verify-chain; while another restore runs (its swap may be under way, its note
+    not final) nothing is decided. Never raises: a repository that can't be reached keeps the
+    note for the next run (logged), and the archiver holds the noted history back meanwhile.
+    Returns the timelines filed."""
     import logging
 
-    from opsctl.files import write_json
     from opsctl.local import postgres as pg
-    from opsctl.pitr import archive
+    from opsctl.pitr import archive, layout
 
     path = _notes_path(state)
     if not path.exists() or _restores_running(state, own):
         return []
-    notes = _read_notes(path)
-    live, left, filed = state.data("postgres"), [], []
+    with _notes_lock(state):
+        notes = read_notes(path)
+    live, done, filed = state.data("postgres"), [], []
     for note in notes:
         try:
+            history = live / "pg_wal" / layout.history_file(note["timeline"])
             on_it = (pg.initialized(live) and archive.system_identifier(live) == note["sysid"]
-                     and archive.control_timeline(live) == note["timeline"])
+                     and archive.control_timeline(live) == note["timeline"]
+                     and history.is_file() and history.read_text() == note["history"])
             _marker(project, env, note["sysid"], note["timeline"], None if on_it else note["history"])
             if not on_it:
                 filed.append(note["timeline"])
+            done.append(note)
         except Exception as exc:  # noqa: BLE001 - kept for the next run, said now
             from opsctl.redact import credentials
 
@@ -1101,11 +1151,7 @@ def record_abandoned(project: Project, env: Environment, state, own: str | None 
                                               "repository (%s); its history is held in the WAL queue and the "
                                               "next 'opsctl local up', restore or verify-chain tries again",
                                               note["timeline"], credentials(str(exc)))
-            left.append(note)
-    if left:
-        write_json(path, left, private=True)
-    else:
-        path.unlink(missing_ok=True)
+    _change_notes(state, lambda now: [n for n in now if n not in done])  # notes added meanwhile stay
     return filed
 
 

@@ -442,9 +442,16 @@ def _promotion_found(project: Project, env: Environment, state, standby_there: b
     if tli is None:
         return None
 
+    from opsctl.pitr.archive import NOTES
+    from opsctl.pitr.restore import read_notes
+
+    # a timeline an undone in-place restore abandoned (noted in the queue, or recorded in the
+    # repository) is no promotion
+    abandoned = {n["timeline"] for n in read_notes(queue_dir(state) / NOTES)}
+
     def newer(names) -> list[int]:
         return sorted(int(n[:8], 16) for n in names if re.fullmatch(r"[0-9A-F]{8}\.history", n)
-                      and int(n[:8], 16) > tli)
+                      and int(n[:8], 16) > tli and int(n[:8], 16) not in abandoned)
 
     places = [(state.data(COMPONENT) / "pg_wal", "the standby's pg_wal"), (queue_dir(state), "the local WAL queue")]
     for folder, where in places:
@@ -458,6 +465,8 @@ def _promotion_found(project: Project, env: Environment, state, standby_there: b
         sysid = system_identifier(state.data("postgres"))
         repo, _key = sealed_repository(project, env)
         objects, _strange = layout.parse_wal(sysid, repo.names(layout.wal_prefix(sysid)))
+        abandoned |= {int(n.rpartition("/")[2][:8], 16) for n in repo.names(layout.abandoned_prefix(sysid))
+                      if layout.ABANDONED.fullmatch(n.rpartition("/")[2])}
     except Exception as exc:  # noqa: BLE001 - an unreachable repository: what is local decided
         import logging
 

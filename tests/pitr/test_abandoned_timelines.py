@@ -59,6 +59,47 @@ def test_a_marker_never_outranks_the_live_server_on_its_timeline(pitr, runner):
     assert not pitr.repo().names(layout.abandoned_prefix(sysid))
 
 
+def test_the_swap_notes_its_timeline_before_queueing_its_history_and_drops_it_when_final(pitr, runner,
+                                                                                         monkeypatch):
+    """Breaker 13: the note was written only in the undo, after the history was queued; the
+    archiver (every 0.5 s) published the history first, so holding it back never applied. Now the
+    note stands from before the history is queued until the swap is final or undone."""
+    from opsctl.pitr import restore as pr
+
+    seen, real = [], pr._queue_history
+
+    def queue(live, q):
+        seen.append([n["timeline"] for n in pr.read_notes(pr._notes_path(pitr.state()))])
+        return real(live, q)
+
+    monkeypatch.setattr(pr, "_queue_history", queue)
+    result = _restore(pitr)
+    assert seen == [[result.timeline]]
+    assert not pr._notes_path(pitr.state()).exists()
+
+
+def test_an_undone_swap_gives_a_built_standby_the_abandoned_history(pitr, runner, monkeypatch):
+    """Breaker 13: a standby built before an undone restore promoted onto the abandoned timeline's
+    number (its restore_command knew no history of it): the failover removed the record and
+    archiving stopped on the history conflict. The undo stages the history for it now."""
+    import shutil
+
+    from opsctl.pitr import archive, layout, restore as pr
+
+    state = pitr.state()
+    stage = state.data("postgres-standby-wal")
+    stage.mkdir(mode=0o700)
+    try:
+        before = archive.control_timeline(state.data("postgres"))
+        _undone_swap(pitr, monkeypatch)
+        staged = sorted(p.name for p in stage.iterdir())
+        assert layout.history_file(before + 1) in staged, staged
+        assert archive.control_timeline(pitr.state().data("postgres")) == before
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    assert not pr._notes_path(state).exists()
+
+
 def test_a_note_a_killed_undo_left_is_filed_or_dropped(pitr, runner):
     """restore.record_abandoned on the notes _note_abandoned writes: a timeline the live data
     directory is not on is filed as abandoned; one it is on is dropped (and its marker removed)."""
@@ -67,8 +108,11 @@ def test_a_note_a_killed_undo_left_is_filed_or_dropped(pitr, runner):
 
     state, sysid = pitr.state(), pitr.sysid()
     live_tli = archive.control_timeline(state.data("postgres"))
+    earlier = set(pitr.repo().names(layout.abandoned_prefix(sysid)))  # what earlier tests' undos recorded
     pr._note_abandoned(state, sysid, live_tli + 5, "1\t0/0\tno recovery target specified\n")
     pr._note_abandoned(state, sysid, live_tli, _history(pitr, live_tli))
+    # the live timeline's number with another history (made again elsewhere) is no proof of life
+    pr._note_abandoned(state, sysid, live_tli, "1\t0/0\tanother history\n")
     # while another restore runs (its swap may be mid-undo) nothing is decided
     record = state.folder / "restores" / "pitr-run-20990101T000000Z-1-ab.json"
     me = __import__("psutil").Process()
@@ -78,11 +122,12 @@ def test_a_note_a_killed_undo_left_is_filed_or_dropped(pitr, runner):
         assert pr._notes_path(state).exists()
     finally:
         record.unlink()
-    assert pr.record_abandoned(pitr.project(), pitr.env(), state) == [live_tli + 5]
-    marked = [n.rpartition("/")[2][:8] for n in pitr.repo().names(layout.abandoned_prefix(sysid))]
-    assert marked == [f"{live_tli + 5:08X}"]
+    assert pr.record_abandoned(pitr.project(), pitr.env(), state) == [live_tli + 5, live_tli]
+    marked = [n.rpartition("/")[2][:8] for n in set(pitr.repo().names(layout.abandoned_prefix(sysid))) - earlier]
+    assert sorted(marked) == sorted([f"{live_tli + 5:08X}", f"{live_tli:08X}"])
+    assert _path(pitr, runner)[-1] == live_tli  # a record of another history does not touch this one
     assert not pr._notes_path(state).exists()
-    pitr.repo().delete_names(list(pitr.repo().names(layout.abandoned_prefix(sysid))))
+    pitr.repo().delete_names(list(set(pitr.repo().names(layout.abandoned_prefix(sysid))) - earlier))
 
 
 @pytest.mark.parametrize("damage", ["null", '{"a": 1}', "[{", '[{"sysid": 1}]'])
@@ -158,8 +203,7 @@ def test_after_a_lost_disk_an_undone_swap_marks_the_restored_cluster_and_timelin
     _undone_swap(pitr, monkeypatch)
     assert pitr.sysid() == new  # the empty cluster is back in place
     assert not pitr.repo().names(layout.abandoned_prefix(new))
-    assert [n.rpartition("/")[2][:8] for n in pitr.repo().names(layout.abandoned_prefix(old))] == \
-        [f"{old_tli + 1:08X}"]
+    assert f"{old_tli + 1:08X}" in [n.rpartition("/")[2][:8] for n in pitr.repo().names(layout.abandoned_prefix(old))]
     r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
