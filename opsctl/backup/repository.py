@@ -430,7 +430,10 @@ class FileRepository(Repository):
                         if e.is_dir(follow_symlinks=False):
                             stack.append((parts + [e.name], "", False))
                         elif e.is_file(follow_symlinks=False) or e.is_symlink():
-                            found.append(("/".join(parts + [e.name]), e.stat(follow_symlinks=False)))
+                            try:
+                                found.append(("/".join(parts + [e.name]), e.stat(follow_symlinks=False)))
+                            except FileNotFoundError:  # renamed or removed since the scan (a put's temporary)
+                                continue
             finally:
                 os.close(fd)
             yield from found
