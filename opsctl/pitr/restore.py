@@ -478,9 +478,9 @@ def _record(data_root: Path, stamp: str, doc: dict) -> None:
                private=True)
 
 
-def _abandoned(state):
-    """(record path, record) of every restore whose opsctl process is gone (unreadable records
-    left for a person)."""
+def _records(state):
+    """(record path, record, whether its opsctl process still runs) of every restore record
+    that can be read (unreadable ones are left for a person)."""
     import json
 
     import psutil
@@ -489,13 +489,17 @@ def _abandoned(state):
         try:
             doc = json.loads(path.read_text())
             owner = psutil.Process(doc["opsctl_pid"])
-            if abs(owner.create_time() - doc["opsctl_started"]) < 1.0 and owner.status() != psutil.STATUS_ZOMBIE:
-                continue  # that restore still runs
+            alive = abs(owner.create_time() - doc["opsctl_started"]) < 1.0 and owner.status() != psutil.STATUS_ZOMBIE
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+            alive = False
         except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a record we can read: leave it for a person
-        yield path, doc
+            continue
+        yield path, doc, alive
+
+
+def _abandoned(state):
+    """(record path, record) of every restore whose opsctl process is gone."""
+    return ((path, doc) for path, doc, alive in _records(state) if not alive)
 
 
 def undo_killed_swap(state) -> list[str]:
@@ -1157,21 +1161,7 @@ def record_abandoned(project: Project, env: Environment, state, own: str | None 
 
 def _restores_running(state, own: str | None) -> bool:
     """Whether a restore other than `own` (its stamp) is running: its record's process lives."""
-    import json
-
-    import psutil
-
-    for path in (state.folder / "restores").glob("pitr-run-*.json"):
-        if own is not None and path.name == f"pitr-run-{own}.json":
-            continue
-        try:
-            doc = json.loads(path.read_text())
-            owner = psutil.Process(doc["opsctl_pid"])
-            if abs(owner.create_time() - doc["opsctl_started"]) < 1.0 and owner.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError, ValueError, KeyError, TypeError):
-            continue
-    return False
+    return any(alive for path, _doc, alive in _records(state) if own is None or path.name != f"pitr-run-{own}.json")
 
 
 def _stop_started(state, live: Path) -> bool:
