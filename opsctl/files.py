@@ -93,10 +93,15 @@ def _target(path: Path) -> tuple[Path, bool]:
     process's streams) that exists or is a file descriptor's name, a link to something that is
     not a path (`pipe:[N]`), and an existing file other than a regular one (a device, a FIFO)
     are written in place, never replaced by a renamed file. OSError ELOOP for a loop or more
-    than 40 links (the kernel's limit)."""
+    than 40 links (the kernel's limit), in the name or in any folder of it."""
     import errno
 
     for _hop in range(41):
+        try:
+            os.stat(path.parent)  # realpath passes over a loop in a folder (L -> L in L/x.xml) silently
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links (a loop, or more than 40)") from None
         try:
             path = Path(os.path.realpath(path.parent)) / path.name
         except OSError:
@@ -129,14 +134,15 @@ def write_text(path: Path, text: str | bytes) -> Path:
     """Write `text` (str or bytes) to `path` whole: to a temporary name beside it, renamed over
     it, so a reader never sees half a report (the temporary file removed if the write fails).
     A device, FIFO or pipe (/dev/null, /dev/stdout) is written in place: renamed over, /dev/null
-    would have become a regular file; a symlink's target is replaced, the link kept (`_target`)."""
+    would have become a regular file; a symlink's target is replaced, the link kept (`_target`).
+    A FIFO is waited on for a reader FIFO_WAIT seconds, then UsageError (`_stream_opener`)."""
     mode = "wb" if isinstance(text, bytes) else "w"
     target, in_place = _target(path)
     if in_place:
         data = text if isinstance(text, bytes) else text.encode()
         if _write_own_stream(path, data):
             return path
-        with open(path, mode) as out:
+        with open(path, mode, opener=_stream_opener) as out:
             out.write(text)
         return path
     tmp = target.with_name(f".{target.name}.tmp")  # beside a symlink's target: the link stays
@@ -148,6 +154,36 @@ def write_text(path: Path, text: str | bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+FIFO_WAIT = 10.0  # seconds a report waits for a process to open a FIFO for reading
+
+
+def _stream_opener(name: str, flags: int) -> int:
+    """Open an in-place report target (a device, FIFO or pipe) for writing. A FIFO no process
+    reads blocks open(2) for ever, which hung a command after its work: opened non-blocking,
+    it fails with ENXIO until a reader comes (fifo(7)), so a reader is waited for FIFO_WAIT
+    seconds, then UsageError; once open, writes block as usual while the reader reads."""
+    import errno
+    import fcntl
+    import time
+
+    from opsctl.errors import UsageError
+
+    deadline = time.monotonic() + FIFO_WAIT
+    while True:
+        try:
+            fd = os.open(name, flags | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            if time.monotonic() >= deadline:
+                raise UsageError(f"{name} is a FIFO that no process reads (waited {FIFO_WAIT:.0f} s); start its "
+                                 f"reader first (e.g. 'cat {name} &'); the report was not written") from None
+            time.sleep(0.05)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
 
 
 def _write_own_stream(path: Path, data: bytes) -> bool:

@@ -132,3 +132,39 @@ def test_standard_input_is_never_a_report(tmp_path):
                                "report_path('/dev/stdin', '--junit')"], stdin=given, capture_output=True, text=True)
     assert done.returncode != 0 and "standard input" in done.stderr
     assert mine.read_text() == "the user's data\n"
+
+
+@pytest.mark.parametrize("make", [True, False])  # --junit makes the folder; health monitor --history does not
+def test_a_loop_in_a_folder_of_the_path_is_refused_before_any_work(tmp_path, make):
+    """Breaker 13: `L -> L` and the path L/x.xml: with the folder made it was refused as "File
+    exists"; without (`--history`) it passed and the write failed after the work (ELOOP)."""
+    (tmp_path / "L").symlink_to("L")
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    for path in (tmp_path / "L" / "x.xml", tmp_path / "a" / "deeper" / "x.xml"):
+        with pytest.raises(UsageError, match="too many levels of symbolic links"):
+            report_path(str(path), "--history", make=make)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["L", "a", "b"]
+
+
+def test_a_fifo_nobody_reads_fails_in_one_line_instead_of_hanging(tmp_path, monkeypatch):
+    """Breaker 13: a FIFO with no reader was accepted and the report's write then blocked for
+    ever, after the work. It waits files.FIFO_WAIT for a reader, then says so (exit 2); a
+    reader that comes within the wait gets the report."""
+    import subprocess
+    import sys
+
+    from opsctl import files
+
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(files, "FIFO_WAIT", 0.3)
+    path = report_path(fifo, "--junit")  # a reader may still come: not refused here
+    with pytest.raises(UsageError, match="FIFO that no process reads .*start its reader first"):
+        write_text(path, "<testsuites/>")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    monkeypatch.setattr(files, "FIFO_WAIT", 30)
+    late = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(0.5); print(open({str(fifo)!r}).read())"],
+                            stdout=subprocess.PIPE, text=True)
+    write_text(path, "<testsuites/>")
+    assert late.communicate(timeout=30)[0] == "<testsuites/>\n"
