@@ -266,8 +266,10 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         if lsn is not None and lsn > window.end_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
                              f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
-        if lsn is not None and not chain.reaches(stage, layout.timeline_of(layout.segno(lsn), inv.path), lsn):
+        on = layout.timeline_of(layout.segno(lsn), inv.path) if lsn is not None else None
+        if lsn is not None and not chain.reaches(stage, on, lsn):
             # recovery stops only at a record that starts at or after the target and is whole
+            _refuse_before_switch(stage, inv.path, on, lsn)
             last = chain.last_record(stage / window.end_segment)
             hint = (f"choose an LSN up to {layout.lsn_text(last)}" if last is not None and last < lsn
                     else "choose an earlier LSN")  # the last record of another timeline's segment is no bound
@@ -314,6 +316,26 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         p.context["notes"] = [f"the live cluster had no base backup: restored cluster {sysid}, the only one "
                               f"{repo.url} holds base backups of"]
     return p
+
+
+def _refuse_before_switch(stage: Path, path: list[tuple[int, int | None]], tli: int, lsn: int) -> None:
+    """UsageError when `lsn`, on timeline `tli` of the followed `path`, lies after that
+    timeline's last record but before its switch to the next (the switch record's padding up
+    to a segment boundary): no record starts between them on `tli`, and recovery along `tli`
+    never crosses the switch. Said as such, with the LSNs that restore on either side (before,
+    the message said the WAL after it was not archived and named an LSN past the target)."""
+    from opsctl.errors import UsageError
+
+    ends = [(end, nxt) for (t, end), (nxt, _) in zip(path, path[1:]) if t == tli and end is not None]
+    if not ends or lsn >= ends[0][0]:
+        return
+    switch, nxt = ends[0]
+    last = chain.last_record(stage / layout.segment(tli, layout.segno(lsn)))
+    before = f"an LSN up to {layout.lsn_text(last)}" if last is not None and last < lsn else "an earlier LSN"
+    raise UsageError(f"LSN {layout.lsn_text(lsn)} falls after the last WAL record of timeline {tli}, before its "
+                     f"switch to timeline {nxt} at {layout.lsn_text(switch)}: no record starts between them, so "
+                     f"recovery would never reach it; choose {before} or one at or after "
+                     f"{layout.lsn_text(switch)} (or --to-time); nothing was changed")
 
 
 def _stage_local_histories(state, stage: Path) -> list[str]:
@@ -385,7 +407,8 @@ def _target_timeline(repo, key, sysid: str, inv, stage: Path, tip: bb.BaseBackup
     end after it (recovery_target_time): the staged WAL from the base backup up to the last
     switch point is read (pg_waldump) only when such a switch lies after the base backup's
     start; the segment holding the target timeline's end is staged under that timeline's name
-    (the repository's own, else the later timeline's copy: identical up to E, where replay stops).
+    (the repository's own, else the later timeline's copy: identical up to E, where replay stops),
+    unless E is a segment boundary.
     """
     path = inv.path
     start = layout.lsn(tip.start_lsn)
@@ -411,8 +434,11 @@ def _target_timeline(repo, key, sysid: str, inv, stage: Path, tip: bb.BaseBackup
             if stop is not None:
                 tli = holding(stop)
                 break
-    if tli != newest:
-        end = next(e for t, e in path if t == tli)
+    end = next(e for t, e in path if t == tli)
+    if end is not None and end % layout.SEGMENT_BYTES:  # None: the newest timeline
+        # a switch point at a segment boundary (the old timeline's last record was a WAL switch)
+        # leaves no part of segment `seg` on `tli`: the later timeline's copy there is none of
+        # its WAL ("unexpected timeline ID"), and recovery never reached consistency
         seg = layout.segno(end)
         own, used = layout.segment(tli, seg), layout.segment(layout.timeline_of(seg, path), seg)
         for obj in inv.objects.get(own, []):

@@ -49,3 +49,36 @@ def test_a_target_in_a_record_running_into_a_missing_segment_is_refused_before_a
     for lsn in (inside_next, start + 200, start):
         r = pitr.cli(runner, "restore", "--to-lsn", layout.lsn_text(lsn), "--beside")
         assert r.exit_code == 2 and "no whole record starts at or after it" in r.output, (layout.lsn_text(lsn), r.output)
+
+
+def test_a_target_between_a_timelines_last_record_and_its_switch_names_both_sides(pitr, runner):
+    """Breaker 13: an in-place restore to latest made a new timeline at S, a segment boundary
+    (the old timeline's last archived record is a WAL switch). `--to-lsn S-1` (in the switch's
+    padding) was refused saying "later WAL is not archived yet" and advising an LSN above S-1.
+    Refusing is right (no record starts between it and S on the old timeline, and recovery
+    along it never crosses the switch); the message now says so and names an LSN on each side,
+    both of which restore. Runs last in this module: it moves the live cluster to a new timeline."""
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0  # after the segment the test above deleted
+    pitr.sql("insert into events(note) select 'old timeline' from generate_series(1, 20)")
+    pitr.wait_archived()
+    swapped = pitr.cli(runner, "restore", "--to-time", "latest", "--yes")
+    assert swapped.exit_code == 0, swapped.output
+    pitr.sql("insert into events(note) select 'new timeline' from generate_series(1, 20)")
+    pitr.wait_archived()
+    history = sorted((pitr.state().data("postgres") / "pg_wal").glob("*.history"))[-1]
+    old, point = history.read_text().strip().splitlines()[-1].split("\t")[:2]
+    new, switch = int(history.name.split(".")[0], 16), layout.lsn(point)
+    assert switch % layout.SEGMENT_BYTES == 0, history.read_text()  # the case: the switch at a segment boundary
+    r = pitr.cli(runner, "restore", "--to-lsn", layout.lsn_text(switch - 1), "--beside")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert (f"after the last WAL record of timeline {int(old)}, before its switch to timeline {new} at "
+            f"{layout.lsn_text(switch)}") in r.output and "not archived" not in r.output, r.output
+    before = re.search(r"choose an LSN up to (\S+) or one at or after (\S+) ", r.output)
+    assert layout.lsn(before.group(1)) < switch - 1 and before.group(2) == layout.lsn_text(switch), r.output
+    for target in (before.group(1), before.group(2)):
+        ok = pitr.cli(runner, "restore", "--to-lsn", target, "--beside", "--json")
+        assert ok.exit_code == 0, (target, ok.output)
+        pg.stop(json.loads(ok.stdout)["pid"])
