@@ -105,10 +105,23 @@ class ChainReport:
 
 
 def _sysid(project: Project, env: Environment, repo) -> str:
+    """The live cluster's system identifier; on a host whose platform was never started (a new
+    host after a lost one, before `local up`), the one cluster the repository holds: checking
+    the chain is the first thing a disaster recovery does there, and it needs no server."""
     from opsctl.pitr.restore import cluster_id
 
-    state, _ = local_state(project, env)
-    return cluster_id(repo, state)
+    return cluster_id(repo, _started_state(project, env))
+
+
+def _started_state(project: Project, env: Environment):
+    """The embedded platform's state, or None when it was never started here (UsageError when
+    `env` is not the embedded platform, as local_state)."""
+    try:
+        return local_state(project, env)[0]
+    except UsageError:
+        if env.platform != "local":
+            raise
+        return None
 
 
 def _report(inv: chain.Inventory) -> ChainReport:
@@ -208,10 +221,10 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
     restores follow by default."""
     repo, key = sealed_repository(project, env)
     sysid = _sysid(project, env, repo)
-    if env.platform == "local":
+    if (state := _started_state(project, env)) is not None:
         from opsctl.pitr.restore import record_abandoned
 
-        record_abandoned(project, env, local_state(project, env)[0])  # what a killed undo noted
+        record_abandoned(project, env, state)  # what a killed undo noted
     if not any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(sysid))):
         sysid = chain.other_cluster(repo, sysid) or sysid  # after a lost disk: the cluster restore restores
     inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),

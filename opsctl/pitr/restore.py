@@ -140,17 +140,20 @@ def _context(project: Project, env: Environment):
 
 
 def cluster_id(repo, state) -> str:
-    """The live cluster's system identifier, or (its data gone) the one the repository holds."""
+    """The live cluster's system identifier, or (its data gone, or `state` None: the platform
+    was never started on this host) the one the repository holds; UsageError when it holds
+    none or several."""
     from opsctl.local import postgres as pg
     from opsctl.pitr.archive import system_identifier
 
-    live = state.data("postgres")
-    if pg.initialized(live):
+    live = state.data("postgres") if state is not None else None
+    if live is not None and pg.initialized(live):
         return system_identifier(live)
     found = chain.sysids(repo)
     if len(found) != 1:
-        raise UsageError(f"the live data directory is gone and {repo.url} holds "
-                         f"{len(found)} clusters ({', '.join(found) or 'none'}); restore needs one")
+        here = "the live data directory is gone" if state is not None else "no cluster runs here"
+        raise UsageError(f"{here} and {repo.url} holds {len(found)} clusters ({', '.join(found) or 'none'}); "
+                         "this needs exactly one")
     return found[0]
 
 

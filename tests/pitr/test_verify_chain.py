@@ -190,3 +190,37 @@ def test_an_abort_after_the_last_commit_does_not_block_a_restore_to_that_commit(
         r = pitr.cli(runner, "restore", "--to-time", target, "--beside", "--json")
         assert r.exit_code == 0, r.output
         assert _restored_ids(json.loads(r.stdout)) == want
+
+
+def test_a_new_host_verifies_the_chain_and_lists_the_window_before_local_up(pitr, batches, runner, tmp_path):
+    """On a new host (the old one lost; the platform never started here) `backup verify-chain`
+    said "the local platform ... was never started; run 'opsctl local up'": the read-only check
+    a disaster recovery starts with needed a server first. It now checks the one cluster the
+    repository holds, with the same verdict as on the old host, and starts nothing."""
+    import yaml
+
+    from opsctl.cli import app
+    from opsctl.cli.pitr import windows_for_list
+    from opsctl.config import load_project
+
+    (tmp_path / "opsctl.yaml").write_text((pitr.root / "opsctl.yaml").read_text())
+    code, here = _verify(pitr, runner)
+    r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain", "--json"])
+    assert r.exit_code == code == 0, r.output
+    there = json.loads(r.stdout)
+    assert there["sysid"] == here["sysid"] == pitr.sysid()
+    assert there["windows"] == here["windows"] and there["newest_restorable"] == here["newest_restorable"]
+    project = load_project(tmp_path)
+    listed = windows_for_list(project, project.env("local"))
+    assert listed["windows"][-1]["to"] == here["newest_restorable"]
+    assert not (tmp_path / ".opsctl" / "local" / "data").exists()  # nothing was started or made
+    # a repository of two clusters can't say which one is meant: one line, exit 2
+    doc = yaml.safe_load((tmp_path / "opsctl.yaml").read_text())
+    other = tmp_path / "repo2"
+    shutil.copytree(pitr.root / "repo", other)
+    (other / "pitr" / "7400000000000000042" / "wal").mkdir(parents=True)  # another cluster's archive
+    (other / "pitr" / "7400000000000000042" / "wal" / "00000001.history").write_bytes(b"x")
+    doc["environments"]["local"]["backup"]["repository"] = f"file://{other}"
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain"])
+    assert r.exit_code == 2 and "holds 2 clusters" in r.output and len(r.output.strip().splitlines()) == 1, r.output
