@@ -874,7 +874,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
             pg.stop(pid)
             pid = None
             os.sync()  # it ran with fsync off: everything it wrote is on disk before it becomes the live one
-            kept, swap_notes = _swap(c["project"], env, new, stamp, p.sysid)
+            kept, swap_notes = _swap(c["project"], env, new, stamp, p.sysid, recovered)
             result.previous_data_dir = str(kept)
             result.notes += swap_notes
             result.data_dir = str(state.data("postgres"))
@@ -944,12 +944,32 @@ def _signals_held():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str) -> tuple[Path, list[str]]:
+def _newest_commit(port: int) -> dt.datetime | None:
+    """The time of the newest commit of the server on `port` (pg_last_committed_xact); None when
+    it does not answer or keeps no commit timestamps."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    try:
+        with psycopg.connect(pg.url(port), connect_timeout=3) as conn:
+            newest = conn.execute("select (pg_last_committed_xact()).timestamp").fetchone()[0]
+    except (psycopg.Error, OSError):
+        return None
+    return newest.astimezone(dt.timezone.utc) if newest is not None else None
+
+
+def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str,
+          recovered: dt.datetime | None = None) -> tuple[Path, list[str]]:
     """Stop the live server, keep its data directory, move `new` in, start it with its WAL
     archiver (as `local up` does: the new timeline's WAL must reach the repository); returns
     (where the previous data directory was kept, notes for the operator). `sysid`: the restored
     cluster's. Its new timeline's abandoned-timeline markers are removed before the swap; an
-    undo after the history was queued writes one once the restored directory is out of place."""
+    undo after the history was queued writes one once the restored directory is out of place.
+    `recovered`: the newest commit restored; when the live server committed after it (a target
+    in the past, or commits made while a restore to 'latest' ran), a note says until when and
+    where those commits stay (the live server served throughout: pgBackRest instead refuses to
+    restore into a running cluster)."""
     import filecmp
 
     from opsctl.local import platform
@@ -973,6 +993,8 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str)
         was_running = platform.live_pid(state, "postgres")
         if histories:  # the timeline this swap brings in is no abandoned one (its number made again)
             _marker(project, env, sysid, int(histories[-1].name[:8], 16), None)  # unreachable: nothing changed
+        # asked just before the stop: a commit in the instant between is not counted
+        live_newest = _newest_commit(state.components["postgres"].port) if was_running else None
         try:
             pg.stop(was_running)  # ours by port or postmaster.pid, never a reused PID
             if live.exists():
@@ -1023,6 +1045,10 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str)
             raise
         if queued_history is not None:  # the swap is final: its timeline is the live one, its history goes
             _drop_note(state, sysid, queued_history[0])
+        if live_newest is not None and recovered is not None and live_newest > recovered:
+            notes.append(f"the replaced server committed until {live_newest.isoformat()}, after the last commit "
+                         f"restored ({recovered.isoformat()}): those later commits are not in the restored "
+                         f"cluster; they stay in {kept}")
         from opsctl.pitr import local as pitr_local
 
         try:  # the restore is done: archiving failing to start is said, never undoes it

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import types
 
 import psutil
@@ -434,3 +435,34 @@ def test_timeline_n_recovers_along_that_timeline_and_bad_values_are_refused(pitr
                        (["backup", "verify-chain", "--timeline", "99"], "timeline 99 is not in")):
         bad = pitr.cli(runner, *argv)
         assert bad.exit_code == 2 and said in bad.output and "Traceback" not in bad.output, (argv, bad.output)
+
+
+def test_commits_the_replaced_server_made_after_the_restored_point_are_said_and_kept(pitr, runner):
+    """An in-place `restore --to-time latest` while clients commit: the live server serves until
+    the swap, so what it committed after the WAL the restore read is not in the restored cluster.
+    The restore said nothing of it (exit 0, 'previous data kept in ...'); it now says until when
+    the replaced server committed, after which restored commit, and where those commits stay."""
+    import json
+
+    from pitr_support import Inserter
+
+    _base_backup(pitr, runner)
+    inserter = Inserter(pitr.url("pitrdb")).start()
+    try:
+        while len(inserter.committed) < 20:
+            time.sleep(0.05)
+        pitr.wait_archived()
+        r = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")
+    finally:
+        inserter.stop()
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    restored = {row[0] for row in pitr.sql("select id from events")}
+    lost = {rid for rid, _ in inserter.committed} - restored
+    assert lost, "the inserter committed nothing after the WAL the restore read"  # the case
+    note = next((n for n in doc["notes"] if n.startswith("the replaced server committed until ")), None)
+    assert note is not None and note.endswith(f"they stay in {doc['previous_data_dir']}"), doc["notes"]
+    until = dt.datetime.fromisoformat(note.split("committed until ", 1)[1].split(",", 1)[0])
+    first_lost = min(t for rid, t in inserter.committed if rid in lost)  # time.time() after its commit
+    assert until > dt.datetime.fromisoformat(doc["recovered_to"]), (note, doc)
+    assert until.timestamp() > first_lost - 1, (note, first_lost)  # it counts the lost ones (1 s: clock reads)
