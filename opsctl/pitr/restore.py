@@ -992,7 +992,7 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str,
         notes: list[str] = []
         was_running = platform.live_pid(state, "postgres")
         if histories:  # the timeline this swap brings in is no abandoned one (its number made again)
-            _marker(project, env, sysid, int(histories[-1].name[:8], 16), None)  # unreachable: nothing changed
+            abandoned_marker(project, env, sysid, int(histories[-1].name[:8], 16), None)  # unreachable: nothing changed
         # asked just before the stop: a commit in the instant between is not counted
         live_newest = _newest_commit(state.components["postgres"].port) if was_running else None
         try:
@@ -1066,7 +1066,7 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str,
     return kept, notes
 
 
-def _marker(project: Project, env: Environment, sysid: str, tli: int, history: str | None) -> None:
+def abandoned_marker(project: Project, env: Environment, sysid: str, tli: int, history: str | None) -> None:
     """Record timeline `tli` of cluster `sysid` as abandoned in the repository with its history
     text (chain.abandon), or, `history` None, remove its markers (chain.unabandon: a server is
     to live on it). Raises what the repository raises."""
@@ -1199,7 +1199,7 @@ def record_abandoned(project: Project, env: Environment, state, own: str | None 
             on_it = (pg.initialized(live) and archive.system_identifier(live) == note["sysid"]
                      and archive.control_timeline(live) == note["timeline"]
                      and history.is_file() and history.read_text() == note["history"])
-            _marker(project, env, note["sysid"], note["timeline"], None if on_it else note["history"])
+            abandoned_marker(project, env, note["sysid"], note["timeline"], None if on_it else note["history"])
             if not on_it:
                 filed.append(note["timeline"])
             done.append(note)

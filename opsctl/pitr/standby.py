@@ -773,12 +773,10 @@ def _unabandon(project: Project, env: Environment, sysid: str, tli: int) -> None
     again) is removed (chain.unabandon). Never raises: a failure is logged."""
     import logging
 
-    from opsctl.pitr import chain
-    from opsctl.pitr.ops import sealed_repository
+    from opsctl.pitr.restore import abandoned_marker
 
     try:
-        repo, _key = sealed_repository(project, env)
-        chain.unabandon(repo, sysid, tli)
+        abandoned_marker(project, env, sysid, tli, None)
     except Exception as exc:  # noqa: BLE001 - the failover goes on; this is said
         from opsctl.redact import credentials
 
