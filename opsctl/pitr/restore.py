@@ -707,8 +707,13 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
         try:
             # recorded as soon as it exists (a restore killed while it starts leaves its PID), and
             # polled every 20 ms: the platform's 100 ms left up to a tenth of a second of each restore idle
+            # track_commit_timestamp as the platform runs it (archive.server_settings): promoted
+            # without it, the server WAL-logs the change (a parameter-change record) and every
+            # commit timestamp of the replayed history is gone, on the live cluster after an
+            # in-place restore and in any later restore that replays past that record
             pid = pg.start(data, port, log, timeout=timeout, on_spawn=started, interval=0.02,
                            settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on",
+                                     "track_commit_timestamp": "on",
                                      **({"summarize_wal": "on"} if summarize else {})})
             break
         except OperationFailed as exc:

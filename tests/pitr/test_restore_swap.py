@@ -466,3 +466,19 @@ def test_commits_the_replaced_server_made_after_the_restored_point_are_said_and_
     first_lost = min(t for rid, t in inserter.committed if rid in lost)  # time.time() after its commit
     assert until > dt.datetime.fromisoformat(doc["recovered_to"]), (note, doc)
     assert until.timestamp() > first_lost - 1, (note, first_lost)  # it counts the lost ones (1 s: clock reads)
+
+
+def test_an_in_place_restore_keeps_the_commit_timestamps_of_what_it_restored(pitr, runner):
+    """Breaker 14: the recovery server ran without track_commit_timestamp, so its promotion
+    WAL-logged the setting off: every restored row's commit timestamp was gone on the live
+    cluster (pg_xact_commit_timestamp NULL), and later restores replaying past that record
+    dated their last commit at the base backup's start."""
+    _base_backup(pitr, runner)
+    pitr.sql("insert into events(note) select 'dated' from generate_series(1, 10)")
+    (committed,) = pitr.sql("select max(pg_xact_commit_timestamp(xmin)) from events")[0]
+    pitr.wait_archived()
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--yes")
+    assert r.exit_code == 0, r.output
+    undated, newest = pitr.sql("select count(*) filter (where pg_xact_commit_timestamp(xmin) is null), "
+                               "max(pg_xact_commit_timestamp(xmin)) from events")[0]
+    assert undated == 0 and newest == committed, (undated, newest, committed)
