@@ -304,18 +304,24 @@ def last_record(segment: Path) -> int | None:
     return layout.lsn(found[-1]) if found else None
 
 
-def reaches(stage: Path, tli: int, lsn: int) -> bool:
-    """Whether a whole WAL record starting at or after `lsn` (on timeline `tli`) is in the WAL
-    files of the folder `stage` (pg_waldump --start, which finds the first record from a
-    position, --limit 1). Recovery to a target LSN stops only at such a record: without one it
-    replays all it has and never reaches the target (a record that runs into a segment the
-    archive lacks is not whole)."""
+def first_record(stage: Path, tli: int, lsn: int) -> int | None:
+    """The LSN of the first whole WAL record starting at or after `lsn` (on timeline `tli`) in
+    the WAL files of the folder `stage` (pg_waldump --start, which finds the first record from a
+    position, --limit 1); None when there is none. Recovery to a target LSN stops just after
+    that record (recovery_target_inclusive): without one it replays all it has and never
+    reaches the target (a record that runs into a segment the archive lacks is not whole)."""
     from opsctl.local.postgres import tool
 
     out = subprocess.run([tool("pg_waldump"), f"--path={stage}", f"--timeline={tli}",
                           f"--start={layout.lsn_text(lsn)}", "--limit=1"],
                          capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
-    return bool(_RECORD.search(out.stdout))
+    found = _RECORD.search(out.stdout)
+    return layout.lsn(found.group(1)) if found else None
+
+
+def reaches(stage: Path, tli: int, lsn: int) -> bool:
+    """Whether recovery to `lsn` on timeline `tli` can stop: `first_record` finds one."""
+    return first_record(stage, tli, lsn) is not None
 
 
 def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,

@@ -426,6 +426,16 @@ def _target_timeline(repo, key, sysid: str, inv, stage: Path, tip: bb.BaseBackup
     tli = newest
     if lsn is not None:
         tli = holding(lsn)
+        # recovery applies the first record at or after the target: on an older timeline that
+        # is one past its switch point when no record of the followed history starts between
+        # the target and the switch (breaker 14: a target a few bytes before a mid-segment
+        # switch replayed the commit the later timeline had discarded); the next timeline's
+        # first record, at the switch point, is then the one to stop after
+        end = next(e for t, e in path if t == tli)
+        if end is not None:
+            first = chain.first_record(stage, layout.timeline_of(layout.segno(lsn), path), lsn)
+            if first is not None and first >= end:
+                tli = holding(end)
     elif when is not None:
         last = max(ends)
         for n in range(layout.segno(start), layout.segno(last) + 1):

@@ -82,3 +82,42 @@ def test_a_target_between_a_timelines_last_record_and_its_switch_names_both_side
         ok = pitr.cli(runner, "restore", "--to-lsn", target, "--beside", "--json")
         assert ok.exit_code == 0, (target, ok.output)
         pg.stop(json.loads(ok.stdout)["pid"])
+
+
+def test_a_target_just_before_a_mid_segment_switch_point_restores_the_state_at_it(pitr, runner):
+    """Breaker 14: an in-place restore to a past time forked a new timeline at S, mid-segment,
+    just before a discarded transaction's commit. `--to-lsn S-1` followed the old timeline and
+    replayed the first record at or after it: that commit, which the live history discarded
+    (a lower LSN restored more rows than S itself). Now it gives the state at S, as S does.
+    Runs after the test above (the live cluster on its new timeline)."""
+    import datetime as dt
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+
+    pitr.sql("insert into events(note) select 'kept' from generate_series(1, 30)")
+    (kept_at,) = pitr.sql("select max(pg_xact_commit_timestamp(xmin)) from events")[0]
+    pitr.sql("insert into events(note) select 'discarded' from generate_series(1, 30)")
+    pitr.wait_archived()
+    target = (kept_at + dt.timedelta(microseconds=1)).isoformat()
+    assert pitr.cli(runner, "restore", "--to-time", target, "--yes").exit_code == 0
+    assert {r[0] for r in pitr.sql("select distinct note from events")} >= {"kept"}
+    assert not pitr.sql("select 1 from events where note = 'discarded'")
+    pitr.sql("insert into events(note) select 'after' from generate_series(1, 5)")
+    pitr.wait_archived()
+    history = sorted((pitr.state().data("postgres") / "pg_wal").glob("*.history"))[-1]
+    switch = layout.lsn(history.read_text().strip().splitlines()[-1].split("\t")[1])
+    assert switch % layout.SEGMENT_BYTES, history.read_text()  # the case: a switch point mid-segment
+    notes = {}
+    for lsn in (switch - 1, switch):
+        r = pitr.cli(runner, "restore", "--to-lsn", layout.lsn_text(lsn), "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        try:
+            import psycopg
+
+            with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+                notes[lsn] = sorted(n for (n,) in conn.execute("select distinct note from events"))
+        finally:
+            pg.stop(doc["pid"])
+    assert "discarded" not in notes[switch - 1] and notes[switch - 1] == notes[switch], notes
