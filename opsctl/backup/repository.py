@@ -565,10 +565,13 @@ def open_repository(url: str | None, project, endpoints) -> Repository:
 
 
 def for_environment(project, env) -> Repository:
-    """The repository of an environment, with its endpoints resolved."""
+    """The repository of an environment, with its endpoints resolved when it is in S3 (a
+    file:// one needs none: it is read on a new host, before `opsctl local up`, too)."""
     from opsctl.backup import keys
     from opsctl.endpoints import resolve
 
-    repo = open_repository(env.backup.repository, project, resolve(project, env))
+    url = env.backup.repository
+    endpoints = None if url and url.startswith("file:") else resolve(project, env)
+    repo = open_repository(url, project, endpoints)
     repo.key = keys.load(project, env, required=False)
     return repo

@@ -16,12 +16,9 @@ from opsctl.pitr import chain, layout
 
 
 def repository(project: Project, env: Environment):
-    """The environment's backup repository; a file:// one needs no endpoints (no S3 server up)."""
-    from opsctl.backup.repository import for_environment, open_repository
+    """The environment's backup repository (repository.for_environment)."""
+    from opsctl.backup.repository import for_environment
 
-    url = env.backup.repository
-    if url and url.startswith("file:"):
-        return open_repository(url, project, None)
     return for_environment(project, env)
 
 

@@ -200,8 +200,6 @@ def test_a_new_host_verifies_the_chain_and_lists_the_window_before_local_up(pitr
     import yaml
 
     from opsctl.cli import app
-    from opsctl.cli.pitr import windows_for_list
-    from opsctl.config import load_project
 
     (tmp_path / "opsctl.yaml").write_text((pitr.root / "opsctl.yaml").read_text())
     code, here = _verify(pitr, runner)
@@ -210,9 +208,11 @@ def test_a_new_host_verifies_the_chain_and_lists_the_window_before_local_up(pitr
     there = json.loads(r.stdout)
     assert there["sysid"] == here["sysid"] == pitr.sysid()
     assert there["windows"] == here["windows"] and there["newest_restorable"] == here["newest_restorable"]
-    project = load_project(tmp_path)
-    listed = windows_for_list(project, project.env("local"))
-    assert listed["windows"][-1]["to"] == here["newest_restorable"]
+    listed = runner.invoke(app, ["--root", str(tmp_path), "backup", "list", "--json"])
+    assert listed.exit_code == 0, listed.output  # breaker 14: the command still needed the platform
+    assert json.loads(listed.stdout)["pitr"]["windows"][-1]["to"] == here["newest_restorable"]
+    shown = runner.invoke(app, ["--root", str(tmp_path), "backup", "list"])
+    assert shown.exit_code == 0 and "point-in-time recovery: " in shown.output, shown.output
     assert not (tmp_path / ".opsctl" / "local" / "data").exists()  # nothing was started or made
     # a repository of two clusters can't say which one is meant: one line, exit 2
     doc = yaml.safe_load((tmp_path / "opsctl.yaml").read_text())
