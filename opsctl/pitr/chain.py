@@ -279,12 +279,17 @@ def commits(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime]]:
 def xact_ends(plain_segment: bytes, file: str) -> list[tuple[int, dt.datetime, str]]:
     """(LSN, time, "COMMIT" | "ABORT") of every transaction-end record that starts in one
     segment, in LSN order (pg_waldump --rmgr=Transaction; prepared ones included)."""
-    from opsctl.local.postgres import tool
-
     with tempfile.TemporaryDirectory(prefix="opsctl-waldump-") as tmp:
         Path(tmp, file).write_bytes(plain_segment)
-        out = subprocess.run([tool("pg_waldump"), "--rmgr=Transaction", str(Path(tmp, file))],
-                             capture_output=True, text=True, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
+        return segment_xact_ends(Path(tmp, file))
+
+
+def segment_xact_ends(segment: Path) -> list[tuple[int, dt.datetime, str]]:
+    """xact_ends of a segment file on disk (named as PostgreSQL names it)."""
+    from opsctl.local.postgres import tool
+
+    out = subprocess.run([tool("pg_waldump"), "--rmgr=Transaction", str(segment)],
+                         capture_output=True, text=True, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
     found = []
     for m in _XACT_END.finditer(out.stdout):
         when = dt.datetime.fromisoformat(m.group(3)).replace(tzinfo=dt.timezone.utc)

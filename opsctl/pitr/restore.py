@@ -314,7 +314,10 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         p.overwrites.append("the local platform's PostgreSQL (its data directory is kept, renamed)")
     p.context = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
               "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
-              "new": new, "work": work, "unpacked": unpacked}
+              "new": new, "work": work, "unpacked": unpacked,
+              # the newest archived commit on the live server's own history (None when another
+              # history is followed: its commits are not the live server's)
+              "archived_commit": window.last_commit if sysid == live_sysid and timeline is None else None}
     if sysid != live_sysid:
         p.context["notes"] = [f"the live cluster had no base backup: restored cluster {sysid}, the only one "
                               f"{repo.url} holds base backups of"]
@@ -889,7 +892,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
             pg.stop(pid)
             pid = None
             os.sync()  # it ran with fsync off: everything it wrote is on disk before it becomes the live one
-            kept, swap_notes = _swap(c["project"], env, new, stamp, p.sysid, recovered)
+            kept, swap_notes = _swap(c["project"], env, new, stamp, p.sysid, recovered, c["archived_commit"])
             result.previous_data_dir = str(kept)
             result.notes += swap_notes
             result.data_dir = str(state.data("postgres"))
@@ -974,16 +977,45 @@ def _newest_commit(port: int) -> dt.datetime | None:
     return newest.astimezone(dt.timezone.utc) if newest is not None else None
 
 
+def _later_commits(kept: Path, new: Path, live_newest: dt.datetime | None, archived: dt.datetime | None,
+                   recovered: dt.datetime | None) -> list[str]:
+    """The note of an in-place restore whose replaced server (stopped; its data directory
+    `kept`) committed after the restored point: the newest commit of its pg_wal at or after
+    the restored timeline's switch point (read from `new`'s history), of the archive
+    (`archived`, the window's newest) or that it reported before its stop (`live_newest`,
+    unknown after a restart until it commits), whichever is newest, when after `recovered`."""
+    from opsctl.errors import OpsError
+    from opsctl.pitr import archive
+
+    found = [t for t in (live_newest, archived) if t is not None]
+    try:
+        histories = sorted((new / "pg_wal").glob("*.history"))
+        switch = layout.lsn(histories[-1].read_text().strip().splitlines()[-1].split("\t")[1]) if histories else 0
+        tli = archive.control_timeline(kept)
+        for seg in sorted((kept / "pg_wal").iterdir()):
+            if layout.WAL_FILE.fullmatch(seg.name) and layout.parse_segment(seg.name)[0] == tli \
+                    and layout.parse_segment(seg.name)[1] >= layout.segno(switch):
+                found += [t for at, t, kind in chain.segment_xact_ends(seg) if kind == "COMMIT" and at >= switch]
+    except (OpsError, OSError, ValueError, IndexError):
+        pass  # what the live server said and the archive hold are still told
+    newest = max(found, default=None)
+    if newest is None or recovered is None or newest <= recovered:
+        return []
+    return [f"the replaced server committed until {newest.isoformat()}, after the newest commit restored "
+            f"({recovered.isoformat()}): those later commits are not in the restored cluster; they stay in {kept}"]
+
+
 def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str,
-          recovered: dt.datetime | None = None) -> tuple[Path, list[str]]:
+          recovered: dt.datetime | None = None, archived: dt.datetime | None = None) -> tuple[Path, list[str]]:
     """Stop the live server, keep its data directory, move `new` in, start it with its WAL
     archiver (as `local up` does: the new timeline's WAL must reach the repository); returns
     (where the previous data directory was kept, notes for the operator). `sysid`: the restored
     cluster's. Its new timeline's abandoned-timeline markers are removed before the swap; an
     undo after the history was queued writes one once the restored directory is out of place.
     `recovered`: the newest commit restored; when the live server committed after it (a target
-    in the past, or commits made while a restore to 'latest' ran), a note says until when and
-    where those commits stay (the live server served throughout: pgBackRest instead refuses to
+    in the past, or commits made while a restore to 'latest' ran; `archived`: the newest
+    archived commit on its history), a note says until when and where those commits stay
+    (_later_commits) (the live server served throughout: pgBackRest instead refuses to
     restore into a running cluster)."""
     import filecmp
 
@@ -1060,10 +1092,7 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str,
             raise
         if queued_history is not None:  # the swap is final: its timeline is the live one, its history goes
             _drop_note(state, sysid, queued_history[0])
-        if live_newest is not None and recovered is not None and live_newest > recovered:
-            notes.append(f"the replaced server committed until {live_newest.isoformat()}, after the last commit "
-                         f"restored ({recovered.isoformat()}): those later commits are not in the restored "
-                         f"cluster; they stay in {kept}")
+        notes += _later_commits(kept, live, live_newest, archived, recovered)
         from opsctl.pitr import local as pitr_local
 
         try:  # the restore is done: archiving failing to start is said, never undoes it

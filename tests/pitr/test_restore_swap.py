@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 import types
 
@@ -437,6 +438,9 @@ def test_timeline_n_recovers_along_that_timeline_and_bad_values_are_refused(pitr
         assert bad.exit_code == 2 and said in bad.output and "Traceback" not in bad.output, (argv, bad.output)
 
 
+LATER = "the replaced server committed until "
+
+
 def test_commits_the_replaced_server_made_after_the_restored_point_are_said_and_kept(pitr, runner):
     """An in-place `restore --to-time latest` while clients commit: the live server serves until
     the swap, so what it committed after the WAL the restore read is not in the restored cluster.
@@ -460,9 +464,9 @@ def test_commits_the_replaced_server_made_after_the_restored_point_are_said_and_
     restored = {row[0] for row in pitr.sql("select id from events")}
     lost = {rid for rid, _ in inserter.committed} - restored
     assert lost, "the inserter committed nothing after the WAL the restore read"  # the case
-    note = next((n for n in doc["notes"] if n.startswith("the replaced server committed until ")), None)
+    note = next((n for n in doc["notes"] if n.startswith(LATER)), None)
     assert note is not None and note.endswith(f"they stay in {doc['previous_data_dir']}"), doc["notes"]
-    until = dt.datetime.fromisoformat(note.split("committed until ", 1)[1].split(",", 1)[0])
+    until = dt.datetime.fromisoformat(re.search(r"committed until (\S+), after", note).group(1))
     first_lost = min(t for rid, t in inserter.committed if rid in lost)  # time.time() after its commit
     assert until > dt.datetime.fromisoformat(doc["recovered_to"]), (note, doc)
     assert until.timestamp() > first_lost - 1, (note, first_lost)  # it counts the lost ones (1 s: clock reads)
@@ -482,3 +486,33 @@ def test_an_in_place_restore_keeps_the_commit_timestamps_of_what_it_restored(pit
     undated, newest = pitr.sql("select count(*) filter (where pg_xact_commit_timestamp(xmin) is null), "
                                "max(pg_xact_commit_timestamp(xmin)) from events")[0]
     assert undated == 0 and newest == committed, (undated, newest, committed)
+
+
+def test_later_commits_are_said_after_a_restart_of_the_replaced_server(pitr, runner):
+    """Breaker 14: the note read pg_last_committed_xact(), which is NULL after a restart until
+    the next commit: `local down`/`up`, then a restore to a past time said nothing of the rows
+    it left behind. The newest commit archived on the live server's history (and of its own
+    WAL after the restored point) now says it; nothing after the restored point, no note."""
+    import json
+
+    from opsctl.local import postgres as pg
+
+    _base_backup(pitr, runner)
+    pitr.sql("insert into events(note) select 'g' from generate_series(1, 10)")
+    (kept_at,) = pitr.sql("select max(pg_xact_commit_timestamp(xmin)) from events")[0]
+    pitr.sql("insert into events(note) select 'h' from generate_series(1, 10)")
+    (h_at,) = pitr.sql("select max(pg_xact_commit_timestamp(xmin)) from events")[0]
+    pitr.wait_archived()
+    pg.stop(pitr.pid)
+    pitr.start_postgres()  # as `local up` after `local down`
+    target = (kept_at + dt.timedelta(microseconds=1)).isoformat()
+    r = pitr.cli(runner, "restore", "--to-time", target, "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert not pitr.sql("select 1 from events where note = 'h'")
+    assert any(n.startswith(f"{LATER}{h_at.astimezone(dt.timezone.utc).isoformat()}, after") and
+               n.endswith(doc["previous_data_dir"]) for n in doc["notes"]), (h_at, doc["notes"])
+    pitr.wait_archived()
+    again = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")  # nothing ran after it
+    assert again.exit_code == 0, again.output
+    assert not any(n.startswith(LATER) for n in json.loads(again.stdout)["notes"]), again.output
