@@ -47,7 +47,7 @@ def ensure_archiver(project, env, state) -> str:
     record_abandoned(project, env, state)
 
     comp = state.components.get(COMPONENT)
-    running = _running(state)
+    running = archiver_pid(state)
     try:
         sysid = archive.system_identifier(state.data("postgres"))
     except OpsError:
@@ -56,7 +56,7 @@ def ensure_archiver(project, env, state) -> str:
         # started for another cluster (the data directory was lost and made anew): an adopted
         # archiver would file the new cluster's timeline history under the old one
         stop_archiver(state)
-        running = _running(state)
+        running = archiver_pid(state)
     if running is not None:  # adopted, even when a killed `up` never recorded it
         state.components[COMPONENT] = comp = comp or st.Component(port=0)
         comp.pid = running
@@ -79,7 +79,7 @@ def stop_archiver(state) -> bool:
     """SIGTERM: the archiver drains what is queued, then exits."""
     from opsctl.local import procs
 
-    pid = _running(state)
+    pid = archiver_pid(state)
     stopped = pid is not None and procs.stop(pid, 30, HINT)
     state.pidfile(COMPONENT).unlink(missing_ok=True)
     return stopped
@@ -97,7 +97,7 @@ def _cluster_of(pid: int) -> str | None:
     return argv[argv.index("--sysid") + 1] if "--sysid" in argv[:-1] else None
 
 
-def _running(state) -> int | None:
+def archiver_pid(state) -> int | None:
     """This platform's archiver: by its PID file (create time checked, so a reused PID is not
     taken), else the recorded PID when its command line names this platform's queue. Found
     whatever the state file holds, so `up` never starts a second one and `down` always stops it."""

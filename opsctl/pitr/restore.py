@@ -180,6 +180,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     clean_abandoned(state)  # a restore killed earlier (kill -9): its recovery server and folders
     record_abandoned(project, env, state)  # and the timeline its killed undo abandoned
     sysid = live_sysid = cluster_id(repo, state)
+    queue_notes = _wait_for_queue(state) if latest else []
     from opsctl.pitr.ops import live_path
 
     # the live server's own timelines: a newer one in the repository that it is not on was
@@ -319,9 +320,42 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
               # history is followed: its commits are not the live server's)
               "archived_commit": window.last_commit if sysid == live_sysid and timeline is None else None}
     if sysid != live_sysid:
-        p.context["notes"] = [f"the live cluster had no base backup: restored cluster {sysid}, the only one "
-                              f"{repo.url} holds base backups of"]
+        queue_notes.append(f"the live cluster had no base backup: restored cluster {sysid}, the only one "
+                           f"{repo.url} holds base backups of")
+    if queue_notes:
+        p.context["notes"] = queue_notes
     return p
+
+
+QUEUE_WAIT = 30.0  # seconds a restore to 'latest' waits for the local WAL queue to be uploaded
+
+
+def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
+    """Wait until the local WAL queue holds no segment or history (the archiver uploads it
+    every half second) and the live server has none marked .ready, at most `timeout` seconds; a note when some are still there. 'latest'
+    is all the live server archived, and its archive_command counts a file archived once it
+    is queued: the segment an in-place restore or a failover just switched out was otherwise
+    still on its way and the window ended before it (breaker 14)."""
+    from opsctl.pitr import local as pitr_local
+    from opsctl.pitr.local import queue_dir
+
+    queue = queue_dir(state)
+    status = state.data("postgres") / "pg_wal" / "archive_status"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            queued = [p.name for p in queue.iterdir() if layout.WAL_FILE.fullmatch(p.name)]
+            # and what the server has yet to hand its archive_command (.ready, while it runs)
+            queued += [p.name for p in status.glob("*.ready")] if status.is_dir() else []
+        except OSError:
+            return []
+        if not queued:
+            return []
+        if time.monotonic() > deadline or pitr_local.archiver_pid(state) is None:  # no archiver: nothing comes
+            return [f"{len(queued)} WAL file(s) were not archived yet (local queue {queue}; the WAL archiver "
+                    f"{'is not running' if pitr_local.archiver_pid(state) is None else f'did not take them in {timeout:.0f} s'}"
+                    "; 'opsctl local up' starts it): 'latest' restored what the repository held, without them"]
+        time.sleep(0.2)
 
 
 def _refuse_before_switch(stage: Path, path: list[tuple[int, int | None]], tli: int, lsn: int) -> None:
@@ -1103,11 +1137,32 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str,
 
             notes.append(f"the WAL archiver did not start ({credentials(str(exc))}): new WAL waits in the local "
                          "queue; run 'opsctl local up'")
+        notes += switch_fork_segment(state.components["postgres"].port)
         if was_running is None:
             notes.append("PostgreSQL was not running before the restore; it runs now, on the restored data, with "
                          "its WAL archiver; 'opsctl local up' starts the rest of the platform")
         state.save()
     return kept, notes
+
+
+def switch_fork_segment(port: int) -> list[str]:
+    """Switch the server on `port`, just promoted onto a new timeline, to its next WAL segment
+    (pg_switch_wal), so the segment its timeline began in is archived now; a note when that
+    fails. That segment holds the history up to the switch point (copied from the old
+    timeline's); an idle server never switches on archive_timeout (its checkpoint records are
+    not "important" WAL), and until it is archived a restore to 'latest' and verify-chain end
+    the window at the segment before, short of commits the live history holds (breaker 14)."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    try:
+        with psycopg.connect(pg.url(port), connect_timeout=5, autocommit=True) as conn:
+            conn.execute("select pg_switch_wal()")
+    except (psycopg.Error, OSError) as exc:
+        return [f"the segment the new timeline began in was not switched out for the archive ({exc}); until "
+                "it fills, restores end the window at the segment before: run 'select pg_switch_wal()'"]
+    return []
 
 
 def abandoned_marker(project: Project, env: Environment, sysid: str, tli: int, history: str | None) -> None:

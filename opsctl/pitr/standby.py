@@ -840,6 +840,9 @@ def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) 
             start = getattr(platform, "start_component", None) or getattr(platform, "_start")
             start("postgres", state, env)
             state.save()
+        from opsctl.pitr.restore import switch_fork_segment
+
+        notes += switch_fork_segment(state.components["postgres"].port)  # its new timeline's first segment
         served = time.time() - doc["began"]
         step("restarting the workers")
         failed: list[str] = []

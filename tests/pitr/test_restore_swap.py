@@ -384,7 +384,7 @@ def test_an_in_place_restore_of_a_stopped_platform_starts_its_archiver_and_says_
     assert r.exit_code == 0, r.output
     notes = json.loads(r.stdout)["notes"]
     assert any("was not running before the restore" in n for n in notes), notes
-    assert pitr_local._running(pitr.state()) is not None  # archiving goes on, as after `local up`
+    assert pitr_local.archiver_pid(pitr.state()) is not None  # archiving goes on, as after `local up`
     pitr.wait_archived()  # the new timeline's WAL reaches the repository
 
 
@@ -516,3 +516,35 @@ def test_later_commits_are_said_after_a_restart_of_the_replaced_server(pitr, run
     again = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")  # nothing ran after it
     assert again.exit_code == 0, again.output
     assert not any(n.startswith(LATER) for n in json.loads(again.stdout)["notes"]), again.output
+
+
+def test_latest_right_after_a_restore_to_a_past_time_keeps_the_commits_before_the_fork(pitr, runner):
+    """Breaker 14: an in-place restore to a past time forked timeline N mid-segment; the idle
+    server never switched that segment out (archive_timeout skips checkpoint-only WAL), so the
+    window ended at the segment before and `restore --to-time latest` rolled back commits the
+    live history holds, silently. The swap now switches the new timeline's first segment out,
+    and a restore to 'latest' waits for what the server and its local queue have not archived."""
+    import json
+
+    import psycopg
+
+    from opsctl.pitr import layout
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    with psycopg.connect(pitr.url("pitrdb"), autocommit=True) as conn:  # early in a fresh segment
+        conn.execute("insert into events(note) select 'early' from generate_series(1, 50)")
+        (early_at,) = conn.execute("select max(pg_xact_commit_timestamp(xmin)) from events").fetchone()
+        conn.execute("insert into events(note) select 'discarded' from generate_series(1, 50)")
+    pitr.wait_archived()
+    target = (early_at + dt.timedelta(microseconds=1)).isoformat()
+    assert pitr.cli(runner, "restore", "--to-time", target, "--yes").exit_code == 0
+    live = sorted(r[0] for r in pitr.sql("select id from events"))
+    history = sorted((pitr.state().data("postgres") / "pg_wal").glob("*.history"))[-1]
+    switch = layout.lsn(history.read_text().strip().splitlines()[-1].split("\t")[1])
+    fork = layout.segment(int(history.name[:8], 16), layout.segno(switch))
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")  # at once, as a user would
+    assert r.exit_code == 0, r.output
+    assert sorted(r[0] for r in pitr.sql("select id from events")) == live
+    assert pitr.repo().names(layout.wal_prefix(pitr.sysid()) + fork + "."), f"{fork} is not in the archive"
+    assert not any("local queue" in n for n in json.loads(r.stdout)["notes"]), r.output
