@@ -150,10 +150,14 @@ def cluster_id(repo, state) -> str:
     if live is not None and pg.initialized(live):
         return system_identifier(live)
     found = chain.sysids(repo)
-    if len(found) != 1:
-        here = "the live data directory is gone" if state is not None else "no cluster runs here"
-        raise UsageError(f"{here} and {repo.url} holds {len(found)} clusters ({', '.join(found) or 'none'}); "
-                         "this needs exactly one")
+    here = "the live data directory is gone" if state is not None else "no cluster runs here"
+    if not found:
+        raise UsageError(f"{here} and {repo.url} holds no archived cluster (nothing under pitr/); check "
+                         "backup.repository in opsctl.yaml: is it the repository the lost server archived to?")
+    if len(found) > 1:
+        raise UsageError(f"{here} and {repo.url} holds {len(found)} clusters ({', '.join(found)}), which can't be "
+                         "told apart without a live one; point backup.repository at a copy holding only the "
+                         "one to use (opsctl-repository.json and its pitr/<system id>/)")
     return found[0]
 
 

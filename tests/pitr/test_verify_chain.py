@@ -224,3 +224,8 @@ def test_a_new_host_verifies_the_chain_and_lists_the_window_before_local_up(pitr
     (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(doc))
     r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain"])
     assert r.exit_code == 2 and "holds 2 clusters" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert "point backup.repository at a copy holding only the one to use" in r.output, r.output
+    doc["environments"]["local"]["backup"]["repository"] = f"file://{tmp_path / 'no-such-repo'}"  # a typo
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain"])
+    assert r.exit_code == 2 and "holds no archived cluster" in r.output and "check backup.repository" in r.output, r.output
