@@ -7,7 +7,8 @@ against a baseline measured in this run on this machine:
 - physical restore (`restore --to-time latest`: fetch, decrypt, recombine the chain, replay
   the WAL, check) / `pg_restore --jobs 2` of a `pg_dump -Fc` of the same database into a new
   one (the dump is made untimed, read from local disk: the logical side pays no fetch; each
-  side starts once the previous round's detached deletes are done)
+  side starts once the previous round's detached deletes are done, SETTLE_S after the other
+  side's copy was freed: both start on the same kind of memory)
                                                                                  target <  1.0
 - insert throughput (pgbench, 4 clients, 100-row inserts) with archiving / without
                                                                                  target >= 0.9
@@ -26,7 +27,6 @@ alternated before/after runs on a shared machine); `--rounds N` sets the restore
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import os
 import shutil
@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -48,6 +47,7 @@ ROWS = 1_600_000
 PGBENCH_SECONDS = 15
 ROUNDS = 2
 RESTORE_ROUNDS = 5
+SETTLE_S = 3  # seconds before each timed restore, both sides (settle() in main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,10 +119,13 @@ def main(argv: list[str] | None = None) -> int:
 
         def settle() -> None:
             """Nothing of the previous round still running: the unpacked chain a restore deletes
-            in a detached rm (restore.remove_later) is gone, and written data is on disk."""
+            in a detached rm (restore.remove_later) is gone, and written data is on disk; then
+            SETTLE_S for the memory the other side just freed to go back (on this VM, with a
+            memory balloon, writing to pages freed a moment ago cost up to 10x writing to warm ones)."""
             while list((root / ".opsctl" / "local" / "data").glob("*.deleting")):
                 time.sleep(0.1)
             os.sync()
+            time.sleep(SETTLE_S)
 
         for _ in range(args.rounds):
             settle()
@@ -136,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(result.data_dir, ignore_errors=True)
             print(f"  physical restore {physical_s[-1]:.2f} s (plan {planned:.2f} s, {result.phases})")
             with psycopg.connect(pg.url(lport), autocommit=True) as conn:
-                conn.execute("drop database if exists logical_copy")
                 conn.execute("create database logical_copy")
             settle()
             began = time.perf_counter()
@@ -144,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                            check=True)
             logical_s.append(time.perf_counter() - began)
             print(f"  pg_restore --jobs 2 {logical_s[-1]:.2f} s")
+            # freed right after its timing, as the physical copy is: each side starts just after
+            # the other's copy was freed (it was dropped before pg_restore's own turn, so only
+            # pg_restore started on memory freed a moment before, by both copies)
+            with psycopg.connect(pg.url(lport), autocommit=True) as conn:
+                conn.execute("drop database logical_copy")
         physical, logical = statistics.median(physical_s), statistics.median(logical_s)
         figures["physical_over_logical_restore"] = physical / logical
         pairs = sorted(a / b for a, b in zip(physical_s, logical_s))
