@@ -185,30 +185,18 @@ def clean_for_down(project: Project) -> list[str]:
 
 
 def _live_newest_commit(project: Project, env: Environment) -> tuple[bool, dt.datetime | None]:
-    """(the live server answered, the newest commit it holds). pg_last_committed_xact() is NULL on
-    a server restarted since its last commit: then the newest commit timestamp among the last
-    10,000 transaction IDs (pg_xact_commit_timestamp, track_commit_timestamp), None if none."""
+    """(the live server answered, the newest commit it holds: restore.newest_commit, which
+    reads past a restart since the last commit)."""
     import psycopg
 
-    from opsctl.local import postgres as pg
     from opsctl.local import state as st
+    from opsctl.pitr.restore import newest_commit
 
     comp = st.load(st.folder_for(project.root)).components.get("postgres")
     if comp is None:
         return False, None
     try:
-        with psycopg.connect(pg.url(comp.port), connect_timeout=5, autocommit=True) as conn:
-            row = conn.execute("select timestamp from pg_last_committed_xact()").fetchone()
-            if row and row[0] is not None:
-                return True, row[0]
-            try:
-                row = conn.execute(
-                    "select max(pg_xact_commit_timestamp(((n % 4294967296)::text)::xid)) from "
-                    "(select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as x) s, "
-                    "generate_series(greatest(s.x - 10000, 3), s.x - 1) n where n % 4294967296 >= 3").fetchone()
-            except psycopg.Error:
-                return True, None  # no commit timestamps kept
-            return True, row[0] if row else None
+        return True, newest_commit(comp.port)
     except psycopg.Error:
         return False, None  # the live server is down: the drill is the recovery, RPO is what the archive holds
 

@@ -355,10 +355,12 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
             return []
         if not queued:
             return []
-        if time.monotonic() > deadline or pitr_local.archiver_pid(state) is None:  # no archiver: nothing comes
-            return [f"{len(queued)} WAL file(s) were not archived yet (local queue {queue}; the WAL archiver "
-                    f"{'is not running' if pitr_local.archiver_pid(state) is None else f'did not take them in {timeout:.0f} s'}"
-                    "; 'opsctl local up' starts it): 'latest' restored what the repository held, without them"]
+        running = pitr_local.archiver_pid(state) is not None
+        if time.monotonic() > deadline or not running:  # no archiver: nothing comes
+            why = (f"the WAL archiver did not upload them in {timeout:.0f} s; read {state.log('archiver')}" if running
+                   else "the WAL archiver was not running; 'opsctl local up' starts it")
+            return [f"{len(queued)} WAL file(s) were not archived yet (local queue {queue}; {why}): 'latest' "
+                    "restored what the repository held, without them"]
         time.sleep(0.2)
 
 
@@ -1000,19 +1002,36 @@ def _signals_held():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def _newest_commit(port: int) -> dt.datetime | None:
-    """The time of the newest commit of the server on `port` (pg_last_committed_xact); None when
-    it does not answer or keeps no commit timestamps."""
+def newest_commit(port: int) -> dt.datetime | None:
+    """The time (UTC) of the newest commit the server on `port` holds: pg_last_committed_xact(),
+    else (NULL on a server restarted since its last commit) the newest pg_xact_commit_timestamp
+    among the last 10,000 transaction IDs; None when it keeps no commit timestamps
+    (track_commit_timestamp off) or has none. psycopg.Error when it does not answer."""
     import psycopg
 
     from opsctl.local import postgres as pg
 
+    with psycopg.connect(pg.url(port), connect_timeout=5, autocommit=True) as conn:
+        newest = conn.execute("select timestamp from pg_last_committed_xact()").fetchone()[0]
+        if newest is None:
+            try:
+                newest = conn.execute(
+                    "select max(pg_xact_commit_timestamp(((n % 4294967296)::text)::xid)) from "
+                    "(select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as x) s, "
+                    "generate_series(greatest(s.x - 10000, 3), s.x - 1) n where n % 4294967296 >= 3").fetchone()[0]
+            except psycopg.Error:
+                return None  # no commit timestamps kept
+    return newest.astimezone(dt.timezone.utc) if newest is not None else None
+
+
+def _newest_commit(port: int) -> dt.datetime | None:
+    """newest_commit, None when the server does not answer."""
+    import psycopg
+
     try:
-        with psycopg.connect(pg.url(port), connect_timeout=3) as conn:
-            newest = conn.execute("select (pg_last_committed_xact()).timestamp").fetchone()[0]
+        return newest_commit(port)
     except (psycopg.Error, OSError):
         return None
-    return newest.astimezone(dt.timezone.utc) if newest is not None else None
 
 
 def _later_commits(kept: Path, new: Path, live_newest: dt.datetime | None, archived: dt.datetime | None,
