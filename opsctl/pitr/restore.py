@@ -1047,7 +1047,7 @@ def _later_commits(kept: Path, new: Path, live_newest: dt.datetime | None, archi
     found = [t for t in (live_newest, archived) if t is not None]
     try:
         histories = sorted((new / "pg_wal").glob("*.history"))
-        switch = layout.lsn(histories[-1].read_text().strip().splitlines()[-1].split("\t")[1]) if histories else 0
+        switch = layout.parse_history(histories[-1].read_text())[-1][1] if histories else 0
         tli = archive.control_timeline(kept)
         for seg in sorted((kept / "pg_wal").iterdir()):
             if layout.WAL_FILE.fullmatch(seg.name) and layout.parse_segment(seg.name)[0] == tli \
