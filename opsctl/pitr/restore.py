@@ -266,7 +266,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                                   + (f" ({gap.line()})" if gap else "") + "; nothing was changed")
         if sysid == live_sysid:  # timelines the repository does not hold yet count for the next one
             _stage_local_histories(state, stage)
-        why = f" ({window.stopped_by.line()})" if window.stopped_by else " (later WAL is not archived yet)"
+        why = f" ({window.stopped_by.line()})" if window.stopped_by else _past_end(repo, key, sysid, inv, timeline)
         if when is not None and when > window.end:
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
                              f"{window.end.isoformat()}{why}; choose an earlier --to-time"
@@ -362,6 +362,18 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
             return [f"{len(queued)} WAL file(s) were not archived yet (local queue {queue}; {why}): 'latest' "
                     "restored what the repository held, without them"]
         time.sleep(0.2)
+
+
+def _past_end(repo, key, sysid: str, inv, timeline: int | None) -> str:
+    """Why the archived WAL of the restore's window ends where it does, when nothing broke it:
+    a timeline chosen with --timeline that a newer one left (its WAL ends for good; the rest
+    is on the branch), else WAL not archived yet."""
+    left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
+    if left is None:
+        return " (later WAL is not archived yet)"
+    child, switch = left
+    return (f" (timeline {timeline} ends there: timeline {child} branched from it at {layout.lsn_text(switch)}; "
+            f"to restore past it, --timeline {child} or leave out --timeline)")
 
 
 def _refuse_before_switch(stage: Path, path: list[tuple[int, int | None]], tli: int, lsn: int) -> None:

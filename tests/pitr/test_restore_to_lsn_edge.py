@@ -121,3 +121,37 @@ def test_a_target_just_before_a_mid_segment_switch_point_restores_the_state_at_i
         finally:
             pg.stop(doc["pid"])
     assert "discarded" not in notes[switch - 1] and notes[switch - 1] == notes[switch], notes
+
+
+def test_a_target_past_the_end_of_a_timeline_that_was_left_says_where_it_ended(pitr, runner):
+    """Session 14 (breaker 15 leftover): `--timeline N --to-time T` with T after timeline N was
+    left for N+1 (an in-place restore) said "later WAL is not archived yet", as if waiting
+    would help. Timeline N's WAL ends for good there; the refusal (exit 2, one line) now names
+    the branch and its switch point, for a time and for an LSN, and the branch restores T."""
+    import datetime as dt
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+
+    (old,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
+    swapped = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")
+    assert swapped.exit_code == 0, swapped.output
+    new = json.loads(swapped.stdout)["timeline"]
+    pitr.sql("insert into events(note) select 'on the branch' from generate_series(1, 20)")
+    pitr.wait_archived()
+    after = dt.datetime.now(dt.timezone.utc).isoformat()
+    pitr.sql("insert into events(note) values ('later on the branch')")
+    pitr.wait_archived()
+    history = (pitr.state().data("postgres") / "pg_wal" / f"{new:08X}.history").read_text()
+    switch = dict(layout.parse_history(history))[old]
+    end_lsn = pitr.sql("select pg_current_wal_lsn()::text", db="postgres")[0][0]
+    for target in (("--to-time", after), ("--to-lsn", end_lsn)):
+        r = pitr.cli(runner, "restore", *target, "--beside", "--timeline", str(old))
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert "not archived yet" not in r.output, r.output
+        assert (f"timeline {old} ends there: timeline {new} branched from it at {layout.lsn_text(switch)}"
+                in r.output), r.output
+    ok = pitr.cli(runner, "restore", "--to-time", after, "--beside", "--timeline", str(new), "--json")
+    assert ok.exit_code == 0, ok.output
+    pg.stop(json.loads(ok.stdout)["pid"])
+    assert json.loads(ok.stdout)["tables"]["public.events"] == pitr.sql("select count(*) from events")[0][0] - 1
