@@ -529,14 +529,22 @@ def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None =
 def listing(project, env, limit: int | None = None, since: dt.datetime | None = None) -> dict:
     """`backup list` of an environment: `rows` of its repository (newest `limit`, created at
     or after `since`), plus under "pitr" its point-in-time recoverable windows
-    (opsctl.pitr.ops.windows: {sysid, windows, newest_restorable, base_backups}) or None."""
+    (opsctl.pitr.ops.windows: {sysid, windows, newest_restorable, base_backups, note}) or None.
+    `note` says why windows are not shown though the repository holds point-in-time data (it
+    holds several clusters and none runs here); else None."""
     from opsctl.backup.repository import for_environment
+    from opsctl.errors import UsageError
     from opsctl.output import to_jsonable
     from opsctl.pitr.ops import windows
 
     doc = rows(for_environment(project, env), limit, since)
-    rep = windows(project, env)
+    try:
+        rep = windows(project, env)
+    except UsageError as exc:  # several clusters: the list still lists, and says why no window shows
+        doc["pitr"] = {"sysid": None, "windows": [], "newest_restorable": None, "base_backups": [],
+                       "note": str(exc)}
+        return doc
     doc["pitr"] = None if rep is None else to_jsonable(
         {"sysid": rep.sysid, "windows": rep.windows, "newest_restorable": rep.newest_restorable,
-         "base_backups": rep.base_backups})
+         "base_backups": rep.base_backups, "note": None})
     return doc

@@ -86,21 +86,11 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False,
         raise OperationFailed(f"backup verify-chain: the chain is broken: {names}")
 
 
-def windows_for_list(project, env) -> dict | None:
-    """The recoverable window for `backup list` (None: no point-in-time data)."""
-    from opsctl.output import to_jsonable
-    from opsctl.pitr.ops import windows
-
-    rep = windows(project, env)
-    if rep is None:
-        return None
-    return to_jsonable({"sysid": rep.sysid, "windows": rep.windows, "newest_restorable": rep.newest_restorable,
-                        "base_backups": rep.base_backups})
-
-
 def render_windows(c, doc: dict | None) -> None:
     if not doc:
         return
+    if doc.get("note"):
+        c.print(f"point-in-time recovery: not shown: {doc['note']}", soft_wrap=True)
     for w in doc["windows"]:
         c.print(f"point-in-time recovery: {w['from'][:23]} → {w['to'][:23] if w['to'] else '-'} UTC "
                 f"(base backup {w['base']}; ends at {w['ends_at']})", soft_wrap=True)

@@ -230,11 +230,18 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
 
 
 def windows(project: Project, env: Environment) -> ChainReport | None:
-    """The recoverable windows from the listing (dated by the last segments); None: no PITR data."""
+    """The recoverable windows from the listing (dated by the last segments); None: no PITR data.
+    Raises UsageError (cluster_id's) when no cluster runs here and the repository holds several:
+    there is point-in-time data, but whose can't be told."""
     try:
         repo, key = sealed_repository(project, env)
+    except UsageError:
+        return None
+    try:
         sysid = _sysid(project, env, repo)
     except UsageError:
+        if len(chain.sysids(repo)) > 1:
+            raise
         return None
     if not repo.names(layout.root(sysid) + "/"):
         return None

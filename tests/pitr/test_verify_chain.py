@@ -45,15 +45,13 @@ def _live(pitr) -> tuple:
 
 
 def test_clean_chain_verifies_and_list_shows_the_window(pitr, batches, runner):
-    from opsctl.cli.pitr import windows_for_list
-
     code, doc = _verify(pitr, runner)
     assert code == 0, doc
     assert doc["ok"] and not doc["problems"] and doc["checked"] >= 4
     newest = dt.datetime.fromisoformat(doc["newest_restorable"])
     assert newest == batches[-1][2]  # the last commit archived
-    listed = windows_for_list(pitr.project(), pitr.env())
-    assert listed["windows"][-1]["to"] == doc["newest_restorable"]
+    listed = json.loads(pitr.cli(runner, "backup", "list", "--json").stdout)["pitr"]
+    assert listed["windows"][-1]["to"] == doc["newest_restorable"] and listed["note"] is None
 
 
 @pytest.mark.parametrize("fault", ["tampered", "missing", "planted"])
@@ -225,6 +223,14 @@ def test_a_new_host_verifies_the_chain_and_lists_the_window_before_local_up(pitr
     r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain"])
     assert r.exit_code == 2 and "holds 2 clusters" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert "point backup.repository at a copy holding only the one to use" in r.output, r.output
+    # backup list still lists the backups, and says why it shows no window (breaker 15 D: it
+    # showed none and said nothing, as for a repository with no point-in-time data)
+    listed = runner.invoke(app, ["--root", str(tmp_path), "backup", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    doc_listed = json.loads(listed.stdout)
+    assert "holds 2 clusters" in doc_listed["pitr"]["note"] and doc_listed["pitr"]["windows"] == [], listed.stdout
+    shown = runner.invoke(app, ["--root", str(tmp_path), "backup", "list"], terminal_width=80)
+    assert shown.exit_code == 0 and "point-in-time recovery: not shown: " in shown.output, shown.output
     doc["environments"]["local"]["backup"]["repository"] = f"file://{tmp_path / 'no-such-repo'}"  # a typo
     (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(doc))
     r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain"])
