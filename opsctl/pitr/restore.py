@@ -346,6 +346,7 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
     queue = queue_dir(state)
     status = state.data("postgres") / "pg_wal" / "archive_status"
     deadline = time.monotonic() + timeout
+    told = False
     while True:
         try:
             queued = [p.name for p in queue.iterdir() if layout.WAL_FILE.fullmatch(p.name)]
@@ -361,6 +362,12 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
                    else "the WAL archiver was not running; 'opsctl local up' starts it")
             return [f"{len(queued)} WAL file(s) were not archived yet (local queue {queue}; {why}): 'latest' "
                     "restored what the repository held, without them"]
+        if not told:  # a wait of up to `timeout` seconds with nothing on screen reads as a hang
+            import logging
+
+            logging.getLogger(__name__).info("waiting up to %.0f s for the WAL archiver to upload %d queued WAL "
+                                             "file(s), so 'latest' includes them", timeout, len(queued))
+            told = True
         time.sleep(0.2)
 
 

@@ -1,0 +1,44 @@
+"""A restore to 'latest' first waits (up to restore.QUEUE_WAIT, 30 s) for the local WAL queue
+to be uploaded. Breaker 15 C: the wait showed nothing, so half a minute read as a hang. It
+now says once what it waits for; with no archiver running it does not wait, and says why."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from opsctl.local.state import LocalState
+from opsctl.pitr import local as pitr_local
+from opsctl.pitr import restore
+
+SEGMENT = "000000010000000000000007"
+
+
+def _state(tmp_path) -> LocalState:
+    state = LocalState(folder=tmp_path)
+    pitr_local.queue_dir(state).mkdir(parents=True)
+    (pitr_local.queue_dir(state) / SEGMENT).write_bytes(b"wal")
+    return state
+
+
+def test_the_wait_says_once_what_it_waits_for_and_ends_when_the_queue_drains(tmp_path, monkeypatch, caplog):
+    state = _state(tmp_path)
+    monkeypatch.setattr(pitr_local, "archiver_pid", lambda _state: 4242)  # an archiver runs
+    drained = threading.Timer(1.0, (pitr_local.queue_dir(state) / SEGMENT).unlink)
+    drained.start()
+    with caplog.at_level(logging.INFO, logger="opsctl.pitr.restore"):
+        notes = restore._wait_for_queue(state, timeout=20)
+    drained.join()
+    assert notes == []
+    waits = [r.getMessage() for r in caplog.records if "waiting up to 20 s" in r.getMessage()]
+    assert waits == ["waiting up to 20 s for the WAL archiver to upload 1 queued WAL file(s), so 'latest' "
+                     "includes them"], caplog.text
+
+
+def test_with_no_archiver_it_does_not_wait_and_notes_what_latest_left_out(tmp_path, monkeypatch, caplog):
+    state = _state(tmp_path)
+    monkeypatch.setattr(pitr_local, "archiver_pid", lambda _state: None)
+    with caplog.at_level(logging.INFO, logger="opsctl.pitr.restore"):
+        notes = restore._wait_for_queue(state, timeout=20)
+    assert len(notes) == 1 and "1 WAL file(s) were not archived yet" in notes[0], notes
+    assert "the WAL archiver was not running; 'opsctl local up' starts it" in notes[0], notes
+    assert "waiting" not in caplog.text, caplog.text
