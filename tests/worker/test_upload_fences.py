@@ -228,12 +228,13 @@ def test_an_end_redis_never_heard_of_is_made_good_by_the_retry_once(pair, redis_
 
 def test_a_cancelled_presigned_upload_gives_back_only_what_never_landed_once_its_urls_expired(pair, redis_server, s3):
     """A presigned upload's URLs stay valid after its cancel or its expiry: nothing is given
-    back then (a client PUT every part after a cancel: all 200, and they must not land
-    uncharged beyond the day's quota); once the URLs have expired (made so here in the
+    back then, neither bytes nor its open-upload lease (a client PUT every part after a
+    cancel: all 200, and they must not land uncharged beyond the day's quota nor beyond the
+    key's unfinished uploads); once the URLs have expired (made so here in the
     database) the keeper's sweep counts what landed, before the end and after it, gives back
     only the rest, and deletes the part objects."""
     bucket, dburl, _, (fb, pb, ub) = pair
-    _, used = _ledger(redis_server)
+    lease, used = _ledger(redis_server)
     with httpx.Client(base_url=ub, timeout=60) as http:
         before = used()
         partly = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)
@@ -253,11 +254,15 @@ def test_a_cancelled_presigned_upload_gives_back_only_what_never_landed_once_its
         part = lapsed["part_urls"][1]  # its URLs signed for an hour: a part PUT after its expiry
         assert httpx.put(part["url"], content=b"\3" * part["bytes"], timeout=60).status_code == 200
         assert used() == before + 30  # nothing given back while the URLs can still deliver
+        # and each still holds its open-upload lease: its URLs still take parts (a cancel freed
+        # it, so a key could keep more uploads going than WORKER_RATE_LIMIT_OPEN_UPLOADS)
+        assert all(lease(u["id"]) is not None for u in (partly, late, lapsed))
         ids = (partly["id"], late["id"], lapsed["id"])
         conn.execute("UPDATE uploads SET expires_at = now() - interval '1 hour' WHERE id = ANY(%s)", (list(ids),))
         _wait_for("all swept", lambda: conn.execute("SELECT bool_and(parts_swept) FROM uploads WHERE id ="
                                                     " ANY(%s)", (list(ids),)).fetchone()[0], 30)
     assert used() == before + 20  # the 10 MiB never PUT came back; the 20 that landed stay charged
+    assert all(lease(up_id) is None for up_id in ids)  # URLs dead: the leases are free
     assert not [o for up_id in ids for o in s3.client().list_objects_v2(
         Bucket=bucket, Prefix=f"audio/upload-parts/{up_id}/").get("Contents", [])]
 

@@ -836,11 +836,13 @@ def _unreceived(row: dict, stored: int) -> int:
 
 async def _ended_unfinished(state: Any, key_id: str, row: dict, stored: int) -> None:
     """Free the lease of an upload that ended without completing (cancelled, md5 mismatch)
-    and give back the day's bytes it never received (`_unreceived`); a presigned upload's are
-    given back by `sweep_presigned` (its URLs can still deliver them until they expire)."""
-    await state.limits.close_upload(key_id, row["id"])
+    and give back the day's bytes it never received (`_unreceived`). A presigned upload keeps
+    both until `sweep_presigned`: its URLs can still deliver bytes until they expire, so it is
+    still an unfinished upload of its key (a cancel freed its slot while its URLs still took
+    parts, so a key could keep more uploads going than its limit)."""
     if row["presigned"]:
         return
+    await state.limits.close_upload(key_id, row["id"])
     await state.limits.refund_upload_bytes(key_id, _unreceived(row, stored), row["created_at"].timestamp(),
                                            upload_id=row["id"])
 
@@ -885,8 +887,8 @@ def abort_expired(state: Any, limit: int = 20) -> int:
                 deleted = _drop_s3(state.store, row)
                 # Redis before the end: a keeper dying after the end leaves nothing to redo it
                 # (the refund is once per upload, the lease's removal idempotent)
-                state.limits.close_upload_sync(row["api_key_id"], row["id"])
                 if not row["presigned"]:  # a presigned one's: at `sweep_presigned`, URLs expired
+                    state.limits.close_upload_sync(row["api_key_id"], row["id"])
                     state.limits.refund_upload_bytes_sync(
                         row["api_key_id"], _unreceived(row, state.db.stored_bytes(row["id"])),
                         row["created_at"].timestamp(), upload_id=row["id"])
@@ -917,8 +919,8 @@ def sweep_presigned(state: Any) -> int:
     returns how many uploads were swept. Run by the job keeper, at the end of `abort_expired`.
 
     A presigned upload that ended unfinished (cancelled, expired, md5 mismatch) has its day's
-    bytes given back here, not at its end: until its URLs expire they can still deliver every
-    byte it was charged for. What landed is counted first (the parts listed at its end and
+    bytes given back and its open-upload lease freed here, not at its end: until its URLs
+    expire they can still deliver every byte it was charged for. What landed is counted first (the parts listed at its end and
     the objects PUT since, by part number: `record_s3_parts`), and only the bytes that never
     landed (`_unreceived`) are given back, once per upload."""
     grace = min(600.0, float(state.settings.upload_expiry_seconds) / 4)
@@ -931,6 +933,7 @@ def sweep_presigned(state: Any) -> int:
                 state.limits.refund_upload_bytes_sync(
                     row["api_key_id"], _unreceived(row, state.db.stored_bytes(row["id"])),
                     row["created_at"].timestamp(), upload_id=row["id"])
+                state.limits.close_upload_sync(row["api_key_id"], row["id"])  # its URLs are dead now
             if state.store.delete_prefix(prefix):
                 log.info("part objects PUT after the upload ended are deleted", extra={"upload_id": row["id"]})
         except Exception as exc:  # S3 (or the database) away: the next tick tries again
