@@ -128,12 +128,14 @@ def pid_file(data: Path) -> Path:
 
 def start(data: Path, port: int, log: Path, timeout: float = 60.0,
           on_spawn: Callable[[int], None] | None = None, settings: dict[str, str] | None = None,
-          interval: float = 0.1) -> int:
+          interval: float = 0.1, give_up: Callable[[int], None] | None = None) -> int:
     """Start the server on 127.0.0.1:port (no Unix socket) and return the postmaster PID.
 
     `on_spawn(pid)` is called as soon as the process exists, before it is ready.
     `settings` are extra `-c name=value` server settings (WAL archiving: opsctl.pitr.archive).
-    `interval`: seconds between readiness checks (a restore's recovery server polls finer)."""
+    `interval`: seconds between readiness checks (a restore's recovery server polls finer).
+    `give_up(pid)` is called between readiness checks: what it raises stops the server and
+    is raised here (a recovery that can never become ready, instead of waiting `timeout`)."""
     if not initialized(data):
         init(data, log)
     user = run_as()
@@ -146,7 +148,17 @@ def start(data: Path, port: int, log: Path, timeout: float = 60.0,
     )
     if on_spawn is not None:
         on_spawn(pid)
-    procs.wait_until(lambda: ready(port), timeout, "postgres", log, pid, interval=interval, ports=[port])
+
+    def answers() -> bool:
+        if give_up is not None:
+            try:
+                give_up(pid)
+            except BaseException:
+                stop(pid)
+                raise
+        return ready(port)
+
+    procs.wait_until(answers, timeout, "postgres", log, pid, interval=interval, ports=[port])
     return pid
 
 

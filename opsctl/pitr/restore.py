@@ -758,6 +758,49 @@ def fatal_line(log: Path) -> str:
 _PORT_TRIES = 3  # _replay: ports tried when the one chosen was taken before the server bound it
 
 
+class _Stalled(OperationFailed):
+    """Recovery waits for WAL it will never get before the restored data is consistent."""
+
+
+class _StallWatch:
+    """`give_up` for the recovery server's start (pg.start): raises _Stalled once its startup
+    process waits for a WAL file (its title says "waiting for <file>": PostgreSQL tried every
+    source, the staged WAL and pg_wal, and sleeps to try again) while the log has no
+    "consistent recovery state reached". Until consistency a hot standby accepts no
+    connection, so without this such a recovery (a file the plan did not stage, a timeline
+    it did not expect) waited out the whole replay timeout, an hour, showing nothing. Checks
+    at most every CHECK_S seconds (a /proc read of the server's children)."""
+
+    CHECK_S = 0.5
+
+    def __init__(self, log: Path):
+        self.log, self.next = log, 0.0
+
+    def __call__(self, pid: int) -> None:
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + self.CHECK_S
+        import psutil
+
+        try:
+            titles = [" ".join(c.cmdline()) for c in psutil.Process(pid).children()]
+        except psutil.Error:
+            return  # gone or going: the start's own checks say why
+        waiting = next((t.split("waiting for ", 1)[1].split()[0] for t in titles
+                        if "startup" in t and "waiting for " in t), None)
+        if waiting is None:
+            return
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return
+        if "consistent recovery state reached" in text:
+            return  # consistent: connections follow, and _replay tells the end of the WAL from there
+        raise _Stalled(f"recovery stopped before the restored data was consistent: it needs WAL file {waiting}, "
+                       f"which the WAL staged for it does not hold (read {self.log}); nothing live was changed")
+
+
 def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool = False) -> tuple[int, int, str]:
     """Start recovery (standby mode) on a free port; return (port, pid, how) once it stopped
     replaying: how is "target" (paused at the recovery target) or "end" (every staged WAL file
@@ -771,6 +814,13 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
     from opsctl.local import postgres as pg
     from opsctl.local import procs
 
+    pids: list[int] = []
+
+    def spawned(pid: int) -> None:
+        pids.append(pid)
+        if started is not None:
+            started(pid)
+
     for attempt in range(_PORT_TRIES):
         # a port free when chosen can be taken before the server binds it (another restore, a
         # drill, any process): the server then exits at start-up (or another answers there), and
@@ -783,12 +833,17 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
             # without it, the server WAL-logs the change (a parameter-change record) and every
             # commit timestamp of the replayed history is gone, on the live cluster after an
             # in-place restore and in any later restore that replays past that record
-            pid = pg.start(data, port, log, timeout=timeout, on_spawn=started, interval=0.02,
+            pid = pg.start(data, port, log, timeout=timeout, on_spawn=spawned, interval=0.02,
                            settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on",
                                      "track_commit_timestamp": "on",
-                                     **({"summarize_wal": "on"} if summarize else {})})
+                                     **({"summarize_wal": "on"} if summarize else {})},
+                           give_up=_StallWatch(log))
             break
+        except _Stalled:
+            raise
         except OperationFailed as exc:
+            if pids and procs.alive(pids[-1]):  # not ready within the timeout: not left running
+                pg.stop(pids[-1])
             taken = "served by another process" in str(exc) or "Address already in use" in procs.tail(log, 40)
             if not taken or attempt == _PORT_TRIES - 1:
                 raise OperationFailed(f"recovery failed: {fatal_line(log)}; nothing live was changed") from None
