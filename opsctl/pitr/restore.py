@@ -763,42 +763,62 @@ class _Stalled(OperationFailed):
 
 
 class _StallWatch:
-    """`give_up` for the recovery server's start (pg.start): raises _Stalled once its startup
-    process waits for a WAL file (its title says "waiting for <file>": PostgreSQL tried every
-    source, the staged WAL and pg_wal, and sleeps to try again) while the log has no
-    "consistent recovery state reached". Until consistency a hot standby accepts no
-    connection, so without this such a recovery (a file the plan did not stage, a timeline
-    it did not expect) waited out the whole replay timeout, an hour, showing nothing. Checks
-    at most every CHECK_S seconds (a /proc read of the server's children)."""
+    """`give_up` for the recovery server's start (pg.start): raises _Stalled once the server
+    logs "waiting for WAL to become available at <LSN>" (PostgreSQL 16 and later, at LOG:
+    every source failed, the staged WAL and pg_wal, and the startup process sleeps before it
+    tries again; the RecoveryRetrieveRetryInterval wait that _replay reads after
+    consistency) with no "consistent recovery state reached" before it. Until consistency a
+    hot standby accepts no connection, so without this such a recovery (a file the plan did
+    not stage, a timeline it did not expect) waited out the whole replay timeout, an hour,
+    showing nothing. The process title alone can't tell it: "waiting for <file>" is also
+    shown while each staged file is fetched, and while read-ahead (which does not sleep)
+    asks past the staged WAL. Reads the log's new whole lines at most every CHECK_S seconds."""
 
     CHECK_S = 0.5
+    WAITING = "waiting for WAL to become available at "
+    CONSISTENT = "consistent recovery state reached"
 
     def __init__(self, log: Path):
-        self.log, self.next = log, 0.0
+        self.log, self.next, self.offset, self.consistent = log, 0.0, 0, False
 
     def __call__(self, pid: int) -> None:
         now = time.monotonic()
-        if now < self.next:
+        if self.consistent or now < self.next:
             return
         self.next = now + self.CHECK_S
-        import psutil
-
         try:
-            titles = [" ".join(c.cmdline()) for c in psutil.Process(pid).children()]
-        except psutil.Error:
-            return  # gone or going: the start's own checks say why
-        waiting = next((t.split("waiting for ", 1)[1].split()[0] for t in titles
-                        if "startup" in t and "waiting for " in t), None)
-        if waiting is None:
-            return
-        try:
-            text = self.log.read_text(errors="replace")
+            with self.log.open("rb") as f:
+                f.seek(self.offset)
+                new = f.read()
         except OSError:
             return
-        if "consistent recovery state reached" in text:
-            return  # consistent: connections follow, and _replay tells the end of the WAL from there
-        raise _Stalled(f"recovery stopped before the restored data was consistent: it needs WAL file {waiting}, "
-                       f"which the WAL staged for it does not hold (read {self.log}); nothing live was changed")
+        whole = new[:new.rfind(b"\n") + 1]
+        self.offset += len(whole)
+        text = whole.decode(errors="replace")
+        if self.CONSISTENT in text:
+            self.consistent = True  # connections follow, and _replay tells the end of the WAL from there
+            return
+        at = next((line.split(self.WAITING, 1)[1].split()[0] for line in text.splitlines()
+                   if self.WAITING in line), None)
+        if at is None:
+            return
+        raise _Stalled(f"recovery stopped before the restored data was consistent: it waits for WAL at {at}"
+                       f"{_waited_file(pid)}, which the WAL staged for it does not hold (read {self.log}); nothing "
+                       "live was changed")
+
+
+def _waited_file(pid: int) -> str:
+    """" (file <name>)" from the title of server `pid`'s startup process ("waiting for <name>"),
+    or "" when it can't be read."""
+    import psutil
+
+    try:
+        titles = [" ".join(c.cmdline()) for c in psutil.Process(pid).children()]
+    except psutil.Error:
+        return ""
+    name = next((t.split("waiting for ", 1)[1].split()[0] for t in titles if "startup" in t and "waiting for " in t),
+                None)
+    return f" (file {name})" if name and layout.WAL_FILE.fullmatch(name) else ""
 
 
 def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool = False) -> tuple[int, int, str]:

@@ -61,7 +61,8 @@ def test_a_recovery_missing_wal_before_consistency_stops_at_once_naming_the_file
     data, started, replay = _recover(tmp, "missing", [])
     label = (data / "backup_label").read_text()
     needed = label.split("(file ", 1)[1].split(")", 1)[0]  # START WAL LOCATION: 0/... (file 0000...)
-    with pytest.raises(OperationFailed, match=f"before the restored data was consistent: it needs WAL file {needed},"):
+    with pytest.raises(OperationFailed, match=rf"before the restored data was consistent: it waits for WAL at "
+                                              rf"\S+ \(file {needed}\), which the WAL staged for it does not hold"):
         replay()
     assert started and not procs.alive(started[-1]), "the stalled recovery server was left running"
 
