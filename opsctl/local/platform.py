@@ -145,6 +145,7 @@ def start_component(name: str, state: st.LocalState, env: Environment) -> None:
         undo_killed_swap(state)  # data/postgres missing: a restore killed mid-swap puts the previous one back
         refuse_initdb(state, env)  # data/postgres missing mid-failover: never an empty cluster there
         pg.start(state.data("postgres"), comp.port, log, on_spawn=spawned, settings=pitr.server_settings(state, env))
+        pitr.arm_archive_timeout(comp.port)
         pg.ensure_database(comp.port, env.database.name, env.database.user)
         comp.version = pg.version(comp.port)
     elif name == "redis":

@@ -35,6 +35,23 @@ def server_settings(state, env) -> dict[str, str]:
     return archive.server_settings(queue, env.backup.archive_timeout, env.backup.archive_queue)
 
 
+def arm_archive_timeout(port: int) -> None:
+    """Run a CHECKPOINT on the just-started server on `port`, so its archive_timeout runs from
+    now on. The checkpointer starts before the startup process ends; in its first loop,
+    recovery still in progress, it leaves archive_timeout out of its sleep and sleeps the
+    whole checkpoint_timeout (5 min), and nothing wakes it when the start ends, so a commit
+    waited for its segment to fill or for that sleep to end (breaker 16: 3 min 40 s with
+    archive_timeout 1 s after an in-place restore; after `local up` too, until something
+    asked for a checkpoint, such as a base backup). A checkpoint request wakes it; on a
+    server just started it writes next to nothing. Raises psycopg.Error."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    with psycopg.connect(pg.url(port), connect_timeout=5, autocommit=True) as conn:
+        conn.execute("checkpoint")
+
+
 def ensure_archiver(project, env, state) -> str:
     """Start the archiver unless it runs; returns a note for `local up` ('' when running). First
     files the abandoned timelines an undone restore killed mid-way noted (restore.record_abandoned)."""

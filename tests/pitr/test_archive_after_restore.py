@@ -1,0 +1,75 @@
+"""Breaker 16 F1: after an in-place restore, archive_timeout no longer shipped commits. The
+swapped-in server took writes on its new timeline, but its segment was never switched out
+(pg_current_wal_lsn stayed in it for minutes with archive_timeout 1 s), so every commit since
+the restore stayed on the local disk only, and verify-chain's newest restorable time stayed
+at the restore's target. Commits after the restore must reach the repository within the
+archive interval, with no pg_switch_wal from anyone."""
+from __future__ import annotations
+
+import time
+
+from test_restore_swap import _base_backup  # noqa: E402
+
+
+def _archived_within(pitr, segment: str, seconds: float) -> bool:
+    from opsctl.pitr import layout
+
+    prefix = layout.wal_prefix(pitr.sysid()) + segment + "."
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pitr.repo().names(prefix):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_commits_after_an_in_place_restore_are_archived_on_archive_timeout(pitr, runner):
+    _base_backup(pitr, runner)
+    pitr.sql("insert into events(note) select 'before' from generate_series(1, 10)")
+    pitr.wait_archived()
+    # archive_timeout (1 s here) ships a commit before any restore ...
+    pitr.sql("insert into events(note) values ('before the restore, unswitched')")
+    (segment,) = pitr.sql("select pg_walfile_name(pg_current_wal_lsn())", db="postgres")[0]
+    assert _archived_within(pitr, segment, 60), f"{segment} was not archived on archive_timeout before any restore"
+    swapped = pitr.cli(runner, "restore", "--to-time", "latest", "--yes")
+    assert swapped.exit_code == 0, swapped.output
+    for round_ in range(2):  # ... and after it, the first commit and a later one alike
+        pitr.sql("insert into events(note) values (%s)", (f"after the restore {round_}",))
+        (segment,) = pitr.sql("select pg_walfile_name(pg_current_wal_lsn())", db="postgres")[0]
+        assert _archived_within(pitr, segment, 60), (
+            f"{segment} (a commit after the restore) was not archived within 60 s: "
+            + str(pitr.sql("select pg_current_wal_lsn()::text, current_setting('archive_timeout')", db="postgres")))
+
+
+def test_health_warns_when_a_commit_waits_past_archive_timeout(pitr):
+    """The second half of breaker 16 F1: while commits sat unarchived for minutes, `health`
+    said "archive lag at most 1 s" (archive_timeout assumed honoured). A checkpointer that does
+    not switch segments (stopped here with SIGSTOP) now shows: the newest commit, after the
+    last file archived, dates the wait; WARNING naming it, and the lag figure includes it."""
+    import os
+    import signal
+
+    import psutil
+
+    from opsctl.health.model import Status
+    from opsctl.pitr.health import archive_lag
+
+    pitr.wait_archived()
+    assert archive_lag(pitr.project(), pitr.env()).status == Status.OK
+    (checkpointer,) = [c for c in psutil.Process(pitr.pid).children() if "checkpointer" in " ".join(c.cmdline())]
+    os.kill(checkpointer.pid, signal.SIGSTOP)
+    try:
+        pitr.sql("insert into events(note) values ('waits for its segment')")
+        deadline, result = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            result = archive_lag(pitr.project(), pitr.env())
+            if result.status != Status.OK:
+                break
+            time.sleep(1)
+        assert result.status == Status.WARNING, result
+        assert "for its WAL segment to be switched out, longer than archive_timeout (1 s)" in result.message, result
+        assert result.value > 1 + 5, result
+    finally:
+        os.kill(checkpointer.pid, signal.SIGCONT)
+    pitr.wait_archived()
+    assert archive_lag(pitr.project(), pitr.env()).status == Status.OK
