@@ -259,25 +259,30 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
     return [(target, None)]
 
 
-def left_for(repo, key, sysid: str, objects: dict[str, list[layout.WalObject]], tli: int) -> tuple[int, int] | None:
-    """Where timeline `tli` was left for a newer one the repository holds: (the first timeline
-    that branched from it, its switch LSN), read from the newer timelines' authentic history
-    files; None when none did, or when every branch is recorded abandoned (an undone restore:
-    the server went back to `tli` and writes on). A timeline that was left ends for good, so
-    a target past its end is no "not archived yet": it lies on the branch."""
+def left_for(repo, key, sysid: str, objects: dict[str, list[layout.WalObject]], tli: int) -> tuple[int, int, int] | None:
+    """Where timeline `tli` was left for a newer one the repository holds: (that timeline,
+    the timeline it branched from, its switch LSN), read from the newer timelines' authentic
+    history files: the first that branched from `tli` itself, else the first newer one at all
+    (a restore to a point before `tli` began, or on an older branch, made it: the server left
+    `tli` then too); None when the repository holds no newer timeline, or when every one is
+    recorded abandoned (an undone restore: the server went back and writes on). A timeline
+    that was left ends for good, so a target past its end is no "not archived yet"."""
     newer = sorted(int(f[:8], 16) for f in objects if f.endswith(".history") and int(f[:8], 16) > tli)
     if not newer:
         return None
     problems: list[Problem] = []
     abandoned = _abandoned(repo, key, sysid, repo.names(layout.abandoned_prefix(sysid)), problems)
+    first = None
     for child in newer:
         text = _history(repo, key, sysid, objects, child, problems, {})
-        if text is None or text in abandoned.get(child, set()):
+        if text is None or text in abandoned.get(child, set()) or not layout.parse_history(text):
             continue
-        switch = dict(layout.parse_history(text)).get(tli)
+        entries = layout.parse_history(text)
+        switch = dict(entries).get(tli)
         if switch is not None:
-            return child, switch
-    return None
+            return child, tli, switch
+        first = first or (child, *entries[-1])
+    return first
 
 
 def on_path(b: bb.BaseBackup, path: list[tuple[int, int | None]]) -> bool:

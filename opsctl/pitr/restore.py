@@ -378,9 +378,11 @@ def _past_end(repo, key, sysid: str, inv, timeline: int | None) -> str:
     left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
     if left is None:
         return " (later WAL is not archived yet)"
-    child, switch = left
-    return (f" (timeline {timeline} ends there: timeline {child} branched from it at {layout.lsn_text(switch)}; "
-            f"to restore past it, --timeline {child} or leave out --timeline)")
+    child, parent, switch = left
+    where = (f"timeline {child} branched from it at {layout.lsn_text(switch)}" if parent == timeline else
+             f"the server left it for timeline {child}, which branched from timeline {parent} at "
+             f"{layout.lsn_text(switch)}")
+    return f" (timeline {timeline} ends there: {where}; to restore past it, --timeline {child} or leave out --timeline)"
 
 
 def _refuse_before_switch(stage: Path, path: list[tuple[int, int | None]], tli: int, lsn: int) -> None:

@@ -133,6 +133,12 @@ def test_a_target_past_the_end_of_a_timeline_that_was_left_says_where_it_ended(p
     from opsctl.local import postgres as pg
     from opsctl.pitr import layout
 
+    _base_backup(pitr, runner)
+    pitr.sql("insert into events(note) values ('early on the old timeline')")
+    pitr.wait_archived()
+    early = dt.datetime.now(dt.timezone.utc).isoformat()
+    pitr.sql("insert into events(note) values ('later on the old timeline')")
+    pitr.wait_archived()
     (old,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
     swapped = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")
     assert swapped.exit_code == 0, swapped.output
@@ -155,3 +161,16 @@ def test_a_target_past_the_end_of_a_timeline_that_was_left_says_where_it_ended(p
     assert ok.exit_code == 0, ok.output
     pg.stop(json.loads(ok.stdout)["pid"])
     assert json.loads(ok.stdout)["tables"]["public.events"] == pitr.sql("select count(*) from events")[0][0] - 1
+    # breaker 16 F2: an in-place restore to a time before that branch makes a sibling (from the
+    # old timeline): the branch is left too, though no timeline branched from it
+    sibling = pitr.cli(runner, "restore", "--to-time", early, "--yes", "--json")
+    assert sibling.exit_code == 0, sibling.output
+    third = json.loads(sibling.stdout)["timeline"]
+    pitr.wait_archived()  # its history reaches the repository
+    fork = dict(layout.parse_history((pitr.state().data("postgres") / "pg_wal" / f"{third:08X}.history")
+                                     .read_text()))[old]
+    r = pitr.cli(runner, "restore", "--to-time", dt.datetime.now(dt.timezone.utc).isoformat(), "--beside",
+                 "--timeline", str(new))
+    assert r.exit_code == 2 and "not archived yet" not in r.output, r.output
+    assert (f"timeline {new} ends there: the server left it for timeline {third}, which branched from timeline "
+            f"{old} at {layout.lsn_text(fork)}") in r.output, r.output
