@@ -319,6 +319,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         p.overwrites.append("the local platform's PostgreSQL (its data directory is kept, renamed)")
     p.context = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
               "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
+              "path": inv.path,
               "new": new, "work": work, "unpacked": unpacked,
               # the newest archived commit on the live server's own history (None when another
               # history is followed: its commits are not the live server's)
@@ -780,8 +781,8 @@ class _StallWatch:
     WAITING = "waiting for WAL to become available at "
     CONSISTENT = "consistent recovery state reached"
 
-    def __init__(self, log: Path):
-        self.log, self.next, self.offset, self.consistent = log, 0.0, 0, False
+    def __init__(self, log: Path, path: list[tuple[int, int | None]] | None = None):
+        self.log, self.path, self.next, self.offset, self.consistent = log, path, 0.0, 0, False
 
     def __call__(self, pid: int) -> None:
         now = time.monotonic()
@@ -805,32 +806,30 @@ class _StallWatch:
         if at is None:
             return
         raise _Stalled(f"recovery stopped before the restored data was consistent: it waits for WAL at {at}"
-                       f"{_waited_file(pid)}, which the WAL staged for it does not hold (read {self.log}); nothing "
+                       f"{self._file(at)}, which the WAL staged for it does not hold (read {self.log}); nothing "
                        "live was changed")
 
-
-def _waited_file(pid: int) -> str:
-    """" (file <name>)" from the title of server `pid`'s startup process ("waiting for <name>"),
-    or "" when it can't be read."""
-    import psutil
-
-    try:
-        titles = [" ".join(c.cmdline()) for c in psutil.Process(pid).children()]
-    except psutil.Error:
-        return ""
-    name = next((t.split("waiting for ", 1)[1].split()[0] for t in titles if "startup" in t and "waiting for " in t),
-                None)
-    return f" (file {name})" if name and layout.WAL_FILE.fullmatch(name) else ""
+    def _file(self, at: str) -> str:
+        """" (file <name>)": the segment holding LSN `at` on the followed timeline path; "" without
+        a path or an LSN that does not parse. (Not the startup process's title: that names the
+        last file it tried, the oldest timeline's, breaker 16 F3.)"""
+        try:
+            n = layout.segno(layout.lsn(at))
+        except ValueError:
+            return ""
+        return f" (file {layout.segment(layout.timeline_of(n, self.path), n)})" if self.path else ""
 
 
-def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool = False) -> tuple[int, int, str]:
+def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool = False,
+            path: list[tuple[int, int | None]] | None = None) -> tuple[int, int, str]:
     """Start recovery (standby mode) on a free port; return (port, pid, how) once it stopped
     replaying: how is "target" (paused at the recovery target) or "end" (every staged WAL file
     replayed: the startup process waits to retry restore_command, PostgreSQL's wait event
     RecoveryRetrieveRetryInterval). It is still in recovery then: read-only, hint bits set by
     reads are not WAL-logged. OperationFailed when it dies or the timeout passes. `summarize`
     (an in-place restore): WAL summaries of the replayed WAL, which an incremental base backup
-    on a parent taken before the restore needs (the live server summarizes only what it writes)."""
+    on a parent taken before the restore needs (the live server summarizes only what it writes).
+    `path`: the timeline path recovery follows (names the file a stalled recovery waits for)."""
     import psycopg
 
     from opsctl.local import postgres as pg
@@ -859,7 +858,7 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
                            settings={"archive_mode": "off", "fsync": "off", "hot_standby": "on",
                                      "track_commit_timestamp": "on",
                                      **({"summarize_wal": "on"} if summarize else {})},
-                           give_up=_StallWatch(log))
+                           give_up=_StallWatch(log, path))
             break
         except _Stalled:
             raise
@@ -1000,7 +999,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         port, pid, how = _replay(new, log, timeout,
                                  lambda started: _record(state.folder / "data", stamp, {
                                      "new": str(new), "stage": str(c["stage"]), "work": str(work),
-                                     "server_pid": started}), summarize=not p.beside)
+                                     "server_pid": started}), summarize=not p.beside, path=c.get("path"))
         # PostgreSQL's "recovery ended before configured recovery target"
         if how == "end" and {"recovery_target_time", "recovery_target_lsn"} & set(c["settings"]):
             raise OperationFailed(f"recovery replayed all archived WAL without reaching {p.target}; nothing live "

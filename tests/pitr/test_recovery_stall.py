@@ -53,7 +53,7 @@ def _recover(tmp, name: str, staged: list) -> tuple:
     pg.chown(data, user)
     pg.chown(stage, user)
     started: list[int] = []
-    return data, started, lambda: restore._replay(data, tmp / f"{name}.log", 120, started.append)
+    return data, started, lambda: restore._replay(data, tmp / f"{name}.log", 120, started.append, path=[(1, None)])
 
 
 def test_a_recovery_missing_wal_before_consistency_stops_at_once_naming_the_file(base_backup):
@@ -75,3 +75,12 @@ def test_with_its_wal_staged_the_same_backup_replays_to_the_end(base_backup):
         assert how == "end" and pid == started[-1]
     finally:
         pg.stop(pid)
+
+
+def test_the_file_named_is_the_one_on_the_followed_timeline(tmp_path):
+    """Breaker 16 F3: the name came from the startup process's title, the last file it tried,
+    which is the oldest timeline's (00000001...6E for an LSN timeline 3 holds since 0/B000000)."""
+    watch = restore._StallWatch(tmp_path / "log", [(1, 0x0B000000), (3, None)])
+    assert watch._file("0/6E000148") == " (file 00000003000000000000006E)"
+    assert watch._file("0/0A000148") == " (file 00000001000000000000000A)"
+    assert restore._StallWatch(tmp_path / "log")._file("0/6E000148") == ""
