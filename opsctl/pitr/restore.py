@@ -261,7 +261,15 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         window = next((w for w in inv.windows if layout.segno(w.start_lsn) <= tip_seg
                        and layout.parse_segment(w.end_segment)[1] >= layout.segno(layout.lsn(tip.stop_lsn))), None)
         if window is None:
-            gap = next((p for p in inv.problems), None)
+            queued = _queued(state) if sysid == live_sysid else set()
+            waiting = next((p for p in inv.problems if p.kind == "missing" and p.file in queued), None)
+            gap = waiting or next((p for p in inv.problems), None)
+            if waiting is not None:
+                # not broken: behind (breaker 16 F4: a slow or stopped archiver read as a broken archive)
+                raise UsageError(f"base backup {tip.id}'s WAL is not archived yet: {gap.file} waits in the local "
+                                 f"queue ({len(queued)} file(s); the archiver is behind or stopped, 'opsctl health' "
+                                 f"shows it): choose a time before {tip.finished_at.isoformat(timespec='seconds')} "
+                                 "or restore once the queue has drained; nothing was changed")
             raise OperationFailed(f"base backup {tip.id} can't be restored: the WAL it needs is broken"
                                   + (f" ({gap.line()})" if gap else "") + "; nothing was changed")
         if sysid == live_sysid:  # timelines the repository does not hold yet count for the next one
@@ -330,6 +338,16 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     if queue_notes:
         p.context["notes"] = queue_notes
     return p
+
+
+def _queued(state) -> set[str]:
+    """The WAL files waiting in the embedded platform's local queue (empty without one)."""
+    from opsctl.pitr.local import queue_dir
+
+    try:
+        return {p.name for p in queue_dir(state).iterdir() if layout.WAL_FILE.fullmatch(p.name)}
+    except (OSError, AttributeError):
+        return set()
 
 
 QUEUE_WAIT = 30.0  # seconds a restore to 'latest' waits for the local WAL queue to be uploaded
