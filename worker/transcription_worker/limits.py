@@ -152,7 +152,8 @@ class Limits:
                 if not int(got):
                     metrics.RATE_LIMITED.labels("open_uploads").inc()
                     raise APIError(429, f"at most {self.open_uploads} unfinished uploads per API key;"
-                                   " complete or cancel one", code="concurrent_uploads_exceeded",
+                                   " complete or cancel one (a cancelled presigned upload counts until its"
+                                   " part URLs expire)", code="concurrent_uploads_exceeded",
                                    retry_after=60)
             if self.daily_upload_mb:
                 day = f"worker:upload-bytes:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"
