@@ -141,8 +141,9 @@ def _context(project: Project, env: Environment):
 
 def cluster_id(repo, state) -> str:
     """The live cluster's system identifier, or (its data gone, or `state` None: the platform
-    was never started on this host) the one the repository holds; UsageError when it holds
-    none or several."""
+    was never started on this host) the one the repository holds, or of several the one it
+    holds base backups of (another's WAL alone restores nothing); UsageError when it holds
+    none, or several with base backups (or several and none with one)."""
     from opsctl.local import postgres as pg
     from opsctl.pitr.archive import system_identifier
 
@@ -150,6 +151,9 @@ def cluster_id(repo, state) -> str:
     if live is not None and pg.initialized(live):
         return system_identifier(live)
     found = chain.sysids(repo)
+    if len(found) > 1:  # as restore after a lost disk chooses: the clusters it holds base backups of
+        found = [s for s in found if any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(s)))] \
+            or found
     here = "the live data directory is gone" if state is not None else "no cluster runs here"
     if not found:
         raise UsageError(f"{here} and {repo.url} holds no archived cluster (nothing under pitr/); check "

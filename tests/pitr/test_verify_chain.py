@@ -220,6 +220,13 @@ def test_a_new_host_verifies_the_chain_and_lists_the_window_before_local_up(pitr
     (other / "pitr" / "7400000000000000042" / "wal" / "00000001.history").write_bytes(b"x")
     doc["environments"]["local"]["backup"]["repository"] = f"file://{other}"
     (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    # its WAL alone restores nothing: the cluster with base backups is the one (breaker 16 F7:
+    # list and verify-chain refused where a restore after a lost disk chose it)
+    r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["sysid"] == pitr.sysid(), r.output
+    base = other / "pitr" / "7400000000000000042" / "base" / "20261201T000000Z-0000"
+    base.mkdir(parents=True)  # and with a base backup of its own, the two can't be told apart
+    (base / "base.json").write_bytes(b"{}")
     r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain"])
     assert r.exit_code == 2 and "holds 2 clusters" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert "point backup.repository at a copy holding only the one to use" in r.output, r.output
