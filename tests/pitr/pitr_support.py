@@ -79,19 +79,25 @@ class Pitr:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else None
 
-    def wait_archived(self, timeout: float = 120.0) -> str:
-        """Switch to a new segment and wait until the finished one is in the repository."""
+    def segment_archived(self, segment: str, timeout: float) -> bool:
+        """Whether WAL file `segment` is in the repository within `timeout` seconds (polled)."""
         from opsctl.pitr import layout
 
-        # a switch with no WAL since the previous one does nothing: write a record first
-        self.sql("select pg_logical_emit_message(false, 'opsctl-test', 'mark')", db="postgres")
-        (lsn,) = self.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
-        prefix = layout.wal_prefix(self.sysid()) + lsn + "."
+        prefix = layout.wal_prefix(self.sysid()) + segment + "."
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.repo().names(prefix):
-                return lsn
+                return True
             time.sleep(0.2)
+        return False
+
+    def wait_archived(self, timeout: float = 120.0) -> str:
+        """Switch to a new segment and wait until the finished one is in the repository."""
+        # a switch with no WAL since the previous one does nothing: write a record first
+        self.sql("select pg_logical_emit_message(false, 'opsctl-test', 'mark')", db="postgres")
+        (lsn,) = self.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+        if self.segment_archived(lsn, timeout):
+            return lsn
         import signal
 
         comp = self.state().components.get("archiver")
@@ -160,7 +166,6 @@ class Inserter:
 @pytest.fixture(scope="module")
 def pitr(tmp_path_factory):
     from opsctl.local import postgres as pg
-    from opsctl.local import state as st
     from opsctl.pitr import local as pitr_local
 
     import tempfile

@@ -11,18 +11,6 @@ import time
 from test_restore_swap import _base_backup  # noqa: E402
 
 
-def _archived_within(pitr, segment: str, seconds: float) -> bool:
-    from opsctl.pitr import layout
-
-    prefix = layout.wal_prefix(pitr.sysid()) + segment + "."
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if pitr.repo().names(prefix):
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def test_commits_after_an_in_place_restore_are_archived_on_archive_timeout(pitr, runner):
     _base_backup(pitr, runner)
     pitr.sql("insert into events(note) select 'before' from generate_series(1, 10)")
@@ -30,13 +18,13 @@ def test_commits_after_an_in_place_restore_are_archived_on_archive_timeout(pitr,
     # archive_timeout (1 s here) ships a commit before any restore ...
     pitr.sql("insert into events(note) values ('before the restore, unswitched')")
     (segment,) = pitr.sql("select pg_walfile_name(pg_current_wal_lsn())", db="postgres")[0]
-    assert _archived_within(pitr, segment, 60), f"{segment} was not archived on archive_timeout before any restore"
+    assert pitr.segment_archived(segment, 60), f"{segment} was not archived on archive_timeout before any restore"
     swapped = pitr.cli(runner, "restore", "--to-time", "latest", "--yes")
     assert swapped.exit_code == 0, swapped.output
     for round_ in range(2):  # ... and after it, the first commit and a later one alike
         pitr.sql("insert into events(note) values (%s)", (f"after the restore {round_}",))
         (segment,) = pitr.sql("select pg_walfile_name(pg_current_wal_lsn())", db="postgres")[0]
-        assert _archived_within(pitr, segment, 60), (
+        assert pitr.segment_archived(segment, 60), (
             f"{segment} (a commit after the restore) was not archived within 60 s: "
             + str(pitr.sql("select pg_current_wal_lsn()::text, current_setting('archive_timeout')", db="postgres")))
 
@@ -56,7 +44,13 @@ def test_health_warns_when_a_commit_waits_past_archive_timeout(pitr):
 
     pitr.wait_archived()
     assert archive_lag(pitr.project(), pitr.env()).status == Status.OK
-    (checkpointer,) = [c for c in psutil.Process(pitr.pid).children() if "checkpointer" in " ".join(c.cmdline())]
+    def title(proc) -> str:  # a short-lived child (archive_command's shell, a backend) may be gone
+        try:
+            return " ".join(proc.cmdline())
+        except psutil.Error:
+            return ""
+
+    (checkpointer,) = [c for c in psutil.Process(pitr.pid).children() if "checkpointer" in title(c)]
     os.kill(checkpointer.pid, signal.SIGSTOP)
     try:
         pitr.sql("insert into events(note) values ('waits for its segment')")
