@@ -72,8 +72,9 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False,
         c.print(f"cluster {r.sysid} in {r.repository}: {len(r.base_backups)} base backup(s), "
                 f"{r.segments} WAL segment(s) on the path, {r.checked} object(s) read and checked", soft_wrap=False)
         c.print(_windows_table(r, "recoverable windows"))
-        for p in r.problems:
-            c.print(f"[red]{p['file']}[/red]: {p['kind']} ({p['detail']})", soft_wrap=False)
+        for p in r.problems:  # a file still in the local queue is late, not lost
+            color = "yellow" if p["kind"] == "queued" else "red"
+            c.print(f"[{color}]{p['file']}[/{color}]: {p['kind']} ({p['detail']})", soft_wrap=False)
         for bid, why in r.unusable_base_backups.items():
             c.print(f"base backup {bid}: {why}", soft_wrap=False, markup=False)
         c.print(f"newest restorable time: {_t(r.newest_restorable, exact=True)}")

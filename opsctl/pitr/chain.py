@@ -37,12 +37,15 @@ _XACT_END = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+).*desc: (COMMIT|ABORT)(?:_PRE
 _RECORD = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+), prev")
 
 
+QUEUED = "queued"  # a Problem kind: absent from the repository, waiting in the local WAL queue
+
+
 @dataclass
 class Problem:
     """One fault of the archive: the PostgreSQL `file` it concerns, `kind` (missing | dropped | not
-    authentic | foreign object) and a `detail` for people."""
+    authentic | foreign object | queued) and a `detail` for people."""
     file: str
-    kind: str  # missing | dropped | not authentic | foreign object
+    kind: str  # missing | dropped | not authentic | foreign object | queued (QUEUED: not archived yet)
     detail: str
 
     def line(self) -> str:
@@ -92,8 +95,9 @@ class Inventory:
 
     @property
     def ok(self) -> bool:
-        """No problem found and no damaged base backup (running ones do not count)."""
-        return not self.problems and not self.bad_bases_broken
+        """No problem found and no damaged base backup (running ones, and WAL still in the local
+        queue, do not count)."""
+        return all(p.kind == QUEUED for p in self.problems) and not self.bad_bases_broken
 
     @property
     def bad_bases_broken(self) -> list[str]:
@@ -358,7 +362,7 @@ def reaches(stage: Path, tli: int, lsn: int) -> bool:
 def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,
               end_times: bool = True, progress=None, start_at: int | None = None,
               archived: str | None = None, live_path: list[tuple[int, int | None]] | None = None,
-              timeline: int | None = None) -> Inventory:
+              timeline: int | None = None, queued: set[str] | frozenset[str] = frozenset()) -> Inventory:
     """The chains and windows of cluster `sysid`.
 
     deep: read and check every WAL object on the path (not only the ones that date windows).
@@ -376,6 +380,10 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     timeline: follow this timeline's history instead of either (the operator's choice, as
     PostgreSQL's recovery_target_timeline, pgBackRest's --target-timeline); UsageError when
     the repository holds nothing of it.
+    queued: WAL files waiting in the live server's local queue: one absent from the repository
+    is a QUEUED problem (not archived yet), not "missing"; it ends a window all the same, and
+    does not make the inventory broken (`ok`), as WAL-G's wal-verify tells MISSING_DELAYED from
+    MISSING_LOST.
     Base backups whose tar is missing, of another size than their record says, (deep, without
     start_at) fails its authenticated read, or whose incremental parent is unusable, are moved to
     bad_bases (whole_bases): no window starts at them.
@@ -414,10 +422,12 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
         file = layout.segment(layout.timeline_of(n, inv.path), n)
         inv.segments.append(file)
         if file not in objects:
-            kind = "dropped" if file in dropped else "missing"
-            detail = "the local WAL queue was full when PostgreSQL archived it" if kind == "dropped" else \
-                "not in the repository" + (f", though the server reports {archived} archived"
-                                           if archived and n <= layout.parse_segment(archived[:24])[1] else "")
+            kind = "dropped" if file in dropped else QUEUED if file in queued else "missing"
+            detail = ("the local WAL queue was full when PostgreSQL archived it" if kind == "dropped" else
+                      "not archived yet: it waits in the local WAL queue (the archiver is behind or stopped)"
+                      if kind == QUEUED else
+                      "not in the repository" + (f", though the server reports {archived} archived"
+                                                 if archived and n <= layout.parse_segment(archived[:24])[1] else ""))
             bad_at[n] = Problem(file, kind, detail)
             continue
         if deep and (until is None or n <= until) and file not in inv.good:

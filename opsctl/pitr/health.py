@@ -76,7 +76,7 @@ def ask_archiver(url: str) -> dict:
     "oldest_ready_age": seconds the oldest has waited (None when none waits), "unswitched_age":
     seconds since the newest commit when it came after the last file archived (its segment not
     yet handed to archive_command: a lower bound of how long commits wait unarchived; None
-    otherwise, or without commit timestamps), "archive_mode"}.
+    otherwise, without commit timestamps, or with no archived time), "archive_mode"}.
     Times are the server's, so ages don't depend on this host's clock. pg_ls_archive_statusdir
     needs a superuser (or a role granted it); without it "ready" and "oldest_ready_age" are
     None. Raises psycopg.Error when the server can't be asked (3 s to connect)."""
@@ -89,8 +89,10 @@ def ask_archiver(url: str) -> dict:
         except psycopg.errors.InsufficientPrivilege:
             row = conn.execute(_ARCHIVER_SQL_UNPRIVILEGED).fetchone()
     failures, wal, failed_at, archived_at, oldest_ready, ready, last_commit, now = row
-    unswitched = (max(0.0, now - last_commit) if last_commit is not None
-                  and (archived_at is None or last_commit > archived_at) else None)
+    # with no archived time (nothing archived yet, or the statistics reset: breaker 17 F8) the
+    # newest commit dates nothing: it may long be archived
+    unswitched = (max(0.0, now - last_commit) if last_commit is not None and archived_at is not None
+                  and last_commit > archived_at else None)
     return {"failing": failed_at is not None and (archived_at is None or failed_at > archived_at),
             "wal": wal, "failures": failures, "failed_at": failed_at, "archived_at": archived_at,
             "ready": ready, "oldest_ready_age": None if oldest_ready is None else max(0.0, now - oldest_ready),

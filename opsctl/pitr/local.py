@@ -24,6 +24,17 @@ def queue_dir(state) -> Path:
     return state.data("wal-queue")
 
 
+def queued_wal(state) -> set[str]:
+    """The WAL files waiting in the embedded platform's local queue for the archiver (empty
+    without a queue): handed to archive_command, not yet in the repository."""
+    from opsctl.pitr import layout
+
+    try:
+        return {p.name for p in queue_dir(state).iterdir() if layout.WAL_FILE.fullmatch(p.name)}
+    except OSError:
+        return set()
+
+
 def server_settings(state, env) -> dict[str, str]:
     """Settings for the platform's PostgreSQL: archiving into the queue, WAL summaries."""
     from opsctl.local import postgres as pg

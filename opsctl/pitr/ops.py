@@ -225,8 +225,25 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
     if not any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(sysid))):
         sysid = chain.other_cluster(repo, sysid) or sysid  # after a lost disk: the cluster restore restores
     inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),
-                          live_path=live_path(project, env, sysid), timeline=timeline)
+                          live_path=live_path(project, env, sysid), timeline=timeline,
+                          queued=_queued_for(state, sysid))
     return _report(inv)
+
+
+def _queued_for(state, sysid: str) -> set[str]:
+    """The local WAL queue's files when the live cluster here is `sysid` (else: none of its WAL)."""
+    from opsctl.errors import OpsError
+    from opsctl.pitr import local as pitr_local
+    from opsctl.pitr.archive import system_identifier
+
+    if state is None:
+        return set()
+    try:
+        if system_identifier(state.data("postgres")) != sysid:
+            return set()
+    except (OpsError, OSError):
+        return set()
+    return pitr_local.queued_wal(state)
 
 
 def windows(project: Project, env: Environment) -> ChainReport | None:

@@ -254,6 +254,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     unpacked = unpacker.submit(_unpack_chain, repo, key, backups, new, work, unpack_report)
     unpacker.shutdown(wait=False)
     try:
+        from opsctl.pitr import local as pitr_local
         from opsctl.pitr.ops import server_archived
 
         # segments the server archived that are gone from the repository end the window as gaps
@@ -261,19 +262,18 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         inv = chain.inventory(repo, key, sysid, deep=True, stage=stage, start_at=tip_seg, progress=report,
                               end_times=when is not None,  # dating the window's end reads WAL: only for a time
                               archived=server_archived(project, env, sysid),
+                              queued=pitr_local.queued_wal(state) if sysid == live_sysid else set(),
                               live_path=live if sysid == live_sysid else None, timeline=timeline)
         window = next((w for w in inv.windows if layout.segno(w.start_lsn) <= tip_seg
                        and layout.parse_segment(w.end_segment)[1] >= layout.segno(layout.lsn(tip.stop_lsn))), None)
         if window is None:
-            queued = _queued(state) if sysid == live_sysid else set()
-            waiting = next((p for p in inv.problems if p.kind == "missing" and p.file in queued), None)
+            waiting = next((p for p in inv.problems if p.kind == chain.QUEUED), None)
             gap = waiting or next((p for p in inv.problems), None)
             if waiting is not None:
                 # not broken: behind (breaker 16 F4: a slow or stopped archiver read as a broken archive)
-                raise UsageError(f"base backup {tip.id}'s WAL is not archived yet: {gap.file} waits in the local "
-                                 f"queue ({len(queued)} file(s); the archiver is behind or stopped, 'opsctl health' "
-                                 f"shows it): choose a time before {tip.finished_at.isoformat(timespec='seconds')} "
-                                 "or restore once the queue has drained; nothing was changed")
+                raise UsageError(f"base backup {tip.id}'s WAL is not archived yet ({waiting.line()}): restore "
+                                 "to the newest restorable time 'opsctl backup verify-chain' shows, or once the "
+                                 "archiver has caught up ('opsctl health' shows its lag); nothing was changed")
             raise OperationFailed(f"base backup {tip.id} can't be restored: the WAL it needs is broken"
                                   + (f" ({gap.line()})" if gap else "") + "; nothing was changed")
         if sysid == live_sysid:  # timelines the repository does not hold yet count for the next one
@@ -342,16 +342,6 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     if queue_notes:
         p.context["notes"] = queue_notes
     return p
-
-
-def _queued(state) -> set[str]:
-    """The WAL files waiting in the embedded platform's local queue (empty without one)."""
-    from opsctl.pitr.local import queue_dir
-
-    try:
-        return {p.name for p in queue_dir(state).iterdir() if layout.WAL_FILE.fullmatch(p.name)}
-    except (OSError, AttributeError):
-        return set()
 
 
 QUEUE_WAIT = 30.0  # seconds a restore to 'latest' waits for the local WAL queue to be uploaded

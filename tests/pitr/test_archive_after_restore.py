@@ -67,18 +67,26 @@ def test_health_warns_when_a_commit_waits_past_archive_timeout(pitr):
         os.kill(checkpointer.pid, signal.SIGCONT)
     pitr.wait_archived()
     assert archive_lag(pitr.project(), pitr.env()).status == Status.OK
+    # statistics reset (an operator debugging archiving): the newest commit dates nothing then,
+    # and an idle server stays OK (breaker 17 F8: WARNING, then CRITICAL past the RPO)
+    pitr.sql("select pg_stat_reset_shared('archiver')", db="postgres")
+    time.sleep(8)
+    assert archive_lag(pitr.project(), pitr.env()).status == Status.OK
 
 
 def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_broken(pitr, runner, monkeypatch):
     """Breaker 16 F4: with the archiver behind (stopped here), a restore to a time after the
     newest base backup said "the WAL it needs is broken ... missing" (exit 1) while that WAL
     sat in the local queue. It is refused as not archived yet (exit 2, one line, naming the
-    queue and a time that restores), and restores once the queue has drained."""
+    queue), and verify-chain names those files queued, not missing, and exits 0."""
     import datetime as dt
+    import json
 
     from opsctl.local import state as st
     from opsctl.pitr import local as pitr_local
 
+    _base_backup(pitr, runner)  # a window that is archived, before the archiver stops
+    pitr.wait_archived()
     folder = st.folder_for(pitr.root)
     with st.locked(folder):
         state = st.load(folder)
@@ -87,14 +95,24 @@ def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_brok
     monkeypatch.setattr(pitr_local, "ensure_archiver", lambda *a, **kw: "the repository is down (test)")
     try:
         pitr.sql("insert into events(note) values ('before the base backup')")
+        before = dt.datetime.now(dt.timezone.utc).isoformat()
         assert pitr.cli(runner, "backup", "base").exit_code == 0
         pitr.sql("insert into events(note) values ('after the base backup')")
         pitr.sql("select pg_switch_wal()", db="postgres")
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         r = pitr.cli(runner, "restore", "--to-time", now, "--beside")
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
-        assert "WAL is not archived yet" in r.output and "waits in the local queue" in r.output, r.output
+        assert "WAL is not archived yet" in r.output and "waits in the local WAL queue" in r.output, r.output
         assert "broken" not in r.output, r.output
+        # verify-chain says the same of them (breaker 17 F11): late, not lost; not a broken chain
+        checked = pitr.cli(runner, "backup", "verify-chain", "--json")
+        assert checked.exit_code == 0, checked.output
+        problems = json.loads(checked.stdout)["problems"]
+        assert problems and {p["kind"] for p in problems} == {"queued"}, problems
+        # and a time before the base backup, refused too when its WAL waits as well, says why
+        # in the same words (breaker 17 F10: "missing (not in the repository)")
+        r = pitr.cli(runner, "restore", "--to-time", before, "--beside")
+        assert "missing" not in r.output and "broken" not in r.output, r.output
     finally:
         monkeypatch.undo()
         pitr.ensure_archiver()
