@@ -148,6 +148,12 @@ def abandon(repo, key, sysid: str, tli: int, history: str, why: str) -> str:
     return name
 
 
+def has_base_backups(repo, sysid: str) -> bool:
+    """Whether the repository holds a base backup's record for cluster `sysid` (a folder without
+    one, running or interrupted, is none)."""
+    return any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(sysid)))
+
+
 def other_cluster(repo, sysid: str) -> str | None:
     """The one cluster other than `sysid` the repository holds base backups of (a base
     backup's record: a folder without one, running or interrupted, is none), None when there is
@@ -155,8 +161,7 @@ def other_cluster(repo, sysid: str) -> str | None:
     directory lost and made anew by `local up`), gives way to in restore and verify-chain."""
     from opsctl.errors import UsageError
 
-    others = [s for s in sysids(repo) if s != sysid
-              and any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(s)))]
+    others = [s for s in sysids(repo) if s != sysid and has_base_backups(repo, s)]
     if len(others) > 1:
         raise UsageError(f"no base backup of the live cluster (system {sysid}) in {repo.url}, which holds "
                          f"base backups of clusters {', '.join(others)}; restore names one only when it is "
@@ -279,9 +284,9 @@ def left_for(repo, key, sysid: str, objects: dict[str, list[layout.WalObject]], 
     first = None
     for child in newer:
         text = _history(repo, key, sysid, objects, child, problems, {})
-        if text is None or text in abandoned.get(child, set()) or not layout.parse_history(text):
+        entries = layout.parse_history(text) if text is not None and text not in abandoned.get(child, set()) else []
+        if not entries:
             continue
-        entries = layout.parse_history(text)
         switch = dict(entries).get(tli)
         if switch is not None:
             return child, tli, switch

@@ -222,7 +222,7 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
         from opsctl.pitr.restore import record_abandoned
 
         record_abandoned(project, env, state)  # what a killed undo noted
-    if not any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(sysid))):
+    if not chain.has_base_backups(repo, sysid):
         sysid = chain.other_cluster(repo, sysid) or sysid  # after a lost disk: the cluster restore restores
     inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),
                           live_path=live_path(project, env, sysid), timeline=timeline,

@@ -152,8 +152,7 @@ def cluster_id(repo, state) -> str:
         return system_identifier(live)
     found = chain.sysids(repo)
     if len(found) > 1:  # as restore after a lost disk chooses: the clusters it holds base backups of
-        found = [s for s in found if any(n.endswith(f"/{bb.RECORD}") for n in repo.names(layout.base_prefix(s)))] \
-            or found
+        found = [s for s in found if chain.has_base_backups(repo, s)] or found
     here = "the live data directory is gone" if state is not None else "no cluster runs here"
     if not found:
         raise UsageError(f"{here} and {repo.url} holds no archived cluster (nothing under pitr/); check "
@@ -268,12 +267,12 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                        and layout.parse_segment(w.end_segment)[1] >= layout.segno(layout.lsn(tip.stop_lsn))), None)
         if window is None:
             waiting = next((p for p in inv.problems if p.kind == chain.QUEUED), None)
-            gap = waiting or next((p for p in inv.problems), None)
             if waiting is not None:
                 # not broken: behind (breaker 16 F4: a slow or stopped archiver read as a broken archive)
                 raise UsageError(f"base backup {tip.id}'s WAL is not archived yet ({waiting.line()}): restore "
                                  "to the newest restorable time 'opsctl backup verify-chain' shows, or once the "
                                  "archiver has caught up ('opsctl health' shows its lag); nothing was changed")
+            gap = next(iter(inv.problems), None)
             raise OperationFailed(f"base backup {tip.id} can't be restored: the WAL it needs is broken"
                                   + (f" ({gap.line()})" if gap else "") + "; nothing was changed")
         if sysid == live_sysid:  # timelines the repository does not hold yet count for the next one
