@@ -294,6 +294,16 @@ def left_for(repo, key, sysid: str, objects: dict[str, list[layout.WalObject]], 
     return first
 
 
+def left_text(tli: int, left: tuple[int, int, int]) -> str:
+    """Where timeline `tli` was left, from left_for's (child, parent, switch LSN): the child
+    that branched from it, or the timeline the server moved to (a sibling or a later branch)."""
+    child, parent, switch = left
+    if parent == tli:
+        return f"timeline {child} branched from it at {layout.lsn_text(switch)}"
+    return (f"the server left it for timeline {child}, which branched from timeline {parent} at "
+            f"{layout.lsn_text(switch)}")
+
+
 def on_path(b: bb.BaseBackup, path: list[tuple[int, int | None]]) -> bool:
     """Whether base backup `b` lies on the timeline path `path` ([(tli, end LSN or None)], oldest
     first, as layout.history_path gives it): its timeline holds its WAL from its start to its

@@ -121,7 +121,8 @@ def _started_state(project: Project, env: Environment):
         return None
 
 
-def _report(inv: chain.Inventory) -> ChainReport:
+def _report(inv: chain.Inventory, end: str = "end of the archive") -> ChainReport:
+    """The report of `inv`; `end`: what ends a window nothing broke (its `ends_at`)."""
     return ChainReport(
         repository=inv.repository, sysid=inv.sysid, ok=inv.ok and bool(inv.windows),
         base_backups=[{"id": b.id, "kind": b.kind, "parent": b.parent, "finished_at": b.finished_at,
@@ -131,7 +132,7 @@ def _report(inv: chain.Inventory) -> ChainReport:
         problems=[{"file": p.file, "kind": p.kind, "detail": p.detail} for p in inv.problems],
         windows=[{"base": w.base_id, "from": w.start, "to": w.end, "last_commit": w.last_commit,
                   "to_lsn": layout.lsn_text(w.end_lsn), "last_segment": w.end_segment,
-                  "ends_at": w.stopped_by.line() if w.stopped_by else "end of the archive"} for w in inv.windows],
+                  "ends_at": w.stopped_by.line() if w.stopped_by else end} for w in inv.windows],
         newest_restorable=inv.newest_restorable,
         timeline_path=[{"timeline": t, "until": layout.lsn_text(e) if e is not None else None} for t, e in inv.path])
 
@@ -227,7 +228,10 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
     inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),
                           live_path=live_path(project, env, sysid), timeline=timeline,
                           queued=_queued_for(state, sysid))
-    return _report(inv)
+    left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
+    # a timeline that was left ends for good where it was left, not at the archive's end
+    return _report(inv, f"timeline {timeline} ends there: {chain.left_text(timeline, left)}" if left else
+                   "end of the archive")
 
 
 def _queued_for(state, sysid: str) -> set[str]:
@@ -263,7 +267,9 @@ def windows(project: Project, env: Environment) -> ChainReport | None:
     if not repo.names(layout.root(sysid) + "/"):
         return None
     try:
-        return _report(chain.inventory(repo, key, sysid, live_path=live_path(project, env, sysid)))
+        # a file still in the local queue ends a window as 'queued', as verify-chain says
+        return _report(chain.inventory(repo, key, sysid, live_path=live_path(project, env, sysid),
+                                       queued=_queued_for(_started_state(project, env), sysid)))
     except OperationFailed:
         return None
 

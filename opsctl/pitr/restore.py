@@ -360,12 +360,9 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
     deadline = time.monotonic() + timeout
     told = False
     while True:
-        try:
-            queued = [p.name for p in queue.iterdir() if layout.WAL_FILE.fullmatch(p.name)]
-            # and what the server has yet to hand its archive_command (.ready, while it runs)
-            queued += [p.name for p in status.glob("*.ready")] if status.is_dir() else []
-        except OSError:
-            return []
+        queued = sorted(pitr_local.queued_wal(state))  # none without a queue (archiving off)
+        # and what the server has yet to hand its archive_command (.ready, while it runs)
+        queued += [p.name for p in status.glob("*.ready")] if status.is_dir() else []
         if not queued:
             return []
         running = pitr_local.archiver_pid(state) is not None
@@ -390,11 +387,8 @@ def _past_end(repo, key, sysid: str, inv, timeline: int | None) -> str:
     left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
     if left is None:
         return " (later WAL is not archived yet)"
-    child, parent, switch = left
-    where = (f"timeline {child} branched from it at {layout.lsn_text(switch)}" if parent == timeline else
-             f"the server left it for timeline {child}, which branched from timeline {parent} at "
-             f"{layout.lsn_text(switch)}")
-    return f" (timeline {timeline} ends there: {where}; to restore past it, --timeline {child} or leave out --timeline)"
+    return (f" (timeline {timeline} ends there: {chain.left_text(timeline, left)}; to restore past it, "
+            f"--timeline {left[0]} or leave out --timeline)")
 
 
 def _refuse_before_switch(stage: Path, path: list[tuple[int, int | None]], tli: int, lsn: int) -> None:
@@ -1141,15 +1135,24 @@ def _newest_commit(port: int) -> dt.datetime | None:
 
 
 def _later_commits(kept: Path, new: Path, live_newest: dt.datetime | None, archived: dt.datetime | None,
-                   recovered: dt.datetime | None) -> list[str]:
+                   recovered: dt.datetime | None, sysid: str) -> list[str]:
     """The note of an in-place restore whose replaced server (stopped; its data directory
     `kept`) committed after the restored point: the newest commit of its pg_wal at or after
     the restored timeline's switch point (read from `new`'s history), of the archive
     (`archived`, the window's newest) or that it reported before its stop (`live_newest`,
-    unknown after a restart until it commits), whichever is newest, when after `recovered`."""
+    unknown after a restart until it commits), whichever is newest, when after `recovered`.
+    A replaced server of another cluster than the restored `sysid` (the empty one `local up`
+    made after a lost disk) lost nothing of it: the note says which cluster it was instead."""
     from opsctl.errors import OpsError
     from opsctl.pitr import archive
 
+    try:
+        replaced = archive.system_identifier(kept)
+    except OpsError:
+        replaced = sysid  # unreadable: judged as the same cluster, the cautious note
+    if replaced != sysid:
+        return [f"the replaced server was another cluster (system {replaced}), not the one restored ({sysid}); "
+                f"its data directory stays in {kept}"]
     found = [t for t in (live_newest, archived) if t is not None]
     try:
         histories = sorted((new / "pg_wal").glob("*.history"))
@@ -1255,7 +1258,7 @@ def _swap(project: Project, env: Environment, new: Path, stamp: str, sysid: str,
             raise
         if queued_history is not None:  # the swap is final: its timeline is the live one, its history goes
             _drop_note(state, sysid, queued_history[0])
-        notes += _later_commits(kept, live, live_newest, archived, recovered)
+        notes += _later_commits(kept, live, live_newest, archived, recovered, sysid)
         from opsctl.pitr import local as pitr_local
 
         try:  # the restore is done: archiving failing to start is said, never undoes it

@@ -109,6 +109,12 @@ def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_brok
         assert checked.exit_code == 0, checked.output
         problems = json.loads(checked.stdout)["problems"]
         assert problems and {p["kind"] for p in problems} == {"queued"}, problems
+        # and backup list's window ends at the first of them as queued, not missing (session 15)
+        listed = pitr.cli(runner, "backup", "list", "--json")
+        assert listed.exit_code == 0, listed.output
+        ends = [w["ends_at"] for w in json.loads(listed.stdout)["pitr"]["windows"]]
+        assert ends and ends[-1].startswith(f"{problems[0]['file']}: queued"), ends
+        assert not any("missing" in e for e in ends), ends
         # and a time before the base backup, refused too when its WAL waits as well, says why
         # in the same words (breaker 17 F10: "missing (not in the repository)")
         r = pitr.cli(runner, "restore", "--to-time", before, "--beside")

@@ -157,6 +157,12 @@ def test_a_target_past_the_end_of_a_timeline_that_was_left_says_where_it_ended(p
         assert "not archived yet" not in r.output, r.output
         assert (f"timeline {old} ends there: timeline {new} branched from it at {layout.lsn_text(switch)}"
                 in r.output), r.output
+    # verify-chain along the old timeline says the same of where its window ends (breaker 17 F9:
+    # "end of the archive")
+    checked = pitr.cli(runner, "backup", "verify-chain", "--timeline", str(old), "--json")
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)["windows"][-1]["ends_at"] == (
+        f"timeline {old} ends there: timeline {new} branched from it at {layout.lsn_text(switch)}"), checked.output
     ok = pitr.cli(runner, "restore", "--to-time", after, "--beside", "--timeline", str(new), "--json")
     assert ok.exit_code == 0, ok.output
     pg.stop(json.loads(ok.stdout)["pid"])
@@ -174,3 +180,11 @@ def test_a_target_past_the_end_of_a_timeline_that_was_left_says_where_it_ended(p
     assert r.exit_code == 2 and "not archived yet" not in r.output, r.output
     assert (f"timeline {new} ends there: the server left it for timeline {third}, which branched from timeline "
             f"{old} at {layout.lsn_text(fork)}") in r.output, r.output
+    checked = pitr.cli(runner, "backup", "verify-chain", "--timeline", str(new), "--json")
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)["windows"][-1]["ends_at"] == (
+        f"timeline {new} ends there: the server left it for timeline {third}, which branched from timeline "
+        f"{old} at {layout.lsn_text(fork)}"), checked.output
+    # the timeline followed by default ends at the archive's end
+    checked = pitr.cli(runner, "backup", "verify-chain", "--json")
+    assert json.loads(checked.stdout)["windows"][-1]["ends_at"] == "end of the archive", checked.output
