@@ -101,6 +101,25 @@ def test_daily_audio_seconds_limit(http):
     assert 1 <= int(r.headers["retry-after"]) <= 86401
 
 
+def test_a_refused_job_gives_back_nothing_it_never_charged(http, worker):
+    """Breaker 19 F1: a job refused for the daily audio limit (429) refunded the seconds it
+    had not charged, so every refusal lowered the day's count by the refused file's length
+    and alternating requests made the limit unbounded. F2: the charge's Lua script wrote a
+    key the call never passed, and every accepted job logged "audio limit skipped, redis
+    unavailable" from a healthy Redis."""
+    part = LIMITS["daily_audio_seconds"] * 0.6  # one fits in the day, two do not
+
+    def job(seconds: float) -> httpx.Response:  # each a new file: no stored transcript answers it
+        return http.post("/v1/jobs", files={"file": (f"s{seconds}.wav", silence_wav(seconds))})
+
+    assert job(part).status_code == 202
+    assert_openai_error(job(part + 1), 429, "daily_audio_limit_exceeded")
+    # the refusal charged nothing and gave nothing back: the day still holds the first job
+    err = assert_openai_error(job(part + 2), 429, "daily_audio_limit_exceeded")
+    assert f"({part:.0f} s used" in err["message"], err
+    assert "audio limit skipped" not in worker.log_path.read_text()
+
+
 def test_full_queue_answers_429_with_retry_after(worker):
     """Concurrency 1 + queue size 1: of six simultaneous 30 s requests at most two are taken
     while the first runs (about 3 s), the rest are refused."""

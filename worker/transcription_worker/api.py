@@ -124,7 +124,7 @@ async def create_transcription(request: Request):
         seconds = len(audio) / 16_000
         slot = state.queue.reserve()
         try:
-            await state.limits.charge_audio(key_id, seconds)
+            charged = await state.limits.charge_audio(key_id, seconds)
         except BaseException:
             slot.release()
             raise
@@ -132,7 +132,8 @@ async def create_transcription(request: Request):
             result = await asyncio.wrap_future(
                 slot.submit(transcribe_audio, state.transcriber, audio, upload.options, "sync"))
         except BaseException:
-            await state.limits.refund_audio(key_id, seconds)
+            if charged:
+                await state.limits.refund_audio(key_id, seconds)
             raise
     if state.db is not None and not bypass:
         try:
@@ -223,9 +224,10 @@ async def create_job(request: Request):
                 return _replay(existing, upload)
         stored = None if bypass else await _stored_transcript(state, upload)
         slot = None if stored else state.queue.reserve()
+        charged = False  # only what was charged is given back: a 429 refusal charged nothing
         try:
             if slot:
-                await state.limits.charge_audio(key_id, seconds)
+                charged = await state.limits.charge_audio(key_id, seconds)
             if key is None:
                 key = state.store.key_for(upload.sha256, upload.filename)
                 await _db(state.store.put, key, upload.data, upload.content_type)
@@ -240,11 +242,13 @@ async def create_job(request: Request):
         except BaseException:
             if slot:
                 slot.release()
+            if charged:
                 await state.limits.refund_audio(key_id, seconds)
             raise
         if not created:  # a concurrent twin with the same Idempotency-Key won the insert
             if slot:
                 slot.release()
+            if charged:
                 await state.limits.refund_audio(key_id, seconds)
             return _replay(job, upload)
         metrics.JOBS.labels("deduplicated" if stored else "created").inc()

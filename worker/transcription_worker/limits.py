@@ -52,6 +52,16 @@ redis.call('SET', KEYS[2], KEYS[1] .. '|' .. ARGV[1], 'EX', 172800)
 return {1, tostring(used)}
 """
 
+# KEYS[1] the day's audio-seconds counter: _CHARGE without a charge record (a job's seconds are
+# given back by the request that charged them, which knows what it charged)
+_CHARGE_AUDIO = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, tostring(used)} end
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 172800)
+return {1, tostring(used)}
+"""
+
 # KEYS[1] an upload's charge record, KEYS[2] its refund-once marker (shared with _REFUND_ONCE):
 # give back what _CHARGE recorded, once; nothing when nothing was charged
 _REFUND_CHARGE = """
@@ -106,6 +116,7 @@ class Limits:
         self.rpm, self.uploads, self.daily = rpm, concurrent_uploads, daily_audio_seconds
         self.lease_ms = max(1, int(upload_lease_seconds * 1000))
         self._charge = self.redis.register_script(_CHARGE) if self.redis else None
+        self._charge_audio = self.redis.register_script(_CHARGE_AUDIO) if self.redis else None
         self._acquire = self.redis.register_script(_ACQUIRE) if self.redis else None
         self._renew = self.redis.register_script(_RENEW) if self.redis else None
         self.open_uploads, self.parts_per_minute, self.daily_upload_mb = (
@@ -293,22 +304,25 @@ class Limits:
     def _day_key(self, key_id: str) -> str:
         return f"worker:audio:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"
 
-    async def charge_audio(self, key_id: str, seconds: float) -> None:
+    async def charge_audio(self, key_id: str, seconds: float) -> bool:
         """Charge `seconds` of audio to the key's UTC day, atomically; 429
-        `daily_audio_limit_exceeded` (nothing charged) when it would pass the limit."""
+        `daily_audio_limit_exceeded` (nothing charged) when it would pass the limit. Returns
+        whether it charged (False: no limit, or Redis away): only a charge is ever refunded
+        (refund_audio), never a refusal nor a skipped charge."""
         if not (self.redis and self.daily):
-            return
+            return False
         try:
-            ok, used = await self._charge(keys=[self._day_key(key_id)], args=[seconds, self.daily])
+            ok, used = await self._charge_audio(keys=[self._day_key(key_id)], args=[seconds, self.daily])
         except RedisError as exc:
             log.warning("audio limit skipped, redis unavailable: %s", exc)
-            return
-        if not int(ok):
-            metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
-            raise APIError(429, f"daily audio limit of {self.daily} s reached for this API key"
-                           f" ({float(used):.0f} s used, this file is {seconds:.0f} s)",
-                           code="daily_audio_limit_exceeded",
-                           retry_after=_seconds_to_utc_midnight(time.time()))
+            return False
+        if int(ok):
+            return True
+        metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
+        raise APIError(429, f"daily audio limit of {self.daily} s reached for this API key"
+                       f" ({float(used):.0f} s used, this file is {seconds:.0f} s)",
+                       code="daily_audio_limit_exceeded",
+                       retry_after=_seconds_to_utc_midnight(time.time()))
 
     async def refund_audio(self, key_id: str, seconds: float) -> None:
         """Give back `seconds` charged for a transcription that did not happen."""
