@@ -271,8 +271,10 @@ def _path(repo, key, sysid: str, objects: dict, bases: list[bb.BaseBackup], prob
 def left_for(repo, key, sysid: str, objects: dict[str, list[layout.WalObject]], tli: int) -> tuple[int, int, int] | None:
     """Where timeline `tli` was left for a newer one the repository holds: (that timeline,
     the timeline it branched from, its switch LSN), read from the newer timelines' authentic
-    history files: the first that branched from `tli` itself, else the first newer one at all
-    (a restore to a point before `tli` began, or on an older branch, made it: the server left
+    history files: of those that branched from `tli` itself, the one that branched last (it
+    holds the most of `tli`: a restore to a past time branches early, a later restore along
+    `tli` to its end branches there; breaker 18 F1), else the first newer one at all (a
+    restore to a point before `tli` began, or on an older branch, made it: the server left
     `tli` then too); None when the repository holds no newer timeline, or when every one is
     recorded abandoned (an undone restore: the server went back and writes on). A timeline
     that was left ends for good, so a target past its end is no "not archived yet"."""
@@ -281,7 +283,7 @@ def left_for(repo, key, sysid: str, objects: dict[str, list[layout.WalObject]], 
         return None
     problems: list[Problem] = []
     abandoned = _abandoned(repo, key, sysid, repo.names(layout.abandoned_prefix(sysid)), problems)
-    first = None
+    first = last = None
     for child in newer:
         text = _history(repo, key, sysid, objects, child, problems, {})
         entries = layout.parse_history(text) if text is not None and text not in abandoned.get(child, set()) else []
@@ -289,15 +291,22 @@ def left_for(repo, key, sysid: str, objects: dict[str, list[layout.WalObject]], 
             continue
         switch = dict(entries).get(tli)
         if switch is not None:
-            return child, tli, switch
+            if last is None or switch >= last[2]:
+                last = (child, tli, switch)
+            continue
         first = first or (child, *entries[-1])
-    return first
+    return last or first
 
 
-def left_text(tli: int, left: tuple[int, int, int]) -> str:
+def left_text(tli: int, left: tuple[int, int, int], end_lsn: int | None = None) -> str:
     """Where timeline `tli` was left, from left_for's (child, parent, switch LSN): the child
-    that branched from it, or the timeline the server moved to (a sibling or a later branch)."""
+    that branched from it, or the timeline the server moved to (a sibling or a later branch).
+    `end_lsn`: where `tli`'s archived WAL ends; a child that branched before the segment it
+    ends in is said to, since it lacks what `tli` holds after its switch."""
     child, parent, switch = left
+    if parent == tli and end_lsn is not None and switch <= end_lsn - layout.SEGMENT_BYTES:
+        return (f"the server left it for timeline {child}, which branched from it at {layout.lsn_text(switch)}, "
+                f"before its end (timeline {child} lacks its later commits)")
     if parent == tli:
         return f"timeline {child} branched from it at {layout.lsn_text(switch)}"
     return (f"the server left it for timeline {child}, which branched from timeline {parent} at "

@@ -230,7 +230,8 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
                           queued=_queued_for(state, sysid))
     left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
     # a timeline that was left ends for good where it was left, not at the archive's end
-    return _report(inv, f"timeline {timeline} ends there: {chain.left_text(timeline, left)}" if left else
+    end = max((w.end_lsn for w in inv.windows), default=None)
+    return _report(inv, f"timeline {timeline} ends there: {chain.left_text(timeline, left, end)}" if left else
                    "end of the archive")
 
 

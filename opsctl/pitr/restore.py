@@ -277,7 +277,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                                   + (f" ({gap.line()})" if gap else "") + "; nothing was changed")
         if sysid == live_sysid:  # timelines the repository does not hold yet count for the next one
             _stage_local_histories(state, stage)
-        why = f" ({window.stopped_by.line()})" if window.stopped_by else _past_end(repo, key, sysid, inv, timeline)
+        why = (f" ({window.stopped_by.line()})" if window.stopped_by else
+               _past_end(repo, key, sysid, inv, timeline, window.end_lsn))
         if when is not None and when > window.end:
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
                              f"{window.end.isoformat()}{why}; choose an earlier --to-time"
@@ -380,14 +381,14 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
         time.sleep(0.2)
 
 
-def _past_end(repo, key, sysid: str, inv, timeline: int | None) -> str:
-    """Why the archived WAL of the restore's window ends where it does, when nothing broke it:
-    a timeline chosen with --timeline that a newer one left (its WAL ends for good; the rest
-    is on the branch), else WAL not archived yet."""
+def _past_end(repo, key, sysid: str, inv, timeline: int | None, end_lsn: int) -> str:
+    """Why the archived WAL of the restore's window (ending at `end_lsn`) ends where it does,
+    when nothing broke it: a timeline chosen with --timeline that a newer one left (its WAL
+    ends for good; the rest is on the branch), else WAL not archived yet."""
     left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
     if left is None:
         return " (later WAL is not archived yet)"
-    return (f" (timeline {timeline} ends there: {chain.left_text(timeline, left)}; to restore past it, "
+    return (f" (timeline {timeline} ends there: {chain.left_text(timeline, left, end_lsn)}; to restore past it, "
             f"--timeline {left[0]} or leave out --timeline)")
 
 
@@ -1159,7 +1160,10 @@ def _later_commits(kept: Path, new: Path, live_newest: dt.datetime | None, archi
         switch = layout.parse_history(histories[-1].read_text())[-1][1] if histories else 0
         tli = archive.control_timeline(kept)
         for seg in sorted((kept / "pg_wal").iterdir()):
-            if layout.WAL_FILE.fullmatch(seg.name) and layout.parse_segment(seg.name)[0] == tli \
+            # segments only: a timeline history there (every timeline after the first has
+            # one) is no segment, and parsing it as one ended the scan (breaker 18 F6)
+            m = layout.WAL_FILE.fullmatch(seg.name)
+            if m and m["seg"] and not m["partial"] and layout.parse_segment(seg.name)[0] == tli \
                     and layout.parse_segment(seg.name)[1] >= layout.segno(switch):
                 found += [t for at, t, kind in chain.segment_xact_ends(seg) if kind == "COMMIT" and at >= switch]
     except (OpsError, OSError, ValueError, IndexError):

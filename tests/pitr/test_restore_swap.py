@@ -472,6 +472,43 @@ def test_commits_the_replaced_server_made_after_the_restored_point_are_said_and_
     assert until.timestamp() > first_lost - 1, (note, first_lost)  # it counts the lost ones (1 s: clock reads)
 
 
+def test_commits_a_crashed_server_made_after_the_archive_are_said_on_a_later_timeline(pitr, runner):
+    """Breaker 18 F6: kill -9 of PostgreSQL on timeline 2 or later (after any earlier restore or
+    failover), then an in-place `restore --to-time latest`: the acknowledged commits after
+    the archive's end, only in the replaced server's pg_wal, went unsaid (exit 0, no note). A
+    dead server reports no newest commit, and the scan of its pg_wal parsed the timeline
+    history file there as a segment and stopped at it."""
+    import json
+    import os
+    import signal
+
+    import psutil
+    from pitr_support import Inserter
+
+    _base_backup(pitr, runner)
+    first = pitr.cli(runner, "restore", "--to-time", "latest", "--yes")  # onto timeline 2 or later
+    assert first.exit_code == 0, first.output
+    inserter = Inserter(pitr.url("pitrdb")).start()
+    while len(inserter.committed) < 50:
+        time.sleep(0.05)
+    victim = pitr.pid
+    os.killpg(victim, signal.SIGKILL)
+    inserter._thread.join(30)
+    inserter.stop()
+    psutil.wait_procs([psutil.Process(victim)] if psutil.pid_exists(victim) else [], timeout=10)
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    restored = {row[0] for row in pitr.sql("select id from events")}
+    lost = {rid for rid, _ in inserter.committed} - restored
+    assert lost, "every acknowledged commit was archived before the kill"  # the case (archive_timeout 1 s)
+    note = next((n for n in doc["notes"] if n.startswith(LATER)), None)
+    assert note is not None and note.endswith(f"they stay in {doc['previous_data_dir']}"), doc["notes"]
+    until = dt.datetime.fromisoformat(re.search(r"committed until (\S+), after", note).group(1))
+    last = max(t for rid, t in inserter.committed if rid in lost)  # time.time() after its commit
+    assert until.timestamp() > last - 1, (note, last)  # it dates the newest lost one (1 s: clock reads)
+
+
 def test_an_in_place_restore_keeps_the_commit_timestamps_of_what_it_restored(pitr, runner):
     """Breaker 14: the recovery server ran without track_commit_timestamp, so its promotion
     WAL-logged the setting off: every restored row's commit timestamp was gone on the live

@@ -188,3 +188,53 @@ def test_a_target_past_the_end_of_a_timeline_that_was_left_says_where_it_ended(p
     # the timeline followed by default ends at the archive's end
     checked = pitr.cli(runner, "backup", "verify-chain", "--json")
     assert json.loads(checked.stdout)["windows"][-1]["ends_at"] == "end of the archive", checked.output
+
+
+def test_a_timeline_left_twice_ends_at_the_branch_that_holds_the_most_of_it(pitr, runner):
+    """Breaker 18 F1: timeline 1 left for timeline 2 by a restore to a past time, then again
+    for timeline 3 by a restore along timeline 1 to its end. Past timeline 1's end, restore and
+    verify-chain named timeline 2 ("branched from it at" its early switch, beside "archived WAL
+    up to" a later LSN) and advised restoring it, though it lacks timeline 1's later commits.
+    Both now name timeline 3, which branched where timeline 1 ends; a child that branched
+    before the end is said to lack the later commits."""
+    import datetime as dt
+
+    from opsctl.pitr import layout
+
+    _base_backup(pitr, runner)
+    pitr.sql("insert into events(note) values ('before the first fork')")
+    pitr.wait_archived()
+    fork = dt.datetime.now(dt.timezone.utc).isoformat()
+    (old,) = pitr.sql("select timeline_id from pg_control_checkpoint()", db="postgres")[0]
+    for _ in range(2):  # timeline `old` goes on for two more segments after the first fork
+        pitr.sql("insert into events(note) select 'after the first fork' from generate_series(1, 20)")
+        pitr.wait_archived()
+
+    def switch_of(tli: int) -> int:
+        history = (pitr.state().data("postgres") / "pg_wal" / f"{tli:08X}.history").read_text()
+        return dict(layout.parse_history(history))[old]
+
+    early = pitr.cli(runner, "restore", "--to-time", fork, "--yes", "--json")
+    assert early.exit_code == 0, early.output
+    second = json.loads(early.stdout)["timeline"]
+    pitr.sql("insert into events(note) values ('on the early branch')")
+    pitr.wait_archived()
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    r = pitr.cli(runner, "restore", "--to-time", now, "--beside", "--timeline", str(old))
+    assert r.exit_code == 2, r.output
+    assert (f"the server left it for timeline {second}, which branched from it at "
+            f"{layout.lsn_text(switch_of(second))}, before its end (timeline {second} lacks its later commits)"
+            in r.output), r.output
+    along = pitr.cli(runner, "restore", "--timeline", str(old), "--to-time", "latest", "--yes", "--json")
+    assert along.exit_code == 0, along.output
+    third = json.loads(along.stdout)["timeline"]
+    pitr.wait_archived()
+    said = f"timeline {old} ends there: timeline {third} branched from it at {layout.lsn_text(switch_of(third))}"
+    r = pitr.cli(runner, "restore", "--to-time", dt.datetime.now(dt.timezone.utc).isoformat(), "--beside",
+                 "--timeline", str(old))
+    assert r.exit_code == 2 and said in r.output and f"--timeline {third} or" in r.output, r.output
+    checked = pitr.cli(runner, "backup", "verify-chain", "--timeline", str(old), "--json")
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)["windows"][-1]["ends_at"] == said, checked.output
+    notes = {n for (n,) in pitr.sql("select distinct note from events")}  # the live server: on the third
+    assert {"before the first fork", "after the first fork"} <= notes and "on the early branch" not in notes, notes
