@@ -438,6 +438,9 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     ends = [layout.parse_segment(f[:24]) for f in dropped if len(f) == 24]
     if archived and len(archived) >= 24 and layout.WAL_FILE.fullmatch(archived[:24]):
         ends.append(layout.parse_segment(archived[:24]))
+    # and the segments waiting in the local queue: the window ends at the first as QUEUED, not
+    # at "the end of the archive" while commits sit only on the local disk (breaker 18 F3)
+    ends += [layout.parse_segment(f) for f in queued if len(f) == 24 and layout.WAL_FILE.fullmatch(f)]
     on_path_segments += [n for tli, n in ends if layout.timeline_of(n, inv.path) == tli]
     last = max(on_path_segments + [first - 1] + [layout.segno(layout.lsn(b.stop_lsn)) for b in bases])
     bad_at: dict[int, Problem] = {}

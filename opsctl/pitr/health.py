@@ -158,6 +158,13 @@ def archive_lag(project, env) -> CheckResult:
     lag = max(env.backup.archive_timeout + waited, unswitched)
     details = {"queued": len(pending), "dropped": dropped, "archiver_running": running,
                "rpo_seconds": rpo, "archive_timeout_seconds": env.backup.archive_timeout}
+    # archived WAL restores nothing without a base backup of its cluster: every commit since the
+    # cluster was made is at risk until one is taken (breaker 18 F5: OK "lag at most 1 s" on a
+    # cluster `local up` made anew after a lost disk, or on any fresh platform)
+    unbacked = _without_base_backup(project, env, state)
+    if unbacked is not None:
+        details["base_backup"] = False
+        lag = max(lag, now - unbacked[1])
     if quarantined:
         details["quarantined"] = quarantined
     if failing:
@@ -183,6 +190,10 @@ def archive_lag(project, env) -> CheckResult:
     elif pending and not running:
         status, text = Status.CRITICAL, (f"{len(pending)} WAL segment(s) wait and no archiver runs "
                                          "('opsctl local up' starts it; read its log)")
+    elif lag > rpo and unbacked is not None:
+        status, text = Status.CRITICAL, (f"no base backup of cluster {unbacked[0]}: its commits of the last "
+                                         f"{lag:.0f} s restore nothing, above the RPO of {env.dr.rpo} "
+                                         "('opsctl backup base')")
     elif lag > rpo:
         status, text = Status.CRITICAL, f"archive lag {lag:.0f} s, above the RPO of {env.dr.rpo}"
     elif not running:
@@ -191,9 +202,30 @@ def archive_lag(project, env) -> CheckResult:
         status, text = Status.WARNING, _late_text(unswitched, env.backup.archive_timeout)
     else:
         status, text = Status.OK, f"archive lag at most {lag:.0f} s ({len(pending)} queued; RPO {env.dr.rpo})"
+    if unbacked is not None and status != Status.CRITICAL:
+        text += (f"; no base backup of cluster {unbacked[0]} yet: its archived WAL restores nothing until "
+                 f"'opsctl backup base' (commits at risk for {lag:.0f} s, within the RPO)")
     if failing and "archive_command fails" not in text:  # a worse fault came first: say both
         text += f"; archive_command also fails on {failing['wal']}"
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
+
+
+def _without_base_backup(project, env, state) -> tuple[str, float] | None:
+    """(system identifier, when it was made: epoch seconds) of the live cluster when the
+    repository holds no base backup of it; None when it holds one, or when that can't be told
+    (no data directory, the repository unreadable: the rest of the check still runs). The
+    time is the identifier's upper 32 bits, initdb's clock (PostgreSQL's xlog.c, BootStrapXLOG)."""
+    from opsctl.pitr import archive, chain
+    from opsctl.pitr.ops import sealed_repository
+
+    try:
+        sysid = archive.system_identifier(state.data("postgres"))
+        repo, _key = sealed_repository(project, env)
+        if chain.has_base_backups(repo, sysid):
+            return None
+    except Exception:  # noqa: BLE001 - OpsError, OSError, a repository client's own (boto3's): can't be told
+        return None
+    return sysid, float(int(sysid) >> 32)
 
 
 def server_archive_lag(env, name: str) -> CheckResult:

@@ -110,6 +110,17 @@ def _sysid(project: Project, env: Environment, repo) -> str:
     return cluster_id(repo, _started_state(project, env))
 
 
+def _checked_sysid(project: Project, env: Environment, repo) -> str:
+    """The cluster verify-chain and backup list show: the live one (_sysid) or, when it has no
+    base backup (its data directory lost and made anew by `local up`), the one other cluster
+    the repository holds base backups of: the one a restore restores (chain.other_cluster,
+    UsageError when there are several)."""
+    sysid = _sysid(project, env, repo)
+    if not chain.has_base_backups(repo, sysid):
+        sysid = chain.other_cluster(repo, sysid) or sysid
+    return sysid
+
+
 def _started_state(project: Project, env: Environment):
     """The embedded platform's state, or None when it was never started here (UsageError when
     `env` is not the embedded platform, as local_state)."""
@@ -218,13 +229,11 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
     `timeline`: the windows along that timeline's history (chain.inventory), not the one
     restores follow by default."""
     repo, key = sealed_repository(project, env)
-    sysid = _sysid(project, env, repo)
     if (state := _started_state(project, env)) is not None:
         from opsctl.pitr.restore import record_abandoned
 
         record_abandoned(project, env, state)  # what a killed undo noted
-    if not chain.has_base_backups(repo, sysid):
-        sysid = chain.other_cluster(repo, sysid) or sysid  # after a lost disk: the cluster restore restores
+    sysid = _checked_sysid(project, env, repo)  # after a lost disk: the cluster restore restores
     inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),
                           live_path=live_path(project, env, sysid), timeline=timeline,
                           queued=_queued_for(state, sysid))
@@ -260,7 +269,7 @@ def windows(project: Project, env: Environment) -> ChainReport | None:
     except UsageError:
         return None
     try:
-        sysid = _sysid(project, env, repo)
+        sysid = _checked_sysid(project, env, repo)  # after a lost disk too (breaker 18 F4)
     except UsageError:
         if len(chain.sysids(repo)) > 1:
             raise

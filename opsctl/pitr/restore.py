@@ -233,6 +233,10 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         what = f"LSN {layout.lsn_text(lsn)}"
     else:
         fits, what = usable, "the newest restorable time"
+        if sysid == live_sysid:
+            from opsctl.pitr import local as pitr_local
+
+            fits = _archived_bases(fits, listed, pitr_local.queued_wal(state), queue_notes)
     if not fits:
         first = usable[0]
         raise UsageError(f"{what} is before the oldest base backup ({first.id}, finished "
@@ -282,7 +286,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         if when is not None and when > window.end:
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
                              f"{window.end.isoformat()}{why}; choose an earlier --to-time"
-                             + ("" if window.stopped_by else " or 'latest'") + "; nothing was changed")
+                             + ("" if window.stopped_by and window.stopped_by.kind != chain.QUEUED else
+                                " or 'latest'") + "; nothing was changed")
         if lsn is not None and lsn > window.end_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
                              f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
@@ -296,7 +301,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is after the last archived WAL record{why}: no whole "
                              f"record starts at or after it, so recovery would never reach it; {hint} (or "
                              "--to-time); nothing was changed")
-        if latest and window.stopped_by is not None:
+        if latest and window.stopped_by is not None and window.stopped_by.kind != chain.QUEUED:
             # 'latest' means all that was archived: a damaged, missing or dropped segment with
             # archived WAL after it would end the restore silently short of it
             raise UsageError(f"the archived WAL breaks before its end ({window.stopped_by.line()}): 'latest' "
@@ -345,6 +350,31 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
 
 
 QUEUE_WAIT = 30.0  # seconds a restore to 'latest' waits for the local WAL queue to be uploaded
+
+
+def _archived_bases(bases: list, listed: chain.Inventory, queued: set[str], notes: list[str]) -> list:
+    """For 'latest': `bases` without the newer ones whose WAL (start to stop) still waits in the
+    local queue, when an older one's is archived: 'latest' is all that was archived, and a base
+    backup taken while the archiver was behind must not turn it into a refusal (breaker 18 F2).
+    What is passed over is added to `notes`. All of `bases` when none or all of them wait."""
+    def waiting(b) -> str | None:
+        for n in range(layout.segno(layout.lsn(b.start_lsn)), layout.segno(layout.lsn(b.stop_lsn)) + 1):
+            file = layout.segment(layout.timeline_of(n, listed.path), n)
+            if file not in listed.objects and file in queued:
+                return file
+        return None
+
+    held = {b.id: f for b in bases if (f := waiting(b)) is not None}
+    ready = [b for b in bases if b.id not in held]
+    if not held or not ready:
+        return bases
+    newest = max(ready, key=lambda b: layout.lsn(b.stop_lsn))
+    passed = sorted(bid for bid, f in held.items()
+                    if layout.lsn(next(b for b in bases if b.id == bid).stop_lsn) > layout.lsn(newest.stop_lsn))
+    if passed:
+        notes.append(f"base backup(s) {', '.join(passed)} wait for their WAL in the local queue "
+                     f"({held[passed[-1]]} first): 'latest' restored from {newest.id}, the newest whose WAL is archived")
+    return ready
 
 
 def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:

@@ -95,6 +95,15 @@ def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_brok
     monkeypatch.setattr(pitr_local, "ensure_archiver", lambda *a, **kw: "the repository is down (test)")
     try:
         pitr.sql("insert into events(note) values ('before the base backup')")
+        (queued,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+        deadline = time.monotonic() + 30
+        while queued not in pitr_local.queued_wal(pitr.state()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # no newer base backup yet: the window ends at that queued segment, not at "the end of
+        # the archive" while its commits sit only on the local disk (breaker 18 F3)
+        checked = pitr.cli(runner, "backup", "verify-chain", "--json")
+        assert checked.exit_code == 0, checked.output
+        assert json.loads(checked.stdout)["windows"][-1]["ends_at"].startswith(f"{queued}: queued"), checked.output
         before = dt.datetime.now(dt.timezone.utc).isoformat()
         assert pitr.cli(runner, "backup", "base").exit_code == 0
         pitr.sql("insert into events(note) values ('after the base backup')")
@@ -119,6 +128,15 @@ def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_brok
         # in the same words (breaker 17 F10: "missing (not in the repository)")
         r = pitr.cli(runner, "restore", "--to-time", before, "--beside")
         assert "missing" not in r.output and "broken" not in r.output, r.output
+        # 'latest' restores all that was archived, from the older base backup, and names the
+        # newer one it passed over (breaker 18 F2: refused, though verify-chain showed a window)
+        latest = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+        assert latest.exit_code == 0, latest.output
+        doc = json.loads(latest.stdout)
+        from opsctl.local import postgres as pg
+
+        pg.stop(doc["pid"])
+        assert any("wait for their WAL in the local queue" in n for n in doc["notes"]), doc["notes"]
     finally:
         monkeypatch.undo()
         pitr.ensure_archiver()

@@ -19,11 +19,36 @@ def _check(pitr, **env_changes):
     return result
 
 
-def test_archive_lag_ok_then_archiver_stopped_then_dropped_segment(pitr):
+def test_a_cluster_without_a_base_backup_has_every_commit_at_risk(pitr, runner):
+    """Breaker 18 F5: on a cluster with no base backup (a fresh platform, or the new one
+    `local up` made after a lost disk) the check said "archive lag at most 1 s", though its
+    archived WAL restores nothing. The commits at risk now date from the cluster's making (its
+    system identifier's time): within the RPO it says so, past it CRITICAL; a base backup ends it."""
+    from opsctl.config import DrSettings
+    from opsctl.health.model import Status
+    from opsctl.pitr import layout
+
+    assert not pitr.repo().names(layout.base_prefix(pitr.sysid())), "the case: no base backup yet"
+    time.sleep(2)
+    pitr.wait_archived()
+    made = int(pitr.sysid()) >> 32
+    young = _check(pitr)
+    assert young.status == Status.OK and f"no base backup of cluster {pitr.sysid()} yet" in young.message, young
+    assert young.value >= time.time() - made - 1 and young.value >= 2, young
+    old = _check(pitr, dr=DrSettings(rpo="1s"))
+    assert old.status == Status.CRITICAL and f"no base backup of cluster {pitr.sysid()}" in old.message, old
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    backed = _check(pitr)
+    assert backed.status == Status.OK and "no base backup" not in backed.message and backed.value <= 1 + 5, backed
+
+
+def test_archive_lag_ok_then_archiver_stopped_then_dropped_segment(pitr, runner):
     from opsctl.config import DrSettings
     from opsctl.health.model import Status
     from opsctl.pitr import local as pitr_local
+    from test_restore_swap import _base_backup
 
+    _base_backup(pitr, runner)  # without one, every commit since the cluster's making is at risk
     pitr.wait_archived()
     ok = _check(pitr)
     assert ok.status == Status.OK and ok.value <= 1 + 5, ok.message  # archive_timeout 1 s, queue drained

@@ -29,6 +29,12 @@ def test_after_a_lost_data_directory_and_a_new_cluster_latest_restores_the_old_o
     # a base backup of the new cluster that was interrupted (its tar partly uploaded, no base.json):
     # no base backup, so it does not hide the old cluster
     pitr.repo().put_bytes(f"{layout.base_prefix(new)}20261130T123000Z/base.tar.zst", b"partial")
+    # backup list shows the window a restore restores, as verify-chain does (breaker 18 F4: no
+    # window, no note: "no backups", the operator's first look right after the disk was lost)
+    listed = pitr.cli(runner, "backup", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    shown = json.loads(listed.stdout)["pitr"]
+    assert shown["sysid"] == old and shown["windows"], shown
     r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
