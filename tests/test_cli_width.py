@@ -85,3 +85,24 @@ def test_runbook_history_at_80_columns_keeps_ids_times_and_statuses_whole(runner
     assert result.exit_code == 0, result.output
     _whole(result.output, [v for r in rows for v in (r["run_id"], r["started_at"], r["status"])],
            ["run", "runbook", "env", "started", "status"])
+
+
+def test_a_recoverable_window_ending_at_a_wal_file_keeps_its_name_whole_at_80_columns():
+    """Breaker 18: the `ends at` cell cut the WAL file that ends a window to
+    '00000003000000…' at 80 columns; the name now folds over two lines, every digit kept."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from opsctl.cli.pitr import _windows_table
+
+    now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
+    ends = "000000030000000000000019: queued (not archived yet: it waits in the local WAL queue)"
+    report = SimpleNamespace(windows=[{"base": "20261201T114350Z-a2a0", "from": now, "to": now, "ends_at": ends}])
+    console = Console(width=80, force_terminal=False, record=True)
+    console.print(_windows_table(report, "recoverable windows"))
+    text = console.export_text()
+    assert "…" not in text and "20261201T114350Z-a2a0" in text
+    cells = "".join(line.split("│")[4].strip() for line in text.splitlines() if line.count("│") == 5)
+    assert cells.startswith("000000030000000000000019:"), text

@@ -52,7 +52,7 @@ def _windows_table(rep, title: str):
     # a base backup id is what a person copies: never cut ("20261130T151227Z…") nor wrapped
     t.add_column("from base", no_wrap=True, min_width=max((len(w["base"]) for w in rep.windows), default=9))
     for name in ("restorable from (UTC)", "to (UTC)", "ends at"):
-        t.add_column(name)
+        t.add_column(name, overflow="fold")  # a WAL file name longer than the column folds, never cut
     for w in rep.windows:
         t.add_row(w["base"], _t(w["from"]), _t(w["to"]), w["ends_at"])
     return t
