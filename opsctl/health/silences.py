@@ -21,8 +21,8 @@ import fnmatch
 import json
 import logging
 import os
-import re
 import secrets
+import socket
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +50,25 @@ class Silence:
     # and the one on label `kind`: holds() matches the name OR the kind, Alertmanager's matchers
     # of one silence are ANDed, so a pattern takes two silences there
     alertmanager_kind_id: str | None = None
+    # an operation's maintenance window: the process holding it (PID, its start time in epoch
+    # seconds, host); it ends with that process, whatever its `until` (orphaned)
+    owner_pid: int | None = None
+    owner_started: float | None = None
+    owner_host: str | None = None
+
+    def orphaned(self) -> bool:
+        """True when this is an operation's window whose process, on this host, is gone (killed:
+        its `finally` never released it). Another host's owner can't be asked: never orphaned."""
+        if self.owner_pid is None or self.owner_host != socket.gethostname():
+            return False
+        import psutil
+
+        try:
+            owner = psutil.Process(self.owner_pid)
+            return abs(owner.create_time() - (self.owner_started or 0.0)) >= 1.0 or \
+                owner.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
 
     @property
     def ends(self) -> dt.datetime:
@@ -101,20 +120,24 @@ def _locked(file: Path) -> Iterator[None]:
 
 
 def active(project, env_name: str, now: dt.datetime | None = None) -> list[Silence]:
-    """The silences of `env_name` still in force at `now`, soonest to end first."""
+    """The silences of `env_name` still in force at `now`, soonest to end first: an operation's
+    window whose process died (kill -9, OOM) ends with it (breaker 18 F7: a killed restore held
+    `postgres` and `wal archive` for its whole bound, longer than the RPO)."""
     now = now or _now()
-    return sorted((s for s in _read(path(project, env_name)) if s.ends > now), key=lambda s: s.ends)
+    return sorted((s for s in _read(path(project, env_name)) if s.ends > now and not s.orphaned()),
+                  key=lambda s: s.ends)
 
 
 def add(project, env_name: str, check: str, seconds: float, reason: str = "",
-        now: dt.datetime | None = None, alertmanager: str | None = None) -> Silence:
+        now: dt.datetime | None = None, alertmanager: str | None = None, owned: bool = False) -> Silence:
     """Hold checks matching `check` (name or kind, glob) for `seconds` from now.
 
     With `alertmanager` (its base URL, monitoring.alertmanager_url) a silence with the same
     end is created there too, for alerts labelled env=<env_name> and check matching `check`,
     and a second one for kind matching it (the health exporter's alerts carry all three), before anything is written here. Raises
     UsageError for an empty or multi-line pattern or a duration not in (0, MAX_SECONDS], and
-    OperationFailed when Alertmanager refuses (nothing is silenced then)."""
+    OperationFailed when Alertmanager refuses (nothing is silenced then). `owned`: the
+    silence ends with this process too (Silence.orphaned), as an operation's window does."""
     check = (check or "").strip()
     if not check or any(c in check for c in "\n\r\t"):
         raise UsageError("--check: give a check name or kind (glob allowed), e.g. --check worker-green")
@@ -126,6 +149,11 @@ def add(project, env_name: str, check: str, seconds: float, reason: str = "",
     now = now or _now()
     ends = now + dt.timedelta(seconds=seconds)
     silence = Silence(secrets.token_hex(4), check, ends.isoformat(), reason.strip(), now.isoformat())
+    if owned:
+        import psutil
+
+        me = psutil.Process()
+        silence.owner_pid, silence.owner_started, silence.owner_host = me.pid, me.create_time(), socket.gethostname()
     if alertmanager:
         silence.alertmanager_id = _alertmanager_create(alertmanager, env_name, silence, now, "check")
         try:
@@ -138,7 +166,7 @@ def add(project, env_name: str, check: str, seconds: float, reason: str = "",
             raise
     file = path(project, env_name)
     with _locked(file):
-        _write(file, [*[s for s in _read(file) if s.ends > now], silence])
+        _write(file, [*[s for s in _read(file) if s.ends > now and not s.orphaned()], silence])
     return silence
 
 
@@ -293,8 +321,9 @@ def holding(silences: list[Silence], name: str, kind: str = "") -> Silence | Non
 def maintenance(project, env_name: str, checks: list[str], seconds: float, reason: str,
                 alertmanager: str | None = None, strict: bool = True) -> Iterator[list[Silence]]:
     """A maintenance window for an operation: its checks held while it runs (bounded by
-    `seconds`, in case the process dies), released when it ends; in Alertmanager too when
-    `alertmanager` is given. Yields the silences opened.
+    `seconds`), released when it ends, or when its process dies (Silence.orphaned: the local
+    hold; Alertmanager's ends at its bound); in Alertmanager too when `alertmanager` is
+    given. Yields the silences opened.
 
     `strict` (the default) raises as `add` does. With `strict=False` (operations, whose
     notifications must never fail them) an Alertmanager that refuses still leaves the local
@@ -303,7 +332,7 @@ def maintenance(project, env_name: str, checks: list[str], seconds: float, reaso
     opened = []
     for check in checks:
         try:
-            opened.append(add(project, env_name, check, seconds, reason, alertmanager=alertmanager))
+            opened.append(add(project, env_name, check, seconds, reason, alertmanager=alertmanager, owned=True))
         except (UsageError, OperationFailed, OSError) as exc:
             if strict:
                 _release(project, env_name, opened, alertmanager)
@@ -311,7 +340,7 @@ def maintenance(project, env_name: str, checks: list[str], seconds: float, reaso
             _log.warning("maintenance window of %s: %s", check, credentials(str(exc)))
             if alertmanager and isinstance(exc, OperationFailed):
                 try:
-                    opened.append(add(project, env_name, check, seconds, reason))
+                    opened.append(add(project, env_name, check, seconds, reason, owned=True))
                 except (UsageError, OSError) as again:
                     _log.warning("maintenance window of %s: %s", check, credentials(str(again)))
     try:

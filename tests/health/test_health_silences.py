@@ -111,6 +111,33 @@ def test_a_maintenance_window_ends_with_its_operation(tmp_path):
     assert silences.active(project, "ci") == []
 
 
+def test_a_maintenance_window_ends_when_its_operation_is_killed(tmp_path):
+    """Breaker 18 F7: a restore killed with kill -9 never ran its `finally`, and its window held
+    `postgres` and `wal archive` for its whole bound (98 min, past the RPO): an archiver that
+    died meanwhile did not page. An operation's window now ends with its process; a silence
+    set by hand stays for its time."""
+    import signal
+    import subprocess
+    import sys
+
+    root = _root(tmp_path, "http://127.0.0.1:9")
+    project = load_project(root)
+    silences.add(project, "ci", "target", 600, "by hand")
+    code = ("import sys, time; from opsctl.config import load_project; from opsctl.health import silences\n"
+            "with silences.maintenance(load_project(sys.argv[1]), 'ci', ['postgres'], 6000, 'restore'):\n"
+            "    print('open', flush=True); time.sleep(600)")
+    operation = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert operation.stdout.readline().strip() == "open"
+        assert sorted(s.check for s in silences.active(project, "ci")) == ["postgres", "target"]
+    finally:
+        operation.send_signal(signal.SIGKILL)
+        operation.wait(10)
+    assert [s.check for s in silences.active(project, "ci")] == ["target"]
+    silences.add(project, "ci", "other", 60)  # the next write drops the dead window from the file
+    assert "postgres" not in silences.path(project, "ci").read_text()
+
+
 def test_an_expired_silence_holds_nothing(tmp_path):
     project = load_project(_root(tmp_path, "http://127.0.0.1:9"))
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
