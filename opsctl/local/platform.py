@@ -236,8 +236,11 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
                 notify(key, "ok")
         from opsctl.pitr import local as pitr
 
+        archiving = pitr.archiver_pid(state) is not None
         if note := pitr.ensure_archiver(project, env, state):  # drains the WAL queue into the repository
             logging.getLogger("opsctl.local").warning("%s", note)
+        elif not archiving:  # started now (after a crash of it too): said as any component is
+            result.started.append(pitr.COMPONENT)
         state.save()
         router = state.components["router"]
         upstream = state.components[wk.name(state.active_color)].port
@@ -326,7 +329,21 @@ def status(project: Project) -> list[ComponentStatus]:
             note = "objects saved at down; other AWS resources ephemeral"
         rows.append(ComponentStatus(name, comp.pid if procs.alive(comp.pid) else None, comp.port,
                                     healthy, comp.version, str(state.log(name)), note))
+        if name == "postgres":
+            rows += _archiver_status(state)
     return rows
+
+
+def _archiver_status(state: st.LocalState) -> list[ComponentStatus]:
+    """The WAL archiver's row (none before archiving was ever started): the one component whose
+    death stops point-in-time recovery without stopping anything else (breaker 18 F8)."""
+    from opsctl.pitr import local as pitr
+
+    if pitr.COMPONENT not in state.components:
+        return []
+    pid = pitr.archiver_pid(state)
+    return [ComponentStatus(pitr.COMPONENT, pid, None, pid is not None, None, str(state.log(pitr.COMPONENT)),
+                            f"WAL queue: {len(pitr.queued_wal(state))} file(s)")]
 
 
 def down(project: Project, purge: bool = False, approve: Callable[[str], None] | None = None) -> list[str]:
@@ -505,7 +522,7 @@ def log_path(project: Project, component: str) -> Path:
     """The log file of `component` ("worker" is the active color's); UsageError for an
     unknown name."""
     state, _ = st.load_lenient(st.folder_for(project.root))
-    known = set(ORDER) - {"worker"} | {wk.name(c) for c in st.COLORS}
+    known = set(ORDER) - {"worker"} | {wk.name(c) for c in st.COLORS} | {"archiver"}
     if component == "worker":
         component = wk.name(state.active_color)
     if component not in known:

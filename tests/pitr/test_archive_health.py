@@ -81,3 +81,27 @@ def test_archive_lag_ok_then_archiver_stopped_then_dropped_segment(pitr, runner)
         pitr.ensure_archiver()
     pitr.wait_archived()
     assert _check(pitr).status == Status.OK
+
+
+def test_local_status_shows_the_archiver_and_its_death(pitr):
+    """Breaker 18 F8: `local status` listed every component but the WAL archiver, the one whose
+    death stops point-in-time recovery and nothing else; its log was not one command away."""
+    import os
+    import signal
+
+    import psutil
+
+    from opsctl.local import platform
+    from opsctl.pitr import local as pitr_local
+
+    pid = pitr_local.archiver_pid(pitr.state())
+    row = {r.name: r for r in platform.status(pitr.project())}["archiver"]
+    assert row.pid == pid and row.healthy and "WAL queue" in row.note, row
+    assert platform.log_path(pitr.project(), "archiver") == pitr.state().log("archiver")
+    os.kill(pid, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(pid)], timeout=10)
+    try:
+        row = {r.name: r for r in platform.status(pitr.project())}["archiver"]
+        assert row.pid is None and not row.healthy, row
+    finally:
+        pitr.ensure_archiver()
