@@ -87,3 +87,23 @@ def test_the_largest_figures_across_workers_are_judged(worker):
         lagging.close()
     assert result.status == Status.WARNING and result.value == 40
     assert result.details["oldest_incomplete_age_seconds"] == 7200 and result.details["workers_read"] == 2
+
+
+def test_a_worker_that_wants_an_api_key_says_which_variable_to_set(tmp_path):
+    """Breaker 19 F5: a key-protected worker answered /metrics 401 and the checks said only
+    "HTTPStatusError": the uploads check stayed UNKNOWN with nothing telling why."""
+    from tests.health.servers import ScriptedServer
+
+    from opsctl.health.checks.metrics import worker_metrics
+
+    locked = ScriptedServer([401])
+    try:
+        unknown = incomplete_uploads([locked.url], 5, limits(), key_env="OPS_KEY")
+        assert unknown.status == Status.UNKNOWN, unknown
+        assert "HTTP 401: the worker requires an API key; set $OPS_KEY" in unknown.message, unknown.message
+        refused = incomplete_uploads([locked.url], 5, limits(), api_key="wrong", key_env="OPS_KEY")
+        assert "HTTP 401: the worker refused the API key in $OPS_KEY" in refused.message, refused.message
+        metrics = worker_metrics(locked.url, 5, None, tmp_path, key_env="OPS_KEY")
+        assert metrics.status == Status.CRITICAL and "set $OPS_KEY" in metrics.message, metrics.message
+    finally:
+        locked.close()

@@ -73,12 +73,13 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
     for color, base in sorted(ep.workers.items()):
         out.append((f"metrics-{color}", "metrics",
                     functools.partial(metrics.worker_metrics, base, t=t, samples_dir=samples,
-                                      api_key=os.environ.get(env.deploy.api_key_env) or None), None))
+                                      api_key=os.environ.get(env.deploy.api_key_env) or None,
+                                      key_env=env.deploy.api_key_env), None))
     if ep.workers:  # database-wide gauges: one check, the active color read first
         bases = [ep.workers[c] for c in sorted(ep.workers, key=lambda c: c != ep.active_color)]
         out.append(("uploads", "uploads", functools.partial(
             uploads.incomplete_uploads, bases, limits=hs.uploads,
-            api_key=os.environ.get(env.deploy.api_key_env) or None), None))
+            api_key=os.environ.get(env.deploy.api_key_env) or None, key_env=env.deploy.api_key_env), None))
     if env.platform == "kubernetes":
         out.append(("kubernetes", "kubernetes",
                     lambda to: kubernetes.kubernetes(env.kubernetes, env.worker.gpu, to, scale_to_zero=(

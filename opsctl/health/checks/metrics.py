@@ -69,12 +69,28 @@ def increase(cur: dict, prev: dict | None) -> dict | None:
             "buckets": {le: c - prev["buckets"].get(le, 0.0) for le, c in cur["buckets"].items()}}
 
 
-def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key: str | None = None) -> CheckResult:
+def unread(exc: Exception, api_key: str | None, key_env: str) -> str:
+    """Why a worker's /metrics was not read, for a person: the exception's kind, or the HTTP
+    status, and for 401/403 the variable (`key_env`) whose API key to set or fix (breaker 19
+    F5: "HTTPStatusError" alone left a key-protected worker's checks unread and unexplained)."""
+    import httpx
+
+    if not isinstance(exc, httpx.HTTPStatusError):
+        return type(exc).__name__
+    code = exc.response.status_code
+    if code in (401, 403):
+        return (f"HTTP {code}: the worker refused the API key in ${key_env}" if api_key else
+                f"HTTP {code}: the worker requires an API key; set ${key_env}")
+    return f"HTTP {code}"
+
+
+def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key: str | None = None,
+                   key_env: str = "OPSCTL_WORKER_API_KEY") -> CheckResult:
     """Read `base_url`/metrics and judge the worker since the previous sample (kept in
     `samples_dir`): error rate in % (CRITICAL above thresholds.error_rate_percent), p95
     transcription time and queue depth (WARNING). `timeout` in seconds. With API keys on,
-    the worker's main port serves /metrics only to a caller with a key: `api_key` is sent
-    as `Authorization: Bearer` when given."""
+    the worker's main port serves /metrics only to a caller with a key: `api_key` (read
+    from the variable `key_env`) is sent as `Authorization: Bearer` when given."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
@@ -83,7 +99,7 @@ def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key:
         resp.raise_for_status()
         cur = _read_sample(resp.text)
     except httpx.HTTPError as exc:
-        return CheckResult("", "metrics", Status.CRITICAL, f"cannot read /metrics ({type(exc).__name__})")
+        return CheckResult("", "metrics", Status.CRITICAL, f"cannot read /metrics ({unread(exc, api_key, key_env)})")
     except ValueError as exc:
         return CheckResult("", "metrics", Status.UNKNOWN, f"/metrics is not Prometheus text: {exc}")
     cur["t"] = time.time()

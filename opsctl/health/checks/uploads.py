@@ -13,6 +13,7 @@ exports the gauges (a worker older than uploads).
 from __future__ import annotations
 
 from opsctl.health.checks.http import bounded_request
+from opsctl.health.checks.metrics import unread
 from opsctl.health.model import CheckResult, Judge, Status
 
 INCOMPLETE = "worker_uploads_incomplete"
@@ -32,9 +33,11 @@ def read_gauges(text: str) -> dict[str, float]:
     return found
 
 
-def incomplete_uploads(workers: list[str], timeout: float, limits, api_key: str | None = None) -> CheckResult:
+def incomplete_uploads(workers: list[str], timeout: float, limits, api_key: str | None = None,
+                       key_env: str = "OPSCTL_WORKER_API_KEY") -> CheckResult:
     """Judge the largest upload gauges read from the workers' `/metrics` (base URLs `workers`,
-    each read within `timeout` seconds; `api_key` sent as a Bearer token): a worker whose
+    each read within `timeout` seconds; `api_key`, from the variable `key_env`, sent as a
+    Bearer token): a worker whose
     keeper lags reports older figures, so the largest is the one to trust. `limits` is
     opsctl.yaml's `health.uploads`. Value: open uploads (count)."""
     import httpx
@@ -47,7 +50,7 @@ def incomplete_uploads(workers: list[str], timeout: float, limits, api_key: str 
             resp.raise_for_status()
             gauges = read_gauges(resp.text)
         except (httpx.HTTPError, ValueError) as exc:
-            problems.append(f"{base}: {type(exc).__name__}")
+            problems.append(f"{base}: {unread(exc, api_key, key_env)}")
             continue
         if INCOMPLETE not in gauges:
             problems.append(f"{base}: no {INCOMPLETE} (a worker older than uploads)")
