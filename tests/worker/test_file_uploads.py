@@ -192,6 +192,25 @@ def test_a_job_on_an_uploaded_file_keeps_the_duration_and_daily_audio_limits(htt
     assert jobs() == before
 
 
+def test_errors_of_a_job_on_an_uploaded_file_name_file_id(http):
+    """A job made with `file_id` has no `file` field: an uploaded file that is no audio (400
+    `invalid_audio`) or too long (413 `audio_too_long`) is an error of `param: "file_id"`."""
+    from worker_helpers import LIMITS, silence_flac
+
+    def uploaded(data: bytes) -> str:
+        upload = http.post("/v1/uploads", json={"filename": "u.flac", "bytes": len(data),
+                                                "mime_type": "audio/flac", "purpose": "transcription"}).json()
+        part = send_part(http, upload["id"], data).json()
+        return http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [part["id"]]}).json()["file"]["id"]
+
+    for data, status, code in ((b"these are notes, not audio\n" * 50, 400, "invalid_audio"),
+                               (silence_flac(LIMITS["max_audio_seconds"] + 30), 413, "audio_too_long")):
+        r = http.post("/v1/jobs", data={"file_id": uploaded(data)})
+        assert r.status_code == status, r.text
+        err = r.json()["error"]
+        assert (err["code"], err["param"]) == (code, "file_id"), err
+
+
 def test_openai_sdk_uploads_client(worker, api_key):
     import openai
 

@@ -75,14 +75,17 @@ def bypasses_store(request: Request) -> bool:
     return any(d.split("=", 1)[0].strip().lower() == "no-cache" for d in directives.split(","))
 
 
-async def _decode(request: Request, data):
+async def _decode(request: Request, data, param: str = "file"):
+    """The audio of `data` (bytes or a file), decoded; 413 `audio_too_long` or 400
+    `invalid_audio` naming `param`, the form field the audio came from (`file`, or `file_id`
+    for a completed upload)."""
     limit = _state(request).settings.max_audio_seconds
     try:
         return await run_in_threadpool(decode, data, limit)
     except AudioTooLong as exc:
-        raise APIError(413, str(exc), param="file", code="audio_too_long") from None
+        raise APIError(413, str(exc), param=param, code="audio_too_long") from None
     except AudioDecodeError as exc:
-        raise APIError(400, str(exc), param="file", code="invalid_audio") from None
+        raise APIError(400, str(exc), param=param, code="invalid_audio") from None
 
 
 async def _stored_transcript(state: Any, upload: Upload) -> dict | None:
@@ -211,7 +214,7 @@ async def create_job(request: Request):
             if not done["sha256"]:  # completed without md5: nothing had read the file yet
                 await _db(state.db.set_upload_sha256, done["id"], upload.sha256)
             try:
-                audio = await _decode(request, source)
+                audio = await _decode(request, source, param="file_id")
             finally:
                 source.close()
         else:

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     max_part_mb: int = Field(64, ge=1)  # one part of it (OpenAI's part limit)
     # /v1/uploads part bodies this worker holds in memory at once (all keys); beyond it 503
     part_memory_mb: int = Field(256, ge=1)
+    # the share of it one API key may hold (a key holding nothing may always send one part);
+    # beyond it 429, so one key cannot keep every other key's parts out
+    part_memory_key_percent: int = Field(50, ge=1, le=100)
+    # a part's body must keep arriving: this many seconds, plus one per `part_min_rate_kbps` KiB
+    # received (Apache mod_reqtimeout's body=30,MinRate); else 408 and its memory is freed, so a
+    # client trickling bytes cannot hold it, while a slow but steady one earns its time as it sends
+    part_body_timeout_seconds: float = Field(30, gt=0)
+    part_min_rate_kbps: float = Field(4, gt=0)  # KiB per second: 32 kbit/s, below any mobile link
     upload_expiry_seconds: float = Field(3600, gt=0)  # an upload not completed by then is aborted in S3
     max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 

@@ -18,7 +18,8 @@ from starlette.requests import ClientDisconnect
 log = logging.getLogger("transcription_worker")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          409: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
+          408: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+          422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
 
 
 def shown(value: object, limit: int = 40) -> str:

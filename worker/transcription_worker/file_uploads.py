@@ -35,6 +35,9 @@ and SHA-256; without it nothing is read back (each part was already checked by S
 its SHA-256), and the file's SHA-256 (the job's audio identity) is computed by the first job
 made from it, which reads the file anyway. A job is made with `POST /v1/jobs` and `file_id`.
 Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
+A part is admitted before a byte of its body is read (the worker's part memory, one key's
+share of it, then the key's parts per minute, which only an admitted part spends), and its
+body must keep arriving at a minimum rate (`_paced`, as Apache's mod_reqtimeout).
 
 No request and no keeper task holds a pooled database connection or a row lock across an S3
 call. Ending an upload is three steps: a short transaction claims it (`claim`: completing,
@@ -67,7 +70,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -331,7 +334,12 @@ def _legacy(row: dict) -> None:
 @router.post("/{upload_id}/parts")
 async def add_part(upload_id: str, request: Request):
     """Add one part (form field `data`, at most WORKER_MAX_PART_MB; every part but the last at
-    least 5 MiB, S3's minimum). A part this upload already holds is answered with its id."""
+    least 5 MiB, S3's minimum). A part this upload already holds is answered with its id.
+
+    A part is admitted before a byte of its body is read: a multipart body, then one of the
+    key's concurrent-upload slots, then its place in the part memory (`_part_memory`), and last
+    the key's parts per minute, so a part another check refuses spends none of that budget.
+    Its body must then keep arriving (`_paced`), or it is 408 and nothing is stored."""
     state, key_id, db = await _context(request)
     row = await _pending(state, db, upload_id, key_id)
     if row["status"] != "pending":
@@ -341,51 +349,104 @@ async def add_part(upload_id: str, request: Request):
         raise APIError(400, "this upload takes its parts at its presigned S3 URLs",
                        param="upload_id", code="upload_presigned")
     _legacy(row)
-    await state.limits.check_parts_rate(key_id)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise APIError(400, "send the part as multipart/form-data with its bytes in the field `data`",
                        param="data", code="missing_data")
     # a part is a request carrying audio: it holds one of the key's concurrent-upload slots
     # (WORKER_RATE_LIMIT_CONCURRENT_UPLOADS) from its body's first byte to its S3 PUT, as a
     # transcription or job upload does, so parts sent at once are bounded like any upload
-    async with state.limits.upload_slot(key_id), _part_memory(state, request):
+    async with state.limits.upload_slot(key_id), _part_memory(state, request, key_id):
+        await state.limits.check_parts_rate(key_id)  # last: only an admitted part counts
         return await _receive_part(state, db, request, upload_id, row)
 
 
-_PARTS_IN_MEMORY = {"bytes": 0}  # part bodies held right now (this process; the event loop's thread)
+# part bodies held right now, in bytes, by API key (this process; the event loop's thread alone)
+_PARTS_IN_MEMORY: dict[str, int] = {}
 
 
 @contextlib.asynccontextmanager
-async def _part_memory(state: Any, request: Request) -> Any:
-    """Hold the part's size (its Content-Length, else WORKER_MAX_PART_MB) against the bytes of
-    part bodies this worker may hold in memory at once (WORKER_PART_MEMORY_MB, every key); 503
-    `server_busy` with Retry-After beyond it, before a byte is read. A part is held whole (hashed,
-    then PUT) and its default size is 64 MiB, so parts in parallel add up (issue 26)."""
+async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterator[None]:
+    """Hold the part's size (its Content-Length, at most WORKER_MAX_PART_MB; that limit
+    without one) against the part bodies this worker may hold in memory at once, before a byte
+    is read, until the part is answered. A part is held whole (hashed,
+    then PUT) and may be 64 MiB, so parts in parallel add up (issue 26).
+
+    Two rules: all keys together hold at most WORKER_PART_MEMORY_MB (beyond it 503
+    `server_busy`: the worker is full), and one API key at most WORKER_PART_MEMORY_KEY_PERCENT
+    of it (beyond it 429 `concurrent_uploads_exceeded`: the key's own parts in flight are the
+    cause), so a key with slow or stalled parts leaves the rest to other keys. A part arriving
+    when its key holds nothing passes the share, and one arriving when the worker holds nothing
+    passes the budget, so a part larger than either still goes through alone. Without API keys
+    every caller is one key and the share does not apply. Both refusals say Retry-After 2."""
+    settings = state.settings
     length = request.headers.get("content-length", "")
-    size = min(int(length), state.settings.max_part_bytes) if length.isdigit() else state.settings.max_part_bytes
-    budget = state.settings.part_memory_mb * MIB
-    if _PARTS_IN_MEMORY["bytes"] and _PARTS_IN_MEMORY["bytes"] + size > budget:
+    size = min(int(length), settings.max_part_bytes) if length.isdigit() else settings.max_part_bytes
+    budget = settings.part_memory_mb * MIB
+    share = budget * settings.part_memory_key_percent // 100
+    mine, held = _PARTS_IN_MEMORY.get(key_id, 0), sum(_PARTS_IN_MEMORY.values())
+    if settings.api_key_hashes and mine and mine + size > share:
+        from . import metrics
+
+        metrics.RATE_LIMITED.labels("part_memory").inc()
+        raise APIError(429, f"this API key has {round(mine / MIB, 1):g} MiB of parts on their way to this worker"
+                       f" already, and may have {round(share / MIB, 1):g} MiB (WORKER_PART_MEMORY_KEY_PERCENT of"
+                       " WORKER_PART_MEMORY_MB); send the part again once one of them is answered",
+                       code="concurrent_uploads_exceeded", retry_after=2)
+    if held and held + size > budget:
         raise APIError(503, f"this worker is receiving {budget // MIB} MiB of parts already; send the part"
                        " again shortly", code="server_busy", retry_after=2)
-    _PARTS_IN_MEMORY["bytes"] += size
+    _PARTS_IN_MEMORY[key_id] = mine + size
     try:
         yield
     finally:
-        _PARTS_IN_MEMORY["bytes"] -= size
+        _PARTS_IN_MEMORY[key_id] -= size
+        if not _PARTS_IN_MEMORY[key_id]:
+            del _PARTS_IN_MEMORY[key_id]
+
+
+async def _paced(stream: AsyncIterator[bytes], grace: float, rate: float) -> AsyncIterator[bytes]:
+    """`stream`'s chunks, each awaited only within the time the body has earned so far: `grace`
+    seconds plus one second per `rate` bytes received (Apache mod_reqtimeout's
+    `body=<grace>,MinRate=<rate>`). TimeoutError when a chunk is late. A part's memory is held
+    from before its first byte, so a client sending a byte now and then (which keeps any idle
+    timeout, the router's or a proxy's, from firing) would otherwise hold it for as long as it
+    likes; a slow but steady client earns its time as it sends, whatever the part's size."""
+    loop = asyncio.get_running_loop()
+    start, received = loop.time(), 0
+    chunks = stream.__aiter__()
+    while True:
+        left = start + grace + received / rate - loop.time()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            async with asyncio.timeout(left):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        received += len(chunk)
+        yield chunk
 
 
 async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, row: dict) -> dict[str, Any]:
-    """Read a part's body, claim it (`Database.claim_part`) and PUT it to S3."""
+    """Read a part's body (paced by `_paced`: else 408 `request_timeout`, the connection closed
+    and nothing stored), claim it (`Database.claim_part`) and PUT it to S3."""
+    s = state.settings
     # Starlette's parser, told to keep the part in memory: it is read whole right after (to
     # hash it and hand it to S3), so spooling it to a temporary file past 1 MiB (the default,
     # one thread hop per 64 KiB written) only cost time. BodyLimit caps it at the part limit.
-    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=4)
-    parser.spool_max_size = state.settings.max_part_bytes + 1024 * 1024
+    body = _paced(request.stream(), s.part_body_timeout_seconds, s.part_min_rate_kbps * 1024)
+    parser = MultiPartParser(request.headers, body, max_files=1, max_fields=4)
+    parser.spool_max_size = s.max_part_bytes + 1024 * 1024
     try:
         form = await parser.parse()
     except MultiPartException as exc:
         raise APIError(400, f"the part's form could not be read: {exc.message}", param="data",
                        code="invalid_value") from None
+    except TimeoutError:
+        raise APIError(408, f"the part's body stopped arriving: a part has WORKER_PART_BODY_TIMEOUT_SECONDS"
+                       f" ({s.part_body_timeout_seconds:g} s) plus one second per WORKER_PART_MIN_RATE_KBPS"
+                       f" ({s.part_min_rate_kbps:g} KiB) received; nothing was stored, send the part again",
+                       param="data", code="request_timeout", headers={"Connection": "close"}) from None
     try:
         part = form.get("data")
         if not isinstance(part, UploadFile):

@@ -137,7 +137,10 @@ class Limits:
             await self.redis.aclose()
 
     async def check_parts_rate(self, key_id: str) -> None:
-        """Parts per minute per key for /v1/uploads (a moving window, like requests)."""
+        """Count one /v1/uploads part against the key's parts per minute (a moving window, like
+        requests); 429 `rate_limit_exceeded` when over. A hit is never given back, so the parts
+        handler calls it last, once every other check has admitted the part: a part refused
+        for another reason (429, 503, a bad request) spends nothing."""
         if not (self._window and self._parts_item):
             return
         try:

@@ -56,7 +56,7 @@ MODEL = Info("worker_model", "Settings the loaded model runs with: device, compu
 for _status in ("created", "deduplicated", "succeeded", "failed", "adopted", "abandoned"):
     JOBS.labels(_status)
 for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds",
-               "parts_per_minute", "open_uploads", "daily_upload_bytes"):
+               "parts_per_minute", "open_uploads", "daily_upload_bytes", "part_memory"):
     RATE_LIMITED.labels(_limit)
 for _pipeline in ("batched", "sequential"):
     TRANSCRIPTIONS.labels(_pipeline)

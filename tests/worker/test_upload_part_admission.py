@@ -1,0 +1,199 @@
+"""/v1/uploads parts: what a part may hold before its body arrives (breaker 19 F3, F4).
+
+The part memory (WORKER_PART_MEMORY_MB) is reserved from a part's Content-Length before a byte
+is read. One API key may hold only its share of it (WORKER_PART_MEMORY_KEY_PERCENT), so a key
+whose parts stall leaves room for other keys; a part's body must keep arriving
+(WORKER_PART_BODY_TIMEOUT_SECONDS of grace, plus the time WORKER_PART_MIN_RATE_KBPS gives the
+bytes received), or it is 408 and its memory freed, however it trickles; and a part refused by another check spends none of the
+key's parts per minute. Each test runs a worker of its own (uploads need no model) with raw
+sockets for the parts whose bodies stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import secrets
+import select
+import socket
+import time
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import redis
+from test_upload_breaks import _create, _own_worker
+from worker_helpers import send_part
+from worker_support import start_worker, stop_worker, wait_until
+
+pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
+
+
+@contextlib.contextmanager
+def _worker(model_dir, postgres, s3, redis_server, tmp_path, keys: int, **settings):
+    """A worker of its own with `keys` API keys and `settings`; yields (url, keys)."""
+    tokens = [f"sk-test-{secrets.token_hex(16)}" for _ in range(keys)]
+    env, _, _ = _own_worker(model_dir, postgres, s3, redis_server, "admit",
+                            WORKER_API_KEY_HASHES=",".join(hashlib.sha256(k.encode()).hexdigest() for k in tokens),
+                            **settings)
+    proc, url = start_worker(env, tmp_path / "w.log")
+    try:
+        wait_until(url, proc, tmp_path / "w.log", ready=False)
+        yield url, tokens
+    finally:
+        stop_worker(proc)
+
+
+def _client(url: str, key: str) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"})
+
+
+def _stalled_part(url: str, key: str, upload_id: str, size: int, sent: int) -> tuple[socket.socket, bytes]:
+    """A part request declaring `size` bytes of data whose body stops after the form's head and
+    `sent` bytes of data: its socket, left open for the caller, and the rest of its body."""
+    boundary = "b" + secrets.token_hex(8)
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"part\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    where = urlparse(url)
+    sock = socket.create_connection((where.hostname, where.port), timeout=30)
+    sock.sendall((f"POST /v1/uploads/{upload_id}/parts HTTP/1.1\r\nHost: {where.netloc}\r\n"
+                  f"Authorization: Bearer {key}\r\nContent-Length: {len(head) + size + len(tail)}\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode() + head
+                 + b"\7" * sent)
+    return sock, b"\7" * (size - sent) + tail
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """The HTTP answer on `sock`: status, headers (lower-case names), JSON body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-answer: {data!r}"
+        body += chunk
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def _openai_error(body: dict, code: str) -> dict:
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"], body
+    assert err["code"] == code, body
+    return err
+
+
+def test_one_key_cannot_hold_the_whole_part_memory(model_dir, postgres, s3, redis_server, tmp_path):
+    """WORKER_PART_MEMORY_MB=8 (a key's share: 4 MiB). Key A opens two 3 MiB parts whose bodies
+    stall: one is held, the other is 429 `concurrent_uploads_exceeded` at once (A would pass its
+    share). Key B's 3 MiB part is then taken while A's stalled part still holds its 3 MiB:
+    A alone no longer keeps every other key's parts out with 503 `server_busy`."""
+    with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=2,
+                 WORKER_PART_MEMORY_MB="8") as (url, (a, b)):
+        with _client(url, a) as ca, _client(url, b) as cb:
+            up_a, up_b = _create(ca, 9 * MIB), _create(cb, 3 * MIB)
+            stalled = [_stalled_part(url, a, up_a["id"], 3 * MIB, 1)[0] for _ in range(2)]
+            try:
+                ready, _, _ = select.select(stalled, [], [], 10)
+                assert len(ready) == 1, "neither or both of A's stalled parts were answered"
+                status, headers, body = _answer(ready[0])
+                assert status == 429 and headers["retry-after"] == "2", body
+                _openai_error(body, "concurrent_uploads_exceeded")
+                assert "WORKER_PART_MEMORY_KEY_PERCENT" in body["error"]["message"]
+                r = send_part(cb, up_b["id"], b"\2" * (3 * MIB))  # A still holds its other 3 MiB
+                assert r.status_code == 200, r.text
+                assert [p["bytes"] for p in cb.get(f"/v1/uploads/{up_b['id']}").json()["parts"]] == [3 * MIB]
+            finally:
+                for sock in stalled:
+                    sock.close()
+
+
+def test_a_trickling_part_is_408_and_frees_its_memory(model_dir, postgres, s3, redis_server, tmp_path):
+    """A part's body must keep arriving (here 1 s of grace: WORKER_PART_BODY_TIMEOUT_SECONDS=1,
+    and a minimum rate so high a byte earns nothing). A client that sends one byte now and
+    then (which keeps any idle timeout from firing) gets 408 `request_timeout` in OpenAI's shape
+    and its connection closed; nothing is stored, and the 3 MiB it held of the 4 MiB part memory
+    are free again: the same part sent whole is then taken."""
+    with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=1, WORKER_PART_MEMORY_MB="4",
+                 WORKER_PART_BODY_TIMEOUT_SECONDS="1", WORKER_PART_MIN_RATE_KBPS="1048576") as (url, (key,)):
+        with _client(url, key) as http:
+            up = _create(http, 3 * MIB)
+            sock, _ = _stalled_part(url, key, up["id"], 3 * MIB, 1024)
+            try:
+                give_up = time.monotonic() + 15
+                while not select.select([sock], [], [], 0.25)[0]:  # a byte every 0.25 s until answered
+                    assert time.monotonic() < give_up, "the trickling part was never cut off"
+                    sock.sendall(b"\7")
+                status, headers, body = _answer(sock)
+                assert sock.recv(1) == b""  # the worker closed the connection
+            finally:
+                sock.close()
+            assert status == 408 and headers["connection"] == "close", body
+            err = _openai_error(body, "request_timeout")
+            assert err["param"] == "data" and err["type"] == "invalid_request_error"
+            assert http.get(f"/v1/uploads/{up['id']}").json()["parts"] == []  # nothing stored
+            r = send_part(http, up["id"], b"\3" * (3 * MIB))
+            assert r.status_code == 200, r.text
+
+
+def test_a_slow_but_steady_part_earns_its_time_and_is_taken(model_dir, postgres, s3, redis_server, tmp_path):
+    """The deadline is paced, as Apache mod_reqtimeout's body=<grace>,MinRate=<rate>: a part
+    keeps the time its received bytes earn (here 1 s of grace plus 1 s per 64 KiB), so a client
+    on a slow link sending steadily well past the grace is never cut off, whatever the size."""
+    with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=1,
+                 WORKER_PART_BODY_TIMEOUT_SECONDS="1", WORKER_PART_MIN_RATE_KBPS="64") as (url, (key,)):
+        with _client(url, key) as http:
+            up = _create(http, 3 * MIB)
+            sock, rest = _stalled_part(url, key, up["id"], 3 * MIB, 0)
+            try:
+                for i in range(0, len(rest), 64 * 1024):  # 256 KiB/s, four times the rate: about 12 s
+                    sock.sendall(rest[i:i + 64 * 1024])
+                    time.sleep(0.25)
+                status, _, body = _answer(sock)
+            finally:
+                sock.close()
+            assert status == 200, body
+            assert [p["bytes"] for p in http.get(f"/v1/uploads/{up['id']}").json()["parts"]] == [3 * MIB]
+
+
+def test_parts_refused_by_other_checks_spend_no_parts_per_minute(model_dir, postgres, s3, redis_server,
+                                                                  tmp_path):
+    """Two parts per minute, one part at a time per key. Two parts that are not
+    multipart/form-data (400) and three sent while a stalled part holds the key's one slot
+    (429 `concurrent_uploads_exceeded`) count nothing: the stalled part, finished, and one
+    more part are the minute's two, and both are taken."""
+    with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=1,
+                 WORKER_RATE_LIMIT_CONCURRENT_UPLOADS="1",
+                 WORKER_RATE_LIMIT_PARTS_PER_MINUTE="2") as (url, (key,)):
+        slots = f"worker:uploads:{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        with _client(url, key) as http, redis.Redis.from_url(redis_server.url) as store:
+            up = _create(http, 2 * MIB)
+            for _ in range(2):
+                r = http.post(f"/v1/uploads/{up['id']}/parts", json={"data": "not a form"})
+                assert r.status_code == 400, r.text
+                _openai_error(r.json(), "missing_data")
+            sock, rest = _stalled_part(url, key, up["id"], MIB, MIB // 2)
+            try:
+                give_up = time.monotonic() + 10
+                while store.zcard(slots) != 1:  # the stalled part holds the key's slot
+                    assert time.monotonic() < give_up, "the stalled part never took its upload slot"
+                    assert not select.select([sock], [], [], 0.05)[0], _answer(sock)
+                for i in range(3):
+                    r = send_part(http, up["id"], bytes([10 + i]) * 1024)
+                    assert r.status_code == 429, r.text
+                    _openai_error(r.json(), "concurrent_uploads_exceeded")
+                sock.sendall(rest)
+                status, _, body = _answer(sock)
+                assert status == 200, body
+            finally:
+                sock.close()
+            r = send_part(http, up["id"], b"\4" * MIB)
+            assert r.status_code == 200, r.text
+            assert len(http.get(f"/v1/uploads/{up['id']}").json()["parts"]) == 2
