@@ -383,25 +383,38 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
     is all the live server archived, and its archive_command counts a file archived once it
     is queued: the segment an in-place restore or a failover just switched out was otherwise
     still on its way and the window ended before it (breaker 14)."""
+    from opsctl.local import platform
     from opsctl.pitr import local as pitr_local
     from opsctl.pitr.local import queue_dir
 
     queue = queue_dir(state)
     status = state.data("postgres") / "pg_wal" / "archive_status"
+    notes = []
+    if platform.live_pid(state, "postgres") is None:
+        # a stopped server hands nothing more to its archive_command: its .ready segments are no
+        # queue to wait for (breaker 18 F11: 30 s waited, the archiver blamed, the cause unsaid)
+        never = sorted(p.name[:-len(".ready")] for p in status.glob("*.ready")) if status.is_dir() else []
+        if never:
+            notes.append(f"{len(never)} WAL segment(s) ({never[0]} first) were never archived: PostgreSQL stopped "
+                         f"before its archive_command took them (was it failing? read {state.log('postgres')}); "
+                         f"'latest' restored what the repository held; their commits are only in the stopped "
+                         f"server's {status.parent} (kept with its data directory by an in-place restore; "
+                         "'opsctl local up' instead would recover them by crash recovery)")
+        status = None
     deadline = time.monotonic() + timeout
     told = False
     while True:
         queued = sorted(pitr_local.queued_wal(state))  # none without a queue (archiving off)
-        # and what the server has yet to hand its archive_command (.ready, while it runs)
-        queued += [p.name for p in status.glob("*.ready")] if status.is_dir() else []
+        # and what the running server has yet to hand its archive_command (.ready)
+        queued += [p.name for p in status.glob("*.ready")] if status is not None and status.is_dir() else []
         if not queued:
-            return []
+            return notes
         running = pitr_local.archiver_pid(state) is not None
         if time.monotonic() > deadline or not running:  # no archiver: nothing comes
             why = (f"the WAL archiver did not upload them in {timeout:.0f} s; read {state.log('archiver')}" if running
                    else "the WAL archiver was not running; 'opsctl local up' starts it")
-            return [f"{len(queued)} WAL file(s) were not archived yet (local queue {queue}; {why}): 'latest' "
-                    "restored what the repository held, without them"]
+            return notes + [f"{len(queued)} WAL file(s) were not archived yet (local queue {queue}; {why}): 'latest' "
+                            "restored what the repository held, without them"]
         if not told:  # a wait of up to `timeout` seconds with nothing on screen reads as a hang
             import logging
 

@@ -42,3 +42,22 @@ def test_with_no_archiver_it_does_not_wait_and_notes_what_latest_left_out(tmp_pa
     assert len(notes) == 1 and "1 WAL file(s) were not archived yet" in notes[0], notes
     assert "the WAL archiver was not running; 'opsctl local up' starts it" in notes[0], notes
     assert "waiting" not in caplog.text, caplog.text
+
+
+def test_a_stopped_servers_ready_segments_are_not_waited_for_and_are_named(tmp_path, monkeypatch, caplog):
+    """Breaker 18 F11: PostgreSQL dead with segments marked .ready (its archive_command was
+    failing): 'latest' waited 30 s for 'queued' files no one would ever hand to the archiver,
+    then blamed the archiver's empty log. A stopped server's .ready segments are named as never
+    archived, where their commits are, and not waited for."""
+    state = LocalState(folder=tmp_path)
+    pitr_local.queue_dir(state).mkdir(parents=True)
+    status = state.data("postgres") / "pg_wal" / "archive_status"
+    status.mkdir(parents=True)
+    for seg in (SEGMENT, "000000010000000000000008"):
+        (status / f"{seg}.ready").touch()
+    monkeypatch.setattr(pitr_local, "archiver_pid", lambda _state: 4242)  # an archiver runs; the server does not
+    with caplog.at_level(logging.INFO, logger="opsctl.pitr.restore"):
+        notes = restore._wait_for_queue(state, timeout=2)
+    assert "waiting" not in caplog.text, caplog.text
+    assert len(notes) == 1 and f"2 WAL segment(s) ({SEGMENT} first) were never archived" in notes[0], notes
+    assert str(status.parent) in notes[0] and "archiver" not in notes[0], notes
