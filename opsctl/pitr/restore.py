@@ -107,8 +107,8 @@ class PitrResult:
     target: str
     chain: list[str]
     mode: str  # in-place | beside
-    # the newest commit recovered, never an abort (no commit replayed: the base backup's start;
-    # None when the cluster keeps no commit timestamps)
+    # the newest commit recovered, never an abort (no commit replayed after the base backup: the
+    # newest it holds, else its start; None when the cluster keeps no commit timestamps)
     recovered_to: dt.datetime | None
     timeline: int
     segments: int
@@ -1064,8 +1064,11 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
             recovered = None
             notes.append("the cluster keeps no commit timestamps (track_commit_timestamp off): the newest "
                          "commit recovered is unknown")
-        elif recovered is None:  # no commit replayed after the base backup: every commit before its start is in it
-            recovered = backups[-1].started_at
+        elif recovered is None:
+            # no commit replayed after the base backup's start: the newest commit it holds, from
+            # its commit timestamps (breaker 18 F9: its start time was shown as a commit that never
+            # was); the start only when none can be read
+            recovered = _newest_commit(port) or backups[-1].started_at
         _unconfigure(new)
         phase("check")
         result = PitrResult(p.target, p.chain, "beside" if p.beside else "in-place", recovered, tli,

@@ -509,6 +509,28 @@ def test_commits_a_crashed_server_made_after_the_archive_are_said_on_a_later_tim
     assert until.timestamp() > last - 1, (note, last)  # it dates the newest lost one (1 s: clock reads)
 
 
+def test_with_no_commit_after_the_base_backup_the_last_commit_is_the_newest_it_holds(pitr, runner):
+    """Breaker 18 F9: restoring from a base backup no commit followed said "last commit replayed"
+    at the base backup's start, a commit that never was (the same data restored from an older
+    base backup named the real one). It is the newest commit the base backup holds now."""
+    import json
+
+    from opsctl.local import postgres as pg
+
+    pitr.sql("insert into events(note) values ('before the base backup')")
+    (committed,) = pitr.sql("select max(pg_xact_commit_timestamp(xmin)) from events")[0]
+    time.sleep(1.1)
+    before_base = dt.datetime.now(dt.timezone.utc)
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.wait_archived()
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    pg.stop(doc["pid"])
+    recovered = dt.datetime.fromisoformat(doc["recovered_to"])
+    assert committed <= recovered < before_base, (committed, recovered, before_base)
+
+
 def test_an_in_place_restore_keeps_the_commit_timestamps_of_what_it_restored(pitr, runner):
     """Breaker 14: the recovery server ran without track_commit_timestamp, so its promotion
     WAL-logged the setting off: every restored row's commit timestamp was gone on the live
