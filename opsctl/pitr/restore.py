@@ -1035,6 +1035,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         phases[name] = round(now - mark, 2)
         mark = now
 
+    swapping = False  # past this, the live data directory is being replaced (_swap undoes its own)
     try:
         backups = c["backups"]
         # started by plan; its failure (a damaged base backup) raises here
@@ -1079,16 +1080,25 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
             pg.stop(pid)
             pid = None
             os.sync()  # it ran with fsync off: everything it wrote is on disk before it becomes the live one
+            swapping = True
             kept, swap_notes = _swap(c["project"], env, new, stamp, p.sysid, recovered, c["archived_commit"])
             result.previous_data_dir = str(kept)
             result.notes += swap_notes
             result.data_dir = str(state.data("postgres"))
             result.notes += _drop_standby(c["project"], env)
             phase("swap")
-    except BaseException:
+    except BaseException as exc:
         if pid is not None and procs.alive(pid):
             pg.stop(pid)
         _drop_unpacked(c["unpacked"], new, work)
+        import psycopg
+
+        if isinstance(exc, psycopg.Error) and not swapping:
+            # the recovery server went away under the check (killed, crashed): say what it means
+            # for the live data, not "unexpected AdminShutdown" (breaker 18 F12)
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OperationFailed(f"the recovery server stopped answering before the restore was checked "
+                                  f"({detail}); nothing live was changed; read {log}") from None
         raise
     finally:
         remove_later(work)

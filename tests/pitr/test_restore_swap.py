@@ -531,6 +531,37 @@ def test_with_no_commit_after_the_base_backup_the_last_commit_is_the_newest_it_h
     assert committed <= recovered < before_base, (committed, recovered, before_base)
 
 
+def test_a_recovery_server_killed_under_the_check_says_nothing_live_was_changed(pitr, runner, monkeypatch):
+    """Breaker 18 F12: kill -9 of the recovery server during an in-place restore ended in
+    "unexpected AdminShutdown ... rerun with --debug", read as a crash of opsctl, silent on the
+    live data. It is one line saying the recovery server stopped and nothing live was changed."""
+    import os
+    import signal
+
+    import psutil
+
+    from opsctl.pitr import restore
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    before = pitr.sql("select count(*) from events")[0][0]
+    check = restore._check
+
+    def killed_first(port, *args, **kwargs):
+        (server,) = [c.pid for c in psutil.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        os.kill(server, signal.SIGKILL)
+        psutil.wait_procs([psutil.Process(server)], timeout=10)
+        return check(port, *args, **kwargs)
+
+    monkeypatch.setattr(restore, "_check", killed_first)
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--yes")
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "the recovery server stopped answering" in r.output and "nothing live was changed" in r.output, r.output
+    assert "unexpected" not in r.output and "--debug" not in r.output, r.output
+    assert pitr.sql("select count(*) from events")[0][0] == before  # the live server serves on
+
+
 def test_an_in_place_restore_keeps_the_commit_timestamps_of_what_it_restored(pitr, runner):
     """Breaker 14: the recovery server ran without track_commit_timestamp, so its promotion
     WAL-logged the setting off: every restored row's commit timestamp was gone on the live
