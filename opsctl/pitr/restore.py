@@ -187,12 +187,15 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     clean_abandoned(state)  # a restore killed earlier (kill -9): its recovery server and folders
     record_abandoned(project, env, state)  # and the timeline its killed undo abandoned
     sysid = live_sysid = cluster_id(repo, state)
-    queue_notes = _wait_for_queue(state) if latest else []
     from opsctl.pitr.ops import live_path
 
     # the live server's own timelines: a newer one in the repository that it is not on was
     # abandoned (a restore undone after its swap queued the history) and is not followed
     live = live_path(project, env, sysid)
+    # the queue holds the live timeline's WAL: a --timeline of another has nothing to wait for
+    # (breaker 18 F10: 30 s waited for WAL no restore along that timeline reads)
+    on_live = timeline is None or not live or timeline == live[-1][0]
+    queue_notes = _wait_for_queue(state) if latest and on_live else []
     listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live)
     if not listed.bases and not listed.bad_bases_broken:
         # the live cluster has no base backup at all: a data directory lost and made anew
@@ -222,6 +225,11 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
             raise UsageError(f"timeline {listed.path[-1][0]}'s history can't be followed ({history.line()}); "
                              "restore along another timeline with --timeline N ('opsctl backup verify-chain "
                              "--timeline N' shows its windows); nothing was changed")
+        if timeline is not None:  # a new base backup is taken on the live timeline: no help for this one
+            raise UsageError(f"no base backup of this cluster (system {sysid}) lies on timeline {timeline}'s history "
+                             f"(timelines {', '.join(str(t) for t, _ in listed.path)}): those it had were pruned or "
+                             "taken on another branch, and one taken now is on the live timeline; 'opsctl backup "
+                             "verify-chain --timeline N' shows what each timeline can restore; nothing was changed")
         raise UsageError(f"no base backup of this cluster (system {sysid}) lies on its newest timeline's history "
                          f"(timelines {', '.join(str(t) for t, _ in listed.path)}); take one with "
                          "'opsctl backup base'")

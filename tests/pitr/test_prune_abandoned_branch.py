@@ -49,3 +49,12 @@ def test_prune_keeps_the_chains_on_the_live_timeline_not_the_abandoned_branch(pi
     assert done["wal_kept_from"] is not None and layout.parse_segment(done["wal_kept_from"])[1] == first
     # the newest one alone: B2 (on timeline 2) is kept by its stop LSN along the live history
     assert _prune(pitr, runner, "--keep-full", "1", "--dry-run")["kept"] == [b2]
+    # breaker 18 F10: with B0 and B1 pruned, timeline 1 has no base backup left; a restore along
+    # it said "take one with 'opsctl backup base'", which lands on the live timeline and can't help
+    (old,) = {b.timeline for b in left if b.id == b0}
+    done = _prune(pitr, runner, "--keep-full", "1", "--yes")
+    assert done["kept"] == [b2], done
+    r = pitr.cli(runner, "restore", "--timeline", str(old), "--to-time", "latest", "--beside")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"lies on timeline {old}'s history" in r.output and "pruned or taken on another branch" in r.output, r.output
+    assert "take one with" not in r.output, r.output
