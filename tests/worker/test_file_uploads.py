@@ -365,6 +365,8 @@ def test_presigned_upload_straight_to_s3(http, worker):
     assert first.status_code == 200, first.text
     parts = http.get(f"/v1/uploads/{upload['id']}").json()["parts"]
     assert [p["bytes"] for p in parts] == [5 * MIB]  # resume: part 2 is missing
+    # never hashed by the worker: no SHA-256 is claimed, S3's ETag is given (breaker 19 F6)
+    assert parts[0]["sha256"] is None and parts[0]["etag"] == first.headers["etag"], parts
     assert httpx.put(urls[1]["url"], content=audio[5 * MIB:], timeout=60).status_code == 200
     r = send_part(http, upload["id"], b"\1" * MIB)  # presigned uploads take no parts through the worker
     assert r.status_code == 400 and r.json()["error"]["code"] == "upload_presigned"

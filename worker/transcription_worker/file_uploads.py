@@ -111,9 +111,15 @@ def upload_body(row: dict, parts: list[dict] | None = None) -> dict[str, Any]:
 
 
 def part_body(part: dict) -> dict[str, Any]:
-    """A part row as OpenAI's UploadPart object, plus its `bytes` and `sha256`."""
-    return {"id": part["id"], "object": "upload.part", "created_at": _ts(part["created_at"]),
+    """A part row as OpenAI's UploadPart object, plus its `bytes` and `sha256`. A part PUT to a
+    presigned URL was never hashed here: its `sha256` is null and its S3 `etag` is given
+    instead (its row keeps a placeholder, `s3:<n>:<etag>`, for the per-upload uniqueness the
+    worker's own parts dedupe by; breaker 19 F6: the placeholder was shown as a SHA-256)."""
+    body = {"id": part["id"], "object": "upload.part", "created_at": _ts(part["created_at"]),
             "upload_id": part["upload_id"], "bytes": part["bytes"], "sha256": part["sha256"]}
+    if part["sha256"].startswith("s3:"):
+        body["sha256"], body["etag"] = None, part["etag"]
+    return body
 
 
 async def _context(request: Request) -> tuple[Any, str, Any]:
