@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pitr"))
 TARGET_MB = 200
 ROWS = 1_600_000
 PGBENCH_SECONDS = 15
-ROUNDS = 4  # 2 rounds left the ratio 0.87-0.93 from run to run: noise the size of the margin
+ROUNDS = 6  # alternated pairs: 2 left the ratio 0.87-0.93 from run to run, 4 gave 0.97 and 0.89 (pairs 0.87-1.09)
 RESTORE_ROUNDS = 5
 SETTLE_S = 3  # seconds before each timed restore, both sides (settle() in main)
 
