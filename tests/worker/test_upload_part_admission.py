@@ -3,8 +3,8 @@
 The part memory (WORKER_PART_MEMORY_MB) is reserved from a part's Content-Length before a byte
 is read. One API key may hold only its share of it (WORKER_PART_MEMORY_KEY_PERCENT), so a key
 whose parts stall leaves room for other keys; a part's body must keep arriving
-(WORKER_PART_BODY_TIMEOUT_SECONDS of grace, plus the time WORKER_PART_MIN_RATE_KBPS gives the
-bytes received), or it is 408 and its memory freed, however it trickles; and a part refused by another check spends none of the
+(WORKER_PART_MIN_RATE_KBPS over any WORKER_PART_BODY_TIMEOUT_SECONDS), or it is 408 and its
+memory freed, however it trickles and whatever it sent before; and a part refused by another check spends none of the
 key's parts per minute. Each test runs a worker of its own (uploads need no model) with raw
 sockets for the parts whose bodies stop.
 """
@@ -143,10 +143,33 @@ def test_a_trickling_part_is_408_and_frees_its_memory(model_dir, postgres, s3, r
             assert r.status_code == 200, r.text
 
 
+def test_bytes_sent_up_front_buy_no_stall(model_dir, postgres, s3, redis_server, tmp_path):
+    """Breaker 21 F1: under time earned per byte (mod_reqtimeout's MinRate), 2 MiB sent at once
+    bought 9 minutes of stall with the part's whole Content-Length reserved. The rate is now
+    measured over a sliding window: once the last WORKER_PART_BODY_TIMEOUT_SECONDS hold fewer
+    than WORKER_PART_MIN_RATE_KBPS's worth, the part is 408, whatever came before."""
+    with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=1,
+                 WORKER_PART_BODY_TIMEOUT_SECONDS="1", WORKER_PART_MIN_RATE_KBPS="64") as (url, (key,)):
+        with _client(url, key) as http:
+            up = _create(http, 3 * MIB)
+            sock, _ = _stalled_part(url, key, up["id"], 3 * MIB, 2 * MIB)  # 32 s earned per byte
+            try:
+                give_up = time.monotonic() + 15
+                while not select.select([sock], [], [], 0.25)[0]:  # then a byte every 0.25 s
+                    assert time.monotonic() < give_up, "the stalled part was never cut off"
+                    sock.sendall(b"\7")
+                status, _, body = _answer(sock)
+            finally:
+                sock.close()
+            assert status == 408, body
+            _openai_error(body, "request_timeout")
+            assert http.get(f"/v1/uploads/{up['id']}").json()["parts"] == []
+
+
 def test_a_slow_but_steady_part_earns_its_time_and_is_taken(model_dir, postgres, s3, redis_server, tmp_path):
-    """The deadline is paced, as Apache mod_reqtimeout's body=<grace>,MinRate=<rate>: a part
-    keeps the time its received bytes earn (here 1 s of grace plus 1 s per 64 KiB), so a client
-    on a slow link sending steadily well past the grace is never cut off, whatever the size."""
+    """A part's body is held to a minimum rate over a sliding window (here 64 KiB/s over any
+    1 s), so a client on a slow link sending steadily well past the first window is never cut
+    off, whatever the part's size."""
     with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=1,
                  WORKER_PART_BODY_TIMEOUT_SECONDS="1", WORKER_PART_MIN_RATE_KBPS="64") as (url, (key,)):
         with _client(url, key) as http:

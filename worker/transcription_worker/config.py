@@ -54,9 +54,9 @@ class Settings(BaseSettings):
     # the share of it one API key may hold (a key holding nothing may always send one part);
     # beyond it 429, so one key cannot keep every other key's parts out
     part_memory_key_percent: int = Field(50, ge=1, le=100)
-    # a part's body must keep arriving: this many seconds, plus one per `part_min_rate_kbps` KiB
-    # received (Apache mod_reqtimeout's body=30,MinRate); else 408 and its memory is freed, so a
-    # client trickling bytes cannot hold it, while a slow but steady one earns its time as it sends
+    # a part's body must keep arriving at `part_min_rate_kbps` or more over any this many seconds
+    # (the first of them its grace); else 408 and its memory is freed, so a client that stalls or
+    # trickles bytes cannot hold it, while a slow but steady one is never cut off
     part_body_timeout_seconds: float = Field(30, gt=0)
     part_min_rate_kbps: float = Field(4, gt=0)  # KiB per second: 32 kbit/s, below any mobile link
     upload_expiry_seconds: float = Field(3600, gt=0)  # an upload not completed by then is aborted in S3
