@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     # (the first of them its grace); else 408 and its memory is freed, so a client that stalls or
     # trickles bytes cannot hold it, while a slow but steady one is never cut off
     part_body_timeout_seconds: float = Field(30, gt=0)
-    part_min_rate_kbps: float = Field(4, gt=0)  # KiB per second: 32 kbit/s, below any mobile link
+    # KiB per second per part in flight (parallel parts divide the link): 1 KiB/s is 8.2 kbit/s of
+    # payload, Apache mod_reqtimeout's MinRate is 500 B/s; a trickle of a byte now and then fails it
+    part_min_rate_kbps: float = Field(1, gt=0)
     upload_expiry_seconds: float = Field(3600, gt=0)  # an upload not completed by then is aborted in S3
     max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 

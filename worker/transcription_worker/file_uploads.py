@@ -473,7 +473,8 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
     except TimeoutError:
         raise APIError(408, f"the part's body stopped arriving: it must keep coming at WORKER_PART_MIN_RATE_KBPS"
                        f" ({s.part_min_rate_kbps:g} KiB/s) or more over any WORKER_PART_BODY_TIMEOUT_SECONDS"
-                       f" ({s.part_body_timeout_seconds:g} s); nothing was stored, send the part again",
+                       f" ({s.part_body_timeout_seconds:g} s); nothing was stored, send the part again (on a slow"
+                       " link one part at a time: parts in parallel divide it)",
                        param="data", code="request_timeout", headers={"Connection": "close"}) from None
     try:
         part = form.get("data")
