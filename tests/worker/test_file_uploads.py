@@ -211,6 +211,33 @@ def test_errors_of_a_job_on_an_uploaded_file_name_file_id(http):
         assert (err["code"], err["param"]) == (code, "file_id"), err
 
 
+def test_a_key_whose_day_is_used_up_is_refused_before_its_file_is_fetched_and_decoded(http, worker):
+    """Breaker 21 F3: a key at its daily audio limit made the worker download and decode each
+    file it sent a job for (1,500 s of audio decoded for three refusals) before refusing it."""
+    from worker_helpers import LIMITS, silence_flac, wait_for_job
+
+    def uploaded(seconds: float) -> str:
+        audio = silence_flac(seconds)
+        upload = http.post("/v1/uploads", json={"filename": "s.flac", "bytes": len(audio),
+                                                "mime_type": "audio/flac", "purpose": "transcription"}).json()
+        part = send_part(http, upload["id"], audio).json()
+        return http.post(f"/v1/uploads/{upload['id']}/complete", json={"part_ids": [part["id"]]}).json()["file"]["id"]
+
+    def decoded() -> float:
+        line = next(ln for ln in worker.metrics().splitlines() if ln.startswith("worker_audio_decoded_seconds_total "))
+        return float(line.split()[1])
+
+    whole_day, more = uploaded(LIMITS["daily_audio_seconds"]), uploaded(30)
+    job = http.post("/v1/jobs", data={"file_id": whole_day})
+    assert job.status_code == 202, job.text  # the day is used up
+    wait_for_job(http, job.json()["id"])  # its own decoding done: the figure below moves for nothing else
+    before = decoded()
+    r = http.post("/v1/jobs", data={"file_id": more})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "daily_audio_limit_exceeded", r.text
+    assert int(r.headers["retry-after"]) >= 1
+    assert decoded() == before, "the refused file was decoded"
+
+
 def test_openai_sdk_uploads_client(worker, api_key):
     import openai
 

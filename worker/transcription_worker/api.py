@@ -209,6 +209,7 @@ async def create_job(request: Request):
                 raise APIError(404, f"no completed upload with file id {shown(upload.file_id)}",
                                param="file_id", code="file_not_found")
             key = done["file_key"] or done["s3_key"]  # file_key: the key its complete recorded
+            await state.limits.check_audio_left(key_id)  # a used-up day is refused before the download
             # into a temporary file, not memory (up to WORKER_MAX_UPLOAD_TOTAL_MB), hashed on the way
             source, upload.sha256, size = await _db(state.store.download, key)
             if not done["sha256"]:  # completed without md5: nothing had read the file yet

@@ -327,6 +327,22 @@ class Limits:
                        code="daily_audio_limit_exceeded",
                        retry_after=_seconds_to_utc_midnight(time.time()))
 
+    async def check_audio_left(self, key_id: str) -> None:
+        """429 `daily_audio_limit_exceeded` when the key's UTC day is used up already, before a
+        file is fetched and decoded only to be refused (breaker 19/21 F3: a key at its limit made
+        the worker download and decode a 4-hour file per refused job). Whether a file fits in
+        what is left still needs its duration: `charge_audio` decides that."""
+        if not (self.redis and self.daily):
+            return
+        try:
+            used = float(await self.redis.get(self._day_key(key_id)) or 0)
+        except RedisError:
+            return  # fail open, as charge_audio does
+        if used >= self.daily:
+            metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
+            raise APIError(429, f"daily audio limit of {self.daily} s reached for this API key ({used:.0f} s used)",
+                           code="daily_audio_limit_exceeded", retry_after=_seconds_to_utc_midnight(time.time()))
+
     async def refund_audio(self, key_id: str, seconds: float) -> None:
         """Give back `seconds` charged for a transcription that did not happen."""
         if self.redis and self.daily:
