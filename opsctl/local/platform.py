@@ -363,9 +363,6 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
         state, problem = st.load_lenient(folder)
         comps = state.components
         from opsctl.pitr import local as pitr
-
-        if pitr.stop_archiver(state):  # what it had queued is archived before it exits
-            stopped.append("archiver")
         from opsctl.pitr import standby as pitr_standby
 
         if pitr_standby.stop_for_down(state):  # the embedded standby (opsctl dr standby), if one runs
@@ -378,7 +375,14 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
 
         if pitr_drill.clean_for_down(project):  # a drill killed mid-way: its preview worker, Redis, bucket
             stopped.append("drill scratch")
-        for key in ["router", *(wk.name(c) for c in st.COLORS), "s3", "redis", "postgres"]:
+        # PostgreSQL before the archiver, and the archiver before the S3 endpoint a repository may
+        # be on: the shutdown's last segment is queued, then archived, before the archiver exits
+        # (breaker 20 F6: stopped first, it left those commits in the local queue until the next up)
+        for key in ["router", *(wk.name(c) for c in st.COLORS), "postgres", pitr.COMPONENT, "s3", "redis"]:
+            if key == pitr.COMPONENT:
+                if pitr.stop_archiver(state):  # what is queued is archived before it exits
+                    stopped.append(key)
+                continue
             comp = comps.get(key)
             pid = live_pid(state, key)
             if pid is None:

@@ -105,3 +105,21 @@ def test_local_status_shows_the_archiver_and_its_death(pitr):
         assert row.pid is None and not row.healthy, row
     finally:
         pitr.ensure_archiver()
+
+
+def test_local_down_archives_the_shutdowns_last_segment(pitr):
+    """Breaker 20 F6: `local down` stopped the archiver before PostgreSQL, so the segment the
+    shutdown queued (with acknowledged commits) waited in the local queue until the next `up`:
+    lost with the disk meanwhile. PostgreSQL stops first now, and the archiver drains after it."""
+    from opsctl.local import platform
+    from opsctl.pitr import local as pitr_local
+
+    pitr.wait_archived()
+    pitr.sql("insert into events(note) values ('just before down')")
+    try:
+        stopped = platform.down(pitr.project())
+        assert stopped.index("postgres") < stopped.index("archiver"), stopped
+        assert pitr_local.queued_wal(pitr.state()) == set(), "the shutdown's segment stayed queued"
+    finally:
+        pitr.start_postgres()
+        pitr.ensure_archiver()
