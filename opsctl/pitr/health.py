@@ -151,6 +151,11 @@ def archive_lag(project, env) -> CheckResult:
     running = comp is not None and procs.alive(comp.pid, pitr_local.HINT)
     waited = max(now - oldest if oldest is not None else 0.0,
                  (server or {}).get("oldest_ready_age") or 0.0)  # in the queue, or still in pg_wal
+    # a stopped server answers nothing: its pg_wal's .ready segments are read from the disk
+    # (breaker 20 F3: "lag at most 1 s (0 queued)" with 6 s of commits never archived)
+    stranded = _ready_on_disk(state) if server is None else []
+    if stranded:
+        waited = max(waited, now - min(stranded))
     # a commit whose segment was not switched out yet: archive_timeout bounds that wait only
     # while the server honours it (breaker 16: a checkpointer asleep for its 5 min left commits
     # unarchived for minutes while this said "at most 1 s")
@@ -187,6 +192,11 @@ def archive_lag(project, env) -> CheckResult:
         text = (f"archive_command fails on {failing['wal']} ({failing['failures']} failure(s); "
                 f"{failing['ready']} segment(s) wait in pg_wal, archive lag {lag:.0f} s, RPO {env.dr.rpo}): "
                 "read PostgreSQL's log (disk full? the queue not writable?)")
+    elif stranded:
+        status = Status.CRITICAL if lag > rpo else Status.WARNING
+        text = (f"PostgreSQL is not running and {len(stranded)} segment(s) in its pg_wal were never archived "
+                f"(the oldest finished {now - min(stranded):.0f} s ago): their commits are only on this disk; "
+                "'opsctl local up' starts it and they are archived")
     elif pending and not running:
         status, text = Status.CRITICAL, (f"{len(pending)} WAL segment(s) wait and no archiver runs "
                                          "('opsctl local up' starts it; read its log)")
@@ -208,6 +218,16 @@ def archive_lag(project, env) -> CheckResult:
     if failing and "archive_command fails" not in text:  # a worse fault came first: say both
         text += f"; archive_command also fails on {failing['wal']}"
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
+
+
+def _ready_on_disk(state) -> list[float]:
+    """The times (epoch seconds) the segments marked .ready in the embedded server's pg_wal were
+    finished, read from its data directory: [] when there are none or it can't be read."""
+    folder = state.data("postgres") / "pg_wal" / "archive_status"
+    try:
+        return [p.stat().st_mtime for p in folder.glob("*.ready")]
+    except OSError:
+        return []
 
 
 def _without_base_backup(project, env, state) -> tuple[str, float] | None:

@@ -71,6 +71,42 @@ def test_a_failing_archive_command_shows_in_health_naming_the_segment(pitr):
     assert ok.status == Status.OK, ok.message
 
 
+def test_a_stopped_servers_unarchived_segments_show_in_health(pitr):
+    """Breaker 20 F3: PostgreSQL killed while its archive_command failed, segments marked .ready
+    in its pg_wal: the check asked the server (which could not answer) and said "archive lag at
+    most 1 s (0 queued)". The segments are read from the disk now: WARNING within the RPO,
+    CRITICAL past it, naming them."""
+    import signal
+
+    import psutil
+
+    from opsctl.config import DrSettings
+    from opsctl.health.model import Status
+    from opsctl.pitr import local as pitr_local
+
+    queue = pitr_local.queue_dir(pitr.state())
+    pitr.wait_archived()
+    os.chmod(queue, 0o500)  # the archive_command can't write the queue
+    try:
+        pitr.sql("insert into events(note) values ('never archived')")
+        (seg,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+        ready = pitr.state().data("postgres") / "pg_wal" / "archive_status" / f"{seg}.ready"
+        assert _wait(ready.exists), "the switched segment was never marked .ready"
+        victim = pitr.pid
+        os.killpg(victim, signal.SIGKILL)
+        psutil.wait_procs([psutil.Process(victim)] if psutil.pid_exists(victim) else [], timeout=10)
+        time.sleep(1.5)
+        stranded = _check(pitr)
+        assert stranded.status == Status.WARNING and "PostgreSQL is not running" in stranded.message, stranded
+        assert "never archived" in stranded.message and stranded.value >= 1, stranded
+        assert _check(pitr, dr=DrSettings(rpo="1s")).status == Status.CRITICAL
+    finally:
+        os.chmod(queue, 0o700)
+        pitr.start_postgres()
+    pitr.wait_archived()
+    assert _wait(lambda: _check(pitr).status == Status.OK), _check(pitr).message
+
+
 def test_a_dropped_segment_stays_critical_until_a_base_backup_covers_it(pitr, runner):
     from opsctl.health.model import Status
     from opsctl.local import postgres as pg
