@@ -195,7 +195,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # the queue holds the live timeline's WAL: a --timeline of another has nothing to wait for
     # (breaker 18 F10: 30 s waited for WAL no restore along that timeline reads)
     on_live = timeline is None or not live or timeline == live[-1][0]
-    queue_notes = _wait_for_queue(state) if latest and on_live else []
+    queue_notes = _wait_for_queue(state, beside=beside) if latest and on_live else []
     listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live)
     if not listed.bases and not listed.bad_bases_broken:
         # the live cluster has no base backup at all: a data directory lost and made anew
@@ -385,7 +385,7 @@ def _archived_bases(bases: list, listed: chain.Inventory, queued: set[str], note
     return ready
 
 
-def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
+def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> list[str]:
     """Wait until the local WAL queue holds no segment or history (the archiver uploads it
     every half second) and the live server has none marked .ready, at most `timeout` seconds; a note when some are still there. 'latest'
     is all the live server archived, and its archive_command counts a file archived once it
@@ -405,9 +405,9 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT) -> list[str]:
         if never:
             notes.append(f"{len(never)} WAL segment(s) ({never[0]} first) were never archived: PostgreSQL stopped "
                          f"before its archive_command took them (was it failing? read {state.log('postgres')}); "
-                         f"'latest' restored what the repository held; their commits are only in the stopped "
-                         f"server's {status.parent} (kept with its data directory by an in-place restore; "
-                         "'opsctl local up' instead would recover them by crash recovery)")
+                         "'latest' restored what the repository held; their commits are only in the stopped "
+                         + (f"server's {status.parent} ('opsctl local up' recovers them there by crash recovery)"
+                            if beside else "server's pg_wal, kept with its data directory (named above)"))
         status = None
     deadline = time.monotonic() + timeout
     told = False

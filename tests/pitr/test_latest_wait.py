@@ -61,3 +61,7 @@ def test_a_stopped_servers_ready_segments_are_not_waited_for_and_are_named(tmp_p
     assert "waiting" not in caplog.text, caplog.text
     assert len(notes) == 1 and f"2 WAL segment(s) ({SEGMENT} first) were never archived" in notes[0], notes
     assert str(status.parent) in notes[0] and "archiver" not in notes[0], notes
+    # in place, that pg_wal moves aside with its data directory: the note says so, not a path
+    # that then holds the restored cluster (breaker 20 F1)
+    in_place = restore._wait_for_queue(state, timeout=2, beside=False)
+    assert "kept with its data directory" in in_place[0] and str(status.parent) not in in_place[0], in_place
