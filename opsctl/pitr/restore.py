@@ -248,8 +248,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     if not fits:
         first = usable[0]
         raise UsageError(f"{what} is before the oldest base backup ({first.id}, finished "
-                         f"{first.finished_at.isoformat(timespec='seconds')}, stop LSN {first.stop_lsn}); "
-                         "choose a later target")
+                         f"{first.finished_at.isoformat()}, stop LSN {first.stop_lsn}); choose a target at or "
+                         "after that time or LSN")
     tip = max(fits, key=lambda b: layout.lsn(b.stop_lsn))
     backups = bb.chain_of(whole, tip)
     data_root = state.folder / "data"
