@@ -330,8 +330,23 @@ def status(project: Project) -> list[ComponentStatus]:
         rows.append(ComponentStatus(name, comp.pid if procs.alive(comp.pid) else None, comp.port,
                                     healthy, comp.version, str(state.log(name)), note))
         if name == "postgres":
-            rows += _archiver_status(state)
+            rows += _archiver_status(state) + _standby_status(state)
     return rows
+
+
+def _standby_status(state: st.LocalState) -> list[ComponentStatus]:
+    """The `dr standby` standby's row, while one was built: the server a failover promotes, so
+    one that died is shown, not found out by the failover (breaker 20 F2)."""
+    from opsctl.pitr import standby
+
+    comp = state.components.get(standby.COMPONENT)
+    if comp is None:
+        return []
+    pid = standby.running_pid(state)
+    healthy = pid is not None and pg.ready(comp.port)
+    note = ("streaming from the primary: what a failover promotes" if healthy else
+            "not running: a failover has nothing to promote; 'opsctl dr standby' builds it again")
+    return [ComponentStatus(standby.COMPONENT, pid, comp.port, healthy, None, str(state.log(standby.COMPONENT)), note)]
 
 
 def _archiver_status(state: st.LocalState) -> list[ComponentStatus]:

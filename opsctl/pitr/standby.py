@@ -132,6 +132,11 @@ def _standby_running(state) -> bool:
     return comp is not None and _standby_pid(state) is not None and _ready(comp.port)
 
 
+def running_pid(state) -> int | None:
+    """The standby's postmaster PID while it runs (`_standby_pid`), for `local status`."""
+    return _standby_pid(state)
+
+
 def _standby_pid(state) -> int | None:
     """The standby's postmaster: the recorded PID when it still listens on the standby's port,
     else the one its postmaster.pid names (create time checked); never a reused PID."""

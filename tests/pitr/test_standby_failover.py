@@ -209,9 +209,14 @@ def test_a_new_standby_follows_the_promoted_server_and_local_down_stops_it(platf
     assert r.exit_code == 0, r.output
     sb = json.loads(r.stdout)
     assert sb["streaming"] is True
+    row = {c.name: c for c in pl.status(platform.project())}["postgres-standby"]
+    assert row.pid == sb["pid"] and row.healthy, row  # breaker 20 F2: status showed no standby
     stopped = pl.down(platform.project())
     assert "postgres-standby" in stopped and not procs.alive(sb["pid"])
     pl.up(platform.project())  # the fixture's teardown expects a running platform
+    # up does not start it again: shown as not running, what a failover would find out too late
+    row = {c.name: c for c in pl.status(platform.project())}["postgres-standby"]
+    assert row.pid is None and not row.healthy and "nothing to promote" in row.note, row
 
 
 def test_a_standby_the_restore_left_behind_is_never_promoted_and_an_in_place_restore_removes_it(platform, runner,
