@@ -132,7 +132,10 @@ def test_a_trickling_part_is_408_and_frees_its_memory(model_dir, postgres, s3, r
                     assert time.monotonic() < give_up, "the trickling part was never cut off"
                     sock.sendall(b"\7")
                 status, headers, body = _answer(sock)
-                assert sock.recv(1) == b""  # the worker closed the connection
+                try:  # the worker closed the connection (a reset when our bytes were still unread there)
+                    assert sock.recv(1) == b""
+                except ConnectionResetError:
+                    pass
             finally:
                 sock.close()
             assert status == 408 and headers["connection"] == "close", body

@@ -37,7 +37,7 @@ made from it, which reads the file anyway. A job is made with `POST /v1/jobs` an
 Rows live in PostgreSQL (`uploads`, `upload_parts`); each upload is private to its API key.
 A part is admitted before a byte of its body is read (the worker's part memory, one key's
 share of it, then the key's parts per minute, which only an admitted part spends), and its
-body must keep arriving at a minimum rate (`_paced`, as Apache's mod_reqtimeout).
+body must keep arriving at a minimum rate (`_paced`).
 
 No request and no keeper task holds a pooled database connection or a row lock across an S3
 call. Ending an upload is three steps: a short transaction claims it (`claim`: completing,
@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
 import hashlib
 import json
@@ -411,39 +410,21 @@ async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterat
             del _PARTS_IN_MEMORY[key_id]
 
 
-def _window_deadline(start: float, recent: collections.deque, window: float, need: float) -> float:
-    """When the bytes received in the last `window` seconds fall below `need` if nothing more
-    arrives (`recent`: (time, bytes) of the chunks received in the last `window` seconds,
-    oldest first); never before `start` + `window`, the grace the first bytes have."""
-    total = sum(size for _, size in recent)
-    deadline = start + window
-    for at, size in recent:  # the window loses its oldest chunk at at + window
-        if total < need:
-            break
-        deadline = max(deadline, at + window)
-        total -= size
-    return deadline
-
-
 async def _paced(stream: AsyncIterator[bytes], window: float, rate: float) -> AsyncIterator[bytes]:
-    """`stream`'s chunks while the body keeps arriving at `rate` bytes per second or more,
-    measured over any `window` seconds (the first `window` seconds are its grace); TimeoutError
-    as soon as the last `window` seconds hold fewer than `rate` x `window` bytes. A part's
-    memory is held from before its first byte, so a client that stalls, or sends a byte now
-    and then (which keeps any idle timeout, the router's or a proxy's, from firing), would
-    otherwise hold it for as long as it likes; a slow but steady client keeps its time
-    whatever the part's size. A sliding window, not time earned per byte as Apache's
-    mod_reqtimeout MinRate earns it: bytes sent up front bought a stall of their own length
-    (breaker 21 F1: 2 MiB bought 9 minutes)."""
+    """`stream`'s chunks while the body keeps arriving: every `rate` x `window` bytes received
+    buy `window` seconds from the moment they are in; TimeoutError when a window passes short of
+    them (the first window is the grace of the first bytes). A part's memory is held from
+    before its first byte, so a client that stalls, or sends a byte now and then (which keeps
+    any idle timeout, the router's or a proxy's, from firing), would otherwise hold it for as
+    long as it likes; a client sending steadily faster than `rate` is never cut off whatever
+    the part's size, and bytes sent up front buy one window, not a stall of their own length
+    (breaker 21 F1: time earned per byte, as Apache's mod_reqtimeout MinRate earns it, let
+    2 MiB buy 9 minutes). Constant work per chunk."""
     loop = asyncio.get_running_loop()
-    start, need = loop.time(), rate * window
-    recent: collections.deque = collections.deque()
+    need, mark, got = rate * window, loop.time(), 0
     chunks = stream.__aiter__()
     while True:
-        now = loop.time()
-        while recent and recent[0][0] <= now - window:
-            recent.popleft()
-        left = _window_deadline(start, recent, window, need) - now
+        left = mark + window - loop.time()
         if left <= 0:
             raise TimeoutError
         try:
@@ -451,7 +432,9 @@ async def _paced(stream: AsyncIterator[bytes], window: float, rate: float) -> As
                 chunk = await chunks.__anext__()
         except StopAsyncIteration:
             return
-        recent.append((loop.time(), len(chunk)))
+        got += len(chunk)
+        if got >= need:  # a window's worth is in: the next window starts now
+            mark, got = loop.time(), 0
         yield chunk
 
 
