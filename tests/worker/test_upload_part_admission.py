@@ -148,9 +148,9 @@ def test_a_trickling_part_is_408_and_frees_its_memory(model_dir, postgres, s3, r
 
 def test_bytes_sent_up_front_buy_no_stall(model_dir, postgres, s3, redis_server, tmp_path):
     """Breaker 21 F1: under time earned per byte (mod_reqtimeout's MinRate), 2 MiB sent at once
-    bought 9 minutes of stall with the part's whole Content-Length reserved. The rate is now
-    measured over a sliding window: once the last WORKER_PART_BODY_TIMEOUT_SECONDS hold fewer
-    than WORKER_PART_MIN_RATE_KBPS's worth, the part is 408, whatever came before."""
+    bought 9 minutes of stall with the part's whole Content-Length reserved. Now each window of
+    WORKER_PART_BODY_TIMEOUT_SECONDS must bring WORKER_PART_MIN_RATE_KBPS's worth: bytes sent up
+    front fill one window, and the part is 408 once a later one falls short."""
     with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=1,
                  WORKER_PART_BODY_TIMEOUT_SECONDS="1", WORKER_PART_MIN_RATE_KBPS="64") as (url, (key,)):
         with _client(url, key) as http:
@@ -170,9 +170,9 @@ def test_bytes_sent_up_front_buy_no_stall(model_dir, postgres, s3, redis_server,
 
 
 def test_a_slow_but_steady_part_earns_its_time_and_is_taken(model_dir, postgres, s3, redis_server, tmp_path):
-    """A part's body is held to a minimum rate over a sliding window (here 64 KiB/s over any
-    1 s), so a client on a slow link sending steadily well past the first window is never cut
-    off, whatever the part's size."""
+    """A part's body is held to a minimum rate per window (here 64 KiB in each 1 s), so a
+    client on a slow link sending steadily well past the first window is never cut off,
+    whatever the part's size."""
     with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=1,
                  WORKER_PART_BODY_TIMEOUT_SECONDS="1", WORKER_PART_MIN_RATE_KBPS="64") as (url, (key,)):
         with _client(url, key) as http:
