@@ -184,7 +184,8 @@ async def create_upload(request: Request):
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise APIError(400, "bytes must be a positive integer", param="bytes", code="invalid_value")
     if size > settings.max_upload_total_bytes:
-        raise APIError(413, f"an upload may hold at most {settings.max_upload_total_mb} MB",
+        raise APIError(413, f"an upload may hold at most {settings.max_upload_total_mb} MiB"
+                       f" ({settings.max_upload_total_bytes} bytes)",
                        param="bytes", code="file_too_large")
     if not isinstance(mime, str) or len(mime) > 127 or not _MEDIA_TYPE.fullmatch(mime):
         raise APIError(400, "mime_type must be an audio (or video) media type of at most 127 characters,"

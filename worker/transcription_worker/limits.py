@@ -322,8 +322,8 @@ class Limits:
         if int(ok):
             return True
         metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
-        raise APIError(429, f"daily audio limit of {self.daily} s reached for this API key"
-                       f" ({float(used):.0f} s used, this file is {seconds:.0f} s)",
+        raise APIError(429, f"daily audio limit of {self.daily:g} s reached for this API key"
+                       f" ({float(used):.1f} s used, this file is {seconds:.1f} s)",
                        code="daily_audio_limit_exceeded",
                        retry_after=_seconds_to_utc_midnight(time.time()))
 
@@ -340,7 +340,7 @@ class Limits:
             return  # fail open, as charge_audio does
         if used >= self.daily:
             metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
-            raise APIError(429, f"daily audio limit of {self.daily} s reached for this API key ({used:.0f} s used)",
+            raise APIError(429, f"daily audio limit of {self.daily:g} s reached for this API key ({used:.1f} s used)",
                            code="daily_audio_limit_exceeded", retry_after=_seconds_to_utc_midnight(time.time()))
 
     async def refund_audio(self, key_id: str, seconds: float) -> None:
