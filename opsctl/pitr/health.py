@@ -153,7 +153,7 @@ def archive_lag(project, env) -> CheckResult:
                  (server or {}).get("oldest_ready_age") or 0.0)  # in the queue, or still in pg_wal
     # a stopped server answers nothing: its pg_wal's .ready segments are read from the disk
     # (breaker 20 F3: "lag at most 1 s (0 queued)" with 6 s of commits never archived)
-    stranded = _ready_on_disk(state) if server is None else []
+    stranded = list(pitr_local.ready_wal(state).values()) if server is None else []
     if stranded:
         waited = max(waited, now - min(stranded))
     # a commit whose segment was not switched out yet: archive_timeout bounds that wait only
@@ -218,16 +218,6 @@ def archive_lag(project, env) -> CheckResult:
     if failing and "archive_command fails" not in text:  # a worse fault came first: say both
         text += f"; archive_command also fails on {failing['wal']}"
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
-
-
-def _ready_on_disk(state) -> list[float]:
-    """The times (epoch seconds) the segments marked .ready in the embedded server's pg_wal were
-    finished, read from its data directory: [] when there are none or it can't be read."""
-    folder = state.data("postgres") / "pg_wal" / "archive_status"
-    try:
-        return [p.stat().st_mtime for p in folder.glob("*.ready")]
-    except OSError:
-        return []
 
 
 def _without_base_backup(project, env, state) -> tuple[str, float] | None:

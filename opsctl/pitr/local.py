@@ -35,6 +35,18 @@ def queued_wal(state) -> set[str]:
         return set()
 
 
+def ready_wal(state) -> dict[str, float]:
+    """The WAL files the embedded PostgreSQL has finished and not yet handed to its
+    archive_command (marked .ready in its pg_wal), read from the disk: {name: when it was
+    finished, epoch seconds}; {} when there are none or they can't be read. What a stopped
+    server never archived; while it runs, what it is about to hand over."""
+    folder = state.data("postgres") / "pg_wal" / "archive_status"
+    try:
+        return {p.name[:-len(".ready")]: p.stat().st_mtime for p in folder.glob("*.ready")}
+    except OSError:
+        return {}
+
+
 def server_settings(state, env) -> dict[str, str]:
     """Settings for the platform's PostgreSQL: archiving into the queue, WAL summaries."""
     from opsctl.local import postgres as pg

@@ -377,8 +377,7 @@ def _archived_bases(bases: list, listed: chain.Inventory, queued: set[str], note
     if not held or not ready:
         return bases
     newest = max(ready, key=lambda b: layout.lsn(b.stop_lsn))
-    passed = sorted(bid for bid, f in held.items()
-                    if layout.lsn(next(b for b in bases if b.id == bid).stop_lsn) > layout.lsn(newest.stop_lsn))
+    passed = sorted(b.id for b in bases if b.id in held and layout.lsn(b.stop_lsn) > layout.lsn(newest.stop_lsn))
     if passed:
         notes.append(f"base backup(s) {', '.join(passed)} wait for their WAL in the local queue "
                      f"({held[passed[-1]]} first): 'latest' restored from {newest.id}, the newest whose WAL is archived")
@@ -396,25 +395,25 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> 
     from opsctl.pitr.local import queue_dir
 
     queue = queue_dir(state)
-    status = state.data("postgres") / "pg_wal" / "archive_status"
+    pg_wal = state.data("postgres") / "pg_wal"
     notes = []
-    if platform.live_pid(state, "postgres") is None:
+    serving = platform.live_pid(state, "postgres") is not None
+    if not serving:
         # a stopped server hands nothing more to its archive_command: its .ready segments are no
         # queue to wait for (breaker 18 F11: 30 s waited, the archiver blamed, the cause unsaid)
-        never = sorted(p.name[:-len(".ready")] for p in status.glob("*.ready")) if status.is_dir() else []
+        never = sorted(pitr_local.ready_wal(state))
         if never:
             notes.append(f"{len(never)} WAL segment(s) ({never[0]} first) were never archived: PostgreSQL stopped "
                          f"before its archive_command took them (was it failing? read {state.log('postgres')}); "
                          "'latest' restored what the repository held; their commits are only in the stopped "
-                         + (f"server's {status.parent} ('opsctl local up' recovers them there by crash recovery)"
+                         + (f"server's {pg_wal} ('opsctl local up' recovers them there by crash recovery)"
                             if beside else "server's pg_wal, kept with its data directory (named above)"))
-        status = None
     deadline = time.monotonic() + timeout
     told = False
     while True:
         queued = sorted(pitr_local.queued_wal(state))  # none without a queue (archiving off)
         # and what the running server has yet to hand its archive_command (.ready)
-        queued += [p.name for p in status.glob("*.ready")] if status is not None and status.is_dir() else []
+        queued += sorted(pitr_local.ready_wal(state)) if serving else []
         if not queued:
             return notes
         running = pitr_local.archiver_pid(state) is not None

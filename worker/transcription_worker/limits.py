@@ -321,11 +321,7 @@ class Limits:
             return False
         if int(ok):
             return True
-        metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
-        raise APIError(429, f"daily audio limit of {self.daily:g} s reached for this API key"
-                       f" ({float(used):.1f} s used, this file is {seconds:.1f} s)",
-                       code="daily_audio_limit_exceeded",
-                       retry_after=_seconds_to_utc_midnight(time.time()))
+        raise self._audio_refused(float(used), f", this file is {seconds:.1f} s")
 
     async def check_audio_left(self, key_id: str) -> None:
         """429 `daily_audio_limit_exceeded` when the key's UTC day is used up already, before a
@@ -339,9 +335,14 @@ class Limits:
         except RedisError:
             return  # fail open, as charge_audio does
         if used >= self.daily:
-            metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
-            raise APIError(429, f"daily audio limit of {self.daily:g} s reached for this API key ({used:.1f} s used)",
-                           code="daily_audio_limit_exceeded", retry_after=_seconds_to_utc_midnight(time.time()))
+            raise self._audio_refused(used)
+
+    def _audio_refused(self, used: float, why: str = "") -> APIError:
+        """The 429 of the daily audio limit (counted in worker_rate_limited_total), `used`
+        seconds of the day spent, `why` what would pass it."""
+        metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
+        return APIError(429, f"daily audio limit of {self.daily:g} s reached for this API key ({used:.1f} s used{why})",
+                        code="daily_audio_limit_exceeded", retry_after=_seconds_to_utc_midnight(time.time()))
 
     async def refund_audio(self, key_id: str, seconds: float) -> None:
         """Give back `seconds` charged for a transcription that did not happen."""
