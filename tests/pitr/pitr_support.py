@@ -104,8 +104,26 @@ class Pitr:
         if comp is not None and comp.pid:
             os.kill(comp.pid, signal.SIGUSR1)
             time.sleep(1)
-        raise AssertionError(f"{lsn} never reached the repository; archiver log:\n"
-                             + self.state().log("archiver").read_text()[-3000:])
+        raise AssertionError(f"{lsn} never reached the repository; " + self.archiving_report())
+
+    def archiving_report(self) -> str:
+        """What a test that waited in vain for archiving prints: PostgreSQL's own archiver
+        (pg_stat_archiver, the .ready files), the queue, and both logs' tails."""
+        state = self.state()
+        try:
+            stats = self.sql("select archived_count, last_archived_wal, failed_count, last_failed_wal, "
+                             "last_failed_time, pg_walfile_name(pg_current_wal_lsn()) from pg_stat_archiver",
+                             db="postgres")
+        except Exception as exc:  # the server is down: the report still shows the rest
+            stats = repr(exc)
+        status = state.data("postgres") / "pg_wal" / "archive_status"
+        ready = sorted(p.name for p in status.glob("*.ready")) if status.is_dir() else []
+        queue = state.data("wal-queue")
+        queued = sorted(os.listdir(queue)) if queue.is_dir() else []
+        return (f"pg_stat_archiver (archived, last, failed, last failed, when, current): {stats}\n"
+                f".ready: {ready}\nqueue: {queued}\n"
+                f"postgres log:\n{state.log('postgres').read_text()[-3000:]}\n"
+                f"archiver log:\n{state.log('archiver').read_text()[-3000:]}")
 
     def start_postgres(self) -> None:
         from opsctl.local import platform
