@@ -106,6 +106,20 @@ class Pitr:
             time.sleep(1)
         raise AssertionError(f"{lsn} never reached the repository; " + self.archiving_report())
 
+    def commit_archived(self, query: str, params=(), tries: int = 5) -> str:
+        """Run `query` (a commit of its own) and archive the segment holding that commit; returns
+        that segment. With archive_timeout at 1 s the server may switch segments on its own
+        between the commit and wait_archived's switch, which then names the next segment, not
+        the commit's: the commit is run again until no switch came between (the insert position
+        before it is in the segment wait_archived names). Rows of the earlier tries stay."""
+        for _ in range(tries):
+            (before,) = self.sql("select pg_walfile_name(pg_current_wal_insert_lsn())", db="postgres")[0]
+            self.sql(query, params)
+            segment = self.wait_archived()
+            if segment == before:
+                return segment
+        raise AssertionError(f"the server switched segments on its own during each of {tries} commits")
+
     def archiving_report(self) -> str:
         """What a test that waited in vain for archiving prints: PostgreSQL's own archiver
         (pg_stat_archiver, the .ready files), the queue, and both logs' tails."""

@@ -19,9 +19,11 @@ def batches(pitr):
     assert r.exit_code == 0, r.output
     out = []
     for name in ("a", "b", "c"):
-        pitr.sql("insert into events(note) select %s from generate_series(1, 50)", (name,))
+        # each batch's commit in the segment named for it (CI once had batch b's commit in the
+        # segment before, an archive_timeout switch between them: tampering "b's" spared it)
+        segment = pitr.commit_archived("insert into events(note) select %s from generate_series(1, 50)", (name,))
         (when,) = pitr.sql("select max(pg_xact_commit_timestamp(xmin)) from events where note = %s", (name,))[0]
-        out.append((name, pitr.wait_archived(), when))
+        out.append((name, segment, when))
     return out
 
 
