@@ -128,6 +128,12 @@ class Pitr:
             stats = self.sql("select archived_count, last_archived_wal, failed_count, last_failed_wal, "
                              "last_failed_time, pg_walfile_name(pg_current_wal_lsn()) from pg_stat_archiver",
                              db="postgres")
+            # what PostgreSQL's archiver is doing (ArchiveCommand: running one) and what it runs
+            stats += self.sql("select wait_event_type, wait_event, pid from pg_stat_activity "
+                              "where backend_type = 'archiver'", db="postgres")
+            import psutil
+
+            stats += [(c.pid, c.cmdline(), c.status()) for c in psutil.Process(stats[-1][2]).children(recursive=True)]
         except Exception as exc:  # the server is down: the report still shows the rest
             stats = repr(exc)
         status = state.data("postgres") / "pg_wal" / "archive_status"
