@@ -12,8 +12,10 @@ resources, serve from them, measure what the recovery achieved, tear down.
 Both are judged against `dr: {rto, rpo}` in opsctl.yaml. The embedded platform restores
 beside the live server (`restore --to-time latest --beside`) and stops and removes the copy
 afterwards; a cloud environment restores RDS into a scratch instance `<rds>-drill-<time>`
-and deletes it. Redis, the audio objects and a preview color on the restored data are not
-part of this drill yet: the result says so (`scope`).
+and deletes it. With Redis, S3 and a worker running, the embedded drill also restores Redis
+and the audio objects and serves a preview color from the restored data (`_serve`); a cloud
+drill, or one of a platform without them, covers the database alone. The result lists what
+the drill covered (`scope`) and what it did not (`not_covered`).
 
 A drill that fails (its restore, the serve phase, the RDS wait) or is cancelled still writes its
 reports, failing, with the reason (`error`). Every scratch resource is recorded in
@@ -33,6 +35,10 @@ from pathlib import Path
 
 from opsctl.config import Environment, Project
 from opsctl.pitr.health import seconds
+
+
+# what a drill of the embedded platform covers when Redis, S3 and a worker run (DrillResult.scope)
+PARTS = ("database", "redis", "audio objects", "preview color + transcription", "load test")
 
 
 @dataclass
@@ -56,9 +62,8 @@ class DrillResult:
     rows: int = 0
     tables: int = 0
     torn_down: bool = False
-    scope: list[str] = field(default_factory=lambda: ["database"])
-    not_covered: list[str] = field(default_factory=lambda: ["redis", "audio objects", "preview color + transcription",
-                                                            "load test"])
+    scope: list[str] = field(default_factory=lambda: list(PARTS[:1]))
+    not_covered: list[str] = field(default_factory=lambda: list(PARTS[1:]))
     phases: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     backup_id: str | None = None  # the backup Redis and the audio came from
@@ -310,11 +315,11 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
                           phases=dict(result.phases))
         out.phases["database"] = round(db_seconds, 2)
         services = _services_ready(project, env)
-        if services:
-            out.not_covered = []
+        if services:  # breaker 20 F7: `scope` said ["database"] after a drill that covered all of it
+            out.scope, out.not_covered = list(PARTS), []
             _serve(project, env, result, out, teardown, began, services, record)
         else:
-            out.not_covered = ["redis", "audio objects", "preview color + transcription", "load test"]
+            out.scope, out.not_covered = list(PARTS[:1]), list(PARTS[1:])
             out.problems_note = "the platform runs no Redis/S3/worker: the drill covers the database only"
     out.torn_down = True
     _judge(out)

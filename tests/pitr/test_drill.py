@@ -26,7 +26,7 @@ def test_local_drill_measures_and_tears_down(pitr, runner, tmp_path):
     doc = json.loads(r.stdout)
     assert doc["passed"] and doc["torn_down"] and doc["rto_seconds"] > 0
     assert doc["rpo_seconds"] == 0  # everything committed was archived before the drill
-    assert doc["rows"] >= live_rows and doc["not_covered"]
+    assert doc["rows"] >= live_rows and doc["not_covered"] and doc["scope"] == ["database"]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("tests") == "2" and suite.get("failures") == "0"
     assert 'opsctl_dr_drill_success{env="local"} 1' in prom.read_text()

@@ -64,6 +64,8 @@ def test_drill_restores_redis_audio_and_serves_a_preview_color_then_tears_down(p
     doc = json.loads(r.stdout)
     assert r.exit_code == 0, (r.output, doc.get("problems"))
     assert doc["not_covered"] == [] and doc["passed"] and doc["torn_down"]
+    # breaker 20 F7: it said ["database"] after restoring Redis and the audio and serving a preview
+    assert doc["scope"] == ["database", "redis", "audio objects", "preview color + transcription", "load test"]
     assert doc["redis_keys"] >= 1 and doc["audio_objects"] >= 1
     assert "word error" in doc["transcription"] and "SLO met" in doc["load_test"]
     assert doc["rto_seconds"] >= doc["phases"]["database"] and doc["rpo_seconds"] is not None
