@@ -357,8 +357,10 @@ def _archiver_status(state: st.LocalState) -> list[ComponentStatus]:
     if pitr.COMPONENT not in state.components:
         return []
     pid = pitr.archiver_pid(state)
-    return [ComponentStatus(pitr.COMPONENT, pid, None, pid is not None, None, str(state.log(pitr.COMPONENT)),
-                            f"WAL queue: {len(pitr.queued_wal(state))} file(s)")]
+    stuck = pitr.stalled(state, pid)  # running is not moving (breaker 20 F8)
+    return [ComponentStatus(pitr.COMPONENT, pid, None, pid is not None and stuck is None, None,
+                            str(state.log(pitr.COMPONENT)),
+                            f"WAL queue: {len(pitr.queued_wal(state))} file(s)" + (f"; stuck: {stuck}" if stuck else ""))]
 
 
 def down(project: Project, purge: bool = False, approve: Callable[[str], None] | None = None) -> list[str]:

@@ -55,6 +55,9 @@ NOTES = ".abandoned-timelines.json"
 CONFLICT = ".conflict"  # <queue>/.conflict/<file>: the reason a queued file conflicts with a stored one
 QUARANTINE = ".quarantine"  # <queue>/.quarantine/<file> (+ <file>.reason): a header naming no cluster
 GAPS = ".gaps"  # <queue>/.gaps/<file>: uploaded drop markers not yet covered by a base backup
+# <queue>/.progress: touched by the archiver after each pass that reached its end and each file
+# it stored; its age is how long the archiver has not moved (opsctl.pitr.local.stalled)
+PROGRESS = ".progress"
 # XLogLongPageHeaderData (PostgreSQL's xlog_internal.h), in the server's (native) byte order:
 # xlp_magic, xlp_info, xlp_tli, xlp_pageaddr, xlp_rem_len, padding, xlp_sysid, xlp_seg_size, xlp_xlog_blcksz
 _LONG_HEADER = struct.Struct("=HHIQI4xQII")
@@ -408,6 +411,7 @@ class Archiver:
             self.push(path, result, sysid)
             path.unlink(missing_ok=True)
             (self.queue / CONFLICT / file).unlink(missing_ok=True)
+            self.moved()  # a long backlog is progress too, file by file
         for marker in sorted(dropped.iterdir()) if dropped.is_dir() else []:
             if not layout.WAL_FILE.fullmatch(marker.name):
                 continue
@@ -428,6 +432,16 @@ class Archiver:
             result.dropped.append(marker.name)
         self.clear_gaps()
         return result
+
+    def moved(self) -> None:
+        """Touch `<queue>/.progress`: the archiver is moving (a pass ended, or a file was stored).
+        A stopped or hung archiver (SIGSTOP, a repository call that never returns) and one whose
+        every pass fails leave it aging; the health check reads that age (breaker 20 F8: a
+        SIGSTOPped archiver was "healthy" and OK until the lag passed the whole RPO)."""
+        try:
+            (self.queue / PROGRESS).touch()
+        except OSError:
+            pass  # the queue is gone or read-only: the pass itself says so
 
     def clear_gaps(self, force: bool = False) -> list[str]:
         """Remove the `.gaps/` markers a base backup of the live cluster covers (it starts at a
@@ -497,6 +511,7 @@ class Archiver:
         while stop is None or not stop.is_set():
             try:
                 r = self.drain()
+                self.moved()
                 if r.archived or r.dropped:
                     log.info("archived %s%s", ", ".join(r.archived) or "nothing",
                              f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else "")

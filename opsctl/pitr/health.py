@@ -12,8 +12,9 @@ the RPO, when segments wait and no archiver runs, when a queued file conflicts w
 one of the same name (archive.WalConflict), when a queued segment's header names no cluster
 (quarantined), or when the queue dropped segments (a gap: restores can't cross it until a base
 backup starting after it, so it stays named until one exists); WARNING when the
-`archive_command` fails but the lag is still within the RPO, or when the archiver is not
-running but nothing waits yet.
+`archive_command` fails but the lag is still within the RPO, when the archiver is not
+running but nothing waits yet, or when it runs but is stuck (pitr.local.stalled: stopped, or
+not moving for STALL_S).
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def archive_lag(project, env) -> CheckResult:
     conflicts = sorted(os.listdir(queue / archive.CONFLICT)) if (queue / archive.CONFLICT).is_dir() else []
     comp = state.components.get(pitr_local.COMPONENT)
     running = comp is not None and procs.alive(comp.pid, pitr_local.HINT)
+    stuck = pitr_local.stalled(state, comp.pid) if running else None
     waited = max(now - oldest if oldest is not None else 0.0,
                  (server or {}).get("oldest_ready_age") or 0.0)  # in the queue, or still in pg_wal
     # a stopped server answers nothing: its pg_wal's .ready segments are read from the disk
@@ -161,7 +163,7 @@ def archive_lag(project, env) -> CheckResult:
     # unarchived for minutes while this said "at most 1 s")
     unswitched = (server or {}).get("unswitched_age") or 0.0
     lag = max(env.backup.archive_timeout + waited, unswitched)
-    details = {"queued": len(pending), "dropped": dropped, "archiver_running": running,
+    details = {"queued": len(pending), "dropped": dropped, "archiver_running": running, "archiver_stuck": stuck,
                "rpo_seconds": rpo, "archive_timeout_seconds": env.backup.archive_timeout}
     # archived WAL restores nothing without a base backup of its cluster: every commit since the
     # cluster was made is at risk until one is taken (breaker 18 F5: OK "lag at most 1 s" on a
@@ -208,6 +210,9 @@ def archive_lag(project, env) -> CheckResult:
         status, text = Status.CRITICAL, f"archive lag {lag:.0f} s, above the RPO of {env.dr.rpo}"
     elif not running:
         status, text = Status.WARNING, "no archiver runs: new WAL will wait in the queue ('opsctl local up')"
+    elif stuck:
+        status, text = Status.WARNING, (f"the archiver runs but is stuck: {stuck}; {len(pending)} WAL file(s) "
+                                        f"queued, archive lag {lag:.0f} s (RPO {env.dr.rpo})")
     elif _late(unswitched, env.backup.archive_timeout):
         status, text = Status.WARNING, _late_text(unswitched, env.backup.archive_timeout)
     else:

@@ -47,6 +47,36 @@ def ready_wal(state) -> dict[str, float]:
         return {}
 
 
+STALL_S = 120.0  # seconds without a pass before the archiver counts as stuck: past a failing
+# repository's longest retry delay (30 s) and a slow segment upload, well within any RPO
+
+
+def stalled(state, pid: int | None) -> str | None:
+    """Why the running archiver `pid` is not moving, or None: its process is stopped (SIGSTOP,
+    a debugger), or it has not ended a pass nor stored a file for STALL_S seconds
+    (`<queue>/.progress`, archive.Archiver.moved: hung in a repository call, or every pass
+    failing; its log says which). None too when `pid` is None or no archiver wrote the file yet
+    (one started before it existed)."""
+    import time
+
+    import psutil
+
+    if pid is None:
+        return None
+    try:
+        if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
+            return "its process is stopped (SIGSTOP or a debugger: 'kill -CONT' it, or 'opsctl local up' after a stop)"
+    except psutil.Error:
+        return None
+    try:
+        idle = time.time() - (queue_dir(state) / archive.PROGRESS).stat().st_mtime
+    except OSError:
+        return None
+    if idle <= STALL_S:
+        return None
+    return f"it has not finished a pass nor stored a file for {idle:.0f} s (hung or failing: read {state.log(COMPONENT)})"
+
+
 def server_settings(state, env) -> dict[str, str]:
     """Settings for the platform's PostgreSQL: archiving into the queue, WAL summaries."""
     from opsctl.local import postgres as pg

@@ -107,6 +107,68 @@ def test_local_status_shows_the_archiver_and_its_death(pitr):
         pitr.ensure_archiver()
 
 
+def test_a_stopped_or_hung_archiver_is_not_healthy(pitr, runner):
+    """Breaker 20 F8: an archiver stopped with SIGSTOP (as one hung in a repository call) was
+    "healthy yes" in `local status` and the check OK until the lag passed the whole RPO (an
+    hour by default), while nothing reached the repository. Stopped, or not moving for
+    STALL_S (its `.progress` file: a pass ended or a file stored), it is now a WARNING naming
+    why, and the status row says it is stuck; moving again, both clear."""
+    import os
+    import shutil
+    import signal
+
+    from opsctl.health.model import Status
+    from opsctl.local import platform
+    from opsctl.pitr import archive
+    from opsctl.pitr import local as pitr_local
+    from test_restore_swap import _base_backup
+
+    _base_backup(pitr, runner)
+    pitr.wait_archived()
+    state = pitr.state()
+    pid = pitr_local.archiver_pid(state)
+    progress = pitr_local.queue_dir(state) / archive.PROGRESS
+    assert progress.exists() and _check(pitr).status == Status.OK
+
+    def row():
+        return {r.name: r for r in platform.status(pitr.project())}["archiver"]
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        pitr.sql("insert into events(note) values ('while the archiver is stopped')")
+        stopped = _check(pitr)
+        assert stopped.status == Status.WARNING and "stuck: its process is stopped" in stopped.message, stopped
+        assert stopped.details["archiver_stuck"] and not row().healthy and "stuck" in row().note, row()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    pitr.wait_archived()
+    assert _check(pitr).status == Status.OK and row().healthy
+
+    # running but every pass fails (the repository's folder replaced by a file): no progress
+    repo = pitr.root / "repo"
+    aside = pitr.root / "repo.aside"
+    os.replace(repo, aside)
+    repo.write_text("not a folder")
+    try:
+        pitr.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
+        pitr.sql("select pg_switch_wal()", db="postgres")
+        deadline = time.monotonic() + 30
+        while not pitr_local.queued_wal(state) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # a pass fails on it: nothing touches .progress now
+        old = time.time() - pitr_local.STALL_S - 10
+        os.utime(progress, (old, old))
+        time.sleep(1)
+        hung = _check(pitr)
+        assert hung.status == Status.WARNING and "has not finished a pass nor stored a file" in hung.message, hung
+        assert str(state.log("archiver")) in hung.message and not row().healthy
+    finally:
+        repo.unlink()
+        shutil.move(aside, repo)
+    pitr.wait_archived()
+    assert _check(pitr).status == Status.OK and row().healthy
+
+
 def test_local_down_archives_the_shutdowns_last_segment(pitr):
     """Breaker 20 F6: `local down` stopped the archiver before PostgreSQL, so the segment the
     shutdown queued (with acknowledged commits) waited in the local queue until the next `up`:
