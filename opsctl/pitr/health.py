@@ -174,6 +174,9 @@ def archive_lag(project, env) -> CheckResult:
         lag = max(lag, now - unbacked[1])
     if quarantined:
         details["quarantined"] = quarantined
+    holes = [f for f in missing_archived(project, env, state) if f not in dropped] if server is not None else []
+    if holes:
+        details["missing"] = holes
     if failing:
         details["archive_failing"] = {k: failing[k] for k in ("wal", "failures", "failed_at", "archived_at", "ready")}
     if conflicts:
@@ -185,6 +188,11 @@ def archive_lag(project, env) -> CheckResult:
         why = reason.read_text(errors="replace").strip() if reason.exists() else "its header names no cluster"
         status, text = Status.CRITICAL, (f"{len(quarantined)} queued WAL file(s) quarantined, not archived "
                                          f"({quarantined[0]}: {why}); see {queue / archive.QUARANTINE}")
+    elif holes:
+        status, text = Status.CRITICAL, (f"{len(holes)} WAL segment(s) the server archived are missing from the "
+                                         f"repository ({', '.join(holes[:3])}{'…' if len(holes) > 3 else ''}): no "
+                                         "restore crosses the gap; 'opsctl backup verify-chain' names the window it "
+                                         "breaks, and a new base backup ('opsctl backup base') starts one after it")
     elif dropped:
         status, text = Status.CRITICAL, (f"{len(dropped)} WAL segment(s) dropped by the full queue "
                                          f"({', '.join(dropped[:3])}{'…' if len(dropped) > 3 else ''}): no restore "
@@ -223,6 +231,50 @@ def archive_lag(project, env) -> CheckResult:
     if failing and "archive_command fails" not in text:  # a worse fault came first: say both
         text += f"; archive_command also fails on {failing['wal']}"
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
+
+
+def missing_archived(project, env, state) -> list[str]:
+    """WAL segments of the live server's timeline that it reports archived and the repository
+    lacks: from the newest base backup of the cluster (or where the timeline began, when that is
+    later) to pg_stat_archiver's last archived file (ops.server_archived: short of what the
+    local queue still holds), listed by name only (one listing per 256 segments; nothing
+    read). Such a hole (an object deleted, a lifecycle rule, a prune gone wrong) ends every
+    restore before it, and the queue and the server both look healthy (breaker 21: deleted
+    WAL kept the check green); `backup verify-chain` finds it too, and authenticates what is
+    there. [] when there is nothing to compare (no server answer, no base backup, the
+    repository unreadable: the rest of the check runs)."""
+    from opsctl.pitr import archive, layout
+    from opsctl.pitr import base as bb
+    from opsctl.pitr.ops import sealed_repository, server_archived
+
+    try:
+        sysid = archive.system_identifier(state.data("postgres"))
+        archived = server_archived(project, env, sysid)
+        if archived is None:
+            return []
+        tli, last = layout.parse_segment(archived[:24])
+        repo, key = sealed_repository(project, env)
+        head = layout.base_prefix(sysid)
+        names = repo.names(head)
+        base = None
+        for bid in sorted({n[len(head):].partition("/")[0] for n in names}, reverse=True):  # ids sort by time
+            good, _ = bb.load_all(repo, sysid, key, {n: v for n, v in names.items() if n.startswith(f"{head}{bid}/")})
+            if good:
+                base = good[-1]
+                break
+        if base is None:
+            return []
+        first = layout.segno(layout.lsn(base.start_lsn))
+        if base.timeline != tli:  # the timeline began after it: its segments start at the switch
+            history = state.data("postgres") / "pg_wal" / layout.history_file(tli)
+            first = max(first, layout.segno(layout.parse_history(history.read_text())[-1][1]))
+        listed: dict[str, int] = {}
+        for log_id in range(first // layout.SEGMENTS_PER_ID, last // layout.SEGMENTS_PER_ID + 1):
+            listed |= repo.names(f"{layout.wal_prefix(sysid)}{tli:08X}{log_id:08X}")
+        present, _strange = layout.parse_wal(sysid, listed)  # a name that is no WAL object is no segment
+    except Exception:  # noqa: BLE001 - OpsError, OSError, a repository client's own: can't be told
+        return []
+    return [f for f in (layout.segment(tli, n) for n in range(first, last + 1)) if f not in present]
 
 
 def _without_base_backup(project, env, state) -> tuple[str, float] | None:

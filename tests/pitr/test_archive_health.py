@@ -169,6 +169,37 @@ def test_a_stopped_or_hung_archiver_is_not_healthy(pitr, runner):
     assert _check(pitr).status == Status.OK and row().healthy
 
 
+def test_an_archived_segment_gone_from_the_repository_is_critical(pitr, runner):
+    """Breaker 21: a WAL object deleted from the repository (by hand, a lifecycle rule, a prune
+    gone wrong) kept the check OK: the queue was empty and the server's archiver happy, though
+    no restore crossed the hole. The segments from the newest base backup to the last the server
+    archived are now listed: one missing is CRITICAL, named; put back, OK again."""
+    import shutil
+
+    from opsctl.health.model import Status
+    from opsctl.pitr import layout
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.sql("insert into events(note) values ('in the segment deleted')")
+    gone = pitr.wait_archived()
+    pitr.sql("insert into events(note) values ('after it')")
+    pitr.wait_archived()
+    assert _check(pitr).status == Status.OK
+    sysid = pitr.sysid()
+    files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
+    (obj,) = files[gone]
+    path = pitr.root / "repo" / obj.name
+    aside = path.with_name(path.name + ".aside")
+    shutil.move(path, aside)
+    try:
+        hole = _check(pitr)
+        assert hole.status == Status.CRITICAL and hole.details["missing"] == [gone], hole
+        assert f"missing from the repository ({gone})" in hole.message and "verify-chain" in hole.message, hole
+    finally:
+        shutil.move(aside, path)
+    assert _check(pitr).status == Status.OK
+
+
 def test_local_down_archives_the_shutdowns_last_segment(pitr):
     """Breaker 20 F6: `local down` stopped the archiver before PostgreSQL, so the segment the
     shutdown queued (with acknowledged commits) waited in the local queue until the next `up`:
