@@ -189,6 +189,64 @@ def test_a_slow_but_steady_part_earns_its_time_and_is_taken(model_dir, postgres,
             assert [p["bytes"] for p in http.get(f"/v1/uploads/{up['id']}").json()["parts"]] == [3 * MIB]
 
 
+def _trickle(socks: list[socket.socket], seconds: float) -> dict[socket.socket, tuple]:
+    """Send 600 bytes every 0.25 s (2.4 KiB/s) on each of `socks` until it is answered or
+    `seconds` pass; {socket: its answer} for those answered."""
+    answered: dict[socket.socket, tuple] = {}
+    give_up = time.monotonic() + seconds
+    while len(answered) < len(socks) and time.monotonic() < give_up:
+        for sock in select.select([s for s in socks if s not in answered], [], [], 0.25)[0]:
+            answered[sock] = _answer(sock)
+        for sock in socks:
+            if sock not in answered:
+                try:
+                    sock.sendall(b"\7" * 600)
+                except OSError:  # closed by the worker as it answered: read next round
+                    pass
+    return answered
+
+
+def test_parts_trickling_above_the_floor_are_shed_when_they_fill_the_part_memory(
+        model_dir, postgres, s3, redis_server, tmp_path):
+    """Breaker 21 F1: keys A and B each held a part trickling just above the 1 KiB/s floor,
+    together the whole part memory, and every other key's part was 503 `server_busy` for as long
+    as they liked (hours at 64 MiB parts). The floor now rises with the part memory held (mod_qos's
+    QS_SrvMinDataRate): at most half held a part may trickle at the floor for as long as it
+    keeps it, and all held it must keep WORKER_PART_BUSY_RATE_KBPS, so one of A's and B's is 408
+    within a window, the other goes on at half load, and C's part, refused while they held it
+    all, is taken."""
+    with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=3, WORKER_PART_MEMORY_MB="8",
+                 WORKER_PART_BODY_TIMEOUT_SECONDS="3", WORKER_PART_MIN_RATE_KBPS="1",
+                 WORKER_PART_BUSY_RATE_KBPS="256") as (url, (a, b, c)):
+        with _client(url, a) as ca, _client(url, b) as cb, _client(url, c) as cc:
+            up_a, up_b, up_c = _create(ca, 8 * MIB), _create(cb, 8 * MIB), _create(cc, 3 * MIB)
+            # each declares just under half the part memory (its Content-Length counts the form too)
+            half = 4 * MIB - 4096
+            held = [_stalled_part(url, k, u["id"], half, 0)[0] for k, u in ((a, up_a), (b, up_b))]
+            try:
+                assert _trickle(held, 1) == {}  # both admitted, well within their first window
+                r = send_part(cc, up_c["id"], b"\4" * (3 * MIB))  # the part memory is all held
+                assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy", r.text
+                answers = _trickle(held, 15)
+                # shed until the pressure is off: one of them, and the other goes on at half load
+                assert len(answers) == 1, "parts trickling in a full part memory were not shed"
+                ((status, _, body),) = answers.values()
+                assert status == 408, body
+                err = _openai_error(body, "request_timeout")
+                assert "WORKER_PART_BUSY_RATE_KBPS (256 KiB/s" in err["message"], err
+                r = send_part(cc, up_c["id"], b"\4" * (3 * MIB))
+                assert r.status_code == 200, r.text
+            finally:
+                for sock in held:
+                    sock.close()
+            # half held: a part trickling at 2.4 KiB/s keeps going, window after window
+            alone, _ = _stalled_part(url, a, up_a["id"], half, 0)
+            try:
+                assert _trickle([alone], 7) == {}, "a part trickling above the floor was cut at half load"
+            finally:
+                alone.close()
+
+
 def test_parts_refused_by_other_checks_spend_no_parts_per_minute(model_dir, postgres, s3, redis_server,
                                                                   tmp_path):
     """Two parts per minute, one part at a time per key. Two parts that are not

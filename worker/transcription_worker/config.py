@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # KiB per second per part in flight (parallel parts divide the link): 1 KiB/s is 8.2 kbit/s of
     # payload, Apache mod_reqtimeout's MinRate is 500 B/s; a trickle of a byte now and then fails it
     part_min_rate_kbps: float = Field(1, gt=0)
+    # the floor rises with the part memory held: from `part_min_rate_kbps` while it is at most half
+    # full to this at full (Apache mod_qos's QS_SrvMinDataRate: the required rate grows with the
+    # load), so slow parts cannot keep fast ones out: a full worker sheds them within a window
+    part_busy_rate_kbps: float = Field(64, gt=0)
     upload_expiry_seconds: float = Field(3600, gt=0)  # an upload not completed by then is aborted in S3
     max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 

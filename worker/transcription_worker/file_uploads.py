@@ -411,10 +411,24 @@ async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterat
             del _PARTS_IN_MEMORY[key_id]
 
 
-async def _paced(stream: AsyncIterator[bytes], window: float, rate: float) -> AsyncIterator[bytes]:
-    """`stream`'s chunks while the body keeps arriving: every `rate` x `window` bytes received
+def _rate_floor(settings: Any) -> float:
+    """The rate, in bytes per second, a part's body must keep now: WORKER_PART_MIN_RATE_KBPS
+    while the part memory is at most half held, rising linearly to WORKER_PART_BUSY_RATE_KBPS
+    when it is all held (as Apache mod_qos's QS_SrvMinDataRate raises its minimum with the
+    connections). Parts trickling just above the floor could otherwise hold the whole part
+    memory for hours, two keys' shares locking every other key out with 503 (breaker 21 F1):
+    the memory they hold now makes them too slow, and they are 408 within a window."""
+    low = settings.part_min_rate_kbps * 1024
+    high = max(settings.part_busy_rate_kbps * 1024, low)
+    held = sum(_PARTS_IN_MEMORY.values()) / (settings.part_memory_mb * MIB)
+    return low + (high - low) * min(1.0, max(0.0, held - 0.5) * 2)
+
+
+async def _paced(stream: AsyncIterator[bytes], window: float, rate: Any) -> AsyncIterator[bytes]:
+    """`stream`'s chunks while the body keeps arriving: every `rate()` x `window` bytes received
     buy `window` seconds from the moment they are in; TimeoutError when a window passes short of
-    them (the first window is the grace of the first bytes). A part's memory is held from
+    them (the first window is the grace of the first bytes). `rate` is asked at each chunk and
+    at the window's end (the floor rises while the worker fills: `_rate_floor`). A part's memory is held from
     before its first byte, so a client that stalls, or sends a byte now and then (which keeps
     any idle timeout, the router's or a proxy's, from firing), would otherwise hold it for as
     long as it likes; a client sending steadily faster than `rate` is never cut off whatever
@@ -422,7 +436,7 @@ async def _paced(stream: AsyncIterator[bytes], window: float, rate: float) -> As
     (breaker 21 F1: time earned per byte, as Apache's mod_reqtimeout MinRate earns it, let
     2 MiB buy 9 minutes). Constant work per chunk."""
     loop = asyncio.get_running_loop()
-    need, mark, got = rate * window, loop.time(), 0
+    mark, got = loop.time(), 0
     chunks = stream.__aiter__()
     while True:
         left = mark + window - loop.time()
@@ -434,7 +448,7 @@ async def _paced(stream: AsyncIterator[bytes], window: float, rate: float) -> As
         except StopAsyncIteration:
             return
         got += len(chunk)
-        if got >= need:  # a window's worth is in: the next window starts now
+        if got >= rate() * window:  # a window's worth is in: the next window starts now
             mark, got = loop.time(), 0
         yield chunk
 
@@ -446,7 +460,7 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
     # Starlette's parser, told to keep the part in memory: it is read whole right after (to
     # hash it and hand it to S3), so spooling it to a temporary file past 1 MiB (the default,
     # one thread hop per 64 KiB written) only cost time. BodyLimit caps it at the part limit.
-    body = _paced(request.stream(), s.part_body_timeout_seconds, s.part_min_rate_kbps * 1024)
+    body = _paced(request.stream(), s.part_body_timeout_seconds, lambda: _rate_floor(s))
     parser = MultiPartParser(request.headers, body, max_files=1, max_fields=4)
     parser.spool_max_size = s.max_part_bytes + 1024 * 1024
     try:
@@ -455,10 +469,13 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
         raise APIError(400, f"the part's form could not be read: {exc.message}", param="data",
                        code="invalid_value") from None
     except TimeoutError:
+        floor = _rate_floor(s) / 1024
+        busy = (f", and while this worker's part memory is over half held up to WORKER_PART_BUSY_RATE_KBPS"
+                f" ({s.part_busy_rate_kbps:g} KiB/s; {floor:.0f} KiB/s now)") if floor > s.part_min_rate_kbps else ""
         raise APIError(408, f"the part's body stopped arriving: it must keep coming at WORKER_PART_MIN_RATE_KBPS"
                        f" ({s.part_min_rate_kbps:g} KiB/s) or more over any WORKER_PART_BODY_TIMEOUT_SECONDS"
-                       f" ({s.part_body_timeout_seconds:g} s); nothing was stored, send the part again (on a slow"
-                       " link one part at a time: parts in parallel divide it)",
+                       f" ({s.part_body_timeout_seconds:g} s){busy}; nothing was stored, send the part again (on a"
+                       " slow link one part at a time: parts in parallel divide it)",
                        param="data", code="request_timeout", headers={"Connection": "close"}) from None
     try:
         part = form.get("data")
