@@ -113,6 +113,7 @@ def test_upload_refusals_leave_nothing_behind(http, worker):
     assert cancelled["status"] == "cancelled"
     assert multipart_uploads(worker, f"audio/uploads/{other['id']}") == []
     assert part_objects(worker, f"audio/uploads/{other['id']}") == []
+    assert http.get(f"/v1/uploads/{other['id']}").json()["parts"] == []  # nothing it had is kept
     r = send_part(http, other["id"], b"\4" * MIB)
     assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending"
 
@@ -306,7 +307,8 @@ def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, r
                 seen.add("pending")
             time.sleep(0.1)
         assert seen == {"pending"}, "the incomplete upload never showed in the gauges"
-        assert httpx.get(f"{url}/v1/uploads/{upload['id']}").json()["status"] == "expired"
+        expired = httpx.get(f"{url}/v1/uploads/{upload['id']}").json()
+        assert expired["status"] == "expired" and expired["parts"] == [], expired  # its part was deleted
         r = httpx.post(f"{url}/v1/uploads/{upload['id']}/parts", files={"data": ("p", b"\2" * MIB)})
         assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending"
         assert metric(httpx.get(url + "/metrics").text, "worker_uploads_expired_total") == 1

@@ -940,10 +940,14 @@ async def _ended_unfinished(state: Any, key_id: str, row: dict, stored: int) -> 
 
 @router.get("/{upload_id}")
 async def get_upload(upload_id: str, request: Request):
-    """The upload and the parts that arrived, in order: what a client resumes from."""
+    """The upload and the parts that arrived, in order: what a client resumes from. A
+    cancelled or expired upload lists none: their objects were deleted with it, and a client
+    resuming from the list would count on parts that are gone (breaker 21)."""
     state, key_id, db = await _context(request)
     row = await _pending(state, db, upload_id, key_id)
     await _sync_presigned(state, db, row)
+    if row["status"] in ("cancelled", "expired"):
+        return upload_body(row, [])
     return upload_body(row, await db(state.db.parts, upload_id))
 
 
