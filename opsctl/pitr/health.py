@@ -359,3 +359,54 @@ def server_archive_lag(env, name: str) -> CheckResult:
         status, text = Status.OK, (f"server {name}: archive lag at most {lag:.0f} s "
                                    f"({queued if queued is not None else '?'} queued; RPO {env.dr.rpo})")
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
+
+
+def standby_health(project, env) -> CheckResult:
+    """The `standby` check of the embedded platform, while a `dr standby` was built: the server a
+    failover promotes. CRITICAL when it is not running (a failover has nothing to promote, and
+    its replication slot keeps WAL on the primary, up to max_slot_wal_keep_size), WARNING while it
+    runs without streaming from the primary (it replays from the archive, behind by the archive's
+    lag); OK streaming. Value: bytes of WAL its slot holds on the primary (None when the primary
+    can't be asked). Breaker 20 F2: a dead standby was found out only by the failover that
+    needed it. Details: pid, port, streaming, slot_retained_bytes."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+    from opsctl.local import state as st
+    from opsctl.pitr import standby
+
+    state = st.load(st.folder_for(project.root))
+    comp = state.components.get(standby.COMPONENT)
+    if comp is None:
+        return CheckResult("", "backup", Status.OK, "no standby was built ('opsctl dr standby' builds one)")
+    retained = None
+    primary = state.components.get("postgres")
+    if primary is not None and primary.port:
+        try:
+            with psycopg.connect(pg.url(primary.port), connect_timeout=3) as conn:
+                row = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+                                   "from pg_replication_slots where slot_name = %s", (standby.SLOT,)).fetchone()
+            retained = int(row[0]) if row and row[0] is not None else None
+        except psycopg.Error:
+            pass
+    held = f"; its replication slot holds {retained / 2 ** 20:.0f} MiB of WAL on the primary" if retained else ""
+    pid = standby.running_pid(state)
+    streaming = False
+    if pid is not None:
+        try:
+            _recovering, streaming, _lsn = standby._wal_receiver(comp.port)
+        except psycopg.Error:
+            pid = None  # it does not answer: as good as down for a failover
+    details = {"pid": pid, "port": comp.port, "streaming": streaming, "slot_retained_bytes": retained}
+    if pid is None:
+        return CheckResult("", "backup", Status.CRITICAL,
+                           f"the dr standby is not running: a failover has nothing to promote{held}; "
+                           f"'opsctl dr standby' builds it again (its log: {state.log(standby.COMPONENT)})",
+                           retained, "bytes", details=details)
+    if not streaming:
+        return CheckResult("", "backup", Status.WARNING,
+                           f"the dr standby (pid {pid}) runs but does not stream from the primary: it replays from "
+                           f"the archive, behind by the archive's lag{held}; read {state.log(standby.COMPONENT)}",
+                           retained, "bytes", details=details)
+    return CheckResult("", "backup", Status.OK, f"the dr standby (pid {pid}, port {comp.port}) streams from the "
+                       "primary: a failover can promote it", retained, "bytes", details=details)

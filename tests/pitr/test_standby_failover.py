@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from opsctl.health.model import Status
+
 from pitr_support import pitr  # noqa: F401 - the module's archived cluster
 
 
@@ -213,12 +215,29 @@ def test_a_new_standby_follows_the_promoted_server_and_local_down_stops_it(platf
     assert sb["streaming"] is True
     row = {c.name: c for c in pl.status(platform.project())}["postgres-standby"]
     assert row.pid == sb["pid"] and row.healthy, row  # breaker 20 F2: status showed no standby
+    ok = _standby_check(platform)
+    assert ok.status == Status.OK and ok.details["streaming"] and f"pid {sb['pid']}" in ok.message, ok
     stopped = pl.down(platform.project())
     assert "postgres-standby" in stopped and not procs.alive(sb["pid"])
     pl.up(platform.project())  # the fixture's teardown expects a running platform
     # up does not start it again: shown as not running, what a failover would find out too late
     row = {c.name: c for c in pl.status(platform.project())}["postgres-standby"]
     assert row.pid is None and not row.healthy and "nothing to promote" in row.note, row
+    # and health says so: no check of it at all before (breaker 20 F2)
+    dead = _standby_check(platform)
+    assert dead.status == Status.CRITICAL and "not running: a failover has nothing to promote" in dead.message, dead
+    assert "'opsctl dr standby' builds it again" in dead.message and dead.details["pid"] is None
+
+
+def _standby_check(platform):
+    from types import SimpleNamespace
+
+    from opsctl.health.checks import plan
+
+    ep = SimpleNamespace(router_url=None, workers={}, database_url=None, redis_url=None,
+                         backup_bucket="unused", active_color="blue")
+    (check,) = plan(platform.project(), platform.env(), ep, only=["standby"])
+    return check.run(check.timeout)
 
 
 def test_a_standby_the_restore_left_behind_is_never_promoted_and_an_in_place_restore_removes_it(platform, runner,

@@ -13,6 +13,7 @@
 | kubernetes             | kubernetes | no pod ready, no GPU allocatable      | some pods not ready, recent restarts |
 | host (local only)      | host       | disk_percent exceeded                 | cpu_percent, memory_percent          |
 | backup age             | backup     | older than backup_age_hours           |                                      |
+| standby (local, built) | backup     | the dr standby is not running         | it runs without streaming            |
 | wal archive [<server>] | backup     | archive lag above dr.rpo, segments    | archive_command fails within the RPO,|
 |                        |            | waiting with no archiver, mode off    | the archiver stuck (stopped, idle)   |
 | heartbeat <name>       | heartbeat  | the expected event did not happen     |                                      |
@@ -100,6 +101,13 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
         from opsctl.pitr.health import archive_lag
 
         out.append(("wal archive", "backup", lambda _to: archive_lag(project, env), None))
+        from opsctl.local import state as st
+        from opsctl.pitr import standby
+
+        if standby.COMPONENT in st.load(st.folder_for(project.root)).components:  # a `dr standby` was built
+            from opsctl.pitr.health import standby_health
+
+            out.append(("standby", "backup", lambda _to: standby_health(project, env), None))
     for name in sorted(env.backup.archive_servers):  # self-managed servers whose WAL opsctl archives
         from opsctl.pitr.health import server_archive_lag
 
