@@ -394,7 +394,7 @@ def standby_health(project, env) -> CheckResult:
     streaming = False
     if pid is not None:
         try:
-            _recovering, streaming, _lsn = standby._wal_receiver(comp.port)
+            _recovering, streaming, _lsn = standby.wal_receiver(comp.port)
         except psycopg.Error:
             pid = None  # it does not answer: as good as down for a failover
     details = {"pid": pid, "port": comp.port, "streaming": streaming, "slot_retained_bytes": retained}

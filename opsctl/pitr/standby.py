@@ -191,7 +191,7 @@ def _unconfigure(data: Path) -> None:
         auto.write_text(head + rest.partition(END)[2].lstrip("\n"))
 
 
-def _wal_receiver(port: int) -> tuple[bool, bool, str | None]:
+def wal_receiver(port: int) -> tuple[bool, bool, str | None]:
     """(in recovery, streaming from the primary, last replayed LSN) of the server at `port`."""
     import psycopg
 
@@ -234,7 +234,7 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
     folder, state = _local(project, env)
     if _standby_running(state):
         comp = state.components[COMPONENT]
-        recovering, streaming, lsn = _wal_receiver(comp.port)
+        recovering, streaming, lsn = wal_receiver(comp.port)
         return StandbyResult(env.name, comp.port, comp.pid, str(state.data(COMPONENT)), [], lsn, streaming, 0.0,
                              kept=True)
     primary = state.components["postgres"]
@@ -284,7 +284,7 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
                 from opsctl.pitr.restore import fatal_line
 
                 raise OperationFailed(f"the standby stopped: {fatal_line(log)}")
-            recovering, streaming, lsn = _wal_receiver(port)
+            recovering, streaming, lsn = wal_receiver(port)
             if not recovering:
                 raise OperationFailed("the standby left recovery on its own; it is removed")
             if streaming:
@@ -587,7 +587,7 @@ def failover(project: Project, env: Environment, approve=None, progress=None) ->
         raise UsageError("no running standby to promote; start one with 'opsctl dr standby --env "
                          f"{env.name}' (or restore with 'opsctl restore --env {env.name} --to-time latest')")
     standby = state.components[COMPONENT]
-    recovering, streaming, _lsn = _wal_receiver(standby.port)
+    recovering, streaming, _lsn = wal_receiver(standby.port)
     if not recovering:
         raise UsageError(f"the standby on port {standby.port} is not in recovery: it was promoted already")
     primary = state.components["postgres"]
@@ -640,7 +640,7 @@ def _settle(port: int) -> bool:
     deadline = time.monotonic() + 10
     want, streaming = None, False
     while time.monotonic() < deadline:
-        _r, streaming, lsn = _wal_receiver(port)
+        _r, streaming, lsn = wal_receiver(port)
         if lsn == want:
             break
         want = lsn
@@ -692,7 +692,7 @@ def abandon(project: Project, env: Environment, approve=None) -> dict:
             raise UsageError(f"the failover of {env.name} got past the promotion ('{doc.get('stage')}'): abandoning "
                              f"it would leave two histories; finish it with 'opsctl failover --env {env.name}'; "
                              "nothing was changed")
-        if standby_there and _standby_pid(state) is not None and not _wal_receiver(state.components[COMPONENT].port)[0]:
+        if standby_there and _standby_pid(state) is not None and not wal_receiver(state.components[COMPONENT].port)[0]:
             raise UsageError(f"the failover's standby (port {state.components[COMPONENT].port}) was promoted already: "
                              f"finish it with 'opsctl failover --env {env.name}'; nothing was changed")
         promoted = _promotion_found(project, env, state, standby_there)
