@@ -234,47 +234,48 @@ def archive_lag(project, env) -> CheckResult:
 
 
 def missing_archived(project, env, state) -> list[str]:
-    """WAL segments of the live server's timeline that it reports archived and the repository
-    lacks: from the newest base backup of the cluster (or where the timeline began, when that is
-    later) to pg_stat_archiver's last archived file (ops.server_archived: short of what the
-    local queue still holds), listed by name only (one listing per 256 segments; nothing
-    read). Such a hole (an object deleted, a lifecycle rule, a prune gone wrong) ends every
-    restore before it, and the queue and the server both look healthy (breaker 21: deleted
-    WAL kept the check green); `backup verify-chain` finds it too, and authenticates what is
-    there. [] when there is nothing to compare (no server answer, no base backup, the
+    """WAL files a restore of the live server's history needs that the repository lacks: the
+    segments from the newest base backup on that history (chain.on_path: not one on a branch a
+    restore abandoned) to pg_stat_archiver's last archived file (ops.server_archived: short of
+    what the local queue still holds), each from the timeline the history reads it on (the
+    older timeline's up to a fork), and the history file of each timeline after the first.
+    Listed by name only (one listing per timeline and 256 segments; nothing read). Such a hole
+    (an object deleted, a lifecycle rule, a prune gone wrong) ends every restore before it,
+    while the queue and the server both look healthy (breakers 21, 22: deleted WAL kept the
+    check green); `backup verify-chain` finds it too, and authenticates what is there. [] when
+    there is nothing to compare (no server answer, no base backup on the history, the
     repository unreadable: the rest of the check runs)."""
-    from opsctl.pitr import archive, layout
+    from opsctl.pitr import archive, chain, layout
     from opsctl.pitr import base as bb
-    from opsctl.pitr.ops import sealed_repository, server_archived
+    from opsctl.pitr.ops import live_path, sealed_repository, server_archived
 
     try:
         sysid = archive.system_identifier(state.data("postgres"))
         archived = server_archived(project, env, sysid)
-        if archived is None:
+        path = live_path(project, env, sysid) if archived else None
+        if not path:
             return []
-        tli, last = layout.parse_segment(archived[:24])
         repo, key = sealed_repository(project, env)
         head = layout.base_prefix(sysid)
         names = repo.names(head)
         base = None
         for bid in sorted({n[len(head):].partition("/")[0] for n in names}, reverse=True):  # ids sort by time
             good, _ = bb.load_all(repo, sysid, key, {n: v for n, v in names.items() if n.startswith(f"{head}{bid}/")})
-            if good:
+            if good and chain.on_path(good[-1], path):
                 base = good[-1]
                 break
         if base is None:
             return []
-        first = layout.segno(layout.lsn(base.start_lsn))
-        if base.timeline != tli:  # the timeline began after it: its segments start at the switch
-            history = state.data("postgres") / "pg_wal" / layout.history_file(tli)
-            first = max(first, layout.segno(layout.parse_history(history.read_text())[-1][1]))
+        wanted = [layout.segment(layout.timeline_of(n, path), n)
+                  for n in range(layout.segno(layout.lsn(base.start_lsn)), layout.parse_segment(archived[:24])[1] + 1)]
+        wanted += [layout.history_file(tli) for tli, _end in path if tli > 1]
         listed: dict[str, int] = {}
-        for log_id in range(first // layout.SEGMENTS_PER_ID, last // layout.SEGMENTS_PER_ID + 1):
-            listed |= repo.names(f"{layout.wal_prefix(sysid)}{tli:08X}{log_id:08X}")
-        present, _strange = layout.parse_wal(sysid, listed)  # a name that is no WAL object is no segment
+        for prefix in sorted({f[:16] if len(f) == 24 else f for f in wanted}):  # timeline + log id, or a history
+            listed |= repo.names(f"{layout.wal_prefix(sysid)}{prefix}")
+        present, _strange = layout.parse_wal(sysid, listed)  # a name that is no WAL object is none
     except Exception:  # noqa: BLE001 - OpsError, OSError, a repository client's own: can't be told
         return []
-    return [f for f in (layout.segment(tli, n) for n in range(first, last + 1)) if f not in present]
+    return [f for f in wanted if f not in present]
 
 
 def _without_base_backup(project, env, state) -> tuple[str, float] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 
@@ -216,3 +217,47 @@ def test_local_down_archives_the_shutdowns_last_segment(pitr):
     finally:
         pitr.start_postgres()
         pitr.ensure_archiver()
+
+
+def test_after_a_restore_a_hole_on_the_history_or_a_missing_history_file_is_critical(pitr, runner):
+    """Breaker 22 F1, F2, F4: after an in-place restore the check listed only the live timeline
+    from where it began, from the newest base backup even when that one lay on the branch the
+    restore left: a segment of the older timeline between the base backup and the fork, the
+    live timeline's history file, or (restored to before the newest base backup) a segment of
+    the live timeline itself could be gone with the check OK, while verify-chain said the chain
+    was broken. It now follows the live server's history from the newest base backup on it."""
+    import datetime as dt
+    import shutil
+
+    from opsctl.health.model import Status
+    from opsctl.pitr import layout
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    before_fork = pitr.commit_archived("insert into events(note) values ('before the fork')")
+    fork = dt.datetime.now(dt.timezone.utc).isoformat()
+    pitr.sql("insert into events(note) values ('on the branch the restore leaves')")
+    pitr.wait_archived()
+    assert pitr.cli(runner, "backup", "base").exit_code == 0  # on that branch: off the restored history
+    pitr.sql("insert into events(note) values ('after the second base backup')")
+    pitr.wait_archived()
+    restored = pitr.cli(runner, "restore", "--to-time", fork, "--yes", "--json")
+    assert restored.exit_code == 0, restored.output
+    tli = json.loads(restored.stdout)["timeline"]
+    pitr.sql("insert into events(note) values ('on the restored timeline')")
+    on_live = pitr.wait_archived()
+    pitr.wait_archived()
+    assert on_live.startswith(f"{tli:08X}")
+    assert _check(pitr).status == Status.OK
+    sysid = pitr.sysid()
+    for gone in (before_fork, layout.history_file(tli), on_live):
+        files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
+        (obj,) = files[gone]
+        path = pitr.root / "repo" / obj.name
+        aside = path.with_name(path.name + ".aside")
+        shutil.move(path, aside)
+        try:
+            hole = _check(pitr)
+            assert hole.status == Status.CRITICAL and hole.details["missing"] == [gone], (gone, hole)
+        finally:
+            shutil.move(aside, path)
+    assert _check(pitr).status == Status.OK
