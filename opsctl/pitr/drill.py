@@ -315,9 +315,14 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
                           phases=dict(result.phases))
         out.phases["database"] = round(db_seconds, 2)
         services = _services_ready(project, env)
-        if services:  # breaker 20 F7: `scope` said ["database"] after a drill that covered all of it
-            out.scope, out.not_covered = list(PARTS), []
-            _serve(project, env, result, out, teardown, began, services, record)
+        if services:  # breaker 20 F7: `scope` said ["database"] after a drill that covered all of it;
+            # each part is in it once done (breaker 22 F3: all of it after a serve phase that stopped early)
+            try:
+                _serve(project, env, result, out, teardown, began, services, record)
+            finally:
+                out.not_covered = [p for p in PARTS if p not in out.scope]
+                if out.not_covered:
+                    out.problems_note = "the serve phase stopped before them: see the problems"
         else:
             out.scope, out.not_covered = list(PARTS[:1]), list(PARTS[1:])
             out.problems_note = "the platform runs no Redis/S3/worker: the drill covers the database only"
@@ -383,6 +388,7 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     record.add("redis", port=int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     rdb.check_counts(redis_url, manifest.redis.keys, manifest.redis.expires)
     out.redis_keys = sum(manifest.redis.keys.values())
+    out.scope.append("redis")
     s3 = ep.s3_client()
     bucket = scratch_bucket(env.buckets.audio, out.started_at)
     record.add("bucket", name=bucket)
@@ -390,6 +396,7 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     s3.create_bucket(Bucket=bucket)
     files.check(repo, manifest.files)
     out.audio_objects = files.restore(s3, bucket, repo, manifest.files.objects)
+    out.scope.append("audio objects")
     out.phases["redis+audio"] = round(time.monotonic() - mark, 2)
     mark = time.monotonic()
     # the preview color: the platform's own worker settings, pointed at the scratch resources
@@ -415,6 +422,7 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     headers = analysis.analysis_headers(env.deploy.api_key_env)
     verdict = analysis.transcribe_check(wk.base_url(port), headers)
     out.transcription = verdict.detail
+    out.scope.append("preview color + transcription")
     if not verdict.ok:
         out.problems.append(f"the sample transcription through the preview failed: {verdict.detail}")
     from opsctl.loadtest.operation import load_test
@@ -424,6 +432,7 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     outcome = load_test(project, env, "light", users=2, spawn_rate=2, duration="10s",
                         host=wk.base_url(port), slo="error_rate<5%", stop_timeout="120s")
     out.load_test = outcome.verdict()
+    out.scope.append("load test")
     if not outcome.passed:
         out.problems.append(f"the load test through the preview failed: {out.load_test}")
     out.phases["checks"] = round(time.monotonic() - mark, 2)

@@ -41,6 +41,20 @@ def test_failover_without_a_standby_is_refused_and_changes_nothing(platform, run
     assert platform.port == before and platform.sql("select 1", db="postgres") == [(1,)]
 
 
+def test_a_drill_whose_serve_phase_stops_early_says_what_it_did_not_cover(platform, runner):
+    """Breaker 22 F3: with no backup holding Redis and the audio yet, the drill's serve phase
+    stops at once and the drill fails, but its `scope` listed Redis, the audio, the preview and
+    the load test as covered. Each part is in `scope` once done; the rest is `not_covered`."""
+    assert platform.cli(runner, "backup", "base").exit_code == 0
+    platform.wait_archived()
+    r = platform.cli(runner, "dr", "drill", "--env", "local", "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1 and not doc["passed"], r.output
+    assert any("no backup with Redis and audio" in p for p in doc["problems"]), doc["problems"]
+    assert doc["scope"] == ["database"], doc
+    assert doc["not_covered"] == ["redis", "audio objects", "preview color + transcription", "load test"], doc
+
+
 def test_drill_restores_redis_audio_and_serves_a_preview_color_then_tears_down(platform, runner):
     """The drill (issue 22): database to the newest restorable time, Redis and the audio of
     the newest backup into scratch resources, a preview worker on them, the sample
