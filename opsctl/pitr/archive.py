@@ -238,6 +238,7 @@ class Archiver:
         self._control_seen: tuple[int, int] | None = None
         self._gap_checked = 0.0
         self._bases_seen: tuple | None = None
+        self._untouchable = False  # `.progress` could not be touched (said once in the log)
 
     def follow_cluster(self) -> str:
         """The live cluster's system identifier, re-read from `data` when its pg_control is a new
@@ -440,8 +441,12 @@ class Archiver:
         SIGSTOPped archiver was "healthy" and OK until the lag passed the whole RPO)."""
         try:
             (self.queue / PROGRESS).touch()
-        except OSError:
-            pass  # the queue is gone or read-only: the pass itself says so
+            self._untouchable = False
+        except OSError as exc:  # said once: the health check will call this archiver stuck
+            if not self._untouchable:
+                log.warning("cannot touch %s (%s): health checks will report this archiver as stuck",
+                            self.queue / PROGRESS, exc)
+            self._untouchable = True
 
     def clear_gaps(self, force: bool = False) -> list[str]:
         """Remove the `.gaps/` markers a base backup of the live cluster covers (it starts at a

@@ -168,13 +168,19 @@ def archive_lag(project, env) -> CheckResult:
     # archived WAL restores nothing without a base backup of its cluster: every commit since the
     # cluster was made is at risk until one is taken (breaker 18 F5: OK "lag at most 1 s" on a
     # cluster `local up` made anew after a lost disk, or on any fresh platform)
-    unbacked = _without_base_backup(project, env, state)
+    # the repository is asked within REPO_WAIT_S: a hung one must not take the check past its
+    # own timeout, hiding what this check knows without it (breaker 22 F8: "no result within 5s"
+    # while the archiver was stuck on the same hung repository)
+    answered, found = _bounded(lambda: (_without_base_backup(project, env, state),
+                                        missing_archived(project, env, state) if server is not None else []),
+                               REPO_WAIT_S)
+    unbacked, missing = found if answered else (None, [])
     if unbacked is not None:
         details["base_backup"] = False
         lag = max(lag, now - unbacked[1])
     if quarantined:
         details["quarantined"] = quarantined
-    holes = [f for f in missing_archived(project, env, state) if f not in dropped] if server is not None else []
+    holes = [f for f in missing if f not in dropped]
     if holes:
         details["missing"] = holes
     if failing:
@@ -230,7 +236,28 @@ def archive_lag(project, env) -> CheckResult:
                  f"'opsctl backup base' (commits at risk for {lag:.0f} s, within the RPO)")
     if failing and "archive_command fails" not in text:  # a worse fault came first: say both
         text += f"; archive_command also fails on {failing['wal']}"
+    if not answered:
+        details["repository_answered"] = False
+        status = max(status, Status.WARNING)
+        text += (f"; the repository did not answer within {REPO_WAIT_S:g} s: whether it holds a base backup and "
+                 "every archived segment was not checked")
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
+
+
+REPO_WAIT_S = 3.0  # seconds the wal archive check waits for the repository (the sweep's default timeout is 5 s)
+
+
+def _bounded(call, seconds: float) -> tuple[bool, object]:
+    """(True, call()) when `call` returns within `seconds`, else (False, None); it runs in a
+    daemon thread, so one that hangs (a repository that never answers) is left behind, not
+    waited for at exit. `call` must not raise (the repository readers here return a default)."""
+    import threading
+
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True, name="wal-archive-repository")
+    thread.start()
+    thread.join(seconds)
+    return (True, out[0]) if out else (False, None)
 
 
 def missing_archived(project, env, state) -> list[str]:

@@ -65,7 +65,8 @@ def stalled(state, pid: int | None) -> str | None:
         return None
     try:
         if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
-            return "its process is stopped (SIGSTOP or a debugger: 'kill -CONT' it, or 'opsctl local up' after a stop)"
+            return (f"its process {pid} is stopped (SIGSTOP or a debugger): 'kill -CONT {pid}' resumes it, or "
+                    "'opsctl local down' then 'opsctl local up' restarts it ('local up' alone keeps a running one)")
     except psutil.Error:
         return None
     try:

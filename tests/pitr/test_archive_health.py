@@ -138,7 +138,8 @@ def test_a_stopped_or_hung_archiver_is_not_healthy(pitr, runner):
     try:
         pitr.sql("insert into events(note) values ('while the archiver is stopped')")
         stopped = _check(pitr)
-        assert stopped.status == Status.WARNING and "stuck: its process is stopped" in stopped.message, stopped
+        assert stopped.status == Status.WARNING and f"stuck: its process {pid} is stopped" in stopped.message, stopped
+        assert f"'kill -CONT {pid}' resumes it" in stopped.message, stopped  # breaker 22 F5: not "local up"
         assert stopped.details["archiver_stuck"] and not row().healthy and "stuck" in row().note, row()
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -260,4 +261,37 @@ def test_after_a_restore_a_hole_on_the_history_or_a_missing_history_file_is_crit
             assert hole.status == Status.CRITICAL and hole.details["missing"] == [gone], (gone, hole)
         finally:
             shutil.move(aside, path)
+    assert _check(pitr).status == Status.OK
+
+
+def test_a_repository_that_does_not_answer_leaves_the_check_its_own_verdict(pitr, runner, monkeypatch):
+    """Breaker 22 F8: with the repository hung, the check's own repository calls (the base
+    backups, the missing-WAL listing) took it past the sweep's timeout: "no result within 5s",
+    and what it knows without the repository (a stuck archiver, the queue) went unsaid. The
+    repository is now asked within REPO_WAIT_S; past it the check says so (WARNING at least)
+    and gives the rest of its verdict. The hang is injected where the check reads the base
+    backups' records (a repository GET that never returns)."""
+    import threading
+
+    from opsctl.health.model import Status
+    from opsctl.pitr import base as bb
+    from opsctl.pitr import health
+
+    assert pitr.cli(runner, "backup", "base", "--json").exit_code == 0
+    pitr.wait_archived()
+    release = threading.Event()
+
+    def hung_read(*args, **kwargs):
+        release.wait(60)
+        return [], {}
+
+    monkeypatch.setattr(bb, "load_all", hung_read)
+    try:
+        hung = _check(pitr)  # the injected read is still blocked: the check did not wait for it
+        assert hung.status == Status.WARNING and hung.details["repository_answered"] is False, hung
+        assert f"the repository did not answer within {health.REPO_WAIT_S:g} s" in hung.message, hung
+        assert "archive lag at most" in hung.message, hung  # the rest of the verdict is still given
+    finally:
+        release.set()
+    monkeypatch.undo()
     assert _check(pitr).status == Status.OK
