@@ -206,15 +206,17 @@ def _trickle(socks: list[socket.socket], seconds: float) -> dict[socket.socket, 
     return answered
 
 
-def test_parts_trickling_above_the_floor_are_shed_when_they_fill_the_part_memory(
+def test_parts_trickling_in_a_full_part_memory_are_shed_for_a_part_that_waits(
         model_dir, postgres, s3, redis_server, tmp_path):
     """Breaker 21 F1: keys A and B each held a part trickling just above the 1 KiB/s floor,
     together the whole part memory, and every other key's part was 503 `server_busy` for as long
-    as they liked (hours at 64 MiB parts). The floor now rises with the part memory held (mod_qos's
-    QS_SrvMinDataRate): at most half held a part may trickle at the floor for as long as it
-    keeps it, and all held it must keep WORKER_PART_BUSY_RATE_KBPS, so one of A's and B's is 408
-    within a window, the other goes on at half load, and C's part, refused while they held it
-    all, is taken."""
+    as they liked (hours at 64 MiB parts). Now C's part waits its turn for room, and while it
+    waits the floor rises with the part memory held (mod_qos's QS_SrvMinDataRate) to
+    WORKER_PART_BUSY_RATE_KBPS: one of A's and B's is 408 within a window (Retry-After: come
+    back later), and C's part is taken. Nobody waiting, parts trickling in a memory more than
+    half held are never cut (breaker 23 F4: two slow clients shed each other in turn)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=3, WORKER_PART_MEMORY_MB="8",
                  WORKER_PART_BODY_TIMEOUT_SECONDS="3", WORKER_PART_MIN_RATE_KBPS="1",
                  WORKER_PART_BUSY_RATE_KBPS="256") as (url, (a, b, c)):
@@ -224,27 +226,66 @@ def test_parts_trickling_above_the_floor_are_shed_when_they_fill_the_part_memory
             half = 4 * MIB - 4096
             held = [_stalled_part(url, k, u["id"], half, 0)[0] for k, u in ((a, up_a), (b, up_b))]
             try:
-                assert _trickle(held, 1) == {}  # both admitted, well within their first window
-                r = send_part(cc, up_c["id"], b"\4" * (3 * MIB))  # the part memory is all held
-                assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy", r.text
-                answers = _trickle(held, 15)
-                # shed until the pressure is off: one of them, and the other goes on at half load
+                # all of it held, nobody waiting: trickling at 2.4 KiB/s they go on, window after window
+                assert _trickle(held, 7) == {}, "parts trickling above the floor were cut with nobody waiting"
+                with ThreadPoolExecutor(1) as pool:
+                    waiting = pool.submit(send_part, cc, up_c["id"], b"\4" * (3 * MIB))
+                    answers = _trickle(held, 15)
+                    r = waiting.result(timeout=30)
+                assert r.status_code == 200, r.text  # it waited for room, and got it
+                # shed until there is room: one of them, and the other goes on
                 assert len(answers) == 1, "parts trickling in a full part memory were not shed"
-                ((status, _, body),) = answers.values()
-                assert status == 408, body
+                ((status, headers, body),) = answers.values()
+                assert status == 408 and headers["retry-after"] == "3", (headers, body)
                 err = _openai_error(body, "request_timeout")
                 assert "WORKER_PART_BUSY_RATE_KBPS (256 KiB/s" in err["message"], err
-                r = send_part(cc, up_c["id"], b"\4" * (3 * MIB))
-                assert r.status_code == 200, r.text
             finally:
                 for sock in held:
                     sock.close()
-            # half held: a part trickling at 2.4 KiB/s keeps going, window after window
-            alone, _ = _stalled_part(url, a, up_a["id"], half, 0)
+
+
+def test_a_part_waits_its_turn_and_a_chunked_body_reserves_the_largest_part(
+        model_dir, postgres, s3, redis_server, tmp_path):
+    """Breaker 23 F1: a part sent with `Transfer-Encoding: chunked` and a small Content-Length
+    beside it reserved that number while its chunked body could be any size: the part memory,
+    the key share and the load were all bypassed. A chunked body now reserves the largest part
+    (WORKER_MAX_PART_MB), as one without a Content-Length does. Here key A's such part fills the
+    8 MiB part memory alone; B's part waits its turn (it is not refused at once), A's trickle is
+    shed for it, and B's part is taken."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=2, WORKER_PART_MEMORY_MB="8",
+                 WORKER_PART_BODY_TIMEOUT_SECONDS="3", WORKER_PART_MIN_RATE_KBPS="1",
+                 WORKER_PART_BUSY_RATE_KBPS="256") as (url, (a, b)):
+        with _client(url, a) as ca, _client(url, b) as cb:
+            up_a, up_b = _create(ca, 8 * MIB), _create(cb, 3 * MIB)
+            boundary = "b" + secrets.token_hex(8)
+            head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"part\"\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n").encode()
+            where = urlparse(url)
+            sock = socket.create_connection((where.hostname, where.port), timeout=30)
+            sock.sendall((f"POST /v1/uploads/{up_a['id']}/parts HTTP/1.1\r\nHost: {where.netloc}\r\n"
+                          f"Authorization: Bearer {a}\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n"
+                          f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+                         + f"{len(head):x}\r\n".encode() + head + b"\r\n")
             try:
-                assert _trickle([alone], 7) == {}, "a part trickling above the floor was cut at half load"
+                time.sleep(1)  # admitted, holding what it reserved
+                with ThreadPoolExecutor(1) as pool:
+                    waiting = pool.submit(send_part, cb, up_b["id"], b"\5" * (3 * MIB))
+                    answers = {}
+                    give_up = time.monotonic() + 15
+                    while not answers and time.monotonic() < give_up:  # 600-byte chunks, 2.4 KiB/s
+                        if select.select([sock], [], [], 0.25)[0]:
+                            answers[sock] = _answer(sock)
+                        else:
+                            sock.sendall(b"258\r\n" + b"\7" * 600 + b"\r\n")
+                    r = waiting.result(timeout=30)
             finally:
-                alone.close()
+                sock.close()
+            assert answers, "the chunked part was never shed: it reserved less than it could hold"
+            ((status, _, body),) = answers.values()
+            assert status == 408, body
+            assert r.status_code == 200, r.text
 
 
 def test_parts_refused_by_other_checks_spend_no_parts_per_minute(model_dir, postgres, s3, redis_server,

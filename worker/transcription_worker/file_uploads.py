@@ -362,73 +362,146 @@ async def add_part(upload_id: str, request: Request):
     # a part is a request carrying audio: it holds one of the key's concurrent-upload slots
     # (WORKER_RATE_LIMIT_CONCURRENT_UPLOADS) from its body's first byte to its S3 PUT, as a
     # transcription or job upload does, so parts sent at once are bounded like any upload
-    async with state.limits.upload_slot(key_id), _part_memory(state, request, key_id):
+    async with state.limits.upload_slot(key_id), _part_memory(state, request, key_id) as release:
         await state.limits.check_parts_rate(key_id)  # last: only an admitted part counts
-        return await _receive_part(state, db, request, upload_id, row)
+        return await _receive_part(state, db, request, upload_id, row, release)
 
 
 # part bodies held right now, in bytes, by API key (this process; the event loop's thread alone)
 _PARTS_IN_MEMORY: dict[str, int] = {}
+# parts waiting for room in the part memory, first come first served (`_room`): (token, bytes)
+_WAITING: list[tuple[object, int]] = []
+ROOM_WAIT_SECONDS = 10.0  # how long a part waits for room before 503 `server_busy`
+
+
+def _fits(size: int, budget: int) -> bool:
+    """Whether a part of `size` bytes fits in the part memory now (one arriving when none is
+    held always does, so a part larger than the budget still goes through alone)."""
+    held = sum(_PARTS_IN_MEMORY.values())
+    return not held or held + size <= budget
+
+
+def _pressed(budget: int) -> bool:
+    """Whether a part waits for room that it does not have: the first in line does not fit."""
+    return bool(_WAITING) and not _fits(_WAITING[0][1], budget)
+
+
+async def _room(size: int, budget: int) -> None:
+    """Wait, at most ROOM_WAIT_SECONDS, until a part of `size` bytes fits and every part that
+    came before it was served (first come, first served: a holder sending its next part the
+    instant one is answered does not jump the queue, breaker 23 F2); 503 `server_busy` then.
+    While the first in line lacks room the rate floor rises (`_rate_floor`), so parts trickling
+    in the memory make room, no more of them than it needs."""
+    loop = asyncio.get_running_loop()
+    me = (object(), size)
+    _WAITING.append(me)
+    deadline = loop.time() + ROOM_WAIT_SECONDS
+    try:
+        while not (_WAITING[0] is me and _fits(size, budget)):
+            if loop.time() >= deadline:
+                raise APIError(503, f"this worker is receiving {budget // MIB} MiB of parts already and none made"
+                               f" room within {ROOM_WAIT_SECONDS:g} s; send the part again shortly",
+                               code="server_busy", retry_after=2)
+            await asyncio.sleep(0.05)
+    finally:
+        _WAITING.remove(me)
+
+
+def _share_refusal(mine: int, share: int) -> APIError:
+    """429 `concurrent_uploads_exceeded`: the key's own parts in flight hold its share."""
+    from . import metrics
+
+    metrics.RATE_LIMITED.labels("part_memory").inc()
+    return APIError(429, f"this API key has {round(mine / MIB, 1):g} MiB of parts on their way to this worker"
+                    f" already, and may have {round(share / MIB, 1):g} MiB (WORKER_PART_MEMORY_KEY_PERCENT of"
+                    " WORKER_PART_MEMORY_MB); send the part again once one of them is answered",
+                    code="concurrent_uploads_exceeded", retry_after=2)
 
 
 @contextlib.asynccontextmanager
-async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterator[None]:
+async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterator[Any]:
     """Hold the part's size (its Content-Length, at most WORKER_MAX_PART_MB; that limit
-    without one) against the part bodies this worker may hold in memory at once, before a byte
-    is read, until the part is answered. A part is held whole (hashed,
-    then PUT) and may be 64 MiB, so parts in parallel add up (issue 26).
+    without one, or with a chunked body whatever Content-Length says) against the part bodies
+    this worker may hold in memory at once, before a byte is read, until the part is answered.
+    A part is held whole (hashed, then PUT) and may be 64 MiB, so parts in parallel add up
+    (issue 26).
 
-    Two rules: all keys together hold at most WORKER_PART_MEMORY_MB (beyond it 503
-    `server_busy`: the worker is full), and one API key at most WORKER_PART_MEMORY_KEY_PERCENT
-    of it (beyond it 429 `concurrent_uploads_exceeded`: the key's own parts in flight are the
-    cause), so a key with slow or stalled parts leaves the rest to other keys. A part arriving
-    when its key holds nothing passes the share, and one arriving when the worker holds nothing
-    passes the budget, so a part larger than either still goes through alone. Without API keys
-    every caller is one key and the share does not apply. Both refusals say Retry-After 2."""
+    Two rules: one API key holds at most WORKER_PART_MEMORY_KEY_PERCENT of it (beyond it 429
+    `concurrent_uploads_exceeded` at once: the key's own parts in flight are the cause), so a
+    key with slow or stalled parts leaves the rest to other keys; and all keys together hold at
+    most WORKER_PART_MEMORY_MB: a part that does not fit waits its turn for room (`_room`, up
+    to ROOM_WAIT_SECONDS, then 503 `server_busy`), and while it waits slow parts are shed
+    (`_rate_floor`). A part arriving when its key holds nothing passes the share, and one
+    arriving when the worker holds nothing passes the budget, so a part larger than either
+    still goes through alone. Without API keys every caller is one key and the share does not
+    apply. Both refusals say Retry-After 2. Yields a function that gives the memory back
+    early (a part shed to make room gives it back the moment it is cut: `_paced`)."""
     settings = state.settings
     length = request.headers.get("content-length", "")
-    size = min(int(length), settings.max_part_bytes) if length.isdigit() else settings.max_part_bytes
+    # a chunked body is framed by its chunks, not by a Content-Length sent beside it (RFC 9112
+    # 6.3): reserving that number let a part hold any size unreserved (breaker 23 F1)
+    framed = length.isdigit() and "transfer-encoding" not in request.headers
+    size = min(int(length), settings.max_part_bytes) if framed else settings.max_part_bytes
     budget = settings.part_memory_mb * MIB
     share = budget * settings.part_memory_key_percent // 100
-    mine, held = _PARTS_IN_MEMORY.get(key_id, 0), sum(_PARTS_IN_MEMORY.values())
-    if settings.api_key_hashes and mine and mine + size > share:
-        from . import metrics
-
-        metrics.RATE_LIMITED.labels("part_memory").inc()
-        raise APIError(429, f"this API key has {round(mine / MIB, 1):g} MiB of parts on their way to this worker"
-                       f" already, and may have {round(share / MIB, 1):g} MiB (WORKER_PART_MEMORY_KEY_PERCENT of"
-                       " WORKER_PART_MEMORY_MB); send the part again once one of them is answered",
-                       code="concurrent_uploads_exceeded", retry_after=2)
-    if held and held + size > budget:
-        raise APIError(503, f"this worker is receiving {budget // MIB} MiB of parts already; send the part"
-                       " again shortly", code="server_busy", retry_after=2)
+    keyed = bool(settings.api_key_hashes)
+    mine = _PARTS_IN_MEMORY.get(key_id, 0)
+    if keyed and mine and mine + size > share:
+        raise _share_refusal(mine, share)
+    if _WAITING or not _fits(size, budget):
+        await _room(size, budget)
+        mine = _PARTS_IN_MEMORY.get(key_id, 0)  # the key's other parts may have come in meanwhile
+        if keyed and mine and mine + size > share:
+            raise _share_refusal(mine, share)
     _PARTS_IN_MEMORY[key_id] = mine + size
+    held = [size]
+
+    def release() -> None:
+        if held:
+            _PARTS_IN_MEMORY[key_id] -= held.pop()
+            if not _PARTS_IN_MEMORY[key_id]:
+                del _PARTS_IN_MEMORY[key_id]
+
     try:
-        yield
+        yield release
     finally:
-        _PARTS_IN_MEMORY[key_id] -= size
-        if not _PARTS_IN_MEMORY[key_id]:
-            del _PARTS_IN_MEMORY[key_id]
+        release()
 
 
 def _rate_floor(settings: Any) -> float:
-    """The rate, in bytes per second, a part's body must keep now: WORKER_PART_MIN_RATE_KBPS
-    while the part memory is at most half held, rising linearly to WORKER_PART_BUSY_RATE_KBPS
-    when it is all held (as Apache mod_qos's QS_SrvMinDataRate raises its minimum with the
-    connections). Parts trickling just above the floor could otherwise hold the whole part
-    memory for hours, two keys' shares locking every other key out with 503 (breaker 21 F1):
-    the memory they hold now makes them too slow, and they are 408 within a window."""
+    """The rate, in bytes per second, a part's body must keep now: WORKER_PART_MIN_RATE_KBPS,
+    and, while a part waits for room it does not have (`_pressed`), rising with the part
+    memory held from half held to WORKER_PART_BUSY_RATE_KBPS when all is held (as Apache
+    mod_qos's QS_SrvMinDataRate raises its minimum with the connections). Parts trickling just
+    above the floor could otherwise hold the whole part memory for hours, two keys' shares
+    locking every other key out (breaker 21 F1); slow parts nobody waits for are never cut
+    (two slow clients at 62 % shed each other in turn when the load alone raised the floor:
+    breaker 23 F4)."""
     low = settings.part_min_rate_kbps * 1024
+    budget = settings.part_memory_mb * MIB
+    if not _pressed(budget):
+        return low
     high = max(settings.part_busy_rate_kbps * 1024, low)
-    held = sum(_PARTS_IN_MEMORY.values()) / (settings.part_memory_mb * MIB)
+    held = sum(_PARTS_IN_MEMORY.values()) / budget
     return low + (high - low) * min(1.0, max(0.0, held - 0.5) * 2)
 
 
-async def _paced(stream: AsyncIterator[bytes], window: float, rate: Any) -> AsyncIterator[bytes]:
+class _Cut(TimeoutError):
+    """A part's body fell short of `rate` (bytes per second) over a window."""
+
+    def __init__(self, rate: float):
+        super().__init__(rate)
+        self.rate = rate
+
+
+async def _paced(stream: AsyncIterator[bytes], window: float, rate: Any,
+                 on_cut: Any = None) -> AsyncIterator[bytes]:
     """`stream`'s chunks while the body keeps arriving: every `rate()` x `window` bytes received
     buy `window` seconds from the moment they are in; TimeoutError when a window passes short of
-    them (the first window is the grace of the first bytes). `rate` is asked at each chunk and
-    at the window's end (the floor rises while the worker fills: `_rate_floor`). A part's memory is held from
+    them (the first window is the grace of the first bytes): `_Cut`, after `on_cut()` (the
+    part's memory given back at once: two parts whose windows end together are not both shed
+    for one that waits). `rate` is asked at each chunk and at the window's end (the floor
+    rises while a part waits for room: `_rate_floor`). A part's memory is held from
     before its first byte, so a client that stalls, or sends a byte now and then (which keeps
     any idle timeout, the router's or a proxy's, from firing), would otherwise hold it for as
     long as it likes; a client sending steadily faster than `rate` is never cut off whatever
@@ -436,31 +509,61 @@ async def _paced(stream: AsyncIterator[bytes], window: float, rate: Any) -> Asyn
     (breaker 21 F1: time earned per byte, as Apache's mod_reqtimeout MinRate earns it, let
     2 MiB buy 9 minutes). Constant work per chunk."""
     loop = asyncio.get_running_loop()
-    mark, got = loop.time(), 0
-    chunks = stream.__aiter__()
-    while True:
-        left = mark + window - loop.time()
-        if left <= 0:
-            raise TimeoutError
+    # the body is read by a task of its own into a one-chunk queue: a window that ends while a
+    # read waits must not cancel it (that would end the request's body stream), where a wait on
+    # the queue may be given up and taken again
+    queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
         try:
-            async with asyncio.timeout(left):
-                chunk = await chunks.__anext__()
-        except StopAsyncIteration:
+            async for chunk in stream:
+                await queue.put(chunk)
+        except Exception as exc:  # a client gone (ClientDisconnect): raised where it is read
+            await queue.put(exc)
             return
-        got += len(chunk)
-        if got >= rate() * window:  # a window's worth is in: the next window starts now
-            mark, got = loop.time(), 0
-        yield chunk
+        await queue.put(_END)
+
+    pumping = asyncio.ensure_future(pump())
+    mark, got = loop.time(), 0
+    try:
+        while True:
+            left = mark + window - loop.time()
+            if left <= 0:
+                floor = rate()  # asked again at the end: it may have fallen (breaker 23 F3)
+                if got < floor * window:
+                    if on_cut is not None:
+                        on_cut()
+                    raise _Cut(floor)
+                mark, got, left = loop.time(), 0, window
+            try:
+                async with asyncio.timeout(left):
+                    item = await queue.get()
+            except TimeoutError:
+                continue  # the window ended: judged above
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            got += len(item)
+            if got >= rate() * window:  # a window's worth is in: the next window starts now
+                mark, got = loop.time(), 0
+            yield item
+    finally:
+        pumping.cancel()
 
 
-async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, row: dict) -> dict[str, Any]:
+_END = object()  # `_paced`'s end of the body
+
+
+async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, row: dict,
+                        release: Any = None) -> dict[str, Any]:
     """Read a part's body (paced by `_paced`: else 408 `request_timeout`, the connection closed
     and nothing stored), claim it (`Database.claim_part`) and PUT it to S3."""
     s = state.settings
     # Starlette's parser, told to keep the part in memory: it is read whole right after (to
     # hash it and hand it to S3), so spooling it to a temporary file past 1 MiB (the default,
     # one thread hop per 64 KiB written) only cost time. BodyLimit caps it at the part limit.
-    body = _paced(request.stream(), s.part_body_timeout_seconds, lambda: _rate_floor(s))
+    body = _paced(request.stream(), s.part_body_timeout_seconds, lambda: _rate_floor(s), release)
     parser = MultiPartParser(request.headers, body, max_files=1, max_fields=4)
     parser.spool_max_size = s.max_part_bytes + 1024 * 1024
     try:
@@ -468,15 +571,17 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
     except MultiPartException as exc:
         raise APIError(400, f"the part's form could not be read: {exc.message}", param="data",
                        code="invalid_value") from None
-    except TimeoutError:
-        floor = _rate_floor(s) / 1024
-        busy = (f", and while this worker's part memory is over half held up to WORKER_PART_BUSY_RATE_KBPS"
-                f" ({s.part_busy_rate_kbps:g} KiB/s; {floor:.0f} KiB/s now)") if floor > s.part_min_rate_kbps else ""
+    except _Cut as exc:
+        floor = exc.rate / 1024
+        shed = floor > s.part_min_rate_kbps  # cut to make room for a part that waits: come back later
+        busy = (f", and while other parts wait for this worker's part memory, over half held, up to"
+                f" WORKER_PART_BUSY_RATE_KBPS ({s.part_busy_rate_kbps:g} KiB/s; {floor:.0f} KiB/s now)") if shed else ""
         raise APIError(408, f"the part's body stopped arriving: it must keep coming at WORKER_PART_MIN_RATE_KBPS"
                        f" ({s.part_min_rate_kbps:g} KiB/s) or more over any WORKER_PART_BODY_TIMEOUT_SECONDS"
                        f" ({s.part_body_timeout_seconds:g} s){busy}; nothing was stored, send the part again (on a"
                        " slow link one part at a time: parts in parallel divide it)",
-                       param="data", code="request_timeout", headers={"Connection": "close"}) from None
+                       param="data", code="request_timeout", headers={"Connection": "close"},
+                       retry_after=int(s.part_body_timeout_seconds) if shed else None) from None
     try:
         part = form.get("data")
         if not isinstance(part, UploadFile):
