@@ -27,6 +27,10 @@ from opsctl.health.model import CheckResult, Status
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 SWITCH_GRACE_S = 5.0  # seconds past archive_timeout a commit may wait for its segment's switch
+# the wal archive check's own timeout (seconds) unless health.timeouts sets one: it lists the WAL
+# since the newest base backup (breaker 22 F11: 17 listings, 3.7 s, on moto with a day of WAL);
+# it waits for the repository two seconds less, then answers without it
+TIMEOUT_S = 30.0
 _READY = ("(select extract(epoch from min(modification))::float8 from pg_ls_archive_statusdir() "
           "where name like '%.ready'), (select count(*) from pg_ls_archive_statusdir() where name like '%.ready')")
 
@@ -122,7 +126,7 @@ def _late_text(unswitched: float, archive_timeout: float) -> str:
             "pg_switch_wal()' ships them now, and PostgreSQL's log may say why")
 
 
-def archive_lag(project, env) -> CheckResult:
+def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
     """The `wal archive` check of the embedded platform: commits at risk = archive_timeout + age of
     the oldest segment waiting in the queue or in pg_wal (seconds), judged against `dr.rpo`;
     CRITICAL for dropped segments not yet covered by a base backup, quarantined ones, or
@@ -168,12 +172,11 @@ def archive_lag(project, env) -> CheckResult:
     # archived WAL restores nothing without a base backup of its cluster: every commit since the
     # cluster was made is at risk until one is taken (breaker 18 F5: OK "lag at most 1 s" on a
     # cluster `local up` made anew after a lost disk, or on any fresh platform)
-    # the repository is asked within REPO_WAIT_S: a hung one must not take the check past its
+    # the repository is asked within the timeout less 2 s: a hung one must not take the check past its
     # own timeout, hiding what this check knows without it (breaker 22 F8: "no result within 5s"
     # while the archiver was stuck on the same hung repository)
-    answered, found = _bounded(lambda: (_without_base_backup(project, env, state),
-                                        missing_archived(project, env, state) if server is not None else []),
-                               REPO_WAIT_S)
+    repo_wait = max(1.0, timeout - 2.0)
+    answered, found = _bounded(lambda: _repository_view(project, env, state, server is not None), repo_wait)
     unbacked, missing = found if answered else (None, [])
     if unbacked is not None:
         details["base_backup"] = False
@@ -217,7 +220,7 @@ def archive_lag(project, env) -> CheckResult:
         status, text = Status.CRITICAL, (f"{len(pending)} WAL segment(s) wait and no archiver runs "
                                          "('opsctl local up' starts it; read its log)")
     elif lag > rpo and unbacked is not None:
-        status, text = Status.CRITICAL, (f"no base backup of cluster {unbacked[0]}: its commits of the last "
+        status, text = Status.CRITICAL, (f"no base backup of cluster {unbacked[0]}{unbacked[2]}: its commits of the last "
                                          f"{lag:.0f} s restore nothing, above the RPO of {env.dr.rpo} "
                                          "('opsctl backup base')")
     elif lag > rpo:
@@ -232,19 +235,18 @@ def archive_lag(project, env) -> CheckResult:
     else:
         status, text = Status.OK, f"archive lag at most {lag:.0f} s ({len(pending)} queued; RPO {env.dr.rpo})"
     if unbacked is not None and status != Status.CRITICAL:
-        text += (f"; no base backup of cluster {unbacked[0]} yet: its archived WAL restores nothing until "
+        text += (f"; no base backup of cluster {unbacked[0]}{unbacked[2]} yet: its archived WAL restores nothing until "
                  f"'opsctl backup base' (commits at risk for {lag:.0f} s, within the RPO)")
     if failing and "archive_command fails" not in text:  # a worse fault came first: say both
         text += f"; archive_command also fails on {failing['wal']}"
     if not answered:
         details["repository_answered"] = False
         status = max(status, Status.WARNING)
-        text += (f"; the repository did not answer within {REPO_WAIT_S:g} s: whether it holds a base backup and "
+        text += (f"; the repository did not answer within {repo_wait:g} s: whether it holds a base backup and "
                  "every archived segment was not checked")
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
 
 
-REPO_WAIT_S = 3.0  # seconds the wal archive check waits for the repository (the sweep's default timeout is 5 s)
 
 
 def _bounded(call, seconds: float) -> tuple[bool, object]:
@@ -260,67 +262,63 @@ def _bounded(call, seconds: float) -> tuple[bool, object]:
     return (True, out[0]) if out else (False, None)
 
 
-def missing_archived(project, env, state) -> list[str]:
-    """WAL files a restore of the live server's history needs that the repository lacks: the
-    segments from the newest base backup on that history (chain.on_path: not one on a branch a
-    restore abandoned) to pg_stat_archiver's last archived file (ops.server_archived: short of
-    what the local queue still holds), each from the timeline the history reads it on (the
-    older timeline's up to a fork), and the history file of each timeline after the first.
-    Listed by name only (one listing per timeline and 256 segments; nothing read). Such a hole
-    (an object deleted, a lifecycle rule, a prune gone wrong) ends every restore before it,
-    while the queue and the server both look healthy (breakers 21, 22: deleted WAL kept the
-    check green); `backup verify-chain` finds it too, and authenticates what is there. [] when
-    there is nothing to compare (no server answer, no base backup on the history, the
-    repository unreadable: the rest of the check runs)."""
+def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, float, str] | None, list[str]]:
+    """What the repository says of the live cluster: (unbacked, missing).
+
+    unbacked: (system identifier, since when its commits are at risk: epoch seconds, where)
+    when no complete base backup lies on the live server's history (chain.on_path; its
+    timeline path from ops.live_path): the cluster has none (`where` ""), or only ones a
+    restore can't start from, on a branch a restore left (breaker 22 F10: deleting the live
+    history's only base backup kept the check OK). The time is the identifier's upper 32 bits,
+    initdb's clock (PostgreSQL's xlog.c, BootStrapXLOG): every commit since is unrestorable.
+    missing: `missing_archived` from the newest base backup on that history, with `server_up`.
+    (None, []) when it can't be told (no data directory, the repository unreadable: the rest
+    of the check still runs)."""
     from opsctl.pitr import archive, chain, layout
     from opsctl.pitr import base as bb
     from opsctl.pitr.ops import live_path, sealed_repository, server_archived
 
     try:
         sysid = archive.system_identifier(state.data("postgres"))
-        archived = server_archived(project, env, sysid)
-        path = live_path(project, env, sysid) if archived else None
-        if not path:
-            return []
         repo, key = sealed_repository(project, env)
+        path = live_path(project, env, sysid)
         head = layout.base_prefix(sysid)
         names = repo.names(head)
         base = None
         for bid in sorted({n[len(head):].partition("/")[0] for n in names}, reverse=True):  # ids sort by time
             good, _ = bb.load_all(repo, sysid, key, {n: v for n, v in names.items() if n.startswith(f"{head}{bid}/")})
-            if good and chain.on_path(good[-1], path):
+            if good and (path is None or chain.on_path(good[-1], path)):
                 base = good[-1]
                 break
         if base is None:
-            return []
-        wanted = [layout.segment(layout.timeline_of(n, path), n)
-                  for n in range(layout.segno(layout.lsn(base.start_lsn)), layout.parse_segment(archived[:24])[1] + 1)]
-        wanted += [layout.history_file(tli) for tli, _end in path if tli > 1]
-        listed: dict[str, int] = {}
-        for prefix in sorted({f[:16] if len(f) == 24 else f for f in wanted}):  # timeline + log id, or a history
-            listed |= repo.names(f"{layout.wal_prefix(sysid)}{prefix}")
-        present, _strange = layout.parse_wal(sysid, listed)  # a name that is no WAL object is none
+            where = f" on the live server's history (timeline {path[-1][0]})" if path and names else ""
+            return (sysid, float(int(sysid) >> 32), where), []
+        archived = server_archived(project, env, sysid) if server_up and path else None
+        return None, missing_archived(repo, sysid, base, path, archived) if archived else []
     except Exception:  # noqa: BLE001 - OpsError, OSError, a repository client's own: can't be told
-        return []
+        return None, []
+
+
+def missing_archived(repo, sysid: str, base, path: list[tuple[int, int | None]], archived: str) -> list[str]:
+    """WAL files a restore of the live server's history (`path`) from base backup `base` needs
+    that repository `repo` lacks: the segments from its start to `archived` (pg_stat_archiver's
+    last archived file, short of what the local queue still holds: ops.server_archived), each
+    from the timeline the history reads it on (the older timeline's up to a fork), and the
+    history file of each timeline after the first. Listed by name only (one listing per
+    timeline and 256 segments; nothing read), so the check's time grows with the WAL since the
+    newest base backup. Such a hole (an object deleted, a lifecycle rule, a prune gone wrong)
+    ends every restore before it while the queue and the server both look healthy (breakers
+    21, 22); `backup verify-chain` finds it too, and authenticates what is there."""
+    from opsctl.pitr import layout
+
+    wanted = [layout.segment(layout.timeline_of(n, path), n)
+              for n in range(layout.segno(layout.lsn(base.start_lsn)), layout.parse_segment(archived[:24])[1] + 1)]
+    wanted += [layout.history_file(tli) for tli, _end in path if tli > 1]
+    listed: dict[str, int] = {}
+    for prefix in sorted({f[:16] if len(f) == 24 else f for f in wanted}):  # timeline + log id, or a history
+        listed |= repo.names(f"{layout.wal_prefix(sysid)}{prefix}")
+    present, _strange = layout.parse_wal(sysid, listed)  # a name that is no WAL object is none
     return [f for f in wanted if f not in present]
-
-
-def _without_base_backup(project, env, state) -> tuple[str, float] | None:
-    """(system identifier, when it was made: epoch seconds) of the live cluster when the
-    repository holds no base backup of it; None when it holds one, or when that can't be told
-    (no data directory, the repository unreadable: the rest of the check still runs). The
-    time is the identifier's upper 32 bits, initdb's clock (PostgreSQL's xlog.c, BootStrapXLOG)."""
-    from opsctl.pitr import archive, chain
-    from opsctl.pitr.ops import sealed_repository
-
-    try:
-        sysid = archive.system_identifier(state.data("postgres"))
-        repo, _key = sealed_repository(project, env)
-        if chain.has_base_backups(repo, sysid):
-            return None
-    except Exception:  # noqa: BLE001 - OpsError, OSError, a repository client's own (boto3's): can't be told
-        return None
-    return sysid, float(int(sysid) >> 32)
 
 
 def server_archive_lag(env, name: str) -> CheckResult:

@@ -100,7 +100,12 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
     if env.platform == "local":  # WAL archiving (opsctl.pitr): commits at risk against dr.rpo
         from opsctl.pitr.health import archive_lag
 
-        out.append(("wal archive", "backup", lambda _to: archive_lag(project, env), None))
+        from opsctl.pitr.health import TIMEOUT_S
+
+        # its own default timeout: it lists the WAL since the newest base backup (health.timeouts
+        # "wal archive" or "backup" still set it)
+        own = hs.timeouts.get("wal archive") or hs.timeouts.get("backup") or TIMEOUT_S
+        out.append(("wal archive", "backup", lambda to: archive_lag(project, env, to), own))
         from opsctl.local import state as st
         from opsctl.pitr import standby
 
