@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from types import SimpleNamespace
@@ -171,15 +172,31 @@ def test_a_stopped_or_hung_archiver_is_not_healthy(pitr, runner):
     assert _check(pitr).status == Status.OK and row().healthy
 
 
+@contextlib.contextmanager
+def _aside(pitr, file: str):
+    """WAL file `file`'s object moved out of the repository for the block, then put back."""
+    import shutil
+
+    from opsctl.pitr import layout
+
+    sysid = pitr.sysid()
+    files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
+    (obj,) = files[file]
+    path = pitr.root / "repo" / obj.name
+    aside = path.with_name(path.name + ".aside")
+    shutil.move(path, aside)
+    try:
+        yield
+    finally:
+        shutil.move(aside, path)
+
+
 def test_an_archived_segment_gone_from_the_repository_is_critical(pitr, runner):
     """Breaker 21: a WAL object deleted from the repository (by hand, a lifecycle rule, a prune
     gone wrong) kept the check OK: the queue was empty and the server's archiver happy, though
     no restore crossed the hole. The segments from the newest base backup to the last the server
     archived are now listed: one missing is CRITICAL, named; put back, OK again."""
-    import shutil
-
     from opsctl.health.model import Status
-    from opsctl.pitr import layout
 
     assert pitr.cli(runner, "backup", "base").exit_code == 0
     pitr.sql("insert into events(note) values ('in the segment deleted')")
@@ -187,18 +204,10 @@ def test_an_archived_segment_gone_from_the_repository_is_critical(pitr, runner):
     pitr.sql("insert into events(note) values ('after it')")
     pitr.wait_archived()
     assert _check(pitr).status == Status.OK
-    sysid = pitr.sysid()
-    files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
-    (obj,) = files[gone]
-    path = pitr.root / "repo" / obj.name
-    aside = path.with_name(path.name + ".aside")
-    shutil.move(path, aside)
-    try:
+    with _aside(pitr, gone):
         hole = _check(pitr)
         assert hole.status == Status.CRITICAL and hole.details["missing"] == [gone], hole
         assert f"missing from the repository ({gone})" in hole.message and "verify-chain" in hole.message, hole
-    finally:
-        shutil.move(aside, path)
     assert _check(pitr).status == Status.OK
 
 
@@ -251,16 +260,9 @@ def test_after_a_restore_a_hole_on_the_history_or_a_missing_history_file_is_crit
     assert _check(pitr).status == Status.OK
     sysid = pitr.sysid()
     for gone in (before_fork, layout.history_file(tli), on_live):
-        files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
-        (obj,) = files[gone]
-        path = pitr.root / "repo" / obj.name
-        aside = path.with_name(path.name + ".aside")
-        shutil.move(path, aside)
-        try:
+        with _aside(pitr, gone):
             hole = _check(pitr)
             assert hole.status == Status.CRITICAL and hole.details["missing"] == [gone], (gone, hole)
-        finally:
-            shutil.move(aside, path)
     assert _check(pitr).status == Status.OK
     # breaker 22 F10: the live history's only base backup deleted, the other one on the branch
     # the restore left: nothing restores the live history, and the check said OK
