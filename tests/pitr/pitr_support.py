@@ -145,12 +145,20 @@ class Pitr:
             stats += [(c.pid, c.cmdline(), c.status()) for c in psutil.Process(stats[-1][2]).children(recursive=True)]
         except Exception as exc:  # the server is down: the report still shows the rest
             stats = repr(exc)
-        status = state.data("postgres") / "pg_wal" / "archive_status"
-        ready = sorted(p.name for p in status.glob("*.ready")) if status.is_dir() else []
+        try:
+            settings = self.sql("select name, setting, source from pg_settings where name in "
+                                "('archive_mode', 'archive_command', 'archive_timeout', 'wal_level', 'wal_recycle')",
+                                db="postgres")
+        except Exception as exc:  # noqa: BLE001 - the server is down
+            settings = repr(exc)
+        wal = state.data("postgres") / "pg_wal"
+        status = wal / "archive_status"
+        ready = sorted(p.name for p in status.iterdir()) if status.is_dir() else []
+        segments = sorted(p.name for p in wal.iterdir() if p.is_file()) if wal.is_dir() else []
         queue = state.data("wal-queue")
         queued = sorted(os.listdir(queue)) if queue.is_dir() else []
         return (f"pg_stat_archiver (archived, last, failed, last failed, when, current): {stats}\n"
-                f".ready: {ready}\nqueue: {queued}\n"
+                f"settings: {settings}\npg_wal: {segments[-8:]}\narchive_status: {ready[-8:]}\nqueue: {queued}\n"
                 f"postgres log:\n{state.log('postgres').read_text()[-3000:]}\n"
                 f"archiver log:\n{state.log('archiver').read_text()[-3000:]}")
 
