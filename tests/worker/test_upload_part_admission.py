@@ -288,6 +288,55 @@ def test_a_part_waits_its_turn_and_a_chunked_body_reserves_the_largest_part(
             assert r.status_code == 200, r.text
 
 
+def test_room_goes_to_the_waiting_key_served_longest_ago(model_dir, postgres, s3, redis_server, tmp_path):
+    """Breaker 24: first come, first served let keys that hold the part memory and keys queueing
+    parts beside them keep a fifth key out for good: the head of the queue was always theirs.
+    Room now goes to the waiting part of the key whose last part was admitted longest ago. Here
+    A and B fill the memory, D (served a moment ago) and then C (never served) wait; when A's
+    part is done, C's part is taken first, D's after it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=4, WORKER_PART_MEMORY_MB="8",
+                 WORKER_PART_BODY_TIMEOUT_SECONDS="3", WORKER_PART_MIN_RATE_KBPS="1",
+                 WORKER_PART_BUSY_RATE_KBPS="1") as (url, (a, b, c, d)):
+        with _client(url, a) as ca, _client(url, b) as cb, _client(url, c) as cc, _client(url, d) as cd:
+            ups = {k: _create(h, 8 * MIB) for k, h in (("a", ca), ("b", cb), ("c", cc), ("d", cd))}
+            assert send_part(cd, ups["d"]["id"], b"\6" * MIB).status_code == 200  # D is served now
+            half = 4 * MIB - 4096
+            (sa, rest_a), (sb, _) = (_stalled_part(url, k, ups[n]["id"], half, 0) for k, n in ((a, "a"), (b, "b")))
+            done: list[str] = []
+            sent = 0
+
+            def trickle(seconds: float) -> None:  # A's own body, 2.4 KiB/s; B's, junk it never finishes
+                nonlocal sent
+                for _ in range(int(seconds / 0.25)):
+                    assert not select.select([sa, sb], [], [], 0.25)[0], "A or B was answered"
+                    sa.sendall(rest_a[sent:sent + 600])
+                    sb.sendall(b"\7" * 600)
+                    sent += 600
+
+            try:
+                trickle(1)  # both admitted: the part memory is full
+                with ThreadPoolExecutor(2) as pool:
+                    def send(name, http):
+                        r = send_part(http, ups[name]["id"], (b"\7" if name == "c" else b"\8") * (3 * MIB))
+                        done.append(name)
+                        return r
+                    later_d = pool.submit(send, "d", cd)
+                    trickle(1)  # D waits first
+                    later_c = pool.submit(send, "c", cc)
+                    trickle(1)  # then C
+                    sa.sendall(rest_a[sent:])  # A's part done: room for one of them
+                    status, _, body = _answer(sa)
+                    assert status == 200, body
+                    assert later_c.result(timeout=30).status_code == 200
+                    assert later_d.result(timeout=30).status_code == 200
+            finally:
+                sa.close()
+                sb.close()
+            assert done == ["c", "d"], done
+
+
 def test_parts_refused_by_other_checks_spend_no_parts_per_minute(model_dir, postgres, s3, redis_server,
                                                                   tmp_path):
     """Two parts per minute, one part at a time per key. Two parts that are not

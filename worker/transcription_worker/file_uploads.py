@@ -369,9 +369,16 @@ async def add_part(upload_id: str, request: Request):
 
 # part bodies held right now, in bytes, by API key (this process; the event loop's thread alone)
 _PARTS_IN_MEMORY: dict[str, int] = {}
-# parts waiting for room in the part memory, first come first served (`_room`): (token, bytes)
-_WAITING: list[tuple[object, int]] = []
+# parts waiting for room in the part memory, in arrival order (`_room`): (token, bytes, key)
+_WAITING: list[tuple[object, int, str]] = []
+# when each key last had a part admitted (event loop time): room goes to the waiter of the key
+# served longest ago, so keys that hold and keys that queue beside them cannot keep one out
+_SERVED: dict[str, float] = {}
 ROOM_WAIT_SECONDS = 10.0  # how long a part waits for room before 503 `server_busy`
+# parts that may wait for room at once (beyond it 503 at once): each holds a connection and what
+# the server buffered of its body outside the part memory, and each wait checks the line
+# (breaker 24: 1,000 waiters, 153 MiB; 4,000, the worker's CPU at 62 %)
+ROOM_QUEUE = 64
 
 
 def _fits(size: int, budget: int) -> bool:
@@ -381,30 +388,46 @@ def _fits(size: int, budget: int) -> bool:
     return not held or held + size <= budget
 
 
+def _first_in_line() -> tuple[object, int, str] | None:
+    """The waiting part next in line: of the key whose last part was admitted longest ago (or
+    never), the earliest. First come first served alone let four keys lock a fifth out: two
+    holding, two queueing parts beside them, the queue's head was always theirs (breaker 24)."""
+    if not _WAITING:
+        return None
+    return min(enumerate(_WAITING), key=lambda w: (_SERVED.get(w[1][2], 0.0), w[0]))[1]
+
+
 def _pressed(budget: int) -> bool:
     """Whether a part waits for room that it does not have: the first in line does not fit."""
-    return bool(_WAITING) and not _fits(_WAITING[0][1], budget)
+    first = _first_in_line()
+    return first is not None and not _fits(first[1], budget)
 
 
-async def _room(size: int, budget: int) -> None:
-    """Wait, at most ROOM_WAIT_SECONDS, until a part of `size` bytes fits and every part that
-    came before it was served (first come, first served: a holder sending its next part the
-    instant one is answered does not jump the queue, breaker 23 F2); 503 `server_busy` then.
-    While the first in line lacks room the rate floor rises (`_rate_floor`), so parts trickling
-    in the memory make room, no more of them than it needs."""
+async def _room(size: int, budget: int, key_id: str) -> None:
+    """Wait, at most ROOM_WAIT_SECONDS, until a part of `size` bytes fits and it is first in
+    line (`_first_in_line`: a holder sending its next part the instant one is answered does not
+    jump the queue, breaker 23 F2); 503 `server_busy` then. While the first in line lacks room
+    the rate floor rises (`_rate_floor`), so parts trickling in the memory make room, no more
+    of them than it needs."""
     loop = asyncio.get_running_loop()
-    me = (object(), size)
+    me = (object(), size, key_id)
     _WAITING.append(me)
     deadline = loop.time() + ROOM_WAIT_SECONDS
     try:
-        while not (_WAITING[0] is me and _fits(size, budget)):
+        while not (_first_in_line() is me and _fits(size, budget)):
             if loop.time() >= deadline:
-                raise APIError(503, f"this worker is receiving {budget // MIB} MiB of parts already and none made"
-                               f" room within {ROOM_WAIT_SECONDS:g} s; send the part again shortly",
-                               code="server_busy", retry_after=2)
+                raise _busy(f"this worker is receiving {budget // MIB} MiB of parts already and none made room"
+                            f" within {ROOM_WAIT_SECONDS:g} s")
             await asyncio.sleep(0.05)
     finally:
         _WAITING.remove(me)
+
+
+def _busy(why: str) -> APIError:
+    """503 `server_busy`, Retry-After 2; the connection closed (the part's body, unread, is not
+    read only to be thrown away: breaker 24)."""
+    return APIError(503, f"{why}; send the part again shortly", code="server_busy", retry_after=2,
+                    headers={"Connection": "close"})
 
 
 def _share_refusal(mine: int, share: int) -> APIError:
@@ -413,9 +436,9 @@ def _share_refusal(mine: int, share: int) -> APIError:
 
     metrics.RATE_LIMITED.labels("part_memory").inc()
     return APIError(429, f"this API key has {round(mine / MIB, 1):g} MiB of parts on their way to this worker"
-                    f" already, and may have {round(share / MIB, 1):g} MiB (WORKER_PART_MEMORY_KEY_PERCENT of"
+                    f" or waiting for room already, and may have {round(share / MIB, 1):g} MiB (WORKER_PART_MEMORY_KEY_PERCENT of"
                     " WORKER_PART_MEMORY_MB); send the part again once one of them is answered",
-                    code="concurrent_uploads_exceeded", retry_after=2)
+                    code="concurrent_uploads_exceeded", retry_after=2, headers={"Connection": "close"})
 
 
 @contextlib.asynccontextmanager
@@ -426,12 +449,13 @@ async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterat
     A part is held whole (hashed, then PUT) and may be 64 MiB, so parts in parallel add up
     (issue 26).
 
-    Two rules: one API key holds at most WORKER_PART_MEMORY_KEY_PERCENT of it (beyond it 429
-    `concurrent_uploads_exceeded` at once: the key's own parts in flight are the cause), so a
-    key with slow or stalled parts leaves the rest to other keys; and all keys together hold at
-    most WORKER_PART_MEMORY_MB: a part that does not fit waits its turn for room (`_room`, up
-    to ROOM_WAIT_SECONDS, then 503 `server_busy`), and while it waits slow parts are shed
-    (`_rate_floor`). A part arriving when its key holds nothing passes the share, and one
+    Two rules: one API key holds at most WORKER_PART_MEMORY_KEY_PERCENT of it, its parts held
+    and waiting together (beyond it 429 `concurrent_uploads_exceeded` at once: the key's own
+    parts are the cause), so a key with slow or stalled parts leaves the rest to other keys;
+    and all keys together hold at most WORKER_PART_MEMORY_MB: a part that does not fit waits
+    its turn for room (`_room`: the key served longest ago goes first; up to ROOM_WAIT_SECONDS,
+    then 503 `server_busy`), and while it waits slow parts are shed (`_rate_floor`). A part
+    arriving when its key holds and awaits nothing passes the share, and one
     arriving when the worker holds nothing passes the budget, so a part larger than either
     still goes through alone. Without API keys every caller is one key and the share does not
     apply. Both refusals say Retry-After 2. Yields a function that gives the memory back
@@ -445,15 +469,18 @@ async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterat
     budget = settings.part_memory_mb * MIB
     share = budget * settings.part_memory_key_percent // 100
     keyed = bool(settings.api_key_hashes)
-    mine = _PARTS_IN_MEMORY.get(key_id, 0)
+    # the key's parts held and waiting count against its share: a waiter the share would refuse
+    # once let in pressed the floor (an honest slow part was shed for it: breaker 24)
+    mine = _PARTS_IN_MEMORY.get(key_id, 0) + sum(w[1] for w in _WAITING if w[2] == key_id)
     if keyed and mine and mine + size > share:
         raise _share_refusal(mine, share)
     if _WAITING or not _fits(size, budget):
-        await _room(size, budget)
-        mine = _PARTS_IN_MEMORY.get(key_id, 0)  # the key's other parts may have come in meanwhile
-        if keyed and mine and mine + size > share:
-            raise _share_refusal(mine, share)
+        if len(_WAITING) >= ROOM_QUEUE:
+            raise _busy(f"this worker is receiving {budget // MIB} MiB of parts already and {ROOM_QUEUE} more wait")
+        await _room(size, budget, key_id)
+    mine = _PARTS_IN_MEMORY.get(key_id, 0)
     _PARTS_IN_MEMORY[key_id] = mine + size
+    _SERVED[key_id] = asyncio.get_running_loop().time()
     held = [size]
 
     def release() -> None:
