@@ -247,8 +247,6 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
     return CheckResult("", "backup", status, text, round(lag, 1), "s", details=details)
 
 
-
-
 def _bounded(call, seconds: float) -> tuple[bool, object]:
     """(True, call()) when `call` returns within `seconds`, else (False, None); it runs in a
     daemon thread, so one that hangs (a repository that never answers) is left behind, not

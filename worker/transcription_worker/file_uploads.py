@@ -522,7 +522,7 @@ class _Cut(TimeoutError):
 
 
 async def _paced(stream: AsyncIterator[bytes], window: float, rate: Any,
-                 on_cut: Any = None) -> AsyncIterator[bytes]:
+                 on_cut: Any) -> AsyncIterator[bytes]:
     """`stream`'s chunks while the body keeps arriving: every `rate()` x `window` bytes received
     buy `window` seconds from the moment they are in; TimeoutError when a window passes short of
     them (the first window is the grace of the first bytes): `_Cut`, after `on_cut()` (the
@@ -558,8 +558,7 @@ async def _paced(stream: AsyncIterator[bytes], window: float, rate: Any,
             if left <= 0:
                 floor = rate()  # asked again at the end: it may have fallen (breaker 23 F3)
                 if got < floor * window:
-                    if on_cut is not None:
-                        on_cut()
+                    on_cut()
                     raise _Cut(floor)
                 mark, got, left = loop.time(), 0, window
             try:
@@ -583,7 +582,7 @@ _END = object()  # `_paced`'s end of the body
 
 
 async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, row: dict,
-                        release: Any = None) -> dict[str, Any]:
+                        release: Any) -> dict[str, Any]:
     """Read a part's body (paced by `_paced`: else 408 `request_timeout`, the connection closed
     and nothing stored), claim it (`Database.claim_part`) and PUT it to S3."""
     s = state.settings

@@ -98,9 +98,7 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
     out.append(("backup age", "backup", lambda _to: backup.backup_age(repository, project.root, ep,
                                                                        t.backup_age_hours, backup_key), None))
     if env.platform == "local":  # WAL archiving (opsctl.pitr): commits at risk against dr.rpo
-        from opsctl.pitr.health import archive_lag
-
-        from opsctl.pitr.health import TIMEOUT_S
+        from opsctl.pitr.health import TIMEOUT_S, archive_lag
 
         # its own default timeout: it lists the WAL since the newest base backup (health.timeouts
         # "wal archive" or "backup" still set it)
