@@ -267,20 +267,13 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
         if summarize != "on":
             raise UsageError("an incremental base backup needs summarize_wal=on on the server; "
                              "take a full one, or restart the server with WAL summaries")
-        from opsctl.pitr.chain import whole_bases
+        from opsctl.pitr.chain import newest_usable_base
 
-        names = repo.names(layout.base_prefix(sysid))
-        done, bad = load_all(repo, sysid, key, names)
-        done = whole_bases(repo, key, done, bad, names)  # a parent whose tar is gone restores nothing
-        path = server_path(conninfo)
-        if path is not None:  # a base backup on a branch a restore abandoned is no parent
-            from opsctl.pitr.chain import on_path
-
-            done = [b for b in done if on_path(b, path)]
-        if not done:
+        # a parent whose tar is gone, or on a branch a restore abandoned, restores nothing
+        parent, _ = newest_usable_base(repo, sysid, key, repo.names(layout.base_prefix(sysid)), server_path(conninfo))
+        if parent is None:
             raise UsageError(f"no base backup of this cluster (system {sysid}) on the server's timeline history "
                              "to build an incremental one on; take a full one first")
-        parent = done[-1]
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
     bid = catalog.new_id(started)

@@ -515,6 +515,55 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
     return good
 
 
+def newest_usable_base(repo, sysid: str, key, names: dict[str, int],
+                       path: list[tuple[int, int | None]] | None) -> tuple[bb.BaseBackup | None, dict[str, str]]:
+    """(the newest base backup of cluster `sysid` a restore along timeline path `path` can start
+    from, {id: why not} for the newer ones passed over). Usable: complete and authentic
+    (`bb.load_all`), every object listed in `names` ({name: bytes} of the `pitr/<sysid>/base/`
+    listing) at its recorded size and an incremental's parents likewise (`whole_bases`, by
+    listing: nothing read but records), and `on_path` (`path` None: any). None when there is no
+    such base backup. Records are read newest first, stopping at the first usable one and its
+    parents, so the cost is that of the newest few, not of the whole history.
+
+    The one answer to "which base backup would a restore start from": an incremental base
+    backup's parent and the `wal archive` health check's "WAL since the newest base backup"
+    both ask it (a base backup whose tar is gone restores nothing: breaker 22 left the check
+    counting one)."""
+    head = layout.base_prefix(sysid)
+    folders: dict[str, dict[str, int]] = {}
+    for name, size in names.items():
+        if name.startswith(head) and "/" in name[len(head):]:
+            folders.setdefault(name[len(head):].partition("/")[0], {})[name] = size
+    loaded: dict[str, bb.BaseBackup | None] = {}
+    bad: dict[str, str] = {}
+
+    def load(bid: str) -> bb.BaseBackup | None:
+        if bid not in loaded:
+            good, why = bb.load_all(repo, sysid, key, folders.get(bid, {}))
+            loaded[bid], bad_one = (good[0] if good else None), why
+            bad.update(bad_one)
+        return loaded[bid]
+
+    passed: dict[str, str] = {}
+    for bid in sorted(folders, reverse=True):  # ids sort by time
+        b = load(bid)
+        if b is None:
+            passed[bid] = bad.get(bid, "unreadable")
+            continue
+        if path is not None and not on_path(b, path):
+            continue
+        lineage = [b]
+        while lineage[-1].parent and lineage[-1].parent not in {x.id for x in lineage}:
+            parent = load(lineage[-1].parent)
+            if parent is None:
+                break
+            lineage.append(parent)
+        if any(g.id == b.id for g in whole_bases(repo, key, lineage[::-1], bad, names)):
+            return b, passed
+        passed[bid] = bad[bid]
+    return None, passed
+
+
 def _open_objects(repo, key, sysid: str, objs) -> tuple[list[tuple[object, str | None]], tuple | None]:
     """([(object, error or None)], (first good object, its plaintext) or None)."""
     results, good = [], None

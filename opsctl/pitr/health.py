@@ -264,10 +264,11 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
     """What the repository says of the live cluster: (unbacked, missing).
 
     unbacked: (system identifier, since when its commits are at risk: epoch seconds, where)
-    when no complete base backup lies on the live server's history (chain.on_path; its
-    timeline path from ops.live_path): the cluster has none (`where` ""), or only ones a
-    restore can't start from, on a branch a restore left (breaker 22 F10: deleting the live
-    history's only base backup kept the check OK). The time is the identifier's upper 32 bits,
+    when no base backup a restore can start from lies on the live server's history
+    (chain.newest_usable_base; the timeline path from ops.live_path): the cluster has none
+    (`where` ""), or only ones on a branch a restore left (breaker 22 F10: deleting the live
+    history's only base backup kept the check OK) or whose objects are gone (`where` names the
+    newest one's fault). The time is the identifier's upper 32 bits,
     initdb's clock (PostgreSQL's xlog.c, BootStrapXLOG): every commit since is unrestorable.
     missing: `missing_archived` from the newest base backup on that history, with `server_up`.
     (None, []) when it can't be told (no data directory, the repository unreadable: the rest
@@ -280,16 +281,13 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
         sysid = archive.system_identifier(state.data("postgres"))
         repo, key = sealed_repository(project, env)
         path = live_path(project, env, sysid)
-        head = layout.base_prefix(sysid)
-        names = repo.names(head)
-        base = None
-        for bid in sorted({n[len(head):].partition("/")[0] for n in names}, reverse=True):  # ids sort by time
-            good, _ = bb.load_all(repo, sysid, key, {n: v for n, v in names.items() if n.startswith(f"{head}{bid}/")})
-            if good and (path is None or chain.on_path(good[-1], path)):
-                base = good[-1]
-                break
+        names = repo.names(layout.base_prefix(sysid))
+        base, passed = chain.newest_usable_base(repo, sysid, key, names, path)
         if base is None:
             where = f" on the live server's history (timeline {path[-1][0]})" if path and names else ""
+            unusable = [f"{bid}: {why}" for bid, why in passed.items() if why not in (bb.UNFINISHED, bb.INTERRUPTED)]
+            if unusable:  # the newest one's reason: what to repair first
+                where += f" that a restore can use ({unusable[0]})"
             return (sysid, float(int(sysid) >> 32), where), []
         archived = server_archived(project, env, sysid) if server_up and path else None
         return None, missing_archived(repo, sysid, base, path, archived) if archived else []

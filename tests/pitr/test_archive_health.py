@@ -285,6 +285,45 @@ def test_after_a_restore_a_hole_on_the_history_or_a_missing_history_file_is_crit
     assert _check(pitr).status == Status.OK
 
 
+def test_a_base_backup_whose_tar_is_gone_backs_nothing(pitr, runner):
+    """Session 16's review: the check took the newest base backup with an authentic record as
+    where restores start, without looking for its objects: with the full base backup's tar gone
+    (and so the incremental built on it unusable too) it said OK while no restore could start.
+    It now asks what an incremental's parent comes from (chain.newest_usable_base): no usable
+    base backup, and why the newest one isn't."""
+    import shutil
+
+    from opsctl.config import DrSettings
+    from opsctl.health.model import Status
+    from opsctl.pitr import layout
+
+    full = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)["id"]
+    pitr.sql("insert into events(note) values ('between the two')")
+    inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
+    assert inc.exit_code == 0, inc.output
+    incremental = json.loads(inc.stdout)["id"]
+    pitr.wait_archived()
+    assert _check(pitr).status == Status.OK
+    # every full base backup's tar (this module's earlier ones too): no chain is whole
+    folders = (pitr.root / "repo" / layout.base_prefix(pitr.sysid())).iterdir()
+    tars = [f / "base.tar.zst" for f in folders
+            if (f / "base.json").exists() and json.loads((f / "base.json").read_text())["kind"] == "full"]
+    assert full in {t.parent.name for t in tars}
+    for tar in tars:
+        shutil.move(tar, tar.with_name("aside"))
+    try:
+        young = _check(pitr)
+        assert young.status == Status.OK and young.details["base_backup"] is False, young
+        assert f"no base backup of cluster {pitr.sysid()}" in young.message, young
+        assert f"({incremental}: its parent base backup {full} is unusable)" in young.message, young
+        old = _check(pitr, dr=DrSettings(rpo="1s"))
+        assert old.status == Status.CRITICAL and "that a restore can use" in old.message, old
+    finally:
+        for tar in tars:
+            shutil.move(tar.with_name("aside"), tar)
+    assert _check(pitr).status == Status.OK
+
+
 def test_a_repository_that_does_not_answer_leaves_the_check_its_own_verdict(pitr, runner, monkeypatch):
     """Breaker 22 F8: with the repository hung, the check's own repository calls (the base
     backups, the missing-WAL listing) took it past the sweep's timeout: "no result within 5s",
