@@ -292,6 +292,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         why = (f" ({window.stopped_by.line()})" if window.stopped_by else
                _past_end(repo, key, sysid, inv, timeline, window.end_lsn))
         if when is not None and when > window.end:
+            if why == _NOT_ARCHIVED and sysid == live_sysid and "postgres" in state.components:
+                why = _after_newest(state.components["postgres"].port, window.end)
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
                              f"{window.end.isoformat()}{why}; choose an earlier --to-time"
                              + ("" if window.stopped_by and window.stopped_by.kind != chain.QUEUED else
@@ -431,13 +433,31 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> 
         time.sleep(0.2)
 
 
+_NOT_ARCHIVED = " (later WAL is not archived yet)"
+
+
+def _after_newest(port: int, end: dt.datetime) -> str:
+    """Why no commit after `end`, the newest restorable time, is in the archived WAL that
+    nothing broke, as the live server on `port` tells it: it committed nothing after `end` (a
+    quiet database: "restore to 02:00" with the last commit at 01:55 was refused as "later
+    WAL is not archived yet", sending the reader after an archiving fault that did not exist;
+    breaker 22 F9), its later commits are not archived yet (their time named), or, the server
+    not answering or keeping no commit times, either."""
+    newest = _newest_commit(port)
+    if newest is None:
+        return " (no later commit is in the archived WAL: it is not archived yet, or none was made)"
+    if newest <= end:
+        return " (its newest commit: the live server committed nothing after it, so 'latest' restores the same state)"
+    return f" (later WAL is not archived yet: the live server's newest commit is at {newest.isoformat()})"
+
+
 def _past_end(repo, key, sysid: str, inv, timeline: int | None, end_lsn: int) -> str:
     """Why the archived WAL of the restore's window (ending at `end_lsn`) ends where it does,
     when nothing broke it: a timeline chosen with --timeline that a newer one left (its WAL
     ends for good; the rest is on the branch), else WAL not archived yet."""
     left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
     if left is None:
-        return " (later WAL is not archived yet)"
+        return _NOT_ARCHIVED
     return (f" (timeline {timeline} ends there: {chain.left_text(timeline, left, end_lsn)}; to restore past it, "
             f"--timeline {left[0]} or leave out --timeline)")
 

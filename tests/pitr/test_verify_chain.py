@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import time
 
 import pytest
 
@@ -147,6 +148,31 @@ def test_bad_restore_targets_exit_2_and_change_nothing(pitr, batches, runner, ar
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
     assert _live(pitr) == before
+
+
+def test_a_time_after_the_last_commit_of_a_quiet_server_is_refused_for_what_it_is(pitr, batches, runner):
+    """Breaker 22 F9: with every commit archived and none made since, a --to-time after the last
+    commit was refused as "later WAL is not archived yet", sending the reader after an archiving
+    fault that did not exist (a quiet database at 2 a.m.: "restore to 02:00", last commit
+    01:55). The refusal now says what the live server tells: it committed nothing after the
+    newest restorable time, and 'latest' restores that state; a later commit not archived yet
+    is named with its time."""
+    pitr.sql("alter system set autovacuum = off", db="postgres")  # no autoanalyze commit after ours
+    pitr.sql("select pg_reload_conf()", db="postgres")
+    try:
+        pitr.commit_archived("insert into events(note) values ('the last commit')")
+        pitr.wait_archived()
+        (last,) = pitr.sql("select timestamp from pg_last_committed_xact()", db="postgres")[0]
+        time.sleep(1)
+        after = (last + dt.timedelta(seconds=0.5)).isoformat()
+        before = _live(pitr)
+        r = pitr.cli(runner, "restore", "--to-time", after, "--yes")
+        assert r.exit_code == 2 and "beyond the newest restorable time" in r.output, r.output
+        assert "the live server committed nothing after it" in r.output and "not archived yet" not in r.output, r.output
+        assert _live(pitr) == before
+    finally:
+        pitr.sql("alter system reset autovacuum", db="postgres")
+        pitr.sql("select pg_reload_conf()", db="postgres")
 
 
 def _restored_ids(doc) -> set[int]:
