@@ -376,7 +376,11 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     try:
         chosen = catalog.resolve(repo, None, None, True, ["redis", "files"], skipped)
     except Exception as exc:  # noqa: BLE001 - no such backup: said in the result, the drill fails
-        out.problems.append(f"no backup with Redis and audio to drill: {exc}")
+        from opsctl.redact import credentials
+
+        # the serve phase ends here: `error` says why, as for any other failed phase (breaker 22 F3)
+        out.error = credentials(f"no backup with Redis and audio to drill: {exc}")
+        out.problems.append(out.error)
         return
     manifest = catalog.load(repo, chosen, key)
     out.backup_id = chosen

@@ -51,6 +51,8 @@ def test_a_drill_whose_serve_phase_stops_early_says_what_it_did_not_cover(platfo
     doc = json.loads(r.stdout)
     assert r.exit_code == 1 and not doc["passed"], r.output
     assert any("no backup with Redis and audio" in p for p in doc["problems"]), doc["problems"]
+    # residual of F3: `error` was null; README: a failed serve phase writes it
+    assert doc["error"] and "no backup with Redis and audio" in doc["error"], doc
     assert doc["scope"] == ["database"], doc
     assert doc["not_covered"] == ["redis", "audio objects", "preview color + transcription", "load test"], doc
 
