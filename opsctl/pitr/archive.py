@@ -239,6 +239,7 @@ class Archiver:
         self._gap_checked = 0.0
         self._bases_seen: tuple | None = None
         self._untouchable = False  # `.progress` could not be touched (said once in the log)
+        self._moved_at = time.time()  # the last pass that ended or file stored (start: not stuck yet)
 
     def follow_cluster(self) -> str:
         """The live cluster's system identifier, re-read from `data` when its pg_control is a new
@@ -439,6 +440,7 @@ class Archiver:
         A stopped or hung archiver (SIGSTOP, a repository call that never returns) and one whose
         every pass fails leave it aging; the health check reads that age (breaker 20 F8: a
         SIGSTOPped archiver was "healthy" and OK until the lag passed the whole RPO)."""
+        self._moved_at = time.time()
         try:
             (self.queue / PROGRESS).touch()
             self._untouchable = False
@@ -447,6 +449,21 @@ class Archiver:
                 log.warning("cannot touch %s (%s): health checks will report this archiver as stuck",
                             self.queue / PROGRESS, exc)
             self._untouchable = True
+
+    def not_moved(self) -> None:
+        """A pass failed: `.progress` keeps the time of the last move, and is made again with that
+        time when it is gone (deleted by hand or by a cleanup), so a failing archiver does not
+        read as one that never wrote it (breaker 22 F6: "healthy" and OK again until the lag
+        passed the RPO). An archiver hung in a repository call can't: its process state and the
+        lag still tell."""
+        path = self.queue / PROGRESS
+        if path.exists():
+            return
+        try:
+            path.touch()
+            os.utime(path, (self._moved_at, self._moved_at))
+        except OSError:
+            pass  # as in moved(): the health check then calls this archiver stuck, or judges the lag
 
     def clear_gaps(self, force: bool = False) -> list[str]:
         """Remove the `.gaps/` markers a base backup of the live cluster covers (it starts at a
@@ -524,11 +541,13 @@ class Archiver:
             except WalConflict as exc:  # an error, not a retry worth a warning: someone has to decide
                 log.error("%s", exc)
                 delay = min(delay * 2, 30.0)
+                self.not_moved()
             except Exception as exc:  # the repository is down or slow: the queue waits
                 from opsctl.redact import credentials
 
                 log.warning("archiving failed, retrying in %.0f s: %s", delay, credentials(str(exc)))
                 delay = min(delay * 2, 30.0)
+                self.not_moved()
             if stop is not None:
                 stop.wait(delay)
             else:

@@ -158,7 +158,15 @@ def test_a_stopped_or_hung_archiver_is_not_healthy(pitr, runner):
         deadline = time.monotonic() + 30
         while not pitr_local.queued_wal(state) and time.monotonic() < deadline:
             time.sleep(0.1)
+        queued_at = time.time()
         time.sleep(2)  # a pass fails on it: nothing touches .progress now
+        # breaker 22 F6: with .progress deleted, a failing archiver read as one that never wrote
+        # it ("healthy"); it is made again, with the time of the last move, not touched anew
+        progress.unlink()
+        deadline = time.monotonic() + 35  # failing passes back off to 30 s apart
+        while not progress.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert progress.exists() and progress.stat().st_mtime <= queued_at + 1, (progress.stat(), queued_at)
         old = time.time() - pitr_local.STALL_S - 10
         os.utime(progress, (old, old))
         time.sleep(1)
