@@ -492,11 +492,13 @@ def _keep_s3(state: st.LocalState, comp: st.Component | None, pid: int) -> None:
     what it loaded) is saved beside it, in data/s3.unloaded-<UTC time>, when it holds any
     object. Raises (and `down` leaves moto running) when its objects cannot be saved."""
     if comp is not None and comp.ready and procs.listens(pid, [comp.port]):
+        _answering(pid, comp.port)
         _save_s3(s3mod.endpoint(comp.port), state.data("s3"))
         return
     port = comp.port if comp is not None and procs.listens(pid, [comp.port]) else _moto_port(pid)
     if port is None:
         raise OperationFailed(f"cannot find the port of moto (PID {pid}) to save its objects")
+    _answering(pid, port)
     aside = state.data("s3").with_name("s3.unloaded-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     if s3mod.save(s3mod.endpoint(port), aside) == 0:
         shutil.rmtree(aside, ignore_errors=True)
@@ -504,6 +506,25 @@ def _keep_s3(state: st.LocalState, comp: st.Component | None, pid: int) -> None:
     logging.getLogger("opsctl.local").warning(
         "moto had not loaded the saved objects (%s kept as it was); what it held is saved in %s",
         state.data("s3"), aside)
+
+
+def _answering(pid: int, port: int, tries: int = 3) -> None:
+    """OperationFailed when moto (`pid`) does not answer on `port` in `tries` probes of 2 s each
+    (s3.ready): a stopped or hung moto made `down` wait on the save's S3 client (its timeouts
+    and retries: minutes) with nothing said (breaker 22 F12). Its objects are then not saved, and
+    the caller leaves it running."""
+    import psutil
+
+    for _ in range(tries):
+        if s3mod.ready(port):
+            return
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
+                raise OperationFailed(f"moto (PID {pid}) is stopped (SIGSTOP or a debugger): 'kill -CONT {pid}' "
+                                      "resumes it")
+        except psutil.Error:
+            break
+    raise OperationFailed(f"moto (PID {pid}) does not answer on port {port} (hung or overloaded)")
 
 
 def _recover_s3(target: Path) -> None:

@@ -116,3 +116,39 @@ def test_down_keeps_moto_running_when_saving_objects_fails(tmp_path, monkeypatch
         procs.stop(state.components["s3"].pid)
     assert (previous / "index.json").read_text() == "{}"
     assert not previous.with_name(previous.name + ".saving").exists()
+
+
+def test_down_with_moto_stopped_says_so_at_once_and_keeps_it_running(tmp_path):
+    """Breaker 22 F12: with moto stopped (SIGSTOP, as a hung one), `local down` waited on the
+    save's S3 client (timeouts and retries: minutes) with nothing on screen. It now probes
+    moto first: the other components stop, moto is left running with its objects, and the
+    error names it and how to resume it."""
+    import signal
+
+    from opsctl.config import load_project
+    from opsctl.errors import OperationFailed
+    from opsctl.local import platform, procs
+    from opsctl.local import redis as rd
+    from opsctl.local import s3 as s3mod
+    from opsctl.local import state as st
+
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments: {}\n")
+    project = load_project(tmp_path)
+    state = st.LocalState(st.folder_for(project.root))
+    moto_port, redis_port = procs.free_port(), procs.free_port()
+    state.components["s3"] = st.Component(moto_port, s3mod.start(moto_port, tmp_path / "moto.log"))
+    state.components["s3"].ready = True
+    state.components["redis"] = st.Component(redis_port, rd.start(state.data("redis"), redis_port,
+                                                                  tmp_path / "redis.log"))
+    state.save()
+    moto = state.components["s3"].pid
+    os.kill(moto, signal.SIGSTOP)
+    try:
+        with pytest.raises(OperationFailed, match=f"saving the S3 objects failed \\(moto \\(PID {moto}\\) is "
+                                                  f"stopped.*'kill -CONT {moto}'.*left running"):
+            platform.down(project)
+        assert procs.alive(moto) and not procs.alive(state.components["redis"].pid)
+    finally:
+        os.kill(moto, signal.SIGCONT)
+        procs.stop(moto)
+    assert not state.data("s3").exists()  # nothing half-saved in its place
