@@ -46,6 +46,24 @@ def _worker(model_dir, postgres, s3, redis_server, tmp_path, keys: int, **settin
         stop_worker(proc)
 
 
+def _metric(url: str, key: str, name: str, **labels: str) -> float:
+    """One sample of the worker's /metrics (Prometheus text, read with prometheus_client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def _metric_reaches(url: str, key: str, name: str, value: float, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _metric(url, key, name) == value:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def _client(url: str, key: str) -> httpx.Client:
     return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"})
 
@@ -142,6 +160,8 @@ def test_a_trickling_part_is_408_and_frees_its_memory(model_dir, postgres, s3, r
             err = _openai_error(body, "request_timeout")
             assert err["param"] == "data" and err["type"] == "invalid_request_error"
             assert http.get(f"/v1/uploads/{up['id']}").json()["parts"] == []  # nothing stored
+            assert _metric(url, key, "worker_upload_parts_refused_total", reason="too_slow") == 1
+            assert _metric(url, key, "worker_upload_part_memory_bytes") == 0  # given back
             r = send_part(http, up["id"], b"\3" * (3 * MIB))
             assert r.status_code == 200, r.text
 
@@ -228,11 +248,18 @@ def test_parts_trickling_in_a_full_part_memory_are_shed_for_a_part_that_waits(
             try:
                 # all of it held, nobody waiting: trickling at 2.4 KiB/s they go on, window after window
                 assert _trickle(held, 7) == {}, "parts trickling above the floor were cut with nobody waiting"
-                with ThreadPoolExecutor(1) as pool:
+                full = _metric(url, c, "worker_upload_part_memory_bytes")
+                assert 2 * half <= full <= 8 * MIB, full  # what the two reserved, before a byte
+                assert _metric(url, c, "worker_upload_part_memory_budget_bytes") == 8 * MIB
+                with ThreadPoolExecutor(2) as pool:
                     waiting = pool.submit(send_part, cc, up_c["id"], b"\4" * (3 * MIB))
+                    seen = pool.submit(_metric_reaches, url, c, "worker_upload_parts_waiting", 1)
                     answers = _trickle(held, 15)
                     r = waiting.result(timeout=30)
+                    assert seen.result(timeout=30), "the waiting part never showed in /metrics"
                 assert r.status_code == 200, r.text  # it waited for room, and got it
+                assert _metric(url, c, "worker_upload_parts_refused_total", reason="shed") == 1
+                assert _metric(url, c, "worker_upload_parts_waiting") == 0
                 # shed until there is room: one of them, and the other goes on
                 assert len(answers) == 1, "parts trickling in a full part memory were not shed"
                 ((status, headers, body),) = answers.values()

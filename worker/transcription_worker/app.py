@@ -128,6 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
         state.db = db.Database(settings.database_url, max_size=settings.concurrency + 8)
     if settings.s3_bucket:
         state.store = AudioStore(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_prefix)
+    metrics.PART_MEMORY_BUDGET.set(settings.part_memory_mb * 1024 * 1024)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -80,6 +80,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from . import metrics
 from .db import PartsTooLarge
 from .errors import APIError, shown, shown_all
 from .uploads import no_control, too_large
@@ -375,6 +376,9 @@ _WAITING: list[tuple[object, int, str]] = []
 # served longest ago, so keys that hold and keys that queue beside them cannot keep one out
 _SERVED: dict[str, float] = {}
 ROOM_WAIT_SECONDS = 10.0  # how long a part waits for room before 503 `server_busy`
+# read at scrape time, from the scraper's thread: list() copies in one step under the GIL
+metrics.PART_MEMORY.set_function(lambda: sum(list(_PARTS_IN_MEMORY.values())))
+metrics.PARTS_WAITING.set_function(lambda: len(_WAITING))
 # parts that may wait for room at once (beyond it 503 at once): each holds a connection and what
 # the server buffered of its body outside the part memory, and each wait checks the line
 # (breaker 24: 1,000 waiters, 153 MiB; 4,000, the worker's CPU at 62 %)
@@ -426,14 +430,13 @@ async def _room(size: int, budget: int, key_id: str) -> None:
 def _busy(why: str) -> APIError:
     """503 `server_busy`, Retry-After 2; the connection closed (the part's body, unread, is not
     read only to be thrown away: breaker 24)."""
+    metrics.PARTS_REFUSED.labels("server_busy").inc()
     return APIError(503, f"{why}; send the part again shortly", code="server_busy", retry_after=2,
                     headers={"Connection": "close"})
 
 
 def _share_refusal(mine: int, share: int) -> APIError:
     """429 `concurrent_uploads_exceeded`: the key's own parts in flight hold its share."""
-    from . import metrics
-
     metrics.RATE_LIMITED.labels("part_memory").inc()
     return APIError(429, f"this API key has {round(mine / MIB, 1):g} MiB of parts on their way to this worker"
                     f" or waiting for room already, and may have {round(share / MIB, 1):g} MiB (WORKER_PART_MEMORY_KEY_PERCENT of"
@@ -600,6 +603,7 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
     except _Cut as exc:
         floor = exc.rate / 1024
         shed = floor > s.part_min_rate_kbps  # cut to make room for a part that waits: come back later
+        metrics.PARTS_REFUSED.labels("shed" if shed else "too_slow").inc()
         busy = (f", and while other parts wait for this worker's part memory, over half held, up to"
                 f" WORKER_PART_BUSY_RATE_KBPS ({s.part_busy_rate_kbps:g} KiB/s; {floor:.0f} KiB/s now)") if shed else ""
         raise APIError(408, f"the part's body stopped arriving: it must keep coming at WORKER_PART_MIN_RATE_KBPS"
@@ -1091,8 +1095,6 @@ def abort_expired(state: Any, limit: int = 20) -> int:
     the claim back (the next tick retries); the worker dying leaves it claimed until the lease
     lapses, then any keeper takes it over: nothing is stranded and the refund is made once.
     Then sweeps presigned uploads that ended (`sweep_presigned`)."""
-    from . import metrics
-
     aborted, lease = 0, _lease(state)
     try:  # creates whose worker died before the limits decided: no upload; free any lease taken
         for dead in state.db.drop_lapsed_creating(limit):
@@ -1229,8 +1231,6 @@ def sweep_orphans(state: Any, page: int = 1000) -> int:
     page (`page` keys) a pass, carrying on after the last key next pass and from the start once
     the listing ended, so every key is visited however many completed files the bucket holds.
     Each removal is counted in `worker_uploads_swept_total{kind="object"|"multipart"}`."""
-    from . import metrics
-
     now = time.monotonic()
     if now < _ORPHAN_SWEEP["next"]:
         return 0
@@ -1273,8 +1273,6 @@ def sweep_orphans(state: Any, page: int = 1000) -> int:
 
 def count_incomplete(state: Any) -> None:
     """Set the incomplete-upload gauges from the database (run by the job keeper each tick)."""
-    from . import metrics
-
     count, age = state.db.incomplete_uploads()
     metrics.UPLOADS_INCOMPLETE.set(count)
     metrics.UPLOADS_OLDEST_AGE.set(round(age, 3))

@@ -45,6 +45,18 @@ UPLOADS_INCOMPLETE = Gauge(
 UPLOADS_OLDEST_AGE = Gauge(
     "worker_uploads_oldest_incomplete_age_seconds", "Age in seconds of the oldest incomplete upload"
     " (0 when there is none), across all workers of the database; refreshed by the job keeper")
+PART_MEMORY = Gauge(
+    "worker_upload_part_memory_bytes", "Bytes of /v1/uploads part bodies this worker holds reserved now"
+    " (at most WORKER_PART_MEMORY_MB, but for a lone part larger than it)")
+PART_MEMORY_BUDGET = Gauge("worker_upload_part_memory_budget_bytes", "WORKER_PART_MEMORY_MB, in bytes")
+PARTS_WAITING = Gauge(
+    "worker_upload_parts_waiting", "Parts waiting for room in the part memory now (at most 64, each"
+    " for up to 10 s before 503 server_busy)")
+PARTS_REFUSED = Counter(
+    "worker_upload_parts_refused_total", "Parts refused by the part memory: server_busy (503: no room"
+    " within the wait, or the wait queue full), shed (408: trickling while a part waited for room),"
+    " too_slow (408: below WORKER_PART_MIN_RATE_KBPS); the per-key share is in"
+    " worker_rate_limited_total{limit=\"part_memory\"}", ["reason"])
 DEDUP_HITS = Counter("worker_dedup_hits_total", "Requests answered from a stored transcript")
 RATE_LIMITED = Counter("worker_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
 BUILD = Info("worker_build", "Version, color and model of this worker")
@@ -58,6 +70,8 @@ for _status in ("created", "deduplicated", "succeeded", "failed", "adopted", "ab
 for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds",
                "parts_per_minute", "open_uploads", "daily_upload_bytes", "part_memory"):
     RATE_LIMITED.labels(_limit)
+for _reason in ("server_busy", "shed", "too_slow"):
+    PARTS_REFUSED.labels(_reason)
 for _pipeline in ("batched", "sequential"):
     TRANSCRIPTIONS.labels(_pipeline)
 for _source in ("sync", "job"):
