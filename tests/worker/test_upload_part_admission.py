@@ -275,10 +275,11 @@ def test_a_part_waits_its_turn_and_a_chunked_body_reserves_the_largest_part(
         model_dir, postgres, s3, redis_server, tmp_path):
     """Breaker 23 F1: a part sent with `Transfer-Encoding: chunked` and a small Content-Length
     beside it reserved that number while its chunked body could be any size: the part memory,
-    the key share and the load were all bypassed. A chunked body now reserves the largest part
-    (WORKER_MAX_PART_MB), as one without a Content-Length does. Here key A's such part fills the
-    8 MiB part memory alone; B's part waits its turn (it is not refused at once), A's trickle is
-    shed for it, and B's part is taken."""
+    the key share and the load were all bypassed. The HTTP parser (httptools: llhttp) now
+    refuses the two together (400, as RFC 9112 6.1 allows: the shape of request smuggling), and
+    a chunked body reserves the largest part (WORKER_MAX_PART_MB), as one without a
+    Content-Length does. Here key A's chunked part fills the 8 MiB part memory alone; B's part
+    waits its turn (it is not refused at once), A's trickle is shed for it, and B's part is taken."""
     from concurrent.futures import ThreadPoolExecutor
 
     with _worker(model_dir, postgres, s3, redis_server, tmp_path, keys=2, WORKER_PART_MEMORY_MB="8",
@@ -290,11 +291,18 @@ def test_a_part_waits_its_turn_and_a_chunked_body_reserves_the_largest_part(
             head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"part\"\r\n"
                     "Content-Type: application/octet-stream\r\n\r\n").encode()
             where = urlparse(url)
-            sock = socket.create_connection((where.hostname, where.port), timeout=30)
-            sock.sendall((f"POST /v1/uploads/{up_a['id']}/parts HTTP/1.1\r\nHost: {where.netloc}\r\n"
-                          f"Authorization: Bearer {a}\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n"
-                          f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
-                         + f"{len(head):x}\r\n".encode() + head + b"\r\n")
+
+            def chunked_part(extra: str) -> socket.socket:
+                sock = socket.create_connection((where.hostname, where.port), timeout=30)
+                sock.sendall((f"POST /v1/uploads/{up_a['id']}/parts HTTP/1.1\r\nHost: {where.netloc}\r\n"
+                              f"Authorization: Bearer {a}\r\n{extra}Transfer-Encoding: chunked\r\n"
+                              f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+                             + f"{len(head):x}\r\n".encode() + head + b"\r\n")
+                return sock
+
+            with chunked_part("Content-Length: 10\r\n") as smuggled:
+                assert smuggled.recv(4096).startswith(b"HTTP/1.1 400 "), "Content-Length beside chunked was taken"
+            sock = chunked_part("")
             try:
                 time.sleep(1)  # admitted, holding what it reserved
                 with ThreadPoolExecutor(1) as pool:

@@ -52,7 +52,7 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; a no-op
     # handler underneath makes that a normal return, so a clean stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=log_config,
+    uvicorn.run(app, host=args.host, port=args.port, log_config=log_config, http="httptools",
                 access_log=False, timeout_graceful_shutdown=None, server_header=False)
     return 1 if app.state.worker.model_error else 0
 
