@@ -144,6 +144,36 @@ def test_a_stalled_complete_does_not_overwrite_the_file_another_complete_recorde
     assert _keys(s3, bucket, up["id"]) == [key]  # A deleted what it assembled
 
 
+def test_a_complete_stalled_in_its_md5_read_back_is_told_it_was_taken_over(pair, s3):
+    """Breaker 26 F2: A's complete stalled (SIGSTOP) while reading its assembled file back for
+    the client's md5; B's retry took the upload over, cleared A's attempt and completed. A's read
+    then found its key gone (NoSuchKey) and answered 503 `store_unavailable`, a 5xx counted
+    against a release, where the assembly's own failures after a takeover answer 409. Now 409."""
+    import hashlib
+
+    bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
+    data = b"\4" * (256 * 1024)
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    out = {}
+    with httpx.Client(base_url=ub, timeout=60) as http:
+        up = _create(http, len(data))
+        part = send_part(http, up["id"], data).json()["id"]
+    read = fa.hold("GET", lambda kind, path: kind == "GET" and f"uploads/{up['id']}" in path and "prefix=" not in path)
+    ta = _post(out, "a", ua, f"/v1/uploads/{up['id']}/complete", {"part_ids": [part], "md5": md5})
+    assert read.arrived.wait(30), fa.log  # A assembled, and is reading the file back
+    _freeze_until_lapsed(pa, dburl, up["id"])
+    tb = _post(out, "b", ub, f"/v1/uploads/{up['id']}/complete", {"part_ids": [part], "md5": md5})
+    tb.join()
+    assert out["b"].status_code == 200 and out["b"].json()["status"] == "completed", out["b"].text
+    os.kill(pa.pid, signal.SIGCONT)
+    read.release.set()
+    ta.join()
+    assert out["a"].status_code == 409 and out["a"].json()["error"]["code"] == "upload_busy", out["a"].text
+    status, key = _row(dburl, up["id"])
+    assert status == "completed" and s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    assert _keys(s3, bucket, up["id"]) == [key]
+
+
 def test_a_stalled_complete_leaves_nothing_behind_a_cancel(pair, s3):
     bucket, dburl, (fa, pa, ua), (fb, pb, ub) = pair
     out = {}

@@ -894,7 +894,14 @@ def _assemble(state: Any, row: dict, owner: str, sources: list[str], part_ids: l
             store.assemble(key, row["mime_type"], sources, {"parts": _fingerprint(part_ids)})
         sha = None
         if md5:  # the client asked for the whole file to be checked: read it back once
-            sha, actual_md5, size = store.digests(key)
+            try:
+                sha, actual_md5, size = store.digests(key)
+            except Exception:  # noqa: BLE001 - NoSuchKey, or the read cut off mid-body
+                # a holder stalled past its lease reads a key the new holder cleared (NoSuchKey):
+                # taken over, as in the assembly, not a store failure (breaker 26 F2: 503)
+                if not _still_holds(state, row, owner):
+                    raise _taken_over(upload_id) from None
+                raise
             if md5.lower() != actual_md5 or size != row["bytes"]:
                 store.delete(key)
                 return _ended(state, row, owner, "cancelled")
