@@ -378,9 +378,11 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     except Exception as exc:  # noqa: BLE001 - no such backup: said in the result, the drill fails
         from opsctl.redact import credentials
 
-        # the serve phase ends here: `error` says why, as for any other failed phase (breaker 22 F3)
+        # the serve phase ends here: `error` says why, as for any other failed phase (breaker 22
+        # F3), and a failed drill achieved no RPO either (breaker 25 F7: 0.0, a passing JUnit case)
         out.error = credentials(f"no backup with Redis and audio to drill: {exc}")
         out.problems.append(out.error)
+        out.rpo_seconds = None
         return
     manifest = catalog.load(repo, chosen, key)
     out.backup_id = chosen
@@ -470,7 +472,8 @@ def _judge(out: DrillResult) -> None:
     elif out.rto_seconds > out.rto_target_seconds:
         out.problems.append(f"RTO {out.rto_seconds:.0f} s above the target {out.rto_target_seconds:.0f} s")
     if out.rpo_seconds is None:
-        out.problems.append("RPO unknown: the restore replayed no commit")
+        out.problems.append("RPO not achieved: the drill failed" if out.error else
+                            "RPO unknown: the restore replayed no commit")
     elif out.rpo_seconds > out.rpo_target_seconds:
         out.problems.append(f"RPO {out.rpo_seconds:.0f} s above the target {out.rpo_target_seconds:.0f} s")
     out.passed = not out.problems

@@ -447,7 +447,7 @@ def _after_newest(port: int, end: dt.datetime) -> str:
     if newest is None:
         return " (no later commit is in the archived WAL: it is not archived yet, or none was made)"
     if newest <= end:
-        return " (its newest commit: the live server committed nothing after it, so 'latest' restores the same state)"
+        return " (the live server committed nothing after it, so 'latest' restores the same state)"
     return f" (later WAL is not archived yet: the live server's newest commit is at {newest.isoformat()})"
 
 

@@ -53,6 +53,7 @@ def test_a_drill_whose_serve_phase_stops_early_says_what_it_did_not_cover(platfo
     assert any("no backup with Redis and audio" in p for p in doc["problems"]), doc["problems"]
     # residual of F3: `error` was null; README: a failed serve phase writes it
     assert doc["error"] and "no backup with Redis and audio" in doc["error"], doc
+    assert doc["rpo_seconds"] is None and doc["rto_seconds"] is None, doc  # breaker 25 F7: RPO 0.0
     assert doc["scope"] == ["database"], doc
     assert doc["not_covered"] == ["redis", "audio objects", "preview color + transcription", "load test"], doc
 
