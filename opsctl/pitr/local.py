@@ -55,8 +55,9 @@ def stalled(state, pid: int | None) -> str | None:
     """Why the running archiver `pid` is not moving, or None: its process is stopped (SIGSTOP,
     a debugger), or it has not ended a pass nor stored a file for STALL_S seconds
     (`<queue>/.progress`, archive.Archiver.moved: hung in a repository call, or every pass
-    failing; its log says which). None too when `pid` is None or no archiver wrote the file yet
-    (one started before it existed)."""
+    failing; its log says which). Without the file (deleted; a failing archiver makes it again,
+    one hung in a call can't: breaker 25 F5), a queued WAL file older than STALL_S says it: a
+    moving archiver takes each within seconds. None too when `pid` is None."""
     import time
 
     import psutil
@@ -72,7 +73,16 @@ def stalled(state, pid: int | None) -> str | None:
     try:
         idle = time.time() - (queue_dir(state) / archive.PROGRESS).stat().st_mtime
     except OSError:
-        return None
+        waits = []
+        for name in queued_wal(state):
+            try:
+                waits.append(time.time() - (queue_dir(state) / name).stat().st_mtime)
+            except OSError:
+                continue  # archived meanwhile
+        if not waits or max(waits) <= STALL_S:
+            return None
+        return (f"its {archive.PROGRESS} is gone and a queued WAL file has waited {max(waits):.0f} s (hung or "
+                f"failing: read {state.log(COMPONENT)})")
     if idle <= STALL_S:
         return None
     return f"it has not finished a pass nor stored a file for {idle:.0f} s (hung or failing: read {state.log(COMPONENT)})"

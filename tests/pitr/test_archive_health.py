@@ -180,6 +180,35 @@ def test_a_stopped_or_hung_archiver_is_not_healthy(pitr, runner):
     assert _check(pitr).status == Status.OK and row().healthy
 
 
+def test_an_archiver_without_its_progress_file_is_stuck_once_a_queued_file_ages(tmp_path):
+    """Breaker 25 F5: an archiver hung in a repository call (a stopped S3) whose `.progress`
+    was deleted read healthy for minutes: a failing pass makes the file again (breaker 22 F6),
+    a hung one can't. Without the file, a queued WAL file older than STALL_S now says it; a
+    queue that moves (files younger than that, or none) does not."""
+    import os
+    import subprocess
+
+    from opsctl.local import state as st
+    from opsctl.pitr import local as pitr_local
+
+    state = st.LocalState(tmp_path / ".opsctl" / "local")
+    queue = pitr_local.queue_dir(state)
+    queue.mkdir(parents=True)
+    running = subprocess.Popen(["sleep", "60"])  # a running archiver process, neither stopped nor moving
+    try:
+        assert pitr_local.stalled(state, running.pid) is None  # no file, nothing queued
+        wal = queue / "000000010000000000000007"
+        wal.write_bytes(b"\0" * 64)
+        assert pitr_local.stalled(state, running.pid) is None  # queued just now
+        old = time.time() - pitr_local.STALL_S - 30
+        os.utime(wal, (old, old))
+        why = pitr_local.stalled(state, running.pid)
+        assert why is not None and ".progress is gone" in why and "has waited" in why, why
+    finally:
+        running.kill()
+        running.wait()
+
+
 @contextlib.contextmanager
 def _aside(pitr, file: str):
     """WAL file `file`'s object moved out of the repository for the block, then put back."""
