@@ -376,6 +376,7 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
     folder = st.folder_for(project.root)
     stopped: list[str] = []
     save_error: Exception | None = None
+    moto_pid = 0  # the moto a failed save left running
     with _no_operation_running(folder), st.locked(folder):
         state, problem = st.load_lenient(folder)
         comps = state.components
@@ -408,15 +409,17 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                 try:  # a failed save must not leave the rest running; the previous copy is kept
                     _keep_s3(state, comp, pid)
                 except Exception as exc:  # noqa: BLE001 - reported once everything else is stopped
-                    save_error = exc
+                    save_error, moto_pid = exc, pid
                     continue  # moto stays up: stopping it would lose the objects it holds
             _stop_any(state, key, pid, comp.port if comp else None, comp.admin_port if comp else None,
                       timeout=10 if key == "s3" else 30)
             stopped.append(key)
         if _stop_scratch_servers(state):  # `restore --beside` copies (and any other left on data/)
             stopped.append("postgres-beside")
-        for comp in comps.values():
-            comp.pid = None
+        for key, comp in comps.items():
+            # moto left running by a failed save stays recorded: `status` shows it, the next `down` saves it
+            if not (key == "s3" and save_error is not None and procs.alive(moto_pid)):
+                comp.pid = None
         if purge:
             shutil.rmtree(folder / "data", ignore_errors=True)
             shutil.rmtree(folder / "logs", ignore_errors=True)
@@ -427,8 +430,12 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
     if save_error is not None:
         from opsctl.redact import credentials
 
-        raise OperationFailed(f"stopped {', '.join(stopped) or 'nothing'}, but saving the S3 objects failed "
-                              f"({credentials(str(save_error))}); moto is left running so they are not lost, and "
+        why = f"stopped {', '.join(stopped) or 'nothing'}, but saving the S3 objects failed ({credentials(str(save_error))})"
+        if not procs.alive(moto_pid):  # it died meanwhile (breaker 25 F6: "left running" was false)
+            raise OperationFailed(f"{why}; moto (PID {moto_pid}) is gone, and with it what it held that was not in "
+                                  f"the previous copy in {state.data('s3')}, which is kept: 'opsctl local up' starts "
+                                  "from it ('opsctl backup verify-chain' names WAL that went with it)")
+        raise OperationFailed(f"{why}; moto is left running so they are not lost, and "
                               f"the previous copy in {state.data('s3')} is kept; run 'opsctl local down' again")
     return stopped
 

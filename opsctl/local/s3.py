@@ -44,16 +44,20 @@ def ready(port: int) -> bool:
         return False
 
 
-def client(endpoint_url: str):
-    """A boto3 S3 client for `endpoint_url` with moto's test credentials (5 retries)."""
+def client(endpoint_url: str, read_timeout: float | None = None):
+    """A boto3 S3 client for `endpoint_url` with moto's test credentials (5 retries); with
+    `read_timeout` (seconds without a byte), 2 tries and a 5 s connect timeout: a moto that
+    stopped answering fails a call within about a minute, not botocore's 5 x 60 s."""
     import boto3
     from botocore.config import Config
 
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}) if read_timeout is None else Config(
+        retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=read_timeout)
     return boto3.client(
         "s3", endpoint_url=endpoint_url, region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
         aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        config=config,
     )
 
 
@@ -85,7 +89,9 @@ def save(endpoint_url: str, folder: Path) -> int:
 
     from opsctl.files import fsync_dir
 
-    s3 = client(endpoint_url)
+    # `local down` waits on this: a moto stopped mid-save failed it after 6 minutes of silence
+    # (botocore's and s3transfer's retries of 60 s reads; breaker 25 F3)
+    s3 = client(endpoint_url, read_timeout=20)
     count = 0
     index: dict[str, dict[str, str]] = {}
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -98,7 +104,8 @@ def save(endpoint_url: str, folder: Path) -> int:
                 target = folder / bucket / name
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as fh:
-                    s3.download_fileobj(bucket, obj["Key"], fh)
+                    for chunk in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].iter_chunks(1 << 20):
+                        fh.write(chunk)
                     fh.flush()
                     os.fsync(fh.fileno())  # durable before the index names it (a power loss mid-down)
                 files[name] = obj["Key"]

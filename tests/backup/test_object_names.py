@@ -112,10 +112,45 @@ def test_down_keeps_moto_running_when_saving_objects_fails(tmp_path, monkeypatch
                                                   ".*previous copy.*local down' again"):
             platform.down(project)
         assert procs.alive(state.components["s3"].pid) and not procs.alive(state.components["redis"].pid)
+        # breaker 25 F8: the moto left running stays recorded (status showed it gone)
+        assert st.load(folder).components["s3"].pid == state.components["s3"].pid
     finally:
         procs.stop(state.components["s3"].pid)
     assert (previous / "index.json").read_text() == "{}"
     assert not previous.with_name(previous.name + ".saving").exists()
+
+
+def test_down_whose_moto_dies_during_the_save_does_not_say_it_is_left_running(tmp_path, monkeypatch):
+    """Breaker 25 F6: moto killed during the save, `down` said "moto is left running so they
+    are not lost" while what it held since the last save was gone. It now says moto is gone,
+    and that the previous copy is kept and is what `local up` starts from."""
+    import signal
+
+    from opsctl.config import load_project
+    from opsctl.errors import OperationFailed
+    from opsctl.local import platform, procs
+    from opsctl.local import s3 as s3mod
+    from opsctl.local import state as st
+
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments: {}\n")
+    project = load_project(tmp_path)
+    folder = st.folder_for(project.root)
+    state = st.LocalState(folder)
+    port = procs.free_port()
+    state.components["s3"] = st.Component(port, s3mod.start(port, tmp_path / "moto.log"))
+    state.save()
+    moto = state.components["s3"].pid
+
+    def dies(endpoint, target):
+        os.kill(moto, signal.SIGKILL)
+        procs.stop(moto)  # reaped
+        raise ConnectionError("Could not connect to the endpoint URL")
+
+    monkeypatch.setattr(s3mod, "save", dies)
+    with pytest.raises(OperationFailed, match=f"moto \\(PID {moto}\\) is gone.*previous copy.*local up") as err:
+        platform.down(project)
+    assert "left running" not in str(err.value)
+    assert st.load(folder).components["s3"].pid is None
 
 
 def test_down_with_moto_stopped_says_so_at_once_and_keeps_it_running(tmp_path):
