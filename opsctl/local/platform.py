@@ -393,12 +393,17 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
 
         if pitr_drill.clean_for_down(project):  # a drill killed mid-way: its preview worker, Redis, bucket
             stopped.append("drill scratch")
+        # moto asked first: one that does not answer is said at once, before the archiver waits on
+        # a repository it may hold (breaker 25 F4: 38 s of silence), and its save is not tried
+        silent = _silent_s3(state) if not purge else None
         # PostgreSQL before the archiver, and the archiver before the S3 endpoint a repository may
         # be on: the shutdown's last segment is queued, then archived, before the archiver exits
         # (breaker 20 F6: stopped first, it left those commits in the local queue until the next up)
         for key in ["router", *(wk.name(c) for c in st.COLORS), "postgres", pitr.COMPONENT, "s3", "redis"]:
             if key == pitr.COMPONENT:
-                if pitr.stop_archiver(state):  # what is queued is archived before it exits
+                # what is queued is archived before it exits; with moto silent, what it could not
+                # archive in 5 s waits in the queue for the next `up`
+                if pitr.stop_archiver(state, 5 if silent else 30):
                     stopped.append(key)
                 continue
             comp = comps.get(key)
@@ -407,6 +412,8 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                 continue
             if key == "s3" and not purge:
                 try:  # a failed save must not leave the rest running; the previous copy is kept
+                    if silent is not None:
+                        raise silent
                     _keep_s3(state, comp, pid)
                 except Exception as exc:  # noqa: BLE001 - reported once everything else is stopped
                     save_error, moto_pid = exc, pid
@@ -513,6 +520,20 @@ def _keep_s3(state: st.LocalState, comp: st.Component | None, pid: int) -> None:
     logging.getLogger("opsctl.local").warning(
         "moto had not loaded the saved objects (%s kept as it was); what it held is saved in %s",
         state.data("s3"), aside)
+
+
+def _silent_s3(state: st.LocalState) -> OperationFailed | None:
+    """Why the platform's running moto does not answer (`_answering`, said in the log at once),
+    or None: it answers, or none runs."""
+    pid, comp = live_pid(state, "s3"), state.components.get("s3")
+    if pid is None or comp is None or not procs.listens(pid, [comp.port]):
+        return None
+    try:
+        _answering(pid, comp.port)
+    except OperationFailed as exc:
+        logging.getLogger("opsctl.local").warning("%s: its objects can't be saved; stopping the rest", exc)
+        return exc
+    return None
 
 
 def _answering(pid: int, port: int, tries: int = 3) -> None:

@@ -156,12 +156,13 @@ def ensure_archiver(project, env, state) -> str:
     return ""
 
 
-def stop_archiver(state) -> bool:
-    """SIGTERM: the archiver drains what is queued, then exits."""
+def stop_archiver(state, timeout: float = 30) -> bool:
+    """SIGTERM: the archiver drains what is queued, then exits (SIGKILL after `timeout` seconds;
+    what is still queued stays for the next one)."""
     from opsctl.local import procs
 
     pid = archiver_pid(state)
-    stopped = pid is not None and procs.stop(pid, 30, HINT)
+    stopped = pid is not None and procs.stop(pid, timeout, HINT)
     state.pidfile(COMPONENT).unlink(missing_ok=True)
     return stopped
 
