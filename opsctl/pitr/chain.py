@@ -560,7 +560,11 @@ def newest_usable_base(repo, sysid: str, key, names: dict[str, int],
             lineage.append(parent)
         if any(g.id == b.id for g in whole_bases(repo, key, lineage[::-1], bad, names)):
             return b, passed
-        passed[bid] = bad[bid]
+        cause, seen = bid, {bid}  # down the parents to the one at fault (breaker 25 F11: only the newest was named)
+        while (rec := loaded.get(cause)) is not None and rec.parent in bad and rec.parent not in seen:
+            cause = rec.parent
+            seen.add(cause)
+        passed[bid] = bad[bid] + (f" ({cause}: {bad[cause]})" if cause != bid else "")
     return None, passed
 
 

@@ -352,7 +352,8 @@ def test_a_base_backup_whose_tar_is_gone_backs_nothing(pitr, runner):
         young = _check(pitr)
         assert young.status == Status.OK and young.details["base_backup"] is False, young
         assert f"no base backup of cluster {pitr.sysid()}" in young.message, young
-        assert f"({incremental}: its parent base backup {full} is unusable)" in young.message, young
+        # the newest one, and the one at fault down its parents (breaker 25 F11)
+        assert f"({incremental}: its parent base backup {full} is unusable ({full}: its object" in young.message, young
         old = _check(pitr, dr=DrSettings(rpo="1s"))
         assert old.status == Status.CRITICAL and "that a restore can use" in old.message, old
     finally:
