@@ -540,8 +540,8 @@ def newest_usable_base(repo, sysid: str, key, names: dict[str, int],
     def load(bid: str) -> bb.BaseBackup | None:
         if bid not in loaded:
             good, why = bb.load_all(repo, sysid, key, folders.get(bid, {}))
-            loaded[bid], bad_one = (good[0] if good else None), why
-            bad.update(bad_one)
+            loaded[bid] = good[0] if good else None
+            bad.update(why)
         return loaded[bid]
 
     passed: dict[str, str] = {}

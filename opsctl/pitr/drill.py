@@ -378,11 +378,9 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     except Exception as exc:  # noqa: BLE001 - no such backup: said in the result, the drill fails
         from opsctl.redact import credentials
 
-        # the serve phase ends here: `error` says why, as for any other failed phase (breaker 22
-        # F3), and a failed drill achieved no RPO either (breaker 25 F7: 0.0, a passing JUnit case)
+        # the serve phase ends here: `error` says why, as for any other failed phase (breaker 22 F3)
         out.error = credentials(f"no backup with Redis and audio to drill: {exc}")
         out.problems.append(out.error)
-        out.rpo_seconds = None
         return
     manifest = catalog.load(repo, chosen, key)
     out.backup_id = chosen
@@ -467,6 +465,8 @@ def _drop_bucket(s3, bucket: str) -> None:
 
 
 def _judge(out: DrillResult) -> None:
+    if out.error is not None:  # a failed drill achieved no RTO or RPO (breaker 25 F7: RPO 0.0 reported)
+        out.rto_seconds = out.rpo_seconds = None
     if out.rto_seconds is None:
         out.problems.append("RTO not achieved: the restored copy never served")
     elif out.rto_seconds > out.rto_target_seconds:

@@ -145,8 +145,7 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
     if not queue.is_dir():
         return CheckResult("", "backup", Status.UNKNOWN, "WAL archiving was never started ('opsctl local up')")
     now = time.time()
-    pending = [queue / n for n in os.listdir(queue) if not n.startswith(".") and archive.layout.WAL_FILE.fullmatch(n)]
-    oldest = min((p.stat().st_mtime for p in pending if p.exists()), default=None)
+    pending = pitr_local.queued_ages(queue)  # seconds each queued WAL file has waited
     dropped = sorted(set(_names(queue / archive.DROPPED)) | set(_names(queue / archive.GAPS)))
     quarantined = _names(queue / archive.QUARANTINE)
     server = _server_archiver(state)
@@ -155,7 +154,7 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
     comp = state.components.get(pitr_local.COMPONENT)
     running = comp is not None and procs.alive(comp.pid, pitr_local.HINT)
     stuck = pitr_local.stalled(state, comp.pid) if running else None
-    waited = max(now - oldest if oldest is not None else 0.0,
+    waited = max(max(pending, default=0.0),
                  (server or {}).get("oldest_ready_age") or 0.0)  # in the queue, or still in pg_wal
     # a stopped server answers nothing: its pg_wal's .ready segments are read from the disk
     # (breaker 20 F3: "lag at most 1 s (0 queued)" with 6 s of commits never archived)
@@ -343,19 +342,13 @@ def server_archive_lag(env, name: str) -> CheckResult:
     except psycopg.Error as exc:
         return CheckResult("", "backup", Status.CRITICAL, f"cannot ask server {name} about its archiving: "
                            f"{credentials(str(exc)).strip().splitlines()[0]}", details=details)
-    queued = None
-    queue = os.path.realpath(server.queue)
-    if os.path.isdir(queue):
-        now = time.time()
-        ages = []
-        for n in _names(queue):
-            try:
-                ages.append(now - os.stat(os.path.join(queue, n)).st_mtime)
-            except FileNotFoundError:
-                continue  # drained meanwhile
-        queued = len(ages)
-    else:
-        ages = []
+    from pathlib import Path
+
+    from opsctl.pitr.local import queued_ages
+
+    queue = Path(os.path.realpath(server.queue))
+    ages = queued_ages(queue)
+    queued = len(ages) if queue.is_dir() else None
     waited = max([*ages, said["oldest_ready_age"] or 0.0])
     unswitched = said["unswitched_age"] or 0.0  # as archive_lag: a commit whose segment was not switched out
     lag = max(env.backup.archive_timeout + waited, unswitched)

@@ -35,6 +35,30 @@ def queued_wal(state) -> set[str]:
         return set()
 
 
+def queued_ages(queue: Path) -> list[float]:
+    """Seconds each WAL file in the queue folder `queue` has waited (since the segment's last
+    write, its finish), leaving out those archived while the folder is read; [] when it is
+    missing. The lag a health check judges, and what tells a stuck archiver without its
+    `.progress`."""
+    import os
+    import time
+
+    from opsctl.pitr import layout
+
+    try:
+        names = os.listdir(queue)
+    except FileNotFoundError:
+        return []
+    now, ages = time.time(), []
+    for name in names:
+        if layout.WAL_FILE.fullmatch(name):
+            try:
+                ages.append(now - os.stat(queue / name).st_mtime)
+            except FileNotFoundError:
+                continue  # archived meanwhile
+    return ages
+
+
 def ready_wal(state) -> dict[str, float]:
     """The WAL files the embedded PostgreSQL has finished and not yet handed to its
     archive_command (marked .ready in its pg_wal), read from the disk: {name: when it was
@@ -73,15 +97,10 @@ def stalled(state, pid: int | None) -> str | None:
     try:
         idle = time.time() - (queue_dir(state) / archive.PROGRESS).stat().st_mtime
     except OSError:
-        waits = []
-        for name in queued_wal(state):
-            try:
-                waits.append(time.time() - (queue_dir(state) / name).stat().st_mtime)
-            except OSError:
-                continue  # archived meanwhile
-        if not waits or max(waits) <= STALL_S:
+        waited = max(queued_ages(queue_dir(state)), default=0.0)
+        if waited <= STALL_S:
             return None
-        return (f"its {archive.PROGRESS} is gone and a queued WAL file has waited {max(waits):.0f} s (hung or "
+        return (f"its {archive.PROGRESS} is gone and a queued WAL file has waited {waited:.0f} s (hung or "
                 f"failing: read {state.log(COMPONENT)})")
     if idle <= STALL_S:
         return None

@@ -289,10 +289,12 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                                   + (f" ({gap.line()})" if gap else "") + "; nothing was changed")
         if sysid == live_sysid:  # timelines the repository does not hold yet count for the next one
             _stage_local_histories(state, stage)
-        why = (f" ({window.stopped_by.line()})" if window.stopped_by else
-               _past_end(repo, key, sysid, inv, timeline, window.end_lsn))
+        # why the window ends there: a gap, a timeline that was left, else the archive's end
+        ended = (f" ({window.stopped_by.line()})" if window.stopped_by else
+                 _left(repo, key, sysid, inv, timeline, window.end_lsn))
+        why = ended or " (later WAL is not archived yet)"
         if when is not None and when > window.end:
-            if why == _NOT_ARCHIVED and sysid == live_sysid and "postgres" in state.components:
+            if ended is None and sysid == live_sysid and "postgres" in state.components:
                 why = _after_newest(state.components["postgres"].port, window.end)
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
                              f"{window.end.isoformat()}{why}; choose an earlier --to-time"
@@ -433,9 +435,6 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> 
         time.sleep(0.2)
 
 
-_NOT_ARCHIVED = " (later WAL is not archived yet)"
-
-
 def _after_newest(port: int, end: dt.datetime) -> str:
     """Why no commit after `end`, the newest restorable time, is in the archived WAL that
     nothing broke, as the live server on `port` tells it: it committed nothing after `end` (a
@@ -451,13 +450,13 @@ def _after_newest(port: int, end: dt.datetime) -> str:
     return f" (later WAL is not archived yet: the live server's newest commit is at {newest.isoformat()})"
 
 
-def _past_end(repo, key, sysid: str, inv, timeline: int | None, end_lsn: int) -> str:
+def _left(repo, key, sysid: str, inv, timeline: int | None, end_lsn: int) -> str | None:
     """Why the archived WAL of the restore's window (ending at `end_lsn`) ends where it does,
-    when nothing broke it: a timeline chosen with --timeline that a newer one left (its WAL
-    ends for good; the rest is on the branch), else WAL not archived yet."""
+    when nothing broke it and a timeline chosen with --timeline was left for a newer one (its
+    WAL ends for good; the rest is on the branch); None otherwise: the archive ends there."""
     left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
     if left is None:
-        return _NOT_ARCHIVED
+        return None
     return (f" (timeline {timeline} ends there: {chain.left_text(timeline, left, end_lsn)}; to restore past it, "
             f"--timeline {left[0]} or leave out --timeline)")
 

@@ -366,9 +366,10 @@ def test_a_repository_that_does_not_answer_leaves_the_check_its_own_verdict(pitr
     """Breaker 22 F8: with the repository hung, the check's own repository calls (the base
     backups, the missing-WAL listing) took it past the sweep's timeout: "no result within 5s",
     and what it knows without the repository (a stuck archiver, the queue) went unsaid. The
-    repository is now asked within REPO_WAIT_S; past it the check says so (WARNING at least)
-    and gives the rest of its verdict. The hang is injected where the check reads the base
-    backups' records (a repository GET that never returns)."""
+    repository is now asked within the check's timeout less 2 s; past it the check says so
+    (WARNING at least) and gives the rest of its verdict. The hang is injected where the check
+    reads the base backups' records (a repository GET that never returns): the file://
+    repository here can't be made to hang (it opens non-blocking, regular files only)."""
     import threading
 
     from opsctl.health.model import Status

@@ -376,8 +376,15 @@ _WAITING: list[tuple[object, int, str]] = []
 # served longest ago, so keys that hold and keys that queue beside them cannot keep one out
 _SERVED: dict[str, float] = {}
 ROOM_WAIT_SECONDS = 10.0  # how long a part waits for room before 503 `server_busy`
-# read at scrape time, from the scraper's thread: list() copies in one step under the GIL
-metrics.PART_MEMORY.set_function(lambda: sum(list(_PARTS_IN_MEMORY.values())))
+
+
+def _held() -> int:
+    """Bytes of part bodies held now, all keys together. Also read at scrape time from the
+    scraper's thread: list() copies the values in one step under the GIL."""
+    return sum(list(_PARTS_IN_MEMORY.values()))
+
+
+metrics.PART_MEMORY.set_function(_held)
 metrics.PARTS_WAITING.set_function(lambda: len(_WAITING))
 # parts that may wait for room at once (beyond it 503 at once): each holds a connection and what
 # the server buffered of its body outside the part memory, and each wait checks the line
@@ -388,7 +395,7 @@ ROOM_QUEUE = 64
 def _fits(size: int, budget: int) -> bool:
     """Whether a part of `size` bytes fits in the part memory now (one arriving when none is
     held always does, so a part larger than the budget still goes through alone)."""
-    held = sum(_PARTS_IN_MEMORY.values())
+    held = _held()
     return not held or held + size <= budget
 
 
@@ -512,7 +519,7 @@ def _rate_floor(settings: Any) -> float:
     if not _pressed(budget):
         return low
     high = max(settings.part_busy_rate_kbps * 1024, low)
-    held = sum(_PARTS_IN_MEMORY.values()) / budget
+    held = _held() / budget
     return low + (high - low) * min(1.0, max(0.0, held - 0.5) * 2)
 
 
