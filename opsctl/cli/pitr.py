@@ -29,16 +29,20 @@ def _t(when, exact: bool = False) -> str:
 def base(
     env: EnvOpt = "local",
     incremental: Annotated[bool, typer.Option("--incremental", help="Only the blocks changed since the newest base backup (pg_basebackup --incremental).")] = False,
+    auto: Annotated[bool, typer.Option("--auto", help="Incremental on the newest usable base backup, full when the full one under it is a week old or none is usable (a schedule's choice).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Take a physical base backup (pg_basebackup) for point-in-time recovery."""
     from opsctl.cli.common import progress
+    from opsctl.errors import UsageError
     from opsctl.output import emit
     from opsctl.pitr.ops import create_base
 
+    if incremental and auto:
+        raise UsageError("--incremental and --auto both given; pass one (--auto chooses incremental when it can)")
     project, environment_ = environment(env)
     with progress() as bars:
-        r = create_base(project, environment_, "incremental" if incremental else "full", bars.report)
+        r = create_base(project, environment_, "auto" if auto else "incremental" if incremental else "full", bars.report)
     emit(r, as_json, lambda c: c.print(
         f"base backup [bold]{r.id}[/bold] ({r.kind}{', on ' + r.parent if r.parent else ''}) complete: "
         f"{_size(r.raw_bytes)} → {_size(r.stored_bytes)} in {r.seconds:.1f} s; WAL from {r.start_lsn} "
@@ -80,11 +84,8 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False,
         c.print(f"newest restorable time: {_t(r.newest_restorable, exact=True)}")
 
     emit(r, as_json, render)
-    if not r.ok:
-        # named once more in the error line, without the reasons the report (or --json) gave
-        names = ", ".join([f"{p['file']} ({p['kind']})" for p in r.problems]
-                          + [f"base backup {bid}" for bid in r.broken_base_backups]) or "no restorable window"
-        raise OperationFailed(f"backup verify-chain: the chain is broken: {names}")
+    if not r.ok:  # named once more in the error line, without the reasons the report (or --json) gave
+        raise OperationFailed(f"backup verify-chain: the chain is broken: {r.faults()}")
 
 
 def render_windows(c, doc: dict | None) -> None:

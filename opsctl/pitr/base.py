@@ -48,7 +48,8 @@ INTERRUPTED = "interrupted (no base.json; its process is gone): `backup prune-ch
 # a base backup started on another host is taken for dead after this long (its process can't be
 # asked); the logical backups' rule (opsctl.backup.catalog.STALE_AFTER)
 LEASE = dt.timedelta(hours=24)
-KINDS = ("full", "incremental")
+KINDS = ("full", "incremental", "auto")
+FULL_EVERY = dt.timedelta(days=7)  # kind auto: a full base backup when the chain's full is older
 
 
 class DamagedBase(OperationFailed):
@@ -238,12 +239,30 @@ def _label(text: str) -> tuple[int, int]:
     return layout.lsn(start.group(1)), int(tli.group(1))
 
 
+def _full_under(repo, key, sysid: str, names: dict[str, int], b: BaseBackup) -> BaseBackup:
+    """The full base backup an incremental `b` is built on (down its parents; `b` itself when
+    full). `b` came from chain.newest_usable_base, so every parent is there and authentic."""
+    seen = {b.id}
+    while b.kind == "incremental" and b.parent and b.parent not in seen:
+        folder = f"{layout.base_prefix(sysid)}{b.parent}/"
+        good, _ = load_all(repo, sysid, key, {n: size for n, size in names.items() if n.startswith(folder)})
+        if not good:
+            break
+        b = good[0]
+        seen.add(b.id)
+    return b
+
+
 def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=None,
-         env: dict[str, str] | None = None) -> BaseBackup:
+         env: dict[str, str] | None = None, full_every: dt.timedelta = FULL_EVERY) -> BaseBackup:
     """One base backup of the server at `conninfo` (a replication-capable role) into `repo`.
 
     `kind` incremental needs an earlier base backup of the same cluster (its parent is the
-    newest one) and `summarize_wal=on` on the server. Raises UsageError for a bad kind or a
+    newest one a restore can use: chain.newest_usable_base) and `summarize_wal=on` on the
+    server. `kind` auto (a schedule's choice) takes an incremental one when it can and the
+    full base backup under its parent started less than `full_every` ago, else a full one:
+    the chain a restore combines stays at most a week of incrementals long, as pgBackRest's
+    weekly full and daily incremental schedule keeps it. Raises UsageError for a bad kind or a
     missing parent, OperationFailed when pg_basebackup fails; what was written is removed.
     """
     import psycopg
@@ -263,17 +282,33 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
     except psycopg.Error as exc:
         raise OperationFailed(f"can't reach PostgreSQL for a base backup: {credentials(str(exc)).strip()}") from None
     parent = None
+    auto, kind = kind == "auto", "incremental" if kind == "auto" else kind
+    if auto and summarize != "on":
+        kind = "full"
     if kind == "incremental":
         if summarize != "on":
             raise UsageError("an incremental base backup needs summarize_wal=on on the server; "
                              "take a full one, or restart the server with WAL summaries")
         from opsctl.pitr.chain import newest_usable_base
 
-        # a parent whose tar is gone, or on a branch a restore abandoned, restores nothing
-        parent, _ = newest_usable_base(repo, sysid, key, repo.names(layout.base_prefix(sysid)), server_path(conninfo))
-        if parent is None:
+        # a parent whose tar is gone, found damaged by verify-chain, or on a branch a restore
+        # abandoned restores nothing: an incremental on it would restore nothing either
+        names = repo.names(layout.base_prefix(sysid))
+        parent, passed = newest_usable_base(repo, sysid, key, names, server_path(conninfo))
+        unusable = "; ".join(f"{bid}: {why}" for bid, why in passed.items() if why not in (UNFINISHED, INTERRUPTED))
+        if auto and (parent is None or _full_under(repo, key, sysid, names, parent).started_at
+                     < dt.datetime.now(dt.timezone.utc) - full_every):
+            kind, parent, unusable = "full", None, ""
+        elif parent is None:
             raise UsageError(f"no base backup of this cluster (system {sysid}) on the server's timeline history "
-                             "to build an incremental one on; take a full one first")
+                             "to build an incremental one on" + (f" that a restore can use ({unusable})" if unusable
+                                                                 else "") + "; take a full one first")
+        if unusable:
+            log.warning("building on base backup %s, the newest a restore can use; passed over: %s", parent.id, unusable)
+        if auto:
+            log.info("base backup kind auto: %s", f"incremental on {parent.id}" if parent else
+                     "full (no usable base backup to build on, or the chain's full one is older than "
+                     f"{full_every.days} days)")
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
     bid = catalog.new_id(started)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import re
@@ -86,6 +87,7 @@ class Inventory:
     windows: list[Window] = field(default_factory=list)
     objects: dict[str, list[layout.WalObject]] = field(default_factory=dict)
     good: dict[str, layout.WalObject] = field(default_factory=dict)  # file -> a checked object (deep)
+    damaged: dict[str, str] = field(default_factory=dict)  # (deep) base backup id -> why its read failed
 
     @property
     def newest_restorable(self) -> dt.datetime | None:
@@ -414,10 +416,11 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     """
     names = repo.names(layout.root(sysid) + "/")
     bases, bad = bb.load_all(repo, sysid, key, {n: s for n, s in names.items() if n.startswith(layout.base_prefix(sysid))})
-    bases = whole_bases(repo, key, bases, bad, names, read=deep and start_at is None)
+    damaged: dict[str, str] = {}
+    bases = whole_bases(repo, key, bases, bad, names, read=deep and start_at is None, damaged=damaged)
     objects, strange = layout.parse_wal(sysid, names)
     dropped = {n[len(layout.dropped_prefix(sysid)):] for n in names if n.startswith(layout.dropped_prefix(sysid))}
-    inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects)
+    inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects, damaged=damaged)
     inv.problems += [Problem(n.rpartition("/")[2], "foreign object", f"{n} is not an archived WAL file") for n in strange]
     abandoned = _abandoned(repo, key, sysid, names, inv.problems)
     inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good, live_path, abandoned, timeline)
@@ -478,11 +481,12 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
 
 
 def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], names: dict[str, int],
-                read: bool = False) -> list[bb.BaseBackup]:
+                read: bool = False, damaged: dict[str, str] | None = None) -> list[bb.BaseBackup]:
     """The base backups of `bases` (oldest first) a restore can use: each stored object listed in
     `names` ({name: bytes}) with the size its record gives, (`read`) its whole object read and
     checked (SHA-256, authentication, zstd: the read a restore does), and an incremental's parent
-    itself usable. The others go to `bad` ({id: why}), naming the object or parent at fault."""
+    itself usable. The others go to `bad` ({id: why}), naming the object or parent at fault;
+    those whose read failed (what a listing can't see) to `damaged` too."""
     from opsctl.backup.pipeline import unpack
 
     good: list[bb.BaseBackup] = []
@@ -505,6 +509,8 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
                 except (IntegrityError, NotFound, OperationFailed) as exc:
                     # the error names the object already: said once
                     why = f"its object {obj.name} fails its check: {str(exc).removeprefix(obj.name).lstrip(': ')}"
+                    if damaged is not None:
+                        damaged[b.id] = why
         if why is None and b.parent and b.parent not in {g.id for g in good}:
             why = f"its parent base backup {b.parent} is " + (
                 "unusable" if b.parent in bad else "missing")
@@ -515,13 +521,59 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
     return good
 
 
+def record_findings(repo, key, sysid: str, damaged: dict[str, str], at: dt.datetime) -> None:
+    """Keep what a whole read of cluster `sysid`'s base backups found (`damaged`: {id: why},
+    Inventory.damaged; {} when every one read whole) at `layout.verified`, sealed like a base
+    backup's record (HMAC under `key`; a plain SHA-256 without one), replacing the last.
+
+    A tar replaced by other bytes of the same size passes every check by listing; only a read
+    finds it, and reading every base backup is verify-chain's (breaker 25 F1, F2). Kept, the
+    finding makes `newest_usable_base` pass the damaged base backup over until a later whole
+    read finds it sound: the `wal archive` health check then says no restore can start from it,
+    and an incremental base backup is not built on it."""
+    body = {"version": 1, "sysid": sysid, "checked_at": at.astimezone(dt.timezone.utc).isoformat(),
+            "damaged": dict(sorted(damaged.items())), "key_id": key.id if key else None}
+    body["mac"] = _findings_mac(key, body)
+    repo.put_bytes(layout.verified(sysid), json.dumps(body, sort_keys=True, indent=1).encode())
+
+
+def _findings_mac(key, body: dict) -> str:
+    text = b"opsctl-verified\0" + json.dumps({k: v for k, v in body.items() if k != "mac"}, sort_keys=True,
+                                             separators=(",", ":")).encode()
+    return key.mac(text) if key else "sha256:" + hashlib.sha256(text).hexdigest()
+
+
+def found_damaged(repo, key, sysid: str) -> dict[str, str]:
+    """{base backup id: why} of what the last verify-chain found damaged (`record_findings`), each
+    why saying so and when; {} when none was recorded, or the record is not authentic (sealed by
+    another key, for another cluster, or edited: logged, and ignored as if absent)."""
+    import hmac
+
+    try:
+        body = json.loads(repo.get_bytes(layout.verified(sysid)))
+        authentic = (isinstance(body, dict) and body.get("sysid") == sysid and body.get("key_id") == (key.id if key else None)
+                     and isinstance(body.get("mac"), str) and hmac.compare_digest(body["mac"], _findings_mac(key, body))
+                     and isinstance(body.get("damaged"), dict))
+    except NotFound:
+        return {}
+    except (ValueError, TypeError, IntegrityError):
+        authentic = False
+    if not authentic:
+        log.warning("%s is not an authentic record of verify-chain's findings; ignored (run 'opsctl backup "
+                    "verify-chain' to write it again)", layout.verified(sysid))
+        return {}
+    when = str(body.get("checked_at", ""))[:16].replace("T", " ")
+    return {str(bid): f"verify-chain found it damaged ({when} UTC): {why}" for bid, why in body["damaged"].items()}
+
+
 def newest_usable_base(repo, sysid: str, key, names: dict[str, int],
                        path: list[tuple[int, int | None]] | None) -> tuple[bb.BaseBackup | None, dict[str, str]]:
     """(the newest base backup of cluster `sysid` a restore along timeline path `path` can start
     from, {id: why not} for the newer ones passed over). Usable: complete and authentic
     (`bb.load_all`), every object listed in `names` ({name: bytes} of the `pitr/<sysid>/base/`
     listing) at its recorded size and an incremental's parents likewise (`whole_bases`, by
-    listing: nothing read but records), and `on_path` (`path` None: any). None when there is no
+    listing: nothing read but records), not found damaged by the last verify-chain
+    (`found_damaged`: one small read), and `on_path` (`path` None: any). None when there is no
     such base backup. Records are read newest first, stopping at the first usable one and its
     parents, so the cost is that of the newest few, not of the whole history.
 
@@ -536,8 +588,11 @@ def newest_usable_base(repo, sysid: str, key, names: dict[str, int],
             folders.setdefault(name[len(head):].partition("/")[0], {})[name] = size
     loaded: dict[str, bb.BaseBackup | None] = {}
     bad: dict[str, str] = {}
+    damaged = found_damaged(repo, key, sysid) if folders else {}
 
     def load(bid: str) -> bb.BaseBackup | None:
+        if bid in damaged:
+            loaded[bid], bad[bid] = None, damaged[bid]
         if bid not in loaded:
             good, why = bb.load_all(repo, sysid, key, folders.get(bid, {}))
             loaded[bid] = good[0] if good else None

@@ -11,6 +11,8 @@ a new `initdb` has a new identifier, so two clusters never mix their segments):
     pitr/<sysid>/base/<id>/base.json      a base backup's record, written last (see base.py)
     pitr/<sysid>/abandoned/<tli>.<tag>    a timeline an undone in-place restore abandoned after
                                           its history was queued for the archive (chain.py)
+    pitr/<sysid>/verified.json            what the last `backup verify-chain` found damaged by
+                                          reading the base backups whole (sealed; chain.py)
 
 Each WAL object is the pipeline's usual stream (zstd, then AES-256-GCM frames when the
 repository is encrypted). Its name carries a tag, pgBackRest-style (it names WAL files
@@ -62,6 +64,11 @@ def base_prefix(sysid: str) -> str:
 def abandoned_prefix(sysid: str) -> str:
     """`pitr/<sysid>/abandoned/`: markers of timelines no restore follows (chain.abandon)."""
     return f"{root(sysid)}/abandoned/"
+
+
+def verified(sysid: str) -> str:
+    """`pitr/<sysid>/verified.json`: the last verify-chain's findings (chain.record_findings)."""
+    return f"{root(sysid)}/verified.json"
 
 
 ABANDONED = re.compile(r"(?P<tli>[0-9A-F]{8})\.(?P<tag>[0-9a-f]{32})")

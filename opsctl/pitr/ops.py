@@ -6,6 +6,7 @@ Each returns a plain result for the front door to render; none prints.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -13,6 +14,8 @@ from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.pitr import base as bb
 from opsctl.pitr import chain, layout
+
+log = logging.getLogger("opsctl.pitr")
 
 
 def repository(project: Project, env: Environment):
@@ -71,7 +74,7 @@ def local_state(project: Project, env: Environment):
 
 
 def create_base(project: Project, env: Environment, kind: str = "full", report=None) -> bb.BaseBackup:
-    """A full or incremental base backup of the embedded platform's PostgreSQL."""
+    """A base backup of the embedded platform's PostgreSQL: `kind` full, incremental or auto (bb.take)."""
     from opsctl.local import procs
 
     _, comp = local_state(project, env)
@@ -99,6 +102,13 @@ class ChainReport:
     windows: list[dict]
     newest_restorable: dt.datetime | None
     timeline_path: list[dict] = field(default_factory=list)
+
+    def faults(self) -> str:
+        """What breaks the chain, named once, for an error line (the report gives the reasons):
+        missing or damaged files with their kind, damaged base backups; "no restorable window"
+        when nothing is named."""
+        return ", ".join([f"{p['file']} ({p['kind']})" for p in self.problems]
+                         + [f"base backup {bid}" for bid in self.broken_base_backups]) or "no restorable window"
 
 
 def _sysid(project: Project, env: Environment, repo) -> str:
@@ -224,10 +234,12 @@ def _stopped_path(data, sysid: str) -> list[tuple[int, int | None]] | None:
 
 
 def verify_chain(project: Project, env: Environment, progress=None, timeline: int | None = None) -> ChainReport:
-    """Read and check every WAL object and base backup (record and tar) of the live cluster
-    (read-only). Segments up to the one the running server reports archived must be there.
-    `timeline`: the windows along that timeline's history (chain.inventory), not the one
-    restores follow by default."""
+    """Read and check every WAL object and base backup (record and tar) of the live cluster.
+    Segments up to the one the running server reports archived must be there. `timeline`: the
+    windows along that timeline's history (chain.inventory), not the one restores follow by
+    default. The one write: which base backups the whole read found damaged, kept in the
+    repository (chain.record_findings) for the health check and the next incremental base
+    backup, which go by listing; a repository that refuses the write is logged, not fatal."""
     repo, key = sealed_repository(project, env)
     if (state := _started_state(project, env)) is not None:
         from opsctl.pitr.restore import record_abandoned
@@ -237,6 +249,11 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
     inv = chain.inventory(repo, key, sysid, deep=True, progress=progress, archived=server_archived(project, env, sysid),
                           live_path=live_path(project, env, sysid), timeline=timeline,
                           queued=_queued_for(state, sysid))
+    try:
+        chain.record_findings(repo, key, sysid, inv.damaged, dt.datetime.now(dt.timezone.utc))
+    except Exception as exc:  # noqa: BLE001 - a read-only credential, the store away: the report stands
+        log.warning("could not keep verify-chain's findings in the repository (%s): the health check and "
+                    "incremental base backups go by listing until a verify-chain can", exc)
     left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
     # a timeline that was left ends for good where it was left, not at the archive's end
     end = max((w.end_lsn for w in inv.windows), default=None)

@@ -318,6 +318,38 @@ def verify(ctx: Context, id: str, restore_test: bool = False) -> dict:
     return to_jsonable(result)
 
 
+@action("base-backup")
+def base_backup(ctx: Context, kind: str = "auto") -> dict:
+    """`opsctl backup base` as a step (the same core operation, opsctl.pitr.ops.create_base): a
+    physical base backup of the embedded platform's PostgreSQL, `kind` full, incremental, or
+    auto (incremental on the newest base backup a restore can use while the full one under it
+    is under a week old, else full: opsctl.pitr.base.take). Outputs: id, kind, parent,
+    stored_bytes, seconds."""
+    from opsctl.pitr.ops import create_base
+
+    b = create_base(ctx.project, ctx.env, kind)
+    return {"id": b.id, "kind": b.kind, "parent": b.parent, "stored_bytes": b.stored_bytes, "seconds": b.seconds}
+
+
+@action("verify-chain")
+def verify_chain(ctx: Context, timeline: int | None = None) -> dict:
+    """`opsctl backup verify-chain` as a step (the same core operation, opsctl.pitr.ops.verify_chain):
+    every base backup and WAL object of the embedded platform's cluster read back and checked,
+    and the base backups found damaged kept in the repository for the `wal archive` health
+    check and the next incremental base backup (which go by listing). Fails when the chain is
+    broken. `timeline`: the windows along that timeline's history. Outputs: ok, base_backups
+    (count), checked (objects read), broken_base_backups, newest_restorable, problems."""
+    from opsctl.pitr.ops import verify_chain as check
+
+    report = check(ctx.project, ctx.env, timeline=timeline)
+    if not report.ok:
+        raise OperationFailed(f"the chain is broken: {report.faults()}")
+    doc = to_jsonable(report)
+    return {"ok": report.ok, "base_backups": len(report.base_backups), "checked": report.checked,
+            "broken_base_backups": report.broken_base_backups, "newest_restorable": doc["newest_restorable"],
+            "problems": doc["problems"]}
+
+
 @action("prune")
 def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,
           keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> dict:

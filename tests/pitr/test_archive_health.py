@@ -362,6 +362,88 @@ def test_a_base_backup_whose_tar_is_gone_backs_nothing(pitr, runner):
     assert _check(pitr).status == Status.OK
 
 
+def test_a_tar_damaged_at_its_own_size_is_found_by_verify_chain_and_heeded_until_read_sound(pitr, runner):
+    """Breaker 25 F1, F2: every full base backup's tar replaced by random bytes of its own size.
+    The check goes by listing (names, sizes), so it cannot see that: it said OK, and `backup
+    base --incremental` built a new link on a chain no restore could start from. Reading is
+    verify-chain's (the nightly-backup runbook's `verify-chain` step): what it finds damaged is
+    kept in the repository, and the check and the next incremental heed it until a later
+    verify-chain reads the base backup sound (here: the tars put back)."""
+    import os
+    import shutil
+
+    from opsctl.config import DrSettings
+    from opsctl.health.model import Status
+    from opsctl.pitr import layout
+
+    full = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)["id"]
+    pitr.sql("insert into events(note) values ('before the damage')")
+    inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
+    assert inc.exit_code == 0, inc.output
+    incremental = json.loads(inc.stdout)["id"]
+    pitr.wait_archived()
+    folders = (pitr.root / "repo" / layout.base_prefix(pitr.sysid())).iterdir()
+    tars = [f / "base.tar.zst" for f in folders
+            if (f / "base.json").exists() and json.loads((f / "base.json").read_text())["kind"] == "full"]
+    assert full in {t.parent.name for t in tars}
+    for tar in tars:
+        shutil.copy2(tar, tar.with_name("aside"))
+        tar.write_bytes(os.urandom(tar.stat().st_size))
+    try:
+        assert _check(pitr).status == Status.OK  # by listing: the sizes are right
+        verify = pitr.cli(runner, "backup", "verify-chain")
+        assert verify.exit_code == 1 and f"base backup {full}" in verify.output, verify.output
+
+        young = _check(pitr)
+        assert young.details["base_backup"] is False, young
+        assert (f"({incremental}: its parent base backup {full} is unusable ({full}: verify-chain found it damaged"
+                in young.message), young
+        old = _check(pitr, dr=DrSettings(rpo="1s"))
+        assert old.status == Status.CRITICAL and "that a restore can use" in old.message, old
+
+        refused = pitr.cli(runner, "backup", "base", "--incremental")
+        assert refused.exit_code == 2, refused.output
+        assert "that a restore can use" in refused.output and "verify-chain found it damaged" in refused.output
+        assert "take a full one first" in refused.output
+    finally:
+        for tar in tars:
+            shutil.move(tar.with_name("aside"), tar)
+    assert pitr.cli(runner, "backup", "verify-chain").exit_code == 0  # read sound: the finding is cleared
+    assert _check(pitr).status == Status.OK
+    assert pitr.cli(runner, "backup", "base", "--incremental").exit_code == 0
+
+
+def test_a_scheduled_base_backup_is_incremental_on_a_usable_chain_else_full(pitr, runner):
+    """The nightly-backup runbook's `base-backup` step (kind auto): an incremental on the newest
+    base backup a restore can use, a full one once the full under it is older than a week
+    (`full_every`), and a full one when verify-chain found the chain damaged (breaker 25 F2:
+    an incremental on it would restore nothing)."""
+    import datetime as dt
+
+    from opsctl.pitr import base as bb
+    from opsctl.pitr import chain
+
+    repo, key = pitr.repo(), pitr.key()
+    conninfo = f"host=127.0.0.1 port={pitr.port} user=postgres dbname=postgres"
+    full = bb.take(repo, key, conninfo, "full")
+    pitr.sql("insert into events(note) values ('before the scheduled ones')")
+    inc = bb.take(repo, key, conninfo, "auto")
+    assert (inc.kind, inc.parent) == ("incremental", full.id)
+    weekly = bb.take(repo, key, conninfo, "auto", full_every=dt.timedelta(0))
+    assert (weekly.kind, weekly.parent) == ("full", None)
+    now = dt.datetime.now(dt.timezone.utc)
+    chain.record_findings(repo, key, pitr.sysid(), {weekly.id: "its object x fails its check: bad header"}, now)
+    try:  # passed over: on the newest usable one
+        passing = bb.take(repo, key, conninfo, "auto")
+        assert (passing.kind, passing.parent) == ("incremental", inc.id), passing
+        every = {b.id: "damaged" for b in bb.load_all(repo, pitr.sysid(), key)[0]}
+        chain.record_findings(repo, key, pitr.sysid(), every, now)
+        anew = bb.take(repo, key, conninfo, "auto")  # nothing usable to build on
+        assert (anew.kind, anew.parent) == ("full", None), anew
+    finally:
+        chain.record_findings(repo, key, pitr.sysid(), {}, dt.datetime.now(dt.timezone.utc))
+
+
 def test_a_repository_that_does_not_answer_leaves_the_check_its_own_verdict(pitr, runner, monkeypatch):
     """Breaker 22 F8: with the repository hung, the check's own repository calls (the base
     backups, the missing-WAL listing) took it past the sweep's timeout: "no result within 5s",

@@ -4,9 +4,13 @@ command that runs the same core operation, under the same names."""
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
+
+from opsctl.errors import OperationFailed
 
 from opsctl.runbook.actions import ACTIONS
 from opsctl.runbook.model import arguments
@@ -134,3 +138,35 @@ def test_backup_action_takes_the_options_of_backup_create():
 
     cli = {"type" if n == "kind" else n for n in _options(create)} - {"env", "as_json"}
     assert set(arguments(ACTIONS["backup"])) == cli
+
+
+def test_verify_chain_action_takes_the_options_of_verify_chain_and_calls_the_same_core(monkeypatch):
+    from opsctl.cli.pitr import verify_chain
+    from opsctl.pitr.ops import ChainReport
+
+    assert set(arguments(ACTIONS["verify-chain"])) == _options(verify_chain) - {"env", "as_json"}
+    broken = ChainReport("file:///r", "1", False, [{"id": "b"}], {"b": "damaged"}, ["b"], 3, 4,
+                         [{"file": "000000010000000000000003", "kind": "missing", "detail": "x"}], [], None)
+    seen = []
+    monkeypatch.setattr("opsctl.pitr.ops.verify_chain",
+                        lambda project, env, timeline=None: seen.append(timeline) or broken)
+    ctx = SimpleNamespace(project=None, env=None)
+    with pytest.raises(OperationFailed, match=r"000000010000000000000003 \(missing\), base backup b"):
+        ACTIONS["verify-chain"](ctx, timeline=2)
+    assert seen == [2]
+
+
+def test_base_backup_action_kinds_are_the_command_line_s(monkeypatch):
+    """`backup base` (full), `--incremental`, `--auto`; both flags together are refused."""
+    from opsctl.cli import app
+
+    kinds = []
+    monkeypatch.setattr("opsctl.pitr.ops.create_base",
+                        lambda project, env, kind, report=None: kinds.append(kind) or SimpleNamespace(
+                            id="b", kind=kind, parent=None, stored_bytes=1, seconds=0.1))
+    ctx = SimpleNamespace(project=None, env=None)
+    assert ACTIONS["base-backup"](ctx)["kind"] == "auto"
+    assert ACTIONS["base-backup"](ctx, kind="full")["kind"] == "full"
+    both = CliRunner().invoke(app, ["backup", "base", "--incremental", "--auto"])
+    assert both.exit_code == 2 and "--incremental and --auto both given" in both.output
+    assert kinds == ["auto", "full"]

@@ -52,10 +52,16 @@ def test_health_sweep(runner, root):
 
 def test_nightly_backup_then_restore_drill(runner, root):
     backup = run_runbook(runner, "nightly-backup", "--yes")
-    assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("prune", "ok"), ("report", "ok")]
+    assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("base", "ok"), ("verify-chain", "ok"),
+                                        ("prune", "ok"), ("report", "ok")]
     backup_id = backup["steps"][0]["outputs"]["id"]
     assert backup["steps"][1]["outputs"]["ok"] is True
-    assert backup_id in backup["steps"][3]["outputs"]["message"]
+    base = backup["steps"][2]["outputs"]  # the embedded platform's point-in-time chain: a base backup
+    assert base["kind"] in ("full", "incremental") and base["stored_bytes"] > 0, base
+    chain = backup["steps"][3]["outputs"]  # then every base backup and WAL object read back
+    assert chain["ok"] is True and chain["broken_base_backups"] == [] and chain["base_backups"] >= 1, chain
+    assert chain["checked"] >= 1 and chain["newest_restorable"], chain
+    assert backup_id in backup["steps"][5]["outputs"]["message"]
 
     drill = run_runbook(runner, "restore-drill", "--yes")
     assert _journaled(root, drill) == [("restore", "ok"), ("fresh-enough", "ok"), ("report", "ok"), ("drop-scratch", "ok")]

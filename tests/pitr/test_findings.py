@@ -1,0 +1,62 @@
+"""verify-chain's findings kept in the repository (chain.record_findings, chain.found_damaged):
+sealed, bound to their cluster and key, replaced by the next whole read."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import pytest
+
+from opsctl.backup.keys import BackupKey
+from opsctl.backup.repository import FileRepository
+from opsctl.pitr import chain, layout
+
+SYSID = "7714409350495966038"
+AT = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return FileRepository(tmp_path / "repo", f"file://{tmp_path / 'repo'}")
+
+
+@pytest.mark.parametrize("key", [BackupKey(os.urandom(32)), None], ids=["sealed", "unencrypted"])
+def test_findings_are_read_back_and_a_later_sound_read_clears_them(repo, key):
+    assert chain.found_damaged(repo, key, SYSID) == {}  # none recorded yet
+    chain.record_findings(repo, key, SYSID, {"20261201T010000Z-aaaa": "its object x fails its check: bad header"}, AT)
+    found = chain.found_damaged(repo, key, SYSID)
+    assert found == {"20261201T010000Z-aaaa": "verify-chain found it damaged (2026-12-01 02:00 UTC): its object x "
+                                              "fails its check: bad header"}
+    chain.record_findings(repo, key, SYSID, {}, AT + dt.timedelta(days=1))
+    assert chain.found_damaged(repo, key, SYSID) == {}
+
+
+def _edit(repo, change) -> None:
+    path = repo.root / layout.verified(SYSID)
+    body = json.loads(path.read_text())
+    change(body)
+    path.write_text(json.dumps(body))
+
+
+@pytest.mark.parametrize("change", [
+    lambda b: b["damaged"].clear(),                       # a finding removed to hide a damaged tar
+    lambda b: b["damaged"].update({"20261201T020000Z-bbbb": "planted"}),  # a sound one marked damaged
+    lambda b: b.update(sysid="1234567890123456789"),      # another cluster's record
+    lambda b: b.update(mac="0" * 64),                     # a forged seal
+], ids=["removed", "planted", "other-cluster", "forged"])
+def test_an_edited_record_is_ignored_and_said(repo, change, caplog):
+    key = BackupKey(os.urandom(32))
+    chain.record_findings(repo, key, SYSID, {"20261201T010000Z-aaaa": "damaged"}, AT)
+    _edit(repo, change)
+    assert chain.found_damaged(repo, key, SYSID) == {}
+    assert "not an authentic record of verify-chain's findings" in caplog.text
+
+
+def test_a_record_sealed_by_another_key_or_unreadable_is_ignored(repo, caplog):
+    chain.record_findings(repo, BackupKey(os.urandom(32)), SYSID, {"20261201T010000Z-aaaa": "damaged"}, AT)
+    assert chain.found_damaged(repo, BackupKey(os.urandom(32)), SYSID) == {}
+    (repo.root / layout.verified(SYSID)).write_bytes(b"\x00not json")
+    assert chain.found_damaged(repo, None, SYSID) == {}
+    assert caplog.text.count("not an authentic record") == 2
