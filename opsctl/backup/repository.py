@@ -407,12 +407,25 @@ class FileRepository(Repository):
             while block := fh.read(BLOCK):
                 yield block
 
+    def _root_is_folder(self) -> bool:
+        """True when the repository's folder exists, False when it does not (an empty
+        repository); UsageError when something else is there (a file, a dangling link): a
+        repository that can't be read, never "no backups yet" (breaker 25 F13)."""
+        if self.root.is_dir():
+            return True
+        if os.path.lexists(self.root):
+            raise UsageError(f"backup repository {self.url}: {self.root} is not a folder; move it aside "
+                             "or point backup.repository at the repository's folder")
+        return False
+
     def _walk(self, prefix: str, exact: bool = False) -> Iterator[tuple[str, os.stat_result]]:
         """(name, lstat) of every file or link under `prefix` (`exact`: the object named
         `prefix`, or every one in the folder `prefix` ending in '/'), walking only the folder
         the prefix is in (deleting or listing one backup never walks the repository). Each
         folder is opened through _open_dir (no link followed) and listed by its descriptor;
         links are entries, never descended."""
+        if not self._root_is_folder():
+            return
         head, _, tail = prefix.rpartition("/")
         stack = [(head.split("/") if head else [], tail, exact)]
         while stack:
@@ -482,7 +495,7 @@ class FileRepository(Repository):
     def folders(self) -> tuple[set[str], set[str]]:
         """Repository.folders: one scandir of the root; links count as files, never as opsctl's folders."""
         folders, files = set(), set()
-        if self.root.is_dir():
+        if self._root_is_folder():
             for entry in os.scandir(self.root):
                 if entry.is_dir(follow_symlinks=False):
                     folders.add(entry.name)
