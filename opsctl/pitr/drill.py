@@ -238,9 +238,11 @@ def drill(project: Project, env: Environment, report=None, junit_path: Path | No
             reason = credentials(str(exc)) or type(exc).__name__
             if isinstance(exc, KeyboardInterrupt):
                 reason = "cancelled (Ctrl-C or SIGTERM)"
+            # nothing it covers was restored (breaker 25 F14: `scope` said ["database"])
             out = DrillResult(env.name, env.platform, started, None, None,
                               seconds(env.dr.rto), seconds(env.dr.rpo), False, None, None, "", torn_down=True,
-                              error=reason, problems=[f"the drill failed: {reason}"])
+                              scope=[], not_covered=list(PARTS), problems_note="the drill failed before them", error=reason,
+                              problems=[f"the drill failed: {reason}"])
             write_reports(out, junit_path, metrics_path)
             if not isinstance(exc, OpsError) or (bad_input and isinstance(exc, UsageError)):
                 raise  # bad input exits 2 in one line, like every command

@@ -46,6 +46,7 @@ def test_a_drill_whose_restore_fails_still_writes_failing_reports(pitr, runner, 
         assert "base backup" in ran.find("failure").get("message"), ET.tostring(ran, encoding="unicode")
         doc = json.loads(r.stdout)
         assert not doc["passed"] and "base backup" in doc["error"], doc
+        assert doc["scope"] == [] and "database" in doc["not_covered"], doc  # nothing was restored (breaker 25 F14)
         # a drill that failed achieved no RTO or RPO: the time it took to fail is not one
         assert doc["rto_seconds"] is None and doc["rpo_seconds"] is None, doc
         (rto,) = [c for c in suite.iter("testcase") if c.get("name").startswith("rto within")]
