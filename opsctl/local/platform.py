@@ -396,6 +396,8 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
         # moto asked first: one that does not answer is said at once, before the archiver waits on
         # a repository it may hold (breaker 25 F4: 38 s of silence), and its save is not tried
         silent = _silent_s3(state) if not purge else None
+        if not purge:
+            _say_if_s3_died(state)
         # PostgreSQL before the archiver, and the archiver before the S3 endpoint a repository may
         # be on: the shutdown's last segment is queued, then archived, before the archiver exits
         # (breaker 20 F6: stopped first, it left those commits in the local queue until the next up)
@@ -520,6 +522,18 @@ def _keep_s3(state: st.LocalState, comp: st.Component | None, pid: int) -> None:
     logging.getLogger("opsctl.local").warning(
         "moto had not loaded the saved objects (%s kept as it was); what it held is saved in %s",
         state.data("s3"), aside)
+
+
+def _say_if_s3_died(state: st.LocalState) -> None:
+    """Say in the log that the platform's moto died before `down` (breaker 25 F15: "stopped: ...;
+    data kept" said nothing of it): what it held in memory since `up` loaded the saved copy is
+    gone, and the next `up` starts from that copy."""
+    comp = state.components.get("s3")
+    if comp is not None and comp.pid and live_pid(state, "s3") is None:
+        logging.getLogger("opsctl.local").warning(
+            "moto (PID %s) was not running: the S3 objects it held since 'opsctl local up' loaded the copy in %s "
+            "are gone with it, and the next 'up' starts from that copy ('opsctl backup verify-chain' names WAL "
+            "that went with it)", comp.pid, state.data("s3"))
 
 
 def _silent_s3(state: st.LocalState) -> OperationFailed | None:

@@ -153,6 +153,31 @@ def test_down_whose_moto_dies_during_the_save_does_not_say_it_is_left_running(tm
     assert st.load(folder).components["s3"].pid is None
 
 
+def test_down_after_moto_died_says_what_went_with_it(tmp_path, caplog):
+    """Breaker 25 F15: moto killed before `local down`, which said "stopped: ...; data kept" and
+    nothing of the objects moto held in memory since `up`. It now says they went with it and
+    that the next `up` starts from the saved copy."""
+    import signal
+
+    from opsctl.config import load_project
+    from opsctl.local import platform, procs
+    from opsctl.local import s3 as s3mod
+    from opsctl.local import state as st
+
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments: {}\n")
+    project = load_project(tmp_path)
+    state = st.LocalState(st.folder_for(project.root))
+    port = procs.free_port()
+    state.components["s3"] = st.Component(port, s3mod.start(port, tmp_path / "moto.log"))
+    state.save()
+    moto = state.components["s3"].pid
+    os.kill(moto, signal.SIGKILL)
+    procs.stop(moto)  # reaped
+    with caplog.at_level("WARNING", logger="opsctl.local"):
+        assert "s3" not in platform.down(project)
+    assert f"moto (PID {moto}) was not running" in caplog.text and "next 'up' starts from that copy" in caplog.text
+
+
 def test_down_with_moto_stopped_says_so_at_once_and_keeps_it_running(tmp_path):
     """Breaker 22 F12: with moto stopped (SIGSTOP, as a hung one), `local down` waited on the
     save's S3 client (timeouts and retries: minutes) with nothing on screen. It now probes
