@@ -12,8 +12,8 @@ bytes come from temporary files (random, so nothing compresses), never from memo
 1. Throughput, `--rounds` interleaved pairs, `--size-mb` each:
    - chunked: `POST /v1/uploads`, the file in 8 MiB parts (`POST .../parts`) through the
      router, `--concurrency` parts in flight at once (default 3: S3 transfer managers send
-     parts in parallel, boto3's default is 10, the AWS CLI's 10, the OpenAI SDK's uploads
-     helper sends them concurrently too; 1 is a client without parallelism), then
+     parts in parallel, boto3's default is 10, the AWS CLI's 10; 1 is the OpenAI SDK's
+     `upload_file_chunked`, which sends them one after another), then
      `POST .../complete` (S3 UploadPartCopy of each part object, server-side); and once more
      completing with `md5`, for which the worker reads the object back once (SHA-256, MD5);
    - the baseline: one PUT of the same file to the S3 endpoint (a presigned PutObject URL,
