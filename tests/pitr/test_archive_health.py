@@ -322,6 +322,24 @@ def test_after_a_restore_a_hole_on_the_history_or_a_missing_history_file_is_crit
     assert _check(pitr).status == Status.OK
 
 
+def _full_and_incremental(pitr, runner) -> tuple[str, str, list]:
+    """A full base backup and an incremental on it, their WAL archived: (full id, incremental
+    id, the tar of every full base backup in the repository, this module's earlier ones too:
+    with them all damaged no chain is whole)."""
+    from opsctl.pitr import layout
+
+    full = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)["id"]
+    pitr.sql("insert into events(note) values ('between the two')")
+    inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
+    assert inc.exit_code == 0, inc.output
+    pitr.wait_archived()
+    folders = (pitr.root / "repo" / layout.base_prefix(pitr.sysid())).iterdir()
+    tars = [f / "base.tar.zst" for f in folders
+            if (f / "base.json").exists() and json.loads((f / "base.json").read_text())["kind"] == "full"]
+    assert full in {t.parent.name for t in tars}
+    return full, json.loads(inc.stdout)["id"], tars
+
+
 def test_a_base_backup_whose_tar_is_gone_backs_nothing(pitr, runner):
     """Session 16's review: the check took the newest base backup with an authentic record as
     where restores start, without looking for its objects: with the full base backup's tar gone
@@ -332,20 +350,9 @@ def test_a_base_backup_whose_tar_is_gone_backs_nothing(pitr, runner):
 
     from opsctl.config import DrSettings
     from opsctl.health.model import Status
-    from opsctl.pitr import layout
 
-    full = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)["id"]
-    pitr.sql("insert into events(note) values ('between the two')")
-    inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
-    assert inc.exit_code == 0, inc.output
-    incremental = json.loads(inc.stdout)["id"]
-    pitr.wait_archived()
+    full, incremental, tars = _full_and_incremental(pitr, runner)
     assert _check(pitr).status == Status.OK
-    # every full base backup's tar (this module's earlier ones too): no chain is whole
-    folders = (pitr.root / "repo" / layout.base_prefix(pitr.sysid())).iterdir()
-    tars = [f / "base.tar.zst" for f in folders
-            if (f / "base.json").exists() and json.loads((f / "base.json").read_text())["kind"] == "full"]
-    assert full in {t.parent.name for t in tars}
     for tar in tars:
         shutil.move(tar, tar.with_name("aside"))
     try:
@@ -374,18 +381,8 @@ def test_a_tar_damaged_at_its_own_size_is_found_by_verify_chain_and_heeded_until
 
     from opsctl.config import DrSettings
     from opsctl.health.model import Status
-    from opsctl.pitr import layout
 
-    full = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)["id"]
-    pitr.sql("insert into events(note) values ('before the damage')")
-    inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
-    assert inc.exit_code == 0, inc.output
-    incremental = json.loads(inc.stdout)["id"]
-    pitr.wait_archived()
-    folders = (pitr.root / "repo" / layout.base_prefix(pitr.sysid())).iterdir()
-    tars = [f / "base.tar.zst" for f in folders
-            if (f / "base.json").exists() and json.loads((f / "base.json").read_text())["kind"] == "full"]
-    assert full in {t.parent.name for t in tars}
+    full, incremental, tars = _full_and_incremental(pitr, runner)
     for tar in tars:
         shutil.copy2(tar, tar.with_name("aside"))
         tar.write_bytes(os.urandom(tar.stat().st_size))
