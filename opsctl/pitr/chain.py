@@ -486,7 +486,8 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
     `names` ({name: bytes}) with the size its record gives, (`read`) its whole object read and
     checked (SHA-256, authentication, zstd: the read a restore does), and an incremental's parent
     itself usable. The others go to `bad` ({id: why}), naming the object or parent at fault;
-    those whose read failed (what a listing can't see) to `damaged` too."""
+    those whose tar's read failed (what a listing can't see, and a restore can't get past) to
+    `damaged` too."""
     from opsctl.backup.pipeline import unpack
 
     good: list[bb.BaseBackup] = []
@@ -509,7 +510,10 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
                 except (IntegrityError, NotFound, OperationFailed) as exc:
                     # the error names the object already: said once
                     why = f"its object {obj.name} fails its check: {str(exc).removeprefix(obj.name).lstrip(': ')}"
-                    if damaged is not None:
+                    # kept (record_findings) only when a restore reads it: the standalone
+                    # backup_manifest.zst is read by an incremental built on this one (which fails
+                    # on it, saying so), never by a restore (the tar holds its own copy)
+                    if damaged is not None and not obj.name.endswith("/backup_manifest.zst"):
                         damaged[b.id] = why
         if why is None and b.parent and b.parent not in {g.id for g in good}:
             why = f"its parent base backup {b.parent} is " + (

@@ -410,6 +410,36 @@ def test_a_tar_damaged_at_its_own_size_is_found_by_verify_chain_and_heeded_until
     assert pitr.cli(runner, "backup", "base", "--incremental").exit_code == 0
 
 
+def test_a_damaged_standalone_manifest_is_named_by_verify_chain_but_restores_still_start_there(pitr, runner):
+    """Breaker 25 F12: the standalone backup_manifest.zst is read only by an incremental built on
+    its base backup; a restore reads the tar (which holds its own copy). verify-chain names it,
+    but does not keep it as damage that makes the check say no restore can start there."""
+    import os
+
+    from opsctl.health.model import Status
+
+    full, _, _ = _full_and_incremental(pitr, runner)
+    manifest = pitr.root / "repo" / _base_folder(pitr) / full / "backup_manifest.zst"
+    original = manifest.read_bytes()
+    manifest.write_bytes(os.urandom(len(original)))
+    try:
+        verify = pitr.cli(runner, "backup", "verify-chain")
+        said = " ".join(verify.output.split())  # the report folds at 80 columns
+        assert verify.exit_code == 1 and f"base backup {full}: its object" in said, verify.output
+        assert "backup_manifest.zst fails its check" in said, verify.output
+        check = _check(pitr)
+        assert check.status == Status.OK and "verify-chain found it damaged" not in check.message, check
+    finally:
+        manifest.write_bytes(original)
+    assert pitr.cli(runner, "backup", "verify-chain").exit_code == 0
+
+
+def _base_folder(pitr) -> str:
+    from opsctl.pitr import layout
+
+    return layout.base_prefix(pitr.sysid())
+
+
 def test_a_scheduled_base_backup_is_incremental_on_a_usable_chain_else_full(pitr, runner):
     """The nightly-backup runbook's `base-backup` step (kind auto): an incremental on the newest
     base backup a restore can use, a full one once the full under it is older than a week
