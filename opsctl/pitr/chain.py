@@ -300,13 +300,21 @@ def left_for(repo, key, sysid: str, objects: dict[str, list[layout.WalObject]], 
     return last or first
 
 
+def branched_before_end(tli: int, left: tuple[int, int, int], end_lsn: int | None) -> bool:
+    """Whether the timeline that left `tli` (left_for's (child, parent, switch LSN)) branched
+    from it before the segment `tli`'s archived WAL ends in (`end_lsn`): then it lacks what
+    `tli` holds after the switch, and no timeline holds those commits."""
+    _child, parent, switch = left
+    return parent == tli and end_lsn is not None and switch <= end_lsn - layout.SEGMENT_BYTES
+
+
 def left_text(tli: int, left: tuple[int, int, int], end_lsn: int | None = None) -> str:
     """Where timeline `tli` was left, from left_for's (child, parent, switch LSN): the child
     that branched from it, or the timeline the server moved to (a sibling or a later branch).
     `end_lsn`: where `tli`'s archived WAL ends; a child that branched before the segment it
     ends in is said to, since it lacks what `tli` holds after its switch."""
     child, parent, switch = left
-    if parent == tli and end_lsn is not None and switch <= end_lsn - layout.SEGMENT_BYTES:
+    if branched_before_end(tli, left, end_lsn):
         return (f"the server left it for timeline {child}, which branched from it at {layout.lsn_text(switch)}, "
                 f"before its end (timeline {child} lacks its later commits)")
     if parent == tli:

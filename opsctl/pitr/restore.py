@@ -457,6 +457,10 @@ def _left(repo, key, sysid: str, inv, timeline: int | None, end_lsn: int) -> str
     left = chain.left_for(repo, key, sysid, inv.objects, timeline) if timeline is not None else None
     if left is None:
         return None
+    if chain.branched_before_end(timeline, left, end_lsn):  # breaker 25 F10: that advice could not restore past it
+        return (f" (timeline {timeline} ends there: {chain.left_text(timeline, left, end_lsn)}; no timeline holds its"
+                f" commits after {layout.lsn_text(left[2])}, so no later time along it can be restored; --timeline"
+                f" {left[0]} restores that timeline's own history)")
     return (f" (timeline {timeline} ends there: {chain.left_text(timeline, left, end_lsn)}; to restore past it, "
             f"--timeline {left[0]} or leave out --timeline)")
 

@@ -225,6 +225,9 @@ def test_a_timeline_left_twice_ends_at_the_branch_that_holds_the_most_of_it(pitr
     assert (f"the server left it for timeline {second}, which branched from it at "
             f"{layout.lsn_text(switch_of(second))}, before its end (timeline {second} lacks its later commits)"
             in r.output), r.output
+    # and no advice that could not restore past it (breaker 25 F10: "--timeline 2 or leave out --timeline")
+    said = " ".join(r.output.split())
+    assert "to restore past it" not in said and "no later time along it can be restored" in said, r.output
     along = pitr.cli(runner, "restore", "--timeline", str(old), "--to-time", "latest", "--yes", "--json")
     assert along.exit_code == 0, along.output
     third = json.loads(along.stdout)["timeline"]
