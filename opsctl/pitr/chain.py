@@ -549,6 +549,9 @@ def record_findings(repo, key, sysid: str, damaged: dict[str, str], at: dt.datet
     repo.put_bytes(layout.verified(sysid), json.dumps(body, sort_keys=True, indent=1).encode())
 
 
+_FINDINGS_MAX = 16 << 20  # bytes: a finding is a line per damaged base backup
+
+
 def _findings_mac(key, body: dict) -> str:
     text = b"opsctl-verified\0" + json.dumps({k: v for k, v in body.items() if k != "mac"}, sort_keys=True,
                                              separators=(",", ":")).encode()
@@ -561,14 +564,21 @@ def found_damaged(repo, key, sysid: str) -> dict[str, str]:
     another key, for another cluster, or edited: logged, and ignored as if absent)."""
     import hmac
 
+    from opsctl.errors import OpsError
+
     try:
-        body = json.loads(repo.get_bytes(layout.verified(sysid)))
+        raw = bytearray()
+        for chunk in repo.get(layout.verified(sysid)):
+            raw += chunk
+            if len(raw) > _FINDINGS_MAX:  # no record of ours is this long: not read further
+                raise ValueError("too long")
+        body = json.loads(raw)
         authentic = (isinstance(body, dict) and body.get("sysid") == sysid and body.get("key_id") == (key.id if key else None)
                      and isinstance(body.get("mac"), str) and hmac.compare_digest(body["mac"], _findings_mac(key, body))
                      and isinstance(body.get("damaged"), dict))
     except NotFound:
         return {}
-    except (ValueError, TypeError, IntegrityError):
+    except (ValueError, TypeError, RecursionError, OSError, OpsError):  # not JSON, a folder, a link...
         authentic = False
     if not authentic:
         log.warning("%s is not an authentic record of verify-chain's findings; ignored (run 'opsctl backup "

@@ -54,9 +54,18 @@ def test_an_edited_record_is_ignored_and_said(repo, change, caplog):
     assert "not an authentic record of verify-chain's findings" in caplog.text
 
 
-def test_a_record_sealed_by_another_key_or_unreadable_is_ignored(repo, caplog):
+def test_a_record_sealed_by_another_key_or_unreadable_is_ignored(repo, caplog, monkeypatch):
     chain.record_findings(repo, BackupKey(os.urandom(32)), SYSID, {"20261201T010000Z-aaaa": "damaged"}, AT)
     assert chain.found_damaged(repo, BackupKey(os.urandom(32)), SYSID) == {}
-    (repo.root / layout.verified(SYSID)).write_bytes(b"\x00not json")
+    path = repo.root / layout.verified(SYSID)
+    path.write_bytes(b"\x00not json")
     assert chain.found_damaged(repo, None, SYSID) == {}
-    assert caplog.text.count("not an authentic record") == 2
+    path.write_bytes(b"[" * 100_000 + b"]" * 100_000)  # nested past the parser's recursion
+    assert chain.found_damaged(repo, None, SYSID) == {}
+    monkeypatch.setattr(chain, "_FINDINGS_MAX", 1000)
+    path.write_bytes(b" " * 5000)  # longer than any record of ours: not read on
+    assert chain.found_damaged(repo, None, SYSID) == {}
+    path.unlink()
+    path.mkdir()  # a folder where the record belongs
+    assert chain.found_damaged(repo, None, SYSID) == {}
+    assert caplog.text.count("not an authentic record") == 5
