@@ -350,6 +350,20 @@ def verify_chain(ctx: Context, timeline: int | None = None) -> dict:
             "problems": doc["problems"]}
 
 
+@action("prune-chain")
+def prune_chain(ctx: Context, keep_full: int = 2, dry_run: bool = False) -> dict:
+    """`opsctl backup prune-chain` as a step (the same core operation, opsctl.pitr.ops.prune_chain):
+    keep the newest `keep_full` full base backups proven restorable, with their incrementals
+    and the WAL they need; remove older ones. Removing asks as the command does: the runbook's
+    --yes, or a person at a terminal. Outputs: kept, removed, wal_removed, damaged, dry_run."""
+    from opsctl.approval import confirm
+    from opsctl.pitr.ops import prune_chain as run
+
+    r = run(ctx.project, ctx.env, keep_full, dry_run=dry_run, approve=lambda question: confirm(question, ctx.yes))
+    return {"kept": r.kept, "removed": r.removed, "wal_removed": r.wal_removed, "damaged": r.damaged,
+            "dry_run": dry_run}
+
+
 @action("prune")
 def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,
           keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> dict:

@@ -170,3 +170,23 @@ def test_base_backup_action_kinds_are_the_command_line_s(monkeypatch):
     both = CliRunner().invoke(app, ["backup", "base", "--incremental", "--auto"])
     assert both.exit_code == 2 and "--incremental and --auto both given" in both.output
     assert kinds == ["auto", "full"]
+
+
+def test_prune_chain_action_takes_the_options_of_prune_chain_and_asks_the_same_way(monkeypatch):
+    from opsctl.cli.pitr import prune_chain
+    from opsctl.errors import UsageError
+
+    assert set(arguments(ACTIONS["prune-chain"])) == _options(prune_chain) - {"env", "yes", "as_json"}
+    asked = []
+
+    def run(project, env, keep_full, dry_run=False, approve=None):
+        approve(f"delete 1 base backup(s), keeping {keep_full}")
+        asked.append(keep_full)
+        return SimpleNamespace(kept=["new"], removed=["old"], wal_removed=3, damaged={})
+
+    monkeypatch.setattr("opsctl.pitr.ops.prune_chain", run)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(UsageError, match="needs approval: no terminal to ask on, pass --yes"):
+        ACTIONS["prune-chain"](SimpleNamespace(project=None, env=None, yes=False), keep_full=3)
+    done = ACTIONS["prune-chain"](SimpleNamespace(project=None, env=None, yes=True), keep_full=3)
+    assert done["removed"] == ["old"] and asked == [3]

@@ -53,7 +53,7 @@ def test_health_sweep(runner, root):
 def test_nightly_backup_then_restore_drill(runner, root):
     backup = run_runbook(runner, "nightly-backup", "--yes")
     assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("base", "ok"), ("verify-chain", "ok"),
-                                        ("prune", "ok"), ("report", "ok")]
+                                        ("prune-chain", "ok"), ("prune", "ok"), ("report", "ok")]
     backup_id = backup["steps"][0]["outputs"]["id"]
     assert backup["steps"][1]["outputs"]["ok"] is True
     base = backup["steps"][2]["outputs"]  # the embedded platform's point-in-time chain: a base backup
@@ -61,7 +61,8 @@ def test_nightly_backup_then_restore_drill(runner, root):
     chain = backup["steps"][3]["outputs"]  # then every base backup and WAL object read back
     assert chain["ok"] is True and chain["broken_base_backups"] == [] and chain["base_backups"] >= 1, chain
     assert chain["checked"] >= 1 and chain["newest_restorable"], chain
-    assert backup_id in backup["steps"][5]["outputs"]["message"]
+    assert base["id"] in backup["steps"][4]["outputs"]["kept"]  # the newest chain is kept (keep_full 2)
+    assert backup_id in backup["steps"][6]["outputs"]["message"]
 
     drill = run_runbook(runner, "restore-drill", "--yes")
     assert _journaled(root, drill) == [("restore", "ok"), ("fresh-enough", "ok"), ("report", "ok"), ("drop-scratch", "ok")]
