@@ -419,11 +419,17 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     does not make the inventory broken (`ok`), as WAL-G's wal-verify tells MISSING_DELAYED from
     MISSING_LOST.
     Base backups whose tar is missing, of another size than their record says, (deep, without
-    start_at) fails its authenticated read, or whose incremental parent is unusable, are moved to
-    bad_bases (whole_bases): no window starts at them.
+    start_at) fails its authenticated read, (not deep) was found damaged by the last
+    verify-chain (found_damaged: `backup list` and a restore's plan then offer no window from
+    it), or whose incremental parent is unusable, are moved to bad_bases (whole_bases): no
+    window starts at them.
     """
     names = repo.names(layout.root(sysid) + "/")
     bases, bad = bb.load_all(repo, sysid, key, {n: s for n, s in names.items() if n.startswith(layout.base_prefix(sysid))})
+    if not deep and bases:  # what the last verify-chain's read found damaged; a deep read judges afresh
+        found = found_damaged(repo, key, sysid)
+        bad |= {b.id: found[b.id] for b in bases if b.id in found}
+        bases = [b for b in bases if b.id not in found]
     damaged: dict[str, str] = {}
     bases = whole_bases(repo, key, bases, bad, names, read=deep and start_at is None, damaged=damaged)
     objects, strange = layout.parse_wal(sysid, names)
@@ -558,17 +564,24 @@ def _findings_mac(key, body: dict) -> str:
     return key.mac(text) if key else "sha256:" + hashlib.sha256(text).hexdigest()
 
 
-def found_damaged(repo, key, sysid: str) -> dict[str, str]:
-    """{base backup id: why} of what the last verify-chain found damaged (`record_findings`), each
-    why saying so and when; {} when none was recorded, or the record is not authentic (sealed by
-    another key, for another cluster, or edited: logged, and ignored as if absent)."""
+NOT_AUTHENTIC = ("verify-chain's record of damaged base backups ({name}) is not authentic (edited, forged, "
+                 "sealed by another key or damaged): what it found is not heeded; run 'opsctl backup verify-chain' "
+                 "to read every base backup again and write it anew")
+
+
+def read_findings(repo, key, sysid: str) -> tuple[dict[str, str], str | None]:
+    """({base backup id: why} of what the last verify-chain found damaged (`record_findings`),
+    each why saying so and when; why the record was ignored, or None). The record is ignored
+    ({}, NOT_AUTHENTIC, also logged) when it is not authentic: sealed by another key, for
+    another cluster, edited, not JSON, over 16 MiB, a folder. ({}, None) when there is none."""
     import hmac
 
     from opsctl.errors import OpsError
 
+    name = layout.verified(sysid)
     try:
         raw = bytearray()
-        for chunk in repo.get(layout.verified(sysid)):
+        for chunk in repo.get(name):
             raw += chunk
             if len(raw) > _FINDINGS_MAX:  # no record of ours is this long: not read further
                 raise ValueError("too long")
@@ -577,15 +590,20 @@ def found_damaged(repo, key, sysid: str) -> dict[str, str]:
                      and isinstance(body.get("mac"), str) and hmac.compare_digest(body["mac"], _findings_mac(key, body))
                      and isinstance(body.get("damaged"), dict))
     except NotFound:
-        return {}
+        return {}, None
     except (ValueError, TypeError, RecursionError, OSError, OpsError):  # not JSON, a folder, a link...
         authentic = False
     if not authentic:
-        log.warning("%s is not an authentic record of verify-chain's findings; ignored (run 'opsctl backup "
-                    "verify-chain' to write it again)", layout.verified(sysid))
-        return {}
+        why = NOT_AUTHENTIC.format(name=name)
+        log.warning("%s", why)
+        return {}, why
     when = str(body.get("checked_at", ""))[:16].replace("T", " ")
-    return {str(bid): f"verify-chain found it damaged ({when} UTC): {why}" for bid, why in body["damaged"].items()}
+    return {str(bid): f"verify-chain found it damaged ({when} UTC): {why}" for bid, why in body["damaged"].items()}, None
+
+
+def found_damaged(repo, key, sysid: str) -> dict[str, str]:
+    """What the last verify-chain found damaged (read_findings), {} when nothing is heeded."""
+    return read_findings(repo, key, sysid)[0]
 
 
 def newest_usable_base(repo, sysid: str, key, names: dict[str, int],

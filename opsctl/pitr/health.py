@@ -176,7 +176,7 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
     # while the archiver was stuck on the same hung repository)
     repo_wait = max(1.0, timeout - 2.0)
     answered, found = _bounded(lambda: _repository_view(project, env, state, server is not None), repo_wait)
-    unbacked, missing = found if answered else (None, [])
+    unbacked, missing, findings = found if answered else (None, [], None)
     if unbacked is not None:
         details["base_backup"] = False
         lag = max(lag, now - unbacked[1])
@@ -238,6 +238,10 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
                  f"'opsctl backup base' (commits at risk for {lag:.0f} s, within the RPO)")
     if failing and "archive_command fails" not in text:  # a worse fault came first: say both
         text += f"; archive_command also fails on {failing['wal']}"
+    if findings:
+        details["verify_chain_record"] = "not authentic"
+        status = max(status, Status.WARNING)
+        text += f"; {findings}"
     if not answered:
         details["repository_answered"] = False
         status = max(status, Status.WARNING)
@@ -259,8 +263,9 @@ def _bounded(call, seconds: float) -> tuple[bool, object]:
     return (True, out[0]) if out else (False, None)
 
 
-def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, float, str] | None, list[str]]:
-    """What the repository says of the live cluster: (unbacked, missing).
+def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, float, str] | None, list[str],
+                                                                     str | None]:
+    """What the repository says of the live cluster: (unbacked, missing, findings).
 
     unbacked: (system identifier, since when its commits are at risk: epoch seconds, where)
     when no base backup a restore can start from lies on the live server's history
@@ -270,8 +275,11 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
     newest one's fault). The time is the identifier's upper 32 bits,
     initdb's clock (PostgreSQL's xlog.c, BootStrapXLOG): every commit since is unrestorable.
     missing: `missing_archived` from the newest base backup on that history, with `server_up`.
-    (None, []) when it can't be told (no data directory, the repository unreadable: the rest
-    of the check still runs)."""
+    findings: why verify-chain's record of damaged base backups is not heeded (chain.read_findings:
+    edited, forged, another key's), else None: a record that fails its seal is evidence of
+    tampering or damage, said rather than read as "nothing found" (breaker 27 F4).
+    (None, [], None) when it can't be told (no data directory, the repository unreadable: the
+    rest of the check still runs)."""
     from opsctl.pitr import archive, chain, layout
     from opsctl.pitr import base as bb
     from opsctl.pitr.ops import live_path, sealed_repository, server_archived
@@ -281,17 +289,18 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
         repo, key = sealed_repository(project, env)
         path = live_path(project, env, sysid)
         names = repo.names(layout.base_prefix(sysid))
+        findings = chain.read_findings(repo, key, sysid)[1] if names else None
         base, passed = chain.newest_usable_base(repo, sysid, key, names, path)
         if base is None:
             where = f" on the live server's history (timeline {path[-1][0]})" if path and names else ""
             unusable = [f"{bid}: {why}" for bid, why in passed.items() if why not in (bb.UNFINISHED, bb.INTERRUPTED)]
             if unusable:  # the newest one's reason: what to repair first
                 where += f" that a restore can use ({unusable[0]})"
-            return (sysid, float(int(sysid) >> 32), where), []
+            return (sysid, float(int(sysid) >> 32), where), [], findings
         archived = server_archived(project, env, sysid) if server_up and path else None
-        return None, missing_archived(repo, sysid, base, path, archived) if archived else []
+        return None, missing_archived(repo, sysid, base, path, archived) if archived else [], findings
     except Exception:  # noqa: BLE001 - OpsError, OSError, a repository client's own: can't be told
-        return None, []
+        return None, [], None
 
 
 def missing_archived(repo, sysid: str, base, path: list[tuple[int, int | None]], archived: str) -> list[str]:

@@ -247,9 +247,13 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
             fits = _archived_bases(fits, listed, pitr_local.queued_wal(state), queue_notes)
     if not fits:
         first = usable[0]
-        raise UsageError(f"{what} is before the oldest base backup ({first.id}, finished "
-                         f"{first.finished_at.isoformat()}, stop LSN {first.stop_lsn}); choose a target at or "
-                         "after that time or LSN")
+        # older ones passed over are named: "the oldest" alone sent the reader after pruning,
+        # not the damage (breaker 27 F3); base backup ids sort by time
+        older = [f"{bid}: {listed.bad_bases[bid]}" for bid in listed.bad_bases_broken if bid < first.id]
+        raise UsageError(f"{what} is before the oldest base backup a restore can use ({first.id}, finished "
+                         f"{first.finished_at.isoformat()}, stop LSN {first.stop_lsn})"
+                         + (f"; older ones are damaged ({'; '.join(older)})" if older else "")
+                         + "; choose a target at or after that time or LSN")
     tip = max(fits, key=lambda b: layout.lsn(b.stop_lsn))
     backups = bb.chain_of(whole, tip)
     data_root = state.folder / "data"

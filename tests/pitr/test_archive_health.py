@@ -410,6 +410,51 @@ def test_a_tar_damaged_at_its_own_size_is_found_by_verify_chain_and_heeded_until
     assert pitr.cli(runner, "backup", "base", "--incremental").exit_code == 0
 
 
+def test_what_verify_chain_found_damaged_is_offered_by_no_listing_and_an_edited_record_is_said(pitr, runner):
+    """Breaker 27 F3, F4: after verify-chain found the full base backups damaged and a new full
+    one was taken, `backup list` still offered a window from a damaged one, and a restore to a
+    time in it said only that the time was "before the oldest base backup" (the new one). And
+    a record edited to hide the damage (its seal no longer matching) read as "nothing found",
+    the check plain OK. Now the listing heeds the record, the restore names the older damaged
+    ones, and a record that fails its seal is a WARNING."""
+    import datetime as dt
+    import os
+    import shutil
+
+    from opsctl.health.model import Status
+    from opsctl.pitr import layout
+
+    _, _, tars = _full_and_incremental(pitr, runner)
+    between = dt.datetime.now(dt.timezone.utc).isoformat()
+    for tar in tars:
+        shutil.copy2(tar, tar.with_name("aside"))
+        tar.write_bytes(os.urandom(tar.stat().st_size))
+    record = pitr.root / "repo" / layout.verified(pitr.sysid())
+    try:
+        assert pitr.cli(runner, "backup", "verify-chain").exit_code == 1
+        new = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)["id"]
+        pitr.wait_archived()
+        listed = pitr.cli(runner, "backup", "list", "--json")
+        windows = json.loads(listed.stdout)["pitr"]["windows"]
+        assert windows and {w["base"] for w in windows} == {new}, windows
+        refused = pitr.cli(runner, "restore", "--to-time", between, "--beside", "--yes")
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and f"before the oldest base backup a restore can use ({new}" in said, said
+        assert "older ones are damaged" in said and "verify-chain found it damaged" in said, said
+
+        body = json.loads(record.read_text())
+        body["damaged"] = {}  # the damage hidden; the seal no longer matches
+        record.write_text(json.dumps(body))
+        check = _check(pitr)
+        assert check.status == Status.WARNING and "is not authentic" in check.message, check
+        assert check.details["verify_chain_record"] == "not authentic", check.details
+    finally:
+        for tar in tars:
+            shutil.move(tar.with_name("aside"), tar)
+    assert pitr.cli(runner, "backup", "verify-chain").exit_code == 0  # written anew: sound
+    assert _check(pitr).status == Status.OK
+
+
 def test_a_damaged_standalone_manifest_is_named_by_verify_chain_but_restores_still_start_there(pitr, runner):
     """Breaker 25 F12: the standalone backup_manifest.zst is read only by an incremental built on
     its base backup; a restore reads the tar (which holds its own copy). verify-chain names it,

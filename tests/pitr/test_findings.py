@@ -24,7 +24,7 @@ def repo(tmp_path):
 
 @pytest.mark.parametrize("key", [BackupKey(os.urandom(32)), None], ids=["sealed", "unencrypted"])
 def test_findings_are_read_back_and_a_later_sound_read_clears_them(repo, key):
-    assert chain.found_damaged(repo, key, SYSID) == {}  # none recorded yet
+    assert chain.read_findings(repo, key, SYSID) == ({}, None)  # none recorded yet: nothing to say
     chain.record_findings(repo, key, SYSID, {"20261201T010000Z-aaaa": "its object x fails its check: bad header"}, AT)
     found = chain.found_damaged(repo, key, SYSID)
     assert found == {"20261201T010000Z-aaaa": "verify-chain found it damaged (2026-12-01 02:00 UTC): its object x "
@@ -50,8 +50,9 @@ def test_an_edited_record_is_ignored_and_said(repo, change, caplog):
     key = BackupKey(os.urandom(32))
     chain.record_findings(repo, key, SYSID, {"20261201T010000Z-aaaa": "damaged"}, AT)
     _edit(repo, change)
-    assert chain.found_damaged(repo, key, SYSID) == {}
-    assert "not an authentic record of verify-chain's findings" in caplog.text
+    found, why = chain.read_findings(repo, key, SYSID)
+    assert found == {} and "is not authentic" in why and "run 'opsctl backup verify-chain'" in why
+    assert "is not authentic" in caplog.text
 
 
 def test_a_record_sealed_by_another_key_or_unreadable_is_ignored(repo, caplog, monkeypatch):
@@ -68,4 +69,4 @@ def test_a_record_sealed_by_another_key_or_unreadable_is_ignored(repo, caplog, m
     path.unlink()
     path.mkdir()  # a folder where the record belongs
     assert chain.found_damaged(repo, None, SYSID) == {}
-    assert caplog.text.count("not an authentic record") == 5
+    assert caplog.text.count("is not authentic") == 5

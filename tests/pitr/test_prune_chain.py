@@ -42,7 +42,7 @@ def test_prune_keeps_the_newest_full_chain_and_the_wal_it_needs(pitr, runner):
     pg.stop(restored["pid"])
     assert restored["tables"]["public.events"] == pitr.sql("select count(*) from events")[0][0]
     before = pitr.cli(runner, "restore", "--to-time", first["finished_at"], "--beside")
-    assert before.exit_code == 2 and "before the oldest base backup" in before.output
+    assert before.exit_code == 2 and "before the oldest base backup a restore can use" in before.output
     # its finish, the earliest restorable time, is given whole (breaker 20 F5: cut to the second,
     # "12:45:51.600 is before ... finished 12:45:51")
     import datetime as dt
