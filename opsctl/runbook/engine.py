@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import enum
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -92,6 +91,18 @@ class _Placeholder:
         return _Placeholder(f"{self._path}.{name}")
 
     __getitem__ = __getattr__
+
+    def __iter__(self):
+        """One element standing for them all (`| join`, `for`): without it Python iterated by
+        __getitem__(0, 1, ...), which never ends, and a dry run's `join` took the host's memory
+        (breaker 27 F5)."""
+        return iter([_Placeholder(f"{self._path}[*]")])
+
+    __reversed__ = __iter__  # `| last`
+
+    def planned_length(self) -> "_Placeholder":
+        """What `| length` of it renders as (model.TEMPLATES' length filter asks for this)."""
+        return _Placeholder(f"{self._path} | length")
 
     def __str__(self) -> str:
         return f"<{self._path}>"
@@ -291,7 +302,7 @@ class _Runner:
             approval = step.get("approval")
             wanted = approval and condition(approval.get("when", True), ctx)
             question = str(_render(approval["message"], ctx)) if wanted else ""
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, TypeError, ValueError) as exc:  # a filter given what it can't take
             self._record(StepOutcome(step["id"], StepStatus.FAILED, detail=f"template: {exc}"))
             return False
         self._confine_paths(step, inputs)

@@ -45,6 +45,16 @@ def _quote(value: Any) -> str:
 
 TEMPLATES = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
 TEMPLATES.filters["quote"] = _quote
+
+
+def _length(value: Any) -> Any:
+    """jinja's `length`/`count` (len), except for a value only a real run knows (a dry run's
+    placeholder: its `planned_length`), which len() can't stand for."""
+    planned = getattr(type(value), "planned_length", None)
+    return planned(value) if planned is not None else len(value)
+
+
+TEMPLATES.filters["length"] = TEMPLATES.filters["count"] = _length
 CONTEXT_NAMES = {"params", "env", "steps", "run"}
 # the declared types: the Python types a value of each may have
 TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),

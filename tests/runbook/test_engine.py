@@ -149,6 +149,26 @@ def test_dry_run_resolves_templates_and_changes_nothing(runner, root):
     assert sorted(p.name for p in root.rglob("*")) == before  # no journal, no side effect
 
 
+def test_a_dry_run_joins_and_counts_outputs_only_a_run_knows(runner, root):
+    """Breaker 27 F5: `{{ steps.x.outputs.items | join(", ") }}` in a dry run iterated the
+    placeholder forever (Python's iteration by __getitem__ 0, 1, ...) and took the host's memory;
+    the shipped nightly-backup's report step does it. Each now renders as a placeholder."""
+    _write(root, "joins", 1, """\
+        name: joins
+        version: 1
+        steps:
+          - id: first
+            action: shell
+            with: {command: "echo one"}
+          - id: report
+            action: notify
+            with: {message: "{{ steps.first.outputs.lines | join(', ') }}; {{ steps.first.outputs.lines | length }}"}
+        """)
+    doc = run_runbook(runner, "joins", "--dry-run")
+    report = next(s["detail"] for s in doc["steps"] if s["id"] == "report")
+    assert "<steps.first.outputs.lines[*]>; <steps.first.outputs.lines | length>" in report, report
+
+
 def test_approval_is_refused_in_ci_without_yes(runner, root, monkeypatch):
     monkeypatch.setenv("CI", "true")
     _write(root, "gated", 1, """\
