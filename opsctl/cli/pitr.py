@@ -121,6 +121,7 @@ def prune_chain(
     env: EnvOpt = "local",
     keep_full: Annotated[int, typer.Option("--keep-full", help="Full base backups to keep, each with its incrementals.")] = 2,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    drop_damaged: Annotated[bool, typer.Option("--drop-damaged", help="Also remove damaged base backups (and those built on them): they restore nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Approve without a prompt (needed in CI).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -130,14 +131,17 @@ def prune_chain(
     from opsctl.pitr.ops import prune_chain as run
 
     project, environment_ = environment(env)
-    r = run(project, environment_, keep_full, dry_run=dry_run, approve=lambda question: confirm(question, yes))
+    r = run(project, environment_, keep_full, dry_run=dry_run, approve=lambda question: confirm(question, yes),
+            drop_damaged=drop_damaged)
     verb = "would remove" if dry_run else "removed"
     emit(r, as_json, lambda c: c.print(
         f"{verb} {len(r.removed)} base backup(s){': ' + ', '.join(r.removed) if r.removed else ''} and "
         f"{r.wal_removed} WAL object(s); kept {len(r.kept)} base backup(s), WAL from {r.wal_kept_from or '-'}"
         + (f"; {'would remove' if dry_run else 'removed'} {len(r.interrupted)} interrupted (dead, unfinished): "
            f"{', '.join(r.interrupted)}" if r.interrupted else "")
-        + (f"; left, not counted (damaged, see above): {', '.join(r.damaged)}" if r.damaged else ""),
+        + (f"; {verb} {len(r.dropped)} damaged: {', '.join(r.dropped)}" if r.dropped else "")
+        + (f"; left, not counted (damaged, see above; --drop-damaged removes them): {', '.join(r.damaged)}"
+           if r.damaged and not r.dropped else ""),
         soft_wrap=True))
 
 

@@ -88,6 +88,7 @@ class Inventory:
     objects: dict[str, list[layout.WalObject]] = field(default_factory=dict)
     good: dict[str, layout.WalObject] = field(default_factory=dict)  # file -> a checked object (deep)
     damaged: dict[str, str] = field(default_factory=dict)  # (deep) base backup id -> why its read failed
+    unsealed: set[str] = field(default_factory=set)  # ids whose base.json is unreadable or not authentic
 
     @property
     def newest_restorable(self) -> dt.datetime | None:
@@ -426,6 +427,7 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     """
     names = repo.names(layout.root(sysid) + "/")
     bases, bad = bb.load_all(repo, sysid, key, {n: s for n, s in names.items() if n.startswith(layout.base_prefix(sysid))})
+    unsealed = {bid for bid, why in bad.items() if why not in (bb.UNFINISHED, bb.INTERRUPTED)}
     if not deep and bases:  # what the last verify-chain's read found damaged; a deep read judges afresh
         found = found_damaged(repo, key, sysid)
         bad |= {b.id: found[b.id] for b in bases if b.id in found}
@@ -434,7 +436,7 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     bases = whole_bases(repo, key, bases, bad, names, read=deep and start_at is None, damaged=damaged)
     objects, strange = layout.parse_wal(sysid, names)
     dropped = {n[len(layout.dropped_prefix(sysid)):] for n in names if n.startswith(layout.dropped_prefix(sysid))}
-    inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects, damaged=damaged)
+    inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects, damaged=damaged, unsealed=unsealed)
     inv.problems += [Problem(n.rpartition("/")[2], "foreign object", f"{n} is not an archived WAL file") for n in strange]
     abandoned = _abandoned(repo, key, sysid, names, inv.problems)
     inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good, live_path, abandoned, timeline)

@@ -302,12 +302,13 @@ def windows(project: Project, env: Environment) -> ChainReport | None:
 
 
 def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: bool = False,
-                approve: Callable[[str], None] | None = None):
+                approve: Callable[[str], None] | None = None, drop_damaged: bool = False):
     """Keep the newest `keep_full` full base backups (with their incrementals) and the WAL they
     need: the one operation behind `opsctl backup prune-chain` (and any step). Unless
     `dry_run`, a dry run first finds what would go; when something would,
     `approve(question)` is called (raise UsageError to refuse; None: no approval asked),
-    then the prune runs. Returns retention.prune's result."""
+    then the prune runs. `drop_damaged`: the damaged base backups go too (retention.prune).
+    Returns retention.prune's result."""
     from opsctl.pitr import retention
 
     repo, key = sealed_repository(project, env)
@@ -316,14 +317,16 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
     # timeline's history file may still be on its way to the repository; after an undone one,
     # the repository holds a newer timeline than the live server's
     path = live_path(project, env, sysid)
-    planned = retention.prune(repo, key, sysid, keep_full, True, path)
-    if dry_run or not (planned.removed or planned.wal_removed or planned.interrupted):
+    planned = retention.prune(repo, key, sysid, keep_full, True, path, drop_damaged=drop_damaged)
+    if dry_run or not (planned.removed or planned.wal_removed or planned.interrupted or planned.dropped):
         return planned
     if approve is not None:
         approve(f"delete {len(planned.removed)} base backup(s), {planned.wal_removed} WAL object(s)"
-                + (f" and {len(planned.interrupted)} interrupted base backup(s)" if planned.interrupted else ""))
+                + (f", {len(planned.interrupted)} interrupted base backup(s)" if planned.interrupted else "")
+                + (f" and {len(planned.dropped)} damaged base backup(s) ({', '.join(planned.dropped)})"
+                   if planned.dropped else ""))
     # the dry run's verdicts (each kept full base backup read whole) are not read again
-    return retention.prune(repo, key, sysid, keep_full, False, path, planned.proven)
+    return retention.prune(repo, key, sysid, keep_full, False, path, planned.proven, drop_damaged=drop_damaged)
 
 
 def window(project: Project, env: Environment, operation: str, subject: str, checks: list[str] | None = None):

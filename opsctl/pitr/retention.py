@@ -48,6 +48,7 @@ class ChainPruneResult:
     damaged: dict[str, str] = field(default_factory=dict)  # id -> why: not counted, not removed
     proven: dict[str, str] = field(default_factory=dict)  # id -> "" (read whole) or why not
     interrupted: list[str] = field(default_factory=list)  # ids of dead unfinished base backups removed
+    dropped: dict[str, str] = field(default_factory=dict)  # (drop_damaged) damaged ones removed: id -> why
 
 
 def interrupted(repo, sysid: str) -> list[str]:
@@ -92,7 +93,7 @@ def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objec
 
 def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
           path: list[tuple[int, int | None]] | None = None,
-          proven: dict[str, str] | None = None) -> ChainPruneResult:
+          proven: dict[str, str] | None = None, drop_damaged: bool = False) -> ChainPruneResult:
     """Keep the newest `keep_full` full base backups with their incrementals and the WAL from the
     oldest kept one's start; remove older base backups and WAL below it (nothing with `dry_run`).
     UsageError for `keep_full` < 1. `path`: the live server's timeline path (base.server_path),
@@ -100,7 +101,11 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     older (the repository's newer timelines were abandoned: their branch is not kept for).
     Only full base backups proven restorable (_prove: read whole, WAL to consistency) count;
     `proven`: verdicts of an earlier call ({id: '' or why}, e.g. the dry run's `proven`),
-    not read again."""
+    not read again. A damaged base backup is left for a person, never counted; with
+    `drop_damaged` (that person's decision) the damaged ones go too (`dropped`): an object
+    missing, of the wrong size or failing its read (here, or in the last verify-chain), and
+    those built on them: each restores nothing. Never one whose record is not authentic
+    (`Inventory.unsealed`: sealed by another key, say before a key change, or planted)."""
     if keep_full < 1:
         raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
                          "backup restores nothing")
@@ -139,6 +144,13 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
                            removed=[b.id for b in bases if b.id not in {k.id for k in kept} | spared]
                            if kept else [])
     out.interrupted = interrupted(repo, sysid)
+    if drop_damaged:  # restore nothing, whatever is kept: gone with their record last
+        out.dropped = {bid: why for bid, why in listed.bad_bases.items()
+                       if why not in (bb.UNFINISHED, bb.INTERRUPTED) and bid not in listed.unsealed}
+        out.dropped |= {bid: damaged.get(bid) or f"built on {bb.chain_of(bases, b)[0].id}, which is damaged"
+                        for b in bases if (bid := b.id) in spared}
+        if not dry_run:
+            _remove_bases(repo, sysid, list(out.dropped))
     if not kept:
         if not dry_run:
             _remove_interrupted(repo, sysid, out)  # never restorable: they go whatever is kept
@@ -154,10 +166,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     if dry_run:
         return out
     _remove_interrupted(repo, sysid, out)
-    for bid in out.removed:
-        folder = f"{layout.base_prefix(sysid)}{bid}/"
-        repo.delete_prefix(folder + bb.RECORD)
-        repo.delete_prefix(folder)
+    _remove_bases(repo, sysid, out.removed)
     delete = getattr(repo, "delete_names", None)
     if delete is not None:
         delete(doomed)
@@ -165,6 +174,14 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
         for name in doomed:
             repo.delete_prefix(name)
     return out
+
+
+def _remove_bases(repo, sysid: str, ids: list[str]) -> None:
+    """Delete these base backups, each record first: one cut short is unfinished, never whole."""
+    for bid in ids:
+        folder = f"{layout.base_prefix(sysid)}{bid}/"
+        repo.delete_prefix(folder + bb.RECORD)
+        repo.delete_prefix(folder)
 
 
 def _remove_interrupted(repo, sysid: str, out: ChainPruneResult) -> None:

@@ -351,17 +351,19 @@ def verify_chain(ctx: Context, timeline: int | None = None) -> dict:
 
 
 @action("prune-chain")
-def prune_chain(ctx: Context, keep_full: int = 2, dry_run: bool = False) -> dict:
+def prune_chain(ctx: Context, keep_full: int = 2, dry_run: bool = False, drop_damaged: bool = False) -> dict:
     """`opsctl backup prune-chain` as a step (the same core operation, opsctl.pitr.ops.prune_chain):
     keep the newest `keep_full` full base backups proven restorable, with their incrementals
-    and the WAL they need; remove older ones. Removing asks as the command does: the runbook's
-    --yes, or a person at a terminal. Outputs: kept, removed, wal_removed, damaged, dry_run."""
+    and the WAL they need; remove older ones (`drop_damaged`: the damaged ones too). Removing
+    asks as the command does: the runbook's --yes, or a person at a terminal. Outputs: kept,
+    removed, wal_removed, damaged, dropped, dry_run."""
     from opsctl.approval import confirm
     from opsctl.pitr.ops import prune_chain as run
 
-    r = run(ctx.project, ctx.env, keep_full, dry_run=dry_run, approve=lambda question: confirm(question, ctx.yes))
+    r = run(ctx.project, ctx.env, keep_full, dry_run=dry_run, approve=lambda question: confirm(question, ctx.yes),
+            drop_damaged=drop_damaged)
     return {"kept": r.kept, "removed": r.removed, "wal_removed": r.wal_removed, "damaged": r.damaged,
-            "dry_run": dry_run}
+            "dropped": r.dropped, "dry_run": dry_run}
 
 
 @action("prune")

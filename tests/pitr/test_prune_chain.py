@@ -154,6 +154,47 @@ def test_prune_removes_a_dead_interrupted_base_backup_and_never_a_running_one(pi
         shutil.rmtree(head / ids[name])
 
 
+def test_drop_damaged_removes_what_restores_nothing_and_never_an_unauthentic_record(pitr, runner):
+    """Breaker 27 F6: a damaged base backup stayed for good (prune-chain leaves it for a person),
+    so the nightly's verify-chain failed every night with nothing in opsctl to remove it.
+    `--drop-damaged` is that person's decision: the damaged one and the incremental built on it
+    go; a folder whose record is not authentic (another key's, planted) never does."""
+    import os
+    import shutil
+
+    from opsctl.pitr import layout
+
+    def base(*args: str) -> str:
+        r = pitr.cli(runner, "backup", "base", *args, "--json")
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)["id"]
+
+    rotten = base()
+    pitr.sql("insert into events(note) values ('on the rotten one')")
+    on_rotten = base("--incremental")
+    pitr.sql("insert into events(note) values ('before the good one')")
+    good = base()
+    pitr.wait_archived()
+    folder = pitr.root / "repo" / layout.base_prefix(pitr.sysid())
+    tar = folder / rotten / "base.tar.zst"
+    tar.write_bytes(os.urandom(tar.stat().st_size))
+    planted = folder / "20261201T000000Z-beef"  # a copy of a whole one under another id: its record's seal fails
+    shutil.copytree(folder / good, planted)
+    assert pitr.cli(runner, "backup", "verify-chain").exit_code == 1
+
+    left = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--dry-run", "--json")
+    assert json.loads(left.stdout)["dropped"] == {}
+    r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--drop-damaged", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["kept"] == [good] and {rotten, on_rotten} <= set(doc["dropped"]), doc
+    assert "verify-chain found it damaged" in doc["dropped"][rotten], doc
+    assert planted.name not in doc["dropped"] and planted.is_dir()
+    assert not (folder / rotten).exists() and not (folder / on_rotten).exists()
+    shutil.rmtree(planted)
+    assert pitr.cli(runner, "backup", "verify-chain").exit_code == 0
+
+
 def test_local_down_stops_a_beside_restored_server(pitr, runner):
     """A `restore --beside` copy kept running after `local down --purge` deleted its data
     directory. Now down stops every PostgreSQL on a data directory of the platform's folder.

@@ -179,10 +179,10 @@ def test_prune_chain_action_takes_the_options_of_prune_chain_and_asks_the_same_w
     assert set(arguments(ACTIONS["prune-chain"])) == _options(prune_chain) - {"env", "yes", "as_json"}
     asked = []
 
-    def run(project, env, keep_full, dry_run=False, approve=None):
+    def run(project, env, keep_full, dry_run=False, approve=None, drop_damaged=False):
         approve(f"delete 1 base backup(s), keeping {keep_full}")
         asked.append(keep_full)
-        return SimpleNamespace(kept=["new"], removed=["old"], wal_removed=3, damaged={})
+        return SimpleNamespace(kept=["new"], removed=["old"], wal_removed=3, damaged={}, dropped={})
 
     monkeypatch.setattr("opsctl.pitr.ops.prune_chain", run)
     monkeypatch.setenv("CI", "true")

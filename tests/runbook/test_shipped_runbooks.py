@@ -52,17 +52,18 @@ def test_health_sweep(runner, root):
 
 def test_nightly_backup_then_restore_drill(runner, root):
     backup = run_runbook(runner, "nightly-backup", "--yes")
-    assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("base", "ok"), ("verify-chain", "ok"),
-                                        ("prune-chain", "ok"), ("prune", "ok"), ("report", "ok")]
-    backup_id = backup["steps"][0]["outputs"]["id"]
-    assert backup["steps"][1]["outputs"]["ok"] is True
-    base = backup["steps"][2]["outputs"]  # the embedded platform's point-in-time chain: a base backup
+    assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("prune", "ok"), ("base", "ok"),
+                                        ("prune-chain", "ok"), ("verify-chain", "ok"), ("report", "ok")]
+    steps = {s["id"]: s["outputs"] for s in backup["steps"]}
+    backup_id = steps["backup"]["id"]
+    assert steps["verify"]["ok"] is True
+    base = steps["base"]  # the embedded platform's point-in-time chain: a base backup
     assert base["kind"] in ("full", "incremental") and base["stored_bytes"] > 0, base
-    chain = backup["steps"][3]["outputs"]  # then every base backup and WAL object read back
+    assert base["id"] in steps["prune-chain"]["kept"]  # the newest chain is kept (keep_full 2)
+    chain = steps["verify-chain"]  # then every kept base backup and WAL object read back
     assert chain["ok"] is True and chain["broken_base_backups"] == [] and chain["base_backups"] >= 1, chain
     assert chain["checked"] >= 1 and chain["newest_restorable"], chain
-    assert base["id"] in backup["steps"][4]["outputs"]["kept"]  # the newest chain is kept (keep_full 2)
-    assert backup_id in backup["steps"][6]["outputs"]["message"]
+    assert backup_id in steps["report"]["message"]
 
     drill = run_runbook(runner, "restore-drill", "--yes")
     assert _journaled(root, drill) == [("restore", "ok"), ("fresh-enough", "ok"), ("report", "ok"), ("drop-scratch", "ok")]
