@@ -397,7 +397,8 @@ def reaches(stage: Path, tli: int, lsn: int) -> bool:
 def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = None, stage: Path | None = None,
               end_times: bool = True, progress=None, start_at: int | None = None,
               archived: str | None = None, live_path: list[tuple[int, int | None]] | None = None,
-              timeline: int | None = None, queued: set[str] | frozenset[str] = frozenset()) -> Inventory:
+              timeline: int | None = None, queued: set[str] | frozenset[str] = frozenset(),
+              findings: bool = True) -> Inventory:
     """The chains and windows of cluster `sysid`.
 
     deep: read and check every WAL object on the path (not only the ones that date windows).
@@ -419,16 +420,18 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     is a QUEUED problem (not archived yet), not "missing"; it ends a window all the same, and
     does not make the inventory broken (`ok`), as WAL-G's wal-verify tells MISSING_DELAYED from
     MISSING_LOST.
+    findings: (not deep) pass over what the last verify-chain found damaged (found_damaged), as
+    `backup list` does; a caller that reads the tar itself (a restore, prune's proof) passes
+    False, so a base backup repaired since is read sound rather than refused on a stale record.
     Base backups whose tar is missing, of another size than their record says, (deep, without
-    start_at) fails its authenticated read, (not deep) was found damaged by the last
-    verify-chain (found_damaged: `backup list` and a restore's plan then offer no window from
-    it), or whose incremental parent is unusable, are moved to bad_bases (whole_bases): no
-    window starts at them.
+    start_at) fails its authenticated read, (findings) was found damaged by the last
+    verify-chain, or whose incremental parent is unusable, are moved to bad_bases
+    (whole_bases): no window starts at them.
     """
     names = repo.names(layout.root(sysid) + "/")
     bases, bad = bb.load_all(repo, sysid, key, {n: s for n, s in names.items() if n.startswith(layout.base_prefix(sysid))})
     unsealed = {bid for bid, why in bad.items() if why not in (bb.UNFINISHED, bb.INTERRUPTED)}
-    if not deep and bases:  # what the last verify-chain's read found damaged; a deep read judges afresh
+    if findings and not deep and bases:  # what the last verify-chain's read found; a deep read judges afresh
         found = found_damaged(repo, key, sysid)
         bad |= {b.id: found[b.id] for b in bases if b.id in found}
         bases = [b for b in bases if b.id not in found]
@@ -507,7 +510,10 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
     from opsctl.backup.pipeline import unpack
 
     good: list[bb.BaseBackup] = []
-    for b in bases:
+    # parents before their children by where their WAL starts, not by id: an id is the wall
+    # clock's, and a clock stepped back (an NTP step, a VM restored from a snapshot) gave a
+    # parent a later id than its incrementals, all then "missing their parent" (breaker 27 F7)
+    for b in sorted(bases, key=lambda b: (layout.lsn(b.start_lsn), b.id)):
         why = None
         if not b.objects:
             why = "its record names no stored object"
@@ -538,7 +544,8 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
             bad[b.id] = why
         else:
             good.append(b)
-    return good
+    kept = {g.id for g in good}
+    return [b for b in bases if b.id in kept]  # in the caller's order
 
 
 def record_findings(repo, key, sysid: str, damaged: dict[str, str], at: dt.datetime) -> None:

@@ -326,7 +326,8 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
                 + (f" and {len(planned.dropped)} damaged base backup(s) ({', '.join(planned.dropped)})"
                    if planned.dropped else ""))
     # the dry run's verdicts (each kept full base backup read whole) are not read again
-    return retention.prune(repo, key, sysid, keep_full, False, path, planned.proven, drop_damaged=drop_damaged)
+    return retention.prune(repo, key, sysid, keep_full, False, path, planned.proven, drop_damaged=drop_damaged,
+                           dropped=planned.dropped if drop_damaged else None)
 
 
 def window(project: Project, env: Environment, operation: str, subject: str, checks: list[str] | None = None):

@@ -93,7 +93,8 @@ def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objec
 
 def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
           path: list[tuple[int, int | None]] | None = None,
-          proven: dict[str, str] | None = None, drop_damaged: bool = False) -> ChainPruneResult:
+          proven: dict[str, str] | None = None, drop_damaged: bool = False,
+          dropped: dict[str, str] | None = None) -> ChainPruneResult:
     """Keep the newest `keep_full` full base backups with their incrementals and the WAL from the
     oldest kept one's start; remove older base backups and WAL below it (nothing with `dry_run`).
     UsageError for `keep_full` < 1. `path`: the live server's timeline path (base.server_path),
@@ -102,10 +103,12 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     Only full base backups proven restorable (_prove: read whole, WAL to consistency) count;
     `proven`: verdicts of an earlier call ({id: '' or why}, e.g. the dry run's `proven`),
     not read again. A damaged base backup is left for a person, never counted; with
-    `drop_damaged` (that person's decision) the damaged ones go too (`dropped`): an object
-    missing, of the wrong size or failing its read (here, or in the last verify-chain), and
-    those built on them: each restores nothing. Never one whose record is not authentic
-    (`Inventory.unsealed`: sealed by another key, say before a key change, or planted)."""
+    `drop_damaged` (that person's decision) the damaged ones go too (`dropped`): every base
+    backup's objects read now (a finding of the last verify-chain is not taken on trust: one
+    repaired since stays), and those missing an object, of the wrong size, failing the read,
+    or built on one of them go: each restores nothing. Never one whose record is not authentic
+    (sealed by another key, say before a key change, or planted), nor one built on such a one.
+    `dropped`: the dry run's verdicts, not read again."""
     if keep_full < 1:
         raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
                          "backup restores nothing")
@@ -115,7 +118,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     # timeline's history, newest by stop LSN along it. A base backup on a branch a restore
     # abandoned has a newer id and may have a higher LSN, yet no restore starts from it;
     # kept by id, it pushed out the only usable one and the WAL after it.
-    listed = chain.inventory(repo, key, sysid, end_times=False, live_path=path)
+    listed = chain.inventory(repo, key, sysid, end_times=False, live_path=path, findings=False)  # it reads
     bases = listed.bases
     if path is not None and path[-1][0] > listed.path[-1][0]:
         listed.path = path
@@ -144,11 +147,9 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
                            removed=[b.id for b in bases if b.id not in {k.id for k in kept} | spared]
                            if kept else [])
     out.interrupted = interrupted(repo, sysid)
-    if drop_damaged:  # restore nothing, whatever is kept: gone with their record last
-        out.dropped = {bid: why for bid, why in listed.bad_bases.items()
-                       if why not in (bb.UNFINISHED, bb.INTERRUPTED) and bid not in listed.unsealed}
-        out.dropped |= {bid: damaged.get(bid) or f"built on {bb.chain_of(bases, b)[0].id}, which is damaged"
-                        for b in bases if (bid := b.id) in spared}
+    if drop_damaged:  # they restore nothing, whatever is kept
+        out.dropped = dropped if dropped is not None else _damaged_now(repo, key, sysid, names, bases, damaged, spared)
+        out.removed = [bid for bid in out.removed if bid not in out.dropped]
         if not dry_run:
             _remove_bases(repo, sysid, list(out.dropped))
     if not kept:
@@ -173,6 +174,34 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     else:
         for name in doomed:
             repo.delete_prefix(name)
+    return out
+
+
+def _damaged_now(repo, key, sysid: str, names: dict[str, int], bases: list, damaged: dict[str, str],
+                 spared: set[str]) -> dict[str, str]:
+    """{id: why} of the base backups that restore nothing as read now: every authentic record's
+    objects read whole (chain.whole_bases), with the full ones _prove found damaged and what
+    is built on them (`spared`); never one whose record is not authentic nor one built on it."""
+    from opsctl.pitr import chain
+
+    records, unsealed = bb.load_all(repo, sysid, key, {n: s for n, s in names.items()
+                                                       if n.startswith(layout.base_prefix(sysid))})
+    bad: dict[str, str] = {}
+    chain.whole_bases(repo, key, records, bad, names, read=True)
+    by_id = {b.id: b for b in records}
+
+    def on_unsealed(bid: str) -> bool:  # down its parents to one whose record is not authentic
+        seen: set[str] = set()
+        while bid in by_id and bid not in seen:
+            seen.add(bid)
+            bid = by_id[bid].parent or ""
+        return bid in unsealed
+
+    out = {bid: why for bid, why in bad.items() if not on_unsealed(bid)}
+    for b in bases:
+        if b.id in spared and b.id not in out:
+            root = bb.chain_of(bases, b)[0].id
+            out[b.id] = damaged.get(b.id) or f"built on {root}, which is damaged ({damaged.get(root, '')})"
     return out
 
 

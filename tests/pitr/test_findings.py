@@ -70,3 +70,25 @@ def test_a_record_sealed_by_another_key_or_unreadable_is_ignored(repo, caplog, m
     path.mkdir()  # a folder where the record belongs
     assert chain.found_damaged(repo, None, SYSID) == {}
     assert caplog.text.count("is not authentic") == 5
+
+
+def test_a_parent_with_a_later_id_than_its_incrementals_is_still_their_parent(repo):
+    """Breaker 27 F7: base backup ids are the wall clock's. A clock stepped back after a full
+    base backup (an NTP step, a VM restored from a snapshot) gave the full a later id than the
+    incrementals built on it, and whole_bases, walking ids in order, called every one of them
+    "missing its parent". Parents now come before children by where their WAL starts."""
+    from opsctl.backup.manifest import StoredObject
+    from opsctl.pitr import base as bb
+
+    def record(bid: str, kind: str, parent: str | None, start: str) -> bb.BaseBackup:
+        obj = StoredObject(name=f"{layout.base_prefix(SYSID)}{bid}/base.tar.zst", size=10, sha256="0" * 64)
+        return bb.BaseBackup(id=bid, sysid=SYSID, kind=kind, parent=parent, timeline=1, start_lsn=start,
+                             stop_lsn=start, started_at=AT, finished_at=AT, server_version="18", objects=[obj])
+
+    full = record("20261209T220140Z-1b43", "full", None, "0/2000028")  # taken with the clock 8 days ahead
+    inc = record("20261201T220155Z-0e66", "incremental", full.id, "0/4000028")
+    later = record("20261201T230000Z-030f", "incremental", inc.id, "0/6000028")
+    bases = sorted([full, inc, later], key=lambda b: b.id)  # as load_all gives them: by id
+    names = {o.name: o.size for b in bases for o in b.objects}
+    bad: dict[str, str] = {}
+    assert chain.whole_bases(repo, None, bases, bad, names) == bases and bad == {}
