@@ -411,12 +411,20 @@ class FileRepository(Repository):
         """True when the repository's folder exists, False when it does not (an empty
         repository); UsageError when something else is there (a file, a dangling link): a
         repository that can't be read, never "no backups yet" (breaker 25 F13)."""
-        if self.root.is_dir():
-            return True
-        if os.path.lexists(self.root):
-            raise UsageError(f"backup repository {self.url}: {self.root} is not a folder; move it aside "
-                             "or point backup.repository at the repository's folder")
-        return False
+        try:
+            if stat.S_ISDIR(os.stat(self.root).st_mode):
+                return True
+            why = "is not a folder"
+        except FileNotFoundError:
+            if not os.path.lexists(self.root):
+                return False
+            why = "is not a folder"  # a dangling link
+        except NotADirectoryError:  # a file where one of its parent folders belongs (breaker 27 F8)
+            why = "is not a folder (a file is where one of its parent folders belongs)"
+        except OSError as exc:  # a loop of links, no permission
+            why = f"can't be read ({exc.strerror})"
+        raise UsageError(f"backup repository {self.url}: {self.root} {why}; move it aside "
+                         "or point backup.repository at the repository's folder")
 
     def _walk(self, prefix: str, exact: bool = False) -> Iterator[tuple[str, os.stat_result]]:
         """(name, lstat) of every file or link under `prefix` (`exact`: the object named

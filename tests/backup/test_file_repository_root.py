@@ -13,15 +13,23 @@ def test_a_missing_folder_is_an_empty_repository(tmp_path):
     assert FileRepository(tmp_path / "repo", "file:///x").names() == {}
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: p.write_text("junk\n"),                  # a file where the folder belongs
-    lambda p: p.symlink_to(p.parent / "gone"),         # a link to nothing
-], ids=["file", "dangling-link"])
-def test_a_repository_folder_that_is_not_a_folder_is_refused_not_empty(tmp_path, make):
+def _loop(p):
+    p.symlink_to(p.parent / "loop")
+    (p.parent / "loop").symlink_to(p)
+
+
+@pytest.mark.parametrize("make, where, said", [
+    (lambda p: p.write_text("junk\n"), "repo", "is not a folder"),          # a file where the folder belongs
+    (lambda p: p.symlink_to(p.parent / "gone"), "repo", "is not a folder"),  # a link to nothing
+    (_loop, "repo", "can't be read"),                                         # a loop of links (breaker 27 F8)
+    (lambda p: p.write_text("junk\n"), "repo/inner", "a file is where one of its parent folders belongs"),
+], ids=["file", "dangling-link", "link-loop", "file-above"])
+def test_a_repository_folder_that_is_not_a_folder_is_refused_not_empty(tmp_path, make, where, said):
     make(tmp_path / "repo")
-    repo = FileRepository(tmp_path / "repo", f"file://{tmp_path / 'repo'}")
+    root = tmp_path / where
+    repo = FileRepository(root, f"file://{root}")
     for listing in (lambda: repo.names(), lambda: repo.names("pitr/1/base/"), repo.folders):
-        with pytest.raises(UsageError, match=r"is not a folder; move it aside or point backup.repository"):
+        with pytest.raises(UsageError, match=rf"{said}.*; move it aside or point backup.repository"):
             listing()
 
 
