@@ -400,7 +400,7 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
     """Continue run `run_id` of `book`; secret parameters are asked for again (-p)."""
     import os
 
-    from opsctl.runbook.model import coerce, default_value, env_var, given_from_environment
+    from opsctl.runbook.model import coerce, default_value, env_var, given_from_environment, within
 
     local = jr.runs_dir(project.root) / f"{jr.check_run_id(run_id)}.jsonl"
     if not local.exists() and env.platform == "kubernetes":  # a run from CI or a CronJob
@@ -423,7 +423,8 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
             continue
         given = given_from_environment(book, dict(given or {}), os.environ)
         if name in given:
-            params[name] = coerce(book.ref, name, spec.get("type", "string"), given[name], True)
+            params[name] = within(book.ref, name, spec, coerce(book.ref, name, spec.get("type", "string"),
+                                                               given[name], True))
         elif not spec.get("secret") and isinstance(spec.get("default"), str):  # computed from a secret: again
             params[name] = default_value(book, name, params)
         else:

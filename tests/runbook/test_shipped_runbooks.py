@@ -52,8 +52,8 @@ def test_health_sweep(runner, root):
 
 def test_nightly_backup_then_restore_drill(runner, root):
     backup = run_runbook(runner, "nightly-backup", "--yes")
-    assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("prune", "ok"), ("base", "ok"),
-                                        ("prune-chain", "ok"), ("verify-chain", "ok"), ("report", "ok")]
+    assert _journaled(root, backup) == [("backup", "ok"), ("verify", "ok"), ("base", "ok"), ("prune-chain", "ok"),
+                                        ("prune", "ok"), ("verify-chain", "ok"), ("report", "ok")]
     steps = {s["id"]: s["outputs"] for s in backup["steps"]}
     backup_id = steps["backup"]["id"]
     assert steps["verify"]["ok"] is True

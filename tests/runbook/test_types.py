@@ -165,7 +165,7 @@ def test_a_template_default_from_a_given_value_is_checked_before_any_step(runner
             with: {value: "{{ params.jobs }}"}
         """)
     assert runner.invoke(app, ["runbook", "validate", "deflt"]).exit_code == 0
-    ok = run_runbook(runner, "deflt", "-p", "base=1e-300")
+    run_runbook(runner, "deflt", "-p", "base=1e-300")
     bad = runner.invoke(app, ["runbook", "run", "deflt", "-p", "base=1e300"])  # ratio overflows to inf
     assert bad.exit_code == 2 and "default of 'ratio'" in bad.output, bad.output
 
@@ -201,3 +201,35 @@ def test_the_journal_stays_json_when_an_action_returns_inf(runner, ops_root, mon
     journal = (ops_root / ".opsctl" / "runs" / f"{result['run_id']}.jsonl").read_text()
     records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}")) for line in journal.splitlines()]
     assert records[1]["outputs"] == {"ratio": "inf", "nothing": "nan"}
+
+
+BOUNDED = """\
+    name: bounded
+    version: 1
+    parameters:
+      keep: {type: integer, default: 2, minimum: 1, maximum: 30}
+      ratio: {type: number, default: 0.5, minimum: 0, maximum: 1}
+    steps:
+      - id: w
+        action: probe
+        with: {value: "{{ params.keep }}"}
+    """
+
+
+@pytest.mark.parametrize("given, said", [
+    (["-p", "keep=0"], "parameter 'keep' must be at least 1, got 0"),
+    (["-p", "keep=-1"], "parameter 'keep' must be at least 1, got -1"),
+    (["-p", "keep=31"], "parameter 'keep' must be at most 30, got 31"),
+    (["-p", "ratio=1.5"], "parameter 'ratio' must be at most 1, got 1.5"),
+])
+def test_a_parameter_outside_its_declared_bounds_is_refused_before_any_step(runner, ops_root, probe, given, said):
+    """Breaker 27 F11: `-p keep_full=0` was taken, planned by the dry run, and four steps of
+    nightly-backup ran before the step that could not take it stopped the run with no alert.
+    A parameter's `minimum`/`maximum` (JSON Schema's keywords) are checked with its type."""
+    write_runbook(ops_root, "bounded", 1, BOUNDED)
+    for extra in (["--dry-run"], []):
+        refused = run_refused(runner, "bounded", *given, *extra)
+        assert said in refused, refused
+    assert not (ops_root / ".opsctl" / "runs").exists()
+    doc = run_runbook(runner, "bounded", "-p", "keep=1")
+    assert doc["steps"][0]["outputs"] == {"value": 1, "type": "int"}
