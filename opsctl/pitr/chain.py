@@ -575,7 +575,8 @@ def _findings_mac(key, body: dict) -> str:
 
 NOT_AUTHENTIC = ("verify-chain's record of damaged base backups ({name}) is not authentic (edited, forged, "
                  "sealed by another key or damaged): what it found is not heeded; run 'opsctl backup verify-chain' "
-                 "to read every base backup again and write it anew")
+                 "to read every base backup again and write it anew (anything there that is not a file, such as a "
+                 "folder, moved aside first)")
 
 
 def read_findings(repo, key, sysid: str) -> tuple[dict[str, str], str | None]:

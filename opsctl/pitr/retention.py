@@ -96,7 +96,8 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
           proven: dict[str, str] | None = None, drop_damaged: bool = False,
           dropped: dict[str, str] | None = None) -> ChainPruneResult:
     """Keep the newest `keep_full` full base backups with their incrementals and the WAL from the
-    oldest kept one's start; remove older base backups and WAL below it (nothing with `dry_run`).
+    oldest kept one's start (or, earlier, a damaged one's left for a person: repaired, it restores
+    again); remove older base backups and WAL below it (nothing with `dry_run`).
     UsageError for `keep_full` < 1. `path`: the live server's timeline path (base.server_path),
     used when it is newer than the repository's (its history file may not be uploaded yet) or
     older (the repository's newer timelines were abandoned: their branch is not kept for).
@@ -156,8 +157,11 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
         if not dry_run:
             _remove_interrupted(repo, sysid, out)  # never restorable: they go whatever is kept
         return out  # nothing proven restorable: no base backup or WAL is removed
-    first = min(layout.segno(layout.lsn(b.start_lsn)) for b in kept)
-    out.wal_kept_from = layout.segment(min(b.timeline for b in kept), first)
+    # a damaged one left for a person keeps its WAL too: repaired from another copy, it restores
+    # the times it covered (breaker 27 F13: the same night's prune took them for good)
+    left = [b for b in bases if b.id in spared and b.id not in out.dropped]
+    first = min(layout.segno(layout.lsn(b.start_lsn)) for b in kept + left)
+    out.wal_kept_from = layout.segment(min(b.timeline for b in kept + left), first)
     doomed = [o.name for f, objs in files.items() if not f.endswith(".history")
               and layout.parse_segment(f[:24])[1] < first for o in objs]
     head = layout.dropped_prefix(sysid)

@@ -176,23 +176,33 @@ def test_drop_damaged_removes_what_restores_nothing_and_never_an_unauthentic_rec
     good = base()
     pitr.wait_archived()
     folder = pitr.root / "repo" / layout.base_prefix(pitr.sysid())
-    tar = folder / rotten / "base.tar.zst"
-    tar.write_bytes(os.urandom(tar.stat().st_size))
+    # every full one but the newest damaged (this module's earlier ones too): no older one is
+    # proven, so only the damaged ones' WAL is older than what `good` needs
+    for f in folder.iterdir():
+        record = f / "base.json"
+        if f.name != good and record.exists() and json.loads(record.read_text())["kind"] == "full":
+            tar = f / "base.tar.zst"
+            tar.write_bytes(os.urandom(tar.stat().st_size))
     planted = folder / "20261201T000000Z-beef"  # a copy of a whole one under another id: its record's seal fails
     shutil.copytree(folder / good, planted)
     assert pitr.cli(runner, "backup", "verify-chain").exit_code == 1
 
-    left = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--dry-run", "--json")
-    assert json.loads(left.stdout)["dropped"] == {}
-    r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--drop-damaged", "--yes", "--json")
+    left = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "2", "--dry-run", "--json")
+    doc = json.loads(left.stdout)
+    assert doc["dropped"] == {} and rotten in doc["damaged"] and (folder / rotten).is_dir(), doc
+    # left for a person with its WAL: repaired, it restores the times it covered (breaker 27 F13)
+    start = json.loads((folder / rotten / "base.json").read_text())["start_lsn"]
+    assert layout.parse_segment(doc["wal_kept_from"])[1] <= layout.segno(layout.lsn(start)), doc
+    r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "2", "--drop-damaged", "--yes", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["kept"] == [good] and {rotten, on_rotten} <= set(doc["dropped"]), doc
-    assert "verify-chain found it damaged" in doc["dropped"][rotten], doc
+    assert good in doc["kept"] and {rotten, on_rotten} <= set(doc["dropped"]), doc
+    assert "fails its check" in doc["dropped"][rotten], doc  # read now, not taken from the record
     assert planted.name not in doc["dropped"] and planted.is_dir()
     assert not (folder / rotten).exists() and not (folder / on_rotten).exists()
     shutil.rmtree(planted)
-    assert pitr.cli(runner, "backup", "verify-chain").exit_code == 0
+    after = pitr.cli(runner, "backup", "verify-chain", "--json")  # (an earlier test's tampered WAL still fails it)
+    assert not {rotten, on_rotten} & set(json.loads(after.stdout)["unusable_base_backups"]), after.stdout
 
 
 def test_local_down_stops_a_beside_restored_server(pitr, runner):
