@@ -324,8 +324,9 @@ class FileRepository(Repository):
                               "never follows links inside its repository; remove it")
 
     def _open_dir(self, parts: list[str], create: bool = False) -> int:
-        """A descriptor of the folder root/parts..., each step opened without following a link."""
-        if create and not self.root.is_dir():
+        """A descriptor of the folder root/parts..., each step opened without following a link.
+        UsageError when the root is there but is no readable folder (_root_is_folder)."""
+        if not self._root_is_folder() and create:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
         try:
