@@ -296,8 +296,13 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
         names = repo.names(layout.base_prefix(sysid))
         parent, passed = newest_usable_base(repo, sysid, key, names, server_path(conninfo))
         unusable = "; ".join(f"{bid}: {why}" for bid, why in passed.items() if why not in (UNFINISHED, INTERRUPTED))
-        if auto and (parent is None or _full_under(repo, key, sysid, names, parent).started_at
-                     < dt.datetime.now(dt.timezone.utc) - full_every):
+        chosen = ""
+        if auto and parent is None:
+            chosen = "full: no base backup a restore can use to build on" + (f" ({unusable})" if unusable else "")
+        elif auto and (root := _full_under(repo, key, sysid, names, parent)).started_at \
+                < dt.datetime.now(dt.timezone.utc) - full_every:
+            chosen = f"full: the full base backup under {parent.id}, {root.id}, is over {full_every.days} days old"
+        if chosen:
             kind, parent, unusable = "full", None, ""
         elif parent is None:
             raise UsageError(f"no base backup of this cluster (system {sysid}) on the server's timeline history "
@@ -306,9 +311,7 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
         if unusable:
             log.warning("building on base backup %s, the newest a restore can use; passed over: %s", parent.id, unusable)
         if auto:
-            log.info("base backup kind auto: %s", f"incremental on {parent.id}" if parent else
-                     "full (no usable base backup to build on, or the chain's full one is older than "
-                     f"{full_every.days} days)")
+            log.info("base backup kind auto: %s", chosen or f"incremental on {parent.id}")
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
     bid = catalog.new_id(started)
