@@ -424,7 +424,7 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
         given = given_from_environment(book, dict(given or {}), os.environ)
         if name in given:
             params[name] = within(book.ref, name, spec, coerce(book.ref, name, spec.get("type", "string"),
-                                                               given[name], True))
+                                                               given[name], True), True)
         elif not spec.get("secret") and isinstance(spec.get("default"), str):  # computed from a secret: again
             params[name] = default_value(book, name, params)
         else:

@@ -611,27 +611,29 @@ def resolve_params(book: Runbook, given: dict[str, str], env_vars: Mapping[str, 
     for name, spec in declared.items():
         kind = spec.get("type", "string")
         if name in given:
-            values[name] = within(book.ref, name, spec, coerce(book.ref, name, kind, given[name], name in secrets))
+            values[name] = within(book.ref, name, spec, coerce(book.ref, name, kind, given[name], name in secrets),
+                                  name in secrets)
         elif "default" in spec:
-            values[name] = within(book.ref, name, spec, default_value(book, name, values))
+            values[name] = within(book.ref, name, spec, default_value(book, name, values), name in secrets)
         else:
             how = f"set {env_var(name)}" if name in secrets else f"pass -p {name}=VALUE"
             raise UsageError(f"{book.ref}: parameter '{name}' is required; {how}")
     return values
 
 
-def within(ref: str, name: str, spec: Mapping[str, Any], value: Any) -> Any:
+def within(ref: str, name: str, spec: Mapping[str, Any], value: Any, secret: bool = False) -> Any:
     """`value` when it lies within the parameter's declared `minimum` and `maximum` (numbers;
-    JSON Schema's keywords), else UsageError (one line), so a run is refused before any step
-    rather than stopped half-way by the step that can't take it (breaker 27 F11: `-p
-    keep_full=0` ran four steps of nightly-backup, then ended it with no alert)."""
+    JSON Schema's keywords), else UsageError (one line; a `secret` value is not shown), so a
+    run is refused before any step rather than stopped half-way by the step that can't take it
+    (breaker 27 F11: `-p keep_full=0` ran four steps of nightly-backup, then ended it with no alert)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     low, high = spec.get("minimum"), spec.get("maximum")
+    got = "(secret)" if secret else f"{value:g}"
     if low is not None and value < low:
-        raise UsageError(f"{ref}: parameter '{name}' must be at least {low:g}, got {value:g}; pass -p {name}=N")
+        raise UsageError(f"{ref}: parameter '{name}' must be at least {low:g}, got {got}; pass -p {name}=N")
     if high is not None and value > high:
-        raise UsageError(f"{ref}: parameter '{name}' must be at most {high:g}, got {value:g}; pass -p {name}=N")
+        raise UsageError(f"{ref}: parameter '{name}' must be at most {high:g}, got {got}; pass -p {name}=N")
     return value
 
 

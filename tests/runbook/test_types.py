@@ -233,3 +233,18 @@ def test_a_parameter_outside_its_declared_bounds_is_refused_before_any_step(runn
     assert not (ops_root / ".opsctl" / "runs").exists()
     doc = run_runbook(runner, "bounded", "-p", "keep=1")
     assert doc["steps"][0]["outputs"] == {"value": 1, "type": "int"}
+
+
+def test_a_secret_number_outside_its_bounds_is_refused_without_showing_it(runner, ops_root, probe, monkeypatch):
+    write_runbook(ops_root, "pin", 1, """\
+        name: pin
+        version: 1
+        parameters:
+          pin: {type: integer, secret: true, required: true, minimum: 1000}
+        steps:
+          - id: w
+            action: probe
+        """)
+    monkeypatch.setenv("OPSCTL_PARAM_PIN", "737")
+    refused = run_refused(runner, "pin")
+    assert "parameter 'pin' must be at least 1000, got (secret)" in refused and "737" not in refused, refused
