@@ -81,6 +81,9 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False,
             c.print(f"[{color}]{p['file']}[/{color}]: {p['kind']} ({p['detail']})", soft_wrap=False)
         for bid, why in r.unusable_base_backups.items():
             c.print(f"base backup {bid}: {why}", soft_wrap=False, markup=False)
+        for bid, why in r.unfit_parents.items():  # restores; takes no incremental
+            c.print(f"base backup {bid}: {why}: no incremental is built on it (a restore does not read it)",
+                    soft_wrap=False, markup=False)
         c.print(f"newest restorable time: {_t(r.newest_restorable, exact=True)}")
 
     emit(r, as_json, render)

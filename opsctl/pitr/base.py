@@ -294,11 +294,24 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
         # a parent whose tar is gone, found damaged by verify-chain, or on a branch a restore
         # abandoned restores nothing: an incremental on it would restore nothing either
         names = repo.names(layout.base_prefix(sysid))
-        parent, passed = newest_usable_base(repo, sysid, key, names, server_path(conninfo))
+        parent, passed = newest_usable_base(repo, sysid, key, names, server_path(conninfo), for_parent=True)
         unusable = "; ".join(f"{bid}: {why}" for bid, why in passed.items() if why not in (UNFINISHED, INTERRUPTED))
+        parent_manifest = None
+        if parent is not None:  # read before anything is written: one that fails is said, or (auto) passed over
+            from opsctl.backup.repository import NotFound
+
+            try:
+                parent_manifest = _fetch_plain(repo, parent.object("backup_manifest.zst"), key)
+            except (OperationFailed, NotFound) as exc:  # IntegrityError is one: damaged at its size since listed
+                if not auto:
+                    raise OperationFailed(f"base backup {parent.id}'s backup_manifest.zst, which an incremental on "
+                                          f"it reads, can't be read ({exc}); a restore does not read it: take a full "
+                                          "base backup, or 'opsctl backup base --auto'") from None
+                unusable = f"{parent.id}: its backup_manifest.zst fails its check ({exc})"
+                parent = None  # breaker 28 F7: every nightly failed here, on the same parent
         chosen = ""
         if auto and parent is None:
-            chosen = "full: no base backup a restore can use to build on" + (f" ({unusable})" if unusable else "")
+            chosen = "full: no base backup to build an incremental on" + (f" ({unusable})" if unusable else "")
         elif auto and (root := _full_under(repo, key, sysid, names, parent)).started_at \
                 < dt.datetime.now(dt.timezone.utc) - full_every:
             chosen = f"full: the full base backup under {parent.id}, {root.id}, is over {full_every.days} days old"
@@ -323,7 +336,7 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
                     "--manifest-checksums=CRC32C"]
             if parent is not None:
                 old = Path(tmp) / "parent_manifest"
-                old.write_bytes(_fetch_plain(repo, parent.object("backup_manifest.zst"), key))
+                old.write_bytes(parent_manifest)
                 argv.append(f"--incremental={old}")
             watch = _TarWatch(("backup_label", "backup_manifest"))
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

@@ -88,6 +88,7 @@ class Inventory:
     objects: dict[str, list[layout.WalObject]] = field(default_factory=dict)
     good: dict[str, layout.WalObject] = field(default_factory=dict)  # file -> a checked object (deep)
     damaged: dict[str, str] = field(default_factory=dict)  # (deep) base backup id -> why its read failed
+    unfit: dict[str, str] = field(default_factory=dict)  # id -> why no incremental is built on it (its manifest)
     unsealed: set[str] = field(default_factory=set)  # ids whose base.json is unreadable or not authentic
 
     @property
@@ -436,10 +437,12 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
         bad |= {b.id: found[b.id] for b in bases if b.id in found}
         bases = [b for b in bases if b.id not in found]
     damaged: dict[str, str] = {}
-    bases = whole_bases(repo, key, bases, bad, names, read=deep and start_at is None, damaged=damaged)
+    unfit: dict[str, str] = {}
+    bases = whole_bases(repo, key, bases, bad, names, read=deep and start_at is None, damaged=damaged, unfit=unfit)
     objects, strange = layout.parse_wal(sysid, names)
     dropped = {n[len(layout.dropped_prefix(sysid)):] for n in names if n.startswith(layout.dropped_prefix(sysid))}
-    inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects, damaged=damaged, unsealed=unsealed)
+    inv = Inventory(sysid, repo.url, bases, bad, [], objects=objects, damaged=damaged, unsealed=unsealed,
+                    unfit=unfit)
     inv.problems += [Problem(n.rpartition("/")[2], "foreign object", f"{n} is not an archived WAL file") for n in strange]
     abandoned = _abandoned(repo, key, sysid, names, inv.problems)
     inv.path = _path(repo, key, sysid, objects, bases, inv.problems, inv.good, live_path, abandoned, timeline)
@@ -499,14 +502,21 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     return inv
 
 
+PARENT_MANIFEST = "/backup_manifest.zst"  # a base backup's standalone manifest: an incremental's input only
+
+
 def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], names: dict[str, int],
-                read: bool = False, damaged: dict[str, str] | None = None) -> list[bb.BaseBackup]:
+                read: bool = False, damaged: dict[str, str] | None = None,
+                unfit: dict[str, str] | None = None) -> list[bb.BaseBackup]:
     """The base backups of `bases` (oldest first) a restore can use: each stored object listed in
     `names` ({name: bytes}) with the size its record gives, (`read`) its whole object read and
     checked (SHA-256, authentication, zstd: the read a restore does), and an incremental's parent
     itself usable. The others go to `bad` ({id: why}), naming the object or parent at fault;
     those whose tar's read failed (what a listing can't see, and a restore can't get past) to
-    `damaged` too."""
+    `damaged` too. The standalone backup_manifest.zst is read by an incremental built on the
+    base backup, never by a restore (the tar holds its own copy): one missing, resized or
+    failing its read goes to `unfit` ({id: why}: no incremental is built on it), not `bad`
+    (breaker 28 F1: a base backup that restores was called broken, and dropped)."""
     from opsctl.backup.pipeline import unpack
 
     good: list[bb.BaseBackup] = []
@@ -520,10 +530,11 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
         for obj in b.objects:
             if why:
                 break
+            fault = None
             if obj.name not in names:
-                why = f"its object {obj.name} is missing"
+                fault = f"its object {obj.name} is missing"
             elif names[obj.name] != obj.size:
-                why = f"its object {obj.name} holds {names[obj.name]} bytes, its record says {obj.size}"
+                fault = f"its object {obj.name} holds {names[obj.name]} bytes, its record says {obj.size}"
             elif read:
                 try:
                     for _ in unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size,
@@ -531,12 +542,14 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
                         pass
                 except (IntegrityError, NotFound, OperationFailed) as exc:
                     # the error names the object already: said once
-                    why = f"its object {obj.name} fails its check: {str(exc).removeprefix(obj.name).lstrip(': ')}"
-                    # kept (record_findings) only when a restore reads it: the standalone
-                    # backup_manifest.zst is read by an incremental built on this one (which fails
-                    # on it, saying so), never by a restore (the tar holds its own copy)
-                    if damaged is not None and not obj.name.endswith("/backup_manifest.zst"):
-                        damaged[b.id] = why
+                    fault = f"its object {obj.name} fails its check: {str(exc).removeprefix(obj.name).lstrip(': ')}"
+                    if damaged is not None and not obj.name.endswith(PARENT_MANIFEST):
+                        damaged[b.id] = fault  # kept (record_findings): a restore reads it
+            if fault and obj.name.endswith(PARENT_MANIFEST):
+                if unfit is not None:
+                    unfit[b.id] = fault
+            else:
+                why = fault
         if why is None and b.parent and b.parent not in {g.id for g in good}:
             why = f"its parent base backup {b.parent} is " + (
                 "unusable" if b.parent in bad else "missing")
@@ -548,7 +561,8 @@ def whole_bases(repo, key, bases: list[bb.BaseBackup], bad: dict[str, str], name
     return [b for b in bases if b.id in kept]  # in the caller's order
 
 
-def record_findings(repo, key, sysid: str, damaged: dict[str, str], at: dt.datetime) -> None:
+def record_findings(repo, key, sysid: str, damaged: dict[str, str], at: dt.datetime,
+                    unfit: dict[str, str] | None = None) -> None:
     """Keep what a whole read of cluster `sysid`'s base backups found (`damaged`: {id: why},
     Inventory.damaged; {} when every one read whole) at `layout.verified`, sealed like a base
     backup's record (HMAC under `key`; a plain SHA-256 without one), replacing the last.
@@ -557,9 +571,11 @@ def record_findings(repo, key, sysid: str, damaged: dict[str, str], at: dt.datet
     finds it, and reading every base backup is verify-chain's (breaker 25 F1, F2). Kept, the
     finding makes `newest_usable_base` pass the damaged base backup over until a later whole
     read finds it sound: the `wal archive` health check then says no restore can start from it,
-    and an incremental base backup is not built on it."""
+    and an incremental base backup is not built on it. `unfit` (Inventory.unfit): base backups
+    whose standalone manifest failed, which restore but take no incremental."""
     body = {"version": 1, "sysid": sysid, "checked_at": at.astimezone(dt.timezone.utc).isoformat(),
-            "damaged": dict(sorted(damaged.items())), "key_id": key.id if key else None}
+            "damaged": dict(sorted(damaged.items())), "unfit": dict(sorted((unfit or {}).items())),
+            "key_id": key.id if key else None}
     body["mac"] = _findings_mac(key, body)
     repo.put_bytes(layout.verified(sysid), json.dumps(body, sort_keys=True, indent=1).encode())
 
@@ -579,11 +595,12 @@ NOT_AUTHENTIC = ("verify-chain's record of damaged base backups ({name}) is not 
                  "folder, moved aside first)")
 
 
-def read_findings(repo, key, sysid: str) -> tuple[dict[str, str], str | None]:
+def read_findings(repo, key, sysid: str) -> tuple[dict[str, str], dict[str, str], str | None]:
     """({base backup id: why} of what the last verify-chain found damaged (`record_findings`),
-    each why saying so and when; why the record was ignored, or None). The record is ignored
-    ({}, NOT_AUTHENTIC, also logged) when it is not authentic: sealed by another key, for
-    another cluster, edited, not JSON, over 16 MiB, a folder. ({}, None) when there is none."""
+    each why saying so and when; {id: why} of those it found unfit to take an incremental (their
+    standalone manifest); why the record was ignored, or None). The record is ignored ({}, {},
+    NOT_AUTHENTIC, also logged) when it is not authentic: sealed by another key, for another
+    cluster, edited, not JSON, over 16 MiB, a folder. ({}, {}, None) when there is none."""
     import hmac
 
     from opsctl.errors import OpsError
@@ -600,15 +617,17 @@ def read_findings(repo, key, sysid: str) -> tuple[dict[str, str], str | None]:
                      and isinstance(body.get("mac"), str) and hmac.compare_digest(body["mac"], _findings_mac(key, body))
                      and isinstance(body.get("damaged"), dict))
     except NotFound:
-        return {}, None
+        return {}, {}, None
     except (ValueError, TypeError, RecursionError, OSError, OpsError):  # not JSON, a folder, a link...
         authentic = False
     if not authentic:
         why = NOT_AUTHENTIC.format(name=name)
         log.warning("%s", why)
-        return {}, why
+        return {}, {}, why
     when = str(body.get("checked_at", ""))[:16].replace("T", " ")
-    return {str(bid): f"verify-chain found it damaged ({when} UTC): {why}" for bid, why in body["damaged"].items()}, None
+    unfit = body.get("unfit") if isinstance(body.get("unfit"), dict) else {}
+    return ({str(bid): f"verify-chain found it damaged ({when} UTC): {why}" for bid, why in body["damaged"].items()},
+            {str(bid): f"verify-chain found ({when} UTC) {why}" for bid, why in unfit.items()}, None)
 
 
 def found_damaged(repo, key, sysid: str) -> dict[str, str]:
@@ -617,13 +636,16 @@ def found_damaged(repo, key, sysid: str) -> dict[str, str]:
 
 
 def newest_usable_base(repo, sysid: str, key, names: dict[str, int],
-                       path: list[tuple[int, int | None]] | None) -> tuple[bb.BaseBackup | None, dict[str, str]]:
+                       path: list[tuple[int, int | None]] | None,
+                       for_parent: bool = False) -> tuple[bb.BaseBackup | None, dict[str, str]]:
     """(the newest base backup of cluster `sysid` a restore along timeline path `path` can start
     from, {id: why not} for the newer ones passed over). Usable: complete and authentic
     (`bb.load_all`), every object listed in `names` ({name: bytes} of the `pitr/<sysid>/base/`
     listing) at its recorded size and an incremental's parents likewise (`whole_bases`, by
     listing: nothing read but records), not found damaged by the last verify-chain
-    (`found_damaged`: one small read), and `on_path` (`path` None: any). None when there is no
+    (`read_findings`: one small read), and `on_path` (`path` None: any); `for_parent` (an
+    incremental's parent), its standalone manifest listed whole and not found failing by that
+    verify-chain either (`whole_bases`' unfit). None when there is no
     such base backup. Records are read newest first, stopping at the first usable one and its
     parents, so the cost is that of the newest few, not of the whole history.
 
@@ -638,7 +660,7 @@ def newest_usable_base(repo, sysid: str, key, names: dict[str, int],
             folders.setdefault(name[len(head):].partition("/")[0], {})[name] = size
     loaded: dict[str, bb.BaseBackup | None] = {}
     bad: dict[str, str] = {}
-    damaged = found_damaged(repo, key, sysid) if folders else {}
+    damaged, recorded_unfit, _ = read_findings(repo, key, sysid) if folders else ({}, {}, None)
 
     def load(bid: str) -> bb.BaseBackup | None:
         if bid in damaged:
@@ -663,8 +685,13 @@ def newest_usable_base(repo, sysid: str, key, names: dict[str, int],
             if parent is None:
                 break
             lineage.append(parent)
-        if any(g.id == b.id for g in whole_bases(repo, key, lineage[::-1], bad, names)):
-            return b, passed
+        unfit: dict[str, str] = {}
+        if any(g.id == b.id for g in whole_bases(repo, key, lineage[::-1], bad, names, unfit=unfit)):
+            why_not = (unfit.get(bid) or recorded_unfit.get(bid)) if for_parent else None
+            if not why_not:
+                return b, passed
+            passed[bid] = f"{why_not}: no incremental is built on it (a restore does not read it)"
+            continue
         cause, seen = bid, {bid}  # down the parents to the one at fault (breaker 25 F11: only the newest was named)
         while (rec := loaded.get(cause)) is not None and rec.parent in bad and rec.parent not in seen:
             cause = rec.parent

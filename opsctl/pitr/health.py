@@ -289,7 +289,7 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
         repo, key = sealed_repository(project, env)
         path = live_path(project, env, sysid)
         names = repo.names(layout.base_prefix(sysid))
-        findings = chain.read_findings(repo, key, sysid)[1] if names else None
+        findings = chain.read_findings(repo, key, sysid)[2] if names else None
         base, passed = chain.newest_usable_base(repo, sysid, key, names, path)
         if base is None:
             where = f" on the live server's history (timeline {path[-1][0]})" if path and names else ""

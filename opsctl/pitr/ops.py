@@ -102,6 +102,7 @@ class ChainReport:
     windows: list[dict]
     newest_restorable: dt.datetime | None
     timeline_path: list[dict] = field(default_factory=list)
+    unfit_parents: dict[str, str] = field(default_factory=dict)  # id -> why no incremental is built on it
 
     def faults(self) -> str:
         """What breaks the chain, named once, for an error line (the report gives the reasons):
@@ -155,7 +156,8 @@ def _report(inv: chain.Inventory, end: str = "end of the archive") -> ChainRepor
                   "to_lsn": layout.lsn_text(w.end_lsn), "last_segment": w.end_segment,
                   "ends_at": w.stopped_by.line() if w.stopped_by else end} for w in inv.windows],
         newest_restorable=inv.newest_restorable,
-        timeline_path=[{"timeline": t, "until": layout.lsn_text(e) if e is not None else None} for t, e in inv.path])
+        timeline_path=[{"timeline": t, "until": layout.lsn_text(e) if e is not None else None} for t, e in inv.path],
+        unfit_parents=dict(inv.unfit))
 
 
 def server_archived(project: Project, env: Environment, sysid: str) -> str | None:
@@ -250,7 +252,7 @@ def verify_chain(project: Project, env: Environment, progress=None, timeline: in
                           live_path=live_path(project, env, sysid), timeline=timeline,
                           queued=_queued_for(state, sysid))
     try:
-        chain.record_findings(repo, key, sysid, inv.damaged, dt.datetime.now(dt.timezone.utc))
+        chain.record_findings(repo, key, sysid, inv.damaged, dt.datetime.now(dt.timezone.utc), inv.unfit)
     except Exception as exc:  # noqa: BLE001 - a read-only credential, the store away: the report stands
         log.warning("could not keep verify-chain's findings in the repository (%s): the health check and "
                     "incremental base backups go by listing until a verify-chain can", exc)

@@ -107,7 +107,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     `drop_damaged` (that person's decision) the damaged ones go too (`dropped`): every base
     backup's objects read now (a finding of the last verify-chain is not taken on trust: one
     repaired since stays), and those missing an object, of the wrong size, failing the read,
-    or built on one of them go: each restores nothing. Never one whose record is not authentic
+    or built on one of them go: each restores nothing (_damaged_now). Never one whose record is not authentic
     (sealed by another key, say before a key change, or planted), nor one built on such a one.
     `dropped`: the dry run's verdicts, not read again."""
     if keep_full < 1:
@@ -149,7 +149,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
                            if kept else [])
     out.interrupted = interrupted(repo, sysid)
     if drop_damaged:  # they restore nothing, whatever is kept
-        out.dropped = dropped if dropped is not None else _damaged_now(repo, key, sysid, names, bases, damaged, spared)
+        out.dropped = dropped if dropped is not None else _damaged_now(repo, key, sysid, names)
         out.removed = [bid for bid in out.removed if bid not in out.dropped]
         if not dry_run:
             _remove_bases(repo, sysid, list(out.dropped))
@@ -181,11 +181,12 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     return out
 
 
-def _damaged_now(repo, key, sysid: str, names: dict[str, int], bases: list, damaged: dict[str, str],
-                 spared: set[str]) -> dict[str, str]:
-    """{id: why} of the base backups that restore nothing as read now: every authentic record's
-    objects read whole (chain.whole_bases), with the full ones _prove found damaged and what
-    is built on them (`spared`); never one whose record is not authentic nor one built on it."""
+def _damaged_now(repo, key, sysid: str, names: dict[str, int]) -> dict[str, str]:
+    """{id: why} of the base backups whose own objects restore nothing, as read now: each
+    authentic record's tar read whole (chain.whole_bases), and what is built on one that
+    fails. Not a full one whose WAL to consistency is damaged (`_prove`'s other verdict): its
+    incrementals replay only their own WAL over its tar and restore (breaker 28 F2). Never one
+    whose record is not authentic nor one built on it."""
     from opsctl.pitr import chain
 
     records, unsealed = bb.load_all(repo, sysid, key, {n: s for n, s in names.items()
@@ -201,12 +202,7 @@ def _damaged_now(repo, key, sysid: str, names: dict[str, int], bases: list, dama
             bid = by_id[bid].parent or ""
         return bid in unsealed
 
-    out = {bid: why for bid, why in bad.items() if not on_unsealed(bid)}
-    for b in bases:
-        if b.id in spared and b.id not in out:
-            root = bb.chain_of(bases, b)[0].id
-            out[b.id] = damaged.get(b.id) or f"built on {root}, which is damaged ({damaged.get(root, '')})"
-    return out
+    return {bid: why for bid, why in bad.items() if not on_unsealed(bid)}
 
 
 def _remove_bases(repo, sysid: str, ids: list[str]) -> None:

@@ -464,25 +464,41 @@ def test_what_verify_chain_found_damaged_is_offered_by_no_listing_and_an_edited_
     assert _check(pitr).status == Status.OK
 
 
-def test_a_damaged_standalone_manifest_is_named_by_verify_chain_but_restores_still_start_there(pitr, runner):
-    """Breaker 25 F12: the standalone backup_manifest.zst is read only by an incremental built on
-    its base backup; a restore reads the tar (which holds its own copy). verify-chain names it,
-    but does not keep it as damage that makes the check say no restore can start there."""
+def test_a_damaged_standalone_manifest_takes_no_incremental_and_nothing_else(pitr, runner):
+    """Breaker 25 F12, breaker 28 F1, F7: the standalone backup_manifest.zst is read only by an
+    incremental built on its base backup; a restore reads the tar (which holds its own copy).
+    Damaged, it made verify-chain call the chain broken, `--drop-damaged` delete chains that
+    restore, and every nightly fail at its base backup on the same parent. Now verify-chain
+    names it (exit 0), the check stays OK, prune-chain leaves it, and an incremental is built
+    elsewhere: on the parent (once verify-chain found it), or (`--auto`, before) a full one."""
     import os
 
     from opsctl.health.model import Status
+    from opsctl.pitr import layout
 
-    full, _, _ = _full_and_incremental(pitr, runner)
-    manifest = pitr.root / "repo" / _base_folder(pitr) / full / "backup_manifest.zst"
+    full, inc, _ = _full_and_incremental(pitr, runner)
+    manifest = pitr.root / "repo" / _base_folder(pitr) / inc / "backup_manifest.zst"
     original = manifest.read_bytes()
     manifest.write_bytes(os.urandom(len(original)))
+    record = pitr.root / "repo" / layout.verified(pitr.sysid())
     try:
+        record.unlink(missing_ok=True)  # before any verify-chain found it: the incremental's read does
+        refused = pitr.cli(runner, "backup", "base", "--incremental")
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 1 and f"base backup {inc}'s backup_manifest.zst" in said, said
+        assert "'opsctl backup base --auto'" in said, said
+        auto = json.loads(pitr.cli(runner, "backup", "base", "--auto", "--json").stdout)
+        assert (auto["kind"], auto["parent"]) == ("full", None), auto
+
         verify = pitr.cli(runner, "backup", "verify-chain")
         said = " ".join(verify.output.split())  # the report folds at 80 columns
-        assert verify.exit_code == 1 and f"base backup {full}: its object" in said, verify.output
-        assert "backup_manifest.zst fails its check" in said, verify.output
-        check = _check(pitr)
-        assert check.status == Status.OK and "verify-chain found it damaged" not in check.message, check
+        assert verify.exit_code == 0, verify.output
+        assert f"base backup {inc}: its object" in said and "no incremental is built on it" in said, said
+        assert _check(pitr).status == Status.OK
+        on_parent = json.loads(pitr.cli(runner, "backup", "base", "--incremental", "--json").stdout)
+        assert on_parent["parent"] != inc, on_parent  # found by verify-chain: passed over
+        plan = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "2", "--drop-damaged", "--dry-run", "--json")
+        assert not {full, inc} & set(json.loads(plan.stdout)["dropped"]), plan.stdout
     finally:
         manifest.write_bytes(original)
     assert pitr.cli(runner, "backup", "verify-chain").exit_code == 0

@@ -24,13 +24,15 @@ def repo(tmp_path):
 
 @pytest.mark.parametrize("key", [BackupKey(os.urandom(32)), None], ids=["sealed", "unencrypted"])
 def test_findings_are_read_back_and_a_later_sound_read_clears_them(repo, key):
-    assert chain.read_findings(repo, key, SYSID) == ({}, None)  # none recorded yet: nothing to say
+    assert chain.read_findings(repo, key, SYSID) == ({}, {}, None)  # none recorded yet: nothing to say
     chain.record_findings(repo, key, SYSID, {"20261201T010000Z-aaaa": "its object x fails its check: bad header"}, AT)
     found = chain.found_damaged(repo, key, SYSID)
     assert found == {"20261201T010000Z-aaaa": "verify-chain found it damaged (2026-12-01 02:00 UTC): its object x "
                                               "fails its check: bad header"}
-    chain.record_findings(repo, key, SYSID, {}, AT + dt.timedelta(days=1))
-    assert chain.found_damaged(repo, key, SYSID) == {}
+    chain.record_findings(repo, key, SYSID, {}, AT + dt.timedelta(days=1),
+                          {"20261201T010000Z-aaaa": "its object y fails its check"})
+    assert chain.read_findings(repo, key, SYSID) == (
+        {}, {"20261201T010000Z-aaaa": "verify-chain found (2026-12-02 02:00 UTC) its object y fails its check"}, None)
 
 
 def _edit(repo, change) -> None:
@@ -50,8 +52,8 @@ def test_an_edited_record_is_ignored_and_said(repo, change, caplog):
     key = BackupKey(os.urandom(32))
     chain.record_findings(repo, key, SYSID, {"20261201T010000Z-aaaa": "damaged"}, AT)
     _edit(repo, change)
-    found, why = chain.read_findings(repo, key, SYSID)
-    assert found == {} and "is not authentic" in why and "run 'opsctl backup verify-chain'" in why
+    found, unfit, why = chain.read_findings(repo, key, SYSID)
+    assert found == {} == unfit and "is not authentic" in why and "run 'opsctl backup verify-chain'" in why
     assert "is not authentic" in caplog.text
 
 

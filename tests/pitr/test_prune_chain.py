@@ -205,6 +205,32 @@ def test_drop_damaged_removes_what_restores_nothing_and_never_an_unauthentic_rec
     assert not {rotten, on_rotten} & set(json.loads(after.stdout)["unusable_base_backups"]), after.stdout
 
 
+def test_drop_damaged_leaves_a_full_whose_own_wal_is_damaged_and_the_incremental_that_restores(pitr, runner):
+    """Breaker 28 F2: a full base backup whose WAL from start to stop is damaged restores nothing
+    alone, but an incremental on it combines its tar with the incremental's own WAL and
+    restores: `--drop-damaged` deleted both, the only chain that restored to now."""
+    from opsctl.pitr import layout
+
+    full = json.loads(pitr.cli(runner, "backup", "base", "--json").stdout)
+    pitr.sql("insert into events(note) values ('on the full one')")
+    inc = pitr.cli(runner, "backup", "base", "--incremental", "--json")
+    assert inc.exit_code == 0, inc.output
+    pitr.wait_archived()
+    sysid = pitr.sysid()
+    files, _ = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))
+    start = layout.segment(full["timeline"], layout.segno(layout.lsn(full["start_lsn"])))
+    for obj in files[start]:
+        seg = pitr.root / "repo" / obj.name
+        raw = bytearray(seg.read_bytes())
+        raw[len(raw) // 2] ^= 1
+        seg.write_bytes(bytes(raw))
+    plan = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "3", "--drop-damaged", "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.output
+    doc = json.loads(plan.stdout)
+    assert start in doc["damaged"].get(full["id"], ""), doc  # named: its WAL to consistency fails
+    assert not {full["id"], json.loads(inc.stdout)["id"]} & set(doc["dropped"]), doc
+
+
 def test_local_down_stops_a_beside_restored_server(pitr, runner):
     """A `restore --beside` copy kept running after `local down --purge` deleted its data
     directory. Now down stops every PostgreSQL on a data directory of the platform's folder.
