@@ -1,8 +1,10 @@
 """Running a runbook: templates, conditions, approvals, retries, timeouts, failure routing.
 
 Steps run in order; a step named in some `on_failure` is a handler and runs only when that
-failure happens. Each step's outcome goes to the journal before the next starts, so a run
-killed half-way resumes (`--resume RUN_ID`) at the first step that did not finish, with
+failure happens; `on_failure: [alert, continue]` runs the handler, then the steps after (the
+run still ends failed). A step that refuses its input after another step did its work is a
+failed step like any other (before any did, the whole run is refused: exit 2). Each step's
+outcome goes to the journal before the next starts, so a run killed half-way resumes (`--resume RUN_ID`) at the first step that did not finish, with
 the outputs of the finished ones, and never repeats them.
 
 Values are typed, never re-read from text: a `with:` value that is one `{{ expression }}`
@@ -31,7 +33,7 @@ from opsctl.errors import Interrupted, OperationFailed, UsageError
 from opsctl.runbook import journal as jr
 from opsctl.runbook.actions import ACTIONS, Context
 from opsctl.runbook.catalog import digest, locate
-from opsctl.runbook.model import Runbook, template_refs, condition, evaluate, misfit
+from opsctl.runbook.model import CONTINUE, Runbook, template_refs, condition, evaluate, misfit
 from opsctl.runbook.secrets import Masker, masking_logs
 
 STOP_GRACE = 10.0  # seconds a cancelled action has to end before the step gives up on it
@@ -379,15 +381,29 @@ class _Runner:
                     self.steps.append(StepOutcome(sid, StepStatus.DONE_BEFORE, outputs=self.mask(done[sid])))
                     self._notify(self.steps[-1])
                 continue
-            if self.run_step(step):
-                continue
+            try:
+                if self.run_step(step):
+                    continue
+            except UsageError as exc:
+                # refused before anything ran: bad input (exit 2, nothing done). Once a step did
+                # its work, a step that can't take its input is a failed step, routed like any
+                # other, so its alert is sent (breaker 28 F3: a config without retention ended the
+                # nightly at its prune step, exit 2, no alert, its later steps never run)
+                if not done and not any(o.status == StepStatus.OK for o in self.steps):
+                    raise
+                self._record(StepOutcome(sid, StepStatus.FAILED, detail=str(exc)))
             route = step.get("on_failure", "abort")
             if route == "continue":
-                status = RunStatus.SUCCEEDED_WITH_FAILURES
+                if status == RunStatus.SUCCEEDED:
+                    status = RunStatus.SUCCEEDED_WITH_FAILURES
                 continue
-            for handler in route if isinstance(route, list) else []:
-                self.run_step(by_id[handler])
+            targets = route if isinstance(route, list) else []
+            for handler in targets:
+                if handler != CONTINUE:
+                    self.run_step(by_id[handler])
             status = RunStatus.FAILED
+            if targets and targets[-1] == CONTINUE:  # [alert, continue]: the rest still runs; the run failed
+                continue
             break
         if self.journal:
             self.journal.write("end", status=status)

@@ -43,6 +43,7 @@ def _quote(value: Any) -> str:
     return shlex.quote("" if value is None else str(value))
 
 
+CONTINUE = "continue"  # on_failure: continue, or [handler..., continue]: the run goes on after the failure
 TEMPLATES = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
 TEMPLATES.filters["quote"] = _quote
 
@@ -134,8 +135,10 @@ class Runbook:
         return found
 
     def handlers(self) -> set[str]:
-        """Steps named in some on_failure: they run only when a step fails."""
-        return {t for s in self.steps if isinstance(s.get("on_failure"), list) for t in s["on_failure"]}
+        """Steps named in some on_failure: they run only when a step fails (a list's last word
+        `continue` is not a step: the run goes on after the handlers)."""
+        return {t for s in self.steps if isinstance(s.get("on_failure"), list) for t in s["on_failure"]
+                if t != CONTINUE}
 
     def line(self, *path: Any) -> int:
         """The line of the key at `path` (or of its nearest parent that has one)."""
@@ -483,8 +486,17 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
         if fn is None:
             problems.append(Problem(book.path, book.line("steps", i, "action"),
                                     f"unknown action '{step['action']}'; one of: {', '.join(sorted(actions))}"))
-        for target in step.get("on_failure") if isinstance(step.get("on_failure"), list) else []:
-            if target not in ids:
+        if step["id"] == CONTINUE:
+            problems.append(Problem(book.path, book.line("steps", i, "id"),
+                                    f"a step can't be named '{CONTINUE}' (on_failure: [handler, {CONTINUE}] means go on)"))
+        targets = step.get("on_failure") if isinstance(step.get("on_failure"), list) else []
+        for n, target in enumerate(targets):
+            if target == CONTINUE and n == len(targets) - 1:
+                continue
+            if target == CONTINUE:
+                problems.append(Problem(book.path, book.line("steps", i, "on_failure"),
+                                        f"'{CONTINUE}' ends an on_failure list: its handlers run first"))
+            elif target not in ids:
                 problems.append(Problem(book.path, book.line("steps", i, "on_failure"),
                                         f"on_failure names unknown step '{target}'"))
         earlier = set(ids[:i])
@@ -562,7 +574,7 @@ def _check_paths(book: Runbook, i: int, step: dict, fn: Callable | None) -> list
 
 
 def _cycles(book: Runbook) -> list[Problem]:
-    graph = {s["id"]: [t for t in s.get("on_failure", []) if isinstance(s.get("on_failure"), list)]
+    graph = {s["id"]: [t for t in s.get("on_failure", []) if isinstance(s.get("on_failure"), list) and t != CONTINUE]
              for s in book.steps}
     for start in graph:
         stack, visited = [(start, [start])], set()

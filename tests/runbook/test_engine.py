@@ -227,3 +227,55 @@ def test_published_version_is_immutable(runner, root):
     assert "-version: 1" in diff.output and "+version: 2" in diff.output
     latest = runner.invoke(app, ["runbook", "show", "flow"])
     assert "runbooks/flow/v2.yaml" in latest.output
+
+
+def test_a_step_that_refuses_its_input_mid_run_is_a_failed_step_and_continue_goes_on(runner, root, monkeypatch):
+    """Breaker 28 F3: a step's UsageError (here an approval nobody can give; in the nightly, a
+    prune with no retention rule) after earlier steps did their work ended the whole run as
+    bad input: exit 2, no --json, no alert, the later steps never run. It is now a failed
+    step routed by its on_failure; `[handler, continue]` runs the handler, then the rest."""
+    monkeypatch.setenv("CI", "true")
+    _write(root, "mid", 1, """\
+        name: mid
+        version: 1
+        steps:
+          - id: first
+            action: shell
+            with: {command: "echo x > first.txt"}
+          - id: gate
+            action: approve
+            with: {message: "delete everything"}
+            on_failure: [note, continue]
+          - id: after
+            action: shell
+            with: {command: "echo x > after.txt"}
+          - id: note
+            action: shell
+            with: {command: "echo x > note.txt"}
+        """)
+    doc = run_runbook(runner, "mid", exit_code=1)
+    assert doc["status"] == "failed", doc
+    gate = next(s for s in doc["steps"] if s["id"] == "gate")
+    assert gate["status"] == "failed" and "pass --yes" in gate["detail"], gate
+    assert all((root / f).exists() for f in ("first.txt", "note.txt", "after.txt"))
+
+
+@pytest.mark.parametrize("on_failure, reason", [
+    ("[continue, note]", "'continue' ends an on_failure list"),
+    ("[ghost, continue]", "unknown step 'ghost'"),
+])
+def test_continue_ends_an_on_failure_list(runner, root, on_failure, reason):
+    path = _write(root, "cont", 1, f"""\
+        name: cont
+        version: 1
+        steps:
+          - id: a
+            action: shell
+            with: {{command: "true"}}
+            on_failure: {on_failure}
+          - id: note
+            action: shell
+            with: {{command: "true"}}
+        """)
+    result = runner.invoke(app, ["runbook", "validate", "cont"])
+    assert result.exit_code == 2 and str(path) in result.output and reason in result.output, result.output
