@@ -144,7 +144,9 @@ def prune_chain(
            f"{', '.join(r.interrupted)}" if r.interrupted else "")
         + (f"; {verb} {len(r.dropped)} damaged: {', '.join(r.dropped)}" if r.dropped else "")
         + (f"; left, not counted (damaged, see above; --drop-damaged removes them): {', '.join(r.damaged)}"
-           if r.damaged and not r.dropped else ""),
+           if r.damaged and not r.dropped else "")
+        + (f"; left, record not authentic (check, then remove by hand): "
+           f"{'; '.join(f'{bid}: {why}' for bid, why in r.unauthentic.items())}" if r.unauthentic else ""),
         soft_wrap=True))
 
 

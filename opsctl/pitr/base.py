@@ -209,7 +209,12 @@ def load_all(repo, sysid: str, key, names: dict[str, int] | None = None) -> tupl
             bad[bid] = "base.json is damaged"
             continue
         if rec.id != bid or rec.sysid != sysid or not rec.authentic(key):
-            bad[bid] = "base.json fails its authentication check (not sealed by this repository's key)"
+            # said as it is: another cluster's or another folder's record is a copy, not a forgery
+            # (breaker 28 F5); either way it is never used, nor removed by opsctl
+            where = (f"belongs to cluster {rec.sysid}" if rec.sysid != sysid else
+                     f"belongs to base backup {rec.id}" if rec.id != bid else "")
+            bad[bid] = ("base.json fails its authentication check (" + (f"{where}: copied here?" if where else
+                        "not sealed by this repository's key") + ")")
             continue
         good.append(rec)
     return good, bad

@@ -49,6 +49,7 @@ class ChainPruneResult:
     proven: dict[str, str] = field(default_factory=dict)  # id -> "" (read whole) or why not
     interrupted: list[str] = field(default_factory=list)  # ids of dead unfinished base backups removed
     dropped: dict[str, str] = field(default_factory=dict)  # (drop_damaged) damaged ones removed: id -> why
+    unauthentic: dict[str, str] = field(default_factory=dict)  # left: base.json not authentic (id -> why)
 
 
 def interrupted(repo, sysid: str) -> list[str]:
@@ -148,6 +149,8 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
                            removed=[b.id for b in bases if b.id not in {k.id for k in kept} | spared]
                            if kept else [])
     out.interrupted = interrupted(repo, sysid)
+    # never removed by opsctl, even with drop_damaged (another key's, or a copy), but said
+    out.unauthentic = {bid: listed.bad_bases[bid] for bid in sorted(listed.unsealed)}
     if drop_damaged:  # they restore nothing, whatever is kept
         out.dropped = dropped if dropped is not None else _damaged_now(repo, key, sysid, names)
         out.removed = [bid for bid in out.removed if bid not in out.dropped]

@@ -199,6 +199,10 @@ def test_drop_damaged_removes_what_restores_nothing_and_never_an_unauthentic_rec
     assert good in doc["kept"] and {rotten, on_rotten} <= set(doc["dropped"]), doc
     assert "fails its check" in doc["dropped"][rotten], doc  # read now, not taken from the record
     assert planted.name not in doc["dropped"] and planted.is_dir()
+    # left, and said (breaker 28 F5): a copy of another folder's record, not "another key's"
+    assert f"belongs to base backup {good}: copied here?" in doc["unauthentic"][planted.name], doc
+    told = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "2", "--dry-run")
+    assert "record not authentic (check, then remove by hand)" in " ".join(told.output.split()), told.output
     assert not (folder / rotten).exists() and not (folder / on_rotten).exists()
     shutil.rmtree(planted)
     after = pitr.cli(runner, "backup", "verify-chain", "--json")  # (an earlier test's tampered WAL still fails it)
