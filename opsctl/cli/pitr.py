@@ -143,8 +143,10 @@ def prune_chain(
         + (f"; {'would remove' if dry_run else 'removed'} {len(r.interrupted)} interrupted (dead, unfinished): "
            f"{', '.join(r.interrupted)}" if r.interrupted else "")
         + (f"; {verb} {len(r.dropped)} damaged: {', '.join(r.dropped)}" if r.dropped else "")
-        + (f"; left, not counted (damaged, see above; --drop-damaged removes them): {', '.join(r.damaged)}"
-           if r.damaged and not r.dropped else "")
+        + ("; left, not counted (damaged, see above; " + ("their own objects read whole, so --drop-damaged keeps "
+           "them" if drop_damaged else "--drop-damaged removes those whose own objects fail") + f"): "
+           f"{', '.join(bid for bid in r.damaged if bid not in r.dropped)}"
+           if set(r.damaged) - set(r.dropped) else "")
         + (f"; left, record not authentic (check, then remove by hand): "
            f"{'; '.join(f'{bid}: {why}' for bid, why in r.unauthentic.items())}" if r.unauthentic else ""),
         soft_wrap=True))

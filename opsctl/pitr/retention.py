@@ -154,6 +154,8 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     if drop_damaged:  # they restore nothing, whatever is kept
         out.dropped = dropped if dropped is not None else _damaged_now(repo, key, sysid, names)
         out.removed = [bid for bid in out.removed if bid not in out.dropped]
+        out.kept = [bid for bid in out.kept if bid not in out.dropped]  # a damaged incremental of a kept chain
+        kept = [b for b in kept if b.id not in out.dropped]
         if not dry_run:
             _remove_bases(repo, sysid, list(out.dropped))
     if not kept:

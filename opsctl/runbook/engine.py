@@ -399,8 +399,12 @@ class _Runner:
                 continue
             targets = route if isinstance(route, list) else []
             for handler in targets:
-                if handler != CONTINUE:
+                if handler == CONTINUE:
+                    continue
+                try:
                     self.run_step(by_id[handler])
+                except UsageError as exc:  # a handler runs after a failure: its refusal is its own failure
+                    self._record(StepOutcome(handler, StepStatus.FAILED, detail=str(exc)))
             status = RunStatus.FAILED
             if targets and targets[-1] == CONTINUE:  # [alert, continue]: the rest still runs; the run failed
                 continue

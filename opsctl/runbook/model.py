@@ -642,10 +642,11 @@ def within(ref: str, name: str, spec: Mapping[str, Any], value: Any, secret: boo
         return value
     low, high = spec.get("minimum"), spec.get("maximum")
     got = "(secret)" if secret else f"{value:g}"
+    how = f"set {env_var(name)}" if secret else f"pass -p {name}=N"  # a command line is readable by all
     if low is not None and value < low:
-        raise UsageError(f"{ref}: parameter '{name}' must be at least {low:g}, got {got}; pass -p {name}=N")
+        raise UsageError(f"{ref}: parameter '{name}' must be at least {low:g}, got {got}; {how}")
     if high is not None and value > high:
-        raise UsageError(f"{ref}: parameter '{name}' must be at most {high:g}, got {got}; pass -p {name}=N")
+        raise UsageError(f"{ref}: parameter '{name}' must be at most {high:g}, got {got}; {how}")
     return value
 
 

@@ -174,8 +174,12 @@ def test_drop_damaged_removes_what_restores_nothing_and_never_an_unauthentic_rec
     on_rotten = base("--incremental")
     pitr.sql("insert into events(note) values ('before the good one')")
     good = base()
+    pitr.sql("insert into events(note) values ('on the good one')")
+    good_inc = base("--incremental")  # damaged below: a kept chain's damaged link (breaker 28 F11)
     pitr.wait_archived()
     folder = pitr.root / "repo" / layout.base_prefix(pitr.sysid())
+    tar = folder / good_inc / "base.tar.zst"
+    tar.write_bytes(os.urandom(tar.stat().st_size))
     # every full one but the newest damaged (this module's earlier ones too): no older one is
     # proven, so only the damaged ones' WAL is older than what `good` needs
     for f in folder.iterdir():
@@ -196,7 +200,8 @@ def test_drop_damaged_removes_what_restores_nothing_and_never_an_unauthentic_rec
     r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "2", "--drop-damaged", "--yes", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert good in doc["kept"] and {rotten, on_rotten} <= set(doc["dropped"]), doc
+    assert good in doc["kept"] and {rotten, on_rotten, good_inc} <= set(doc["dropped"]), doc
+    assert not set(doc["kept"]) & set(doc["dropped"]), doc
     assert "fails its check" in doc["dropped"][rotten], doc  # read now, not taken from the record
     assert planted.name not in doc["dropped"] and planted.is_dir()
     # left, and said (breaker 28 F5): a copy of another folder's record, not "another key's"

@@ -245,18 +245,22 @@ def test_a_step_that_refuses_its_input_mid_run_is_a_failed_step_and_continue_goe
           - id: gate
             action: approve
             with: {message: "delete everything"}
-            on_failure: [note, continue]
+            on_failure: [ask, note, continue]
           - id: after
             action: shell
             with: {command: "echo x > after.txt"}
+          - id: ask
+            action: approve
+            with: {message: "and the handler asks too"}
           - id: note
             action: shell
             with: {command: "echo x > note.txt"}
         """)
     doc = run_runbook(runner, "mid", exit_code=1)
     assert doc["status"] == "failed", doc
-    gate = next(s for s in doc["steps"] if s["id"] == "gate")
-    assert gate["status"] == "failed" and "pass --yes" in gate["detail"], gate
+    by_id = {s["id"]: s for s in doc["steps"]}
+    assert by_id["gate"]["status"] == "failed" and "pass --yes" in by_id["gate"]["detail"], by_id
+    assert by_id["ask"]["status"] == "failed", by_id  # a handler's refusal is its own failure (breaker 28 F12)
     assert all((root / f).exists() for f in ("first.txt", "note.txt", "after.txt"))
 
 

@@ -247,4 +247,5 @@ def test_a_secret_number_outside_its_bounds_is_refused_without_showing_it(runner
         """)
     monkeypatch.setenv("OPSCTL_PARAM_PIN", "737")
     refused = run_refused(runner, "pin")
-    assert "parameter 'pin' must be at least 1000, got (secret)" in refused and "737" not in refused, refused
+    assert "parameter 'pin' must be at least 1000, got (secret); set OPSCTL_PARAM_PIN" in refused, refused
+    assert "737" not in refused and "-p pin" not in refused, refused
