@@ -432,9 +432,7 @@ class FileRepository(Repository):
         `prefix`, or every one in the folder `prefix` ending in '/'), walking only the folder
         the prefix is in (deleting or listing one backup never walks the repository). Each
         folder is opened through _open_dir (no link followed) and listed by its descriptor;
-        links are entries, never descended."""
-        if not self._root_is_folder():
-            return
+        links are entries, never descended. A root that is not a folder is refused by _open_dir."""
         head, _, tail = prefix.rpartition("/")
         stack = [(head.split("/") if head else [], tail, exact)]
         while stack:
