@@ -398,6 +398,10 @@ def _check_parameters(book: Runbook) -> list[Problem]:
     known: dict[str, Any] = {}  # defaults known at validate, rendered
     for index, (name, spec) in enumerate(book.parameters.items()):
         kind = spec.get("type", "string")
+        low, high = spec.get("minimum"), spec.get("maximum")
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+            problems.append(Problem(book.path, book.line("parameters", name, "minimum"),
+                                    f"parameter '{name}': minimum {low:g} is above maximum {high:g}; no value fits"))
         where = book.line("parameters", name, "default") if "default" in spec else book.line("parameters", name)
         if "default" not in spec:
             if not spec.get("required", False):

@@ -249,3 +249,27 @@ def test_a_secret_number_outside_its_bounds_is_refused_without_showing_it(runner
     refused = run_refused(runner, "pin")
     assert "parameter 'pin' must be at least 1000, got (secret); set OPSCTL_PARAM_PIN" in refused, refused
     assert "737" not in refused and "-p pin" not in refused, refused
+
+
+@pytest.mark.parametrize("spec, said", [
+    ("{type: string, default: x, minimum: 3}", "'string' is not one of ['integer', 'number']"),
+    ("{default: x, maximum: 3}", "'type' is a required property"),
+    ("{type: boolean, default: true, minimum: 0}", "'boolean' is not one of ['integer', 'number']"),
+    ("{type: integer, default: 5, minimum: 10, maximum: 2}", "minimum 10 is above maximum 2; no value fits"),
+])
+def test_bounds_that_cannot_mean_anything_fail_validate(runner, ops_root, probe, spec, said):
+    """Breaker 28 F9: `minimum` on a string parameter was taken and meant nothing (`-p s=ab`
+    ran). Bounds go with a number type, and a minimum above the maximum admits no value: both
+    are the runbook's fault, named by `validate` (file:line) and refused by a run."""
+    path = write_runbook(ops_root, "odd", 1, f"""\
+        name: odd
+        version: 1
+        parameters:
+          p: {spec}
+        steps:
+          - id: w
+            action: probe
+        """)
+    result = runner.invoke(app, ["runbook", "validate", "odd"])
+    assert result.exit_code == 2 and f"{path}:" in result.output and said in result.output, result.output
+    assert said in run_refused(runner, "odd")
