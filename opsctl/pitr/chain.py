@@ -626,7 +626,10 @@ def read_findings(repo, key, sysid: str) -> tuple[dict[str, str], dict[str, str]
         return {}, {}, why
     when = str(body.get("checked_at", ""))[:16].replace("T", " ")
     unfit = body.get("unfit") if isinstance(body.get("unfit"), dict) else {}
-    return ({str(bid): f"verify-chain found it damaged ({when} UTC): {why}" for bid, why in body["damaged"].items()},
+    # a record is a finding at a time, not a fact about now: say how to renew it (breaker 28 F8: a stale
+    # record, or an old one put back, says nothing restores while a repaired base backup does)
+    again = "; if it was repaired since, run 'opsctl backup verify-chain'"
+    return ({str(bid): f"verify-chain found it damaged ({when} UTC{again}): {why}" for bid, why in body["damaged"].items()},
             {str(bid): f"verify-chain found ({when} UTC) {why}" for bid, why in unfit.items()}, None)
 
 

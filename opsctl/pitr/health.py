@@ -176,7 +176,7 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
     # while the archiver was stuck on the same hung repository)
     repo_wait = max(1.0, timeout - 2.0)
     answered, found = _bounded(lambda: _repository_view(project, env, state, server is not None), repo_wait)
-    unbacked, missing, findings = found if answered else (None, [], None)
+    unbacked, missing, findings, unfit = found if answered else (None, [], None, {})
     if unbacked is not None:
         details["base_backup"] = False
         lag = max(lag, now - unbacked[1])
@@ -242,6 +242,12 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
         details["verify_chain_record"] = "not authentic"
         status = max(status, Status.WARNING)
         text += f"; {findings}"
+    if unfit:  # damage a restore does not read is still damage in the repository's storage
+        details["unfit_base_backups"] = sorted(unfit)
+        status = max(status, Status.WARNING)
+        first = min(unfit)
+        text += (f"; {len(unfit)} base backup(s) with a damaged backup_manifest.zst ({first}: {unfit[first]}): "
+                 "a restore does not read it, but no incremental is built on them; check the repository's storage")
     if not answered:
         details["repository_answered"] = False
         status = max(status, Status.WARNING)
@@ -264,8 +270,8 @@ def _bounded(call, seconds: float) -> tuple[bool, object]:
 
 
 def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, float, str] | None, list[str],
-                                                                     str | None]:
-    """What the repository says of the live cluster: (unbacked, missing, findings).
+                                                                     str | None, dict[str, str]]:
+    """What the repository says of the live cluster: (unbacked, missing, findings, unfit).
 
     unbacked: (system identifier, since when its commits are at risk: epoch seconds, where)
     when no base backup a restore can start from lies on the live server's history
@@ -278,7 +284,10 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
     findings: why verify-chain's record of damaged base backups is not heeded (chain.read_findings:
     edited, forged, another key's), else None: a record that fails its seal is evidence of
     tampering or damage, said rather than read as "nothing found" (breaker 27 F4).
-    (None, [], None) when it can't be told (no data directory, the repository unreadable: the
+    unfit: {id: why} of the base backups still listed whose standalone backup_manifest.zst the
+    last verify-chain found failing (a restore works, no incremental takes it as parent; breaker
+    28: since that damage no longer fails verify-chain, nothing else reports it nightly).
+    (None, [], None, {}) when it can't be told (no data directory, the repository unreadable: the
     rest of the check still runs)."""
     from opsctl.pitr import archive, chain, layout
     from opsctl.pitr import base as bb
@@ -289,18 +298,21 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
         repo, key = sealed_repository(project, env)
         path = live_path(project, env, sysid)
         names = repo.names(layout.base_prefix(sysid))
-        findings = chain.read_findings(repo, key, sysid)[2] if names else None
+        _, recorded_unfit, findings = chain.read_findings(repo, key, sysid) if names else ({}, {}, None)
+        head = layout.base_prefix(sysid)
+        listed = {n[len(head):].partition("/")[0] for n in names if n.startswith(head)}
+        unfit = {bid: why for bid, why in recorded_unfit.items() if bid in listed}  # pruned since: gone
         base, passed = chain.newest_usable_base(repo, sysid, key, names, path)
         if base is None:
             where = f" on the live server's history (timeline {path[-1][0]})" if path and names else ""
             unusable = [f"{bid}: {why}" for bid, why in passed.items() if why not in (bb.UNFINISHED, bb.INTERRUPTED)]
             if unusable:  # the newest one's reason: what to repair first
                 where += f" that a restore can use ({unusable[0]})"
-            return (sysid, float(int(sysid) >> 32), where), [], findings
+            return (sysid, float(int(sysid) >> 32), where), [], findings, unfit
         archived = server_archived(project, env, sysid) if server_up and path else None
-        return None, missing_archived(repo, sysid, base, path, archived) if archived else [], findings
+        return None, missing_archived(repo, sysid, base, path, archived) if archived else [], findings, unfit
     except Exception:  # noqa: BLE001 - OpsError, OSError, a repository client's own: can't be told
-        return None, [], None
+        return None, [], None, {}
 
 
 def missing_archived(repo, sysid: str, base, path: list[tuple[int, int | None]], archived: str) -> list[str]:

@@ -469,8 +469,9 @@ def test_a_damaged_standalone_manifest_takes_no_incremental_and_nothing_else(pit
     incremental built on its base backup; a restore reads the tar (which holds its own copy).
     Damaged, it made verify-chain call the chain broken, `--drop-damaged` delete chains that
     restore, and every nightly fail at its base backup on the same parent. Now verify-chain
-    names it (exit 0), the check stays OK, prune-chain leaves it, and an incremental is built
-    elsewhere: on the parent (once verify-chain found it), or (`--auto`, before) a full one."""
+    names it (exit 0), the check WARNs (nothing else reports it), prune-chain leaves it, and
+    an incremental is built elsewhere: on the parent (once verify-chain found it), or
+    (`--auto`, before) a full one."""
     import os
 
     from opsctl.health.model import Status
@@ -494,7 +495,9 @@ def test_a_damaged_standalone_manifest_takes_no_incremental_and_nothing_else(pit
         said = " ".join(verify.output.split())  # the report folds at 80 columns
         assert verify.exit_code == 0, verify.output
         assert f"base backup {inc}: its object" in said and "no incremental is built on it" in said, said
-        assert _check(pitr).status == Status.OK
+        check = _check(pitr)  # no alert from verify-chain, so the check says it (breaker 28)
+        assert check.status == Status.WARNING and check.details["unfit_base_backups"] == [inc], check
+        assert f"1 base backup(s) with a damaged backup_manifest.zst ({inc}: " in check.message, check.message
         on_parent = json.loads(pitr.cli(runner, "backup", "base", "--incremental", "--json").stdout)
         assert on_parent["parent"] != inc, on_parent  # found by verify-chain: passed over
         plan = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "2", "--drop-damaged", "--dry-run", "--json")
@@ -502,6 +505,7 @@ def test_a_damaged_standalone_manifest_takes_no_incremental_and_nothing_else(pit
     finally:
         manifest.write_bytes(original)
     assert pitr.cli(runner, "backup", "verify-chain").exit_code == 0
+    assert _check(pitr).status == Status.OK  # read whole again: nothing left to say
 
 
 def _base_folder(pitr) -> str:

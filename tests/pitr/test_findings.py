@@ -27,7 +27,8 @@ def test_findings_are_read_back_and_a_later_sound_read_clears_them(repo, key):
     assert chain.read_findings(repo, key, SYSID) == ({}, {}, None)  # none recorded yet: nothing to say
     chain.record_findings(repo, key, SYSID, {"20261201T010000Z-aaaa": "its object x fails its check: bad header"}, AT)
     found = chain.found_damaged(repo, key, SYSID)
-    assert found == {"20261201T010000Z-aaaa": "verify-chain found it damaged (2026-12-01 02:00 UTC): its object x "
+    assert found == {"20261201T010000Z-aaaa": "verify-chain found it damaged (2026-12-01 02:00 UTC; if it was repaired "
+                                              "since, run 'opsctl backup verify-chain'): its object x "
                                               "fails its check: bad header"}
     chain.record_findings(repo, key, SYSID, {}, AT + dt.timedelta(days=1),
                           {"20261201T010000Z-aaaa": "its object y fails its check"})
