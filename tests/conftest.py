@@ -21,6 +21,11 @@ from opsctl.local import s3 as s3mod
 
 REPO = Path(__file__).resolve().parent.parent
 
+# the suite is hermetic: an opsctl setting exported in the shell that runs it (OPSCTL_ROOT
+# pointing at a real project, a backup key, a database URL) would reach every command the
+# tests run, in this process and the processes they start; tests set what they need
+for _name in [n for n in os.environ if n.startswith("OPSCTL_")]:
+    del os.environ[_name]
 os.environ.update(s3mod.CREDENTIALS)
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 
