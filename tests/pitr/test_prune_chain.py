@@ -240,6 +240,36 @@ def test_drop_damaged_leaves_a_full_whose_own_wal_is_damaged_and_the_incremental
     assert not {full["id"], json.loads(inc.stdout)["id"]} & set(doc["dropped"]), doc
 
 
+def test_a_drop_cut_short_after_a_record_is_finished_by_the_next_run(pitr, runner):
+    """Breaker 28 F4: `--drop-damaged` deletes each base backup's record first; killed right
+    after one, the next run removed the folder (interrupted) but spared the incrementals on it
+    as "built on a record that is not authentic", and only a third run dropped them, while
+    verify-chain failed on them. A provably dead folder without a record is nobody's record:
+    what is built on it restores nothing and goes in the same run."""
+    from opsctl.pitr import layout
+
+    def base(*args: str) -> str:
+        r = pitr.cli(runner, "backup", "base", *args, "--json")
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)["id"]
+
+    cut = base()
+    pitr.sql("insert into events(note) values ('on the cut one')")
+    on_cut = base("--incremental")
+    pitr.sql("insert into events(note) values ('on its incremental')")
+    on_on_cut = base("--incremental")
+    pitr.wait_archived()
+    folder = pitr.root / "repo" / layout.base_prefix(pitr.sysid())
+    (folder / cut / "base.json").unlink()  # the drop's first delete, then the kill
+    r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "3", "--drop-damaged", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert cut in doc["interrupted"] and {on_cut, on_on_cut} <= set(doc["dropped"]), doc
+    assert f"its parent base backup {cut} is missing" in doc["dropped"][on_cut], doc
+    assert not doc["unauthentic"], doc
+    assert not any((folder / b).exists() for b in (cut, on_cut, on_on_cut))
+
+
 def test_local_down_stops_a_beside_restored_server(pitr, runner):
     """A `restore --beside` copy kept running after `local down --purge` deleted its data
     directory. Now down stops every PostgreSQL on a data directory of the platform's folder.
