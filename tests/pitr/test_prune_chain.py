@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 
 def test_prune_keeps_the_newest_full_chain_and_the_wal_it_needs(pitr, runner):
@@ -164,11 +165,7 @@ def test_drop_damaged_removes_what_restores_nothing_and_never_an_unauthentic_rec
 
     from opsctl.pitr import layout
 
-    def base(*args: str) -> str:
-        r = pitr.cli(runner, "backup", "base", *args, "--json")
-        assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)["id"]
-
+    base = partial(_base, pitr, runner)
     rotten = base()
     pitr.sql("insert into events(note) values ('on the rotten one')")
     on_rotten = base("--incremental")
@@ -248,11 +245,7 @@ def test_a_drop_cut_short_after_a_record_is_finished_by_the_next_run(pitr, runne
     what is built on it restores nothing and goes in the same run."""
     from opsctl.pitr import layout
 
-    def base(*args: str) -> str:
-        r = pitr.cli(runner, "backup", "base", *args, "--json")
-        assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)["id"]
-
+    base = partial(_base, pitr, runner)
     cut = base()
     pitr.sql("insert into events(note) values ('on the cut one')")
     on_cut = base("--incremental")
@@ -268,6 +261,13 @@ def test_a_drop_cut_short_after_a_record_is_finished_by_the_next_run(pitr, runne
     assert f"its parent base backup {cut} is missing" in doc["dropped"][on_cut], doc
     assert not doc["unauthentic"], doc
     assert not any((folder / b).exists() for b in (cut, on_cut, on_on_cut))
+
+
+def _base(pitr, runner, *args: str) -> str:
+    """`backup base ARGS` (full by default); the new base backup's id."""
+    r = pitr.cli(runner, "backup", "base", *args, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)["id"]
 
 
 def test_local_down_stops_a_beside_restored_server(pitr, runner):
