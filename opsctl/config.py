@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsctl.errors import UsageError
@@ -456,13 +455,12 @@ def _describe(error: ValidationError) -> str:
 
 def parse_config(path: Path) -> OpsConfig:
     """Read and validate one opsctl.yaml; any problem is one UsageError line naming the key."""
+    from opsctl import yamltext
+
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise UsageError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
+        raw = yamltext.load(path.read_text()) or {}
+    except yamltext.YamlFault as exc:
+        raise UsageError(f"{path}: line {exc.line}: {exc.problem}; fix the YAML") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: expected a mapping with 'environments', got {type(raw).__name__}")
     try:

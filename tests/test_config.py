@@ -51,6 +51,10 @@ def test_local_is_always_present(tmp_path):
         ("- just\n- a list\n", "expected a mapping"),
         ("environments:\n  local:\n    deploy: {ready_timeout: -1}\n", "ready_timeout"),
         ("environments:\n  local:\n    worker: {resources: {limit: {memory: 4Gi}}}\n", "worker.resources"),
+        # values PyYAML parses but can't build (a bare ValueError, no position: breaker 30 F1)
+        ("environments:\n  local:\n    label: 2026-02-30\n", "line 3: the value 2026-02-30 can't be read: day is"),
+        ("environments:\n  local:\n    deploy: {ready_timeout: " + "9" * 5000 + "}\n",
+         "line 3: the value 999999999999... (5000 characters) can't be read: an integer of more than 4300 digits"),
     ],
 )
 def test_broken_config_is_one_line_exit_2(runner, tmp_path, monkeypatch, text, expected):

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from opsctl.config import CONFIG_NAME, Environment, Project
 from opsctl.errors import UsageError
 
@@ -60,7 +58,13 @@ def target(project: Project, env: Environment) -> Target:
 def stack_config(t: Target) -> dict[str, Any]:
     """The `config:` mapping of the stack's file ({} when it has none); encrypted values stay
     as the file holds them ({"secure": ...})."""
-    return (yaml.safe_load(t.stack_file.read_text()) or {}).get("config", {}) or {}
+    from opsctl import yamltext
+
+    try:
+        doc = yamltext.load(t.stack_file.read_text()) or {}
+    except yamltext.YamlFault as exc:
+        raise UsageError(f"{t.stack_file}: not valid YAML ({exc}); fix it") from None
+    return doc.get("config", {}) or {}
 
 
 def check_consistency(t: Target, env: Environment) -> None:

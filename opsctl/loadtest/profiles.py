@@ -11,8 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from opsctl import yamltext
 from opsctl.config import Project
 from opsctl.errors import UsageError
 
@@ -69,11 +68,11 @@ def load(project: Project) -> dict[str, Profile]:
     profile missing users, spawn_rate or duration."""
     path = loadtests_dir(project) / "profiles.yaml"
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yamltext.load(path.read_text()) or {}
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}; restore loadtests/profiles.yaml") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc}); fix its syntax") from None
+    except yamltext.YamlFault as exc:
+        raise UsageError(f"{path}: not valid YAML ({exc}); fix it") from None
     profiles = {}
     for name, spec in (doc.get("profiles") or {}).items():
         try:

@@ -62,6 +62,7 @@ TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "numb
                                       "boolean": (bool,)}
 # ASCII digits only: `\d` (and int()) also take "٣" or "３"
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT_DIGITS = 4000  # characters of an integer -p value: under Python's int-from-text limit (4300)
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
@@ -167,14 +168,14 @@ def schema() -> dict:
 
 def parse(path: Path) -> Runbook:
     """Read and schema-check one file; raise UsageError with file:line on the first problem."""
+    from opsctl import yamltext
+
     text = path.read_text()
     try:
-        node = yaml.compose(text)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UsageError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML: "
-                         f"{getattr(exc, 'problem', exc)}") from None
+        doc = yamltext.load(text)
+    except yamltext.YamlFault as exc:
+        raise UsageError(f"{path}:{exc.line}: not valid YAML: {exc.problem}") from None
+    node = yaml.compose(text)  # the same text, read: only the lines of its keys are wanted
     if not isinstance(doc, dict) or node is None:
         raise UsageError(f"{path}:1: a runbook is a mapping with name, version and steps")
     book = Runbook(path, doc, _lines(node))
@@ -398,10 +399,9 @@ def _check_parameters(book: Runbook) -> list[Problem]:
     known: dict[str, Any] = {}  # defaults known at validate, rendered
     for index, (name, spec) in enumerate(book.parameters.items()):
         kind = spec.get("type", "string")
-        low, high = spec.get("minimum"), spec.get("maximum")
-        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
-            problems.append(Problem(book.path, book.line("parameters", name, "minimum"),
-                                    f"parameter '{name}': minimum {low:g} is above maximum {high:g}; no value fits"))
+        if fault := _bounds_fault(kind, spec.get("minimum"), spec.get("maximum")):
+            problems.append(Problem(book.path, book.line("parameters", name, "minimum" if "minimum" in spec else "maximum"),
+                                    f"parameter '{name}': {fault}"))
         where = book.line("parameters", name, "default") if "default" in spec else book.line("parameters", name)
         if "default" not in spec:
             if not spec.get("required", False):
@@ -427,13 +427,58 @@ def _check_parameters(book: Runbook) -> list[Problem]:
                     known[name] = default_value(book, name, known)
                 except UsageError as exc:
                     problems.append(Problem(book.path, where, str(exc).split(": ", 1)[1] + " (rendered from the defaults)"))
+                else:
+                    if fault := _value_fault(spec, known[name], _number):
+                        problems.append(Problem(book.path, where, f"default of '{name}' {fault} (rendered from the "
+                                                                  "defaults): every run that keeps it is refused"))
             continue
         if not _fits(kind, default):
             problems.append(Problem(book.path, where, f"default of '{name}' is {_kind_of(default)}, "
                                                       f"not its declared type {kind}"))
         else:
             known[name] = default
+            if fault := _value_fault(spec, default, _number):  # breaker 30 F2: validated, published, never ran
+                problems.append(Problem(book.path, where, f"default of '{name}' {fault}: every run that keeps it "
+                                                          "is refused"))
     return problems
+
+
+def _number(value: int | float) -> str:
+    """A number as a message shows it: whole (`:g` rounded 1000001 to 1e+06, and overflowed on an
+    integer of 400 digits: breaker 30 F1, F4); an integer too long for a line by its magnitude."""
+    if isinstance(value, int) and abs(value) >= 10**24:  # str() of one past 4300 digits raises
+        return f"{'-' if value < 0 else ''}~10^{math.floor(math.log10(abs(value)))}"
+    return repr(value)
+
+
+def _bounds_fault(kind: str, low: Any, high: Any) -> str | None:
+    """Why a parameter's declared `minimum`/`maximum` admit no value of type `kind`, else None:
+    a bound that is not a finite number (inf admits nothing, nan switches the check off), a
+    minimum above the maximum, or (integer) no whole number between them. The schema has
+    already required a number type and number bounds."""
+    for word, bound in (("minimum", low), ("maximum", high)):
+        if isinstance(bound, float) and not math.isfinite(bound):
+            return f"{word} must be a finite number, not {bound}"
+    if low is None or high is None:
+        return None
+    if low > high:
+        return f"minimum {_number(low)} is above maximum {_number(high)}; no value fits"
+    if kind == "integer" and math.ceil(low) > math.floor(high):
+        return f"no integer lies between minimum {_number(low)} and maximum {_number(high)}"
+    return None
+
+
+def _value_fault(spec: Mapping[str, Any], value: Any, shown: Callable[[Any], str]) -> str | None:
+    """Why a number `value` lies outside `spec`'s minimum/maximum ("must be at least 1, got
+    0", the value as `shown` gives it), else None; a value that is no number has no bounds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low, high = spec.get("minimum"), spec.get("maximum")
+    if low is not None and value < low:
+        return f"must be at least {_number(low)}, got {shown(value)}"
+    if high is not None and value > high:
+        return f"must be at most {_number(high)}, got {shown(value)}"
+    return None
 
 
 def _fits(kind: str, value: Any) -> bool:
@@ -642,15 +687,10 @@ def within(ref: str, name: str, spec: Mapping[str, Any], value: Any, secret: boo
     JSON Schema's keywords), else UsageError (one line; a `secret` value is not shown), so a
     run is refused before any step rather than stopped half-way by the step that can't take it
     (breaker 27 F11: `-p keep_full=0` ran four steps of nightly-backup, then ended it with no alert)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    low, high = spec.get("minimum"), spec.get("maximum")
-    got = "(secret)" if secret else f"{value:g}"
-    how = f"set {env_var(name)}" if secret else f"pass -p {name}=N"  # a command line is readable by all
-    if low is not None and value < low:
-        raise UsageError(f"{ref}: parameter '{name}' must be at least {low:g}, got {got}; {how}")
-    if high is not None and value > high:
-        raise UsageError(f"{ref}: parameter '{name}' must be at most {high:g}, got {got}; {how}")
+    fault = _value_fault(spec, value, lambda v: "(secret)" if secret else _number(v))
+    if fault:
+        how = f"set {env_var(name)}" if secret else f"pass -p {name}=N"  # a command line is readable by all
+        raise UsageError(f"{ref}: parameter '{name}' {fault}; {how}")
     return value
 
 
@@ -685,13 +725,14 @@ def coerce(ref: str, name: str, kind: str, raw: str, secret: bool = False) -> An
     text = raw.strip()
     if kind == "string":
         return raw
-    if kind == "integer" and _INTEGER.fullmatch(text):
+    # past sys.get_int_max_str_digits() (4300) int() itself raises: no parameter means that
+    if kind == "integer" and _INTEGER.fullmatch(text) and len(text) <= _INT_DIGITS:
         return int(text)
     if kind == "number" and _NUMBER.fullmatch(text) and math.isfinite(float(text)):  # 1e999 is inf: refused
         return float(text)
     if kind == "boolean" and text.lower() in _BOOLEANS:
         return _BOOLEANS[text.lower()]
-    shown = "(secret)" if secret else f"'{raw}'"
+    shown = "(secret)" if secret else f"'{raw}'" if len(raw) <= 40 else f"'{raw[:24]}...' ({len(raw)} characters)"
     example = {"integer": "an integer such as 2 (ASCII digits)", "number": "a finite number such as 2.5",
                "boolean": "true or false"}[kind]
     raise UsageError(f"{ref}: parameter '{name}' is {kind}, got {shown}; pass {example}")

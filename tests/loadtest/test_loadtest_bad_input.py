@@ -71,3 +71,14 @@ def test_a_csv_prefix_too_long_for_locusts_file_names_is_refused(ops_root):
     # PREFIX_stats_history.csv is the longest name Locust writes, after the run
     line = _one_line(opsctl(ops_root, "loadtest", "run", "--host", "http://127.0.0.1:9", "--csv", "p" * 245))
     assert "--csv" in line and "longer than" in line
+
+
+@pytest.mark.parametrize("value, said", [
+    ("[1, 2", "line 4: expected ',' or ']'"),  # syntax: where the parser gave up
+    ("2026-02-30", "line 3: the value 2026-02-30 can't be read: day is out of range"),  # parsed, not buildable
+])
+def test_unreadable_profiles_file_is_one_line(ops_root, value, said):
+    (ops_root / "loadtests").mkdir()
+    (ops_root / "loadtests" / "profiles.yaml").write_text(f"profiles:\n  light:\n    users: {value}\n")
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--profile", "light"))
+    assert "profiles.yaml: not valid YAML" in line and said in line, line

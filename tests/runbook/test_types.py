@@ -256,6 +256,16 @@ def test_a_secret_number_outside_its_bounds_is_refused_without_showing_it(runner
     ("{default: x, maximum: 3}", "'type' is a required property"),
     ("{type: boolean, default: true, minimum: 0}", "'boolean' is not one of ['integer', 'number']"),
     ("{type: integer, default: 5, minimum: 10, maximum: 2}", "minimum 10 is above maximum 2; no value fits"),
+    # breaker 30 F2-F4: whole numbers in the message, bounds no value meets, a default outside them
+    ("{type: integer, default: 5, minimum: 1000001, maximum: 1000000}",
+     "minimum 1000001 is above maximum 1000000; no value fits"),
+    ("{type: integer, default: 5, minimum: 1.5, maximum: 1.9}", "no integer lies between minimum 1.5 and maximum 1.9"),
+    ("{type: number, default: 5, minimum: .inf}", "minimum must be a finite number, not inf"),
+    ("{type: number, default: 5, maximum: .nan}", "maximum must be a finite number, not nan"),
+    ("{type: integer, default: 0, minimum: 1}", "default of 'p' must be at least 1, got 0: every run that keeps it"),
+    ("{type: integer, minimum: " + "9" * 400 + ", default: 5}", "default of 'p' must be at least ~10^400, got 5"),
+    ("{type: integer, minimum: " + "9" * 5000 + ", default: 5}",
+     "not valid YAML: the value 999999999999... (5000 characters) can't be read: an integer of more than 4300 digits"),
 ])
 def test_bounds_that_cannot_mean_anything_fail_validate(runner, ops_root, probe, spec, said):
     """Breaker 28 F9: `minimum` on a string parameter was taken and meant nothing (`-p s=ab`
@@ -273,3 +283,41 @@ def test_bounds_that_cannot_mean_anything_fail_validate(runner, ops_root, probe,
     result = runner.invoke(app, ["runbook", "validate", "odd"])
     assert result.exit_code == 2 and f"{path}:" in result.output and said in result.output, result.output
     assert said in run_refused(runner, "odd")
+
+
+def test_a_rendered_default_outside_the_bounds_fails_validate(runner, ops_root, probe):
+    path = write_runbook(ops_root, "rendered", 1, """\
+        name: rendered
+        version: 1
+        parameters:
+          base: {type: integer, default: 1}
+          keep: {type: integer, default: "{{ params.base - 1 }}", minimum: 1}
+        steps:
+          - id: w
+            action: probe
+        """)
+    result = runner.invoke(app, ["runbook", "validate", "rendered"])
+    said = "default of 'keep' must be at least 1, got 0 (rendered from the defaults)"
+    assert result.exit_code == 2 and f"{path}:" in result.output and said in result.output, result.output
+
+
+@pytest.mark.parametrize("given, said", [
+    ("9" * 400, None),  # within: a number Python holds whole runs (breaker 30 F1: `:g` overflowed)
+    ("-" + "9" * 400, "parameter 'keep' must be at least 1, got -~10^400; pass -p keep=N"),
+    ("9" * 5000, "parameter 'keep' is integer, got '999999999999999999999999...' (5000 characters)"),
+])
+def test_a_huge_integer_is_taken_or_refused_in_one_line(runner, ops_root, probe, given, said):
+    write_runbook(ops_root, "huge", 1, """\
+        name: huge
+        version: 1
+        parameters:
+          keep: {type: integer, default: 2, minimum: 1}
+        steps:
+          - id: w
+            action: probe
+        """)
+    if said is None:
+        doc = run_runbook(runner, "huge", "-p", f"keep={given}", "--dry-run")
+        assert doc["status"] == "planned", doc
+    else:
+        assert said in run_refused(runner, "huge", "-p", f"keep={given}")
