@@ -142,6 +142,19 @@ def test_stack_config_and_opsctl_yaml_must_agree(runner, no_pulumi, program_copy
         "has environments.staging.buckets.audio='somewhere-else'; make them the same")
 
 
+@pytest.mark.parametrize("line, said", [
+    ("  transcribe:region: [us-east-1\n", "expected ',' or ']'"),  # syntax
+    ("  transcribe:since: 2026-02-30\n", "the value 2026-02-30 can't be read: day is out of range"),  # not buildable
+])
+def test_an_unreadable_stack_file_is_one_line(runner, no_pulumi, program_copy, line, said):
+    stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"
+    stack_file.write_text(stack_file.read_text() + line)
+    result = invoke(runner, program_copy, "preview", "--env", "staging")
+    out = result.output.strip()
+    assert result.exit_code == 2 and len(out.splitlines()) == 1, result.output
+    assert "Pulumi.staging.yaml: not valid YAML (line" in out and said in out, out
+
+
 def test_a_missing_program_is_named(runner, no_pulumi, program_copy):
     shutil.rmtree(program_copy / "stacks")
     result = invoke(runner, program_copy, "preview", "--env", "staging")
