@@ -247,7 +247,9 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
         status = max(status, Status.WARNING)
         first = min(unfit)
         text += (f"; {len(unfit)} base backup(s) with a damaged backup_manifest.zst ({first}: {unfit[first]}): "
-                 "a restore does not read it, but no incremental is built on them; check the repository's storage")
+                 "a restore does not read it, but no incremental is built on them; check the repository's storage "
+                 "(repaired from another copy, 'opsctl backup verify-chain' clears this; else it lasts until "
+                 "prune-chain removes them)")
     if not answered:
         details["repository_answered"] = False
         status = max(status, Status.WARNING)

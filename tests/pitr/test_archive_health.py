@@ -498,6 +498,7 @@ def test_a_damaged_standalone_manifest_takes_no_incremental_and_nothing_else(pit
         check = _check(pitr)  # no alert from verify-chain, so the check says it (breaker 28)
         assert check.status == Status.WARNING and check.details["unfit_base_backups"] == [inc], check
         assert f"1 base backup(s) with a damaged backup_manifest.zst ({inc}: " in check.message, check.message
+        assert "'opsctl backup verify-chain' clears this" in check.message, check.message
         on_parent = json.loads(pitr.cli(runner, "backup", "base", "--incremental", "--json").stdout)
         assert on_parent["parent"] != inc, on_parent  # found by verify-chain: passed over
         plan = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "2", "--drop-damaged", "--dry-run", "--json")
