@@ -185,6 +185,16 @@ def dead(repo, folder: str, now: dt.datetime) -> bool:
         return False
 
 
+NOT_A_FILE = "base.json is not a file (objects stored under its name): check, then remove by hand"
+
+
+def record_shadowed(rests: set[str]) -> bool:
+    """Whether a base backup folder's names (`rests`, relative to the folder) hold objects *under*
+    base.json: a record that is a folder is neither a record nor the absence of one. Taken for
+    an interrupted base backup, its sound tar was deleted by prune-chain (breaker 30 F6)."""
+    return any(r.startswith(RECORD + "/") for r in rests)
+
+
 def load_all(repo, sysid: str, key, names: dict[str, int] | None = None) -> tuple[list[BaseBackup], dict[str, str]]:
     """(authentic complete base backups oldest first, {id: why not usable} for the others); an
     unfinished one is UNFINISHED while it may still run, INTERRUPTED once provably dead."""
@@ -200,6 +210,9 @@ def load_all(repo, sysid: str, key, names: dict[str, int] | None = None) -> tupl
     good, bad = [], {}
     now = dt.datetime.now(dt.timezone.utc)
     for bid in sorted(folders):
+        if record_shadowed(folders[bid]):
+            bad[bid] = NOT_A_FILE
+            continue
         if RECORD not in folders[bid]:
             bad[bid] = INTERRUPTED if dead(repo, f"{head}{bid}/", now) else UNFINISHED
             continue

@@ -62,7 +62,8 @@ def interrupted(repo, sysid: str) -> list[str]:
         if rest:
             folders.setdefault(bid, set()).add(rest)
     now = dt.datetime.now(dt.timezone.utc)
-    return [bid for bid in sorted(folders) if bb.RECORD not in folders[bid] and bb.dead(repo, f"{head}{bid}/", now)]
+    return [bid for bid in sorted(folders) if bb.RECORD not in folders[bid] and not bb.record_shadowed(folders[bid])
+            and bb.dead(repo, f"{head}{bid}/", now)]
 
 
 def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objects: dict,

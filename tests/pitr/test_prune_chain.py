@@ -263,6 +263,36 @@ def test_a_drop_cut_short_after_a_record_is_finished_by_the_next_run(pitr, runne
     assert not any((folder / b).exists() for b in (cut, on_cut, on_on_cut))
 
 
+def test_a_record_that_is_a_folder_is_left_for_a_person(pitr, runner):
+    """Breaker 30 F6: base.json replaced by a folder read as "no record": the base backup was
+    taken for an interrupted one, and prune-chain deleted its sound tar (with --drop-damaged,
+    its incrementals too). Objects under the record's name are neither a record nor the
+    absence of one: left, and said."""
+    import shutil
+
+    from opsctl.pitr import layout
+
+    base = partial(_base, pitr, runner)
+    full = base()
+    pitr.sql("insert into events(note) values ('on the shadowed one')")
+    on_full = base("--incremental")
+    folder = pitr.root / "repo" / layout.base_prefix(pitr.sysid()) / full
+    record = folder / "base.json"
+    shutil.move(record, folder / "aside")
+    record.mkdir()
+    (record / "x").write_text("not a record")
+    try:
+        r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "3", "--drop-damaged", "--yes", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        assert full not in doc["interrupted"] and not {full, on_full} & set(doc["dropped"]), doc
+        assert "base.json is not a file" in doc["unauthentic"][full], doc
+        assert (folder / "base.tar.zst").is_file() and (folder.parent / on_full).is_dir()
+    finally:
+        shutil.rmtree(record)
+        shutil.move(folder / "aside", record)
+
+
 def _base(pitr, runner, *args: str) -> str:
     """`backup base ARGS` (full by default); the new base backup's id."""
     r = pitr.cli(runner, "backup", "base", *args, "--json")
