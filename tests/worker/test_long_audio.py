@@ -5,7 +5,7 @@ short synchronous requests keep the sequential loop. Accuracy is bounded by word
 from __future__ import annotations
 
 import pytest
-from worker_helpers import long_recording, padded, sample, to_flac, wait_for_job, wer
+from worker_helpers import _samples, long_recording, padded, sample, to_flac, wait_for_job, wer
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +61,34 @@ def test_jobs_are_batched_and_honour_language(http, worker):
                                           data={"language": "de"}).json()["id"])
     assert forced["status"] == "succeeded" and forced["result"]["language"] == "de"
     assert pipelines(worker) == (batched + 2, sequential)
+
+
+def test_no_segment_spans_a_long_silence_on_the_batched_path(http, worker):
+    """Breaker 29: speech, three minutes of silence, speech. The pipeline's own grouping packed
+    up to 30 s of speech into one chunk whatever lay between, and a chunk is one segment: one
+    srt cue ran from 23 s to 217 s, across the silence. Chunks now span at most 30 s of the
+    recording, so every segment is within one side and every cue shows speech. (A minute of
+    silence here: the test key's daily audio is 120 s.)"""
+    import io
+    import wave
+
+    import numpy as np
+
+    first, second = _samples("weather"), _samples("passage")
+    silent_from, silent_to = len(first) / 16000, (len(first) + 60 * 16000) / 16000
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(np.concatenate([first, np.zeros(60 * 16000, dtype=np.int16), second]).tobytes())
+    job = wait_for_job(http, http.post("/v1/jobs", files={"file": ("gap.flac", to_flac(buf.getvalue()))},
+                                       data={"language": "en"}).json()["id"])
+    assert job["status"] == "succeeded", job
+    body = job["result"]
+    segments = body["segments"]
+    assert segments and all(s["end"] - s["start"] <= 30.5 for s in segments), segments
+    assert not [s for s in segments if s["start"] < silent_to - 1 and s["end"] > silent_from + 1], segments
+    assert {s["start"] < silent_from for s in segments} == {True, False}, segments  # speech on both sides
+    reference = sample("weather")[1] + " " + sample("passage")[1]
+    assert wer(reference, body["text"]) < 0.15, body["text"]
+    srt = http.get(f"/v1/jobs/{job['id']}", params={"response_format": "srt"}).json()["result"]
+    assert "00:01:" not in srt.split("\n\n")[0], srt  # the first cue ends with the first speech
