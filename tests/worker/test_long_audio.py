@@ -92,3 +92,20 @@ def test_no_segment_spans_a_long_silence_on_the_batched_path(http, worker):
     assert wer(reference, body["text"]) < 0.15, body["text"]
     srt = http.get(f"/v1/jobs/{job['id']}", params={"response_format": "srt"}).json()["result"]
     assert "00:01:" not in srt.split("\n\n")[0], srt  # the first cue ends with the first speech
+
+
+def test_the_transcript_store_keeps_each_path_apart(http, worker):
+    """Breaker 29 F4: the store's key had no path in it, so a job (batched) of audio a sync
+    request had sent through the sequential loop was answered with that transcript, its
+    segmentation and any hallucination over silence. Each path now has its own entry."""
+    audio = padded("weather", 1704)
+    sync = http.post("/v1/audio/transcriptions", files={"file": ("w.wav", audio)},
+                     data={"response_format": "verbose_json"})
+    assert sync.status_code == 200, sync.text
+    batched, sequential = pipelines(worker)
+    job = wait_for_job(http, http.post("/v1/jobs", files={"file": ("w.wav", audio)}).json()["id"])
+    assert job["status"] == "succeeded" and not job["deduplicated"], job
+    assert pipelines(worker) == (batched + 1, sequential)  # the model ran, on the batched path
+    again = wait_for_job(http, http.post("/v1/jobs", files={"file": ("w.wav", audio)}).json()["id"])
+    assert again["deduplicated"] and again["result"] == job["result"], again  # its own path's entry
+    assert pipelines(worker) == (batched + 1, sequential)

@@ -88,12 +88,12 @@ async def _decode(request: Request, data, param: str = "file"):
         raise APIError(400, str(exc), param=param, code="invalid_audio") from None
 
 
-async def _stored_transcript(state: Any, upload: Upload) -> dict | None:
+async def _stored_transcript(state: Any, upload: Upload, batched: bool) -> dict | None:
     if state.db is None:
         return None
     try:
         found = await run_in_threadpool(state.db.find_transcript, upload.sha256,
-                                        upload.options.cache_key(state.transcriber.name))
+                                        state.transcriber.store_key(upload.options, batched))
     except Exception as exc:  # dedup is an optimisation; never fail a request over it
         log.warning("transcript lookup failed: %s", exc)
         return None
@@ -121,10 +121,11 @@ async def create_transcription(request: Request):
     async with state.limits.upload_slot(key_id):
         upload = await read_upload(request, state.settings.max_upload_bytes)
         audio = await _decode(request, upload.data)
-        stored = None if bypass else await _stored_transcript(state, upload)
+        seconds = len(audio) / 16_000
+        batched = state.transcriber.batched_for(seconds, "sync")
+        stored = None if bypass else await _stored_transcript(state, upload, batched)
         if stored:
             return _respond(stored, upload.response_format)
-        seconds = len(audio) / 16_000
         slot = state.queue.reserve()
         try:
             charged = await state.limits.charge_audio(key_id, seconds)
@@ -141,7 +142,7 @@ async def create_transcription(request: Request):
     if state.db is not None and not bypass:
         try:
             await run_in_threadpool(state.db.save_transcript, upload.sha256,
-                                    upload.options.cache_key(state.transcriber.name),
+                                    state.transcriber.store_key(upload.options, batched),
                                     state.transcriber.name, result)
         except Exception as exc:
             log.warning("could not store transcript: %s", exc)
@@ -226,7 +227,8 @@ async def create_job(request: Request):
             existing = await _db(state.db.find_by_idempotency_key, key_id, idem)
             if existing:
                 return _replay(existing, upload)
-        stored = None if bypass else await _stored_transcript(state, upload)
+        batched = state.transcriber.batched_for(seconds, "job")  # the path the job will take
+        stored = None if bypass else await _stored_transcript(state, upload, batched)
         slot = None if stored else state.queue.reserve()
         charged = False  # only what was charged is given back: a 429 refusal charged nothing
         try:
@@ -240,7 +242,7 @@ async def create_job(request: Request):
                 state.db.create_job, api_key_id=key_id, idempotency_key=idem,
                 sha256=upload.sha256, audio_key=key, audio_bytes=size,
                 duration=round(seconds, 3), options=options.__dict__,
-                options_key=options.cache_key(state.transcriber.name), done=bool(stored),
+                options_key=state.transcriber.store_key(options, batched), done=bool(stored),
                 worker=state.settings.color, owner=state.owner,
                 request_hash=upload.fingerprint(), bypass_store=bypass)
         except BaseException:

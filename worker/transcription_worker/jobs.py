@@ -61,8 +61,8 @@ def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Optio
         if bypass_store:
             db.finish_job(job_id, state.owner, result=result)
         else:
-            db.save_transcript(got_sha, options.cache_key(state.transcriber.name),
-                               state.transcriber.name, result)
+            batched = state.transcriber.batched_for(len(audio) / 16_000, "job")  # as transcribe_audio chose
+            db.save_transcript(got_sha, state.transcriber.store_key(options, batched), state.transcriber.name, result)
             db.finish_job(job_id, state.owner)
         metrics.JOBS.labels("succeeded").inc()
         log.info("job succeeded", extra={"job_id": job_id, "duration": result["duration"]})

@@ -224,11 +224,6 @@ class Options:
     temperature: float = 0.0
     word_timestamps: bool = False
 
-    def cache_key(self, model_name: str) -> str:
-        """SHA-256 hex of the model and these options: the transcript store's key beside the audio's
-        SHA-256."""
-        raw = f"{model_name}|{self.language}|{self.prompt}|{self.temperature}|{self.word_timestamps}"
-        return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def default_batch_size(device: str, cores: int | None = None, gpu_memory_mb: int | None = None) -> int:
@@ -314,9 +309,24 @@ class Transcriber:
                                   local_files_only=True)
         self.load_seconds = time.perf_counter() - started
         self.beam_size = beam_size
+        self.compute_type = compute_type
         self.name = name
         self.batch_size = batch_size or default_batch_size(device)
         self.batched_min_seconds = batched_min_seconds
+
+    # what a path's transcript depends on beyond the options: a change here (the batched chunks'
+    # grouping, session 19) gives new keys, so the store never serves the old path's transcripts
+    PIPELINES = {True: "batched:vad-span-30s", False: "sequential:fallback-0.2"}
+
+    def store_key(self, options: Options, batched: bool) -> str:
+        """The transcript store's key beside the audio's SHA-256: SHA-256 hex of everything a
+        transcript depends on: the model and how it runs (compute type, beam size), the path
+        (`batched`, with its revision) and the request's options. Without the path a job (always
+        batched) was answered with a sync request's sequential transcript of the same audio, its
+        segmentation and hallucinations over silence (breaker 29 F4)."""
+        raw = (f"{self.name}|{self.compute_type}|{self.beam_size}|{self.PIPELINES[batched]}|{options.language}|"
+               f"{options.prompt}|{options.temperature}|{options.word_timestamps}")
+        return hashlib.sha256(raw.encode()).hexdigest()
 
     def batched_for(self, seconds: float, source: str = "sync") -> bool:
         """Whether audio of `seconds` takes the batched pipeline (jobs always do)."""
