@@ -11,6 +11,7 @@ and publishes the directory with one rename so a reader never sees half a model.
 from __future__ import annotations
 
 import base64
+import functools
 import gc
 import hashlib
 import io
@@ -317,6 +318,18 @@ class Transcriber:
     # what a path's transcript depends on beyond the options: a change here (the batched chunks'
     # grouping, session 19) gives new keys, so the store never serves the old path's transcripts
     PIPELINES = {True: "batched:vad-span-30s", False: "sequential:fallback-0.2"}
+
+    @functools.cached_property
+    def languages(self) -> set[str]:
+        """The language codes this model has a token for. faster-whisper's list is large-v3's:
+        whisper-base has no `<|yue|>`, and faster-whisper drops a language without a token
+        silently, so `language=yue` ran unguided and was reported as yue (breaker 29 F7)."""
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if not self.model.model.is_multilingual:
+            return {"en"}
+        vocabulary = self.model.hf_tokenizer
+        return {c for c in _LANGUAGE_CODES if vocabulary.token_to_id(f"<|{c}|>") is not None}
 
     def store_key(self, options: Options, batched: bool) -> str:
         """The transcript store's key beside the audio's SHA-256: SHA-256 hex of everything a

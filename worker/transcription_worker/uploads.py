@@ -46,7 +46,12 @@ def no_control(value: str | None, param: str, lines: bool = False) -> str | None
     return value
 
 
-def _languages() -> set[str]:
+def _languages(request: Request) -> set[str]:
+    """The language codes the loaded model has a token for (Transcriber.languages); faster-whisper's
+    whole list while no model is loaded (the route refuses before transcribing then)."""
+    transcriber = getattr(getattr(request.app.state, "worker", None), "transcriber", None)
+    if transcriber is not None:
+        return transcriber.languages
     from faster_whisper.tokenizer import _LANGUAGE_CODES
 
     return set(_LANGUAGE_CODES)
@@ -117,8 +122,8 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
             raise APIError(400, f"unknown response_format '{shown(response_format)}'; use one of "
                            + ", ".join(FORMATS), param="response_format", code="invalid_value")
         language = str(form.get("language") or "").strip().lower() or None
-        if language and language not in _languages():
-            raise APIError(400, f"unsupported language '{shown(language)}' (use an ISO-639-1 code)",
+        if language and language not in _languages(request):
+            raise APIError(400, f"unsupported language '{shown(language)}' (use an ISO-639-1 code this model knows)",
                            param="language", code="invalid_value")
         try:
             temperature = float(form.get("temperature") or 0.0)
