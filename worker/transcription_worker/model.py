@@ -226,7 +226,6 @@ class Options:
     word_timestamps: bool = False
 
 
-
 def default_batch_size(device: str, cores: int | None = None, gpu_memory_mb: int | None = None) -> int:
     """The batch size WORKER_BATCH_SIZE=0 stands for, sized from the device.
 
@@ -334,8 +333,8 @@ class Transcriber:
     def store_key(self, options: Options, batched: bool) -> str:
         """The transcript store's key beside the audio's SHA-256: SHA-256 hex of everything a
         transcript depends on: the model and how it runs (compute type, beam size), the path
-        (`batched`, with its revision) and the request's options. Without the path a job (always
-        batched) was answered with a sync request's sequential transcript of the same audio, its
+        (`batched`, with its revision) and the request's options. Without the path a job (on the
+        batched path) was answered with a sync request's sequential transcript of the same audio, its
         segmentation and hallucinations over silence (breaker 29 F4)."""
         raw = (f"{self.name}|{self.compute_type}|{self.beam_size}|{self.PIPELINES[batched]}|{options.language}|"
                f"{options.prompt}|{options.temperature}|{options.word_timestamps}")
