@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0)  # 0: cores divided among the concurrent transcriptions
     beam_size: int = Field(5, ge=1, le=10)
     batch_size: int = Field(0, ge=0, le=256)  # batched pipeline; 0: sized from the device
-    batched_min_seconds: float = 60  # sync audio this long or longer is batched (jobs always); <0: never
+    # sync audio this long or longer is batched (jobs always); <0: never. Finite: nan compared
+    # false both ways and meant "never" without a word (breaker 29 F8)
+    batched_min_seconds: float = Field(60, allow_inf_nan=False)
     queue_size: int = Field(8, ge=0)  # waiting transcriptions on top of `concurrency` running
     job_lease_seconds: float = Field(60, gt=0)  # a job whose worker stopped renewing is adopted after this
     job_max_attempts: int = Field(3, ge=1)  # workers that may die running one job before it fails
