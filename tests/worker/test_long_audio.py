@@ -66,8 +66,8 @@ def test_jobs_are_batched_and_honour_language(http, worker):
 def test_no_segment_spans_a_long_silence_on_the_batched_path(http, worker):
     """Breaker 29: speech, three minutes of silence, speech. The pipeline's own grouping packed
     up to 30 s of speech into one chunk whatever lay between, and a chunk is one segment: one
-    srt cue ran from 23 s to 217 s, across the silence. Chunks now span at most 30 s of the
-    recording, so every segment is within one side and every cue shows speech. (A minute of
+    srt cue ran from 23 s to 217 s, across the silence. A pause of 2 s or more now ends a
+    chunk, so every segment is within one side and every cue shows speech. (A minute of
     silence here: the test key's daily audio is 120 s.)"""
     import io
     import wave
@@ -88,6 +88,7 @@ def test_no_segment_spans_a_long_silence_on_the_batched_path(http, worker):
     assert segments and all(s["end"] - s["start"] <= 30.5 for s in segments), segments
     assert not [s for s in segments if s["start"] < silent_to - 1 and s["end"] > silent_from + 1], segments
     assert {s["start"] < silent_from for s in segments} == {True, False}, segments  # speech on both sides
+    assert all(abs(s["seek"] / 100 - s["start"]) < 0.02 for s in segments), segments  # frames of the recording
     reference = sample("weather")[1] + " " + sample("passage")[1]
     assert wer(reference, body["text"]) < 0.15, body["text"]
     srt = http.get(f"/v1/jobs/{job['id']}", params={"response_format": "srt"}).json()["result"]
