@@ -226,7 +226,13 @@ def test_upload_slots_of_a_killed_worker_free_after_their_lease(worker, api_key,
             if r.status_code != 429:
                 break
         assert statuses[-1] == 400 and r.json()["error"]["code"] == "invalid_audio", statuses
-        assert store.zcard(leases) == 0  # the request that got through gave its lease back
+        # the request that got through gave its lease back. It got through once one dead lease
+        # ran out: the other, renewed last a moment later (up to a third of a lease; more on a
+        # loaded machine), may still be live then, and runs out on its own (the suite saw 1 left)
+        deadline = time.monotonic() + 15
+        while store.zcard(leases) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert store.zcard(leases) == 0
     finally:
         release.set()
         stop_worker(proc)
