@@ -299,9 +299,9 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
         sysid = archive.system_identifier(state.data("postgres"))
         repo, key = sealed_repository(project, env)
         path = live_path(project, env, sysid)
-        names = repo.names(layout.base_prefix(sysid))
-        _, recorded_unfit, findings = chain.read_findings(repo, key, sysid) if names else ({}, {}, None)
         head = layout.base_prefix(sysid)
+        names = repo.names(head)
+        _, recorded_unfit, findings = chain.read_findings(repo, key, sysid) if names else ({}, {}, None)
         listed = {n[len(head):].partition("/")[0] for n in names if n.startswith(head)}
         unfit = {bid: why for bid, why in recorded_unfit.items() if bid in listed}  # pruned since: gone
         base, passed = chain.newest_usable_base(repo, sysid, key, names, path)
