@@ -104,6 +104,10 @@ def test_bad_configuration_is_one_line_and_exit_2(model_dir, tmp_path):
                         # nan compared false both ways: "never batch", said nowhere (breaker 29 F8)
                         ({"WORKER_BATCHED_MIN_SECONDS": "nan"}, "WORKER_BATCHED_MIN_SECONDS"),
                         ({"WORKER_BATCHED_MIN_SECONDS": "1e400"}, "WORKER_BATCHED_MIN_SECONDS"),
+                        ({"WORKER_TRANSCRIPTION_BUDGET_FACTOR": "nan"}, "WORKER_TRANSCRIPTION_BUDGET_FACTOR"),
+                        ({"WORKER_TRANSCRIPTION_BUDGET_FACTOR": "0"}, "WORKER_TRANSCRIPTION_BUDGET_FACTOR"),
+                        ({"WORKER_TRANSCRIPTION_BUDGET_MIN_SECONDS": "inf"},
+                         "WORKER_TRANSCRIPTION_BUDGET_MIN_SECONDS"),
                         ({"WORKER_MODEL_PATH": str(tmp_path)}, "assemble-model")]:
         out = subprocess.run([str(BIN), "serve"], env=worker_env(model_dir, **env),
                              capture_output=True, text=True, timeout=60)

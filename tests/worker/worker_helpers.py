@@ -42,6 +42,21 @@ def padded(name: str, extra_ms: int) -> bytes:
     return buf.getvalue()
 
 
+def reversed_speech(name: str) -> bytes:
+    """A shipped sample played backwards: speech-like sound in no language, which makes
+    Whisper loop to its token limit on every window (breaker 29 F5: 30 s of the passage
+    took 49 s of 2 cores on the sequential path, every window at temperature 1.0)."""
+    import numpy as np
+
+    with wave.open(str(DATA / f"{name}.wav")) as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setparams(params)
+        w.writeframes(np.frombuffer(frames, dtype=np.int16)[::-1].tobytes())
+    return buf.getvalue()
+
+
 def silence_wav(seconds: float, rate: int = 8000) -> bytes:
     """8-bit 8 kHz silence: long audio in few bytes (for the daily audio limit)."""
 

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from . import metrics
 from .errors import APIError, shown
 from .formats import FORMATS, MEDIA_TYPES, render
+from .interrupt import ClientGone, Interrupt, Stopped
 from .jobs import run_job, transcribe_audio
 from .model import AudioDecodeError, AudioTooLong, decode
 from .uploads import Upload, no_control, read_upload
@@ -133,8 +134,9 @@ async def create_transcription(request: Request):
             slot.release()
             raise
         try:
-            result = await asyncio.wrap_future(
-                slot.submit(transcribe_audio, state.transcriber, audio, upload.options, "sync"))
+            result = await _transcribed(request, slot, state.transcriber, audio, upload.options)
+        except Stopped as exc:  # the model ran (to its budget, or until its client left): seconds stay charged
+            raise _stopped_answer(exc) from None
         except BaseException:
             if charged:
                 await state.limits.refund_audio(key_id, seconds)
@@ -147,6 +149,40 @@ async def create_transcription(request: Request):
         except Exception as exc:
             log.warning("could not store transcript: %s", exc)
     return _respond(result, upload.response_format)
+
+
+WATCH_SECONDS = 0.5  # how often a waiting sync request looks whether its client is still there
+
+
+async def _transcribed(request: Request, slot: Any, transcriber: Any, audio: Any, options: Any) -> dict:
+    """The verbose_json result of `audio` from a model thread (`slot`), stopped when nobody
+    will read it: the client closed the connection (looked at every WATCH_SECONDS: a
+    transcription not started yet gives its place back at once, a running one stops before its
+    next model call) or it ran past its time budget (`Transcriber.budget`): raises ClientGone
+    or BudgetExceeded then (breaker 29 F5; `_stopped_answer` words them)."""
+    interrupt = Interrupt(transcriber.budget(len(audio) / 16_000))
+    future = slot.submit(transcribe_audio, transcriber, audio, options, "sync", interrupt)
+    waiting = asyncio.wrap_future(future)
+    try:
+        while not (await asyncio.wait({waiting}, timeout=WATCH_SECONDS))[0]:
+            if await request.is_disconnected():
+                raise ClientGone("the client closed the connection before its transcript was ready")
+        return waiting.result()
+    finally:
+        if not waiting.done():  # the client left, or this request was itself cancelled: stop the work
+            interrupt.cancel()
+            future.cancel()  # not started yet: its place in the queue goes back at once
+            # what the thread raises is consumed here, never logged as "never retrieved"
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+def _stopped_answer(exc: Stopped) -> APIError:
+    """ClientGone: 499 `client_disconnected`, which nobody reads (it is for the access log and
+    deploy analysis, never a 500). BudgetExceeded: 422 `transcription_budget_exceeded`, without
+    Retry-After: the same audio sent again would loop again."""
+    if isinstance(exc, ClientGone):
+        return APIError(499, str(exc), code="client_disconnected")
+    return APIError(422, str(exc), code="transcription_budget_exceeded")
 
 
 def _job_body(job: dict, fmt: str = "verbose_json") -> dict:

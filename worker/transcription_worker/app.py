@@ -60,7 +60,8 @@ def _load_model(state: State) -> None:
     try:
         state.transcriber = Transcriber(s.model_path, s.device, s.compute_type, s.concurrency,
                                         s.cpu_threads, s.beam_size, s.model_name, s.batch_size,
-                                        s.batched_min_seconds)
+                                        s.batched_min_seconds, s.transcription_budget_factor,
+                                        s.transcription_budget_min_seconds)
     except Exception as exc:  # a model that cannot load is fatal: let the supervisor see it
         state.model_error = f"{type(exc).__name__}: {exc}"
         log.error("model failed to load, stopping", extra={"error": state.model_error})

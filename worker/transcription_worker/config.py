@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # false both ways and meant "never" without a word (breaker 29 F8)
     batched_min_seconds: float = Field(60, allow_inf_nan=False)
     queue_size: int = Field(8, ge=0)  # waiting transcriptions on top of `concurrency` running
+    # a transcription is stopped once it has run this many times its audio's duration (speech runs
+    # at 0.05-0.1 of it on 2 cores; audio that makes Whisper loop, at 1-6 times: breaker 29 F5)...
+    transcription_budget_factor: float = Field(1.0, gt=0, allow_inf_nan=False)
+    # ...or this many seconds, whichever is longer (short clips have a fixed cost)
+    transcription_budget_min_seconds: float = Field(120, gt=0, allow_inf_nan=False)
     job_lease_seconds: float = Field(60, gt=0)  # a job whose worker stopped renewing is adopted after this
     job_max_attempts: int = Field(3, ge=1)  # workers that may die running one job before it fails
     max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit

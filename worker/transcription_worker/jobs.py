@@ -13,20 +13,32 @@ import time
 from typing import Any
 
 from . import metrics
+from .interrupt import BudgetExceeded, ClientGone, Interrupt
 from .model import Options, Transcriber, decode
 
 log = logging.getLogger("transcription_worker")
 
 
-def transcribe_audio(transcriber: Transcriber, audio, options: Options, source: str) -> dict:
+def transcribe_audio(transcriber: Transcriber, audio, options: Options, source: str,
+                     interrupt: Interrupt | None = None) -> dict:
     """Run the model on `audio` (16 kHz float32 samples) and return the verbose_json result;
     records audio seconds (by `source`: "sync" or "job"), wall time and the real-time factor.
     Runs on a queue thread. Jobs, and sync audio of at least WORKER_BATCHED_MIN_SECONDS, take
-    the batched pipeline."""
+    the batched pipeline. `interrupt` (default: the audio's time budget alone) stops it early:
+    ClientGone or BudgetExceeded is raised, counted in worker_transcriptions_stopped_total."""
     seconds = len(audio) / 16_000
     batched = transcriber.batched_for(seconds, source)
+    if interrupt is None:
+        interrupt = Interrupt(transcriber.budget(seconds))
     started = time.perf_counter()
-    result = transcriber.transcribe(audio, options, batched=batched)
+    try:
+        result = transcriber.transcribe(audio, options, batched=batched, interrupt=interrupt)
+    except (ClientGone, BudgetExceeded) as exc:
+        reason = "client_gone" if isinstance(exc, ClientGone) else "budget"
+        metrics.TRANSCRIPTIONS_STOPPED.labels(reason).inc()
+        log.warning("transcription stopped", extra={"reason": reason, "audio_seconds": round(seconds, 1),
+                                                    "after_seconds": round(time.perf_counter() - started, 1)})
+        raise
     elapsed = time.perf_counter() - started
     metrics.TRANSCRIPTIONS.labels("batched" if batched else "sequential").inc()
     metrics.AUDIO_SECONDS.labels(source).inc(seconds)

@@ -24,6 +24,9 @@ TRANSCRIPTIONS = Counter("worker_transcriptions_total", "Model runs by pipeline 
 REALTIME_FACTOR = Histogram(
     "worker_realtime_factor", "Processing seconds per audio second (below 1: faster than real time)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5))
+TRANSCRIPTIONS_STOPPED = Counter(
+    "worker_transcriptions_stopped_total", "Transcriptions stopped before their end: reason "
+    "client_gone (the client left) or budget (ran past WORKER_TRANSCRIPTION_BUDGET_*)", ["reason"])
 QUEUE_DEPTH = Gauge("worker_queue_depth", "Transcriptions waiting for a model slot")
 IN_PROGRESS = Gauge("worker_transcriptions_in_progress", "Transcriptions running now")
 QUEUE_REJECTED = Counter("worker_queue_rejected_total", "Requests refused because the queue was full")

@@ -26,6 +26,8 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
+from . import interrupt as stop
+
 SAMPLE_RATE = 16_000
 DECODE_CHUNK_SECONDS = 4  # source audio resampled per step: bounds memory past the limit
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.json")
@@ -315,7 +317,8 @@ class Transcriber:
 
     def __init__(self, path: Path, device: str, compute_type: str, concurrency: int,
                  cpu_threads: int, beam_size: int, name: str, batch_size: int = 0,
-                 batched_min_seconds: float = 0):
+                 batched_min_seconds: float = 0, budget_factor: float | None = None,
+                 budget_min_seconds: float = 0):
         from faster_whisper import WhisperModel
 
         if not (Path(path) / "model.bin").is_file():
@@ -327,11 +330,13 @@ class Transcriber:
                                   cpu_threads=cpu_threads, num_workers=concurrency,
                                   local_files_only=True)
         self.load_seconds = time.perf_counter() - started
+        self.model.model = stop.Checked(self.model.model)  # each model call checks its Interrupt
         self.beam_size = beam_size
         self.compute_type = compute_type
         self.name = name
         self.batch_size = batch_size or default_batch_size(device)
         self.batched_min_seconds = batched_min_seconds
+        self.budget_factor, self.budget_min_seconds = budget_factor, budget_min_seconds
 
     # what a path's transcript depends on beyond the options: a change here (the batched chunks'
     # grouping, session 19) gives new keys, so the store never serves the old path's transcripts
@@ -365,14 +370,32 @@ class Transcriber:
             return False
         return source == "job" or seconds >= self.batched_min_seconds
 
-    def transcribe(self, audio: np.ndarray, options: Options, batched: bool = False) -> dict[str, Any]:
+    def budget(self, seconds: float) -> float | None:
+        """Seconds of model time a transcription of `seconds` of audio may take before it is
+        stopped: `budget_factor` times the audio's duration, at least `budget_min_seconds`
+        (None: no budget). Speech runs at 0.05-0.1 of real time on 2 CPU cores; audio that
+        makes Whisper loop runs at 1-6 times it (breaker 29 F5)."""
+        if self.budget_factor is None:
+            return None
+        return max(self.budget_min_seconds, self.budget_factor * seconds)
+
+    def transcribe(self, audio: np.ndarray, options: Options, batched: bool = False,
+                   interrupt: stop.Interrupt | None = None) -> dict[str, Any]:
         """Run Whisper; returns the verbose_json document every response format is made from.
+        `interrupt` (default: one with this audio's `budget`) is checked before each call into
+        the model; raises its ClientGone or BudgetExceeded (interrupt.py) when it fires.
 
         On the batched path `temperature` is used as given (0 means greedy/beam at 0, without
         the sequential loop's fallback to higher temperatures), `prompt` is given to every
         speech chunk (not only the first window), and silence the VAD removes yields no
         segment at all.
         """
+        if interrupt is None:
+            interrupt = stop.Interrupt(self.budget(len(audio) / 16_000))
+        with stop.running(interrupt):
+            return self._transcribe(audio, options, batched)
+
+    def _transcribe(self, audio: np.ndarray, options: Options, batched: bool) -> dict[str, Any]:
         if batched:
             from faster_whisper import BatchedInferencePipeline
 
@@ -408,6 +431,7 @@ def document(segments: Iterable[Any], language: str, duration: float, word_times
 
     out_segments, words = [], []
     for seg in segments:
+        stop.check()
         out_segments.append({
             "id": len(out_segments), "seek": seg.seek,
             "start": at(seg.start), "end": at(seg.end), "text": seg.text,
