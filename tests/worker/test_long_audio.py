@@ -5,7 +5,7 @@ short synchronous requests keep the sequential loop. Accuracy is bounded by word
 from __future__ import annotations
 
 import pytest
-from worker_helpers import _samples, long_recording, padded, sample, to_flac, wait_for_job, wer
+from worker_helpers import _samples, long_recording, padded, reversed_speech, sample, to_flac, wait_for_job, wer
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +110,22 @@ def test_the_transcript_store_keeps_each_path_apart(http, worker):
     again = wait_for_job(http, http.post("/v1/jobs", files={"file": ("w.wav", audio)}).json()["id"])
     assert again["deduplicated"] and again["result"] == job["result"], again  # its own path's entry
     assert pipelines(worker) == (batched + 1, sequential)
+
+
+def test_a_looping_chunk_is_decoded_again_at_higher_temperatures(http, worker):
+    """Breaker 29 F3: a chunk the batched pipeline decoded into a loop (here speech played
+    backwards: "N'n'n'n'n'..." to the token limit, compression ratio 9.7, at temperature 0)
+    was returned as the transcript. It is decoded again as the sequential path decodes a
+    window, at higher temperatures until Whisper's thresholds pass (sampled: which one passes
+    varies, so the test asks that the loop was replaced, not what by); words stay in order."""
+    job = wait_for_job(http, http.post(
+        "/v1/jobs", files={"file": ("backwards.wav", reversed_speech("weather"))},
+        data={"response_format": "verbose_json", "timestamp_granularities[]": "word"}).json()["id"])
+    assert job["status"] == "succeeded", job
+    body = job["result"]
+    assert body["segments"], body
+    for seg in body["segments"]:
+        assert seg["temperature"] > 0 and len(seg["tokens"]) < 100, seg  # the loop ran to 144 tokens
+        assert 0 <= seg["start"] <= seg["end"] <= body["duration"]
+    starts = [w["start"] for w in body["words"]]
+    assert starts == sorted(starts) and all(w["start"] <= w["end"] <= body["duration"] for w in body["words"])

