@@ -6,7 +6,7 @@ import hashlib
 
 import psycopg
 import pytest
-from worker_helpers import wait_for_job, padded, sample, wer
+from worker_helpers import padded, reversed_speech, sample, wait_for_job, wer
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +128,72 @@ def test_connections_the_server_dropped_are_never_handed_to_a_request(http, work
         answers = [http.get(f"/v1/jobs/{job_id}").status_code for _ in range(6)]
         assert answers == [200] * 6, answers
     wait_for_job(http, job_id)
+
+
+def test_jobs_past_the_queue_wait_in_the_backlog_and_all_run(http, worker):
+    """Breaker 29 F11: with the model busy and its one queue place taken, further jobs were
+    refused 429 `queue_full`, though a job lives in PostgreSQL and S3 anyway. Five posted at
+    once (capacity two; five keys, as one key may send two uploads at once) are all accepted;
+    those beyond the queue wait unowned and are taken as slots free; all succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    audio, text = sample("passage")
+    clients = [httpx.Client(base_url=worker.url, timeout=300, headers={"Authorization": f"Bearer {worker.keys.pop()}"})
+               for _ in range(5)]
+    for c in clients:
+        c.worker = worker  # wait_for_job polls the row
+
+    def post(i: int):
+        return clients[i].post("/v1/jobs", files={"file": (f"p{i}.wav", padded("passage", 1800 + i))})
+
+    with ThreadPoolExecutor(5) as pool:
+        responses = list(pool.map(post, range(5)))
+    assert [r.status_code for r in responses] == [202] * 5, [r.text for r in responses]
+    backlogged = [ln for ln in worker.metrics().splitlines() if ln.startswith('worker_jobs_total{status="backlogged"}')]
+    assert backlogged and float(backlogged[0].split()[1]) >= 1, backlogged
+    for c, r in zip(clients, responses):
+        job = wait_for_job(c, r.json()["id"])
+        assert job["status"] == "succeeded" and wer(text, job["result"]["text"]) < 0.1, job
+    assert not job_rows(worker, "SELECT id FROM jobs WHERE owner IS NULL AND status IN ('queued', 'running')")
+
+
+def test_a_full_backlog_is_refused_429(model_dir, postgres, s3, tmp_path):
+    """WORKER_JOB_BACKLOG bounds the jobs waiting unowned (all workers together): at 1, with
+    no queue places, of three jobs posted one after another one runs, one waits and one is
+    refused `queue_full` with Retry-After, having made no job."""
+    import secrets
+    import subprocess
+    from types import SimpleNamespace
+
+    import httpx
+    from worker_helpers import BIN
+    from worker_support import start_worker, stop_worker, wait_until, worker_env
+
+    suffix = secrets.token_hex(4)
+    database_url = postgres.make_database(f"worker_backlog_{suffix}")
+    bucket = f"worker-backlog-{suffix}"
+    s3.client().create_bucket(Bucket=bucket)
+    env = worker_env(model_dir, WORKER_JOB_BACKLOG="1", WORKER_QUEUE_SIZE="0", WORKER_DATABASE_URL=database_url,
+                     WORKER_S3_ENDPOINT_URL=s3.endpoint_url, WORKER_S3_BUCKET=bucket)
+    assert subprocess.run([str(BIN), "migrate"], env=env, capture_output=True).returncode == 0
+    log = tmp_path / "w.log"
+    proc, url = start_worker(env, log)
+    try:
+        wait_until(url, proc, log, ready=True)
+        client = httpx.Client(base_url=url, timeout=300)
+        client.worker = SimpleNamespace(database_url=database_url)  # wait_for_job polls the row
+        # one job the model is busy with (reversed speech loops: about 10 s), one that waits in
+        # the backlog, one the full backlog refuses
+        busy = client.post("/v1/jobs", files={"file": ("backwards.wav", reversed_speech("weather"))})
+        waiting = client.post("/v1/jobs", files={"file": ("h.wav", sample("hello")[0])})
+        refused = client.post("/v1/jobs", files={"file": ("w.wav", sample("weather")[0])})
+        assert (busy.status_code, waiting.status_code) == (202, 202), (busy.text, waiting.text)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "queue_full", refused.text
+        assert int(refused.headers["retry-after"]) >= 1
+        assert wait_for_job(client, waiting.json()["id"])["status"] == "succeeded"
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 2
+    finally:
+        stop_worker(proc)

@@ -185,6 +185,13 @@ def _stopped_answer(exc: Stopped) -> APIError:
     return APIError(422, str(exc), code="transcription_budget_exceeded")
 
 
+async def _backlog_room(state: Any) -> None:
+    """Raise QueueFull (429, Retry-After) when WORKER_JOB_BACKLOG jobs already wait unowned
+    (breaker 29 F11: a twelfth job posted at once was refused while jobs persist anyway)."""
+    if state.keeper is None or await _db(state.db.backlog) >= state.settings.job_backlog:
+        raise QueueFull(state.queue.retry_after())
+
+
 def _job_body(job: dict, fmt: str = "verbose_json") -> dict:
     ts = lambda v: int(v.timestamp()) if v else None  # noqa: E731
     result = job.get("result")
@@ -265,10 +272,12 @@ async def create_job(request: Request):
                 return _replay(existing, upload)
         batched = state.transcriber.batched_for(seconds, "job")  # the path the job will take
         stored = None if bypass else await _stored_transcript(state, upload, batched)
-        slot = None if stored else state.queue.reserve()
+        slot = None if stored else state.queue.try_reserve()
+        if not stored and slot is None:
+            await _backlog_room(state)  # every place here is taken: the job waits in PostgreSQL
         charged = False  # only what was charged is given back: a 429 refusal charged nothing
         try:
-            if slot:
+            if not stored:
                 charged = await state.limits.charge_audio(key_id, seconds)
             if key is None:
                 key = state.store.key_for(upload.sha256, upload.filename)
@@ -279,7 +288,7 @@ async def create_job(request: Request):
                 sha256=upload.sha256, audio_key=key, audio_bytes=size,
                 duration=round(seconds, 3), options=options.__dict__,
                 options_key=state.transcriber.store_key(options, batched), done=bool(stored),
-                worker=state.settings.color, owner=state.owner,
+                worker=state.settings.color, owner=state.owner if slot else None,
                 request_hash=upload.fingerprint(), bypass_store=bypass)
         except BaseException:
             if slot:
@@ -296,6 +305,9 @@ async def create_job(request: Request):
         metrics.JOBS.labels("deduplicated" if stored else "created").inc()
         if slot:
             slot.submit(run_job, state, str(job["id"]), key, upload.sha256, options, bypass)
+        elif not stored:
+            metrics.JOBS.labels("backlogged").inc()
+            state.keeper.nudge()  # room may have freed since try_reserve
     log.info("job created", extra={"job_id": str(job["id"]), "deduplicated": bool(stored),
                                    "key_id": key_id})
     return JSONResponse(_job_body(job), status_code=200 if stored else 202,

@@ -52,6 +52,7 @@ class State:
     transcriber: Transcriber | None = None
     model_error: str | None = None
     owner: str = field(default_factory=instance_id)  # names this process in the job rows it owns
+    keeper: JobKeeper | None = None  # with a database: leases, adoption, the job backlog
     started: float = field(default_factory=time.time)
 
 
@@ -140,6 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
             state.db.open()
         keeper = JobKeeper(state, settings.job_lease_seconds, settings.job_max_attempts) if state.db else None
         if keeper:
+            state.keeper = keeper
+            state.queue.on_room = keeper.nudge  # a freed model slot takes the backlog's oldest job at once
             keeper.start()
         threading.Thread(target=_load_model, args=(state,), name="model-load", daemon=True).start()
         log.info("worker starting", extra={"version": settings.version, "color": settings.color,

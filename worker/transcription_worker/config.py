@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     transcription_budget_min_seconds: float = Field(120, gt=0, allow_inf_nan=False)
     job_lease_seconds: float = Field(60, gt=0)  # a job whose worker stopped renewing is adopted after this
     job_max_attempts: int = Field(3, ge=1)  # workers that may die running one job before it fails
+    # jobs accepted while every worker's queue is full wait in PostgreSQL, unowned, for the first
+    # worker with room (all workers together; a soft cap: concurrent creates may pass it by a few)
+    job_backlog: int = Field(1000, ge=0)
     max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit
     max_upload_total_mb: int = Field(2048, ge=1)  # one file through /v1/uploads
     max_part_mb: int = Field(64, ge=1)  # one part of it (OpenAI's part limit)

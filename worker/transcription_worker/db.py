@@ -280,11 +280,12 @@ class Database:
 
     def create_job(self, *, api_key_id: str, idempotency_key: str | None, sha256: str,
                    audio_key: str, audio_bytes: int, duration: float, options: dict,
-                   options_key: str, done: bool, worker: str, owner: str,
+                   options_key: str, done: bool, worker: str, owner: str | None,
                    request_hash: str | None = None,
                    bypass_store: bool = False) -> tuple[dict[str, Any], bool]:
         """Insert a job; returns (job, created). A concurrent twin with the same
-        Idempotency-Key makes `created` False and returns the twin's row."""
+        Idempotency-Key makes `created` False and returns the twin's row. `owner` None: the
+        job waits in the backlog, for any worker's keeper to adopt (`adopt_orphans`)."""
         job_id = uuid.uuid4()
         status = "succeeded" if done else "queued"
         with self.pool.connection() as conn:
@@ -292,11 +293,12 @@ class Database:
                 "INSERT INTO jobs (id, api_key_id, idempotency_key, status, audio_sha256, audio_key,"
                 " audio_bytes, duration, options, options_key, deduplicated, worker, owner, heartbeat_at,"
                 " completed_at, request_hash, bypass_store)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(),"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " CASE WHEN %s::text IS NULL THEN '-infinity'::timestamptz ELSE now() END,"
                 " CASE WHEN %s THEN now() END, %s, %s)"
                 " ON CONFLICT (api_key_id, idempotency_key) DO NOTHING RETURNING id",
                 (job_id, api_key_id, idempotency_key, status, sha256, audio_key, audio_bytes,
-                 duration, Jsonb(options), options_key, done, worker, owner, done,
+                 duration, Jsonb(options), options_key, done, worker, owner, owner, done,
                  request_hash, bypass_store)).fetchone()
         if row is None:
             return self.find_by_idempotency_key(api_key_id, idempotency_key or ""), False
@@ -337,6 +339,14 @@ class Database:
                 " UPDATE jobs j SET owner = %s, heartbeat_at = now(), status = 'queued' FROM orphans o"
                 " WHERE j.id = o.id RETURNING j.id, j.audio_key, j.audio_sha256, j.options, j.attempts,"
                 " j.bypass_store, o.owner AS previous_owner", (lease, limit, owner)).fetchall()
+
+    def backlog(self) -> int:
+        """Jobs waiting unowned for a worker with room. The IN list is the predicate of the
+        partial index on unfinished jobs (`jobs_unfinished`), written out so the planner takes
+        it: the count reads unfinished rows only, flat as history grows."""
+        with self.pool.connection() as conn:
+            return conn.execute("SELECT count(*) AS n FROM jobs WHERE status IN ('queued', 'running')"
+                                " AND status = 'queued' AND owner IS NULL").fetchone()["n"]
 
     def release_job(self, job_id: str, owner: str) -> None:
         """Give an adopted job back at once (no room after all): any worker may take it."""

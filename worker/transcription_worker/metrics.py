@@ -33,7 +33,7 @@ QUEUE_REJECTED = Counter("worker_queue_rejected_total", "Requests refused becaus
 MODEL_LOAD_SECONDS = Gauge("worker_model_load_seconds", "Time the model took to load")
 MODEL_LOADED = Gauge("worker_model_loaded", "1 once the model is loaded")
 JOBS = Counter("worker_jobs_total", "Asynchronous jobs by outcome",
-               ["status"])  # created, deduplicated, succeeded, failed, adopted, abandoned
+               ["status"])  # created, deduplicated, backlogged, succeeded, failed, adopted, abandoned
 UPLOADS_EXPIRED = Counter("worker_uploads_expired_total",
                           "Uploads never completed, aborted in S3 after WORKER_UPLOAD_EXPIRY_SECONDS")
 UPLOADS_ASSEMBLED_DELETED = Counter(

@@ -9,6 +9,11 @@ S3. A worker that only stalled past its lease finds its job adopted and leaves i
 a transcript is stored once whoever finishes first, so a job runs at least once and its
 result is written once. A job whose workers died `max_attempts` times while running it
 fails instead of being adopted again: audio that kills a worker must not kill them all.
+
+A job accepted while every model slot and queue place of its worker is taken is made without
+an owner (the backlog, up to WORKER_JOB_BACKLOG jobs): keepers take it like an orphan, oldest
+first, as soon as their queue has room: at once when a transcription of theirs ends (`nudge`),
+else at their next tick. A batch of podcast episodes posted at once is accepted, not refused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from typing import Any
 
 from . import metrics
@@ -39,6 +45,7 @@ class JobKeeper:
         self.state, self.lease, self.max_attempts = state, lease, max_attempts
         self.adopting = True  # off while the worker drains its queue on SIGTERM; renewals go on
         self._stop = threading.Event()
+        self._room = threading.Event()  # `nudge`: a model slot freed, adopt without waiting for a tick
         self._thread = threading.Thread(target=self._loop, name="job-keeper", daemon=True)
 
     def start(self) -> None:
@@ -48,17 +55,32 @@ class JobKeeper:
     def stop(self) -> None:
         """Stop the thread after its current tick (waits up to 10 s)."""
         self._stop.set()
+        self._room.set()
         self._thread.join(timeout=10)
 
+    def nudge(self) -> None:
+        """Room freed in the queue: adopt waiting jobs (the backlog, orphans) now, not at the
+        next tick. Called from a queue thread; returns at once."""
+        self._room.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.lease / 3):
+        next_tick = time.monotonic() + self.lease / 3
+        while True:
+            nudged = self._room.wait(max(0.0, next_tick - time.monotonic()))
+            self._room.clear()
+            if self._stop.is_set():
+                return
             try:
-                self.tick()
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.lease / 3
+                    self.tick()
+                elif nudged:
+                    self.adopt()
             except Exception as exc:  # the database may be away for a while: try again next tick
                 log.warning("job keeper: %s", exc)
 
     def tick(self) -> int:
-        """Renew this worker's leases, then adopt orphaned jobs while the queue has room."""
+        """Renew this worker's leases, then adopt waiting jobs while the queue has room."""
         state = self.state
         state.db.renew_leases(state.owner)
         if state.store is not None:
@@ -66,6 +88,12 @@ class JobKeeper:
 
             start_expiry(state)  # its own thread: S3 waits never hold up the renewals above
             count_incomplete(state)
+        return self.adopt()
+
+    def adopt(self) -> int:
+        """Take waiting jobs (the backlog's, and orphans whose lease ran out), oldest first,
+        while the queue has room; returns how many."""
+        state = self.state
         if not self.adopting or state.transcriber is None or state.store is None:
             return 0  # draining, or cannot run jobs yet: leave them to a worker that can
         adopted = 0
@@ -92,6 +120,9 @@ class JobKeeper:
             return 0
         slot.submit(run_job, self.state, job_id, job["audio_key"], job["audio_sha256"],
                     Options(**job["options"]), job["bypass_store"])
+        if job["previous_owner"] is None:  # from the backlog: accepted while every queue was full
+            log.info("job taken from the backlog", extra={"job_id": job_id})
+            return 1
         metrics.JOBS.labels("adopted").inc()
         log.warning("adopted a job whose worker stopped", extra={"job_id": job_id, "from": job["previous_owner"],
                                                                   "attempts": job["attempts"]})

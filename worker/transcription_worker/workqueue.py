@@ -70,6 +70,7 @@ class WorkQueue:
         self._lock = threading.Lock()
         self._waiting = self._running = 0
         self._avg_seconds = 5.0  # moving average of one transcription, for Retry-After
+        self.on_room: Callable[[], None] | None = None  # called when a running transcription ends
 
     def reserve(self) -> Slot:
         """A place in the queue for one request; raises QueueFull (429) when there is none."""
@@ -110,6 +111,8 @@ class WorkQueue:
                 self._waiting -= 1
             metrics.QUEUE_DEPTH.set(self._waiting)
             metrics.IN_PROGRESS.set(self._running)
+        if started and self.on_room is not None:
+            self.on_room()
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._lock:
