@@ -142,7 +142,8 @@ def prune_chain(
         f"{r.wal_removed} WAL object(s); kept {len(r.kept)} base backup(s), WAL from {r.wal_kept_from or '-'}"
         + (f"; {'would remove' if dry_run else 'removed'} {len(r.interrupted)} interrupted (dead, unfinished): "
            f"{', '.join(r.interrupted)}" if r.interrupted else "")
-        + (f"; {verb} {len(r.dropped)} damaged: {', '.join(r.dropped)}" if r.dropped else "")
+        + (f"; {verb} {len(r.dropped)} that restore nothing: "  # damaged, or built on what is missing
+           f"{'; '.join(f'{bid} ({why})' for bid, why in r.dropped.items())}" if r.dropped else "")
         + ("; left, not counted (damaged, see above; " + ("their own objects read whole, so --drop-damaged keeps "
            "them" if drop_damaged else "--drop-damaged removes those whose own objects fail") + f"): "
            f"{', '.join(bid for bid in r.damaged if bid not in r.dropped)}"

@@ -254,6 +254,10 @@ def test_a_drop_cut_short_after_a_record_is_finished_by_the_next_run(pitr, runne
     pitr.wait_archived()
     folder = pitr.root / "repo" / layout.base_prefix(pitr.sysid())
     (folder / cut / "base.json").unlink()  # the drop's first delete, then the kill
+    # breaker 30 F7: the plan called the incrementals "damaged", which they are not: it says why each goes
+    plan = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "3", "--drop-damaged", "--dry-run")
+    assert plan.exit_code == 0 and "damaged:" not in plan.stdout, plan.output
+    assert f"{on_cut} (its parent base backup {cut} is missing" in " ".join(plan.stdout.split()), plan.stdout
     r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "3", "--drop-damaged", "--yes", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
