@@ -195,7 +195,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # the queue holds the live timeline's WAL: a --timeline of another has nothing to wait for
     # (breaker 18 F10: 30 s waited for WAL no restore along that timeline reads)
     on_live = timeline is None or not live or timeline == live[-1][0]
-    queue_notes = _wait_for_queue(state, beside=beside) if latest and on_live else []
+    queue_notes = _ship_open_segment(state) + _wait_for_queue(state, beside=beside) if latest and on_live else []
     # the tars are read (and one that fails passed over) below: a finding of the last verify-chain
     # is not taken on trust, so a base backup repaired since restores (breaker 27 F9)
     listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live, findings=False)
@@ -392,6 +392,30 @@ def _archived_bases(bases: list, listed: chain.Inventory, queued: set[str], note
         notes.append(f"base backup(s) {', '.join(passed)} wait for their WAL in the local queue "
                      f"({held[passed[-1]]} first): 'latest' restored from {newest.id}, the newest whose WAL is archived")
     return ready
+
+
+def _ship_open_segment(state) -> list[str]:
+    """For 'latest' while the live server serves: switch it to its next WAL segment
+    (pg_switch_wal), so the segment it is writing, which holds its newest commits, goes to the
+    archive before the window is read (`_wait_for_queue` then waits for it): 'latest' holds every
+    commit made before the restore began. Without it a commit made a second before was left out
+    until archive_timeout passed (30 s by default), and nothing said so (breaker 30 F8). A
+    switch with no WAL since the last one does nothing. A note when the server does not answer."""
+    from opsctl.local import platform
+
+    if platform.live_pid(state, "postgres") is None:
+        return []  # a stopped server writes nothing more: _wait_for_queue says what it left
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    try:
+        with psycopg.connect(pg.url(state.components["postgres"].port), connect_timeout=5, autocommit=True) as conn:
+            conn.execute("select pg_switch_wal()")
+    except (psycopg.Error, OSError) as exc:
+        return [f"the live server's open WAL segment was not switched out for the archive ({exc}): 'latest' "
+                "holds what was archived, without the commits still in that segment"]
+    return []
 
 
 def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> list[str]:
