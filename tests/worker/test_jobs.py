@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import psycopg
 import pytest
@@ -195,5 +196,100 @@ def test_a_full_backlog_is_refused_429(model_dir, postgres, s3, tmp_path):
         assert wait_for_job(client, waiting.json()["id"])["status"] == "succeeded"
         with psycopg.connect(database_url) as conn:
             assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 2
+    finally:
+        stop_worker(proc)
+
+
+def _budget_worker(model_dir, postgres, s3, tmp_path, **settings):
+    """A worker of its own (PostgreSQL, S3, no keys) with `settings`; (process, url, database URL, log)."""
+    import secrets
+    import subprocess
+
+    from worker_helpers import BIN
+    from worker_support import start_worker, wait_until, worker_env
+
+    suffix = secrets.token_hex(4)
+    database_url = postgres.make_database(f"worker_jobs_{suffix}")
+    bucket = f"worker-jobs-{suffix}"
+    s3.client().create_bucket(Bucket=bucket)
+    env = worker_env(model_dir, WORKER_DATABASE_URL=database_url, WORKER_S3_ENDPOINT_URL=s3.endpoint_url,
+                     WORKER_S3_BUCKET=bucket, **settings)
+    assert subprocess.run([str(BIN), "migrate"], env=env, capture_output=True).returncode == 0
+    log = tmp_path / "w.log"
+    proc, url = start_worker(env, log)
+    wait_until(url, proc, log, ready=True)
+    return proc, url, database_url, log
+
+
+def test_a_backlog_leaves_the_queue_to_sync_requests(model_dir, postgres, s3, tmp_path):
+    """Breaker 31 F2: every place a transcription freed was filled from the backlog at once,
+    so with a backlog every sync request was refused 429 until the whole backlog had run.
+    A backlog job now starts only on an idle model thread: a sync request gets the freed
+    place and runs before the jobs still waiting."""
+    import time
+
+    import httpx
+    from worker_support import stop_worker
+
+    proc, url, database_url, _ = _budget_worker(model_dir, postgres, s3, tmp_path, WORKER_QUEUE_SIZE="1")
+    try:
+        client = httpx.Client(base_url=url, timeout=300)
+        ids = [client.post("/v1/jobs", files={"file": (f"p{i}.wav", padded("passage", 2000 + i))}).json()["id"]
+               for i in range(4)]  # one runs, one waits in the queue, two in the backlog
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT count(*) FROM jobs WHERE owner IS NULL").fetchone()[0] >= 1
+        deadline = time.monotonic() + 120
+        while True:
+            sent = time.time()
+            r = client.post("/v1/audio/transcriptions", files={"file": ("h.wav", sample("hello")[0])},
+                            headers={"Cache-Control": "no-cache"})
+            if r.status_code == 200:
+                break
+            assert r.status_code == 429 and time.monotonic() < deadline, r.text
+            time.sleep(0.3)
+        with psycopg.connect(database_url) as conn:
+            deadline = time.monotonic() + 120
+            while conn.execute("SELECT count(*) FROM jobs WHERE status <> 'succeeded'").fetchone()[0]:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            last_start = conn.execute("SELECT max(extract(epoch FROM started_at)) FROM jobs WHERE id = ANY(%s)",
+                                      (ids,)).fetchone()[0]
+        assert float(last_start) > sent  # the sync request was let in while jobs still waited
+    finally:
+        stop_worker(proc)
+
+
+def test_a_stopping_worker_takes_no_more_backlog_jobs(model_dir, postgres, s3, tmp_path):
+    """Breaker 31 F3: a worker sent SIGTERM went on taking backlog jobs while its in-flight
+    requests finished (up to a transcription's budget), pulling them from workers that stay.
+    Told to stop, it takes nothing more: the backlog is left to the others."""
+    import signal
+    import threading
+
+    import httpx
+    from worker_support import stop_worker
+
+    proc, url, database_url, _ = _budget_worker(
+        model_dir, postgres, s3, tmp_path, WORKER_QUEUE_SIZE="0",
+        WORKER_TRANSCRIPTION_BUDGET_FACTOR="0.01", WORKER_TRANSCRIPTION_BUDGET_MIN_SECONDS="4")
+    try:
+        answers: list = []
+        busy = threading.Thread(target=lambda: answers.append(httpx.post(
+            url + "/v1/audio/transcriptions", files={"file": ("b.wav", reversed_speech("passage"))}, timeout=300)))
+        busy.start()  # the model's one thread, until its 4 s budget runs out
+        deadline = time.monotonic() + 60
+        while "worker_transcriptions_in_progress 1.0" not in httpx.get(url + "/metrics", timeout=10).text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        client = httpx.Client(base_url=url, timeout=60)
+        for name in ("hello", "weather"):
+            assert client.post("/v1/jobs", files={"file": (f"{name}.wav", sample(name)[0])}).status_code == 202
+        proc.send_signal(signal.SIGTERM)
+        busy.join(300)
+        assert answers and answers[0].status_code == 422, answers  # the in-flight request finished
+        assert proc.wait(60) == 0
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("SELECT status, owner FROM jobs").fetchall()
+        assert rows == [("queued", None), ("queued", None)], rows
     finally:
         stop_worker(proc)

@@ -85,3 +85,37 @@ def test_a_transcription_past_its_budget_is_stopped(model_dir, postgres, s3, tmp
         assert stopped(text, "budget") == 2 and metric(text, "worker_transcriptions_in_progress") == 0
     finally:
         stop_worker(proc)
+
+
+def test_a_client_that_leaves_while_queued_is_not_charged(worker):
+    """Breaker 31 F4: a sync request whose client left while it waited in the queue gave its
+    place back but stayed charged its audio seconds, though the model never ran on it: a key
+    with 120 s a day that gave up on 30 s then could not send 95 s."""
+    running_key, queued_key = worker.keys.pop(), worker.keys.pop()
+    hold: dict = {}
+
+    def occupy():  # reversed speech: the model is busy for tens of seconds, until this client leaves
+        try:
+            httpx.post(worker.url + "/v1/audio/transcriptions", headers={"Authorization": f"Bearer {running_key}",
+                       "Cache-Control": "no-cache"}, files={"file": ("b.wav", reversed_speech("passage"))},
+                       timeout=httpx.Timeout(60, read=12))
+        except httpx.ReadTimeout as exc:
+            hold["left"] = exc
+
+    import threading
+
+    thread = threading.Thread(target=occupy)
+    thread.start()
+    wait_for(lambda: metric(worker.metrics(), "worker_transcriptions_in_progress") == 1, 60)
+    headers = {"Authorization": f"Bearer {queued_key}", "Cache-Control": "no-cache"}
+    with pytest.raises(httpx.ReadTimeout):  # 30 s of speech, queued behind the busy model
+        httpx.post(worker.url + "/v1/audio/transcriptions", headers=headers,
+                   files={"file": ("p.wav", sample("passage")[0])}, timeout=httpx.Timeout(60, read=1.5))
+    wait_for(lambda: metric(worker.metrics(), "worker_queue_depth") == 0, 60)
+    thread.join(120)
+    wait_for(lambda: metric(worker.metrics(), "worker_transcriptions_in_progress") == 0)
+    from worker_helpers import silence_wav
+
+    r = httpx.post(worker.url + "/v1/audio/transcriptions", headers=headers,
+                   files={"file": ("s.wav", silence_wav(95))}, timeout=300)
+    assert r.status_code == 200, r.text  # 0 + 95 of 120 s: the queued 30 s were given back

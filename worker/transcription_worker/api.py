@@ -135,7 +135,9 @@ async def create_transcription(request: Request):
             raise
         try:
             result = await _transcribed(request, slot, state.transcriber, audio, upload.options)
-        except Stopped as exc:  # the model ran (to its budget, or until its client left): seconds stay charged
+        except Stopped as exc:  # once the model ran (to its budget, or until its client left) seconds stay charged
+            if charged and not exc.ran:
+                await state.limits.refund_audio(key_id, seconds)
             raise _stopped_answer(exc) from None
         except BaseException:
             if charged:
@@ -166,12 +168,15 @@ async def _transcribed(request: Request, slot: Any, transcriber: Any, audio: Any
     try:
         while not (await asyncio.wait({waiting}, timeout=WATCH_SECONDS))[0]:
             if await request.is_disconnected():
-                raise ClientGone("the client closed the connection before its transcript was ready")
+                interrupt.cancel()
+                # not started yet: its place in the queue goes back at once, and nothing ran
+                raise ClientGone("the client closed the connection before its transcript was ready",
+                                 ran=not future.cancel())
         return waiting.result()
     finally:
         if not waiting.done():  # the client left, or this request was itself cancelled: stop the work
             interrupt.cancel()
-            future.cancel()  # not started yet: its place in the queue goes back at once
+            future.cancel()
             # what the thread raises is consumed here, never logged as "never retrieved"
             waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
 

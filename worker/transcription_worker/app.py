@@ -115,6 +115,26 @@ class RequestMetrics:
                                            "key_id": scope.get("state", {}).get("key_id")})
 
 
+def _on_stop_signal(action) -> None:
+    """Run `action()` when SIGTERM or SIGINT arrives, then the handler in place (uvicorn's,
+    which starts the graceful shutdown). The lifespan's shutdown comes only after every
+    in-flight request has finished, up to a transcription's budget later: a worker told to
+    stop kept taking backlog jobs all that while (breaker 31 F3). uvicorn puts its own
+    handlers back when it is done, which drops this one with them. Main thread only (where
+    uvicorn.run runs the lifespan); elsewhere nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum, frame, previous=previous):
+            action()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app for `settings`: middleware (body limits, request metrics), the probes,
     /version, /metrics and the /v1 routers. The lifespan opens the database, starts the job
@@ -143,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
         if keeper:
             state.keeper = keeper
             state.queue.on_room = keeper.nudge  # a freed model slot takes the backlog's oldest job at once
+            _on_stop_signal(keeper.stop_adopting)
             keeper.start()
         threading.Thread(target=_load_model, args=(state,), name="model-load", daemon=True).start()
         log.info("worker starting", extra={"version": settings.version, "color": settings.color,
@@ -151,7 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         log.info("shutting down: finishing queued transcriptions")
         if keeper:
-            keeper.adopting = False  # take on nothing more, but keep the leases of what drains
+            keeper.stop_adopting()  # take on nothing more, but keep the leases of what drains
         await run_in_threadpool(state.queue.shutdown)
         if keeper:
             await run_in_threadpool(keeper.stop)

@@ -22,11 +22,12 @@ from typing import Any, Iterator
 
 
 class Stopped(Exception):
-    """A transcription stopped before its end; `reason` says why, for a person."""
+    """A transcription stopped before its end; `reason` says why, for a person; `ran`: whether
+    the model had started on it (False: it was taken out of the queue before)."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, ran: bool = True):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.ran = reason, ran
 
 
 class ClientGone(Stopped):

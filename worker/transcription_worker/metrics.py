@@ -68,8 +68,10 @@ MODEL = Info("worker_model", "Settings the loaded model runs with: device, compu
              " (batched pipeline, resolved from the device when WORKER_BATCH_SIZE=0), beam_size")
 
 # Create every labelled series at zero, so alert rules see 0 rather than an absent series.
-for _status in ("created", "deduplicated", "succeeded", "failed", "adopted", "abandoned"):
+for _status in ("created", "deduplicated", "backlogged", "succeeded", "failed", "adopted", "abandoned"):
     JOBS.labels(_status)
+for _reason in ("client_gone", "budget"):
+    TRANSCRIPTIONS_STOPPED.labels(_reason)
 for _limit in ("requests_per_minute", "concurrent_uploads", "daily_audio_seconds",
                "parts_per_minute", "open_uploads", "daily_upload_bytes", "part_memory"):
     RATE_LIMITED.labels(_limit)

@@ -12,8 +12,11 @@ fails instead of being adopted again: audio that kills a worker must not kill th
 
 A job accepted while every model slot and queue place of its worker is taken is made without
 an owner (the backlog, up to WORKER_JOB_BACKLOG jobs): keepers take it like an orphan, oldest
-first, as soon as their queue has room: at once when a transcription of theirs ends (`nudge`),
-else at their next tick. A batch of podcast episodes posted at once is accepted, not refused.
+first, as soon as one of their model threads is idle: at once when a transcription of theirs
+ends (`nudge`), else at their next tick. A batch of podcast episodes posted at once is
+accepted, not refused; sync requests keep the queue's places. A worker told to stop
+(SIGTERM, SIGINT) takes nothing more at once (`stop_adopting`), while its in-flight requests
+finish.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ class JobKeeper:
         self._room.set()
         self._thread.join(timeout=10)
 
+    def stop_adopting(self) -> None:
+        """Take on no more jobs (the worker is stopping); leases of what it holds are still
+        renewed while that drains."""
+        self.adopting = False
+
     def nudge(self) -> None:
         """Room freed in the queue: adopt waiting jobs (the backlog, orphans) now, not at the
         next tick. Called from a queue thread; returns at once."""
@@ -92,12 +100,16 @@ class JobKeeper:
 
     def adopt(self) -> int:
         """Take waiting jobs (the backlog's, and orphans whose lease ran out), oldest first,
-        while the queue has room; returns how many."""
+        while a model thread is idle; returns how many. Only into idle threads: the queue's
+        places stay for requests whose clients wait on the connection (breaker 31 F2: filling
+        every freed place from a backlog of hundreds answered each sync request 429 until the
+        backlog was gone), and a job waits no longer in this process's queue than in the
+        backlog, where any worker may take it."""
         state = self.state
         if not self.adopting or state.transcriber is None or state.store is None:
             return 0  # draining, or cannot run jobs yet: leave them to a worker that can
         adopted = 0
-        while (room := state.queue.room()) > 0:
+        while (room := state.queue.idle()) > 0:
             jobs = state.db.adopt_orphans(state.owner, self.lease, room)
             if not jobs:
                 break

@@ -70,7 +70,7 @@ class WorkQueue:
         self._lock = threading.Lock()
         self._waiting = self._running = 0
         self._avg_seconds = 5.0  # moving average of one transcription, for Retry-After
-        self.on_room: Callable[[], None] | None = None  # called when a running transcription ends
+        self.on_room: Callable[[], None] | None = None  # called when a place frees
 
     def reserve(self) -> Slot:
         """A place in the queue for one request; raises QueueFull (429) when there is none."""
@@ -88,6 +88,10 @@ class WorkQueue:
     def room(self) -> int:
         """Places free now: running plus waiting transcriptions below the capacity."""
         return self.capacity - self._waiting - self._running
+
+    def idle(self) -> int:
+        """Model threads with nothing to do: none running on them and none waiting for them."""
+        return max(0, self.workers - self._waiting - self._running)
 
     def try_reserve(self) -> Slot | None:
         """A slot if there is room, else None (not a refusal of a client: nothing is counted)."""
@@ -111,7 +115,7 @@ class WorkQueue:
                 self._waiting -= 1
             metrics.QUEUE_DEPTH.set(self._waiting)
             metrics.IN_PROGRESS.set(self._running)
-        if started and self.on_room is not None:
+        if self.on_room is not None:  # a transcription ended, or a waiting one left: a thread may be idle
             self.on_room()
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
