@@ -207,7 +207,7 @@ def _job_body(job: dict, fmt: str = "verbose_json") -> dict:
         "audio_bytes": job["audio_bytes"], "duration": job["duration"],
         "deduplicated": job["deduplicated"], "idempotency_key": job["idempotency_key"],
         "options": job["options"],
-        "error": {"message": job["error"]} if job["error"] else None,
+        "error": {"message": job["error"], "code": job.get("error_code")} if job["error"] else None,
         "result": render(result, fmt) if result else None,
     }
 

@@ -176,6 +176,11 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER uploads_end_fence BEFORE UPDATE OF status ON uploads FOR EACH ROW
         WHEN (OLD.status = 'pending' AND NEW.status <> 'pending') EXECUTE FUNCTION uploads_end_fence();
     """,
+    # error_code: a failed job's reason as the API's error codes name it (breaker 31 F8), beside
+    # its message; NULL for failures that have none
+    """
+    ALTER TABLE jobs ADD COLUMN error_code text;
+    """,
 ]
 class PartsTooLarge(Exception):
     """A part would take an upload past the `bytes` it was created for."""
@@ -216,7 +221,7 @@ def ping(url: str) -> None:
 
 
 _JOB_COLUMNS = """j.id, j.status, j.audio_sha256, j.audio_key, j.audio_bytes, j.duration, j.options,
-    j.options_key, j.deduplicated, j.error, j.created_at, j.started_at, j.completed_at,
+    j.options_key, j.deduplicated, j.error, j.error_code, j.created_at, j.started_at, j.completed_at,
     j.idempotency_key, j.request_hash, j.bypass_store, coalesce(j.result, t.result) AS result"""
 
 
@@ -313,14 +318,14 @@ class Database:
                 (job_id, owner)).rowcount == 1
 
     def finish_job(self, job_id: str, owner: str, error: str | None = None,
-                   result: dict | None = None) -> bool:
+                   result: dict | None = None, error_code: str | None = None) -> bool:
         """Record the outcome, unless another worker adopted the job meanwhile. `result` is
         kept on the job row (jobs that bypass the transcript store)."""
         with self.pool.connection() as conn:
             return conn.execute(
-                "UPDATE jobs SET status = %s, error = %s, completed_at = now(), result = %s"
+                "UPDATE jobs SET status = %s, error = %s, error_code = %s, completed_at = now(), result = %s"
                 " WHERE id = %s AND owner = %s AND status IN ('queued', 'running')",
-                ("failed" if error else "succeeded", error,
+                ("failed" if error else "succeeded", error, error_code,
                  Jsonb(result) if result is not None else None, job_id, owner)).rowcount == 1
 
     def renew_leases(self, owner: str) -> int:

@@ -81,7 +81,11 @@ def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Optio
     except Exception as exc:
         metrics.JOBS.labels("failed").inc()
         log.exception("job failed", extra={"job_id": job_id})
+        # a stopped transcription is said as the sync route says it (breaker 31 F8); anything
+        # else with its exception's name, for whoever reads the job
+        stopped = isinstance(exc, BudgetExceeded)
         try:
-            db.finish_job(job_id, state.owner, error=f"{type(exc).__name__}: {exc}"[:500])
+            db.finish_job(job_id, state.owner, error=(str(exc) if stopped else f"{type(exc).__name__}: {exc}")[:500],
+                          error_code="transcription_budget_exceeded" if stopped else None)
         except Exception:
             log.exception("could not record the failure of job", extra={"job_id": job_id})

@@ -122,7 +122,7 @@ class JobKeeper:
         if job["attempts"] >= self.max_attempts:
             error = (f"abandoned: the worker running this job stopped {job['attempts']} times without"
                      " finishing (killed, out of memory?); resubmit it if the audio is sound")
-            self.state.db.finish_job(job_id, self.state.owner, error=error)
+            self.state.db.finish_job(job_id, self.state.owner, error=error, error_code="job_abandoned")
             metrics.JOBS.labels("abandoned").inc()
             log.error("job abandoned", extra={"job_id": job_id, "attempts": job["attempts"]})
             return 0
