@@ -222,12 +222,10 @@ def _budget_worker(model_dir, postgres, s3, tmp_path, **settings):
 
 
 def test_a_backlog_leaves_the_queue_to_sync_requests(model_dir, postgres, s3, tmp_path):
-    """Breaker 31 F2: every place a transcription freed was filled from the backlog at once,
-    so with a backlog every sync request was refused 429 until the whole backlog had run.
-    A backlog job now starts only on an idle model thread: a sync request gets the freed
-    place and runs before the jobs still waiting."""
-    import time
-
+    """Breaker 31 F2, 32 G3: jobs took every queue place (posted at once, or refilled from
+    the backlog as places freed), so each sync request was refused 429 until they had all run.
+    A job now starts only on an idle model thread, else waits in the backlog: the sync request
+    posted right after four jobs gets the queue place and runs before the jobs still waiting."""
     import httpx
     from worker_support import stop_worker
 
@@ -235,18 +233,11 @@ def test_a_backlog_leaves_the_queue_to_sync_requests(model_dir, postgres, s3, tm
     try:
         client = httpx.Client(base_url=url, timeout=300)
         ids = [client.post("/v1/jobs", files={"file": (f"p{i}.wav", padded("passage", 2000 + i))}).json()["id"]
-               for i in range(4)]  # one runs, one waits in the queue, two in the backlog
-        with psycopg.connect(database_url) as conn:
-            assert conn.execute("SELECT count(*) FROM jobs WHERE owner IS NULL").fetchone()[0] >= 1
-        deadline = time.monotonic() + 120
-        while True:
-            sent = time.time()
-            r = client.post("/v1/audio/transcriptions", files={"file": ("h.wav", sample("hello")[0])},
-                            headers={"Cache-Control": "no-cache"})
-            if r.status_code == 200:
-                break
-            assert r.status_code == 429 and time.monotonic() < deadline, r.text
-            time.sleep(0.3)
+               for i in range(4)]  # one runs, three wait in the backlog
+        sent = time.time()
+        r = client.post("/v1/audio/transcriptions", files={"file": ("h.wav", sample("hello")[0])},
+                        headers={"Cache-Control": "no-cache"})
+        assert r.status_code == 200, r.text
         with psycopg.connect(database_url) as conn:
             deadline = time.monotonic() + 120
             while conn.execute("SELECT count(*) FROM jobs WHERE status <> 'succeeded'").fetchone()[0]:
@@ -257,6 +248,47 @@ def test_a_backlog_leaves_the_queue_to_sync_requests(model_dir, postgres, s3, tm
         assert float(last_start) > sent  # the sync request was let in while jobs still waited
     finally:
         stop_worker(proc)
+
+
+def test_steady_sync_traffic_holds_a_backlog_job_no_longer_than_its_patience(model_dir, postgres, s3, tmp_path):
+    """Breaker 32 G2: a backlog job starts on an idle model thread, and two clients sending sync
+    requests back to back keep the thread busy: the job waited until they stopped. Past
+    WORKER_JOB_PATIENCE_SECONDS (2 s here) it takes a free queue place: it finishes while the
+    sync traffic goes on."""
+    import threading
+
+    import httpx
+    from worker_support import stop_worker
+
+    proc, url, database_url, _ = _budget_worker(model_dir, postgres, s3, tmp_path, WORKER_QUEUE_SIZE="2",
+                                                WORKER_JOB_PATIENCE_SECONDS="2")
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def traffic(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=300) as c:
+            while not stop.is_set():
+                codes.append(c.post("/v1/audio/transcriptions", headers={"Cache-Control": "no-cache"},
+                                    files={"file": ("w.wav", padded("weather", 2100 + i))}).status_code)
+
+    clients = [threading.Thread(target=traffic, args=(i,)) for i in range(2)]
+    try:
+        for t in clients:
+            t.start()
+        time.sleep(3)  # both clients' requests running and waiting
+        job = httpx.post(url + "/v1/jobs", files={"file": ("h.wav", sample("hello")[0])}, timeout=60).json()
+        with psycopg.connect(database_url) as conn:
+            deadline = time.monotonic() + 90
+            while conn.execute("SELECT status FROM jobs WHERE id = %s", (job["id"],)).fetchone()[0] != "succeeded":
+                assert time.monotonic() < deadline, "the job waited for the sync traffic to end"
+                time.sleep(0.2)
+        assert not stop.is_set() and all(t.is_alive() for t in clients)  # the traffic went on all along
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(120)
+        stop_worker(proc)
+    assert codes and set(codes) == {200}, codes
 
 
 def test_a_stopping_worker_takes_no_more_backlog_jobs(model_dir, postgres, s3, tmp_path):

@@ -277,9 +277,12 @@ async def create_job(request: Request):
                 return _replay(existing, upload)
         batched = state.transcriber.batched_for(seconds, "job")  # the path the job will take
         stored = None if bypass else await _stored_transcript(state, upload, batched)
-        slot = None if stored else state.queue.try_reserve()
+        # a job starts now on an idle model thread, or waits in PostgreSQL: the queue's places are
+        # for sync requests, whose clients wait on the connection (breaker 32 G3: a burst of jobs
+        # took every place and each sync request was 429 until they had run)
+        slot = None if stored else state.queue.try_reserve(idle_only=state.keeper is not None)
         if not stored and slot is None:
-            await _backlog_room(state)  # every place here is taken: the job waits in PostgreSQL
+            await _backlog_room(state)
         charged = False  # only what was charged is given back: a 429 refusal charged nothing
         try:
             if not stored:

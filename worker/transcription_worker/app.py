@@ -159,7 +159,8 @@ def create_app(settings: Settings) -> FastAPI:
                             "device": settings.device})
         if state.db:
             state.db.open()
-        keeper = JobKeeper(state, settings.job_lease_seconds, settings.job_max_attempts) if state.db else None
+        keeper = JobKeeper(state, settings.job_lease_seconds, settings.job_max_attempts,
+                           settings.job_patience_seconds) if state.db else None
         if keeper:
             state.keeper = keeper
             state.queue.on_room = keeper.nudge  # a freed model slot takes the backlog's oldest job at once

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # jobs accepted while every worker's queue is full wait in PostgreSQL, unowned, for the first
     # worker with room (all workers together; a soft cap: concurrent creates may pass it by a few)
     job_backlog: int = Field(1000, ge=0)
+    # a job waits for an idle model thread, so sync requests keep the queue; one that has waited
+    # this long takes a free queue place anyway, so steady sync traffic cannot hold it forever
+    job_patience_seconds: float = Field(60, ge=0, allow_inf_nan=False)
     max_upload_mb: int = Field(25, ge=1)  # OpenAI's own limit
     max_upload_total_mb: int = Field(2048, ge=1)  # one file through /v1/uploads
     max_part_mb: int = Field(64, ge=1)  # one part of it (OpenAI's part limit)

@@ -334,16 +334,19 @@ class Database:
             return conn.execute("UPDATE jobs SET heartbeat_at = now()"
                                 " WHERE owner = %s AND status IN ('queued', 'running')", (owner,)).rowcount
 
-    def adopt_orphans(self, owner: str, lease: float, limit: int) -> list[dict[str, Any]]:
-        """Take up to `limit` unfinished jobs whose owner has not renewed them for `lease` seconds."""
+    def adopt_orphans(self, owner: str, lease: float, limit: int, waited: float = 0) -> list[dict[str, Any]]:
+        """Take up to `limit` unfinished jobs whose owner has not renewed them for `lease` seconds
+        (the backlog's have none), oldest first; with `waited`, only those made at least that
+        many seconds ago."""
         with self.pool.connection() as conn:
             return conn.execute(
                 "WITH orphans AS (SELECT id, owner FROM jobs WHERE status IN ('queued', 'running')"
                 " AND heartbeat_at < now() - make_interval(secs => %s)"
+                " AND created_at <= now() - make_interval(secs => %s)"
                 " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " UPDATE jobs j SET owner = %s, heartbeat_at = now(), status = 'queued' FROM orphans o"
                 " WHERE j.id = o.id RETURNING j.id, j.audio_key, j.audio_sha256, j.options, j.attempts,"
-                " j.bypass_store, o.owner AS previous_owner", (lease, limit, owner)).fetchall()
+                " j.bypass_store, o.owner AS previous_owner", (lease, waited, limit, owner)).fetchall()
 
     def backlog(self) -> int:
         """Jobs waiting unowned for a worker with room. The IN list is the predicate of the

@@ -80,10 +80,13 @@ def run_job(state: Any, job_id: str, audio_key: str, sha256: str, options: Optio
         log.info("job succeeded", extra={"job_id": job_id, "duration": result["duration"]})
     except Exception as exc:
         metrics.JOBS.labels("failed").inc()
-        log.exception("job failed", extra={"job_id": job_id})
-        # a stopped transcription is said as the sync route says it (breaker 31 F8); anything
-        # else with its exception's name, for whoever reads the job
+        # a stopped transcription is said as the sync route says it, a warning without a
+        # traceback (breaker 31 F8, 32 G4); anything else with its exception's name
         stopped = isinstance(exc, BudgetExceeded)
+        if stopped:
+            log.warning("job failed: %s", exc, extra={"job_id": job_id})
+        else:
+            log.exception("job failed", extra={"job_id": job_id})
         try:
             db.finish_job(job_id, state.owner, error=(str(exc) if stopped else f"{type(exc).__name__}: {exc}")[:500],
                           error_code="transcription_budget_exceeded" if stopped else None)

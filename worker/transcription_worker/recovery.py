@@ -44,8 +44,8 @@ def instance_id() -> str:
 class JobKeeper:
     """The background thread that renews this worker's leases and adopts orphaned jobs."""
 
-    def __init__(self, state: Any, lease: float, max_attempts: int):
-        self.state, self.lease, self.max_attempts = state, lease, max_attempts
+    def __init__(self, state: Any, lease: float, max_attempts: int, patience: float = 60):
+        self.state, self.lease, self.max_attempts, self.patience = state, lease, max_attempts, patience
         self.adopting = True  # off while the worker drains its queue on SIGTERM; renewals go on
         self._stop = threading.Event()
         self._room = threading.Event()  # `nudge`: a model slot freed, adopt without waiting for a tick
@@ -115,12 +115,19 @@ class JobKeeper:
                 break
             for job in jobs:
                 adopted += self._take(job)
+        # with every thread busy, one job that has waited `patience` seconds takes a free queue
+        # place, one per call: steady sync traffic cannot hold the backlog back without end
+        # (breaker 32 G2), nor can a backlog of old jobs take every place from sync requests
+        if state.queue.idle() == 0 and state.queue.room() > 0:
+            for job in state.db.adopt_orphans(state.owner, self.lease, 1, waited=self.patience):
+                adopted += self._take(job)
         return adopted
 
     def _take(self, job: dict) -> int:
         job_id = str(job["id"])
         if job["attempts"] >= self.max_attempts:
-            error = (f"abandoned: the worker running this job stopped {job['attempts']} times without"
+            times = "once" if job["attempts"] == 1 else f"{job['attempts']} times"
+            error = (f"abandoned: the worker running this job stopped {times} without"
                      " finishing (killed, out of memory?); resubmit it if the audio is sound")
             self.state.db.finish_job(job_id, self.state.owner, error=error, error_code="job_abandoned")
             metrics.JOBS.labels("abandoned").inc()

@@ -93,10 +93,12 @@ class WorkQueue:
         """Model threads with nothing to do: none running on them and none waiting for them."""
         return max(0, self.workers - self._waiting - self._running)
 
-    def try_reserve(self) -> Slot | None:
-        """A slot if there is room, else None (not a refusal of a client: nothing is counted)."""
+    def try_reserve(self, idle_only: bool = False) -> Slot | None:
+        """A slot if there is room (`idle_only`: only on a model thread with nothing running or
+        waiting for it, so it starts at once), else None (not a refusal of a client: nothing
+        is counted)."""
         with self._lock:
-            if self._waiting + self._running >= self.capacity:
+            if self._waiting + self._running >= (self.workers if idle_only else self.capacity):
                 return None
             self._waiting += 1
             metrics.QUEUE_DEPTH.set(self._waiting)
