@@ -10,11 +10,12 @@ a transcript is stored once whoever finishes first, so a job runs at least once 
 result is written once. A job whose workers died `max_attempts` times while running it
 fails instead of being adopted again: audio that kills a worker must not kill them all.
 
-A job accepted while every model slot and queue place of its worker is taken is made without
-an owner (the backlog, up to WORKER_JOB_BACKLOG jobs): keepers take it like an orphan, oldest
-first, as soon as one of their model threads is idle: at once when a transcription of theirs
-ends (`nudge`), else at their next tick. A batch of podcast episodes posted at once is
-accepted, not refused; sync requests keep the queue's places. A worker told to stop
+A job accepted while none of its worker's model threads is idle is made without an owner (the
+backlog, up to WORKER_JOB_BACKLOG jobs): keepers take it like an orphan, oldest first, as soon
+as one of their model threads is idle: at once when a transcription of theirs ends (`nudge`),
+else at their next tick; one that has waited `patience` seconds takes a free queue place. A
+batch of podcast episodes posted at once is accepted, not refused; sync requests keep the
+queue's places. A worker told to stop
 (SIGTERM, SIGINT) takes nothing more at once (`stop_adopting`), while its in-flight requests
 finish.
 """
@@ -139,7 +140,7 @@ class JobKeeper:
             return 0
         slot.submit(run_job, self.state, job_id, job["audio_key"], job["audio_sha256"],
                     Options(**job["options"]), job["bypass_store"])
-        if job["previous_owner"] is None:  # from the backlog: accepted while every queue was full
+        if job["previous_owner"] is None:  # from the backlog: accepted while no thread was idle
             log.info("job taken from the backlog", extra={"job_id": job_id})
             return 1
         metrics.JOBS.labels("adopted").inc()
