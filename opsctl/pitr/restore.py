@@ -405,17 +405,24 @@ def _ship_open_segment(state) -> list[str]:
 
     if platform.live_pid(state, "postgres") is None:
         return []  # a stopped server writes nothing more: _wait_for_queue says what it left
+    failed = _switch_wal(state.components["postgres"].port)
+    return [f"the live server's open WAL segment was not switched out for the archive ({failed}): 'latest' "
+            "holds what was archived, without the commits still in that segment"] if failed else []
+
+
+def _switch_wal(port: int) -> Exception | None:
+    """Ask the server on `port` to switch to its next WAL segment (pg_switch_wal), so the one
+    it was writing goes to the archive now; what failed when it does not answer, else None."""
     import psycopg
 
     from opsctl.local import postgres as pg
 
     try:
-        with psycopg.connect(pg.url(state.components["postgres"].port), connect_timeout=5, autocommit=True) as conn:
+        with psycopg.connect(pg.url(port), connect_timeout=5, autocommit=True) as conn:
             conn.execute("select pg_switch_wal()")
     except (psycopg.Error, OSError) as exc:
-        return [f"the live server's open WAL segment was not switched out for the archive ({exc}): 'latest' "
-                "holds what was archived, without the commits still in that segment"]
-    return []
+        return exc
+    return None
 
 
 def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> list[str]:
@@ -1404,17 +1411,9 @@ def switch_fork_segment(port: int) -> list[str]:
     timeline's); an idle server never switches on archive_timeout (its checkpoint records are
     not "important" WAL), and until it is archived a restore to 'latest' and verify-chain end
     the window at the segment before, short of commits the live history holds (breaker 14)."""
-    import psycopg
-
-    from opsctl.local import postgres as pg
-
-    try:
-        with psycopg.connect(pg.url(port), connect_timeout=5, autocommit=True) as conn:
-            conn.execute("select pg_switch_wal()")
-    except (psycopg.Error, OSError) as exc:
-        return [f"the segment the new timeline began in was not switched out for the archive ({exc}); until "
-                "it fills, restores end the window at the segment before: run 'select pg_switch_wal()'"]
-    return []
+    failed = _switch_wal(port)
+    return [f"the segment the new timeline began in was not switched out for the archive ({failed}); until "
+            "it fills, restores end the window at the segment before: run 'select pg_switch_wal()'"] if failed else []
 
 
 def abandoned_marker(project: Project, env: Environment, sysid: str, tli: int, history: str | None) -> None:

@@ -193,7 +193,7 @@ def _stopped_answer(exc: Stopped) -> APIError:
 async def _backlog_room(state: Any) -> None:
     """Raise QueueFull (429, Retry-After) when WORKER_JOB_BACKLOG jobs already wait unowned
     (breaker 29 F11: a twelfth job posted at once was refused while jobs persist anyway)."""
-    if state.keeper is None or await _db(state.db.backlog) >= state.settings.job_backlog:
+    if await _db(state.db.backlog) >= state.settings.job_backlog:
         raise QueueFull(state.queue.retry_after())
 
 
@@ -280,7 +280,7 @@ async def create_job(request: Request):
         # a job starts now on an idle model thread, or waits in PostgreSQL: the queue's places are
         # for sync requests, whose clients wait on the connection (breaker 32 G3: a burst of jobs
         # took every place and each sync request was 429 until they had run)
-        slot = None if stored else state.queue.try_reserve(idle_only=state.keeper is not None)
+        slot = None if stored else state.queue.try_reserve(idle_only=True)
         if not stored and slot is None:
             await _backlog_room(state)
         charged = False  # only what was charged is given back: a 429 refusal charged nothing

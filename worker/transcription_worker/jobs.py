@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from . import metrics
-from .interrupt import BudgetExceeded, ClientGone, Interrupt
+from .interrupt import BudgetExceeded, ClientGone, Interrupt, Stopped
 from .model import Options, Transcriber, decode
 
 log = logging.getLogger("transcription_worker")
@@ -33,7 +33,7 @@ def transcribe_audio(transcriber: Transcriber, audio, options: Options, source: 
     started = time.perf_counter()
     try:
         result = transcriber.transcribe(audio, options, batched=batched, interrupt=interrupt)
-    except (ClientGone, BudgetExceeded) as exc:
+    except Stopped as exc:
         reason = "client_gone" if isinstance(exc, ClientGone) else "budget"
         metrics.TRANSCRIPTIONS_STOPPED.labels(reason).inc()
         log.warning("transcription stopped", extra={"reason": reason, "audio_seconds": round(seconds, 1),

@@ -429,7 +429,6 @@ class Transcriber:
                 word_timestamps=options.word_timestamps)
         return document(segments, info.language, len(audio) / 16_000, options.word_timestamps)
 
-
     def _redecode_loops(self, segments: Iterable[Any], speech: np.ndarray, options: Options,
                         language: str) -> Iterator[Any]:
         """Batched `segments` (one per chunk, timed on `speech`), each that is a loop (`looped`:

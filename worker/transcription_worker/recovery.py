@@ -15,9 +15,8 @@ backlog, up to WORKER_JOB_BACKLOG jobs): keepers take it like an orphan, oldest 
 as one of their model threads is idle: at once when a transcription of theirs ends (`nudge`),
 else at their next tick; one that has waited `patience` seconds takes a free queue place. A
 batch of podcast episodes posted at once is accepted, not refused; sync requests keep the
-queue's places. A worker told to stop
-(SIGTERM, SIGINT) takes nothing more at once (`stop_adopting`), while its in-flight requests
-finish.
+queue's places. A worker told to stop (SIGTERM, SIGINT) takes nothing more at once
+(`stop_adopting`), while its in-flight requests finish.
 """
 
 from __future__ import annotations
