@@ -11,22 +11,29 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from opsctl.errors import MachineFaults
+
 
 def write_json(path: Path, doc: Any, indent: int = 2, private: bool = False,
                folder_mode: int = 0o700) -> Path:
     """Write `doc` as JSON to `path` whole; `private`: the file 0600 in a `folder_mode` folder
     (0700; 0711 where another user must pass through, e.g. PostgreSQL's system user)."""
-    if private:
-        private_dir(path.parent, folder_mode)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", opener=_private_opener if private else None) as handle:
-        handle.write(json.dumps(doc, indent=indent) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with MachineFaults(f"writing {path}"):  # a full disk: one line naming the file
+        if private:
+            private_dir(path.parent, folder_mode)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "w", opener=_private_opener if private else None) as handle:
+                handle.write(json.dumps(doc, indent=indent) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # the previous version stays, and no temporary beside it
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
     return path
 
 
@@ -136,24 +143,25 @@ def write_text(path: Path, text: str | bytes) -> Path:
     A device, FIFO or pipe (/dev/null, /dev/stdout) is written in place: renamed over, /dev/null
     would have become a regular file; a symlink's target is replaced, the link kept (`_target`).
     A FIFO is waited on for a reader FIFO_WAIT seconds, then UsageError (`_stream_opener`)."""
-    mode = "wb" if isinstance(text, bytes) else "w"
-    target, in_place = _target(path)
-    if in_place:
-        data = text if isinstance(text, bytes) else text.encode()
-        if _write_own_stream(path, data):
+    with MachineFaults(f"writing {path}"):  # a full disk, a read-only folder: one line naming the file
+        mode = "wb" if isinstance(text, bytes) else "w"
+        target, in_place = _target(path)
+        if in_place:
+            data = text if isinstance(text, bytes) else text.encode()
+            if _write_own_stream(path, data):
+                return path
+            with open(path, mode, opener=_stream_opener) as out:
+                out.write(text)
             return path
-        with open(path, mode, opener=_stream_opener) as out:
-            out.write(text)
+        tmp = target.with_name(f".{target.name}.tmp")  # beside a symlink's target: the link stays
+        try:
+            with open(tmp, mode) as out:
+                out.write(text)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
-    tmp = target.with_name(f".{target.name}.tmp")  # beside a symlink's target: the link stays
-    try:
-        with open(tmp, mode) as out:
-            out.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 FIFO_WAIT = 10.0  # seconds a report waits for a process to open a FIFO for reading

@@ -107,6 +107,23 @@ def runner() -> CliRunner:
 
 
 @pytest.fixture
+def small_volume(tmp_path) -> Path:
+    """A tmpfs of 8 MiB of its own at tmp_path/vol, unmounted after the test: a real file
+    system that fills up (ENOSPC). Mounting needs root (CI runs as root); elsewhere the test
+    is skipped with why."""
+    import subprocess
+
+    path = tmp_path / "vol"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): a full-disk test needs root")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.fixture
 def ops_root(tmp_path, monkeypatch) -> Path:
     """An empty ops root with the starter opsctl.yaml, as the current directory."""
     from opsctl.starter import starter_text

@@ -209,7 +209,16 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         m.raw_bytes = sum(o.raw_size if o.raw_size is not None else o.size for o in stored)
         m.stored_bytes = sum(o.size for o in stored)
         m.sign(key)
-        repo.put_bytes(f"{backup_id}/{mf.NAME}", m.to_bytes())  # last: now the backup exists
+        repo.put_bytes(f"{backup_id}/{mf.NAME}", m.to_bytes())  # now the backup exists
+        # the start record stays, marked done: it keeps the folder opsctl's for good (a folder
+        # with neither it nor a manifest is another tool's, never touched)
+        repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started, done=True))
+        from opsctl.backup import index
+
+        # read again (a prune or another create may have changed it while this one ran): a read
+        # is one hash and one parse (index.py). Inside the try: a create that says it failed
+        # (a full disk here) leaves no backup behind that the index would not list
+        index.update(repo, key, rec.encrypted, {backup_id: catalog.indexed(repo, backup_id, m)})
     except BaseException as exc:
         if early is not None:
             early.close()
@@ -222,14 +231,6 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
             raise OperationFailed(f"backup {backup_id} interrupted; what it had written was removed "
                                   "and its uploads aborted") from None
         raise
-    # the start record stays, marked done: it keeps the folder opsctl's for good (a folder
-    # with neither it nor a manifest is another tool's, never touched)
-    repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started, done=True))
-    from opsctl.backup import index
-
-    # read again (a prune or another create may have changed it while this one ran): a read
-    # is one hash and one parse (index.py)
-    index.update(repo, key, rec.encrypted, {backup_id: catalog.indexed(repo, backup_id, m)})
     result = CreateResult(id=backup_id, repository=repo.url, components=m.components, raw_bytes=m.raw_bytes,
                           stored_bytes=m.stored_bytes, ratio=round(m.raw_bytes / m.stored_bytes, 2) if m.stored_bytes else 0.0,
                           seconds=m.seconds, encrypted=key is not None, key_id=m.key_id, cleaned=cleaned,

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.direct_io import DirectFile
 from opsctl.backup.pipeline import BLOCK, IterReader
-from opsctl.errors import UsageError
+from opsctl.errors import MachineFaults, UsageError
 
 PARTIAL = ".partial"
 
@@ -323,9 +323,10 @@ class FileRepository(Repository):
         return IntegrityError(f"{self.root}/{name} is a symbolic link (or not a folder where one belongs): opsctl "
                               "never follows links inside its repository; remove it")
 
-    def _open_dir(self, parts: list[str], create: bool = False) -> int:
+    def _open_dir(self, parts: list[str], create: bool = False, made: list[list[str]] | None = None) -> int:
         """A descriptor of the folder root/parts..., each step opened without following a link.
-        UsageError when the root is there but is no readable folder (_root_is_folder)."""
+        UsageError when the root is there but is no readable folder (_root_is_folder). With
+        `create`, missing folders are made, and each one's parts appended to `made`."""
         if not self._root_is_folder() and create:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
@@ -338,6 +339,8 @@ class FileRepository(Repository):
                         raise
                     try:
                         os.mkdir(part, 0o700, dir_fd=fd)
+                        if made is not None:
+                            made.append(parts[:i + 1])
                     except FileExistsError:
                         pass
                     nfd = os.open(part, self._DIR, dir_fd=fd)
@@ -359,7 +362,14 @@ class FileRepository(Repository):
         """Repository.put into `name.partial` (O_DIRECT, created O_EXCL in a folder opened
         without following links), renamed to `name` when whole; folders created 0700."""
         parts = self._parts(name)
-        folder = self._open_dir(parts[:-1], create=True)
+        writing = MachineFaults(f"writing {name} into the backup repository {self.root}")
+        made: list[list[str]] = []
+        try:
+            with writing:  # a full disk, a quota, a read-only folder: one line naming the repository
+                folder = self._open_dir(parts[:-1], create=True, made=made)
+        except BaseException:
+            self._remove_empty(made)
+            raise
         leaf, partial = parts[-1], parts[-1] + PARTIAL
         out = None
         try:
@@ -367,12 +377,15 @@ class FileRepository(Repository):
                 os.unlink(partial, dir_fd=folder)  # a stale one (or a link planted there): gone, not followed
             except FileNotFoundError:
                 pass
-            out = DirectFile(partial, dir_fd=folder)
-            for chunk in chunks:
-                out.write(chunk)
-            out.close()
-            # a file exists under its name only once it is whole; rename replaces a link, never its target
-            os.replace(partial, leaf, src_dir_fd=folder, dst_dir_fd=folder)
+            with writing:
+                out = DirectFile(partial, dir_fd=folder)
+            for chunk in chunks:  # an error reading the source is the source's, not the repository's
+                with writing:
+                    out.write(chunk)
+            with writing:
+                out.close()
+                # a file exists under its name only once it is whole; rename replaces a link, never its target
+                os.replace(partial, leaf, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
             if out is not None:
                 out.abort()
@@ -380,9 +393,24 @@ class FileRepository(Repository):
                 os.unlink(partial, dir_fd=folder)
             except OSError:
                 pass
-            raise
-        finally:
             os.close(folder)
+            self._remove_empty(made)  # a failed put leaves no folder of its own behind (none is foreign)
+            raise
+        os.close(folder)
+
+    def _remove_empty(self, made: list[list[str]]) -> None:
+        """Remove the folders a failed put made (deepest first), each only while empty."""
+        for parts in reversed(made):
+            try:
+                parent = self._open_dir(parts[:-1])
+            except (OSError, IntegrityError):
+                continue
+            try:
+                os.rmdir(parts[-1], dir_fd=parent)
+            except OSError:  # another writer's object arrived in it meanwhile: it stays
+                pass
+            finally:
+                os.close(parent)
 
     def get(self, name: str) -> Iterator[bytes]:
         """Repository.get of a regular file opened with O_NOFOLLOW; a link is refused (IntegrityError)."""

@@ -78,10 +78,14 @@ class OpsGroup(TyperGroup):
             code = _fail(exc.format_message(), exc.exit_code)
         except (typer.Abort, KeyboardInterrupt):
             code = _fail("interrupted", 130)
-        except Exception as exc:  # an opsctl bug: still one line, the traceback behind --debug
+        except Exception as exc:  # a full disk, an unreachable endpoint, else an opsctl bug: one line
             if debug:
                 traceback.print_exc()
-            code = _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+            from opsctl.errors import outside_fault
+
+            fault = outside_fault(exc)
+            code = _fail(str(fault), 1) if fault else \
+                _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
         if standalone_mode:
             sys.exit(code)
         return code
