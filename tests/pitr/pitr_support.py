@@ -92,12 +92,34 @@ class Pitr:
         return False
 
     def wait_archived(self, timeout: float = 120.0) -> str:
-        """Switch to a new segment and wait until the finished one is in the repository."""
+        """Switch to a new segment and wait until the finished one, and every earlier segment of
+        its timeline PostgreSQL has not marked archived (.done), is in the repository.
+
+        The earlier ones matter: once in CI, under load, a finished segment had neither a .ready
+        nor a .done notice, so the archiver passed it over and archived the next; a test that
+        then deleted the passed-over segment from the repository saw it arrive later (a
+        checkpoint had written its notice again) and its restore succeed."""
         # a switch with no WAL since the previous one does nothing: write a record first
         self.sql("select pg_logical_emit_message(false, 'opsctl-test', 'mark')", db="postgres")
         (lsn,) = self.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
-        if self.segment_archived(lsn, min(30.0, timeout)):
-            return lsn
+        deadline = time.monotonic() + timeout
+        self._await_segment(lsn, deadline)
+        for segment in self._not_done_before(lsn):
+            self._await_segment(segment, deadline)
+        return lsn
+
+    def _not_done_before(self, lsn: str) -> list[str]:
+        """Segments of `lsn`'s timeline before it, still in pg_wal, without a .done notice."""
+        wal = self.state().data("postgres") / "pg_wal"
+        done = {p.name[:24] for p in (wal / "archive_status").glob("*.done")}
+        return sorted(p.name for p in wal.iterdir() if len(p.name) == 24 and p.name[:8] == lsn[:8]
+                      and p.name < lsn and p.name not in done)
+
+    def _await_segment(self, segment: str, deadline: float) -> None:
+        """Wait until WAL file `segment` is in the repository, waking PostgreSQL's archiver after
+        30 s; AssertionError with the archiving report at `deadline`."""
+        if self.segment_archived(segment, min(30.0, max(0.0, deadline - time.monotonic()))):
+            return
         # PostgreSQL's archiver naps 60 s after three failed tries of archive_command; a config
         # reload wakes it (its SIGHUP handler sets its latch). A finished segment with neither a
         # .ready nor a .done notice is one the archiver will never see (once in CI, under load,
@@ -111,24 +133,23 @@ class Pitr:
         status = self.state().data("postgres") / "pg_wal" / "archive_status"
 
         def notices() -> list[str]:
-            return sorted(p.name for p in status.glob(f"{lsn}.*")) if status.is_dir() else []
+            return sorted(p.name for p in status.glob(f"{segment}.*")) if status.is_dir() else []
 
-        print(f"{lsn} not archived after 30 s (its notices: {notices() or 'none'}); waking PostgreSQL's "
+        print(f"{segment} not archived after 30 s (its notices: {notices() or 'none'}); waking PostgreSQL's "
               "archiver. " + self.archiving_report(), file=sys.stderr)
         self.sql("select pg_reload_conf()", db="postgres")
-        deadline = time.monotonic() + max(0.0, timeout - 30.0)
         while time.monotonic() < deadline:
             if not notices():
                 self.sql("checkpoint", db="postgres")
-            if self.segment_archived(lsn, min(5.0, max(0.0, deadline - time.monotonic()))):
-                return lsn
+            if self.segment_archived(segment, min(5.0, max(0.0, deadline - time.monotonic()))):
+                return
         import signal
 
         comp = self.state().components.get("archiver")
         if comp is not None and comp.pid:
             os.kill(comp.pid, signal.SIGUSR1)
             time.sleep(1)
-        raise AssertionError(f"{lsn} never reached the repository; " + self.archiving_report())
+        raise AssertionError(f"{segment} never reached the repository; " + self.archiving_report())
 
     def commit_archived(self, query: str, params=(), tries: int = 5) -> str:
         """Run `query` (a commit of its own) and archive the segment holding that commit; returns
