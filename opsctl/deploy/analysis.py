@@ -26,6 +26,8 @@ from importlib import resources
 
 import httpx
 
+from opsctl import httpclient
+
 MAX_WORD_ERROR = 0.3
 TRANSCRIBE = "/v1/audio/transcriptions"
 
@@ -76,7 +78,7 @@ def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Ve
     """The bundled sample transcribed by the model (never the store) and checked for its words."""
     audio, expected = sample()
     try:
-        resp = httpx.post(f"{base_url}{TRANSCRIBE}", files={"file": ("sample.wav", audio, "audio/wav")},
+        resp = httpclient.post(f"{base_url}{TRANSCRIBE}", files={"file": ("sample.wav", audio, "audio/wav")},
                           data={"model": "whisper-1", "language": "en"}, headers={**headers, **NO_CACHE},
                           timeout=timeout)
     except httpx.HTTPError as exc:
@@ -103,7 +105,7 @@ CANARY_TIMEOUT = 120.0
 def ready_check(base_url: str) -> Verdict:
     """GET /readyz (5 s timeout): ok on 200; `gone` when the connection is refused."""
     try:
-        resp = httpx.get(f"{base_url}/readyz", timeout=5)
+        resp = httpclient.get(f"{base_url}/readyz", timeout=5)
     except httpx.ConnectError as exc:
         return Verdict(False, f"/readyz refused the connection, the process is gone: {exc}", gone=True)
     except httpx.HTTPError as exc:
@@ -145,7 +147,7 @@ def scrape(base_url: str, headers: dict) -> Snapshot:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        resp = httpx.get(f"{base_url}/metrics", headers=headers, timeout=5)
+        resp = httpclient.get(f"{base_url}/metrics", headers=headers, timeout=5)
     except httpx.HTTPError as exc:
         raise ScrapeError(f"{base_url}/metrics unreachable: {exc}") from None
     if resp.status_code != 200:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import httpx
 
-from opsctl import binaries
+from opsctl import binaries, httpclient
 from opsctl.errors import OperationFailed
 from opsctl.local import procs
 
@@ -82,22 +82,22 @@ def start(folder: Path, port: int, admin_port: int, upstream_port: int, color: s
 def admin_ready(admin_port: int) -> bool:
     """True when Caddy's admin API on 127.0.0.1:`admin_port` serves its config (1 s timeout)."""
     try:
-        return httpx.get(f"{admin_url(admin_port)}/config/", timeout=1).status_code == 200
+        return httpclient.get(f"{admin_url(admin_port)}/config/", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
 
 def load(admin_port: int, cfg: dict) -> None:
     """Replace Caddy's config with `cfg` (POST /load); OperationFailed when refused."""
-    resp = httpx.post(f"{admin_url(admin_port)}/load", json=cfg, timeout=30)
+    resp = httpclient.post(f"{admin_url(admin_port)}/load", json=cfg, timeout=30)
     if resp.status_code != 200:
         raise OperationFailed(f"caddy refused its config: {resp.text.strip()}")
 
 
 def switch(admin_port: int, upstream_port: int, color: str) -> None:
     """Point the router at another worker; returns once Caddy applied the new config."""
-    resp = httpx.patch(f"{admin_url(admin_port)}/id/{PROXY_ID}",
-                       json=proxy_handler(upstream_port, color), timeout=60)
+    resp = httpclient.request("PATCH", f"{admin_url(admin_port)}/id/{PROXY_ID}",
+                              json=proxy_handler(upstream_port, color), timeout=60)
     if resp.status_code != 200:
         raise OperationFailed(f"caddy refused the switch to {color}: {resp.text.strip()}")
 
@@ -105,7 +105,7 @@ def switch(admin_port: int, upstream_port: int, color: str) -> None:
 def current_upstream(admin_port: int) -> str | None:
     """The "host:port" the router proxies to now; None when Caddy does not answer."""
     try:
-        resp = httpx.get(f"{admin_url(admin_port)}/id/{PROXY_ID}/upstreams/0/dial", timeout=2)
+        resp = httpclient.get(f"{admin_url(admin_port)}/id/{PROXY_ID}/upstreams/0/dial", timeout=2)
     except httpx.HTTPError:
         return None
     return resp.json() if resp.status_code == 200 else None
@@ -124,7 +124,7 @@ def stop(pid: int | None, admin_port: int | None) -> bool:
         return False
     if admin_port:
         try:
-            httpx.post(f"{admin_url(admin_port)}/stop", timeout=35)
+            httpclient.post(f"{admin_url(admin_port)}/stop", timeout=35)
         except httpx.HTTPError:
             pass
     procs.stop(pid, 10, "caddy")

@@ -38,8 +38,10 @@ def ready(port: int) -> bool:
     """True when moto's server on 127.0.0.1:`port` answers its API below 500 (2 s timeout)."""
     import httpx
 
+    from opsctl import httpclient
+
     try:
-        return httpx.get(f"{endpoint(port)}/moto-api/", timeout=2).status_code < 500
+        return httpclient.get(f"{endpoint(port)}/moto-api/", timeout=2).status_code < 500
     except httpx.HTTPError:
         return False
 

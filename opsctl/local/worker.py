@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import httpx
 
-from opsctl import binaries
+from opsctl import binaries, httpclient
 from opsctl.errors import OperationFailed
 from opsctl.local import procs
 from opsctl.local import s3 as s3mod
@@ -116,7 +116,7 @@ def start(state: LocalState, env, color: str, version: str, settings: dict,
 def ready(port: int) -> bool:
     """True when the worker on `port` answers /readyz with 200 (2 s timeout)."""
     try:
-        return httpx.get(f"{base_url(port)}/readyz", timeout=2).status_code == 200
+        return httpclient.get(f"{base_url(port)}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -124,7 +124,7 @@ def ready(port: int) -> bool:
 def version_info(port: int) -> dict | None:
     """The worker's /version document; None when it does not answer."""
     try:
-        resp = httpx.get(f"{base_url(port)}/version", timeout=2)
+        resp = httpclient.get(f"{base_url(port)}/version", timeout=2)
         return resp.json() if resp.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None

@@ -19,8 +19,7 @@ from typing import Any, Callable
 
 from pathlib import Path
 
-import httpx
-
+from opsctl import httpclient
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed
 from opsctl.output import to_jsonable
@@ -153,7 +152,7 @@ def http(ctx: Context, url: str, method: str = "GET", expect_status: int | list 
          json: Any = None, headers: dict | None = None, timeout: float = 30) -> dict:
     """One HTTP request; fails unless the status is `expect_status` (one or a list). `timeout`
     in seconds. Outputs: status, body (JSON, or the first 2000 characters of text)."""
-    resp = httpx.request(method, url, json=json, headers=headers, timeout=timeout)
+    resp = httpclient.request(method, url, json=json, headers=headers, timeout=timeout)
     wanted = expect_status if isinstance(expect_status, list) else [expect_status]
     if resp.status_code not in wanted:
         raise OperationFailed(f"{method} {url} answered {resp.status_code}, expected {wanted}")

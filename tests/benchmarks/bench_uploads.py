@@ -51,6 +51,7 @@ import httpx
 import psutil
 
 from worker_process import BIN, WorkerProcess, free_port, median_spread, spread
+from opsctl import httpclient
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -118,7 +119,7 @@ def single_put(s3, bucket: str, path: Path) -> float:
     size = path.stat().st_size
     started = time.perf_counter()
     with path.open("rb") as f:
-        r = httpx.put(url, content=iter(lambda: f.read(MIB), b""), timeout=600,
+        r = httpclient.put(url, content=iter(lambda: f.read(MIB), b""), timeout=600,
                       headers={"Content-Length": str(size)})
     r.raise_for_status()
     return time.perf_counter() - started

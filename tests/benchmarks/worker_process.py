@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+from opsctl import httpclient
 
 BIN = Path(sys.executable).parent / "transcription-worker"
 
@@ -48,7 +49,7 @@ class WorkerProcess:
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                if httpclient.get(self.url + "/readyz", timeout=5).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -64,13 +65,13 @@ class WorkerProcess:
 
     def transcribe(self, audio: bytes, filename: str = "bench.wav", **form: str) -> str:
         """POST /v1/audio/transcriptions (form fields `form`, e.g. language="en"); the text."""
-        r = httpx.post(self.url + "/v1/audio/transcriptions", timeout=1800,
+        r = httpclient.post(self.url + "/v1/audio/transcriptions", timeout=1800,
                        files={"file": (filename, audio, "audio/wav")}, data=form)
         r.raise_for_status()
         return r.json()["text"]
 
     def metrics(self) -> str:
-        return httpx.get(self.url + "/metrics", timeout=10).text
+        return httpclient.get(self.url + "/metrics", timeout=10).text
 
     def model_seconds(self) -> float:
         """Wall seconds the worker spent inside the model so far (its own metric)."""

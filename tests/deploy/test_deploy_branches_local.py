@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from opsctl import httpclient
 from opsctl.cli import app
 from opsctl.local import caddy
 
@@ -57,7 +57,7 @@ def _other(color: str) -> str:
 
 
 def _router_version(router_url: str) -> str:
-    return httpx.get(f"{router_url}/version", timeout=10).json()["version"]
+    return httpclient.get(f"{router_url}/version", timeout=10).json()["version"]
 
 
 def _record(runner, version: str) -> dict:
@@ -248,7 +248,7 @@ def test_analysis_runs_the_model_not_the_transcript_store(runner, platform, tmp_
 
     router = platform.endpoints().router_url
     audio, expected = sample()
-    stored = httpx.post(f"{router}{TRANSCRIBE}", files={"file": ("sample.wav", audio, "audio/wav")},
+    stored = httpclient.post(f"{router}{TRANSCRIBE}", files={"file": ("sample.wav", audio, "audio/wav")},
                         data={"model": "whisper-1", "language": "en"}, timeout=120)  # now in the store
     assert stored.status_code == 200, stored.text
     before = _router_version(router)

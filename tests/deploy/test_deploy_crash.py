@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import httpx
 import pytest
 
+from opsctl import httpclient
 from opsctl.cli import app
 from opsctl.local import caddy
 
@@ -73,7 +73,7 @@ def _status(runner) -> dict:
 
 
 def _router_version(router_url: str) -> str:
-    resp = httpx.get(f"{router_url}/version", timeout=10)
+    resp = httpclient.get(f"{router_url}/version", timeout=10)
     assert resp.status_code == 200, f"the router answers {resp.status_code}: traffic went to a dead color"
     return resp.json()["version"]
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from opsctl import httpclient
 from opsctl.deploy import operation
 from opsctl.deploy.model import Outcome, other
 from opsctl.health import monitor, silences
@@ -70,7 +71,7 @@ class SlowUpload:
 
     def _send(self) -> None:
         try:
-            httpx.post(self.url, content=self._chunks(), headers=self.headers, timeout=120)
+            httpclient.post(self.url, content=self._chunks(), headers=self.headers, timeout=120)
         except httpx.HTTPError:
             pass  # the drain may end with the process stopped: the answer is not the point
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from opsctl import httpclient
 from opsctl.cli import app
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ def _active_version(runner) -> str:
 
 
 def _router_version(router_url: str) -> str:
-    return httpx.get(f"{router_url}/version", timeout=10).json()["version"]
+    return httpclient.get(f"{router_url}/version", timeout=10).json()["version"]
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import json
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
+from opsctl import httpclient
 from opsctl.cli import app
 from opsctl.config import load_project
 from opsctl.health import monitor
@@ -111,7 +111,7 @@ def test_scheduled_mode_appends_history_and_serves_metrics(tmp_path, servers, si
     scraped = []
 
     def scrape(result, alerts, next_at):
-        scraped.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        scraped.append(httpclient.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
 
     out = monitor.watch(project, project.env("ci"), cron="* * * * * *", iterations=2, only=["target"],
                         history=history, metrics_port=port, on_sweep=scrape)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-import httpx
 import pytest
 import yaml
 
+from opsctl import httpclient
 from opsctl.config import load_project
 from opsctl.health import monitor, silences
 from opsctl.health.notify import DEFAULT_CHECKS, operation_window
@@ -145,10 +145,10 @@ def test_the_window_silences_in_alertmanager_where_configured(tmp_path, alertman
     project = _project(tmp_path, monitoring={"alertmanager_url": alertmanager}, platform="local")
     with operation_window(project, "ci", "restore", "2026-11-30T04:00:00Z") as window:
         ids = [s.alertmanager_id for s in window.silences]
-        states = [httpx.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json() for i in ids]
+        states = [httpclient.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json() for i in ids]
     assert len(ids) == 2 and all(s["status"]["state"] == "active" for s in states)
     assert sorted(m["value"] for s in states for m in s["matchers"] if m["name"] == "check") == ["postgres", "wal archive"]
-    assert all(httpx.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json()["status"]["state"] == "expired"
+    assert all(httpclient.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json()["status"]["state"] == "expired"
                for i in ids)
 
 

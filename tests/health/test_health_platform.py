@@ -9,11 +9,11 @@ import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 import yaml
 
+from opsctl import httpclient
 from opsctl.cli import app
 from tests.health.servers import HungServer
 
@@ -115,7 +115,7 @@ def test_worker_metrics_take_a_baseline_then_judge_the_window(local_platform, ru
     assert "baseline taken" in by_name(first)[f"metrics-{color}"]["message"]
     base = local_platform.endpoints().workers[color]
     for _ in range(3):
-        assert httpx.get(f"{base}/version", timeout=10).status_code == 200
+        assert httpclient.get(f"{base}/version", timeout=10).status_code == 200
     code, second = sweep(runner, root, "--check", "metrics-*")
     details = by_name(second)[f"metrics-{color}"]["details"]
     assert code == 0 and details["requests"] >= 3  # the three above, within the window since the baseline
@@ -166,7 +166,7 @@ def test_uploads_check_reads_the_real_workers_gauges(local_platform, runner):
     ep = local_platform.endpoints()
     code, doc = sweep(runner, local_platform.root, "--check", "uploads")
     (check,) = doc["checks"]
-    exported = read_gauges(httpx.get(f"{ep.workers[ep.active_color]}/metrics", timeout=10).text)
+    exported = read_gauges(httpclient.get(f"{ep.workers[ep.active_color]}/metrics", timeout=10).text)
     assert check["name"] == "uploads" and check["status"] == "OK", check
     assert check["value"] == exported[INCOMPLETE] and check["unit"] == "uploads"
     assert code == 0

@@ -9,10 +9,10 @@ import fnmatch
 import re
 import time
 
-import httpx
 import pytest
 import yaml
 
+from opsctl import httpclient
 from opsctl.cli import app
 
 
@@ -86,13 +86,13 @@ def test_a_bracket_glob_silences_the_same_alerts_in_the_real_alertmanager(tmp_pa
     now = dt.datetime.now(dt.timezone.utc)
     alerts = [{"labels": {"alertname": "HealthCheckCritical", "env": "ci", "check": n, "case": "brackets"},
                "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=10)).isoformat()} for n in names]
-    httpx.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
+    httpclient.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
     for pattern in ["worker-[bg]*", "worker-[!b]*", "wal arch*"]:
         made = silences.add(project, "ci", pattern, 600, alertmanager=alertmanager)
         local = {n for n in names if made.holds(n)}
         remote: set[str] = set()
         for _ in range(50):  # Alertmanager applies a new silence to alerts asynchronously
-            remote = {a["labels"]["check"] for a in httpx.get(
+            remote = {a["labels"]["check"] for a in httpclient.get(
                 f"{alertmanager}/api/v2/alerts", params={"filter": 'case="brackets"'}, timeout=10).json()
                 if made.alertmanager_id in a["status"]["silencedBy"]}
             if remote == local:
@@ -116,7 +116,7 @@ def test_a_silence_by_kind_holds_the_same_alerts_in_the_real_alertmanager(tmp_pa
     alerts = [{"labels": {"alertname": "HealthCheckCritical", "env": "ci", "check": n, "kind": k, "case": "by-kind"},
                "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=10)).isoformat()}
               for n, k in checks.items()]
-    httpx.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
+    httpclient.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
     made = silences.add(project, "ci", "http", 600, alertmanager=alertmanager)
     local = {n for n, k in checks.items() if made.holds(n, k)}
     assert local == {"router", "api", "http"}
@@ -124,7 +124,7 @@ def test_a_silence_by_kind_holds_the_same_alerts_in_the_real_alertmanager(tmp_pa
     assert None not in ids and len(ids) == 2
     remote: set[str] = set()
     for _ in range(50):  # Alertmanager applies a new silence to alerts asynchronously
-        remote = {a["labels"]["check"] for a in httpx.get(
+        remote = {a["labels"]["check"] for a in httpclient.get(
             f"{alertmanager}/api/v2/alerts", params={"filter": 'case="by-kind"'}, timeout=10).json()
             if ids & set(a["status"]["silencedBy"])}
         if remote == local:
@@ -132,5 +132,5 @@ def test_a_silence_by_kind_holds_the_same_alerts_in_the_real_alertmanager(tmp_pa
         time.sleep(0.1)
     assert remote == local, (local, remote)
     silences.remove(project, "ci", made.id, alertmanager=alertmanager)
-    states = {httpx.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json()["status"]["state"] for i in ids}
+    states = {httpclient.get(f"{alertmanager}/api/v2/silence/{i}", timeout=10).json()["status"]["state"] for i in ids}
     assert states == {"expired"}

@@ -11,10 +11,10 @@ import stat
 import time
 from contextlib import ExitStack
 
-import httpx
 import yaml
 from typer.testing import CliRunner
 
+from opsctl import httpclient
 from opsctl.cli import app
 from opsctl.config import load_project
 from opsctl.health import monitor, silences
@@ -169,23 +169,23 @@ def test_a_silence_is_created_in_alertmanager_where_one_is_configured(tmp_path, 
              "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=10)).isoformat()}
     other = {"labels": {"alertname": "HealthCheckCritical", "env": "ci", "check": "postgres"},
              "startsAt": now.isoformat(), "endsAt": (now + dt.timedelta(minutes=10)).isoformat()}
-    httpx.post(f"{alertmanager}/api/v2/alerts", json=[alert, other], timeout=10).raise_for_status()
+    httpclient.post(f"{alertmanager}/api/v2/alerts", json=[alert, other], timeout=10).raise_for_status()
     by_check = {}
     for _ in range(50):
-        by_check = {a["labels"]["check"]: a["status"] for a in httpx.get(
+        by_check = {a["labels"]["check"]: a["status"] for a in httpclient.get(
             f"{alertmanager}/api/v2/alerts", timeout=10).json()}
         if by_check.get("worker-green", {}).get("state") == "suppressed":
             break
         time.sleep(0.1)
     assert by_check["worker-green"]["silencedBy"] == [doc["alertmanager_id"]]
     assert by_check["postgres"]["silencedBy"] == []
-    silence = httpx.get(f"{alertmanager}/api/v2/silence/{doc['alertmanager_id']}", timeout=10).json()
+    silence = httpclient.get(f"{alertmanager}/api/v2/silence/{doc['alertmanager_id']}", timeout=10).json()
     assert silence["status"]["state"] == "active" and silence["comment"] == "deploy 1.2.3"
     assert dt.datetime.fromisoformat(silence["endsAt"].replace("Z", "+00:00")) == dt.datetime.fromisoformat(doc["until"])
 
     ended = opsctl(tmp_path, "health", "unsilence", "--env", "ci", "--check", "worker-*")
     assert ended.exit_code == 0, ended.output
-    silence = httpx.get(f"{alertmanager}/api/v2/silence/{doc['alertmanager_id']}", timeout=10).json()
+    silence = httpclient.get(f"{alertmanager}/api/v2/silence/{doc['alertmanager_id']}", timeout=10).json()
     assert silence["status"]["state"] == "expired"
 
 

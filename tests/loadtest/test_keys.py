@@ -11,10 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loadtest_support import opsctl
+from opsctl import httpclient
 from opsctl.local import procs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
@@ -68,7 +68,7 @@ def keyed_worker(postgres, redis_server, s3, tmp_path_factory):
     try:
         wait_until(url, proc, folder / "worker.log", ready=True)
         sample = Path(__file__).resolve().parents[1] / "worker" / "data" / "hello.wav"
-        warm = httpx.post(f"{url}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"},
+        warm = httpclient.post(f"{url}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"},
                           files={"file": ("hello.wav", sample.read_bytes(), "audio/wav")},
                           data={"model": "whisper-1"}, timeout=180)  # the first transcription warms the model
         assert warm.status_code == 200, warm.text
@@ -119,7 +119,7 @@ def test_a_load_gate_passes_against_a_worker_with_keys(ops_root, keyed_worker, m
                  "--slo", "error_rate<1%,requests>=1", "--json")
     assert out.code == 0, out.stderr
     assert out.doc["total"]["failures"] == 0 and out.doc["total"]["ok"] > 0
-    metrics = httpx.get(f"{keyed_worker}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).text
+    metrics = httpclient.get(f"{keyed_worker}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).text
     runs = [ln for ln in metrics.splitlines() if ln.startswith("worker_transcription_duration_seconds_count")]
     assert runs and sum(float(ln.split()[-1]) for ln in runs) > 0        # the model ran
 

@@ -7,12 +7,12 @@ import os
 import signal
 from pathlib import Path
 
-import httpx
 import psutil
 import psycopg
 import pytest
 import redis
 
+from opsctl import httpclient
 from opsctl.cli import app
 from opsctl.local import s3 as s3mod
 
@@ -62,7 +62,7 @@ def test_up_status_transcribe_idempotent_repair_down_up(runner, platform_root):
 
     # a real transcription through the Caddy front door
     with SAMPLE.open("rb") as audio:
-        resp = httpx.post(f"{first['router_url']}/v1/audio/transcriptions",
+        resp = httpclient.post(f"{first['router_url']}/v1/audio/transcriptions",
                           files={"file": ("hello.wav", audio, "audio/wav")},
                           data={"model": "whisper-1"}, timeout=120)
     assert resp.status_code == 200, resp.text
@@ -196,7 +196,7 @@ def test_up_killed_at_each_component_then_up_and_down(runner, tmp_path, monkeypa
         live = set(_our_pids(status))
         assert not _running(seen - live)  # nothing half-started was left running beside them
         with SAMPLE.open("rb") as audio:
-            resp = httpx.post(f"{back['router_url']}/v1/audio/transcriptions", files={"file": ("hello.wav", audio, "audio/wav")},
+            resp = httpclient.post(f"{back['router_url']}/v1/audio/transcriptions", files={"file": ("hello.wav", audio, "audio/wav")},
                               data={"model": "whisper-1"}, timeout=120)
         assert resp.status_code == 200 and "hello" in resp.json()["text"].lower()
 

@@ -7,11 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from opsctl import httpclient
 from opsctl import monitoring
 from opsctl.config import load_project
 
@@ -101,9 +101,9 @@ def test_every_metric_in_rules_and_dashboards_is_exported_by_the_worker(local_pl
     project = local_platform.project()
     files = monitoring.render_all(project, project.env("local"))
     url = local_platform.endpoints().workers[local_platform.endpoints().active_color]
-    exported = {s.name for f in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
+    exported = {s.name for f in text_string_to_metric_families(httpclient.get(f"{url}/metrics", timeout=10).text)
                 for s in f.samples} | {f.name for f in text_string_to_metric_families(
-                    httpx.get(f"{url}/metrics", timeout=10).text)}
+                    httpclient.get(f"{url}/metrics", timeout=10).text)}
     wanted = monitoring.metric_names(files)
     assert {"worker_requests_total", "worker_request_duration_seconds", "worker_queue_depth",
             "worker_realtime_factor", "worker_audio_seconds_total", "worker_build_info"} <= wanted

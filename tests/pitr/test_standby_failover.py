@@ -9,12 +9,12 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from opsctl.health.model import Status
 
 from pitr_support import pitr  # noqa: F401 - the module's archived cluster
+from opsctl import httpclient
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_standby_from_the_archive_then_failover_repoints_database_and_workers(pl
     # the workers were restarted and reach the promoted server (their readiness probes PostgreSQL)
     comp = _worker(platform)
     assert comp.pid != worker_pid
-    ready = httpx.get(f"http://127.0.0.1:{comp.port}/readyz", timeout=10).json()
+    ready = httpclient.get(f"http://127.0.0.1:{comp.port}/readyz", timeout=10).json()
     assert ready["checks"]["postgres"] == "ok", ready
     # recorded, privately
     journal = platform.root / ".opsctl" / "failover" / "local.json"

@@ -14,6 +14,7 @@ import pytest
 import redis
 from worker_helpers import LIMITS, free_port, padded, sample, silence_wav, wer
 from worker_support import start_worker, stop_worker, wait_until, worker_env
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +30,15 @@ def assert_openai_error(r: httpx.Response, status: int, code: str | None = None)
 
 def test_missing_or_wrong_key_is_401(worker):
     audio = sample("hello")[0]
-    r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("h.wav", audio)})
+    r = httpclient.post(worker.url + "/v1/audio/transcriptions", files={"file": ("h.wav", audio)})
     assert_openai_error(r, 401, "invalid_api_key")
     assert r.headers["www-authenticate"] == "Bearer"
-    r = httpx.get(worker.url + f"/v1/jobs/{uuid.uuid4()}", headers={"Authorization": "Bearer nope"})
+    r = httpclient.get(worker.url + f"/v1/jobs/{uuid.uuid4()}", headers={"Authorization": "Bearer nope"})
     assert_openai_error(r, 401, "invalid_api_key")
     client = openai.OpenAI(api_key="sk-wrong", base_url=worker.url + "/v1", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.audio.transcriptions.create(model="whisper-1", file=("h.wav", audio))
-    assert httpx.get(worker.url + "/healthz").status_code == 200  # ops routes stay open
+    assert httpclient.get(worker.url + "/healthz").status_code == 200  # ops routes stay open
 
 
 def test_requests_per_minute_limit(http):
@@ -78,14 +79,14 @@ def test_concurrent_uploads_limit(worker, api_key, redis_server):
             while store.zcard(counter) < 2:  # both held uploads have their lease
                 assert time.monotonic() < deadline and not any(f.done() for f in held)
                 time.sleep(0.05)
-            r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
+            r = httpclient.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
                            headers={"Authorization": headers["Authorization"]}, timeout=60)
             assert_openai_error(r, 429, "concurrent_uploads_exceeded")
             assert r.headers["retry-after"] == "1"
         finally:
             release.set()
         assert [f.result().status_code for f in held] == [400, 400]
-    r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
+    r = httpclient.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
                    headers={"Authorization": headers["Authorization"]})
     assert_openai_error(r, 400, "invalid_audio")  # slots were given back
 
@@ -124,7 +125,7 @@ def test_full_queue_answers_429_with_retry_after(worker):
     """Concurrency 1 + queue size 1: of six simultaneous 30 s requests at most two are taken
     while the first runs (about 3 s), the rest are refused."""
     def post(i: int) -> httpx.Response:
-        return httpx.post(worker.url + "/v1/audio/transcriptions",
+        return httpclient.post(worker.url + "/v1/audio/transcriptions",
                           files={"file": ("p.wav", padded("passage", 900 + i))},
                           headers={"Authorization": f"Bearer {worker.keys[i]}"}, timeout=600)
 
@@ -152,7 +153,7 @@ def test_limits_fail_open_when_redis_is_down(model_dir, tmp_path):
     proc, url = start_worker(env, tmp_path / "worker.log")
     try:
         wait_until(url, proc, tmp_path / "worker.log", ready=True)
-        ready = httpx.get(url + "/readyz").json()
+        ready = httpclient.get(url + "/readyz").json()
         assert ready["checks"]["redis"].startswith("failing"), ready
         audio, text = sample("hello")
         with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
@@ -178,7 +179,7 @@ def _held_uploads(url: str, key: str, count: int, release: threading.Event, pool
 
     def post():
         try:
-            return httpx.post(url + "/v1/audio/transcriptions", content=slow_body(), timeout=90,
+            return httpclient.post(url + "/v1/audio/transcriptions", content=slow_body(), timeout=90,
                               headers={"Authorization": f"Bearer {key}",
                                        "Content-Type": f"multipart/form-data; boundary={boundary}"})
         except httpx.HTTPError as exc:  # the worker was killed under it
@@ -214,13 +215,13 @@ def test_upload_slots_of_a_killed_worker_free_after_their_lease(worker, api_key,
             proc.wait(10)
             release.set()
         # the session worker, same key, same Redis: refused while the dead worker's leases live
-        r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
+        r = httpclient.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
                        headers=auth, timeout=60)
         assert_openai_error(r, 429, "concurrent_uploads_exceeded")
         statuses = []
         for _ in range(LIMITS["rpm"] - 2):  # steady traffic, every half second
             time.sleep(0.5)
-            r = httpx.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
+            r = httpclient.post(worker.url + "/v1/audio/transcriptions", files={"file": ("e.wav", b"")},
                            headers=auth, timeout=60)
             statuses.append(r.status_code)
             if r.status_code != 429:
@@ -240,15 +241,15 @@ def test_upload_slots_of_a_killed_worker_free_after_their_lease(worker, api_key,
 
 def test_keys_on_hide_docs_and_guard_metrics(worker, http):
     for path in ("/docs", "/openapi.json"):
-        assert_openai_error(httpx.get(worker.url + path), 404)
-    assert_openai_error(httpx.get(worker.url + "/metrics"), 401, "invalid_api_key")
+        assert_openai_error(httpclient.get(worker.url + path), 404)
+    assert_openai_error(httpclient.get(worker.url + "/metrics"), 401, "invalid_api_key")
     assert "worker_requests_total" in http.get("/metrics").text
-    scrape = httpx.get(worker.metrics_url + "/metrics")  # the scraper's port: no key
+    scrape = httpclient.get(worker.metrics_url + "/metrics")  # the scraper's port: no key
     assert scrape.status_code == 200 and "worker_requests_total" in scrape.text
-    assert httpx.get(worker.metrics_url + "/v1/jobs").status_code == 404
-    assert httpx.get(worker.metrics_url + "/docs").status_code == 404
-    assert httpx.get(worker.url + "/healthz").status_code == 200  # probes stay open
-    assert httpx.get(worker.url + "/readyz").status_code == 200
+    assert httpclient.get(worker.metrics_url + "/v1/jobs").status_code == 404
+    assert httpclient.get(worker.metrics_url + "/docs").status_code == 404
+    assert httpclient.get(worker.url + "/healthz").status_code == 200  # probes stay open
+    assert httpclient.get(worker.url + "/readyz").status_code == 200
 
 
 @pytest.mark.parametrize("keys,docs,expected", [

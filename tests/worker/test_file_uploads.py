@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from worker_helpers import DATA, drop_mid_part, sample, send_part, wait_for_job, wer
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -118,7 +119,7 @@ def test_upload_refusals_leave_nothing_behind(http, worker):
     assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending"
 
     stranger = worker.keys.pop()
-    r = httpx.get(f"{worker.url}/v1/uploads/{other['id']}", headers={"Authorization": f"Bearer {stranger}"})
+    r = httpclient.get(f"{worker.url}/v1/uploads/{other['id']}", headers={"Authorization": f"Bearer {stranger}"})
     assert r.status_code == 404
     r = http.post("/v1/jobs", data={"file_id": "file-nope"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "file_not_found"
@@ -282,18 +283,18 @@ def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, r
     proc, url = start_worker(env, tmp_path / "w.log")
 
     def create() -> httpx.Response:
-        return httpx.post(url + "/v1/uploads", json={"filename": "x.wav", "bytes": 6 * MIB,
+        return httpclient.post(url + "/v1/uploads", json={"filename": "x.wav", "bytes": 6 * MIB,
                                                      "mime_type": "audio/wav", "purpose": "t"})
 
     def gauges() -> tuple[float, float]:
-        text = httpx.get(url + "/metrics").text
+        text = httpclient.get(url + "/metrics").text
         return (metric(text, "worker_uploads_incomplete"),
                 metric(text, "worker_uploads_oldest_incomplete_age_seconds"))
 
     try:
         wait_until(url, proc, tmp_path / "w.log", ready=False)  # uploads need no model
         upload = create().json()
-        assert httpx.post(f"{url}/v1/uploads/{upload['id']}/parts",
+        assert httpclient.post(f"{url}/v1/uploads/{upload['id']}/parts",
                           files={"data": ("p", b"\1" * MIB)}).status_code == 200
         r = create()
         assert r.status_code == 429 and r.json()["error"]["code"] == "concurrent_uploads_exceeded"
@@ -307,11 +308,11 @@ def test_an_abandoned_upload_is_aborted_after_its_age(model_dir, postgres, s3, r
                 seen.add("pending")
             time.sleep(0.1)
         assert seen == {"pending"}, "the incomplete upload never showed in the gauges"
-        expired = httpx.get(f"{url}/v1/uploads/{upload['id']}").json()
+        expired = httpclient.get(f"{url}/v1/uploads/{upload['id']}").json()
         assert expired["status"] == "expired" and expired["parts"] == [], expired  # its part was deleted
-        r = httpx.post(f"{url}/v1/uploads/{upload['id']}/parts", files={"data": ("p", b"\2" * MIB)})
+        r = httpclient.post(f"{url}/v1/uploads/{upload['id']}/parts", files={"data": ("p", b"\2" * MIB)})
         assert r.status_code == 400 and r.json()["error"]["code"] == "upload_not_pending"
-        assert metric(httpx.get(url + "/metrics").text, "worker_uploads_expired_total") == 1
+        assert metric(httpclient.get(url + "/metrics").text, "worker_uploads_expired_total") == 1
         while gauges() != (0, 0):
             assert time.monotonic() < deadline, f"gauges still {gauges()} after the abort"
             time.sleep(0.1)
@@ -390,13 +391,13 @@ def test_presigned_upload_straight_to_s3(http, worker):
     upload = r.json()
     urls = upload["part_urls"]
     assert [u["part_number"] for u in urls] == [1, 2] and sum(u["bytes"] for u in urls) == len(audio)
-    first = httpx.put(urls[0]["url"], content=audio[: 5 * MIB], timeout=60)
+    first = httpclient.put(urls[0]["url"], content=audio[: 5 * MIB], timeout=60)
     assert first.status_code == 200, first.text
     parts = http.get(f"/v1/uploads/{upload['id']}").json()["parts"]
     assert [p["bytes"] for p in parts] == [5 * MIB]  # resume: part 2 is missing
     # never hashed by the worker: no SHA-256 is claimed, S3's ETag is given (breaker 19 F6)
     assert parts[0]["sha256"] is None and parts[0]["etag"] == first.headers["etag"], parts
-    assert httpx.put(urls[1]["url"], content=audio[5 * MIB:], timeout=60).status_code == 200
+    assert httpclient.put(urls[1]["url"], content=audio[5 * MIB:], timeout=60).status_code == 200
     r = send_part(http, upload["id"], b"\1" * MIB)  # presigned uploads take no parts through the worker
     assert r.status_code == 400 and r.json()["error"]["code"] == "upload_presigned"
     parts = http.get(f"/v1/uploads/{upload['id']}").json()["parts"]

@@ -15,11 +15,11 @@ import signal
 import time
 import uuid
 
-import httpx
 import psycopg
 import pytest
 from worker_helpers import AWS_ENV, BIN, padded, sample, wer
 from worker_support import start_worker, stop_worker, wait_until, worker_env
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def test_jobs_of_a_killed_worker_are_adopted_and_finished(model_dir, postgres, s
     try:
         wait_until(url, first, tmp_path / "first.log", ready=True)
         audio, text = sample("passage")
-        jobs = [httpx.post(url + "/v1/jobs", timeout=60, data={"language": "en"},
+        jobs = [httpclient.post(url + "/v1/jobs", timeout=60, data={"language": "en"},
                            files={"file": (f"{i}.wav", clip)}).json()["id"]
                 for i, clip in enumerate([audio, padded("hello", 100), padded("weather", 200)])]
         _wait(lambda: _rows(database_url, "SELECT 1 FROM jobs WHERE id = %s AND status = 'running'", jobs[0]),
@@ -92,9 +92,9 @@ def test_jobs_of_a_killed_worker_are_adopted_and_finished(model_dir, postgres, s
         status, _owner, attempts, error = final[poisoned]
         assert status == "failed" and attempts == 2 and error.startswith("abandoned:"), final[poisoned]
 
-        result = httpx.get(f"{url}/v1/jobs/{jobs[0]}", timeout=30).json()["result"]
+        result = httpclient.get(f"{url}/v1/jobs/{jobs[0]}", timeout=30).json()["result"]
         assert wer(text, result["text"]) < 0.3, result["text"]
-        metrics = httpx.get(url + "/metrics", timeout=10).text
+        metrics = httpclient.get(url + "/metrics", timeout=10).text
         assert 'worker_jobs_total{status="adopted"} 1.0' in metrics  # the running one; two were in the backlog
         assert 'worker_jobs_total{status="abandoned"} 1.0' in metrics
         log = (tmp_path / "second.log").read_text()

@@ -8,6 +8,7 @@ import time
 import psycopg
 import pytest
 from worker_helpers import padded, reversed_speech, sample, wait_for_job, wer
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 
@@ -276,7 +277,7 @@ def test_steady_sync_traffic_holds_a_backlog_job_no_longer_than_its_patience(mod
         for t in clients:
             t.start()
         time.sleep(3)  # both clients' requests running and waiting
-        job = httpx.post(url + "/v1/jobs", files={"file": ("h.wav", sample("hello")[0])}, timeout=60).json()
+        job = httpclient.post(url + "/v1/jobs", files={"file": ("h.wav", sample("hello")[0])}, timeout=60).json()
         with psycopg.connect(database_url) as conn:
             deadline = time.monotonic() + 90
             while conn.execute("SELECT status FROM jobs WHERE id = %s", (job["id"],)).fetchone()[0] != "succeeded":
@@ -306,11 +307,11 @@ def test_a_stopping_worker_takes_no_more_backlog_jobs(model_dir, postgres, s3, t
         WORKER_TRANSCRIPTION_BUDGET_FACTOR="0.01", WORKER_TRANSCRIPTION_BUDGET_MIN_SECONDS="4")
     try:
         answers: list = []
-        busy = threading.Thread(target=lambda: answers.append(httpx.post(
+        busy = threading.Thread(target=lambda: answers.append(httpclient.post(
             url + "/v1/audio/transcriptions", files={"file": ("b.wav", reversed_speech("passage"))}, timeout=300)))
         busy.start()  # the model's one thread, until its 4 s budget runs out
         deadline = time.monotonic() + 60
-        while "worker_transcriptions_in_progress 1.0" not in httpx.get(url + "/metrics", timeout=10).text:
+        while "worker_transcriptions_in_progress 1.0" not in httpclient.get(url + "/metrics", timeout=10).text:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         client = httpx.Client(base_url=url, timeout=60)

@@ -7,13 +7,13 @@ import subprocess
 import threading
 import time
 
-import httpx
 import psycopg
 import pytest
 from transcription_worker.db import MIGRATIONS
 from worker_helpers import BIN, free_port, sample, wer
 
 from worker_support import start_worker, stop_worker, wait_until, worker_env
+from opsctl import httpclient
 
 METRICS = ["worker_requests_total", "worker_request_duration_seconds_bucket",
            "worker_audio_seconds_total", "worker_realtime_factor_bucket", "worker_queue_depth",
@@ -22,12 +22,12 @@ METRICS = ["worker_requests_total", "worker_request_duration_seconds_bucket",
 
 @pytest.mark.integration
 def test_probes_and_version(worker):
-    assert httpx.get(worker.url + "/healthz").json() == {"status": "ok"}
-    ready = httpx.get(worker.url + "/readyz")
+    assert httpclient.get(worker.url + "/healthz").json() == {"status": "ok"}
+    ready = httpclient.get(worker.url + "/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "checks": {"model": "ok", "postgres": "ok",
                                                           "s3": "ok", "redis": "ok"}}
-    assert httpx.get(worker.url + "/version").json() == {
+    assert httpclient.get(worker.url + "/version").json() == {
         "version": "1.4.0-test", "color": "blue", "model": "whisper-base", "device": "cpu",
         "compute_type": "int8"}
 
@@ -69,21 +69,21 @@ def test_unreachable_postgres_is_not_ready_and_sigterm_finishes_inflight(model_d
     try:
         wait_until(url, proc, tmp_path / "w.log", ready=False)
         deadline = time.monotonic() + 60
-        while (body := httpx.get(url + "/readyz", timeout=10)).json()["checks"]["model"] != "ok":
+        while (body := httpclient.get(url + "/readyz", timeout=10)).json()["checks"]["model"] != "ok":
             assert time.monotonic() < deadline, body.text
             time.sleep(0.2)
         assert body.status_code == 503 and body.json()["status"] == "not ready"
         assert body.json()["checks"]["postgres"].startswith("failing")
         assert body.json()["checks"]["s3"] == "disabled"
-        r = httpx.post(url + "/v1/jobs", files={"file": ("h.wav", sample("hello")[0])})
+        r = httpclient.post(url + "/v1/jobs", files={"file": ("h.wav", sample("hello")[0])})
         assert r.status_code == 503 and r.json()["error"]["code"] == "jobs_disabled"
 
         audio, text = sample("passage")
         result: dict = {}
-        request = threading.Thread(target=lambda: result.update(r=httpx.post(
+        request = threading.Thread(target=lambda: result.update(r=httpclient.post(
             url + "/v1/audio/transcriptions", files={"file": ("p.wav", audio)}, timeout=600)))
         request.start()
-        while "worker_transcriptions_in_progress 1.0" not in httpx.get(url + "/metrics").text:
+        while "worker_transcriptions_in_progress 1.0" not in httpclient.get(url + "/metrics").text:
             assert request.is_alive(), result
             time.sleep(0.05)
         assert stop_worker(proc, timeout=600) == 0  # waits for the transcription, however slow

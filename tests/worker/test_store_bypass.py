@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 
-import httpx
 import psycopg
 import pytest
 from worker_helpers import wait_for_job, metric, padded, sample, wer
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 NO_CACHE = {"Cache-Control": "no-cache"}
@@ -75,6 +75,6 @@ def test_no_cache_job_runs_the_model_and_keeps_its_own_transcript(http, worker):
 
 
 def test_no_cache_is_only_for_authenticated_callers(worker):
-    r = httpx.post(worker.url + "/v1/audio/transcriptions", headers=NO_CACHE,
+    r = httpclient.post(worker.url + "/v1/audio/transcriptions", headers=NO_CACHE,
                    files={"file": ("h.wav", sample("hello")[0])})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"

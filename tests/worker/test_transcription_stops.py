@@ -16,6 +16,7 @@ import httpx
 import pytest
 from worker_helpers import BIN, metric, reversed_speech, sample, wait_for_job, wer
 from worker_support import start_worker, stop_worker, wait_until, worker_env
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def test_a_transcription_stops_when_its_client_leaves(worker, api_key):
     before = stopped(worker.metrics(), "client_gone")
     headers = {"Authorization": f"Bearer {api_key}", "Cache-Control": "no-cache"}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(worker.url + "/v1/audio/transcriptions", headers=headers,
+        httpclient.post(worker.url + "/v1/audio/transcriptions", headers=headers,
                    files={"file": ("backwards.wav", reversed_speech("passage"))},
                    timeout=httpx.Timeout(60, read=1.5))
     wait_for(lambda: stopped(worker.metrics(), "client_gone") == before + 1, what=worker.metrics())
@@ -46,7 +47,7 @@ def test_a_transcription_stops_when_its_client_leaves(worker, api_key):
     logged = [json.loads(line) for line in worker.log().splitlines() if '"request"' in line]
     assert any(d.get("path") == "/v1/audio/transcriptions" and d.get("status") == 499 for d in logged)
     audio, text = sample("hello")
-    r = httpx.post(worker.url + "/v1/audio/transcriptions", headers=headers,
+    r = httpclient.post(worker.url + "/v1/audio/transcriptions", headers=headers,
                    files={"file": ("hello.wav", audio)}, timeout=300)
     assert r.status_code == 200 and wer(text, r.json()["text"]) < 0.3, r.text
 
@@ -98,7 +99,7 @@ def test_a_client_that_leaves_while_queued_is_not_charged(worker):
 
     def occupy():  # reversed speech: the model is busy for tens of seconds, until this client leaves
         try:
-            httpx.post(worker.url + "/v1/audio/transcriptions", headers={"Authorization": f"Bearer {running_key}",
+            httpclient.post(worker.url + "/v1/audio/transcriptions", headers={"Authorization": f"Bearer {running_key}",
                        "Cache-Control": "no-cache"}, files={"file": ("b.wav", reversed_speech("passage"))},
                        timeout=httpx.Timeout(60, read=12))
         except httpx.ReadTimeout as exc:
@@ -111,13 +112,13 @@ def test_a_client_that_leaves_while_queued_is_not_charged(worker):
     wait_for(lambda: metric(worker.metrics(), "worker_transcriptions_in_progress") == 1, 60)
     headers = {"Authorization": f"Bearer {queued_key}", "Cache-Control": "no-cache"}
     with pytest.raises(httpx.ReadTimeout):  # 30 s of speech, queued behind the busy model
-        httpx.post(worker.url + "/v1/audio/transcriptions", headers=headers,
+        httpclient.post(worker.url + "/v1/audio/transcriptions", headers=headers,
                    files={"file": ("p.wav", sample("passage")[0])}, timeout=httpx.Timeout(60, read=1.5))
     wait_for(lambda: metric(worker.metrics(), "worker_queue_depth") == 0, 60)
     thread.join(120)
     wait_for(lambda: metric(worker.metrics(), "worker_transcriptions_in_progress") == 0)
     from worker_helpers import silence_wav
 
-    r = httpx.post(worker.url + "/v1/audio/transcriptions", headers=headers,
+    r = httpclient.post(worker.url + "/v1/audio/transcriptions", headers=headers,
                    files={"file": ("s.wav", silence_wav(95))}, timeout=300)
     assert r.status_code == 200, r.text  # 0 + 95 of 120 s: the queued 30 s were given back

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from worker_helpers import AWS_ENV, BIN, send_part
 from worker_support import start_worker, stop_worker, wait_until, worker_env
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -159,10 +160,10 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
             # a presigned upload completed, then its part URL PUT again (complete cannot stop a URL)
             pre = _create(http, MIB, presign=True, part_size=5 * MIB)
             url1 = pre["part_urls"][0]["url"]
-            assert httpx.put(url1, content=last, timeout=60).status_code == 200
+            assert httpclient.put(url1, content=last, timeout=60).status_code == 200
             pre_parts = [p["id"] for p in http.get(f"/v1/uploads/{pre['id']}").json()["parts"]]
             assert http.post(f"/v1/uploads/{pre['id']}/complete", json={"part_ids": pre_parts}).status_code == 200
-            assert httpx.put(url1, content=last, timeout=60).status_code == 200
+            assert httpclient.put(url1, content=last, timeout=60).status_code == 200
             assert len(_objects(client, bucket, pre["id"])) == 2  # the file and a stray part
             up = _create(http, len(last))
             ids = [send_part(http, up["id"], last).json()["id"]]
@@ -179,7 +180,7 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
         proc, url = start_worker(env, tmp_path / "w2.log")
         wait_until(url, proc, tmp_path / "w2.log", ready=False)
         deadline = time.monotonic() + 60
-        while (status := httpx.get(f"{url}/v1/uploads/{up['id']}").json()["status"]) == "pending":
+        while (status := httpclient.get(f"{url}/v1/uploads/{up['id']}").json()["status"]) == "pending":
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert status == "expired"
@@ -191,8 +192,8 @@ def test_killed_mid_complete_never_retried_leaves_nothing(model_dir, postgres, s
         while (keys := _objects(client, bucket, pre["id"])) != [f"audio/uploads/{pre['id']}"]:
             assert time.monotonic() < deadline, f"a stray presigned part was never swept: {keys}"
             time.sleep(0.2)
-        assert re.search(r"^worker_uploads_assembled_deleted_total 1\.0$", httpx.get(f"{url}/metrics").text, re.M)
-        assert re.search(r"^worker_uploads_expired_total 1\.0$", httpx.get(f"{url}/metrics").text, re.M)
+        assert re.search(r"^worker_uploads_assembled_deleted_total 1\.0$", httpclient.get(f"{url}/metrics").text, re.M)
+        assert re.search(r"^worker_uploads_expired_total 1\.0$", httpclient.get(f"{url}/metrics").text, re.M)
     finally:
         stop_worker(proc)
 
@@ -305,7 +306,7 @@ def test_presigned_part_urls_sign_their_content_length(http, worker):
         qs = parse_qs(urlparse(part["url"]).query)
         assert qs["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
         assert "content-length" in qs["X-Amz-SignedHeaders"][0].split(";")
-    r = httpx.put(pre["part_urls"][1]["url"], content=b"\2" * MIB, timeout=60)
+    r = httpclient.put(pre["part_urls"][1]["url"], content=b"\2" * MIB, timeout=60)
     assert r.status_code == 200, r.text
 
 

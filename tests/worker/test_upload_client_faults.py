@@ -26,6 +26,7 @@ import redis
 from test_upload_breaks import _own_worker  # noqa: E402
 from worker_helpers import drop_mid_part  # noqa: E402
 from worker_support import start_worker, stop_worker, wait_until  # noqa: E402
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -47,13 +48,13 @@ def w(model_dir, postgres, s3, redis_server, tmp_path_factory):
 
 
 def _upload(url) -> str:
-    r = httpx.post(f"{url}/v1/uploads", json=SPEC, timeout=60)
+    r = httpclient.post(f"{url}/v1/uploads", json=SPEC, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()["id"]
 
 
 def _server_errors(url: str, log) -> tuple[list[str], list[str]]:
-    scraped = httpx.get(f"{url}/metrics", timeout=10).text
+    scraped = httpclient.get(f"{url}/metrics", timeout=10).text
     fives = [ln for ln in scraped.splitlines() if ln.startswith("worker_requests_total") and 'status="5' in ln]
     unhandled = [ln[:200] for ln in log.read_text(errors="replace").splitlines() if "unhandled" in ln]
     return fives, unhandled
@@ -96,23 +97,23 @@ def test_a_client_dropping_mid_part_is_no_server_error(w):
     up = _upload(url)
     drop_mid_part(url, None, up, b"a" * (5 * MIB))
     deadline = time.monotonic() + 30
-    while "499" not in httpx.get(f"{url}/metrics", timeout=10).text:
+    while "499" not in httpclient.get(f"{url}/metrics", timeout=10).text:
         assert time.monotonic() < deadline, "the dropped part was never answered"
         time.sleep(0.2)
     assert re.search(r'worker_requests_total\{[^}]*route="/v1/uploads/\{upload_id\}/parts"[^}]*status="499"',
-                     httpx.get(f"{url}/metrics", timeout=10).text)
+                     httpclient.get(f"{url}/metrics", timeout=10).text)
     assert _server_errors(url, log) == ([], [])
-    again = httpx.get(f"{url}/v1/uploads/{up}", timeout=30).json()  # nothing stored: resume from here
+    again = httpclient.get(f"{url}/v1/uploads/{up}", timeout=30).json()  # nothing stored: resume from here
     assert again["status"] == "pending" and not again.get("parts")
 
 
 def test_a_part_over_the_part_cap_is_refused_even_within_the_form_slack(w):
     url, _ = w
     up = _upload(url)
-    r = httpx.post(f"{url}/v1/uploads/{up}/parts", files={"data": ("p", b"b" * (6 * MIB + 40 * 1024))}, timeout=60)
+    r = httpclient.post(f"{url}/v1/uploads/{up}/parts", files={"data": ("p", b"b" * (6 * MIB + 40 * 1024))}, timeout=60)
     assert r.status_code == 413 and r.json()["error"]["param"] == "data", r.text
-    assert not httpx.get(f"{url}/v1/uploads/{up}", timeout=30).json().get("parts")
-    ok = httpx.post(f"{url}/v1/uploads/{up}/parts", files={"data": ("p", b"c" * (6 * MIB))}, timeout=60)
+    assert not httpclient.get(f"{url}/v1/uploads/{up}", timeout=30).json().get("parts")
+    ok = httpclient.post(f"{url}/v1/uploads/{up}/parts", files={"data": ("p", b"c" * (6 * MIB))}, timeout=60)
     assert ok.status_code == 200, ok.text  # the cap itself is allowed
 
 
@@ -151,11 +152,11 @@ def test_a_store_error_while_a_create_is_decided_charges_its_bytes_once(model_di
         wait_until(url, proc, tmp_path / "w.log", ready=False)
         headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"episode-{secrets.token_hex(4)}"}
         spec = {**SPEC, "filename": "episode.mp3", "bytes": 10 * MIB, "mime_type": "audio/mpeg"}
-        first = httpx.post(f"{url}/v1/uploads", headers=headers, json=spec, timeout=60)
+        first = httpclient.post(f"{url}/v1/uploads", headers=headers, json=spec, timeout=60)
         assert first.status_code == 503, first.text  # the outage, as the client sees it
         assert day_mib() == 0  # the create was undone: nothing charged for it
         time.sleep(int(first.headers.get("retry-after", "5")))
-        retry = httpx.post(f"{url}/v1/uploads", headers=headers, json=spec, timeout=60)
+        retry = httpclient.post(f"{url}/v1/uploads", headers=headers, json=spec, timeout=60)
         assert retry.status_code == 200, retry.text
         assert day_mib() == 10  # charged once
         with psycopg.connect(dburl) as conn:
@@ -170,7 +171,7 @@ def test_an_unknown_part_id_is_named_cut_short_never_echoed_whole(w):
     url, _log = w
     upload = _upload(url)
     huge = "p" * 100_000
-    r = httpx.post(f"{url}/v1/uploads/{upload}/complete", timeout=60,
+    r = httpclient.post(f"{url}/v1/uploads/{upload}/complete", timeout=60,
                    json={"part_ids": [huge, "part_a", "part_b", "part_c", "part_d"]})
     assert r.status_code == 400, r.text
     message = r.json()["error"]["message"]
@@ -183,7 +184,7 @@ BIG = 500_000  # under Starlette's 1 MB form-field limit
 
 def _ready(url: str) -> None:
     deadline = time.monotonic() + 300
-    while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+    while httpclient.get(f"{url}/readyz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the worker never became ready"
         time.sleep(1)
 
@@ -201,7 +202,7 @@ def test_a_client_field_is_never_echoed_whole(w, path, fields, with_file):
     url, _log = w
     _ready(url)
     files = {"file": ("a.wav", b"RIFF0000WAVE", "audio/wav")} if with_file else None
-    r = httpx.post(f"{url}{path}", data=fields, files=files, timeout=60)
+    r = httpclient.post(f"{url}{path}", data=fields, files=files, timeout=60)
     assert 400 <= r.status_code < 500, r.text[:300]
     assert len(r.content) < 1000 and f"({BIG} characters)" in r.json()["error"]["message"], r.text[:300]
 
@@ -209,7 +210,7 @@ def test_a_client_field_is_never_echoed_whole(w, path, fields, with_file):
 @pytest.mark.parametrize("target", ["/v1/jobs/{long}", "/v1/jobs/job_x?response_format={long}", "/v1/uploads/{long}"])
 def test_an_id_in_the_path_or_query_is_never_echoed_whole(w, target):
     url, _log = w
-    r = httpx.get(url + target.format(long="q" * 12_000), timeout=60)
+    r = httpclient.get(url + target.format(long="q" * 12_000), timeout=60)
     assert 400 <= r.status_code < 500 and len(r.content) < 1000, (r.status_code, len(r.content))
 
 
@@ -233,6 +234,6 @@ def test_made_up_http_methods_are_one_metrics_series(w):
     assert all(send(method).startswith(b"HTTP/1.1 400") for method in sent)
     for method in ("PROPFIND", "MKCOL", "SEARCH"):
         assert send(method).startswith(b"HTTP/1.1 "), method
-    scraped = httpx.get(f"{url}/metrics", timeout=10).text
+    scraped = httpclient.get(f"{url}/metrics", timeout=10).text
     assert not [m for m in sent + ["PROPFIND", "MKCOL", "SEARCH"] if f'method="{m}"' in scraped]
     assert 'method="other"' in scraped

@@ -34,6 +34,7 @@ from test_upload_breaks import _create, _own_worker  # noqa: E402
 from upload_s3hold import S3Hold  # noqa: E402
 from worker_helpers import padded, send_part  # noqa: E402
 from worker_support import start_worker, stop_worker, wait_until  # noqa: E402
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -269,12 +270,12 @@ def test_a_cancelled_presigned_upload_gives_back_only_what_never_landed_once_its
         before = used()
         partly = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)
         part = partly["part_urls"][0]  # one of the two parts PUT, then cancelled
-        assert httpx.put(part["url"], content=b"\1" * part["bytes"], timeout=60).status_code == 200
+        assert httpclient.put(part["url"], content=b"\1" * part["bytes"], timeout=60).status_code == 200
         assert http.post(f"/v1/uploads/{partly['id']}/cancel").json()["status"] == "cancelled"
         late = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)  # cancelled at once,
         assert http.post(f"/v1/uploads/{late['id']}/cancel").json()["status"] == "cancelled"
         for part in late["part_urls"]:  # then every part PUT at its still-valid URL
-            assert httpx.put(part["url"], content=b"\2" * part["bytes"], timeout=60).status_code == 200
+            assert httpclient.put(part["url"], content=b"\2" * part["bytes"], timeout=60).status_code == 200
         lapsed = _create(http, 10 * MIB, presign=True, part_size=5 * MIB)  # expired by the keeper
     with psycopg.connect(dburl, autocommit=True) as conn:
         def ended(up_id):
@@ -282,7 +283,7 @@ def test_a_cancelled_presigned_upload_gives_back_only_what_never_landed_once_its
         conn.execute("UPDATE uploads SET expires_at = now() - interval '1 second' WHERE id = %s", (lapsed["id"],))
         _wait_for("expired", lambda: ended(lapsed["id"]), 30)
         part = lapsed["part_urls"][1]  # its URLs signed for an hour: a part PUT after its expiry
-        assert httpx.put(part["url"], content=b"\3" * part["bytes"], timeout=60).status_code == 200
+        assert httpclient.put(part["url"], content=b"\3" * part["bytes"], timeout=60).status_code == 200
         assert used() == before + 30  # nothing given back while the URLs can still deliver
         # and each still holds its open-upload lease: its URLs still take parts (a cancel freed
         # it, so a key could keep more uploads going than WORKER_RATE_LIMIT_OPEN_UPLOADS)
@@ -300,7 +301,7 @@ def test_a_cancelled_presigned_upload_gives_back_only_what_never_landed_once_its
 @pytest.mark.parametrize("mime", ["audio/mpeg\r\nx-amz-meta-evil: 1", "audio/" + "x" * 200, "audio/mpég"])
 def test_a_mime_type_that_is_no_media_type_is_refused_at_create(pair, mime):
     ub = pair[3][2]
-    r = httpx.post(f"{ub}/v1/uploads", json={"filename": "a.mp3", "bytes": MIB, "mime_type": mime,
+    r = httpclient.post(f"{ub}/v1/uploads", json={"filename": "a.mp3", "bytes": MIB, "mime_type": mime,
                                             "purpose": "transcription"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "mime_type", r.text
 
@@ -386,7 +387,7 @@ def test_a_job_whose_uploaded_file_changed_in_s3_fails_and_stores_no_transcript(
 
     bucket, dburl, _, (fb, pb, ub) = pair
     made_for, replaced_by = padded("hello", 200), padded("hello", 700)
-    _wait_for("ready (model loaded)", lambda: httpx.get(f"{ub}/readyz", timeout=5).status_code == 200, 120)
+    _wait_for("ready (model loaded)", lambda: httpclient.get(f"{ub}/readyz", timeout=5).status_code == 200, 120)
     with httpx.Client(base_url=ub, timeout=60) as http:
         up = _create(http, len(made_for))
         part = send_part(http, up["id"], made_for).json()["id"]
@@ -529,7 +530,7 @@ def test_what_a_stalled_complete_killed_after_its_late_assembly_left_is_swept(pa
         return s3.client().list_multipart_uploads(Bucket=bucket, Prefix=a_key).get("Uploads", [])
 
     _wait_for("swept", lambda: _keys(s3, bucket, up["id"]) == [file_key] and not uploads_open())
-    scraped = httpx.get(ub + "/metrics", timeout=10).text  # counted, by kind (earlier tests' strays too)
+    scraped = httpclient.get(ub + "/metrics", timeout=10).text  # counted, by kind (earlier tests' strays too)
     for kind in ("object", "multipart"):
         swept = re.search(rf'^worker_uploads_swept_total{{kind="{kind}"}} (\S+)$', scraped, re.M)
         assert swept and float(swept.group(1)) >= 1, scraped
@@ -565,7 +566,7 @@ def test_a_control_character_in_any_stored_text_field_is_400_naming_it(pair):
         for path in ("parts", "complete", "cancel"):
             r = http.post(f"/v1/uploads/upload_%00x/{path}", json={"part_ids": ["p"]})
             assert r.status_code in (400, 404) and "retry-after" not in r.headers, r.text
-        _wait_for("ready (model loaded)", lambda: httpx.get(f"{ub}/readyz", timeout=5).status_code == 200, 120)
+        _wait_for("ready (model loaded)", lambda: httpclient.get(f"{ub}/readyz", timeout=5).status_code == 200, 120)
         for field, value in (("prompt", "a\0b"), ("file_id", "file-\0"), ("model", "whisper\0")):
             r = http.post("/v1/jobs", data={field: value, **({} if field == "file_id" else {"file_id": "file-x"})})
             assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text

@@ -14,6 +14,7 @@ import pytest
 
 from test_upload_breaks import _own_worker  # noqa: E402
 from worker_support import start_worker, stop_worker, wait_until  # noqa: E402
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -55,7 +56,7 @@ def test_concurrent_twins_of_an_idempotent_create_get_the_same_upload(limited):
     answers = [(r.status_code, r.json().get("id") or r.json()["error"]["code"]) for r in out]
     assert [s for s, _ in answers] == [200] * 4 and len({i for _, i in answers}) == 1, answers
     # the key's one open upload is that one: another create is refused until it ends
-    other = httpx.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {key}"},
+    other = httpclient.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {key}"},
                        json={"filename": "b.wav", "bytes": MIB, "mime_type": "audio/wav", "purpose": "t"})
     assert other.status_code == 429, other.text
 
@@ -68,7 +69,7 @@ def test_twins_of_an_idempotent_create_the_limits_refuse_all_get_the_refusal(lim
     with psycopg.connect(dburl) as conn:
         rows_before = conn.execute("SELECT count(*) FROM uploads").fetchone()[0]
     spec = {"filename": "a.wav", "bytes": 6 * MIB, "mime_type": "audio/wav", "purpose": "t"}
-    held = httpx.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {keys[0]}"}, json=spec)
+    held = httpclient.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {keys[0]}"}, json=spec)
     assert held.status_code == 200, held.text  # this key's one open upload
     answers = []
     for key, body, code in [(keys[0], spec, "concurrent_uploads_exceeded")] * 3 + [
@@ -103,8 +104,8 @@ def test_a_create_whose_worker_died_deciding_the_limits_is_made_anew_by_its_retr
                      " now() - interval '1 second', now() + interval '1 hour')",
                      (idem, hashlib.sha256(key.encode()).hexdigest()[:12], idem))  # the key's id
         dead = conn.execute("SELECT id FROM uploads WHERE idempotency_key = %s", (idem,)).fetchone()[0]
-    r = httpx.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem},
+    r = httpclient.post(f"{url}/v1/uploads", headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem},
                    json={"filename": "a.wav", "bytes": 10, "mime_type": "audio/wav", "purpose": "t"})
     assert r.status_code == 200 and r.json()["status"] == "pending" and r.json()["id"] != dead, r.text
-    got = httpx.get(f"{url}/v1/uploads/{r.json()['id']}", headers={"Authorization": f"Bearer {key}"})
+    got = httpclient.get(f"{url}/v1/uploads/{r.json()['id']}", headers={"Authorization": f"Bearer {key}"})
     assert got.status_code == 200, got.text

@@ -26,6 +26,7 @@ import redis
 from test_upload_breaks import _create, _own_worker
 from worker_helpers import send_part
 from worker_support import start_worker, stop_worker, wait_until
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -50,7 +51,7 @@ def _metric(url: str, key: str, name: str, **labels: str) -> float:
     """One sample of the worker's /metrics (Prometheus text, read with prometheus_client's parser)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+    text = httpclient.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
     return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 from worker_helpers import send_part
+from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -332,13 +333,12 @@ def test_a_part_landing_after_its_upload_was_cancelled_is_deleted(http, worker, 
 def test_presigned_parts_put_last_first_complete_in_the_files_order(http, worker):
     """`presign: true` keeps its contract with parts as objects: the client PUTs part 2 before
     part 1 at their URLs; GET lists them by part number and complete takes their ids."""
-    import httpx
 
     a, b = b"\x71" * (5 * MIB), b"\x72" * MIB
     up = _create(http, len(a) + len(b), presign=True, part_size=5 * MIB)
     urls = [p["url"] for p in up["part_urls"]]
-    assert httpx.put(urls[1], content=b, timeout=60).status_code == 200
-    assert httpx.put(urls[0], content=a, timeout=60).status_code == 200
+    assert httpclient.put(urls[1], content=b, timeout=60).status_code == 200
+    assert httpclient.put(urls[0], content=a, timeout=60).status_code == 200
     parts = http.get(f"/v1/uploads/{up['id']}").json()["parts"]
     assert [p["bytes"] for p in parts] == [len(a), len(b)]
     r = http.post(f"/v1/uploads/{up['id']}/complete", json={"part_ids": [p["id"] for p in parts]})

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from worker_helpers import AWS_ENV, BIN, LIMITS, free_port
+from opsctl import httpclient
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Worker:
     metrics_url: str = ""  # the scraper's listener (WORKER_METRICS_PORT): /metrics, no key
 
     def metrics(self) -> str:
-        return httpx.get(self.metrics_url + "/metrics", timeout=10).text
+        return httpclient.get(self.metrics_url + "/metrics", timeout=10).text
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -66,7 +67,7 @@ def wait_until(url: str, proc: subprocess.Popen, log_path: Path, ready: bool, ti
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited {proc.returncode}:\n{log_path.read_text()}")
         try:
-            if httpx.get(url + path, timeout=5).status_code == 200:
+            if httpclient.get(url + path, timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
