@@ -86,3 +86,17 @@ def test_tls_is_verified_with_the_shared_context(tmp_path):
         assert httpclient.get(url, timeout=5, verify=ssl.create_default_context(cafile=str(cert))).text == "GET"
     finally:
         server.shutdown()
+
+
+def test_no_one_off_httpx_call_is_left_in_opsctl_or_the_tests():
+    """httpx.get/post/put/... build a CA-bundle TLS context per call (62 ms of CPU here):
+    opsctl and the tests call opsctl.httpclient instead (DESIGN.md, Conventions)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    one_off = re.compile(r"\bhttpx\.(get|post|put|patch|delete|head|options|request|stream)\(")
+    found = [f"{p.relative_to(root)}:{n}" for folder in ("opsctl", "tests", "worker/transcription_worker")
+             for p in sorted((root / folder).rglob("*.py")) if p.name != "httpclient.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if one_off.search(line)]
+    assert found == [], found
