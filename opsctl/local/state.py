@@ -9,6 +9,7 @@ before its process starts, and its PID as soon as the process exists.
 
 from __future__ import annotations
 
+import errno
 import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -81,6 +82,15 @@ def folder_for(root: Path) -> Path:
 
 def load(folder: Path) -> LocalState:
     """The state of `folder` (empty when there is none); UsageError when the file is damaged."""
+    path = folder / "state.json"
+    try:
+        if path.exists():
+            path.read_bytes()
+    except OSError as exc:  # anything but these (a folder where the file belongs) is damage, said below
+        if isinstance(exc, PermissionError) or exc.errno == errno.EIO:
+            # the file may well be whole: never advise --purge (it deletes the platform's data)
+            raise UsageError(f"{path} cannot be read ({exc.strerror or exc}): run opsctl as the user that owns "
+                             f"{folder} (see 'ls -l {folder}') or give this user access; nothing was changed") from None
     state, problem = load_lenient(folder)
     if problem:
         raise UsageError(f"{problem}; run 'opsctl local down --purge' to start over") from None
