@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.keys import BackupKey
 from opsctl.backup.repository import NotFound, Repository
 from opsctl.errors import OperationFailed, UsageError
+
+log = logging.getLogger(__name__)
 
 STALE_AFTER = dt.timedelta(hours=24)
 VERIFIED = "verified.json"  # written by a successful `backup verify`; prune keeps the newest one
@@ -303,11 +306,21 @@ def scan(repo: Repository, key: BackupKey | None | bool = False, pick=None) -> S
         if summary is not None:
             fresh[backup_id] = summary
     if pick is None and rec is not None and idx != fresh:
-        index.write(repo, fresh, key, encrypted)  # rebuilt from the manifests (no-op without the key)
+        _cache(lambda: index.write(repo, fresh, key, encrypted))  # rebuilt from the manifests (no-op without the key)
     # ids made within one second sort by their random part: order by creation time first
     out.sort(key=lambda e: (e.created_at or id_time(e.id) or dt.datetime.min.replace(tzinfo=dt.timezone.utc), e.id))
     authenticated = not (rec is not None and rec.encrypted and key is None)
     return Scan(out, foreign, rec, authenticated, {i: set(f) for i, f in ours.items()})
+
+
+def _cache(write) -> None:
+    """Run an index write a read (`backup list`, the health check's backup age) makes: the
+    index is a cache, so a repository that cannot take it (a full or read-only volume, a
+    restore host's mount) is listed all the same, with a warning (breaker 33 B2)."""
+    try:
+        write()
+    except OperationFailed as exc:
+        log.warning("the catalog index was not updated (%s); the listing is complete without it", exc)
 
 
 def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> tuple[str, dt.datetime] | None:
@@ -345,7 +358,7 @@ def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> t
         if entry.complete and (best is None or (entry.finished_at, backup_id) > best):
             best = (entry.finished_at, backup_id)
     if found and (key is not None or not rec.encrypted):
-        index.update(repo, key, rec.encrypted, found)  # repaired: the next answer reads nothing more
+        _cache(lambda: index.update(repo, key, rec.encrypted, found))  # repaired: the next answer reads nothing more
     for backup_id in sorted(ids, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
         tags = _stamps(repo, backup_id)  # a HEAD per object, no listing
         if mf.NAME not in tags:  # a deleted one drops out

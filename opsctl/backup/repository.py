@@ -373,11 +373,11 @@ class FileRepository(Repository):
         leaf, partial = parts[-1], parts[-1] + PARTIAL
         out = None
         try:
-            try:
-                os.unlink(partial, dir_fd=folder)  # a stale one (or a link planted there): gone, not followed
-            except FileNotFoundError:
-                pass
-            with writing:
+            with writing:  # a read-only volume refuses the unlink of even a missing file
+                try:
+                    os.unlink(partial, dir_fd=folder)  # a stale one (or a link planted there): gone, not followed
+                except FileNotFoundError:
+                    pass
                 out = DirectFile(partial, dir_fd=folder)
             for chunk in chunks:  # an error reading the source is the source's, not the repository's
                 with writing:

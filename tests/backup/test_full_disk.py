@@ -62,3 +62,29 @@ def test_a_full_repository_volume_stops_the_backup_in_one_line_at_every_stage(sm
     for backup_id in (first, second):
         verified = runner.invoke(app, ["backup", "verify", backup_id, "--env", env])
         assert verified.exit_code == 0, verified.output
+
+
+def test_a_full_or_read_only_repository_is_listed_though_its_index_cannot_be_rebuilt(small_volume, seeded, runner,
+                                                                                      tmp_path, monkeypatch):
+    """Breaker 33 B2: `backup list`, a read, rebuilds a missing index and failed when the
+    volume could not take it (full, or mounted read-only as on a restore host), naming only
+    `opsctl-catalog.json.partial`. The index is a cache: the listing comes from the manifests
+    all the same, with a warning, and the repository is left as it was."""
+    import subprocess
+
+    repo = small_volume / "repo"
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{repo}")
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    (repo / "opsctl-catalog.json").unlink()
+    fill(small_volume)
+    before = _names(repo)
+    for state in ("full", "read-only"):
+        if state == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(small_volume)], check=True)
+        result = runner.invoke(app, ["backup", "list", "--env", env, "--json"])
+        assert result.exit_code == 0, (state, result.output)
+        assert [b["id"] for b in json.loads(result.stdout)["backups"]] == [made], result.stdout
+        assert "the catalog index was not updated" in result.stderr, result.stderr
+        assert _names(repo) == before, state
+    subprocess.run(["mount", "-o", "remount,rw", str(small_volume)], check=True)
