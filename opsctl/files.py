@@ -14,7 +14,7 @@ from typing import Any
 from opsctl.errors import MachineFaults
 
 
-def write_json(path: Path, doc: Any, indent: int = 2, private: bool = False,
+def write_json(path: Path, doc: Any, indent: int | None = 2, private: bool = False,
                folder_mode: int = 0o700) -> Path:
     """Write `doc` as JSON to `path` whole; `private`: the file 0600 in a `folder_mode` folder
     (0700; 0711 where another user must pass through, e.g. PostgreSQL's system user)."""

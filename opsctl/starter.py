@@ -7,6 +7,7 @@ from pathlib import Path
 
 from opsctl.config import CONFIG_NAME
 from opsctl.errors import UsageError
+from opsctl.files import write_text
 
 
 def starter_text() -> str:
@@ -23,7 +24,5 @@ def write_starter(folder: Path, force: bool = False) -> Path:
     target = folder / CONFIG_NAME
     if target.exists() and not force:
         raise UsageError(f"{target} already exists; pass --force to overwrite it")
-    tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(starter_text())
-    tmp.replace(target)
+    write_text(target, starter_text())  # whole or not at all; a full disk names the file
     return target

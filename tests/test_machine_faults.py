@@ -72,3 +72,24 @@ def test_only_faults_from_outside_are_worded_as_such():
     named = outside_fault(PermissionError(errno.EACCES, "Permission denied", "/srv/reports/x.xml"))
     assert str(named).startswith("/srv/reports/x.xml: Permission denied; give the user")
     assert "ulimit -n" in str(outside_fault(OSError(errno.EMFILE, "Too many open files")))
+
+
+def test_init_and_a_silence_on_a_full_volume_name_their_file_and_leave_nothing(small_volume, runner, monkeypatch):
+    """Breaker 33 B12, B13: `opsctl init` and `health silence` wrote their own temporaries:
+    on a full volume they said "a file operation" and left an empty `.tmp` behind."""
+    root = small_volume / "ops"
+    root.mkdir()
+    fill(small_volume)
+    line = _one_line(runner.invoke(app, ["init", str(root)]))
+    assert f"writing {root / 'opsctl.yaml'}: No space left on device" in line, line
+    assert list(root.iterdir()) == []
+    (small_volume / "filler").unlink()
+    assert runner.invoke(app, ["init", str(root)]).exit_code == 0
+    monkeypatch.setenv("OPSCTL_ROOT", str(root))
+    monkeypatch.setenv("CI", "true")
+    assert runner.invoke(app, ["health", "silence", "--check", "redis", "--for", "30m"]).exit_code == 0
+    state = sorted(p.relative_to(root) for p in root.rglob("*"))
+    fill(small_volume)
+    line = _one_line(runner.invoke(app, ["health", "silence", "--check", "postgres", "--for", "1h"]))
+    assert "writing " in line and "silences" in line and "No space left on device" in line, line
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == state  # no temporary left

@@ -20,7 +20,6 @@ import datetime as dt
 import fnmatch
 import json
 import logging
-import os
 import secrets
 import socket
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from opsctl.errors import OperationFailed, UsageError
+from opsctl.files import write_json
 from opsctl.redact import credentials, redact
 
 _log = logging.getLogger("opsctl.health")
@@ -100,14 +100,8 @@ def _read(file: Path) -> list[Silence]:
 
 
 def _write(file: Path, silences: list[Silence]) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = file.with_name(f".{file.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps({"silences": [asdict(s) for s in silences]}, indent=1) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, file)
+    # 0600 in a 0700 folder, fsynced, whole or not at all (callers hold _locked(file))
+    write_json(file, {"silences": [asdict(s) for s in silences]}, indent=1, private=True)
 
 
 @contextmanager

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from opsctl.errors import MachineFaults
+from opsctl.files import write_text
 from opsctl.loadtest.summary import RunSummary
 
 
@@ -20,8 +22,7 @@ def write_html(environment: Any, path: Path) -> Path:
     """Locust's own HTML report of `environment`'s stats, written to `path`; returns it."""
     from locust.html import get_html_report
 
-    path.write_text(get_html_report(environment, show_download_link=False), encoding="utf-8")
-    return path
+    return write_text(path, get_html_report(environment, show_download_link=False))  # whole, or named
 
 
 class CsvFiles:
@@ -83,6 +84,11 @@ def write_junit(summary: RunSummary, path: Path) -> Path:
     suite.update_statistics()
     suite.time = summary.run_seconds
     tmp = path.with_name(f".{path.name}.tmp")
-    suite.write(str(tmp), pretty=True)
-    os.replace(tmp, path)
+    with MachineFaults(f"writing {path}"):
+        try:
+            suite.write(str(tmp), pretty=True)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path

@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
-from opsctl.files import private_dir
+from opsctl.files import write_json
 from opsctl.health.checks.http import bounded_request
 from opsctl.health.model import CheckResult, Judge, Status
 
@@ -108,12 +107,7 @@ def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key:
         prev = json.loads(store.read_text())
     except (OSError, ValueError):
         prev = None
-    private_dir(samples_dir)
-    tmp = store.with_suffix(f".{time.monotonic_ns()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # not fsynced: a lost sample costs one window
-    with open(fd, "w") as out:
-        out.write(json.dumps(cur))
-    tmp.replace(store)
+    write_json(store, cur, indent=None, private=True)  # a full disk: one line naming it, no temporary left
 
     judge = Judge()
     depth = cur["queue_depth"]
