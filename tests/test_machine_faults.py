@@ -93,3 +93,20 @@ def test_init_and_a_silence_on_a_full_volume_name_their_file_and_leave_nothing(s
     line = _one_line(runner.invoke(app, ["health", "silence", "--check", "postgres", "--for", "1h"]))
     assert "writing " in line and "silences" in line and "No space left on device" in line, line
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == state  # no temporary left
+
+
+def test_an_s3_repository_without_credentials_is_the_environment_s_fault(runner, tmp_path, monkeypatch):
+    """Breaker 33 B11: exit 2 (a usage error) and "check the S3 endpoint" for missing AWS
+    credentials; the command was right, the environment was not."""
+    (tmp_path / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"e": {
+        "platform": "kubernetes", "aws": {"endpoint_url": "http://127.0.0.1:9"},
+        "backup": {"repository": "s3://backups/opsctl"}}}}))
+    monkeypatch.setenv("OPSCTL_ROOT", str(tmp_path))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    line = _one_line(runner.invoke(app, ["backup", "list", "--env", "e"]))
+    assert "s3://backups/opsctl is unreachable (Unable to locate credentials)" in line, line
+    assert "the AWS credentials" in line, line

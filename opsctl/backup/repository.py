@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.direct_io import DirectFile
 from opsctl.backup.pipeline import BLOCK, IterReader
-from opsctl.errors import MachineFaults, UsageError
+from opsctl.errors import MachineFaults, OperationFailed, UsageError
 
 PARTIAL = ".partial"
 
@@ -607,7 +607,10 @@ def open_repository(url: str | None, project, endpoints) -> Repository:
             raise UsageError(f"backup repository {url}: bucket '{parsed.netloc}' does not exist or is not "
                              "accessible; create it or fix backup.repository in opsctl.yaml") from None
         except BotoCoreError as exc:
-            raise UsageError(f"backup repository {url} is unreachable ({exc}); check the S3 endpoint") from None
+            # the endpoint's or the credentials' fault, not the command's: exit 1 (breaker 33 B11)
+            raise OperationFailed(f"backup repository {url} is unreachable ({' '.join(str(exc).split())}); check the "
+                                  "environment's AWS endpoint (aws.endpoint_url in opsctl.yaml), the network and "
+                                  "the AWS credentials") from None
         return S3Repository(client, parsed.netloc, parsed.path, url)
     raise UsageError(f"backup.repository '{url}' is not s3://bucket/prefix or file:///path; fix it in opsctl.yaml")
 
