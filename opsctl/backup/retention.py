@@ -18,7 +18,7 @@ from typing import Callable
 
 from opsctl.backup import catalog, record
 from opsctl.backup.repository import Repository
-from opsctl.errors import UsageError
+from opsctl.errors import OperationFailed, UsageError
 
 
 @dataclass
@@ -130,10 +130,15 @@ def remove(repo: Repository, backup_id: str, files: set[str] | None = None) -> N
 
     record.check_id(backup_id)
     marker = f"{backup_id}/{mf.IN_PROGRESS}"
-    repo.put_bytes(marker, b'{"deleting": true}')
-    repo.delete_names([f"{backup_id}/{mf.NAME}"])
     if files is None:
         files = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
+    try:
+        repo.put_bytes(marker, b'{"deleting": true}')
+    except OperationFailed:  # a full volume (breaker 33 B1): prune is how its space comes back
+        if mf.IN_PROGRESS not in files:
+            raise  # no start record to keep the folder opsctl's once the manifest is gone
+        # the start record create left (marked done) keeps the folder opsctl's: go on deleting
+    repo.delete_names([f"{backup_id}/{mf.NAME}"])
     repo.delete_names([f"{backup_id}/{f}" for f in sorted(files) if f not in (mf.IN_PROGRESS, mf.NAME)])
     repo.delete_names([marker])
 

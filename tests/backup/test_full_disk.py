@@ -88,3 +88,23 @@ def test_a_full_or_read_only_repository_is_listed_though_its_index_cannot_be_reb
         assert "the catalog index was not updated" in result.stderr, result.stderr
         assert _names(repo) == before, state
     subprocess.run(["mount", "-o", "remount,rw", str(small_volume)], check=True)
+
+
+def test_prune_frees_a_full_repository_volume(small_volume, seeded, runner, tmp_path, monkeypatch):
+    """Breaker 33 B1: prune first rewrote each doomed backup's start record, which a full
+    volume refused, so the command that frees the space could not run. The start record
+    create left keeps the folder opsctl's while it is deleted: prune goes on without it."""
+    repo = small_volume / "repo"
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{repo}")
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    ids = [ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+           for _ in range(3)]
+    fill(small_volume)
+    result = runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(result.stdout)["removed"]) == sorted(ids[:2]), result.stdout
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == [ids[2]]
+    (small_volume / "filler").unlink()
+    listed = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]
+    assert [b["id"] for b in listed] == [ids[2]], listed
+    assert runner.invoke(app, ["backup", "verify", ids[2], "--env", env]).exit_code == 0
