@@ -9,11 +9,9 @@ has one test case per SLO gate, so a CI system shows a breached gate as a failed
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
-from opsctl.errors import MachineFaults
 from opsctl.files import write_text
 from opsctl.loadtest.summary import RunSummary
 
@@ -60,7 +58,7 @@ class CsvFiles:
 def write_junit(summary: RunSummary, path: Path) -> Path:
     """One <testcase> per SLO gate, written with junitparser; a breached gate is a <failure>
     whose message holds the judged figure exactly as the table and --json show it. Written
-    to a temporary name and renamed, so CI never reads half a report."""
+    whole by files.write_text, so CI never reads half a report."""
     from junitparser import Failure, TestCase, TestSuite
 
     suite = TestSuite(f"loadtest {summary.profile} ({summary.env})")
@@ -83,12 +81,4 @@ def write_junit(summary: RunSummary, path: Path) -> Path:
         suite.add_testcase(case)
     suite.update_statistics()
     suite.time = summary.run_seconds
-    tmp = path.with_name(f".{path.name}.tmp")
-    with MachineFaults(f"writing {path}"):
-        try:
-            suite.write(str(tmp), pretty=True)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    return path
+    return write_text(path, suite.tostring())  # whole, as health's report (health/junit.py)
