@@ -281,7 +281,8 @@ class ArchiveServer(_Model):
 class BackupSettings(_Model):
     """`backup:` of an environment: repository URL (s3:// or file://), where the key comes
     from (env var, or a key file), zstd level 1-22, retention, and WAL archiving's
-    `archive_timeout` (seconds) and `archive_queue` (segments)."""
+    `archive_timeout` (seconds) and `archive_queue` (segments); `base_wal_wait` (seconds): how
+    long a base backup waits for its WAL to be archived before it fails."""
 
     repository: str | None = Field(None, description="s3://bucket/prefix or file:///path")
     key_env: str = "OPSCTL_BACKUP_KEY"
@@ -290,6 +291,8 @@ class BackupSettings(_Model):
     retention: Retention = Retention()
     archive_timeout: float = Field(30.0, ge=1, le=3600, description="seconds: WAL archiving's bound on lost commits")
     archive_queue: int = Field(64, ge=1, description="WAL segments queued locally before new ones are dropped")
+    base_wal_wait: float = Field(60.0, ge=0, le=3600, description="seconds a base backup waits for the WAL it "
+                                 "needs to reach the repository (pgBackRest's archive-timeout); 0: no wait")
     archive_servers: dict[str, ArchiveServer] = Field(default_factory=dict,
                                                       description="self-managed servers whose WAL opsctl archives")
 

@@ -74,13 +74,62 @@ def local_state(project: Project, env: Environment):
 
 
 def create_base(project: Project, env: Environment, kind: str = "full", report=None) -> bb.BaseBackup:
-    """A base backup of the embedded platform's PostgreSQL: `kind` full, incremental or auto (bb.take)."""
+    """A base backup of the embedded platform's PostgreSQL: `kind` full, incremental or auto
+    (bb.take), returned once the WAL it needs (start to stop) is in the repository: a restore
+    can start from it. PostgreSQL's wait at the backup's end (pg_basebackup -X none) ends when
+    its archive_command has queued the stop segment locally; the archiver uploads it later,
+    and a verify-chain or a restore run at once found no window from the new base backup.
+    pgBackRest's archive-check waits the same way (archive-timeout). Raises OperationFailed
+    when that WAL does not arrive within `backup.base_wal_wait` seconds (0: no wait), the
+    archiver is not running, or a full queue dropped a segment of it; the base backup stays,
+    restorable once its WAL arrives, and the message says so."""
     from opsctl.local import procs
 
-    _, comp = local_state(project, env)
+    state, comp = local_state(project, env)
     repo, key = sealed_repository(project, env, initialise=True)
     conninfo = f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres"
-    return bb.take(repo, key, conninfo, kind, env.backup.compress_level, report)
+    rec = bb.take(repo, key, conninfo, kind, env.backup.compress_level, report)
+    if env.backup.base_wal_wait:
+        await_wal(repo, state, rec, env.backup.base_wal_wait)
+    return rec
+
+
+def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2) -> None:
+    """Wait, at most `timeout` seconds, until every WAL segment base backup `rec` needs (the one
+    holding its start LSN to the one holding its stop LSN, on its timeline) is in `repo`.
+    OperationFailed, naming the first one missing, when the time is up, a segment was dropped
+    by a full queue (it never comes) or the embedded platform's archiver is not running."""
+    import time
+
+    from opsctl.pitr import local as pitr_local
+
+    needed = [layout.segment(rec.timeline, n) for n in
+              range(layout.segno(layout.lsn(rec.start_lsn)), layout.segno(layout.lsn(rec.stop_lsn)) + 1)]
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        needed = [f for f in needed if not repo.names(layout.wal_prefix(rec.sysid) + f + ".")]
+        if not needed:
+            return
+        first = needed[0]
+        taken = f"base backup {rec.id} was taken, but WAL segment {first}, which a restore from it needs,"
+        after = ("; the base backup is kept and becomes restorable once its WAL is archived "
+                 "('opsctl backup verify-chain' shows it)")
+        if repo.names(layout.dropped_prefix(rec.sysid) + first):
+            raise OperationFailed(f"{taken} was dropped by the full local WAL queue (backup.archive_queue) and "
+                                  "will never be archived; take another base backup once the archiver keeps up")
+        if pitr_local.archiver_pid(state) is None:
+            raise OperationFailed(f"{taken} is not in the repository and the WAL archiver is not running "
+                                  f"('opsctl local up' starts it){after}")
+        if time.monotonic() > deadline:
+            where = "waits in the local queue" if first in pitr_local.queued_wal(state) else "is not in the repository"
+            raise OperationFailed(f"{taken} {where} after {timeout:g} s (backup.base_wal_wait): the archiver is "
+                                  f"behind or stuck; read {state.log('archiver')}{after}")
+        if not told:  # a wait with nothing on screen reads as a hang
+            log.info("waiting up to %g s for the archiver to upload WAL segment %s, which base backup %s needs",
+                     timeout, first, rec.id)
+            told = True
+        time.sleep(poll)
 
 
 @dataclass

@@ -105,7 +105,10 @@ def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_brok
         assert checked.exit_code == 0, checked.output
         assert json.loads(checked.stdout)["windows"][-1]["ends_at"].startswith(f"{queued}: queued"), checked.output
         before = dt.datetime.now(dt.timezone.utc).isoformat()
-        assert pitr.cli(runner, "backup", "base").exit_code == 0
+        # taken and kept, but not restorable until its WAL is archived: said, exit 1
+        taken = pitr.cli(runner, "backup", "base")
+        assert taken.exit_code == 1 and "the WAL archiver is not running" in taken.output, taken.output
+        assert "the base backup is kept" in taken.output, taken.output
         pitr.sql("insert into events(note) values ('after the base backup')")
         pitr.sql("select pg_switch_wal()", db="postgres")
         now = dt.datetime.now(dt.timezone.utc).isoformat()

@@ -578,3 +578,99 @@ def test_a_repository_that_does_not_answer_leaves_the_check_its_own_verdict(pitr
         release.set()
     monkeypatch.undo()
     assert _check(pitr).status == Status.OK
+
+
+def _base_records(pitr) -> set[str]:
+    from opsctl.pitr import base as bb
+    from opsctl.pitr import layout
+
+    return {n for n in pitr.repo().names(layout.base_prefix(pitr.sysid())) if n.endswith("/" + bb.RECORD)}
+
+
+def test_a_base_backup_returns_once_the_wal_it_needs_is_archived(pitr, runner):
+    """CI, session 21: the nightly-backup runbook's verify-chain, run right after its base
+    backup, failed "the chain is broken: ...18 (queued)". PostgreSQL's wait at a base backup's
+    end ends when its archive_command has queued the stop segment locally, and the archiver
+    uploads it later: `backup base` said complete while no restore could start from it. Now it
+    returns once that WAL is in the repository (pgBackRest's archive-check): here the archiver
+    is held until the record is written, and the segment is there when the command returns."""
+    import os
+    import signal
+    import threading
+
+    from opsctl.pitr import layout
+    from opsctl.pitr import local as pitr_local
+
+    pitr.wait_archived()
+    before = _base_records(pitr)
+    pid = pitr_local.archiver_pid(pitr.state())
+    os.kill(pid, signal.SIGSTOP)
+    resumed = threading.Event()
+
+    def resume_after_the_record():
+        deadline = time.monotonic() + 120
+        while _base_records(pitr) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # the command, were it not waiting, has long returned
+        os.kill(pid, signal.SIGCONT)
+        resumed.set()
+
+    waker = threading.Thread(target=resume_after_the_record, daemon=True)
+    waker.start()
+    try:
+        result = pitr.cli(runner, "backup", "base", "--json")
+        listed = pitr.repo().names(layout.wal_prefix(pitr.sysid()))
+    finally:
+        waker.join(130)
+        os.kill(pid, signal.SIGCONT)
+    assert result.exit_code == 0, result.output
+    rec = json.loads(result.stdout)
+    assert resumed.is_set()
+    stop = layout.segment(rec["timeline"], layout.segno(layout.lsn(rec["stop_lsn"])))
+    assert any(n.startswith(layout.wal_prefix(pitr.sysid()) + stop + ".") for n in listed), (stop, rec)
+
+
+def test_a_base_backup_whose_wal_does_not_arrive_fails_naming_it_and_is_kept(pitr, runner):
+    """The other side of the wait: an archiver that is stuck past `backup.base_wal_wait`, or not
+    running at all, fails the base backup (exit 1, one line naming the segment and what to do)
+    instead of waiting on; the base backup is kept, restorable once its WAL is archived."""
+    import os
+    import signal
+
+    import psutil
+    import yaml
+
+    from opsctl.pitr import local as pitr_local
+
+    path = pitr.root / "opsctl.yaml"
+    original = path.read_text()
+    doc = yaml.safe_load(original)
+    doc["environments"]["local"]["backup"]["base_wal_wait"] = 2
+    path.write_text(yaml.safe_dump(doc))
+    pid = pitr_local.archiver_pid(pitr.state())
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            before = _base_records(pitr)
+            stuck = pitr.cli(runner, "backup", "base")
+            kept = _base_records(pitr) - before
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert stuck.exit_code == 1, stuck.output
+        assert "Traceback" not in stuck.output and "waiting up to 2 s" in stuck.output, stuck.output  # said, then
+        (line,) = [ln for ln in stuck.output.splitlines() if ln.startswith("opsctl: error: ")]
+        assert "waits in the local queue after 2 s (backup.base_wal_wait)" in line, line
+        assert "the base backup is kept" in line and len(kept) == 1, (line, kept)
+        assert next(iter(kept)).split("/")[-2] in line, line  # its id is named
+
+        pitr.wait_archived()
+        os.kill(pid, signal.SIGKILL)
+        psutil.wait_procs([psutil.Process(pid)], timeout=10)
+        dead = pitr.cli(runner, "backup", "base")
+        assert dead.exit_code == 1, dead.output
+        assert "the WAL archiver is not running ('opsctl local up' starts it)" in dead.output, dead.output
+    finally:
+        path.write_text(original)
+        pitr.ensure_archiver()
+    pitr.wait_archived()
+    assert pitr.cli(runner, "backup", "base").exit_code == 0  # once archived, as ever
