@@ -216,6 +216,36 @@ def _write_own_stream(path: Path, data: bytes) -> bool:
     return False
 
 
+def append_line(path: Path, line: str, durable: bool = False) -> None:
+    """Append `line` and a newline to `path` (created 0600, kept 0600), whole or not at all.
+
+    A write that fails part way (a full disk) is cut back to the old size: left, the next
+    line would be glued to half of this one and both be unreadable (breaker 33 B4, B9). A
+    last line a crash left unfinished (no newline) is ended first, so this one reads on its
+    own. `durable`: fsynced before returning (a failed fsync cuts the line back too). The
+    folder must exist. Raises OperationFailed naming the file for a machine fault
+    (errors.MachineFaults)."""
+    data = line.encode() + b"\n"
+    with MachineFaults(f"writing {path}"):
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a file made before with other bits: lines may hold messages
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+                if durable:
+                    os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+
 def _private_opener(name: str, flags: int) -> int:
     fd = os.open(name, flags, 0o600)
     os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode otherwise

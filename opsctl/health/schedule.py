@@ -9,12 +9,12 @@ not run twice). `iterations` bounds the loop for tests and for CI; `stop` ends i
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
+from opsctl import files
 from opsctl.errors import MachineFaults, UsageError
 from opsctl.health.alerting import Alert, Alerter
 from opsctl.health.model import SweepResult
@@ -42,27 +42,13 @@ def _next_cron(cron: str, after: float) -> float:
 
 def append_history(path: Path, result: SweepResult, alerts: list[Alert]) -> None:
     """One JSON document per line, appended and flushed: readable while the loop runs.
-    The file is 0600 (a folder created for it 0700). A line is written whole or not at all:
-    a write that fails (a full disk) is cut off again, or the next sweep's line would be
-    glued to half of this one and both be unreadable (breaker 33 B4); OperationFailed
-    names the file."""
+    The file is 0600 (a folder created for it 0700). A line is written whole or not at all
+    (files.append_line: breaker 33 B4); OperationFailed names the file."""
     doc = result.to_dict()
     doc["alerts"] = [{"event": a.event, "check": a.check, "status": a.status} for a in alerts]
-    line = memoryview((json.dumps(doc, separators=(",", ":")) + "\n").encode())
     with MachineFaults(f"writing {path}"):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # a folder made here is private
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # the history holds the checks' messages: owner only
-            size = os.fstat(fd).st_size
-            try:
-                while line:
-                    line = line[os.write(fd, line):]
-            except BaseException:
-                os.ftruncate(fd, size)
-                raise
-        finally:
-            os.close(fd)
+    files.append_line(path, json.dumps(doc, separators=(",", ":")))
 
 
 def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[list[Alert]], None], *,

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from opsctl.errors import UsageError
+from opsctl import files
+from opsctl.errors import MachineFaults, UsageError
 from opsctl.output import to_jsonable
 
 SECRET_KEY = re.compile(r"(password|secret|token|api_?key|credential)", re.I)
@@ -74,15 +75,13 @@ class Journal:
 
     def write(self, kind: str, **fields: Any) -> None:
         """Append one record (`kind` and fields, masked), fsynced, to the 0600 journal; then
-        mirror it when a mirror is set."""
+        mirror it when a mirror is set. OperationFailed naming the journal for a machine fault
+        (a full disk): nothing of the record is left, and the run stops there."""
         doc = _finite(redact(to_jsonable({"type": kind, "time": now(), **fields}), self.mask))
-        private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "a") as handle:
-            handle.write(json.dumps(doc, allow_nan=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        with MachineFaults(f"writing {self.path}"):
+            private_dir(self.path.parent)
+        # whole or not at all, fsynced: a full disk never leaves half a record (breaker 33 B9)
+        files.append_line(self.path, json.dumps(doc, allow_nan=False), durable=True)
         if self.mirror is not None:
             try:
                 self.mirror(self.path)
@@ -140,13 +139,17 @@ def check_run_id(run_id: str) -> str:
 
 
 def parse(text: str) -> list[dict]:
-    """The records of a journal's text; a last line cut short by a crash ends it."""
+    """The records of a journal's text. A line cut short by a crash (power lost mid-write) is
+    passed over: a resumed run's records follow it on lines of their own (files.append_line),
+    and stopping at it would hide them, so a second --resume repeated steps that had run."""
     records = []
     for line in text.splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
-            break
+            continue
+        if isinstance(record, dict) and "type" in record:
+            records.append(record)
     return records
 
 
