@@ -35,7 +35,8 @@ KINDS = ("full", "db", "redis", "files", "rds-snapshot", "elasticache-snapshot")
 @dataclass
 class CreateResult:
     """A backup made: sizes in bytes (raw before compression, stored after), `seconds`, and
-    what the run also removed (retention `pruned`, interrupted `cleaned`) or left (`foreign`)."""
+    what the run also removed (retention `pruned`, interrupted `cleaned`) or left (`foreign`);
+    `prune_failed`: why the retention run after it failed, when it did."""
     id: str
     repository: str
     components: list[str]
@@ -46,6 +47,7 @@ class CreateResult:
     encrypted: bool
     key_id: str | None
     pruned: list[str] = field(default_factory=list)
+    prune_failed: str | None = None  # why retention after the backup failed (the backup stands)
     cleaned: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
 
@@ -239,5 +241,12 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     if any(v is not None for v in (r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly)):
         from opsctl.backup import retention
 
-        result.pruned = retention.prune(repo, r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly).removed
+        try:
+            result.pruned = retention.prune(repo, r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly).removed
+        except Exception as exc:  # noqa: BLE001 - the backup is made: a failed create would be retried (breaker 33 B7)
+            from opsctl.redact import credentials
+
+            result.prune_failed = credentials(str(exc).strip().splitlines()[0] if str(exc).strip()
+                                              else type(exc).__name__)
+            log.warning("backup %s is complete, but retention after it failed: %s", backup_id, result.prune_failed)
     return result

@@ -495,9 +495,11 @@ class FileRepository(Repository):
         except (FileNotFoundError, NotADirectoryError):
             return
         try:
-            os.unlink(parts[-1], dir_fd=folder)
-        except FileNotFoundError:
-            pass
+            with MachineFaults(f"deleting {name} from the backup repository {self.root}"):
+                try:
+                    os.unlink(parts[-1], dir_fd=folder)
+                except FileNotFoundError:
+                    pass
         finally:
             os.close(folder)
 

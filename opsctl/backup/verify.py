@@ -20,6 +20,8 @@ deletes damaged backups, so a healthy one must never be marked by a verify that 
 
 from __future__ import annotations
 
+import logging
+
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -76,13 +78,15 @@ def _damage(exc: BaseException) -> bool:
 @dataclass
 class VerifyResult:
     """`backup verify`'s answer: objects checked and their stored bytes, whether they were
-    decrypted, and per component the restore test's counts (when asked)."""
+    decrypted, and per component the restore test's counts (when asked); `not_recorded`: why
+    the passed verdict could not be kept in the repository (None when it was)."""
     id: str
     ok: bool
     objects: int
     bytes: int
     decrypted: bool
     restore_test: dict = field(default_factory=dict)
+    not_recorded: str | None = None
 
 
 def fetch(repo: Repository, obj: mf.StoredObject, key, target: Path, report: Reporter = quiet) -> None:
@@ -194,9 +198,26 @@ def verify(project: Project, env: Environment, backup_id: str, with_restore: boo
         reason = str(exc) if isinstance(exc, OperationFailed) else f"{type(exc).__name__}: {exc}"
         reason = credentials(reason.strip().splitlines()[0] if reason.strip() else type(exc).__name__)
         if _damage(exc):  # the backup itself is bad: the verdict is kept in the repository
-            catalog.mark_failed(repo, backup_id, reason, key)
-            raise OperationFailed(f"backup {backup_id} failed verification: {reason}; it is marked damaged") from None
+            unmarked = _record(catalog.mark_failed, repo, backup_id, reason, key)
+            raise OperationFailed(f"backup {backup_id} failed verification: {reason}; " + (
+                f"it could not be marked damaged ({unmarked})" if unmarked else "it is marked damaged")) from None
         raise OperationFailed(f"backup {backup_id} could not be verified: {reason}; this says nothing about the "
                               "backup, which is not marked (fix the cause and verify again)") from None
-    catalog.mark_verified(repo, backup_id, with_restore, key)
+    result.not_recorded = _record(catalog.mark_verified, repo, backup_id, with_restore, key)
     return result
+
+
+def _record(mark, *args) -> str | None:
+    """Keep a verdict (`mark(*args)`: catalog.mark_verified or mark_failed) in the repository;
+    why it could not be (a full or read-only volume, a credential that may only read), else
+    None. The verdict stands either way: verify read the backup, and failing the command for
+    its bookkeeping said a sound backup was bad (breaker 33 B8)."""
+    from opsctl.redact import credentials
+
+    try:
+        mark(*args)
+    except Exception as exc:  # noqa: BLE001 - S3's refusals too: bookkeeping never turns the verdict
+        why = credentials(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        logging.getLogger("opsctl.backup").warning("the verdict on backup %s was not recorded in the repository: %s", args[1], why)
+        return why
+    return None

@@ -39,6 +39,7 @@ def create(
         f"{_size(r.stored_bytes)} ({r.ratio}x) in {r.seconds:.1f} s, "
         + (f"encrypted (key id {r.key_id})" if r.encrypted else "NOT encrypted")
         + (f"; pruned {len(r.pruned)}" if r.pruned else "")
+        + (f"; retention FAILED ({r.prune_failed}): 'opsctl backup prune' applies it" if r.prune_failed else "")
         + (f"; left alone (not opsctl's): {', '.join(r.foreign)}" if r.foreign else "")))
 
 
@@ -111,6 +112,9 @@ def verify(
         r = run(project, environment_, backup_id, restore_test, bars.report)
     extra = "".join(f"; restore test {k}: {v.get('rows', v.get('keys'))} {'rows' if k == 'db' else 'keys'} match"
                     for k, v in r.restore_test.items())
+    if r.not_recorded:
+        extra += (f"; the verdict was NOT recorded in the repository ({r.not_recorded}): retention does not "
+                  "count it verified until a verify can write there")
     emit(r, as_json, lambda c: c.print(f"backup [bold]{r.id}[/bold] verified: {r.objects} objects, "
                                        f"{_size(r.bytes)} checked{extra}"))
 

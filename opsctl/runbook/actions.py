@@ -298,11 +298,13 @@ def backup(ctx: Context, type: str = "full", label: str | None = None, compress_
            no_encrypt: bool = False) -> dict:
     """`opsctl backup create` as a step: a backup (`type`: full, db, redis, files, ...) with an
     optional label; `no_encrypt` stores it unencrypted. Outputs: id, components, raw_bytes,
-    stored_bytes, ratio, seconds, pruned."""
+    stored_bytes, ratio, seconds, pruned, prune_failed (why retention after it failed, or
+    None: the backup stands and the step succeeds; a `prune` step fails on it)."""
     from opsctl.backup.create import create
 
     result = to_jsonable(create(ctx.project, ctx.env, type, compress_level, not no_encrypt, label=label))
-    return {k: result[k] for k in ("id", "components", "raw_bytes", "stored_bytes", "ratio", "seconds", "pruned")}
+    return {k: result[k] for k in ("id", "components", "raw_bytes", "stored_bytes", "ratio", "seconds", "pruned",
+                                   "prune_failed")}
 
 
 @action("verify")
