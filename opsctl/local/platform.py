@@ -435,7 +435,12 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
             shutil.rmtree(folder / "run", ignore_errors=True)
             state.path.unlink(missing_ok=True)
         elif problem is None:
-            state.save()
+            try:
+                state.save()
+            except OperationFailed as exc:  # a full disk: what it records is only the stopped PIDs
+                logging.getLogger("opsctl.local").warning(
+                    "everything is stopped, but %s ('local status' finds the processes by their PID files)",
+                    str(exc).split(";")[0])
     if save_error is not None:
         from opsctl.redact import credentials
 

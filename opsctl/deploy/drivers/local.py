@@ -8,6 +8,7 @@ blocks the next one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from filelock import FileLock, Timeout
 
 from opsctl.config import Environment, Project
 from opsctl.deploy.model import ColorState, DeployRecord, Release, upsert
-from opsctl.errors import LeaseHeld, UsageError
+from opsctl.errors import LeaseHeld, OperationFailed, UsageError
 from opsctl.files import write_json
 from opsctl.local import caddy, procs
 from opsctl.local import state as st
@@ -45,7 +46,9 @@ OPERATION = "deploy.lock.operation"  # which non-deploy operation holds it: {"pi
 def deploy_lock(folder: Path, operation: str | None = None) -> Iterator[None]:
     """Hold the file lock `folder/deploy.lock` (released by the OS when the process dies),
     with the holder's PID beside it and, for an operation other than a deploy (`operation`,
-    e.g. "failover"), its name, written first so a reader never sees the PID unnamed.
+    e.g. "failover"), its name, written first so a reader never sees the PID unnamed. When
+    the disk can't take those notes the lock is held all the same (logged): lock_holder then
+    names no holder.
     LeaseHeld (naming the holder, lock_holder) at once when someone else holds it."""
     lock = FileLock(str(folder / LOCK), timeout=0)
     try:
@@ -56,11 +59,16 @@ def deploy_lock(folder: Path, operation: str | None = None) -> Iterator[None]:
         raise LeaseHeld(f"{what} is running on env 'local' (deploy.lock is held); "
                         "wait for it or check 'opsctl status'", holder) from None
     try:
-        # the folder stays 0711: PostgreSQL's system user passes through it to its data directory
-        if operation:
-            write_json(folder / OPERATION, {"pid": os.getpid(), "operation": operation}, private=True,
-                       folder_mode=st.FOLDER_MODE)
-        write_json(folder / OWNER, os.getpid(), private=True, folder_mode=st.FOLDER_MODE)
+        try:
+            # the folder stays 0711: PostgreSQL's system user passes through it to its data directory
+            if operation:
+                write_json(folder / OPERATION, {"pid": os.getpid(), "operation": operation}, private=True,
+                           folder_mode=st.FOLDER_MODE)
+            write_json(folder / OWNER, os.getpid(), private=True, folder_mode=st.FOLDER_MODE)
+        except OperationFailed as exc:  # a full disk (errors.MachineFaults): the file lock is the lease
+            # the holder's name is a note for others; `local down` must still run (breaker 33 B6)
+            (folder / OPERATION).unlink(missing_ok=True)
+            logging.getLogger("opsctl.local").warning("holding the deploy lease unnamed: %s", str(exc).split(";")[0])
         yield
     finally:
         (folder / OWNER).unlink(missing_ok=True)
