@@ -86,14 +86,26 @@ class _JsonLogFormatter(logging.Formatter):
 
 class _RichLater(logging.Handler):
     """rich's RichHandler on the stderr Console, made at the first record it handles, so a
-    command that logs nothing before its work starts loads no rich module for logging."""
+    command that logs nothing before its work starts loads no rich module for logging.
+    Where stderr is no terminal (a CI log, a file, a pipe) a record is one plain line,
+    `LEVEL    message`, never wrapped: rich wraps at 80 columns there and folds a long word,
+    so a path or an id came out cut in two and could not be copied or searched for."""
 
     def __init__(self):
         super().__init__()
         self._rich: logging.Handler | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Hand `record` to the RichHandler (filters on this handler have run already)."""
+        """Hand `record` to the RichHandler (filters on this handler have run already), or
+        write it as one line where stderr is no terminal."""
+        if not _console("stderr").is_terminal:
+            try:
+                stream = sys.stderr  # at each record: a test runner swaps it per command
+                stream.write(f"{record.levelname:<8} {self.format(record)}\n")
+                stream.flush()
+            except Exception:  # noqa: BLE001 - logging's own rule: a failed log line never fails the caller
+                self.handleError(record)
+            return
         if self._rich is None:
             from rich.logging import RichHandler
 

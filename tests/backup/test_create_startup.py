@@ -65,8 +65,19 @@ print(before, "rich.logging" in sys.modules)
 
 def test_rich_loads_at_the_first_log_record_and_the_record_still_reaches_stderr():
     """Text logs go through Rich's handler, made when the first record arrives: setting up
-    logging (every command does, before pg_dump starts) imports no Rich module."""
-    result = subprocess.run([sys.executable, "-c", LOGS], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["[]", "True"]
-    assert "dumping database shop" in result.stderr
+    logging (every command does, before pg_dump starts) imports no Rich module. Where stderr
+    is no terminal (a CI log) a record is one plain line, never wrapped nor folded: Rich wrapped
+    a path at 80 columns in two there. FORCE_COLOR makes Rich take stderr for a terminal."""
+    import os
+
+    tty = subprocess.run([sys.executable, "-c", LOGS], capture_output=True, text=True,
+                         env={**os.environ, "FORCE_COLOR": "1"})
+    assert tty.returncode == 0, tty.stderr[-2000:]
+    assert tty.stdout.split() == ["[]", "True"]
+    assert "dumping database shop" in tty.stderr
+    plain = subprocess.run([sys.executable, "-c", LOGS + "logging.getLogger('opsctl').warning('x' * 200)\n"],
+                           capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                if k not in ("FORCE_COLOR", "TTY_INTERACTIVE")})
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert plain.stdout.split() == ["[]", "False"]  # no Rich at all for a CI log
+    assert plain.stderr.splitlines() == ["WARNING  dumping database shop", "WARNING  " + "x" * 200], plain.stderr
