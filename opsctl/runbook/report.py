@@ -11,12 +11,14 @@ from pathlib import Path
 
 from junitparser import Failure, Skipped, TestCase, TestSuite
 
+from opsctl.files import write_text
 from opsctl.redact import credentials
 
 
 def write_junit(result, path: str) -> Path:
     """Write `result` (engine.RunResult) to `path`: failed steps as <failure>, skipped,
-    done-before and planned ones as <skipped>; times in seconds. Returns the path."""
+    done-before and planned ones as <skipped>; times in seconds. Written whole (a temporary
+    file, then renamed: files.write_text); a machine fault names the file. Returns the path."""
     from opsctl.runbook.engine import StepStatus
 
     suite = TestSuite(result.runbook)
@@ -33,5 +35,4 @@ def write_junit(result, path: str) -> Path:
     suite.update_statistics()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    suite.write(str(target), pretty=True)
-    return target
+    return write_text(target, suite.tostring())  # whole, as health's and the load test's reports
