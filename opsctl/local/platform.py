@@ -85,11 +85,13 @@ def live_pid(state: st.LocalState, key: str) -> int | None:
 
 
 def _stop_any(state: st.LocalState, key: str, pid: int, port: int | None = None,
-              admin_port: int | None = None, timeout: float = 30.0) -> None:
+              admin_port: int | None = None, timeout: float = 30.0, keep: bool = True) -> None:
+    """Stop component `key` (its process `pid`); `keep` False: its data is about to be purged.
+    OperationFailed, the process left running, when Redis can't save its data (rd.stop)."""
     if key == "postgres":
         pg.stop(pid)
     elif key == "redis":
-        rd.stop(pid, port)
+        rd.stop(pid, port, keep=keep)
     elif key == "router":
         caddy.stop(pid, admin_port)
     else:
@@ -377,6 +379,7 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
     stopped: list[str] = []
     save_error: Exception | None = None
     moto_pid = 0  # the moto a failed save left running
+    left: dict[str, OperationFailed] = {}  # components left running, and why (a Redis that could not save)
     with _no_operation_running(folder), st.locked(folder):
         state, problem = st.load_lenient(folder)
         comps = state.components
@@ -420,14 +423,19 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                 except Exception as exc:  # noqa: BLE001 - reported once everything else is stopped
                     save_error, moto_pid = exc, pid
                     continue  # moto stays up: stopping it would lose the objects it holds
-            _stop_any(state, key, pid, comp.port if comp else None, comp.admin_port if comp else None,
-                      timeout=10 if key == "s3" else 30)
+            try:
+                _stop_any(state, key, pid, comp.port if comp else None, comp.admin_port if comp else None,
+                          timeout=10 if key == "s3" else 30, keep=not purge)
+            except OperationFailed as exc:  # Redis that could not save: left running, said at the end
+                left[key] = exc
+                continue
             stopped.append(key)
         if _stop_scratch_servers(state):  # `restore --beside` copies (and any other left on data/)
             stopped.append("postgres-beside")
         for key, comp in comps.items():
-            # moto left running by a failed save stays recorded: `status` shows it, the next `down` saves it
-            if not (key == "s3" and save_error is not None and procs.alive(moto_pid)):
+            # moto left running by a failed save stays recorded: `status` shows it, the next `down` saves it;
+            # so does a Redis that could not write its snapshot
+            if not (key == "s3" and save_error is not None and procs.alive(moto_pid)) and key not in left:
                 comp.pid = None
         if purge:
             shutil.rmtree(folder / "data", ignore_errors=True)
@@ -441,6 +449,10 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                 logging.getLogger("opsctl.local").warning(
                     "everything is stopped, but %s ('local status' finds the processes by their PID files)",
                     str(exc).split(";")[0])
+    if left:
+        more = f"; and saving the S3 objects failed too ({save_error})" if save_error is not None else ""
+        raise OperationFailed(f"stopped {', '.join(stopped) or 'nothing'}, but {'; '.join(map(str, left.values()))}"
+                              f"{more}; free space, then run 'opsctl local down' again")
     if save_error is not None:
         from opsctl.redact import credentials
 

@@ -48,15 +48,25 @@ def ping(port: int) -> bool:
         return False
 
 
-def stop(pid: int | None, port: int | None = None, timeout: float = 15.0) -> bool:
-    """SHUTDOWN SAVE first, so nothing written since the last snapshot is lost."""
+def stop(pid: int | None, port: int | None = None, timeout: float = 15.0, keep: bool = True) -> bool:
+    """Stop the server `pid` (False when it was not running): SHUTDOWN SAVE first, so nothing
+    written since the last snapshot is lost (`keep` False: SHUTDOWN NOSAVE, its data going).
+
+    A server whose final snapshot fails (a full disk) refuses to exit and stays up, holding
+    the data; it is left running and OperationFailed says so. Signalled then, it exited
+    unsaved, and `down` said "stopped" over every write since the last snapshot (breaker 34)."""
     if not procs.alive(pid, "redis-server"):
         return False
     if port:
         import redis
 
-        try:
-            redis.Redis(host=procs.HOST, port=port, socket_timeout=5).shutdown(save=True)
+        try:  # a large dataset's snapshot takes a while: wait for it
+            redis.Redis(host=procs.HOST, port=port, socket_timeout=max(timeout, 60.0)).shutdown(
+                save=keep, nosave=not keep)
+        except redis.ResponseError as exc:  # "Errors trying to SHUTDOWN. Check logs.": the snapshot failed
+            if keep and procs.alive(pid, "redis-server"):
+                raise OperationFailed(f"Redis (PID {pid}) could not write its final snapshot ({exc}; its log says "
+                                      "why, e.g. a full disk): it is left running so its data is not lost") from None
         except redis.RedisError:
             pass  # a closed connection is the normal answer to SHUTDOWN
     return procs.stop(pid, timeout) or True

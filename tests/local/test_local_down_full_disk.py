@@ -36,3 +36,53 @@ def test_local_down_on_a_full_volume_stops_and_says_what_it_could_not_write(smal
     assert f"holding the deploy lease unnamed: writing {folder}" in said and "Traceback" not in said, said
     assert not list(folder.glob(".*.tmp")), list(folder.iterdir())  # nothing half-written left
     assert json.loads((folder / "state.json").read_text())["components"]["redis"]["pid"] == 4_000_000
+
+
+def test_a_redis_that_cannot_save_on_a_full_volume_is_left_running_not_killed(small_volume, runner, monkeypatch):
+    """Breaker 34 F5: Redis's SHUTDOWN SAVE failed on the full volume, Redis refused to exit
+    ("can't exit"), and `down` then signalled it: it exited unsaved, every write since its last
+    snapshot was gone, and `down` listed it "stopped". Now it is left running with its data,
+    `down` says so (exit 1, one line), and once there is room the next `down` saves and stops it."""
+    import os
+
+    import redis
+
+    from opsctl.local import procs
+    from opsctl.local import redis as rd
+    from opsctl.starter import starter_text
+
+    root = small_volume
+    (root / "opsctl.yaml").write_text(starter_text())
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    folder = st.folder_for(root)
+    state = st.LocalState(folder)
+    port = procs.free_port()
+    pid = rd.start(state.data("redis"), port, state.log("redis"), pidfile=state.pidfile("redis"))
+    try:
+        state.components["redis"] = st.Component(port=port, pid=pid)
+        state.save()
+        client = redis.Redis(host=procs.HOST, port=port)
+        for i in range(200):
+            client.set(f"k{i}", os.urandom(10_000))  # 2 MB written since the last snapshot (none)
+        filler = fill(small_volume)
+
+        full = runner.invoke(app, ["local", "down"])
+        assert full.exit_code == 1, full.output
+        (line,) = [ln for ln in full.output.splitlines() if ln.startswith("opsctl: error: ")]
+        assert f"Redis (PID {pid}) could not write its final snapshot" in line, line
+        assert "left running so its data is not lost" in line and "run 'opsctl local down' again" in line, line
+        assert procs.alive(pid, "redis-server") and client.dbsize() == 200
+
+        filler.unlink()
+        freed = runner.invoke(app, ["local", "down", "--json"])
+        assert freed.exit_code == 0, freed.output
+        assert json.loads(freed.stdout)["stopped"] == ["redis"], freed.stdout
+        assert not procs.alive(pid, "redis-server")
+        again = rd.start(state.data("redis"), port, state.log("redis"))  # from its snapshot alone
+        try:
+            assert redis.Redis(host=procs.HOST, port=port).dbsize() == 200
+        finally:
+            rd.stop(again, port, keep=False)
+    finally:
+        procs.stop(pid, 5) if procs.alive(pid, "redis-server") else None
