@@ -90,8 +90,29 @@ def create_base(project: Project, env: Environment, kind: str = "full", report=N
     conninfo = f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres"
     rec = bb.take(repo, key, conninfo, kind, env.backup.compress_level, report)
     if env.backup.base_wal_wait:
-        await_wal(repo, state, rec, env.backup.base_wal_wait)
+        try:
+            await_wal(repo, state, rec, env.backup.base_wal_wait)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM in the wait: the base backup itself is whole
+            raise OperationFailed(f"interrupted while waiting for the WAL base backup {rec.id} needs; the base "
+                                  "backup is kept and becomes restorable once its WAL is archived") from None
     return rec
+
+
+def _dropped_here(state, sysid: str, file: str) -> bool:
+    """Whether the local queue dropped WAL segment `file` of cluster `sysid` (its marker in
+    `<queue>/.dropped/`, which a stopped archiver has not filed in the repository yet; a
+    marker whose header can't be read counts)."""
+    from opsctl.pitr import archive
+    from opsctl.pitr import local as pitr_local
+
+    try:
+        head = (pitr_local.queue_dir(state) / archive.DROPPED / file).read_bytes()
+    except OSError:
+        return False
+    try:
+        return archive.header_sysid(head, file) == sysid
+    except ValueError:
+        return True
 
 
 def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2) -> None:
@@ -115,7 +136,7 @@ def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2
         taken = f"base backup {rec.id} was taken, but WAL segment {first}, which a restore from it needs,"
         after = ("; the base backup is kept and becomes restorable once its WAL is archived "
                  "('opsctl backup verify-chain' shows it)")
-        if repo.names(layout.dropped_prefix(rec.sysid) + first):
+        if repo.names(layout.dropped_prefix(rec.sysid) + first) or _dropped_here(state, rec.sysid, first):
             raise OperationFailed(f"{taken} was dropped by the full local WAL queue (backup.archive_queue) and "
                                   "will never be archived; take another base backup once the archiver keeps up")
         if pitr_local.archiver_pid(state) is None:

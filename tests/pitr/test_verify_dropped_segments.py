@@ -43,6 +43,11 @@ def test_dropped_segments_at_the_archive_s_end_are_named_and_end_the_window(pitr
     dropped = markers()
     assert dropped, "the queue never dropped a segment"
     after = dt.datetime.now(dt.timezone.utc)
+    # a base backup now (after the time restored to below): the full queue drops its WAL too, which will never be archived; said
+    # at once, not as "restorable once its WAL is archived" after the whole wait (breaker 34 F4)
+    base = pitr.cli(runner, "backup", "base")
+    assert base.exit_code == 1 and "was dropped by the full local WAL queue" in base.output, base.output
+    assert "will never be archived; take another base backup" in base.output, base.output
     pitr.ensure_archiver()  # the repository answers again: queue and markers are uploaded
     deadline = time.monotonic() + 60
     while (list((queue / ".dropped").iterdir()) or [p for p in queue.iterdir() if not p.name.startswith(".")]) \
