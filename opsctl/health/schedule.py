@@ -9,13 +9,14 @@ not run twice). `iterations` bounds the loop for tests and for CI; `stop` ends i
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from opsctl import files
-from opsctl.errors import MachineFaults, UsageError
+from opsctl.errors import MachineFaults, OperationFailed, UsageError
 from opsctl.health.alerting import Alert, Alerter
 from opsctl.health.model import SweepResult
 
@@ -51,6 +52,23 @@ def append_history(path: Path, result: SweepResult, alerts: list[Alert]) -> None
     files.append_line(path, json.dumps(doc, separators=(",", ":")))
 
 
+def record(path: Path, result: SweepResult, alerts: list[Alert], quiet: bool = False) -> str | None:
+    """append_history, for a monitor: a line that can't be written (a full disk) is logged
+    (unless `quiet`: a loop says it at the first of a run of failures) and its reason
+    returned, never raised. The sweep's verdict and its alerts stand: a failed write once
+    ended the monitor after its first sweep, and `health --history` exited 1, a Nagios
+    WARNING, over a CRITICAL sweep it did not print (breaker 34 F1, F2)."""
+    try:
+        append_history(path, result, alerts)
+    except OperationFailed as exc:
+        why = str(exc).split(";")[0]
+        if not quiet:
+            logging.getLogger("opsctl.health").warning("the sweep's history line was not written (%s); "
+                                                       "sweeps and alerts go on", why)
+        return why
+    return None
+
+
 def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[list[Alert]], None], *,
          interval: float | None = None, cron: str | None = None, iterations: int | None = None,
          history: Path | None = None, on_sweep: Callable[[SweepResult, list[Alert], float], None] | None = None,
@@ -61,6 +79,7 @@ def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[l
     stop = stop or threading.Event()
     last = None
     done = 0
+    failed = False  # the last history line was not written (said once until one is again)
     next_at = time.time() if interval is not None else _next_cron(cron, time.time())
     while not stop.is_set() and (iterations is None or done < iterations):
         if stop.wait(max(0.0, next_at - time.time())):
@@ -69,7 +88,10 @@ def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[l
         alerts = alerter.observe(last)
         submit(alerts)
         if history is not None:
-            append_history(history, last, alerts)
+            recovered = failed
+            failed = record(history, last, alerts, quiet=failed) is not None
+            if recovered and not failed:
+                logging.getLogger("opsctl.health").info("history lines are written again to %s", history)
         done += 1
         if interval is not None:
             next_at += interval
@@ -80,3 +102,4 @@ def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[l
         if on_sweep:
             on_sweep(last, alerts, next_at)
     return last
+

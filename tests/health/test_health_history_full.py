@@ -33,3 +33,32 @@ def test_a_line_that_does_not_fit_leaves_the_history_as_it_was(small_volume):
     append_history(history, _sweep("after"), [])
     notes = [json.loads(line)["checks"][0]["message"] for line in history.read_text().splitlines()]
     assert notes == ["first", "after"], notes
+
+
+def test_a_history_that_does_not_fit_never_hides_the_verdict_nor_stops_the_monitor(small_volume, local_platform,
+                                                                                  runner, monkeypatch):
+    """Breaker 34 F1, F2: `health --history FILE` on a full volume exited 1 (a Nagios WARNING)
+    over a CRITICAL sweep, printing nothing of it; `--mode continuous` ended after its first
+    sweep, so nothing paged after that. The verdict stands, printed, with its own exit code;
+    the monitor goes on sweeping, and says once that its history is not being written."""
+    from opsctl.cli import app
+
+    monkeypatch.chdir(local_platform.root)
+    local_platform.up()
+    history = small_volume / "history.jsonl"
+    history.touch()  # empty: no page of its own a line could still fit in
+    filler = fill(small_volume)
+
+    once = runner.invoke(app, ["health", "--check", "redis", "--history", str(history), "--json"])
+    doc = json.loads(once.stdout)
+    assert once.exit_code == doc["code"] and doc["checks"][0]["name"] == "redis", once.output
+    said = " ".join(once.stderr.split())
+    assert f"the sweep's history line was not written (writing {history}: No space left on device)" in said, said
+
+    watched = runner.invoke(app, ["health", "--mode", "continuous", "--interval", "0.2", "--iterations", "3",
+                                  "--check", "redis", "--history", str(history), "--json"])
+    assert watched.exit_code in (0, 1, 2), watched.output
+    assert watched.stdout.count('"checks"') == 3, watched.stdout  # all three sweeps, none cut short
+    assert watched.stderr.count("history line was not written") == 1, watched.stderr  # said once
+    assert history.read_bytes() == b""
+    filler.unlink()
