@@ -246,7 +246,9 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         except Exception as exc:  # noqa: BLE001 - the backup is made: a failed create would be retried (breaker 33 B7)
             from opsctl.redact import credentials
 
-            result.prune_failed = credentials(str(exc).strip().splitlines()[0] if str(exc).strip()
+            result.pruned = getattr(exc, "removed", [])  # what it did remove before (breaker 34 F3)
+
+            result.prune_failed = credentials(str(exc).strip().splitlines()[0].split(";")[0] if str(exc).strip()
                                               else type(exc).__name__)
             log.warning("backup %s is complete, but retention after it failed: %s", backup_id, result.prune_failed)
     return result

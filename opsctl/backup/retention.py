@@ -35,6 +35,15 @@ class PruneResult:
     dry_run: bool = False
 
 
+class PruneIncomplete(OperationFailed):
+    """Retention that removed some backups and could not remove others: `removed` holds the
+    ids it did remove (the message names the first it could not, and why)."""
+
+    def __init__(self, message: str, removed: list[str]):
+        super().__init__(message)
+        self.removed = removed
+
+
 def _periods(when: dt.datetime) -> dict[str, tuple]:
     iso = when.isocalendar()
     return {"daily": (when.date(),), "weekly": (iso.year, iso.week), "monthly": (when.year, when.month)}
@@ -93,17 +102,32 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
         return result
     if result.removed and approve is not None:
         approve(f"delete {len(result.removed)} backup(s) from {repo.url}")
+    # one that can't be removed (a read-only folder, a refused delete) stops none of the others,
+    # and what was removed is said: a failure once reported "pruned: []" over two deletions
+    failed: dict[str, str] = {}
     for bid in result.incomplete:
-        repo.abort_uploads(f"{bid}/")
-        remove(repo, bid, scan.files.get(bid))
+        try:
+            repo.abort_uploads(f"{bid}/")
+            remove(repo, bid, scan.files.get(bid))
+        except OperationFailed as exc:
+            failed[bid] = str(exc).split(";")[0]
+    gone = []
     for bid in result.removed + result.damaged:
-        remove(repo, bid, scan.files.get(bid))
-    gone = result.removed + result.damaged
+        try:
+            remove(repo, bid, scan.files.get(bid))
+            gone.append(bid)
+        except OperationFailed as exc:
+            failed[bid] = str(exc).split(";")[0]
     if gone and scan.record is not None:
         from opsctl.backup import index
 
         # one rewrite for the whole prune, whatever it removed
         index.update(repo, getattr(repo, "key", None), scan.record.encrypted, {bid: None for bid in gone})
+    if failed:
+        first = next(iter(failed))
+        removed = [bid for bid in result.removed if bid in gone]
+        raise PruneIncomplete(f"retention removed {len(gone)} backup(s) but could not remove {len(failed)} "
+                              f"({first}: {failed[first]}); 'opsctl backup prune' tries again", removed)
     return result
 
 

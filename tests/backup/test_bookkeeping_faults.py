@@ -36,8 +36,11 @@ def test_a_backup_whose_retention_fails_is_made_and_said(seeded, runner, tmp_pat
     assert doc["pruned"] == [] and "Read-only file system" in doc["prune_failed"], doc
     assert text.exit_code == 0 and "retention FAILED (" in text.stdout, text.output
     assert "'opsctl backup prune' applies it" in text.stdout and "Traceback" not in text.output, text.output
+    # what it did remove before a failure is said (breaker 34 F3): the one made just before
+    # goes, the read-only one stays
+    assert "; pruned 1;" in text.stdout and f"could not remove 1 ({first}: deleting" in text.stdout, text.output
     listed = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]
-    assert doc["id"] in [b["id"] for b in listed], listed
+    assert doc["id"] not in [b["id"] for b in listed] and first in [b["id"] for b in listed], listed
     # `backup prune` itself names what it could not delete, and where
     with read_only(repo / first):
         refused = runner.invoke(app, ["backup", "prune", "--env", env, "--yes"])
