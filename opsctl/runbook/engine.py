@@ -219,8 +219,14 @@ class _Runner:
         self.steps.append(outcome)
         self._notify(outcome)
         if self.journal:
-            self.journal.write("step", id=outcome.id, status=outcome.status, attempts=outcome.attempts,
-                               seconds=outcome.seconds, detail=outcome.detail, outputs=outcome.outputs, **extra)
+            try:
+                self.journal.write("step", id=outcome.id, status=outcome.status, attempts=outcome.attempts,
+                                   seconds=outcome.seconds, detail=outcome.detail, outputs=outcome.outputs, **extra)
+            except OperationFailed as exc:  # a full disk: say what ran unrecorded and how to go on (breaker 34 F9)
+                raise OperationFailed(
+                    f"run {self.journal.run_id} stopped: {str(exc).split(';')[0]}; step '{outcome.id}' ended "
+                    f"({outcome.status}) but is not recorded. Free space, then 'opsctl runbook run {self.book.name} "
+                    f"--resume {self.journal.run_id}' goes on from there and runs '{outcome.id}' again") from None
 
     def _call(self, step: dict, inputs: dict) -> dict:
         """One attempt; returns once the action has ended (or did not stop: _StillRunning)."""
@@ -429,7 +435,10 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
         history.BucketHistory(project, env).fetch(run_id, local)
     records = jr.read(project.root, run_id)
     head = next((r for r in records if r["type"] == "run"), None)
-    if head is None or head["runbook"] != book.name or head["version"] != book.version:
+    if head is None:  # its first line cut short by a crash, or edited: what ran is not known
+        raise UsageError(f"run {run_id}'s journal ({local}) has no readable start record, so what it ran can't "
+                         "be told; it can't be resumed: start a new run")
+    if head["runbook"] != book.name or head["version"] != book.version:
         raise UsageError(f"run {run_id} is not a run of {book.ref}")
     if head["hash"] != digest(locate(project.root, book.ref)):
         raise UsageError(f"{book.ref} changed since run {run_id}; resume needs the very same runbook")

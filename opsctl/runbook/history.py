@@ -51,7 +51,7 @@ class BucketHistory:
         except self.s3.exceptions.NoSuchKey:
             raise UsageError(f"no run '{run_id}' in s3://{self.bucket}/{PREFIX}; "
                              "'opsctl runbook history --env ENV' lists them") from None
-        return jr.parse(body.decode())
+        return jr.parse(body)
 
     def fetch(self, run_id: str, target: Path) -> None:
         """Copy run `run_id`'s journal to `target` (0600 in a 0700 folder), to resume it here."""
@@ -72,7 +72,7 @@ class BucketHistory:
             run_id = key[len(PREFIX):].removesuffix(".jsonl")
             if not jr.RUN_ID.match(run_id):
                 continue
-            found = jr.summary(run_id, jr.parse(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read().decode()))
+            found = jr.summary(run_id, jr.parse(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
             if found and (not name or found["runbook"] == name):
                 out.append(found)
         return out

@@ -138,17 +138,46 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def parse(text: str) -> list[dict]:
-    """The records of a journal's text. A line cut short by a crash (power lost mid-write) is
-    passed over: a resumed run's records follow it on lines of their own (files.append_line),
-    and stopping at it would hide them, so a second --resume repeated steps that had run."""
+# what each kind of record a reader uses must hold, and of what type (opsctl writes them so)
+_SHAPES: dict[str, dict[str, type]] = {
+    "run": {"runbook": str, "version": int, "env": str, "time": str, "hash": str, "params": dict},
+    "step": {"id": str, "status": str},
+    "end": {"status": str, "time": str},
+    "resume": {},
+}
+
+
+def _well_formed(record: object) -> bool:
+    """A record of a kind opsctl writes, with the fields its readers use, of their types;
+    `outputs`, when a step has it, an object."""
+    if not isinstance(record, dict) or record.get("type") not in _SHAPES:
+        return False
+    if record["type"] == "step" and not isinstance(record.get("outputs", {}), dict):
+        return False
+    # bool is an int to isinstance: a version of true is not a version
+    return all(isinstance(record.get(k), t) and not isinstance(record.get(k), bool)
+               for k, t in _SHAPES[record["type"]].items())
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")  # opsctl writes inf and nan as strings (_finite)
+
+
+def parse(text: str | bytes) -> list[dict]:
+    """The records of a journal's text. A line that is not a well-formed record is passed
+    over: one cut short by a crash (power lost mid-write), after which a resumed run's records
+    follow on lines of their own (files.append_line), and stopping at it would hide them, so
+    a second --resume repeated steps that had run; or one that was edited or damaged (bytes
+    that are not UTF-8, NaN, a record without the fields its readers use), which made
+    `runbook history` fail for every run (breaker 34 F8)."""
     records = []
-    for line in text.splitlines():
+    lines = text.split(b"\n") if isinstance(text, bytes) else text.split("\n")
+    for line in lines:
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = json.loads(line, parse_constant=_no_constant)
+        except ValueError:  # UnicodeDecodeError too
             continue
-        if isinstance(record, dict) and "type" in record:
+        if _well_formed(record):
             records.append(record)
     return records
 
@@ -159,7 +188,7 @@ def read(root: Path, run_id: str) -> list[dict]:
     path = runs_dir(root) / f"{check_run_id(run_id)}.jsonl"
     if not path.exists():
         raise UsageError(f"no run '{run_id}' in {runs_dir(root)}; 'opsctl runbook history' lists them")
-    return parse(path.read_text())
+    return parse(path.read_bytes())
 
 
 def summary(run_id: str, records: list[dict]) -> dict | None:
@@ -184,7 +213,7 @@ def summaries(root: Path, name: str | None = None, env_name: str | None = None) 
     for path in sorted(runs_dir(root).glob("*.jsonl"), reverse=True) if runs_dir(root).is_dir() else []:
         if not RUN_ID.match(path.stem):
             continue
-        found = summary(path.stem, parse(path.read_text()))
+        found = summary(path.stem, parse(path.read_bytes()))
         if found and (not name or found["runbook"] == name) and (not env_name or found["env"] == env_name):
             out.append(found)
     return out
