@@ -574,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     # the cluster the supervisor started it for: a label `local up` compares with the data
     # directory's (pitr.local.ensure_archiver); the archiver itself follows the data directory
     parser.add_argument("--sysid", default=None)
+    # the repository it was started to archive into: a label compared the same way, with the
+    # configured one (breaker 34 F7: after backup.repository changed, it went on archiving
+    # into the old one, and base backups in the new one waited for WAL that never came)
+    parser.add_argument("--repository", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     import faulthandler
@@ -591,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         from opsctl.redact import credentials
 
         log.error("%s", credentials(str(exc)))
+        return 2
+    if args.repository is not None and archiver.repo.url != args.repository:
+        log.error("started to archive into %s, but the configuration now names %s; 'opsctl local up' starts "
+                  "the archiver again", args.repository, archiver.repo.url)
         return 2
     os.nice(10)  # the database's backends come first on a busy host; the queue absorbs the delay
     log.info("archiving %s (system %s) into %s", args.queue, archiver.sysid, archiver.repo.url)

@@ -157,6 +157,10 @@ def ensure_archiver(project, env, state) -> str:
         # archiver would file the new cluster's timeline history under the old one
         stop_archiver(state)
         running = archiver_pid(state)
+    want = _configured_repository(project, env)
+    if running is not None and want is not None and _label(running, "--repository") not in (None, want):
+        stop_archiver(state)  # it archives into a repository the configuration no longer names
+        running = archiver_pid(state)
     if running is not None:  # adopted, even when a killed `up` never recorded it
         state.components[COMPONENT] = comp = comp or st.Component(port=0)
         comp.pid = running
@@ -167,7 +171,7 @@ def ensure_archiver(project, env, state) -> str:
         return f"WAL archiving waits in the local queue: {credentials(str(exc))}"
     pid = procs.spawn([sys.executable, "-m", HINT, "--root", str(project.root), "--env", env.name,
                        "--data", str(state.data("postgres")), "--queue", str(queue_dir(state)),
-                       *(["--sysid", sysid] if sysid else [])],
+                       *(["--sysid", sysid] if sysid else []), *(["--repository", want] if want else [])],
                       state.log(COMPONENT), pidfile=state.pidfile(COMPONENT),  # written by the process itself
                       secrets=True)  # the one child that needs the backup key and the repository's credentials
     state.components[COMPONENT] = comp = comp or st.Component(port=0)
@@ -189,13 +193,38 @@ def stop_archiver(state, timeout: float = 30) -> bool:
 def _cluster_of(pid: int) -> str | None:
     """The cluster (`--sysid`) archiver `pid` was started for; None when it names none (one
     started by a version before the label) or is gone."""
+    return _label(pid, "--sysid")
+
+
+def archiving_into(state) -> str | None:
+    """The repository URL this platform's running archiver was started to archive into
+    (`--repository`); None when none runs or it names none."""
+    pid = archiver_pid(state)
+    return _label(pid, "--repository") if pid is not None else None
+
+
+def _label(pid: int, option: str) -> str | None:
+    """The value of `option` on archiver `pid`'s command line; None when it has none (one
+    started by a version before the label) or is gone."""
     import psutil
 
     try:
         argv = psutil.Process(pid).cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return argv[argv.index("--sysid") + 1] if "--sysid" in argv[:-1] else None
+    return argv[argv.index(option) + 1] if option in argv[:-1] else None
+
+
+def _configured_repository(project, env) -> str | None:
+    """The URL of the repository `env` names now; None when it can't be opened (the archiver
+    start says why)."""
+    from opsctl.errors import OpsError
+    from opsctl.pitr.ops import repository
+
+    try:
+        return repository(project, env).url
+    except OpsError:
+        return None
 
 
 def archiver_pid(state) -> int | None:

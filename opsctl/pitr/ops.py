@@ -139,6 +139,10 @@ def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2
         if repo.names(layout.dropped_prefix(rec.sysid) + first) or _dropped_here(state, rec.sysid, first):
             raise OperationFailed(f"{taken} was dropped by the full local WAL queue (backup.archive_queue) and "
                                   "will never be archived; take another base backup once the archiver keeps up")
+        elsewhere = pitr_local.archiving_into(state)
+        if elsewhere is not None and elsewhere != repo.url:  # backup.repository changed since it started
+            raise OperationFailed(f"{taken} is not in the repository: the WAL archiver archives into {elsewhere}, "
+                                  f"not {repo.url}; 'opsctl local up' starts it again for {repo.url}{after}")
         if pitr_local.archiver_pid(state) is None:
             raise OperationFailed(f"{taken} is not in the repository and the WAL archiver is not running "
                                   f"('opsctl local up' starts it){after}")
