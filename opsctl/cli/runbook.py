@@ -75,7 +75,7 @@ def publish(ref: Annotated[str, typer.Argument(help="NAME@VERSION to pin in runb
     from opsctl.runbook import catalog
 
     name, digest = catalog.publish(project().root, ref, _actions())
-    stdout.print(f"published {name} ({digest[:19]}…)")
+    stdout.print(f"published {name} ({digest})", soft_wrap=True)
 
 
 @app.command()

@@ -68,3 +68,28 @@ def test_a_verify_that_cannot_keep_its_verdict_still_gives_it(seeded, runner, tm
     assert ok(runner.invoke(app, ["backup", "verify", made, "--env", env, "--json"]))["not_recorded"] is None
     listed = {b["id"]: b for b in ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
     assert listed[made]["verified"] is True, listed[made]
+
+
+def test_the_hourly_redis_snapshot_says_when_its_retention_failed(seeded, s3, runner, tmp_path, monkeypatch):
+    """Breaker 34 F6: redis-snapshot@1 has no prune step, so a retention run failing after its
+    snapshot left the step ok and the run "succeeded", every hour. Version 2 sends a warning
+    naming the failure; the run still succeeds (the snapshot is made and verified)."""
+    import shutil
+    from pathlib import Path
+
+    repo = tmp_path / "repo"
+    # a kubernetes environment's runs are mirrored to its backup bucket: moto's, made here
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{repo}", aws={"endpoint_url": s3.endpoint_url},
+                   backup={"repository": f"file://{repo}", "retention": {"keep_last": 1}},
+                   buckets={"backups": s3.make_bucket("hourly")})
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "runbooks", tmp_path / "ops" / "runbooks")
+    first = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+    with read_only(repo / first):
+        result = runner.invoke(app, ["runbook", "run", "redis-snapshot", "--env", env, "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    steps = {s["id"]: s for s in doc["steps"]}
+    assert doc["status"] == "succeeded" and steps["retention-alert"]["status"] == "ok", doc["steps"]
+    message = steps["retention-alert"]["outputs"]["message"]
+    assert "the retention run after it FAILED (" in message and first in message, message

@@ -101,5 +101,7 @@ def test_deploy_worker_ten_steps(runner, root):
 
 def test_redis_snapshot(runner, root):
     doc = run_runbook(runner, "redis-snapshot", "--yes")
-    assert _journaled(root, doc) == [("snapshot", "ok"), ("verify", "ok")]
+    # no retention failure: the retention-alert step is skipped (journaled as such)
+    assert _journaled(root, doc) == [("snapshot", "ok"), ("verify", "ok"), ("retention-alert", "skipped")]
     assert doc["steps"][0]["outputs"]["components"] == ["redis"] and doc["steps"][1]["outputs"]["ok"] is True
+    assert doc["steps"][0]["outputs"]["prune_failed"] is None
