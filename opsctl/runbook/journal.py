@@ -60,8 +60,8 @@ def _finite(value: Any) -> Any:
 @dataclass
 class Journal:
     """`mirror`, when set, is called with the file after every write (the run history of a
-    kubernetes environment goes to its backup bucket); a failing mirror is logged once and
-    never stops the run."""
+    kubernetes environment goes to its backup bucket); a failing mirror is logged once,
+    never stops the run, and is tried again only with the run's end record."""
 
     path: Path
     mask: Callable[[Any], Any]
@@ -82,7 +82,9 @@ class Journal:
             private_dir(self.path.parent)
         # whole or not at all, fsynced: a full disk never leaves half a record (breaker 33 B9)
         files.append_line(self.path, json.dumps(doc, allow_nan=False), durable=True)
-        if self.mirror is not None:
+        # after a failure the mirror is tried again only with the run's end record (the whole
+        # journal then): an unreachable bucket cost every record botocore's retries, ~5 s each
+        if self.mirror is not None and (not self._mirror_failed or kind == "end"):
             try:
                 self.mirror(self.path)
             except Exception as exc:  # history must not fail the operation it records

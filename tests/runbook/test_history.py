@@ -81,3 +81,43 @@ def test_local_runs_stay_on_this_machine(runner, ops_root, staging, s3):
 def test_a_run_id_that_is_not_one_is_refused(runner, ops_root, run_id):
     result = runner.invoke(app, ["runbook", "history", "--run", run_id])
     assert result.exit_code == 2 and "is not a run id" in result.output and result.output.count("\n") == 1
+
+
+def test_a_bucket_that_refuses_the_journal_is_tried_once_and_again_at_the_end(runner, ops_root, staging):
+    """An unreachable or refusing bucket was tried after every record (behind botocore's
+    retries: seconds each on a dead endpoint), slowing every step of the run. After the first
+    failure the mirror waits for the run's end record, which stores the whole journal."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    puts: list[str] = []
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            puts.append(self.path)
+            body = b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>"
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+        cfg["environments"]["staging"]["aws"]["endpoint_url"] = f"http://127.0.0.1:{server.server_port}"
+        (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
+        (ops_root / "go.txt").touch()
+        result = runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--json"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "succeeded"
+    assert "journal not stored where the platform is" in result.stderr, result.stderr  # said, once
+    assert result.stderr.count("journal not stored") == 1, result.stderr
+    # the run record (refused), then nothing until the end record: 2 attempts, not one per record (4)
+    assert len(puts) == 2 and all(p.endswith(".jsonl") for p in puts), puts
