@@ -34,8 +34,12 @@ def test_a_report_on_a_full_device_names_it(runner, tmp_path, monkeypatch):
         write_text(Path("/dev/full"), "<testsuites/>")
     (tmp_path / "opsctl.yaml").write_text(json.dumps({"version": 1, "environments": {"e": {"platform": "kubernetes"}}}))
     monkeypatch.setenv("OPSCTL_ROOT", str(tmp_path))
-    line = _one_line(runner.invoke(app, ["health", "--env", "e", "--check", "backup age", "--junit", "/dev/full"]))
-    assert "writing /dev/full: No space left on device" in line, line
+    # the sweep's verdict stands, printed with its own exit code (a Nagios plugin's; breaker 34
+    # F1: a report that could not be written turned CRITICAL into 1, WARNING); the fault is named
+    result = runner.invoke(app, ["health", "--env", "e", "--check", "backup age", "--junit", "/dev/full", "--json"])
+    assert result.exit_code == json.loads(result.stdout)["code"], result.output
+    assert "the JUnit report was not written: writing /dev/full: No space left on device" in result.stderr, \
+        result.stderr
 
 
 def test_a_state_file_on_a_full_volume_keeps_its_previous_version_and_no_temporary(small_volume):
