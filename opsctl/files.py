@@ -40,7 +40,8 @@ def write_json(path: Path, doc: Any, indent: int | None = 2, private: bool = Fal
 _NAME_MAX = 255  # bytes in one file name (Linux, macOS); a report is written as `.{name}.tmp` first
 
 
-def report_path(value: str | os.PathLike | None, option: str, make: bool = True) -> Path | None:
+def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
+                example: str = "report.xml") -> Path | None:
     """Where a report a caller asked for is written (`option` names it in errors, e.g.
     '--junit'): the path made absolute (symlinks kept: /dev/stdout stays itself; a link's
     target is what `write_text` replaces) and (`make`) its folder created, checked before any work so a long run never ends on a path it can't
@@ -48,13 +49,14 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True)
     mode) when it first writes. An existing file that is not a regular one (/dev/null, a FIFO,
     /dev/stdout) is written in place by `write_text`, never replaced. UsageError (exit 2) when
     it names a folder (or ends in '/'), its name is too long for the temporary name beside it,
-    or its folder can't be made (a file in the way, no permission); None for None or ''."""
+    or its folder can't be made (a file in the way, no permission); None for None or ''.
+    `example`: the file name a refusal of a folder suggests (a JSON-lines history is no .xml)."""
     from opsctl.errors import UsageError
 
     if not value:
         return None
     if str(value).endswith(("/", os.sep)):
-        raise UsageError(f"{option} {value} is a folder; give a file path such as {value}report.xml")
+        raise UsageError(f"{option} {value} is a folder; give a file path such as {value}{example}")
     try:
         path = Path(value).expanduser().absolute()
         target, in_place = _target(path)
@@ -74,7 +76,7 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True)
             raise UsageError(f"{option}: file name {path.name[:40]}... is longer than {_NAME_MAX - 5} bytes; "
                              "give a shorter one")
         if path.is_dir():
-            raise UsageError(f"{option} {value} is a folder; give a file path such as {path / 'report.xml'}")
+            raise UsageError(f"{option} {value} is a folder; give a file path such as {path / example}")
         folder = target.parent  # a symlink's target is what is written (`write_text`)
         while not folder.exists():  # the nearest folder that exists is where the rest would be made
             folder = folder.parent

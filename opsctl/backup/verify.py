@@ -200,7 +200,8 @@ def verify(project: Project, env: Environment, backup_id: str, with_restore: boo
         if _damage(exc):  # the backup itself is bad: the verdict is kept in the repository
             unmarked = _record(catalog.mark_failed, repo, backup_id, reason, key)
             raise OperationFailed(f"backup {backup_id} failed verification: {reason}; " + (
-                f"it could not be marked damaged ({unmarked})" if unmarked else "it is marked damaged")) from None
+                f"it could not be marked damaged ({unmarked}): until it is, `backup list` and retention go by the "
+                "verdict the repository last recorded" if unmarked else "it is marked damaged")) from None
         raise OperationFailed(f"backup {backup_id} could not be verified: {reason}; this says nothing about the "
                               "backup, which is not marked (fix the cause and verify again)") from None
     result.not_recorded = _record(catalog.mark_verified, repo, backup_id, with_restore, key)

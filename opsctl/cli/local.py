@@ -25,12 +25,14 @@ def up(as_json: JsonOpt = False) -> None:
 
     def table() -> Table:
         t = Table("component", "state", box=None)
-        for name in platform.ORDER:
+        # the archiver and a known-good worker kept warm come after the five, when `up` reaches them
+        for name in dict.fromkeys([*platform.ORDER, *steps]):
             t.add_row(name, steps.get(name, "[dim]waiting[/dim]"))
         return t
 
     styles = {"checking": "[cyan]checking…[/cyan]", "starting": "[yellow]starting…[/yellow]",
-              "ok": "[green]started[/green]", "kept": "[green]running (kept)[/green]"}
+              "ok": "[green]started[/green]", "kept": "[green]running (kept)[/green]",
+              "waiting": "[yellow]not started (see the warning)[/yellow]"}
     with Live(table(), console=stderr, transient=as_json, refresh_per_second=8) as live:
         def progress(component: str, state: str) -> None:
             steps[component] = styles[state]

@@ -181,7 +181,8 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
     """Start (or repair) the embedded platform of `project` in dependency order (ORDER):
     what is healthy and finished starting is kept, anything else is stopped and started
     again. `env` defaults to `local` (UsageError for a non-local platform); `progress` is
-    called with (component, "checking" | "starting" | "ok" | "kept"). Raises OperationFailed
+    called with (component, "checking" | "starting" | "ok" | "kept", or "waiting": the WAL
+    archiver could not start, its reason logged). Raises OperationFailed
     naming the component that failed."""
     env = _local_env(project, env)
     notify = progress or (lambda _c, _s: None)
@@ -238,11 +239,17 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
                 notify(key, "ok")
         from opsctl.pitr import local as pitr
 
-        archiving = pitr.archiver_pid(state) is not None
+        notify(pitr.COMPONENT, "checking")
+        before = pitr.archiver_pid(state)
         if note := pitr.ensure_archiver(project, env, state):  # drains the WAL queue into the repository
             logging.getLogger("opsctl.local").warning("%s", note)
-        elif not archiving:  # started now (after a crash of it too): said as any component is
+            notify(pitr.COMPONENT, "waiting")
+        elif pitr.archiver_pid(state) != before:  # started now (after a crash, or for another repository)
             result.started.append(pitr.COMPONENT)
+            notify(pitr.COMPONENT, "ok")
+        else:
+            result.kept.append(pitr.COMPONENT)
+            notify(pitr.COMPONENT, "kept")
         state.save()
         router = state.components["router"]
         upstream = state.components[wk.name(state.active_color)].port
@@ -461,8 +468,9 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
             raise OperationFailed(f"{why}; moto (PID {moto_pid}) is gone, and with it what it held that was not in "
                                   f"the previous copy in {state.data('s3')}, which is kept: 'opsctl local up' starts "
                                   "from it ('opsctl backup verify-chain' names WAL that went with it)")
-        raise OperationFailed(f"{why}; moto is left running so they are not lost, and "
-                              f"the previous copy in {state.data('s3')} is kept; run 'opsctl local down' again")
+        kept = (f", and the previous copy in {state.data('s3')} is kept" if state.data("s3").exists() else "")
+        raise OperationFailed(f"{why}; moto is left running so they are not lost{kept}; run 'opsctl local down' "
+                              "again")
     return stopped
 
 

@@ -62,3 +62,6 @@ def test_a_history_that_does_not_fit_never_hides_the_verdict_nor_stops_the_monit
     assert watched.stderr.count("history line was not written") == 1, watched.stderr  # said once
     assert history.read_bytes() == b""
     filler.unlink()
+    # a folder given for the history is refused suggesting a JSON-lines file, not a report.xml
+    folder = runner.invoke(app, ["health", "--check", "redis", "--history", str(small_volume)])
+    assert folder.exit_code == 2 and f"such as {small_volume / 'history.jsonl'}" in folder.output, folder.output
