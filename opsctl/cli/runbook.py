@@ -124,7 +124,15 @@ def history(
 
     if run_id:
         records = past.records(project(), run_id, env_name)
-        emit(records, as_json, lambda c: [c.print(r, markup=False) for r in records])
+
+        def show(console):
+            from opsctl.cli.tables import print_whole
+
+            print_whole(console, ["time", "record", "step", "status", "detail"],
+                        [[r.get("time", "-"), r["type"], r.get("id", "-"), r.get("status", "-"), _detail(r)]
+                         for r in records], wrap="detail")
+
+        emit(records, as_json, show)
         return
     rows = past.runs(project(), env_name, name)
 
@@ -138,6 +146,21 @@ def history(
                      for r in rows])
 
     emit(rows, as_json, render)
+
+
+def _detail(record: dict) -> str:
+    """What one journal record says beyond its kind, step and status, for people."""
+    import json
+
+    if record["type"] == "run":
+        return (f"{record['runbook']}@{record['version']} on {record['env']}, parameters "
+                f"{json.dumps(record['params'], sort_keys=True)}")
+    if record["type"] == "resume":
+        done = record.get("done") or []
+        return f"resumed; done before: {', '.join(map(str, done)) or 'nothing'}"
+    if record["type"] == "step":
+        return str(record.get("detail") or "")
+    return ""
 
 
 def register(root: typer.Typer) -> None:

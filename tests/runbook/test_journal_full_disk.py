@@ -118,6 +118,11 @@ def test_damaged_journal_lines_are_passed_over_by_history_and_resume(runner, ops
     shown = runner.invoke(app, ["runbook", "history", "--run", failed["run_id"], "--json"])
     assert shown.exit_code == 0 and "NaN" not in shown.stdout, shown.output
     json.loads(shown.stdout)  # one JSON document
+    # and for people: one row per record, at 80 columns, never a Python dict's repr
+    text = runner.invoke(app, ["runbook", "history", "--run", failed["run_id"]], env={"COLUMNS": "80"})
+    assert text.exit_code == 0 and "{'type'" not in text.stdout, text.output
+    assert "three@1 on local, parameters {}" in " ".join(text.stdout.split()), text.stdout
+    assert all(len(line) <= 80 for line in text.stdout.splitlines()), text.stdout
 
     (ops_root / "go").touch()
     resumed = run_runbook(runner, "three", "--resume", failed["run_id"])
