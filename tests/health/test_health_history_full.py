@@ -55,11 +55,15 @@ def test_a_history_that_does_not_fit_never_hides_the_verdict_nor_stops_the_monit
     said = " ".join(once.stderr.split())
     assert f"the sweep's history line was not written (writing {history}: No space left on device)" in said, said
 
+    report = small_volume / "health.xml"
     watched = runner.invoke(app, ["health", "--mode", "continuous", "--interval", "0.2", "--iterations", "3",
-                                  "--check", "redis", "--history", str(history), "--json"])
+                                  "--check", "redis", "--history", str(history), "--junit", str(report), "--json"])
     assert watched.exit_code in (0, 1, 2), watched.output
     assert watched.stdout.count('"checks"') == 3, watched.stdout  # all three sweeps, none cut short
     assert watched.stderr.count("history line was not written") == 1, watched.stderr  # said once
+    # the JUnit report too (breaker 35 F2: the monitor ended on it after its first sweep, exit 1)
+    assert watched.stderr.count("the JUnit report was not written") == 1, watched.stderr
+    assert not report.exists()
     assert history.read_bytes() == b""
     filler.unlink()
     # a folder given for the history is refused suggesting a JSON-lines file, not a report.xml
