@@ -73,11 +73,28 @@ def select(backups: list[tuple[str, dt.datetime, bool]], keep_last: int | None, 
     return keep
 
 
+def select_by_kind(entries: list, keep_last: int | None, keep_daily: int | None, keep_weekly: int | None,
+                   keep_monthly: int | None) -> dict[str, str]:
+    """`select` applied to each kind of backup on its own: the complete catalog entries
+    grouped by what they hold (their components: db+files+redis, redis, ...), as restic's
+    `forget` applies its policy per group (`--group-by host,paths`). Counted together,
+    three hourly Redis snapshots with keep_last 3 deleted the one backup holding the
+    database (breaker 35 F3). {id: why kept}; with more than one kind the reason names it."""
+    kinds: dict[tuple[str, ...], list[tuple[str, dt.datetime, bool]]] = {}
+    for e in entries:
+        kinds.setdefault(tuple(sorted(e.components)), []).append((e.id, e.created_at, e.verified))
+    keep: dict[str, str] = {}
+    for kind, members in kinds.items():
+        for bid, why in select(members, keep_last, keep_daily, keep_weekly, keep_monthly).items():
+            keep[bid] = f"{why} of {'+'.join(kind) or 'nothing'}" if len(kinds) > 1 else why
+    return keep
+
+
 def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None = None,
           keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False,
           approve: Callable[[str], None] | None = None) -> PruneResult:
-    """Apply the rules to `repo`: one scan of the catalog (catalog.scan), then the deletions
-    and one rewrite of the index. `dry_run`: only the answer. `approve(question)` is called
+    """Apply the rules to `repo`, to each kind of backup on its own (select_by_kind): one
+    scan of the catalog (catalog.scan), then the deletions and one rewrite of the index. `dry_run`: only the answer. `approve(question)` is called
     before any complete backup is deleted (raise UsageError to refuse: nothing is deleted);
     None deletes without asking (retention after `backup create`, runbook steps).
     Raises UsageError without a rule, or in an encrypted repository read without its key."""
@@ -90,7 +107,7 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
                          "can be authenticated, so nothing is pruned; set the backup key")
     entries = scan.entries
     complete = [(e.id, e.created_at, e.verified) for e in entries if e.complete]
-    keep = select(complete, keep_last, keep_daily, keep_weekly, keep_monthly)
+    keep = select_by_kind([e for e in entries if e.complete], keep_last, keep_daily, keep_weekly, keep_monthly)
     result = PruneResult(dry_run=dry_run, reasons=keep)
     result.kept = [bid for bid, _, _ in complete if bid in keep]
     result.removed = [bid for bid, _, _ in complete if bid not in keep]
