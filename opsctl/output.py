@@ -65,6 +65,16 @@ def emit(result: Any, as_json: bool, render: Callable[[Console], None] | None = 
         _console("stdout").print(to_jsonable(result))
 
 
+def stop_live(live: Any) -> None:
+    """Stop a rich Live view. Where its console is no terminal, its last line is ended: Rich
+    prints the final view there without a newline, and the next line (an error, or a summary
+    on stdout merged into one CI log) was glued onto its last row, out of reach of a
+    `grep '^opsctl: error'` (breaker 35 F5)."""
+    live.stop()
+    if not live.console.is_terminal and not live.transient:
+        live.console.line()
+
+
 class _JsonLogFormatter(logging.Formatter):
     """One JSON object per line, for log shippers and CI log parsers."""
 

@@ -143,7 +143,8 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
     if failed:
         first = next(iter(failed))
         removed = [bid for bid in result.removed if bid in gone]
-        raise PruneIncomplete(f"retention removed {len(gone)} backup(s) but could not remove {len(failed)} "
+        named = f" ({', '.join(gone)})" if gone else ""
+        raise PruneIncomplete(f"retention removed {len(gone)} backup(s){named} but could not remove {len(failed)} "
                               f"({first}: {failed[first]}); 'opsctl backup prune' tries again", removed)
     return result
 

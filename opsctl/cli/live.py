@@ -19,7 +19,7 @@ def steps_view(title: str, quiet: bool, row: Callable[[Any], Sequence[str]],
     from rich.live import Live
     from rich.table import Table
 
-    from opsctl.output import stderr
+    from opsctl.output import stderr, stop_live
 
     steps: list = []
     live: list[Live] = []
@@ -44,7 +44,7 @@ def steps_view(title: str, quiet: bool, row: Callable[[Any], Sequence[str]],
         yield notify
     finally:
         if live:
-            live[0].stop()
+            stop_live(live[0])
 
 
 def status(text: str) -> str:

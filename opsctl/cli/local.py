@@ -19,7 +19,7 @@ def up(as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     from opsctl.local import platform
-    from opsctl.output import emit, stderr
+    from opsctl.output import emit, stderr, stop_live
 
     steps: dict[str, str] = {}
 
@@ -33,12 +33,16 @@ def up(as_json: JsonOpt = False) -> None:
     styles = {"checking": "[cyan]checking…[/cyan]", "starting": "[yellow]starting…[/yellow]",
               "ok": "[green]started[/green]", "kept": "[green]running (kept)[/green]",
               "waiting": "[yellow]not started (see the warning)[/yellow]"}
-    with Live(table(), console=stderr, transient=as_json, refresh_per_second=8) as live:
+    live = Live(table(), console=stderr, transient=as_json, refresh_per_second=8)
+    live.start()
+    try:
         def progress(component: str, state: str) -> None:
             steps[component] = styles[state]
             live.update(table())
 
         result = platform.up(project(), progress=progress)
+    finally:
+        stop_live(live)
     emit(result, as_json, lambda c: c.print(f"platform up: router on [bold]{result.router_url}[/bold] "
                                             f"(started: {', '.join(result.started) or 'nothing'})"))
 

@@ -82,19 +82,19 @@ def create_base(project: Project, env: Environment, kind: str = "full", report=N
     pgBackRest's archive-check waits the same way (archive-timeout). Raises OperationFailed
     when that WAL does not arrive within `backup.base_wal_wait` seconds (0: no wait), the
     archiver is not running, or a full queue dropped a segment of it; the base backup stays,
-    restorable once its WAL arrives, and the message says so."""
+    restorable once its WAL arrives, and the message says so. With `base_wal_wait` 0 it does
+    not wait, but a segment already dropped, or no archiver running, still fails it."""
     from opsctl.local import procs
 
     state, comp = local_state(project, env)
     repo, key = sealed_repository(project, env, initialise=True)
     conninfo = f"host={procs.HOST} port={comp.port} user=postgres dbname=postgres"
     rec = bb.take(repo, key, conninfo, kind, env.backup.compress_level, report)
-    if env.backup.base_wal_wait:
-        try:
-            await_wal(repo, state, rec, env.backup.base_wal_wait)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM in the wait: the base backup itself is whole
-            raise OperationFailed(f"interrupted while waiting for the WAL base backup {rec.id} needs; the base "
-                                  "backup is kept and becomes restorable once its WAL is archived") from None
+    try:  # base_wal_wait 0 waits not, but a segment dropped or no archiver is still said (breaker 35 F1)
+        await_wal(repo, state, rec, env.backup.base_wal_wait)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM in the wait: the base backup itself is whole
+        raise OperationFailed(f"interrupted while waiting for the WAL base backup {rec.id} needs; the base "
+                              "backup is kept and becomes restorable once its WAL is archived") from None
     return rec
 
 
@@ -116,8 +116,9 @@ def _dropped_here(state, sysid: str, file: str) -> bool:
 
 
 def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2) -> None:
-    """Wait, at most `timeout` seconds, until every WAL segment base backup `rec` needs (the one
-    holding its start LSN to the one holding its stop LSN, on its timeline) is in `repo`.
+    """Wait, at most `timeout` seconds (0: not at all), until every WAL segment base backup
+    `rec` needs (the one holding its start LSN to the one holding its stop LSN, on its
+    timeline) is in `repo`.
     OperationFailed, naming the first one missing, when the time is up, a segment was dropped
     by a full queue (it never comes) or the embedded platform's archiver is not running."""
     import time
@@ -136,7 +137,10 @@ def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2
         taken = f"base backup {rec.id} was taken, but WAL segment {first}, which a restore from it needs,"
         after = ("; the base backup is kept and becomes restorable once its WAL is archived "
                  "('opsctl backup verify-chain' shows it)")
-        if repo.names(layout.dropped_prefix(rec.sysid) + first) or _dropped_here(state, rec.sysid, first):
+        lost = next((f for f in needed if repo.names(layout.dropped_prefix(rec.sysid) + f)
+                     or _dropped_here(state, rec.sysid, f)), None)
+        if lost is not None:
+            taken = f"base backup {rec.id} was taken, but WAL segment {lost}, which a restore from it needs,"
             raise OperationFailed(f"{taken} was dropped by the full local WAL queue (backup.archive_queue) and "
                                   "will never be archived; take another base backup once the archiver keeps up")
         elsewhere = pitr_local.archiving_into(state)
@@ -146,6 +150,8 @@ def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2
         if pitr_local.archiver_pid(state) is None:
             raise OperationFailed(f"{taken} is not in the repository and the WAL archiver is not running "
                                   f"('opsctl local up' starts it){after}")
+        if not timeout:  # asked not to wait: what is on its way may arrive
+            return
         if time.monotonic() > deadline:
             where = "waits in the local queue" if first in pitr_local.queued_wal(state) else "is not in the repository"
             raise OperationFailed(f"{taken} {where} after {timeout:g} s (backup.base_wal_wait): the archiver is "

@@ -39,6 +39,7 @@ def test_a_backup_whose_retention_fails_is_made_and_said(seeded, runner, tmp_pat
     # what it did remove before a failure is said (breaker 34 F3): the one made just before
     # goes, the read-only one stays
     assert "; pruned 1;" in text.stdout and f"could not remove 1 ({first}: deleting" in text.stdout, text.output
+    assert f"retention removed 1 backup(s) ({doc['id']})" in text.stdout, text.output  # named, not only counted
     listed = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]
     assert doc["id"] not in [b["id"] for b in listed] and first in [b["id"] for b in listed], listed
     # `backup prune` itself names what it could not delete, and where

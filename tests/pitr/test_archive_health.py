@@ -669,6 +669,11 @@ def test_a_base_backup_whose_wal_does_not_arrive_fails_naming_it_and_is_kept(pit
         dead = pitr.cli(runner, "backup", "base")
         assert dead.exit_code == 1, dead.output
         assert "the WAL archiver is not running ('opsctl local up' starts it)" in dead.output, dead.output
+        # base_wal_wait 0 waits not, but no archiver is still said (breaker 35 F1: "complete", exit 0)
+        doc["environments"]["local"]["backup"]["base_wal_wait"] = 0
+        path.write_text(yaml.safe_dump(doc))
+        unwaited = pitr.cli(runner, "backup", "base")
+        assert unwaited.exit_code == 1 and "the WAL archiver is not running" in unwaited.output, unwaited.output
     finally:
         path.write_text(original)
         pitr.ensure_archiver()

@@ -47,6 +47,9 @@ def test_a_record_that_does_not_fit_leaves_no_half_line_and_the_run_resumes_whol
     (path,) = journal.runs_dir(root).glob("*.jsonl")
     assert full.exit_code == 1, full.output
     assert f"writing {path}: No space left on device" in full.output and "Traceback" not in full.output, full.output
+    # the error starts a line of its own after the step table (breaker 35 F5: Rich ended the
+    # table without a newline where stderr is no terminal, and the error was glued to it)
+    assert [ln for ln in full.stderr.splitlines() if ln.startswith("opsctl: error: run ")], full.stderr
     # what ran unrecorded, and how to go on (breaker 34 F9: "run it again" read as a new run)
     assert f"run {path.stem} stopped" in full.output and "step 'one' ended (ok) but is not recorded" in full.output
     assert f"'opsctl runbook run fills --resume {path.stem}' goes on from there and runs 'one' again" in full.output
