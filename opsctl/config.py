@@ -291,7 +291,7 @@ class BackupSettings(_Model):
     retention: Retention = Retention()
     archive_timeout: float = Field(30.0, ge=1, le=3600, description="seconds: WAL archiving's bound on lost commits")
     archive_queue: int = Field(64, ge=1, description="WAL segments queued locally before new ones are dropped")
-    base_wal_wait: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False, description="seconds a base backup waits for the WAL it "
+    base_wal_wait: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False, strict=True, description="seconds a base backup waits for the WAL it "
                                  "needs to reach the repository (pgBackRest's archive-timeout); 0: no wait")
     archive_servers: dict[str, ArchiveServer] = Field(default_factory=dict,
                                                       description="self-managed servers whose WAL opsctl archives")

@@ -38,9 +38,11 @@ class Endpoints:
     # credentials for the embedded S3 only; cloud environments use the AWS credential chain
     aws_credentials: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def s3_client(self):
+    def s3_client(self, retries: int = 8, timeout: float | None = None):
         """A boto3 S3 client for this environment (its endpoint, region, profile or embedded
-        credentials), retrying in adaptive mode up to 8 attempts."""
+        credentials), retrying in adaptive mode up to `retries` times after the first attempt
+        (botocore's `max_attempts`, which does not count the first); `timeout`: seconds to
+        connect and to wait for each read (botocore's defaults, 60 s, when None)."""
         import boto3
         from botocore.config import Config
 
@@ -49,8 +51,10 @@ class Endpoints:
         if self.aws_credentials:
             kwargs = {"aws_access_key_id": self.aws_credentials["AWS_ACCESS_KEY_ID"],
                       "aws_secret_access_key": self.aws_credentials["AWS_SECRET_ACCESS_KEY"]}
+        times = {"connect_timeout": timeout, "read_timeout": timeout} if timeout is not None else {}
         return session.client("s3", endpoint_url=self.s3_endpoint_url, region_name=self.aws_region,
-                              config=Config(retries={"max_attempts": 8, "mode": "adaptive"}), **kwargs)
+                              config=Config(retries={"max_attempts": retries, "mode": "adaptive"}, **times),
+                              **kwargs)
 
 
 def resolve(project: Project, env: Environment) -> Endpoints:

@@ -454,7 +454,7 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                 state.save()
             except OperationFailed as exc:  # a full disk: what it records is only the stopped PIDs
                 logging.getLogger("opsctl.local").warning(
-                    "everything is stopped, but %s ('local status' finds the processes by their PID files)",
+                    "the state file was not updated: %s ('local status' finds the processes by their PID files)",
                     str(exc).split(";")[0])
     if left:
         more = f"; and saving the S3 objects failed too ({save_error})" if save_error is not None else ""

@@ -18,6 +18,7 @@ from opsctl.runbook import journal as jr
 
 PREFIX = "runbook-runs/"
 LIST_LIMIT = 200  # newest journals read by `history`
+TIMEOUT = 10.0  # seconds to connect to the bucket, and for each read
 
 
 class BucketHistory:
@@ -33,9 +34,11 @@ class BucketHistory:
 
     @property
     def s3(self):
-        """The S3 client of the environment (created on first use)."""
+        """The S3 client of the environment (created on first use). Journals are small: a
+        bucket that does not answer within TIMEOUT seconds, twice, has failed; with botocore's
+        defaults a stalled endpoint held a run five minutes before its first step (breaker 35)."""
         if self._client is None:
-            self._client = self._endpoints.s3_client()
+            self._client = self._endpoints.s3_client(retries=1, timeout=TIMEOUT)
         return self._client
 
     def save(self, path: Path) -> None:

@@ -32,7 +32,7 @@ def test_local_down_on_a_full_volume_stops_and_says_what_it_could_not_write(smal
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["stopped"] == [], result.stdout
     said = " ".join(result.stderr.split())  # the log handler wraps at the terminal's width
-    assert f"everything is stopped, but writing {folder / 'state.json'}: No space left on device" in said, said
+    assert f"the state file was not updated: writing {folder / 'state.json'}: No space left on device" in said, said
     assert f"holding the deploy lease unnamed: writing {folder}" in said and "Traceback" not in said, said
     assert not list(folder.glob(".*.tmp")), list(folder.iterdir())  # nothing half-written left
     assert json.loads((folder / "state.json").read_text())["components"]["redis"]["pid"] == 4_000_000

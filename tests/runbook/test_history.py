@@ -121,3 +121,42 @@ def test_a_bucket_that_refuses_the_journal_is_tried_once_and_again_at_the_end(ru
     assert result.stderr.count("journal not stored") == 1, result.stderr
     # the run record (refused), then nothing until the end record: 2 attempts, not one per record (4)
     assert len(puts) == 2 and all(p.endswith(".jsonl") for p in puts), puts
+
+
+def test_a_bucket_that_never_answers_holds_the_run_for_two_short_tries(runner, ops_root, staging, monkeypatch):
+    """Breaker 35: an endpoint that accepts the connection and never answers held a run five
+    minutes before its first step (botocore's 60 s reads, retried). The journal's client
+    tries twice with a short timeout (history.TIMEOUT, shortened here), then the run goes on."""
+    import socket
+    import threading
+
+    from opsctl.runbook import history
+
+    monkeypatch.setattr(history, "TIMEOUT", 0.5)
+    held: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)  # read nothing, answer nothing
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        cfg = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+        cfg["environments"]["staging"]["aws"]["endpoint_url"] = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
+        (ops_root / "go.txt").touch()
+        result = runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--json"])
+        requests = [conn.recv(300).split(b"\r\n")[0] for conn in held]
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "succeeded", result.output
+    assert result.stderr.count("journal not stored where the platform is") == 1, result.stderr
+    # two tries of the run record, two of the end record: nothing between, nothing more
+    assert len(held) == 4, requests
