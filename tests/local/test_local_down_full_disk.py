@@ -14,14 +14,18 @@ from opsctl.local import state as st
 from tests.volumes import fill
 
 
-def test_local_down_on_a_full_volume_stops_and_says_what_it_could_not_write(small_volume, runner, monkeypatch):
+def _root_on(volume, monkeypatch):
+    """An ops root (the starter opsctl.yaml) on `volume`, as the current directory."""
     from opsctl.starter import starter_text
 
-    root = small_volume
-    (root / "opsctl.yaml").write_text(starter_text())
-    monkeypatch.chdir(root)
+    (volume / "opsctl.yaml").write_text(starter_text())
+    monkeypatch.chdir(volume)
     monkeypatch.delenv("OPSCTL_ROOT", raising=False)
-    folder = st.folder_for(root)
+    return volume
+
+
+def test_local_down_on_a_full_volume_stops_and_says_what_it_could_not_write(small_volume, runner, monkeypatch):
+    folder = st.folder_for(_root_on(small_volume, monkeypatch))
     # a platform whose processes died with the machine: its state lists them, none runs
     state = st.LocalState(folder)
     state.components["redis"] = st.Component(port=1, pid=4_000_000)
@@ -49,13 +53,8 @@ def test_a_redis_that_cannot_save_on_a_full_volume_is_left_running_not_killed(sm
 
     from opsctl.local import procs
     from opsctl.local import redis as rd
-    from opsctl.starter import starter_text
 
-    root = small_volume
-    (root / "opsctl.yaml").write_text(starter_text())
-    monkeypatch.chdir(root)
-    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
-    folder = st.folder_for(root)
+    folder = st.folder_for(_root_on(small_volume, monkeypatch))
     state = st.LocalState(folder)
     port = procs.free_port()
     pid = rd.start(state.data("redis"), port, state.log("redis"), pidfile=state.pidfile("redis"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import stat
-from pathlib import Path
 from textwrap import dedent
 
 import pytest
@@ -74,13 +73,23 @@ def test_a_run_on_a_kubernetes_environment_is_listed_and_resumed_from_its_bucket
 def test_local_runs_stay_on_this_machine(runner, ops_root, staging, s3):
     result = run_runbook(runner, "two", exit_code=1)
     assert s3.client().list_objects_v2(Bucket=staging).get("KeyCount", 0) == 0
-    assert json.loads(runner.invoke(app, ["runbook", "history", "--env", "local", "--json"]).stdout)[0]["env"] == "local"
+    listed = json.loads(runner.invoke(app, ["runbook", "history", "--env", "local", "--json"]).stdout)
+    assert listed[0]["env"] == "local" and listed[0]["run_id"] == result["run_id"], listed
 
 
 @pytest.mark.parametrize("run_id", ["../../etc/passwd", "20261130T014500-zzzzzz", "x"])
 def test_a_run_id_that_is_not_one_is_refused(runner, ops_root, run_id):
     result = runner.invoke(app, ["runbook", "history", "--run", run_id])
     assert result.exit_code == 2 and "is not a run id" in result.output and result.output.count("\n") == 1
+
+
+def _run_against(runner, ops_root, port: int):
+    """Run `two` (to success) on `staging` with its S3 endpoint moved to 127.0.0.1:`port`."""
+    cfg = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+    cfg["environments"]["staging"]["aws"]["endpoint_url"] = f"http://127.0.0.1:{port}"
+    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
+    (ops_root / "go.txt").touch()
+    return runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--json"])
 
 
 def test_a_bucket_that_refuses_the_journal_is_tried_once_and_again_at_the_end(runner, ops_root, staging):
@@ -108,11 +117,7 @@ def test_a_bucket_that_refuses_the_journal_is_tried_once_and_again_at_the_end(ru
     server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        cfg = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
-        cfg["environments"]["staging"]["aws"]["endpoint_url"] = f"http://127.0.0.1:{server.server_port}"
-        (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
-        (ops_root / "go.txt").touch()
-        result = runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--json"])
+        result = _run_against(runner, ops_root, server.server_port)
     finally:
         server.shutdown()
     assert result.exit_code == 0, result.output
@@ -146,11 +151,7 @@ def test_a_bucket_that_never_answers_holds_the_run_for_two_short_tries(runner, o
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        cfg = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
-        cfg["environments"]["staging"]["aws"]["endpoint_url"] = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(cfg))
-        (ops_root / "go.txt").touch()
-        result = runner.invoke(app, ["runbook", "run", "two", "--env", "staging", "--json"])
+        result = _run_against(runner, ops_root, listener.getsockname()[1])
         requests = [conn.recv(300).split(b"\r\n")[0] for conn in held]
     finally:
         listener.close()
