@@ -102,4 +102,3 @@ def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[l
         if on_sweep:
             on_sweep(last, alerts, next_at)
     return last
-
