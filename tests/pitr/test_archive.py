@@ -105,8 +105,6 @@ def test_staged_wal_for_a_restore_is_private(tmp_path):
 def test_a_staged_segment_reads_back_whole_without_its_zero_tail_written(tmp_path):
     """Issue 22 (session 9): a segment switched by archive_timeout is mostly zeros; staged for a
     restore it reads back byte for byte at its full size, its zero tail a hole, not 16 MB of writes."""
-    import os
-
     from opsctl.pitr import chain
 
     size = 16 << 20
@@ -173,14 +171,15 @@ def test_no_secret_reaches_the_servers_environment_but_the_archivers_key(pitr, t
         monkeypatch.setenv(name, value)
     pid = procs.spawn(["/bin/sleep", "30"], tmp_path / "sleep.log", env={"GIVEN": "kept"})
     try:
-        # until it runs sleep: a process not yet past its exec shows this one's first environment
-        # (KeyError: 'LANG' in one full run)
+        # until its exec is done: before, a forked child shows this process's first environment,
+        # and during exec the kernel names the new program (/proc/PID/exe) before it sets up the
+        # new environment, which then reads empty (KeyError: 'LANG' in two full runs, the second
+        # after waiting for exe alone). GIVEN is only in the new one.
         deadline = time.monotonic() + 10
-        while not os.path.realpath(f"/proc/{pid}/exe").endswith("/sleep"):
-            assert time.monotonic() < deadline, "the spawned process never ran sleep"
+        while b"GIVEN=kept" not in (environ := open(f"/proc/{pid}/environ", "rb").read()):
+            assert time.monotonic() < deadline, "the spawned process never ran with its environment"
             time.sleep(0.01)
-        seen = dict(line.split("=", 1) for line in
-                    open(f"/proc/{pid}/environ", "rb").read().decode().split("\0") if "=" in line)
+        seen = dict(line.split("=", 1) for line in environ.decode().split("\0") if "=" in line)
     finally:
         procs.stop(pid, 5)
     assert not {n for n in planted if n != "LANG"} & set(seen), seen
