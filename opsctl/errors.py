@@ -90,6 +90,17 @@ class MachineFaults:
         raise fault from exc
 
 
+def fault_text(exc: BaseException) -> str:
+    """What went wrong, for a message that goes on (a warning, a `prune_failed` field, a
+    longer error naming what ran): the first line of `exc`'s text without the advice after
+    its first ';' (the caller says what to do in its own words), passwords masked
+    (redact.credentials); its type's name when it has no text."""
+    from opsctl.redact import credentials
+
+    text = str(exc).strip()
+    return credentials(text.splitlines()[0].split(";")[0]) if text else type(exc).__name__
+
+
 def outside_fault(exc: BaseException) -> OperationFailed | None:
     """The one-line OperationFailed for an error from outside opsctl that reached the CLI
     uncaught: the machine's (machine_fault) or an S3 endpoint's (botocore's connection,

@@ -244,11 +244,9 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         try:
             result.pruned = retention.prune(repo, r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly).removed
         except Exception as exc:  # noqa: BLE001 - the backup is made: a failed create would be retried (breaker 33 B7)
-            from opsctl.redact import credentials
+            from opsctl.errors import fault_text
 
             result.pruned = getattr(exc, "removed", [])  # what it did remove before (breaker 34 F3)
-
-            result.prune_failed = credentials(str(exc).strip().splitlines()[0].split(";")[0] if str(exc).strip()
-                                              else type(exc).__name__)
+            result.prune_failed = fault_text(exc)
             log.warning("backup %s is complete, but retention after it failed: %s", backup_id, result.prune_failed)
     return result

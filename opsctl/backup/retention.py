@@ -18,7 +18,7 @@ from typing import Callable
 
 from opsctl.backup import catalog, record
 from opsctl.backup.repository import Repository
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import OperationFailed, UsageError, fault_text
 
 
 @dataclass
@@ -127,14 +127,14 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
             repo.abort_uploads(f"{bid}/")
             remove(repo, bid, scan.files.get(bid))
         except OperationFailed as exc:
-            failed[bid] = str(exc).split(";")[0]
+            failed[bid] = fault_text(exc)
     gone = []
     for bid in result.removed + result.damaged:
         try:
             remove(repo, bid, scan.files.get(bid))
             gone.append(bid)
         except OperationFailed as exc:
-            failed[bid] = str(exc).split(";")[0]
+            failed[bid] = fault_text(exc)
     if gone and scan.record is not None:
         from opsctl.backup import index
 

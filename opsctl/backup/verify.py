@@ -21,7 +21,6 @@ deletes damaged backups, so a healthy one must never be marked by a verify that 
 from __future__ import annotations
 
 import logging
-
 import re
 import tempfile
 from dataclasses import dataclass, field

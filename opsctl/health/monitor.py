@@ -21,6 +21,7 @@ from opsctl.health.model import SweepResult
 from opsctl.redact import credentials
 
 log = logging.getLogger("opsctl.health")
+JUNIT_FAULT = "the JUnit report was not written: %s"
 
 
 def _checks(project, env, only, skip):
@@ -39,7 +40,7 @@ def once(project, env, only: list[str] | None = None, skip: list[str] | None = N
     Raises UsageError on bad input (unknown pattern, unwritable report) before sweeping.
     """
     from opsctl.health import junit as junit_mod
-    from opsctl.health.schedule import record
+    from opsctl.health.schedule import HISTORY_FAULT, append_history, written
 
     if junit is not None:
         junit_mod.check_writable(junit)
@@ -47,9 +48,9 @@ def once(project, env, only: list[str] | None = None, skip: list[str] | None = N
     planned = _checks(project, env, only, skip)
     result = _with_silences(project, env, sweep_mod.run(env.name, planned), before)
     if junit is not None:
-        _write_junit(junit, result)
+        written(lambda: junit_mod.write(junit, result), JUNIT_FAULT)
     if history is not None:
-        record(history, result, [])
+        written(lambda: append_history(history, result, []), HISTORY_FAULT)
     return result
 
 
@@ -176,36 +177,20 @@ def run(project, env, mode: str = "once", *, interval: float | None = None, cron
     if mode == "once":
         return WatchResult(once(project, env, only, skip, junit=junit, history=plan.history), sweeps=1)
 
+    from opsctl.health.schedule import written
+
     failing = False  # the last report was not written: said once until one is again
 
     def observed(res: SweepResult, alerts: list[Alert], next_at: float) -> None:
         nonlocal failing
         if junit is not None:
-            was, failing = failing, _write_junit(junit, res, quiet=failing)
-            if was and not failing:
-                log.info("the JUnit report is written again to %s", junit)
+            failing = written(lambda: junit_mod.write(junit, res), JUNIT_FAULT,
+                              f"the JUnit report is written again to {junit}", failing)
         if on_sweep:
             on_sweep(res, alerts, next_at)
 
     return watch(project, env, interval=plan.interval, cron=plan.cron, iterations=iterations, only=only, skip=skip,
                  history=plan.history, metrics_port=metrics_port, on_sweep=observed, stop=stop)
-
-
-def _write_junit(path: Path, result: SweepResult, quiet: bool = False) -> bool:
-    """Write `result` as the JUnit report at `path`; True when it could not be (a full disk:
-    logged unless `quiet`, a monitor's later failures in a row). The verdict stands and is
-    printed with its own exit code; a monitor sweeps on (breaker 34 F1, breaker 35 F2: it
-    ended after its first sweep, exit 1, a Nagios WARNING over a CRITICAL sweep)."""
-    from opsctl.errors import OperationFailed
-    from opsctl.health import junit as junit_mod
-
-    try:
-        junit_mod.write(path, result)
-    except OperationFailed as exc:
-        if not quiet:
-            log.warning("the JUnit report was not written: %s", str(exc).split(";")[0])
-        return True
-    return False
 
 
 def _own_alert_state(state: Path, env_name: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from opsctl import files
-from opsctl.errors import MachineFaults, OperationFailed, UsageError
+from opsctl.errors import MachineFaults, OperationFailed, UsageError, fault_text
 from opsctl.health.alerting import Alert, Alerter
 from opsctl.health.model import SweepResult
 
@@ -52,21 +52,25 @@ def append_history(path: Path, result: SweepResult, alerts: list[Alert]) -> None
     files.append_line(path, json.dumps(doc, separators=(",", ":")))
 
 
-def record(path: Path, result: SweepResult, alerts: list[Alert], quiet: bool = False) -> str | None:
-    """append_history, for a monitor: a line that can't be written (a full disk) is logged
-    (unless `quiet`: a loop says it at the first of a run of failures) and its reason
-    returned, never raised. The sweep's verdict and its alerts stand: a failed write once
-    ended the monitor after its first sweep, and `health --history` exited 1, a Nagios
-    WARNING, over a CRITICAL sweep it did not print (breaker 34 F1, F2)."""
+def written(write: Callable[[], None], fault: str, again: str = "", failing: bool = False) -> bool:
+    """Run `write` (a sweep's history line, its JUnit report) and return whether it failed,
+    never raising a machine fault (a full disk): the sweep's verdict and alerts stand. A failed
+    write once ended the monitor after its first sweep, and `health --history` exited 1, a
+    Nagios WARNING, over a CRITICAL sweep it did not print (breaker 34 F1, F2; breaker 35 F2).
+    `failing`: the previous write failed too. A failure is logged as `fault` % its reason at
+    the first of a run of them, and `again` when one succeeds after them."""
     try:
-        append_history(path, result, alerts)
+        write()
     except OperationFailed as exc:
-        why = str(exc).split(";")[0]
-        if not quiet:
-            logging.getLogger("opsctl.health").warning("the sweep's history line was not written (%s); "
-                                                       "sweeps and alerts go on", why)
-        return why
-    return None
+        if not failing:
+            logging.getLogger("opsctl.health").warning(fault, fault_text(exc))
+        return True
+    if failing:
+        logging.getLogger("opsctl.health").info("%s", again)
+    return False
+
+
+HISTORY_FAULT = "the sweep's history line was not written (%s); sweeps and alerts go on"
 
 
 def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[list[Alert]], None], *,
@@ -88,10 +92,8 @@ def loop(sweep: Callable[[], SweepResult], alerter: Alerter, submit: Callable[[l
         alerts = alerter.observe(last)
         submit(alerts)
         if history is not None:
-            recovered = failed
-            failed = record(history, last, alerts, quiet=failed) is not None
-            if recovered and not failed:
-                logging.getLogger("opsctl.health").info("history lines are written again to %s", history)
+            failed = written(lambda: append_history(history, last, alerts), HISTORY_FAULT,
+                             f"history lines are written again to {history}", failed)
         done += 1
         if interval is not None:
             next_at += interval

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from opsctl.config import Environment, Project
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import OperationFailed, UsageError, fault_text
 from opsctl.files import fsync_dir
 from opsctl.local import caddy, procs
 from opsctl.local import postgres as pg
@@ -455,7 +455,7 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
             except OperationFailed as exc:  # a full disk: what it records is only the stopped PIDs
                 logging.getLogger("opsctl.local").warning(
                     "the state file was not updated: %s ('local status' finds the processes by their PID files)",
-                    str(exc).split(";")[0])
+                    fault_text(exc))
     if left:
         more = f"; and saving the S3 objects failed too ({save_error})" if save_error is not None else ""
         raise OperationFailed(f"stopped {', '.join(stopped) or 'nothing'}, but {'; '.join(map(str, left.values()))}"

@@ -145,13 +145,12 @@ def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2
         if not needed:
             return
         first = needed[0]
-        taken = f"base backup {rec.id} was taken, but WAL segment {first}, which a restore from it needs,"
-        after = ("; the base backup is kept and becomes restorable once its WAL is archived "
-                 "('opsctl backup verify-chain' shows it)")
         lost = next((f for f in needed if repo.names(layout.dropped_prefix(rec.sysid) + f)
                      or _dropped_here(state, rec.sysid, f)), None)
+        taken = f"base backup {rec.id} was taken, but WAL segment {lost or first}, which a restore from it needs,"
+        after = ("; the base backup is kept and becomes restorable once its WAL is archived "
+                 "('opsctl backup verify-chain' shows it)")
         if lost is not None:
-            taken = f"base backup {rec.id} was taken, but WAL segment {lost}, which a restore from it needs,"
             raise OperationFailed(f"{taken} was dropped by the full local WAL queue (backup.archive_queue) and "
                                   "will never be archived; take another base backup once the archiver keeps up")
         elsewhere = pitr_local.archiving_into(state)

@@ -29,7 +29,7 @@ import jinja2
 import tenacity
 
 from opsctl.config import Environment, Project
-from opsctl.errors import Interrupted, OperationFailed, UsageError
+from opsctl.errors import Interrupted, OperationFailed, UsageError, fault_text
 from opsctl.runbook import journal as jr
 from opsctl.runbook.actions import ACTIONS, Context
 from opsctl.runbook.catalog import digest, locate
@@ -224,7 +224,7 @@ class _Runner:
                                    seconds=outcome.seconds, detail=outcome.detail, outputs=outcome.outputs, **extra)
             except OperationFailed as exc:  # a full disk: say what ran unrecorded and how to go on (breaker 34 F9)
                 raise OperationFailed(
-                    f"run {self.journal.run_id} stopped: {str(exc).split(';')[0]}; step '{outcome.id}' ended "
+                    f"run {self.journal.run_id} stopped: {fault_text(exc)}; step '{outcome.id}' ended "
                     f"({outcome.status}) but is not recorded. Free space, then 'opsctl runbook run {self.book.name} "
                     f"--resume {self.journal.run_id}' goes on from there and runs '{outcome.id}' again") from None
 

@@ -132,32 +132,17 @@ def test_a_bucket_that_never_answers_holds_the_run_for_two_short_tries(runner, o
     """Breaker 35: an endpoint that accepts the connection and never answers held a run five
     minutes before its first step (botocore's 60 s reads, retried). The journal's client
     tries twice with a short timeout (history.TIMEOUT, shortened here), then the run goes on."""
-    import socket
-    import threading
-
     from opsctl.runbook import history
+    from tests.health.servers import HungServer
 
     monkeypatch.setattr(history, "TIMEOUT", 0.5)
-    held: list[socket.socket] = []
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def accept():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            held.append(conn)  # read nothing, answer nothing
-
-    threading.Thread(target=accept, daemon=True).start()
+    hung = HungServer()
     try:
-        result = _run_against(runner, ops_root, listener.getsockname()[1])
-        requests = [conn.recv(300).split(b"\r\n")[0] for conn in held]
+        result = _run_against(runner, ops_root, hung.port)
+        requests = [conn.recv(300).split(b"\r\n")[0] for conn in hung.accepted]
     finally:
-        listener.close()
-        for conn in held:
-            conn.close()
+        hung.close()
     assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "succeeded", result.output
     assert result.stderr.count("journal not stored where the platform is") == 1, result.stderr
     # two tries of the run record, two of the end record: nothing between, nothing more
-    assert len(held) == 4, requests
+    assert len(requests) == 4, requests

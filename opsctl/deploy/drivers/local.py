@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 
 from opsctl.config import Environment, Project
 from opsctl.deploy.model import ColorState, DeployRecord, Release, upsert
-from opsctl.errors import LeaseHeld, OperationFailed, UsageError
+from opsctl.errors import LeaseHeld, OperationFailed, UsageError, fault_text
 from opsctl.files import write_json
 from opsctl.local import caddy, procs
 from opsctl.local import state as st
@@ -68,7 +68,7 @@ def deploy_lock(folder: Path, operation: str | None = None) -> Iterator[None]:
         except OperationFailed as exc:  # a full disk (errors.MachineFaults): the file lock is the lease
             # the holder's name is a note for others; `local down` must still run (breaker 33 B6)
             (folder / OPERATION).unlink(missing_ok=True)
-            logging.getLogger("opsctl.local").warning("holding the deploy lease unnamed: %s", str(exc).split(";")[0])
+            logging.getLogger("opsctl.local").warning("holding the deploy lease unnamed: %s", fault_text(exc))
         yield
     finally:
         (folder / OWNER).unlink(missing_ok=True)
