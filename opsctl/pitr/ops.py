@@ -98,17 +98,6 @@ def create_base(project: Project, env: Environment, kind: str = "full", report=N
     return rec
 
 
-def _stopped(pid: int) -> bool:
-    """Whether process `pid` is stopped (SIGSTOP; T in ps), as the WAL archive health check
-    tells a stuck archiver."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
-    except psutil.Error:
-        return False
-
-
 def _dropped_here(state, sysid: str, file: str) -> bool:
     """Whether the local queue dropped WAL segment `file` of cluster `sysid` (its marker in
     `<queue>/.dropped/`, which a stopped archiver has not filed in the repository yet; a
@@ -165,8 +154,8 @@ def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2
             return
         if time.monotonic() > deadline:
             where = "waits in the local queue" if first in pitr_local.queued_wal(state) else "is not in the repository"
-            why = (f"the archiver (PID {pid}) is stopped; 'kill -CONT {pid}' resumes it" if _stopped(pid) else
-                   f"the archiver is behind or stuck; read {state.log('archiver')}")
+            stuck = pitr_local.stalled(state, pid)  # the WAL archive health check's own reading
+            why = f"the archiver is stuck: {stuck}" if stuck else f"the archiver is behind; read {state.log('archiver')}"
             raise OperationFailed(f"{taken} {where} after {timeout:g} s (backup.base_wal_wait): {why}{after}")
         if not told:  # a wait with nothing on screen reads as a hang
             log.info("waiting up to %g s for the archiver to upload WAL segment %s, which base backup %s needs",

@@ -660,7 +660,8 @@ def test_a_base_backup_whose_wal_does_not_arrive_fails_naming_it_and_is_kept(pit
         assert "Traceback" not in stuck.output and "waiting up to 2 s" in stuck.output, stuck.output  # said, then
         (line,) = [ln for ln in stuck.output.splitlines() if ln.startswith("opsctl: error: ")]
         assert "waits in the local queue after 2 s (backup.base_wal_wait)" in line, line
-        assert f"the archiver (PID {pid}) is stopped; 'kill -CONT {pid}' resumes it" in line, line
+        assert f"the archiver is stuck: its process {pid} is stopped" in line, line  # as the health check says it
+        assert f"'kill -CONT {pid}' resumes it" in line, line
         assert "the base backup is kept" in line and len(kept) == 1, (line, kept)
         assert next(iter(kept)).split("/")[-2] in line, line  # its id is named
 
