@@ -74,6 +74,16 @@ def test_health_warns_when_a_commit_waits_past_archive_timeout(pitr):
     assert archive_lag(pitr.project(), pitr.env()).status == Status.OK
 
 
+def _wait_queued(pitr, segment: str, timeout: float = 60) -> None:
+    """Until PostgreSQL's archive_command has put WAL file `segment` in the local queue."""
+    from opsctl.pitr import local as pitr_local
+
+    deadline = time.monotonic() + timeout
+    while segment not in pitr_local.queued_wal(pitr.state()):
+        assert time.monotonic() < deadline, f"{segment} was never queued by archive_command"
+        time.sleep(0.1)
+
+
 def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_broken(pitr, runner, monkeypatch):
     """Breaker 16 F4: with the archiver behind (stopped here), a restore to a time after the
     newest base backup said "the WAL it needs is broken ... missing" (exit 1) while that WAL
@@ -96,9 +106,7 @@ def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_brok
     try:
         pitr.sql("insert into events(note) values ('before the base backup')")
         (queued,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
-        deadline = time.monotonic() + 30
-        while queued not in pitr_local.queued_wal(pitr.state()) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_queued(pitr, queued)
         # no newer base backup yet: the window ends at that queued segment, not at "the end of
         # the archive" while its commits sit only on the local disk (breaker 18 F3)
         checked = pitr.cli(runner, "backup", "verify-chain", "--json")
@@ -110,7 +118,8 @@ def test_a_base_backup_whose_wal_waits_in_the_queue_is_not_archived_yet_not_brok
         assert taken.exit_code == 1 and "the WAL archiver is not running" in taken.output, taken.output
         assert "the base backup is kept" in taken.output, taken.output
         pitr.sql("insert into events(note) values ('after the base backup')")
-        pitr.sql("select pg_switch_wal()", db="postgres")
+        (switched,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+        _wait_queued(pitr, switched)  # handed over by archive_command: on a loaded machine, later
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         r = pitr.cli(runner, "restore", "--to-time", now, "--beside")
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
