@@ -25,7 +25,9 @@ replayed to the target, checked, and swapped in only when it is consistent.
    (`count(*)` by a sequential scan). Read in recovery, the hint bits the scan sets are not
    WAL-logged; after a promotion, with data checksums, each first-hinted page would cost a
    full-page image (140 MB of WAL for a 240 MB table, written and then archived). Then
-   `pg_promote` ends recovery on a new timeline.
+   `pg_promote` ends recovery on a new timeline. A table the replay holds locked (a DROP or
+   an ALTER whose transaction was open at the target) is read after the promotion, which
+   rolls that transaction back and frees it.
 5. Swap (default): the live server is stopped, its data directory kept as
    `postgres.before-<time>`, the restored one moved into place and started by the platform's
    own start (archiving on; the new timeline's history file is queued for the archive).
@@ -1011,14 +1013,22 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
 _NO_COMMIT_TS = object()  # _check: the server keeps no commit timestamps (track_commit_timestamp off)
 
 
-def _check(port: int, database: str, when: dt.datetime | None) -> tuple[object, dict]:
+# how long a table's read waits for its lock in recovery: the only other holder there is the
+# replay, which keeps the locks of a transaction open at the target (a DROP TABLE or an ALTER
+# stopped before its commit) until the promotion rolls it back; waiting longer never helps
+_LOCK_WAIT = "2s"
+
+
+def _check(port: int, database: str, when: dt.datetime | None) -> tuple[object, dict, list]:
     """In recovery, before the promotion: the newest commit replayed (pg_last_committed_xact: a
     commit, never an abort; None when none was replayed, _NO_COMMIT_TS when the cluster keeps no
-    commit timestamps) and the rows of every table of `database`, each read whole by a
-    sequential scan. The last transaction end replayed (commit or abort,
-    pg_last_xact_replay_timestamp) must not be after `when`, else OperationFailed."""
+    commit timestamps), the rows of every table of `database`, each read whole by a
+    sequential scan, and the (schema, table) pairs that could not be read because the replay
+    holds a lock on them (count them with _count after the promotion, which releases it;
+    breaker 36 F1: a restore to just before a DROP TABLE waited on it forever). The last
+    transaction end replayed (commit or abort, pg_last_xact_replay_timestamp) must not be
+    after `when`, else OperationFailed."""
     import psycopg
-    from psycopg import sql
 
     from opsctl.local import postgres as pg
 
@@ -1035,24 +1045,43 @@ def _check(port: int, database: str, when: dt.datetime | None) -> tuple[object, 
                               f"{when.isoformat()}; the restored data is not used")
     recovered = committed.astimezone(dt.timezone.utc) if isinstance(committed, dt.datetime) else committed
     tables: dict[str, int] = {}
+    locked: list[tuple[str, str]] = []
     if exists:
         with psycopg.connect(pg.url(port, database), autocommit=True) as conn:
-            names = conn.execute("select schemaname, tablename from pg_tables where schemaname not in "
-                                 "('pg_catalog', 'information_schema') order by pg_total_relation_size("
-                                 "format('%I.%I', schemaname, tablename)) desc").fetchall()
+            # the catalog alone, largest first (pg_class.relpages): a size function would lock each table
+            names = conn.execute("select n.nspname, c.relname from pg_class c join pg_namespace n on "
+                                 "n.oid = c.relnamespace where c.relkind in ('r', 'p') and n.nspname not in "
+                                 "('pg_catalog', 'information_schema') order by c.relpages desc").fetchall()
+        tables, locked = _count(port, database, names, _LOCK_WAIT)
+    return recovered, tables, locked
 
-        def count(pair: tuple[str, str]) -> tuple[str, int]:  # every heap page read: a real check
-            q = sql.SQL("select count(*) from {}.{}").format(sql.Identifier(pair[0]), sql.Identifier(pair[1]))
-            # a sequential scan (an index-only scan would skip the heap's all-visible pages)
-            opts = "-c enable_indexonlyscan=off -c enable_indexscan=off -c enable_bitmapscan=off"
-            with psycopg.connect(pg.url(port, database), autocommit=True, options=opts) as c:
+
+def _count(port: int, database: str, names: list, lock_wait: str | None = None) -> tuple[dict[str, int], list]:
+    """({"schema.table": rows}, [(schema, table) whose lock did not come within `lock_wait`])
+    for tables `names` of `database`, each read whole by a sequential scan, two at a time."""
+    import psycopg
+    from psycopg import sql
+
+    from opsctl.local import postgres as pg
+
+    def count(pair: tuple[str, str]) -> tuple[str, int | None]:  # every heap page read: a real check
+        q = sql.SQL("select count(*) from {}.{}").format(sql.Identifier(pair[0]), sql.Identifier(pair[1]))
+        # a sequential scan (an index-only scan would skip the heap's all-visible pages)
+        opts = "-c enable_indexonlyscan=off -c enable_indexscan=off -c enable_bitmapscan=off"
+        if lock_wait:
+            opts += f" -c lock_timeout={lock_wait}"
+        with psycopg.connect(pg.url(port, database), autocommit=True, options=opts) as c:
+            try:
                 return f"{pair[0]}.{pair[1]}", c.execute(q).fetchone()[0]
+            except psycopg.errors.LockNotAvailable:
+                return f"{pair[0]}.{pair[1]}", None
 
-        from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(2) as pool:
-            tables = dict(sorted(pool.map(count, names)))
-    return recovered, tables
+    with ThreadPoolExecutor(2) as pool:
+        counted = dict(zip(names, pool.map(count, names)))
+    return ({name: rows for name, rows in sorted(counted.values()) if rows is not None},
+            [pair for pair, (_, rows) in counted.items() if rows is None])
 
 
 def _promote(port: int, log: Path, timeout: float = 60.0) -> int:
@@ -1125,9 +1154,18 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         # read while still in recovery: hint bits the reads set are not WAL-logged there (after the
         # promotion, with data checksums, each first hinted page costs a full-page image: 140 MB of
         # WAL for a 240 MB table, written and archived)
-        recovered, tables = _check(port, env.database.name, c["when"])
+        recovered, tables, locked = _check(port, env.database.name, c["when"])
         tli = _promote(port, log)
         notes = []
+        if locked:  # the promotion rolled back the transaction whose lock the replay held
+            more, still = _count(port, env.database.name, locked, _LOCK_WAIT)
+            if still:
+                raise OperationFailed(f"the restored tables {', '.join('.'.join(t) for t in still)} could not be "
+                                      f"read: they stay locked after the promotion; read {log}; nothing live was "
+                                      "changed")
+            tables = dict(sorted({**tables, **more}.items()))
+            notes.append(f"{', '.join(more)} were read after the promotion: at the target a transaction holding "
+                         "a lock on them (a DROP, an ALTER) was still open, and the promotion rolled it back")
         if recovered is _NO_COMMIT_TS:
             recovered = None
             notes.append("the cluster keeps no commit timestamps (track_commit_timestamp off): the newest "

@@ -1,0 +1,36 @@
+"""Breaker 36 F1: a restore to just before a DROP TABLE waited forever, silent, holding the
+deploy lease. Recovery pauses before the DROP's commit, and the replay keeps the transaction's
+ACCESS EXCLUSIVE lock until the promotion rolls it back; the check read each table's size and
+rows in recovery, without a lock timeout. The table is now read after the promotion."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+
+def test_a_restore_to_just_before_a_drop_table_gives_the_table_back(pitr, runner):
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.sql("create table important (id int)")
+    pitr.sql("insert into important select generate_series(1, 1000)")
+    time.sleep(0.5)
+    before_drop = dt.datetime.now(dt.timezone.utc)
+    time.sleep(0.5)
+    pitr.sql("drop table important")
+    pitr.wait_archived()
+
+    r = pitr.cli(runner, "restore", "--to-time", before_drop.isoformat(), "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    try:
+        with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+            assert conn.execute("select count(*) from important").fetchone()[0] == 1000
+    finally:
+        pg.stop(doc["pid"])
+    assert doc["tables"]["public.important"] == 1000, doc["tables"]
+    assert any("public.important were read after the promotion" in n for n in doc["notes"]), doc["notes"]
