@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import socket
 import subprocess
 import tempfile
@@ -271,8 +272,35 @@ def _full_under(repo, key, sysid: str, names: dict[str, int], b: BaseBackup) -> 
     return b
 
 
+class SummariesMissing(OperationFailed):
+    """pg_basebackup --incremental refused: the server's WAL summaries have a gap between the
+    parent's start and now (PostgreSQL: "WAL summaries are required on timeline N ... but the
+    summaries for that timeline and LSN range are incomplete")."""
+
+
+_SUMMARY_GAP = re.compile(r"WAL summaries are required on timeline (\d+) from \S+ to \S+, but.*?"
+                          r"first unsummarized LSN in this range is ([0-9A-F]+/[0-9A-F]+)", re.S)
+
+
 def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=None,
          env: dict[str, str] | None = None, full_every: dt.timedelta = FULL_EVERY) -> BaseBackup:
+    """One base backup of the server at `conninfo` (a replication-capable role) into `repo`
+    (see _take). `kind` auto whose incremental the server refuses for a gap in its WAL
+    summaries takes a full one instead, and says why (breaker 36 F3: after an in-place restore
+    to 'latest', its switch at a segment boundary, PostgreSQL left the new timeline's first
+    bytes unsummarized, and every nightly --auto failed until a person took a full one);
+    `kind` incremental raises SummariesMissing, one line saying to take a full one."""
+    try:
+        return _take(repo, key, conninfo, kind, level, report, env, full_every)
+    except SummariesMissing as exc:
+        if kind != "auto":
+            raise
+        log.warning("base backup kind auto: full, since %s", exc)
+        return _take(repo, key, conninfo, "full", level, report, env, full_every)
+
+
+def _take(repo, key, conninfo: str, kind: str, level: int, report, env: dict[str, str] | None,
+          full_every: dt.timedelta) -> BaseBackup:
     """One base backup of the server at `conninfo` (a replication-capable role) into `repo`.
 
     `kind` incremental needs an earlier base backup of the same cluster (its parent is the
@@ -365,6 +393,12 @@ def take(repo, key, conninfo: str, kind: str = "full", level: int = 1, report=No
                                         report("base backup", None) if report else None))
                 err = proc.stderr.read().decode(errors="replace")
                 if proc.wait() != 0:
+                    if parent is not None and (gap := _SUMMARY_GAP.search(err)):
+                        raise SummariesMissing(
+                            f"the server has no WAL summary of timeline {gap[1]} from {gap[2]}, which an "
+                            f"incremental base backup on {parent.id} needs (a timeline switch, such as an "
+                            "in-place restore or a failover, can leave that gap); take a full one with "
+                            "'opsctl backup base' ('--auto' does so by itself)")
                     raise OperationFailed(f"pg_basebackup failed: {credentials(err.strip())[-400:]}")
             finally:
                 if proc.poll() is None:
