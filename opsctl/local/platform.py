@@ -251,6 +251,14 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
             result.kept.append(pitr.COMPONENT)
             notify(pitr.COMPONENT, "kept")
         state.save()
+        from opsctl.pitr import standby as pitr_standby
+
+        try:
+            pending = pitr_standby.pending_failover(project, env)
+        except UsageError as exc:
+            pending = str(exc)
+        if pending is not None:  # up, but PostgreSQL refuses every write until it is finished
+            logging.getLogger("opsctl.local").warning("%s", pending)
         router = state.components["router"]
         upstream = state.components[wk.name(state.active_color)].port
         if caddy.current_upstream(router.admin_port) != f"{procs.HOST}:{upstream}":

@@ -406,13 +406,22 @@ def standby_health(project, env) -> CheckResult:
     runs without streaming from the primary (it replays from the archive, behind by the archive's
     lag); OK streaming. Value: bytes of WAL its slot holds on the primary (None when the primary
     can't be asked). Breaker 20 F2: a dead standby was found out only by the failover that
-    needed it. Details: pid, port, streaming, slot_retained_bytes."""
+    needed it. CRITICAL first of all while a failover is pending (standby.pending_failover).
+    Details: pid, port, streaming, slot_retained_bytes (failover_pending when one is)."""
     import psycopg
 
     from opsctl.local import postgres as pg
     from opsctl.local import state as st
     from opsctl.pitr import standby
 
+    from opsctl.errors import UsageError
+
+    try:
+        pending = standby.pending_failover(project, env)
+    except UsageError as exc:  # its journal can't be read
+        pending = str(exc)
+    if pending is not None:  # before anything the standby says: the primary takes no writes
+        return CheckResult("", "backup", Status.CRITICAL, pending, details={"failover_pending": True})
     state = st.load(st.folder_for(project.root))
     comp = state.components.get(standby.COMPONENT)
     if comp is None:

@@ -363,12 +363,22 @@ def refuse_pending(project: Project, env: Environment, what: str) -> None:
     restore") while a local failover of `env` is pending (its journal
     `.opsctl/failover/<env>.pending.json` exists): the old primary is fenced and the standby is
     the server meant to become the primary; finish it (`failover`) or undo it (`--abandon`) first."""
+    if (pending := pending_failover(project, env)) is not None:
+        raise UsageError(f"{what} refused: {pending}; nothing was changed")
+
+
+def pending_failover(project: Project, env: Environment) -> str | None:
+    """One line on a local failover of `env` interrupted after it fenced the old primary (the
+    platform's PostgreSQL then refuses every write), with the two ways out; None when none is
+    pending. For `local up` and the `standby` health check too (breaker 36 F2: after a failover
+    killed at 'promoting', `local up` said "platform up", the checks OK, and every write failed).
+    UsageError when the journal can't be read."""
     doc = _pending(project, env)
-    if doc is not None:
-        raise UsageError(f"{what} refused: a failover of {env.name} interrupted at '{doc.get('stage')}' is pending "
-                         f"({_pending_path(project, env)}) and the old primary is fenced (read-only); finish it with "
-                         f"'opsctl failover --env {env.name}' or undo it with 'opsctl failover --env {env.name} "
-                         "--abandon'; nothing was changed")
+    if doc is None:
+        return None
+    return (f"a failover of {env.name} interrupted at '{doc.get('stage')}' is pending ({_pending_path(project, env)}) "
+            f"and the old primary is fenced (read-only: every write fails); finish it with 'opsctl failover --env "
+            f"{env.name} --yes' or undo it with 'opsctl failover --env {env.name} --abandon'")
 
 
 def stop_for_down(state) -> bool:
@@ -556,6 +566,23 @@ def _fence(data: Path) -> bool:
 
 
 def failover(project: Project, env: Environment, approve=None, progress=None) -> LocalFailoverResult:
+    """_failover; a Ctrl-C or SIGTERM that leaves the failover pending raises Interrupted (exit
+    130) naming it and the two ways out (breaker 36 F6: it said "interrupted" alone)."""
+    from opsctl.errors import Interrupted
+
+    try:
+        return _failover(project, env, approve, progress)
+    except KeyboardInterrupt:
+        try:
+            pending = pending_failover(project, env)
+        except UsageError:
+            pending = None
+        if pending is None:
+            raise
+        raise Interrupted(f"interrupted: {pending}") from None
+
+
+def _failover(project: Project, env: Environment, approve=None, progress=None) -> LocalFailoverResult:
     """Promote the standby to be the platform's PostgreSQL and repoint the environment to it.
 
     `approve(text)` is asked before anything changes (raise to stop); `progress(step)` gets

@@ -6,6 +6,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from opsctl.errors import Interrupted
+
 
 @pytest.mark.parametrize("at", ["promoting the standby", "repointing the environment"])
 def test_an_interrupted_failover_is_finished_by_a_rerun_and_never_leaves_two_primaries(pitr, runner, at):
@@ -70,7 +72,7 @@ def _interrupt_at(pitr, at: str) -> None:
 
     try:
         standby.failover(pitr.project(), pitr.env(), progress=ctrl_c_at)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # Interrupted once the failover is pending
         pass
     else:
         raise AssertionError("the failover was not interrupted")
@@ -145,14 +147,26 @@ def test_a_failover_killed_after_its_fence_is_journaled_and_finished_by_the_reru
 
     with monkeypatch.context() as m:
         m.setattr(standby, "_fence", fence_then_killed)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Interrupted) as stopped:  # breaker 36 F6: "interrupted" alone said nothing
             standby.failover(pitr.project(), pitr.env())
+    assert stopped.value.exit_code == 130 and "interrupted at 'fencing' is pending" in str(stopped.value), stopped.value
+    assert "'opsctl failover --env local --yes'" in str(stopped.value)
     assert (pitr.project().state_dir / "failover" / "local.pending.json").exists()
     pitr.start_postgres()  # `opsctl local up`
     assert _read_only(pitr.port)
+    # breaker 36 F2: the checks said OK (the standby's blamed the archive's lag) while every
+    # write failed; the standby check now says the failover is pending, and both ways out
+    from opsctl.health.model import Status
+    from opsctl.pitr.health import standby_health
+
+    check = standby_health(pitr.project(), pitr.env())
+    assert check.status == Status.CRITICAL, check
+    assert "a failover of local interrupted at '" in check.message and "read-only: every write fails" in check.message
+    assert "'opsctl failover --env local --yes'" in check.message and "--abandon'" in check.message, check.message
     r = pitr.cli(runner, "failover", "--env", "local", "--yes", "--json")
     assert r.exit_code == 0, r.output
     assert not _read_only(pitr.port)
+    assert "is pending" not in standby_health(pitr.project(), pitr.env()).message
     assert pitr.sql("select count(*) from events where note = 'k'")[0][0] == 5
     pitr.ensure_archiver()
 
@@ -181,7 +195,7 @@ def test_a_failover_killed_between_its_renames_is_finished_and_local_up_makes_no
 
     with monkeypatch.context() as m:
         m.setattr(Path, "rename", rename)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Interrupted, match="is pending"):  # journaled before the fence
             standby.failover(pitr.project(), pitr.env())
     live = pitr.state().data("postgres")
     assert not live.exists()
@@ -220,7 +234,7 @@ def test_abandon_is_refused_once_the_standby_was_promoted_even_when_it_is_stoppe
 
     with monkeypatch.context() as m:
         m.setattr(standby, "_save_pending", killed_after_promote)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Interrupted, match="is pending"):  # journaled before the fence
             standby.failover(pitr.project(), pitr.env())
     pg.stop(standby._standby_pid(pitr.state()))  # `opsctl local down` stopped the promoted standby
     pitr.start_postgres()  # `opsctl local up`: the fenced old primary, read-only
