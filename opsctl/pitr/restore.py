@@ -302,12 +302,24 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                  _left(repo, key, sysid, inv, timeline, window.end_lsn))
         why = ended or " (later WAL is not archived yet)"
         if when is not None and when > window.end:
-            if ended is None and sysid == live_sysid and "postgres" in state.components:
-                why = _after_newest(state.components["postgres"].port, window.end)
+            newest = None
+            late = ended is None or (window.stopped_by is not None and window.stopped_by.kind == chain.QUEUED)
+            if late and sysid == live_sysid and "postgres" in state.components:
+                told, newest = _after_newest(state.components["postgres"].port, window.end)
+                why = why if ended else told
+            if newest is not None and when < newest:
+                # breaker 36 F4: "or 'latest'" here, to just before a DROP not archived yet, brought
+                # the DROP back; the target's WAL only has to reach the archive
+                advice = (f"run this again once the WAL archiver has it (a segment is switched and archived "
+                          f"within backup.archive_timeout, {env.backup.archive_timeout:g} s; 'opsctl health' shows "
+                          f"the lag), or choose an earlier --to-time ('latest' would also restore what was committed "
+                          "after it)")
+            elif window.stopped_by and window.stopped_by.kind != chain.QUEUED:
+                advice = "choose an earlier --to-time"
+            else:
+                advice = "choose an earlier --to-time or 'latest'"
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
-                             f"{window.end.isoformat()}{why}; choose an earlier --to-time"
-                             + ("" if window.stopped_by and window.stopped_by.kind != chain.QUEUED else
-                                " or 'latest'") + "; nothing was changed")
+                             f"{window.end.isoformat()}{why}; {advice}; nothing was changed")
         if lsn is not None and lsn > window.end_lsn:
             raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
                              f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
@@ -474,19 +486,20 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> 
         time.sleep(0.2)
 
 
-def _after_newest(port: int, end: dt.datetime) -> str:
+def _after_newest(port: int, end: dt.datetime) -> tuple[str, dt.datetime | None]:
     """Why no commit after `end`, the newest restorable time, is in the archived WAL that
     nothing broke, as the live server on `port` tells it: it committed nothing after `end` (a
     quiet database: "restore to 02:00" with the last commit at 01:55 was refused as "later
     WAL is not archived yet", sending the reader after an archiving fault that did not exist;
     breaker 22 F9), its later commits are not archived yet (their time named), or, the server
-    not answering or keeping no commit times, either."""
+    not answering or keeping no commit times, either; with the live server's newest commit
+    time (None when unknown)."""
     newest = _newest_commit(port)
     if newest is None:
-        return " (no later commit is in the archived WAL: it is not archived yet, or none was made)"
+        return " (no later commit is in the archived WAL: it is not archived yet, or none was made)", None
     if newest <= end:
-        return " (the live server committed nothing after it, so 'latest' restores the same state)"
-    return f" (later WAL is not archived yet: the live server's newest commit is at {newest.isoformat()})"
+        return " (the live server committed nothing after it, so 'latest' restores the same state)", newest
+    return f" (later WAL is not archived yet: the live server's newest commit is at {newest.isoformat()})", newest
 
 
 def _left(repo, key, sysid: str, inv, timeline: int | None, end_lsn: int) -> str | None:
