@@ -197,7 +197,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # the queue holds the live timeline's WAL: a --timeline of another has nothing to wait for
     # (breaker 18 F10: 30 s waited for WAL no restore along that timeline reads)
     on_live = timeline is None or not live or timeline == live[-1][0]
-    queue_notes = _ship_open_segment(state) + _wait_for_queue(state, beside=beside) if latest and on_live else []
+    queue_notes = (_start_archiver(project, env) + _ship_open_segment(state) + _wait_for_queue(state, beside=beside)
+                   if latest and on_live else [])
     # the tars are read (and one that fails passed over) below: a finding of the last verify-chain
     # is not taken on trust, so a base backup repaired since restores (breaker 27 F9)
     listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live, findings=False)
@@ -422,6 +423,24 @@ def _ship_open_segment(state) -> list[str]:
     failed = _switch_wal(state.components["postgres"].port)
     return [f"the live server's open WAL segment was not switched out for the archive ({failed}): 'latest' "
             "holds what was archived, without the commits still in that segment"] if failed else []
+
+
+def _start_archiver(project: Project, env: Environment) -> list[str]:
+    """Start the platform's WAL archiver when it is not running, as `local up` would, so that
+    'latest' waits for the local queue to reach the repository (breaker 36 F5: with the
+    archiver killed, 'latest' restored without the queued segments, exit 0, and the swap's
+    start of the platform then archived them a second later). A note when it can't start."""
+    from opsctl.local import state as st
+    from opsctl.pitr import local as pitr_local
+
+    folder = st.folder_for(project.root)
+    with st.locked(folder):
+        state = st.load(folder)
+        if pitr_local.archiver_pid(state) is not None:
+            return []
+        note = pitr_local.ensure_archiver(project, env, state)
+        state.save()
+    return [f"the WAL archiver was not running and could not be started ({note})"] if note else []
 
 
 def _switch_wal(port: int) -> Exception | None:

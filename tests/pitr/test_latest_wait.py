@@ -65,3 +65,42 @@ def test_a_stopped_servers_ready_segments_are_not_waited_for_and_are_named(tmp_p
     # that then holds the restored cluster (breaker 20 F1)
     in_place = restore._wait_for_queue(state, timeout=2, beside=False)
     assert "kept with its data directory" in in_place[0] and str(status.parent) not in in_place[0], in_place
+
+
+def test_latest_starts_a_stopped_archiver_and_restores_what_was_queued(pitr, runner):
+    """Breaker 36 F5: with the archiver killed, 'latest' restored without the queued segments
+    (exit 0, a note), and the platform's start after the swap archived them a second later.
+    It now starts the archiver first, as `local up` does, and waits for the queue."""
+    import json
+    import time
+
+    import psycopg
+
+    from opsctl.local import postgres as pg
+    from opsctl.local import state as st
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    folder = st.folder_for(pitr.root)
+    with st.locked(folder):
+        state = st.load(folder)
+        pitr_local.stop_archiver(state)
+        state.save()
+    assert pitr_local.archiver_pid(pitr.state()) is None
+    pitr.sql("insert into events(note) values ('queued while no archiver ran')")
+    (segment,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+    deadline = time.monotonic() + 60
+    while segment not in pitr_local.queued_wal(pitr.state()):
+        assert time.monotonic() < deadline, f"{segment} was never queued"
+        time.sleep(0.1)
+    want = {r[0] for r in pitr.sql("select id from events")}
+
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    try:
+        with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+            assert {row[0] for row in conn.execute("select id from events")} == want
+    finally:
+        pg.stop(doc["pid"])
+    assert not any("not archived yet" in n for n in doc.get("notes", [])), doc.get("notes")
+    assert pitr_local.archiver_pid(pitr.state()) is not None
