@@ -221,6 +221,20 @@ class Pitr:
 
 
 @dataclass
+def beside_ids(doc: dict) -> set[int]:
+    """The `events` ids of the copy a `restore --beside --json` answered with (`doc`), read
+    from its `pitrdb`; the copy's server is stopped after, whatever happens."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    try:
+        with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
+            return {row[0] for row in conn.execute("select id from events")}
+    finally:
+        pg.stop(doc["pid"])
+
+
 class Inserter:
     """Inserts one row per transaction until stopped; keeps the ids it saw committed."""
 

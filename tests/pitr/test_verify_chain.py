@@ -202,15 +202,9 @@ def test_a_time_whose_wal_is_not_archived_yet_is_refused_without_advising_latest
 
 
 def _restored_ids(doc) -> set[int]:
-    import psycopg
+    from pitr_support import beside_ids
 
-    from opsctl.local import postgres as pg
-
-    try:
-        with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
-            return {row[0] for row in conn.execute("select id from events")}
-    finally:
-        pg.stop(doc["pid"])
+    return beside_ids(doc)
 
 
 def test_restore_to_an_lsn_mid_window_gives_the_rows_before_it(pitr, batches, runner):
