@@ -295,7 +295,9 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
     record = _Record(project, env, started)
     with ExitStack() as teardown:  # everything the drill starts is stopped and removed, pass or fail
         teardown.callback(record.close)
-        plan = pr.plan(project, env, "latest", None, beside=True, report=report)
+        # what the repository holds now, the archiver left as it is: a stopped one is part of what
+        # a disaster at this instant would recover from (restore's 'latest' starts it first)
+        plan = pr.plan(project, env, "latest", None, beside=True, report=report, start_archiver=False)
         # the restore's record (its server's PID, the copy's folders) stays until the copy is torn
         # down: a drill killed meanwhile leaves it to the next restore, drill or `local down`
         teardown.callback(pr.discard, plan)

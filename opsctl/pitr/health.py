@@ -410,11 +410,10 @@ def standby_health(project, env) -> CheckResult:
     Details: pid, port, streaming, slot_retained_bytes (failover_pending when one is)."""
     import psycopg
 
+    from opsctl.errors import UsageError
     from opsctl.local import postgres as pg
     from opsctl.local import state as st
     from opsctl.pitr import standby
-
-    from opsctl.errors import UsageError
 
     try:
         pending = standby.pending_failover(project, env)

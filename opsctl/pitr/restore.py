@@ -168,7 +168,7 @@ def cluster_id(repo, state) -> str:
 
 def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,
          beside: bool = False, report=None, unpack_report=None, damaged: dict[str, str] | None = None,
-         timeline: int | None = None) -> PitrPlan:
+         timeline: int | None = None, start_archiver: bool = True) -> PitrPlan:
     """Choose the chain and check the target against its window; stages the checked WAL.
 
     While the WAL is read and checked, the chain's base backups are already unpacked (and
@@ -178,7 +178,9 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     per WAL file; `unpack_report(what, total)` as for backups. `damaged` ({id: why}): base
     backups a previous attempt found damaged while unpacking; no chain through them is chosen.
     `timeline`: recover along this timeline's history (chain.inventory) instead of the live
-    server's or the repository's newest.
+    server's or the repository's newest. `start_archiver` (for 'latest'): start a stopped WAL
+    archiver first, so the local queue reaches the repository before the window is read; a
+    drill passes False, to measure what the repository holds as it is.
     """
     if (to_time is None) == (to_lsn is None):
         raise UsageError("give one of --to-time TIME (or 'latest') and --to-lsn LSN")
@@ -197,8 +199,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # the queue holds the live timeline's WAL: a --timeline of another has nothing to wait for
     # (breaker 18 F10: 30 s waited for WAL no restore along that timeline reads)
     on_live = timeline is None or not live or timeline == live[-1][0]
-    queue_notes = (_start_archiver(project, env) + _ship_open_segment(state) + _wait_for_queue(state, beside=beside)
-                   if latest and on_live else [])
+    queue_notes = ((_start_archiver(project, env) if start_archiver else []) + _ship_open_segment(state)
+                   + _wait_for_queue(state, beside=beside) if latest and on_live else [])
     # the tars are read (and one that fails passed over) below: a finding of the last verify-chain
     # is not taken on trust, so a base backup repaired since restores (breaker 27 F9)
     listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live, findings=False)

@@ -220,7 +220,6 @@ class Pitr:
             state.save()
 
 
-@dataclass
 def beside_ids(doc: dict) -> set[int]:
     """The `events` ids of the copy a `restore --beside --json` answered with (`doc`), read
     from its `pitrdb`; the copy's server is stopped after, whatever happens."""
@@ -235,6 +234,7 @@ def beside_ids(doc: dict) -> set[int]:
         pg.stop(doc["pid"])
 
 
+@dataclass
 class Inserter:
     """Inserts one row per transaction until stopped; keeps the ids it saw committed."""
 
