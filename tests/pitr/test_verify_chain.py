@@ -176,28 +176,30 @@ def test_a_time_after_the_last_commit_of_a_quiet_server_is_refused_for_what_it_i
 
 
 def test_a_time_whose_wal_is_not_archived_yet_is_refused_without_advising_latest(pitr, batches, runner):
-    """Breaker 36 F4: a restore to just before a DROP whose WAL was not archived yet was
-    refused advising "choose an earlier --to-time or 'latest'": 'latest' brings the DROP back.
-    The refusal now says to run it again once the archiver has the WAL."""
-    pitr.sql("alter system set archive_timeout = '1h'", db="postgres")  # no switch of its own meanwhile
-    pitr.sql("select pg_reload_conf()", db="postgres")
+    """Breaker 36 F4: a restore to just before a DELETE whose WAL was not archived yet was
+    refused advising "choose an earlier --to-time or 'latest'": 'latest' brings the DELETE back.
+    The refusal now says to run it again once the archiver has the WAL. The archiver is
+    stopped here, so the WAL is either still in the server's open segment or queued (a
+    switch on archive_timeout): both are 'not archived yet'."""
+    from opsctl.pitr import local as pitr_local
+
+    pitr.wait_archived()
+    assert pitr_local.stop_archiver(pitr.state())
     try:
-        pitr.wait_archived()
         pitr.sql("insert into events(note) values ('wanted')")
         time.sleep(0.3)
         target = dt.datetime.now(dt.timezone.utc)
         time.sleep(0.3)
-        pitr.sql("delete from events")  # the accident
+        pitr.sql("delete from events where note = 'wanted'")  # the accident
         before = _live(pitr)
-        r = pitr.cli(runner, "restore", "--to-time", target.isoformat(), "--yes")
+        r = pitr.cli(runner, "restore", "--to-time", target.isoformat(), "--beside")
         assert r.exit_code == 2 and "beyond the newest restorable time" in r.output, r.output
         said = " ".join(r.output.split())
         assert "run this again once the WAL archiver has it" in said, said
         assert "or 'latest'" not in said and "'latest' would also restore what was committed after it" in said, said
         assert _live(pitr) == before
     finally:
-        pitr.sql("alter system reset archive_timeout", db="postgres")
-        pitr.sql("select pg_reload_conf()", db="postgres")
+        pitr.ensure_archiver()
         pitr.wait_archived()
 
 
