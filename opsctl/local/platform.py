@@ -253,10 +253,7 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
         state.save()
         from opsctl.pitr import standby as pitr_standby
 
-        try:
-            pending = pitr_standby.pending_failover(project, env)
-        except UsageError as exc:
-            pending = str(exc)
+        pending = pitr_standby.pending_failover_note(project, env)
         if pending is not None:  # up, but PostgreSQL refuses every write until it is finished
             logging.getLogger("opsctl.local").warning("%s", pending)
         router = state.components["router"]

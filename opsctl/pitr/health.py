@@ -410,15 +410,11 @@ def standby_health(project, env) -> CheckResult:
     Details: pid, port, streaming, slot_retained_bytes (failover_pending when one is)."""
     import psycopg
 
-    from opsctl.errors import UsageError
     from opsctl.local import postgres as pg
     from opsctl.local import state as st
     from opsctl.pitr import standby
 
-    try:
-        pending = standby.pending_failover(project, env)
-    except UsageError as exc:  # its journal can't be read
-        pending = str(exc)
+    pending = standby.pending_failover_note(project, env)
     if pending is not None:  # before anything the standby says: the primary takes no writes
         return CheckResult("", "backup", Status.CRITICAL, pending, details={"failover_pending": True})
     state = st.load(st.folder_for(project.root))

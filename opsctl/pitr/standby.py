@@ -381,6 +381,15 @@ def pending_failover(project: Project, env: Environment) -> str | None:
             f"{env.name} --yes' or undo it with 'opsctl failover --env {env.name} --abandon'")
 
 
+def pending_failover_note(project: Project, env: Environment) -> str | None:
+    """pending_failover for those that only tell (`local up`, the standby check): an unreadable
+    journal is told as its UsageError's text instead of raised."""
+    try:
+        return pending_failover(project, env)
+    except UsageError as exc:
+        return str(exc)
+
+
 def stop_for_down(state) -> bool:
     """`opsctl local down`'s hook: stop a running standby (its data is kept; `dr standby`
     builds a new one later). True when one was running."""
