@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from opsctl.errors import UsageError
+from opsctl.errors import OperationFailed, UsageError
 from opsctl.loadtest import slo
 from opsctl.loadtest.latencies import Recorder
 from opsctl.loadtest.plan import Plan
@@ -214,7 +215,9 @@ def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interr
     recorder = Recorder()  # the exact latencies the gates judge
     run_id = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{plan.profile}-{uuid.uuid4().hex[:4]}"
     workers = None
-    logdir = Path(tempfile.mkdtemp(prefix=f"opsctl-loadtest-{run_id}-"))
+    # the worker processes' logs: named by an error about them (kept then), removed otherwise
+    logdir = Path(tempfile.mkdtemp(prefix=f"opsctl-loadtest-{run_id}-")) if plan.workers else None
+    logs_named = False
     started = dt.datetime.now(dt.timezone.utc)
     aborted: slo.GateResult | None = None
     csv_files = None
@@ -223,7 +226,11 @@ def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interr
             from opsctl.loadtest.distributed import Workers
 
             workers = Workers(environment, plan.workers, plan.locustfile, logdir, recorder, plan.api_key)
-            workers.wait_ready()
+            try:
+                workers.wait_ready()
+            except OperationFailed:
+                logs_named = True
+                raise
             runner = workers.runner
         else:
             recorder.attach(environment.events)
@@ -246,7 +253,11 @@ def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interr
                 break
         _stop(runner, interrupts, local=not workers)
         if workers:  # a worker answers once its users are stopped: after up to the stop timeout
-            workers.flush(timeout=plan.stop_timeout_s + 30)
+            try:
+                workers.flush(timeout=plan.stop_timeout_s + 30)
+            except OperationFailed:
+                logs_named = True
+                raise
         run_seconds = time.monotonic() - began
         history.kill(block=True)
         files: dict[str, str] = {}
@@ -281,3 +292,5 @@ def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interr
             workers.close()
         elif environment.runner is not None:
             environment.runner.quit()
+        if logdir is not None and not logs_named:
+            shutil.rmtree(logdir, ignore_errors=True)

@@ -268,3 +268,42 @@ def test_an_interrupt_during_the_stop_timeout_ends_it_and_keeps_the_run(hanging_
     assert sent == [signal.SIGINT]
     assert (summary.aborted_by, summary.passed) == (runner.INTERRUPTED, False)
     assert summary.in_flight > 0 and summary.total.failures == summary.in_flight
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_run_leaves_no_temporary_folder(quick_target, tmp_path, monkeypatch, workers):
+    """Every run used to leave an empty /tmp/opsctl-loadtest-* folder (one per CI load test);
+    the worker processes' logs now live only as long as the run."""
+    import dataclasses
+    import tempfile
+
+    from opsctl.loadtest import runner
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    summary = runner.run(dataclasses.replace(_plan(quick_target, tmp_path, duration_s=2, stop_timeout_s=30),
+                                             workers=workers))
+    assert summary.total.requests > 0 and len(summary.worker_counts) == workers
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_worker_that_fails_keeps_the_log_its_error_names(quick_target, tmp_path, monkeypatch):
+    import dataclasses
+    import tempfile
+
+    from opsctl.errors import OperationFailed
+    from opsctl.loadtest import runner
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    plan = _plan(quick_target, tmp_path, duration_s=2, stop_timeout_s=30)
+    broken = tmp_path / "locustfile.py"  # loads in this process (the master), not in a worker
+    broken.write_text(f"import os\nif os.getpid() != {os.getpid()}:\n    raise SystemExit('no load here')\n"
+                      + plan.locustfile.read_text())
+    plan = dataclasses.replace(plan, workers=1, locustfile=broken)
+    with pytest.raises(OperationFailed) as failed:
+        runner.run(plan)
+    log = Path(str(failed.value).rsplit("(log: ", 1)[1].rstrip(")"))
+    assert log.parent.parent == scratch and log.is_file()
