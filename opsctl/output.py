@@ -23,7 +23,7 @@ def _console(name: str) -> "Console":
     if name not in globals():
         from rich.console import Console
 
-        globals().update(stdout=Console(soft_wrap=True), stderr=Console(stderr=True, soft_wrap=True))
+        globals().update(stdout=Console(soft_wrap=True, markup=False), stderr=Console(stderr=True, soft_wrap=True, markup=False))
     return globals()[name]
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, confirm, environment, progress
+from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, bold_id, confirm, environment, progress
 
 app = typer.Typer(help="Create, list, verify and prune backups.", no_args_is_help=True)
 
@@ -35,7 +35,7 @@ def create(
     from opsctl.output import emit
 
     emit(r, as_json, lambda c: c.print(
-        f"backup [bold]{r.id}[/bold] complete: {', '.join(r.components)} — {_size(r.raw_bytes)} → "
+        bold_id("backup ", r.id) + f" complete: {', '.join(r.components)} — {_size(r.raw_bytes)} → "
         f"{_size(r.stored_bytes)} ({r.ratio}x) in {r.seconds:.1f} s, "
         + (f"encrypted (key id {r.key_id})" if r.encrypted else "NOT encrypted")
         + (f"; pruned {len(r.pruned)}" if r.pruned else "")
@@ -115,7 +115,7 @@ def verify(
     if r.not_recorded:
         extra += (f"; the verdict was NOT recorded in the repository ({r.not_recorded}): retention does not "
                   "count it verified until a verify can write there")
-    emit(r, as_json, lambda c: c.print(f"backup [bold]{r.id}[/bold] verified: {r.objects} objects, "
+    emit(r, as_json, lambda c: c.print(bold_id("backup ", r.id) + f" verified: {r.objects} objects, "
                                        f"{_size(r.bytes)} checked{extra}"))
 
 
@@ -182,7 +182,7 @@ def restore(
 
         return render_restore_to(r, environment_, as_json)
     emit(r, as_json, lambda c: c.print(
-        f"restored backup [bold]{r.backup_id}[/bold] ({', '.join(r.components)}) in {r.seconds:.1f} s"
+        bold_id("restored backup ", r.backup_id) + f" ({', '.join(r.components)}) in {r.seconds:.1f} s"
         + (f"; database {r.database}: {r.tables} tables, {r.rows} rows" if r.database else "")
         + (f" (previous kept as {r.previous_database})" if r.previous_database else "")
         + (f"; {r.redis_keys} Redis keys" if "redis" in r.components else "")

@@ -19,11 +19,12 @@ def version(as_json: JsonOpt = False) -> None:
 
     def render(console):
         from rich.table import Table
+        from rich.text import Text
 
         console.print(f"opsctl {info['opsctl']} (Python {info['python']}, {info['platform']})")
         table = Table("library", "version", box=None)
         for name, ver in info["libraries"].items():
-            table.add_row(name, ver or "[dim]not installed[/dim]")
+            table.add_row(name, ver or Text("not installed", style="dim"))
         console.print(table)
 
     emit(info, as_json, render)
@@ -38,10 +39,11 @@ def doctor(as_json: JsonOpt = False) -> None:
 
     def render(console):
         from rich.table import Table
+        from rich.text import Text
 
         table = Table("check", "", "detail", "fix")
         for c in report.checks:
-            mark = "[green]ok[/green]" if c.ok else ("[red]missing[/red]" if c.required else "[yellow]optional[/yellow]")
+            mark = Text(*(("ok", "green") if c.ok else ("missing", "red") if c.required else ("optional", "yellow")))
             table.add_row(c.name, mark, c.detail, c.fix)
         console.print(table)
 

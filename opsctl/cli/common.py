@@ -20,6 +20,8 @@ except ImportError:  # pragma: no cover
     from click import get_current_context  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from opsctl.config import Environment, Project
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -76,7 +78,7 @@ class ProgressBars:
 
             from opsctl.output import stderr
 
-            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            self.bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), TimeElapsedColumn(), console=stderr, transient=True,
                                  disable=not stderr.is_terminal)
             self.bars.start()
@@ -117,6 +119,15 @@ def progress() -> Iterator[ProgressBars]:
         finally:
             if bars.bars is not None:
                 bars.bars.stop()
+
+
+def bold_id(before: str, ident: str) -> "Text":
+    """`before`, then `ident` in bold, as Rich Text. The consoles read no markup (a '[/]' in a
+    path or a transcript would end a command in a traceback), so styling is built, never
+    written as tags; a str added to the result stays plain."""
+    from rich.text import Text
+
+    return Text.assemble(before, (ident, "bold"))
 
 
 def __getattr__(name: str):

@@ -30,7 +30,9 @@ def _render_record(record) -> None:
 
     color = "green" if record.outcome in (Outcome.PROMOTED, Outcome.AWAITING_PROMOTION) else (
         "yellow" if record.outcome == Outcome.ABORTED else "red")
-    stdout.print(f"[{color}]{record.outcome}[/{color}]: {record.version} on {record.to_color} — {record.reason}")
+    from rich.text import Text
+
+    stdout.print(Text.assemble((str(record.outcome), color), f": {record.version} on {record.to_color} — {record.reason}"))
 
 
 def deploy(
@@ -109,17 +111,17 @@ def status(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     doc = operation.status(project(), env_name)
 
     def render(console) -> None:
+        from rich.text import Text
+
         from opsctl.cli.tables import print_whole
 
-        console.print(f"active color: [bold]{doc['active_color']}[/bold] (driver {doc['driver']})")
+        console.print(Text.assemble("active color: ", (str(doc["active_color"]), "bold"), f" (driver {doc['driver']})"))
         good = doc["known_good"]
         if good["color"] and good["color"] != doc["active_color"]:
-            console.print(f"known-good: [bold]{good['color']}[/bold] ({good['version']}), "
-                          + ("kept warm" if doc.get("known_good_warm") else "[red]not running[/red]"))
+            console.print(Text.assemble("known-good: ", (good["color"], "bold"), f" ({good['version']}), ",
+                                        "kept warm" if doc.get("known_good_warm") else ("not running", "red")))
         if doc["notice"]:
-            from rich.markup import escape
-
-            console.print(f"[yellow]{escape(doc['notice'])}[/yellow]", highlight=False)
+            console.print(Text(doc["notice"], style="yellow"), highlight=False)
         print_whole(console, ["color", "version", "running", "ready", "url"],
                     [[c.color, c.version or "-", "yes" if c.running else "no", "yes" if c.ready else "no", c.url or "-"]
                      for c in doc["colors"].values()], optional=["url"])

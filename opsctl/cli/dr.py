@@ -36,13 +36,14 @@ def drill(
 
     def render(c):
         from rich.table import Table
+        from rich.text import Text
 
         t = Table("measure", "achieved", "target", "verdict", title=f"dr drill {r.environment} ({r.platform})")
         for name, value, target in (("RTO", r.rto_seconds, r.rto_target_seconds),
                                     ("RPO", r.rpo_seconds, r.rpo_target_seconds)):
             ok = value is not None and value <= target
             t.add_row(name, "-" if value is None else f"{value:.1f} s", f"{target:.0f} s",
-                      "[green]met[/green]" if ok else "[red]not achieved[/red]" if value is None else "[red]missed[/red]")
+                      Text("met", style="green") if ok else Text("not achieved" if value is None else "missed", style="red"))
         c.print(t)
         c.print(f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
                 f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}"
@@ -52,7 +53,7 @@ def drill(
             c.print(f"from backup {r.backup_id}: {r.redis_keys} Redis keys, {r.audio_objects} audio objects; "
                     f"sample transcription: {r.transcription}; load test: {r.load_test}", soft_wrap=True)
         for problem in r.problems:
-            c.print(f"[red]{problem}[/red]", soft_wrap=True)
+            c.print(Text(problem, style="red"), soft_wrap=True)
 
     emit(r, as_json, render)
     if not r.passed:

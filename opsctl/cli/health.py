@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from opsctl.cli.common import EnvOpt, JsonOpt, environment
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 class Mode(str, enum.Enum):
@@ -26,14 +29,20 @@ class Mode(str, enum.Enum):
 _STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN": "magenta"}
 
 
+def _rows(result) -> list[tuple[str, str, str, str, str]]:
+    """Per check: name, status, value with its unit ('-' for none), message, duration in ms."""
+    return [(r.name, r.status.name, "-" if r.value is None else f"{r.value:g} {r.unit}".strip(), r.message,
+             f"{r.duration_ms:.0f}") for r in result.results]
+
+
 def _table(result, title: str | None = None):
     """Readable at 80 columns and without a TTY: names, statuses and figures keep their full
     width (no_wrap); only the message wraps onto more lines."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    rows = [(r.name, r.status.name, "-" if r.value is None else f"{r.value:g} {r.unit}".strip(),
-             f"{r.duration_ms:.0f}") for r in result.results]
+    rows = _rows(result)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   padding=(0, 0))
     for i, header in enumerate(("check", "status", "value")):
@@ -41,17 +50,18 @@ def _table(result, title: str | None = None):
                          min_width=max([len(header), *(len(row[i]) for row in rows)]))
     table.add_column("message", overflow="fold", ratio=1)
     table.add_column("ms", justify="right", no_wrap=True, overflow="ignore",
-                     min_width=max([2, *(len(row[3]) for row in rows)]))
-    for r, (name, status, value, ms) in zip(result.results, rows):
-        style = _STYLE[status]
-        table.add_row(name, f"[{style}]{status}[/{style}]", value, r.message, ms)
+                     min_width=max([2, *(len(row[4]) for row in rows)]))
+    for name, status, value, message, ms in rows:  # Text: a '[' in a message is not Rich markup
+        table.add_row(Text(name), Text(status, style=_STYLE[status]), Text(value), Text(message), Text(ms))
     return table
 
 
-def _title(result) -> str:
-    style = _STYLE[result.status.name]
-    return (f"{result.env}: [{style}]{result.status.name}[/{style}] "
-            f"({len(result.results)} checks in {result.duration_ms:.0f} ms, {result.started_at:%H:%M:%S} UTC)")
+def _title(result) -> "Text":
+    from rich.text import Text
+
+    return Text.assemble(f"{result.env}: ", (result.status.name, _STYLE[result.status.name]),
+                         f" ({len(result.results)} checks in {result.duration_ms:.0f} ms, "
+                         f"{result.started_at:%H:%M:%S} UTC)")
 
 
 def health(
@@ -102,7 +112,24 @@ def health(
 
 
 def _print(console, result) -> None:
-    console.print(_table(result, _title(result)))
+    """The sweep as a table; as `name: value` blocks when the table can't fit the console
+    without splitting a word of a message (a path, an object name: what gets copied)."""
+    from opsctl.cli.tables import longest_word
+
+    rows = _rows(result)
+    fixed = sum(max([len(header), *(len(row[i]) for row in rows)])
+                for i, header in ((0, "check"), (1, "status"), (2, "value"), (4, "ms")))
+    if fixed + max(len("message"), longest_word(row[3] for row in rows)) + 4 <= console.width:  # 4 separators
+        console.print(_table(result, _title(result)))
+    else:
+        from rich.text import Text
+
+        from opsctl.cli.tables import print_blocks
+
+        console.print(_title(result))
+        print_blocks(console, ["check", "status", "value", "message", "ms"],
+                     [[Text(cell, style=_STYLE[cell] if i == 1 else "") for i, cell in enumerate(row)]
+                      for row in rows])
     for line in _silence_lines(result):
         console.print(line, markup=False, highlight=False)
 

@@ -6,10 +6,13 @@ It appears with the first step, so an input error found before any step stays on
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-STYLE = {"running": "[yellow]…[/yellow]", "ok": "[green]ok[/green]", "failed": "[red]failed[/red]",
-         "skipped": "[dim]skipped[/dim]", "done-before": "[dim]done before[/dim]", "planned": "[cyan]planned[/cyan]"}
+if TYPE_CHECKING:
+    from rich.text import Text
+
+STYLE = {"running": ("…", "yellow"), "ok": ("ok", "green"), "failed": ("failed", "red"),
+         "skipped": ("skipped", "dim"), "done-before": ("done before", "dim"), "planned": ("planned", "cyan")}
 
 
 @contextmanager
@@ -47,5 +50,9 @@ def steps_view(title: str, quiet: bool, row: Callable[[Any], Sequence[str]],
             stop_live(live[0])
 
 
-def status(text: str) -> str:
-    return STYLE.get(text, text)
+def status(text: str) -> "Text":
+    """A step's status as its styled word (any other text as it is, never read as markup)."""
+    from rich.text import Text
+
+    word, style = STYLE.get(text, (text, ""))
+    return Text(word, style=style)

@@ -17,22 +17,23 @@ def up(as_json: JsonOpt = False) -> None:
     """Start (or repair) PostgreSQL, Redis, S3, the worker and the router on 127.0.0.1."""
     from rich.live import Live
     from rich.table import Table
+    from rich.text import Text
 
     from opsctl.local import platform
     from opsctl.output import emit, stderr, stop_live
 
-    steps: dict[str, str] = {}
+    steps: dict[str, Text] = {}
 
     def table() -> Table:
         t = Table("component", "state", box=None)
         # the archiver and a known-good worker kept warm come after the five, when `up` reaches them
         for name in dict.fromkeys([*platform.ORDER, *steps]):
-            t.add_row(name, steps.get(name, "[dim]waiting[/dim]"))
+            t.add_row(name, steps.get(name, Text("waiting", style="dim")))
         return t
 
-    styles = {"checking": "[cyan]checking…[/cyan]", "starting": "[yellow]starting…[/yellow]",
-              "ok": "[green]started[/green]", "kept": "[green]running (kept)[/green]",
-              "waiting": "[yellow]not started (see the warning)[/yellow]"}
+    styles = {"checking": Text("checking…", style="cyan"), "starting": Text("starting…", style="yellow"),
+              "ok": Text("started", style="green"), "kept": Text("running (kept)", style="green"),
+              "waiting": Text("not started (see the warning)", style="yellow")}
     live = Live(table(), console=stderr, transient=as_json, refresh_per_second=8)
     live.start()
     try:
@@ -43,8 +44,8 @@ def up(as_json: JsonOpt = False) -> None:
         result = platform.up(project(), progress=progress)
     finally:
         stop_live(live)
-    emit(result, as_json, lambda c: c.print(f"platform up: router on [bold]{result.router_url}[/bold] "
-                                            f"(started: {', '.join(result.started) or 'nothing'})"))
+    emit(result, as_json, lambda c: c.print(Text.assemble("platform up: router on ", (result.router_url, "bold"),
+                                                          f" (started: {', '.join(result.started) or 'nothing'})")))
 
 
 @app.command()

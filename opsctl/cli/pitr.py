@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from opsctl.cli.common import EnvOpt, JsonOpt, environment
+from opsctl.cli.common import EnvOpt, JsonOpt, bold_id, environment
 
 
 def _size(n: int) -> str:
@@ -44,7 +44,7 @@ def base(
     with progress() as bars:
         r = create_base(project, environment_, "auto" if auto else "incremental" if incremental else "full", bars.report)
     emit(r, as_json, lambda c: c.print(
-        f"base backup [bold]{r.id}[/bold] ({r.kind}{', on ' + r.parent if r.parent else ''}) complete: "
+        bold_id("base backup ", r.id) + f" ({r.kind}{', on ' + r.parent if r.parent else ''}) complete: "
         f"{_size(r.raw_bytes)} → {_size(r.stored_bytes)} in {r.seconds:.1f} s; WAL from {r.start_lsn} "
         f"(timeline {r.timeline}), consistent at {r.stop_lsn}"))
 
@@ -72,18 +72,20 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False,
     r = run(*environment(env), timeline=timeline)
 
     def render(c):
-        # soft_wrap=False: wrapped at the terminal's width (the console's default keeps each print one line)
+        from rich.text import Text
+
+        # each line whole (the console's soft wrap): an object path wrapped at 80 columns was
+        # split inside its name, and could not be copied (breaker 36 F9)
         c.print(f"cluster {r.sysid} in {r.repository}: {len(r.base_backups)} base backup(s), "
-                f"{r.segments} WAL segment(s) on the path, {r.checked} object(s) read and checked", soft_wrap=False)
+                f"{r.segments} WAL segment(s) on the path, {r.checked} object(s) read and checked")
         c.print(_windows_table(r, "recoverable windows"))
         for p in r.problems:  # a file still in the local queue is late, not lost
             color = "yellow" if p["kind"] == "queued" else "red"
-            c.print(f"[{color}]{p['file']}[/{color}]: {p['kind']} ({p['detail']})", soft_wrap=False)
+            c.print(Text.assemble((p["file"], color), f": {p['kind']} ({p['detail']})"))
         for bid, why in r.unusable_base_backups.items():
-            c.print(f"base backup {bid}: {why}", soft_wrap=False, markup=False)
+            c.print(f"base backup {bid}: {why}")
         for bid, why in r.unfit_parents.items():  # restores; takes no incremental
-            c.print(f"base backup {bid}: {why}: no incremental is built on it (a restore does not read it)",
-                    soft_wrap=False, markup=False)
+            c.print(f"base backup {bid}: {why}: no incremental is built on it (a restore does not read it)")
         c.print(f"newest restorable time: {_t(r.newest_restorable, exact=True)}")
 
     emit(r, as_json, render)
@@ -107,7 +109,7 @@ def render_restore_to(r, environment_, as_json: bool) -> None:
 
     if environment_.platform == "kubernetes":
         emit(r, as_json, lambda c: c.print(
-            f"new RDS instance [bold]{r.target_instance}[/bold] restored from {r.source} to "
+            bold_id("new RDS instance ", r.target_instance) + f" restored from {r.source} to "
             f"{_t(r.restore_time) if r.restore_time else 'its latest restorable time'}, available at {r.endpoint} "
             f"({r.seconds:.0f} s); point the environment at it to use it", soft_wrap=True))
         return

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, environment, project
+from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, bold_id, environment, project
 
 app = typer.Typer(help="Versioned runbooks: list, show, validate, publish, run, history.", no_args_is_help=True)
 
@@ -104,7 +104,7 @@ def run(
     row = lambda s: (s.id, status(s.status), f"{s.seconds:.1f}s" if s.seconds else "", s.detail)  # noqa: E731
     result = engine.run(proj, env, ref, given, yes=yes, dry_run=dry_run, resume_id=resume, from_step=from_step,
                         junit=junit, view=lambda title: steps_view(title, as_json, row))
-    emit(result, as_json, lambda c: c.print(f"{result.runbook}: [bold]{result.status}[/bold]"
+    emit(result, as_json, lambda c: c.print(bold_id(f"{result.runbook}: ", str(result.status))
                                             + (f" (run {result.run_id})" if result.run_id else "")))
     if result.status == engine.RunStatus.FAILED:
         raise typer.Exit(1)

@@ -2,7 +2,8 @@
 
 Ids, versions, times and statuses are what a person copies: their columns never wrap and
 never shrink. One free-text column (a reason, a note) takes the width left and wraps by
-words. When even that does not fit, the table is dropped for `name: value` lines, one
+words; it is at least as wide as its longest word, so a path or an object name in it is
+never split. When even that does not fit, the table is dropped for `name: value` lines, one
 block per row, a long value wrapping under itself: no character is lost.
 """
 
@@ -35,7 +36,8 @@ def print_whole(console: Console, columns: Sequence[str], rows: Sequence[Sequenc
                 min_wrap: int = 16) -> None:
     """Print `rows` (text cells, in `columns` order) on `console` with no value cut.
 
-    `wrap` names the one column that may wrap (at least `min_wrap` cells wide); every other
+    `wrap` names the one column that may wrap (at least `min_wrap` cells wide, and as wide as
+    its longest word, so a path in it is not split); every other
     column is as wide as its longest value. When they do not fit the console's width, the
     `optional` columns are left out, then the table gives way to one `name: value` block
     per row.
@@ -43,9 +45,9 @@ def print_whole(console: Console, columns: Sequence[str], rows: Sequence[Sequenc
     from rich.cells import cell_len
     from rich.text import Text
 
-    def width(i: int) -> int:  # a column's need: all of its longest value, or min_wrap
+    def width(i: int) -> int:  # a column's need: all of its longest value, or its longest word
         if columns[i] == wrap:
-            return min_wrap
+            return max(min_wrap, longest_word(r[i] for r in rows))
         return max([cell_len(columns[i])] + [cell_len(r[i]) for r in rows])
 
     keep = list(range(len(columns)))
@@ -53,18 +55,34 @@ def print_whole(console: Console, columns: Sequence[str], rows: Sequence[Sequenc
         if drop is not None:
             keep = [i for i in keep if columns[i] != drop]
         if sum(width(i) for i in keep) + 3 * len(keep) - 1 <= console.width:  # SIMPLE_HEAD: 3 cells per column
+            need = width(columns.index(wrap)) if wrap in columns else min_wrap
             console.print(_table([columns[i] for i in keep], [[r[i] for i in keep] for r in rows], wrap, title,
-                                 min_wrap))
+                                 need))
             return
-    from rich.table import Table
-
     if title:
         console.print(Text(title, style="bold"))
-    for row in rows:  # `name: value` lines; a long value wraps (by words, else folded) under itself
+    print_blocks(console, columns, [[Text(cell) for cell in row] for row in rows])
+
+
+def longest_word(cells) -> int:
+    """The widest run of non-blank characters in `cells` (terminal cells): what a column that
+    wraps by words must hold to split none of them."""
+    from rich.cells import cell_len
+
+    return max((cell_len(word) for cell in cells for word in str(cell).split()), default=0)
+
+
+def print_blocks(console: Console, columns: Sequence[str], rows) -> None:
+    """One `name: value` block per row (cells are str or rich Text), a long value wrapping by
+    words under itself and folded only where one word is wider than the console."""
+    from rich.table import Table
+    from rich.text import Text
+
+    for row in rows:
         block = Table.grid(padding=(0, 1))
         block.add_column(no_wrap=True)
         block.add_column(overflow="fold", ratio=1)
         for name, cell in zip(columns, row):
-            block.add_row(Text(f"  {name}:"), Text(cell))
+            block.add_row(Text(f"  {name}:"), cell if isinstance(cell, Text) else Text(cell))
         console.print(block)
         console.print()

@@ -53,8 +53,10 @@ def plan(driver: Driver, env: Environment, release: Release, strategy: str, auto
 
 def render(console, doc: dict) -> None:
     """Print `plan`'s document for a person: the numbered steps, then the manifests."""
-    console.print(f"[bold]plan[/bold]: deploy {doc['version']} to {doc['env']} ({doc['strategy']}, "
-                  f"driver {doc['driver']}); nothing will be changed")
+    from rich.text import Text
+
+    console.print(Text.assemble(("plan", "bold"), f": deploy {doc['version']} to {doc['env']} ({doc['strategy']}, "
+                                f"driver {doc['driver']}); nothing will be changed"))
     for n, step in enumerate(doc["steps"], 1):
         console.print(f"  {n}. {step}")
     console.print(doc["manifests"], markup=False, highlight=False)

@@ -144,6 +144,7 @@ class LiveView:
         MAX_ROWS steps, running ones first."""
         from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         steps = tracker.snapshot()
         done = sum(s.status == "done" for s in steps)
@@ -151,7 +152,7 @@ class LiveView:
         colors = {"running": "yellow", "done": "green", "failed": "red"}
         shown = sorted(steps, key=lambda s: s.status != "running")[: self.MAX_ROWS]
         for s in shown:
-            table.add_row(SYMBOLS.get(s.op, s.op), s.type, s.name, f"[{colors[s.status]}]{s.op} {s.status}[/]")
+            table.add_row(SYMBOLS.get(s.op, s.op), s.type, s.name, Text(f"{s.op} {s.status}", style=colors[s.status]))
         more = f"\n… {len(steps) - len(shown)} more" if len(steps) > len(shown) else ""
-        head = f"[bold]{self.title}[/]  {done}/{len(steps)} changes done, {tracker.unchanged} unchanged"
+        head = Text.assemble((self.title, "bold"), f"  {done}/{len(steps)} changes done, {tracker.unchanged} unchanged")
         return Group(head, table, more) if more else Group(head, table)

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from opsctl.loadtest.compare import Comparison
 from opsctl.loadtest.runner import Tick
@@ -30,7 +31,7 @@ def _view(tick: Tick, title: str) -> Table:
     t = Table(title=title, title_justify="left", box=None)
     for col in ("elapsed", "users", "RPS", "p50 ms", "p95 ms", "p99 ms", "requests", "failures"):
         t.add_column(col, justify="right")
-    fail = f"[red]{tick.failures}[/red]" if tick.failures else "0"
+    fail = Text(str(tick.failures), style="red") if tick.failures else "0"
     t.add_row(f"{tick.elapsed_s:.0f}/{tick.duration_s:.0f} s", str(tick.users), f"{tick.rps:.1f}",
               _ms(tick.p50_ms), _ms(tick.p95_ms), _ms(tick.p99_ms), str(tick.requests), fail)
     return t
@@ -112,8 +113,8 @@ def render_run(summary: RunSummary, console: Console) -> None:
             request = f"{f.method} {f.name}".strip()
             console.print(f"  {f.occurrences} x {request}: {f.error}", highlight=False, markup=False)
     if summary.in_flight:
-        console.print(f"[red]{summary.in_flight} requests still in flight {summary.stop_timeout_s:g} s after "
-                      "the end: counted as failed (timeouts)[/red]")
+        console.print(Text(f"{summary.in_flight} requests still in flight {summary.stop_timeout_s:g} s after "
+                           "the end: counted as failed (timeouts)", style="red"))
     if summary.worker_counts:
         parts = ", ".join(f"{w.requests_sent}" for w in summary.worker_counts)
         console.print(f"workers: {parts} requests = {sum(w.requests_sent for w in summary.worker_counts)} "
@@ -122,20 +123,21 @@ def render_run(summary: RunSummary, console: Console) -> None:
         g = _table("observed", "result", title="SLO gates", first="SLO gate")
         rows = [[r.gate, r.shown, "pass" if r.passed else "BREACHED"] for r in summary.gates]
         for row, r in zip(rows, summary.gates):
-            g.add_row(row[0], row[1], f"[green]{row[2]}[/green]" if r.passed else f"[red]{row[2]}[/red]")
+            g.add_row(row[0], row[1], Text(row[2], style="green" if r.passed else "red"))
         console.print(_fit(g, rows))
         for r in summary.gates:
             if r.basis:
                 console.print(f"{r.gate}: judged on {r.basis}", highlight=False, markup=False)
     if summary.aborted_by == "interrupted":
-        console.print(f"[red]interrupted after {summary.run_seconds:.0f} s: the figures cover that time only[/red]")
+        console.print(Text(f"interrupted after {summary.run_seconds:.0f} s: the figures cover that time only", style="red"))
     elif summary.aborted_by:
-        console.print(f"[red]stopped early after {summary.run_seconds:.0f} s: gate {summary.aborted_by} was lost[/red]")
+        console.print(Text(f"stopped early after {summary.run_seconds:.0f} s: gate {summary.aborted_by} was lost",
+                           style="red"))
     for kind, path in summary.reports.items():
         console.print(f"{kind}: {path}", highlight=False)
-    verdict = "[green]passed[/green]" if summary.passed else "[red]failed[/red]"
-    console.print(f"{verdict}: {summary.total.requests} requests, {summary.total.failures} failures in "
-                  f"{summary.run_seconds:.0f} s; saved as {summary.id}")
+    verdict = ("passed", "green") if summary.passed else ("failed", "red")
+    console.print(Text.assemble(verdict, f": {summary.total.requests} requests, {summary.total.failures} failures in "
+                                f"{summary.run_seconds:.0f} s; saved as {summary.id}"))
 
 
 def _rows(summary: RunSummary) -> list:
@@ -154,7 +156,7 @@ def render_list(rows: list[RunSummary], console: Console) -> None:
               fmt(s.total.error_rate, ""), _lat(s.gated.p95_ms), fmt(s.gated.rps, ""),
               "pass" if s.passed else "fail"] for s in rows]
     for row, s in zip(cells, rows):
-        t.add_row(*row[:-1], f"[green]{row[-1]}[/green]" if s.passed else f"[red]{row[-1]}[/red]")
+        t.add_row(*row[:-1], Text(row[-1], style="green" if s.passed else "red"))
     console.print(_fit(t, cells))
 
 
@@ -178,9 +180,9 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
                      _change(c["rps"], "%"), "REGRESSION" if r.regressions else "ok"])
     for row in rows:
         style = "red" if row[-1] == "REGRESSION" else "green" if row[-1] == "ok" else None
-        t.add_row(*row[:-1], f"[{style}]{row[-1]}[/{style}]" if style else row[-1])
+        t.add_row(*row[:-1], Text(row[-1], style=style or ""))
     console.print(_fit(t, rows))
     for line in cmp.regressions:
-        console.print(f"[red]regression[/red] {line}", highlight=False)
+        console.print(Text.assemble(("regression", "red"), f" {line}"), highlight=False)
     if not cmp.regressions:
         console.print("no regressions beyond the thresholds")
