@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import re
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -17,13 +18,45 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
+# C0 and C1 control characters but newline and tab, and Unicode's bidirectional overrides and
+# isolates (Trojan Source, CVE-2021-42574): what a terminal would act on instead of showing
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` with every control character and bidirectional override written as its Python
+    escape (ESC as `\\x1b`, CR as `\\r`, U+202E as `\\u202e`): a backup label, a check name or a
+    server's answer is shown, never run by the terminal (an ESC sequence clears the screen or
+    sets its title; a CR overwrites the line). Newlines and tabs stay."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
 def _console(name: str) -> "Console":
     """`stdout` or `stderr`, the two rich Consoles, made at first use: importing rich.console
-    costs ~40 ms of a core, which `backup create` would pay before it can start pg_dump."""
+    costs ~40 ms of a core, which `backup create` would pay before it can start pg_dump.
+
+    They read no markup (a '[/]' in a path or a transcript is text) and show control
+    characters as escapes (`visible`); Rich's own styling and cursor moves are not text and
+    pass as they are."""
     if name not in globals():
         from rich.console import Console
+        from rich.segment import Segment
 
-        globals().update(stdout=Console(soft_wrap=True, markup=False), stderr=Console(stderr=True, soft_wrap=True, markup=False))
+        class _Shown(Console):
+            def render_str(self, text, **kwargs):  # str printed or put in a table: escaped before layout
+                return super().render_str(visible(text), **kwargs)
+
+            def on_broken_pipe(self) -> None:  # Rich's own exits 1, silently: the CLI's exit 141 instead
+                raise BrokenPipeError
+
+            def render(self, renderable, options=None):  # the rest (rich Text made elsewhere) as it is sent
+                for segment in super().render(renderable, options):
+                    if not segment.control and _CONTROL.search(segment.text):
+                        segment = Segment(visible(segment.text), segment.style)
+                    yield segment
+
+        globals().update(stdout=_Shown(soft_wrap=True, markup=False),
+                         stderr=_Shown(stderr=True, soft_wrap=True, markup=False))
     return globals()[name]
 
 
@@ -111,7 +144,7 @@ class _RichLater(logging.Handler):
         if not _console("stderr").is_terminal:
             try:
                 stream = sys.stderr  # at each record: a test runner swaps it per command
-                stream.write(f"{record.levelname:<8} {self.format(record)}\n")
+                stream.write(f"{record.levelname:<8} {visible(self.format(record))}\n")
                 stream.flush()
             except Exception:  # noqa: BLE001 - logging's own rule: a failed log line never fails the caller
                 self.handleError(record)

@@ -41,3 +41,62 @@ def test_styled_cells_keep_their_words_on_any_console():
     assert console.file.getvalue().split() == ["ok", "failed", "[/]", "odd"]
     render_list([], console)
     assert "no load test runs saved yet" in console.file.getvalue()
+
+
+ESCAPES = "\x1b]0;pwned\x1b\\ \x1b[2J\x1b[31mred \u202eevil"
+SHOWN = "\\x1b]0;pwned\\x1b\\ \\x1b[2J\\x1b[31mred \\u202eevil"
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_control_characters_are_shown_never_sent_to_the_terminal(capsys, stream):
+    """Breaker 37 G3: a backup label, a check name or a silence reason holding an ESC sequence
+    cleared the screen or set the terminal's title when listed; the text is shown escaped."""
+    from rich.table import Table
+
+    from opsctl import output
+
+    console = getattr(output, stream)
+    console.print(f"label {ESCAPES}")
+    table = Table("check", "status")
+    table.add_row(f"web {ESCAPES}", "OK")
+    console.print(table)
+    text = getattr(capsys.readouterr(), stream[3:])
+    assert "\x1b" not in text and "\u202e" not in text
+    assert f"label {SHOWN}" in text and SHOWN.split()[-1] in text.split("label")[1]  # the cell whole
+
+
+def test_an_error_line_shows_control_characters_escaped(tmp_path):
+    from typer.testing import CliRunner
+
+    from opsctl.cli import app
+    from opsctl.starter import starter_text
+
+    (tmp_path / "opsctl.yaml").write_text(starter_text())
+    out = CliRunner().invoke(app, ["--root", str(tmp_path), "status", "--env", ESCAPES])
+    assert out.exit_code == 2, out.output
+    assert "\x1b" not in out.stderr and SHOWN in out.stderr, repr(out.stderr)
+
+
+def test_a_log_line_without_a_terminal_shows_control_characters_escaped(capsys):
+    import logging
+
+    from opsctl.output import setup_logging
+
+    setup_logging()
+    logging.getLogger("opsctl.test").warning("label %s", ESCAPES)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and f"label {SHOWN}" in err, repr(err)
+
+
+def test_a_reader_that_leaves_early_gets_exit_141_and_no_message(tmp_path):
+    """Breaker 37 G17: `opsctl version | head -1` exited 1, said nothing, and failed CI steps
+    under pipefail as a fault; it is now 141 (128 + SIGPIPE), as git's and coreutils' are."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    opsctl = Path(sys.executable).parent / "opsctl"
+    proc = subprocess.Popen([str(opsctl), "version"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it writes a line: every write finds no reader
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141 and err == b"", (proc.returncode, err)

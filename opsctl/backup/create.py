@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 # anything runs): the catalog, manifest, crypto and repository modules load while pg_dump
 # reads the catalog (create below)
 from opsctl.backup import postgres as pgb
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import UsageError
 
 if TYPE_CHECKING:
     from opsctl.backup import manifest as mf
@@ -124,7 +124,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     manifest; `report(what, total_bytes)` returns a callback taking byte counts (progress).
 
     The backup exists only once its manifest is written: any failure or interruption
-    removes what was written (OperationFailed "interrupted" on Ctrl-C/SIGTERM). Raises
+    removes what was written (Interrupted, exit 130, on Ctrl-C/SIGTERM). Raises
     UsageError for bad input (kind, level, no key, no database/Redis URL, a repository not
     matching its record), OperationFailed when a component fails. Sizes are bytes, times
     seconds."""
@@ -230,8 +230,11 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         repo.abort_uploads(f"{backup_id}/")
         repo.delete_prefix(f"{backup_id}/")
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: say what state we left
-            raise OperationFailed(f"backup {backup_id} interrupted; what it had written was removed "
-                                  "and its uploads aborted") from None
+            from opsctl.errors import Interrupted
+
+            # exit 130, as a shell does: CI tells a cancel from a failure (breaker 37 G7)
+            raise Interrupted(f"backup {backup_id} interrupted; what it had written was removed "
+                              "and its uploads aborted") from None
         raise
     result = CreateResult(id=backup_id, repository=repo.url, components=m.components, raw_bytes=m.raw_bytes,
                           stored_bytes=m.stored_bytes, ratio=round(m.raw_bytes / m.stored_bytes, 2) if m.stored_bytes else 0.0,

@@ -99,7 +99,7 @@ def _window(project: Project, env: Environment, subject: str):
 
 
 def restore_any(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
-                latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
+                latest: bool = False, components: str | list[str] | None = None, target_db: str | None = None,
                 target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
                 allow_damaged: bool = False, jobs: int = 1, to_time: str | None = None,
                 to_lsn: str | None = None, beside: bool = False, approve: Approve | None = None,
@@ -110,14 +110,18 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
     kubernetes), else a backup restore (`restore` above; returns a RestoreResult). `timeline`
     (with `to_time`/`to_lsn`): recover along that timeline's history.
     `approve(question)` as for `restore`: called before anything live is overwritten, None
-    refuses. Raises UsageError when the two kinds' options are mixed, and as each kind does."""
+    refuses. `components`: a list, or the option's text `db,redis` (None: all of them; an
+    empty name is refused by `plan`, never taken for all). Raises UsageError when the two
+    kinds' options are mixed, and as each kind does."""
+    if isinstance(components, str):
+        components = [c.strip() for c in components.split(",")]
     if to_time is None and to_lsn is None and not beside:
         if timeline is not None:
             raise UsageError("--timeline chooses the timeline of a point-in-time recovery: give it with "
                              "--to-time or --to-lsn")
         return restore(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner,
                        role, allow_damaged, jobs, approve=approve, report=report, notice=notice)
-    if backup_id or date or latest or components or target_db or no_owner or role or allow_damaged:
+    if backup_id or date or latest or components is not None or target_db or no_owner or role or allow_damaged:
         # a physical restore copies the cluster as it was, owners and grants included: the
         # logical restore's options would be ignored, and an ignored option is a surprise
         raise UsageError("--to-time/--to-lsn/--beside restore from base backups and WAL; they don't combine "
@@ -183,9 +187,14 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     `allow_damaged`: its objects still pass their checksums when restored, or nothing changes."""
     from opsctl.endpoints import resolve
 
+    known = ", ".join(mf.COMPONENTS + NATIVE)
+    if components is not None and not all(components):
+        # breaker 37 G2: "--components $UNSET" meant every component, over live Redis and audio
+        raise UsageError(f"--components: {'empty' if not any(components) else 'an empty name in ' + repr(','.join(components))}"
+                         f"; give one or more of {known}, comma-separated, or leave the option out for all")
     for c in components or []:
         if c not in mf.COMPONENTS + NATIVE:
-            raise UsageError(f"--components: '{c}' is not one of {', '.join(mf.COMPONENTS + NATIVE)}")
+            raise UsageError(f"--components: '{c}' is not one of {known}")
     key = keys.load(project, env, required=False)
     ep = resolve(project, env)
     repo = open_repository(env.backup.repository, project, ep)

@@ -18,10 +18,25 @@ from opsctl.cli.common import click_errors
 
 
 def _fail(message: str, code: int) -> int:
+    from opsctl.output import visible
     from opsctl.redact import credentials  # a driver's or child's error may repeat a password
 
-    sys.stderr.write(f"opsctl: error: {credentials(message)}\n")
+    sys.stderr.write(f"opsctl: error: {visible(credentials(message))}\n")
     return code
+
+
+def _reader_gone() -> int:
+    """Exit code 141 (128 + SIGPIPE, what a shell reports for `git log | head -1`) when the
+    reader of stdout went away; nothing said (there is no one to read it). stdout is pointed
+    at /dev/null so the interpreter's last flush can't fail again (Python's note on SIGPIPE)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no stdout file descriptor (a test runner's buffer)
+        pass
+    return 141
 
 
 class OpsGroup(TyperGroup):
@@ -78,6 +93,8 @@ class OpsGroup(TyperGroup):
             code = _fail(exc.format_message(), exc.exit_code)
         except (typer.Abort, KeyboardInterrupt):
             code = _fail("interrupted", 130)
+        except BrokenPipeError:  # `opsctl ... | head -1`: the reader left; 128 + SIGPIPE, as git and coreutils
+            code = _reader_gone()
         except Exception as exc:  # a full disk, an unreachable endpoint, else an opsctl bug: one line
             if debug:
                 traceback.print_exc()

@@ -170,9 +170,8 @@ def restore(
     from opsctl.output import emit, stderr
 
     project, environment_ = environment(env)
-    wanted = [c.strip() for c in components.split(",") if c.strip()] if components else None
     with progress() as bars:  # SIGTERM (a CI cancel) cleans up as Ctrl-C does
-        r = core.restore_any(project, environment_, backup_id, date, latest, wanted, target_db, target_instance,
+        r = core.restore_any(project, environment_, backup_id, date, latest, components, target_db, target_instance,
                              no_owner, role, allow_damaged, jobs, to_time, to_lsn, beside,
                              approve=core.terminal_approval(environment_, yes, confirm_env, bars.paused),
                              report=bars.report, notice=lambda text: stderr.print(text, markup=False),

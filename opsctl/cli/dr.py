@@ -45,6 +45,8 @@ def drill(
             t.add_row(name, "-" if value is None else f"{value:.1f} s", f"{target:.0f} s",
                       Text("met", style="green") if ok else Text("not achieved" if value is None else "missed", style="red"))
         c.print(t)
+        if r.rpo_basis:
+            c.print(f"RPO measured {r.rpo_basis}")
         c.print(f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
                 f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}"
                 + (f"; not covered: {', '.join(r.not_covered)} ({r.problems_note})" if r.not_covered else ""),

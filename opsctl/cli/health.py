@@ -30,9 +30,12 @@ _STYLE = {"OK": "green", "WARNING": "yellow", "CRITICAL": "bold red", "UNKNOWN":
 
 
 def _rows(result) -> list[tuple[str, str, str, str, str]]:
-    """Per check: name, status, value with its unit ('-' for none), message, duration in ms."""
-    return [(r.name, r.status.name, "-" if r.value is None else f"{r.value:g} {r.unit}".strip(), r.message,
-             f"{r.duration_ms:.0f}") for r in result.results]
+    """Per check: name, status, value with its unit ('-' for none), message, duration in ms;
+    control characters in a name or message shown as escapes (output.visible), as measured."""
+    from opsctl.output import visible
+
+    return [(visible(r.name), r.status.name, "-" if r.value is None else f"{r.value:g} {r.unit}".strip(),
+             visible(r.message), f"{r.duration_ms:.0f}") for r in result.results]
 
 
 def _table(result, title: str | None = None):

@@ -72,20 +72,19 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False,
     r = run(*environment(env), timeline=timeline)
 
     def render(c):
-        from rich.text import Text
+        from opsctl.cli.tables import print_words
 
-        # each line whole (the console's soft wrap): an object path wrapped at 80 columns was
-        # split inside its name, and could not be copied (breaker 36 F9)
-        c.print(f"cluster {r.sysid} in {r.repository}: {len(r.base_backups)} base backup(s), "
-                f"{r.segments} WAL segment(s) on the path, {r.checked} object(s) read and checked")
+        # wrapped between words: an object path was split inside its name at 80 columns, and
+        # could not be copied (breaker 36 F9)
+        print_words(c, f"cluster {r.sysid} in {r.repository}: {len(r.base_backups)} base backup(s), "
+                       f"{r.segments} WAL segment(s) on the path, {r.checked} object(s) read and checked")
         c.print(_windows_table(r, "recoverable windows"))
         for p in r.problems:  # a file still in the local queue is late, not lost
-            color = "yellow" if p["kind"] == "queued" else "red"
-            c.print(Text.assemble((p["file"], color), f": {p['kind']} ({p['detail']})"))
+            print_words(c, f"{p['file']}: {p['kind']} ({p['detail']})", "yellow" if p["kind"] == "queued" else "red")
         for bid, why in r.unusable_base_backups.items():
-            c.print(f"base backup {bid}: {why}")
+            print_words(c, f"base backup {bid}: {why}")
         for bid, why in r.unfit_parents.items():  # restores; takes no incremental
-            c.print(f"base backup {bid}: {why}: no incremental is built on it (a restore does not read it)")
+            print_words(c, f"base backup {bid}: {why}: no incremental is built on it (a restore does not read it)")
         c.print(f"newest restorable time: {_t(r.newest_restorable, exact=True)}")
 
     emit(r, as_json, render)

@@ -45,6 +45,10 @@ def print_whole(console: Console, columns: Sequence[str], rows: Sequence[Sequenc
     from rich.cells import cell_len
     from rich.text import Text
 
+    from opsctl.output import visible
+
+    rows = [[visible(cell) for cell in row] for row in rows]  # measured as they will be shown
+
     def width(i: int) -> int:  # a column's need: all of its longest value, or its longest word
         if columns[i] == wrap:
             return max(min_wrap, longest_word(r[i] for r in rows))
@@ -86,3 +90,17 @@ def print_blocks(console: Console, columns: Sequence[str], rows) -> None:
             block.add_row(Text(f"  {name}:"), cell if isinstance(cell, Text) else Text(cell))
         console.print(block)
         console.print()
+
+
+def print_words(console: Console, text: str, style: str = "") -> None:
+    """`text` wrapped at the console's width between words, never inside one (textwrap with
+    break_long_words off: Rich folds a long word): a path or an object name wider than the
+    console stands whole on a line of its own, where it can be copied."""
+    import textwrap
+
+    from rich.text import Text
+
+    from opsctl.output import visible
+
+    for line in textwrap.wrap(visible(text), console.width, break_long_words=False, break_on_hyphens=False) or [""]:
+        console.print(Text(line, style=style), soft_wrap=True)

@@ -7,7 +7,10 @@ resources, serve from them, measure what the recovery achieved, tear down.
   live database at the failure instant (`pg_last_committed_xact()`, track_commit_timestamp)
   minus the newest commit the restore recovered (the same function on the restored server,
   still in recovery: a commit, never an abort, though a window's end is dated by either);
-  0 when it recovered everything. On RDS, the failure instant minus RDS's LatestRestorableTime.
+  0 when it recovered everything. When the live server does not answer (it is down: the drill
+  is the recovery) the newest commit it held is unknown, and the RPO is the drill's start minus
+  the newest commit recovered: an upper bound, said in `rpo_basis`. On RDS, the failure
+  instant minus RDS's LatestRestorableTime.
 
 Both are judged against `dr: {rto, rpo}` in opsctl.yaml. The embedded platform restores
 beside the live server (`restore --to-time latest --beside`) and stops and removes the copy
@@ -36,6 +39,12 @@ from pathlib import Path
 from opsctl.config import Environment, Project
 from opsctl.pitr.health import seconds
 
+
+# what the RPO was measured between (DrillResult.rpo_basis)
+RPO_LIVE = "from the newest commit recovered to the live server's newest commit"
+RPO_DOWN = ("from the newest commit recovered to the drill's start: the live server did not answer, so "
+            "its newest commit is unknown and this is an upper bound (it grows while the server is down)")
+RPO_RDS = "from RDS's LatestRestorableTime to the drill's start"
 
 # what a drill of the embedded platform covers when Redis, S3 and a worker run (DrillResult.scope)
 PARTS = ("database", "redis", "audio objects", "preview color + transcription", "load test")
@@ -73,6 +82,7 @@ class DrillResult:
     load_test: str | None = None  # the short load test's verdict through it
     problems_note: str = ""
     error: str | None = None  # why the drill itself failed (restore, serve, RDS), redacted; None when it ran
+    rpo_basis: str = ""  # what the RPO was measured between (RPO_LIVE, RPO_DOWN, RPO_RDS); "" when unknown
 
 
 def _owner_alive(doc: dict) -> bool:
@@ -310,14 +320,18 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
             if answered:  # the newest commit the live server holds (none known: none newer than recovered)
                 newest = max(live or result.recovered_to, result.recovered_to)
                 live = newest
+                basis = RPO_LIVE
             else:  # the live server is down: the drill is the recovery; loss up to the failure instant
                 newest = started
+                basis = RPO_DOWN
             rpo = max(0.0, (newest - result.recovered_to).total_seconds())
         out = DrillResult(env.name, env.platform, started, round(db_seconds, 2),
                           None if rpo is None else round(rpo, 3), rto_target, rpo_target, False,
                           result.recovered_to, live, result.data_dir, rows=result.rows, tables=len(result.tables),
                           phases=dict(result.phases))
         out.phases["database"] = round(db_seconds, 2)
+        if rpo is not None:
+            out.rpo_basis = basis
         services = _services_ready(project, env)
         if services:  # breaker 20 F7: `scope` said ["database"] after a drill that covered all of it;
             # each part is in it once done (breaker 22 F3: all of it after a serve phase that stopped early)
@@ -518,7 +532,8 @@ def _rds(project: Project, env: Environment, started: dt.datetime, began: float,
         # would otherwise move the RPO by its error
         rpo = max(0.0, ((r.aws_now or started) - latest).total_seconds()) if latest else None
         out = DrillResult(env.name, env.platform, started, round(rto, 2), None if rpo is None else round(rpo, 3),
-                          rto_target, rpo_target, False, latest, None, scratch)
+                          rto_target, rpo_target, False, latest, None, scratch,
+                          rpo_basis=RPO_RDS if rpo is not None else "")
     finally:  # pass, fail or cancel: the scratch instance is deleted (the record kept if that fails)
         left = None
         try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from opsctl.config import Environment, Project
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import Interrupted, OperationFailed, UsageError
 from opsctl.pitr import base as bb
 from opsctl.pitr import chain, layout
 
@@ -93,8 +93,8 @@ def create_base(project: Project, env: Environment, kind: str = "full", report=N
     try:  # base_wal_wait 0 waits not, but a segment dropped or no archiver is still said (breaker 35 F1)
         await_wal(repo, state, rec, env.backup.base_wal_wait)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM in the wait: the base backup itself is whole
-        raise OperationFailed(f"interrupted while waiting for the WAL base backup {rec.id} needs; the base "
-                              "backup is kept and becomes restorable once its WAL is archived") from None
+        raise Interrupted(f"interrupted while waiting for the WAL base backup {rec.id} needs; the base "
+                          "backup is kept and becomes restorable once its WAL is archived") from None
     return rec
 
 

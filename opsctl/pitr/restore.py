@@ -324,8 +324,15 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
             raise UsageError(f"{when.isoformat()} is beyond the newest restorable time "
                              f"{window.end.isoformat()}{why}; {advice}; nothing was changed")
         if lsn is not None and lsn > window.end_lsn:
-            raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL (up to "
-                             f"{layout.lsn_text(window.end_lsn)}){why}; nothing was changed")
+            # breaker 36 F10: the window's end is its last segment's last byte; the bound a target
+            # can have is where that segment's last whole record starts (recovery stops at a record)
+            end = stage / window.end_segment
+            last = chain.last_record(end) if end.is_file() else None
+            bound = (f"its last record starts at {layout.lsn_text(last)}" if last is not None
+                     else f"up to {layout.lsn_text(window.end_lsn)}")
+            advice = f"choose an LSN up to {layout.lsn_text(last)}" if last is not None else "choose an earlier LSN"
+            raise UsageError(f"LSN {layout.lsn_text(lsn)} is beyond the archived WAL ({bound}){why}; {advice}; "
+                             "nothing was changed")
         on = layout.timeline_of(layout.segno(lsn), inv.path) if lsn is not None else None
         if lsn is not None and not chain.reaches(stage, on, lsn):
             # recovery stops only at a record that starts at or after the target and is whole

@@ -129,6 +129,21 @@ def test_date_without_backup_and_restore_without_approval(benv, seeded, runner):
     assert snapshot_state(seeded) == before
 
 
+@pytest.mark.parametrize("given, words", [
+    ("", ["--components: empty", "leave the option out for all"]),  # "--components $UNSET" in CI
+    (",", ["--components: empty"]), ("db,", ["--components: an empty name"]),
+    ("db,nope", ["'nope' is not one of"])])
+def test_an_empty_or_unknown_component_is_refused_not_taken_for_all(benv, seeded, runner, given, words):
+    """Breaker 37 G2: '--components ""' restored the database, Redis and the audio over the live ones."""
+    backup_id = _backup(runner, benv)
+    before = snapshot_state(seeded)
+    _one_line_error(runner.invoke(app, ["restore", "--env", benv.name, "--id", backup_id, "--components", given,
+                                        "--yes"]), 2, *words)
+    _one_line_error(runner.invoke(app, ["restore", "--env", benv.name, "--to-time", "latest", "--components",
+                                        given, "--yes"]), 2, "don't combine")
+    assert snapshot_state(seeded) == before
+
+
 def test_restore_over_a_protected_environment_needs_its_name(runner, benv, seeded):
     if benv.kind != "file":
         pytest.skip("one repository is enough: the approval comes before any object is read")

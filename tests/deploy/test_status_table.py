@@ -49,3 +49,16 @@ def test_a_value_wider_than_the_console_is_folded_not_cut():
     text = _render([["2026-11-30T04:47:58+00:00", "0123456789ab", version, "green", "rolling", "failed", "x"]])
     assert "…" not in text and all(len(line) <= 80 for line in text.splitlines())
     assert text.count("v") >= 120  # every character of it is there, over several lines
+
+
+def test_text_wraps_between_words_and_a_path_wider_than_the_console_stays_whole():
+    """Breaker 36 F9: verify-chain's object paths were split inside their names at 80 columns."""
+    from opsctl.cli.tables import print_words
+
+    path = "pitr/7714748930005327275/wal/000000160000000000000044.c67a26d2ca6b306404541ddc366789c3.zst"
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    print_words(console, f"{path}: missing (an object the server archived is gone from the repository)", "red")
+    lines = console.file.getvalue().splitlines()
+    assert lines[0] == f"{path}:"
+    assert len(lines) == 2 and len(lines[1]) <= 80
+    assert " ".join(lines) == f"{path}: missing (an object the server archived is gone from the repository)"

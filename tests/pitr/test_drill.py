@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from opsctl.cli import app
+from opsctl.pitr import drill
 from pitr_support import delete_rds_instances, rds_environment, record_windows, set_dr
 
 
@@ -26,6 +27,7 @@ def test_local_drill_measures_and_tears_down(pitr, runner, tmp_path):
     doc = json.loads(r.stdout)
     assert doc["passed"] and doc["torn_down"] and doc["rto_seconds"] > 0
     assert doc["rpo_seconds"] == 0  # everything committed was archived before the drill
+    assert doc["rpo_basis"] == drill.RPO_LIVE
     assert doc["rows"] >= live_rows and doc["not_covered"] and doc["scope"] == ["database"]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("tests") == "2" and suite.get("failures") == "0"
@@ -60,6 +62,23 @@ def test_the_runbook_step_writes_its_reports_through_the_core_drill(pitr, runner
 
         shutil.rmtree(pitr.root / "runbooks" / "drill-reports")
         shutil.rmtree(pitr.root / "reports", ignore_errors=True)
+
+
+def test_a_drill_whose_live_server_does_not_answer_says_its_rpo_is_an_upper_bound(pitr, runner, monkeypatch):
+    """Breaker 36 F8: with the primary down the RPO is the drill's start minus the newest commit
+    recovered; it grew from one drill to the next and was reported met with nothing saying so."""
+    monkeypatch.setattr(drill, "_live_newest_commit", lambda project, env: (False, None))  # the server is down
+    pitr.sql("insert into events(note) values ('before the outage')")
+    pitr.wait_archived()
+    r = pitr.cli(runner, "dr", "drill", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["live_newest_commit"] is None and doc["rpo_seconds"] > 0
+    assert doc["rpo_basis"] == drill.RPO_DOWN
+    text = pitr.cli(runner, "dr", "drill")
+    assert text.exit_code == 0, text.output
+    assert "RPO measured from the newest commit recovered to the drill's start" in text.stdout
+    assert "upper bound" in " ".join(text.stdout.split())
 
 
 def test_local_drill_missing_its_rpo_exits_1(pitr, runner, tmp_path):
@@ -133,6 +152,7 @@ def test_rds_drill_uses_a_scratch_instance_and_deletes_it(cloud, runner):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["scratch"].startswith("dr-db-drill-") and doc["torn_down"] and doc["passed"]
+    assert doc["rpo_basis"] == drill.RPO_RDS
     assert _names(cloud) == before  # the scratch instance is gone, nothing else touched
 
 

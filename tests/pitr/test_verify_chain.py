@@ -292,3 +292,22 @@ def test_a_new_host_verifies_the_chain_and_lists_the_window_before_local_up(pitr
     (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump(doc))
     r = runner.invoke(app, ["--root", str(tmp_path), "backup", "verify-chain"])
     assert r.exit_code == 2 and "holds no archived cluster" in r.output and "check backup.repository" in r.output, r.output
+
+
+def test_an_lsn_past_the_archive_is_refused_naming_the_last_record_which_restores(pitr, batches, runner):
+    """Breaker 36 F10: the refusal named the last segment's last byte (0/4FFFFFF), where no
+    recovery can stop; it now names where the last whole record starts, a target that works."""
+    import re
+
+    pitr.sql("insert into events(note) values ('near the end')")
+    pitr.wait_archived()
+    r = pitr.cli(runner, "restore", "--to-lsn", "FFFFFFFF/FFFFFFFF", "--beside", "--yes")
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    bound = re.search(r"its last record starts at ([0-9A-F]+/[0-9A-F]+)\).*choose an LSN up to \1;", text)
+    assert bound and "nothing was changed" in text, text
+    assert not bound[1].endswith("FFFFFF"), text
+    ok = pitr.cli(runner, "restore", "--to-lsn", bound[1], "--beside", "--json")
+    assert ok.exit_code == 0, ok.output
+    (near,) = pitr.sql("select id from events where note = 'near the end'")[0]
+    assert near in _restored_ids(json.loads(ok.stdout))  # the last record reached: every commit before it
