@@ -15,15 +15,15 @@ app = typer.Typer(help="Locust load tests with SLO gates: run, list, compare.", 
 def run(
     env: EnvOpt = "local",
     profile: Annotated[str, typer.Option("--profile", "-p", help="light, medium, heavy, stress, uploads (loadtests/profiles.yaml).")] = "light",
-    users: Annotated[int | None, typer.Option("--users", "-u", help="Peak users (default: the profile's).")] = None,
-    spawn_rate: Annotated[float | None, typer.Option("--spawn-rate", "-r", help="Users started per second.")] = None,
-    duration: Annotated[str | None, typer.Option("--duration", "-t", help="Run time: 30s, 5m, 1h30m.")] = None,
+    users: Annotated[int | None, typer.Option("--users", "-u", help="Peak users, 1-10000 (default: the profile's).")] = None,
+    spawn_rate: Annotated[float | None, typer.Option("--spawn-rate", "-r", help="Users started per second, up to 1000 (default: the profile's).")] = None,
+    duration: Annotated[str | None, typer.Option("--duration", "-t", help="Run time, 1s to 7d: 30s, 5m, 1h30m (each unit once, largest first).")] = None,
     slo: Annotated[str | None, typer.Option("--slo", help='Gates, e.g. "p95<2000ms,error_rate<5%,rps>=10".')] = None,
     html: Annotated[str | None, typer.Option("--html", help="Write Locust's HTML report here.")] = None,
     csv: Annotated[str | None, typer.Option("--csv", help="Write Locust's CSV files with this prefix.")] = None,
     junit: Annotated[str | None, typer.Option("--junit", help="Write a JUnit XML file (one test per gate).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", help="Locust worker processes (0: in-process).")] = 0,
-    host: Annotated[str | None, typer.Option("--host", help="Target URL (default: the environment's router).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Target base URL (default: the environment's router); no user:password@ or ?token: the API key goes in $LOADTEST_API_KEY.")] = None,
     abort_on_fail: Annotated[bool, typer.Option("--abort-on-fail", help="Stop as soon as a gate is lost.")] = False,
     classes: Annotated[str | None, typer.Option("--classes", help="User classes and weights instead of the profile's: TranscriptionUser=3,AdminUser=1.")] = None,
     locustfile: Annotated[str | None, typer.Option("--locustfile", help="Another locustfile (default: loadtests/locustfile.py).")] = None,
@@ -75,7 +75,7 @@ def list_(
 
 @app.command()
 def compare(
-    run_a: Annotated[str, typer.Argument(help="Base run: id, id prefix, 'previous' or 'latest'.")],
+    run_a: Annotated[str, typer.Argument(help="Base run: id, unique id prefix, 'previous' or 'latest'.")],
     run_b: Annotated[str, typer.Argument(help="Run to judge against the base.")],
     max_latency_increase: Annotated[float, typer.Option("--max-latency-increase", help="Percent p50/p95/p99 may grow.")] = 20.0,
     max_error_rate_increase: Annotated[float, typer.Option("--max-error-rate-increase", help="Percentage points the error rate may grow.")] = 1.0,

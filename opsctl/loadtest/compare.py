@@ -9,6 +9,7 @@ with too few requests in either run are shown but never flagged: their percentil
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from opsctl.loadtest.slo import fmt
@@ -89,11 +90,14 @@ def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = 
 
 def compare_saved(project, base_ref: str, head_ref: str, thresholds: Thresholds | None = None) -> Comparison:
     """`compare` on two saved runs named by id, unique id prefix, 'latest' or 'previous'.
-    Raises UsageError for a reference matching no run (or several), or negative thresholds."""
+    Raises UsageError for an empty reference, one matching no run (or several), or a
+    threshold that is negative, infinite or NaN."""
     from opsctl.errors import UsageError
     from opsctl.loadtest import history
 
     t = thresholds or Thresholds()
-    if min(t.latency_pct, t.error_rate_pp, t.rps_pct) < 0:
-        raise UsageError("thresholds must be 0 or more (they are allowed changes)")
+    for option, value in (("--max-latency-increase", t.latency_pct), ("--max-error-rate-increase", t.error_rate_pp),
+                          ("--max-rps-decrease", t.rps_pct)):
+        if not (0 <= value < math.inf):  # NaN fails this too
+            raise UsageError(f"{option} must be a number, 0 or more (an allowed change; got {value})")
     return compare(history.find(project, base_ref), history.find(project, head_ref), t)

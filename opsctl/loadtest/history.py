@@ -15,6 +15,7 @@ from opsctl.errors import UsageError
 from opsctl.files import write_json
 from opsctl.loadtest.summary import RunSummary
 from opsctl.output import to_jsonable
+from opsctl.redact import credentials
 
 
 def folder(project: Project) -> Path:
@@ -28,20 +29,28 @@ def save(project: Project, summary: RunSummary) -> Path:
 
 
 def runs(project: Project, env: str | None = None, profile: str | None = None) -> list[RunSummary]:
-    """All saved runs, oldest first; unreadable files are skipped, not fatal."""
+    """All saved runs, oldest first; unreadable files are skipped, not fatal. A password in an
+    old run's host is masked (opsctl.redact.credentials)."""
     out = []
     for path in sorted(folder(project).glob("*.json")):
         try:
             summary = RunSummary.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError, KeyError):
             continue
+        # runs saved before hosts with credentials were refused (plan.target_url) may hold a password
+        summary.host = credentials(summary.host)
         if (env is None or summary.env == env) and (profile is None or summary.profile == profile):
             out.append(summary)
     return sorted(out, key=lambda s: (s.started_at, s.id))
 
 
 def find(project: Project, ref: str) -> RunSummary:
-    """A run by id, unique id prefix, `latest` or `previous`."""
+    """A run by id, unique id prefix, `latest` or `previous`. Raises UsageError for an empty
+    reference, one matching no run or several, or when no run is saved."""
+    ref = ref.strip()
+    if not ref:
+        raise UsageError("a run reference is empty; give a run id, an id prefix, 'latest' or 'previous' "
+                         "(see 'opsctl loadtest list')")
     every = runs(project)
     if not every:
         raise UsageError(f"no load test runs saved under {folder(project)}; run 'opsctl loadtest run' first")
@@ -51,7 +60,8 @@ def find(project: Project, ref: str) -> RunSummary:
             raise UsageError(f"there is no '{ref}' run: only {len(every)} saved; see 'opsctl loadtest list'")
         return every[index]
     matches = [s for s in every if s.id == ref] or [s for s in every if s.id.startswith(ref)]
-    if len(matches) != 1:
-        what = "no run" if not matches else f"{len(matches)} runs"
-        raise UsageError(f"{what} matches '{ref}'; see 'opsctl loadtest list' for the ids")
+    if not matches:
+        raise UsageError(f"no run matches '{ref}'; see 'opsctl loadtest list' for the ids")
+    if len(matches) > 1:
+        raise UsageError(f"{len(matches)} runs match '{ref}'; give more of the id (see 'opsctl loadtest list')")
     return matches[0]

@@ -53,13 +53,20 @@ def _meta(name: str, namespace: str, component: str) -> dict:
 
 def render_locust(project: Project, env: Environment, profile: str = "light", workers: int = 2,
                   host: str | None = None, image: str | None = None) -> str:
-    """The YAML stream (ConfigMaps, master Service and Job, worker Deployment) as text."""
+    """The YAML stream (ConfigMaps, master Service and Job, worker Deployment) as text.
+
+    `host` (default: the active worker Service) is checked as `loadtest run --host` checks it
+    (opsctl.loadtest.plan.target_url): UsageError for a URL with credentials, a query or no
+    http(s); the key goes in a Secret, never in the manifests."""
     from opsctl.deploy.manifests import ACTIVE_SERVICE, PORT, auth_required
+    from opsctl.loadtest.plan import target_url
 
     prof = profiles.get(project, profile)
     ns = env.kubernetes.namespace
     folder = profiles.loadtests_dir(project)
-    target = host or f"http://{ACTIVE_SERVICE}.{ns}.svc.cluster.local:{PORT}"
+    # a URL with credentials would sit in the Job's args (kubectl get -o yaml): refused, as by `loadtest run`
+    target = target_url(host, "--host", env.deploy.api_key_env) if host is not None \
+        else f"http://{ACTIVE_SERVICE}.{ns}.svc.cluster.local:{PORT}"
     image = image or _image()
     audio_dir = Path(os.environ.get("LOADTEST_AUDIO_DIR") or profiles.SHIPPED.parent / "tests" / "worker" / "data")
     code = {name: (folder / name).read_text() for name in FILES}

@@ -8,6 +8,7 @@ fix, not after minutes of load. Nothing here imports locust.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +19,10 @@ from opsctl.loadtest import profiles, slo
 
 
 STOP_TIMEOUT_S = 30.0  # default --stop-timeout: k6's gracefulStop; Locust's own default kills at once
+# bounds of a run from this machine (bigger tests run in the cluster: opsctl render locust)
+MAX_USERS = 10_000       # peak users (--users, a profile's users)
+MAX_SPAWN_RATE = 1_000   # users started per second (--spawn-rate, a profile's spawn_rate)
+MAX_WEIGHT = 1_000       # a user class's weight (--classes, a profile's classes)
 
 
 @dataclass
@@ -43,6 +48,7 @@ class Plan:
     junit: Path | None = None
     api_key: str | None = field(default=None, repr=False)  # $<deploy.api_key_env> or $LOADTEST_API_KEY; never printed
     stop_timeout_s: float = 30.0  # at the end, how long users in a request get to finish it (s)
+    classes_from: str = ""  # where `classes` came from, for messages: "--classes" or "profile 'light'"
 
     def headers(self) -> dict[str, str]:
         """What every simulated user sends: `Cache-Control: no-cache` (the worker runs the
@@ -66,17 +72,26 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
          check: bool = True) -> Plan:
     """Settle and check a run: the profile's values overridden by the arguments, the SLO from
     `slo_text`, else the environment's loadtest.slo, else the profile's. `duration` is text
-    ('30s', '5m'), as is `stop_timeout` (default 30s, like k6's gracefulStop). With `check`,
-    the host must answer. Raises UsageError, one line, on any bad
-    input; nothing is sent."""
+    ('30s', '5m'), as is `stop_timeout` (default 30s, like k6's gracefulStop): 1 s to 7 days
+    (profiles.parse_duration). Users 1..MAX_USERS, spawn_rate in (0, MAX_SPAWN_RATE] users/s
+    and class weights 1..MAX_WEIGHT, whether given or the profile's. The host (`host`, else
+    the environment's router_url) is checked by `target_url`: no credentials in it. With
+    `check`, the host must answer. Raises UsageError, one line naming the option (or the
+    profile), on any bad input; nothing is sent."""
     prof = profiles.get(project, profile)
     weights = _classes(classes) if classes is not None else prof.classes
+    source = f"profile '{prof.name}'"
+    if classes is None:
+        for name, weight in weights.items():
+            _within(weight, 1, MAX_WEIGHT, f"{source}: the weight of {name}")
     text = slo_text if slo_text is not None else (env.loadtest.slo or prof.slo or "")
     gates = slo.parse(text) if text.strip() or slo_text is not None else []
-    if users is not None and users < 1:
-        raise UsageError(f"--users must be at least 1 (got {users})")
-    if spawn_rate is not None and spawn_rate <= 0:
-        raise UsageError(f"--spawn-rate must be more than 0 users/s (got {spawn_rate})")
+    bigger = "bigger tests run in the cluster ('opsctl render locust')"
+    users = _within(users if users is not None else prof.users, 1, MAX_USERS,
+                    "--users" if users is not None else f"{source}: users", too_big=bigger)
+    spawn_rate = _within(spawn_rate if spawn_rate is not None else prof.spawn_rate, 0, MAX_SPAWN_RATE,
+                         "--spawn-rate" if spawn_rate is not None else f"{source}: spawn_rate", " users/s",
+                         above=True, too_big=bigger)
     if workers < 0 or workers > 64:
         raise UsageError(f"--workers must be between 0 (in-process) and 64 (got {workers})")
     lf = Path(locustfile).expanduser().resolve() if locustfile else profiles.loadtests_dir(project) / "locustfile.py"
@@ -88,21 +103,39 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
     target = _host(project, env, host)
     if check:  # last: the local checks above answer at once
         reachable(target, env, explicit=host is not None)
-    return Plan(env=env.name, host=target, profile=prof.name, users=users or prof.users,
-                spawn_rate=spawn_rate or prof.spawn_rate,
+    return Plan(env=env.name, host=target, profile=prof.name, users=users, spawn_rate=spawn_rate,
                 duration_s=duration_s,
                 classes=weights, slo=",".join(g.text for g in gates), gates=gates, locustfile=lf,
-                workers=workers, abort_on_fail=abort_on_fail, **reports, stop_timeout_s=stop_s, api_key=os.environ.get(env.deploy.api_key_env) or os.environ.get("LOADTEST_API_KEY") or None)
+                workers=workers, abort_on_fail=abort_on_fail, **reports, stop_timeout_s=stop_s,
+                api_key=os.environ.get(env.deploy.api_key_env) or os.environ.get("LOADTEST_API_KEY") or None,
+                classes_from="--classes" if classes is not None else source)
+
+
+def _within(value, lowest: float, highest: float, what: str, unit: str = "", above: bool = False,
+            too_big: str = ""):
+    """`value` when lowest <= value <= highest (lowest < value with `above`), else UsageError
+    naming `what` and the range (and `too_big`, what to do instead, for a value over it).
+    NaN and infinities are outside every range."""
+    if (lowest < value if above else lowest <= value) and value <= highest:
+        return value
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    low = f"more than {lowest:g}" if above else f"at least {lowest:g}"
+    fix = f"; {too_big}" if too_big and value > highest else ""
+    raise UsageError(f"{what} must be {low} and at most {highest:g}{unit} (got {shown}){fix}")
 
 
 def _classes(text: str) -> dict[str, int]:
-    """'TranscriptionUser=3,AdminUser' -> {'TranscriptionUser': 3, 'AdminUser': 1}."""
+    """'TranscriptionUser=3,AdminUser' -> {'TranscriptionUser': 3, 'AdminUser': 1}: weights are
+    whole numbers 1..MAX_WEIGHT in ASCII digits (1 when left out); UsageError naming the term."""
     out = {}
     for term in (t.strip() for t in text.split(",")):
-        name, _, weight = term.partition("=")
-        if not name.isidentifier() or (weight and not (weight.isdigit() and int(weight) > 0)):
+        name, _, weight = (part.strip() for part in term.partition("="))
+        if not name.isidentifier() or (weight and not re.fullmatch(r"[0-9]+", weight)):
             raise UsageError(f"--classes: bad term '{term}'; write e.g. TranscriptionUser=3,AdminUser=1")
-        out[name] = int(weight or 1)
+        if name in out:
+            raise UsageError(f"--classes: {name} is named twice; give each class once, e.g. "
+                             "TranscriptionUser=3,AdminUser=1")
+        out[name] = int(_within(int(weight or 1), 1, MAX_WEIGHT, f"--classes: the weight of {name}"))
     return out
 
 
@@ -122,16 +155,47 @@ def _out(value: str | None, option: str) -> Path | None:
 
 
 def _host(project: Project, env: Environment, host: str | None) -> str:
-    if host is None:
-        from opsctl.endpoints import resolve
+    if host is not None:
+        return target_url(host, "--host", env.deploy.api_key_env)
+    from opsctl.endpoints import resolve
 
-        host = resolve(project, env).router_url
-        if not host:
-            raise UsageError(f"environment '{env.name}' has no router_url in opsctl.yaml; set it or pass --host URL")
-    parts = urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--host '{host}' is not an http(s) URL; write e.g. http://127.0.0.1:8080")
-    return host.rstrip("/")
+    router = resolve(project, env).router_url
+    if not router:
+        raise UsageError(f"environment '{env.name}' has no router_url in opsctl.yaml; set it or pass --host URL")
+    return target_url(router, f"router_url of '{env.name}' in opsctl.yaml", env.deploy.api_key_env)
+
+
+def target_url(url: str, what: str = "--host", api_key_env: str | None = None) -> str:
+    """The base URL a load test sends to, checked: http(s), a host, a valid port, no trailing '/'.
+
+    Credentials are refused, not kept and masked: 'user:password@' in the URL, or any query
+    or fragment (where tokens ride, '?token=…'; a base URL has no use for either, Locust appends
+    paths to it).
+    A URL on a command line is already out (ps, shell history, CI logs), and a run copies its
+    host into the live view, the table, the HTML/CSV/JUnit reports and the saved record; the
+    platform authenticates with an API key anyway, which the simulated users send as
+    `Authorization: Bearer` from $LOADTEST_API_KEY or $`api_key_env` (deploy.api_key_env), never
+    on a command line. Raises UsageError, one line naming `what` and never echoing a secret.
+    """
+    key_vars = " or ".join(f"${v}" for v in dict.fromkeys(filter(None, (api_key_env, "LOADTEST_API_KEY"))))
+    where_key = f"the platform's API key goes in {key_vars} (sent as 'Authorization: Bearer')"
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:  # 'http://[::1' and the like
+        raise UsageError(f"{what} is not a valid URL ({exc}); write e.g. http://127.0.0.1:8080") from None
+    if "@" in parts.netloc or (parts.scheme not in ("http", "https") and "@" in url):
+        raise UsageError(f"{what} carries credentials ('user:password@'), which a load test refuses (they "
+                         f"would show in ps, reports and the run record); drop them: {where_key}")
+    if "?" in url or "#" in url:
+        raise UsageError(f"{what} has a query or fragment ('?…', '#…'), where tokens ride, which a load "
+                         f"test refuses; give the base URL only, e.g. http://127.0.0.1:8080; {where_key}")
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url.strip()):
+        raise UsageError(f"{what} '{url}' is not an http(s) URL; write e.g. http://127.0.0.1:8080")
+    try:
+        parts.port  # noqa: B018  (raises for 'http://h:99999' and 'http://h:x')
+    except ValueError as exc:
+        raise UsageError(f"{what} '{url}': bad port ({exc}); write e.g. http://127.0.0.1:8080") from None
+    return url.strip().rstrip("/")
 
 
 def reachable(url: str, env: Environment, explicit: bool) -> None:

@@ -16,7 +16,12 @@ from opsctl.config import Project
 from opsctl.errors import UsageError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "loadtests"
-_SPAN = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
+# d, h, m, s, each at most once and in that order; ASCII digits only ([0-9], not \d, which
+# matches other scripts' digits too, and float() reads them); a fraction only on the last
+# term ("1.5h", "1h30.5m"; not "1.5h30m")
+_NUM = r"[0-9]+(?:\.[0-9]+)?"
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile("".join(rf"(?:(?P<{u}>{_NUM}){u})?" for u in _UNITS))
 
 
 @dataclass
@@ -40,27 +45,49 @@ def loadtests_dir(project: Project) -> Path:
 
 #: the longest load test or stop timeout accepted (seconds): one week
 MAX_SECONDS = 7 * 86400
+#: the shortest duration parse_duration accepts by default (seconds)
+MIN_SECONDS = 1.0
 
 
-def parse_duration(text: str | float | int, what: str = "--duration", maximum: float | None = None) -> float:
-    """'90' or '90s', '5m', '1h30m' -> seconds; anything else, or more than `maximum`
-    seconds when given, is one clear UsageError."""
+def parse_duration(text: str | float | int, what: str = "--duration", maximum: float | None = None,
+                   minimum: float = MIN_SECONDS) -> float:
+    """A duration as text -> seconds (float).
+
+    Grammar (case-insensitive): a plain number of seconds ('90', '2.5'), or terms of a number
+    and a unit, days 'd', hours 'h', minutes 'm', seconds 's', each unit at most once and in
+    that order: '45s', '5m', '1h30m', '1d12h'. Digits are ASCII 0-9 only; only the last term
+    may have a fraction ('1.5h'). Raises UsageError, one line naming `what`, for anything
+    else ('1h1h', '5m1h', '٣m', '5 minutes'), for less than `minimum` seconds (default 1 s:
+    nothing here is useful for less, and '0.0001s' reads like a typo) or, when given, more
+    than `maximum` seconds."""
     raw = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", raw):
+    example = "write e.g. 30s, 5m, 1h30m or 1d"
+    if re.fullmatch(_NUM, raw):
         seconds = float(raw)
-    elif raw and _SPAN.sub("", raw) == "" and (parts := _SPAN.findall(raw)):
-        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
     else:
-        raise UsageError(f"{what}: '{text}' is not a duration; write e.g. 30s, 5m or 1h30m")
+        match = _DURATION.fullmatch(raw) if raw else None
+        terms = [(match[u], u) for u in _UNITS if match and match[u] is not None]
+        if not terms or any("." in n for n, _u in terms[:-1]):
+            raise UsageError(f"{what}: '{text}' is not a duration; {example} "
+                             "(each unit once, largest first, digits 0-9)")
+        seconds = sum(float(n) * _UNITS[u] for n, u in terms)
     if seconds <= 0:
-        raise UsageError(f"{what}: must be more than 0 seconds (got '{text}')")
+        raise UsageError(f"{what}: must be more than 0 seconds (got '{text}'); {example}")
+    if seconds < minimum:
+        raise UsageError(f"{what}: '{text}' is less than {_span(minimum)}, too short to be of use; {example}")
     if maximum is not None and seconds > maximum:
-        raise UsageError(f"{what}: '{text}' is longer than the {_span(maximum)} allowed")
+        longest, in_hours = _span(maximum), _span(maximum, hours=True)
+        raise UsageError(f"{what}: '{text}' is longer than the {longest} allowed"
+                         + (f" ({in_hours})" if in_hours != longest else ""))
     return seconds
 
 
-def _span(seconds: float) -> str:
-    return f"{seconds / 86400:g}d" if seconds >= 86400 else f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds:g}s"
+def _span(seconds: float, hours: bool = False) -> str:
+    """120 -> '2m', 7 * 86400 -> '7d' (or with `hours` '168h'): in the units parse_duration reads."""
+    for unit, size in _UNITS.items():
+        if (seconds >= size and (not hours or size <= 3600)) or unit == "s":
+            return f"{seconds / size:g}{unit}"
+    raise AssertionError("unreachable")
 
 
 def load(project: Project) -> dict[str, Profile]:
@@ -68,7 +95,7 @@ def load(project: Project) -> dict[str, Profile]:
     profile missing users, spawn_rate or duration."""
     path = loadtests_dir(project) / "profiles.yaml"
     try:
-        doc = yamltext.load(path.read_text()) or {}
+        doc = yamltext.load(yamltext.read(path)) or {}
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}; restore loadtests/profiles.yaml") from None
     except yamltext.YamlFault as exc:

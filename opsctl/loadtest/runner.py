@@ -95,8 +95,11 @@ def _user_classes(plan: Plan) -> list:
     names = plan.classes or {name: cls.weight for name, cls in found.items()}
     missing = sorted(set(names) - set(found))
     if missing:
-        raise UsageError(f"profile '{plan.profile}' names user classes {', '.join(missing)} that "
-                         f"{plan.locustfile} lacks; it has: {', '.join(sorted(found)) or 'none'}")
+        source = plan.classes_from or f"profile '{plan.profile}'"
+        kind = "user class" if len(missing) == 1 else "user classes"
+        fix = "fix --classes" if source == "--classes" else "fix the profile's classes in loadtests/profiles.yaml"
+        raise UsageError(f"{source} names {kind} {', '.join(missing)} that {plan.locustfile} lacks; "
+                         f"it has: {', '.join(sorted(found)) or 'none'}; {fix} or pass --locustfile PATH")
     chosen = []
     for name, weight in names.items():
         cls = found[name]

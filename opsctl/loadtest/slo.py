@@ -29,7 +29,8 @@ from opsctl.loadtest.latencies import Latencies
 
 EXAMPLE = "p95<2000ms,error_rate<5%,rps>=10"
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-_TERM = re.compile(r"(?P<metric>[a-z_][a-z0-9_.]*)\s*(?P<op><=|>=|<|>)\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|%|/s)?")
+# ASCII digits only: \d would take other scripts' digits ('p95<٣ms'), which float() reads
+_TERM = re.compile(r"(?P<metric>[a-z_][a-z0-9_.]*)\s*(?P<op><=|>=|<|>)\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>ms|s|%|/s)?")
 _LATENCY = {"avg", "min", "max", "median"}
 _COUNTS = {"requests", "failures"}
 
@@ -135,7 +136,7 @@ def _check(metric: str, unit: str | None, term: str) -> str:
     if metric == "error_rate":
         if unit != "%":
             raise UsageError(f"--slo: bad term '{term}': error_rate is a percentage, e.g. error_rate<5%")
-        return "%"
+        return "%"  # its range (0-100) is checked on the number, in parse
     if metric in ("rps", *_COUNTS):
         if unit not in (None, "/s") or (unit == "/s" and metric != "rps"):
             raise UsageError(f"--slo: bad term '{term}': {metric} takes a plain number, e.g. {metric}>=10")
@@ -145,7 +146,10 @@ def _check(metric: str, unit: str | None, term: str) -> str:
 
 
 def parse(text: str) -> list[Gate]:
-    """'p95<2000ms, error_rate<5%' -> gates; the first malformed term is the error."""
+    """'p95<2000ms, error_rate<5%' -> gates; the first malformed term is the error.
+
+    Numbers are ASCII digits (an optional fraction), latencies in ms or s (stored in ms),
+    error_rate in percent within 0-100. Raises UsageError, one line naming the term."""
     terms = [t.strip() for t in (text or "").split(",")]
     if not any(terms):
         raise UsageError(f"--slo: empty; write gates like {EXAMPLE}")
@@ -155,10 +159,13 @@ def parse(text: str) -> list[Gate]:
             raise UsageError(f"--slo: empty term in '{text}' (a stray comma?); e.g. {EXAMPLE}")
         match = _TERM.fullmatch(term.lower())
         if not match:
-            raise UsageError(f"--slo: bad term '{term}': expected METRIC OP NUMBER[UNIT]; e.g. {EXAMPLE}")
+            raise UsageError(f"--slo: bad term '{term}': expected METRIC OP NUMBER[UNIT] (digits 0-9); e.g. {EXAMPLE}")
         metric, unit = match["metric"], match["unit"]
         kind = _check(metric, unit, term)
         value = float(match["num"]) * (1000 if unit == "s" else 1)
+        if kind == "%" and value > 100:
+            raise UsageError(f"--slo: bad term '{term}': error_rate is a percentage of requests, "
+                             f"0% to 100%; e.g. error_rate<5%")
         gates.append(Gate(term, metric, match["op"], value, kind))
     return gates
 
