@@ -56,7 +56,8 @@ def deploy(
 
     if dry_run:
         doc = operation.plan(project(), env_name, image, strategy=strategy or None, settings=set_,
-                             auto_promote=auto_promote, backup=backup, load_gate=load_gate)
+                             auto_promote=auto_promote, backup=backup, load_gate=load_gate,
+                             load_gate_duration=load_gate_duration)
         emit(doc, as_json, lambda c: plan.render(c, doc))
         return
     with _live_steps(f"deploy {image} to {env_name}", as_json) as progress:

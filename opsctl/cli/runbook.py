@@ -93,16 +93,12 @@ def run(
     """Run a runbook step by step with a journal; exit 1 when a step fails. Secret
     parameters: set OPSCTL_PARAM_<NAME> rather than -p (a command line is readable by all)."""
     from opsctl.cli.live import status, steps_view
-    from opsctl.errors import UsageError
     from opsctl.output import emit
     from opsctl.runbook import engine
 
     proj, env = environment(env_name)
-    given = dict(p.split("=", 1) if "=" in p else (p, None) for p in param)
-    if None in given.values():
-        raise UsageError(f"-p {next(k for k, v in given.items() if v is None)}: use KEY=VALUE")
     row = lambda s: (s.id, status(s.status), f"{s.seconds:.1f}s" if s.seconds else "", s.detail)  # noqa: E731
-    result = engine.run(proj, env, ref, given, yes=yes, dry_run=dry_run, resume_id=resume, from_step=from_step,
+    result = engine.run(proj, env, ref, param, yes=yes, dry_run=dry_run, resume_id=resume, from_step=from_step,
                         junit=junit, view=lambda title: steps_view(title, as_json, row))
     emit(result, as_json, lambda c: c.print(bold_id(f"{result.runbook}: ", str(result.status))
                                             + (f" (run {result.run_id})" if result.run_id else "")))

@@ -159,8 +159,7 @@ def release_of(history: list[DeployRecord], color: str, version: str | None) -> 
         if record.outcome == Outcome.PROMOTED and record.to_color == color and record.version == version:
             return Release(record.image, dict(record.settings))
     image = next((r.image for r in reversed(history) if r.image), "worker")
-    name = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
-    return Release(f"{name}:{version}", {})
+    return Release(f"{Release(image).name}:{version}", {})
 
 
 def make_ready(driver: Driver, env: Environment, run: "Run", color: str, release: Release | None,

@@ -32,9 +32,17 @@ def load_gate(project: Project, env: Environment, slo: str, duration: str = "10s
     `slo` as `--slo` ("p95<5000ms,error_rate<1%"), `duration` as text ("10s"). Checks the
     input now (UsageError, nothing sent); the returned callable takes the preview's base
     URL and returns an analysis.Verdict."""
+    from opsctl.errors import UsageError
     from opsctl.loadtest.operation import prepare
 
-    prepare(project, env, "light", users=users, duration=duration, slo=slo, check=False)  # bad input now
+    try:
+        prepare(project, env, "light", users=users, duration=duration, slo=slo, check=False)  # bad input now
+    except UsageError as exc:  # in the deploy's words: --slo there is --load-gate here
+        text = str(exc)
+        for theirs, ours in (("--slo", "--load-gate"), ("--duration", "--load-gate-duration")):
+            if text.startswith(theirs):
+                text = ours + text[len(theirs):]
+        raise UsageError(text) from None
 
     def gate(url: str):
         from opsctl.deploy.analysis import Verdict

@@ -67,16 +67,27 @@ class Release:
 
     @property
     def version(self) -> str:
-        """The image's tag (the whole last path segment when it has no tag)."""
-        tail = self.image.rsplit("/", 1)[-1]
+        """The image's tag (a digest after '@' left out; the whole last path segment when a
+        record from before references were checked has no tag)."""
+        tail = self.image.split("@", 1)[0].rsplit("/", 1)[-1]
         return tail.split(":", 1)[1] if ":" in tail else tail
+
+    @property
+    def name(self) -> str:
+        """The image without its tag and digest (registry host and port kept): what another
+        version of the same image is named after."""
+        head = self.image.split("@", 1)[0]
+        return head.rsplit(":", 1)[0] if ":" in head.rsplit("/", 1)[-1] else head
 
     @staticmethod
     def parse(image: str, sets: list[str]) -> "Release":
-        """A release from `--image NAME:TAG` and `--set KEY=VALUE` texts (keys among
-        WORKER_SETTINGS, case-insensitive). Raises UsageError naming the bad input."""
-        if not image or image.endswith(":") or " " in image:
-            raise UsageError(f"--image '{image}' is not an image reference; use NAME:TAG, e.g. worker:1.4.0")
+        """A release from `--image NAME:TAG[@DIGEST]` (opsctl.deploy.reference: the
+        distribution reference grammar; a tag is required, it is the version) and `--set
+        KEY=VALUE` texts (keys among WORKER_SETTINGS, case-insensitive). Raises UsageError
+        naming the bad input."""
+        from opsctl.deploy import reference
+
+        image = str(reference.parse(image))
         settings: dict[str, str] = {}
         for item in sets:
             key, sep, value = item.partition("=")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from opsctl.config import Environment, Project
 from opsctl.deploy import bluegreen
 from opsctl.deploy.bluegreen import Progress
-from opsctl.deploy.model import DeployRecord, Driver, Step, StepStatus
+from opsctl.deploy.model import DeployRecord, Driver, Release, Step, StepStatus
 from opsctl.errors import UsageError
 
 
@@ -83,6 +83,44 @@ def _wait_scale_down(driver: Driver, record: DeployRecord, progress: Progress) -
     return stopped
 
 
+STRATEGIES = ("blue-green", "rolling")
+
+
+@dataclass
+class DeployInputs:
+    """A deploy's inputs once checked (`check`): the environment, the release, the strategy
+    and the load gate's callable (None without --load-gate)."""
+
+    env: Environment
+    release: Release
+    strategy: str
+    gate: Callable | None = None
+
+
+def check(project: Project, env_name: str, image: str, *, strategy: str | None = None,
+          settings: Sequence[str] = (), load_gate: str | None = None,
+          load_gate_duration: str = "10s") -> DeployInputs:
+    """Every input of a deploy checked, before any driver is built or anything is read or
+    changed: the environment, `image` (opsctl.deploy.reference: the distribution reference
+    grammar, a tag required), the `settings`, the strategy (None: the environment's) and the
+    load gate's SLO and duration. `deploy` and `plan` (the dry run) both call it, so a dry
+    run refuses exactly what the deploy refuses. Raises UsageError (one line)."""
+    from opsctl.deploy import hooks
+
+    if not image:
+        raise UsageError("--image is required, e.g. --image worker:1.4.0")
+    env = project.env(env_name)
+    release = Release.parse(image, list(settings))
+    strategy = strategy or env.deploy.strategy
+    if strategy not in STRATEGIES:
+        raise UsageError(f"--strategy {strategy}: use blue-green or rolling")
+    if load_gate is not None and not load_gate.strip():
+        raise UsageError("--load-gate is empty; give the SLO of the load test, e.g. "
+                         "--load-gate 'p95<5000ms,error_rate<1%', or leave the option out")
+    gate = hooks.load_gate(project, env, load_gate, load_gate_duration) if load_gate else None
+    return DeployInputs(env, release, strategy, gate)
+
+
 def deploy(project: Project, env_name: str, image: str, *, strategy: str | None = None,
            settings: Sequence[str] = (), auto_promote: bool = True, analysis: bool = True,
            backup: bool = False, load_gate: str | None = None, load_gate_duration: str = "10s",
@@ -97,24 +135,19 @@ def deploy(project: Project, env_name: str, image: str, *, strategy: str | None 
     `load_gate_duration` ("10s"); `wait` waits out deploy.scale_down_delay (seconds) and
     stops the old color before returning.
 
-    Every input is checked before anything changes (UsageError). Raises OperationFailed when
-    the deploy failed or was rolled back (traffic where the message says).
+    Every input is checked before anything changes (`check`: UsageError). Raises
+    OperationFailed when the deploy failed or was rolled back (traffic where the message says).
     """
-    if not image:
-        raise UsageError("--image is required, e.g. --image worker:1.4.0")
     from opsctl.deploy import hooks
-    from opsctl.deploy.model import Release
 
+    inputs = check(project, env_name, image, strategy=strategy, settings=settings, load_gate=load_gate,
+                   load_gate_duration=load_gate_duration)
     progress = progress or _quiet
     env, driver = _driver(project, env_name)
-    release = Release.parse(image, list(settings))
-    strategy = strategy or env.deploy.strategy
-    if strategy not in ("blue-green", "rolling"):
-        raise UsageError(f"--strategy {strategy}: use blue-green or rolling")
+    release = inputs.release
     hook = hooks.backup_hook(project, env) if backup else None
-    gate = hooks.load_gate(project, env, load_gate, load_gate_duration) if load_gate else None
-    opts = bluegreen.Options(strategy=strategy, auto_promote=auto_promote, analysis=analysis,
-                             backup=hook, load_gate=gate, progress=progress)
+    opts = bluegreen.Options(strategy=inputs.strategy, auto_promote=auto_promote, analysis=analysis,
+                             backup=hook, load_gate=inputs.gate, progress=progress)
     with _window(project, env.name, "deploy", release.image) as window:
         record = bluegreen.deploy(driver, env, release, opts)
         window.outcome = record.outcome
@@ -124,17 +157,16 @@ def deploy(project: Project, env_name: str, image: str, *, strategy: str | None 
 
 def plan(project: Project, env_name: str, image: str, *, strategy: str | None = None,
          settings: Sequence[str] = (), auto_promote: bool = True, backup: bool = False,
-         load_gate: str | None = None) -> dict:
+         load_gate: str | None = None, load_gate_duration: str = "10s") -> dict:
     """`deploy --dry-run`: what `deploy` with these options would do now, changing nothing
-    (opsctl.deploy.plan.plan's document). Raises UsageError on bad input."""
-    if not image:
-        raise UsageError("--image is required, e.g. --image worker:1.4.0")
+    (opsctl.deploy.plan.plan's document). Its inputs are checked by the deploy's own `check`,
+    so it refuses (UsageError) exactly what `deploy` refuses."""
     from opsctl.deploy import plan as plan_mod
-    from opsctl.deploy.model import Release
 
+    inputs = check(project, env_name, image, strategy=strategy, settings=settings, load_gate=load_gate,
+                   load_gate_duration=load_gate_duration)
     env, driver = _driver(project, env_name)
-    release = Release.parse(image, list(settings))
-    return plan_mod.plan(driver, env, release, strategy or env.deploy.strategy, auto_promote, backup, load_gate)
+    return plan_mod.plan(driver, env, inputs.release, inputs.strategy, auto_promote, backup, load_gate)
 
 
 def promote(project: Project, env_name: str, *, progress: Progress | None = None) -> DeployRecord:
@@ -163,9 +195,13 @@ def rollback(project: Project, env_name: str, to: str | None = None, *, wait: bo
              progress: Progress | None = None) -> DeployResult:
     """Return traffic to version `to` (None: the previous one): instant while its color is
     warm, a full analysed deploy of the kept release otherwise (opsctl.deploy.rollback).
-    `wait` as for `deploy`. Raises UsageError when there is nothing to return to."""
+    `wait` as for `deploy`. Raises UsageError, before anything is read, when `to` is empty
+    or cannot be a version (an image tag), and when there is nothing to return to."""
+    from opsctl.deploy import reference
     from opsctl.deploy import rollback as rollback_mod
 
+    if to is not None:
+        reference.version(to, "--to")
     progress = progress or _quiet
     env, driver = _driver(project, env_name)
     with _window(project, env.name, "rollback", f"to {to or 'the previous version'}") as window:

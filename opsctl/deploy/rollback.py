@@ -24,8 +24,7 @@ def kept_releases(driver: Driver, keep: int) -> list[Release]:
         if record.from_version and record.from_version not in seen:
             # the settings it passed analysis with, when a record promoted it to that color
             release = bluegreen.release_of(history, record.from_color or "", record.from_version)
-            name = record.image.rsplit(":", 1)[0] if ":" in record.image.rsplit("/", 1)[-1] else record.image
-            seen[record.from_version] = release or Release(f"{name}:{record.from_version}", {})
+            seen[record.from_version] = release or Release(f"{Release(record.image).name}:{record.from_version}", {})
     return list(seen.values())[:keep]
 
 

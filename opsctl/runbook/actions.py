@@ -48,17 +48,21 @@ ACTIONS: dict[str, Action] = {}
 
 
 def action(name: str, code_args: tuple[str, ...] = (), code_env: tuple[str, ...] = (),
-           code_paths: tuple[str, ...] = (), out_paths: tuple[str, ...] = ()) -> Callable[[Action], Action]:
+           code_paths: tuple[str, ...] = (), out_paths: tuple[str, ...] = (),
+           check: Callable[..., None] | None = None) -> Callable[[Action], Action]:
     """Register `fn` as the action `name`; `code_args` are its arguments that are code (no
     template may reach them), `code_env` its mappings of environment variables (a template
     may not set one the shell or loader reads as code), `code_paths` its arguments naming
     a file it executes and `out_paths` those naming a file it writes (both confined to the
-    ops root: opsctl.runbook.paths)."""
+    ops root: opsctl.runbook.paths). `check(ctx, **some_with)` refuses (UsageError) what the
+    core would refuse of the arguments known before the run starts (those that use no step
+    output; the others are left out): the engine calls it before any step runs."""
     def register(fn: Action) -> Action:
         fn.code_args = code_args  # type: ignore[attr-defined]
         fn.code_env = code_env  # type: ignore[attr-defined]
         fn.code_paths = code_paths  # type: ignore[attr-defined]
         fn.out_paths = out_paths  # type: ignore[attr-defined]
+        fn.check = check  # type: ignore[attr-defined]
         ACTIONS[name] = fn
         return fn
     return register
@@ -75,19 +79,43 @@ def _record(record) -> dict:
     return {k: doc[k] for k in ("id", "version", "to_color", "from_color", "from_version", "outcome", "reason")}
 
 
-@action("deploy")
+def _settings(values: dict | None) -> list[str]:
+    return [f"{k}={v}" for k, v in (values or {}).items()]
+
+
+def _check_deploy(ctx: Context, image: str | None = None, strategy: str | None = None, set: dict | None = None,
+                  load_gate: str | None = None, load_gate_duration: str = "10s", **_known: Any) -> None:
+    """The deploy step's inputs, through the check `opsctl deploy` and its dry run make
+    (operation.check), when its image is known before the run."""
+    from opsctl.deploy import operation
+
+    if image is not None:
+        operation.check(ctx.project, ctx.env.name, image, strategy=strategy, settings=_settings(set),
+                        load_gate=load_gate, load_gate_duration=load_gate_duration)
+
+
+def _check_rollback(ctx: Context, to: str | None = None, **_known: Any) -> None:
+    """The rollback step's `to`, as `opsctl rollback --to` checks it."""
+    from opsctl.deploy import reference
+
+    if to is not None:
+        reference.version(to, "--to")
+
+
+@action("deploy", check=_check_deploy)
 def deploy(ctx: Context, image: str, strategy: str | None = None, set: dict | None = None,
            auto_promote: bool = True, analysis: bool = True, backup: bool = False, load_gate: str | None = None,
            load_gate_duration: str = "10s", wait: bool = True) -> dict:
     """`opsctl deploy` as a step, with the same options: a blue-green (or rolling) deploy of
     `image` (NAME:TAG) with `set` as worker settings, an optional pre-deploy database backup
     and a load gate (an SLO judged on the preview, for `load_gate_duration`); waits out the
-    scale-down unless `wait` is false. Outputs: the deploy record (id, version, to_color,
-    from_color, from_version, outcome, reason)."""
+    scale-down unless `wait` is false. Its inputs known before the run (not from a step's
+    outputs) are checked before any step runs. Outputs: the deploy record (id, version,
+    to_color, from_color, from_version, outcome, reason)."""
     from opsctl.deploy import operation
 
     result = operation.deploy(ctx.project, ctx.env.name, image, strategy=strategy,
-                              settings=[f"{k}={v}" for k, v in (set or {}).items()], auto_promote=auto_promote,
+                              settings=_settings(set), auto_promote=auto_promote,
                               analysis=analysis, backup=backup, load_gate=load_gate,
                               load_gate_duration=load_gate_duration, wait=wait)
     return _record(result.record)
@@ -102,7 +130,7 @@ def promote(ctx: Context) -> dict:
     return _record(operation.promote(ctx.project, ctx.env.name))
 
 
-@action("rollback")
+@action("rollback", check=_check_rollback)
 def rollback(ctx: Context, to: str | None = None, wait: bool = True) -> dict:
     """Switch back to the previous color, or to version `to`; `wait` as `opsctl rollback
     --wait/--no-wait` (wait out the scale-down delay, then stop the other color; false leaves

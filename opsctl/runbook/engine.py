@@ -23,7 +23,7 @@ import contextlib
 import enum
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import jinja2
 import tenacity
@@ -281,9 +281,13 @@ class _Runner:
                 except UsageError as exc:
                     raise UsageError(self.mask(f"step {step['id']}: {exc}")) from None
 
-    def preflight(self) -> None:
+    def preflight(self, not_run: Collection[str] = ()) -> None:
         """Before any step runs: path arguments whose templates use no step output are
-        rendered and confined now, so a bad `-p` is refused before anything happens."""
+        rendered and confined now, and so are the arguments an action checks up front (its
+        `check`: the deploy step's image, strategy, settings and load gate) of every step
+        that will run (not a handler, not in `not_run`: done before or before --from-step; no
+        `when`, or one that params and env make true), so a bad `-p` is refused before
+        anything happens, in a dry run too."""
         ctx = self.context()
         for step in self.book.steps:
             fn = ACTIONS.get(step["action"])
@@ -296,6 +300,32 @@ class _Runner:
                     if isinstance(source, str) and not template_refs(source)[2] and "steps" not in template_refs(source)[0]:
                         early[arg] = _render(source, ctx)
             self._confine_paths(step, early)
+        handlers = self.book.handlers()
+        for step in self.book.steps:
+            check = getattr(ACTIONS.get(step["action"]), "check", None)
+            if check is not None and step["id"] not in handlers and step["id"] not in not_run:
+                self._check_early(step, check, {**ctx, "steps": {}})
+
+    def _check_early(self, step: dict, check: Callable[..., None], ctx: dict) -> None:
+        """`check` over the step's arguments that `ctx` (no step outputs) renders to values
+        that fit the action; skipped when its `when` is false, or depends on a step's outputs
+        (the step may never run). UsageError naming the step."""
+        fn = ACTIONS[step["action"]]
+        try:
+            if "when" in step and not condition(step["when"], ctx):
+                return
+        except (jinja2.TemplateError, TypeError, ValueError):
+            return
+        known = {}
+        for key, source in (step.get("with") or {}).items():
+            with contextlib.suppress(jinja2.TemplateError, TypeError, ValueError):
+                value = _render(source, ctx)
+                if not _has_placeholder(value) and not misfit(fn, key, value):
+                    known[key] = value
+        try:
+            check(Context(self.project, self.env, self.yes, mask=self.mask), **known)
+        except UsageError as exc:
+            raise UsageError(self.mask(f"step {step['id']}: {exc}")) from None
 
     def run_step(self, step: dict) -> bool:
         """Run (or plan) one step: condition, rendering, type check, approval, attempts.
@@ -362,8 +392,10 @@ class _Runner:
         stopped, and the run ends without an `end` record, so `--resume` can continue it."""
         from opsctl.signals import sigterm_as_interrupt
 
+        ids = [s["id"] for s in self.book.steps]
+        not_run = (set(done or ()) | set(ids[:ids.index(start_at)] if start_at in ids else ())) - {start_at}
         with masking_logs(self.mask), sigterm_as_interrupt():
-            self.preflight()
+            self.preflight(not_run)
             return self._execute(done, start_at)
 
     def _execute(self, done: dict[str, dict] | None, start_at: str | None) -> RunResult:
@@ -426,7 +458,7 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
     """Continue run `run_id` of `book`; secret parameters are asked for again (-p)."""
     import os
 
-    from opsctl.runbook.model import coerce, default_value, env_var, given_from_environment, within
+    from opsctl.runbook.model import default_value, env_var, given_from_environment, given_value
 
     local = jr.runs_dir(project.root) / f"{jr.check_run_id(run_id)}.jsonl"
     if not local.exists() and env.platform == "kubernetes":  # a run from CI or a CronJob
@@ -452,8 +484,7 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
             continue
         given = given_from_environment(book, dict(given or {}), os.environ)
         if name in given:
-            params[name] = within(book.ref, name, spec, coerce(book.ref, name, spec.get("type", "string"),
-                                                               given[name], True), True)
+            params[name] = given_value(book.ref, name, spec, given[name], True)
         elif not spec.get("secret") and isinstance(spec.get("default"), str):  # computed from a secret: again
             params[name] = default_value(book, name, params)
         else:
@@ -465,12 +496,13 @@ def resume(project: Project, env: Environment, book: Runbook, run_id: str, yes: 
     return runner.execute(done, from_step)
 
 
-def run(project: Project, env: Environment, ref: str, given: dict[str, str], *, yes: bool = False,
+def run(project: Project, env: Environment, ref: str, given: Mapping[str, str] | Sequence[str], *, yes: bool = False,
         dry_run: bool = False, resume_id: str | None = None, from_step: str | None = None,
         junit: str | None = None, view: Callable[[str], Any] | None = None,
         env_vars: dict[str, str] | None = None) -> RunResult:
     """`opsctl runbook run` as one operation: load and validate `ref` (NAME or NAME@N), type
-    the parameters (`given` from -p, then OPSCTL_PARAM_<NAME> from `env_vars`, then the
+    the parameters (`given` from -p: {NAME: VALUE}, or the `-p` texts "NAME=VALUE", each
+    parameter once (model.parse_given); then OPSCTL_PARAM_<NAME> from `env_vars`, then the
     defaults), run, resume (`resume_id`) or plan (`dry_run`) it, and write the JUnit report.
 
     `view(title)` is a context manager yielding the notify callback (the live step table).
@@ -480,8 +512,9 @@ def run(project: Project, env: Environment, ref: str, given: dict[str, str], *, 
     import os
 
     from opsctl.runbook import catalog, report
-    from opsctl.runbook.model import env_var, resolve_params
+    from opsctl.runbook.model import env_var, parse_given, resolve_params
 
+    given = dict(given) if isinstance(given, Mapping) else parse_given(given)
     book = catalog.load(project.root, ref, ACTIONS)
     if from_step and not resume_id:
         raise UsageError("--from-step goes with --resume RUN_ID")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jinja2
 import jinja2.meta
@@ -167,14 +167,16 @@ def schema() -> dict:
 
 
 def parse(path: Path) -> Runbook:
-    """Read and schema-check one file; raise UsageError with file:line on the first problem."""
+    """Read and schema-check one file; raise UsageError with file:line on the first problem
+    (bytes that are not UTF-8 and keys given twice included: opsctl.yamltext)."""
     from opsctl import yamltext
 
-    text = path.read_text()
     try:
+        text = yamltext.read(path)
         doc = yamltext.load(text)
     except yamltext.YamlFault as exc:
-        raise UsageError(f"{path}:{exc.line}: not valid YAML: {exc.problem}") from None
+        remedy = f"; {exc.remedy}" if exc.remedy else ""
+        raise UsageError(f"{path}:{exc.line}: not valid YAML: {exc.problem}{remedy}") from None
     node = yaml.compose(text)  # the same text, read: only the lines of its keys are wanted
     if not isinstance(doc, dict) or node is None:
         raise UsageError(f"{path}:1: a runbook is a mapping with name, version and steps")
@@ -672,14 +674,40 @@ def resolve_params(book: Runbook, given: dict[str, str], env_vars: Mapping[str, 
     for name, spec in declared.items():
         kind = spec.get("type", "string")
         if name in given:
-            values[name] = within(book.ref, name, spec, coerce(book.ref, name, kind, given[name], name in secrets),
-                                  name in secrets)
+            values[name] = given_value(book.ref, name, spec, given[name], name in secrets)
         elif "default" in spec:
             values[name] = within(book.ref, name, spec, default_value(book, name, values), name in secrets)
         else:
             how = f"set {env_var(name)}" if name in secrets else f"pass -p {name}=VALUE"
             raise UsageError(f"{book.ref}: parameter '{name}' is required; {how}")
     return values
+
+
+def parse_given(texts: Sequence[str]) -> dict[str, str]:
+    """The `-p KEY=VALUE` texts as {KEY: VALUE}; UsageError (one line, no value shown: it may
+    be a secret) for a text without '=' and for a parameter given twice, which would
+    otherwise keep one of the two silently."""
+    given: dict[str, str] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise UsageError(f"-p {name}: use KEY=VALUE")
+        if name in given:
+            raise UsageError(f"parameter '{name}' is given twice (-p {name}=...); give each parameter once")
+        given[name] = value
+    return given
+
+
+def given_value(ref: str, name: str, spec: Mapping[str, Any], raw: str, secret: bool = False) -> Any:
+    """A given value (`-p NAME=raw` or OPSCTL_PARAM_<NAME>) as the parameter's declared type,
+    within its bounds; UsageError (one line) otherwise, and for an empty (or blank) value of a
+    parameter declared `required: true`: it would be taken for a value and fail a step later,
+    after the steps before it ran (breaker 37 G6: `-p image=` ran a health check and a backup,
+    then failed at the rollout)."""
+    if spec.get("required") and not raw.strip():
+        how = f"set {env_var(name)} to a value" if secret else f"pass -p {name}=VALUE with a value"
+        raise UsageError(f"{ref}: parameter '{name}' is required and was given empty; {how}")
+    return within(ref, name, spec, coerce(ref, name, spec.get("type", "string"), raw, secret), secret)
 
 
 def within(ref: str, name: str, spec: Mapping[str, Any], value: Any, secret: bool = False) -> Any:
