@@ -457,13 +457,16 @@ def _describe(error: ValidationError) -> str:
 
 
 def parse_config(path: Path) -> OpsConfig:
-    """Read and validate one opsctl.yaml; any problem is one UsageError line naming the key."""
+    """Read and validate one opsctl.yaml; any problem is one UsageError line naming the file and
+    the key or line: bytes that are not UTF-8 (or UTF-16/32 with a byte order mark, YAML 1.2's
+    encodings; never the locale's), bad YAML, a key given twice in one mapping (YAML 1.2 keys
+    are unique; opsctl.yamltext), or a setting the OpsConfig model refuses."""
     from opsctl import yamltext
 
     try:
-        raw = yamltext.load(path.read_text()) or {}
+        raw = yamltext.load(yamltext.read(path)) or {}
     except yamltext.YamlFault as exc:
-        raise UsageError(f"{path}: line {exc.line}: {exc.problem}; fix the YAML") from None
+        raise UsageError(f"{path}: line {exc.line}: {exc.problem}; {exc.remedy or 'fix the YAML'}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: expected a mapping with 'environments', got {type(raw).__name__}")
     try:

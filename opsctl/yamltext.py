@@ -1,44 +1,159 @@
 """YAML a person wrote (opsctl.yaml, runbooks), read into plain data with every fault one line.
 
-PyYAML's safe loader raises YAMLError, with a position, for bad syntax, but a bare ValueError,
-without one, for a scalar it parses and then cannot build: an integer of more than 4300 digits
-(past Python's int-from-text limit, `sys.get_int_max_str_digits`), a date such as 2026-02-30
-(breaker 30 F1: a runbook bound of 5000 digits ended `validate` on "unexpected ValueError").
-Both are the file's fault: `load` makes each one line naming where it is.
+`read` turns a file's bytes into text by the encoding rules of YAML 1.2 (section 5.2: UTF-8,
+UTF-16 or UTF-32, told by a byte order mark or by where the first character's zero bytes are;
+UTF-8 without either), never by the locale. Bytes that are not text in that encoding are a
+YamlFault naming the line and the byte offset (breaker 37 G11: a stray 0xff ended `config show`
+on "unexpected UnicodeDecodeError").
+
+`load` reads text with PyYAML's safe loader, plus one rule PyYAML does not enforce: the keys of
+a mapping are unique (YAML 1.2 section 3.2.1.1). PyYAML keeps the last of two equal keys, so a
+second `production:` entry silently dropped the first one's `protected: true` (breaker 37 G13);
+a duplicate is a YamlFault naming its key path and both lines. The keys a merge (`<<: *base`)
+brings in may be overridden: that is what a merge is for.
+
+PyYAML raises YAMLError, with a position, for bad syntax, but a bare ValueError, without one,
+for a scalar it parses and then cannot build: an integer of more than 4300 digits (past
+Python's int-from-text limit, `sys.get_int_max_str_digits`), a date such as 2026-02-30
+(breaker 30 F1: a runbook bound of 5000 digits ended `validate` on "unexpected ValueError"),
+and a ReaderError, with a character offset only, for a character YAML does not allow (a
+control character such as U+0007). All are the file's fault: `load` makes each one line
+naming where it is.
 """
 
 from __future__ import annotations
 
+import codecs
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+# YAML 1.2 section 5.2, "Character Encodings": the first bytes of a stream and the encoding
+# they tell, in the spec's order (x: any byte that is not zero). A byte order mark is dropped.
+_BOMS = ((codecs.BOM_UTF32_BE, "UTF-32-BE"), (codecs.BOM_UTF32_LE, "UTF-32-LE"),
+         (codecs.BOM_UTF16_BE, "UTF-16-BE"), (codecs.BOM_UTF16_LE, "UTF-16-LE"), (codecs.BOM_UTF8, "UTF-8"))
+
 
 class YamlFault(ValueError):
-    """Text that is not YAML opsctl can read: `line` (1-based) and `problem` (one line)."""
+    """Text that is not YAML opsctl can read: `line` (1-based), `problem` (one line) and, where
+    there is a fix more precise than "fix the YAML", `remedy` (else "")."""
 
-    def __init__(self, line: int, problem: str):
-        super().__init__(f"line {line}: {problem}")
-        self.line, self.problem = line, problem
+    def __init__(self, line: int, problem: str, remedy: str = ""):
+        super().__init__(f"line {line}: {problem}" + (f"; {remedy}" if remedy else ""))
+        self.line, self.problem, self.remedy = line, problem, remedy
+
+
+def _encoding(data: bytes) -> tuple[str, int]:
+    """(codec name, length of the byte order mark) of a YAML stream that begins with `data`."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name, len(bom)
+    head = data[:4]
+    if len(head) == 4 and head[:3] == b"\0\0\0" and head[3]:
+        return "UTF-32-BE", 0
+    if len(head) == 4 and head[0] and head[1:] == b"\0\0\0":
+        return "UTF-32-LE", 0
+    if len(head) >= 2 and not head[0] and head[1]:
+        return "UTF-16-BE", 0
+    if len(head) >= 2 and head[0] and not head[1]:
+        return "UTF-16-LE", 0
+    return "UTF-8", 0
+
+
+def decode(data: bytes) -> str:
+    """The text of the YAML stream `data` (bytes as read from a file), in the encoding YAML 1.2
+    tells from its first bytes (UTF-8 unless they say UTF-16 or UTF-32), byte order mark dropped.
+    YamlFault naming the line and byte offset of the first bytes that are not text in it."""
+    name, start = _encoding(data)
+    try:
+        return data[start:].decode(name)
+    except UnicodeDecodeError as exc:
+        offset = start + exc.start
+        line = data[start:offset].decode(name).count("\n") + 1  # the text before it is sound
+        shown = " ".join(f"0x{b:02x}" for b in data[offset:min(offset + 4, start + exc.end)])
+        raise YamlFault(line, f"byte {offset} ({shown}) is not {name} ({exc.reason})",
+                        "save the file as UTF-8 (YAML files are UTF-8, or UTF-16/32 with a byte order mark)") from None
+
+
+def read(path: Path) -> str:
+    """The text of the YAML file `path`, decoded as `decode` says (never by the locale's
+    encoding); YamlFault for bytes that are not text, OSError when it can't be read."""
+    return decode(Path(path).read_bytes())
 
 
 def load(text: str) -> Any:
-    """`text` as plain data (yaml.safe_load); YamlFault for bad syntax or a value that can't be built."""
+    """`text` as plain data (PyYAML's safe loader); YamlFault for bad syntax, a character YAML
+    does not allow, a key given twice in one mapping, or a value that can't be built."""
+    loader = None
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)  # the reader checks every character here, before parsing
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(loader, node)
+        return loader.construct_document(node)
+    except YamlFault:  # a ValueError too, but already one line with its place
+        raise
+    except yaml.reader.ReaderError as exc:  # a character offset into `text`, no mark
+        line = text[:exc.position].count("\n") + 1
+        raise YamlFault(line, f"the character U+{exc.character:04X} is not allowed in YAML ({exc.reason})",
+                        "remove it, or write it as an escape in a double-quoted string") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise YamlFault(mark.line + 1 if mark else 1, str(getattr(exc, "problem", None) or exc)) from None
+        problem = str(getattr(exc, "problem", None) or exc).splitlines() or ["not valid YAML"]
+        raise YamlFault(mark.line + 1 if mark else 1, problem[0]) from None
     except (ValueError, OverflowError) as exc:
         raise _unbuildable(text, exc) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, root: yaml.Node) -> None:
+    """YamlFault for the first mapping of `root` (document order) holding two equal keys, equal
+    as Python dict keys are once built (so `1` and `1.0` are one key, `1` and `"1"` two): the
+    key's path and both lines. A node reached again through an alias is checked once."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in reversed(list(enumerate(node.value))))
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            children = []
+            for key, value in node.value:
+                if key.tag == "tag:yaml.org,2002:merge":  # the keys a merge brings may be overridden
+                    children.append((value, path))
+                    continue
+                where = (f"{path}." if path else "") + (key.value if isinstance(key, yaml.ScalarNode)
+                                                        else "(a complex key)")
+                try:
+                    earlier = first.setdefault(loader.construct_object(key, deep=True), key)
+                except TypeError:  # an unhashable key: construct_document refuses it, with its line
+                    earlier = key
+                if earlier is not key:
+                    raise YamlFault(key.start_mark.line + 1,
+                                    f"duplicate key {where} (also on line {earlier.start_mark.line + 1}): a "
+                                    "YAML mapping's keys are unique, and only the later one would count",
+                                    "merge the two into one")
+                children.append((value, where))
+            stack.extend(reversed(children))
 
 
 def _unbuildable(text: str, exc: Exception) -> YamlFault:
     """The scalar of `text` the safe constructor fails on (the first, in document order), as a YamlFault."""
     constructor = yaml.SafeLoader("")
-    stack = [yaml.compose(text)]
+    stack, seen = [yaml.compose(text)], set()
     while stack:
         node = stack.pop()
+        if id(node) in seen:  # an alias of a node already walked (perhaps its own parent)
+            continue
+        seen.add(id(node))
         if isinstance(node, yaml.ScalarNode):
             try:
                 constructor.construct_object(node)

@@ -61,7 +61,7 @@ def stack_config(t: Target) -> dict[str, Any]:
     from opsctl import yamltext
 
     try:
-        doc = yamltext.load(t.stack_file.read_text()) or {}
+        doc = yamltext.load(yamltext.read(t.stack_file)) or {}
     except yamltext.YamlFault as exc:
         raise UsageError(f"{t.stack_file}: not valid YAML ({exc}); fix it") from None
     return doc.get("config", {}) or {}

@@ -164,7 +164,7 @@ def show(root: Path, ref: str, diff_spec: str | None = None) -> str:
     if diff_spec:
         return diff(root, ref.split("@")[0], diff_spec) or "(no change)"
     path = locate(root, ref)
-    return f"# {path.relative_to(root)}\n{path.read_text()}"
+    return f"# {path.relative_to(root)}\n{_text(path)}"
 
 
 def diff(root: Path, name: str, spec: str) -> str:
@@ -173,5 +173,16 @@ def diff(root: Path, name: str, spec: str) -> str:
     if not sep or not first.isdigit() or not second.isdigit():
         raise UsageError(f"--diff {spec}: use A..B with version numbers, e.g. 1..2")
     a, b = locate(root, f"{name}@{first}"), locate(root, f"{name}@{second}")
-    return "".join(difflib.unified_diff(a.read_text().splitlines(True), b.read_text().splitlines(True),
+    return "".join(difflib.unified_diff(_text(a).splitlines(True), _text(b).splitlines(True),
                                         f"{name}@{first}", f"{name}@{second}"))
+
+
+def _text(path: Path) -> str:
+    """The text of runbook file `path` as YAML decodes it (yamltext.read: UTF-8, never the
+    locale's encoding); UsageError with file:line for bytes that are not text."""
+    from opsctl import yamltext
+
+    try:
+        return yamltext.read(path)
+    except yamltext.YamlFault as exc:
+        raise UsageError(f"{path}:{exc.line}: not valid YAML: {exc.problem}; {exc.remedy}") from None
