@@ -80,8 +80,9 @@ def list_(
                   _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
                   "yes" if r["verified"] else "", r["label"] or ""] for r in rows]
         if rows:
+            # at 80 columns the stored size gives way (--json has it) before the table does
             print_whole(c, ["id", "status", "holds", "size", "stored", "ok", "label"], cells, wrap="holds",
-                        title=f"{doc['repository']} ({state})", min_wrap=12)
+                        optional=["stored"], title=f"{doc['repository']} ({state})", min_wrap=12)
         else:
             c.print(f"no backups in {doc['repository']} ({state})" if not doc["total"] else
                     f"{doc['total']} backups in {doc['repository']} ({state}); --limit {limit} shows none")

@@ -104,3 +104,10 @@ def test_list_pages_the_newest_backups_on_both_repository_kinds(benv, runner):
         repo.delete_prefix("29991231T000000Z-0bad/")
     whole = rows(runner, benv.name)
     assert all(whole[i]["label"] == f"p{n}" for n, i in enumerate(ids))
+    # at 80 columns a table, one line per backup (breaker 37 G18: always name: value blocks)
+    text = runner.invoke(app, ["backup", "list", "--env", benv.name, "--limit", "2"], env={"COLUMNS": "80"}).stdout
+    lines = text.splitlines()
+    assert any(line.split()[:4] == ["id", "status", "holds", "size"] for line in lines if line.strip()), text
+    for i, label in ((ids[1], "p1"), (ids[2], "p2")):
+        (row,) = [line for line in lines if i in line]
+        assert row.split()[1:3] == ["complete", "redis"] and row.rstrip().endswith(label) and len(row) <= 80, text
