@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import enum
+import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Mapping, Sequence
@@ -347,7 +348,8 @@ class _Runner:
         misfits = self._misfits(step, inputs)
         shown = self._shown(step, inputs)  # also registers values derived from secrets with the masker
         if self.dry_run:
-            detail = f"{step['action']} {shown}" + (" (needs approval)" if approval else "")
+            # its arguments as JSON: what a person reads and copies (a dict's repr was Python's)
+            detail = f"{step['action']} {json.dumps(shown, default=str)}" + (" (needs approval)" if approval else "")
             if misfits:
                 detail += "; " + "; ".join(misfits)
             self._record(StepOutcome(step["id"], StepStatus.PLANNED, detail=detail))

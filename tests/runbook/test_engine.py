@@ -144,7 +144,7 @@ def test_dry_run_resolves_templates_and_changes_nothing(runner, root):
     doc = run_runbook(runner, "flow", "-p", "marker=hello", "--dry-run")
     assert doc["status"] == "planned" and doc["run_id"] is None
     details = {s["id"]: s["detail"] for s in doc["steps"]}
-    assert "'MARKER': 'hello'" in details["first"]
+    assert '"MARKER": "hello"' in details["first"]  # JSON, not a Python repr (breaker 37 G18)
     assert "<steps.first.outputs.stdout>" in details["third"]
     assert sorted(p.name for p in root.rglob("*")) == before  # no journal, no side effect
 

@@ -244,7 +244,8 @@ def test_restore_drill_keeps_scratch_db_a_string(runner, ops_root):
     for given in ("null", "[a, b]", "{x: 1}"):
         result = run_runbook(runner, "restore-drill", "-p", f"scratch_db={given}", "--dry-run")
         details = {s["id"]: s["detail"] for s in result["steps"]}
-        assert f"'target_db': {given!r}" in details["restore"] and f"'name': {given!r}" in details["drop-scratch"]
+        shown = json.dumps(given)  # a string, never None, a list or a dict
+        assert f'"target_db": {shown}' in details["restore"] and f'"name": {shown}' in details["drop-scratch"]
     bad = run_refused(runner, "restore-drill", "-p", "jobs=null", "--dry-run")
     assert "parameter 'jobs' is integer" in bad, bad
 
