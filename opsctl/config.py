@@ -430,9 +430,18 @@ class Project:
 
 
 def find_root(start: Path | None = None, override: str | Path | None = None) -> Path | None:
-    """The folder holding opsctl.yaml: the override, else the first one walking up."""
+    """The folder holding opsctl.yaml: the override (`--root`), else $OPSCTL_ROOT, else the
+    first one walking up. UsageError when the one named holds none, or an opsctl.yaml that
+    is no regular file (a folder, a FIFO), or `--root` is given empty (breaker 37 G16, G18)."""
+    if override is not None and not str(override).strip():
+        raise UsageError("--root is empty; give the folder holding opsctl.yaml, or leave it out to find one "
+                         "walking up from here")
     explicit = override or os.environ.get("OPSCTL_ROOT")
     if explicit:
+        from opsctl.starter import config_file_problem  # starter imports this module
+
+        if problem := config_file_problem(explicit):
+            raise UsageError(problem)
         root = Path(explicit).expanduser().resolve()
         if not (root / CONFIG_NAME).is_file():
             raise UsageError(f"{root} holds no {CONFIG_NAME}; run 'opsctl init {root}' to create one")

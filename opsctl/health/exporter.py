@@ -13,13 +13,26 @@ from __future__ import annotations
 from opsctl.health.model import SweepResult
 
 
+def check_port(port: int) -> int:
+    """`port` unchanged when it is a TCP port one can listen on (1-65535; 0 would be a port
+    the kernel picks, which no Prometheus could be pointed at); UsageError otherwise. Checked
+    with the other options, before the first sweep: socket.bind() raised OverflowError for
+    99999 after the checks were planned (breaker 37 G10)."""
+    from opsctl.errors import UsageError
+
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--metrics-port must be 1-65535, not {port}; pick a free port, e.g. 9464")
+    return port
+
+
 class Exporter:
     """Serves the latest sweep as Prometheus gauges on host:port (opsctl_check_status,
     opsctl_check_value, opsctl_check_duration_seconds, opsctl_sweep_duration_seconds).
-    Raises UsageError when the port cannot be bound."""
+    Raises UsageError when the port is out of range (`check_port`) or cannot be bound."""
     def __init__(self, port: int, host: str = "127.0.0.1"):
         from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+        check_port(port)
         self.registry = CollectorRegistry()
         self._keys: set[tuple[str, str, str]] = set()  # (env, check, kind) of the last sweep
         labels = ["env", "check", "kind"]

@@ -232,6 +232,10 @@ def cadence(project, env, mode: str, interval: float | None, cron: str | None, i
                 raise UsageError(f"{flag} goes with --mode continuous or scheduled, not once")
     elif iterations is not None and iterations < 1:
         raise UsageError(f"--iterations must be 1 or more, not {iterations}")
+    if metrics_port is not None:  # once mode refused it above
+        from opsctl.health.exporter import check_port
+
+        check_port(metrics_port)
     if mode == "continuous":
         if cron is not None:
             raise UsageError("--cron goes with --mode scheduled; continuous mode takes --interval")

@@ -22,15 +22,14 @@ from opsctl.health.model import SweepResult
 
 
 def validate_cron(cron: str) -> str:
-    """`cron` unchanged when croniter accepts it and it fires; UsageError saying what a cron
-    expression looks like, or that it never fires (e.g. '0 0 31 2 *')."""
+    """`cron` unchanged when it is a standard 5-field cron expression that fires
+    (settings.cron_problem, shared with health.cron, heartbeats and runbook schedules);
+    UsageError saying what is wrong with it otherwise."""
     from opsctl.health.settings import cron_problem
 
     problem = cron_problem(cron)
-    if problem and "never fires" in problem:
-        raise UsageError(f"--cron {problem}")
     if problem:
-        raise UsageError(f"--cron {cron!r} is not a cron expression; use five fields, e.g. '*/5 * * * *'")
+        raise UsageError(f"--cron {problem}")
     return cron
 
 

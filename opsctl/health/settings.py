@@ -7,26 +7,127 @@ only named (`url_env`, `routing_key_env`, `password_env`): opsctl.yaml is commit
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# --- the cron grammar GitHub Actions and Kubernetes both accept --------------------------------
+# Here, not in opsctl.runbook.schedules, because opsctl.yaml's health settings need it at load
+# time and that module would bring jinja2 and jsonschema (~50 ms) to every command.
+# Kubernetes' CronJob controller and actionlint (which mirrors GitHub) parse with robfig/cron's
+# standard parser; croniter accepts more (L, W, #, R, a 7 for Sunday, seconds, descriptors),
+# which either of them refuses. So a schedule is the plain 5-field grammar: `*`, numbers,
+# ranges, steps, lists, and month/weekday names; nothing else.
+_FIELDS = (("minute", 0, 59, None), ("hour", 0, 23, None), ("day of month", 1, 31, None),
+           ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+           ("day of week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")))
+# str.isdigit() and int() take any Unicode digit ('\u0663'); GitHub's and Kubernetes' parsers
+# (strconv.Atoi) take ASCII 0-9 only
+_ASCII_NUMBER = re.compile(r"[0-9]+\Z")
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February 29 comes in leap years
+
+
+def _never_fires(fields: list[str], days: set[int], months: set[int], weekdays: set[int]) -> bool:
+    """True when no date matches: cron ANDs day of month and month, and ORs day of month with
+    day of week only when both are restricted (a day of week starting with '*' and covering
+    every day leaves the day of month alone in charge, as in robfig/cron and Vixie cron)."""
+    if not (fields[4].startswith("*") and weekdays == set(range(7))):
+        return False  # a restricted day of week: some weekday in any month always comes
+    return not any(d <= _MONTH_DAYS[m - 1] for m in months for d in days)
+
+
+def _cron_value(text: str, low: int, high: int, names) -> int:
+    if names and text.lower() in names:
+        return names.index(text.lower()) + low
+    if not _ASCII_NUMBER.match(text) or not low <= int(text) <= high:  # robfig/cron: strconv.Atoi, ASCII only
+        raise ValueError(f"'{text}' is not a number in {low}-{high}" + (f" or a name ({names[0].upper()}-"
+                                                                          f"{names[-1].upper()})" if names else ""))
+    return int(text)
+
+
+def _cron_field(text: str, what: str, low: int, high: int, names) -> set[int]:
+    """The values of one field; ValueError naming what is wrong."""
+    try:
+        return _cron_items(text, what, low, high, names)
+    except ValueError as exc:
+        raise ValueError(str(exc) if str(exc).startswith(what) else f"{what} {exc}") from None
+
+
+def _cron_items(text: str, what: str, low: int, high: int, names) -> set[int]:
+    values: set[int] = set()
+    for item in text.split(","):
+        base, slash, step_text = item.partition("/")
+        step = 1
+        if slash:
+            if not _ASCII_NUMBER.match(step_text) or int(step_text) < 1:
+                raise ValueError(f"{what}: step '{step_text}' is not a positive number")
+            step = int(step_text)
+        if base == "*":
+            lo, hi = low, high
+        elif "-" in base:
+            a, _, b = base.partition("-")
+            lo, hi = _cron_value(a, low, high, names), _cron_value(b, low, high, names)
+            if lo > hi:
+                raise ValueError(f"{what}: range '{base}' runs backwards")
+        else:
+            if slash:
+                raise ValueError(f"{what}: a step goes after '*' or a range, not '{item}'")
+            lo = hi = _cron_value(base, low, high, names)
+        values.update(range(lo, hi + 1, step))
+    return values
+
+
+def standard_cron_problem(expr: str) -> str | None:
+    """What is wrong with `expr` as a standard 5-field cron expression, in one line that
+    starts with the expression itself (a caller puts the option or key it came from in front:
+    "schedule '...' ...", "--cron '...' ..."), or None. Minute hour day-of-month month
+    day-of-week; `*`, numbers, `a-b` ranges, `/n` steps, `,` lists, JAN-DEC and SUN-SAT:
+    croniter's extensions (seconds or years as a 6th/7th field, L, W, #, R, ?, 7 for Sunday,
+    @daily) are refused, as is an expression no date matches ('0 0 31 2 *'). Shared by
+    runbook schedules (opsctl.runbook.schedules.cron_problem) and the health monitor
+    (`--cron`, health.cron, heartbeats: `cron_problem`)."""
+    return parse_cron(expr)[1]
+
+
+def parse_cron(expr: str) -> tuple[list[set[int]] | None, str | None]:
+    """(the values of the five fields, None), or (None, what `standard_cron_problem` says):
+    runbook schedules (opsctl.runbook.schedules.cron_problem) add their own rule on the values."""
+    fields = str(expr).split()
+    if len(fields) != 5:
+        return None, (f"'{expr}' is not a 5-field cron expression (minute hour day month weekday), "
+                      "e.g. '0 2 * * *'")
+    try:
+        sets = [_cron_field(f, what, low, high, names) for f, (what, low, high, names) in zip(fields, _FIELDS)]
+    except ValueError as exc:
+        return None, (f"'{expr}' is not a 5-field cron expression GitHub and Kubernetes accept ({exc}); "
+                      "use numbers, ranges, steps, lists and names only, e.g. '0 2 * * *'")
+    if _never_fires(fields, sets[2], sets[3], sets[4]):
+        return None, (f"'{expr}' never fires: no month in it has that day of month; "
+                      "pick a day every chosen month has, e.g. '0 2 28 2 *'")
+    return sets, None
 
 
 def cron_problem(cron: str) -> str | None:
-    """Why `cron` cannot drive a heartbeat or the scheduled monitor, in one line, or None:
-    not a cron expression croniter reads, or one that never fires (a date no month has, such as
-    '0 0 31 2 *': croniter raises CroniterBadDateError at the first next/previous time)."""
+    """Why `cron` cannot drive a heartbeat or the scheduled monitor, in one line starting with
+    the expression, or None: not the standard 5-field cron runbook schedules take
+    (`standard_cron_problem`: croniter alone also reads seconds and years as a 6th/7th
+    field, so `--cron '* * * * * * *'` swept every second: breaker 37 G12), or one that
+    never fires (a date no month has, such as '0 0 31 2 *')."""
     from croniter import CroniterBadDateError, croniter
 
-    if not croniter.is_valid(cron):
-        return f"{cron!r} is not a cron expression like '0 2 * * *'"
-    try:
+    problem = standard_cron_problem(cron)
+    if problem:
+        return problem
+    try:  # the loop and the heartbeat check read it with croniter: it must too
         croniter(cron).get_next(float)
         croniter(cron).get_prev(float)
     except CroniterBadDateError:
-        return f"{cron!r} never fires (no month has that day); pick a date that comes, e.g. '0 2 28 2 *'"
+        return f"'{cron}' never fires (no month has that day); pick a date that comes, e.g. '0 2 28 2 *'"
+    except (ValueError, KeyError) as exc:
+        return f"'{cron}' is not a cron expression croniter reads ({exc}), e.g. '0 2 * * *'"
     return None
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")

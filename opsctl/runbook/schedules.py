@@ -55,88 +55,21 @@ def scheduled(project: Project, actions: Mapping[str, Callable]) -> list[Schedul
 
 
 # --- the cron grammar GitHub Actions and Kubernetes both accept -------------------------------
-# Kubernetes' CronJob controller and actionlint (which mirrors GitHub) parse with robfig/cron's
-# standard parser; croniter accepts more (L, W, #, R, a 7 for Sunday, seconds, descriptors),
-# which either of them refuses. So a schedule is the plain 5-field grammar: `*`, numbers,
-# ranges, steps, lists, and month/weekday names; nothing else.
-_FIELDS = (("minute", 0, 59, None), ("hour", 0, 23, None), ("day of month", 1, 31, None),
-           ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
-           ("day of week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")))
+# The 5-field grammar itself is opsctl.health.settings.parse_cron, shared with the health
+# monitor's --cron, health.cron and heartbeats; a runbook schedule also runs at most every
+# MIN_INTERVAL_MINUTES minutes, as GitHub does.
 MIN_INTERVAL_MINUTES = 5  # GitHub runs a scheduled workflow at most every 5 minutes
-# str.isdigit() and int() take any Unicode digit ('\u0663'); GitHub's and Kubernetes' parsers
-# (strconv.Atoi) take ASCII 0-9 only
-_ASCII_NUMBER = re.compile(r"[0-9]+\Z")
-_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February 29 comes in leap years
-
-
-def _never_fires(fields: list[str], days: set[int], months: set[int], weekdays: set[int]) -> bool:
-    """True when no date matches: cron ANDs day of month and month, and ORs day of month with
-    day of week only when both are restricted (a day of week starting with '*' and covering
-    every day leaves the day of month alone in charge, as in robfig/cron and Vixie cron)."""
-    if not (fields[4].startswith("*") and weekdays == set(range(7))):
-        return False  # a restricted day of week: some weekday in any month always comes
-    return not any(d <= _MONTH_DAYS[m - 1] for m in months for d in days)
-
-
-def _cron_value(text: str, low: int, high: int, names) -> int:
-    if names and text.lower() in names:
-        return names.index(text.lower()) + low
-    if not _ASCII_NUMBER.match(text) or not low <= int(text) <= high:  # robfig/cron: strconv.Atoi, ASCII only
-        raise ValueError(f"'{text}' is not a number in {low}-{high}" + (f" or a name ({names[0].upper()}-"
-                                                                          f"{names[-1].upper()})" if names else ""))
-    return int(text)
-
-
-def _cron_field(text: str, what: str, low: int, high: int, names) -> set[int]:
-    """The values of one field; ValueError naming what is wrong."""
-    try:
-        return _cron_items(text, what, low, high, names)
-    except ValueError as exc:
-        raise ValueError(str(exc) if str(exc).startswith(what) else f"{what} {exc}") from None
-
-
-def _cron_items(text: str, what: str, low: int, high: int, names) -> set[int]:
-    values: set[int] = set()
-    for item in text.split(","):
-        base, slash, step_text = item.partition("/")
-        step = 1
-        if slash:
-            if not _ASCII_NUMBER.match(step_text) or int(step_text) < 1:
-                raise ValueError(f"{what}: step '{step_text}' is not a positive number")
-            step = int(step_text)
-        if base == "*":
-            lo, hi = low, high
-        elif "-" in base:
-            a, _, b = base.partition("-")
-            lo, hi = _cron_value(a, low, high, names), _cron_value(b, low, high, names)
-            if lo > hi:
-                raise ValueError(f"{what}: range '{base}' runs backwards")
-        else:
-            if slash:
-                raise ValueError(f"{what}: a step goes after '*' or a range, not '{item}'")
-            lo = hi = _cron_value(base, low, high, names)
-        values.update(range(lo, hi + 1, step))
-    return values
 
 
 def cron_problem(expr: str) -> str | None:
     """Why `expr` is not a schedule both GitHub Actions and a Kubernetes CronJob run, in one
-    line, or None. The standard 5-field grammar only (minute hour day-of-month month
-    day-of-week; `*`, numbers, `a-b` ranges, `/n` steps, `,` lists, JAN-DEC and SUN-SAT),
-    refusing croniter's extensions (L, W, #, R, ?, 7 for Sunday, @daily, a sixth field) and
-    anything that runs more often than every MIN_INTERVAL_MINUTES minutes."""
-    fields = str(expr).split()
-    if len(fields) != 5:
-        return (f"schedule '{expr}' is not a 5-field cron expression (minute hour day month weekday), "
-                "e.g. '0 2 * * *'")
-    try:
-        sets = [_cron_field(f, what, low, high, names) for f, (what, low, high, names) in zip(fields, _FIELDS)]
-    except ValueError as exc:
-        return (f"schedule '{expr}' is not a 5-field cron expression GitHub and Kubernetes accept ({exc}); "
-                "use numbers, ranges, steps, lists and names only, e.g. '0 2 * * *'")
-    if _never_fires(fields, sets[2], sets[3], sets[4]):
-        return (f"schedule '{expr}' never fires: no month in it has that day of month; "
-                "pick a day every chosen month has, e.g. '0 2 28 2 *'")
+    line, or None: not the standard 5-field grammar (opsctl.health.settings.parse_cron), or it runs
+    more often than every MIN_INTERVAL_MINUTES minutes."""
+    from opsctl.health.settings import parse_cron
+
+    sets, problem = parse_cron(expr)
+    if problem:
+        return f"schedule {problem}"
     minutes, hours = sorted(sets[0]), sets[1]
     gaps = [b - a for a, b in zip(minutes, minutes[1:])]
     if any((h + 1) % 24 in hours for h in hours):  # the next hour runs too: the gap across the hour

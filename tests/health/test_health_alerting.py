@@ -99,7 +99,26 @@ def test_reminders_repeat_while_down(tmp_path, servers, sink_env):
     assert all(d["ok"] for d in out.deliveries if d["sink"] != "broken")
 
 
-def test_scheduled_mode_appends_history_and_serves_metrics(tmp_path, servers, sink_env):
+@pytest.fixture
+def every_second(monkeypatch):
+    """A standard cron fires at most every minute: the loop's next firing time is brought to
+    the next whole second (as croniter's 6-field '* * * * * *' once did here, a form --cron
+    no longer takes: breaker 37 G12). Yields the crons the loop asked about."""
+    import math
+
+    from opsctl.health import schedule
+
+    asked = []
+
+    def next_second(cron, after):
+        asked.append(cron)
+        return math.floor(after) + 1.0
+
+    monkeypatch.setattr(schedule, "_next_cron", next_second)
+    return asked
+
+
+def test_scheduled_mode_appends_history_and_serves_metrics(tmp_path, servers, sink_env, every_second):
     target, receiver = servers
     target.statuses = [200]
     root = ops_root(tmp_path, target.url, receiver.url)
@@ -113,21 +132,22 @@ def test_scheduled_mode_appends_history_and_serves_metrics(tmp_path, servers, si
     def scrape(result, alerts, next_at):
         scraped.append(httpclient.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
 
-    out = monitor.watch(project, project.env("ci"), cron="* * * * * *", iterations=2, only=["target"],
+    out = monitor.watch(project, project.env("ci"), cron="* * * * *", iterations=2, only=["target"],
                         history=history, metrics_port=port, on_sweep=scrape)
     lines = [json.loads(line) for line in history.read_text().splitlines()]
-    assert out.sweeps == 2 and [d["status"] for d in lines] == ["OK", "OK"]
+    assert out.sweeps == 2 and [d["status"] for d in lines] == ["OK", "OK"] and set(every_second) == {"* * * * *"}
     assert lines[0]["checks"][0]["name"] == "target" and lines[1]["started_at"] > lines[0]["started_at"]
     assert 'opsctl_check_status{check="target",env="ci",kind="http"} 0.0' in scraped[-1]
     assert receiver.posts == []
 
 
-def test_scheduled_mode_through_the_cli_writes_the_default_history(tmp_path, runner, servers, sink_env):
+def test_scheduled_mode_through_the_cli_writes_the_default_history(tmp_path, runner, servers, sink_env,
+                                                                    every_second):
     target, receiver = servers
     target.statuses = [503]
     root = ops_root(tmp_path, target.url, receiver.url)
     result = runner.invoke(app, ["--root", str(root), "health", "--env", "ci", "--mode", "scheduled",
-                                 "--cron", "* * * * * *", "--iterations", "1", "--check", "target"])
+                                 "--cron", "* * * * *", "--iterations", "1", "--check", "target"])
     assert result.exit_code == 2, result.output
     doc = json.loads((root / ".opsctl" / "health" / "history.jsonl").read_text())
     assert doc["checks"][0]["status"] == "CRITICAL" and "[STATUS] (503) == 200" in doc["checks"][0]["message"]

@@ -38,6 +38,15 @@ def one_line_error(result, *words: str) -> None:
     (["--mode", "scheduled", "--cron", "every night"], ["cron expression"]),
     (["--mode", "scheduled", "--cron", "0 0 31 2 *"], ["never fires"]),  # issue 23 (B23b): no such date
     (["--mode", "scheduled", "--cron", "0 2 31 4,6,9,11 *"], ["never fires"]),
+    # croniter's seconds (6th field) and years (7th): a sweep every second (breaker 37 G12)
+    (["--mode", "scheduled", "--cron", "* * * * * * *"], ["--cron", "5-field cron expression"]),
+    (["--mode", "scheduled", "--cron", "*/10 * * * * *"], ["--cron", "5-field cron expression"]),
+    (["--mode", "scheduled", "--cron", "@daily"], ["--cron", "5-field cron expression"]),
+    (["--mode", "scheduled", "--cron", "0 2 L * *"], ["--cron", "day of month"]),
+    # a port no socket has: "unexpected OverflowError" exit 1 after planning (breaker 37 G10)
+    (["--mode", "continuous", "--metrics-port", "99999"], ["--metrics-port must be 1-65535", "99999"]),
+    (["--mode", "scheduled", "--cron", "0 2 * * *", "--metrics-port", "0"], ["--metrics-port must be 1-65535"]),
+    (["--mode", "continuous", "--metrics-port", "-1"], ["--metrics-port must be 1-65535"]),
     (["--interval", "5"], ["--interval", "continuous"]),
     (["--mode", "continuous", "--iterations", "0"], ["--iterations"]),
     (["--check", "nosuch"], ["'nosuch'", "matches no check", "'router'"]),
@@ -58,6 +67,8 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, runner, args, words):
     ({"heartbeats": [{"name": "n", "cron": "nightly"}]}, ["cron"]),
     ({"heartbeats": [{"name": "n", "cron": "0 0 30 2 *"}]}, ["cron", "never fires"]),  # issue 23 (B23b)
     ({"cron": "0 0 31 2 *"}, ["cron", "never fires"]),
+    ({"cron": "* * * * * *"}, ["health.cron", "5-field cron expression"]),  # breaker 37 G12
+    ({"heartbeats": [{"name": "n", "cron": "0 2 * * * 2030"}]}, ["cron", "5-field cron expression"]),
     ({"alerts": {"failure_threshold": 0}}, ["failure_threshold"]),
     ({"timout": 3}, ["timout", "unknown key"]),
 ])
