@@ -133,7 +133,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     from opsctl.endpoints import resolve
 
     parts = components_for(kind, env)
-    level = compress_level or env.backup.compress_level
+    level = env.backup.compress_level if compress_level is None else compress_level  # 0 is refused, not the default
     if not 1 <= level <= 22:
         raise UsageError(f"--compress-level {level} is outside zstd's 1..22")
     key = keys.load(project, env) if encrypt else None

@@ -81,7 +81,8 @@ def health(
     history: Annotated[Optional[Path], typer.Option("--history", help="Append each sweep to this JSONL file (scheduled: default health.history).")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve check results as Prometheus metrics on 127.0.0.1:PORT.")] = None,
     beat: Annotated[Optional[str], typer.Option("--beat", help="Record a beat of heartbeat NAME (end of a nightly job) and exit.")] = None,
-    as_json: JsonOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the sweep as one JSON document on stdout; "
+                                                         "continuous and scheduled: one per sweep, a line each (JSON Lines).")] = False,
 ) -> None:
     """Health sweeps: every check at once, each with a timeout. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 
@@ -230,7 +231,9 @@ def silence(
     project, envcfg = environment(env)
     made, warning = silences.silence(project, envcfg, check, parse_duration(for_, "--for", silences.MAX_SECONDS), reason)
     if warning:
-        typer.echo(warning, err=True)
+        from opsctl.output import visible
+
+        typer.echo(visible(warning), err=True)  # it repeats the pattern given
     emit(made, as_json, lambda c: c.print(
         f"silenced {made.check} in {envcfg.name} until {_when(made.until)}" + (f" ({made.reason})" if made.reason else "")
         + f"; id {made.id}" + (f"; Alertmanager silence {made.alertmanager_id}" if made.alertmanager_id else ""),

@@ -660,7 +660,10 @@ def follow(path: Path, lines: int = 50, poll: float = 0.5) -> Iterator[str]:
 def logs(project: Project, component: str, lines: int = 50, keep_following: bool = False) -> Iterator[str]:
     """The last `lines` lines of `component`'s log (as `log_path` names it), then, with
     `keep_following`, each new line as it is written (until the caller stops). Raises
-    UsageError, before yielding anything, for an unknown component or a log not written yet."""
+    UsageError, before yielding anything, for an unknown component, a log not written yet, or
+    `lines` below 0 (0: none of the past lines, as `tail -n 0`)."""
+    if lines < 0:
+        raise UsageError(f"--lines must be 0 or more, not {lines}")
     path = log_path(project, component)
     if not path.exists():
         raise UsageError(f"no log yet at {path}; run 'opsctl local up' first")

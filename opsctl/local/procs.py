@@ -257,7 +257,8 @@ def stop(pid: int | None, timeout: float = 15.0, cmd_hint: str | None = None) ->
 
 
 def tail(path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a text file ("" when it does not exist)."""
-    if not path.exists():
+    """The last `lines` lines of a text file ("" when it does not exist, or `lines` is 0: a
+    slice [-0:] would be the whole file)."""
+    if not path.exists() or lines <= 0:
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -144,6 +144,21 @@ def test_an_empty_or_unknown_component_is_refused_not_taken_for_all(benv, seeded
     assert snapshot_state(seeded) == before
 
 
+def test_out_of_range_numbers_are_refused_before_anything_runs(benv, seeded, runner):
+    """Breaker 37 G15: --compress-level 0 was taken for the default; --jobs 99999999999 was
+    said by pg_restore only once the restore had begun."""
+    backup_id = _backup(runner, benv, "db")
+    before = snapshot_state(seeded)
+    listed = runner.invoke(app, ["backup", "list", "--env", benv.name, "--json"]).stdout
+    _one_line_error(runner.invoke(app, ["backup", "create", "--env", benv.name, "--compress-level", "0"]), 2,
+                    "--compress-level 0 is outside zstd's 1..22")
+    for jobs, said in (("0", "--jobs"), ("99999999999", "--jobs must be 1 to 256 (pg_restore's parallel jobs)")):
+        _one_line_error(runner.invoke(app, ["restore", "--env", benv.name, "--id", backup_id, "--jobs", jobs, "--yes"]),
+                        2, said)
+    assert snapshot_state(seeded) == before
+    assert runner.invoke(app, ["backup", "list", "--env", benv.name, "--json"]).stdout == listed
+
+
 def test_restore_over_a_protected_environment_needs_its_name(runner, benv, seeded):
     if benv.kind != "file":
         pytest.skip("one repository is enough: the approval comes before any object is read")

@@ -121,6 +121,21 @@ def test_logs_names_unknown_component(runner, platform_root):
     assert result.exit_code == 2
     assert "unknown component 'nginx'" in result.output
 
+def test_logs_lines_are_what_tail_n_gives(runner, platform_root):
+    """Breaker 37 G15: -n -5 printed a line; -n 0 (tail's "none of the past") printed the whole log."""
+    from opsctl.config import load_project
+    from opsctl.local.platform import log_path
+
+    log = log_path(load_project(platform_root), "router")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("one\ntwo\nthree\n")
+    result = runner.invoke(app, ["local", "logs", "router", "-n", "-5"])
+    assert result.exit_code == 2 and "--lines must be 0 or more, not -5" in result.output
+    result = runner.invoke(app, ["local", "logs", "router", "-n", "0"])
+    assert result.exit_code == 0 and result.stdout == "", result.output
+    result = runner.invoke(app, ["local", "logs", "router", "-n", "2"])
+    assert result.exit_code == 0 and result.stdout.split() == ["two", "three"], result.output
+
 
 def test_local_on_a_kubernetes_environment_is_refused(runner, tmp_path, monkeypatch):
     (tmp_path / "opsctl.yaml").write_text("environments:\n  local: {platform: kubernetes}\n")
