@@ -88,15 +88,36 @@ def test_a_log_line_without_a_terminal_shows_control_characters_escaped(capsys):
     assert "\x1b" not in err and f"label {SHOWN}" in err, repr(err)
 
 
-def test_a_reader_that_leaves_early_gets_exit_141_and_no_message(tmp_path):
-    """Breaker 37 G17: `opsctl version | head -1` exited 1, said nothing, and failed CI steps
-    under pipefail as a fault; it is now 141 (128 + SIGPIPE), as git's and coreutils' are."""
+@pytest.mark.parametrize("args", [["version"], ["config", "show", "--json"], ["--help"], ["config", "show"]])
+@pytest.mark.parametrize("stderr_closed", [False, True])
+def test_a_reader_that_leaves_early_gets_exit_141_and_no_message(tmp_path, args, stderr_closed):
+    """Breaker 37 G17 / 38 H10: `opsctl version | head -1` exited 1 (Rich), `--json` and `--help`
+    1 (Typer's own EPIPE handling), 120 with stderr closed too (the interpreter's last flush):
+    all said nothing and failed CI steps under pipefail as faults; 141 (128 + SIGPIPE) now, as
+    git's and coreutils' are."""
     import subprocess
     import sys
     from pathlib import Path
 
     opsctl = Path(sys.executable).parent / "opsctl"
-    proc = subprocess.Popen([str(opsctl), "version"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([str(opsctl), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL if stderr_closed else subprocess.PIPE,
+                            **({"preexec_fn": lambda: __import__("os").close(2)} if stderr_closed else {}))
     proc.stdout.close()  # before it writes a line: every write finds no reader
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 141 and err == b"", (proc.returncode, err)
+    assert proc.returncode == 141 and not err, (proc.returncode, err)
+
+
+def test_a_closed_stdout_drops_the_output_and_the_command_still_runs(tmp_path):
+    """Breaker 38 H11: started with stdout closed (`>&-`), commands ended in 'unexpected
+    AttributeError' (sys.stdout is None)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    opsctl = Path(sys.executable).parent / "opsctl"
+    for args in (["config", "show", "--json"], ["--root", str(tmp_path / "nowhere"), "status"]):
+        done = subprocess.run(f"exec {opsctl} {' '.join(args)} >&-", shell=True, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert "unexpected" not in done.stderr, done.stderr
+        assert done.returncode == (0 if args[0] == "config" else 2), done.stderr

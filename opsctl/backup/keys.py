@@ -64,6 +64,30 @@ def parse(text: str, source: str) -> BackupKey:
     return BackupKey(secret)
 
 
+def _key_text(path: Path, key_env: str) -> str:
+    """The text of key file `path`. UsageError when it is missing, no regular file (a folder,
+    a FIFO: never opened) or not ASCII text (a key is base64: breaker 38 H2 ended in
+    "unexpected UnicodeDecodeError"); a warning when others may read it (ssh refuses such a
+    private key; a key file made by hand often is 0644)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise UsageError(f"backup.key_file {path} does not exist; create it with {HOW}, or set ${key_env}") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"backup.key_file {path} is not a regular file; point it at a file holding {HOW}")
+    if mode & 0o077:
+        import logging
+
+        logging.getLogger("opsctl.backup").warning(
+            "backup.key_file %s can be read by others (mode %o); 'chmod 600 %s'", path, stat.S_IMODE(mode), path)
+    try:
+        return path.read_bytes().decode("ascii")
+    except UnicodeDecodeError:
+        raise UsageError(f"the backup key in {path} is not base64 text; it must be {HOW}") from None
+
+
 def load(project: Project, env: Environment, required: bool = True) -> BackupKey | None:
     """The key from the environment variable, else the key file; None only when not required."""
     settings = env.backup
@@ -73,9 +97,7 @@ def load(project: Project, env: Environment, required: bool = True) -> BackupKey
     if settings.key_file:
         path = Path(settings.key_file).expanduser()
         path = path if path.is_absolute() else project.root / path
-        if not path.is_file():
-            raise UsageError(f"backup.key_file {path} does not exist; create it with {HOW}, or set ${settings.key_env}")
-        return parse(path.read_text(), str(path))
+        return parse(_key_text(path, settings.key_env), str(path))
     if required:
         raise UsageError(f"no backup key: set ${settings.key_env} (or backup.key_file in opsctl.yaml) to {HOW}, "
                          "or pass --no-encrypt")

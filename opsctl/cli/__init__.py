@@ -25,17 +25,30 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _closed_streams_to_devnull() -> None:
+    """A process started with stdout or stderr closed (`>&-`) has None there, and every write
+    ended in "unexpected AttributeError" (breaker 38 H11): what it would print is dropped, as
+    its caller chose, and the command still does its work."""
+    import os
+
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
+
+
 def _reader_gone() -> int:
     """Exit code 141 (128 + SIGPIPE, what a shell reports for `git log | head -1`) when the
     reader of stdout went away; nothing said (there is no one to read it). stdout is pointed
     at /dev/null so the interpreter's last flush can't fail again (Python's note on SIGPIPE)."""
     import os
 
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no stdout file descriptor (a test runner's buffer)
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a test runner's buffer)
+            pass
     return 141
 
 
@@ -76,10 +89,12 @@ class OpsGroup(TyperGroup):
 
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
+        _closed_streams_to_devnull()
         try:
             rv = super().main(args=argv, prog_name=prog_name or "opsctl", complete_var=complete_var,
                               standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
+            sys.stdout.flush()  # here, where a reader gone is caught, not in the interpreter's exit
             if code == 130:  # Typer turns Ctrl-C into a silent Exit(130)
                 code = _fail("interrupted", 130)
         except OpsError as exc:
@@ -94,6 +109,12 @@ class OpsGroup(TyperGroup):
         except (typer.Abort, KeyboardInterrupt):
             code = _fail("interrupted", 130)
         except BrokenPipeError:  # `opsctl ... | head -1`: the reader left; 128 + SIGPIPE, as git and coreutils
+            code = _reader_gone()
+        except SystemExit:
+            # Typer answers an EPIPE it catches itself (--help, JSON written through click) with a
+            # silent exit 1 after wrapping the streams in click's PacifyFlushWrapper
+            if type(sys.stdout).__name__ != "PacifyFlushWrapper":
+                raise
             code = _reader_gone()
         except Exception as exc:  # a full disk, an unreachable endpoint, else an opsctl bug: one line
             if debug:

@@ -101,18 +101,22 @@ def health(
         result = monitor.run(project, envcfg, mode.value, **options).last
         emit(result.to_dict(), as_json, lambda c: _print(c, result))
         raise typer.Exit(int(result.status))
+    from opsctl.errors import Interrupted
+    from opsctl.signals import sigterm_as_interrupt
+
     view = _SweepView(as_json)
-    outcome = None
-    try:
-        outcome = monitor.run(project, envcfg, mode.value, on_sweep=view.show, **options)
+    try:  # SIGTERM (systemd, Kubernetes, CI) stops it as Ctrl-C does: alerts queued are sent first
+        with sigterm_as_interrupt():
+            outcome = monitor.run(project, envcfg, mode.value, on_sweep=view.show, **options)
     except KeyboardInterrupt:
-        stderr.print("stopped")
+        raise Interrupted(f"health monitor of {envcfg.name} stopped (Ctrl-C or SIGTERM); the alerts it had "
+                          "queued were delivered first") from None
     finally:
         view.stop()
-    failed = [d for d in (outcome.deliveries if outcome else []) if not d["ok"]]
+    failed = [d for d in outcome.deliveries if not d["ok"]]
     if failed:
         stderr.print(f"{len(failed)} alert deliveries failed (see the log above)")
-    raise typer.Exit(int(outcome.last.status) if outcome and outcome.last else 0)
+    raise typer.Exit(int(outcome.last.status) if outcome.last else 0)
 
 
 def _print(console, result) -> None:

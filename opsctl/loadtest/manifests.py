@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from opsctl.config import Environment, Project
+from opsctl.errors import UsageError
 from opsctl.loadtest import profiles
 
 LABELS = {"app.kubernetes.io/name": "locust", "app.kubernetes.io/part-of": "opsctl-loadtest"}
@@ -47,6 +48,18 @@ def _profile_py(profile: profiles.Profile) -> str:
 API_KEY_SECRET, API_KEY_SECRET_KEY = "locust-api-key", "api-key"  # the key the simulated users send
 
 
+def _source(path: Path) -> str:
+    """A load test module's source as UTF-8 (PEP 3120; Locust's Python reads it so); UsageError
+    naming the file when it can't be read or is not UTF-8 (breaker 38 H5: 'unexpected
+    UnicodeDecodeError')."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}; restore it from the repository's loadtests/") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: byte {exc.start} is not UTF-8; save the file as UTF-8") from None
+
+
 def _meta(name: str, namespace: str, component: str) -> dict:
     return {"name": name, "namespace": namespace, "labels": {**LABELS, "app.kubernetes.io/component": component}}
 
@@ -69,7 +82,7 @@ def render_locust(project: Project, env: Environment, profile: str = "light", wo
         else f"http://{ACTIVE_SERVICE}.{ns}.svc.cluster.local:{PORT}"
     image = image or _image()
     audio_dir = Path(os.environ.get("LOADTEST_AUDIO_DIR") or profiles.SHIPPED.parent / "tests" / "worker" / "data")
-    code = {name: (folder / name).read_text() for name in FILES}
+    code = {name: _source(folder / name) for name in FILES}
     code["profile.py"] = _profile_py(prof)
     audio = {f: base64.b64encode((audio_dir / f).read_bytes()).decode() for f in CLUSTER_AUDIO.values()}
     mounts = [{"name": "locustfiles", "mountPath": "/mnt/locust"}, {"name": "audio", "mountPath": "/mnt/audio"}]

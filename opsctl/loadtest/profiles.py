@@ -100,15 +100,20 @@ def load(project: Project) -> dict[str, Profile]:
         raise UsageError(f"cannot read {path}: {exc.strerror}; restore loadtests/profiles.yaml") from None
     except yamltext.YamlFault as exc:
         raise UsageError(f"{path}: not valid YAML ({exc}); fix it") from None
+    listed = doc.get("profiles") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(listed or {}, dict):
+        # breaker 38 H5: a file holding a word or a list ended in "unexpected AttributeError"
+        raise UsageError(f"{path}: not a mapping with 'profiles:' of name: {{users, spawn_rate, duration}}; "
+                         "restore loadtests/profiles.yaml")
     profiles = {}
-    for name, spec in (doc.get("profiles") or {}).items():
+    for name, spec in (listed or {}).items():
         try:
             profiles[name] = Profile(
                 name=name, users=int(spec["users"]), spawn_rate=float(spec["spawn_rate"]),
                 duration_s=parse_duration(spec["duration"], f"{path}: profiles.{name}.duration", MAX_SECONDS),
                 classes={str(k): int(v) for k, v in (spec.get("classes") or {}).items()},
                 slo=spec.get("slo"), description=spec.get("description", ""))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"{path}: profiles.{name}: missing or bad {exc}; "
                              "each profile needs users, spawn_rate, duration") from None
     return profiles

@@ -102,8 +102,39 @@ def test_key_format_and_id(monkeypatch, tmp_path):
     with pytest.raises(UsageError, match="--no-encrypt"):
         keys.load(project, env)
     (tmp_path / "backup.key").write_text(keys.generate() + "\n")
+    (tmp_path / "backup.key").chmod(0o600)
     env.backup.key_file = "backup.key"
     assert len(keys.load(project, env).secret) == 32
+
+
+def test_a_key_file_that_is_no_base64_text_or_no_file_is_one_line(tmp_path, caplog):
+    """Breaker 38 H2: a key file of bytes that are not text ended in 'unexpected
+    UnicodeDecodeError'; a folder or a FIFO there was said not to exist."""
+    import os
+
+    from opsctl.config import Environment, OpsConfig, Project
+
+    env = Environment(name="e")
+    project = Project(tmp_path, OpsConfig())
+    env.backup.key_file = "backup.key"
+    path = tmp_path / "backup.key"
+    path.write_bytes(b"\xff\xfe\x00garbage\x80\n")
+    with pytest.raises(UsageError, match="is not base64 text"):
+        keys.load(project, env)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(UsageError, match="is not a regular file"):
+        keys.load(project, env)
+    path.rmdir()
+    os.mkfifo(path)  # stat'ed, never opened: opening a FIFO waits for a writer
+    with pytest.raises(UsageError, match="is not a regular file"):
+        keys.load(project, env)
+    path.unlink()
+    path.write_text(keys.generate())
+    path.chmod(0o644)
+    with caplog.at_level("WARNING", logger="opsctl.backup"):
+        assert len(keys.load(project, env).secret) == 32
+    assert "can be read by others (mode 644)" in caplog.text
 
 
 def _day(d: int, verified: bool = False, h: int = 3) -> tuple[str, dt.datetime, bool]:

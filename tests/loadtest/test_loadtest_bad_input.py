@@ -82,3 +82,28 @@ def test_unreadable_profiles_file_is_one_line(ops_root, value, said):
     (ops_root / "loadtests" / "profiles.yaml").write_text(f"profiles:\n  light:\n    users: {value}\n")
     line = _one_line(opsctl(ops_root, "loadtest", "run", "--profile", "light"))
     assert "profiles.yaml: not valid YAML" in line and said in line, line
+
+
+@pytest.mark.parametrize("text", ["hello\n", "version: 1\nprofiles: [1, 2]\n", "profiles:\n  light: [1]\n"])
+def test_a_profiles_file_of_the_wrong_shape_is_one_line(ops_root, text):
+    """Breaker 38 H5: 'unexpected AttributeError' for a profiles.yaml holding a word or a list."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "loadtests", ops_root / "loadtests")
+    (ops_root / "loadtests" / "profiles.yaml").write_text(text)
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--profile", "light", "--host", "http://127.0.0.1:9"))
+    assert "profiles.yaml" in line and "unexpected" not in line, line
+
+
+def test_a_locustfile_that_is_not_utf8_is_one_line(ops_root):
+    """Breaker 38 H5: `render locust` ended in 'unexpected UnicodeDecodeError'."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "loadtests", ops_root / "loadtests")
+    with open(ops_root / "loadtests" / "locustfile.py", "ab") as f:
+        f.write(b"# \xff\xfe garbage \x80\n")
+    (ops_root / "opsctl.yaml").write_text("version: 1\nenvironments:\n  staging: {platform: kubernetes}\n")
+    line = _one_line(opsctl(ops_root, "render", "locust", "--env", "staging"))
+    assert "locustfile.py: byte" in line and "is not UTF-8" in line, line
