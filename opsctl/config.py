@@ -10,12 +10,24 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsctl.errors import UsageError
-from opsctl.health.settings import HealthSettings
+from opsctl.health.settings import INT32_MAX, HealthSettings, SecretFreeUrl
+
+# Where a secret goes instead of a URL in opsctl.yaml (the file is committed): the line
+# refusing a URL with credentials ends with one of these (health.settings.SecretFreeUrl).
+_AWS_CHAIN = ("AWS credentials come from the AWS chain (aws.profile, AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+              "AWS_SECRET_ACCESS_KEY in the environment); drop them from the URL")
+_NO_SECRET = "this setting takes no secret (the URL is written into rendered files too); drop it from the URL"
+_PUBLIC_URL = SecretFreeUrl(_NO_SECRET)
+_HOURS = 3600.0
+_DAY = 86400.0
+# A Prometheus duration (model.ParseDuration): units from ms to y, largest first, e.g. 15s, 1m30s
+_PROM_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?", re.ASCII)
+_PROM_UNITS = (365 * _DAY, 7 * _DAY, _DAY, _HOURS, 60.0, 1.0, 0.001)
 
 CONFIG_NAME = "opsctl.yaml"
 STATE_DIR = ".opsctl"
@@ -65,7 +77,13 @@ def _quantity(value: str | int, where: str) -> str | int:
 
 class _Model(BaseModel):
     # Unknown keys are errors: a typo in a threshold must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are refused in every float (`.nan` made alert rules that never fire,
+    # `.inf` an OverflowError in int(): breaker 38 H3); each number has a range besides.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+_Percent = Annotated[float, Field(gt=0, le=100)]
+_Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class AwsSettings(_Model):
@@ -74,7 +92,7 @@ class AwsSettings(_Model):
 
     region: str = "us-east-1"
     profile: str | None = None
-    endpoint_url: str | None = Field(None, description="an S3/AWS endpoint other than AWS's own")
+    endpoint_url: SecretFreeUrl(_AWS_CHAIN) | None = Field(None, description="an S3/AWS endpoint other than AWS's own")
 
 
 class PulumiSettings(_Model):
@@ -83,7 +101,9 @@ class PulumiSettings(_Model):
 
     stack: str | None = None
     program: str = "stacks"
-    backend: str | None = Field(None, description="state backend (PULUMI_BACKEND_URL), e.g. s3://bucket/pulumi")
+    backend: SecretFreeUrl("set PULUMI_BACKEND_URL in the environment instead (it overrides this), or use "
+                           "the backend's own credentials (the AWS chain, PULUMI_ACCESS_TOKEN)") | None = Field(
+        None, description="state backend (PULUMI_BACKEND_URL), e.g. s3://bucket/pulumi")
 
 
 # Addresses no one on the internet has (RFC 6890 special-purpose blocks, documentation ranges;
@@ -182,14 +202,14 @@ class AutoscalingSettings(_Model):
     pod, `worker_queue_depth` + `worker_transcriptions_in_progress` (opsctl.deploy.manifests)."""
 
     enabled: bool = True
-    min_replicas: int | None = Field(None, ge=0, description="default worker.replicas; 0 (scale to zero) only "
+    min_replicas: int | None = Field(None, ge=0, le=INT32_MAX, description="default worker.replicas; 0 (scale to zero) only "
                                      "where the environment is not protected, and with wake_query")
-    max_replicas: int | None = Field(None, ge=1, description="default 3 x worker.replicas")
-    target_per_pod: float | None = Field(None, gt=0, description="transcriptions queued + running per pod "
+    max_replicas: int | None = Field(None, ge=1, le=INT32_MAX, description="default 3 x worker.replicas")
+    target_per_pod: float | None = Field(None, gt=0, le=INT32_MAX, description="transcriptions queued + running per pod "
                                          "(default worker.concurrency)")
-    prometheus_url: str = Field("http://prometheus-operated.monitoring.svc:9090", pattern=r"^https?://")
-    polling_interval: int = Field(15, ge=1, description="seconds between KEDA's queries")
-    cooldown_period: int = Field(300, ge=0, description="seconds idle before scaling to zero")
+    prometheus_url: _PUBLIC_URL = Field("http://prometheus-operated.monitoring.svc:9090", pattern=r"^https?://")
+    polling_interval: int = Field(15, ge=1, le=INT32_MAX, description="seconds between KEDA's queries")
+    cooldown_period: int = Field(300, ge=0, le=INT32_MAX, description="seconds idle before scaling to zero")
     wake_query: str | None = Field(None, description="PromQL counting work that arrives while no worker pod runs "
                                    "(e.g. the ingress's requests); needed for min_replicas 0")
 
@@ -200,11 +220,11 @@ class WorkerSettings(_Model):
     whether it demands API keys (`auth`; None: `api-keys` on kubernetes, `none` on local)."""
 
     image: str = "transcription-worker:latest"
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, le=INT32_MAX)
     model: str = "base"
     device: Literal["cpu", "cuda"] = "cpu"
     compute_type: str = "int8"
-    concurrency: int = Field(1, ge=1)
+    concurrency: int = Field(1, ge=1, le=INT32_MAX)
     gpu: bool = False
     resources: dict[Literal["requests", "limits"], dict[str, str | int]] = Field(
         default_factory=dict, description="Kubernetes requests/limits, each key over the defaults")
@@ -245,16 +265,16 @@ class DeploySettings(_Model):
     """Timeouts are Kamal-like (30 s) and every one of them is a setting."""
 
     strategy: Literal["blue-green", "rolling"] = "blue-green"
-    ready_timeout: float = Field(120.0, gt=0)
-    drain_timeout: float = Field(30.0, ge=0)
-    scale_down_delay: float = Field(30.0, ge=0)
-    analysis_window: float = Field(30.0, ge=0)
+    ready_timeout: float = Field(120.0, ge=1, le=_DAY)
+    drain_timeout: float = Field(30.0, ge=0, le=_DAY)
+    scale_down_delay: float = Field(30.0, ge=0, le=_DAY)
+    analysis_window: float = Field(30.0, ge=0, le=_DAY)
     auto_promote: bool = True
-    keep_versions: int = Field(5, ge=1)
+    keep_versions: int = Field(5, ge=1, le=INT32_MAX)
     max_error_rate_percent: float = Field(5.0, ge=0, le=100)
-    max_p95_ms: float = Field(2000.0, gt=0)
+    max_p95_ms: float = Field(2000.0, gt=0, le=_HOURS * 1000)
     api_key_env: str = Field("OPSCTL_WORKER_API_KEY", description="env var with a worker API key for analysis")
-    preview_replicas: int = Field(1, ge=1, description="replicas of the preview color (Kubernetes); brought "
+    preview_replicas: int = Field(1, ge=1, le=INT32_MAX, description="replicas of the preview color (Kubernetes); brought "
                                   "up to the active color's size before the switch")
 
 
@@ -262,10 +282,10 @@ class Retention(_Model):
     """`backup.retention`: how many backups prune keeps (last N, and the newest per day,
     ISO week and month); None leaves a rule out."""
 
-    keep_last: int | None = Field(None, ge=1)
-    keep_daily: int | None = Field(None, ge=0)
-    keep_weekly: int | None = Field(None, ge=0)
-    keep_monthly: int | None = Field(None, ge=0)
+    keep_last: int | None = Field(None, ge=1, le=INT32_MAX)
+    keep_daily: _Count | None = None
+    keep_weekly: _Count | None = None
+    keep_monthly: _Count | None = None
 
 
 class ArchiveServer(_Model):
@@ -284,13 +304,13 @@ class BackupSettings(_Model):
     `archive_timeout` (seconds) and `archive_queue` (segments); `base_wal_wait` (seconds): how
     long a base backup waits for its WAL to be archived before it fails."""
 
-    repository: str | None = Field(None, description="s3://bucket/prefix or file:///path")
+    repository: SecretFreeUrl(_AWS_CHAIN) | None = Field(None, description="s3://bucket/prefix or file:///path")
     key_env: str = "OPSCTL_BACKUP_KEY"
     key_file: str | None = None
     compress_level: int = Field(1, ge=1, le=22)
     retention: Retention = Retention()
     archive_timeout: float = Field(30.0, ge=1, le=3600, description="seconds: WAL archiving's bound on lost commits")
-    archive_queue: int = Field(64, ge=1, description="WAL segments queued locally before new ones are dropped")
+    archive_queue: int = Field(64, ge=1, le=INT32_MAX, description="WAL segments queued locally before new ones are dropped")
     base_wal_wait: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False, strict=True, description="seconds a base backup waits for the WAL it "
                                  "needs to reach the repository (pgBackRest's archive-timeout); 0: no wait")
     archive_servers: dict[str, ArchiveServer] = Field(default_factory=dict,
@@ -304,37 +324,56 @@ class DrSettings(_Model):
     rto: str = Field("4h", pattern=r"^\d+(\.\d+)?[smhd]$")
     rpo: str = Field("1h", pattern=r"^\d+(\.\d+)?[smhd]$")
 
+    @field_validator("rto", "rpo")
+    @classmethod
+    def _not_zero(cls, value: str) -> str:
+        if float(value[:-1]) <= 0:  # a 0 RPO would make the WAL archive check critical always
+            raise ValueError(f"{value!r} is no target; give a positive duration such as 90s, 30m, 4h or 7d")
+        return value
+
 
 class Thresholds(_Model):
     """One source of truth for `opsctl health` and the rendered alert rules."""
 
-    cpu_percent: float = 80.0
-    memory_percent: float = 85.0
-    disk_percent: float = 90.0
-    response_time_ms: float = 2000.0
-    error_rate_percent: float = 5.0
-    queue_depth: int = 1000
-    backup_age_hours: float = 26.0
-    connections_percent: float = 80.0  # PostgreSQL connections against max_connections
-    long_query_seconds: float = 300.0
-    locks_waiting: int = 10
-    replication_lag_seconds: float = 30.0
+    cpu_percent: _Percent = 80.0
+    memory_percent: _Percent = 85.0
+    disk_percent: _Percent = 90.0
+    response_time_ms: float = Field(2000.0, gt=0, le=_HOURS * 1000)
+    error_rate_percent: float = Field(5.0, ge=0, le=100)  # 0: any error alerts
+    queue_depth: _Count = 1000
+    backup_age_hours: float = Field(26.0, gt=0, le=366 * 24)
+    connections_percent: _Percent = 80.0  # PostgreSQL connections against max_connections
+    long_query_seconds: float = Field(300.0, gt=0, le=_DAY)
+    locks_waiting: _Count = 10
+    replication_lag_seconds: float = Field(30.0, gt=0, le=_DAY)
 
 
 class MonitoringSettings(_Model):
     """What `opsctl render monitoring` needs beyond the thresholds (which it shares with health)."""
 
-    scrape_interval: str = "15s"
+    scrape_interval: str = Field("15s", description="a Prometheus duration from 1s to 5m, e.g. 15s or 1m30s")
     # exporters the environment runs, by kind (node, postgres, redis): host:port targets
-    exporters: dict[Literal["node", "postgres", "redis"], str] = Field(default_factory=dict)
-    runbook_url: str = Field("runbooks", description="base of the runbook links in alerts")
+    exporters: dict[Literal["node", "postgres", "redis"], _PUBLIC_URL] = Field(default_factory=dict)
+    runbook_url: _PUBLIC_URL = Field("runbooks", description="base of the runbook links in alerts")
     # where `opsctl health --mode continuous --metrics-port` serves its check results
-    health_exporter: str | None = None
-    worker_cores: int | None = Field(None, ge=1, description="CPU cores per worker (default: this host's)")
+    health_exporter: _PUBLIC_URL | None = None
+    worker_cores: int | None = Field(None, ge=1, le=INT32_MAX, description="CPU cores per worker (default: this host's)")
     # health silences (`opsctl health silence`) are also created there, for the rendered rules
-    alertmanager_url: str | None = Field(None, pattern=r"^https?://", description="Alertmanager's base URL")
+    alertmanager_url: _PUBLIC_URL | None = Field(None, pattern=r"^https?://", description="Alertmanager's base URL")
     archive_lag_warning: float = Field(0.5, gt=0, lt=1, description="the WAL archive lag warns above this "
                                        "fraction of dr.rpo (and is critical above dr.rpo itself)")
+
+    @field_validator("scrape_interval")
+    @classmethod
+    def _prometheus_duration(cls, value: str) -> str:
+        # Prometheus reads it as a duration (model.ParseDuration); 1s at least (it is the rule
+        # evaluation interval too), 5m at most (its staleness: a series unscraped for 5 minutes
+        # goes stale, so longer intervals leave gaps that resolve and refire alerts)
+        match = _PROM_DURATION.fullmatch(value) if value else None
+        seconds = sum(int(n) * unit for n, unit in zip(match.groups(), _PROM_UNITS) if n) if match else None
+        if seconds is None or not 1 <= seconds <= 300:
+            raise ValueError(f"{value!r} is not a Prometheus duration from 1s to 5m; write e.g. 15s, 30s or 1m")
+        return value
 
 
 class LoadtestSettings(_Model):
@@ -352,7 +391,8 @@ class Environment(_Model):
     platform: Literal["local", "kubernetes"] = "kubernetes"
     description: str = ""
     protected: bool = Field(False, description="destructive operations ask for the name typed")
-    router_url: str | None = None
+    router_url: SecretFreeUrl("opsctl sends the worker API key from the variable deploy.api_key_env names; "
+                              "drop them from the URL") | None = None
     aws: AwsSettings = AwsSettings()
     pulumi: PulumiSettings = PulumiSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
@@ -454,13 +494,17 @@ def find_root(start: Path | None = None, override: str | Path | None = None) -> 
 
 
 def _describe(error: ValidationError) -> str:
+    """The first error, one line: the key's dotted path, what is wrong, the value (masked by
+    redact.credentials; left out when it is a URL refused for carrying a secret)."""
+    from opsctl.redact import credentials
+
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check its spelling against 'opsctl init' output)"
-    elif "input" in first and not isinstance(first["input"], (dict, list)):
-        msg = f"{msg} (got {first['input']!r})"
+    elif first["type"] != "url_secret" and "input" in first and not isinstance(first["input"], (dict, list)):
+        msg = f"{msg} (got {credentials(repr(first['input']))})"
     more = len(error.errors()) - 1
     return f"{key}: {msg}" + (f" (and {more} more)" if more else "")
 

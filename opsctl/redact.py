@@ -15,7 +15,7 @@ driver might echo a password.
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 MASK = "***"
 _MIN_SECRET = 4  # shorter values would mask ordinary words
@@ -28,10 +28,20 @@ _known: set[str] = set()
 # scheme://user:password@host — the password ends at the last '@' before the host
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s:/@'\"]*):(?P<pw>[^\s'\"]*)@")
 # key=value conninfo (libpq) and query parameters: password=…, sslpassword=…, token=…
+# (presigned S3 URLs carry X-Amz-Signature and X-Amz-Credential, Azure SAS URLs sig=)
 _KEY_VALUE = re.compile(
-    r"(?P<key>\b(?:ssl)?pass(?:word)?|\b(?:api_?key|token|secret|auth_token|x-amz-security-token)"
+    r"(?P<key>\b(?:ssl)?pass(?:word)?|\b(?:[\w-]*api_?key|[\w-]*token|[\w-]*secret|auth_token|sig"
+    r"|x-amz-(?:security-token|signature|credential))"
     r")(?P<sep>\s*=\s*)(?P<val>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,]+)",
     re.IGNORECASE)
+# query parameters that carry a secret: tokens, keys, passwords, signatures (presigned S3
+# X-Amz-Signature/-Credential, Azure SAS sig), session and auth codes
+_SECRET_PARAM = re.compile(r"pass|secret|token|signature|credential|api_?key|^key$|^sig$|auth|session",
+                           re.IGNORECASE)
+# webhook URLs whose path is the secret itself: whoever has the URL can post
+_SECRET_PATH_HOSTS = (("hooks.slack.com", "/"), ("discord.com", "/api/webhooks/"),
+                      ("discordapp.com", "/api/webhooks/"), (".webhook.office.com", "/"),
+                      ("chat.googleapis.com", "/"), ("hooks.zapier.com", "/hooks/"))
 
 
 def redact(url: str | None, keep_path: bool = False) -> str:
@@ -54,6 +64,37 @@ def redact(url: str | None, keep_path: bool = False) -> str:
         return f"{parts.scheme}://{host}{port}{parts.path}" + (f"?{MASK}" if parts.query else "")
     hidden = f"/{MASK}" if (parts.path not in ("", "/") or parts.query or parts.username) else ""
     return f"{parts.scheme}://{host}{port}{hidden}"
+
+
+def url_secret(url: str | None) -> str | None:
+    """What secret `url` carries, in words that never repeat it, or None: credentials in its
+    userinfo ('user:password@', or a token as the user name), a query or fragment parameter
+    named like a secret (`token=`, `X-Amz-Signature=`, `sig=`, `api_key=`...), or a webhook
+    URL whose path is its own secret (hooks.slack.com/services/..., Discord, Teams, Google
+    Chat, Zapier). A value with no scheme is read as `host:port` (an exporter target).
+    For settings a committed file holds: opsctl.config refuses such URLs at load time."""
+    if not url:
+        return None
+    text = url.strip()
+    split = text if "://" in text else "//" + text
+    try:
+        parts = urlsplit(split)
+        host = (parts.hostname or "").lower()
+    except ValueError:  # 'http://[::1' and the like: judge the authority by hand
+        authority = split.split("//", 1)[-1].split("/", 1)[0]
+        return "credentials ('user:password@')" if "@" in authority else None
+    if "@" in parts.netloc:
+        return "credentials ('user:password@' or a token as the user name)"
+    for where, part in (("query", parts.query), ("fragment", parts.fragment)):
+        for name, _ in parse_qsl(part, keep_blank_values=True):
+            if _SECRET_PARAM.search(name):  # the name only when it is a plain key=: no value in it
+                plain = len(name) <= 40 and re.fullmatch(r"[\w.-]+", name) and f"{name}=" in part
+                return f"a secret in its {where}" + (f" (parameter '{name}')" if plain else "")
+    for suffix, path in _SECRET_PATH_HOSTS:
+        if (host == suffix or host.endswith(suffix if suffix.startswith(".") else "." + suffix)) \
+                and parts.path.startswith(path) and parts.path.strip("/"):
+            return f"a secret in its path (a {host} webhook URL is itself the secret)"
+    return None
 
 
 def url_password(url: str | None) -> str | None:

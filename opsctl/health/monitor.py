@@ -240,8 +240,13 @@ def cadence(project, env, mode: str, interval: float | None, cron: str | None, i
         if cron is not None:
             raise UsageError("--cron goes with --mode scheduled; continuous mode takes --interval")
         interval = env.health.interval if interval is None else interval
-        if not 0 < interval <= 86400:  # also refuses nan and inf (time.sleep(inf) overflows)
-            raise UsageError(f"--interval must be a positive number of seconds, at most 86400, not {interval:g}")
+        from opsctl.health.settings import MAX_INTERVAL_S, MIN_INTERVAL_S
+
+        # also refuses nan and inf (time.sleep(inf) overflows); below a second a sweep (checks with
+        # timeouts of seconds) can't end before the next, and below ~2e-7 s the clock + interval
+        # rounds to the clock: the loop spun for ever (breaker 38 H4)
+        if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
+            raise UsageError(f"--interval must be {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds, not {interval:g}")
     elif mode == "scheduled":
         if interval is not None:
             raise UsageError("--interval goes with --mode continuous; scheduled mode takes --cron")

@@ -8,9 +8,10 @@ only named (`url_env`, `routing_key_env`, `password_env`): opsctl.yaml is commit
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # --- the cron grammar GitHub Actions and Kubernetes both accept --------------------------------
 # Here, not in opsctl.runbook.schedules, because opsctl.yaml's health settings need it at load
@@ -129,21 +130,60 @@ def cron_problem(cron: str) -> str | None:
     return None
 
 
+# --- bounds shared by every model of opsctl.yaml (opsctl.config imports them) ---------------
+# The lowest `health.interval` (and the monitor's `--interval`): a sweep runs every check, each
+# with its own timeout of seconds, so sweeping faster than once a second only piles sweeps up;
+# and the monitor's schedule adds the interval to a wall clock of ~1.7e9 s, where a step below
+# ~2e-7 s is lost to rounding and the loop spins for ever (breaker 38 H4).
+MIN_INTERVAL_S = 1.0
+MAX_INTERVAL_S = 86400.0  # a day: the longest a continuous monitor waits between sweeps
+INT32_MAX = 2**31 - 1  # Kubernetes' int32 fields (replicas, KEDA's periods)
+MAX_TIMEOUT_S = 3600.0  # an hour: the longest one check or one alert delivery may take
+MAX_MINUTES = 525600.0  # a year, in minutes: grace and reminder periods
+
+
+def _refuse_url_secret(remedy: str):
+    def check(value: str | None) -> str | None:
+        from opsctl.redact import url_secret
+
+        found = url_secret(value) if value is not None else None
+        if found:  # the value itself is never echoed (config._describe leaves out url_secret input)
+            raise PydanticCustomError("url_secret", "{reason}", {
+                "reason": f"the URL carries {found}; opsctl.yaml is committed, so it only names secrets, "
+                          f"never holds them: {remedy}"})
+        return value
+    return AfterValidator(check)
+
+
+def SecretFreeUrl(remedy: str):  # noqa: N802 (a type, used as one)
+    """`str` for a URL-valued setting, refused at load time when it carries a secret
+    (opsctl.redact.url_secret: 'user:password@', `?token=`, `X-Amz-Signature=`, a Slack-style
+    webhook path) with one line ending in `remedy`: where the secret goes instead."""
+    return Annotated[str, _refuse_url_secret(remedy)]
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are refused in every float: `.nan` made alert rules that never fire
+    # and `.inf` an OverflowError in int() (breaker 38 H3); each number also has a range.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+_Seconds = Annotated[float, Field(le=MAX_TIMEOUT_S)]  # and positive: HealthSettings._positive
 
 
 class HttpCheck(_Model):
     """An HTTP endpoint judged by Gatus-style conditions."""
 
     name: str = Field(min_length=1)
-    url: str = Field(pattern=r"^https?://")
+    url: SecretFreeUrl("check an endpoint that needs no secret (a health or status path)") = Field(
+        pattern=r"^https?://")
     method: Literal["GET", "HEAD", "POST"] = "GET"
     conditions: list[str] = Field(default_factory=lambda: ["[STATUS] == 200"], min_length=1)
-    timeout: float | None = Field(None, gt=0, description="seconds; default: health.timeout")
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, description="seconds; default: health.timeout")
     severity: Literal["warning", "critical"] = "critical"
     follow_redirects: bool = Field(True, description="follow redirects and judge the final answer (as Gatus)")
-    max_body_bytes: int | None = Field(None, ge=1, description="bytes of body read at most; default: health.max_body_bytes")
+    max_body_bytes: int | None = Field(None, ge=1, le=INT32_MAX,
+                                       description="bytes of body read at most; default: health.max_body_bytes")
 
     @field_validator("conditions")
     @classmethod
@@ -165,7 +205,7 @@ class Heartbeat(_Model):
 
     name: str = Field(min_length=1)
     cron: str = Field(description="when the event is expected, e.g. '0 2 * * *'")
-    grace_minutes: float = Field(60.0, ge=0)
+    grace_minutes: float = Field(60.0, ge=0, le=MAX_MINUTES)
     source: Literal["push", "backup"] = "push"
 
     @field_validator("cron")
@@ -178,12 +218,24 @@ class Heartbeat(_Model):
 
 
 class Sink(_Model):
-    """Where alerts go. Secrets are read from the named environment variables at send time."""
+    """Where alerts go. Secrets are read from the named environment variables at send time.
+
+    A Slack sink takes `url_env` only: a Slack incoming-webhook URL (hooks.slack.com/services/
+    T.../B.../...) is itself the secret, and opsctl.yaml is committed. Its `url:` used to be
+    taken and shown in clear by `config show` (breaker 38 H1); refusing it, with the line
+    saying to use url_env, breaks no documented setup (README and tests name Slack by url_env).
+    A webhook sink may keep `url:` for an endpoint with no secret in it (an Alertmanager or
+    an internal receiver, as tests and README use), but one that carries a secret (userinfo,
+    `?token=`, a Slack/Discord/Teams webhook path: opsctl.redact.url_secret) is refused. A
+    generic webhook's path may still be a token no rule can recognise, so `config show`
+    prints a sink's URL with its path masked (opsctl.redact.redact).
+    """
 
     type: Literal["slack", "pagerduty", "webhook", "email"]
     name: str = ""
     url_env: str | None = Field(None, description="env var holding the webhook URL")
-    url: str | None = Field(None, description="a URL with no secret in it (PagerDuty: events endpoint)")
+    url: SecretFreeUrl("put the URL in an environment variable and name it with url_env") | None = Field(
+        None, description="a URL with no secret in it (webhook: e.g. Alertmanager's; PagerDuty: events endpoint)")
     routing_key_env: str | None = Field(None, description="PagerDuty: env var with the integration key")
     smtp_host: str = "localhost"
     smtp_port: int = Field(587, ge=1, le=65535)
@@ -197,13 +249,16 @@ class Sink(_Model):
     sender: str = "opsctl@localhost"
     to: list[str] = Field(default_factory=list)
     send_resolved: bool = True
-    timeout: float = Field(10.0, gt=0)
+    timeout: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S)
     operations: bool | None = Field(
         None, description="also send operation start/end events (deploys, restores, failovers, drills); "
                           "default: yes for slack, pagerduty (as change events) and webhook, no for email")
 
     @model_validator(mode="after")
     def _complete(self) -> "Sink":
+        if self.type == "slack" and self.url:
+            raise ValueError("a slack sink's URL is itself the secret (whoever has it can post), and opsctl.yaml "
+                             "is committed: put it in an environment variable and name it with url_env")
         if self.type in ("slack", "webhook") and not (self.url_env or self.url):
             raise ValueError(f"a {self.type} sink needs url_env (the env var holding its URL)")
         if self.type == "pagerduty" and not self.routing_key_env:
@@ -221,10 +276,11 @@ class Sink(_Model):
 class AlertSettings(_Model):
     """Gatus's defaults: 3 failures to fire, 2 successes to resolve, resolves sent."""
 
-    failure_threshold: int = Field(3, ge=1)
-    success_threshold: int = Field(2, ge=1)
+    failure_threshold: int = Field(3, ge=1, le=INT32_MAX)
+    success_threshold: int = Field(2, ge=1, le=INT32_MAX)
     send_resolved: bool = True
-    reminder_minutes: float | None = Field(60.0, gt=0, description="repeat while down; null: never")
+    reminder_minutes: float | None = Field(60.0, gt=0, le=MAX_MINUTES,
+                                           description="repeat while down; null: never")
     fail_on: Literal["critical", "warning"] = Field("critical", description="lowest status that counts as a failure")
 
 
@@ -232,20 +288,21 @@ class UploadLimits(_Model):
     """`health.uploads`: when incomplete chunked uploads (the worker's /v1/uploads) count as
     piling up. The worker aborts an upload after WORKER_UPLOAD_EXPIRY_SECONDS (1 h by default)."""
 
-    incomplete: int = Field(100, ge=0, description="WARNING above this many incomplete uploads")
+    incomplete: int = Field(100, ge=0, le=INT32_MAX, description="WARNING above this many incomplete uploads")
     oldest_incomplete_seconds: float = Field(
-        7200.0, gt=0, description="WARNING when the oldest incomplete upload is older (seconds): "
+        7200.0, gt=0, le=MAX_MINUTES * 60, description="WARNING when the oldest incomplete upload is older (seconds): "
                                   "past the worker's expiry, its abort is not running")
 
 
 class HealthSettings(_Model):
     """`environments.<name>.health`: timeouts (seconds), continuous and scheduled cadence,
     the body cap of HTTP checks (bytes), extra checks, heartbeats, alert sinks and flap protection."""
-    timeout: float = Field(5.0, gt=0, description="seconds each check may take")
-    timeouts: dict[str, float] = Field(default_factory=dict, description="per check name or kind")
-    max_body_bytes: int = Field(1024 * 1024, ge=1, description="HTTP checks read a body only for a [BODY] "
+    timeout: float = Field(5.0, gt=0, le=MAX_TIMEOUT_S, description="seconds each check may take")
+    timeouts: dict[str, _Seconds] = Field(default_factory=dict, description="per check name or kind")
+    max_body_bytes: int = Field(1024 * 1024, ge=1, le=INT32_MAX, description="HTTP checks read a body only for a [BODY] "
                                 "condition, and at most this many bytes; a larger body fails the check")
-    interval: float = Field(30.0, gt=0, description="continuous mode: seconds between sweeps")
+    interval: float = Field(30.0, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S,
+                            description="continuous mode: seconds between sweeps (MIN_INTERVAL_S at least)")
     cron: str | None = Field(None, description="scheduled mode's default schedule")
 
     @field_validator("cron")

@@ -12,6 +12,15 @@ from opsctl.local import procs
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
+@pytest.fixture(autouse=True)
+def fast_sweeps(monkeypatch):
+    """The monitor's --interval floor (settings.MIN_INTERVAL_S, 1 s) lowered to 10 ms: these tests
+    run many sweeps, each checking a server of their own that answers at once."""
+    from opsctl.health import settings
+
+    monkeypatch.setattr(settings, "MIN_INTERVAL_S", 0.01)
+
+
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory):
     """A real Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1, no cluster."""

@@ -33,7 +33,8 @@ def one_line_error(result, *words: str) -> None:
 
 @pytest.mark.parametrize("args, words", [
     (["--mode", "sometimes"], ["--mode", "once"]),
-    (["--mode", "continuous", "--interval", "0"], ["--interval", "positive"]),
+    (["--mode", "continuous", "--interval", "0"], ["--interval must be", "seconds, not 0"]),
+    (["--mode", "continuous", "--interval", "1e-9"], ["--interval must be", "not 1e-09"]),  # spun for ever (H4)
     (["--mode", "scheduled"], ["--cron"]),
     (["--mode", "scheduled", "--cron", "every night"], ["cron expression"]),
     (["--mode", "scheduled", "--cron", "0 0 31 2 *"], ["never fires"]),  # issue 23 (B23b): no such date
