@@ -75,12 +75,17 @@ def approve(question: str, env: "Environment | None", *, yes: bool, confirm_env:
 
 
 def terminal() -> dict[str, Any]:
-    """The real prompts, as keyword arguments of `approve`: on stderr, default no."""
+    """The real prompts, as keyword arguments of `approve`: on stderr, default no. The
+    question is shown as every printed line is (`output.visible`): text from a runbook, a
+    `-p` value or a backup label reaches the terminal as escapes, never as the ESC sequence
+    or bidirectional override it holds, so the person approving reads what is asked."""
     import typer
 
+    from opsctl.output import visible
+
     return {"interactive": is_interactive(),
-            "ask_yes_no": lambda q: typer.confirm(q, default=False, err=True),
-            "ask_text": lambda q: typer.prompt(q, err=True, default="", show_default=False)}
+            "ask_yes_no": lambda q: typer.confirm(visible(q), default=False, err=True),
+            "ask_text": lambda q: typer.prompt(visible(q), err=True, default="", show_default=False)}
 
 
 def at_terminal(question: str, env: "Environment | None", yes: bool, confirm_env: str | None = None,

@@ -52,6 +52,14 @@ class CreateResult:
     foreign: list[str] = field(default_factory=list)
 
 
+def check_level(level: int) -> int:
+    """`level` when it is one of zstd's levels (1-22), else UsageError (0 is refused, never
+    taken for the default)."""
+    if not 1 <= level <= 22:
+        raise UsageError(f"--compress-level {level} is outside zstd's 1..22")
+    return level
+
+
 def components_for(kind: str, env: Environment) -> list[str]:
     """The components `--type kind` backs up in `env`; UsageError for an unknown kind."""
     if kind not in KINDS:
@@ -133,9 +141,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     from opsctl.endpoints import resolve
 
     parts = components_for(kind, env)
-    level = env.backup.compress_level if compress_level is None else compress_level  # 0 is refused, not the default
-    if not 1 <= level <= 22:
-        raise UsageError(f"--compress-level {level} is outside zstd's 1..22")
+    level = check_level(env.backup.compress_level if compress_level is None else compress_level)
     key = keys.load(project, env) if encrypt else None
     ep = resolve(project, env)
     if "db" in parts and not ep.database_url:

@@ -158,7 +158,7 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
     Raises UsageError for bad input or refusal (nothing changed), OperationFailed/
     IntegrityError when the backup can't be restored (nothing live touched before every
     object was fetched and checked)."""
-    _check_jobs(jobs)  # before the plan reads the repository and the approval is asked
+    check_jobs(jobs)  # before the plan reads the repository and the approval is asked
     p = plan(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner, role,
              allow_damaged)
     if p.skipped and notice is not None:
@@ -179,7 +179,7 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
             return run(p, jobs, report)
 
 
-def _check_jobs(jobs: int) -> None:
+def check_jobs(jobs: int) -> None:
     """UsageError unless 1 <= jobs <= MAX_JOBS: pg_restore's own bound (2^31 - 1) was said only
     once the restore had begun (breaker 37 G15)."""
     if not 1 <= jobs <= MAX_JOBS:
@@ -285,7 +285,7 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
     """Carry out a plan (no approval asked here: `restore` asks before calling it): fetch
     and check every object, then database, Redis and audio. `jobs`: pg_restore's parallel
     jobs (>= 1, else UsageError). Times in the result are seconds."""
-    _check_jobs(jobs)
+    check_jobs(jobs)
     m: mf.Manifest = p._ctx["manifest"]
     repo, key, ep = p._ctx["repo"], p._ctx["key"], p._ctx["ep"]
     began = time.monotonic()

@@ -10,21 +10,57 @@ import datetime as dt
 import enum
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import ContextManager, Protocol
+from typing import Annotated, ContextManager, Literal, Protocol
+
+from pydantic import Field
 
 from opsctl.errors import UsageError
 
 COLORS = ("blue", "green")
 
-# The worker settings a deploy may change (`--set KEY=VALUE`), as WORKER_<KEY> variables.
-WORKER_SETTINGS = frozenset({
-    "model_path", "model_name", "device", "compute_type", "concurrency", "cpu_threads",
-    "beam_size", "queue_size", "max_upload_mb", "rate_limit_rpm",
-    "rate_limit_concurrent_uploads", "rate_limit_daily_audio_seconds", "log_level",
-    "api_key_hashes",
-})
+# The worker settings a deploy may change (`--set KEY=VALUE`), as WORKER_<KEY> variables, with
+# the values the worker accepts for each (worker/transcription_worker/config.py's Settings:
+# the same types, choices and bounds), so a deploy and its dry run refuse at validate what the
+# worker would refuse at start-up, after the bring-up began (breaker 38 H7).
+_HEX64 = r"^[0-9a-f]{64}(,[0-9a-f]{64})*$"
+WORKER_SETTINGS: dict[str, tuple[object, str]] = {
+    "model_path": (str, "a path"),
+    "model_name": (str, "a name"),
+    "device": (Literal["cpu", "cuda"], "cpu or cuda"),
+    "compute_type": (str, "a CTranslate2 compute type, e.g. int8"),
+    "concurrency": (Annotated[int, Field(ge=1, le=64)], "a whole number from 1 to 64"),
+    "cpu_threads": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: shared out by the worker)"),
+    "beam_size": (Annotated[int, Field(ge=1, le=10)], "a whole number from 1 to 10"),
+    "queue_size": (Annotated[int, Field(ge=0)], "a whole number, 0 or more"),
+    "max_upload_mb": (Annotated[int, Field(ge=1)], "a whole number, 1 or more"),
+    "rate_limit_rpm": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
+    "rate_limit_concurrent_uploads": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
+    "rate_limit_daily_audio_seconds": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
+    "log_level": (Literal["debug", "info", "warning", "error"], "debug, info, warning or error"),
+    "api_key_hashes": (Annotated[str, Field(pattern=_HEX64)],
+                       "comma-separated SHA-256 hex digests (64 lowercase hex characters each)"),
+}
 
 
+def worker_setting(key: str, value: str) -> str:
+    """`value` (text, as the WORKER_<KEY> variable will hold it) checked as the worker checks
+    it at start-up; returns it stripped. UsageError naming the setting and what it takes: an
+    unknown key, an empty value (never taken for the worker's default) or one out of range."""
+    from pydantic import TypeAdapter, ValidationError
+
+    if key not in WORKER_SETTINGS:
+        raise UsageError(f"--set {key}: unknown worker setting; one of {', '.join(sorted(WORKER_SETTINGS))}")
+    kind, wanted = WORKER_SETTINGS[key]
+    text = value.strip()
+    if not text:
+        raise UsageError(f"--set {key}= is empty; give {wanted}, or leave the --set out for the default")
+    if key == "api_key_hashes":
+        text = ",".join(h.strip().lower() for h in text.split(",") if h.strip())
+    try:
+        TypeAdapter(kind).validate_python(text, strict=False)
+    except ValidationError:
+        raise UsageError(f"--set {key}={text!r}: the worker takes {wanted}") from None
+    return text
 
 
 class Outcome(enum.StrEnum):
@@ -83,7 +119,8 @@ class Release:
     def parse(image: str, sets: list[str]) -> "Release":
         """A release from `--image NAME:TAG[@DIGEST]` (opsctl.deploy.reference: the
         distribution reference grammar; a tag is required, it is the version) and `--set
-        KEY=VALUE` texts (keys among WORKER_SETTINGS, case-insensitive). Raises UsageError
+        KEY=VALUE` texts (keys among WORKER_SETTINGS, case-insensitive; values the worker
+        accepts: worker_setting). Raises UsageError
         naming the bad input."""
         from opsctl.deploy import reference
 
@@ -94,9 +131,7 @@ class Release:
             key = key.strip().lower()
             if not sep or not key:
                 raise UsageError(f"--set '{item}' is not KEY=VALUE")
-            if key not in WORKER_SETTINGS:
-                raise UsageError(f"--set {key}: unknown worker setting; one of {', '.join(sorted(WORKER_SETTINGS))}")
-            settings[key] = value
+            settings[key] = worker_setting(key, value)
         return Release(image, settings)
 
 

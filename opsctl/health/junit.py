@@ -3,13 +3,53 @@
 One testcase per check: CRITICAL is a <failure>, UNKNOWN an <error>, WARNING passes with
 its message in <system-out> (a CI step should not go red on a warning, but it shows).
 Written to a temporary file and renamed, so CI never reads half a report.
+
+`tostring` is how every JUnit report of opsctl is serialized (health, runbook, load test,
+dr drill): its text goes through `xml_text`, so a check message or a failing step's output
+holding ESC or BEL (which XML 1.0 forbids: the whole report failed to parse in CI) shows
+them as escapes, as the terminal does (`output.visible`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 from opsctl.health.model import Status, SweepResult
+
+# what XML 1.0 forbids beside the control characters output.visible escapes
+_NOT_XML = re.compile("[\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """`text` as a JUnit report holds it: control characters and bidirectional overrides as
+    escapes (`output.visible`: `\\x1b`, `\\u202e`; newlines and tabs stay), and the other
+    characters XML 1.0 does not allow (lone surrogates, U+FFFE, U+FFFF) as `\\uXXXX` too."""
+    from opsctl.output import visible
+
+    return _NOT_XML.sub(lambda m: f"\\u{ord(m[0]):04x}", visible(text))
+
+
+def tostring(document: Any) -> bytes:
+    """A junitparser document (JUnitXml, TestSuite) as UTF-8 XML bytes, every name, message,
+    type, text and output of its suites, cases and results through `xml_text` first (through
+    junitparser's own attributes): the report always parses."""
+    from junitparser import JUnitXml
+
+    def clean(obj: Any, *names: str) -> None:
+        for name in names:
+            value = getattr(obj, name, None)
+            if isinstance(value, str) and value != xml_text(value):
+                setattr(obj, name, xml_text(value))
+
+    for suite in (document if isinstance(document, JUnitXml) else [document]):
+        clean(suite, "name")
+        for case in suite:
+            clean(case, "name", "classname", "system_out", "system_err")
+            for result in case.result:
+                clean(result, "message", "type", "text")
+    return document.tostring()
 
 
 def check_writable(path: Path) -> None:
@@ -44,7 +84,7 @@ def render(result: SweepResult) -> bytes:
     suites = JUnitXml("opsctl health")
     suites.add_testsuite(suite)
     suites.update_statistics()
-    return suites.tostring()
+    return tostring(suites)
 
 
 def write(path: Path, result: SweepResult) -> None:

@@ -81,4 +81,6 @@ def write_junit(summary: RunSummary, path: Path) -> Path:
         suite.add_testcase(case)
     suite.update_statistics()
     suite.time = summary.run_seconds
-    return write_text(path, suite.tostring())  # whole, as health's report (health/junit.py)
+    from opsctl.health.junit import tostring
+
+    return write_text(path, tostring(suite))  # whole and XML-safe, as health's report (health/junit.py)

@@ -581,9 +581,11 @@ def junit(result: DrillResult) -> str:
         if failed:
             case.result = [Failure(failed[0])]
         suite.add_testcase(case)
+    from opsctl.health.junit import tostring
+
     xml = JUnitXml()
     xml.add_testsuite(suite)
-    return xml.tostring().decode() if isinstance(xml.tostring(), bytes) else xml.tostring()
+    return tostring(xml).decode()  # control characters of an error as escapes: the XML parses
 
 
 def metrics(result: DrillResult) -> str:

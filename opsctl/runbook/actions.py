@@ -21,7 +21,7 @@ from pathlib import Path
 
 from opsctl import httpclient
 from opsctl.config import Environment, Project
-from opsctl.errors import OperationFailed
+from opsctl.errors import OperationFailed, UsageError
 from opsctl.output import to_jsonable
 from opsctl.runbook.paths import confine, protected_for
 
@@ -152,14 +152,19 @@ def deploy_status(ctx: Context) -> dict:
             "deploys": doc["deploys"]}
 
 
-@action("wait")
+def _check_wait(ctx: Context, seconds: float | None = None, **_known: Any) -> None:
+    """`seconds` finite and not negative, as the wait action takes it."""
+    import math
+
+    if seconds is not None and (not math.isfinite(float(seconds)) or seconds < 0):
+        raise UsageError(f"seconds: {seconds}; wait takes a finite number of seconds, 0 or more")
+
+
+@action("wait", check=_check_wait)
 def wait(ctx: Context, seconds: float) -> dict:
     """Sleep `seconds` (finite, not negative); a timed-out or interrupted step stops waiting
     at once."""
-    import math
-
-    if not math.isfinite(float(seconds)) or seconds < 0:
-        raise OperationFailed(f"seconds: {seconds}; wait takes a finite number of seconds, 0 or more")
+    _check_wait(ctx, seconds)
     if ctx.cancel.wait(float(seconds)):
         raise OperationFailed("wait cancelled")
     return {"waited": float(seconds)}
@@ -260,7 +265,16 @@ def _stop(step, proc: subprocess.Popen, grace: float = 2.0) -> None:
         pass
 
 
-@action("notify")
+LEVELS = {"info": "OK", "warning": "WARNING", "critical": "CRITICAL"}  # notify's level: the alert status
+
+
+def _check_notify(ctx: Context, level: str | None = None, **_known: Any) -> None:
+    """`level` one of LEVELS."""
+    if level is not None and level not in LEVELS:
+        raise UsageError(f"level: {level!r}; use info, warning or critical")
+
+
+@action("notify", check=_check_notify)
 def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | None = None) -> dict:
     """A line in the log, and a message to the environment's alert sinks (health.sinks),
     all of them or those named. A sink that fails is reported in the outputs, not raised:
@@ -271,10 +285,9 @@ def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | 
     from opsctl.health.alerting import Alert
     from opsctl.health.sinks import build
 
+    _check_notify(ctx, level)
     message = ctx.mask(message)
-    status = {"info": "OK", "warning": "WARNING", "critical": "CRITICAL"}.get(level)
-    if status is None:
-        raise OperationFailed(f"level: {level}; use info, warning or critical")
+    status = LEVELS[level]
     logging.getLogger("opsctl.runbook").log(logging.INFO if level == "info" else logging.WARNING, message)
     wanted = [n.strip() for n in sinks.split(",")] if isinstance(sinks, str) else sinks
     chosen = [s for s in ctx.env.health.sinks if wanted is None or s.name in wanted]
@@ -296,7 +309,36 @@ def _out(ctx: Context, value: str | None, arg: str) -> Path | None:
     return confine(ctx.project.root, value, arg, "output", protected_for(ctx.env)) if value else None
 
 
-@action("health", out_paths=("junit", "history"))
+FAIL_ON = ("critical", "warning", "unknown", "never")  # health's fail_on: the mildest status that fails the step
+
+
+def _names(value: list | str | None) -> list | None:
+    """`check`/`skip` as a list of patterns: a list, or a comma-separated string."""
+    return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+
+
+def _check_health(ctx: Context, check: list | str | None = None, skip: list | str | None = None,
+                  fail_on: str | None = None, **_known: Any) -> None:
+    """`fail_on` one of FAIL_ON, and each `check`/`skip` pattern matching a check of the
+    environment, as the sweep's own plan refuses them (opsctl.health.checks.plan). The
+    patterns are checked when the environment's endpoints are known (a local platform that
+    is down now may be started by an earlier step: the sweep then says it)."""
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise UsageError(f"fail_on: {fail_on!r}; use one of {', '.join(FAIL_ON)}")
+    only, leave = _names(check), _names(skip)
+    if not only and not leave:
+        return
+    from opsctl.endpoints import resolve
+    from opsctl.health import checks
+
+    try:
+        endpoints = resolve(ctx.project, ctx.env)
+    except UsageError:
+        return
+    checks.plan(ctx.project, ctx.env, endpoints, only, leave)
+
+
+@action("health", out_paths=("junit", "history"), check=_check_health)
 def health(ctx: Context, check: list | str | None = None, skip: list | str | None = None,
            fail_on: str = "critical", junit: str | None = None, history: str | None = None) -> dict:
     """One sweep (`opsctl health --mode once`); fails the step at `fail_on` or worse.
@@ -308,12 +350,8 @@ def health(ctx: Context, check: list | str | None = None, skip: list | str | Non
 
     levels = {"critical": {Status.CRITICAL}, "warning": {Status.CRITICAL, Status.WARNING},
               "unknown": {Status.CRITICAL, Status.WARNING, Status.UNKNOWN}, "never": set()}
-    if fail_on not in levels:
-        raise OperationFailed(f"fail_on: {fail_on}; use one of {', '.join(levels)}")
-    def names(value):
-        return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
-
-    result = monitor.run(ctx.project, ctx.env, "once", only=names(check), skip=names(skip),
+    _check_health(ctx, fail_on=fail_on)
+    result = monitor.run(ctx.project, ctx.env, "once", only=_names(check), skip=_names(skip),
                          junit=_out(ctx, junit, "junit"), history=_out(ctx, history, "history")).last
     bad = [r for r in result.results if r.status in levels[fail_on]]
     if bad:
@@ -321,7 +359,18 @@ def health(ctx: Context, check: list | str | None = None, skip: list | str | Non
     return {"status": result.status.name, "checks": {r.name: r.status.name for r in result.results}}
 
 
-@action("backup")
+def _check_backup(ctx: Context, type: str | None = None, compress_level: int | None = None,
+                  **_known: Any) -> None:
+    """`type` and `compress_level` as `opsctl backup create` refuses them (opsctl.backup.create)."""
+    from opsctl.backup.create import check_level, components_for
+
+    if type is not None:
+        components_for(type, ctx.env)
+    if compress_level is not None:
+        check_level(compress_level)
+
+
+@action("backup", check=_check_backup)
 def backup(ctx: Context, type: str = "full", label: str | None = None, compress_level: int | None = None,
            no_encrypt: bool = False) -> dict:
     """`opsctl backup create` as a step: a backup (`type`: full, db, redis, files, ...) with an
@@ -335,7 +384,15 @@ def backup(ctx: Context, type: str = "full", label: str | None = None, compress_
                                    "prune_failed")}
 
 
-@action("verify")
+def _check_verify(ctx: Context, id: str | None = None, **_known: Any) -> None:
+    """`id` a backup id (opsctl.backup.record.check_id), as `opsctl backup verify` takes it."""
+    from opsctl.backup.record import check_id
+
+    if id is not None:
+        check_id(id)
+
+
+@action("verify", check=_check_verify)
 def verify(ctx: Context, id: str, restore_test: bool = False) -> dict:
     """Verify backup `id` (checksums, MAC; with restore_test a restore into a scratch
     database). Fails when it does not verify. Outputs: the verify result."""
@@ -347,7 +404,15 @@ def verify(ctx: Context, id: str, restore_test: bool = False) -> dict:
     return to_jsonable(result)
 
 
-@action("base-backup")
+def _check_base_backup(ctx: Context, kind: str | None = None, **_known: Any) -> None:
+    """`kind` one of the base backup kinds (opsctl.pitr.base.KINDS)."""
+    from opsctl.pitr.base import KINDS
+
+    if kind is not None and kind not in KINDS:
+        raise UsageError(f"base backup kind '{kind}' is not one of {', '.join(KINDS)}")
+
+
+@action("base-backup", check=_check_base_backup)
 def base_backup(ctx: Context, kind: str = "auto") -> dict:
     """`opsctl backup base` as a step (the same core operation, opsctl.pitr.ops.create_base): a
     physical base backup of the embedded platform's PostgreSQL, `kind` full, incremental, or
@@ -379,7 +444,14 @@ def verify_chain(ctx: Context, timeline: int | None = None) -> dict:
             "problems": doc["problems"]}
 
 
-@action("prune-chain")
+def _check_prune_chain(ctx: Context, keep_full: int | None = None, **_known: Any) -> None:
+    """`keep_full` at least 1, as opsctl.pitr.retention refuses it."""
+    if keep_full is not None and keep_full < 1:
+        raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
+                         "backup restores nothing")
+
+
+@action("prune-chain", check=_check_prune_chain)
 def prune_chain(ctx: Context, keep_full: int = 2, dry_run: bool = False, drop_damaged: bool = False) -> dict:
     """`opsctl backup prune-chain` as a step (the same core operation, opsctl.pitr.ops.prune_chain):
     keep the newest `keep_full` full base backups proven restorable, with their incrementals
@@ -409,7 +481,15 @@ def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = N
     return {"removed": result.removed, "kept": result.kept, "dry_run": dry_run}
 
 
-@action("restore")
+def _check_restore(ctx: Context, jobs: int | None = None, **_known: Any) -> None:
+    """`jobs` within pg_restore's bound, as `opsctl restore --jobs` (opsctl.backup.restore)."""
+    from opsctl.backup.restore import check_jobs
+
+    if jobs is not None:
+        check_jobs(jobs)
+
+
+@action("restore", check=_check_restore)
 def restore(ctx: Context, id: str | None = None, date: str | None = None, latest: bool = False,
             components: list | None = None, target_db: str | None = None, jobs: int = 1,
             confirm_env: str | None = None, target_instance: str | None = None, no_owner: bool = False,
@@ -436,7 +516,23 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
             "data_age_seconds": round(age.total_seconds(), 1), "rto_seconds": result["seconds"]}
 
 
-@action("loadtest", code_paths=("locustfile",), out_paths=("html", "csv", "junit"))
+def _check_loadtest(ctx: Context, profile: str = "light", users: int | None = None, spawn_rate: float | None = None,
+                    duration: str | None = None, slo: str | None = None, host: str | None = None,
+                    workers: int = 0, classes: str | None = None, locustfile: str | None = None,
+                    stop_timeout: str | None = None, **_known: Any) -> None:
+    """The load test's options through the check `opsctl loadtest run` makes before any load
+    (opsctl.loadtest.plan.make), without asking the host to answer; the environment's own
+    router is left to the run (a platform an earlier step starts), the report paths to the
+    engine's confinement."""
+    from opsctl.loadtest import plan
+
+    code = confine(ctx.project.root, locustfile, "locustfile", "code") if locustfile else None
+    plan.make(ctx.project, ctx.env, profile, users=users, spawn_rate=spawn_rate, duration=duration, slo_text=slo,
+              host=host if host is not None else "http://127.0.0.1", workers=workers, classes=classes,
+              locustfile=str(code) if code else None, stop_timeout=stop_timeout, check=False)
+
+
+@action("loadtest", code_paths=("locustfile",), out_paths=("html", "csv", "junit"), check=_check_loadtest)
 def loadtest(ctx: Context, profile: str = "light", users: int | None = None, spawn_rate: float | None = None,
              duration: str | None = None, slo: str | None = None, host: str | None = None, workers: int = 0,
              abort_on_fail: bool = False, classes: str | None = None, locustfile: str | None = None,
@@ -476,14 +572,19 @@ def scale_down(ctx: Context) -> dict:
         return {"stopped": bluegreen.reap(driver, force=True)}
 
 
-@action("drop-database")
+def _check_drop_database(ctx: Context, name: str | None = None, **_known: Any) -> None:
+    """Never the environment's live database."""
+    if name is not None and name == ctx.env.database.name:
+        raise UsageError(f"refusing to drop {name}: it is the environment's live database")
+
+
+@action("drop-database", check=_check_drop_database)
 def drop_database(ctx: Context, name: str) -> dict:
     """Remove a scratch database (a restore drill's); the environment's own is refused."""
     from opsctl.backup import postgres
     from opsctl.endpoints import resolve
 
-    if name == ctx.env.database.name:
-        raise OperationFailed(f"refusing to drop {name}: it is the environment's live database")
+    _check_drop_database(ctx, name)
     postgres.drop_database(resolve(ctx.project, ctx.env).database_url, name)
     return {"dropped": name}
 

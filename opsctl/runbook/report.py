@@ -3,6 +3,7 @@
 Written with junitparser. The steps come from a `RunResult` whose details and outputs the
 engine has already masked (secret parameter values, credentials in URLs and conninfo);
 `credentials` is applied once more here because this file is uploaded as a CI artifact.
+Control characters in a step's output are written as escapes (health.junit.tostring).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from junitparser import Failure, Skipped, TestCase, TestSuite
 
 from opsctl.files import write_text
+from opsctl.health.junit import tostring
 from opsctl.redact import credentials
 
 
@@ -35,4 +37,4 @@ def write_junit(result, path: str) -> Path:
     suite.update_statistics()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return write_text(target, suite.tostring())  # whole, as health's and the load test's reports
+    return write_text(target, tostring(suite))  # whole and XML-safe, as health's and the load test's reports

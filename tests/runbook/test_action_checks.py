@@ -1,0 +1,90 @@
+"""Every action whose arguments can be checked before the run has a `check` (breaker 38 H6):
+a step argument the real run refuses is refused before any step, in a dry run too, one line,
+exit 2. The dry run said "planned" for `type=bogus`, `skip=nosuch`, `fail_on=nope`; with
+`fail_on=nope` the real run retried after its backoff, sent a critical alert and exited 1."""
+
+from __future__ import annotations
+
+import pytest
+
+from opsctl.endpoints import Endpoints
+from tests.runbook.runbook_support import run_refused, write_runbook
+
+STEP = """\
+    name: one
+    version: 1
+    parameters:
+      v: {type: %s, required: true}
+    steps:
+      - id: first
+        action: %s
+        with: {%s: "{{ params.v }}"%s}
+        retries: {count: 1, backoff: 10}
+        on_failure: [alert]
+      - id: alert
+        action: notify
+        with: {level: critical, message: "failed"}
+    """
+
+CASES = [
+    ("health", "fail_on", "nope", "", "step first: fail_on: 'nope'; use one of critical, warning, unknown, never"),
+    ("backup", "type", "bogus", "", "step first: --type 'bogus' is not one of full, db"),
+    ("backup", "compress_level", "0", "", "--compress-level 0 is outside zstd's 1..22"),
+    ("wait", "seconds", "-1", "", "step first: seconds: -1; wait takes a finite number of seconds, 0 or more"),
+    ("notify", "level", "loud", ", message: hi", "step first: level: 'loud'; use info, warning or critical"),
+    ("base-backup", "kind", "weekly", "", "base backup kind 'weekly' is not one of full, incremental, auto"),
+    ("verify", "id", "nope", "", "'nope' is not a backup id"),
+    ("prune-chain", "keep_full", "0", "", "--keep-full must be at least 1, not 0"),
+    ("restore", "jobs", "0", "", "--jobs must be 1 to"),
+    ("loadtest", "users", "0", "", "step first: --users"),
+    ("loadtest", "duration", "soon", "", "step first: "),
+]
+
+
+def _book(action: str, arg: str, value: str, more: str = "") -> str:
+    number = value.lstrip("-").isdigit()
+    return STEP % ("integer" if number else "string", action, arg, more)
+
+
+@pytest.mark.parametrize("action, arg, value, more, said", CASES)
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_step_argument_the_run_refuses_is_refused_before_any_step(runner, ops_root, action, arg, value, more,
+                                                                     said, dry_run):
+    write_runbook(ops_root, "one", 1, _book(action, arg, value, more))
+    line = run_refused(runner, "one", "-p", f"v={value}", "--yes", *(["--dry-run"] * dry_run))
+    assert said in line, line
+    assert not (ops_root / ".opsctl" / "runs").exists()  # nothing ran, nothing was journaled
+
+
+def test_the_live_database_is_refused_before_any_step(runner, ops_root):
+    from opsctl.config import load_project
+
+    live = load_project(ops_root).env("local").database.name
+    write_runbook(ops_root, "one", 1, _book("drop-database", "name", "x"))
+    line = run_refused(runner, "one", "-p", f"v={live}", "--dry-run")
+    assert f"step first: refusing to drop {live}: it is the environment's live database" in line, line
+
+
+@pytest.fixture
+def endpoints(monkeypatch):
+    """A resolved local platform (nothing answers: the checks are only planned)."""
+    ep = Endpoints(env="local", platform="local", database_url=None, redis_url=None, s3_endpoint_url=None,
+                   audio_bucket="audio", backup_bucket="backups", router_url="http://127.0.0.1:9")
+    monkeypatch.setattr("opsctl.endpoints.resolve", lambda project, env: ep)
+    return ep
+
+
+@pytest.mark.parametrize("arg", ["skip", "check"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_health_pattern_that_matches_no_check_is_refused_before_any_step(runner, ops_root, endpoints, arg, dry_run):
+    write_runbook(ops_root, "one", 1, _book("health", arg, "x"))
+    line = run_refused(runner, "one", "-p", "v=nosuch", "--yes", *(["--dry-run"] * dry_run))
+    assert f"step first: --{arg} 'nosuch' matches no check of 'local'" in line, line
+
+
+def test_good_arguments_are_still_planned(runner, ops_root, endpoints):
+    from tests.runbook.runbook_support import run_runbook
+
+    write_runbook(ops_root, "one", 1, _book("health", "fail_on", "x", ", skip: postgres"))
+    doc = run_runbook(runner, "one", "-p", "v=warning", "--dry-run")
+    assert [s["status"] for s in doc["steps"]] == ["planned"]
