@@ -24,8 +24,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     KeyboardInterrupt" with a traceback and the work went on as if never cancelled (breaker
     37 G8: a client's ConnectionPool.__del__ as a backup finished). Within the block such an
     interrupt is taken by `sys.unraisablehook` and delivered again to the main thread
-    (`_thread.interrupt_main`, from a thread of its own), out of the finalizer, where it
-    propagates as any Ctrl-C does."""
+    (`_thread.interrupt_main` of SIGTERM, this block's handler, from a thread of its own), out
+    of the finalizer, where it propagates as any Ctrl-C does."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -39,7 +39,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         if isinstance(info.exc_value, KeyboardInterrupt):
             # a moment later, from another thread: called here, the interrupt would be raised inside
             # this hook (a new thread's start waits, and a waiting main thread takes signals)
-            again = threading.Timer(0.02, _thread.interrupt_main)
+            # as SIGTERM, whose handler is this block's own: a SIGINT Python does not handle (a
+            # job started in the background, an xdist worker) would make interrupt_main a no-op
+            again = threading.Timer(0.02, _thread.interrupt_main, args=(signal.SIGTERM,))
             again.daemon = True
             again.start()
         else:

@@ -19,7 +19,17 @@ def test_sigterm_in_the_block_is_an_interrupt():
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
-def test_an_interrupt_inside_a_finalizer_is_delivered_again_not_a_traceback(capsys):
+@pytest.fixture(params=["sigint-handled", "sigint-ignored"])
+def sigint(request):
+    """Python's Ctrl-C handler, or SIGINT ignored (a job started in the background, an xdist
+    worker): the interrupt must come back either way."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler if request.param == "sigint-handled" else signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_inside_a_finalizer_is_delivered_again_not_a_traceback(capsys, sigint):
     """Breaker 37 G8: a SIGTERM landing in a client's ConnectionPool.__del__ as a backup finished
     printed "Exception ignored in ... KeyboardInterrupt" with a traceback, and the cancel was lost."""
 
