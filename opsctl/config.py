@@ -528,6 +528,21 @@ def parse_config(path: Path) -> OpsConfig:
         raise UsageError(f"{path}: {_describe(exc)}") from None
 
 
+def shown(env: Environment) -> dict:
+    """`env` as `opsctl config show` prints it: JSON types, defaults filled in, and no secret:
+    URLs that carry one are refused at load (SecretFreeUrl, breaker 38 H1), every string is
+    masked once more (redact.masked), and alert sinks' URLs are shown without their path (a
+    webhook's path may be its token, which no rule recognises)."""
+    from opsctl.output import to_jsonable
+    from opsctl.redact import masked, redact
+
+    doc = masked(to_jsonable(env))
+    for sink in doc.get("health", {}).get("sinks", []):
+        if sink.get("url"):
+            sink["url"] = redact(sink["url"])
+    return doc
+
+
 def load_project(override: str | Path | None = None, start: Path | None = None) -> Project:
     """The ops root around the current directory, or a built-in one with only `local`.
 

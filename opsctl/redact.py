@@ -15,6 +15,7 @@ driver might echo a password.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 MASK = "***"
@@ -157,3 +158,14 @@ def scrub(text: str, *secrets: str | None) -> str:
         if secret:
             text = text.replace(secret, redact(secret) if "://" in secret else MASK)
     return credentials(text)
+
+
+def masked(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, str, numbers) with every string through `credentials`."""
+    if isinstance(value, str):
+        return credentials(value)
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value

@@ -64,31 +64,15 @@ config_app = typer.Typer(help="Show the configuration opsctl resolved from opsct
 
 @config_app.command("show")
 def config_show(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
-    """Print one environment as opsctl sees it, defaults filled in.
-
-    Secrets never reach this output: opsctl.yaml refuses URLs that carry one (config.py,
-    breaker 38 H1), and every string is masked once more here (redact.credentials), with
-    alert sinks' URLs shown without their path (a webhook's path may be its token)."""
+    """Print one environment as opsctl sees it, defaults filled in, no secret (config.shown)."""
     import yaml
 
     from opsctl.cli.common import environment
-    from opsctl.output import emit, to_jsonable
-    from opsctl.redact import credentials, redact
-
-    def masked(value):
-        if isinstance(value, str):
-            return credentials(value)
-        if isinstance(value, dict):
-            return {k: masked(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [masked(v) for v in value]
-        return value
+    from opsctl.config import shown
+    from opsctl.output import emit
 
     project, env = environment(env_name)
-    doc = masked(to_jsonable(env))
-    for sink in doc.get("health", {}).get("sinks", []):
-        if sink.get("url"):
-            sink["url"] = redact(sink["url"])
+    doc = shown(env)
     emit(doc, as_json, lambda console: console.print(
         f"# {project.root / 'opsctl.yaml'}\n" + yaml.safe_dump(doc, sort_keys=False)))
 
