@@ -149,11 +149,24 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
     return result
 
 
+def check_rules(keep_last: int | None = None, keep_daily: int | None = None, keep_weekly: int | None = None,
+                keep_monthly: int | None = None) -> None:
+    """UsageError unless keep_last >= 1 and the others >= 0 (None: the environment's own), the
+    bounds opsctl.yaml and `backup prune` set: a runbook step's `keep_last: 0` kept only the
+    newest backup of each kind and deleted the rest (reviewer 39 R4)."""
+    for name, value, low in (("keep_last", keep_last, 1), ("keep_daily", keep_daily, 0),
+                             ("keep_weekly", keep_weekly, 0), ("keep_monthly", keep_monthly, 0)):
+        if value is not None and value < low:
+            raise UsageError(f"{name} must be at least {low}, not {value}; nothing was removed")
+
+
 def prune_environment(project, env, keep_last: int | None = None, keep_daily: int | None = None,
                       keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False,
                       approve: Callable[[str], None] | None = None) -> PruneResult:
     """`backup prune` of an environment, the operation behind the command and the runbook
-    step: its repository, the rules given (else its backup.retention), then `prune`."""
+    step: its repository, the rules given (else its backup.retention), then `prune`.
+    UsageError before anything is read for a rule out of range (check_rules)."""
+    check_rules(keep_last, keep_daily, keep_weekly, keep_monthly)
     repo, rules = repository_and_rules(project, env, keep_last, keep_daily, keep_weekly, keep_monthly)
     return prune(repo, *rules, dry_run=dry_run, approve=approve)
 

@@ -467,7 +467,15 @@ def prune_chain(ctx: Context, keep_full: int = 2, dry_run: bool = False, drop_da
             "dropped": r.dropped, "dry_run": dry_run}
 
 
-@action("prune")
+def _check_prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,
+                 keep_weekly: int | None = None, keep_monthly: int | None = None, **_known: Any) -> None:
+    """The keep_* rules as `opsctl backup prune` bounds them (retention.check_rules)."""
+    from opsctl.backup.retention import check_rules
+
+    check_rules(keep_last, keep_daily, keep_weekly, keep_monthly)
+
+
+@action("prune", check=_check_prune)
 def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,
           keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> dict:
     """Apply retention (the environment's rules, or the keep_* given); `dry_run` lists without

@@ -518,8 +518,13 @@ def run(project: Project, env: Environment, ref: str, given: Mapping[str, str] |
 
     given = dict(given) if isinstance(given, Mapping) else parse_given(given)
     book = catalog.load(project.root, ref, ACTIONS)
-    if from_step and not resume_id:
-        raise UsageError("--from-step goes with --resume RUN_ID")
+    if resume_id is not None:  # "" (an unset $RUN_ID) started a fresh run that repeated every step
+        jr.check_run_id(resume_id)
+        if dry_run:  # a resume's preview ran the remaining steps for real (reviewer 39 R1)
+            raise UsageError("--dry-run plans a new run; it does not combine with --resume (run "
+                             "'opsctl runbook history --run ID' to see where that run stopped)")
+    if from_step is not None and (resume_id is None or not from_step.strip()):
+        raise UsageError("--from-step STEP goes with --resume RUN_ID and names a step of the runbook")
     on_argv = sorted(set(given) & book.secrets())
     if on_argv:
         logging.getLogger("opsctl.runbook").warning(

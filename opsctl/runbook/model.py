@@ -517,6 +517,10 @@ def _check_schedule(book: Runbook) -> list[Problem]:
     return []
 
 
+STEP_TIMEOUT_MAX = 7 * 86400.0  # a step's `timeout`: a week (threading's own bound is ~292 years, not a timeout)
+BACKOFF_MAX = 3600.0  # `retries.backoff`: an hour between attempts
+
+
 def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
     """The meaning the schema cannot express; every problem with its line.
 
@@ -550,6 +554,14 @@ def check(book: Runbook, actions: Mapping[str, Callable]) -> list[Problem]:
             elif target not in ids:
                 problems.append(Problem(book.path, book.line("steps", i, "on_failure"),
                                         f"on_failure names unknown step '{target}'"))
+        # the schema's minimum passes .nan (a comparison with NaN is false) and .inf: a step timed
+        # out at once, or failed on 'timestamp out of range' (reviewer 39 R3)
+        for path, top in ((("timeout",), STEP_TIMEOUT_MAX), (("retries", "backoff"), BACKOFF_MAX)):
+            value = step.get(path[0]) if len(path) == 1 else (step.get(path[0]) or {}).get(path[1]) \
+                if isinstance(step.get(path[0]), dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= top:
+                problems.append(Problem(book.path, book.line("steps", i, *path),
+                                        f"{'.'.join(path)} must be a number of seconds up to {top:g}, not {value}"))
         earlier = set(ids[:i])
         for path in (("when",), ("approval", "when")):
             holder = step.get(path[0]) if len(path) == 2 else step
