@@ -62,14 +62,14 @@ def run(
 def list_(
     env: Annotated[str | None, typer.Option("--env", "-e", help="Only runs against this environment.")] = None,
     profile: Annotated[str | None, typer.Option("--profile", "-p", help="Only runs of this profile.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="The newest N runs.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="The newest N runs.")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Past runs, oldest first: id, profile, requests, p95, SLO verdict."""
     from opsctl.loadtest import history, live
     from opsctl.output import emit
 
-    rows = history.runs(project(), env, profile)[-max(limit, 1):]
+    rows = history.runs(project(), env, profile)[-limit:]
     emit(rows, as_json, lambda c: live.render_list(rows, c))
 
 

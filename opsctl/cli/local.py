@@ -76,11 +76,12 @@ def logs(
 ) -> None:
     """Print a component's log."""
     from opsctl.local import platform
+    from opsctl.output import visible
 
     source = platform.logs(project(), component, lines, keep_following=follow)
     try:
         for line in source:
-            typer.echo(line)
+            typer.echo(visible(line))  # a request path or an S3 key in a log can hold an ESC sequence
     except KeyboardInterrupt:
         pass
 

@@ -107,3 +107,10 @@ def test_a_locustfile_that_is_not_utf8_is_one_line(ops_root):
     (ops_root / "opsctl.yaml").write_text("version: 1\nenvironments:\n  staging: {platform: kubernetes}\n")
     line = _one_line(opsctl(ops_root, "render", "locust", "--env", "staging"))
     assert "locustfile.py: byte" in line and "is not UTF-8" in line, line
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_a_list_limit_below_one_is_refused(ops_root, limit):
+    """Reviewer 39 R12: --limit 0 or below listed one run."""
+    line = _one_line(opsctl(ops_root, "loadtest", "list", "--limit", limit))
+    assert "--limit" in line, line

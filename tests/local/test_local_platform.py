@@ -265,3 +265,16 @@ def test_logs_through_the_one_core_call(runner, local_platform, monkeypatch):
     unknown = runner.invoke(app, ["local", "logs", "nginx"])
     assert unknown.exit_code == 2 and "unknown component 'nginx'" in unknown.output
     assert len(unknown.output.strip().splitlines()) == 1
+
+
+def test_logs_show_control_characters_escaped(runner, platform_root):
+    """Reviewer 39 R6: a log line holding an ESC sequence (a request path, an S3 key) reached the
+    terminal as it was."""
+    from opsctl.config import load_project
+    from opsctl.local.platform import log_path
+
+    log = log_path(load_project(platform_root), "router")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("GET /\x1b]0;pwned\x07 404\n")
+    result = runner.invoke(app, ["local", "logs", "router", "-n", "1"])
+    assert result.exit_code == 0 and result.stdout == "GET /\\x1b]0;pwned\\x07 404\n", repr(result.stdout)
