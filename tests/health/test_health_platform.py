@@ -148,7 +148,7 @@ def test_backup_age_of_a_real_backup(local_platform, runner, tmp_path):
 
 def test_host_check_follows_the_configured_thresholds(local_platform, runner, tmp_path):
     lenient = side_root(tmp_path / "a", local_platform.root, {},
-                        {"cpu_percent": 101, "memory_percent": 101, "disk_percent": 101})
+                        {"cpu_percent": 100, "memory_percent": 100, "disk_percent": 100})  # never above
     code, doc = sweep(runner, lenient, "--check", "host")
     assert code == 0 and by_name(doc)["host"]["status"] == "OK"
     full = side_root(tmp_path / "b", local_platform.root, {}, {"disk_percent": 0.001})

@@ -92,14 +92,15 @@ def test_a_trickling_webhook_never_keeps_the_operation_process_alive(tmp_path, t
     assert "block done" in proc.stdout and "'ok': False" in proc.stdout  # both events failed, recorded
 
 
-def test_every_sink_send_has_a_total_deadline(trickle):
+def test_every_sink_send_has_a_total_deadline(trickle, monkeypatch):
     """Alerts (the monitor's dispatcher) go through the same bounded exchange as events."""
     from opsctl.health import sinks
     from opsctl.health.settings import Sink as SinkSettings
     from opsctl.health.alerting import Alert
 
+    monkeypatch.setenv("TEST_SINK_URL", f"{trickle.url}/x")  # a Slack sink's URL is its secret: url_env only
     for kind in ("webhook", "slack"):
-        sender = sinks.build(SinkSettings(type=kind, name=kind, url=f"{trickle.url}/x", timeout=1))
+        sender = sinks.build(SinkSettings(type=kind, name=kind, url_env="TEST_SINK_URL", timeout=1))
         alert = Alert("trigger", "ci", "router", "http", "CRITICAL", "down", 0.0, "ms", "2026-01-01T00:00:00Z",
                       "2026-01-01T00:00:01Z", 2)
         with pytest.raises(httpx.TimeoutException, match="total deadline"):

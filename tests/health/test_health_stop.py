@@ -20,7 +20,10 @@ def test_a_monitor_stopped_by_a_signal_says_so_and_exits_130(tmp_path, sig):
     history = tmp_path / "history.jsonl"
     proc = subprocess.Popen([str(Path(sys.executable).parent / "opsctl"), "health", "--env", "ci", "--mode",
                              "continuous", "--interval", "1", "--history", str(history), "--json"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # SIGINT as a terminal leaves it (an xdist worker ignores it, and a child
+                            # inherits that: Python then installs no Ctrl-C handler)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (history.exists() and history.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.1)  # a sweep done: the monitor is in its loop
