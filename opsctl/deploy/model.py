@@ -29,7 +29,7 @@ WORKER_SETTINGS: dict[str, tuple[object, str]] = {
     "device": (Literal["cpu", "cuda"], "cpu or cuda"),
     "compute_type": (str, "a CTranslate2 compute type, e.g. int8"),
     "concurrency": (Annotated[int, Field(ge=1, le=64)], "a whole number from 1 to 64"),
-    "cpu_threads": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: shared out by the worker)"),
+    "cpu_threads": (Annotated[int, Field(ge=0, le=1024)], "a whole number from 0 to 1024 (0: shared out by the worker)"),
     "beam_size": (Annotated[int, Field(ge=1, le=10)], "a whole number from 1 to 10"),
     "queue_size": (Annotated[int, Field(ge=0)], "a whole number, 0 or more"),
     "max_upload_mb": (Annotated[int, Field(ge=1)], "a whole number, 1 or more"),

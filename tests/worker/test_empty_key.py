@@ -30,3 +30,15 @@ def test_an_empty_token_is_never_a_key(token):
     settings = Settings.model_construct(api_key_hashes=[EMPTY, REAL])  # as if validation had let it in
     assert settings.key_id_for(token.strip()) is None
     assert Settings(api_key_hashes=[REAL]).key_id_for("sk-real") == REAL[:12]
+
+
+@pytest.mark.parametrize("name, value", [("UPLOAD_LEASE_SECONDS", "inf"), ("JOB_LEASE_SECONDS", "nan"),
+                                         ("UPLOAD_EXPIRY_SECONDS", "1e300"), ("PART_BODY_TIMEOUT_SECONDS", "inf"),
+                                         ("CPU_THREADS", "100000")])
+def test_a_setting_out_of_range_is_one_line_at_start_up(monkeypatch, name, value):
+    """Reviewer 39 R8: inf passed validation and failed later (a start-up traceback, a dead job
+    keeper, a 500 for every upload)."""
+    monkeypatch.setenv(f"WORKER_{name}", value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert f"invalid WORKER_{name}" in str(err.value)

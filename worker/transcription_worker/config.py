@@ -27,11 +27,16 @@ def default_model_dir() -> Path:
     return cache / "transcription-worker" / "models" / "whisper-base"
 
 
+MAX_SECONDS = 30 * 86400.0  # a lease, expiry or timeout longer than 30 days is a typo (and overflows dates)
+
+
 class Settings(BaseSettings):
     """The worker's settings, read from WORKER_* environment variables (README lists them).
     Raises pydantic's ValidationError on a bad value; `load_settings` words it for a user."""
 
-    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
+    # no setting takes nan or inf: WORKER_UPLOAD_LEASE_SECONDS=inf was a start-up traceback, a
+    # lease or expiry of inf killed the job keeper or made every upload a 500 (reviewer 39 R8)
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore", allow_inf_nan=False)
 
     # model and inference
     model_path: Path = Field(default_factory=default_model_dir)
@@ -39,7 +44,7 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda"] = "cpu"
     compute_type: str = "int8"
     concurrency: int = Field(1, ge=1, le=64)
-    cpu_threads: int = Field(0, ge=0)  # 0: cores divided among the concurrent transcriptions
+    cpu_threads: int = Field(0, ge=0, le=1024)  # 0: cores divided among the concurrent transcriptions
     beam_size: int = Field(5, ge=1, le=10)
     batch_size: int = Field(0, ge=0, le=256)  # batched pipeline; 0: sized from the device
     # sync audio this long or longer is batched (jobs always); <0: never. Finite: nan compared
@@ -51,7 +56,7 @@ class Settings(BaseSettings):
     transcription_budget_factor: float = Field(1.0, gt=0, allow_inf_nan=False)
     # ...or this many seconds, whichever is longer (short clips have a fixed cost)
     transcription_budget_min_seconds: float = Field(120, gt=0, allow_inf_nan=False)
-    job_lease_seconds: float = Field(60, gt=0)  # a job whose worker stopped renewing is adopted after this
+    job_lease_seconds: float = Field(60, gt=0, le=MAX_SECONDS)  # a job whose worker stopped renewing is adopted after this
     job_max_attempts: int = Field(3, ge=1)  # workers that may die running one job before it fails
     # jobs accepted while every worker's queue is full wait in PostgreSQL, unowned, for the first
     # worker with room (all workers together; a soft cap: concurrent creates may pass it by a few)
@@ -70,7 +75,7 @@ class Settings(BaseSettings):
     # a part's body must keep arriving at `part_min_rate_kbps` or more over any this many seconds
     # (the first of them its grace); else 408 and its memory is freed, so a client that stalls or
     # trickles bytes cannot hold it, while a slow but steady one is never cut off
-    part_body_timeout_seconds: float = Field(30, gt=0)
+    part_body_timeout_seconds: float = Field(30, gt=0, le=MAX_SECONDS)
     # KiB per second per part in flight (parallel parts divide the link): 1 KiB/s is 8.2 kbit/s of
     # payload, Apache mod_reqtimeout's MinRate is 500 B/s; a trickle of a byte now and then fails it
     part_min_rate_kbps: float = Field(1, gt=0)
@@ -78,7 +83,7 @@ class Settings(BaseSettings):
     # full to this at full (Apache mod_qos's QS_SrvMinDataRate: the required rate grows with the
     # load), so slow parts cannot keep fast ones out: a full worker sheds them within a window
     part_busy_rate_kbps: float = Field(64, gt=0)
-    upload_expiry_seconds: float = Field(3600, gt=0)  # an upload not completed by then is aborted in S3
+    upload_expiry_seconds: float = Field(3600, gt=0, le=MAX_SECONDS)  # an upload not completed by then is aborted in S3
     max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 
     # dependencies (each optional: without it the features that need it answer 503)
@@ -100,7 +105,7 @@ class Settings(BaseSettings):
     rate_limit_open_uploads: int = Field(0, ge=0)  # /v1/uploads not yet completed, per key
     rate_limit_parts_per_minute: int = Field(0, ge=0)  # /v1/uploads parts, moving one-minute window
     rate_limit_daily_upload_mb: int = Field(0, ge=0)  # /v1/uploads bytes declared per UTC day
-    upload_lease_seconds: float = Field(60, gt=0)  # a concurrent-upload slot of a dead worker frees after this
+    upload_lease_seconds: float = Field(60, gt=0, le=MAX_SECONDS)  # a concurrent-upload slot of a dead worker frees after this
     require_api_keys: bool = False  # refuse to start without WORKER_API_KEY_HASHES (production)
     metrics_port: int = Field(0, ge=0, le=65535)  # a second listener serving only /metrics; 0 = off
     docs_enabled: bool | None = None  # /docs and /openapi.json; default: on only when keys are off
