@@ -50,6 +50,12 @@ INTERRUPTED = "interrupted (no base.json; its process is gone): `backup prune-ch
 # asked); the logical backups' rule (opsctl.backup.catalog.STALE_AFTER)
 LEASE = dt.timedelta(hours=24)
 KINDS = ("full", "incremental", "auto")
+
+
+def check_kind(kind: str) -> None:
+    """UsageError unless `kind` is one of KINDS."""
+    if kind not in KINDS:
+        raise UsageError(f"base backup kind '{kind}' is not one of {', '.join(KINDS)}")
 FULL_EVERY = dt.timedelta(days=7)  # kind auto: a full base backup when the chain's full is older
 
 
@@ -318,8 +324,7 @@ def _take(repo, key, conninfo: str, kind: str, level: int, report, env: dict[str
     from opsctl.local.postgres import tool
     from opsctl.redact import credentials
 
-    if kind not in KINDS:
-        raise UsageError(f"base backup kind '{kind}' is not one of {', '.join(KINDS)}")
+    check_kind(kind)
     try:
         with psycopg.connect(conninfo, connect_timeout=10) as conn:
             sysid, version, summarize = conn.execute(

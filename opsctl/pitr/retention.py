@@ -93,6 +93,13 @@ def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objec
     return ""
 
 
+def check_keep_full(keep_full: int) -> None:
+    """UsageError for `keep_full` < 1: a WAL archive without a base backup restores nothing."""
+    if keep_full < 1:
+        raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
+                         "backup restores nothing")
+
+
 def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
           path: list[tuple[int, int | None]] | None = None,
           proven: dict[str, str] | None = None, drop_damaged: bool = False,
@@ -113,9 +120,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     (sealed by another key, say before a key change, or planted), nor one built on such a one;
     one built on an interrupted folder (no record, provably dead: a drop cut short) goes with it.
     `dropped`: the dry run's verdicts, not read again."""
-    if keep_full < 1:
-        raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
-                         "backup restores nothing")
+    check_keep_full(keep_full)
     from opsctl.pitr import chain
 
     # the chains a restore would use: whole (tar present, parent usable) and on the newest

@@ -405,11 +405,11 @@ def verify(ctx: Context, id: str, restore_test: bool = False) -> dict:
 
 
 def _check_base_backup(ctx: Context, kind: str | None = None, **_known: Any) -> None:
-    """`kind` one of the base backup kinds (opsctl.pitr.base.KINDS)."""
-    from opsctl.pitr.base import KINDS
+    """`kind` one of the base backup kinds (opsctl.pitr.base.check_kind)."""
+    from opsctl.pitr.base import check_kind
 
-    if kind is not None and kind not in KINDS:
-        raise UsageError(f"base backup kind '{kind}' is not one of {', '.join(KINDS)}")
+    if kind is not None:
+        check_kind(kind)
 
 
 @action("base-backup", check=_check_base_backup)
@@ -445,10 +445,11 @@ def verify_chain(ctx: Context, timeline: int | None = None) -> dict:
 
 
 def _check_prune_chain(ctx: Context, keep_full: int | None = None, **_known: Any) -> None:
-    """`keep_full` at least 1, as opsctl.pitr.retention refuses it."""
-    if keep_full is not None and keep_full < 1:
-        raise UsageError(f"--keep-full must be at least 1, not {keep_full}: a WAL archive without a base "
-                         "backup restores nothing")
+    """`keep_full` at least 1, as opsctl.pitr.retention refuses it (check_keep_full)."""
+    from opsctl.pitr.retention import check_keep_full
+
+    if keep_full is not None:
+        check_keep_full(keep_full)
 
 
 @action("prune-chain", check=_check_prune_chain)

@@ -37,3 +37,31 @@ def test_a_setting_the_worker_refuses_is_refused_before_anything(runner, drivers
 def test_a_setting_the_worker_takes_is_kept(setting, value):
     key = setting.partition("=")[0]
     assert Release.parse("worker:1.0.1", [setting]).settings == {key: value}
+
+
+PROBES = ["-1", "0", "1", "2.5", "10", "11", "64", "65", "1024", "1025", "cpu", "cuda", "nope", "info", "loud", "nan"]
+
+
+@pytest.mark.parametrize("key", ["device", "concurrency", "cpu_threads", "beam_size", "queue_size", "max_upload_mb",
+                                 "rate_limit_rpm", "rate_limit_concurrent_uploads", "rate_limit_daily_audio_seconds",
+                                 "log_level"])
+def test_each_setting_is_judged_as_the_worker_itself_judges_it(monkeypatch, key):
+    """WORKER_SETTINGS mirrors the worker's own Settings (a package opsctl does not import):
+    for every probe value, --set and the worker's start-up agree on taking it or not."""
+    from opsctl.deploy.model import worker_setting
+    from opsctl.errors import UsageError
+    from transcription_worker.config import ConfigError, load_settings
+
+    for value in PROBES:
+        monkeypatch.setenv(f"WORKER_{key.upper()}", value)
+        try:
+            load_settings()
+            worker_takes = True
+        except ConfigError:
+            worker_takes = False
+        try:
+            worker_setting(key, value)
+            deploy_takes = True
+        except UsageError:
+            deploy_takes = False
+        assert deploy_takes == worker_takes, (key, value, worker_takes)

@@ -64,21 +64,26 @@ def test_the_runbook_step_writes_its_reports_through_the_core_drill(pitr, runner
         shutil.rmtree(pitr.root / "reports", ignore_errors=True)
 
 
-def test_a_drill_whose_live_server_does_not_answer_says_its_rpo_is_an_upper_bound(pitr, runner, monkeypatch):
+def test_a_drill_whose_live_server_does_not_answer_says_its_rpo_is_an_upper_bound(pitr, runner):
     """Breaker 36 F8: with the primary down the RPO is the drill's start minus the newest commit
     recovered; it grew from one drill to the next and was reported met with nothing saying so."""
-    monkeypatch.setattr(drill, "_live_newest_commit", lambda project, env: (False, None))  # the server is down
+    from opsctl.local import postgres as pg
+
     pitr.sql("insert into events(note) values ('before the outage')")
     pitr.wait_archived()
-    r = pitr.cli(runner, "dr", "drill", "--json")
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
-    assert doc["live_newest_commit"] is None and doc["rpo_seconds"] > 0
-    assert doc["rpo_basis"] == drill.RPO_DOWN
-    text = pitr.cli(runner, "dr", "drill")
-    assert text.exit_code == 0, text.output
-    assert "RPO measured from the newest commit recovered to the drill's start" in text.stdout
-    assert "upper bound" in " ".join(text.stdout.split())
+    pg.stop(pitr.pid)  # the live server is down: the drill is the recovery
+    try:
+        r = pitr.cli(runner, "dr", "drill", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        assert doc["live_newest_commit"] is None and doc["rpo_seconds"] > 0
+        assert doc["rpo_basis"] == drill.RPO_DOWN
+        text = pitr.cli(runner, "dr", "drill")
+        assert text.exit_code == 0, text.output
+        assert "RPO measured from the newest commit recovered to the drill's start" in text.stdout
+        assert "upper bound" in " ".join(text.stdout.split())
+    finally:
+        pitr.start_postgres()
 
 
 def test_local_drill_missing_its_rpo_exits_1(pitr, runner, tmp_path):

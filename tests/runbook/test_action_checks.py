@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from opsctl.endpoints import Endpoints
 from tests.runbook.runbook_support import run_refused, write_runbook
 
 STEP = """\
@@ -66,25 +65,26 @@ def test_the_live_database_is_refused_before_any_step(runner, ops_root):
 
 
 @pytest.fixture
-def endpoints(monkeypatch):
-    """A resolved local platform (nothing answers: the checks are only planned)."""
-    ep = Endpoints(env="local", platform="local", database_url=None, redis_url=None, s3_endpoint_url=None,
-                   audio_bucket="audio", backup_bucket="backups", router_url="http://127.0.0.1:9")
-    monkeypatch.setattr("opsctl.endpoints.resolve", lambda project, env: ep)
-    return ep
+def platform_root(local_platform, monkeypatch):
+    """The session's embedded platform, up, as the current ops root: the health checks are
+    planned from its real endpoints."""
+    monkeypatch.chdir(local_platform.root)
+    local_platform.up()
+    return local_platform.root
 
 
 @pytest.mark.parametrize("arg", ["skip", "check"])
 @pytest.mark.parametrize("dry_run", [True, False])
-def test_a_health_pattern_that_matches_no_check_is_refused_before_any_step(runner, ops_root, endpoints, arg, dry_run):
-    write_runbook(ops_root, "one", 1, _book("health", arg, "x"))
-    line = run_refused(runner, "one", "-p", "v=nosuch", "--yes", *(["--dry-run"] * dry_run))
+def test_a_health_pattern_that_matches_no_check_is_refused_before_any_step(runner, platform_root, arg, dry_run):
+    write_runbook(platform_root, "health-pattern", 1, _book("health", arg, "x").replace("name: one", "name: health-pattern"))
+    line = run_refused(runner, "health-pattern", "-p", "v=nosuch", "--yes", *(["--dry-run"] * dry_run))
     assert f"step first: --{arg} 'nosuch' matches no check of 'local'" in line, line
 
 
-def test_good_arguments_are_still_planned(runner, ops_root, endpoints):
+def test_good_arguments_are_still_planned(runner, platform_root):
     from tests.runbook.runbook_support import run_runbook
 
-    write_runbook(ops_root, "one", 1, _book("health", "fail_on", "x", ", skip: postgres"))
-    doc = run_runbook(runner, "one", "-p", "v=warning", "--dry-run")
+    write_runbook(platform_root, "health-good", 1,
+                  _book("health", "fail_on", "x", ", skip: postgres").replace("name: one", "name: health-good"))
+    doc = run_runbook(runner, "health-good", "-p", "v=warning", "--dry-run")
     assert [s["status"] for s in doc["steps"]] == ["planned"]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from opsctl.cli import app
 from tests.runbook.runbook_support import run_refused, run_runbook
 from tests.runbook.runbook_support import write_runbook as _write
 
