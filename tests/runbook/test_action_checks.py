@@ -68,9 +68,19 @@ def test_the_live_database_is_refused_before_any_step(runner, ops_root):
 def platform_root(local_platform, monkeypatch):
     """The session's embedded platform, up, as the current ops root: the health checks are
     planned from its real endpoints."""
+    import shutil
+
+    folder = local_platform.root / "runbooks"
+    existed = folder.exists()
     monkeypatch.chdir(local_platform.root)
     local_platform.up()
-    return local_platform.root
+    yield local_platform.root
+    # the shared root's runbooks are the shipped ones (test_shipped_runbooks lists them exactly)
+    if existed:
+        for name in ("health-pattern", "health-good"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("arg", ["skip", "check"])
