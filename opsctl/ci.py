@@ -25,11 +25,10 @@ GitHub-workflow schema.
 
 from __future__ import annotations
 
-import yaml
 
 from opsctl.config import Project
 from opsctl.errors import UsageError
-from opsctl.templating import render
+from opsctl.templating import parse_yaml, render
 
 # Majors whose runtime is Node 24 (https://github.blog/changelog/2025-09-19-deprecation-of-node-20-on-github-actions-runners/)
 ACTIONS = {
@@ -102,5 +101,5 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
                   schedules=triggers, registry=registry, image_repository=repo, opsctl_repository=opsctl_repository,
                   python_version=python_version,
                   actions=ACTIONS)
-    yaml.safe_load(text)  # a template edit that breaks YAML fails here, not in CI
+    parse_yaml("ci/github-actions.yml.j2", text)  # a template edit that breaks YAML fails here, not in CI
     return text

@@ -18,7 +18,7 @@ import yaml
 
 from opsctl.config import Environment, Project
 from opsctl.errors import UsageError
-from opsctl.templating import render
+from opsctl.templating import parse_yaml, render
 
 COLOR_LABEL = "app_kubernetes_io_color"  # app.kubernetes.io/color, as Prometheus sanitizes it
 
@@ -76,23 +76,25 @@ def render_all(project: Project, env: Environment) -> dict[str, str]:
     """Every file, by relative path; each one parsed, so a broken template fails here."""
     values = _values(project, env)
     root = project.root
-    files = {
-        "prometheus.yml": render("monitoring/prometheus.yml.j2", root, **values),
-        "alert-rules.yml": render("monitoring/alert-rules.yml.j2", root, **values),
-        "dashboards/transcription-worker.json": render("monitoring/dashboard-worker.json.j2", root, **values),
-    }
+    templates = {"prometheus.yml": "monitoring/prometheus.yml.j2",
+                 "alert-rules.yml": "monitoring/alert-rules.yml.j2",
+                 "dashboards/transcription-worker.json": "monitoring/dashboard-worker.json.j2"}
+    files = {name: render(template, root, **values) for name, template in templates.items()}
     for name, text in files.items():
-        try:
-            json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise UsageError(f"rendered {name} does not parse ({exc}); fix its template") from None
+        if name.endswith(".json"):
+            try:
+                json.loads(text)
+            except ValueError as exc:
+                raise UsageError(f"rendered {name} does not parse ({exc}); fix its template") from None
+        else:
+            parse_yaml(templates[name], text)
     if env.platform == "kubernetes":
-        rules = yaml.safe_load(files["alert-rules.yml"])
+        rules = parse_yaml("monitoring/alert-rules.yml.j2", files["alert-rules.yml"])
         spec = "\n".join("  " + line for line in yaml.safe_dump(rules, sort_keys=False).splitlines())
         files["kubernetes/monitoring.yaml"] = render(
             "monitoring/prometheusrule.yaml.j2", root, **values, rules_spec=spec,
             dashboard=files["dashboards/transcription-worker.json"])
-        list(yaml.safe_load_all(files["kubernetes/monitoring.yaml"]))
+        parse_yaml("monitoring/prometheusrule.yaml.j2", files["kubernetes/monitoring.yaml"], many=True)
     return files
 
 

@@ -85,14 +85,31 @@ def read(path: Path) -> str:
 def load(text: str) -> Any:
     """`text` as plain data (PyYAML's safe loader); YamlFault for bad syntax, a character YAML
     does not allow, a key given twice in one mapping, or a value that can't be built."""
+    return _load(text, many=False)
+
+
+def load_all(text: str) -> list[Any]:
+    """Every document of the stream `text` (`---` between them), each read as `load` reads
+    one; YamlFault likewise, its line counted from the start of the stream."""
+    return _load(text, many=True)
+
+
+def _load(text: str, many: bool) -> Any:
     loader = None
     try:
         loader = yaml.SafeLoader(text)  # the reader checks every character here, before parsing
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _refuse_duplicate_keys(loader, node)
-        return loader.construct_document(node)
+        if not many:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _refuse_duplicate_keys(loader, node)
+            return loader.construct_document(node)
+        documents = []
+        while loader.check_node():
+            node = loader.get_node()
+            _refuse_duplicate_keys(loader, node)
+            documents.append(loader.construct_document(node))
+        return documents
     except YamlFault:  # a ValueError too, but already one line with its place
         raise
     except yaml.reader.ReaderError as exc:  # a character offset into `text`, no mark
@@ -148,7 +165,7 @@ def _refuse_duplicate_keys(loader: yaml.SafeLoader, root: yaml.Node) -> None:
 def _unbuildable(text: str, exc: Exception) -> YamlFault:
     """The scalar of `text` the safe constructor fails on (the first, in document order), as a YamlFault."""
     constructor = yaml.SafeLoader("")
-    stack, seen = [yaml.compose(text)], set()
+    stack, seen = list(reversed(list(yaml.compose_all(text, Loader=yaml.SafeLoader)))), set()
     while stack:
         node = stack.pop()
         if id(node) in seen:  # an alias of a node already walked (perhaps its own parent)

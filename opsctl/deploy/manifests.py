@@ -25,7 +25,6 @@ import json
 import re
 from pathlib import Path
 
-import yaml
 
 from opsctl.config import Environment, Project
 from opsctl.deploy.model import Release
@@ -257,13 +256,16 @@ def render_all(project: Project, env: Environment, release: Release, color: str 
 
 def parse(text: str) -> list[dict]:
     """The documents of a rendered YAML stream (empty ones dropped); UsageError naming the
-    templates folder when a template rendered invalid YAML."""
+    templates folder when a template rendered invalid YAML or a mapping with a key given twice."""
     from opsctl.errors import UsageError
 
+    from opsctl import yamltext
+
     try:
-        return [d for d in yaml.safe_load_all(text) if d]
-    except yaml.YAMLError as exc:
-        raise UsageError(f"a template in {Path('templates/kubernetes')} renders invalid YAML ({exc}); fix it") from None
+        return [d for d in yamltext.load_all(text) if d]
+    except yamltext.YamlFault as exc:  # a duplicate key too: the cluster would keep only the later one
+        raise UsageError(f"a template in {Path('templates/kubernetes')} renders invalid YAML (line {exc.line} "
+                         f"of the manifests: {exc.problem}); fix it") from None
 
 
 def render_env(project: Project, env: Environment, image: str | None = None, color: str | None = None,
