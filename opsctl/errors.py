@@ -44,6 +44,16 @@ class Interrupted(OpsError):
     exit_code = 130
 
 
+def not_empty(value: str | None, option: str, remedy: str) -> str | None:
+    """`value` as given, None when the option was left out. UsageError "`option` is empty;
+    `remedy`" when it was given empty or blank: an unset CI variable (`--strategy "$STRATEGY"`)
+    expands to "", and taking that for the default or for "all" does other than the caller
+    wrote (reviewer 39 R9, R10)."""
+    if value is not None and not str(value).strip():
+        raise UsageError(f"{option} is empty; {remedy}")
+    return value
+
+
 # OSErrors the machine causes, not opsctl: what the operator does about each (errno(3))
 _MACHINE_FAULTS = {
     errno.ENOSPC: "free space on that volume (or use a larger one) and run it again",

@@ -49,12 +49,17 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
     mode) when it first writes. An existing file that is not a regular one (/dev/null, a FIFO,
     /dev/stdout) is written in place by `write_text`, never replaced. UsageError (exit 2) when
     it names a folder (or ends in '/'), its name is too long for the temporary name beside it,
-    or its folder can't be made (a file in the way, no permission); None for None or ''.
+    or its folder can't be made (a file in the way, no permission), or is empty (an unset CI
+    variable: `--junit "$REPORT"` wrote no report and the step uploading it found nothing,
+    reviewer 39 R9); None for None.
     `example`: the file name a refusal of a folder suggests (a JSON-lines history is no .xml)."""
     from opsctl.errors import UsageError
 
-    if not value:
+    if value is None:
         return None
+    if not str(value).strip():
+        raise UsageError(f"{option} is empty; give a file path such as {example}, or leave {option} out "
+                         "for no report")
     if str(value).endswith(("/", os.sep)):
         raise UsageError(f"{option} {value} is a folder; give a file path such as {value}{example}")
     try:

@@ -38,7 +38,7 @@ def _render_record(record) -> None:
 def deploy(
     env_name: EnvOpt = "local",
     image: Annotated[str, typer.Option("--image", help="Release to deploy, NAME:TAG (the tag is the version).")] = "",
-    strategy: Annotated[str, typer.Option("--strategy", help="blue-green (default) or rolling.")] = "",
+    strategy: Annotated[str | None, typer.Option("--strategy", help="blue-green or rolling (default: the env's deploy.strategy).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Worker setting KEY=VALUE (repeatable).")] = [],
     auto_promote: Annotated[bool, typer.Option("--auto-promote/--no-auto-promote",
                                                help="Switch as soon as analysis passes, or wait for 'opsctl promote'.")] = True,
@@ -55,13 +55,13 @@ def deploy(
     from opsctl.output import emit
 
     if dry_run:
-        doc = operation.plan(project(), env_name, image, strategy=strategy or None, settings=set_,
+        doc = operation.plan(project(), env_name, image, strategy=strategy, settings=set_,
                              auto_promote=auto_promote, backup=backup, load_gate=load_gate,
                              load_gate_duration=load_gate_duration)
         emit(doc, as_json, lambda c: plan.render(c, doc))
         return
     with _live_steps(f"deploy {image} to {env_name}", as_json) as progress:
-        result = operation.deploy(project(), env_name, image, strategy=strategy or None, settings=set_,
+        result = operation.deploy(project(), env_name, image, strategy=strategy, settings=set_,
                                   auto_promote=auto_promote, analysis=analysis, backup=backup,
                                   load_gate=load_gate, load_gate_duration=load_gate_duration, wait=wait,
                                   progress=progress)

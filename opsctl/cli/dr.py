@@ -22,8 +22,6 @@ def drill(
     """Restore the database to the newest restorable time into scratch, measure RTO/RPO, tear down.
 
     Exit 1 when a target of dr.rto/dr.rpo in opsctl.yaml is missed."""
-    from pathlib import Path
-
     from opsctl.errors import OperationFailed
     from opsctl.output import emit
     from opsctl.pitr import drill as core
@@ -31,8 +29,7 @@ def drill(
     from opsctl.signals import sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # CI cancels with SIGTERM: the drill tears down and ends its window
-        r = core.drill(*environment(env), junit_path=Path(junit) if junit else None,
-                       metrics_path=Path(metrics_file) if metrics_file else None)
+        r = core.drill(*environment(env), junit_path=junit, metrics_path=metrics_file)
 
     def render(c):
         from rich.table import Table

@@ -9,7 +9,6 @@ as everywhere in opsctl: a monitoring system can tell the two apart by that line
 from __future__ import annotations
 
 import enum
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -77,8 +76,8 @@ def health(
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Stop after N sweeps (continuous, scheduled).")] = None,
     check: Annotated[Optional[list[str]], typer.Option("--check", help="Only these checks (name or kind, glob; repeatable).")] = None,
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out these checks (name or kind, glob; repeatable).")] = None,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write the (last) sweep as JUnit XML.")] = None,
-    history: Annotated[Optional[Path], typer.Option("--history", help="Append each sweep to this JSONL file (scheduled: default health.history).")] = None,
+    junit: Annotated[Optional[str], typer.Option("--junit", metavar="FILE", help="Also write the (last) sweep as JUnit XML.")] = None,
+    history: Annotated[Optional[str], typer.Option("--history", metavar="FILE", help="Append each sweep to this JSONL file (scheduled: default health.history).")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve check results as Prometheus metrics on 127.0.0.1:PORT.")] = None,
     beat: Annotated[Optional[str], typer.Option("--beat", help="Record a beat of heartbeat NAME (end of a nightly job) and exit.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the sweep as one JSON document on stdout; "

@@ -118,7 +118,7 @@ def history(
     from opsctl.output import emit
     from opsctl.runbook import history as past
 
-    if run_id:
+    if run_id is not None:
         records = past.records(project(), run_id, env_name)
 
         def show(console):

@@ -274,12 +274,16 @@ def render_env(project: Project, env: Environment, image: str | None = None, col
     applies, offline; for `local`, the local driver's description of the process it starts."""
     from opsctl.errors import UsageError
 
-    strategy = strategy or env.deploy.strategy
+    from opsctl.errors import not_empty
+
+    strategy = not_empty(strategy, "--strategy", "give blue-green or rolling, or leave it out for the "
+                                                 "environment's deploy.strategy") or env.deploy.strategy
     if strategy not in ("blue-green", "rolling"):
         raise UsageError(f"--strategy {strategy}: use blue-green or rolling")
     if color not in (None, "blue", "green"):
         raise UsageError(f"--color {color}: use blue or green")
-    release = Release.parse(image or env.worker.image, [])
+    image = not_empty(image, "--image", "give NAME:TAG, or leave it out for the environment's worker.image")
+    release = Release.parse(image if image is not None else env.worker.image, [])
     if env.platform == "kubernetes":
         from opsctl.infra.target import check_gpu_capacity_of
 

@@ -24,7 +24,7 @@ from opsctl.config import Environment, Project
 from opsctl.deploy import bluegreen
 from opsctl.deploy.bluegreen import Progress
 from opsctl.deploy.model import DeployRecord, Driver, Release, Step, StepStatus
-from opsctl.errors import UsageError
+from opsctl.errors import UsageError, not_empty
 
 
 @dataclass
@@ -111,7 +111,8 @@ def check(project: Project, env_name: str, image: str, *, strategy: str | None =
         raise UsageError("--image is required, e.g. --image worker:1.4.0")
     env = project.env(env_name)
     release = Release.parse(image, list(settings))
-    strategy = strategy or env.deploy.strategy
+    strategy = not_empty(strategy, "--strategy", "give blue-green or rolling, or leave it out for the "
+                                                 "environment's deploy.strategy") or env.deploy.strategy
     if strategy not in STRATEGIES:
         raise UsageError(f"--strategy {strategy}: use blue-green or rolling")
     if load_gate is not None and not load_gate.strip():

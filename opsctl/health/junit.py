@@ -52,12 +52,12 @@ def tostring(document: Any) -> bytes:
     return document.tostring()
 
 
-def check_writable(path: Path) -> None:
-    """Fail before the sweep, not after it, when the report cannot be written (files.report_path:
-    its folder is made when missing)."""
+def check_writable(path: str | Path) -> Path:
+    """`path` made absolute, checked before the sweep, not after it, so a report that cannot be
+    written (files.report_path: empty, a folder; its folder is made when missing) fails first."""
     from opsctl.files import report_path
 
-    report_path(path, "--junit")
+    return report_path(path, "--junit")
 
 
 def render(result: SweepResult) -> bytes:

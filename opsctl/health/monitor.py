@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from opsctl.errors import OpsError
+from opsctl.errors import OpsError, not_empty
 from opsctl.health import checks as checks_mod
 from opsctl.health import sweep as sweep_mod
 from opsctl.health.alerting import Alert, Alerter
@@ -31,7 +31,7 @@ def _checks(project, env, only, skip):
 
 
 def once(project, env, only: list[str] | None = None, skip: list[str] | None = None, *,
-         junit: Path | None = None, history: Path | None = None) -> SweepResult:
+         junit: str | Path | None = None, history: str | Path | None = None) -> SweepResult:
     """One sweep with its reports: what `opsctl health` and the runbook `health` step call.
 
     `only`/`skip` are check name or kind patterns; `junit` receives the sweep as JUnit XML
@@ -43,7 +43,7 @@ def once(project, env, only: list[str] | None = None, skip: list[str] | None = N
     from opsctl.health.schedule import HISTORY_FAULT, append_history, written
 
     if junit is not None:
-        junit_mod.check_writable(junit)
+        junit = junit_mod.check_writable(junit)
     before = _silences_in_force(project, env)  # in force as the sweep begins (see _with_silences)
     planned = _checks(project, env, only, skip)
     result = _with_silences(project, env, sweep_mod.run(env.name, planned), before)
@@ -157,7 +157,7 @@ def watch(project, env, *, interval: float | None = None, cron: str | None = Non
 
 def run(project, env, mode: str = "once", *, interval: float | None = None, cron: str | None = None,
         iterations: int | None = None, only: list[str] | None = None, skip: list[str] | None = None,
-        junit: Path | None = None, history: Path | None = None, metrics_port: int | None = None,
+        junit: str | Path | None = None, history: str | Path | None = None, metrics_port: int | None = None,
         on_sweep: Callable[[SweepResult, list[Alert], float], None] | None = None,
         stop: threading.Event | None = None) -> WatchResult:
     """The whole `opsctl health` operation, also the runbook `health` step's: check that the
@@ -172,7 +172,7 @@ def run(project, env, mode: str = "once", *, interval: float | None = None, cron
     from opsctl.health import junit as junit_mod
 
     if junit is not None:
-        junit_mod.check_writable(junit)
+        junit = junit_mod.check_writable(junit)
     plan = cadence(project, env, mode, interval, cron, iterations, history, metrics_port)
     if mode == "once":
         return WatchResult(once(project, env, only, skip, junit=junit, history=plan.history), sweeps=1)
@@ -250,10 +250,14 @@ def cadence(project, env, mode: str, interval: float | None, cron: str | None, i
     elif mode == "scheduled":
         if interval is not None:
             raise UsageError("--interval goes with --mode continuous; scheduled mode takes --cron")
-        cron = cron or env.health.cron
+        cron = not_empty(cron, "--cron", "give a 5-field cron expression such as '*/5 * * * *', or leave it "
+                                         "out for health.cron in opsctl.yaml") or env.health.cron
         if not cron:
             raise UsageError("--mode scheduled needs --cron '*/5 * * * *' (or health.cron in opsctl.yaml)")
-        history = history or Path(env.health.history)
+        history = history if history is not None else env.health.history
+    not_empty(history, "--history", "give a file path such as history.jsonl, or leave --history out"
+                                    + (" for health.history" if mode == "scheduled" else ""))
+    history = Path(history) if history is not None else None
     if history is not None and not history.is_absolute():
         history = project.root / history
     if history is not None:  # a folder or an unmakeable one fails now, not after the first sweep

@@ -312,7 +312,7 @@ class HealthSettings(_Model):
         if problem:
             raise ValueError(problem)
         return cron
-    history: str = Field(".opsctl/health/history.jsonl", description="scheduled mode's JSONL, from the ops root")
+    history: str = Field(".opsctl/health/history.jsonl", min_length=1, description="scheduled mode's JSONL, from the ops root")
     skip: list[str] = Field(default_factory=list, description="built-in checks to leave out (names or kinds)")
     http: list[HttpCheck] = Field(default_factory=list)
     heartbeats: list[Heartbeat] = Field(default_factory=list)

@@ -99,7 +99,7 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
         raise UsageError(f"locustfile {lf} not found; pass --locustfile PATH")
     duration_s = profiles.parse_duration(duration, maximum=profiles.MAX_SECONDS) if duration is not None else prof.duration_s
     stop_s = profiles.parse_duration(stop_timeout, "--stop-timeout", profiles.MAX_SECONDS) if stop_timeout is not None else STOP_TIMEOUT_S
-    reports = dict(html=_out(html, "--html"), csv_prefix=_csv_prefix(csv_prefix), junit=_out(junit, "--junit"))
+    reports = dict(html=_out(html, "--html", "report.html"), csv_prefix=_csv_prefix(csv_prefix), junit=_out(junit, "--junit"))
     target = _host(project, env, host)
     if check:  # last: the local checks above answer at once
         reachable(target, env, explicit=host is not None)
@@ -142,16 +142,19 @@ def _classes(text: str) -> dict[str, int]:
 def _csv_prefix(prefix: str | None) -> str | None:
     """`--csv PREFIX`: Locust writes PREFIX_stats.csv, _failures, _exceptions and
     _stats_history.csv; the longest of them is checked as any report path."""
-    if not prefix:
+    if prefix is None:
         return None
+    if not prefix.strip():
+        raise UsageError("--csv is empty; give a file name prefix such as reports/run, or leave --csv out "
+                         "for no CSV files")
     longest = _out(f"{prefix}_stats_history.csv", "--csv")
     return str(longest)[:-len("_stats_history.csv")]
 
 
-def _out(value: str | None, option: str) -> Path | None:
+def _out(value: str | None, option: str, example: str = "report.xml") -> Path | None:
     from opsctl.files import report_path
 
-    return report_path(value, option)
+    return report_path(value, option, example=example)
 
 
 def _host(project: Project, env: Environment, host: str | None) -> str:

@@ -216,8 +216,8 @@ def _live_newest_commit(project: Project, env: Environment) -> tuple[bool, dt.da
         return False, None  # the live server is down: the drill is the recovery, RPO is what the archive holds
 
 
-def drill(project: Project, env: Environment, report=None, junit_path: Path | None = None,
-          metrics_path: Path | None = None) -> DrillResult:
+def drill(project: Project, env: Environment, report=None, junit_path: str | Path | None = None,
+          metrics_path: str | Path | None = None) -> DrillResult:
     """Run one drill inside the environment's operation window ("drill": announced, no check
     held); never touches the live database. A drill that fails (OpsError: the restore, the
     serve phase, RDS) returns a failing result whose `error` says why, with no achieved RTO or
@@ -234,7 +234,7 @@ def drill(project: Project, env: Environment, report=None, junit_path: Path | No
     from opsctl.redact import credentials
 
     # before anything runs: a drill must not end on a report path it can't write
-    junit_path, metrics_path = report_path(junit_path, "--junit"), report_path(metrics_path, "--metrics-file")
+    junit_path, metrics_path = report_path(junit_path, "--junit"), report_path(metrics_path, "--metrics-file", example="drill.prom")
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
     with window(project, env, "drill", "restore to the newest restorable time into scratch") as w:

@@ -268,10 +268,18 @@ def _stop(step, proc: subprocess.Popen, grace: float = 2.0) -> None:
 LEVELS = {"info": "OK", "warning": "WARNING", "critical": "CRITICAL"}  # notify's level: the alert status
 
 
-def _check_notify(ctx: Context, level: str | None = None, **_known: Any) -> None:
-    """`level` one of LEVELS."""
+def _check_notify(ctx: Context, level: str | None = None, sinks: list | str | None = None, **_known: Any) -> None:
+    """`level` one of LEVELS; each of `sinks` the name of one of the environment's health.sinks
+    (a mistyped or empty name sent the message to no one, and the step succeeded: reviewer 39 R10)."""
     if level is not None and level not in LEVELS:
         raise UsageError(f"level: {level!r}; use info, warning or critical")
+    wanted = _names(sinks, "sinks", "the names of health.sinks to send to, or leave sinks out for all of them")
+    known = [s.name for s in ctx.env.health.sinks]
+    unknown = [n for n in wanted or [] if n not in known]
+    if unknown:
+        have = f"its sinks are {', '.join(known)}" if known else "it has no health.sinks in opsctl.yaml"
+        raise UsageError(f"sinks: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a sink "
+                         f"of environment {ctx.env.name}; {have}")
 
 
 @action("notify", check=_check_notify)
@@ -285,11 +293,11 @@ def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | 
     from opsctl.health.alerting import Alert
     from opsctl.health.sinks import build
 
-    _check_notify(ctx, level)
+    _check_notify(ctx, level, sinks)
     message = ctx.mask(message)
     status = LEVELS[level]
     logging.getLogger("opsctl.runbook").log(logging.INFO if level == "info" else logging.WARNING, message)
-    wanted = [n.strip() for n in sinks.split(",")] if isinstance(sinks, str) else sinks
+    wanted = _names(sinks, "sinks")
     chosen = [s for s in ctx.env.health.sinks if wanted is None or s.name in wanted]
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     alert = Alert(event="trigger", env=ctx.env.name, check="runbook", kind="runbook", status=status,
@@ -306,15 +314,26 @@ def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | 
 
 
 def _out(ctx: Context, value: str | None, arg: str) -> Path | None:
-    return confine(ctx.project.root, value, arg, "output", protected_for(ctx.env)) if value else None
+    """Output path `value` confined to the ops root (`confine`: an empty one is refused, never
+    taken for "no report": reviewer 39 R9); None when not given."""
+    return confine(ctx.project.root, value, arg, "output", protected_for(ctx.env)) if value is not None else None
 
 
 FAIL_ON = ("critical", "warning", "unknown", "never")  # health's fail_on: the mildest status that fails the step
 
 
-def _names(value: list | str | None) -> list | None:
-    """`check`/`skip` as a list of patterns: a list, or a comma-separated string."""
-    return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+def _names(value: list | str | None, arg: str,
+           remedy: str = "give names or kinds (a list, or comma-separated), or leave it out") -> list | None:
+    """`check`/`skip`/`sinks` as a list of names: a list, or a comma-separated string; None when
+    not given. UsageError for an empty string or list, or an empty name in one: `check: ""` (a
+    parameter left empty) swept every check, where `opsctl health --check ""` is refused
+    (reviewer 39 R10)."""
+    if value is None:
+        return None
+    names = [str(n).strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    if not names or not all(names):
+        raise UsageError(f"{arg}: {value!r} is empty or names nothing between its commas; {remedy}")
+    return names
 
 
 def _check_health(ctx: Context, check: list | str | None = None, skip: list | str | None = None,
@@ -325,7 +344,7 @@ def _check_health(ctx: Context, check: list | str | None = None, skip: list | st
     is down now may be started by an earlier step: the sweep then says it)."""
     if fail_on is not None and fail_on not in FAIL_ON:
         raise UsageError(f"fail_on: {fail_on!r}; use one of {', '.join(FAIL_ON)}")
-    only, leave = _names(check), _names(skip)
+    only, leave = _names(check, "check"), _names(skip, "skip")
     if not only and not leave:
         return
     from opsctl.endpoints import resolve
@@ -351,7 +370,7 @@ def health(ctx: Context, check: list | str | None = None, skip: list | str | Non
     levels = {"critical": {Status.CRITICAL}, "warning": {Status.CRITICAL, Status.WARNING},
               "unknown": {Status.CRITICAL, Status.WARNING, Status.UNKNOWN}, "never": set()}
     _check_health(ctx, fail_on=fail_on)
-    result = monitor.run(ctx.project, ctx.env, "once", only=_names(check), skip=_names(skip),
+    result = monitor.run(ctx.project, ctx.env, "once", only=_names(check, "check"), skip=_names(skip, "skip"),
                          junit=_out(ctx, junit, "junit"), history=_out(ctx, history, "history")).last
     bad = [r for r in result.results if r.status in levels[fail_on]]
     if bad:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from opsctl.config import Environment, Project
-from opsctl.errors import UsageError
+from opsctl.errors import UsageError, not_empty
 from opsctl.runbook import journal as jr
 
 PREFIX = "runbook-runs/"
@@ -90,13 +90,19 @@ def runs(project: Project, env_name: str | None = None, name: str | None = None)
     """Past runs, newest first (of runbook `name` when given), as journal.summary rows: a
     kubernetes environment's from its bucket (the newest LIST_LIMIT), otherwise the
     journals on this machine (of `env_name` when given). UsageError for an unknown
-    environment."""
-    store = for_env(project, project.env(env_name)) if env_name else None
+    environment, and for an empty `env_name` or `name` (an unset CI variable listed every run:
+    reviewer 39 R10)."""
+    not_empty(env_name, "--env", "give an environment of opsctl.yaml, or leave --env out for every one")
+    not_empty(name, "NAME", "give a runbook's name, or leave it out for every runbook")
+    store = for_env(project, project.env(env_name)) if env_name is not None else None
     return store.summaries(name) if store else jr.summaries(project.root, name, env_name)
 
 
 def records(project: Project, run_id: str, env_name: str | None = None) -> list[dict]:
     """Every journal record of run `run_id`: from a kubernetes environment's bucket when
-    `env_name` names one, else from this machine. UsageError when there is no such run."""
-    store = for_env(project, project.env(env_name)) if env_name else None
+    `env_name` names one, else from this machine. UsageError when there is no such run, and
+    for an empty `run_id` or `env_name`."""
+    not_empty(run_id, "--run", "give a run id ('opsctl runbook history' lists them), or leave --run out")
+    not_empty(env_name, "--env", "give an environment of opsctl.yaml, or leave --env out for this machine's runs")
+    store = for_env(project, project.env(env_name)) if env_name is not None else None
     return store.read(run_id) if store else jr.read(project.root, run_id)

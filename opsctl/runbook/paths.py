@@ -41,6 +41,8 @@ def protected_for(env) -> tuple[str, ...]:
 def lexical_problem(value: str, arg: str, kind: str, protected: tuple[str, ...] = ()) -> str | None:
     """Why a constant path `value` cannot be argument `arg` (`kind` "code" or "output"),
     judged on its text alone (validate), or None. `protected`: places besides `PROTECTED`."""
+    if not value.strip():  # PurePosixPath("") is ".": an output "" named the root itself
+        return f"{arg} is empty; give a path inside the ops root, or leave {arg} out"
     pure = PurePosixPath(value)
     if pure.is_absolute() or value.startswith("~"):
         return f"{arg}: {value} is not inside the ops root; write a path relative to it"

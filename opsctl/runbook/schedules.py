@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 import yaml
 
 from opsctl.config import Environment, Project
-from opsctl.errors import UsageError
+from opsctl.errors import UsageError, not_empty
 from opsctl.runbook import catalog
 
 OPS_ROOT = "/ops"  # where the opsctl image holds the ops root (opsctl.yaml, runbooks/)
@@ -165,6 +165,25 @@ def _cronjob(item: Scheduled, env: Environment, image: str) -> dict:
     }
 
 
+# an IAM role ARN (IAM User Guide, "IAM identifiers": arn:PARTITION:iam::ACCOUNT:role/PATH/NAME,
+# a path of ASCII 0x21-0x7E between slashes, a name of 1-64 of [A-Za-z0-9+=,.@_-])
+ROLE_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/(?:[!-~]+/)?[\w+=,.@-]{1,64}", re.ASCII)
+
+
+def check_role_arn(role_arn: str | None) -> str | None:
+    """`role_arn` when it is an IAM role ARN (`ROLE_ARN`), None when not given; UsageError for
+    an empty one (an unset `$ROLE_ARN` in CI dropped the annotation, and the CronJobs failed
+    only when they fired: reviewer 39 R9) or anything else."""
+    from opsctl.deploy.reference import shown
+
+    not_empty(role_arn, "--role-arn", "give the IAM role the pods assume (arn:aws:iam::ACCOUNT:role/NAME), "
+                                      "or leave it out for pods without an AWS role")
+    if role_arn is not None and not ROLE_ARN.fullmatch(role_arn):
+        raise UsageError(f"--role-arn {shown(role_arn)} is not an IAM role ARN; give "
+                         "arn:aws:iam::123456789012:role/NAME (as 'aws iam get-role' shows it)")
+    return role_arn
+
+
 def service_account(env: Environment, role_arn: str | None) -> dict:
     """The ServiceAccount the CronJobs' pods run as; with `role_arn`, its IRSA annotation
     (the IAM role that reaches the backup bucket)."""
@@ -250,12 +269,18 @@ def render(project: Project, env: Environment, actions: Mapping[str, Callable], 
            role_arn: str | None = None) -> str:
     """A multi-document YAML: the ServiceAccount `opsctl`, its RBAC (`rbac`) and one CronJob per scheduled
     runbook. UsageError for an environment that is not on kubernetes (locally, cron runs
-    `opsctl runbook run`)."""
+    `opsctl runbook run`), an `image` that is not NAME:TAG, a `role_arn` that is not an IAM
+    role ARN (`check_role_arn`), either given empty."""
     if env.platform != "kubernetes":
         raise UsageError(f"environment '{env.name}' is platform {env.platform}: schedules run as Kubernetes "
                          "CronJobs; on this machine put 'opsctl runbook run NAME' in cron instead")
+    from opsctl.deploy.reference import parse as parse_image
+
+    check_role_arn(role_arn)
+    image = not_empty(image, "--image", "give the opsctl image as NAME:TAG, or leave it out for "
+                                        f"{default_image(env)}")
+    image = str(parse_image(image)) if image is not None else default_image(env)
     items = scheduled(project, actions)
-    image = image or default_image(env)
     header = "\n".join(["# Scheduled runbooks of environment %s, rendered by `opsctl render schedules`." % env.name,
                         *(f"#   {i.ref}: {i.cron} (UTC)" for i in items),
                         f"# The pods run {image} and read their secrets from the Secret opsctl-{env.name}:",

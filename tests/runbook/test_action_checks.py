@@ -98,3 +98,32 @@ def test_good_arguments_are_still_planned(runner, platform_root):
                   _book("health", "fail_on", "x", ", skip: postgres").replace("name: one", "name: health-good"))
     doc = run_runbook(runner, "health-good", "-p", "v=warning", "--dry-run")
     assert [s["status"] for s in doc["steps"]] == ["planned"]
+
+
+LITERAL = """\
+    name: one
+    version: 1
+    steps:
+      - id: first
+        action: %s
+        with: {%s}
+    """
+
+
+@pytest.mark.parametrize("action, given, said", [
+    ("health", 'check: ""', "step first: check: '' is empty"),
+    ("health", "skip: []", "step first: skip: [] is empty"),
+    ("health", 'check: "postgres,,redis"', "names nothing between its commas"),
+    ("notify", 'message: hi, sinks: ""', "step first: sinks: '' is empty"),
+    ("notify", "message: hi, sinks: pagerdty", "'pagerdty' is not a sink of environment local"),
+    ("health", 'junit: ""', "junit is empty"),
+    ("loadtest", 'html: ""', "html is empty"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_an_argument_given_empty_is_refused_before_any_step(runner, ops_root, action, given, said, dry_run):
+    """Reviewer 39 R9, R10: `check: ""` (a parameter left empty) swept every check, a notify to a
+    mistyped or empty sink went to no one and succeeded, an empty report path wrote no report."""
+    write_runbook(ops_root, "one", 1, LITERAL % (action, given))
+    line = run_refused(runner, "one", "--yes", *(["--dry-run"] * dry_run))
+    assert said in line, line
+    assert not (ops_root / ".opsctl" / "runs").exists()

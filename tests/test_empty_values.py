@@ -1,0 +1,131 @@
+"""An option given empty is refused, never taken for its default, for "all" or for "none"
+(reviewer 39 R9, R10): an unset CI variable (`--role-arn "$ROLE_ARN"`) expands to "", and
+each of these did something other than the caller wrote, exit 0: the CronJobs rendered with
+no AWS role, a deploy or render on the environment's strategy or image, a scheduled monitor
+on health.cron, no report written where a later CI step uploads one, every run listed."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from opsctl.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    shutil.copy(REPO / "opsctl.yaml", tmp_path / "opsctl.yaml")
+    shutil.copytree(REPO / "runbooks", tmp_path / "runbooks")  # the scheduled ones make CronJobs
+    monkeypatch.chdir(tmp_path)
+    for var in ("OPSCTL_ROOT", "OPSCTL_ENV"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+EMPTY = [
+    (["deploy", "--env", "local", "--image", "w:1.0", "--strategy", "", "--dry-run"], "--strategy is empty"),
+    (["render", "--env", "staging", "--strategy", ""], "--strategy is empty"),
+    (["render", "--env", "staging", "--image", ""], "--image is empty"),
+    (["render", "schedules", "--env", "production", "--role-arn", ""], "--role-arn is empty"),
+    (["render", "schedules", "--env", "production", "--role-arn", " "], "--role-arn is empty"),
+    (["render", "schedules", "--env", "production", "--image", ""], "--image is empty"),
+    (["health", "--env", "local", "--mode", "scheduled", "--cron", ""], "--cron is empty"),
+    (["health", "--env", "local", "--mode", "scheduled", "--cron", "* * * * *", "--history", ""],
+     "--history is empty"),
+    (["health", "--env", "local", "--junit", ""], "--junit is empty"),
+    (["loadtest", "run", "--env", "local", "--junit", ""], "--junit is empty"),
+    (["loadtest", "run", "--env", "local", "--html", ""], "--html is empty"),
+    (["loadtest", "run", "--env", "local", "--csv", ""], "--csv is empty"),
+    (["runbook", "history", "--run", ""], "--run is empty"),
+    (["runbook", "history", "--env", ""], "--env is empty"),
+    (["runbook", "history", ""], "NAME is empty"),
+]
+
+
+@pytest.mark.parametrize("args, said", EMPTY, ids=[" ".join(a[:2]) + " " + s.split()[0] for a, s in EMPTY])
+def test_an_empty_option_is_refused_in_one_line(runner, root, args, said):
+    result = runner.invoke(app, args)
+    line = result.stderr.strip()
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert line.count("\n") == 0 and said in line and "leave" in line, line  # what to do: give one, or leave it out
+    assert not result.stdout.strip()
+
+
+def test_dr_drill_reports_given_empty_are_refused_before_the_drill(root):
+    """Checked directly: the drill's command checks the platform first (it needs one)."""
+    from opsctl.config import load_project
+    from opsctl.errors import UsageError
+    from opsctl.pitr import drill
+
+    project = load_project(root)
+    for option, kwargs in (("--junit", {"junit_path": ""}), ("--metrics-file", {"metrics_path": " "})):
+        with pytest.raises(UsageError, match=f"^{option} is empty"):
+            drill.drill(project, project.env("local"), **kwargs)
+
+
+@pytest.mark.parametrize("arn", ["arn:aws:iam::12:role/x", "arn:aws:s3:::bucket", "role/opsctl",
+                                 "arn:aws:iam::123456789012:user/ci"])
+def test_a_role_arn_that_is_not_an_iam_role_is_refused(runner, root, arn):
+    result = runner.invoke(app, ["render", "schedules", "--env", "production", "--role-arn", arn])
+    assert result.exit_code == 2 and "is not an IAM role ARN" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("arn", ["arn:aws:iam::123456789012:role/opsctl-production",
+                                 "arn:aws-cn:iam::123456789012:role/service/ops.ctl@x",
+                                 "arn:aws-us-gov:iam::123456789012:role/a/b/c"])
+def test_iam_role_arns_are_annotated(runner, root, arn):
+    import yaml
+
+    result = runner.invoke(app, ["render", "schedules", "--env", "production", "--role-arn", arn])
+    assert result.exit_code == 0, result.output
+    (account,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "ServiceAccount"]
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": arn}
+
+
+def test_left_out_still_means_the_default(runner, root):
+    """The refusals are of "" only: no option is the environment's value, as before."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(runner.invoke(app, ["render", "--env", "staging"]).stdout) if d]
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/example/transcription-worker:latest"
+    schedules = runner.invoke(app, ["render", "schedules", "--env", "production"])
+    assert schedules.exit_code == 0 and "kind: ServiceAccount" in schedules.stdout
+    assert "eks.amazonaws.com/role-arn" not in schedules.stdout
+    assert runner.invoke(app, ["runbook", "history"]).exit_code == 0
+
+
+def test_a_health_history_setting_given_empty_is_refused_at_load(runner, root):
+    text = (root / "opsctl.yaml").read_text()
+    (root / "opsctl.yaml").write_text(text.replace("  local:\n", "  local:\n    health: {history: ''}\n", 1))
+    result = runner.invoke(app, ["health", "--env", "local", "--mode", "scheduled", "--cron", "* * * * *"])
+    assert result.exit_code == 2 and "history" in result.stderr, result.output
+
+
+def test_ctrl_c_ends_a_log_follow_with_exit_130(root):
+    """As every command Ctrl-C stops (reviewer 39 R11: `local logs -f` exited 0)."""
+    from opsctl.config import load_project
+    from opsctl.local import state as st
+
+    log = st.folder_for(load_project(root).root) / "logs" / "postgres.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("one\ntwo\n")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "opsctl"), "local", "logs", "postgres", "-f"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # SIGINT as a terminal leaves it (an xdist worker ignores it, and a child
+                            # inherits that: Python then installs no Ctrl-C handler)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout.readline() == "one\n" and proc.stdout.readline() == "two\n"  # following now
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip() == "opsctl: error: interrupted", err
