@@ -62,8 +62,10 @@ def _operate(env: str, operation: str, as_json: bool):
     from opsctl import infra
     from opsctl.cli.common import environment
 
+    from opsctl.signals import sigterm_as_interrupt
+
     project, environ = environment(env)
-    with _watch(environ)(operation) as listener:
+    with sigterm_as_interrupt(), _watch(environ)(operation) as listener:
         return infra.run(project, environ, operation, on_event=listener)
 
 
@@ -82,10 +84,13 @@ def up(env: EnvOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     from opsctl import approval, infra, output
     from opsctl.cli.common import environment
 
+    from opsctl.signals import sigterm_as_interrupt
+
     project, environ = environment(env)
-    result = infra.up(project, environ, approve=infra.terminal_approval("up", environ, yes),
-                      preview_first=not yes and approval.is_interactive(), watch=_watch(environ),
-                      on_preview=lambda planned: _render_result(planned)(output.stderr))
+    with sigterm_as_interrupt():  # a CI cancel cancels pulumi as Ctrl-C does (opsctl.infra.cancel)
+        result = infra.up(project, environ, approve=infra.terminal_approval("up", environ, yes),
+                          preview_first=not yes and approval.is_interactive(), watch=_watch(environ),
+                          on_preview=lambda planned: _render_result(planned)(output.stderr))
     # a preview that would change nothing is the result; it is on stderr already
     output.emit(result, as_json, _render_result(result) if result.operation == "up" else lambda console: None)
 
@@ -99,9 +104,12 @@ def destroy(env: EnvOpt, yes: YesOpt = False, confirm_env: ConfirmEnvOpt = None,
     from opsctl.cli.common import environment
     from opsctl.output import emit
 
+    from opsctl.signals import sigterm_as_interrupt
+
     project, environ = environment(env)
-    result = infra.destroy(project, environ, approve=infra.terminal_approval("destroy", environ, yes, confirm_env),
-                           watch=_watch(environ))
+    with sigterm_as_interrupt():
+        result = infra.destroy(project, environ, approve=infra.terminal_approval("destroy", environ, yes, confirm_env),
+                               watch=_watch(environ))
     emit(result, as_json, _render_result(result))
 
 

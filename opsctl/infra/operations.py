@@ -140,6 +140,10 @@ def run(project: Project, env: Environment, operation: str,
         on_event: Callable[[Tracker], None] | None = None, policy: bool = True) -> InfraResult:
     """One Pulumi operation on the environment's stack, after the offline policy checks.
 
+    Ctrl-C or SIGTERM while pulumi runs cancels it as pulumi's own Ctrl-C does (in-flight
+    resource operations finish, the state is saved; a second one stops it at once), then
+    raises Interrupted (opsctl.infra.cancel), saying each step of that on the log.
+
     opsctl passes the program no secret: secrets the stack needs (the Redis AUTH token) are
     generated inside the program with pulumi_random, so none is ever on a child's command line.
     """
@@ -154,21 +158,25 @@ def run(project: Project, env: Environment, operation: str,
                                   f"{verdict.violations[0]} (all: 'opsctl infra policy --env {env.name}')")
     from pulumi import automation as auto
 
-    stack = tg.open_stack(t, env, cli, create=operation in ("preview", "up"))
+    from opsctl.infra.cancel import run_cancellable
+
     tracker = Tracker(listener=on_event)
     started = time.monotonic()
     common = {"on_event": tracker, "color": "never"}
-    outputs: dict[str, Any] = {}
-    try:
+
+    def operate() -> tuple[dict, dict[str, Any]]:
+        stack = tg.open_stack(t, env, cli, create=operation in ("preview", "up"))
         if operation == "preview":
-            changes = stack.preview(**common).change_summary
-        elif operation == "up":
+            return stack.preview(**common).change_summary, {}
+        if operation == "up":
             result = stack.up(**common)
-            changes, outputs = result.summary.resource_changes, _mask(result.outputs)
-        elif operation == "refresh":
-            changes = stack.refresh(**common).summary.resource_changes
-        else:
-            changes = stack.destroy(**common).summary.resource_changes
+            return result.summary.resource_changes, _mask(result.outputs)
+        if operation == "refresh":
+            return stack.refresh(**common).summary.resource_changes, {}
+        return stack.destroy(**common).summary.resource_changes, {}
+
+    try:  # Ctrl-C and SIGTERM cancel it as pulumi's own Ctrl-C does (opsctl.infra.cancel)
+        changes, outputs = run_cancellable(operate, f"pulumi {operation} of stack '{t.stack}'")
     except auto.CommandError as exc:
         reason = tracker.errors[-1] if tracker.errors else tg.last_line(str(exc))
         raise OperationFailed(f"pulumi {operation} of stack '{t.stack}' failed: {reason}") from None
