@@ -54,7 +54,16 @@ def approve(question: str, env: "Environment | None", *, yes: bool, confirm_env:
     `question` names the change ("delete 3 backup(s) from s3://…"); `env` is the
     environment it touches (None: no protection applies); `verb` names the destructive act
     in a protected environment's messages, e.g. ("destroy it", "destroying it", "destroyed").
+    A `confirm_env` given is the environment's name in any environment, protected or not:
+    an empty one (an unset CI variable) or another name is refused (breaker 40 P2: both
+    were ignored where no protection applied, so the check a pipeline meant was never made).
     """
+    from opsctl.errors import not_empty
+
+    not_empty(confirm_env, "--confirm-env", f"give the environment's name ({env.name if env else 'its name'}), "
+                                            "or leave it out")
+    if confirm_env is not None and env is not None and confirm_env != env.name:
+        raise UsageError(f"--confirm-env '{confirm_env}' is not '{env.name}'; nothing was {verb[2]}")
     if destructive and env is not None and env.protected:
         if confirm_env is None:
             if not interactive:

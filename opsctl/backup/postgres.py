@@ -451,10 +451,37 @@ def database_exists(url: str, name: str) -> bool:
         return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 
 
+# made by initdb, needed by the server itself: every CREATE DATABASE copies template1 (or
+# template0), and `postgres` is the maintenance database opsctl and other tools connect to
+# (PostgreSQL docs, "Template Databases" and "Creating a Database")
+SYSTEM_DATABASES = ("postgres", "template0", "template1")
+
+
+def check_replaceable(name: str, live: str | None, option: str) -> None:
+    """UsageError unless database `name` is one opsctl may drop and create again (a restore's
+    `--target-db`, the runbook drop-database step): not empty, not a system database
+    (`SYSTEM_DATABASES`: breaker 40 P3, `--target-db template1` replaced the template every new
+    database copies, and a drill's drop step then dropped it), not `live`, the environment's
+    own database (P4: `--target-db <live>` dropped it and kept no copy; the in-place restore
+    is the one that keeps it, renamed). `option` names the input in the message."""
+    from opsctl.errors import not_empty
+
+    not_empty(name, option, "give the name of a scratch database, or leave it out")
+    if name in SYSTEM_DATABASES:
+        raise UsageError(f"{option} {name} is a system database PostgreSQL needs (every new database copies "
+                         "template1; tools connect to postgres); choose another name")
+    if live is not None and name == live:
+        raise UsageError(f"{option} {name} is the environment's live database; choose a scratch database's name "
+                         "(a restore over the live one runs without --target-db and keeps it, renamed)")
+
+
 def drop_database(url: str, name: str) -> None:
-    """Drop database `name` if it exists (its sessions ended first)."""
+    """Drop database `name` if it exists (its sessions ended first). UsageError for a system
+    database (`SYSTEM_DATABASES`), whoever asks: the last guard of `check_replaceable`."""
     from psycopg import sql
 
+    if name in SYSTEM_DATABASES:
+        raise UsageError(f"refusing to drop {name}: it is a system database PostgreSQL needs")
     with _admin(url) as conn:
         row = conn.execute("select datistemplate from pg_database where datname = %s", (name,)).fetchone()
         if row:

@@ -114,6 +114,15 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
     refuses. `components`: a list, or the option's text `db,redis` (None: all of them; an
     empty name is refused by `plan`, never taken for all). Raises UsageError when the two
     kinds' options are mixed, and as each kind does."""
+    from opsctl.errors import not_empty
+
+    # an unset CI variable ("--target-db $SCRATCH") is "", which read as "not given" made a
+    # restore meant for scratch an in-place one over the live database (breaker 40 P1, P2)
+    for option, value, remedy in (
+            ("--target-db", target_db, "give the scratch database's name, or leave it out to restore in place"),
+            ("--target-instance", target_instance, "give the new instance's name, or leave it out"),
+            ("--role", role, "give the role pg_restore runs as, or leave it out for the connecting one")):
+        not_empty(value, option, remedy)
     if isinstance(components, str):
         components = [c.strip() for c in components.split(",")]
     if to_time is None and to_lsn is None and not beside:
@@ -122,7 +131,8 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
                              "--to-time or --to-lsn")
         return restore(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner,
                        role, allow_damaged, jobs, approve=approve, report=report, notice=notice)
-    if backup_id or date or latest or components is not None or target_db or no_owner or role or allow_damaged:
+    if (backup_id is not None or date is not None or latest or components is not None or target_db is not None
+            or no_owner or role is not None or allow_damaged):
         # a physical restore copies the cluster as it was, owners and grants included: the
         # logical restore's options would be ignored, and an ignored option is a surprise
         raise UsageError("--to-time/--to-lsn/--beside restore from base backups and WAL; they don't combine "
@@ -218,7 +228,10 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     manifest = catalog.load(repo, chosen, key)
     native = [c for c in components or [] if c in NATIVE]
     if components is None:
-        wanted = [] if target_instance else [c for c in mf.COMPONENTS if getattr(manifest, c) is not None]
+        # --target-db restores the database beside the live one and stops there: not the live
+        # Redis and audio too (breaker 40 P5); --components asks for more explicitly
+        wanted = ([] if target_instance else ["db"] if target_db is not None
+                  else [c for c in mf.COMPONENTS if getattr(manifest, c) is not None])
         native = [f"{s.kind}-snapshot" for s in manifest.snapshots] if target_instance else []
     else:
         wanted = [c for c in components if c in mf.COMPONENTS]
@@ -241,16 +254,20 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     if not (wanted or native):
         raise UsageError(f"backup {chosen} holds nothing opsctl restores without --target-instance "
                          f"({', '.join(manifest.components)})")
-    if target_db and "db" not in wanted:
+    if target_db is not None and "db" not in wanted:
         raise UsageError("--target-db needs the db component")
-    if target_db and len(target_db.encode()) > pgb.NAMEDATALEN:
+    if target_db is not None and len(target_db.encode()) > pgb.NAMEDATALEN:
         raise UsageError(f"--target-db: {target_db!r} is {len(target_db.encode())} bytes and PostgreSQL keeps "
                          f"{pgb.NAMEDATALEN} of a name; choose a shorter name")
     database = env.database.name
     if "db" in wanted and ep.database_url:
         # the database this environment's URL connects to, which is what `backup create` dumps
         database = pgb.url_database(ep.database_url) or env.database.name
-        if not target_db and manifest.db.database != database:
+    if target_db is not None:
+        for live in {env.database.name, database}:
+            pgb.check_replaceable(target_db, live, "--target-db")
+    if "db" in wanted and ep.database_url:
+        if target_db is None and manifest.db.database != database:
             raise UsageError(f"backup {chosen} holds database {manifest.db.database!r} and environment "
                              f"'{env.name}' uses {database!r}; nothing was changed: restore it beside with "
                              "--target-db NAME, or point the environment's database URL at "

@@ -509,12 +509,24 @@ def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = N
     return {"removed": result.removed, "kept": result.kept, "dry_run": dry_run}
 
 
-def _check_restore(ctx: Context, jobs: int | None = None, **_known: Any) -> None:
-    """`jobs` within pg_restore's bound, as `opsctl restore --jobs` (opsctl.backup.restore)."""
+def _check_restore(ctx: Context, jobs: int | None = None, target_db: str | None = None,
+                   target_instance: str | None = None, role: str | None = None, confirm_env: str | None = None,
+                   **_known: Any) -> None:
+    """`jobs` within pg_restore's bound, as `opsctl restore --jobs` (opsctl.backup.restore);
+    `target_db` a database that may be replaced (not empty, not a system database, not the
+    live one: opsctl.backup.postgres.check_replaceable), `target_instance`, `role` and
+    `confirm_env` not empty (breaker 40 P1: `-p scratch_db=` made a drill's restore an
+    in-place one over the live database, and the run "succeeded")."""
+    from opsctl.backup.postgres import check_replaceable
     from opsctl.backup.restore import check_jobs
+    from opsctl.errors import not_empty
 
     if jobs is not None:
         check_jobs(jobs)
+    if target_db is not None:
+        check_replaceable(str(target_db), ctx.env.database.name, "target_db")
+    for arg, value in (("target_instance", target_instance), ("role", role), ("confirm_env", confirm_env)):
+        not_empty(value, arg, f"give a value, or leave {arg} out")
 
 
 @action("restore", check=_check_restore)
@@ -601,9 +613,13 @@ def scale_down(ctx: Context) -> dict:
 
 
 def _check_drop_database(ctx: Context, name: str | None = None, **_known: Any) -> None:
-    """Never the environment's live database."""
-    if name is not None and name == ctx.env.database.name:
-        raise UsageError(f"refusing to drop {name}: it is the environment's live database")
+    """Never the environment's live database, a system database or an empty name
+    (opsctl.backup.postgres.check_replaceable; breaker 40 P3: a drill given template1 as its
+    scratch dropped it)."""
+    from opsctl.backup.postgres import check_replaceable
+
+    if name is not None:
+        check_replaceable(str(name), ctx.env.database.name, "name")
 
 
 @action("drop-database", check=_check_drop_database)

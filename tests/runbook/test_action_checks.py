@@ -61,7 +61,7 @@ def test_the_live_database_is_refused_before_any_step(runner, ops_root):
     live = load_project(ops_root).env("local").database.name
     write_runbook(ops_root, "one", 1, _book("drop-database", "name", "x"))
     line = run_refused(runner, "one", "-p", f"v={live}", "--dry-run")
-    assert f"step first: refusing to drop {live}: it is the environment's live database" in line, line
+    assert f"step first: name {live} is the environment's live database" in line, line
 
 
 @pytest.fixture
@@ -118,6 +118,16 @@ LITERAL = """\
     ("notify", "message: hi, sinks: pagerdty", "'pagerdty' is not a sink of environment local"),
     ("health", 'junit: ""', "junit is empty"),
     ("loadtest", 'html: ""', "html is empty"),
+    # breaker 40 P1, P3: a drill's scratch database given empty restored over the live one; given
+    # template1, its drop step dropped the template every new database copies
+    ("restore", 'latest: true, components: [db], target_db: ""', "step first: target_db is empty"),
+    ("restore", "latest: true, target_db: template1", "target_db template1 is a system database"),
+    ("restore", "latest: true, target_db: transcribe", "target_db transcribe is the environment's live database"),
+    ("restore", 'latest: true, target_instance: ""', "target_instance is empty"),
+    ("restore", 'latest: true, confirm_env: ""', "confirm_env is empty"),
+    ("drop-database", "name: template1", "name template1 is a system database"),
+    ("drop-database", "name: postgres", "name postgres is a system database"),
+    ("drop-database", 'name: ""', "name is empty"),
 ])
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_an_argument_given_empty_is_refused_before_any_step(runner, ops_root, action, given, said, dry_run):
@@ -127,3 +137,17 @@ def test_an_argument_given_empty_is_refused_before_any_step(runner, ops_root, ac
     line = run_refused(runner, "one", "--yes", *(["--dry-run"] * dry_run))
     assert said in line, line
     assert not (ops_root / ".opsctl" / "runs").exists()
+
+
+def test_the_restore_drill_with_its_scratch_database_left_empty_is_refused(runner, ops_root):
+    """Breaker 40 P1: `runbook run restore-drill -p scratch_db=` restored the backup over the
+    live database and said "succeeded"."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "runbooks" / "restore-drill", ops_root / "runbooks" /
+                    "restore-drill")
+    for given in ("scratch_db=", "scratch_db=template1"):
+        line = run_refused(runner, "restore-drill", "-p", given, "--yes")
+        assert "target_db" in line and ("is empty" in line or "system database" in line), line
+        assert not (ops_root / ".opsctl" / "runs").exists()
