@@ -18,17 +18,32 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-# C0 and C1 control characters but newline and tab, and Unicode's bidirectional overrides and
-# isolates (Trojan Source, CVE-2021-42574): what a terminal would act on instead of showing
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 control characters but newline and tab, Unicode's line and paragraph separators
+# (U+2028, U+2029: the only characters of its Zl and Zp categories) and its bidirectional marks,
+# overrides and isolates (Trojan Source, CVE-2021-42574): what a terminal would act on instead
+# of showing, or what a reader splitting lines as str.splitlines() does (VT, FF, CR, FS, GS, RS,
+# NEL, U+2028, U+2029: all within these) would take for the start of another line
+_ESCAPED = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069"
+_CONTROL = re.compile(f"[{_ESCAPED}]")
+_ANY_CONTROL = re.compile(f"[\t\n{_ESCAPED}]")
 
 
 def visible(text: str) -> str:
-    """`text` with every control character and bidirectional override written as its Python
-    escape (ESC as `\\x1b`, CR as `\\r`, U+202E as `\\u202e`): a backup label, a check name or a
-    server's answer is shown, never run by the terminal (an ESC sequence clears the screen or
-    sets its title; a CR overwrites the line). Newlines and tabs stay."""
+    """`text` with every control character, line or paragraph separator and bidirectional
+    override written as its Python escape (ESC as `\\x1b`, CR as `\\r`, U+202E as `\\u202e`): a
+    backup label, a check name or a server's answer is shown, never run by the terminal (an
+    ESC sequence clears the screen or sets its title; a CR overwrites the line), and one line
+    of a log stays one line (a VT, NEL or U+2028 in it no longer starts a forged one).
+    Newlines and tabs stay: a message of several lines is printed as several lines."""
     return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def first_control(text: str) -> str | None:
+    """The first character of `text` that `visible` escapes, or a newline or a tab; None when
+    there is none. For a value that must be one line of printable text (a worker setting
+    becomes an environment variable, where a newline only ever forges another line)."""
+    found = _ANY_CONTROL.search(text)
+    return found[0] if found else None
 
 
 def _console(name: str) -> "Console":

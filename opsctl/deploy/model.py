@@ -45,8 +45,16 @@ WORKER_SETTINGS: dict[str, tuple[object, str]] = {
 def worker_setting(key: str, value: str) -> str:
     """`value` (text, as the WORKER_<KEY> variable will hold it) checked as the worker checks
     it at start-up; returns it stripped. UsageError naming the setting and what it takes: an
-    unknown key, an empty value (never taken for the worker's default) or one out of range."""
+    unknown key, an empty value (never taken for the worker's default), one out of range, or
+    one holding a control character (`output.first_control`: a newline, tab, CR, ESC, NEL,
+    U+2028 or a bidirectional override) anywhere but the whitespace stripped around it. A
+    free-text setting (model_path, model_name) took those: a newline in a variable is never
+    meant, and the dry run printed `WORKER_MODEL_PATH=/a` over a forged line of its own
+    (`WORKER_API_KEY_HASHES=`, auth seemingly off)."""
     from pydantic import TypeAdapter, ValidationError
+
+    from opsctl.deploy.reference import shown
+    from opsctl.output import first_control
 
     if key not in WORKER_SETTINGS:
         raise UsageError(f"--set {key}: unknown worker setting; one of {', '.join(sorted(WORKER_SETTINGS))}")
@@ -54,6 +62,10 @@ def worker_setting(key: str, value: str) -> str:
     text = value.strip()
     if not text:
         raise UsageError(f"--set {key}= is empty; give {wanted}, or leave the --set out for the default")
+    bad = first_control(text)
+    if bad is not None:
+        raise UsageError(f"--set {key}={shown(text)} holds the control character {bad!r}; the worker takes "
+                         f"{wanted}, as one line of printable text (it becomes WORKER_{key.upper()})")
     if key == "api_key_hashes":
         text = ",".join(h.strip().lower() for h in text.split(",") if h.strip())
     try:

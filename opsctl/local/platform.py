@@ -645,16 +645,25 @@ def log_path(project: Project, component: str) -> Path:
 
 
 def follow(path: Path, lines: int = 50, poll: float = 0.5) -> Iterator[str]:
-    """The last `lines`, then new lines as they are written (like tail -f)."""
-    yield from procs.tail(path, lines).splitlines()
-    with open(path, errors="replace") as handle:
-        handle.seek(0, 2)
+    """The last `lines` whole lines, then new lines as they are written (like tail -f). Only
+    "\\n" ends a line (`procs.read_lines`: a CR, VT, NEL or U+2028 inside one is shown as an
+    escape, never a line of its own), and a line is yielded once its "\\n" is written: a
+    writer's flush that ends mid-line (a block-buffered server cuts at 8 KiB) was shown as
+    two lines, so a line with no "\\n" yet (also one ending the log when following starts)
+    waits for the rest. One open file for the past and the new lines: none written in
+    between is missed."""
+    with open(path, "rb") as handle:
+        past, pending = procs.read_lines(handle, lines)
+        yield from past
         while True:
-            line = handle.readline()
-            if line:
-                yield line.rstrip("\n")
-            else:
+            more = handle.readline()
+            if not more:
                 time.sleep(poll)
+                continue
+            pending += more
+            if pending.endswith(b"\n"):
+                yield procs.line_text(pending)
+                pending = b""
 
 
 def logs(project: Project, component: str, lines: int = 50, keep_following: bool = False) -> Iterator[str]:
@@ -667,4 +676,4 @@ def logs(project: Project, component: str, lines: int = 50, keep_following: bool
     path = log_path(project, component)
     if not path.exists():
         raise UsageError(f"no log yet at {path}; run 'opsctl local up' first")
-    return follow(path, lines) if keep_following else iter(procs.tail(path, lines).splitlines())
+    return follow(path, lines) if keep_following else iter(procs.tail_lines(path, lines))

@@ -7,13 +7,15 @@ opsctl recorded: `down` never kills a process it did not start.
 
 from __future__ import annotations
 
+import locale
 import os
 import re
 import socket
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import BinaryIO, Callable, Mapping, Sequence
 
 import psutil
 
@@ -256,9 +258,43 @@ def stop(pid: int | None, timeout: float = 15.0, cmd_hint: str | None = None) ->
     return True
 
 
-def tail(path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a text file ("" when it does not exist, or `lines` is 0: a
-    slice [-0:] would be the whole file)."""
+def line_text(raw: bytes) -> str:
+    """One line of a log as read (`read_lines`, `follow`) made text: its ending "\\n" left off,
+    and a "\\r" just before it (a CRLF ending: a CR there overwrites nothing); decoded as the
+    text file reading before did (the locale's encoding, a byte it can't decode as U+FFFD: a
+    log may hold anything a server printed). Any other CR, VT, NEL or U+2028 stays inside
+    the line: `output.visible` shows it as an escape."""
+    if raw.endswith(b"\n"):
+        raw = raw[:-1].removesuffix(b"\r")
+    return raw.decode(locale.getpreferredencoding(False), errors="replace")
+
+
+def read_lines(handle: BinaryIO, lines: int) -> tuple[list[str], bytes]:
+    """Read `handle` (a log opened "rb") to its end: its last `lines` whole lines, and the
+    bytes after its last "\\n" (a line still being written; b"" when none). Only "\\n" ends a
+    line, never the CR, VT, FS, NEL or U+2028 that text files and str.splitlines() split on:
+    one line of a log holding them was shown as several (a forged line, a wrong `-n`). Read
+    as bytes, so a character a writer split across two writes is decoded whole."""
+    kept: deque[bytes] = deque(maxlen=max(lines, 0) + 1)
+    kept.extend(handle)  # a binary file's lines end at b"\n" alone
+    rest = kept.pop() if kept and not kept[-1].endswith(b"\n") else b""
+    while len(kept) > max(lines, 0):
+        kept.popleft()
+    return [line_text(raw) for raw in kept], rest
+
+
+def tail_lines(path: Path, lines: int = 20) -> list[str]:
+    """The last `lines` lines of a log, as `tail -n` gives them: a last line with no "\\n"
+    yet counts as one (`read_lines`: only "\\n" ends a line). [] when the file does not exist
+    or `lines` is 0 or less."""
     if not path.exists() or lines <= 0:
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return []
+    with open(path, "rb") as handle:
+        whole, rest = read_lines(handle, lines)
+    return (whole + [line_text(rest)])[-lines:] if rest else whole
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a text file, joined by newlines (`tail_lines`; "" when it
+    does not exist, or `lines` is 0: a slice [-0:] would be the whole file)."""
+    return "\n".join(tail_lines(path, lines))
