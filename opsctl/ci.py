@@ -25,6 +25,7 @@ GitHub-workflow schema.
 
 from __future__ import annotations
 
+from pathlib import Path
 
 from opsctl.config import Project
 from opsctl.errors import UsageError
@@ -103,3 +104,14 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
                   actions=ACTIONS)
     parse_yaml("ci/github-actions.yml.j2", text)  # a template edit that breaks YAML fails here, not in CI
     return text
+
+
+def write_to(text: str, out: str) -> Path:
+    """`opsctl render ci --out FILE`: the workflow written whole at `out` (files.write_text: a
+    temporary file, then renamed), checked first as any file opsctl writes (files.report_path:
+    not empty, not a folder, its folder made). Returns the path."""
+    from opsctl.files import report_path, write_text
+
+    path = report_path(out, "--out", example="deploy.yml")
+    write_text(path, text)
+    return path

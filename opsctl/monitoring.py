@@ -98,10 +98,14 @@ def render_all(project: Project, env: Environment) -> dict[str, str]:
     return files
 
 
-def render_to(project: Project, env: Environment, out: Path) -> list[Path]:
+def render_to(project: Project, env: Environment, out: str | Path) -> list[Path]:
     """`opsctl render monitoring --out DIR`: `render_all`, then `write` into `out` (all or
-    none). Returns the paths written."""
-    return write(render_all(project, env), out)
+    none). Returns the paths written. UsageError for an `out` given empty (Path("") is the
+    current folder: the files landed wherever the command ran)."""
+    from opsctl.errors import not_empty
+
+    not_empty(str(out), "--out", "give the folder to write the files into, or leave --out out to print them")
+    return write(render_all(project, env), Path(out))
 
 
 def write(files: dict[str, str], out: Path) -> list[Path]:

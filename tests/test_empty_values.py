@@ -47,6 +47,12 @@ EMPTY = [
     (["runbook", "history", "--run", ""], "--run is empty"),
     (["runbook", "history", "--env", ""], "--env is empty"),
     (["runbook", "history", ""], "NAME is empty"),
+    (["runbook", "run", "restore-drill", "--junit", "", "--dry-run"], "--junit is empty"),
+    (["loadtest", "list", "--env", ""], "--env is empty"),
+    (["loadtest", "list", "--profile", ""], "--profile is empty"),
+    (["loadtest", "run", "--env", "local", "--locustfile", ""], "--locustfile is empty"),
+    (["render", "ci", "--out", ""], "--out is empty"),
+    (["render", "monitoring", "--env", "staging", "--out", ""], "--out is empty"),
 ]
 
 
@@ -129,3 +135,20 @@ def test_ctrl_c_ends_a_log_follow_with_exit_130(root):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, (proc.returncode, err)
     assert err.strip() == "opsctl: error: interrupted", err
+
+
+def test_a_runbook_report_that_cannot_be_written_is_refused_before_any_step(runner, root):
+    """`--junit` is checked as every report path is, before the run (a folder was found only
+    after every step had run)."""
+    (root / "reports").mkdir()
+    result = runner.invoke(app, ["runbook", "run", "restore-drill", "--junit", "reports/", "--dry-run"])
+    assert result.exit_code == 2 and "--junit reports/ is a folder" in result.stderr, result.output
+    assert not (root / ".opsctl" / "runs").exists()
+
+
+def test_render_ci_out_writes_the_workflow_whole(runner, root):
+    target = root / ".github" / "workflows" / "deploy.yml"
+    result = runner.invoke(app, ["render", "ci", "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    assert target.read_text() == runner.invoke(app, ["render", "ci"]).stdout
+    assert not [p for p in target.parent.iterdir() if p != target]  # no temporary file left

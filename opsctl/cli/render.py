@@ -67,13 +67,11 @@ def monitoring(
 ) -> None:
     """Prometheus scrape config, alert rules and Grafana dashboards (and, for kubernetes
     environments, PrometheusRule/PodMonitor/dashboard ConfigMap manifests)."""
-    from pathlib import Path
-
     from opsctl import monitoring as mon
     from opsctl.output import emit, stderr
 
-    if out:
-        written = mon.render_to(*environment(env), Path(out))
+    if out is not None:
+        written = mon.render_to(*environment(env), out)
         emit({"written": [str(p) for p in written]}, as_json,
              lambda c: stderr.print("\n".join(f"wrote {p}" for p in written)))
         return
@@ -96,16 +94,12 @@ def ci(
 ) -> None:
     """A GitHub Actions workflow: test, build the worker image, deploy to staging blue-green,
     load-test gate, deploy to production behind the environment's approval."""
-    from pathlib import Path
-
     from opsctl import ci as pipeline
     from opsctl.cli.common import project
 
     text = pipeline.workflow(project(), staging, production, with_schedules=with_schedules)
-    if out:
-        target = Path(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+    if out is not None:
+        pipeline.write_to(text, out)
     else:
         _print(text)
 

@@ -29,8 +29,14 @@ def save(project: Project, summary: RunSummary) -> Path:
 
 
 def runs(project: Project, env: str | None = None, profile: str | None = None) -> list[RunSummary]:
-    """All saved runs, oldest first; unreadable files are skipped, not fatal. A password in an
-    old run's host is masked (opsctl.redact.credentials)."""
+    """All saved runs, oldest first (of environment `env` and profile `profile` when given);
+    unreadable files are skipped, not fatal. A password in an old run's host is masked
+    (opsctl.redact.credentials). UsageError for an `env` or `profile` given empty (an unset CI
+    variable matched no run: "no load test runs saved yet", exit 0)."""
+    from opsctl.errors import not_empty
+
+    not_empty(env, "--env", "give an environment's name, or leave --env out for every one")
+    not_empty(profile, "--profile", "give a profile's name, or leave --profile out for every one")
     out = []
     for path in sorted(folder(project).glob("*.json")):
         try:

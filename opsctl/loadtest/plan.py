@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from opsctl.config import Environment, Project
-from opsctl.errors import UsageError
+from opsctl.errors import UsageError, not_empty
 from opsctl.loadtest import profiles, slo
 
 
@@ -94,7 +94,10 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
                          above=True, too_big=bigger)
     if workers < 0 or workers > 64:
         raise UsageError(f"--workers must be between 0 (in-process) and 64 (got {workers})")
-    lf = Path(locustfile).expanduser().resolve() if locustfile else profiles.loadtests_dir(project) / "locustfile.py"
+    not_empty(locustfile, "--locustfile", "give the path of a locustfile, or leave --locustfile out for the "
+                                          "project's loadtests/locustfile.py")
+    lf = (Path(locustfile).expanduser().resolve() if locustfile is not None
+          else profiles.loadtests_dir(project) / "locustfile.py")
     if not lf.is_file():
         raise UsageError(f"locustfile {lf} not found; pass --locustfile PATH")
     duration_s = profiles.parse_duration(duration, maximum=profiles.MAX_SECONDS) if duration is not None else prof.duration_s

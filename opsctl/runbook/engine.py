@@ -516,7 +516,12 @@ def run(project: Project, env: Environment, ref: str, given: Mapping[str, str] |
     from opsctl.runbook import catalog, report
     from opsctl.runbook.model import env_var, parse_given, resolve_params
 
+    from opsctl.files import report_path
+
     given = dict(given) if isinstance(given, Mapping) else parse_given(given)
+    # checked before any step: an empty one (an unset CI variable) wrote no report, and a
+    # folder or an unwritable place failed only after the whole run
+    junit_path = report_path(junit, "--junit") if junit is not None else None
     book = catalog.load(project.root, ref, ACTIONS)
     if resume_id is not None:  # "" (an unset $RUN_ID) started a fresh run that repeated every step
         jr.check_run_id(resume_id)
@@ -538,6 +543,6 @@ def run(project: Project, env: Environment, ref: str, given: Mapping[str, str] |
             result = resume(project, env, book, resume_id, yes, notify, from_step, given)
         else:
             result = _Runner(project, env, book, params, yes, notify, dry_run).execute()
-    if junit:
-        report.write_junit(result, junit)
+    if junit_path is not None:
+        report.write_junit(result, str(junit_path))
     return result
