@@ -80,7 +80,7 @@ def compare(
     max_latency_increase: Annotated[float, typer.Option("--max-latency-increase", help="Percent p50/p95/p99 may grow.")] = 20.0,
     max_error_rate_increase: Annotated[float, typer.Option("--max-error-rate-increase", help="Percentage points the error rate may grow.")] = 1.0,
     max_rps_decrease: Annotated[float, typer.Option("--max-rps-decrease", help="Percent the throughput may drop.")] = 20.0,
-    min_requests: Annotated[int, typer.Option("--min-requests", help="Fewer requests than this: never flagged.")] = 5,
+    min_requests: Annotated[int, typer.Option("--min-requests", help="Noise floor: an endpoint with fewer requests in the base run is never flagged; fewer in the head (or none) is a regression.")] = 5,
     as_json: JsonOpt = False,
 ) -> None:
     """Regressions per endpoint from RUN_A to RUN_B; exit 1 when there are any."""

@@ -3,8 +3,17 @@
 Thresholds are relative for latency and throughput (a p95 25% slower) and absolute for the
 error rate (2 percentage points more), which is how people read those numbers. The figures
 compared are the ones each run stored (exact latencies of successful requests, throughput of
-successful requests), the very ones its gates judged. Endpoints
-with too few requests in either run are shown but never flagged: their percentiles are noise.
+successful requests), the very ones its gates judged.
+
+The head is the run being judged, the base the yardstick, so the noise floor (min_requests)
+is the base's alone: a base endpoint with too few requests (successful ones for latencies
+and throughput) is shown but never flagged, its figures are noise. A head that fell short of
+the floor is never excused by it: an endpoint the base measured that is missing from the
+head, or has fewer than min_requests requests there, is a regression whatever its figures,
+since a head that hardly exercised it can't show it held (a run of the admin user only, or
+a worker hanging on /v1/* so each user's one request timed out, passed otherwise). A side
+with no request has no error rate and a side with no successful request no percentile: they
+are None, never a 0 that reads as an improvement.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from opsctl.loadtest.latencies import JUDGED
 from opsctl.loadtest.slo import fmt
 from opsctl.loadtest.summary import EndpointStats, RunSummary
 
@@ -19,7 +29,9 @@ from opsctl.loadtest.summary import EndpointStats, RunSummary
 @dataclass
 class Thresholds:
     """What a regression is: latency_pct and rps_pct in percent of the base run, error_rate_pp
-    in percentage points; endpoints with fewer than min_requests in either run are never flagged."""
+    in percentage points; min_requests is the base's noise floor (endpoints the base has fewer
+    requests of are never flagged) and the least a head must have of an endpoint the base
+    measured (fewer is a regression)."""
     latency_pct: float = 20.0     # p50/p95/p99 may grow this many percent
     error_rate_pp: float = 1.0    # error rate may grow this many percentage points
     rps_pct: float = 20.0         # throughput may drop this many percent
@@ -29,7 +41,8 @@ class Thresholds:
 @dataclass
 class Row:
     """One endpoint in both runs (None where it is missing), the changes per metric (percent,
-    or percentage points for error_rate; None without a figure) and the regressions found."""
+    or percentage points for error_rate; None without a figure on either side) and the
+    regressions found (a row only in the base can have some: the endpoint vanished)."""
     endpoint: str
     base: EndpointStats | None
     head: EndpointStats | None
@@ -57,41 +70,68 @@ def _pct(before: float | None, after: float | None) -> float | None:
     return None if not before or after is None else round((after - before) / before * 100, 1)
 
 
-def _row(key: str, a: EndpointStats | None, b: EndpointStats | None, t: Thresholds) -> Row:
+def _successes(e: EndpointStats) -> int:
+    """The successful requests behind the latencies and rps: `ok`, or requests - failures in
+    runs saved before `ok` was recorded."""
+    return e.ok if e.ok is not None else max(0, e.requests - e.failures)
+
+
+def _latency(e: EndpointStats, metric: str) -> float | None:
+    """A stored percentile in ms, None without a successful request (a record may hold 0 there)."""
+    return getattr(e, metric) if _successes(e) else None
+
+
+def _row(key: str, a: EndpointStats | None, b: EndpointStats | None, t: Thresholds,
+         unrecorded: bool = False) -> Row:
+    """Endpoint `key` in base `a` and head `b` (None where missing). Only the base's counts
+    decide whether a figure can be judged; `unrecorded`: the head run predates this row (the
+    judged class of runs saved before it was recorded), so its absence is no regression."""
     row = Row(key, a, b)
+    if a is not None and a.requests >= max(t.min_requests, 1) and not unrecorded:
+        if b is None:
+            row.regressions.append(f"requests {a.requests:,} -> none: not in the head run")
+        elif b.requests < t.min_requests:
+            short = "none in head" if not b.requests else f"under {t.min_requests} in head, too few to show it held"
+            row.regressions.append(f"requests {a.requests:,} -> {b.requests:,} ({short})")
     if a is None or b is None:
+        # only in head: nothing to regress from; the head's own SLO gates judge it, and
+        # flagging it would fail every release that adds an endpoint or a user class
         return row
+    judge_latency = _successes(a) >= t.min_requests
     for metric in ("p50_ms", "p95_ms", "p99_ms"):
-        row.changes[metric] = change = _pct(getattr(a, metric), getattr(b, metric))
-        if change is not None and change > t.latency_pct:
-            row.regressions.append(f"{metric[:-3]} {fmt(getattr(a, metric), 'ms')} -> {fmt(getattr(b, metric), 'ms')} "
+        before, after = _latency(a, metric), _latency(b, metric)
+        row.changes[metric] = change = _pct(before, after)
+        if judge_latency and change is not None and change > t.latency_pct:
+            row.regressions.append(f"{metric[:-3]} {fmt(before, 'ms')} -> {fmt(after, 'ms')} "
                                    f"(+{change:.0f}% > {t.latency_pct:g}%)")
-    row.changes["error_rate"] = delta = round(b.error_rate - a.error_rate, 3)
-    if delta > t.error_rate_pp:
+    delta = round(b.error_rate - a.error_rate, 3) if a.requests and b.requests else None
+    row.changes["error_rate"] = delta
+    if a.requests >= t.min_requests and delta is not None and delta > t.error_rate_pp:
         row.regressions.append(f"error rate {fmt(a.error_rate, '%')} -> {fmt(b.error_rate, '%')} "
                                f"(+{delta:.2f} pp > {t.error_rate_pp:g} pp)")
     row.changes["rps"] = change = _pct(a.rps, b.rps)
-    if change is not None and -change > t.rps_pct:
+    if _successes(a) >= t.min_requests and change is not None and -change > t.rps_pct:
         row.regressions.append(f"rps {fmt(a.rps, '')} -> {fmt(b.rps, '')} ({change:.0f}% < -{t.rps_pct:g}%)")
-    if min(a.requests, b.requests) < t.min_requests:
-        row.regressions.clear()  # too few samples to call it
     return row
 
 
 def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = None) -> Comparison:
     """Compare `head` with `base` endpoint by endpoint on the figures each run stored (the ones
-    its gates judged); default Thresholds when none are given."""
+    its gates judged); default Thresholds when none are given. Endpoints are matched by
+    'METHOD name', plus the judged class ("Transcriptions") and the total ("Aggregated")."""
     t = thresholds or Thresholds()
     a = {e.key: e for e in [*base.endpoints, *([base.judged] if base.judged else []), base.total]}
     b = {e.key: e for e in [*head.endpoints, *([head.judged] if head.judged else []), head.total]}
     keys = [k for k in a if k in b] + [k for k in a if k not in b] + [k for k in b if k not in a]
-    return Comparison(base.id, head.id, t, [_row(k, a.get(k), b.get(k), t) for k in keys])
+    # a head saved before the judged class was recorded has no Transcriptions row: not vanished
+    unrecorded = {JUDGED} if head.judged is None else set()
+    return Comparison(base.id, head.id, t, [_row(k, a.get(k), b.get(k), t, k in unrecorded) for k in keys])
 
 
 def compare_saved(project, base_ref: str, head_ref: str, thresholds: Thresholds | None = None) -> Comparison:
     """`compare` on two saved runs named by id, unique id prefix, 'latest' or 'previous'.
-    Raises UsageError for an empty reference, one matching no run (or several), or a
-    threshold that is negative, infinite or NaN."""
+    Raises UsageError for an empty reference, one matching no run (or several), a threshold
+    that is negative, infinite or NaN, or a negative --min-requests."""
     from opsctl.errors import UsageError
     from opsctl.loadtest import history
 
@@ -100,4 +140,6 @@ def compare_saved(project, base_ref: str, head_ref: str, thresholds: Thresholds 
                           ("--max-rps-decrease", t.rps_pct)):
         if not (0 <= value < math.inf):  # NaN fails this too
             raise UsageError(f"{option} must be a number, 0 or more (an allowed change; got {value})")
+    if t.min_requests < 0:
+        raise UsageError(f"--min-requests must be 0 or more (the base's noise floor; got {t.min_requests})")
     return compare(history.find(project, base_ref), history.find(project, head_ref), t)

@@ -172,7 +172,9 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
     rows = []
     for r in cmp.rows:
         if r.base is None or r.head is None:
-            rows.append([r.endpoint, "", "", "", "", "", "", "", "only in " + ("head" if r.base is None else "base")])
+            only = "only in " + ("head" if r.base is None else "base")
+            # an endpoint the base measured and the head lost is a regression (compare._row)
+            rows.append([r.endpoint, "", "", "", "", "", "", "", "REGRESSION" if r.regressions else only])
             continue
         c = r.changes
         rows.append([r.endpoint, _lat(r.base.p95_ms), _lat(r.head.p95_ms), _change(c["p50_ms"], "%"),
