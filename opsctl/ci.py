@@ -85,11 +85,16 @@ def stages(project: Project, staging: str, production: str, schedules: list | No
 
 def workflow(project: Project, staging: str = "staging", production: str = "production",
              registry: str = "ghcr.io", image: str | None = None, python_version: str = "3.11",
-             with_schedules: bool = True) -> str:
-    """The workflow's YAML text. UsageError when a named environment is not on kubernetes
+             with_schedules: bool = True, out: str | None = None) -> str:
+    """The workflow's YAML text, also written whole at `out` when given (`write_to`: checked
+    before anything is rendered). UsageError when a named environment is not on kubernetes
     or a scheduled runbook is not valid. `with_schedules` false leaves the schedule triggers
     and scheduled jobs out (the schedules then run as CronJobs: `opsctl render schedules`)."""
+    from opsctl.files import report_path
     from opsctl.runbook.actions import ACTIONS as RUNBOOK_ACTIONS
+
+    if out is not None:
+        report_path(out, "--out", example="deploy.yml")
     from opsctl.runbook.schedules import default_image, scheduled
 
     repo = image or project.env(production).worker.image.rsplit(":", 1)[0]
@@ -103,6 +108,8 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
                   python_version=python_version,
                   actions=ACTIONS)
     parse_yaml("ci/github-actions.yml.j2", text)  # a template edit that breaks YAML fails here, not in CI
+    if out is not None:
+        write_to(text, out)
     return text
 
 

@@ -35,7 +35,8 @@ KINDS = ("full", "db", "redis", "files", "rds-snapshot", "elasticache-snapshot")
 @dataclass
 class CreateResult:
     """A backup made: sizes in bytes (raw before compression, stored after), `seconds`, and
-    what the run also removed (retention `pruned`, interrupted `cleaned`) or left (`foreign`);
+    what the run also removed (retention `pruned`, interrupted `cleaned`) or left (`foreign`,
+    and `damaged_kept`: damaged backups its retention leaves for `backup prune`);
     `prune_failed`: why the retention run after it failed, when it did."""
     id: str
     repository: str
@@ -48,6 +49,7 @@ class CreateResult:
     key_id: str | None
     pruned: list[str] = field(default_factory=list)
     prune_failed: str | None = None  # why retention after the backup failed (the backup stands)
+    damaged_kept: list[str] = field(default_factory=list)  # failed verify, left for a person
     cleaned: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
 
@@ -128,7 +130,8 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     its repository: each component streamed through the pipeline (zstd at `compress_level`,
     default backup.compress_level, 1-22; AES-256-GCM under the backup key unless `encrypt`
     is False), the manifest written last and sealed, the index updated, then the
-    environment's retention applied (CreateResult.pruned). `label` is a free note kept in the
+    environment's retention applied (retention.after_backup: CreateResult.pruned, and the
+    damaged backups it leaves in `damaged_kept`). `label` is a free note kept in the
     manifest; `report(what, total_bytes)` returns a callback taking byte counts (progress).
 
     The backup exists only once its manifest is written: any failure or interruption
@@ -246,16 +249,17 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
                           stored_bytes=m.stored_bytes, ratio=round(m.raw_bytes / m.stored_bytes, 2) if m.stored_bytes else 0.0,
                           seconds=m.seconds, encrypted=key is not None, key_id=m.key_id, cleaned=cleaned,
                           foreign=foreign)
-    r = env.backup.retention
-    if any(v is not None for v in (r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly)):
-        from opsctl.backup import retention
+    from opsctl.backup import retention
 
-        try:
-            result.pruned = retention.prune(repo, r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly).removed
-        except Exception as exc:  # noqa: BLE001 - the backup is made: a failed create would be retried (breaker 33 B7)
-            from opsctl.errors import fault_text
+    try:
+        run = retention.after_backup(repo, env)
+        if run is not None:
+            result.pruned, result.damaged_kept = run.removed, run.damaged_kept
+    except Exception as exc:  # noqa: BLE001 - the backup is made: a failed create would be retried (breaker 33 B7)
+        from opsctl.errors import fault_text
 
-            result.pruned = getattr(exc, "removed", [])  # what it did remove before (breaker 34 F3)
-            result.prune_failed = fault_text(exc)
-            log.warning("backup %s is complete, but retention after it failed: %s", backup_id, result.prune_failed)
+        result.pruned = getattr(exc, "removed", [])  # what it did remove before (breaker 34 F3)
+        result.damaged_kept = getattr(exc, "damaged_kept", [])
+        result.prune_failed = fault_text(exc)
+        log.warning("backup %s is complete, but retention after it failed: %s", backup_id, result.prune_failed)
     return result

@@ -4,7 +4,10 @@ The rules are those of restic's `forget` and pgBackRest's expire, applied to the
 times: a backup is kept if any rule keeps it. Two are never removed whatever the rules say:
 the newest complete backup and the newest one that passed `backup verify`. Interrupted
 backups (no manifest, process gone) are removed with their open uploads; damaged ones
-(authenticated, then failed `backup verify`) never count for a rule and are removed.
+(authenticated, then failed `backup verify`) never count for a rule, and are removed by
+`backup prune` only (`drop_damaged`, that person's decision): the retention run after
+`backup create` leaves them and says so, since the part of one that did not fail (its
+database dump, say) may be the only copy of that day.
 Folders that are not opsctl's (record.layout) and untrusted backups (a manifest that does
 not parse, is not sealed by the key or names another id) never count and are reported,
 never touched.
@@ -24,7 +27,8 @@ from opsctl.errors import OperationFailed, UsageError, fault_text
 @dataclass
 class PruneResult:
     """Ids kept (with `reasons`: the rule that keeps each), removed, and the incomplete,
-    damaged, untrusted and foreign ones met; `dry_run` when nothing was deleted."""
+    damaged (removed with them), untrusted and foreign ones met; `damaged_kept`: the damaged
+    ones left for a person (a run without `drop_damaged`); `dry_run` when nothing was deleted."""
     kept: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
@@ -33,15 +37,18 @@ class PruneResult:
     foreign: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
+    damaged_kept: list[str] = field(default_factory=list)
 
 
 class PruneIncomplete(OperationFailed):
     """Retention that removed some backups and could not remove others: `removed` holds the
-    ids it did remove (the message names the first it could not, and why)."""
+    ids it did remove (the message names the first it could not, and why), `damaged_kept`
+    the damaged ones it left on purpose (PruneResult.damaged_kept)."""
 
-    def __init__(self, message: str, removed: list[str]):
+    def __init__(self, message: str, removed: list[str], damaged_kept: list[str] | None = None):
         super().__init__(message)
         self.removed = removed
+        self.damaged_kept = damaged_kept or []
 
 
 def _periods(when: dt.datetime) -> dict[str, tuple]:
@@ -92,11 +99,15 @@ def select_by_kind(entries: list, keep_last: int | None, keep_daily: int | None,
 
 def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None = None,
           keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False,
-          approve: Callable[[str], None] | None = None) -> PruneResult:
+          approve: Callable[[str], None] | None = None, drop_damaged: bool = False) -> PruneResult:
     """Apply the rules to `repo`, to each kind of backup on its own (select_by_kind): one
     scan of the catalog (catalog.scan), then the deletions and one rewrite of the index. `dry_run`: only the answer. `approve(question)` is called
     before any complete backup is deleted (raise UsageError to refuse: nothing is deleted);
-    None deletes without asking (retention after `backup create`, runbook steps).
+    None deletes without asking (retention after `backup create`). `drop_damaged`: the
+    damaged backups go too (`backup prune`, the runbook step: prune_environment); without
+    it they are left and named in `damaged_kept`. The retention run after `backup create`
+    asks no one, and a backup whose Redis snapshot failed verify may hold that day's only
+    database dump: it removed them unasked and unsaid, so only a person's prune does.
     Raises UsageError without a rule, or in an encrypted repository read without its key."""
     if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
         raise UsageError("no retention rule: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
@@ -112,7 +123,8 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
     result.kept = [bid for bid, _, _ in complete if bid in keep]
     result.removed = [bid for bid, _, _ in complete if bid not in keep]
     result.incomplete = [e.id for e in entries if e.status == "incomplete"]
-    result.damaged = [e.id for e in entries if e.status == "damaged"]
+    damaged = [e.id for e in entries if e.status == "damaged"]
+    result.damaged, result.damaged_kept = (damaged, []) if drop_damaged else ([], damaged)
     result.untrusted = [e.id for e in entries if e.status == "untrusted"]
     result.foreign = scan.foreign
     if dry_run:
@@ -145,7 +157,8 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
         removed = [bid for bid in result.removed if bid in gone]
         named = f" ({', '.join(gone)})" if gone else ""
         raise PruneIncomplete(f"retention removed {len(gone)} backup(s){named} but could not remove {len(failed)} "
-                              f"({first}: {failed[first]}); 'opsctl backup prune' tries again", removed)
+                              f"({first}: {failed[first]}); 'opsctl backup prune' tries again", removed,
+                              result.damaged_kept)
     return result
 
 
@@ -164,11 +177,22 @@ def prune_environment(project, env, keep_last: int | None = None, keep_daily: in
                       keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False,
                       approve: Callable[[str], None] | None = None) -> PruneResult:
     """`backup prune` of an environment, the operation behind the command and the runbook
-    step: its repository, the rules given (else its backup.retention), then `prune`.
-    UsageError before anything is read for a rule out of range (check_rules)."""
+    step: its repository, the rules given (else its backup.retention), then `prune`, damaged
+    backups removed too (a person asked for this run). UsageError before anything is read
+    for a rule out of range (check_rules)."""
     check_rules(keep_last, keep_daily, keep_weekly, keep_monthly)
     repo, rules = repository_and_rules(project, env, keep_last, keep_daily, keep_weekly, keep_monthly)
-    return prune(repo, *rules, dry_run=dry_run, approve=approve)
+    return prune(repo, *rules, dry_run=dry_run, approve=approve, drop_damaged=True)
+
+
+def after_backup(repo: Repository, env) -> PruneResult | None:
+    """The retention run after `backup create` in `repo`: the environment's backup.retention
+    (None when it sets no rule), unasked, so damaged backups are left for a person and named
+    (`damaged_kept`; `backup prune` removes them). Raises as `prune` does."""
+    r = env.backup.retention
+    if all(v is None for v in (r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly)):
+        return None
+    return prune(repo, r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly, drop_damaged=False)
 
 
 def remove(repo: Repository, backup_id: str, files: set[str] | None = None) -> None:

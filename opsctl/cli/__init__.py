@@ -6,6 +6,7 @@ so the console script and Typer's CliRunner behave the same.
 
 from __future__ import annotations
 
+import io
 import sys
 import traceback
 from typing import Annotated, Any
@@ -25,15 +26,42 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+class _Discarded(io.FileIO):
+    """/dev/null standing in for a stdout the process was started without, noting whether
+    anything was sent there (`written`): under the text stream and its buffer, so a write
+    through either (print, Rich, click.echo of bytes) is seen once flushed."""
+
+    written = False
+
+    def write(self, data: Any) -> int:
+        if len(data):
+            self.written = True
+        return super().write(data)
+
+
+_discarded_stdout: _Discarded | None = None
+
+
 def _closed_streams_to_devnull() -> None:
     """A process started with stdout or stderr closed (`>&-`) has None there, and every write
-    ended in "unexpected AttributeError" (breaker 38 H11): what it would print is dropped, as
-    its caller chose, and the command still does its work."""
+    ended in "unexpected AttributeError" (breaker 38 H11): the command still does its work,
+    and what it would print goes to /dev/null. A closed stderr stays quiet (logs and errors
+    are not the result). Output sent to a closed stdout is lost, so `main` fails the command
+    (exit 1, one line) as a full /dev/full does: it exited 0 and a script's `opsctl backup
+    list --json >&-` went on without the catalog it asked for. A command that printed nothing
+    there (it wrote files) exits by its own result (_Discarded.written)."""
     import os
 
-    for name in ("stdout", "stderr"):
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
+    global _discarded_stdout
+
+    if sys.stdout is None:
+        # a descriptor of its own (the lowest free, 1 when only stdout was closed): a later
+        # open() never lands on 1, where a child would take it for its stdout
+        _discarded_stdout = _Discarded(os.open(os.devnull, os.O_WRONLY), "w")
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(_discarded_stdout), encoding="utf-8",
+                                      errors="backslashreplace", write_through=True)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
 
 
 def _reader_gone() -> int:
@@ -124,6 +152,11 @@ class OpsGroup(TyperGroup):
             fault = outside_fault(exc)
             code = _fail(str(fault), 1) if fault else \
                 _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+        if code == 0 and _discarded_stdout is not None and _discarded_stdout.written:
+            # what the command printed reached no one: a failure, as on a full /dev/full; a
+            # command that printed nothing there (files written, --out) exits by its result
+            code = _fail("the output could not be written (stdout closed); run it with stdout open, "
+                         "or redirect it to /dev/null to discard it", 1)
         if standalone_mode:
             sys.exit(code)
         return code

@@ -34,13 +34,24 @@ def create(
         r = run(project, environment_, kind, compress_level, not no_encrypt, label, bars.report)
     from opsctl.output import emit
 
-    emit(r, as_json, lambda c: c.print(
-        bold_id("backup ", r.id) + f" complete: {', '.join(r.components)} — {_size(r.raw_bytes)} → "
-        f"{_size(r.stored_bytes)} ({r.ratio}x) in {r.seconds:.1f} s, "
-        + (f"encrypted (key id {r.key_id})" if r.encrypted else "NOT encrypted")
-        + (f"; pruned {len(r.pruned)}" if r.pruned else "")
-        + (f"; retention FAILED ({r.prune_failed}): 'opsctl backup prune' applies it" if r.prune_failed else "")
-        + (f"; left alone (not opsctl's): {', '.join(r.foreign)}" if r.foreign else "")))
+    def render(c):
+        from opsctl.cli.tables import print_words
+
+        c.print(bold_id("backup ", r.id) + f" complete: {', '.join(r.components)} — {_size(r.raw_bytes)} → "
+                f"{_size(r.stored_bytes)} ({r.ratio}x) in {r.seconds:.1f} s, "
+                + (f"encrypted (key id {r.key_id})" if r.encrypted else "NOT encrypted")
+                + (f"; pruned {len(r.pruned)}" if r.pruned else "")
+                + (f"; retention FAILED ({r.prune_failed}): 'opsctl backup prune' applies it" if r.prune_failed else "")
+                + (f"; left alone (not opsctl's): {', '.join(r.foreign)}" if r.foreign else ""))
+        # what retention removed and the damaged backups it left, by id: a line of their own,
+        # wrapped between ids (80 columns without a TTY), never cut
+        if r.pruned:
+            print_words(c, f"retention removed {len(r.pruned)} backup(s): {', '.join(r.pruned)}")
+        if r.damaged_kept:
+            print_words(c, f"retention kept {len(r.damaged_kept)} damaged backup(s) (failed verify), for a person to "
+                           f"decide ('opsctl backup prune' removes them): {', '.join(r.damaged_kept)}", "yellow")
+
+    emit(r, as_json, render)
 
 
 @app.command("list")
@@ -151,7 +162,7 @@ def restore(
     date: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD: the newest complete backup of that day (UTC).")] = None,
     latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
     components: Annotated[str | None, typer.Option("--components", help="Comma-separated: db,redis,files,rds-snapshot,elasticache-snapshot (default: db, redis and files in the backup).")] = None,
-    target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database under this name and stop there.")] = None,
+    target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database alone under this new name, beside the live one (Redis and audio only with --components); never the live database or postgres/template0/template1.")] = None,
     target_instance: Annotated[str | None, typer.Option("--target-instance", help="Create this new RDS instance / ElastiCache replication group from the backup's native snapshot.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs: backup restores only (--to-time/--to-lsn unpack two base backups at a time).")] = 1,
     no_owner: Annotated[bool, typer.Option("--no-owner", help="Don't restore owners and grants: objects belong to the restoring role (or --role). For restores across environments.")] = False,

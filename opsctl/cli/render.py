@@ -97,10 +97,8 @@ def ci(
     from opsctl import ci as pipeline
     from opsctl.cli.common import project
 
-    text = pipeline.workflow(project(), staging, production, with_schedules=with_schedules)
-    if out is not None:
-        pipeline.write_to(text, out)
-    else:
+    text = pipeline.workflow(project(), staging, production, with_schedules=with_schedules, out=out)
+    if out is None:
         _print(text)
 
 

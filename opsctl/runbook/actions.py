@@ -395,12 +395,13 @@ def backup(ctx: Context, type: str = "full", label: str | None = None, compress_
     """`opsctl backup create` as a step: a backup (`type`: full, db, redis, files, ...) with an
     optional label; `no_encrypt` stores it unencrypted. Outputs: id, components, raw_bytes,
     stored_bytes, ratio, seconds, pruned, prune_failed (why retention after it failed, or
-    None: the backup stands and the step succeeds; a `prune` step fails on it)."""
+    None: the backup stands and the step succeeds; a `prune` step fails on it), damaged_kept
+    (damaged backups its retention left for a person: a `prune` step removes them)."""
     from opsctl.backup.create import create
 
     result = to_jsonable(create(ctx.project, ctx.env, type, compress_level, not no_encrypt, label=label))
     return {k: result[k] for k in ("id", "components", "raw_bytes", "stored_bytes", "ratio", "seconds", "pruned",
-                                   "prune_failed")}
+                                   "prune_failed", "damaged_kept")}
 
 
 def _check_verify(ctx: Context, id: str | None = None, **_known: Any) -> None:
