@@ -48,3 +48,25 @@ def test_an_interrupt_inside_a_finalizer_is_delivered_again_not_a_traceback(caps
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert after == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_once_the_command_is_over_keeps_its_exit_code(tmp_path, sig):
+    """Breaker 38 H13: a restore that had finished and printed its result died by SIGINT
+    (returncode -2, no line), the signal landing on the way out, where no handler caught the
+    KeyboardInterrupt. The window is played here by the frames after opsctl's main: a signal
+    sent there once `version` has printed."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys, time\n"
+            "from opsctl.cli import app\n"
+            "try:\n"
+            "    app(['version'])\n"
+            "finally:\n"
+            f"    os.kill(os.getpid(), {int(sig)})\n"
+            "    time.sleep(5)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.strip() and not done.stderr, done.stderr

@@ -64,6 +64,22 @@ def _closed_streams_to_devnull() -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
 
 
+def _exit_on_late_interrupt(code: int) -> None:
+    """From here the command is over, its result printed and its exit code known. A Ctrl-C
+    or SIGTERM on the way out (Typer's frames, the interpreter's shutdown) raised a
+    KeyboardInterrupt nothing catches any more, and Python then ends itself by SIGINT: a
+    restore that had finished and printed its result died by the signal, no line said (breaker
+    38 H13). Now such a late signal ends the process at once with the command's own code."""
+    import os
+    import signal
+
+    def leave(*_: Any) -> None:
+        os._exit(code)  # stdout was flushed in `main`; stderr's lines are written whole
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, leave)
+
+
 def _reader_gone() -> int:
     """Exit code 141 (128 + SIGPIPE, what a shell reports for `git log | head -1`) when the
     reader of stdout went away; nothing said (there is no one to read it). stdout is pointed
@@ -158,6 +174,7 @@ class OpsGroup(TyperGroup):
             code = _fail("the output could not be written (stdout closed); run it with stdout open, "
                          "or redirect it to /dev/null to discard it", 1)
         if standalone_mode:
+            _exit_on_late_interrupt(code)
             sys.exit(code)
         return code
 
