@@ -55,14 +55,9 @@ def test_visible_escapes_every_line_break_and_control_but_newline_and_tab():
 
 
 @pytest.fixture
-def root(tmp_path, monkeypatch) -> Path:
+def root(ops_root) -> Path:
     """An ops root with the starter opsctl.yaml as the current directory: enough for `local logs`."""
-    from opsctl.starter import starter_text
-
-    (tmp_path / "opsctl.yaml").write_text(starter_text())
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
-    return tmp_path
+    return ops_root
 
 
 def _router_log(root: Path) -> Path:
