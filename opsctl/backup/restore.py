@@ -196,6 +196,17 @@ def check_jobs(jobs: int) -> None:
         raise UsageError(f"--jobs must be 1 to {MAX_JOBS} (pg_restore's parallel jobs), not {jobs}")
 
 
+def check_new_target(database_url: str, target_db: str) -> None:
+    """UsageError when `--target-db` names a database that exists: it restores into a new one
+    (breaker 41 Q1: another application's database named there was dropped, no copy kept,
+    and a drill's clean-up step dropped it for good). A scratch copy no longer needed is
+    dropped by whoever made it (the restore-drill runbook's last step) before the name is
+    used again."""
+    if pgb.database_exists(database_url, target_db):
+        raise UsageError(f"--target-db {target_db}: that database exists, and --target-db restores into a new "
+                         f"one; choose another name, or drop {target_db} first if it is a copy no longer needed")
+
+
 def plan(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
          latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
          target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
@@ -279,8 +290,10 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     if "db" in wanted:
         if not ep.database_url:
             raise UsageError(f"no database URL for '{env.name}': set ${env.database.url_env}")
-        if pgb.database_exists(ep.database_url, p.database):
-            p.overwrites.append(f"database {p.database}" + ("" if target_db else " (the current one is kept, renamed)"))
+        if target_db is not None:
+            check_new_target(ep.database_url, target_db)
+        elif pgb.database_exists(ep.database_url, p.database):
+            p.overwrites.append(f"database {p.database} (the current one is kept, renamed)")
     if "redis" in wanted:
         from opsctl.backup import redis as rdb
 
@@ -359,9 +372,10 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
                                   catalog=m.db.catalog, no_owner=no_owner, role=role,
                                   archive=archive, major=major)
         try:  # restore_into dropped the scratch database on its own failures; the swap's are ours
-            if p.target_db:
-                pgb.drop_database(ep.database_url, p.target_db)
-                pgb.swap(ep.database_url, scratch, p.target_db, "")
+            if p.target_db:  # new (check_new_target); one made since is kept, renamed, never dropped
+                keep_as = pgb.derived_name(p.target_db, "before")
+                if pgb.swap(ep.database_url, scratch, p.target_db, keep_as):
+                    result.previous_database = keep_as
             else:
                 keep_as = pgb.derived_name(p.database, "before")
                 if pgb.swap(ep.database_url, scratch, p.database, keep_as):

@@ -510,6 +510,27 @@ def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = N
     return {"removed": result.removed, "kept": result.kept, "dry_run": dry_run}
 
 
+def _check_new_target(ctx: Context, target_db: str) -> None:
+    """`target_db` a database that does not exist yet (opsctl.backup.restore.check_new_target),
+    asked before any step: refused by the restore step itself, the run's clean-up handler would
+    drop the database of that name, another application's (breaker 41 Q1). A server that can't
+    be reached now is left to the step (an earlier step may start it)."""
+    import psycopg
+
+    from opsctl.backup.restore import check_new_target
+    from opsctl.endpoints import resolve
+
+    try:
+        url = resolve(ctx.project, ctx.env).database_url
+        if url:
+            check_new_target(url, target_db)
+    except (psycopg.OperationalError, OperationFailed):
+        return
+    except UsageError as exc:
+        if "--target-db" in str(exc):
+            raise UsageError(str(exc).replace("--target-db", "target_db", 1)) from None
+
+
 def _check_restore(ctx: Context, jobs: int | None = None, target_db: str | None = None,
                    target_instance: str | None = None, role: str | None = None, confirm_env: str | None = None,
                    **_known: Any) -> None:
@@ -526,6 +547,7 @@ def _check_restore(ctx: Context, jobs: int | None = None, target_db: str | None 
         check_jobs(jobs)
     if target_db is not None:
         check_replaceable(str(target_db), ctx.env.database.name, "target_db")
+        _check_new_target(ctx, str(target_db))
     for arg, value in (("target_instance", target_instance), ("role", role), ("confirm_env", confirm_env)):
         not_empty(value, arg, f"give a value, or leave {arg} out")
 

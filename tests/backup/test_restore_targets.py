@@ -135,3 +135,27 @@ def test_target_db_restores_the_database_alone(runner, benv, seeded, local_platf
         from opsctl.backup.postgres import drop_database
 
         drop_database(seeded.db_url, "bk_side")
+
+
+def test_an_existing_database_is_never_a_target(runner, one_repository, seeded):
+    """Breaker 41 Q1: `--target-db otherapp` (another application's database) dropped it and kept
+    no copy; --target-db restores into a new database."""
+    benv = one_repository
+    backup_id = _backup(runner, benv)
+    with psycopg.connect(seeded.db_url, autocommit=True) as conn:
+        conn.execute("create database bk_otherapp")
+    try:
+        other = psycopg.conninfo.make_conninfo(seeded.db_url, dbname="bk_otherapp")
+        with psycopg.connect(other, autocommit=True) as conn:
+            conn.execute("create table important (x int)")
+            conn.execute("insert into important select generate_series(1, 10)")
+        before = snapshot_state(seeded)
+        _refused(runner.invoke(app, ["restore", "--env", benv.name, "--id", backup_id, "--target-db", "bk_otherapp",
+                                     "--yes"]), "--target-db bk_otherapp: that database exists")
+        with psycopg.connect(other) as conn:
+            assert conn.execute("select count(*) from important").fetchone()[0] == 10
+        assert snapshot_state(seeded) == before
+    finally:
+        from opsctl.backup.postgres import drop_database
+
+        drop_database(seeded.db_url, "bk_otherapp")

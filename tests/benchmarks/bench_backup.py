@@ -39,6 +39,7 @@ import psycopg
 
 from opsctl import binaries
 from opsctl.backup.pipeline import FAST_WINDOW_LOG
+from opsctl.backup.postgres import drop_database
 from opsctl.local import postgres as pg
 from opsctl.local import procs
 
@@ -141,6 +142,7 @@ def main() -> int:
             took, _ = wall([str(OPSCTL), "restore", "--env", "bench", "--id", made["id"], "--components", "db",
                             "--target-db", f"restored_j{jobs}", "--jobs", str(jobs), "--yes"], env)
             restore.setdefault(jobs, []).append(took)
+            drop_database(url, f"restored_j{jobs}")  # --target-db restores into a new database
         runs = {"plain": plain, "gzip": gzip, "ours": ours, "level3": level3}
         m = {k: statistics.median(v) for k, v in runs.items()}
         r1, r2 = statistics.median(restore[1]), statistics.median(restore[2])

@@ -151,3 +151,40 @@ def test_the_restore_drill_with_its_scratch_database_left_empty_is_refused(runne
         line = run_refused(runner, "restore-drill", "-p", given, "--yes")
         assert "target_db" in line and ("is empty" in line or "system database" in line), line
         assert not (ops_root / ".opsctl" / "runs").exists()
+
+
+def test_the_restore_drill_refuses_an_existing_database_as_its_scratch_before_any_step(runner, platform_root):
+    """Breaker 41 Q1: `-p scratch_db=otherapp` (a database of another application) was replaced
+    by the restore, then dropped for good by the drill's clean-up step; both 'succeeded'.
+    Refused before any step, so no clean-up handler runs either."""
+    import shutil
+    from pathlib import Path
+
+    import psycopg
+
+    from opsctl.backup.postgres import drop_database
+    from opsctl.config import load_project
+    from opsctl.endpoints import resolve
+
+    project = load_project(platform_root)
+    url = resolve(project, project.env("local")).database_url
+    drill = platform_root / "runbooks" / "restore-drill"
+    copied = not drill.exists()  # the shared root's runbooks are listed exactly elsewhere: put back as found
+    if copied:
+        shutil.copytree(Path(__file__).resolve().parents[2] / "runbooks" / "restore-drill", drill)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create database q1_otherapp")
+    try:
+        runs = platform_root / ".opsctl" / "runs"
+        before = sorted(runs.iterdir()) if runs.exists() else []
+        line = run_refused(runner, "restore-drill", "-p", "scratch_db=q1_otherapp", "--yes")
+        assert "target_db q1_otherapp: that database exists" in line, line
+        assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # nothing ran, nothing journaled
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select 1 from pg_database where datname = 'q1_otherapp'").fetchone()
+    finally:
+        drop_database(url, "q1_otherapp")
+        if copied:
+            shutil.rmtree(drill)
+            if not any(drill.parent.iterdir()):
+                drill.parent.rmdir()
