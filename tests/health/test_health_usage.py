@@ -101,3 +101,20 @@ def test_unconfigured_endpoints_are_unknown_not_silently_left_out(tmp_path, runn
     assert result.exit_code == 3
     assert checks["postgres"]["message"] == "not configured: $OPSCTL_DATABASE_URL"
     assert checks["router"]["status"] == "UNKNOWN"
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--skip", "*"], "--skip '*' leave no check of 'ci' to run"),
+    (["--check", "api", "--skip", "api"], "--check 'api' --skip 'api' leave no check"),
+    (["--check", "api", "--check", "docs", "--skip", "docs", "--skip", "api"], "leave no check of 'ci' to run"),
+])
+def test_filters_that_leave_no_check_are_refused_never_ok(runner, tmp_path, args, said):
+    """Breaker 41 Q4: `health --skip '*'` checked nothing and said "OK (0 checks)", exit 0."""
+    root = root_with(tmp_path, {"http": [{"name": "api", "url": "http://127.0.0.1:9/readyz"},
+                                         {"name": "docs", "url": "http://127.0.0.1:9/docs"}]})
+    one_line_error(invoke(runner, root, *args), said)
+
+
+def test_health_skip_in_opsctl_yaml_leaving_no_check_is_refused(runner, tmp_path):
+    root = root_with(tmp_path, {"http": [{"name": "api", "url": "http://127.0.0.1:9/readyz"}], "skip": ["*"]})
+    one_line_error(invoke(runner, root), "health.skip in opsctl.yaml leaves no check of 'ci' to run")

@@ -126,7 +126,9 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
 
 
 def plan(project, env, endpoints, only: list[str] | None = None, skip: list[str] | None = None) -> list[Check]:
-    """The environment's checks, filtered by name or kind patterns (`--check`, `--skip`)."""
+    """The environment's checks, filtered by name or kind patterns (`--check`, `--skip`, then
+    health.skip). UsageError for a pattern matching no check, and for filters that leave no
+    check at all (a sweep of nothing would pass)."""
     hs = env.health
     candidates = _all(project, env, endpoints)
 
@@ -146,5 +148,10 @@ def plan(project, env, endpoints, only: list[str] | None = None, skip: list[str]
             continue
         timeout = own_timeout or hs.timeouts.get(name) or hs.timeouts.get(kind) or hs.timeout
         chosen.append(Check(name, kind, timeout, run))
+    if candidates and not chosen:
+        # a sweep of nothing said "OK (0 checks)", exit 0: a gate passing on nothing (breaker 41 Q4)
+        said = " ".join([*(f"--check {p!r}" for p in only or []), *(f"--skip {p!r}" for p in skip or [])])
+        raise UsageError(f"{said or 'health.skip in opsctl.yaml'} leave{'s' if not said else ''} no check of "
+                         f"'{env.name}' to run; checks: {known}")
     return chosen
 
