@@ -152,3 +152,17 @@ def test_render_ci_out_writes_the_workflow_whole(runner, root):
     assert result.exit_code == 0, result.output
     assert target.read_text() == runner.invoke(app, ["render", "ci"]).stdout
     assert not [p for p in target.parent.iterdir() if p != target]  # no temporary file left
+
+
+@pytest.mark.parametrize("name", ["OPSCTL_ENV", "OPSCTL_ROOT"])
+def test_a_setting_variable_set_empty_is_refused_unless_its_option_is_given(runner, root, monkeypatch, name):
+    """Breaker 41 Q9: Click reads an empty variable as unset, so `OPSCTL_ENV=$DEPLOY_ENV` with the
+    CI variable missing ran on the default environment."""
+    monkeypatch.setenv(name, "")
+    result = runner.invoke(app, ["config", "show", "--json"])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        f"opsctl: error: {name} is set but empty; give it a value, or unset it "
+        f"({'--env' if name == 'OPSCTL_ENV' else '--root'} wins over it)"), result.output
+    given = ["--env", "local"] if name == "OPSCTL_ENV" else ["--root", str(root)]
+    args = [*given, "config", "show", "--json"] if name == "OPSCTL_ROOT" else ["config", "show", *given, "--json"]
+    assert runner.invoke(app, args).exit_code == 0

@@ -60,9 +60,10 @@ def test_a_signal_once_the_command_is_over_keeps_its_exit_code(tmp_path, sig):
     import sys
 
     code = ("import os, signal, sys, time\n"
-            "from opsctl.cli import app\n"
+            "from opsctl.cli import main\n"
+            "sys.argv = ['opsctl', 'version']\n"
             "try:\n"
-            "    app(['version'])\n"
+            "    main()\n"
             "finally:\n"
             f"    os.kill(os.getpid(), {int(sig)})\n"
             "    time.sleep(5)\n")
@@ -70,3 +71,13 @@ def test_a_signal_once_the_command_is_over_keeps_its_exit_code(tmp_path, sig):
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert done.stdout.strip() and not done.stderr, done.stderr
+
+
+def test_running_the_app_in_a_program_keeps_its_signal_handlers(runner):
+    """The late handler is the console script's alone: a CliRunner run (this test process)
+    must leave SIGINT and SIGTERM as they were."""
+    from opsctl.cli import app
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert runner.invoke(app, ["version"]).exit_code == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -64,12 +64,33 @@ def _closed_streams_to_devnull() -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
 
 
+# opsctl's settings from the environment and the options that win over them
+_SETTINGS = {"OPSCTL_ROOT": ("--root",), "OPSCTL_ENV": ("--env", "-e")}
+
+
+def _refuse_empty_settings(argv: list[str]) -> None:
+    """UsageError for OPSCTL_ROOT or OPSCTL_ENV set but empty where its option is not given:
+    Click reads an empty variable as unset, so `OPSCTL_ENV=$DEPLOY_ENV` with the CI variable
+    missing ran on the default environment, where `--env ''` is refused (breaker 41 Q9)."""
+    import os
+
+    from opsctl.errors import UsageError
+
+    for name, options in _SETTINGS.items():
+        given = any(a in options or a.startswith(tuple(f"{o}=" for o in options if o.startswith("--")))
+                    for a in argv)
+        if name in os.environ and not os.environ[name].strip() and not given:
+            raise UsageError(f"{name} is set but empty; give it a value, or unset it ({options[0]} wins over it)")
+
+
 def _exit_on_late_interrupt(code: int) -> None:
     """From here the command is over, its result printed and its exit code known. A Ctrl-C
     or SIGTERM on the way out (Typer's frames, the interpreter's shutdown) raised a
     KeyboardInterrupt nothing catches any more, and Python then ends itself by SIGINT: a
     restore that had finished and printed its result died by the signal, no line said (breaker
-    38 H13). Now such a late signal ends the process at once with the command's own code."""
+    38 H13). Now such a late signal ends the process at once with the command's own code.
+    Only in opsctl's own process (`main`): a program running the app (a test's CliRunner)
+    keeps its own handlers."""
     import os
     import signal
 
@@ -135,6 +156,7 @@ class OpsGroup(TyperGroup):
         debug = "--debug" in argv
         _closed_streams_to_devnull()
         try:
+            _refuse_empty_settings(argv)
             rv = super().main(args=argv, prog_name=prog_name or "opsctl", complete_var=complete_var,
                               standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
@@ -174,7 +196,8 @@ class OpsGroup(TyperGroup):
             code = _fail("the output could not be written (stdout closed); run it with stdout open, "
                          "or redirect it to /dev/null to discard it", 1)
         if standalone_mode:
-            _exit_on_late_interrupt(code)
+            if _as_process:  # the console script, never a CliRunner inside another program
+                _exit_on_late_interrupt(code)
             sys.exit(code)
         return code
 
@@ -255,9 +278,14 @@ def _register() -> None:
 _register()
 
 
+_as_process = False  # set by `main`, the console script: this process is opsctl's own
+
+
 def main() -> None:
     import gc
 
+    global _as_process
+    _as_process = True
     try:
         app()
     finally:
