@@ -6,6 +6,8 @@ figure is the same in --json, JUnit, `loadtest list` and `compare`, in-process a
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 import textwrap
@@ -123,11 +125,15 @@ def test_gates_judge_transcriptions_not_the_health_polls_beside_them(ops_root, t
     p95, errors = gates["p95<2000ms"], gates["error_rate<1%"]
     assert p95["passed"] is False and p95["observed"] is None
     assert p95["basis"].startswith(f"no successful transcription requests: all {judged['requests']} failed")
-    assert errors["passed"] is False and errors["observed"] == round(total["failures"] / total["requests"] * 100, 3)
+    # judged on the transcriptions, all failed: the polls beside them never dilute it (breaker 41 Q5)
+    assert errors["passed"] is False and errors["observed"] == 100.0
+    assert errors["observed"] > round(total["failures"] / total["requests"] * 100, 3)
     if mode == "hang":
         # every transcription user is stuck in its first request: recorded when the run stops
         assert doc["in_flight"] >= 1 and doc["stop_timeout_s"] == 1
-        assert f"{doc['in_flight']} of them still in flight at the end" in errors["basis"]
+        # the transcriptions' own (a job's submit or a poll may be in flight too: in doc's count)
+        assert re.search(r"^\d+ of \d+ transcription requests failed, [1-9]\d* of them still in flight at the end",
+                         errors["basis"]), errors["basis"]
         assert "still in flight at the end" in p95["basis"]
         assert f"{doc['in_flight']} requests still in flight at the end, counted as failed" in out.stderr
         if workers == "2":

@@ -44,8 +44,10 @@ def test_latency_gates_judge_transcriptions_not_the_polls_beside_them():
     assert results["p95<2000ms"].observed == 6000 and not results["p95<2000ms"].passed
     assert results["p95<2000ms"].basis == "10 successful transcription requests"
     assert results["rps>=5"].observed == 1.0 and not results["rps>=5"].passed
-    assert results["error_rate<1%"].observed == round(1 / 61 * 100, 3) and not results["error_rate<1%"].passed
-    assert results["error_rate<1%"].basis == "61 requests, 1 of them still in flight at the end"
+    # the transcriptions' 1 of 11, never diluted by the 50 polls into 1 of 61 (breaker 41 Q5)
+    assert results["error_rate<1%"].observed == round(1 / 11 * 100, 3) and not results["error_rate<1%"].passed
+    assert results["error_rate<1%"].basis == ("1 of 11 transcription requests failed, 1 of them still in flight "
+                                              "at the end (of all 61 requests 1.64%)")
     assert rec.judged().in_flight == 1 and total.failures == 1
 
 
@@ -152,3 +154,27 @@ def test_lost_waits_for_evidence_and_leaves_lower_bounds_to_the_end():
     lost = slo.lost(gates, run_with([100] * 30))
     assert lost is not None and lost.gate == "p95<50ms"           # not rps: judged at the end only
     assert slo.lost(slo.parse("rps>=1000"), run_with([10] * 30)) is None
+
+
+def test_error_rate_is_never_diluted_by_polls_beside_failed_transcriptions():
+    """Breaker 41 Q5: 51 of 51 transcriptions failed with 503 among 584 requests; the error rate
+    over every class was 8.9 % and the stress profile's error_rate<20% passed. Polls failing
+    beside good transcriptions still count: the higher of the two rates is judged."""
+    rec = Recorder()
+    for _ in range(533):
+        rec.on_request("GET", "/healthz", 2, exception=None)
+    for _ in range(51):
+        rec.on_request("POST", SYNC, 5, exception=RuntimeError("HTTP 503"))
+    total = rec.total()
+    (gate,) = slo.evaluate(slo.parse("error_rate<20%"), slo.Observed(total.requests, total.failures, rec.judged(), 10.0))
+    assert gate.observed == 100.0 and not gate.passed, gate
+    assert gate.basis == "51 of 51 transcription requests failed (of all 584 requests 8.73%)"
+
+    polls = Recorder()
+    for _ in range(90):
+        polls.on_request("POST", SYNC, 100, exception=None)
+    for _ in range(10):
+        polls.on_request("GET", "/healthz", 2, exception=RuntimeError("HTTP 500"))
+    total = polls.total()
+    (gate,) = slo.evaluate(slo.parse("error_rate<5%"), slo.Observed(total.requests, total.failures, polls.judged(), 10.0))
+    assert gate.observed == 10.0 and not gate.passed and gate.basis == "100 requests"
