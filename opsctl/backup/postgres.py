@@ -463,10 +463,17 @@ def check_replaceable(name: str, live: str | None, option: str) -> None:
     (`SYSTEM_DATABASES`: breaker 40 P3, `--target-db template1` replaced the template every new
     database copies, and a drill's drop step then dropped it), not `live`, the environment's
     own database (P4: `--target-db <live>` dropped it and kept no copy; the in-place restore
-    is the one that keeps it, renamed). `option` names the input in the message."""
+    is the one that keeps it, renamed), nor a name that reads as one of those (spaces around
+    it, or the same but for case: breaker 41 Q8). `option` names the input in the message."""
     from opsctl.errors import not_empty
 
     not_empty(name, option, "give the name of a scratch database, or leave it out")
+    if name != name.strip():  # ' transcribe' listed beside the live one reads as it (breaker 41 Q8)
+        raise UsageError(f"{option} {name!r} has spaces around it; give the name without them")
+    for other, what in [(live, "the environment's live database")] + [(s, "a system database") for s in SYSTEM_DATABASES]:
+        if other is not None and name != other and name.casefold() == other.casefold():
+            raise UsageError(f"{option} {name} differs from {other}, {what}, only by case; choose a name that "
+                             "can't be mistaken for it")
     if name in SYSTEM_DATABASES:
         raise UsageError(f"{option} {name} is a system database PostgreSQL needs (every new database copies "
                          "template1; tools connect to postgres); choose another name")

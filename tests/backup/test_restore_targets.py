@@ -159,3 +159,16 @@ def test_an_existing_database_is_never_a_target(runner, one_repository, seeded):
         from opsctl.backup.postgres import drop_database
 
         drop_database(seeded.db_url, "bk_otherapp")
+
+
+@pytest.mark.parametrize("name, said", [(" live", "has spaces around it"), ("live ", "has spaces around it"),
+                                        ("LIVE", "only by case"), ("Template1", "only by case")])
+def test_a_name_that_reads_as_the_live_or_a_system_database_is_refused(name, said):
+    """Breaker 41 Q8: ' transcribe', 'transcribe ' and 'Transcribe' were made beside the live
+    one, listed as it; whoever dropped one by hand could drop the live database."""
+    from opsctl.backup.postgres import check_replaceable
+    from opsctl.errors import UsageError
+
+    with pytest.raises(UsageError, match=said):
+        check_replaceable(name, "live", "--target-db")
+    check_replaceable("live_copy", "live", "--target-db")  # a name of its own is taken
