@@ -94,8 +94,11 @@ def _row(key: str, a: EndpointStats | None, b: EndpointStats | None, t: Threshol
             short = "none in head" if not b.requests else f"under {t.min_requests} in head, too few to show it held"
             row.regressions.append(f"requests {a.requests:,} -> {b.requests:,} ({short})")
     if a is None or b is None:
-        # only in head: nothing to regress from; the head's own SLO gates judge it, and
-        # flagging it would fail every release that adds an endpoint or a user class
+        # only in head: no figure to regress from, and a release that adds an endpoint or a
+        # user class is no regression; one failing beyond the error threshold over enough
+        # requests is (breaker 41 Q6: 51 of 51 failed, "only in head", no verdict)
+        if b is not None:
+            _failing_in_head(row, b, t, "new in head")
         return row
     judge_latency = _successes(a) >= t.min_requests
     for metric in ("p50_ms", "p95_ms", "p99_ms"):
@@ -109,10 +112,20 @@ def _row(key: str, a: EndpointStats | None, b: EndpointStats | None, t: Threshol
     if a.requests >= t.min_requests and delta is not None and delta > t.error_rate_pp:
         row.regressions.append(f"error rate {fmt(a.error_rate, '%')} -> {fmt(b.error_rate, '%')} "
                                f"(+{delta:.2f} pp > {t.error_rate_pp:g} pp)")
+    elif a.requests < t.min_requests:  # a base too thin to compare with: the head's own evidence
+        _failing_in_head(row, b, t, f"the base's {a.requests:,} too few to compare")
     row.changes["rps"] = change = _pct(a.rps, b.rps)
     if _successes(a) >= t.min_requests and change is not None and -change > t.rps_pct:
         row.regressions.append(f"rps {fmt(a.rps, '')} -> {fmt(b.rps, '')} ({change:.0f}% < -{t.rps_pct:g}%)")
     return row
+
+
+def _failing_in_head(row: Row, b: EndpointStats, t: Thresholds, why: str) -> None:
+    """A regression when the head alone shows it: at least min_requests requests (and one),
+    failing above the error threshold, taken as a rise from none."""
+    if b.requests >= max(t.min_requests, 1) and b.error_rate > t.error_rate_pp:
+        row.regressions.append(f"error rate {fmt(b.error_rate, '%')} over {b.requests:,} requests in head "
+                               f"({why}; > {t.error_rate_pp:g} pp)")
 
 
 def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = None) -> Comparison:

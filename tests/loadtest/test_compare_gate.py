@@ -179,3 +179,21 @@ def test_a_negative_noise_floor_is_refused_in_one_line(ops_root):
     out = CliRunner().invoke(app, ["--root", str(ops_root), "loadtest", "compare", "a", "b", "--min-requests", "-1"])
     assert out.exit_code == 2 and out.stdout == "", out.output
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "--min-requests must be 0 or more" in out.stderr
+
+
+def test_a_head_failing_where_the_base_is_thin_or_absent_is_a_regression(ops_root):
+    """Breaker 41 Q6: an endpoint going to 51 of 51 failed was "ok" when the base had fewer than
+    5 requests of it, and an endpoint new in the head, all failing, got no verdict."""
+    base = _run("20261201-010000-light-base", [_stats("GET", "/healthz", 300),
+                                               _stats("POST", "/v1/audio/transcriptions [short]", 2)],
+                judged=_stats("", "Transcriptions", 2))
+    head = _run("20261201-020000-light-head", [
+        _stats("GET", "/healthz", 300), _stats("POST", "/v1/audio/transcriptions [short]", 51, 51),
+        _stats("POST", "/v1/jobs [short]", 51, 51), _stats("GET", "/version", 40)],
+        judged=_stats("", "Transcriptions", 51, 51))
+    out, flagged = _compare(ops_root, base, head)
+    assert out.exit_code == 1, out.output
+    assert flagged["POST /v1/audio/transcriptions [short]"] == [
+        "error rate 100% over 51 requests in head (the base's 2 too few to compare; > 1 pp)"], flagged
+    assert flagged["POST /v1/jobs [short]"] == ["error rate 100% over 51 requests in head (new in head; > 1 pp)"]
+    assert "GET /version" not in flagged and "GET /healthz" not in flagged  # new or held, and healthy
