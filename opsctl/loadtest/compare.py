@@ -53,11 +53,13 @@ class Row:
 @dataclass
 class Comparison:
     """Base run id, head run id, the thresholds used and one Row per endpoint (base's order,
-    then endpoints only the head has)."""
+    then endpoints only the head has); `differences`: how the two runs were set up apart
+    (environment, host, profile, users, workers), each 'what: base -> head'."""
     base: str
     head: str
     thresholds: Thresholds
     rows: list[Row]
+    differences: list[str] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[str]:
@@ -138,7 +140,12 @@ def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = 
     keys = [k for k in a if k in b] + [k for k in a if k not in b] + [k for k in b if k not in a]
     # a head saved before the judged class was recorded has no Transcriptions row: not vanished
     unrecorded = {JUDGED} if head.judged is None else set()
-    return Comparison(base.id, head.id, t, [_row(k, a.get(k), b.get(k), t, k in unrecorded) for k in keys])
+    # runs of another environment, host, profile or size compare load, not releases: said with
+    # the verdict (breaker 41 Q7: `previous latest` set a 2-user drill run against a stress run)
+    differences = [f"{what}: {getattr(base, what)} -> {getattr(head, what)}"
+                   for what in ("env", "host", "profile", "users", "workers") if getattr(base, what) != getattr(head, what)]
+    return Comparison(base.id, head.id, t, [_row(k, a.get(k), b.get(k), t, k in unrecorded) for k in keys],
+                      differences)
 
 
 def compare_saved(project, base_ref: str, head_ref: str, thresholds: Thresholds | None = None) -> Comparison:

@@ -184,6 +184,9 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
         style = "red" if row[-1] == "REGRESSION" else "green" if row[-1] == "ok" else None
         t.add_row(*row[:-1], Text(row[-1], style=style or ""))
     console.print(_fit(t, rows))
+    for line in cmp.differences:
+        console.print(Text.assemble(("note", "yellow"), f" the runs differ in {line}: figures compare two setups, "
+                                    "not two releases"), highlight=False)
     for line in cmp.regressions:
         console.print(Text.assemble(("regression", "red"), f" {line}"), highlight=False)
     if not cmp.regressions:

@@ -197,3 +197,19 @@ def test_a_head_failing_where_the_base_is_thin_or_absent_is_a_regression(ops_roo
         "error rate 100% over 51 requests in head (the base's 2 too few to compare; > 1 pp)"], flagged
     assert flagged["POST /v1/jobs [short]"] == ["error rate 100% over 51 requests in head (new in head; > 1 pp)"]
     assert "GET /version" not in flagged and "GET /healthz" not in flagged  # new or held, and healthy
+
+
+def test_runs_set_up_apart_are_said_with_the_verdict(ops_root):
+    """Breaker 41 Q7: `compare previous latest` set a 2-user drill run against a stress run on
+    another host with no word of it."""
+    import dataclasses
+
+    base = _base()
+    head = dataclasses.replace(_base(), id="20261201-020000-stress-head", profile="stress", users=base.users + 8)
+    out, _ = _compare(ops_root, base, head)
+    notes = [line for line in out.stdout.splitlines() if line.startswith("note ")]
+    assert notes == [f"note the runs differ in profile: {base.profile} -> stress: figures compare two setups, "
+                     "not two releases", f"note the runs differ in users: {base.users} -> {base.users + 8}: figures "
+                     "compare two setups, not two releases"], out.stdout
+    same, _ = _compare(ops_root, _base(), dataclasses.replace(_base(), id="20261201-020000-light-head"))
+    assert "note " not in same.stdout
