@@ -15,10 +15,12 @@ OPSCTL = Path(__file__).resolve().parent.parent / "opsctl"
 
 # public API spelt with a leading underscore (collections.namedtuple's, so fields cannot clash)
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
+# the standard library's, documented as public: os._exit (exit without cleanup, "os" docs)
+STDLIB_API = {"_exit"}
 
 
 def _private(name: str) -> bool:
-    return name.startswith("_") and not name.startswith("__") and name not in NAMEDTUPLE_API
+    return name.startswith("_") and not name.startswith("__") and name not in NAMEDTUPLE_API | STDLIB_API
 
 
 def cross_module_private_uses(root: Path = OPSCTL) -> list[str]:
