@@ -52,6 +52,12 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
     or its folder can't be made (a file in the way, no permission), or is empty (an unset CI
     variable: `--junit "$REPORT"` wrote no report and the step uploading it found nothing,
     reviewer 39 R9); None for None.
+    A URL (`--history 'http://u:pw@host/'`, `--junit s3://bucket/r.xml`) is refused too: reports
+    are local files, and the URL taken for a path made folders named `http:` and the password
+    (`Path` folds 'http://' to 'http:/'; the CLI joins a relative one to the ops root, so a
+    `scheme:` folder anywhere in the path counts); the URL is shown as redact.redact masks it,
+    as DESIGN.md's Conventions keep a secret off the command's output. A real folder named like
+    `name:` is refused with it, a price taken for never writing a file named after a password.
     `example`: the file name a refusal of a folder suggests (a JSON-lines history is no .xml)."""
     from opsctl.errors import UsageError
 
@@ -60,6 +66,15 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
     if not str(value).strip():
         raise UsageError(f"{option} is empty; give a file path such as {example}, or leave {option} out "
                          "for no report")
+    url = re.search(r"(?:^|/)(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<slashes>/+)(?P<rest>.*)",
+                    os.fspath(value).strip(), re.S)
+    if url:  # before any message that repeats the value: it may hold a password
+        from opsctl.redact import MASK, redact
+
+        shown = redact(f"{url['scheme']}:{url['slashes'] if len(url['slashes']) > 1 else '//'}{url['rest']}")
+        shown = shown if shown != MASK else f"{url['scheme']}://{MASK}"
+        raise UsageError(f"{option} {shown} is a URL; reports are local files: give a file path such as "
+                         f"{example} (and copy it where it should go after the run)")
     if str(value).endswith(("/", os.sep)):
         raise UsageError(f"{option} {value} is a folder; give a file path such as {value}{example}")
     try:

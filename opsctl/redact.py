@@ -4,7 +4,8 @@ Two kinds of secret reach error text:
 
 - URLs: a Slack webhook's path *is* its secret, and a database URL carries its password
   (libpq repeats a malformed URI word for word, password included). `redact` masks a URL
-  for display; `credentials` finds every URL inside free text and masks its password.
+  for display; `credentials` finds every URL inside free text and masks its password, its
+  secret parameters (`?token=`, `?code=`...) and a webhook's secret path.
 - libpq `key=value` conninfo (`password=…`, `sslpassword=…`) and the like.
 
 Every path that prints, logs, stores or sends an error text (tables, `--json`, JUnit,
@@ -28,28 +29,150 @@ _known: set[str] = set()
 
 # scheme://user:password@host — the password ends at the last '@' before the host
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s:/@'\"]*):(?P<pw>[^\s'\"]*)@")
-# key=value conninfo (libpq) and query parameters: password=…, sslpassword=…, token=…
-# (presigned S3 URLs carry X-Amz-Signature and X-Amz-Credential, Azure SAS URLs sig=)
+# key=value conninfo (libpq) and other free text: password=…, sslpassword=…, PGPASSWORD=…,
+# db_password=…, token=…, aws_secret_access_key=… (the AWS CLI's credentials file), jwt=…
+# (presigned S3 URLs carry X-Amz-Signature and X-Amz-Credential, GCS ones X-Goog-Signature,
+# Azure SAS URLs sig=). Narrower than the URL parameters below: in free text `key=` is an S3
+# object key, `code=` an exit code and `PWD=` a shell's working folder, so those are masked
+# only as a URL's parameters.
 _KEY_VALUE = re.compile(
-    r"(?P<key>\b(?:ssl)?pass(?:word)?|\b(?:[\w-]*api_?key|[\w-]*token|[\w-]*secret|auth_token|sig"
-    r"|x-amz-(?:security-token|signature|credential))"
+    r"(?P<key>\b(?:[\w-]*[_-]|pg|ssl)?pass(?:word|wd|phrase)?"
+    r"|\b(?:[\w-]*api_?key|[\w-]*token|[\w-]*secret|auth_token|sig|[\w-]*jwt"
+    r"|[\w-]*(?:access|secret|private|account|client)_?key"
+    r"|x-(?:amz|goog)-(?:security-token|signature|credential))"
     r")(?P<sep>\s*=\s*)(?P<val>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,]+)",
     re.IGNORECASE)
-# query parameters that carry a secret: tokens, keys, passwords, signatures (presigned S3
-# X-Amz-Signature/-Credential, Azure SAS sig), session and auth codes
-_SECRET_PARAM = re.compile(r"pass|secret|token|signature|credential|api_?key|^key$|^sig$|auth|session",
-                           re.IGNORECASE)
-# webhook URLs whose path is the secret itself: whoever has the URL can post
-_SECRET_PATH_HOSTS = (("hooks.slack.com", "/"), ("discord.com", "/api/webhooks/"),
-                      ("discordapp.com", "/api/webhooks/"), (".webhook.office.com", "/"),
-                      ("chat.googleapis.com", "/"), ("hooks.zapier.com", "/hooks/"))
+
+# Query (and fragment, and `;path`) parameters that carry a secret, each with where the name
+# comes from. Matched against the name lowercased, '-', '.' and spaces read as '_'
+# (`X-Amz-Signature`, `api-key`, `API_KEY`, `apiKey` alike), by `re.search`.
+# Left out on purpose: `sv` (an Azure SAS token's *signed version*, a date such as
+# 2022-11-02: no secret; the SAS's secret is its `sig`, listed), `X-Amz-Date`/`se`/`sp`.
+_SECRET_PARAMS = (
+    (r"pass", "password, passwd, passphrase, sslpassword: libpq conninfo and URIs (RFC 3986 3.2.1)"),
+    (r"(?:^|_)pwd$", "pwd: Zoom meeting links' passcode; PWD of ODBC and SQL Server connection strings"),
+    (r"secret", "client_secret (OAuth 2.0, RFC 6749 2.3.1), secret, secret_key"),
+    (r"token", "access_token (RFC 6750 2.3), id_token, private_token (GitLab), X-Amz-Security-Token, "
+               "Google Chat webhooks' token"),
+    (r"signature|^sig$", "X-Amz-Signature (S3 presigned, SigV4), X-Goog-Signature (GCS signed URLs), "
+                         "Signature (SigV2, GCS V2), sig (Azure SAS, Logic Apps/Teams workflow URLs)"),
+    (r"credential", "X-Amz-Credential, X-Goog-Credential: the signed URL's key and scope"),
+    (r"^key$", "key: Google API keys (Google Chat webhooks, Maps), WeCom webhooks"),
+    (r"api_?key", "api_key, apikey, x-api-key: most HTTP APIs"),
+    (r"(?:^|_)(?:access|secret|private|account|subscription|functions|app|client|master|shared|signing)_?key$",
+     "access_key, subscription-key (Azure API Management), x-functions-key (Azure Functions), account_key"),
+    (r"auth", "auth, authorization, auth_token, oauth_*: credentials by name"),
+    (r"session|sessid", "session, session_id, JSESSIONID (Servlet ';jsessionid='), PHPSESSID"),
+    (r"jwt", "jwt: a bearer JSON Web Token (RFC 7519) given in the URL (Jitsi, Mercure, Grafana)"),
+    # `code` is a false positive now and then (a test endpoint's `?code=503`); taken anyway:
+    # Azure Functions' function key is `?code=` (an Azure Function's health URL is exactly what a
+    # check names) as is an OAuth 2.0 authorization code (RFC 6749 4.1.2). A refused URL says
+    # why in one line, and a status to expect belongs in the check's conditions, not its URL.
+    (r"^code$", "code: Azure Functions function keys; OAuth 2.0 authorization codes"),
+)
+_SECRET_PARAM = re.compile("|".join(f"(?:{pattern})" for pattern, _ in _SECRET_PARAMS))
+
+# Webhook URLs whose path is the secret itself (whoever has the URL can post), each with the
+# path that carries it. A domain covers its subdomains (ptb./canary.discord.com,
+# <tenant>.webhook.office.com); a path is matched case-insensitively after decoding and
+# removing '//', '.' and '..' (what a server's router would do). Hosts compare normalized
+# (`_host`). Not listed: Mattermost's and Rocket.Chat's `/hooks/<id>`: self-hosted, so on any
+# host, where `/hooks/` also names receivers with no secret (an Alertmanager, an internal
+# relay); no rule can tell them apart, so `config show` masks every sink URL's path instead.
+_SECRET_PATHS = (
+    ("hooks.slack.com", r"/.", "Slack incoming webhooks /services/T…/B…/<secret>, workflow triggers"),
+    ("discord.com", r"/api/(?:v\d+/)?webhooks/", "Discord webhooks /api[/v10]/webhooks/<id>/<token>"),
+    ("discordapp.com", r"/api/(?:v\d+/)?webhooks/", "Discord's older domain"),
+    ("api.telegram.org", r"/(?:file/)?bot[^/]", "Telegram Bot API /bot<token>/<method>"),
+    ("webhook.office.com", r"/.", "Microsoft Teams incoming webhooks <tenant>.webhook.office.com/webhookb2/…"),
+    ("outlook.office.com", r"/webhook/", "Office 365 connectors (Teams' older webhook URLs)"),
+    ("outlook.office365.com", r"/webhook/", "Office 365 connectors"),
+    ("chat.googleapis.com", r"/.", "Google Chat /v1/spaces/…/messages?key=…&token=…"),
+    ("hooks.zapier.com", r"/hooks/", "Zapier catch hooks /hooks/catch/<id>/<secret>"),
+    ("maker.ifttt.com", r"/trigger/", "IFTTT Webhooks /trigger/<event>/with/key/<key>"),
+    ("open.feishu.cn", r"/open-apis/bot/v2/hook/", "Feishu custom bots /open-apis/bot/v2/hook/<token>"),
+    ("open.larksuite.com", r"/open-apis/bot/v2/hook/", "Lark custom bots"),
+    ("events.pagerduty.com", r"/integration/", "PagerDuty /integration/<integration key>/enqueue"),
+    ("events.eu.pagerduty.com", r"/integration/", "PagerDuty's EU service region"),
+)
+# a URL inside free text: up to whitespace, a quote or an angle bracket
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def secret_param(name: str) -> bool:
+    """Whether a URL parameter named `name` carries a secret (`_SECRET_PARAMS` lists the names
+    and where each comes from): case and '-'/'_'/'.' spellings alike, percent-decoded."""
+    plain = re.sub(r"[-.\s]", "_", unquote(name).strip().lower())
+    return bool(plain) and _SECRET_PARAM.search(plain) is not None
+
+
+def _host(host: str) -> str:
+    """`host` as a resolver reads it: lowercase, IDNA (fullwidth letters and '。' dots fold to
+    ASCII, as httpx's parser does), without the trailing dot of a fully qualified name:
+    `HOOKS.slack.com.` and `hooks.slack.com` are one host and must be judged alike."""
+    host = host.strip().lower()
+    try:
+        host = host.encode("idna").decode("ascii").lower()
+    except (UnicodeError, ValueError):  # a label too long or empty: judged as written
+        pass
+    return host.rstrip(".")
+
+
+def _path(path: str) -> str:
+    """A URL path as a server routes it: percent-decoded, '//' folded, '.' and '..' removed."""
+    out: list[str] = []
+    for segment in re.split(r"/+", unquote(path)):
+        if segment == "..":
+            out = out[:-1]
+        elif segment not in ("", "."):
+            out.append(segment)
+    return "/" + "/".join(out) + ("/" if path.endswith("/") and out else "")
+
+
+def _webhook(host: str, path: str) -> str | None:
+    """The webhook host whose path is its secret (`_SECRET_PATHS`), or None."""
+    host, path = _host(host), _path(path)
+    for domain, pattern, _ in _SECRET_PATHS:
+        if (host == domain or host.endswith("." + domain)) and re.match(pattern, path, re.IGNORECASE):
+            return host
+    return None
+
+
+def _mask_url(match: re.Match) -> str:
+    """One URL found in free text with its secrets masked: a webhook's path whole, and the
+    value of each secret parameter (`secret_param`) in its query, fragment or ';' path."""
+    url = match.group(0)
+    head, _, fragment = url.partition("#")
+    head, query_mark, query = head.partition("?")
+    try:
+        parts = urlsplit(head)
+        hooked = _webhook(parts.hostname or "", parts.path)
+    except ValueError:
+        hooked = None
+    if hooked:
+        return f"{parts.scheme}://{parts.netloc}/{MASK}"
+
+    def params(text: str) -> str:
+        return re.sub(r"(?P<name>[^&;=]+)=(?P<val>[^&;]*)",
+                      lambda m: f"{m['name']}={MASK}" if secret_param(m["name"]) else m.group(0), text)
+
+    scheme, _, rest = head.partition("://")
+    authority, slash, path = rest.partition("/")
+    path = re.sub(r";[^/]*", lambda m: params(m.group(0)), path)  # ;jsessionid=…
+    out = f"{scheme}://{authority}{slash}{path}"
+    if query_mark:
+        out += "?" + params(query)
+    if "#" in url:
+        out += "#" + params(fragment)
+    return out
 
 
 def redact(url: str | None, keep_path: bool = False) -> str:
     """The URL with its secrets masked, for showing which endpoint a message is about.
 
     Everything after the host (path, query, credentials) is masked; `keep_path` keeps the
-    path for probes, whose paths hold none. Text that is not a URL becomes `***`.
+    path for probes, whose paths hold none; a webhook's path that is its secret
+    (`_SECRET_PATHS`) is masked even so. Text that is not a URL becomes `***`.
     """
     if not url:
         return ""
@@ -61,7 +184,7 @@ def redact(url: str | None, keep_path: bool = False) -> str:
         return MASK
     if not parts.scheme or not host:
         return MASK
-    if keep_path:
+    if keep_path and not _webhook(host, parts.path):  # a webhook's path is its secret: never kept
         return f"{parts.scheme}://{host}{port}{parts.path}" + (f"?{MASK}" if parts.query else "")
     hidden = f"/{MASK}" if (parts.path not in ("", "/") or parts.query or parts.username) else ""
     return f"{parts.scheme}://{host}{port}{hidden}"
@@ -69,10 +192,12 @@ def redact(url: str | None, keep_path: bool = False) -> str:
 
 def url_secret(url: str | None) -> str | None:
     """What secret `url` carries, in words that never repeat it, or None: credentials in its
-    userinfo ('user:password@', or a token as the user name), a query or fragment parameter
-    named like a secret (`token=`, `X-Amz-Signature=`, `sig=`, `api_key=`...), or a webhook
-    URL whose path is its own secret (hooks.slack.com/services/..., Discord, Teams, Google
-    Chat, Zapier). A value with no scheme is read as `host:port` (an exporter target).
+    userinfo ('user:password@', or a token as the user name), a query, fragment or ';' path
+    parameter named like a secret (`secret_param`: `token=`, `X-Amz-Signature=`, `sig=`,
+    `api-key=`, `code=`, `jwt=`..., each name listed with its source in `_SECRET_PARAMS`), or a
+    webhook URL whose path is its own secret (`_SECRET_PATHS`: Slack, Discord, Telegram, Teams,
+    Google Chat, Zapier...), its host compared as a resolver reads it (`HOOKS.slack.com.` is
+    hooks.slack.com). A value with no scheme is read as `host:port` (an exporter target).
     For settings a committed file holds: opsctl.config refuses such URLs at load time."""
     if not url:
         return None
@@ -80,21 +205,21 @@ def url_secret(url: str | None) -> str | None:
     split = text if "://" in text else "//" + text
     try:
         parts = urlsplit(split)
-        host = (parts.hostname or "").lower()
+        host = parts.hostname or ""
     except ValueError:  # 'http://[::1' and the like: judge the authority by hand
         authority = split.split("//", 1)[-1].split("/", 1)[0]
         return "credentials ('user:password@')" if "@" in authority else None
     if "@" in parts.netloc:
         return "credentials ('user:password@' or a token as the user name)"
-    for where, part in (("query", parts.query), ("fragment", parts.fragment)):
-        for name, _ in parse_qsl(part, keep_blank_values=True):
-            if _SECRET_PARAM.search(name):  # the name only when it is a plain key=: no value in it
+    path_params = ";".join(re.findall(r";([^/]*)", parts.path))  # /app;jsessionid=…
+    for where, part in (("query", parts.query), ("fragment", parts.fragment), ("path", path_params)):
+        for name, _ in parse_qsl(part.replace(";", "&"), keep_blank_values=True):
+            if secret_param(name):  # the name only when it is a plain key=: no value in it
                 plain = len(name) <= 40 and re.fullmatch(r"[\w.-]+", name) and f"{name}=" in part
                 return f"a secret in its {where}" + (f" (parameter '{name}')" if plain else "")
-    for suffix, path in _SECRET_PATH_HOSTS:
-        if (host == suffix or host.endswith(suffix if suffix.startswith(".") else "." + suffix)) \
-                and parts.path.startswith(path) and parts.path.strip("/"):
-            return f"a secret in its path (a {host} webhook URL is itself the secret)"
+    hooked = _webhook(host, parts.path)
+    if hooked:
+        return f"a secret in its path (a {hooked} webhook URL is itself the secret)"
     return None
 
 
@@ -137,6 +262,10 @@ def credentials(text: str | None) -> str:
 
     `postgresql://app:s3cret@db/x` becomes `postgresql://app:***@db/x`;
     `host=db password='a b' user=app` becomes `host=db password=*** user=app`.
+    In a URL, every parameter `url_secret` refuses is masked by the same rule (`secret_param`:
+    `?code=***&access_key=***`) and a webhook whose path is its secret loses its path
+    (`https://discord.com/***`), so `config show` (every string through `masked`) and error
+    text hide what opsctl.yaml's load refuses.
     Every value given to `remember` is masked too, in any position.
     The user name and host stay, so the message still says which connection failed.
     """
@@ -145,6 +274,7 @@ def credentials(text: str | None) -> str:
     for secret in sorted(_known, key=len, reverse=True):
         text = text.replace(secret, MASK)
     text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = _URL_IN_TEXT.sub(_mask_url, text)
     return _KEY_VALUE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
 
 

@@ -77,3 +77,15 @@ def test_a_password_libpq_repeats_on_its_own_never_reaches_output(runner, tmp_pa
         assert result.exit_code in (1, 2), result.output
         assert "opsctl: error:" in result.output
         assert "XyZzy42" not in result.output
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://api.telegram.org/bot123:XyZzy42/getMe", "https://api.telegram.org/***"),
+    ("https://discord.com/api/v10/webhooks/1/XyZzy42", "https://discord.com/***"),
+    ("https://hooks.slack.com./services/T0/B0/XyZzy42", "https://hooks.slack.com./***"),
+    ("http://127.0.0.1:8080/readyz?code=XyZzy42", "http://127.0.0.1:8080/readyz?***"),  # a probe's path stays
+])
+def test_a_probe_target_keeps_its_path_unless_the_path_is_the_secret(url, shown):
+    """`redact(keep_path=True)` names a health check's target; a webhook whose path is its
+    secret (tester's P7: Telegram's /bot<token>/, Discord's /api/v10/webhooks/) loses it."""
+    assert redact(url, keep_path=True) == shown
