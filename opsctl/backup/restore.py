@@ -196,14 +196,14 @@ def check_jobs(jobs: int) -> None:
         raise UsageError(f"--jobs must be 1 to {MAX_JOBS} (pg_restore's parallel jobs), not {jobs}")
 
 
-def check_new_target(database_url: str, target_db: str) -> None:
+def check_new_target(database_url: str, target_db: str, option: str = "--target-db") -> None:
     """UsageError when `--target-db` names a database that exists: it restores into a new one
     (breaker 41 Q1: another application's database named there was dropped, no copy kept,
     and a drill's clean-up step dropped it for good). A scratch copy no longer needed is
     dropped by whoever made it (the restore-drill runbook's last step) before the name is
-    used again."""
+    used again. `option` names the input in the message (a runbook step's `target_db`)."""
     if pgb.database_exists(database_url, target_db):
-        raise UsageError(f"--target-db {target_db}: that database exists, and --target-db restores into a new "
+        raise UsageError(f"{option} {target_db}: that database exists, and {option} restores into a new "
                          f"one; choose another name, or drop {target_db} first if it is a copy no longer needed")
 
 

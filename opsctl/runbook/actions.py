@@ -522,13 +522,14 @@ def _check_new_target(ctx: Context, target_db: str) -> None:
 
     try:
         url = resolve(ctx.project, ctx.env).database_url
-        if url:
-            check_new_target(url, target_db)
+    except UsageError:  # a platform not started yet, say: the step says it
+        return
+    if not url:
+        return
+    try:
+        check_new_target(url, target_db, "target_db")
     except (psycopg.OperationalError, OperationFailed):
         return
-    except UsageError as exc:
-        if "--target-db" in str(exc):
-            raise UsageError(str(exc).replace("--target-db", "target_db", 1)) from None
 
 
 def _check_restore(ctx: Context, jobs: int | None = None, target_db: str | None = None,
