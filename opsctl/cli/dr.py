@@ -36,21 +36,26 @@ def drill(
         from rich.text import Text
 
         t = Table("measure", "achieved", "target", "verdict", title=f"dr drill {r.environment} ({r.platform})")
-        for name, value, target in (("RTO", r.rto_seconds, r.rto_target_seconds),
-                                    ("RPO", r.rpo_seconds, r.rpo_target_seconds)):
+        rows = [("RTO", r.rto_seconds, r.rto_target_seconds), ("RPO database", r.rpo_seconds, r.rpo_target_seconds)]
+        rows += [(f"RPO {part}", value, r.rpo_target_seconds) for part, value in r.part_rpo_seconds.items()]
+        for name, value, target in rows:
             ok = value is not None and value <= target
             t.add_row(name, "-" if value is None else f"{value:.1f} s", f"{target:.0f} s",
                       Text("met", style="green") if ok else Text("not achieved" if value is None else "missed", style="red"))
         c.print(t)
         if r.rpo_basis:
-            c.print(f"RPO measured {r.rpo_basis}")
+            c.print(f"RPO of the database measured {r.rpo_basis}", soft_wrap=True)
         c.print(f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
                 f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}"
                 + (f"; not covered: {', '.join(r.not_covered)} ({r.problems_note})" if r.not_covered else ""),
                 soft_wrap=True)
-        if r.backup_id:
-            c.print(f"from backup {r.backup_id}: {r.redis_keys} Redis keys, {r.audio_objects} audio objects; "
-                    f"sample transcription: {r.transcription}; load test: {r.load_test}", soft_wrap=True)
+        if r.backups:
+            c.print(f"{r.redis_keys} Redis keys from backup {r.backups.get('redis')}, {r.audio_objects} audio objects "
+                    f"from backup {r.backups.get('audio objects')}; sample transcription: {r.transcription}; "
+                    f"load test: {r.load_test}", soft_wrap=True)
+        if r.part_rpo_seconds:
+            c.print("RPO of redis and audio objects measured from the start of the backup each came from to the "
+                    "drill's start", soft_wrap=True)
         for problem in r.problems:
             c.print(Text(problem, style="red"), soft_wrap=True)
 

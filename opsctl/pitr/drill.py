@@ -11,6 +11,11 @@ resources, serve from them, measure what the recovery achieved, tear down.
   is the recovery) the newest commit it held is unknown, and the RPO is the drill's start minus
   the newest commit recovered: an upper bound, said in `rpo_basis`. On RDS, the failure
   instant minus RDS's LatestRestorableTime.
+- **RPO of Redis and of the audio objects** (`part_rpo_seconds`), when the drill restores them:
+  each comes from the newest complete backup holding it (the hourly Redis snapshot, the
+  nightly audio copy), and its RPO is the drill's start minus that backup's start: what a
+  failure at the drill's start would lose of it at most (the backup took its copy at some
+  instant after its start).
 
 Both are judged against `dr: {rto, rpo}` in opsctl.yaml. The embedded platform restores
 beside the live server (`restore --to-time latest --beside`) and stops and removes the copy
@@ -75,7 +80,8 @@ class DrillResult:
     not_covered: list[str] = field(default_factory=lambda: list(PARTS[1:]))
     phases: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    backup_id: str | None = None  # the backup Redis and the audio came from
+    backups: dict[str, str] = field(default_factory=dict)  # part ("redis", "audio objects") -> the backup it came from
+    part_rpo_seconds: dict[str, float] = field(default_factory=dict)  # part -> the drill's start minus its backup's start
     redis_keys: int = 0
     audio_objects: int = 0
     transcription: str | None = None  # the sample's verdict through the preview color
@@ -386,38 +392,48 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     ep = resolve(project, env)
     from opsctl.backup.repository import open_repository
     from opsctl.backup import keys
+    from opsctl.redact import credentials
 
     key = keys.load(project, env, required=False)
     repo = open_repository(env.backup.repository, project, ep)
     repo.key = key
-    skipped: list[str] = []
-    try:
-        chosen = catalog.resolve(repo, None, None, True, ["redis", "files"], skipped)
-    except Exception as exc:  # noqa: BLE001 - no such backup: said in the result, the drill fails
-        from opsctl.redact import credentials
-
+    # each part from the newest complete backup holding it: the hourly Redis snapshot is
+    # newer than the nightly backup that also holds the audio (a drill restoring the Redis of
+    # the nightly one recovered up to a day less than the repository held, and said nothing)
+    chosen: dict[str, str] = {}
+    missing: list[tuple[str, Exception]] = []
+    for part, component in (("redis", "redis"), ("audio objects", "files")):
+        try:
+            chosen[part] = catalog.resolve(repo, None, None, True, [component], [])
+        except Exception as exc:  # noqa: BLE001 - no such backup: said in the result, the drill fails
+            missing.append(("Redis" if part == "redis" else "audio", exc))
+    if missing:
         # the serve phase ends here: `error` says why, as for any other failed phase (breaker 22 F3)
-        out.error = credentials(f"no backup with Redis and audio to drill: {exc}")
+        out.error = credentials(f"no backup with {' and '.join(n for n, _ in missing)} to drill: {missing[0][1]}")
         out.problems.append(out.error)
         return
-    manifest = catalog.load(repo, chosen, key)
-    out.backup_id = chosen
+    manifests = {part: catalog.load(repo, backup_id, key) for part, backup_id in chosen.items()}
+    out.backups = dict(chosen)
+    out.part_rpo_seconds = {part: round(max(0.0, (out.started_at - m.created_at).total_seconds()), 3)
+                            for part, m in manifests.items()}
     tmp = Path(teardown.enter_context(tempfile.TemporaryDirectory(prefix="opsctl-drill-")))
     record.add("folder", path=str(tmp))
     rdb_file = tmp / "redis" / "dump.rdb"
-    fetch(repo, manifest.redis.object, key, rdb_file)
+    redis_part = manifests["redis"].redis
+    fetch(repo, redis_part.object, key, rdb_file)
     redis_url = teardown.enter_context(rdb.scratch_server(rdb_file))
     record.add("redis", port=int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    rdb.check_counts(redis_url, manifest.redis.keys, manifest.redis.expires)
-    out.redis_keys = sum(manifest.redis.keys.values())
+    rdb.check_counts(redis_url, redis_part.keys, redis_part.expires)
+    out.redis_keys = sum(redis_part.keys.values())
     out.scope.append("redis")
     s3 = ep.s3_client()
     bucket = scratch_bucket(env.buckets.audio, out.started_at)
     record.add("bucket", name=bucket)
     teardown.callback(_drop_bucket, s3, bucket)
     s3.create_bucket(Bucket=bucket)
-    files.check(repo, manifest.files)
-    out.audio_objects = files.restore(s3, bucket, repo, manifest.files.objects)
+    audio = manifests["audio objects"].files
+    files.check(repo, audio)
+    out.audio_objects = files.restore(s3, bucket, repo, audio.objects)
     out.scope.append("audio objects")
     out.phases["redis+audio"] = round(time.monotonic() - mark, 2)
     mark = time.monotonic()
@@ -485,6 +501,7 @@ def _drop_bucket(s3, bucket: str) -> None:
 def _judge(out: DrillResult) -> None:
     if out.error is not None:  # a failed drill achieved no RTO or RPO (breaker 25 F7: RPO 0.0 reported)
         out.rto_seconds = out.rpo_seconds = None
+        out.part_rpo_seconds = {}
     if out.rto_seconds is None:
         out.problems.append("RTO not achieved: the restored copy never served")
     elif out.rto_seconds > out.rto_target_seconds:
@@ -494,6 +511,10 @@ def _judge(out: DrillResult) -> None:
                             "RPO unknown: the restore replayed no commit")
     elif out.rpo_seconds > out.rpo_target_seconds:
         out.problems.append(f"RPO {out.rpo_seconds:.0f} s above the target {out.rpo_target_seconds:.0f} s")
+    for part, value in out.part_rpo_seconds.items():
+        if value > out.rpo_target_seconds:
+            out.problems.append(f"RPO of {part} {value:.0f} s above the target {out.rpo_target_seconds:.0f} s: "
+                                f"its newest backup, {out.backups.get(part)}, began that long before the drill")
     out.passed = not out.problems
 
 
@@ -568,6 +589,13 @@ def junit(result: DrillResult) -> str:
         elif value > target:
             case.result = [Failure(f"{name.upper()} {value} s above the target {target:.0f} s")]
         suite.add_testcase(case)
+    for part, value in result.part_rpo_seconds.items():
+        case = TestCase(f"rpo of {part} within {result.rpo_target_seconds:.0f} s", classname=f"dr.{result.environment}")
+        case.time = value
+        if value > result.rpo_target_seconds:
+            case.result = [Failure(f"RPO of {part} {value} s above the target {result.rpo_target_seconds:.0f} s "
+                                   f"(backup {result.backups.get(part)})")]
+        suite.add_testcase(case)
     if result.error is not None:
         case = TestCase("drill ran", classname=f"dr.{result.environment}")
         case.result = [Failure(f"the drill failed: {result.error}")]
@@ -603,6 +631,11 @@ def metrics(result: DrillResult) -> str:
         "# HELP opsctl_dr_drill_rpo_seconds Seconds of commits the restore did not recover.",
         "# TYPE opsctl_dr_drill_rpo_seconds gauge",
         f"opsctl_dr_drill_rpo_seconds{{{labels}}} {value(result.rpo_seconds)}",
+        "# HELP opsctl_dr_drill_part_rpo_seconds Seconds from the start of the backup a part was restored from "
+        "to the drill's start (NaN: the drill did not restore it).",
+        "# TYPE opsctl_dr_drill_part_rpo_seconds gauge",
+        *(f'opsctl_dr_drill_part_rpo_seconds{{{labels},part="{part}"}} {value(result.part_rpo_seconds.get(part))}'
+          for part in ("redis", "audio objects")),
         "# HELP opsctl_dr_drill_success 1 when the last drill met both targets.",
         "# TYPE opsctl_dr_drill_success gauge",
         f"opsctl_dr_drill_success{{{labels}}} {1 if result.passed else 0}",

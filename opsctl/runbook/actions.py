@@ -662,7 +662,8 @@ def dr_drill(ctx: Context, junit: str | None = None, metrics_file: str | None = 
     """`opsctl dr drill` as a step (opsctl.pitr.drill): the database restored to the newest
     restorable time into scratch, measured, torn down. Fails the step when dr.rto or dr.rpo
     is missed. `junit`/`metrics_file`: paths in the ops root for the JUnit and Prometheus
-    text results. Outputs: rto_seconds, rpo_seconds, passed, restored_to, rows, scratch."""
+    text results. Outputs: rto_seconds, rpo_seconds (the database's), part_rpo_seconds
+    ({"redis": s, "audio objects": s} when restored), passed, restored_to, rows, scratch."""
     from opsctl.pitr import drill
 
     result = drill.drill(ctx.project, ctx.env, junit_path=_out(ctx, junit, "junit"),
@@ -670,4 +671,5 @@ def dr_drill(ctx: Context, junit: str | None = None, metrics_file: str | None = 
     doc = to_jsonable(result)
     if not result.passed:
         raise OperationFailed(f"dr drill: {'; '.join(result.problems)}")
-    return {k: doc[k] for k in ("rto_seconds", "rpo_seconds", "passed", "restored_to", "rows", "scratch")}
+    return {k: doc[k] for k in ("rto_seconds", "rpo_seconds", "part_rpo_seconds", "passed", "restored_to", "rows",
+                                "scratch")}

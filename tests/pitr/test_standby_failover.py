@@ -5,6 +5,7 @@ then reach the promoted server; it is recorded. Real PostgreSQL (two servers), a
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -73,16 +74,32 @@ def test_drill_restores_redis_audio_and_serves_a_preview_color_then_tears_down(p
     s3.put_object(Bucket=ep.audio_bucket, Key="drill/one.wav", Body=b"RIFF" + b"\0" * 100)
     r = platform.cli(runner, "backup", "create", "--json")
     assert r.exit_code == 0, r.output
+    nightly = json.loads(r.stdout)["id"]
+    # the hourly Redis snapshot after it holds a key the nightly backup does not
+    redis.Redis.from_url(ep.redis_url).set("drill-key-hourly", "newer")
+    r = platform.cli(runner, "backup", "create", "--type", "redis", "--json")
+    assert r.exit_code == 0, r.output
+    hourly = json.loads(r.stdout)["id"]
     r = platform.cli(runner, "backup", "base")
     assert r.exit_code == 0, r.output
     platform.wait_archived()
     buckets_before = {b["Name"] for b in s3.list_buckets()["Buckets"]}
-    out = platform.root / "drill.xml"
-    r = platform.cli(runner, "dr", "drill", "--env", "local", "--json", "--junit", str(out))
+    out, prom = platform.root / "drill.xml", platform.root / "drill.prom"
+    r = platform.cli(runner, "dr", "drill", "--env", "local", "--json", "--junit", str(out), "--metrics-file", str(prom))
     assert r.stdout.strip(), r.output
     doc = json.loads(r.stdout)
     assert r.exit_code == 0, (r.output, doc.get("problems"))
     assert doc["not_covered"] == [] and doc["passed"] and doc["torn_down"]
+    # each part from the newest backup holding it (Q3: Redis came from the newest backup holding
+    # Redis AND the audio, the nightly one, and its age was neither reported nor judged)
+    assert doc["backups"] == {"redis": hourly, "audio objects": nightly}, doc["backups"]
+    ages = doc["part_rpo_seconds"]
+    assert set(ages) == {"redis", "audio objects"} and 0 <= ages["redis"] <= ages["audio objects"], ages
+    started = dt.datetime.fromisoformat(doc["started_at"])
+    from opsctl.backup.catalog import id_time
+
+    assert ages["audio objects"] >= (started - id_time(nightly)).total_seconds() - 1, (ages, nightly, started)
+    assert f'opsctl_dr_drill_part_rpo_seconds{{env="local",part="redis"}} {ages["redis"]}' in prom.read_text()
     # breaker 20 F7: it said ["database"] after restoring Redis and the audio and serving a preview
     assert doc["scope"] == ["database", "redis", "audio objects", "preview color + transcription", "load test"]
     assert doc["redis_keys"] >= 1 and doc["audio_objects"] >= 1
@@ -90,6 +107,7 @@ def test_drill_restores_redis_audio_and_serves_a_preview_color_then_tears_down(p
     assert doc["rto_seconds"] >= doc["phases"]["database"] and doc["rpo_seconds"] is not None
     junit = out.read_text()
     assert "sample transcription through the preview color" in junit and "<failure" not in junit
+    assert "rpo of redis within 3600 s" in junit and "rpo of audio objects within 3600 s" in junit
     # torn down: the scratch bucket, the preview worker and the restored server are gone
     assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == buckets_before
     preview_port = int(doc["scratch"].rsplit(":", 1)[1])
