@@ -392,6 +392,7 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
     save_error: Exception | None = None
     moto_pid = 0  # the moto a failed save left running
     left: dict[str, OperationFailed] = {}  # components left running, and why (a Redis that could not save)
+    unclean: str | None = None  # PostgreSQL stopped, but not by a clean shutdown (pg_controldata says)
     with _no_operation_running(folder), st.locked(folder):
         state, problem = st.load_lenient(folder)
         comps = state.components
@@ -442,6 +443,8 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                 left[key] = exc
                 continue
             stopped.append(key)
+            if key == "postgres" and not purge:
+                unclean = _unclean_shutdown(state)
         if _stop_scratch_servers(state):  # `restore --beside` copies (and any other left on data/)
             stopped.append("postgres-beside")
         for key, comp in comps.items():
@@ -461,10 +464,11 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                 logging.getLogger("opsctl.local").warning(
                     "the state file was not updated: %s ('local status' finds the processes by their PID files)",
                     fault_text(exc))
+    also = f"; and {unclean}" if unclean else ""
     if left:
         more = f"; and saving the S3 objects failed too ({save_error})" if save_error is not None else ""
         raise OperationFailed(f"stopped {', '.join(stopped) or 'nothing'}, but {'; '.join(map(str, left.values()))}"
-                              f"{more}; free space, then run 'opsctl local down' again")
+                              f"{more}; free space, then run 'opsctl local down' again{also}")
     if save_error is not None:
         from opsctl.redact import credentials
 
@@ -475,8 +479,25 @@ def down(project: Project, purge: bool = False, approve: Callable[[str], None] |
                                   "from it ('opsctl backup verify-chain' names WAL that went with it)")
         kept = (f", and the previous copy in {state.data('s3')} is kept" if state.data("s3").exists() else "")
         raise OperationFailed(f"{why}; moto is left running so they are not lost{kept}; run 'opsctl local down' "
-                              "again")
+                              f"again{also}")
+    if unclean:
+        raise OperationFailed(f"stopped {', '.join(stopped)}, but {unclean}")
     return stopped
+
+
+def _unclean_shutdown(state: st.LocalState) -> str | None:
+    """Why PostgreSQL's stop was not a clean shutdown, or None when it was: its control file's
+    cluster state (pg_controldata) is then not 'shut down' (a shutdown checkpoint that PANICked
+    on a full disk or an I/O error, a server killed after the fast shutdown's timeout). The
+    process is gone either way; what its data directory needs next is crash recovery."""
+    from opsctl.pitr.archive import control_data
+
+    cluster = control_data(state.data("postgres")).get("Database cluster state")
+    if cluster is None or cluster in ("shut down", "shut down in recovery"):
+        return None  # unreadable: nothing to say of it (a purge, a data folder gone)
+    return (f"PostgreSQL did not shut down cleanly (its cluster state is '{cluster}'; {state.log('postgres')} says "
+            "why, e.g. a PANIC on a full disk): the next 'opsctl local up' recovers it from its WAL (crash "
+            "recovery); fix what the log names first, and copy its data folder only after that")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,58 @@
+"""`local down` when PostgreSQL's stop is not a clean shutdown: a shutdown checkpoint that
+PANICs (a full disk, an I/O error) or a server killed after the fast shutdown's timeout leaves
+its control file saying 'in production', and the next start runs crash recovery. `down` said
+"stopped: postgres" and exited 0 all the same, so a person copied the data folder of a server
+that had not shut down. It now says so, in one line, exit 1, the rest still stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from opsctl.cli import app
+from opsctl.local import postgres as pg
+from opsctl.local import procs
+from opsctl.local import state as st
+
+
+def test_a_postgres_that_did_not_shut_down_cleanly_is_said_not_stopped_cleanly(tmp_path, runner, monkeypatch):
+    from opsctl.pitr.archive import control_data
+    from opsctl.starter import starter_text
+
+    (tmp_path / "opsctl.yaml").write_text(starter_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPSCTL_ROOT", raising=False)
+    folder = st.folder_for(tmp_path)
+    state = st.LocalState(folder)
+    port = procs.free_port()
+    pid = pg.start(state.data("postgres"), port, state.log("postgres"))
+    state.components["postgres"] = st.Component(port=port, pid=pid)
+    state.save()
+    # the server can't take its fast shutdown (stopped), so `down` kills it after the timeout:
+    # what a shutdown checkpoint that never ends (or PANICs) leaves behind
+    os.kill(pid, signal.SIGSTOP)
+    real_stop = pg.stop
+    monkeypatch.setattr(pg, "stop", lambda p, timeout=30.0: real_stop(p, 1.0))
+    try:
+        r = runner.invoke(app, ["local", "down"])
+    finally:
+        if procs.alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not procs.alive(pid, "postgres")
+    assert control_data(state.data("postgres"))["Database cluster state"] == "in production"
+    assert r.exit_code == 1, r.output
+    (line,) = [ln for ln in r.output.splitlines() if ln.startswith("opsctl: error: ")]
+    assert "stopped postgres, but PostgreSQL did not shut down cleanly (its cluster state is 'in production'" \
+        in line, line
+    assert str(state.log("postgres")) in line and "crash recovery" in line and "Traceback" not in r.output
+
+    # started again, it recovers; stopped cleanly, `down` says stopped and exits 0
+    pid = pg.start(state.data("postgres"), port, state.log("postgres"))
+    state = st.LocalState(folder)
+    state.components["postgres"] = st.Component(port=port, pid=pid)
+    state.save()
+    monkeypatch.setattr(pg, "stop", real_stop)
+    clean = runner.invoke(app, ["local", "down"])
+    assert clean.exit_code == 0, clean.output
+    assert "stopped: postgres" in clean.stdout
+    assert control_data(state.data("postgres"))["Database cluster state"] == "shut down"
