@@ -76,6 +76,37 @@ def longest_word(cells) -> int:
     return max((cell_len(word) for cell in cells for word in str(cell).split()), default=0)
 
 
+def name_pieces(text: str) -> list[str]:
+    """`text` cut where a name may break: at blanks (kept as their own pieces) and after each
+    run of '/', so `POST /v1/audio/transcriptions` may break as `/v1/audio/` + `transcriptions`
+    (URL and path segments, the break points UAX #14 allows after a solidus)."""
+    import re
+
+    return re.findall(r"\s+|[^\s/]*/+|[^\s/]+", text)
+
+
+def wrap_name(text: str, width: int) -> str:
+    """`text` in lines of at most `width` cells, broken between `name_pieces`; a piece wider
+    than `width` alone is folded (a caller sizes `width` to the widest piece to avoid that)."""
+    from rich.cells import cell_len
+
+    lines: list[str] = []
+    line = ""
+    for piece in name_pieces(text):
+        if cell_len(line + piece) <= width:
+            line += piece
+            continue
+        if line.strip():
+            lines.append(line.rstrip())
+        line = "" if piece.isspace() else piece
+        while cell_len(line) > width:  # one piece wider than the column: fold it
+            lines.append(line[:width])
+            line = line[width:]
+    if line.strip() or not lines:
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
 def print_blocks(console: Console, columns: Sequence[str], rows) -> None:
     """One `name: value` block per row (cells are str or rich Text), a long value wrapping by
     words under itself and folded only where one word is wider than the console."""

@@ -71,9 +71,8 @@ def _lat(value: float | None) -> str:
 
 
 def _table(*columns: str, title: str | None = None, first: str = "endpoint", fold_first: bool = True) -> Table:
-    """Readable at 80 columns and without a TTY: figures, ids and statuses are never cut
-    (no_wrap, their full width reserved, one space between columns); only a first column
-    holding a name (an endpoint, a gate) folds onto more lines when space runs out."""
+    """Figures, ids and statuses never wrap (right-aligned, one space between columns); only a
+    first column holding a name (an endpoint, a gate) wraps, between words."""
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
               padding=(0, 0))
     if fold_first:
@@ -85,25 +84,51 @@ def _table(*columns: str, title: str | None = None, first: str = "endpoint", fol
     return t
 
 
-def _fit(t: Table, rows: list[list[str]]) -> Table:
-    """Reserve each unfolded column's full width, so Rich shrinks only the folding one."""
-    for i, column in enumerate(t.columns):
-        if column.no_wrap:
-            column.min_width = max([len(str(column.header)), *(len(r[i]) for r in rows)])
-    return t
+def _print(console: Console, first: str, columns: list[str], rows: list[list[str | Text]], *,
+           title: str | None = None, fold_first: bool = True, styles: list[str | None] | None = None) -> None:
+    """Print `rows` (cells under `first` then `columns`) with no value cut at the console's
+    width (80 in CI logs): every figure column gets its whole width; the first column, when it
+    folds, takes the rest and breaks a name only between its pieces (blanks, after a '/':
+    cli.tables.wrap_name), so `/v1/audio/transcriptions` is never split inside a word (breaker
+    41 Q10). When even its widest piece does not fit, the table gives way to one `name: value`
+    block per row (cli.tables.print_blocks). `styles`: one row style each (None: plain)."""
+    from rich.cells import cell_len
+
+    from opsctl.cli.tables import name_pieces, print_blocks, wrap_name
+    from opsctl.output import visible
+
+    rows = [[cell if isinstance(cell, Text) else Text(visible(cell)) for cell in row] for row in rows]
+    names = [first, *columns]
+    widths = [max([cell_len(names[i])] + [cell_len(r[i].plain) for r in rows]) for i in range(len(names))]
+    room = console.width - sum(widths[1:]) - (len(names) - 1)  # one cell between columns
+    if fold_first:
+        widest_piece = max(cell_len(p) for cell in [first, *(r[0].plain for r in rows)] for p in name_pieces(cell))
+        if widest_piece <= room:
+            widths[0] = min(widths[0], room)
+            for r in rows:
+                r[0] = Text(wrap_name(r[0].plain, widths[0]), style=r[0].style)
+    if sum(widths) + len(names) - 1 > console.width:
+        if title:
+            console.print(Text(title, style="bold"))
+        print_blocks(console, names, rows)
+        return
+    t = _table(*columns, title=title, first=first, fold_first=fold_first)
+    for column, width in zip(t.columns, widths):
+        column.min_width = column.max_width = width
+    for row, style in zip(rows, styles or [None] * len(rows)):
+        t.add_row(*row, style=style)
+    console.print(t)
 
 
 def render_run(summary: RunSummary, console: Console) -> None:
     """The run's table (latencies in ms of successful requests, RPS of successful requests),
     its gates with the figure each judged, reports and the verdict."""
-    t = _table("requests", "failed", "RPS", "p50", "p95", "p99", "max",
-               title=f"run {summary.id}: {summary.profile} on {summary.host} (ms, successful requests)")
     rows = [[e.key, str(e.requests), f"{e.failures} ({fmt(e.error_rate, '%')})" if e.failures else "0",
              fmt(e.rps, ""), _lat(e.p50_ms), _lat(e.p95_ms), _lat(e.p99_ms), _lat(e.max_ms)]
             for e in _rows(summary)]
-    for row, e in zip(rows, _rows(summary)):
-        t.add_row(*row, style="bold" if e is summary.total or e is summary.judged else None)
-    console.print(_fit(t, rows))
+    _print(console, "endpoint", ["requests", "failed", "RPS", "p50", "p95", "p99", "max"], rows,
+           title=f"run {summary.id}: {summary.profile} on {summary.host} (ms, successful requests)",
+           styles=["bold" if e is summary.total or e is summary.judged else None for e in _rows(summary)])
     if summary.judged is not None:
         console.print("latency and RPS gates judge the Transcriptions row: sync /v1/audio/... and whole "
                       "jobs, never health or admin polls", highlight=False, markup=False)
@@ -120,11 +145,9 @@ def render_run(summary: RunSummary, console: Console) -> None:
         console.print(f"workers: {parts} requests = {sum(w.requests_sent for w in summary.worker_counts)} "
                       f"(master total {summary.total.requests})")
     if summary.gates:
-        g = _table("observed", "result", title="SLO gates", first="SLO gate")
-        rows = [[r.gate, r.shown, "pass" if r.passed else "BREACHED"] for r in summary.gates]
-        for row, r in zip(rows, summary.gates):
-            g.add_row(row[0], row[1], Text(row[2], style="green" if r.passed else "red"))
-        console.print(_fit(g, rows))
+        rows = [[r.gate, r.shown, Text("pass", style="green") if r.passed else Text("BREACHED", style="red")]
+                for r in summary.gates]
+        _print(console, "SLO gate", ["observed", "result"], rows, title="SLO gates")
         for r in summary.gates:
             if r.basis:
                 console.print(f"{r.gate}: judged on {r.basis}", highlight=False, markup=False)
@@ -151,13 +174,10 @@ def render_list(rows: list[RunSummary], console: Console) -> None:
     if not rows:
         console.print("no load test runs saved yet; 'opsctl loadtest run' makes one")
         return
-    t = _table("env", "users", "requests", "err %", "p95 ms", "RPS", "SLO", first="id", fold_first=False)
     cells = [[s.id, s.env, f"{s.users}" + (f"/{s.workers}w" if s.workers else ""), str(s.total.requests),
               fmt(s.total.error_rate, ""), _lat(s.gated.p95_ms), fmt(s.gated.rps, ""),
-              "pass" if s.passed else "fail"] for s in rows]
-    for row, s in zip(cells, rows):
-        t.add_row(*row[:-1], Text(row[-1], style="green" if s.passed else "red"))
-    console.print(_fit(t, cells))
+              Text("pass", style="green") if s.passed else Text("fail", style="red")] for s in rows]
+    _print(console, "id", ["env", "users", "requests", "err %", "p95 ms", "RPS", "SLO"], cells, fold_first=False)
 
 
 def _change(value: float | None, unit: str) -> str:
@@ -167,8 +187,6 @@ def _change(value: float | None, unit: str) -> str:
 def render_comparison(cmp: Comparison, console: Console) -> None:
     """Per endpoint: p95 of each run as stored (ms), then the changes of p50/p95/p99, error
     rate and RPS, and the verdict."""
-    t = _table("p95 base", "p95 head", "p50", "p95", "p99", "err", "RPS", "verdict",
-               title=f"{cmp.base} -> {cmp.head}")
     rows = []
     for r in cmp.rows:
         if r.base is None or r.head is None:
@@ -181,9 +199,9 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
                      _change(c["p95_ms"], "%"), _change(c["p99_ms"], "%"), _change(c["error_rate"], "pp"),
                      _change(c["rps"], "%"), "REGRESSION" if r.regressions else "ok"])
     for row in rows:
-        style = "red" if row[-1] == "REGRESSION" else "green" if row[-1] == "ok" else None
-        t.add_row(*row[:-1], Text(row[-1], style=style or ""))
-    console.print(_fit(t, rows))
+        row[-1] = Text(row[-1], style="red" if row[-1] == "REGRESSION" else "green" if row[-1] == "ok" else "")
+    _print(console, "endpoint", ["p95 base", "p95 head", "p50", "p95", "p99", "err", "RPS", "verdict"], rows,
+           title=f"{cmp.base} -> {cmp.head}")
     for line in cmp.differences:
         console.print(Text.assemble(("note", "yellow"), f" the runs differ in {line}: figures compare two setups, "
                                     "not two releases"), highlight=False)

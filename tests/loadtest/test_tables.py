@@ -73,3 +73,43 @@ def test_saved_runs_are_private(ops_root):
     saved = history.save(load_project(ops_root), _summary("20261130-030000-heavy-cccc"))
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert stat.S_IMODE(saved.parent.stat().st_mode) == 0o700
+
+
+def test_endpoint_names_break_between_words_and_path_segments_never_inside_one(ops_root):
+    """Breaker 41 Q10: at 80 columns `loadtest compare` folded `POST /v1/audio/transcriptions`
+    inside a word (`.../transcri` + `ptions`): a name breaks only at a blank or after a '/',
+    and a console too narrow even for that gets `name: value` blocks with every name whole."""
+    import re
+
+    from rich.console import Console
+
+    from opsctl.config import load_project
+    from opsctl.loadtest import live
+    from opsctl.loadtest.compare import compare
+
+    project = load_project(ops_root)
+    for run_id in ("20261130-040000-heavy-dddd", "20261130-050000-heavy-eeee"):
+        history.save(project, _summary(run_id))
+    r = CliRunner().invoke(app, ["--root", str(ops_root), "loadtest", "compare", "previous", "latest"],
+                           env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    narrow = Console(width=60, force_terminal=False, record=True)
+    live.render_comparison(compare(_summary("a"), _summary("b")), narrow)
+    blocks = narrow.export_text()
+    pieces = ("POST", "/v1/audio/", "transcriptions", "[medium]", "JOB", "medium", "submit→done", "/healthz")
+    for out, width in ((r.stdout, 80), (blocks, 60)):
+        assert max(len(line) for line in out.splitlines()) <= width, out
+        words = set(re.findall(r"\S+", out.replace("/v1/audio/transcriptions", "/v1/audio/ transcriptions")))
+        assert all(p in words for p in pieces), (width, out)
+        assert out.count("123,456") == 2 * 4, out  # both p95s of every row, whole
+    assert "endpoint:" not in r.stdout and "POST /v1/audio/" in r.stdout  # a table at 80 columns
+    assert "endpoint: POST /v1/audio/transcriptions [medium]" in blocks, blocks
+
+
+def test_wrap_name_breaks_after_slashes_and_folds_only_a_piece_wider_than_the_column():
+    from opsctl.cli.tables import wrap_name
+
+    assert wrap_name("POST /v1/audio/transcriptions", 16) == "POST /v1/audio/\ntranscriptions"
+    assert wrap_name("GET /healthz", 40) == "GET /healthz"
+    assert wrap_name("abcdefghij", 4) == "abcd\nefgh\nij"
+    assert wrap_name("a  b", 1) == "a\nb"
