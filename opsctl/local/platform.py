@@ -341,11 +341,34 @@ def status(project: Project) -> list[ComponentStatus]:
                 continue  # a stopped standby color is history, not a component
         if name == "s3":
             note = "objects saved at down; other AWS resources ephemeral"
+        if name == "redis" and healthy and not procs.alive(getattr(state.components.get("postgres"), "pid", None)):
+            note = _redis_left_running(comp.port)
         rows.append(ComponentStatus(name, comp.pid if procs.alive(comp.pid) else None, comp.port,
                                     healthy, comp.version, str(state.log(name)), note))
         if name == "postgres":
             rows += _archiver_status(state) + _standby_status(state)
     return rows
+
+
+def _redis_left_running(port: int) -> str:
+    """The note for a Redis that runs while the platform's PostgreSQL does not: what `down`
+    leaves when Redis can't write its final snapshot (a full disk). Its writes since the last
+    snapshot (INFO persistence) are in memory only until a `down` saves it."""
+    import datetime as dt
+
+    import redis
+
+    try:
+        info = redis.Redis(host=procs.HOST, port=port, socket_timeout=5).info("persistence")
+        unsaved = int(info["rdb_changes_since_last_save"])
+        last = dt.datetime.fromtimestamp(int(info["rdb_last_save_time"]), dt.timezone.utc)
+    except (redis.RedisError, KeyError, ValueError):
+        return "running while the rest of the platform is stopped; 'opsctl local down' saves and stops it"
+    if not unsaved:
+        return "running while the rest of the platform is stopped (nothing unsaved); 'opsctl local down' stops it"
+    return (f"running while the rest of the platform is stopped, {unsaved} writes since its last snapshot "
+            f"({last:%Y-%m-%d %H:%M:%S} UTC) in memory only: 'opsctl local down' saves and stops it (free space "
+            "first when it could not)")
 
 
 def _standby_status(state: st.LocalState) -> list[ComponentStatus]:

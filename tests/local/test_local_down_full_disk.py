@@ -72,6 +72,12 @@ def test_a_redis_that_cannot_save_on_a_full_volume_is_left_running_not_killed(sm
         assert f"Redis (PID {pid}) could not write its final snapshot" in line, line
         assert "left running so its data is not lost" in line and "run 'opsctl local down' again" in line, line
         assert procs.alive(pid, "redis-server") and client.dbsize() == 200
+        # `local status` says why it still runs while the rest is stopped
+        status = runner.invoke(app, ["local", "status", "--json"])
+        (row,) = [c for c in json.loads(status.stdout)["components"] if c["name"] == "redis"]
+        assert row["pid"] == pid and "running while the rest of the platform is stopped, 200 writes since its " \
+            "last snapshot" in row["note"], row
+        assert "in memory only: 'opsctl local down' saves and stops it (free space first" in row["note"], row
 
         filler.unlink()
         freed = runner.invoke(app, ["local", "down", "--json"])
