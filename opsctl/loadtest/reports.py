@@ -26,31 +26,73 @@ def write_html(environment: Any, path: Path) -> Path:
 class CsvFiles:
     """Locust's CSV writer for the run: its history file fills while the run goes; at the end
     the stats, failures and exceptions files are rewritten once from the final numbers
-    (Locust's own writer refreshes them only once a second, so they could lag the end)."""
+    (Locust's own writer refreshes them only once a second, so they could lag the end).
+
+    A machine fault while writing them (a full disk, a folder made read-only) is one
+    OperationFailed naming the files, raised by `finish`, the files written so far removed:
+    Locust's writer, a greenlet, printed its traceback on stderr and the run ended on "a
+    file operation: No space left on device"."""
 
     def __init__(self, environment: Any, prefix: str):
         import gevent
         from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter
 
         self.environment, self.prefix = environment, prefix
-        self.writer = StatsCSVFileWriter(environment, PERCENTILES_TO_REPORT, prefix, full_history=True)
-        self.greenlet = gevent.spawn(self.writer.stats_writer)
+        self.fault: OSError | None = None  # what stopped the history writer during the run
+        with self._faults():
+            self.writer = StatsCSVFileWriter(environment, PERCENTILES_TO_REPORT, prefix, full_history=True)
+        self.greenlet = gevent.spawn(self._history)
+
+    def _history(self) -> None:
+        try:
+            self.writer.stats_writer()
+        except OSError as exc:  # said by finish, once: the load goes on meanwhile
+            self.fault = exc
+
+    def _faults(self):
+        from opsctl.errors import MachineFaults
+
+        return MachineFaults(f"writing the CSV files {self.prefix}_*.csv (removed again)")
+
+    def paths(self) -> list[Path]:
+        """Every CSV file this run writes (Locust's names: PREFIX_stats.csv and so on)."""
+        return [Path(f"{self.prefix}_{kind}.csv") for kind in ("stats", "failures", "exceptions", "stats_history")]
+
+    def close(self, failed: bool = False) -> None:
+        """Stop the history writer and close its files; `failed`: remove every CSV file too,
+        so no half-written one is left behind."""
+        self.greenlet.kill(block=True)
+        try:
+            self.writer.close_files()
+        except OSError:
+            failed = True  # the last flush of a full disk
+        if failed:
+            for path in self.paths():
+                path.unlink(missing_ok=True)
 
     def finish(self) -> dict[str, str]:
         """Stop the history writer and rewrite the stats, failures and exceptions files from the
-        final numbers; returns {kind: path} of every CSV file written."""
+        final numbers; returns {kind: path} of every CSV file written. OperationFailed (the
+        files removed) when the machine failed a write (`_faults`)."""
         from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-        self.greenlet.kill(block=True)
-        self.writer.close_files()
-        final = StatsCSV(self.environment, PERCENTILES_TO_REPORT)
-        files = {}
-        for kind, write in (("stats", final.requests_csv), ("failures", final.failures_csv),
-                            ("exceptions", final.exceptions_csv)):
-            path = f"{self.prefix}_{kind}.csv"
-            with open(path, "w", newline="") as fh:
-                write(csv.writer(fh))
-            files[f"csv_{kind}"] = path
+        try:
+            with self._faults():
+                self.greenlet.kill(block=True)
+                if self.fault is not None:
+                    raise self.fault
+                self.writer.close_files()
+                final = StatsCSV(self.environment, PERCENTILES_TO_REPORT)
+                files = {}
+                for kind, write in (("stats", final.requests_csv), ("failures", final.failures_csv),
+                                    ("exceptions", final.exceptions_csv)):
+                    path = f"{self.prefix}_{kind}.csv"
+                    with open(path, "w", newline="") as fh:
+                        write(csv.writer(fh))
+                    files[f"csv_{kind}"] = path
+        except BaseException:
+            self.close(failed=True)
+            raise
         files["csv_stats_history"] = self.writer.stats_history_file_name()
         return files
 

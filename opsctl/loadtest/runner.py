@@ -289,8 +289,7 @@ def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interr
         return summary
     finally:
         if csv_files:
-            csv_files.greenlet.kill(block=True)
-            csv_files.writer.close_files()
+            csv_files.close()
         if workers:
             workers.close()
         elif environment.runner is not None:
