@@ -12,6 +12,12 @@ second `production:` entry silently dropped the first one's `protected: true` (b
 a duplicate is a YamlFault naming its key path and both lines. The keys a merge (`<<: *base`)
 brings in may be overridden: that is what a merge is for.
 
+Aliases are bounded as go-yaml bounds them ("excessive aliasing"): a document whose aliases
+expand past MAX_VALUES values, nests deeper than MAX_DEPTH, or holds an alias of a node that
+contains it is a YamlFault before anything walks it (breaker 43 S1: a runbook of 470 bytes
+of nested aliases, a "billion laughs", took 23 GB to validate; S10: 10,000 nested brackets
+ended on "unexpected RecursionError").
+
 PyYAML raises YAMLError, with a position, for bad syntax, but a bare ValueError, without one,
 for a scalar it parses and then cannot build: an integer of more than 4300 digits (past
 Python's int-from-text limit, `sys.get_int_max_str_digits`), a date such as 2026-02-30
@@ -33,6 +39,10 @@ import yaml
 # they tell, in the spec's order (x: any byte that is not zero). A byte order mark is dropped.
 _BOMS = ((codecs.BOM_UTF32_BE, "UTF-32-BE"), (codecs.BOM_UTF32_LE, "UTF-32-LE"),
          (codecs.BOM_UTF16_BE, "UTF-16-BE"), (codecs.BOM_UTF16_LE, "UTF-16-LE"), (codecs.BOM_UTF8, "UTF-8"))
+
+
+MAX_VALUES = 100_000  # values a document may expand to through its aliases (opsctl's files hold a few thousand)
+MAX_DEPTH = 64  # levels of nesting (opsctl's deepest schema needs about 8)
 
 
 class YamlFault(ValueError):
@@ -102,16 +112,22 @@ def _load(text: str, many: bool) -> Any:
             node = loader.get_single_node()
             if node is None:
                 return None
+            _refuse_bombs(node)
             _refuse_duplicate_keys(loader, node)
             return loader.construct_document(node)
         documents = []
         while loader.check_node():
             node = loader.get_node()
+            _refuse_bombs(node)
             _refuse_duplicate_keys(loader, node)
             documents.append(loader.construct_document(node))
         return documents
     except YamlFault:  # a ValueError too, but already one line with its place
         raise
+    except RecursionError:  # PyYAML's composer recurses once per level: about 490 of them
+        mark = loader.get_mark() if loader is not None else None
+        raise YamlFault(mark.line + 1 if mark else 1, f"the YAML nests deeper than {MAX_DEPTH} levels",
+                        "write it flatter") from None
     except yaml.reader.ReaderError as exc:  # a character offset into `text`, no mark
         line = text[:exc.position].count("\n") + 1
         raise YamlFault(line, f"the character U+{exc.character:04X} is not allowed in YAML ({exc.reason})",
@@ -125,6 +141,47 @@ def _load(text: str, many: bool) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _refuse_bombs(root: yaml.Node) -> None:
+    """YamlFault when `root` expands (aliases followed) to more than MAX_VALUES values, nests
+    deeper than MAX_DEPTH, or holds an alias of a node containing it (it never ends). Each
+    node is sized once (by identity), so the check costs the text's size, not the expansion's."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_: set[int] = set()  # nodes whose children are being sized: met again, an alias of an ancestor
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            open_.discard(key)
+            line = node.start_mark.line + 1
+            if size[key] > MAX_VALUES:
+                raise YamlFault(line, f"its aliases expand to more than {MAX_VALUES:,} values (a \"billion laughs\")",
+                                "write the values out, or alias fewer levels")
+            if depth[key] > MAX_DEPTH:
+                raise YamlFault(line, f"the YAML nests deeper than {MAX_DEPTH} levels", "write it flatter")
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise YamlFault(node.start_mark.line + 1, "an alias refers to a node that contains it: the value never ends",
+                            "alias a sibling, not a parent")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in reversed(_children(node)) if id(k) not in size)
 
 
 def _refuse_duplicate_keys(loader: yaml.SafeLoader, root: yaml.Node) -> None:

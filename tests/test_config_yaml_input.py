@@ -179,3 +179,40 @@ def test_runbook_that_is_not_utf8_fails_validate_run_and_show(runner, ops_root):
     for args in (["runbook", "validate", "latin"], ["runbook", "run", "latin"], ["runbook", "show", "latin"]):
         line = one_line_exit_2(runner, args)
         assert said in line and "save the file as UTF-8" in line, (args, line)
+
+
+# --- breaker 43 S1, S10: aliases that expand without end, nesting without end ----------------
+
+def _laughs(levels: int) -> str:
+    text = 'x0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    for i in range(1, levels):
+        text += f"x{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]\n"
+    return text
+
+
+def test_a_runbook_of_nested_aliases_is_refused_before_anything_walks_it(ops_root, runner):
+    """470 bytes of nested aliases (a "billion laughs") made `runbook validate` take 1.2 GB at
+    7 levels and 23 GB at 9 (the OOM killer): the expansion is sized by node, once each."""
+    book = ops_root / "runbooks" / "laughs" / "v1.yaml"
+    book.parent.mkdir(parents=True)
+    book.write_text("name: laughs\nversion: 1\n" + _laughs(6) + "steps:\n  - {id: a, action: wait, with: {seconds: 1}}\n")
+    r = runner.invoke(app, ["runbook", "validate", "laughs"])
+    assert r.exit_code == 2, r.output
+    assert f"{book}:8: not valid YAML: its aliases expand to more than 100,000 values" in r.output, r.output
+
+
+@pytest.mark.parametrize("value, said", [
+    ("[" * 10_000 + "]" * 10_000, "line 4: the YAML nests deeper than 64 levels"),  # PyYAML's recursion
+    ("[" * 100 + "]" * 100, "line 4: the YAML nests deeper than 64 levels"),
+    ("\n" + "".join(f"      {line}\n" for line in _laughs(7).splitlines()), "line 10: its aliases expand"),
+])
+def test_opsctl_yaml_that_nests_or_expands_without_end_is_one_line(ops_root, runner, value, said):
+    (ops_root / "opsctl.yaml").write_text(f"version: 1\nenvironments:\n  local:\n    description: {value}\n")
+    line = one_line_exit_2(runner, ["config", "show"])
+    assert said in line, line
+
+
+def test_an_alias_of_its_own_parent_is_refused(ops_root, runner):
+    (ops_root / "opsctl.yaml").write_text("version: 1\nenvironments:\n  local: &l\n    platform: local\n    x: *l\n")
+    line = one_line_exit_2(runner, ["config", "show"])
+    assert "line 3: an alias refers to a node that contains it" in line, line
