@@ -324,8 +324,8 @@ FAIL_ON = ("critical", "warning", "unknown", "never")  # health's fail_on: the m
 
 def _names(value: list | str | None, arg: str,
            remedy: str = "give names or kinds (a list, or comma-separated), or leave it out") -> list | None:
-    """`check`/`skip`/`sinks` as a list of names: a list, or a comma-separated string; None when
-    not given. UsageError for an empty string or list, or an empty name in one: `check: ""` (a
+    """`check`/`sinks` as a list of names: a list, or a comma-separated string; None when not
+    given. UsageError for an empty string or list, or an empty name in one: `check: ""` (a
     parameter left empty) swept every check, where `opsctl health --check ""` is refused
     (reviewer 39 R10)."""
     if value is None:
@@ -336,6 +336,18 @@ def _names(value: list | str | None, arg: str,
     return names
 
 
+def _skipped(value: list | str | None) -> list | None:
+    """`skip` as a list of names; empty names left out, and nothing (None) when none is left.
+    Unlike `check`, an empty `skip` has one reading, "leave nothing out", and it is what a
+    runbook's `skip: "{{ params.skip }}"` renders with the parameter's default "" (the shipped
+    health-sweep) or `"backup,{{ params.health_skip }}"` with it empty (breaker 43 S3: both
+    were refused, and the scheduled sweep never ran)."""
+    if value is None:
+        return None
+    names = [str(n).strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    return [n for n in names if n] or None
+
+
 def _check_health(ctx: Context, check: list | str | None = None, skip: list | str | None = None,
                   fail_on: str | None = None, **_known: Any) -> None:
     """`fail_on` one of FAIL_ON, and each `check`/`skip` pattern matching a check of the
@@ -344,7 +356,7 @@ def _check_health(ctx: Context, check: list | str | None = None, skip: list | st
     is down now may be started by an earlier step: the sweep then says it)."""
     if fail_on is not None and fail_on not in FAIL_ON:
         raise UsageError(f"fail_on: {fail_on!r}; use one of {', '.join(FAIL_ON)}")
-    only, leave = _names(check, "check"), _names(skip, "skip")
+    only, leave = _names(check, "check"), _skipped(skip)
     if not only and not leave:
         return
     from opsctl.endpoints import resolve
@@ -370,7 +382,7 @@ def health(ctx: Context, check: list | str | None = None, skip: list | str | Non
     levels = {"critical": {Status.CRITICAL}, "warning": {Status.CRITICAL, Status.WARNING},
               "unknown": {Status.CRITICAL, Status.WARNING, Status.UNKNOWN}, "never": set()}
     _check_health(ctx, fail_on=fail_on)
-    result = monitor.run(ctx.project, ctx.env, "once", only=_names(check, "check"), skip=_names(skip, "skip"),
+    result = monitor.run(ctx.project, ctx.env, "once", only=_names(check, "check"), skip=_skipped(skip),
                          junit=_out(ctx, junit, "junit"), history=_out(ctx, history, "history")).last
     bad = [r for r in result.results if r.status in levels[fail_on]]
     if bad:

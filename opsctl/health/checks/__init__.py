@@ -125,21 +125,36 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
     return out
 
 
+# every check name and kind some environment has (the table above): which of them one has
+# depends on its platform and on what runs (host or kubernetes, workers, a standby)
+STANDARD = [("router", "http"), ("worker-*", "http"), ("postgres", "postgres"), ("redis", "redis"), ("s3", "s3"),
+            ("metrics-*", "metrics"), ("uploads", "uploads"), ("kubernetes", "kubernetes"), ("host", "host"),
+            ("backup age", "backup"), ("standby", "backup"), ("wal archive*", "backup"), ("heartbeat *", "heartbeat")]
+
+
 def plan(project, env, endpoints, only: list[str] | None = None, skip: list[str] | None = None) -> list[Check]:
     """The environment's checks, filtered by name or kind patterns (`--check`, `--skip`, then
-    health.skip). UsageError for a pattern matching no check, and for filters that leave no
-    check at all (a sweep of nothing would pass)."""
+    health.skip). UsageError for a `--check` pattern matching no check of the environment, a
+    `--skip` pattern matching no check any environment has (a typo: a check of another
+    platform, `host` on Kubernetes, skips nothing here, so one runbook runs on every
+    platform; breaker 43 S2), and for filters that leave no check at all (a sweep of nothing
+    would pass)."""
     hs = env.health
     candidates = _all(project, env, endpoints)
 
     def matches(pattern: str, name: str, kind: str) -> bool:
         return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(kind, pattern)
 
+    def standard(pattern: str) -> bool:  # a check name or kind of some platform (glob against glob: its text)
+        return any(fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(kind, pattern) or fnmatch.fnmatch(pattern, name)
+                   for name, kind in STANDARD)
+
     known = ", ".join(f"'{n}'" for n, *_ in candidates)
     for flag, patterns in (("--check", only or []), ("--skip", skip or [])):
         for pattern in patterns:
-            if not any(matches(pattern, n, k) for n, k, *_ in candidates):
-                raise UsageError(f"{flag} {pattern!r} matches no check of '{env.name}'; checks: {known}")
+            if any(matches(pattern, n, k) for n, k, *_ in candidates) or (flag == "--skip" and standard(pattern)):
+                continue
+            raise UsageError(f"{flag} {pattern!r} matches no check of '{env.name}'; checks: {known}")
     chosen = []
     for name, kind, run, own_timeout in candidates:
         if only and not any(matches(p, name, kind) for p in only):
