@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 STYLE = {"running": ("…", "yellow"), "ok": ("ok", "green"), "failed": ("failed", "red"),
-         "skipped": ("skipped", "dim"), "done-before": ("done before", "dim"), "planned": ("planned", "cyan")}
+         "skipped": ("skipped", "dim"), "done-before": ("done before", "dim"), "planned": ("planned", "cyan"),
+         "interrupted": ("interrupted", "yellow")}
 
 
 @contextmanager

@@ -62,9 +62,12 @@ class Run:
         try:
             yield step
             step.status = StepStatus.OK if step.status == StepStatus.RUNNING else step.status
+        except KeyboardInterrupt:  # no verdict: a step cut short is judged again by the next command
+            step.status, step.detail = StepStatus.INTERRUPTED, step.detail or "interrupted (Ctrl-C or SIGTERM)"
+            raise
         except BaseException as exc:
             step.status = StepStatus.FAILED
-            step.detail = step.detail or (str(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted")
+            step.detail = step.detail or str(exc)
             raise
         finally:
             step.seconds = round(time.monotonic() - began, 2)
@@ -123,7 +126,7 @@ def close_steps(record: DeployRecord, moved: bool, back: bool = False) -> None:
     (`moved`: traffic is on to_color; `back`: it went there and returned, so the switch was done
     and the switch back too), any other is failed where the process died."""
     for step in record.steps:
-        if step.status != StepStatus.RUNNING:
+        if step.status not in (StepStatus.RUNNING, StepStatus.INTERRUPTED):
             continue
         if (step.name == "switch" and (moved or back)) or (step.name in RETURN_STEPS and back):
             step.status, step.detail = StepStatus.OK, f"{step.detail} (the process stopped before recording it)".strip()
@@ -317,15 +320,26 @@ def _after_switch(driver: Driver, env: Environment, run: Run, opts: "Options", a
         try:
             if failed is not None:
                 raise OperationFailed(failed)
-            with run.step("post-promotion analysis") as s:
-                verdict = analysis.post_promotion(
-                    driver.url(target), driver.router_url(), env.deploy.analysis_window,
-                    env.deploy.max_error_rate_percent, env.deploy.max_p95_ms,
-                    analysis.analysis_headers(env.deploy.api_key_env))
-                s.detail = verdict.detail
-                s.status = StepStatus.SKIPPED if verdict.skipped else s.status
-                if not verdict.ok:
-                    raise OperationFailed(verdict.detail)
+            try:
+                with run.step("post-promotion analysis") as s:
+                    verdict = analysis.post_promotion(
+                        driver.url(target), driver.router_url(), env.deploy.analysis_window,
+                        env.deploy.max_error_rate_percent, env.deploy.max_p95_ms,
+                        analysis.analysis_headers(env.deploy.api_key_env))
+                    s.detail = verdict.detail
+                    s.status = StepStatus.SKIPPED if verdict.skipped else s.status
+                    if not verdict.ok:
+                        raise OperationFailed(verdict.detail)
+            except KeyboardInterrupt:
+                # not a failed verdict (breaker 42 R14: promote then switched back without analysis,
+                # where after a kill -9 it finishes the analysis): left as a killed deploy leaves it
+                from opsctl.errors import Interrupted
+
+                raise Interrupted(
+                    f"interrupted during the post-promotion analysis of {record.version}: traffic is on {target} "
+                    f"({record.version}), {previous or 'no color'} ({record.from_version or '-'}) is the known-good "
+                    f"one; 'opsctl promote' finishes the analysis, 'opsctl rollback' or 'opsctl abort' returns "
+                    f"traffic to {previous}") from None
         except OperationFailed as exc:
             if previous is None:
                 run.finish(Outcome.FAILED, f"post-promotion analysis failed: {exc}; no previous color to return to")

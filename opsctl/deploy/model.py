@@ -94,6 +94,7 @@ class StepStatus(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM in the step: no verdict, as a process killed there
 
 
 def other(color: str | None) -> str:

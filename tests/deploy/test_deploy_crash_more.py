@@ -217,3 +217,29 @@ def test_a_lease_live_by_the_readers_clock_is_refused_at_once():
     with pytest.raises(OperationFailed, match="another deploy is running"):
         lease_mod.Lease(api, "ns", "prod", 60, call=_call).acquire()
     assert api.obj["spec"]["holderIdentity"] == a.me
+
+
+def test_ctrl_c_in_the_post_promotion_analysis_is_no_verdict_promote_finishes_it():
+    """Breaker 42 R14: Ctrl-C (or SIGTERM) during the post-promotion analysis recorded it FAILED
+    ("interrupted"), so `promote` then switched back without analysing, where after a kill -9 it
+    finishes the analysis. The step is `interrupted`, the record unresolved, the exit line says
+    where traffic is; the next command judges the release."""
+    from opsctl.deploy.model import Release
+    from opsctl.errors import Interrupted
+
+    env = Environment(name="local", platform="local")
+    driver = Driver([_v1()], active="blue")
+    ready = mock.Mock(ok=True, skipped=False, detail="transcribed the sample")
+    with mock.patch.object(analysis, "pre_promotion", return_value=ready), \
+            mock.patch.object(analysis, "post_promotion", side_effect=KeyboardInterrupt):
+        with pytest.raises(Interrupted) as said:
+            bluegreen.deploy(driver, env, Release("w:2.0", {}), bluegreen.Options())
+    assert "traffic is on green (2.0)" in str(said.value) and "'opsctl promote' finishes the analysis" in str(said.value)
+    rec = driver.h[-1]
+    assert rec.outcome == Outcome.IN_PROGRESS and driver.active == "green"
+    assert [(s.name, s.status) for s in rec.steps][-1] == ("post-promotion analysis", StepStatus.INTERRUPTED)
+    passed = mock.Mock(ok=True, skipped=False, detail="error rate 0%, p95 900 ms")
+    with mock.patch.object(analysis, "post_promotion", return_value=passed) as judged:
+        rec = bluegreen.settle(driver, env, bluegreen.Options())
+    assert judged.called and rec.outcome == Outcome.PROMOTED, rec.reason
+    assert driver.active == "green"
