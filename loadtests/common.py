@@ -25,12 +25,68 @@ from pathlib import Path
 import gevent
 from urllib3 import encode_multipart_formdata
 
-AUDIO_DIR = Path(os.environ.get("LOADTEST_AUDIO_DIR")
-                 or Path(__file__).resolve().parent.parent / "tests" / "worker" / "data")
+
+def audio_dir() -> Path:
+    """Where the recordings are: $LOADTEST_AUDIO_DIR, else the repository's tests/worker/data
+    (read at each call: one process may run several load tests)."""
+    return Path(os.environ.get("LOADTEST_AUDIO_DIR") or Path(__file__).resolve().parent.parent / "tests" / "worker" / "data")
+
+
 # size class -> recording: short (~4 s), medium (~7 s), long (~30 s)
 SAMPLES = {"short": "hello.wav", "medium": "weather.wav", "long": "passage.wav"}
 JOB_TIMEOUT_S = float(os.environ.get("LOADTEST_JOB_TIMEOUT", "120"))
 POLL_INTERVAL_S = 0.5
+
+
+def missing_samples() -> str | None:
+    """Why the speech samples can't be read, or None: what `opsctl loadtest run` checks before
+    a run (a user class's `preflight`), so a copied loadtests/ without them is one line, not
+    every request failing on the target's account."""
+    folder = audio_dir()
+    missing = [name for name in SAMPLES.values() if not (folder / name).is_file()]
+    if not missing:
+        return None
+    return (f"the load test's speech samples {', '.join(missing)} are not in {folder}; set LOADTEST_AUDIO_DIR "
+            "to a folder holding them (the repository's tests/worker/data has them)")
+
+
+def _api_keys() -> list[str]:
+    return [k for k in (os.environ.get("LOADTEST_API_KEY"), os.environ.get("OPSCTL_WORKER_API_KEY")) if k]
+
+
+def body_text(resp, limit: int = 200) -> str:
+    """The start of an answer's body for a failure message, the API key masked: a target that
+    echoes the request's Authorization header in its error page must not put the key into
+    the reports."""
+    text = (resp.text or "")[:limit + 200]
+    for key in _api_keys():
+        text = text.replace(key, "***")
+    return text[:limit]
+
+
+def json_answer(resp) -> dict | None:
+    """The answer's JSON object, or None after failing the entry (`resp` is a catch_response
+    context): a body that is not JSON (a proxy's HTML error page) or not an object. Raised
+    inside the with-block, the error left the request neither a success nor a failure, so it
+    vanished from every figure a gate judges."""
+    try:
+        body = resp.json()
+    except ValueError:
+        resp.failure(f"HTTP {resp.status_code} but not JSON: {body_text(resp, 80)!r}")
+        return None
+    if not isinstance(body, dict):
+        resp.failure(f"HTTP {resp.status_code} but a JSON {type(body).__name__}, not an object")
+        return None
+    return body
+
+
+def transcript_problem(result) -> str | None:
+    """Why `result` (a transcription: an object with `text`, or the text itself for the text
+    formats) holds no transcript, or None."""
+    text = result.get("text") if isinstance(result, dict) else result
+    if not isinstance(text, str) or not text.strip():
+        return "empty transcript" if isinstance(text, str) else "no transcript in the answer"
+    return None
 
 
 class StillInFlight(Exception):
@@ -50,9 +106,12 @@ def let_a_pending_stop_land() -> None:
     gevent.sleep(0)
 
 
-@lru_cache(maxsize=None)
 def _recording(size: str) -> tuple[wave._wave_params, bytes]:
-    path = AUDIO_DIR / SAMPLES[size]
+    return _read(audio_dir() / SAMPLES[size])
+
+
+@lru_cache(maxsize=None)
+def _read(path: Path) -> tuple[wave._wave_params, bytes]:
     with wave.open(str(path)) as src:
         return src.getparams(), src.readframes(src.getnframes())
 

@@ -15,12 +15,13 @@ import gevent
 from gevent import GreenletExit
 from locust import FastHttpUser, between, task
 
-from common import (JOB_TIMEOUT_S, POLL_INTERVAL_S, StillInFlight, let_a_pending_stop_land, request_headers,
-                    transcription_form)
+from common import (JOB_TIMEOUT_S, POLL_INTERVAL_S, StillInFlight, body_text, json_answer, let_a_pending_stop_land,
+                    missing_samples, request_headers, transcript_problem, transcription_form)
 
 
 class TranscriptionUser(FastHttpUser):
     default_headers = request_headers()  # no-cache, and the API key when one is set
+    preflight = staticmethod(missing_samples)  # checked by opsctl before a run
     wait_time = between(1, 3)
     weight = 3
     network_timeout = 180.0
@@ -31,9 +32,9 @@ class TranscriptionUser(FastHttpUser):
         with self.client.post("/v1/audio/transcriptions", data=body, headers=headers,
                               name=f"/v1/audio/transcriptions [{size}]", catch_response=True) as resp:
             if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200] if resp.text else ''}")
-            elif not (resp.json() or {}).get("text", "").strip():
-                resp.failure("empty transcript")
+                resp.failure(f"HTTP {resp.status_code}: {body_text(resp)}")
+            elif (answer := json_answer(resp)) is not None and (problem := transcript_problem(answer)):
+                resp.failure(problem)
 
     def _job(self, size: str) -> None:
         """One job, submit to done, reported as one `JOB <size> submit→done` entry: failed when
@@ -89,9 +90,13 @@ def submit_and_wait(user, body: bytes, headers: dict[str, str], name: str, began
     client = user.client
     with client.post("/v1/jobs", data=body, headers=headers, name=name, catch_response=True) as resp:
         if resp.status_code not in (200, 202):
-            resp.failure(f"HTTP {resp.status_code}: {resp.text[:200] if resp.text else ''}")
+            resp.failure(f"HTTP {resp.status_code}: {body_text(resp)}")
             return RuntimeError(f"job submission answered HTTP {resp.status_code}")
-        job = resp.json()
+        job = json_answer(resp)
+        if job is None or not isinstance(job.get("id"), str):
+            if job is not None:
+                resp.failure("a job without an id")
+            return RuntimeError("job submission answered no job")
     status = job.get("status")
     while status not in ("succeeded", "failed"):
         if time.perf_counter() - began > JOB_TIMEOUT_S:
@@ -101,8 +106,12 @@ def submit_and_wait(user, body: bytes, headers: dict[str, str], name: str, began
             if poll.status_code != 200:
                 poll.failure(f"HTTP {poll.status_code}")
                 return RuntimeError(f"polling job {job['id']} answered HTTP {poll.status_code}")
-            job = poll.json()
-            status = job.get("status")
+            polled = json_answer(poll)
+            if polled is None:
+                return RuntimeError(f"polling job {job['id']} answered no job")
+            job, status = polled, polled.get("status")
     if status == "failed":
         return RuntimeError(f"job {job.get('id')} failed: {job.get('error')}")
+    if problem := transcript_problem(job.get("result")):  # "succeeded" with nothing transcribed is no success
+        return RuntimeError(f"job {job.get('id')} succeeded with {problem}")
     return None

@@ -24,7 +24,8 @@ from gevent import GreenletExit
 from locust import FastHttpUser, between, task
 from urllib3 import encode_multipart_formdata
 
-from common import StillInFlight, let_a_pending_stop_land, padded_wav, request_headers
+from common import (StillInFlight, body_text, json_answer, let_a_pending_stop_land, missing_samples, padded_wav,
+                    request_headers)
 from transcription import submit_and_wait
 
 PARTS = max(1, int(os.environ.get("LOADTEST_UPLOAD_PARTS", "2")))
@@ -34,6 +35,7 @@ FLOW = "chunked upload create→done"
 
 class ChunkedUploadUser(FastHttpUser):
     default_headers = request_headers()  # no-cache, and the API key when one is set
+    preflight = staticmethod(missing_samples)  # checked by opsctl before a run
     wait_time = between(2, 5)
     weight = 1
     network_timeout = 180.0
@@ -80,12 +82,16 @@ class ChunkedUploadUser(FastHttpUser):
         return submit_and_wait(self, body, {"Content-Type": content_type}, "/v1/jobs [file_id]", began)
 
     def _call(self, path: str, name: str, **kwargs) -> dict:
-        """POST and return the JSON answer; any other status than 200/201 fails the entry and raises."""
+        """POST and return the JSON answer; any other status than 200/201, or an answer that is
+        not a JSON object, fails the entry and raises."""
         with self.client.post(path, name=name, catch_response=True, **kwargs) as resp:
             if resp.status_code not in (200, 201):
-                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200] if resp.text else ''}")
+                resp.failure(f"HTTP {resp.status_code}: {body_text(resp)}")
                 raise RuntimeError(f"{name} answered HTTP {resp.status_code}")
-            return resp.json()
+            answer = json_answer(resp)
+        if answer is None:
+            raise RuntimeError(f"{name} answered no JSON object")
+        return answer
 
     def _cancel(self, upload_id: str) -> None:
         try:

@@ -106,6 +106,11 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
     target = _host(project, env, host)
     if check:  # last: the local checks above answer at once
         reachable(target, env, explicit=host is not None)
+    from opsctl.redact import remember
+
+    # every key a request may carry (the locustfile's own choice included) is masked wherever
+    # a failure text goes: a target's error page may echo the Authorization header
+    remember(*(os.environ.get(v) for v in (env.deploy.api_key_env, "LOADTEST_API_KEY", "OPSCTL_WORKER_API_KEY")))
     return Plan(env=env.name, host=target, profile=prof.name, users=users, spawn_rate=spawn_rate,
                 duration_s=duration_s,
                 classes=weights, slo=",".join(g.text for g in gates), gates=gates, locustfile=lf,

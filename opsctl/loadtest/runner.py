@@ -103,6 +103,9 @@ def _user_classes(plan: Plan) -> list:
     chosen = []
     for name, weight in names.items():
         cls = found[name]
+        problem = cls.preflight() if callable(getattr(cls, "preflight", None)) else None
+        if problem:  # what the class needs and lacks (its speech samples): one line before any load
+            raise UsageError(f"{name}: {problem}")
         cls.weight = weight  # the profile's share of users for this class (the master dispatches by it)
         if hasattr(cls, "default_headers"):  # FastHttpUser: no-cache and the API key on every request
             own = cls.__dict__.get("_opsctl_own_headers", cls.default_headers) or {}
@@ -112,6 +115,36 @@ def _user_classes(plan: Plan) -> list:
                                    **plan.headers()}
         chosen.append(cls)
     return chosen
+
+
+def _mask_errors(runner) -> None:
+    """Mask secrets (opsctl.redact: the API key the plan remembered, passwords in URLs) in the
+    failure texts and exception tracebacks Locust kept, in place: its HTML and CSV reports are
+    written from them. A target whose error page echoes the request's Authorization header
+    put the key into the console, JUnit, HTML, CSV and the saved run (breaker 42 R3)."""
+    from locust.exception import CatchResponseError
+    from locust.stats import StatsError
+
+    from opsctl.redact import credentials
+
+    errors = {}
+    for e in runner.stats.errors.values():
+        if isinstance(e.error, CatchResponseError):
+            error = CatchResponseError(credentials(str(e.error.args[0]) if e.error.args else ""))
+        else:
+            error = credentials(e.error if isinstance(e.error, str) else repr(e.error))
+        e.error = error
+        key = StatsError.create_key(e.method, e.name, error)
+        if key in errors:  # two texts that differed only by a secret: one row
+            errors[key].occurrences += e.occurrences
+        else:
+            errors[key] = e
+    runner.stats.errors.clear()
+    runner.stats.errors.update(errors)
+    for row in getattr(runner, "exceptions", {}).values():
+        for field in ("msg", "traceback"):
+            if isinstance(row.get(field), str):
+                row[field] = credentials(row[field])
 
 
 def _observed(runner, recorder: Recorder, seconds: float) -> slo.Observed:
@@ -263,6 +296,7 @@ def _run(plan: Plan, on_tick: Callable[[Tick], None] | None, interrupts: _Interr
                 raise
         run_seconds = time.monotonic() - began
         history.kill(block=True)
+        _mask_errors(runner)  # before any report reads them (the HTML and CSV are Locust's own)
         files: dict[str, str] = {}
         if plan.html:
             files["html"] = str(reports.write_html(environment, plan.html))

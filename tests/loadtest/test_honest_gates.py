@@ -49,8 +49,15 @@ BROKEN_WORKER = textwrap.dedent('''
             if MODE == "slow":
                 time.sleep(1)
                 if path.startswith("/v1/jobs"):
-                    return self._send(200 if path.count("/") > 2 else 202, b'{"id": "j1", "status": "succeeded"}')
+                    return self._send(200 if path.count("/") > 2 else 202,
+                                      b'{"id": "j1", "status": "succeeded", "result": {"text": "hello"}}')
                 return self._send(200, json.dumps({"text": "hello"}).encode())
+            if MODE == "garbage":  # a proxy's HTML page for sync requests; jobs "succeed" with no transcript
+                if path.startswith("/v1/jobs"):
+                    return self._send(200 if path.count("/") > 2 else 202, b'{"id": "j1", "status": "succeeded"}')
+                return self._send(200, b"<html>oops</html>", "text/html")
+            if MODE == "echo":  # an error page that echoes the request's Authorization header
+                return self._send(500, ("bad token: " + str(self.headers.get("Authorization"))).encode(), "text/plain")
             self._send(500, b'{"error": "boom"}')
         do_GET = do_POST = do_HEAD = _answer
         def log_message(self, *a):
@@ -88,7 +95,8 @@ def _target(folder, mode: str):
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory):
     """One broken worker per mode: {"500": url, "hang": url, "slow": url}."""
-    started = {mode: _target(tmp_path_factory.mktemp(f"target-{mode}"), mode) for mode in ("500", "hang", "slow")}
+    started = {mode: _target(tmp_path_factory.mktemp(f"target-{mode}"), mode)
+               for mode in ("500", "hang", "slow", "garbage", "echo")}
     yield {mode: url for mode, (_proc, url) in started.items()}
     for proc, _url in started.values():
         proc.terminate()
@@ -223,3 +231,47 @@ def test_the_judged_figure_is_exact_and_the_same_everywhere(ops_root, targets, s
     total = next(r for r in same["rows"] if r["endpoint"] == "Aggregated")
     assert total["base"]["p95_ms"] == total["head"]["p95_ms"] == 1234
     assert "1,234" in opsctl(ops_root, "loadtest", "compare", doc["id"], doc["id"]).stdout
+
+
+def test_answers_that_are_no_transcription_fail_the_gates(ops_root, targets):
+    """Breaker 42 R2: sync transcriptions answered 200 with an HTML page raised inside Locust's
+    catch_response block and counted as neither success nor failure (gone from every figure),
+    and jobs "succeeded" with no transcript counted as successes: the run passed
+    p95<2000ms,error_rate<1% with 0 failures. Every request sent is counted."""
+    out = _run(ops_root, targets["garbage"], "0", "p95<2000ms,error_rate<1%")
+    assert out.code == 1, (out.stdout, out.stderr)
+    doc = out.doc
+    judged = doc["judged"]
+    assert judged["requests"] > 0 and judged["ok"] == 0, judged
+    gates = {g["gate"]: g for g in doc["gates"]}
+    assert gates["error_rate<1%"]["observed"] == 100.0 and not gates["p95<2000ms"]["passed"], gates
+    texts = " ".join(f["error"] for f in doc["failures"])
+    assert "HTTP 200 but not JSON: '<html>oops</html>'" in texts or "succeeded with no transcript" in texts, texts
+    assert "Traceback" not in out.stderr and "JSONDecodeError" not in out.stderr, out.stderr
+
+
+def test_an_api_key_echoed_by_the_target_reaches_no_report(ops_root, targets, monkeypatch, tmp_path):
+    """Breaker 42 R3: an error page echoing `Authorization: Bearer KEY` put the key into the
+    console, --json, JUnit, the HTML and CSV reports and the saved run."""
+    key = "LtApiKeySecret9876"
+    monkeypatch.setenv("LOADTEST_API_KEY", key)
+    reports = tmp_path / "reports"
+    out = _run(ops_root, targets["echo"], "0", "error_rate<1%", "--classes", "TranscriptionUser=1",
+               "--html", str(reports / "r.html"), "--csv", str(reports / "r"), "--junit", str(reports / "r.xml"))
+    assert out.code == 1, (out.stdout, out.stderr)
+    assert any("bad token: Bearer ***" in f["error"] for f in out.doc["failures"]), out.doc["failures"]
+    written = [*reports.iterdir(), *(ops_root / ".opsctl" / "loadtests").iterdir()]
+    assert len(written) >= 5, written
+    for text in [out.stdout, out.stderr, *(p.read_text() for p in written)]:
+        assert key not in text
+
+
+def test_a_locustfile_without_its_speech_samples_is_one_line_before_any_load(ops_root, targets, monkeypatch, tmp_path):
+    """Breaker 42 R20: in an ops root whose loadtests/ was copied without the recordings every
+    transcription failed on FileNotFoundError, blamed on the target (100 % errors, tracebacks)."""
+    monkeypatch.setenv("LOADTEST_AUDIO_DIR", str(tmp_path / "no-samples"))
+    out = _run(ops_root, targets["slow"], "0", "error_rate<1%")
+    assert out.code == 2 and out.stdout == "", (out.stdout, out.stderr)
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("opsctl: error: TranscriptionUser: the load test's speech samples hello.wav, weather.wav, "
+                           f"passage.wav are not in {tmp_path / 'no-samples'}; set LOADTEST_AUDIO_DIR"), line
