@@ -150,8 +150,8 @@ def compare(base: RunSummary, head: RunSummary, thresholds: Thresholds | None = 
 
 def compare_saved(project, base_ref: str, head_ref: str, thresholds: Thresholds | None = None) -> Comparison:
     """`compare` on two saved runs named by id, unique id prefix, 'latest' or 'previous'.
-    Raises UsageError for an empty reference, one matching no run (or several), a threshold
-    that is negative, infinite or NaN, or a negative --min-requests."""
+    Raises UsageError for an empty reference, one matching no run (or several), both naming
+    the same run, a threshold that is negative, infinite or NaN, or a negative --min-requests."""
     from opsctl.errors import UsageError
     from opsctl.loadtest import history
 
@@ -162,4 +162,8 @@ def compare_saved(project, base_ref: str, head_ref: str, thresholds: Thresholds 
             raise UsageError(f"{option} must be a number, 0 or more (an allowed change; got {value})")
     if t.min_requests < 0:
         raise UsageError(f"--min-requests must be 0 or more (the base's noise floor; got {t.min_requests})")
-    return compare(history.find(project, base_ref), history.find(project, head_ref), t)
+    base, head = history.find(project, base_ref), history.find(project, head_ref)
+    if base.id == head.id:  # a run against itself holds every figure: "no regressions" says nothing
+        raise UsageError(f"'{base_ref}' and '{head_ref}' are the same run, {base.id}; compare two runs "
+                         "('opsctl loadtest list' shows them)")
+    return compare(base, head, t)

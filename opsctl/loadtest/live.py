@@ -188,20 +188,31 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
     """Per endpoint: p95 of each run as stored (ms), then the changes of p50/p95/p99, error
     rate and RPS, and the verdict."""
     rows = []
+    floor = cmp.thresholds.min_requests
+    unjudged = False
     for r in cmp.rows:
+        base_p95 = _lat(r.base.p95_ms) if r.base is not None else ""
+        head_p95 = _lat(r.head.p95_ms) if r.head is not None else ""
         if r.base is None or r.head is None:
             only = "only in " + ("head" if r.base is None else "base")
             # an endpoint the base measured and the head lost is a regression (compare._row)
-            rows.append([r.endpoint, "", "", "", "", "", "", "", "REGRESSION" if r.regressions else only])
+            rows.append([r.endpoint, base_p95, head_p95, "", "", "", "", "", "REGRESSION" if r.regressions else only])
             continue
         c = r.changes
-        rows.append([r.endpoint, _lat(r.base.p95_ms), _lat(r.head.p95_ms), _change(c["p50_ms"], "%"),
+        # a base under the noise floor judges nothing: "ok" beside +100pp read as a verdict (breaker 42 R17)
+        thin = r.base.requests < floor
+        unjudged = unjudged or (thin and not r.regressions)
+        rows.append([r.endpoint, base_p95, head_p95, _change(c["p50_ms"], "%"),
                      _change(c["p95_ms"], "%"), _change(c["p99_ms"], "%"), _change(c["error_rate"], "pp"),
-                     _change(c["rps"], "%"), "REGRESSION" if r.regressions else "ok"])
+                     _change(c["rps"], "%"), "REGRESSION" if r.regressions else "unjudged" if thin else "ok"])
     for row in rows:
-        row[-1] = Text(row[-1], style="red" if row[-1] == "REGRESSION" else "green" if row[-1] == "ok" else "")
+        row[-1] = Text(row[-1], style="red" if row[-1] == "REGRESSION" else "green" if row[-1] == "ok" else "yellow"
+                       if row[-1] == "unjudged" else "")
     _print(console, "endpoint", ["p95 base", "p95 head", "p50", "p95", "p99", "err", "RPS", "verdict"], rows,
            title=f"{cmp.base} -> {cmp.head}")
+    if unjudged:
+        console.print(f"unjudged: the base has fewer than {floor} requests of it (--min-requests, the noise floor)",
+                      highlight=False, markup=False)
     for line in cmp.differences:
         console.print(Text.assemble(("note", "yellow"), f" the runs differ in {line}: figures compare two setups, "
                                     "not two releases"), highlight=False)

@@ -213,3 +213,26 @@ def test_runs_set_up_apart_are_said_with_the_verdict(ops_root):
                      "compare two setups, not two releases"], out.stdout
     same, _ = _compare(ops_root, _base(), dataclasses.replace(_base(), id="20261201-020000-light-head"))
     assert "note " not in same.stdout
+
+
+def test_a_row_the_base_is_too_thin_to_judge_says_unjudged_not_ok(ops_root):
+    """Breaker 42 R17: under the base's noise floor a row read "ok" beside `err +100.0pp`, and
+    an endpoint missing from the head showed no base p95 though the base measured one."""
+    base = _run("20261201-010000-light-base", [_stats("GET", "/healthz", 300),
+                                               _stats("GET", "/metrics", 4, p95=415.0)],
+                judged=_stats("", "Transcriptions", 0))
+    head = _run("20261201-020000-light-head", [_stats("GET", "/metrics", 4, 4)], judged=_stats("", "Transcriptions", 0))
+    out, flagged = _compare(ops_root, base, head)
+    rows = {line.split()[1]: line.split() for line in out.stdout.splitlines() if line.startswith("GET ")}
+    assert rows["/metrics"][-1] == "unjudged" and "+100.0pp" in rows["/metrics"], out.stdout
+    assert "unjudged: the base has fewer than 5 requests of it (--min-requests, the noise floor)" in out.stdout
+    assert rows["/healthz"][2] == "850" and rows["/healthz"][-1] == "REGRESSION", out.stdout  # the base's p95 shown
+
+
+def test_a_run_compared_with_itself_is_refused(ops_root):
+    from opsctl.config import load_project
+
+    history.save(load_project(ops_root), _base())
+    out = CliRunner().invoke(app, ["--root", str(ops_root), "loadtest", "compare", "latest", "latest"])
+    assert out.exit_code == 2 and out.stdout == "", out.output
+    assert "'latest' and 'latest' are the same run, 20261201-010000-light-base; compare two runs" in out.stderr
