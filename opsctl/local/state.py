@@ -93,7 +93,10 @@ def load(folder: Path) -> LocalState:
                              f"{folder} (see 'ls -l {folder}') or give this user access; nothing was changed") from None
     state, problem = load_lenient(folder)
     if problem:
-        raise UsageError(f"{problem}; run 'opsctl local down --purge' to start over") from None
+        # never --purge first (breaker 43 S9): it deletes the databases, Redis and the WAL queue,
+        # and what is damaged is a file of ports and PIDs
+        raise UsageError(f"{problem}; move it aside (mv {path} {path}.damaged), then 'opsctl local up' finds "
+                         "the servers by their PID files and restarts them on the data they keep") from None
     return state
 
 
@@ -105,6 +108,8 @@ def load_lenient(folder: Path) -> tuple[LocalState, str | None]:
         return LocalState(folder), None
     try:
         doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("components", {}), dict):
+            raise ValueError("not a JSON object with an object of components")
         comps = {k: _component(k, v) for k, v in doc.get("components", {}).items()}
         color = doc.get("active_color", "blue")
         if color not in COLORS:
@@ -120,6 +125,10 @@ def _component(name: str, doc: object) -> Component:
     -1, "123" or 1.5."""
     if not isinstance(doc, dict):
         raise ValueError(f"component {name!r} is not an object")
+    known = set(Component.__dataclass_fields__)
+    if "port" not in doc or set(doc) - known:
+        raise ValueError(f"component {name!r} " + (f"has unknown fields {sorted(set(doc) - known)}" if set(doc) - known
+                                                    else "has no port"))
     comp = Component(**doc)
 
     def number(field: str, value: object, optional: bool, low: int, high: int) -> None:

@@ -39,9 +39,19 @@ def test_an_unreadable_state_file_says_whose_it_is_and_never_advises_purge(ops_r
     assert json.loads(state.read_text()) == {"components": {}, "active_color": "blue"}  # untouched
 
 
-def test_a_damaged_state_file_still_says_so(ops_root, runner):
+@pytest.mark.parametrize("text, said", [
+    ("{not json", "Expecting property name"), ("[]", "not a JSON object with an object of components"),
+    ('{"components": 5}', "not a JSON object with an object of components"),
+    ('{"components": {"redis": {"pid": 5}}}', "component 'redis' has no port"),
+])
+def test_a_damaged_state_file_still_says_so_and_never_advises_deleting_the_data(ops_root, runner, text, said):
+    """Breaker 43 S9: the one remedy given was 'local down --purge', which deletes the databases,
+    Redis and the WAL queue; other damage printed Python's text ('list' object has no attribute
+    'get', Component.__init__() missing 1 required positional argument)."""
     folder = ops_root / ".opsctl" / "local"
     folder.mkdir(parents=True)
-    (folder / "state.json").write_text("{not json")
+    (folder / "state.json").write_text(text)
     result = runner.invoke(app, ["status"])
-    assert result.exit_code == 2 and "is damaged" in result.stderr and "--purge" in result.stderr, result.output
+    assert result.exit_code == 2 and "is damaged" in result.stderr and said in result.stderr, result.output
+    assert "--purge" not in result.stderr and "attribute" not in result.stderr, result.stderr
+    assert f"move it aside (mv {folder / 'state.json'} {folder / 'state.json'}.damaged)" in result.stderr
