@@ -176,7 +176,8 @@ def run(project: Project, env: Environment, operation: str,
         return stack.destroy(**common).summary.resource_changes, {}
 
     try:  # Ctrl-C and SIGTERM cancel it as pulumi's own Ctrl-C does (opsctl.infra.cancel)
-        changes, outputs = run_cancellable(operate, f"pulumi {operation} of stack '{t.stack}'")
+        with tg.without_opsctl_secrets(env):
+            changes, outputs = run_cancellable(operate, f"pulumi {operation} of stack '{t.stack}'")
     except auto.CommandError as exc:
         reason = tracker.errors[-1] if tracker.errors else tg.last_line(str(exc))
         raise OperationFailed(f"pulumi {operation} of stack '{t.stack}' failed: {reason}") from None
@@ -190,8 +191,9 @@ def run(project: Project, env: Environment, operation: str,
 
 def _raw_outputs(project: Project, env: Environment) -> tuple[tg.Target, dict[str, Any]]:
     t = _prepare(project, env)
-    stack = tg.open_stack(t, env, tg.require_cli(), create=False)
-    return t, stack.outputs()
+    with tg.without_opsctl_secrets(env):
+        stack = tg.open_stack(t, env, tg.require_cli(), create=False)
+        return t, stack.outputs()
 
 
 def outputs(project: Project, env: Environment) -> OutputsResult:

@@ -7,13 +7,14 @@ database and cache. They must agree: a stack that creates `x-audio` while opsctl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from opsctl.config import CONFIG_NAME, Environment, Project
 from opsctl.errors import UsageError
@@ -215,6 +216,26 @@ def workspace_env(env: Environment) -> dict[str, str]:
     if env.pulumi.backend and not os.environ.get("PULUMI_BACKEND_URL"):
         out["PULUMI_BACKEND_URL"] = env.pulumi.backend
     return out
+
+
+@contextlib.contextmanager
+def without_opsctl_secrets(env: Environment) -> Iterator[list[str]]:
+    """Within the block, the secrets opsctl itself holds are out of this process's environment,
+    so the pulumi CLI, its language host and its plugins (children that inherit it whole:
+    the Automation API runs them with os.environ) never get them: the backup key, the worker
+    API key, database and Redis URLs, sink URLs (every `*_env` opsctl.yaml names, and any
+    variable whose name says secret). What pulumi itself needs stays: cloud and tool
+    credentials (AWS_*, PULUMI_*, runbook.secrets.KNOWN_SECRET_ENV), as the platform's own
+    servers get only what they need (procs.spawn; breaker 43 S15). Yields the names withheld."""
+    from opsctl.runbook.secrets import KNOWN_SECRET_ENV, environment_secret_names
+
+    names = sorted(n for n in environment_secret_names(env) if n in os.environ and n not in KNOWN_SECRET_ENV
+                   and not n.startswith(("AWS_", "PULUMI_")))
+    kept = {n: os.environ.pop(n) for n in names}
+    try:
+        yield names
+    finally:
+        os.environ.update(kept)
 
 
 def open_stack(t: Target, env: Environment, cli: Path, create: bool):
