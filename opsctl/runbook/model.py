@@ -36,6 +36,8 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from opsctl.errors import UsageError
 
+MIN_SECRET = 4  # characters of a secret parameter's value (redact._MIN_SECRET: shorter ones mask ordinary letters)
+
 
 def _quote(value: Any) -> str:
     """The `quote` filter: shlex.quote of the value. Not a way into shell text (validate
@@ -692,6 +694,13 @@ def resolve_params(book: Runbook, given: dict[str, str], env_vars: Mapping[str, 
         else:
             how = f"set {env_var(name)}" if name in secrets else f"pass -p {name}=VALUE"
             raise UsageError(f"{book.ref}: parameter '{name}' is required; {how}")
+        value = values[name]
+        if name in secrets and isinstance(value, str) and 0 < len(value) < MIN_SECRET:
+            # masked wherever it shows, a value of 1-3 characters turns every such letter of
+            # every output into *** ("e***it 3"), and hides nothing a guess would not find
+            # (breaker 43 S17)
+            raise UsageError(f"{book.ref}: parameter '{name}' is secret and {len(value)} character"
+                             f"{'s' if len(value) > 1 else ''} long; a secret has at least {MIN_SECRET}")
     return values
 
 
