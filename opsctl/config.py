@@ -28,6 +28,9 @@ _DAY = 86400.0
 # A Prometheus duration (model.ParseDuration): units from ms to y, largest first, e.g. 15s, 1m30s
 _PROM_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?", re.ASCII)
 _PROM_UNITS = (365 * _DAY, 7 * _DAY, _DAY, _HOURS, 60.0, 1.0, 0.001)
+# dr.rto and dr.rpo: a number of ASCII digits (an optional fraction) and a unit, at most 30 days
+_DR_DURATION = re.compile(r"[0-9]+(?:\.[0-9]+)?[smhd]", re.ASCII)
+_DR_MAX_DAYS = 30
 
 CONFIG_NAME = "opsctl.yaml"
 STATE_DIR = ".opsctl"
@@ -316,19 +319,44 @@ class BackupSettings(_Model):
     archive_servers: dict[str, ArchiveServer] = Field(default_factory=dict,
                                                       description="self-managed servers whose WAL opsctl archives")
 
+    @field_validator("repository")
+    @classmethod
+    def _a_repository(cls, url: str | None) -> str | None:
+        """Refused when read, not at the first backup or health check (breaker 43 S11): the URL
+        must be one opsctl.backup.repository opens (its `check_url`, which reaches nothing)."""
+        if url is None:
+            return url
+        if not url.strip():
+            raise ValueError("empty; leave it out for the default s3://<buckets.backups>/opsctl, or give "
+                             "s3://bucket/prefix or file:///path")
+        from opsctl.backup.repository import check_url
+
+        try:
+            check_url(url)
+        except UsageError:
+            raise ValueError("not s3://bucket/prefix or file:///path") from None
+        return url
+
 
 class DrSettings(_Model):
     """Disaster-recovery targets, durations such as 90s, 30m, 4h, 7d (the platform's written
     targets: RPO 1 h, RTO 4 h). The WAL archive health check judges its lag against `rpo`."""
 
-    rto: str = Field("4h", pattern=r"^\d+(\.\d+)?[smhd]$")
-    rpo: str = Field("1h", pattern=r"^\d+(\.\d+)?[smhd]$")
+    rto: str = "4h"
+    rpo: str = "1h"
 
     @field_validator("rto", "rpo")
     @classmethod
-    def _not_zero(cls, value: str) -> str:
-        if float(value[:-1]) <= 0:  # a 0 RPO would make the WAL archive check critical always
-            raise ValueError(f"{value!r} is no target; give a positive duration such as 90s, 30m, 4h or 7d")
+    def _a_target(cls, value: str) -> str:
+        # ASCII digits only (a pattern's \d, str.isdigit and float() take ١٠ too), and at most
+        # 30 days: 300 digits made float('inf') seconds, an alert rule `> inf` that never fires
+        from opsctl.pitr.health import seconds
+
+        if not _DR_DURATION.fullmatch(value):
+            raise ValueError("not a duration such as 90s, 30m, 4h or 7d (digits 0-9, then s, m, h or d)")
+        if not 0 < seconds(value) <= _DR_MAX_DAYS * _DAY:  # a 0 RPO would make the WAL archive check always critical
+            raise ValueError(f"no target; give a positive duration of at most {_DR_MAX_DAYS}d, "
+                             "such as 90s, 30m, 4h or 7d")
         return value
 
 
@@ -369,7 +397,7 @@ class MonitoringSettings(_Model):
         # Prometheus reads it as a duration (model.ParseDuration); 1s at least (it is the rule
         # evaluation interval too), 5m at most (its staleness: a series unscraped for 5 minutes
         # goes stale, so longer intervals leave gaps that resolve and refire alerts)
-        match = _PROM_DURATION.fullmatch(value) if value else None
+        match = _PROM_DURATION.fullmatch(value) if value and len(value) <= 40 else None  # int() refuses 4300+ digits
         seconds = sum(int(n) * unit for n, unit in zip(match.groups(), _PROM_UNITS) if n) if match else None
         if seconds is None or not 1 <= seconds <= 300:
             raise ValueError(f"{value!r} is not a Prometheus duration from 1s to 5m; write e.g. 15s, 30s or 1m")
@@ -381,6 +409,21 @@ class LoadtestSettings(_Model):
     the profile's `slo` in loadtests/profiles.yaml; `--slo` overrides both."""
 
     slo: str | None = Field(None, description='gates, e.g. "p95<2000ms,error_rate<5%,rps>=10"')
+
+    @field_validator("slo")
+    @classmethod
+    def _gates(cls, text: str | None) -> str | None:
+        """Parsed when read (opsctl.loadtest.slo.parse, the `--slo` parser), so a bad gate names
+        this key, not a `--slo` the user never gave (breaker 43 S11)."""
+        if text is None:
+            return text
+        from opsctl.loadtest import slo
+
+        try:
+            slo.parse(text)
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("--slo: ")) from None
+        return text
 
 
 class Environment(_Model):
@@ -407,6 +450,21 @@ class Environment(_Model):
     health: HealthSettings = Field(default_factory=HealthSettings, description="extra checks and alert sinks")
     loadtest: LoadtestSettings = LoadtestSettings()
     dr: DrSettings = DrSettings()
+
+    @field_validator("router_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        """An http(s) URL with a host (breaker 43 S11: 'not a url' was a CRITICAL router check)."""
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url) if url is not None else None
+            ok = parts is None or (parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0)
+        except ValueError:  # a port that is not a number or out of range, a bad IPv6 address
+            ok = False
+        if not ok:
+            raise ValueError("not an http(s) URL with a host, such as https://transcribe.example.com")
+        return url
 
     @model_validator(mode="after")
     def _autoscaling_bounds(self) -> "Environment":
@@ -446,6 +504,14 @@ class OpsConfig(_Model):
         return self
 
 
+def _one_line(text: str) -> str:
+    """`text` as one line of visible characters: opsctl.output.visible's escapes, and a
+    newline or tab written as \\n, \\t too (a name given with `--env $'a\\nb'` is one name)."""
+    from opsctl.output import visible
+
+    return visible(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 class Project:
     """An ops root: its folder and its parsed `opsctl.yaml`."""
 
@@ -465,7 +531,7 @@ class Project:
         except KeyError:
             known = ", ".join(sorted(self.config.environments))
             raise UsageError(
-                f"unknown environment '{name}' in {self.root / CONFIG_NAME}; known: {known}"
+                f"unknown environment '{_one_line(name)}' in {self.root / CONFIG_NAME}; known: {known}"
             ) from None
 
 
@@ -493,13 +559,59 @@ def find_root(start: Path | None = None, override: str | Path | None = None) -> 
     return None
 
 
+def _leaves(annotation) -> list:
+    """The types `annotation` admits, unwrapped from Annotated, Optional and unions."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _leaves(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg)]
+    return [annotation]
+
+
+def _boolean_as_number(annotation, value, key: tuple) -> tuple | None:
+    """The dotted key and value of the first boolean in `value` (plain data from YAML) where
+    `annotation` takes a number and no boolean, None when there is none. YAML 1.1 reads yes,
+    on and true as booleans, which pydantic's lax mode takes for 1 (`keep_last: yes` kept one
+    backup: breaker 43 S4). Walks models (config's and health.settings'), dicts and lists."""
+    import typing
+
+    leaves = _leaves(annotation)
+    if isinstance(value, bool):
+        numbers = [t for t in leaves if t in (int, float) or (typing.get_origin(t) is Literal and any(
+            type(arg) in (int, float) for arg in typing.get_args(t)))]  # `version: true` was version 1
+        if bool not in leaves and typing.Any not in leaves and numbers:
+            return key, value
+        return None
+    for leaf in leaves:
+        origin, args = typing.get_origin(leaf), typing.get_args(leaf)
+        if isinstance(value, dict):
+            if isinstance(leaf, type) and issubclass(leaf, BaseModel):
+                for name, item in value.items():
+                    field = leaf.model_fields.get(name) if isinstance(name, str) else None
+                    if field is not None and (found := _boolean_as_number(field.annotation, item, (*key, name))):
+                        return found
+            elif origin is dict and len(args) == 2:
+                for name, item in value.items():
+                    if found := _boolean_as_number(args[1], item, (*key, name)):
+                        return found
+        elif isinstance(value, list) and origin in (list, tuple, set, frozenset) and args:
+            for i, item in enumerate(value):
+                if found := _boolean_as_number(args[0], item, (*key, i)):
+                    return found
+    return None
+
+
 def _describe(error: ValidationError) -> str:
     """The first error, one line: the key's dotted path, what is wrong, the value (masked by
     redact.credentials; left out when it is a URL refused for carrying a secret)."""
     from opsctl.redact import credentials
 
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = _one_line(".".join(str(part) for part in first["loc"])) or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check its spelling against 'opsctl init' output)"
@@ -522,6 +634,11 @@ def parse_config(path: Path) -> OpsConfig:
         raise UsageError(f"{path}: line {exc.line}: {exc.problem}; {exc.remedy or 'fix the YAML'}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: expected a mapping with 'environments', got {type(raw).__name__}")
+    if found := _boolean_as_number(OpsConfig, raw, ()):
+        key, value = found
+        raise UsageError(f"{path}: {_one_line('.'.join(str(part) for part in key))}: expected a number, got the "
+                         f"boolean {str(value).lower()} (YAML reads yes/no/on/off/true/false as booleans); write "
+                         "the number")
     try:
         return OpsConfig.model_validate(raw)
     except ValidationError as exc:

@@ -591,9 +591,19 @@ def _within(name: str, prefix: str) -> bool:
     return not prefix or name == prefix or (prefix.endswith("/") and name.startswith(prefix))
 
 
+def check_url(url: str) -> None:
+    """UsageError unless `url` is a repository URL opsctl opens: s3://bucket[/prefix] or
+    file:///path (a relative file:path is under the ops root). Its shape only: nothing is
+    reached (opsctl.yaml is checked with it when read)."""
+    parsed = urlparse(url)
+    if not ((parsed.scheme == "file" and (parsed.netloc or parsed.path)) or (parsed.scheme == "s3" and parsed.netloc)):
+        raise UsageError(f"backup.repository '{url}' is not s3://bucket/prefix or file:///path; fix it in opsctl.yaml")
+
+
 def open_repository(url: str | None, project, endpoints) -> Repository:
     """The repository an environment's `backup.repository` names (default: its backup bucket)."""
     url = url or f"s3://{endpoints.backup_bucket}/opsctl"
+    check_url(url)
     parsed = urlparse(url)
     if parsed.scheme == "file":
         raw = (parsed.netloc + parsed.path) if parsed.netloc else parsed.path
@@ -614,7 +624,7 @@ def open_repository(url: str | None, project, endpoints) -> Repository:
                                   "environment's AWS endpoint (aws.endpoint_url in opsctl.yaml), the network and "
                                   "the AWS credentials") from None
         return S3Repository(client, parsed.netloc, parsed.path, url)
-    raise UsageError(f"backup.repository '{url}' is not s3://bucket/prefix or file:///path; fix it in opsctl.yaml")
+    raise AssertionError(url)  # check_url let through a scheme this function does not open
 
 
 def for_environment(project, env) -> Repository:
