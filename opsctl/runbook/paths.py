@@ -8,7 +8,11 @@ A parameter is data, so it must not choose code or where a step writes (issue 19
 - An argument that names a file **written** (`health`'s `junit`/`history`, `loadtest`'s
   `html`/`csv`/`junit`, `dr-drill`'s `junit`/`metrics_file`) is a path relative to the ops
   root that stays inside it once symbolic links are followed, and out of the places
-  holding code, procedures and state others trust (`PROTECTED`).
+  holding code, procedures and state others trust (`PROTECTED`). Under `.opsctl/` (opsctl's
+  own state: journals, silences, heartbeats, drill and failover records, ...) an output
+  goes only into a report folder (`REPORT_FOLDERS`: `.opsctl/dr/`, where the shipped
+  `dr-drill` writes, and `.opsctl/reports/`) or is a file directly in `.opsctl/`; every
+  other folder there is state, including ones a later version adds.
 
 Actions list such arguments in their `code_paths`/`out_paths` attributes; `validate`
 checks constant values, and the run checks rendered ones before the step starts (one
@@ -24,7 +28,30 @@ from opsctl.errors import UsageError
 # relative to the ops root: written outputs never land here (code, procedures, config,
 # journals, version control)
 PROTECTED = ("runbooks", "loadtests", "stacks", "templates", "opsctl.yaml", ".git", ".venv", ".opsctl/runs",
-             ".opsctl/local", ".opsctl/backups", ".opsctl/failover", ".opsctl/loadtests")
+             ".opsctl/local", ".opsctl/backups", ".opsctl/failover", ".opsctl/loadtests", ".opsctl/health",
+             ".opsctl/drill", ".opsctl/restores")
+
+STATE = ".opsctl"
+# the only folders under .opsctl/ that take written reports (dr-drill's shipped runbook
+# writes .opsctl/dr/drill.xml and .opsctl/dr/drill.prom)
+REPORT_FOLDERS = ("dr", "reports")
+REPORT_HINT = "write under reports/, .opsctl/reports/ or .opsctl/dr/"
+
+
+def state_problem(norm: str) -> str | None:
+    """The `.opsctl/` place a normalised relative path `norm` would write into when that
+    place is opsctl's own state (any folder of `.opsctl/` but `REPORT_FOLDERS`, the folder
+    itself, or a file named like one of its folders), or None."""
+    if norm == STATE:
+        return STATE
+    if not norm.startswith(STATE + "/"):
+        return None
+    first, _, rest = norm[len(STATE) + 1:].partition("/")
+    if rest and first in REPORT_FOLDERS:
+        return None
+    if rest or first in REPORT_FOLDERS or any(p == f"{STATE}/{first}" for p in PROTECTED):
+        return f"{STATE}/{first}"
+    return None
 
 
 def protected_for(env) -> tuple[str, ...]:
@@ -53,10 +80,23 @@ def lexical_problem(value: str, arg: str, kind: str, protected: tuple[str, ...] 
             return f"{arg}: {value} leaves the ops root; write a path inside it"
     if kind == "output":
         norm = _normal(pure)
-        for place in (*PROTECTED, *protected):
-            if norm == place or norm.startswith(place + "/"):
-                return f"{arg}: {value} would write into {place}, which holds code or records; write under .opsctl/ or reports/"
+        place = protected_place(norm, protected)
+        if place and place.startswith(STATE):
+            return (f"{arg}: {value} would write into {place}, which holds opsctl's own state "
+                    f"(only .opsctl/dr/ and .opsctl/reports/ take reports there); {REPORT_HINT}")
+        if place:
+            return f"{arg}: {value} would write into {place}, which holds code or records; {REPORT_HINT}"
     return None
+
+
+def protected_place(norm: str, protected: tuple[str, ...] = ()) -> str | None:
+    """The place of the ops root a normalised relative path `norm` (no `..`, `/`-separated)
+    would write into when nothing may be written there (`PROTECTED`, `protected`, opsctl's
+    state under `.opsctl/`: `state_problem`), or None. Also used by `render ci --out`."""
+    for place in (*PROTECTED, *protected):
+        if norm == place or norm.startswith(place + "/"):
+            return place
+    return state_problem(norm)
 
 
 def _normal(pure: PurePosixPath) -> str:
