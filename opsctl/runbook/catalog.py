@@ -54,10 +54,59 @@ def digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
+REF = re.compile(r"^[^@\s]+@[1-9][0-9]*$")
+
+
 def lock(root: Path) -> dict[str, str]:
-    """runbooks/lock.json as {NAME@N: digest}; empty when nothing is published."""
+    """runbooks/lock.json as {NAME@N: digest}; empty when nothing is published.
+
+    A damaged lock (not JSON, not an object of NAME@N to "sha256:…", a merge conflict left
+    in it, a folder, unreadable) is a UsageError naming the file and the fix, never a
+    Python exception: every runbook command and `render ci` read it."""
     path = folder(root) / "lock.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists() and not path.is_symlink():
+        return {}
+
+    def damaged(why: str) -> UsageError:
+        return UsageError(f"{path} {why}; restore it from git (git checkout -- runbooks/lock.json)")
+
+    if path.is_dir():
+        raise damaged("is a folder, not a JSON file of NAME@N: sha256:… pins")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise damaged(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise damaged("is not UTF-8 text") from None
+    conflict = next((n for n, line in enumerate(text.splitlines(), 1)
+                     if line.startswith(("<<<<<<<", "=======", ">>>>>>>"))), None)
+    if conflict:
+        raise damaged(f"holds an unresolved merge conflict (line {conflict})")
+
+    def pairs(items):
+        seen: dict = {}
+        for key, value in items:
+            if key in seen:
+                raise ValueError(f"{key!r} is pinned twice")
+            seen[key] = value
+        return seen
+
+    try:
+        doc = json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as exc:
+        raise damaged(f"is not a JSON object of NAME@N: sha256:… pins (line {exc.lineno}: {exc.msg})") from None
+    except (ValueError, RecursionError) as exc:
+        raise damaged(f"is not a JSON object of NAME@N: sha256:… pins ({str(exc)[:80] or type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise damaged(f"is not a JSON object of NAME@N: sha256:… pins (it holds a JSON {type(doc).__name__})")
+    for key, value in doc.items():
+        if not REF.match(key) or not isinstance(value, str) or not PIN.match(value):
+            shown = ascii(key)[1:-1][:60]
+            raise damaged(f"is not a JSON object of NAME@N: sha256:… pins ('{shown}' is not NAME@N pinned to sha256:<64 hex>)")
+    return doc
 
 
 def _write_lock(root: Path, pins: dict[str, str]) -> None:
