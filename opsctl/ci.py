@@ -94,7 +94,7 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
     from opsctl.runbook.actions import ACTIONS as RUNBOOK_ACTIONS
 
     if out is not None:
-        report_path(out, "--out", example="deploy.yml")
+        _out_path(project, out)
     from opsctl.runbook.schedules import default_image, scheduled
 
     repo = image or project.env(production).worker.image.rsplit(":", 1)[0]
@@ -109,16 +109,57 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
                   actions=ACTIONS)
     parse_yaml("ci/github-actions.yml.j2", text)  # a template edit that breaks YAML fails here, not in CI
     if out is not None:
-        write_to(text, out)
+        write_to(text, out, project)
     return text
 
 
-def write_to(text: str, out: str) -> Path:
-    """`opsctl render ci --out FILE`: the workflow written whole at `out` (files.write_text: a
-    temporary file, then renamed), checked first as any file opsctl writes (files.report_path:
-    not empty, not a folder, its folder made). Returns the path."""
-    from opsctl.files import report_path, write_text
+HEADER = b"# CI/CD for the transcription platform, rendered by"  # the template's first line
 
-    path = report_path(out, "--out", example="deploy.yml")
+
+def _out_path(project: Project | None, out: str) -> Path:
+    """`--out` checked as any file opsctl writes (files.report_path: not empty, not a folder,
+    its folder made), then, symbolic links followed: never one of the ops root's own files or
+    folders (opsctl.yaml, runbooks/ with its lock, templates/, stacks/, loadtests/, opsctl's
+    state under .opsctl/, a `file://` backup folder: runbook.paths.protected_place), and never
+    an existing file that is not a workflow an earlier `render ci` wrote. UsageError (exit 2)
+    otherwise."""
+    from opsctl.errors import UsageError
+    from opsctl.files import report_path
+    from opsctl.runbook.paths import protected_for, protected_place
+
+    path = report_path(out, "--out", make=False, example="deploy.yml")  # nothing made before the checks
+    target = path.resolve()
+    if project is not None:
+        root = project.root.resolve()
+        try:
+            norm = target.relative_to(root).as_posix()
+        except ValueError:
+            norm = None
+        if norm is not None:
+            extra = tuple(p for env in project.environments.values() for p in protected_for(env)) \
+                if isinstance(getattr(project, "environments", None), dict) else ()
+            place = protected_place(norm, extra)
+            if place:
+                raise UsageError(f"--out {out} would write into {place} of the ops root {root}, which holds "
+                                 "its config, procedures or state; write the workflow elsewhere, e.g. "
+                                 ".github/workflows/deploy.yml")
+    if target.is_file():
+        try:
+            with target.open("rb") as fh:
+                head = fh.read(len(HEADER))
+        except OSError:
+            head = b""
+        if head != HEADER:
+            raise UsageError(f"--out {out} exists and is not a workflow 'opsctl render ci' wrote; "
+                             "move it aside or choose another --out")
+    return report_path(out, "--out", example="deploy.yml")
+
+
+def write_to(text: str, out: str, project: Project | None = None) -> Path:
+    """`opsctl render ci --out FILE`: the workflow written whole at `out` (files.write_text: a
+    temporary file, then renamed), checked first (`_out_path`). Returns the path."""
+    from opsctl.files import write_text
+
+    path = _out_path(project, out)
     write_text(path, text)
     return path

