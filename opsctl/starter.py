@@ -44,6 +44,16 @@ def config_file_problem(folder: Path | str) -> str | None:
             f"then run 'opsctl init {folder}'")
 
 
+def starter_folder(path: str | None) -> Path:
+    """The folder `opsctl init PATH` means: PATH, or the current folder when PATH is left out.
+    UsageError when PATH is given empty or blank (`opsctl init "$DIR"` with DIR unset): taking
+    it for "here" wrote into the current directory (breaker 42 R18)."""
+    from opsctl.errors import not_empty
+
+    not_empty(path, "PATH", "give the folder that is to hold opsctl.yaml, or leave it out for the current one")
+    return Path(path) if path is not None else Path(".")
+
+
 def write_starter(folder: Path, force: bool = False) -> Path:
     """Write the starter as `folder`/opsctl.yaml (temporary file, then rename) and return
     its path. `folder` is made (with its parents, as `git init DIR` does) when missing.

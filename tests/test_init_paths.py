@@ -91,3 +91,14 @@ def test_an_empty_root_is_refused_not_ignored(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     one_line_error(runner.invoke(app, ["--root", "", "status"]), "--root is empty")
     one_line_error(runner.invoke(app, ["--root", "  ", "status"]), "--root is empty")
+
+
+@pytest.mark.parametrize("given", ["", "   "])
+def test_an_empty_path_is_refused_not_taken_for_here(tmp_path, monkeypatch, runner, given):
+    """Breaker 42 R18: `opsctl init "$DIR"` with DIR unset wrote opsctl.yaml into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["init", given])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "PATH is empty" in r.stderr, r.stderr
+    assert not (tmp_path / "opsctl.yaml").exists()
+    assert runner.invoke(app, ["init"]).exit_code == 0 and (tmp_path / "opsctl.yaml").is_file()

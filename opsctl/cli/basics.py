@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -31,10 +30,11 @@ def version(as_json: JsonOpt = False) -> None:
 
 def doctor(as_json: JsonOpt = False) -> None:
     """Check everything the other commands need, with a fix for each missing piece."""
+    from opsctl.cli.common import globals_
     from opsctl.doctor import run_checks
     from opsctl.output import emit
 
-    report = run_checks()
+    report = run_checks(globals_().root)  # --root selects whose backup repositories are checked
 
     def render(console):
         from opsctl.cli.tables import print_whole
@@ -48,14 +48,15 @@ def doctor(as_json: JsonOpt = False) -> None:
 
 
 def init(
-    path: Annotated[Path, typer.Argument(help="Folder to make an ops root.")] = Path("."),
+    path: Annotated[str | None, typer.Argument(help="Folder to make an ops root (default: the current one).",
+                                               show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing opsctl.yaml.")] = False,
 ) -> None:
     """Write a commented starter opsctl.yaml."""
     from opsctl.output import stdout
-    from opsctl.starter import write_starter
+    from opsctl.starter import starter_folder, write_starter
 
-    written = write_starter(path, force=force)
+    written = write_starter(starter_folder(path), force=force)
     stdout.print(f"wrote {written}; edit it, then run 'opsctl doctor'")
 
 
