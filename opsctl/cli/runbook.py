@@ -156,6 +156,8 @@ def _detail(record: dict) -> str:
         return f"resumed; done before: {', '.join(map(str, done)) or 'nothing'}"
     if record["type"] == "step":
         return str(record.get("detail") or "")
+    if record["type"] == "end" and record.get("reason"):  # a run refused inside a step: why
+        return f"step {record.get('step', '?')}: {record['reason']}"
     return ""
 
 

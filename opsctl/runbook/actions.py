@@ -285,8 +285,11 @@ def _check_notify(ctx: Context, level: str | None = None, sinks: list | str | No
 @action("notify", check=_check_notify)
 def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | None = None) -> dict:
     """A line in the log, and a message to the environment's alert sinks (health.sinks),
-    all of them or those named. A sink that fails is reported in the outputs, not raised:
-    a notification must not turn a good run into a failed one."""
+    all of them or those named. A sink that fails is reported in the outputs and in the
+    step's detail (`summary`: "delivered to none of 2 sinks: slack: HTTP 500; ..."), not
+    raised: a notification must not turn a good run into a failed one. Except a `critical`
+    one that reached none of its sinks: nobody was paged, so the step fails (exit 1, the
+    failures in its detail) rather than show `ok` (brk42 R12)."""
     import datetime as dt
     import logging
 
@@ -309,8 +312,31 @@ def notify(ctx: Context, message: str, level: str = "info", sinks: list | str | 
             sender.send(alert)
             sent.append(sender.name)
         except Exception as exc:  # reported, never raised (see docstring)
-            failed[sender.name] = sender.scrub(str(exc))
-    return {"message": message, "sent_to": sent, "failed": failed}
+            failed[sender.name] = sender.scrub(str(exc)) or type(exc).__name__
+    return {"message": message, "sent_to": sent, "failed": failed, "summary": _delivery(level, len(chosen), sent, failed)}
+
+
+def _delivery(level: str, count: int, sent: list, failed: dict) -> str:
+    """notify's one-line account of where the message went (the step's detail); a WARNING
+    log line when a sink failed, and OperationFailed when a critical message reached none."""
+    import logging
+
+    from opsctl.errors import OperationFailed
+
+    if not count:
+        return "no health.sinks to send to: logged only"
+    errors = "; ".join(f"{name}: {why}" for name, why in failed.items())
+    if not sent:
+        line = f"delivered to none of {count} sink{'s' if count != 1 else ''}: {errors}"
+        if level == "critical":
+            raise OperationFailed(f"critical message {line}")
+        logging.getLogger("opsctl.runbook").warning(line)
+        return line
+    if failed:
+        line = f"delivered to {len(sent)} of {count} sinks ({', '.join(sent)}); not to {errors}"
+        logging.getLogger("opsctl.runbook").warning(line)
+        return line
+    return f"delivered to {', '.join(sent)}"
 
 
 def _out(ctx: Context, value: str | None, arg: str) -> Path | None:

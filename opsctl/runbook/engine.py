@@ -50,6 +50,9 @@ class StepStatus(enum.StrEnum):
     PLANNED = "planned"  # dry run
 
 
+REFUSED = "refused"  # a journaled run's end status when a step refused its input before anything ran
+
+
 class RunStatus(enum.StrEnum):
     """The outcome of a run; only FAILED exits 1."""
 
@@ -383,8 +386,12 @@ class _Runner:
                                      str(exc) or type(exc).__name__), inputs=shown)
             return False
         self.outputs[step["id"]] = outputs
+        # an action may sum its outcome up in outputs["summary"] (notify: where the message went)
+        summary = outputs.get("summary") if isinstance(outputs, dict) else None
+        notes = ["succeeded on attempt %d" % attempts if attempts > 1 else "",
+                 summary if isinstance(summary, str) else ""]
         self._record(StepOutcome(step["id"], StepStatus.OK, attempts, round(time.monotonic() - began, 2),
-                                 "succeeded on attempt %d" % attempts if attempts > 1 else "", outputs),
+                                 "; ".join(n for n in notes if n), outputs),
                      inputs=shown)
         return True
 
@@ -430,6 +437,11 @@ class _Runner:
                 # other, so its alert is sent (breaker 28 F3: a config without retention ended the
                 # nightly at its prune step, exit 2, no alert, its later steps never run)
                 if not done and not any(o.status == StepStatus.OK for o in self.steps):
+                    if self.journal:  # journaled as refused with why, never listed as "interrupted" (brk42 R16)
+                        try:
+                            self.journal.write("end", status=REFUSED, step=sid, reason=self.mask(str(exc)))
+                        except OperationFailed:  # a full disk: the refusal is still what is said
+                            pass
                     raise
                 self._record(StepOutcome(sid, StepStatus.FAILED, detail=str(exc)))
             route = step.get("on_failure", "abort")
