@@ -239,33 +239,79 @@ def _write_own_stream(path: Path, data: bytes) -> bool:
 
 
 def append_line(path: Path, line: str, durable: bool = False) -> None:
-    """Append `line` and a newline to `path` (created 0600, kept 0600), whole or not at all.
+    """Append `line` and a newline to `path`, whole or not at all; a file made here is created
+    0600 (lines may hold messages), an existing one keeps its owner's mode: chmod'ing whatever
+    the path named made a file another user shares private and took the bits of device nodes
+    (breaker 42 R10).
 
     A write that fails part way (a full disk) is cut back to the old size: left, the next
     line would be glued to half of this one and both be unreadable (breaker 33 B4, B9). A
     last line a crash left unfinished (no newline) is ended first, so this one reads on its
     own. `durable`: fsynced before returning (a failed fsync cuts the line back too). The
-    folder must exist. Raises OperationFailed naming the file for a machine fault
-    (errors.MachineFaults)."""
+    folder must exist. An existing target that is not a regular file (a device, a FIFO, a
+    pipe) is written in place as `write_text` writes one: a FIFO waits FIFO_WAIT seconds for a
+    reader, then UsageError; nothing is cut back or fsynced there. Raises OperationFailed
+    naming the file for any fault of the write (errors.MachineFaults, or the OSError's reason)."""
+    import errno
+
+    from opsctl.errors import OperationFailed, UsageError
+
     data = line.encode() + b"\n"
-    with MachineFaults(f"writing {path}"):
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # a file made before with other bits: lines may hold messages
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data
-            view = memoryview(data)
+    try:
+        with MachineFaults(f"writing {path}"):
             try:
-                while view:
-                    view = view[os.write(fd, view):]
-                if durable:
-                    os.fsync(fd)
-            except BaseException:
-                os.ftruncate(fd, size)
-                raise
-        finally:
-            os.close(fd)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+                os.fchmod(fd, 0o600)  # ours, just made: private whatever the umask
+            except FileExistsError:
+                if not _is_regular(path):
+                    _append_stream(path, data)
+                    return
+                fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the check and the open
+                    raise OSError(errno.EINVAL, "not a regular file")
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data
+                view = memoryview(data)
+                try:
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if durable:
+                        os.fsync(fd)
+                except BaseException:
+                    try:
+                        os.ftruncate(fd, size)
+                    except OSError:
+                        pass  # the write's own error is the one to say
+                    raise
+            finally:
+                os.close(fd)
+    except (OperationFailed, UsageError):
+        raise
+    except OSError as exc:  # not a machine fault (EINVAL of a /proc file...): still one line naming the file
+        raise OperationFailed(f"writing {path}: {exc.strerror or exc}") from None
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # a dangling link or the like: the regular path says what is wrong
+
+
+def _append_stream(path: Path, data: bytes) -> None:
+    """`data` written to a device, FIFO or pipe in place, as write_text writes a report there:
+    this process's own stdout/stderr through its stream, a FIFO waited on for a reader."""
+    if _write_own_stream(path, data):
+        return
+    fd = _stream_opener(str(path), os.O_WRONLY | os.O_APPEND)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _private_opener(name: str, flags: int) -> int:

@@ -97,9 +97,23 @@ def health(
     options = dict(interval=interval, cron=cron, iterations=iterations, only=check, skip=skip, junit=junit,
                    history=history, metrics_port=metrics_port)
     if mode is Mode.once:
-        result = monitor.run(project, envcfg, mode.value, **options).last
-        emit(result.to_dict(), as_json, lambda c: _print(c, result))
-        raise typer.Exit(int(result.status))
+        result = monitor.run(project, envcfg, mode.value, strict=True, **options).last
+        doc, code = result.to_dict(), int(result.status)
+        if result.not_written:  # the verdict printed, each report not written one line, never exit 0
+            from opsctl.health.model import Status
+
+            code = code or int(Status.UNKNOWN)
+            doc.update(code=code, status=Status(code).name, not_written=result.not_written)
+        emit(doc, as_json, lambda c: _print(c, result))
+        if result.not_written:
+            import sys
+
+            from opsctl.output import visible
+
+            sys.stdout.flush()
+            for fault in result.not_written:
+                sys.stderr.write(f"opsctl: error: {visible(fault)}\n")
+        raise typer.Exit(code)
     from opsctl.errors import Interrupted
     from opsctl.signals import sigterm_as_interrupt
 

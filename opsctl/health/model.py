@@ -63,6 +63,7 @@ class SweepResult:
     results: list[CheckResult]
     silenced: dict[str, str] = field(default_factory=dict)  # check name -> silenced until (ISO UTC)
     silences: list[dict[str, str]] = field(default_factory=list)  # in force: check (pattern), until, reason, id
+    not_written: list[str] = field(default_factory=list)  # reports asked for that could not be written (once)
 
     @property
     def status(self) -> Status:

@@ -31,8 +31,10 @@ def _checks(project, env, only, skip):
 
 
 def once(project, env, only: list[str] | None = None, skip: list[str] | None = None, *,
-         junit: str | Path | None = None, history: str | Path | None = None) -> SweepResult:
+         junit: str | Path | None = None, history: str | Path | None = None, strict: bool = False) -> SweepResult:
     """One sweep with its reports: what `opsctl health` and the runbook `health` step call.
+    `strict` (the command's --mode once): a report not written is said in `result.not_written`
+    (the command says each in one line and exits non-zero), not logged.
 
     `only`/`skip` are check name or kind patterns; `junit` receives the sweep as JUnit XML
     (checked writable before any check runs), `history` gets one JSON line appended. A
@@ -47,11 +49,32 @@ def once(project, env, only: list[str] | None = None, skip: list[str] | None = N
     before = _silences_in_force(project, env)  # in force as the sweep begins (see _with_silences)
     planned = _checks(project, env, only, skip)
     result = _with_silences(project, env, sweep_mod.run(env.name, planned), before)
+    if strict:  # each report that fails is one sentence in result.not_written, none logged
+        _strictly(result, lambda: junit_mod.write(junit, result) if junit is not None else None, JUNIT_FAULT)
+        _strictly(result, lambda: append_history(history, result, []) if history is not None else None,
+                  HISTORY_ONCE_FAULT)
+        return result
     if junit is not None:
         written(lambda: junit_mod.write(junit, result), JUNIT_FAULT)
     if history is not None:
         written(lambda: append_history(history, result, []), HISTORY_FAULT)
     return result
+
+
+HISTORY_ONCE_FAULT = "the sweep's history line was not written (%s)"
+
+
+def _strictly(result: SweepResult, write, fault: str) -> None:
+    """Run `write`; a report it could not write (a machine fault, a FIFO no process reads, any
+    OSError) is added to `result.not_written` as one line (`fault` % its reason). The JUnit
+    report and the history line fail alike (breaker 42 R10: a full device only warned for one
+    and gave "unexpected OSError" for the other; a FIFO refused one and dropped the other)."""
+    from opsctl.errors import OpsError, fault_text
+
+    try:
+        write()
+    except (OpsError, OSError) as exc:
+        result.not_written.append(" ".join((fault % fault_text(exc)).split()))
 
 
 def _silences_in_force(project, env) -> list:
@@ -159,7 +182,7 @@ def run(project, env, mode: str = "once", *, interval: float | None = None, cron
         iterations: int | None = None, only: list[str] | None = None, skip: list[str] | None = None,
         junit: str | Path | None = None, history: str | Path | None = None, metrics_port: int | None = None,
         on_sweep: Callable[[SweepResult, list[Alert], float], None] | None = None,
-        stop: threading.Event | None = None) -> WatchResult:
+        stop: threading.Event | None = None, strict: bool = False) -> WatchResult:
     """The whole `opsctl health` operation, also the runbook `health` step's: check that the
     JUnit report can be written, settle the cadence (`cadence`: options that go together,
     health.* defaults), then one sweep (`mode` "once", no alerting, `on_sweep` not called) or
@@ -175,7 +198,7 @@ def run(project, env, mode: str = "once", *, interval: float | None = None, cron
         junit = junit_mod.check_writable(junit)
     plan = cadence(project, env, mode, interval, cron, iterations, history, metrics_port)
     if mode == "once":
-        return WatchResult(once(project, env, only, skip, junit=junit, history=plan.history), sweeps=1)
+        return WatchResult(once(project, env, only, skip, junit=junit, history=plan.history, strict=strict), sweeps=1)
 
     from opsctl.health.schedule import written
 

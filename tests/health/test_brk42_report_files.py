@@ -1,0 +1,81 @@
+"""breaker 42 R10: `opsctl health --history FILE` chmod'ed whatever it named to 0600 (a file the
+user shares, device nodes), a device that fails a write gave "unexpected OSError" (exit 1) for
+--history and only a warning (exit 0) for --junit, and a FIFO with no reader silently took the
+history line while --junit waited and refused. Now: an existing file keeps its mode (a new one
+is made 0600); a report that can't be written is one `opsctl: error:` line and a non-zero exit,
+the verdict still printed, the same for --junit and --history; a FIFO is waited on for both.
+Device nodes are made here with mknod (never the real /dev/full)."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import yaml
+
+from opsctl.cli import app
+from tests.health.servers import ScriptedServer
+
+
+@pytest.fixture
+def ops(tmp_path, monkeypatch):
+    target = ScriptedServer([200])
+    (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump({"version": 1, "environments": {"ci": {
+        "platform": "kubernetes", "health": {"http": [{"name": "target", "url": f"{target.url}/readyz"}]}}}}))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    target.close()
+
+
+def health(runner, *args):
+    return runner.invoke(app, ["health", "--env", "ci", "--check", "target", *args])
+
+
+def full_device(path):
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # a node of /dev/full's kind, in a temp folder
+    os.chmod(path, 0o666)
+    return path
+
+
+def test_an_existing_file_keeps_its_mode_and_a_new_one_is_private(ops, runner):
+    shared = ops / "shared.jsonl"
+    shared.write_text("x\n")
+    shared.chmod(0o644)
+    r = health(runner, "--history", str(shared))
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644
+    assert json.loads(shared.read_text().splitlines()[1])["checks"][0]["name"] == "target"
+    os.umask(0o022)
+    new = ops / "reports" / "new.jsonl"
+    assert health(runner, "--history", str(new)).exit_code == 0
+    assert stat.S_IMODE(new.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("option", ["--history", "--junit"])
+def test_a_full_device_is_one_line_and_a_non_zero_exit_for_both_reports(ops, runner, option):
+    dev = full_device(ops / "fulldev")
+    r = health(runner, option, str(dev), "--json")
+    assert stat.S_IMODE(dev.stat().st_mode) == 0o666 and stat.S_ISCHR(dev.stat().st_mode)
+    assert r.exit_code == 3, r.output  # the sweep was OK; its report is missing: never exit 0
+    doc = json.loads(r.stdout)  # the verdict is printed all the same
+    assert doc["checks"][0]["status"] == "OK" and doc["code"] == 3 and len(doc["not_written"]) == 1, doc
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("opsctl: error: ") and "No space left" in errors[0], r.stderr
+    assert "unexpected" not in r.stderr
+
+
+@pytest.mark.parametrize("option", ["--history", "--junit"])
+def test_a_fifo_no_process_reads_is_refused_alike(ops, runner, option, monkeypatch):
+    from opsctl import files
+
+    monkeypatch.setattr(files, "FIFO_WAIT", 0.3)
+    fifo = ops / "fifo"
+    os.mkfifo(fifo, 0o644)
+    r = health(runner, option, str(fifo))
+    assert stat.S_IMODE(fifo.stat().st_mode) == 0o644
+    assert r.exit_code == 3, r.output
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "FIFO that no process reads" in errors[0], r.stderr
