@@ -50,6 +50,7 @@ RPO_LIVE = "from the newest commit recovered to the live server's newest commit"
 RPO_DOWN = ("from the newest commit recovered to the drill's start: the live server did not answer, so "
             "its newest commit is unknown and this is an upper bound (it grows while the server is down)")
 RPO_RDS = "from RDS's LatestRestorableTime to the drill's start"
+STALLED = "the WAL archive is not advancing"  # how the problem of a `wal archive` check CRITICAL begins
 
 # what a drill of the embedded platform covers when Redis, S3 and a worker run (DrillResult.scope)
 PARTS = ("database", "redis", "audio objects", "preview color + transcription", "load test")
@@ -89,6 +90,7 @@ class DrillResult:
     problems_note: str = ""
     error: str | None = None  # why the drill itself failed (restore, serve, RDS), redacted; None when it ran
     rpo_basis: str = ""  # what the RPO was measured between (RPO_LIVE, RPO_DOWN, RPO_RDS); "" when unknown
+    wal_archive: str | None = None  # the `wal archive` check at the drill's start ("STATUS: message"); None: not asked
 
 
 def _owner_alive(doc: dict) -> bool:
@@ -308,6 +310,9 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
     from opsctl.pitr import restore as pr
 
     answered, live = _live_newest_commit(project, env)
+    # the archive at the failure instant: a restore recovers only what was archived, so an archive
+    # that is not advancing fails the drill even when this restore met the RPO (breaker 42 R13)
+    archive = _archive_check(project, env)
     record = _Record(project, env, started)
     with ExitStack() as teardown:  # everything the drill starts is stopped and removed, pass or fail
         teardown.callback(record.close)
@@ -352,7 +357,35 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
             out.problems_note = "the platform runs no Redis/S3/worker: the drill covers the database only"
     out.torn_down = True
     _judge(out)
+    _judge_archive(out, archive)  # after the targets: their problems come first
+    out.passed = not out.problems
     return out
+
+
+def _archive_check(project: Project, env: Environment):
+    """The `wal archive` health check (pitr.health.archive_lag, its own rules) as it stands now;
+    None when it could not be asked (said in the result as UNKNOWN, never a pass by silence)."""
+    from opsctl.health.model import CheckResult, Status
+    from opsctl.pitr.health import archive_lag
+    from opsctl.redact import credentials
+
+    try:
+        return archive_lag(project, env)
+    except Exception as exc:  # noqa: BLE001 - the drill goes on; what it could not check is said
+        return CheckResult("wal archive", "backup", Status.UNKNOWN,
+                           f"the check failed: {credentials(str(exc)) or type(exc).__name__}")
+
+
+def _judge_archive(out: DrillResult, archive) -> None:
+    """A `wal archive` check that would be CRITICAL is a problem of the drill: the archive is not
+    advancing, so a real recovery would lose what waits (the drill's own RPO does not show it)."""
+    if archive is None:
+        return
+    from opsctl.health.model import Status
+
+    out.wal_archive = f"{archive.status.name}: {archive.message}"
+    if archive.status == Status.CRITICAL:
+        out.problems.append(f"{STALLED} (the 'wal archive' check is CRITICAL at the drill's start): {archive.message}")
 
 
 def _services_ready(project: Project, env: Environment) -> dict | None:
@@ -578,6 +611,7 @@ def junit(result: DrillResult) -> str:
     from junitparser import Failure, JUnitXml, TestCase, TestSuite
 
     suite = TestSuite(f"dr drill {result.environment}")
+    stalled = [p for p in result.problems if p.startswith(STALLED)]
     for name, value, target in (("rto", result.rto_seconds, result.rto_target_seconds),
                                 ("rpo", result.rpo_seconds, result.rpo_target_seconds)):
         case = TestCase(f"{name} within {target:.0f} s", classname=f"dr.{result.environment}")
@@ -588,6 +622,11 @@ def junit(result: DrillResult) -> str:
                                       ": the restore replayed no commit" if name == "rpo" else ""))]
         elif value > target:
             case.result = [Failure(f"{name.upper()} {value} s above the target {target:.0f} s")]
+        if name == "rpo" and stalled:  # commits at risk now: the RPO a real recovery would miss
+            if case.result:
+                case.result[0].message = f"{case.result[0].message}; {stalled[0]}"
+            else:
+                case.result = [Failure(stalled[0])]
         suite.add_testcase(case)
     for part, value in result.part_rpo_seconds.items():
         case = TestCase(f"rpo of {part} within {result.rpo_target_seconds:.0f} s", classname=f"dr.{result.environment}")
