@@ -8,6 +8,8 @@ the same words everywhere:
 - `approve`: the decision, with the prompts passed in (tests and other front doors);
 - `at_terminal`: `approve` with the real terminal prompts (`terminal()`);
 - `confirm`: a plain yes/no for a change that needs no environment check;
+- `at_terminal_all`: one change touching several environments at once (the embedded platform
+  serves every `platform: local` one): each protected one's name is needed;
 - `is_interactive`: whether a person can be asked at all.
 
 Refusals raise `UsageError` (exit 2) and change nothing.
@@ -106,3 +108,48 @@ def at_terminal(question: str, env: "Environment | None", yes: bool, confirm_env
 def confirm(question: str, yes: bool) -> None:
     """A yes/no approval: `--yes`, or a person's answer at a terminal; never a CI prompt."""
     at_terminal(question, None, yes, destructive=False)
+
+
+def approve_all(question: str, envs: "list[Environment]", *, yes: bool, confirm_envs: list[str] | None = None,
+                interactive: bool, ask_yes_no: Callable[[str], bool], ask_text: Callable[[str], str],
+                verb: Verb = CHANGE) -> None:
+    """`approve` for one change that touches every environment in `envs` (`local down --purge`:
+    the embedded platform's data is that of every `platform: local` environment): each
+    protected one needs its name, from `confirm_envs` (`--confirm-env`, repeated) or typed at a
+    terminal, never `--yes` alone; a name given that is none of `envs` is refused (a pipeline's
+    check is made, not ignored); then `--yes` or a yes at the terminal. With no protected
+    environment this is `confirm`'s yes/no."""
+    from opsctl.errors import not_empty
+
+    given = list(confirm_envs or [])
+    names = {e.name for e in envs}
+    for name in given:
+        not_empty(name, "--confirm-env", "give an environment's name, or leave it out")
+        if name not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise UsageError(f"--confirm-env '{name}' is not one of the environments this touches ({known}); "
+                             f"nothing was {verb[2]}")
+    protected = [e for e in envs if e.protected]
+    missing = [e.name for e in protected if e.name not in given]
+    if missing:
+        if not interactive:
+            needed = " ".join(f"--confirm-env {e.name}" for e in protected)
+            raise UsageError(f"{question}: protected environment(s) {', '.join(missing)}; {verb[1]} without a "
+                             f"terminal needs --yes {needed}")
+        for name in missing:  # each typed at the terminal: as `approve`, the typed names approve it
+            typed = ask_text(f"'{name}' is protected. Type its name to {verb[0]}").strip()
+            if typed != name:
+                raise UsageError(f"typed '{typed}', not '{name}'; nothing was {verb[2]}")
+        return
+    if yes:
+        return
+    if not interactive:
+        raise _no_terminal(question)
+    if not ask_yes_no(question):
+        raise _not_approved(question)
+
+
+def at_terminal_all(question: str, envs: "list[Environment]", yes: bool, confirm_envs: list[str] | None = None,
+                    verb: Verb = CHANGE) -> None:
+    """`approve_all` with the real terminal prompts."""
+    approve_all(question, envs, yes=yes, confirm_envs=confirm_envs, verb=verb, **terminal())

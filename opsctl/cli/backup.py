@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, bold_id, confirm, environment, progress
+from opsctl.cli.common import EnvOpt, JsonOpt, YesOpt, bold_id, environment, progress
 
 app = typer.Typer(help="Create, list, verify and prune backups.", no_args_is_help=True)
 
@@ -140,14 +140,21 @@ def prune(
     keep_monthly: Annotated[int | None, typer.Option("--keep-monthly", min=0)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
     yes: YesOpt = False,
+    confirm_env: Annotated[str | None, typer.Option("--confirm-env", metavar="NAME",
+                                                    help="The environment's name: a protected one needs it in CI.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Apply retention (default: backup.retention); never removes the newest (verified) backup."""
+    """Apply retention (default: backup.retention); never removes the newest (verified) backup.
+    A protected environment's backups are deleted only with its name (--confirm-env, or typed)."""
+    from opsctl.approval import at_terminal
     from opsctl.backup import retention
     from opsctl.output import emit
 
-    r = retention.prune_environment(*environment(env), keep_last, keep_daily, keep_weekly, keep_monthly,
-                                    dry_run=dry_run, approve=lambda question: confirm(question, yes))
+    project_, environment_ = environment(env)
+    r = retention.prune_environment(project_, environment_, keep_last, keep_daily, keep_weekly, keep_monthly,
+                                    dry_run=dry_run, approve=lambda question: at_terminal(
+                                        question, environment_, yes, confirm_env,
+                                        verb=("delete its backups", "deleting its backups", "deleted")))
     verb = "would remove" if dry_run else "removed"
     emit(r, as_json, lambda c: c.print(f"{verb} {len(r.removed)} backup(s){': ' + ', '.join(r.removed) if r.removed else ''}; "
                                        f"kept {len(r.kept)}; incomplete cleaned: {len(r.incomplete)}"

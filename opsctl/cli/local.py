@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from opsctl.cli.common import JsonOpt, YesOpt, confirm, project
+from opsctl.cli.common import JsonOpt, YesOpt, project
 
 app = typer.Typer(help="The embedded platform on this machine: up, down, status, logs.",
                   no_args_is_help=True)
@@ -88,13 +88,29 @@ def logs(
 def down(
     purge: Annotated[bool, typer.Option("--purge", help="Also delete all data (databases, objects, logs).")] = False,
     yes: YesOpt = False,
+    confirm_env: Annotated[list[str] | None, typer.Option(
+        "--confirm-env", metavar="NAME", help="With --purge: the name of each protected environment the local "
+                                              "platform serves (platform: local); repeat it for each. CI needs it.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop the processes `up` started (gracefully, then forcefully); keep the data."""
+    """Stop the processes `up` started (gracefully, then forcefully); keep the data.
+
+    `--purge` deletes the data of every environment with `platform: local` (one database,
+    Redis and S3 serve them all, the backup repositories there too): each protected one needs
+    its name (--confirm-env NAME, repeated, or typed at a terminal), never --yes alone."""
+    from opsctl.approval import at_terminal_all
+    from opsctl.errors import UsageError
     from opsctl.local import platform
     from opsctl.output import emit
 
-    stopped = platform.down(project(), purge=purge, approve=lambda question: confirm(question, yes))
+    proj = project()
+    served = [e for e in proj.config.environments.values() if e.platform == "local"]
+    if confirm_env and not purge:
+        raise UsageError("--confirm-env is for --purge (deleting the data); a plain 'local down' keeps it")
+    question = "delete all local platform data" + (f" (environments {', '.join(e.name for e in served)})"
+                                                   if served else "")
+    stopped = platform.down(proj, purge=purge, approve=lambda _q: at_terminal_all(
+        question, served, yes, confirm_env, verb=("delete its data", "deleting its data", "deleted")))
     emit({"stopped": stopped, "purged": purge}, as_json,
          lambda c: c.print(f"stopped: {', '.join(stopped) or 'nothing was running'}"
                            + ("; data deleted" if purge else "; data kept")))
