@@ -26,12 +26,15 @@ def list_(as_json: JsonOpt = False) -> None:
     rows = catalog.listing(project().root)
 
     def render(console):
-        from rich.table import Table
+        from opsctl.cli.tables import print_whole
 
-        t = Table("runbook", "versions", "published")
-        for r in rows:
-            t.add_row(r["name"], ", ".join(map(str, r["versions"])), ", ".join(map(str, r["published"])))
-        console.print(t)
+        if not rows:
+            console.print("no runbooks under runbooks/ yet; see the README's runbook format")
+            return
+        # the plain table every other listing prints (breaker 43 S16: a box table when piped)
+        print_whole(console, ["runbook", "versions", "published"],
+                    [[r["name"], ", ".join(map(str, r["versions"])), ", ".join(map(str, r["published"]))]
+                     for r in rows], wrap="versions")
 
     emit(rows, as_json, render)
 
@@ -135,6 +138,10 @@ def history(
     def render(console):
         from opsctl.cli.tables import print_whole
 
+        if not rows:  # an empty table's header said nothing (breaker 43 S16)
+            console.print("no runbook runs journaled" + (f" of {name}" if name else "")
+                          + (f" on {env_name}" if env_name else "") + " yet; 'opsctl runbook run NAME' starts one")
+            return
         # ids, times and statuses are copied and read whole: never cut (`name: value` blocks
         # when the columns do not fit)
         print_whole(console, ["run", "runbook", "env", "started", "status"],

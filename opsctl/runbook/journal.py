@@ -190,7 +190,11 @@ def read(root: Path, run_id: str) -> list[dict]:
     path = runs_dir(root) / f"{check_run_id(run_id)}.jsonl"
     if not path.exists():
         raise UsageError(f"no run '{run_id}' in {runs_dir(root)}; 'opsctl runbook history' lists them")
-    return parse(path.read_bytes())
+    try:
+        return parse(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"{path} is not a readable journal ({exc.strerror or type(exc).__name__}); move it "
+                         "aside") from None
 
 
 def summary(run_id: str, records: list[dict]) -> dict | None:
@@ -211,11 +215,19 @@ def summary(run_id: str, records: list[dict]) -> dict | None:
 def summaries(root: Path, name: str | None = None, env_name: str | None = None) -> list[dict]:
     """One summary per run journaled on this machine, newest first (of runbook `name` and
     environment `env_name` when given): {run_id, runbook, version, env, started_at, status}."""
+    import logging
+
     out = []
     for path in sorted(runs_dir(root).glob("*.jsonl"), reverse=True) if runs_dir(root).is_dir() else []:
         if not RUN_ID.match(path.stem):
             continue
-        found = summary(path.stem, parse(path.read_bytes()))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # a folder where a journal belongs, an unreadable file: the others still list
+            logging.getLogger("opsctl.runbook").warning("%s is not a readable journal (%s): left out", path,
+                                                        exc.strerror or type(exc).__name__)
+            continue
+        found = summary(path.stem, parse(data))
         if found and (not name or found["runbook"] == name) and (not env_name or found["env"] == env_name):
             out.append(found)
     return out

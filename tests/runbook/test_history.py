@@ -146,3 +146,28 @@ def test_a_bucket_that_never_answers_holds_the_run_for_two_short_tries(runner, o
     assert result.stderr.count("journal not stored where the platform is") == 1, result.stderr
     # two tries of the run record, two of the end record: nothing between, nothing more
     assert len(requests) == 4, requests
+
+
+def test_a_folder_where_a_journal_belongs_is_left_out_with_a_warning(runner, ops_root):
+    """Breaker 43 S14: `runbook history` ended on 'unexpected IsADirectoryError' for a folder named
+    like a journal; `--run` of it likewise. S16: with no run, an empty table said nothing."""
+    empty = runner.invoke(app, ["runbook", "history"])
+    assert empty.exit_code == 0 and "no runbook runs journaled yet" in empty.stdout, empty.output
+    odd = ops_root / ".opsctl" / "runs" / "20261203T000001-abcdef.jsonl"
+    odd.mkdir(parents=True)
+    listed = runner.invoke(app, ["runbook", "history"])
+    assert listed.exit_code == 0, listed.output
+    assert "is not a readable journal (Is a directory): left out" in " ".join(listed.stderr.split()), listed.stderr
+    one = runner.invoke(app, ["runbook", "history", "--run", odd.stem])
+    assert one.exit_code == 2 and f"{odd} is not a readable journal (Is a directory); move it aside" in one.stderr
+
+
+def test_runbook_list_is_a_plain_table_whole_at_80_columns(runner, ops_root):
+    import shutil as sh
+    from pathlib import Path
+
+    sh.copytree(Path(__file__).resolve().parents[2] / "runbooks", ops_root / "runbooks")
+    r = runner.invoke(app, ["runbook", "list"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "┏" not in r.stdout and "│" not in r.stdout, r.stdout  # no box table in a CI log
+    assert any(line.split() == ["nightly-backup", "1,", "2,", "3", "1,", "2,", "3"] for line in r.stdout.splitlines())
