@@ -37,6 +37,12 @@ def config_file_problem(folder: Path | str) -> str | None:
         target = folder / CONFIG_NAME
         mode = os.stat(target).st_mode
     except (OSError, RuntimeError):  # absent, a dangling link, a folder not searchable, a link loop
+        try:
+            if target.is_symlink():  # "holds no opsctl.yaml; run init" would have init write through it
+                return (f"{target} is a symbolic link to {os.readlink(target)}, which does not exist (or loops); "
+                        f"fix or remove the link, then run 'opsctl init {folder}'")
+        except (OSError, NameError):
+            pass
         return None
     if stat.S_ISREG(mode):
         return None

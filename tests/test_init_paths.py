@@ -102,3 +102,14 @@ def test_an_empty_path_is_refused_not_taken_for_here(tmp_path, monkeypatch, runn
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "PATH is empty" in r.stderr, r.stderr
     assert not (tmp_path / "opsctl.yaml").exists()
     assert runner.invoke(app, ["init"]).exit_code == 0 and (tmp_path / "opsctl.yaml").is_file()
+
+
+def test_a_dangling_opsctl_yaml_link_is_said_as_one(tmp_path, runner):
+    """Breaker 43 S14: a dangling opsctl.yaml link read as "holds no opsctl.yaml; run init"."""
+    (tmp_path / "opsctl.yaml").symlink_to(tmp_path / "gone.yaml")
+    for args in (["--root", str(tmp_path), "config", "show"], ["init", str(tmp_path)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert f"{tmp_path / 'opsctl.yaml'} is a symbolic link to {tmp_path / 'gone.yaml'}, which does not exist" \
+            in r.stderr, r.stderr
+    assert not (tmp_path / "gone.yaml").exists()
