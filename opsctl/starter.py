@@ -60,13 +60,14 @@ def starter_folder(path: str | None) -> Path:
     return Path(path) if path is not None else Path(".")
 
 
-def write_starter(folder: Path, force: bool = False) -> Path:
+def write_starter(folder: Path | str | None, force: bool = False) -> Path:
     """Write the starter as `folder`/opsctl.yaml (temporary file, then rename) and return
-    its path. `folder` is made (with its parents, as `git init DIR` does) when missing.
-    UsageError, before anything is made or written, when `folder` is a file or can't be made,
-    when opsctl.yaml there is not a regular file (`config_file_problem`: a FIFO once hung
+    its path; `folder` as `opsctl init PATH` gives it (text, None for the current folder:
+    `starter_folder`). `folder` is made (with its parents, as `git init DIR` does) when missing.
+    UsageError, before anything is made or written, when `folder` is empty, a file or can't be
+    made, when opsctl.yaml there is not a regular file (`config_file_problem`: a FIFO once hung
     init, a folder ended in IsADirectoryError), or exists without `force`."""
-    folder = folder.expanduser().resolve()
+    folder = (folder if isinstance(folder, Path) else starter_folder(folder)).expanduser().resolve()
     target = folder / CONFIG_NAME
     try:
         if folder.exists() and not folder.is_dir():

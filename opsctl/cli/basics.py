@@ -54,9 +54,9 @@ def init(
 ) -> None:
     """Write a commented starter opsctl.yaml."""
     from opsctl.output import stdout
-    from opsctl.starter import starter_folder, write_starter
+    from opsctl.starter import write_starter
 
-    written = write_starter(starter_folder(path), force=force)
+    written = write_starter(path, force=force)
     stdout.print(f"wrote {written}; edit it, then run 'opsctl doctor'")
 
 

@@ -108,18 +108,27 @@ def wrap_name(text: str, width: int) -> str:
 
 
 def print_blocks(console: Console, columns: Sequence[str], rows) -> None:
-    """One `name: value` block per row (cells are str or rich Text), a long value wrapping by
-    words under itself and folded only where one word is wider than the console."""
-    from rich.table import Table
+    """One `name: value` block per row (cells are str or rich Text, their style kept), a long
+    value wrapping between words under itself; a word wider than the line (a path) stands
+    whole on a line of its own, past the console's width, where it can be copied (breaker 43
+    S16: folded, `.../pginst` + `all/bin/postgres`). No line is padded with trailing blanks."""
+    import textwrap
+
     from rich.text import Text
 
+    from opsctl.output import visible
+
+    label = max((len(name) for name in columns), default=0) + 4  # "  name: "
+    room = max(console.width - label, 20)
     for row in rows:
-        block = Table.grid(padding=(0, 1))
-        block.add_column(no_wrap=True)
-        block.add_column(overflow="fold", ratio=1)
         for name, cell in zip(columns, row):
-            block.add_row(Text(f"  {name}:"), cell if isinstance(cell, Text) else Text(cell))
-        console.print(block)
+            text = cell.plain if isinstance(cell, Text) else visible(str(cell))
+            style = cell.style if isinstance(cell, Text) else ""
+            lines = [piece for part in text.splitlines() or [""]
+                     for piece in textwrap.wrap(part, room, break_long_words=False, break_on_hyphens=False) or [""]]
+            for i, line in enumerate(lines):
+                head = f"  {name}:".ljust(label) if i == 0 else " " * label
+                console.print(Text.assemble(head, (line, style)) if line else Text(head.rstrip()), soft_wrap=True)
         console.print()
 
 
