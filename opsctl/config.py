@@ -323,13 +323,13 @@ class BackupSettings(_Model):
     @classmethod
     def _a_repository(cls, url: str | None) -> str | None:
         """Refused when read, not at the first backup or health check (breaker 43 S11): the URL
-        must be one opsctl.backup.repository opens (its `check_url`, which reaches nothing)."""
+        must be one opsctl.backup.repository opens (location.check_url, which reaches nothing)."""
         if url is None:
             return url
         if not url.strip():
             raise ValueError("empty; leave it out for the default s3://<buckets.backups>/opsctl, or give "
                              "s3://bucket/prefix or file:///path")
-        from opsctl.backup.repository import check_url
+        from opsctl.backup.location import check_url
 
         try:
             check_url(url)

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.direct_io import DirectFile
+from opsctl.backup.location import check_url
 from opsctl.backup.pipeline import BLOCK, IterReader
 from opsctl.errors import MachineFaults, OperationFailed, UsageError
 
@@ -589,15 +590,6 @@ class FileRepository(Repository):
 def _within(name: str, prefix: str) -> bool:
     """`name` is the object `prefix` names, or lies in the folder `prefix` (ending in '/')."""
     return not prefix or name == prefix or (prefix.endswith("/") and name.startswith(prefix))
-
-
-def check_url(url: str) -> None:
-    """UsageError unless `url` is a repository URL opsctl opens: s3://bucket[/prefix] or
-    file:///path (a relative file:path is under the ops root). Its shape only: nothing is
-    reached (opsctl.yaml is checked with it when read)."""
-    parsed = urlparse(url)
-    if not ((parsed.scheme == "file" and (parsed.netloc or parsed.path)) or (parsed.scheme == "s3" and parsed.netloc)):
-        raise UsageError(f"backup.repository '{url}' is not s3://bucket/prefix or file:///path; fix it in opsctl.yaml")
 
 
 def open_repository(url: str | None, project, endpoints) -> Repository:
