@@ -22,15 +22,23 @@ if TYPE_CHECKING:
 # (U+2028, U+2029: the only characters of its Zl and Zp categories) and its bidirectional marks,
 # overrides and isolates (Trojan Source, CVE-2021-42574): what a terminal would act on instead
 # of showing, or what a reader splitting lines as str.splitlines() does (VT, FF, CR, FS, GS, RS,
-# NEL, U+2028, U+2029: all within these) would take for the start of another line
-_ESCAPED = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069"
+# NEL, U+2028, U+2029: all within these) would take for the start of another line; and every
+# other format character (category Cf: soft hyphen, zero-width space and joiners, word joiner,
+# BOM, tag characters...) and the blank Hangul fillers, which show as nothing: 'transcribe\u200b'
+# printed raw reads as the live database's name (breaker 42 R15). Cf is written out by range, as
+# Unicode 15 has it (tests/backup/test_brk42_names.py checks it against unicodedata), since
+# building it at import would cost `backup create` its start-up time
+_ESCAPED = ("\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160"
+            "\u180e\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0"
+            "\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+            "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f")
 _CONTROL = re.compile(f"[{_ESCAPED}]")
 _ANY_CONTROL = re.compile(f"[\t\n{_ESCAPED}]")
 
 
 def visible(text: str) -> str:
-    """`text` with every control character, line or paragraph separator and bidirectional
-    override written as its Python escape (ESC as `\\x1b`, CR as `\\r`, U+202E as `\\u202e`): a
+    """`text` with every control character, line or paragraph separator, bidirectional
+    override and other invisible format character (Cf, U+00AD, U+200B...) written as its Python escape (ESC as `\\x1b`, CR as `\\r`, U+202E as `\\u202e`): a
     backup label, a check name or a server's answer is shown, never run by the terminal (an
     ESC sequence clears the screen or sets its title; a CR overwrites the line), and one line
     of a log stays one line (a VT, NEL or U+2028 in it no longer starts a forged one).

@@ -1,8 +1,10 @@
-"""SIGTERM handled as Ctrl-C, for the operations that clean up or save on an interrupt.
+"""SIGTERM and SIGHUP handled as Ctrl-C, for the operations that clean up or save on an interrupt.
 
-CI cancels a job with SIGTERM; a backup must then abort its uploads and a load test save
-what it measured, exactly as after Ctrl-C. Only the main thread can take signals, so in a
-runbook step's thread the default stays.
+CI cancels a job with SIGTERM, and a dropped SSH session sends SIGHUP; a backup must then
+abort its uploads, a restore drop its scratch copy and a load test save what it measured,
+exactly as after Ctrl-C (breaker 42 R7: SIGHUP ended a restore with exit 129, no line said,
+its scratch database and decrypted dump left behind). Only the main thread can take signals,
+so in a runbook step's thread the default stays.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+# the signals that end an operation as Ctrl-C does: SIGTERM (a CI cancel), SIGHUP (the
+# terminal or SSH session went away); SIGINT is Python's own KeyboardInterrupt already
+AS_INTERRUPT = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only).
+    """Within the block, SIGTERM and SIGHUP raise KeyboardInterrupt (main thread only).
 
     Python runs a signal handler between any two bytecodes, finalizers (`__del__`) included;
     an interrupt raised inside one cannot propagate: Python printed "Exception ignored in ...
@@ -47,10 +53,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
         else:
             hook(info)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # SIGHUP ignored (`nohup opsctl ...`) stays ignored: that run was meant to outlive its terminal
+    previous = {sig: signal.signal(sig, interrupt) for sig in AS_INTERRUPT
+                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
     sys.unraisablehook = unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sys.unraisablehook = hook
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP are held: the block runs to its end, and
+    KeyboardInterrupt is raised after it if one came. For the few statements that put live
+    data back as it was (a restore's swap undone), which an interrupt must not cut in two
+    (breaker 42 R1). Main thread only; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    # an ignored signal (SIGINT of a job started in the background) stays ignored
+    sigs = [s for s in (signal.SIGINT, *AS_INTERRUPT) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, lambda n, _f: came.append(n)) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if came:
+        raise KeyboardInterrupt

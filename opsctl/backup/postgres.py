@@ -29,6 +29,8 @@ application (`ALTER ROLE ... SET statement_timeout`) can't cancel a backup or a 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -40,6 +42,8 @@ from typing import BinaryIO
 
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.redact import credentials
+
+log = logging.getLogger("opsctl.backup")
 
 # Role/database settings that can fail opsctl's sessions on a good backup, and the value that
 # turns each off (pg_dump.c setup_connection: statement_timeout, lock_timeout,
@@ -457,6 +461,40 @@ def database_exists(url: str, name: str) -> bool:
 SYSTEM_DATABASES = ("postgres", "template0", "template1")
 
 
+# letters of other scripts drawn like Latin ones (Unicode's confusables.txt, the common part):
+# 'transcr\u0456be' (Cyrillic i) is listed, and read, as the live database
+_LOOKALIKES = str.maketrans({
+    "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y",
+    "\u0445": "x", "\u0456": "i", "\u0458": "j", "\u0455": "s", "\u0501": "d", "\u051b": "q",
+    "\u051d": "w", "\u04bb": "h", "\u0432": "b", "\u043a": "k", "\u043c": "m", "\u043d": "h",
+    "\u0442": "t", "\u0491": "r", "\u04cf": "l", "\u0261": "g",
+    "\u03b1": "a", "\u03bf": "o", "\u03c1": "p", "\u03bd": "v", "\u03c4": "t", "\u03b9": "i",
+    "\u03ba": "k", "\u03c5": "u", "\u03c7": "x", "\u0131": "i", "\u0269": "i", "\u1d0f": "o",
+    "\u0410": "a", "\u0412": "b", "\u0415": "e", "\u041a": "k", "\u041c": "m", "\u041d": "h",
+    "\u041e": "o", "\u0420": "p", "\u0421": "c", "\u0422": "t", "\u0425": "x", "\u0406": "i",
+    "\u0408": "j", "\u0405": "s", "\u0391": "a", "\u0392": "b", "\u0395": "e", "\u0397": "h",
+    "\u0399": "i", "\u039a": "k", "\u039c": "m", "\u039d": "n", "\u039f": "o", "\u03a1": "p",
+    "\u03a4": "t", "\u03a5": "y", "\u03a7": "x", "\u0396": "z", "0": "o", "1": "l", "|": "l"})
+# default-ignorable code points outside category Cf (which is dropped whole): a combining
+# grapheme joiner, the Hangul fillers, Khmer inherent vowels, variation selectors
+_IGNORABLE_OTHER = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0"
+                              "\U000e0100-\U000e01ef]")
+
+
+def name_skeleton(name: str) -> str:
+    """What `name` reads as: NFKC (fullwidth and other compatibility forms as their plain
+    letters), invisible characters removed (category Cf: zero-width spaces and joiners, soft
+    hyphen, bidi marks; other default-ignorables), case folded, and letters of other scripts
+    drawn like Latin ones (and 0/1) as those. Two names with one skeleton can't be told apart
+    in a listing (breaker 42 R15)."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    text = _IGNORABLE_OTHER.sub("", text)
+    return unicodedata.normalize("NFKC", text).casefold().translate(_LOOKALIKES).strip()
+
+
 def check_replaceable(name: str, live: str | None, option: str) -> None:
     """UsageError unless database `name` is one opsctl may drop and create again (a restore's
     `--target-db`, the runbook drop-database step): not empty, not a system database
@@ -464,7 +502,9 @@ def check_replaceable(name: str, live: str | None, option: str) -> None:
     database copies, and a drill's drop step then dropped it), not `live`, the environment's
     own database (P4: `--target-db <live>` dropped it and kept no copy; the in-place restore
     is the one that keeps it, renamed), nor a name that reads as one of those (spaces around
-    it, or the same but for case: breaker 41 Q8). `option` names the input in the message."""
+    it, or the same but for case: breaker 41 Q8; fullwidth or other compatibility forms, invisible
+    characters, letters of another script drawn alike: breaker 42 R15, `name_skeleton`).
+    `option` names the input in the message."""
     from opsctl.errors import not_empty
 
     not_empty(name, option, "give the name of a scratch database, or leave it out")
@@ -474,6 +514,11 @@ def check_replaceable(name: str, live: str | None, option: str) -> None:
         if other is not None and name != other and name.casefold() == other.casefold():
             raise UsageError(f"{option} {name} differs from {other}, {what}, only by case; choose a name that "
                              "can't be mistaken for it")
+    for other, what in [(live, "the environment's live database")] + [(s, "a system database") for s in SYSTEM_DATABASES]:
+        if other is not None and name != other and name_skeleton(name) == name_skeleton(other):
+            shown = name.encode("ascii", "backslashreplace").decode()  # the odd characters as their code points
+            raise UsageError(f"{option} {shown} reads as {other}, {what} (it differs only by invisible, "
+                             "fullwidth or look-alike characters); choose a name that can't be mistaken for it")
     if name in SYSTEM_DATABASES:
         raise UsageError(f"{option} {name} is a system database PostgreSQL needs (every new database copies "
                          "template1; tools connect to postgres); choose another name")
@@ -992,8 +1037,37 @@ def restore_into(url: str, dump_path: str, name: str, jobs: int, expected: list 
         raise
 
 
-def swap(url: str, restored: str, live: str, keep_as: str) -> bool:
-    """Rename live -> keep_as and restored -> live; returns whether a live database existed."""
+class TargetAppeared(OperationFailed):
+    """A `--target-db` restore found its new database's name taken at the swap: another client
+    made it since the plan's check. Left untouched; the restored copy stays under its scratch
+    name (breaker 42 R8)."""
+
+
+# the advisory lock a swap holds on the maintenance database (pg_advisory_lock(int, int)):
+# while it is free, no opsctl swap runs, and a database a swap left refusing connections
+# was left by one that died (repair_interrupted_swap)
+_SWAP_LOCK = 0x6F707363  # "opsc"
+
+
+def _swap_lock_sql(kind: str) -> str:
+    return f"select pg_{kind}(%s, hashtext(%s))"
+
+
+def swap(url: str, restored: str, live: str, keep_as: str, new_only: bool = False) -> bool:
+    """Rename live -> keep_as and restored -> live; returns whether a live database existed.
+
+    `new_only` (a `--target-db` restore): `live` must not exist; when it does (made by someone
+    since the plan), it is not touched, and TargetAppeared says the restored copy is kept as
+    `restored` (breaker 42 R8: its sessions were ended and it was renamed away).
+
+    An in-place swap makes `live` refuse connections while it ends its sessions and renames
+    it. Whatever stops it halfway (Ctrl-C, SIGTERM, SIGHUP, an error) puts it back, with signals
+    held, on a connection of its own: `live` back under its name and accepting connections,
+    the restored copy left to the caller to drop; once both renames are done, the restore
+    stands and the kept copy accepts connections again (breaker 42 R1: the live database was
+    left refusing every connection). What was left is logged before the interrupt goes on.
+    A swap holds an advisory lock the whole time, so a swap a kill -9 cut is recognised by the
+    next restore (repair_interrupted_swap)."""
     import time
 
     import psycopg
@@ -1001,28 +1075,126 @@ def swap(url: str, restored: str, live: str, keep_as: str) -> bool:
 
     ident = sql.Identifier
     with _admin(url) as conn:
-        exists = conn.execute("select 1 from pg_database where datname = %s", (live,)).fetchone()
-        if exists:
-            conn.execute(sql.SQL("alter database {} allow_connections false").format(ident(live)))
-            for attempt in range(20):
-                conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
-                             "where datname = %s and pid <> pg_backend_pid()", (live,))
-                try:
-                    conn.execute(sql.SQL("alter database {} rename to {}").format(ident(live), ident(keep_as)))
-                    break
-                except psycopg.errors.ObjectInUse:
-                    time.sleep(0.25)
-            else:
-                conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(live)))
-                raise OperationFailed(f"database {live} stayed in use; nothing was changed")
+        if new_only:
+            try:  # one statement: a database made in between can't be taken over
+                conn.execute(sql.SQL("alter database {} rename to {}").format(ident(restored), ident(live)))
+            except psycopg.errors.DuplicateDatabase:
+                raise TargetAppeared(f"database {live} was created by someone else while the restore ran; it was "
+                                     f"left untouched, and the restored copy is kept as {restored}: use it under "
+                                     f"that name, or drop it") from None
+            return False
+        conn.execute(_swap_lock_sql("advisory_lock"), (_SWAP_LOCK, live))
+        state = "before"  # before -> refusing -> renamed -> swapped -> done
         try:
-            conn.execute(sql.SQL("alter database {} rename to {}").format(ident(restored), ident(live)))
-        except psycopg.Error as exc:
-            if exists:  # put the live one back as it was
-                conn.execute(sql.SQL("alter database {} rename to {}").format(ident(keep_as), ident(live)))
-                conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(live)))
-            raise OperationFailed(f"renaming the restored database to {live} failed: {_first(exc)}; "
-                                  "nothing was changed") from None
-        if exists:
-            conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(keep_as)))
+            exists = conn.execute("select 1 from pg_database where datname = %s", (live,)).fetchone()
+            if exists:
+                state = "refusing"
+                conn.execute(sql.SQL("alter database {} allow_connections false").format(ident(live)))
+                for attempt in range(20):
+                    conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                                 "where datname = %s and pid <> pg_backend_pid()", (live,))
+                    try:
+                        conn.execute(sql.SQL("alter database {} rename to {}").format(ident(live), ident(keep_as)))
+                        state = "renamed"
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        time.sleep(0.25)
+                else:
+                    raise OperationFailed(f"database {live} stayed in use; nothing was changed")
+            try:
+                conn.execute(sql.SQL("alter database {} rename to {}").format(ident(restored), ident(live)))
+                state = "swapped"
+            except psycopg.Error as exc:
+                raise OperationFailed(f"renaming the restored database to {live} failed: {_first(exc)}; "
+                                      "nothing was changed") from None
+            if exists:
+                conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(keep_as)))
+            state = "done"
+        except BaseException as exc:
+            if state in ("before", "done"):
+                raise
+            left = _undo_swap(url, state, restored, live, keep_as)
+            if isinstance(exc, KeyboardInterrupt):
+                log.warning("interrupted during the swap: %s", left)
+            raise
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(_swap_lock_sql("advisory_unlock"), (_SWAP_LOCK, live))
     return bool(exists)
+
+
+def _undo_swap(url: str, state: str, restored: str, live: str, keep_as: str) -> str:
+    """Put a swap stopped in `state` back, signals held, on a connection of its own (the
+    swap's may be mid-statement); returns what was left, in words."""
+    import psycopg
+    from psycopg import sql
+
+    from opsctl.signals import deferred
+
+    ident = sql.Identifier
+    allow = "alter database {} allow_connections true"
+    try:
+        with deferred(), _admin(url) as conn:
+            names = {r[0]: r[1] for r in conn.execute(
+                "select datname, datallowconn from pg_database where datname = any(%s)",
+                ([restored, live, keep_as],)).fetchall()}
+            if live in names and restored not in names and keep_as in names:  # both renames went through
+                conn.execute(sql.SQL(allow).format(ident(keep_as)))
+                return (f"the restored database is live as {live}; the previous one is kept as {keep_as}, "
+                        "accepting connections")
+            if live not in names and keep_as in names:  # renamed away, the restored one not yet in
+                conn.execute(sql.SQL("alter database {} rename to {}").format(ident(keep_as), ident(live)))
+            conn.execute(sql.SQL(allow).format(ident(live)))
+            return f"database {live} is back as it was, accepting connections; the restored copy is not in place"
+    except psycopg.Error as exc:
+        left = (f"putting database {live} back failed ({_first(exc)}): it may refuse connections; run "
+                f"ALTER DATABASE {quote(live)} ALLOW_CONNECTIONS true")
+        log.error("%s", left)
+        return left
+
+
+def derived_from(name: str, live: str, tag: str) -> bool:
+    """Whether `name` is one derived_name(live, tag) makes: `<live, cut>_<tag>_<14 digits>_<6 hex>`."""
+    head = live.encode()[:NAMEDATALEN - len(f"_{tag}_") - 21].decode("utf-8", "ignore")
+    return name.startswith(head) and re.fullmatch(rf"_{tag}_\d{{14}}_[0-9a-f]{{6}}", name[len(head):]) is not None
+
+
+def repair_interrupted_swap(url: str, live: str, known: bool = False) -> str | None:
+    """Undo what a swap killed outright (kill -9: no `finally` runs) left of database `live`,
+    when no swap is running (its advisory lock is free): `live` refusing connections, or
+    gone while one `<live>_before_...` refuses them (renamed away, the restored copy not yet
+    in), or a kept `<live>_before_...` refusing them after a finished swap. Returns what was
+    repaired, in words, or None when there was nothing to repair (breaker 42 R1).
+
+    Only a state a swap makes is touched: `live` refusing connections counts as a swap's when
+    a scratch copy of a restore (`<live>_restoring_...`) is beside it, which a swap killed
+    before its renames leaves, or when `known` (a dead restore's own record says it died in
+    the swap); a database an administrator closed by hand is left as it is."""
+    from psycopg import sql
+
+    ident = sql.Identifier
+    with _admin(url) as conn:
+        if not conn.execute(_swap_lock_sql("try_advisory_lock"), (_SWAP_LOCK, live)).fetchone()[0]:
+            return None  # a swap of it is running now
+        try:
+            allowed = dict(conn.execute("select datname, datallowconn from pg_database").fetchall())
+            kept = sorted(n for n, ok in allowed.items() if not ok and derived_from(n, live, "before"))
+            evidence = known or any(derived_from(n, live, "restoring") for n in allowed)
+            if live in allowed:
+                done = []
+                if not allowed[live] and evidence:
+                    conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(live)))
+                    done.append(f"database {live} refused connections, left so by a restore killed during its "
+                                "swap; it accepts them again")
+                for name in kept:  # kept by a finished swap killed before its last statement
+                    conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(name)))
+                    done.append(f"{name}, kept by an earlier restore, accepts connections again")
+                return "; ".join(done) or None
+            if len(kept) == 1 and evidence:  # renamed away, the restored copy never put in its place
+                conn.execute(sql.SQL("alter database {} rename to {}").format(ident(kept[0]), ident(live)))
+                conn.execute(sql.SQL("alter database {} allow_connections true").format(ident(live)))
+                return (f"database {live} was missing, renamed to {kept[0]} by a restore killed during its swap; "
+                        "it is back under its name, accepting connections")
+            return None
+        finally:
+            conn.execute(_swap_lock_sql("advisory_unlock"), (_SWAP_LOCK, live))

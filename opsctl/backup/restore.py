@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
+import os
+import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -54,6 +58,7 @@ class RestorePlan:
     snapshots: list[mf.SnapshotPart] = field(default_factory=list)
     target_instance: str | None = None
     skipped: list[str] = field(default_factory=list)  # newer backups passed over: damaged or untrusted
+    partial: list[str] = field(default_factory=list)  # newer complete backups without what was asked
     _ctx: dict = field(default_factory=dict, repr=False)
 
 
@@ -72,6 +77,8 @@ class RestoreResult:
     instances: dict[str, str] = field(default_factory=dict)  # "rds NAME" -> endpoint
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)  # newer backups passed over: "ID (redis)", holding only part
+    cleaned: list[str] = field(default_factory=list)  # what dead restores had left, removed or repaired first
     backup_created_at: dt.datetime | None = None  # when the restored backup was taken (UTC)
 
 
@@ -169,10 +176,16 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
     IntegrityError when the backup can't be restored (nothing live touched before every
     object was fetched and checked)."""
     check_jobs(jobs)  # before the plan reads the repository and the approval is asked
+    say = notice or (lambda text: log.warning("%s", text))
     p = plan(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner, role,
              allow_damaged)
-    if p.skipped and notice is not None:
-        notice(f"skipped newer backups that can't be restored: {', '.join(p.skipped)}")
+    if p.skipped:
+        say(f"skipped newer backups that can't be restored: {', '.join(p.skipped)}")
+    if p.partial:
+        say(f"restoring {p.backup_id}, the newest complete backup holding {', '.join(p._ctx['needs'])}; newer "
+            f"ones hold only part and were passed over: {', '.join(p.partial)} (restore one of those with --id ID "
+            "--components NAMES)")
+    cleaned = clean_dead_restores(p._ctx["ep"].database_url if "db" in p.components else None, say)
     from opsctl.pitr import lease
 
     # in place (live database, Redis, audio), the deploy lease deploys and failover hold
@@ -186,7 +199,9 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
                 raise UsageError(f"{question} needs approval; nothing was changed")
             approve(question)
         with _window(project, env, f"backup {p.backup_id} ({', '.join(p.components)})"):
-            return run(p, jobs, report)
+            result = run(p, jobs, report)
+    result.cleaned = cleaned
+    return result
 
 
 def check_jobs(jobs: int) -> None:
@@ -230,7 +245,16 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     repo = open_repository(env.backup.repository, project, ep)
     repo.key = key
     skipped: list[str] = []
-    chosen = catalog.resolve(repo, backup_id, date, latest, components, skipped)
+    partial: list[str] = []
+    # what the pick must hold (breaker 42 R4: the newest backup of any kind was an hourly Redis
+    # snapshot, and `--latest` after a database loss restored Redis alone, exit 0): the
+    # components asked; the database for --target-db; else the database too, since a restore
+    # with no --components is above all the database's, and the pick's other parts come with
+    # it (a Redis-only or audio-only backup is restored by naming --components), unless the
+    # repository holds no database backup at all (Redis snapshots alone: the newest is the latest)
+    needs = (list(components) if components is not None else ["db"] if not target_instance else None)
+    chosen = catalog.resolve(repo, backup_id, date, latest, needs, skipped, partial,
+                             unless_none=components is None and target_db is None)
     failed = catalog.failed_verdict(repo, chosen, key)
     if failed is not None and not allow_damaged:
         raise UsageError(f"backup {chosen} is damaged: its verify failed at {failed.get('at', '?')} "
@@ -285,8 +309,9 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
                              f"{manifest.db.database!r}")
     p = RestorePlan(chosen, manifest.created_at, wanted + native, target_db or database,
                     target_db=target_db, snapshots=snaps, target_instance=target_instance, skipped=skipped,
+                    partial=partial,
                     _ctx={"manifest": manifest, "repo": repo, "key": key, "ep": ep, "env": env,
-                          "no_owner": no_owner, "role": role})
+                          "no_owner": no_owner, "role": role, "needs": needs or []})
     if "db" in wanted:
         if not ep.database_url:
             raise UsageError(f"no database URL for '{env.name}': set ${env.database.url_env}")
@@ -319,8 +344,12 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
     m: mf.Manifest = p._ctx["manifest"]
     repo, key, ep = p._ctx["repo"], p._ctx["key"], p._ctx["ep"]
     began = time.monotonic()
-    result = RestoreResult(p.backup_id, p.components, skipped=p.skipped, backup_created_at=p.created_at)
-    with tempfile.TemporaryDirectory(prefix="opsctl-restore-") as tmp:
+    result = RestoreResult(p.backup_id, p.components, skipped=p.skipped, partial=p.partial,
+                           backup_created_at=p.created_at)
+    with tempfile.TemporaryDirectory(prefix=RUN_PREFIX) as tmp:
+        _record(Path(tmp), pid=os.getpid(), start=_started(os.getpid()),
+                server=_server(ep.database_url) if "db" in p.components else None)
+        p._ctx["run_dir"] = Path(tmp)
         dump, rdb_file = Path(tmp) / "db.dump", Path(tmp) / "redis" / "dump.rdb"
         # 1. fetch and check everything; nothing live has been touched if this fails
         if "db" in p.components:
@@ -368,18 +397,22 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
     no_owner, role = p._ctx.get("no_owner", False), p._ctx.get("role")
     if "db" in p.components:
         scratch = pgb.derived_name(p.database, "restoring")  # within 63 bytes, unique: kept exactly as named
+        if "run_dir" in p._ctx:  # before it exists: a restore killed outright leaves it to the next one
+            _record(p._ctx["run_dir"], scratch=scratch, live=p.database, in_place=not p.target_db)
         counts = pgb.restore_into(ep.database_url, dump, scratch, jobs, m.db.expected_rows,
                                   catalog=m.db.catalog, no_owner=no_owner, role=role,
                                   archive=archive, major=major)
         try:  # restore_into dropped the scratch database on its own failures; the swap's are ours
-            if p.target_db:  # new (check_new_target); one made since is kept, renamed, never dropped
-                keep_as = pgb.derived_name(p.target_db, "before")
-                if pgb.swap(ep.database_url, scratch, p.target_db, keep_as):
-                    result.previous_database = keep_as
+            if p.target_db:  # new (check_new_target); one made since by someone else is not touched
+                pgb.swap(ep.database_url, scratch, p.target_db, "", new_only=True)
             else:
                 keep_as = pgb.derived_name(p.database, "before")
                 if pgb.swap(ep.database_url, scratch, p.database, keep_as):
                     result.previous_database = keep_as
+        except pgb.TargetAppeared:
+            if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
+                _record(p._ctx["run_dir"], scratch=None)
+            raise
         except BaseException:
             pgb.drop_database(ep.database_url, scratch)
             raise
@@ -394,3 +427,129 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
         todo = p._ctx["files"]
         result.files_restored = files.restore(ep.s3_client(), ep.audio_bucket, repo, todo,
                                               report("audio objects", sum(o.size for o in todo)))
+
+
+# What a restore killed outright (kill -9, a lost machine) leaves, and the next one removes
+# (breaker 42 R7): its folder under the temporary directory (the decrypted dump, the Redis
+# RDB), the scratch Redis server started there, and its `<name>_restoring_...` database. A
+# folder counts as opsctl's only with its run record (RUN_RECORD, written first), and as dead
+# only when the process it names is gone (pid and start time: a reused pid is not it).
+RUN_PREFIX = "opsctl-restore-"
+RUN_RECORD = "opsctl-run.json"
+
+
+def _record(folder: Path, **fields) -> None:
+    """Write (or update) a run's record in its folder, atomically."""
+    path = folder / RUN_RECORD
+    doc = {}
+    with contextlib.suppress(OSError, ValueError):
+        doc = json.loads(path.read_text())
+    doc.update(fields)
+    tmp = folder / f".{RUN_RECORD}.tmp"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat), None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _started(pid)
+    return start is None or now is None or now == start
+
+
+def _server(url: str | None) -> str | None:
+    """The database server a URL reaches (host, port): never its password."""
+    if not url:
+        return None
+    p = pgb.params(url)
+    return f"{p.get('host') or os.environ.get('PGHOST') or 'localhost'}:{p.get('port') or os.environ.get('PGPORT') or 5432}"
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Our own processes working in `folder` (their cwd or command line inside it): the scratch
+    redis-server a dead restore started there."""
+    found = []
+    inside = str(folder.resolve())
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            if entry.stat().st_uid != os.getuid() or int(entry.name) == os.getpid():
+                continue
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if cwd == inside or cwd.startswith(inside + "/") or inside + "/" in cmd:
+                found.append(int(entry.name))
+    return found
+
+
+def clean_dead_restores(database_url: str | None, say: Callable[[str], None]) -> list[str]:
+    """Remove what restores killed outright left (RUN_RECORD folders whose process is gone):
+    their scratch Redis servers, decrypted files and, on the server `database_url` reaches,
+    their scratch databases, after undoing a swap one died in (pgb.repair_interrupted_swap).
+    A live database a swap left refusing connections is repaired too. Says each thing done
+    (`say`) and returns them; never fails the restore that asks (what can't be done is logged)."""
+    done: list[str] = []
+    base = Path(tempfile.gettempdir())
+    here = _server(database_url)
+    for folder in sorted(base.glob(f"{RUN_PREFIX}*")):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            rec = json.loads((folder / RUN_RECORD).read_text())
+            pid = int(rec["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not provably a restore's of opsctl: left alone
+        if _alive(pid, rec.get("start")):
+            continue
+        what = []
+        try:
+            for other in _processes_in(folder):
+                with contextlib.suppress(OSError):
+                    os.kill(other, signal.SIGTERM)
+                    what.append(f"its scratch process {other}")
+            scratch, live = rec.get("scratch"), rec.get("live")
+            if scratch and database_url and rec.get("server") == here:
+                if live and rec.get("in_place"):
+                    repaired = pgb.repair_interrupted_swap(database_url, live, known=True)
+                    if repaired:
+                        what.append(repaired)
+                if pgb.database_exists(database_url, scratch):
+                    pgb.drop_database(database_url, scratch)
+                    what.append(f"its scratch database {scratch}")
+                scratch = None
+            if scratch:  # on another server: its record stays for a restore there
+                for item in folder.iterdir():
+                    if item.name != RUN_RECORD:
+                        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+            else:
+                shutil.rmtree(folder)
+            what.append(f"its decrypted files ({folder})")
+        except Exception as exc:  # noqa: BLE001 - the restore asked for goes on; this is said
+            log.warning("could not clean up after the dead restore %s (pid %s): %s", folder, pid, exc)
+            continue
+        line = f"removed what a restore killed earlier (pid {pid}) left: {'; '.join(what)}"
+        say(line)
+        done.append(line)
+    live = pgb.url_database(database_url) if database_url else None
+    if live:  # a swap killed outright with no folder left to say so (another machine's restore)
+        try:
+            repaired = pgb.repair_interrupted_swap(database_url, live)
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("could not check database %s for a swap a killed restore left: %s", live, exc)
+            repaired = None
+        if repaired:
+            say(repaired)
+            done.append(repaired)
+    return done

@@ -1,0 +1,41 @@
+"""Invisible characters are shown, never printed raw (breaker 42 R15): 'transcribe\\u200b'
+printed as it is reads as the live database's name. No database needed."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from typer.testing import CliRunner
+
+from opsctl.output import first_control, visible
+
+
+def test_every_format_character_is_escaped():
+    cf = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+    assert cf and all(visible(c) != c for c in cf), [hex(ord(c)) for c in cf if visible(c) == c]
+    assert visible("transcribe\u200b") == "transcribe\\u200b"
+    assert visible("a\u00adb\u2060c\ufeff") == "a\\xadb\\u2060c\\ufeff"
+    assert visible("caf\u00e9 \u043f\u0440\u0438\u0432\u0435\u0442 \u65e5\u672c") == "caf\u00e9 \u043f\u0440\u0438\u0432\u0435\u0442 \u65e5\u672c"
+    assert first_control("x\u200by") == "\u200b"
+
+
+def test_names_compare_as_they_read():
+    from opsctl.backup.postgres import check_replaceable, name_skeleton
+
+    assert name_skeleton("\uff54emplate1") == name_skeleton("template1")
+    assert name_skeleton("transcr\u0456be") == name_skeleton("transcribe")
+    assert name_skeleton("transcribe\u200b") == name_skeleton("transcribe")
+    assert name_skeleton("transcribe_copy") != name_skeleton("transcribe")
+    for name in ("transcribe_copy", "scratch", "\u0431\u0430\u0437\u0430"):
+        check_replaceable(name, "transcribe", "--target-db")
+
+
+def test_an_invisible_character_in_an_error_line_is_shown(tmp_path, monkeypatch):
+    """Through the CLI's own error line (stderr console): the name as typed, escaped."""
+    from opsctl.cli import app
+
+    monkeypatch.setenv("OPSCTL_ROOT", str(tmp_path))
+    (tmp_path / "opsctl.yaml").write_text("version: 1\nenvironments: {}\n")
+    result = CliRunner().invoke(app, ["restore", "--env", "no\u200bsuch", "--latest", "--yes"])
+    assert result.exit_code == 2
+    assert "\u200b" not in result.stderr and "no\\u200bsuch" in result.stderr, result.stderr

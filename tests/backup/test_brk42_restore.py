@@ -1,0 +1,283 @@
+"""Restores interrupted, raced or asked loosely (breaker 42):
+
+- R1: an interrupt during the swap left the live database refusing connections
+  (`datallowconn = false`), and nothing repaired it after a kill -9.
+- R4: `--latest` / `--date` with no `--components` picked an hourly Redis snapshot and
+  restored Redis alone, exit 0; `--latest --target-db` was refused "holds no db".
+- R7: SIGHUP (a dropped SSH session) ended a restore with exit 129, no line, nothing cleaned;
+  a killed restore's scratch database and decrypted dump stayed for good.
+- R8: a `--target-db` made by someone else during the restore was taken over.
+- R15: look-alike `--target-db` names were accepted, invisible characters printed raw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from backup_support import KEY, ok, one_line_error, side_env
+from opsctl.backup import postgres as pgb
+from opsctl.cli import app
+
+pytestmark = pytest.mark.slow
+
+DB = "brk42_live"
+
+
+def _admin(seeded):
+    return psycopg.connect(make_conninfo(seeded.db_url, dbname="postgres"), autocommit=True)
+
+
+def _drop_ours(seeded) -> None:
+    with _admin(seeded) as conn:
+        for (name,) in conn.execute("select datname from pg_database where datname like 'brk42%' "
+                                    "or datname like 'transcr%be%' and datname <> 'transcribe'").fetchall():
+            conn.execute(f'alter database "{name}" allow_connections true')
+            conn.execute(f'drop database "{name}" with (force)')
+
+
+@pytest.fixture
+def live_db(seeded, runner, tmp_path, monkeypatch):
+    """(env name, live database url, backup id): a side environment whose database is DB (a
+    table of `rows` rows), one db backup of it, and a temporary directory of the test's own."""
+    _drop_ours(seeded)
+    with _admin(seeded) as conn:
+        conn.execute(f"create database {DB}")
+    url = make_conninfo(seeded.db_url, dbname=DB)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table work as select g as id, md5(g::text) as v from generate_series(1, 200000) g")
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
+                   database={"name": DB})
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    scratch_tmp = tmp_path / "tmp"
+    scratch_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_tmp))
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    yield env, url, made["id"]
+    _drop_ours(seeded)
+
+
+def _databases(seeded) -> dict[str, bool]:
+    with _admin(seeded) as conn:
+        return dict(conn.execute("select datname, datallowconn from pg_database where datname like 'brk42%'"))
+
+
+def _opsctl(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "opsctl"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+
+
+def _wait_for_scratch(seeded, proc, prefix: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(n.startswith(prefix) for n in _databases(seeded)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {prefix}... database appeared: {proc.communicate()}")
+
+
+# R1 -------------------------------------------------------------------------------------
+
+def test_an_interrupt_during_the_swap_puts_the_live_database_back(live_db, seeded, monkeypatch, caplog):
+    """A real SIGTERM (sigterm_as_interrupt, as the CLI runs a restore) arriving between "refuse
+    connections" and the renames: the live database is back under its name, accepting
+    connections, and what was left is said."""
+    from opsctl.signals import sigterm_as_interrupt
+
+    env, url, _ = live_db
+    scratch = pgb.derived_name(DB, "restoring")
+    with _admin(seeded) as conn:
+        conn.execute(f"create database {scratch}")
+    real = pgb._admin
+    sent = []
+
+    class Interrupting:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.conn.__exit__(*exc)
+
+        def execute(self, query, *args):
+            text = query.as_string(self.conn) if hasattr(query, "as_string") else query
+            if "rename to" in text and not sent:
+                sent.append(text)
+                os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: before the rename
+            return self.conn.execute(query, *args)
+
+    monkeypatch.setattr(pgb, "_admin", lambda u: Interrupting(real(u)))
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        pgb.swap(url, scratch, DB, pgb.derived_name(DB, "before"))
+    monkeypatch.setattr(pgb, "_admin", real)
+    assert sent
+    assert _databases(seeded)[DB] is True
+    assert not any(n.startswith(f"{DB}_before_") for n in _databases(seeded))
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from work").fetchone()[0] == 200000
+    assert any("interrupted during the swap" in r.getMessage() and "accepting connections" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_the_next_restore_repairs_what_a_swap_killed_outright_left(live_db, seeded, runner, tmp_path):
+    """kill -9 during the swap: the live database refuses connections beside the dead
+    restore's scratch copy and folder. The next restore, even one with --target-db, finds
+    them, lets the database accept connections again, drops the scratch copy, and says so."""
+    env, url, backup_id = live_db
+    scratch = pgb.derived_name(DB, "restoring")
+    with _admin(seeded) as conn:
+        conn.execute(f"create database {scratch}")
+        conn.execute(f"alter database {DB} allow_connections false")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    folder = Path(tempfile.gettempdir()) / "opsctl-restore-deadbeef"
+    folder.mkdir()
+    (folder / "db.dump").write_bytes(b"plaintext")
+    (folder / "opsctl-run.json").write_text(json.dumps({
+        "pid": dead.pid, "start": "1", "server": _server_of(url), "scratch": scratch, "live": DB, "in_place": True}))
+
+    result = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", "brk42_copy", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "accepts them again" in result.stderr and scratch in result.stderr, result.stderr
+    assert _databases(seeded)[DB] is True and scratch not in _databases(seeded)
+    assert not folder.exists()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from work").fetchone()[0] == 200000
+
+
+def test_a_closed_database_with_no_restore_evidence_is_left_alone(live_db, seeded, runner):
+    """An administrator's own ALLOW_CONNECTIONS false (no scratch copy, no dead restore) stays."""
+    env, url, backup_id = live_db
+    with _admin(seeded) as conn:
+        conn.execute(f"alter database {DB} allow_connections false")
+    result = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", "brk42_copy", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert _databases(seeded)[DB] is False
+
+
+def _server_of(url: str) -> str:
+    p = pgb.params(url)
+    return f"{p.get('host') or 'localhost'}:{p.get('port') or 5432}"
+
+
+# R4 -------------------------------------------------------------------------------------
+
+def test_latest_and_date_pick_the_newest_backup_holding_the_database(live_db, seeded, runner):
+    env, url, db_id = live_db
+    redis_id = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("delete from work where id > 10")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    for how in (["--latest"], ["--date", today]):
+        done = runner.invoke(app, ["restore", "--env", env, *how, "--yes", "--json"])
+        doc = ok(done)
+        assert doc["backup_id"] == db_id and doc["components"] == ["db"], doc
+        assert doc["partial"] == [f"{redis_id} (redis)"]
+        assert redis_id in done.stderr and "passed over" in done.stderr and "--components" in done.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select count(*) from work").fetchone()[0] == 200000
+    copy = ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--target-db", "brk42_latest", "--yes",
+                                  "--json"]))
+    assert copy["backup_id"] == db_id and copy["database"] == "brk42_latest"
+    # asked for explicitly, the Redis snapshot is still the latest Redis backup
+    only = ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--components", "redis", "--yes", "--json"]))
+    assert only["backup_id"] == redis_id
+
+
+def test_a_repository_of_redis_snapshots_alone_restores_its_newest(seeded, runner, tmp_path, monkeypatch):
+    """No database backup anywhere in the repository: the newest is the latest, as before;
+    --target-db (the database asked) is refused naming what the newest holds."""
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    redis_id = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "redis", "--json"]))["id"]
+    assert ok(runner.invoke(app, ["restore", "--env", env, "--latest", "--yes", "--json"]))["backup_id"] == redis_id
+    one_line_error(runner.invoke(app, ["restore", "--env", env, "--latest", "--target-db", "brk42_none", "--yes"]),
+                   2, "holds db", redis_id, "holds redis")
+
+
+# R7 -------------------------------------------------------------------------------------
+
+def test_sighup_ends_a_restore_as_an_interrupt_and_cleans_up(live_db, seeded):
+    env, url, backup_id = live_db
+    proc = _opsctl("restore", "--env", env, "--id", backup_id, "--target-db", "brk42_hup", "--yes")
+    _wait_for_scratch(seeded, proc, "brk42_hup_restoring_")
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == "opsctl: error: interrupted"
+    assert not [n for n in _databases(seeded) if n.startswith("brk42_hup")]
+    assert not list(Path(tempfile.gettempdir()).glob("opsctl-restore-*"))
+
+
+def test_the_next_restore_removes_what_a_killed_restore_left(live_db, seeded, runner):
+    env, url, backup_id = live_db
+    proc = _opsctl("restore", "--env", env, "--id", backup_id, "--target-db", "brk42_k9", "--yes")
+    _wait_for_scratch(seeded, proc, "brk42_k9_restoring_")
+    proc.kill()
+    proc.communicate(timeout=30)
+    left = [n for n in _databases(seeded) if n.startswith("brk42_k9_restoring_")]
+    folders = list(Path(tempfile.gettempdir()).glob("opsctl-restore-*"))
+    assert left and folders
+    result = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", "brk42_next", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "killed earlier" in result.stderr and left[0] in result.stderr, result.stderr
+    assert not [n for n in _databases(seeded) if n.startswith("brk42_k9")]
+    assert not list(Path(tempfile.gettempdir()).glob("opsctl-restore-*"))
+
+
+# R8 -------------------------------------------------------------------------------------
+
+def test_a_target_made_during_the_restore_is_never_taken_over(live_db, seeded, runner, monkeypatch):
+    env, url, backup_id = live_db
+    real = pgb.restore_into
+    theirs = []
+
+    def then_someone_makes_it(*args, **kwargs):
+        counts = real(*args, **kwargs)
+        with _admin(seeded) as conn:
+            conn.execute("create database brk42_race")
+        other = psycopg.connect(make_conninfo(seeded.db_url, dbname="brk42_race"), autocommit=True)
+        other.execute("create table mine (x int); insert into mine values (7)")
+        theirs.append(other)
+        return counts
+
+    monkeypatch.setattr(pgb, "restore_into", then_someone_makes_it)
+    try:
+        line = one_line_error(runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db",
+                                                  "brk42_race", "--yes"]), 1, "brk42_race", "untouched")
+        kept = [n for n in _databases(seeded) if n.startswith("brk42_race_restoring_")]
+        assert len(kept) == 1 and kept[0] in line
+        assert not [n for n in _databases(seeded) if n.startswith("brk42_race_before_")]
+        assert theirs[0].execute("select x from mine").fetchone()[0] == 7  # their session lives on
+        with psycopg.connect(make_conninfo(seeded.db_url, dbname=kept[0])) as conn:
+            assert conn.execute("select count(*) from work").fetchone()[0] == 200000
+    finally:
+        for conn in theirs:
+            conn.close()
+
+
+# R15 ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["\uff54emplate1", "brk42_l\u0456ve", "brk42_live\u200b", "brk42_live\u00ad",
+                                  "p\u043estgres"])
+def test_look_alike_targets_are_refused(live_db, seeded, runner, name):
+    env, url, backup_id = live_db
+    before = set(_databases(seeded))
+    line = one_line_error(runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", name,
+                                              "--yes"]), 2, "reads as", "can't be mistaken")
+    assert "\u200b" not in line and "\u00ad" not in line
+    assert set(_databases(seeded)) == before
