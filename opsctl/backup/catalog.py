@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Callable
 
 from opsctl.backup import manifest as mf
 from opsctl.backup import record
@@ -323,9 +324,11 @@ def _cache(write) -> None:
         log.warning("the catalog index was not updated (%s); the listing is complete without it", exc)
 
 
-def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> tuple[str, dt.datetime] | None:
-    """(id, finished_at) of the newest complete backup, at a cost that does not grow with
-    the repository: the index is a cache, never the last word on what is newest.
+def newest_complete(repo: Repository, key: BackupKey | None | bool = False,
+                    holding: Callable[[list[str]], bool] | None = None) -> tuple[str, dt.datetime] | None:
+    """(id, finished_at) of the newest complete backup (whose components `holding` accepts,
+    when given: the health check asks for the newest holding the database), at a cost that
+    does not grow with the repository: the index is a cache, never the last word on what is newest.
 
     Backup ids sort by creation time, so after reading the index only the folders named
     after its newest id are listed (Repository.names_after: S3 StartAfter, one scandir on
@@ -338,12 +341,18 @@ def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> t
     the index is missing, invalid or does not match."""
     from opsctl.backup import index
 
+    def wanted(components) -> bool:
+        return holding is None or holding(list(components or []))
+
+    def scanned() -> tuple[str, dt.datetime] | None:  # scan() rebuilds the index
+        done = [e for e in entries(repo, key) if e.complete and wanted(e.components)]
+        return (done[-1].id, max(e.finished_at for e in done)) if done else None
+
     key = _key(repo, key)
     rec = record.read(repo, key)
     idx = index.read(repo, key, rec.encrypted) if rec is not None else None
     if idx is None:
-        done = [e for e in entries(repo, key) if e.complete]  # scan() rebuilds the index
-        return (done[-1].id, max(e.finished_at for e in done)) if done else None
+        return scanned()
     ids = [i for i in idx if record.ID.fullmatch(i)]
     ours, _ = record.layout(repo.names_after(max(ids, default="")))
     found: dict[str, dict] = {}
@@ -355,18 +364,19 @@ def newest_complete(repo: Repository, key: BackupKey | None | bool = False) -> t
         entry, summary = _check(repo, backup_id, files, _tags(repo, backup_id, files), rec, key)
         if summary is not None:
             found[backup_id] = summary
-        if entry.complete and (best is None or (entry.finished_at, backup_id) > best):
+        if entry.complete and wanted(entry.components) and (best is None or (entry.finished_at, backup_id) > best):
             best = (entry.finished_at, backup_id)
     if found and (key is not None or not rec.encrypted):
         _cache(lambda: index.update(repo, key, rec.encrypted, found))  # repaired: the next answer reads nothing more
     for backup_id in sorted(ids, key=lambda i: (idx[i]["finished_at"], i), reverse=True):
+        if not wanted(idx[backup_id].get("components")):
+            continue  # holds other things (its stamps are checked only if it is the answer)
         tags = _stamps(repo, backup_id)  # a HEAD per object, no listing
         if mf.NAME not in tags:  # a deleted one drops out
             continue
         summary = _cached(idx, backup_id, tags)
         if summary is None:  # changed since it was indexed: check everything
-            done = [e for e in entries(repo, key) if e.complete]
-            return (done[-1].id, max(e.finished_at for e in done)) if done else None
+            return scanned()
         if summary.get("failed"):
             continue  # damaged (a failed verify is recorded): not a complete backup
         when = dt.datetime.fromisoformat(summary["finished_at"])
@@ -465,9 +475,17 @@ def load(repo: Repository, backup_id: str, key: BackupKey | None) -> mf.Manifest
 
 
 def resolve(repo: Repository, backup_id: str | None, date: str | None, latest: bool,
-            needs: list[str] | None = None, skipped: list[str] | None = None) -> str:
+            needs: list[str] | None = None, skipped: list[str] | None = None,
+            partial: list[str] | None = None, unless_none: bool = False) -> str:
     """Pick a backup by id, by day (the newest complete one that day, UTC) or the newest.
 
+    With `needs` (components), by day or newest means the newest complete backup holding
+    every one of them: an hourly Redis snapshot is never "the latest" of a restore that asks
+    for the database (breaker 42 R4). Newer complete backups passed over for holding only
+    part are added to `partial` as "ID (components)", so the caller can say why the pick is
+    older; when none holds them all, the refusal names the newest and what it holds.
+    `unless_none`: `needs` is dropped when no complete backup in the repository, any day,
+    holds them (a repository of Redis snapshots alone: its newest is the latest).
     Damaged (failed verify) and untrusted backups are never picked; their ids are added
     to `skipped` when they are newer than the pick, so the caller can say so."""
     if sum(x is not None and x is not False for x in (backup_id, date, latest)) != 1:
@@ -475,21 +493,33 @@ def resolve(repo: Repository, backup_id: str | None, date: str | None, latest: b
     if backup_id is not None:  # "" is an id too, and not a valid one: never "the latest"
         return record.check_id(backup_id)
     all_ = entries(repo)
+    if needs and unless_none and not any(e.complete and e.summary is not None and set(needs) <= set(e.components)
+                                         for e in all_):
+        needs = None
     if date is not None:
         try:
             day = dt.date.fromisoformat(date)
         except ValueError:
             raise UsageError(f"--date '{date}' is not a date; use YYYY-MM-DD") from None
         all_ = [e for e in all_ if e.created_at and e.created_at.astimezone(dt.timezone.utc).date() == day]
-    usable = [e for e in all_ if e.status in ("complete", "damaged", "untrusted") and e.summary is not None
-              and (not needs or set(needs) <= set(e.components))]
+    readable = [e for e in all_ if e.status in ("complete", "damaged", "untrusted") and e.summary is not None]
+    usable = [e for e in readable if not needs or set(needs) <= set(e.components)]
     done = [e for e in usable if e.complete]
     if skipped is not None:  # entries are in creation order: what comes after the pick was passed over
         after = usable[usable.index(done[-1]) + 1:] if done else usable
         skipped += [f"{e.id} ({e.status})" for e in after]
+    part = [e for e in readable if e.complete and e not in usable]
+    newer_part = [e for e in part if not done or readable.index(e) > readable.index(done[-1])]
+    if partial is not None:
+        partial += [f"{e.id} ({', '.join(e.components)})" for e in newer_part]
     if not done:
         where = f"on {day.isoformat()} (UTC) " if date is not None else ""
         also = f" (skipped: {', '.join(skipped)})" if skipped else ""
+        if part:  # complete backups there are, none holding what was asked
+            newest = part[-1]
+            raise UsageError(f"no complete backup {where}in {repo.url} holds {', '.join(needs or [])}{also}; the "
+                             f"newest, {newest.id}, holds {', '.join(newest.components)}: restore that with "
+                             f"--components {','.join(newest.components)}, or choose another with --id or --date")
         raise UsageError(f"no complete backup {where}in {repo.url}{also}; 'opsctl backup list' shows the backups"
                          + ("" if date is not None else " and 'opsctl backup create' makes one"))
     return done[-1].id

@@ -138,6 +138,11 @@ def test_backup_age_of_a_real_backup(local_platform, runner, tmp_path):
     assert code in (2, 3) and by_name(doc)["backup age"]["status"] != "OK"  # none yet
     made = runner.invoke(app, ["--root", str(root), "backup", "create", "--type", "redis", "--no-encrypt", "--json"])
     assert made.exit_code == 0, made.output
+    code, doc = sweep(runner, root, "--check", "backup age")
+    # a Redis snapshot is no database backup (breaker 42 R5: hourly snapshots kept the check OK)
+    assert code == 2 and "no complete backup of the database" in by_name(doc)["backup age"]["message"], json.dumps(doc)
+    made = runner.invoke(app, ["--root", str(root), "backup", "create", "--type", "db", "--no-encrypt", "--json"])
+    assert made.exit_code == 0, made.output
     code, doc = sweep(runner, root, "--check", "backup age", "--check", "heartbeat")
     check = by_name(doc)["backup age"]
     assert code == 0 and check["value"] < 0.1 and check["details"]["source"] == "opsctl.backup catalog", json.dumps(doc)
