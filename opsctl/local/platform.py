@@ -193,6 +193,8 @@ def up(project: Project, env: Environment | None = None, progress: Progress | No
         result = UpResult(router_url="")
         for name in ORDER:
             key = wk.name(state.active_color) if name == "worker" else name
+            if name == "worker":  # before its migrations, which a database left closed would fail
+                _repair_interrupted_restore(state, env)
             notify(name, "checking")
             comp = state.components.get(key)
             pid = live_pid(state, key)
@@ -369,6 +371,27 @@ def _redis_left_running(port: int) -> str:
     return (f"running while the rest of the platform is stopped, {unsaved} writes since its last snapshot "
             f"({last:%Y-%m-%d %H:%M:%S} UTC) in memory only: 'opsctl local down' saves and stops it (free space "
             "first when it could not)")
+
+
+def _repair_interrupted_restore(state: st.LocalState, env: Environment) -> str | None:
+    """A logical restore killed outright (kill -9) during its swap leaves the live database
+    refusing connections, and the worker's migrations then fail on it (breaker 42 R1): put back
+    here, as the next restore would (backup.postgres.repair_interrupted_swap: only a state a
+    swap makes, never a database closed by hand), and said. Returns what was repaired."""
+    import psycopg
+
+    from opsctl.backup import postgres as pgb
+
+    comp = state.components.get("postgres")
+    if comp is None or not procs.alive(comp.pid):
+        return None
+    try:
+        done = pgb.repair_interrupted_swap(pg.url(comp.port), env.database.name)
+    except psycopg.Error:  # the worker's own start says what is wrong with the server
+        return None
+    if done:
+        logging.getLogger("opsctl.local").warning("%s", done)
+    return done
 
 
 def _standby_status(state: st.LocalState) -> list[ComponentStatus]:

@@ -1,4 +1,4 @@
-"""`local down` when PostgreSQL's stop is not a clean shutdown: a shutdown checkpoint that
+"""`local down` when PostgreSQL's stop is not a clean shutdown, and `local up` after a restore killed in its swap: a shutdown checkpoint that
 PANICs (a full disk, an I/O error) or a server killed after the fast shutdown's timeout leaves
 its control file saying 'in production', and the next start runs crash recovery. `down` said
 "stopped: postgres" and exited 0 all the same, so a person copied the data folder of a server
@@ -56,3 +56,34 @@ def test_a_postgres_that_did_not_shut_down_cleanly_is_said_not_stopped_cleanly(t
     assert clean.exit_code == 0, clean.output
     assert "stopped: postgres" in clean.stdout
     assert control_data(state.data("postgres"))["Database cluster state"] == "shut down"
+
+
+def test_local_up_puts_back_a_database_a_killed_restore_left_closed(tmp_path):
+    """Breaker 42 R1: a restore killed outright during its swap left the live database
+    refusing connections, and `local up` then failed on the worker's migrations; it is put back
+    before them (the repair the next restore makes), and a database closed by hand is not."""
+    import psycopg
+
+    from opsctl.backup import postgres as pgb
+    from opsctl.config import Environment
+    from opsctl.local import platform
+
+    state = st.LocalState(tmp_path / "local")
+    port = procs.free_port()
+    pid = pg.start(state.data("postgres"), port, state.log("postgres"))
+    try:
+        state.components["postgres"] = st.Component(port=port, pid=pid)
+        env = Environment(name="local", platform="local")
+        live = env.database.name
+        with psycopg.connect(pg.url(port), autocommit=True) as conn:
+            conn.execute(f'create database "{live}"')
+            conn.execute(f'alter database "{live}" allow_connections false')  # closed by hand: no restore beside
+        assert platform._repair_interrupted_restore(state, env) is None
+        with psycopg.connect(pg.url(port), autocommit=True) as conn:
+            conn.execute(f'create database "{pgb.derived_name(live, "restoring")}"')  # what a killed swap leaves
+        said = platform._repair_interrupted_restore(state, env)
+        assert said and f"database {live} refused connections" in said, said
+        with psycopg.connect(pg.url(port, live)) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        pg.stop(pid)
