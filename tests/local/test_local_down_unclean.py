@@ -1,5 +1,5 @@
-"""`local down` when PostgreSQL's stop is not a clean shutdown, and `local up` after a restore killed in its swap: a shutdown checkpoint that
-PANICs (a full disk, an I/O error) or a server killed after the fast shutdown's timeout leaves
+"""`local down` when PostgreSQL's stop is not a clean shutdown, and `local up` after a restore
+killed in its swap. A shutdown checkpoint that PANICs (a full disk, an I/O error) or a server killed after the fast shutdown's timeout leaves
 its control file saying 'in production', and the next start runs crash recovery. `down` said
 "stopped: postgres" and exited 0 all the same, so a person copied the data folder of a server
 that had not shut down. It now says so, in one line, exit 1, the rest still stopped."""
