@@ -132,6 +132,9 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
         not_empty(value, option, remedy)
     if isinstance(components, str):
         components = [c.strip() for c in components.split(",")]
+    if components is not None and len(set(components)) != len(components):  # `db,db` was printed "(db, db)"
+        twice = sorted({c for c in components if components.count(c) > 1})
+        raise UsageError(f"--components names {', '.join(twice)} twice; give each component once")
     if to_time is None and to_lsn is None and not beside:
         if timeline is not None:
             raise UsageError("--timeline chooses the timeline of a point-in-time recovery: give it with "
@@ -139,12 +142,13 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
         return restore(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner,
                        role, allow_damaged, jobs, approve=approve, report=report, notice=notice)
     if (backup_id is not None or date is not None or latest or components is not None or target_db is not None
-            or no_owner or role is not None or allow_damaged):
+            or no_owner or role is not None or allow_damaged or jobs != 1):
         # a physical restore copies the cluster as it was, owners and grants included: the
         # logical restore's options would be ignored, and an ignored option is a surprise
+        # (breaker 42 R18: --jobs 4 with --to-time was silently ignored)
         raise UsageError("--to-time/--to-lsn/--beside restore from base backups and WAL; they don't combine "
-                         "with --id, --date, --latest, --components, --target-db, --no-owner, --role or "
-                         "--allow-damaged")
+                         "with --id, --date, --latest, --components, --target-db, --no-owner, --role, "
+                         "--allow-damaged or --jobs (base backups are unpacked two at a time)")
     from opsctl.pitr import restore as pitr
 
     def approve_plan(p) -> None:

@@ -172,3 +172,16 @@ def test_a_name_that_reads_as_the_live_or_a_system_database_is_refused(name, sai
     with pytest.raises(UsageError, match=said):
         check_replaceable(name, "live", "--target-db")
     check_replaceable("live_copy", "live", "--target-db")  # a name of its own is taken
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--latest", "--components", "db,db"], "--components names db twice; give each component once"),
+    (["--to-time", "latest", "--beside", "--jobs", "4"], "don't combine with --id, --date, --latest, --components, "
+                                                          "--target-db, --no-owner, --role, --allow-damaged or --jobs"),
+])
+def test_an_option_a_restore_would_ignore_or_repeat_is_refused(ops_root, runner, args, said):
+    """Breaker 42 R18: `--components db,db` was taken and printed `(db, db)`; `--jobs 4` with
+    `--to-time` was silently ignored."""
+    r = runner.invoke(app, ["restore", "--env", "local", "--yes", *args])
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert said in " ".join(r.stderr.split()), r.stderr
