@@ -86,7 +86,10 @@ def list_(
         # 80 columns without a TTY: ids (their UTC creation time), statuses and sizes never
         # cut; what they hold wraps; too narrow, each backup becomes a `name: value` block
         cells = [[r["id"], r["status"],
-                  r["note"] if r["status"] in ("untrusted", "damaged") else ", ".join(r["components"]) or r["note"],
+                  # a damaged backup still says what it holds (what a person deciding on prune needs),
+                  # then why (breaker 42 R17: the reason took the column's place)
+                  "; ".join(filter(None, [", ".join(r["components"]), r["note"]]))
+                  if r["status"] in ("untrusted", "damaged") else ", ".join(r["components"]) or r["note"],
                   _size(r["raw_bytes"]) if r["raw_bytes"] is not None else "-",
                   _size(r["stored_bytes"]) if r["stored_bytes"] is not None else "-",
                   "yes" if r["verified"] else "", r["label"] or ""] for r in rows]

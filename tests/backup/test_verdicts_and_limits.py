@@ -27,6 +27,9 @@ def test_failed_verify_is_recorded_and_honoured(seeded, runner, tmp_path, monkey
     assert listed[older]["status"] == "complete"
     text = runner.invoke(app, ["backup", "list", "--env", env])
     assert "damaged" in text.stdout and newer in text.stdout and older in text.stdout  # never cut at 80 columns
+    # what a damaged backup holds stays shown before why (breaker 42 R17: the reason replaced it)
+    words = " ".join(text.stdout.split())
+    assert f"{', '.join(listed[newer]['components'])}; failed verify" in words, text.stdout
     assert all(len(line) <= 80 for line in text.stdout.splitlines() if newer in line or older in line)
 
     # a verdict planted without the key's MAC is ignored
