@@ -24,8 +24,10 @@ def status(driver: Driver, last: int = 10) -> dict:
     warm = bool(good_state and good_state.running and good_state.ready)
     notice = None
     record = history[-1] if history else None
+    unresolved = None  # the newest record's id when it is in progress and its process is gone
     if record is not None and record.outcome == Outcome.IN_PROGRESS:
-        if driver.deploy_running():
+        unresolved = None if driver.deploy_running() else record.id
+        if unresolved is None:
             notice = f"deploy {record.id} of {record.version} is running"
         elif record.strategy == "rollback":
             notice = (f"rollback {record.id} to {record.version} was interrupted "
@@ -54,5 +56,8 @@ def status(driver: Driver, last: int = 10) -> dict:
         "notice": notice,
         "colors": colors,
         "awaiting_promotion": next((r.to_color for r in history[-1:] if r.outcome == Outcome.AWAITING_PROMOTION), None),
-        "deploys": [{k: v for k, v in r.to_dict().items() if k != "steps"} for r in reversed(history[-last:])],
+        # a record its killed process left `in-progress` reads so, as the notice says (breaker 42 R17:
+        # "in-progress" under a notice that it was interrupted)
+        "deploys": [{k: ("in-progress (interrupted)" if k == "outcome" and r.id == unresolved else v)
+                     for k, v in r.to_dict().items() if k != "steps"} for r in reversed(history[-last:])],
     }

@@ -243,3 +243,20 @@ def test_ctrl_c_in_the_post_promotion_analysis_is_no_verdict_promote_finishes_it
         rec = bluegreen.settle(driver, env, bluegreen.Options())
     assert judged.called and rec.outcome == Outcome.PROMOTED, rec.reason
     assert driver.active == "green"
+
+
+def test_status_lists_a_deploy_its_killed_process_left_as_interrupted():
+    """Breaker 42 R17: `status` said above that the deploy was interrupted and listed it below as
+    `in-progress`."""
+    from opsctl.deploy import status as st
+
+    killed = DeployRecord(env="local", strategy="blue-green", image="w:2.0", version="2.0", settings={},
+                          to_color="green", from_color="blue", from_version="1.0",
+                          steps=[Step("bring up", StepStatus.RUNNING)])
+    driver = Driver([_v1(), killed], active="blue")
+    driver.name, driver.deploy_running = "fake", lambda: False
+    doc = st.status(driver)
+    assert "was interrupted before the switch" in doc["notice"]
+    assert [d["outcome"] for d in doc["deploys"]] == ["in-progress (interrupted)", "promoted"]
+    driver.deploy_running = lambda: True  # a deploy that runs is in progress
+    assert st.status(driver)["deploys"][0]["outcome"] == "in-progress"
