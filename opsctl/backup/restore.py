@@ -371,6 +371,9 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
             archive = pgb.inspect(str(dump), major)
             archive.roles |= pgb.property_roles(pgb.properties_of(m.db.catalog))  # owner, grants, role settings
             missing = pgb.roles_missing(ep.database_url, archive, no_owner, role)
+            if role and role in missing:  # the option's own value: bad input, not the backup's need
+                raise UsageError(f"--role {role}: no such role on the target server; nothing was changed: give a "
+                                 "role it has (pg_restore runs as it), or leave --role out")
             if missing:
                 raise OperationFailed(f"backup {p.backup_id} needs role(s) the target server lacks: "
                                       f"{', '.join(missing)}; nothing was changed: create them, or restore with "

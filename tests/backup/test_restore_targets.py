@@ -185,3 +185,18 @@ def test_an_option_a_restore_would_ignore_or_repeat_is_refused(ops_root, runner,
     r = runner.invoke(app, ["restore", "--env", "local", "--yes", *args])
     assert r.exit_code == 2 and r.stdout == "", r.output
     assert said in " ".join(r.stderr.split()), r.stderr
+
+
+def test_a_role_that_does_not_exist_is_bad_input(runner, one_repository, seeded):
+    """Breaker 42 R18: `--role nosuchrole` said the backup needs role(s) the server lacks:
+    nosuchrole, and to restore with --role NAME (exit 1): the option's own value was wrong."""
+    benv = one_repository
+    backup_id = _backup(runner, benv)
+    before = snapshot_state(seeded)
+    line = _refused(runner.invoke(app, ["restore", "--env", benv.name, "--id", backup_id, "--components", "db",
+                                        "--target-db", "role_probe", "--role", "nosuchrole", "--yes"]),
+                    "--role nosuchrole: no such role on the target server")
+    assert "needs role" not in line
+    assert snapshot_state(seeded) == before
+    with psycopg.connect(seeded.db_url) as conn:
+        assert not conn.execute("select 1 from pg_database where datname like 'role_probe%'").fetchone()
