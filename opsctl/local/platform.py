@@ -348,7 +348,26 @@ def status(project: Project) -> list[ComponentStatus]:
         rows.append(ComponentStatus(name, comp.pid if procs.alive(comp.pid) else None, comp.port,
                                     healthy, comp.version, str(state.log(name)), note))
         if name == "postgres":
-            rows += _archiver_status(state) + _standby_status(state)
+            rows += _archiver_status(state) + _standby_status(state) + _beside_status(state)
+    return rows
+
+
+def _beside_status(state: st.LocalState) -> list[ComponentStatus]:
+    """A row for each PostgreSQL running on a data folder of the platform's own beside
+    data/postgres (a `restore --beside` copy, left running on purpose: breaker 42 R18 found
+    `local status` silent about it, fsync off and all); `local down` stops them."""
+    root = state.data("postgres").parent
+    rows = []
+    for data in sorted(root.iterdir()) if root.is_dir() else []:
+        if data == state.data("postgres") or not data.is_dir():
+            continue
+        pid = procs.pidfile_owner(data / "postmaster.pid", "postgres")
+        if pid:
+            lines = (data / "postmaster.pid").read_text(errors="replace").splitlines()
+            port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+            rows.append(ComponentStatus(f"postgres ({data.name})", pid, port, bool(port and pg.ready(port)), None,
+                                        str(data / "log"), "a copy a restore left running beside the live "
+                                        "server ('opsctl local down' stops it; fsync off: not for keeps)"))
     return rows
 
 

@@ -87,3 +87,30 @@ def test_local_up_puts_back_a_database_a_killed_restore_left_closed(tmp_path):
             assert conn.execute("select 1").fetchone() == (1,)
     finally:
         pg.stop(pid)
+
+
+def test_local_status_lists_a_copy_a_restore_left_running_beside_the_live_server(ops_root, runner):
+    """Breaker 42 R18: `restore --to-time latest --beside` leaves its copy running (on purpose),
+    and `local status` did not list it; `local down` stops it."""
+    import json
+
+    folder = st.folder_for(ops_root)
+    state = st.LocalState(folder)
+    live_port, copy_port = procs.free_port(), procs.free_port()
+    live = pg.start(state.data("postgres"), live_port, state.log("postgres"))
+    beside = state.data("postgres").parent / "postgres.beside-20261203T010000Z"
+    copy = pg.start(beside, copy_port, state.log("postgres-beside"))
+    try:
+        state.components["postgres"] = st.Component(port=live_port, pid=live)
+        state.save()
+        r = runner.invoke(app, ["local", "status", "--json"])
+        rows = {c["name"]: c for c in json.loads(r.stdout)["components"]}
+        row = rows[f"postgres ({beside.name})"]
+        assert row["pid"] == copy and row["port"] == copy_port and row["healthy"], row
+        assert "'opsctl local down' stops it" in row["note"]
+        assert runner.invoke(app, ["local", "down"]).exit_code == 0
+        assert not procs.alive(copy, "postgres") and not procs.alive(live, "postgres")
+    finally:
+        for pid in (live, copy):
+            if procs.alive(pid):
+                os.kill(pid, signal.SIGKILL)
