@@ -105,6 +105,28 @@ def at_terminal(question: str, env: "Environment | None", yes: bool, confirm_env
     approve(question, env, yes=yes, confirm_env=confirm_env, destructive=destructive, verb=verb, **terminal())
 
 
+def prune_approval(env: "Environment", yes: bool, confirm_env: str | None,
+                   rules_given: bool) -> Callable[[str], None]:
+    """How deleting backups is approved, for `backup prune` and the runbook's prune step alike.
+    Rules given for the run (--keep-*) on a protected environment need its name too
+    (--confirm-env, or typed at a terminal), as a restore over it does: they may delete what the
+    committed retention keeps (breaker 42 R11). The environment's own `backup.retention`
+    (reviewed in opsctl.yaml) needs --yes or a person's yes, so the scheduled nightly prunes by
+    it. A `confirm_env` given must name the environment either way (a pipeline's check is made,
+    never ignored)."""
+    from opsctl.errors import not_empty
+
+    if confirm_env is not None:
+        not_empty(confirm_env, "--confirm-env", "give the environment's name, or leave it out")
+        if confirm_env != env.name:
+            raise UsageError(f"--confirm-env '{confirm_env}' is not '{env.name}', the environment pruned; nothing "
+                             "was deleted")
+    verb = ("delete its backups", "deleting its backups", "deleted")
+    if rules_given:
+        return lambda question: at_terminal(question, env, yes, confirm_env, verb=verb)
+    return lambda question: confirm(question, yes)
+
+
 def confirm(question: str, yes: bool) -> None:
     """A yes/no approval: `--yes`, or a person's answer at a terminal; never a CI prompt."""
     at_terminal(question, None, yes, destructive=False)

@@ -148,16 +148,15 @@ def prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply retention (default: backup.retention); never removes the newest (verified) backup.
-    A protected environment's backups are deleted only with its name (--confirm-env, or typed)."""
-    from opsctl.approval import at_terminal
+    Rules given here on a protected environment need its name too (--confirm-env, or typed)."""
+    from opsctl.approval import prune_approval
     from opsctl.backup import retention
     from opsctl.output import emit
 
     project_, environment_ = environment(env)
+    given = any(v is not None for v in (keep_last, keep_daily, keep_weekly, keep_monthly))
     r = retention.prune_environment(project_, environment_, keep_last, keep_daily, keep_weekly, keep_monthly,
-                                    dry_run=dry_run, approve=lambda question: at_terminal(
-                                        question, environment_, yes, confirm_env,
-                                        verb=("delete its backups", "deleting its backups", "deleted")))
+                                    dry_run=dry_run, approve=prune_approval(environment_, yes, confirm_env, given))
     verb = "would remove" if dry_run else "removed"
     emit(r, as_json, lambda c: c.print(f"{verb} {len(r.removed)} backup(s){': ' + ', '.join(r.removed) if r.removed else ''}; "
                                        f"kept {len(r.kept)}; incomplete cleaned: {len(r.incomplete)}"

@@ -536,15 +536,18 @@ def _check_prune(ctx: Context, keep_last: int | None = None, keep_daily: int | N
 
 @action("prune", check=_check_prune)
 def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,
-          keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False) -> dict:
+          keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False,
+          confirm_env: str | None = None) -> dict:
     """Apply retention (the environment's rules, or the keep_* given); `dry_run` lists without
-    removing. Removing asks as `opsctl backup prune` does: the runbook's --yes, or a person
-    at a terminal. Outputs: removed, kept, dry_run."""
-    from opsctl.approval import confirm
+    removing. Removing asks as `opsctl backup prune` does (approval.prune_approval): the
+    runbook's --yes, or a person at a terminal; keep_* rules on a protected environment need
+    `confirm_env` naming it too. Outputs: removed, kept, dry_run."""
+    from opsctl.approval import prune_approval
     from opsctl.backup import retention
 
+    given = any(v is not None for v in (keep_last, keep_daily, keep_weekly, keep_monthly))
     result = retention.prune_environment(ctx.project, ctx.env, keep_last, keep_daily, keep_weekly, keep_monthly,
-                                         dry_run=dry_run, approve=lambda question: confirm(question, ctx.yes))
+                                         dry_run=dry_run, approve=prune_approval(ctx.env, ctx.yes, confirm_env, given))
     return {"removed": result.removed, "kept": result.kept, "dry_run": dry_run}
 
 
