@@ -14,7 +14,6 @@ from opsctl.health.checks.backup import backup_age
 from opsctl.health.model import Status
 
 UTC = dt.timezone.utc
-NOW = dt.datetime.now(UTC).replace(microsecond=0)
 _OBJ = {"name": "x", "size": 1, "sha256": "0" * 64}
 PARTS = {
     "db": {"db": {"database": "transcribe", "owner": "postgres", "server_version": "18", "object": _OBJ}},
@@ -39,16 +38,22 @@ def create(r, when, *parts):
 
 
 @pytest.fixture
+def now():
+    """This test's now: one taken at collection drifted by the time the suite ran before it."""
+    return dt.datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
 def repo(tmp_path, monkeypatch):
     monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
     return keyed_file_repository(tmp_path / "repo")
 
 
 @pytest.mark.parametrize("with_index", [True, False])
-def test_hourly_redis_snapshots_do_not_hide_a_stale_database_backup(repo, tmp_path, with_index):
-    nightly = create(repo, NOW - dt.timedelta(hours=30), "db", "redis", "files")
+def test_hourly_redis_snapshots_do_not_hide_a_stale_database_backup(repo, tmp_path, with_index, now):
+    nightly = create(repo, now - dt.timedelta(hours=30), "db", "redis", "files")
     for h in (3, 2, 1):
-        snap = create(repo, NOW - dt.timedelta(hours=h), "redis")
+        snap = create(repo, now - dt.timedelta(hours=h), "redis")
     if not with_index:
         (repo.root / index.NAME).unlink()  # the full scan answers the same
     result = backup_age(repo.url, tmp_path, None, 26)
@@ -60,22 +65,22 @@ def test_hourly_redis_snapshots_do_not_hide_a_stale_database_backup(repo, tmp_pa
     assert kinds["database"]["id"] == nightly and kinds["redis"]["id"] == snap and kinds["files"]["id"] == nightly
     assert kinds["redis"]["stale"] is False and kinds["database"]["stale"] is True
     # a fresh database backup: OK again, whatever the Redis snapshots do
-    fresh = create(repo, NOW - dt.timedelta(minutes=30), "db")
+    fresh = create(repo, now - dt.timedelta(minutes=30), "db")
     result = backup_age(repo.url, tmp_path, None, 26)
     assert result.status == Status.OK and result.details["newest_id"] == fresh, result.message
     assert "files 30.0 h" in result.message
 
 
-def test_only_redis_snapshots_is_no_database_backup(repo, tmp_path):
-    create(repo, NOW - dt.timedelta(hours=1), "redis")
+def test_only_redis_snapshots_is_no_database_backup(repo, tmp_path, now):
+    create(repo, now - dt.timedelta(hours=1), "redis")
     result = backup_age(repo.url, tmp_path, None, 26)
     assert result.status == Status.CRITICAL and "no complete backup of the database" in result.message
     assert result.details["kinds"]["redis"]["age_hours"] == pytest.approx(1.0, abs=0.1)
 
 
-def test_a_damaged_newest_database_backup_is_passed_over(repo, tmp_path):
-    old = create(repo, NOW - dt.timedelta(hours=2), "db")
-    new = create(repo, NOW - dt.timedelta(hours=1), "db")
+def test_a_damaged_newest_database_backup_is_passed_over(repo, tmp_path, now):
+    old = create(repo, now - dt.timedelta(hours=2), "db")
+    new = create(repo, now - dt.timedelta(hours=1), "db")
     catalog.mark_failed(repo, new, "broken", key=repo.key)
     result = backup_age(repo.url, tmp_path, None, 26)
     assert result.status == Status.OK and result.details["newest_id"] == old

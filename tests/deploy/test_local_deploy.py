@@ -250,9 +250,10 @@ def test_killed_deploy_leaves_traffic_in_place_and_the_next_deploy_cleans_up(run
 
 
 def _whole_at_80(text: str, values: list[str]) -> None:
-    """No line wider than 80, nothing cut with an ellipsis, and every value whole."""
+    """No line wider than 80 but one holding a single word wider than its room (a path, a
+    server's JSON answer: whole, where it can be copied), nothing cut, every value whole."""
     assert "…" not in text, text
-    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert all(len(line) <= 80 or len(line.split()) <= 2 for line in text.splitlines()), text
     for value in values:
         assert value in text, f"{value!r} is not whole in:\n{text}"
 

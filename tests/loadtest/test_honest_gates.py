@@ -227,10 +227,17 @@ def test_the_judged_figure_is_exact_and_the_same_everywhere(ops_root, targets, s
     line = next(ln for ln in table.splitlines() if doc["id"] in ln)
     assert "1,234" in line.split() and "fail" in line
 
-    same = opsctl(ops_root, "loadtest", "compare", doc["id"], doc["id"], "--json").doc
+    # compared with a copy of itself (a run against itself is refused): the same stored figure
+    import json
+
+    saved = ops_root / ".opsctl" / "loadtests"
+    copy = json.loads((saved / f"{doc['id']}.json").read_text())
+    copy["id"] = f"{doc['id']}-copy"
+    (saved / f"{copy['id']}.json").write_text(json.dumps(copy))
+    same = opsctl(ops_root, "loadtest", "compare", doc["id"], copy["id"], "--json").doc
     total = next(r for r in same["rows"] if r["endpoint"] == "Aggregated")
     assert total["base"]["p95_ms"] == total["head"]["p95_ms"] == 1234
-    assert "1,234" in opsctl(ops_root, "loadtest", "compare", doc["id"], doc["id"]).stdout
+    assert "1,234" in opsctl(ops_root, "loadtest", "compare", doc["id"], copy["id"]).stdout
 
 
 def test_answers_that_are_no_transcription_fail_the_gates(ops_root, targets):

@@ -116,8 +116,9 @@ def test_compare_flags_a_planted_regression(light, local_platform):
     planted["id"] = base["id"] + "-planted"
     (saved / f"{planted['id']}.json").write_text(json.dumps(planted))
 
+    # a run against itself holds every figure: refused (breaker 42 R17), never "no regressions"
     same = opsctl(local_platform.root, "loadtest", "compare", base["id"], base["id"], "--min-requests", "1", "--json")
-    assert same.code == 0 and same.doc["rows"] and not any(r["regressions"] for r in same.doc["rows"])
+    assert same.code == 2 and "are the same run" in same.stderr, same.stderr
 
     out = opsctl(local_platform.root, "loadtest", "compare", base["id"], planted["id"], "--min-requests", "1", "--json")
     assert out.code == 1
