@@ -41,7 +41,7 @@ _NAME_MAX = 255  # bytes in one file name (Linux, macOS); a report is written as
 
 
 def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
-                example: str = "report.xml") -> Path | None:
+                example: str = "report.xml", own: Path | None = None) -> Path | None:
     """Where a report a caller asked for is written (`option` names it in errors, e.g.
     '--junit'): the path made absolute (symlinks kept: /dev/stdout stays itself; a link's
     target is what `write_text` replaces) and (`make`) its folder created, checked before any work so a long run never ends on a path it can't
@@ -58,7 +58,9 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
     `scheme:` folder anywhere in the path counts); the URL is shown as redact.redact masks it,
     as DESIGN.md's Conventions keep a secret off the command's output. A real folder named like
     `name:` is refused with it, a price taken for never writing a file named after a password.
-    `example`: the file name a refusal of a folder suggests (a JSON-lines history is no .xml)."""
+    `example`: the file name a refusal of a folder suggests (a JSON-lines history is no .xml).
+    A path into opsctl's own state under an ops root's `.opsctl/` is refused (`_in_state`),
+    except `own`: the one state file the caller keeps there itself (health's history)."""
     from opsctl.errors import UsageError
 
     if value is None:
@@ -97,6 +99,10 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
                              "give a shorter one")
         if path.is_dir():
             raise UsageError(f"{option} {value} is a folder; give a file path such as {path / example}")
+        state = _in_state(target)
+        if state and not (own is not None and os.path.realpath(target) == os.path.realpath(own)):  # breaker 44 T1: `runbook run --junit .opsctl/health/silences-E.json` replaced the silences
+            raise UsageError(f"{option} {value} would write into {state}, which holds opsctl's own state; write "
+                             "under reports/, .opsctl/reports/ or .opsctl/dr/")
         folder = target.parent  # a symlink's target is what is written (`write_text`)
         while not folder.exists():  # the nearest folder that exists is where the rest would be made
             folder = folder.parent
@@ -109,6 +115,21 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
     except OSError as exc:
         raise UsageError(f"{option} {value}: {exc.strerror or exc}; give another path") from None
     return path
+
+
+def _in_state(target: Path) -> str | None:
+    """The state folder of an ops root (`<root>/.opsctl/<name>`, but the report folders) a
+    report at `target` would land in, folders resolved; None when none: opsctl's own records
+    (silences, journals, drill records, ...) are never a report's place, whatever the option
+    (runbook.paths.state_problem, the rule runbook outputs follow)."""
+    from opsctl.runbook.paths import STATE, state_problem
+
+    parts = (Path(os.path.realpath(target.parent)) / target.name).parts
+    if STATE not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index(STATE)
+    problem = state_problem("/".join(parts[at:]))
+    return str(Path(*parts[:at], problem)) if problem else None
 
 
 _IN_PLACE_ROOTS = ("/dev/", "/proc/")  # /dev/stdout, /dev/fd/N, /proc/self/fd/N: a process's own streams

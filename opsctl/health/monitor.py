@@ -286,5 +286,6 @@ def cadence(project, env, mode: str, interval: float | None, cron: str | None, i
     if history is not None:  # a folder or an unmakeable one fails now, not after the first sweep
         from opsctl.files import report_path
 
-        history = report_path(history, "--history", make=False, example="history.jsonl")  # append_history makes it private
+        history = report_path(history, "--history", make=False, example="history.jsonl",  # append_history makes it private
+                              own=project.root / env.health.history)  # health's own history, in its state folder
     return Cadence(interval if mode == "continuous" else None, cron if mode == "scheduled" else None, history)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from opsctl.cli import app
-from tests.runbook.runbook_support import run_refused
+from tests.runbook.runbook_support import run_refused, write_runbook
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,3 +64,28 @@ def test_the_shipped_dr_drill_still_validates(runner, ops_root):
     shutil.copytree(REPO / "runbooks", ops_root / "runbooks")
     result = runner.invoke(app, ["runbook", "validate", "dr-drill"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["runbook", "run", "state-probe", "--junit", "{path}"],
+    ["health", "--env", "local", "--junit", "{path}"],
+    ["health", "--env", "local", "--history", "{path}"],
+])
+def test_a_report_option_into_opsctl_state_is_refused_too(runner, ops_root, command):
+    """Breaker 44 T1: the rule held for a runbook's step outputs, not for the command line's
+    own report options: `runbook run --junit .opsctl/health/silences-staging.json` replaced the
+    silences with JUnit XML. Every report path goes through files.report_path, which refuses it."""
+    silences = ops_root / ".opsctl" / "health" / "silences-local.json"
+    silences.parent.mkdir(parents=True)
+    silences.write_text("{}")
+    write_runbook(ops_root, "state-probe", 1, """\
+        name: state-probe
+        version: 1
+        steps:
+          - {id: a, action: wait, with: {seconds: 0}}
+        """)
+    for path in (".opsctl/health/silences-local.json", str(silences), ".opsctl/runs/x.xml"):
+        r = runner.invoke(app, [part.format(path=path) for part in command])
+        assert r.exit_code == 2, r.output
+        assert "which holds opsctl's own state" in r.stderr, r.stderr
+    assert silences.read_text() == "{}"
