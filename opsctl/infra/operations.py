@@ -176,7 +176,7 @@ def run(project: Project, env: Environment, operation: str,
         return stack.destroy(**common).summary.resource_changes, {}
 
     try:  # Ctrl-C and SIGTERM cancel it as pulumi's own Ctrl-C does (opsctl.infra.cancel)
-        with tg.without_opsctl_secrets(env):
+        with tg.without_opsctl_secrets(env, project):
             changes, outputs = run_cancellable(operate, f"pulumi {operation} of stack '{t.stack}'")
     except auto.CommandError as exc:
         reason = tracker.errors[-1] if tracker.errors else tg.last_line(str(exc))
@@ -191,7 +191,7 @@ def run(project: Project, env: Environment, operation: str,
 
 def _raw_outputs(project: Project, env: Environment) -> tuple[tg.Target, dict[str, Any]]:
     t = _prepare(project, env)
-    with tg.without_opsctl_secrets(env):
+    with tg.without_opsctl_secrets(env, project):
         stack = tg.open_stack(t, env, tg.require_cli(), create=False)
         return t, stack.outputs()
 

@@ -219,17 +219,21 @@ def workspace_env(env: Environment) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def without_opsctl_secrets(env: Environment) -> Iterator[list[str]]:
+def without_opsctl_secrets(env: Environment, project: Project | None = None) -> Iterator[list[str]]:
     """Within the block, the secrets opsctl itself holds are out of this process's environment,
     so the pulumi CLI, its language host and its plugins (children that inherit it whole:
     the Automation API runs them with os.environ) never get them: the backup key, the worker
     API key, database and Redis URLs, sink URLs (every `*_env` opsctl.yaml names, and any
     variable whose name says secret). What pulumi itself needs stays: cloud and tool
     credentials (AWS_*, PULUMI_*, runbook.secrets.KNOWN_SECRET_ENV), as the platform's own
-    servers get only what they need (procs.spawn; breaker 43 S15). Yields the names withheld."""
+    servers get only what they need (procs.spawn; breaker 43 S15). With `project`, the names
+    every environment of it gives are withheld, not only `env`'s (breaker 44 T2: production's
+    database URL reached the pulumi of staging). Yields the names withheld."""
     from opsctl.runbook.secrets import KNOWN_SECRET_ENV, environment_secret_names
 
-    names = sorted(n for n in environment_secret_names(env) if n in os.environ and n not in KNOWN_SECRET_ENV
+    envs = list(project.config.environments.values()) if project is not None else [env]
+    found = set().union(*(environment_secret_names(e) for e in envs))
+    names = sorted(n for n in found if n in os.environ and n not in KNOWN_SECRET_ENV
                    and not n.startswith(("AWS_", "PULUMI_")))
     kept = {n: os.environ.pop(n) for n in names}
     try:

@@ -37,7 +37,10 @@ def test_pulumi_children_get_no_opsctl_secret_but_keep_cloud_credentials(tmp_pat
     cli.chmod(0o755)
     secrets = {"OPSCTL_BACKUP_KEY": "S0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0tLS0s=",
                "STAGING_DATABASE_URL": "postgresql://transcribe:DBPASSWORDsecret99@127.0.0.1:1/transcribe",
-               "OPSCTL_WORKER_API_KEY": "WkApiKeySecret5555"}
+               "OPSCTL_WORKER_API_KEY": "WkApiKeySecret5555",
+               # another environment's (breaker 44 T2: only the selected one's were withheld)
+               "PRODUCTION_DATABASE_URL": "postgresql://transcribe:PRODPASSWORD77@10.0.0.1:5432/transcribe",
+               "PRODUCTION_REDIS_URL": "rediss://:PRODREDIS88@10.0.0.2:6379/0"}
     kept = {"AWS_SECRET_ACCESS_KEY": "awsSecretForPulumi", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
             "PULUMI_CONFIG_PASSPHRASE": "passphrase-for-state"}
     for name, value in {**secrets, **kept}.items():
