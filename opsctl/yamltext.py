@@ -13,7 +13,9 @@ a duplicate is a YamlFault naming its key path and both lines. The keys a merge 
 brings in may be overridden: that is what a merge is for.
 
 Aliases are bounded as go-yaml bounds them ("excessive aliasing"): a document whose aliases
-expand past MAX_VALUES values, nests deeper than MAX_DEPTH, or holds an alias of a node that
+expand past MAX_VALUES values or MAX_CHARACTERS characters of scalars (breaker 44 T3: one
+string of 200 kB aliased 20,000 times held few values and 4 GB), nests deeper than
+MAX_DEPTH, or holds an alias of a node that
 contains it is a YamlFault before anything walks it (breaker 43 S1: a runbook of 470 bytes
 of nested aliases, a "billion laughs", took 23 GB to validate; S10: 10,000 nested brackets
 ended on "unexpected RecursionError").
@@ -42,6 +44,7 @@ _BOMS = ((codecs.BOM_UTF32_BE, "UTF-32-BE"), (codecs.BOM_UTF32_LE, "UTF-32-LE"),
 
 
 MAX_VALUES = 100_000  # values a document may expand to through its aliases (opsctl's files hold a few thousand)
+MAX_CHARACTERS = 2_000_000  # characters its scalars may expand to (beyond twice the text's own length)
 MAX_DEPTH = 64  # levels of nesting (opsctl's deepest schema needs about 8)
 
 
@@ -112,13 +115,13 @@ def _load(text: str, many: bool) -> Any:
             node = loader.get_single_node()
             if node is None:
                 return None
-            _refuse_bombs(node)
+            _refuse_bombs(node, len(text))
             _refuse_duplicate_keys(loader, node)
             return loader.construct_document(node)
         documents = []
         while loader.check_node():
             node = loader.get_node()
-            _refuse_bombs(node)
+            _refuse_bombs(node, len(text))
             _refuse_duplicate_keys(loader, node)
             documents.append(loader.construct_document(node))
         return documents
@@ -151,11 +154,15 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _refuse_bombs(root: yaml.Node) -> None:
-    """YamlFault when `root` expands (aliases followed) to more than MAX_VALUES values, nests
-    deeper than MAX_DEPTH, or holds an alias of a node containing it (it never ends). Each
-    node is sized once (by identity), so the check costs the text's size, not the expansion's."""
+def _refuse_bombs(root: yaml.Node, text_length: int = 0) -> None:
+    """YamlFault when `root` expands (aliases followed) to more than MAX_VALUES values or to
+    scalars of more than MAX_CHARACTERS characters (or twice `text_length`, the text's own,
+    when that is more), nests deeper than MAX_DEPTH, or holds an alias of a node containing it
+    (it never ends). Each node is sized once (by identity), so the check costs the text's
+    size, not the expansion's."""
     size: dict[int, int] = {}
+    chars: dict[int, int] = {}
+    most = max(MAX_CHARACTERS, 2 * text_length)
     depth: dict[int, int] = {}
     open_: set[int] = set()  # nodes whose children are being sized: met again, an alias of an ancestor
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -165,12 +172,15 @@ def _refuse_bombs(root: yaml.Node) -> None:
         if done:
             kids = _children(node)
             size[key] = 1 + sum(size[id(k)] for k in kids)
+            chars[key] = (len(node.value) if isinstance(node, yaml.ScalarNode) else 0) + sum(chars[id(k)] for k in kids)
             depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
             open_.discard(key)
             line = node.start_mark.line + 1
             if size[key] > MAX_VALUES:
                 raise YamlFault(line, f"its aliases expand to more than {MAX_VALUES:,} values (a \"billion laughs\")",
                                 "write the values out, or alias fewer levels")
+            if chars[key] > most:
+                raise YamlFault(line, f"its aliases expand to more than {most:,} characters", "alias less")
             if depth[key] > MAX_DEPTH:
                 raise YamlFault(line, f"the YAML nests deeper than {MAX_DEPTH} levels", "write it flatter")
             continue

@@ -216,3 +216,13 @@ def test_an_alias_of_its_own_parent_is_refused(ops_root, runner):
     (ops_root / "opsctl.yaml").write_text("version: 1\nenvironments:\n  local: &l\n    platform: local\n    x: *l\n")
     line = one_line_exit_2(runner, ["config", "show"])
     assert "line 3: an alias refers to a node that contains it" in line, line
+
+
+def test_one_long_string_aliased_many_times_is_refused(ops_root, runner):
+    """Breaker 44 T3: a 200 kB string aliased 20,000 times is few values and 4 GB of text:
+    `runbook validate` spent 203 s of CPU and said valid, `config show` never ended."""
+    big = '"' + "A" * 200_000 + '"'
+    (ops_root / "opsctl.yaml").write_text("version: 1\nenvironments:\n  local:\n    description:\n"
+                                          f"      x: &a {big}\n      y: [{', '.join(['*a'] * 20_000)}]\n")
+    line = one_line_exit_2(runner, ["config", "show"])
+    assert "line 6: its aliases expand to more than 2,000,000 characters" in line, line
