@@ -354,9 +354,10 @@ class DrSettings(_Model):
 
         if not _DR_DURATION.fullmatch(value):
             raise ValueError("not a duration such as 90s, 30m, 4h or 7d (digits 0-9, then s, m, h or d)")
-        if not 0 < seconds(value) <= _DR_MAX_DAYS * _DAY:  # a 0 RPO would make the WAL archive check always critical
-            raise ValueError(f"no target; give a positive duration of at most {_DR_MAX_DAYS}d, "
-                             "such as 90s, 30m, 4h or 7d")
+        # a 0 RPO would make the WAL archive check always critical, and so does one under a
+        # second (breaker 44 T5: 0.0000001s rendered an alert rule `> 1e-07` that always fires)
+        if not 1 <= seconds(value) <= _DR_MAX_DAYS * _DAY:
+            raise ValueError(f"no target; give a duration from 1s to at most {_DR_MAX_DAYS}d, such as 90s, 30m, 4h or 7d")
         return value
 
 

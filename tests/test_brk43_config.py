@@ -63,7 +63,8 @@ def test_booleans_where_booleans_belong_still_load(runner, tmp_path):
     ("{rto: 31d}", "dr.rto", "at most 30d"),
     ("{rpo: ١٠m}", "dr.rpo", "digits 0-9"),
     ("{rto: ٣h}", "dr.rto", "digits 0-9"),
-    ("{rpo: 0s}", "dr.rpo", "positive duration"),
+    ("{rpo: 0s}", "dr.rpo", "from 1s to at most 30d"),
+    ("{rpo: 0.0000001s}", "dr.rpo", "from 1s to at most 30d"),  # breaker 44 T5: an alert rule `> 1e-07`
 ])
 def test_dr_targets_are_bounded_ascii_durations(runner, tmp_path, dr, key, said):
     line = refused(runner, tmp_path, f"    dr: {dr}\n")

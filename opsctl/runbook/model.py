@@ -695,12 +695,14 @@ def resolve_params(book: Runbook, given: dict[str, str], env_vars: Mapping[str, 
             how = f"set {env_var(name)}" if name in secrets else f"pass -p {name}=VALUE"
             raise UsageError(f"{book.ref}: parameter '{name}' is required; {how}")
         value = values[name]
-        if name in secrets and isinstance(value, str) and 0 < len(value) < MIN_SECRET:
+        if name in secrets and isinstance(value, str) and value and len(value.strip()) < MIN_SECRET:
+            # blanks around it count for nothing (breaker 44 T7: '  a  ' masked every 'a' again)
             # masked wherever it shows, a value of 1-3 characters turns every such letter of
             # every output into *** ("e***it 3"), and hides nothing a guess would not find
             # (breaker 43 S17)
-            raise UsageError(f"{book.ref}: parameter '{name}' is secret and {len(value)} character"
-                             f"{'s' if len(value) > 1 else ''} long; a secret has at least {MIN_SECRET}")
+            n = len(value.strip())
+            raise UsageError(f"{book.ref}: parameter '{name}' is secret and {n} character{'s' if n != 1 else ''} "
+                             f"long (blanks around it left out); a secret has at least {MIN_SECRET}")
     return values
 
 

@@ -223,7 +223,7 @@ def test_pieces_of_a_secret_at_a_word_edge_are_masked_but_plain_words_stay():
     assert masker.text("Token " + SECRET.upper()) == "***"
 
 
-@pytest.mark.parametrize("value", ["x", "ab", "abc"])
+@pytest.mark.parametrize("value", ["x", "ab", "abc", "  a  ", "a\n\n"])
 def test_a_secret_parameter_too_short_to_mask_is_refused(runner, ops_root, monkeypatch, value):
     """Breaker 43 S17: a one-character secret masked every such letter of every output
     (`echo $T; exit 3` showed as `e***it 3`), and hid nothing a guess would not find."""
@@ -240,7 +240,7 @@ def test_a_secret_parameter_too_short_to_mask_is_refused(runner, ops_root, monke
     monkeypatch.setenv("OPSCTL_PARAM_TOK", value)
     r = runner.invoke(app, ["runbook", "run", "short", "--dry-run"])
     assert r.exit_code == 2, r.output
-    assert f"parameter 'tok' is secret and {len(value)} character" in r.stderr and "at least 4" in r.stderr
+    assert f"parameter 'tok' is secret and {len(value.strip())} character" in r.stderr and "at least 4" in r.stderr
     assert not (ops_root / ".opsctl" / "runs").exists()
     monkeypatch.setenv("OPSCTL_PARAM_TOK", "abcd")
     assert runner.invoke(app, ["runbook", "run", "short", "--dry-run"]).exit_code == 0
