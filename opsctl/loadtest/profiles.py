@@ -106,12 +106,22 @@ def load(project: Project) -> dict[str, Profile]:
         raise UsageError(f"{path}: not a mapping with 'profiles:' of name: {{users, spawn_rate, duration}}; "
                          "restore loadtests/profiles.yaml")
     profiles = {}
+
+    def number(value, kind, key: str):
+        # a number written as a number: YAML reads yes/on/true as booleans, which int() took
+        # for 1 (breaker 44 T6: `users: yes` ran a 1-user test that passed its gate); "3" and
+        # 3.7 for an integer are refused likewise, never truncated
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise ValueError(f"{key} {value!r}: write a number{' (a whole one)' if kind is int else ''}")
+        return kind(value)
+
     for name, spec in (listed or {}).items():
         try:
             profiles[name] = Profile(
-                name=name, users=int(spec["users"]), spawn_rate=float(spec["spawn_rate"]),
+                name=name, users=number(spec["users"], int, "users"),
+                spawn_rate=number(spec["spawn_rate"], float, "spawn_rate"),
                 duration_s=parse_duration(spec["duration"], f"{path}: profiles.{name}.duration", MAX_SECONDS),
-                classes={str(k): int(v) for k, v in (spec.get("classes") or {}).items()},
+                classes={str(k): number(v, int, f"classes.{k}") for k, v in (spec.get("classes") or {}).items()},
                 slo=spec.get("slo"), description=spec.get("description", ""))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"{path}: profiles.{name}: missing or bad {exc}; "

@@ -114,3 +114,17 @@ def test_a_list_limit_below_one_is_refused(ops_root, limit):
     """Reviewer 39 R12: --limit 0 or below listed one run."""
     line = _one_line(opsctl(ops_root, "loadtest", "list", "--limit", limit))
     assert "--limit" in line, line
+
+
+@pytest.mark.parametrize("field, value", [("users", "yes"), ("spawn_rate", "on"), ("users", '"3"'), ("users", "2.5")])
+def test_a_profile_number_that_is_no_number_is_one_line(ops_root, field, value):
+    """Breaker 44 T6: `users: yes` (YAML's boolean) ran a 1-user test that passed its gate."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "loadtests", ops_root / "loadtests")
+    spec = {"users": "3", "spawn_rate": "1", "duration": "5s", field: value}
+    (ops_root / "loadtests" / "profiles.yaml").write_text(
+        "profiles:\n  light:\n" + "".join(f"    {k}: {v}\n" for k, v in spec.items()))
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--profile", "light", "--host", "http://127.0.0.1:9"))
+    assert f"profiles.light: missing or bad {field}" in line and "write a number" in line, line
