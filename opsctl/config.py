@@ -34,6 +34,31 @@ _DR_MAX_DAYS = 30
 
 CONFIG_NAME = "opsctl.yaml"
 STATE_DIR = ".opsctl"
+# host:port of a scrape target: a DNS name or IPv4 address, or [IPv6], and a port 1-65535
+_TARGET = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}", re.ASCII)
+
+
+def _http_url(url: str | None, example: str) -> str | None:
+    """`url` when it is an http(s) URL with a host (and a port that is one), else ValueError
+    naming `example` (breaker 43 S11, 44 T4: 'not a url' or 'http://' loaded, then failed as a
+    CRITICAL check or a KEDA serverAddress of 'http://')."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url) if url is not None else None
+        ok = parts is None or (parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0)
+    except ValueError:  # a port that is not a number or out of range, a bad IPv6 address
+        ok = False
+    if not ok:
+        raise ValueError(f"not an http(s) URL with a host, such as {example}")
+    return url
+
+
+def _target(value: str | None) -> str | None:
+    """`value` when it is a scrape target host:port (port 1-65535), else ValueError."""
+    if value is not None and not (_TARGET.fullmatch(value) and 1 <= int(value.rsplit(":", 1)[1]) <= 65535):
+        raise ValueError("not a host:port scrape target, such as node-exporter.monitoring.svc:9100")
+    return value
 # RFC 1123 label, as Kubernetes checks namespaces and label-like names (IsDNS1123Label)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -96,6 +121,11 @@ class AwsSettings(_Model):
     region: str = "us-east-1"
     profile: str | None = None
     endpoint_url: SecretFreeUrl(_AWS_CHAIN) | None = Field(None, description="an S3/AWS endpoint other than AWS's own")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, url: str | None) -> str | None:
+        return _http_url(url, "http://127.0.0.1:5000")  # breaker 44 T4: any text loaded
 
 
 class PulumiSettings(_Model):
@@ -215,6 +245,11 @@ class AutoscalingSettings(_Model):
     cooldown_period: int = Field(300, ge=0, le=INT32_MAX, description="seconds idle before scaling to zero")
     wake_query: str | None = Field(None, description="PromQL counting work that arrives while no worker pod runs "
                                    "(e.g. the ingress's requests); needed for min_replicas 0")
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _prometheus(cls, url: str) -> str:
+        return _http_url(url, "http://prometheus-operated.monitoring.svc:9090")  # 'http://' was a serverAddress
 
 
 class WorkerSettings(_Model):
@@ -392,6 +427,23 @@ class MonitoringSettings(_Model):
     archive_lag_warning: float = Field(0.5, gt=0, lt=1, description="the WAL archive lag warns above this "
                                        "fraction of dr.rpo (and is critical above dr.rpo itself)")
 
+    @field_validator("exporters")
+    @classmethod
+    def _exporters(cls, targets: dict) -> dict:
+        for value in targets.values():
+            _target(value)
+        return targets
+
+    @field_validator("health_exporter")
+    @classmethod
+    def _health_exporter(cls, value: str | None) -> str | None:
+        return _target(value)
+
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _alertmanager(cls, url: str | None) -> str | None:
+        return _http_url(url, "http://alertmanager-operated.monitoring.svc:9093")
+
     @field_validator("scrape_interval")
     @classmethod
     def _prometheus_duration(cls, value: str) -> str:
@@ -454,18 +506,9 @@ class Environment(_Model):
 
     @field_validator("router_url")
     @classmethod
-    def _http_url(cls, url: str | None) -> str | None:
+    def _router_url(cls, url: str | None) -> str | None:
         """An http(s) URL with a host (breaker 43 S11: 'not a url' was a CRITICAL router check)."""
-        from urllib.parse import urlsplit
-
-        try:
-            parts = urlsplit(url) if url is not None else None
-            ok = parts is None or (parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0)
-        except ValueError:  # a port that is not a number or out of range, a bad IPv6 address
-            ok = False
-        if not ok:
-            raise ValueError("not an http(s) URL with a host, such as https://transcribe.example.com")
-        return url
+        return _http_url(url, "https://transcribe.example.com")
 
     @model_validator(mode="after")
     def _autoscaling_bounds(self) -> "Environment":

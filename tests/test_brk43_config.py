@@ -90,6 +90,14 @@ def test_a_long_scrape_interval_is_one_line(runner, tmp_path):
     ("    router_url: 'http://:80'\n", "router_url", "not an http(s) URL with a host"),
     ("    loadtest: {slo: 'p95<<2'}\n", "loadtest.slo", "bad term 'p95<<2'"),
     ("    loadtest: {slo: 'p95<2000ms,,rps>1'}\n", "loadtest.slo", "empty term"),
+    # breaker 44 T4: the other URL and target fields of the same kind
+    ("    worker: {autoscaling: {prometheus_url: 'http://'}}\n", "worker.autoscaling.prometheus_url",
+     "not an http(s) URL with a host"),
+    ("    aws: {endpoint_url: 'localhost'}\n", "aws.endpoint_url", "not an http(s) URL with a host"),
+    ("    monitoring: {alertmanager_url: 'http://'}\n", "monitoring.alertmanager_url", "not an http(s) URL"),
+    ("    monitoring: {exporters: {node: 'not a target'}}\n", "monitoring.exporters", "not a host:port scrape target"),
+    ("    monitoring: {exporters: {node: 'host:99999'}}\n", "monitoring.exporters", "not a host:port scrape target"),
+    ("    monitoring: {health_exporter: 'http://x:9464'}\n", "monitoring.health_exporter", "not a host:port"),
 ])
 def test_bad_values_are_refused_when_opsctl_yaml_is_read(runner, tmp_path, body, key, said):
     line = refused(runner, tmp_path, body)
