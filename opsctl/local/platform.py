@@ -330,7 +330,14 @@ def status(project: Project) -> list[ComponentStatus]:
     for name in names:
         comp = state.components.get(name)
         if comp is None:
-            if not name.startswith("worker-"):
+            # not in the state file, but its PID file may find it (a state file moved aside, as a
+            # damaged one's message advises: breaker 44 T12 saw every running server "never started")
+            pid = live_pid(state, name) if name in HINTS else None
+            if pid is not None:
+                rows.append(ComponentStatus(name, pid, None, False, None, str(state.log(name)),
+                                            "running, found by its PID file, not in the state file: "
+                                            "'opsctl local up' restarts it on its data"))
+            elif not name.startswith("worker-"):
                 rows.append(ComponentStatus(name, None, None, False, None, str(state.log(name)), "never started"))
             continue
         probe = "worker" if name.startswith("worker-") else name

@@ -114,3 +114,22 @@ def test_local_status_lists_a_copy_a_restore_left_running_beside_the_live_server
         for pid in (live, copy):
             if procs.alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_local_status_finds_a_server_by_its_pid_file_when_the_state_file_is_gone(ops_root, runner):
+    """Breaker 44 T12: after the advised `mv state.json state.json.damaged`, `local status` said
+    every running server was "never started"."""
+    import json
+
+    from opsctl.local import redis as rd
+
+    state = st.LocalState(st.folder_for(ops_root))
+    port = procs.free_port()
+    pid = rd.start(state.data("redis"), port, state.log("redis"), pidfile=state.pidfile("redis"))
+    try:
+        r = runner.invoke(app, ["local", "status", "--json"])
+        rows = {c["name"]: c for c in json.loads(r.stdout)["components"]}
+        assert rows["redis"]["pid"] == pid and "found by its PID file" in rows["redis"]["note"], rows["redis"]
+        assert rows["postgres"]["note"] == "never started"
+    finally:
+        rd.stop(pid, port, keep=False)
