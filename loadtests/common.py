@@ -44,10 +44,17 @@ def missing_samples() -> str | None:
     every request failing on the target's account."""
     folder = audio_dir()
     missing = [name for name in SAMPLES.values() if not (folder / name).is_file()]
-    if not missing:
-        return None
-    return (f"the load test's speech samples {', '.join(missing)} are not in {folder}; set LOADTEST_AUDIO_DIR "
-            "to a folder holding them (the repository's tests/worker/data has them)")
+    if missing:
+        return (f"the load test's speech samples {', '.join(missing)} are not in {folder}; set LOADTEST_AUDIO_DIR "
+                "to a folder holding them (the repository's tests/worker/data has them)")
+    for name in SAMPLES.values():  # there but no recording (breaker 44 T11: a 0-byte file failed every request)
+        try:
+            if not _read(folder / name)[1]:
+                raise EOFError("no audio frames")
+        except (wave.Error, EOFError, OSError) as exc:
+            return (f"the load test's speech sample {folder / name} is not a readable WAV recording ({exc or 'empty'}); "
+                    "replace it, or set LOADTEST_AUDIO_DIR to a folder of good ones")
+    return None
 
 
 def _api_keys() -> list[str]:

@@ -282,3 +282,17 @@ def test_a_locustfile_without_its_speech_samples_is_one_line_before_any_load(ops
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("opsctl: error: TranscriptionUser: the load test's speech samples hello.wav, weather.wav, "
                            f"passage.wav are not in {tmp_path / 'no-samples'}; set LOADTEST_AUDIO_DIR"), line
+
+
+def test_an_empty_speech_sample_is_one_line_before_any_load(ops_root, targets, monkeypatch, tmp_path):
+    """Breaker 44 T11: a 0-byte sample passed the check (it was there) and failed every request."""
+    import shutil
+    from pathlib import Path
+
+    samples = tmp_path / "samples"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "tests" / "worker" / "data", samples)
+    (samples / "weather.wav").write_bytes(b"")
+    monkeypatch.setenv("LOADTEST_AUDIO_DIR", str(samples))
+    out = _run(ops_root, targets["slow"], "0", "error_rate<1%")
+    assert out.code == 2 and out.stdout == "", (out.stdout, out.stderr)
+    assert f"speech sample {samples / 'weather.wav'} is not a readable WAV recording" in out.stderr, out.stderr
