@@ -48,6 +48,16 @@ def _not_approved(question: str) -> UsageError:
     return UsageError(f"{question} not approved; nothing was changed")
 
 
+def _yes_or_asked(question: str, yes: bool, interactive: bool, ask_yes_no: Callable[[str], bool]) -> None:
+    """The last gate of every approval: --yes, or a person's yes at a terminal."""
+    if yes:
+        return
+    if not interactive:
+        raise _no_terminal(question)
+    if not ask_yes_no(question):
+        raise _not_approved(question)
+
+
 def approve(question: str, env: "Environment | None", *, yes: bool, confirm_env: str | None = None,
             destructive: bool = False, interactive: bool, ask_yes_no: Callable[[str], bool],
             ask_text: Callable[[str], str], verb: Verb = CHANGE) -> None:
@@ -77,12 +87,7 @@ def approve(question: str, env: "Environment | None", *, yes: bool, confirm_env:
             return
         if confirm_env != env.name:
             raise UsageError(f"--confirm-env '{confirm_env}' is not '{env.name}'; nothing was {verb[2]}")
-    if yes:
-        return
-    if not interactive:
-        raise _no_terminal(question)
-    if not ask_yes_no(question):
-        raise _not_approved(question)
+    _yes_or_asked(question, yes, interactive, ask_yes_no)
 
 
 def terminal() -> dict[str, Any]:
@@ -163,12 +168,7 @@ def approve_all(question: str, envs: "list[Environment]", *, yes: bool, confirm_
             if typed != name:
                 raise UsageError(f"typed '{typed}', not '{name}'; nothing was {verb[2]}")
         return
-    if yes:
-        return
-    if not interactive:
-        raise _no_terminal(question)
-    if not ask_yes_no(question):
-        raise _not_approved(question)
+    _yes_or_asked(question, yes, interactive, ask_yes_no)
 
 
 def at_terminal_all(question: str, envs: "list[Environment]", yes: bool, confirm_envs: list[str] | None = None,

@@ -363,18 +363,13 @@ def _beside_status(state: st.LocalState) -> list[ComponentStatus]:
     """A row for each PostgreSQL running on a data folder of the platform's own beside
     data/postgres (a `restore --beside` copy, left running on purpose: breaker 42 R18 found
     `local status` silent about it, fsync off and all); `local down` stops them."""
-    root = state.data("postgres").parent
     rows = []
-    for data in sorted(root.iterdir()) if root.is_dir() else []:
-        if data == state.data("postgres") or not data.is_dir():
-            continue
-        pid = procs.pidfile_owner(data / "postmaster.pid", "postgres")
-        if pid:
-            lines = (data / "postmaster.pid").read_text(errors="replace").splitlines()
-            port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
-            rows.append(ComponentStatus(f"postgres ({data.name})", pid, port, bool(port and pg.ready(port)), None,
-                                        str(data / "log"), "a copy a restore left running beside the live "
-                                        "server ('opsctl local down' stops it; fsync off: not for keeps)"))
+    for data, pid in _beside_servers(state):
+        lines = (data / "postmaster.pid").read_text(errors="replace").splitlines()
+        port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+        rows.append(ComponentStatus(f"postgres ({data.name})", pid, port, bool(port and pg.ready(port)), None,
+                                    str(data / "log"), "a copy a restore left running beside the live "
+                                    "server ('opsctl local down' stops it; fsync off: not for keeps)"))
     return rows
 
 
@@ -598,16 +593,26 @@ def _stop_scratch_servers(state) -> list[int]:
     than data/postgres (a `restore --beside` copy: its restore returned and kept no record; a
     copy whose restore was killed): the live process its postmaster.pid names, never a reused
     PID (procs.pidfile_owner). Returns the PIDs stopped."""
-    root = state.data("postgres").parent
     stopped = []
+    for _data, pid in _beside_servers(state):
+        pg.stop(pid)
+        stopped.append(pid)
+    return stopped
+
+
+def _beside_servers(state) -> list[tuple[Path, int]]:
+    """(data folder, postmaster PID) of each PostgreSQL running on a folder of the platform's
+    data folder other than data/postgres: its postmaster.pid's live process, never a reused PID
+    (procs.pidfile_owner)."""
+    root = state.data("postgres").parent
+    found = []
     for data in sorted(root.iterdir()) if root.is_dir() else []:
         if data == state.data("postgres") or not data.is_dir():
             continue
         pid = procs.pidfile_owner(data / "postmaster.pid", "postgres")
         if pid:
-            pg.stop(pid)
-            stopped.append(pid)
-    return stopped
+            found.append((data, pid))
+    return found
 
 
 def _moto_port(pid: int) -> int | None:
