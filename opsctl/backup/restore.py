@@ -132,8 +132,8 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
         not_empty(value, option, remedy)
     if isinstance(components, str):
         components = [c.strip() for c in components.split(",")]
-    if components is not None and len(set(components)) != len(components):  # `db,db` was printed "(db, db)"
-        twice = sorted({c for c in components if components.count(c) > 1})
+    twice = sorted({c for c in components or [] if c and components.count(c) > 1})  # empty names: plan says
+    if twice:  # `db,db` was printed "(db, db)"
         raise UsageError(f"--components names {', '.join(twice)} twice; give each component once")
     if to_time is None and to_lsn is None and not beside:
         if timeline is not None:
