@@ -208,6 +208,18 @@ class Pitr:
             platform.start_component("postgres", state, self.env())
             state.save()
 
+    def queue_a_segment(self, timeout: float = 30.0) -> None:
+        """Finish a WAL segment (a logical message, then a switch) and wait until it is in the
+        local archive queue: what an archiver that is not running leaves waiting."""
+        from opsctl.pitr import local as pitr_local
+
+        self.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
+        self.sql("select pg_switch_wal()", db="postgres")
+        queue = pitr_local.queue_dir(self.state())
+        deadline = time.monotonic() + timeout
+        while not [p for p in queue.iterdir() if not p.name.startswith(".")] and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def ensure_archiver(self) -> None:
         from opsctl.local import state as st
         from opsctl.pitr import local as pitr_local

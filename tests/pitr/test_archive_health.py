@@ -63,16 +63,11 @@ def test_archive_lag_ok_then_archiver_stopped_then_dropped_segment(pitr, runner)
     try:
         idle = _check(pitr)
         assert idle.status == Status.WARNING and "no archiver" in idle.message
-        pitr.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
-        pitr.sql("select pg_switch_wal()", db="postgres")
-        queue = pitr_local.queue_dir(state)
-        deadline = time.monotonic() + 30
-        while not [p for p in queue.iterdir() if not p.name.startswith(".")] and time.monotonic() < deadline:
-            time.sleep(0.1)
+        pitr.queue_a_segment()  # a finished segment waits in the local queue
         stuck = _check(pitr)
         assert stuck.status == Status.CRITICAL and "no archiver runs" in stuck.message
         assert stuck.details["queued"] >= 1
-        marker = queue / ".dropped" / "0000000100000000000000FF"
+        marker = pitr_local.queue_dir(state) / ".dropped" / "0000000100000000000000FF"
         marker.write_text("")
         try:
             gap = _check(pitr)

@@ -3,7 +3,6 @@ waited (the `wal archive` check CRITICAL): the drill now says the archive is not
 from __future__ import annotations
 
 import json
-import time
 import xml.etree.ElementTree as ET
 
 
@@ -16,12 +15,7 @@ def test_a_drill_fails_while_the_archive_is_not_advancing(pitr, runner, tmp_path
     state = pitr.state()
     assert pitr_local.stop_archiver(state)
     try:
-        pitr.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
-        pitr.sql("select pg_switch_wal()", db="postgres")
-        queue = pitr_local.queue_dir(state)
-        deadline = time.monotonic() + 30
-        while not [p for p in queue.iterdir() if not p.name.startswith(".")] and time.monotonic() < deadline:
-            time.sleep(0.1)
+        pitr.queue_a_segment()  # a finished segment waits in the local queue
         health = pitr.cli(runner, "health", "--check", "wal archive", "--json")
         assert health.exit_code == 2, health.output  # the check is CRITICAL: no archiver, segments wait
         junit = tmp_path / "drill.xml"
