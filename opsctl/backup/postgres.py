@@ -455,6 +455,39 @@ def database_exists(url: str, name: str) -> bool:
         return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 
 
+# The comment a `--target-db` restore puts on the copy it makes: what a later restore with
+# `replace_copy` may replace (breaker 42 R6: a drill killed after its restore left its scratch
+# copy, and every later drill was refused). Only a database whose comment says it is the copy
+# restored under its own name is one: a copy renamed since, or any other database, is not.
+COPY_MARK = "opsctl restore copy"
+
+
+def mark_copy(url: str, name: str, target: str, backup_id: str) -> None:
+    """Comment database `name` (the copy, before it is renamed `target`) as an opsctl restore
+    copy: `COPY_MARK` of backup `backup_id`, the time (UTC), and the name it is restored as.
+    The source database's own comment, if any, is replaced on the copy."""
+    import datetime as dt
+
+    from psycopg import sql
+
+    at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = f"{COPY_MARK} of backup {backup_id}, restored {at} as {target}"
+    with _admin(url) as conn:
+        conn.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(name), sql.Literal(text)))
+
+
+def copy_mark(url: str, name: str) -> str | None:
+    """The comment of database `name` when it is an opsctl restore copy restored as `name`
+    (`mark_copy`); None when it does not exist or is not one."""
+    with _admin(url) as conn:
+        row = conn.execute("select shobj_description(oid, 'pg_database') from pg_database where datname = %s",
+                           (name,)).fetchone()
+    text = row[0] if row else None
+    if text and text.startswith(f"{COPY_MARK} of backup ") and text.endswith(f" as {name}"):
+        return text
+    return None
+
+
 # made by initdb, needed by the server itself: every CREATE DATABASE copies template1 (or
 # template0), and `postgres` is the maintenance database opsctl and other tools connect to
 # (PostgreSQL docs, "Template Databases" and "Creating a Database")

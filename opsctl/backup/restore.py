@@ -59,6 +59,7 @@ class RestorePlan:
     target_instance: str | None = None
     skipped: list[str] = field(default_factory=list)  # newer backups passed over: damaged or untrusted
     partial: list[str] = field(default_factory=list)  # newer complete backups without what was asked
+    replaces_copy: str | None = None  # the mark of the earlier restore copy at target_db it replaces
     _ctx: dict = field(default_factory=dict, repr=False)
 
 
@@ -80,6 +81,7 @@ class RestoreResult:
     partial: list[str] = field(default_factory=list)  # newer backups passed over: "ID (redis)", holding only part
     cleaned: list[str] = field(default_factory=list)  # what dead restores had left, removed or repaired first
     backup_created_at: dt.datetime | None = None  # when the restored backup was taken (UTC)
+    replaced_copy: str | None = None  # the mark of the earlier restore copy at the target it replaced
 
 
 def terminal_approval(env: Environment | None, yes: bool, confirm_env: str | None = None,
@@ -111,7 +113,8 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
                 target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
                 allow_damaged: bool = False, jobs: int = 1, to_time: str | None = None,
                 to_lsn: str | None = None, beside: bool = False, approve: Approve | None = None,
-                report: Reporter = quiet, notice: Callable[[str], None] | None = None, timeline: int | None = None):
+                report: Reporter = quiet, notice: Callable[[str], None] | None = None, timeline: int | None = None,
+                replace_copy: bool = False):
     """The one restore entry point behind `opsctl restore` and the runbook `restore` step: with
     `to_time` / `to_lsn` / `beside` a point-in-time recovery (base backups + WAL,
     opsctl.pitr.restore.restore; returns its PitrResult, or an rds.RdsRestoreResult on
@@ -140,15 +143,16 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
             raise UsageError("--timeline chooses the timeline of a point-in-time recovery: give it with "
                              "--to-time or --to-lsn")
         return restore(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner,
-                       role, allow_damaged, jobs, approve=approve, report=report, notice=notice)
+                       role, allow_damaged, jobs, approve=approve, report=report, notice=notice,
+                       replace_copy=replace_copy)
     if (backup_id is not None or date is not None or latest or components is not None or target_db is not None
-            or no_owner or role is not None or allow_damaged or jobs != 1):
+            or no_owner or role is not None or allow_damaged or jobs != 1 or replace_copy):
         # a physical restore copies the cluster as it was, owners and grants included: the
         # logical restore's options would be ignored, and an ignored option is a surprise
         # (breaker 42 R18: --jobs 4 with --to-time was silently ignored)
         raise UsageError("--to-time/--to-lsn/--beside restore from base backups and WAL; they don't combine "
-                         "with --id, --date, --latest, --components, --target-db, --no-owner, --role, "
-                         "--allow-damaged or --jobs (base backups are unpacked two at a time)")
+                         "with --id, --date, --latest, --components, --target-db, --replace-copy, --no-owner, "
+                         "--role, --allow-damaged or --jobs (base backups are unpacked two at a time)")
     from opsctl.pitr import restore as pitr
 
     def approve_plan(p) -> None:
@@ -164,10 +168,14 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
             latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
             target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
             allow_damaged: bool = False, jobs: int = 1, approve: Approve | None = None,
-            report: Reporter = quiet, notice: Callable[[str], None] | None = None) -> RestoreResult:
+            report: Reporter = quiet, notice: Callable[[str], None] | None = None,
+            replace_copy: bool = False) -> RestoreResult:
     """Restore a backup of `env`: the one operation behind `opsctl restore` and the runbook
     `restore` step. Exactly one of `backup_id`, `date` (YYYY-MM-DD, UTC) or `latest` picks
     the backup (catalog.resolve); the other arguments are `plan`'s and `run`'s.
+    `replace_copy`: a `target_db` that exists is replaced when it is the copy an earlier
+    `--target-db` restore made under that name (its comment says so: postgres.copy_mark), as
+    a drill killed before its clean-up leaves it; any other database there is still refused.
 
     When the restore would overwrite live data (`RestorePlan.overwrites`), `approve(question)`
     is called first and must return (raise UsageError to refuse; None: refused, since
@@ -182,7 +190,7 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
     check_jobs(jobs)  # before the plan reads the repository and the approval is asked
     say = notice or (lambda text: log.warning("%s", text))
     p = plan(project, env, backup_id, date, latest, components, target_db, target_instance, no_owner, role,
-             allow_damaged)
+             allow_damaged, replace_copy)
     if p.skipped:
         say(f"skipped newer backups that can't be restored: {', '.join(p.skipped)}")
     if p.partial:
@@ -215,21 +223,31 @@ def check_jobs(jobs: int) -> None:
         raise UsageError(f"--jobs must be 1 to {MAX_JOBS} (pg_restore's parallel jobs), not {jobs}")
 
 
-def check_new_target(database_url: str, target_db: str, option: str = "--target-db") -> None:
+def check_new_target(database_url: str, target_db: str, option: str = "--target-db",
+                     replace_copy: bool = False) -> str | None:
     """UsageError when `--target-db` names a database that exists: it restores into a new one
     (breaker 41 Q1: another application's database named there was dropped, no copy kept,
-    and a drill's clean-up step dropped it for good). A scratch copy no longer needed is
-    dropped by whoever made it (the restore-drill runbook's last step) before the name is
-    used again. `option` names the input in the message (a runbook step's `target_db`)."""
-    if pgb.database_exists(database_url, target_db):
-        raise UsageError(f"{option} {target_db}: that database exists, and {option} restores into a new "
-                         f"one; choose another name, or drop {target_db} first if it is a copy no longer needed")
+    and a drill's clean-up step dropped it for good). With `replace_copy`, one that is the
+    copy an earlier restore made under that name (postgres.copy_mark) is allowed: its mark is
+    returned (None: the name is free). `option` names the input in the message (a runbook
+    step's `target_db`)."""
+    if not pgb.database_exists(database_url, target_db):
+        return None
+    mark = pgb.copy_mark(database_url, target_db)
+    if mark and replace_copy:
+        return mark
+    flag = "replace_copy: true" if option == "target_db" else "--replace-copy"
+    if mark:
+        raise UsageError(f"{option} {target_db}: that database exists, the copy an earlier restore left "
+                         f"({mark}); add {flag} to replace it, or drop it first")
+    raise UsageError(f"{option} {target_db}: that database exists, and {option} restores into a new "
+                     f"one; choose another name, or drop {target_db} first if it is a copy no longer needed")
 
 
 def plan(project: Project, env: Environment, backup_id: str | None = None, date: str | None = None,
          latest: bool = False, components: list[str] | None = None, target_db: str | None = None,
          target_instance: str | None = None, no_owner: bool = False, role: str | None = None,
-         allow_damaged: bool = False) -> RestorePlan:
+         allow_damaged: bool = False, replace_copy: bool = False) -> RestorePlan:
     """What `run` would do. `no_owner`: objects owned by the restoring role (or `role`),
     grants skipped; `role`: pg_restore's --role (both for restores across environments).
     A backup named by id whose verify failed (damaged) is refused (UsageError) unless
@@ -320,7 +338,7 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
         if not ep.database_url:
             raise UsageError(f"no database URL for '{env.name}': set ${env.database.url_env}")
         if target_db is not None:
-            check_new_target(ep.database_url, target_db)
+            p.replaces_copy = check_new_target(ep.database_url, target_db, replace_copy=replace_copy)
         elif pgb.database_exists(ep.database_url, p.database):
             p.overwrites.append(f"database {p.database} (the current one is kept, renamed)")
     if "redis" in wanted:
@@ -411,6 +429,10 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
                                   archive=archive, major=major)
         try:  # restore_into dropped the scratch database on its own failures; the swap's are ours
             if p.target_db:  # new (check_new_target); one made since by someone else is not touched
+                pgb.mark_copy(ep.database_url, scratch, p.target_db, p.backup_id)
+                if p.replaces_copy and pgb.copy_mark(ep.database_url, p.target_db):  # still the copy it was
+                    pgb.drop_database(ep.database_url, p.target_db)
+                    result.replaced_copy = p.replaces_copy
                 pgb.swap(ep.database_url, scratch, p.target_db, "", new_only=True)
             else:
                 keep_as = pgb.derived_name(p.database, "before")

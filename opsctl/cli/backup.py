@@ -172,6 +172,7 @@ def restore(
     latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
     components: Annotated[str | None, typer.Option("--components", help="Comma-separated: db,redis,files,rds-snapshot,elasticache-snapshot (default: db, redis and files in the backup).")] = None,
     target_db: Annotated[str | None, typer.Option("--target-db", help="Restore the database alone under this new name, beside the live one (Redis and audio only with --components); never the live database or postgres/template0/template1.")] = None,
+    replace_copy: Annotated[bool, typer.Option("--replace-copy", help="With --target-db: replace the database of that name when it is the copy an earlier restore made there (a drill killed before its clean-up); any other database is still refused.")] = False,
     target_instance: Annotated[str | None, typer.Option("--target-instance", help="Create this new RDS instance / ElastiCache replication group from the backup's native snapshot.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel pg_restore jobs: backup restores only (--to-time/--to-lsn unpack two base backups at a time).")] = 1,
     no_owner: Annotated[bool, typer.Option("--no-owner", help="Don't restore owners and grants: objects belong to the restoring role (or --role). For restores across environments.")] = False,
@@ -196,7 +197,7 @@ def restore(
                              no_owner, role, allow_damaged, jobs, to_time, to_lsn, beside,
                              approve=core.terminal_approval(environment_, yes, confirm_env, bars.paused),
                              report=bars.report, notice=lambda text: stderr.print(text, markup=False),
-                             timeline=timeline)
+                             timeline=timeline, replace_copy=replace_copy)
     if not isinstance(r, core.RestoreResult):  # a point-in-time recovery
         from opsctl.cli.pitr import render_restore_to
 
@@ -205,6 +206,7 @@ def restore(
         bold_id("restored backup ", r.backup_id) + f" ({', '.join(r.components)}) in {r.seconds:.1f} s"
         + (f"; database {r.database}: {r.tables} tables, {r.rows} rows" if r.database else "")
         + (f" (previous kept as {r.previous_database})" if r.previous_database else "")
+        + (f" (replaced {r.replaced_copy})" if r.replaced_copy else "")
         + (f"; {r.redis_keys} Redis keys" if "redis" in r.components else "")
         + (f"; {r.files_restored} audio objects put back" if "files" in r.components else "")
         + "".join(f"; new {what} available at {where}" for what, where in r.instances.items())

@@ -551,7 +551,7 @@ def prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = N
     return {"removed": result.removed, "kept": result.kept, "dry_run": dry_run}
 
 
-def _check_new_target(ctx: Context, target_db: str) -> None:
+def _check_new_target(ctx: Context, target_db: str, replace_copy: bool = False) -> None:
     """`target_db` a database that does not exist yet (opsctl.backup.restore.check_new_target),
     asked before any step: refused by the restore step itself, the run's clean-up handler would
     drop the database of that name, another application's (breaker 41 Q1). A server that can't
@@ -568,14 +568,14 @@ def _check_new_target(ctx: Context, target_db: str) -> None:
     if not url:
         return
     try:
-        check_new_target(url, target_db, "target_db")
+        check_new_target(url, target_db, "target_db", replace_copy=bool(replace_copy))
     except (psycopg.OperationalError, OperationFailed):
         return
 
 
 def _check_restore(ctx: Context, jobs: int | None = None, target_db: str | None = None,
                    target_instance: str | None = None, role: str | None = None, confirm_env: str | None = None,
-                   **_known: Any) -> None:
+                   replace_copy: bool = False, **_known: Any) -> None:
     """`jobs` within pg_restore's bound, as `opsctl restore --jobs` (opsctl.backup.restore);
     `target_db` a database that may be replaced (not empty, not a system database, not the
     live one: opsctl.backup.postgres.check_replaceable), `target_instance`, `role` and
@@ -589,7 +589,7 @@ def _check_restore(ctx: Context, jobs: int | None = None, target_db: str | None 
         check_jobs(jobs)
     if target_db is not None:
         check_replaceable(str(target_db), ctx.env.database.name, "target_db")
-        _check_new_target(ctx, str(target_db))
+        _check_new_target(ctx, str(target_db), replace_copy)
     for arg, value in (("target_instance", target_instance), ("role", role), ("confirm_env", confirm_env)):
         not_empty(value, arg, f"give a value, or leave {arg} out")
 
@@ -599,20 +599,24 @@ def restore(ctx: Context, id: str | None = None, date: str | None = None, latest
             components: list | None = None, target_db: str | None = None, jobs: int = 1,
             confirm_env: str | None = None, target_instance: str | None = None, no_owner: bool = False,
             role: str | None = None, allow_damaged: bool = False, to_time: str | None = None,
-            to_lsn: str | None = None, beside: bool = False, timeline: int | None = None) -> dict:
+            to_lsn: str | None = None, beside: bool = False, timeline: int | None = None,
+            replace_copy: bool = False) -> dict:
     """`opsctl restore` as a step (the same core entry point, opsctl.backup.restore.restore_any).
     Restores into `target_db` (and stops there) without approval; over live data it needs
     --yes, and in a protected environment `confirm_env` naming it. A native snapshot goes
     into the new instance `target_instance`. `allow_damaged`: a backup whose verify failed,
     still checked object by object. `to_time`/`to_lsn`/`beside`: a point-in-time recovery
-    instead (base backups + WAL), along `timeline` when given; its outputs are the recovery's result."""
+    instead (base backups + WAL), along `timeline` when given; its outputs are the recovery's result.
+    `replace_copy`: a `target_db` left by an earlier restore (a drill killed before its clean-up)
+    is replaced, any other database there still refused (opsctl.backup.restore.check_new_target)."""
     import datetime as dt
 
     from opsctl.backup import restore as core
 
     done = core.restore_any(ctx.project, ctx.env, id, date, latest, components, target_db, target_instance,
                             no_owner, role, allow_damaged, jobs, to_time, to_lsn, beside,
-                            approve=core.terminal_approval(ctx.env, ctx.yes, confirm_env), timeline=timeline)
+                            approve=core.terminal_approval(ctx.env, ctx.yes, confirm_env), timeline=timeline,
+                            replace_copy=replace_copy)
     result = to_jsonable(done)
     if not isinstance(done, core.RestoreResult):  # a point-in-time recovery
         return result

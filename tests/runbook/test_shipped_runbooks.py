@@ -105,3 +105,53 @@ def test_redis_snapshot(runner, root):
     assert _journaled(root, doc) == [("snapshot", "ok"), ("verify", "ok"), ("retention-alert", "skipped")]
     assert doc["steps"][0]["outputs"]["components"] == ["redis"] and doc["steps"][1]["outputs"]["ok"] is True
     assert doc["steps"][0]["outputs"]["prune_failed"] is None
+
+
+def test_a_scratch_copy_an_interrupted_drill_left_is_replaced_by_the_next(runner, root):
+    """Breaker 42 R6: a restore-drill killed after its restore (before its clean-up step) left
+    its scratch database, and every later drill, the scheduled one included, was refused with
+    exit 2 and no alert. The copy is marked as a restore's (its comment), and v3's restore step
+    replaces such a copy, saying so; a database no restore made is still refused (breaker 41 Q1)."""
+    import psycopg
+
+    from opsctl.backup.postgres import copy_mark, drop_database
+    from opsctl.config import load_project
+    from opsctl.endpoints import resolve
+
+    url = resolve(load_project(root), load_project(root).env("local")).database_url
+    scratch = "drill_r6_left"
+    created = runner.invoke(app, ["backup", "create", "--type", "db", "--json"])
+    assert created.exit_code == 0, created.output
+    try:
+        # what the killed drill's restore step had done: the same restore, into its scratch name
+        left = runner.invoke(app, ["restore", "--latest", "--components", "db", "--target-db", scratch, "--yes"])
+        assert left.exit_code == 0, left.output
+        mark = copy_mark(url, scratch)
+        assert mark and mark.startswith("opsctl restore copy of backup ") and mark.endswith(f" as {scratch}"), mark
+
+        again = runner.invoke(app, ["restore", "--latest", "--components", "db", "--target-db", scratch, "--yes"])
+        line = again.output.strip()
+        assert again.exit_code == 2 and len(line.splitlines()) == 1, again.output
+        assert f"--target-db {scratch}: that database exists, the copy an earlier restore left" in line, line
+        assert "add --replace-copy to replace it" in line, line
+
+        drill = run_runbook(runner, "restore-drill", "-p", f"scratch_db={scratch}", "--yes")
+        assert drill["status"] == "succeeded", drill
+        assert _journaled(root, drill) == [("restore", "ok"), ("fresh-enough", "ok"), ("report", "ok"),
+                                           ("drop-scratch", "ok")]
+        restored = drill["steps"][0]["outputs"]
+        assert restored["replaced_copy"] == mark, restored
+        assert f"; replaced {mark}" in drill["steps"][2]["outputs"]["message"]
+        with psycopg.connect(url) as conn:  # dropped by the drill's last step, as always
+            assert conn.execute("select 1 from pg_database where datname = %s", (scratch,)).fetchone() is None
+
+        # a database of that name no restore made: still refused before any step, nothing dropped
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"create database {scratch}")
+        refused = runner.invoke(app, ["runbook", "run", "restore-drill", "-p", f"scratch_db={scratch}", "--yes"])
+        assert refused.exit_code == 2 and "that database exists, and target_db restores into a new one" in \
+            refused.output, refused.output
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select 1 from pg_database where datname = %s", (scratch,)).fetchone()
+    finally:
+        drop_database(url, scratch)
