@@ -123,10 +123,25 @@ def _program_modules(program_dir: Path):
 
 
 def check_policy(project: Project, env: Environment) -> PolicyResult:
-    """Run the program against Pulumi's mocks and check every resource it declares. No cloud."""
+    """Run the program against Pulumi's mocks and check every resource it declares. No cloud.
+
+    UsageError when the program refuses the stack's config: Pulumi's own ConfigTypeError and
+    ConfigMissingError (a `get_int` of `yes`, a `require`d key unset: pulumi.RunError), and the
+    ValueError/TypeError the program's components raise for values they cannot build from
+    (too short a retention, an unknown instance type, a number where a list belongs). Each
+    is the stack file's fault, so the line names it; `preview` and `up` call this first, so
+    pulumi never starts on such a config.
+    """
+    import pulumi
+
     t = _prepare(project, env)
     offline, policy = _program_modules(t.program_dir)
-    run_ = offline.run_stack(t.program_dir, t.stack)
+    try:
+        run_ = offline.run_stack(t.program_dir, t.stack)
+    except (pulumi.RunError, ValueError, TypeError) as exc:
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise UsageError(f"{t.stack_file}: the Pulumi program refuses this stack's config ({why}); "
+                         "fix the value it names") from None
     production = str(tg.stack_config(t).get(f"{tg.PROJECT_NS}:production", False)).lower() == "true"
     found = policy.check(run_, production=production)
     return PolicyResult(env.name, t.stack, len(run_.resources), [str(v) for v in found])

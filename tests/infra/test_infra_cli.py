@@ -155,6 +155,37 @@ def test_an_unreadable_stack_file_is_one_line(runner, no_pulumi, program_copy, l
     assert "Pulumi.staging.yaml: not valid YAML (line" in out and said in out, out
 
 
+@pytest.mark.parametrize("old, new, said", [
+    # Pulumi's ConfigTypeError (get_int of a boolean): breaker 44 T10, "unexpected ConfigTypeError"
+    ("transcribe:dbAllocatedStorage: 50", "transcribe:dbAllocatedStorage: yes",
+     "Configuration 'transcribe:dbAllocatedStorage' value 'true' is not a valid 'int'"),
+    # Pulumi's ConfigMissingError (a required key unset)
+    ("  transcribe:clusterName: transcribe-staging\n", "",
+     "Missing required configuration variable 'transcribe:clusterName'"),
+    # the program's own ValueError for a value it cannot build from
+    ("transcribe:gpuCapacityType: SPOT", "transcribe:gpuCapacityType: CHEAP",
+     "transcribe:gpuCapacityType must be SPOT or ON_DEMAND"),
+    ("transcribe:dbAllocatedStorage: 50", "transcribe:dbAllocatedStorage: 50\n  transcribe:dbBackupRetentionDays: 3",
+     "keep at least 7 days of database backups"),
+])
+def test_a_value_the_program_refuses_is_one_line_naming_the_stack_file(runner, no_pulumi, program_copy,
+                                                                        old, new, said):
+    stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"
+    text = stack_file.read_text()
+    assert old in text
+    stack_file.write_text(text.replace(old, new))
+    fake = no_pulumi / "bin" / "pulumi"  # preview refuses before it would start the engine
+    fake.write_text("#!/bin/sh\necho 'the pulumi CLI must not be started' >&2\nexit 97\n")
+    fake.chmod(0o755)
+    for args in (["policy", "--env", "staging"], ["preview", "--env", "staging"]):
+        result = invoke(runner, program_copy, *args)
+        out = result.output.strip()
+        assert result.exit_code == 2 and len(out.splitlines()) == 1, (args, result.output)
+        assert out.startswith(f"opsctl: error: {stack_file}: the Pulumi program refuses this stack's config ("), out
+        assert said in out and out.endswith("; fix the value it names"), out
+        assert "unexpected" not in out and "must not be started" not in out
+
+
 def test_a_missing_program_is_named(runner, no_pulumi, program_copy):
     shutil.rmtree(program_copy / "stacks")
     result = invoke(runner, program_copy, "preview", "--env", "staging")
