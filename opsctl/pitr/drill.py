@@ -377,15 +377,23 @@ def _archive_check(project: Project, env: Environment):
 
 
 def _judge_archive(out: DrillResult, archive) -> None:
-    """A `wal archive` check that would be CRITICAL is a problem of the drill: the archive is not
-    advancing, so a real recovery would lose what waits (the drill's own RPO does not show it)."""
+    """The archive not advancing at the drill's start is a problem of the drill, so a real
+    recovery would lose what waits or what comes next (the drill's own RPO does not show it):
+    a `wal archive` check that is CRITICAL, and also one that is only a WARNING because no
+    segment has waited yet while no archiver runs or the one running is stuck (breaker 44 T8:
+    the drill passed right after the archiver was killed; its own restore then queued the
+    segments that made the next check CRITICAL)."""
     if archive is None:
         return
     from opsctl.health.model import Status
 
     out.wal_archive = f"{archive.status.name}: {archive.message}"
+    details = archive.details or {}
     if archive.status == Status.CRITICAL:
         out.problems.append(f"{STALLED} (the 'wal archive' check is CRITICAL at the drill's start): {archive.message}")
+    elif details.get("archiver_running") is False or details.get("archiver_stuck"):
+        why = "no WAL archiver runs" if details.get("archiver_running") is False else "the WAL archiver is stuck"
+        out.problems.append(f"{STALLED} ({why} at the drill's start): {archive.message}")
 
 
 def _services_ready(project: Project, env: Environment) -> dict | None:
