@@ -15,12 +15,17 @@ driver might echo a password.
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import re
-from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+import shlex
+from typing import Any, Iterable
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 MASK = "***"
 _MIN_SECRET = 4  # shorter values would mask ordinary words
+_MIN_HEX = 8  # characters: shorter secrets are not masked in hex
 
 # secrets this process has read (passwords of the URLs it resolved, keys from the
 # environment), masked wherever they appear: libpq repeats a malformed password on its own,
@@ -244,17 +249,60 @@ def url_password(url: str | None) -> str | None:
     return found or (query.group(1) if query else None)
 
 
+def _base64_forms(raw: bytes) -> set[str]:
+    """Base64 of `raw` as it shows up inside the base64 of a longer text (`Basic
+    base64("ops:" + secret)`): at each of the three alignments the secret can have, the
+    part made of whole 3-byte groups, standard and URL-safe (as GitHub Actions masks)."""
+    found = set()
+    for offset in range(3):
+        chunk = raw[offset:]
+        chunk = chunk[:len(chunk) // 3 * 3]
+        if len(chunk) >= 6 or (offset == 0 and chunk == raw and chunk):
+            found |= {base64.b64encode(chunk).decode(), base64.urlsafe_b64encode(chunk).decode()}
+    whole = base64.b64encode(raw).decode()
+    return found | {whole, whole.rstrip("=")}
+
+
+def forms(secret: str) -> set[str]:
+    """The forms in which `secret` shows up in text: itself, each of its lines, and its
+    percent-encoded, form-encoded, JSON-escaped, shell-quoted, hex (of its UTF-8 bytes, from
+    8 characters) and
+    base64 forms (the latter also inside the base64 of a longer text). Matched in any letter
+    case by `mask_forms`, so a server that lowercases an echoed header does not unmask it."""
+    found = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+             json.dumps(secret)[1:-1], shlex.quote(secret)}
+    if len(secret) >= _MIN_HEX:  # the hex of a short one is a plain 8-digit number
+        found.add(secret.encode().hex())
+    found |= _base64_forms(secret.encode())
+    found |= {line.strip() for line in secret.splitlines()}
+    return {v for v in found if v}
+
+
+@functools.lru_cache(maxsize=32)
+def _forms_pattern(ordered: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE)
+
+
+def mask_forms(text: str, found: Iterable[str]) -> str:
+    """`text` with each of `found` replaced by `MASK`, in any letter case, longest first
+    (no half-masked value where one form holds another)."""
+    ordered = tuple(sorted(set(found), key=lambda f: (-len(f), f)))
+    if not text or not ordered:
+        return text
+    return _forms_pattern(ordered).sub(MASK, text)
+
+
 def remember(*secrets: str | None) -> None:
-    """Mask these values (and their quoted, percent-encoded and decoded forms) from now on.
+    """Mask these values from now on, in every form of `forms` (and unquoted and decoded).
 
     Called where opsctl reads a secret: the URLs the endpoint resolver hands out, keys read
-    from the environment. Values shorter than 4 characters are ignored.
+    from the environment. Forms shorter than 4 characters are ignored.
     """
     for secret in secrets:
         if not secret:
             continue
-        forms = {secret, secret.strip("'\""), unquote(secret), quote(secret, safe="")}
-        _known.update(f for f in forms if len(f) >= _MIN_SECRET)
+        found = {secret.strip("'\""), unquote(secret)} | forms(secret)
+        _known.update(f for f in found if len(f) >= _MIN_SECRET)
 
 
 def credentials(text: str | None) -> str:
@@ -271,8 +319,7 @@ def credentials(text: str | None) -> str:
     """
     if not text:
         return text or ""
-    for secret in sorted(_known, key=len, reverse=True):
-        text = text.replace(secret, MASK)
+    text = mask_forms(text, _known)
     text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     text = _URL_IN_TEXT.sub(_mask_url, text)
     return _KEY_VALUE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)

@@ -2,8 +2,8 @@
 
 GitHub Actions and GitLab CI replace a secret's value wherever it appears in a log; a value
 built from the secret in a common encoding (a URL with the token percent-encoded, a JSON
-string, a shell word, base64 — also inside the base64 of a longer text, at the secret's
-three possible alignments, as GitHub Actions does) is masked too, because that is how
+string, a shell word, hex, base64 — also inside the base64 of a longer text, at the secret's
+three possible alignments, as GitHub Actions does) is masked too, in any letter case, because that is how
 secrets leak in practice (an `http` step's error repeats its URL; `Authorization: Basic`
 encodes "user:secret"). Text is masked before it is cut, and a piece of a secret left at
 a cut someone else made (the text's edges, an ellipsis) is masked as well. The values of
@@ -17,16 +17,12 @@ approval prompts and the `notify` action's message; actions themselves get the r
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import re
-import shlex
 from typing import Any, Iterable, Mapping
-from urllib.parse import quote, quote_plus
 
-from opsctl.redact import MASK, credentials
+from opsctl.redact import MASK, credentials, forms, mask_forms
 
 MIN_DERIVED = 6  # characters: shorter values built from a secret are not registered as secrets
 MIN_FRAGMENT = 5  # characters: a piece of a secret this long at a word's edge is masked
@@ -36,30 +32,6 @@ MAX_FRAGMENTED = 256  # characters: longer secrets (keys, certificates) are mask
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_KEY|CREDENTIAL|_KEY$|^PG(PASS|PASSWORD)$)", re.I)
 KNOWN_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "PULUMI_ACCESS_TOKEN",
                     "PULUMI_CONFIG_PASSPHRASE", "GITHUB_TOKEN", "PGPASSWORD", "REDISCLI_AUTH")
-
-
-def _base64_forms(raw: bytes) -> set[str]:
-    """Base64 of `raw` as it shows up inside the base64 of a longer text (`Basic
-    base64("ops:" + secret)`): at each of the three alignments the secret can have, the
-    part made of whole 3-byte groups, standard and URL-safe (as GitHub Actions masks)."""
-    found = set()
-    for offset in range(3):
-        chunk = raw[offset:]
-        chunk = chunk[:len(chunk) // 3 * 3]
-        if len(chunk) >= 6 or (offset == 0 and chunk == raw and chunk):
-            found |= {base64.b64encode(chunk).decode(), base64.urlsafe_b64encode(chunk).decode()}
-    whole = base64.b64encode(raw).decode()
-    return found | {whole, whole.rstrip("=")}
-
-
-def variants(secret: str) -> set[str]:
-    """The forms in which `secret` shows up in text: itself, each of its lines, and its
-    percent-encoded, form-encoded, JSON-escaped, shell-quoted and base64 forms (the latter
-    also inside the base64 of a longer text)."""
-    found = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
-             json.dumps(secret)[1:-1], shlex.quote(secret)} | _base64_forms(secret.encode())
-    found |= {line.strip() for line in secret.splitlines()}
-    return {v for v in found if v}
 
 
 def environment_secret_names(env: Any = None, env_vars: Mapping[str, str] | None = None) -> set[str]:
@@ -91,12 +63,12 @@ class Masker:
     """Callable: a value (str, dict, list, …) with every secret form replaced by `***`."""
 
     def __init__(self, secrets: Iterable[Any] = ()):
-        forms: set[str] = set()
+        found: set[str] = set()
         for secret in secrets:
             if secret not in (None, ""):
-                forms |= variants(str(secret))
-        self.forms = sorted(forms, key=len, reverse=True)  # longest first: no half-masked value
-        self.cut_forms = set(forms)  # forms whose pieces are masked where a word starts or ends
+                found |= forms(str(secret))
+        self.forms = sorted(found, key=len, reverse=True)  # longest first: no half-masked value
+        self.cut_forms = set(found)  # forms whose pieces are masked where a word starts or ends
 
     def add(self, derived: str, pieces: bool = False) -> None:
         """Mask `derived` too: a value the run built from a secret (GitHub's `add-mask`).
@@ -105,7 +77,7 @@ class Masker:
         derived value starts or ends with plain words ("Token …") and holds the secret,
         whose own pieces are masked."""
         if isinstance(derived, str) and len(derived) >= MIN_DERIVED:
-            found = variants(derived)
+            found = forms(derived)
             self.forms = sorted(set(self.forms) | found, key=len, reverse=True)
             if pieces:
                 self.cut_forms |= found
@@ -142,8 +114,7 @@ class Masker:
         """`text` with every secret form masked, and the pieces of one left at a cut (at
         the start or end of a word, a line or the text), then credentials in URLs and
         conninfo."""
-        for form in self.forms:
-            text = text.replace(form, MASK)
+        text = mask_forms(text, self.forms)
         patterns = self._fragments() if text else None
         if patterns:
             for pattern in patterns:

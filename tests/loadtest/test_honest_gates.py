@@ -6,11 +6,12 @@ figure is the same in --json, JUnit, `loadtest list` and `compare`, in-process a
 
 from __future__ import annotations
 
+import base64
 import re
-
 import subprocess
 import sys
 import textwrap
+import urllib.parse
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -23,7 +24,7 @@ from opsctl.local import procs
 # ("hang"), or answers 200 after a second ("slow": a request in flight at the end finishes
 # within the stop timeout).
 BROKEN_WORKER = textwrap.dedent('''
-    import http.server, json, sys, time
+    import base64, http.server, json, sys, time
     MODE = sys.argv[2]
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -56,8 +57,12 @@ BROKEN_WORKER = textwrap.dedent('''
                 if path.startswith("/v1/jobs"):
                     return self._send(200 if path.count("/") > 2 else 202, b'{"id": "j1", "status": "succeeded"}')
                 return self._send(200, b"<html>oops</html>", "text/html")
-            if MODE == "echo":  # an error page that echoes the request's Authorization header
-                return self._send(500, ("bad token: " + str(self.headers.get("Authorization"))).encode(), "text/plain")
+            if MODE == "echo":  # an error page that echoes the request's Authorization header, in several spellings
+                auth = str(self.headers.get("Authorization"))
+                token = auth.split(" ", 1)[-1].encode()
+                return self._send(500, ("bad token: " + auth + " lower: " + auth.lower() + " b64: "
+                                        + base64.b64encode(token).decode() + " hex: " + token.hex().upper()).encode(),
+                                  "text/plain")
             self._send(500, b'{"error": "boom"}')
         do_GET = do_POST = do_HEAD = _answer
         def log_message(self, *a):
@@ -260,17 +265,23 @@ def test_answers_that_are_no_transcription_fail_the_gates(ops_root, targets):
 def test_an_api_key_echoed_by_the_target_reaches_no_report(ops_root, targets, monkeypatch, tmp_path):
     """Breaker 42 R3: an error page echoing `Authorization: Bearer KEY` put the key into the
     console, --json, JUnit, the HTML and CSV reports and the saved run."""
-    key = "LtApiKeySecret9876"
+    key = "Lt+ApiKey/Secret=9876"
     monkeypatch.setenv("LOADTEST_API_KEY", key)
     reports = tmp_path / "reports"
     out = _run(ops_root, targets["echo"], "0", "error_rate<1%", "--classes", "TranscriptionUser=1",
                "--html", str(reports / "r.html"), "--csv", str(reports / "r"), "--junit", str(reports / "r.xml"))
     assert out.code == 1, (out.stdout, out.stderr)
-    assert any("bad token: Bearer ***" in f["error"] for f in out.doc["failures"]), out.doc["failures"]
+    # breaker 44 T9 (and 42 R19 for runbooks): the key lowercased, in base64 and in hex, as the
+    # runbook masker catches them
+    echoed = "bad token: Bearer *** lower: bearer *** b64: *** hex: ***"
+    assert any(echoed in f["error"] for f in out.doc["failures"]), out.doc["failures"]
     written = [*reports.iterdir(), *(ops_root / ".opsctl" / "loadtests").iterdir()]
     assert len(written) >= 5, written
+    spellings = [key, key.lower(), base64.b64encode(key.encode()).decode(), key.encode().hex(),
+                 key.encode().hex().upper(), urllib.parse.quote(key, safe="")]
     for text in [out.stdout, out.stderr, *(p.read_text() for p in written)]:
-        assert key not in text
+        for spelling in spellings:
+            assert spelling not in text and urllib.parse.quote(spelling) not in text, spelling
 
 
 def test_a_locustfile_without_its_speech_samples_is_one_line_before_any_load(ops_root, targets, monkeypatch, tmp_path):
