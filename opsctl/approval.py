@@ -132,6 +132,23 @@ def prune_approval(env: "Environment", yes: bool, confirm_env: str | None,
     return lambda question: confirm(question, yes)
 
 
+def purge_approval(project: Any, yes: bool, confirm_envs: list[str] | None,
+                   purge: bool) -> Callable[[str], None]:
+    """How deleting the embedded platform's data is approved (`local down --purge`,
+    opsctl.local.platform.down): the environments it serves, every `platform: local` one of
+    `project` (one database, Redis and S3 hold them all: platform.served), each protected one
+    needing its name (`confirm_envs`, or typed at a terminal), never --yes alone. UsageError at
+    once for `confirm_envs` without `purge`: a plain stop deletes nothing, and a pipeline's
+    check that would be ignored is refused instead."""
+    from opsctl.local.platform import served
+
+    if confirm_envs and not purge:
+        raise UsageError("--confirm-env is for --purge (deleting the data); a plain 'local down' keeps it")
+    envs = served(project)
+    verb = ("delete its data", "deleting its data", "deleted")
+    return lambda question: at_terminal_all(question, envs, yes, confirm_envs, verb=verb)
+
+
 def confirm(question: str, yes: bool) -> None:
     """A yes/no approval: `--yes`, or a person's answer at a terminal; never a CI prompt."""
     at_terminal(question, None, yes, destructive=False)

@@ -98,19 +98,12 @@ def down(
     `--purge` deletes the data of every environment with `platform: local` (one database,
     Redis and S3 serve them all, the backup repositories there too): each protected one needs
     its name (--confirm-env NAME, repeated, or typed at a terminal), never --yes alone."""
-    from opsctl.approval import at_terminal_all
-    from opsctl.errors import UsageError
+    from opsctl.approval import purge_approval
     from opsctl.local import platform
     from opsctl.output import emit
 
     proj = project()
-    served = [e for e in proj.config.environments.values() if e.platform == "local"]
-    if confirm_env and not purge:
-        raise UsageError("--confirm-env is for --purge (deleting the data); a plain 'local down' keeps it")
-    question = "delete all local platform data" + (f" (environments {', '.join(e.name for e in served)})"
-                                                   if served else "")
-    stopped = platform.down(proj, purge=purge, approve=lambda _q: at_terminal_all(
-        question, served, yes, confirm_env, verb=("delete its data", "deleting its data", "deleted")))
+    stopped = platform.down(proj, purge=purge, approve=purge_approval(proj, yes, confirm_env, purge))
     emit({"stopped": stopped, "purged": purge}, as_json,
          lambda c: c.print(f"stopped: {', '.join(stopped) or 'nothing was running'}"
                            + ("; data deleted" if purge else "; data kept")))

@@ -444,16 +444,24 @@ def _archiver_status(state: st.LocalState) -> list[ComponentStatus]:
                             f"WAL queue: {len(pitr.queued_wal(state))} file(s)" + (f"; stuck: {stuck}" if stuck else ""))]
 
 
+def served(project: Project) -> list[Environment]:
+    """The environments the embedded platform serves (`platform: local`), in opsctl.yaml's order:
+    one database, Redis and S3 hold the data of them all."""
+    return [e for e in project.config.environments.values() if e.platform == "local"]
+
+
 def down(project: Project, purge: bool = False, approve: Callable[[str], None] | None = None) -> list[str]:
     """Stop what `up` started, by recorded PID or PID file; keep the data unless `purge`.
-    With `purge`, `approve(question)` is called first (raise UsageError to refuse, nothing
-    stopped; None: no approval asked).
+    With `purge`, `approve(question)` is called first, the question naming every environment
+    `served` (opsctl.approval.purge_approval asks for each protected one's name; raise
+    UsageError to refuse, nothing stopped; None: no approval asked).
 
     Works whatever the state file holds: a damaged one is read as empty (the PID files still
     find every process); without `purge` it is then left as it is for a person to look at.
     """
     if purge and approve is not None:
-        approve("delete all local platform data")
+        names = [e.name for e in served(project)]
+        approve("delete all local platform data" + (f" (environments {', '.join(names)})" if names else ""))
     folder = st.folder_for(project.root)
     stopped: list[str] = []
     save_error: Exception | None = None

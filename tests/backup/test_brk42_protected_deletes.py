@@ -63,6 +63,9 @@ def test_purge_needs_the_name_of_every_protected_local_environment(ops, runner):
     assert r.exit_code == 2 and "lab" in r.output, r.output
     r = cli(root, runner, "local", "down", "--purge", "--yes", "--confirm-env", "local", "--confirm-env", "staging")
     assert r.exit_code == 2 and "staging" in r.output, r.output  # not served by the local platform
+    r = cli(root, runner, "local", "down", "--confirm-env", "local", "--confirm-env", "lab")
+    assert r.exit_code == 2 and r.output.strip().endswith(  # a pipeline's check that would be ignored
+        "--confirm-env is for --purge (deleting the data); a plain 'local down' keeps it"), r.output
     assert (data / "keep-me").exists()  # every refusal changed nothing
     r = cli(root, runner, "local", "down", "--purge", "--yes", "--confirm-env", "local", "--confirm-env", "lab")
     assert r.exit_code == 0, r.output
