@@ -135,6 +135,9 @@ def restore_any(project: Project, env: Environment, backup_id: str | None = None
         not_empty(value, option, remedy)
     if isinstance(components, str):
         components = [c.strip() for c in components.split(",")]
+    if replace_copy and target_db is None:  # breaker 45 F9: ignored, it let an in-place restore run
+        raise UsageError("--replace-copy goes with --target-db NAME (it replaces a restore's copy of that name); "
+                         "give --target-db, or leave --replace-copy out")
     twice = sorted({c for c in components or [] if c and components.count(c) > 1})  # empty names: plan says
     if twice:  # `db,db` was printed "(db, db)"
         raise UsageError(f"--components names {', '.join(twice)} twice; give each component once")

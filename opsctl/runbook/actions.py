@@ -692,13 +692,19 @@ def _check_drop_database(ctx: Context, name: str | None = None, **_known: Any) -
 
 
 @action("drop-database", check=_check_drop_database)
-def drop_database(ctx: Context, name: str) -> dict:
-    """Remove a scratch database (a restore drill's); the environment's own is refused."""
+def drop_database(ctx: Context, name: str, only_copy: bool = False) -> dict:
+    """Remove a scratch database (a restore drill's); the environment's own is refused.
+    `only_copy`: drop it only when it is a restore's copy (postgres.copy_mark), else keep it
+    and say so (`kept`): a drill's clean-up after its restore found the name taken by another
+    application while it ran must not drop that database (breaker 45 F1)."""
     from opsctl.backup import postgres
     from opsctl.endpoints import resolve
 
     _check_drop_database(ctx, name)
-    postgres.drop_database(resolve(ctx.project, ctx.env).database_url, name)
+    url = resolve(ctx.project, ctx.env).database_url
+    if only_copy and postgres.database_exists(url, name) and not postgres.copy_mark(url, name):
+        return {"dropped": None, "kept": name, "why": "not a restore's copy (its comment does not say so)"}
+    postgres.drop_database(url, name)
     return {"dropped": name}
 
 

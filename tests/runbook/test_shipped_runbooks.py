@@ -151,7 +151,19 @@ def test_a_scratch_copy_an_interrupted_drill_left_is_replaced_by_the_next(runner
         refused = runner.invoke(app, ["runbook", "run", "restore-drill", "-p", f"scratch_db={scratch}", "--yes"])
         assert refused.exit_code == 2 and "that database exists, and target_db restores into a new one" in \
             refused.output, refused.output
+        # breaker 45 F1: one that appears while the drill's restore runs fails the restore step, and
+        # its clean-up step (drop-database with only_copy, as the drill's) keeps it
+        from opsctl.runbook import actions
+
+        project = load_project(root)
+        ctx = actions.Context(project, project.env("local"), True)
+        kept = actions.ACTIONS["drop-database"](ctx, name=scratch, only_copy=True)
+        assert kept["dropped"] is None and kept["kept"] == scratch, kept
         with psycopg.connect(url) as conn:
             assert conn.execute("select 1 from pg_database where datname = %s", (scratch,)).fetchone()
+
+        # breaker 45 F9: --replace-copy without --target-db was ignored and restored in place
+        alone = runner.invoke(app, ["restore", "--latest", "--replace-copy", "--yes"])
+        assert alone.exit_code == 2 and "--replace-copy goes with --target-db NAME" in alone.output, alone.output
     finally:
         drop_database(url, scratch)
