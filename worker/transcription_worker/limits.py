@@ -32,11 +32,19 @@ from .errors import APIError
 
 log = logging.getLogger("transcription_worker")
 
-# refund an upload's bytes once: KEYS[1] the day's counter, KEYS[2] the upload's marker,
-# ARGV[1] the (negative) amount, ARGV[2] the marker's TTL in seconds
+# refund an upload's unreceived bytes once: KEYS[1] the upload's charge record (_CHARGE),
+# KEYS[2] its refund-once marker; ARGV[1] the bytes to give back, ARGV[2] the marker's TTL in
+# seconds. What is given back is at most what was charged, to the day it was charged, and
+# nothing when nothing was (breaker 46 F1: a worker with the limit on refunded an upload a
+# worker without it had created, uncharged, and the key's counter went below zero)
 _REFUND_ONCE = """
+local charged = redis.call('GET', KEYS[1])
+if not charged then return false end
+local sep = string.find(charged, '|', 1, true)
+local amount = math.min(tonumber(ARGV[1]), tonumber(string.sub(charged, sep + 1)))
+if amount <= 0 then return false end
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
-  return redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+  return redis.call('INCRBYFLOAT', string.sub(charged, 1, sep - 1), -amount)
 end
 return false
 """
@@ -189,26 +197,26 @@ class Limits:
         None: today): an upload never created after all, or the bytes a cancelled or expired
         upload never received. With `upload_id`, at most once per upload (a marker set in the
         same Lua script, kept two days): a retried cancel or a taken-over end refunds nothing more."""
-        if self.redis and self.daily_upload_mb and size > 0:
+        if self.redis and size > 0 and (upload_id is not None or self.daily_upload_mb):
             with contextlib.suppress(RedisError):
                 if upload_id is None:
                     await self.redis.incrbyfloat(self._bytes_day_key(key_id, day), -int(size))
-                else:
-                    await self.redis.eval(_REFUND_ONCE, 2, self._bytes_day_key(key_id, day),
-                                          f"worker:upload-refunded:{upload_id}", -int(size), 2 * 86400)
+                else:  # by its charge record, whatever this worker's own settings (another may have charged it)
+                    await self.redis.eval(_REFUND_ONCE, 2, f"worker:upload-charged:{upload_id}",
+                                          f"worker:upload-refunded:{upload_id}", int(size), 2 * 86400)
 
     async def refund_charge(self, upload_id: str) -> None:
         """Give back the bytes `open_upload` charged for `upload_id`, exactly, once, and nothing
         when it charged none (limits off, Redis away then, or refused): for a create that never
         became an upload (its row dropped while 'creating'), whichever worker drops it."""
-        if self.redis and self.daily_upload_mb:
+        if self.redis:
             with contextlib.suppress(RedisError):
                 await self.redis.eval(_REFUND_CHARGE, 2, f"worker:upload-charged:{upload_id}",
                                       f"worker:upload-refunded:{upload_id}", 2 * 86400)
 
     def refund_charge_sync(self, upload_id: str) -> None:
         """`refund_charge` for a thread without an event loop (the job keeper)."""
-        if self._url and self.daily_upload_mb:
+        if self._url:
             import redis
 
             with contextlib.suppress(RedisError), redis.Redis.from_url(
@@ -220,7 +228,7 @@ class Limits:
                                  upload_id: str | None = None) -> None:
         """`refund_upload_bytes` for a thread without an event loop (the job keeper's expiry, a
         cancel's S3 thread)."""
-        if self._url and self.daily_upload_mb and size > 0:
+        if self._url and size > 0 and (upload_id is not None or self.daily_upload_mb):
             import redis
 
             with contextlib.suppress(RedisError), redis.Redis.from_url(
@@ -228,12 +236,12 @@ class Limits:
                 if upload_id is None:
                     client.incrbyfloat(self._bytes_day_key(key_id, day), -int(size))
                 else:
-                    client.eval(_REFUND_ONCE, 2, self._bytes_day_key(key_id, day),
-                                f"worker:upload-refunded:{upload_id}", -int(size), 2 * 86400)
+                    client.eval(_REFUND_ONCE, 2, f"worker:upload-charged:{upload_id}",
+                                f"worker:upload-refunded:{upload_id}", int(size), 2 * 86400)
 
     def close_upload_sync(self, key_id: str, upload_id: str) -> None:
         """`close_upload` for a thread without an event loop."""
-        if self._url and self.open_uploads:
+        if self._url:  # whatever this worker's settings: another may have taken the lease
             import redis
 
             with contextlib.suppress(RedisError), redis.Redis.from_url(
@@ -246,7 +254,7 @@ class Limits:
 
     async def close_upload(self, key_id: str, upload_id: str) -> None:
         """Free the open-upload lease of `upload_id` (completed, cancelled or never created)."""
-        if self.redis and self.open_uploads:
+        if self.redis:  # whatever this worker's settings: another may have taken the lease
             with contextlib.suppress(RedisError):
                 await self.redis.zrem(f"worker:open-uploads:{key_id}", upload_id)
 
