@@ -265,15 +265,21 @@ def _base64_forms(raw: bytes) -> set[str]:
 
 def forms(secret: str) -> set[str]:
     """The forms in which `secret` shows up in text: itself, each of its lines, and its
-    percent-encoded, form-encoded, JSON-escaped, shell-quoted, hex (of its UTF-8 bytes, from
-    8 characters) and
-    base64 forms (the latter also inside the base64 of a longer text). Matched in any letter
-    case by `mask_forms`, so a server that lowercases an echoed header does not unmask it."""
-    found = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
-             json.dumps(secret)[1:-1], shlex.quote(secret)}
-    if len(secret) >= _MIN_HEX:  # the hex of a short one is a plain 8-digit number
-        found.add(secret.encode().hex())
-    found |= _base64_forms(secret.encode())
+    percent-encoded (as URLs do, every byte, twice), form-encoded, JSON-escaped (also with `\\/`
+    and as `\\uXXXX`), shell-quoted, hex (of its UTF-8 bytes, from 8 characters) and base64
+    forms (the latter also inside the base64 of a longer text), hex and base64 also of its
+    lower- and upper-case spellings. Matched in any letter case by `mask_forms`, so a server
+    that lowercases an echoed header does not unmask it."""
+    escaped = json.dumps(secret)[1:-1]
+    found = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), escaped, shlex.quote(secret),
+             quote(quote(secret, safe=""), safe=""),  # encoded twice (a URL inside a URL's parameter)
+             "".join(f"%{b:02X}" for b in secret.encode()),  # every byte percent-encoded
+             escaped.replace("/", "\\/"),  # JSON with its slashes escaped (PHP's json_encode)
+             "".join(f"\\u{ord(c):04x}" for c in secret)}  # every character as \uXXXX
+    for variant in {secret, secret.lower(), secret.upper()}:  # a server may change the case, then encode
+        if len(secret) >= _MIN_HEX:  # the hex of a short one is a plain 8-digit number
+            found.add(variant.encode().hex())
+        found |= _base64_forms(variant.encode())
     found |= {line.strip() for line in secret.splitlines()}
     return {v for v in found if v}
 

@@ -60,8 +60,11 @@ BROKEN_WORKER = textwrap.dedent('''
             if MODE == "echo":  # an error page that echoes the request's Authorization header, in several spellings
                 auth = str(self.headers.get("Authorization"))
                 token = auth.split(" ", 1)[-1].encode()
+                pct = "".join("%%%02X" % b for b in token)
                 return self._send(500, ("bad token: " + auth + " lower: " + auth.lower() + " b64: "
-                                        + base64.b64encode(token).decode() + " hex: " + token.hex().upper()).encode(),
+                                        + base64.b64encode(token).decode() + " hex: " + token.hex().upper()
+                                        + " pct: " + pct + " slash: " + token.decode().replace("/", "\\/")
+                                        + " b64lower: " + base64.b64encode(token.lower()).decode()).encode(),
                                   "text/plain")
             self._send(500, b'{"error": "boom"}')
         do_GET = do_POST = do_HEAD = _answer
@@ -273,12 +276,14 @@ def test_an_api_key_echoed_by_the_target_reaches_no_report(ops_root, targets, mo
     assert out.code == 1, (out.stdout, out.stderr)
     # breaker 44 T9 (and 42 R19 for runbooks): the key lowercased, in base64 and in hex, as the
     # runbook masker catches them
-    echoed = "bad token: Bearer *** lower: bearer *** b64: *** hex: ***"
+    # breaker 45 F2: every byte percent-encoded, JSON's escaped slash, base64 of the lower-cased key
+    echoed = "bad token: Bearer *** lower: bearer *** b64: *** hex: *** pct: *** slash: *** b64lower: ***"
     assert any(echoed in f["error"] for f in out.doc["failures"]), out.doc["failures"]
     written = [*reports.iterdir(), *(ops_root / ".opsctl" / "loadtests").iterdir()]
     assert len(written) >= 5, written
     spellings = [key, key.lower(), base64.b64encode(key.encode()).decode(), key.encode().hex(),
-                 key.encode().hex().upper(), urllib.parse.quote(key, safe="")]
+                 key.encode().hex().upper(), urllib.parse.quote(key, safe=""), key.replace("/", "\\/"),
+                 base64.b64encode(key.lower().encode()).decode(), "".join("%%%02X" % b for b in key.encode())]
     for text in [out.stdout, out.stderr, *(p.read_text() for p in written)]:
         for spelling in spellings:
             assert spelling not in text and urllib.parse.quote(spelling) not in text, spelling
