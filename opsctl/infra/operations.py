@@ -128,7 +128,8 @@ def check_policy(project: Project, env: Environment) -> PolicyResult:
     UsageError when the program refuses the stack's config: Pulumi's own ConfigTypeError and
     ConfigMissingError (a `get_int` of `yes`, a `require`d key unset: pulumi.RunError), and the
     ValueError/TypeError the program's components raise for values they cannot build from
-    (too short a retention, an unknown instance type, a number where a list belongs). Each
+    (too short a retention, an unknown instance type, a number where a list belongs), and the
+    SDK's AssertionError for an input of the wrong type (a mapping where a tag value goes). Each
     is the stack file's fault, so the line names it; `preview` and `up` call this first, so
     pulumi never starts on such a config.
     """
@@ -138,7 +139,7 @@ def check_policy(project: Project, env: Environment) -> PolicyResult:
     offline, policy = _program_modules(t.program_dir)
     try:
         run_ = offline.run_stack(t.program_dir, t.stack)
-    except (pulumi.RunError, ValueError, TypeError) as exc:
+    except (pulumi.RunError, ValueError, TypeError, AssertionError) as exc:  # the SDK asserts input types
         why = " ".join(str(exc).split()) or type(exc).__name__
         raise UsageError(f"{t.stack_file}: the Pulumi program refuses this stack's config ({why}); "
                          "fix the value it names") from None

@@ -167,6 +167,12 @@ def test_an_unreadable_stack_file_is_one_line(runner, no_pulumi, program_copy, l
      "transcribe:gpuCapacityType must be SPOT or ON_DEMAND"),
     ("transcribe:dbAllocatedStorage: 50", "transcribe:dbAllocatedStorage: 50\n  transcribe:dbBackupRetentionDays: 3",
      "keep at least 7 days of database backups"),
+    # breaker 45 F6: a number where a list goes (TypeError), a mapping where a tag value goes (the SDK's
+    # multi-line AssertionError)
+    ("transcribe:gpuInstanceTypes: [g5.xlarge, g6.xlarge]", "transcribe:gpuInstanceTypes: 7",
+     "transcribe:gpuInstanceTypes is 7, not a list of instance types"),
+    ("transcribe:gpuMaxSize: 6", "transcribe:gpuMaxSize: 6\n  transcribe:tags: {a: {b: [1, {c: d}]}}",
+     "Unexpected type"),
 ])
 def test_a_value_the_program_refuses_is_one_line_naming_the_stack_file(runner, no_pulumi, program_copy,
                                                                         old, new, said):
@@ -184,6 +190,16 @@ def test_a_value_the_program_refuses_is_one_line_naming_the_stack_file(runner, n
         assert out.startswith(f"opsctl: error: {stack_file}: the Pulumi program refuses this stack's config ("), out
         assert said in out and out.endswith("; fix the value it names"), out
         assert "unexpected" not in out and "must not be started" not in out
+
+
+@pytest.mark.parametrize("text", ["config: [1, 2]\n", "config: hello\n", "- 1\n- 2\n"])
+def test_a_stack_file_that_is_no_mapping_is_one_line(runner, no_pulumi, program_copy, text):
+    stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"
+    stack_file.write_text(text)
+    result = invoke(runner, program_copy, "policy", "--env", "staging")
+    out = result.output.strip()
+    assert result.exit_code == 2 and len(out.splitlines()) == 1, result.output
+    assert out.startswith(f"opsctl: error: {stack_file}: ") and "mapping" in out and "unexpected" not in out, out
 
 
 def test_a_missing_program_is_named(runner, no_pulumi, program_copy):
