@@ -177,7 +177,8 @@ def test_a_name_that_reads_as_the_live_or_a_system_database_is_refused(name, sai
 @pytest.mark.parametrize("args, said", [
     (["--latest", "--components", "db,db"], "--components names db twice; give each component once"),
     (["--to-time", "latest", "--beside", "--jobs", "4"], "don't combine with --id, --date, --latest, --components, "
-                                                          "--target-db, --no-owner, --role, --allow-damaged or --jobs"),
+                                                          "--target-db, --replace-copy, --no-owner, --role, "
+                                                          "--allow-damaged or --jobs"),
 ])
 def test_an_option_a_restore_would_ignore_or_repeat_is_refused(ops_root, runner, args, said):
     """Breaker 42 R18: `--components db,db` was taken and printed `(db, db)`; `--jobs 4` with
