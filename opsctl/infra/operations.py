@@ -140,9 +140,7 @@ def check_policy(project: Project, env: Environment) -> PolicyResult:
     try:
         run_ = offline.run_stack(t.program_dir, t.stack)
     except (pulumi.RunError, ValueError, TypeError, AssertionError) as exc:  # the SDK asserts input types
-        why = " ".join(str(exc).split()) or type(exc).__name__
-        raise UsageError(f"{t.stack_file}: the Pulumi program refuses this stack's config ({why}); "
-                         "fix the value it names") from None
+        raise tg.refused_config(t, " ".join(str(exc).split()) or type(exc).__name__) from None
     production = str(tg.stack_config(t).get(f"{tg.PROJECT_NS}:production", False)).lower() == "true"
     found = policy.check(run_, production=production)
     return PolicyResult(env.name, t.stack, len(run_.resources), [str(v) for v in found])

@@ -65,14 +65,20 @@ def stack_config(t: Target) -> dict[str, Any]:
         doc = yamltext.load(yamltext.read(t.stack_file)) or {}
     except yamltext.YamlFault as exc:
         raise UsageError(f"{t.stack_file}: not valid YAML ({exc}); fix it") from None
-    config = doc.get("config", {}) if isinstance(doc, dict) else None
-    if not isinstance(config, dict | None):  # breaker 45 F6: `config: [1, 2]` ended on "unexpected AttributeError"
-        raise UsageError(f"{t.stack_file}: `config:` must be a mapping of key: value, not "
-                         f"{type(config).__name__}; fix it")
+    # breaker 45 F6: `config: [1, 2]` or a list as the file ended on "unexpected AttributeError"
     if not isinstance(doc, dict):
         raise UsageError(f"{t.stack_file}: a Pulumi stack file is a mapping (config: ...), not "
                          f"{type(doc).__name__}; fix it")
+    config = doc.get("config")
+    if not isinstance(config, dict | None):
+        raise UsageError(f"{t.stack_file}: `config:` must be a mapping of key: value, not "
+                         f"{type(config).__name__}; fix it")
     return config or {}
+
+
+def refused_config(t: Target, why: str) -> UsageError:
+    """The one line for a stack config value the program cannot take: the stack file and why."""
+    return UsageError(f"{t.stack_file}: the Pulumi program refuses this stack's config ({why}); fix the value it names")
 
 
 def check_consistency(t: Target, env: Environment) -> None:
@@ -164,8 +170,7 @@ def check_gpu_capacity(t: Target, env: Environment, config: dict[str, Any] | Non
     table = getattr(defaults, "GPUS_PER_INSTANCE_TYPE", None)
     types = config.get(f"{PROJECT_NS}:gpuInstanceTypes") or list(getattr(defaults, "GPU_INSTANCE_TYPES", []))
     if not isinstance(types, list):  # breaker 45 F6: `gpuInstanceTypes: 7` ended on "unexpected TypeError"
-        raise UsageError(f"{t.stack_file}: the Pulumi program refuses this stack's config ({PROJECT_NS}:gpuInstanceTypes "
-                         f"is {types!r}, not a list of instance types); fix the value it names")
+        raise refused_config(t, f"{PROJECT_NS}:gpuInstanceTypes is {types!r}, not a list of instance types")
     if table is not None and types and all(str(x) in table for x in types):
         biggest = max(table[str(x)] for x in types)
         if per_pod > biggest:
