@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 MASK = "***"
-_MIN_SECRET = 4  # shorter values would mask ordinary words
+MIN_SECRET = 4  # shorter values would mask ordinary words
 _MIN_HEX = 8  # characters: shorter secrets are not masked in hex
 
 # secrets this process has read (passwords of the URLs it resolved, keys from the
@@ -314,7 +314,7 @@ def remember(*secrets: str | None) -> None:
         if not secret:
             continue
         found = {secret.strip("'\""), unquote(secret)} | forms(secret)
-        _known.update(f for f in found if len(f) >= _MIN_SECRET)
+        _known.update(f for f in found if len(f) >= MIN_SECRET)
 
 
 def credentials(text: str | None) -> str:

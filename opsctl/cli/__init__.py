@@ -18,11 +18,11 @@ from opsctl.cli import common
 from opsctl.cli.common import click_errors
 
 
-def _fail(message: str, code: int) -> int:
+def _fail(message: str, code: int, masked: bool = False) -> int:
     from opsctl.output import visible
     from opsctl.redact import credentials  # a driver's or child's error may repeat a password
 
-    sys.stderr.write(f"opsctl: error: {visible(credentials(message))}\n")
+    sys.stderr.write(f"opsctl: error: {visible(message if masked else credentials(message))}\n")
     return code
 
 
@@ -166,7 +166,7 @@ class OpsGroup(TyperGroup):
         except OpsError as exc:
             if debug:
                 traceback.print_exc()
-            code = _fail(str(exc), exc.exit_code)
+            code = _fail(str(exc), exc.exit_code, exc.masked)
         except click_errors.UsageError as exc:  # unknown commands and options, bad values
             cmd = exc.ctx.command_path if exc.ctx else "opsctl"
             code = _fail(f"{exc.format_message()} (see '{cmd} --help')", 2)

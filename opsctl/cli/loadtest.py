@@ -53,9 +53,9 @@ def run(
                         live=view)
     emit(outcome.summary, as_json, lambda c: live.render_run(outcome.summary, c))
     if outcome.interrupted:
-        raise Interrupted(outcome.verdict())
+        raise Interrupted(outcome.verdict(), masked=True)
     if not outcome.passed:
-        raise OperationFailed(outcome.verdict())
+        raise OperationFailed(outcome.verdict(), masked=True)
 
 
 @app.command("list")

@@ -39,7 +39,9 @@ class LoadTestOutcome:
         return self.summary.aborted_by == INTERRUPTED
 
     def verdict(self) -> str:
-        """One line: 'SLO met: …' or 'SLO breached: gate (observed X over N successful requests)'."""
+        """One line: 'SLO met: …' or 'SLO breached: gate (observed X over N successful requests)'.
+        Its failure text is the summary's, masked when the run kept it (runner._mask_errors);
+        the rest is the user's gates and opsctl's figures: the line needs no masking again."""
         s = self.summary
         if self.interrupted:
             return (f"interrupted after {s.run_seconds:.0f} s; the partial run is saved as {s.id} "

@@ -106,11 +106,6 @@ def make(project: Project, env: Environment, profile: str = "light", *, users: i
     target = _host(project, env, host)
     if check:  # last: the local checks above answer at once
         reachable(target, env, explicit=host is not None)
-    from opsctl.redact import remember
-
-    # every key a request may carry (the locustfile's own choice included) is masked wherever
-    # a failure text goes: a target's error page may echo the Authorization header
-    remember(*(os.environ.get(v) for v in (env.deploy.api_key_env, "LOADTEST_API_KEY", "OPSCTL_WORKER_API_KEY")))
     return Plan(env=env.name, host=target, profile=prof.name, users=users, spawn_rate=spawn_rate,
                 duration_s=duration_s,
                 classes=weights, slo=",".join(g.text for g in gates), gates=gates, locustfile=lf,
@@ -165,6 +160,14 @@ def _out(value: str | None, option: str, example: str = "report.xml") -> Path | 
     return report_path(value, option, example=example)
 
 
+def api_keys(api_key_env: str | None) -> list[str]:
+    """Every API key a simulated user may send, from the environment: $`api_key_env`
+    (deploy.api_key_env), $LOADTEST_API_KEY and $OPSCTL_WORKER_API_KEY (the locustfile's own
+    choice), the set ones only."""
+    names = dict.fromkeys(filter(None, (api_key_env, "LOADTEST_API_KEY", "OPSCTL_WORKER_API_KEY")))
+    return [value for value in (os.environ.get(name) for name in names) if value]
+
+
 def _host(project: Project, env: Environment, host: str | None) -> str:
     if host is not None:
         return target_url(host, "--host", env.deploy.api_key_env)
@@ -186,15 +189,24 @@ def target_url(url: str, what: str = "--host", api_key_env: str | None = None) -
     host into the live view, the table, the HTML/CSV/JUnit reports and the saved record; the
     platform authenticates with an API key anyway, which the simulated users send as
     `Authorization: Bearer` from $LOADTEST_API_KEY or $`api_key_env` (deploy.api_key_env), never
-    on a command line. Raises UsageError, one line naming `what` and never echoing a secret.
+    on a command line. A URL holding one of those keys anywhere (its path: 'http://h/KEY') is
+    refused too, in any of the forms `opsctl.redact.forms` knows; the keys are remembered
+    (`opsctl.redact.remember`) before anything is checked, so no error line shows one, and every
+    later output masks them (a target's error page may echo the Authorization header).
+    Raises UsageError, one line naming `what` and never echoing a secret.
     """
+    from opsctl import redact
+
+    keys = api_keys(api_key_env)
+    redact.remember(*keys)
     key_vars = " or ".join(f"${v}" for v in dict.fromkeys(filter(None, (api_key_env, "LOADTEST_API_KEY"))))
     where_key = f"the platform's API key goes in {key_vars} (sent as 'Authorization: Bearer')"
     try:
         parts = urlsplit(url.strip())
     except ValueError as exc:  # 'http://[::1' and the like
         raise UsageError(f"{what} is not a valid URL ({exc}); write e.g. http://127.0.0.1:8080") from None
-    if "@" in parts.netloc or (parts.scheme not in ("http", "https") and "@" in url):
+    # any '@': a password holding '/' ends the authority early and puts 'user:pass@' in the path
+    if "@" in url:
         raise UsageError(f"{what} carries credentials ('user:password@'), which a load test refuses (they "
                          f"would show in ps, reports and the run record); drop them: {where_key}")
     if "?" in url or "#" in url:
@@ -206,6 +218,11 @@ def target_url(url: str, what: str = "--host", api_key_env: str | None = None) -
         parts.port  # noqa: B018  (raises for 'http://h:99999' and 'http://h:x')
     except ValueError as exc:
         raise UsageError(f"{what} '{url}': bad port ({exc}); write e.g. http://127.0.0.1:8080") from None
+    found = {form for key in keys for form in redact.forms(key) if len(form) >= redact.MIN_SECRET}
+    if redact.mask_forms(url, found) != url:
+        raise UsageError(f"{what} holds the API key (in its path), which a load test refuses (it would show "
+                         f"in ps, reports and the run record); give the base URL only, e.g. "
+                         f"http://127.0.0.1:8080: {where_key}")
     return url.strip().rstrip("/")
 
 

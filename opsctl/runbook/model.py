@@ -35,8 +35,7 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
 from opsctl.errors import UsageError
-
-MIN_SECRET = 4  # characters of a secret parameter's value (redact._MIN_SECRET: shorter ones mask ordinary letters)
+from opsctl.redact import MIN_SECRET  # a secret parameter's least length: shorter ones mask ordinary letters
 
 
 def _quote(value: Any) -> str:
@@ -686,7 +685,6 @@ def resolve_params(book: Runbook, given: dict[str, str], env_vars: Mapping[str, 
     values: dict[str, Any] = {}
     secrets = book.secrets()
     for name, spec in declared.items():
-        kind = spec.get("type", "string")
         if name in given:
             values[name] = given_value(book.ref, name, spec, given[name], name in secrets)
         elif "default" in spec:
