@@ -494,8 +494,8 @@ def copy_mark(url: str, name: str) -> str | None:
 SYSTEM_DATABASES = ("postgres", "template0", "template1")
 
 
-# letters of other scripts drawn like Latin ones (Unicode's confusables.txt, the common part):
-# 'transcr\u0456be' (Cyrillic i) is listed, and read, as the live database
+# letters of other scripts drawn like Latin ones, beyond Unicode's confusables.txt (`_confusables`
+# adds all of that): 'transcr\u0456be' (Cyrillic i) is listed, and read, as the live database
 _LOOKALIKES = str.maketrans({
     "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y",
     "\u0445": "x", "\u0456": "i", "\u0458": "j", "\u0455": "s", "\u0501": "d", "\u051b": "q",
@@ -514,18 +514,43 @@ _IGNORABLE_OTHER = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u316
                               "\U000e0100-\U000e01ef]")
 
 
+@lru_cache(maxsize=1)
+def _confusables() -> dict[int, str]:
+    """Every character Unicode's confusables.txt draws like one ASCII letter or digit (1,315
+    of them: Latin alpha U+0251, Armenian oh U+0585, script g U+0261, dental click U+01C0...),
+    as that letter in lower case, from confusable_homoglyphs' copy of the file. Breaker 45 F8
+    found two letters the hand-made `_LOOKALIKES` alone missed."""
+    from confusable_homoglyphs.confusables import confusables_data
+
+    table = {}
+    for char, homoglyphs in confusables_data.items():
+        latin = [h["c"] for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalnum()]
+        if len(char) == 1 and not char.isascii() and latin:
+            table[ord(char)] = latin[0].lower()
+    return table
+
+
+@lru_cache(maxsize=1)
+def _lookalikes() -> dict[int, str]:
+    """`_confusables`, then `_LOOKALIKES`: for text already case folded."""
+    return _confusables() | _LOOKALIKES
+
+
 def name_skeleton(name: str) -> str:
     """What `name` reads as: NFKC (fullwidth and other compatibility forms as their plain
     letters), invisible characters removed (category Cf: zero-width spaces and joiners, soft
     hyphen, bidi marks; other default-ignorables), case folded, and letters of other scripts
-    drawn like Latin ones (and 0/1) as those. Two names with one skeleton can't be told apart
-    in a listing (breaker 42 R15)."""
+    drawn like Latin ones (and 0/1) as those (`_confusables`: the whole of confusables.txt's
+    single-letter part, and `_LOOKALIKES`). Two names with one skeleton can't be told apart in a listing (breaker
+    42 R15)."""
     import unicodedata
 
-    text = unicodedata.normalize("NFKC", name)
+    # confusables.txt first, as it reads a character ('Ⅰ' as 'l', not NFKC's 'I'), then again
+    # once case folded ('Ꝛ' is listed, as '2'; its folded 'ꝛ' is not)
+    text = unicodedata.normalize("NFKC", name.translate(_confusables()))
     text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     text = _IGNORABLE_OTHER.sub("", text)
-    return unicodedata.normalize("NFKC", text).casefold().translate(_LOOKALIKES).strip()
+    return unicodedata.normalize("NFKC", text).casefold().translate(_lookalikes()).lower().strip()
 
 
 def check_replaceable(name: str, live: str | None, option: str) -> None:

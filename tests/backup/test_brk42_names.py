@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 from typer.testing import CliRunner
 
 from opsctl.output import first_control, visible
@@ -28,6 +29,27 @@ def test_names_compare_as_they_read():
     assert name_skeleton("transcribe_copy") != name_skeleton("transcribe")
     for name in ("transcribe_copy", "scratch", "\u0431\u0430\u0437\u0430"):
         check_replaceable(name, "transcribe", "--target-db")
+
+
+def test_every_single_letter_confusable_reads_as_its_letter():
+    """Each character Unicode's confusables.txt draws like one ASCII letter or digit, put in
+    for that letter in the live name, is refused (breaker 45 F8: U+0251 and U+0585 were not)."""
+    from confusable_homoglyphs.confusables import confusables_data
+
+    from opsctl.backup.postgres import check_replaceable
+    from opsctl.errors import UsageError
+
+    live = "abcdefghijklmnopqrstuvwxyz0123456789"
+    tried = 0
+    for char, homoglyphs in confusables_data.items():
+        letters = [h["c"].lower() for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalnum()]
+        if len(char) != 1 or char.isascii() or not letters:
+            continue
+        look_alike = live.replace(letters[0], char, 1)
+        with pytest.raises(UsageError, match="reads as|only by case"):
+            check_replaceable(look_alike, live, "--target-db")
+        tried += 1
+    assert tried > 1000
 
 
 def test_an_invisible_character_in_an_error_line_is_shown(tmp_path, monkeypatch):

@@ -297,7 +297,9 @@ def test_a_target_made_during_the_restore_is_never_taken_over(live_db, seeded, r
 # R15 ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["\uff54emplate1", "brk42_l\u0456ve", "brk42_live\u200b", "brk42_live\u00ad",
-                                  "p\u043estgres"])
+                                  "p\u043estgres",
+                                  # breaker 45 F8: Latin alpha, Armenian oh, script g, dental click
+                                  "templ\u0251te1", "p\u0585stgres", "post\u0261res", "brk42_\u01c0ive"])
 def test_look_alike_targets_are_refused(live_db, seeded, runner, name):
     env, url, backup_id = live_db
     before = set(_databases(seeded))
