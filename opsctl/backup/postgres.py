@@ -83,6 +83,11 @@ COUNT_SQL = ("select coalesce('select coalesce(json_agg(json_build_array(s, t, n
              "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
              f"where c.relkind = 'r' and {_USER_SCHEMAS}")
 
+# database settings in opsctl's namespace are opsctl's own record, never the source's: a backup
+# of a copy leaves them out, so a restore of it does not carry the mark to the live database
+_OPSCTL_SETTING = "opsctl."
+
+
 # Everything pg_dump emits about the database itself (its DATABASE, DATABASE PROPERTIES,
 # COMMENT, SECURITY LABEL and ACL entries with --create; pg_dump.c dumpDatabase and
 # dumpDatabaseConfig), read as data: a restore applies it from this structure
@@ -101,7 +106,8 @@ DB_PROPERTIES_SQL = (
     "'security_labels', (select coalesce(json_agg(json_build_array(l.provider, l.label) order by l.provider), '[]') "
     "from pg_shseclabel l where l.objoid = d.oid and l.classoid = 'pg_database'::regclass), "
     "'settings', (select coalesce(json_agg(json_build_array(case when s.setrole = 0 then null "
-    "else pg_get_userbyid(s.setrole) end, array_to_json(s.setconfig)) "
+    "else pg_get_userbyid(s.setrole) end, (select coalesce(json_agg(c), '[]') from unnest(s.setconfig) c "
+    f"where left(c, {len(_OPSCTL_SETTING)}) <> '{_OPSCTL_SETTING}')) "
     "order by s.setrole <> 0, pg_get_userbyid(s.setrole)), '[]') "
     "from pg_db_role_setting s where s.setdatabase = d.oid)) "
     "from pg_database d where d.datname = current_database()")
@@ -121,7 +127,8 @@ CATALOG_SQL = ("select json_build_object("
                "where d.datname = current_database()), "
                "'settings', (select coalesce(json_agg(x.s order by x.s), '[]') from (select unnest(r.setconfig) s "
                "from pg_db_role_setting r join pg_database d on d.oid = r.setdatabase "
-               "where d.datname = current_database() and r.setrole = 0) x), "
+               f"where d.datname = current_database() and r.setrole = 0) x where left(x.s, {len(_OPSCTL_SETTING)}) "
+               f"<> '{_OPSCTL_SETTING}'), "
                # column, function and default privileges (pg_restore brings them back; compared too)
                # keyed by structure: (schema, table, column) and (schema, function, identity arguments)
                "'columns', (select coalesce(json_agg(json_build_array(n.nspname, c.relname, a.attname, "
@@ -455,37 +462,63 @@ def database_exists(url: str, name: str) -> bool:
         return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 
 
-# The comment a `--target-db` restore puts on the copy it makes: what a later restore with
+# What a `--target-db` restore puts on the copy it makes: what a later restore with
 # `replace_copy` may replace (breaker 42 R6: a drill killed after its restore left its scratch
-# copy, and every later drill was refused). Only a database whose comment says it is the copy
-# restored under its own name is one: a copy renamed since, or any other database, is not.
-COPY_MARK = "opsctl restore copy"
-
-
+# copy, and every later drill was refused). A database setting in opsctl's own namespace, not
+# the comment, which the copy keeps as the source had it (the one property session 27's comment
+# mark took away). Only a database whose setting says, in full (`_COPY_TEXT`: a backup id, a UTC
+# time), that it is the copy restored under its own name is one: a copy renamed since, a free
+# text, or any other database, is not (breaker 45 F10).
+COPY_SETTING = "opsctl.restore_copy"
+COPY_MARK = "opsctl restore copy"  # how the mark reads: f"{COPY_MARK} of backup ID, restored TIME as NAME"
+_COPY_TEXT = re.compile(r"backup (?P<backup>[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}), "
+                        r"restored (?P<at>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z) as (?P<name>.+)",
+                        re.ASCII | re.DOTALL)
 def mark_copy(url: str, name: str, target: str, backup_id: str) -> None:
-    """Comment database `name` (the copy, before it is renamed `target`) as an opsctl restore
-    copy: `COPY_MARK` of backup `backup_id`, the time (UTC), and the name it is restored as.
-    The source database's own comment, if any, is replaced on the copy."""
+    """Mark database `name` (the copy, before it is renamed `target`) as an opsctl restore copy:
+    its `COPY_SETTING` set to "backup ID, restored TIME as TARGET" (TIME in UTC). Its comment
+    and other settings stay the source's."""
     import datetime as dt
 
     from psycopg import sql
 
     at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = f"{COPY_MARK} of backup {backup_id}, restored {at} as {target}"
     with _admin(url) as conn:
-        conn.execute(sql.SQL("comment on database {} is {}").format(sql.Identifier(name), sql.Literal(text)))
+        conn.execute(sql.SQL("alter database {} set {} to {}").format(
+            sql.Identifier(name), sql.Identifier(*COPY_SETTING.split(".")),
+            sql.Literal(f"backup {backup_id}, restored {at} as {target}")))
 
 
 def copy_mark(url: str, name: str) -> str | None:
-    """The comment of database `name` when it is an opsctl restore copy restored as `name`
-    (`mark_copy`); None when it does not exist or is not one."""
+    """How database `name` reads as an opsctl restore copy restored as `name` (`mark_copy`):
+    "opsctl restore copy of backup ID, restored TIME as NAME"; None when it does not exist or
+    is not one. A copy an earlier opsctl marked in its comment, in the same words, still counts."""
     with _admin(url) as conn:
-        row = conn.execute("select shobj_description(oid, 'pg_database') from pg_database where datname = %s",
-                           (name,)).fetchone()
-    text = row[0] if row else None
-    if text and text.startswith(f"{COPY_MARK} of backup ") and text.endswith(f" as {name}"):
-        return text
+        row = conn.execute(
+            "select (select c from pg_db_role_setting s, unnest(s.setconfig) c where s.setdatabase = d.oid "
+            "and s.setrole = 0 and c like %s), shobj_description(d.oid, 'pg_database') "
+            "from pg_database d where d.datname = %s", (COPY_SETTING.replace("_", "\\_") + "=%", name)).fetchone()
+    if row is None:
+        return None
+    setting, comment = row
+    legacy = f"{COPY_MARK} of "
+    text = setting.partition("=")[2] if setting else (
+        comment[len(legacy):] if comment and comment.startswith(legacy) else None)
+    found = _COPY_TEXT.fullmatch(text) if text else None
+    if found and found["name"] == name:
+        return f"{COPY_MARK} of {text}"
     return None
+
+
+def sessions(url: str, name: str) -> list[str]:
+    """The sessions connected to database `name` other than opsctl's own, each as
+    "application (user@client)": a restore copy someone uses is not replaced (breaker 45 F10)."""
+    with _admin(url) as conn:
+        rows = conn.execute(
+            "select coalesce(nullif(application_name, ''), 'a client'), coalesce(usename, '?'), "
+            "coalesce(host(client_addr), 'local') from pg_stat_activity "
+            "where datname = %s and pid <> pg_backend_pid() order by backend_start", (name,)).fetchall()
+    return [f"{app} ({user}@{client})" for app, user, client in rows]
 
 
 # made by initdb, needed by the server itself: every CREATE DATABASE copies template1 (or

@@ -177,8 +177,9 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
     `restore` step. Exactly one of `backup_id`, `date` (YYYY-MM-DD, UTC) or `latest` picks
     the backup (catalog.resolve); the other arguments are `plan`'s and `run`'s.
     `replace_copy`: a `target_db` that exists is replaced when it is the copy an earlier
-    `--target-db` restore made under that name (its comment says so: postgres.copy_mark), as
-    a drill killed before its clean-up leaves it; any other database there is still refused.
+    `--target-db` restore made under that name (its mark says so: postgres.copy_mark) and no
+    one is connected to it, as a drill killed before its clean-up leaves it; any other
+    database there is still refused.
 
     When the restore would overwrite live data (`RestorePlan.overwrites`), `approve(question)`
     is called first and must return (raise UsageError to refuse; None: refused, since
@@ -231,15 +232,21 @@ def check_new_target(database_url: str, target_db: str, option: str = "--target-
     """UsageError when `--target-db` names a database that exists: it restores into a new one
     (breaker 41 Q1: another application's database named there was dropped, no copy kept,
     and a drill's clean-up step dropped it for good). With `replace_copy`, one that is the
-    copy an earlier restore made under that name (postgres.copy_mark) is allowed: its mark is
-    returned (None: the name is free). `option` names the input in the message (a runbook
-    step's `target_db`)."""
+    copy an earlier restore made under that name (postgres.copy_mark) is allowed, when no one
+    is connected to it (postgres.sessions: a copy someone went on using is theirs now, breaker
+    45 F10): its mark is returned (None: the name is free). `option` names the input in the
+    message (a runbook step's `target_db`)."""
     if not pgb.database_exists(database_url, target_db):
         return None
     mark = pgb.copy_mark(database_url, target_db)
-    if mark and replace_copy:
-        return mark
     flag = "replace_copy: true" if option == "target_db" else "--replace-copy"
+    if mark and replace_copy:
+        users = pgb.sessions(database_url, target_db)
+        if users:
+            raise UsageError(f"{option} {target_db}: the copy an earlier restore left ({mark}) has {len(users)} open "
+                             f"session{'s' if len(users) > 1 else ''} ({', '.join(users[:3])}); {flag} replaces "
+                             "a copy no one uses: end them, or restore under another name")
+        return mark
     if mark:
         raise UsageError(f"{option} {target_db}: that database exists, the copy an earlier restore left "
                          f"({mark}); add {flag} to replace it, or drop it first")
@@ -433,7 +440,8 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
         try:  # restore_into dropped the scratch database on its own failures; the swap's are ours
             if p.target_db:  # new (check_new_target); one made since by someone else is not touched
                 pgb.mark_copy(ep.database_url, scratch, p.target_db, p.backup_id)
-                if p.replaces_copy and pgb.copy_mark(ep.database_url, p.target_db):  # still the copy it was
+                if (p.replaces_copy and pgb.copy_mark(ep.database_url, p.target_db)  # still the copy it was,
+                        and not pgb.sessions(ep.database_url, p.target_db)):  # and no one came to use it
                     pgb.drop_database(ep.database_url, p.target_db)
                     result.replaced_copy = p.replaces_copy
                 pgb.swap(ep.database_url, scratch, p.target_db, "", new_only=True)

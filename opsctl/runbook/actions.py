@@ -703,7 +703,7 @@ def drop_database(ctx: Context, name: str, only_copy: bool = False) -> dict:
     _check_drop_database(ctx, name)
     url = resolve(ctx.project, ctx.env).database_url
     if only_copy and postgres.database_exists(url, name) and not postgres.copy_mark(url, name):
-        return {"dropped": None, "kept": name, "why": "not a restore's copy (its comment does not say so)"}
+        return {"dropped": None, "kept": name, "why": "not a restore's copy (it is not marked as one)"}
     postgres.drop_database(url, name)
     return {"dropped": name}
 

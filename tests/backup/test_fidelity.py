@@ -135,15 +135,17 @@ def test_restore_brings_owners_grants_and_properties_back(fidelity_db, seeded, r
     done = ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", copy, "--yes", "--json"]))
     assert done["database"] == copy
     after = catalog(make_conninfo(seeded.db_url, dbname=copy))
-    # a --target-db copy's comment is its copy mark (postgres.COPY_MARK, breaker 42 R6), in place of
-    # the source's: the one property such a copy does not keep (see the closing note of session 27)
-    from opsctl.backup.postgres import COPY_MARK
+    # the copy is marked as one (postgres.copy_mark, breaker 42 R6) by one setting in opsctl's own
+    # namespace, its only difference: its comment and other settings are the source's (breaker 45
+    # F10; session 27's mark replaced the comment)
+    from opsctl.backup.postgres import COPY_SETTING, copy_mark
 
-    (row,) = after["database"]
-    (source,) = before["database"]
-    marks = [i for i, v in enumerate(row) if isinstance(v, str) and v.startswith(COPY_MARK)]
-    assert len(marks) == 1 and row[marks[0]].endswith(f" as {copy}"), row
-    after["database"] = [tuple(source[i] if i in marks else v for i, v in enumerate(row))]
+    assert copy_mark(seeded.db_url, copy).endswith(f" as {copy}")
+    mark = [c for c in after["database"][0][3] if c.startswith(f"{COPY_SETTING}=")]
+    assert len(mark) == 1 and mark[0].endswith(f" as {copy}"), after["database"]
+    unmarked = lambda config: [c for c in config or [] if c not in mark] or None  # noqa: E731
+    after["database"] = [(*row[:3], unmarked(row[3])) for row in after["database"]]
+    after["role_settings"] = [(role, unmarked(config)) for role, config in after["role_settings"]]
     assert after == before
 
 

@@ -110,7 +110,7 @@ def test_redis_snapshot(runner, root):
 def test_a_scratch_copy_an_interrupted_drill_left_is_replaced_by_the_next(runner, root):
     """Breaker 42 R6: a restore-drill killed after its restore (before its clean-up step) left
     its scratch database, and every later drill, the scheduled one included, was refused with
-    exit 2 and no alert. The copy is marked as a restore's (its comment), and v3's restore step
+    exit 2 and no alert. The copy is marked as a restore's (postgres.copy_mark), and v3's restore step
     replaces such a copy, saying so; a database no restore made is still refused (breaker 41 Q1)."""
     import psycopg
 
