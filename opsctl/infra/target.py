@@ -82,8 +82,16 @@ def refused_config(t: Target, why: str) -> UsageError:
 
 
 def check_consistency(t: Target, env: Environment) -> None:
-    """Refuse to run when opsctl.yaml and the stack config name different things."""
+    """Refuse to run when opsctl.yaml and the stack config name different things: UsageError
+    naming both for the first pair that differs. `transcribe:environment` (the name in every
+    resource's name and tags) must be the environment's name in opsctl.yaml (breaker 45 F7:
+    `environment: production` in the staging stack named everything transcribe-production-*);
+    a stack that leaves it out is refused by the program (a required key)."""
     config = stack_config(t)
+    env_key = f"{PROJECT_NS}:environment"
+    if env_key in config and config[env_key] != env.name:
+        raise UsageError(f"{t.stack_file.name} sets {env_key}={config[env_key]!r} but opsctl.yaml names this "
+                         f"environment {env.name!r} (environments.{env.name}); make them the same")
     pairs = [
         ("aws:region", env.aws.region, "aws.region"),
         (f"{PROJECT_NS}:audioBucket", env.buckets.audio, "buckets.audio"),

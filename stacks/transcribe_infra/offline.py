@@ -190,8 +190,12 @@ def stack_config(program_dir: Path, stack: str) -> tuple[dict[str, Any], list[st
 
 
 def run_stack(program_dir: Path, stack: str) -> OfflineRun:
-    """The whole program of `program_dir` with the config of one of its stacks."""
+    """The whole program of `program_dir` with the config of one of its stacks. ValueError
+    (naming the key) first when a string setting of the stack file is a YAML number, boolean,
+    null, list or mapping (settings.check_yaml_types: the program itself sees only its text)."""
     from transcribe_infra.program import main
+    from transcribe_infra.settings import check_yaml_types
 
     config, secrets = stack_config(program_dir, stack)
+    check_yaml_types(config)
     return run(main, config, stack=stack, secret_keys=secrets)

@@ -167,12 +167,12 @@ def test_an_unreadable_stack_file_is_one_line(runner, no_pulumi, program_copy, l
      "transcribe:gpuCapacityType must be SPOT or ON_DEMAND"),
     ("transcribe:dbAllocatedStorage: 50", "transcribe:dbAllocatedStorage: 50\n  transcribe:dbBackupRetentionDays: 3",
      "keep at least 7 days of database backups"),
-    # breaker 45 F6: a number where a list goes (TypeError), a mapping where a tag value goes (the SDK's
-    # multi-line AssertionError)
+    # breaker 45 F6: a number where a list goes (TypeError), a mapping where a tag value goes (was the
+    # SDK's multi-line AssertionError, "Unexpected type"; breaker 45 F7: the program's tag reader names it)
     ("transcribe:gpuInstanceTypes: [g5.xlarge, g6.xlarge]", "transcribe:gpuInstanceTypes: 7",
      "transcribe:gpuInstanceTypes is 7, not a list of instance types"),
     ("transcribe:gpuMaxSize: 6", "transcribe:gpuMaxSize: 6\n  transcribe:tags: {a: {b: [1, {c: d}]}}",
-     "Unexpected type"),
+     "transcribe:tags: tag 'a' is a mapping"),
 ])
 def test_a_value_the_program_refuses_is_one_line_naming_the_stack_file(runner, no_pulumi, program_copy,
                                                                         old, new, said):

@@ -1,0 +1,145 @@
+"""Breaker 45 F7: a stack config value of the wrong type or out of bounds is one line, exit 2.
+
+`opsctl infra policy` and `preview` ran the program on `dbInstanceClass: [a, b]` (Pulumi's
+`Config.get` hands over the JSON text '["a","b"]', which became the RDS instance class),
+`dbAllocatedStorage: 0` (turned into 50 by `or 50`), `kubernetesVersion: 1.30` (YAML's 1.3),
+tag values that were numbers, and `environment: production` in the staging stack, and said
+"every policy passes". Each case below now names the stack file and the key, says what is
+wrong and what to write, exits 2, and pulumi never starts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from opsctl.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+REFUSED = "the Pulumi program refuses this stack's config ("
+
+
+@pytest.fixture
+def program_copy(tmp_path, monkeypatch):
+    """An ops root holding a copy of opsctl.yaml and stacks/, a `pulumi` on PATH that must never
+    be started, and no terminal (CI)."""
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "pulumi"  # preview refuses before it would start the engine
+    fake.write_text("#!/bin/sh\necho 'the pulumi CLI must not be started' >&2\nexit 97\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("PULUMI_HOME", str(tmp_path / "pulumi-home"))
+    monkeypatch.setenv("CI", "true")
+    root = tmp_path / "ops"
+    root.mkdir()
+    shutil.copy(REPO / "opsctl.yaml", root / "opsctl.yaml")
+    shutil.copytree(REPO / "stacks", root / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
+    path, modules = list(sys.path), {k: v for k, v in sys.modules.items() if k.startswith("transcribe_infra")}
+    yield root
+    sys.path[:] = path  # the copy's transcribe_infra must not shadow the repository's for later tests
+    for name in [k for k in sys.modules if k.startswith("transcribe_infra")]:
+        del sys.modules[name]
+    sys.modules.update(modules)
+
+
+def set_value(stack_file: Path, key: str, yaml_value: str) -> None:
+    """Write `transcribe:<key>: <yaml_value>` into the stack file: replace its line, or add one."""
+    full = key if ":" in key else f"transcribe:{key}"
+    lines = stack_file.read_text().splitlines()
+    found = [i for i, line in enumerate(lines) if line.strip().startswith(f"{full}:")]
+    new = f"  {full}: {yaml_value}"
+    if found:
+        lines[found[0]] = new
+    else:
+        lines.append(new)
+    stack_file.write_text("\n".join(lines) + "\n")
+
+
+def refusals(runner, root: Path) -> list[str]:
+    """The one output line of `infra policy` and of `infra preview` on staging, each exit 2."""
+    lines = []
+    for args in (["policy", "--env", "staging"], ["preview", "--env", "staging"]):
+        result = runner.invoke(app, ["--root", str(root), "infra", *args])
+        out = result.output.strip()
+        assert result.exit_code == 2 and len(out.splitlines()) == 1, (args, result.exit_code, result.output)
+        assert "unexpected" not in out and "must not be started" not in out, out
+        lines.append(out)
+    return lines
+
+
+# (key, YAML value, what the line says); every one passed every policy before.
+PROGRAM_REFUSES = [
+    # a list where a string goes: Config.get gave its JSON text
+    ("dbInstanceClass", "[a, b]", 'transcribe:dbInstanceClass is a list ["a", "b"], not a string; '
+                                  "write one value, e.g. transcribe:dbInstanceClass: db.t4g.medium"),
+    ("cacheNodeType", "[cache.t4g.small]", 'transcribe:cacheNodeType is a list ["cache.t4g.small"], not a string'),
+    ("clusterName", "[x]", 'transcribe:clusterName is a list ["x"], not a string; '
+                           "write one value, e.g. transcribe:clusterName: transcribe-staging"),
+    ("kubernetesVersion", "['1.33']", 'transcribe:kubernetesVersion is a list ["1.33"], not a string'),
+    # a mapping or a number where a string goes
+    ("clusterName", "{a: {b: c}}", 'transcribe:clusterName is a mapping {"a": {"b": "c"}}, not a string'),
+    ("clusterName", "5", "transcribe:clusterName is the number 5, not a string"),
+    ("vpcCidr", "true", "transcribe:vpcCidr is the boolean true, not a string"),
+    ("cacheNodeType", "", "transcribe:cacheNodeType is empty (null), not a string"),
+    ("clusterName", "' '", "transcribe:clusterName is empty; write a value, "
+                           "e.g. transcribe:clusterName: transcribe-staging"),
+    # lists of something else than names
+    ("availabilityZones", "[1, 2]", "transcribe:availabilityZones holds the number 1: every entry must be a "
+                                    "non-empty string; write e.g. transcribe:availabilityZones: [eu-west-1a,"),
+    ("availabilityZones", "[null, null]", "transcribe:availabilityZones holds empty (null): every entry must be"),
+    ("availabilityZones", "eu-west-1a", "transcribe:availabilityZones is 'eu-west-1a', not a list of strings"),
+    ("gpuInstanceTypes", "[]", "transcribe:gpuInstanceTypes is an empty list: name at least 1"),
+    # the Kubernetes version
+    ("kubernetesVersion", "1.30", "transcribe:kubernetesVersion is the number 1.3 (YAML reads an unquoted 1.30 "
+                                  "as the number 1.3), not a MAJOR.MINOR string; quote it"),
+    ("kubernetesVersion", "latest", "transcribe:kubernetesVersion is 'latest', not a Kubernetes MAJOR.MINOR version"),
+    # numbers out of AWS's bounds (an explicit 0 is not the default)
+    ("dbAllocatedStorage", "0", "transcribe:dbAllocatedStorage is 0, outside 20 to 65536 GiB"),
+    ("dbAllocatedStorage", "-5", "transcribe:dbAllocatedStorage is -5, outside 20 to 65536 GiB"),
+    ("dbAllocatedStorage", str(10**40), "transcribe:dbAllocatedStorage is 10000000000000000000... (41 digits), "
+                                        "outside 20 to 65536 GiB"),
+    ("gpuMaxSize", str(10**30), "transcribe:gpuMaxSize is 10000000000000000000... (31 digits), outside 1 to "
+                                "40000 GPUs"),
+    ("dbBackupRetentionDays", "99999", "transcribe:dbBackupRetentionDays is 99999, outside 0 to 35 days"),
+    # tags: a mapping of string to string
+    ("tags", "{team: 5}", "transcribe:tags: tag 'team' is the number 5, not a string; quote it, "
+                          "e.g. transcribe:tags: {team: '5'}"),
+    ("tags", "{team: null}", "transcribe:tags: tag 'team' is empty (null), not a string; write text ('' for none)"),
+    ("tags", "{team: true}", "transcribe:tags: tag 'team' is the boolean true, not a string"),
+    ("tags", "[team]", 'transcribe:tags is a list ["team"], not a mapping of tag name to text'),
+]
+
+
+@pytest.mark.parametrize("key, value, said", PROGRAM_REFUSES,
+                         ids=[f"{k}={v or 'null'}"[:40] for k, v, _ in PROGRAM_REFUSES])
+def test_a_value_of_the_wrong_type_or_out_of_bounds_is_one_line(runner, program_copy, key, value, said):
+    stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"
+    set_value(stack_file, key, value)
+    for out in refusals(runner, program_copy):
+        assert out.startswith(f"opsctl: error: {stack_file}: {REFUSED}{said}"), out
+        assert out.endswith("; fix the value it names"), out
+
+
+@pytest.mark.parametrize("value, shown", [("production", "'production'"), ("[staging]", "['staging']"),
+                                          ("prod", "'prod'")])
+def test_the_stacks_environment_must_be_the_environments_name(runner, program_copy, value, shown):
+    stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"
+    set_value(stack_file, "environment", value)
+    for out in refusals(runner, program_copy):
+        assert out == (f"opsctl: error: Pulumi.staging.yaml sets transcribe:environment={shown} but opsctl.yaml "
+                       "names this environment 'staging' (environments.staging); make them the same"), out
+
+
+@pytest.mark.parametrize("key, value", [
+    ("dbAllocatedStorage", "20"), ("dbAllocatedStorage", "65536"), ("dbBackupRetentionDays", "35"),
+    ("kubernetesVersion", "'1.30'"), ("tags", "{team: speech, cost-center: ''}"), ("gpuMaxSize", "40000"),
+])
+def test_right_values_at_the_bounds_pass(runner, program_copy, key, value):
+    stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"
+    set_value(stack_file, key, value)
+    result = runner.invoke(app, ["--root", str(program_copy), "infra", "policy", "--env", "staging"])
+    assert result.exit_code == 0, result.output
+    assert "every policy passes" in result.output, result.output
