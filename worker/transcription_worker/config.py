@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # load), so slow parts cannot keep fast ones out: a full worker sheds them within a window
     part_busy_rate_kbps: float = Field(64, gt=0)
     upload_expiry_seconds: float = Field(3600, gt=0, le=MAX_SECONDS)  # an upload not completed by then is aborted in S3
+    # an ended upload's row, and a completed one's file in S3, are deleted this long after it
+    # ended (completed, or past its expiry), unless a queued or running job reads the file; 0 = kept
+    upload_retention_hours: float = Field(168, ge=0, le=87_600, allow_inf_nan=False)  # 7 days; at most 10 years
     max_audio_seconds: float = Field(14_400, gt=0)  # 4 h; checked from the container, then while decoding
 
     # dependencies (each optional: without it the features that need it answer 503)

@@ -181,6 +181,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN error_code text;
     """,
+    # retention (breaker 46 F3): an ended upload keeps no part rows (deleted at its end; a
+    # presigned one's once its URLs expired and were swept), `stored` keeping the bytes they
+    # held (its unreceived bytes are refunded from it); `purging`: the keeper is deleting the
+    # upload past WORKER_UPLOAD_RETENTION_HOURS (no new job may read its file). The indexes
+    # find uploads due and the unfinished jobs that read a file
+    """
+    ALTER TABLE uploads ADD COLUMN stored bigint,
+                        ADD COLUMN purging boolean NOT NULL DEFAULT false;
+    CREATE INDEX uploads_ended ON uploads ((coalesce(completed_at, expires_at))) WHERE status <> 'pending';
+    CREATE INDEX jobs_unfinished_audio ON jobs (audio_key) WHERE status IN ('queued', 'running');
+    """,
 ]
 class PartsTooLarge(Exception):
     """A part would take an upload past the `bytes` it was created for."""
@@ -412,9 +423,10 @@ class Database:
         return self._one("SELECT * FROM uploads WHERE id = %s AND api_key_id = %s", (upload_id, api_key_id))
 
     def upload_by_file(self, file_id: str, api_key_id: str) -> dict[str, Any] | None:
-        """The completed upload whose file id is `file_id`, of key `api_key_id`, or None."""
+        """The completed upload whose file id is `file_id`, of key `api_key_id`, or None (also
+        once its retention is over and the keeper is deleting it: `claim_retired`)."""
         return self._one("SELECT * FROM uploads WHERE file_id = %s AND api_key_id = %s"
-                         " AND status = 'completed'", (file_id, api_key_id))
+                         " AND status = 'completed' AND NOT purging", (file_id, api_key_id))
 
     def _conn(self, conn: Any = None) -> Any:
         """`conn` as a context manager that leaves it open, or a pooled connection."""
@@ -533,23 +545,34 @@ class Database:
         """Move a pending upload whose claim `owner` holds to `status` (completed, cancelled,
         expired) and clear the claim, recording for a completed one its file id, SHA-256, what
         its complete asked for (`complete_request`) and the S3 key of its file (`file_key`);
-        returns the row with `stored` (bytes its parts stored in S3), or None (nothing changed)
-        when `owner` no longer holds it."""
-        with self.pool.connection() as conn:
-            return conn.execute(
+        returns the row with `stored` (bytes its parts stored in S3, kept on the row), or None
+        (nothing changed) when `owner` no longer holds it.
+
+        The part rows go in the same transaction: the part objects are deleted next (by the
+        caller) and an ended upload lists none. A presigned upload that ended unfinished keeps
+        them until `mark_swept`: parts PUT at its URLs until they expire are counted then."""
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(
                 "UPDATE uploads SET status = %s, file_id = %s, sha256 = %s, complete_request = %s, file_key = %s,"
                 " completed_at = CASE WHEN %s = 'completed' THEN now() END,"
-                " claim = NULL, claim_owner = NULL, claim_until = NULL"
-                " WHERE id = %s AND claim_owner = %s AND status = 'pending' RETURNING *,"
-                " (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = uploads.id"
-                " AND p.etag IS NOT NULL) AS stored",
+                " claim = NULL, claim_owner = NULL, claim_until = NULL,"
+                " stored = (SELECT coalesce(sum(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = uploads.id"
+                " AND p.etag IS NOT NULL)"
+                " WHERE id = %s AND claim_owner = %s AND status = 'pending' RETURNING *",
                 (status, file_id, sha256, complete_request, file_key, status, upload_id, owner)).fetchone()
+            if row is not None and (status == "completed" or not row["presigned"]):
+                conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
+            return row
 
     def stored_bytes(self, upload_id: str, conn: Any = None) -> int:
-        """Bytes the upload's parts stored in S3 (their ETag known); on `conn` when given."""
+        """Bytes the upload's parts stored in S3 (their ETag known): what its part rows hold, or
+        for an ended upload whose rows went at its end, what `end_upload` kept (`stored`); on
+        `conn` when given."""
         with self._conn(conn) as conn:
-            return int(conn.execute("SELECT coalesce(sum(bytes), 0) AS n FROM upload_parts WHERE upload_id = %s"
-                                    " AND etag IS NOT NULL", (upload_id,)).fetchone()["n"])
+            return int(conn.execute(
+                "SELECT greatest((SELECT coalesce(sum(bytes), 0) FROM upload_parts WHERE upload_id = %s"
+                " AND etag IS NOT NULL), (SELECT coalesce(stored, 0) FROM uploads WHERE id = %s), 0) AS n",
+                (upload_id, upload_id)).fetchone()["n"])
 
     def set_upload_sha256(self, upload_id: str, sha256: str) -> None:
         """Record a completed file's SHA-256 (hex) once a job has read it."""
@@ -605,9 +628,38 @@ class Database:
                 (grace_seconds, limit)).fetchall()
 
     def mark_swept(self, upload_id: str) -> None:
-        """Record that a presigned upload's part objects were swept."""
+        """Record that a presigned upload's part objects were swept, and drop its part rows
+        (kept until now to count what its URLs delivered: `end_upload`), keeping their bytes."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("UPDATE uploads SET parts_swept = true, stored = greatest(coalesce(stored, 0),"
+                         " (SELECT coalesce(sum(bytes), 0) FROM upload_parts WHERE upload_id = %s"
+                         " AND etag IS NOT NULL)) WHERE id = %s", (upload_id, upload_id))
+            conn.execute("DELETE FROM upload_parts WHERE upload_id = %s", (upload_id,))
+
+    def claim_retired(self, retention_seconds: float, limit: int = 20) -> list[dict[str, Any]]:
+        """Mark `purging` (and return) up to `limit` ended uploads (completed, cancelled,
+        expired) that ended more than `retention_seconds` ago (completed: at `completed_at`;
+        else at `expires_at`, which an expired one passed and a cancelled one would have), a
+        presigned one only once its part objects were swept, and none whose file a queued or
+        running job reads (its `audio_key`); rows marked before and not yet deleted (their
+        keeper failed or died) are taken again. A marked upload's file is found by no new job
+        (`upload_by_file`). SKIP LOCKED: keepers of several workers take different rows."""
         with self.pool.connection() as conn:
-            conn.execute("UPDATE uploads SET parts_swept = true WHERE id = %s", (upload_id,))
+            return conn.execute(
+                "UPDATE uploads SET purging = true WHERE id IN (SELECT u.id FROM uploads u"
+                " WHERE u.status <> 'pending'"
+                " AND coalesce(u.completed_at, u.expires_at) < now() - make_interval(secs => %s)"
+                " AND (NOT u.presigned OR u.parts_swept)"
+                " AND (u.purging OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status IN ('queued', 'running')"
+                " AND j.audio_key = coalesce(u.file_key, u.s3_key)))"
+                " ORDER BY coalesce(u.completed_at, u.expires_at) LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " RETURNING *", (retention_seconds, limit)).fetchall()
+
+    def delete_upload(self, upload_id: str) -> bool:
+        """Delete an upload `claim_retired` marked (its part rows with it: ON DELETE CASCADE);
+        True when this call deleted it."""
+        with self.pool.connection() as conn:
+            return conn.execute("DELETE FROM uploads WHERE id = %s AND purging", (upload_id,)).rowcount == 1
 
     def incomplete_uploads(self) -> tuple[int, float]:
         """(how many uploads are pending, age in seconds of the oldest; 0 when none), over

@@ -80,13 +80,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from . import metrics
+from . import metrics, units
 from .db import PartsTooLarge
 from .errors import APIError, shown, shown_all
 from .uploads import no_control, too_large
 
 log = logging.getLogger("transcription_worker")
-MIB = 1024 * 1024
+MIB = units.MIB
+S3_MIN_PART = 5 * MIB  # S3's smallest part but the last
 router = APIRouter(prefix="/v1/uploads")
 
 
@@ -185,8 +186,9 @@ async def create_upload(request: Request):
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise APIError(400, "bytes must be a positive integer", param="bytes", code="invalid_value")
     if size > settings.max_upload_total_bytes:
-        raise APIError(413, f"an upload may hold at most {settings.max_upload_total_mb} MiB"
-                       f" ({settings.max_upload_total_bytes} bytes)",
+        shown, limit_shown = units.mib_against(size, settings.max_upload_total_bytes)
+        raise APIError(413, f"an upload may hold at most {limit_shown} (WORKER_MAX_UPLOAD_TOTAL_MB,"
+                       f" {settings.max_upload_total_bytes} bytes); this one is {shown} ({size} bytes)",
                        param="bytes", code="file_too_large")
     if not isinstance(mime, str) or len(mime) > 127 or not _MEDIA_TYPE.fullmatch(mime):
         raise APIError(400, "mime_type must be an audio (or video) media type of at most 127 characters,"
@@ -203,9 +205,10 @@ async def create_upload(request: Request):
     part_size = body.get("part_size", 8 * MIB)
     if presign:
         if (not isinstance(part_size, int) or isinstance(part_size, bool)
-                or not 5 * MIB <= part_size <= settings.max_part_bytes):
-            raise APIError(400, f"part_size must be between 5 MiB (S3's minimum) and"
-                           f" {settings.max_part_mb} MiB", param="part_size", code="invalid_value")
+                or not S3_MIN_PART <= part_size <= settings.max_part_bytes):
+            raise APIError(400, f"part_size must be between {units.mib(S3_MIN_PART)} (S3's minimum) and"
+                           f" {units.mib(settings.max_part_bytes)} (WORKER_MAX_PART_MB)", param="part_size",
+                           code="invalid_value")
         if -(-size // part_size) > 10_000:
             raise APIError(400, "S3 takes at most 10,000 parts: raise part_size", param="part_size",
                            code="invalid_value")
@@ -427,8 +430,8 @@ async def _room(size: int, budget: int, key_id: str) -> None:
     try:
         while not (_first_in_line() is me and _fits(size, budget)):
             if loop.time() >= deadline:
-                raise _busy(f"this worker is receiving {budget // MIB} MiB of parts already and none made room"
-                            f" within {ROOM_WAIT_SECONDS:g} s")
+                raise _busy(f"this worker is receiving {units.mib(budget)} of parts already and none made room"
+                            f" within {units.seconds(ROOM_WAIT_SECONDS)}")
             await asyncio.sleep(0.05)
     finally:
         _WAITING.remove(me)
@@ -442,12 +445,17 @@ def _busy(why: str) -> APIError:
                     headers={"Connection": "close"})
 
 
-def _share_refusal(mine: int, share: int) -> APIError:
-    """429 `concurrent_uploads_exceeded`: the key's own parts in flight hold its share."""
+def _share_refusal(mine: int, size: int, share: int) -> APIError:
+    """429 `concurrent_uploads_exceeded`: the key's own parts in flight (`mine` bytes) hold its
+    `share`, so this part of `size` bytes does not fit beside them (shown so that the part
+    reads as larger than what is left: `units.mib_against`)."""
     metrics.RATE_LIMITED.labels("part_memory").inc()
-    return APIError(429, f"this API key has {round(mine / MIB, 1):g} MiB of parts on their way to this worker"
-                    f" or waiting for room already, and may have {round(share / MIB, 1):g} MiB (WORKER_PART_MEMORY_KEY_PERCENT of"
-                    " WORKER_PART_MEMORY_MB); send the part again once one of them is answered",
+    mine_shown, share_shown = units.mib_against(mine, share)
+    size_shown, left_shown = units.mib_against(size, max(0, share - mine))
+    return APIError(429, f"this API key has {mine_shown} of parts on their way to this worker or waiting for"
+                    f" room already, and may have {share_shown} (WORKER_PART_MEMORY_KEY_PERCENT of"
+                    f" WORKER_PART_MEMORY_MB): this part's {size_shown} does not fit in the {left_shown} left;"
+                    " send the part again once one of them is answered",
                     code="concurrent_uploads_exceeded", retry_after=2, headers={"Connection": "close"})
 
 
@@ -483,10 +491,10 @@ async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterat
     # once let in pressed the floor (an honest slow part was shed for it: breaker 24)
     mine = _PARTS_IN_MEMORY.get(key_id, 0) + sum(w[1] for w in _WAITING if w[2] == key_id)
     if keyed and mine and mine + size > share:
-        raise _share_refusal(mine, share)
+        raise _share_refusal(mine, size, share)
     if _WAITING or not _fits(size, budget):
         if len(_WAITING) >= ROOM_QUEUE:
-            raise _busy(f"this worker is receiving {budget // MIB} MiB of parts already and {ROOM_QUEUE} more wait")
+            raise _busy(f"this worker is receiving {units.mib(budget)} of parts already and {ROOM_QUEUE} more wait")
         await _room(size, budget, key_id)
     mine = _PARTS_IN_MEMORY.get(key_id, 0)
     _PARTS_IN_MEMORY[key_id] = mine + size
@@ -611,12 +619,13 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
         floor = exc.rate / 1024
         shed = floor > s.part_min_rate_kbps  # cut to make room for a part that waits: come back later
         metrics.PARTS_REFUSED.labels("shed" if shed else "too_slow").inc()
+        now = units.against(floor, s.part_min_rate_kbps)[0]  # over the minimum: never reads as it
         busy = (f", and while other parts wait for this worker's part memory, over half held, up to"
-                f" WORKER_PART_BUSY_RATE_KBPS ({s.part_busy_rate_kbps:g} KiB/s; {floor:.0f} KiB/s now)") if shed else ""
+                f" WORKER_PART_BUSY_RATE_KBPS ({s.part_busy_rate_kbps:g} KiB/s; {now} KiB/s now)") if shed else ""
         raise APIError(408, f"the part's body stopped arriving: it must keep coming at WORKER_PART_MIN_RATE_KBPS"
                        f" ({s.part_min_rate_kbps:g} KiB/s) or more over any WORKER_PART_BODY_TIMEOUT_SECONDS"
-                       f" ({s.part_body_timeout_seconds:g} s){busy}; nothing was stored, send the part again (on a"
-                       " slow link one part at a time: parts in parallel divide it)",
+                       f" ({units.seconds(s.part_body_timeout_seconds)}){busy}; nothing was stored, send the part"
+                       " again (on a slow link one part at a time: parts in parallel divide it)",
                        param="data", code="request_timeout", headers={"Connection": "close"},
                        retry_after=int(s.part_body_timeout_seconds) if shed else None) from None
     try:
@@ -630,7 +639,7 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
     if not data:
         raise APIError(400, "the part is empty", param="data", code="invalid_value")
     if len(data) > state.settings.max_part_bytes:  # BodyLimit leaves room for the form around it
-        raise too_large(state.settings.max_part_bytes, part=True)
+        raise too_large(state.settings.max_part_bytes, part=True, size=len(data))
     digest = await run_in_threadpool(hashlib.sha256, data)  # off the event loop: other parts keep flowing
     try:
         claimed, new = await run_in_threadpool(state.db.claim_part, upload_id, f"part_{secrets.token_hex(16)}",
@@ -638,10 +647,13 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
     except LookupError as exc:  # ended, or being ended (completing, cancelling)
         raise APIError(400, f"upload {upload_id} is {exc}; parts go to pending uploads",
                        param="upload_id", code="upload_not_pending") from None
-    except PartsTooLarge as exc:
-        raise APIError(413, f"this part of {len(data)} bytes would take the upload past the"
-                       f" {exc.declared} bytes it was created for ({exc.held} held); start a new"
-                       " upload with the file's real size", param="data", code="file_too_large") from None
+    except PartsTooLarge as exc:  # exact byte counts: the limit is the declared size, or twice it
+        why = (f"is larger than the {exc.declared} bytes the upload was created for" if len(data) > exc.declared
+               else f"would take the upload's parts ({exc.held} bytes held, parts on their way counted) past"
+                    f" {2 * exc.declared} bytes, twice the {exc.declared} it was created for (each byte may be"
+                    " sent twice)")
+        raise APIError(413, f"this part of {len(data)} bytes {why}; start a new upload with the file's real size",
+                       param="data", code="file_too_large") from None
     except Exception as exc:  # the database is away: the same 503 as every store call (api._db)
         log.warning("database call failed: %s", exc)
         raise APIError(503, "the job store is unavailable; retry later", code="store_unavailable",
@@ -738,9 +750,9 @@ def _check_parts(row: dict, part_ids: list[str], stored: dict[str, dict]) -> Non
     if total != row["bytes"]:
         raise APIError(400, f"the parts hold {total} bytes; the upload was created for {row['bytes']}",
                        param="part_ids", code="invalid_value")
-    small = [p for p in part_ids[:-1] if stored[p]["bytes"] < 5 * MIB]
+    small = [p for p in part_ids[:-1] if stored[p]["bytes"] < S3_MIN_PART]
     if small:
-        raise APIError(400, f"every part but the last must hold at least 5 MiB (S3's minimum);"
+        raise APIError(400, f"every part but the last must hold at least {units.mib(S3_MIN_PART)} (S3's minimum);"
                        f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
                        code="part_too_small")
 
@@ -1089,13 +1101,14 @@ async def _ended_unfinished(state: Any, key_id: str, row: dict, stored: int) -> 
 
 @router.get("/{upload_id}")
 async def get_upload(upload_id: str, request: Request):
-    """The upload and the parts that arrived, in order: what a client resumes from. A
-    cancelled or expired upload lists none: their objects were deleted with it, and a client
-    resuming from the list would count on parts that are gone (breaker 21)."""
+    """The upload and the parts that arrived, in order: what a client resumes from. An ended
+    upload (completed, cancelled, expired) lists none: their objects were deleted when it ended
+    (and their rows: `Database.end_upload`), and a client resuming from the list would count
+    on parts that are gone (breakers 21, 46 F3)."""
     state, key_id, db = await _context(request)
     row = await _pending(state, db, upload_id, key_id)
     await _sync_presigned(state, db, row)
-    if row["status"] in ("cancelled", "expired"):
+    if row["status"] != "pending":
         return upload_body(row, [])
     return upload_body(row, await db(state.db.parts, upload_id))
 
@@ -1108,7 +1121,8 @@ def abort_expired(state: Any, limit: int = 20) -> int:
     bytes it never received (`_unreceived`); returns how many were expired. S3 failing gives
     the claim back (the next tick retries); the worker dying leaves it claimed until the lease
     lapses, then any keeper takes it over: nothing is stranded and the refund is made once.
-    Then sweeps presigned uploads that ended (`sweep_presigned`)."""
+    Then sweeps presigned uploads that ended (`sweep_presigned`) and deletes ended uploads past
+    their retention (`sweep_retired`)."""
     aborted, lease = 0, _lease(state)
     try:  # creates whose worker died before the limits decided: no upload; free any lease taken
         for dead in state.db.drop_lapsed_creating(limit):
@@ -1150,6 +1164,7 @@ def abort_expired(state: Any, limit: int = 20) -> int:
         log.info("expired upload aborted" + ("; the object an unfinished complete assembled is deleted"
                                              if deleted else ""), extra={"upload_id": row["id"]})
     sweep_presigned(state)
+    sweep_retired(state)
     _start_orphan_sweep(state)
     return aborted
 
@@ -1186,12 +1201,50 @@ def sweep_presigned(state: Any) -> int:
     return swept
 
 
+def sweep_retired(state: Any, limit: int = 20) -> int:
+    """Delete uploads that ended more than WORKER_UPLOAD_RETENTION_HOURS ago (0: kept), at most
+    `limit` a pass (run by the job keeper, after `sweep_presigned`): each is marked first
+    (`Database.claim_retired`: no new job can take its file from then on; one a queued or
+    running job reads is not taken), then what it left in S3 is deleted (its file, any claim
+    attempt's key or multipart upload, stray part objects), then its row (its part rows with
+    it). S3 before the row: a failure leaves the row marked and the next pass tries again, so
+    nothing in S3 outlives its row. Returns how many uploads were deleted; each is counted in
+    `worker_uploads_retired_total`."""
+    hours = float(state.settings.upload_retention_hours)
+    if hours <= 0:
+        return 0
+    store, retired = state.store, 0
+    try:
+        rows = state.db.claim_retired(hours * 3600, limit)
+    except Exception as exc:  # the database away: the next pass tries again
+        log.warning("could not find uploads past their retention: %s", exc)
+        return 0
+    for row in rows:
+        try:
+            for mpu in store.multiparts(row["s3_key"]):  # a complete killed mid-assembly
+                store.abort_multipart(mpu["Key"], mpu["UploadId"])
+            # `{prefix}uploads/upload_<id>`: its file, its claim attempts' keys, and the part
+            # objects of the earlier layout (`.parts/`); ids are all one length, so no other's
+            store.delete_prefix(row["s3_key"])
+            store.delete_prefix(_parts_prefix(store, row))  # what the bucket's lifecycle rule has not expired yet
+            if not state.db.delete_upload(row["id"]):
+                continue
+        except Exception as exc:  # S3 or the database away: still marked, the next pass retries
+            log.warning("could not delete an upload past its retention: %s", exc, extra={"upload_id": row["id"]})
+            continue
+        metrics.UPLOADS_RETIRED.inc()
+        retired += 1
+        log.info("an upload past its retention is deleted", extra={"upload_id": row["id"],
+                                                                 "upload_status": row["status"]})
+    return retired
+
+
 _EXPIRY: dict[str, Any] = {"thread": None}  # this process's expiry pass at work, if any
 
 
 def start_expiry(state: Any) -> bool:
-    """Run `abort_expired` (then `sweep_presigned` and the orphan sweep) on a thread of its
-    own unless the last pass is still at work; called by the job keeper each tick, so the
+    """Run `abort_expired` (then `sweep_presigned`, `sweep_retired` and the orphan sweep) on a
+    thread of its own unless the last pass is still at work; called by the job keeper each tick, so the
     keeper's lease renewals never wait on the expiry's S3 calls: S3 hanging stalls the expiry
     alone (one pass at a time, each at most `abort_expired`'s `limit` uploads). True when a
     pass was started."""

@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Any, Iterator
 
+from . import units
+
 
 class Stopped(Exception):
     """A transcription stopped before its end; `reason` says why, for a person; `ran`: whether
@@ -67,7 +69,7 @@ class Interrupt:
         if self._gone.is_set():
             raise ClientGone("the client closed the connection before its transcript was ready")
         if self._deadline is not None and time.monotonic() > self._deadline:
-            raise BudgetExceeded(f"the transcription ran past its time budget of {self.budget:.0f} s and was "
+            raise BudgetExceeded(f"the transcription ran past its time budget of {units.seconds(self.budget)} and was "
                                  "stopped: the audio may be unintelligible, or not in the language given")
 
 

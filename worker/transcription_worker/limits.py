@@ -27,7 +27,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 
-from . import metrics
+from . import metrics, units
 from .errors import APIError
 
 log = logging.getLogger("transcription_worker")
@@ -184,12 +184,22 @@ class Limits:
                 if not int(ok):
                     await self.close_upload(key_id, upload_id)
                     metrics.RATE_LIMITED.labels("daily_upload_bytes").inc()
-                    raise APIError(429, f"daily upload limit of {self.daily_upload_mb} MB reached for"
-                                   f" this API key ({float(used) / 1048576:.0f} MB used)",
-                                   code="daily_upload_limit_exceeded",
+                    raise APIError(429, f"daily upload limit of {self._upload_refusal(float(used), size)}"
+                                   " (WORKER_RATE_LIMIT_DAILY_UPLOAD_MB)", code="daily_upload_limit_exceeded",
                                    retry_after=_seconds_to_utc_midnight(time.time()))
         except RedisError as exc:
             log.warning("upload limits skipped, redis unavailable: %s", exc)
+
+    def _upload_refusal(self, used: float, size: int) -> str:
+        """What the daily upload limit refused: "60 MiB for this API key: 44 MiB used today, and
+        this upload's 20 MiB is more than the 16 MiB left", each figure shown against the one
+        it is held against (`units.mib_against`), so the used bytes never read as the limit
+        when under it, nor the upload as fitting in what is left."""
+        limit = self.daily_upload_mb * units.MIB
+        used_shown, limit_shown = units.mib_against(used, limit)
+        size_shown, left_shown = units.mib_against(size, max(0.0, limit - used))
+        return (f"{limit_shown} for this API key: {used_shown} used today, and this upload's {size_shown}"
+                f" is more than the {left_shown} left")
 
     async def refund_upload_bytes(self, key_id: str, size: int, day: float | None = None,
                                   upload_id: str | None = None) -> None:
@@ -329,7 +339,9 @@ class Limits:
             return False
         if int(ok):
             return True
-        raise self._audio_refused(float(used), f", this file is {seconds:.1f} s")
+        used = float(used)
+        file_shown, left_shown = units.seconds_against(seconds, max(0.0, self.daily - used))
+        raise self._audio_refused(used, f"; this file's {file_shown} is more than the {left_shown} left")
 
     async def check_audio_left(self, key_id: str) -> None:
         """429 `daily_audio_limit_exceeded` when the key's UTC day is used up already, before a
@@ -347,9 +359,11 @@ class Limits:
 
     def _audio_refused(self, used: float, why: str = "") -> APIError:
         """The 429 of the daily audio limit (counted in worker_rate_limited_total), `used`
-        seconds of the day spent, `why` what would pass it."""
+        seconds of the day spent (never reading as the limit when under it:
+        `units.seconds_against`), `why` what would pass it."""
         metrics.RATE_LIMITED.labels("daily_audio_seconds").inc()
-        return APIError(429, f"daily audio limit of {self.daily:g} s reached for this API key ({used:.1f} s used{why})",
+        used_shown, limit_shown = units.seconds_against(used, self.daily)
+        return APIError(429, f"daily audio limit of {limit_shown} reached for this API key ({used_shown} used{why})",
                         code="daily_audio_limit_exceeded", retry_after=_seconds_to_utc_midnight(time.time()))
 
     async def refund_audio(self, key_id: str, seconds: float) -> None:

@@ -42,6 +42,9 @@ UPLOADS_ASSEMBLED_DELETED = Counter(
 UPLOADS_SWEPT = Counter(
     "worker_uploads_swept_total", "Stray S3 keys of ended uploads the keeper's sweep removed: an object"
     " at a claim attempt's key that is not the recorded file, or a multipart upload left open", ["kind"])
+UPLOADS_RETIRED = Counter(
+    "worker_uploads_retired_total", "Ended uploads deleted past WORKER_UPLOAD_RETENTION_HOURS: their row,"
+    " and a completed one's file in S3")
 UPLOADS_INCOMPLETE = Gauge(
     "worker_uploads_incomplete", "Uploads started and not yet completed, cancelled or expired (their"
     " S3 multipart upload is open), across all workers of the database; refreshed by the job keeper")

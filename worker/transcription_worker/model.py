@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import numpy as np
 
 from . import interrupt as stop
+from . import units
 
 SAMPLE_RATE = 16_000
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the sequential path's fallback ladder (OpenAI whisper's)
@@ -127,8 +128,12 @@ class AudioTooLong(ValueError):
 
     def __init__(self, limit: float, known: float | None = None):
         self.limit, self.known = limit, known
-        length = f"{known:.0f} s long, over" if known is not None else "longer than"
-        super().__init__(f"the audio is {length} the {limit:.0f} s limit per recording;"
+        if known is not None:  # 30.3 s over a 30 s limit never reads "30 s" (breaker 46 F2)
+            shown, limit_shown = units.seconds_against(known, limit)
+            length = f"{shown} long, over"
+        else:
+            length, limit_shown = "longer than", units.seconds(limit)
+        super().__init__(f"the audio is {length} the {limit_shown} limit per recording;"
                          " split it, or raise WORKER_MAX_AUDIO_SECONDS")
 
 

@@ -17,6 +17,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import units
 from .errors import APIError, error_response, shown, shown_all
 from .formats import FORMATS
 from .model import Options
@@ -81,14 +82,22 @@ class Upload:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def too_large(limit: int, part: bool = False) -> APIError:
+def too_large(limit: int, part: bool = False, size: int | None = None) -> APIError:
     """The 413 `file_too_large` for a body over `limit` bytes: a /v1/uploads part (`part`,
-    field `data`, WORKER_MAX_PART_MB) or a transcription's `file`."""
+    field `data`, WORKER_MAX_PART_MB) or a transcription's `file` (WORKER_MAX_UPLOAD_MB); both
+    limits count MiB. With `size` (the bytes read, when known) the message says it too,
+    rounded up so it never reads as the limit (`units.mib_against`)."""
+    what, setting = ("part", "WORKER_MAX_PART_MB") if part else ("file", "WORKER_MAX_UPLOAD_MB")
+    if size is None:
+        held, limit_shown = "is larger than", units.mib(limit)
+    else:
+        shown, limit_shown = units.mib_against(size, limit)
+        held = f"holds {shown} ({size} bytes), more than"
     if part:  # a /v1/uploads part: its bytes are the form field `data`
-        return APIError(413, f"the part is larger than the {limit // (1024 * 1024)} MB part limit"
-                        " (WORKER_MAX_PART_MB); send it in smaller parts", param="data", code="file_too_large")
-    return APIError(413, f"the file is larger than the {limit // (1024 * 1024)} MB limit",
-                    param="file", code="file_too_large")
+        return APIError(413, f"the part {held} the {limit_shown} part limit ({setting}); send it in"
+                        " smaller parts", param="data", code="file_too_large")
+    return APIError(413, f"the file {held} the {limit_shown} limit ({setting}); a larger file goes"
+                    " through /v1/uploads, then POST /v1/jobs with its file_id", param="file", code="file_too_large")
 
 
 async def read_upload(request: Request, max_bytes: int, default_format: str = "json",
@@ -115,7 +124,7 @@ async def read_upload(request: Request, max_bytes: int, default_format: str = "j
             data, filename, content_type = b"", None, None
         else:
             if file.size is not None and file.size > max_bytes:
-                raise too_large(max_bytes)
+                raise too_large(max_bytes, size=file.size)
             data, filename, content_type = await file.read(), file.filename, file.content_type
         response_format = str(form.get("response_format") or default_format)
         if response_format not in FORMATS:

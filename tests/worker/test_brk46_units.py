@@ -1,0 +1,160 @@
+"""Breaker 46 F2: messages that print a size or a duration against a limit read like it.
+
+A 30.3 s recording over a 30 s limit said "the audio is 30 s long, over the 30 s limit"; the
+daily upload limit counted MiB and said "60 MB ... (44 MB used)"; a part of 8 MiB + 1 byte was
+"larger than the 8 MB part limit". Now every such message goes through one formatter
+(`transcription_worker.units`): MiB for counts of 1,048,576 bytes, a figure over a limit
+rounded up, one under it rounded down. One real worker (PostgreSQL, Redis, moto S3, the
+model) with small limits, over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+
+import httpx
+import pytest
+from worker_helpers import AWS_ENV, BIN, DATA, send_part, silence_wav
+from worker_support import start_worker, stop_worker, wait_until, worker_env
+
+pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
+PASSAGE = (DATA / "passage.wav").read_bytes()  # 30.2999 s of speech, 16 kHz mono
+
+
+@pytest.fixture(scope="module")
+def limited(model_dir, postgres, redis_server, s3, tmp_path_factory):
+    """A worker with WORKER_MAX_AUDIO_SECONDS=30, a 60 MiB daily upload limit, 8 MiB parts,
+    20 MiB uploads, 2 MiB form files and 60 s of audio a day; yields (url, keys)."""
+    os.environ.update(AWS_ENV)
+    suffix = secrets.token_hex(4)
+    bucket = f"brk46-units-{suffix}"
+    s3.client().create_bucket(Bucket=bucket)
+    keys = [f"sk-test-{secrets.token_hex(16)}" for _ in range(8)]
+    env = worker_env(model_dir, WORKER_DATABASE_URL=postgres.make_database(f"brk46u_{suffix}"),
+                     WORKER_S3_ENDPOINT_URL=s3.endpoint_url, WORKER_S3_BUCKET=bucket,
+                     WORKER_REDIS_URL=redis_server.url,
+                     WORKER_API_KEY_HASHES=",".join(hashlib.sha256(k.encode()).hexdigest() for k in keys),
+                     WORKER_MAX_AUDIO_SECONDS="30", WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="60",
+                     WORKER_MAX_PART_MB="8", WORKER_MAX_UPLOAD_TOTAL_MB="20", WORKER_MAX_UPLOAD_MB="2",
+                     WORKER_RATE_LIMIT_DAILY_AUDIO_SECONDS="60")
+    migrated = subprocess.run([str(BIN), "migrate"], env=env, capture_output=True, text=True)
+    assert migrated.returncode == 0, migrated.stderr
+    log = tmp_path_factory.mktemp("brk46u") / "w.log"
+    proc, url = start_worker(env, log)
+    try:
+        wait_until(url, proc, log, ready=True)
+        yield url, keys
+    finally:
+        stop_worker(proc)
+
+
+@pytest.fixture
+def http(limited):
+    url, keys = limited
+    with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {keys.pop()}"}) as client:
+        yield client
+
+
+def _error(r: httpx.Response, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code, err
+    return err
+
+
+def _create(http: httpx.Client, size: int) -> httpx.Response:
+    return http.post("/v1/uploads", json={"filename": "a.wav", "bytes": size, "mime_type": "audio/wav",
+                                          "purpose": "transcription"})
+
+
+def _file_id(http: httpx.Client, audio: bytes) -> str:
+    up = _create(http, len(audio))
+    assert up.status_code == 200, up.text
+    part = send_part(http, up.json()["id"], audio)
+    assert part.status_code == 200, part.text
+    done = http.post(f"/v1/uploads/{up.json()['id']}/complete", json={"part_ids": [part.json()["id"]]})
+    assert done.status_code == 200, done.text
+    return done.json()["file"]["id"]
+
+
+def test_audio_over_the_limit_reads_over_it_through_uploads_and_a_job(http):
+    err = _error(http.post("/v1/jobs", data={"file_id": _file_id(http, PASSAGE)}), 413, "audio_too_long")
+    assert err["param"] == "file_id"
+    assert "the audio is 30.3 s long, over the 30 s limit per recording" in err["message"], err
+
+
+def test_audio_over_the_limit_reads_over_it_on_the_sync_route(http):
+    r = http.post("/v1/audio/transcriptions", files={"file": ("passage.wav", PASSAGE)})
+    err = _error(r, 413, "audio_too_long")
+    assert "the audio is 30.3 s long, over the 30 s limit per recording" in err["message"], err
+
+
+def test_daily_upload_limit_says_mib_and_the_bytes_used(http):
+    """The tester's case: 44 MiB used of 60, a 20 MiB upload refused."""
+    for size in (20 * MIB, 20 * MIB, 4 * MIB):
+        assert _create(http, size).status_code == 200
+    err = _error(_create(http, 20 * MIB), 429, "daily_upload_limit_exceeded")
+    assert ("daily upload limit of 60 MiB for this API key: 44 MiB used today, and this upload's 20 MiB"
+            " is more than the 16 MiB left") in err["message"], err
+    assert " MB" not in err["message"], err
+
+
+def test_daily_upload_used_just_under_the_limit_never_reads_as_it(http):
+    """One byte under the 60 MiB a day: "59.9 MiB used", not "60 MB used" (the limit)."""
+    for size in (20 * MIB, 20 * MIB, 20 * MIB - 1):
+        assert _create(http, size).status_code == 200
+    err = _error(_create(http, 2), 429, "daily_upload_limit_exceeded")
+    assert "60 MiB for this API key: 59.9 MiB used today" in err["message"], err
+
+
+def test_a_part_one_byte_over_the_part_limit_reads_over_it(http):
+    up = _create(http, 20 * MIB).json()
+    err = _error(send_part(http, up["id"], b"\1" * (8 * MIB + 1)), 413, "file_too_large")
+    assert err["param"] == "data"
+    assert ("the part holds 8.1 MiB (8388609 bytes), more than the 8 MiB part limit (WORKER_MAX_PART_MB)"
+            in err["message"]), err
+
+
+def test_an_upload_over_the_total_cap_says_both_in_mib(http):
+    err = _error(_create(http, 20 * MIB + 1), 413, "file_too_large")
+    assert err["param"] == "bytes"
+    assert ("an upload may hold at most 20 MiB (WORKER_MAX_UPLOAD_TOTAL_MB, 20971520 bytes); this one is"
+            " 20.1 MiB (20971521 bytes)") in err["message"], err
+
+
+def test_a_form_file_over_the_limit_says_mib(http):
+    r = http.post("/v1/audio/transcriptions", files={"file": ("big.wav", b"\0" * (2 * MIB + 1))})
+    err = _error(r, 413, "file_too_large")
+    assert "the file holds 2.1 MiB (2097153 bytes), more than the 2 MiB limit (WORKER_MAX_UPLOAD_MB)" in err["message"]
+
+
+def test_daily_audio_used_just_under_the_limit_never_reads_as_it(http):
+    """59.96 s of the day's 60 used (two jobs, each under the 30 s a recording): the old message
+    said "(60.0 s used, this file is 1.0 s)"."""
+    for seconds in (29.99, 29.97):
+        assert http.post("/v1/jobs", files={"file": ("a.wav", silence_wav(seconds))}).status_code == 202
+    err = _error(http.post("/v1/jobs", files={"file": ("b.wav", silence_wav(1))}), 429, "daily_audio_limit_exceeded")
+    assert "daily audio limit of 60 s reached for this API key (59.9 s used; this file's 1 s is more than" in err[
+        "message"], err
+
+
+@pytest.mark.parametrize(("value", "limit", "expected"), [
+    (30.2999375, 30, ("30.3", "30")), (30.0001, 30, ("30.1", "30")), (59.96, 60, ("59.9", "60")),
+    (44, 60, ("44", "60")), (15.97, 15.96, ("15.97", "15.96")), (30, 30, ("30", "30")),
+    (0.3 * 3, 0.9, ("0.9", "0.9")), (3600, 600, ("3600", "600")),
+])
+def test_a_figure_against_a_limit_never_reads_across_it(value, limit, expected):
+    from transcription_worker import units
+
+    assert units.against(value, limit) == expected
+
+
+def test_mib_tells_one_byte_apart_from_the_limit():
+    from transcription_worker import units
+
+    assert units.mib_against(60 * MIB - 1, 60 * MIB) == ("59.9 MiB", "60 MiB")
+    assert units.mib_against(60 * MIB + 1, 60 * MIB) == ("60.1 MiB", "60 MiB")
+    assert units.mib(8 * MIB) == "8 MiB" and units.seconds(1.0) == "1 s" and units.mib(0.04 * MIB) == "0.04 MiB"
