@@ -10,39 +10,22 @@ wrong and what to write, exits 2, and pulumi never starts.
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from opsctl.cli import app
 
-REPO = Path(__file__).resolve().parents[2]
 REFUSED = "the Pulumi program refuses this stack's config ("
 
 
 @pytest.fixture
-def program_copy(tmp_path, monkeypatch):
-    """An ops root holding a copy of opsctl.yaml and stacks/, a `pulumi` on PATH that must never
-    be started, and no terminal (CI)."""
-    (tmp_path / "bin").mkdir()
-    fake = tmp_path / "bin" / "pulumi"  # preview refuses before it would start the engine
+def program_copy(no_pulumi, program_copy):
+    """conftest's copy of the ops root, with a `pulumi` on PATH that must never be started."""
+    fake = no_pulumi / "bin" / "pulumi"  # preview refuses before it would start the engine
     fake.write_text("#!/bin/sh\necho 'the pulumi CLI must not be started' >&2\nexit 97\n")
     fake.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    monkeypatch.setenv("PULUMI_HOME", str(tmp_path / "pulumi-home"))
-    monkeypatch.setenv("CI", "true")
-    root = tmp_path / "ops"
-    root.mkdir()
-    shutil.copy(REPO / "opsctl.yaml", root / "opsctl.yaml")
-    shutil.copytree(REPO / "stacks", root / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
-    path, modules = list(sys.path), {k: v for k, v in sys.modules.items() if k.startswith("transcribe_infra")}
-    yield root
-    sys.path[:] = path  # the copy's transcribe_infra must not shadow the repository's for later tests
-    for name in [k for k in sys.modules if k.startswith("transcribe_infra")]:
-        del sys.modules[name]
-    sys.modules.update(modules)
+    return program_copy
 
 
 def set_value(stack_file: Path, key: str, yaml_value: str) -> None:

@@ -18,31 +18,6 @@ NOT_INSTALLED = ("opsctl: error: the pulumi CLI is not installed (opsctl infra r
                  "Automation API); install it from https://www.pulumi.com/docs/install/, then rerun")
 
 
-@pytest.fixture
-def no_pulumi(tmp_path, monkeypatch):
-    """A PATH and PULUMI_HOME with no pulumi CLI in them, and no terminal (CI)."""
-    (tmp_path / "bin").mkdir()
-    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    monkeypatch.setenv("PULUMI_HOME", str(tmp_path / "pulumi-home"))
-    monkeypatch.setenv("CI", "true")
-    return tmp_path
-
-
-@pytest.fixture
-def program_copy(tmp_path, monkeypatch):
-    """An ops root holding a copy of opsctl.yaml and stacks/, to plant changes in."""
-    root = tmp_path / "ops"
-    root.mkdir()
-    shutil.copy(REPO / "opsctl.yaml", root / "opsctl.yaml")
-    shutil.copytree(REPO / "stacks", root / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
-    path, modules = list(sys.path), {k: v for k, v in sys.modules.items() if k.startswith("transcribe_infra")}
-    yield root
-    sys.path[:] = path  # the copy's transcribe_infra must not shadow the repository's for later tests
-    for name in [k for k in sys.modules if k.startswith("transcribe_infra")]:
-        del sys.modules[name]
-    sys.modules.update(modules)
-
-
 def invoke(runner, root, *args, input=None):
     return runner.invoke(app, ["--root", str(root), "infra", *args], input=input)
 

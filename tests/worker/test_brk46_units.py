@@ -12,12 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import subprocess
 
 import httpx
 import pytest
-from worker_helpers import AWS_ENV, BIN, DATA, send_part, silence_wav
-from worker_support import start_worker, stop_worker, wait_until, worker_env
+from worker_helpers import AWS_ENV, DATA, send_part, silence_wav
+from worker_support import serving, worker_env
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -40,15 +39,8 @@ def limited(model_dir, postgres, redis_server, s3, tmp_path_factory):
                      WORKER_MAX_AUDIO_SECONDS="30", WORKER_RATE_LIMIT_DAILY_UPLOAD_MB="60",
                      WORKER_MAX_PART_MB="8", WORKER_MAX_UPLOAD_TOTAL_MB="20", WORKER_MAX_UPLOAD_MB="2",
                      WORKER_RATE_LIMIT_DAILY_AUDIO_SECONDS="60")
-    migrated = subprocess.run([str(BIN), "migrate"], env=env, capture_output=True, text=True)
-    assert migrated.returncode == 0, migrated.stderr
-    log = tmp_path_factory.mktemp("brk46u") / "w.log"
-    proc, url = start_worker(env, log)
-    try:
-        wait_until(url, proc, log, ready=True)
+    with serving(env, tmp_path_factory.mktemp("brk46u") / "w.log") as (_, url):
         yield url, keys
-    finally:
-        stop_worker(proc)
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import time
 
 import httpx
 import psycopg
 import pytest
-from worker_helpers import AWS_ENV, BIN, metric, send_part
-from worker_support import start_worker, stop_worker, wait_until, worker_env
+from worker_helpers import AWS_ENV, metric, send_part
+from worker_support import serving, worker_env
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -38,16 +37,9 @@ def keeper(model_dir, postgres, s3, tmp_path_factory):
     env = worker_env(model_dir, WORKER_DATABASE_URL=database_url, WORKER_S3_ENDPOINT_URL=s3.endpoint_url,
                      WORKER_S3_BUCKET=bucket, WORKER_UPLOAD_EXPIRY_SECONDS="4", WORKER_JOB_LEASE_SECONDS="1.5",
                      WORKER_UPLOAD_RETENTION_HOURS=str(RETENTION_HOURS))
-    migrated = subprocess.run([str(BIN), "migrate"], env=env, capture_output=True, text=True)
-    assert migrated.returncode == 0, migrated.stderr
-    log = tmp_path_factory.mktemp("brk46k") / "w.log"
-    proc, url = start_worker(env, log)
-    try:
-        wait_until(url, proc, log, ready=False)  # uploads need no model
+    with serving(env, tmp_path_factory.mktemp("brk46k") / "w.log", ready=False) as (_, url):  # uploads need no model
         with httpx.Client(base_url=url, timeout=60) as http:
             yield http, database_url, client, bucket
-    finally:
-        stop_worker(proc)
 
 
 def _upload(http: httpx.Client, data: bytes) -> tuple[str, str]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import subprocess
 import time
 from types import SimpleNamespace
 
 import httpx
 import pytest
-from worker_helpers import BIN, metric, reversed_speech, sample, wait_for_job, wer
-from worker_support import start_worker, stop_worker, wait_until, worker_env
+from worker_helpers import metric, reversed_speech, sample, wait_for_job, wer
+from worker_support import serving, worker_env
 from opsctl import httpclient
 
 pytestmark = pytest.mark.integration
@@ -66,12 +65,7 @@ def test_a_transcription_past_its_budget_is_stopped(model_dir, postgres, s3, tmp
                      WORKER_DATABASE_URL=database_url,
                      WORKER_S3_ENDPOINT_URL=s3.endpoint_url, WORKER_S3_BUCKET=bucket,
                      WORKER_API_KEY_HASHES=hashlib.sha256(key.encode()).hexdigest())
-    migrated = subprocess.run([str(BIN), "migrate"], env=env, capture_output=True, text=True)
-    assert migrated.returncode == 0, migrated.stderr
-    log = tmp_path / "w.log"
-    proc, url = start_worker(env, log)
-    try:
-        wait_until(url, proc, log, ready=True)
+    with serving(env, tmp_path / "w.log") as (_, url):
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
         http.worker = SimpleNamespace(database_url=database_url)  # wait_for_job polls the row
         backwards = reversed_speech("passage")
@@ -86,8 +80,6 @@ def test_a_transcription_past_its_budget_is_stopped(model_dir, postgres, s3, tmp
         assert job["error"]["code"] == "transcription_budget_exceeded", job  # as the sync route (breaker 31 F8)
         text = http.get("/metrics").text
         assert stopped(text, "budget") == 2 and metric(text, "worker_transcriptions_in_progress") == 0
-    finally:
-        stop_worker(proc)
 
 
 def test_a_client_that_leaves_while_queued_is_not_charged(worker):

