@@ -101,6 +101,17 @@ def s3(tmp_path_factory) -> S3:
     procs.stop(pid)
 
 
+@pytest.fixture(autouse=True)
+def _secrets_remembered_by_the_test_only(monkeypatch):
+    """What a test's commands remember (opsctl.redact.remember) is forgotten after it: opsctl
+    runs one command per process, the suite runs many in one, and a key one test remembered
+    (LOADTEST_API_KEY=rate) masked another test's words ("spawn_***"). What fixtures of wider
+    scope remembered before the test stays."""
+    from opsctl import redact
+
+    monkeypatch.setattr(redact, "_known", set(redact._known))
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
