@@ -85,6 +85,7 @@ COUNT_SQL = ("select coalesce('select coalesce(json_agg(json_build_array(s, t, n
 
 # database settings in opsctl's namespace are opsctl's own record, never the source's: a backup
 # of a copy leaves them out, so a restore of it does not carry the mark to the live database
+# (in any letter case: PostgreSQL's setting names ignore it, breaker 47 F8)
 _OPSCTL_SETTING = "opsctl."
 
 
@@ -106,10 +107,12 @@ DB_PROPERTIES_SQL = (
     "'security_labels', (select coalesce(json_agg(json_build_array(l.provider, l.label) order by l.provider), '[]') "
     "from pg_shseclabel l where l.objoid = d.oid and l.classoid = 'pg_database'::regclass), "
     "'settings', (select coalesce(json_agg(json_build_array(case when s.setrole = 0 then null "
-    "else pg_get_userbyid(s.setrole) end, (select coalesce(json_agg(c), '[]') from unnest(s.setconfig) c "
-    f"where left(c, {len(_OPSCTL_SETTING)}) <> '{_OPSCTL_SETTING}')) "
+    "else pg_get_userbyid(s.setrole) end, f.config) "
     "order by s.setrole <> 0, pg_get_userbyid(s.setrole)), '[]') "
-    "from pg_db_role_setting s where s.setdatabase = d.oid)) "
+    "from pg_db_role_setting s cross join lateral (select json_agg(u.c order by u.n) as config "
+    "from unnest(s.setconfig) with ordinality u(c, n) "
+    f"where lower(left(u.c, {len(_OPSCTL_SETTING)})) <> '{_OPSCTL_SETTING}') f "
+    "where s.setdatabase = d.oid and f.config is not null)) "
     "from pg_database d where d.datname = current_database()")
 
 # Owners and privileges of everything pg_dump restores and a restore must bring back.
@@ -127,8 +130,8 @@ CATALOG_SQL = ("select json_build_object("
                "where d.datname = current_database()), "
                "'settings', (select coalesce(json_agg(x.s order by x.s), '[]') from (select unnest(r.setconfig) s "
                "from pg_db_role_setting r join pg_database d on d.oid = r.setdatabase "
-               f"where d.datname = current_database() and r.setrole = 0) x where left(x.s, {len(_OPSCTL_SETTING)}) "
-               f"<> '{_OPSCTL_SETTING}'), "
+               f"where d.datname = current_database() and r.setrole = 0) x where lower(left(x.s, "
+               f"{len(_OPSCTL_SETTING)})) <> '{_OPSCTL_SETTING}'), "
                # column, function and default privileges (pg_restore brings them back; compared too)
                # keyed by structure: (schema, table, column) and (schema, function, identity arguments)
                "'columns', (select coalesce(json_agg(json_build_array(n.nspname, c.relname, a.attname, "
@@ -511,13 +514,16 @@ def copy_mark(url: str, name: str) -> str | None:
 
 
 def sessions(url: str, name: str) -> list[str]:
-    """The sessions connected to database `name` other than opsctl's own, each as
-    "application (user@client)": a restore copy someone uses is not replaced (breaker 45 F10)."""
+    """The client sessions connected to database `name` other than opsctl's own, each as
+    "application (user@client)": a restore copy someone uses is neither replaced nor dropped
+    (breaker 45 F10, 47 F1). The server's own workers there (autovacuum, parallel workers) are
+    not clients (breaker 47 F8: a copy just restored was refused for its autovacuum worker)."""
     with _admin(url) as conn:
         rows = conn.execute(
             "select coalesce(nullif(application_name, ''), 'a client'), coalesce(usename, '?'), "
             "coalesce(host(client_addr), 'local') from pg_stat_activity "
-            "where datname = %s and pid <> pg_backend_pid() order by backend_start", (name,)).fetchall()
+            "where datname = %s and pid <> pg_backend_pid() and backend_type = 'client backend' "
+            "order by backend_start", (name,)).fetchall()
     return [f"{app} ({user}@{client})" for app, user, client in rows]
 
 

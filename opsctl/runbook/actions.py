@@ -694,16 +694,24 @@ def _check_drop_database(ctx: Context, name: str | None = None, **_known: Any) -
 @action("drop-database", check=_check_drop_database)
 def drop_database(ctx: Context, name: str, only_copy: bool = False) -> dict:
     """Remove a scratch database (a restore drill's); the environment's own is refused.
-    `only_copy`: drop it only when it is a restore's copy (postgres.copy_mark), else keep it
-    and say so (`kept`): a drill's clean-up after its restore found the name taken by another
-    application while it ran must not drop that database (breaker 45 F1)."""
+    `only_copy`: drop it only when it is a restore's copy (postgres.copy_mark) that no one is
+    connected to (postgres.sessions), else keep it and say so (`kept`, `why`): a drill's
+    clean-up after its restore found the name taken by another application while it ran must
+    not drop that database (breaker 45 F1), nor end the session of someone who started using
+    the old copy meanwhile (breaker 47 F1)."""
     from opsctl.backup import postgres
     from opsctl.endpoints import resolve
 
     _check_drop_database(ctx, name)
     url = resolve(ctx.project, ctx.env).database_url
-    if only_copy and postgres.database_exists(url, name) and not postgres.copy_mark(url, name):
-        return {"dropped": None, "kept": name, "why": "not a restore's copy (it is not marked as one)"}
+    if only_copy and postgres.database_exists(url, name):
+        if not postgres.copy_mark(url, name):
+            return {"dropped": None, "kept": name, "why": "not a restore's copy (it is not marked as one)"}
+        users = postgres.sessions(url, name)
+        if users:
+            return {"dropped": None, "kept": name,
+                    "why": f"a restore's copy in use ({len(users)} open session{'s' if len(users) > 1 else ''}: "
+                           f"{', '.join(users[:3])})"}
     postgres.drop_database(url, name)
     return {"dropped": name}
 

@@ -78,7 +78,12 @@ def test_the_copy_keeps_the_sources_comment_and_its_backup_leaves_the_mark_out(l
     env, url, backup_id = live_db
     with _admin(seeded) as conn:
         conn.execute("comment on database brk42_live is 'the live one'")
+        # breaker 47 F8: setting names ignore case; a mark spelled otherwise is opsctl's too
+        conn.execute(f"""alter database brk42_live set "Opsctl.Restore_Copy" to 'backup {backup_id}, """
+                     f"""restored 2026-12-01T02:03:04Z as {COPY}'""")
     made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    manifest = (tmp_path / "repo" / made["id"] / "manifest.json").read_bytes()
+    assert COPY_SETTING not in json.dumps(json.loads(manifest)).lower(), "a mark went into the backup"
     ok(runner.invoke(app, ["restore", "--env", env, "--id", made["id"], "--target-db", COPY, "--yes", "--json"]))
     with _admin(seeded) as conn:
         comment = conn.execute("select shobj_description(oid, 'pg_database') from pg_database where datname = %s",
@@ -91,7 +96,7 @@ def test_the_copy_keeps_the_sources_comment_and_its_backup_leaves_the_mark_out(l
                         database_url=make_conninfo(seeded.db_url, dbname=COPY), database={"name": COPY})
     of_copy = ok(runner.invoke(app, ["backup", "create", "--env", copy_env, "--type", "db", "--json"]))
     manifest = (tmp_path / "repo-copy" / of_copy["id"] / "manifest.json").read_bytes()
-    assert COPY_SETTING not in json.dumps(json.loads(manifest)), "the mark went into the copy's backup"
+    assert COPY_SETTING not in json.dumps(json.loads(manifest)).lower(), "the mark went into the copy's backup"
 
 
 def test_a_copy_marked_in_its_comment_by_an_earlier_opsctl_is_still_replaced(live_db, seeded, runner):  # noqa: F811
@@ -99,3 +104,41 @@ def test_a_copy_marked_in_its_comment_by_an_earlier_opsctl_is_still_replaced(liv
     _plant(seeded, comment=f"opsctl restore copy of backup {backup_id}, restored 2026-12-01T02:03:04Z as {COPY}")
     done = ok(_restore(runner, env, backup_id, "--replace-copy", "--json"))
     assert done["replaced_copy"].endswith(f" as {COPY}")
+
+
+def test_a_copy_that_comes_into_use_while_the_restore_runs_is_kept_and_said(live_db, seeded, runner,  # noqa: F811
+                                                                            monkeypatch, tmp_path):
+    """Breaker 47 F1: someone connected to the old copy while restore-drill@3's restore ran; the
+    restore blamed "someone else" for creating it, and the drill's clean-up step dropped it WITH
+    (FORCE), ending their session. Both now keep it, and say it is in use and by whom."""
+    from opsctl.backup import postgres as pgb
+    from opsctl.config import load_project
+    from opsctl.runbook import actions
+
+    env, url, backup_id = live_db
+    ok(runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", COPY, "--yes", "--json"]))
+    real, held = pgb.restore_into, []
+
+    def restored_then_someone_connects(*args, **kwargs):
+        counts = real(*args, **kwargs)
+        held.append(psycopg.connect(make_conninfo(seeded.db_url, dbname=COPY, application_name="analyst"),
+                                    autocommit=True))
+        return counts
+
+    monkeypatch.setattr(pgb, "restore_into", restored_then_someone_connects)
+    try:
+        line = one_line_error(_restore(runner, env, backup_id, "--replace-copy"), 1,
+                              f"the copy {COPY} came into use while the restore ran", "analyst")
+        assert "someone else" not in line
+        project = load_project(tmp_path / "ops")
+        out = actions.ACTIONS["drop-database"](actions.Context(project, project.env(env), True), name=COPY,
+                                               only_copy=True)
+        assert out["dropped"] is None and out["kept"] == COPY and "in use" in out["why"], out
+        assert held[0].execute("select 1").fetchone() == (1,)  # their session lives on
+    finally:
+        for conn in held:
+            conn.close()
+    with _admin(seeded) as conn:  # the new copy, kept under its scratch name as the line says
+        kept = [n for (n,) in conn.execute("select datname from pg_database where datname like %s",
+                                           (f"{COPY}_restoring_%",))]
+    assert len(kept) == 1 and kept[0] in line
