@@ -7,6 +7,7 @@ fix, not after minutes of load. Nothing here imports locust.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -160,12 +161,24 @@ def _out(value: str | None, option: str, example: str = "report.xml") -> Path | 
     return report_path(value, option, example=example)
 
 
+SHORT_KEY = 12  # characters: a key shorter than this masks ordinary words and figures that hold it
+
+
 def api_keys(api_key_env: str | None) -> list[str]:
     """Every API key a simulated user may send, from the environment: $`api_key_env`
     (deploy.api_key_env), $LOADTEST_API_KEY and $OPSCTL_WORKER_API_KEY (the locustfile's own
-    choice), the set ones only."""
+    choice), the set ones only. A key shorter than SHORT_KEY is warned about:
+    opsctl masks it wherever it shows, so a key `2000` turns a figure 2000 into `***` in every
+    output that may carry a target's text (breaker 45 F11, 47 F5); it is masked all the same."""
     names = dict.fromkeys(filter(None, (api_key_env, "LOADTEST_API_KEY", "OPSCTL_WORKER_API_KEY")))
-    return [value for value in (os.environ.get(name) for name in names) if value]
+    found = {name: os.environ[name] for name in names if os.environ.get(name)}
+    for name, value in found.items():
+        if len(value) < SHORT_KEY:
+            logging.getLogger("opsctl.loadtest").warning(
+                "$%s is %d characters long: opsctl masks it wherever it shows, so words and figures holding "
+                "it read '***' in failure texts and errors; a key of %d or more random characters avoids that",
+                name, len(value), SHORT_KEY)
+    return list(found.values())
 
 
 def _host(project: Project, env: Environment, host: str | None) -> str:
@@ -195,35 +208,56 @@ def target_url(url: str, what: str = "--host", api_key_env: str | None = None) -
     later output masks them (a target's error page may echo the Authorization header).
     Raises UsageError, one line naming `what` and never echoing a secret.
     """
+    import unicodedata
+
     from opsctl import redact
 
     keys = api_keys(api_key_env)
     redact.remember(*keys)
     key_vars = " or ".join(f"${v}" for v in dict.fromkeys(filter(None, (api_key_env, "LOADTEST_API_KEY"))))
     where_key = f"the platform's API key goes in {key_vars} (sent as 'Authorization: Bearer')"
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError as exc:  # 'http://[::1' and the like
-        raise UsageError(f"{what} is not a valid URL ({exc}); write e.g. http://127.0.0.1:8080") from None
-    # any '@': a password holding '/' ends the authority early and puts 'user:pass@' in the path
-    if "@" in url:
+    example = "write e.g. http://127.0.0.1:8080"
+    text = url.strip()
+    read = _readings(text)
+    found = {form for key in keys for form in redact.forms(key) if len(form) >= redact.MIN_SECRET}
+    if any(redact.mask_forms(r, found) != r for r in read):
+        raise UsageError(f"{what} holds the API key, which a load test refuses (it would show in ps, reports "
+                         f"and the run record); give the base URL only, e.g. http://127.0.0.1:8080: {where_key}")
+    # any '@', also one NFKC folds into it ('＠') or percent-encoded: a password holding '/' ends
+    # the authority early and puts 'user:pass@' in the path
+    if any("@" in r for r in read):
         raise UsageError(f"{what} carries credentials ('user:password@'), which a load test refuses (they "
                          f"would show in ps, reports and the run record); drop them: {where_key}")
-    if "?" in url or "#" in url:
+    if any("?" in r or "#" in r for r in (text, unicodedata.normalize("NFKC", text))):  # '%3F' is a literal '?'
         raise UsageError(f"{what} has a query or fragment ('?…', '#…'), where tokens ride, which a load "
                          f"test refuses; give the base URL only, e.g. http://127.0.0.1:8080; {where_key}")
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url.strip()):
-        raise UsageError(f"{what} '{url}' is not an http(s) URL; write e.g. http://127.0.0.1:8080")
+    # from here the URL is not echoed, nor the parser's text of it (it quotes the netloc)
     try:
+        parts = urlsplit(text)
         parts.port  # noqa: B018  (raises for 'http://h:99999' and 'http://h:x')
     except ValueError as exc:
-        raise UsageError(f"{what} '{url}': bad port ({exc}); write e.g. http://127.0.0.1:8080") from None
-    found = {form for key in keys for form in redact.forms(key) if len(form) >= redact.MIN_SECRET}
-    if redact.mask_forms(url, found) != url:
-        raise UsageError(f"{what} holds the API key (in its path), which a load test refuses (it would show "
-                         f"in ps, reports and the run record); give the base URL only, e.g. "
-                         f"http://127.0.0.1:8080: {where_key}")
-    return url.strip().rstrip("/")
+        bad_port = "port" in str(exc).lower()
+        raise UsageError(f"{what} has a bad port (a number from 1 to 65535 after the host's ':'); {example}"
+                         if bad_port else f"{what} is not a valid URL (a '[' left open, or characters NFKC "
+                                          f"folds into ':', '/', '?', '#' or '@'); {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in text):
+        raise UsageError(f"{what} is not an http(s) URL with a host and no blanks; {example}")
+    return text.rstrip("/")
+
+
+def _readings(url: str) -> list[str]:
+    """`url` as typed, NFKC-folded (IDNA folds a fullwidth host so), then percent-decoded up to
+    three times (a router decodes '%2D' before routing), each also folded: every way a secret
+    in it can read (breaker 47 F2, F7)."""
+    import unicodedata
+    from urllib.parse import unquote
+
+    out = [url, unicodedata.normalize("NFKC", url)]
+    decoded = url
+    for _ in range(3):
+        decoded = unquote(decoded)
+        out += [decoded, unicodedata.normalize("NFKC", decoded)]
+    return list(dict.fromkeys(out))
 
 
 def reachable(url: str, env: Environment, explicit: bool) -> None:

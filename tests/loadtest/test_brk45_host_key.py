@@ -36,19 +36,27 @@ def _nothing_written(ops_root, reports):
     "http://{hp}/{lower}",                    # in another letter case
     "http://{hp}/{encoded}",                  # percent-encoded
     "http://u:{key}@{hp}",                    # a password holding '/': 'u:Sk-…+9' is the authority
+    # breaker 47 F2: partly percent-encoded (a router decodes it before routing), and fullwidth
+    "http://{hp}/{partly}",
+    "http://{hp}/%{first:02X}{rest}",
+    "http://{hp}/{fullwidth}",
+    "http://{hp}:99999/{partly}",             # a bad port too: the key is named first, not the URL echoed
 ])
 @pytest.mark.parametrize("variable", ["LOADTEST_API_KEY", "OPSCTL_WORKER_API_KEY"])
 def test_a_host_holding_the_api_key_is_refused_and_never_shown(ops_root, http_server, monkeypatch,  # noqa: F811
                                                                 url, variable):
     monkeypatch.setenv(variable, KEY)
     reports = ops_root / "reports"
-    host = url.format(hp=http_server, key=KEY, lower=KEY.lower(), encoded=quote(KEY, safe=""))
+    host = url.format(hp=http_server, key=KEY, lower=KEY.lower(), encoded=quote(KEY, safe=""),
+                      partly=KEY.replace("-", "%2D", 1), first=ord(KEY[0]), rest=quote(KEY[1:], safe=""),
+                      fullwidth="".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in KEY))
     out = opsctl(ops_root, "loadtest", "run", "--host", host, "-u", "1", "-r", "1", "-t", "2s",
                  "--classes", "AdminUser", "--stop-timeout", "1s", "--slo", "requests>=0",
                  "--html", str(reports / "r.html"), "--junit", str(reports / "r.xml"))
     line = _one_line(out)
     assert "--host" in line and "LOADTEST_API_KEY" in line, line
-    for piece in (KEY, KEY.lower(), quote(KEY, safe=""), KEY[:9], KEY.split("/")[0]):
+    assert "holds the API key" in line or "credentials" in line, line
+    for piece in (KEY, KEY.lower(), quote(KEY, safe=""), KEY[:9], KEY.split("/")[0], "Zq=Xy7", "LoadTest"):
         assert piece not in out.stdout + out.stderr, piece
     _nothing_written(ops_root, reports)
 
@@ -58,6 +66,23 @@ def test_a_password_with_a_slash_is_refused_without_a_piece_of_it(ops_root, monk
     monkeypatch.delenv("LOADTEST_API_KEY", raising=False)
     line = _one_line(opsctl(ops_root, "loadtest", "run", "--host", f"http://u:{KEY}@127.0.0.1:8080"))
     assert "credentials" in line and "Sk-LoadTest" not in line and "bad port" not in line, line
+
+
+@pytest.mark.parametrize("host, says", [
+    ("http://admin:hunter2secret\uff20127.0.0.1:8080", "credentials"),       # fullwidth '@' (breaker 47 F7)
+    ("http://admin:hunter2secret\ufe6b127.0.0.1:8080", "credentials"),       # small '@'
+    ("http://admin:hunter2secret%40127.0.0.1:8080", "credentials"),          # percent-encoded '@'
+    ("http://127.0.0.1:hunter2secret/", "bad port"),                         # the port's text is not echoed
+    ("http://[hunter2secret/", "not a valid URL"),
+    ("ftp://hunter2secret.example/", "not an http(s) URL"),
+])
+def test_no_error_line_echoes_the_url(ops_root, monkeypatch, host, says):
+    """A password or token the user put in the URL, not known to opsctl as a key, is not
+    repeated by the line that refuses the URL (the parser's own text quotes the netloc)."""
+    monkeypatch.delenv("LOADTEST_API_KEY", raising=False)
+    for command in (("loadtest", "run", "--host", host), ("render", "locust", "--env", "local", "--host", host)):
+        line = _one_line(opsctl(ops_root, *command))
+        assert says in line and "hunter2" not in line, line
 
 
 def test_a_base_url_with_a_path_still_runs_checks(ops_root, monkeypatch):
@@ -75,6 +100,8 @@ def test_a_short_key_leaves_the_users_slo_text_in_the_last_line(ops_root, http_s
     out = opsctl(ops_root, "loadtest", "run", "--host", f"http://{http_server}", "-u", "1", "-r", "1",
                  "-t", "2s", "--classes", "TranscriptionUser", "--stop-timeout", "1s", "--slo", gate)
     assert out.code == 1, (out.code, out.stdout, out.stderr)
+    # and the user is told why figures holding it read '***' elsewhere (breaker 47 F5)
+    assert f"$LOADTEST_API_KEY is {len(key)} characters long: opsctl masks it wherever it shows" in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("opsctl: error: SLO breached: "), last
     for term in gate.split(","):  # each gate breached (no request succeeded), as the user wrote it

@@ -66,6 +66,8 @@ BROKEN_WORKER = textwrap.dedent('''
                                         + " pct: " + pct + " slash: " + token.decode().replace("/", "\\/")
                                         + " b64lower: " + base64.b64encode(token.lower()).decode()).encode(),
                                   "text/plain")
+            if MODE == "echo-late":  # the Authorization header echoed across the 200-character cut of a failure text
+                return self._send(500, ("x" * 183 + str(self.headers.get("Authorization"))).encode(), "text/plain")
             self._send(500, b'{"error": "boom"}')
         do_GET = do_POST = do_HEAD = _answer
         def log_message(self, *a):
@@ -104,7 +106,7 @@ def _target(folder, mode: str):
 def targets(tmp_path_factory):
     """One broken worker per mode: {"500": url, "hang": url, "slow": url}."""
     started = {mode: _target(tmp_path_factory.mktemp(f"target-{mode}"), mode)
-               for mode in ("500", "hang", "slow", "garbage", "echo")}
+               for mode in ("500", "hang", "slow", "garbage", "echo", "echo-late")}
     yield {mode: url for mode, (_proc, url) in started.items()}
     for proc, _url in started.values():
         proc.terminate()
@@ -287,6 +289,29 @@ def test_an_api_key_echoed_by_the_target_reaches_no_report(ops_root, targets, mo
     for text in [out.stdout, out.stderr, *(p.read_text() for p in written)]:
         for spelling in spellings:
             assert spelling not in text and urllib.parse.quote(spelling) not in text, spelling
+
+
+def test_the_key_of_deploy_api_key_env_is_masked_before_a_failure_text_is_cut(ops_root, targets, monkeypatch,
+                                                                             tmp_path):
+    """Breaker 47 F3: with the key in $MY_KEY (deploy.api_key_env) and neither $LOADTEST_API_KEY
+    nor $OPSCTL_WORKER_API_KEY set, the locustfile masked neither before cutting an answer at 200
+    characters, and the first 10 characters of the key reached every report."""
+    key = "sk-live-abcdef123456"
+    config = ops_root / "opsctl.yaml"
+    text = config.read_text()
+    assert "    platform: local\n" in text
+    config.write_text(text.replace("    platform: local\n", "    platform: local\n    deploy: {api_key_env: MY_KEY}\n", 1))
+    for name in ("LOADTEST_API_KEY", "OPSCTL_WORKER_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MY_KEY", key)
+    reports = tmp_path / "reports"
+    out = _run(ops_root, targets["echo-late"], "0", "error_rate<1%", "--classes", "TranscriptionUser=1",
+               "--html", str(reports / "r.html"), "--csv", str(reports / "r"), "--junit", str(reports / "r.xml"))
+    assert out.code == 1, (out.stdout, out.stderr)
+    assert any("x" * 100 + "xBearer ***" in f["error"] for f in out.doc["failures"]), out.doc["failures"]
+    written = [*reports.iterdir(), *(ops_root / ".opsctl" / "loadtests").iterdir()]
+    for text in [out.stdout, out.stderr, *(p.read_text() for p in written)]:
+        assert key[:10] not in text
 
 
 def test_a_locustfile_without_its_speech_samples_is_one_line_before_any_load(ops_root, targets, monkeypatch, tmp_path):
