@@ -56,8 +56,10 @@ class DatabaseArgs:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.backup_retention_days < 7:
-            raise ValueError("keep at least 7 days of database backups (point-in-time recovery)")
+        if self.backup_retention_days < 7:  # it is the stack's transcribe:dbBackupRetentionDays (program.py)
+            raise ValueError(f"transcribe:dbBackupRetentionDays is {self.backup_retention_days}: keep at least 7 days "
+                             "of database backups (point-in-time recovery); write e.g. "
+                             "transcribe:dbBackupRetentionDays: 7")
 
     @property
     def parameter_family(self) -> str:

@@ -6,11 +6,16 @@ itself: it receives explicit arguments (nat_per_az, multi_az, ...) that tests ca
 
 Every value is read by type (the readers below): a string setting must be a non-empty string,
 a list a list of non-empty strings, a number a whole number within the bounds AWS documents,
-`kubernetesVersion` a "MAJOR.MINOR" string, `tags` a mapping of string to string. A value that
-is not is a ValueError naming its key, what is wrong and what to write instead (opsctl turns it
-into one line naming the stack file: opsctl.infra.target.refused_config). A key that is absent
-takes its default; a key that is present is never silently replaced by one (breaker 45 F7:
-`dbAllocatedStorage: 0` became 50, `dbInstanceClass: [a, b]` became the class '["a","b"]').
+`kubernetesVersion` a "MAJOR.MINOR" string of a version EKS offers, `tags` a mapping of string
+to string. Then by what AWS takes, each rule with its source where it is defined: a name is one
+AWS (or Kubernetes) accepts for that resource (NAME_RULES), every Availability Zone one of
+`aws:region`'s, by name, once; a tag is of AWS's characters, without its reserved `aws:` prefix,
+not one the program sets with another value, and the tags fit AWS's 50 per resource with those
+the program and Karpenter add. A value that is not is a ValueError naming its key, what is wrong
+and what to write instead (opsctl turns it into one line naming the stack file, exit 2:
+opsctl.infra.target.refused_config). A key that is absent takes its default; a key that is
+present is never silently replaced by one (breaker 45 F7: `dbAllocatedStorage: 0` became 50,
+`dbInstanceClass: [a, b]` became the class '["a","b"]').
 
 How Pulumi hands values over: a stack file's list or mapping is a structured value whose
 `Config.get` is its JSON text; a scalar (a number, a boolean) is its text. So the program sees
@@ -22,8 +27,9 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import pulumi
 
@@ -51,6 +57,73 @@ TEXT_SETTINGS = {
 }
 VERSION_KEY = "transcribe:kubernetesVersion"
 VERSION = re.compile(r"[1-9][0-9]*\.(0|[1-9][0-9]*)")  # MAJOR.MINOR, as EKS's CreateCluster `version`
+# EKS offers only Kubernetes 1.x, each minor for 14 months of standard and 12 of extended support
+# ("Understand the Kubernetes version lifecycle on EKS",
+# https://docs.aws.amazon.com/eks/latest/userguide/kubernetes-versions.html); 1.28 was the oldest it
+# still offered in 2025 (release calendar there; https://endoflife.date/amazon-eks). A floor, not a
+# list of versions: below it is refused here, a minor EKS has not released yet is left to EKS.
+EKS_MIN_VERSION = (1, 28)
+
+
+class NameRule(NamedTuple):
+    """What AWS (or Kubernetes) takes as one name setting: `pattern` (whole value), `low` to
+    `high` characters, `what` for the message, `source` where the rule is documented."""
+
+    pattern: re.Pattern[str]
+    low: int
+    high: int
+    what: str
+    source: str
+
+
+# RDS and ElastiCache: a letter first, then letters, digits and single hyphens, no hyphen last.
+# Both store the identifier lowercased, so an upper-case letter would silently name another
+# resource than the stack file: lowercase only.
+_AWS_IDENTIFIER = re.compile(r"[a-z](?:-?[a-z0-9])*")
+_AWS_IDENTIFIER_WHAT = "lowercase letters, digits and single hyphens, starting with a letter, not ending with a hyphen"
+_BUCKET_WHAT = "lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+NAME_RULES = {
+    # CreateCluster `name`: 1-100, ^[0-9A-Za-z][A-Za-z0-9\-_]*
+    # (https://docs.aws.amazon.com/eks/latest/APIReference/API_CreateCluster.html); at most 56 here,
+    # so that the system node group, "<name>-system" (cluster.py), fits a node group name's 63
+    # characters (pulumi_aws eks.NodeGroup `node_group_name`: "can't be longer than 63 characters").
+    "transcribe:clusterName": NameRule(
+        re.compile(r"[0-9A-Za-z][A-Za-z0-9_-]*"), 1, 56,
+        "letters, digits, hyphens and underscores, starting with a letter or digit",
+        "EKS CreateCluster name; 56 so that the node group <name>-system fits EKS's 63"),
+    # CreateDBInstance `DBInstanceIdentifier`: 1-63 letters, digits or hyphens, a letter first, no
+    # hyphen last and no two in a row, "stored as a lowercase string"
+    # (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBInstance.html); at most
+    # 55 here, so that the read replica, "<identifier>-replica" (database.py), fits the 63.
+    "transcribe:dbIdentifier": NameRule(
+        _AWS_IDENTIFIER, 1, 55, _AWS_IDENTIFIER_WHAT,
+        "RDS CreateDBInstance DBInstanceIdentifier; 55 so that <identifier>-replica fits RDS's 63"),
+    # CreateReplicationGroup `ReplicationGroupId`: 1-40, the same rules, stored lowercased
+    # (https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_CreateReplicationGroup.html).
+    "transcribe:cacheReplicationGroupId": NameRule(
+        _AWS_IDENTIFIER, 1, 40, _AWS_IDENTIFIER_WHAT, "ElastiCache CreateReplicationGroup ReplicationGroupId"),
+    # General purpose bucket naming rules (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
+    # bucketnamingrules.html): 3-63 characters; the rest of that page in BUCKET_RESERVED below.
+    "transcribe:audioBucket": NameRule(
+        re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]"), 3, 63, _BUCKET_WHAT, "S3 general purpose bucket naming rules"),
+    "transcribe:backupsBucket": NameRule(
+        re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]"), 3, 63, _BUCKET_WHAT, "S3 general purpose bucket naming rules"),
+    # A Namespace's name is an RFC 1123 label: at most 63 characters, [a-z0-9]([-a-z0-9]*[a-z0-9])?
+    # (https://kubernetes.io/docs/concepts/overview/working-with-objects/names/#dns-label-names).
+    "transcribe:namespace": NameRule(
+        re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"), 1, 63,
+        "lowercase letters, digits and hyphens, starting and ending with a letter or digit",
+        "Kubernetes namespace: an RFC 1123 label"),
+}
+# The bucket naming rules' reserved forms (same page): no two adjacent dots, not an IP address,
+# none of these prefixes or suffixes.
+BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+# An Availability Zone's name is its Region's code followed by a letter, e.g. eu-west-1a
+# ("AWS Availability Zones", https://docs.aws.amazon.com/global-infrastructure/latest/regions/
+# aws-availability-zones.html). An AZ ID (euw1-az1, same page) is refused: network.py gives each
+# subnet its zone as `availability_zone`, which takes a name (an ID goes in availability_zone_id).
+AZ_ID = re.compile(r"[a-z]{3,}[0-9]+-az[0-9]+")
 
 # RDS for PostgreSQL on General Purpose SSD (gp3, database.py's storage_type): "Must be an integer
 # from 20 to 65536" GiB (CreateDBInstance, AllocatedStorage:
@@ -72,6 +145,33 @@ GPU_LIMIT_RULE = (f"{MAX_NODES:,} nodes per Kubernetes cluster x {max(GPUS_PER_I
 # User-defined AWS tags: keys 1 to 128 characters, values 0 to 256 (the Tag data type of the AWS
 # APIs, e.g. https://docs.aws.amazon.com/kms/latest/APIReference/API_Tag.html).
 TAG_KEY_CHARS, TAG_VALUE_CHARS = 128, 256
+# AWS's tag rules across services (each service's Tag type and tag restrictions, e.g.
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-properties-ecs-service-tag.html,
+# https://docs.aws.amazon.com/batch/latest/userguide/tag-restrictions.html): at most 50
+# user tags per resource; keys and values of letters, digits and spaces representable in UTF-8
+# and _ . : / = + - @ (the Tag pattern ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$); "aws:" in any case is
+# reserved for AWS as a prefix of keys and values.
+MAX_TAGS = 50
+TAG_SYMBOLS = "_.:/=+-@"
+TAG_CHARS_WHAT = "letters, digits, spaces and _ . : / = + - @"
+AWS_TAG_PREFIX = "aws:"
+# Karpenter's own tags on every instance it launches (the GPU nodes), which its EC2NodeClass
+# refuses in spec.tags, where gpu.py puts the stack's tags: Name, karpenter.sh/nodepool,
+# karpenter.sh/nodeclaim, karpenter.k8s.aws/ec2nodeclass, eks:eks-cluster-name and
+# kubernetes.io/cluster/<cluster> (karpenter-provider-aws pkg/apis/v1/labels.go, NameTagKey and
+# RestrictedTagPatterns; https://karpenter.sh/docs/concepts/nodeclasses/#spectags).
+KARPENTER_TAGS = ("Name", "karpenter.sh/nodepool", "karpenter.sh/nodeclaim", "karpenter.k8s.aws/ec2nodeclass",
+                  "eks:eks-cluster-name", "kubernetes.io/cluster/")
+# Keys the stack's tags may not set: what the program sets per resource (Name: with_name; opsctl:
+# the replica's role and primary, a bucket's purpose, which failover and the policy checks go by;
+# kubernetes.io/: the subnets' load balancer and cluster tags) and Karpenter's. A stack tag goes
+# to every resource, so it would be refused (EC2NodeClass) or change what those tags mean.
+OWN_TAG_KEYS = ("Name",)
+OWN_TAG_PREFIXES = ("opsctl:", "kubernetes.io/", "karpenter.sh/", "karpenter.k8s.aws/", "eks:")
+# The most tags one resource carries besides the stack's: REQUIRED_TAGS plus Karpenter's on a GPU
+# instance (3 + 6); every other resource gets fewer (a private subnet: Name and 2 kubernetes.io/
+# tags; the replica: Name and 2 opsctl: tags; a bucket: Name and opsctl:purpose).
+ADDED_TAGS = len(REQUIRED_TAGS) + len(KARPENTER_TAGS)
 
 
 def _shown(value: Any) -> str:
@@ -121,15 +221,56 @@ def text_value(key: str, value: Any) -> str:
     return value
 
 
+def name_value(key: str, value: str) -> str:
+    """`value` of the name setting `key` if it is one AWS or Kubernetes takes (NAME_RULES, with
+    the S3 bucket rules' reserved forms); ValueError naming the key, the rule and its source."""
+    rule = NAME_RULES.get(key)
+    if rule is None:
+        return value
+    why = ""
+    if not rule.low <= len(value) <= rule.high:
+        why = f"{len(value)} characters; it must be {rule.low} to {rule.high}"
+    elif not rule.pattern.fullmatch(value):
+        why = f"it must be {rule.what}"
+    elif key in ("transcribe:audioBucket", "transcribe:backupsBucket"):
+        why = ("two dots in a row" if ".." in value else
+               "an IP address" if re.fullmatch(r"[0-9]+(\.[0-9]+){3}", value) else
+               next((f"the reserved prefix {p}" for p in BUCKET_PREFIXES if value.startswith(p)), "") or
+               next((f"the reserved suffix {x}" for x in BUCKET_SUFFIXES if value.endswith(x)), ""))
+    if why:
+        raise ValueError(f"{key} is {_shown(value)}: {why} ({rule.source}); "
+                         f"write e.g. {key}: {TEXT_SETTINGS.get(key, 'a-name')}")
+    return value
+
+
 def _text(cfg: pulumi.Config, key: str, default: str | None = None) -> str:
-    """The string setting `key` (text_value's rules); absent: `default`, or with none Pulumi's
-    ConfigMissingError."""
+    """The string setting `key` (text_value's rules, and name_value's for a name); absent:
+    `default`, or with none Pulumi's ConfigMissingError."""
     raw = cfg.get(key)
     if raw is None:
         if default is None:
             _missing(cfg, key)
         return default
-    return text_value(cfg.full_key(key), _decoded(raw))
+    full = cfg.full_key(key)
+    return name_value(full, text_value(full, _decoded(raw)))
+
+
+def _zones(cfg: pulumi.Config, key: str, region: str) -> list[str]:
+    """The Availability Zones (required, at least one): each a zone of `region` by name (the
+    region's code and one letter, e.g. eu-west-1a; AZ_ID), each once. ValueError naming the key."""
+    full, example = cfg.full_key(key), f"[{region}a, {region}b, {region}c]"
+    zones = _texts(cfg, key, None, example, 1)
+    for zone in zones:
+        if AZ_ID.fullmatch(zone):
+            raise ValueError(f"{full} holds {zone!r}, an AZ ID: the subnets take the zone's name (the region's "
+                             f"code and a letter); write e.g. {full}: {example}")
+        if not re.fullmatch(re.escape(region) + "[a-z]", zone):
+            raise ValueError(f"{full} holds {zone!r}, not an Availability Zone of aws:region {region} (its name "
+                             f"is the region's code and a letter); write e.g. {full}: {example}")
+        if zones.count(zone) > 1:
+            raise ValueError(f"{full} names {zone!r} {zones.count(zone)} times: each zone gets its own subnets, "
+                             f"name it once; write e.g. {full}: {example}")
+    return zones
 
 
 def _texts(cfg: pulumi.Config, key: str, default: list[str] | tuple[str, ...] | None, example: str,
@@ -179,12 +320,35 @@ def _version(cfg: pulumi.Config, key: str, default: str) -> str:
     if not VERSION.fullmatch(value):
         raise ValueError(f"{full} is {_shown(value)}, not a Kubernetes MAJOR.MINOR version; "
                          f"write one EKS supports, quoted, e.g. {full}: '{default}'")
+    major, minor = (int(part) for part in value.split("."))
+    if major != EKS_MIN_VERSION[0] or minor < EKS_MIN_VERSION[1]:
+        floor = ".".join(map(str, EKS_MIN_VERSION))
+        raise ValueError(f"{full} is {_shown(value)}, not a version EKS offers (1.x, {floor} or later: EKS's "
+                         f"Kubernetes version lifecycle); write one, quoted, e.g. {full}: '{default}'")
     return value
 
 
-def _tags(cfg: pulumi.Config, key: str) -> dict[str, str]:
+def required_tags(environment: str) -> dict[str, str]:
+    """The REQUIRED_TAGS the program puts on every resource, with their values."""
+    return {"project": PROJECT, "environment": environment, "managed-by": "pulumi"}
+
+
+def _tag_problem(text: str) -> str:
+    """Why AWS would refuse `text` as a tag key or value ('' when it would not): the reserved
+    aws: prefix, or a character outside TAG_CHARS_WHAT (the Tag pattern's \\p{L}, \\p{Z} and
+    \\p{N} are Unicode's letter, separator and number categories: L*, Z*, N*)."""
+    if text.lower().startswith(AWS_TAG_PREFIX):
+        return f"starts with {text[:4]!r}, a prefix AWS keeps for its own tags"
+    bad = next((c for c in text if unicodedata.category(c)[0] not in "LNZ" and c not in TAG_SYMBOLS), None)
+    return "" if bad is None else f"holds {bad!r}; AWS takes only {TAG_CHARS_WHAT} in tags"
+
+
+def _tags(cfg: pulumi.Config, key: str, required: Mapping[str, str]) -> dict[str, str]:
     """Extra tags: a mapping of tag key (1-128 characters) to string value (0-256; '' allowed, as
-    AWS allows); absent: none. ValueError naming the key and the tag otherwise."""
+    AWS allows), each of AWS's characters and without its aws: prefix (_tag_problem); no key the
+    program or Karpenter sets (OWN_TAG_KEYS, OWN_TAG_PREFIXES), a `required` key only with the
+    program's value; at most MAX_TAGS - ADDED_TAGS others. Absent: none. ValueError naming the
+    key and the tag otherwise."""
     full, raw = cfg.full_key(key), cfg.get(key)
     if raw is None:
         return {}
@@ -201,6 +365,21 @@ def _tags(cfg: pulumi.Config, key: str) -> dict[str, str]:
             raise ValueError(f"{full}: tag {name!r} is {_shown(text)}, not a string; {fix}")
         if len(text) > TAG_VALUE_CHARS:
             raise ValueError(f"{full}: tag {name!r} is {len(text)} characters; AWS takes at most {TAG_VALUE_CHARS}")
+        for part, problem in (("name", _tag_problem(name)), ("value", _tag_problem(text))):
+            if problem:
+                raise ValueError(f"{full}: tag {name!r}: its {part} {problem}; write e.g. {full}: {{team: speech}}")
+        if name in OWN_TAG_KEYS or name.startswith(OWN_TAG_PREFIXES):
+            raise ValueError(f"{full}: tag {name!r} is one the program or Karpenter sets itself (Name, opsctl:, "
+                             "kubernetes.io/, karpenter.sh/, karpenter.k8s.aws/, eks:); remove it or use another name")
+        if name in required and text != required[name]:
+            raise ValueError(f"{full}: tag {name!r} is {text!r}, but the program tags every resource "
+                             f"{name}={required[name]!r}; remove it from {full}")
+    own = [name for name in value if name not in required]
+    if len(own) + ADDED_TAGS > MAX_TAGS:
+        raise ValueError(f"{full} has {len(own)} tags: with the {ADDED_TAGS} the program and Karpenter add "
+                         f"({', '.join(REQUIRED_TAGS)}; Karpenter's {len(KARPENTER_TAGS)} on a GPU node) a resource "
+                         f"would carry {len(own) + ADDED_TAGS}, and AWS takes {MAX_TAGS}; "
+                         f"keep at most {MAX_TAGS - ADDED_TAGS}")
     return value
 
 
@@ -253,8 +432,7 @@ class StackSettings:
     @property
     def tags(self) -> dict[str, str]:
         """The tags of every resource: who owns it and which environment it belongs to."""
-        return {**self.extra_tags, "project": PROJECT, "environment": self.environment,
-                "managed-by": "pulumi"}
+        return {**self.extra_tags, **required_tags(self.environment)}
 
     # What production keeps and the other environments save money on.
     @property
@@ -287,17 +465,25 @@ class StackSettings:
         (RDS for PostgreSQL on gp3) and dbBackupRetentionDays 0-35 days, both from AWS's
         CreateDBInstance API reference; gpuMaxSize 1-40,000 GPUs (GPU_LIMIT: Kubernetes' 5,000
         nodes per cluster x 8 GPUs per instance); tags as AWS's Tag type (keys 1-128 characters,
-        values 0-256). Raises ValueError naming the key for a value of the wrong type or out of
-        bounds, and Pulumi's ConfigMissingError (a required key unset) or ConfigTypeError (a
+        values 0-256) and tag rules (_tags); names by NAME_RULES, the two buckets distinct;
+        availabilityZones by _zones; kubernetesVersion 1.28 or later (EKS_MIN_VERSION). Raises
+        ValueError naming the key for a value of the wrong type, out of bounds or not one AWS
+        takes, and Pulumi's ConfigMissingError (a required key unset) or ConfigTypeError (a
         number or flag that is not one)."""
 
         cfg = pulumi.Config(PROJECT)
         production = cfg.get_bool("production") or False
+        environment, region = _text(cfg, "environment"), _text(pulumi.Config("aws"), "region")
+        audio_bucket, backups_bucket = _text(cfg, "audioBucket"), _text(cfg, "backupsBucket")
+        if audio_bucket == backups_bucket:
+            raise ValueError(f"transcribe:backupsBucket is {backups_bucket!r}, the audio bucket's name too (an S3 "
+                             "bucket name is unique); give it its own, e.g. transcribe:backupsBucket: "
+                             f"{TEXT_SETTINGS['transcribe:backupsBucket']}")
         return cls(
-            environment=_text(cfg, "environment"),
+            environment=environment,
             production=production,
-            region=_text(pulumi.Config("aws"), "region"),
-            availability_zones=_texts(cfg, "availabilityZones", None, "[eu-west-1a, eu-west-1b, eu-west-1c]", 1),
+            region=region,
+            availability_zones=_zones(cfg, "availabilityZones", region),
             vpc_cidr=_text(cfg, "vpcCidr", "10.0.0.0/16"),
             db_identifier=_text(cfg, "dbIdentifier"),
             db_instance_class=_text(cfg, "dbInstanceClass", "db.t4g.medium"),
@@ -306,8 +492,8 @@ class StackSettings:
                                             DB_BACKUP_RETENTION_DAYS, "days", DB_BACKUP_RETENTION_RULE),
             cache_replication_group_id=_text(cfg, "cacheReplicationGroupId"),
             cache_node_type=_text(cfg, "cacheNodeType", "cache.t4g.small"),
-            audio_bucket=_text(cfg, "audioBucket"),
-            backups_bucket=_text(cfg, "backupsBucket"),
+            audio_bucket=audio_bucket,
+            backups_bucket=backups_bucket,
             cluster_name=_text(cfg, "clusterName"),
             namespace=_text(cfg, "namespace", "transcribe"),
             gpu_instance_types=_texts(cfg, "gpuInstanceTypes", GPU_INSTANCE_TYPES, "[g5.xlarge, g6.xlarge]", 1),
@@ -316,7 +502,7 @@ class StackSettings:
             kubernetes_version=_version(cfg, "kubernetesVersion", "1.33"),
             api_allowed_cidrs=_texts(cfg, "apiAllowedCidrs", [], "[203.0.113.0/24]"),
             api_key_hashes=_texts(cfg, "apiKeyHashes", [], "['<64 hex digits>']"),
-            extra_tags=_tags(cfg, "tags"),
+            extra_tags=_tags(cfg, "tags", required_tags(environment)),
         )
 
 

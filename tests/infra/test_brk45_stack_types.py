@@ -95,6 +95,64 @@ PROGRAM_REFUSES = [
     ("tags", "[team]", 'transcribe:tags is a list ["team"], not a mapping of tag name to text'),
 ]
 
+SIXTY_TAGS = "{" + ", ".join(f"t{i}: x" for i in range(60)) + "}"
+# Breaker 47: values of the right type that passed every policy, but AWS or EKS refuse them, or
+# they silently change meaning (a tag the program overrides, a backup floor that named no key).
+AWS_REFUSES = [
+    # tags: AWS's reserved prefix, its characters, 50 per resource with the program's and Karpenter's
+    ("tags", "{'aws:team': speech}", "transcribe:tags: tag 'aws:team': its name starts with 'aws:', a prefix AWS "
+                                     "keeps for its own tags; write e.g. transcribe:tags: {team: speech}"),
+    ("tags", "{team: 'AWS:speech'}", "transcribe:tags: tag 'team': its value starts with 'AWS:', a prefix AWS keeps"),
+    ("tags", SIXTY_TAGS, "transcribe:tags has 60 tags: with the 9 the program and Karpenter add (project, "
+                         "environment, managed-by; Karpenter's 6 on a GPU node) a resource would carry 69, and AWS "
+                         "takes 50; keep at most 41"),
+    ("tags", "{'team name#1!': 'x*y'}", "transcribe:tags: tag 'team name#1!': its name holds '#'; AWS takes only "
+                                        "letters, digits, spaces and _ . : / = + - @ in tags"),
+    ("tags", "{team: 'x*y'}", "transcribe:tags: tag 'team': its value holds '*'; AWS takes only letters"),
+    # a required tag the program would silently override, and keys the program or Karpenter set
+    ("tags", "{environment: production}", "transcribe:tags: tag 'environment' is 'production', but the program tags "
+                                          "every resource environment='staging'; remove it from transcribe:tags"),
+    ("tags", "{project: other}", "transcribe:tags: tag 'project' is 'other', but the program tags every resource "
+                                 "project='transcribe'"),
+    ("tags", "{Name: web}", "transcribe:tags: tag 'Name' is one the program or Karpenter sets itself"),
+    ("tags", "{'opsctl:role': read-replica}", "transcribe:tags: tag 'opsctl:role' is one the program or Karpenter"),
+    ("tags", "{'kubernetes.io/cluster/x': owned}", "transcribe:tags: tag 'kubernetes.io/cluster/x' is one the"),
+    # Availability Zones: of aws:region (eu-west-1 here), by name, each once
+    ("availabilityZones", "[us-east-1a, us-east-1b]",
+     "transcribe:availabilityZones holds 'us-east-1a', not an Availability Zone of aws:region eu-west-1 (its name "
+     "is the region's code and a letter); write e.g. transcribe:availabilityZones: [eu-west-1a, eu-west-1b, "
+     "eu-west-1c]"),
+    ("availabilityZones", "[eu-west-1a, eu-west-1a]", "transcribe:availabilityZones names 'eu-west-1a' 2 times"),
+    ("availabilityZones", "[euw1-az1, euw1-az2]", "transcribe:availabilityZones holds 'euw1-az1', an AZ ID"),
+    ("availabilityZones", "[eu-west-1-lax-1a]", "transcribe:availabilityZones holds 'eu-west-1-lax-1a', not an"),
+    # a MAJOR.MINOR EKS does not offer
+    ("kubernetesVersion", "'1.3'", "transcribe:kubernetesVersion is '1.3', not a version EKS offers (1.x, 1.28 or "
+                                   "later: EKS's Kubernetes version lifecycle); write one, quoted, e.g. "
+                                   "transcribe:kubernetesVersion: '1.33'"),
+    ("kubernetesVersion", "'1.27'", "transcribe:kubernetesVersion is '1.27', not a version EKS offers"),
+    ("kubernetesVersion", "'2.30'", "transcribe:kubernetesVersion is '2.30', not a version EKS offers"),
+    # the EKS cluster's name (the other names opsctl.yaml also names: tests/stacks/test_stacks_settings_types.py)
+    ("clusterName", "'Transcribe Staging!'", "transcribe:clusterName is 'Transcribe Staging!': it must be letters, "
+                                             "digits, hyphens and underscores, starting with a letter or digit (EKS "
+                                             "CreateCluster name; 56 so that the node group <name>-system fits "
+                                             "EKS's 63); write e.g. transcribe:clusterName: transcribe-staging"),
+    ("clusterName", "-transcribe", "transcribe:clusterName is '-transcribe': it must be letters, digits"),
+    ("clusterName", "a" * 57, "transcribe:clusterName is 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa': "
+                              "57 characters; it must be 1 to 56"),
+    # inside AWS's 0-35 days, under the program's 7: the line names the key
+    ("dbBackupRetentionDays", "3", "transcribe:dbBackupRetentionDays is 3: keep at least 7 days of database backups "
+                                   "(point-in-time recovery); write e.g. transcribe:dbBackupRetentionDays: 7"),
+]
+
+
+@pytest.mark.parametrize("key, value, said", AWS_REFUSES, ids=[f"{k}={v}"[:40] for k, v, _ in AWS_REFUSES])
+def test_a_value_aws_refuses_or_that_changes_meaning_is_one_line(runner, program_copy, key, value, said):
+    stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"
+    set_value(stack_file, key, value)
+    for out in refusals(runner, program_copy):
+        assert out.startswith(f"opsctl: error: {stack_file}: {REFUSED}{said}"), out
+        assert out.endswith("; fix the value it names"), out
+
 
 @pytest.mark.parametrize("key, value, said", PROGRAM_REFUSES,
                          ids=[f"{k}={v or 'null'}"[:40] for k, v, _ in PROGRAM_REFUSES])
@@ -116,9 +174,17 @@ def test_the_stacks_environment_must_be_the_environments_name(runner, program_co
                        "names this environment 'staging' (environments.staging); make them the same"), out
 
 
+FORTY_ONE_TAGS = "{" + ", ".join(f"t{i}: x" for i in range(41)) + ", environment: staging}"
+
+
 @pytest.mark.parametrize("key, value", [
     ("dbAllocatedStorage", "20"), ("dbAllocatedStorage", "65536"), ("dbBackupRetentionDays", "35"),
     ("kubernetesVersion", "'1.30'"), ("tags", "{team: speech, cost-center: ''}"), ("gpuMaxSize", "40000"),
+    ("dbBackupRetentionDays", "7"), ("kubernetesVersion", "'1.28'"), ("kubernetesVersion", "'1.40'"),
+    ("tags", FORTY_ONE_TAGS), ("tags", "{'équipe vocale': 'a-z_0.9:/=+@ ü'}"),
+    ("tags", "{project: transcribe, managed-by: pulumi}"),
+    ("availabilityZones", "[eu-west-1b, eu-west-1a]"), ("clusterName", "Transcribe_Staging-2"),
+    ("clusterName", "a" * 56),
 ])
 def test_right_values_at_the_bounds_pass(runner, program_copy, key, value):
     stack_file = program_copy / "stacks" / "Pulumi.staging.yaml"

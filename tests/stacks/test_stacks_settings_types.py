@@ -69,6 +69,72 @@ def test_the_program_refuses_what_pulumi_hands_it_by_key(key, value, said):
 
 
 @pytest.mark.parametrize("key, value, said", [
+    # names AWS or Kubernetes refuse (opsctl also compares these with opsctl.yaml, so the CLI test
+    # changes clusterName only): RDS, ElastiCache, S3, the namespace
+    ("transcribe:dbIdentifier", "transcribe--staging", "transcribe:dbIdentifier is 'transcribe--staging': it must be "
+     "lowercase letters, digits and single hyphens, starting with a letter, not ending with a hyphen (RDS "
+     "CreateDBInstance DBInstanceIdentifier; 55 so that <identifier>-replica fits RDS's 63); write e.g. "
+     "transcribe:dbIdentifier: transcribe-staging"),
+    ("transcribe:dbIdentifier", "1transcribe", "transcribe:dbIdentifier is '1transcribe': it must be lowercase"),
+    ("transcribe:dbIdentifier", "transcribe-", "transcribe:dbIdentifier is 'transcribe-': it must be lowercase"),
+    ("transcribe:dbIdentifier", "Transcribe-Staging", "transcribe:dbIdentifier is 'Transcribe-Staging': it must be"),
+    ("transcribe:dbIdentifier", "t" * 56, "transcribe:dbIdentifier is 'tttt"),
+    ("transcribe:cacheReplicationGroupId", "c" * 41, "transcribe:cacheReplicationGroupId is 'cccc"),
+    ("transcribe:cacheReplicationGroupId", "cache_1", "transcribe:cacheReplicationGroupId is 'cache_1': it must be"),
+    ("transcribe:audioBucket", "Transcribe_Audio", "transcribe:audioBucket is 'Transcribe_Audio': it must be lowercase "
+     "letters, digits, dots and hyphens, starting and ending with a letter or digit (S3 general purpose bucket "
+     "naming rules); write e.g. transcribe:audioBucket: transcribe-staging-audio"),
+    ("transcribe:audioBucket", "ab", "transcribe:audioBucket is 'ab': 2 characters; it must be 3 to 63"),
+    ("transcribe:backupsBucket", "b" * 64, "transcribe:backupsBucket is 'bbbb"),
+    ("transcribe:backupsBucket", "backups..staging", "transcribe:backupsBucket is 'backups..staging': two dots"),
+    ("transcribe:backupsBucket", "192.168.5.4", "transcribe:backupsBucket is '192.168.5.4': an IP address"),
+    ("transcribe:backupsBucket", "xn--backups", "transcribe:backupsBucket is 'xn--backups': the reserved prefix xn--"),
+    ("transcribe:backupsBucket", "backups-s3alias", "transcribe:backupsBucket is 'backups-s3alias': the reserved"),
+    ("transcribe:backupsBucket", "transcribe-staging-audio", "transcribe:backupsBucket is 'transcribe-staging-audio', "
+     "the audio bucket's name too"),
+    ("transcribe:namespace", "Transcribe", "transcribe:namespace is 'Transcribe': it must be lowercase letters, "
+     "digits and hyphens, starting and ending with a letter or digit (Kubernetes namespace: an RFC 1123 label)"),
+    ("transcribe:namespace", "n" * 64, "transcribe:namespace is 'nnnn"),
+    # what the CLI test covers too, as the program reads it
+    ("transcribe:clusterName", "Transcribe Staging!", "transcribe:clusterName is 'Transcribe Staging!': it must be"),
+    ("transcribe:availabilityZones", ["us-east-1a", "us-east-1b"],
+     "transcribe:availabilityZones holds 'us-east-1a', not an Availability Zone of aws:region eu-west-1"),
+    ("transcribe:availabilityZones", ["eu-west-1a", "eu-west-1b", "eu-west-1a"],
+     "transcribe:availabilityZones names 'eu-west-1a' 2 times"),
+    ("transcribe:kubernetesVersion", "1.3", "transcribe:kubernetesVersion is '1.3', not a version EKS offers"),
+    ("transcribe:tags", {"aws:team": "speech"}, "transcribe:tags: tag 'aws:team': its name starts with 'aws:'"),
+    ("transcribe:tags", {f"t{i}": "x" for i in range(42)}, "transcribe:tags has 42 tags: with the 9 the program"),
+    ("transcribe:tags", {"team\tname": "x"}, "transcribe:tags: tag 'team\\tname': its name holds '\\t'"),
+    ("transcribe:tags", {"managed-by": "terraform"}, "transcribe:tags: tag 'managed-by' is 'terraform', but the "
+     "program tags every resource managed-by='pulumi'"),
+    ("transcribe:tags", {"karpenter.sh/nodepool": "gpu"}, "transcribe:tags: tag 'karpenter.sh/nodepool' is one"),
+    ("transcribe:tags", {"eks:eks-cluster-name": "x"}, "transcribe:tags: tag 'eks:eks-cluster-name' is one"),
+])
+def test_the_program_refuses_what_aws_refuses_by_key(key, value, said):
+    with pytest.raises(ValueError) as caught:
+        settings_of(**{key: value})
+    assert str(caught.value).startswith(said), str(caught.value)
+
+
+@pytest.mark.parametrize("stack", ["staging", "production"])
+def test_the_shipped_stacks_and_names_at_aws_limits_are_read(stack):
+    """The shipped stack files pass every rule; so do names at AWS's limits, required tags with
+    the program's own values and 41 tags of AWS's characters (9 left for the program and Karpenter)."""
+    config, _ = offline.stack_config(STACKS, stack)
+    found: list[StackSettings] = []
+    offline.run(lambda: found.append(StackSettings.from_config()), as_pulumi_gives(config), stack)
+    assert found[0].environment == stack and found[0].availability_zones == config["transcribe:availabilityZones"]
+    tags = {**{f"t{i}": "x" for i in range(40)}, "équipe vocale": "a-z_0.9:/=+@ ü", "environment": "staging"}
+    s = settings_of(**{"transcribe:clusterName": "C" * 56, "transcribe:dbIdentifier": "d-" * 27 + "d",
+                       "transcribe:cacheReplicationGroupId": "c" * 40, "transcribe:audioBucket": "a.b",
+                       "transcribe:backupsBucket": "b" * 63, "transcribe:namespace": "n" * 63,
+                       "transcribe:kubernetesVersion": "1.28", "transcribe:tags": tags,
+                       "transcribe:availabilityZones": ["eu-west-1c"]})
+    assert (len(s.cluster_name), len(s.db_identifier), s.kubernetes_version) == (56, 55, "1.28")
+    assert s.tags == {**tags, "project": "transcribe", "managed-by": "pulumi"}
+
+
+@pytest.mark.parametrize("key, value, said", [
     ("transcribe:clusterName", 5, "transcribe:clusterName is the number 5, not a string"),
     ("transcribe:kubernetesVersion", 1.3, "transcribe:kubernetesVersion is the number 1.3 (YAML reads an unquoted"),
     ("transcribe:environment", None, "transcribe:environment is empty (null), not a string"),
