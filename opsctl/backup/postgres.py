@@ -548,24 +548,35 @@ _LOOKALIKES = str.maketrans({
     "\u0399": "i", "\u039a": "k", "\u039c": "m", "\u039d": "n", "\u039f": "o", "\u03a1": "p",
     "\u03a4": "t", "\u03a5": "y", "\u03a7": "x", "\u0396": "z", "0": "o", "1": "l", "|": "l"})
 # default-ignorable code points outside category Cf (which is dropped whole): a combining
-# grapheme joiner, the Hangul fillers, Khmer inherent vowels, variation selectors
-_IGNORABLE_OTHER = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0"
+# grapheme joiner, the Hangul fillers, Khmer inherent vowels, variation selectors; and the blank
+# Braille pattern U+2800, drawn as nothing (breaker 47 F6)
+_IGNORABLE_OTHER = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0"
                               "\U000e0100-\U000e01ef]")
 
 
 @lru_cache(maxsize=1)
 def _confusables() -> dict[int, str]:
-    """Every character Unicode's confusables.txt draws like one ASCII letter or digit (1,315
-    of them: Latin alpha U+0251, Armenian oh U+0585, script g U+0261, dental click U+01C0...),
-    as that letter in lower case, from confusable_homoglyphs' copy of the file. Breaker 45 F8
-    found two letters the hand-made `_LOOKALIKES` alone missed."""
+    """Every character Unicode's confusables.txt draws like one ASCII letter or digit, as that
+    letter in lower case, from confusable_homoglyphs' copy of the file: Latin alpha U+0251,
+    Armenian oh U+0585 (breaker 45 F8), Arabic-Indic digits and Hebrew letters (the copy wraps
+    right-to-left characters in U+200E marks, which are taken off: breaker 47 F6), and those
+    drawn like a character `_LOOKALIKES` reads (small capital T U+1D1B, like Cyrillic te)."""
     from confusable_homoglyphs.confusables import confusables_data
 
+    def bare(text: str) -> str:
+        return text.replace("\u200e", "").replace("\u200f", "")
+
+    glyphs = {bare(char): [bare(h["c"]) for h in homoglyphs] for char, homoglyphs in confusables_data.items()}
     table = {}
-    for char, homoglyphs in confusables_data.items():
-        latin = [h["c"] for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalnum()]
+    for char, alike in glyphs.items():
+        latin = [c for c in alike if len(c) == 1 and c.isascii() and c.isalnum()]
         if len(char) == 1 and not char.isascii() and latin:
             table[ord(char)] = latin[0].lower()
+    known = table | _LOOKALIKES
+    for char, alike in glyphs.items():  # one step further: drawn like a character read as a letter
+        via = [known[ord(c)] for c in alike if len(c) == 1 and ord(c) in known]
+        if len(char) == 1 and not char.isascii() and ord(char) not in table and via:
+            table[ord(char)] = via[0]
     return table
 
 
@@ -575,13 +586,19 @@ def _lookalikes() -> dict[int, str]:
     return _confusables() | _LOOKALIKES
 
 
+# letters confusables.txt reads as two ASCII letters (its prototype of 'm' is 'rn'): both
+# spellings read as the two, as Unicode's skeleton (UTS #39, section 4) does
+_SEQUENCES = (("m", "rn"),)
+
+
 def name_skeleton(name: str) -> str:
-    """What `name` reads as: NFKC (fullwidth and other compatibility forms as their plain
-    letters), invisible characters removed (category Cf: zero-width spaces and joiners, soft
-    hyphen, bidi marks; other default-ignorables), case folded, and letters of other scripts
-    drawn like Latin ones (and 0/1) as those (`_confusables`: the whole of confusables.txt's
-    single-letter part, and `_LOOKALIKES`). Two names with one skeleton can't be told apart in a listing (breaker
-    42 R15)."""
+    """What `name` reads as, after UTS #39's skeleton: NFKC (fullwidth and other compatibility
+    forms as their plain letters), invisible characters removed (category Cf: zero-width
+    spaces and joiners, soft hyphen, bidi marks; other default-ignorables and the blank Braille
+    pattern), combining marks taken off (underlines and dots drawn on a letter: breaker 47 F6),
+    case folded, letters of other scripts drawn like Latin ones (and 0/1) as those
+    (`_confusables`: the whole of confusables.txt's single-letter part, and `_LOOKALIKES`), and
+    'm' as 'rn'. Two names with one skeleton can't be told apart in a listing (breaker 42 R15)."""
     import unicodedata
 
     # confusables.txt first, as it reads a character ('Ⅰ' as 'l', not NFKC's 'I'), then again
@@ -589,7 +606,11 @@ def name_skeleton(name: str) -> str:
     text = unicodedata.normalize("NFKC", name.translate(_confusables()))
     text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     text = _IGNORABLE_OTHER.sub("", text)
-    return unicodedata.normalize("NFKC", text).casefold().translate(_lookalikes()).lower().strip()
+    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) not in ("Mn", "Me"))
+    text = unicodedata.normalize("NFKC", text).casefold().translate(_lookalikes()).lower().strip()
+    for letter, reads in _SEQUENCES:
+        text = text.replace(letter, reads)
+    return text
 
 
 def check_replaceable(name: str, live: str | None, option: str) -> None:

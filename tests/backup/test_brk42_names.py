@@ -42,7 +42,9 @@ def test_every_single_letter_confusable_reads_as_its_letter():
     live = "abcdefghijklmnopqrstuvwxyz0123456789"
     tried = 0
     for char, homoglyphs in confusables_data.items():
-        letters = [h["c"].lower() for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalnum()]
+        char = char.strip("\u200e")  # right-to-left characters come wrapped in marks (breaker 47 F6)
+        letters = [h["c"].strip("\u200e").lower() for h in homoglyphs]
+        letters = [c for c in letters if len(c) == 1 and c.isascii() and c.isalnum()]
         if len(char) != 1 or char.isascii() or not letters:
             continue
         look_alike = live.replace(letters[0], char, 1)
@@ -50,6 +52,29 @@ def test_every_single_letter_confusable_reads_as_its_letter():
             check_replaceable(look_alike, live, "--target-db")
         tried += 1
     assert tried > 1000
+
+
+@pytest.mark.parametrize("name, live", [
+    ("p\u0665stgres", "postgres"), ("template\u0661", "template1"), ("temp\u05c0ate1", "template1"),  # RTL digits, letters
+    ("ternplate1", "template1"), ("ternplate0", "template0"),       # 'rn' drawn as 'm'
+    ("postgres\u2800", "postgres"),                                 # the blank Braille pattern
+    ("postgres\u0332", "postgres"), ("postgres\u0358", "postgres"), ("postgres\u0cbc", "postgres"),  # combining marks
+    ("\u1d1bemplate1", "template1"),                                # small capital T, drawn as Cyrillic te
+])
+def test_breaker_47_look_alikes_read_as_the_name(name, live):
+    from opsctl.backup.postgres import check_replaceable
+    from opsctl.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"reads as {live}, a system database"):
+        check_replaceable(name, "transcribe", "--target-db")
+
+
+@pytest.mark.parametrize("name", ["\u0431\u0430\u0437\u0430", "donn\u00e9es", "\u6570\u636e", "pg_\u0442\u0435\u0441\u0442",
+                                  "memo", "restore_drill", "transcribe_copy"])
+def test_names_that_read_as_no_other_are_taken(name):
+    from opsctl.backup.postgres import check_replaceable
+
+    check_replaceable(name, "transcribe", "--target-db")
 
 
 def test_an_invisible_character_in_an_error_line_is_shown(tmp_path, monkeypatch):
