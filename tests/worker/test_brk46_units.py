@@ -150,3 +150,89 @@ def test_mib_tells_one_byte_apart_from_the_limit():
     assert units.mib_against(60 * MIB - 1, 60 * MIB) == ("59.9 MiB", "60 MiB")
     assert units.mib_against(60 * MIB + 1, 60 * MIB) == ("60.1 MiB", "60 MiB")
     assert units.mib(8 * MIB) == "8 MiB" and units.seconds(1.0) == "1 s" and units.mib(0.04 * MIB) == "0.04 MiB"
+
+
+# --- breaker 47 F10: a limit reads as it is, a figure beside it as exactly as it needs -------
+# WORKER_MAX_AUDIO_SECONDS=0.04 said "the audio is 4.2 s long, over the 0 s limit", and 4.15
+# "the audio is 4.3 s long, over the 4.2 s limit" (hello.wav is 4.21 s)
+
+
+@pytest.mark.parametrize(("value", "limit", "expected"), [
+    (4.21, 0.04, ("4.21", "0.04")), (4.21, 4.15, ("4.21", "4.15")), (4.2, 4.15, ("4.2", "4.15")),
+    (4.149, 4.15, ("4.14", "4.15")), (4.151, 4.15, ("4.16", "4.15")), (0.05, 0.04, ("0.05", "0.04")),
+    (30.2999375, 30, ("30.3", "30")), (59.96, 60, ("59.9", "60")), (4.15, 4.15, ("4.15", "4.15")),
+    (1, 60 - 59.96, ("1", "0.04")),  # a limit arithmetic left float noise on still reads as set
+])
+def test_a_limit_reads_as_it_is_and_the_figure_with_as_many_decimals_as_it_needs(value, limit, expected):
+    from transcription_worker import units
+
+    assert units.against(value, limit) == expected
+
+
+def test_the_tester_audio_limits_read_as_set():
+    from transcription_worker import units
+    from transcription_worker.model import AudioTooLong
+
+    assert "the audio is 4.21 s long, over the 0.04 s limit" in str(AudioTooLong(0.04, 4.21))
+    assert "the audio is 4.21 s long, over the 4.15 s limit" in str(AudioTooLong(4.15, 4.21))
+    assert "longer than the 4.15 s limit" in str(AudioTooLong(4.15))
+    assert units.seconds_against(4.21, 4.15) == ("4.21 s", "4.15 s")
+    assert units.seconds_limit(0.04) == "0.04 s" and units.seconds_limit(30.0) == "30 s"
+    assert units.mib_limit(60 * MIB) == "60 MiB" and units.mib_limit(2.75 * MIB) == "2.75 MiB"
+    assert units.mib_against(60 * MIB - 1, 60 * MIB) == ("59.9 MiB", "60 MiB")
+
+
+def _pairs() -> list[tuple[float, float]]:
+    """(value, limit): limits as settings are written (short decimals), values on them, a hair
+    or a byte either side, near and far, and at random (seeded: the same pairs every run)."""
+    import random
+
+    rng = random.Random(46)
+    limits = [0.04, 0.1, 0.5, 1, 2.75, 4.15, 8, 15.96, 30, 60, 123.456, 600, 3600, 14400, 0.001, 99.99]
+    pairs = []
+    for limit in limits:
+        for delta in (0, 1e-9, 1e-6, 1e-4, 0.001, 0.004, 0.005, 0.006, 0.01, 0.049, 0.05, 0.06, 0.1, 0.5, 1):
+            for value in (limit + delta * limit, limit - delta * limit, limit + delta, limit - delta):
+                if value >= 0:
+                    pairs.append((value, limit))
+        pairs += [(rng.uniform(0, 2 * limit), limit) for _ in range(20)]
+        pairs += [(round(rng.uniform(0, 2 * limit), rng.randint(0, 4)), limit) for _ in range(10)]
+    for mib in (1, 2, 8, 20, 60):  # sizes in MiB a byte either side of a MiB limit
+        pairs += [((mib * MIB + d) / MIB, mib) for d in (-2, -1, 0, 1, 2, 1000, -1000)]
+    return pairs
+
+
+@pytest.mark.parametrize(("value", "limit"), _pairs())
+def test_shown_figures_compare_as_the_numbers_and_the_limit_parses_back(value, limit):
+    import math
+
+    from transcription_worker import units
+
+    shown, limit_shown = units.against(value, limit)
+    assert float(limit_shown) == limit, (value, limit, limit_shown)  # the limit as it is
+    if math.isclose(value, limit, rel_tol=1e-12, abs_tol=1e-12):
+        assert shown == limit_shown
+    elif value > limit:
+        assert float(shown) > float(limit_shown), (value, limit, shown, limit_shown)
+    else:
+        assert float(shown) < float(limit_shown), (value, limit, shown, limit_shown)
+    assert value == 0 or float(shown) != 0
+    # the figure is as close as the limit's last decimal (one at least) tells: 4.21 over 4.15 is
+    # never "4.3"
+    unit = 10.0 ** -max(1, len(limit_shown.partition(".")[2]))
+    assert abs(float(shown) - value) <= unit * (1 + 1e-9), (value, limit, shown, limit_shown)
+    assert limit_shown == units.exact(limit)  # as it reads alone
+
+
+@pytest.mark.parametrize(("value", "limit"), [
+    (20, 16.000123977661133), (16, 16.000123977661133), (2 / MIB, 1 / MIB), (0, 1 / MIB),
+    (1, 60 - 59.959999999999994), (59.96, 60.00000000123),
+])
+def test_a_limit_with_no_short_decimal_form_still_compares_right(value, limit):
+    """An amount left (a limit less what was used, bytes in MiB) has no short form: it is shown
+    as a figure, and the two texts still compare as the numbers do."""
+    from transcription_worker import units
+
+    shown, limit_shown = units.against(value, limit)
+    assert float(limit_shown) != 0
+    assert (float(shown) > float(limit_shown)) if value > limit else (float(shown) < float(limit_shown))

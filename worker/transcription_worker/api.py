@@ -12,6 +12,7 @@ so what they judge is the model's work, never a cached answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from . import metrics
+from .db import FileGone
 from .errors import APIError, shown
 from .formats import FORMATS, MEDIA_TYPES, render
 from .interrupt import ClientGone, Interrupt, Stopped
@@ -221,7 +223,7 @@ def _jobs_enabled(state: Any) -> None:
 async def _db(fn, *args, **kwargs):
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
-    except APIError:
+    except (APIError, FileGone):
         raise
     except (psycopg.DataError, UnicodeEncodeError) as exc:
         # a value the database cannot hold (SQLSTATE class 22, e.g. a NUL in text; or text no
@@ -236,6 +238,36 @@ async def _db(fn, *args, **kwargs):
                        retry_after=5) from None
 
 
+def _file_not_found(file_id: str) -> APIError:
+    return APIError(404, f"no completed upload with file id {shown(file_id)}", param="file_id",
+                    code="file_not_found")
+
+
+@contextlib.asynccontextmanager
+async def _reading(state: Any, upload_id: str):
+    """While the block runs, renew the mark `upload_by_file` set on the upload (every third of
+    WORKER_JOB_LEASE_SECONDS, for a lease): the keeper deletes no file a request is reading to
+    make a job of, however long its download and decoding take; a worker that dies lets the
+    mark lapse (breaker 47 F4)."""
+    lease = state.settings.job_lease_seconds
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                if not await run_in_threadpool(state.db.hold_upload_file, upload_id, lease):
+                    return  # being deleted (the mark lapsed): `create_job` answers 404
+            except Exception as exc:  # the database away: the next renewal tries again
+                log.warning("could not renew the mark on an upload being read: %s", exc,
+                            extra={"upload_id": upload_id})
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 @router.post("/jobs", status_code=202, openapi_extra=_UPLOAD_DOC)
 async def create_job(request: Request):
     """Queue a transcription; the audio goes to S3 and a row to PostgreSQL."""
@@ -248,15 +280,17 @@ async def create_job(request: Request):
         raise APIError(400, "Idempotency-Key is longer than 255 characters",
                        param="Idempotency-Key", code="invalid_value")
     bypass = bypasses_store(request)
-    async with state.limits.upload_slot(key_id):
+    async with state.limits.upload_slot(key_id), contextlib.AsyncExitStack() as reading:
         upload = await read_upload(request, state.settings.max_upload_bytes, "verbose_json",
                                    allow_file_id=True)
-        key, size = None, len(upload.data)
+        key, size, upload_id = None, len(upload.data), None
         if upload.file_id:  # a completed /v1/uploads file: already in the bucket
-            done = await _db(state.db.upload_by_file, upload.file_id, key_id)
+            # marked read from here to the job row (`create_job`): never deleted under this request
+            done = await _db(state.db.upload_by_file, upload.file_id, key_id, state.settings.job_lease_seconds)
             if done is None:
-                raise APIError(404, f"no completed upload with file id {shown(upload.file_id)}",
-                               param="file_id", code="file_not_found")
+                raise _file_not_found(upload.file_id)
+            upload_id = done["id"]
+            await reading.enter_async_context(_reading(state, upload_id))
             key = done["file_key"] or done["s3_key"]  # file_key: the key its complete recorded
             await state.limits.check_audio_left(key_id)  # a used-up day is refused before the download
             # into a temporary file, not memory (up to WORKER_MAX_UPLOAD_TOTAL_MB), hashed on the way
@@ -291,13 +325,17 @@ async def create_job(request: Request):
                 key = state.store.key_for(upload.sha256, upload.filename)
                 await _db(state.store.put, key, upload.data, upload.content_type)
             options = upload.options
-            job, created = await _db(
-                state.db.create_job, api_key_id=key_id, idempotency_key=idem,
-                sha256=upload.sha256, audio_key=key, audio_bytes=size,
-                duration=round(seconds, 3), options=options.__dict__,
-                options_key=state.transcriber.store_key(options, batched), done=bool(stored),
-                worker=state.settings.color, owner=state.owner if slot else None,
-                request_hash=upload.fingerprint(), bypass_store=bypass)
+            try:
+                job, created = await _db(
+                    state.db.create_job, api_key_id=key_id, idempotency_key=idem,
+                    sha256=upload.sha256, audio_key=key, audio_bytes=size,
+                    duration=round(seconds, 3), options=options.__dict__,
+                    options_key=state.transcriber.store_key(options, batched), done=bool(stored),
+                    worker=state.settings.color, owner=state.owner if slot else None,
+                    request_hash=upload.fingerprint(), bypass_store=bypass,
+                    upload_id=upload_id, hold=state.settings.job_lease_seconds)
+            except FileGone:  # its mark lapsed and the keeper is deleting it: no job, as for an unknown id
+                raise _file_not_found(upload.file_id or "") from None
         except BaseException:
             if slot:
                 slot.release()

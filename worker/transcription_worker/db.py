@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -192,7 +191,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX uploads_ended ON uploads ((coalesce(completed_at, expires_at))) WHERE status <> 'pending';
     CREATE INDEX jobs_unfinished_audio ON jobs (audio_key) WHERE status IN ('queued', 'running');
     """,
+    # read_until (breaker 47 F4): a request making a job from the upload's file is reading it
+    # (downloading, decoding) until then, its job row not made yet: `claim_retired` does not
+    # take the upload before it passes (`upload_by_file` sets it, the request renews it)
+    """
+    ALTER TABLE uploads ADD COLUMN read_until timestamptz;
+    """,
 ]
+class FileGone(Exception):
+    """The upload a job was to be made from is being deleted (or was) past its retention."""
+
+
 class PartsTooLarge(Exception):
     """A part would take an upload past the `bytes` it was created for."""
 
@@ -297,14 +306,25 @@ class Database:
     def create_job(self, *, api_key_id: str, idempotency_key: str | None, sha256: str,
                    audio_key: str, audio_bytes: int, duration: float, options: dict,
                    options_key: str, done: bool, worker: str, owner: str | None,
-                   request_hash: str | None = None,
-                   bypass_store: bool = False) -> tuple[dict[str, Any], bool]:
+                   request_hash: str | None = None, bypass_store: bool = False,
+                   upload_id: str | None = None, hold: float = 0) -> tuple[dict[str, Any], bool]:
         """Insert a job; returns (job, created). A concurrent twin with the same
         Idempotency-Key makes `created` False and returns the twin's row. `owner` None: the
-        job waits in the backlog, for any worker's keeper to adopt (`adopt_orphans`)."""
+        job waits in the backlog, for any worker's keeper to adopt (`adopt_orphans`).
+
+        `upload_id`: the job reads that upload's file (`upload_by_file`). In the insert's
+        transaction its row is locked and its reader mark renewed for `hold` seconds, unless
+        the keeper is deleting it (`purging`: its mark lapsed) or deleted it: then FileGone
+        and no job. A keeper's `claim_retired` skips the locked row, and one begun before
+        this commit still sees the renewed mark when it reaches the row; every later one sees
+        the queued job (breaker 47 F4)."""
         job_id = uuid.uuid4()
         status = "succeeded" if done else "queued"
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.transaction():
+            if upload_id is not None and conn.execute(
+                    "UPDATE uploads SET read_until = greatest(read_until, now() + make_interval(secs => %s))"
+                    " WHERE id = %s AND status = 'completed' AND NOT purging", (hold, upload_id)).rowcount != 1:
+                raise FileGone(upload_id)
             row = conn.execute(
                 "INSERT INTO jobs (id, api_key_id, idempotency_key, status, audio_sha256, audio_key,"
                 " audio_bytes, duration, options, options_key, deduplicated, worker, owner, heartbeat_at,"
@@ -422,11 +442,24 @@ class Database:
         """The upload `upload_id` of key `api_key_id`, or None."""
         return self._one("SELECT * FROM uploads WHERE id = %s AND api_key_id = %s", (upload_id, api_key_id))
 
-    def upload_by_file(self, file_id: str, api_key_id: str) -> dict[str, Any] | None:
-        """The completed upload whose file id is `file_id`, of key `api_key_id`, or None (also
-        once its retention is over and the keeper is deleting it: `claim_retired`)."""
-        return self._one("SELECT * FROM uploads WHERE file_id = %s AND api_key_id = %s"
-                         " AND status = 'completed' AND NOT purging", (file_id, api_key_id))
+    def upload_by_file(self, file_id: str, api_key_id: str, hold: float) -> dict[str, Any] | None:
+        """The completed upload whose file id is `file_id`, of key `api_key_id`, marked read for
+        `hold` seconds (`read_until`: `claim_retired` leaves it alone until then; the reader
+        renews it with `hold_upload_file` and `create_job` ends it with the job row), or None
+        (also once its retention is over and the keeper is deleting it: `claim_retired`). One
+        statement: a keeper's mark either came first (None) or waits for this one and then
+        sees `read_until` (breaker 47 F4: a job was accepted for a file deleted under it)."""
+        return self._one("UPDATE uploads SET read_until = greatest(read_until, now() + make_interval(secs => %s))"
+                         " WHERE file_id = %s AND api_key_id = %s AND status = 'completed' AND NOT purging"
+                         " RETURNING *", (hold, file_id, api_key_id))
+
+    def hold_upload_file(self, upload_id: str, hold: float) -> bool:
+        """Renew a reader's mark (`upload_by_file`) for `hold` seconds from now; False when
+        the upload is being deleted (its mark had lapsed) or is gone."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "UPDATE uploads SET read_until = greatest(read_until, now() + make_interval(secs => %s))"
+                " WHERE id = %s AND NOT purging", (hold, upload_id)).rowcount == 1
 
     def _conn(self, conn: Any = None) -> Any:
         """`conn` as a context manager that leaves it open, or a pooled connection."""
@@ -641,17 +674,20 @@ class Database:
         expired) that ended more than `retention_seconds` ago (completed: at `completed_at`;
         else at `expires_at`, which an expired one passed and a cancelled one would have), a
         presigned one only once its part objects were swept, and none whose file a queued or
-        running job reads (its `audio_key`); rows marked before and not yet deleted (their
-        keeper failed or died) are taken again. A marked upload's file is found by no new job
-        (`upload_by_file`). SKIP LOCKED: keepers of several workers take different rows."""
+        running job reads (its `audio_key`) nor one a request making a job is reading
+        (`read_until` not passed: `upload_by_file`); rows marked before and not yet deleted
+        (their keeper failed or died) are taken again. A marked upload's file is found by no
+        new job (`upload_by_file`, `create_job`). SKIP LOCKED: keepers of several workers
+        take different rows, and a row `create_job` holds is left for the next pass."""
         with self.pool.connection() as conn:
             return conn.execute(
                 "UPDATE uploads SET purging = true WHERE id IN (SELECT u.id FROM uploads u"
                 " WHERE u.status <> 'pending'"
                 " AND coalesce(u.completed_at, u.expires_at) < now() - make_interval(secs => %s)"
                 " AND (NOT u.presigned OR u.parts_swept)"
-                " AND (u.purging OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status IN ('queued', 'running')"
-                " AND j.audio_key = coalesce(u.file_key, u.s3_key)))"
+                " AND (u.purging OR ((u.read_until IS NULL OR u.read_until <= now())"
+                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status IN ('queued', 'running')"
+                " AND j.audio_key = coalesce(u.file_key, u.s3_key))))"
                 " ORDER BY coalesce(u.completed_at, u.expires_at) LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " RETURNING *", (retention_seconds, limit)).fetchall()
 

@@ -206,8 +206,8 @@ async def create_upload(request: Request):
     if presign:
         if (not isinstance(part_size, int) or isinstance(part_size, bool)
                 or not S3_MIN_PART <= part_size <= settings.max_part_bytes):
-            raise APIError(400, f"part_size must be between {units.mib(S3_MIN_PART)} (S3's minimum) and"
-                           f" {units.mib(settings.max_part_bytes)} (WORKER_MAX_PART_MB)", param="part_size",
+            raise APIError(400, f"part_size must be between {units.mib_limit(S3_MIN_PART)} (S3's minimum) and"
+                           f" {units.mib_limit(settings.max_part_bytes)} (WORKER_MAX_PART_MB)", param="part_size",
                            code="invalid_value")
         if -(-size // part_size) > 10_000:
             raise APIError(400, "S3 takes at most 10,000 parts: raise part_size", param="part_size",
@@ -430,7 +430,7 @@ async def _room(size: int, budget: int, key_id: str) -> None:
     try:
         while not (_first_in_line() is me and _fits(size, budget)):
             if loop.time() >= deadline:
-                raise _busy(f"this worker is receiving {units.mib(budget)} of parts already and none made room"
+                raise _busy(f"this worker is receiving {units.mib_limit(budget)} of parts already and none made room"
                             f" within {units.seconds(ROOM_WAIT_SECONDS)}")
             await asyncio.sleep(0.05)
     finally:
@@ -494,7 +494,7 @@ async def _part_memory(state: Any, request: Request, key_id: str) -> AsyncIterat
         raise _share_refusal(mine, size, share)
     if _WAITING or not _fits(size, budget):
         if len(_WAITING) >= ROOM_QUEUE:
-            raise _busy(f"this worker is receiving {units.mib(budget)} of parts already and {ROOM_QUEUE} more wait")
+            raise _busy(f"this worker is receiving {units.mib_limit(budget)} of parts already and {ROOM_QUEUE} more wait")
         await _room(size, budget, key_id)
     mine = _PARTS_IN_MEMORY.get(key_id, 0)
     _PARTS_IN_MEMORY[key_id] = mine + size
@@ -624,7 +624,7 @@ async def _receive_part(state: Any, db: Any, request: Request, upload_id: str, r
                 f" WORKER_PART_BUSY_RATE_KBPS ({s.part_busy_rate_kbps:g} KiB/s; {now} KiB/s now)") if shed else ""
         raise APIError(408, f"the part's body stopped arriving: it must keep coming at WORKER_PART_MIN_RATE_KBPS"
                        f" ({s.part_min_rate_kbps:g} KiB/s) or more over any WORKER_PART_BODY_TIMEOUT_SECONDS"
-                       f" ({units.seconds(s.part_body_timeout_seconds)}){busy}; nothing was stored, send the part"
+                       f" ({units.seconds_limit(s.part_body_timeout_seconds)}){busy}; nothing was stored, send the part"
                        " again (on a slow link one part at a time: parts in parallel divide it)",
                        param="data", code="request_timeout", headers={"Connection": "close"},
                        retry_after=int(s.part_body_timeout_seconds) if shed else None) from None
@@ -752,7 +752,7 @@ def _check_parts(row: dict, part_ids: list[str], stored: dict[str, dict]) -> Non
                        param="part_ids", code="invalid_value")
     small = [p for p in part_ids[:-1] if stored[p]["bytes"] < S3_MIN_PART]
     if small:
-        raise APIError(400, f"every part but the last must hold at least {units.mib(S3_MIN_PART)} (S3's minimum);"
+        raise APIError(400, f"every part but the last must hold at least {units.mib_limit(S3_MIN_PART)} (S3's minimum);"
                        f" {small[0]} holds {stored[small[0]]['bytes']} bytes", param="part_ids",
                        code="part_too_small")
 

@@ -132,7 +132,7 @@ class AudioTooLong(ValueError):
             shown, limit_shown = units.seconds_against(known, limit)
             length = f"{shown} long, over"
         else:
-            length, limit_shown = "longer than", units.seconds(limit)
+            length, limit_shown = "longer than", units.seconds_limit(limit)
         super().__init__(f"the audio is {length} the {limit_shown} limit per recording;"
                          " split it, or raise WORKER_MAX_AUDIO_SECONDS")
 

@@ -89,7 +89,7 @@ def too_large(limit: int, part: bool = False, size: int | None = None) -> APIErr
     rounded up so it never reads as the limit (`units.mib_against`)."""
     what, setting = ("part", "WORKER_MAX_PART_MB") if part else ("file", "WORKER_MAX_UPLOAD_MB")
     if size is None:
-        held, limit_shown = "is larger than", units.mib(limit)
+        held, limit_shown = "is larger than", units.mib_limit(limit)
     else:
         shown, limit_shown = units.mib_against(size, limit)
         held = f"holds {shown} ({size} bytes), more than"
