@@ -147,16 +147,17 @@ def program_defaults(program_dir: Path) -> Any | None:
 
 
 def _gpu_max_size(t: Target, config: dict[str, Any], defaults: Any | None) -> int | None:
-    """transcribe:gpuMaxSize as the program reads it (Pulumi's get_int, unset or 0 -> the program's
-    default); UsageError when it is not a whole number."""
+    """transcribe:gpuMaxSize as the program reads it (settings._count: unset -> the program's
+    default; an explicit 0 stays 0, which the program refuses); UsageError when it is not a
+    whole number."""
     key = f"{PROJECT_NS}:gpuMaxSize"
     value = config.get(key)
-    if value is None or value == 0:
+    if value is None:
         return getattr(defaults, "GPU_MAX_SIZE", None)
     try:
         if isinstance(value, bool) or isinstance(value, float) or int(str(value)) < 0:
             raise ValueError
-        return int(str(value)) or getattr(defaults, "GPU_MAX_SIZE", None)
+        return int(str(value))
     except ValueError:
         raise UsageError(f"{t.stack_file.name} sets {key}={value!r}: not a whole number of GPUs; "
                          f"write the GPUs the NodePool may run at once, e.g. {key}: 6") from None
@@ -176,7 +177,8 @@ def check_gpu_capacity(t: Target, env: Environment, config: dict[str, Any] | Non
     if not per_pod:
         return
     table = getattr(defaults, "GPUS_PER_INSTANCE_TYPE", None)
-    types = config.get(f"{PROJECT_NS}:gpuInstanceTypes") or list(getattr(defaults, "GPU_INSTANCE_TYPES", []))
+    types = config.get(f"{PROJECT_NS}:gpuInstanceTypes")  # unset -> the defaults; [] is the program's to refuse
+    types = list(getattr(defaults, "GPU_INSTANCE_TYPES", [])) if types is None else types
     if not isinstance(types, list):  # breaker 45 F6: `gpuInstanceTypes: 7` ended on "unexpected TypeError"
         raise refused_config(t, f"{PROJECT_NS}:gpuInstanceTypes is {types!r}, not a list of instance types")
     if table is not None and types and all(str(x) in table for x in types):
@@ -191,7 +193,7 @@ def check_gpu_capacity(t: Target, env: Environment, config: dict[str, Any] | Non
         return
     fits = int(limit // (2 * per_pod))
     lower = f" or lower worker.autoscaling.max_replicas to {fits}" if fits >= 1 else ""
-    shown = f"{limit}" if config.get(f"{PROJECT_NS}:gpuMaxSize") else f"{limit} (the program's default: unset)"
+    shown = f"{limit}" if config.get(f"{PROJECT_NS}:gpuMaxSize") is not None else f"{limit} (the program's default: unset)"
     raise UsageError(f"{t.stack_file.name} sets {PROJECT_NS}:gpuMaxSize={shown}, but environments.{env.name} needs "
                      f"{need:g} GPUs during a deploy (both colors at max_replicas {pods} x {per_pod:g} GPU per pod); "
                      f"raise gpuMaxSize to {need:g}{lower}")

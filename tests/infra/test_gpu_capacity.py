@@ -200,3 +200,10 @@ def test_a_gpumaxsize_that_is_not_a_whole_number_is_one_line_exit_2(runner, tmp_
     """BREAKER23b #9: int('six') was a ValueError traceback, exit 1."""
     _shipped(tmp_path, monkeypatch, "{gpu: true}", lambda text: text.replace("gpuMaxSize: 6", f"gpuMaxSize: {value}"))
     _refused(runner, "not a whole number of GPUs")
+
+
+def test_an_explicit_zero_gpumaxsize_is_read_as_zero_not_the_default(runner, tmp_path, monkeypatch):
+    """Breaker 45 F7's review: `gpuMaxSize: 0` was read here as the program's default (Pulumi's
+    old `or` reading), while the program now refuses 0: the line names the 0 the file holds."""
+    _shipped(tmp_path, monkeypatch, "{gpu: true}", lambda text: text.replace("gpuMaxSize: 6", "gpuMaxSize: 0"))
+    _refused(runner, "gpuMaxSize=0, but")
