@@ -289,13 +289,60 @@ def _forms_pattern(ordered: tuple[str, ...]) -> re.Pattern:
     return re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE)
 
 
+# one character escaped the ways servers write it: JSON's and JavaScript's \uXXXX and \xNN, an
+# escaped slash (HTML character references and percent-encoding are decoded by their libraries)
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|\\(/)")
+
+
+def _unescape_one(match: re.Match) -> str:
+    code = match[1] or match[2]
+    if code is None:
+        return "/"
+    value = int(code, 16)
+    return match[0] if 0xD800 <= value <= 0xDFFF else chr(value)  # a lone surrogate could not be written
+
+
+def unescaped(text: str) -> str:
+    """`text` with what escapes one character at a time decoded, twice at most: HTML character
+    references (`&#43;`, `&#x2B;`, `&plus;`), `\\uXXXX`, `\\xNN` and `\\/` escapes, percent-
+    encoding. A server that escapes only some characters of an echoed key (System.Text.Json
+    writes '+' as `\\u002B`) writes it in none of the whole forms `forms` lists (breaker 48 F1)."""
+    import html
+
+    out = text
+    for _ in range(2):
+        before = out
+        if "&" in out:
+            out = html.unescape(out)
+        if "\\" in out:
+            out = _ESCAPE.sub(_unescape_one, out)
+        if "%" in out:
+            out = unquote(out)
+        if out == before:
+            break
+    return out
+
+
 def mask_forms(text: str, found: Iterable[str]) -> str:
     """`text` with each of `found` replaced by `MASK`, in any letter case, longest first
-    (no half-masked value where one form holds another). The forms present are picked with
-    plain substring searches first (a regular expression of hundreds of alternatives is
-    ~40x slower than them on text that holds none, the usual case)."""
+    (no half-masked value where one form holds another). When `text` holds one only once its
+    escapes are decoded (`unescaped`: a key echoed with one character escaped), the decoded
+    text is returned, masked. The forms present are picked with plain substring searches first
+    (a regular expression of hundreds of alternatives is ~40x slower than them on text that
+    holds none, the usual case)."""
     if not text:
         return text
+    found = found if isinstance(found, set | frozenset | tuple | list) else tuple(found)
+    masked = _mask_present(text, found)  # first as written: a form masked whole stays whole
+    plain = unescaped(masked)
+    if plain != masked:
+        plain_masked = _mask_present(plain, found)
+        if plain_masked != plain:  # a secret only its escapes had hidden
+            return plain_masked
+    return masked
+
+
+def _mask_present(text: str, found: Iterable[str]) -> str:
     lowered = text.lower()
     present = tuple(sorted({f for f in found if f and (f.lower() in lowered or f in text)},
                            key=lambda f: (-len(f), f)))

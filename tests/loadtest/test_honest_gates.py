@@ -66,6 +66,11 @@ BROKEN_WORKER = textwrap.dedent('''
                                         + " pct: " + pct + " slash: " + token.decode().replace("/", "\\/")
                                         + " b64lower: " + base64.b64encode(token.lower()).decode()).encode(),
                                   "text/plain")
+            if MODE == "echo-escaped":  # one character escaped: System.Text.Json's '+', an HTML page's '/'
+                token, bs = str(self.headers.get("Authorization")).split(" ", 1)[-1], chr(92)
+                body = ('{"json": "' + token.replace("+", bs + "u002B") + '", "html": "' + token.replace("/", "&#47;", 1)
+                        + '", "js": "' + token.replace("=", bs + "x3d") + '"}')
+                return self._send(401, body.encode())
             if MODE == "echo-late":  # the Authorization header echoed across the 200-character cut of a failure text
                 return self._send(500, ("x" * 183 + str(self.headers.get("Authorization"))).encode(), "text/plain")
             self._send(500, b'{"error": "boom"}')
@@ -106,7 +111,7 @@ def _target(folder, mode: str):
 def targets(tmp_path_factory):
     """One broken worker per mode: {"500": url, "hang": url, "slow": url}."""
     started = {mode: _target(tmp_path_factory.mktemp(f"target-{mode}"), mode)
-               for mode in ("500", "hang", "slow", "garbage", "echo", "echo-late")}
+               for mode in ("500", "hang", "slow", "garbage", "echo", "echo-late", "echo-escaped")}
     yield {mode: url for mode, (_proc, url) in started.items()}
     for proc, _url in started.values():
         proc.terminate()
@@ -312,6 +317,21 @@ def test_the_key_of_deploy_api_key_env_is_masked_before_a_failure_text_is_cut(op
     written = [*reports.iterdir(), *(ops_root / ".opsctl" / "loadtests").iterdir()]
     for text in [out.stdout, out.stderr, *(p.read_text() for p in written)]:
         assert key[:10] not in text
+
+
+def test_a_key_echoed_with_one_character_escaped_reaches_no_report(ops_root, targets, monkeypatch, tmp_path):
+    """Breaker 48 F1: System.Text.Json writes '+' as \\u002B, an HTML page one '/' as &#47;: the
+    key was in none of the whole forms opsctl masks, and reached every report whole."""
+    key = "q8Zr+Yh/Jm3kT0pLw2Xv5Rb="
+    monkeypatch.setenv("LOADTEST_API_KEY", key)
+    reports = tmp_path / "reports"
+    out = _run(ops_root, targets["echo-escaped"], "0", "error_rate<1%", "--classes", "TranscriptionUser=1",
+               "--html", str(reports / "r.html"), "--csv", str(reports / "r"), "--junit", str(reports / "r.xml"))
+    assert out.code == 1, (out.stdout, out.stderr)
+    assert any('"json": "***"' in f["error"] for f in out.doc["failures"]), out.doc["failures"]
+    written = [*reports.iterdir(), *(ops_root / ".opsctl" / "loadtests").iterdir()]
+    for text in [out.stdout, out.stderr, *(p.read_text() for p in written)]:
+        assert "Jm3kT0pLw2Xv5Rb" not in text and "q8Zr" not in text
 
 
 def test_a_locustfile_without_its_speech_samples_is_one_line_before_any_load(ops_root, targets, monkeypatch, tmp_path):
