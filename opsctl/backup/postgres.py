@@ -660,6 +660,25 @@ def drop_database(url: str, name: str) -> None:
             conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
+def drop_copy(url: str, name: str) -> list[str]:
+    """Drop the restore copy `name` (copy_mark) unless a client is connected to it: DROP
+    DATABASE without FORCE, which PostgreSQL refuses (55006, object_in_use) while any other
+    session is connected, in the same statement that drops; a check of `sessions` first left a
+    window in which a client connecting was ended by the FORCE (breaker 48 F3). Returns the
+    sessions that kept it; [] when it was dropped or is gone."""
+    import psycopg
+    from psycopg import sql
+
+    if name in SYSTEM_DATABASES:
+        raise UsageError(f"refusing to drop {name}: it is a system database PostgreSQL needs")
+    with _admin(url) as conn:
+        try:
+            conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+        except psycopg.errors.ObjectInUse:
+            return sessions(url, name) or ["a client that left since"]
+    return []
+
+
 _IDENT = r'(?:"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*)'
 _ROLE_PATTERNS = [re.compile(p) for p in (
     rf"\bOWNER TO ({_IDENT});",

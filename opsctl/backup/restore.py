@@ -441,14 +441,13 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
             if p.target_db:  # new (check_new_target); one made since by someone else is not touched
                 pgb.mark_copy(ep.database_url, scratch, p.target_db, p.backup_id)
                 if p.replaces_copy and pgb.copy_mark(ep.database_url, p.target_db):  # still the copy it was
-                    users = pgb.sessions(ep.database_url, p.target_db)
+                    users = pgb.drop_copy(ep.database_url, p.target_db)
                     if users:  # someone came to use it while the restore ran: theirs now (breaker 47 F1)
                         raise pgb.TargetAppeared(
                             f"the copy {p.target_db} came into use while the restore ran ({len(users)} open "
                             f"session{'s' if len(users) > 1 else ''}: {', '.join(users[:3])}); it was left "
                             f"untouched, and the restored copy is kept as {scratch}: use it under that name, or "
                             "drop it")
-                    pgb.drop_database(ep.database_url, p.target_db)
                     result.replaced_copy = p.replaces_copy
                 pgb.swap(ep.database_url, scratch, p.target_db, "", new_only=True)
             else:

@@ -707,11 +707,12 @@ def drop_database(ctx: Context, name: str, only_copy: bool = False) -> dict:
     if only_copy and postgres.database_exists(url, name):
         if not postgres.copy_mark(url, name):
             return {"dropped": None, "kept": name, "why": "not a restore's copy (it is not marked as one)"}
-        users = postgres.sessions(url, name)
+        users = postgres.drop_copy(url, name)  # refused by the server itself while anyone is connected
         if users:
             return {"dropped": None, "kept": name,
                     "why": f"a restore's copy in use ({len(users)} open session{'s' if len(users) > 1 else ''}: "
                            f"{', '.join(users[:3])})"}
+        return {"dropped": name}
     postgres.drop_database(url, name)
     return {"dropped": name}
 

@@ -142,3 +142,20 @@ def test_a_copy_that_comes_into_use_while_the_restore_runs_is_kept_and_said(live
         kept = [n for (n,) in conn.execute("select datname from pg_database where datname like %s",
                                            (f"{COPY}_restoring_%",))]
     assert len(kept) == 1 and kept[0] in line
+
+
+def test_a_client_that_connects_after_the_check_is_not_ended(live_db, seeded, runner, monkeypatch):  # noqa: F811
+    """Breaker 48 F3: the sessions were checked, then the copy dropped WITH (FORCE) on another
+    connection; a client connecting in between was ended. The drop is now the check: without
+    FORCE, the server refuses it while anyone is connected. Here the check sees no one, as a
+    check made just before the client connected would."""
+    from opsctl.backup import postgres as pgb
+
+    env, url, backup_id = live_db
+    ok(runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", COPY, "--yes", "--json"]))
+    monkeypatch.setattr(pgb, "sessions", lambda *_: [])
+    with psycopg.connect(make_conninfo(seeded.db_url, dbname=COPY, application_name="analyst"),
+                         autocommit=True) as theirs:
+        one_line_error(_restore(runner, env, backup_id, "--replace-copy"), 1,
+                       f"the copy {COPY} came into use while the restore ran")
+        assert theirs.execute("select 1").fetchone() == (1,)  # not ended
