@@ -34,6 +34,9 @@ _ESCAPED = ("\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u089
             "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f")
 _CONTROL = re.compile(f"[{_ESCAPED}]")
 _ANY_CONTROL = re.compile(f"[\t\n{_ESCAPED}]")
+# also drawn as nothing: a combining grapheme joiner, Khmer inherent vowels, Mongolian and other
+# variation selectors, the blank Braille pattern; and every blank (\s: spaces of any width)
+_BLANK = re.compile(f"[{_ESCAPED}\u034f\u17b4\u17b5\u180b-\u180f\u2800\ufe00-\ufe0f\U000e0100-\U000e01ef\\s]")
 
 
 def visible(text: str) -> str:
@@ -44,6 +47,14 @@ def visible(text: str) -> str:
     of a log stays one line (a VT, NEL or U+2028 in it no longer starts a forged one).
     Newlines and tabs stay: a message of several lines is printed as several lines."""
     return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def without_blanks(text: str) -> str:
+    """`text` without what is drawn as nothing: what `visible` escapes (controls, format
+    characters), the other default-ignorable characters (combining grapheme joiner, variation
+    selectors), the blank Braille pattern and every blank. How a name reads in a listing, and
+    a host once IDNA has dropped its ignorables (breakers 47 F6, 48 F2, F4)."""
+    return _BLANK.sub("", text)
 
 
 def first_control(text: str) -> str | None:

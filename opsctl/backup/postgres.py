@@ -547,12 +547,6 @@ _LOOKALIKES = str.maketrans({
     "\u0408": "j", "\u0405": "s", "\u0391": "a", "\u0392": "b", "\u0395": "e", "\u0397": "h",
     "\u0399": "i", "\u039a": "k", "\u039c": "m", "\u039d": "n", "\u039f": "o", "\u03a1": "p",
     "\u03a4": "t", "\u03a5": "y", "\u03a7": "x", "\u0396": "z", "0": "o", "1": "l", "|": "l"})
-# default-ignorable code points outside category Cf (which is dropped whole): a combining
-# grapheme joiner, the Hangul fillers, Khmer inherent vowels, variation selectors; and the blank
-# Braille pattern U+2800, drawn as nothing (breaker 47 F6)
-_IGNORABLE_OTHER = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0"
-                              "\U000e0100-\U000e01ef]")
-
 
 @lru_cache(maxsize=1)
 def _confusables() -> dict[int, str]:
@@ -560,7 +554,11 @@ def _confusables() -> dict[int, str]:
     letter in lower case, from confusable_homoglyphs' copy of the file: Latin alpha U+0251,
     Armenian oh U+0585 (breaker 45 F8), Arabic-Indic digits and Hebrew letters (the copy wraps
     right-to-left characters in U+200E marks, which are taken off: breaker 47 F6), and those
-    drawn like a character `_LOOKALIKES` reads (small capital T U+1D1B, like Cyrillic te)."""
+    drawn like a character `_LOOKALIKES` reads (small capital T U+1D1B, like Cyrillic te);
+    then every other Latin letter with a stroke, hook or the like, or as a small capital, as its
+    letter (`_LATIN_BLOCKS`), and ASCII capital I as l, as confusables.txt reads it."""
+    import unicodedata
+
     from confusable_homoglyphs.confusables import confusables_data
 
     def bare(text: str) -> str:
@@ -577,7 +575,21 @@ def _confusables() -> dict[int, str]:
         via = [known[ord(c)] for c in alike if len(c) == 1 and ord(c) in known]
         if len(char) == 1 and not char.isascii() and ord(char) not in table and via:
             table[ord(char)] = via[0]
+    for block in _LATIN_BLOCKS:  # a Latin letter drawn with a stroke or as a small capital is that letter
+        for code in range(*block):
+            found = _LATIN_LETTER.fullmatch(unicodedata.name(chr(code), ""))
+            if found and code not in table:
+                table[code] = found[1].lower()
+    table[ord("I")] = "l"  # confusables.txt reads a capital I as l ('tempIate0'); a case variant is refused anyway
     return table
+
+
+# Latin letters outside ASCII (Latin-1 to Extended-B, IPA, phonetic extensions, Extended
+# Additional, Extended-C to -E), read by their Unicode names: 'LATIN SMALL LETTER O WITH STROKE'
+# (ø), 'LATIN LETTER SMALL CAPITAL R' (ʀ) (breaker 48 F4)
+_LATIN_BLOCKS = ((0x00C0, 0x0250), (0x0250, 0x02B0), (0x1D00, 0x1DC0), (0x1E00, 0x1F00), (0x2C60, 0x2C80),
+                 (0xA720, 0xA800), (0xAB30, 0xAB70))
+_LATIN_LETTER = re.compile(r"LATIN (?:SMALL |CAPITAL )?LETTER (?:SMALL CAPITAL )?([A-Z])(?: WITH .*)?")
 
 
 @lru_cache(maxsize=1)
@@ -603,9 +615,9 @@ def name_skeleton(name: str) -> str:
 
     # confusables.txt first, as it reads a character ('Ⅰ' as 'l', not NFKC's 'I'), then again
     # once case folded ('Ꝛ' is listed, as '2'; its folded 'ꝛ' is not)
-    text = unicodedata.normalize("NFKC", name.translate(_confusables()))
-    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
-    text = _IGNORABLE_OTHER.sub("", text)
+    from opsctl.output import without_blanks
+
+    text = without_blanks(unicodedata.normalize("NFKC", name.translate(_confusables())))
     text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) not in ("Mn", "Me"))
     text = unicodedata.normalize("NFKC", text).casefold().translate(_lookalikes()).lower().strip()
     for letter, reads in _SEQUENCES:

@@ -247,17 +247,21 @@ def target_url(url: str, what: str = "--host", api_key_env: str | None = None) -
 
 def _readings(url: str) -> list[str]:
     """`url` as typed, NFKC-folded (IDNA folds a fullwidth host so), then percent-decoded up to
-    three times (a router decodes '%2D' before routing), each also folded: every way a secret
-    in it can read (breaker 47 F2, F7)."""
+    three times (a router decodes '%2D' before routing), each also folded, and each of those
+    without what is drawn as nothing (IDNA drops a soft hyphen or a zero-width space from a
+    host; a tab or newline splits no key): every way a secret in it can read (breakers 47 F2,
+    F7, 48 F2)."""
     import unicodedata
     from urllib.parse import unquote
+
+    from opsctl.output import without_blanks
 
     out = [url, unicodedata.normalize("NFKC", url)]
     decoded = url
     for _ in range(3):
         decoded = unquote(decoded)
         out += [decoded, unicodedata.normalize("NFKC", decoded)]
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(out + [without_blanks(r) for r in out]))
 
 
 def reachable(url: str, env: Environment, explicit: bool) -> None:

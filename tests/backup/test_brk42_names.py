@@ -60,6 +60,9 @@ def test_every_single_letter_confusable_reads_as_its_letter():
     ("postgres\u2800", "postgres"),                                 # the blank Braille pattern
     ("postgres\u0332", "postgres"), ("postgres\u0358", "postgres"), ("postgres\u0cbc", "postgres"),  # combining marks
     ("\u1d1bemplate1", "template1"),                                # small capital T, drawn as Cyrillic te
+    # breaker 48 F4: capital I for l, small capitals, a letter with a stroke, a hair space inside
+    ("tempIate0", "template0"), ("p\u00f8stgres", "postgres"), ("templa\u1d1be1", "template1"),
+    ("pos\u1d1bgres", "postgres"), ("postg\u0280es", "postgres"), ("template\u200a1", "template1"),
 ])
 def test_breaker_47_look_alikes_read_as_the_name(name, live):
     from opsctl.backup.postgres import check_replaceable
@@ -69,8 +72,17 @@ def test_breaker_47_look_alikes_read_as_the_name(name, live):
         check_replaceable(name, "transcribe", "--target-db")
 
 
+@pytest.mark.parametrize("name", ["t\u0280anscribe", "tra\u0274scribe", "transcr\u200aibe"])
+def test_breaker_48_look_alikes_of_the_live_name_are_refused(name):
+    from opsctl.backup.postgres import check_replaceable
+    from opsctl.errors import UsageError
+
+    with pytest.raises(UsageError, match="reads as transcribe, the environment's live database"):
+        check_replaceable(name, "transcribe", "--target-db")
+
+
 @pytest.mark.parametrize("name", ["\u0431\u0430\u0437\u0430", "donn\u00e9es", "\u6570\u636e", "pg_\u0442\u0435\u0441\u0442",
-                                  "memo", "restore_drill", "transcribe_copy"])
+                                  "memo", "restore_drill", "transcribe_copy", "Ivan_copy", "INVENTORY"])
 def test_names_that_read_as_no_other_are_taken(name):
     from opsctl.backup.postgres import check_replaceable
 
