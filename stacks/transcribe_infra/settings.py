@@ -255,6 +255,27 @@ def _text(cfg: pulumi.Config, key: str, default: str | None = None) -> str:
     return name_value(full, text_value(full, _decoded(raw)))
 
 
+# Regions outside the `aws` partition (GovCloud, China, the isolated regions): their ARNs begin
+# arn:aws-us-gov: / arn:aws-cn: / arn:aws-iso...: and China's service principals end in
+# .amazonaws.com.cn ("Identify AWS resources with Amazon Resource Names", partition;
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html). The program writes
+# `arn:aws:` ARNs and `.amazonaws.com` principals (cluster.py, gpu.py, encryption.py), so such a
+# region is refused, not deployed with policies that grant nothing (breaker 48 F5).
+OTHER_PARTITIONS = {"us-gov-": "aws-us-gov", "cn-": "aws-cn", "us-iso-": "aws-iso", "us-isob-": "aws-iso-b",
+                    "us-isof-": "aws-iso-f", "eu-isoe-": "aws-iso-e"}
+
+
+def region_value(region: str) -> str:
+    """`region` when it is in the `aws` partition, the one the program's ARNs and service
+    principals are written for; ValueError naming aws:region and the partition otherwise."""
+    for prefix, partition in OTHER_PARTITIONS.items():
+        if region.startswith(prefix):
+            raise ValueError(f"aws:region is {region}, in the {partition} partition; this program writes the ARNs "
+                             "(arn:aws:...) and service principals of the aws partition, which grant nothing there: "
+                             "choose a region of the aws partition, or adapt the program first")
+    return region
+
+
 def _zones(cfg: pulumi.Config, key: str, region: str) -> list[str]:
     """The Availability Zones (required, at least one): each a zone of `region` by name (the
     region's code and one letter, e.g. eu-west-1a; AZ_ID), each once. ValueError naming the key."""
@@ -473,7 +494,7 @@ class StackSettings:
 
         cfg = pulumi.Config(PROJECT)
         production = cfg.get_bool("production") or False
-        environment, region = _text(cfg, "environment"), _text(pulumi.Config("aws"), "region")
+        environment, region = _text(cfg, "environment"), region_value(_text(pulumi.Config("aws"), "region"))
         audio_bucket, backups_bucket = _text(cfg, "audioBucket"), _text(cfg, "backupsBucket")
         if audio_bucket == backups_bucket:
             raise ValueError(f"transcribe:backupsBucket is {backups_bucket!r}, the audio bucket's name too (an S3 "

@@ -116,6 +116,23 @@ def test_the_program_refuses_what_aws_refuses_by_key(key, value, said):
     assert str(caught.value).startswith(said), str(caught.value)
 
 
+@pytest.mark.parametrize("region, partition", [("us-gov-west-1", "aws-us-gov"), ("cn-north-1", "aws-cn"),
+                                               ("cn-northwest-1", "aws-cn"), ("us-iso-east-1", "aws-iso")])
+def test_a_region_outside_the_aws_partition_is_refused(region, partition):
+    """Breaker 48 F5: us-gov-west-1 passed, and the program wrote arn:aws: ARNs and
+    .amazonaws.com principals that grant nothing in the aws-us-gov or aws-cn partition."""
+    zones = [f"{region}a", f"{region}b"]
+    with pytest.raises(ValueError) as caught:
+        settings_of(**{"aws:region": region, "transcribe:availabilityZones": zones})
+    assert str(caught.value).startswith(f"aws:region is {region}, in the {partition} partition"), str(caught.value)
+
+
+@pytest.mark.parametrize("region", ["ap-southeast-5", "mx-central-1", "il-central-1", "us-east-1"])
+def test_regions_of_the_aws_partition_are_read(region):
+    s = settings_of(**{"aws:region": region, "transcribe:availabilityZones": [f"{region}a", f"{region}b"]})
+    assert s.region == region
+
+
 @pytest.mark.parametrize("stack", ["staging", "production"])
 def test_the_shipped_stacks_and_names_at_aws_limits_are_read(stack):
     """The shipped stack files pass every rule; so do names at AWS's limits, required tags with
