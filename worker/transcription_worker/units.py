@@ -14,7 +14,7 @@ here, so they all read alike:
   from the limit (up when over it, down when under it), with more decimals when that is not
   enough to tell them apart, so a value over the limit never reads as equal to it ("the
   audio is 30.3 s long, over the 30 s limit", not "30 s ... over the 30 s limit"; "4.21 s
-  long, over the 4.15 s limit") and one under it never reads as reaching it ("59.9 MiB used"
+  long, over the 4.15 s limit") and one under it never reads as reaching it ("59.99 MiB used"
   of 60, not "60 MiB used").
 
 A count of bytes a message gives exactly (a part's size beside the upload's declared bytes)
@@ -88,18 +88,20 @@ def _decimals(text: str) -> int:
 
 def against(value: float, limit: float) -> tuple[str, str]:
     """(`value`, `limit`) as texts that compare as the numbers do, never equal unless the
-    numbers are (to float noise) nor across: the limit as it is (`exact`: "4.15", "0.04",
+    numbers are (to float noise, and never for a value over the limit) nor across: the limit as it is (`exact`: "4.15", "0.04",
     "30"); the value to the nearest with as many decimals as the limit (one at least, trailing
     zeros dropped), rounded away from the limit instead (up when over it, down when under it)
     when the nearest would read as the limit or across it, and more decimals when that is not
     enough; a nonzero figure never reads as 0. 30.2999 against 30 -> ("30.3", "30"); 30.01
-    against 30 -> ("30.1", "30"); 59.99 against 60 -> ("59.9", "60"); 4.21 against 4.15 ->
+    against 30 -> ("30.01", "30"); 59.99 against 60 -> ("59.99", "60"); 4.21 against 4.15 ->
     ("4.21", "4.15"); 4.21 against 0.04 -> ("4.21", "0.04"). A limit with no short decimal
     form (an amount left, in MiB of odd bytes) is shown as a figure, to the nearest with the
     value's decimals."""
     limit_set = _as_set(limit)
-    if math.isclose(value, limit, rel_tol=_SAME, abs_tol=_SAME):  # float noise is not a difference
-        same = limit_set if limit_set is not None else figure(value)
+    if math.isclose(value, limit, rel_tol=_SAME, abs_tol=_SAME):
+        if value > limit:  # refused by an exact comparison: both as they are (breaker 48 F6: "4.21 s over
+            return _plain(value), _plain(limit)  # the 4.21 s limit" for a 4.2099999999999 s one)
+        same = limit_set if limit_set is not None else figure(value)  # float noise under it is no difference
         return same, same
     over = value > limit
     rounding = "up" if over else "down"
@@ -114,7 +116,10 @@ def against(value: float, limit: float) -> tuple[str, str]:
         limit_shown = limit_set if limit_set is not None else _text(limit, digits)
         if limit and float(limit_shown) == 0:  # nor does a nonzero limit
             continue
-        for shown in (_text(value, digits), _text(value, digits, rounding)):
+        # the nearest first; rounded away from the limit only once one more decimal did not tell
+        # them apart (0.1285 left of 0.1004 read "0.2", a whole step away: breaker 48 F6)
+        tries = (_text(value, digits),) + ((_text(value, digits, rounding),) if digits > first else ())
+        for shown in tries:
             if reads_right(shown, limit_shown):
                 return shown, limit_shown
     return _plain(value), limit_set if limit_set is not None else _plain(limit)
@@ -128,8 +133,8 @@ def mib(size: int | float) -> str:
 
 def mib_against(size: int | float, limit: int | float) -> tuple[str, str]:
     """(`size`, `limit`), both bytes, in MiB as texts that compare as the byte counts do
-    (`against`): mib_against(60 * MIB - 1, 60 * MIB) -> ("59.9 MiB", "60 MiB"),
-    mib_against(8 * MIB + 1, 8 * MIB) -> ("8.1 MiB", "8 MiB")."""
+    (`against`): mib_against(60 * MIB - 1, 60 * MIB) -> ("59.99 MiB", "60 MiB"),
+    mib_against(8 * MIB + 1, 8 * MIB) -> ("8.01 MiB", "8 MiB")."""
     shown, limit_shown = against(size / MIB, limit / MIB)
     return f"{shown} MiB", f"{limit_shown} MiB"
 
