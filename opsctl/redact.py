@@ -40,10 +40,12 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s
 # Azure SAS URLs sig=). Narrower than the URL parameters below: in free text `key=` is an S3
 # object key, `code=` an exit code and `PWD=` a shell's working folder, so those are masked
 # only as a URL's parameters.
+# (a key's prefix is at most 40 characters: `[\w-]*` before it took time quadratic in a run of
+# letters and hyphens, 10 s for 10 KB of 'a-a-...': breaker 49 F4)
 _KEY_VALUE = re.compile(
-    r"(?P<key>\b(?:[\w-]*[_-]|pg|ssl)?pass(?:word|wd|phrase)?"
-    r"|\b(?:[\w-]*api_?key|[\w-]*token|[\w-]*secret|auth_token|sig|[\w-]*jwt"
-    r"|[\w-]*(?:access|secret|private|account|client)_?key"
+    r"(?P<key>\b(?:[\w-]{0,40}[_-]|pg|ssl)?pass(?:word|wd|phrase)?"
+    r"|\b(?:[\w-]{0,40}api_?key|[\w-]{0,40}token|[\w-]{0,40}secret|auth_token|sig|[\w-]{0,40}jwt"
+    r"|[\w-]{0,40}(?:access|secret|private|account|client)_?key"
     r"|x-(?:amz|goog)-(?:security-token|signature|credential))"
     r")(?P<sep>\s*=\s*)(?P<val>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,]+)",
     re.IGNORECASE)
@@ -289,57 +291,97 @@ def _forms_pattern(ordered: tuple[str, ...]) -> re.Pattern:
     return re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE)
 
 
-# one character escaped the ways servers write it: JSON's and JavaScript's \uXXXX and \xNN, an
-# escaped slash (HTML character references and percent-encoding are decoded by their libraries)
-_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|\\(/)")
-
-
-def _unescape_one(match: re.Match) -> str:
-    code = match[1] or match[2]
-    if code is None:
-        return "/"
-    value = int(code, 16)
-    return match[0] if 0xD800 <= value <= 0xDFFF else chr(value)  # a lone surrogate could not be written
-
-
-def unescaped(text: str) -> str:
-    """`text` with what escapes one character at a time decoded, twice at most: HTML character
-    references (`&#43;`, `&#x2B;`, `&plus;`), `\\uXXXX`, `\\xNN` and `\\/` escapes, percent-
-    encoding. A server that escapes only some characters of an echoed key (System.Text.Json
-    writes '+' as `\\u002B`) writes it in none of the whole forms `forms` lists (breaker 48 F1)."""
-    import html
-
-    out = text
-    for _ in range(2):
-        before = out
-        if "&" in out:
-            out = html.unescape(out)
-        if "\\" in out:
-            out = _ESCAPE.sub(_unescape_one, out)
-        if "%" in out:
-            out = unquote(out)
-        if out == before:
+def unescaped(text: str, levels: int = 3) -> str:
+    """`text` with what escapes one character at a time decoded, up to `levels` levels (a JSON
+    body inside a JSON log line is escaped twice): an escaped backslash, `\\uXXXX`, `\\xNN`
+    and `\\/`, HTML character references written with their ';' (`&#43;`, `&#x2B;`, `&plus;`),
+    %XX of an ASCII byte. A server that escapes only some characters of an echoed key
+    (System.Text.Json writes '+' as `\\u002B`) writes it in none of the whole forms `forms`
+    lists (breaker 48 F1, 49 F2)."""
+    for _ in range(levels):
+        decoded = _ESCAPED_UNIT.sub(lambda m: _decode_unit(m[0]), text)
+        if decoded == text:
             break
-    return out
+        text = decoded
+    return text
 
 
 def mask_forms(text: str, found: Iterable[str]) -> str:
     """`text` with each of `found` replaced by `MASK`, in any letter case, longest first
-    (no half-masked value where one form holds another). When `text` holds one only once its
-    escapes are decoded (`unescaped`: a key echoed with one character escaped), the decoded
-    text is returned, masked. The forms present are picked with plain substring searches first
-    (a regular expression of hundreds of alternatives is ~40x slower than them on text that
-    holds none, the usual case)."""
+    (no half-masked value where one form holds another). A secret that shows only once the
+    escapes of single characters are decoded (`unescaped`: a key echoed with one character
+    escaped, breaker 48 F1) is masked where it sits in `text`, the rest left as written (a
+    decoded copy returned whole had unmasked other, percent-encoded passwords: breaker 49 F1).
+    The forms present are picked with plain substring searches first (a regular expression of
+    hundreds of alternatives is ~40x slower than them on text that holds none, the usual case)."""
     if not text:
         return text
     found = found if isinstance(found, set | frozenset | tuple | list) else tuple(found)
-    masked = _mask_present(text, found)  # first as written: a form masked whole stays whole
+    masked = _mask_present(text, found)
     plain = unescaped(masked)
-    if plain != masked:
-        plain_masked = _mask_present(plain, found)
-        if plain_masked != plain:  # a secret only its escapes had hidden
-            return plain_masked
-    return masked
+    if plain == masked or _mask_present(plain, found) == plain:
+        return masked
+    return _mask_escaped(masked, found)
+
+
+# one written unit of text and what it stands for: an escaped backslash, \uXXXX, \xNN, \/, an
+# HTML character reference (with its ';', as servers write them), %XX, or one character
+_UNIT = re.compile(r"\\\\|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\/"
+                   r"|&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});|%[0-9a-fA-F]{2}|.", re.DOTALL)
+
+
+_ESCAPED_UNIT = re.compile(_UNIT.pattern[:-2], re.DOTALL)  # the same, one character left out
+
+
+def _decode_unit(unit: str) -> str:
+    if len(unit) == 1:
+        return unit
+    if unit[0] == "\\":
+        if unit[1] in "\\/":
+            return unit[1]
+        value = int(unit[2:], 16)
+        return unit if 0xD800 <= value <= 0xDFFF else chr(value)
+    if unit[0] == "%":
+        value = int(unit[1:], 16)
+        return chr(value) if value < 0x80 else unit  # a byte of a longer UTF-8 sequence: left as written
+    import html
+
+    return html.unescape(unit)
+
+
+def _mask_escaped(text: str, found: Iterable[str], levels: int = 3) -> str:
+    """`text` with every stretch that decodes (one to `levels` levels of escapes) to one of
+    `found` replaced by `MASK`: each decoded character remembers the span of `text` it came
+    from, so only what spells the secret is masked."""
+    origins = [(i, i + 1) for i in range(len(text))]
+    current, spans = text, []
+    for _ in range(levels):
+        out: list[str] = []
+        next_origins: list[tuple[int, int]] = []
+        for unit in _UNIT.finditer(current):
+            decoded = _decode_unit(unit[0])
+            span = (origins[unit.start()][0], origins[unit.end() - 1][1])
+            out.append(decoded)
+            next_origins.extend([span] * len(decoded))
+        decoded_text = "".join(out)
+        if decoded_text == current:
+            break
+        current, origins = decoded_text, next_origins
+        lowered = current.lower()
+        present = tuple(sorted({f for f in found if f and (f.lower() in lowered or f in current)},
+                               key=lambda f: (-len(f), f)))
+        if present:
+            spans += [(origins[m.start()][0], origins[m.end() - 1][1])
+                      for m in _forms_pattern(present).finditer(current)]
+    if not spans:
+        return text
+    out, at = [], 0
+    for start, end in sorted(spans):
+        if end <= at:
+            continue
+        out += [text[at:max(at, start)], MASK] if start >= at else [MASK]
+        at = max(at, end)
+    return "".join(out) + text[at:]
 
 
 def _mask_present(text: str, found: Iterable[str]) -> str:

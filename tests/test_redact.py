@@ -89,3 +89,26 @@ def test_a_probe_target_keeps_its_path_unless_the_path_is_the_secret(url, shown)
     """`redact(keep_path=True)` names a health check's target; a webhook whose path is its
     secret (tester's P7: Telegram's /bot<token>/, Discord's /api/v10/webhooks/) loses it."""
     assert redact(url, keep_path=True) == shown
+
+
+def test_a_key_escaped_in_part_is_masked_where_it_sits_and_the_rest_stays_masked(monkeypatch):
+    """Breaker 48 F1 and 49 F1, F2: a key echoed with one character escaped (System.Text.Json's
+    \\u002B, an HTML &#43;, escaped again inside a JSON log line, percent-encoded three times)
+    is masked; masking it no longer decodes the whole text, which had shown a percent-encoded
+    password beside it in clear."""
+    from opsctl import redact
+
+    monkeypatch.setattr(redact, "_known", set())
+    redact.remember("Zq9+Lx/w8Kp=Ab")
+    cases = {
+        "auth Zq9\\u002BLx/w8Kp=Ab failed for postgresql://app:pa%20ss%2Fw0rd@db:5432/x":
+            "auth *** failed for postgresql://app:***@db:5432/x",
+        "x Zq9\\u002BLx/w8Kp=Ab y ?token=TOPSECRET%20PART2": "x *** y ?token=***",
+        'log {"body": "Zq9\\\\u002BLx/w8Kp=Ab"}': 'log {"body": "***"}',
+        "html Zq9&amp;amp;#43;Lx/w8Kp=Ab end": "html *** end",
+        "pct Zq9%25252BLx/w8Kp=Ab end": "pct *** end",
+        "js Zq9+Lx\\/w8Kp\\x3dAb end": "js *** end",
+        "no key: 5% &amp; \\\\ %41 \\u0041": "no key: 5% &amp; \\\\ %41 \\u0041",
+    }
+    for text, expected in cases.items():
+        assert redact.credentials(text) == expected, text
