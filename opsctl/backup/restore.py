@@ -437,6 +437,7 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
         counts = pgb.restore_into(ep.database_url, dump, scratch, jobs, m.db.expected_rows,
                                   catalog=m.db.catalog, no_owner=no_owner, role=role,
                                   archive=archive, major=major)
+        keep_scratch = False  # once an earlier copy was dropped for it, the restored copy is never dropped
         try:  # restore_into dropped the scratch database on its own failures; the swap's are ours
             if p.target_db:  # new (check_new_target); one made since by someone else is not touched
                 pgb.mark_copy(ep.database_url, scratch, p.target_db, p.backup_id)
@@ -449,7 +450,22 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
                             f"untouched, and the restored copy is kept as {scratch}: use it under that name, or "
                             "drop it")
                     result.replaced_copy = p.replaces_copy
-                pgb.swap(ep.database_url, scratch, p.target_db, "", new_only=True)
+                try:
+                    pgb.swap(ep.database_url, scratch, p.target_db, "", new_only=True)
+                except pgb.TargetAppeared:
+                    raise
+                except BaseException as exc:
+                    if not result.replaced_copy:
+                        raise
+                    # the old copy is gone: the restored one is all there is, kept and said (breaker 49 F10)
+                    keep_scratch = True
+                    said = (f"the earlier copy {p.target_db} was replaced, but renaming the restored one to "
+                            f"{p.target_db} did not finish ({type(exc).__name__}); it is kept as {scratch}: "
+                            "rename it, or use it under that name")
+                    if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: still an interrupt, said first
+                        log.warning("%s", said)
+                        raise
+                    raise pgb.TargetAppeared(said) from None
             else:
                 keep_as = pgb.derived_name(p.database, "before")
                 if pgb.swap(ep.database_url, scratch, p.database, keep_as):
@@ -459,7 +475,11 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
                 _record(p._ctx["run_dir"], scratch=None)
             raise
         except BaseException:
-            pgb.drop_database(ep.database_url, scratch)
+            if keep_scratch:
+                if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
+                    _record(p._ctx["run_dir"], scratch=None)
+            else:
+                pgb.drop_database(ep.database_url, scratch)
             raise
         result.database, result.tables, result.rows = p.database, len(counts), sum(counts.values())
     if "redis" in p.components:

@@ -704,7 +704,9 @@ def drop_database(ctx: Context, name: str, only_copy: bool = False) -> dict:
 
     _check_drop_database(ctx, name)
     url = resolve(ctx.project, ctx.env).database_url
-    if only_copy and postgres.database_exists(url, name):
+    if only_copy:
+        if not postgres.database_exists(url, name):  # gone already: nothing to drop, whatever appears next
+            return {"dropped": None}
         if not postgres.copy_mark(url, name):
             return {"dropped": None, "kept": name, "why": "not a restore's copy (it is not marked as one)"}
         users = postgres.drop_copy(url, name)  # refused by the server itself while anyone is connected

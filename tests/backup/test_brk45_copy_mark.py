@@ -159,3 +159,41 @@ def test_a_client_that_connects_after_the_check_is_not_ended(live_db, seeded, ru
         one_line_error(_restore(runner, env, backup_id, "--replace-copy"), 1,
                        f"the copy {COPY} came into use while the restore ran")
         assert theirs.execute("select 1").fetchone() == (1,)  # not ended
+
+
+def test_a_rename_that_fails_after_the_old_copy_went_keeps_the_restored_one(live_db, seeded, runner,  # noqa: F811
+                                                                              monkeypatch):
+    """Breaker 49 F10b: --replace-copy dropped the old copy, then a failed rename (a lost
+    connection) dropped the restored one too: both copies gone. The restored one is kept."""
+    from opsctl.backup import postgres as pgb
+
+    env, url, backup_id = live_db
+    ok(runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", COPY, "--yes", "--json"]))
+
+    def lost(*_args, **_kwargs):
+        raise ConnectionError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(pgb, "swap", lost)
+    line = one_line_error(_restore(runner, env, backup_id, "--replace-copy"), 1,
+                          f"the earlier copy {COPY} was replaced, but renaming the restored one", "it is kept as")
+    with _admin(seeded) as conn:
+        kept = [n for (n,) in conn.execute("select datname from pg_database where datname like %s",
+                                           (f"{COPY}_restoring_%",))]
+    assert len(kept) == 1 and kept[0] in line
+
+
+def test_the_drills_drop_step_drops_nothing_it_did_not_find(live_db, seeded, monkeypatch, tmp_path):  # noqa: F811
+    """Breaker 49 F10a: with only_copy, a database not found fell through to the forced drop,
+    so one created under that name just after the check was dropped unchecked."""
+    from opsctl.backup import postgres as pgb
+    from opsctl.config import load_project
+    from opsctl.runbook import actions
+
+    env, _url, _id = live_db
+    _plant(seeded)  # not a copy: created "just after" the drop step looked
+    monkeypatch.setattr(pgb, "database_exists", lambda *_: False)
+    project = load_project(tmp_path / "ops")
+    out = actions.ACTIONS["drop-database"](actions.Context(project, project.env(env), True), name=COPY,
+                                           only_copy=True)
+    assert out["dropped"] is None, out
+    assert _kept(seeded)
