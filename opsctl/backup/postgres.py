@@ -588,7 +588,7 @@ def _confusables() -> dict[int, str]:
 # Additional, Extended-C to -E), read by their Unicode names: 'LATIN SMALL LETTER O WITH STROKE'
 # (ø), 'LATIN LETTER SMALL CAPITAL R' (ʀ) (breaker 48 F4)
 _LATIN_BLOCKS = ((0x00C0, 0x0250), (0x0250, 0x02B0), (0x1D00, 0x1DC0), (0x1E00, 0x1F00), (0x2C60, 0x2C80),
-                 (0xA720, 0xA800), (0xAB30, 0xAB70))
+                 (0xA720, 0xA800), (0xAB30, 0xAB70), (0x1DF00, 0x1E000))  # and Extended-G (breaker 49 F6)
 _LATIN_LETTER = re.compile(r"LATIN (?:SMALL |CAPITAL )?LETTER (?:SMALL CAPITAL )?([A-Z])(?: WITH .*)?")
 
 
@@ -644,8 +644,12 @@ def check_replaceable(name: str, live: str | None, option: str) -> None:
         if other is not None and name != other and name.casefold() == other.casefold():
             raise UsageError(f"{option} {name} differs from {other}, {what}, only by case; choose a name that "
                              "can't be mistaken for it")
+    # as written and case folded, against the other also in capitals: capital I reads as l, so
+    # 'TRANSCRIBE\u200b' read as 'transcrlbe', and 'TRANSCRlBE' as 'TRANSCRIBE' (breaker 49 F5)
+    reads = {name_skeleton(name), name_skeleton(name.casefold())}
     for other, what in [(live, "the environment's live database")] + [(s, "a system database") for s in SYSTEM_DATABASES]:
-        if other is not None and name != other and name_skeleton(name) == name_skeleton(other):
+        if other is not None and name != other and reads & {name_skeleton(v) for v in (other, other.casefold(),
+                                                                                      other.upper())}:
             shown = name.encode("ascii", "backslashreplace").decode()  # the odd characters as their code points
             raise UsageError(f"{option} {shown} reads as {other}, {what} (it differs only by invisible, "
                              "fullwidth or look-alike characters); choose a name that can't be mistaken for it")

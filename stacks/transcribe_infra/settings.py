@@ -262,12 +262,20 @@ def _text(cfg: pulumi.Config, key: str, default: str | None = None) -> str:
 # `arn:aws:` ARNs and `.amazonaws.com` principals (cluster.py, gpu.py, encryption.py), so such a
 # region is refused, not deployed with policies that grant nothing (breaker 48 F5).
 OTHER_PARTITIONS = {"us-gov-": "aws-us-gov", "cn-": "aws-cn", "us-iso-": "aws-iso", "us-isob-": "aws-iso-b",
-                    "us-isof-": "aws-iso-f", "eu-isoe-": "aws-iso-e"}
+                    "us-isof-": "aws-iso-f", "eu-isoe-": "aws-iso-e", "eusc-": "aws-eusc"}
+# a Region's code: its area, its part of it and a number, in lower case (us-east-1, ap-southeast-5,
+# eusc-de-east-1; "AWS Regions", https://docs.aws.amazon.com/global-infrastructure/latest/regions/)
+REGION_CODE = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-[0-9]+")
 
 
 def region_value(region: str) -> str:
-    """`region` when it is in the `aws` partition, the one the program's ARNs and service
-    principals are written for; ValueError naming aws:region and the partition otherwise."""
+    """`region` when it is a Region's code (REGION_CODE) in the `aws` partition, the one the
+    program's ARNs and service principals are written for; ValueError naming aws:region and
+    what is wrong otherwise (breaker 48 F5, 49 F7: the European Sovereign Cloud, and a code in
+    upper case or with blanks, which passed the partition check)."""
+    if not REGION_CODE.fullmatch(region):
+        raise ValueError(f"aws:region is {region!r}, not an AWS Region's code (lower case, e.g. eu-west-1); "
+                         "write e.g. aws:region: eu-west-1")
     for prefix, partition in OTHER_PARTITIONS.items():
         if region.startswith(prefix):
             raise ValueError(f"aws:region is {region}, in the {partition} partition; this program writes the ARNs "

@@ -72,7 +72,10 @@ def test_breaker_47_look_alikes_read_as_the_name(name, live):
         check_replaceable(name, "transcribe", "--target-db")
 
 
-@pytest.mark.parametrize("name", ["t\u0280anscribe", "tra\u0274scribe", "transcr\u200aibe"])
+@pytest.mark.parametrize("name", ["t\u0280anscribe", "tra\u0274scribe", "transcr\u200aibe",
+                                  # breaker 49 F5, F6: upper case and one more character; Latin Extended-G
+                                  "TRANSCRIBE\u200b", "TRANSCRIB\u0415", "TRANSCRIB\u00c9", "transcrIbe\u200b",
+                                  "TRANSCRlBE", "tran\U0001df1e\U0001df1dribe"])
 def test_breaker_48_look_alikes_of_the_live_name_are_refused(name):
     from opsctl.backup.postgres import check_replaceable
     from opsctl.errors import UsageError

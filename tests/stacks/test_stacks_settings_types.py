@@ -117,7 +117,8 @@ def test_the_program_refuses_what_aws_refuses_by_key(key, value, said):
 
 
 @pytest.mark.parametrize("region, partition", [("us-gov-west-1", "aws-us-gov"), ("cn-north-1", "aws-cn"),
-                                               ("cn-northwest-1", "aws-cn"), ("us-iso-east-1", "aws-iso")])
+                                               ("cn-northwest-1", "aws-cn"), ("us-iso-east-1", "aws-iso"),
+                                               ("eusc-de-east-1", "aws-eusc")])
 def test_a_region_outside_the_aws_partition_is_refused(region, partition):
     """Breaker 48 F5: us-gov-west-1 passed, and the program wrote arn:aws: ARNs and
     .amazonaws.com principals that grant nothing in the aws-us-gov or aws-cn partition."""
@@ -162,3 +163,11 @@ def test_a_stack_file_scalar_of_the_wrong_type_is_refused_before_the_program(key
     check_yaml_types(config)  # the shipped stack passes
     with pytest.raises(ValueError, match="^" + re.escape(said)):
         check_yaml_types({**config, key: value})
+
+
+@pytest.mark.parametrize("region", ["CN-NORTH-1", " cn-north-1", "eu-west", "eu_west_1"])
+def test_a_region_that_is_no_regions_code_is_refused(region):
+    """Breaker 49 F7: upper case or blanks passed the partition check."""
+    with pytest.raises(ValueError) as caught:
+        settings_of(**{"aws:region": region, "transcribe:availabilityZones": ["eu-west-1a"]})
+    assert str(caught.value).startswith(f"aws:region is {region!r}, not an AWS Region's code"), str(caught.value)
