@@ -258,8 +258,8 @@ def _readings(url: str) -> list[str]:
 
     out = [url, unicodedata.normalize("NFKC", url)]
     decoded = url
-    for _ in range(3):
-        decoded = unquote(decoded)
+    for _ in range(3):  # and IIS's %uXXXX (breaker 49 F8)
+        decoded = unquote(re.sub(r"%[uU]([0-9a-fA-F]{4})", lambda m: chr(int(m[1], 16)), decoded))
         out += [decoded, unicodedata.normalize("NFKC", decoded)]
     return list(dict.fromkeys(out + [without_blanks(r) for r in out]))
 

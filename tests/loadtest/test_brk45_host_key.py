@@ -43,6 +43,7 @@ def _nothing_written(ops_root, reports):
     "http://{hp}:99999/{partly}",             # a bad port too: the key is named first, not the URL echoed
     # breaker 48 F2: split by a character IDNA drops or a blank (raw or percent-encoded)
     "http://{hp}/{soft}", "http://{hp}/{zwsp_encoded}", "http://{hp}/{tab_encoded}",
+    "http://{hp}/%u{first:04X}{rest}",        # IIS's %uXXXX (breaker 49 F8)
 ])
 @pytest.mark.parametrize("variable", ["LOADTEST_API_KEY", "OPSCTL_WORKER_API_KEY"])
 def test_a_host_holding_the_api_key_is_refused_and_never_shown(ops_root, http_server, monkeypatch,  # noqa: F811

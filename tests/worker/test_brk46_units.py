@@ -246,3 +246,11 @@ def test_breaker_48_figures_read_on_their_side_and_near_their_value():
     shown, limit_shown = units.seconds_against(4.21, 4.2099999999999)
     assert shown != limit_shown and float(shown[:-2]) > float(limit_shown[:-2]), (shown, limit_shown)
     assert units.mib_against(134_764, int(0.1004 * MIB)) == ("0.13 MiB", "0.1 MiB")
+
+
+def test_a_value_that_is_not_finite_is_shown_not_raised():
+    """Breaker 49 F9: against(inf, 30) raised OverflowError, against(nan, 30) ValueError."""
+    from transcription_worker import units
+
+    assert units.against(float("inf"), 30) == ("inf", "30")
+    assert units.against(float("nan"), 30)[0] == "nan"

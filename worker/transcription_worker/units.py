@@ -97,6 +97,8 @@ def against(value: float, limit: float) -> tuple[str, str]:
     ("4.21", "4.15"); 4.21 against 0.04 -> ("4.21", "0.04"). A limit with no short decimal
     form (an amount left, in MiB of odd bytes) is shown as a figure, to the nearest with the
     value's decimals."""
+    if not (math.isfinite(value) and math.isfinite(limit)):  # no rounding to do (breaker 49 F9)
+        return str(value), str(limit)
     limit_set = _as_set(limit)
     if math.isclose(value, limit, rel_tol=_SAME, abs_tol=_SAME):
         if value > limit:  # refused by an exact comparison: both as they are (breaker 48 F6: "4.21 s over
