@@ -324,13 +324,12 @@ def mask_forms(text: str, found: Iterable[str]) -> str:
     return _mask_escaped(masked, found)
 
 
-# one written unit of text and what it stands for: an escaped backslash, \uXXXX, \xNN, \/, an
-# HTML character reference (with its ';', as servers write them), %XX, or one character
-_UNIT = re.compile(r"\\\\|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\/"
-                   r"|&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});|%[0-9a-fA-F]{2}|.", re.DOTALL)
-
-
-_ESCAPED_UNIT = re.compile(_UNIT.pattern[:-2], re.DOTALL)  # the same, one character left out
+# one escaped character as servers write it: an escaped backslash, \uXXXX, \xNN, \/, an HTML
+# character reference (with its ';', as servers write them), %XX
+_ESCAPES = (r"\\\\|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\/"
+            r"|&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});|%[0-9a-fA-F]{2}")
+_ESCAPED_UNIT = re.compile(_ESCAPES)
+_UNIT = re.compile(_ESCAPES + "|.", re.DOTALL)  # a written unit of text: an escape, or one character
 
 
 def _decode_unit(unit: str) -> str:

@@ -661,13 +661,17 @@ def check_replaceable(name: str, live: str | None, option: str) -> None:
                          "(a restore over the live one runs without --target-db and keeps it, renamed)")
 
 
+def _refuse_system_database(name: str) -> None:
+    if name in SYSTEM_DATABASES:
+        raise UsageError(f"refusing to drop {name}: it is a system database PostgreSQL needs")
+
+
 def drop_database(url: str, name: str) -> None:
     """Drop database `name` if it exists (its sessions ended first). UsageError for a system
     database (`SYSTEM_DATABASES`), whoever asks: the last guard of `check_replaceable`."""
     from psycopg import sql
 
-    if name in SYSTEM_DATABASES:
-        raise UsageError(f"refusing to drop {name}: it is a system database PostgreSQL needs")
+    _refuse_system_database(name)
     with _admin(url) as conn:
         row = conn.execute("select datistemplate from pg_database where datname = %s", (name,)).fetchone()
         if row:
@@ -685,8 +689,7 @@ def drop_copy(url: str, name: str) -> list[str]:
     import psycopg
     from psycopg import sql
 
-    if name in SYSTEM_DATABASES:
-        raise UsageError(f"refusing to drop {name}: it is a system database PostgreSQL needs")
+    _refuse_system_database(name)
     with _admin(url) as conn:
         try:
             conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))

@@ -35,7 +35,6 @@ def run(
     Latency and rps gates judge successful transcription requests (sync /v1/audio/... and
     whole jobs), exact to the millisecond, never health or admin polls; with none they fail.
     error_rate counts all requests, a request still in flight at the end as failed."""
-    from opsctl.errors import Interrupted, OperationFailed
     from opsctl.loadtest import live
     from opsctl.loadtest.operation import load_test
     from opsctl.output import emit, stderr
@@ -52,10 +51,8 @@ def run(
                         locustfile=locustfile, html=html, csv=csv, junit=junit, stop_timeout=stop_timeout,
                         live=view)
     emit(outcome.summary, as_json, lambda c: live.render_run(outcome.summary, c))
-    if outcome.interrupted:
-        raise Interrupted(outcome.verdict(), masked=True)
-    if not outcome.passed:
-        raise OperationFailed(outcome.verdict(), masked=True)
+    if not outcome.passed:  # an interrupted run is not passed either
+        raise outcome.error()
 
 
 @app.command("list")

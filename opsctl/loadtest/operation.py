@@ -58,6 +58,18 @@ class LoadTestOutcome:
         return f"SLO breached: {lost}" + (" (stopped early)" if s.aborted_by else "") + stuck + why
 
 
+    def error(self):
+        """What the run ends on for `opsctl loadtest run`, or None when it passed: Interrupted
+        (exit 130) or OperationFailed (exit 1) carrying `verdict`, marked masked (OpsError): its
+        parts were masked where the run kept them, so a short key does not mask the user's own
+        gates in the last line alone (breaker 45 F11)."""
+        from opsctl.errors import Interrupted, OperationFailed
+
+        if self.interrupted:
+            return Interrupted(self.verdict(), masked=True)
+        return None if self.passed else OperationFailed(self.verdict(), masked=True)
+
+
 def prepare(project: Project, env: Environment, profile: str = "light", **options) -> Plan:
     """Check every input now (UsageError, one line); nothing is sent. Options as `load_test`."""
     from opsctl.loadtest import plan

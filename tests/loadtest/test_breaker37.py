@@ -12,8 +12,6 @@ G18 `compare` refuses an empty reference and says "runs match"; an unknown class
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,6 @@ from opsctl.config import load_project
 from opsctl.errors import UsageError
 from opsctl.loadtest import history, plan, profiles, runner, slo
 from opsctl.loadtest.manifests import render_locust
-from opsctl.local import procs
 
 SECRET = "Sup3rS3cret"
 
@@ -34,21 +31,6 @@ def _one_line(outcome) -> str:
     lines = outcome.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("opsctl: error: "), outcome.stderr
     return lines[0]
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    """A target that answers (so a run would really start): /healthz 200, the rest 404."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "healthz").write_text("ok")
-    port = procs.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                             "--directory", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs.wait_until(lambda: procs.port_open(port), 20, "http.server")
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 # --- G1: secrets in the target URL ---------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from loadtest_support import opsctl
 from opsctl.config import load_project
 from opsctl.loadtest import history
-from test_breaker37 import _one_line, http_server  # noqa: F401  (the fixture)
+from test_breaker37 import _one_line
 
 KEY = "Sk-LoadTest_Key+9/Zq=Xy7"
 
@@ -46,7 +46,7 @@ def _nothing_written(ops_root, reports):
     "http://{hp}/%u{first:04X}{rest}",        # IIS's %uXXXX (breaker 49 F8)
 ])
 @pytest.mark.parametrize("variable", ["LOADTEST_API_KEY", "OPSCTL_WORKER_API_KEY"])
-def test_a_host_holding_the_api_key_is_refused_and_never_shown(ops_root, http_server, monkeypatch,  # noqa: F811
+def test_a_host_holding_the_api_key_is_refused_and_never_shown(ops_root, http_server, monkeypatch,
                                                                 url, variable):
     monkeypatch.setenv(variable, KEY)
     reports = ops_root / "reports"
@@ -99,7 +99,7 @@ def test_a_base_url_with_a_path_still_runs_checks(ops_root, monkeypatch):
 
 
 @pytest.mark.parametrize("key, gate", [("rate", "error_rate<5%"), ("2000", "p95<2000ms,error_rate<5%")])
-def test_a_short_key_leaves_the_users_slo_text_in_the_last_line(ops_root, http_server, monkeypatch,  # noqa: F811
+def test_a_short_key_leaves_the_users_slo_text_in_the_last_line(ops_root, http_server, monkeypatch,
                                                                  key, gate):
     monkeypatch.setenv("LOADTEST_API_KEY", key)
     out = opsctl(ops_root, "loadtest", "run", "--host", f"http://{http_server}", "-u", "1", "-r", "1",

@@ -8,13 +8,12 @@ from __future__ import annotations
 import pytest
 
 from loadtest_support import opsctl
-from test_breaker37 import http_server  # noqa: F401 - the fixture: a target that answers
 from tests.volumes import fill
 
 pytestmark = pytest.mark.slow
 
 
-def test_csv_files_on_a_full_disk_are_one_line_and_removed(small_volume, http_server):  # noqa: F811
+def test_csv_files_on_a_full_disk_are_one_line_and_removed(small_volume, http_server):
     from opsctl.starter import starter_text
 
     root = small_volume

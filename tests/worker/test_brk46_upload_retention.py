@@ -29,16 +29,20 @@ MIB = 1024 * 1024
 RETENTION_HOURS = 0.003  # 10.8 s
 
 
+def _store(s3, postgres, name: str):
+    """(S3 client, a new bucket, a new database's URL) of a worker of the test's own."""
+    os.environ.update(AWS_ENV)
+    suffix = secrets.token_hex(4)
+    client = s3.client()
+    client.create_bucket(Bucket=f"brk46-{name}-{suffix}")
+    return client, f"brk46-{name}-{suffix}", postgres.make_database(f"brk46{name[0]}_{suffix}")
+
+
 @pytest.fixture(scope="module")
 def keeper(model_dir, postgres, s3, tmp_path_factory):
     """A worker whose uploads expire after 4 s and are kept 10.8 s once ended, its keeper
     ticking every 0.5 s; yields (client, database URL, S3 client, bucket)."""
-    os.environ.update(AWS_ENV)
-    suffix = secrets.token_hex(4)
-    bucket = f"brk46-keep-{suffix}"
-    client = s3.client()
-    client.create_bucket(Bucket=bucket)
-    database_url = postgres.make_database(f"brk46k_{suffix}")
+    client, bucket, database_url = _store(s3, postgres, "keep")
     env = worker_env(model_dir, WORKER_DATABASE_URL=database_url, WORKER_S3_ENDPOINT_URL=s3.endpoint_url,
                      WORKER_S3_BUCKET=bucket, WORKER_UPLOAD_EXPIRY_SECONDS="4", WORKER_JOB_LEASE_SECONDS="1.5",
                      WORKER_UPLOAD_RETENTION_HOURS=str(RETENTION_HOURS))
@@ -156,12 +160,7 @@ def reader(model_dir, postgres, s3, tmp_path_factory):
     forwarder, Database of the worker's database, S3 client, bucket)."""
     from transcription_worker.db import Database
 
-    os.environ.update(AWS_ENV)
-    suffix = secrets.token_hex(4)
-    bucket = f"brk46-read-{suffix}"
-    client = s3.client()
-    client.create_bucket(Bucket=bucket)
-    database_url = postgres.make_database(f"brk46r_{suffix}")
+    client, bucket, database_url = _store(s3, postgres, "read")
     forwarder = S3Hold(s3.port)
     env = worker_env(model_dir, WORKER_DATABASE_URL=database_url, WORKER_S3_ENDPOINT_URL=forwarder.url,
                      WORKER_S3_BUCKET=bucket, WORKER_JOB_LEASE_SECONDS="3", WORKER_UPLOAD_RETENTION_HOURS="1")
