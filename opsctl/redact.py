@@ -20,7 +20,7 @@ import functools
 import json
 import re
 import shlex
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 MASK = "***"
@@ -291,19 +291,29 @@ def _forms_pattern(ordered: tuple[str, ...]) -> re.Pattern:
     return re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE)
 
 
-def unescaped(text: str, levels: int = 3) -> str:
+def unescaped(text: str, levels: int = 3, quoted_printable: bool = False) -> str:
     """`text` with what escapes one character at a time decoded, up to `levels` levels (a JSON
-    body inside a JSON log line is escaped twice): an escaped backslash, `\\uXXXX`, `\\xNN`
-    and `\\/`, HTML character references written with their ';' (`&#43;`, `&#x2B;`, `&plus;`),
-    %XX of an ASCII byte. A server that escapes only some characters of an echoed key
-    (System.Text.Json writes '+' as `\\u002B`) writes it in none of the whole forms `forms`
-    lists (breaker 48 F1, 49 F2)."""
-    for _ in range(levels):
-        decoded = _ESCAPED_UNIT.sub(lambda m: _decode_unit(m[0]), text)
-        if decoded == text:
-            break
-        text = decoded
+    body inside a JSON log line is escaped twice): an escaped backslash, `\\uXXXX`, `\\u{X…}`
+    (JavaScript, Rust, Swift), `\\UXXXXXXXX` (Python, C), `\\xNN`, octal `\\NNN` (C, shells'
+    `$'…'`, PostgreSQL's escape strings) and `\\/`, HTML character references written with their
+    ';' (`&#43;`, `&#x2B;`, `&plus;`), %XX of an ASCII byte, and line breaks with the indentation
+    after them (a key wrapped onto the next line reads as one); with `quoted_printable`, also
+    MIME's `=XX` and soft line breaks (RFC 2045 6.7), a reading of its own because `=` followed by
+    two hex digits is ordinary text elsewhere (`size=20`). A server that escapes only some
+    characters of an echoed key (System.Text.Json writes '+' as `\\u002B`) writes it in none
+    of the whole forms `forms` lists (breaker 48 F1, 49 F2)."""
+    for text in _decodings(text, _ESCAPED_QP if quoted_printable else _ESCAPED_UNIT, levels):
+        pass
     return text
+
+
+def _decodings(text: str, pattern: re.Pattern, levels: int = 3) -> Iterator[str]:
+    """`text` decoded one level of escapes (`pattern`) at a time: each level that changed it."""
+    for _ in range(levels):
+        decoded = pattern.sub(lambda m: _decode_unit(m[0]), text)
+        if decoded == text:
+            return
+        yield (text := decoded)
 
 
 def mask_forms(text: str, found: Iterable[str]) -> str:
@@ -318,46 +328,65 @@ def mask_forms(text: str, found: Iterable[str]) -> str:
         return text
     found = found if isinstance(found, set | frozenset | tuple | list) else tuple(found)
     masked = _mask_present(text, found)
-    plain = unescaped(masked)
-    if plain == masked or _mask_present(plain, found) == plain:
-        return masked
-    return _mask_escaped(masked, found)
+    for escaped, units in ((_ESCAPED_UNIT, _UNIT), (_ESCAPED_QP, _UNIT_QP)):
+        # every level is looked at: a key holding what reads as an escape (`=4A`, `%41`) shows
+        # at the level before that part of it is decoded too
+        if any(_mask_present(plain, found) != plain for plain in _decodings(masked, escaped)):
+            masked = _mask_escaped(masked, found, units)
+    return masked
 
 
-# one escaped character as servers write it: an escaped backslash, \uXXXX, \xNN, \/, an HTML
-# character reference (with its ';', as servers write them), %XX
-_ESCAPES = (r"\\\\|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\/"
-            r"|&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});|%[0-9a-fA-F]{2}")
+# one escaped character as servers write it: an escaped backslash, \uXXXX, \u{X..}, \UXXXXXXXX,
+# \xNN, octal \NNN, \/, an HTML character reference (with its ';', as servers write them),
+# %XX, a line break and the indentation after it; quoted-printable's =XX and soft line break
+# are a reading of their own (unescaped)
+_ESCAPES = (r"\\\\|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\}|\\U[0-9a-fA-F]{8}|\\x[0-9a-fA-F]{2}|\\[0-7]{3}|\\/"
+            r"|&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});|%[0-9a-fA-F]{2}|\r?\n[ \t]*")
+_QUOTED_PRINTABLE = r"=[0-9a-fA-F]{2}|=\r?\n"
 _ESCAPED_UNIT = re.compile(_ESCAPES)
+_ESCAPED_QP = re.compile(f"{_ESCAPES}|{_QUOTED_PRINTABLE}")
 _UNIT = re.compile(_ESCAPES + "|.", re.DOTALL)  # a written unit of text: an escape, or one character
+_UNIT_QP = re.compile(f"{_ESCAPES}|{_QUOTED_PRINTABLE}|.", re.DOTALL)
+
+
+def _ascii(unit: str, value: int) -> str:
+    """The character of an escaped byte, or `unit` as written when the byte is one of a longer
+    UTF-8 sequence (not a character on its own)."""
+    return chr(value) if value < 0x80 else unit
 
 
 def _decode_unit(unit: str) -> str:
+    head = unit[0]
+    if head in "\r\n":
+        return ""  # a line wrap (with its indentation) inside a key
     if len(unit) == 1:
         return unit
-    if unit[0] == "\\":
+    if head == "=":
+        return "" if unit[1] in "\r\n" else _ascii(unit, int(unit[1:], 16))
+    if head == "%":
+        return _ascii(unit, int(unit[1:], 16))
+    if head == "\\":
         if unit[1] in "\\/":
             return unit[1]
-        value = int(unit[2:], 16)
-        return unit if 0xD800 <= value <= 0xDFFF else chr(value)
-    if unit[0] == "%":
-        value = int(unit[1:], 16)
-        return chr(value) if value < 0x80 else unit  # a byte of a longer UTF-8 sequence: left as written
+        if unit[1] in "01234567":
+            return _ascii(unit, int(unit[1:], 8))
+        value = int(unit[2:].strip("{}"), 16)
+        return unit if 0xD800 <= value <= 0xDFFF or value > 0x10FFFF else chr(value)
     import html
 
     return html.unescape(unit)
 
 
-def _mask_escaped(text: str, found: Iterable[str], levels: int = 3) -> str:
-    """`text` with every stretch that decodes (one to `levels` levels of escapes) to one of
-    `found` replaced by `MASK`: each decoded character remembers the span of `text` it came
-    from, so only what spells the secret is masked."""
+def _mask_escaped(text: str, found: Iterable[str], units: re.Pattern = _UNIT, levels: int = 3) -> str:
+    """`text` with every stretch that decodes (one to `levels` levels of escapes, read as
+    `units`) to one of `found` replaced by `MASK`: each decoded character remembers the span of
+    `text` it came from, so only what spells the secret is masked."""
     origins = [(i, i + 1) for i in range(len(text))]
     current, spans = text, []
     for _ in range(levels):
         out: list[str] = []
         next_origins: list[tuple[int, int]] = []
-        for unit in _UNIT.finditer(current):
+        for unit in units.finditer(current):
             decoded = _decode_unit(unit[0])
             span = (origins[unit.start()][0], origins[unit.end() - 1][1])
             out.append(decoded)

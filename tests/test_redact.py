@@ -112,3 +112,35 @@ def test_a_key_escaped_in_part_is_masked_where_it_sits_and_the_rest_stays_masked
     }
     for text, expected in cases.items():
         assert redact.credentials(text) == expected, text
+
+
+@pytest.mark.parametrize("text", [
+    "x Zq9\\053Lx/w8Kp=Ab y",          # octal: C, shells' $'...', PostgreSQL E'' strings
+    "x Zq9\\U0000002BLx/w8Kp=Ab y",    # Python's and C's 8-digit escape
+    "x Zq9\\u{2B}Lx/w8Kp=Ab y",        # JavaScript, Rust, Swift
+    "x Zq9=2BLx/w8Kp=3DAb y",           # quoted-printable (a mail or a MIME part)
+    "x Zq9=2BLx/w8K=\r\np=3DAb y",      # ... with a soft line break inside the key
+    "x Zq9+Lx/w8\nKp=Ab y",             # a key wrapped onto the next line
+    "x Zq9+Lx/w8\r\n    Kp=Ab y",       # ... with CRLF and indentation
+])
+def test_a_key_escaped_in_the_other_ways_servers_write_it_is_masked(monkeypatch, text):
+    """Breaker 49 F2 (left open in session 28): octal, `\\U`, `\\u{}`, quoted-printable and
+    line-wrapped spellings of a key showed it readable."""
+    from opsctl import redact
+
+    monkeypatch.setattr(redact, "_known", set())
+    redact.remember("Zq9+Lx/w8Kp=Ab")
+    assert redact.credentials(text) == "x *** y"
+
+
+def test_the_readings_leave_ordinary_text_and_keys_that_look_escaped_alone(monkeypatch):
+    """`=XX` is ordinary text outside quoted-printable, so it is a reading of its own: a key
+    holding `=4A` and escaped elsewhere is still found, and text with no key is unchanged."""
+    from opsctl import redact
+
+    monkeypatch.setattr(redact, "_known", set())
+    redact.remember("abc=4Adef+xyz")
+    assert redact.credentials("k abc=4Adef\\u002Bxyz e") == "k *** e"
+    assert redact.credentials("k abc=3D4Adef=2Bxyz e") == "k *** e"  # QP writes its = as =3D
+    plain = "size=20 a\nb \\053 =3D %41 \\u{41} \\U00000041"
+    assert redact.credentials(plain) == plain
