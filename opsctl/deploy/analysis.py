@@ -17,7 +17,6 @@ judges the canaries alone, through the router: their failure rate and their own 
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import time
@@ -47,10 +46,17 @@ def _words(text: str) -> list[str]:
 
 
 def word_error(expected: str, heard: str) -> float:
-    """Share of the expected words not matched in order: a WER close enough for a gate."""
-    ref, hyp = _words(expected), _words(heard)
-    matched = sum(b.size for b in difflib.SequenceMatcher(a=ref, b=hyp).get_matching_blocks())
-    return 1.0 - matched / max(len(ref), 1)
+    """Word error rate of `heard` against `expected`: (substitutions + deletions + insertions)
+    / expected words, after lower-casing and dropping punctuation (jiwer's word alignment).
+    Words added count: a transcript with Whisper's hallucinated tail ("Thank you." repeated
+    after the speech) scored 0.00 when only missing words were counted (breaker 50 G2). Can
+    exceed 1.0; an empty `expected` makes any word heard an error of 1.0 per word."""
+    import jiwer
+
+    ref, hyp = " ".join(_words(expected)), " ".join(_words(heard))
+    if not ref:
+        return float(len(hyp.split()))
+    return jiwer.process_words(ref, hyp).wer
 
 
 def sample() -> tuple[bytes, str]:
@@ -84,11 +90,31 @@ def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Ve
     except httpx.HTTPError as exc:
         return Verdict(False, f"transcription request failed: {exc}")
     if resp.status_code != 200:
-        return Verdict(False, f"transcription answered {resp.status_code}: {resp.text[:200]}")
-    heard = resp.json().get("text", "")
+        return Verdict(False, f"transcription answered {resp.status_code}: {_shown(resp.text)}")
+    heard = _transcript(resp)
+    if heard is None:
+        return Verdict(False, "transcription answered 200 without a transcript (not a JSON object with a "
+                              f"'text' string; a proxy's or maintenance page?): {_shown(resp.text)}")
     wer = word_error(expected, heard)
     ok = wer < MAX_WORD_ERROR
     return Verdict(ok, f"word error {wer:.2f} (limit {MAX_WORD_ERROR}): heard {heard.strip()!r}")
+
+
+def _transcript(resp: httpx.Response) -> str | None:
+    """The `text` of a transcription answer, or None when the body is not a JSON object with a
+    string `text` (an HTML page, a list, null): such an answer is a failed check, never a crash
+    that leaves traffic on a color whose canaries failed (breaker 50 G5)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    text = body.get("text") if isinstance(body, dict) else None
+    return text if isinstance(text, str) else None
+
+
+def _shown(body: str) -> str:
+    """An answer's body for a one-line verdict: its first 200 characters, blanks folded."""
+    return " ".join(body[:200].split()) or "(empty body)"
 
 
 # Post-promotion: how long the promoted color may answer /readyz with anything but 200 before

@@ -310,6 +310,18 @@ def _failed_verdict(record: DeployRecord) -> str | None:
     return (failed[-1].detail or "failed") if failed else None
 
 
+def _judged(analyse: Callable[[], analysis.Verdict]) -> analysis.Verdict:
+    """`analyse()`, with an analysis that fails to reach a verdict (an answer it can't read, a
+    bug) as a failed verdict: after the switch no verdict means back to the known-good color,
+    never traffic left on a release whose checks broke (breaker 50 G5)."""
+    try:
+        return analyse()
+    except (OperationFailed, UsageError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any way it fails to judge is a failed judgment
+        return analysis.Verdict(False, f"the analysis could not judge the release: {type(exc).__name__}: {exc}")
+
+
 def _after_switch(driver: Driver, env: Environment, run: Run, opts: "Options", analyse: bool,
                   failed: str | None = None) -> DeployRecord:
     """Post-promotion analysis on the color traffic moved to; switch back when it fails.
@@ -322,10 +334,10 @@ def _after_switch(driver: Driver, env: Environment, run: Run, opts: "Options", a
                 raise OperationFailed(failed)
             try:
                 with run.step("post-promotion analysis") as s:
-                    verdict = analysis.post_promotion(
+                    verdict = _judged(lambda: analysis.post_promotion(
                         driver.url(target), driver.router_url(), env.deploy.analysis_window,
                         env.deploy.max_error_rate_percent, env.deploy.max_p95_ms,
-                        analysis.analysis_headers(env.deploy.api_key_env))
+                        analysis.analysis_headers(env.deploy.api_key_env)))
                     s.detail = verdict.detail
                     s.status = StepStatus.SKIPPED if verdict.skipped else s.status
                     if not verdict.ok:
@@ -403,7 +415,8 @@ def deploy(driver: Driver, env: Environment, release: Release, opts: Options) ->
                 driver.wait_ready(target, env.deploy.ready_timeout)
             if opts.analysis and opts.strategy == "blue-green":
                 with run.step("pre-promotion analysis") as s:
-                    verdict = analysis.pre_promotion(driver.url(target), analysis.analysis_headers(env.deploy.api_key_env))
+                    verdict = _judged(lambda: analysis.pre_promotion(
+                        driver.url(target), analysis.analysis_headers(env.deploy.api_key_env)))
                     s.detail = verdict.detail
                     s.status = StepStatus.SKIPPED if verdict.skipped else s.status
                     if not verdict.ok:

@@ -9,6 +9,8 @@
 - the Kubernetes deploy Lease expires as client-go's leader election judges it, by a holder's
   record unchanged for the duration on the reader's monotonic clock, never by comparing the
   holder's renewTime with the reader's clock (clock skew).
+- (breaker 50 G5) an analysis that fails to reach a verdict (it raised) is a failed verdict:
+  before the switch the deploy fails with the router untouched, after it traffic goes back.
 
 A small in-memory driver stands in for the platform: what is tested is the record logic of
 opsctl.deploy.bluegreen (the drivers' behaviour has its own tests).
@@ -260,3 +262,32 @@ def test_status_lists_a_deploy_its_killed_process_left_as_interrupted():
     assert [d["outcome"] for d in doc["deploys"]] == ["in-progress (interrupted)", "promoted"]
     driver.deploy_running = lambda: True  # a deploy that runs is in progress
     assert st.status(driver)["deploys"][0]["outcome"] == "in-progress"
+
+
+@pytest.mark.parametrize("crash", [ValueError("Expecting value: line 1 column 1 (char 0)"), AttributeError("'list'")])
+def test_an_analysis_that_raises_after_the_switch_switches_back(crash):
+    """Breaker 50 G5: post-promotion analysis raising (an answer it could not read) ended the
+    deploy as "unexpected JSONDecodeError" with traffic left on the release whose canaries failed."""
+    from opsctl.deploy.model import Release
+
+    env = Environment(name="local", platform="local")
+    driver = Driver([_v1()], active="blue")
+    ready = mock.Mock(ok=True, skipped=False, detail="transcribed the sample")
+    with mock.patch.object(analysis, "pre_promotion", return_value=ready), \
+            mock.patch.object(analysis, "post_promotion", side_effect=crash):
+        with pytest.raises(OperationFailed) as said:
+            bluegreen.deploy(driver, env, Release("w:2.0", {}), bluegreen.Options())
+    assert "rolled back to 1.0" in str(said.value) and type(crash).__name__ in str(said.value)
+    assert driver.active == "blue" and driver.h[-1].outcome == Outcome.ROLLED_BACK
+
+
+def test_an_analysis_that_raises_before_the_switch_fails_the_deploy_untouched():
+    from opsctl.deploy.model import Release
+
+    env = Environment(name="local", platform="local")
+    driver = Driver([_v1()], active="blue")
+    with mock.patch.object(analysis, "pre_promotion", side_effect=ValueError("not JSON")):
+        with pytest.raises(OperationFailed) as said:
+            bluegreen.deploy(driver, env, Release("w:2.0", {}), bluegreen.Options())
+    assert "pre-promotion analysis failed" in str(said.value) and "ValueError: not JSON" in str(said.value)
+    assert driver.active == "blue" and driver.h[-1].outcome == Outcome.FAILED
