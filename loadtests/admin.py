@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from locust import FastHttpUser, between, task
 
-from common import request_headers
+from common import judge_probe, json_answer, request_headers
 
 
 class AdminUser(FastHttpUser):
@@ -18,20 +18,26 @@ class AdminUser(FastHttpUser):
 
     @task(3)
     def healthz(self) -> None:
-        self.client.get("/healthz", name="/healthz")
+        with self.client.get("/healthz", name="/healthz", catch_response=True) as resp:
+            judge_probe(resp)
 
     @task(3)
     def readyz(self) -> None:
-        self.client.get("/readyz", name="/readyz")
+        with self.client.get("/readyz", name="/readyz", catch_response=True) as resp:
+            judge_probe(resp)
 
     @task(1)
     def version(self) -> None:
         with self.client.get("/version", name="/version", catch_response=True) as resp:
-            if resp.status_code == 200 and "version" not in (resp.json() or {}):
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+            elif (answer := json_answer(resp)) is not None and "version" not in answer:
                 resp.failure("no version in /version")
 
     @task(2)
     def metrics(self) -> None:
         with self.client.get("/metrics", name="/metrics", catch_response=True) as resp:
-            if resp.status_code == 200 and b"worker_requests_total" not in (resp.content or b""):
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+            elif b"worker_requests_total" not in (resp.content or b""):
                 resp.failure("worker_requests_total missing from /metrics")

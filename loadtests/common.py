@@ -102,6 +102,25 @@ def transcript_problem(result) -> str | None:
     return None
 
 
+def judge_transcription(resp) -> None:
+    """Fail the entry (`resp`: a catch_response context) unless it is a transcription: 200 and
+    a JSON object with a non-empty `text`. Every user that transcribes judges with this, so none
+    counts a proxy's 200 maintenance page as a transcription (breaker 50 G1: StressUser did)."""
+    if resp.status_code != 200:
+        resp.failure(f"HTTP {resp.status_code}: {body_text(resp)}")
+    elif (answer := json_answer(resp)) is not None and (problem := transcript_problem(answer)):
+        resp.failure(problem)
+
+
+def judge_probe(resp) -> None:
+    """Fail the entry unless it is the worker's /healthz or /readyz answer: 200 and a JSON object
+    with its `status` (a proxy's 200 page in front of a stopped service is no live worker)."""
+    if resp.status_code != 200:
+        resp.failure(f"HTTP {resp.status_code}: {body_text(resp, 80)}")
+    elif (answer := json_answer(resp)) is not None and "status" not in answer:
+        resp.failure(f"HTTP 200 without the worker's status: {body_text(resp, 80)!r}")
+
+
 class StillInFlight(Exception):
     """A request or job unfinished when the run stopped: a failure (a timeout). opsctl counts
     failures of this class name as 'still in flight at the end'."""

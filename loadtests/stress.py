@@ -1,13 +1,15 @@
 """The stress user: rapid requests with almost no think time, to find where the service
 starts refusing (429 queue_full) or slowing down. Refusals count as failures on purpose:
-a stress profile's SLOs say how much refusal is acceptable.
+a stress profile's SLOs say how much refusal is acceptable. Every answer is judged as the
+other users judge it (common.judge_transcription, judge_probe): a 200 that is not the
+service's answer is a failure too.
 """
 
 from __future__ import annotations
 
 from locust import FastHttpUser, between, task
 
-from common import request_headers, transcription_form
+from common import judge_probe, judge_transcription, request_headers, transcription_form
 
 
 class StressUser(FastHttpUser):
@@ -19,14 +21,17 @@ class StressUser(FastHttpUser):
 
     @task(8)
     def healthz(self) -> None:
-        self.client.get("/healthz", name="/healthz")
+        with self.client.get("/healthz", name="/healthz", catch_response=True) as resp:
+            judge_probe(resp)
 
     @task(2)
     def readyz(self) -> None:
-        self.client.get("/readyz", name="/readyz")
+        with self.client.get("/readyz", name="/readyz", catch_response=True) as resp:
+            judge_probe(resp)
 
     @task(1)
     def transcribe_short(self) -> None:
         body, headers = transcription_form("short")
-        self.client.post("/v1/audio/transcriptions", data=body, headers=headers,
-                         name="/v1/audio/transcriptions [short]")
+        with self.client.post("/v1/audio/transcriptions", data=body, headers=headers,
+                              name="/v1/audio/transcriptions [short]", catch_response=True) as resp:
+            judge_transcription(resp)

@@ -15,8 +15,9 @@ import gevent
 from gevent import GreenletExit
 from locust import FastHttpUser, between, task
 
-from common import (JOB_TIMEOUT_S, POLL_INTERVAL_S, StillInFlight, body_text, json_answer, let_a_pending_stop_land,
-                    missing_samples, request_headers, transcript_problem, transcription_form)
+from common import (JOB_TIMEOUT_S, POLL_INTERVAL_S, StillInFlight, body_text, json_answer, judge_transcription,
+                    let_a_pending_stop_land, missing_samples, request_headers, transcript_problem,
+                    transcription_form)
 
 
 class TranscriptionUser(FastHttpUser):
@@ -31,10 +32,7 @@ class TranscriptionUser(FastHttpUser):
         body, headers = transcription_form(size)
         with self.client.post("/v1/audio/transcriptions", data=body, headers=headers,
                               name=f"/v1/audio/transcriptions [{size}]", catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {body_text(resp)}")
-            elif (answer := json_answer(resp)) is not None and (problem := transcript_problem(answer)):
-                resp.failure(problem)
+            judge_transcription(resp)
 
     def _job(self, size: str) -> None:
         """One job, submit to done, reported as one `JOB <size> submit→done` entry: failed when

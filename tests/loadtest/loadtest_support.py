@@ -41,7 +41,7 @@ def http_server(tmp_path):
     """A target that answers (so a run would really start): /healthz 200, the rest 404."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "healthz").write_text("ok")
+    (site / "healthz").write_text('{"status": "ok"}')  # the worker's liveness answer
     port = procs.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                              "--directory", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

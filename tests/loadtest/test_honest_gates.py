@@ -39,6 +39,8 @@ BROKEN_WORKER = textwrap.dedent('''
             if length:
                 self.rfile.read(length)
             path = self.path.split("?")[0]
+            if MODE == "maintenance":  # a proxy's 200 page in front of a stopped service, on every path
+                return self._send(200, b"<html><h1>Service temporarily unavailable</h1></html>", "text/html")
             if path in ("/healthz", "/readyz"):
                 return self._send(200, b'{"status": "ready"}')
             if path == "/version":
@@ -111,7 +113,7 @@ def _target(folder, mode: str):
 def targets(tmp_path_factory):
     """One broken worker per mode: {"500": url, "hang": url, "slow": url}."""
     started = {mode: _target(tmp_path_factory.mktemp(f"target-{mode}"), mode)
-               for mode in ("500", "hang", "slow", "garbage", "echo", "echo-late", "echo-escaped")}
+               for mode in ("500", "hang", "slow", "garbage", "maintenance", "echo", "echo-late", "echo-escaped")}
     yield {mode: url for mode, (_proc, url) in started.items()}
     for proc, _url in started.values():
         proc.terminate()
@@ -270,6 +272,22 @@ def test_answers_that_are_no_transcription_fail_the_gates(ops_root, targets):
     texts = " ".join(f["error"] for f in doc["failures"])
     assert "HTTP 200 but not JSON: '<html>oops</html>'" in texts or "succeeded with no transcript" in texts, texts
     assert "Traceback" not in out.stderr and "JSONDecodeError" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("users", [("--classes", "StressUser=1"), ("--classes", "AdminUser=1"),
+                                   ("--profile", "stress")])
+def test_every_user_class_fails_what_is_not_the_services_answer(ops_root, targets, users):
+    """Breaker 50 G1: StressUser counted a 200 maintenance page as a transcription, so the
+    stress profile (and `--classes StressUser` with p95<2000ms,error_rate<1%,rps>=1) passed
+    against a target that transcribed nothing; the probes of StressUser and AdminUser took any
+    200 as a live worker."""
+    out = opsctl(ops_root, "loadtest", "run", "--host", targets["maintenance"], "--users", "2", "--spawn-rate", "2",
+                 "--duration", "3s", "--stop-timeout", "1s", *users, "--slo", "error_rate<1%", "--json")
+    assert out.code == 1, (out.stdout, out.stderr)
+    doc = out.doc
+    assert doc["total"]["requests"] > 0 and doc["total"]["failures"] == doc["total"]["requests"], doc["total"]
+    texts = " ".join(f["error"] for f in doc["failures"])
+    assert "not JSON" in texts, texts
 
 
 def test_an_api_key_echoed_by_the_target_reaches_no_report(ops_root, targets, monkeypatch, tmp_path):

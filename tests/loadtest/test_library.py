@@ -20,7 +20,7 @@ def http_server(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                              "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.wait_until(lambda: procs.port_open(port), 20, "http.server")
-    (tmp_path / "healthz").write_text("ok")  # /healthz answers 200; /readyz, /version, /metrics 404
+    (tmp_path / "healthz").write_text('{"status": "ok"}')  # /healthz answers as the worker; /readyz, /version, /metrics 404
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
