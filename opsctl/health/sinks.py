@@ -179,14 +179,28 @@ def build(settings) -> Sender:
     return Sender(settings.name, settings.type, url, settings)
 
 
+def _slack_text(value):
+    """`value` (a payload: dicts, lists, strings) with every string's &, < and > escaped as Slack
+    asks (api.slack.com/reference/surfaces/formatting#escaping): a check's message or an error
+    text holding `<!channel>`, `<@U123>` or `<https://x|y>` would otherwise notify everyone or
+    show as a link of its writer's choosing (breaker 50)."""
+    if isinstance(value, str):
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if isinstance(value, dict):
+        return {k: _slack_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_slack_text(v) for v in value]
+    return value
+
+
 def _slack_payload(alert: Alert, _sender: Sender) -> dict:
     """Slack incoming-webhook JSON for `alert`: a text line and one colored attachment."""
     color = "good" if alert.event == "resolve" else ("danger" if alert.status == "CRITICAL" else "warning")
-    return {"text": alert.summary(),
+    return _slack_text({"text": alert.summary(),
             "attachments": [{"color": color, "fields": [
                 {"title": "check", "value": alert.check, "short": True},
                 {"title": "value", "value": f"{alert.value} {alert.unit}".strip(), "short": True},
-                {"title": "since", "value": alert.started_at, "short": True}]}]}
+                {"title": "since", "value": alert.started_at, "short": True}]}]})
 
 
 def _pagerduty_payload(alert: Alert, sender: Sender) -> dict:
@@ -243,7 +257,7 @@ def _slack_event_payload(event) -> dict:
                    {"title": "took", "value": f"{event.duration_seconds:.0f} s", "short": True}]
     if event.checks:
         fields.append({"title": "checks held", "value": ", ".join(event.checks), "short": False})
-    return {"text": event.summary(), "attachments": [{"color": color, "fields": fields}]}
+    return _slack_text({"text": event.summary(), "attachments": [{"color": color, "fields": fields}]})
 
 
 def _pagerduty_change_payload(event, sender: Sender) -> dict:

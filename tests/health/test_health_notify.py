@@ -6,6 +6,7 @@ page for them during the window but still pages for the others."""
 from __future__ import annotations
 
 import datetime as dt
+import html
 import threading
 
 import pytest
@@ -244,7 +245,7 @@ def test_every_sink_judges_the_outcome_a_caller_sets(tmp_path, monkeypatch, oper
         receiver.close()
     (slack_end,) = [m for m in receiver.at("/slack") if not m["text"].startswith("[STARTED")]
     assert slack_end["attachments"][0]["color"] == color
-    assert slack_end["text"].startswith(f"[{outcome.upper()}]")
+    assert html.unescape(slack_end["text"]).startswith(f"[{outcome.upper()}]")  # Slack shows &gt; as >
     (hook_end,) = [e for e in receiver.at("/hook") if e["type"].endswith("finished")]
     assert hook_end["data"]["outcome"] == outcome and hook_end["data"]["verdict"] == verdict
     (pd_end,) = [c for c in receiver.at("/pd/v2/change/enqueue") if not c["payload"]["summary"].startswith("[STARTED")]
