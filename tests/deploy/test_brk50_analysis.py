@@ -93,3 +93,27 @@ def test_the_right_answer_passes(answering):
     verdict = analysis.transcribe_check(answering(json.dumps({"text": _expected()}).encode(), "application/json"),
                                         {}, timeout=10)
     assert verdict.ok and "word error 0.00" in verdict.detail, verdict.detail
+
+
+INF = float("inf")
+
+
+def _window(buckets_after: dict[float, float], count: float) -> tuple[analysis.Snapshot, analysis.Snapshot]:
+    before = analysis.Snapshot(errors=0, transcriptions=0, buckets={le: 0 for le in buckets_after}, store_hits=0)
+    return before, analysis.Snapshot(errors=0, transcriptions=count, buckets=buckets_after, store_hits=0)
+
+
+def test_a_window_whose_latency_cannot_be_read_fails():
+    """Breaker 50 (lead): transcriptions counted but no histogram buckets passed on latency."""
+    verdict = analysis.judge_window(*_window({}, 6), max_error_pct=5, max_p95_ms=1000)
+    assert not verdict.ok and "can't be judged" in verdict.detail, verdict.detail
+
+
+def test_a_p95_past_the_top_bucket_fails_a_limit_above_that_bucket():
+    """histogram_quantile answers the top finite bound (600 s) when the p95 lies past it: a
+    limit of 900 s passed every window however slow."""
+    slow = {1.0: 0, 600.0: 1, INF: 10}  # nine of ten transcriptions took longer than 600 s
+    verdict = analysis.judge_window(*_window(slow, 10), max_error_pct=5, max_p95_ms=900_000)
+    assert not verdict.ok and "above 600000 ms" in verdict.detail, verdict.detail
+    quick = {1.0: 10, 600.0: 10, INF: 10}
+    assert analysis.judge_window(*_window(quick, 10), max_error_pct=5, max_p95_ms=900_000).ok
