@@ -257,7 +257,7 @@ def _alertmanager_create(url: str, env_name: str, silence: Silence, now: dt.date
         resp = bounded_request("POST", f"{url.rstrip('/')}/api/v2/silences", json=body, timeout=10)
         resp.raise_for_status()
         return resp.json()["silenceID"]
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:  # TypeError: JSON, not an object
         raise OperationFailed(f"Alertmanager at {redact(url)} did not take the silence "
                               f"({credentials(str(exc))[:200]}); nothing was silenced") from None
 

@@ -106,9 +106,10 @@ def current_upstream(admin_port: int) -> str | None:
     """The "host:port" the router proxies to now; None when Caddy does not answer."""
     try:
         resp = httpclient.get(f"{admin_url(admin_port)}/id/{PROXY_ID}/upstreams/0/dial", timeout=2)
-    except httpx.HTTPError:
+        dial = resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):  # ValueError: an answer that is not JSON
         return None
-    return resp.json() if resp.status_code == 200 else None
+    return dial if isinstance(dial, str) else None
 
 
 def version() -> str:

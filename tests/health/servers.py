@@ -83,9 +83,10 @@ class ScriptedServer(_Server):
 
 
 class Receiver(_Server):
-    """Records every POST as (path, JSON body); answers 500 on paths containing 'fail'."""
+    """Records every POST as (path, JSON body); answers 500 on paths containing 'fail', else 200
+    with `answer` as its body (none by default)."""
 
-    def __init__(self):
+    def __init__(self, answer: bytes = b""):
         self.posts: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
 
@@ -95,9 +96,12 @@ class Receiver(_Server):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with owner.lock:
                     owner.posts.append((self.path, body))
-                self.send_response(500 if "fail" in self.path else 200)
-                self.send_header("Content-Length", "0")
+                failing = "fail" in self.path
+                self.send_response(500 if failing else 200)
+                self.send_header("Content-Length", "0" if failing else str(len(answer)))
                 self.end_headers()
+                if not failing:
+                    self.wfile.write(answer)
 
         super().__init__(Handler)
 

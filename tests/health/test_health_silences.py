@@ -197,6 +197,21 @@ def test_an_unreachable_alertmanager_silences_nothing(tmp_path):
     assert silences.active(load_project(tmp_path), "ci") == []
 
 
+def test_an_alertmanager_answering_something_else_than_a_silence_silences_nothing(tmp_path):
+    """A 200 whose JSON is not an object (a list, from a proxy or another API) raised TypeError
+    out of the silence: "unexpected", where any other wrong answer is one line."""
+    receiver = Receiver(answer=b"[]")
+    try:
+        (tmp_path / "opsctl.yaml").write_text(yaml.safe_dump({"version": 1, "environments": {"ci": {
+            "platform": "kubernetes", "monitoring": {"alertmanager_url": receiver.url}}}}))
+        out = opsctl(tmp_path, "health", "silence", "--env", "ci", "--check", "router", "--for", "5m")
+    finally:
+        receiver.close()
+    assert out.exit_code == 1 and "did not take the silence" in out.stderr and "unexpected" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert silences.active(load_project(tmp_path), "ci") == []
+
+
 def test_a_failure_observed_inside_a_window_stays_held_when_the_window_closes_before_it_is_judged(
         tmp_path, monkeypatch):
     """The race of a deploy on a loaded machine, made deterministic: a sweep probes the replaced
