@@ -574,7 +574,9 @@ def listing(project, env, limit: int | None = None, since: dt.datetime | None = 
     or after `since`), plus under "pitr" its point-in-time recoverable windows
     (opsctl.pitr.ops.windows: {sysid, windows, newest_restorable, base_backups, note}) or None.
     `note` says why windows are not shown though the repository holds point-in-time data (it
-    holds several clusters and none runs here); else None."""
+    holds several clusters and none runs here, or its point-in-time part can't be read as
+    opsctl's: a link where its folder belongs); else None."""
+    from opsctl.backup.crypto import IntegrityError
     from opsctl.backup.repository import for_environment
     from opsctl.errors import UsageError
     from opsctl.output import to_jsonable
@@ -583,7 +585,9 @@ def listing(project, env, limit: int | None = None, since: dt.datetime | None = 
     doc = rows(for_environment(project, env), limit, since)
     try:
         rep = windows(project, env)
-    except UsageError as exc:  # several clusters: the list still lists, and says why no window shows
+    except (UsageError, IntegrityError) as exc:
+        # several clusters, or the point-in-time part tampered with (a linked `pitr` folder,
+        # breaker 51 H4): the list still lists the logical backups, and says why no window shows
         doc["pitr"] = {"sysid": None, "windows": [], "newest_restorable": None, "base_backups": [],
                        "note": str(exc)}
         return doc

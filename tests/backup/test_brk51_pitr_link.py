@@ -1,0 +1,21 @@
+"""Breaker 51 H4: a symbolic link where a repository's `pitr` folder belongs made `backup list`
+fail (exit 1) and list none of the healthy logical backups, while `backup create` called the
+same link foreign and went on. The list now lists them and says why no point-in-time window
+shows; the link itself is never followed (verify-chain and base refuse it, as before)."""
+
+from __future__ import annotations
+
+from backup_support import keyed_file_repo, ok
+from opsctl.cli import app
+
+
+def test_a_linked_pitr_folder_leaves_the_logical_backups_listed(seeded, runner, tmp_path, monkeypatch):
+    env, repo, (made,) = keyed_file_repo(runner, seeded, tmp_path, monkeypatch, 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo / "pitr").symlink_to(elsewhere)
+    doc = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
+    assert [b["id"] for b in doc["backups"]] == [made]
+    assert "symbolic link" in doc["pitr"]["note"] and doc["pitr"]["windows"] == [], doc["pitr"]
+    shown = runner.invoke(app, ["backup", "list", "--env", env])
+    assert shown.exit_code == 0 and made in shown.stdout and "symbolic link" in shown.output, shown.output
