@@ -221,22 +221,31 @@ def test_a_lease_live_by_the_readers_clock_is_refused_at_once():
     assert api.obj["spec"]["holderIdentity"] == a.me
 
 
-def test_ctrl_c_in_the_post_promotion_analysis_is_no_verdict_promote_finishes_it():
-    """Breaker 42 R14: Ctrl-C (or SIGTERM) during the post-promotion analysis recorded it FAILED
-    ("interrupted"), so `promote` then switched back without analysing, where after a kill -9 it
-    finishes the analysis. The step is `interrupted`, the record unresolved, the exit line says
-    where traffic is; the next command judges the release."""
+def _deploy_analysed_by(post_promotion, raises):
+    """(env, driver, the exception) of deploying w:2.0 over 1.0 on blue with a passing
+    pre-promotion analysis and `post_promotion` as the post-promotion analysis' side effect;
+    the deploy must raise `raises`."""
     from opsctl.deploy.model import Release
-    from opsctl.errors import Interrupted
 
     env = Environment(name="local", platform="local")
     driver = Driver([_v1()], active="blue")
     ready = mock.Mock(ok=True, skipped=False, detail="transcribed the sample")
     with mock.patch.object(analysis, "pre_promotion", return_value=ready), \
-            mock.patch.object(analysis, "post_promotion", side_effect=KeyboardInterrupt):
-        with pytest.raises(Interrupted) as said:
+            mock.patch.object(analysis, "post_promotion", side_effect=post_promotion):
+        with pytest.raises(raises) as said:
             bluegreen.deploy(driver, env, Release("w:2.0", {}), bluegreen.Options())
-    assert "traffic is on green (2.0)" in str(said.value) and "'opsctl promote' finishes the analysis" in str(said.value)
+    return env, driver, said.value
+
+
+def test_ctrl_c_in_the_post_promotion_analysis_is_no_verdict_promote_finishes_it():
+    """Breaker 42 R14: Ctrl-C (or SIGTERM) during the post-promotion analysis recorded it FAILED
+    ("interrupted"), so `promote` then switched back without analysing, where after a kill -9 it
+    finishes the analysis. The step is `interrupted`, the record unresolved, the exit line says
+    where traffic is; the next command judges the release."""
+    from opsctl.errors import Interrupted
+
+    env, driver, said = _deploy_analysed_by(KeyboardInterrupt, Interrupted)
+    assert "traffic is on green (2.0)" in str(said) and "'opsctl promote' finishes the analysis" in str(said)
     rec = driver.h[-1]
     assert rec.outcome == Outcome.IN_PROGRESS and driver.active == "green"
     assert [(s.name, s.status) for s in rec.steps][-1] == ("post-promotion analysis", StepStatus.INTERRUPTED)
@@ -268,16 +277,8 @@ def test_status_lists_a_deploy_its_killed_process_left_as_interrupted():
 def test_an_analysis_that_raises_after_the_switch_switches_back(crash):
     """Breaker 50 G5: post-promotion analysis raising (an answer it could not read) ended the
     deploy as "unexpected JSONDecodeError" with traffic left on the release whose canaries failed."""
-    from opsctl.deploy.model import Release
-
-    env = Environment(name="local", platform="local")
-    driver = Driver([_v1()], active="blue")
-    ready = mock.Mock(ok=True, skipped=False, detail="transcribed the sample")
-    with mock.patch.object(analysis, "pre_promotion", return_value=ready), \
-            mock.patch.object(analysis, "post_promotion", side_effect=crash):
-        with pytest.raises(OperationFailed) as said:
-            bluegreen.deploy(driver, env, Release("w:2.0", {}), bluegreen.Options())
-    assert "rolled back to 1.0" in str(said.value) and type(crash).__name__ in str(said.value)
+    _env, driver, said = _deploy_analysed_by(crash, OperationFailed)
+    assert "rolled back to 1.0" in str(said) and type(crash).__name__ in str(said)
     assert driver.active == "blue" and driver.h[-1].outcome == Outcome.ROLLED_BACK
 
 
