@@ -84,8 +84,10 @@ def json_answer(resp) -> dict | None:
     vanished from every figure a gate judges."""
     try:
         body = resp.json()
-    except ValueError:
-        resp.failure(f"HTTP {resp.status_code} but not JSON: {body_text(resp, 80)!r}")
+    except Exception:  # noqa: BLE001 - ValueError, and what decoding the body raises first: no text
+        # (TypeError, a binary body), a charset Python doesn't know (LookupError), JSON nested past
+        # the recursion limit (RecursionError): each left the entry uncounted (breaker 52 K1)
+        resp.failure(f"HTTP {resp.status_code} but not JSON: {_shown_body(resp)!r}")
         return None
     if not isinstance(body, dict):
         resp.failure(f"HTTP {resp.status_code} but a JSON {type(body).__name__}, not an object")
@@ -93,10 +95,21 @@ def json_answer(resp) -> dict | None:
     return body
 
 
+def _shown_body(resp) -> str:
+    """The start of a body for a failure line; a body that can't be read as text says so."""
+    try:
+        return body_text(resp, 80)
+    except Exception:  # noqa: BLE001 - the same decoding errors as json_answer's
+        return f"({len(resp.content or b'')} bytes that are not text)"
+
+
 def transcript_problem(result) -> str | None:
-    """Why `result` (a transcription: an object with `text`, or the text itself for the text
-    formats) holds no transcript, or None."""
-    text = result.get("text") if isinstance(result, dict) else result
+    """Why `result` holds no transcript, or None. Every request the users send asks for
+    `response_format=json`, so a transcript is an object with a non-empty string `text`; a bare
+    string (a proxy's HTML page as a job's result) is none (breaker 52 K10)."""
+    if not isinstance(result, dict):
+        return f"no transcript in the answer (a JSON {type(result).__name__}, not an object)"
+    text = result.get("text")
     if not isinstance(text, str) or not text.strip():
         return "empty transcript" if isinstance(text, str) else "no transcript in the answer"
     return None
@@ -107,18 +120,23 @@ def judge_transcription(resp) -> None:
     a JSON object with a non-empty `text`. Every user that transcribes judges with this, so none
     counts a proxy's 200 maintenance page as a transcription (breaker 50 G1: StressUser did)."""
     if resp.status_code != 200:
-        resp.failure(f"HTTP {resp.status_code}: {body_text(resp)}")
+        resp.failure(f"HTTP {resp.status_code}: {_shown_body(resp)}")
     elif (answer := json_answer(resp)) is not None and (problem := transcript_problem(answer)):
         resp.failure(problem)
 
 
-def judge_probe(resp) -> None:
-    """Fail the entry unless it is the worker's /healthz or /readyz answer: 200 and a JSON object
-    with its `status` (a proxy's 200 page in front of a stopped service is no live worker)."""
+# what the worker's probes answer when it is up: /healthz {"status": "ok"}, /readyz {"status": "ready"}
+LIVE = {"/healthz": "ok", "/readyz": "ready"}
+
+
+def judge_probe(resp, path: str) -> None:
+    """Fail the entry unless it is the worker's answer to `path` (/healthz or /readyz) when it is
+    up: 200 and a JSON object whose `status` is LIVE[path] (a proxy's 200 page in front of a
+    stopped service, or another service's {"status": "DOWN"}, is no live worker)."""
     if resp.status_code != 200:
-        resp.failure(f"HTTP {resp.status_code}: {body_text(resp, 80)}")
-    elif (answer := json_answer(resp)) is not None and "status" not in answer:
-        resp.failure(f"HTTP 200 without the worker's status: {body_text(resp, 80)!r}")
+        resp.failure(f"HTTP {resp.status_code}: {_shown_body(resp)}")
+    elif (answer := json_answer(resp)) is not None and answer.get("status") != LIVE[path]:
+        resp.failure(f"HTTP 200 but status {answer.get('status')!r}, not the live worker's {LIVE[path]!r}")
 
 
 class StillInFlight(Exception):

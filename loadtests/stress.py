@@ -22,12 +22,12 @@ class StressUser(FastHttpUser):
     @task(8)
     def healthz(self) -> None:
         with self.client.get("/healthz", name="/healthz", catch_response=True) as resp:
-            judge_probe(resp)
+            judge_probe(resp, "/healthz")
 
     @task(2)
     def readyz(self) -> None:
         with self.client.get("/readyz", name="/readyz", catch_response=True) as resp:
-            judge_probe(resp)
+            judge_probe(resp, "/readyz")
 
     @task(1)
     def transcribe_short(self) -> None:

@@ -41,12 +41,32 @@ BROKEN_WORKER = textwrap.dedent('''
             path = self.path.split("?")[0]
             if MODE == "maintenance":  # a proxy's 200 page in front of a stopped service, on every path
                 return self._send(200, b"<html><h1>Service temporarily unavailable</h1></html>", "text/html")
-            if path in ("/healthz", "/readyz"):
-                return self._send(200, b'{"status": "ready"}')
+            if MODE == "other-service":  # another service's answers: probes down, a version-less /version,
+                # an HTML /metrics quoting the counter's name, jobs whose result is an HTML page
+                if path in ("/healthz", "/readyz"):
+                    return self._send(200, b'{"status": "not ready", "checks": {"db": "down"}}')
+                if path == "/version":
+                    return self._send(200, b'{"version": null, "error": "upstream down"}')
+                if path == "/metrics":
+                    return self._send(200, b"<html>worker_requests_total unavailable</html>", "text/html")
+                if path.startswith("/v1/jobs"):
+                    return self._send(200 if path.count("/") > 2 else 202,
+                                      b'{"id": "j1", "status": "succeeded", "result": "<html>Service Unavailable</html>"}')
+                return self._send(200, json.dumps({"text": "hello"}).encode())
+            if MODE in ("binary", "badcharset", "deepjson") and path.startswith("/v1/audio"):
+                # a 200 Locust can't read as JSON text: binary bytes, an unknown charset, JSON nested
+                # past Python's recursion limit (each raised out of the user's judgment)
+                if MODE == "binary":
+                    return self._send(200, bytes(range(256)) * 8, "application/octet-stream")
+                if MODE == "badcharset":
+                    return self._send(200, b'{"text": "hello"}', "application/json; charset=utf8mb4")
+                return self._send(200, b"[" * 100000 + b"]" * 100000)
+            if path in ("/healthz", "/readyz"):  # as the live worker answers them
+                return self._send(200, b'{"status": "ok"}' if path == "/healthz" else b'{"status": "ready"}')
             if path == "/version":
                 return self._send(200, b'{"version": "1.0"}')
             if path == "/metrics":
-                return self._send(200, b"worker_requests_total 1\\n", "text/plain")
+                return self._send(200, b"# TYPE worker_requests_total counter\\nworker_requests_total 1\\n", "text/plain")
             if MODE == "hang":
                 time.sleep(3600)
             if MODE == "slow":
@@ -113,7 +133,8 @@ def _target(folder, mode: str):
 def targets(tmp_path_factory):
     """One broken worker per mode: {"500": url, "hang": url, "slow": url}."""
     started = {mode: _target(tmp_path_factory.mktemp(f"target-{mode}"), mode)
-               for mode in ("500", "hang", "slow", "garbage", "maintenance", "echo", "echo-late", "echo-escaped")}
+               for mode in ("500", "hang", "slow", "garbage", "maintenance", "other-service", "binary", "badcharset",
+                            "deepjson", "echo", "echo-late", "echo-escaped")}
     yield {mode: url for mode, (_proc, url) in started.items()}
     for proc, _url in started.values():
         proc.terminate()
@@ -288,6 +309,36 @@ def test_every_user_class_fails_what_is_not_the_services_answer(ops_root, target
     assert doc["total"]["requests"] > 0 and doc["total"]["failures"] == doc["total"]["requests"], doc["total"]
     texts = " ".join(f["error"] for f in doc["failures"])
     assert "not JSON" in texts, texts
+
+
+@pytest.mark.parametrize("mode", ["binary", "badcharset", "deepjson"])
+def test_a_transcription_answer_that_cannot_be_decoded_is_a_failure_not_a_lost_request(ops_root, targets, mode):
+    """Breaker 52 K1: a 200 Locust can't decode (binary, charset=utf8mb4, deep JSON) raised
+    TypeError, LookupError or RecursionError out of the judgment: the request was counted as
+    neither success nor failure, and the stress profile passed with no transcription counted."""
+    out = opsctl(ops_root, "loadtest", "run", "--host", targets[mode], "--users", "2", "--spawn-rate", "2",
+                 "--duration", "3s", "--stop-timeout", "1s", "--classes", "StressUser=1", "--slo", "error_rate<1%",
+                 "--json")
+    assert out.code == 1, (out.stdout, out.stderr)
+    sync = {e["name"]: e for e in out.doc["endpoints"]}["/v1/audio/transcriptions [short]"]
+    assert sync["requests"] > 0 and sync["failures"] == sync["requests"], sync
+    assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_another_services_answers_are_failures_in_every_poll_and_job(ops_root, targets):
+    """Breaker 52 K9, K10: probes answering 200 {"status": "not ready"}, a /version without a
+    version, an HTML /metrics quoting the counter's name, and jobs whose result is an HTML page
+    were all counted as successes."""
+    out = opsctl(ops_root, "loadtest", "run", "--host", targets["other-service"], "--users", "4", "--spawn-rate", "4",
+                 "--duration", "6s", "--stop-timeout", "1s", "--classes", "AdminUser=1,TranscriptionUser=1",
+                 "--slo", "error_rate<1%", "--json")
+    by_name = {e["name"]: e for e in out.doc["endpoints"]}
+    for name in ("/healthz", "/readyz", "/version", "/metrics"):
+        if name in by_name:
+            assert by_name[name]["failures"] == by_name[name]["requests"] > 0, by_name[name]
+    jobs = [e for n, e in by_name.items() if n.endswith("submit→done")]
+    assert jobs and all(e["failures"] == e["requests"] for e in jobs), jobs
+    assert out.code == 1, (out.stdout, out.stderr)
 
 
 def test_an_api_key_echoed_by_the_target_reaches_no_report(ops_root, targets, monkeypatch, tmp_path):
