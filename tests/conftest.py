@@ -29,6 +29,16 @@ for _name in [n for n in os.environ if n.startswith("OPSCTL_")]:
 os.environ.update(s3mod.CREDENTIALS)
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 
+# each xdist worker gets a temporary folder of its own: a restore keeps its run record there and
+# the next restore on the machine removes what dead ones left (and says so), so one worker's
+# killed restore was cleaned by the other worker's restore, whose one-line error then had two
+# lines (session 29). Pytest's own tmp_path folders come from --basetemp, not from this.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import tempfile
+
+    os.environ["TMPDIR"] = tempfile.mkdtemp(prefix=f"opsctl-{os.environ['PYTEST_XDIST_WORKER']}-")
+    tempfile.tempdir = None
+
 
 @dataclass
 class Postgres:
