@@ -323,8 +323,12 @@ def _follow_router(state: st.LocalState) -> None:
 
 
 def status(project: Project) -> list[ComponentStatus]:
-    """Each component as it is now (a stopped standby worker color is left out)."""
+    """Each component as it is now (a stopped standby worker color is left out). While a local
+    failover is pending, its line (standby.pending_failover: the stage, what finishes it) is the
+    note of the postgres and postgres-standby rows, both unhealthy: the platform's PostgreSQL
+    takes no writes until it is finished (breaker 51 H2)."""
     state = st.load(st.folder_for(project.root))
+    pending = _pending_failovers(project)
     rows = []
     names = ["postgres", "redis", "s3"] + [wk.name(c) for c in st.COLORS] + ["router"]
     for name in names:
@@ -350,32 +354,70 @@ def status(project: Project) -> list[ComponentStatus]:
                 continue  # a stopped standby color is history, not a component
         if name == "s3":
             note = "objects saved at down; other AWS resources ephemeral"
-        if name == "redis" and healthy and not procs.alive(getattr(state.components.get("postgres"), "pid", None)):
+        if name == "redis" and healthy and _rest_stopped(state):
             note = _redis_left_running(comp.port)
+        if name == "postgres" and pending:
+            healthy, note = False, "; ".join(pending)
         rows.append(ComponentStatus(name, comp.pid if procs.alive(comp.pid) else None, comp.port,
                                     healthy, comp.version, str(state.log(name)), note))
         if name == "postgres":
-            rows += _archiver_status(state) + _standby_status(state) + _beside_status(state)
+            rows += _archiver_status(state) + _standby_status(project, state, pending) + _beside_status(state)
     return rows
+
+
+def _pending_failovers(project: Project) -> list[str]:
+    """The line of each local failover pending on an environment the platform serves
+    (standby.pending_failover_note)."""
+    from opsctl.pitr import standby
+
+    return [note for env in served(project) if (note := standby.pending_failover_note(project, env)) is not None]
+
+
+def _rest_stopped(state: st.LocalState) -> bool:
+    """Whether every process of the platform but Redis is stopped (what `down` leaves when Redis
+    can't save): PostgreSQL, its standby and archiver, S3, the workers, the router. Breaker 51
+    H2: PostgreSQL alone down (an interrupted failover) was told as all of it stopped."""
+    from opsctl.pitr import local as pitr
+    from opsctl.pitr import standby
+
+    return (all(live_pid(state, key) is None for key in HINTS if key != "redis")
+            and standby.running_pid(state) is None and pitr.archiver_pid(state) is None)
 
 
 def _beside_status(state: st.LocalState) -> list[ComponentStatus]:
     """A row for each PostgreSQL running on a data folder of the platform's own beside
-    data/postgres (a `restore --beside` copy, left running on purpose: breaker 42 R18 found
-    `local status` silent about it, fsync off and all); `local down` stops them."""
+    data/postgres and the standby's (a `restore --beside` copy, left running on purpose: breaker
+    42 R18 found `local status` silent about it, fsync off and all); `local down` stops them.
+    What a row says is what the server is: a restore's copy only on a folder a restore makes,
+    "fsync off" only when the server says so (breaker 51 H1: the standby was told as one)."""
     rows = []
     for data, pid in _beside_servers(state):
         lines = (data / "postmaster.pid").read_text(errors="replace").splitlines()
         port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+        what = ("a copy a restore left running beside the live server"
+                if data.name.startswith(("postgres.restored-", "postgres.restoring-")) else
+                "a PostgreSQL running on a folder of the platform's data beside the live server")
+        fsync = _fsync(port) if port else None
         rows.append(ComponentStatus(f"postgres ({data.name})", pid, port, bool(port and pg.ready(port)), None,
-                                    str(data / "log"), "a copy a restore left running beside the live "
-                                    "server ('opsctl local down' stops it; fsync off: not for keeps)"))
+                                    str(data / "log"), f"{what} ('opsctl local down' stops it"
+                                    + ("; fsync off: not for keeps)" if fsync == "off" else ")")))
     return rows
 
 
+def _fsync(port: int) -> str | None:
+    """The `fsync` setting of the PostgreSQL on `port` ("on", "off"), None when it does not answer."""
+    import psycopg
+
+    try:
+        with psycopg.connect(pg.url(port), connect_timeout=3) as conn:
+            return conn.execute("show fsync").fetchone()[0]
+    except psycopg.Error:
+        return None
+
+
 def _redis_left_running(port: int) -> str:
-    """The note for a Redis that runs while the platform's PostgreSQL does not: what `down`
-    leaves when Redis can't write its final snapshot (a full disk). Its writes since the last
+    """The note for a Redis that runs while the rest of the platform does not (_rest_stopped):
+    what `down` leaves when Redis can't write its final snapshot (a full disk). Its writes since the last
     snapshot (INFO persistence) are in memory only until a `down` saves it."""
     import datetime as dt
 
@@ -415,19 +457,33 @@ def _repair_interrupted_restore(state: st.LocalState, env: Environment) -> str |
     return done
 
 
-def _standby_status(state: st.LocalState) -> list[ComponentStatus]:
-    """The `dr standby` standby's row, while one was built: the server a failover promotes, so
-    one that died is shown, not found out by the failover (breaker 20 F2)."""
+def _standby_status(project: Project, state: st.LocalState, pending: list[str]) -> list[ComponentStatus]:
+    """The `dr standby` standby's row, while one was built (or its server runs): the server a
+    failover promotes, so one that died is shown, not found out by the failover (breaker 20 F2).
+    Judged by the `standby` health check itself (opsctl.pitr.health.standby_health: streaming
+    is what its WAL receiver says, not pg_isready; breaker 51 H2 saw a promoted standby told as
+    "streaming from the primary"); while a failover is pending, that failover's line (`pending`)
+    instead, since its standby is then the server meant to become the primary."""
+    from opsctl.health.model import Status
     from opsctl.pitr import standby
+    from opsctl.pitr.health import standby_health
 
     comp = state.components.get(standby.COMPONENT)
-    if comp is None:
-        return []
     pid = standby.running_pid(state)
-    healthy = pid is not None and pg.ready(comp.port)
-    note = ("streaming from the primary: what a failover promotes" if healthy else
-            "not running: a failover has nothing to promote; 'opsctl dr standby' builds it again")
-    return [ComponentStatus(standby.COMPONENT, pid, comp.port, healthy, None, str(state.log(standby.COMPONENT)), note)]
+    log = str(state.log(standby.COMPONENT))
+    envs = served(project)
+    if comp is None and pid is None:
+        return []
+    if pending:
+        return [ComponentStatus(standby.COMPONENT, pid, comp.port if comp else None, False, None, log,
+                                "; ".join(pending))]
+    if comp is None or not envs:  # its server found by its PID file alone: no failover promotes it
+        return [ComponentStatus(standby.COMPONENT, pid, None, False, None, log,
+                                "running, found by its PID file, not in the state file: a failover can't promote "
+                                "it; 'opsctl local down' stops it")]
+    check = standby_health(project, envs[0])
+    return [ComponentStatus(standby.COMPONENT, pid, comp.port, check.status == Status.OK, None, log,
+                            check.message)]
 
 
 def _archiver_status(state: st.LocalState) -> list[ComponentStatus]:
@@ -598,9 +654,9 @@ def _no_operation_running(folder: Path):
 
 def _stop_scratch_servers(state) -> list[int]:
     """Stop every PostgreSQL running on a data directory of the platform's own data folder other
-    than data/postgres (a `restore --beside` copy: its restore returned and kept no record; a
-    copy whose restore was killed): the live process its postmaster.pid names, never a reused
-    PID (procs.pidfile_owner). Returns the PIDs stopped."""
+    than its own servers' (_beside_servers: a `restore --beside` copy: its restore returned and
+    kept no record; a copy whose restore was killed): the live process its postmaster.pid names,
+    never a reused PID (procs.pidfile_owner). Returns the PIDs stopped."""
     stopped = []
     for _data, pid in _beside_servers(state):
         pg.stop(pid)
@@ -610,12 +666,16 @@ def _stop_scratch_servers(state) -> list[int]:
 
 def _beside_servers(state) -> list[tuple[Path, int]]:
     """(data folder, postmaster PID) of each PostgreSQL running on a folder of the platform's
-    data folder other than data/postgres: its postmaster.pid's live process, never a reused PID
-    (procs.pidfile_owner)."""
+    data folder other than the platform's own servers' (data/postgres, and data/postgres-standby:
+    the `dr standby` a failover promotes has a row and a stop of its own, breaker 51 H1): its
+    postmaster.pid's live process, never a reused PID (procs.pidfile_owner)."""
+    from opsctl.pitr import standby
+
     root = state.data("postgres").parent
+    own = {state.data("postgres"), state.data(standby.COMPONENT)}
     found = []
     for data in sorted(root.iterdir()) if root.is_dir() else []:
-        if data == state.data("postgres") or not data.is_dir():
+        if data in own or not data.is_dir():
             continue
         pid = procs.pidfile_owner(data / "postmaster.pid", "postgres")
         if pid:

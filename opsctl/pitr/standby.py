@@ -362,23 +362,45 @@ def refuse_pending(project: Project, env: Environment, what: str) -> None:
     """UsageError (exit 2, nothing changed) naming `what` ("removing the standby", "an in-place
     restore") while a local failover of `env` is pending (its journal
     `.opsctl/failover/<env>.pending.json` exists): the old primary is fenced and the standby is
-    the server meant to become the primary; finish it (`failover`) or undo it (`--abandon`) first."""
+    the server meant to become the primary; finish it (`failover`) or undo it (`--abandon`) first,
+    whichever pending_failover says its stage allows."""
     if (pending := pending_failover(project, env)) is not None:
         raise UsageError(f"{what} refused: {pending}; nothing was changed")
 
 
 def pending_failover(project: Project, env: Environment) -> str | None:
-    """One line on a local failover of `env` interrupted after it fenced the old primary (the
-    platform's PostgreSQL then refuses every write), with the two ways out; None when none is
-    pending. For `local up` and the `standby` health check too (breaker 36 F2: after a failover
-    killed at 'promoting', `local up` said "platform up", the checks OK, and every write failed).
-    UsageError when the journal can't be read."""
+    """One line on a local failover of `env` that was interrupted (the platform's PostgreSQL then
+    takes no writes until it is finished or undone), with the ways out that work at its stage;
+    None when none is pending. For `local up`, `local status` and the `standby` health check too
+    (breaker 36 F2: after a failover killed at 'promoting', `local up` said "platform up", the
+    checks OK, and every write failed), and the refusals while one is pending. UsageError when
+    the journal can't be read.
+
+    The ways out are judged by the rules the commands apply, so the advice never names one that
+    is refused (breaker 51 H3: `--abandon` was offered at 'promoted'): finishing (`failover`)
+    unless `_standby_gone`, undoing (`failover --abandon`) unless `_abandon_refused`."""
+    from opsctl.local import state as st
+
     doc = _pending(project, env)
     if doc is None:
         return None
-    return (f"a failover of {env.name} interrupted at '{doc.get('stage')}' is pending ({_pending_path(project, env)}) "
-            f"and the old primary is fenced (read-only: every write fails); finish it with 'opsctl failover --env "
-            f"{env.name} --yes' or undo it with 'opsctl failover --env {env.name} --abandon'")
+    state = st.load(st.folder_for(project.root))
+    where = f"a failover of {env.name} interrupted at '{doc.get('stage')}' is pending ({_pending_path(project, env)})"
+    finish = f"'opsctl failover --env {env.name} --yes'"
+    undo = f"'opsctl failover --env {env.name} --abandon'"
+    refused, gone = _abandon_refused(project, env, state, doc), _standby_gone(state, doc)
+    if refused is None and not gone:
+        return (f"{where} and the old primary is fenced (read-only: every write fails); finish it with {finish} or "
+                f"undo it with {undo}")
+    if refused is None:
+        return (f"{where} and the old primary is fenced (read-only: every write fails); its standby (port "
+                f"{doc.get('standby_port')}) is gone, so it can't be finished: undo it with {undo} (the old primary "
+                f"is unfenced), then 'opsctl dr standby --env {env.name}'")
+    if not gone:
+        return (f"{where}: {refused.why}, so it can't be undone; the platform's PostgreSQL takes no writes until it "
+                f"is finished: finish it with {finish}")
+    return (f"{where}: it can't be finished (its standby, port {doc.get('standby_port')}, is gone) nor undone: "
+            f"{refused.text}")
 
 
 def pending_failover_note(project: Project, env: Environment) -> str | None:
@@ -494,8 +516,8 @@ def _promotion_found(project: Project, env: Environment, state, standby_there: b
     except Exception as exc:  # noqa: BLE001 - an unreachable repository: what is local decided
         import logging
 
-        logging.getLogger(__name__).warning("abandon: the repository's timeline history was not checked (%s)",
-                                            exc)
+        logging.getLogger(__name__).warning("a pending failover: the repository's timeline history was not "
+                                            "checked for its promotion (%s)", exc)
         return None
     found = newer(objects)
     if found:
@@ -612,8 +634,7 @@ def _failover(project: Project, env: Environment, approve=None, progress=None) -
     folder, state = _local(project, env)
     doc = _pending(project, env)
     if doc is not None:
-        if doc.get("stage") != "repointing" and (COMPONENT not in state.components
-                                                 or not state.data(COMPONENT).is_dir()):
+        if _standby_gone(state, doc):
             _refuse_gone(project, env, doc)  # before asking: there is nothing left to finish
         if approve is not None:
             approve(f"finish the failover of {env.name} interrupted at '{doc.get('stage')}' (begun {doc.get('at')}): "
@@ -705,12 +726,66 @@ def refuse_initdb(state, env: Environment) -> None:
                          "no empty cluster was made")
 
 
+@dataclass
+class _Refusal:
+    """Why `failover --abandon` refuses a pending failover: `why`, what shows it (a clause),
+    and `text`, the refusal as abandon says it (with what to do instead)."""
+
+    why: str
+    text: str
+
+
+def _standby_there(state) -> bool:
+    """Whether the failover's standby still exists (recorded, and its data directory there)."""
+    return COMPONENT in state.components and state.data(COMPONENT).is_dir()
+
+
+def _standby_gone(state, doc: dict) -> bool:
+    """Whether the failover journaled as `doc` can't be finished: its standby is gone (removed
+    since it was interrupted) and it had not yet moved it to data/postgres ('repointing')."""
+    return doc.get("stage") != "repointing" and not _standby_there(state)
+
+
+def _abandon_refused(project: Project, env: Environment, state, doc: dict) -> _Refusal | None:
+    """Why `failover --abandon` refuses the failover journaled as `doc`, or None when it undoes
+    it: past the promotion ('repointing', or 'promoted' with its standby there), a standby that
+    runs out of recovery, any other sign of a promotion (_promotion_found: two histories must not
+    both take writes), or no old primary's data directory to unfence. The one rule abandon
+    applies and pending_failover words its advice by (breaker 51 H3)."""
+    stage = doc.get("stage")
+    standby_there = _standby_there(state)
+    finish = f"finish it with 'opsctl failover --env {env.name}'"
+    if stage == "repointing" or (standby_there and stage == "promoted"):
+        return _Refusal("its standby was promoted" if stage == "promoted" else
+                        "its promoted standby was being moved to data/postgres",
+                        f"the failover of {env.name} got past the promotion ('{stage}'): abandoning it would leave "
+                        f"two histories; {finish}")
+    port = state.components[COMPONENT].port if standby_there else None
+    if standby_there and _standby_pid(state) is not None and _answers_writable(port):
+        return _Refusal(f"its standby (port {port}) was promoted already and takes writes",
+                        f"the failover's standby (port {port}) was promoted already: {finish}")
+    promoted = _promotion_found(project, env, state, standby_there)
+    if promoted:  # stopped (or gone) after pg_promote: its timeline is the history restores follow
+        then = (f"{finish} (it starts the promoted standby)" if standby_there else
+                f"the promoted standby is gone: read {_pending_path(project, env)} and decide by hand "
+                f"(e.g. 'opsctl restore --env {env.name} --to-time latest' once the journal is removed)")
+        return _Refusal(f"its standby was promoted already ({promoted})",
+                        f"the failover of {env.name} promoted its standby already ({promoted}): abandoning it would "
+                        f"let the old primary take writes on a timeline restores no longer follow; {then}")
+    data = state.data("postgres")
+    if not (data / "PG_VERSION").exists():
+        return _Refusal(f"{data}, the old primary, is not a data directory",
+                        f"{data} is not a data directory; read {_pending_path(project, env)}")
+    return None
+
+
 def abandon(project: Project, env: Environment, approve=None) -> dict:
     """`failover --abandon`: undo a failover interrupted before its standby was promoted (or
     whose standby is gone): remove the old primary's fence (standby.signal), start it writable
     through the platform's own start, and remove the journal. Under the deploy lease. UsageError
-    when no failover is pending, or when its standby was promoted and still exists (then only
-    finishing is safe: two histories must not both take writes). Returns what it did."""
+    when no failover is pending, or when `_abandon_refused` says why not (its standby was
+    promoted: then only finishing is safe, two histories must not both take writes). Returns
+    what it did."""
     from opsctl.local import postgres as pg
     from opsctl.local import state as st
     from opsctl.local import platform
@@ -723,26 +798,11 @@ def abandon(project: Project, env: Environment, approve=None) -> dict:
         if doc is None:
             raise UsageError(f"no interrupted failover of {env.name} to abandon ({_pending_path(project, env)} "
                              "does not exist); nothing was changed")
-        standby_there = COMPONENT in state.components and state.data(COMPONENT).is_dir()
-        if doc.get("stage") == "repointing" or (standby_there and doc.get("stage") == "promoted"):
-            raise UsageError(f"the failover of {env.name} got past the promotion ('{doc.get('stage')}'): abandoning "
-                             f"it would leave two histories; finish it with 'opsctl failover --env {env.name}'; "
-                             "nothing was changed")
-        if standby_there and _standby_pid(state) is not None and not wal_receiver(state.components[COMPONENT].port)[0]:
-            raise UsageError(f"the failover's standby (port {state.components[COMPONENT].port}) was promoted already: "
-                             f"finish it with 'opsctl failover --env {env.name}'; nothing was changed")
-        promoted = _promotion_found(project, env, state, standby_there)
-        if promoted:  # stopped (or gone) after pg_promote: its timeline is the history restores follow
-            finish = (f"finish it with 'opsctl failover --env {env.name}' (it starts the promoted standby)"
-                      if standby_there else
-                      f"the promoted standby is gone: read {_pending_path(project, env)} and decide by hand "
-                      f"(e.g. 'opsctl restore --env {env.name} --to-time latest' once the journal is removed)")
-            raise UsageError(f"the failover of {env.name} promoted its standby already ({promoted}): abandoning it "
-                             f"would let the old primary take writes on a timeline restores no longer follow; "
-                             f"{finish}; nothing was changed")
+        refused = _abandon_refused(project, env, state, doc)
+        if refused is not None:
+            raise UsageError(f"{refused.text}; nothing was changed")
+        standby_there = _standby_there(state)
         data = state.data("postgres")
-        if not (data / "PG_VERSION").exists():
-            raise UsageError(f"{data} is not a data directory; read {_pending_path(project, env)}; nothing was changed")
         if approve is not None:
             approve(f"abandon the failover of {env.name} interrupted at '{doc.get('stage')}': the old primary "
                     f"(port {doc.get('old_port')}) is unfenced and started writable")
@@ -841,7 +901,7 @@ def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) 
         notes.append(f"finished a failover interrupted at '{doc['stage']}' (begun {doc['at']})")
     folder, state = _local(project, env)
     if doc["stage"] != "repointing":  # promoted or not: its standby must still be there
-        if COMPONENT not in state.components or not state.data(COMPONENT).is_dir():
+        if _standby_gone(state, doc):
             _refuse_gone(project, env, doc)
         _promote_standby(project, env, doc, step)
     step("repointing the environment")
