@@ -17,6 +17,7 @@ judges the canaries alone, through the router: their failure rate and their own 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -25,9 +26,10 @@ from importlib import resources
 
 import httpx
 
-from opsctl import httpclient
+from opsctl.health.checks.http import bounded_request
 
 MAX_WORD_ERROR = 0.3
+MAX_ANSWER = 1024 * 1024  # bytes of a transcription answer (decompressed): the sample's is under 1 KB
 TRANSCRIBE = "/v1/audio/transcriptions"
 
 
@@ -41,16 +43,26 @@ class Verdict:
     gone: bool = False  # the checked process no longer accepts connections
 
 
+# a word: a run of letters, digits and apostrophes in any script, except that each Chinese,
+# Japanese or Korean character counts alone (those scripts put no spaces between words, so a
+# hallucinated "ご視聴ありがとうございました" repeated would otherwise be one word)
+_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\W_]+(?:'[^\W_]+)*")
+
+
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
+    """The words of `text`, NFKC-folded (full-width letters read as letters) and case-folded."""
+    import unicodedata
+
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def word_error(expected: str, heard: str) -> float:
     """Word error rate of `heard` against `expected`: (substitutions + deletions + insertions)
     / expected words, after lower-casing and dropping punctuation (jiwer's word alignment).
     Words added count: a transcript with Whisper's hallucinated tail ("Thank you." repeated
-    after the speech) scored 0.00 when only missing words were counted (breaker 50 G2). Can
-    exceed 1.0; an empty `expected` makes any word heard an error of 1.0 per word."""
+    after the speech) scored 0.00 when only missing words were counted (breaker 50 G2), and
+    words of every script count (breaker 52 K2: a Japanese or Cyrillic tail was not seen).
+    Can exceed 1.0; an empty `expected` makes any word heard an error of 1.0 per word."""
     import jiwer
 
     ref, hyp = " ".join(_words(expected)), " ".join(_words(heard))
@@ -83,12 +95,15 @@ def analysis_headers(api_key_env: str) -> dict:
 def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Verdict:
     """The bundled sample transcribed by the model (never the store) and checked for its words."""
     audio, expected = sample()
-    try:
-        resp = httpclient.post(f"{base_url}{TRANSCRIBE}", files={"file": ("sample.wav", audio, "audio/wav")},
-                          data={"model": "whisper-1", "language": "en"}, headers={**headers, **NO_CACHE},
-                          timeout=timeout)
+    try:  # bounded in total, not per read (a server trickling bytes held the check for ever), and
+        # in size, decompressed (a small gzip answer inflated to gigabytes): breaker 52 K5
+        resp = bounded_request("POST", f"{base_url}{TRANSCRIBE}", files={"file": ("sample.wav", audio, "audio/wav")},
+                               data={"model": "whisper-1", "language": "en"}, headers={**headers, **NO_CACHE},
+                               timeout=timeout, max_body=MAX_ANSWER)
     except httpx.HTTPError as exc:
         return Verdict(False, f"transcription request failed: {exc}")
+    except ValueError as exc:  # over MAX_ANSWER
+        return Verdict(False, f"transcription answer refused: {exc}")
     if resp.status_code != 200:
         return Verdict(False, f"transcription answered {resp.status_code}: {_shown(resp.text)}")
     heard = _transcript(resp)
@@ -97,7 +112,14 @@ def transcribe_check(base_url: str, headers: dict, timeout: float = 120.0) -> Ve
                               f"'text' string; a proxy's or maintenance page?): {_shown(resp.text)}")
     wer = word_error(expected, heard)
     ok = wer < MAX_WORD_ERROR
-    return Verdict(ok, f"word error {wer:.2f} (limit {MAX_WORD_ERROR}): heard {heard.strip()!r}")
+    return Verdict(ok, f"word error {wer:.2f} (limit {MAX_WORD_ERROR}): heard {_heard(heard)}")
+
+
+def _heard(text: str, limit: int = 200) -> str:
+    """The transcript for a verdict line: quoted, its first `limit` characters and how long it
+    was (a 20,000-word hallucination made a 300 KB step detail, record and event)."""
+    text = " ".join(text.split())
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text):,} characters)"
 
 
 def _transcript(resp: httpx.Response) -> str | None:
@@ -131,7 +153,9 @@ CANARY_TIMEOUT = 120.0
 def ready_check(base_url: str) -> Verdict:
     """GET /readyz (5 s timeout): ok on 200; `gone` when the connection is refused."""
     try:
-        resp = httpclient.get(f"{base_url}/readyz", timeout=5)
+        resp = bounded_request("GET", f"{base_url}/readyz", timeout=5, max_body=64 * 1024)
+    except ValueError as exc:  # an answer over the cap: no worker's readiness
+        return Verdict(False, f"/readyz: {exc}")
     except httpx.ConnectError as exc:
         return Verdict(False, f"/readyz refused the connection, the process is gone: {exc}", gone=True)
     except httpx.HTTPError as exc:
@@ -173,9 +197,11 @@ def scrape(base_url: str, headers: dict) -> Snapshot:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        resp = httpclient.get(f"{base_url}/metrics", headers=headers, timeout=5)
+        resp = bounded_request("GET", f"{base_url}/metrics", headers=headers, timeout=5)
     except httpx.HTTPError as exc:
         raise ScrapeError(f"{base_url}/metrics unreachable: {exc}") from None
+    except ValueError as exc:  # over bounded_request's cap
+        raise ScrapeError(f"{base_url}/metrics: {exc}") from None
     if resp.status_code != 200:
         hint = "; set the API key in the variable deploy.api_key_env names" if resp.status_code in (401, 403) else ""
         raise ScrapeError(f"{base_url}/metrics answered {resp.status_code}{hint}")
@@ -220,6 +246,8 @@ def judge_window(before: Snapshot, after: Snapshot, max_error_pct: float, max_p9
 
     Error rate = 5xx answers / (real transcriptions + 5xx answers): store hits count in neither.
     """
+    if (went_down := _went_down(before, after)) is not None:
+        return Verdict(False, went_down)
     real = after.transcriptions - before.transcriptions
     errors = after.errors - before.errors
     hits = after.store_hits - before.store_hits
@@ -230,7 +258,9 @@ def judge_window(before: Snapshot, after: Snapshot, max_error_pct: float, max_p9
     error_pct = 100.0 * errors / (real + errors)
     p95, shown = p95_ms(before, after), None
     top = max((le for le in after.buckets if le != float("inf")), default=None)
-    if p95 is None:  # counted, but no histogram to read a latency from: never passed blind
+    if (unread := _histogram_problem(before, after, real)) is not None:  # never passed blind
+        shown, p95 = f"n/a ({unread}: the p95 can't be judged)", None
+    elif p95 is None:
         shown = "n/a (no latency histogram in the window: the p95 can't be judged)"
     elif top is not None and p95 >= top * 1000 and _share_above(before, after, top) > 0.05:
         # histogram_quantile answers the top finite bound when the 95th percentile lies past it:
@@ -239,6 +269,36 @@ def judge_window(before: Snapshot, after: Snapshot, max_error_pct: float, max_p9
     detail = (f"judged {real:.0f} real transcriptions{ignored}: error rate {error_pct:.1f}% "
               f"(max {max_error_pct}%), p95 {shown or f'{p95:.0f} ms'} (max {max_p95_ms:.0f} ms)")
     return Verdict(error_pct <= max_error_pct and p95 is not None and p95 <= max_p95_ms, detail)
+
+
+def _went_down(before: Snapshot, after: Snapshot) -> str | None:
+    """Why the window can't be judged when a counter of the color went down between the two
+    scrapes (its process restarted: what the new one counted says nothing of the old one's
+    errors; breaker 52 K4 judged -33 % errors), or when one is not a number; else None."""
+    pairs = [(before.errors, after.errors), (before.transcriptions, after.transcriptions),
+             (before.store_hits, after.store_hits)]
+    pairs += [(before.buckets.get(le, 0.0), n) for le, n in after.buckets.items()]
+    if any(not (math.isfinite(a) and math.isfinite(b)) for a, b in pairs):
+        return "the promoted color's metrics hold a value that is not a number: its window can't be judged"
+    if any(b < a for a, b in pairs) or any(le not in after.buckets for le in before.buckets):
+        return ("the promoted color's counters went down during the window (its worker restarted): "
+                "its window can't be judged")
+    return None
+
+
+def _histogram_problem(before: Snapshot, after: Snapshot, real: float) -> str | None:
+    """Why the window's latency histogram can't give a p95 of its `real` transcriptions: no
+    +Inf bucket, no finite bucket, or fewer observations than were counted (breaker 52 K3: a
+    histogram of +Inf alone gave a p95 of 0 ms); else None."""
+    inf = float("inf")
+    if inf not in after.buckets:
+        return "its histogram has no +Inf bucket"
+    if not any(le != inf for le in after.buckets):
+        return "its histogram has no finite bucket"
+    observed = after.buckets[inf] - before.buckets.get(inf, 0.0)
+    if observed != real:
+        return f"its histogram holds {observed:.0f} of the {real:.0f} transcriptions counted"
+    return None
 
 
 def _share_above(before: Snapshot, after: Snapshot, top: float) -> float:

@@ -115,8 +115,8 @@ def bounded_request(method: str, url: str, *, timeout: float, max_body: int = 16
     `kwargs` go to httpx (json, content, headers, follow_redirects). Returns the
     httpx.Response with its body read (at most `max_body` bytes). Raises httpx.TimeoutException
     when the deadline passes, httpx.HTTPError for other transport errors, ValueError for a
-    body over `max_body`. Used by every outbound call of the health area: alert sinks,
-    operation events, Alertmanager silences, the /metrics reads."""
+    body over `max_body`. Used by every outbound call of the health area (alert sinks,
+    operation events, Alertmanager silences, the /metrics reads) and by the deploy analysis."""
     import httpx
 
     exchange = _Exchange(timeout)
