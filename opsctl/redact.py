@@ -328,7 +328,9 @@ def mask_forms(text: str, found: Iterable[str]) -> str:
         return text
     found = found if isinstance(found, set | frozenset | tuple | list) else tuple(found)
     masked = _mask_present(text, found)
-    for escaped, units in ((_ESCAPED_UNIT, _UNIT), (_ESCAPED_QP, _UNIT_QP)):
+    for written, escaped, units in ((_ESCAPED_UNIT, _ESCAPED_UNIT, _UNIT), (_QP_WRITTEN, _ESCAPED_QP, _UNIT_QP)):
+        if not written.search(masked):  # nothing of this reading in the text: no pass over it
+            continue
         # every level is looked at: a key holding what reads as an escape (`=4A`, `%41`) shows
         # at the level before that part of it is decoded too
         if any(_mask_present(plain, found) != plain for plain in _decodings(masked, escaped)):
@@ -337,14 +339,18 @@ def mask_forms(text: str, found: Iterable[str]) -> str:
 
 
 # one escaped character as servers write it: an escaped backslash, \uXXXX, \u{X..}, \UXXXXXXXX,
-# \xNN, octal \NNN, \/, an HTML character reference (with its ';', as servers write them),
-# %XX, a line break and the indentation after it; quoted-printable's =XX and soft line break
-# are a reading of their own (unescaped)
-_ESCAPES = (r"\\\\|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\}|\\U[0-9a-fA-F]{8}|\\x[0-9a-fA-F]{2}|\\[0-7]{3}|\\/"
-            r"|&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});|%[0-9a-fA-F]{2}|\r?\n[ \t]*")
-_QUOTED_PRINTABLE = r"=[0-9a-fA-F]{2}|=\r?\n"
+# \xNN, Perl's \x{X..}, octal \NNN, \/, an HTML character reference (with its ';', as servers
+# write them), %XX, IIS's %uXXXX, a line break and the indentation after it, written or escaped
+# (\n, \r\n inside a JSON string or a repr: breaker 52 K6); quoted-printable's =XX and soft line
+# break are a reading of their own (unescaped)
+_ESCAPES = (r"\\\\|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\}|\\U[0-9a-fA-F]{8}|\\x[0-9a-fA-F]{2}"
+            r"|\\x\{[0-9a-fA-F]{1,6}\}|\\[0-7]{3}|\\/|(?:\\r)?\\n[ \t]*"
+            r"|&(?:#[0-9]{1,10}|#[xX][0-9a-fA-F]{1,8}|[A-Za-z][A-Za-z0-9]{1,31});|%[0-9a-fA-F]{2}|%u[0-9a-fA-F]{4}"
+            r"|\r?\n[ \t]*")
+_QUOTED_PRINTABLE = r"=[0-9a-fA-F]{2}|=\r?\n|=(?:\\r)?\\n"
 _ESCAPED_UNIT = re.compile(_ESCAPES)
 _ESCAPED_QP = re.compile(f"{_ESCAPES}|{_QUOTED_PRINTABLE}")
+_QP_WRITTEN = re.compile(_QUOTED_PRINTABLE)
 _UNIT = re.compile(_ESCAPES + "|.", re.DOTALL)  # a written unit of text: an escape, or one character
 _UNIT_QP = re.compile(f"{_ESCAPES}|{_QUOTED_PRINTABLE}|.", re.DOTALL)
 
@@ -362,12 +368,17 @@ def _decode_unit(unit: str) -> str:
     if len(unit) == 1:
         return unit
     if head == "=":
-        return "" if unit[1] in "\r\n" else _ascii(unit, int(unit[1:], 16))
+        return "" if unit[1] in "\r\n\\" else _ascii(unit, int(unit[1:], 16))  # a soft break, or =XX
     if head == "%":
+        if unit[1] in "uU":  # IIS's %uXXXX: a UTF-16 unit
+            value = int(unit[2:], 16)
+            return unit if 0xD800 <= value <= 0xDFFF else chr(value)
         return _ascii(unit, int(unit[1:], 16))
     if head == "\\":
         if unit[1] in "\\/":
             return unit[1]
+        if unit[1] in "rn":
+            return ""  # an escaped line break (with the indentation after it) inside a key
         if unit[1] in "01234567":
             return _ascii(unit, int(unit[1:], 8))
         value = int(unit[2:].strip("{}"), 16)

@@ -122,10 +122,17 @@ def test_a_key_escaped_in_part_is_masked_where_it_sits_and_the_rest_stays_masked
     "x Zq9=2BLx/w8K=\r\np=3DAb y",      # ... with a soft line break inside the key
     "x Zq9+Lx/w8\nKp=Ab y",             # a key wrapped onto the next line
     "x Zq9+Lx/w8\r\n    Kp=Ab y",       # ... with CRLF and indentation
+    "x Zq9+Lx/w8\\r\\n Kp=Ab y",         # breaker 52 K6: the wrap escaped, inside a JSON string
+    "x Zq9+Lx/w8\\nKp=Ab y",              # ... or a repr
+    "x Zq9=2BLx/w8K=\\r\\np=3DAb y",      # a soft line break escaped (a MIME body in a JSON event)
+    "x Zq9%u002BLx/w8Kp=Ab y",            # IIS's %uXXXX
+    "x Zq9\\x{2B}Lx/w8Kp=Ab y",           # Perl's \x{...}
+    "x Zq9&#00000043;Lx/w8Kp=Ab y",       # a character reference with leading zeros
 ])
 def test_a_key_escaped_in_the_other_ways_servers_write_it_is_masked(monkeypatch, text):
-    """Breaker 49 F2 (left open in session 28): octal, `\\U`, `\\u{}`, quoted-printable and
-    line-wrapped spellings of a key showed it readable."""
+    """Breaker 49 F2 (left open in session 28) and 52 K6: octal, `\\U`, `\\u{}`, `\\x{}`, `%u`,
+    quoted-printable and line-wrapped spellings of a key (the wrap written or escaped) showed it
+    readable."""
     from opsctl import redact
 
     monkeypatch.setattr(redact, "_known", set())
