@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import BinaryIO
 
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import OperationFailed, OpsError, UsageError
 from opsctl.redact import credentials
 
 log = logging.getLogger("opsctl.backup")
@@ -668,34 +668,140 @@ def _refuse_system_database(name: str) -> None:
 
 def drop_database(url: str, name: str) -> None:
     """Drop database `name` if it exists (its sessions ended first). UsageError for a system
-    database (`SYSTEM_DATABASES`), whoever asks: the last guard of `check_replaceable`."""
-    from psycopg import sql
-
-    _refuse_system_database(name)
-    with _admin(url) as conn:
-        row = conn.execute("select datistemplate from pg_database where datname = %s", (name,)).fetchone()
-        if row:
-            if row[0]:  # a template can't be dropped
-                conn.execute(sql.SQL("alter database {} is_template false").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
-
-
-def drop_copy(url: str, name: str) -> list[str]:
-    """Drop the restore copy `name` (copy_mark) unless a client is connected to it: DROP
-    DATABASE without FORCE, which PostgreSQL refuses (55006, object_in_use) while any other
-    session is connected, in the same statement that drops; a check of `sessions` first left a
-    window in which a client connecting was ended by the FORCE (breaker 48 F3). Returns the
-    sessions that kept it; [] when it was dropped or is gone."""
+    database (`SYSTEM_DATABASES`), whoever asks: the last guard of `check_replaceable`. A
+    server's refusal is one OperationFailed line: a database holding subscriptions is refused
+    ("is being used by logical replication subscription"), and only a copy opsctl made has
+    them dropped for it (`drop_scratch`, `drop_copy`)."""
     import psycopg
     from psycopg import sql
 
     _refuse_system_database(name)
     with _admin(url) as conn:
         try:
+            row = conn.execute("select datistemplate from pg_database where datname = %s", (name,)).fetchone()
+            if row:
+                if row[0]:  # a template can't be dropped
+                    conn.execute(sql.SQL("alter database {} is_template false").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            raise failure(f"dropping database {name}", exc) from None
+
+
+def drop_copy(url: str, name: str) -> list[str]:
+    """Drop the restore copy `name` (copy_mark) unless a client is connected to it: DROP
+    DATABASE without FORCE, which PostgreSQL refuses (55006, object_in_use) while any other
+    session is connected, in the same statement that drops; a check of `sessions` first left a
+    window in which a client connecting was ended by the FORCE (breaker 48 F3). A copy holding
+    subscriptions (a restore of a database that had some: PostgreSQL refuses to drop it, FORCE
+    or not) has them dropped first, as a scratch copy's (`_detach_subscriptions`), unless one
+    was enabled: someone made the copy replicate, it is theirs (breaker 50 G4). Returns what
+    kept it (`in_use`); [] when it was dropped or is gone. A server error is one
+    OperationFailed line."""
+    import psycopg
+
+    _refuse_system_database(name)
+    try:
+        if _drop_unused(url, name):
+            return []
+        users = in_use(url, name)
+        subs = [s for s, _ in subscriptions(url, name)]
+        if users or not subs:
+            return users or ["a client that left since"]
+        _detach_subscriptions(url, name, subs)
+        return [] if _drop_unused(url, name) else (in_use(url, name) or ["a client that left since"])
+    except psycopg.Error as exc:
+        raise failure(f"dropping the restore copy {name}", exc) from None
+
+
+def _drop_unused(url: str, name: str) -> bool:
+    """DROP DATABASE IF EXISTS `name` without FORCE; False when PostgreSQL refused it as in use
+    (a session, a subscription in it)."""
+    import psycopg
+    from psycopg import sql
+
+    with _admin(url) as conn:
+        try:
             conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
         except psycopg.errors.ObjectInUse:
-            return sessions(url, name) or ["a client that left since"]
-    return []
+            return False
+    return True
+
+
+def in_use(url: str, name: str) -> list[str]:
+    """Who uses database `name`: its client sessions (`sessions`) and its enabled subscriptions
+    ("its subscription NAME, enabled": someone made it replicate). A restore copy in use is
+    neither replaced nor dropped."""
+    working = [f"its subscription {s}, enabled" for s, enabled in subscriptions(url, name) if enabled]
+    return sessions(url, name) + working
+
+
+def failure(doing: str, exc: BaseException) -> OperationFailed:
+    """A database error as one OperationFailed line, "`doing` failed: its first line"
+    (credentials masked): never "unexpected <class>" with the server's DETAIL on a second."""
+    return OperationFailed(f"{doing} failed: {_first(exc)}")
+
+
+def subscriptions(url: str, name: str) -> list[tuple[str, bool]]:
+    """The logical-replication subscriptions database `name` holds, by name: (name, enabled).
+    pg_subscription is a shared catalog (these columns readable by any role), so the
+    maintenance database answers: nothing connects to `name`."""
+    with _admin(url) as conn:
+        return [(n, on) for n, on in conn.execute(
+            "select s.subname, s.subenabled from pg_subscription s "
+            "join pg_database d on d.oid = s.subdbid where d.datname = %s order by s.subname", (name,))]
+
+
+def _detach_subscriptions(url: str, name: str, subs: list[str]) -> None:
+    """Drop subscriptions `subs` inside database `name`, a copy opsctl made (never the live
+    database, nor one opsctl did not make: their subscriptions are someone's replication):
+    each disabled, then cut from its slot (slot_name = NONE) so that DROP SUBSCRIPTION neither
+    connects to the publisher nor drops the slot there, which the live database's subscription
+    of the same name may be using."""
+    from psycopg import sql
+
+    with connect(url, name, autocommit=True) as conn:
+        for sub in subs:
+            ident = sql.Identifier(sub)
+            conn.execute(sql.SQL("alter subscription {} disable").format(ident))
+            conn.execute(sql.SQL("alter subscription {} set (slot_name = none)").format(ident))
+            conn.execute(sql.SQL("drop subscription {}").format(ident))
+
+
+def drop_scratch(url: str, name: str) -> None:
+    """Drop `name`, a scratch copy opsctl made itself (a restore's `<live>_restoring_...`, a
+    verify's `opsctl_verify_...`), its sessions ended: its subscriptions first
+    (`_detach_subscriptions`), since PostgreSQL refuses to drop a database holding any, FORCE
+    or not ("is being used by logical replication subscription": breaker 50 G4, every verify
+    of such a backup left its full copy). Only for such copies: never the live database or one
+    opsctl did not make. OperationFailed in one line, naming the copy, when it can't."""
+    import psycopg
+
+    _refuse_system_database(name)
+    try:
+        subs = [s for s, _ in subscriptions(url, name)]
+        if subs:
+            _detach_subscriptions(url, name, subs)
+        drop_database(url, name)
+    except (psycopg.Error, OperationFailed) as exc:
+        why = str(exc) if isinstance(exc, OperationFailed) else _first(exc)
+        raise OperationFailed(f"the scratch copy {name} could not be dropped ({why}); drop it by hand: DROP "
+                              f"DATABASE {quote(name)} WITH (FORCE), after DROP SUBSCRIPTION of any subscription "
+                              "in it (disabled, its slot_name set to NONE first)") from None
+
+
+def discard(url: str, name: str) -> str | None:
+    """`drop_scratch` where a failure is being handled (or a restore test is done): never
+    raises an Exception, so the failure being handled stays the one reported, not the
+    clean-up's (breaker 50 G4: "unexpected ObjectInUse" hid pg_restore's own error). What
+    could not be dropped is logged and returned; None when it was dropped or never existed."""
+    try:
+        drop_scratch(url, name)
+    except Exception as exc:  # noqa: BLE001 - the caller's failure is the one to report; this is said
+        said = str(exc) if isinstance(exc, OperationFailed) else \
+            f"the scratch copy {name} could not be dropped ({type(exc).__name__}: {exc}); drop it by hand"
+        log.warning("%s", said)
+        return said
+    return None
 
 
 _IDENT = r'(?:"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*)'
@@ -1129,7 +1235,8 @@ def restore_into(url: str, dump_path: str, name: str, jobs: int, expected: list 
     """Create `name` like the dumped database, pg_restore into it, apply the database's own
     properties (apply_properties, from the manifest's catalog), check row counts (and owners,
     privileges and properties unless no_owner) against the manifest. Any failure once `name`
-    exists drops it again, and a database error is one OperationFailed line.
+    exists drops it again (`discard`: its subscriptions first, and a clean-up that fails is
+    logged, never raised over that failure), and a database error is one OperationFailed line.
 
     `expected`: [[schema, table, rows]] (or the old {"schema.table": rows}). Returns
     {(schema, table): rows} of the restored database. Raises DumpRejected when the dump's
@@ -1184,13 +1291,61 @@ def restore_into(url: str, dump_path: str, name: str, jobs: int, expected: list 
                 raise DumpRejected(f"restored database {name} does not match the backup: {diff}")
         return counts
     except psycopg.Error as exc:
-        if created:
-            drop_database(url, name)
-        raise OperationFailed(f"restoring into {name} failed: {_first(exc)}; nothing was kept") from None
+        left = discard(url, name) if created else None
+        kept = "its copy could not be dropped (said above)" if left else "nothing was kept"
+        raise OperationFailed(f"restoring into {name} failed: {_first(exc)}; {kept}") from None
     except BaseException:
-        if created:
-            drop_database(url, name)
+        if created:  # the clean-up's failure is logged, never raised over this one (breaker 50 G4)
+            discard(url, name)
         raise
+
+
+def analyze(url: str, name: str, jobs: int = 1, major: int | None = None) -> None:
+    """Planner statistics for database `name`, a restored copy, before it is handed over: a
+    dump holds none (pg_dump 18 leaves them out by default, older ones can't write them), so a
+    restored database had none (pg_stats empty, reltuples -1, no extended statistics) until
+    autovacuum came to each table, and never for one with autovacuum_enabled = false (breaker
+    50 G3). vacuumdb --analyze-only, the server's own tool found as pg_restore is (`tool_for`),
+    with `jobs` connections; then the partitioned tables, which vacuumdb passes over and
+    autovacuum never analyzes (`_partitioned_analyze`); one ANALYZE of the whole database
+    where no vacuumdb fits. Its sessions turn the role's timeouts off as pg_restore's do.
+    OperationFailed, one line, when it fails."""
+    import psycopg
+
+    try:
+        vacuumdb = tool_for("vacuumdb", major, "restore")
+    except OpsError:  # none here, or not the server's version: the server's own ANALYZE
+        vacuumdb = None
+    try:
+        if vacuumdb:
+            with _admin(url) as conn:
+                options = conn.execute(OPTIONS_SQL).fetchone()[0]
+            dsn, env = client(url, name)
+            done = subprocess.run([vacuumdb, "--analyze-only", f"--jobs={jobs}", f"--dbname={dsn}"],
+                                  capture_output=True, text=True, env=with_options(env, options))
+            if done.returncode != 0:
+                lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+                cause = next((line for line in lines if "error:" in line), lines[-1] if lines else str(done.returncode))
+                raise OperationFailed(f"vacuumdb --analyze-only of {name} failed: {credentials(cause.strip())}")
+        with connect(url, name, autocommit=True) as conn:
+            conn.execute(_partitioned_analyze(conn) if vacuumdb else "analyze")
+    except psycopg.Error as exc:
+        raise failure(f"analyzing {name}", exc) from None
+
+
+def _partitioned_analyze(conn):
+    """The ANALYZE of a database's partitioned tables vacuumdb leaves out ("select 1" when
+    there are none): ONLY each (PostgreSQL 18+: the parent's own statistics, its partitions
+    not sampled twice), else each top-level one, whose ANALYZE also covers its partitions."""
+    from psycopg import sql
+
+    only = conn.execute("select current_setting('server_version_num')::int >= 180000").fetchone()[0]
+    tables = conn.execute("select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                          "where c.relkind = 'p' and (%s or not c.relispartition) order by 1, 2", (only,)).fetchall()
+    if not tables:
+        return "select 1"
+    each = sql.SQL("only {}" if only else "{}")
+    return sql.SQL("analyze ") + sql.SQL(", ").join(each.format(sql.Identifier(s, t)) for s, t in tables)
 
 
 class TargetAppeared(OperationFailed):

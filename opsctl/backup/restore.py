@@ -5,11 +5,12 @@ step alike: plan (what backup, what it would overwrite), ask the caller's `appro
 callable when live data would be overwritten, then run inside the environment's operation
 window (opsctl.health.notify: start and end events, a maintenance window on its checks).
 Running fetches every selected component and checks its SHA-256 and authentication
-before anything live is touched; PostgreSQL is restored into a
-new database, checked against the manifest's row counts, then renamed into place (the old
-one is kept, renamed); Redis goes through a scratch server; audio is put back where missing
-or different. Native snapshots (RDS, ElastiCache) are restored only by name, with
-`--target-instance`, into a new instance or replication group: never over a live one.
+before anything live is touched; PostgreSQL is restored into a new database, checked
+against the manifest's row counts, analyzed (a dump holds no planner statistics), then
+renamed into place (the old one is kept, renamed); Redis goes through a scratch server;
+audio is put back where missing or different. Native snapshots (RDS, ElastiCache) are
+restored only by name, with `--target-instance`, into a new instance or replication group:
+never over a live one.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ class RestorePlan:
 @dataclass
 class RestoreResult:
     """What a restore did: counts restored, the previous database's new name, new instances'
-    endpoints, `seconds` taken, newer backups passed over (`skipped`)."""
+    endpoints, `seconds` taken, newer backups passed over (`skipped`); whether the restored
+    database was analyzed before it was handed over (`analyzed`, else `analyze_failed` says
+    why), and the logical-replication subscriptions it brought back, disabled
+    (`subscriptions`, `subscriptions_note`: what to do before it replicates again)."""
     backup_id: str
     components: list[str]
     database: str | None = None
@@ -82,6 +86,10 @@ class RestoreResult:
     cleaned: list[str] = field(default_factory=list)  # what dead restores had left, removed or repaired first
     backup_created_at: dt.datetime | None = None  # when the restored backup was taken (UTC)
     replaced_copy: str | None = None  # the mark of the earlier restore copy at the target it replaced
+    analyzed: bool = False  # planner statistics made (postgres.analyze) before the database was handed over
+    analyze_failed: str | None = None  # why not: the restore went on, its data whole and checked
+    subscriptions: list[str] = field(default_factory=list)  # restored disabled (pg_dump's connect = false)
+    subscriptions_note: str | None = None  # that it does not replicate, and what to do
 
 
 def terminal_approval(env: Environment | None, yes: bool, confirm_env: str | None = None,
@@ -234,8 +242,9 @@ def check_new_target(database_url: str, target_db: str, option: str = "--target-
     and a drill's clean-up step dropped it for good). With `replace_copy`, one that is the
     copy an earlier restore made under that name (postgres.copy_mark) is allowed, when no one
     is connected to it (postgres.sessions: a copy someone went on using is theirs now, breaker
-    45 F10): its mark is returned (None: the name is free). `option` names the input in the
-    message (a runbook step's `target_db`)."""
+    45 F10) nor made to replicate (an enabled subscription in it, breaker 50 G4): its mark is
+    returned (None: the name is free). `option` names the input in the message (a runbook
+    step's `target_db`)."""
     if not pgb.database_exists(database_url, target_db):
         return None
     mark = pgb.copy_mark(database_url, target_db)
@@ -246,6 +255,11 @@ def check_new_target(database_url: str, target_db: str, option: str = "--target-
             raise UsageError(f"{option} {target_db}: the copy an earlier restore left ({mark}) has {len(users)} open "
                              f"session{'s' if len(users) > 1 else ''} ({', '.join(users[:3])}); {flag} replaces "
                              "a copy no one uses: end them, or restore under another name")
+        working = [name for name, enabled in pgb.subscriptions(database_url, target_db) if enabled]
+        if working:
+            raise UsageError(f"{option} {target_db}: the copy an earlier restore left ({mark}) replicates "
+                             f"(subscription {', '.join(working)} enabled in it); {flag} replaces a copy no one "
+                             "uses: disable it, or restore under another name")
         return mark
     if mark:
         raise UsageError(f"{option} {target_db}: that database exists, the copy an earlier restore left "
@@ -439,14 +453,15 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
                                   archive=archive, major=major)
         keep_scratch = False  # once an earlier copy was dropped for it, the restored copy is never dropped
         try:  # restore_into dropped the scratch database on its own failures; the swap's are ours
+            _prepare(ep.database_url, scratch, jobs, major, result, p.database)
             if p.target_db:  # new (check_new_target); one made since by someone else is not touched
                 pgb.mark_copy(ep.database_url, scratch, p.target_db, p.backup_id)
                 if p.replaces_copy and pgb.copy_mark(ep.database_url, p.target_db):  # still the copy it was
                     users = pgb.drop_copy(ep.database_url, p.target_db)
                     if users:  # someone came to use it while the restore ran: theirs now (breaker 47 F1)
                         raise pgb.TargetAppeared(
-                            f"the copy {p.target_db} came into use while the restore ran ({len(users)} open "
-                            f"session{'s' if len(users) > 1 else ''}: {', '.join(users[:3])}); it was left "
+                            f"the copy {p.target_db} came into use while the restore ran (used by "
+                            f"{', '.join(users[:3])}{', ...' if len(users) > 3 else ''}); it was left "
                             f"untouched, and the restored copy is kept as {scratch}: use it under that name, or "
                             "drop it")
                     result.replaced_copy = p.replaces_copy
@@ -474,14 +489,20 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
             if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
                 _record(p._ctx["run_dir"], scratch=None)
             raise
-        except BaseException:
+        except BaseException as exc:
             if keep_scratch:
                 if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
                     _record(p._ctx["run_dir"], scratch=None)
-            else:
-                pgb.drop_database(ep.database_url, scratch)
+            else:  # its failure is logged, never raised over this one (breaker 50 G4)
+                pgb.discard(ep.database_url, scratch)
+            import psycopg
+
+            if isinstance(exc, psycopg.Error):  # one line, never "unexpected <class>"
+                raise pgb.failure(f"putting the restored database in place as {p.database}", exc) from None
             raise
         result.database, result.tables, result.rows = p.database, len(counts), sum(counts.values())
+        if result.subscriptions:
+            result.subscriptions_note = _subscriptions_note(p, result)
     if "redis" in p.components:
         from opsctl.backup import redis as rdb
 
@@ -492,6 +513,36 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
         todo = p._ctx["files"]
         result.files_restored = files.restore(ep.s3_client(), ep.audio_bucket, repo, todo,
                                               report("audio objects", sum(o.size for o in todo)))
+
+
+def _prepare(url: str, scratch: str, jobs: int, major: int | None, result: RestoreResult, database: str) -> None:
+    """What the restored copy `scratch` gets before it is handed over as `database` (swapped in,
+    or renamed to --target-db): planner statistics (postgres.analyze, `jobs` in parallel: a dump
+    holds none, breaker 50 G3), and its subscriptions named in `result` (pg_restore makes them
+    disabled: the restored database does not replicate, G4). An analysis that fails is said in
+    `result.analyze_failed` (the output shows it) and the restore goes on: the data is whole
+    and checked, and an ANALYZE failing on it (a function in an expression statistic) would
+    make the backup unrestorable."""
+    try:
+        pgb.analyze(url, scratch, jobs, major)
+        result.analyzed = True
+    except OperationFailed as exc:
+        result.analyze_failed = (f"database {database} was not analyzed ({exc}): it has no planner statistics until "
+                                 "each table is analyzed; run ANALYZE in it (vacuumdb --analyze-only)")
+    result.subscriptions = [name for name, _ in pgb.subscriptions(url, scratch)]
+
+
+def _subscriptions_note(p: RestorePlan, result: RestoreResult) -> str:
+    """What a restore that brought back subscriptions says: named, disabled (pg_dump writes
+    them with connect = false, keeping only their slot's name), so the database does not
+    replicate; what to check before ALTER SUBSCRIPTION ... ENABLE."""
+    names = ", ".join(result.subscriptions)
+    holder = (f"the originals, in the previous database kept as {result.previous_database},"
+              if result.previous_database else "the source database's subscriptions of those names")
+    return (f"database {p.database} holds {len(result.subscriptions)} logical-replication subscription(s), "
+            f"restored disabled: {names}; it does not replicate. Before ALTER SUBSCRIPTION name ENABLE, check on "
+            f"each publisher that the slot it names is this database's to use ({holder} may be using it: disable "
+            "those first, or give these slots of their own: ALTER SUBSCRIPTION name SET (slot_name = ...))")
 
 
 # What a restore killed outright (kill -9, a lost machine) leaves, and the next one removes
@@ -591,7 +642,7 @@ def clean_dead_restores(database_url: str | None, say: Callable[[str], None]) ->
                     if repaired:
                         what.append(repaired)
                 if pgb.database_exists(database_url, scratch):
-                    pgb.drop_database(database_url, scratch)
+                    pgb.drop_scratch(database_url, scratch)  # subscriptions it holds dropped first
                     what.append(f"its scratch database {scratch}")
                 scratch = None
             if scratch:  # on another server: its record stays for a restore there

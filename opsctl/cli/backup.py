@@ -126,6 +126,7 @@ def verify(
     with progress() as bars:
         r = run(project, environment_, backup_id, restore_test, bars.report)
     extra = "".join(f"; restore test {k}: {v.get('rows', v.get('keys'))} {'rows' if k == 'db' else 'keys'} match"
+                    + (f" ({v['scratch_left']})" if v.get("scratch_left") else "")
                     for k, v in r.restore_test.items())
     if r.not_recorded:
         extra += (f"; the verdict was NOT recorded in the repository ({r.not_recorded}): retention does not "
@@ -202,15 +203,24 @@ def restore(
         from opsctl.cli.pitr import render_restore_to
 
         return render_restore_to(r, environment_, as_json)
-    emit(r, as_json, lambda c: c.print(
-        bold_id("restored backup ", r.backup_id) + f" ({', '.join(r.components)}) in {r.seconds:.1f} s"
-        + (f"; database {r.database}: {r.tables} tables, {r.rows} rows" if r.database else "")
-        + (f" (previous kept as {r.previous_database})" if r.previous_database else "")
-        + (f" (replaced {r.replaced_copy})" if r.replaced_copy else "")
-        + (f"; {r.redis_keys} Redis keys" if "redis" in r.components else "")
-        + (f"; {r.files_restored} audio objects put back" if "files" in r.components else "")
-        + "".join(f"; new {what} available at {where}" for what, where in r.instances.items())
-        + (f"; skipped {', '.join(r.skipped)}" if r.skipped else "")))
+
+    def render(c):
+        from opsctl.cli.tables import print_words
+
+        c.print(bold_id("restored backup ", r.backup_id) + f" ({', '.join(r.components)}) in {r.seconds:.1f} s"
+                + (f"; database {r.database}: {r.tables} tables, {r.rows} rows" if r.database else "")
+                + (", analyzed" if r.analyzed else "")
+                + (f" (previous kept as {r.previous_database})" if r.previous_database else "")
+                + (f" (replaced {r.replaced_copy})" if r.replaced_copy else "")
+                + (f"; {r.redis_keys} Redis keys" if "redis" in r.components else "")
+                + (f"; {r.files_restored} audio objects put back" if "files" in r.components else "")
+                + "".join(f"; new {what} available at {where}" for what, where in r.instances.items())
+                + (f"; skipped {', '.join(r.skipped)}" if r.skipped else ""))
+        for note in (r.analyze_failed, r.subscriptions_note):  # a line each, wrapped between words
+            if note:
+                print_words(c, note, "yellow")
+
+    emit(r, as_json, render)
 
 
 def register(root: typer.Typer) -> None:
