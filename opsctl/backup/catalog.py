@@ -585,11 +585,15 @@ def listing(project, env, limit: int | None = None, since: dt.datetime | None = 
     doc = rows(for_environment(project, env), limit, since)
     try:
         rep = windows(project, env)
-    except (UsageError, IntegrityError) as exc:
+    except (UsageError, IntegrityError, OSError) as exc:
         # several clusters, or the point-in-time part tampered with (a linked `pitr` folder,
-        # breaker 51 H4): the list still lists the logical backups, and says why no window shows
+        # breaker 51 H4) or unreadable (breaker 52 K7): the list still lists the logical
+        # backups, and says why no window shows
+        note = str(exc) if not isinstance(exc, OSError) else (
+            f"the point-in-time part of {env.backup.repository} can't be read "
+            f"({exc.strerror or exc}: {exc.filename or 'pitr'}); give the user opsctl runs as access to it")
         doc["pitr"] = {"sysid": None, "windows": [], "newest_restorable": None, "base_backups": [],
-                       "note": str(exc)}
+                       "note": note}
         return doc
     doc["pitr"] = None if rep is None else to_jsonable(
         {"sysid": rep.sysid, "windows": rep.windows, "newest_restorable": rep.newest_restorable,

@@ -461,14 +461,22 @@ class FileRepository(Repository):
         `prefix`, or every one in the folder `prefix` ending in '/'), walking only the folder
         the prefix is in (deleting or listing one backup never walks the repository). Each
         folder is opened through _open_dir (no link followed) and listed by its descriptor;
-        links are entries, never descended. A root that is not a folder is refused by _open_dir."""
+        links are entries, never descended; so is a folder below the prefix's that can't be
+        opened (EACCES: breaker 52 K7, an unreadable `pitr` failed every listing of the
+        repository), which leaves it to whoever reads it by name to say so. A root that is not a
+        folder is refused by _open_dir."""
         head, _, tail = prefix.rpartition("/")
-        stack = [(head.split("/") if head else [], tail, exact)]
+        stack = [(head.split("/") if head else [], tail, exact, None)]
         while stack:
-            parts, tail, exact = stack.pop()
+            parts, tail, exact, entry = stack.pop()
             try:
                 fd = self._open_dir(parts)
             except (FileNotFoundError, NotADirectoryError):
+                continue
+            except PermissionError:
+                if entry is None:  # the folder asked for: the caller says it can't be read
+                    raise
+                yield "/".join(parts), entry
                 continue
             found = []
             try:
@@ -477,7 +485,10 @@ class FileRepository(Repository):
                         if not (e.name == tail if exact and tail else e.name.startswith(tail)):
                             continue
                         if e.is_dir(follow_symlinks=False):
-                            stack.append((parts + [e.name], "", False))
+                            try:
+                                stack.append((parts + [e.name], "", False, e.stat(follow_symlinks=False)))
+                            except FileNotFoundError:  # removed since the scan
+                                continue
                         elif e.is_file(follow_symlinks=False) or e.is_symlink():
                             try:
                                 found.append(("/".join(parts + [e.name]), e.stat(follow_symlinks=False)))

@@ -19,3 +19,25 @@ def test_a_linked_pitr_folder_leaves_the_logical_backups_listed(seeded, runner, 
     assert "symbolic link" in doc["pitr"]["note"] and doc["pitr"]["windows"] == [], doc["pitr"]
     shown = runner.invoke(app, ["backup", "list", "--env", env])
     assert shown.exit_code == 0 and made in shown.stdout and "symbolic link" in shown.output, shown.output
+
+
+def test_an_unreadable_pitr_folder_leaves_the_logical_backups_listed(seeded, runner, tmp_path, monkeypatch):
+    """Breaker 52 K7: a pitr folder opsctl's user can't read failed the whole list (exit 1).
+    The suite runs as root, whom file modes don't stop, so the refusal is the kernel's answer
+    (EACCES) given in the process to whatever opens a folder named pitr."""
+    import errno
+    import os
+
+    env, repo, (made,) = keyed_file_repo(runner, seeded, tmp_path, monkeypatch, 1)
+    (repo / "pitr").mkdir()
+    real_open = os.open
+
+    def refusing(path, *args, **kwargs):
+        if os.fspath(path) == "pitr" or os.fspath(path).endswith("/pitr"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    doc = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
+    assert [b["id"] for b in doc["backups"]] == [made]
+    assert "can't be read" in doc["pitr"]["note"] and "Permission denied" in doc["pitr"]["note"], doc["pitr"]
