@@ -110,9 +110,21 @@ class Inventory:
 
 
 def sysids(repo) -> list[str]:
-    """The clusters that have anything under pitr/, newest activity last (by listing order)."""
-    found = {n.split("/")[1] for n in repo.names(layout.PREFIX + "/") if n.count("/") >= 2}
-    return sorted(found)
+    """The clusters that have anything under pitr/, newest activity last (by listing order).
+    IntegrityError when something stands where a folder belongs (`refuse_misplaced`)."""
+    names = repo.names(layout.PREFIX + "/")
+    refuse_misplaced(repo, names)
+    return sorted({n.split("/")[1] for n in names if n.count("/") >= 2})
+
+
+def refuse_misplaced(repo, names) -> None:
+    """IntegrityError naming the first of `names` that stands where a folder of the layout
+    belongs (layout.misplaced: a symbolic link, a file, a folder that can't be opened), so
+    `verify-chain` and `backup list` say what hides the chain instead of "nothing under pitr/"."""
+    if bad := layout.misplaced(names):
+        raise IntegrityError(f"{repo.url.rstrip('/')}/{bad[0]} stands where a folder belongs (a symbolic link, a "
+                             "file, or a folder opsctl can't open): opsctl never follows links inside its "
+                             "repository and reads nothing under it; remove it, or give access")
 
 
 def open_wal(repo, key, sysid: str, obj: layout.WalObject) -> bytes:
@@ -430,6 +442,7 @@ def inventory(repo, key, sysid: str, deep: bool = False, until: int | None = Non
     (whole_bases): no window starts at them.
     """
     names = repo.names(layout.root(sysid) + "/")
+    refuse_misplaced(repo, names)
     bases, bad = bb.load_all(repo, sysid, key, {n: s for n, s in names.items() if n.startswith(layout.base_prefix(sysid))})
     unsealed = {bid for bid, why in bad.items() if why not in (bb.UNFINISHED, bb.INTERRUPTED)}
     if findings and not deep and bases:  # what the last verify-chain's read found; a deep read judges afresh

@@ -66,6 +66,25 @@ def abandoned_prefix(sysid: str) -> str:
     return f"{root(sysid)}/abandoned/"
 
 
+# the folders of a cluster's root; under base/, each base backup's id is a folder too
+FOLDERS = ("wal", "dropped", "base", "abandoned")
+
+
+def misplaced(names) -> list[str]:
+    """The listed `names` that stand where a folder of this layout belongs: `pitr/<x>` itself,
+    `pitr/<sysid>/wal` (and the other FOLDERS), `pitr/<sysid>/base/<id>`. A file:// listing
+    shows a symbolic link (or a folder it can't open) as an entry of its own, never descended,
+    so one there hid everything under it without a word (breaker 52 K8); an S3 object of such a
+    name is no more opsctl's."""
+    found = []
+    for name in names:
+        parts = name.split("/")
+        if parts[0] == PREFIX and (len(parts) == 2 or (len(parts) == 3 and parts[2] in FOLDERS)
+                                   or (len(parts) == 4 and parts[2] == "base")):
+            found.append(name)
+    return sorted(found)
+
+
 def verified(sysid: str) -> str:
     """`pitr/<sysid>/verified.json`: the last verify-chain's findings (chain.record_findings)."""
     return f"{root(sysid)}/verified.json"

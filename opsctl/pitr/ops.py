@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from opsctl.backup.crypto import IntegrityError
 from opsctl.config import Environment, Project
 from opsctl.errors import Interrupted, OperationFailed, UsageError
 from opsctl.pitr import base as bb
@@ -363,7 +364,8 @@ def _queued_for(state, sysid: str) -> set[str]:
 def windows(project: Project, env: Environment) -> ChainReport | None:
     """The recoverable windows from the listing (dated by the last segments); None: no PITR data.
     Raises UsageError (cluster_id's) when no cluster runs here and the repository holds several:
-    there is point-in-time data, but whose can't be told."""
+    there is point-in-time data, but whose can't be told; IntegrityError when something stands
+    where one of the chain's folders belongs (chain.refuse_misplaced)."""
     try:
         repo, key = sealed_repository(project, env)
     except UsageError:
@@ -380,6 +382,8 @@ def windows(project: Project, env: Environment) -> ChainReport | None:
         # a file still in the local queue ends a window as 'queued', as verify-chain says
         return _report(chain.inventory(repo, key, sysid, live_path=live_path(project, env, sysid),
                                        queued=_queued_for(_started_state(project, env), sysid)))
+    except IntegrityError:  # the chain's folders hidden (a link at wal/): `backup list` says so
+        raise
     except OperationFailed:
         return None
 

@@ -5,6 +5,8 @@ shows; the link itself is never followed (verify-chain and base refuse it, as be
 
 from __future__ import annotations
 
+import pytest
+
 from backup_support import keyed_file_repo, ok
 from opsctl.cli import app
 
@@ -41,3 +43,19 @@ def test_an_unreadable_pitr_folder_leaves_the_logical_backups_listed(seeded, run
     doc = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
     assert [b["id"] for b in doc["backups"]] == [made]
     assert "can't be read" in doc["pitr"]["note"] and "Permission denied" in doc["pitr"]["note"], doc["pitr"]
+
+
+@pytest.mark.parametrize("linked", ["pitr/7300000000000000001", "pitr/7300000000000000001/wal",
+                                    "pitr/7300000000000000001/base/20261203T000000Z-aaaa"])
+def test_a_link_deeper_in_pitr_is_named_by_the_list(seeded, runner, tmp_path, monkeypatch, linked):
+    """Breaker 52 K8: a link at pitr/<sysid> or pitr/<sysid>/wal hid the chain without a word:
+    `backup list` showed no note, verify-chain said "nothing under pitr/"."""
+    env, repo, (made,) = keyed_file_repo(runner, seeded, tmp_path, monkeypatch, 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo / linked).parent.mkdir(parents=True, exist_ok=True)
+    (repo / linked).symlink_to(elsewhere)
+    doc = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
+    assert [b["id"] for b in doc["backups"]] == [made]
+    note = (doc["pitr"] or {}).get("note") or ""
+    assert f"{linked} stands where a folder belongs" in note, doc["pitr"]
