@@ -159,17 +159,22 @@ class _Trickle(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_check_ends_in_its_timeout_however_slowly_the_answer_trickles():
-    """K5: httpx's timeouts are per read: one byte every 2 s held a 3 s check for 38 s, and the
-    post-promotion window with it."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+def _checked_against(handler, timeout: float) -> analysis.Verdict:
+    """transcribe_check against a real server on 127.0.0.1 answering with `handler`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        verdict = analysis.transcribe_check(f"http://127.0.0.1:{server.server_port}", {}, timeout=2)
+        return analysis.transcribe_check(f"http://127.0.0.1:{server.server_port}", {}, timeout=timeout)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_check_ends_in_its_timeout_however_slowly_the_answer_trickles():
+    """K5: httpx's timeouts are per read: one byte every 2 s held a 3 s check for 38 s, and the
+    post-promotion window with it."""
+    verdict = _checked_against(_Trickle, timeout=2)
     # ended by its total deadline (the answer would take 1,000 s)
     assert not verdict.ok and "no complete answer within 2s" in verdict.detail, verdict.detail
 
@@ -186,11 +191,5 @@ def test_an_answer_that_inflates_past_the_cap_is_refused(answering):
             self.send_header("Content-Encoding", "gzip")
             super().end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Encoded)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        verdict = analysis.transcribe_check(f"http://127.0.0.1:{server.server_port}", {}, timeout=30)
-    finally:
-        server.shutdown()
-        server.server_close()
+    verdict = _checked_against(Encoded, timeout=30)
     assert not verdict.ok and "cap" in verdict.detail, verdict.detail
