@@ -256,16 +256,15 @@ def judge_window(before: Snapshot, after: Snapshot, max_error_pct: float, max_p9
         return Verdict(False, f"0 real transcriptions by the promoted color in the window{ignored}, "
                               f"{errors:.0f} errors: nothing to judge its model by")
     error_pct = 100.0 * errors / (real + errors)
-    p95, shown = p95_ms(before, after), None
-    top = max((le for le in after.buckets if le != float("inf")), default=None)
     if (unread := _histogram_problem(before, after, real)) is not None:  # never passed blind
         shown, p95 = f"n/a ({unread}: the p95 can't be judged)", None
-    elif p95 is None:
-        shown = "n/a (no latency histogram in the window: the p95 can't be judged)"
-    elif top is not None and p95 >= top * 1000 and _share_above(before, after, top) > 0.05:
-        # histogram_quantile answers the top finite bound when the 95th percentile lies past it:
-        # the real p95 is unknown and larger, so a limit above that bound could never fail
-        shown, p95 = f"above {top * 1000:.0f} ms (past the histogram's top bucket)", float("inf")
+    else:  # +Inf holds every transcription and a finite bucket exists: p95_ms finds the rank
+        p95, shown = p95_ms(before, after), None
+        top = max(le for le in after.buckets if le != float("inf"))
+        if p95 >= top * 1000 and _share_above(before, after, top) > 0.05:
+            # histogram_quantile answers the top finite bound when the 95th percentile lies past
+            # it: the real p95 is unknown and larger, so a limit above that bound could never fail
+            shown, p95 = f"above {top * 1000:.0f} ms (past the histogram's top bucket)", float("inf")
     detail = (f"judged {real:.0f} real transcriptions{ignored}: error rate {error_pct:.1f}% "
               f"(max {max_error_pct}%), p95 {shown or f'{p95:.0f} ms'} (max {max_p95_ms:.0f} ms)")
     return Verdict(error_pct <= max_error_pct and p95 is not None and p95 <= max_p95_ms, detail)
