@@ -151,6 +151,35 @@ class Pitr:
             time.sleep(1)
         raise AssertionError(f"{segment} never reached the repository; " + self.archiving_report())
 
+    def wait_failing(self, segment: str, timeout: float = 120.0) -> None:
+        """Wait until PostgreSQL's archiver reports `segment` as its last failure (the test made
+        archive_command fail). Once in CI, under load, it never tried the switched segment in
+        30 s: the lost-notice case of `_await_segment`, so after 10 s the archiver is woken and
+        checkpoints are asked for while the segment has no notice; AssertionError with the
+        archiving report at the deadline."""
+        self.wait_notice(segment, ".ready", timeout, what="a failed archive_command", wanted=lambda: self.sql(
+            "select last_failed_wal from pg_stat_archiver", db="postgres")[0][0] == segment)
+
+    def wait_notice(self, segment: str, suffix: str, timeout: float = 120.0, wanted=None, what: str = "") -> None:
+        """Wait until `segment` has the archive notice `suffix` (".ready", ".done") in pg_wal, or
+        until `wanted()` holds when given, nudging PostgreSQL as wait_failing says."""
+        status = self.state().data("postgres") / "pg_wal" / "archive_status"
+        wanted = wanted or (status / f"{segment}{suffix}").exists
+        start = time.monotonic()
+        nudged = False
+        while not wanted():
+            waited = time.monotonic() - start
+            if waited > timeout:
+                raise AssertionError(f"{segment}: no {what or 'notice ' + suffix} after {timeout:.0f} s; "
+                                     + self.archiving_report())
+            if waited > 10:
+                if not nudged:
+                    self.sql("select pg_reload_conf()", db="postgres")  # wakes a napping archiver
+                    nudged = True
+                if not list(status.glob(f"{segment}.*")):
+                    self.sql("checkpoint", db="postgres")  # writes a lost .ready notice again
+            time.sleep(0.5)
+
     def commit_archived(self, query: str, params=(), tries: int = 5) -> str:
         """Run `query` (a commit of its own) and archive the segment holding that commit; returns
         that segment. With archive_timeout at 1 s the server may switch segments on its own

@@ -58,7 +58,7 @@ def test_a_failing_archive_command_shows_in_health_naming_the_segment(pitr):
     try:
         pitr.sql("select pg_logical_emit_message(false, 'opsctl-test', 'x')", db="postgres")
         (seg,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
-        assert _wait(lambda: (pitr.sql("select last_failed_wal from pg_stat_archiver", db="postgres")[0][0] == seg))
+        pitr.wait_failing(seg)
         warn = _check(pitr)  # failing for seconds, RPO 1h
         assert warn.status == Status.WARNING and seg in warn.message and "archive_command" in warn.message, warn.message
         assert warn.details["archive_failing"]["wal"] == seg
@@ -91,7 +91,8 @@ def test_a_stopped_servers_unarchived_segments_show_in_health(pitr):
         pitr.sql("insert into events(note) values ('never archived')")
         (seg,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
         ready = pitr.state().data("postgres") / "pg_wal" / "archive_status" / f"{seg}.ready"
-        assert _wait(ready.exists), "the switched segment was never marked .ready"
+        pitr.wait_notice(seg, ".ready")
+        assert ready.exists()
         victim = pitr.pid
         os.killpg(victim, signal.SIGKILL)
         psutil.wait_procs([psutil.Process(victim)] if psutil.pid_exists(victim) else [], timeout=10)
