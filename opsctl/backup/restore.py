@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
-import os
-import shutil
-import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from opsctl.backup import catalog, keys
 from opsctl.backup import manifest as mf
 from opsctl.backup import postgres as pgb
+from opsctl.backup import runs
 from opsctl.backup.pipeline import Reporter, quiet
 from opsctl.backup.repository import open_repository
 from opsctl.backup.verify import fetch
@@ -209,7 +204,7 @@ def restore(project: Project, env: Environment, backup_id: str | None = None, da
         say(f"restoring {p.backup_id}, the newest complete backup holding {', '.join(p._ctx['needs'])}; newer "
             f"ones hold only part and were passed over: {', '.join(p.partial)} (restore one of those with --id ID "
             "--components NAMES)")
-    cleaned = clean_dead_restores(p._ctx["ep"].database_url if "db" in p.components else None, say)
+    cleaned = runs.clean_dead(p._ctx["ep"].database_url if "db" in p.components else None, say)
     from opsctl.pitr import lease
 
     # in place (live database, Redis, audio), the deploy lease deploys and failover hold
@@ -392,11 +387,9 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
     began = time.monotonic()
     result = RestoreResult(p.backup_id, p.components, skipped=p.skipped, partial=p.partial,
                            backup_created_at=p.created_at)
-    with tempfile.TemporaryDirectory(prefix=RUN_PREFIX) as tmp:
-        _record(Path(tmp), pid=os.getpid(), start=_started(os.getpid()),
-                server=_server(ep.database_url) if "db" in p.components else None)
-        p._ctx["run_dir"] = Path(tmp)
-        dump, rdb_file = Path(tmp) / "db.dump", Path(tmp) / "redis" / "dump.rdb"
+    with runs.folder(ep.database_url if "db" in p.components else None) as tmp:
+        p._ctx["run_dir"] = tmp
+        dump, rdb_file = tmp / "db.dump", tmp / "redis" / "dump.rdb"
         # 1. fetch and check everything; nothing live has been touched if this fails
         if "db" in p.components:
             fetch(repo, m.db.object, key, dump, report)
@@ -447,7 +440,7 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
     if "db" in p.components:
         scratch = pgb.derived_name(p.database, "restoring")  # within 63 bytes, unique: kept exactly as named
         if "run_dir" in p._ctx:  # before it exists: a restore killed outright leaves it to the next one
-            _record(p._ctx["run_dir"], scratch=scratch, live=p.database, in_place=not p.target_db)
+            runs.note(p._ctx["run_dir"], scratch=scratch, live=p.database, in_place=not p.target_db)
         counts = pgb.restore_into(ep.database_url, dump, scratch, jobs, m.db.expected_rows,
                                   catalog=m.db.catalog, no_owner=no_owner, role=role,
                                   archive=archive, major=major)
@@ -487,12 +480,12 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
                     result.previous_database = keep_as
         except pgb.TargetAppeared:
             if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
-                _record(p._ctx["run_dir"], scratch=None)
+                runs.note(p._ctx["run_dir"], scratch=None)
             raise
         except BaseException as exc:
             if keep_scratch:
                 if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
-                    _record(p._ctx["run_dir"], scratch=None)
+                    runs.note(p._ctx["run_dir"], scratch=None)
             else:  # its failure is logged, never raised over this one (breaker 50 G4)
                 pgb.discard(ep.database_url, scratch)
             import psycopg
@@ -545,127 +538,3 @@ def _subscriptions_note(p: RestorePlan, result: RestoreResult) -> str:
             "those first, or give these slots of their own: ALTER SUBSCRIPTION name SET (slot_name = ...))")
 
 
-# What a restore killed outright (kill -9, a lost machine) leaves, and the next one removes
-# (breaker 42 R7): its folder under the temporary directory (the decrypted dump, the Redis
-# RDB), the scratch Redis server started there, and its `<name>_restoring_...` database. A
-# folder counts as opsctl's only with its run record (RUN_RECORD, written first), and as dead
-# only when the process it names is gone (pid and start time: a reused pid is not it).
-RUN_PREFIX = "opsctl-restore-"
-RUN_RECORD = "opsctl-run.json"
-
-
-def _record(folder: Path, **fields) -> None:
-    """Write (or update) a run's record in its folder, atomically."""
-    path = folder / RUN_RECORD
-    doc = {}
-    with contextlib.suppress(OSError, ValueError):
-        doc = json.loads(path.read_text())
-    doc.update(fields)
-    tmp = folder / f".{RUN_RECORD}.tmp"
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
-
-
-def _started(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat), None without /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    now = _started(pid)
-    return start is None or now is None or now == start
-
-
-def _server(url: str | None) -> str | None:
-    """The database server a URL reaches (host, port): never its password."""
-    if not url:
-        return None
-    p = pgb.params(url)
-    return f"{p.get('host') or os.environ.get('PGHOST') or 'localhost'}:{p.get('port') or os.environ.get('PGPORT') or 5432}"
-
-
-def _processes_in(folder: Path) -> list[int]:
-    """Our own processes working in `folder` (their cwd or command line inside it): the scratch
-    redis-server a dead restore started there."""
-    found = []
-    inside = str(folder.resolve())
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, ValueError):
-            if entry.stat().st_uid != os.getuid() or int(entry.name) == os.getpid():
-                continue
-            cwd = os.readlink(entry / "cwd")
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if cwd == inside or cwd.startswith(inside + "/") or inside + "/" in cmd:
-                found.append(int(entry.name))
-    return found
-
-
-def clean_dead_restores(database_url: str | None, say: Callable[[str], None]) -> list[str]:
-    """Remove what restores killed outright left (RUN_RECORD folders whose process is gone):
-    their scratch Redis servers, decrypted files and, on the server `database_url` reaches,
-    their scratch databases, after undoing a swap one died in (pgb.repair_interrupted_swap).
-    A live database a swap left refusing connections is repaired too. Says each thing done
-    (`say`) and returns them; never fails the restore that asks (what can't be done is logged)."""
-    done: list[str] = []
-    base = Path(tempfile.gettempdir())
-    here = _server(database_url)
-    for folder in sorted(base.glob(f"{RUN_PREFIX}*")):
-        try:
-            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
-                continue
-            rec = json.loads((folder / RUN_RECORD).read_text())
-            pid = int(rec["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not provably a restore's of opsctl: left alone
-        if _alive(pid, rec.get("start")):
-            continue
-        what = []
-        try:
-            for other in _processes_in(folder):
-                with contextlib.suppress(OSError):
-                    os.kill(other, signal.SIGTERM)
-                    what.append(f"its scratch process {other}")
-            scratch, live = rec.get("scratch"), rec.get("live")
-            if scratch and database_url and rec.get("server") == here:
-                if live and rec.get("in_place"):
-                    repaired = pgb.repair_interrupted_swap(database_url, live, known=True)
-                    if repaired:
-                        what.append(repaired)
-                if pgb.database_exists(database_url, scratch):
-                    pgb.drop_scratch(database_url, scratch)  # subscriptions it holds dropped first
-                    what.append(f"its scratch database {scratch}")
-                scratch = None
-            if scratch:  # on another server: its record stays for a restore there
-                for item in folder.iterdir():
-                    if item.name != RUN_RECORD:
-                        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
-            else:
-                shutil.rmtree(folder)
-            what.append(f"its decrypted files ({folder})")
-        except Exception as exc:  # noqa: BLE001 - the restore asked for goes on; this is said
-            log.warning("could not clean up after the dead restore %s (pid %s): %s", folder, pid, exc)
-            continue
-        line = f"removed what a restore killed earlier (pid {pid}) left: {'; '.join(what)}"
-        say(line)
-        done.append(line)
-    live = pgb.url_database(database_url) if database_url else None
-    if live:  # a swap killed outright with no folder left to say so (another machine's restore)
-        try:
-            repaired = pgb.repair_interrupted_swap(database_url, live)
-        except Exception as exc:  # noqa: BLE001 - as above
-            log.warning("could not check database %s for a swap a killed restore left: %s", live, exc)
-            repaired = None
-        if repaired:
-            say(repaired)
-            done.append(repaired)
-    return done

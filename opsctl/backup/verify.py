@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +85,7 @@ class VerifyResult:
     decrypted: bool
     restore_test: dict = field(default_factory=dict)
     not_recorded: str | None = None
+    cleaned: list[str] = field(default_factory=list)  # what killed restores and restore tests had left, removed
 
 
 def fetch(repo: Repository, obj: mf.StoredObject, key, target: Path, report: Reporter = quiet) -> None:
@@ -127,15 +127,19 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
     OperationFailed for the environment's failures."""
     from opsctl.backup import postgres as pgb
     from opsctl.backup import redis as rdb
+    from opsctl.backup import runs
 
     out: dict = {}
-    with tempfile.TemporaryDirectory(prefix="opsctl-verify-") as tmp:
+    # a run folder with its record, as a restore's: killed outright, this test's scratch
+    # database, decrypted files and scratch redis-server are removed by the next restore or test
+    with runs.folder(database_url if manifest.db else None) as tmp:
         if manifest.db:
             if not database_url:
                 raise OperationFailed("--restore-test needs the environment's database server for a scratch database")
-            dump = Path(tmp) / "db.dump"
+            dump = tmp / "db.dump"
             fetch(repo, manifest.db.object, key, dump, report)
             scratch = pgb.derived_name("opsctl_verify", manifest.id[:15].lower())
+            runs.note(tmp, scratch=scratch)  # before it exists
             # restore_into drops its copy on its own failures (its subscriptions first), and never
             # raises that clean-up's failure over its own (breaker 50 G4)
             counts = pgb.restore_into(database_url, str(dump), scratch, 2, manifest.db.expected_rows,
@@ -145,6 +149,7 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
                 left = None
             except OperationFailed as exc:
                 left = str(exc)
+            runs.note(tmp, scratch=None)  # dropped, or said in the result: never a dead run's to drop
             out["db"] = {"tables": len(counts), "rows": sum(counts.values()), "matches_manifest": True,
                          "owners_and_privileges_checked": manifest.db.catalog is not None,
                          # older backups recorded only the owner, grants, locale and own settings
@@ -153,7 +158,7 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
             if left:  # breaker 50 G4: its clean-up failing made a sound backup "could not be verified"
                 out["db"]["scratch_left"] = left
         if manifest.redis:
-            rdb_path = Path(tmp) / "redis" / "dump.rdb"
+            rdb_path = tmp / "redis" / "dump.rdb"
             fetch(repo, manifest.redis.object, key, rdb_path, report)
             try:
                 server = rdb.scratch_server(rdb_path)
@@ -180,7 +185,9 @@ def verify(project: Project, env: Environment, backup_id: str, with_restore: boo
     """`backup verify`: every object's SHA-256 and authentication (and decryption), plus a
     restore test when `with_restore`. A failure proving the backup bad is recorded
     (catalog.mark_failed: the backup is damaged from then on) and raised; a pass is
-    recorded too (catalog.mark_verified). UsageError for an unknown id or missing key."""
+    recorded too (catalog.mark_verified). The restore test first removes what restores and
+    restore tests killed outright left (runs.clean_dead: `cleaned`, each logged). UsageError for
+    an unknown id or missing key."""
     from opsctl.endpoints import resolve
 
     from opsctl.backup import record
@@ -195,6 +202,10 @@ def verify(project: Project, env: Environment, backup_id: str, with_restore: boo
         result = VerifyResult(id=backup_id, ok=True, objects=count, bytes=size,
                               decrypted=key is not None or manifest.key_id is None)
         if with_restore:
+            from opsctl.backup import runs
+
+            result.cleaned = runs.clean_dead(ep.database_url if manifest.db else None, swaps=False,
+                                             say=lambda text: logging.getLogger("opsctl.backup").warning("%s", text))
             result.restore_test = restore_test(repo, manifest, key, ep.database_url, report)
     except UsageError:
         raise  # bad configuration or input (exit 2): nothing about the backup

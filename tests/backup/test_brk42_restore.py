@@ -89,7 +89,7 @@ def _run_folders_of(pid: int) -> list[Path]:
     """The restore run folders whose record names process `pid`."""
     import json as _json
 
-    from opsctl.backup.restore import RUN_PREFIX, RUN_RECORD
+    from opsctl.backup.runs import RUN_PREFIX, RUN_RECORD
 
     found = []
     for folder in Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}*"):
@@ -261,6 +261,57 @@ def test_the_next_restore_removes_what_a_killed_restore_left(live_db, seeded, ru
     assert "killed earlier" in result.stderr and left[0] in result.stderr, result.stderr
     assert not [n for n in _databases(seeded) if n.startswith("brk42_k9")]
     assert not list(Path(tempfile.gettempdir()).glob("opsctl-restore-*"))
+
+
+def _verify_copies(seeded, backup_id: str) -> list[str]:
+    """The restore test's scratch databases of `backup_id` (verify.restore_test's names)."""
+    with _admin(seeded) as conn:
+        return [n for (n,) in conn.execute("select datname from pg_database where datname like %s",
+                                           (f"opsctl_verify_{backup_id[:15].lower()}%",))]
+
+
+def test_the_next_restore_test_removes_what_a_killed_restore_test_left(live_db, seeded, runner):
+    """`backup verify --restore-test` killed outright (kill -9) while it filled its scratch
+    database left a full copy of the database on the live server, its decrypted dump in the
+    temporary directory, and nothing that would ever remove them. It keeps a run record as a
+    restore does now: the next restore test removes them, and says so."""
+    env, url, backup_id = live_db
+    proc = _opsctl("backup", "verify", backup_id, "--env", env, "--restore-test")
+    deadline = time.monotonic() + 60
+    while not _verify_copies(seeded, backup_id) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate(timeout=30)
+    left = _verify_copies(seeded, backup_id)
+    assert left, "the restore test ended before its scratch database was seen"
+    assert _run_folders_of(proc.pid)
+    doc = ok(runner.invoke(app, ["backup", "verify", backup_id, "--env", env, "--restore-test", "--json"]))
+    assert doc["restore_test"]["db"]["matches_manifest"] is True
+    assert any(f"killed earlier (pid {proc.pid})" in line and left[0] in line for line in doc["cleaned"]), doc
+    assert not _verify_copies(seeded, backup_id)
+    assert not _run_folders_of(proc.pid)
+
+
+def test_a_restore_test_leaves_a_dead_in_place_restore_to_the_next_restore(live_db, seeded, runner):
+    """A restore test never writes the live database: the run of an in-place restore killed
+    mid-way (which may have to be undone on the live database) is left to the next restore."""
+    env, url, backup_id = live_db
+    from opsctl.backup import runs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    scratch = pgb.derived_name(DB, "restoring")
+    with _admin(seeded) as conn:
+        conn.execute(f'create database "{scratch}"')
+    folder = Path(tempfile.mkdtemp(prefix=runs.RUN_PREFIX))
+    (folder / runs.RUN_RECORD).write_text(json.dumps({"pid": int(dead.stdout), "start": None, "server": runs._server(url),
+                                                      "scratch": scratch, "live": DB, "in_place": True}))
+    doc = ok(runner.invoke(app, ["backup", "verify", backup_id, "--env", env, "--restore-test", "--json"]))
+    assert doc["cleaned"] == []
+    assert scratch in _databases(seeded) and folder.is_dir()
+    result = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", "brk42_after", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert f"its scratch database {scratch}" in result.stderr, result.stderr
+    assert scratch not in _databases(seeded) and not folder.exists()
 
 
 # R8 -------------------------------------------------------------------------------------

@@ -315,7 +315,7 @@ def test_replace_copy_replaces_a_copy_holding_subscriptions_unless_one_replicate
 
 def test_a_dead_restores_copy_holding_a_subscription_is_removed(runner, live, seeded):
     from opsctl.backup import postgres as pgb
-    from opsctl.backup import restore as core
+    from opsctl.backup import runs as core
 
     env, url, backup_id, _ = live(subscription=True)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

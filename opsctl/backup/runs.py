@@ -1,0 +1,160 @@
+"""What a restore killed outright leaves, and the next one removes: run folders and their records.
+
+A restore (and `backup verify --restore-test`, a restore beside the live data) works in a
+folder under the temporary directory: the decrypted dump, the Redis RDB and the scratch
+redis-server started there. Its run record (RUN_RECORD, written first) names the process
+(pid and start time: a reused pid is not it), the database server and the scratch database
+it is filling. A process killed outright (kill -9, a lost machine) never cleans up; the next
+restore or restore test finds the folders whose process is gone and removes what they name
+(`clean_dead`), after undoing a swap one died in. A folder counts as opsctl's only with its
+record, and is touched only when its process is provably gone (breaker 42 R7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+from opsctl.backup import postgres as pgb
+
+log = logging.getLogger("opsctl.backup")
+
+RUN_PREFIX = "opsctl-restore-"
+RUN_RECORD = "opsctl-run.json"
+
+
+def note(folder: Path, **fields) -> None:
+    """Write (or update) fields of the run record in `folder`, atomically: `scratch` (the
+    database being filled, None once it is dropped or kept on purpose), `live`, `in_place`."""
+    path = folder / RUN_RECORD
+    doc = {}
+    with contextlib.suppress(OSError, ValueError):
+        doc = json.loads(path.read_text())
+    doc.update(fields)
+    tmp = folder / f".{RUN_RECORD}.tmp"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def folder(database_url: str | None) -> Iterator[Path]:
+    """A run folder (0700, removed on the way out) whose record names this process and the
+    database server `database_url` reaches (None: no database in this run)."""
+    with tempfile.TemporaryDirectory(prefix=RUN_PREFIX) as tmp:
+        note(Path(tmp), pid=os.getpid(), start=_started(os.getpid()), server=_server(database_url))
+        yield Path(tmp)
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat), None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _started(pid)
+    return start is None or now is None or now == start
+
+
+def _server(url: str | None) -> str | None:
+    """The database server a URL reaches (host, port): never its password."""
+    if not url:
+        return None
+    p = pgb.params(url)
+    return f"{p.get('host') or os.environ.get('PGHOST') or 'localhost'}:{p.get('port') or os.environ.get('PGPORT') or 5432}"
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Our own processes working in `folder` (their cwd or command line inside it): the scratch
+    redis-server a dead restore started there."""
+    found = []
+    inside = str(folder.resolve())
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            if entry.stat().st_uid != os.getuid() or int(entry.name) == os.getpid():
+                continue
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if cwd == inside or cwd.startswith(inside + "/") or inside + "/" in cmd:
+                found.append(int(entry.name))
+    return found
+
+
+def clean_dead(database_url: str | None, say: Callable[[str], None], swaps: bool = True) -> list[str]:
+    """Remove what restores killed outright left (RUN_RECORD folders whose process is gone):
+    their scratch Redis servers, decrypted files and, on the server `database_url` reaches,
+    their scratch databases, after undoing a swap one died in (pgb.repair_interrupted_swap).
+    A live database a swap left refusing connections is repaired too. Says each thing done
+    (`say`) and returns them; never fails the restore that asks (what can't be done is logged).
+    `swaps=False` (a restore test, which never writes the live database) leaves the runs of
+    in-place restores and the live database alone: those are the next restore's to repair."""
+    done: list[str] = []
+    base = Path(tempfile.gettempdir())
+    here = _server(database_url)
+    for run in sorted(base.glob(f"{RUN_PREFIX}*")):
+        try:
+            if run.is_symlink() or not run.is_dir() or run.stat().st_uid != os.getuid():
+                continue
+            rec = json.loads((run / RUN_RECORD).read_text())
+            pid = int(rec["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not provably a restore's of opsctl: left alone
+        if _alive(pid, rec.get("start")) or (not swaps and rec.get("in_place") and rec.get("live")):
+            continue
+        what = []
+        try:
+            for other in _processes_in(run):
+                with contextlib.suppress(OSError):
+                    os.kill(other, signal.SIGTERM)
+                    what.append(f"its scratch process {other}")
+            scratch, live = rec.get("scratch"), rec.get("live")
+            if scratch and database_url and rec.get("server") == here:
+                if live and rec.get("in_place"):
+                    repaired = pgb.repair_interrupted_swap(database_url, live, known=True)
+                    if repaired:
+                        what.append(repaired)
+                if pgb.database_exists(database_url, scratch):
+                    pgb.drop_scratch(database_url, scratch)  # subscriptions it holds dropped first
+                    what.append(f"its scratch database {scratch}")
+                scratch = None
+            if scratch:  # on another server: its record stays for a restore there
+                for item in run.iterdir():
+                    if item.name != RUN_RECORD:
+                        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+            else:
+                shutil.rmtree(run)
+            what.append(f"its decrypted files ({run})")
+        except Exception as exc:  # noqa: BLE001 - the restore asked for goes on; this is said
+            log.warning("could not clean up after the dead restore %s (pid %s): %s", run, pid, exc)
+            continue
+        line = f"removed what a restore (or restore test) killed earlier (pid {pid}) left: {'; '.join(what)}"
+        say(line)
+        done.append(line)
+    live = pgb.url_database(database_url) if database_url and swaps else None
+    if live:  # a swap killed outright with no run folder left to say so (another machine's restore)
+        try:
+            repaired = pgb.repair_interrupted_swap(database_url, live)
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("could not check database %s for a swap a killed restore left: %s", live, exc)
+            repaired = None
+        if repaired:
+            say(repaired)
+            done.append(repaired)
+    return done
