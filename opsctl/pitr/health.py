@@ -406,8 +406,9 @@ def standby_health(project, env) -> CheckResult:
     runs without streaming from the primary (it replays from the archive, behind by the archive's
     lag); OK streaming. Value: bytes of WAL its slot holds on the primary (None when the primary
     can't be asked). Breaker 20 F2: a dead standby was found out only by the failover that
-    needed it. CRITICAL first of all while a failover is pending (standby.pending_failover).
-    Details: pid, port, streaming, slot_retained_bytes (failover_pending when one is)."""
+    needed it. CRITICAL too when it runs out of recovery (promoted by hand: a second primary no
+    failover can use). CRITICAL first of all while a failover is pending (standby.pending_failover).
+    Details: pid, port, streaming, in_recovery, slot_retained_bytes (failover_pending when one is)."""
     import psycopg
 
     from opsctl.local import postgres as pg
@@ -433,17 +434,21 @@ def standby_health(project, env) -> CheckResult:
             pass
     held = f"; its replication slot holds {retained / 2 ** 20:.0f} MiB of WAL on the primary" if retained else ""
     pid = standby.running_pid(state)
-    streaming = False
+    streaming, recovering = False, True
     if pid is not None:
         try:
-            _recovering, streaming, _lsn = standby.wal_receiver(comp.port)
+            recovering, streaming, _lsn = standby.wal_receiver(comp.port)
         except psycopg.Error:
             pid = None  # it does not answer: as good as down for a failover
-    details = {"pid": pid, "port": comp.port, "streaming": streaming, "slot_retained_bytes": retained}
+    details = {"pid": pid, "port": comp.port, "streaming": streaming, "in_recovery": recovering,
+               "slot_retained_bytes": retained}
     if pid is None:
         return CheckResult("", "backup", Status.CRITICAL,
                            f"the dr standby is not running: a failover has nothing to promote{held}; "
                            f"'opsctl dr standby' builds it again (its log: {state.log(standby.COMPONENT)})",
+                           retained, "bytes", details=details)
+    if not recovering:  # promoted by hand: it had been "not streaming, replays from the archive"
+        return CheckResult("", "backup", Status.CRITICAL, standby.promoted_note(pid, comp.port) + held,
                            retained, "bytes", details=details)
     if not streaming:
         return CheckResult("", "backup", Status.WARNING,

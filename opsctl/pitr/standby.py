@@ -168,13 +168,15 @@ def _wait_archived(project: Project, env: Environment, url: str, timeout: float)
         time.sleep(0.2)
 
 
-def _configure(data: Path, stage: Path, primary_port: int) -> None:
+def _configure(data: Path, stage: Path, primary_port: int, timeline: str) -> None:
+    """Standby settings: WAL from `stage` then streamed from the primary, on `timeline` (the
+    primary's; PostgreSQL's recovery_target_timeline)."""
     from opsctl.local import procs
 
     (data / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
     for name in ("postmaster.pid", "recovery.signal"):
         (data / name).unlink(missing_ok=True)
-    lines = [BEGIN, f"restore_command = 'cp \"{stage}/%f\" \"%p\"'", "recovery_target_timeline = 'latest'",
+    lines = [BEGIN, f"restore_command = 'cp \"{stage}/%f\" \"%p\"'", f"recovery_target_timeline = '{timeline}'",
              f"primary_conninfo = 'host={procs.HOST} port={primary_port} user=postgres application_name={SLOT}'",
              f"primary_slot_name = '{SLOT}'", "hot_standby = on", END]
     auto = data / "postgresql.auto.conf"
@@ -189,6 +191,16 @@ def _unconfigure(data: Path) -> None:
     if BEGIN in text:
         head, _, rest = text.partition(BEGIN)
         auto.write_text(head + rest.partition(END)[2].lstrip("\n"))
+
+
+def promoted_note(pid: int | None, port: int) -> str:
+    """What is said of a standby that left recovery without a failover (pg_promote or
+    `pg_ctl promote` by hand, a promote trigger): a second primary, written apart from the
+    platform's, that no failover can use (it refuses one "promoted already")."""
+    return (f"the dr standby (pid {pid}, port {port}) is no longer a standby: it was promoted outside opsctl "
+            "and takes writes apart from the primary, whose changes it no longer receives, so a failover can't "
+            "use it; 'opsctl dr standby --stop' then 'opsctl dr standby' builds a new one (what was written on "
+            "it is lost with it)")
 
 
 def wal_receiver(port: int) -> tuple[bool, bool, str | None]:
@@ -209,7 +221,8 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
     Needs the platform's PostgreSQL running with its archiver (a base backup taken:
     'opsctl backup base'). UsageError for a non-local environment or a platform not up;
     OperationFailed when the build, the replay or the streaming fail (what was built is
-    removed, the slot dropped). `report(what, total)` as for backups. Holds the environment's
+    removed, the slot dropped), or when the one running left recovery (promoted_note).
+    `report(what, total)` as for backups. Holds the environment's
     deploy lease (opsctl.pitr.lease) while it builds: a failover, in-place restore or deploy
     running meanwhile refuses it (UsageError naming the holder), as it refuses them.
     """
@@ -235,6 +248,8 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
     if _standby_running(state):
         comp = state.components[COMPONENT]
         recovering, streaming, lsn = wal_receiver(comp.port)
+        if not recovering:  # kept, it would be said to stand by while it is a second primary
+            raise OperationFailed(promoted_note(comp.pid, comp.port))
         return StandbyResult(env.name, comp.port, comp.pid, str(state.data(COMPONENT)), [], lsn, streaming, 0.0,
                              kept=True)
     primary = state.components["postgres"]
@@ -256,6 +271,10 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
                     report=report("WAL segments", None) if report else None, unpack_report=report)
         try:
             c = p.context
+            # the live server's timeline, as the plan chose it: with 'latest', a timeline in the
+            # repository it never had (a standby promoted by hand archives one) stopped the new
+            # standby at start-up, "requested timeline 2 is not a child of this server's history"
+            timeline = c["settings"]["recovery_target_timeline"]
             c["unpacked"].result()
             c["taken"] = True
             shutil.rmtree(data, ignore_errors=True)
@@ -265,7 +284,7 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
             pr.remove_later(c["work"])
         finally:
             pr.discard(p)
-        _configure(data, stage, primary.port)
+        _configure(data, stage, primary.port, timeline)
         user, chown = _owner()
         data.chmod(0o700)
         chown(data, user)

@@ -59,7 +59,8 @@ def _status(platform, runner) -> dict:
 def _standby(platform, runner) -> dict:
     assert platform.cli(runner, "backup", "base").exit_code == 0
     r = platform.cli(runner, "dr", "standby", "--env", "local", "--json")
-    assert r.exit_code == 0, r.output
+    log = platform.state().log(STANDBY)
+    assert r.exit_code == 0, (r.output, log.read_text()[-3000:] if log.is_file() else "no standby log")
     return json.loads(r.stdout)
 
 
@@ -308,3 +309,26 @@ def test_killed_between_the_renames_status_names_the_failover_not_dr_standby(pla
     _finish(platform, runner)
     rows = _status(platform, runner)
     assert rows["postgres"]["healthy"] and STANDBY not in rows, rows
+
+
+def test_a_standby_promoted_by_hand_is_critical_and_never_kept_as_a_standby(platform, runner):
+    """A standby promoted outside opsctl (pg_promote, `pg_ctl promote`) is a second primary that
+    no failover can use (it refuses one "promoted already"): the health check said WARNING,
+    "does not stream from the primary: it replays from the archive", and `dr standby` said it
+    was already running. Both name the promotion now; `--stop` and a new build put it right."""
+    from opsctl.local import postgres as pg
+
+    _streaming_standby(platform, runner)
+    port = platform.state().components[STANDBY].port
+    with psycopg.connect(pg.url(port), autocommit=True) as conn:
+        assert conn.execute("select pg_promote(true, 60)").fetchone()[0]
+    check = _check(platform)
+    assert check.status == Status.CRITICAL and "promoted outside opsctl" in check.message, check
+    assert check.details["in_recovery"] is False
+    rows = _status(platform, runner)
+    assert not rows[STANDBY]["healthy"] and rows[STANDBY]["note"] == check.message, rows[STANDBY]
+    r = platform.cli(runner, "dr", "standby", "--env", "local")
+    assert r.exit_code == 1 and "promoted outside opsctl" in r.stderr and "--stop" in r.stderr, r.output
+    assert platform.cli(runner, "dr", "standby", "--env", "local", "--stop").exit_code == 0
+    _streaming_standby(platform, runner)
+    assert _in_recovery(platform.state().components[STANDBY].port)
