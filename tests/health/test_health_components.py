@@ -66,6 +66,116 @@ def test_error_rate_p95_and_queue_are_judged_over_the_window(worker_like, tmp_pa
     assert "error rate 10% above 5%" in bad.message and "queue depth" in bad.message
 
 
+class _Worker:
+    """One worker process's metrics (its own registry, process_start_time_seconds `started`)."""
+
+    def __init__(self, started: float):
+        self.reg = CollectorRegistry()
+        self.requests = Counter("worker_requests_total", "r", ["method", "route", "status"], registry=self.reg)
+        self.duration = Histogram("worker_request_duration_seconds", "d", ["method", "route", "status"],
+                                  buckets=(0.5, 1, 2.5, 5, 10), registry=self.reg)
+        Gauge("process_start_time_seconds", "s", registry=self.reg).set(started)
+
+    def answer(self, route: str, status: str, n: int, method: str = "POST") -> None:
+        for _ in range(n):
+            self.requests.labels(method, route, status).inc()
+            if route == TRANSCRIBE_ROUTE:
+                self.duration.labels(method, route, status).observe(0.2)
+
+
+@pytest.fixture
+def color_port():
+    """One URL whose process can be replaced, as a color's port is by the next deploy: set
+    `.worker` to the process serving it."""
+    from http.server import BaseHTTPRequestHandler
+
+    from prometheus_client import generate_latest
+
+    port = SimpleNamespace(worker=_Worker(1000.0))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = generate_latest(port.worker.reg)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield port
+    server.shutdown()
+    server.server_close()
+
+
+def test_probes_are_not_traffic_and_a_new_process_counts_from_its_start(color_port, tmp_path):
+    """Breaker 53 F1: the first sweep after a clean deploy said "error rate 32% above 5%"
+    (CRITICAL): the new process's start-up /readyz 503s, counted as errors, its totals
+    subtracted from the old process's on the same port."""
+    t = Thresholds()
+    old = color_port.worker
+    old.answer(TRANSCRIBE_ROUTE, "200", 20)
+    old.answer("/readyz", "200", 30, "GET")
+    assert "baseline" in worker_metrics(color_port.url, 5, t, tmp_path).message
+    new = color_port.worker = _Worker(2000.0)  # the next deploy of this color
+    new.answer("/readyz", "503", 8, "GET")  # its model still loading
+    new.answer("/readyz", "200", 10, "GET")
+    new.answer(TRANSCRIBE_ROUTE, "200", 5)
+    after = worker_metrics(color_port.url, 5, t, tmp_path)
+    assert after.status == Status.OK and after.details["error_rate_percent"] == 0.0, after
+    assert after.details["requests"] == 5 and after.details["restarted"] is True
+    assert "restarted" in after.message
+
+
+def test_a_failing_new_process_is_not_hidden_by_the_errors_of_the_one_before(color_port, tmp_path):
+    """The other way round: the old process's 100 errors minus the new one's 20 gave a negative
+    error rate, OK, for a worker failing 12 % of its transcriptions now."""
+    t = Thresholds()
+    old = color_port.worker
+    old.answer(TRANSCRIBE_ROUTE, "500", 100)
+    old.answer(TRANSCRIBE_ROUTE, "200", 10)
+    worker_metrics(color_port.url, 5, t, tmp_path)
+    new = color_port.worker = _Worker(2000.0)
+    new.answer(TRANSCRIBE_ROUTE, "200", 150)
+    new.answer(TRANSCRIBE_ROUTE, "500", 20)
+    bad = worker_metrics(color_port.url, 5, t, tmp_path)
+    assert bad.status == Status.CRITICAL and bad.details["error_rate_percent"] == pytest.approx(11.76), bad
+
+
+def test_probe_answers_do_not_dilute_the_apis_errors(color_port, tmp_path):
+    """Half the transcriptions failing under a steady stream of healthy probes: 5 errors in 215
+    requests was 2.3 %, under the 5 % limit."""
+    t = Thresholds()
+    w = color_port.worker
+    worker_metrics(color_port.url, 5, t, tmp_path)
+    w.answer(TRANSCRIBE_ROUTE, "200", 5)
+    w.answer(TRANSCRIBE_ROUTE, "500", 5)
+    w.answer("/readyz", "200", 100, "GET")
+    w.answer("/healthz", "200", 100, "GET")
+    w.answer("/metrics", "200", 5, "GET")
+    bad = worker_metrics(color_port.url, 5, t, tmp_path)
+    assert bad.status == Status.CRITICAL and bad.details["error_rate_percent"] == 50.0, bad
+    assert bad.details["requests"] == 10 and bad.details["restarted"] is False
+
+
+def test_a_series_that_fell_counts_from_zero_and_an_older_sample_is_no_baseline(color_port, tmp_path):
+    """Without process_start_time_seconds, a series that fell restarted (Prometheus's rule, per
+    series, not on the total); a sample file an older opsctl kept (totals) starts a new baseline."""
+    from opsctl.health.checks.metrics import _read_sample, increase
+
+    prev = _read_sample('worker_requests_total{method="POST",route="/v1/audio/transcriptions",status="500"} 90\n'
+                        'worker_requests_total{method="POST",route="/v1/audio/transcriptions",status="200"} 10\n')
+    cur = _read_sample('worker_requests_total{method="POST",route="/v1/audio/transcriptions",status="500"} 4\n'
+                       'worker_requests_total{method="POST",route="/v1/audio/transcriptions",status="200"} 200\n')
+    window = increase(cur, prev)
+    assert window["requests"] == 194 and window["errors"] == 4 and not window["restarted"]
+    assert increase(cur, {"requests": 7.0, "errors": 1.0, "buckets": {}}) is None
+
+
 def manifest(folder: Path, name: str, hours_ago: float, **extra) -> None:
     when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours_ago)
     (folder / name).mkdir(parents=True)

@@ -114,7 +114,8 @@ def test_worker_metrics_take_a_baseline_then_judge_the_window(local_platform, ru
     _, first = sweep(runner, root, "--check", "metrics-*")
     assert "baseline taken" in by_name(first)[f"metrics-{color}"]["message"]
     base = local_platform.endpoints().workers[color]
-    for _ in range(3):
+    for _ in range(3):  # API requests (a 404 is the client's, no error) and probes, which are not traffic
+        assert httpclient.get(f"{base}/v1/jobs/job_none", timeout=10).status_code == 404
         assert httpclient.get(f"{base}/version", timeout=10).status_code == 200
     code, second = sweep(runner, root, "--check", "metrics-*")
     details = by_name(second)[f"metrics-{color}"]["details"]

@@ -83,8 +83,9 @@ def test_histogram_quantile_and_counter_resets():
     assert quantile(0.95, buckets) == pytest.approx(1.75)
     assert quantile(0.5, buckets) == pytest.approx(0.5)
     assert quantile(0.95, {"1.0": 0.0, "+Inf": 0.0}) is None
-    prev = {"requests": 100.0, "errors": 5.0, "buckets": {"+Inf": 10.0}}
-    assert increase({"requests": 7.0, "errors": 1.0, "buckets": {"+Inf": 2.0}}, prev)["requests"] == 7.0
+    fell = {"version": 2, "start": None, "requests": {"POST /v1/audio/transcriptions 200": 7.0}, "buckets": {}}
+    prev = {"version": 2, "start": None, "requests": {"POST /v1/audio/transcriptions 200": 100.0}, "buckets": {}}
+    assert increase(fell, prev)["requests"] == 7.0
 
 
 def test_redaction_keeps_the_host_and_hides_the_rest():

@@ -7,7 +7,8 @@
 |                        |            |                                       | queries, locks_waiting, lag          |
 | redis                  | redis      | cannot ping                           | latency, memory_percent, failed save |
 | s3                     | s3         | a bucket or the canary fails          | canary slower than response_time_ms  |
-| metrics-<color>        | metrics    | error_rate_percent exceeded           | p95 transcription, queue_depth       |
+| metrics-<color>        | metrics    | error_rate_percent exceeded (5xx of   | p95 transcription, queue_depth       |
+|                        |            | the /v1/ routes since the last sweep) |                                      |
 | uploads                | uploads    |                                       | incomplete uploads pile up (health.  |
 |                        |            |                                       | uploads: count, oldest age)          |
 | kubernetes             | kubernetes | no pod ready, no GPU allocatable      | some pods not ready, recent restarts |

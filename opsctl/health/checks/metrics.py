@@ -2,8 +2,9 @@
 
 Counters only mean something as rates, so this check does what Prometheus's `rate()` does:
 it keeps the previous sample (in the ops root's `.opsctl/health/samples/`, so it works from
-cron too) and judges the increase since. The first sweep only takes the baseline. The
-expressions match the rendered alert rules (HighErrorRate, SlowResponses, QueueBacklog).
+cron too) and judges the increase since, per series, counting a restarted worker from zero.
+The first sweep only takes the baseline. The expressions match the rendered alert rules
+(HighErrorRate over the /v1/ routes, SlowResponses, QueueBacklog).
 """
 
 from __future__ import annotations
@@ -19,22 +20,30 @@ from opsctl.health.checks.http import bounded_request
 from opsctl.health.model import CheckResult, Judge, Status
 
 TRANSCRIBE_ROUTE = "/v1/audio/transcriptions"
+API_PREFIX = "/v1/"  # the API's routes; probes (/healthz, /readyz) and /metrics are not traffic
+SAMPLE_VERSION = 2  # a sample kept by an older opsctl (totals, no series) is no baseline
 
 
 def _read_sample(text: str) -> dict:
-    """The counters this check needs, from Prometheus text format."""
+    """The series this check needs, from Prometheus text format: `requests` ("METHOD ROUTE
+    STATUS" -> count) on the API's routes, `buckets` ("METHOD STATUS LE" -> count) of the
+    transcription route's latency, `start` (process_start_time_seconds: which process counted
+    them), queue depth and model state. Kept per series so `increase` can tell a restart."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    sample = {"requests": 0.0, "errors": 0.0, "buckets": {}, "queue_depth": None, "model_loaded": None}
+    sample = {"version": SAMPLE_VERSION, "start": None, "requests": {}, "buckets": {}, "queue_depth": None,
+              "model_loaded": None}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "worker_requests_total":
-                sample["requests"] += s.value
-                if s.labels.get("status", "").startswith("5"):
-                    sample["errors"] += s.value
-            elif s.name == "worker_request_duration_seconds_bucket" and s.labels.get("route") == TRANSCRIBE_ROUTE:
-                le = s.labels["le"]
-                sample["buckets"][le] = sample["buckets"].get(le, 0.0) + s.value
+            labels = s.labels
+            if s.name == "worker_requests_total" and labels.get("route", "").startswith(API_PREFIX):
+                key = f"{labels.get('method', '')} {labels['route']} {labels.get('status', '')}"
+                sample["requests"][key] = sample["requests"].get(key, 0.0) + s.value
+            elif s.name == "worker_request_duration_seconds_bucket" and labels.get("route") == TRANSCRIBE_ROUTE:
+                key = f"{labels.get('method', '')} {labels.get('status', '')} {labels['le']}"
+                sample["buckets"][key] = sample["buckets"].get(key, 0.0) + s.value
+            elif s.name == "process_start_time_seconds":
+                sample["start"] = s.value
             elif s.name == "worker_queue_depth":
                 sample["queue_depth"] = (sample["queue_depth"] or 0) + s.value
             elif s.name == "worker_model_loaded":
@@ -58,14 +67,31 @@ def quantile(q: float, buckets: dict[str, float]) -> float | None:
     return lower
 
 
+def _series_increase(cur: dict[str, float], prev: dict[str, float]) -> dict[str, float]:
+    """Per series, Prometheus's increase() over two samples: the difference, or the whole value
+    when the series fell (its counter restarted) or is new since `prev`."""
+    return {k: v - prev[k] if k in prev and v >= prev[k] else v for k, v in cur.items()}
+
+
 def increase(cur: dict, prev: dict | None) -> dict | None:
-    """The increase since `prev`, with Prometheus's reset rule (a counter that fell restarted)."""
-    if prev is None:
+    """The window since `prev`: {"requests", "errors" (5xx), "buckets" (le -> count),
+    "restarted"}; None when `prev` is no baseline (none, or kept by an older opsctl).
+
+    Counted per series, as Prometheus's rate() does, and a new process (its
+    process_start_time_seconds changed: a color's port is reused by the next deploy) counts
+    from zero. Breaker 53 F1: totals over every route were subtracted, one process's from
+    another's, so a clean deploy's start-up /readyz 503s read as a 32 % error rate, and a
+    process with fewer 5xx than the one before it could show a failing worker as 0 %."""
+    if prev is None or prev.get("version") != SAMPLE_VERSION:
         return None
-    if cur["requests"] < prev["requests"]:
-        return {k: cur[k] for k in ("requests", "errors", "buckets")}
-    return {"requests": cur["requests"] - prev["requests"], "errors": cur["errors"] - prev["errors"],
-            "buckets": {le: c - prev["buckets"].get(le, 0.0) for le, c in cur["buckets"].items()}}
+    restarted = cur["start"] is not None and prev.get("start") is not None and cur["start"] != prev["start"]
+    requests = _series_increase(cur["requests"], {} if restarted else prev["requests"])
+    buckets: dict[str, float] = {}
+    for key, count in _series_increase(cur["buckets"], {} if restarted else prev["buckets"]).items():
+        le = key.rsplit(" ", 1)[1]
+        buckets[le] = buckets.get(le, 0.0) + count
+    return {"requests": sum(requests.values()), "restarted": restarted, "buckets": buckets,
+            "errors": sum(n for key, n in requests.items() if key.rsplit(" ", 1)[1].startswith("5"))}
 
 
 def unread(exc: Exception, api_key: str | None, key_env: str) -> str:
@@ -86,8 +112,9 @@ def unread(exc: Exception, api_key: str | None, key_env: str) -> str:
 def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key: str | None = None,
                    key_env: str = "OPSCTL_WORKER_API_KEY") -> CheckResult:
     """Read `base_url`/metrics and judge the worker since the previous sample (kept in
-    `samples_dir`): error rate in % (CRITICAL above thresholds.error_rate_percent), p95
-    transcription time and queue depth (WARNING). `timeout` in seconds. With API keys on,
+    `samples_dir`): error rate in % of the API's requests (/v1/ routes: probes and /metrics are
+    not traffic; CRITICAL above thresholds.error_rate_percent), p95 transcription time and
+    queue depth (WARNING). `timeout` in seconds. With API keys on,
     the worker's main port serves /metrics only to a caller with a key: `api_key` (read
     from the variable `key_env`) is sent as `Authorization: Bearer` when given."""
     import httpx
@@ -128,6 +155,8 @@ def worker_metrics(base_url: str, timeout: float, t, samples_dir: Path, api_key:
                    error_rate_percent=round(rate, 2), p95_ms=p95_ms)
     judge.over("error rate", round(rate, 2), t.error_rate_percent, "%", Status.CRITICAL)
     judge.over("p95 transcription", p95_ms, t.response_time_ms, " ms")
-    ok = (f"{rate:.1f}% errors over {int(window['requests'])} requests in {details['window_s']:g}s"
+    details["restarted"] = window["restarted"]
+    ok = (f"{rate:.1f}% errors over {int(window['requests'])} API requests in {details['window_s']:g}s"
+          + (" (the worker restarted since the last sweep: counted from its start)" if window["restarted"] else "")
           + (f", p95 {p95_ms:.0f} ms" if p95_ms is not None else "") + f", queue {depth or 0:g}")
     return CheckResult("", "metrics", judge.status(), judge.message(ok), round(rate, 2), "%", details=details)
