@@ -1,11 +1,17 @@
 """Gatus-style conditions on an HTTP answer: `[STATUS] == 200`, `[BODY].status == ready`.
 
-Kept to Gatus's syntax so a team that knows Gatus reads opsctl.yaml without a manual.
-Parsed when opsctl.yaml is loaded, so a typo is a configuration error, not a failed check.
+Kept to Gatus's syntax so a team that knows Gatus reads opsctl.yaml without a manual:
+placeholders [STATUS], [RESPONSE_TIME], [BODY] (with .field and [index]), [CONNECTED];
+len(...) on the left; any(a, b) and pat(glob) on the right (pat: Gatus's pattern.Match, a
+glob of `*`, `?` and `[...]` with '/' removed from both sides). Parsed when opsctl.yaml is
+loaded, so a typo, or a function opsctl does not evaluate, is a configuration error, not a
+check that always passes (breaker 53 F3: `!= pat(*failing*)` was compared as the text
+"pat(*failing*)", so it never failed).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import operator
 import re
 from dataclasses import dataclass
@@ -15,6 +21,15 @@ _OPS = {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.
         "<": operator.lt, ">": operator.gt}
 _SYNTAX = re.compile(r"^\s*(len\()?\[(STATUS|RESPONSE_TIME|BODY|CONNECTED)\]((?:\.[\w-]+|\[\d+\])*)(\))?"
                      r"\s*(==|!=|<=|>=|<|>)\s*(.+?)\s*$")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """The right side `pat(glob)`: matched as Gatus's pattern.Match does (fnmatch, case kept)."""
+    glob: str
+
+    def matches(self, value: Any) -> bool:
+        return self.glob == "*" or fnmatch.fnmatchcase(str(value).replace("/", ""), self.glob.replace("/", ""))
 
 
 @dataclass(frozen=True)
@@ -54,10 +69,25 @@ def parse(text: str) -> Condition:
     values = [v.strip() for v in inner.group(1).split(",")] if inner else [raw]
     if inner and op not in ("==", "!="):
         raise ValueError(f"condition {text!r}: any(...) goes with == or !=")
-    expected = tuple(_literal(v) for v in values)
+    expected = tuple(_value(text, v) for v in values)
+    if op not in ("==", "!=") and any(isinstance(v, Pattern) for v in expected):
+        raise ValueError(f"condition {text!r}: pat(...) goes with == or !=")
     if op not in ("==", "!=") and not all(isinstance(v, (int, float)) for v in expected):
         raise ValueError(f"condition {text!r}: {op} needs a number on the right")
     return Condition(text.strip(), placeholder, path, bool(length), op, expected)
+
+
+def _value(text: str, raw: str) -> Any:
+    """One value of a condition's right side: pat(glob), else a literal; ValueError for any
+    other function (Gatus has more; taken as text, it would compare against "name(...)")."""
+    pattern = re.fullmatch(r"\s*pat\((.*)\)\s*", raw)
+    if pattern:
+        return Pattern(pattern.group(1).strip())
+    function = re.fullmatch(r"\s*([A-Za-z_]\w*)\(.*\)\s*", raw)
+    if function:
+        raise ValueError(f"condition {text!r}: {function.group(1)}(...) is not evaluated here; the right side is a "
+                         "value, any(a, b) or pat(glob)")
+    return _literal(raw)
 
 
 def _literal(raw: str) -> Any:
@@ -84,6 +114,8 @@ def _dig(body: Any, path: tuple[str | int, ...]) -> Any:
 def _compare(actual: Any, op: str, expected: Any) -> bool:
     if actual is None:
         return op == "!=" and expected is not None
+    if isinstance(expected, Pattern):
+        return expected.matches(str(actual).lower() if isinstance(actual, bool) else actual) == (op == "==")
     if isinstance(expected, bool) or isinstance(actual, bool):
         return _OPS[op](str(actual).lower(), str(expected).lower())
     if isinstance(expected, (int, float)):

@@ -27,6 +27,15 @@ from opsctl.redact import redact
     ("[BODY].items[1].n >= 2", 200, 1.0, {"items": [{"n": 0}, {"n": 3}]}, True),
     ("len([BODY].items) > 1", 200, 1.0, {"items": [1]}, False),
     ("[BODY].missing == x", 200, 1.0, {}, False),
+    # breaker 53 F3: pat() was compared as the text "pat(*failing*)"
+    ("[BODY].status != pat(*failing*)", 200, 1.0, {"status": "failing: database down"}, False),
+    ("[BODY].status != pat(*failing*)", 200, 1.0, {"status": "ok"}, True),
+    ("[BODY].status == pat(ok*)", 200, 1.0, {"status": "ok, 3 ms"}, True),
+    ("[BODY].status == pat(ok*)", 200, 1.0, {"status": "not ok"}, False),
+    ("[BODY].version == pat(1.?.*)", 200, 1.0, {"version": "1.4.0"}, True),
+    ("[BODY].path == pat(*tmp*)", 200, 1.0, {"path": "/var/tmp/x"}, True),  # '/' removed both sides, as Gatus
+    ("[STATUS] == any(pat(2*), 301)", 204, 1.0, None, True),
+    ("[BODY].status == pat(*)", 200, 1.0, {"status": ""}, True),
 ])
 def test_gatus_conditions(text, status, ms, body, passed):
     assert parse(text).evaluate(status, ms, body, True)[0] is passed
@@ -36,7 +45,9 @@ def test_failed_condition_shows_what_it_saw():
     assert parse("[STATUS] == 200").evaluate(503, 1.0, None, True)[1] == "[STATUS] (503) == 200"
 
 
-@pytest.mark.parametrize("bad", ["STATUS == 200", "[STATUS] = 200", "[STATUS].x == 1", "[BODY].a < ready"])
+@pytest.mark.parametrize("bad", ["STATUS == 200", "[STATUS] = 200", "[STATUS].x == 1", "[BODY].a < ready",
+                                 "[BODY].a < pat(1*)", "[BODY].a == has(x)", "[BODY].a == len(x)",
+                                 "has([BODY].a) == true"])
 def test_bad_conditions_are_refused(bad):
     with pytest.raises(ValueError):
         parse(bad)
