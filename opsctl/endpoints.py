@@ -60,7 +60,8 @@ class Endpoints:
 def resolve(project: Project, env: Environment) -> Endpoints:
     """The URLs of `env`'s services; their passwords are remembered by `opsctl.redact`.
 
-    Raises UsageError when the embedded platform of a `local` environment was never started.
+    Raises UsageError when the embedded platform of a `local` environment was never started,
+    or when the database URL is one libpq would misread (check_database_url).
     """
     if env.platform == "local":
         return _local(project, env)
@@ -68,6 +69,7 @@ def resolve(project: Project, env: Environment) -> Endpoints:
 
     database_url, redis_url = os.environ.get(env.database.url_env), os.environ.get(env.redis.url_env)
     remember(url_password(database_url), url_password(redis_url))  # masked in every error
+    check_database_url(database_url, env.database.url_env)
     return Endpoints(
         env=env.name, platform=env.platform,
         database_url=database_url, redis_url=redis_url,
@@ -75,6 +77,32 @@ def resolve(project: Project, env: Environment) -> Endpoints:
         audio_bucket=env.buckets.audio, backup_bucket=env.buckets.backups,
         router_url=env.router_url, aws_region=env.aws.region, aws_profile=env.aws.profile,
     )
+
+
+def check_database_url(url: str | None, variable: str) -> None:
+    """UsageError (naming `variable`, never its value) when libpq would read the URL in it other
+    than as written: a password holding an '@' or '/' that is not percent-encoded.
+
+    libpq ends a URL's userinfo at the first '@' met before any '/' (fe-connect.c,
+    conninfo_uri_parse_options): with `postgresql://app:p@ss@db/x` it takes `ss@db` for the host
+    name, and with `postgresql://app:pa/ss@db/x` it takes `pa` for the port, and prints either in
+    its error, a piece of the password that no mask knew (breaker 53 F2). A host never holds an
+    '@', so neither reading can be meant; a key=value conninfo is left to libpq's own quoting."""
+    if not url or "://" not in url:
+        return
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    end = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))
+    said = None
+    if end < len(rest) and rest[end] == "@" and "@" in rest[end + 1:].split("/", 1)[0]:
+        said = "an '@' in its password is not percent-encoded (libpq would take the rest for the host name)"
+    elif rest[end:end + 1] == "/" and "@" in rest[end:]:  # no userinfo before the '/', an '@' after it
+        port = rest[:end].rsplit(":", 1)[1] if ":" in rest[:end] and not rest[:end].endswith("]") else ""
+        if port and not port.isdigit():
+            said = "a '/' in its password is not percent-encoded (libpq would take part of it for the port)"
+    if said:
+        raise UsageError(f"${variable}: {said}; percent-encode the password's special characters ('@' as %40, "
+                         "'/' as %2F, ':' as %3A), e.g. with python3 -c \"import urllib.parse, getpass; "
+                         "print(urllib.parse.quote(getpass.getpass(), safe=''))\"")
 
 
 def _local(project: Project, env: Environment) -> Endpoints:

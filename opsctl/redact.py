@@ -442,6 +442,9 @@ def remember(*secrets: str | None) -> None:
         if not secret:
             continue
         found = {secret.strip("'\""), unquote(secret)} | forms(secret)
+        # a URL's password with an '@' left unencoded: libpq ends it at the first '@' and prints
+        # the rest as a host name (breaker 53 F2), so what follows each '@' is masked too
+        found |= {secret.split("@", i)[i] for i in range(1, secret.count("@") + 1)}
         _known.update(f for f in found if len(f) >= MIN_SECRET)
 
 

@@ -49,7 +49,10 @@ def test_url_password_reads_malformed_urls_too(url, password):
 MALFORMED = ['postgresql://app:"XyZzy42"@[::1/x',
              "postgresql://app:a bXyZzy42@[::1/transcribe",
              "postgresql://app:p%ZZXyZzy42@127.0.0.1:1/t",
-             "postgresql://app@127.0.0.1:1/t?password=XyZzy42&sslmode=zz"]
+             "postgresql://app@127.0.0.1:1/t?password=XyZzy42&sslmode=zz",
+             # breaker 53 F2: an '@' or '/' left unencoded in the password
+             "postgresql://app:p@ss#XyZzy42@127.0.0.1:1/t",
+             "postgresql://app:XyZzy42/pass@127.0.0.1:1/t"]
 
 
 @pytest.mark.parametrize("url", MALFORMED)
@@ -77,6 +80,40 @@ def test_a_password_libpq_repeats_on_its_own_never_reaches_output(runner, tmp_pa
         assert result.exit_code in (1, 2), result.output
         assert "opsctl: error:" in result.output
         assert "XyZzy42" not in result.output
+
+
+@pytest.mark.parametrize("argv", [["health", "--env", "side", "--check", "postgres"],
+                                  ["health", "--env", "side", "--check", "postgres", "--json"],
+                                  ["backup", "create", "--env", "side", "--type", "db"]])
+def test_a_url_libpq_would_misread_is_refused_naming_its_variable(runner, tmp_path, monkeypatch, argv):
+    """Breaker 53 F2: with `p@ss#...SECRET@host` libpq took `ss#...SECRET@host` for the host name
+    and printed it (health, --json, backup create): 13 of 15 characters of the password. The
+    URL is refused before any connection, in one line naming the variable, never its value."""
+    from opsctl.cli import app
+
+    (tmp_path / "opsctl.yaml").write_text(
+        "version: 1\nproject: t\nenvironments:\n  side:\n    platform: kubernetes\n"
+        "    kubernetes: {context: none, namespace: t}\n"
+        "    database: {url_env: SIDE_DATABASE_URL}\n    buckets: {audio: a, backups: b}\n"
+        f"    backup: {{repository: 'file://{tmp_path}/repo'}}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIDE_DATABASE_URL", "postgresql://transcribe:p@ss#w0rdXyZzy42@127.0.0.1:1/transcribe")
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", "A" * 43 + "=")
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert "XyZzy42" not in result.output and "w0rd" not in result.output
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "$SIDE_DATABASE_URL" in line and "%40" in line, line
+
+
+@pytest.mark.parametrize("url", ["postgresql://app:pw@db:5432/x", "postgresql://db:5432/d@b",
+                                 "postgresql://app:p%40ss%2F@[::1]:5432/x", "postgresql://[::1]:5432/a@b",
+                                 "postgresql://app@db/x", "host=db password=a@b/c", "postgres://u:p#x@db/x",
+                                 "postgresql:///x?host=/tmp&password=a@b", "postgresql://u:p@h1:5432,h2:5433/x"])
+def test_urls_libpq_reads_as_written_are_taken(url):
+    from opsctl.endpoints import check_database_url
+
+    check_database_url(url, "V")
 
 
 @pytest.mark.parametrize("url, shown", [

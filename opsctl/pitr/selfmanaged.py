@@ -55,7 +55,8 @@ def _server(env: Environment, name: str):
 
 def server_url(env: Environment, name: str) -> str:
     """The connection URL of archive server `name`, from the env var its `url_env` names; its
-    password is remembered for redaction. UsageError for an unknown server or an unset var."""
+    password is remembered for redaction. UsageError for an unknown server, an unset var or a URL
+    libpq would misread (endpoints.check_database_url)."""
     import os
 
     from opsctl.redact import remember, url_password
@@ -65,6 +66,9 @@ def server_url(env: Environment, name: str) -> str:
     if not url:
         raise UsageError(f"${srv.url_env} is not set; it holds the connection URL of archive server '{name}'")
     remember(url_password(url))
+    from opsctl.endpoints import check_database_url
+
+    check_database_url(url, srv.url_env)
     return url
 
 
