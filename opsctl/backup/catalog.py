@@ -97,6 +97,29 @@ def new_id(now: dt.datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(2).hex()
 
 
+# how far a backup's time may run ahead of this host's clock before it is said to be wrong:
+# clocks kept by NTP agree within well under a second; a few minutes covers a drifting VM
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def ahead_of_clock(when: dt.datetime | None, now: dt.datetime | None = None) -> dt.timedelta | None:
+    """How far `when` (a backup's time, from the clock of the host that made it) is after this
+    host's clock (`now`), when by more than CLOCK_SKEW; else None. A backup made on a host
+    whose clock ran ahead sorts after every later one (breaker 53 F5: health called it
+    "-8760 h old", fresh, for a year, and `restore --latest` picked it over a newer one)."""
+    if when is None:
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    ahead = when.astimezone(dt.timezone.utc) - now
+    return ahead if ahead > CLOCK_SKEW else None
+
+
+def ahead_text(ahead: dt.timedelta) -> str:
+    """A clock's lead for a person: '8760.0 h' or '42 min'."""
+    minutes = ahead.total_seconds() / 60
+    return f"{minutes / 60:.1f} h" if minutes >= 120 else f"{minutes:.0f} min"
+
+
 def id_time(backup_id: str) -> dt.datetime | None:
     """The UTC time an id was made at, None when it is not one of opsctl's ids."""
     try:
@@ -487,7 +510,8 @@ def resolve(repo: Repository, backup_id: str | None, date: str | None, latest: b
     `unless_none`: `needs` is dropped when no complete backup in the repository, any day,
     holds them (a repository of Redis snapshots alone: its newest is the latest).
     Damaged (failed verify) and untrusted backups are never picked; their ids are added
-    to `skipped` when they are newer than the pick, so the caller can say so."""
+    to `skipped` when they are newer than the pick, so the caller can say so. A pick dated
+    after this host's clock (ahead_of_clock) is refused: only --id chooses it."""
     if sum(x is not None and x is not False for x in (backup_id, date, latest)) != 1:
         raise UsageError("give exactly one of --id ID, --date YYYY-MM-DD or --latest")
     if backup_id is not None:  # "" is an id too, and not a valid one: never "the latest"
@@ -522,7 +546,14 @@ def resolve(repo: Repository, backup_id: str | None, date: str | None, latest: b
                              f"--components {','.join(newest.components)}, or choose another with --id or --date")
         raise UsageError(f"no complete backup {where}in {repo.url}{also}; 'opsctl backup list' shows the backups"
                          + ("" if date is not None else " and 'opsctl backup create' makes one"))
-    return done[-1].id
+    pick = done[-1]
+    ahead = ahead_of_clock(pick.created_at or id_time(pick.id))
+    if ahead is not None:  # it sorts after backups made later: which is newest can't be told
+        raise UsageError(f"the newest complete backup {'that day ' if date is not None else ''}in {repo.url}, "
+                         f"{pick.id}, is dated {ahead_text(ahead)} after this host's clock: the clock of the host that "
+                         "made it (or this one) is wrong, so which backup is newest can't be told; nothing was "
+                         "changed: choose one with --id ('opsctl backup list' shows them)")
+    return pick.id
 
 
 def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None = None) -> dict:

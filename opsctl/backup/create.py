@@ -54,6 +54,21 @@ class CreateResult:
     foreign: list[str] = field(default_factory=list)
 
 
+def _say_clock_skew(folders: set[str], started: dt.datetime) -> None:
+    """Warn when a backup in the repository is dated after this host's clock (by more than
+    catalog.CLOCK_SKEW): one of the two clocks is wrong, and the backup being made sorts before
+    it, so `restore --latest` refuses to pick and the backup-age check is CRITICAL until the
+    clock is fixed (breaker 53 F5)."""
+    from opsctl.backup import catalog, record
+
+    newest = max((name for name in folders if record.ID.fullmatch(name)), default=None)
+    ahead = catalog.ahead_of_clock(catalog.id_time(newest), started) if newest else None
+    if ahead is not None:
+        log.warning("backup %s in the repository is dated %s after this host's clock: one of the two clocks is "
+                    "wrong, and this backup sorts before it ('restore --latest' refuses to choose between them)",
+                    newest, catalog.ahead_text(ahead))
+
+
 def check_level(level: int) -> int:
     """`level` when it is one of zstd's levels (1-22), else UsageError (0 is refused, never
     taken for the default)."""
@@ -176,6 +191,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         rec, _ = record.ensure(repo, key, listing)
         cleaned, foreign = clean_abandoned(repo, rec, listing)
         backup_id = catalog.new_id(started)
+        _say_clock_skew(listing[0], started)
         repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
     except BaseException:
         if early is not None:

@@ -195,13 +195,18 @@ def _manifest_kinds(repository: str, root: Path, endpoints) -> dict[str, tuple[s
     return found
 
 
+_SKEW_HOURS = 5 / 60  # opsctl.backup.catalog.CLOCK_SKEW: a backup dated past it is of a wrong clock
+
+
 def backup_age(repository: str, root: Path, endpoints, max_hours: float, key=None) -> CheckResult:
     """The `backup` check: CRITICAL when the newest complete backup holding the database in
     `repository` finished more than `max_hours` hours ago, when there is none (a repository of
     Redis snapshots only is no database backup), or when the repository can't be read; UNKNOWN
     when it is encrypted and no backup key is available (`key`: a callable returning it, as
     newest_backup). The value is the database backup's age in hours; the message also names any
-    other kind (redis, files) older than `max_hours`, and the details list each kind's newest."""
+    other kind (redis, files) older than `max_hours`, and the details list each kind's newest.
+    CRITICAL too when the newest is dated more than 5 minutes after this host's clock (a
+    writer's clock ran ahead: a negative age had read as fresh, breaker 53 F5)."""
     try:
         found, source = newest_by_kind(repository, root, endpoints, key)
     except KeyUnavailable as exc:  # never trust what can't be authenticated
@@ -214,7 +219,9 @@ def backup_age(repository: str, root: Path, endpoints, max_hours: float, key=Non
                     "stale": ages[kind] > max_hours} for kind in sorted(found)}
     details = {"repository": repository, "source": source, "kinds": kinds, "max_hours": max_hours}
     others = [f"{kind} {ages[kind]:.1f} h" for kind in sorted(found) if kind != DATABASE and ages[kind] > max_hours]
-    also = f"; also older than {max_hours:g} h: {', '.join(others)}" if others else ""
+    ahead = [f"{kind} {-ages[kind]:.1f} h" for kind in sorted(found) if kind != DATABASE and ages[kind] < -_SKEW_HOURS]
+    also = (f"; also older than {max_hours:g} h: {', '.join(others)}" if others else "") + (
+        f"; also dated after this host's clock: {', '.join(ahead)}" if ahead else "")
     if DATABASE not in found:
         if not found and importlib.util.find_spec("opsctl.backup") is None:
             return CheckResult("", "backup", Status.UNKNOWN,
@@ -224,9 +231,16 @@ def backup_age(repository: str, root: Path, endpoints, max_hours: float, key=Non
                            f"no complete backup of the database in {repository}" + (f" (newest {held})" if held else ""),
                            details=details)
     hours = ages[DATABASE]
-    status = Status.CRITICAL if hours > max_hours else Status.OK
-    text = (f"newest complete database backup {hours:.1f} h old" + (f", above {max_hours:g} h: the database backups "
-            "stopped" if status else "") + also)
     details["newest"] = found[DATABASE][1].isoformat()
     details["newest_id"] = found[DATABASE][0]
+    if hours < -_SKEW_HOURS:  # made on a host whose clock ran ahead: it would read as fresh until then
+        return CheckResult("", "backup", Status.CRITICAL,
+                           f"the newest complete database backup, {found[DATABASE][0]}, is dated {-hours:.1f} h after "
+                           "this host's clock: the clock of the host that made it (or this one) is wrong, and until "
+                           "that time passes its age says nothing about whether backups still run; fix the clock "
+                           "and remove or re-date that backup ('opsctl backup list')" + also,
+                           round(hours, 2), "h", details=details)
+    status = Status.CRITICAL if hours > max_hours else Status.OK
+    text = (f"newest complete database backup {max(hours, 0.0):.1f} h old" + (
+        f", above {max_hours:g} h: the database backups stopped" if status else "") + also)
     return CheckResult("", "backup", status, text, round(hours, 2), "h", details=details)
