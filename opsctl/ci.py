@@ -3,7 +3,9 @@
 test → build the worker image (CPU and CUDA targets) and the opsctl image scheduled runbooks
 run in (templates/ci/opsctl.Dockerfile) → deploy to staging blue-green →
 load-test gate on staging → deploy to production. Production's job runs in a GitHub
-environment of the same name, so its required reviewers are the approval.
+environment of the same name, so its required reviewers are the approval. Builds push tags
+of the commit only (`<sha>-cpu`, `<sha>-cuda`); a workflow_dispatch with `image_tag` (a
+release's tag, to redeploy or roll back) builds nothing and deploys that tag.
 
 Runbooks that declare `schedule:` get a `schedule` trigger each; on such an event only the
 `scheduled-<env>` jobs run, each step guarded by `github.event.schedule`, in the GitHub
@@ -41,8 +43,18 @@ ACTIONS = {
     "build_push": "docker/build-push-action@v7",
     "aws_credentials": "aws-actions/configure-aws-credentials@v6",
 }
-IMAGE_PARAM = "image=${IMAGE}:${TAG}-cuda"  # expanded by the step's shell from the workflow env
+IMAGE_PARAM = "image=${IMAGE}:${DEPLOY_TAG}-cuda"  # expanded by the step's shell from the workflow env
 NOT_SCHEDULED = "github.event_name != 'schedule'"
+# a workflow_dispatch naming an existing tag builds nothing (breaker 53 F4: the build pushed this
+# commit over that tag, a release's, then deployed it everywhere under the release's name)
+BUILD = f"{NOT_SCHEDULED} && !inputs.image_tag"
+# GitHub's success() covers every job upstream, so a skipped build (a tag was given) skipped the
+# deploys too: each deploy job asks for its own predecessor's success instead
+AFTER_BUILD = f"!cancelled() && !failure() && {NOT_SCHEDULED}"
+
+
+def _after(job: str) -> str:
+    return f"!cancelled() && {NOT_SCHEDULED} && needs.{job}.result == 'success'"
 
 
 def _stage(project: Project, job: str, env_name: str, needs: list[str], runbooks: list[dict], condition: str) -> dict:
@@ -59,10 +71,10 @@ def stages(project: Project, staging: str, production: str, schedules: list | No
     """The jobs that run runbooks: the deploy chain, then one scheduled job per environment."""
     deploy = [{"name": "deploy-worker", "file": "deploy-worker", "params": [IMAGE_PARAM]}]
     out = [
-        _stage(project, "deploy-staging", staging, ["build-worker"], deploy, NOT_SCHEDULED),
+        _stage(project, "deploy-staging", staging, ["build-worker"], deploy, AFTER_BUILD),
         _stage(project, "load-test-gate", staging, ["deploy-staging"],
-               [{"name": "load-test-gate", "file": "load-test-gate", "params": []}], NOT_SCHEDULED),
-        _stage(project, "deploy-production", production, ["load-test-gate"], deploy, NOT_SCHEDULED),
+               [{"name": "load-test-gate", "file": "load-test-gate", "params": []}], _after("deploy-staging")),
+        _stage(project, "deploy-production", production, ["load-test-gate"], deploy, _after("load-test-gate")),
     ]
     if schedules:
         for env_name in dict.fromkeys([staging, production]):
@@ -90,7 +102,6 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
     before anything is rendered). UsageError when a named environment is not on kubernetes
     or a scheduled runbook is not valid. `with_schedules` false leaves the schedule triggers
     and scheduled jobs out (the schedules then run as CronJobs: `opsctl render schedules`)."""
-    from opsctl.files import report_path
     from opsctl.runbook.actions import ACTIONS as RUNBOOK_ACTIONS
 
     if out is not None:
@@ -105,7 +116,7 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
         triggers.setdefault(s.cron, []).append(s.ref)
     text = render("ci/github-actions.yml.j2", project.root, stages=stages(project, staging, production, schedules),
                   schedules=triggers, registry=registry, image_repository=repo, opsctl_repository=opsctl_repository,
-                  python_version=python_version,
+                  python_version=python_version, build_condition=BUILD,
                   actions=ACTIONS)
     parse_yaml("ci/github-actions.yml.j2", text)  # a template edit that breaks YAML fails here, not in CI
     if out is not None:

@@ -51,8 +51,9 @@ def test_schedules_trigger_only_the_scheduled_jobs(workflow):
     triggers = flow[True]  # YAML 1.1 reads the key `on` as true
     assert sorted(t["cron"] for t in triggers["schedule"]) == sorted(SCHEDULED.values())
     jobs = flow["jobs"]
-    for name in ("test", "deploy-staging", "load-test-gate", "deploy-production"):
-        assert jobs[name]["if"] == "github.event_name != 'schedule'"
+    assert jobs["test"]["if"] == "github.event_name != 'schedule'"
+    for name in ("build-worker", "build-opsctl", "deploy-staging", "load-test-gate", "deploy-production"):
+        assert "github.event_name != 'schedule'" in jobs[name]["if"], name
     for env in ("staging", "production"):
         job = jobs[f"scheduled-{env}"]
         assert job["if"] == "github.event_name == 'schedule'" and job["environment"] == f"{env}-scheduled"
@@ -60,6 +61,28 @@ def test_schedules_trigger_only_the_scheduled_jobs(workflow):
                  for s in job["steps"] if "runbook run" in s.get("run", "")}
         assert steps == {n: f"!cancelled() && steps.kubeconfig.outcome == 'success' && "
                             f"github.event.schedule == '{c}'" for n, c in SCHEDULED.items()}
+
+
+def test_a_dispatched_tag_is_deployed_never_built_over(workflow):
+    """Breaker 53 F4: "deploy image tag 1.4.0" by workflow_dispatch built the branch as it is now,
+    pushed it over the release's 1.4.0 tags, and deployed that everywhere as 1.4.0. Builds push
+    the commit's tags only and are skipped when a tag is given; the deploy chain deploys the tag
+    given, else the commit's build, each job after its predecessor's success (not success(),
+    which a skipped build would fail)."""
+    flow = yaml.safe_load(workflow.read_text())
+    assert flow["env"]["TAG"] == "${{ github.sha }}"
+    assert flow["env"]["DEPLOY_TAG"] == "${{ inputs.image_tag || github.sha }}"
+    jobs = flow["jobs"]
+    for name in ("build-worker", "build-opsctl"):
+        assert "!inputs.image_tag" in jobs[name]["if"], jobs[name]["if"]
+        pushes = [s["with"]["tags"] for s in jobs[name]["steps"] if s.get("uses", "").startswith("docker/build-push")]
+        assert pushes and all("env.TAG" in t and "inputs" not in t for t in pushes), pushes
+    assert jobs["deploy-staging"]["if"] == "!cancelled() && !failure() && github.event_name != 'schedule'"
+    assert jobs["load-test-gate"]["if"].endswith("needs.deploy-staging.result == 'success'")
+    assert jobs["deploy-production"]["if"].endswith("needs.load-test-gate.result == 'success'")
+    deploys = [s["run"] for j in ("deploy-staging", "deploy-production") for s in jobs[j]["steps"]
+               if "deploy-worker" in s.get("run", "")]
+    assert len(deploys) == 2 and all('-p "image=${IMAGE}:${DEPLOY_TAG}-cuda"' in d for d in deploys), deploys
 
 
 def test_runbooks_sharing_a_schedule_each_run_when_another_fails(runner, monkeypatch, tmp_path):
