@@ -68,14 +68,18 @@ def deploy(
     emit(result.record, as_json, lambda c: _render_record(result.record))
 
 
-def promote(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
+def promote(
+    env_name: EnvOpt = "local",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait out the scale-down delay, then stop the old color.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
     """Switch traffic to the color a --no-auto-promote deploy left waiting."""
     from opsctl.deploy import operation
     from opsctl.output import emit
 
     with _live_steps(f"promote on {env_name}", as_json) as progress:
-        record = operation.promote(project(), env_name, progress=progress)
-    emit(record, as_json, lambda c: _render_record(record))
+        result = operation.promote(project(), env_name, wait=wait, progress=progress)
+    emit(result.record, as_json, lambda c: _render_record(result.record))
 
 
 def abort(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:

@@ -170,15 +170,20 @@ def plan(project: Project, env_name: str, image: str, *, strategy: str | None = 
     return plan_mod.plan(driver, env, inputs.release, inputs.strategy, auto_promote, backup, load_gate)
 
 
-def promote(project: Project, env_name: str, *, progress: Progress | None = None) -> DeployRecord:
+def promote(project: Project, env_name: str, *, wait: bool = True, progress: Progress | None = None) -> DeployResult:
     """Switch traffic to the preview a deploy with auto_promote False left, then analyse it;
-    or finish the post-promotion analysis of a deploy interrupted after its switch.
-    Raises UsageError when nothing awaits promotion, OperationFailed when it failed."""
+    or finish the post-promotion analysis of a deploy interrupted after its switch. `wait` as
+    for `deploy`: wait out deploy.scale_down_delay, then stop the old color (breaker 53 F6:
+    promote said the old color "stays warm for 5s" and left it running until the next deploy,
+    the GPU fleet doubled). Raises UsageError when nothing awaits promotion, OperationFailed
+    when it failed."""
+    progress = progress or _quiet
     env, driver = _driver(project, env_name)
     with _window(project, env.name, "promote", "the preview awaiting promotion") as window:
-        record = bluegreen.promote(driver, env, bluegreen.Options(progress=progress or _quiet))
+        record = bluegreen.promote(driver, env, bluegreen.Options(progress=progress))
         window.outcome = record.outcome
-    return record
+        stopped = _wait_scale_down(driver, record, progress) if wait else []
+    return DeployResult(record, stopped)
 
 
 def abort(project: Project, env_name: str, *, progress: Progress | None = None) -> DeployRecord:

@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import time
+
 from opsctl.deploy import bluegreen
-from opsctl.deploy.model import Driver, Outcome
+from opsctl.deploy.model import DeployRecord, Driver, Outcome
+
+
+def _past_standby(record: DeployRecord, colors: dict, active: str | None) -> str | None:
+    """The notice for an old color still running after its standby time (deploy.scale_down_delay
+    after the switch): a deploy, promote or rollback run with --no-wait, or stopped while it
+    waited, left it; on Kubernetes it holds a full fleet of GPU nodes (breaker 53 F6)."""
+    old = record.from_color
+    state = colors.get(old) if old else None
+    if not record.standby_until or old == active or state is None or not state.running:
+        return None
+    late = time.time() - record.standby_until
+    if late <= 0:
+        return None
+    until = time.strftime("%H:%M:%S UTC", time.gmtime(record.standby_until))
+    late_text = f"{late:.0f} s" if late < 120 else f"{late / 60:.0f} min"
+    return (f"{old} ({record.from_version}) still runs {late_text} past its standby time ({until}, "
+            "deploy.scale_down_delay after the switch): a command run with --no-wait, or stopped while it waited, "
+            "left it; the next deploy or rollback stops it")
 
 
 def status(driver: Driver, last: int = 10) -> dict:
@@ -12,7 +32,8 @@ def status(driver: Driver, last: int = 10) -> dict:
     returns to). Read-only: takes no lock.
 
     Returns {driver, active_color, known_good: {color, version},
-    known_good_warm (that color runs and answers ready now: checked, not assumed), notice (text or None),
+    known_good_warm (that color runs and answers ready now: checked, not assumed), notice (text or None:
+    an interrupted deploy, or an old color running past its standby time),
     colors: {color: ColorState}, awaiting_promotion (a color or None), deploys: [record dicts]}.
     """
     history = driver.history()
@@ -48,6 +69,8 @@ def status(driver: Driver, last: int = 10) -> dict:
         else:
             notice = (f"deploy {record.id} of {record.version} was interrupted before the switch: traffic "
                       f"stayed on {active}; the next deploy cleans up")
+    elif record is not None and record.outcome == Outcome.PROMOTED:
+        notice = _past_standby(record, colors, active)
     return {
         "driver": driver.name,
         "active_color": active,

@@ -122,12 +122,12 @@ def deploy(ctx: Context, image: str, strategy: str | None = None, set: dict | No
 
 
 @action("promote")
-def promote(ctx: Context) -> dict:
-    """Promote the preview color of a deploy started with auto_promote false. Outputs: the
-    deploy record."""
+def promote(ctx: Context, wait: bool = True) -> dict:
+    """Promote the preview color of a deploy started with auto_promote false; `wait` as for
+    `deploy` (wait out the scale-down delay, then stop the old color). Outputs: the deploy record."""
     from opsctl.deploy import operation
 
-    return _record(operation.promote(ctx.project, ctx.env.name))
+    return _record(operation.promote(ctx.project, ctx.env.name, wait=wait).record)
 
 
 @action("rollback", check=_check_rollback)

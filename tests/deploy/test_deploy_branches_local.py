@@ -148,7 +148,30 @@ def test_awaiting_promotion_then_promote(runner, platform):
     assert after["id"] == record["id"] and after["outcome"] == "promoted"
     assert [s["name"] for s in after["steps"]][-2:] == ["switch", "post-promotion analysis"]
     assert _router_version(router) == "7.0.0"
-    assert _status(runner)["active_color"] == record["to_color"]
+    doc = _status(runner)
+    assert doc["active_color"] == record["to_color"]
+    # breaker 53 F6: the old color said to "stay warm for 2s" ran on until the next deploy
+    assert not doc["colors"][record["from_color"]]["running"], doc["colors"]
+
+
+def test_promote_no_wait_leaves_the_old_color_and_status_says_when_it_overstays(runner, platform):
+    """`promote --no-wait` returns at once, the old color warm; once its standby time (the
+    environment's scale_down_delay, 2 s here) has passed, `status` says it still runs."""
+    import time
+
+    waiting = runner.invoke(app, ["deploy", "--image", "worker:7.0.1", "--no-auto-promote", "--json"])
+    assert waiting.exit_code == 0, waiting.output
+    record = json.loads(waiting.stdout)
+    promoted = runner.invoke(app, ["promote", "--no-wait", "--json"])
+    assert promoted.exit_code == 0, promoted.output
+    standby_until = json.loads(promoted.stdout)["standby_until"]
+    while time.time() <= standby_until:
+        time.sleep(0.5)
+    doc = _status(runner)
+    assert doc["colors"][record["from_color"]]["running"]
+    assert f"{record['from_color']} (" in doc["notice"] and "past its standby time" in doc["notice"], doc["notice"]
+    text = runner.invoke(app, ["status"])
+    assert "past its standby time" in " ".join(text.stdout.split()), text.stdout
 
 
 def test_awaiting_promotion_then_abort(runner, platform):

@@ -454,7 +454,7 @@ async def test_awaiting_promotion_then_promote(cluster):
     assert json.loads(waiting.stdout)["outcome"] == "awaiting-promotion"
     assert cluster.selector_color("transcription-worker") == "blue"
     assert cluster.selector_color("transcription-worker-preview") == "green" and _replicas(cluster, "green") == 1
-    promoted = await cluster.opsctl("promote", "--json")
+    promoted = await cluster.opsctl("promote", "--no-wait", "--json")
     assert promoted.exit_code == 0, promoted.output
     assert json.loads(promoted.stdout)["outcome"] == "promoted"
     assert _selectors(cluster) == ["blue", "green"] and _replicas(cluster, "green") == 3
@@ -549,7 +549,7 @@ async def test_preview_starts_at_preview_replicas_and_is_sized_up_before_the_swi
     (so,) = [d for d in yaml.safe_load_all(json.loads(plan.stdout)["manifests"]) if d and d["kind"] == "ScaledObject"]
     assert so["spec"]["scaleTargetRef"]["name"] == "transcription-worker-green" and _scaled_target(cluster) == "blue"
 
-    promoted = await cluster.opsctl("promote", "--json")
+    promoted = await cluster.opsctl("promote", "--no-wait", "--json")
     assert promoted.exit_code == 0, promoted.output
     names = [s["name"] for s in json.loads(promoted.stdout)["steps"]]
     assert names.index("scale preview") < names.index("switch")
@@ -570,7 +570,7 @@ async def test_a_preview_that_cannot_grow_keeps_traffic_where_it_was(cluster):
     assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.0.0")).exit_code == 0
     assert (await cluster.opsctl("deploy", "--image", f"{IMAGE}:1.1.0", "--no-auto-promote")).exit_code == 0
     cluster.controller.paused = True  # no new replica becomes ready (no GPU capacity, say)
-    result = await cluster.opsctl("promote")
+    result = await cluster.opsctl("promote", "--no-wait")
     assert result.exit_code == 1 and "traffic stays on blue" in result.stderr
     assert _selectors(cluster) == ["blue"] and _replicas(cluster, "green") == 0
     assert cluster.history()[-1]["outcome"] == "failed"
@@ -615,7 +615,7 @@ async def test_the_scaled_object_follows_the_active_color_through_switch_and_rol
     assert waiting.exit_code == 0, waiting.output
     assert _replicas(cluster, "green") == 1 and _scaled_target(cluster) == "blue"
 
-    promoted = await cluster.opsctl("promote")
+    promoted = await cluster.opsctl("promote", "--no-wait")
     assert promoted.exit_code == 0, promoted.output
     assert _scaled_target(cluster) == "green" == cluster.selector_color("transcription-worker")
     assert _replicas(cluster, "green") == 3 and _replicas(cluster, "blue") == 3  # blue stays warm, unscaled
