@@ -237,8 +237,9 @@ def backup_age(repository: str, root: Path, endpoints, max_hours: float, key=Non
         return CheckResult("", "backup", Status.CRITICAL,
                            f"the newest complete database backup, {found[DATABASE][0]}, is dated {-hours:.1f} h after "
                            "this host's clock: the clock of the host that made it (or this one) is wrong, and until "
-                           "that time passes its age says nothing about whether backups still run; fix the clock "
-                           "and remove or re-date that backup ('opsctl backup list')" + also,
+                           "that time passes its age says nothing about whether backups still run; fix the clock, "
+                           f"and remove its folder {found[DATABASE][0]}/ from the repository to judge the real "
+                           "newest ('opsctl backup list' shows them)" + also,
                            round(hours, 2), "h", details=details)
     status = Status.CRITICAL if hours > max_hours else Status.OK
     text = (f"newest complete database backup {max(hours, 0.0):.1f} h old" + (
