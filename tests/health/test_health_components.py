@@ -162,6 +162,16 @@ def test_probe_answers_do_not_dilute_the_apis_errors(color_port, tmp_path):
     assert bad.details["requests"] == 10 and bad.details["restarted"] is False
 
 
+@pytest.mark.parametrize("value", ["NaN", "+Inf", "-3"])
+def test_a_counter_that_is_no_count_leaves_the_window_unjudged(value):
+    """A NaN, infinite or negative counter is a broken exposition: the check is UNKNOWN (the
+    sums had turned NaN, and NaN compares false against every limit: OK)."""
+    from opsctl.health.checks.metrics import _read_sample
+
+    with pytest.raises(ValueError, match="no count"):
+        _read_sample(f'worker_requests_total{{method="POST",route="/v1/audio/transcriptions",status="500"}} {value}\n')
+
+
 def test_a_series_that_fell_counts_from_zero_and_an_older_sample_is_no_baseline(color_port, tmp_path):
     """Without process_start_time_seconds, a series that fell restarted (Prometheus's rule, per
     series, not on the total); a sample file an older opsctl kept (totals) starts a new baseline."""

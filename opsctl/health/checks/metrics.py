@@ -36,6 +36,9 @@ def _read_sample(text: str) -> dict:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
+            counted = s.name == "worker_requests_total" or s.name == "worker_request_duration_seconds_bucket"
+            if counted and not (math.isfinite(s.value) and s.value >= 0):  # a counter is a finite count
+                raise ValueError(f"counter {s.name} {labels} is {s.value}, no count")
             if s.name == "worker_requests_total" and labels.get("route", "").startswith(API_PREFIX):
                 key = f"{labels.get('method', '')} {labels['route']} {labels.get('status', '')}"
                 sample["requests"][key] = sample["requests"].get(key, 0.0) + s.value
