@@ -36,6 +36,30 @@ from opsctl.redact import redact
     ("[BODY].path == pat(*tmp*)", 200, 1.0, {"path": "/var/tmp/x"}, True),  # '/' removed both sides, as Gatus
     ("[STATUS] == any(pat(2*), 301)", 204, 1.0, None, True),
     ("[BODY].status == pat(*)", 200, 1.0, {"status": ""}, True),
+    # breaker 54 F1: `!=` is the negation of `==`, for any(...) too
+    ("[STATUS] != any(500, 503)", 503, 1.0, None, False),
+    ("[STATUS] != any(500, 503)", 200, 1.0, None, True),
+    ("[BODY].status != any(failing, degraded)", 503, 1.0, {"status": "failing"}, False),
+    ("[BODY].status != any(pat(*fail*), pat(*degr*))", 503, 1.0, {"status": "failing"}, False),
+    # F1b: Go's filepath.Match, not Python's fnmatch
+    ("[BODY].status == pat([^f]*)", 200, 1.0, {"status": "failing"}, False),
+    ("[BODY].status == pat([^f]*)", 200, 1.0, {"status": "ok"}, True),
+    ("[BODY].status == pat([!f]*)", 200, 1.0, {"status": "failing"}, True),  # '!' is a character in Go
+    ("[BODY].status == pat([!f]*)", 200, 1.0, {"status": "ok"}, False),
+    ("[BODY].status == pat(ready\\*)", 200, 1.0, {"status": "ready*"}, True),
+    ("[BODY].status == pat(ready\\*)", 200, 1.0, {"status": "ready now"}, False),
+    ("[BODY].v == pat(1.[0-4].*)", 200, 1.0, {"v": "1.3.9"}, True),
+    ("[BODY].v == pat(1.[0-4].*)", 200, 1.0, {"v": "1.5.0"}, False),
+    # F1c: `==` compares text, as Gatus does
+    ("[BODY].version == 1.10", 200, 1.0, {"version": "1.1"}, False),
+    ("[BODY].id == 007", 200, 1.0, {"id": "7"}, False),
+    ("[BODY].count == 1e3", 200, 1.0, {"count": "1000"}, False),
+    ("[BODY].count == 3", 200, 1.0, {"count": 3}, True),
+    ("[BODY].ok == true", 200, 1.0, {"ok": True}, True),
+    ("[CONNECTED] == true", 200, 1.0, None, True),
+    ("[BODY].count >= 2.5", 200, 1.0, {"count": "3"}, True),
+    ("[BODY].count > 2", 200, 1.0, {"count": "many"}, False),
+    ("[RESPONSE_TIME] == 108", 200, 108.4, None, True),
 ])
 def test_gatus_conditions(text, status, ms, body, passed):
     assert parse(text).evaluate(status, ms, body, True)[0] is passed
@@ -47,7 +71,8 @@ def test_failed_condition_shows_what_it_saw():
 
 @pytest.mark.parametrize("bad", ["STATUS == 200", "[STATUS] = 200", "[STATUS].x == 1", "[BODY].a < ready",
                                  "[BODY].a < pat(1*)", "[BODY].a == has(x)", "[BODY].a == len(x)",
-                                 "has([BODY].a) == true"])
+                                 "has([BODY].a) == true", "[BODY].a == pat([a-)", "[BODY].a == pat(x\\)",
+                                 "[BODY].a == pat([])", "[BODY].a == pat([-a])"])
 def test_bad_conditions_are_refused(bad):
     with pytest.raises(ValueError):
         parse(bad)
