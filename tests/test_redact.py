@@ -188,3 +188,20 @@ def test_the_readings_leave_ordinary_text_and_keys_that_look_escaped_alone(monke
     assert redact.credentials("k abc=3D4Adef=2Bxyz e") == "k *** e"  # QP writes its = as =3D
     plain = "size=20 a\nb \\053 =3D %41 \\u{41} \\U00000041"
     assert redact.credentials(plain) == plain
+
+
+@pytest.mark.parametrize("url", ["postgresql://app:Tr0ub4dor#XyZzy42@127.0.0.1:5432/t",
+                                 "postgresql://app:Tr0ub4dor?XyZzy42@127.0.0.1:5432/t",
+                                 "postgres://app:p%23XyZzy42@127.0.0.1/t?sslmode=disable",
+                                 "postgresql://app:XyZzy42@127.0.0.1/t",
+                                 "postgresql://app@127.0.0.1/t?password=XyZzy42",
+                                 "host=127.0.0.1 user=app password=XyZzy42 dbname=t"])
+def test_a_child_gets_the_password_in_its_environment_never_on_its_command_line(url):
+    """Breaker 54 F2: urllib ends a URL's authority at '#' or '?', libpq does not: with such a
+    password the whole URL went onto pg_dump's and psql's command line (visible in ps)."""
+    from opsctl.backup.postgres import client, params
+
+    conninfo, env = client(url)
+    assert "XyZzy42" not in conninfo, conninfo
+    assert "XyZzy42" in env["PGPASSWORD"]
+    assert params(conninfo).get("user") == "app" and params(conninfo).get("dbname") == "t"

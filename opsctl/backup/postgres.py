@@ -192,7 +192,11 @@ def client(url: str, dbname: str | None = None) -> tuple[str, dict[str, str]]:
     pg_dump can start); anything else, or a URL urllib can't split, goes through libpq's
     own parser (params), whose errors are redacted."""
     env = dict(os.environ)
-    if dbname is None and url.startswith(("postgresql://", "postgres://")):
+    # urllib ends the authority at the first '?' or '#', libpq only at '/' (breaker 54 F2: a
+    # password holding '#' or '?' was taken for no userinfo, and the whole URL, password and
+    # all, went onto pg_dump's command line): such URLs go through libpq's parser
+    agreed = "#" not in url and "?" not in url.rpartition("@")[0]
+    if dbname is None and agreed and url.startswith(("postgresql://", "postgres://")):
         from urllib.parse import unquote, urlsplit, urlunsplit
 
         try:
