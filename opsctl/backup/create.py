@@ -54,11 +54,12 @@ class CreateResult:
     foreign: list[str] = field(default_factory=list)
 
 
-def _say_clock_skew(folders: set[str], started: dt.datetime) -> None:
+def _say_clock_skew(folders: set[str], started: dt.datetime) -> str | None:
     """Warn when a backup in the repository is dated after this host's clock (by more than
-    catalog.CLOCK_SKEW): one of the two clocks is wrong, and the backup being made sorts before
-    it, so `restore --latest` refuses to pick and the backup-age check is CRITICAL until the
-    clock is fixed (breaker 53 F5)."""
+    catalog.CLOCK_SKEW), and return its id (else None): one of the two clocks is wrong, and the
+    backup being made sorts before it, so `restore --latest` refuses to pick and the backup-age
+    check is CRITICAL until the clock is fixed (breaker 53 F5); create then runs no retention
+    (breaker 54 F3: a clock behind made create's own retention delete the backup it made)."""
     from opsctl.backup import catalog, record
 
     newest = max((name for name in folders if record.ID.fullmatch(name)), default=None)
@@ -67,6 +68,8 @@ def _say_clock_skew(folders: set[str], started: dt.datetime) -> None:
         log.warning("backup %s in the repository is dated %s after this host's clock: one of the two clocks is "
                     "wrong, and this backup sorts before it ('restore --latest' refuses to choose between them)",
                     newest, catalog.ahead_text(ahead))
+        return newest
+    return None
 
 
 def check_level(level: int) -> int:
@@ -191,7 +194,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
         rec, _ = record.ensure(repo, key, listing)
         cleaned, foreign = clean_abandoned(repo, rec, listing)
         backup_id = catalog.new_id(started)
-        _say_clock_skew(listing[0], started)
+        skewed = _say_clock_skew(listing[0], started)
         repo.put_bytes(f"{backup_id}/{mf.IN_PROGRESS}", catalog.marker(started))
     except BaseException:
         if early is not None:
@@ -267,8 +270,13 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
                           foreign=foreign)
     from opsctl.backup import retention
 
+    if skewed:  # retention goes by the backups' times: with one of two clocks wrong it could remove the newest data
+        result.prune_failed = (f"not run: backup {skewed} is dated after this host's clock, and retention ordered by "
+                               "those times could remove newer data; prune once the clocks agree")
+        log.warning("backup %s is complete; retention was %s", backup_id, result.prune_failed)
+        return result
     try:
-        run = retention.after_backup(repo, env)
+        run = retention.after_backup(repo, env, backup_id)
         if run is not None:
             result.pruned, result.damaged_kept = run.removed, run.damaged_kept
     except Exception as exc:  # noqa: BLE001 - the backup is made: a failed create would be retried (breaker 33 B7)

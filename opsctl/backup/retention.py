@@ -99,7 +99,8 @@ def select_by_kind(entries: list, keep_last: int | None, keep_daily: int | None,
 
 def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None = None,
           keep_weekly: int | None = None, keep_monthly: int | None = None, dry_run: bool = False,
-          approve: Callable[[str], None] | None = None, drop_damaged: bool = False) -> PruneResult:
+          approve: Callable[[str], None] | None = None, drop_damaged: bool = False,
+          protect: frozenset[str] = frozenset()) -> PruneResult:
     """Apply the rules to `repo`, to each kind of backup on its own (select_by_kind): one
     scan of the catalog (catalog.scan), then the deletions and one rewrite of the index. `dry_run`: only the answer. `approve(question)` is called
     before any complete backup is deleted (raise UsageError to refuse: nothing is deleted);
@@ -108,6 +109,8 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
     it they are left and named in `damaged_kept`. The retention run after `backup create`
     asks no one, and a backup whose Redis snapshot failed verify may hold that day's only
     database dump: it removed them unasked and unsaid, so only a person's prune does.
+    `protect`: ids kept whatever the rules say (the backup a create just made: by its
+    writer's clock it may sort below the newest ones, breaker 54 F3).
     Raises UsageError without a rule, or in an encrypted repository read without its key."""
     if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
         raise UsageError("no retention rule: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
@@ -119,6 +122,7 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
     entries = scan.entries
     complete = [(e.id, e.created_at, e.verified) for e in entries if e.complete]
     keep = select_by_kind([e for e in entries if e.complete], keep_last, keep_daily, keep_weekly, keep_monthly)
+    keep |= {bid: "just made" for bid in protect if bid not in keep}
     result = PruneResult(dry_run=dry_run, reasons=keep)
     result.kept = [bid for bid, _, _ in complete if bid in keep]
     result.removed = [bid for bid, _, _ in complete if bid not in keep]
@@ -185,14 +189,16 @@ def prune_environment(project, env, keep_last: int | None = None, keep_daily: in
     return prune(repo, *rules, dry_run=dry_run, approve=approve, drop_damaged=True)
 
 
-def after_backup(repo: Repository, env) -> PruneResult | None:
+def after_backup(repo: Repository, env, made: str) -> PruneResult | None:
     """The retention run after `backup create` in `repo`: the environment's backup.retention
     (None when it sets no rule), unasked, so damaged backups are left for a person and named
-    (`damaged_kept`; `backup prune` removes them). Raises as `prune` does."""
+    (`damaged_kept`; `backup prune` removes them), and the backup just `made` is never removed.
+    Raises as `prune` does."""
     r = env.backup.retention
     if all(v is None for v in (r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly)):
         return None
-    return prune(repo, r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly, drop_damaged=False)
+    return prune(repo, r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly, drop_damaged=False,
+                 protect=frozenset({made}))
 
 
 def remove(repo: Repository, backup_id: str, files: set[str] | None = None) -> None:

@@ -19,10 +19,17 @@ from opsctl.cli import app
 DB = "brk53_clock"
 
 
-class _AYearAhead(dt.datetime):
-    @classmethod
-    def now(cls, tz=None):
-        return dt.datetime.now(tz) + dt.timedelta(days=365)
+def _clock(offset: dt.timedelta) -> types.SimpleNamespace:
+    """create.py's `dt` with its clock moved by `offset`; nothing else changed."""
+    class Moved(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.now(tz) + offset
+
+    return types.SimpleNamespace(datetime=Moved, timezone=dt.timezone, timedelta=dt.timedelta, date=dt.date)
+
+
+_AYearAhead = _clock(dt.timedelta(days=365))
 
 
 def _admin(seeded):
@@ -44,8 +51,7 @@ def test_a_backup_from_a_clock_ahead_is_never_taken_for_the_newest(seeded, runne
                        database={"name": DB})
         monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
         with monkeypatch.context() as m:  # the writer's clock a year ahead; nothing else changed
-            m.setattr(create_mod, "dt", types.SimpleNamespace(datetime=_AYearAhead, timezone=dt.timezone,
-                                                               timedelta=dt.timedelta, date=dt.date))
+            m.setattr(create_mod, "dt", _AYearAhead)
             ahead = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
         assert ahead.startswith(str(dt.datetime.now(dt.timezone.utc).year + 1))
         with psycopg.connect(url, autocommit=True) as conn:
@@ -72,3 +78,59 @@ def test_a_backup_from_a_clock_ahead_is_never_taken_for_the_newest(seeded, runne
         with _admin(seeded) as conn:
             for name in (DB, "brk53_latest"):
                 conn.execute(f"drop database if exists {name} with (force)")
+
+
+def _fresh_db(seeded, tmp_path, monkeypatch, retention: dict) -> str:
+    with _admin(seeded) as conn:
+        conn.execute(f"drop database if exists {DB} with (force)")
+        conn.execute(f"create database {DB}")
+    url = make_conninfo(seeded.db_url, dbname=DB)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table t as select 1 as x")
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    return side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", database_url=url,
+                    database={"name": DB}, backup={"repository": f"file://{tmp_path / 'repo'}",
+                                                   "retention": retention})
+
+
+def _ids(runner, env) -> list[str]:
+    return [b["id"] for b in ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]]
+
+
+def test_a_create_on_a_clock_behind_keeps_what_it_made_and_runs_no_retention(seeded, runner, tmp_path, monkeypatch):
+    """Breaker 54 F3: on a host whose clock ran a day behind, create's own retention (keep_last
+    2) deleted the backup it had just made, the only one holding the newest data, exit 0.
+    With the skew seen, retention is not run (and said); the new backup stays."""
+    from opsctl.backup import create as create_mod
+
+    env = _fresh_db(seeded, tmp_path, monkeypatch, {"keep_last": 2})
+    try:
+        first = [ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+                 for _ in range(2)]
+        with monkeypatch.context() as m:
+            m.setattr(create_mod, "dt", _clock(-dt.timedelta(days=1)))
+            made = runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"])
+        doc = ok(made)
+        assert doc["pruned"] == [] and "not run" in doc["prune_failed"] and first[-1] in doc["prune_failed"], doc
+        assert sorted(_ids(runner, env)) == sorted(first + [doc["id"]])
+    finally:
+        with _admin(seeded) as conn:
+            conn.execute(f"drop database if exists {DB} with (force)")
+
+
+def test_retention_after_a_create_never_removes_the_backup_it_made(seeded, runner, tmp_path, monkeypatch):
+    """A clock a minute behind (under the skew said): the new backup sorts below the one made
+    just before it, and keep_last 1 would have removed the new one."""
+    from opsctl.backup import create as create_mod
+
+    env = _fresh_db(seeded, tmp_path, monkeypatch, {"keep_last": 1})
+    try:
+        before = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+        with monkeypatch.context() as m:
+            m.setattr(create_mod, "dt", _clock(-dt.timedelta(minutes=2)))
+            doc = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+        assert doc["id"] < before and doc["pruned"] == [] and doc["prune_failed"] is None, doc
+        assert doc["id"] in _ids(runner, env)
+    finally:
+        with _admin(seeded) as conn:
+            conn.execute(f"drop database if exists {DB} with (force)")
