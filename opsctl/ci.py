@@ -114,6 +114,7 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
     triggers: dict[str, list[str]] = {}  # each cron once in on.schedule, naming every runbook on it
     for s in schedules:
         triggers.setdefault(s.cron, []).append(s.ref)
+    _say_what_the_workflow_needs(project)
     text = render("ci/github-actions.yml.j2", project.root, stages=stages(project, staging, production, schedules),
                   schedules=triggers, registry=registry, image_repository=repo, opsctl_repository=opsctl_repository,
                   python_version=python_version, build_condition=BUILD,
@@ -122,6 +123,27 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
     if out is not None:
         write_to(text, out, project)
     return text
+
+
+# what the workflow's jobs use from the repository it runs in: `make test`, the worker's and
+# the opsctl image's build contexts, `pip install -e .`, and the deploy chain's runbooks
+NEEDS = ("Makefile", "pyproject.toml", "worker/Dockerfile", "templates/ci/opsctl.Dockerfile",
+         "runbooks/deploy-worker", "runbooks/load-test-gate")
+
+
+def _say_what_the_workflow_needs(project: Project) -> list[str]:
+    """Warn (and return them) when the ops root lacks files the workflow's jobs use (NEEDS):
+    the workflow is the platform repository's, which holds opsctl, the worker and the
+    runbooks; rendered from an `opsctl init` project alone, no job of it could run, and it
+    said nothing (breaker 54 F4)."""
+    import logging
+
+    missing = [name for name in NEEDS if not (project.root / name).exists()]
+    if missing:
+        logging.getLogger("opsctl.ci").warning(
+            "the workflow runs in the platform's repository (opsctl, the worker, the runbooks), and %s lacks what "
+            "its jobs use: %s; commit it where those are, or add them", project.root, ", ".join(missing))
+    return missing
 
 
 HEADER = b"# CI/CD for the transcription platform, rendered by"  # the template's first line

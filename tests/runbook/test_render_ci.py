@@ -85,6 +85,35 @@ def test_a_dispatched_tag_is_deployed_never_built_over(workflow):
     assert len(deploys) == 2 and all('-p "image=${IMAGE}:${DEPLOY_TAG}-cuda"' in d for d in deploys), deploys
 
 
+def test_one_deploy_chain_runs_at_a_time_and_schedules_are_never_held(workflow):
+    """Breaker 54 F5: the jobs' groups alone let a newer push's staging deploy run between this
+    run's deploy and its load-test gate, which then judged the other release. The workflow's
+    own group holds a whole deploy chain; scheduled runs get a group each."""
+    flow = yaml.safe_load(workflow.read_text())
+    group = flow["concurrency"]["group"]
+    assert "'opsctl-deploy-chain'" in group and "github.event_name == 'schedule'" in group
+    assert "github.run_id" in group and flow["concurrency"]["cancel-in-progress"] is False
+    jobs = flow["jobs"]
+    assert all(j.get("concurrency", {}).get("group") != "opsctl-deploy-chain" for j in jobs.values())
+
+
+def test_a_project_without_the_platforms_sources_is_warned(runner, tmp_path):
+    """Breaker 54 F4: rendered in an `opsctl init` project, the workflow's jobs (make test, the
+    worker's build, pip install -e ., the deploy runbooks) have nothing to run, and it said so."""
+    assert runner.invoke(app, ["init", str(tmp_path / "proj")]).exit_code == 0
+    text = (tmp_path / "proj" / "opsctl.yaml").read_text()
+    import yaml as _yaml
+
+    doc = _yaml.safe_load(text)
+    env = {"platform": "kubernetes", "kubernetes": {"context": "c", "namespace": "t"}}
+    doc["environments"] |= {"staging": env, "production": env}
+    (tmp_path / "proj" / "opsctl.yaml").write_text(_yaml.safe_dump(doc))
+    result = runner.invoke(app, ["--root", str(tmp_path / "proj"), "render", "ci"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "Makefile" in said and "worker/Dockerfile" in said and "runbooks/deploy-worker" in said, said
+
+
 def test_runbooks_sharing_a_schedule_each_run_when_another_fails(runner, monkeypatch, tmp_path):
     """Issue 23 (B23b): alpha and beta on the same cron are two steps of one scheduled job; an
     `if:` without a status function is ANDed with success(), so a failed alpha skipped beta.
