@@ -114,12 +114,12 @@ def workflow(project: Project, staging: str = "staging", production: str = "prod
     triggers: dict[str, list[str]] = {}  # each cron once in on.schedule, naming every runbook on it
     for s in schedules:
         triggers.setdefault(s.cron, []).append(s.ref)
-    _say_what_the_workflow_needs(project)
     text = render("ci/github-actions.yml.j2", project.root, stages=stages(project, staging, production, schedules),
                   schedules=triggers, registry=registry, image_repository=repo, opsctl_repository=opsctl_repository,
                   python_version=python_version, build_condition=BUILD,
                   actions=ACTIONS)
     parse_yaml("ci/github-actions.yml.j2", text)  # a template edit that breaks YAML fails here, not in CI
+    _say_what_the_workflow_needs(project)  # once it rendered: a refusal stays one line
     if out is not None:
         write_to(text, out, project)
     return text

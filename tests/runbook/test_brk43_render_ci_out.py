@@ -19,6 +19,9 @@ def root(ops_root):
     for name in ("runbooks", "loadtests", "templates", "stacks"):
         shutil.copytree(REPO / name, ops_root / name)
     shutil.copy(REPO / "opsctl.yaml", ops_root / "opsctl.yaml")
+    for name in ("Makefile", "pyproject.toml", "worker/Dockerfile"):  # what the workflow's jobs use
+        (ops_root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, ops_root / name)
     return ops_root
 
 
