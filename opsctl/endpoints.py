@@ -79,6 +79,20 @@ def resolve(project: Project, env: Environment) -> Endpoints:
     )
 
 
+def libpq_parts(url: str) -> tuple[str, str, str, str] | None:
+    """A postgres URL split where libpq splits it: (scheme, userinfo, host list, the rest: path
+    and query); None for anything else. libpq ends the userinfo at the first '@' met before any
+    '/' and the hosts at '/' or '?' (fe-connect.c, conninfo_uri_parse_options); urllib ends the
+    authority at '?' and '#' too, so a password holding one of those split elsewhere."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not (scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+")):
+        return None
+    end = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))
+    userinfo, hosts = (rest[:end], rest[end + 1:]) if rest[end:end + 1] == "@" else ("", rest)
+    cut = next((i for i, ch in enumerate(hosts) if ch in "/?"), len(hosts))
+    return scheme, userinfo, hosts[:cut], hosts[cut:]
+
+
 def check_database_url(url: str | None, variable: str) -> None:
     """UsageError (naming `variable`, never its value) when libpq would read the URL in it other
     than as written: a password holding an '@' or '/' that is not percent-encoded.

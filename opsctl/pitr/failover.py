@@ -34,7 +34,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
@@ -303,25 +303,34 @@ def _restarted(dep: dict, generation: int | None) -> tuple[bool, str]:
     return ready >= want, f"{ready}/{want} ready"
 
 
-def _host(url: str) -> str | None:
+def _host_port(url: str) -> tuple[str | None, int | None]:
+    """The (first) host and port of a postgres URL, split as libpq splits it (endpoints.
+    libpq_parts: a password holding '#' or '?' had its tail taken for the host by urllib)."""
+    from opsctl.endpoints import libpq_parts
+
+    parts = libpq_parts(url)
+    if parts is None:
+        return None, None
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
+        split = urlsplit(f"//{parts[2].split(',')[0]}")
+        return split.hostname or None, split.port
     except ValueError:
-        return None
-    if parts.scheme not in ("postgres", "postgresql") and not parts.scheme.startswith("postgresql+"):
-        return None
-    return host or None
+        return None, None
+
+
+def _host(url: str) -> str | None:
+    return _host_port(url)[0]
 
 
 def _repointed(url: str, host: str, port: int | None) -> str:
     """`url` with its host and port replaced; user, password (as encoded), path and query kept."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
+    from opsctl.endpoints import libpq_parts
+
+    scheme, userinfo, _hosts, rest = libpq_parts(url)
     hostport = f"[{host}]" if ":" in host else host
     if port:
         hostport += f":{port}"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}" if userinfo else hostport))
+    return f"{scheme}://{userinfo + '@' if userinfo else ''}{hostport}{rest}"
 
 
 FENCED = ("stopped", "already stopped", "gone")  # outcomes of fence() that confirm it
@@ -478,7 +487,7 @@ def run(project: Project, env: Environment, primary: str, replica: str, poll: fl
 
     t0 = _now()
     try:
-        if _host(url) == new_host and urlsplit(url).port == port:
+        if _host_port(url) == (new_host, port):
             result.secret = "already"
         else:
             tell(f"repointing Secret {SECRET}")

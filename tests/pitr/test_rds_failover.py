@@ -480,3 +480,21 @@ async def test_two_failovers_at_once_one_is_refused_by_the_deploy_lease(env):
     release.set()
     await holder
     assert r.exit_code == 2 and "busy" in r.output, r.output
+
+
+@pytest.mark.parametrize("password", ["pa#ss", "pa?ss", "p%40ss", "plain"])
+def test_the_secret_is_repointed_as_libpq_reads_it_whatever_the_password(password):
+    """Breaker 54 F2's kind: urllib ends a URL's authority at '#' or '?', libpq does not. With
+    such a password, urllib had taken the password's tail for the host: the Secret was judged
+    to name another host and repointed with the credentials lost."""
+    from opsctl.backup.postgres import params
+    from opsctl.pitr.failover import _host_port, _repointed
+
+    url = f"postgresql://app:{password}@old.example:5432/transcribe?sslmode=require"
+    assert _host_port(url) == ("old.example", 5432)
+    moved = _repointed(url, "new.example", 6432)
+    assert _host_port(moved) == ("new.example", 6432)
+    got = params(moved)
+    assert (got["user"], got["host"], got["port"], got["dbname"], got["sslmode"]) == (
+        "app", "new.example", "6432", "transcribe", "require")
+    assert got["password"] == params(url)["password"]
