@@ -102,15 +102,15 @@ def check_database_url(url: str | None, variable: str) -> None:
     name, and with `postgresql://app:pa/ss@db/x` it takes `pa` for the port, and prints either in
     its error, a piece of the password that no mask knew (breaker 53 F2). A host never holds an
     '@', so neither reading can be meant; a key=value conninfo is left to libpq's own quoting."""
-    if not url or "://" not in url:
+    parts = libpq_parts(url) if url else None
+    if parts is None:
         return
-    rest = url.split("://", 1)[1].split("?", 1)[0]
-    end = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))
+    _scheme, userinfo, hosts, rest = parts
     said = None
-    if end < len(rest) and rest[end] == "@" and "@" in rest[end + 1:].split("/", 1)[0]:
+    if userinfo and "@" in hosts:
         said = "an '@' in its password is not percent-encoded (libpq would take the rest for the host name)"
-    elif rest[end:end + 1] == "/" and "@" in rest[end:]:  # no userinfo before the '/', an '@' after it
-        port = rest[:end].rsplit(":", 1)[1] if ":" in rest[:end] and not rest[:end].endswith("]") else ""
+    elif not userinfo and "@" in rest.split("?", 1)[0]:  # no userinfo before the '/', an '@' after it
+        port = hosts.rsplit(":", 1)[1] if ":" in hosts and not hosts.endswith("]") else ""
         if port and not port.isdigit():
             said = "a '/' in its password is not percent-encoded (libpq would take part of it for the port)"
     if said:
