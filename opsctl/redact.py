@@ -234,10 +234,19 @@ def url_password(url: str | None) -> str | None:
     """The password in a URL's userinfo, read leniently (a malformed URL has one too), or None.
 
     `postgresql://app:"p w"@[::1/x` gives `"p w"`: everything between the first ':' after
-    the scheme's '//' and the last '@' of the authority. A `password=` query parameter counts.
+    the scheme's '//' and the last '@' of the authority. A `password=` query parameter counts,
+    and so does a key=value conninfo's `password=` (quoted, or up to the next ` key=`).
     """
-    if not url or "://" not in url:
+    if not url:
         return None
+    if "://" not in url:  # a key=value conninfo: password=value, or 'quoted value'
+        quoted = re.search(r"(?:^|\s)password\s*=\s*'((?:[^'\\]|\\.)*)'?", url)
+        if quoted:
+            return quoted.group(1) or None
+        # unquoted, it runs to the next ` key=` (breaker 54 F8: libpq split `password=a b` and
+        # printed "missing = after b"): the lenient reading takes the whole of it
+        plain = re.search(r"(?:^|\s)password\s*=\s*(.*?)(?=\s+\w+\s*=|\s*$)", url)
+        return (plain.group(1) or None) if plain else None
     rest = url.split("://", 1)[1]
     found = None
     if "@" in rest:
@@ -445,6 +454,7 @@ def remember(*secrets: str | None) -> None:
         # a URL's password with an '@' left unencoded: libpq ends it at the first '@' and prints
         # the rest as a host name (breaker 53 F2), so what follows each '@' is masked too
         found |= {secret.split("@", i)[i] for i in range(1, secret.count("@") + 1)}
+        found |= set(secret.split())  # a conninfo's unquoted `password=a b`: libpq prints "b" alone
         _known.update(f for f in found if len(f) >= MIN_SECRET)
 
 

@@ -52,7 +52,9 @@ MALFORMED = ['postgresql://app:"XyZzy42"@[::1/x',
              "postgresql://app@127.0.0.1:1/t?password=XyZzy42&sslmode=zz",
              # breaker 53 F2: an '@' or '/' left unencoded in the password
              "postgresql://app:p@ss#XyZzy42@127.0.0.1:1/t",
-             "postgresql://app:XyZzy42/pass@127.0.0.1:1/t"]
+             "postgresql://app:XyZzy42/pass@127.0.0.1:1/t",
+             # breaker 54 F8: a key=value conninfo, its password unquoted with a space in it
+             "host=127.0.0.1 port=1 user=app password=Hunter2 XyZzy42 dbname=t"]
 
 
 @pytest.mark.parametrize("url", MALFORMED)
@@ -205,3 +207,23 @@ def test_a_child_gets_the_password_in_its_environment_never_on_its_command_line(
     assert "XyZzy42" not in conninfo, conninfo
     assert "XyZzy42" in env["PGPASSWORD"]
     assert params(conninfo).get("user") == "app" and params(conninfo).get("dbname") == "t"
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+def test_no_part_of_a_malformed_password_reaches_a_health_report(runner, tmp_path, monkeypatch, url):
+    """The postgres check's message goes to the table, --json, JUnit, the history and alerts."""
+    from opsctl.cli import app
+
+    (tmp_path / "opsctl.yaml").write_text(
+        "version: 1\nproject: t\nenvironments:\n  side:\n    platform: kubernetes\n"
+        "    kubernetes: {context: none, namespace: t}\n"
+        "    database: {url_env: SIDE_DATABASE_URL}\n    buckets: {audio: a, backups: b}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIDE_DATABASE_URL", url)
+    junit = tmp_path / "h.xml"
+    for argv in (["health", "--env", "side", "--check", "postgres"],
+                 ["health", "--env", "side", "--check", "postgres", "--json", "--junit", str(junit)]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code in (2, 3), result.output
+        assert "XyZzy42" not in result.output
+    assert not junit.exists() or "XyZzy42" not in junit.read_text()
