@@ -407,7 +407,7 @@ def standby_health(project, env) -> CheckResult:
     lag); OK streaming. Value: bytes of WAL its slot holds on the primary (None when the primary
     can't be asked). Breaker 20 F2: a dead standby was found out only by the failover that
     needed it. CRITICAL too when it runs out of recovery (promoted by hand: a second primary no
-    failover can use). CRITICAL first of all while a failover is pending (standby.pending_failover).
+    failover can use) or follows another cluster than the primary's (other_cluster_note). CRITICAL first of all while a failover is pending (standby.pending_failover).
     Details: pid, port, streaming, in_recovery, slot_retained_bytes (failover_pending when one is)."""
     import psycopg
 
@@ -450,6 +450,9 @@ def standby_health(project, env) -> CheckResult:
     if not recovering:  # promoted by hand: it had been "not streaming, replays from the archive"
         return CheckResult("", "backup", Status.CRITICAL, standby.promoted_note(pid, comp.port) + held,
                            retained, "bytes", details=details)
+    other = None if streaming else standby.other_cluster_note(pid, comp.port, primary.port if primary else None)
+    if other:  # the primary's data made anew: it had been "replays from the archive", WARNING
+        return CheckResult("", "backup", Status.CRITICAL, other + held, retained, "bytes", details=details)
     if not streaming:
         return CheckResult("", "backup", Status.WARNING,
                            f"the dr standby (pid {pid}) runs but does not stream from the primary: it replays from "

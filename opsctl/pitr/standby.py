@@ -203,6 +203,33 @@ def promoted_note(pid: int | None, port: int) -> str:
             "it is lost with it)")
 
 
+def other_cluster_note(pid: int | None, port: int, primary_port: int | None) -> str | None:
+    """What is said of a standby whose cluster is not the primary's (their pg_control system
+    identifiers differ: the primary's data directory was lost and `local up` made a new one),
+    or None when they match or either server can't be asked. Such a standby replays nothing
+    the primary writes ("database system identifier differs" in its log) and a failover
+    refuses it (breaker 54 F7: health called it "replays from the archive", WARNING)."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    if primary_port is None:
+        return None
+    ids = []
+    try:
+        for p in (primary_port, port):
+            with psycopg.connect(pg.url(p), connect_timeout=5, autocommit=True) as conn:
+                ids.append(conn.execute("select system_identifier from pg_control_system()").fetchone()[0])
+    except psycopg.Error:
+        return None
+    if ids[0] == ids[1]:
+        return None
+    return (f"the dr standby (pid {pid}, port {port}) is a standby of another cluster (system identifier "
+            f"{ids[1]}) than the primary's ({ids[0]}, its data directory made anew): it can never follow it, "
+            "and a failover refuses it; 'opsctl dr standby --stop' then 'opsctl dr standby' builds one of this "
+            "cluster")
+
+
 def wal_receiver(port: int) -> tuple[bool, bool, str | None]:
     """(in recovery, streaming from the primary, last replayed LSN) of the server at `port`."""
     import psycopg
@@ -221,7 +248,8 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
     Needs the platform's PostgreSQL running with its archiver (a base backup taken:
     'opsctl backup base'). UsageError for a non-local environment or a platform not up;
     OperationFailed when the build, the replay or the streaming fail (what was built is
-    removed, the slot dropped), or when the one running left recovery (promoted_note).
+    removed, the slot dropped), or when the one running left recovery (promoted_note) or
+    follows another cluster (other_cluster_note).
     `report(what, total)` as for backups. Holds the environment's
     deploy lease (opsctl.pitr.lease) while it builds: a failover, in-place restore or deploy
     running meanwhile refuses it (UsageError naming the holder), as it refuses them.
@@ -250,6 +278,10 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
         recovering, streaming, lsn = wal_receiver(comp.port)
         if not recovering:  # kept, it would be said to stand by while it is a second primary
             raise OperationFailed(promoted_note(comp.pid, comp.port))
+        other = other_cluster_note(comp.pid, comp.port, state.components["postgres"].port
+                                   if "postgres" in state.components else None)
+        if other:
+            raise OperationFailed(other)
         return StandbyResult(env.name, comp.port, comp.pid, str(state.data(COMPONENT)), [], lsn, streaming, 0.0,
                              kept=True)
     primary = state.components["postgres"]

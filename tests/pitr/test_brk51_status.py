@@ -332,3 +332,39 @@ def test_a_standby_promoted_by_hand_is_critical_and_never_kept_as_a_standby(plat
     assert platform.cli(runner, "dr", "standby", "--env", "local", "--stop").exit_code == 0
     _streaming_standby(platform, runner)
     assert _in_recovery(platform.state().components[STANDBY].port)
+
+
+def test_a_standby_of_another_cluster_is_critical_and_never_kept(platform, runner, tmp_path):
+    """Breaker 54 F7: the primary's data directory lost and made anew (another cluster, another
+    system identifier): the standby can never follow it and a failover refuses it, yet health
+    said WARNING "replays from the archive" and `dr standby` kept it, "a failover promotes it".
+    Here the primary's port is taken by a freshly made cluster while the real one is stopped."""
+    from opsctl.local import postgres as pg
+    from opsctl.local import procs
+    from opsctl.local import state as st
+
+    _streaming_standby(platform, runner)
+    foreign_port = procs.free_port()
+    foreign = pg.start(tmp_path / "other", foreign_port, tmp_path / "other.log")
+    real_port = platform.port
+    pg.stop(platform.pid)
+    folder = st.folder_for(platform.root)
+
+    def primary_port(port: int) -> None:
+        with st.locked(folder):
+            state = st.load(folder)
+            state.components["postgres"].port = port
+            state.save()
+
+    try:
+        primary_port(foreign_port)
+        check = _check(platform)
+        assert check.status == Status.CRITICAL and "another cluster" in check.message, check
+        r = platform.cli(runner, "dr", "standby", "--env", "local")
+        assert r.exit_code == 1 and "another cluster" in r.stderr and "--stop" in r.stderr, r.output
+    finally:
+        primary_port(real_port)
+        pg.stop(foreign)
+        platform.start_postgres()
+    _streaming_standby(platform, runner)
+    assert _check(platform).status == Status.OK

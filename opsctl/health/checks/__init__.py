@@ -14,8 +14,9 @@
 | kubernetes             | kubernetes | no pod ready, no GPU allocatable      | some pods not ready, recent restarts |
 | host (local only)      | host       | disk_percent exceeded                 | cpu_percent, memory_percent          |
 | backup age             | backup     | older than backup_age_hours           |                                      |
-| standby (local, built) | backup     | the dr standby is not running, or was | it runs without streaming            |
-|                        |            | promoted outside opsctl               |                                      |
+| standby (local, built) | backup     | the dr standby is not running, was    | it runs without streaming            |
+|                        |            | promoted outside opsctl, or follows   |                                      |
+|                        |            | another cluster than the primary's    |                                      |
 | wal archive [<server>] | backup     | archive lag above dr.rpo, segments    | archive_command fails within the RPO,|
 |                        |            | waiting with no archiver, mode off    | the archiver stuck (stopped, idle)   |
 | heartbeat <name>       | heartbeat  | the expected event did not happen     |                                      |
