@@ -35,6 +35,16 @@ def _render_record(record) -> None:
     stdout.print(Text.assemble((str(record.outcome), color), f": {record.version} on {record.to_color} — {record.reason}"))
 
 
+def _emit_result(result, as_json: bool) -> None:
+    """A deploy, promote or rollback's record, then (on stderr, in both modes) what took over
+    while it waited to stop the old color: its "X serves V" is no longer where traffic is."""
+    from opsctl.output import emit, stderr
+
+    emit(result.record, as_json, lambda c: _render_record(result.record))
+    if result.superseded:
+        stderr.print(f"then: {result.superseded}", markup=False)
+
+
 def deploy(
     env_name: EnvOpt = "local",
     image: Annotated[str, typer.Option("--image", help="Release to deploy, NAME:TAG (the tag is the version).")] = "",
@@ -65,7 +75,7 @@ def deploy(
                                   auto_promote=auto_promote, analysis=analysis, backup=backup,
                                   load_gate=load_gate, load_gate_duration=load_gate_duration, wait=wait,
                                   progress=progress)
-    emit(result.record, as_json, lambda c: _render_record(result.record))
+    _emit_result(result, as_json)
 
 
 def promote(
@@ -75,11 +85,10 @@ def promote(
 ) -> None:
     """Switch traffic to the color a --no-auto-promote deploy left waiting."""
     from opsctl.deploy import operation
-    from opsctl.output import emit
 
     with _live_steps(f"promote on {env_name}", as_json) as progress:
         result = operation.promote(project(), env_name, wait=wait, progress=progress)
-    emit(result.record, as_json, lambda c: _render_record(result.record))
+    _emit_result(result, as_json)
 
 
 def abort(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
@@ -101,11 +110,10 @@ def rollback(
 ) -> None:
     """Return traffic to the previous release: instant while its color is warm."""
     from opsctl.deploy import operation
-    from opsctl.output import emit
 
     with _live_steps(f"rollback on {env_name}", as_json) as progress:
         result = operation.rollback(project(), env_name, to, wait=wait, progress=progress)
-    emit(result.record, as_json, lambda c: _render_record(result.record))
+    _emit_result(result, as_json)
 
 
 def status(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:

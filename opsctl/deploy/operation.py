@@ -24,7 +24,7 @@ from opsctl.config import Environment, Project
 from opsctl.deploy import bluegreen
 from opsctl.deploy.bluegreen import Progress
 from opsctl.deploy.model import DeployRecord, Driver, Release, Step, StepStatus
-from opsctl.errors import UsageError, not_empty
+from opsctl.errors import Interrupted, UsageError, not_empty
 
 
 @dataclass
@@ -34,6 +34,9 @@ class DeployResult:
 
     record: DeployRecord
     stopped: list[str] = field(default_factory=list)
+    # said when a newer deploy or rollback took over during the scale-down wait: the record's
+    # "X serves V" is then no longer where traffic is (breaker 54 F6)
+    superseded: str | None = None
 
 
 def _driver(project: Project, env_name: str) -> tuple[Environment, Driver]:
@@ -57,30 +60,38 @@ def _window(project: Project, env_name: str, operation: str, subject: str) -> It
         yield window
 
 
-def _wait_scale_down(driver: Driver, record: DeployRecord, progress: Progress) -> list[str]:
+def _wait_scale_down(driver: Driver, record: DeployRecord, progress: Progress) -> DeployResult:
     """Wait out deploy.scale_down_delay (without the deploy lock: a rollback may come
     meanwhile), then stop the old color; reported as a `scale down` step through `progress`
-    (not saved in the record: it may no longer be the newest one)."""
+    (not saved in the record: it may no longer be the newest one). The result says when a
+    newer deploy or rollback took over meanwhile (`superseded`, with where traffic is now);
+    Interrupted (Ctrl-C, SIGTERM) says what was done and what stays running."""
     if not record.standby_until or record.from_color is None:
-        return []
+        return DeployResult(record)
     until = time.strftime("%H:%M:%S", time.localtime(record.standby_until))
     step = Step("scale down", detail=f"{record.from_color} stays warm until {until} for an instant rollback")
     progress(step)
     began = time.monotonic()
+    result = DeployResult(record)
     try:
-        stopped = bluegreen.finish_scale_down(driver, record)
+        result.stopped = bluegreen.finish_scale_down(driver, record)
         step.status = StepStatus.OK
-        step.detail = f"stopped {', '.join(stopped)}" if stopped else "nothing left to stop"
-    except bluegreen.Superseded as note:  # not this deploy's failure: exit 0
-        stopped = []
+        step.detail = f"stopped {', '.join(result.stopped)}" if result.stopped else "nothing left to stop"
+    except bluegreen.Superseded as note:  # not this deploy's failure: exit 0, said
         step.status, step.detail = StepStatus.SKIPPED, str(note)
+        result.superseded = f"{note}; traffic is on {driver.active_color() or 'no color'} now"
+    except (KeyboardInterrupt, Interrupted) as exc:
+        step.status, step.detail = StepStatus.FAILED, "interrupted"
+        raise Interrupted(f"interrupted while {record.from_color} stayed warm: {record.outcome} {record.version} on "
+                          f"{record.to_color}, which takes the traffic; {record.from_color} keeps running until the "
+                          "next deploy or rollback stops it") from exc
     except BaseException as exc:
         step.status, step.detail = StepStatus.FAILED, str(exc) or "interrupted"
         raise
     finally:
         step.seconds = round(time.monotonic() - began, 2)
         progress(step)
-    return stopped
+    return result
 
 
 STRATEGIES = ("blue-green", "rolling")
@@ -152,8 +163,7 @@ def deploy(project: Project, env_name: str, image: str, *, strategy: str | None 
     with _window(project, env.name, "deploy", release.image) as window:
         record = bluegreen.deploy(driver, env, release, opts)
         window.outcome = record.outcome
-        stopped = _wait_scale_down(driver, record, progress) if wait else []
-    return DeployResult(record, stopped)
+        return _wait_scale_down(driver, record, progress) if wait else DeployResult(record)
 
 
 def plan(project: Project, env_name: str, image: str, *, strategy: str | None = None,
@@ -182,8 +192,7 @@ def promote(project: Project, env_name: str, *, wait: bool = True, progress: Pro
     with _window(project, env.name, "promote", "the preview awaiting promotion") as window:
         record = bluegreen.promote(driver, env, bluegreen.Options(progress=progress))
         window.outcome = record.outcome
-        stopped = _wait_scale_down(driver, record, progress) if wait else []
-    return DeployResult(record, stopped)
+        return _wait_scale_down(driver, record, progress) if wait else DeployResult(record)
 
 
 def abort(project: Project, env_name: str, *, progress: Progress | None = None) -> DeployRecord:
@@ -213,8 +222,7 @@ def rollback(project: Project, env_name: str, to: str | None = None, *, wait: bo
     with _window(project, env.name, "rollback", f"to {to or 'the previous version'}") as window:
         record = rollback_mod.rollback(driver, env, to, bluegreen.Options(progress=progress))
         window.outcome = record.outcome
-        stopped = _wait_scale_down(driver, record, progress) if wait else []
-    return DeployResult(record, stopped)
+        return _wait_scale_down(driver, record, progress) if wait else DeployResult(record)
 
 
 def status(project: Project, env_name: str, last: int = 10) -> dict:

@@ -292,3 +292,44 @@ def test_an_analysis_that_raises_before_the_switch_fails_the_deploy_untouched():
             bluegreen.deploy(driver, env, Release("w:2.0", {}), bluegreen.Options())
     assert "pre-promotion analysis failed" in str(said.value) and "ValueError: not JSON" in str(said.value)
     assert driver.active == "blue" and driver.h[-1].outcome == Outcome.FAILED
+
+
+def _promoted_green(standby_in: float) -> DeployRecord:
+    return DeployRecord(env="local", strategy="blue-green", image="w:2.0", version="2.0", settings={},
+                        to_color="green", from_color="blue", from_version="1.0", outcome=Outcome.PROMOTED,
+                        standby_until=time.time() + standby_in, steps=[Step("switch", StepStatus.OK)])
+
+
+def test_a_rollback_during_the_scale_down_wait_is_said_with_where_traffic_is():
+    """Breaker 54 F6: promote ended "promoted: 2.0 on green — green serves 2.0", exit 0, after a
+    rollback during its wait had moved traffic to blue. The result says it now."""
+    from opsctl.deploy.operation import _wait_scale_down
+
+    record = _promoted_green(0.5)
+    driver = Driver([_v1(), record], active="green")
+    newer = copy.deepcopy(_v1())
+    newer.id, newer.strategy = "rollback-1", "rollback"
+
+    def progress(step):  # the rollback comes while the wait runs
+        if step.status == StepStatus.RUNNING or step.status is None:
+            driver.h.append(newer)
+            driver.active = "blue"
+
+    result = _wait_scale_down(driver, record, progress)
+    assert result.stopped == [] and "a newer deploy (rollback-1" in result.superseded
+    assert result.superseded.endswith("traffic is on blue now"), result.superseded
+
+
+def test_an_interrupt_during_the_scale_down_wait_says_what_was_done_and_what_runs():
+    """A SIGTERM in the wait had ended with a bare "interrupted": the promote had succeeded and
+    the old color keeps running."""
+    from opsctl.deploy.operation import _wait_scale_down
+    from opsctl.errors import Interrupted
+
+    record = _promoted_green(60)
+    driver = Driver([_v1(), record], active="green")
+    with mock.patch.object(bluegreen, "finish_scale_down", side_effect=KeyboardInterrupt):
+        with pytest.raises(Interrupted) as stopped:
+            _wait_scale_down(driver, record, lambda step: None)
+    said = str(stopped.value)
+    assert "promoted 2.0 on green, which takes the traffic" in said and "blue keeps running" in said, said
