@@ -110,7 +110,9 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
     asks no one, and a backup whose Redis snapshot failed verify may hold that day's only
     database dump: it removed them unasked and unsaid, so only a person's prune does.
     `protect`: ids kept whatever the rules say (the backup a create just made: by its
-    writer's clock it may sort below the newest ones, breaker 54 F3).
+    writer's clock it may sort below the newest ones, breaker 54 F3). A backup dated after
+    this host's clock (catalog.ahead_of_clock) refuses the run, dry runs aside: kept as the
+    newest, it had made keep_last 1 remove the real newest backup.
     Raises UsageError without a rule, or in an encrypted repository read without its key."""
     if all(v is None for v in (keep_last, keep_daily, keep_weekly, keep_monthly)):
         raise UsageError("no retention rule: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
@@ -120,6 +122,12 @@ def prune(repo: Repository, keep_last: int | None = None, keep_daily: int | None
         raise UsageError(f"repository {repo.url} is encrypted and no backup key is set: without it no manifest "
                          "can be authenticated, so nothing is pruned; set the backup key")
     entries = scan.entries
+    ahead = [e.id for e in entries if e.complete and catalog.ahead_of_clock(e.created_at or catalog.id_time(e.id))]
+    if ahead and not dry_run:  # the rules order by the writers' clocks: one of them is wrong
+        raise UsageError(f"backup {ahead[-1]} is dated after this host's clock (more than "
+                         f"{catalog.CLOCK_SKEW.seconds // 60} min): the rules, which go by the backups' times, could "
+                         "keep it and remove newer data; nothing was removed: fix the clock, and remove that backup's "
+                         "folder from the repository (--dry-run shows what the rules would do)")
     complete = [(e.id, e.created_at, e.verified) for e in entries if e.complete]
     keep = select_by_kind([e for e in entries if e.complete], keep_last, keep_daily, keep_weekly, keep_monthly)
     keep |= {bid: "just made" for bid in protect if bid not in keep}

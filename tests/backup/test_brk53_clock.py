@@ -65,6 +65,10 @@ def test_a_backup_from_a_clock_ahead_is_never_taken_for_the_newest(seeded, runne
         assert check["status"] == "CRITICAL" and ahead in check["message"], check
         assert "after this host's clock" in check["message"] and swept.exit_code == 2, swept.output
 
+        pruned = runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--yes"])
+        one_line_error(pruned, 2, ahead, "nothing was removed")  # it had kept that one, removed the real newest
+        assert runner.invoke(app, ["backup", "prune", "--env", env, "--keep-last", "1", "--dry-run"]).exit_code == 0
+
         refused = runner.invoke(app, ["restore", "--env", env, "--latest", "--target-db", "brk53_latest", "--yes"])
         line = one_line_error(refused, 2, ahead, "--id")
         assert "nothing was changed" in line
