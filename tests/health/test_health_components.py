@@ -181,6 +181,7 @@ def test_a_series_that_fell_counts_from_zero_and_an_older_sample_is_no_baseline(
                         'worker_requests_total{method="POST",route="/v1/audio/transcriptions",status="200"} 10\n')
     cur = _read_sample('worker_requests_total{method="POST",route="/v1/audio/transcriptions",status="500"} 4\n'
                        'worker_requests_total{method="POST",route="/v1/audio/transcriptions",status="200"} 200\n')
+    prev["t"], cur["t"] = 1.0, 2.0
     window = increase(cur, prev)
     assert window["requests"] == 194 and window["errors"] == 4 and not window["restarted"]
     assert increase(cur, {"requests": 7.0, "errors": 1.0, "buckets": {}}) is None
@@ -256,3 +257,19 @@ def test_metrics_check_sends_the_api_key_when_keys_are_on(worker_like, tmp_path,
         server.server_close()
     assert refused.status == Status.CRITICAL and seen[0] is None
     assert read.status != Status.CRITICAL and seen[-1] == "Bearer sk-health", read.message
+
+
+@pytest.mark.parametrize("kept", ['{"version": 2}', '{"version": 2, "requests": {"x": "NaN"}, "buckets": {}, "t": 1}',
+                                  '[1, 2]', '{"version": 2, "requests": {}, "buckets": {"noseparator": 1}, "t": 1}',
+                                  '{"version": 2, "requests": {"a b c": NaN}, "buckets": {}, "t": 1}'])
+def test_a_damaged_or_edited_sample_is_no_baseline(color_port, tmp_path, kept):
+    """Breaker 54: an edited sample file made the check raise ("check failed", UNKNOWN) at every
+    sweep; it is a new baseline now."""
+    import hashlib
+
+    t = Thresholds()
+    worker_metrics(color_port.url, 5, t, tmp_path)  # the file the next sweep reads
+    (tmp_path / f"{hashlib.sha1(color_port.url.encode()).hexdigest()[:16]}.json").write_text(kept)
+    again = worker_metrics(color_port.url, 5, t, tmp_path)
+    assert again.status == Status.OK and "baseline taken" in again.message, again
+    assert "baseline taken" not in worker_metrics(color_port.url, 5, t, tmp_path).message

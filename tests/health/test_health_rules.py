@@ -119,8 +119,9 @@ def test_histogram_quantile_and_counter_resets():
     assert quantile(0.95, buckets) == pytest.approx(1.75)
     assert quantile(0.5, buckets) == pytest.approx(0.5)
     assert quantile(0.95, {"1.0": 0.0, "+Inf": 0.0}) is None
-    fell = {"version": 2, "start": None, "requests": {"POST /v1/audio/transcriptions 200": 7.0}, "buckets": {}}
-    prev = {"version": 2, "start": None, "requests": {"POST /v1/audio/transcriptions 200": 100.0}, "buckets": {}}
+    fell = {"version": 2, "start": None, "requests": {"POST /v1/audio/transcriptions 200": 7.0}, "buckets": {}, "t": 2}
+    prev = {"version": 2, "start": None, "requests": {"POST /v1/audio/transcriptions 200": 100.0}, "buckets": {},
+            "t": 1}
     assert increase(fell, prev)["requests"] == 7.0
 
 

@@ -76,6 +76,19 @@ def _series_increase(cur: dict[str, float], prev: dict[str, float]) -> dict[str,
     return {k: v - prev[k] if k in prev and v >= prev[k] else v for k, v in cur.items()}
 
 
+def _a_sample(doc: object) -> bool:
+    """Whether `doc` (a kept sample, read back) has the shape _read_sample gives: a damaged or
+    edited file is no baseline, never a check that fails to run."""
+    def counts(part: object) -> bool:
+        return isinstance(part, dict) and all(
+            isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for k, v in part.items())
+
+    return (isinstance(doc, dict) and doc.get("version") == SAMPLE_VERSION and counts(doc.get("requests"))
+            and counts(doc.get("buckets")) and all(" " in k for k in doc["buckets"])
+            and (doc.get("start") is None or isinstance(doc.get("start"), (int, float)))
+            and isinstance(doc.get("t"), (int, float)))
+
+
 def increase(cur: dict, prev: dict | None) -> dict | None:
     """The window since `prev`: {"requests", "errors" (5xx), "buckets" (le -> count),
     "restarted"}; None when `prev` is no baseline (none, or kept by an older opsctl).
@@ -85,7 +98,7 @@ def increase(cur: dict, prev: dict | None) -> dict | None:
     from zero. Breaker 53 F1: totals over every route were subtracted, one process's from
     another's, so a clean deploy's start-up /readyz 503s read as a 32 % error rate, and a
     process with fewer 5xx than the one before it could show a failing worker as 0 %."""
-    if prev is None or prev.get("version") != SAMPLE_VERSION:
+    if not _a_sample(prev):  # none, an older opsctl's, or a file edited or damaged since
         return None
     restarted = cur["start"] is not None and prev.get("start") is not None and cur["start"] != prev["start"]
     requests = _series_increase(cur["requests"], {} if restarted else prev["requests"])
