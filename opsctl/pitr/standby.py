@@ -193,6 +193,22 @@ def _unconfigure(data: Path) -> None:
         auto.write_text(head + rest.partition(END)[2].lstrip("\n"))
 
 
+# what a standby archives with: nothing. PostgreSQL archives only once it is promoted, and a
+# standby promoted by hand (a second primary) had archived its own timeline into the primary's
+# repository, which a later `restore --to-time latest` followed (breaker 54: the lost disk's
+# commits gone, the standby's instead). Its WAL stays in its pg_wal (.ready); a failover
+# restarts it with the platform's settings just before it promotes it (_promote_standby).
+_NO_ARCHIVE = ("echo 'opsctl: a dr standby promoted outside opsctl does not archive into the primary''s "
+               "repository; opsctl failover promotes it with archiving' >&2; exit 1")
+
+
+def _settings(state, env) -> dict[str, str]:
+    """The standby's server settings: the platform's, its archive_command refusing (_NO_ARCHIVE)."""
+    from opsctl.pitr import local as pitr_local
+
+    return pitr_local.server_settings(state, env) | {"archive_command": _NO_ARCHIVE}
+
+
 def promoted_note(pid: int | None, port: int) -> str:
     """What is said of a standby that left recovery without a failover (pg_promote or
     `pg_ctl promote` by hand, a promote trigger): a second primary, written apart from the
@@ -268,7 +284,6 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
     from opsctl.local import postgres as pg
     from opsctl.local import procs
     from opsctl.local import state as st
-    from opsctl.pitr import local as pitr_local
     from opsctl.pitr import restore as pr
 
     began = time.monotonic()
@@ -327,7 +342,7 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
             comp = state.components[COMPONENT] = st.Component(port=port, ready=False)
             state.save()
         log = state.log(COMPONENT)
-        pid = pg.start(data, port, log, timeout=timeout, settings=pitr_local.server_settings(state, env))
+        pid = pg.start(data, port, log, timeout=timeout, settings=_settings(state, env))
         deadline = time.monotonic() + timeout
         streaming, lsn = False, None
         while time.monotonic() < deadline:
@@ -897,8 +912,14 @@ def _promote_standby(project: Project, env: Environment, doc: dict, step) -> Non
     _fence(state.data("postgres"))
     if old is not None and _standby_pid(state) is not None:
         _settle(comp.port)  # the standby gets the stopped primary's shutdown checkpoint
-    if _standby_pid(state) is None:  # stopped since (`opsctl local down`): started again where it stood
-        step("starting the standby")
+    recovering = True
+    if _standby_pid(state) is not None:
+        with psycopg.connect(pg.url(comp.port), autocommit=True) as conn:
+            recovering = conn.execute("select pg_is_in_recovery()").fetchone()[0]
+    if recovering:  # (re)started with the platform's archiving, still a standby, so the new timeline is archived
+        step("starting the standby with archiving" if _standby_pid(state) is None else
+             "restarting the standby with archiving")
+        pg.stop(_standby_pid(state))
         pid = pg.start(data, comp.port, state.log(COMPONENT), settings=pitr_local.server_settings(state, env))
         with st.locked(folder):
             state = st.load(folder)

@@ -322,6 +322,17 @@ def test_a_standby_promoted_by_hand_is_critical_and_never_kept_as_a_standby(plat
     port = platform.state().components[STANDBY].port
     with psycopg.connect(pg.url(port), autocommit=True) as conn:
         assert conn.execute("select pg_promote(true, 60)").fetchone()[0]
+        conn.execute("select pg_logical_emit_message(false, 'opsctl-test', 'written on the second primary')")
+        (segment,) = conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()
+        deadline = time.monotonic() + 30  # its archiver tried, and was refused
+        while not conn.execute("select failed_count from pg_stat_archiver").fetchone()[0]:
+            assert time.monotonic() < deadline, "the promoted standby's archiver never tried"
+            time.sleep(0.2)
+        assert conn.execute("select archived_count from pg_stat_archiver").fetchone()[0] == 0
+    # breaker 54: its timeline had gone into the primary's repository, where `restore --to-time
+    # latest` after a lost primary disk followed it, the primary's own last commits lost
+    assert not platform.segment_archived(f"{segment[:8]}.history", 3)
+    assert not platform.segment_archived(segment, 1)
     check = _check(platform)
     assert check.status == Status.CRITICAL and "promoted outside opsctl" in check.message, check
     assert check.details["in_recovery"] is False
