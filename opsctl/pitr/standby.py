@@ -198,8 +198,8 @@ def _unconfigure(data: Path) -> None:
 # repository, which a later `restore --to-time latest` followed (breaker 54: the lost disk's
 # commits gone, the standby's instead). Its WAL stays in its pg_wal (.ready); a failover
 # restarts it with the platform's settings just before it promotes it (_promote_standby).
-_NO_ARCHIVE = ("echo 'opsctl: a dr standby promoted outside opsctl does not archive into the primary''s "
-               "repository; opsctl failover promotes it with archiving' >&2; exit 1")
+_NO_ARCHIVE = ("echo 'opsctl: a dr standby promoted outside opsctl does not archive into the repository of "
+               "the primary; opsctl failover promotes it with archiving' >&2; exit 1")
 
 
 def _settings(state, env) -> dict[str, str]:
