@@ -226,12 +226,14 @@ def connect(url: str, dbname: str | None = None, autocommit: bool = False):
     import psycopg
 
     try:
-        conn = psycopg.connect(conninfo(url, dbname), autocommit=autocommit)
+        # in autocommit until the timeouts are off: psycopg sends BEGIN on its own first, and a
+        # role's idle_in_transaction_session_timeout of 15 ms ended the session between that
+        # BEGIN and TIMEOUTS_OFF on a loaded machine ("server closed the connection")
+        conn = psycopg.connect(conninfo(url, dbname), autocommit=True)
     except psycopg.OperationalError as exc:
         raise OperationFailed(f"connecting to the database failed: {_first(exc)}") from None
     conn.execute(TIMEOUTS_OFF)
-    if not autocommit:
-        conn.commit()
+    conn.autocommit = autocommit
     return conn
 
 
