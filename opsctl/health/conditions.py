@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-_OPS = {"==": operator.eq, "!=": operator.ne, "<=": operator.le, ">=": operator.ge,
-        "<": operator.lt, ">": operator.gt}
+# the orderings, on numbers; `==` compares text and `!=` is its negation (Condition.evaluate)
+_ORDER = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 _SYNTAX = re.compile(r"^\s*(len\()?\[(STATUS|RESPONSE_TIME|BODY|CONNECTED)\]((?:\.[\w-]+|\[\d+\])*)(\))?"
                      r"\s*(==|!=|<=|>=|<|>)\s*(.+?)\s*$")
 
@@ -199,4 +199,4 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
     if op == "==":
         return _text(actual) == expected
     number = None if isinstance(actual, bool) else _number(actual)
-    return number is not None and _OPS[op](number, expected)
+    return number is not None and _ORDER[op](number, expected)
