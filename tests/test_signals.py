@@ -81,3 +81,37 @@ def test_running_the_app_in_a_program_keeps_its_signal_handlers(runner):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert runner.invoke(app, ["version"]).exit_code == 0
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_tool_started_to_die_with_its_parent_stops_when_the_parent_is_killed(tmp_path):
+    """kill -9 of opsctl left its pg_restore running on into a copy nobody would use (breaker
+    54 F9): a command wrapped by dies_with_parent gets SIGTERM from the kernel when the
+    process that started it dies, however it died."""
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from opsctl.signals import dies_with_parent\n"
+        "child = subprocess.Popen(dies_with_parent(['sleep', '600']))\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(600)\n")])
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child = int(pidfile.read_text())
+    assert open(f"/proc/{child}/comm").read().strip() == "sleep"  # setpriv ran it in its own place
+    parent.kill()
+    parent.wait(timeout=30)
+
+    def running() -> bool:  # a zombie has ended: it waits for init to reap it
+        try:
+            return open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not running(), "the child went on after its parent was killed"

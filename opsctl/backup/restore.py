@@ -439,11 +439,13 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
     no_owner, role = p._ctx.get("no_owner", False), p._ctx.get("role")
     if "db" in p.components:
         scratch = pgb.derived_name(p.database, "restoring")  # within 63 bytes, unique: kept exactly as named
+        run_mark = None
         if "run_dir" in p._ctx:  # before it exists: a restore killed outright leaves it to the next one
             runs.note(p._ctx["run_dir"], scratch=scratch, live=p.database, in_place=not p.target_db)
+            run_mark = runs.mark(p._ctx["run_dir"], scratch, None if p.target_db else p.database)
         counts = pgb.restore_into(ep.database_url, dump, scratch, jobs, m.db.expected_rows,
                                   catalog=m.db.catalog, no_owner=no_owner, role=role,
-                                  archive=archive, major=major)
+                                  archive=archive, major=major, run_mark=run_mark)
         keep_scratch = False  # once an earlier copy was dropped for it, the restored copy is never dropped
         try:  # restore_into dropped the scratch database on its own failures; the swap's are ours
             _prepare(ep.database_url, scratch, jobs, major, result, p.database)
@@ -481,11 +483,13 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
         except pgb.TargetAppeared:
             if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
                 runs.note(p._ctx["run_dir"], scratch=None)
+                runs.handed_over(ep.database_url, scratch)
             raise
         except BaseException as exc:
             if keep_scratch:
                 if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
                     runs.note(p._ctx["run_dir"], scratch=None)
+                    runs.handed_over(ep.database_url, scratch)
             else:  # its failure is logged, never raised over this one (breaker 50 G4)
                 pgb.discard(ep.database_url, scratch)
             import psycopg
@@ -493,6 +497,8 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
             if isinstance(exc, psycopg.Error):  # one line, never "unexpected <class>"
                 raise pgb.failure(f"putting the restored database in place as {p.database}", exc) from None
             raise
+        if run_mark:  # in place: the run's mark goes with the scratch name
+            runs.handed_over(ep.database_url, p.target_db or p.database)
         result.database, result.tables, result.rows = p.database, len(counts), sum(counts.values())
         if result.subscriptions:
             result.subscriptions_note = _subscriptions_note(p, result)

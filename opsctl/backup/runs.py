@@ -8,15 +8,25 @@ it is filling. A process killed outright (kill -9, a lost machine) never cleans 
 restore or restore test finds the folders whose process is gone and removes what they name
 (`clean_dead`), after undoing a swap one died in. A folder counts as opsctl's only with its
 record, and is touched only when its process is provably gone (breaker 42 R7).
+
+The temporary directory does not outlive a CronJob pod, a PrivateTmp service or a CI runner,
+so the scratch database also carries the run's mark on the server itself (`mark`,
+pgb.RUN_SETTING), and the run holds a session advisory lock there for as long as it lives
+(`folder`): PostgreSQL lets go of it when the session ends, however the process died and on
+whichever machine it ran. The next restore or restore test on that server drops every marked
+copy whose lock is free (breaker 54 F9).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
+import secrets
 import shutil
+import socket
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -47,10 +57,49 @@ def note(folder: Path, **fields) -> None:
 @contextlib.contextmanager
 def folder(database_url: str | None) -> Iterator[Path]:
     """A run folder (0700, removed on the way out) whose record names this process and the
-    database server `database_url` reaches (None: no database in this run)."""
-    with tempfile.TemporaryDirectory(prefix=RUN_PREFIX) as tmp:
-        note(Path(tmp), pid=os.getpid(), start=_started(os.getpid()), server=_server(database_url))
+    database server `database_url` reaches (None: no database in this run); with a server,
+    the run's advisory lock is held there until the block ends (`mark` names it)."""
+    with tempfile.TemporaryDirectory(prefix=RUN_PREFIX) as tmp, _lock_held(database_url) as lock:
+        note(Path(tmp), pid=os.getpid(), start=_started(os.getpid()), server=_server(database_url), lock=lock)
         yield Path(tmp)
+
+
+@contextlib.contextmanager
+def _lock_held(url: str | None) -> Iterator[int | None]:
+    """A session advisory lock of a random bigint key, held on its own connection to the
+    server at `url` (the maintenance database) until the block ends; None without a server."""
+    if not url:
+        yield None
+        return
+    key = secrets.randbits(63)
+    with pgb.connect(url, "postgres", autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(%s)", (key,))
+        yield key
+
+
+def mark(run: Path, scratch: str, live: str | None = None) -> str | None:
+    """The RUN_SETTING text for the scratch database `scratch` of the run in folder `run`
+    (pgb.restore_into sets it; `live`: the database an in-place restore swaps it into), as
+    JSON; None when the run holds no lock (no database server)."""
+    rec = json.loads((run / RUN_RECORD).read_text())
+    if rec.get("lock") is None:
+        return None
+    text = {"lock": rec["lock"], "name": scratch, "pid": rec["pid"], "host": socket.gethostname(),
+            "at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return json.dumps(text | ({"live": live} if live else {}), separators=(",", ":"))
+
+
+def handed_over(url: str, name: str) -> None:
+    """The run's copy is now `name` for good (swapped in, renamed, kept on purpose): its run
+    mark is removed, so no later clean-up takes it for a dead run's. A failure is logged, never
+    raised: the restore stands, and a mark naming another database is cleared by the next
+    clean-up anyway (`_clean_marked`); one left on a copy kept under its scratch name is not."""
+    try:
+        pgb.clear_run_mark(url, name)
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning("could not remove the run mark of database %s (%s); it is kept, but the next restore or "
+                    "restore test will take it for a dead run's copy: ALTER DATABASE ... RESET %s",
+                    name, exc, pgb.RUN_SETTING)
 
 
 def _started(pid: int) -> str | None:
@@ -147,6 +196,12 @@ def clean_dead(database_url: str | None, say: Callable[[str], None], swaps: bool
         line = f"removed what a restore (or restore test) killed earlier (pid {pid}) left: {'; '.join(what)}"
         say(line)
         done.append(line)
+    if database_url:
+        for name, text in pgb.run_marks(database_url):
+            line = _clean_marked(database_url, name, text, swaps)
+            if line:
+                say(line)
+                done.append(line)
     live = pgb.url_database(database_url) if database_url and swaps else None
     if live:  # a swap killed outright with no run folder left to say so (another machine's restore)
         try:
@@ -158,3 +213,35 @@ def clean_dead(database_url: str | None, say: Callable[[str], None], swaps: bool
             say(repaired)
             done.append(repaired)
     return done
+
+
+def _clean_marked(url: str, name: str, text: str, swaps: bool) -> str | None:
+    """Drop database `name` when its run mark (`mark`) says a run made it under that name and
+    the run's lock is free (the run is gone, wherever it ran); first, for an in-place restore's
+    copy (`live` in the mark), repair the swap it may have died in (only when `swaps`, as for
+    folders). A mark naming another database (the copy was swapped in or renamed since) is
+    cleared, the database kept. Returns what was done, in words; never raises an Exception."""
+    try:
+        rec = json.loads(text)
+        key = int(rec["lock"])
+        made_as, live = rec["name"], rec.get("live")
+    except (ValueError, KeyError, TypeError):
+        return None  # not a mark opsctl wrote: left alone
+    try:
+        if made_as != name:  # handed over under another name: the mark alone is stale
+            pgb.clear_run_mark(url, name)
+            return None
+        if (live and not swaps) or not pgb.lock_free(url, key):
+            return None  # its run is alive (or an in-place restore's, left to the next restore)
+        what = []
+        if live:
+            repaired = pgb.repair_interrupted_swap(url, live, known=True)
+            if repaired:
+                what.append(repaired)
+        pgb.drop_scratch(url, name)
+        what.append(f"its scratch database {name}")
+    except Exception as exc:  # noqa: BLE001 - the restore asked for goes on; this is said
+        log.warning("could not clean up the scratch database %s a dead restore left: %s", name, exc)
+        return None
+    return (f"removed what a restore (or restore test) killed earlier (pid {rec.get('pid')} on "
+            f"{rec.get('host')}, {rec.get('at')}) left: {'; '.join(what)}")

@@ -143,7 +143,7 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
             # restore_into drops its copy on its own failures (its subscriptions first), and never
             # raises that clean-up's failure over its own (breaker 50 G4)
             counts = pgb.restore_into(database_url, str(dump), scratch, 2, manifest.db.expected_rows,
-                                      catalog=manifest.db.catalog)
+                                      catalog=manifest.db.catalog, run_mark=runs.mark(tmp, scratch))
             try:  # after a pass the verdict stands: a copy left behind is said in the result
                 pgb.drop_scratch(database_url, scratch)
                 left = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -358,3 +359,92 @@ def test_look_alike_targets_are_refused(live_db, seeded, runner, name):
                                               "--yes"]), 2, "reads as", "can't be mistaken")
     assert "\u200b" not in line and "\u00ad" not in line
     assert set(_databases(seeded)) == before
+
+
+# breaker 54 F9: the run record lived only in $TMPDIR ------------------------------------
+
+def _descendants(pid: int, name: str) -> list[int]:
+    """Processes called `name` among the descendants of `pid`."""
+    parents = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        parents[int(entry.name)] = (int(rest[1]), comm)
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, comm) in parents.items():
+            if ppid == parent:
+                todo.append(child)
+                if comm == name:
+                    found.append(child)
+    return found
+
+
+def test_a_restore_test_killed_with_its_temporary_directory_is_cleaned_by_the_next(live_db, seeded, runner,
+                                                                                   tmp_path):
+    """`backup verify --restore-test` killed outright (kill -9) in a place whose temporary
+    directory goes with it (a CronJob pod, PrivateTmp, a CI runner): its pg_restore went on
+    filling the scratch copy, and the next restore test, with another temporary directory,
+    found nothing and left the full copy on the live server for good. Now pg_restore dies with
+    it (tests/test_signals.py), and the copy's mark on the server leads the next restore test to it."""
+    env, url, backup_id = live_db
+    pod_tmp = tmp_path / "pod-tmp"
+    pod_tmp.mkdir()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "opsctl"), "backup", "verify", backup_id, "--env",
+                             env, "--restore-test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=str(pod_tmp)), preexec_fn=_default_signals)
+    deadline = time.monotonic() + 60
+    while not _descendants(proc.pid, "pg_restore") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    restoring = _descendants(proc.pid, "pg_restore")
+    proc.kill()
+    proc.communicate(timeout=30)
+    left = _verify_copies(seeded, backup_id)
+    assert restoring and left, "the restore test ended before its pg_restore was seen"
+    shutil.rmtree(pod_tmp)  # the pod is gone, and its /tmp with it
+    doc = ok(runner.invoke(app, ["backup", "verify", backup_id, "--env", env, "--restore-test", "--json"]))
+    assert doc["restore_test"]["db"]["matches_manifest"] is True
+    assert any(f"killed earlier (pid {proc.pid} on " in line and left[0] in line for line in doc["cleaned"]), doc
+    assert not _verify_copies(seeded, backup_id)
+
+
+def test_a_marked_copy_is_dropped_only_once_its_run_is_gone_and_only_under_its_own_name(live_db, seeded):
+    """The server-side mark of a scratch copy: a copy whose run still holds its lock is left
+    alone; a database whose mark names another one (a copy renamed or swapped in) keeps its
+    data and loses the stale mark; a mark opsctl did not write is left alone."""
+    from opsctl.backup import runs
+
+    env, url, backup_id = live_db
+    said: list[str] = []
+    with runs.folder(url) as run:
+        copy = pgb.derived_name(DB, "restoring")
+        with _admin(seeded) as conn:
+            for name in (copy, "brk42_swapped_in", "brk42_foreign_mark"):
+                conn.execute(f'create database "{name}"')
+            pgb.mark_run(conn, copy, runs.mark(run, copy))
+            pgb.mark_run(conn, "brk42_swapped_in", runs.mark(run, pgb.derived_name(DB, "restoring"), live=DB))
+            pgb.mark_run(conn, "brk42_foreign_mark", "not a mark of opsctl's")
+        assert runs.clean_dead(url, said.append) == []
+        assert copy in _databases(seeded)  # its run is alive: this block holds the lock
+    marks = dict(pgb.run_marks(url))
+    assert set(marks) == {copy, "brk42_foreign_mark"}  # the stale mark was cleared at the first pass
+    done = runs.clean_dead(url, said.append)
+    assert len(done) == 1 and f"its scratch database {copy}" in done[0] and done == said, done
+    assert copy not in _databases(seeded)
+    assert {"brk42_swapped_in", "brk42_foreign_mark"} <= set(_databases(seeded))
+    assert dict(pgb.run_marks(url)) == {"brk42_foreign_mark": "not a mark of opsctl's"}
+
+
+def test_a_finished_restore_leaves_no_run_mark(live_db, seeded, runner):
+    """The copy handed over (swapped in, or made the --target-db) carries no run mark: no later
+    clean-up can take it for a dead run's copy."""
+    env, url, backup_id = live_db
+    result = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--target-db", "brk42_marked", "--yes"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--yes"])
+    assert result.exit_code == 0, result.output
+    assert not [name for name, _ in pgb.run_marks(url) if name.startswith("brk42")]
