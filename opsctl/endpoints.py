@@ -9,6 +9,7 @@ secrets never pass through opsctl.yaml.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from opsctl.config import Environment, Project
@@ -93,6 +94,10 @@ def libpq_parts(url: str) -> tuple[str, str, str, str] | None:
     return scheme, userinfo, hosts[:cut], hosts[cut:]
 
 
+# after the '/' that ends the hosts: an '@' followed by what reads as `host:port` or `host/db`
+_HOST_AFTER_AT = re.compile(r"@[^/]*:[0-9]+(?:/|$)|@[^/]*/")
+
+
 def check_database_url(url: str | None, variable: str) -> None:
     """UsageError (naming `variable`, never its value) when libpq would read the URL in it other
     than as written: a password holding an '@' or '/' that is not percent-encoded.
@@ -113,6 +118,12 @@ def check_database_url(url: str | None, variable: str) -> None:
         port = hosts.rsplit(":", 1)[1] if ":" in hosts and not hosts.endswith("]") else ""
         if port and not port.isdigit():
             said = "a '/' in its password is not percent-encoded (libpq would take part of it for the port)"
+        elif _HOST_AFTER_AT.search(rest.split("?", 1)[0]):
+            # `postgresql://app:2024/pw@db:5432/x`: a password of digits then '/' reads as a port,
+            # and libpq takes `pw@db:5432/x` for the database name (breaker 54 F8b); a database
+            # named `d@b` stays taken, one that reads `@host:port` or `@host/...` is not meant
+            said = ("a '/' in its password is not percent-encoded (libpq would take the text before it for the "
+                    "host and port, and the rest for the database name)")
     if said:
         raise UsageError(f"${variable}: {said}; percent-encode the password's special characters ('@' as %40, "
                          "'/' as %2F, ':' as %3A), e.g. with python3 -c \"import urllib.parse, getpass; "

@@ -108,7 +108,22 @@ def test_a_url_libpq_would_misread_is_refused_naming_its_variable(runner, tmp_pa
     assert len(line.splitlines()) == 1 and "$SIDE_DATABASE_URL" in line and "%40" in line, line
 
 
+@pytest.mark.parametrize("url", ["postgresql://postgres:2024/Secretpw@127.0.0.1:51015/transcribe",
+                                 "postgresql://app:2024/Secretpw@db:5432", "postgresql://app:7/pw@db/x",
+                                 "postgres://app:2024/pw@db.example.com/x?sslmode=require"])
+def test_a_password_of_digits_then_a_slash_is_refused(url):
+    """Breaker 54 F8b: `app:2024/pw@db:5432/x` passed the check; libpq read host `app`, port
+    2024 and the database `pw@db:5432/x`, a piece of the password in every error naming it."""
+    from opsctl.endpoints import check_database_url
+    from opsctl.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^\$V: a '/' in its password is not percent-encoded") as caught:
+        check_database_url(url, "V")
+    assert "pw" not in str(caught.value).lower().replace("password", "") and "%2F" in str(caught.value)
+
+
 @pytest.mark.parametrize("url", ["postgresql://app:pw@db:5432/x", "postgresql://db:5432/d@b",
+                                 "postgresql://db:5432/team@home", "postgresql://db/a@b?sslmode=require",
                                  "postgresql://app:p%40ss%2F@[::1]:5432/x", "postgresql://[::1]:5432/a@b",
                                  "postgresql://app@db/x", "host=db password=a@b/c", "postgres://u:p#x@db/x",
                                  "postgresql:///x?host=/tmp&password=a@b", "postgresql://u:p@h1:5432,h2:5433/x"])
