@@ -246,3 +246,72 @@ def repository_and_rules(project, env, keep_last: int | None = None, keep_daily:
         r = env.backup.retention
         keep_last, keep_daily, keep_weekly, keep_monthly = r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly
     return repo, (keep_last, keep_daily, keep_weekly, keep_monthly)
+
+
+@dataclass
+class DeleteResult:
+    """`backup delete`: the backup `id` (`status` as the catalog saw it: complete, damaged or
+    incomplete; `components`, `created_at` UTC ISO 8601 or None), deleted unless `dry_run`;
+    `newest_of`: what it was the newest of (the newest complete backup holding a component,
+    the newest verified one), which took --force."""
+    id: str
+    status: str
+    components: list[str] = field(default_factory=list)
+    created_at: str | None = None
+    newest_of: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def delete(project, env, backup_id: str, approve: Callable[[str], None], force: bool = False,
+           dry_run: bool = False) -> DeleteResult:
+    """Delete one backup of `env` by id (restic's `forget ID`, pgBackRest's `expire --set`),
+    crash-safe as prune's deletions are (`remove`), the index updated.
+
+    Refused (UsageError, nothing deleted): an id that is not one, or not in the repository; an
+    encrypted repository read without its key (no manifest can be authenticated); a backup
+    being written (`running`) or untrusted (not provably opsctl's: left alone, as prune does);
+    without `force`, the newest complete backup holding any of its components or the newest
+    verified one, the two prune never removes (restore --latest and the RPO rest on them).
+    `approve(question)` is asked before deleting (raise UsageError to refuse)."""
+    from opsctl.backup.repository import for_environment
+
+    record.check_id(backup_id)
+    repo = for_environment(project, env)
+    scan = catalog.scan(repo)
+    if not scan.authenticated:
+        raise UsageError(f"repository {repo.url} is encrypted and no backup key is set: no manifest can be "
+                         "authenticated, so nothing is deleted; set the backup key")
+    entry = next((e for e in scan.entries if e.id == backup_id), None)
+    if entry is None:
+        raise UsageError(f"no backup {backup_id} in {repo.url}; 'opsctl backup list --env {env.name}' shows its ids")
+    if entry.status in ("running", "untrusted"):
+        why = ("is being written (its start record names a live process)" if entry.status == "running"
+               else f"is untrusted ({entry.note or 'its manifest is not authenticated'}): not provably opsctl's")
+        raise UsageError(f"backup {backup_id} {why}; nothing was deleted")
+    complete = [e for e in scan.entries if e.complete]
+    newest_of = []
+    if entry.complete:
+        for part in entry.components:
+            holding = [e for e in complete if part in e.components]
+            if holding and holding[-1].id == backup_id:
+                newest_of.append(f"the newest complete backup holding {part}")
+        verified = [e for e in complete if e.verified]
+        if verified and verified[-1].id == backup_id:
+            newest_of.append("the newest verified backup")
+    result = DeleteResult(backup_id, entry.status, entry.components,
+                          entry.created_at.isoformat() if entry.created_at else None, newest_of, dry_run)
+    if newest_of and not force:
+        raise UsageError(f"backup {backup_id} is {' and '.join(newest_of)}: deleting it moves the environment's "
+                         "recovery point back; nothing was deleted (pass --force to delete it anyway)")
+    if dry_run:
+        return result
+    approve(f"delete backup {backup_id} ({entry.status}"
+            f"{': ' + ', '.join(entry.components) if entry.components else ''}) from {repo.url}")
+    if entry.status == "incomplete":
+        repo.abort_uploads(f"{backup_id}/")
+    remove(repo, backup_id, scan.files.get(backup_id))
+    if scan.record is not None:
+        from opsctl.backup import index
+
+        index.update(repo, getattr(repo, "key", None), scan.record.encrypted, {backup_id: None})
+    return result

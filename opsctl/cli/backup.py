@@ -166,6 +166,30 @@ def prune(
                                        + (f"; not opsctl's, left alone: {', '.join(r.foreign)}" if r.foreign else "")))
 
 
+@app.command()
+def delete(
+    backup_id: Annotated[str, typer.Argument(metavar="ID", help="A backup id from 'opsctl backup list'.")],
+    env: EnvOpt = "local",
+    force: Annotated[bool, typer.Option("--force", help="Delete it even when it is the newest complete backup holding a component, or the newest verified one.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be deleted.")] = False,
+    yes: YesOpt = False,
+    confirm_env: Annotated[str | None, typer.Option("--confirm-env", metavar="NAME",
+                                                    help="The environment's name: a protected one needs it in CI.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete one backup by id; never the newest complete or verified one without --force."""
+    from opsctl.approval import prune_approval
+    from opsctl.backup import retention
+    from opsctl.output import emit
+
+    project_, environment_ = environment(env)
+    r = retention.delete(project_, environment_, backup_id, approve=prune_approval(environment_, yes, confirm_env, True),
+                         force=force, dry_run=dry_run)
+    emit(r, as_json, lambda c: c.print(bold_id("would delete backup " if dry_run else "deleted backup ", r.id)
+                                       + f" ({r.status}{': ' + ', '.join(r.components) if r.components else ''})"
+                                       + (f"; it was {' and '.join(r.newest_of)}" if r.newest_of else "")))
+
+
 def restore(
     env: EnvOpt = "local",
     backup_id: Annotated[str | None, typer.Option("--id", help="The backup to restore.")] = None,
