@@ -106,3 +106,22 @@ def test_a_recoverable_window_ending_at_a_wal_file_keeps_its_name_whole_at_80_co
     assert "…" not in text and "20261201T114350Z-a2a0" in text
     cells = "".join(line.split("│")[4].strip() for line in text.splitlines() if line.count("│") == 5)
     assert cells.startswith("000000030000000000000019:"), text
+
+
+def test_a_deploy_status_notice_is_wrapped_at_80_columns_through_a_pipe(runner, monkeypatch):
+    """The notice of a color past its standby time (or an interrupted deploy) was printed as
+    one line of 240 characters through a pipe: the console soft-wraps (a full suite caught it
+    when the standby time passed during the test)."""
+    notice = ("green (after-kill) still runs 12 s past its standby time (17:13:56 UTC, deploy.scale_down_delay after "
+              "the switch): a command run with --no-wait, or stopped while it waited, left it; the next deploy or "
+              "rollback stops it")
+    doc = {"active_color": "blue", "driver": "local", "known_good": {"color": None}, "notice": notice, "colors": {},
+           "deploys": []}
+    monkeypatch.setattr("opsctl.cli.deploy.project", lambda: None)
+    monkeypatch.setattr("opsctl.deploy.operation.status", lambda project, env: doc)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["status"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    assert " ".join(" ".join(lines).split()).find(notice) >= 0, result.stdout

@@ -126,15 +126,15 @@ def status(env_name: EnvOpt = "local", as_json: JsonOpt = False) -> None:
     def render(console) -> None:
         from rich.text import Text
 
-        from opsctl.cli.tables import print_whole
+        from opsctl.cli.tables import print_whole, print_words
 
         console.print(Text.assemble("active color: ", (str(doc["active_color"]), "bold"), f" (driver {doc['driver']})"))
         good = doc["known_good"]
         if good["color"] and good["color"] != doc["active_color"]:
             console.print(Text.assemble("known-good: ", (good["color"], "bold"), f" ({good['version']}), ",
                                         "kept warm" if doc.get("known_good_warm") else ("not running", "red")))
-        if doc["notice"]:
-            console.print(Text(doc["notice"], style="yellow"), highlight=False)
+        if doc["notice"]:  # a sentence: wrapped between words (the console soft-wraps: a pipe got it whole)
+            print_words(console, doc["notice"], style="yellow")
         print_whole(console, ["color", "version", "running", "ready", "url"],
                     [[c.color, c.version or "-", "yes" if c.running else "no", "yes" if c.ready else "no", c.url or "-"]
                      for c in doc["colors"].values()], optional=["url"])
