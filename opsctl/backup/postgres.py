@@ -486,16 +486,25 @@ _COPY_TEXT = re.compile(r"backup (?P<backup>[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}), "
 def mark_copy(url: str, name: str, target: str, backup_id: str) -> None:
     """Mark database `name` (the copy, before it is renamed `target`) as an opsctl restore copy:
     its `COPY_SETTING` set to "backup ID, restored TIME as TARGET" (TIME in UTC). Its comment
-    and other settings stay the source's."""
+    and other settings stay the source's. A role that may not set it (PostgreSQL 15+ without
+    GRANT SET ON PARAMETER) leaves the copy unmarked, said: a restore that had done all its work
+    failed there (breaker 55), and only a later --replace-copy needs the mark."""
     import datetime as dt
 
     from psycopg import sql
 
+    import psycopg
+
     at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     with _admin(url) as conn:
-        conn.execute(sql.SQL("alter database {} set {} to {}").format(
-            sql.Identifier(name), sql.Identifier(*COPY_SETTING.split(".")),
-            sql.Literal(f"backup {backup_id}, restored {at} as {target}")))
+        try:
+            conn.execute(sql.SQL("alter database {} set {} to {}").format(
+                sql.Identifier(name), sql.Identifier(*COPY_SETTING.split(".")),
+                sql.Literal(f"backup {backup_id}, restored {at} as {target}")))
+        except psycopg.errors.InsufficientPrivilege:  # the copy stands; only --replace-copy can't know it
+            log.warning("the copy %s is not marked as opsctl's: this role may not set %s (PostgreSQL 15 and later: "
+                        "GRANT SET ON PARAMETER %s TO it), so a later --replace-copy will refuse to replace it",
+                        target, COPY_SETTING, COPY_SETTING)
 
 
 # A scratch copy a restore or restore test is filling carries its run's mark: a database setting
@@ -533,12 +542,19 @@ def clear_run_mark(url: str, name: str) -> None:
     from psycopg import sql
 
     with _admin(url) as conn:
-        if not conn.execute("select 1 from pg_database d join pg_db_role_setting s on s.setdatabase = d.oid and "
-                            "s.setrole = 0 cross join unnest(s.setconfig) c where d.datname = %s and c like %s",
-                            (name, RUN_SETTING.replace("_", "\\_") + "=%")).fetchone():
+        if run_mark_of(conn, name) is None:
             return
         conn.execute(sql.SQL("alter database {} reset {}").format(
             sql.Identifier(name), sql.Identifier(*RUN_SETTING.split("."))))
+
+
+def run_mark_of(conn, name: str) -> str | None:
+    """The RUN_SETTING text database `name` carries (psycopg admin connection `conn`), None
+    when it carries none or does not exist."""
+    row = conn.execute("select c from pg_database d join pg_db_role_setting s on s.setdatabase = d.oid and "
+                       "s.setrole = 0 cross join unnest(s.setconfig) c where d.datname = %s and c like %s",
+                       (name, RUN_SETTING.replace("_", "\\_") + "=%")).fetchone()
+    return row[0].split("=", 1)[1] if row else None
 
 
 def run_marks(url: str) -> list[tuple[str, str]]:
@@ -1385,8 +1401,11 @@ def analyze(url: str, name: str, jobs: int = 1, major: int | None = None) -> Non
     with `jobs` connections; then the partitioned tables, which vacuumdb passes over and
     autovacuum never analyzes (`_partitioned_analyze`); one ANALYZE of the whole database
     where no vacuumdb fits. Its sessions turn the role's timeouts off as pg_restore's do.
-    OperationFailed, one line, when it fails."""
+    OperationFailed, one line, when it fails. vacuumdb dies with this process
+    (signals.dies_with_parent), as pg_restore does."""
     import psycopg
+
+    from opsctl.signals import dies_with_parent
 
     try:
         vacuumdb = tool_for("vacuumdb", major, "restore")
@@ -1397,7 +1416,7 @@ def analyze(url: str, name: str, jobs: int = 1, major: int | None = None) -> Non
             with _admin(url) as conn:
                 options = conn.execute(OPTIONS_SQL).fetchone()[0]
             dsn, env = client(url, name)
-            done = subprocess.run([vacuumdb, "--analyze-only", f"--jobs={jobs}", f"--dbname={dsn}"],
+            done = subprocess.run(dies_with_parent([vacuumdb, "--analyze-only", f"--jobs={jobs}", f"--dbname={dsn}"]),
                                   capture_output=True, text=True, env=with_options(env, options))
             if done.returncode != 0:
                 lines = [line for line in done.stderr.strip().splitlines() if line.strip()]

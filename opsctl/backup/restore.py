@@ -387,7 +387,7 @@ def run(p: RestorePlan, jobs: int = 1, report: Reporter = quiet) -> RestoreResul
     began = time.monotonic()
     result = RestoreResult(p.backup_id, p.components, skipped=p.skipped, partial=p.partial,
                            backup_created_at=p.created_at)
-    with runs.folder(ep.database_url if "db" in p.components else None) as tmp:
+    with runs.folder(ep.database_url if "db" in p.components else None, sessions=jobs) as tmp:
         p._ctx["run_dir"] = tmp
         dump, rdb_file = tmp / "db.dump", tmp / "redis" / "dump.rdb"
         # 1. fetch and check everything; nothing live has been touched if this fails
@@ -441,7 +441,7 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
         scratch = pgb.derived_name(p.database, "restoring")  # within 63 bytes, unique: kept exactly as named
         run_mark = None
         if "run_dir" in p._ctx:  # before it exists: a restore killed outright leaves it to the next one
-            runs.note(p._ctx["run_dir"], scratch=scratch, live=p.database, in_place=not p.target_db)
+            runs.note(p._ctx["run_dir"], scratch=scratch, live=p.database, in_place=not p.target_db, swapping=False)
             run_mark = runs.mark(p._ctx["run_dir"], scratch, None if p.target_db else p.database)
         counts = pgb.restore_into(ep.database_url, dump, scratch, jobs, m.db.expected_rows,
                                   catalog=m.db.catalog, no_owner=no_owner, role=role,
@@ -478,18 +478,20 @@ def _apply(p: RestorePlan, jobs: int, report: Reporter, result: RestoreResult, d
                     raise pgb.TargetAppeared(said) from None
             else:
                 keep_as = pgb.derived_name(p.database, "before")
+                if "run_dir" in p._ctx:  # from here a kill may leave the live database to repair
+                    runs.swap_begins(p._ctx["run_dir"], ep.database_url, scratch, p.database)
                 if pgb.swap(ep.database_url, scratch, p.database, keep_as):
                     result.previous_database = keep_as
         except pgb.TargetAppeared:
             if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
                 runs.note(p._ctx["run_dir"], scratch=None)
-                runs.handed_over(ep.database_url, scratch)
+                runs.handed_over(ep.database_url, scratch, kept_as_scratch=True)
             raise
         except BaseException as exc:
             if keep_scratch:
                 if "run_dir" in p._ctx:  # kept on purpose, and said: never a dead restore's to drop
                     runs.note(p._ctx["run_dir"], scratch=None)
-                    runs.handed_over(ep.database_url, scratch)
+                    runs.handed_over(ep.database_url, scratch, kept_as_scratch=True)
             else:  # its failure is logged, never raised over this one (breaker 50 G4)
                 pgb.discard(ep.database_url, scratch)
             import psycopg

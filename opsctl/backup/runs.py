@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import Callable
 
 from opsctl.backup import postgres as pgb
+from opsctl.errors import OperationFailed
 
 log = logging.getLogger("opsctl.backup")
 
 RUN_PREFIX = "opsctl-restore-"
 RUN_RECORD = "opsctl-run.json"
+LOCK_SESSION = "opsctl restore run lock"  # the application_name of the session holding a run's lock
 
 
 def note(folder: Path, **fields) -> None:
@@ -55,41 +57,102 @@ def note(folder: Path, **fields) -> None:
 
 
 @contextlib.contextmanager
-def folder(database_url: str | None) -> Iterator[Path]:
+def folder(database_url: str | None, sessions: int = 1) -> Iterator[Path]:
     """A run folder (0700, removed on the way out) whose record names this process and the
     database server `database_url` reaches (None: no database in this run); with a server,
-    the run's advisory lock is held there until the block ends (`mark` names it)."""
-    with tempfile.TemporaryDirectory(prefix=RUN_PREFIX) as tmp, _lock_held(database_url) as lock:
+    the run's advisory lock is held there until the block ends (`mark` names it), on a session
+    of its own, only while the role and the server leave room for the `sessions` more the run
+    opens at once (pg_restore's --jobs)."""
+    with tempfile.TemporaryDirectory(prefix=RUN_PREFIX) as tmp, _lock_held(database_url, sessions) as lock:
         note(Path(tmp), pid=os.getpid(), start=_started(os.getpid()), server=_server(database_url), lock=lock)
         yield Path(tmp)
 
 
 @contextlib.contextmanager
-def _lock_held(url: str | None) -> Iterator[int | None]:
+def _lock_held(url: str | None, sessions: int = 1) -> Iterator[int | None]:
     """A session advisory lock of a random bigint key, held on its own connection to the
-    server at `url` (the maintenance database) until the block ends; None without a server."""
+    server at `url` (the maintenance database, application_name LOCK_SESSION, so a reaper of
+    idle sessions can leave it) until the block ends; None without a server, or when that
+    session can't be had or would take one the run needs (`_room`: breaker 55 F2, a role
+    with CONNECTION LIMIT 2 could no longer restore with --jobs 2): the run goes unmarked."""
     if not url:
         yield None
         return
     key = secrets.randbits(63)
-    with pgb.connect(url, "postgres", autocommit=True) as conn:
-        conn.execute("select pg_advisory_lock(%s)", (key,))
+    conn = None
+    try:  # whatever fails here is no verdict on a backup: the run goes on unmarked, and says so
+        conn = pgb.connect(url, "postgres", autocommit=True)
+        room = _room(conn)
+        if room < sessions:
+            raise OperationFailed(f"a session holding it would leave {room} of the {sessions} sessions the run "
+                                  "needs (the role's or the server's connection limit)")
+        conn.execute("select set_config('application_name', %s, false), pg_advisory_lock(%s)", (LOCK_SESSION, key))
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.info("this run's copy carries no run mark (no session for its lock: %s); a restore killed outright "
+                 "is cleaned up only from its run folder", exc)
+        if conn is not None:
+            conn.close()
+        yield None
+        return
+    with conn:
         yield key
 
 
-def mark(run: Path, scratch: str, live: str | None = None) -> str | None:
+def _room(conn) -> int:
+    """How many more sessions this role may open on the server `conn` is a session of: the
+    lesser of its CONNECTION LIMIT and max_connections (less the reserved ones), less those
+    open."""
+    limit, mine, most, reserved, total, superuser = conn.execute(
+        "select r.rolconnlimit, (select count(*) from pg_stat_activity a where a.usesysid = r.oid), "
+        "current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int "
+        "+ coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0), "
+        "(select count(*) from pg_stat_activity a where a.backend_type = 'client backend'), r.rolsuper "
+        "from pg_roles r where r.rolname = current_user").fetchone()
+    rooms = [most - (0 if superuser else reserved) - total]
+    if limit >= 0 and not superuser:
+        rooms.append(limit - mine)
+    return min(rooms)
+
+
+def _machine() -> str | None:
+    """This boot of this machine (/proc/sys/kernel/random/boot_id): a pid is only known here."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def mark(run: Path, scratch: str, live: str | None = None, swapping: bool = False) -> str | None:
     """The RUN_SETTING text for the scratch database `scratch` of the run in folder `run`
-    (pgb.restore_into sets it; `live`: the database an in-place restore swaps it into), as
-    JSON; None when the run holds no lock (no database server)."""
+    (pgb.restore_into sets it; `live`: the database an in-place restore swaps it into;
+    `swapping` once that swap begins: `swap_begins`), as JSON; None when the run holds no lock."""
     rec = json.loads((run / RUN_RECORD).read_text())
     if rec.get("lock") is None:
         return None
-    text = {"lock": rec["lock"], "name": scratch, "pid": rec["pid"], "host": socket.gethostname(),
+    text = {"lock": rec["lock"], "name": scratch, "pid": rec["pid"], "start": rec.get("start"),
+            "machine": _machine(), "host": socket.gethostname(),
             "at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    return json.dumps(text | ({"live": live} if live else {}), separators=(",", ":"))
+    return json.dumps(text | ({"live": live, "swapping": swapping} if live else {}), separators=(",", ":"))
 
 
-def handed_over(url: str, name: str) -> None:
+def swap_begins(run: Path, url: str, scratch: str, live: str) -> None:
+    """Say, in the run record and the copy's run mark, that the in-place swap of `scratch` into
+    `live` begins: only a run killed from here on may have left `live` renamed away or refusing
+    connections, so only its clean-up repairs `live` (breaker 55 F3: a run killed during
+    pg_restore had the next restore reopen a database an administrator closed since)."""
+    note(run, swapping=True)
+    text = mark(run, scratch, live, swapping=True)
+    if not text:
+        return
+    try:
+        with pgb.connect(url, "postgres", autocommit=True) as conn:
+            if pgb.run_mark_of(conn, scratch) is not None:  # an unmarked run (no privilege) stays so
+                pgb.mark_run(conn, scratch, text)
+    except Exception as exc:  # noqa: BLE001 - the swap says what the server does; the folder record has it
+        log.warning("could not record in the run mark of %s that its swap begins: %s", scratch, exc)
+
+
+def handed_over(url: str, name: str, kept_as_scratch: bool = False) -> None:
     """The run's copy is now `name` for good (swapped in, renamed, kept on purpose): its run
     mark is removed, so no later clean-up takes it for a dead run's. A failure is logged, never
     raised: the restore stands, and a mark naming another database is cleared by the next
@@ -97,9 +160,13 @@ def handed_over(url: str, name: str) -> None:
     try:
         pgb.clear_run_mark(url, name)
     except Exception as exc:  # noqa: BLE001 - see above
-        log.warning("could not remove the run mark of database %s (%s); it is kept, but the next restore or "
-                    "restore test will take it for a dead run's copy: ALTER DATABASE ... RESET %s",
-                    name, exc, pgb.RUN_SETTING)
+        if kept_as_scratch:  # its mark still names it: the next clean-up would take it for a dead run's copy
+            log.warning("could not remove the run mark of the kept copy %s (%s): remove it now, or the next restore "
+                        "or restore test drops the copy as a dead run's: ALTER DATABASE %s RESET %s", name, exc,
+                        pgb.quote(name), pgb.RUN_SETTING)
+        else:  # swapped in or renamed: a mark naming another database is only cleared, never acted on
+            log.info("could not remove the run mark of database %s (%s); the next restore or restore test clears "
+                     "it", name, exc)
 
 
 def _started(pid: int) -> str | None:
@@ -175,7 +242,7 @@ def clean_dead(database_url: str | None, say: Callable[[str], None], swaps: bool
                     what.append(f"its scratch process {other}")
             scratch, live = rec.get("scratch"), rec.get("live")
             if scratch and database_url and rec.get("server") == here:
-                if live and rec.get("in_place"):
+                if live and rec.get("in_place") and rec.get("swapping", True):  # records before swap_begins: True
                     repaired = pgb.repair_interrupted_swap(database_url, live, known=True)
                     if repaired:
                         what.append(repaired)
@@ -217,31 +284,48 @@ def clean_dead(database_url: str | None, say: Callable[[str], None], swaps: bool
 
 def _clean_marked(url: str, name: str, text: str, swaps: bool) -> str | None:
     """Drop database `name` when its run mark (`mark`) says a run made it under that name and
-    the run's lock is free (the run is gone, wherever it ran); first, for an in-place restore's
-    copy (`live` in the mark), repair the swap it may have died in (only when `swaps`, as for
+    that run is gone: on this machine, its process is (pid and start time); made elsewhere, its
+    lock is free. First, for an in-place restore's copy killed once its swap began (`swapping`,
+    and `name` a `<live>_restoring_...` copy), repair the swap (only when `swaps`, as for
     folders). A mark naming another database (the copy was swapped in or renamed since) is
     cleared, the database kept. Returns what was done, in words; never raises an Exception."""
     try:
         rec = json.loads(text)
-        key = int(rec["lock"])
+        key, pid = rec["lock"], rec["pid"]
         made_as, live = rec["name"], rec.get("live")
+        if not (isinstance(key, int) and isinstance(pid, int) and isinstance(made_as, str)):
+            raise TypeError
     except (ValueError, KeyError, TypeError):
         return None  # not a mark opsctl wrote: left alone
-    try:
-        if made_as != name:  # handed over under another name: the mark alone is stale
+    if made_as != name:  # handed over under another name: the mark alone is stale
+        try:
             pgb.clear_run_mark(url, name)
-            return None
-        if (live and not swaps) or not pgb.lock_free(url, key):
-            return None  # its run is alive (or an in-place restore's, left to the next restore)
+        except Exception as exc:  # noqa: BLE001 - said; the database is kept either way
+            log.warning("database %s carries a stale run mark of a restore that made it as %s (it is kept, not a "
+                        "scratch copy); it could not be cleared: %s", _shown(name), _shown(made_as), exc)
+        return None
+    try:
+        here = rec.get("machine") is not None and rec.get("machine") == _machine()
+        if (here and _alive(pid, rec.get("start"))) or (not here and not pgb.lock_free(url, key)):
+            return None  # its run is alive
+        if live and not swaps:
+            return None  # an in-place restore's: left to the next restore, which may repair its swap
         what = []
-        if live:
+        if live and rec.get("swapping") is True and isinstance(live, str) and pgb.derived_from(name, live, "restoring"):
             repaired = pgb.repair_interrupted_swap(url, live, known=True)
             if repaired:
                 what.append(repaired)
         pgb.drop_scratch(url, name)
-        what.append(f"its scratch database {name}")
+        what.append(f"its scratch database {_shown(name)}")
     except Exception as exc:  # noqa: BLE001 - the restore asked for goes on; this is said
-        log.warning("could not clean up the scratch database %s a dead restore left: %s", name, exc)
+        log.warning("could not clean up the scratch database %s a dead restore left: %s", _shown(name), exc)
         return None
-    return (f"removed what a restore (or restore test) killed earlier (pid {rec.get('pid')} on "
-            f"{rec.get('host')}, {rec.get('at')}) left: {'; '.join(what)}")
+    return (f"removed what a restore (or restore test) killed earlier (pid {pid} on {_shown(rec.get('host'))}, "
+            f"{_shown(rec.get('at'))}) left: {'; '.join(what)}")
+
+
+def _shown(value) -> str:
+    """A value read from the server, on one line and never run by the terminal (breaker 55 F4)."""
+    from opsctl.output import visible
+
+    return visible(str(value)).replace("\n", "\\n")

@@ -132,7 +132,7 @@ def restore_test(repo: Repository, manifest: mf.Manifest, key, database_url: str
     out: dict = {}
     # a run folder with its record, as a restore's: killed outright, this test's scratch
     # database, decrypted files and scratch redis-server are removed by the next restore or test
-    with runs.folder(database_url if manifest.db else None) as tmp:
+    with runs.folder(database_url if manifest.db else None, sessions=2) as tmp:
         if manifest.db:
             if not database_url:
                 raise OperationFailed("--restore-test needs the environment's database server for a scratch database")

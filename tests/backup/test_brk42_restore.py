@@ -402,9 +402,9 @@ def test_a_restore_test_killed_with_its_temporary_directory_is_cleaned_by_the_ne
         time.sleep(0.01)
     restoring = _descendants(proc.pid, "pg_restore")
     proc.kill()
-    proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=30)
     left = _verify_copies(seeded, backup_id)
-    assert restoring and left, "the restore test ended before its pg_restore was seen"
+    assert restoring and left, f"the restore test ended before its pg_restore was seen: {err[-2000:]}"
     shutil.rmtree(pod_tmp)  # the pod is gone, and its /tmp with it
     doc = ok(runner.invoke(app, ["backup", "verify", backup_id, "--env", env, "--restore-test", "--json"]))
     assert doc["restore_test"]["db"]["matches_manifest"] is True
@@ -412,31 +412,125 @@ def test_a_restore_test_killed_with_its_temporary_directory_is_cleaned_by_the_ne
     assert not _verify_copies(seeded, backup_id)
 
 
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def _mark(conn, database: str, **fields) -> None:
+    """Mark `database` as a run's copy: by default a run of this machine whose process is gone."""
+    from opsctl.backup import runs
+
+    doc = {"lock": 4242424242, "name": database, "pid": _dead_pid(), "start": None, "machine": runs._machine(),
+           "host": "ci-runner", "at": "2026-12-03T17:00:00Z", **fields}
+    pgb.mark_run(conn, database, json.dumps(doc))
+
+
 def test_a_marked_copy_is_dropped_only_once_its_run_is_gone_and_only_under_its_own_name(live_db, seeded):
-    """The server-side mark of a scratch copy: a copy whose run still holds its lock is left
-    alone; a database whose mark names another one (a copy renamed or swapped in) keeps its
-    data and loses the stale mark; a mark opsctl did not write is left alone."""
+    """The server-side mark of a scratch copy: a run of this machine is judged by its process,
+    one of another machine by its lock (breaker 55 F1: a live run whose lock session a reaper
+    ended had its copy dropped mid-run); a database whose mark names another one (a copy renamed
+    or swapped in) keeps its data and loses the stale mark; a mark opsctl did not write (a pid
+    that is no number, not JSON) is left alone."""
     from opsctl.backup import runs
 
     env, url, backup_id = live_db
-    said: list[str] = []
-    with runs.folder(url) as run:
-        copy = pgb.derived_name(DB, "restoring")
+    names = {k: pgb.derived_name(DB, "restoring") for k in ("dead", "alive", "elsewhere")}
+    with _admin(seeded) as conn:
+        for name in [*names.values(), "brk42_swapped_in", "brk42_foreign_mark", "brk42_odd_pid"]:
+            conn.execute(f'create database "{name}"')
+        _mark(conn, names["dead"])
+        _mark(conn, names["alive"], pid=os.getpid(), start=runs._started(os.getpid()))  # its lock is free
+        _mark(conn, names["elsewhere"], machine="another-machine", lock=777)
+        _mark(conn, "brk42_swapped_in", name=pgb.derived_name(DB, "restoring"))
+        pgb.mark_run(conn, "brk42_foreign_mark", "not a mark of opsctl's")
+        _mark(conn, "brk42_odd_pid", pid="1\nforged line")
+    with _admin(seeded) as holder:  # the other machine's run holds its lock
+        holder.execute("select pg_advisory_lock(777)")
+        said: list[str] = []
+        done = runs.clean_dead(url, said.append)
+        assert len(done) == 1 and f"its scratch database {names['dead']}" in done[0] and done == said, done
+        assert "on ci-runner, 2026-12-03T17:00:00Z" in done[0]
+        assert {names["alive"], names["elsewhere"]} <= set(_databases(seeded))
+    assert names["dead"] not in _databases(seeded)
+    done = runs.clean_dead(url, said.append)  # the lock is free now: that run is gone
+    assert len(done) == 1 and names["elsewhere"] in done[0], done
+    left = set(_databases(seeded))
+    assert names["alive"] in left and {"brk42_swapped_in", "brk42_foreign_mark", "brk42_odd_pid"} <= left
+    assert set(dict(pgb.run_marks(url))) == {names["alive"], "brk42_foreign_mark", "brk42_odd_pid"}
+
+
+def test_a_dead_run_repairs_the_live_database_only_once_its_swap_had_begun(live_db, seeded):
+    """Breaker 55 F3: the mark's `live` made the next restore reopen a database an administrator
+    had closed, as "left so by a restore killed during its swap", for a run killed during
+    pg_restore, or a mark any role allowed to set it wrote. A dead run's copy is dropped; the
+    live database is repaired only when the mark says the swap had begun and the copy is that
+    database's own `<live>_restoring_...`."""
+    from opsctl.backup import runs
+
+    env, url, backup_id = live_db
+    early, crafted = pgb.derived_name(DB, "restoring"), "brk42_not_a_copy_of_live"
+    with _admin(seeded) as conn:
+        for name in (early, crafted):
+            conn.execute(f'create database "{name}"')
+        _mark(conn, early, live=DB, swapping=False)
+        _mark(conn, crafted, live=DB, swapping=True)
+        conn.execute(f'alter database "{DB}" allow_connections false')  # closed by hand
+    done = runs.clean_dead(url, lambda _: None)
+    assert len(done) == 2 and not any("refused connections" in line for line in done), done
+    assert _databases(seeded)[DB] is False and not {early, crafted} & set(_databases(seeded))
+    # killed between the swap's renames: the live database renamed away, refusing connections
+    mid, kept = pgb.derived_name(DB, "restoring"), pgb.derived_name(DB, "before")
+    with _admin(seeded) as conn:
+        conn.execute(f'alter database "{DB}" rename to "{kept}"')
+        conn.execute(f'create database "{mid}"')
+        _mark(conn, mid, live=DB, swapping=True)
+    done = runs.clean_dead(url, lambda _: None, swaps=False)  # a restore test leaves it to a restore
+    assert done == [] and kept in _databases(seeded)
+    done = runs.clean_dead(url, lambda _: None)
+    assert len(done) == 1 and f"database {DB} was missing" in done[0] and mid in done[0], done
+    assert _databases(seeded)[DB] is True and mid not in _databases(seeded)
+
+
+def test_a_marks_fields_are_shown_never_run_by_the_terminal(live_db, seeded):
+    """Breaker 55 F4: a mark's host and time went raw to the terminal (an ESC clearing the screen)."""
+    from opsctl.backup import runs
+
+    env, url, backup_id = live_db
+    name = pgb.derived_name(DB, "restoring")
+    with _admin(seeded) as conn:
+        conn.execute(f'create database "{name}"')
+        _mark(conn, name, host="\x1b[2Jx\nrestored all good", at="\x1b]0;t\x07")
+    done = runs.clean_dead(url, lambda _: None)
+    assert len(done) == 1 and "\x1b" not in done[0] and "\n" not in done[0], done
+    assert "\\x1b[2Jx\\nrestored all good" in done[0], done
+
+
+def test_a_role_at_its_connection_limit_still_restores_with_jobs(live_db, seeded, runner, tmp_path, monkeypatch):
+    """Breaker 55 F2: the session holding the run's lock took one the run needed: a role with
+    CONNECTION LIMIT 2 could no longer restore with --jobs 2. Such a run goes unmarked."""
+    role, db = "brk42_limited", "brk42_limited_db"
+    with _admin(seeded) as conn:
+        conn.execute(f"drop role if exists {role}")
+        conn.execute(f"create role {role} login createdb connection limit 2")
+        conn.execute(f"create database {db} owner {role}")
+    try:
+        url = make_conninfo(seeded.db_url, dbname=db, user=role)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create table t as select g as id, md5(g::text) as v from generate_series(1, 50000) g")
+        host = seeded.db_url.split("@", 1)[1].rsplit("/", 1)[0]
+        env = side_env(tmp_path / "lim", monkeypatch, seeded, f"file://{tmp_path / 'lim-repo'}",
+                       database_url=f"postgresql://{role}@{host}/{db}", name="lim", database={"name": db})
+        made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+        result = runner.invoke(app, ["restore", "--env", env, "--id", made, "--target-db", "brk42_limited_copy",
+                                     "--jobs", "2", "--yes"])
+        assert result.exit_code == 0, result.output
+        assert "brk42_limited_copy" in _databases(seeded)
+    finally:
         with _admin(seeded) as conn:
-            for name in (copy, "brk42_swapped_in", "brk42_foreign_mark"):
-                conn.execute(f'create database "{name}"')
-            pgb.mark_run(conn, copy, runs.mark(run, copy))
-            pgb.mark_run(conn, "brk42_swapped_in", runs.mark(run, pgb.derived_name(DB, "restoring"), live=DB))
-            pgb.mark_run(conn, "brk42_foreign_mark", "not a mark of opsctl's")
-        assert runs.clean_dead(url, said.append) == []
-        assert copy in _databases(seeded)  # its run is alive: this block holds the lock
-    marks = dict(pgb.run_marks(url))
-    assert set(marks) == {copy, "brk42_foreign_mark"}  # the stale mark was cleared at the first pass
-    done = runs.clean_dead(url, said.append)
-    assert len(done) == 1 and f"its scratch database {copy}" in done[0] and done == said, done
-    assert copy not in _databases(seeded)
-    assert {"brk42_swapped_in", "brk42_foreign_mark"} <= set(_databases(seeded))
-    assert dict(pgb.run_marks(url)) == {"brk42_foreign_mark": "not a mark of opsctl's"}
+            for name in (db, "brk42_limited_copy"):
+                conn.execute(f'drop database if exists "{name}" with (force)')
+            conn.execute(f"drop role if exists {role}")
 
 
 def test_a_finished_restore_leaves_no_run_mark(live_db, seeded, runner):
