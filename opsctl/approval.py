@@ -111,7 +111,7 @@ def at_terminal(question: str, env: "Environment | None", yes: bool, confirm_env
 
 
 def prune_approval(env: "Environment", yes: bool, confirm_env: str | None,
-                   rules_given: bool) -> Callable[[str], None]:
+                   rules_given: bool, doing: str = "pruned") -> Callable[[str], None]:
     """How deleting backups is approved, for `backup prune` and the runbook's prune step alike.
     Rules given for the run (--keep-*) on a protected environment need its name too
     (--confirm-env, or typed at a terminal), as a restore over it does: they may delete what the
@@ -124,7 +124,7 @@ def prune_approval(env: "Environment", yes: bool, confirm_env: str | None,
     if confirm_env is not None:
         not_empty(confirm_env, "--confirm-env", "give the environment's name, or leave it out")
         if confirm_env != env.name:
-            raise UsageError(f"--confirm-env '{confirm_env}' is not '{env.name}', the environment pruned; nothing "
+            raise UsageError(f"--confirm-env '{confirm_env}' is not '{env.name}', the environment {doing}; nothing "
                              "was deleted")
     verb = ("delete its backups", "deleting its backups", "deleted")
     if rules_given:

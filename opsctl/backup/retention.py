@@ -252,8 +252,8 @@ def repository_and_rules(project, env, keep_last: int | None = None, keep_daily:
 class DeleteResult:
     """`backup delete`: the backup `id` (`status` as the catalog saw it: complete, damaged or
     incomplete; `components`, `created_at` UTC ISO 8601 or None), deleted unless `dry_run`;
-    `newest_of`: what it was the newest of (the newest complete backup holding a component,
-    the newest verified one), which took --force."""
+    `newest_of`: what it is the newest of in its environment, components by name and
+    "verified" (the two keepers prune never removes), which takes --force."""
     id: str
     status: str
     components: list[str] = field(default_factory=list)
@@ -265,18 +265,77 @@ class DeleteResult:
 def delete(project, env, backup_id: str, approve: Callable[[str], None], force: bool = False,
            dry_run: bool = False) -> DeleteResult:
     """Delete one backup of `env` by id (restic's `forget ID`, pgBackRest's `expire --set`),
-    crash-safe as prune's deletions are (`remove`), the index updated.
+    crash-safe as prune's deletions are (`remove`), the index updated; an interrupt while it
+    deletes is Interrupted (exit 130) saying what is left.
 
-    Refused (UsageError, nothing deleted): an id that is not one, or not in the repository; an
-    encrypted repository read without its key (no manifest can be authenticated); a backup
-    being written (`running`) or untrusted (not provably opsctl's: left alone, as prune does);
-    without `force`, the newest complete backup holding any of its components or the newest
-    verified one, the two prune never removes (restore --latest and the RPO rest on them).
-    `approve(question)` is asked before deleting (raise UsageError to refuse)."""
+    Refused (UsageError, nothing deleted): everything `_deletable` refuses; without `force`
+    (a dry run reports it instead), the newest complete backup of `env` holding any of its
+    components, or its newest verified one. `approve(question)` is asked before deleting
+    (raise UsageError to refuse), and the answer is checked again after it: another deletion
+    while the question waited may have made this backup the newest (breaker 56 F4)."""
     from opsctl.backup.repository import for_environment
+    from opsctl.errors import Interrupted
+    from opsctl.signals import sigterm_as_interrupt
 
     record.check_id(backup_id)
     repo = for_environment(project, env)
+    entry, newest_of, scan = _deletable(repo, env, backup_id)
+    result = DeleteResult(backup_id, entry.status, entry.components,
+                          entry.created_at.isoformat() if entry.created_at else None, newest_of, dry_run)
+    if dry_run:
+        return result
+    _needs_force(backup_id, newest_of, force)
+    approve(f"delete backup {backup_id} ({entry.status}"
+            f"{': ' + ', '.join(entry.components) if entry.components else ''}) from {repo.url}")
+    entry, newest_of, scan = _deletable(repo, env, backup_id)
+    _needs_force(backup_id, newest_of, force, " now (the repository changed while you were asked)")
+    result.newest_of = newest_of
+    with sigterm_as_interrupt():  # a CI cancel (SIGTERM) ends as Ctrl-C does: said, exit 130
+        try:
+            if entry.status == "incomplete":
+                repo.abort_uploads(f"{backup_id}/")
+            remove(repo, backup_id, scan.files.get(backup_id))
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted(repo, backup_id)) from None
+        if scan.record is not None:
+            from opsctl.backup import index
+
+            index.update(repo, getattr(repo, "key", None), scan.record.encrypted, {backup_id: None})
+    return result
+
+
+def _interrupted(repo: Repository, backup_id: str) -> str:
+    """What an interrupted deletion of `backup_id` says it left: the backup whole (its manifest
+    not yet deleted) or an incomplete one."""
+    from opsctl.backup import manifest as mf
+
+    try:
+        whole = f"{backup_id}/{mf.NAME}" in repo.names(f"{backup_id}/")
+    except Exception:  # noqa: BLE001 - the interrupt is what is reported
+        whole = None
+    if whole:
+        return f"interrupted before backup {backup_id} was deleted: it is whole, nothing of it was removed"
+    return (f"interrupted while deleting backup {backup_id}: what is left of it is an incomplete backup, never "
+            "restored; 'opsctl backup prune' or the next 'backup create' removes it")
+
+
+def _needs_force(backup_id: str, newest_of: list[str], force: bool, when: str = "") -> None:
+    if newest_of and not force:
+        said = [f"the newest complete backup holding {c}" for c in newest_of if c != "verified"]
+        said += ["the newest verified backup"] if "verified" in newest_of else []
+        raise UsageError(f"backup {backup_id} is {' and '.join(said)} of its environment{when}: deleting it moves "
+                         "the environment's recovery point back; nothing was deleted (pass --force to delete it "
+                         "anyway)")
+
+
+def _deletable(repo: Repository, env, backup_id: str) -> tuple:
+    """(entry, newest_of, scan) for deleting `backup_id` of `env` from `repo`; UsageError
+    (nothing deleted) for: an encrypted repository read without its key; an id not there; a
+    backup being written, or untrusted (not provably opsctl's, left alone as prune does); one
+    another environment made (a repository shared by two: breaker 56 F2); while a backup is
+    dated after this host's clock, any but that one (the order of "newest" is then the wrong
+    host's, F1). Within CLOCK_SKEW two hosts' backups may be ordered wrongly: what that can
+    cost is bounded by it (the recovery point moves back at most that much)."""
     scan = catalog.scan(repo)
     if not scan.authenticated:
         raise UsageError(f"repository {repo.url} is encrypted and no backup key is set: no manifest can be "
@@ -284,34 +343,39 @@ def delete(project, env, backup_id: str, approve: Callable[[str], None], force: 
     entry = next((e for e in scan.entries if e.id == backup_id), None)
     if entry is None:
         raise UsageError(f"no backup {backup_id} in {repo.url}; 'opsctl backup list --env {env.name}' shows its ids")
-    if entry.status in ("running", "untrusted"):
-        why = ("is being written (its start record names a live process)" if entry.status == "running"
-               else f"is untrusted ({entry.note or 'its manifest is not authenticated'}): not provably opsctl's")
-        raise UsageError(f"backup {backup_id} {why}; nothing was deleted")
+    if entry.status == "running":
+        raise UsageError(f"backup {backup_id} is being written (its start record names a live process); nothing "
+                         "was deleted")
+    if entry.status == "untrusted":
+        raise UsageError(f"backup {backup_id} is untrusted ({entry.note or 'its manifest is not authenticated'}): "
+                         "not provably opsctl's, so nothing was deleted; look at the folder, and remove it from the "
+                         "repository by hand if it is not wanted")
+    key = getattr(repo, "key", None)
+    environment = (lambda bid: catalog.load(repo, bid, key).environment)
+    if entry.status != "incomplete" and environment(backup_id) != env.name:
+        raise UsageError(f"backup {backup_id} was made by environment '{environment(backup_id)}', not "
+                         f"'{env.name}' (they share repository {repo.url}); nothing was deleted: delete it with "
+                         f"--env {environment(backup_id)}")
     complete = [e for e in scan.entries if e.complete]
-    newest_of = []
-    if entry.complete:
-        for part in entry.components:
-            holding = [e for e in complete if part in e.components]
-            if holding and holding[-1].id == backup_id:
-                newest_of.append(f"the newest complete backup holding {part}")
-        verified = [e for e in complete if e.verified]
-        if verified and verified[-1].id == backup_id:
-            newest_of.append("the newest verified backup")
-    result = DeleteResult(backup_id, entry.status, entry.components,
-                          entry.created_at.isoformat() if entry.created_at else None, newest_of, dry_run)
-    if newest_of and not force:
-        raise UsageError(f"backup {backup_id} is {' and '.join(newest_of)}: deleting it moves the environment's "
-                         "recovery point back; nothing was deleted (pass --force to delete it anyway)")
-    if dry_run:
-        return result
-    approve(f"delete backup {backup_id} ({entry.status}"
-            f"{': ' + ', '.join(entry.components) if entry.components else ''}) from {repo.url}")
-    if entry.status == "incomplete":
-        repo.abort_uploads(f"{backup_id}/")
-    remove(repo, backup_id, scan.files.get(backup_id))
-    if scan.record is not None:
-        from opsctl.backup import index
+    when = {e.id: e.created_at or catalog.id_time(e.id) for e in complete}
+    ahead = [e.id for e in complete if catalog.ahead_of_clock(when[e.id])]
+    if ahead and backup_id not in ahead:
+        raise UsageError(f"backup {ahead[-1]} is dated after this host's clock (more than "
+                         f"{catalog.CLOCK_SKEW.seconds // 60} min): which backup is the newest can't be told, so "
+                         f"nothing was deleted; fix the clock, or delete {ahead[-1]} first")
+    newest_of: list[str] = []
+    if entry.complete and backup_id not in ahead:
+        ours = {backup_id: True}
 
-        index.update(repo, getattr(repo, "key", None), scan.record.encrypted, {backup_id: None})
-    return result
+        def of_env(e) -> bool:  # read lazily, newest first: a shared repository is rare
+            if e.id not in ours:
+                ours[e.id] = environment(e.id) == env.name
+            return ours[e.id]
+
+        def newest(among: list) -> bool:  # `among` newest first, this backup in it
+            return next(e for e in among if of_env(e)).id == backup_id
+        newer = complete[::-1]  # the catalog's order: creation time, then id
+        newest_of = [part for part in entry.components if newest([e for e in newer if part in e.components])]
+        if entry.verified and newest([e for e in newer if e.verified]):
+            newest_of.append("verified")
+    return entry, newest_of, scan

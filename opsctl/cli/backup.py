@@ -183,11 +183,13 @@ def delete(
     from opsctl.output import emit
 
     project_, environment_ = environment(env)
-    r = retention.delete(project_, environment_, backup_id, approve=prune_approval(environment_, yes, confirm_env, True),
-                         force=force, dry_run=dry_run)
+    r = retention.delete(project_, environment_, backup_id, force=force, dry_run=dry_run,
+                         approve=prune_approval(environment_, yes, confirm_env, True, "deleted from"))
     emit(r, as_json, lambda c: c.print(bold_id("would delete backup " if dry_run else "deleted backup ", r.id)
                                        + f" ({r.status}{': ' + ', '.join(r.components) if r.components else ''})"
-                                       + (f"; it was {' and '.join(r.newest_of)}" if r.newest_of else "")))
+                                       + (f"; the newest of its environment holding: {', '.join(r.newest_of)}"
+                                          + (" (needs --force)" if dry_run and not force else "")
+                                          if r.newest_of else "")))
 
 
 def restore(

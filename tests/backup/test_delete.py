@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def test_the_newest_backup_is_deleted_only_with_force(two, runner):
                    newer, "the newest complete backup holding db", "nothing was deleted", "--force")
     assert _ids(runner, env) == [older, newer]
     doc = ok(runner.invoke(app, ["backup", "delete", newer, "--env", env, "--yes", "--force", "--json"]))
-    assert doc["id"] == newer and doc["newest_of"] == ["the newest complete backup holding db"]
+    assert doc["id"] == newer and doc["newest_of"] == ["db"]
     assert _ids(runner, env) == [older]
 
 
@@ -71,6 +72,10 @@ def test_a_dry_run_and_a_run_without_approval_delete_nothing(two, runner):
     env, older, newer, repo = two
     result = runner.invoke(app, ["backup", "delete", older, "--env", env, "--dry-run"])
     assert result.exit_code == 0 and result.stdout.strip() == f"would delete backup {older} (complete: db)"
+    result = runner.invoke(app, ["backup", "delete", newer, "--env", env, "--dry-run"])  # said, not refused
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (f"would delete backup {newer} (complete: db); the newest of its environment "
+                                     "holding: db (needs --force)")
     one_line_error(runner.invoke(app, ["backup", "delete", older, "--env", env]), 2, "--yes")  # CI: nobody to ask
     assert _ids(runner, env) == [older, newer]
 
@@ -82,7 +87,7 @@ def test_a_protected_environment_needs_its_name(seeded, runner, tmp_path, monkey
     ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
     one_line_error(runner.invoke(app, ["backup", "delete", older, "--env", env, "--yes"]), 2, "--confirm-env")
     one_line_error(runner.invoke(app, ["backup", "delete", older, "--env", env, "--yes", "--confirm-env", "prod"]),
-                   2, "--confirm-env 'prod'")
+                   2, "--confirm-env 'prod' is not 'side', the environment deleted from")
     assert older in _ids(runner, env)
     ok(runner.invoke(app, ["backup", "delete", older, "--env", env, "--yes", "--confirm-env", env, "--json"]))
     assert older not in _ids(runner, env)
@@ -120,3 +125,113 @@ def test_an_encrypted_repository_without_its_key_deletes_nothing(two, runner, mo
     one_line_error(runner.invoke(app, ["backup", "delete", older, "--env", env, "--yes"]), 2,
                    "no backup key is set", "nothing is deleted")
     assert (repo / older).is_dir()
+
+
+def test_a_repository_shared_by_two_environments_deletes_only_the_asked_ones(seeded, runner, tmp_path, monkeypatch):
+    """Breaker 56 F2: with two environments on one repository, `--env stage` deleted prod's
+    newest backup, then its last one: the backup's environment was never compared with --env,
+    and "newest" was worked out across both."""
+    side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}")
+    doc = json.loads((tmp_path / "ops" / "opsctl.yaml").read_text())
+    doc["environments"]["prod"] = json.loads(json.dumps(doc["environments"]["side"])) | {"protected": True}
+    (tmp_path / "ops" / "opsctl.yaml").write_text(json.dumps(doc))
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    prods = [ok(runner.invoke(app, ["backup", "create", "--env", "prod", "--type", "db", "--json"]))["id"]
+             for _ in range(2)]
+    side = ok(runner.invoke(app, ["backup", "create", "--env", "side", "--type", "db", "--json"]))["id"]
+    for bid in prods:
+        one_line_error(runner.invoke(app, ["backup", "delete", bid, "--env", "side", "--yes", "--force"]), 2,
+                       "made by environment 'prod', not 'side'", "--env prod")
+    # side's one backup is its newest, though prod's are in the same repository
+    one_line_error(runner.invoke(app, ["backup", "delete", side, "--env", "side", "--yes"]), 2,
+                   "the newest complete backup holding db of its environment", "--force")
+    ok(runner.invoke(app, ["backup", "delete", prods[0], "--env", "prod", "--yes", "--confirm-env", "prod",
+                           "--json"]))  # prod's older one: no --force, though side's came after
+    one_line_error(runner.invoke(app, ["backup", "delete", prods[1], "--env", "prod", "--yes", "--confirm-env",
+                                       "prod"]), 2, "newest", "--force")
+    assert _ids(runner, "side") == [prods[1], side]
+
+
+def test_a_backup_dated_after_the_clock_stops_every_other_deletion(two, runner, monkeypatch):
+    """Breaker 56 F1: a backup from a host whose clock ran ahead sorted as the newest, and the
+    real newest was deleted without --force. While one is there, only it can be deleted."""
+    import types
+
+    from opsctl.backup import create as create_mod
+
+    env, older, newer, repo = two
+
+    class Ahead(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.now(tz) + dt.timedelta(days=2)
+
+    with monkeypatch.context() as m:
+        m.setattr(create_mod, "dt", types.SimpleNamespace(datetime=Ahead, timezone=dt.timezone,
+                                                          timedelta=dt.timedelta, date=dt.date))
+        ahead = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))["id"]
+    for bid in (older, newer):
+        one_line_error(runner.invoke(app, ["backup", "delete", bid, "--env", env, "--yes", "--force"]), 2,
+                       f"backup {ahead} is dated after this host's clock", f"delete {ahead} first")
+    doc = ok(runner.invoke(app, ["backup", "delete", ahead, "--env", env, "--yes", "--json"]))
+    assert doc["newest_of"] == []
+    assert _ids(runner, env) == [older, newer]
+
+
+def test_the_newest_is_judged_again_after_the_question(two, runner, monkeypatch):
+    """Breaker 56 F4: "is this the newest?" was decided before the prompt: the other backup
+    deleted while it waited, a yes deleted the environment's last backup without --force."""
+    env, older, newer, repo = two
+    from opsctl.backup import retention
+
+    def approve_while_newer_goes(question):
+        retention.remove(retention_repo(), newer)  # another operator, while this one was asked
+
+    def retention_repo():
+        from opsctl.backup.repository import for_environment
+        from opsctl.config import load_project
+
+        project = load_project(os.environ["OPSCTL_ROOT"])
+        return for_environment(project, project.env(env))
+
+    monkeypatch.setattr("opsctl.approval.prune_approval", lambda *a, **k: approve_while_newer_goes)
+    one_line_error(runner.invoke(app, ["backup", "delete", older, "--env", env]), 2,
+                   "the newest complete backup holding db", "changed while you were asked", "nothing was deleted")
+    assert (repo / older).is_dir()
+
+
+def test_an_interrupt_before_the_manifest_goes_leaves_the_backup_whole_and_says_so(two, runner, monkeypatch):
+    env, older, newer, repo = two
+    from opsctl.backup import repository
+
+    def interrupted(self, names):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(repository.FileRepository, "delete_names", interrupted)
+        one_line_error(runner.invoke(app, ["backup", "delete", older, "--env", env, "--yes"]), 130,
+                       f"interrupted before backup {older} was deleted: it is whole")
+    assert _ids(runner, env) == [older, newer]
+
+
+def test_an_interrupt_while_deleting_says_what_is_left(two, runner, monkeypatch):
+    """Breaker 56 F5: a CI cancel (SIGTERM) ended the command with exit 143 and no word; an
+    interrupt now ends with exit 130 and says the backup is left incomplete, which prune removes."""
+    env, older, newer, repo = two
+    from opsctl.backup import repository
+
+    real, calls = repository.FileRepository.delete_names, []
+
+    def interrupted(self, names):  # the manifest goes, then the interrupt comes
+        calls.append(names)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        real(self, names)
+
+    with monkeypatch.context() as m:
+        m.setattr(repository.FileRepository, "delete_names", interrupted)
+        line = one_line_error(runner.invoke(app, ["backup", "delete", older, "--env", env, "--yes"]), 130,
+                              f"interrupted while deleting backup {older}", "backup prune")
+    assert "incomplete" in line
+    rows = {b["id"]: b["status"] for b in ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
+    assert rows[newer] == "complete" and rows.get(older) in ("incomplete", None), rows
