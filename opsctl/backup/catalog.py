@@ -460,7 +460,23 @@ def _reindex(repo: Repository, backup_id: str, key: BackupKey | None) -> None:
     index.update(repo, key, rec.encrypted, changes)  # an invalid or missing index: rebuilt once
 
 
+def gone_or_going(repo: Repository, backup_id: str) -> bool:
+    """Whether backup `backup_id` was deleted, or a deletion of it has begun (retention.remove
+    rewrites its start record as deleting first, then deletes the manifest)."""
+    names = {n.split("/", 1)[1] for n in repo.names(f"{backup_id}/")}
+    if mf.NAME not in names:
+        return True
+    if mf.IN_PROGRESS not in names:
+        return False
+    try:
+        return bool(json.loads(repo.get_bytes(f"{backup_id}/{mf.IN_PROGRESS}")).get("deleting"))
+    except (NotFound, ValueError, AttributeError):
+        return False
+
+
 def _write_verdict(repo: Repository, backup_id: str, name: str, doc: dict, key: BackupKey | None) -> None:
+    if gone_or_going(repo, backup_id):  # a verdict written into its emptied folder made it "not opsctl's" for good
+        raise OperationFailed(f"backup {backup_id} was deleted while it was verified")
     doc = {"id": backup_id, "at": dt.datetime.now(dt.timezone.utc).isoformat(), **doc}
     # sealed for this backup id: an HMAC under the key, else (unencrypted) a SHA-256 (_verdict)
     doc["mac"] = key.mac(_canonical(doc)) if key is not None else "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()

@@ -214,6 +214,9 @@ def verify(project: Project, env: Environment, backup_id: str, with_restore: boo
 
         reason = str(exc) if isinstance(exc, OperationFailed) else f"{type(exc).__name__}: {exc}"
         reason = credentials(reason.strip().splitlines()[0] if reason.strip() else type(exc).__name__)
+        if _damage(exc) and _gone(repo, backup_id):  # breaker 56 F3: its objects went with a deletion
+            raise OperationFailed(f"backup {backup_id} was deleted while it was verified ({reason}); nothing was "
+                                  "recorded") from None
         if _damage(exc):  # the backup itself is bad: the verdict is kept in the repository
             unmarked = _record(catalog.mark_failed, repo, backup_id, reason, key)
             raise OperationFailed(f"backup {backup_id} failed verification: {reason}; " + (
@@ -223,6 +226,14 @@ def verify(project: Project, env: Environment, backup_id: str, with_restore: boo
                               "backup, which is not marked (fix the cause and verify again)") from None
     result.not_recorded = _record(catalog.mark_verified, repo, backup_id, with_restore, key)
     return result
+
+
+def _gone(repo, backup_id: str) -> bool:
+    """catalog.gone_or_going, False when the repository can't say (the failure stands as found)."""
+    try:
+        return catalog.gone_or_going(repo, backup_id)
+    except Exception:  # noqa: BLE001 - see above
+        return False
 
 
 def _record(mark, *args) -> str | None:

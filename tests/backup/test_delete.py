@@ -235,3 +235,34 @@ def test_an_interrupt_while_deleting_says_what_is_left(two, runner, monkeypatch)
     assert "incomplete" in line
     rows = {b["id"]: b["status"] for b in ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
     assert rows[newer] == "complete" and rows.get(older) in ("incomplete", None), rows
+
+
+@pytest.mark.parametrize("when", ["before its objects are read", "after they were read"])
+def test_a_backup_deleted_while_it_is_verified_is_never_called_damaged(two, runner, monkeypatch, when):
+    """Breaker 56 F3: a verify racing a delete said "the backup is damaged; it is marked
+    damaged", and its verdict, written into the emptied folder, made that folder "not opsctl's"
+    for list, create, prune and delete from then on."""
+    env, older, newer, repo = two
+    from opsctl.backup import retention
+    from opsctl.backup import verify as verify_mod
+
+    real = verify_mod.check_objects
+
+    def racing(repository, manifest, key, report):
+        if when.startswith("before"):
+            retention.remove(repository, manifest.id)
+            return real(repository, manifest, key, report)
+        found = real(repository, manifest, key, report)
+        retention.remove(repository, manifest.id)
+        return found
+
+    monkeypatch.setattr(verify_mod, "check_objects", racing)
+    result = runner.invoke(app, ["backup", "verify", older, "--env", env, "--json"])
+    if when.startswith("before"):
+        one_line_error(result, 1, f"backup {older} was deleted while it was verified", "nothing was recorded")
+    else:  # the objects it read were whole: the verdict stands, and is not recorded
+        doc = ok(result)
+        assert doc["ok"] is True and "was deleted while it was verified" in doc["not_recorded"], doc
+    assert not (repo / older).exists()
+    doc = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
+    assert [b["id"] for b in doc["backups"]] == [newer] and doc["foreign"] == [], doc
