@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from opsctl.backup import manifest as mf
@@ -129,9 +130,23 @@ def id_time(backup_id: str) -> dt.datetime | None:
 
 
 def marker(now: dt.datetime, done: bool = False) -> bytes:
-    """opsctl's start record of a backup folder; `done` once its manifest is written."""
-    doc = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now.isoformat()}
+    """opsctl's start record of a backup folder; `done` once its manifest is written. It names
+    the process by pid and start time (`_process_start`): a pid alone, reused by another
+    process, kept an interrupted backup `running` for good (breaker 56 F6)."""
+    doc = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now.isoformat(),
+           "start": _process_start(os.getpid())}
     return json.dumps({**doc, "done": True} if done else doc).encode()
+
+
+def _process_start(pid: int) -> str | None:
+    """Process `pid`'s start time in clock ticks since boot (/proc/PID/stat), with the boot's
+    id: one value per process for as long as the machine runs; None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
 
 
 def _abandoned(repo: Repository, backup_id: str) -> bool:
@@ -142,7 +157,10 @@ def _abandoned(repo: Repository, backup_id: str) -> bool:
         if info.get("host") == socket.gethostname():
             import psutil
 
-            return not psutil.pid_exists(int(info.get("pid", 0)))
+            pid = int(info.get("pid", 0))
+            if info.get("start") and _process_start(pid) not in (None, info["start"]):
+                return True  # that pid is another process's now
+            return not psutil.pid_exists(pid)
         started = dt.datetime.fromisoformat(info["started_at"])
     except (NotFound, ValueError, KeyError, TypeError, OperationFailed):
         return True  # its start record vanished or is unreadable (or a link): nothing runs there

@@ -93,10 +93,11 @@ def test_a_protected_environment_needs_its_name(seeded, runner, tmp_path, monkey
     assert older not in _ids(runner, env)
 
 
-def _start_record(repo, backup_id: str, pid: int) -> None:
+def _start_record(repo, backup_id: str, pid: int, **more) -> None:
     (repo / backup_id).mkdir()
     (repo / backup_id / "in-progress.json").write_text(json.dumps(
-        {"host": socket.gethostname(), "pid": pid, "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}))
+        {"host": socket.gethostname(), "pid": pid, "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+         **more}))
 
 
 def test_a_backup_being_written_is_refused_and_an_interrupted_one_is_deleted(two, runner):
@@ -266,3 +267,20 @@ def test_a_backup_deleted_while_it_is_verified_is_never_called_damaged(two, runn
     assert not (repo / older).exists()
     doc = ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))
     assert [b["id"] for b in doc["backups"]] == [newer] and doc["foreign"] == [], doc
+
+
+def test_a_start_record_whose_pid_another_process_took_is_no_running_backup(two, runner):
+    """Breaker 56 F6: an interrupted backup whose start record named a pid another live process
+    had since taken stayed `running` for good: delete refused it, prune passed it over."""
+    env, older, newer, repo = two
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    reused, live = f"{stamp}-0003", f"{stamp}-0004"
+    from opsctl.backup import catalog
+
+    _start_record(repo, reused, os.getpid(), start="an-earlier-boot:12345")  # this pid, another process's record
+    _start_record(repo, live, os.getpid(), start=catalog._process_start(os.getpid()))
+    rows = {b["id"]: b["status"] for b in ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
+    assert rows[reused] == "incomplete" and rows[live] == "running", rows
+    result = runner.invoke(app, ["backup", "delete", reused, "--env", env, "--yes"])
+    assert result.exit_code == 0, result.output
+    assert not (repo / reused).exists() and (repo / live).is_dir()
