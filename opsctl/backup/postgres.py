@@ -465,6 +465,14 @@ def _admin(url: str):
     return connect(url, "postgres", autocommit=True)
 
 
+def database_state(url: str, name: str) -> str | None:
+    """What is wrong with database `name` on the server at `url`: "missing", "refusing
+    connections", or None when it exists and takes them."""
+    with _admin(url) as conn:
+        row = conn.execute("select datallowconn from pg_database where datname = %s", (name,)).fetchone()
+    return "missing" if row is None else (None if row[0] else "refusing connections")
+
+
 def database_exists(url: str, name: str) -> bool:
     """Whether database `name` exists on the server at `url`."""
     with _admin(url) as conn:

@@ -460,7 +460,7 @@ def test_a_marked_copy_is_dropped_only_once_its_run_is_gone_and_only_under_its_o
     assert set(dict(pgb.run_marks(url))) == {names["alive"], "brk42_foreign_mark", "brk42_odd_pid"}
 
 
-def test_a_dead_run_repairs_the_live_database_only_once_its_swap_had_begun(live_db, seeded):
+def test_a_dead_run_repairs_the_live_database_only_once_its_swap_had_begun(live_db, seeded, caplog):
     """Breaker 55 F3: the mark's `live` made the next restore reopen a database an administrator
     had closed, as "left so by a restore killed during its swap", for a run killed during
     pg_restore, or a mark any role allowed to set it wrote. A dead run's copy is dropped; the
@@ -485,8 +485,9 @@ def test_a_dead_run_repairs_the_live_database_only_once_its_swap_had_begun(live_
         conn.execute(f'alter database "{DB}" rename to "{kept}"')
         conn.execute(f'create database "{mid}"')
         _mark(conn, mid, live=DB, swapping=True)
-    done = runs.clean_dead(url, lambda _: None, swaps=False)  # a restore test leaves it to a restore
+    done = runs.clean_dead(url, lambda _: None, swaps=False)  # a restore test leaves it to a restore, and says so
     assert done == [] and kept in _databases(seeded)
+    assert f"database {DB} is missing: a restore killed during its swap" in caplog.text, caplog.text
     done = runs.clean_dead(url, lambda _: None)
     assert len(done) == 1 and f"database {DB} was missing" in done[0] and mid in done[0], done
     assert _databases(seeded)[DB] is True and mid not in _databases(seeded)
