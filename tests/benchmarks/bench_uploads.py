@@ -17,7 +17,12 @@ bytes come from temporary files (random, so nothing compresses), never from memo
      `POST .../complete` (S3 UploadPartCopy of each part object, server-side); and once more
      completing with `md5`, for which the worker reads the object back once (SHA-256, MD5);
    - the baseline: one PUT of the same file to the S3 endpoint (a presigned PutObject URL,
-     streamed from the file by the same HTTP client), in the same round.
+     streamed from the file by the same HTTP client), in the same round;
+   - the ceiling: S3's own multipart upload of the same file straight to the S3 endpoint
+     (the same parts and parts in flight, presigned UploadPart, then
+     CompleteMultipartUpload), no router and no worker. The issue puts every upload into an
+     S3 multipart upload, so no design through the worker can beat this series; where it
+     stays under the target, the target is out of reach on this S3 endpoint.
    Printed: MiB/s of each (median, spread), and chunked / single PUT as the median of the
    per-round ratios with their range: parts + complete (target >= 0.8), parts alone, and
    with the md5 read-back; then the CPU milliseconds per MiB the worker and moto spent on the
@@ -125,6 +130,40 @@ def single_put(s3, bucket: str, path: Path) -> float:
     return time.perf_counter() - started
 
 
+def direct_multipart(s3, bucket: str, path: Path, concurrency: int = CONCURRENCY) -> float:
+    """Seconds for S3's own multipart upload of `path` straight to the S3 endpoint, no router
+    and no worker: CreateMultipartUpload, the same 8 MiB parts (presigned UploadPart, sent by
+    the same HTTP client as `single_put`, `concurrency` in flight), CompleteMultipartUpload.
+    The issue puts every upload's parts into an S3 multipart upload, so this is the ceiling of
+    any design on this S3 endpoint: the worker can only add to it."""
+    size = path.stat().st_size
+    count = -(-size // PART)
+    key = f"direct/{path.name}"
+    started = time.perf_counter()
+    mpu = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    etags = [""] * count
+    fd = os.open(path, os.O_RDONLY)
+
+    def send(i: int) -> None:
+        url = s3.generate_presigned_url("upload_part", Params={"Bucket": bucket, "Key": key, "UploadId": mpu,
+                                                               "PartNumber": i + 1}, ExpiresIn=3600)
+        body = os.pread(fd, PART, i * PART)
+        r = httpclient.put(url, content=body, timeout=600, headers={"Content-Length": str(len(body))})
+        r.raise_for_status()
+        etags[i] = r.headers["ETag"]
+
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(send, range(count)))
+    finally:
+        os.close(fd)
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=mpu, MultipartUpload={
+        "Parts": [{"PartNumber": i + 1, "ETag": etag} for i, etag in enumerate(etags)]})
+    took = time.perf_counter() - started
+    s3.delete_object(Bucket=bucket, Key=key)
+    return took
+
+
 class RssSampler(threading.Thread):
     """The RSS (bytes) of one process every `interval` seconds, until `stop()`."""
 
@@ -229,7 +268,8 @@ def main() -> int:
         with httpx.Client(base_url=platform.router_url, timeout=600) as router:
             chunked_upload(router, data, concurrency=args.concurrency)  # warm-up: connections, first-call costs
             single_put(s3, "audio", data)
-            parts_rate, whole_rate, md5_rate, put_rate = [], [], [], []
+            direct_multipart(s3, "audio", data, args.concurrency)
+            parts_rate, whole_rate, md5_rate, put_rate, direct_rate = [], [], [], [], []
             # CPU seconds (user + system) per MiB of the worker and of moto, parts and complete
             # apart: where the time goes, less sensitive to a loaded machine than wall time
             procs = {"worker": psutil.Process(worker.pid), "s3": psutil.Process(dict(platform.pids)["s3"])}
@@ -247,13 +287,15 @@ def main() -> int:
                     cpu_use[f"{name} parts"].append((marks[1][name] - marks[0][name]) / args.size_mb)
                     cpu_use[f"{name} complete"].append((marks[2][name] - marks[1][name]) / args.size_mb)
                 put_s = single_put(s3, "audio", data)
+                direct_rate.append(size / MIB / direct_multipart(s3, "audio", data, args.concurrency))
                 checked = sum(chunked_upload(router, data, md5, concurrency=args.concurrency))
                 parts_rate.append(size / MIB / parts_s)
                 whole_rate.append(size / MIB / (parts_s + complete_s))
                 md5_rate.append(size / MIB / checked)
                 put_rate.append(size / MIB / put_s)
                 print(f"  round {rnd + 1}: chunked {whole_rate[-1]:.0f} MiB/s ({parts_rate[-1]:.0f} parts"
-                      f" alone, {md5_rate[-1]:.0f} with md5), single PUT {put_rate[-1]:.0f} MiB/s", flush=True)
+                      f" alone, {md5_rate[-1]:.0f} with md5), single PUT {put_rate[-1]:.0f} MiB/s,"
+                      f" S3 multipart upload straight to S3 {direct_rate[-1]:.0f} MiB/s", flush=True)
             data.unlink()
 
             big = tmp / "big.bin"
@@ -271,15 +313,19 @@ def main() -> int:
     ratio_whole = [c / p for c, p in zip(whole_rate, put_rate)]
     ratio_parts = [c / p for c, p in zip(parts_rate, put_rate)]
     ratio_md5 = [c / p for c, p in zip(md5_rate, put_rate)]
+    ratio_direct = [c / p for c, p in zip(direct_rate, put_rate)]
     print(f"\n{'MiB/s, ' + str(args.rounds) + ' rounds':<52}{'median':>8}{'spread':>8}")
     for name, series in (("chunked via router, parts + complete", whole_rate),
                          ("chunked via router, parts alone", parts_rate),
                          ("chunked via router, complete with md5 (read back)", md5_rate),
+                         ("S3 multipart upload straight to S3, no worker", direct_rate),
                          ("single PUT to S3 (baseline)", put_rate)):
         print(f"{name:<52}{statistics.median(series):>8.0f}{spread(series):>8.0%}")
     print(f"chunked / single PUT (baseline), parts + complete: {median_spread(ratio_whole)} (target >= 0.8)")
     print(f"chunked / single PUT, parts alone: {median_spread(ratio_parts)}")
     print(f"chunked with md5 / single PUT: {median_spread(ratio_md5)} (the file crosses twice)")
+    print(f"S3 multipart upload straight to S3 / single PUT: {median_spread(ratio_direct)} (the ceiling of"
+          " any design that completes with CompleteMultipartUpload on this S3 endpoint)")
     print("CPU ms per MiB (median): " + ", ".join(f"{name} {statistics.median(v) * 1000:.1f}"
                                                   for name, v in cpu_use.items()))
 
