@@ -66,6 +66,8 @@ def approve(question: str, env: "Environment | None", *, yes: bool, confirm_env:
     `question` names the change ("delete 3 backup(s) from s3://…"); `env` is the
     environment it touches (None: no protection applies); `verb` names the destructive act
     in a protected environment's messages, e.g. ("destroy it", "destroying it", "destroyed").
+    In a protected environment a person types its name under `question` (the name alone
+    approved changes they were never shown: breaker 55's note on `backup delete`).
     A `confirm_env` given is the environment's name in any environment, protected or not:
     an empty one (an unset CI variable) or another name is refused (breaker 40 P2: both
     were ignored where no protection applied, so the check a pipeline meant was never made).
@@ -81,7 +83,7 @@ def approve(question: str, env: "Environment | None", *, yes: bool, confirm_env:
             if not interactive:
                 raise UsageError(f"'{env.name}' is protected: {verb[1]} without a terminal needs "
                                  f"--yes --confirm-env {env.name}")
-            typed = ask_text(f"'{env.name}' is protected. Type its name to {verb[0]}").strip()
+            typed = ask_text(f"{question}\n'{env.name}' is protected. Type its name to {verb[0]}").strip()
             if typed != env.name:
                 raise UsageError(f"typed '{typed}', not '{env.name}'; nothing was {verb[2]}")
             return
@@ -181,7 +183,7 @@ def approve_all(question: str, envs: "list[Environment]", *, yes: bool, confirm_
             raise UsageError(f"{question}: protected environment(s) {', '.join(missing)}; {verb[1]} without a "
                              f"terminal needs --yes {needed}")
         for name in missing:  # each typed at the terminal: as `approve`, the typed names approve it
-            typed = ask_text(f"'{name}' is protected. Type its name to {verb[0]}").strip()
+            typed = ask_text(f"{question}\n'{name}' is protected. Type its name to {verb[0]}").strip()
             if typed != name:
                 raise UsageError(f"typed '{typed}', not '{name}'; nothing was {verb[2]}")
         return

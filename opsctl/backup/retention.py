@@ -262,6 +262,16 @@ class DeleteResult:
     dry_run: bool = False
 
 
+def _made(at: dt.datetime | None) -> str:
+    """"; made <UTC time>, <hours> hours ago" for the question before a deletion: at a protected
+    environment's prompt a person weighs how old what they delete is ("" when unknown)."""
+    if at is None:
+        return ""
+    at = at.astimezone(dt.timezone.utc)
+    hours = (dt.datetime.now(dt.timezone.utc) - at).total_seconds() / 3600
+    return f"; made {at:%Y-%m-%d %H:%M:%S} UTC, {hours:.1f} hours ago"
+
+
 def delete(project, env, backup_id: str, approve: Callable[[str], None], force: bool = False,
            dry_run: bool = False) -> DeleteResult:
     """Delete one backup of `env` by id (restic's `forget ID`, pgBackRest's `expire --set`),
@@ -286,7 +296,8 @@ def delete(project, env, backup_id: str, approve: Callable[[str], None], force: 
         return result
     _needs_force(backup_id, newest_of, force)
     approve(f"delete backup {backup_id} ({entry.status}"
-            f"{': ' + ', '.join(entry.components) if entry.components else ''}) from {repo.url}")
+            f"{': ' + ', '.join(entry.components) if entry.components else ''}{_made(entry.created_at)}) "
+            f"from {repo.url}")
     entry, newest_of, scan = _deletable(repo, env, backup_id)
     _needs_force(backup_id, newest_of, force, " now (the repository changed while you were asked)")
     result.newest_of = newest_of

@@ -51,3 +51,27 @@ def test_both_terminal_prompts_escape_their_question(monkeypatch, capsys, at_a_t
     shown = capsys.readouterr().err
     assert r"drop \x1b[2Jall\u202e [y/N]" in shown and r"'p\x1b]0;X\x07' is protected" in shown, shown
     assert "\x1b" not in shown and "\u202e" not in shown and "\a" not in shown
+
+
+def test_a_protected_environment_is_named_under_the_change_it_approves():
+    """The typed-name prompt said only "'prod' is protected. Type its name to ...": a person
+    approved a deletion, a restore or a destroy without being shown which. The question comes
+    first, in `approve` and in `approve_all` (local down --purge) alike."""
+    from types import SimpleNamespace
+
+    from opsctl import approval
+
+    prod = SimpleNamespace(name="prod", protected=True)
+    asked = []
+
+    def ask_text(question):
+        asked.append(question)
+        return "prod"
+
+    approval.approve("delete backup 20261203T140300Z-3f9a (complete: db) from s3://b/p", prod, yes=False,
+                     destructive=True, interactive=True, ask_yes_no=lambda q: False, ask_text=ask_text)
+    approval.approve_all("delete the embedded platform's data", [prod], yes=False, interactive=True,
+                         ask_yes_no=lambda q: False, ask_text=ask_text)
+    assert asked == ["delete backup 20261203T140300Z-3f9a (complete: db) from s3://b/p\n'prod' is protected. "
+                     "Type its name to change it",
+                     "delete the embedded platform's data\n'prod' is protected. Type its name to change it"], asked
