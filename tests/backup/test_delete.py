@@ -93,6 +93,26 @@ def test_a_protected_environment_needs_its_name(seeded, runner, tmp_path, monkey
     assert older not in _ids(runner, env)
 
 
+def test_the_question_at_a_protected_environment_says_when_the_backup_was_made(seeded, runner, tmp_path,
+                                                                               monkeypatch):
+    """Session 31 left this: a person asked to type the protected environment's name was told the
+    backup's id, status and parts, not how old it is. The question says when it was made and
+    how many hours ago; a wrong name deletes nothing."""
+    env = side_env(tmp_path / "ops", monkeypatch, seeded, f"file://{tmp_path / 'repo'}", protected=True)
+    monkeypatch.setenv("OPSCTL_BACKUP_KEY", KEY)
+    made = ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    ok(runner.invoke(app, ["backup", "create", "--env", env, "--type", "db", "--json"]))
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr("opsctl.approval.is_interactive", lambda: True)
+    result = runner.invoke(app, ["backup", "delete", made["id"], "--env", env], input="not-side\n")
+    assert result.exit_code == 2, result.output
+    at = dt.datetime.strptime(made["id"][:16], "%Y%m%dT%H%M%SZ")  # the id is stamped with the backup's start
+    question = " ".join(result.stderr.split())
+    assert f"delete backup {made['id']} (complete: db; made {at:%Y-%m-%d %H:%M:%S} UTC, 0.0 hours ago)" in question, \
+        question
+    assert made["id"] in _ids(runner, env)
+
+
 def _start_record(repo, backup_id: str, pid: int, **more) -> None:
     (repo / backup_id).mkdir()
     (repo / backup_id / "in-progress.json").write_text(json.dumps(
