@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from opsctl.local import procs
 from opsctl.signals import sigterm_as_interrupt
 
 
@@ -105,13 +106,7 @@ def test_a_tool_started_to_die_with_its_parent_stops_when_the_parent_is_killed(t
     parent.kill()
     parent.wait(timeout=30)
 
-    def running() -> bool:  # a zombie has ended: it waits for init to reap it
-        try:
-            return open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-
-    deadline = time.monotonic() + 30
-    while running() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # procs.alive: a zombie has ended, it waits for init to reap it
+    while procs.alive(child) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not running(), "the child went on after its parent was killed"
+    assert not procs.alive(child), "the child went on after its parent was killed"

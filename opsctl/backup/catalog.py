@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from opsctl.backup import manifest as mf
@@ -33,6 +32,7 @@ from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.keys import BackupKey
 from opsctl.backup.repository import NotFound, Repository
 from opsctl.errors import OperationFailed, UsageError
+from opsctl.local import pidstart
 
 log = logging.getLogger(__name__)
 
@@ -131,22 +131,11 @@ def id_time(backup_id: str) -> dt.datetime | None:
 
 def marker(now: dt.datetime, done: bool = False) -> bytes:
     """opsctl's start record of a backup folder; `done` once its manifest is written. It names
-    the process by pid and start time (`_process_start`): a pid alone, reused by another
+    the process by pid and start time (`pidstart.identity`): a pid alone, reused by another
     process, kept an interrupted backup `running` for good (breaker 56 F6)."""
     doc = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now.isoformat(),
-           "start": _process_start(os.getpid())}
+           "start": pidstart.identity(os.getpid())}
     return json.dumps({**doc, "done": True} if done else doc).encode()
-
-
-def _process_start(pid: int) -> str | None:
-    """Process `pid`'s start time in clock ticks since boot (/proc/PID/stat), with the boot's
-    id: one value per process for as long as the machine runs; None without /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
 
 
 def _abandoned(repo: Repository, backup_id: str) -> bool:
@@ -158,7 +147,7 @@ def _abandoned(repo: Repository, backup_id: str) -> bool:
             import psutil
 
             pid = int(info.get("pid", 0))
-            if info.get("start") and _process_start(pid) not in (None, info["start"]):
+            if info.get("start") and pidstart.identity(pid) not in (None, info["start"]):
                 return True  # that pid is another process's now
             return not psutil.pid_exists(pid)
         started = dt.datetime.fromisoformat(info["started_at"])

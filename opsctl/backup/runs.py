@@ -35,6 +35,7 @@ from typing import Callable
 
 from opsctl.backup import postgres as pgb
 from opsctl.errors import OperationFailed
+from opsctl.local import pidstart
 
 log = logging.getLogger("opsctl.backup")
 
@@ -64,7 +65,8 @@ def folder(database_url: str | None, sessions: int = 1) -> Iterator[Path]:
     of its own, only while the role and the server leave room for the `sessions` more the run
     opens at once (pg_restore's --jobs)."""
     with tempfile.TemporaryDirectory(prefix=RUN_PREFIX) as tmp, _lock_held(database_url, sessions) as lock:
-        note(Path(tmp), pid=os.getpid(), start=_started(os.getpid()), server=_server(database_url), lock=lock)
+        note(Path(tmp), pid=os.getpid(), start=pidstart.start_ticks(os.getpid()), server=_server(database_url),
+             lock=lock)
         yield Path(tmp)
 
 
@@ -114,14 +116,6 @@ def _room(conn) -> int:
     return min(rooms)
 
 
-def _machine() -> str | None:
-    """This boot of this machine (/proc/sys/kernel/random/boot_id): a pid is only known here."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
 def mark(run: Path, scratch: str, live: str | None = None, swapping: bool = False) -> str | None:
     """The RUN_SETTING text for the scratch database `scratch` of the run in folder `run`
     (pgb.restore_into sets it; `live`: the database an in-place restore swaps it into;
@@ -130,7 +124,7 @@ def mark(run: Path, scratch: str, live: str | None = None, swapping: bool = Fals
     if rec.get("lock") is None:
         return None
     text = {"lock": rec["lock"], "name": scratch, "pid": rec["pid"], "start": rec.get("start"),
-            "machine": _machine(), "host": socket.gethostname(),
+            "machine": pidstart.boot_id(), "host": socket.gethostname(),
             "at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     return json.dumps(text | ({"live": live, "swapping": swapping} if live else {}), separators=(",", ":"))
 
@@ -169,15 +163,6 @@ def handed_over(url: str, name: str, kept_as_scratch: bool = False) -> None:
                      "it", name, exc)
 
 
-def _started(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat), None without /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _alive(pid: int, start: str | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -185,7 +170,7 @@ def _alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:
         return True
-    now = _started(pid)
+    now = pidstart.start_ticks(pid)
     return start is None or now is None or now == start
 
 
@@ -305,7 +290,7 @@ def _clean_marked(url: str, name: str, text: str, swaps: bool) -> str | None:
                         "scratch copy); it could not be cleared: %s", _shown(name), _shown(made_as), exc)
         return None
     try:
-        here = rec.get("machine") is not None and rec.get("machine") == _machine()
+        here = rec.get("machine") is not None and rec.get("machine") == pidstart.boot_id()
         if (here and _alive(pid, rec.get("start"))) or (not here and not pgb.lock_free(url, key)):
             return None  # its run is alive
         swapped = live and rec.get("swapping") is True and isinstance(live, str) and pgb.derived_from(

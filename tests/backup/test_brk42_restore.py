@@ -29,6 +29,7 @@ from psycopg.conninfo import make_conninfo
 from backup_support import KEY, ok, one_line_error, side_env
 from opsctl.backup import postgres as pgb
 from opsctl.cli import app
+from opsctl.local import pidstart, procs
 
 pytestmark = pytest.mark.slow
 
@@ -419,9 +420,7 @@ def _dead_pid() -> int:
 
 def _mark(conn, database: str, **fields) -> None:
     """Mark `database` as a run's copy: by default a run of this machine whose process is gone."""
-    from opsctl.backup import runs
-
-    doc = {"lock": 4242424242, "name": database, "pid": _dead_pid(), "start": None, "machine": runs._machine(),
+    doc = {"lock": 4242424242, "name": database, "pid": _dead_pid(), "start": None, "machine": pidstart.boot_id(),
            "host": "ci-runner", "at": "2026-12-03T17:00:00Z", **fields}
     pgb.mark_run(conn, database, json.dumps(doc))
 
@@ -440,7 +439,7 @@ def test_a_marked_copy_is_dropped_only_once_its_run_is_gone_and_only_under_its_o
         for name in [*names.values(), "brk42_swapped_in", "brk42_foreign_mark", "brk42_odd_pid"]:
             conn.execute(f'create database "{name}"')
         _mark(conn, names["dead"])
-        _mark(conn, names["alive"], pid=os.getpid(), start=runs._started(os.getpid()))  # its lock is free
+        _mark(conn, names["alive"], pid=os.getpid(), start=pidstart.start_ticks(os.getpid()))  # its lock is free
         _mark(conn, names["elsewhere"], machine="another-machine", lock=777)
         _mark(conn, "brk42_swapped_in", name=pgb.derived_name(DB, "restoring"))
         pgb.mark_run(conn, "brk42_foreign_mark", "not a mark of opsctl's")
@@ -568,16 +567,10 @@ def test_a_scratch_redis_server_dies_with_the_restore_that_started_it(tmp_path):
     parent.kill()
     parent.wait(timeout=30)
 
-    def running(pid: int) -> bool:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-
-    deadline = time.monotonic() + 30
-    while any(running(p) for p in servers) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # procs.alive: a zombie has ended, it waits for init to reap it
+    while any(procs.alive(p) for p in servers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = [p for p in servers if running(p)]
+    left = [p for p in servers if procs.alive(p)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "the scratch redis-server outlived the restore"

@@ -14,6 +14,7 @@ import pytest
 
 from backup_support import KEY, ok, one_line_error, side_env
 from opsctl.cli import app
+from opsctl.local import pidstart
 
 pytestmark = pytest.mark.slow
 
@@ -295,10 +296,8 @@ def test_a_start_record_whose_pid_another_process_took_is_no_running_backup(two,
     env, older, newer, repo = two
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     reused, live = f"{stamp}-0003", f"{stamp}-0004"
-    from opsctl.backup import catalog
-
     _start_record(repo, reused, os.getpid(), start="an-earlier-boot:12345")  # this pid, another process's record
-    _start_record(repo, live, os.getpid(), start=catalog._process_start(os.getpid()))
+    _start_record(repo, live, os.getpid(), start=pidstart.identity(os.getpid()))
     rows = {b["id"]: b["status"] for b in ok(runner.invoke(app, ["backup", "list", "--env", env, "--json"]))["backups"]}
     assert rows[reused] == "incomplete" and rows[live] == "running", rows
     result = runner.invoke(app, ["backup", "delete", reused, "--env", env, "--yes"])
