@@ -125,3 +125,64 @@ def test_a_deploy_status_notice_is_wrapped_at_80_columns_through_a_pipe(runner, 
     lines = result.stdout.splitlines()
     assert all(len(line) <= 80 for line in lines), result.stdout
     assert " ".join(" ".join(lines).split()).find(notice) >= 0, result.stdout
+
+
+def _sentences(output: str) -> list[str]:
+    """The output's lines, each at most 80 characters."""
+    lines = output.splitlines()
+    for line in lines:
+        assert len(line) <= 80, line
+    return lines
+
+
+def test_dr_drill_sentences_wrap_between_words_at_80_columns_and_keep_ids_whole(runner, monkeypatch):
+    """Session 31 left this: the drill's sentences under its table went through a pipe as lines of
+    200-300 characters (Rich's soft wrap never wraps without a terminal). They wrap between
+    words now; a backup id, a scratch name or a long word is never cut."""
+    import datetime as dt
+
+    from opsctl.pitr.drill import DrillResult
+
+    at = dt.datetime(2026, 12, 3, 14, 3, tzinfo=dt.timezone.utc)
+    scratch = "opsctl_drill_20261203T140300Z_" + "9" * 33  # 63 characters, PostgreSQL's longest name
+    r = DrillResult(environment="staging", platform="local", started_at=at, rto_seconds=41.5, rpo_seconds=12.0,
+                    rto_target_seconds=14400, rpo_target_seconds=3600, passed=False, restored_to=at,
+                    live_newest_commit=at, scratch=scratch, rows=120345, tables=7, torn_down=True,
+                    backups={"redis": "20261203T130000Z-redis-0a1b", "audio objects": "20261203T020000Z-full-3f9a"},
+                    part_rpo_seconds={"redis": 3780.0, "audio objects": 43380.0}, redis_keys=12,
+                    audio_objects=3, transcription="passed (WER 0.04)", load_test="passed (p95 812 ms, 0 failures)",
+                    problems=["RPO audio objects 43380.0 s missed its target of 3600 s: the newest backup holding "
+                              "the audio objects, 20261203T020000Z-full-3f9a, started 12.1 hours before the drill"],
+                    rpo_basis="between the newest commit of the live database and the newest one recovered")
+    monkeypatch.setattr("opsctl.cli.dr.environment", lambda env: (None, None))
+    monkeypatch.setattr("opsctl.pitr.drill.drill", lambda project, env, junit_path, metrics_path: r)
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["dr", "drill", "--env", "staging"], terminal_width=80)
+    assert result.exit_code == 1, result.output
+    report, error = result.output.split("opsctl: error: ")  # the error is one line on purpose: what a log greps
+    lines = _sentences(report)
+    for whole in (scratch, "20261203T130000Z-redis-0a1b", "20261203T020000Z-full-3f9a", "43380.0"):
+        assert any(whole in [word.strip(",;") for word in line.split()] for line in lines), (whole, result.output)
+    text = " ".join(line.strip() for line in lines)
+    assert "load test: passed (p95 812 ms, 0 failures)" in text
+    assert r.problems[0] in text
+
+
+def test_restore_to_time_notes_keep_their_own_lines_and_wrap_at_80_columns():
+    """A note after a restore starts its own line (they were joined by newlines and printed as
+    one soft-wrapped line); each wraps between words."""
+    import io
+
+    from rich.console import Console
+
+    from opsctl.cli.tables import print_words
+
+    notes = ["the previous data directory was kept: remove /var/lib/opsctl/data.previous-20261203T140300Z "
+             "when the restore is trusted", "archiving resumed on timeline 7"]
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    print_words(console, "restored to the live server (in place)" + "".join(f"\n{n}" for n in notes))
+    lines = console.file.getvalue().splitlines()
+    assert lines[0] == "restored to the live server (in place)"
+    assert lines[-1] == notes[1]
+    assert all(len(line) <= 80 for line in lines), lines
+    assert " ".join(lines[1:-1]) == notes[0]

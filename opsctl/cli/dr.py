@@ -35,6 +35,8 @@ def drill(
         from rich.table import Table
         from rich.text import Text
 
+        from opsctl.cli.tables import print_words
+
         t = Table("measure", "achieved", "target", "verdict", title=f"dr drill {r.environment} ({r.platform})")
         rows = [("RTO", r.rto_seconds, r.rto_target_seconds), ("RPO database", r.rpo_seconds, r.rpo_target_seconds)]
         rows += [(f"RPO {part}", value, r.rpo_target_seconds) for part, value in r.part_rpo_seconds.items()]
@@ -44,20 +46,19 @@ def drill(
                       Text("met", style="green") if ok else Text("not achieved" if value is None else "missed", style="red"))
         c.print(t)
         if r.rpo_basis:
-            c.print(f"RPO of the database measured {r.rpo_basis}", soft_wrap=True)
-        c.print(f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
-                f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}"
-                + (f"; not covered: {', '.join(r.not_covered)} ({r.problems_note})" if r.not_covered else ""),
-                soft_wrap=True)
+            print_words(c, f"RPO of the database measured {r.rpo_basis}")
+        print_words(c, f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
+                       f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}"
+                       + (f"; not covered: {', '.join(r.not_covered)} ({r.problems_note})" if r.not_covered else ""))
         if r.backups:
-            c.print(f"{r.redis_keys} Redis keys from backup {r.backups.get('redis')}, {r.audio_objects} audio objects "
-                    f"from backup {r.backups.get('audio objects')}; sample transcription: {r.transcription}; "
-                    f"load test: {r.load_test}", soft_wrap=True)
+            print_words(c, f"{r.redis_keys} Redis keys from backup {r.backups.get('redis')}, {r.audio_objects} "
+                           f"audio objects from backup {r.backups.get('audio objects')}; sample transcription: "
+                           f"{r.transcription}; load test: {r.load_test}")
         if r.part_rpo_seconds:
-            c.print("RPO of redis and audio objects measured from the start of the backup each came from to the "
-                    "drill's start", soft_wrap=True)
+            print_words(c, "RPO of redis and audio objects measured from the start of the backup each came from "
+                           "to the drill's start")
         for problem in r.problems:
-            c.print(Text(problem, style="red"), soft_wrap=True)
+            print_words(c, problem, "red")
 
     emit(r, as_json, render)
     if not r.passed:
@@ -75,6 +76,7 @@ def failover(
 ) -> None:
     """Promote the standby (embedded platform) or the RDS read replica, repoint, and record it."""
     from opsctl.approval import at_terminal
+    from opsctl.cli.tables import print_words
     from opsctl.output import emit
     from opsctl.pitr import failover as core
 
@@ -87,8 +89,8 @@ def failover(
         from opsctl.pitr import standby as local_core
 
         done = local_core.abandon(project, environment_, approve)
-        emit(done, as_json, lambda c: c.print(f"failover abandoned (was at '{done['abandoned_stage']}'): the old primary "
-                                              f"on port {done['primary_port']} takes writes again", soft_wrap=True))
+        emit(done, as_json, lambda c: print_words(c, f"failover abandoned (was at '{done['abandoned_stage']}'): the old "
+                                                     f"primary on port {done['primary_port']} takes writes again"))
         return
 
     from opsctl.signals import sigterm_as_interrupt
@@ -96,18 +98,18 @@ def failover(
     with sigterm_as_interrupt():  # CI cancels with SIGTERM: the failover ends its window as on Ctrl-C
         r = core.failover(project, environment_, replica, approve)
     if environment_.platform == "local":
-        emit(r, as_json, lambda c: c.print(
-            f"standby {r.new_primary} promoted in place of {r.old_primary} "
+        emit(r, as_json, lambda c: print_words(
+            c, f"standby {r.new_primary} promoted in place of {r.old_primary} "
             f"({'stopped' if r.old_primary_was_running else 'was down'}) in {r.promote_seconds:.1f} s, timeline "
             f"{r.timeline}; database URL now {r.database_url}; workers restarted: "
             f"{', '.join(r.workers_restarted) or 'none'} ({r.seconds:.1f} s in all); recorded in {r.journal}"
-            + "".join(f"; {n}" for n in r.notes), soft_wrap=True))
+            + "".join(f"; {n}" for n in r.notes)))
         return
-    emit(r, as_json, lambda c: c.print(
-        f"{r.new_primary} {'was already promoted' if r.resumed else 'promoted'} (was a replica of {r.old_primary}); "
+    emit(r, as_json, lambda c: print_words(
+        c, f"{r.new_primary} {'was already promoted' if r.resumed else 'promoted'} (was a replica of {r.old_primary}); "
         f"endpoint {r.endpoint}; worker Secret {'already named it' if r.secret == 'already' else 'repointed'} "
         f"(was {r.old_host}); workers restarted: {', '.join(r.restarted) or 'none needed'}; {r.seconds:.0f} s; "
-        f"recorded in {r.journal}" + "".join(f"; {n}" for n in r.notes), soft_wrap=True))
+        f"recorded in {r.journal}" + "".join(f"; {n}" for n in r.notes)))
 
 
 @app.command()
@@ -118,6 +120,7 @@ def standby(
 ) -> None:
     """Start the embedded platform's standby from the backup repository (streaming after the archive)."""
     from opsctl.cli.common import progress
+    from opsctl.cli.tables import print_words
     from opsctl.output import emit
     from opsctl.pitr import standby as core
 
@@ -129,11 +132,11 @@ def standby(
         return
     with progress() as bars:
         r = core.start_standby(project, environment_, bars.report)
-    emit(r, as_json, lambda c: c.print(
-        (f"standby already running on port {r.port}" if r.kept else
+    emit(r, as_json, lambda c: print_words(
+        c, (f"standby already running on port {r.port}" if r.kept else
          f"standby built from base backup {' + '.join(r.chain)} in {r.seconds:.1f} s, running on port {r.port}")
         + f" (pid {r.pid}), {'streaming from the primary' if r.streaming else 'not streaming'}, replayed to "
-        f"{r.replay_lsn}; 'opsctl failover --env {r.environment}' promotes it", soft_wrap=True))
+        f"{r.replay_lsn}; 'opsctl failover --env {r.environment}' promotes it"))
 
 
 def register(root: typer.Typer) -> None:

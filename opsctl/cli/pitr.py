@@ -93,32 +93,35 @@ def verify_chain(env: EnvOpt = "local", as_json: JsonOpt = False,
 
 
 def render_windows(c, doc: dict | None) -> None:
+    from opsctl.cli.tables import print_words
+
     if not doc:
         return
     if doc.get("note"):
-        c.print(f"point-in-time recovery: not shown: {doc['note']}", soft_wrap=True)
+        print_words(c, f"point-in-time recovery: not shown: {doc['note']}")
     for w in doc["windows"]:
-        c.print(f"point-in-time recovery: {w['from'][:23]} → {w['to'][:23] if w['to'] else '-'} UTC "
-                f"(base backup {w['base']}; ends at {w['ends_at']})", soft_wrap=True)
+        print_words(c, f"point-in-time recovery: {w['from'][:23]} → {w['to'][:23] if w['to'] else '-'} UTC "
+                       f"(base backup {w['base']}; ends at {w['ends_at']})")
 
 
 def render_restore_to(r, environment_, as_json: bool) -> None:
     """Render the result of `opsctl restore --to-time/--to-lsn` (opsctl.backup.restore.restore_any)."""
+    from opsctl.cli.tables import print_words
     from opsctl.output import emit
 
     if environment_.platform == "kubernetes":
-        emit(r, as_json, lambda c: c.print(
-            bold_id("new RDS instance ", r.target_instance) + f" restored from {r.source} to "
+        emit(r, as_json, lambda c: print_words(
+            c, f"new RDS instance {r.target_instance} restored from {r.source} to "
             f"{_t(r.restore_time) if r.restore_time else 'its latest restorable time'}, available at {r.endpoint} "
-            f"({r.seconds:.0f} s); point the environment at it to use it", soft_wrap=True))
+            f"({r.seconds:.0f} s); point the environment at it to use it"))
         return
-    emit(r, as_json, lambda c: c.print(
-        f"restored to {r.target} ({r.mode}): last commit replayed {_t(r.recovered_to)}, timeline {r.timeline}, "
+    emit(r, as_json, lambda c: print_words(
+        c, f"restored to {r.target} ({r.mode}): last commit replayed {_t(r.recovered_to)}, timeline {r.timeline}, "
         f"base {' + '.join(r.chain)}, {r.segments} WAL files; {len(r.tables)} tables, {r.rows} rows in "
         f"{r.seconds:.1f} s" + (f"; running at {r.url} (pid {r.pid}, data {r.data_dir}; scratch, fsync off)"
                                 if r.url else "")
         + (f"; previous data kept in {r.previous_data_dir}" if r.previous_data_dir else "")
-        + "".join(f"\n{n}" for n in r.notes), soft_wrap=True))
+        + "".join(f"\n{n}" for n in r.notes)))
 
 
 def prune_chain(
@@ -131,6 +134,7 @@ def prune_chain(
 ) -> None:
     """Remove older base backups and the WAL no kept base backup needs."""
     from opsctl.approval import confirm
+    from opsctl.cli.tables import print_words
     from opsctl.output import emit
     from opsctl.pitr.ops import prune_chain as run
 
@@ -138,8 +142,8 @@ def prune_chain(
     r = run(project, environment_, keep_full, dry_run=dry_run, approve=lambda question: confirm(question, yes),
             drop_damaged=drop_damaged)
     verb = "would remove" if dry_run else "removed"
-    emit(r, as_json, lambda c: c.print(
-        f"{verb} {len(r.removed)} base backup(s){': ' + ', '.join(r.removed) if r.removed else ''} and "
+    emit(r, as_json, lambda c: print_words(
+        c, f"{verb} {len(r.removed)} base backup(s){': ' + ', '.join(r.removed) if r.removed else ''} and "
         f"{r.wal_removed} WAL object(s); kept {len(r.kept)} base backup(s), WAL from {r.wal_kept_from or '-'}"
         + (f"; {'would remove' if dry_run else 'removed'} {len(r.interrupted)} interrupted (dead, unfinished): "
            f"{', '.join(r.interrupted)}" if r.interrupted else "")
@@ -150,8 +154,7 @@ def prune_chain(
            f"{', '.join(bid for bid in r.damaged if bid not in r.dropped)}"
            if set(r.damaged) - set(r.dropped) else "")
         + (f"; left, record not authentic (check, then remove by hand): "
-           f"{'; '.join(f'{bid}: {why}' for bid, why in r.unauthentic.items())}" if r.unauthentic else ""),
-        soft_wrap=True))
+           f"{'; '.join(f'{bid}: {why}' for bid, why in r.unauthentic.items())}" if r.unauthentic else "")))
 
 
 ServerOpt = Annotated[str, typer.Option("--server", metavar="NAME", help="A server of backup.archive_servers in opsctl.yaml.")]
@@ -166,16 +169,18 @@ def archive_setup(env: EnvOpt = "local", server: ServerOpt = ..., as_json: JsonO
     r = selfmanaged.configure(project, environment_, server)
 
     def render(c):
+        from opsctl.cli.tables import print_words
+
         if r.applied:
-            c.print(f"archive server {r.server} (system {r.system_identifier}): WAL archiving set with ALTER SYSTEM"
-                    + (f"; restart the server for {', '.join(r.restart_needed)}" if r.restart_needed else ""),
-                    soft_wrap=True)
+            print_words(c, f"archive server {r.server} (system {r.system_identifier}): WAL archiving set with ALTER "
+                           "SYSTEM" + (f"; restart the server for {', '.join(r.restart_needed)}"
+                                       if r.restart_needed else ""))
         else:
-            c.print(f"archive server {r.server}: nothing changed: {r.reason}", soft_wrap=True)
-            for line in r.conf_lines:
+            print_words(c, f"archive server {r.server}: nothing changed: {r.reason}")
+            for line in r.conf_lines:  # configuration to copy: one line each, never re-wrapped
                 c.print(line, markup=False, soft_wrap=True, highlight=False)
         for note in r.notes:
-            c.print(note, soft_wrap=True)
+            print_words(c, note)
 
     emit(r, as_json, render)
 
@@ -187,6 +192,7 @@ def wal_push(
     as_json: JsonOpt = False,
 ) -> None:
     """Archive what a self-managed server queued (compressed, sealed, tagged) into the repository."""
+    from opsctl.cli.tables import print_words
     from opsctl.output import emit
     from opsctl.pitr import selfmanaged
     from opsctl.signals import sigterm_as_interrupt
@@ -194,12 +200,12 @@ def wal_push(
     project, environment_ = environment(env)
     with sigterm_as_interrupt():
         r = selfmanaged.push_until_stopped(project, environment_, server, follow)
-    emit(r, as_json, lambda c: c.print(
-        f"archived {len(r.archived)} WAL file(s) of {server} ({_size(r.raw_bytes)} → {_size(r.stored_bytes)})"
+    emit(r, as_json, lambda c: print_words(
+        c, f"archived {len(r.archived)} WAL file(s) of {server} ({_size(r.raw_bytes)} → {_size(r.stored_bytes)})"
         + (f", {len(r.skipped)} already archived" if r.skipped else "")
         + (f"; dropped by a full queue: {', '.join(r.dropped)}" if r.dropped else "")
         + (f"; QUARANTINED (header names no cluster, see the queue's .quarantine/): {', '.join(r.quarantined)}"
-           if r.quarantined else ""), soft_wrap=True))
+           if r.quarantined else "")))
 
 
 def register(app: typer.Typer) -> None:

@@ -135,12 +135,14 @@ def print_blocks(console: Console, columns: Sequence[str], rows) -> None:
 def print_words(console: Console, text: str, style: str = "") -> None:
     """`text` wrapped at the console's width between words, never inside one (textwrap with
     break_long_words off: Rich folds a long word): a path or an object name wider than the
-    console stands whole on a line of its own, where it can be copied."""
+    console stands whole on a line of its own, where it can be copied. A newline in `text`
+    starts a new line (a note of its own), each wrapped the same way."""
     import textwrap
 
     from rich.text import Text
 
     from opsctl.output import visible
 
-    for line in textwrap.wrap(visible(text), console.width, break_long_words=False, break_on_hyphens=False) or [""]:
-        console.print(Text(line, style=style), soft_wrap=True)
+    for paragraph in visible(text).split("\n"):
+        for line in textwrap.wrap(paragraph, console.width, break_long_words=False, break_on_hyphens=False) or [""]:
+            console.print(Text(line, style=style), soft_wrap=True)

@@ -141,7 +141,7 @@ def test_prune_removes_a_dead_interrupted_base_backup_and_never_a_running_one(pi
     assert not set(json.loads(checked.stdout)["broken_base_backups"]) & (removed | {ids[n] for n in alive})
     told = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "5", "--dry-run")  # text: names each
     assert told.exit_code == 0, told.output
-    said = told.output.split("would remove 4 interrupted (dead, unfinished): ", 1)[1]
+    said = " ".join(told.output.split()).split("would remove 4 interrupted (dead, unfinished): ", 1)[1]
     assert {i.strip() for i in said.split(";")[0].split(",")} == removed, told.output
     r = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "5", "--yes", "--json")
     assert r.exit_code == 0, r.output
