@@ -14,6 +14,7 @@ path, two keys never share a name, and the manifest maps names back to keys.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -21,6 +22,8 @@ from typing import Callable
 from opsctl.backup import manifest as mf
 from opsctl.backup.pipeline import BLOCK, checked
 from opsctl.backup.repository import Repository
+
+log = logging.getLogger(__name__)
 
 Advance = Callable[[int], None]
 WORKERS = 4
@@ -37,14 +40,59 @@ def stored_name(key: str) -> str:
 _UPLOAD_PART = re.compile(r"(^|/)(upload-parts/upload_[0-9a-f]{32}/|uploads/upload_[0-9a-f]{32}\.parts/)")
 
 
-def inventory(s3, bucket: str) -> list[dict]:
+# the file a complete assembles: `<prefix>uploads/upload_<32 hex>`, or `...-<n>` for its n-th claim
+_UPLOAD_FILE = re.compile(r"(^|/)uploads/upload_[0-9a-f]{32}(-[0-9]+)?$")
+
+
+def inventory(s3, bucket: str, recorded: set[str] | None = None) -> list[dict]:
     """[{key, size (bytes), etag}] of every completed object in `bucket` (ListObjectsV2, paged):
     parts of multipart uploads still open are not objects and never listed, and the worker's
     upload part objects (`.../upload-parts/upload_<id>/...`, and the older
-    `.../uploads/upload_<id>.parts/...`) are left out (issue 26)."""
+    `.../uploads/upload_<id>.parts/...`) are left out (issue 26). With `recorded` (the keys
+    the worker's database records as completed uploads' files: `recorded_upload_files`), an
+    upload's file key that is not one of them is left out too."""
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"]} for p in pages for o in p.get("Contents", [])
-            if not _UPLOAD_PART.search(o["Key"])]
+            if not _UPLOAD_PART.search(o["Key"])
+            and (recorded is None or o["Key"] in recorded or not _UPLOAD_FILE.search(o["Key"]))]
+
+
+def recorded_upload_files(database_url: str | None) -> set[str] | None:
+    """The S3 keys of the files of completed uploads, as the worker's `uploads` table records
+    them (`file_key`, or `s3_key` for uploads completed before it was recorded); None when
+    that can't be known (no database URL, no such table, the server unreachable: logged).
+
+    Why: a complete whose worker died after S3 assembled the file leaves it in the bucket while
+    the upload is still pending, until a retried complete, a cancel or the expiry removes it,
+    and a claim's stale attempt key stays until the keeper's sweep (breaker 57 F1: a backup
+    copied a 40 MiB file the database never had). The database says which are files."""
+    if not database_url:
+        return None
+    import psycopg
+
+    from opsctl.backup import postgres as pgb
+    from opsctl.errors import OperationFailed, fault_text
+
+    try:
+        with pgb.connect(database_url, autocommit=True) as conn:
+            if conn.execute("select to_regclass('uploads') is not null").fetchone()[0] is False:
+                return set()  # no worker made an upload here: no key of that form is a file
+            has_file_key = conn.execute(
+                "select exists (select 1 from information_schema.columns where table_name = 'uploads' "
+                "and table_schema = current_schema() and column_name = 'file_key')").fetchone()[0]
+            key = "coalesce(file_key, s3_key)" if has_file_key else "s3_key"
+            return {k for (k,) in conn.execute(f"select {key} from uploads where status = 'completed'")}
+    except (psycopg.Error, OperationFailed) as exc:
+        log.warning("could not read which uploads are completed (%s): every upload file in the bucket is copied, "
+                    "including any a killed complete left", fault_text(exc))
+        return None
+
+
+def _gone(exc: Exception) -> bool:
+    """Whether an S3 error says the object is not there (any more)."""
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404")
 
 
 def _sha256(s3, bucket: str, key: str, etag: str) -> str:
@@ -55,20 +103,34 @@ def _sha256(s3, bucket: str, key: str, etag: str) -> str:
     return digest.hexdigest()
 
 
-def backup(s3, bucket: str, repo: Repository, backup_id: str, advance: Advance | None = None) -> mf.FilesPart:
-    """Copy every completed object of `bucket` into `<backup_id>/files/` (names from
-    `stored_name`), each hashed and copied at the ETag it was listed with (a changed object
-    fails the copy rather than mixing versions); `advance(bytes)` per object."""
-    def one(obj: dict) -> mf.AudioObject:
-        sha = _sha256(s3, bucket, obj["key"], obj["etag"])
+def backup(s3, bucket: str, repo: Repository, backup_id: str, advance: Advance | None = None,
+           recorded: set[str] | None = None) -> mf.FilesPart:
+    """Copy every completed object of `bucket` (`inventory`, with `recorded`) into
+    `<backup_id>/files/` (names from `stored_name`), each hashed and copied at the ETag it was
+    listed with (a changed object fails the copy rather than mixing versions); `advance(bytes)`
+    per object. An object deleted after the listing (the worker retires and cleans up audio at
+    any hour) is left out and logged: it was not there to keep (breaker 57 F2: the nightly
+    backup failed with NoSuchKey)."""
+    def one(obj: dict) -> mf.AudioObject | None:
         name = f"{backup_id}/files/{stored_name(obj['key'])}"
-        repo.copy_in(s3, bucket, obj["key"], name, obj["etag"])
+        try:
+            sha = _sha256(s3, bucket, obj["key"], obj["etag"])
+            repo.copy_in(s3, bucket, obj["key"], name, obj["etag"])
+        except Exception as exc:
+            if not _gone(exc):
+                raise
+            repo.delete_names([name])  # a copy the deletion cut short (none where it never began)
+            log.info("audio object %s was deleted while the backup ran: left out", obj["key"])
+            return None
         if advance:
             advance(obj["size"])
         return mf.AudioObject(key=obj["key"], size=obj["size"], sha256=sha, name=name, etag=obj["etag"])
 
+    listed = inventory(s3, bucket, recorded)
     with ThreadPoolExecutor(WORKERS) as pool:
-        objects = list(pool.map(one, inventory(s3, bucket)))
+        objects = [o for o in pool.map(one, listed) if o is not None]
+    if len(objects) < len(listed):
+        log.warning("%d audio object(s) were deleted while the backup ran and are not in it", len(listed) - len(objects))
     return mf.FilesPart(bucket=bucket, objects=objects)
 
 
