@@ -23,6 +23,8 @@ COLORS = ("blue", "green")
 # the same types, choices and bounds), so a deploy and its dry run refuse at validate what the
 # worker would refuse at start-up, after the bring-up began (breaker 38 H7).
 _HEX64 = r"^[0-9a-f]{64}(,[0-9a-f]{64})*$"
+_MAX_SECONDS = 30 * 86400.0  # the worker's MAX_SECONDS: a lease, expiry or timeout past 30 days is a typo
+_SECONDS = Annotated[float, Field(gt=0, le=_MAX_SECONDS, allow_inf_nan=False)]
 WORKER_SETTINGS: dict[str, tuple[object, str]] = {
     "model_path": (str, "a path"),
     "model_name": (str, "a name"),
@@ -36,6 +38,22 @@ WORKER_SETTINGS: dict[str, tuple[object, str]] = {
     "rate_limit_rpm": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
     "rate_limit_concurrent_uploads": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
     "rate_limit_daily_audio_seconds": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
+    # the Uploads API's (issue 26; breaker 57 F3: none could be set, so on Kubernetes every
+    # per-key upload limit stayed off)
+    "max_upload_total_mb": (Annotated[int, Field(ge=1)], "a whole number, 1 or more"),
+    "max_part_mb": (Annotated[int, Field(ge=1)], "a whole number, 1 or more"),
+    "part_memory_mb": (Annotated[int, Field(ge=1)], "a whole number, 1 or more"),
+    "part_memory_key_percent": (Annotated[int, Field(ge=1, le=100)], "a whole number from 1 to 100"),
+    "part_body_timeout_seconds": (_SECONDS, f"seconds above 0, at most {_MAX_SECONDS:.0f} (30 days)"),
+    "part_min_rate_kbps": (Annotated[float, Field(gt=0, allow_inf_nan=False)], "a number above 0"),
+    "part_busy_rate_kbps": (Annotated[float, Field(gt=0, allow_inf_nan=False)], "a number above 0"),
+    "upload_expiry_seconds": (_SECONDS, f"seconds above 0, at most {_MAX_SECONDS:.0f} (30 days)"),
+    "upload_retention_hours": (Annotated[float, Field(ge=0, le=87_600, allow_inf_nan=False)],
+                               "hours from 0 to 87600 (0: kept)"),
+    "upload_lease_seconds": (_SECONDS, f"seconds above 0, at most {_MAX_SECONDS:.0f} (30 days)"),
+    "rate_limit_open_uploads": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
+    "rate_limit_parts_per_minute": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
+    "rate_limit_daily_upload_mb": (Annotated[int, Field(ge=0)], "a whole number, 0 or more (0: unlimited)"),
     "log_level": (Literal["debug", "info", "warning", "error"], "debug, info, warning or error"),
     "api_key_hashes": (Annotated[str, Field(pattern=_HEX64)],
                        "comma-separated SHA-256 hex digests (64 lowercase hex characters each)"),

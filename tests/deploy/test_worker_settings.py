@@ -39,12 +39,17 @@ def test_a_setting_the_worker_takes_is_kept(setting, value):
     assert Release.parse("worker:1.0.1", [setting]).settings == {key: value}
 
 
-PROBES = ["-1", "0", "1", "2.5", "10", "11", "64", "65", "1024", "1025", "cpu", "cuda", "nope", "info", "loud", "nan"]
+PROBES = ["-1", "0", "1", "2.5", "10", "11", "64", "65", "100", "101", "1024", "1025", "87600", "87601",
+          "2592000", "2592001", "1e3", "cpu", "cuda", "nope", "info", "loud", "nan", "inf"]
 
 
 @pytest.mark.parametrize("key", ["device", "concurrency", "cpu_threads", "beam_size", "queue_size", "max_upload_mb",
                                  "rate_limit_rpm", "rate_limit_concurrent_uploads", "rate_limit_daily_audio_seconds",
-                                 "log_level"])
+                                 "log_level", "max_upload_total_mb", "max_part_mb", "part_memory_mb",
+                                 "part_memory_key_percent", "part_body_timeout_seconds", "part_min_rate_kbps",
+                                 "part_busy_rate_kbps", "upload_expiry_seconds", "upload_retention_hours",
+                                 "upload_lease_seconds", "rate_limit_open_uploads", "rate_limit_parts_per_minute",
+                                 "rate_limit_daily_upload_mb"])
 def test_each_setting_is_judged_as_the_worker_itself_judges_it(monkeypatch, key):
     """WORKER_SETTINGS mirrors the worker's own Settings (a package opsctl does not import):
     for every probe value, --set and the worker's start-up agree on taking it or not."""
