@@ -54,6 +54,10 @@ _PIDFILE_SH = 'echo $$ > "$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"'
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|"
                           r"WEBHOOK|DSN|URLS?$|URIS?$|^PGPASS|^AWS_|^PULUMI_CONFIG|^KUBECONFIG$", re.I)
 _secret_names: set[str] = set()  # named by the project's opsctl.yaml (`*_env` settings)
+# a measure: a name ending in a unit whose value is a plain number is a setting even when a
+# secret's word is in it (WORKER_PART_MEMORY_KEY_PERCENT: the share one API key may hold)
+_MEASURE_NAME = re.compile(r"_(PERCENT|SECONDS|MS|MB|KBPS|HOURS|MINUTES|BYTES|COUNT)$", re.I)
+_NUMBER = re.compile(r"\d+(\.\d+)?")
 
 
 def remember_secrets(env) -> None:
@@ -78,6 +82,8 @@ def is_secret(name: str, value: str = "") -> bool:
     # a key's hashes (the worker's WORKER_API_KEY_HASHES) are what a server checks keys against,
     # not a key: a worker started by `local up` still inherits them
     named = not name.endswith("_HASHES") and bool(_SECRET_NAME.search(name) or SECRET_NAME.search(name))
+    if named and _MEASURE_NAME.search(name) and _NUMBER.fullmatch(value):  # breaker 57 F4: dropped as a secret
+        return False
     return named or (bool(value) and credentials(value) != value)
 
 

@@ -92,6 +92,25 @@ def test_a_lone_surrogate_in_any_stored_text_field_is_400_naming_it():
     assert refused.value.status == 400 and refused.value.param == "prompt"
 
 
+def test_a_filename_with_a_bidirectional_override_is_refused_and_nothing_is_made(w):
+    """Breaker 57: a filename holding U+202E (right-to-left override) was stored and echoed in
+    GET and in the file's `filename`, where "\u202e3pm.exe" reads "exe.mp3". Overrides,
+    embeddings and isolates are refused in a stored name (400 naming `filename`); a prompt's
+    text may hold them, and a right-to-left mark (U+200F) stays a name's character."""
+    from transcription_worker.uploads import no_control
+
+    url, log = w
+    for bad in ("\u202e3pm.exe", "ep\u2066isode.mp3", "a\u202ab.wav"):
+        r = httpclient.post(f"{url}/v1/uploads", json={**SPEC, "filename": bad}, timeout=60)
+        assert r.status_code == 400, (bad, r.text)
+        error = r.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "filename") and "override" in error["message"]
+    named = httpclient.post(f"{url}/v1/uploads", json={**SPEC, "filename": "\u05e4\u05e8\u05e7\u200f.mp3"}, timeout=60)
+    assert named.status_code == 200 and named.json()["filename"] == "\u05e4\u05e8\u05e7\u200f.mp3", named.text
+    assert no_control("\u202eright to left\u202c", "prompt", lines=True) == "\u202eright to left\u202c"
+    assert _server_errors(url, log) == ([], [])
+
+
 def test_a_client_dropping_mid_part_is_no_server_error(w):
     url, log = w
     up = _upload(url)

@@ -56,3 +56,40 @@ def test_refunds_follow_the_charge_record_not_the_refunding_workers_settings(red
     asyncio.run(limited2.open_upload(key, "small", 3600, 1 * MIB))
     limited2.refund_upload_bytes_sync(key, 50 * MIB, upload_id="small")
     assert _used(redis_url, key) == 6 * MIB
+
+
+def test_a_shorter_upload_lease_never_shortens_the_longer_ones_held(redis_url):
+    """Breaker 57 F5: each new open-upload lease set the TTL of the key's whole lease set to
+    its own length. After the upload expiry was lowered (or from the other color of a deploy,
+    sharing Redis), the set expired with the short lease and forgot the hour-long ones: a key
+    of limit 3 held 7 open uploads. The refusal's Retry-After is the time until the key's
+    oldest lease ends on its own, the only wait that frees a slot (F6: it said 60 s, and the
+    openai SDK waited two minutes for nothing)."""
+    from transcription_worker.errors import APIError
+
+    hour, short = Limits(redis_url, 0, 0, 0, open_uploads=3), Limits(redis_url, 0, 0, 0, open_uploads=3)
+    store = redis_sync.Redis.from_url(redis_url)
+    waits = []
+
+    async def refused(limits: Limits, upload_id: str, seconds: float) -> None:
+        with pytest.raises(APIError) as answer:
+            await limits.open_upload("k", upload_id, seconds, MIB)
+        assert answer.value.status == 429
+        waits.append(int(answer.value.headers["Retry-After"]))
+
+    async def scenario() -> None:  # one event loop: a client's connections belong to the loop they were made on
+        await hour.open_upload("k", "u1", 3600, MIB)
+        await hour.open_upload("k", "u2", 3600, MIB)
+        await short.open_upload("k", "u3", 1, MIB)  # the lowered expiry: 1 s
+        assert store.pttl("worker:open-uploads:k") > 3_500_000
+        await asyncio.sleep(1.5)  # the short lease has ended; the set and its two hour-long leases have not
+        assert store.zscore("worker:open-uploads:k", "u1") and store.zscore("worker:open-uploads:k", "u2")
+        await short.open_upload("k", "u4", 1, MIB)  # the third slot, free again
+        await refused(short, "u5", 1)
+        await asyncio.sleep(1.5)
+        await short.open_upload("k", "u6", 3600, MIB)
+        await refused(short, "u7", 3600)
+
+    asyncio.run(scenario())
+    assert 0 < waits[0] <= 2, waits  # u4's lease ends first, within its second
+    assert 3500 < waits[1] <= 3600, waits  # then the oldest hour-long one: the wait that frees a slot

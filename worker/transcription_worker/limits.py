@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -86,15 +87,22 @@ return false
 
 # Counting semaphore: KEYS[1] is a sorted set holder -> lease deadline (ms, Redis' clock, so
 # workers' clocks need not agree). Expired leases are dropped first; a holder gets a lease only
-# while fewer than ARGV[1] live ones exist. Each lease expires on its own, so no request can
-# extend another's, and the set itself expires after the longest lease.
+# while fewer than ARGV[1] live ones exist (1), else the answer is minus the milliseconds until
+# the first lease ends on its own (what waiting helps). Each lease expires on its own, so no
+# request can extend another's, and the set itself expires after the longest lease: its TTL is
+# only ever lengthened (breaker 57 F5: a lease shorter than those held, after the upload expiry
+# was lowered or from the other color of a deploy, cut the set's TTL to its own, and the set
+# vanished with every longer lease in it: a key of limit 3 then held 7 open uploads).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return -math.max(1, tonumber(first[2]) - now)
+end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 1
 """
 _RENEW = """
@@ -171,12 +179,12 @@ class Limits:
             if self.open_uploads:
                 got = await self._acquire(keys=[f"worker:open-uploads:{key_id}"],
                                           args=[self.open_uploads, int(seconds * 1000), upload_id])
-                if not int(got):
+                if int(got) <= 0:  # a slot frees itself only when the key's oldest upload expires
                     metrics.RATE_LIMITED.labels("open_uploads").inc()
                     raise APIError(429, f"at most {self.open_uploads} unfinished uploads per API key;"
                                    " complete or cancel one (a cancelled presigned upload counts until its"
                                    " part URLs expire)", code="concurrent_uploads_exceeded",
-                                   retry_after=60)
+                                   retry_after=math.ceil(-int(got) / 1000))
             if self.daily_upload_mb:
                 day = f"worker:upload-bytes:{key_id}:{time.strftime('%Y%m%d', time.gmtime())}"
                 ok, used = await self._charge(keys=[day, f"worker:upload-charged:{upload_id}"],
@@ -302,7 +310,7 @@ class Limits:
             log.warning("upload limit skipped, redis unavailable: %s", exc)
             yield
             return
-        if not int(got):
+        if int(got) <= 0:
             metrics.RATE_LIMITED.labels("concurrent_uploads").inc()
             raise APIError(429, f"at most {self.uploads} uploads at once per API key",
                            code="concurrent_uploads_exceeded", retry_after=1)

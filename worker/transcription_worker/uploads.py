@@ -26,7 +26,10 @@ _SLACK = 64 * 1024  # multipart headers and the small form fields around the fil
 
 # C0 controls and DEL, and the C1 controls: PostgreSQL refuses NUL in text (and \u0000 in
 # jsonb), and none of them belongs in a name, a purpose, an id or a key
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# in a name, a purpose, an id or a key also the bidirectional embeddings, overrides and
+# isolates (U+202A-U+202E, U+2066-U+2069): "\u202eevil.exe" reads "exe.live" wherever it is
+# shown (breaker 57: a filename kept U+202E and echoed it); a prompt's text may hold them
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab, CR, LF kept
 
 
@@ -36,7 +39,9 @@ def no_control(value: str | None, param: str, lines: bool = False) -> str | None
     Every text field an endpoint stores goes through it, so a NUL is the client's error, not
     the store's 503."""
     if value and (_CONTROL_BUT_LINES if lines else _CONTROL).search(value):
-        raise APIError(400, f"{param} must not contain control characters (such as NUL)", param=param,
+        raise APIError(400, f"{param} must not contain control characters (such as NUL, or a bidirectional "
+                       "override)" if not lines else f"{param} must not contain control characters (such as NUL)",
+                       param=param,
                        code="invalid_value")
     if value and not value.isascii():
         try:
