@@ -254,3 +254,19 @@ def test_a_value_that_is_not_finite_is_shown_not_raised():
 
     assert units.against(float("inf"), 30) == ("inf", "30")
     assert units.against(float("nan"), 30)[0] == "nan"
+
+
+@pytest.mark.parametrize(("value", "left", "expected"), [
+    (62.599875, 42.813375, ("62.6 s", "42.8 s")), (5.0, 4.95, ("5 s", "4.95 s")), (1.0, 0.0, ("1 s", "0 s")),
+    (30.01, 30.0, ("30.01 s", "30 s")),
+])
+def test_what_is_left_of_a_limit_reads_as_a_figure_not_as_a_limit_set(value, left, expected):
+    """Breaker 57 F7: "this file's 62.599875 s is more than the 42.813375 s left", and "this
+    upload's 1001 MiB is more than the 999.999999046 MiB left": what is left was shown as a
+    limit as set whenever it had a short decimal form by chance. It reads as a figure now, with
+    as many decimals as tell the two apart."""
+    from transcription_worker import units
+
+    assert units.seconds_against(value, left, limit_is_set=False) == expected
+    assert units.mib_against(1001 * MIB, 1000 * MIB - 1, limit_is_set=False) == ("1001 MiB", "1000 MiB")
+    assert units.mib_against(16 * MIB + 1, 16 * MIB, limit_is_set=False) == ("16.01 MiB", "16 MiB")

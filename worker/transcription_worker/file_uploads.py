@@ -451,7 +451,7 @@ def _share_refusal(mine: int, size: int, share: int) -> APIError:
     reads as larger than what is left: `units.mib_against`)."""
     metrics.RATE_LIMITED.labels("part_memory").inc()
     mine_shown, share_shown = units.mib_against(mine, share)
-    size_shown, left_shown = units.mib_against(size, max(0, share - mine))
+    size_shown, left_shown = units.mib_against(size, max(0, share - mine), limit_is_set=False)
     return APIError(429, f"this API key has {mine_shown} of parts on their way to this worker or waiting for"
                     f" room already, and may have {share_shown} (WORKER_PART_MEMORY_KEY_PERCENT of"
                     f" WORKER_PART_MEMORY_MB): this part's {size_shown} does not fit in the {left_shown} left;"

@@ -205,7 +205,7 @@ class Limits:
         when under it, nor the upload as fitting in what is left."""
         limit = self.daily_upload_mb * units.MIB
         used_shown, limit_shown = units.mib_against(used, limit)
-        size_shown, left_shown = units.mib_against(size, max(0.0, limit - used))
+        size_shown, left_shown = units.mib_against(size, max(0.0, limit - used), limit_is_set=False)
         return (f"{limit_shown} for this API key: {used_shown} used today, and this upload's {size_shown}"
                 f" is more than the {left_shown} left")
 
@@ -348,7 +348,8 @@ class Limits:
         if int(ok):
             return True
         used = float(used)
-        file_shown, left_shown = units.seconds_against(seconds, max(0.0, self.daily - used))
+        file_shown, left_shown = units.seconds_against(seconds, max(0.0, self.daily - used),
+                                                           limit_is_set=False)
         raise self._audio_refused(used, f"; this file's {file_shown} is more than the {left_shown} left")
 
     async def check_audio_left(self, key_id: str) -> None:

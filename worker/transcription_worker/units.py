@@ -86,7 +86,7 @@ def _decimals(text: str) -> int:
     return len(text.partition(".")[2])
 
 
-def against(value: float, limit: float) -> tuple[str, str]:
+def against(value: float, limit: float, limit_is_set: bool = True) -> tuple[str, str]:
     """(`value`, `limit`) as texts that compare as the numbers do, never equal unless the
     numbers are (to float noise, and never for a value over the limit) nor across: the limit as it is (`exact`: "4.15", "0.04",
     "30"); the value to the nearest with as many decimals as the limit (one at least, trailing
@@ -96,10 +96,12 @@ def against(value: float, limit: float) -> tuple[str, str]:
     against 30 -> ("30.01", "30"); 59.99 against 60 -> ("59.99", "60"); 4.21 against 4.15 ->
     ("4.21", "4.15"); 4.21 against 0.04 -> ("4.21", "0.04"). A limit with no short decimal
     form (an amount left, in MiB of odd bytes) is shown as a figure, to the nearest with the
-    value's decimals."""
+    value's decimals; so is one that is not a limit as set (`limit_is_set` False: what is left
+    of one, which has a short decimal form by chance: "42.813375 s left" read as set, breaker
+    57 F7)."""
     if not (math.isfinite(value) and math.isfinite(limit)):  # no rounding to do (breaker 49 F9)
         return str(value), str(limit)
-    limit_set = _as_set(limit)
+    limit_set = _as_set(limit) if limit_is_set else None
     if math.isclose(value, limit, rel_tol=_SAME, abs_tol=_SAME):
         if value > limit:  # refused by an exact comparison: both as they are (breaker 48 F6: "4.21 s over
             return _plain(value), _plain(limit)  # the 4.21 s limit" for a 4.2099999999999 s one)
@@ -133,11 +135,11 @@ def mib(size: int | float) -> str:
     return f"{figure(size / MIB)} MiB"
 
 
-def mib_against(size: int | float, limit: int | float) -> tuple[str, str]:
+def mib_against(size: int | float, limit: int | float, limit_is_set: bool = True) -> tuple[str, str]:
     """(`size`, `limit`), both bytes, in MiB as texts that compare as the byte counts do
-    (`against`): mib_against(60 * MIB - 1, 60 * MIB) -> ("59.99 MiB", "60 MiB"),
-    mib_against(8 * MIB + 1, 8 * MIB) -> ("8.01 MiB", "8 MiB")."""
-    shown, limit_shown = against(size / MIB, limit / MIB)
+    (`against`; `limit_is_set` False for what is left of a limit): mib_against(60 * MIB - 1,
+    60 * MIB) -> ("59.99 MiB", "60 MiB"), mib_against(8 * MIB + 1, 8 * MIB) -> ("8.01 MiB", "8 MiB")."""
+    shown, limit_shown = against(size / MIB, limit / MIB, limit_is_set)
     return f"{shown} MiB", f"{limit_shown} MiB"
 
 
@@ -157,8 +159,9 @@ def seconds_limit(duration: float) -> str:
     return f"{exact(duration)} s"
 
 
-def seconds_against(duration: float, limit: float) -> tuple[str, str]:
+def seconds_against(duration: float, limit: float, limit_is_set: bool = True) -> tuple[str, str]:
     """(`duration`, `limit`), both seconds, as texts that compare as the numbers do
-    (`against`): seconds_against(30.28, 30) -> ("30.3 s", "30 s")."""
-    shown, limit_shown = against(duration, limit)
+    (`against`; `limit_is_set` False for what is left of a limit): seconds_against(30.28, 30)
+    -> ("30.3 s", "30 s"), seconds_against(62.599875, 42.813375, False) -> ("62.6 s", "42.8 s")."""
+    shown, limit_shown = against(duration, limit, limit_is_set)
     return f"{shown} s", f"{limit_shown} s"
