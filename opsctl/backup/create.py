@@ -229,7 +229,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
             log.info("copying audio objects from %s", ep.audio_bucket)
             s3 = ep.s3_client()
             m.files = files.backup(s3, ep.audio_bucket, repo, backup_id, report("audio objects", None),
-                                   files.recorded_upload_files(ep.database_url))
+                                   files.unfinished_upload_keys(s3, ep.audio_bucket, ep.database_url))
         for snap in (p for p in parts if p.endswith("-snapshot")):
             from opsctl.backup import snapshots
 

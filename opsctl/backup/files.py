@@ -40,52 +40,67 @@ def stored_name(key: str) -> str:
 _UPLOAD_PART = re.compile(r"(^|/)(upload-parts/upload_[0-9a-f]{32}/|uploads/upload_[0-9a-f]{32}\.parts/)")
 
 
-# the file a complete assembles: `<prefix>uploads/upload_<32 hex>`, or `...-<n>` for its n-th claim
-_UPLOAD_FILE = re.compile(r"(^|/)uploads/upload_[0-9a-f]{32}(-[0-9]+)?$")
-
-
-def inventory(s3, bucket: str, recorded: set[str] | None = None) -> list[dict]:
+def inventory(s3, bucket: str, unfinished: set[str] | None = None) -> list[dict]:
     """[{key, size (bytes), etag}] of every completed object in `bucket` (ListObjectsV2, paged):
     parts of multipart uploads still open are not objects and never listed, and the worker's
     upload part objects (`.../upload-parts/upload_<id>/...`, and the older
-    `.../uploads/upload_<id>.parts/...`) are left out (issue 26). With `recorded` (the keys
-    the worker's database records as completed uploads' files: `recorded_upload_files`), an
-    upload's file key that is not one of them is left out too."""
+    `.../uploads/upload_<id>.parts/...`) are left out (issue 26), as are the keys in
+    `unfinished` (`unfinished_upload_keys`: what the worker's database says is no upload's file)."""
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"]} for p in pages for o in p.get("Contents", [])
-            if not _UPLOAD_PART.search(o["Key"])
-            and (recorded is None or o["Key"] in recorded or not _UPLOAD_FILE.search(o["Key"]))]
+            if not _UPLOAD_PART.search(o["Key"]) and o["Key"] not in (unfinished or ())]
 
 
-def recorded_upload_files(database_url: str | None) -> set[str] | None:
-    """The S3 keys of the files of completed uploads, as the worker's `uploads` table records
-    them (`file_key`, or `s3_key` for uploads completed before it was recorded); None when
-    that can't be known (no database URL, no such table, the server unreachable: logged).
+def unfinished_upload_keys(s3, bucket: str, database_url: str | None) -> set[str]:
+    """The keys in `bucket` that the worker's `uploads` table says hold no upload's file: an
+    upload's own key (`s3_key`) or one of its claims' (`s3_key-<n>`) that is not the file its
+    row records as completed (`file_key`, or `s3_key` for uploads completed before it was
+    recorded). A complete whose worker was killed after S3 assembled the file leaves it in the
+    bucket while the upload is still pending (until a retry, a cancel or the expiry), and a
+    claim's stale key stays until the keeper's sweep (breaker 57 F1: a backup copied a 40 MiB
+    file the database never had).
 
-    Why: a complete whose worker died after S3 assembled the file leaves it in the bucket while
-    the upload is still pending, until a retried complete, a cancel or the expiry removes it,
-    and a claim's stale attempt key stays until the keeper's sweep (breaker 57 F1: a backup
-    copied a 40 MiB file the database never had). The database says which are files."""
+    Only keys a row names are ever left out: a key no row knows (another prefix, another
+    tool's folder named uploads/) is copied (breaker 58 G3), and so is everything when the
+    table can't be found or read (no database URL, no `uploads` table on the search path, the
+    server down or not answering within 10 s: a warning, breaker 58 G1, G4)."""
     if not database_url:
-        return None
+        return set()
     import psycopg
 
     from opsctl.backup import postgres as pgb
-    from opsctl.errors import OperationFailed, fault_text
+    from opsctl.errors import fault_text
 
     try:
-        with pgb.connect(database_url, autocommit=True) as conn:
-            if conn.execute("select to_regclass('uploads') is not null").fetchone()[0] is False:
-                return set()  # no worker made an upload here: no key of that form is a file
-            has_file_key = conn.execute(
-                "select exists (select 1 from information_schema.columns where table_name = 'uploads' "
-                "and table_schema = current_schema() and column_name = 'file_key')").fetchone()[0]
-            key = "coalesce(file_key, s3_key)" if has_file_key else "s3_key"
-            return {k for (k,) in conn.execute(f"select {key} from uploads where status = 'completed'")}
-    except (psycopg.Error, OperationFailed) as exc:
-        log.warning("could not read which uploads are completed (%s): every upload file in the bucket is copied, "
-                    "including any a killed complete left", fault_text(exc))
-        return None
+        with psycopg.connect(pgb.conninfo(database_url), autocommit=True, connect_timeout=10) as conn:
+            table = conn.execute("select to_regclass('uploads')::oid").fetchone()[0]
+            if table is None:
+                return set()  # no worker's table here: nothing is known to be unfinished
+            columns = {c for (c,) in conn.execute(  # the table's own columns, whatever its schema (G2)
+                "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped",
+                (table,))}
+            file_key = "file_key" if "file_key" in columns else "null"
+            rows = conn.execute(f"select s3_key, status, {file_key} from uploads where s3_key is not null").fetchall()
+    except psycopg.Error as exc:
+        log.warning("could not read the worker's uploads (%s): every upload file in the bucket is copied, including "
+                    "any a killed complete left", fault_text(exc))
+        return set()
+    keys = {o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in p.get("Contents", [])}
+    by_upload: dict[str, tuple[str, str | None]] = {}  # an upload's key -> (status, its file)
+    for s3_key, status, recorded in rows:
+        by_upload[s3_key] = (status, (recorded or s3_key) if status == "completed" else None)
+    unfinished = set()
+    for key in keys:
+        base, _, attempt = key.rpartition("-")
+        owner = key if key in by_upload else base if attempt.isdigit() and base in by_upload else None
+        if owner is not None and by_upload[owner][1] != key:
+            unfinished.add(key)
+    if unfinished:
+        log.warning("left out %d upload file(s) the worker's database records as no completed upload's file (a "
+                    "complete killed after S3 assembled it, or a stale claim's): %s", len(unfinished),
+                    ", ".join(sorted(unfinished)))
+    return unfinished
 
 
 def _gone(exc: Exception) -> bool:
@@ -104,8 +119,8 @@ def _sha256(s3, bucket: str, key: str, etag: str) -> str:
 
 
 def backup(s3, bucket: str, repo: Repository, backup_id: str, advance: Advance | None = None,
-           recorded: set[str] | None = None) -> mf.FilesPart:
-    """Copy every completed object of `bucket` (`inventory`, with `recorded`) into
+           unfinished: set[str] | None = None) -> mf.FilesPart:
+    """Copy every completed object of `bucket` (`inventory`, less `unfinished`) into
     `<backup_id>/files/` (names from `stored_name`), each hashed and copied at the ETag it was
     listed with (a changed object fails the copy rather than mixing versions); `advance(bytes)`
     per object. An object deleted after the listing (the worker retires and cleans up audio at
@@ -126,7 +141,7 @@ def backup(s3, bucket: str, repo: Repository, backup_id: str, advance: Advance |
             advance(obj["size"])
         return mf.AudioObject(key=obj["key"], size=obj["size"], sha256=sha, name=name, etag=obj["etag"])
 
-    listed = inventory(s3, bucket, recorded)
+    listed = inventory(s3, bucket, unfinished)
     with ThreadPoolExecutor(WORKERS) as pool:
         objects = [o for o in pool.map(one, listed) if o is not None]
     if len(objects) < len(listed):

@@ -70,7 +70,9 @@ def test_an_upload_file_the_database_does_not_call_completed_is_left_out(benv, s
     worker_db.migrate(seeded.db_url)  # the worker's own schema, as a worker running here makes it
     done, killed, old = (f"upload_{uuid.uuid4().hex}" for _ in range(3))
     keys = {"done": f"audio/uploads/{done}-2", "stale": f"audio/uploads/{done}",  # its attempt 1, not its file
-            "killed": f"audio/uploads/{killed}", "old": f"audio/uploads/{old}"}
+            "killed": f"audio/uploads/{killed}", "old": f"audio/uploads/{old}",
+            # breaker 58 G3: keys of the same form that no row names (another tool's folder) are kept
+            "foreign": f"archive/2024/uploads/upload_{uuid.uuid4().hex}", "root": f"uploads/{done}-3"}
     for key in keys.values():
         s3.put_object(Bucket=seeded.bucket, Key=key, Body=key.encode() * 1000)
     try:
@@ -78,11 +80,14 @@ def test_an_upload_file_the_database_does_not_call_completed_is_left_out(benv, s
             _upload_row(conn, done, "completed", keys["stale"], keys["done"])
             _upload_row(conn, killed, "pending", keys["killed"], None)
             _upload_row(conn, old, "completed", keys["old"], None)  # completed before file_key was recorded
-        made = ok(runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "files", "--json"]))
+        result = runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "files", "--json"])
+        made = ok(result)
+        said = " ".join(result.stderr.split())
+        assert "left out 2 upload file(s)" in said and keys["killed"] in said and keys["stale"] in said, said
         manifest = catalog.load(benv.repo(), made["id"], parse(KEY, "test"))
         backed_up = {o.key for o in manifest.files.objects}
         assert set(seeded.audio) <= backed_up
-        assert {keys["done"], keys["old"]} <= backed_up, backed_up
+        assert {keys["done"], keys["old"], keys["foreign"], keys["root"]} <= backed_up, backed_up
         assert not {keys["stale"], keys["killed"]} & backed_up, backed_up
     finally:
         for key in keys.values():
