@@ -269,6 +269,8 @@ def _made(at: dt.datetime | None) -> str:
         return ""
     at = at.astimezone(dt.timezone.utc)
     hours = (dt.datetime.now(dt.timezone.utc) - at).total_seconds() / 3600
+    if hours < 0:  # breaker 58 G8: "-5.0 hours ago"; one of the two clocks is wrong
+        return f"; made {at:%Y-%m-%d %H:%M:%S} UTC, {-hours:.1f} hours ahead of this machine's clock"
     return f"; made {at:%Y-%m-%d %H:%M:%S} UTC, {hours:.1f} hours ago"
 
 

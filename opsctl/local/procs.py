@@ -54,10 +54,6 @@ _PIDFILE_SH = 'echo $$ > "$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"'
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|"
                           r"WEBHOOK|DSN|URLS?$|URIS?$|^PGPASS|^AWS_|^PULUMI_CONFIG|^KUBECONFIG$", re.I)
 _secret_names: set[str] = set()  # named by the project's opsctl.yaml (`*_env` settings)
-# a measure: a name ending in a unit whose value is a plain number is a setting even when a
-# secret's word is in it (WORKER_PART_MEMORY_KEY_PERCENT: the share one API key may hold)
-_MEASURE_NAME = re.compile(r"_(PERCENT|SECONDS|MS|MB|KBPS|HOURS|MINUTES|BYTES|COUNT)$", re.I)
-_NUMBER = re.compile(r"\d+(\.\d+)?")
 
 
 def remember_secrets(env) -> None:
@@ -82,9 +78,19 @@ def is_secret(name: str, value: str = "") -> bool:
     # a key's hashes (the worker's WORKER_API_KEY_HASHES) are what a server checks keys against,
     # not a key: a worker started by `local up` still inherits them
     named = not name.endswith("_HASHES") and bool(_SECRET_NAME.search(name) or SECRET_NAME.search(name))
-    if named and _MEASURE_NAME.search(name) and _NUMBER.fullmatch(value):  # breaker 57 F4: dropped as a secret
-        return False
+    if named and _worker_setting(name):  # breaker 57 F4: WORKER_PART_MEMORY_KEY_PERCENT was dropped as a secret
+        named = False
     return named or (bool(value) and credentials(value) != value)
+
+
+def _worker_setting(name: str) -> bool:
+    """Whether `name` is one of the worker settings a deploy may set (WORKER_<KEY> of
+    deploy.model.WORKER_SETTINGS): a setting even when a secret's word is in its name (the
+    share of part memory one API KEY may hold), checked by name alone, so no other variable
+    passes through it whatever its value (breaker 58 G5: any name ending in a unit did)."""
+    from opsctl.deploy.model import WORKER_SETTINGS
+
+    return name.startswith("WORKER_") and name[len("WORKER_"):].lower() in WORKER_SETTINGS
 
 
 def inherited_environment(secrets: bool = False) -> dict[str, str]:

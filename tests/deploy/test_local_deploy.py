@@ -178,9 +178,12 @@ def test_second_concurrent_deploy_is_refused(runner, platform):
 def test_dry_run_changes_nothing(runner, platform):
     before = _status(runner)
     result = runner.invoke(app, ["deploy", "--image", "worker:5.0.0", "--dry-run", "--json", "--backup",
-                                 "--load-gate", "p95<9000ms"])
+                                 "--load-gate", "p95<9000ms", "--set", "part_memory_key_percent=20"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
+    # breaker 58 G7: the plan left out every variable named with KEY, this setting with them
+    assert "WORKER_PART_MEMORY_KEY_PERCENT=20" in plan["manifests"].splitlines(), plan["manifests"]
+    assert "DATABASE_URL" not in plan["manifests"] and "AWS_SECRET" not in plan["manifests"]
     assert plan["target_color"] == _other(before["active_color"])
     assert any("pre-promotion analysis" in s for s in plan["steps"])
     assert "pre-deploy database backup" in plan["steps"]

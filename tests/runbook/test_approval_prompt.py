@@ -75,3 +75,17 @@ def test_a_protected_environment_is_named_under_the_change_it_approves():
     assert asked == ["delete backup 20261203T140300Z-3f9a (complete: db) from s3://b/p\n'prod' is protected. "
                      "Type its name to change it",
                      "delete the embedded platform's data\n'prod' is protected. Type its name to change it"], asked
+
+
+def test_a_backup_dated_ahead_of_the_clock_is_said_so_in_the_question():
+    """Breaker 58 G8: backup delete's question said "-5.0 hours ago" for a backup dated after
+    this machine's clock."""
+    import datetime as dt
+
+    from opsctl.backup.retention import _made
+
+    ahead = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=5, minutes=1)
+    said = _made(ahead)
+    assert said.endswith("5.0 hours ahead of this machine's clock") and "-" not in said.split("UTC")[1], said
+    assert _made(dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)).endswith(", 2.0 hours ago")
+    assert _made(None) == ""

@@ -100,11 +100,11 @@ def test_a_filename_with_a_bidirectional_override_is_refused_and_nothing_is_made
     from transcription_worker.uploads import no_control
 
     url, log = w
-    for bad in ("\u202e3pm.exe", "ep\u2066isode.mp3", "a\u202ab.wav"):
+    for bad in ("\u202e3pm.exe", "ep\u2066isode.mp3", "a\u202ab.wav", "ep\u2028forged.mp3", "ep\U000e0041.mp3"):
         r = httpclient.post(f"{url}/v1/uploads", json={**SPEC, "filename": bad}, timeout=60)
         assert r.status_code == 400, (bad, r.text)
         error = r.json()["error"]
-        assert (error["code"], error["param"]) == ("invalid_value", "filename") and "override" in error["message"]
+        assert (error["code"], error["param"]) == ("invalid_value", "filename") and "control" in error["message"]
     named = httpclient.post(f"{url}/v1/uploads", json={**SPEC, "filename": "\u05e4\u05e8\u05e7\u200f.mp3"}, timeout=60)
     assert named.status_code == 200 and named.json()["filename"] == "\u05e4\u05e8\u05e7\u200f.mp3", named.text
     assert no_control("\u202eright to left\u202c", "prompt", lines=True) == "\u202eright to left\u202c"

@@ -28,8 +28,10 @@ _SLACK = 64 * 1024  # multipart headers and the small form fields around the fil
 # jsonb), and none of them belongs in a name, a purpose, an id or a key
 # in a name, a purpose, an id or a key also the bidirectional embeddings, overrides and
 # isolates (U+202A-U+202E, U+2066-U+2069): "\u202eevil.exe" reads "exe.live" wherever it is
-# shown (breaker 57: a filename kept U+202E and echoed it); a prompt's text may hold them
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# shown (breaker 57: a filename kept U+202E and echoed it); nor the line and paragraph
+# separators (U+2028, U+2029: a new line in a log) and the tag characters (U+E0000-U+E007F,
+# invisible text; breaker 58 G10); a prompt's text may hold the bidirectional ones
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\U000e0000-\U000e007f]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab, CR, LF kept
 
 

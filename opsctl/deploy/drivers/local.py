@@ -230,6 +230,6 @@ class LocalDriver:
         state = self._state()
         variables = wk.environment(state, self.env, color, release.version, release.settings)
         lines = [f"# local worker process for color {color}"]
-        lines += [f"{k}={v}" for k, v in sorted(variables.items()) if "SECRET" not in k and "KEY" not in k]
+        lines += [f"{k}={v}" for k, v in sorted(variables.items()) if not procs.is_secret(k, v)]  # G7: not by "KEY"
         lines.append(f"transcription-worker serve --host {procs.HOST} --port <kept port of worker-{color}>")
         return "\n".join(lines)
