@@ -83,7 +83,9 @@ def test_an_upload_file_the_database_does_not_call_completed_is_left_out(benv, s
         result = runner.invoke(app, ["backup", "create", "--env", benv.name, "--type", "files", "--json"])
         made = ok(result)
         said = " ".join(result.stderr.split())
-        assert "left out 2 upload file(s)" in said and keys["killed"] in said and keys["stale"] in said, said
+        # the pending upload's file is named; the stale claim key may already be gone: a worker
+        # running on this platform sweeps an ended upload's stray keys on its own (its keeper)
+        assert "upload file(s) the worker's database records as no completed" in said and keys["killed"] in said, said
         manifest = catalog.load(benv.repo(), made["id"], parse(KEY, "test"))
         backed_up = {o.key for o in manifest.files.objects}
         assert set(seeded.audio) <= backed_up
