@@ -196,7 +196,7 @@ def main() -> int:
         envs = {}
         for n in SIZES:
             common = {"platform": "kubernetes", "redis": {"url_env": "BENCH_REDIS_URL"},
-                      "thresholds": {"backup_age_hours": 1e6}}
+                      "thresholds": {"backup_age_hours": 366 * 24}}
             envs[f"file{n}"] = {**common, "backup": {"repository": f"file://{tmp / f'repo{n}'}"}}
             envs[f"s3{n}"] = {**common, "aws": {"endpoint_url": endpoint},
                               "backup": {"repository": f"s3://bench-n{n}/opsctl"}}
