@@ -37,6 +37,7 @@ import argparse
 import logging
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -527,8 +528,11 @@ class Archiver:
             log.info("base backups now cover the gaps of %s", ", ".join(cleared))
         return cleared
 
-    def run(self, stop=None, interval: float = 0.5) -> None:
-        """Drain until `stop` (a threading.Event) is set; failures are logged and retried."""
+    def run(self, stop=None, interval: float = 0.5, pause=None) -> None:
+        """Drain until `stop` (a threading.Event) is set; failures are logged and retried.
+        Between passes it waits `interval` seconds (up to 30 s after failures, doubling) with
+        `pause(seconds)` when given (the process's own: `main` wakes early on a nudge), else
+        on `stop` or in time.sleep."""
         delay = interval
         while stop is None or not stop.is_set():
             try:
@@ -548,7 +552,9 @@ class Archiver:
                 log.warning("archiving failed, retrying in %.0f s: %s", delay, credentials(str(exc)))
                 delay = min(delay * 2, 30.0)
                 self.not_moved()
-            if stop is not None:
+            if pause is not None:
+                pause(delay)
+            elif stop is not None:
                 stop.wait(delay)
             else:
                 time.sleep(delay)
@@ -561,6 +567,37 @@ def for_environment(project, env, data: Path, queue: Path) -> Archiver:
 
     repo, key = sealed_repository(project, env, initialise=True)
     return Archiver(repo, key, system_identifier(data), queue, env.backup.compress_level, data=data)
+
+
+# "Drain now": sent by a caller that waits for the queue to empty (opsctl.pitr.local.nudge_archiver:
+# restore --to-time latest, which drills and standbys use, and a base backup's WAL wait), so it waits for the
+# upload alone rather than also for the rest of the archiver's pause.
+NUDGE = signal.SIGUSR2
+
+
+def _nudgeable_pause():
+    """The archiver process's pause between passes, `pause(seconds)`, which ends early when a
+    NUDGE arrives. The signal gets a handler (so the sender can see in /proc that this process
+    takes it) that does nothing itself: its arrival is written to a pipe (signal.set_wakeup_fd)
+    that the pause waits on, so one that comes during a pass ends the next pause at once and
+    nothing queued meanwhile waits a whole interval. Main thread only."""
+    import select
+
+    wake, woken = os.pipe()
+    os.set_blocking(wake, False)
+    os.set_blocking(woken, False)
+    signal.set_wakeup_fd(woken, warn_on_full_buffer=False)
+    signal.signal(NUDGE, lambda *_: None)
+
+    def pause(seconds: float) -> None:
+        select.select([wake], [], [], seconds)
+        try:
+            while os.read(wake, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    return pause
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -581,9 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     import faulthandler
-    import signal
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes every thread's stack to the log
+    pause = _nudgeable_pause()
     from opsctl.config import load_project
     from opsctl.errors import OpsError
     from opsctl.signals import sigterm_as_interrupt
@@ -604,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("archiving %s (system %s) into %s", args.queue, archiver.sysid, archiver.repo.url)
     try:
         with sigterm_as_interrupt():
-            archiver.run(interval=args.interval)
+            archiver.run(interval=args.interval, pause=pause)
     except KeyboardInterrupt:
         archiver.drain()  # what was queued before the stop goes out first
     return 0

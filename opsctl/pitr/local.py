@@ -190,6 +190,30 @@ def stop_archiver(state, timeout: float = 30) -> bool:
     return stopped
 
 
+def nudge_archiver(state) -> bool:
+    """Ask this platform's archiver to drain its queue now, not at the end of its pause (up to
+    half a second; archive.NUDGE). Only an archiver that handles the signal is sent it (SigCgt
+    in its /proc/<pid>/status): to one started by a version before the nudge it would be
+    fatal. True when sent; False when none runs or it can't take one."""
+    import os
+
+    pid = archiver_pid(state)
+    if pid is None:
+        return False
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    except (OSError, StopIteration, ValueError):
+        return False
+    if not caught >> (archive.NUDGE - 1) & 1:
+        return False
+    try:
+        os.kill(pid, archive.NUDGE)
+    except OSError:  # gone meanwhile, or another user's
+        return False
+    return True
+
+
 def _cluster_of(pid: int) -> str | None:
     """The cluster (`--sysid`) archiver `pid` was started for; None when it names none (one
     started by a version before the label) or is gone."""

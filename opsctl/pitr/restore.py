@@ -468,8 +468,8 @@ def _switch_wal(port: int) -> Exception | None:
 
 
 def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> list[str]:
-    """Wait until the local WAL queue holds no segment or history (the archiver uploads it
-    every half second) and the live server has none marked .ready, at most `timeout` seconds; a note when some are still there. 'latest'
+    """Wait until the local WAL queue holds no segment or history (the archiver, nudged,
+    uploads it at once) and the live server has none marked .ready, at most `timeout` seconds; a note when some are still there. 'latest'
     is all the live server archived, and its archive_command counts a file archived once it
     is queued: the segment an in-place restore or a failover just switched out was otherwise
     still on its way and the window ended before it (breaker 14)."""
@@ -493,8 +493,12 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> 
                             if beside else "server's pg_wal, kept with its data directory (named above)"))
     deadline = time.monotonic() + timeout
     told = False
+    nudged: list[str] = []
     while True:
         queued = sorted(pitr_local.queued_wal(state))  # none without a queue (archiving off)
+        if queued and queued != nudged:  # the archiver uploads them now, not after its pause
+            pitr_local.nudge_archiver(state)
+            nudged = queued
         # and what the running server has yet to hand its archive_command (.ready)
         queued += sorted(pitr_local.ready_wal(state)) if serving else []
         if not queued:
@@ -511,7 +515,7 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> 
             logging.getLogger(__name__).info("waiting up to %.0f s for the WAL archiver to upload %d queued WAL "
                                              "file(s), so 'latest' includes them", timeout, len(queued))
             told = True
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def _after_newest(port: int, end: dt.datetime) -> tuple[str, dt.datetime | None]:

@@ -1,0 +1,92 @@
+"""A caller that waits for the local WAL queue to empty (restore --to-time latest, failover, a
+base backup waiting for its WAL) nudges the archiver (SIGUSR2), which then drains at once
+instead of at the end of its pause. Only an archiver that handles the signal is sent it: an
+older one, without the nudge, would die of it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from opsctl.local import procs
+from opsctl.local import state as st
+from opsctl.pitr import layout
+from opsctl.pitr import local as pitr_local
+from opsctl.pitr import restore
+
+
+def _sleeper(handles: bool) -> subprocess.Popen:
+    """A process whose command line names the archiver's module, handling the nudge or not."""
+    code = ("import signal, sys, time\n"
+            + ("signal.signal(signal.SIGUSR2, lambda *_: None)\n" if handles else "")
+            + "print('ready', flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, pitr_local.HINT], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+@pytest.mark.parametrize("handles", [True, False], ids=["handles", "would-die"])
+def test_only_an_archiver_that_handles_the_nudge_is_sent_it(tmp_path, monkeypatch, handles):
+    proc = _sleeper(handles)
+    try:
+        monkeypatch.setattr(pitr_local, "archiver_pid", lambda _state: proc.pid)
+        assert pitr_local.nudge_archiver(st.LocalState(folder=tmp_path)) is handles
+        assert proc.poll() is None  # alive either way: nothing was sent to the one it would kill
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_no_archiver_no_nudge(tmp_path, monkeypatch):
+    monkeypatch.setattr(pitr_local, "archiver_pid", lambda _state: None)
+    assert pitr_local.nudge_archiver(st.LocalState(folder=tmp_path)) is False
+
+
+def _restart_archiver(pitr, interval: float) -> int:
+    """The platform's archiver again, pausing `interval` seconds between passes."""
+    folder = st.folder_for(pitr.root)
+    with st.locked(folder):
+        state = st.load(folder)
+        pitr_local.stop_archiver(state)
+        state.save()
+    state = pitr.state()
+    log = state.log(pitr_local.COMPONENT)
+    started = log.read_text().count(" INFO archiving ")  # each archiver says so once, before its first pass
+    pid = procs.spawn([sys.executable, "-m", pitr_local.HINT, "--root", str(pitr.root), "--env", "local",
+                       "--data", str(state.data("postgres")), "--queue", str(pitr_local.queue_dir(state)),
+                       "--interval", str(interval)], state.log(pitr_local.COMPONENT),
+                      pidfile=state.pidfile(pitr_local.COMPONENT), secrets=True)
+    deadline = time.monotonic() + 60
+    while pitr_local.archiver_pid(pitr.state()) != pid or pitr_local.queued_wal(pitr.state()) \
+            or log.read_text().count(" INFO archiving ") == started:  # its first pass is done: it pauses now
+        assert time.monotonic() < deadline, "the archiver did not start"
+        time.sleep(0.1)
+    return pid
+
+
+def test_latest_waits_for_the_upload_not_for_the_archivers_pause(pitr):
+    """An archiver in an hour-long pause: the segment 'latest' switches out is queued behind
+    it, and the wait (30 s at most) ends with it in the repository only because the waiter
+    woke the archiver, which took the nudge and lives on."""
+    pid = _restart_archiver(pitr, interval=3600)
+    try:
+        pitr.sql("insert into events(note) values ('behind an archiver that sleeps an hour')")
+        (segment,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+        deadline = time.monotonic() + 60
+        while segment not in pitr_local.queued_wal(pitr.state()):
+            assert time.monotonic() < deadline, f"{segment} was never queued"
+            time.sleep(0.05)
+        assert restore._wait_for_queue(pitr.state(), timeout=30) == []
+        assert pitr.repo().names(layout.wal_prefix(pitr.sysid()) + segment + ".")  # in the repository
+        assert pitr_local.archiver_pid(pitr.state()) == pid
+        assert "archived " + segment in pitr.state().log(pitr_local.COMPONENT).read_text()
+    finally:
+        folder = st.folder_for(pitr.root)
+        with st.locked(folder):
+            state = st.load(folder)
+            pitr_local.stop_archiver(state)
+            state.save()
+        pitr.ensure_archiver()  # the fixture's own, for the tests after this one
+
