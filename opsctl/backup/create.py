@@ -176,7 +176,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
     dump = pgb.Dump(ep.database_url) if "db" in parts else None
     early = None
     try:
-        from opsctl.backup.pipeline import FAST_WINDOW_LOG, ReadAhead, quiet
+        from opsctl.backup.pipeline import FAST_HASH_LOG, FAST_WINDOW_LOG, ReadAhead, quiet
 
         # its output is read from now on (up to 32 MiB ahead), so pg_dump runs while the
         # rest of this module's imports load and the repository is opened and checked
@@ -206,7 +206,7 @@ def create(project: Project, env: Environment, kind: str = "full", compress_leve
                     finished_at=started, tool_version=__version__, key_id=key.id if key else None,
                     encryption="aes-256-gcm-chunked-hkdf" if key else None,
                     compression={"algorithm": "zstd", "level": level,
-                                 **({"window_log": FAST_WINDOW_LOG} if level == 1 else {})})
+                                 **({"window_log": FAST_WINDOW_LOG, "hash_log": FAST_HASH_LOG} if level == 1 else {})})
     try:
         if dump is not None:
             log.info("dumping database %s", dump.info.get("database"))
