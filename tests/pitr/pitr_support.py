@@ -249,6 +249,19 @@ class Pitr:
         while not [p for p in queue.iterdir() if not p.name.startswith(".")] and time.monotonic() < deadline:
             time.sleep(0.1)
 
+    def commit_and_queue(self, note: str, timeout: float = 60.0) -> str:
+        """Insert an event row, switch the WAL segment holding it out (pg_switch_wal) and wait
+        until the archive_command has put it in the local queue; returns the segment's name."""
+        from opsctl.pitr import local as pitr_local
+
+        self.sql("insert into events(note) values (%s)", (note,))
+        (segment,) = self.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
+        deadline = time.monotonic() + timeout
+        while segment not in pitr_local.queued_wal(self.state()):
+            assert time.monotonic() < deadline, f"{segment} was never queued"
+            time.sleep(0.05)
+        return segment
+
     def ensure_archiver(self) -> None:
         from opsctl.local import state as st
         from opsctl.pitr import local as pitr_local

@@ -72,12 +72,7 @@ def test_latest_waits_for_the_upload_not_for_the_archivers_pause(pitr):
     woke the archiver, which took the nudge and lives on."""
     pid = _restart_archiver(pitr, interval=3600)
     try:
-        pitr.sql("insert into events(note) values ('behind an archiver that sleeps an hour')")
-        (segment,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
-        deadline = time.monotonic() + 60
-        while segment not in pitr_local.queued_wal(pitr.state()):
-            assert time.monotonic() < deadline, f"{segment} was never queued"
-            time.sleep(0.05)
+        segment = pitr.commit_and_queue("behind an archiver that sleeps an hour")
         assert restore._wait_for_queue(pitr.state(), timeout=30) == []
         assert pitr.repo().names(layout.wal_prefix(pitr.sysid()) + segment + ".")  # in the repository
         assert pitr_local.archiver_pid(pitr.state()) == pid

@@ -72,7 +72,6 @@ def test_latest_starts_a_stopped_archiver_and_restores_what_was_queued(pitr, run
     (exit 0, a note), and the platform's start after the swap archived them a second later.
     It now starts the archiver first, as `local up` does, and waits for the queue."""
     import json
-    import time
 
     from pitr_support import beside_ids
 
@@ -85,12 +84,7 @@ def test_latest_starts_a_stopped_archiver_and_restores_what_was_queued(pitr, run
         pitr_local.stop_archiver(state)
         state.save()
     assert pitr_local.archiver_pid(pitr.state()) is None
-    pitr.sql("insert into events(note) values ('queued while no archiver ran')")
-    (segment,) = pitr.sql("select pg_walfile_name(pg_switch_wal())", db="postgres")[0]
-    deadline = time.monotonic() + 60
-    while segment not in pitr_local.queued_wal(pitr.state()):
-        assert time.monotonic() < deadline, f"{segment} was never queued"
-        time.sleep(0.1)
+    pitr.commit_and_queue("queued while no archiver ran")
     want = {r[0] for r in pitr.sql("select id from events")}
 
     r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
