@@ -11,7 +11,8 @@ generator to the other, so they do not share a core. If the worker saturates bef
 generator does, the wall-clock rate understates the generator; so the figure is requests per
 CPU-second the generator process burned (what one fully busy core would produce), printed
 beside the wall rate and the generator's CPU use. Baseline, measured in the same run: the
-same loop with Locust's HttpUser (python-requests). Run: .venv/bin/python tests/benchmarks/bench_loadgen.py
+same loop with Locust's HttpUser (python-requests), in ROUNDS alternated rounds; each figure
+is printed as the median of the rounds with its min-max. Run: .venv/bin/python tests/benchmarks/bench_loadgen.py
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import locust  # noqa: F401,I001  (first: a dedicated process, Locust's usual ge
 
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ from locust.event import Events
 from opsctl.local import procs
 
 SECONDS = 10
+ROUNDS = 3
 USERS = 20
 PUBLISHED = {"FastHttpUser": 16000, "HttpUser": 4000}
 
@@ -87,21 +90,36 @@ def main() -> int:
             os.sched_setaffinity(0, {gen_core})
             procs.wait_until(lambda: procs.port_open(port), 120, "transcription-worker", Path(tmp) / "worker.log", pid)
             host = f"http://127.0.0.1:{port}"
-            baseline = measure(RequestsHealthz, host)
-            fast = measure(FastHealthz, host)
+            rounds = {"HttpUser (baseline)": [], "FastHttpUser": []}
+            for _ in range(ROUNDS):  # alternated: a load that comes and goes lands on both
+                rounds["HttpUser (baseline)"].append(measure(RequestsHealthz, host))
+                rounds["FastHttpUser"].append(measure(FastHealthz, host))
         finally:
             procs.stop(pid, 30, "transcription-worker")
     print(f"load generator on core {gen_core}, worker on core {worker_core}; {USERS} users, {SECONDS} s each, "
-          f"{os.cpu_count()} cores shared with other work")
-    for name, r in (("HttpUser (baseline)", baseline), ("FastHttpUser", fast)):
-        print(f"  {name:20s} {r['requests']:7d} requests, {r['failures']} failed, {r['wall_rps']:7.0f} req/s wall, "
-              f"generator CPU {r['cpu_share']:.0%}, {r['per_cpu_second']:7.0f} req per generator CPU-second")
-    print(f"FastHttpUser / HttpUser (same run, per CPU-second): {fast['per_cpu_second'] / baseline['per_cpu_second']:.2f}x "
-          f"(Locust's published ratio: {PUBLISHED['FastHttpUser'] / PUBLISHED['HttpUser']:.1f}x)")
-    print(f"FastHttpUser per core vs Locust's published 16000 req/s: {fast['per_cpu_second'] / PUBLISHED['FastHttpUser']:.2f}x "
-          f"(wall rate: {fast['wall_rps'] / PUBLISHED['FastHttpUser']:.2f}x)")
-    print(f"HttpUser per core vs Locust's published 4000 req/s: {baseline['per_cpu_second'] / PUBLISHED['HttpUser']:.2f}x")
-    return 0 if fast["requests"] and not fast["failures"] else 1
+          f"{ROUNDS} alternated rounds, median (min-max); {os.cpu_count()} cores shared with other work")
+
+    def spread(runs: list[dict], key: str) -> str:
+        values = [r[key] for r in runs]
+        return f"{statistics.median(values):7.0f} ({min(values):.0f}-{max(values):.0f})"
+
+    for name, runs in rounds.items():
+        print(f"  {name:20s} {sum(r['requests'] for r in runs):7d} requests, {sum(r['failures'] for r in runs)} failed, "
+              f"req/s wall {spread(runs, 'wall_rps')}, generator CPU "
+              f"{statistics.median(r['cpu_share'] for r in runs):.0%}, req per generator CPU-second "
+              f"{spread(runs, 'per_cpu_second')}")
+    baseline, fast = rounds["HttpUser (baseline)"], rounds["FastHttpUser"]
+    ratios = sorted(f["per_cpu_second"] / b["per_cpu_second"] for f, b in zip(fast, baseline))
+    fast_cpu = statistics.median(r["per_cpu_second"] for r in fast)
+    base_cpu = statistics.median(r["per_cpu_second"] for r in baseline)
+    fast_wall = statistics.median(r["wall_rps"] for r in fast)
+    print(f"FastHttpUser / HttpUser (same run, per CPU-second): {statistics.median(ratios):.2f}x, per round "
+          f"{ratios[0]:.2f}-{ratios[-1]:.2f} (Locust's published ratio: "
+          f"{PUBLISHED['FastHttpUser'] / PUBLISHED['HttpUser']:.1f}x)")
+    print(f"FastHttpUser per core vs Locust's published 16000 req/s: {fast_cpu / PUBLISHED['FastHttpUser']:.2f}x "
+          f"(wall rate: {fast_wall / PUBLISHED['FastHttpUser']:.2f}x)")
+    print(f"HttpUser per core vs Locust's published 4000 req/s: {base_cpu / PUBLISHED['HttpUser']:.2f}x")
+    return 0 if all(r["requests"] and not r["failures"] for r in fast) else 1
 
 
 if __name__ == "__main__":
