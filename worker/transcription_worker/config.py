@@ -30,6 +30,16 @@ def default_model_dir() -> Path:
 MAX_SECONDS = 30 * 86400.0  # a lease, expiry or timeout longer than 30 days is a typo (and overflows dates)
 
 
+
+def usable_cores() -> int:
+    """The CPUs this process may use, at least 1: the fewest of the host's, its affinity
+    mask's and its cgroup's CPU quota (a Kubernetes CPU limit, rounded up), as loky.cpu_count
+    reads them. os.cpu_count() counts the host's: a pod limited to 2 CPUs on a 64-core node
+    started 64 CTranslate2 threads and sized its batches for 64 cores."""
+    from loky import cpu_count
+
+    return cpu_count()
+
 class Settings(BaseSettings):
     """The worker's settings, read from WORKER_* environment variables (README lists them).
     Raises pydantic's ValidationError on a bad value; `load_settings` words it for a user."""
@@ -145,7 +155,7 @@ class Settings(BaseSettings):
         if self.docs_enabled is None:
             self.docs_enabled = not self.api_key_hashes
         if self.cpu_threads == 0:
-            self.cpu_threads = max(1, (os.cpu_count() or 1) // self.concurrency)
+            self.cpu_threads = max(1, usable_cores() // self.concurrency)
         return self
 
     @property

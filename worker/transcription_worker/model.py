@@ -248,8 +248,8 @@ class Options:
 def default_batch_size(device: str, cores: int | None = None, gpu_memory_mb: int | None = None) -> int:
     """The batch size WORKER_BATCH_SIZE=0 stands for, sized from the device.
 
-    CPU: 4 per core, between 4 and 16 (8 on 2 cores, where batch 8 measured 17-20x real time
-    against 4-9x for the sequential loop). GPU: 2 per GiB of device memory, between 8 and 64
+    CPU: 4 per core this process may use (config.usable_cores), between 4 and 16 (8 on 2 cores,
+    where batch 8 measured 17-20x real time against 4-9x for the sequential loop). GPU: 2 per GiB of device memory, between 8 and 64
     (Whisper base needs well under 0.5 GiB per batch item at float16); 16 when the memory
     cannot be read (no `nvidia-smi`).
     """
@@ -257,7 +257,10 @@ def default_batch_size(device: str, cores: int | None = None, gpu_memory_mb: int
         if gpu_memory_mb is None:
             gpu_memory_mb = _gpu_memory_mb()
         return 16 if gpu_memory_mb is None else max(8, min(64, 2 * gpu_memory_mb // 1024))
-    cores = cores or os.cpu_count() or 1
+    if not cores:
+        from .config import usable_cores
+
+        cores = usable_cores()
     return max(4, min(16, 4 * cores))
 
 
