@@ -194,23 +194,36 @@ def nudge_archiver(state) -> bool:
     """Ask this platform's archiver to drain its queue now, not at the end of its pause (up to
     half a second; archive.NUDGE). Only an archiver that handles the signal is sent it (SigCgt
     in its /proc/<pid>/status): to one started by a version before the nudge it would be
-    fatal. True when sent; False when none runs or it can't take one."""
+    fatal. The process is held by a pidfd while it is checked and signalled (Linux 5.3+; a
+    plain kill elsewhere), so a PID reused between the two never gets the signal. True when
+    sent; False when none runs or it can't take one."""
     import os
+    import signal
 
     pid = archiver_pid(state)
     if pid is None:
         return False
     try:
+        held = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # gone, or no pidfd here
+        held = None
+    try:
+        # with the process held, it is checked again: the archiver still, not a reused PID
+        if held is not None and archiver_pid(state) != pid:
+            return False
         status = Path(f"/proc/{pid}/status").read_text()
         caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
-    except (OSError, StopIteration, ValueError):
+        if not caught >> (archive.NUDGE - 1) & 1:
+            return False
+        if held is not None:
+            signal.pidfd_send_signal(held, archive.NUDGE)
+        else:
+            os.kill(pid, archive.NUDGE)
+    except (OSError, StopIteration, ValueError):  # gone meanwhile, another user's, unreadable
         return False
-    if not caught >> (archive.NUDGE - 1) & 1:
-        return False
-    try:
-        os.kill(pid, archive.NUDGE)
-    except OSError:  # gone meanwhile, or another user's
-        return False
+    finally:
+        if held is not None:
+            os.close(held)
     return True
 
 

@@ -4,6 +4,7 @@ instead of at the end of its pause. Only an archiver that handles the signal is 
 older one, without the nudge, would die of it."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -18,25 +19,44 @@ from opsctl.pitr import restore
 
 
 def _sleeper(handles: bool) -> subprocess.Popen:
-    """A process whose command line names the archiver's module, handling the nudge or not."""
-    code = ("import signal, sys, time\n"
-            + ("signal.signal(signal.SIGUSR2, lambda *_: None)\n" if handles else "")
+    """A process whose command line names the archiver's module, handling the nudge (it exits
+    3 on it) or not (it dies of it); it exits 4 on SIGTERM."""
+    code = ("import os, signal, sys, time\n"
+            + ("signal.signal(signal.SIGUSR2, lambda *_: os._exit(3))\n" if handles else "")
+            + "signal.signal(signal.SIGTERM, lambda *_: os._exit(4))\n"
             + "print('ready', flush=True)\ntime.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, pitr_local.HINT], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "ready\n"
     return proc
 
 
+def _nudged(proc: subprocess.Popen) -> bool:
+    """Whether `proc` got the nudge: a SIGTERM sent now comes after it, and Python runs the
+    handlers of the signals that have arrived in their numbers' order (SIGUSR2 12, SIGTERM
+    15), so the exit code tells which one ended it (without a handler the nudge kills at once)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait(30)
+    proc.stdout.close()
+    return code in (3, -signal.SIGUSR2)
+
+
 @pytest.mark.parametrize("handles", [True, False], ids=["handles", "would-die"])
 def test_only_an_archiver_that_handles_the_nudge_is_sent_it(tmp_path, monkeypatch, handles):
     proc = _sleeper(handles)
-    try:
-        monkeypatch.setattr(pitr_local, "archiver_pid", lambda _state: proc.pid)
-        assert pitr_local.nudge_archiver(st.LocalState(folder=tmp_path)) is handles
-        assert proc.poll() is None  # alive either way: nothing was sent to the one it would kill
-    finally:
-        proc.kill()
-        proc.wait()
+    monkeypatch.setattr(pitr_local, "archiver_pid", lambda _state: proc.pid)
+    assert pitr_local.nudge_archiver(st.LocalState(folder=tmp_path)) is handles
+    assert _nudged(proc) is handles
+
+
+def test_a_process_that_is_no_longer_the_archiver_once_held_is_not_sent_it(tmp_path, monkeypatch):
+    """The PID is read, then the process held by a pidfd and checked again: here the pidfile
+    names another process by then (the archiver ended and its PID went to this one)."""
+    proc = _sleeper(handles=True)
+    answers = iter([proc.pid, None])
+    monkeypatch.setattr(pitr_local, "archiver_pid", lambda _state: next(answers))
+    assert pitr_local.nudge_archiver(st.LocalState(folder=tmp_path)) is False
+    assert not _nudged(proc)
 
 
 def test_no_archiver_no_nudge(tmp_path, monkeypatch):
