@@ -39,7 +39,9 @@ def test_a_stale_tmp_of_an_interrupted_archive_command_does_not_stop_archiving(p
     # what an archive_command interrupted between its ln and its mv leaves behind
     os.link(state.data("postgres") / "pg_wal" / seg, queue / f".{seg}.tmp")
     try:
-        pitr.wait_archived(timeout=20)  # the segment after it gets through: nothing is stuck
+        # the segment after it gets through: nothing is stuck (the default wait: once in a loaded
+        # suite its .ready notice was missing and 20 s was too short for wait_archived to get it back)
+        pitr.wait_archived()
         (failed,) = pitr.sql("select failed_count from pg_stat_archiver", db="postgres")[0]
         assert failed == 0
         assert not (queue / f".{seg}.tmp").exists()
