@@ -221,15 +221,34 @@ def client(url: str, dbname: str | None = None) -> tuple[str, dict[str, str]]:
     return make_conninfo(**p), env
 
 
+# A backend whose client has just left still counts against a role's or a database's CONNECTION
+# LIMIT (and max_connections) until it has exited: PostgreSQL counts the ProcArray, which it
+# leaves after pg_stat_activity. opsctl's sessions follow one another (a check, then the
+# restore's own), and on a loaded machine the next was refused "too many connections for role"
+# (the suite, session 33). Such a refusal is retried for BUSY_SECONDS before it is the answer.
+_BUSY = ("too many connections for role", "too many connections for database", "too many clients already")
+BUSY_SECONDS = 5.0
+
+
+def _busy(exc: BaseException) -> bool:
+    return any(text in str(exc) for text in _BUSY)
+
+
 def connect(url: str, dbname: str | None = None, autocommit: bool = False):
-    """A psycopg session of opsctl's own: the role's timeouts are off for it."""
+    """A psycopg session of opsctl's own: the role's timeouts are off for it. A connection
+    refused for a connection limit is tried again for BUSY_SECONDS (a session that has just
+    ended may still count); OperationFailed when it can't connect."""
     import psycopg
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
     try:
         # in autocommit until the timeouts are off: psycopg sends BEGIN on its own first, and a
         # role's idle_in_transaction_session_timeout of 15 ms ended the session between that
         # BEGIN and TIMEOUTS_OFF on a loaded machine ("server closed the connection")
-        conn = psycopg.connect(conninfo(url, dbname), autocommit=True)
+        for attempt in Retrying(retry=retry_if_exception(_busy), stop=stop_after_delay(BUSY_SECONDS),
+                                wait=wait_exponential(multiplier=0.05, max=0.5), reraise=True):
+            with attempt:
+                conn = psycopg.connect(conninfo(url, dbname), autocommit=True)
     except psycopg.OperationalError as exc:
         raise OperationFailed(f"connecting to the database failed: {_first(exc)}") from None
     conn.execute(TIMEOUTS_OFF)

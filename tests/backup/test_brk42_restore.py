@@ -529,6 +529,28 @@ def test_a_role_at_its_connection_limit_still_restores_with_jobs(live_db, seeded
             conn.execute(f"drop role if exists {role}")
 
 
+def test_a_connection_refused_for_the_roles_limit_is_tried_again_until_a_session_ends(seeded):
+    """The suite, session 33: a restore's next session was refused "too many connections for
+    role" while its previous one's backend was still exiting (it counts until it has left).
+    opsctl's connect tries again for a few seconds; here the one session the role may have is
+    held, and given back half a second later."""
+    import threading
+
+    role = "brk42_one_session"
+    with _admin(seeded) as conn:
+        conn.execute(f"drop role if exists {role}")
+        conn.execute(f"create role {role} login connection limit 1")
+    try:
+        url = make_conninfo(seeded.db_url, user=role)
+        held = psycopg.connect(url, autocommit=True)
+        threading.Timer(0.5, held.close).start()
+        with pgb.connect(url) as conn:
+            assert conn.execute("select current_user").fetchone()[0] == role
+    finally:
+        with _admin(seeded) as conn:
+            conn.execute(f"drop role if exists {role}")
+
+
 def test_a_finished_restore_leaves_no_run_mark(live_db, seeded, runner):
     """The copy handed over (swapped in, or made the --target-db) carries no run mark: no later
     clean-up can take it for a dead run's copy."""
