@@ -227,6 +227,17 @@ def nudge_archiver(state) -> bool:
     return True
 
 
+def nudge_when_new(state, queued, nudged: frozenset[str]) -> frozenset[str]:
+    """For a caller polling the queue: nudge the archiver when the files `queued` (names) are
+    not the ones it was last nudged for, `nudged`; returns the set to pass next time. Once per
+    new set, not per poll: a nudge also ends the archiver's backoff after a failed pass, and a
+    repository that is down is not to be retried at the caller's polling rate."""
+    queued = frozenset(queued)
+    if queued and queued != nudged:
+        nudge_archiver(state)
+    return queued
+
+
 def _cluster_of(pid: int) -> str | None:
     """The cluster (`--sysid`) archiver `pid` was started for; None when it names none (one
     started by a version before the label) or is gone."""

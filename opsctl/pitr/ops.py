@@ -130,7 +130,7 @@ def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2
               range(layout.segno(layout.lsn(rec.start_lsn)), layout.segno(layout.lsn(rec.stop_lsn)) + 1)]
     deadline = time.monotonic() + timeout
     told = False
-    nudged: set[str] = set()
+    nudged: frozenset[str] = frozenset()
     while True:
         needed = [f for f in needed if not repo.names(layout.wal_prefix(rec.sysid) + f + ".")]
         if not needed:
@@ -152,10 +152,7 @@ def await_wal(repo, state, rec: bb.BaseBackup, timeout: float, poll: float = 0.2
         if pid is None:
             raise OperationFailed(f"{taken} is not in the repository and the WAL archiver is not running "
                                   f"('opsctl local up' starts it){after}")
-        queued = pitr_local.queued_wal(state)
-        if queued and queued != nudged:  # the archiver uploads them now, not after its pause
-            pitr_local.nudge_archiver(state)
-            nudged = queued
+        nudged = pitr_local.nudge_when_new(state, pitr_local.queued_wal(state), nudged)  # uploaded now
         if not timeout:  # asked not to wait: what is on its way may arrive
             return
         if time.monotonic() > deadline:

@@ -493,12 +493,10 @@ def _wait_for_queue(state, timeout: float = QUEUE_WAIT, beside: bool = True) -> 
                             if beside else "server's pg_wal, kept with its data directory (named above)"))
     deadline = time.monotonic() + timeout
     told = False
-    nudged: list[str] = []
+    nudged: frozenset[str] = frozenset()
     while True:
         queued = sorted(pitr_local.queued_wal(state))  # none without a queue (archiving off)
-        if queued and queued != nudged:  # the archiver uploads them now, not after its pause
-            pitr_local.nudge_archiver(state)
-            nudged = queued
+        nudged = pitr_local.nudge_when_new(state, queued, nudged)  # uploaded now, not after its pause
         # and what the running server has yet to hand its archive_command (.ready)
         queued += sorted(pitr_local.ready_wal(state)) if serving else []
         if not queued:

@@ -30,7 +30,6 @@ def default_model_dir() -> Path:
 MAX_SECONDS = 30 * 86400.0  # a lease, expiry or timeout longer than 30 days is a typo (and overflows dates)
 
 
-
 def usable_cores() -> int:
     """The CPUs this process may use, at least 1: the fewest of the host's, its affinity
     mask's and its cgroup's CPU quota (a Kubernetes CPU limit, rounded up), as loky.cpu_count
@@ -39,6 +38,7 @@ def usable_cores() -> int:
     from loky import cpu_count
 
     return cpu_count()
+
 
 class Settings(BaseSettings):
     """The worker's settings, read from WORKER_* environment variables (README lists them).

@@ -249,9 +249,9 @@ def default_batch_size(device: str, cores: int | None = None, gpu_memory_mb: int
     """The batch size WORKER_BATCH_SIZE=0 stands for, sized from the device.
 
     CPU: 4 per core this process may use (config.usable_cores), between 4 and 16 (8 on 2 cores,
-    where batch 8 measured 17-20x real time against 4-9x for the sequential loop). GPU: 2 per GiB of device memory, between 8 and 64
-    (Whisper base needs well under 0.5 GiB per batch item at float16); 16 when the memory
-    cannot be read (no `nvidia-smi`).
+    where batch 8 measured 17-20x real time against 4-9x for the sequential loop). GPU: 2 per
+    GiB of device memory, between 8 and 64 (Whisper base needs well under 0.5 GiB per batch
+    item at float16); 16 when the memory cannot be read (no `nvidia-smi`).
     """
     if device == "cuda":
         if gpu_memory_mb is None:
