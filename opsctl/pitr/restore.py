@@ -7,8 +7,8 @@ replayed to the target, checked, and swapped in only when it is consistent.
    is refused naming the newest restorable time and what ends the window.
 2. Fetch: every WAL segment of the window is read, its tag, SHA-256 and authentication
    checked, and staged in a private folder that `restore_command` copies from (so the key
-   never reaches PostgreSQL); the base backups are unpacked and, for a chain with
-   incremental backups, recombined with `pg_combinebackup`.
+   never reaches PostgreSQL); meanwhile the base backup chain is unpacked into the new data
+   directory, each incremental applied over the full as pg_combinebackup would (unpack.py).
 3. Replay: the new data directory gets `standby.signal` and the target
    (`recovery_target_time`/`_lsn`, inclusive, `recovery_target_action = pause`,
    `recovery_target_timeline` the timeline holding the target: _target_timeline) and runs
@@ -52,7 +52,7 @@ from opsctl.backup.crypto import IntegrityError
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.pitr import base as bb
-from opsctl.pitr import chain, layout
+from opsctl.pitr import chain, layout, unpack
 
 BEGIN, END = "# opsctl restore: begin", "# opsctl restore: end"
 from opsctl.pitr.archive import NOTES  # noqa: E402 - the undone swaps' notes, in the WAL queue
@@ -121,8 +121,9 @@ class PitrResult:
     pid: int | None = None
     previous_data_dir: str | None = None
     seconds: float = 0.0
-    # seconds: unpack (waited for), replay, check, swap; chain_unpacked/_combined: the chain's own
-    # unpacking and pg_combinebackup, counted from its start in plan (overlapping the WAL check)
+    # seconds: unpack (waited for), replay, check, swap; chain_full/_unpacked: the chain's own
+    # unpacking (its full base backup, then all of it), counted from its start in plan (overlapping
+    # the WAL check)
     phases: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. the standby an in-place restore stopped
 
@@ -267,13 +268,12 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     stamp = _new_stamp(data_root)
     stage = data_root / f"pitr-wal-{stamp}"
     new = data_root / (f"postgres.restored-{stamp}" if beside else f"postgres.restoring-{stamp}")
-    work = data_root / f"pitr-work-{stamp}"
-    _record(data_root, stamp, {"new": str(new), "stage": str(stage), "work": str(work), "server_pid": None})
+    _record(data_root, stamp, {"new": str(new), "stage": str(stage), "server_pid": None})
     tip_seg = layout.segno(layout.lsn(tip.start_lsn))
     from concurrent.futures import ThreadPoolExecutor
 
     unpacker = ThreadPoolExecutor(1, thread_name_prefix="opsctl-unpack")
-    unpacked = unpacker.submit(_unpack_chain, repo, key, backups, new, work, unpack_report)
+    unpacked = unpacker.submit(unpack.chain, repo, key, backups, new, unpack_report)
     unpacker.shutdown(wait=False)
     try:
         from opsctl.pitr import local as pitr_local
@@ -351,7 +351,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
                              "after it; to accept that, restore --to-time <the newest restorable time 'opsctl "
                              "backup verify-chain' shows>, which also names every problem; nothing was changed")
     except BaseException:
-        _drop_unpacked(unpacked, new, work)
+        _drop_unpacked(unpacked, new)
         shutil.rmtree(stage, ignore_errors=True)
         _record_path(data_root, stamp).unlink(missing_ok=True)
         raise
@@ -367,7 +367,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         tli = _target_timeline(repo, key, sysid, inv, stage, tip,
                                when if "recovery_target_time" in settings else None, lsn)
     except BaseException:
-        _drop_unpacked(unpacked, new, work)
+        _drop_unpacked(unpacked, new)
         shutil.rmtree(stage, ignore_errors=True)
         _record_path(data_root, stamp).unlink(missing_ok=True)
         raise
@@ -379,7 +379,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     p.context = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
               "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
               "path": inv.path,
-              "new": new, "work": work, "unpacked": unpacked,
+              "new": new, "unpacked": unpacked,
               # the newest archived commit on the live server's own history (None when another
               # history is followed: its commits are not the live server's)
               "archived_commit": window.last_commit if sysid == live_sysid and timeline is None else None}
@@ -695,7 +695,7 @@ def discard(p: PitrPlan) -> None:
     """Drop what plan staged and unpacked and `run` did not take (a refused or cancelled restore)."""
     c = p.context
     if not c.get("taken"):
-        _drop_unpacked(c["unpacked"], c["new"], c["work"])
+        _drop_unpacked(c["unpacked"], c["new"])
     shutil.rmtree(c["stage"], ignore_errors=True)
     _record_path(c["state"].folder / "data", c["stamp"]).unlink(missing_ok=True)
 
@@ -718,7 +718,7 @@ def _new_stamp(data_root: Path) -> str:
             continue
         os.close(fd)
         if not any((data_root / f"{prefix}{stamp}").exists()
-                   for prefix in ("postgres.restored-", "postgres.restoring-", "pitr-wal-", "pitr-work-")):
+                   for prefix in ("postgres.restored-", "postgres.restoring-", "pitr-wal-")):
             return stamp
         _record_path(data_root, stamp).unlink(missing_ok=True)
 
@@ -817,7 +817,8 @@ def clean_abandoned(state) -> list[str]:
             procs.pidfile_owner(new / "postmaster.pid", "postgres")
         if pid is not None:
             pg.stop(pid)
-        for folder in (new, Path(doc["stage"]), Path(doc["work"])):
+        # "work": where an earlier opsctl unpacked a chain's members for pg_combinebackup
+        for folder in (new, Path(doc["stage"]), *([Path(doc["work"])] if doc.get("work") else [])):
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(str(folder))
@@ -825,61 +826,12 @@ def clean_abandoned(state) -> list[str]:
     return removed
 
 
-_AHEAD_BYTES = 32 << 20  # a base backup this large is read and checked by a thread of its own (bb.extract)
-
-
-def _unpack_chain(repo, key, backups: list[bb.BaseBackup], new: Path, work: Path, report=None,
-                  jobs: int = 2) -> dict:
-    """Unpack a base backup (or a chain: its incrementals `jobs` at a time, then its full base
-    backup without the blocks they hold; recombined by pg_combinebackup) into the new data
-    directory; returns the seconds taken from its start: {"unpacked": ..., "combined": ...} (a chain).
-
-    A large member is read, checked, decrypted and decompressed by one thread while another
-    writes its files (bb.extract's `ahead`), so each member keeps both cores busy."""
-    began = time.monotonic()
-    if len(backups) == 1:
-        b = backups[0]
-        bb.extract(repo, b, key, new, report, ahead=(b.raw_bytes or 0) >= _AHEAD_BYTES)
-        return {"unpacked": round(time.monotonic() - began, 2)}
-    from concurrent.futures import ThreadPoolExecutor
-
-    # the incrementals first, in parallel, the largest first: their headers name the blocks they
-    # hold, which the full base backup then does not write (pg_combinebackup never reads the full's
-    # copy of a block a later incremental holds: TarWriter); for the bench's chain 146 MB of its
-    # 306 MB, the restore's largest write
-    dirs = [work / b.id for b in backups]
-    incrementals = sorted(zip(backups[1:], dirs[1:]), key=lambda bd: -(bd[0].raw_bytes or 0))
-    blocks: dict[str, set[int]] = {}
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        ok = [pool.submit(bb.extract, repo, b, key, d, report, (b.raw_bytes or 0) >= _AHEAD_BYTES, blocks)
-              for b, d in incrementals]
-        matched = all([done.result() for done in ok])
-    full = backups[0]
-    bb.extract(repo, full, key, dirs[0], report, (full.raw_bytes or 0) >= _AHEAD_BYTES,
-               skip=blocks if matched else None)
-    unpacked = round(time.monotonic() - began, 2)
-    _combine(new, dirs)
-    return {"unpacked": unpacked, "combined": round(time.monotonic() - began, 2)}
-
-
-def _drop_unpacked(unpacked, new: Path, work: Path) -> None:
+def _drop_unpacked(unpacked, new: Path) -> None:
     try:
         unpacked.result()  # wait for it to stop writing before removing what it wrote
     except BaseException:  # noqa: BLE001 - the restore is abandoned anyway; its error was not asked for
         pass
     shutil.rmtree(new, ignore_errors=True)
-    remove_later(work)
-
-
-def _combine(target: Path, dirs: list[Path]) -> None:
-    """pg_combinebackup with hard links (the unpacked chain is on the same file system and
-    deleted afterwards), no manifest and no fsync: recovery syncs the data directory."""
-    from opsctl.local.postgres import tool
-
-    out = subprocess.run([tool("pg_combinebackup"), "--link", "--no-sync", "--no-manifest", *map(str, dirs),
-                          "-o", str(target)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise OperationFailed(f"pg_combinebackup failed: {out.stderr.strip()[-400:]}")
 
 
 def _configure(data: Path, stage: Path, settings: dict[str, str]) -> None:
@@ -1167,7 +1119,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
     c = p.context
     state, env, stamp = c["state"], c["env"], c["stamp"]
     began = time.monotonic()
-    work, new = c["work"], c["new"]
+    new = c["new"]
     c["taken"] = True
     log = state.log(f"postgres-restore-{stamp}")
     pid = None
@@ -1193,7 +1145,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         phase("unpack")
         port, pid, how = _replay(new, log, timeout,
                                  lambda started: _record(state.folder / "data", stamp, {
-                                     "new": str(new), "stage": str(c["stage"]), "work": str(work),
+                                     "new": str(new), "stage": str(c["stage"]),
                                      "server_pid": started}), summarize=not p.beside, path=c.get("path"))
         # PostgreSQL's "recovery ended before configured recovery target"
         if how == "end" and {"recovery_target_time", "recovery_target_lsn"} & set(c["settings"]):
@@ -1244,7 +1196,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
     except BaseException as exc:
         if pid is not None and procs.alive(pid):
             pg.stop(pid)
-        _drop_unpacked(c["unpacked"], new, work)
+        _drop_unpacked(c["unpacked"], new)
         import psycopg
 
         if isinstance(exc, psycopg.Error) and not swapping:
@@ -1258,7 +1210,6 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
             raise OperationFailed(f"{what} ({detail}); nothing live was changed; read {log}") from None
         raise
     finally:
-        remove_later(work)
         shutil.rmtree(c["stage"], ignore_errors=True)
     phase("cleanup")
     # where the chain's own unpacking stood (seconds from its start in plan, overlapping the WAL check)

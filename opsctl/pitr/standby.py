@@ -328,7 +328,6 @@ def _start_standby(project: Project, env: Environment, report, timeout: float) -
             shutil.rmtree(stage, ignore_errors=True)
             c["new"].rename(data)
             c["stage"].rename(stage)
-            pr.remove_later(c["work"])
         finally:
             pr.discard(p)
         _configure(data, stage, primary.port, timeline)

@@ -186,7 +186,7 @@ def test_two_beside_restores_started_in_the_same_second_share_no_folder(pitr, ru
             plans.append(restore.plan(pitr.project(), pitr.env(), to_time="latest", beside=True))
         a, b = (p.context for p in plans)
         assert a["stamp"] != b["stamp"]
-        for name in ("new", "stage", "work"):
+        for name in ("new", "stage"):
             assert a[name] != b[name], name
         assert a["stage"].is_dir() and b["stage"].is_dir()
         records = restore._record_path(a["state"].folder / "data", a["stamp"]), \

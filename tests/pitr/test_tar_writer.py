@@ -1,6 +1,8 @@
-"""The base backup extractor (opsctl.pitr.base.TarWriter): what pg_basebackup writes is
+"""The base backup extractor (opsctl.pitr.unpack.TarWriter): what pg_basebackup writes is
 restored byte for byte; anything that could leave the data directory, a link, a damaged
-header or a cut stream is refused."""
+header or a cut stream is refused; an incremental's INCREMENTAL files are applied over the
+files the chain wrote before, as pg_combinebackup's reconstruct.c does, and one that does not fit
+names its base backup damaged."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import tarfile
 import pytest
 
 from opsctl.errors import OperationFailed
-from opsctl.pitr.base import TarWriter
+from opsctl.pitr.base import DamagedBase
+from opsctl.pitr.unpack import TarWriter, finish_chain
 
 
 def _tar(members) -> bytes:
@@ -95,32 +98,84 @@ def _incremental(blocks: list[int], truncation: int, fill: int) -> bytes:
 
 
 @pytest.mark.parametrize("step", [1000, 1 << 20])
-def test_a_full_base_backup_leaves_out_the_blocks_a_later_incremental_holds(tmp_path, step):
-    """Issue 22 (session 9): a chain's incrementals name the blocks they hold (their INCREMENTAL
-    headers); the full base backup's copy of those blocks, which pg_combinebackup never reads,
-    is left as a hole, every other byte written and each file at its full size."""
-    blocks: dict = {}
-    inc = _tar([("base/1/INCREMENTAL.16385", tarfile.REGTYPE, _incremental([1, 4], 5, 9)),
-                ("base/1/INCREMENTAL.16386", tarfile.REGTYPE, _incremental([], 2, 0)),
+def test_an_incremental_writes_its_blocks_over_the_earlier_file_cut_to_its_truncation_length(tmp_path, step):
+    """reconstruct.c: a block from the newest backup holding it; below the truncation length
+    the earlier file's block; past the earlier file's end (or between the truncation length
+    and a later block) zeros; the file as long as its truncation length or its last block."""
+    d = tmp_path / "d"
+    old = {"16385": 5, "16386": 5, "16387": 2, "16388": 3, "16389": 4}  # relation: blocks before
+    _feed(d, _tar([(f"base/1/{r}", tarfile.REGTYPE, _blocks(n, 1)) for r, n in old.items()]), step)
+    inc = _tar([("base/1/INCREMENTAL.16385", tarfile.REGTYPE, _incremental([1, 4], 5, 9)),  # in place
+                ("base/1/INCREMENTAL.16386", tarfile.REGTYPE, _incremental([1], 3, 9)),     # cut to 3
+                ("base/1/INCREMENTAL.16387", tarfile.REGTYPE, _incremental([5], 4, 9)),     # longer
+                ("base/1/INCREMENTAL.16388", tarfile.REGTYPE, _incremental([], 1, 0)),      # cut, no block
+                ("base/1/16389", tarfile.REGTYPE, b"whole copy"),                          # sent whole
                 ("PG_VERSION", tarfile.REGTYPE, b"18\n")])
-    w = _feed(tmp_path / "inc", inc, step, blocks=blocks)
-    assert w.incremental_sizes_ok and blocks == {"base/1/16385": {1, 4}, "base/1/16386": set()}
-    assert (tmp_path / "inc" / "base" / "1" / "INCREMENTAL.16385").read_bytes() == _incremental([1, 4], 5, 9)
-
-    rel = b"".join(bytes([b + 1]) * 8192 for b in range(5))
-    other = bytes(range(256)) * 64
-    full = _tar([("base/1/16385", tarfile.REGTYPE, rel), ("base/1/16386", tarfile.REGTYPE, other)])
-    _feed(tmp_path / "full", full, step, skip=blocks)
-    got = (tmp_path / "full" / "base" / "1" / "16385").read_bytes()
-    hole = b"\0" * 8192
-    assert len(got) == len(rel)  # the last block was a hole: the size is still whole
-    assert [got[b * 8192:(b + 1) * 8192] == (hole if b in (1, 4) else rel[b * 8192:(b + 1) * 8192])
-            for b in range(5)] == [True] * 5
-    assert (tmp_path / "full" / "base" / "1" / "16386").read_bytes() == other
+    w = _feed(d, inc, step, overlay=True, base_id="B2")
+    assert w.members == {"base/1/16385", "base/1/16386", "base/1/16387", "base/1/16388", "base/1/16389",
+                         "PG_VERSION"}
+    assert not list(d.glob("**/INCREMENTAL.*"))
+    got = {r: _read_blocks(d / "base" / "1" / r) for r in old if r != "16389"}
+    assert got["16385"] == [1, 9, 1, 1, 9]
+    assert got["16386"] == [1, 9, 1]
+    assert got["16387"] == [1, 1, 0, 0, 0, 9]
+    assert got["16388"] == [1]
+    assert (d / "base" / "1" / "16389").read_bytes() == b"whole copy"
 
 
-def test_an_incremental_whose_size_does_not_match_its_header_lets_no_block_be_left_out(tmp_path):
-    cut = _incremental([0, 2], 3, 5)[:-8192]  # one block short of what its header names
-    w = _feed(tmp_path / "inc", _tar([("base/1/INCREMENTAL.16390", tarfile.REGTYPE, cut)]), 4096, blocks={})
-    assert not w.incremental_sizes_ok
-    assert (tmp_path / "inc" / "base" / "1" / "INCREMENTAL.16390").read_bytes() == cut
+@pytest.mark.parametrize("member, why", [
+    (_incremental([0, 2], 3, 5)[:-8192], "holds 16384 bytes where its header names 2 blocks"),
+    (b"\x00" * 8, "less than an incremental file's header"),
+    (b"\x0d\x1f\xae\xd4" + b"\0" * 8, "not an incremental file PostgreSQL wrote"),
+    (_incremental([0], 200_000, 5), "truncation length 200000"),
+])
+def test_an_incremental_file_that_does_not_fit_its_header_names_its_base_backup_damaged(tmp_path, member, why):
+    d = tmp_path / "d"
+    _feed(d, _tar([("base/1/16390", tarfile.REGTYPE, _blocks(3, 1))]), 4096)
+    with pytest.raises(DamagedBase, match=why) as caught:
+        _feed(d, _tar([("base/1/INCREMENTAL.16390", tarfile.REGTYPE, member)]), 4096, overlay=True, base_id="B2")
+    assert caught.value.base_id == "B2"
+
+
+def test_an_incremental_file_with_no_earlier_version_or_in_a_full_base_backup_is_refused(tmp_path):
+    inc = _tar([("base/1/INCREMENTAL.16391", tarfile.REGTYPE, _incremental([0], 1, 5))])
+    with pytest.raises(DamagedBase, match="no earlier version"):
+        _feed(tmp_path / "a", inc, 4096, overlay=True, base_id="B2")
+    assert not (tmp_path / "a" / "base" / "1" / "16391").exists()
+    with pytest.raises(DamagedBase, match="full base backup but holds the incremental file"):
+        _feed(tmp_path / "b", inc, 4096, base_id="B1")
+
+
+def test_the_applied_chain_keeps_what_the_newest_backup_names_and_a_label_recovery_accepts(tmp_path):
+    """A relation or a database dropped since the full is gone, as pg_combinebackup leaves it
+    out; the newest label without its INCREMENTAL FROM lines; no manifest (--no-manifest)."""
+    d = tmp_path / "d"
+    _feed(d, _tar([("base/1/16385", tarfile.REGTYPE, b"a"), ("base/1/16400", tarfile.REGTYPE, b"dropped"),
+                   ("base/5", tarfile.DIRTYPE, b""), ("base/5/100", tarfile.REGTYPE, b"dropped db"),
+                   ("pg_wal", tarfile.DIRTYPE, b""), ("backup_manifest", tarfile.REGTYPE, b"{}")]), 4096)
+    label = (b"START WAL LOCATION: 0/5000028 (file 000000010000000000000005)\nCHECKPOINT LOCATION: 0/5000080\n"
+             b"INCREMENTAL FROM LSN: 0/2000028\nINCREMENTAL FROM TLI: 1\nSTART TIMELINE: 1\n")
+    w = _feed(d, _tar([("base/1", tarfile.DIRTYPE, b""), ("base/1/16385", tarfile.REGTYPE, b"b"),
+                       ("pg_wal", tarfile.DIRTYPE, b""), ("backup_label", tarfile.REGTYPE, label),
+                       ("backup_manifest", tarfile.REGTYPE, b"{}")]), 4096, overlay=True)
+    finish_chain(d, w.members)
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == ["backup_label", "base", "base/1",
+                                                                    "base/1/16385", "pg_wal"]
+    assert (d / "backup_label").read_bytes() == (b"START WAL LOCATION: 0/5000028 (file 000000010000000000000005)\n"
+                                                 b"CHECKPOINT LOCATION: 0/5000080\nSTART TIMELINE: 1\n")
+
+
+def _blocks(n: int, fill: int) -> bytes:
+    return bytes([fill]) * (8192 * n)
+
+
+def _read_blocks(path) -> list[int]:
+    """Each 8 KiB block's fill byte (0 for zeros); a block of mixed bytes fails."""
+    data = path.read_bytes()
+    assert len(data) % 8192 == 0
+    out = []
+    for i in range(0, len(data), 8192):
+        block = data[i:i + 8192]
+        assert block == bytes([block[0]]) * 8192
+        out.append(block[0])
+    return out

@@ -1,0 +1,132 @@
+"""Issue 22: a restore applies the base backup chain itself (opsctl.pitr.unpack.chain) instead of
+unpacking each member for pg_combinebackup. PostgreSQL's own tool is the oracle: on a real chain
+whose incrementals saw rows changed in place, a table cut short by VACUUM and grown again, a
+table and a database dropped, a table and an index created, the data directory unpack.chain
+writes is pg_combinebackup's output file for file and byte for byte; and a chain whose
+incremental was taken on another parent is refused naming it, as pg_combinebackup refuses it."""
+
+from __future__ import annotations
+
+import struct
+import tarfile
+from pathlib import Path
+
+import pytest
+
+
+def _base(pitr, kind: str):
+    from opsctl.pitr import ops
+
+    return ops.create_base(pitr.project(), pitr.env(), kind)
+
+
+def _records(pitr, *results):
+    from opsctl.pitr import chain
+
+    inv = chain.inventory(pitr.repo(), pitr.key(), pitr.sysid(), end_times=False, findings=False)
+    by_id = {b.id: b for b in inv.bases}
+    return [by_id[r.id] for r in results]
+
+
+def _oracle(pitr, backups, folder: Path) -> Path:
+    """pg_combinebackup's output for `backups`, each member unpacked by tarfile into a folder of its own."""
+    import subprocess
+
+    from opsctl.backup.pipeline import IterReader, unpack
+    from opsctl.local.postgres import tool
+
+    dirs = []
+    for b in backups:
+        d = folder / b.id
+        d.mkdir(parents=True)
+        obj = b.object("base.tar.zst")
+        plain = unpack(pitr.repo().get(obj.name), obj.name, obj.sha256, obj.size, pitr.key())
+        with tarfile.open(fileobj=IterReader(plain), mode="r|") as tf:
+            tf.extractall(d, filter="data")
+        dirs.append(d)
+    out = folder / "combined"
+    done = subprocess.run([tool("pg_combinebackup"), "--no-manifest", *map(str, dirs), "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _member_head(pitr, b, name: str) -> bytes | None:
+    """The first 12 bytes of member `name` of base backup `b`'s tar (None when it has none)."""
+    from opsctl.backup.pipeline import IterReader, unpack
+
+    obj = b.object("base.tar.zst")
+    plain = unpack(pitr.repo().get(obj.name), obj.name, obj.sha256, obj.size, pitr.key())
+    with tarfile.open(fileobj=IterReader(plain), mode="r|") as tf:
+        for m in tf:
+            if m.name == name:
+                return tf.extractfile(m).read(12)
+    return None
+
+
+def _listing(d: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
+
+
+def test_the_chain_applied_in_place_is_what_pg_combinebackup_writes(pitr, tmp_path):
+    from opsctl.pitr import unpack
+
+    pitr.sql("create table kept (id int primary key, note text)")
+    pitr.sql("insert into kept select g, repeat('k', 200) from generate_series(1, 20000) g")
+    pitr.sql("create table shrinks (id int, note text) with (autovacuum_enabled = off)")
+    pitr.sql("insert into shrinks select g, repeat('s', 200) from generate_series(1, 20000) g")
+    pitr.sql("create table dropped (id int)")
+    pitr.sql("insert into dropped select generate_series(1, 1000)")
+    pitr.sql("create database scratch", db="postgres")
+    pitr.sql("vacuum shrinks")  # all-visible now: the next VACUUM WAL-logs only the blocks it changes
+    pitr.sql("checkpoint", db="postgres")
+    shrinks, full_blocks = pitr.sql("select pg_relation_filepath('shrinks'), pg_relation_size('shrinks') / 8192")[0]
+    full = _base(pitr, "full")
+
+    pitr.sql("update kept set note = repeat('u', 200) where id %% 97 = 0")  # blocks changed in place
+    pitr.sql("delete from shrinks where id > 15000")  # its last blocks only: sent as an INCREMENTAL file
+    pitr.sql("vacuum shrinks")  # the empty tail is cut off: the file is shorter than the full's
+    pitr.sql("drop table dropped")
+    pitr.sql("create table added as select g as id from generate_series(1, 3000) g")
+    inc1 = _base(pitr, "incremental")
+
+    pitr.sql("insert into shrinks select g, repeat('g', 200) from generate_series(1, 3000) g")  # grows again
+    pitr.sql("update kept set note = 'second' where id between 100 and 400")
+    pitr.sql("create index on added (id)")
+    pitr.sql("drop database scratch", db="postgres")
+    inc2 = _base(pitr, "incremental")
+
+    backups = _records(pitr, full, inc1, inc2)
+    assert [b.kind for b in backups] == ["full", "incremental", "incremental"]
+    # the case this is for: inc1 holds shrinks as an INCREMENTAL file cut below the full's length
+    folder, file = shrinks.rsplit("/", 1)
+    head = _member_head(pitr, backups[1], f"{folder}/INCREMENTAL.{file}")
+    assert head is not None and struct.unpack("=III", head)[2] < full_blocks
+    seconds = unpack.chain(pitr.repo(), pitr.key(), backups, tmp_path / "applied")
+    assert set(seconds) == {"full", "unpacked"}
+    ours, theirs = _listing(tmp_path / "applied"), _listing(_oracle(pitr, backups, tmp_path / "oracle"))
+    assert sorted(ours) == sorted(theirs)
+    assert [name for name in ours if ours[name] != theirs[name]] == []
+    assert not [name for name in ours if "INCREMENTAL." in name]
+    assert b"INCREMENTAL FROM" not in ours["backup_label"] and "backup_manifest" not in ours
+
+
+def test_an_incremental_on_another_parent_is_refused_naming_it(pitr, tmp_path):
+    """The chain given says inc2 follows the full; its label says it was taken on inc1
+    (pg_combinebackup: "backup at ... starts at LSN ..., but expected ..."). An incremental
+    alone, with no full under it, is refused too."""
+    from opsctl.pitr import unpack
+    from opsctl.pitr.base import DamagedBase
+
+    full = _base(pitr, "full")
+    pitr.sql("insert into events(note) values ('between')")
+    inc1 = _base(pitr, "incremental")
+    pitr.sql("insert into events(note) values ('and again')")
+    inc2 = _base(pitr, "incremental")
+    backups = _records(pitr, full, inc1, inc2)
+    with pytest.raises(DamagedBase, match="built on a base backup starting at") as caught:
+        unpack.chain(pitr.repo(), pitr.key(), [backups[0], backups[2]], tmp_path / "a")
+    assert caught.value.base_id == inc2.id
+    with pytest.raises(DamagedBase, match="full base backup but holds the incremental file") as caught:
+        unpack.chain(pitr.repo(), pitr.key(), [backups[1]], tmp_path / "b")
+    assert caught.value.base_id == inc1.id
