@@ -32,10 +32,13 @@ parent's) raises base.DamagedBase: the restore passes over it to an older chain.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +50,8 @@ INCREMENTAL_MAGIC = 0xD3AE1F0D  # PostgreSQL's src/include/backup/basebackup_inc
 BLCKSZ = 8192  # the embedded build's block size (pg_basebackup's, compiled in)
 RELSEG_BLOCKS = 131072  # blocks in a 1 GB relation segment file
 AHEAD_BYTES = 32 << 20  # a member this large is read and checked by a thread of its own (_Ahead)
+
+log = logging.getLogger(__name__)
 
 
 class _Incremental:
@@ -378,6 +383,8 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     directory recovery can start in (finish_chain, for a full base backup alone too). Returns
     seconds from its start: {"full": ..., "unpacked": ...}.
 
+    While the full base backup's tar is written, another thread creates the files its
+    standalone backup_manifest lists (_Precreate), so the writer mostly opens files that exist.
     DamagedBase names a member whose tar fails its check or whose incremental data does not
     fit; OperationFailed for a tar this extractor refuses. Either way the caller discards `target`."""
     began = time.monotonic()
@@ -385,13 +392,71 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     label = None
     members: set[str] = set()
     for n, b in enumerate(backups):
-        members = extract(repo, b, key, target, report, ahead=(b.raw_bytes or 0) >= AHEAD_BYTES, overlay=n > 0)
-        label = _follows(b, target / "backup_label", label)
+        ahead = (b.raw_bytes or 0) >= AHEAD_BYTES
         if n == 0:
+            creating = _Precreate(repo, b, key, target)
+            try:
+                members = extract(repo, b, key, target, report, ahead=ahead)
+            finally:
+                creating.stop()  # nothing is created in `target` once this returns or raises
             seconds["full"] = round(time.monotonic() - began, 2)
+        else:
+            members = extract(repo, b, key, target, report, ahead=ahead, overlay=True)
+        label = _follows(b, target / "backup_label", label)
     finish_chain(target, members)
     seconds["unpacked"] = round(time.monotonic() - began, 2)
     return seconds
+
+
+class _Precreate:
+    """Creates (empty, 0600, with their folders) the files base backup `rec`'s standalone
+    backup_manifest lists, in its order (pg_basebackup's, the tar's), on a thread of its own.
+
+    Creating a file is the unpacking's costliest step per file on an ext4 without a journal,
+    where each create scans past the inodes freed in the last minutes (the module docstring):
+    1,300 creates took 0.6-0.7 s of one core beside earlier restores' deletes. Done here, on
+    the core the stream's reader leaves mostly idle, the writer only opens them: the full of the
+    bench's chain unpacked in 0.84-0.98 s against 1.22-1.44 s. Only an optimisation: a manifest
+    that is missing, damaged or names a path TarWriter would refuse creates nothing (or not
+    that path); a file created that the tar does not hold is removed by finish_chain. Never
+    truncates: a file that exists (the writer was first) is left as it is."""
+
+    def __init__(self, repo, rec: BaseBackup, key, target: Path):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(repo, rec, key, target), daemon=True,
+                                        name="opsctl-unpack-create")
+        self._thread.start()
+
+    def _run(self, repo, rec: BaseBackup, key, target: Path) -> None:
+        from opsctl.pitr.base import _fetch_plain
+
+        try:
+            files = json.loads(_fetch_plain(repo, rec.object("backup_manifest.zst"), key))["Files"]
+            made = set()
+            for entry in files:
+                name = entry.get("Path") if isinstance(entry, dict) else None
+                if self._stop.is_set():
+                    return
+                if not isinstance(name, str):
+                    continue  # an Encoded-Path (a name that is not UTF-8): the writer creates it
+                parts = [p for p in name.split("/") if p not in ("", ".")]
+                if not parts or name.startswith("/") or ".." in parts or parts[-1].startswith(INCREMENTAL):
+                    continue
+                path = target.joinpath(*parts)
+                if path.parent not in made:
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    made.add(path.parent)
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+                except FileExistsError:
+                    pass
+        except Exception as exc:  # noqa: BLE001 - the writer creates what this did not
+            log.debug("creating base backup %s's files ahead stopped: %s", rec.id, exc)
+
+    def stop(self) -> None:
+        """Stop at the next file and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
 
 
 _START = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.M)

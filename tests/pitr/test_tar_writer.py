@@ -179,3 +179,34 @@ def _read_blocks(path) -> list[int]:
         assert block == bytes([block[0]]) * 8192
         out.append(block[0])
     return out
+
+
+def test_files_made_ahead_from_the_manifest_stay_inside_and_what_the_tar_lacks_goes(tmp_path, monkeypatch):
+    """unpack._Precreate creates the files the full base backup's manifest lists before the tar
+    reaches them (the writer then only opens them): never a path TarWriter would refuse, never
+    over a file already written, and one the tar does not hold is removed by finish_chain."""
+    import json
+    import types
+
+    from opsctl.pitr import base, unpack
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "PG_VERSION").write_bytes(b"18\n")  # the writer was first: left as it is
+    manifest = {"Files": [{"Path": "PG_VERSION"}, {"Path": "base/1/1259"}, {"Path": "../escape"},
+                          {"Path": "/abs"}, {"Path": "base/1/INCREMENTAL.2"}, {"Encoded-Path": "ff"},
+                          {"Path": "not/in/the/tar"}]}
+    monkeypatch.setattr(base, "_fetch_plain", lambda repo, obj, key: json.dumps(manifest).encode())
+    rec = types.SimpleNamespace(id="B1", object=lambda suffix: None)
+    ahead = unpack._Precreate(None, rec, None, d)
+    ahead._thread.join()  # let it go through the whole list (stop() would cut it short)
+    ahead.stop()
+    assert (d / "base" / "1" / "1259").read_bytes() == b"" and (d / "not" / "in" / "the" / "tar").exists()
+    assert (d / "PG_VERSION").read_bytes() == b"18\n"
+    assert not (tmp_path / "escape").exists() and not (d / "base" / "1" / "INCREMENTAL.2").exists()
+    w = _feed(d, _tar([("PG_VERSION", tarfile.REGTYPE, b"18\n"), ("base/1/1259", tarfile.REGTYPE, b"catalog"),
+                       ("backup_label", tarfile.REGTYPE, b"START TIMELINE: 1\n")]), 4096)
+    finish_chain(d, w.members)
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == ["PG_VERSION", "backup_label", "base", "base/1",
+                                                                    "base/1/1259"]
+    assert (d / "base" / "1" / "1259").read_bytes() == b"catalog"
