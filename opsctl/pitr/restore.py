@@ -200,8 +200,12 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # the queue holds the live timeline's WAL: a --timeline of another has nothing to wait for
     # (breaker 18 F10: 30 s waited for WAL no restore along that timeline reads)
     on_live = timeline is None or not live or timeline == live[-1][0]
+    waits = latest and on_live
     queue_notes = ((_start_archiver(project, env) if start_archiver else []) + _ship_open_segment(state)
-                   + _wait_for_queue(state, beside=beside) if latest and on_live else [])
+                   if waits else [])
+    # the chain is chosen, and its unpacking (a restore's longest part) started, before the queue
+    # is waited for (in the try below): only a base backup whose own WAL still waits in the queue
+    # could be chosen otherwise after the wait, and that is checked there
     # the tars are read (and one that fails passed over) below: a finding of the last verify-chain
     # is not taken on trust, so a base backup repaired since restores (breaker 27 F9)
     listed = chain.inventory(repo, key, sysid, end_times=False, live_path=live, findings=False)
@@ -252,7 +256,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         if sysid == live_sysid:
             from opsctl.pitr import local as pitr_local
 
-            fits = _archived_bases(fits, listed, pitr_local.queued_wal(state), queue_notes)
+            fits = _archived_bases(fits, listed, pitr_local.queued_wal(state), [])
     if not fits:
         first = usable[0]
         # older ones passed over are named: "the oldest" alone sent the reader after pruning,
@@ -270,14 +274,21 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     new = data_root / (f"postgres.restored-{stamp}" if beside else f"postgres.restoring-{stamp}")
     _record(data_root, stamp, {"new": str(new), "stage": str(stage), "server_pid": None})
     tip_seg = layout.segno(layout.lsn(tip.start_lsn))
-    from concurrent.futures import ThreadPoolExecutor
-
-    unpacker = ThreadPoolExecutor(1, thread_name_prefix="opsctl-unpack")
-    unpacked = unpacker.submit(unpack.chain, repo, key, backups, new, unpack_report)
-    unpacker.shutdown(wait=False)
+    unpacked = _start_unpack(repo, key, backups, new, unpack_report)
     try:
         from opsctl.pitr import local as pitr_local
         from opsctl.pitr.ops import server_archived
+
+        if waits:
+            queue_notes += _wait_for_queue(state, beside=beside)
+            if when is None and lsn is None and sysid == live_sysid:
+                final = _archived_bases(usable, listed, pitr_local.queued_wal(state), queue_notes)
+                newest = max(final, key=lambda b: layout.lsn(b.stop_lsn))
+                if newest.id != tip.id:  # its WAL reached the repository during the wait
+                    _drop_unpacked(unpacked, new)
+                    tip, backups = newest, bb.chain_of(whole, newest)
+                    tip_seg = layout.segno(layout.lsn(tip.start_lsn))
+                    unpacked = _start_unpack(repo, key, backups, new, unpack_report)
 
         # segments the server archived that are gone from the repository end the window as gaps
         # (asked before the WAL is listed again: each file it names archived is in that listing)
@@ -824,6 +835,17 @@ def clean_abandoned(state) -> list[str]:
                 removed.append(str(folder))
         path.unlink(missing_ok=True)
     return removed
+
+
+def _start_unpack(repo, key, backups: list[bb.BaseBackup], new: Path, report):
+    """unpack.chain of `backups` into `new` on a thread of its own; its Future."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    unpacker = ThreadPoolExecutor(1, thread_name_prefix="opsctl-unpack")
+    try:
+        return unpacker.submit(unpack.chain, repo, key, backups, new, report)
+    finally:
+        unpacker.shutdown(wait=False)
 
 
 def _drop_unpacked(unpacked, new: Path) -> None:

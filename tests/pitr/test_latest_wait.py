@@ -93,3 +93,34 @@ def test_latest_starts_a_stopped_archiver_and_restores_what_was_queued(pitr, run
     assert beside_ids(doc) == want
     assert not any("not archived yet" in n for n in doc.get("notes", [])), doc.get("notes")
     assert pitr_local.archiver_pid(pitr.state()) is not None
+
+
+def test_latest_restores_from_a_base_backup_whose_wal_was_still_queued_when_it_began(pitr, runner):
+    """The chain is chosen and its unpacking started before the queue is waited for; a base
+    backup whose own WAL only reaches the repository during that wait is then the newest
+    restorable one: the restore starts over from it, not from the older one chosen first."""
+    import json
+    import re
+
+    from pitr_support import beside_ids
+
+    from opsctl.local import state as st
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    folder = st.folder_for(pitr.root)
+    with st.locked(folder):
+        state = st.load(folder)
+        pitr_local.stop_archiver(state)
+        state.save()
+    taken = pitr.cli(runner, "backup", "base", "--incremental", "--json")
+    assert taken.exit_code == 1 and "the base backup is kept" in taken.output, taken.output
+    newer = re.search(r"base backup (\S+) was taken", taken.output).group(1)
+    pitr.commit_and_queue("after the newer base backup")
+    want = {r[0] for r in pitr.sql("select id from events")}
+
+    r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["chain"][-1] == newer, doc["chain"]
+    assert beside_ids(doc) == want
+    assert not any("wait for their WAL" in n for n in doc.get("notes", [])), doc.get("notes")
