@@ -172,8 +172,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
          timeline: int | None = None, start_archiver: bool = True) -> PitrPlan:
     """Choose the chain and check the target against its window; stages the checked WAL.
 
-    While the WAL is read and checked, the chain's base backups are already unpacked (and
-    recombined) into a new scratch data directory beside the live one: that touches nothing
+    While the WAL is read and checked, the chain's base backups are already unpacked
+    (unpack.chain) into a new scratch data directory beside the live one: that touches nothing
     live, and it is the longest part of a restore, so the two overlap. `discard` (always
     called after plan, as `restore` does) removes what `run` did not take. `report` advances
     per WAL file; `unpack_report(what, total)` as for backups. `damaged` ({id: why}): base
@@ -256,7 +256,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         if sysid == live_sysid:
             from opsctl.pitr import local as pitr_local
 
-            fits = _archived_bases(fits, listed, pitr_local.queued_wal(state), [])
+            # said once the queue was waited for (below), when it is
+            fits = _archived_bases(fits, listed, pitr_local.queued_wal(state), [] if waits else queue_notes)
     if not fits:
         first = usable[0]
         # older ones passed over are named: "the oldest" alone sent the reader after pruning,
