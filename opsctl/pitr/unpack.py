@@ -402,6 +402,8 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
             seconds["full"] = round(time.monotonic() - began, 2)
         else:
             members = extract(repo, b, key, target, report, ahead=ahead, overlay=True)
+        if "backup_label" not in members:  # the one in `target` would be the previous member's
+            raise DamagedBase(b.id, "its tar holds no backup_label")
         label = _follows(b, target / "backup_label", label)
     finish_chain(target, members)
     seconds["unpacked"] = round(time.monotonic() - began, 2)
@@ -503,7 +505,8 @@ def finish_chain(target: Path, members: set[str]) -> None:
         rel = "" if rel == "." else rel + "/"
         for d in list(dirs):
             if rel + d not in keep:
-                shutil.rmtree(os.path.join(folder, d))
+                gone = os.path.join(folder, d)
+                os.unlink(gone) if os.path.islink(gone) else shutil.rmtree(gone)
                 dirs.remove(d)
         for f in files:
             if rel + f not in keep:
