@@ -352,7 +352,7 @@ def _take(repo, key, conninfo: str, kind: str, level: int, report, env: dict[str
             from opsctl.backup.repository import NotFound
 
             try:
-                parent_manifest = _fetch_plain(repo, parent.object("backup_manifest.zst"), key)
+                parent_manifest = fetch_plain(repo, parent.object("backup_manifest.zst"), key)
             except (OperationFailed, NotFound) as exc:  # IntegrityError is one: damaged at its size since listed
                 if not auto:
                     raise OperationFailed(f"base backup {parent.id}'s backup_manifest.zst, which an incremental on "
@@ -455,7 +455,11 @@ def server_path(conninfo: str) -> list[tuple[int, int | None]] | None:
     return layout.history_path(text, tli)
 
 
-def _fetch_plain(repo, obj: StoredObject, key) -> bytes:
+def fetch_plain(repo, obj: StoredObject, key) -> bytes:
+    """The whole plain content of one small stored object (a backup_manifest), checked.
+
+    Reads it into memory: for objects of a few MB, never a base tar. Raises what
+    ``pipeline.unpack`` raises for a missing, altered or undecryptable object."""
     from opsctl.backup.pipeline import unpack
 
     return b"".join(unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None))

@@ -430,10 +430,10 @@ class _Precreate:
         self._thread.start()
 
     def _run(self, repo, rec: BaseBackup, key, target: Path) -> None:
-        from opsctl.pitr.base import _fetch_plain
+        from opsctl.pitr.base import fetch_plain
 
         try:
-            files = json.loads(_fetch_plain(repo, rec.object("backup_manifest.zst"), key))["Files"]
+            files = json.loads(fetch_plain(repo, rec.object("backup_manifest.zst"), key))["Files"]
             made = set()
             for entry in files:
                 name = entry.get("Path") if isinstance(entry, dict) else None

@@ -196,7 +196,7 @@ def test_files_made_ahead_from_the_manifest_stay_inside_and_what_the_tar_lacks_g
     manifest = {"Files": [{"Path": "PG_VERSION"}, {"Path": "base/1/1259"}, {"Path": "../escape"},
                           {"Path": "/abs"}, {"Path": "base/1/INCREMENTAL.2"}, {"Encoded-Path": "ff"},
                           {"Path": "not/in/the/tar"}]}
-    monkeypatch.setattr(base, "_fetch_plain", lambda repo, obj, key: json.dumps(manifest).encode())
+    monkeypatch.setattr(base, "fetch_plain", lambda repo, obj, key: json.dumps(manifest).encode())
     rec = types.SimpleNamespace(id="B1", object=lambda suffix: None)
     ahead = unpack._Precreate(None, rec, None, d)
     ahead._thread.join()  # let it go through the whole list (stop() would cut it short)
