@@ -67,11 +67,13 @@ class _Incremental:
         self.at = 0  # bytes of the data part written
         self.run = 0
 
-    def feed(self, data, fail) -> None:
-        """The member's next bytes; `fail(why)` raises."""
+    def feed(self, data, unfit, fail) -> None:
+        """The member's next bytes. `unfit(why)` raises for data that does not fit (the backup is
+        damaged), `fail(why)` for the machine refusing a write (ENOSPC, EIO, EMFILE): that says
+        nothing about the backup, so it must not send the restore on to an older chain."""
         i = 0
         if self.header_len is None or len(self.head) < self.header_len:
-            i = self._gather(data, fail)
+            i = self._gather(data, unfit, fail)
         while i < len(data):
             start, offset, length = self.runs[self.run]
             within = self.at - start
@@ -88,20 +90,20 @@ class _Incremental:
             if self.at - start == length:
                 self.run += 1
 
-    def _gather(self, data, fail) -> int:
+    def _gather(self, data, unfit, fail) -> int:
         """Take header bytes from `data`; once whole, check it and open the file; bytes taken."""
         got = 0
         while self.header_len is None or len(self.head) < self.header_len:
             if self.header_len is None and len(self.head) >= 12:
                 magic, count, truncation = struct.unpack("=III", self.head[:12])
                 if magic != INCREMENTAL_MAGIC or count > RELSEG_BLOCKS or truncation > RELSEG_BLOCKS:
-                    fail(f"{self.name} is not an incremental file PostgreSQL wrote (magic 0x{magic:x}, "
+                    unfit(f"{self.name} is not an incremental file PostgreSQL wrote (magic 0x{magic:x}, "
                          f"{count} blocks, truncation length {truncation})")
                 header = 12 + 4 * count
                 if count:
                     header += (-header) % BLCKSZ
                 if self.size != header + count * BLCKSZ:
-                    fail(f"{self.name} holds {self.size} bytes where its header names {count} blocks")
+                    unfit(f"{self.name} holds {self.size} bytes where its header names {count} blocks")
                 self.header_len, self.count, self.truncation = header, count, truncation
                 continue
             need = (self.header_len or 12) - len(self.head)
@@ -110,12 +112,14 @@ class _Incremental:
             take = min(need, len(data) - got)
             self.head += data[got:got + take]
             got += take
-        self._open(fail)
+        self._open(unfit, fail)
         return got
 
-    def _open(self, fail) -> None:
+    def _open(self, unfit, fail) -> None:
         blocks = struct.unpack(f"={self.count}I", self.head[12:12 + 4 * self.count])
         for n, b in enumerate(blocks):
+            if b >= RELSEG_BLOCKS:  # pg_combinebackup asserts it too (reconstruct.c): one segment's blocks
+                unfit(f"{self.name} names block {b}, past the {RELSEG_BLOCKS} blocks of a relation segment")
             if self.runs and b == self.runs[-1][1] // BLCKSZ + self.runs[-1][2] // BLCKSZ:
                 start, offset, length = self.runs[-1]
                 self.runs[-1] = (start, offset, length + BLCKSZ)
@@ -124,8 +128,10 @@ class _Incremental:
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            fail(f"{self.name} has no earlier version in the chain to apply it to")
-        except OSError as exc:
+            unfit(f"{self.name} has no earlier version in the chain to apply it to")
+        except (IsADirectoryError, NotADirectoryError) as exc:  # the chain wrote a folder where its file is
+            unfit(f"{self.name} can't be applied ({exc.strerror})")
+        except OSError as exc:  # EMFILE, EIO, EACCES: the machine, not the backup
             fail(f"{self.name} can't be applied ({exc.strerror})")
         try:
             os.ftruncate(self.fd, self.truncation * BLCKSZ)
@@ -154,7 +160,8 @@ class TarWriter:
     `INCREMENTAL.<file>` member is applied to `<file>` (_Incremental; refused in a full base
     backup, as pg_combinebackup refuses it), and `members` collects every path the stream
     names (folders too, `INCREMENTAL.` taken off) for `finish_chain`. Incremental data that does
-    not fit raises DamagedBase(`base_id`).
+    not fit raises DamagedBase(`base_id`); a write the machine refuses (a full disk) raises
+    OperationFailed, never DamagedBase, so the restore does not pass over a good backup.
     """
 
     def __init__(self, target: Path, what: str, overlay: bool = False, base_id: str | None = None):
@@ -231,7 +238,7 @@ class TarWriter:
             if self._left:
                 take = min(self._left, n - i)
                 if self._inc is not None:
-                    self._inc.feed(view[i:i + take], self._unfit)
+                    self._inc.feed(view[i:i + take], self._unfit, self._fail)
                     i, self._left = i + take, self._left - take
                 while take and self._inc is None:  # os.write may write less than asked
                     try:

@@ -128,6 +128,8 @@ def test_an_incremental_writes_its_blocks_over_the_earlier_file_cut_to_its_trunc
     (b"\x00" * 8, "less than an incremental file's header"),
     (b"\x0d\x1f\xae\xd4" + b"\0" * 8, "not an incremental file PostgreSQL wrote"),
     (_incremental([0], 200_000, 5), "truncation length 200000"),
+    (_incremental([131_072], 3, 5), "names block 131072, past the 131072 blocks"),
+    (_incremental([1, 0xFFFF_FFFF], 3, 5), "names block 4294967295"),
 ])
 def test_an_incremental_file_that_does_not_fit_its_header_names_its_base_backup_damaged(tmp_path, member, why):
     d = tmp_path / "d"
@@ -144,6 +146,29 @@ def test_an_incremental_file_with_no_earlier_version_or_in_a_full_base_backup_is
     assert not (tmp_path / "a" / "base" / "1" / "16391").exists()
     with pytest.raises(DamagedBase, match="full base backup but holds the incremental file"):
         _feed(tmp_path / "b", inc, 4096, base_id="B1")
+
+
+@pytest.mark.parametrize("call, errno_", [("pwrite", 28), ("open", 24), ("pwrite", 5)])  # ENOSPC, EMFILE, EIO
+def test_a_write_the_machine_refuses_fails_the_restore_and_blames_no_backup(tmp_path, monkeypatch, call, errno_):
+    """A full disk while blocks are applied is the machine's fault: OperationFailed, never
+    DamagedBase (which would send the restore on to an older chain, on the same full disk)."""
+    import os
+
+    d = tmp_path / "d"
+    _feed(d, _tar([("base/1/16392", tarfile.REGTYPE, _blocks(3, 1))]), 4096)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno_, os.strerror(errno_))
+
+    real_open = os.open
+    if call == "open":
+        monkeypatch.setattr(os, "open", lambda path, *a, **k: refuse() if "16392" in str(path) else real_open(path, *a, **k))
+    else:
+        monkeypatch.setattr(os, "pwrite", refuse)
+    inc = _tar([("base/1/INCREMENTAL.16392", tarfile.REGTYPE, _incremental([1], 3, 9))])
+    with pytest.raises(OperationFailed, match=os.strerror(errno_)) as caught:
+        _feed(d, inc, 4096, overlay=True, base_id="B2")
+    assert not isinstance(caught.value, DamagedBase)
 
 
 def test_the_applied_chain_keeps_what_the_newest_backup_names_and_a_label_recovery_accepts(tmp_path):
