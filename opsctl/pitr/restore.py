@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opsctl.backup.catalog import id_time
 from opsctl.backup.crypto import IntegrityError
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
@@ -395,6 +396,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
               # the newest archived commit on the live server's own history (None when another
               # history is followed: its commits are not the live server's)
               "archived_commit": window.last_commit if sysid == live_sysid and timeline is None else None}
+    queue_notes += _unusable_newer(listed, tip, when, damaged)
     if sysid != live_sysid:
         queue_notes.append(f"the live cluster had no base backup: restored cluster {sysid}, the only one "
                            f"{repo.url} holds base backups of")
@@ -404,6 +406,23 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
 
 
 QUEUE_WAIT = 30.0  # seconds a restore to 'latest' waits for the local WAL queue to be uploaded
+
+
+def _unusable_newer(listed: chain.Inventory, tip, when: dt.datetime | None, damaged: dict[str, str]) -> list[str]:
+    """A note naming the base backups newer than `tip` that the inventory found unusable (a
+    base.json that fails its check, an unusable parent), with why: without it a restore from
+    an older chain reads as the best there was (breaker 60 F2). Those started after `when`
+    could not have been chosen and are left out; those found damaged while unpacking
+    (`damaged`) get the restore's own passed-over note. Ids sort by the time they were taken."""
+    newer = []
+    for bid in listed.bad_bases_broken:
+        started = id_time(bid)
+        if bid > tip.id and bid not in damaged and (when is None or started is None or started <= when):
+            newer.append(f"{bid} ({listed.bad_bases[bid]})")
+    if not newer:
+        return []
+    return [f"newer base backup(s) left out as unusable: {'; '.join(newer)}; 'opsctl backup verify-chain' "
+            "says more"]
 
 
 def _archived_bases(bases: list, listed: chain.Inventory, queued: set[str], notes: list[str]) -> list:

@@ -34,6 +34,8 @@ def _restore_latest(pitr, runner, broken: str, older: bool = True) -> None:
         doc = json.loads(r.stdout)
         try:
             assert broken not in doc["chain"], doc
+            # said, with why (breaker 60 F2: left out silently when the inventory found it unusable)
+            assert any(broken in note for note in doc["notes"]), doc
             with psycopg.connect(doc["url"].rsplit("/", 1)[0] + "/pitrdb") as conn:
                 got = {row[0] for row in conn.execute("select id from events")}
         finally:
@@ -130,3 +132,51 @@ def _assert_readable_at_80_columns(pitr, runner, doc: dict, damaged: str) -> Non
     why = doc["unusable_base_backups"][damaged]
     assert " ".join(r.output.split()).count(" ".join(why.split())) == 1, r.output
     assert why.count(f"/{damaged}/base.tar.zst") == 1, why  # the object named once in its reason
+
+
+def test_a_record_copied_from_another_base_backup_is_named_where_restore_leaves_it_out(pitr, runner):
+    """Breaker 60 F2: an incremental's base.json and tar copied over another one's (its record
+    fails its seal there, and every incremental after it loses its parent): the restore from
+    the older chain named none of the base backups it left out. It names each newer one, with
+    why; a target before them names none (they could not have been chosen)."""
+    import datetime as dt
+    import time
+
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import layout
+
+    def take(*flags) -> dict:
+        r = pitr.cli(runner, "backup", "base", *flags, "--json")
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    full = take()
+    pitr.sql("insert into events(note) select 'c' from generate_series(1, 20)")
+    pitr.wait_archived()
+    before = dt.datetime.now(dt.timezone.utc).isoformat()
+    time.sleep(1.1)  # ids name the second a base backup started: the next one's is after `before`
+    inc1 = take("--incremental")["id"]
+    pitr.sql("insert into events(note) select 'd' from generate_series(1, 20)")
+    inc2 = take("--incremental")["id"]
+    pitr.sql("insert into events(note) select 'e' from generate_series(1, 20)")
+    pitr.wait_archived()
+    folder = pitr.root / "repo" / layout.base_prefix(pitr.sysid())
+    saved = {name: (folder / inc1 / name).read_bytes() for name in ("base.json", "base.tar.zst")}
+    for name in saved:
+        shutil.copy(folder / inc2 / name, folder / inc1 / name)
+    try:
+        r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        pg.stop(doc["pid"])
+        assert doc["chain"][-1] == full["id"], doc
+        said = [n for n in doc["notes"] if "left out as unusable" in n]
+        assert len(said) == 1 and inc1 in said[0] and inc2 in said[0] and "copied here" in said[0], doc
+        r = pitr.cli(runner, "restore", "--to-time", before, "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        pg.stop(doc["pid"])
+        assert not [n for n in doc["notes"] if "left out as unusable" in n], doc
+    finally:
+        for name, data in saved.items():
+            (folder / inc1 / name).write_bytes(data)
