@@ -164,8 +164,11 @@ class TarWriter:
     OperationFailed, never DamagedBase, so the restore does not pass over a good backup.
     """
 
-    def __init__(self, target: Path, what: str, overlay: bool = False, base_id: str | None = None):
+    def __init__(self, target: Path, what: str, overlay: bool = False, base_id: str | None = None,
+                 on_label=None):
         self.target, self.what, self.overlay, self.base_id = target, what, overlay, base_id
+        self.on_label = on_label  # called with its path once `backup_label` is written
+        self._path: Path | None = None
         self._head, self._left, self._pad, self._fd = bytearray(), 0, 0, None
         self._made: set[Path] = set()  # folders already made: one mkdir per folder, not per member
         self._inc: _Incremental | None = None
@@ -223,6 +226,7 @@ class TarWriter:
         except OSError as exc:  # a name that is both a file and a folder, a full disk
             self._fail(f"member {name!r} can't be written ({exc.strerror})")
         self._left, self._pad = size, (-size) % 512
+        self._path = path
         self.files += 1
         if incremental:
             self._inc = _Incremental(path, name, size)
@@ -273,6 +277,8 @@ class TarWriter:
         elif self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            if self.on_label is not None and self._path == self.target / "backup_label":
+                self.on_label(self._path)
 
     def close(self) -> None:
         """Release the open file, if any (also after a failure)."""
@@ -345,7 +351,7 @@ class _Ahead:
 
 
 def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool = False,
-            overlay: bool = False) -> set[str]:
+            overlay: bool = False, on_label=None) -> set[str]:
     """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd); the
     paths its stream named (TarWriter.members).
 
@@ -354,7 +360,8 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
     and the caller discards `target`. Nothing is fsynced here: recovery runs with fsync off
     and an in-place restore is synced once before its swap (restore.py). `ahead`: the stream
     is read and checked by a thread of its own while this one writes (_Ahead). `overlay`: an
-    incremental applied over what `target` holds (TarWriter).
+    incremental applied over what `target` holds (TarWriter). `on_label(path)`: called once
+    the tar's backup_label is written (it may raise to stop the stream there).
     """
     from opsctl.backup.crypto import IntegrityError
     from opsctl.backup.pipeline import unpack
@@ -366,7 +373,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
                     report(f"base backup {rec.id}", obj.size) if report else None)
     if ahead:
         stream = _Ahead(stream)
-    writer = TarWriter(target, f"base backup {rec.id}", overlay, rec.id)
+    writer = TarWriter(target, f"base backup {rec.id}", overlay, rec.id, on_label)
     try:
         for block in stream:
             writer.feed(block)
@@ -400,18 +407,25 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     members: set[str] = set()
     for n, b in enumerate(backups):
         ahead = (b.raw_bytes or 0) >= AHEAD_BYTES
+
+        def early(path: Path, b=b, parent=label) -> None:
+            # pg_basebackup sends backup_label first: a member that is not what its chain says
+            # (a record re-sealed over another's tar) is refused for that, before its blocks
+            # are applied, not for the first block that does not fit (breaker 60 F3)
+            _follows(b, path, parent)
+
         if n == 0:
             creating = _Precreate(repo, b, key, target)
             try:
-                members = extract(repo, b, key, target, report, ahead=ahead)
+                members = extract(repo, b, key, target, report, ahead=ahead, on_label=early)
             finally:
                 creating.stop()  # nothing is created in `target` once this returns or raises
             seconds["full"] = round(time.monotonic() - began, 2)
         else:
-            members = extract(repo, b, key, target, report, ahead=ahead, overlay=True)
+            members = extract(repo, b, key, target, report, ahead=ahead, overlay=True, on_label=early)
         if "backup_label" not in members:  # the one in `target` would be the previous member's
             raise DamagedBase(b.id, "its tar holds no backup_label")
-        label = _follows(b, target / "backup_label", label)
+        label = _follows(b, target / "backup_label", label)  # also when it was not the first member
     finish_chain(target, members)
     seconds["unpacked"] = round(time.monotonic() - began, 2)
     return seconds

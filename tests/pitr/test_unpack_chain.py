@@ -113,20 +113,26 @@ def test_the_chain_applied_in_place_is_what_pg_combinebackup_writes(pitr, tmp_pa
 
 def test_an_incremental_on_another_parent_is_refused_naming_it(pitr, tmp_path):
     """The chain given says inc2 follows the full; its label says it was taken on inc1
-    (pg_combinebackup: "backup at ... starts at LSN ..., but expected ..."). An incremental
-    alone, with no full under it, is refused too."""
+    (pg_combinebackup: "backup at ... starts at LSN ..., but expected ..."). It is refused for
+    that, from its backup_label (the tar's first member), before its blocks are applied: inc2
+    holds an incremental file of a table created after the full, which has no earlier version
+    in [full, inc2] and was named first (breaker 60 F3). An incremental alone, with no full
+    under it, is refused too."""
     from opsctl.pitr import unpack
     from opsctl.pitr.base import DamagedBase
 
     full = _base(pitr, "full")
-    pitr.sql("insert into events(note) values ('between')")
+    pitr.sql("create table since_full as select g as id, repeat('x', 200) as pad from generate_series(1, 20000) g")
+    pitr.sql("vacuum since_full")  # its hint bits set now: inc2 holds only the block updated, not all
     inc1 = _base(pitr, "incremental")
-    pitr.sql("insert into events(note) values ('and again')")
+    pitr.sql("update since_full set pad = 'y' where id = 1")
     inc2 = _base(pitr, "incremental")
     backups = _records(pitr, full, inc1, inc2)
     with pytest.raises(DamagedBase, match="built on a base backup starting at") as caught:
         unpack.chain(pitr.repo(), pitr.key(), [backups[0], backups[2]], tmp_path / "a")
     assert caught.value.base_id == inc2.id
-    with pytest.raises(DamagedBase, match="full base backup but holds the incremental file") as caught:
+    relation = pitr.sql("select pg_relation_filepath('since_full')")[0][0]
+    assert _member_head(pitr, backups[2], relation.rsplit("/", 1)[0] + "/INCREMENTAL." + relation.rsplit("/", 1)[1])
+    with pytest.raises(DamagedBase, match="starts its chain but its backup_label says it is incremental") as caught:
         unpack.chain(pitr.repo(), pitr.key(), [backups[1]], tmp_path / "b")
     assert caught.value.base_id == inc1.id
