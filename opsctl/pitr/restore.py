@@ -1056,13 +1056,14 @@ _NO_COMMIT_TS = object()  # _check: the server keeps no commit timestamps (track
 _LOCK_WAIT = "2s"
 
 
-def _check(port: int, database: str, when: dt.datetime | None) -> tuple[object, dict, list]:
+def _check(port: int, database: str, when: dt.datetime | None) -> tuple[object, dict, list, list]:
     """In recovery, before the promotion: the newest commit replayed (pg_last_committed_xact: a
     commit, never an abort; None when none was replayed, _NO_COMMIT_TS when the cluster keeps no
     commit timestamps), the rows of every table of `database`, each read whole by a
     sequential scan, and the (schema, table) pairs that could not be read because the replay
     holds a lock on them (count them with _count after the promotion, which releases it;
-    breaker 36 F1: a restore to just before a DROP TABLE waited on it forever). The last
+    breaker 36 F1: a restore to just before a DROP TABLE waited on it forever), and the
+    unlogged tables ("schema.table", counted 0: they come back empty). The last
     transaction end replayed (commit or abort, pg_last_xact_replay_timestamp) must not be
     after `when`, else OperationFailed."""
     import psycopg
@@ -1083,6 +1084,7 @@ def _check(port: int, database: str, when: dt.datetime | None) -> tuple[object, 
     recovered = committed.astimezone(dt.timezone.utc) if isinstance(committed, dt.datetime) else committed
     tables: dict[str, int] = {}
     locked: list[tuple[str, str]] = []
+    unlogged: list[str] = []
     if exists:
         with psycopg.connect(pg.url(port, database), autocommit=True) as conn:
             # the catalog alone, largest first (pg_class.relpages): a size function would lock each table
@@ -1095,8 +1097,9 @@ def _check(port: int, database: str, when: dt.datetime | None) -> tuple[object, 
         # Q2), and it is empty once recovered: WAL holds none of its rows, and the end of
         # recovery resets it to its empty init fork (PostgreSQL docs, CREATE TABLE, UNLOGGED)
         tables, locked = _count(port, database, [(s, t) for s, t, unlogged in names if not unlogged], _LOCK_WAIT)
-        tables.update({f"{s}.{t}": 0 for s, t, unlogged in names if unlogged})
-    return recovered, tables, locked
+        unlogged = [f"{s}.{t}" for s, t, is_unlogged in names if is_unlogged]
+        tables.update({name: 0 for name in unlogged})
+    return recovered, tables, locked, unlogged
 
 
 def _count(port: int, database: str, names: list, lock_wait: str | None = None) -> tuple[dict[str, int], list]:
@@ -1197,9 +1200,12 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         # read while still in recovery: hint bits the reads set are not WAL-logged there (after the
         # promotion, with data checksums, each first hinted page costs a full-page image: 140 MB of
         # WAL for a 240 MB table, written and archived)
-        recovered, tables, locked = _check(port, env.database.name, c["when"])
+        recovered, tables, locked, unlogged = _check(port, env.database.name, c["when"])
         tli = _promote(port, log)
         notes = []
+        if unlogged:  # said: a restore that empties a table without a word reads as data lost by opsctl
+            notes.append(f"unlogged table(s) {', '.join(sorted(unlogged))} came back empty: PostgreSQL writes "
+                         "none of their rows to WAL or a base backup (CREATE TABLE ... UNLOGGED)")
         if locked:  # the promotion rolled back the transaction whose lock the replay held
             more, still = _count(port, env.database.name, locked, _LOCK_WAIT)
             if still:
