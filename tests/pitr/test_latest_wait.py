@@ -13,6 +13,17 @@ from opsctl.pitr import restore
 SEGMENT = "000000010000000000000007"
 
 
+def _stop_archiver(pitr) -> None:
+    """Stop the platform's WAL archiver: what is archived from now on waits in the local queue."""
+    from opsctl.local import state as st
+
+    folder = st.folder_for(pitr.root)
+    with st.locked(folder):
+        state = st.load(folder)
+        pitr_local.stop_archiver(state)
+        state.save()
+
+
 def _state(tmp_path) -> LocalState:
     state = LocalState(folder=tmp_path)
     pitr_local.queue_dir(state).mkdir(parents=True)
@@ -75,14 +86,8 @@ def test_latest_starts_a_stopped_archiver_and_restores_what_was_queued(pitr, run
 
     from pitr_support import beside_ids
 
-    from opsctl.local import state as st
-
     assert pitr.cli(runner, "backup", "base").exit_code == 0
-    folder = st.folder_for(pitr.root)
-    with st.locked(folder):
-        state = st.load(folder)
-        pitr_local.stop_archiver(state)
-        state.save()
+    _stop_archiver(pitr)
     assert pitr_local.archiver_pid(pitr.state()) is None
     pitr.commit_and_queue("queued while no archiver ran")
     want = {r[0] for r in pitr.sql("select id from events")}
@@ -104,14 +109,8 @@ def test_latest_restores_from_a_base_backup_whose_wal_was_still_queued_when_it_b
 
     from pitr_support import beside_ids
 
-    from opsctl.local import state as st
-
     assert pitr.cli(runner, "backup", "base").exit_code == 0
-    folder = st.folder_for(pitr.root)
-    with st.locked(folder):
-        state = st.load(folder)
-        pitr_local.stop_archiver(state)
-        state.save()
+    _stop_archiver(pitr)
     taken = pitr.cli(runner, "backup", "base", "--incremental", "--json")
     assert taken.exit_code == 1 and "the base backup is kept" in taken.output, taken.output
     newer = re.search(r"base backup (\S+) was taken", taken.output).group(1)
