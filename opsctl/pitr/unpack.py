@@ -27,11 +27,14 @@ pg_combinebackup checks.
 
 A chain member whose incremental data does not fit (a header that is not PostgreSQL's, a size
 that does not match it, a file with no earlier version, a label that does not follow its
-parent's) raises base.DamagedBase: the restore passes over it to an older chain.
+parent's) raises base.DamagedBase: the restore passes over it to an older chain. A write or read
+the machine refuses (a full disk, too many open files, an I/O error) raises OperationFailed
+naming the cause and no backup (`refused`): an older chain would meet the same disk.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -53,6 +56,23 @@ AHEAD_BYTES = 32 << 20  # a member this large is read and checked by a thread of
 
 log = logging.getLogger(__name__)
 
+# what a name in the stream can cause (a file where a folder is, or the other way round): the
+# backup's doing; any other OSError is the machine's (refused)
+_DATA_ERRNOS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG}
+
+
+def refused(exc: OSError, target: Path, during: str):
+    """OperationFailed for an OSError the machine gave while `during` (e.g. "base backup X was
+    applied") wrote or read the data directory `target`: one line, with what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = f"free space on the file system of {target.parent} and run it again"
+    elif exc.errno in (errno.EMFILE, errno.ENFILE):
+        todo = "raise the open-file limit (ulimit -n) and run it again"
+    else:
+        todo = "fix the cause and run it again"
+    return OperationFailed(f"writing the restored data directory {target} failed ({exc.strerror}) while {during}; "
+                           f"nothing was restored; {todo}")
+
 
 class _Incremental:
     """One `INCREMENTAL.<file>` member being applied to `path`: its header is gathered, then each
@@ -69,7 +89,7 @@ class _Incremental:
 
     def feed(self, data, unfit, fail) -> None:
         """The member's next bytes. `unfit(why)` raises for data that does not fit (the backup is
-        damaged), `fail(why)` for the machine refusing a write (ENOSPC, EIO, EMFILE): that says
+        damaged), `fail(exc)` for an OSError of the machine's (ENOSPC, EIO, EMFILE): that says
         nothing about the backup, so it must not send the restore on to an older chain."""
         i = 0
         if self.header_len is None or len(self.head) < self.header_len:
@@ -84,7 +104,7 @@ class _Incremental:
                 try:
                     wrote = os.pwrite(self.fd, chunk, at)
                 except OSError as exc:  # ENOSPC, EDQUOT
-                    fail(f"writing the data directory failed ({exc.strerror})")
+                    fail(exc)
                 chunk, at = chunk[wrote:], at + wrote
             i, self.at = i + take, self.at + take
             if self.at - start == length:
@@ -132,11 +152,11 @@ class _Incremental:
         except (IsADirectoryError, NotADirectoryError) as exc:  # the chain wrote a folder where its file is
             unfit(f"{self.name} can't be applied ({exc.strerror})")
         except OSError as exc:  # EMFILE, EIO, EACCES: the machine, not the backup
-            fail(f"{self.name} can't be applied ({exc.strerror})")
+            fail(exc)
         try:
             os.ftruncate(self.fd, self.truncation * BLCKSZ)
         except OSError as exc:
-            fail(f"{self.name} can't be applied ({exc.strerror})")
+            fail(exc)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -178,6 +198,9 @@ class TarWriter:
 
     def _fail(self, why: str) -> None:
         raise OperationFailed(f"{self.what}: {why}; nothing restored from it")
+
+    def _refused(self, exc: OSError) -> None:
+        raise refused(exc, self.target, f"{self.what} was applied")
 
     def _unfit(self, why: str) -> None:
         if self.base_id is not None:
@@ -223,8 +246,10 @@ class TarWriter:
                 self._made.add(path.parent)
             if not incremental:
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:  # a name that is both a file and a folder, a full disk
-            self._fail(f"member {name!r} can't be written ({exc.strerror})")
+        except OSError as exc:
+            if exc.errno in _DATA_ERRNOS:  # a name that is both a file and a folder
+                self._fail(f"member {name!r} can't be written ({exc.strerror})")
+            self._refused(exc)  # a full disk, too many open files
         self._left, self._pad = size, (-size) % 512
         self._path = path
         self.files += 1
@@ -242,13 +267,13 @@ class TarWriter:
             if self._left:
                 take = min(self._left, n - i)
                 if self._inc is not None:
-                    self._inc.feed(view[i:i + take], self._unfit, self._fail)
+                    self._inc.feed(view[i:i + take], self._unfit, self._refused)
                     i, self._left = i + take, self._left - take
                 while take and self._inc is None:  # os.write may write less than asked
                     try:
                         wrote = os.write(self._fd, view[i:i + take])
                     except OSError as exc:  # ENOSPC, EDQUOT
-                        self._fail(f"writing the data directory failed ({exc.strerror})")
+                        self._refused(exc)
                     i, take, self._left = i + wrote, take - wrote, self._left - wrote
                 if not self._left:
                     self._end_member()
@@ -408,11 +433,13 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     for n, b in enumerate(backups):
         ahead = (b.raw_bytes or 0) >= AHEAD_BYTES
 
-        def early(path: Path, b=b, parent=label) -> None:
+        checked: list[tuple[str, str]] = []
+
+        def early(path: Path, b=b, parent=label, checked=checked) -> None:
             # pg_basebackup sends backup_label first: a member that is not what its chain says
             # (a record re-sealed over another's tar) is refused for that, before its blocks
             # are applied, not for the first block that does not fit (breaker 60 F3)
-            _follows(b, path, parent)
+            checked.append(_follows(b, path, parent))
 
         if n == 0:
             creating = _Precreate(repo, b, key, target)
@@ -425,7 +452,8 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
             members = extract(repo, b, key, target, report, ahead=ahead, overlay=True, on_label=early)
         if "backup_label" not in members:  # the one in `target` would be the previous member's
             raise DamagedBase(b.id, "its tar holds no backup_label")
-        label = _follows(b, target / "backup_label", label)  # also when it was not the first member
+        # the last label the stream wrote was checked as it was written; read here only if none was
+        label = checked[-1] if checked else _follows(b, target / "backup_label", label)
     finish_chain(target, members)
     seconds["unpacked"] = round(time.monotonic() - began, 2)
     return seconds
@@ -494,8 +522,10 @@ def _follows(b: BaseBackup, path: Path, parent: tuple[str, str] | None) -> tuple
     (`parent`, from the previous member's label), as pg_combinebackup checks."""
     try:
         text = path.read_text(errors="replace")
-    except OSError:
+    except FileNotFoundError:
         raise DamagedBase(b.id, "its tar holds no backup_label") from None
+    except OSError as exc:  # EMFILE, EIO: the machine's, not the backup's (breaker 61 G2)
+        raise refused(exc, path.parent, f"base backup {b.id}'s backup_label was read back") from None
     start, tli = _START.search(text), _START_TLI.search(text)
     if not start or not tli:
         raise DamagedBase(b.id, "its backup_label has no START WAL LOCATION/TIMELINE")

@@ -169,6 +169,41 @@ def test_a_write_the_machine_refuses_fails_the_restore_and_blames_no_backup(tmp_
     with pytest.raises(OperationFailed, match=os.strerror(errno_)) as caught:
         _feed(d, inc, 4096, overlay=True, base_id="B2")
     assert not isinstance(caught.value, DamagedBase)
+    # the cause first, not a backup's id (breaker 61 G3: "base backup B2: ..." read as blaming it),
+    # and what to do
+    said = str(caught.value)
+    assert said.startswith(f"writing the restored data directory {d} failed"), said
+    assert "while base backup X was applied" in said and "run it again" in said, said
+
+
+def test_a_full_disk_while_a_plain_file_is_written_names_the_cause_and_what_to_do(tmp_path, monkeypatch):
+    import os
+
+    def full(*args, **kwargs):
+        raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OperationFailed, match="No space left on device") as caught:
+        _feed(tmp_path / "d", _tar([("PG_VERSION", tarfile.REGTYPE, b"18\n")]), 4096, overlay=True, base_id="B2")
+    assert not isinstance(caught.value, DamagedBase)
+    assert f"free space on the file system of {tmp_path}" in str(caught.value), caught.value
+
+
+def test_a_backup_label_that_can_not_be_read_back_blames_the_machine_not_the_backup(tmp_path):
+    """Breaker 61 G2: any OSError reading the label just written read as "its tar holds no
+    backup_label" (DamagedBase): the restore passed over a good backup. Only a missing label is
+    the backup's."""
+    from types import SimpleNamespace
+
+    from opsctl.pitr import unpack
+
+    member = SimpleNamespace(id="B1")
+    with pytest.raises(DamagedBase, match="holds no backup_label"):
+        unpack._follows(member, tmp_path / "backup_label", None)
+    (tmp_path / "backup_label").mkdir()  # a read that fails with an error of the machine's kind (EISDIR)
+    with pytest.raises(OperationFailed, match="backup_label was read back") as caught:
+        unpack._follows(member, tmp_path / "backup_label", None)
+    assert not isinstance(caught.value, DamagedBase)
 
 
 def test_the_applied_chain_keeps_what_the_newest_backup_names_and_a_label_recovery_accepts(tmp_path):
