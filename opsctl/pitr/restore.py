@@ -396,7 +396,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
               # the newest archived commit on the live server's own history (None when another
               # history is followed: its commits are not the live server's)
               "archived_commit": window.last_commit if sysid == live_sysid and timeline is None else None}
-    queue_notes += _unusable_newer(listed, tip, when, damaged)
+    queue_notes += _unusable_newer(listed, tip, when, damaged, [b for b in listed.bases if b not in whole and b.id not in damaged])
     if sysid != live_sysid:
         queue_notes.append(f"the live cluster had no base backup: restored cluster {sysid}, the only one "
                            f"{repo.url} holds base backups of")
@@ -408,21 +408,27 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
 QUEUE_WAIT = 30.0  # seconds a restore to 'latest' waits for the local WAL queue to be uploaded
 
 
-def _unusable_newer(listed: chain.Inventory, tip, when: dt.datetime | None, damaged: dict[str, str]) -> list[str]:
-    """A note naming the base backups newer than `tip` that the inventory found unusable (a
-    base.json that fails its check, an unusable parent), with why: without it a restore from
-    an older chain reads as the best there was (breaker 60 F2). Those started after `when`
-    could not have been chosen and are left out; those found damaged while unpacking
-    (`damaged`) get the restore's own passed-over note. Ids sort by the time they were taken."""
-    newer = []
-    for bid in listed.bad_bases_broken:
+def _unusable_newer(listed: chain.Inventory, tip, when: dt.datetime | None, damaged: dict[str, str],
+                    orphaned: list) -> list[str]:
+    """A note naming the base backups newer than `tip` that were left out as unusable, with why:
+    those the inventory found unusable (a base.json that fails its check, an unusable parent)
+    and `orphaned`, whole ones built on a base backup found damaged while unpacking (which the
+    restore's own passed-over note names: `damaged`). Without it a restore from an older chain
+    reads as the best there was (breaker 60 F2). With a time target, only those that started
+    at least a second before it (ids name the UTC second a base backup started; an unusable
+    one's record, and so its finish, can't be trusted): one that started later could not have
+    served. With an LSN target all newer ones: an unusable record's LSNs can't be trusted."""
+    newer = [(b.id, "built on a base backup passed over as damaged") for b in orphaned]
+    newer += [(bid, listed.bad_bases[bid]) for bid in listed.bad_bases_broken if bid not in damaged]
+    shown = []
+    for bid, why in sorted(newer):
         started = id_time(bid)
-        if bid > tip.id and bid not in damaged and (when is None or started is None or started <= when):
-            newer.append(f"{bid} ({listed.bad_bases[bid]})")
-    if not newer:
+        if bid > tip.id and (when is None or started is None or started + dt.timedelta(seconds=1) <= when):
+            shown.append(f"{bid} ({why})")
+    if not shown:
         return []
-    return [f"newer base backup(s) left out as unusable: {'; '.join(newer)}; 'opsctl backup verify-chain' "
-            "says more"]
+    return [f"base backup(s) newer than the chain used are unusable: {'; '.join(shown)}; 'opsctl backup "
+            "verify-chain' says more"]
 
 
 def _archived_bases(bases: list, listed: chain.Inventory, queued: set[str], notes: list[str]) -> list:
@@ -1204,8 +1210,8 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
         tli = _promote(port, log)
         notes = []
         if unlogged:  # said: a restore that empties a table without a word reads as data lost by opsctl
-            notes.append(f"unlogged table(s) {', '.join(sorted(unlogged))} came back empty: PostgreSQL writes "
-                         "none of their rows to WAL or a base backup (CREATE TABLE ... UNLOGGED)")
+            notes.append(f"unlogged table(s), empty after any restore: {', '.join(sorted(unlogged))} (PostgreSQL "
+                         "writes none of their rows to WAL or a base backup: CREATE TABLE ... UNLOGGED)")
         if locked:  # the promotion rolled back the transaction whose lock the replay held
             more, still = _count(port, env.database.name, locked, _LOCK_WAIT)
             if still:

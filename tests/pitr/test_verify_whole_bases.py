@@ -170,13 +170,31 @@ def test_a_record_copied_from_another_base_backup_is_named_where_restore_leaves_
         doc = json.loads(r.stdout)
         pg.stop(doc["pid"])
         assert doc["chain"][-1] == full["id"], doc
-        said = [n for n in doc["notes"] if "left out as unusable" in n]
+        said = [n for n in doc["notes"] if "newer than the chain used are unusable" in n]
         assert len(said) == 1 and inc1 in said[0] and inc2 in said[0] and "copied here" in said[0], doc
         r = pitr.cli(runner, "restore", "--to-time", before, "--beside", "--json")
         assert r.exit_code == 0, r.output
         doc = json.loads(r.stdout)
         pg.stop(doc["pid"])
-        assert not [n for n in doc["notes"] if "left out as unusable" in n], doc
+        assert not [n for n in doc["notes"] if "newer than the chain used are unusable" in n], doc
     finally:
         for name, data in saved.items():
             (folder / inc1 / name).write_bytes(data)
+    # inc1 whole again but its tar altered (same size): found while unpacking and passed over;
+    # inc2, whole, is built on it and left out too, and named (breaker 61 G3)
+    tar = folder / inc1 / "base.tar.zst"
+    data = bytearray(saved["base.tar.zst"])
+    data[len(data) // 2] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    try:
+        r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        pg.stop(doc["pid"])
+        assert doc["chain"][-1] == full["id"], doc
+        assert [n for n in doc["notes"] if n.startswith("passed over damaged base backup(s): ") and inc1 in n], doc
+        said = [n for n in doc["notes"] if "newer than the chain used are unusable" in n]
+        assert len(said) == 1 and f"{inc2} (built on a base backup passed over as damaged)" in said[0], doc
+        assert inc1 not in said[0], doc  # named once, by the passed-over note
+    finally:
+        tar.write_bytes(saved["base.tar.zst"])
