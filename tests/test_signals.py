@@ -102,7 +102,16 @@ def test_a_tool_started_to_die_with_its_parent_stops_when_the_parent_is_killed(t
     while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
         time.sleep(0.02)
     child = int(pidfile.read_text())
-    assert open(f"/proc/{child}/comm").read().strip() == "sleep"  # setpriv ran it in its own place
+
+    def comm() -> str:
+        return open(f"/proc/{child}/comm").read().strip()
+
+    # the PID is known once forked: setpriv sets the death signal, then execs sleep in its own
+    # place (read at once on a loaded machine, it was still "setpriv"; killed then, the parent
+    # could die before the signal was set)
+    while comm() != "sleep" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert comm() == "sleep"  # setpriv ran it in its own place
     parent.kill()
     parent.wait(timeout=30)
 
