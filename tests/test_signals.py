@@ -98,22 +98,24 @@ def test_a_tool_started_to_die_with_its_parent_stops_when_the_parent_is_killed(t
         "child = subprocess.Popen(dies_with_parent(['sleep', '600']))\n"
         f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
         "time.sleep(600)\n")])
-    deadline = time.monotonic() + 60
-    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    child = int(pidfile.read_text())
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        child = int(pidfile.read_text())
 
-    def comm() -> str:
-        return open(f"/proc/{child}/comm").read().strip()
+        def comm() -> str:
+            return open(f"/proc/{child}/comm").read().strip()
 
-    # the PID is known once forked: setpriv sets the death signal, then execs sleep in its own
-    # place (read at once on a loaded machine, it was still "setpriv"; killed then, the parent
-    # could die before the signal was set)
-    while comm() != "sleep" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert comm() == "sleep"  # setpriv ran it in its own place
-    parent.kill()
-    parent.wait(timeout=30)
+        # the PID is known once forked: setpriv sets the death signal, then execs sleep in its
+        # own place (read at once on a loaded machine, it was still "setpriv"; killed then, the
+        # parent could die before the signal was set)
+        while comm() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert comm() == "sleep"  # setpriv ran it in its own place
+    finally:  # killed whatever happened: a failed check left it sleeping for ten minutes
+        parent.kill()
+        parent.wait(timeout=30)
 
     deadline = time.monotonic() + 30  # procs.alive: a zombie has ended, it waits for init to reap it
     while procs.alive(child) and time.monotonic() < deadline:
