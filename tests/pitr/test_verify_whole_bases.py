@@ -150,6 +150,15 @@ def test_a_record_copied_from_another_base_backup_is_named_where_restore_leaves_
         assert r.exit_code == 0, r.output
         return json.loads(r.stdout)
 
+    def restore(target: str) -> tuple[dict, list[str]]:
+        """A restore beside to `target` (its server stopped): its document and its note on the
+        newer unusable base backups ([] or one line)."""
+        r = pitr.cli(runner, "restore", "--to-time", target, "--beside", "--json")
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        pg.stop(doc["pid"])
+        return doc, [n for n in doc["notes"] if "newer than the chain used are unusable" in n]
+
     full = take()
     pitr.sql("insert into events(note) select 'c' from generate_series(1, 20)")
     pitr.wait_archived()
@@ -165,18 +174,11 @@ def test_a_record_copied_from_another_base_backup_is_named_where_restore_leaves_
     for name in saved:
         shutil.copy(folder / inc2 / name, folder / inc1 / name)
     try:
-        r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
-        assert r.exit_code == 0, r.output
-        doc = json.loads(r.stdout)
-        pg.stop(doc["pid"])
+        doc, said = restore("latest")
         assert doc["chain"][-1] == full["id"], doc
-        said = [n for n in doc["notes"] if "newer than the chain used are unusable" in n]
         assert len(said) == 1 and inc1 in said[0] and inc2 in said[0] and "copied here" in said[0], doc
-        r = pitr.cli(runner, "restore", "--to-time", before, "--beside", "--json")
-        assert r.exit_code == 0, r.output
-        doc = json.loads(r.stdout)
-        pg.stop(doc["pid"])
-        assert not [n for n in doc["notes"] if "newer than the chain used are unusable" in n], doc
+        doc, said = restore(before)
+        assert not said, doc
     finally:
         for name, data in saved.items():
             (folder / inc1 / name).write_bytes(data)
@@ -187,13 +189,9 @@ def test_a_record_copied_from_another_base_backup_is_named_where_restore_leaves_
     data[len(data) // 2] ^= 0xFF
     tar.write_bytes(bytes(data))
     try:
-        r = pitr.cli(runner, "restore", "--to-time", "latest", "--beside", "--json")
-        assert r.exit_code == 0, r.output
-        doc = json.loads(r.stdout)
-        pg.stop(doc["pid"])
+        doc, said = restore("latest")
         assert doc["chain"][-1] == full["id"], doc
         assert [n for n in doc["notes"] if n.startswith("passed over damaged base backup(s): ") and inc1 in n], doc
-        said = [n for n in doc["notes"] if "newer than the chain used are unusable" in n]
         assert len(said) == 1 and f"{inc2} (built on a base backup passed over as damaged)" in said[0], doc
         assert inc1 not in said[0], doc  # named once, by the passed-over note
     finally:
