@@ -396,7 +396,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
               # the newest archived commit on the live server's own history (None when another
               # history is followed: its commits are not the live server's)
               "archived_commit": window.last_commit if sysid == live_sysid and timeline is None else None}
-    queue_notes += _unusable_newer(listed, tip, when, damaged, [b for b in listed.bases if b not in whole and b.id not in damaged])
+    queue_notes += _unusable_newer(listed, whole, tip, when, damaged)
     if sysid != live_sysid:
         queue_notes.append(f"the live cluster had no base backup: restored cluster {sysid}, the only one "
                            f"{repo.url} holds base backups of")
@@ -408,17 +408,18 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
 QUEUE_WAIT = 30.0  # seconds a restore to 'latest' waits for the local WAL queue to be uploaded
 
 
-def _unusable_newer(listed: chain.Inventory, tip, when: dt.datetime | None, damaged: dict[str, str],
-                    orphaned: list) -> list[str]:
+def _unusable_newer(listed: chain.Inventory, whole: list, tip, when: dt.datetime | None,
+                    damaged: dict[str, str]) -> list[str]:
     """A note naming the base backups newer than `tip` that were left out as unusable, with why:
     those the inventory found unusable (a base.json that fails its check, an unusable parent)
-    and `orphaned`, whole ones built on a base backup found damaged while unpacking (which the
+    and those left out of `whole` for a parent found damaged while unpacking (which the
     restore's own passed-over note names: `damaged`). Without it a restore from an older chain
     reads as the best there was (breaker 60 F2). With a time target, only those that started
     at least a second before it (ids name the UTC second a base backup started; an unusable
     one's record, and so its finish, can't be trusted): one that started later could not have
     served. With an LSN target all newer ones: an unusable record's LSNs can't be trusted."""
-    newer = [(b.id, "built on a base backup passed over as damaged") for b in orphaned]
+    newer = [(b.id, "built on a base backup passed over as damaged") for b in listed.bases
+             if b not in whole and b.id not in damaged]
     newer += [(bid, listed.bad_bases[bid]) for bid in listed.bad_bases_broken if bid not in damaged]
     shown = []
     for bid, why in sorted(newer):

@@ -149,10 +149,10 @@ class _Incremental:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             unfit(f"{self.name} has no earlier version in the chain to apply it to")
-        except (IsADirectoryError, NotADirectoryError) as exc:  # the chain wrote a folder where its file is
-            unfit(f"{self.name} can't be applied ({exc.strerror})")
-        except OSError as exc:  # EMFILE, EIO, EACCES: the machine, not the backup
-            fail(exc)
+        except OSError as exc:
+            if exc.errno in _DATA_ERRNOS:  # the chain wrote a folder where its file is
+                unfit(f"{self.name} can't be applied ({exc.strerror})")
+            fail(exc)  # EMFILE, EIO, EACCES: the machine, not the backup
         try:
             os.ftruncate(self.fd, self.truncation * BLCKSZ)
         except OSError as exc:
@@ -432,8 +432,7 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     members: set[str] = set()
     for n, b in enumerate(backups):
         ahead = (b.raw_bytes or 0) >= AHEAD_BYTES
-
-        checked: list[tuple[str, str]] = []
+        checked: list[tuple[str, str]] = []  # what `early` found, label by label
 
         def early(path: Path, b=b, parent=label, checked=checked) -> None:
             # pg_basebackup sends backup_label first: a member that is not what its chain says
