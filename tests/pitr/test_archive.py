@@ -118,6 +118,71 @@ def test_a_staged_segment_reads_back_whole_without_its_zero_tail_written(tmp_pat
         assert (written < 1 << 20) if hole else (written >= size), (name, written)
 
 
+def _sealed_wal(key, sysid: str, file: str, plain: bytes):
+    """(repository stand-in, WalObject) holding `plain` compressed and sealed as the archiver
+    stores a WAL file, with a valid tag: what only the key's holder can write."""
+    import hashlib
+
+    import zstandard
+
+    from opsctl.backup import crypto
+    from opsctl.pitr import layout
+
+    stored = b"".join(crypto.encrypt([zstandard.ZstdCompressor().compress(plain)], key))
+    obj = layout.WalObject(f"pitr/{sysid}/wal/{file}.zst", file,
+                           layout.tag(key, sysid, file, hashlib.sha256(stored).hexdigest()), len(stored))
+
+    class Repo:
+        def get_bytes(self, name):
+            assert name == obj.name
+            return stored
+
+    return Repo(), obj
+
+
+def test_check_wal_stages_what_open_wal_reads_with_zero_mebibytes_left_holes(tmp_path):
+    """Issue 22 (session 35): a restore stages each segment from 1 MiB pieces (check_wal), no
+    16 MiB plaintext held per segment: the file is open_wal's bytes, private, its all-zero MiBs
+    holes; a timeline history (no fixed size) is staged whole."""
+    import stat
+
+    from opsctl.backup import keys
+    from opsctl.pitr import chain, layout
+
+    key, sysid = keys.BackupKey(b"k" * 32), "7000000000000000001"
+    size = layout.SEGMENT_BYTES
+    plain = os.urandom(300_000) + bytes(3 << 20) + os.urandom(5000) + bytes(size - 300_000 - (3 << 20) - 5000)
+    repo, obj = _sealed_wal(key, sysid, "000000010000000000000007", plain)
+    chain.check_wal(repo, key, sysid, obj)  # checked, nothing written
+    staged = tmp_path / obj.file
+    chain.check_wal(repo, key, sysid, obj, into=staged)
+    assert staged.read_bytes() == plain == chain.open_wal(repo, key, sysid, obj)
+    assert stat.S_IMODE(staged.stat().st_mode) == 0o600
+    assert staged.stat().st_blocks * 512 < 4 << 20  # 2 MiB written (the MiBs holding data), 14 MiB holes
+    repo, obj = _sealed_wal(key, sysid, "00000002.history", b"1\t0/3000000\tbefore 2026-11-29\n")
+    chain.check_wal(repo, key, sysid, obj, into=tmp_path / obj.file)
+    assert (tmp_path / obj.file).read_bytes() == b"1\t0/3000000\tbefore 2026-11-29\n"
+
+
+@pytest.mark.parametrize("plain, why", [
+    (bytes(16 << 20)[:-8192], "holds 16769024 bytes, not a whole segment"),  # a frame cut short, sealed whole
+    (bytes((16 << 20) + 8192), "holds more than 16777216 bytes, not a whole segment"),
+])
+def test_check_wal_refuses_a_segment_of_another_size_even_sealed_with_the_key(tmp_path, plain, why):
+    """zstandard's stream reader does not report a frame cut short: the segment's size is what
+    check_wal holds it to, and nothing is left staged."""
+    from opsctl.backup import keys
+    from opsctl.backup.crypto import IntegrityError
+    from opsctl.pitr import chain
+
+    key, sysid = keys.BackupKey(b"k" * 32), "7000000000000000001"
+    repo, obj = _sealed_wal(key, sysid, "000000010000000000000008", plain)
+    with pytest.raises(IntegrityError, match=why):
+        chain.check_wal(repo, key, sysid, obj, into=tmp_path / obj.file)
+    with pytest.raises(IntegrityError, match="not a whole segment"):
+        chain.open_wal(repo, key, sysid, obj)
+
+
 def test_a_queued_file_archived_before_with_other_bytes_is_a_loud_conflict(pitr, tmp_path):
     # a repeat with the same bytes is skipped; other bytes under the same name (two servers on
     # one timeline) stay queued, raise, and leave a marker the health check reports: never a
