@@ -4,11 +4,13 @@ incremental applied over them in place, oldest first.
 This does what `pg_combinebackup` does, and replaced it in the restore (issue 22): the chain is
 streamed from the repository straight into the one data directory recovery starts in, so each
 output file is created once and every byte is written once (an incremental's blocks over the
-full's, already in the page cache). pg_combinebackup needs each member unpacked into a folder of
-its own first and then writes every file that has an incremental version again: on the bench's
-chain (full 306 MB, incrementals 11 and 146 MB) that was 3,900 files created and 250 MB written
-twice, then deleted; on an ext4 without a journal (as on the CI machines) each create scans past
-the inodes deleted in the last minutes, so the deletes slowed the next restore's creates too.
+full's, already in the page cache), and a file a newer member holds whole, or the newest does
+not name, is not written at all (_replaced). pg_combinebackup needs each member unpacked into
+a folder of its own first and then writes every file that has an incremental version again: on
+the bench's chain (full 306 MB, incrementals 11 and 146 MB) that was 3,900 files created and
+250 MB written twice, then deleted; on an ext4 without a journal (as on the CI machines) each
+create scans past the inodes deleted in the last minutes, so the deletes slowed the next
+restore's creates too.
 
 An incremental member `INCREMENTAL.<file>` is PostgreSQL's format (basebackup_incremental.h: magic,
 block count, truncation length, the block numbers, native byte order; padded to a block when it
@@ -185,13 +187,15 @@ class TarWriter:
     """
 
     def __init__(self, target: Path, what: str, overlay: bool = False, base_id: str | None = None,
-                 on_label=None):
+                 on_label=None, skip: frozenset[str] = frozenset()):
         self.target, self.what, self.overlay, self.base_id = target, what, overlay, base_id
         self.on_label = on_label  # called with its path once `backup_label` is written
+        self.skip = skip  # files (paths, INCREMENTAL. taken off) passed over unwritten: a newer member replaces them
         self._path: Path | None = None
         self._head, self._left, self._pad, self._fd = bytearray(), 0, 0, None
         self._made: set[Path] = set()  # folders already made: one mkdir per folder, not per member
         self._inc: _Incremental | None = None
+        self._skipping = False  # the current member is in `skip`: its bytes are passed over
         self.members: set[str] = set()
         self.files = 0
         self.ended = False
@@ -241,6 +245,13 @@ class TarWriter:
                 self._made.add(path)
                 self._left = self._pad = 0
                 return
+            if "/".join(parts) in self.skip:
+                self._left, self._pad, self._path = size, (-size) % 512, None
+                self._skipping = True
+                self.files += 1
+                if not size:
+                    self._end_member()
+                return
             if path.parent not in self._made:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._made.add(path.parent)
@@ -266,10 +277,12 @@ class TarWriter:
         while i < n:
             if self._left:
                 take = min(self._left, n - i)
-                if self._inc is not None:
+                if self._skipping:
+                    i, self._left = i + take, self._left - take
+                elif self._inc is not None:
                     self._inc.feed(view[i:i + take], self._unfit, self._refused)
                     i, self._left = i + take, self._left - take
-                while take and self._inc is None:  # os.write may write less than asked
+                while take and self._inc is None and not self._skipping:  # os.write may write less than asked
                     try:
                         wrote = os.write(self._fd, view[i:i + take])
                     except OSError as exc:  # ENOSPC, EDQUOT
@@ -296,7 +309,9 @@ class TarWriter:
             self._open(header)
 
     def _end_member(self) -> None:
-        if self._inc is not None:
+        if self._skipping:
+            self._skipping = False
+        elif self._inc is not None:
             self._inc.close()
             self._inc = None
         elif self._fd is not None:
@@ -376,7 +391,7 @@ class _Ahead:
 
 
 def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool = False,
-            overlay: bool = False, on_label=None) -> set[str]:
+            overlay: bool = False, on_label=None, skip: frozenset[str] = frozenset()) -> set[str]:
     """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd); the
     paths its stream named (TarWriter.members).
 
@@ -386,7 +401,8 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
     and an in-place restore is synced once before its swap (restore.py). `ahead`: the stream
     is read and checked by a thread of its own while this one writes (_Ahead). `overlay`: an
     incremental applied over what `target` holds (TarWriter). `on_label(path)`: called once
-    the tar's backup_label is written (it may raise to stop the stream there).
+    the tar's backup_label is written (it may raise to stop the stream there). `skip`: paths of
+    regular files read (and checked) but not written (TarWriter).
     """
     from opsctl.backup.crypto import IntegrityError
     from opsctl.backup.pipeline import unpack
@@ -398,7 +414,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
                     report(f"base backup {rec.id}", obj.size) if report else None)
     if ahead:
         stream = _Ahead(stream)
-    writer = TarWriter(target, f"base backup {rec.id}", overlay, rec.id, on_label)
+    writer = TarWriter(target, f"base backup {rec.id}", overlay, rec.id, on_label, skip)
     try:
         for block in stream:
             writer.feed(block)
@@ -424,12 +440,15 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
 
     While the full base backup's tar is written, another thread creates the files its
     standalone backup_manifest lists (_Precreate), so the writer mostly opens files that exist.
+    A file the result takes from a newer member, or that the newest does not name, is read and
+    checked but not written (_replaced, from the members' manifests).
     DamagedBase names a member whose tar fails its check or whose incremental data does not
     fit; OperationFailed for a tar this extractor refuses. Either way the caller discards `target`."""
     began = time.monotonic()
     seconds: dict[str, float] = {}
     label = None
     members: set[str] = set()
+    replaced = _replaced(repo, key, backups)
     for n, b in enumerate(backups):
         ahead = (b.raw_bytes or 0) >= AHEAD_BYTES
         checked: list[tuple[str, str]] = []  # what `early` found, label by label
@@ -441,14 +460,15 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
             checked.append(_follows(b, path, parent))
 
         if n == 0:
-            creating = _Precreate(repo, b, key, target)
+            creating = _Precreate(repo, b, key, target, replaced[0])
             try:
-                members = extract(repo, b, key, target, report, ahead=ahead, on_label=early)
+                members = extract(repo, b, key, target, report, ahead=ahead, on_label=early, skip=replaced[0])
             finally:
                 creating.stop()  # nothing is created in `target` once this returns or raises
             seconds["full"] = round(time.monotonic() - began, 2)
         else:
-            members = extract(repo, b, key, target, report, ahead=ahead, overlay=True, on_label=early)
+            members = extract(repo, b, key, target, report, ahead=ahead, overlay=True, on_label=early,
+                              skip=replaced[n])
         if "backup_label" not in members:  # the one in `target` would be the previous member's
             raise DamagedBase(b.id, "its tar holds no backup_label")
         # the last label the stream wrote was checked as it was written; read here only if none was
@@ -456,6 +476,50 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     finish_chain(target, members)
     seconds["unpacked"] = round(time.monotonic() - began, 2)
     return seconds
+
+
+def _replaced(repo, key, backups: list[BaseBackup]) -> list[frozenset[str]]:
+    """For each member of the chain, the files it holds (whole or as `INCREMENTAL.` files, named
+    without the prefix) that the restored data directory does not take from it: files the newest
+    member does not name (a table or a database dropped since; pg_combinebackup never writes
+    them either) and files a newer member holds whole (a relation changed in most of its blocks,
+    as the bench's 36 MB index, sent whole again by the second incremental; the free space and
+    visibility maps and the small files every incremental sends whole). Its incremental versions
+    below that newer whole one are passed over too: they would be applied only to be replaced.
+    Read from each member's standalone backup_manifest; backup_label is never among them (each
+    member's is checked against its parent's as it is written).
+
+    Only an optimisation, and safe when a manifest disagrees with its tar: a file passed over
+    that a newer member then does not hold whole is either absent from the result (the newest
+    tar does not name it) or met by an incremental with no earlier version (DamagedBase naming
+    that member, as before). A manifest that can't be read passes nothing over."""
+    from opsctl.pitr.base import fetch_plain
+
+    named: list[set[str]] = []
+    try:
+        for b in backups:
+            files = json.loads(fetch_plain(repo, b.object("backup_manifest.zst"), key))["Files"]
+            named.append({e["Path"] for e in files if isinstance(e, dict) and isinstance(e.get("Path"), str)})
+    except Exception as exc:  # noqa: BLE001 - the stream itself is checked; this only saves writes
+        log.debug("the chain's manifests can't be read (%s): every file is written", exc)
+        return [frozenset()] * len(backups)
+    final = {_plain_name(p) for p in named[-1]}
+    newest_whole: dict[str, int] = {}
+    for n, paths in enumerate(named):
+        for path in paths:
+            if _plain_name(path) == path:
+                newest_whole[path] = n
+    return [frozenset(p for p in map(_plain_name, paths)
+                      if p != "backup_label" and (p not in final or newest_whole.get(p, -1) > n))
+            for n, paths in enumerate(named)]
+
+
+def _plain_name(path: str) -> str:
+    """`path` with an `INCREMENTAL.` prefix taken off its last part."""
+    head, _, last = path.rpartition("/")
+    if last.startswith(INCREMENTAL):
+        last = last[len(INCREMENTAL):]
+    return f"{head}/{last}" if head else last
 
 
 class _Precreate:
@@ -471,13 +535,13 @@ class _Precreate:
     that path); a file created that the tar does not hold is removed by finish_chain. Never
     truncates: a file that exists (the writer was first) is left as it is."""
 
-    def __init__(self, repo, rec: BaseBackup, key, target: Path):
+    def __init__(self, repo, rec: BaseBackup, key, target: Path, skip: frozenset[str] = frozenset()):
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(repo, rec, key, target), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(repo, rec, key, target, skip), daemon=True,
                                         name="opsctl-unpack-create")
         self._thread.start()
 
-    def _run(self, repo, rec: BaseBackup, key, target: Path) -> None:
+    def _run(self, repo, rec: BaseBackup, key, target: Path, skip: frozenset[str]) -> None:
         from opsctl.pitr.base import fetch_plain
 
         try:
@@ -487,7 +551,7 @@ class _Precreate:
                 name = entry.get("Path") if isinstance(entry, dict) else None
                 if self._stop.is_set():
                     return
-                if not isinstance(name, str):
+                if not isinstance(name, str) or name in skip:
                     continue  # an Encoded-Path (a name that is not UTF-8): the writer creates it
                 parts = [p for p in name.split("/") if p not in ("", ".")]
                 if not parts or name.startswith("/") or ".." in parts or parts[-1].startswith(INCREMENTAL):

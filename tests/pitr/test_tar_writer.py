@@ -270,3 +270,19 @@ def test_files_made_ahead_from_the_manifest_stay_inside_and_what_the_tar_lacks_g
     assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == ["PG_VERSION", "backup_label", "base", "base/1",
                                                                     "base/1/1259"]
     assert (d / "base" / "1" / "1259").read_bytes() == b"catalog"
+
+
+@pytest.mark.parametrize("step", [1, 511, 4096, 1 << 20])
+def test_files_a_newer_member_replaces_are_read_but_not_written(tmp_path, step):
+    """Issue 22 (session 35): a member's file the chain takes from a newer member (unpack._replaced)
+    is passed over unwritten, its bytes still read past so the members after it come back whole;
+    it is named all the same (finish_chain keeps what the newest names)."""
+    data = _tar([("base/1/16384", tarfile.REGTYPE, b"old" * 5000), ("base/1/16390", tarfile.REGTYPE, b""),
+                 ("base/1/INCREMENTAL.16386", tarfile.REGTYPE, _incremental([0, 2], 3, 7)),
+                 ("base/1/16385", tarfile.REGTYPE, b"kept" * 3000), ("backup_label", tarfile.REGTYPE, b"label")])
+    # an incremental version below a newer whole one is not applied (it has no earlier version here)
+    w = _feed(tmp_path, data, step, overlay=True, skip=frozenset({"base/1/16384", "base/1/16390", "base/1/16386"}))
+    assert not [p.name for p in (tmp_path / "base/1").iterdir() if p.name != "16385"]
+    assert (tmp_path / "base/1/16385").read_bytes() == b"kept" * 3000
+    assert (tmp_path / "backup_label").read_bytes() == b"label"
+    assert {"base/1/16384", "base/1/16390", "base/1/16386", "base/1/16385"} <= w.members and w.files == 5

@@ -77,10 +77,14 @@ def test_the_chain_applied_in_place_is_what_pg_combinebackup_writes(pitr, tmp_pa
     pitr.sql("insert into shrinks select g, repeat('s', 200) from generate_series(1, 20000) g")
     pitr.sql("create table dropped (id int)")
     pitr.sql("insert into dropped select generate_series(1, 1000)")
+    pitr.sql("create table rewritten (id int, n int)")
+    pitr.sql("insert into rewritten select g, 0 from generate_series(1, 5000) g")
     pitr.sql("create database scratch", db="postgres")
     pitr.sql("vacuum shrinks")  # all-visible now: the next VACUUM WAL-logs only the blocks it changes
     pitr.sql("checkpoint", db="postgres")
     shrinks, full_blocks = pitr.sql("select pg_relation_filepath('shrinks'), pg_relation_size('shrinks') / 8192")[0]
+    dropped = pitr.sql("select pg_relation_filepath('dropped')")[0][0]
+    scratch_oid = pitr.sql("select oid from pg_database where datname = 'scratch'", db="postgres")[0][0]
     full = _base(pitr, "full")
 
     pitr.sql("update kept set note = repeat('u', 200) where id %% 97 = 0")  # blocks changed in place
@@ -88,6 +92,7 @@ def test_the_chain_applied_in_place_is_what_pg_combinebackup_writes(pitr, tmp_pa
     pitr.sql("vacuum shrinks")  # the empty tail is cut off: the file is shorter than the full's
     pitr.sql("drop table dropped")
     pitr.sql("create table added as select g as id from generate_series(1, 3000) g")
+    pitr.sql("update rewritten set n = 1")  # every block changed: inc1 holds the file whole
     inc1 = _base(pitr, "incremental")
 
     pitr.sql("insert into shrinks select g, repeat('g', 200) from generate_series(1, 3000) g")  # grows again
@@ -102,6 +107,15 @@ def test_the_chain_applied_in_place_is_what_pg_combinebackup_writes(pitr, tmp_pa
     folder, file = shrinks.rsplit("/", 1)
     head = _member_head(pitr, backups[1], f"{folder}/INCREMENTAL.{file}")
     assert head is not None and struct.unpack("=III", head)[2] < full_blocks
+    # what the full holds that the result takes from a newer member is never written (session 35):
+    # the dropped table, the dropped database, the file inc1 holds whole; not what is applied over
+    replaced = unpack._replaced(pitr.repo(), pitr.key(), backups)
+    rewritten = pitr.sql("select pg_relation_filepath('rewritten')")[0][0]
+    assert _member_head(pitr, backups[1], rewritten) is not None  # whole in inc1, not INCREMENTAL.
+    assert _member_head(pitr, backups[2], f"{folder}/INCREMENTAL.{file}") is not None  # shrinks: applied twice
+    assert {dropped, rewritten} <= replaced[0] and shrinks not in replaced[0] | replaced[1]
+    assert any(p.startswith(f"base/{scratch_oid}/") for p in replaced[0]) and "backup_label" not in replaced[0]
+    assert rewritten not in replaced[1] and not replaced[2]
     seconds = unpack.chain(pitr.repo(), pitr.key(), backups, tmp_path / "applied")
     assert set(seconds) == {"full", "unpacked"}
     ours, theirs = _listing(tmp_path / "applied"), _listing(_oracle(pitr, backups, tmp_path / "oracle"))
