@@ -206,6 +206,66 @@ def unpack(chunks: Iterable[bytes], name: str, sha256: str, size: int, key: Back
         raise crypto.IntegrityError(f"{name} ends inside its zstd frame: the object is truncated")
 
 
+class _Blocks:
+    """A read() source over an iterator of byte blocks, each handed over whole (no copy):
+    zstandard's stream_reader takes what read() returns as its next input."""
+
+    def __init__(self, blocks: Iterable[bytes]):
+        self._it = iter(blocks)
+
+    def read(self, _size: int = -1) -> bytes:
+        """The next block, b"" at the end."""
+        return next(self._it, b"")
+
+    def rest(self) -> int:
+        """Read what is left to its end (so the checks at its end run); bytes found."""
+        return sum(len(block) for block in self._it)
+
+
+def unpack_into(chunks: Iterable[bytes], name: str, sha256: str, size: int, key: BackupKey | None,
+                raw_size: int, advance: Advance | None = None, buffers: int = 2,
+                piece: int = BLOCK) -> Iterator[memoryview]:
+    """As `unpack`, but the plaintext comes as views of `buffers` buffers of `piece` bytes used
+    in turn: a view is valid until `buffers - 1` more were taken (a consumer holding one, with a
+    queue of up to `buffers - 2` between it and this generator). `raw_size`: the plaintext's
+    size (a backup's record, a WAL segment's 16 MiB); any other raises IntegrityError.
+
+    For streams of hundreds of MB: unpack's blocks are new objects of several MB, memory the
+    process touches for the first time over and over (on a VM ~2 us a page), and zstandard's
+    decompressobj holds the GIL while it decompresses. Its stream_reader, used here, does
+    neither; it does not report a frame cut short, hence the size check (the frames it reads
+    were authenticated whole, and the stored bytes' SHA-256 checked, before the end)."""
+    import zstandard
+
+    stream: Iterable[bytes] = checked(chunks, name, sha256, size, advance)
+    if key is not None:
+        stream = crypto.decrypt(stream, key, name)
+    source = _Blocks(stream)
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=False)
+    ring = [bytearray(piece) for _ in range(max(1, buffers))]
+    seen = turn = 0
+    try:
+        while True:
+            buf = ring[turn % len(ring)]
+            turn += 1
+            n = reader.readinto(buf)
+            if not n:
+                break
+            seen += n
+            if seen > raw_size:
+                raise crypto.IntegrityError(f"{name} decompresses to more than the {raw_size} bytes expected; "
+                                            "the object is damaged")
+            yield memoryview(buf)[:n]
+        extra = source.rest()
+    except zstandard.ZstdError as exc:
+        raise crypto.IntegrityError(f"{name} does not decompress ({exc}); the object is damaged") from None
+    if extra:
+        raise crypto.IntegrityError(f"{name} holds {extra} bytes after its zstd frame; the object is damaged")
+    if seen != raw_size:
+        raise crypto.IntegrityError(f"{name} decompresses to {seen} bytes where {raw_size} were expected: the "
+                                    "object is truncated")
+
+
 class IterReader:
     """A read()-able file over an iterator of bytes, for APIs that want a file object."""
 

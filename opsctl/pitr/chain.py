@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opsctl.backup import pipeline
 from opsctl.backup.crypto import IntegrityError
 from opsctl.backup.repository import NotFound
 from opsctl.errors import OperationFailed
@@ -155,19 +156,15 @@ def open_wal(repo, key, sysid: str, obj: layout.WalObject) -> bytes:
     return plain
 
 
-_PIECE = 1 << 20  # check_wal decompresses a segment this much at a time, into one buffer
-_ZERO_PIECE = bytes(_PIECE)
+_ZERO_PIECE = bytes(pipeline.BLOCK)
 
 
-class _Frames:
-    """A read() source over an iterator of byte blocks, each handed over whole (no copy):
-    zstandard's stream_reader takes what read() returns as its next input."""
-
-    def __init__(self, blocks):
-        self._it = iter(blocks)
-
-    def read(self, _size: int = -1) -> bytes:
-        return next(self._it, b"")
+def _zeros(piece: memoryview) -> bool:
+    """Whether a view unpack_into gave holds only zero bytes (a memcmp of its whole buffer)."""
+    whole = piece.obj
+    if len(piece) == len(whole) == len(_ZERO_PIECE):
+        return whole == _ZERO_PIECE
+    return piece.tobytes() == bytes(len(piece))
 
 
 def check_wal(repo, key, sysid: str, obj: layout.WalObject, into: Path | None = None) -> None:
@@ -176,17 +173,11 @@ def check_wal(repo, key, sysid: str, obj: layout.WalObject, into: Path | None = 
     each all-zero MiB of a segment left a hole (reads give the same zeros; a segment switched
     by archive_timeout is mostly zeros). IntegrityError as open_wal; OSError for `into`.
 
-    A segment is decompressed a MiB at a time into one reused buffer: open_wal's 16 MiB
-    plaintext per segment is memory the process touches for the first time, and a restore
-    staging 15 segments faulted in 270 MB for them, on this VM ~2 us a page (0.2 s of CPU
-    beside the base backup's unpacking). zstandard's stream_reader does not report a frame
-    cut short, so a segment's exact size is what is checked; the frames it reads were
-    authenticated whole by AES-GCM, which does report a cut. Other files (timeline
-    histories, a few bytes) go through open_wal."""
-    import zstandard
-
-    from opsctl.backup import crypto
-
+    A segment is decompressed a MiB at a time into one reused buffer (pipeline.unpack_into):
+    open_wal's 16 MiB plaintext per segment is memory the process touches for the first time,
+    and a restore staging 15 segments faulted in 270 MB for them, on this VM ~2 us a page (0.2 s
+    of CPU beside the base backup's unpacking). Other files (timeline histories, a few bytes)
+    go through open_wal."""
     if not _is_segment(obj.file):
         plain = open_wal(repo, key, sysid, obj)
         if into is not None:
@@ -194,26 +185,18 @@ def check_wal(repo, key, sysid: str, obj: layout.WalObject, into: Path | None = 
             with os.fdopen(fd, "wb") as fh:
                 fh.write(plain)
         return
-    stored, _sha = _stored(repo, key, sysid, obj)
-    frames = crypto.decrypt([stored], key, obj.name) if key is not None else [stored]
-    reader = zstandard.ZstdDecompressor().stream_reader(_Frames(frames), read_across_frames=False)
+    stored, sha = _stored(repo, key, sysid, obj)
     fd = (os.open(into, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
           if into is not None else None)
-    buf, at = bytearray(_PIECE), 0
+    at = 0
     try:
-        with memoryview(buf) as view:
-            while n := reader.readinto(buf):
-                if at + n > layout.SEGMENT_BYTES:
-                    raise IntegrityError(f"{obj.file} holds more than {layout.SEGMENT_BYTES} bytes, not a whole segment")
-                if fd is not None and not (buf == _ZERO_PIECE if n == _PIECE else buf[:n] == _ZERO_PIECE[:n]):
-                    os.pwrite(fd, view[:n], at)
-                at += n
-        if at != layout.SEGMENT_BYTES:
-            raise IntegrityError(f"{obj.file} holds {at} bytes, not a whole segment")
+        for piece in pipeline.unpack_into([stored], obj.name, sha, len(stored), key, layout.SEGMENT_BYTES,
+                                          buffers=1):
+            if fd is not None and not _zeros(piece):
+                os.pwrite(fd, piece, at)
+            at += len(piece)
         if fd is not None:
             os.ftruncate(fd, at)
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"{obj.name} does not decompress ({exc}); the object is damaged") from None
     finally:
         if fd is not None:
             os.close(fd)

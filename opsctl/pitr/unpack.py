@@ -341,8 +341,9 @@ class _Ahead:
     consumer in order; `close()` (always called) stops the producer at its next block."""
 
     _END = object()
+    DEPTH = 4  # blocks queued between the threads (pipeline.unpack_into needs DEPTH + 2 buffers)
 
-    def __init__(self, it, depth: int = 4):
+    def __init__(self, it, depth: int = DEPTH):
         import queue
         import threading
 
@@ -405,13 +406,17 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
     regular files read (and checked) but not written (TarWriter).
     """
     from opsctl.backup.crypto import IntegrityError
-    from opsctl.backup.pipeline import unpack
+    from opsctl.backup.pipeline import unpack, unpack_into
     from opsctl.backup.repository import NotFound
 
     obj = rec.object("base.tar.zst")
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stream = unpack(repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None,
-                    report(f"base backup {rec.id}", obj.size) if report else None)
+    args = (repo.get(obj.name), obj.name, obj.sha256, obj.size, key if obj.encrypted else None)
+    advance = report(f"base backup {rec.id}", obj.size) if report else None
+    # the plaintext in a ring of reused buffers, decompressed outside the GIL (unpack_into), when
+    # the record gives its size; the writer is done with a block before its buffer comes round
+    stream = (unpack_into(*args, obj.raw_size, advance, buffers=_Ahead.DEPTH + 2) if obj.raw_size
+              else unpack(*args, advance))
     if ahead:
         stream = _Ahead(stream)
     writer = TarWriter(target, f"base backup {rec.id}", overlay, rec.id, on_label, skip)

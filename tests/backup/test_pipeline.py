@@ -210,3 +210,35 @@ def test_level_1_compresses_in_the_calling_thread_and_round_trips():
     stats = StreamStats()
     stored = b"".join(pack(io.BytesIO(data), 1, KEY, stats, threads=threads_for(1)))
     assert b"".join(unpack([stored], "db", stats.sha256, len(stored), KEY)) == data
+
+
+@pytest.mark.parametrize("size", [1, crypto.CHUNK, 5 * crypto.CHUNK + 17])
+def test_unpack_into_gives_the_plaintext_in_reused_buffers_and_holds_it_to_its_size(size):
+    """Issue 22 (session 35): a restore's base backup comes through unpack_into, a ring of
+    buffers decompressed into outside the GIL. A consumer that copies each view before taking
+    buffers - 1 more gets the plaintext; a plaintext of another size than the record says, or
+    data after the zstd frame, is refused (its stream reader reports neither by itself)."""
+    from opsctl.backup.pipeline import unpack_into
+
+    data = os.urandom(size // 3) + b"z" * (size - size // 3)
+    stored, stats = _packed(data)
+    views = unpack_into([stored], "x", stats.sha256, stats.stored_bytes, KEY, size, buffers=3, piece=1 << 16)
+    held, out = [], []
+    for view in views:  # two views held at a time, as _Ahead's consumer and queue hold them
+        held.append(view)
+        if len(held) == 2:
+            out.append(bytes(held.pop(0)))
+    out += [bytes(v) for v in held]
+    assert b"".join(out) == data
+    with pytest.raises(crypto.IntegrityError, match=f"decompresses to {size} bytes where {size + 1} were"):
+        b"".join(bytes(v) for v in unpack_into([stored], "x", stats.sha256, stats.stored_bytes, KEY, size + 1))
+    with pytest.raises(crypto.IntegrityError, match="more than the"):
+        b"".join(bytes(v) for v in unpack_into([stored], "x", stats.sha256, stats.stored_bytes, KEY, size - 1))
+    import hashlib
+
+    import zstandard
+
+    trailing = b"".join(crypto.encrypt([zstandard.ZstdCompressor().compress(data) + b"extra"], KEY))
+    sha = hashlib.sha256(trailing).hexdigest()
+    with pytest.raises(crypto.IntegrityError, match="x (does not decompress|holds 5 bytes after its zstd frame)"):
+        b"".join(bytes(v) for v in unpack_into([trailing], "x", sha, len(trailing), KEY, size))

@@ -165,12 +165,12 @@ def test_check_wal_stages_what_open_wal_reads_with_zero_mebibytes_left_holes(tmp
 
 
 @pytest.mark.parametrize("plain, why", [
-    (bytes(16 << 20)[:-8192], "holds 16769024 bytes, not a whole segment"),  # a frame cut short, sealed whole
-    (bytes((16 << 20) + 8192), "holds more than 16777216 bytes, not a whole segment"),
+    (bytes(16 << 20)[:-8192], "decompresses to 16769024 bytes where 16777216 were expected"),  # sealed whole
+    (bytes((16 << 20) + 8192), "decompresses to more than the 16777216 bytes expected"),
 ])
 def test_check_wal_refuses_a_segment_of_another_size_even_sealed_with_the_key(tmp_path, plain, why):
     """zstandard's stream reader does not report a frame cut short: the segment's size is what
-    check_wal holds it to, and nothing is left staged."""
+    check_wal holds it to (pipeline.unpack_into)."""
     from opsctl.backup import keys
     from opsctl.backup.crypto import IntegrityError
     from opsctl.pitr import chain
