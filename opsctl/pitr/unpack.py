@@ -453,7 +453,9 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     seconds: dict[str, float] = {}
     label = None
     members: set[str] = set()
-    replaced = _replaced(repo, key, backups)
+    named = _manifests(repo, key, backups)
+    replaced = _replaced(named) if named else [frozenset()] * len(backups)
+    creating = None
     for n, b in enumerate(backups):
         ahead = (b.raw_bytes or 0) >= AHEAD_BYTES
         checked: list[tuple[str, str]] = []  # what `early` found, label by label
@@ -465,15 +467,18 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
             checked.append(_follows(b, path, parent))
 
         if n == 0:
-            creating = _Precreate(repo, b, key, target, replaced[0])
+            creating = _Precreate(target, _made_ahead(named, replaced)) if named else None
             try:
                 members = extract(repo, b, key, target, report, ahead=ahead, on_label=early, skip=replaced[0])
             finally:
-                creating.stop()  # nothing is created in `target` once this returns or raises
+                if creating is not None:
+                    creating.stop()  # nothing is created in `target` once this returns or raises
             seconds["full"] = round(time.monotonic() - began, 2)
         else:
             members = extract(repo, b, key, target, report, ahead=ahead, overlay=True, on_label=early,
                               skip=replaced[n])
+        if creating is not None:
+            creating.unwritten(n, members)
         if "backup_label" not in members:  # the one in `target` would be the previous member's
             raise DamagedBase(b.id, "its tar holds no backup_label")
         # the last label the stream wrote was checked as it was written; read here only if none was
@@ -483,31 +488,35 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     return seconds
 
 
-def _replaced(repo, key, backups: list[BaseBackup]) -> list[frozenset[str]]:
-    """For each member of the chain, the files it holds (whole or as `INCREMENTAL.` files, named
+def _manifests(repo, key, backups: list[BaseBackup]) -> list[list[str]] | None:
+    """Each member's file paths as its standalone backup_manifest lists them (pg_basebackup's
+    order, the tar's); None when one can't be read (nothing is then passed over or made ahead:
+    the stream itself is what is checked, and this only saves work)."""
+    from opsctl.pitr.base import fetch_plain
+
+    try:
+        return [[e["Path"] for e in json.loads(fetch_plain(repo, b.object("backup_manifest.zst"), key))["Files"]
+                 if isinstance(e, dict) and isinstance(e.get("Path"), str)] for b in backups]
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.debug("the chain's manifests can't be read (%s): every file is written as it comes", exc)
+        return None
+
+
+def _replaced(named: list[list[str]]) -> list[frozenset[str]]:
+    """For each member of the chain (`named`: _manifests), the files it holds (whole or as `INCREMENTAL.` files, named
     without the prefix) that the restored data directory does not take from it: files the newest
     member does not name (a table or a database dropped since; pg_combinebackup never writes
     them either) and files a newer member holds whole (a relation changed in most of its blocks,
     as the bench's 36 MB index, sent whole again by the second incremental; the free space and
     visibility maps and the small files every incremental sends whole). Its incremental versions
     below that newer whole one are passed over too: they would be applied only to be replaced.
-    Read from each member's standalone backup_manifest; backup_label is never among them (each
-    member's is checked against its parent's as it is written).
+    backup_label is never among them (each member's is checked against its parent's as it is
+    written).
 
     Only an optimisation, and safe when a manifest disagrees with its tar: a file passed over
     that a newer member then does not hold whole is either absent from the result (the newest
     tar does not name it) or met by an incremental with no earlier version (DamagedBase naming
-    that member, as before). A manifest that can't be read passes nothing over."""
-    from opsctl.pitr.base import fetch_plain
-
-    named: list[set[str]] = []
-    try:
-        for b in backups:
-            files = json.loads(fetch_plain(repo, b.object("backup_manifest.zst"), key))["Files"]
-            named.append({e["Path"] for e in files if isinstance(e, dict) and isinstance(e.get("Path"), str)})
-    except Exception as exc:  # noqa: BLE001 - the stream itself is checked; this only saves writes
-        log.debug("the chain's manifests can't be read (%s): every file is written", exc)
-        return [frozenset()] * len(backups)
+    that member, as before)."""
     final = {_plain_name(p) for p in named[-1]}
     newest_whole: dict[str, int] = {}
     for n, paths in enumerate(named):
@@ -519,6 +528,13 @@ def _replaced(repo, key, backups: list[BaseBackup]) -> list[frozenset[str]]:
             for n, paths in enumerate(named)]
 
 
+def _made_ahead(named: list[list[str]], replaced: list[frozenset[str]]) -> list[tuple[int, str]]:
+    """(member, path) of every file a member writes whole into the result, the full's first:
+    what _Precreate creates while the full streams."""
+    return [(n, p) for n, paths in enumerate(named) for p in paths
+            if _plain_name(p) == p and p not in replaced[n]]
+
+
 def _plain_name(path: str) -> str:
     """`path` with an `INCREMENTAL.` prefix taken off its last part."""
     head, _, last = path.rpartition("/")
@@ -528,54 +544,59 @@ def _plain_name(path: str) -> str:
 
 
 class _Precreate:
-    """Creates (empty, 0600, with their folders) the files base backup `rec`'s standalone
-    backup_manifest lists, in its order (pg_basebackup's, the tar's), on a thread of its own.
+    """Creates (empty, 0600, with their folders) the files the chain's members write whole
+    (`todo`: [(member, path)], _made_ahead), in order, on a thread of its own, until `stop`.
 
     Creating a file is the unpacking's costliest step per file on an ext4 without a journal,
     where each create scans past the inodes freed in the last minutes (the module docstring):
     1,300 creates took 0.6-0.7 s of one core beside earlier restores' deletes. Done here, on
     the core the stream's reader leaves mostly idle, the writer only opens them: the full of the
-    bench's chain unpacked in 0.84-0.98 s against 1.22-1.44 s. Only an optimisation: a manifest
-    that is missing, damaged or names a path TarWriter would refuse creates nothing (or not
-    that path); a file created that the tar does not hold is removed by finish_chain. Never
-    truncates: a file that exists (the writer was first) is left as it is."""
+    bench's chain unpacked in 0.84-0.98 s against 1.22-1.44 s. The incrementals' whole files
+    (the bench's tip writes 399: maps, small catalogs, an index) are made here too, during the
+    full, not by the writer after it. Only an optimisation: a path TarWriter would refuse is
+    not made; a file made for a member whose tar does not hold it is removed as soon as that
+    member is applied (`unwritten`), so an incremental after it finds no earlier version rather
+    than an empty file. Never truncates: a file that exists (the writer was first) is left."""
 
-    def __init__(self, repo, rec: BaseBackup, key, target: Path, skip: frozenset[str] = frozenset()):
+    def __init__(self, target: Path, todo: list[tuple[int, str]]):
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(repo, rec, key, target, skip), daemon=True,
+        self.made: dict[int, list[tuple[str, Path]]] = {}
+        self._thread = threading.Thread(target=self._run, args=(target, todo), daemon=True,
                                         name="opsctl-unpack-create")
         self._thread.start()
 
-    def _run(self, repo, rec: BaseBackup, key, target: Path, skip: frozenset[str]) -> None:
-        from opsctl.pitr.base import fetch_plain
-
+    def _run(self, target: Path, todo: list[tuple[int, str]]) -> None:
+        folders = set()
         try:
-            files = json.loads(fetch_plain(repo, rec.object("backup_manifest.zst"), key))["Files"]
-            made = set()
-            for entry in files:
-                name = entry.get("Path") if isinstance(entry, dict) else None
+            for n, name in todo:
                 if self._stop.is_set():
                     return
-                if not isinstance(name, str) or name in skip:
-                    continue  # an Encoded-Path (a name that is not UTF-8): the writer creates it
                 parts = [p for p in name.split("/") if p not in ("", ".")]
-                if not parts or name.startswith("/") or ".." in parts or parts[-1].startswith(INCREMENTAL):
+                if not parts or name.startswith("/") or ".." in parts:
                     continue
                 path = target.joinpath(*parts)
-                if path.parent not in made:
+                if path.parent not in folders:
                     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    made.add(path.parent)
+                    folders.add(path.parent)
                 try:
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
                 except FileExistsError:
-                    pass
+                    continue
+                self.made.setdefault(n, []).append(("/".join(parts), path))
         except Exception as exc:  # noqa: BLE001 - the writer creates what this did not
-            log.debug("creating base backup %s's files ahead stopped: %s", rec.id, exc)
+            log.debug("creating the chain's files ahead stopped: %s", exc)
 
     def stop(self) -> None:
         """Stop at the next file and wait for the thread."""
         self._stop.set()
         self._thread.join()
+
+    def unwritten(self, n: int, members: set[str]) -> None:
+        """Member `n` is applied (its tar named `members`): remove what was made for it that it
+        did not hold. Called after `stop`."""
+        for name, path in self.made.pop(n, []):
+            if name not in members:
+                path.unlink(missing_ok=True)
 
 
 _START = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.M)

@@ -241,35 +241,36 @@ def _read_blocks(path) -> list[int]:
     return out
 
 
-def test_files_made_ahead_from_the_manifest_stay_inside_and_what_the_tar_lacks_goes(tmp_path, monkeypatch):
-    """unpack._Precreate creates the files the full base backup's manifest lists before the tar
-    reaches them (the writer then only opens them): never a path TarWriter would refuse, never
-    over a file already written, and one the tar does not hold is removed by finish_chain."""
-    import json
-    import types
+def test_files_made_ahead_from_the_manifests_stay_inside_and_what_a_tar_lacks_goes(tmp_path):
+    """unpack._Precreate creates the files each member writes whole (unpack._made_ahead, from the
+    members' manifests) before the tars reach them, the full's first: never a path TarWriter
+    would refuse, never over a file already written. One a member's tar does not hold is removed
+    once that member is applied (session 35): an incremental after it then finds no earlier
+    version and names its backup damaged, where it would have been applied to an empty file."""
+    from opsctl.pitr import unpack
 
-    from opsctl.pitr import base, unpack
-
+    named = [["PG_VERSION", "base/1/1259", "base/1/5", "dropped/since", "backup_label"],
+             ["PG_VERSION", "base/1/INCREMENTAL.1259", "base/1/INCREMENTAL.5", "base/1/7", "backup_label"]]
+    replaced = unpack._replaced(named)
+    assert replaced == [frozenset({"PG_VERSION", "dropped/since"}), frozenset()]
+    assert unpack._made_ahead(named, replaced) == [(0, "base/1/1259"), (0, "base/1/5"), (0, "backup_label"),
+                                                   (1, "PG_VERSION"), (1, "base/1/7"), (1, "backup_label")]
     d = tmp_path / "d"
     d.mkdir()
     (d / "PG_VERSION").write_bytes(b"18\n")  # the writer was first: left as it is
-    manifest = {"Files": [{"Path": "PG_VERSION"}, {"Path": "base/1/1259"}, {"Path": "../escape"},
-                          {"Path": "/abs"}, {"Path": "base/1/INCREMENTAL.2"}, {"Encoded-Path": "ff"},
-                          {"Path": "not/in/the/tar"}]}
-    monkeypatch.setattr(base, "fetch_plain", lambda repo, obj, key: json.dumps(manifest).encode())
-    rec = types.SimpleNamespace(id="B1", object=lambda suffix: None)
-    ahead = unpack._Precreate(None, rec, None, d)
+    ahead = unpack._Precreate(d, [(0, "base/1/1259"), (0, "../escape"), (0, "/abs"), (0, "base/1/5"),
+                                  (1, "PG_VERSION"), (1, "base/1/7")])
     ahead._thread.join()  # let it go through the whole list (stop() would cut it short)
     ahead.stop()
-    assert (d / "base" / "1" / "1259").read_bytes() == b"" and (d / "not" / "in" / "the" / "tar").exists()
-    assert (d / "PG_VERSION").read_bytes() == b"18\n"
-    assert not (tmp_path / "escape").exists() and not (d / "base" / "1" / "INCREMENTAL.2").exists()
-    w = _feed(d, _tar([("PG_VERSION", tarfile.REGTYPE, b"18\n"), ("base/1/1259", tarfile.REGTYPE, b"catalog"),
-                       ("backup_label", tarfile.REGTYPE, b"START TIMELINE: 1\n")]), 4096)
-    finish_chain(d, w.members)
-    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == ["PG_VERSION", "backup_label", "base", "base/1",
-                                                                    "base/1/1259"]
-    assert (d / "base" / "1" / "1259").read_bytes() == b"catalog"
+    assert [(d / f).read_bytes() for f in ("base/1/1259", "base/1/5", "base/1/7")] == [b"", b"", b""]
+    assert (d / "PG_VERSION").read_bytes() == b"18\n" and not (tmp_path / "escape").exists()
+    full = _feed(d, _tar([("base/1/1259", tarfile.REGTYPE, b"catalog"),
+                          ("backup_label", tarfile.REGTYPE, b"START TIMELINE: 1\n")]), 4096, skip=replaced[0])
+    ahead.unwritten(0, full.members)
+    assert not (d / "base/1/5").exists() and (d / "base/1/1259").read_bytes() == b"catalog"
+    with pytest.raises(DamagedBase, match="INCREMENTAL.5 has no earlier version"):
+        _feed(d, _tar([("base/1/INCREMENTAL.5", tarfile.REGTYPE, _incremental([0], 1, 3))]), 4096,
+              overlay=True, base_id="B2")
 
 
 @pytest.mark.parametrize("step", [1, 511, 4096, 1 << 20])

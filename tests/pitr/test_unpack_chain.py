@@ -109,7 +109,7 @@ def test_the_chain_applied_in_place_is_what_pg_combinebackup_writes(pitr, tmp_pa
     assert head is not None and struct.unpack("=III", head)[2] < full_blocks
     # what the full holds that the result takes from a newer member is never written (session 35):
     # the dropped table, the dropped database, the file inc1 holds whole; not what is applied over
-    replaced = unpack._replaced(pitr.repo(), pitr.key(), backups)
+    replaced = unpack._replaced(unpack._manifests(pitr.repo(), pitr.key(), backups))
     rewritten = pitr.sql("select pg_relation_filepath('rewritten')")[0][0]
     assert _member_head(pitr, backups[1], rewritten) is not None  # whole in inc1, not INCREMENTAL.
     assert _member_head(pitr, backups[2], f"{folder}/INCREMENTAL.{file}") is not None  # shrinks: applied twice
