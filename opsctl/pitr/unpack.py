@@ -187,10 +187,14 @@ class TarWriter:
     """
 
     def __init__(self, target: Path, what: str, overlay: bool = False, base_id: str | None = None,
-                 on_label=None, skip: frozenset[str] = frozenset()):
+                 on_label=None, skip: frozenset[str] = frozenset(), earlier: frozenset[str] | None = None):
         self.target, self.what, self.overlay, self.base_id = target, what, overlay, base_id
         self.on_label = on_label  # called with its path once `backup_label` is written
         self.skip = skip  # files (paths, INCREMENTAL. taken off) passed over unwritten: a newer member replaces them
+        # the files earlier members of the chain wrote (None: any file in `target` is an earlier
+        # version): an INCREMENTAL file applies to nothing else, not to a file made ahead (_Precreate)
+        self.earlier = earlier
+        self.written: set[str] = set()  # the files this stream wrote, whole or applied
         self._path: Path | None = None
         self._head, self._left, self._pad, self._fd = bytearray(), 0, 0, None
         self._made: set[Path] = set()  # folders already made: one mkdir per folder, not per member
@@ -264,7 +268,11 @@ class TarWriter:
         self._left, self._pad = size, (-size) % 512
         self._path = path
         self.files += 1
+        self.written.add("/".join(parts))
         if incremental:
+            if self.earlier is not None and "/".join(parts) not in self.earlier:
+                # breaker 62 F1: a manifest calling it whole had an empty file made ahead for it
+                self._unfit(f"{name} has no earlier version in the chain to apply it to")
             self._inc = _Incremental(path, name, size)
             if size < 12:
                 self._unfit(f"{name} holds {size} bytes, less than an incremental file's header")
@@ -392,9 +400,10 @@ class _Ahead:
 
 
 def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool = False,
-            overlay: bool = False, on_label=None, skip: frozenset[str] = frozenset()) -> set[str]:
+            overlay: bool = False, on_label=None, skip: frozenset[str] = frozenset(),
+            earlier: frozenset[str] | None = None) -> tuple[set[str], set[str]]:
     """Unpack a base backup's tar into `target` (checked: SHA-256, authentication, zstd); the
-    paths its stream named (TarWriter.members).
+    paths its stream named and the files it wrote (TarWriter.members, .written).
 
     The checked plaintext stream is written straight into files by TarWriter (no tar
     process); a failed check ends the stream and raises (DamagedBase or OperationFailed),
@@ -403,7 +412,8 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
     is read and checked by a thread of its own while this one writes (_Ahead). `overlay`: an
     incremental applied over what `target` holds (TarWriter). `on_label(path)`: called once
     the tar's backup_label is written (it may raise to stop the stream there). `skip`: paths of
-    regular files read (and checked) but not written (TarWriter).
+    regular files read (and checked) but not written; `earlier`: the files earlier members
+    wrote, the only ones an INCREMENTAL file applies to (TarWriter).
     """
     from opsctl.backup.crypto import IntegrityError
     from opsctl.backup.pipeline import unpack, unpack_into
@@ -419,7 +429,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
               else unpack(*args, advance))
     if ahead:
         stream = _Ahead(stream)
-    writer = TarWriter(target, f"base backup {rec.id}", overlay, rec.id, on_label, skip)
+    writer = TarWriter(target, f"base backup {rec.id}", overlay, rec.id, on_label, skip, earlier)
     try:
         for block in stream:
             writer.feed(block)
@@ -435,7 +445,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
             stream.close()
     if not writer.files:
         raise OperationFailed(f"base backup {rec.id} holds no files; nothing restored from it")
-    return writer.members
+    return writer.members, writer.written
 
 
 def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> dict[str, float]:
@@ -456,6 +466,7 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
     named = _manifests(repo, key, backups)
     replaced = _replaced(named) if named else [frozenset()] * len(backups)
     creating = None
+    written: set[str] = set()  # the files the members so far wrote: what an incremental applies to
     for n, b in enumerate(backups):
         ahead = (b.raw_bytes or 0) >= AHEAD_BYTES
         checked: list[tuple[str, str]] = []  # what `early` found, label by label
@@ -469,16 +480,18 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
         if n == 0:
             creating = _Precreate(target, _made_ahead(named, replaced)) if named else None
             try:
-                members = extract(repo, b, key, target, report, ahead=ahead, on_label=early, skip=replaced[0])
+                members, wrote = extract(repo, b, key, target, report, ahead=ahead, on_label=early,
+                                         skip=replaced[0])
             finally:
                 if creating is not None:
                     creating.stop()  # nothing is created in `target` once this returns or raises
             seconds["full"] = round(time.monotonic() - began, 2)
         else:
-            members = extract(repo, b, key, target, report, ahead=ahead, overlay=True, on_label=early,
-                              skip=replaced[n])
+            members, wrote = extract(repo, b, key, target, report, ahead=ahead, overlay=True, on_label=early,
+                                     skip=replaced[n], earlier=frozenset(written))
+        written |= wrote
         if creating is not None:
-            creating.unwritten(n, members)
+            creating.unwritten(n, wrote)
         if "backup_label" not in members:  # the one in `target` would be the previous member's
             raise DamagedBase(b.id, "its tar holds no backup_label")
         # the last label the stream wrote was checked as it was written; read here only if none was
@@ -591,11 +604,11 @@ class _Precreate:
         self._stop.set()
         self._thread.join()
 
-    def unwritten(self, n: int, members: set[str]) -> None:
-        """Member `n` is applied (its tar named `members`): remove what was made for it that it
-        did not hold. Called after `stop`."""
+    def unwritten(self, n: int, wrote: set[str]) -> None:
+        """Member `n` is applied (its stream wrote `wrote`, TarWriter.written): remove what was
+        made for it that it did not write. Called after `stop`."""
         for name, path in self.made.pop(n, []):
-            if name not in members:
+            if name not in wrote:
                 path.unlink(missing_ok=True)
 
 

@@ -287,3 +287,18 @@ def test_files_a_newer_member_replaces_are_read_but_not_written(tmp_path, step):
     assert (tmp_path / "base/1/16385").read_bytes() == b"kept" * 3000
     assert (tmp_path / "backup_label").read_bytes() == b"label"
     assert {"base/1/16384", "base/1/16390", "base/1/16386", "base/1/16385"} <= w.members and w.files == 5
+
+
+def test_an_incremental_applies_only_to_a_file_an_earlier_member_wrote(tmp_path):
+    """Breaker 62 F1: an empty file made ahead for a member (its manifest called the file whole,
+    its tar holds the INCREMENTAL version) is no earlier version: within a chain (`earlier`, the
+    files earlier members wrote) the member is named damaged, never applied over zeros."""
+    (tmp_path / "base/1").mkdir(parents=True)
+    (tmp_path / "base/1/5").write_bytes(b"")  # made ahead, never written
+    (tmp_path / "base/1/6").write_bytes(_blocks(2, 1))  # written by the full
+    tar = _tar([("base/1/INCREMENTAL.6", tarfile.REGTYPE, _incremental([1], 2, 9)),
+                ("base/1/INCREMENTAL.5", tarfile.REGTYPE, _incremental([0], 1, 3))])
+    with pytest.raises(DamagedBase, match="INCREMENTAL.5 has no earlier version") as caught:
+        _feed(tmp_path, tar, 4096, overlay=True, base_id="B2", earlier=frozenset({"base/1/6"}))
+    assert caught.value.base_id == "B2"
+    assert _read_blocks(tmp_path / "base/1/6") == [1, 9]  # what came before the refusal was applied

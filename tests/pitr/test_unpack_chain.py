@@ -150,3 +150,106 @@ def test_an_incremental_on_another_parent_is_refused_naming_it(pitr, tmp_path):
     with pytest.raises(DamagedBase, match="starts its chain but its backup_label says it is incremental") as caught:
         unpack.chain(pitr.repo(), pitr.key(), [backups[1]], tmp_path / "b")
     assert caught.value.base_id == inc1.id
+
+
+def _reseal_manifest(pitr, b, edit) -> None:
+    """Rewrite base backup `b`'s backup_manifest.zst as edit(doc) leaves it and seal its record
+    again with the key: a manifest that disagrees with its authentic tar, as only the key's
+    holder (or a writer's bug) can store it."""
+    import io
+    import json
+
+    from opsctl.backup.manifest import StoredObject
+    from opsctl.backup.pipeline import StreamStats, pack
+    from opsctl.pitr import layout
+    from opsctl.pitr.base import RECORD, fetch_plain
+
+    repo, key = pitr.repo(), pitr.key()
+    obj = b.object("backup_manifest.zst")
+    doc = json.loads(fetch_plain(repo, obj, key))
+    edit(doc)
+    stats = StreamStats()
+    repo.put_bytes(obj.name, b"".join(pack(io.BytesIO(json.dumps(doc).encode()), 1, key, stats, threads=0)))
+    objects = [o if o.name != obj.name else StoredObject(name=o.name, size=stats.stored_bytes, sha256=stats.sha256,
+                                                          raw_size=stats.raw_bytes, encrypted=True, compressed=True)
+               for o in b.objects]
+    rec = b.model_copy(update={"objects": objects})
+    rec.seal(key)
+    repo.put_bytes(f"{layout.base_prefix(pitr.sysid())}{b.id}/{RECORD}", rec.model_dump_json().encode())
+
+
+def test_a_manifest_that_calls_an_incremental_file_whole_names_its_backup_damaged(pitr, tmp_path):
+    """Breaker 62 F1: inc1's manifest, re-sealed with the key, lists a relation whole where its tar
+    holds the INCREMENTAL version. The full's copy is then passed over (_replaced) and an empty
+    file is made ahead for inc1 (_Precreate): applied over it, 832 of 834 pages came back zeros,
+    silently, whenever the thread making files had reached it. Now the incremental applies only
+    to a file an earlier member wrote: inc1 is named damaged, every time."""
+    from opsctl.pitr import unpack
+    from opsctl.pitr.base import DamagedBase
+
+    pitr.sql("create table victim (id int primary key, pad text) with (autovacuum_enabled = off)")
+    pitr.sql("insert into victim select g, repeat('v', 300) from generate_series(1, 20000) g")
+    pitr.sql("vacuum victim")
+    pitr.sql("checkpoint", db="postgres")
+    full = _base(pitr, "full")
+    pitr.sql("update victim set pad = 'changed' where id = 5")
+    inc1 = _base(pitr, "incremental")
+    rel = pitr.sql("select pg_relation_filepath('victim')")[0][0]
+    folder, file = rel.rsplit("/", 1)
+    backups = _records(pitr, full, inc1)
+    assert _member_head(pitr, backups[1], f"{folder}/INCREMENTAL.{file}") is not None
+
+    def whole(doc):
+        (entry,) = [e for e in doc["Files"] if e.get("Path") == f"{folder}/INCREMENTAL.{file}"]
+        entry["Path"] = rel
+
+    _reseal_manifest(pitr, backups[1], whole)
+    backups = _records(pitr, full, inc1)
+    assert rel in unpack._replaced(unpack._manifests(pitr.repo(), pitr.key(), backups))[0]
+    for attempt in range(3):  # the thread making files ahead may or may not reach it first
+        with pytest.raises(DamagedBase, match=f"INCREMENTAL.{file} has no earlier version") as caught:
+            unpack.chain(pitr.repo(), pitr.key(), backups, tmp_path / f"applied-{attempt}")
+        assert caught.value.base_id == inc1.id
+
+
+def test_verify_reads_a_base_tar_as_the_restore_does(pitr, tmp_path):
+    """Breaker 62 F2: a base tar stored (with the key) as its zstd frame and then a second one
+    passed verify-chain's deep read (pipeline.unpack stops at the first frame) while the restore
+    refused it (unpack_into: more than the record's raw size). Both now name it unusable."""
+    import hashlib
+
+    import zstandard
+
+    from opsctl.backup import crypto
+    from opsctl.backup.manifest import StoredObject
+    from opsctl.backup.pipeline import unpack
+    from opsctl.pitr import chain, layout
+    from opsctl.pitr import unpack as unpacking
+    from opsctl.pitr.base import RECORD, DamagedBase
+
+    full = _base(pitr, "full")
+    (b,) = _records(pitr, full)
+    repo, key = pitr.repo(), pitr.key()
+    folder = f"{layout.base_prefix(pitr.sysid())}{b.id}/"
+    obj = b.object("base.tar.zst")
+    old_tar, old_rec = repo.get_bytes(obj.name), repo.get_bytes(folder + RECORD)
+    plain = b"".join(unpack([old_tar], obj.name, obj.sha256, obj.size, key))
+    stored = b"".join(crypto.encrypt([zstandard.ZstdCompressor().compress(plain)
+                                      + zstandard.ZstdCompressor().compress(bytes(4096))], key))
+    repo.put_bytes(obj.name, stored)
+    objects = [o if o.name != obj.name else StoredObject(name=o.name, size=len(stored), raw_size=o.raw_size,
+                                                          sha256=hashlib.sha256(stored).hexdigest(), encrypted=True,
+                                                          compressed=True) for o in b.objects]
+    rec = b.model_copy(update={"objects": objects})
+    rec.seal(key)
+    repo.put_bytes(folder + RECORD, rec.model_dump_json().encode())
+    try:
+        inv = chain.inventory(repo, key, pitr.sysid(), deep=True, end_times=False)
+        assert "decompresses to more than the" in inv.bad_bases.get(b.id, ""), inv.bad_bases
+        (forged,) = [x for x in chain.inventory(repo, key, pitr.sysid(), end_times=False, findings=False).bases
+                     if x.id == b.id]
+        with pytest.raises(DamagedBase, match="decompresses to more than the"):
+            unpacking.chain(repo, key, [forged], tmp_path / "applied")
+    finally:
+        repo.put_bytes(obj.name, old_tar)
+        repo.put_bytes(folder + RECORD, old_rec)
