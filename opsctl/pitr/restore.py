@@ -391,7 +391,7 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
         p.overwrites.append("the local platform's PostgreSQL (its data directory is kept, renamed)")
     p.context = {"project": project, "env": env, "state": state, "repo": repo, "key": key, "backups": backups,
               "stage": stage, "settings": settings, "when": when, "stamp": stamp, "segments": len(inv.good),
-              "path": inv.path,
+              "path": inv.path, "end_segment": window.end_segment,
               "new": new, "unpacked": unpacked,
               # the newest archived commit on the live server's own history (None when another
               # history is followed: its commits are not the live server's)
@@ -1054,6 +1054,34 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
     raise OperationFailed(f"recovery did not finish within {timeout:.0f} s; read {log}; nothing live was changed")
 
 
+def _replayed_to_the_end(port: int, end_segment: str, log: Path) -> None:
+    """OperationFailed when recovery stopped ("end": it waits for WAL) in a segment before the
+    window's last, `end_segment`: every staged segment is whole and on the path, so it stopped at
+    a record PostgreSQL refused (its CRC, a bad length or link). Authentic WAL can hold one: it
+    was damaged before it was archived (bit rot in pg_wal) or written so by a writer with the
+    key, and neither verify-chain's tags nor AES-GCM see inside it. Breaker 63 G2: a restore to
+    'latest' said success with the commits after that record missing. A record refused in the
+    last segment itself looks like the end of the WAL and is not told apart here."""
+    import psycopg
+
+    from opsctl.local import postgres as pg
+
+    with psycopg.connect(pg.url(port), autocommit=True) as conn:
+        replayed = layout.lsn(str(conn.execute("select pg_last_wal_replay_lsn()").fetchone()[0]))
+    tli, last = layout.parse_segment(end_segment)
+    if layout.segno(replayed) >= last:
+        return
+    from opsctl.local import procs
+
+    refused = [ln.split("LOG:", 1)[-1].strip() for ln in procs.tail(log, 80).splitlines()
+               if "LOG:" in ln and "record" in ln and ("invalid" in ln or "incorrect" in ln)]
+    raise OperationFailed(f"recovery stopped at {layout.lsn_text(replayed)}, before the end of the archived WAL "
+                          f"({end_segment}): PostgreSQL refused the record there"
+                          + (f" ({refused[-1]})" if refused else f" (read {log})")
+                          + "; the WAL is authentic but damaged from that point (damaged before it was archived, "
+                          "or written so); restore to a time before it; nothing live was changed")
+
+
 _NO_COMMIT_TS = object()  # _check: the server keeps no commit timestamps (track_commit_timestamp off)
 
 
@@ -1199,6 +1227,8 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
                                  lambda started: _record(state.folder / "data", stamp, {
                                      "new": str(new), "stage": str(c["stage"]),
                                      "server_pid": started}), summarize=not p.beside, path=c.get("path"))
+        if how == "end" and c.get("end_segment"):
+            _replayed_to_the_end(port, c["end_segment"], log)
         # PostgreSQL's "recovery ended before configured recovery target"
         if how == "end" and {"recovery_target_time", "recovery_target_lsn"} & set(c["settings"]):
             raise OperationFailed(f"recovery replayed all archived WAL without reaching {p.target}; nothing live "

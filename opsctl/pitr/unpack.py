@@ -543,9 +543,17 @@ def _replaced(named: list[list[str]]) -> list[frozenset[str]]:
 
 def _made_ahead(named: list[list[str]], replaced: list[frozenset[str]]) -> list[tuple[int, str]]:
     """(member, path) of every file a member writes whole into the result, the full's first:
-    what _Precreate creates while the full streams."""
+    what _Precreate creates while the full streams. Not a path below one a manifest names as a
+    file (breaker 63 G1: `global/pg_control/x` made a folder of pg_control, and the tip's own
+    pg_control could not be written)."""
+    files = {_plain_name(p) for paths in named for p in paths}
+
+    def under_a_file(path: str) -> bool:
+        parts = path.split("/")
+        return any("/".join(parts[:i]) in files for i in range(1, len(parts)))
+
     return [(n, p) for n, paths in enumerate(named) for p in paths
-            if _plain_name(p) == p and p not in replaced[n]]
+            if _plain_name(p) == p and p not in replaced[n] and not under_a_file(p)]
 
 
 def _plain_name(path: str) -> str:

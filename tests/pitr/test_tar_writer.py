@@ -255,6 +255,11 @@ def test_files_made_ahead_from_the_manifests_stay_inside_and_what_a_tar_lacks_go
     assert replaced == [frozenset({"PG_VERSION", "dropped/since"}), frozenset()]
     assert unpack._made_ahead(named, replaced) == [(0, "base/1/1259"), (0, "base/1/5"), (0, "backup_label"),
                                                    (1, "PG_VERSION"), (1, "base/1/7"), (1, "backup_label")]
+    # breaker 63 G1: nothing below a path a manifest names as a file (it would make that a folder)
+    assert unpack._made_ahead([["global/pg_control", "backup_label"], ["global/pg_control/x", "PG_VERSION/y",
+                                                                       "global/pg_control", "PG_VERSION"]],
+                              [frozenset({"global/pg_control"}), frozenset()]) == [
+        (0, "backup_label"), (1, "global/pg_control"), (1, "PG_VERSION")]
     d = tmp_path / "d"
     d.mkdir()
     (d / "PG_VERSION").write_bytes(b"18\n")  # the writer was first: left as it is
