@@ -490,8 +490,6 @@ def chain(repo, key, backups: list[BaseBackup], target: Path, report=None) -> di
             members, wrote = extract(repo, b, key, target, report, ahead=ahead, overlay=True, on_label=early,
                                      skip=replaced[n], earlier=frozenset(written))
         written |= wrote
-        if creating is not None:
-            creating.unwritten(n, wrote)
         if "backup_label" not in members:  # the one in `target` would be the previous member's
             raise DamagedBase(b.id, "its tar holds no backup_label")
         # the last label the stream wrote was checked as it was written; read here only if none was
@@ -575,13 +573,13 @@ class _Precreate:
     bench's chain unpacked in 0.84-0.98 s against 1.22-1.44 s. The incrementals' whole files
     (the bench's tip writes 399: maps, small catalogs, an index) are made here too, during the
     full, not by the writer after it. Only an optimisation: a path TarWriter would refuse is
-    not made; a file made for a member whose tar does not hold it is removed as soon as that
-    member is applied (`unwritten`), so an incremental after it finds no earlier version rather
-    than an empty file. Never truncates: a file that exists (the writer was first) is left."""
+    not made, and a file made for a member whose tar does not hold it is no earlier version to
+    an incremental (TarWriter's `earlier`: only what a member wrote) and is removed with what
+    the newest member does not name (finish_chain). Never truncates: a file that exists (the
+    writer was first) is left."""
 
     def __init__(self, target: Path, todo: list[tuple[int, str]]):
         self._stop = threading.Event()
-        self.made: dict[int, list[tuple[str, Path]]] = {}
         self._thread = threading.Thread(target=self._run, args=(target, todo), daemon=True,
                                         name="opsctl-unpack-create")
         self._thread.start()
@@ -589,7 +587,7 @@ class _Precreate:
     def _run(self, target: Path, todo: list[tuple[int, str]]) -> None:
         folders = set()
         try:
-            for n, name in todo:
+            for _, name in todo:
                 if self._stop.is_set():
                     return
                 parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -603,7 +601,6 @@ class _Precreate:
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
                 except FileExistsError:
                     continue
-                self.made.setdefault(n, []).append(("/".join(parts), path))
         except Exception as exc:  # noqa: BLE001 - the writer creates what this did not
             log.debug("creating the chain's files ahead stopped: %s", exc)
 
@@ -611,13 +608,6 @@ class _Precreate:
         """Stop at the next file and wait for the thread."""
         self._stop.set()
         self._thread.join()
-
-    def unwritten(self, n: int, wrote: set[str]) -> None:
-        """Member `n` is applied (its stream wrote `wrote`, TarWriter.written): remove what was
-        made for it that it did not write. Called after `stop`."""
-        for name, path in self.made.pop(n, []):
-            if name not in wrote:
-                path.unlink(missing_ok=True)
 
 
 _START = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.M)

@@ -244,9 +244,10 @@ def _read_blocks(path) -> list[int]:
 def test_files_made_ahead_from_the_manifests_stay_inside_and_what_a_tar_lacks_goes(tmp_path):
     """unpack._Precreate creates the files each member writes whole (unpack._made_ahead, from the
     members' manifests) before the tars reach them, the full's first: never a path TarWriter
-    would refuse, never over a file already written. One a member's tar does not hold is removed
-    once that member is applied (session 35): an incremental after it then finds no earlier
-    version and names its backup damaged, where it would have been applied to an empty file."""
+    would refuse, never over a file already written. One a member's tar does not hold is no
+    earlier version (session 35): an incremental after it names its backup damaged, where it
+    would have been applied to an empty file; and the newest member not naming it, it goes
+    with the chain's other leftovers (finish_chain)."""
     from opsctl.pitr import unpack
 
     named = [["PG_VERSION", "base/1/1259", "base/1/5", "dropped/since", "backup_label"],
@@ -271,11 +272,12 @@ def test_files_made_ahead_from_the_manifests_stay_inside_and_what_a_tar_lacks_go
     assert (d / "PG_VERSION").read_bytes() == b"18\n" and not (tmp_path / "escape").exists()
     full = _feed(d, _tar([("base/1/1259", tarfile.REGTYPE, b"catalog"),
                           ("backup_label", tarfile.REGTYPE, b"START TIMELINE: 1\n")]), 4096, skip=replaced[0])
-    ahead.unwritten(0, full.members)
-    assert not (d / "base/1/5").exists() and (d / "base/1/1259").read_bytes() == b"catalog"
+    assert (d / "base/1/1259").read_bytes() == b"catalog" and full.written == {"base/1/1259", "backup_label"}
     with pytest.raises(DamagedBase, match="INCREMENTAL.5 has no earlier version"):
         _feed(d, _tar([("base/1/INCREMENTAL.5", tarfile.REGTYPE, _incremental([0], 1, 3))]), 4096,
-              overlay=True, base_id="B2")
+              overlay=True, base_id="B2", earlier=frozenset(full.written))
+    unpack.finish_chain(d, full.members | {"base/1/7", "PG_VERSION"})
+    assert not (d / "base/1/5").exists() and (d / "base/1/7").read_bytes() == b""
 
 
 @pytest.mark.parametrize("step", [1, 511, 4096, 1 << 20])
