@@ -828,26 +828,28 @@ def _check_all(repo, key, sysid: str, todo: list, inv: Inventory, bad_at: dict, 
                     inv.problems.remove(bad_at[n])
 
 
-_ZEROS = bytes(1 << 16)
-
-
 def stage_file(stage: Path, file: str, plain: bytes) -> None:
-    """Write one checked WAL file's plaintext `plain` as `stage/file` (whole, by rename). Decrypted
-    WAL is the database's data: 0600 files in a 0700 folder. Its zero tail is not written but
-    left a hole of the file's size (reads give the same zeros): a segment switched by
-    archive_timeout is mostly zeros, 16 MB of page cache each for nothing."""
-    import os
-
+    """Write one checked WAL file's plaintext `plain` (a timeline history: segments go through
+    stage_wal) as `stage/file`, whole, by rename. Decrypted WAL is the database's data: 0600
+    files in a 0700 folder."""
     stage.mkdir(parents=True, exist_ok=True, mode=0o700)
-    view, end = memoryview(plain), len(plain)
-    while end and plain[max(0, end - len(_ZEROS)):end] == _ZEROS[:min(end, len(_ZEROS))]:
-        end = max(0, end - len(_ZEROS))
     tmp = stage / f".{file}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(view[:end])
-        fh.truncate(len(plain))
+        fh.write(plain)
     tmp.replace(stage / file)
+
+
+def stage_wal(repo, key, sysid: str, file: str, objs, stage: Path):
+    """Stage WAL file `file` from the first of its objects `objs` that is authentic (check_wal:
+    a segment's zero MiBs left holes) as `stage/file`, by rename; that object, or None when
+    none is (nothing staged). OSError for `stage`."""
+    stage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _results, good = _open_objects(repo, key, sysid, file, objs, stage)
+    if good is None:
+        return None
+    good[1].replace(stage / file)
+    return good[0]
 
 
 def _windows(repo, key, inv: Inventory, bases, first: int, bad_at: dict[int, Problem], stage,

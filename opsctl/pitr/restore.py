@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsctl.backup.catalog import id_time
-from opsctl.backup.crypto import IntegrityError
 from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.pitr import base as bb
@@ -718,12 +717,7 @@ def _target_timeline(repo, key, sysid: str, inv, stage: Path, tip: bb.BaseBackup
         # its WAL ("unexpected timeline ID"), and recovery never reached consistency
         seg = layout.segno(end)
         own, used = layout.segment(tli, seg), layout.segment(layout.timeline_of(seg, path), seg)
-        for obj in inv.objects.get(own, []):
-            try:
-                chain.stage_file(stage, own, chain.open_wal(repo, key, sysid, obj))
-                break
-            except IntegrityError:
-                continue
+        chain.stage_wal(repo, key, sysid, own, inv.objects.get(own, []), stage)
         if not (stage / own).exists() and (stage / used).is_file():
             os.link(stage / used, stage / own)
     return tli

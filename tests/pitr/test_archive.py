@@ -102,20 +102,32 @@ def test_staged_wal_for_a_restore_is_private(tmp_path):
     assert stat.S_IMODE((stage / "000000010000000000000001").stat().st_mode) == 0o600
 
 
-def test_a_staged_segment_reads_back_whole_without_its_zero_tail_written(tmp_path):
-    """Issue 22 (session 9): a segment switched by archive_timeout is mostly zeros; staged for a
-    restore it reads back byte for byte at its full size, its zero tail a hole, not 16 MB of writes."""
+def test_a_segment_is_staged_from_its_first_authentic_copy_its_zero_tail_a_hole(tmp_path):
+    """Issue 22 (sessions 9, 36): a segment switched by archive_timeout is mostly zeros; staged
+    for a restore (chain.stage_wal) it reads back byte for byte at its full size, its zero MiBs
+    holes, not 16 MB of writes; a copy that is not authentic is passed over for the next one,
+    and with none authentic nothing is staged."""
+    import dataclasses
+
+    from opsctl.backup import keys
     from opsctl.pitr import chain
 
+    key, sysid, file = keys.BackupKey(b"k" * 32), "7000000000000000001", "000000010000000000000002"
     size = 16 << 20
-    for name, data, hole in [("000000010000000000000002", b"\x01" * 100_000 + bytes(size - 100_000), True),
-                             ("000000010000000000000003", bytes(size), True),
-                             ("000000010000000000000004", os.urandom(4096) * (size // 4096), False)]:
-        chain.stage_file(tmp_path, name, data)
-        staged = tmp_path / name
-        assert staged.read_bytes() == data
-        written = staged.stat().st_blocks * 512  # bytes the file system holds for it
-        assert (written < 1 << 20) if hole else (written >= size), (name, written)
+    plain = b"\x01" * 100_000 + bytes(size - 100_000)
+    forged_repo, forged = _sealed_wal(keys.BackupKey(b"x" * 32), sysid, file, os.urandom(size))
+    good_repo, good = _sealed_wal(key, sysid, file, plain)
+    forged = dataclasses.replace(forged, name=forged.name.replace(".zst", ".other.zst"))
+
+    class Repo:
+        def get_bytes(self, name):
+            return forged_repo.get_bytes(good.name) if name == forged.name else good_repo.get_bytes(name)
+
+    stage = tmp_path / "stage"
+    assert chain.stage_wal(Repo(), key, sysid, file, [forged, good], stage) is good
+    assert (stage / file).read_bytes() == plain and (stage / file).stat().st_blocks * 512 <= 1 << 20  # 1 MiB of 16
+    assert chain.stage_wal(Repo(), key, sysid, "000000010000000000000003", [forged], stage) is None
+    assert sorted(p.name for p in stage.iterdir()) == [file]
 
 
 def _sealed_wal(key, sysid: str, file: str, plain: bytes):
