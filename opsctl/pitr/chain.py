@@ -459,6 +459,32 @@ def first_record(stage: Path, tli: int, lsn: int) -> int | None:
     return layout.lsn(found.group(1)) if found else None
 
 
+def ends_at(stage: Path, tli: int, lsn: int) -> bool:
+    """Whether the WAL in folder `stage` (timeline `tli`) ends at `lsn` rather than holding a
+    record there that PostgreSQL refuses: after `lsn` its segment holds only zeros (what
+    PostgreSQL writes after a segment switch), or the record there goes on into a segment
+    `stage` lacks (pg_waldump --start: "could not find file"). Anything else there (pg_waldump
+    finds no valid record at `lsn` and bytes follow it) is a damaged record: recovery stopped
+    at it as it would at the end of the WAL."""
+    from opsctl.local.postgres import tool
+
+    out = subprocess.run([tool("pg_waldump"), f"--path={stage}", f"--timeline={tli}",
+                          f"--start={layout.lsn_text(lsn)}", "--quiet"],
+                         capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    if out.returncode == 0 or "could not find file" in out.stderr:
+        return True
+    segment = stage / layout.segment(tli, layout.segno(lsn))
+    try:
+        with segment.open("rb") as fh:
+            fh.seek(lsn % layout.SEGMENT_BYTES)
+            while block := fh.read(pipeline.BLOCK):
+                if block.count(0) != len(block):
+                    return False
+    except FileNotFoundError:
+        return True  # nothing staged there: the WAL ends before it
+    return True
+
+
 def reaches(stage: Path, tli: int, lsn: int) -> bool:
     """Whether recovery to `lsn` on timeline `tli` can stop: `first_record` finds one."""
     return first_record(stage, tli, lsn) is not None

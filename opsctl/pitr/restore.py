@@ -1048,14 +1048,16 @@ def _replay(data: Path, log: Path, timeout: float, started=None, summarize: bool
     raise OperationFailed(f"recovery did not finish within {timeout:.0f} s; read {log}; nothing live was changed")
 
 
-def _replayed_to_the_end(port: int, end_segment: str, log: Path) -> None:
-    """OperationFailed when recovery stopped ("end": it waits for WAL) in a segment before the
-    window's last, `end_segment`: every staged segment is whole and on the path, so it stopped at
-    a record PostgreSQL refused (its CRC, a bad length or link). Authentic WAL can hold one: it
-    was damaged before it was archived (bit rot in pg_wal) or written so by a writer with the
-    key, and neither verify-chain's tags nor AES-GCM see inside it. Breaker 63 G2: a restore to
-    'latest' said success with the commits after that record missing. A record refused in the
-    last segment itself looks like the end of the WAL and is not told apart here."""
+def _replayed_to_the_end(port: int, end_segment: str, stage: Path, log: Path) -> None:
+    """OperationFailed when recovery stopped ("end": it waits for WAL) before the end of the
+    window's WAL (`end_segment`, its last segment; `stage`, the staged WAL): in a segment before
+    `end_segment` (every staged segment is whole and on the path), or inside `end_segment` at a
+    record followed by more than zeros that does not go on into the next segment
+    (chain.ends_at). Either way it stopped at a record PostgreSQL refused (its CRC, a bad length
+    or link). Authentic WAL can hold one: it was damaged before it was archived (bit rot in
+    pg_wal) or written so by a writer with the key, and neither verify-chain's tags nor AES-GCM
+    see inside it. Breaker 63 G2: a restore to 'latest' said success with the commits after
+    that record missing (session 36: a record in the last segment too)."""
     import psycopg
 
     from opsctl.local import postgres as pg
@@ -1063,7 +1065,7 @@ def _replayed_to_the_end(port: int, end_segment: str, log: Path) -> None:
     with psycopg.connect(pg.url(port), autocommit=True) as conn:
         replayed = layout.lsn(str(conn.execute("select pg_last_wal_replay_lsn()").fetchone()[0]))
     tli, last = layout.parse_segment(end_segment)
-    if layout.segno(replayed) >= last:
+    if layout.segno(replayed) > last or (layout.segno(replayed) == last and chain.ends_at(stage, tli, replayed)):
         return
     from opsctl.local import procs
 
@@ -1222,7 +1224,7 @@ def run(p: PitrPlan, report=None, timeout: float = 3600.0) -> PitrResult:
                                      "new": str(new), "stage": str(c["stage"]),
                                      "server_pid": started}), summarize=not p.beside, path=c.get("path"))
         if how == "end" and c.get("end_segment"):
-            _replayed_to_the_end(port, c["end_segment"], log)
+            _replayed_to_the_end(port, c["end_segment"], c["stage"], log)
         # PostgreSQL's "recovery ended before configured recovery target"
         if how == "end" and {"recovery_target_time", "recovery_target_lsn"} & set(c["settings"]):
             raise OperationFailed(f"recovery replayed all archived WAL without reaching {p.target}; nothing live "
