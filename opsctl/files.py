@@ -99,10 +99,15 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
                              "give a shorter one")
         if path.is_dir():
             raise UsageError(f"{option} {value} is a folder; give a file path such as {path / example}")
+        mine = own is not None and os.path.realpath(target) == os.path.realpath(own)
         state = _in_state(target)
-        if state and not (own is not None and os.path.realpath(target) == os.path.realpath(own)):  # breaker 44 T1: `runbook run --junit .opsctl/health/silences-E.json` replaced the silences
+        if state and not mine:  # breaker 44 T1: `runbook run --junit .opsctl/health/silences-E.json` replaced the silences
             raise UsageError(f"{option} {value} would write into {state}, which holds opsctl's own state; write "
                              "under reports/, .opsctl/reports/ or .opsctl/dr/")
+        place = _in_ops_root(target)
+        if place and not mine:  # breaker 64 F1: `dr drill --metrics-file opsctl.yaml` replaced the config
+            raise UsageError(f"{option} {value} would write into {place}, which holds the ops root's config, "
+                             "procedures or code; write under reports/ or .opsctl/reports/")
         folder = target.parent  # a symlink's target is what is written (`write_text`)
         while not folder.exists():  # the nearest folder that exists is where the rest would be made
             folder = folder.parent
@@ -130,6 +135,26 @@ def _in_state(target: Path) -> str | None:
     at = len(parts) - 1 - parts[::-1].index(STATE)
     problem = state_problem("/".join(parts[at:]))
     return str(Path(*parts[:at], problem)) if problem else None
+
+
+def _in_ops_root(target: Path) -> str | None:
+    """The protected place (runbook.paths.protected_place: opsctl.yaml, runbooks/ with its lock,
+    stacks/, templates/, loadtests/, .git/, .venv/, opsctl's state) of the nearest ops root (a
+    folder holding opsctl.yaml) a report at `target` would replace, folders resolved; None when
+    none. The rule runbook outputs and `render ci --out` follow, for every report option."""
+    from opsctl.config import CONFIG_NAME
+    from opsctl.runbook.paths import protected_place
+
+    folder = Path(os.path.realpath(target.parent))
+    for root in (folder, *folder.parents):
+        try:
+            holds = (root / CONFIG_NAME).is_file()
+        except OSError:  # a folder this user may not search: no ops root known there
+            holds = False
+        if holds:
+            place = protected_place((folder / target.name).relative_to(root).as_posix())
+            return str(root / place) if place else None
+    return None
 
 
 _IN_PLACE_ROOTS = ("/dev/", "/proc/")  # /dev/stdout, /dev/fd/N, /proc/self/fd/N: a process's own streams
@@ -180,12 +205,15 @@ def _in_place(path: Path) -> bool:
     return _target(path)[1]
 
 
-def write_text(path: Path, text: str | bytes) -> Path:
+def write_text(path: Path, text: str | bytes, private: bool = False) -> Path:
     """Write `text` (str or bytes) to `path` whole: to a temporary name beside it, renamed over
     it, so a reader never sees half a report (the temporary file removed if the write fails).
     A device, FIFO or pipe (/dev/null, /dev/stdout) is written in place: renamed over, /dev/null
     would have become a regular file; a symlink's target is replaced, the link kept (`_target`).
-    A FIFO is waited on for a reader FIFO_WAIT seconds, then UsageError (`_stream_opener`)."""
+    A FIFO is waited on for a reader FIFO_WAIT seconds, then UsageError (`_stream_opener`).
+    An existing file keeps its mode (the rename would have given it the new file's); a new one
+    is 0600 when `private` (reports: what a run found is its operator's), else as the umask
+    makes it (files others must read: a rendered workflow, a starter opsctl.yaml)."""
     with MachineFaults(f"writing {path}"):  # a full disk, a read-only folder: one line naming the file
         mode = "wb" if isinstance(text, bytes) else "w"
         target, in_place = _target(path)
@@ -198,7 +226,13 @@ def write_text(path: Path, text: str | bytes) -> Path:
             return path
         tmp = target.with_name(f".{target.name}.tmp")  # beside a symlink's target: the link stays
         try:
-            with open(tmp, mode) as out:
+            kept = stat.S_IMODE(os.stat(target).st_mode) if target.is_file() else None
+        except OSError:
+            kept = None
+        try:
+            with open(tmp, mode, opener=_private_opener if private else None) as out:
+                if kept is not None:
+                    os.fchmod(out.fileno(), kept)
                 out.write(text)
             os.replace(tmp, target)
         except BaseException:

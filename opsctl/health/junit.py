@@ -91,4 +91,4 @@ def write(path: Path, result: SweepResult) -> None:
     """Written whole (files.write_text): CI never reads half a report, /dev/null stays a device."""
     from opsctl.files import write_text
 
-    write_text(path, render(result))
+    write_text(path, render(result), private=True)

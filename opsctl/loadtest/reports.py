@@ -20,7 +20,7 @@ def write_html(environment: Any, path: Path) -> Path:
     """Locust's own HTML report of `environment`'s stats, written to `path`; returns it."""
     from locust.html import get_html_report
 
-    return write_text(path, get_html_report(environment, show_download_link=False))  # whole, or named
+    return write_text(path, get_html_report(environment, show_download_link=False), private=True)  # whole, or named
 
 
 class CsvFiles:
@@ -125,4 +125,4 @@ def write_junit(summary: RunSummary, path: Path) -> Path:
     suite.time = summary.run_seconds
     from opsctl.health.junit import tostring
 
-    return write_text(path, tostring(suite))  # whole and XML-safe, as health's report (health/junit.py)
+    return write_text(path, tostring(suite), private=True)  # whole and XML-safe, as health's report (health/junit.py)

@@ -295,7 +295,7 @@ def write_reports(result: DrillResult, junit_path: Path | None = None, metrics_p
             continue
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, render(result))
+        write_text(path, render(result), private=True)
 
 
 def _drill(project: Project, env: Environment, report, started: dt.datetime, began: float) -> DrillResult:

@@ -37,4 +37,4 @@ def write_junit(result, path: str) -> Path:
     suite.update_statistics()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return write_text(target, tostring(suite))  # whole and XML-safe, as health's and the load test's reports
+    return write_text(target, tostring(suite), private=True)  # whole and XML-safe, as health's and the load test's reports

@@ -79,3 +79,45 @@ def test_a_fifo_no_process_reads_is_refused_alike(ops, runner, option, monkeypat
     assert r.exit_code == 3, r.output
     errors = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "FIFO that no process reads" in errors[0], r.stderr
+
+
+def test_junit_keeps_an_existing_files_mode_and_makes_a_new_one_private(ops, runner):
+    """Breaker 64 F15: --junit (health's, the drill's: files.write_text) replaced a 0640 file
+    with a 0644 one and made new reports 0644, where the README promises the mode kept and a
+    new one 0600, as --history does."""
+    os.umask(0o022)
+    shared = ops / "shared.xml"
+    shared.write_text("<old/>")
+    shared.chmod(0o640)
+    assert health(runner, "--junit", str(shared)).exit_code == 0
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640 and "testsuite" in shared.read_text()
+    new = ops / "reports" / "new.xml"
+    assert health(runner, "--junit", str(new)).exit_code == 0
+    assert stat.S_IMODE(new.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("place", ["opsctl.yaml", "runbooks/lock.json", "stacks/__main__.py", "templates/x.xml",
+                                   "loadtests/locustfile.py", ".git/config", "link/opsctl.yaml"])
+def test_a_report_never_replaces_the_ops_roots_own_files(ops, runner, place):
+    """Breaker 64 F1: `dr drill --metrics-file opsctl.yaml` (any report option: files.report_path)
+    wrote the report over the ops root's config, its runbook pins or its Pulumi program, exit 0,
+    and every command after failed; only .opsctl/ state was refused. Now the places a runbook's
+    outputs and `render ci --out` may not write (runbook.paths.PROTECTED) are refused for every
+    report, one line, exit 2, nothing written, a symlinked folder resolved."""
+    from opsctl.errors import UsageError
+    from opsctl.files import report_path
+
+    (ops / "link").symlink_to(ops)
+    target = ops / place
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.write_text("kept\n")
+    before = target.read_bytes()
+    r = health(runner, "--junit", place)
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "holds the ops root's config, procedures or code" in errors[0], r.stderr
+    assert target.read_bytes() == before
+    with pytest.raises(UsageError, match="would write into"):
+        report_path(str(target), "--metrics-file", example="drill.prom")
+    assert report_path(str(ops / "reports" / "drill.prom"), "--metrics-file") == ops / "reports" / "drill.prom"
