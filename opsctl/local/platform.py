@@ -142,10 +142,10 @@ def start_component(name: str, state: st.LocalState, env: Environment) -> None:
     if name == "postgres":
         from opsctl.pitr import local as pitr  # WAL archiving into the queue, WAL summaries
         from opsctl.pitr.restore import undo_killed_swap
-        from opsctl.pitr.standby import refuse_initdb
+        from opsctl.pitr.standby import before_primary_start
 
         undo_killed_swap(state)  # data/postgres missing: a restore killed mid-swap puts the previous one back
-        refuse_initdb(state, env)  # data/postgres missing mid-failover: never an empty cluster there
+        before_primary_start(state, env)  # mid-failover: the old primary fenced, never an empty cluster
         pg.start(state.data("postgres"), comp.port, log, on_spawn=spawned, settings=pitr.server_settings(state, env))
         pitr.arm_archive_timeout(comp.port)
         pg.ensure_database(comp.port, env.database.name, env.database.user)

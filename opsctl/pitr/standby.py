@@ -27,8 +27,8 @@ The intent is journaled (`.opsctl/failover/<env>.pending.json`) before the old p
 stopped and fenced, so a run killed at any later point is finished by the next one. While a
 journal is pending `dr standby` and `dr standby --stop` are refused; a journal whose standby is
 gone is refused too (exit 2), and `failover --abandon` (abandon) unfences the old primary and
-removes the journal; `opsctl local up` never initdb's a missing data/postgres then
-(refuse_initdb).
+removes the journal; `opsctl local up` then starts the old primary fenced and never initdb's a
+missing data/postgres (before_primary_start).
 """
 
 from __future__ import annotations
@@ -454,18 +454,35 @@ def pending_failover(project: Project, env: Environment) -> str | None:
     finish = f"'opsctl failover --env {env.name} --yes'"
     undo = f"'opsctl failover --env {env.name} --abandon'"
     refused, gone = _abandon_refused(project, env, state, doc), _standby_gone(state, doc)
+    writes = _takes_writes(state)
+    fence = ("the old primary is not fenced yet and still takes writes" if writes and doc.get("stage") == "fencing"
+             else f"the platform's PostgreSQL (port {writes}) takes writes" if writes
+             else "the old primary is fenced (read-only: every write fails)")
     if refused is None and not gone:
-        return (f"{where} and the old primary is fenced (read-only: every write fails); finish it with {finish} or "
-                f"undo it with {undo}")
+        return f"{where} and {fence}; finish it with {finish} or undo it with {undo}"
     if refused is None:
-        return (f"{where} and the old primary is fenced (read-only: every write fails); its standby (port "
-                f"{doc.get('standby_port')}) is gone, so it can't be finished: undo it with {undo} (the old primary "
-                f"is unfenced), then 'opsctl dr standby --env {env.name}'")
+        return (f"{where} and {fence}; its standby (port {doc.get('standby_port')}) is gone, so it can't be "
+                f"finished: undo it with {undo} (the old primary is unfenced), then 'opsctl dr standby --env "
+                f"{env.name}'")
     if not gone:
-        return (f"{where}: {refused.why}, so it can't be undone; the platform's PostgreSQL takes no writes until it "
-                f"is finished: finish it with {finish}")
+        until = (f"the platform's PostgreSQL (port {writes}) takes writes" if writes else
+                 "the platform's PostgreSQL takes no writes until it is finished")
+        return f"{where}: {refused.why}, so it can't be undone; {until}: finish it with {finish}"
     return (f"{where}: it can't be finished (its standby, port {doc.get('standby_port')}, is gone) nor undone: "
             f"{refused.text}")
+
+
+def _takes_writes(state) -> int | None:
+    """The platform's PostgreSQL's port when it runs and takes writes (not in recovery), else
+    None: what a pending failover's line says of it, asked, never assumed from the journal's
+    stage (breaker 64 F2: a failover killed before its fence said "fenced (read-only)" of a
+    primary taking writes)."""
+    from opsctl.local.platform import live_pid
+
+    comp = state.components.get("postgres")
+    if comp is None or live_pid(state, "postgres") is None:
+        return None
+    return comp.port if _answers_writable(comp.port) else None
 
 
 def pending_failover_note(project: Project, env: Environment) -> str | None:
@@ -721,7 +738,7 @@ def _failover(project: Project, env: Environment, approve=None, progress=None) -
                 f"(port {primary.port}, {'running: it will be stopped' if old_running else 'down'})")
     began = time.time()
     notes = []
-    fenced = "was down"
+    fenced = "not yet" if old_running else "was down"  # "not yet": a run killed before the stop leaves it so
     # journaled before anything changes: a run killed from here on (even between the stop and
     # the fence) is recognised and finished by the next, which stops and fences the old primary
     # again (_promote_standby); a fence without its journal is never left
@@ -779,12 +796,30 @@ def _refuse_gone(project: Project, env: Environment, doc: dict) -> None:
                      f"'opsctl dr standby --env {env.name}'; nothing was changed")
 
 
-def refuse_initdb(state, env: Environment) -> None:
-    """`opsctl local up`'s check before it would initdb a missing data/postgres: UsageError when
-    a failover journal is pending, since the data directory is then between two renames of that
-    failover (the promoted server is at data/postgres-standby, the old one at
-    data/postgres.failed-*), and an empty writable cluster must not take its place."""
+def before_primary_start(state, env: Environment) -> None:
+    """`opsctl local up`'s check before it starts (or would initdb) data/postgres while a failover
+    of `env` is pending (its journal exists). Before the journal's 'repointing' stage the server
+    there is the old primary: it is fenced (standby.signal) if the failover was stopped before
+    it fenced it, so it comes up read-only, never a second writable primary beside the standby
+    meant to take over (breaker 64 F2: killed between the journal and the fence, `local up`
+    started it writable; the failover was approved, and `failover --abandon` unfences it: once
+    an abandon began, the journal's `abandoning`, it is started as it is).
+    UsageError when data/postgres is missing: it is then between two renames of the failover
+    (the promoted server at data/postgres-standby, the old one at data/postgres.failed-*), and
+    an empty writable cluster must not take its place."""
+    import json
+    import logging
+
     path = state.folder.parent / "failover" / f"{env.name}.pending.json"
+    if path.exists() and state.data("postgres").is_dir():
+        try:
+            doc = json.loads(path.read_text())
+            stage, abandoning = doc.get("stage"), doc.get("abandoning")
+        except (OSError, ValueError, AttributeError):
+            stage = abandoning = None  # unreadable: `local up` says so elsewhere; fencing is the safe side
+        if stage != "repointing" and not abandoning and _fence(state.data("postgres")):
+            logging.getLogger(__name__).warning("fenced the old primary %s (standby.signal): a failover of %s is "
+                                                "pending", state.data("postgres"), env.name)
     if path.exists() and not state.data("postgres").exists():
         raise UsageError(f"{state.data('postgres')} is missing while a failover of {env.name} is pending ({path}): "
                          f"finish it with 'opsctl failover --env {env.name}' (it moves the promoted server there); "
@@ -871,6 +906,8 @@ def abandon(project: Project, env: Environment, approve=None) -> dict:
         if approve is not None:
             approve(f"abandon the failover of {env.name} interrupted at '{doc.get('stage')}': the old primary "
                     f"(port {doc.get('old_port')}) is unfenced and started writable")
+        doc["abandoning"] = True  # `local up` (before_primary_start) no longer fences it, killed from here on
+        _save_pending(project, env, doc)
         with st.locked(folder):
             state = st.load(folder)
             pg.stop(live_pid(state, "postgres"))  # started read-only meanwhile: started again writable
@@ -907,6 +944,13 @@ def _promote_standby(project: Project, env: Environment, doc: dict, step) -> Non
     # between its journal and its fence), then `opsctl local up`, may have started it; stopped
     # and fenced, it never takes writes beside the promoted standby
     old = live_pid(state, "postgres")
+    if old is not None and _answers_writable(state.components["postgres"].port):
+        # the first run was killed before it stopped the primary (breaker 64 F2)
+        doc.setdefault("notes", []).append("the old primary was running and took writes when the failover resumed: "
+                                           "stopped and fenced")
+    if doc.get("fenced") == "not yet":
+        doc["fenced"] = "stopped"
+    doc.pop("abandoning", None)  # an abandon killed mid-way, finished instead: fenced again below
     pg.stop(old)
     _fence(state.data("postgres"))
     if old is not None and _standby_pid(state) is not None:
@@ -975,6 +1019,7 @@ def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) 
         if _standby_gone(state, doc):
             _refuse_gone(project, env, doc)
         _promote_standby(project, env, doc, step)
+        notes += [n for n in doc.get("notes") or [] if n not in notes]  # what the promotion found
     step("repointing the environment")
     doc["stage"] = "repointing"
     _save_pending(project, env, doc)

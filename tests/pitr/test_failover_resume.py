@@ -171,6 +171,51 @@ def test_a_failover_killed_after_its_fence_is_journaled_and_finished_by_the_reru
     pitr.ensure_archiver()
 
 
+def test_a_failover_killed_before_its_fence_says_so_and_local_up_brings_the_old_primary_back_fenced(
+        pitr, runner, monkeypatch):
+    """Breaker 64 F2: killed right after its journal ('fencing'), before it stopped the old
+    primary, a failover left that primary unfenced: the status said "fenced (read-only: every
+    write fails)" while it took writes, `opsctl local up` (after it stopped) started it writable
+    beside the standby meant to take over, and the record said `fenced: was down` of a primary
+    that ran. Now the line says what the server does (asked), `local up` fences it first, and
+    the rerun records it stopped."""
+    import json
+
+    from opsctl.health.model import Status
+    from opsctl.local import postgres as pg
+    from opsctl.pitr import standby
+    from opsctl.pitr.health import standby_health
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    standby.start_standby(pitr.project(), pitr.env())
+    pitr.sql("insert into events(note) select 'f' from generate_series(1, 5)")
+    real = standby._save_pending
+
+    def journal_then_killed(project, env, doc):
+        real(project, env, doc)
+        if doc["stage"] == "fencing":
+            raise KeyboardInterrupt  # kill -9 between the journal and the stop
+
+    with monkeypatch.context() as m:
+        m.setattr(standby, "_save_pending", journal_then_killed)
+        with pytest.raises(Interrupted):
+            standby.failover(pitr.project(), pitr.env())
+    assert not _read_only(pitr.port)  # still the primary: nothing was stopped yet
+    check = standby_health(pitr.project(), pitr.env())
+    assert check.status == Status.CRITICAL and "interrupted at 'fencing'" in check.message, check
+    assert "not fenced yet and still takes writes" in check.message and "read-only" not in check.message, check
+    pg.stop(pitr.pid)  # it stops (a crash, `local down`); then `opsctl local up`
+    pitr.start_postgres()
+    assert _read_only(pitr.port), "local up brought the old primary back writable beside the standby"
+    assert "read-only: every write fails" in standby_health(pitr.project(), pitr.env()).message
+    r = pitr.cli(runner, "failover", "--env", "local", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["fenced"] == "stopped", r.stdout
+    assert not _read_only(pitr.port)
+    assert pitr.sql("select count(*) from events where note = 'f'")[0][0] == 5
+    pitr.ensure_archiver()
+
+
 def test_a_failover_killed_between_its_renames_is_finished_and_local_up_makes_no_empty_cluster(pitr, runner,
                                                                                               monkeypatch):
     """Issue 22 review (break 4): killed between data/postgres -> postgres.failed-* and
