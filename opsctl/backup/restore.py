@@ -323,6 +323,10 @@ def plan(project: Project, env: Environment, backup_id: str | None = None, date:
     if target_instance:
         from opsctl.backup import snapshots
 
+        if any(snap.kind == "rds" for snap in snaps):  # before any AWS call
+            from opsctl.pitr.rds import check_instance_identifier
+
+            check_instance_identifier(target_instance)
         for snap in snaps:
             if snapshots.target_exists(env, snap, target_instance):
                 raise UsageError(f"{snap.kind} {target_instance} already exists: a snapshot restores into a new "

@@ -575,7 +575,10 @@ def _rds(project: Project, env: Environment, started: dt.datetime, began: float,
          rpo_target: float) -> DrillResult:
     from opsctl.pitr import rds
 
-    scratch = f"{env.database.rds_instance or 'db'}-drill-{started.strftime('%Y%m%d%H%M%S')}"
+    # RDS takes 63 characters: a long source name is cut so the 21 after it fit
+    scratch = f"{(env.database.rds_instance or 'db')[:42].rstrip('-')}-drill-{started.strftime('%Y%m%d%H%M%S')}"
+    rds.check_instance_identifier(scratch, "the drill's scratch instance",
+                                  f"correct database.rds_instance of '{env.name}' in opsctl.yaml")
     if env.database.rds_instance and rds.client(env).describe_db_instances(
             Filters=[{"Name": "db-instance-id", "Values": [scratch]}])["DBInstances"]:
         from opsctl.errors import UsageError

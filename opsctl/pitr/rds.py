@@ -1,8 +1,9 @@
 """Point-in-time recovery of a cloud environment's database: RDS's own, into a new instance.
 
 RDS keeps the WAL of `BackupRetentionPeriod` days; `restore_db_instance_to_point_in_time`
-creates a new instance from it (never over the live one), so opsctl checks the target lies
-inside [now - retention, LatestRestorableTime] and the new name is free, creates it like the
+creates a new instance from it (never over the live one), so opsctl checks the new name is one
+RDS takes and is free, and the target lies inside [earliest restorable, LatestRestorableTime]
+(`earliest_restorable`: never before the instance existed), creates it like the
 source (class, subnet group, security groups), waits until it is available and returns its
 endpoint. Pointing the environment at it is a deliberate, separate step.
 """
@@ -10,6 +11,7 @@ endpoint. Pointing the environment at it is a deliberate, separate step.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 from opsctl.errors import OperationFailed, UsageError
@@ -41,9 +43,66 @@ def client(env):
     return session.client("rds", region_name=env.aws.region, endpoint_url=env.aws.endpoint_url)
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+
+
+def check_instance_identifier(name: str, given_as: str = "--target-instance",
+                              remedy: str = "choose another --target-instance") -> None:
+    """Refuse a name RDS would refuse for a new DB instance (UsageError), before any AWS call.
+
+    AWS's rule for DBInstanceIdentifier (Amazon RDS API Reference, CreateDBInstance): 1 to 63
+    letters, digits or hyphens; the first a letter; no hyphen at the end, no two in a row.
+    RDS stores it lowercase, so capitals are taken. `given_as` says where the name came from
+    and `remedy` what to do, for the message."""
+    if not name:
+        problem = "is empty"
+    elif len(name) > 63:
+        problem = f"is {len(name)} characters long"
+    elif not name[0].isascii() or not name[0].isalpha():
+        problem = "does not begin with a letter"
+    elif not _IDENTIFIER.fullmatch(name):
+        problem = "holds a character other than a letter, digit or hyphen"
+    elif name.endswith("-"):
+        problem = "ends with a hyphen"
+    elif "--" in name:
+        problem = "holds two hyphens in a row"
+    else:
+        return
+    raise UsageError(f"{given_as} {name!r} {problem}; an RDS instance name is 1 to 63 letters, digits or "
+                     f"hyphens, begins with a letter and has no hyphen at the end or two in a row: {remedy}")
+
+
+def earliest_restorable(rds, src: dict, retention: int) -> tuple[dt.datetime, str]:
+    """The earliest time RDS can restore instance `src` (a describe_db_instances entry) to, and
+    what sets it: the latest of now minus the `retention` days, the instance's creation (no WAL
+    before it) and RDS's own RestoreWindow.EarliestTime. That last comes from
+    describe_db_instance_automated_backups, which may fail (permissions) or not answer it (moto):
+    then the other two stand."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bounds = [(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention),
+               f"the start of its {retention}-day recovery window")]
+    created = src.get("InstanceCreateTime")
+    if created is not None:
+        bounds.append((created.astimezone(dt.timezone.utc), "when it was created"))
+    try:
+        backups = rds.describe_db_instance_automated_backups(
+            DBInstanceIdentifier=src["DBInstanceIdentifier"]).get("DBInstanceAutomatedBackups", [])
+    except (ClientError, BotoCoreError):
+        backups = []
+    for backup in backups:  # a deleted namesake's retained backups are not this instance's
+        if src.get("DbiResourceId") and backup.get("DbiResourceId") not in (None, src["DbiResourceId"]):
+            continue
+        earliest = (backup.get("RestoreWindow") or {}).get("EarliestTime")
+        if earliest is not None:
+            bounds.append((earliest.astimezone(dt.timezone.utc), "RDS's restore window"))
+    return max(bounds, key=lambda bound: bound[0])
+
+
 def restore_to_time(env, target_instance: str | None, when: dt.datetime | None, wait: bool = True,
                     poll: float = POLL_SECONDS) -> RdsRestoreResult:
-    """`when` None: RDS's latest restorable time. UsageError for a bad name or time (nothing made)."""
+    """`when` None: RDS's latest restorable time. UsageError for a bad name or time (nothing made;
+    a name RDS would refuse, before any AWS call)."""
     import time
 
     from botocore.exceptions import BotoCoreError, ClientError, WaiterError
@@ -52,6 +111,7 @@ def restore_to_time(env, target_instance: str | None, when: dt.datetime | None, 
         raise UsageError(f"set database.rds_instance for '{env.name}' in opsctl.yaml to restore its RDS database")
     if not target_instance:
         raise UsageError("RDS restores to a point in time into a new instance: name it with --target-instance NAME")
+    check_instance_identifier(target_instance)
     began = time.monotonic()
     rds = client(env)
     source = env.database.rds_instance
@@ -70,13 +130,14 @@ def restore_to_time(env, target_instance: str | None, when: dt.datetime | None, 
             raise UsageError(f"RDS instance {source} keeps no automated backups (retention 0 days): it has no "
                              "point-in-time recovery")
         if when is not None:
-            earliest = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention)
             if latest is not None and when > latest:
                 raise UsageError(f"{when.isoformat()} is after {source}'s latest restorable time "
                                  f"{latest.isoformat()}; choose an earlier --to-time or 'latest'")
+            earliest, bound = earliest_restorable(rds, src, retention)
             if when < earliest:
-                raise UsageError(f"{when.isoformat()} is before {source}'s {retention}-day recovery window "
-                                 f"(from {earliest.isoformat(timespec='seconds')})")
+                shown = (earliest + dt.timedelta(microseconds=999_999)).replace(microsecond=0)  # a time to give
+                raise UsageError(f"{when.isoformat()} is before {source}'s earliest restorable time "
+                                 f"{shown.isoformat()} ({bound}); choose a later --to-time or 'latest'")
         like = {"DBInstanceClass": src.get("DBInstanceClass"),
                 "VpcSecurityGroupIds": [g["VpcSecurityGroupId"] for g in src.get("VpcSecurityGroups", [])] or None,
                 "DBSubnetGroupName": (src.get("DBSubnetGroup") or {}).get("DBSubnetGroupName")}

@@ -1738,6 +1738,8 @@ def restore(project: Project, env: Environment, to_time: str | None = None, to_l
             raise UsageError("RDS restores to a time into a new instance: use --to-time with --target-instance "
                              "(--to-lsn, --beside and --timeline are the embedded platform's)")
         when = None if (to_time or "").strip().lower() == "latest" else parse_time(to_time or "")
+        if target_instance:  # a name RDS refuses is refused before the operation is announced
+            rds.check_instance_identifier(target_instance)
         with window(project, env, "restore", f"{env.database.rds_instance} to {to_time} into {target_instance}"):
             return rds.restore_to_time(env, target_instance, when)
     if target_instance:

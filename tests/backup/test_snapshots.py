@@ -73,6 +73,26 @@ def test_rds_snapshot_is_taken_recorded_and_restored_into_a_new_instance(s3, ops
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
 
 
+def test_an_rds_snapshot_restore_refuses_a_target_instance_rds_would_refuse(s3, ops_root, runner, monkeypatch):
+    """Breaker F10: the snapshot restore's --target-instance takes the rule the restore to a time
+    does (opsctl.pitr.rds.check_instance_identifier), before any AWS call."""
+    from opsctl.backup import snapshots
+
+    rds = boto3.client("rds", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    rds.create_db_instance(DBInstanceIdentifier="names-db", DBInstanceClass="db.t3.micro", Engine="postgres",
+                           MasterUsername="transcribe", MasterUserPassword="not-a-secret-1", AllocatedStorage=20)
+    cloud_env(ops_root, s3, monkeypatch, database={"rds_instance": "names-db"})
+    backup = snapshot_backup(runner, "rds-snapshot")
+    before = [i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]]
+    monkeypatch.setattr(snapshots, "_client", lambda env, service: pytest.fail("an AWS call for a name RDS refuses"))
+    result = runner.invoke(app, ["restore", "--env", "cloud", "--id", backup["id"], "--target-instance", "a--b"])
+    assert result.exit_code == 2, result.output
+    assert "--target-instance 'a--b' holds two hyphens in a row; an RDS instance name is" in \
+        " ".join(result.stderr.split())
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert [i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]] == before
+
+
 def test_elasticache_snapshot_is_taken_and_restored_into_a_new_group(s3, ops_root, runner, monkeypatch):
     ec = boto3.client("elasticache", endpoint_url=s3.endpoint_url, region_name="us-east-1")
     ec.create_replication_group(ReplicationGroupId="transcribe-cache", ReplicationGroupDescription="cache",

@@ -79,3 +79,22 @@ def _cloud_env(root):
 
     project = load_project(root)
     return project, project.env("cloud")
+
+
+def test_a_drill_of_a_long_named_instance_names_its_scratch_instance_within_rds_limit(ops_root, s3, runner):
+    """RDS takes 63 characters and `<rds>-drill-<time>` adds 21: a source of 60 made a name RDS
+    refused (exit 1); the source's part is cut so it fits (opsctl.pitr.rds.check_instance_identifier)."""
+    import json
+
+    source = "long-" + "x" * 55
+    rds = rds_environment(ops_root, s3, source)
+    try:
+        r = runner.invoke(app, ["dr", "drill", "--env", "cloud", "--json"])
+        assert r.exit_code in (0, 1), r.output  # 1: a missed target, not a failed drill
+        doc = json.loads(r.stdout)
+        assert doc["error"] is None and doc["torn_down"], doc
+        assert doc["scratch"].startswith("long-" + "x" * 37 + "-drill-") and len(doc["scratch"]) == 63
+        assert [i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]
+                if i["DBInstanceIdentifier"].startswith("long-")] == [source]
+    finally:
+        delete_rds_instances(rds, "long-")

@@ -19,8 +19,13 @@ def cloud(ops_root, s3):
     delete_rds_instances(rds)
 
 
+def _created(rds) -> dt.datetime:
+    return rds.describe_db_instances(DBInstanceIdentifier="pitr-db")["DBInstances"][0]["InstanceCreateTime"] \
+        .astimezone(dt.timezone.utc)
+
+
 def test_rds_restore_to_time_creates_a_new_instance(cloud, runner):
-    when = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)).replace(microsecond=0)
+    when = _created(cloud)  # the earliest time it has (moto's instance is seconds old)
     r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", when.isoformat().replace("+00:00", "Z"),
                             "--target-instance", "pitr-db-restored", "--json"])
     assert r.exit_code == 0, r.output
@@ -37,7 +42,7 @@ def test_rds_restore_to_time_creates_a_new_instance(cloud, runner):
 
 @pytest.mark.parametrize("args, message", [
     (["--to-time", "2999-01-01T00:00:00Z", "--target-instance", "x-new"], "latest restorable time"),
-    (["--to-time", "2020-01-01T00:00:00Z", "--target-instance", "x-new"], "7-day recovery window"),
+    (["--to-time", "2020-01-01T00:00:00Z", "--target-instance", "x-new"], "earliest restorable time"),
     (["--to-time", "latest", "--target-instance", "pitr-db"], "already exists"),
     (["--to-time", "latest"], "--target-instance"),
     (["--to-lsn", "0/3000060", "--target-instance", "x-new"], "--to-time"),
@@ -56,3 +61,105 @@ def test_rds_restore_to_time_runs_inside_the_operation_window(cloud, runner, mon
     r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", "latest", "--target-instance", "pitr-db-win"])
     assert r.exit_code == 0, r.output
     assert seen == [("cloud", "restore", "succeeded", None)]
+
+
+def test_rds_restore_refuses_a_time_before_the_instance_existed(cloud, runner):
+    """Breaker F7: a time inside the retention days but before the instance was created went
+    to AWS (exit 1 there); it is refused first, in one line naming the bound."""
+    created = _created(cloud)
+    when = (created - dt.timedelta(hours=2)).replace(microsecond=0)
+    r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", when.isoformat().replace("+00:00", "Z"),
+                            "--target-instance", "pitr-db-early", "--yes"])
+    assert r.exit_code == 2, r.output
+    bound = (created + dt.timedelta(microseconds=999_999)).replace(microsecond=0)
+    assert f"is before pitr-db's earliest restorable time {bound.isoformat()} (when it was created); " \
+           "choose a later --to-time or 'latest'" in " ".join(r.stderr.split())
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert [i["DBInstanceIdentifier"] for i in cloud.describe_db_instances()["DBInstances"]] == ["pitr-db"]
+
+
+def _automated_backups(monkeypatch, answer) -> None:
+    """RDS answering describe_db_instance_automated_backups with `answer` (parsed response, or
+    an error code), which moto does not model."""
+    from types import SimpleNamespace
+
+    from opsctl.pitr import rds
+
+    real = rds.client
+
+    def client(env):
+        c = real(env)
+        status = 400 if isinstance(answer, str) else 200
+        parsed = {"Error": {"Code": answer, "Message": "no"}} if status == 400 else answer
+        c.meta.events.register("before-call.rds.DescribeDBInstanceAutomatedBackups",
+                               lambda **kw: (SimpleNamespace(status_code=status, headers={}), parsed))
+        return c
+    monkeypatch.setattr(rds, "client", client)
+
+
+def test_rds_restore_refuses_a_time_before_rds_restore_window(cloud, runner, monkeypatch):
+    """RDS's own RestoreWindow.EarliestTime, when it answers one, bounds the window too."""
+    created = _created(cloud)
+    earliest = created + dt.timedelta(seconds=30)
+    _automated_backups(monkeypatch, {"DBInstanceAutomatedBackups": [
+        {"DBInstanceIdentifier": "pitr-db", "RestoreWindow": {"EarliestTime": earliest}}]})
+    r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", created.isoformat(),
+                            "--target-instance", "pitr-db-early", "--yes"])
+    assert r.exit_code == 2, r.output
+    assert f"earliest restorable time {(earliest + dt.timedelta(microseconds=999_999)).replace(microsecond=0).isoformat()} " \
+           "(RDS's restore window)" in " ".join(r.stderr.split())
+    assert [i["DBInstanceIdentifier"] for i in cloud.describe_db_instances()["DBInstances"]] == ["pitr-db"]
+
+
+def test_rds_restore_goes_on_when_rds_does_not_say_its_restore_window(cloud, runner, monkeypatch):
+    _automated_backups(monkeypatch, "AccessDenied")
+    r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", _created(cloud).isoformat(),
+                            "--target-instance", "pitr-db-ok", "--yes"])
+    assert r.exit_code == 0, r.output
+
+
+def test_the_earliest_restorable_time_is_the_retention_window_for_an_old_instance():
+    from opsctl.pitr.rds import earliest_restorable
+
+    class Rds:
+        def describe_db_instance_automated_backups(self, **kw):
+            return {"DBInstanceAutomatedBackups": []}
+
+    now = dt.datetime.now(dt.timezone.utc)
+    earliest, bound = earliest_restorable(Rds(), {"DBInstanceIdentifier": "old",
+                                                  "InstanceCreateTime": now - dt.timedelta(days=300)}, 7)
+    assert bound == "the start of its 7-day recovery window"
+    assert abs((earliest - (now - dt.timedelta(days=7))).total_seconds()) < 60
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("Bad_Name", "holds a character other than a letter, digit or hyphen"),
+    ("1abc", "does not begin with a letter"),
+    ("a--b", "holds two hyphens in a row"),
+    ("abc-", "ends with a hyphen"),
+    ("a" * 64, "is 64 characters long"),
+])
+def test_rds_restore_refuses_a_target_instance_rds_would_refuse_before_any_aws_call(cloud, runner, monkeypatch,
+                                                                                   name, problem):
+    """Breaker F10: AWS's InvalidParameterValue (exit 1) came back for a name RDS refuses; the
+    rule is checked first, in one line, with nothing announced or asked of AWS."""
+    from opsctl.pitr import rds
+
+    seen = record_windows(monkeypatch)
+    monkeypatch.setattr(rds, "client", lambda env: pytest.fail("an AWS call for a name RDS refuses"))
+    r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", "latest", "--target-instance", name, "--yes"])
+    assert r.exit_code == 2, r.output
+    said = " ".join(r.stderr.split())
+    assert f"--target-instance {name!r} {problem}; an RDS instance name is 1 to 63 letters" in said, said
+    assert "choose another --target-instance" in said
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert seen == []
+    assert [i["DBInstanceIdentifier"] for i in cloud.describe_db_instances()["DBInstances"]] == ["pitr-db"]
+
+
+def test_rds_restore_takes_capitals_and_63_characters_in_a_target_instance(cloud, runner):
+    """RDS stores the name lowercase: capitals are no fault."""
+    name = "Pitr-Db-" + "x" * 55
+    r = runner.invoke(app, ["restore", "--env", "cloud", "--to-time", "latest", "--target-instance", name, "--yes"])
+    assert r.exit_code == 0, r.output
+    assert name.lower() in [i["DBInstanceIdentifier"] for i in cloud.describe_db_instances()["DBInstances"]]
