@@ -42,6 +42,7 @@ def _values(project: Project, env: Environment) -> dict:
         "scale_to_zero": (env.platform == "kubernetes" and env.worker.autoscaling.enabled
                           and env.worker.autoscaling.min_replicas == 0 and bool(env.worker.autoscaling.wake_query)),
         "wake_query": env.worker.autoscaling.wake_query,
+        "drill": _drill(project, env),
         "rpo": env.dr.rpo, "monitoring_lag_fraction": mon.archive_lag_warning, "rpo_seconds": f"{rpo:g}", "lag_warning_seconds": f"{rpo * mon.archive_lag_warning:g}",
     }
     if env.platform == "local":
@@ -58,6 +59,32 @@ def _values(project: Project, env: Environment) -> dict:
                              for c in st.COLORS if wk.name(c) in comps]
         values["router_admin"] = f"{procs.HOST}:{comps['router'].admin_port}"
     return values
+
+
+# A scheduled DR drill is missing once its schedule's longest gap plus this has passed since
+# the last one started: a run may start late (GitHub delays scheduled workflows under load) and
+# takes up to schedules.RUN_DEADLINE_SECONDS (3 h) before its metrics land; one day covers both,
+# so a weekly drill missed once pages on the 8th day, before the next one is due.
+DRILL_GRACE_SECONDS = 86400
+
+
+def _drill(project: Project, env: Environment) -> dict | None:
+    """The DR drill alerts' inputs, or None where the drill's metrics have no way to Prometheus.
+    Their way is node_exporter's textfile collector (`dr drill --metrics-file`; the `dr-drill`
+    runbook writes .opsctl/dr/drill.prom) on the host the drill runs on, scraped as the node
+    exporter (monitoring.exporters.node). A kubernetes environment has none: its scheduled
+    drill runs in a CronJob whose .opsctl is an emptyDir, gone with the pod. `stale_seconds`
+    (None without one) comes from the schedule of the runbooks running the `dr-drill` action."""
+    if env.platform == "kubernetes" or not env.monitoring.exporters.get("node"):
+        return None
+    from opsctl.runbook.actions import ACTIONS
+    from opsctl.runbook.schedules import longest_gap_seconds, scheduled
+
+    crons = sorted({s.cron for s in scheduled(project, ACTIONS) if "dr-drill" in s.actions})
+    if not crons:
+        return {"stale_seconds": None}
+    stale = max(longest_gap_seconds(c) for c in crons) + DRILL_GRACE_SECONDS
+    return {"stale_seconds": f"{stale:g}", "stale_days": f"{stale / 86400:g}", "schedule": ", ".join(crons)}
 
 
 def _scrape_port(component) -> int:

@@ -667,9 +667,11 @@ def junit(result: DrillResult) -> str:
 
 
 def metrics(result: DrillResult) -> str:
-    """Prometheus text format (for node_exporter's textfile collector) the alert rules can use.
-    An RTO or RPO not achieved (a failed drill) is NaN, never a number an alert could take for
-    a recovery time."""
+    """Prometheus text format (for node_exporter's textfile collector) the alert rules can use
+    (templates/monitoring/alert-rules.yml.j2, group dr-drill): the achieved RTO and RPO beside
+    the targets they were judged against, success and the start time. An RTO or RPO not
+    achieved (a failed drill) is NaN, never a number an alert could take for a recovery time
+    (NaN compares false, so only `opsctl_dr_drill_success == 0` fires for it)."""
     labels = f'env="{result.environment}"'
 
     def value(v: float | None) -> str:
@@ -686,6 +688,12 @@ def metrics(result: DrillResult) -> str:
         "# TYPE opsctl_dr_drill_part_rpo_seconds gauge",
         *(f'opsctl_dr_drill_part_rpo_seconds{{{labels},part="{part}"}} {value(result.part_rpo_seconds.get(part))}'
           for part in ("redis", "audio objects")),
+        "# HELP opsctl_dr_drill_rto_target_seconds The RTO the drill was judged against (dr.rto).",
+        "# TYPE opsctl_dr_drill_rto_target_seconds gauge",
+        f"opsctl_dr_drill_rto_target_seconds{{{labels}}} {result.rto_target_seconds:g}",
+        "# HELP opsctl_dr_drill_rpo_target_seconds The RPO the drill and each part were judged against (dr.rpo).",
+        "# TYPE opsctl_dr_drill_rpo_target_seconds gauge",
+        f"opsctl_dr_drill_rpo_target_seconds{{{labels}}} {result.rpo_target_seconds:g}",
         "# HELP opsctl_dr_drill_success 1 when the last drill met both targets.",
         "# TYPE opsctl_dr_drill_success gauge",
         f"opsctl_dr_drill_success{{{labels}}} {1 if result.passed else 0}",

@@ -80,6 +80,33 @@ def cron_problem(expr: str) -> str | None:
     return None
 
 
+def longest_gap_seconds(expr: str) -> float:
+    """The longest time between two consecutive runs of the valid schedule `expr` (UTC), in
+    seconds: what an alert on a scheduled job's last run waits for before it says a run is
+    missing. Exact: runs on the same day are `expr`'s hours and minutes, the same every day it
+    fires (their largest gap within the day), and the days it fires are walked with croniter
+    one day at a time, over four years from 2024-01-01 so a leap day's schedule counts."""
+    import datetime as dt
+
+    from croniter import croniter
+
+    from opsctl.health.settings import parse_cron
+
+    sets, problem = parse_cron(expr)
+    if problem:
+        raise UsageError(problem)
+    times = sorted(h * 60 + m for h in sets[1] for m in sets[0])  # minutes of the day it runs at
+    longest = max((b - a for a, b in zip(times, times[1:])), default=0) * 60.0
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    end = start + dt.timedelta(days=4 * 365 + 1)
+    first = croniter(expr, start - dt.timedelta(seconds=1)).get_next(dt.datetime)
+    while first <= end:
+        last = first.replace(hour=0, minute=0) + dt.timedelta(minutes=times[-1])  # that day's last run
+        first = croniter(expr, last).get_next(dt.datetime)  # the next day it runs: its first run
+        longest = max(longest, (first - last).total_seconds())
+    return longest
+
+
 # --- names and labels the API server accepts ----------------------------------------------------
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
