@@ -626,7 +626,8 @@ def rows(repo: Repository, limit: int | None = None, since: dt.datetime | None =
 def listing(project, env, limit: int | None = None, since: dt.datetime | None = None) -> dict:
     """`backup list` of an environment: `rows` of its repository (newest `limit`, created at
     or after `since`), plus under "pitr" its point-in-time recoverable windows
-    (opsctl.pitr.ops.windows: {sysid, windows, newest_restorable, base_backups, note}) or None.
+    (opsctl.pitr.ops.windows: {sysid, windows, newest_restorable, base_backups, note}; on a
+    kubernetes environment its RDS instance's, opsctl.pitr.rds.window) or None.
     `note` says why windows are not shown though the repository holds point-in-time data (it
     holds several clusters and none runs here, or its point-in-time part can't be read as
     opsctl's: a link where its folder belongs); else None."""
@@ -637,6 +638,11 @@ def listing(project, env, limit: int | None = None, since: dt.datetime | None = 
     from opsctl.pitr.ops import windows
 
     doc = rows(for_environment(project, env), limit, since)
+    if env.platform == "kubernetes" and env.database.rds_instance:  # RDS keeps its own WAL (breaker 64 F12)
+        from opsctl.pitr.rds import window
+
+        doc["pitr"] = window(env)
+        return doc
     try:
         rep = windows(project, env)
     except (UsageError, IntegrityError, OSError) as exc:

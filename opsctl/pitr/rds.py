@@ -34,13 +34,19 @@ class RdsRestoreResult:
     aws_now: dt.datetime | None = None  # AWS's clock when it said latest_restorable (Date header, 1 s)
 
 
-def client(env):
+def client(env, timeout: float | None = None):
     """A boto3 RDS client for the environment's AWS account: `aws.profile` (else the default
-    chain), `aws.region`, `aws.endpoint_url` (moto in tests). Used by restore, drill and failover."""
+    chain), `aws.region`, `aws.endpoint_url` (moto in tests). Used by restore, drill and failover.
+    `timeout`: seconds to connect and to read, one attempt (a listing that must not hang)."""
     import boto3
 
     session = boto3.Session(profile_name=env.aws.profile) if env.aws.profile else boto3.Session()
-    return session.client("rds", region_name=env.aws.region, endpoint_url=env.aws.endpoint_url)
+    config = None
+    if timeout is not None:
+        from botocore.config import Config
+
+        config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1})
+    return session.client("rds", region_name=env.aws.region, endpoint_url=env.aws.endpoint_url, config=config)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
@@ -97,6 +103,43 @@ def earliest_restorable(rds, src: dict, retention: int) -> tuple[dt.datetime, st
         if earliest is not None:
             bounds.append((earliest.astimezone(dt.timezone.utc), "RDS's restore window"))
     return max(bounds, key=lambda bound: bound[0])
+
+
+def window(env) -> dict:
+    """The recoverable window of `env`'s RDS instance (database.rds_instance), as `backup list`
+    shows a cluster's: {"windows": [{"from", "to", "base", "ends_at"}] (from its earliest to its
+    latest restorable time; none while RDS keeps no automated backups), "newest_restorable",
+    "base_backups": [], "sysid": None, "note", "rds_instance"}. What can't be asked (no such
+    instance, no credentials, RDS unreachable) is the `note`, never an error: the listing of the
+    logical backups stands on its own."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from opsctl.redact import credentials
+
+    source = env.database.rds_instance
+    doc = {"sysid": None, "windows": [], "newest_restorable": None, "base_backups": [], "note": None,
+           "rds_instance": source}
+    try:
+        rds = client(env, timeout=10)
+        found = rds.describe_db_instances(Filters=[{"Name": "db-instance-id", "Values": [source]}])["DBInstances"]
+        if not found:
+            doc["note"] = f"RDS instance {source} (database.rds_instance) does not exist"
+            return doc
+        src = found[0]
+        retention = int(src.get("BackupRetentionPeriod") or 0)
+        latest = src.get("LatestRestorableTime")
+        if retention == 0 or latest is None:
+            doc["note"] = f"RDS instance {source} keeps no automated backups (retention 0 days): no point-in-time recovery"
+            return doc
+        earliest, bound = earliest_restorable(rds, src, retention)
+    except (ClientError, BotoCoreError, UsageError) as exc:
+        doc["note"] = f"RDS instance {source} can't be asked: {credentials(str(exc))}"
+        return doc
+    latest = latest.astimezone(dt.timezone.utc)
+    doc["windows"] = [{"from": earliest.isoformat(), "to": latest.isoformat(), "base": f"RDS {source}",
+                       "ends_at": f"its latest restorable time ({retention}-day retention; from {bound})"}]
+    doc["newest_restorable"] = latest.isoformat()
+    return doc
 
 
 def restore_to_time(env, target_instance: str | None, when: dt.datetime | None, wait: bool = True,
