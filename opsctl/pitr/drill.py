@@ -316,9 +316,10 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
     record = _Record(project, env, started)
     with ExitStack() as teardown:  # everything the drill starts is stopped and removed, pass or fail
         teardown.callback(record.close)
-        # what the repository holds now, the archiver left as it is: a stopped one is part of what
-        # a disaster at this instant would recover from (restore's 'latest' starts it first)
-        plan = pr.plan(project, env, "latest", None, beside=True, report=report, start_archiver=False)
+        # what the repository holds now, as a disaster at this instant would find it: the live
+        # server's open segment not switched out, the queue not waited for, a stopped archiver
+        # not started (restore's 'latest' does all three)
+        plan = pr.plan(project, env, "latest", None, beside=True, report=report, as_it_is=True)
         # the restore's record (its server's PID, the copy's folders) stays until the copy is torn
         # down: a drill killed meanwhile leaves it to the next restore, drill or `local down`
         teardown.callback(pr.discard, plan)

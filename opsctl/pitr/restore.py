@@ -169,7 +169,7 @@ def cluster_id(repo, state) -> str:
 
 def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn: str | None = None,
          beside: bool = False, report=None, unpack_report=None, damaged: dict[str, str] | None = None,
-         timeline: int | None = None, start_archiver: bool = True) -> PitrPlan:
+         timeline: int | None = None, as_it_is: bool = False) -> PitrPlan:
     """Choose the chain and check the target against its window; stages the checked WAL.
 
     While the WAL is read and checked, the chain's base backups are already unpacked
@@ -179,9 +179,11 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     per WAL file; `unpack_report(what, total)` as for backups. `damaged` ({id: why}): base
     backups a previous attempt found damaged while unpacking; no chain through them is chosen.
     `timeline`: recover along this timeline's history (chain.inventory) instead of the live
-    server's or the repository's newest. `start_archiver` (for 'latest'): start a stopped WAL
-    archiver first, so the local queue reaches the repository before the window is read; a
-    drill passes False, to measure what the repository holds as it is.
+    server's or the repository's newest. 'latest' first starts a stopped WAL archiver, switches
+    the live server's open segment out and waits for the local queue, so it holds every commit
+    made before the restore began; `as_it_is` (a drill) does none of these: it restores what the
+    repository holds at this instant, as a disaster now would (breaker 64 F5: the live server's
+    help made every drill's RPO 0 s, a figure no target could miss).
     """
     if (to_time is None) == (to_lsn is None):
         raise UsageError("give one of --to-time TIME (or 'latest') and --to-lsn LSN")
@@ -200,9 +202,8 @@ def plan(project: Project, env: Environment, to_time: str | None = None, to_lsn:
     # the queue holds the live timeline's WAL: a --timeline of another has nothing to wait for
     # (breaker 18 F10: 30 s waited for WAL no restore along that timeline reads)
     on_live = timeline is None or not live or timeline == live[-1][0]
-    waits = latest and on_live
-    queue_notes = ((_start_archiver(project, env) if start_archiver else []) + _ship_open_segment(state)
-                   if waits else [])
+    waits = latest and on_live and not as_it_is
+    queue_notes = _start_archiver(project, env) + _ship_open_segment(state) if waits else []
     # the chain is chosen, and its unpacking (a restore's longest part) started, before the queue
     # is waited for (in the try below): only a base backup whose own WAL still waits in the queue
     # could be chosen otherwise after the wait, and that is checked there
