@@ -22,14 +22,17 @@ def drill(
     """Restore the database to the newest restorable time into scratch, measure RTO/RPO, tear down.
 
     Exit 1 when a target of dr.rto/dr.rpo in opsctl.yaml is missed."""
-    from opsctl.errors import OperationFailed
+    from opsctl.errors import Interrupted, OperationFailed
     from opsctl.output import emit
     from opsctl.pitr import drill as core
 
     from opsctl.signals import sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # CI cancels with SIGTERM: the drill tears down and ends its window
-        r = core.drill(*environment(env), junit_path=junit, metrics_path=metrics_file)
+        try:
+            r = core.drill(*environment(env), junit_path=junit, metrics_path=metrics_file)
+        except core.Cancelled as cancelled:  # its reports are written: printed too, then exit 130
+            r = cancelled.result
 
     def render(c):
         from rich.table import Table
@@ -47,9 +50,10 @@ def drill(
         c.print(t)
         if r.rpo_basis:
             print_words(c, f"RPO of the database measured {r.rpo_basis}")
-        print_words(c, f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch} "
-                       f"({r.tables} tables, {r.rows} rows), torn down: {'yes' if r.torn_down else 'no'}"
-                       + (f"; not covered: {', '.join(r.not_covered)} ({r.problems_note})" if r.not_covered else ""))
+        print_words(c, f"restored to {r.restored_to.isoformat() if r.restored_to else '-'} into {r.scratch or '-'}"
+                       + (f" ({r.checked})" if r.checked else "") + f", torn down: {'yes' if r.torn_down else 'no'}"
+                       + (f"; not covered: {', '.join(r.not_covered)}" if r.not_covered else "")
+                       + (f" ({r.problems_note})" if r.not_covered and r.problems_note else ""))
         if r.backups:
             print_words(c, f"{r.redis_keys} Redis keys from backup {r.backups.get('redis')}, {r.audio_objects} "
                            f"audio objects from backup {r.backups.get('audio objects')}; sample transcription: "
@@ -61,6 +65,8 @@ def drill(
             print_words(c, problem, "red")
 
     emit(r, as_json, render)
+    if r.error == core.CANCELLED:
+        raise Interrupted(f"dr drill of {r.environment}: {r.error}")
     if not r.passed:
         raise OperationFailed(f"dr drill of {r.environment}: {'; '.join(r.problems)}")
 

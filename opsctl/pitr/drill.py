@@ -74,11 +74,13 @@ class DrillResult:
     restored_to: dt.datetime | None
     live_newest_commit: dt.datetime | None
     scratch: str
-    rows: int = 0
-    tables: int = 0
+    rows: int | None = None  # None: no row was read (a failed restore; RDS, never connected to)
+    tables: int | None = None
     torn_down: bool = False
     scope: list[str] = field(default_factory=lambda: list(PARTS[:1]))
     not_covered: list[str] = field(default_factory=lambda: list(PARTS[1:]))
+    not_covered_reasons: dict[str, str] = field(default_factory=dict)  # part -> why the drill did not cover it
+    checked: str = ""  # what the drill checked of the restored database ("3 tables, 120 rows read")
     phases: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     backups: dict[str, str] = field(default_factory=dict)  # part ("redis", "audio objects") -> the backup it came from
@@ -91,6 +93,33 @@ class DrillResult:
     error: str | None = None  # why the drill itself failed (restore, serve, RDS), redacted; None when it ran
     rpo_basis: str = ""  # what the RPO was measured between (RPO_LIVE, RPO_DOWN, RPO_RDS); "" when unknown
     wal_archive: str | None = None  # the `wal archive` check at the drill's start ("STATUS: message"); None: not asked
+    duration_seconds: float | None = None  # the drill's own duration, start to torn down
+    worker_log: str | None = None  # the preview worker's log, kept (0600) when the serve phase failed after starting it
+
+
+CANCELLED = "cancelled (Ctrl-C or SIGTERM)"  # DrillResult.error of a cancelled drill
+
+
+class Cancelled(KeyboardInterrupt):
+    """A drill cancelled by Ctrl-C or SIGTERM, raised by `drill` once its failing reports are
+    written: still a KeyboardInterrupt (a runbook's run stops, the CLI exits 130), carrying the
+    failing result (`result`, its `error` CANCELLED) for the caller to print."""
+
+    def __init__(self, result: "DrillResult"):
+        super().__init__(CANCELLED)
+        self.result = result
+
+
+def _uncovered(out: "DrillResult", why: str | dict[str, str]) -> None:
+    """`not_covered` and its reasons: every part not in `scope`, each with `why` (one reason
+    for all, or part -> reason; a part missing from the dict gets the first one given);
+    `problems_note` sums them up in one line."""
+    out.not_covered = [p for p in PARTS if p not in out.scope]
+    reasons = why if isinstance(why, dict) else {}
+    default = why if isinstance(why, str) else next(iter(why.values()), "")
+    out.not_covered_reasons = {p: reasons.get(p, default) for p in out.not_covered}
+    distinct = list(dict.fromkeys(out.not_covered_reasons.values()))
+    out.problems_note = "; ".join(distinct)
 
 
 def _owner_alive(doc: dict) -> bool:
@@ -231,7 +260,10 @@ def drill(project: Project, env: Environment, report=None, junit_path: str | Pat
     serve phase, RDS) returns a failing result whose `error` says why, with no achieved RTO or
     RPO (None: nothing served, the time it took to fail is no recovery time); bad input
     (UsageError from _preflight: a platform never started, no backup key) and any other
-    exception or a cancel (KeyboardInterrupt) are raised after the failing reports are written.
+    exception is raised after the failing reports are written; a cancel (KeyboardInterrupt,
+    a load test's included) raises Cancelled, its failing result in it. When only a phase after
+    the database's restore failed, the result keeps what the database part achieved (restored
+    to, rows, its RPO).
 
     `junit_path` / `metrics_path`: where the result is written, pass or fail, as JUnit XML
     (`junit`) and Prometheus text (`metrics`), each whole (write_reports). The command and
@@ -247,27 +279,39 @@ def drill(project: Project, env: Environment, report=None, junit_path: str | Pat
     began = time.monotonic()
     with window(project, env, "drill", "restore to the newest restorable time into scratch") as w:
         bad_input = True  # until the preflight passed: a UsageError then is the caller's
+        partial: list[DrillResult] = []  # _drill's result once the database part is done
         try:
             _preflight(project, env)
             bad_input = False
-            out = _drill(project, env, report, started, began)
+            out = _drill(project, env, report, started, began, partial)
         except BaseException as exc:
             # a failed or cancelled drill is a result too: the reports say it failed, and why
             reason = credentials(str(exc)) or type(exc).__name__
             if isinstance(exc, KeyboardInterrupt):
-                reason = "cancelled (Ctrl-C or SIGTERM)"
-            # nothing it covers was restored (breaker 25 F14: `scope` said ["database"])
-            out = DrillResult(env.name, env.platform, started, None, None,
-                              seconds(env.dr.rto), seconds(env.dr.rpo), False, None, None, "", torn_down=True,
-                              scope=[], not_covered=list(PARTS), problems_note="the drill failed before them", error=reason,
-                              problems=[f"the drill failed: {reason}"])
+                reason = CANCELLED
+            first = f"not reached: the drill {'was cancelled' if reason == CANCELLED else 'failed'} first"
+            if partial:  # a later phase failed: what the database part achieved stays (breaker F8)
+                out = partial[0]
+                out.error, out.torn_down = reason, True
+                out.problems.insert(0, f"the drill failed: {reason}")
+                _uncovered(out, first)
+                _judge(out)
+            else:  # nothing it covers was restored (breaker 25 F14: `scope` said ["database"])
+                out = DrillResult(env.name, env.platform, started, None, None,
+                                  seconds(env.dr.rto), seconds(env.dr.rpo), False, None, None, "", torn_down=True,
+                                  scope=[], error=reason, problems=[f"the drill failed: {reason}"])
+                _uncovered(out, first)
+            out.duration_seconds = round(time.monotonic() - began, 2)
             write_reports(out, junit_path, metrics_path)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Cancelled(out) from exc  # the caller prints the result, then exits 130
             if not isinstance(exc, OpsError) or (bad_input and isinstance(exc, UsageError)):
                 raise  # bad input exits 2 in one line, like every command
             w.outcome = "failed: " + reason
             return out
         if not out.passed:
             w.outcome = "targets missed: " + "; ".join(out.problems)
+    out.duration_seconds = round(time.monotonic() - began, 2)
     write_reports(out, junit_path, metrics_path)
     return out
 
@@ -298,7 +342,13 @@ def write_reports(result: DrillResult, junit_path: Path | None = None, metrics_p
         write_text(path, render(result), private=True)
 
 
-def _drill(project: Project, env: Environment, report, started: dt.datetime, began: float) -> DrillResult:
+def _drill(project: Project, env: Environment, report, started: dt.datetime, began: float,
+           partial: list) -> DrillResult:
+    """The drill; `partial` gets its result as soon as the database part is done, so a later
+    phase cancelled or failing unexpectedly still reports what that part achieved."""
+    from opsctl.errors import OpsError
+    from opsctl.redact import credentials
+
     rto_target, rpo_target = seconds(env.dr.rto), seconds(env.dr.rpo)
     clean_abandoned(project, env)  # what a drill killed earlier left
     if env.platform == "kubernetes":
@@ -340,22 +390,23 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
         out = DrillResult(env.name, env.platform, started, round(db_seconds, 2),
                           None if rpo is None else round(rpo, 3), rto_target, rpo_target, False,
                           result.recovered_to, live, result.data_dir, rows=result.rows, tables=len(result.tables),
-                          phases=dict(result.phases))
+                          phases=dict(result.phases), checked=f"{len(result.tables)} tables, {result.rows} rows read")
         out.phases["database"] = round(db_seconds, 2)
         if rpo is not None:
             out.rpo_basis = basis
-        services = _services_ready(project, env)
+        partial.append(out)
+        services, missing = _services_ready(project, env)
         if services:  # breaker 20 F7: `scope` said ["database"] after a drill that covered all of it;
             # each part is in it once done (breaker 22 F3: all of it after a serve phase that stopped early)
             try:
                 _serve(project, env, result, out, teardown, began, services, record)
-            finally:
-                out.not_covered = [p for p in PARTS if p not in out.scope]
-                if out.not_covered:
-                    out.problems_note = "the serve phase stopped before them: see the problems"
-        else:
-            out.scope, out.not_covered = list(PARTS[:1]), list(PARTS[1:])
-            out.problems_note = "the platform runs no Redis/S3/worker: the drill covers the database only"
+            except OpsError as exc:  # the serve phase failed: the database part's result stays (breaker F8)
+                out.error = credentials(str(exc)) or type(exc).__name__
+                out.problems.append(f"the serve phase failed: {out.error}")
+            _uncovered(out, "not reached: the serve phase stopped before it (see the problems)")
+        else:  # what the platform lacks to serve from the restored data, said part by part (breaker F6)
+            out.scope = list(PARTS[:1])
+            _uncovered(out, missing)
     out.torn_down = True
     _judge(out)
     _judge_archive(out, archive)  # after the targets: their problems come first
@@ -397,8 +448,16 @@ def _judge_archive(out: DrillResult, archive) -> None:
         out.problems.append(f"{STALLED} ({why} at the drill's start): {archive.message}")
 
 
-def _services_ready(project: Project, env: Environment) -> dict | None:
-    """The platform's Redis, S3 and a worker when all run, else None (database-only drill)."""
+def _services_ready(project: Project, env: Environment) -> tuple[dict | None, dict[str, str]]:
+    """(what the serve phase needs of the platform, or None; why each part beyond the database
+    can't be drilled when it is None).
+
+    The drill restores from backups, so the live Redis and the live worker need not run (breaker
+    F6: a killed Redis shrank the drill to the database, its note blaming S3 and the worker
+    too): Redis comes from its backup into a scratch Redis, the preview worker is started from
+    the recorded worker's settings. What it does need: a platform that runs Redis, S3 and a
+    worker (`opsctl local up` recorded them), and the platform's S3 running, which holds the
+    drill's scratch audio bucket."""
     from opsctl.local import procs
     from opsctl.local import state as st
     from opsctl.local import worker as wk
@@ -406,10 +465,17 @@ def _services_ready(project: Project, env: Environment) -> dict | None:
     state = st.load(st.folder_for(project.root))
     comps = state.components
     worker = comps.get(wk.name(state.active_color))
-    if not all(n in comps and procs.alive(comps[n].pid) for n in ("redis", "s3")) or worker is None \
-            or not procs.alive(worker.pid):
-        return None
-    return {"state": state, "worker": worker}
+    absent = [label for name, label in (("redis", "Redis"), ("s3", "S3")) if name not in comps]
+    if worker is None:
+        absent.append("worker")
+    if absent:
+        names = ", ".join(absent[:-1]) + (" or " if len(absent) > 1 else "") + absent[-1]
+        return None, {p: f"the platform runs no {names}: 'opsctl local up' started none" for p in PARTS[1:]}
+    if not procs.alive(comps["s3"].pid):
+        why = f"the platform's S3 (port {comps['s3'].port}) is not running: the serve phase restores the audio into " \
+              "a scratch bucket on it"
+        return None, {p: why for p in PARTS[1:]}
+    return {"state": state, "worker": worker}, {}
 
 
 def _serve(project: Project, env: Environment, result, out: DrillResult, teardown, began: float,
@@ -426,7 +492,6 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     from opsctl.backup import catalog, files
     from opsctl.backup import redis as rdb
     from opsctl.backup.verify import fetch
-    from opsctl.deploy import analysis
     from opsctl.endpoints import resolve
     from opsctl.local import procs
     from opsctl.local import worker as wk
@@ -493,6 +558,45 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     teardown.callback(procs.stop, pid, 30, "transcription-worker")
     item["pid"] = pid
     record.update()
+    try:
+        _preview(project, env, out, began, mark, result, redis_url, bucket, port, pid, log)
+    except Exception as exc:
+        # the log the error names is in the folder teardown removes: kept beside the drill's
+        # record, and the error names the kept copy (breaker F8)
+        kept = _keep_log(project, env, out, log)
+        if kept is None or str(log) not in str(exc):
+            raise
+        from opsctl.errors import OperationFailed
+
+        raise OperationFailed(str(exc).replace(str(log), kept)) from exc
+
+
+def _keep_log(project: Project, env: Environment, out: DrillResult, log: Path) -> str | None:
+    """The preview worker's log copied to `.opsctl/drill/<env>-<time>-preview-worker.log`
+    (0600), which teardown does not remove; its path (also `out.worker_log`), or None when
+    there is no log to keep."""
+    from opsctl.files import write_text
+
+    try:
+        text = log.read_bytes()
+    except OSError:
+        return None
+    kept = project.state_dir / "drill" / f"{env.name}-{out.started_at.strftime('%Y%m%d%H%M%S%f')}-preview-worker.log"
+    write_text(kept, text, private=True)
+    out.worker_log = str(kept)
+    return out.worker_log
+
+
+def _preview(project: Project, env: Environment, out: DrillResult, began: float, mark: float, result,
+             redis_url: str, bucket: str, port: int, pid: int, log: Path) -> None:
+    """The serve phase's end: wait for the preview worker, then the sample transcription and
+    a 10 s load test through it. A load test cut short by Ctrl-C or SIGTERM is the drill's
+    cancel (KeyboardInterrupt), not a failed load test: the load test takes the signal to save
+    what it measured and returns, marked interrupted (breaker F3)."""
+    from opsctl.deploy import analysis
+    from opsctl.local import procs
+    from opsctl.local import worker as wk
+
     procs.wait_until(lambda: wk.ready(port), env.deploy.ready_timeout, "the drill's preview worker", log, pid,
                      interval=0.25)
     out.rto_seconds = round(time.monotonic() - began, 2)  # start to serving
@@ -511,6 +615,8 @@ def _serve(project: Project, env: Environment, result, out: DrillResult, teardow
     # requests in flight when the 10 s end get 120 s to finish: a slow answer is not an error
     outcome = load_test(project, env, "light", users=2, spawn_rate=2, duration="10s",
                         host=wk.base_url(port), slo="error_rate<5%", stop_timeout="120s")
+    if outcome.interrupted:  # its partial run is saved to the history; the drill is cancelled
+        raise KeyboardInterrupt
     out.load_test = outcome.verdict()
     out.scope.append("load test")
     if not outcome.passed:
@@ -541,9 +647,11 @@ def _drop_bucket(s3, bucket: str) -> None:
 
 
 def _judge(out: DrillResult) -> None:
-    if out.error is not None:  # a failed drill achieved no RTO or RPO (breaker 25 F7: RPO 0.0 reported)
-        out.rto_seconds = out.rpo_seconds = None
-        out.part_rpo_seconds = {}
+    if out.error is not None:  # a failed drill never served: no RTO (breaker 25 F7: RPO 0.0 reported)
+        # the database's RPO stays when its restore was done and checked (a failed restore has
+        # none); a part's only when the part was restored (breaker F8)
+        out.rto_seconds = None
+        out.part_rpo_seconds = {p: v for p, v in out.part_rpo_seconds.items() if p in out.scope}
     if out.rto_seconds is None:
         out.problems.append("RTO not achieved: the restored copy never served")
     elif out.rto_seconds > out.rto_target_seconds:
@@ -599,7 +707,10 @@ def _rds(project: Project, env: Environment, started: dt.datetime, began: float,
         rpo = max(0.0, ((r.aws_now or started) - latest).total_seconds()) if latest else None
         out = DrillResult(env.name, env.platform, started, round(rto, 2), None if rpo is None else round(rpo, 3),
                           rto_target, rpo_target, False, latest, None, scratch,
-                          rpo_basis=RPO_RDS if rpo is not None else "")
+                          rpo_basis=RPO_RDS if rpo is not None else "",
+                          # never connected to: what RDS said of it, no row figures (breaker F17)
+                          checked=f"RDS reports it available at {r.endpoint}; not connected to, no rows read")
+        _uncovered(out, "a cloud drill restores the database alone")
     finally:  # pass, fail or cancel: the scratch instance is deleted (the record kept if that fails)
         left = None
         try:
@@ -619,15 +730,20 @@ def _rds(project: Project, env: Environment, started: dt.datetime, began: float,
 
 
 def junit(result: DrillResult) -> str:
-    """The drill as a JUnit document (junitparser): one test case per target."""
-    from junitparser import Failure, JUnitXml, TestCase, TestSuite
+    """The drill as a JUnit document (junitparser): one test case per target, one skipped case
+    per part the drill did not cover (its reason the message). A case's `time` is seconds it
+    took (the RTO case: the recovery's); an RPO is no duration: its case takes 0 s and says the
+    figure in its output. The suite's time is the drill's own duration."""
+    from junitparser import Failure, JUnitXml, Skipped, TestCase, TestSuite
 
     suite = TestSuite(f"dr drill {result.environment}")
     stalled = [p for p in result.problems if p.startswith(STALLED)]
     for name, value, target in (("rto", result.rto_seconds, result.rto_target_seconds),
                                 ("rpo", result.rpo_seconds, result.rpo_target_seconds)):
         case = TestCase(f"{name} within {target:.0f} s", classname=f"dr.{result.environment}")
-        case.time = value or 0.0
+        case.time = (value or 0.0) if name == "rto" else 0.0
+        if name == "rpo" and value is not None:
+            case.system_out = f"RPO {value} s" + (f", measured {result.rpo_basis}" if result.rpo_basis else "")
         if value is None:  # a failed drill achieved none: the time it took to fail is no RTO
             case.result = [Failure(f"{name.upper()} not achieved"
                                    + (f": the drill failed: {result.error}" if result.error else
@@ -642,7 +758,8 @@ def junit(result: DrillResult) -> str:
         suite.add_testcase(case)
     for part, value in result.part_rpo_seconds.items():
         case = TestCase(f"rpo of {part} within {result.rpo_target_seconds:.0f} s", classname=f"dr.{result.environment}")
-        case.time = value
+        case.time = 0.0
+        case.system_out = f"RPO {value} s: from the start of backup {result.backups.get(part)} to the drill's start"
         if value > result.rpo_target_seconds:
             case.result = [Failure(f"RPO of {part} {value} s above the target {result.rpo_target_seconds:.0f} s "
                                    f"(backup {result.backups.get(part)})")]
@@ -660,6 +777,12 @@ def junit(result: DrillResult) -> str:
         if failed:
             case.result = [Failure(failed[0])]
         suite.add_testcase(case)
+    for part in result.not_covered:
+        case = TestCase(f"{part} covered", classname=f"dr.{result.environment}")
+        case.time = 0.0
+        case.result = [Skipped(result.not_covered_reasons.get(part) or "not covered")]
+        suite.add_testcase(case)
+    suite.time = result.duration_seconds or 0.0  # not the sum of the cases: the RTO overlaps every phase
     from opsctl.health.junit import tostring
 
     xml = JUnitXml()
