@@ -30,11 +30,33 @@ def test_local_drill_measures_and_tears_down(pitr, runner, tmp_path):
     assert doc["rpo_basis"] == drill.RPO_LIVE
     assert doc["rows"] >= live_rows and doc["not_covered"] and doc["scope"] == ["database"]
     suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    # the RTO and RPO cases, and a skipped case for each part not covered (breaker F6)
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("6", "0", "4")
     assert 'opsctl_dr_drill_success{env="local"} 1' in prom.read_text()
     time.sleep(0.5)
     assert sorted(p.name for p in data.iterdir() if not p.name.endswith(".deleting")) == before
     assert pitr.sql("select count(*) from events")[0][0] == live_rows
+
+
+def test_a_platform_without_redis_s3_or_worker_says_so_part_by_part(pitr, runner, tmp_path):
+    """Breaker F6: the reduced scope named part by part (--json reasons, a skipped JUnit case
+    each, the note): this platform runs its PostgreSQL alone, `opsctl local up` never started
+    Redis, S3 or a worker."""
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.wait_archived()
+    junit = tmp_path / "d.xml"
+    r = pitr.cli(runner, "dr", "drill", "--json", "--junit", str(junit))
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0, (r.output, doc["problems"])
+    parts = ["redis", "audio objects", "preview color + transcription", "load test"]
+    assert doc["scope"] == ["database"] and doc["not_covered"] == parts, doc
+    why = "the platform runs no Redis, S3 or worker: 'opsctl local up' started none"
+    assert doc["not_covered_reasons"] == {p: why for p in parts}, doc
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert all(cases[f"{p} covered"].find("skipped").get("message") == why for p in parts), list(cases)
+    text = pitr.cli(runner, "dr", "drill")
+    said = " ".join(text.stdout.split())
+    assert text.exit_code == 0 and why in said and "rows read" in said, text.stdout
 
 
 def test_the_runbook_step_writes_its_reports_through_the_core_drill(pitr, runner, monkeypatch):
@@ -165,6 +187,20 @@ def test_rds_drill_uses_a_scratch_instance_and_deletes_it(cloud, runner):
     assert doc["scratch"].startswith("dr-db-drill-") and doc["torn_down"] and doc["passed"]
     assert doc["rpo_basis"] == drill.RPO_RDS
     assert _names(cloud) == before  # the scratch instance is gone, nothing else touched
+
+
+def test_the_rds_drill_says_what_it_checked_and_no_row_figures(cloud, runner):
+    """Breaker F17: "(0 tables, 0 rows)" read as an empty restore of an instance never connected
+    to, and "not covered: ... load test ()" had no reason."""
+    r = runner.invoke(app, ["dr", "drill", "--env", "cloud", "--json"])
+    doc = json.loads(r.stdout)
+    assert doc["error"] is None and doc["rows"] is None and doc["tables"] is None, doc
+    assert doc["checked"].startswith("RDS reports it available at "), doc
+    assert set(doc["not_covered_reasons"].values()) == {"a cloud drill restores the database alone"}, doc
+    text = runner.invoke(app, ["dr", "drill", "--env", "cloud"])
+    said = " ".join(text.stdout.split())
+    assert "RDS reports it available at" in said and "rows)" not in said and "()" not in said, text.stdout
+    assert "(a cloud drill restores the database alone)" in said, text.stdout
 
 
 def test_the_rds_drill_rpo_is_measured_on_aws_clock_not_this_machines(cloud, runner, monkeypatch):

@@ -54,7 +54,9 @@ def test_a_drill_whose_serve_phase_stops_early_says_what_it_did_not_cover(platfo
     assert any("no backup with Redis and audio" in p for p in doc["problems"]), doc["problems"]
     # residual of F3: `error` was null; README: a failed serve phase writes it
     assert doc["error"] and "no backup with Redis and audio" in doc["error"], doc
-    assert doc["rpo_seconds"] is None and doc["rto_seconds"] is None, doc  # breaker 25 F7: RPO 0.0
+    assert doc["rto_seconds"] is None, doc  # breaker 25 F7: nothing served, no RTO
+    # breaker F8: the database was restored and checked before the serve phase: its RPO stays
+    assert doc["rpo_seconds"] is not None and doc["rows"] and doc["restored_to"], doc
     assert doc["scope"] == ["database"], doc
     assert doc["not_covered"] == ["redis", "audio objects", "preview color + transcription", "load test"], doc
 
