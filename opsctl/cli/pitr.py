@@ -144,7 +144,8 @@ def prune_chain(
     verb = "would remove" if dry_run else "removed"
     emit(r, as_json, lambda c: print_words(
         c, f"{verb} {len(r.removed)} base backup(s){': ' + ', '.join(r.removed) if r.removed else ''} and "
-        f"{r.wal_removed} WAL object(s); kept {len(r.kept)} base backup(s), WAL from {r.wal_kept_from or '-'}"
+        f"{r.wal_removed} WAL object(s); kept {len(r.kept) + len(r.left)} base backup(s)"
+        + (f" ({len(r.left)} of them not counted, below)" if r.left else "") + f", WAL from {r.wal_kept_from or '-'}"
         + (f"; {'would remove' if dry_run else 'removed'} {len(r.interrupted)} interrupted (dead, unfinished): "
            f"{', '.join(r.interrupted)}" if r.interrupted else "")
         + (f"; {verb} {len(r.dropped)} that restore nothing: "  # damaged, or built on what is missing
@@ -153,6 +154,8 @@ def prune_chain(
            "them" if drop_damaged else "--drop-damaged removes those whose own objects fail") + f"): "
            f"{', '.join(bid for bid in r.damaged if bid not in r.dropped)}"
            if set(r.damaged) - set(r.dropped) else "")
+        + (f"; left, not counted yet (their WAL is not archived yet: it waits in the local WAL queue; they "
+           f"count once the archiver uploads it): {', '.join(r.waiting)}" if r.waiting else "")
         + (f"; left, record not authentic (check, then remove by hand): "
            f"{'; '.join(f'{bid}: {why}' for bid, why in r.unauthentic.items())}" if r.unauthentic else "")))
 

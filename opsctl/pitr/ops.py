@@ -406,7 +406,9 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
     # timeline's history file may still be on its way to the repository; after an undone one,
     # the repository holds a newer timeline than the live server's
     path = live_path(project, env, sysid)
-    planned = retention.prune(repo, key, sysid, keep_full, True, path, drop_damaged=drop_damaged)
+    # a segment still in the local queue is late, not lost: as verify-chain says it (chain.QUEUED)
+    queued = _queued_for(_started_state(project, env), sysid)
+    planned = retention.prune(repo, key, sysid, keep_full, True, path, drop_damaged=drop_damaged, queued=queued)
     if dry_run or not (planned.removed or planned.wal_removed or planned.interrupted or planned.dropped):
         return planned
     if approve is not None:
@@ -416,7 +418,7 @@ def prune_chain(project: Project, env: Environment, keep_full: int, dry_run: boo
                    if planned.dropped else ""))
     # the dry run's verdicts (each kept full base backup read whole) are not read again
     return retention.prune(repo, key, sysid, keep_full, False, path, planned.proven, drop_damaged=drop_damaged,
-                           dropped=planned.dropped if drop_damaged else None)
+                           dropped=planned.dropped if drop_damaged else None, queued=queued)
 
 
 def window(project: Project, env: Environment, operation: str, subject: str, checks: list[str] | None = None):

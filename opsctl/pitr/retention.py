@@ -9,6 +9,8 @@ base backup about to be kept is proven restorable by reading it as a restore wou
 object: SHA-256, authentication, zstd) and the WAL from its start to its stop (present and
 authentic: without it the copy never becomes consistent). One that fails is not counted (and
 not removed: it is named in `damaged` for a person); the next older one is proven in its place.
+One whose WAL to consistency still waits in the local WAL queue (the archiver behind or
+stopped) is not damaged: it is not counted yet, and named in `waiting` (not in `damaged`).
 
 A base backup killed mid-upload (a folder without base.json: its `in-progress.json` start
 record, a `.partial` file or an open S3 multipart upload) is removed once provably dead: its
@@ -38,14 +40,18 @@ log = logging.getLogger("opsctl.pitr.retention")
 
 @dataclass
 class ChainPruneResult:
-    """What prune-chain removed or (dry run) would remove: base backup ids kept and removed, WAL
-    objects removed, and the first WAL segment kept."""
+    """What prune-chain removed or (dry run) would remove: base backup ids kept (counted) and
+    removed, WAL objects removed, and the first WAL segment kept; `left`: the ids that stay
+    without being counted (damaged, waiting for their WAL, and those built on them)."""
     kept: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     wal_removed: int = 0
     wal_kept_from: str | None = None  # the first segment kept
     dry_run: bool = False
     damaged: dict[str, str] = field(default_factory=dict)  # id -> why: not counted, not removed
+    # id -> why: not counted (yet), not removed: its WAL to consistency waits in the local queue
+    waiting: dict[str, str] = field(default_factory=dict)
+    left: list[str] = field(default_factory=list)  # ids that stay, not counted (damaged or waiting)
     proven: dict[str, str] = field(default_factory=dict)  # id -> "" (read whole) or why not
     interrupted: list[str] = field(default_factory=list)  # ids of dead unfinished base backups removed
     dropped: dict[str, str] = field(default_factory=dict)  # (drop_damaged) damaged ones removed: id -> why
@@ -66,11 +72,20 @@ def interrupted(repo, sysid: str) -> list[str]:
             and bb.dead(repo, f"{head}{bid}/", now)]
 
 
+WAITING = "its WAL is not archived yet"  # how a verdict of _prove on a queued segment begins
+
+
+def waits(why: str) -> bool:
+    """Whether `why`, a verdict of _prove, says the WAL is still queued (not archived yet), not damaged."""
+    return why.startswith(WAITING)
+
+
 def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objects: dict,
-           path: list[tuple[int, int | None]]) -> str:
+           path: list[tuple[int, int | None]], queued: set[str] | frozenset[str] = frozenset()) -> str:
     """'' when full base backup `b` restores: its objects read and checked as a restore reads
     them, and every WAL segment from its start to its stop on `path` present and authentic;
-    else why not (one line)."""
+    else why not (one line). A segment absent from the repository but waiting in the local WAL
+    queue (`queued`) is late, not lost: the verdict then begins with WAITING (`waits`)."""
     from opsctl.backup.crypto import IntegrityError
     from opsctl.pitr import chain
 
@@ -88,6 +103,9 @@ def _prove(repo, key, sysid: str, b: bb.BaseBackup, names: dict[str, int], objec
             except IntegrityError as exc:
                 errors.append(str(exc))
         else:
+            if not errors and file in queued:  # as verify-chain says it (chain.QUEUED)
+                return (f"{WAITING}: WAL {file} it needs to become consistent waits in the local WAL queue "
+                        "(the archiver is behind or stopped)")
             return (f"WAL {file} it needs to become consistent is "
                     + (f"not authentic ({errors[0]})" if errors else "missing"))
     return ""
@@ -103,7 +121,8 @@ def check_keep_full(keep_full: int) -> None:
 def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
           path: list[tuple[int, int | None]] | None = None,
           proven: dict[str, str] | None = None, drop_damaged: bool = False,
-          dropped: dict[str, str] | None = None) -> ChainPruneResult:
+          dropped: dict[str, str] | None = None,
+          queued: set[str] | frozenset[str] = frozenset()) -> ChainPruneResult:
     """Keep the newest `keep_full` full base backups with their incrementals and the WAL from the
     oldest kept one's start (or, earlier, a damaged one's left for a person: repaired, it restores
     again); remove older base backups and WAL below it (nothing with `dry_run`).
@@ -119,7 +138,9 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     or built on one of them go: each restores nothing (_damaged_now). Never one whose record is not authentic
     (sealed by another key, say before a key change, or planted), nor one built on such a one;
     one built on an interrupted folder (no record, provably dead: a drop cut short) goes with it.
-    `dropped`: the dry run's verdicts, not read again."""
+    `dropped`: the dry run's verdicts, not read again. `queued`: the WAL files waiting in the
+    live server's local queue: a full one whose WAL to consistency waits there is not damaged
+    but not archived yet (`waiting`): not counted, not removed, nor what is built on it."""
     check_keep_full(keep_full)
     from opsctl.pitr import chain
 
@@ -138,21 +159,29 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
     verdicts = dict(proven or {})
     kept_roots: set[str] = set()
     damaged: dict[str, str] = {}
+    waiting: dict[str, str] = {}
     for f in reversed(fulls):  # newest first, until keep_full of them are proven
         if len(kept_roots) == keep_full:
             break
         if f.id not in verdicts:
-            verdicts[f.id] = _prove(repo, key, sysid, f, names, files, listed.path)
-            if verdicts[f.id]:  # said once: the real run reuses the dry run's verdicts
+            verdicts[f.id] = _prove(repo, key, sysid, f, names, files, listed.path, queued)
+            if waits(verdicts[f.id]):  # said once: the real run reuses the dry run's verdicts
+                log.warning("base backup %s not counted: %s; it counts once the archiver uploads it", f.id,
+                            verdicts[f.id])
+            elif verdicts[f.id]:
                 log.warning("base backup %s not counted (left for you): %s", f.id, verdicts[f.id])
-        if verdicts[f.id]:
+        if waits(verdicts[f.id]):
+            waiting[f.id] = verdicts[f.id]
+        elif verdicts[f.id]:
             damaged[f.id] = verdicts[f.id]
         else:
             kept_roots.add(f.id)
     kept = [b for b in usable if bb.chain_of(bases, b)[0].id in kept_roots]
-    # the incrementals of a damaged full are left with it (for a person), never counted
-    spared = {b.id for b in bases if bb.chain_of(bases, b)[0].id in damaged}
-    out = ChainPruneResult(kept=[b.id for b in kept], dry_run=dry_run, damaged=damaged, proven=verdicts,
+    # the incrementals of a damaged full are left with it (for a person), never counted; those
+    # of one whose WAL is not archived yet with it too
+    spared = {b.id for b in bases if bb.chain_of(bases, b)[0].id in damaged.keys() | waiting.keys()}
+    out = ChainPruneResult(kept=[b.id for b in kept], dry_run=dry_run, damaged=damaged, waiting=waiting,
+                           proven=verdicts,
                            removed=[b.id for b in bases if b.id not in {k.id for k in kept} | spared]
                            if kept else [])
     out.interrupted = interrupted(repo, sysid)
@@ -165,6 +194,7 @@ def prune(repo, key, sysid: str, keep_full: int, dry_run: bool = False,
         kept = [b for b in kept if b.id not in out.dropped]
         if not dry_run:
             _remove_bases(repo, sysid, list(out.dropped))
+    out.left = [b.id for b in bases if b.id in spared and b.id not in out.dropped]
     if not kept:
         if not dry_run:
             _remove_interrupted(repo, sysid, out)  # never restorable: they go whatever is kept

@@ -516,14 +516,14 @@ def prune_chain(ctx: Context, keep_full: int = 2, dry_run: bool = False, drop_da
     keep the newest `keep_full` full base backups proven restorable, with their incrementals
     and the WAL they need; remove older ones (`drop_damaged`: the damaged ones too). Removing
     asks as the command does: the runbook's --yes, or a person at a terminal. Outputs: kept,
-    removed, wal_removed, damaged, dropped, dry_run."""
+    removed, wal_removed, damaged, waiting (not counted yet: their WAL still queued), dropped, dry_run."""
     from opsctl.approval import confirm
     from opsctl.pitr.ops import prune_chain as run
 
     r = run(ctx.project, ctx.env, keep_full, dry_run=dry_run, approve=lambda question: confirm(question, ctx.yes),
             drop_damaged=drop_damaged)
     return {"kept": r.kept, "removed": r.removed, "wal_removed": r.wal_removed, "damaged": r.damaged,
-            "dropped": r.dropped, "dry_run": dry_run}
+            "waiting": r.waiting, "dropped": r.dropped, "dry_run": dry_run}
 
 
 def _check_prune(ctx: Context, keep_last: int | None = None, keep_daily: int | None = None,

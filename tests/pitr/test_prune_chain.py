@@ -57,6 +57,55 @@ def test_keep_full_zero_is_refused(pitr, runner):
     assert r.exit_code == 2 and "at least 1" in r.output
 
 
+def test_a_base_backup_whose_wal_is_only_queued_is_waiting_not_damaged(pitr, runner):
+    """Breaker F14: with the archiver stopped and backup.base_wal_wait 0, a new full base backup's
+    WAL to consistency waits in the local queue; prune-chain called it damaged ("... is missing",
+    `damaged` in --json) while verify-chain said "queued", and its text said "kept 2" while
+    three stayed. It is not counted yet (`waiting`), never removed, and the count says what stays."""
+    import os
+    import re
+    import signal
+
+    import yaml
+
+    from opsctl.pitr import local as pitr_local
+
+    path = pitr.root / "opsctl.yaml"
+    original = path.read_text()
+    doc = yaml.safe_load(original)
+    doc["environments"]["local"]["backup"]["base_wal_wait"] = 0
+    pid = pitr_local.archiver_pid(pitr.state())
+    try:
+        path.write_text(yaml.safe_dump(doc))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            queued = _base(pitr, runner)
+            dry = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--dry-run", "--json")
+            text = pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--dry-run")
+            chain = pitr.cli(runner, "backup", "verify-chain", "--json")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        path.write_text(original)
+    assert dry.exit_code == 0 and text.exit_code == 0, (dry.output, text.output)
+    plan = json.loads(dry.stdout)
+    assert queued not in plan["damaged"] and queued not in plan["removed"], plan
+    assert "not archived yet" in plan["waiting"][queued] and "local WAL queue" in plan["waiting"][queued], plan
+    assert queued in plan["left"] and queued not in plan["kept"], plan
+    said = " ".join(text.output.split())
+    assert "is missing" not in said and "(left for you)" not in said, said
+    assert f"base backup {queued} not counted: its WAL is not archived yet" in said, said
+    assert re.search(rf"left, not counted yet \(their WAL is not archived yet[^)]*\): {queued}", said), said
+    # what stays is counted: the counted chain and the one waiting
+    stay = len(plan["kept"]) + len(plan["left"])
+    assert f"kept {stay} base backup(s) ({len(plan['left'])} of them not counted, below)" in said, said
+    # verify-chain says the same segment is queued, not missing
+    assert any(p["kind"] == "queued" for p in json.loads(chain.stdout)["problems"]), chain.stdout
+    pitr.wait_archived()
+    again = json.loads(pitr.cli(runner, "backup", "prune-chain", "--keep-full", "1", "--dry-run", "--json").stdout)
+    assert again["waiting"] == {} and queued in again["kept"], again  # archived, it counts
+
+
 def test_prune_counts_only_base_backups_proven_restorable(pitr, runner):
     """A full base backup damaged inside (one byte of its tar flipped, size unchanged) and a newer
     one whose WAL to consistency is tampered are not counted by --keep-full 1: the older good one
