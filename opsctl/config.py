@@ -374,8 +374,9 @@ class BackupSettings(_Model):
 
 
 class DrSettings(_Model):
-    """Disaster-recovery targets, durations such as 90s, 30m, 4h, 7d (the platform's written
-    targets: RPO 1 h, RTO 4 h). The WAL archive health check judges its lag against `rpo`."""
+    """Disaster-recovery targets, durations such as 90s, 30m, 1.5h, 7d (the platform's written
+    targets: RPO 1 h, RTO 4 h). The WAL archive health check judges its lag against `rpo`
+    (Environment refuses an `rpo` below `backup.archive_timeout` where that bounds the lag)."""
 
     rto: str = "4h"
     rpo: str = "1h"
@@ -388,7 +389,8 @@ class DrSettings(_Model):
         from opsctl.pitr.health import seconds
 
         if not _DR_DURATION.fullmatch(value):
-            raise ValueError("not a duration such as 90s, 30m, 4h or 7d (digits 0-9, then s, m, h or d)")
+            raise ValueError("not a duration such as 90s, 30m, 1.5h or 7d (digits 0-9, optionally a fraction such "
+                             "as .5, then s, m, h or d)")
         # a 0 RPO would make the WAL archive check always critical, and so does one under a
         # second (breaker 44 T5: 0.0000001s rendered an alert rule `> 1e-07` that always fires)
         if not 1 <= seconds(value) <= _DR_MAX_DAYS * _DAY:
@@ -509,6 +511,20 @@ class Environment(_Model):
     def _router_url(cls, url: str | None) -> str | None:
         """An http(s) URL with a host (breaker 43 S11: 'not a url' was a CRITICAL router check)."""
         return _http_url(url, "https://transcribe.example.com")
+
+    @model_validator(mode="after")
+    def _rpo_reachable(self) -> "Environment":
+        """An `rpo` below `backup.archive_timeout` is never met where opsctl archives WAL (the
+        embedded platform, `backup.archive_servers`): a commit may wait that long for its segment
+        to be switched out, so every health sweep and drill would fail (breaker F16)."""
+        from opsctl.pitr.health import seconds
+
+        timeout = self.backup.archive_timeout
+        if (self.platform == "local" or self.backup.archive_servers) and seconds(self.dr.rpo) < timeout:
+            raise ValueError(f"dr.rpo {self.dr.rpo} is below backup.archive_timeout ({timeout:g} s), so it can never "
+                             f"be met: a commit may wait that long to be archived; raise dr.rpo to at least "
+                             f"{timeout:g}s or lower backup.archive_timeout")
+        return self
 
     @model_validator(mode="after")
     def _autoscaling_bounds(self) -> "Environment":

@@ -75,6 +75,51 @@ def test_dr_targets_within_bounds_load(runner, tmp_path):
     accepted(runner, tmp_path, "    dr: {rto: 30d, rpo: 0.5h}\n")
 
 
+# --- F16: decimals said; an RPO below archive_timeout can never be met ----------------------
+
+def test_a_bad_dr_target_says_a_fraction_is_taken(runner, tmp_path):
+    """dr.rto/dr.rpo take `1.5h` (the regex always did); the error said digits, then a unit."""
+    line = refused(runner, tmp_path, "    dr: {rpo: '1,5h'}\n")
+    assert "environments.stg.dr.rpo: " in line and "1.5h" in line and "optionally a fraction" in line, line
+    accepted(runner, tmp_path, "    dr: {rto: 1.5h, rpo: 2.25m}\n")
+
+
+def _local(root, body: str) -> None:
+    (root / "opsctl.yaml").write_text("version: 1\nenvironments:\n  local:\n    platform: local\n" + body)
+
+
+@pytest.mark.parametrize("body, said", [
+    ("    dr: {rpo: 1s}\n", "dr.rpo 1s is below backup.archive_timeout (30 s)"),  # the default timeout
+    ("    dr: {rpo: 0.5m}\n    backup: {archive_timeout: 45}\n", "dr.rpo 0.5m is below backup.archive_timeout (45 s)"),
+])
+def test_an_rpo_below_archive_timeout_is_refused_on_the_embedded_platform(runner, tmp_path, body, said):
+    """Breaker F16: `rpo: 1s` loaded, and every health sweep and drill then failed with "archive
+    lag 30 s, above the RPO of 1s": a commit waits up to archive_timeout to be archived."""
+    _local(tmp_path, body)
+    result = runner.invoke(app, ["--root", str(tmp_path), "config", "show", "--env", "local"])
+    line = result.output.strip()
+    assert result.exit_code == 2 and len(line.splitlines()) == 1, result.output
+    assert "environments.local: " in line and said in line and "can never be met" in line, line
+    assert "raise dr.rpo to at least" in line and "or lower backup.archive_timeout" in line, line
+
+
+def test_an_rpo_below_archive_timeout_is_refused_with_archive_servers(runner, tmp_path):
+    body = ("    dr: {rpo: 10s}\n    backup:\n      archive_servers: {selfdb: {url_env: SELFDB_URL, "
+            "queue: /var/lib/queue}}\n")
+    line = refused(runner, tmp_path, body)
+    assert "environments.stg: " in line and "dr.rpo 10s is below backup.archive_timeout (30 s)" in line, line
+
+
+def test_an_rpo_at_or_above_archive_timeout_loads(runner, tmp_path):
+    for body in ("    dr: {rpo: 1s}\n    backup: {archive_timeout: 1}\n", "    dr: {rpo: 30s}\n",
+                 "    dr: {rpo: 1.5h}\n"):
+        _local(tmp_path, body)
+        result = runner.invoke(app, ["--root", str(tmp_path), "config", "show", "--env", "local"])
+        assert result.exit_code == 0, (body, result.output)
+    # a kubernetes environment without archive_servers: archive_timeout bounds nothing there
+    accepted(runner, tmp_path, "    dr: {rpo: 10s}\n")
+
+
 def test_a_long_scrape_interval_is_one_line(runner, tmp_path):
     line = refused(runner, tmp_path, "    monitoring: {scrape_interval: " + "9" * 5000 + "s}\n")
     assert "environments.stg.monitoring.scrape_interval: " in line and "Prometheus duration" in line, line[:300]
