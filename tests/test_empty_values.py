@@ -53,6 +53,9 @@ EMPTY = [
     (["loadtest", "run", "--env", "local", "--locustfile", ""], "--locustfile is empty"),
     (["render", "ci", "--out", ""], "--out is empty"),
     (["render", "monitoring", "--env", "staging", "--out", ""], "--out is empty"),
+    # breaker F11: `--replica "$R"` unset promoted database.replica_instance (exit 0)
+    (["failover", "--env", "local", "--replica", "", "--yes"], "--replica is empty"),
+    (["failover", "--env", "staging", "--replica", " ", "--yes"], "--replica is empty"),
 ]
 
 
@@ -75,6 +78,27 @@ def test_dr_drill_reports_given_empty_are_refused_before_the_drill(root):
     for option, kwargs in (("--junit", {"junit_path": ""}), ("--metrics-file", {"metrics_path": " "})):
         with pytest.raises(UsageError, match=f"^{option} is empty"):
             drill.drill(project, project.env("local"), **kwargs)
+
+
+def test_failover_abandon_with_a_replica_is_refused(runner, root):
+    """Breaker F11: `failover --env local --abandon --replica foo` ignored --replica silently
+    (without --abandon, --replica on local is refused)."""
+    for replica in ("foo", ""):
+        r = runner.invoke(app, ["failover", "--env", "local", "--abandon", "--replica", replica, "--yes"])
+        line = r.output.strip()
+        assert r.exit_code == 2 and len(line.splitlines()) == 1, r.output
+        assert "--abandon and --replica given together" in line and "leave --replica out" in line, line
+
+
+def test_failover_abandon_on_kubernetes_says_what_to_do_there(runner, root):
+    """Breaker F11: it answered with `dr standby`'s message ("a standby from the archive is for
+    the embedded platform"); --abandon undoes a local failover only, and an RDS one resumes."""
+    r = runner.invoke(app, ["failover", "--env", "staging", "--abandon", "--yes"])
+    line = r.output.strip()
+    assert r.exit_code == 2 and len(line.splitlines()) == 1, r.output
+    assert "--abandon undoes an interrupted failover of the embedded platform only" in line, line
+    assert "re-run 'opsctl failover --env staging' without --abandon" in line and "resumes" in line, line
+    assert "a standby from the archive" not in line, line
 
 
 @pytest.mark.parametrize("arn", ["arn:aws:iam::12:role/x", "arn:aws:s3:::bucket", "role/opsctl",

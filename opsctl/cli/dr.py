@@ -92,9 +92,7 @@ def failover(
         at_terminal(text, environment_, yes, confirm_env, verb=("fail over", "failing over", "failed over"))
 
     if abandon:
-        from opsctl.pitr import standby as local_core
-
-        done = local_core.abandon(project, environment_, approve)
+        done = core.abandon(project, environment_, replica, approve)
         emit(done, as_json, lambda c: print_words(c, f"failover abandoned (was at '{done['abandoned_stage']}'): the old "
                                                      f"primary on port {done['primary_port']} takes writes again"))
         return

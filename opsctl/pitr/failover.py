@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from opsctl.config import Environment, Project
-from opsctl.errors import OperationFailed, UsageError
+from opsctl.errors import OperationFailed, UsageError, not_empty
 
 SECRET = "transcription-worker"  # the stack's worker Secret (stacks/transcribe_infra/workloads.py)
 URL_KEY = "database-url"
@@ -112,7 +112,8 @@ def plan(project: Project, env: Environment, replica: str | None = None,
         raise UsageError(f"failover promotes an RDS read replica; '{env.name}' runs on {env.platform} "
                          "(its standby: 'opsctl dr standby')")
     primary = env.database.rds_instance
-    replica = replica or env.database.replica_instance
+    _replica_given(replica)
+    replica = replica if replica is not None else env.database.replica_instance
     if not primary or not replica:
         raise UsageError(f"set database.rds_instance and database.replica_instance for '{env.name}' in opsctl.yaml "
                          "(or pass --replica NAME)")
@@ -146,16 +147,43 @@ def failover(project: Project, env: Environment, replica: str | None = None, app
     repointed; when that can't be confirmed it is said (result notes, the record), never an
     error. UsageError when there is nothing to promote or the worker Secret cannot be
     repointed (nothing changed), OperationFailed when the promotion or a later step fails
-    (a later step's failure is recorded as "partial"; re-running resumes).
+    (a later step's failure is recorded as "partial"; re-running resumes). `replica` given
+    empty (an unset CI variable, `--replica "$R"`) is refused, never read as not given.
     """
     from opsctl.pitr import lease
 
-    if env.platform == "local" and replica:
+    _replica_given(replica)
+    if env.platform == "local" and replica is not None:
         raise UsageError("--replica names an RDS read replica; the embedded platform promotes its standby")
     if env.platform != "local":
         plan(project, env, replica)  # RDS's refusals (no such replica, not a replica) first: read-only
     with lease.held(project, env, "failover"):  # a deploy, restore or second failover is refused meanwhile
         return _failover(project, env, replica, approve, progress)
+
+
+def _replica_given(replica: str | None) -> None:
+    """UsageError when `--replica` was given empty or blank (opsctl.errors.not_empty): promoting
+    database.replica_instance instead is not what the caller wrote."""
+    not_empty(replica, "--replica", "give the RDS read replica to promote, or leave --replica out for "
+                                    "database.replica_instance; nothing was changed")
+
+
+def abandon(project: Project, env: Environment, replica: str | None = None, approve=None) -> dict:
+    """`failover --abandon`: undo an interrupted failover of the embedded platform
+    (opsctl.pitr.standby.abandon). UsageError, nothing changed, on a kubernetes environment (an
+    interrupted RDS failover is finished by running it again: it resumes) and when `replica`
+    is given too (--abandon promotes nothing: a replica named beside it is a mistake, never
+    ignored)."""
+    if env.platform != "local":
+        raise UsageError(f"--abandon undoes an interrupted failover of the embedded platform only; '{env.name}' runs "
+                         f"on {env.platform}: re-run 'opsctl failover --env {env.name}' without --abandon, which "
+                         "resumes an interrupted RDS failover; nothing was changed")
+    if replica is not None:
+        raise UsageError("--abandon and --replica given together: --abandon undoes an interrupted local failover and "
+                         "promotes nothing; leave --replica out; nothing was changed")
+    from opsctl.pitr import standby
+
+    return standby.abandon(project, env, approve)
 
 
 def _failover(project: Project, env: Environment, replica: str | None, approve, progress):

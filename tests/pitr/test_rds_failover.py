@@ -222,6 +222,22 @@ async def test_failover_promotes_repoints_the_secret_and_restarts_both_colors(en
     assert len(env.journal()) == 1
 
 
+@pytest.mark.parametrize("extra, said", [
+    (("--replica", ""), "--replica is empty; give the RDS read replica to promote, or leave --replica out"),
+    (("--abandon",), "--abandon undoes an interrupted failover of the embedded platform only; 'cloud' runs on "
+                     "kubernetes: re-run 'opsctl failover --env cloud' without --abandon"),
+])
+async def test_an_empty_replica_or_abandon_is_refused_and_nothing_is_promoted(env, extra, said):
+    """Breaker F11: `--replica ""` (an unset CI variable) promoted database.replica_instance, exit
+    0; `--abandon` answered with `dr standby`'s message. One line, exit 2, nothing changed."""
+    r = await env.failover(*extra)
+    line = r.output.strip()
+    assert r.exit_code == 2 and len(line.splitlines()) == 1, r.output
+    assert said in line and "nothing was changed" in line and "a standby from the archive" not in line, line
+    assert not env.promoted() and env.restarted_at("blue") is None
+    assert not (env.root / ".opsctl" / "failover" / "cloud.json").exists()
+
+
 async def test_failover_runs_inside_the_operation_window(env, monkeypatch):
     seen = record_windows(monkeypatch, note=lambda kw: env.restarted_at("blue"))
     r = await env.failover()
