@@ -21,7 +21,10 @@ directory, so the promoted server is stopped cleanly, moved and started again th
 platform's own start on its port), so the database URL every command gets from
 opsctl.endpoints is the new one, and the workers are restarted through the platform's own
 worker start (opsctl.local.platform / opsctl.local.worker) so they connect to it. Each
-failover is recorded in `.opsctl/failover/<env>.json` (0600), as the RDS failover is.
+failover is recorded in `.opsctl/failover/<env>.json` (0600), as the RDS failover is. It
+leaves no standby: its notes say to build one, and `.opsctl/failover/<env>.no-standby.json`
+keeps the `standby` health check warning (unprotected_since) until `dr standby` builds one or
+`dr standby --stop` says none is wanted.
 
 The intent is journaled (`.opsctl/failover/<env>.pending.json`) before the old primary is
 stopped and fenced, so a run killed at any later point is finished by the next one. While a
@@ -275,7 +278,9 @@ def start_standby(project: Project, env: Environment, report=None, timeout: floa
     _local(project, env)  # a non-local environment or a platform never started: said before the lease
     with lease.held(project, env, "standby"):
         refuse_pending(project, env, "building a standby")
-        return _start_standby(project, env, report, timeout)
+        result = _start_standby(project, env, report, timeout)
+        _unprotected_path(project, env).unlink(missing_ok=True)  # the primary has a standby again
+        return result
 
 
 def _start_standby(project: Project, env: Environment, report, timeout: float) -> StandbyResult:
@@ -412,7 +417,8 @@ def stop_standby(project: Project, env: Environment, remove: bool = True) -> boo
 
 
 def remove_standby(project: Project, env: Environment) -> bool:
-    """`dr standby --stop`: stop_standby under the environment's deploy lease, refused
+    """`dr standby --stop`: stop_standby under the environment's deploy lease (and the standby
+    check's warning after a failover, unprotected_since, silenced: no standby is then chosen), refused
     (UsageError, nothing changed) while a failover journal is pending: that failover's standby
     is the server meant to become the primary, and the old primary is fenced (read-only)."""
     from opsctl.pitr import lease
@@ -420,7 +426,9 @@ def remove_standby(project: Project, env: Environment) -> bool:
     _local(project, env)
     with lease.held(project, env, "standby"):
         refuse_pending(project, env, "removing the standby")
-        return stop_standby(project, env)
+        stopped = stop_standby(project, env)
+        _unprotected_path(project, env).unlink(missing_ok=True)  # no standby, on purpose: no warning
+        return stopped
 
 
 def refuse_pending(project: Project, env: Environment, what: str) -> None:
@@ -652,6 +660,28 @@ def _save_pending(project: Project, env: Environment, doc: dict) -> None:
     from opsctl.files import write_json
 
     write_json(_pending_path(project, env), doc, private=True)
+
+
+def _unprotected_path(project: Project, env: Environment) -> Path:
+    """Kept by a finished local failover, which leaves no standby (the standby became the
+    primary): the `standby` health check warns until 'dr standby' builds one or 'dr standby
+    --stop' says none is wanted."""
+    return project.state_dir / "failover" / f"{env.name}.no-standby.json"
+
+
+def unprotected_since(project: Project, env: Environment) -> str | None:
+    """When (ISO time, UTC) the failover that left `env` without a standby finished, or None
+    when none did (or a standby was built, or removed on purpose, since). A record that can't
+    be read still says there is none ("an unknown time")."""
+    import json
+
+    path = _unprotected_path(project, env)
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text())["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unknown time"
 
 
 def _pending(project: Project, env: Environment) -> dict | None:
@@ -1066,6 +1096,8 @@ def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) 
         workers = _restart_workers(state, env, failed)
         state.save()
     notes += [f"worker {f} did not come back on the promoted server" for f in failed]
+    # the standby became the primary: nothing protects it until another is built (breaker F18)
+    notes.append(f"no standby is left: run 'opsctl dr standby --env {env.name}' to protect the new primary")
     from opsctl.endpoints import resolve
 
     try:
@@ -1086,6 +1118,7 @@ def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) 
                     "fenced": fenced, "promote_seconds": result.promote_seconds, "seconds": result.seconds,
                     "notes": notes})
     write_json(path, history, private=True)
+    write_json(_unprotected_path(project, env), {"at": f"{result.at:%Y-%m-%dT%H:%M:%SZ}"}, private=True)
     _pending_path(project, env).unlink(missing_ok=True)
     result.journal = str(path)
     if failed:  # the database failed over (recorded); the workers are the operator's next step

@@ -169,6 +169,14 @@ def test_standby_from_the_archive_then_failover_repoints_database_and_workers(pl
     assert comp.pid != worker_pid
     ready = httpclient.get(f"http://127.0.0.1:{comp.port}/readyz", timeout=10).json()
     assert ready["checks"]["postgres"] == "ok", ready
+    # breaker F18: no standby is left; the output says so and health warns, rather than the
+    # standby check disappearing (health OK)
+    left = "no standby is left: run 'opsctl dr standby --env local' to protect the new primary"
+    assert left in doc["notes"], doc["notes"]
+    warned = _standby_check(platform)
+    assert warned.status == Status.WARNING, warned
+    assert f"no standby since the failover at {doc['at'][:19]}Z" in warned.message, warned
+    assert "run 'opsctl dr standby --env local'" in warned.message, warned
     # recorded, privately
     journal = platform.root / ".opsctl" / "failover" / "local.json"
     assert (journal.stat().st_mode & 0o777) == 0o600
@@ -250,6 +258,10 @@ def test_a_new_standby_follows_the_promoted_server_and_local_down_stops_it(platf
     assert r.exit_code == 0, r.output
     sb = json.loads(r.stdout)
     assert sb["streaming"] is True
+    from opsctl.pitr import standby
+
+    # the failover's "no standby since" warning ends with the new standby (breaker F18)
+    assert standby.unprotected_since(platform.project(), platform.env()) is None
     row = {c.name: c for c in pl.status(platform.project())}["postgres-standby"]
     assert row.pid == sb["pid"] and row.healthy, row  # breaker 20 F2: status showed no standby
     ok = _standby_check(platform)

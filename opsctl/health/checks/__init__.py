@@ -110,7 +110,9 @@ def _all(project, env, ep) -> list[tuple[str, str, Callable[[float], CheckResult
         from opsctl.local import state as st
         from opsctl.pitr import standby
 
-        if standby.COMPONENT in st.load(st.folder_for(project.root)).components:  # a `dr standby` was built
+        # a `dr standby` was built, or a failover promoted it and left none (standby_health warns)
+        if (standby.COMPONENT in st.load(st.folder_for(project.root)).components
+                or standby.unprotected_since(project, env) is not None):
             from opsctl.pitr.health import standby_health
 
             out.append(("standby", "backup", lambda _to: standby_health(project, env), None))
