@@ -182,7 +182,8 @@ def test_prune_chain_action_takes_the_options_of_prune_chain_and_asks_the_same_w
     def run(project, env, keep_full, dry_run=False, approve=None, drop_damaged=False):
         approve(f"delete 1 base backup(s), keeping {keep_full}")
         asked.append(keep_full)
-        return SimpleNamespace(kept=["new"], removed=["old"], wal_removed=3, damaged={}, dropped={})
+        return SimpleNamespace(kept=["new"], removed=["old"], wal_removed=3, damaged={}, dropped={},
+                               waiting={"queued": "its WAL is not archived yet: ..."})
 
     monkeypatch.setattr("opsctl.pitr.ops.prune_chain", run)
     monkeypatch.setenv("CI", "true")
@@ -190,3 +191,4 @@ def test_prune_chain_action_takes_the_options_of_prune_chain_and_asks_the_same_w
         ACTIONS["prune-chain"](SimpleNamespace(project=None, env=None, yes=False), keep_full=3)
     done = ACTIONS["prune-chain"](SimpleNamespace(project=None, env=None, yes=True), keep_full=3)
     assert done["removed"] == ["old"] and asked == [3]
+    assert done["waiting"] == {"queued": "its WAL is not archived yet: ..."}  # an output, as `damaged` is
