@@ -49,6 +49,7 @@ def load_gate(project: Project, env: Environment, slo: str, duration: str = "10s
         from opsctl.loadtest.operation import load_test
 
         outcome = load_test(project, env, "light", users=users, duration=duration, slo=slo, host=url)
+        outcome.raise_if_interrupted()  # a cancelled deploy, not a failed gate
         return Verdict(outcome.passed, outcome.verdict() if not outcome.passed
                        else f"{outcome.summary.total.requests} requests, SLO met: {slo}")
 

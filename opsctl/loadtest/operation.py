@@ -58,6 +58,15 @@ class LoadTestOutcome:
         return f"SLO breached: {lost}" + (" (stopped early)" if s.aborted_by else "") + stuck + why
 
 
+    def raise_if_interrupted(self) -> None:
+        """KeyboardInterrupt when Ctrl-C or SIGTERM stopped the run. The run takes the signal
+        itself, to save its partial figures; a caller that is a step of a longer operation (a
+        runbook's loadtest step, a deploy's load gate) raises it on, so the operation stops as
+        a Ctrl-C stops it (exit 130, the step interrupted), where it judged a cut-short run as a
+        failed one (exit 1, "load test failed": breaker 64 F3, the drill's case)."""
+        if self.interrupted:
+            raise KeyboardInterrupt
+
     def error(self):
         """What the run ends on for `opsctl loadtest run`, or None when it passed: Interrupted
         (exit 130) or OperationFailed (exit 1) carrying `verdict`, marked masked (OpsError): its

@@ -660,6 +660,7 @@ def loadtest(ctx: Context, profile: str = "light", users: int | None = None, spa
                         slo=slo, host=host, workers=workers, abort_on_fail=abort_on_fail, classes=classes,
                         locustfile=str(code) if code else None, html=_str(_out(ctx, html, "html")),
                         csv=_str(_out(ctx, csv, "csv")), junit=_str(_out(ctx, junit, "junit")), **extra)
+    outcome.raise_if_interrupted()
     if not outcome.passed:
         raise OperationFailed(outcome.verdict())
     doc = to_jsonable(outcome.summary)

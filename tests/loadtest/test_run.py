@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 
 from loadtest_support import opsctl
 
@@ -310,3 +311,31 @@ def test_a_worker_that_fails_keeps_the_log_its_error_names(quick_target, tmp_pat
         runner.run(plan)
     log = Path(str(failed.value).rsplit("(log: ", 1)[1].rstrip(")"))
     assert log.parent.parent == scratch and log.is_file()
+
+
+@pytest.mark.parametrize("front", ["deploy load gate", "runbook step"])
+def test_a_load_test_interrupted_inside_a_longer_operation_interrupts_it(quick_target, ops_root, monkeypatch, front):
+    """Breaker 64 F3, the same kind beyond the drill: the run takes Ctrl-C itself to save its
+    partial figures, and the deploy's load gate and a runbook's loadtest step then judged the
+    cut-short run a failed one (a failed gate, a failed step, exit 1) instead of stopping as a
+    Ctrl-C stops them (exit 130). They now raise the interrupt on (LoadTestOutcome.raise_if_interrupted)."""
+    from opsctl.config import load_project
+    from opsctl.deploy.hooks import load_gate
+    from opsctl.loadtest import runner
+    from opsctl.runbook import actions
+
+    runner.import_locust()  # after the imports above: its monkey-patching of threading deadlocks later ones
+    from locust.contrib.fasthttp import FastHttpSession
+
+    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump({"version": 1, "environments": {"ci": {
+        "platform": "kubernetes", "router_url": quick_target}}}))
+    project = load_project(ops_root)
+    env = project.env("ci")
+    sent = _signal_from(monkeypatch, FastHttpSession, "request", signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        if front == "deploy load gate":
+            load_gate(project, env, "p95<5000ms", duration="4s")(quick_target)
+        else:
+            ctx = type("Ctx", (), {"project": project, "env": env})()
+            actions.loadtest(ctx, users=2, duration="4s", slo="p95<5000ms", host=quick_target)
+    assert sent == [signal.SIGINT]
