@@ -93,21 +93,18 @@ def report_path(value: str | os.PathLike | None, option: str, make: bool = True,
                 reads = False
             if reads:
                 raise UsageError(f"{option} {value} is this process's standard input; give a file path or /dev/stdout")
+            real = Path(os.path.realpath(path))
+            if real.is_file():  # breaker 65 G2: a link under /dev or /proc to the ops root's config
+                _refuse_protected(option, value, [real], own)
             return path
         if len(os.fsencode(target.name)) + len("..tmp") > _NAME_MAX:
             raise UsageError(f"{option}: file name {path.name[:40]}... is longer than {_NAME_MAX - 5} bytes; "
                              "give a shorter one")
         if path.is_dir():
             raise UsageError(f"{option} {value} is a folder; give a file path such as {path / example}")
-        mine = own is not None and os.path.realpath(target) == os.path.realpath(own)
-        state = _in_state(target)
-        if state and not mine:  # breaker 44 T1: `runbook run --junit .opsctl/health/silences-E.json` replaced the silences
-            raise UsageError(f"{option} {value} would write into {state}, which holds opsctl's own state; write "
-                             "under reports/, .opsctl/reports/ or .opsctl/dr/")
-        place = _in_ops_root(target)
-        if place and not mine:  # breaker 64 F1: `dr drill --metrics-file opsctl.yaml` replaced the config
-            raise UsageError(f"{option} {value} would write into {place}, which holds the ops root's config, "
-                             "procedures or code; write under reports/ or .opsctl/reports/")
+        # the path as given too (breaker 65 G1: opsctl.yaml or runbooks/ a link to elsewhere,
+        # whose target's folder holds no opsctl.yaml)
+        _refuse_protected(option, value, [target, Path(os.path.normpath(path))], own)
         folder = target.parent  # a symlink's target is what is written (`write_text`)
         while not folder.exists():  # the nearest folder that exists is where the rest would be made
             folder = folder.parent
@@ -137,15 +134,35 @@ def _in_state(target: Path) -> str | None:
     return str(Path(*parts[:at], problem)) if problem else None
 
 
-def _in_ops_root(target: Path) -> str | None:
+def _refuse_protected(option: str, value, places: list[Path], own: Path | None) -> None:
+    """UsageError when any of `places` (what a report would replace, reached one way or another)
+    is opsctl's state (`_in_state`) or one of an ops root's own places (`_in_ops_root`), unless
+    it is `own`, the caller's own state file."""
+    from opsctl.errors import UsageError
+
+    for place in places:
+        if own is not None and os.path.realpath(place) == os.path.realpath(own):
+            continue
+        state = _in_state(place)
+        if state:  # breaker 44 T1: `runbook run --junit .opsctl/health/silences-E.json` replaced the silences
+            raise UsageError(f"{option} {value} would write into {state}, which holds opsctl's own state; write "
+                             "under reports/, .opsctl/reports/ or .opsctl/dr/")
+        root_place = _in_ops_root(place) or _in_ops_root(place, resolve=False)
+        if root_place:  # breaker 64 F1: `dr drill --metrics-file opsctl.yaml` replaced the config
+            raise UsageError(f"{option} {value} would write into {root_place}, which holds the ops root's config, "
+                             "procedures or code; write under reports/ or .opsctl/reports/")
+
+
+def _in_ops_root(target: Path, resolve: bool = True) -> str | None:
     """The protected place (runbook.paths.protected_place: opsctl.yaml, runbooks/ with its lock,
     stacks/, templates/, loadtests/, .git/, .venv/, opsctl's state) of the nearest ops root (a
-    folder holding opsctl.yaml) a report at `target` would replace, folders resolved; None when
+    folder holding opsctl.yaml) a report at `target` would replace, its folders resolved (or,
+    `resolve` False, as written: a link in the ops root's place to a file elsewhere); None when
     none. The rule runbook outputs and `render ci --out` follow, for every report option."""
     from opsctl.config import CONFIG_NAME
     from opsctl.runbook.paths import protected_place
 
-    folder = Path(os.path.realpath(target.parent))
+    folder = Path(os.path.realpath(target.parent)) if resolve else Path(os.path.normpath(target.parent))
     for root in (folder, *folder.parents):
         try:
             holds = (root / CONFIG_NAME).is_file()

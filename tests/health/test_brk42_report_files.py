@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
@@ -121,3 +122,36 @@ def test_a_report_never_replaces_the_ops_roots_own_files(ops, runner, place):
     with pytest.raises(UsageError, match="would write into"):
         report_path(str(target), "--metrics-file", example="drill.prom")
     assert report_path(str(ops / "reports" / "drill.prom"), "--metrics-file") == ops / "reports" / "drill.prom"
+
+
+def test_a_report_never_replaces_the_ops_roots_files_reached_through_links(ops, runner, tmp_path):
+    """Breaker 65 G1/G2: the ops root's own opsctl.yaml (or runbooks/) a link to a file (folder)
+    elsewhere, or a link under /dev/shm to it, passed the F1 check (the link's target's folder
+    holds no opsctl.yaml; a path under /dev was written in place, unchecked) and the report
+    replaced the real config or pins."""
+    import uuid
+
+    if os.path.isdir("/dev/shm"):
+        link = Path("/dev/shm") / f"opsctl-test-{uuid.uuid4().hex}.xml"
+        link.symlink_to(ops / "opsctl.yaml")
+        before = (ops / "opsctl.yaml").read_bytes()
+        try:
+            r = health(runner, "--junit", str(link))
+            assert r.exit_code == 2 and "holds the ops root's config" in r.stderr, r.output
+        finally:
+            link.unlink()
+        assert (ops / "opsctl.yaml").read_bytes() == before
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    (elsewhere / "runbooks").mkdir(parents=True)
+    real = elsewhere / "config.yaml"
+    real.write_bytes((ops / "opsctl.yaml").read_bytes())
+    (ops / "opsctl.yaml").unlink()
+    (ops / "opsctl.yaml").symlink_to(real)
+    (elsewhere / "runbooks" / "lock.json").write_text("{}\n")
+    (ops / "runbooks").symlink_to(elsewhere / "runbooks")
+    config, pins = real.read_bytes(), (elsewhere / "runbooks" / "lock.json").read_bytes()
+    for place in ("opsctl.yaml", "runbooks/lock.json"):
+        r = health(runner, "--junit", place)
+        assert r.exit_code == 2 and "holds the ops root's config, procedures or code" in r.stderr, (place, r.output)
+    assert real.read_bytes() == config and (elsewhere / "runbooks" / "lock.json").read_bytes() == pins
+    assert health(runner, "--junit", "reports/ok.xml").exit_code == 0
