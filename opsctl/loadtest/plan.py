@@ -145,14 +145,20 @@ def _classes(text: str) -> dict[str, int]:
 
 def _csv_prefix(prefix: str | None) -> str | None:
     """`--csv PREFIX`: Locust writes PREFIX_stats.csv, _failures, _exceptions and
-    _stats_history.csv; the longest of them is checked as any report path."""
+    _stats_history.csv; each is checked as any report path (breaker 65 G3: only the longest
+    was, and PREFIX_stats.csv, a link to opsctl.yaml, replaced the config)."""
     if prefix is None:
         return None
     if not prefix.strip():
         raise UsageError("--csv is empty; give a file name prefix such as reports/run, or leave --csv out "
                          "for no CSV files")
-    longest = _out(f"{prefix}_stats_history.csv", "--csv")
-    return str(longest)[:-len("_stats_history.csv")]
+    for kind in CSV_KINDS[:-1]:
+        _out(f"{prefix}_{kind}.csv", "--csv")
+    longest = _out(f"{prefix}_{CSV_KINDS[-1]}.csv", "--csv")
+    return str(longest)[:-len(f"_{CSV_KINDS[-1]}.csv")]
+
+
+CSV_KINDS = ("stats", "failures", "exceptions", "stats_history")  # Locust's PREFIX_<kind>.csv, the longest last
 
 
 def _out(value: str | None, option: str, example: str = "report.xml") -> Path | None:

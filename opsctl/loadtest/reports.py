@@ -9,6 +9,7 @@ has one test case per SLO gate, so a CI system shows a breached gate as a failed
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ class CsvFiles:
         self.environment, self.prefix = environment, prefix
         self.fault: OSError | None = None  # what stopped the history writer during the run
         with self._faults():
+            for path in self.paths():  # Locust opens them as the umask makes them: a report is 0600
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             self.writer = StatsCSVFileWriter(environment, PERCENTILES_TO_REPORT, prefix, full_history=True)
         self.greenlet = gevent.spawn(self._history)
 
@@ -56,7 +59,9 @@ class CsvFiles:
 
     def paths(self) -> list[Path]:
         """Every CSV file this run writes (Locust's names: PREFIX_stats.csv and so on)."""
-        return [Path(f"{self.prefix}_{kind}.csv") for kind in ("stats", "failures", "exceptions", "stats_history")]
+        from opsctl.loadtest.plan import CSV_KINDS
+
+        return [Path(f"{self.prefix}_{kind}.csv") for kind in CSV_KINDS]
 
     def close(self, failed: bool = False) -> None:
         """Stop the history writer and close its files; `failed`: remove every CSV file too,

@@ -212,3 +212,15 @@ def test_an_unknown_class_in_the_profile_blames_the_profile(ops_root, tmp_path):
     with pytest.raises(UsageError) as caught:
         runner._user_classes(dataclasses.replace(the_plan, locustfile=Path(lonely)))
     assert str(caught.value).startswith("profile 'light' names user classes AdminUser, TranscriptionUser")
+
+
+@pytest.mark.parametrize("kind", ["stats", "failures", "exceptions", "stats_history"])
+def test_each_csv_file_is_checked_as_a_report(ops_root, kind):
+    """Breaker 65 G3: `--csv PREFIX` checked PREFIX_stats_history.csv alone; Locust's other three
+    files followed a link, and reports/y_stats.csv -> ../opsctl.yaml replaced the config."""
+    (ops_root / "reports").mkdir()
+    (ops_root / "reports" / f"y_{kind}.csv").symlink_to(ops_root / "opsctl.yaml")
+    config = (ops_root / "opsctl.yaml").read_bytes()
+    line = _one_line(opsctl(ops_root, "loadtest", "run", "--host", "http://127.0.0.1:9", "--csv", "reports/y"))
+    assert "holds the ops root's config" in line and f"y_{kind}.csv" in line, line
+    assert (ops_root / "opsctl.yaml").read_bytes() == config
