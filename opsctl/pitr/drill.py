@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 from opsctl.config import Environment, Project
@@ -319,8 +320,12 @@ def drill(project: Project, env: Environment, report=None, junit_path: str | Pat
 def _preflight(project: Project, env: Environment) -> None:
     """What a drill needs of its caller, checked before it starts: on the embedded platform, a
     platform that was started and a backup key for its repository (UsageError otherwise). What
-    the drill then finds (no base backup, a broken chain) fails the drill, not the input."""
+    the drill then finds (no base backup, a broken chain) fails the drill, not the input. On a
+    cloud environment, an AWS profile this machine lacks (breaker 65 G8)."""
     if env.platform != "local":
+        from opsctl.endpoints import aws_session
+
+        aws_session(env.aws.profile)
         return
     from opsctl.pitr import ops
 
@@ -328,18 +333,37 @@ def _preflight(project: Project, env: Environment) -> None:
     ops.sealed_repository(project, env)
 
 
+@contextmanager
+def _teardown() -> Iterator[ExitStack]:
+    """An ExitStack for what a drill starts, unwound whole: a Ctrl-C or SIGTERM that comes while
+    it unwinds waits until every step ran (signals.deferred), then cancels the drill. Breaker 65
+    G4: one that came during the removal of the restored copy left 100 MB half-removed, its
+    record already dropped, and `torn_down: true`. Each step has its own bound (a server's
+    stop, a worker's 30 s); kill -9 still leaves the drill's record to the next drill."""
+    from opsctl.signals import deferred
+
+    stack = ExitStack()
+    try:
+        yield stack
+    finally:
+        with deferred():
+            stack.close()
+
+
 def write_reports(result: DrillResult, junit_path: Path | None = None, metrics_path: Path | None = None) -> None:
     """`result` as JUnit XML at `junit_path` and Prometheus text at `metrics_path` (None: not
     written): the folder created, each file written to a temporary name beside it and renamed
-    over it, so a scraper or CI never reads half a report."""
+    over it, so a scraper or CI never reads half a report. A new JUnit file is 0600; the metrics
+    file as the umask makes it: node_exporter's textfile collector, another user, must read it
+    (breaker 65 G6: made 0600, the drill alerts got no metrics). An existing file keeps its mode."""
     from opsctl.files import write_text
 
-    for path, render in ((junit_path, junit), (metrics_path, metrics)):
+    for path, render, private in ((junit_path, junit, True), (metrics_path, metrics, False)):
         if path is None:
             continue
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, render(result), private=True)
+        write_text(path, render(result), private=private)
 
 
 def _drill(project: Project, env: Environment, report, started: dt.datetime, began: float,
@@ -354,7 +378,6 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
     if env.platform == "kubernetes":
         return _rds(project, env, started, began, rto_target, rpo_target)
     import shutil
-    from contextlib import ExitStack
 
     from opsctl.local import postgres as pg
     from opsctl.pitr import restore as pr
@@ -364,7 +387,7 @@ def _drill(project: Project, env: Environment, report, started: dt.datetime, beg
     # that is not advancing fails the drill even when this restore met the RPO (breaker 42 R13)
     archive = _archive_check(project, env)
     record = _Record(project, env, started)
-    with ExitStack() as teardown:  # everything the drill starts is stopped and removed, pass or fail
+    with _teardown() as teardown:  # everything the drill starts is stopped and removed, pass or fail
         teardown.callback(record.close)
         # what the repository holds now, as a disaster at this instant would find it: the live
         # server's open segment not switched out, the queue not waited for, a stopped archiver

@@ -255,3 +255,28 @@ def test_a_report_path_that_cannot_be_written_is_refused_before_the_drill(pitr, 
         assert says in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "reports"] and not list(folder.iterdir())
     assert not list((pitr.root / ".opsctl").glob("drill/*.json"))  # no drill started
+
+
+def test_a_cancel_while_the_drill_tears_down_waits_for_the_teardown(pitr, monkeypatch):
+    """Breaker 65 G4: a Ctrl-C or SIGTERM that came while the drill removed its restored copy cut
+    the removal short: about 100 MB stayed half-removed, the restore's record already dropped
+    (so no later drill or `local down` removed it), and the report said torn down. The
+    teardown now runs whole and the cancel comes after it."""
+    from opsctl.pitr import drill
+
+    pitr.wait_archived()
+    real, removed, sent = shutil.rmtree, [], []
+
+    def cancelled_while_removing(path, *args, **kwargs):
+        if "restored" in str(path) and not sent:  # the drill's copy: Ctrl-C as its removal starts
+            sent.append(str(path))
+            os.kill(os.getpid(), signal.SIGINT)
+        real(path, *args, **kwargs)
+        removed.append(str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", cancelled_while_removing)
+    with pytest.raises(KeyboardInterrupt):
+        drill.drill(pitr.project(), pitr.env())
+    assert sent and sent[0] in removed and not Path(sent[0]).exists(), (sent, removed)
+    data = pitr.state().data("postgres").parent
+    assert not [p.name for p in data.iterdir() if "restored" in p.name]
