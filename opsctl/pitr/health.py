@@ -408,7 +408,8 @@ def standby_health(project, env) -> CheckResult:
     can't be asked). Breaker 20 F2: a dead standby was found out only by the failover that
     needed it. CRITICAL too when it runs out of recovery (promoted by hand: a second primary no
     failover can use) or follows another cluster than the primary's (other_cluster_note). CRITICAL first of all while a failover is pending (standby.pending_failover).
-    WARNING when none is left after a failover promoted it (standby.unprotected_since) until
+    WARNING when none is left after a failover promoted it or an in-place restore removed it
+    (standby.unprotected_since) until
     'dr standby' builds another or 'dr standby --stop' says none is wanted.
     Details: pid, port, streaming, in_recovery, slot_retained_bytes (failover_pending when one is)."""
     import psycopg
@@ -424,11 +425,11 @@ def standby_health(project, env) -> CheckResult:
     comp = state.components.get(standby.COMPONENT)
     if comp is None:
         since = standby.unprotected_since(project, env)
-        if since is not None:  # the failover promoted it: the new primary has none (breaker F18)
+        if since is not None:  # a failover promoted it, an in-place restore removed it (breaker F18, 65 G5)
             return CheckResult("", "backup", Status.WARNING,
-                               f"no standby since the failover at {since}: a failover now has nothing to promote; "
-                               f"run 'opsctl dr standby --env {env.name}' to protect the new primary",
-                               details={"failover_at": since})
+                               f"no standby since {since}: a failover now has nothing to promote; "
+                               f"run 'opsctl dr standby --env {env.name}' to protect the primary",
+                               details={"unprotected_since": since})
         return CheckResult("", "backup", Status.OK, "no standby was built ('opsctl dr standby' builds one)")
     retained = None
     primary = state.components.get("postgres")

@@ -1310,6 +1310,7 @@ def _drop_standby(project: Project, env: Environment) -> list[str]:
     try:
         if not standby.stop_standby(project, env):
             return []
+        standby.mark_unprotected(project, env, "the in-place restore")  # health warns, breaker 65 G5
     except (OpsError, OSError) as exc:  # the restore is done: this is its caveat, not its failure
         return [f"the standby follows the replaced history and could not be stopped ({exc}); stop it with "
                 f"'opsctl local down' before any failover"]

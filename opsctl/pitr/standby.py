@@ -463,9 +463,12 @@ def pending_failover(project: Project, env: Environment) -> str | None:
     undo = f"'opsctl failover --env {env.name} --abandon'"
     refused, gone = _abandon_refused(project, env, state, doc), _standby_gone(state, doc)
     writes = _takes_writes(state)
+    unfenced = not writes and doc.get("stage") == "fencing" and not (state.data("postgres") / "standby.signal").exists()
     fence = ("the old primary is not fenced yet and still takes writes" if writes and doc.get("stage") == "fencing"
              else f"the platform's PostgreSQL (port {writes}) takes writes" if writes
-             else "the old primary is fenced (read-only: every write fails)")
+             # breaker 65 G7: stopped before its fence, it was called fenced
+             else "the old primary is down and not fenced yet ('opsctl local up' fences it before it starts it)"
+             if unfenced else "the old primary is fenced (read-only: every write fails)")
     if refused is None and not gone:
         return f"{where} and {fence}; finish it with {finish} or undo it with {undo}"
     if refused is None:
@@ -669,18 +672,28 @@ def _unprotected_path(project: Project, env: Environment) -> Path:
     return project.state_dir / "failover" / f"{env.name}.no-standby.json"
 
 
+def mark_unprotected(project: Project, env: Environment, by: str) -> None:
+    """Record that `by` ("the failover", "the in-place restore") left `env` without the standby
+    it had (unprotected_since), so the `standby` health check warns rather than disappears."""
+    from opsctl.files import write_json
+
+    write_json(_unprotected_path(project, env),
+               {"at": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}", "by": by}, private=True)
+
+
 def unprotected_since(project: Project, env: Environment) -> str | None:
-    """When (ISO time, UTC) the failover that left `env` without a standby finished, or None
-    when none did (or a standby was built, or removed on purpose, since). A record that can't
-    be read still says there is none ("an unknown time")."""
+    """What left `env` without a standby and when (ISO time, UTC): "the failover at ...", "the
+    in-place restore at ...", or None when nothing did (or a standby was built, or removed on
+    purpose, since). A record that can't be read still says there is none ("an unknown time")."""
     import json
 
     path = _unprotected_path(project, env)
     if not path.exists():
         return None
     try:
-        return str(json.loads(path.read_text())["at"])
-    except (OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(path.read_text())
+        return f"{doc.get('by') or 'the failover'} at {doc['at']}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "an unknown time"
 
 
@@ -1118,7 +1131,7 @@ def _finish(project: Project, env: Environment, doc: dict, step, resumed: bool) 
                     "fenced": fenced, "promote_seconds": result.promote_seconds, "seconds": result.seconds,
                     "notes": notes})
     write_json(path, history, private=True)
-    write_json(_unprotected_path(project, env), {"at": f"{result.at:%Y-%m-%dT%H:%M:%SZ}"}, private=True)
+    mark_unprotected(project, env, "the failover")
     _pending_path(project, env).unlink(missing_ok=True)
     result.journal = str(path)
     if failed:  # the database failed over (recorded); the workers are the operator's next step

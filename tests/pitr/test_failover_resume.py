@@ -216,6 +216,35 @@ def test_a_failover_killed_before_its_fence_says_so_and_local_up_brings_the_old_
     pitr.ensure_archiver()
 
 
+def test_a_failover_killed_between_its_stop_and_its_fence_says_the_old_primary_is_not_fenced(
+        pitr, runner, monkeypatch):
+    """Breaker 65 G7: killed after it stopped the old primary and before it fenced it, the
+    failover's pending line said "fenced (read-only)" of a server that was down with no
+    standby.signal; it says so now, and `local up` fences it before it starts it."""
+    from opsctl.pitr import standby
+    from opsctl.pitr.health import standby_health
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    standby.start_standby(pitr.project(), pitr.env())
+
+    def killed_before_the_fence(data):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(standby, "_fence", killed_before_the_fence)
+        with pytest.raises(Interrupted):
+            standby.failover(pitr.project(), pitr.env())
+    assert not (pitr.state().data("postgres") / "standby.signal").exists()
+    message = standby_health(pitr.project(), pitr.env()).message
+    assert "down and not fenced yet" in message and "read-only" not in message, message
+    pitr.start_postgres()
+    assert _read_only(pitr.port)
+    assert "read-only: every write fails" in standby_health(pitr.project(), pitr.env()).message
+    r = pitr.cli(runner, "failover", "--env", "local", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    pitr.ensure_archiver()
+
+
 def test_a_failover_killed_between_its_renames_is_finished_and_local_up_makes_no_empty_cluster(pitr, runner,
                                                                                               monkeypatch):
     """Issue 22 review (break 4): killed between data/postgres -> postgres.failed-* and

@@ -343,3 +343,9 @@ def test_a_standby_the_restore_left_behind_is_never_promoted_and_an_in_place_res
     assert not platform.state().data("postgres-standby").exists()
     r = platform.cli(runner, "failover", "--env", "local", "--yes")
     assert r.exit_code == 2 and "no running standby" in r.output
+    # breaker 65 G5: the standby check said nothing (it had disappeared) once the restore removed it
+    from opsctl.health.model import Status
+    from opsctl.pitr.health import standby_health
+
+    check = standby_health(platform.project(), platform.env())
+    assert check.status == Status.WARNING and "no standby since the in-place restore at" in check.message, check
