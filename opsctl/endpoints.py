@@ -44,10 +44,9 @@ class Endpoints:
         credentials), retrying in adaptive mode up to `retries` times after the first attempt
         (botocore's `max_attempts`, which does not count the first); `timeout`: seconds to
         connect and to wait for each read (botocore's defaults, 60 s, when None)."""
-        import boto3
         from botocore.config import Config
 
-        session = boto3.Session(profile_name=self.aws_profile) if self.aws_profile else boto3.Session()
+        session = aws_session(self.aws_profile)
         kwargs = {}
         if self.aws_credentials:
             kwargs = {"aws_access_key_id": self.aws_credentials["AWS_ACCESS_KEY_ID"],
@@ -163,3 +162,18 @@ def _local(project: Project, env: Environment) -> Endpoints:
         aws_region=s3mod.CREDENTIALS["AWS_DEFAULT_REGION"],
         aws_credentials={k: v for k, v in s3mod.CREDENTIALS.items() if k.startswith("AWS_") and "REGION" not in k},
     )
+
+
+def aws_session(profile: str | None):
+    """A boto3 Session for `profile` (aws.profile; None: the default credential chain).
+    UsageError (exit 2) when the profile is not configured on this machine: a setting to fix,
+    not a failed operation (breaker 65 G8: `dr drill --env staging` without the profile exited 1
+    with botocore's text)."""
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return boto3.Session(profile_name=profile) if profile else boto3.Session()
+    except ProfileNotFound:
+        raise UsageError(f"AWS profile '{profile}' (aws.profile in opsctl.yaml) is not configured on this machine; "
+                         f"add it (aws configure --profile {profile}) or set aws.profile to one that is") from None

@@ -22,9 +22,9 @@ POLL_SECONDS = 15
 
 
 def _client(env: Environment, service: str):
-    import boto3
+    from opsctl.endpoints import aws_session
 
-    session = boto3.Session(profile_name=env.aws.profile) if env.aws.profile else boto3.Session()
+    session = aws_session(env.aws.profile)
     return session.client(service, region_name=env.aws.region, endpoint_url=env.aws.endpoint_url)
 
 

@@ -38,9 +38,9 @@ def client(env, timeout: float | None = None):
     """A boto3 RDS client for the environment's AWS account: `aws.profile` (else the default
     chain), `aws.region`, `aws.endpoint_url` (moto in tests). Used by restore, drill and failover.
     `timeout`: seconds to connect and to read, one attempt (a listing that must not hang)."""
-    import boto3
+    from opsctl.endpoints import aws_session
 
-    session = boto3.Session(profile_name=env.aws.profile) if env.aws.profile else boto3.Session()
+    session = aws_session(env.aws.profile)
     config = None
     if timeout is not None:
         from botocore.config import Config

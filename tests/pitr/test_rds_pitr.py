@@ -192,3 +192,24 @@ def test_backup_list_shows_the_rds_instances_recoverable_window(cloud, runner, o
     assert r.exit_code == 0, r.output
     pitr = json.loads(r.stdout)["pitr"]
     assert pitr["windows"] == [] and "RDS instance not-there (database.rds_instance) does not exist" in pitr["note"]
+
+
+@pytest.mark.parametrize("args", [["restore", "--to-time", "latest", "--target-instance", "pitr-db-new", "--yes"],
+                                  ["dr", "drill"], ["backup", "list"]])
+def test_an_aws_profile_not_configured_is_bad_input(ops_root, runner, monkeypatch, tmp_path, args):
+    """Breaker 65 G8: aws.profile naming a profile this machine lacks exited 1 with botocore's
+    text; it is a setting to fix: one line, exit 2 (endpoints.aws_session)."""
+    import yaml
+
+    (tmp_path / "aws-config").write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-config"))
+    doc = yaml.safe_load((ops_root / "opsctl.yaml").read_text())
+    doc["environments"]["cloud"] = {"platform": "kubernetes", "aws": {"profile": "not-here"},
+                                    "database": {"rds_instance": "pitr-db"},
+                                    "backup": {"repository": "s3://opsctl-backups/cloud"}}
+    (ops_root / "opsctl.yaml").write_text(yaml.safe_dump(doc))
+    r = runner.invoke(app, [*args, "--env", "cloud"])
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "AWS profile 'not-here'" in lines[0] and "not configured" in lines[0], r.output
