@@ -227,6 +227,19 @@ class Pitr:
                 f"postgres log:\n{state.log('postgres').read_text()[-3000:]}\n"
                 f"archiver log:\n{state.log('archiver').read_text()[-3000:]}")
 
+    def set_archive_timeout(self, seconds: int) -> None:
+        """Restart the live server with backup.archive_timeout `seconds` (opsctl.yaml rewritten)."""
+        import yaml
+
+        from opsctl.local import postgres as pg
+
+        path = self.root / "opsctl.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["environments"]["local"]["backup"]["archive_timeout"] = seconds
+        path.write_text(yaml.safe_dump(doc))
+        pg.stop(self.pid)
+        self.start_postgres()
+
     def start_postgres(self) -> None:
         from opsctl.local import platform
         from opsctl.local import state as st

@@ -8,24 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import yaml
-
-
-def _archive_timeout(pitr, seconds: int) -> None:
-    from opsctl.local import postgres as pg
-
-    path = pitr.root / "opsctl.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["environments"]["local"]["backup"]["archive_timeout"] = seconds
-    path.write_text(yaml.safe_dump(doc))
-    pg.stop(pitr.pid)
-    pitr.start_postgres()
-
 
 def test_a_drill_measures_the_commits_the_archive_does_not_hold_yet(pitr, runner):
     assert pitr.cli(runner, "backup", "base").exit_code == 0
     pitr.commit_archived("insert into events(note) values ('archived')")
-    _archive_timeout(pitr, 600)  # nothing switches the open segment out during the test
+    pitr.set_archive_timeout(600)  # nothing switches the open segment out during the test
     try:
         pitr.sql("insert into events(note) values ('open segment')")
         (open_commit,) = pitr.sql("select timestamp from pg_last_committed_xact()", db="postgres")[0]
@@ -43,5 +30,5 @@ def test_a_drill_measures_the_commits_the_archive_does_not_hold_yet(pitr, runner
         notes = {row[0] for row in pitr.sql("select id from events where note = 'open segment'")}
         assert notes <= beside_ids(json.loads(r.stdout))
     finally:
-        _archive_timeout(pitr, 1)
+        pitr.set_archive_timeout(1)
         pitr.ensure_archiver()

@@ -4,19 +4,6 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
-
-def _archive_timeout(pitr, seconds: int) -> None:
-    """Restart the live server with backup.archive_timeout `seconds`."""
-    from opsctl.local import postgres as pg
-
-    path = pitr.root / "opsctl.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["environments"]["local"]["backup"]["archive_timeout"] = seconds
-    path.write_text(yaml.safe_dump(doc))
-    pg.stop(pitr.pid)
-    pitr.start_postgres()
 
 
 def test_latest_beside_holds_a_commit_made_just_before(pitr, runner):
@@ -28,7 +15,7 @@ def test_latest_beside_holds_a_commit_made_just_before(pitr, runner):
     from opsctl.local import postgres as pg
 
     assert pitr.cli(runner, "backup", "base").exit_code == 0
-    _archive_timeout(pitr, 3600)  # a segment is archived when full, or after an hour
+    pitr.set_archive_timeout(3600)  # a segment is archived when full, or after an hour
     try:
         pitr.wait_archived()  # the restart's own WAL is archived: what follows is the open segment
         pitr.sql("insert into events(note) values ('just before')")
@@ -42,4 +29,4 @@ def test_latest_beside_holds_a_commit_made_just_before(pitr, runner):
             pg.stop(doc["pid"])
         assert "just before" in notes, (notes, doc)
     finally:
-        _archive_timeout(pitr, 1)
+        pitr.set_archive_timeout(1)
