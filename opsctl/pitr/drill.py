@@ -638,8 +638,7 @@ def _preview(project: Project, env: Environment, out: DrillResult, began: float,
     # requests in flight when the 10 s end get 120 s to finish: a slow answer is not an error
     outcome = load_test(project, env, "light", users=2, spawn_rate=2, duration="10s",
                         host=wk.base_url(port), slo="error_rate<5%", stop_timeout="120s")
-    if outcome.interrupted:  # its partial run is saved to the history; the drill is cancelled
-        raise KeyboardInterrupt
+    outcome.raise_if_interrupted()  # its partial run is saved to the history; the drill is cancelled
     out.load_test = outcome.verdict()
     out.scope.append("load test")
     if not outcome.passed:
