@@ -581,16 +581,19 @@ def _nudgeable_pause():
     takes it) that does nothing itself: its arrival is written to a pipe (signal.set_wakeup_fd)
     that the pause waits on, so one that comes during a pass ends the next pause at once and
     nothing queued meanwhile waits a whole interval. Main thread only."""
-    import select
+    import selectors
 
     wake, woken = os.pipe()
     os.set_blocking(wake, False)
     os.set_blocking(woken, False)
     signal.set_wakeup_fd(woken, warn_on_full_buffer=False)
     signal.signal(NUDGE, lambda *_: None)
+    # A selector (epoll), not select.select, which refuses descriptors above FD_SETSIZE (1024).
+    waiting = selectors.DefaultSelector()
+    waiting.register(wake, selectors.EVENT_READ)
 
     def pause(seconds: float) -> None:
-        select.select([wake], [], [], seconds)
+        waiting.select(seconds)
         try:
             while os.read(wake, 512):
                 pass

@@ -105,3 +105,26 @@ def test_latest_waits_for_the_upload_not_for_the_archivers_pause(pitr):
             state.save()
         pitr.ensure_archiver()  # the fixture's own, for the tests after this one
 
+
+
+def test_the_pause_works_with_descriptors_above_1024():
+    """The archiver's pause waits on its wake pipe with a selector, not select.select, which
+    refuses any descriptor above FD_SETSIZE (1024) with ValueError (CI stop 51: a process that
+    had opened many files). The pipe here is opened after 1100 others; a nudge still ends a
+    60 s pause, and the process exits 0."""
+    code = ("import os, resource, signal, sys, time\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+            "held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n"
+            "from opsctl.pitr import archive\n"
+            "pause = archive._nudgeable_pause()\n"
+            "print('ready', flush=True)\n"
+            "pause(60)\n"
+            "print('woken', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        proc.send_signal(signal.SIGUSR2)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (0, "woken\n"), err

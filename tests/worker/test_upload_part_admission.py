@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import json
 import secrets
-import select
+import selectors
 import socket
 import time
 from urllib.parse import urlparse
@@ -45,6 +45,16 @@ def _worker(model_dir, postgres, s3, redis_server, tmp_path, keys: int, **settin
         yield url, tokens
     finally:
         stop_worker(proc)
+
+
+def _readable(socks: list[socket.socket], seconds: float) -> list[socket.socket]:
+    """Those of `socks` with something to read (an answer or a close) within `seconds`.
+    A selector (epoll here), not select.select: a pytest worker late in a long suite can hold
+    file descriptors above select's FD_SETSIZE (1024), which select refuses with ValueError."""
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        return [key.fileobj for key, _ in selector.select(seconds)]
 
 
 def _metric(url: str, key: str, name: str, **labels: str) -> float:
@@ -120,7 +130,7 @@ def test_one_key_cannot_hold_the_whole_part_memory(model_dir, postgres, s3, redi
             up_a, up_b = _create(ca, 9 * MIB), _create(cb, 3 * MIB)
             stalled = [_stalled_part(url, a, up_a["id"], 3 * MIB, 1)[0] for _ in range(2)]
             try:
-                ready, _, _ = select.select(stalled, [], [], 10)
+                ready = _readable(stalled, 10)
                 assert len(ready) == 1, "neither or both of A's stalled parts were answered"
                 status, headers, body = _answer(ready[0])
                 assert status == 429 and headers["retry-after"] == "2", body
@@ -147,7 +157,7 @@ def test_a_trickling_part_is_408_and_frees_its_memory(model_dir, postgres, s3, r
             sock, _ = _stalled_part(url, key, up["id"], 3 * MIB, 1024)
             try:
                 give_up = time.monotonic() + 15
-                while not select.select([sock], [], [], 0.25)[0]:  # a byte every 0.25 s until answered
+                while not _readable([sock], 0.25):  # a byte every 0.25 s until answered
                     assert time.monotonic() < give_up, "the trickling part was never cut off"
                     sock.sendall(b"\7")
                 status, headers, body = _answer(sock)
@@ -179,7 +189,7 @@ def test_bytes_sent_up_front_buy_no_stall(model_dir, postgres, s3, redis_server,
             sock, _ = _stalled_part(url, key, up["id"], 3 * MIB, 2 * MIB)  # 32 s earned per byte
             try:
                 give_up = time.monotonic() + 15
-                while not select.select([sock], [], [], 0.25)[0]:  # then a byte every 0.25 s
+                while not _readable([sock], 0.25):  # then a byte every 0.25 s
                     assert time.monotonic() < give_up, "the stalled part was never cut off"
                     sock.sendall(b"\7")
                 status, _, body = _answer(sock)
@@ -216,7 +226,7 @@ def _trickle(socks: list[socket.socket], seconds: float) -> dict[socket.socket, 
     answered: dict[socket.socket, tuple] = {}
     give_up = time.monotonic() + seconds
     while len(answered) < len(socks) and time.monotonic() < give_up:
-        for sock in select.select([s for s in socks if s not in answered], [], [], 0.25)[0]:
+        for sock in _readable([s for s in socks if s not in answered], 0.25):
             answered[sock] = _answer(sock)
         for sock in socks:
             if sock not in answered:
@@ -311,7 +321,7 @@ def test_a_part_waits_its_turn_and_a_chunked_body_reserves_the_largest_part(
                     answers = {}
                     give_up = time.monotonic() + 15
                     while not answers and time.monotonic() < give_up:  # 600-byte chunks, 2.4 KiB/s
-                        if select.select([sock], [], [], 0.25)[0]:
+                        if _readable([sock], 0.25):
                             answers[sock] = _answer(sock)
                         else:
                             sock.sendall(b"258\r\n" + b"\7" * 600 + b"\r\n")
@@ -346,7 +356,7 @@ def test_room_goes_to_the_waiting_key_served_longest_ago(model_dir, postgres, s3
             def trickle(seconds: float) -> None:  # A's own body, 2.4 KiB/s; B's, junk it never finishes
                 nonlocal sent
                 for _ in range(int(seconds / 0.25)):
-                    assert not select.select([sa, sb], [], [], 0.25)[0], "A or B was answered"
+                    assert not _readable([sa, sb], 0.25), "A or B was answered"
                     sa.sendall(rest_a[sent:sent + 600])
                     sb.sendall(b"\7" * 600)
                     sent += 600
@@ -394,7 +404,7 @@ def test_parts_refused_by_other_checks_spend_no_parts_per_minute(model_dir, post
                 give_up = time.monotonic() + 10
                 while store.zcard(slots) != 1:  # the stalled part holds the key's slot
                     assert time.monotonic() < give_up, "the stalled part never took its upload slot"
-                    assert not select.select([sock], [], [], 0.05)[0], _answer(sock)
+                    assert not _readable([sock], 0.05), _answer(sock)
                 for i in range(3):
                     r = send_part(http, up["id"], bytes([10 + i]) * 1024)
                     assert r.status_code == 429, r.text
