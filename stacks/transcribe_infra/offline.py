@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import secrets
 import string
@@ -145,6 +146,29 @@ class CapturingMocks(pulumi.runtime.Mocks):
         raise NotImplementedError(f"the offline run has no answer for the call {args.token}")
 
 
+class _LoopClosingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The offline run's default executor. Pulumi's mock monitor answers in the executor's
+    threads and sets an event loop in each (pulumi.runtime.sync_await._ensure_event_loop) that
+    nothing closes; each task here closes the loop it left in its thread."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(_closing_the_thread_loop, fn, *args, **kwargs)
+
+
+def _closing_the_thread_loop(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        policy = asyncio.get_event_loop_policy()
+        try:
+            left = policy.get_event_loop()
+        except RuntimeError:  # none set in this thread
+            left = None
+        if left is not None and not left.is_running():
+            policy.set_event_loop(None)
+            left.close()
+
+
 def run(program: Callable[[], Any], config: dict[str, Any] | None = None, stack: str = "offline",
         secret_keys: list[str] | None = None, region: str | None = None) -> OfflineRun:
     """Run `program` under the mocks; returns every resource's inputs and the stack's outputs.
@@ -158,7 +182,9 @@ def run(program: Callable[[], Any], config: dict[str, Any] | None = None, stack:
     config = dict(config or {})
     # Pulumi's mocks run on the thread's current event loop; an earlier asyncio.run() in the
     # same process (a test, an opsctl command) leaves none set, so give them a fresh one.
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(_LoopClosingExecutor())
+    asyncio.set_event_loop(loop)
     mocks = CapturingMocks(region or str(config.get("aws:region", "eu-west-1")))
     runtime_settings.set_root_resource(None)  # a fresh root stack: exports of an earlier run must not leak
     pulumi.runtime.set_mocks(mocks, project="transcribe", stack=stack, preview=False)
@@ -173,7 +199,15 @@ def run(program: Callable[[], Any], config: dict[str, Any] | None = None, stack:
         exported = dict(getattr(root, "outputs", {}) or {})
         return pulumi.Output.from_input({**exported, **returned}).apply(result.outputs.update)
 
-    _program()
+    try:
+        _program()
+    finally:
+        # Close what the run opened, as asyncio.run() does: the loop (an epoll and a socket
+        # pair) and its executor. Left open, each run kept about 20 descriptors, and a
+        # long-lived process (a pytest worker) went past 1024 (CI stop 51).
+        loop.run_until_complete(loop.shutdown_default_executor())
+        asyncio.set_event_loop(None)
+        loop.close()
     return result
 
 
