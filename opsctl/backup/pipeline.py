@@ -169,21 +169,36 @@ def pack(reader: BinaryIO | ReadAhead, level: int, key: BackupKey | None, stats:
 
 def checked(chunks: Iterable[bytes], name: str, sha256: str, size: int,
             advance: Advance | None = None) -> Iterator[bytes]:
-    """Pass stored bytes through, failing at the end unless SHA-256 and size match the manifest."""
+    """Pass stored bytes through, failing at the end unless SHA-256 and size match the manifest.
+    Owns `chunks`: closed (`close_source`) when this ends, fails or is closed."""
     digest = hashlib.sha256()
     seen = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        seen += len(chunk)
-        if seen > size:
-            raise crypto.IntegrityError(f"{name} is longer than the manifest says ({seen} > {size} bytes)")
-        if advance:
-            advance(len(chunk))
-        yield chunk
+    try:
+        for chunk in chunks:
+            digest.update(chunk)
+            seen += len(chunk)
+            if seen > size:
+                raise crypto.IntegrityError(f"{name} is longer than the manifest says ({seen} > {size} bytes)")
+            if advance:
+                advance(len(chunk))
+            yield chunk
+    finally:
+        close_source(chunks)
     if seen != size:
         raise crypto.IntegrityError(f"{name} is truncated: {seen} of {size} bytes")
     if digest.hexdigest() != sha256:
         raise crypto.IntegrityError(f"{name} does not match its SHA-256 in the manifest: the object is damaged")
+
+
+def close_source(chunks: Iterable[bytes]) -> None:
+    """Close `chunks` when it can be closed (a generator: Repository.get's stream, which holds
+    an open file or an HTTP response until then). Left to the garbage collector, it stayed open
+    as long as anything held the frame that held it: an error's traceback does (CliRunner keeps
+    the error), and a refused restore kept the damaged base backup's file open after the
+    repository removed it."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
 
 
 def unpack(chunks: Iterable[bytes], name: str, sha256: str, size: int, key: BackupKey | None,
@@ -191,9 +206,8 @@ def unpack(chunks: Iterable[bytes], name: str, sha256: str, size: int, key: Back
     """Stored bytes -> checked -> decrypted (when key) -> decompressed plaintext blocks."""
     import zstandard
 
-    stream: Iterable[bytes] = checked(chunks, name, sha256, size, advance)
-    if key is not None:
-        stream = crypto.decrypt(stream, key, name)
+    source = checked(chunks, name, sha256, size, advance)
+    stream: Iterable[bytes] = source if key is None else crypto.decrypt(source, key, name)
     dobj = zstandard.ZstdDecompressor().decompressobj()
     try:
         for block in stream:
@@ -202,6 +216,8 @@ def unpack(chunks: Iterable[bytes], name: str, sha256: str, size: int, key: Back
                 yield out
     except zstandard.ZstdError as exc:
         raise crypto.IntegrityError(f"{name} does not decompress ({exc}); the object is damaged") from None
+    finally:
+        source.close()  # and with it `chunks`, when decrypt failed or this was closed part-way
     if not dobj.eof:
         raise crypto.IntegrityError(f"{name} ends inside its zstd frame: the object is truncated")
 
@@ -237,10 +253,8 @@ def unpack_into(chunks: Iterable[bytes], name: str, sha256: str, size: int, key:
     were authenticated whole, and the stored bytes' SHA-256 checked, before the end)."""
     import zstandard
 
-    stream: Iterable[bytes] = checked(chunks, name, sha256, size, advance)
-    if key is not None:
-        stream = crypto.decrypt(stream, key, name)
-    source = _Blocks(stream)
+    checking = checked(chunks, name, sha256, size, advance)
+    source = _Blocks(checking if key is None else crypto.decrypt(checking, key, name))
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=False)
     ring = [bytearray(piece) for _ in range(max(1, buffers))]
     seen = turn = 0
@@ -259,6 +273,8 @@ def unpack_into(chunks: Iterable[bytes], name: str, sha256: str, size: int, key:
         extra = source.rest()
     except zstandard.ZstdError as exc:
         raise crypto.IntegrityError(f"{name} does not decompress ({exc}); the object is damaged") from None
+    finally:
+        checking.close()  # and with it `chunks`, when decrypt failed or this was closed part-way
     if extra:
         raise crypto.IntegrityError(f"{name} holds {extra} bytes after its zstd frame; the object is damaged")
     if seen != raw_size:

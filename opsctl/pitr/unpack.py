@@ -441,8 +441,7 @@ def extract(repo, rec: BaseBackup, key, target: Path, report=None, ahead: bool =
                                   f"{str(exc).removeprefix(obj.name).lstrip(': ')}") from None
     finally:
         writer.close()
-        if ahead:
-            stream.close()
+        stream.close()  # the repository's object with it, when the writer failed part-way
     if not writer.files:
         raise OperationFailed(f"base backup {rec.id} holds no files; nothing restored from it")
     return writer.members, writer.written
