@@ -96,8 +96,15 @@ class Workers:
                             requests_received=self.received.get(wid, 0)) for wid in self.ids]
 
     def close(self, timeout: float = 15.0) -> None:
-        """Quit the master (which tells the workers to quit), then make sure they are gone."""
+        """Quit the master (which tells the workers to quit), close its socket, then make sure
+        the workers are gone. Locust's quit leaves the master's ZeroMQ socket bound and its
+        context (an I/O thread, an epoll, an eventfd) running, a context per run (locust 2.47
+        rpc/zmqrpc.BaseSocket): opsctl closes both, or every distributed run in one process (a
+        runbook, a deploy's gates, a test worker) kept the port and 7 descriptors."""
         self.runner.quit()
+        server = self.runner.server
+        server.close(linger=0)
+        server.socket.context.term()
         deadline = time.monotonic() + timeout
         for proc, _log in self.procs:
             try:
