@@ -431,7 +431,12 @@ class FileRepository(Repository):
             raise
         finally:
             os.close(folder)
-        with os.fdopen(fd, "rb") as fh:
+        try:
+            fh = os.fdopen(fd, "rb")
+        except BaseException:  # IsADirectoryError for a folder: fdopen leaves an fd it refused open
+            os.close(fd)
+            raise
+        with fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 raise NotFound(name)
             while block := fh.read(BLOCK):
