@@ -128,11 +128,19 @@ def render_all(project: Project, env: Environment) -> dict[str, str]:
 def render_to(project: Project, env: Environment, out: str | Path) -> list[Path]:
     """`opsctl render monitoring --out DIR`: `render_all`, then `write` into `out` (all or
     none). Returns the paths written. UsageError for an `out` given empty (Path("") is the
-    current folder: the files landed wherever the command ran)."""
+    current folder: the files landed wherever the command ran), and, before anything is
+    written, for any file that would land where a report may not (`files.report_path`: an
+    ops root's opsctl.yaml, runbooks/, stacks/, .git/, opsctl's state; a folder in the way).
+    The rule every report option follows: `--out runbooks` wrote alert-rules.yml and
+    dashboards/ into the runbooks folder the lock file vouches for (breaker 65)."""
+    from opsctl import files as report_files
     from opsctl.errors import not_empty
 
     not_empty(str(out), "--out", "give the folder to write the files into, or leave --out out to print them")
-    return write(render_all(project, env), Path(out))
+    rendered = render_all(project, env)
+    for name in rendered:
+        report_files.report_path(Path(out) / name, "--out", make=False)
+    return write(rendered, Path(out))
 
 
 def write(files: dict[str, str], out: Path) -> list[Path]:
