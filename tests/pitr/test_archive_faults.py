@@ -21,7 +21,11 @@ def _check(pitr, **env_changes):
     return archive_lag(pitr.project(), env)
 
 
-def _wait(cond, timeout=30.0):
+def _wait(cond, timeout=120.0):
+    """Whether `cond()` holds within `timeout` seconds. Long enough for PostgreSQL's archiver,
+    which after failed archive_command runs waits up to PGARCH_AUTOWAKE_INTERVAL (60 s) before
+    trying again, on a loaded 2-core machine (30 s once failed a queued-segment wait in a
+    full suite); a condition that holds returns at once."""
     deadline = time.monotonic() + timeout
     while not cond() and time.monotonic() < deadline:
         time.sleep(0.2)
