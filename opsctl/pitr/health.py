@@ -129,11 +129,13 @@ def _late_text(unswitched: float, archive_timeout: float) -> str:
 def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
     """The `wal archive` check of the embedded platform: commits at risk = archive_timeout + age of
     the oldest segment waiting in the queue or in pg_wal (seconds), judged against `dr.rpo`;
-    CRITICAL for dropped segments not yet covered by a base backup, quarantined ones, or
-    segments waiting with no archiver running; WARNING/CRITICAL (by the lag vs the RPO) while
-    the archive_command fails, naming the segment; UNKNOWN when archiving never started.
+    CRITICAL for dropped segments not yet covered by a base backup, WAL files a restore from
+    the newest base backup reads that are gone from the repository (`missing_archived`),
+    quarantined segments, or segments waiting with no archiver running; WARNING/CRITICAL (by
+    the lag vs the RPO) while the archive_command fails, naming the segment; UNKNOWN when
+    archiving never started.
     Details: queued, dropped, archiver_running, rpo_seconds, archive_timeout_seconds, and
-    archive_failing / quarantined / conflicts when there are."""
+    archive_failing / missing / quarantined / conflicts when there are."""
     from opsctl.local import procs
     from opsctl.local import state as st
     from opsctl.pitr import archive
@@ -176,7 +178,7 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
     # while the archiver was stuck on the same hung repository)
     repo_wait = max(1.0, timeout - 2.0)
     answered, found = _bounded(lambda: _repository_view(project, env, state, server is not None), repo_wait)
-    unbacked, missing, findings, unfit = found if answered else (None, [], None, {})
+    unbacked, missing, findings, unfit, live_tli = found if answered else (None, [], None, {}, None)
     if unbacked is not None:
         details["base_backup"] = False
         lag = max(lag, now - unbacked[1])
@@ -197,10 +199,7 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
         status, text = Status.CRITICAL, (f"{len(quarantined)} queued WAL file(s) quarantined, not archived "
                                          f"({quarantined[0]}: {why}); see {queue / archive.QUARANTINE}")
     elif holes:
-        status, text = Status.CRITICAL, (f"{len(holes)} WAL segment(s) the server archived are missing from the "
-                                         f"repository ({', '.join(holes[:3])}{'…' if len(holes) > 3 else ''}): no "
-                                         "restore crosses the gap; 'opsctl backup verify-chain' names the window it "
-                                         "breaks, and a new base backup ('opsctl backup base') starts one after it")
+        status, text = Status.CRITICAL, _holes_text(holes, state.data("postgres") / "pg_wal", queue, live_tli)
     elif dropped:
         status, text = Status.CRITICAL, (f"{len(dropped)} WAL segment(s) dropped by the full queue "
                                          f"({', '.join(dropped[:3])}{'…' if len(dropped) > 3 else ''}): no restore "
@@ -272,8 +271,9 @@ def _bounded(call, seconds: float) -> tuple[bool, object]:
 
 
 def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, float, str] | None, list[str],
-                                                                     str | None, dict[str, str]]:
-    """What the repository says of the live cluster: (unbacked, missing, findings, unfit).
+                                                                     str | None, dict[str, str], int | None]:
+    """What the repository says of the live cluster: (unbacked, missing, findings, unfit, live
+    timeline).
 
     unbacked: (system identifier, since when its commits are at risk: epoch seconds, where)
     when no base backup a restore can start from lies on the live server's history
@@ -289,7 +289,8 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
     unfit: {id: why} of the base backups still listed whose standalone backup_manifest.zst the
     last verify-chain found failing (a restore works, no incremental takes it as parent; breaker
     28: since that damage no longer fails verify-chain, nothing else reports it nightly).
-    (None, [], None, {}) when it can't be told (no data directory, the repository unreadable: the
+    live timeline: the last of the live server's path (None without one).
+    (None, [], None, {}, None) when it can't be told (no data directory, the repository unreadable: the
     rest of the check still runs)."""
     from opsctl.pitr import archive, chain, layout
     from opsctl.pitr import base as bb
@@ -310,11 +311,45 @@ def _repository_view(project, env, state, server_up: bool) -> tuple[tuple[str, f
             unusable = [f"{bid}: {why}" for bid, why in passed.items() if why not in (bb.UNFINISHED, bb.INTERRUPTED)]
             if unusable:  # the newest one's reason: what to repair first
                 where += f" that a restore can use ({unusable[0]})"
-            return (sysid, float(int(sysid) >> 32), where), [], findings, unfit
+            return (sysid, float(int(sysid) >> 32), where), [], findings, unfit, path[-1][0] if path else None
         archived = server_archived(project, env, sysid) if server_up and path else None
-        return None, missing_archived(repo, sysid, base, path, archived) if archived else [], findings, unfit
+        missing = missing_archived(repo, sysid, base, path, archived) if archived else []
+        return None, missing, findings, unfit, path[-1][0] if path else None
     except Exception:  # noqa: BLE001 - OpsError, OSError, a repository client's own: can't be told
-        return None, [], None, {}
+        return None, [], None, {}, None
+
+
+def _few(files: list[str]) -> str:
+    """The first three names, then '…' when there are more (a message stays one line)."""
+    return f"{', '.join(files[:3])}{'…' if len(files) > 3 else ''}"
+
+
+def _holes_text(holes: list[str], pg_wal, queue, live_tli: int | None) -> str:
+    """What the CRITICAL of WAL files missing from the repository (`missing_archived`) says, and
+    what clears it: a base backup after a gap of segments; for a history file, one on a later
+    timeline than the file's, but the live timeline's (`live_tli`) every restore reads, so a copy
+    the live server's `pg_wal` still holds is named, and the WAL queue (`queue`) archives it
+    again. Breaker 65 G9: the segments' advice, said of history files, cleared nothing."""
+    segments = [f for f in holes if len(f) == 24]
+    histories = [f for f in holes if len(f) != 24]
+    said = []
+    if segments:
+        said.append(f"{len(segments)} WAL segment(s) the server archived are missing from the repository "
+                    f"({_few(segments)}): no restore crosses the gap; 'opsctl backup verify-chain' names the window "
+                    "it breaks, and a new base backup ('opsctl backup base') starts one after it")
+    if histories:
+        tlis = ", ".join(str(int(f[:8], 16)) for f in histories)
+        text = (f"{len(histories)} timeline history file(s) a restore from the newest base backup reads are missing "
+                f"from the repository ({_few(histories)}): PostgreSQL recovers to no point on timeline(s) {tlis} "
+                "without its file")
+        kept = [f for f in histories if os.path.isfile(pg_wal / f)]  # False, not raised, when unreadable
+        if kept:
+            text += (f"; the live server's pg_wal still holds {_few(kept)}: copied from {pg_wal} into the WAL "
+                     f"queue ({queue}), the archiver stores it again")
+        if live_tli is not None and any(int(f[:8], 16) < live_tli for f in histories):
+            text += f"; a base backup taken now ('opsctl backup base') needs none but timeline {live_tli}'s"
+        said.append(text)
+    return "; ".join(said)
 
 
 def missing_archived(repo, sysid: str, base, path: list[tuple[int, int | None]], archived: str) -> list[str]:
@@ -322,7 +357,9 @@ def missing_archived(repo, sysid: str, base, path: list[tuple[int, int | None]],
     that repository `repo` lacks: the segments from its start to `archived` (pg_stat_archiver's
     last archived file, short of what the local queue still holds: ops.server_archived), each
     from the timeline the history reads it on (the older timeline's up to a fork), and the
-    history file of each timeline after the first. Listed by name only (one listing per
+    history file of `base`'s timeline and of each later one on `path` (timeline 1 has none): a
+    restore to a point on timeline T needs T's, and T's names every older one, so those of the
+    timelines before `base`'s are needed by no restore from it. Listed by name only (one listing per
     timeline and 256 segments; nothing read), so the check's time grows with the WAL since the
     newest base backup. Such a hole (an object deleted, a lifecycle rule, a prune gone wrong)
     ends every restore before it while the queue and the server both look healthy (breakers
@@ -331,7 +368,13 @@ def missing_archived(repo, sysid: str, base, path: list[tuple[int, int | None]],
 
     wanted = [layout.segment(layout.timeline_of(n, path), n)
               for n in range(layout.segno(layout.lsn(base.start_lsn)), layout.parse_segment(archived[:24])[1] + 1)]
-    wanted += [layout.history_file(tli) for tli, _end in path if tli > 1]
+    # a restore from `base` sets recovery_target_timeline to the timeline holding its target, the
+    # base backup's or a later one, and PostgreSQL refuses a timeline whose history file it can't
+    # restore ("recovery target timeline N does not exist"); that file names every ancestor, so the
+    # older timelines' files are never read (breaker 65 G9: a repository emptied and refilled kept
+    # the check CRITICAL for them while verify-chain and every restore passed); the live
+    # timeline's is wanted always, as verify-chain follows the path by it
+    wanted += [layout.history_file(tli) for tli, _end in path if tli > 1 and tli >= base.timeline]
     listed: dict[str, int] = {}
     for prefix in sorted({f[:16] if len(f) == 24 else f for f in wanted}):  # timeline + log id, or a history
         listed |= repo.names(f"{layout.wal_prefix(sysid)}{prefix}")
