@@ -317,6 +317,95 @@ def test_after_a_restore_a_hole_on_the_history_or_a_missing_history_file_is_crit
     assert _check(pitr).status == Status.OK
 
 
+def _restore_latest(pitr, runner) -> int:
+    """An in-place restore to 'latest', a commit on its timeline archived: that new timeline."""
+    restored = pitr.cli(runner, "restore", "--to-time", "latest", "--yes", "--json")
+    assert restored.exit_code == 0, restored.output
+    tli = json.loads(restored.stdout)["timeline"]
+    pitr.commit_archived(f"insert into events(note) values ('on timeline {tli}')")
+    return tli
+
+
+def test_an_old_timelines_history_gone_is_no_hole_once_a_base_backup_is_on_a_later_timeline(pitr, runner):
+    """Breaker 65 G9: the check wanted the history file of every timeline on the live server's
+    path, so with a repository emptied (a killed embedded S3) and filled again from timeline 8 it
+    stayed CRITICAL for 00000002.history to 00000008.history after a new timeline and a new base
+    backup, while verify-chain passed, and its advice (a new base backup) cleared nothing. A
+    restore from the newest base backup reads the history file of its timeline and the later
+    ones (recovery_target_timeline is the one holding the target), never an older one: that one
+    gone is CRITICAL while the newest base backup is older than its timeline, no hole once one
+    is on a later timeline; the live timeline's own stays CRITICAL, and the message names the
+    copy its pg_wal holds, which the WAL queue archives again."""
+    import os
+    import shutil
+
+    from opsctl.health.model import Status
+    from opsctl.pitr import layout
+    from opsctl.pitr import local as pitr_local
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.wait_archived()
+    older = _restore_latest(pitr, runner)  # both from that base backup: its timeline, then two later
+    live = _restore_latest(pitr, runner)
+    assert live > older > 1
+    assert _check(pitr).status == Status.OK
+    # the newest base backup is on an older timeline: a restore to a point on `older` reads its file
+    with _out_of_repository(pitr, layout.history_file(older)):
+        needed = _check(pitr)
+        assert needed.status == Status.CRITICAL and needed.details["missing"] == [layout.history_file(older)], needed
+        assert f"no point on timeline(s) {older} without its file" in needed.message, needed
+        assert f"needs none but timeline {live}'s" in needed.message, needed
+    assert pitr.cli(runner, "backup", "base").exit_code == 0  # on the live timeline
+    pitr.wait_archived()
+    with _out_of_repository(pitr, layout.history_file(older)):
+        passed = _check(pitr)
+        assert passed.status == Status.OK and "missing" not in passed.details, passed
+        verified = pitr.cli(runner, "backup", "verify-chain", "--json")
+        assert verified.exit_code == 0, verified.output  # and verify-chain agrees
+    # the live timeline's own: every restore reads it; its copy in pg_wal, queued, is archived again
+    own = layout.history_file(live)
+    with _out_of_repository(pitr, own):
+        hole = _check(pitr)
+        assert hole.status == Status.CRITICAL and hole.details["missing"] == [own], hole
+        assert f"pg_wal still holds {own}" in hole.message and "needs none but" not in hole.message, hole
+        queue = pitr_local.queue_dir(pitr.state())
+        shutil.copyfile(pitr.state().data("postgres") / "pg_wal" / own, queue / f".{own}.tmp")
+        os.replace(queue / f".{own}.tmp", queue / own)
+        pitr.wait_archived()
+        assert _archived(pitr, own), "the queued copy was not archived"
+        assert _check(pitr).status == Status.OK
+
+
+def _archived(pitr, file: str) -> bool:
+    """Whether the repository holds an object of WAL file `file`."""
+    from opsctl.pitr import layout
+
+    sysid = pitr.sysid()
+    return bool(layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))[0].get(file))
+
+
+@contextlib.contextmanager
+def _out_of_repository(pitr, file: str):
+    """As _aside, the object kept outside the repository (verify-chain names a stranger in it);
+    put back unless the file was archived again meanwhile (sealed anew: under another tag)."""
+    import shutil
+
+    from opsctl.pitr import layout
+
+    sysid = pitr.sysid()
+    (obj,) = layout.parse_wal(sysid, pitr.repo().names(layout.wal_prefix(sysid)))[0][file]
+    stored = pitr.root / "repo" / obj.name
+    aside = pitr.root / f"{file}.aside"
+    shutil.move(stored, aside)
+    try:
+        yield
+    finally:
+        if _archived(pitr, file):
+            aside.unlink()
+        else:
+            shutil.move(aside, stored)
+
+
 def _full_and_incremental(pitr, runner) -> tuple[str, str, list]:
     """A full base backup and an incremental on it, their WAL archived: (full id, incremental
     id, the tar of every full base backup in the repository, this module's earlier ones too:
