@@ -4,7 +4,8 @@ CI cancels a job with SIGTERM, and a dropped SSH session sends SIGHUP; a backup 
 abort its uploads, a restore drop its scratch copy and a load test save what it measured,
 exactly as after Ctrl-C (breaker 42 R7: SIGHUP ended a restore with exit 129, no line said,
 its scratch database and decrypted dump left behind). Only the main thread can take signals,
-so in a runbook step's thread the default stays.
+which is why runbook steps run there (opsctl.runbook.engine); in any other thread these
+helpers leave the block as it is.
 """
 
 from __future__ import annotations

@@ -10,18 +10,27 @@ the outputs of the finished ones, and never repeats them.
 Values are typed, never re-read from text: a `with:` value that is one `{{ expression }}`
 is the expression's value (`model.evaluate`), and each argument must fit the action's
 annotation before the action is called. Retries are tenacity's (`retries: {count,
-backoff}`: waits of backoff × 2^(n-1) seconds). A step's `timeout` cancels the attempt
-(the shell action kills its process group) and the next attempt starts only once the
-previous one has ended; an action that does not stop within `STOP_GRACE` seconds is not
-retried. Secret parameter values are masked on every output path (`secrets.Masker`).
+backoff}`: waits of backoff × 2^(n-1) seconds).
+
+An action runs in the thread that runs the runbook, the main one from the CLI: only there do
+Ctrl-C and SIGTERM arrive, so a step's core takes them as its command does (a backup aborts
+its uploads, a drill tears down and reports itself cancelled, a load test saves its partial
+run). Breaker 64 F19: actions ran in a worker thread, the interrupt never reached the drill,
+the run recorded no step, and the process waited at exit for the drill, which then reported
+success. An interrupted step is journaled `interrupted` with what it said, and the run stops
+there (no `end` record: `--resume` runs that step again). A step's `timeout` cancels the
+attempt the same way (`_Deadline`: SIGTERM to the main thread, and `Context.cancel`), and the
+next attempt starts only once the previous one has ended. Secret parameter
+values are masked on every output path (`secrets.Masker`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import enum
 import json
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Mapping, Sequence
@@ -36,8 +45,7 @@ from opsctl.runbook.actions import ACTIONS, Context
 from opsctl.runbook.catalog import digest, locate
 from opsctl.runbook.model import CONTINUE, Runbook, template_refs, condition, evaluate, misfit
 from opsctl.runbook.secrets import Masker, masking_logs
-
-STOP_GRACE = 10.0  # seconds a cancelled action has to end before the step gives up on it
+from opsctl.signals import deferred
 
 
 class StepStatus(enum.StrEnum):
@@ -48,6 +56,7 @@ class StepStatus(enum.StrEnum):
     SKIPPED = "skipped"  # its `when` was false
     DONE_BEFORE = "done-before"  # finished in the run being resumed
     PLANNED = "planned"  # dry run
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM stopped it; the run stopped there
 
 
 REFUSED = "refused"  # a journaled run's end status when a step refused its input before anything ran
@@ -122,8 +131,55 @@ class _Placeholder:
     __truediv__ = __rtruediv__ = __mod__ = __neg__ = _same
 
 
-class _StillRunning(OperationFailed):
-    """A timed-out action did not stop: no retry may start beside it."""
+INTERRUPTED_DETAIL = "interrupted (Ctrl-C or SIGTERM)"  # an interrupted step's detail when its core said nothing
+
+
+class _Deadline:
+    """A step attempt's timeout: `seconds` after it was made, the main thread gets SIGTERM
+    (when the deadline was made there), so the action's core is stopped as a CI cancel stops
+    it and cleans up as it does then (a real signal: one that waits in a system call, a socket
+    read, wakes up); and `cancel` is set (the actions that poll it stop: shell, wait; the only
+    way elsewhere). Sent only while SIGTERM has a Python handler there, as it has through the
+    run (`signals.sigterm_as_interrupt`): ignored (the few statements a core must not have cut:
+    `pitr.restore._signals_held`), the attempt goes on to its end.
+
+    Once the attempt has ended: `ended = True` (a plain store, which no interrupt can cut in
+    before; nothing is sent after it), then `end()`, where an interrupt sent as the attempt
+    ended is taken, never by the engine's code after it."""
+
+    def __init__(self, seconds: float, cancel: threading.Event):
+        self.seconds = seconds
+        self.expired = False  # the deadline passed and the attempt was cancelled
+        self.ended = False
+        self._lock = threading.Lock()
+        self._cancel = cancel
+        self._main = threading.current_thread() is threading.main_thread()
+        self._woken = threading.Event()
+        threading.Thread(target=self._wait, name="runbook step timeout", daemon=True).start()
+
+    def _wait(self) -> None:
+        self._woken.wait(self.seconds)
+        with self._lock:
+            if self.ended:
+                return
+            self.expired = True
+            # the signal first: an action that sees `cancel` then ends with the interrupt taken
+            if self._main and callable(signal.getsignal(signal.SIGTERM)):
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            self._cancel.set()
+
+    def end(self) -> None:
+        """After `ended = True`: waits out a send under way (`expired` is final then) and takes
+        its interrupt if it is still pending."""
+        try:
+            self._woken.set()
+            with self._lock:
+                pass
+            if self.expired:
+                time.sleep(0.01)  # a system call: the signal, if still pending, is taken at its end
+        except KeyboardInterrupt:
+            if not self.expired:
+                raise
 
 
 def _render(value: Any, ctx: dict) -> Any:
@@ -166,6 +222,7 @@ class _Runner:
         if self.journal:
             self._mirror(self.journal)
         self.steps: list[StepOutcome] = []
+        self._late = ""  # the running step's note when its attempt finished after its timeout
 
     def _mirror(self, journal: jr.Journal) -> None:
         """A kubernetes environment's journals also go to its backup bucket (history.py)."""
@@ -219,6 +276,13 @@ class _Runner:
         return self.mask(value)
 
     def _record(self, outcome: StepOutcome, **extra) -> None:
+        """Journal `outcome` and show it; an interrupt meanwhile waits until it is written
+        (signals.deferred): the journal never loses what a step did to a Ctrl-C that came
+        after it."""
+        with deferred():
+            self._write(outcome, **extra)
+
+    def _write(self, outcome: StepOutcome, **extra) -> None:
         outcome = replace(outcome, detail=self.mask(outcome.detail), outputs=self.mask(outcome.outputs))
         self.steps.append(outcome)
         self._notify(outcome)
@@ -233,30 +297,28 @@ class _Runner:
                     f"--resume {self.journal.run_id}' goes on from there and runs '{outcome.id}' again") from None
 
     def _call(self, step: dict, inputs: dict) -> dict:
-        """One attempt; returns once the action has ended (or did not stop: _StillRunning)."""
+        """One attempt, run in this thread (see the module's docstring); returns once the
+        action has ended. A timed-out attempt that raised fails with OperationFailed (retried
+        as any failure); one that finished after its deadline stands, said in `_late`."""
         action = ACTIONS[step["action"]]
         ctx = Context(self.project, self.env, self.yes, mask=self.mask)
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        future = pool.submit(action, ctx, **inputs)
+        if step.get("timeout") is None:
+            return action(ctx, **inputs) or {}
+        deadline = _Deadline(float(step["timeout"]), ctx.cancel)
         try:
-            return future.result(timeout=step.get("timeout")) or {}
-        except concurrent.futures.TimeoutError:
-            ctx.cancel.set()
             try:
-                future.result(timeout=STOP_GRACE)
-            except concurrent.futures.TimeoutError:
-                raise _StillRunning(f"timed out after {step['timeout']}s and did not stop within {STOP_GRACE:.0f}s; "
-                                   "no retry was started beside it") from None
-            except Exception:
-                pass
-            raise OperationFailed(f"timed out after {step['timeout']}s") from None
-        except BaseException:  # Ctrl-C or SIGTERM: the attempt is stopped before the run ends
-            ctx.cancel.set()
-            with contextlib.suppress(BaseException):
-                future.result(timeout=STOP_GRACE)
-            raise
-        finally:
-            pool.shutdown(wait=False)
+                outputs = action(ctx, **inputs) or {}
+            finally:
+                deadline.ended = True
+                deadline.end()
+        except BaseException as exc:
+            if not deadline.expired:
+                raise
+            said = "" if isinstance(exc, KeyboardInterrupt) and not str(exc) else f": {exc}"
+            raise OperationFailed(f"timed out after {step['timeout']}s{said}") from None
+        if deadline.expired:
+            self._late = f"finished after its timeout of {step['timeout']}s: its cancel came too late to stop it"
+        return outputs
 
     def _misfits(self, step: dict, inputs: dict) -> list[str]:
         fn = ACTIONS[step["action"]]
@@ -372,8 +434,10 @@ class _Runner:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(retries.get("count", 0) + 1),
             wait=tenacity.wait_exponential(multiplier=retries.get("backoff", 1.0), exp_base=2, min=0),
-            retry=tenacity.retry_if_not_exception_type((UsageError, _StillRunning, Interrupted, KeyboardInterrupt)),
+            retry=tenacity.retry_if_not_exception_type((UsageError, Interrupted, KeyboardInterrupt)),
             reraise=True)
+        outputs: dict | None = None  # set once an attempt's action has returned
+        self._late = ""
         try:
             for attempt in retrying:
                 with attempt:
@@ -381,24 +445,39 @@ class _Runner:
                     outputs = self._call(step, inputs)
         except UsageError as exc:
             raise UsageError(self.mask(str(exc))) from None
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # Ctrl-C or SIGTERM, taken by the step's core (cleaned up as its command does) or
+            # between attempts: journaled with what the step said, then the run stops. One that
+            # came once the action had returned leaves its success standing: what it did is done
+            if outputs is None:
+                self._record(StepOutcome(step["id"], StepStatus.INTERRUPTED, attempts,
+                                         round(time.monotonic() - began, 2), str(exc) or INTERRUPTED_DETAIL,
+                                         getattr(exc, "outputs", None) or {}), inputs=shown)
+            else:
+                self._succeeded(step, outputs, attempts, began, shown)
+            raise
         except Exception as exc:  # any failure of the action is the step's failure
             self._record(StepOutcome(step["id"], StepStatus.FAILED, attempts, round(time.monotonic() - began, 2),
                                      str(exc) or type(exc).__name__), inputs=shown)
             return False
+        self._succeeded(step, outputs, attempts, began, shown)
+        return True
+
+    def _succeeded(self, step: dict, outputs: dict, attempts: int, began: float, shown: dict) -> None:
         self.outputs[step["id"]] = outputs
         # an action may sum its outcome up in outputs["summary"] (notify: where the message went)
         summary = outputs.get("summary") if isinstance(outputs, dict) else None
-        notes = ["succeeded on attempt %d" % attempts if attempts > 1 else "",
+        notes = ["succeeded on attempt %d" % attempts if attempts > 1 else "", self._late,
                  summary if isinstance(summary, str) else ""]
         self._record(StepOutcome(step["id"], StepStatus.OK, attempts, round(time.monotonic() - began, 2),
                                  "; ".join(n for n in notes if n), outputs),
                      inputs=shown)
-        return True
 
     def execute(self, done: dict[str, dict] | None = None, start_at: str | None = None) -> RunResult:
         """Run the steps (from `start_at`, skipping those in `done`). SIGTERM (CI cancelling
-        the job) is taken as Ctrl-C: the running step is cancelled, its shell processes
-        stopped, and the run ends without an `end` record, so `--resume` can continue it."""
+        the job) is taken as Ctrl-C: the running step's core takes it (its shell processes
+        stopped, its drill torn down), the step is journaled `interrupted`, and the run ends
+        without an `end` record, so `--resume` can continue it."""
         from opsctl.signals import sigterm_as_interrupt
 
         ids = [s["id"] for s in self.book.steps]
