@@ -63,9 +63,10 @@ class LoadTestOutcome:
         itself, to save its partial figures; a caller that is a step of a longer operation (a
         runbook's loadtest step, a deploy's load gate) raises it on, so the operation stops as
         a Ctrl-C stops it (exit 130, the step interrupted), where it judged a cut-short run as a
-        failed one (exit 1, "load test failed": breaker 64 F3, the drill's case)."""
+        failed one (exit 1, "load test failed": breaker 64 F3, the drill's case). Its message
+        is `verdict` (where the partial run is saved): a runbook journals it as the step's detail."""
         if self.interrupted:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(self.verdict())
 
     def error(self):
         """What the run ends on for `opsctl loadtest run`, or None when it passed: Interrupted

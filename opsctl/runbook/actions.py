@@ -32,9 +32,12 @@ def _no_mask(value: Any) -> Any:
 
 @dataclass
 class Context:
-    """What an action gets besides its arguments. `cancel` is set when the step timed out
-    or the run is interrupted: long actions poll it and stop (the shell action kills its
-    process group). `mask` hides the run's secrets in text an action sends out itself."""
+    """What an action gets besides its arguments. An action runs in the runbook's own thread
+    (the main one from the CLI), so Ctrl-C and SIGTERM reach its core as they reach its command
+    (opsctl.runbook.engine). `cancel` is set when the step timed out (which also interrupts
+    the action as SIGTERM does, in the main thread): actions that wait poll it and stop (the
+    shell action kills its process group). `mask` hides the run's secrets in text an action
+    sends out itself."""
 
     project: Project
     env: Environment
@@ -45,6 +48,16 @@ class Context:
 
 Action = Callable[..., dict]
 ACTIONS: dict[str, Action] = {}
+
+
+class StepInterrupted(KeyboardInterrupt):
+    """An action's core stopped by Ctrl-C or SIGTERM, with what it reported: its message (the
+    step's detail) and `outputs` (the journal's record of the interrupted step). Still a
+    KeyboardInterrupt: the run stops as a Ctrl-C stops it."""
+
+    def __init__(self, message: str, outputs: dict):
+        super().__init__(message)
+        self.outputs = outputs
 
 
 def action(name: str, code_args: tuple[str, ...] = (), code_env: tuple[str, ...] = (),
@@ -726,13 +739,24 @@ def dr_drill(ctx: Context, junit: str | None = None, metrics_file: str | None = 
     restorable time into scratch, measured, torn down. Fails the step when dr.rto or dr.rpo
     is missed. `junit`/`metrics_file`: paths in the ops root for the JUnit and Prometheus
     text results. Outputs: rto_seconds, rpo_seconds (the database's), part_rpo_seconds
-    ({"redis": s, "audio objects": s} when restored), passed, restored_to, rows, scratch."""
+    ({"redis": s, "audio objects": s} when restored), passed, restored_to, rows, scratch. A
+    drill cancelled by Ctrl-C or SIGTERM (torn down, its reports failing) interrupts the run:
+    its step is journaled `interrupted` with those outputs, plus error and torn_down."""
     from opsctl.pitr import drill
 
-    result = drill.drill(ctx.project, ctx.env, junit_path=_out(ctx, junit, "junit"),
-                         metrics_path=_out(ctx, metrics_file, "metrics_file"))
-    doc = to_jsonable(result)
+    try:
+        result = drill.drill(ctx.project, ctx.env, junit_path=_out(ctx, junit, "junit"),
+                             metrics_path=_out(ctx, metrics_file, "metrics_file"))
+    except drill.Cancelled as cancelled:  # torn down and its failing reports written, as `opsctl dr drill`'s
+        r = cancelled.result
+        raise StepInterrupted(f"dr drill: {r.error}", {**_drill_outputs(r), "error": r.error,
+                                                       "torn_down": r.torn_down}) from cancelled
     if not result.passed:
         raise OperationFailed(f"dr drill: {'; '.join(result.problems)}")
+    return _drill_outputs(result)
+
+
+def _drill_outputs(result) -> dict:
+    doc = to_jsonable(result)
     return {k: doc[k] for k in ("rto_seconds", "rpo_seconds", "part_rpo_seconds", "passed", "restored_to", "rows",
                                 "scratch")}

@@ -287,3 +287,48 @@ def test_a_cancel_while_the_drill_tears_down_waits_for_the_teardown(pitr, runner
     assert sent and sent[0] in removed and not Path(sent[0]).exists(), (sent, removed)
     data = pitr.state().data("postgres").parent
     assert not [p.name for p in data.iterdir() if "restored" in p.name]
+
+
+def test_a_ctrl_c_during_the_runbook_drill_step_cancels_the_drill_and_journals_the_step(pitr, runner, monkeypatch):
+    """Breaker 64 F19: Ctrl-C of `runbook run dr-drill` never reached the drill (the step ran in
+    a worker thread): the run stopped with no record of the step, the process waited at exit for
+    the drill, and the drill's metrics then said success. The drill now takes the Ctrl-C as
+    `opsctl dr drill` does (torn down, its reports failing), and the step is journaled
+    interrupted with what the drill reported."""
+    import functools
+
+    from opsctl.pitr import drill, restore
+
+    assert pitr.cli(runner, "backup", "base").exit_code == 0
+    pitr.wait_archived()
+    book = pitr.root / "runbooks" / "drill-cancel" / "v1.yaml"
+    book.parent.mkdir(parents=True)
+    book.write_text(json.dumps({"name": "drill-cancel", "version": 1, "steps": [
+        {"id": "drill", "action": "dr-drill", "with": {"junit": "reports/drill.xml", "metrics_file": "reports/drill.prom"}},
+        {"id": "after", "action": "notify", "with": {"message": "drill done"}}]}))
+    real = restore.run
+
+    @functools.wraps(real)  # its signature stays: the operation window reads its timeout
+    def cancelled(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the drill's restore starts
+        return real(*a, **k)
+
+    monkeypatch.setattr(restore, "run", cancelled)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever this process inherited
+    try:
+        r = pitr.cli(runner, "runbook", "run", "drill-cancel", "--json")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        shutil.rmtree(book.parent)
+    assert r.exit_code == 130, r.output
+    runs = [h for h in json.loads(pitr.cli(runner, "runbook", "history", "--json").stdout)
+            if h["runbook"] == "drill-cancel"]
+    assert len(runs) == 1 and runs[0]["status"] == "interrupted" and runs[0]["steps"] == {"drill": "interrupted"}, runs
+    step = json.loads(pitr.cli(runner, "runbook", "history", "--run", runs[0]["run_id"], "--json").stdout)[-1]
+    assert step["id"] == "drill" and step["status"] == "interrupted" and drill.CANCELLED in step["detail"], step
+    outputs = step["outputs"]
+    assert outputs["error"] == drill.CANCELLED and outputs["torn_down"] and outputs["passed"] is False, outputs
+    assert 'opsctl_dr_drill_success{env="local"} 0' in (pitr.root / "reports" / "drill.prom").read_text()
+    data = pitr.state().data("postgres").parent
+    assert not [p.name for p in data.iterdir() if "restored" in p.name]  # torn down
+    assert not list((pitr.root / ".opsctl").glob("drill/*.json"))  # no drill record left to the next one
