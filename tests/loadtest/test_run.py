@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from loadtest_support import opsctl
+from tests.descriptors import held
 
 pytestmark = pytest.mark.slow
 ADMIN = {"/healthz", "/readyz", "/version", "/metrics"}
@@ -93,29 +94,18 @@ def test_impossible_slo_exits_1_naming_the_gate(local_platform, reports):
     assert len(failures) == 1 and "p95<1ms" in failures[0].get("message")
 
 
-def _descriptors() -> list[str]:
-    """What this process holds open (its /proc/self/fd links), sorted."""
-    held = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            held.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # the listing's own descriptor, closed by now
-            pass
-    return sorted(held)
-
-
 def test_two_workers_totals_add_up(local_platform):
     # admin users only: quick requests, so each worker has many in a few seconds whatever
     # transcriptions earlier tests left queued on the worker
     args = ("loadtest", "run", "--users", "4", "--spawn-rate", "4", "--duration", "6s",
             "--workers", "2", "--classes", "AdminUser", "--slo", "error_rate<5%", "--json")
     assert opsctl(local_platform.root, *args).code == 0  # a first run: what stays set up in the process
-    before = _descriptors()
+    before = held()
     out = opsctl(local_platform.root, *args)
     assert out.code == 0, out.stderr
     # the master's ZeroMQ socket and context are closed: a run leaves no descriptor behind (7
     # were left per run, found with the fd count of a pytest worker, CI stop 51)
-    assert _descriptors() == before
+    assert held() == before
     doc = out.doc
     counts = doc["worker_counts"]
     assert len(counts) == 2 and all(c["requests_sent"] > 0 for c in counts)

@@ -7,6 +7,8 @@ import json
 import time
 from types import SimpleNamespace
 
+from tests.descriptors import held
+
 
 def _check(pitr, **env_changes):
     from opsctl.health.checks import plan
@@ -494,21 +496,6 @@ def test_a_tar_damaged_at_its_own_size_is_found_by_verify_chain_and_heeded_until
     assert pitr.cli(runner, "backup", "base", "--incremental").exit_code == 0
 
 
-def _held_open(paths) -> list[str]:
-    """Those of `paths` this process holds open (its /proc/self/fd links)."""
-    import os
-
-    wanted, held = {str(p) for p in paths}, []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # the listing's own descriptor, closed by now
-            continue
-        if target in wanted:
-            held.append(target)
-    return held
-
-
 def test_what_verify_chain_found_damaged_is_offered_by_no_listing_and_an_edited_record_is_said(pitr, runner):
     """Breaker 27 F3, F4: after verify-chain found the full base backups damaged and a new full
     one was taken, `backup list` still offered a window from a damaged one, and a restore to a
@@ -541,7 +528,7 @@ def test_what_verify_chain_found_damaged_is_offered_by_no_listing_and_an_edited_
         said = " ".join(refused.output.split())
         assert refused.exit_code == 2 and f"before the oldest base backup a restore can use ({new}" in said, said
         assert "older ones are damaged" in said and "fails its check" in said, said
-        assert not _held_open(tars), "the refused restore left a damaged tar open"
+        assert not {str(t) for t in tars} & set(held()), "the refused restore left a damaged tar open"
         # repaired (the bytes put back from another copy) and no verify-chain since: the restore
         # reads the tar itself and does not take the stale finding on trust (breaker 27 F9)
         for tar in tars:

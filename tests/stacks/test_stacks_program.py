@@ -227,21 +227,12 @@ def test_a_run_under_the_mocks_leaves_no_descriptor_open():
     Before, each run kept about 20 descriptors, and a pytest worker that ran a few hundred went
     past select's 1024 (CI stop 51). Three runs after a first (which may import and cache) leave
     the process's descriptors as they were."""
-    import os
-
     from stacks_support import offline
 
-    def descriptors() -> list[str]:
-        held = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                held.append(os.readlink(f"/proc/self/fd/{fd}"))
-            except OSError:  # the listing's own descriptor, closed by now
-                pass
-        return sorted(held)
+    from tests.descriptors import held
 
     offline.run_stack(STACKS, "staging")
-    before = descriptors()
+    before = held()
     for _ in range(3):
         offline.run_stack(STACKS, "staging")
-    assert descriptors() == before
+    assert held() == before
