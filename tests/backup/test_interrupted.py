@@ -145,3 +145,34 @@ def test_sigterm_mid_upload_cleans_up_itself(benv, big_redis, runner, tmp_path):
     assert len(errors) == 1 and "interrupted" in errors[0] and "uploads aborted" in errors[0]
     assert _open_uploads(benv) == []
     assert set(_listed(runner, benv)) == set(known)
+
+
+@pytest.mark.integration
+def test_an_interrupt_just_after_create_database_leaves_no_database(postgres, monkeypatch):
+    """Breaker 66 G2: a restore interrupted (Ctrl-C, SIGTERM, a runbook step's timeout) after the
+    server ran CREATE DATABASE and before the restore noted it (`created`, the run's mark) left
+    an empty `<name>_restoring_...` database that nothing ever dropped. The interrupt now waits
+    for those statements, then the restore's clean-up drops the database and the interrupt goes
+    on. Here it is sent the moment CREATE DATABASE has returned."""
+    import psycopg
+
+    from opsctl.backup import postgres as pgb
+
+    name = f"g2_restoring_{os.urandom(4).hex()}"
+    real = pgb.create_database
+
+    def created_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(pgb, "create_database", created_then_interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background suite ignores it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pgb.restore_into(postgres.url, "never-read.dump", name, 1, [], archive=pgb.Archive(),
+                             major=pgb.server_major(postgres.url), run_mark="g2-run")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        left = conn.execute("select datname from pg_database where datname = %s", (name,)).fetchall()
+    assert left == []
