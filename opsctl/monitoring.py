@@ -130,13 +130,18 @@ def render_to(project: Project, env: Environment, out: str | Path) -> list[Path]
     none). Returns the paths written. UsageError for an `out` given empty (Path("") is the
     current folder: the files landed wherever the command ran), and, before anything is
     written, for any file that would land where a report may not (`files.report_path`: an
-    ops root's opsctl.yaml, runbooks/, stacks/, .git/, opsctl's state; a folder in the way).
+    ops root's opsctl.yaml, runbooks/, stacks/, .git/, opsctl's state; a folder in the way;
+    `out` a link to nothing).
     The rule every report option follows: `--out runbooks` wrote alert-rules.yml and
     dashboards/ into the runbooks folder the lock file vouches for (breaker 65)."""
     from opsctl import files as report_files
     from opsctl.errors import not_empty
 
     not_empty(str(out), "--out", "give the folder to write the files into, or leave --out out to print them")
+    folder = Path(out)
+    if folder.is_symlink() and not folder.exists():  # mkdir can't make it: FileExistsError (breaker 66 G3)
+        raise UsageError(f"--out {out} is a link to {os.readlink(folder)}, which does not exist; make that "
+                         "folder first, or give another")
     rendered = render_all(project, env)
     for name in rendered:
         report_files.report_path(Path(out) / name, "--out", make=False)

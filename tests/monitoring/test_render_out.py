@@ -47,3 +47,12 @@ def test_a_folder_of_the_users_own_is_written(project, runner):
     written = ops_root / "reports" / "monitoring"
     assert (written / "prometheus.yml").is_file() and (written / "alert-rules.yml").is_file()
     assert any((written / "dashboards").glob("*.json"))
+
+
+def test_a_link_to_a_folder_that_does_not_exist_is_one_line(project, runner):
+    """Breaker 66 G3: "unexpected FileExistsError", exit 1, from mkdir of a dangling link."""
+    (project / "o7").symlink_to(project / "nowhere")
+    result = runner.invoke(app, ["render", "monitoring", "--env", "staging", "--out", "o7"])
+    assert result.exit_code == 2, result.output
+    assert "is a link to" in result.stderr and "which does not exist" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (project / "nowhere").exists()
