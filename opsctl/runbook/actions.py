@@ -186,10 +186,17 @@ def wait(ctx: Context, seconds: float) -> dict:
 @action("approve")
 def approve(ctx: Context, message: str) -> dict:
     """Ask for approval of `message` (opsctl.approval.confirm): --yes or a person at a
-    terminal. Outputs: approved."""
+    terminal. Outputs: approved. Ctrl-C at the prompt interrupts the run, as at a step's own
+    `approval:` prompt: click turns it into Abort, which failed the step and ran its
+    on_failure handlers (breaker 66 G1: a page for a person who only pressed Ctrl-C)."""
+    import click
+
     from opsctl.approval import confirm
 
-    confirm(ctx.mask(message), ctx.yes)
+    try:
+        confirm(ctx.mask(message), ctx.yes)
+    except click.exceptions.Abort:
+        raise KeyboardInterrupt("interrupted at the approval prompt") from None
     return {"approved": True}
 
 

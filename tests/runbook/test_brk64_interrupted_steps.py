@@ -82,3 +82,34 @@ def test_a_timed_out_step_whose_action_does_not_poll_cancel_is_stopped_and_retri
     assert step["status"] == "failed" and step["attempts"] == 2, step
     assert step["detail"] == "timed out after 1s", step
     assert len(hung.accepted) == 2  # the second attempt ran, after the first had stopped
+
+
+def test_ctrl_c_at_an_approve_actions_prompt_interrupts_the_run(runner, ops_root, monkeypatch):
+    """Breaker 66 G1: click turns a Ctrl-C at the prompt into Abort; the approve action's step
+    failed with "Abort", ran its on_failure handler (a page) and exited 1. It is an interrupt,
+    as at a step's own `approval:` prompt: the step journaled interrupted, no handler, exit 130."""
+    import click
+
+    from opsctl import approval
+
+    def ctrl_c_at_the_prompt(question, yes):
+        raise click.exceptions.Abort()  # what click.confirm raises on KeyboardInterrupt
+
+    monkeypatch.setattr(approval, "confirm", ctrl_c_at_the_prompt)
+    _write(ops_root, "ask", 1, """\
+        name: ask
+        version: 1
+        steps:
+          - id: ask
+            action: approve
+            with: {message: "go on?"}
+            on_failure: [page]
+          - id: page
+            action: shell
+            with: {command: "touch paged.txt"}
+        """)
+    result = runner.invoke(app, ["runbook", "run", "ask", "--json"])
+    assert result.exit_code == 130, result.output
+    runs = json.loads(runner.invoke(app, ["runbook", "history", "--json"]).stdout)
+    assert runs[0]["status"] == "interrupted" and runs[0]["steps"] == {"ask": "interrupted"}, runs
+    assert not (ops_root / "paged.txt").exists()
