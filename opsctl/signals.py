@@ -23,9 +23,33 @@ from typing import Iterator
 AS_INTERRUPT = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
+_LISTENERS: list = []  # callbacks (signum) told of each interrupt opsctl's handlers take
+
+
+@contextmanager
+def noticing(callback) -> Iterator[None]:
+    """Within the block, `callback(signum)` is called for each Ctrl-C, SIGTERM or SIGHUP that a
+    handler of opsctl's takes (`arrived`), whichever one is installed then: this module's, a
+    load test's counter, infra's forwarder. The runbook engine tells by it an interrupt from
+    outside from its own step timeout (breaker 66 G5: a Ctrl-C near a step's timeout was taken
+    for the timeout, retried, and its handlers paged)."""
+    _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(callback)
+
+
+def arrived(signum: int) -> None:
+    """Called by every interrupt handler opsctl installs, as it takes `signum` (`noticing`)."""
+    for callback in list(_LISTENERS):
+        callback(signum)
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise KeyboardInterrupt (main thread only).
+    """Within the block, SIGTERM and SIGHUP raise KeyboardInterrupt, as SIGINT does (main
+    thread only); each is told to `noticing`'s callbacks.
 
     Python runs a signal handler between any two bytecodes, finalizers (`__del__`) included;
     an interrupt raised inside one cannot propagate: Python printed "Exception ignored in ...
@@ -38,7 +62,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def interrupt(*_):
+    def interrupt(signum, _frame):
+        arrived(signum)
         raise KeyboardInterrupt
 
     hook = sys.unraisablehook
@@ -56,8 +81,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
             hook(info)
 
     # SIGHUP ignored (`nohup opsctl ...`) stays ignored: that run was meant to outlive its terminal
-    previous = {sig: signal.signal(sig, interrupt) for sig in AS_INTERRUPT
-                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
+    # SIGINT too while it has Python's own handler (the same KeyboardInterrupt, `noticing` told)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, *AS_INTERRUPT)
+                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN
+                and (sig != signal.SIGINT or signal.getsignal(sig) is signal.default_int_handler)}
     sys.unraisablehook = unraisable
     try:
         yield
@@ -79,7 +106,12 @@ def deferred() -> Iterator[None]:
     came: list[int] = []
     # an ignored signal (SIGINT of a job started in the background) stays ignored
     sigs = [s for s in (signal.SIGINT, *AS_INTERRUPT) if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, lambda n, _f: came.append(n)) for sig in sigs}
+
+    def hold(signum, _frame) -> None:
+        came.append(signum)
+        arrived(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in sigs}
     try:
         yield
     finally:

@@ -51,9 +51,15 @@ def run_cancellable(work: Callable[[], T], what: str) -> T:
         except BaseException as exc:  # handed to the main thread as it is
             outcome["error"] = exc
 
+    from opsctl.signals import arrived
+
     received: list[int] = []
-    handlers = {s: signal.signal(s, lambda signum, _frame: received.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def take(signum, _frame) -> None:
+        received.append(signum)
+        arrived(signum)
+
+    handlers = {s: signal.signal(s, take) for s in (signal.SIGINT, signal.SIGTERM)}
     sent: dict[int, int] = {}  # pulumi pid -> interrupts it has had
     worker = threading.Thread(target=body, name=what, daemon=True)
     try:

@@ -174,8 +174,11 @@ class _Interrupts:
     def __init__(self) -> None:
         self.count = 0
 
-    def __call__(self, _signum, _frame) -> None:
+    def __call__(self, signum, _frame) -> None:
+        from opsctl.signals import arrived
+
         self.count += 1
+        arrived(signum)
 
 
 @contextmanager

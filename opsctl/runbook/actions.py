@@ -244,14 +244,22 @@ def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | 
                  **{str(k): "" if v is None else str(v) for k, v in (env or {}).items()}}
     from opsctl.runbook.processes import StepProcesses, subreaper
 
+    from opsctl.signals import deferred
+
     step = StepProcesses()
     with subreaper():
         step.starting()
-        proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=ctx.project.root, env=step.env(variables), start_new_session=True)
-        step.started(proc)
-        deadline = time.monotonic() + float(timeout) if timeout else None
+        proc = None
         try:
+            # the shell and the step's record of it together: a command that signals opsctl at
+            # once (or a Ctrl-C then) was taken before the clean-up below knew of the shell,
+            # which outlived the run
+            with deferred():
+                proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, cwd=ctx.project.root,
+                                        env=step.env(variables), start_new_session=True)
+                step.started(proc)
+            deadline = time.monotonic() + float(timeout) if timeout else None
             while True:
                 try:
                     out, err = proc.communicate(timeout=0.1)
@@ -265,7 +273,8 @@ def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | 
                         _stop(step, proc)
                         raise OperationFailed("cancelled; its processes were stopped") from None
         except BaseException:
-            _stop(step, proc)
+            if proc is not None:
+                _stop(step, proc)
             raise
         finally:
             step.finished()
@@ -277,12 +286,17 @@ def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | 
 
 def _stop(step, proc: subprocess.Popen, grace: float = 2.0) -> None:
     """Stop every process of the step (opsctl.runbook.processes), then collect the shell's
-    output so its pipes are closed."""
-    step.stop(grace)
-    try:
-        proc.communicate(timeout=5)
-    except (subprocess.TimeoutExpired, ValueError):
-        pass
+    output so its pipes are closed. Runs to its end: an interrupt meanwhile (a second Ctrl-C,
+    the step's timeout) waits for it (signals.deferred), where one cut the stop short before
+    its SIGKILL and the step's processes outlived the run (breaker 66 G5)."""
+    from opsctl.signals import deferred
+
+    with deferred():
+        step.stop(grace)
+        try:
+            proc.communicate(timeout=5)
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
 
 
 LEVELS = {"info": "OK", "warning": "WARNING", "critical": "CRITICAL"}  # notify's level: the alert status

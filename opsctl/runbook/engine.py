@@ -30,6 +30,7 @@ import contextlib
 import enum
 import json
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -135,51 +136,95 @@ INTERRUPTED_DETAIL = "interrupted (Ctrl-C or SIGTERM)"  # an interrupted step's 
 
 
 class _Deadline:
-    """A step attempt's timeout: `seconds` after it was made, the main thread gets SIGTERM
-    (when the deadline was made there), so the action's core is stopped as a CI cancel stops
-    it and cleans up as it does then (a real signal: one that waits in a system call, a socket
-    read, wakes up); and `cancel` is set (the actions that poll it stop: shell, wait; the only
-    way elsewhere). Sent only while SIGTERM has a Python handler there, as it has through the
-    run (`signals.sigterm_as_interrupt`): ignored (the few statements a core must not have cut:
-    `pitr.restore._signals_held`), the attempt goes on to its end.
+    """A step attempt's timeout. `seconds` after it was made (in the main thread), a thread of
+    its own wakes the main thread with WAKE, a real signal (one that waits in a system call, a
+    socket read, wakes up), whose handler decides there and then: unless an interrupt from
+    outside came first (`outside`), the attempt is `expired`, its `cancel` set (the actions
+    that poll it stop: shell, wait), and SIGTERM's handler of the moment is run, so the core
+    is stopped as a CI cancel stops it and cleans up as then: its own handler, the run's
+    (`signals.sigterm_as_interrupt`), a held one (`signals.deferred`), or none while a core
+    ignores SIGTERM (`pitr.restore._signals_held`: the attempt goes on to its end).
+
+    An interrupt from outside is one an opsctl handler takes that this did not run
+    (`signals.noticing`), or one being handled when WAKE comes: it stays an interrupt (the
+    step journaled interrupted, no retry, no on_failure handler), where one that came near the
+    timeout or while a timed-out attempt was being stopped was taken for the timeout (breaker
+    66 G5: retried, paged, exit 1). Off the main thread only `cancel` is set.
 
     Once the attempt has ended: `ended = True` (a plain store, which no interrupt can cut in
-    before; nothing is sent after it), then `end()`, where an interrupt sent as the attempt
-    ended is taken, never by the engine's code after it."""
+    before; nothing is sent after it), then `end()`, where a WAKE sent as the attempt ended is
+    taken, never by the engine's code after it, and WAKE's handler is put back."""
+
+    WAKE = signal.SIGURG  # ignored by default: one that came after the handler was put back is harmless
 
     def __init__(self, seconds: float, cancel: threading.Event):
+        from opsctl.signals import noticing
+
         self.seconds = seconds
         self.expired = False  # the deadline passed and the attempt was cancelled
+        self.outside = False  # an interrupt from outside came during the attempt
         self.ended = False
+        self._running_sigterm = False
+        self._sent = False
         self._lock = threading.Lock()
         self._cancel = cancel
         self._main = threading.current_thread() is threading.main_thread()
         self._woken = threading.Event()
+        self._noticing = noticing(self._noticed)
+        self._noticing.__enter__()
+        self._before = signal.signal(self.WAKE, self._expire) if self._main else None
         threading.Thread(target=self._wait, name="runbook step timeout", daemon=True).start()
+
+    def _noticed(self, _signum: int) -> None:
+        if not self._running_sigterm:
+            self.outside = True
 
     def _wait(self) -> None:
         self._woken.wait(self.seconds)
         with self._lock:
-            if self.ended:
+            if self.ended or self.outside:
                 return
-            self.expired = True
-            # the signal first: an action that sees `cancel` then ends with the interrupt taken
-            if self._main and callable(signal.getsignal(signal.SIGTERM)):
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
-            self._cancel.set()
+            if self._main:
+                self._sent = True
+                signal.pthread_kill(threading.main_thread().ident, self.WAKE)
+            else:
+                self.expired = True
+                self._cancel.set()
+
+    def _expire(self, _signum, frame) -> None:
+        """WAKE's handler, in the main thread (see the class)."""
+        if self.ended or self.outside or self.expired:
+            return
+        if isinstance(sys.exc_info()[1], (KeyboardInterrupt, Interrupted)):  # an interrupt's clean-up runs
+            self.outside = True
+            return
+        self.expired = True
+        self._cancel.set()
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler):
+            self._running_sigterm = True
+            try:
+                handler(signal.SIGTERM, frame)
+            finally:
+                self._running_sigterm = False
 
     def end(self) -> None:
-        """After `ended = True`: waits out a send under way (`expired` is final then) and takes
-        its interrupt if it is still pending."""
+        """After `ended = True`: waits out a send under way and takes its WAKE if it is still
+        pending (an interrupt it raises then is dropped: the attempt is over), then puts back
+        what it changed."""
         try:
             self._woken.set()
             with self._lock:
                 pass
-            if self.expired:
+            if self._sent:
                 time.sleep(0.01)  # a system call: the signal, if still pending, is taken at its end
         except KeyboardInterrupt:
             if not self.expired:
                 raise
+        finally:
+            if self._main:
+                signal.signal(self.WAKE, self._before)
+            self._noticing.__exit__(None, None, None)
 
 
 def _render(value: Any, ctx: dict) -> Any:
@@ -312,7 +357,7 @@ class _Runner:
                 deadline.ended = True
                 deadline.end()
         except BaseException as exc:
-            if not deadline.expired:
+            if not deadline.expired or deadline.outside:
                 raise
             said = "" if isinstance(exc, KeyboardInterrupt) and not str(exc) else f": {exc}"
             raise OperationFailed(f"timed out after {step['timeout']}s{said}") from None
@@ -484,7 +529,21 @@ class _Runner:
         not_run = (set(done or ()) | set(ids[:ids.index(start_at)] if start_at in ids else ())) - {start_at}
         with masking_logs(self.mask), sigterm_as_interrupt():
             self.preflight(not_run)
-            return self._execute(done, start_at)
+            try:
+                return self._execute(done, start_at)
+            except (KeyboardInterrupt, Interrupted) as exc:
+                raise self._interrupted(exc) from None
+
+    def _interrupted(self, exc: BaseException) -> BaseException:
+        """What an interrupted run ends on: Interrupted (exit 130) naming the run, the step it
+        stopped at and the command that goes on (breaker 66 G6: "interrupted", and the run id
+        had to be looked up in the history); the interrupt as it came without a journal."""
+        if not self.journal:
+            return exc
+        at = next((o.id for o in reversed(self.steps) if o.status == StepStatus.INTERRUPTED), None)
+        run_id = self.journal.run_id
+        return Interrupted(f"{self.book.ref} interrupted{f' at step {at!r}' if at else ''} (run {run_id}); "
+                           f"'opsctl runbook run {self.book.name} --resume {run_id}' goes on from there")
 
     def _execute(self, done: dict[str, dict] | None, start_at: str | None) -> RunResult:
         done = done or {}

@@ -50,6 +50,10 @@ def test_an_interrupted_step_is_journaled_interrupted_and_the_run_stops_there(ru
     runs = json.loads(runner.invoke(app, ["runbook", "history", "--json"]).stdout)
     assert len(runs) == 1 and runs[0]["status"] == "interrupted", runs
     assert runs[0]["steps"] == {"first": "ok", "long": "interrupted"}, runs
+    # breaker 66 G6: the last line names the run, its step and the command that goes on
+    said = " ".join(result.stderr.split())
+    assert f"interrupted at step 'long' (run {runs[0]['run_id']})" in said, said
+    assert f"'opsctl runbook run long --resume {runs[0]['run_id']}' goes on from there" in said, said
     records = json.loads(runner.invoke(app, ["runbook", "history", "--run", runs[0]["run_id"], "--json"]).stdout)
     step = records[-1]
     assert step["type"] == "step" and step["id"] == "long" and step["status"] == "interrupted", records
@@ -113,3 +117,47 @@ def test_ctrl_c_at_an_approve_actions_prompt_interrupts_the_run(runner, ops_root
     runs = json.loads(runner.invoke(app, ["runbook", "history", "--json"]).stdout)
     assert runs[0]["status"] == "interrupted" and runs[0]["steps"] == {"ask": "interrupted"}, runs
     assert not (ops_root / "paged.txt").exists()
+
+
+_RACE = """\
+    name: race
+    version: 1
+    steps:
+      - id: stubborn
+        action: shell
+        with: {{command: "{command}"}}
+        timeout: 1
+        retries: {{count: 2, backoff: 0}}
+        on_failure: [page]
+      - id: page
+        action: shell
+        with: {{command: "touch paged.txt"}}
+    """
+
+
+@pytest.mark.parametrize("command", [
+    # a CI cancel as the attempt starts; the stop it begins (2 s of grace: TERM is trapped) runs
+    # past the step's 1 s timeout
+    "trap '' TERM; kill -TERM $PPID; sleep 30",
+    # the timeout stops the attempt; a Ctrl-C comes while it is being stopped (the shell, given
+    # SIGTERM by the stop, sends it to opsctl, its parent)
+    "trap 'kill -INT $PPID' TERM; sleep 30",
+], ids=["cancel-before-timeout", "ctrl-c-while-timed-out-attempt-stops"])
+def test_an_interrupt_near_a_steps_timeout_stays_an_interrupt(runner, ops_root, ctrl_c, command):
+    """Breaker 66 G5: an interrupt from outside that came just before a step's timeout, or while
+    a timed-out attempt was being stopped, was taken for the timeout: the step was retried, its
+    on_failure handler paged and the run exited 1; the second interrupt cut the stop short
+    before its SIGKILL and the step's shell outlived the run. Now: interrupted, one attempt, no
+    handler, exit 130, and nothing of the step left running."""
+    import psutil
+
+    _write(ops_root, "race", 1, _RACE.format(command=command))
+    result = runner.invoke(app, ["runbook", "run", "race", "--json"])
+    assert result.exit_code == 130, result.output
+    runs = json.loads(runner.invoke(app, ["runbook", "history", "--json"]).stdout)
+    assert runs[0]["steps"] == {"stubborn": "interrupted"}, runs
+    records = json.loads(runner.invoke(app, ["runbook", "history", "--run", runs[0]["run_id"], "--json"]).stdout)
+    assert records[-1]["attempts"] == 1, records[-1]
+    assert not (ops_root / "paged.txt").exists()
+    left = [p for p in psutil.Process().children(recursive=True) if "sleep 30" in " ".join(p.cmdline())]
+    assert left == [], left
