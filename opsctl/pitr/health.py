@@ -339,13 +339,18 @@ def _holes_text(holes: list[str], pg_wal, queue, live_tli: int | None) -> str:
                     "it breaks, and a new base backup ('opsctl backup base') starts one after it")
     if histories:
         tlis = ", ".join(str(int(f[:8], 16)) for f in histories)
-        text = (f"{len(histories)} timeline history file(s) a restore from the newest base backup reads are missing "
-                f"from the repository ({_few(histories)}): PostgreSQL recovers to no point on timeline(s) {tlis} "
-                "without its file")
         kept = [f for f in histories if os.path.isfile(pg_wal / f)]  # False, not raised, when unreadable
-        if kept:
-            text += (f"; the live server's pg_wal still holds {_few(kept)}: copied from {pg_wal} into the WAL "
-                     f"queue ({queue}), the archiver stores it again")
+        text = (f"{len(histories)} timeline history file(s) a restore from the newest base backup reads are missing "
+                f"from the repository ({_few(histories)}): ")
+        # while the live pg_wal holds a copy, a restore on this machine stages it (restore's
+        # _stage_local_histories) and works: what is at risk is a restore after the disk is lost
+        # (breaker 66 G4: "recovers to no point" was said while restores worked)
+        text += (f"a restore to a point on timeline(s) {tlis} finds {'it' if len(kept) == 1 else 'them'} only in "
+                 "this machine's pg_wal, lost with its disk" if len(kept) == len(histories) else
+                 f"PostgreSQL recovers to no point on timeline(s) {tlis} without its file")
+        if kept:  # what to do, not what was done (breaker 66 G7: read as a copy already made)
+            text += (f"; copy {_few(kept)} from {pg_wal} into the WAL queue ({queue}) and the archiver stores "
+                     f"{'it' if len(kept) == 1 else 'them'} again")
         if live_tli is not None and any(int(f[:8], 16) < live_tli for f in histories):
             text += f"; a base backup taken now ('opsctl backup base') needs none but timeline {live_tli}'s"
         said.append(text)
