@@ -202,7 +202,7 @@ def archive_lag(project, env, timeout: float = TIMEOUT_S) -> CheckResult:
         status, text = Status.CRITICAL, _holes_text(holes, state.data("postgres") / "pg_wal", queue, live_tli)
     elif dropped:
         status, text = Status.CRITICAL, (f"{len(dropped)} WAL segment(s) dropped by the full queue "
-                                         f"({', '.join(dropped[:3])}{'…' if len(dropped) > 3 else ''}): no restore "
+                                         f"({_few(dropped)}): no restore "
                                          "crosses the gap until a new base backup ('opsctl backup base')")
     elif failing:
         status = Status.CRITICAL if lag > rpo else Status.WARNING

@@ -24,6 +24,7 @@ from opsctl.config import Environment, Project
 from opsctl.errors import OperationFailed, UsageError
 from opsctl.output import to_jsonable
 from opsctl.runbook.paths import confine, protected_for
+from opsctl.signals import deferred
 
 
 def _no_mask(value: Any) -> Any:
@@ -244,8 +245,6 @@ def shell(ctx: Context, command: str, env: dict | None = None, timeout: float | 
                  **{str(k): "" if v is None else str(v) for k, v in (env or {}).items()}}
     from opsctl.runbook.processes import StepProcesses, subreaper
 
-    from opsctl.signals import deferred
-
     step = StepProcesses()
     with subreaper():
         step.starting()
@@ -289,8 +288,6 @@ def _stop(step, proc: subprocess.Popen, grace: float = 2.0) -> None:
     output so its pipes are closed. Runs to its end: an interrupt meanwhile (a second Ctrl-C,
     the step's timeout) waits for it (signals.deferred), where one cut the stop short before
     its SIGKILL and the step's processes outlived the run (breaker 66 G5)."""
-    from opsctl.signals import deferred
-
     with deferred():
         step.stop(grace)
         try:

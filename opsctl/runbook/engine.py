@@ -19,8 +19,9 @@ run). Breaker 64 F19: actions ran in a worker thread, the interrupt never reache
 the run recorded no step, and the process waited at exit for the drill, which then reported
 success. An interrupted step is journaled `interrupted` with what it said, and the run stops
 there (no `end` record: `--resume` runs that step again). A step's `timeout` cancels the
-attempt the same way (`_Deadline`: SIGTERM to the main thread, and `Context.cancel`), and the
-next attempt starts only once the previous one has ended. Secret parameter
+attempt the same way (`_Deadline`: SIGTERM's handler run in the main thread, and
+`Context.cancel`); an interrupt from outside stays an interrupt. The next attempt starts only
+once the previous one has ended. Secret parameter
 values are masked on every output path (`secrets.Masker`).
 """
 
@@ -151,15 +152,13 @@ class _Deadline:
     timeout or while a timed-out attempt was being stopped was taken for the timeout (breaker
     66 G5: retried, paged, exit 1). Off the main thread only `cancel` is set.
 
-    Once the attempt has ended: `ended = True` (a plain store, which no interrupt can cut in
-    before; nothing is sent after it), then `end()`, where a WAKE sent as the attempt ended is
-    taken, never by the engine's code after it, and WAKE's handler is put back."""
+    A context manager around the attempt. On leaving: `ended = True` (a plain store, which no
+    interrupt can cut in before; nothing is sent after it), then a WAKE sent as the attempt
+    ended is taken, never by the engine's code after it, and WAKE's handler is put back."""
 
     WAKE = signal.SIGURG  # ignored by default: one that came after the handler was put back is harmless
 
     def __init__(self, seconds: float, cancel: threading.Event):
-        from opsctl.signals import noticing
-
         self.seconds = seconds
         self.expired = False  # the deadline passed and the attempt was cancelled
         self.outside = False  # an interrupt from outside came during the attempt
@@ -170,10 +169,17 @@ class _Deadline:
         self._cancel = cancel
         self._main = threading.current_thread() is threading.main_thread()
         self._woken = threading.Event()
-        self._noticing = noticing(self._noticed)
-        self._noticing.__enter__()
-        self._before = signal.signal(self.WAKE, self._expire) if self._main else None
+        self._before = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "_Deadline":
+        from opsctl.signals import noticing
+
+        self._stack.enter_context(noticing(self._noticed))
+        if self._main:
+            self._before = signal.signal(self.WAKE, self._expire)
         threading.Thread(target=self._wait, name="runbook step timeout", daemon=True).start()
+        return self
 
     def _noticed(self, _signum: int) -> None:
         if not self._running_sigterm:
@@ -208,10 +214,10 @@ class _Deadline:
             finally:
                 self._running_sigterm = False
 
-    def end(self) -> None:
-        """After `ended = True`: waits out a send under way and takes its WAKE if it is still
-        pending (an interrupt it raises then is dropped: the attempt is over), then puts back
-        what it changed."""
+    def __exit__(self, *_exc) -> None:
+        """Waits out a send under way and takes its WAKE if it is still pending (an interrupt
+        it raises then is dropped: the attempt is over), then puts back what it changed."""
+        self.ended = True
         try:
             self._woken.set()
             with self._lock:
@@ -224,7 +230,7 @@ class _Deadline:
         finally:
             if self._main:
                 signal.signal(self.WAKE, self._before)
-            self._noticing.__exit__(None, None, None)
+            self._stack.close()
 
 
 def _render(value: Any, ctx: dict) -> Any:
@@ -351,11 +357,8 @@ class _Runner:
             return action(ctx, **inputs) or {}
         deadline = _Deadline(float(step["timeout"]), ctx.cancel)
         try:
-            try:
+            with deadline:
                 outputs = action(ctx, **inputs) or {}
-            finally:
-                deadline.ended = True
-                deadline.end()
         except BaseException as exc:
             if not deadline.expired or deadline.outside:
                 raise
